@@ -1,0 +1,246 @@
+"""SAM architectures as typed data: build a model from one, infer one from weights.
+
+Every Segment Anything variant the project handles (the official ViT-B/L/H,
+MobileSAM's TinyViT ``vit_t``, and small test/offline models) is a
+:class:`SamArchitecture`. The model is always assembled from the official
+``segment_anything`` modules (the TinyViT encoder comes from ``mobile_sam``),
+so an exported state dict loads in the official code with strict loading.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Literal
+
+import torch
+from segment_anything.modeling import (
+    ImageEncoderViT,
+    MaskDecoder,
+    PromptEncoder,
+    Sam,
+    TwoWayTransformer,
+)
+
+PATCH_SIZE = 16  # both encoders reduce the input 16x: a 1024 input gives a 64x64 embedding
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+@dataclass(frozen=True)
+class SamArchitecture:
+    """The shape of a SAM model: enough to build it with random weights."""
+
+    name: str  # registry name of the shape ("vit_b", "vit_t", "tiny", ...) or "custom"
+    encoder: Literal["vit", "tiny_vit"] = "vit"  # plain ViT (SAM) or TinyViT (MobileSAM)
+    img_size: int = 1024  # side of the square encoder input, in pixels
+    embed_dim: int = 768  # ViT width (encoder "vit" only)
+    depth: int = 12  # number of ViT blocks (encoder "vit" only)
+    num_heads: int = 12  # ViT attention heads (encoder "vit" only)
+    global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)  # ViT blocks with global attention
+    window_size: int = 14  # windowed-attention side, in tokens (encoder "vit" only)
+    tinyvit_embed_dims: tuple[int, ...] = (64, 128, 160, 320)  # TinyViT stage widths
+    tinyvit_depths: tuple[int, ...] = (2, 2, 6, 2)  # TinyViT blocks per stage
+    tinyvit_num_heads: tuple[int, ...] = (2, 4, 5, 10)  # TinyViT heads per stage
+    tinyvit_window_sizes: tuple[int, ...] = (7, 7, 14, 7)  # TinyViT windows per stage
+    prompt_embed_dim: int = 256  # width of prompt tokens and of the image embedding
+    decoder_mlp_dim: int = 2048  # MLP width inside the two-way transformer
+    decoder_num_heads: int = 8  # attention heads of the two-way transformer
+    iou_head_hidden_dim: int = 256  # hidden width of the IoU prediction head
+    extra: dict = field(default_factory=dict, compare=False, hash=False)  # free-form notes
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ("vit", "tiny_vit"):
+            raise ValueError(f"encoder={self.encoder!r}; expected 'vit' or 'tiny_vit'")
+        if self.img_size % PATCH_SIZE:
+            raise ValueError(f"img_size={self.img_size!r} must be a multiple of {PATCH_SIZE}")
+        if self.encoder == "vit" and self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"embed_dim={self.embed_dim!r} must be divisible by num_heads={self.num_heads!r}"
+            )
+        if any(not 0 <= i < self.depth for i in self.global_attn_indexes):
+            raise ValueError(
+                f"global_attn_indexes={self.global_attn_indexes!r} must lie in 0..{self.depth - 1}"
+            )
+
+    @property
+    def embedding_size(self) -> int:
+        """Side of the image embedding grid, in tokens."""
+        return self.img_size // PATCH_SIZE
+
+    def to_dict(self) -> dict:
+        """A JSON/torch-safe description (tuples become lists)."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in self.__dict__.items()
+            if k != "extra"
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SamArchitecture:
+        """Inverse of :meth:`to_dict`; unknown keys raise a ``ValueError``."""
+        known = set(cls.__dataclass_fields__) - {"extra"}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown architecture fields {sorted(unknown)!r}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+VIT_B = SamArchitecture(name="vit_b")
+VIT_L = SamArchitecture(
+    name="vit_l", embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)
+)
+VIT_H = SamArchitecture(
+    name="vit_h", embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)
+)
+VIT_T = SamArchitecture(name="vit_t", encoder="tiny_vit")
+# A SAM-shaped model small enough for unit tests (about 0.3 M parameters); never offered as a
+# real model: randomly initialised, it segments nothing useful.
+TINY = SamArchitecture(
+    name="tiny",
+    img_size=256,
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    global_attn_indexes=(1,),
+    window_size=8,
+    prompt_embed_dim=32,
+    decoder_mlp_dim=64,
+    iou_head_hidden_dim=32,
+)
+
+ARCHITECTURES: dict[str, SamArchitecture] = {
+    a.name: a for a in (VIT_T, VIT_B, VIT_L, VIT_H, TINY)
+}
+
+
+def _build_image_encoder(arch: SamArchitecture) -> torch.nn.Module:
+    if arch.encoder == "tiny_vit":
+        with warnings.catch_warnings():  # mobile_sam re-registers timm models, loudly
+            warnings.simplefilter("ignore")
+            from mobile_sam.modeling import TinyViT  # imports timm: only when a vit_t is built
+
+        return TinyViT(
+            img_size=arch.img_size,
+            in_chans=3,
+            num_classes=1000,
+            embed_dims=list(arch.tinyvit_embed_dims),
+            depths=list(arch.tinyvit_depths),
+            num_heads=list(arch.tinyvit_num_heads),
+            window_sizes=list(arch.tinyvit_window_sizes),
+            mlp_ratio=4.0,
+            drop_rate=0.0,
+            drop_path_rate=0.0,
+            use_checkpoint=False,
+            mbconv_expand_ratio=4.0,
+            local_conv_size=3,
+            layer_lr_decay=0.8,
+        )
+    return ImageEncoderViT(
+        depth=arch.depth,
+        embed_dim=arch.embed_dim,
+        img_size=arch.img_size,
+        mlp_ratio=4,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        num_heads=arch.num_heads,
+        patch_size=PATCH_SIZE,
+        qkv_bias=True,
+        use_rel_pos=True,
+        global_attn_indexes=arch.global_attn_indexes,
+        window_size=arch.window_size,
+        out_chans=arch.prompt_embed_dim,
+    )
+
+
+def build_sam(arch: SamArchitecture | str) -> Sam:
+    """Build a randomly initialised SAM of the given architecture (or registry shape name)."""
+    if isinstance(arch, str):
+        if arch not in ARCHITECTURES:
+            raise ValueError(
+                f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)!r}"
+            )
+        arch = ARCHITECTURES[arch]
+    size = arch.embedding_size
+    return Sam(
+        image_encoder=_build_image_encoder(arch),
+        prompt_encoder=PromptEncoder(
+            embed_dim=arch.prompt_embed_dim,
+            image_embedding_size=(size, size),
+            input_image_size=(arch.img_size, arch.img_size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=2,
+                embedding_dim=arch.prompt_embed_dim,
+                mlp_dim=arch.decoder_mlp_dim,
+                num_heads=arch.decoder_num_heads,
+            ),
+            transformer_dim=arch.prompt_embed_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=arch.iou_head_hidden_dim,
+        ),
+        pixel_mean=list(PIXEL_MEAN),
+        pixel_std=list(PIXEL_STD),
+    ).eval()
+
+
+def _count_blocks(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
+    indices = {int(k[len(prefix) :].split(".")[0]) for k in state_dict if k.startswith(prefix)}
+    return max(indices) + 1 if indices else 0
+
+
+def _infer_vit_encoder(sd: dict[str, torch.Tensor]) -> dict:
+    embed_dim = sd["image_encoder.patch_embed.proj.weight"].shape[0]
+    grid = sd["image_encoder.pos_embed"].shape[1]
+    depth = _count_blocks(sd, "image_encoder.blocks.")
+    rel_lengths = [sd[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape for i in range(depth)]
+    global_indexes = tuple(i for i, s in enumerate(rel_lengths) if s[0] == 2 * grid - 1)
+    windowed = [s for i, s in enumerate(rel_lengths) if i not in global_indexes]
+    window_size = (windowed[0][0] + 1) // 2 if windowed else 14
+    head_dim = rel_lengths[0][1]
+    return dict(
+        encoder="vit",
+        img_size=grid * PATCH_SIZE,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=embed_dim // head_dim,
+        global_attn_indexes=global_indexes,
+        window_size=window_size,
+    )
+
+
+def infer_architecture(state_dict: dict[str, torch.Tensor]) -> SamArchitecture:
+    """Read the architecture off a SAM state dict (keys as in ``Sam.state_dict()``).
+
+    Returns the registry architecture when the shapes match one (so ``name`` is
+    e.g. ``"vit_b"``), else a ``"custom"`` architecture with the inferred sizes.
+    Raises ``ValueError`` when the weights are not a SAM model.
+    """
+    required = (
+        "mask_decoder.iou_token.weight",
+        "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix",
+    )
+    missing = [k for k in required if k not in state_dict]
+    if missing:
+        raise ValueError(
+            f"these weights are not a Segment Anything model: keys {missing!r} are missing"
+        )
+    decoder = dict(
+        prompt_embed_dim=state_dict["mask_decoder.iou_token.weight"].shape[1],
+        decoder_mlp_dim=state_dict["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0],
+        iou_head_hidden_dim=state_dict["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0],
+    )
+    if "image_encoder.patch_embed.proj.weight" in state_dict:
+        encoder = _infer_vit_encoder(state_dict)
+    elif any(k.startswith("image_encoder.layers.") for k in state_dict):
+        encoder = dict(encoder="tiny_vit", img_size=1024)
+    else:
+        raise ValueError("these weights have a SAM decoder but an image encoder of unknown kind")
+    inferred = SamArchitecture(name="custom", **encoder, **decoder)
+    for known in ARCHITECTURES.values():
+        if replace(known, name="custom") == inferred:
+            return known
+    return inferred

@@ -1,0 +1,113 @@
+"""Image normalisation shared by segmentation and training.
+
+The one documented rule (used identically at inference and in training):
+
+* The result is a uint8 RGB array of shape (H, W, 3), what Segment Anything
+  was trained on.
+* 2D grayscale images are repeated into the three channels.
+* Multichannel images: pick one channel (repeated) or three channels (as RGB)
+  with ``channels``; ``channel_axis`` says which axis holds the channels
+  (default: the last axis when it has 3 or 4 entries).
+* uint8 data is used as is. Any other dtype (uint16, int, float) is rescaled
+  per image: the 1st percentile maps to 0 and the 99.8th to 255, clipped.
+  So 16-bit microscopy data works without the user converting it first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+LOW_PERCENTILE = 1.0
+HIGH_PERCENTILE = 99.8
+
+
+def rescale_to_uint8(image: np.ndarray) -> np.ndarray:
+    """Rescale any numeric image to uint8 by the 1st..99.8th percentile; uint8 passes unchanged."""
+    if image.dtype == np.uint8:
+        return image
+    if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
+        raise TypeError(f"image has dtype {image.dtype!r}; expected an integer or float image")
+    data = image.astype(np.float32, copy=False)
+    finite = data[np.isfinite(data)]
+    if finite.size == 0:
+        return np.zeros(image.shape, dtype=np.uint8)
+    low, high = np.percentile(finite, [LOW_PERCENTILE, HIGH_PERCENTILE])
+    if high <= low:  # flat image, or nearly so: fall back to the full range
+        low, high = float(finite.min()), float(finite.max())
+    if high <= low:
+        return np.zeros(image.shape, dtype=np.uint8)
+    scaled = (np.nan_to_num(data, nan=low) - low) * (255.0 / (high - low))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _select_channels(
+    image: np.ndarray, channel_axis: int | None, channels: Sequence[int] | None
+) -> np.ndarray:
+    """Return (H, W) or (H, W, 3) from a 2D or channelled image."""
+    if image.ndim == 2:
+        if channels is not None:
+            raise ValueError(f"channels={channels!r} was given but the image is 2D grayscale")
+        return image
+    if image.ndim != 3:
+        raise ValueError(
+            f"image has shape {image.shape!r}; expected a 2D image (H, W) or a channelled image "
+            "(H, W, C); for a stack, pass one plane at a time"
+        )
+    if channel_axis is None:
+        if image.shape[-1] in (3, 4):
+            channel_axis = -1
+        elif image.shape[0] in (1, 2, 3, 4) and channels is not None:
+            channel_axis = 0
+        else:
+            raise ValueError(
+                f"image has shape {image.shape!r} and its channel axis is ambiguous; "
+                "pass channel_axis (e.g. 0 or -1) and channels (one index, or three for RGB)"
+            )
+    image = np.moveaxis(image, channel_axis, -1)
+    n_channels = image.shape[-1]
+    if channels is None:
+        if n_channels in (3, 4):  # RGB, or RGBA whose alpha carries no content
+            return image[..., :3]
+        if n_channels == 1:
+            return image[..., 0]
+        raise ValueError(
+            f"image has {n_channels} channels; pass channels=[i] to use one of them "
+            "or channels=[i, j, k] to use three as RGB"
+        )
+    channels = list(channels)
+    if len(channels) not in (1, 3) or any(not 0 <= c < n_channels for c in channels):
+        raise ValueError(
+            f"channels={channels!r} is invalid for an image with {n_channels} channels; "
+            f"give one or three indices in 0..{n_channels - 1}"
+        )
+    selected = image[..., channels]
+    return selected[..., 0] if len(channels) == 1 else selected
+
+
+def to_sam_rgb(
+    image: np.ndarray,
+    channel_axis: int | None = None,
+    channels: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Normalise a microscopy image to the uint8 RGB input of Segment Anything.
+
+    Args:
+        image: (H, W) grayscale, (H, W, 3|4) RGB(A), or a multichannel array whose
+            channel axis is ``channel_axis``; uint8, uint16, int or float.
+        channel_axis: the axis that holds channels, when the image has one.
+        channels: one index (used as grayscale) or three (used as RGB).
+
+    Returns:
+        uint8 array of shape (H, W, 3), C-contiguous.
+    """
+    image = np.asarray(image)
+    if image.size == 0:
+        raise ValueError(f"image is empty (shape {image.shape!r})")
+    plane = _select_channels(image, channel_axis, channels)
+    if plane.ndim == 3:  # rescale RGB jointly so colour balance is kept
+        plane = rescale_to_uint8(plane)
+    else:
+        plane = np.repeat(rescale_to_uint8(plane)[..., None], 3, axis=-1)
+    return np.ascontiguousarray(plane)

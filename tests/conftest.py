@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny random SAM models and synthetic images; no GPU, no downloads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_samtune.core.architectures import TINY, build_sam
+
+
+@pytest.fixture(autouse=True)
+def _isolated_user_dirs(tmp_path_factory, monkeypatch):
+    """Every test gets its own cache and user-models folders: nothing leaks between tests."""
+    root = tmp_path_factory.mktemp("samtune_home")
+    monkeypatch.setenv("SAMTUNE_CACHE_DIR", str(root / "cache"))
+    monkeypatch.setenv("SAMTUNE_MODELS_DIR", str(root / "models"))
+    yield
+
+
+@pytest.fixture
+def tiny_sam():
+    """A randomly initialised SAM of the TINY architecture (seeded, eval mode)."""
+    torch.manual_seed(0)
+    return build_sam(TINY)
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path, tiny_sam):
+    """A plain SAM state dict of the tiny model saved to disk, as the official code saves them."""
+    path = tmp_path / "tiny_sam.pth"
+    torch.save(tiny_sam.state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def nuclei_image():
+    """A (256, 256) uint8 synthetic image and its uint32 instance labels."""
+    from napari_samtune.core.synthetic import make_image
+
+    image, labels = make_image((256, 256), seed=0)
+    return image, labels
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from napari_samtune.core.architectures import (
+    ARCHITECTURES,
+    TINY,
+    SamArchitecture,
+    build_sam,
+    infer_architecture,
+)
+
+
+@pytest.mark.parametrize("name", ["tiny", "vit_t", "vit_b"])
+def test_architecture_is_recovered_from_weights(name):
+    model = build_sam(name)
+    assert infer_architecture(model.state_dict()) == ARCHITECTURES[name]
+
+
+def test_custom_shape_is_inferred_field_by_field():
+    arch = SamArchitecture(
+        name="mine", img_size=128, embed_dim=48, depth=3, num_heads=4,
+        global_attn_indexes=(0, 2), window_size=4, prompt_embed_dim=16,
+        decoder_mlp_dim=40, iou_head_hidden_dim=24,
+    )
+    inferred = infer_architecture(build_sam(arch).state_dict())
+    assert inferred.name == "custom"
+    assert inferred == SamArchitecture(**{**arch.__dict__, "name": "custom"})
+
+
+def test_foreign_weights_are_rejected_by_name():
+    with pytest.raises(ValueError, match="not a Segment Anything model"):
+        infer_architecture({"fc.weight": torch.zeros(2, 2)})
+
+
+def test_tiny_model_runs_end_to_end():
+    model = build_sam(TINY)
+    with torch.no_grad():
+        embedding = model.image_encoder(torch.zeros(1, 3, 256, 256))
+    assert embedding.shape == (1, TINY.prompt_embed_dim, 16, 16)
+
+
+def test_dict_round_trip_and_validation():
+    assert SamArchitecture.from_dict(TINY.to_dict()) == TINY
+    with pytest.raises(ValueError, match="num_heads"):
+        SamArchitecture(name="bad", embed_dim=10, num_heads=3)
+    with pytest.raises(ValueError, match="unknown architecture fields"):
+        SamArchitecture.from_dict({"name": "x", "colour": "red"})

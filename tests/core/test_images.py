@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from napari_samtune.core.images import rescale_to_uint8, to_sam_rgb
+
+
+def test_uint8_grayscale_is_repeated_unchanged(rng):
+    image = rng.integers(0, 256, size=(20, 30), dtype=np.uint8)
+    rgb = to_sam_rgb(image)
+    assert rgb.shape == (20, 30, 3) and rgb.dtype == np.uint8
+    for c in range(3):
+        np.testing.assert_array_equal(rgb[..., c], image)
+
+
+def test_uint16_uses_the_full_8bit_range_and_keeps_order(rng):
+    image = rng.integers(1000, 5000, size=(64, 64)).astype(np.uint16)
+    rgb = to_sam_rgb(image)[..., 0]
+    assert rgb.min() == 0 and rgb.max() == 255
+    flat_in, flat_out = image.ravel(), rgb.ravel().astype(int)
+    order = np.argsort(flat_in, kind="stable")
+    assert np.all(np.diff(flat_out[order]) >= 0)  # monotone mapping
+
+
+def test_float_outliers_are_clipped_not_stretched():
+    image = np.linspace(0, 1, 10000, dtype=np.float32).reshape(100, 100)
+    image[0, 0] = 1e6  # one hot pixel must not squash everything to black
+    rgb = to_sam_rgb(image)[..., 0]
+    assert rgb[50, 50] > 100
+
+
+def test_constant_image_gives_zeros():
+    assert rescale_to_uint8(np.full((5, 5), 7.5)).max() == 0
+
+
+def test_rgba_drops_alpha_and_rgb_passes(rng):
+    rgba = rng.integers(0, 256, size=(8, 8, 4), dtype=np.uint8)
+    np.testing.assert_array_equal(to_sam_rgb(rgba), rgba[..., :3])
+
+
+def test_multichannel_needs_a_channel_choice(rng):
+    image = rng.integers(0, 256, size=(5, 16, 16), dtype=np.uint8)  # channels first
+    with pytest.raises(ValueError, match="channel"):
+        to_sam_rgb(image)
+    one = to_sam_rgb(image, channel_axis=0, channels=[2])
+    np.testing.assert_array_equal(one[..., 1], image[2])
+    three = to_sam_rgb(image, channel_axis=0, channels=[0, 1, 4])
+    np.testing.assert_array_equal(three[..., 2], image[4])
+
+
+def test_bad_channel_index_names_the_range(rng):
+    image = rng.integers(0, 256, size=(16, 16, 5), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"0\.\.4"):
+        to_sam_rgb(image, channel_axis=-1, channels=[7])
+
+
+def test_stack_is_rejected_with_a_hint():
+    with pytest.raises(ValueError, match="one plane at a time"):
+        to_sam_rgb(np.zeros((3, 4, 8, 8), dtype=np.uint8))
