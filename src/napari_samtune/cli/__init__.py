@@ -1,0 +1,45 @@
+"""The ``samtune`` command line: a thin argparse layer over :mod:`napari_samtune.core`.
+
+Each subcommand lives in its own module of this package with a function
+``add_parser(subparsers)`` that registers it and sets ``func`` (taking the parsed
+namespace, returning an exit code). Subcommand modules are imported only when
+the parser is built, and none of them imports Qt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMAND_MODULES: tuple[str, ...] = ()  # e.g. "models", "segment": modules of this package
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="samtune",
+        description="Segment Anything for microscopy: segment, finetune, evaluate.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(f"{__name__}.{name}").add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``samtune`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, OSError) as err:
+        # User errors carry messages that name the problem and the fix: no traceback.
+        print(f"samtune {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"samtune {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
