@@ -1,0 +1,374 @@
+"""Interactive segmentation quality and side-by-side comparison of models.
+
+:func:`evaluate_prompts` measures how well a model segments each ground-truth
+object from the prompts a person would give in napari:
+
+* box: the object's bounding box, SAM XYXY from the centre of its first to the
+  centre of its last pixel, ``[col_min, row_min, col_max, row_max]`` (the
+  convention of ``segment_anything``'s own mask-to-box);
+* point: one positive click on the object pixel farthest from the object's
+  border (Euclidean distance transform; the image edge counts as border);
+* iterative prompting: starting from that point, ``n_corrective_clicks`` more
+  clicks, each on the pixel farthest from the border of the largest connected
+  (4-connected) error region: positive where the object was missed (false
+  negatives), negative where the mask spills over (false positives), a missed
+  region winning a tie. Every step passes all clicks so far and the previous
+  step's prediction (its low-resolution logits) as ``mask_input``. Once a mask
+  is perfect no more clicks are placed and its IoU is carried forward.
+
+Points are SAM (x, y) pixel coordinates (pixel centres at integers), converted
+from (row, col) only through :func:`napari_samtune.core.coords.napari_to_sam`.
+All predictions use ``multimask=False``.
+
+Instance metrics of automatic segmentation live in :mod:`.metrics`;
+:func:`compare_models` writes a CSV and a bar chart for several models.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from scipy import ndimage
+
+from napari_samtune.core.checkpoints import atomic_write
+from napari_samtune.core.coords import napari_to_sam
+
+
+class PromptSegmenter(Protocol):
+    """What :func:`evaluate_prompts` needs of :class:`napari_samtune.core.predict.Segmenter`."""
+
+    def set_image(
+        self, image: np.ndarray, channel_axis: int | None = None, channels: Any = None
+    ) -> None: ...
+
+    def predict(
+        self,
+        points_xy: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box_xyxy: np.ndarray | None = None,
+        mask_input: Any = None,  # the previous Prediction
+        multimask: bool = False,
+    ) -> Any: ...  # a Prediction: .mask bool (H, W), .low_res_logits
+
+
+def mask_iou(mask: np.ndarray, reference: np.ndarray) -> float:
+    """Intersection over union of two boolean masks of equal shape; 1.0 when both are empty."""
+    union = np.count_nonzero(mask | reference)
+    return 1.0 if union == 0 else np.count_nonzero(mask & reference) / union
+
+
+def mask_dice(mask: np.ndarray, reference: np.ndarray) -> float:
+    """Dice coefficient 2|A & B| / (|A| + |B|) of two boolean masks; 1.0 when both are empty."""
+    total = np.count_nonzero(mask) + np.count_nonzero(reference)
+    return 1.0 if total == 0 else 2 * np.count_nonzero(mask & reference) / total
+
+
+def box_prompt(mask: np.ndarray) -> np.ndarray:
+    """SAM XYXY box of a non-empty (H, W) mask: float64 ``[col_min, row_min, col_max, row_max]``."""
+    rows, cols = np.nonzero(mask)
+    corners = np.array([[rows.min(), cols.min()], [rows.max(), cols.max()]])
+    return napari_to_sam(corners).reshape(4)
+
+
+def farthest_interior_point(mask: np.ndarray) -> tuple[int, int]:
+    """(row, col) of the pixel of a non-empty 2D mask farthest from the mask's border.
+
+    The image edge counts as border; ties go to the first pixel in row-major order.
+    """
+    rows, cols = np.nonzero(mask)
+    row0, col0 = rows.min(), cols.min()
+    crop = np.pad(mask[row0 : rows.max() + 1, col0 : cols.max() + 1], 1)
+    distance = ndimage.distance_transform_edt(crop)
+    row, col = np.unravel_index(int(np.argmax(distance)), distance.shape)
+    return int(row0 + row - 1), int(col0 + col - 1)
+
+
+def corrective_click(mask: np.ndarray, reference: np.ndarray) -> tuple[int, int, int] | None:
+    """The next correction for predicted ``mask`` of object ``reference`` (both (H, W) bool).
+
+    Returns:
+        ``(row, col, label)`` with label 1 (add: the largest error region is missed
+        object) or 0 (remove: it is spill-over), or None when ``mask`` is perfect.
+    """
+    best: tuple[int, np.ndarray, int] | None = None  # (size, region, label)
+    for error, label in ((reference & ~mask, 1), (mask & ~reference, 0)):
+        components, n_components = ndimage.label(error)
+        if n_components == 0:
+            continue
+        sizes = np.bincount(components.ravel())[1:]
+        largest = int(np.argmax(sizes))
+        if best is None or sizes[largest] > best[0]:
+            best = (int(sizes[largest]), components == largest + 1, label)
+    if best is None:
+        return None
+    row, col = farthest_interior_point(best[1])
+    return row, col, best[2]
+
+
+@dataclass(frozen=True)
+class ObjectPromptScores:
+    """How one ground-truth object is segmented from each kind of prompt."""
+
+    image_index: int  # position of the image in the evaluated sequence
+    object_id: int  # the object's id in that image's label image
+    box_iou: float  # IoU of the mask predicted from the bounding box
+    box_dice: float  # Dice of that mask
+    point_iou: float  # IoU of the mask predicted from one interior point
+    point_dice: float  # Dice of that mask
+    iterative_iou: tuple[float, ...]  # IoU after 0..n corrective clicks; [0] is point_iou
+
+
+@dataclass(frozen=True)
+class PromptEvaluation:
+    """Prompted-segmentation scores of every evaluated object."""
+
+    objects: tuple[ObjectPromptScores, ...]  # one per object, images in order, ids ascending
+    n_corrective_clicks: int  # clicks after the first point
+
+    def mean_iterative_iou(self) -> np.ndarray:
+        """float64 (n_corrective_clicks + 1,): mean IoU over objects after 0..n clicks."""
+        return np.mean([o.iterative_iou for o in self.objects], axis=0)
+
+    def summary(self) -> dict[str, float]:
+        """Means over objects: box/point IoU and Dice, and ``iou_after_<k>_clicks``, k = 1..n."""
+        means = {
+            name: float(np.mean([getattr(o, name) for o in self.objects]))
+            for name in ("box_iou", "box_dice", "point_iou", "point_dice")
+        }
+        curve = self.mean_iterative_iou()
+        for k in range(1, self.n_corrective_clicks + 1):
+            means[f"iou_after_{k}_clicks"] = float(curve[k])
+        return means
+
+
+def _predict_mask(segmenter: PromptSegmenter, shape: tuple[int, ...], **prompt: Any) -> Any:
+    prediction = segmenter.predict(multimask=False, **prompt)
+    if np.shape(prediction.mask) != shape:
+        raise ValueError(
+            f"the segmenter returned a mask of shape {np.shape(prediction.mask)!r} for labels of "
+            f"shape {shape!r}; each label image must match its image's (H, W) (check channel_axis)"
+        )
+    return prediction
+
+
+def _iterative_ious(
+    segmenter: PromptSegmenter,
+    reference: np.ndarray,
+    start: tuple[int, int],
+    first: Any,
+    n_clicks: int,
+) -> list[float]:
+    """IoU after 0..n_clicks corrective clicks; ``first`` answered the (row, col) ``start``."""
+    clicks, click_labels = [start], [1]
+    prediction, ious = first, [mask_iou(np.asarray(first.mask, dtype=bool), reference)]
+    for _ in range(n_clicks):
+        click = corrective_click(np.asarray(prediction.mask, dtype=bool), reference)
+        if click is None:  # perfect already: further clicks have nothing to correct
+            ious.append(ious[-1])
+            continue
+        clicks.append(click[:2])
+        click_labels.append(click[2])
+        prediction = _predict_mask(
+            segmenter,
+            reference.shape,
+            points_xy=napari_to_sam(np.array(clicks)),
+            point_labels=np.array(click_labels),
+            mask_input=prediction,  # the Segmenter takes a Prediction (re-projects across tiles)
+        )
+        ious.append(mask_iou(np.asarray(prediction.mask, dtype=bool), reference))
+    return ious
+
+
+def _evaluate_object(
+    segmenter: PromptSegmenter, labels: np.ndarray, object_id: int, image_index: int, n_clicks: int
+) -> ObjectPromptScores:
+    """Scores of one object of (H, W) ``labels`` for box, point and iterative prompts."""
+    reference = labels == object_id
+    shape = reference.shape
+    boxed = _predict_mask(segmenter, shape, box_xyxy=box_prompt(reference))
+    box_mask = np.asarray(boxed.mask, dtype=bool)
+    start = farthest_interior_point(reference)
+    point = napari_to_sam(np.array([start], dtype=np.float64))
+    first = _predict_mask(segmenter, shape, points_xy=point, point_labels=np.array([1]))
+    point_mask = np.asarray(first.mask, dtype=bool)
+    return ObjectPromptScores(
+        image_index=image_index,
+        object_id=int(object_id),
+        box_iou=mask_iou(box_mask, reference),
+        box_dice=mask_dice(box_mask, reference),
+        point_iou=mask_iou(point_mask, reference),
+        point_dice=mask_dice(point_mask, reference),
+        iterative_iou=tuple(_iterative_ious(segmenter, reference, start, first, n_clicks)),
+    )
+
+
+def _resolve_segmenter(segmenter: PromptSegmenter | Callable[[], PromptSegmenter]) -> Any:
+    if hasattr(segmenter, "set_image") and hasattr(segmenter, "predict"):
+        return segmenter
+    if callable(segmenter):
+        return _resolve_segmenter(segmenter())
+    raise TypeError(
+        f"segmenter={segmenter!r} is neither a Segmenter (with set_image and predict) nor a "
+        "callable returning one; pass e.g. Segmenter(load_model('vit_b').sam)"
+    )
+
+
+def _check_prompt_inputs(
+    images: Sequence[np.ndarray], labels: Sequence[np.ndarray], n_corrective_clicks: int
+) -> None:
+    if isinstance(n_corrective_clicks, bool) or not isinstance(n_corrective_clicks, int):
+        raise TypeError(f"n_corrective_clicks={n_corrective_clicks!r}; expected an int >= 0")
+    if n_corrective_clicks < 0:
+        raise ValueError(f"n_corrective_clicks={n_corrective_clicks!r}; expected an int >= 0")
+    if len(images) != len(labels):
+        raise ValueError(
+            f"got {len(images)!r} images but {len(labels)!r} label images; pass one per image"
+        )
+    for index, image_labels in enumerate(labels):
+        image_labels = np.asarray(image_labels)
+        if image_labels.ndim != 2 or not np.issubdtype(image_labels.dtype, np.integer):
+            raise ValueError(
+                f"labels[{index}] has shape {image_labels.shape!r} and dtype "
+                f"{image_labels.dtype!r}; expected integer instance labels of shape (H, W)"
+            )
+
+
+def evaluate_prompts(
+    segmenter: PromptSegmenter | Callable[[], PromptSegmenter],
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    n_corrective_clicks: int = 7,
+    max_objects_per_image: int | None = None,
+    channel_axis: int | None = None,
+    channels: Sequence[int] | None = None,
+) -> PromptEvaluation:
+    """Box, point and iterative-prompting scores of every object (see module docstring).
+
+    Args:
+        segmenter: a ``Segmenter``, or a callable without arguments that makes one
+            (called once).
+        images: images as ``Segmenter.set_image`` takes them, e.g. (H, W) or (H, W, 3).
+        labels: integer (H, W) instance labels per image; 0 is background.
+        n_corrective_clicks: clicks after the first point in the iterative curve.
+        max_objects_per_image: evaluate only the objects with the smallest ids, to
+            bound run time; None evaluates all.
+        channel_axis, channels: passed to ``set_image``.
+    """
+    _check_prompt_inputs(images, labels, n_corrective_clicks)
+    if max_objects_per_image is not None and max_objects_per_image < 1:
+        raise ValueError(f"max_objects_per_image={max_objects_per_image!r}; use None or >= 1")
+    segmenter = _resolve_segmenter(segmenter)
+    results = []
+    for index, (image, image_labels) in enumerate(zip(images, labels, strict=True)):
+        image_labels = np.asarray(image_labels)
+        object_ids = np.unique(image_labels[image_labels != 0])[:max_objects_per_image]
+        if object_ids.size == 0:
+            continue
+        segmenter.set_image(image, channel_axis=channel_axis, channels=channels)
+        results += [
+            _evaluate_object(segmenter, image_labels, object_id, index, n_corrective_clicks)
+            for object_id in object_ids
+        ]
+    if not results:
+        raise ValueError("labels contain no objects; prompted evaluation needs annotated objects")
+    return PromptEvaluation(tuple(results), n_corrective_clicks)
+
+
+# Metrics drawn in the comparison chart: (summary key, axis label).
+CHART_METRICS: tuple[tuple[str, str], ...] = (
+    ("msa", "mSA"),
+    ("sa50", "SA50"),
+    ("box_iou", "box IoU"),
+    ("point_iou", "point IoU"),
+)
+
+
+@dataclass(frozen=True)
+class ComparisonFiles:
+    """Where :func:`compare_models` wrote its outputs."""
+
+    csv_path: Path  # one row per model, one column per metric
+    png_path: Path  # grouped bar chart of CHART_METRICS
+
+
+def _metric_dict(name: str, metrics: Any) -> dict[str, float]:
+    """A model's metrics as a flat dict, from a mapping, a ``summary()`` owner or a list."""
+    if isinstance(metrics, Mapping):
+        try:
+            return {str(key): float(value) for key, value in metrics.items()}
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"results[{name!r}] has a non-numeric metric value: {err}") from err
+    if hasattr(metrics, "summary"):
+        return _metric_dict(name, metrics.summary())
+    if isinstance(metrics, (list, tuple)):
+        merged: dict[str, float] = {}
+        for part in metrics:
+            merged.update(_metric_dict(name, part))
+        return merged
+    raise TypeError(
+        f"results[{name!r}] is a {type(metrics).__name__}; expected a dict of metric values, an "
+        "InstanceEvaluation / PromptEvaluation, or a list of those"
+    )
+
+
+def _write_csv(path: Path, table: dict[str, dict[str, float]], columns: list[str]) -> None:
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["model", *columns])
+        for model, metrics in table.items():
+            writer.writerow([model, *(repr(metrics[c]) if c in metrics else "" for c in columns)])
+
+
+def _write_chart(path: Path, table: dict[str, dict[str, float]], chart: list[tuple]) -> None:
+    # Figure + Agg canvas, not pyplot: no global backend switch inside a running napari.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(1.6 + 1.4 * len(chart), 3.6), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    width = 0.8 / len(table)
+    positions = np.arange(len(chart))
+    for i, (model, metrics) in enumerate(table.items()):
+        heights = [metrics.get(key, math.nan) for key, _ in chart]
+        axes.bar(positions + (i - (len(table) - 1) / 2) * width, heights, width, label=model)
+    axes.set_xticks(positions, [label for _, label in chart])
+    axes.set_ylim(0, 1)
+    axes.set_ylabel("score")
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+
+
+def compare_models(
+    results: Mapping[str, Any], output_dir: str | Path, name: str = "model_comparison"
+) -> ComparisonFiles:
+    """Write a CSV of every model's metrics and a grouped bar chart (mSA, SA50, box/point IoU).
+
+    Args:
+        results: model name -> its metrics: a dict of floats (as ``summary()`` returns),
+            an :class:`~.metrics.InstanceEvaluation` or :class:`PromptEvaluation`, or a
+            list of those (merged). Models missing a metric get an empty CSV cell and no bar.
+        output_dir: folder for ``<name>.csv`` and ``<name>.png``; created if needed.
+        name: file name stem.
+    """
+    if not results:
+        raise ValueError("results is empty; pass {model name: metrics} for at least one model")
+    table = {str(model): _metric_dict(str(model), metrics) for model, metrics in results.items()}
+    columns = list(dict.fromkeys(key for metrics in table.values() for key in metrics))
+    chart = [(key, label) for key, label in CHART_METRICS if key in columns]
+    if not chart:
+        raise ValueError(
+            f"no model has any of the chart metrics {[k for k, _ in CHART_METRICS]!r}; "
+            "evaluate with evaluate_instances and/or evaluate_prompts first"
+        )
+    output_dir = Path(output_dir)
+    csv_path = atomic_write(output_dir / f"{name}.csv", lambda tmp: _write_csv(tmp, table, columns))
+    png_path = atomic_write(output_dir / f"{name}.png", lambda tmp: _write_chart(tmp, table, chart))
+    return ComparisonFiles(csv_path, png_path)

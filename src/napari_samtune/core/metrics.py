@@ -1,0 +1,244 @@
+"""Instance segmentation metrics: matching predicted objects to ground-truth objects.
+
+Conventions used throughout:
+
+* Label images are integer arrays of any shape (usually (H, W)); 0 is background,
+  every other value is one object. Ids need not be consecutive or ordered: only
+  which pixels share an id matters.
+* Two objects match at threshold ``t`` when their IoU is strictly greater than
+  ``t``. Matching is one-to-one. For ``t >= 0.5`` a match is unique by itself
+  (IoU > 0.5 means the pair shares more than half of each object, and disjoint
+  objects cannot both do that), so the matches are simply the pairs above the
+  threshold. For ``t < 0.5`` the number of matches is maximised with
+  :func:`scipy.optimize.linear_sum_assignment` (optimal, not greedy).
+* Segmentation accuracy ``SA(t) = TP / (TP + FP + FN)``; mSA is its mean over
+  the thresholds 0.50, 0.55, ..., 0.95 (:data:`IOU_THRESHOLDS`). Precision
+  ``TP / (TP + FP)``, recall ``TP / (TP + FN)`` and F1 ``2 TP / (2 TP + FP + FN)``
+  are reported at IoU 0.5.
+* Empty cases: when neither ground truth nor prediction has an object, there
+  was nothing to find and nothing was claimed, so every score is 1.0. Any other
+  0 / 0 (precision of an empty prediction, recall against empty ground truth)
+  scores 0.0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+IOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+
+
+def _index_instances(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted instance ids (without 0) and a flat per-pixel index: 0 = background, i = ids[i-1]."""
+    flat = labels.ravel()
+    if flat.dtype == bool:
+        flat = flat.view(np.uint8)
+    if flat.size and int(flat.max()) <= 4 * flat.size + 1024:  # cheap O(N) relabelling
+        present = np.bincount(flat.astype(np.int64, copy=False)) > 0
+        present[0] = False
+        ids = np.flatnonzero(present)
+        lut = np.zeros(len(present), dtype=np.int64)
+        lut[ids] = np.arange(1, len(ids) + 1)
+        return ids, lut[flat]
+    ids, inverse = np.unique(flat, return_inverse=True)
+    if ids.size and ids[0] == 0:
+        return ids[1:], inverse.reshape(-1)
+    return ids, inverse.reshape(-1) + 1
+
+
+def _check_label_image(labels: np.ndarray, name: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        raise TypeError(
+            f"{name} has dtype {labels.dtype!r}; instance metrics need integer label images "
+            "(0 = background, one id per object)"
+        )
+    if labels.size and np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:
+        raise ValueError(f"{name} contains negative ids (min {labels.min()!r}); use ids >= 0")
+    return labels
+
+
+def iou_matrix(
+    labels: np.ndarray, prediction: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IoU of every ground-truth object with every predicted object, from one overlap table.
+
+    Args:
+        labels: ground-truth instance labels, integer array of any shape.
+        prediction: predicted instance labels, same shape.
+
+    Returns:
+        ``(iou, gt_ids, pred_ids)``: float64 ``iou`` of shape (n_gt, n_pred), row ``i``
+        for object ``gt_ids[i]`` and column ``j`` for ``pred_ids[j]`` (ids sorted
+        ascending, background excluded). Time is linear in the number of pixels;
+        memory is that of the (n_gt + 1, n_pred + 1) table.
+    """
+    labels = _check_label_image(labels, "labels")
+    prediction = _check_label_image(prediction, "prediction")
+    if labels.shape != prediction.shape:
+        raise ValueError(
+            f"labels has shape {labels.shape!r} but prediction has shape {prediction.shape!r}; "
+            "they must be label images of the same image"
+        )
+    gt_ids, gt_index = _index_instances(labels)
+    pred_ids, pred_index = _index_instances(prediction)
+    n_rows, n_cols = len(gt_ids) + 1, len(pred_ids) + 1
+    # Contingency table: pixels per (gt, prediction) index pair; row/column 0 is background.
+    pair = gt_index * n_cols + pred_index
+    table = np.bincount(pair, minlength=n_rows * n_cols).reshape(n_rows, n_cols)
+    intersection = table[1:, 1:].astype(np.float64)
+    gt_sizes, pred_sizes = table.sum(axis=1)[1:], table.sum(axis=0)[1:]
+    union = gt_sizes[:, None] + pred_sizes[None, :] - intersection  # > 0: objects are non-empty
+    return intersection / union, gt_ids, pred_ids
+
+
+def _n_matches(iou: np.ndarray, threshold: float) -> int:
+    """Largest number of one-to-one (gt, prediction) pairs with IoU > threshold."""
+    hits = iou > threshold
+    if threshold >= 0.5:  # each row and column holds at most one hit (see module docstring)
+        return int(hits.sum())
+    rows, cols = hits.any(axis=1), hits.any(axis=0)
+    candidates = hits[rows][:, cols]
+    if candidates.size == 0:
+        return 0
+    row_index, col_index = linear_sum_assignment(candidates, maximize=True)
+    return int(candidates[row_index, col_index].sum())
+
+
+def match_counts(
+    labels: np.ndarray,
+    prediction: np.ndarray,
+    thresholds: Sequence[float] = IOU_THRESHOLDS,
+) -> np.ndarray:
+    """True positives, false positives and false negatives at each IoU threshold.
+
+    Args:
+        labels: ground-truth instance labels, integer array of any shape.
+        prediction: predicted instance labels, same shape.
+        thresholds: IoU thresholds in [0, 1); a pair matches when IoU > threshold.
+
+    Returns:
+        int64 array of shape (len(thresholds), 3): columns TP, FP, FN.
+    """
+    thresholds = [float(t) for t in thresholds]
+    if not thresholds or any(not 0.0 <= t < 1.0 for t in thresholds):
+        raise ValueError(f"thresholds={thresholds!r}; give one or more IoU values in [0, 1)")
+    iou, gt_ids, pred_ids = iou_matrix(labels, prediction)
+    counts = np.zeros((len(thresholds), 3), dtype=np.int64)
+    for row, threshold in enumerate(thresholds):
+        n_tp = _n_matches(iou, threshold)
+        counts[row] = (n_tp, len(pred_ids) - n_tp, len(gt_ids) - n_tp)
+    return counts
+
+
+def _ratio(numerator: float, denominator: float, n_objects: int) -> float:
+    if denominator > 0:
+        return float(numerator / denominator)
+    return 1.0 if n_objects == 0 else 0.0  # nothing to find and nothing claimed: perfect
+
+
+@dataclass(frozen=True)
+class SegmentationScores:
+    """Instance segmentation scores, each in [0, 1]."""
+
+    msa: float  # mean segmentation accuracy over IoU thresholds 0.50:0.05:0.95
+    sa50: float  # segmentation accuracy TP / (TP + FP + FN) at IoU 0.5
+    sa75: float  # segmentation accuracy at IoU 0.75
+    precision: float  # TP / (TP + FP) at IoU 0.5
+    recall: float  # TP / (TP + FN) at IoU 0.5
+    f1: float  # 2 TP / (2 TP + FP + FN) at IoU 0.5
+
+    @classmethod
+    def from_counts(cls, counts: np.ndarray) -> SegmentationScores:
+        """Scores from a (len(IOU_THRESHOLDS), 3) TP/FP/FN table as :func:`match_counts` makes."""
+        counts = np.asarray(counts)
+        if counts.shape != (len(IOU_THRESHOLDS), 3):
+            raise ValueError(
+                f"counts has shape {counts.shape!r}; expected ({len(IOU_THRESHOLDS)}, 3): "
+                "TP, FP, FN at each of IOU_THRESHOLDS"
+            )
+        tp, fp, fn = (counts[:, k].astype(np.float64) for k in range(3))
+        n_objects = int(tp[0] + fp[0] + fn[0])  # 0 only when both sides are empty
+        sa = [_ratio(tp[i], tp[i] + fp[i] + fn[i], n_objects) for i in range(len(tp))]
+        at50 = IOU_THRESHOLDS.index(0.5)
+        return cls(
+            msa=float(np.mean(sa)),
+            sa50=sa[at50],
+            sa75=sa[IOU_THRESHOLDS.index(0.75)],
+            precision=_ratio(tp[at50], tp[at50] + fp[at50], n_objects),
+            recall=_ratio(tp[at50], tp[at50] + fn[at50], n_objects),
+            f1=_ratio(2 * tp[at50], 2 * tp[at50] + fp[at50] + fn[at50], n_objects),
+        )
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def instance_scores(labels: np.ndarray, prediction: np.ndarray) -> SegmentationScores:
+    """Scores of one predicted label image against its ground truth (see module docstring)."""
+    return SegmentationScores.from_counts(match_counts(labels, prediction))
+
+
+@dataclass(frozen=True)
+class InstanceEvaluation:
+    """Instance scores of a set of images, per image and aggregated two ways.
+
+    ``pooled`` sums TP/FP/FN over all images first and scores the totals, so
+    every object weighs the same (an image with many objects counts more).
+    ``image_mean`` averages the per-image scores, so every image weighs the same.
+    """
+
+    per_image: tuple[SegmentationScores, ...]  # one entry per image, in input order
+    pooled: SegmentationScores  # scores of the TP/FP/FN summed over images
+    image_mean: SegmentationScores  # mean of the per-image scores
+    counts: np.ndarray = field(compare=False, repr=False)  # int64 (n_images, n_thresholds, 3)
+
+    def summary(self) -> dict[str, float]:
+        """Flat dict: pooled scores under their names, image means as ``image_mean_<name>``."""
+        pooled = self.pooled.as_dict()
+        means = {f"image_mean_{key}": value for key, value in self.image_mean.as_dict().items()}
+        return {**pooled, **means}
+
+
+def _image_counts(index: int, labels: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    try:
+        return match_counts(labels, prediction)
+    except (ValueError, TypeError) as err:  # say which image of the set is wrong
+        raise type(err)(f"image {index}: {err}") from err
+
+
+def evaluate_instances(
+    labels: Sequence[np.ndarray], predictions: Sequence[np.ndarray]
+) -> InstanceEvaluation:
+    """Score predicted label images against ground truth, per image and over the set.
+
+    Args:
+        labels: ground-truth instance label images (integer arrays, e.g. (H, W)).
+        predictions: predicted instance label images, one per entry of ``labels``
+            with the same shape.
+    """
+    if len(labels) != len(predictions):
+        raise ValueError(
+            f"got {len(labels)!r} label images but {len(predictions)!r} predictions; "
+            "pass one prediction per ground-truth image"
+        )
+    if len(labels) == 0:
+        raise ValueError("labels is empty; pass at least one (ground truth, prediction) pair")
+    counts = np.stack([_image_counts(i, labels[i], predictions[i]) for i in range(len(labels))])
+    per_image = tuple(SegmentationScores.from_counts(c) for c in counts)
+    image_mean = SegmentationScores(
+        **{
+            f.name: float(np.mean([getattr(s, f.name) for s in per_image]))
+            for f in fields(SegmentationScores)
+        }
+    )
+    return InstanceEvaluation(
+        per_image=per_image,
+        pooled=SegmentationScores.from_counts(counts.sum(axis=0)),
+        image_mean=image_mean,
+        counts=counts,
+    )

@@ -1,0 +1,301 @@
+"""Prompted evaluation with deterministic fake segmenters, and the model comparison outputs."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_samtune.core.evaluate import (
+    box_prompt,
+    compare_models,
+    corrective_click,
+    evaluate_prompts,
+    farthest_interior_point,
+    mask_dice,
+    mask_iou,
+)
+from napari_samtune.core.metrics import evaluate_instances
+
+
+@dataclass
+class FakePrediction:
+    mask: np.ndarray
+    score: float
+    low_res_logits: object
+
+
+@dataclass
+class FakeSegmenter:
+    """Answers each prompt with a known mask of the object under it, and records every call.
+
+    The "image" given to set_image is the label image itself. The prompted object is the
+    one under the box centre or under the first point. ``make_mask(object_mask, n_points)``
+    turns that object's mask into the answer.
+    """
+
+    make_mask: object = staticmethod(lambda mask, n_points: mask)
+    labels: np.ndarray | None = None
+    calls: list = field(default_factory=list)
+    n_images_set: int = 0
+
+    def set_image(self, image, channel_axis=None, channels=None, progress=None):
+        self.labels = np.asarray(image)
+        self.n_images_set += 1
+
+    def predict(
+        self, points_xy=None, point_labels=None, box_xyxy=None, mask_input=None, multimask=False
+    ):
+        if box_xyxy is not None:
+            x, y = (box_xyxy[0] + box_xyxy[2]) / 2, (box_xyxy[1] + box_xyxy[3]) / 2
+        else:
+            x, y = points_xy[0]
+        object_mask = self.labels == self.labels[int(round(y)), int(round(x))]
+        n_points = 0 if points_xy is None else len(points_xy)
+        mask = self.make_mask(object_mask, n_points)
+        logits = object()  # a unique token: the evaluation must feed it back in mask_input
+        self.calls.append(
+            dict(
+                points=points_xy,
+                labels=point_labels,
+                box=box_xyxy,
+                mask_input=mask_input,
+                multimask=multimask,
+                logits=logits,
+            )
+        )
+        return FakePrediction(mask, 1.0, logits)
+
+
+def _dilate_cross(mask, n_points):
+    return ndimage.binary_dilation(mask)  # 4-connected: adds a 1-pixel strip on each side
+
+
+def _square_labels() -> np.ndarray:
+    labels = np.zeros((20, 30), dtype=np.uint16)
+    labels[2:6, 2:6] = 7  # 4x4 = 16 pixels
+    labels[10:14, 20:24] = 3
+    return labels
+
+
+def test_mask_iou_and_dice():
+    a = np.zeros((4, 4), bool)
+    b = a.copy()
+    assert mask_iou(a, b) == 1.0 and mask_dice(a, b) == 1.0  # both empty: perfect
+    a[0, :2] = True
+    b[0, 1:4] = True  # |a|=2, |b|=3, overlap 1, union 4
+    assert mask_iou(a, b) == pytest.approx(1 / 4)
+    assert mask_dice(a, b) == pytest.approx(2 / 5)
+
+
+def test_box_prompt_is_xyxy_of_first_and_last_pixel():
+    mask = np.zeros((20, 30), bool)
+    mask[10:13, 20:25] = True  # rows 10..12, cols 20..24
+    assert box_prompt(mask).tolist() == [20, 10, 24, 12]
+
+
+def test_farthest_interior_point():
+    rows, cols = np.ogrid[:40, :50]
+    disk = (rows - 12) ** 2 + (cols - 30) ** 2 <= 25
+    assert farthest_interior_point(disk) == (12, 30)
+    edge = np.zeros((10, 10), bool)
+    edge[:, :3] = True  # touches the image edge, which counts as border: centre column 1
+    assert farthest_interior_point(edge)[1] == 1
+
+
+def test_corrective_click_targets_the_largest_error_region():
+    reference = np.zeros((20, 20), bool)
+    reference[0:10, 0:10] = True
+    assert corrective_click(reference.copy(), reference) is None
+    missed = reference.copy()
+    missed[:, 5:] = False  # 50 missed pixels in rows 0..9, cols 5..9
+    assert corrective_click(missed, reference) == (2, 7, 1)  # first pixel at distance 3
+    spill = reference.copy()
+    spill[12:20, 12:20] = True  # 64 extra pixels beat 10 missed ones
+    spill[0, :] = False
+    assert corrective_click(spill, reference) == (15, 15, 0)
+    tie = reference.copy()
+    tie[0, :] = False  # 10 missed ...
+    tie[15, 0:10] = True  # ... and 10 extra: a tie goes to the missed region
+    assert corrective_click(tie, reference)[2] == 1
+
+
+def test_perfect_segmenter_scores_one_and_needs_no_clicks():
+    segmenter = FakeSegmenter()
+    result = evaluate_prompts(segmenter, [_square_labels()], [_square_labels()], 3)
+    assert [(o.image_index, o.object_id) for o in result.objects] == [(0, 3), (0, 7)]
+    for scores in result.objects:
+        assert (scores.box_iou, scores.box_dice, scores.point_iou, scores.point_dice) == (
+            1,
+            1,
+            1,
+            1,
+        )
+        assert scores.iterative_iou == (1.0, 1.0, 1.0, 1.0)
+    assert len(segmenter.calls) == 4  # box + point per object; nothing left to correct
+    assert not any(call["multimask"] for call in segmenter.calls)
+    assert segmenter.calls[1]["points"].tolist() == [[21, 11]]  # (x, y) of the object's centre
+
+
+def test_dilated_masks_give_hand_computed_scores():
+    segmenter = FakeSegmenter(make_mask=_dilate_cross)
+    labels = _square_labels()
+    result = evaluate_prompts(segmenter, [labels], [labels], n_corrective_clicks=2)
+    # 16 object pixels, 16 + 4 * 4 predicted: IoU 16/32, Dice 2*16/(16+32).
+    for scores in result.objects:
+        assert scores.box_iou == pytest.approx(0.5) and scores.box_dice == pytest.approx(2 / 3)
+        assert scores.point_iou == pytest.approx(0.5) and scores.point_dice == pytest.approx(2 / 3)
+        assert scores.iterative_iou == pytest.approx((0.5, 0.5, 0.5))
+    # Object 3 (rows 10..13, cols 20..23): the four spill strips tie; the top one (row 9) wins
+    # and its first pixel (col 20) gets a negative click, fed back with the previous logits.
+    box_call, point_call, first_fix, second_fix = segmenter.calls[:4]
+    assert box_call["box"].tolist() == [20, 10, 23, 13]
+    assert first_fix["points"].tolist() == [[21, 11], [20, 9]]
+    assert first_fix["labels"].tolist() == [1, 0]
+    assert first_fix["mask_input"].low_res_logits is point_call["logits"]
+    assert second_fix["mask_input"].low_res_logits is first_fix["logits"]
+    assert len(second_fix["points"]) == 3
+
+
+def test_iterative_curve_improves_with_a_positive_click():
+    def left_half_until_corrected(mask, n_points):
+        if n_points != 1:
+            return mask
+        rows, cols = np.nonzero(mask)
+        half = mask.copy()
+        half[:, cols.min() + 5 :] = False
+        return half
+
+    labels = np.zeros((30, 30), dtype=np.int32)
+    labels[10:20, 10:20] = 1  # 100 pixels; the left half has 50
+    segmenter = FakeSegmenter(make_mask=left_half_until_corrected)
+    result = evaluate_prompts(segmenter, [labels], [labels], n_corrective_clicks=3)
+    (scores,) = result.objects
+    assert scores.box_iou == 1.0 and scores.point_iou == pytest.approx(0.5)
+    assert scores.iterative_iou == pytest.approx((0.5, 1.0, 1.0, 1.0))
+    fix = segmenter.calls[2]
+    assert fix["points"].tolist() == [[14, 14], [17, 12]] and fix["labels"].tolist() == [1, 1]
+    assert len(segmenter.calls) == 3  # perfect after one correction: no more predictions
+    assert result.mean_iterative_iou() == pytest.approx([0.5, 1.0, 1.0, 1.0])
+    summary = result.summary()
+    assert summary["point_iou"] == pytest.approx(0.5) and summary["box_dice"] == 1.0
+    assert [k for k in summary if k.startswith("iou_after")] == [
+        "iou_after_1_clicks",
+        "iou_after_2_clicks",
+        "iou_after_3_clicks",
+    ]
+
+
+def test_several_images_factory_and_object_limit():
+    labels = _square_labels()
+    empty = np.zeros_like(labels)
+    made = []
+
+    def factory():
+        made.append(FakeSegmenter(make_mask=_dilate_cross))
+        return made[-1]
+
+    result = evaluate_prompts(
+        factory, [labels, empty, labels], [labels, empty, labels], 1, max_objects_per_image=1
+    )
+    assert len(made) == 1 and made[0].n_images_set == 2  # the empty image is skipped
+    assert [(o.image_index, o.object_id) for o in result.objects] == [(0, 3), (2, 3)]
+    assert result.summary()["box_iou"] == pytest.approx(0.5)
+
+
+def test_tiny_sam_segmenter_gives_well_formed_scores(tiny_sam, nuclei_image):
+    from napari_samtune.core.predict import Segmenter
+
+    image, labels = nuclei_image
+    segmenter = Segmenter(tiny_sam, model_id="tiny-test", use_disk_cache=False)
+    mask_inputs = []
+    predict = segmenter.predict
+
+    def spy(**prompt):
+        mask_inputs.append(prompt.get("mask_input"))
+        return predict(**prompt)
+
+    segmenter.predict = spy
+    result = evaluate_prompts(segmenter, [image], [labels], 2, max_objects_per_image=3)
+    refined = [m for m in mask_inputs if m is not None]
+    assert refined and all(m.low_res_logits.shape == (1, 64, 64) for m in refined)
+    assert [o.object_id for o in result.objects] == [1, 2, 3]
+    for scores in result.objects:
+        values = [scores.box_iou, scores.box_dice, scores.point_iou, scores.point_dice]
+        assert all(0.0 <= v <= 1.0 for v in [*values, *scores.iterative_iou])
+        assert len(scores.iterative_iou) == 3 and scores.iterative_iou[0] == scores.point_iou
+        assert scores.box_dice >= scores.box_iou  # Dice >= IoU for any pair of masks
+    again = evaluate_prompts(segmenter, [image], [labels], 2, max_objects_per_image=3)
+    assert again == result  # deterministic
+
+
+def test_bad_inputs_are_clear_errors():
+    labels = _square_labels()
+    with pytest.raises(ValueError, match="n_corrective_clicks=-1"):
+        evaluate_prompts(FakeSegmenter(), [labels], [labels], -1)
+    with pytest.raises(TypeError, match="n_corrective_clicks=2.5"):
+        evaluate_prompts(FakeSegmenter(), [labels], [labels], 2.5)
+    with pytest.raises(ValueError, match="one per image"):
+        evaluate_prompts(FakeSegmenter(), [labels, labels], [labels])
+    with pytest.raises(ValueError, match="integer instance labels"):
+        evaluate_prompts(FakeSegmenter(), [labels], [labels.astype(float)])
+    with pytest.raises(ValueError, match="no objects"):
+        evaluate_prompts(FakeSegmenter(), [labels], [np.zeros_like(labels)])
+    with pytest.raises(ValueError, match="max_objects_per_image=0"):
+        evaluate_prompts(FakeSegmenter(), [labels], [labels], max_objects_per_image=0)
+    with pytest.raises(TypeError, match="neither a Segmenter"):
+        evaluate_prompts(3, [labels], [labels])
+    wrong_shape = FakeSegmenter(make_mask=lambda mask, n: mask[:, :-1])
+    with pytest.raises(ValueError, match="shape"):
+        evaluate_prompts(wrong_shape, [labels], [labels])
+
+
+def _read_csv(path):
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def test_compare_models_writes_csv_and_png(tmp_path):
+    results = {
+        "vit_b": {"msa": 0.5, "sa50": 0.75, "box_iou": 0.8, "point_iou": 0.6},
+        "finetuned": {"msa": 0.625, "sa50": 0.875, "box_iou": 0.9},  # no point IoU
+    }
+    files = compare_models(results, tmp_path / "out", name="cmp")
+    assert files.csv_path == tmp_path / "out" / "cmp.csv"
+    rows = _read_csv(files.csv_path)
+    assert [row["model"] for row in rows] == ["vit_b", "finetuned"]
+    assert list(rows[0]) == ["model", "msa", "sa50", "box_iou", "point_iou"]
+    assert float(rows[1]["msa"]) == 0.625 and float(rows[0]["point_iou"]) == 0.6
+    assert rows[1]["point_iou"] == ""
+    png = files.png_path.read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(files.png_path)
+    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.std() > 0
+
+
+def test_compare_models_takes_evaluation_objects(tmp_path):
+    labels = _square_labels()
+    instances = evaluate_instances([labels], [labels * (labels != 7)])  # object 7 missed
+    prompts = evaluate_prompts(FakeSegmenter(make_mask=_dilate_cross), [labels], [labels], 1)
+    files = compare_models({"model": [instances, prompts]}, tmp_path)
+    (row,) = _read_csv(files.csv_path)
+    assert float(row["msa"]) == pytest.approx(0.5) and float(row["box_iou"]) == pytest.approx(0.5)
+    assert float(row["image_mean_recall"]) == pytest.approx(0.5)
+    assert float(row["iou_after_1_clicks"]) == pytest.approx(0.5)
+
+
+def test_compare_models_errors(tmp_path):
+    with pytest.raises(ValueError, match="results is empty"):
+        compare_models({}, tmp_path)
+    with pytest.raises(ValueError, match="chart metrics"):
+        compare_models({"a": {"f1": 0.5}}, tmp_path)
+    with pytest.raises(TypeError, match="results\\['a'\\]"):
+        compare_models({"a": 0.5}, tmp_path)
+    with pytest.raises(TypeError, match="non-numeric"):
+        compare_models({"a": {"msa": "high"}}, tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing written on error
