@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMAND_MODULES: tuple[str, ...] = ()  # e.g. "models", "segment": modules of this package
+SUBCOMMAND_MODULES: tuple[str, ...] = ("models",)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,54 @@
+"""``samtune models``: list the built-in and user models and whether their weights are here."""
+
+from __future__ import annotations
+
+import argparse
+
+from napari_samtune.core.download import download_status
+from napari_samtune.core.registry import (
+    ModelSpec,
+    list_models,
+    models_cache_dir,
+    user_models_dir,
+)
+
+COLUMNS = ("name", "architecture", "source", "downloaded", "path")
+_STATUS_TEXT = {"verified": "yes", "present": "yes (not verified yet)", "missing": "no"}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "models",
+        help="list the available SAM models and whether they are downloaded",
+        description=(
+            "List the built-in SAM models and your registered user models, with their "
+            "architecture, source, and whether the weights are on this computer."
+        ),
+    )
+    parser.set_defaults(func=run)
+
+
+def _row(spec: ModelSpec) -> tuple[str, ...]:
+    status = _STATUS_TEXT[download_status(spec)]
+    return (spec.name, spec.architecture, spec.source, status, str(spec.local_path()))
+
+
+def format_table(rows: list[tuple[str, ...]], header: tuple[str, ...] = COLUMNS) -> str:
+    """Left-aligned columns separated by two spaces, with a header line."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *rows]
+    ]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    specs = list_models()
+    print(format_table([_row(spec) for spec in specs]))
+    print()
+    print(f"download cache: {models_cache_dir()}  (set SAMTUNE_CACHE_DIR to move it)")
+    print(f"user models:    {user_models_dir()}  (set SAMTUNE_MODELS_DIR to move it)")
+    if not any(spec.is_user_model for spec in specs):
+        print("no user models registered yet")
+    return 0

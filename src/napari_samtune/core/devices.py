@@ -1,0 +1,66 @@
+"""Pick the torch device to run on, with messages that say how to fix a wrong choice."""
+
+from __future__ import annotations
+
+import torch
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """Turn "auto", "cpu", "cuda", "cuda:<index>" or "mps" into an available ``torch.device``.
+
+    "auto" picks CUDA when available, else Apple's MPS, else the CPU. Asking for
+    a device that this machine or this torch build does not have is a ValueError
+    that says what to use instead.
+    """
+    if isinstance(name, torch.device):
+        name = str(name)
+    if not isinstance(name, str):
+        raise TypeError(f"device={name!r} must be a string such as 'auto', 'cpu' or 'cuda'")
+    text = name.strip().lower()
+    if text == "auto":
+        if cuda_available():
+            return torch.device("cuda")
+        return torch.device("mps") if mps_available() else torch.device("cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError as err:
+        raise ValueError(
+            f"device={name!r} is not a device; choose one of {DEVICE_CHOICES!r}"
+        ) from err
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        return _checked_cuda(device, name)
+    if device.type == "mps":
+        if not mps_available():
+            raise ValueError(
+                f"device={name!r} but Apple MPS is not available here (it needs an Apple-silicon "
+                "Mac and a torch build with MPS); use device='cpu' or 'auto'"
+            )
+        return device
+    raise ValueError(f"device={name!r} is not supported; choose one of {DEVICE_CHOICES!r}")
+
+
+def _checked_cuda(device: torch.device, name: str) -> torch.device:
+    if not cuda_available():
+        raise ValueError(
+            f"device={name!r} but CUDA is not available (no NVIDIA GPU, no driver, or a CPU-only "
+            "torch build); use device='cpu' or 'auto', or install a CUDA build of torch"
+        )
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise ValueError(
+            f"device={name!r} but this machine has {count} CUDA device(s), numbered 0..{count - 1}"
+        )
+    return device

@@ -1,0 +1,295 @@
+"""Load SAM weights from a registry name or any supported file, safely; export plain state dicts.
+
+Files are always read with ``torch.load(..., map_location="cpu", weights_only=True)``,
+so a checkpoint can never run code. Understood layouts:
+
+* a plain SAM state dict (official SAM, MobileSAM, micro-sam exports), keys as in
+  ``Sam.state_dict()``;
+* napari-samtune checkpoints ``{"format": CHECKPOINT_FORMAT, "architecture": ...,
+  "model_state": ...}`` (see :mod:`napari_samtune.core.checkpoints`);
+* wrappers ``{"model_state": ...}`` (micro-sam / torch_em, a ``"decoder_state"`` for
+  micro-sam's instance decoder is ignored), ``{"model": ...}`` and ``{"state_dict": ...}``;
+* keys prefixed by ``"module."`` (DistributedDataParallel), ``"sam."`` (torch_em's
+  trainable SAM) or ``"_orig_mod."`` (``torch.compile``).
+
+Weights are loaded with ``strict=True``; anything that does not fit is a ``ValueError``
+naming the file and what was expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from segment_anything.modeling import Sam
+
+from napari_samtune.core import registry
+from napari_samtune.core.architectures import (
+    ARCHITECTURES,
+    SamArchitecture,
+    build_sam,
+    infer_architecture,
+)
+from napari_samtune.core.checkpoints import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_FORMAT_VERSION,
+    atomic_torch_save,
+)
+from napari_samtune.core.devices import resolve_device
+from napari_samtune.core.download import ProgressCallback, ensure_model_file
+from napari_samtune.core.registry import (
+    ModelSpec,
+    get_model_spec,
+    parse_hash,
+    user_models_dir,
+    validate_model_name,
+)
+
+WRAPPER_PREFIXES = ("module.", "sam.", "_orig_mod.")  # DDP, torch_em's TrainableSAM, compile
+EXPECTED = "SAM weights: a state dict of tensors (.pth/.pt) or a napari-samtune checkpoint"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A SAM ready to use, with where it came from."""
+
+    sam: Sam  # in eval mode, on the requested device
+    architecture: SamArchitecture  # the shape it was built with
+    name: str  # registry name, or the file's stem
+    model_id: str  # stable content id of the weights: keys embedding caches
+    path: Path | None  # file the weights were read from
+
+
+def _safe_torch_load(path: Path) -> object:
+    try:
+        with warnings.catch_warnings():  # torch's note on old pickle protocols is noise here
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if found:
+            raise ValueError(
+                f"{path} contains Python objects ({found.group(1)}) besides tensors, which "
+                f"safe loading (weights_only=True) refuses to run. Expected {EXPECTED}. "
+                "If you trust the file, re-save only its weights with torch.save(state_dict)"
+            ) from None
+        raise ValueError(
+            f"{path} is not a PyTorch weights file (safe unpickling failed). Expected {EXPECTED}"
+        ) from None
+    except Exception as err:  # torch raises RuntimeError, EOFError, KeyError... on garbage
+        detail = (str(err).splitlines() or [""])[0][:150]
+        raise ValueError(
+            f"{path} is not a readable PyTorch weights file ({type(err).__name__}: {detail}); "
+            f"it may be truncated, corrupt or of another format. Expected {EXPECTED}"
+        ) from None
+
+
+def _unwrap_checkpoint(obj: object, path: Path) -> tuple[object, SamArchitecture | None]:
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} holds a {type(obj).__name__}. Expected {EXPECTED}")
+    if obj.get("format") == CHECKPOINT_FORMAT:
+        version = obj.get("format_version", CHECKPOINT_FORMAT_VERSION)
+        if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
+            raise ValueError(
+                f"{path} is a napari-samtune checkpoint of format_version {version!r}; this "
+                f"version reads up to {CHECKPOINT_FORMAT_VERSION}: update napari-samtune"
+            )
+        try:
+            architecture = SamArchitecture.from_dict(obj["architecture"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path} has a broken 'architecture' entry: {err}") from None
+        return obj.get("model_state"), architecture
+    for key in ("model_state", "model", "state_dict"):
+        if isinstance(obj.get(key), dict):
+            return obj[key], None
+    return obj, None
+
+
+def _strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(key.startswith(prefix) for key in state):
+                state = {key[len(prefix) :]: value for key, value in state.items()}
+                changed = True
+    return state
+
+
+def read_sam_state_dict(
+    path: str | Path,
+) -> tuple[dict[str, torch.Tensor], SamArchitecture | None]:
+    """Read any supported weights file: (SAM state dict on the CPU, stored architecture or None)."""
+    path = Path(path)
+    state, architecture = _unwrap_checkpoint(_safe_torch_load(path), path)
+    if not isinstance(state, dict) or not state:
+        raise ValueError(f"{path} holds no model weights. Expected {EXPECTED}")
+    if not all(isinstance(k, str) for k in state):
+        raise ValueError(f"{path}: its keys are not parameter names. Expected {EXPECTED}")
+    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ValueError(
+            f"{path}: entries {not_tensors[:3]!r} are not tensors. Expected {EXPECTED}"
+        )
+    return _strip_wrapper_prefixes(state), architecture
+
+
+def _fit_problems(sam: Sam, state: dict[str, torch.Tensor]) -> list[str]:
+    expected = sam.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    resized = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    problems = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong-shape", resized)):
+        if keys:
+            problems.append(f"{len(keys)} {what} (e.g. {keys[0]})")
+    return problems
+
+
+def build_and_load(
+    state: dict[str, torch.Tensor], architecture: SamArchitecture, source: str | Path
+) -> Sam:
+    """Build ``architecture`` and load ``state`` strictly; ValueError when they do not fit."""
+    sam = build_sam(architecture)
+    problems = _fit_problems(sam, state)
+    if problems:
+        raise ValueError(
+            f"{source} does not fit architecture {architecture.name!r}: {'; '.join(problems)}. "
+            "Pass the architecture the weights were trained with (architecture=...), "
+            "or leave it out to infer it from the weights"
+        )
+    try:
+        sam.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(
+            f"{source} could not be loaded into {architecture.name!r}: {err}"
+        ) from None
+    return sam.eval()
+
+
+def state_dict_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 hex over sorted keys, dtypes, shapes and raw tensor bytes: a stable weights id."""
+    hasher = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().to("cpu").contiguous()
+        header = f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode()
+        hasher.update(header)
+        hasher.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return hasher.hexdigest()
+
+
+def _resolve_source(
+    name_or_path: str | os.PathLike, download: bool, progress: ProgressCallback | None
+) -> tuple[Path, str, ModelSpec | None]:
+    if isinstance(name_or_path, str) and _is_registered_name(name_or_path):
+        spec = get_model_spec(name_or_path)
+        return ensure_model_file(spec, download=download, progress=progress), spec.name, spec
+    if not isinstance(name_or_path, str | os.PathLike):
+        raise TypeError(f"name_or_path={name_or_path!r} must be a model name or a file path")
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give the weights file inside it")
+    if not path.is_file():
+        names = [spec.name for spec in registry.BUILTIN_MODELS]
+        raise ValueError(
+            f"{str(name_or_path)!r} is neither a model name (built-in: {names!r}, or a "
+            f"registered user model) nor an existing file"
+        )
+    return path, path.stem, None
+
+
+def _is_registered_name(name: str) -> bool:
+    if any(spec.name == name for spec in registry.BUILTIN_MODELS):
+        return True
+    try:
+        validate_model_name(name)
+    except ValueError:
+        return False
+    return (user_models_dir() / f"{name}.json").is_file()
+
+
+def _pick_architecture(
+    override: SamArchitecture | str | None,
+    stored: SamArchitecture | None,
+    spec: ModelSpec | None,
+    state: dict[str, torch.Tensor],
+    path: Path,
+) -> SamArchitecture:
+    if isinstance(override, str):
+        if override not in ARCHITECTURES:
+            raise ValueError(
+                f"architecture={override!r}; choose one of {sorted(ARCHITECTURES)!r} "
+                "or pass a SamArchitecture"
+            )
+        return ARCHITECTURES[override]
+    if override is not None:
+        if not isinstance(override, SamArchitecture):
+            raise TypeError(f"architecture={override!r} must be a SamArchitecture or its name")
+        return override
+    if stored is not None:
+        return stored
+    if spec is not None:
+        return spec.resolve_architecture()
+    try:
+        return infer_architecture(state)
+    except (ValueError, KeyError, IndexError) as err:
+        raise ValueError(f"{path}: {err}. Expected {EXPECTED}") from None
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    download: bool = True,
+    *,
+    architecture: SamArchitecture | str | None = None,
+    progress: ProgressCallback | None = None,
+) -> LoadedModel:
+    """Load a SAM by registry name (built-in or user model) or from a weights file.
+
+    Built-in models are downloaded (``download=True``) and hash-checked first;
+    ``progress(bytes_done, bytes_total)`` follows the download. The architecture
+    comes from ``architecture`` if given, else from the checkpoint or registry,
+    else it is inferred from the weights. ``model_id`` is the published file hash
+    (``"file-<algorithm>-<hex>"``) for built-in models and the content digest
+    ``"weights-sha256-<hex>"`` of the loaded state dict otherwise, so the same
+    weights get the same id whatever file layout they came in.
+    """
+    torch_device = resolve_device(device)
+    path, name, spec = _resolve_source(name_or_path, download, progress)
+    state, stored = read_sam_state_dict(path)
+    arch = _pick_architecture(architecture, stored, spec, state, path)
+    sam = build_and_load(state, arch, path)
+    del state
+    if spec is not None and spec.file_hash is not None and not spec.is_user_model:
+        algorithm, digest = parse_hash(spec.file_hash)
+        model_id = f"file-{algorithm}-{digest}"
+    else:
+        model_id = "weights-sha256-" + state_dict_digest(sam.state_dict())
+    return LoadedModel(
+        sam=sam.to(torch_device), architecture=arch, name=name, model_id=model_id, path=path
+    )
+
+
+def export_sam_state_dict(sam: Sam, path: str | Path) -> Path:
+    """Write ``sam``'s weights as a plain state dict (keys as ``Sam.state_dict()``), atomically.
+
+    The file holds only CPU tensors, so the official ``segment_anything`` loader
+    (``sam.load_state_dict(torch.load(path))``) and any device can read it.
+    """
+    if not isinstance(sam, Sam):
+        raise TypeError(f"sam must be a segment_anything Sam model, got {type(sam).__name__}")
+    state = OrderedDict((k, v.detach().cpu()) for k, v in sam.state_dict().items())
+    return atomic_torch_save(state, path)

@@ -1,0 +1,196 @@
+import json
+import warnings
+
+import pytest
+import torch
+
+from napari_samtune.core import registry
+from napari_samtune.core.architectures import ARCHITECTURES, TINY, SamArchitecture, build_sam
+from napari_samtune.core.registry import (
+    BUILTIN_MODELS,
+    ModelSpec,
+    cache_dir,
+    get_model_spec,
+    list_models,
+    list_user_models,
+    parse_hash,
+    register_user_model,
+    user_models_dir,
+)
+
+EXPECTED_BUILTINS = {
+    "vit_t": "vit_t",
+    "vit_b": "vit_b",
+    "vit_l": "vit_l",
+    "vit_h": "vit_h",
+    "vit_t_lm": "vit_t",
+    "vit_b_lm": "vit_b",
+    "vit_l_lm": "vit_l",
+    "vit_t_em_organelles": "vit_t",
+    "vit_b_em_organelles": "vit_b",
+    "vit_l_em_organelles": "vit_l",
+}
+# A small shape that is not TINY: weights of one do not fit the other.
+OTHER_SMALL = SamArchitecture(
+    name="other_small", img_size=128, embed_dim=16, depth=1, num_heads=2,
+    global_attn_indexes=(0,), window_size=4, prompt_embed_dim=16,
+    decoder_mlp_dim=32, iou_head_hidden_dim=16,
+)  # fmt: skip
+
+
+def test_builtin_registry_lists_the_published_models_and_not_the_test_shape():
+    assert {s.name: s.architecture for s in BUILTIN_MODELS} == EXPECTED_BUILTINS
+    assert "tiny" not in {s.name for s in list_models()}
+    for spec in BUILTIN_MODELS:
+        assert spec.url.startswith("https://")
+        algorithm, _ = parse_hash(spec.file_hash)
+        expected_algorithm = "xxh128" if spec.source == "micro-sam generalist" else "sha256"
+        assert algorithm == expected_algorithm, spec.name
+        assert spec.resolve_architecture() is ARCHITECTURES[spec.architecture]
+    sources = {s.name: s.source for s in BUILTIN_MODELS}
+    assert sources["vit_t"] == "MobileSAM" and sources["vit_h"] == "official SAM"
+    assert len({s.filename for s in BUILTIN_MODELS}) == len(BUILTIN_MODELS)  # no clobbering
+
+
+def test_builtin_specs_are_immutable_and_found_by_name():
+    spec = get_model_spec("vit_b_lm")
+    assert spec.architecture == "vit_b" and spec.filename == "vit_b_lm.pt"
+    with pytest.raises(AttributeError):
+        spec.url = "https://example.org/evil.pt"
+    assert spec.local_path() == cache_dir() / "models" / "vit_b_lm.pt"
+
+
+def test_unknown_model_name_lists_the_choices():
+    with pytest.raises(ValueError, match="unknown model 'vit_x'.*vit_b_lm"):
+        get_model_spec("vit_x")
+
+
+def test_folders_follow_environment_and_default_to_per_user_dirs(monkeypatch, tmp_path):
+    monkeypatch.setenv("SAMTUNE_CACHE_DIR", str(tmp_path / "c"))
+    monkeypatch.setenv("SAMTUNE_MODELS_DIR", str(tmp_path / "m"))
+    assert cache_dir() == tmp_path / "c"
+    assert user_models_dir() == tmp_path / "m"
+    monkeypatch.delenv("SAMTUNE_CACHE_DIR")
+    monkeypatch.delenv("SAMTUNE_MODELS_DIR")
+    assert "napari-samtune" in cache_dir().parts
+    assert user_models_dir().parts[-2:] == ("napari-samtune", "models")
+
+
+@pytest.mark.parametrize(
+    ("file_hash", "message"),
+    [
+        ("md5:" + "0" * 32, "algorithm 'md5'"),
+        ("sha256:abc", "64 hexadecimal"),
+        ("xxh128:" + "z" * 32, "32 hexadecimal"),
+    ],
+)
+def test_bad_hashes_are_rejected(file_hash, message):
+    with pytest.raises(ValueError, match=message):
+        ModelSpec("m", "tiny", "m.pt", "https://x/m.pt", file_hash)
+
+
+def test_hash_forms_parse():
+    assert parse_hash("SHA256:" + "A" * 64) == ("sha256", "a" * 64)
+    assert parse_hash("b" * 64) == ("sha256", "b" * 64)
+    assert parse_hash("xxh128:" + "c" * 32) == ("xxh128", "c" * 32)
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "a\\b", "", " spaced", ".hidden", "x" * 101])
+def test_bad_model_names_are_rejected(name):
+    with pytest.raises(ValueError, match="model name"):
+        ModelSpec(name, "tiny", "f.pt")
+
+
+def test_spec_validation_names_the_problem():
+    with pytest.raises(ValueError, match="architecture='vit_z'"):
+        ModelSpec("m", "vit_z", "m.pt")
+    with pytest.raises(ValueError, match="bare file name"):
+        ModelSpec("m", "tiny", "../m.pt")
+
+
+def test_registered_user_model_is_listed_with_metadata(tiny_checkpoint):
+    path = register_user_model(
+        tiny_checkpoint, "nuclei_v1", TINY, {"description": "my nuclei", "epochs": 3}
+    )
+    assert path == user_models_dir() / "nuclei_v1.pt"
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert list(state) == list(build_sam(TINY).state_dict())  # a plain SAM state dict
+    sidecar = json.loads((user_models_dir() / "nuclei_v1.json").read_text())
+    assert sidecar["architecture"] == TINY.to_dict()
+    assert sidecar["metadata"] == {"description": "my nuclei", "epochs": 3}
+    spec = get_model_spec("nuclei_v1")
+    assert (spec.source, spec.architecture, spec.description) == ("user", "tiny", "my nuclei")
+    assert spec.local_path() == path
+    assert [s.name for s in list_models()][-1] == "nuclei_v1"
+
+
+def test_user_model_of_a_custom_shape_keeps_its_shape(tmp_path):
+    custom = SamArchitecture(**{**OTHER_SMALL.__dict__, "name": "custom"})
+    weights = tmp_path / "custom.pth"
+    torch.save(build_sam(custom).state_dict(), weights)
+    register_user_model(weights, "odd_shape", custom)
+    spec = get_model_spec("odd_shape")
+    assert spec.architecture == "custom"
+    assert spec.resolve_architecture() == custom
+
+
+@pytest.mark.parametrize("name", ["vit_b", "vit_b_lm", "tiny", "../x", "a/b"])
+def test_register_refuses_builtin_and_unsafe_names(tiny_checkpoint, name):
+    with pytest.raises(ValueError, match="name"):
+        register_user_model(tiny_checkpoint, name, TINY)
+    assert not user_models_dir().exists() or not any(user_models_dir().iterdir())
+
+
+def test_register_refuses_existing_name_unless_overwrite(tiny_checkpoint, tmp_path):
+    register_user_model(tiny_checkpoint, "mine", TINY, {"version": 1})
+    with pytest.raises(ValueError, match="already exists.*overwrite=True"):
+        register_user_model(tiny_checkpoint, "mine", TINY, {"version": 2})
+    register_user_model(tiny_checkpoint, "mine", TINY, {"version": 2}, overwrite=True)
+    sidecar = json.loads((user_models_dir() / "mine.json").read_text())
+    assert sidecar["metadata"] == {"version": 2}
+
+
+def test_register_checks_weights_fit_the_architecture(tiny_checkpoint):
+    with pytest.raises(ValueError, match="does not fit architecture 'other_small'"):
+        register_user_model(tiny_checkpoint, "wrong", OTHER_SMALL)
+    assert not (user_models_dir() / "wrong.json").exists()
+    assert not (user_models_dir() / "wrong.pt").exists()
+
+
+def test_register_refuses_unserialisable_metadata(tiny_checkpoint):
+    with pytest.raises(TypeError, match="JSON-serialisable"):
+        register_user_model(tiny_checkpoint, "meta", TINY, {"when": object()})
+
+
+def test_broken_sidecars_warn_and_are_skipped(tiny_checkpoint):
+    register_user_model(tiny_checkpoint, "good", TINY)
+    folder = user_models_dir()
+    (folder / "garbage.json").write_text("{not json")
+    (folder / "foreign.json").write_text(json.dumps({"format": "something-else"}))
+    bad_arch = json.loads((folder / "good.json").read_text())
+    bad_arch.update(name="badarch", architecture={"name": "x", "colour": "red"})
+    (folder / "badarch.json").write_text(json.dumps(bad_arch))
+    orphan = json.loads((folder / "good.json").read_text())
+    orphan.update(name="orphan", filename="orphan.pt")  # its weights file does not exist
+    (folder / "orphan.json").write_text(json.dumps(orphan))
+    with pytest.warns(UserWarning) as caught:
+        names = [spec.name for spec in list_user_models()]
+    assert names == ["good"]
+    messages = " ".join(str(w.message) for w in caught)
+    for broken in ("garbage.json", "foreign.json", "badarch.json", "orphan.json"):
+        assert broken in messages
+    with pytest.raises(ValueError, match="user model 'orphan' is broken"):
+        get_model_spec("orphan")
+
+
+def test_listing_with_no_user_folder_is_quiet():
+    assert not user_models_dir().exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert list_models() == list(BUILTIN_MODELS)
+
+
+def test_builtin_models_can_be_patched_for_tests(monkeypatch):
+    fake = ModelSpec("fake", "tiny", "fake.pt", "http://127.0.0.1:1/fake.pt", None, "", "test")
+    monkeypatch.setattr(registry, "BUILTIN_MODELS", (fake,))
+    assert get_model_spec("fake") is fake

@@ -1,0 +1,65 @@
+import hashlib
+
+import pytest
+
+import napari_samtune.cli
+from napari_samtune.cli import main
+from napari_samtune.core import registry
+from napari_samtune.core.architectures import TINY
+from napari_samtune.core.download import is_verified
+from napari_samtune.core.registry import ModelSpec, models_cache_dir, register_user_model
+
+
+@pytest.fixture(autouse=True)
+def _models_subcommand(monkeypatch):
+    monkeypatch.setattr(napari_samtune.cli, "SUBCOMMAND_MODULES", ("models",))
+
+
+def _table_rows(output: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in output.splitlines()[1:]:
+        if not line.strip():
+            break
+        cells = line.split()
+        rows[cells[0]] = cells
+    return rows
+
+
+def test_models_lists_the_registry_with_download_state(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["name", "architecture", "source", "downloaded", "path"]
+    rows = _table_rows(out)
+    assert list(rows) == [spec.name for spec in registry.BUILTIN_MODELS]
+    assert rows["vit_b_lm"][1:5] == ["vit_b", "micro-sam", "generalist", "no"]
+    assert rows["vit_h"][-1] == str(models_cache_dir() / "sam_vit_h_4b8939.pth")
+    assert "no user models registered yet" in out
+    assert str(models_cache_dir()) in out
+
+
+def test_downloaded_and_user_models_are_marked(capsys, monkeypatch, tiny_checkpoint):
+    data = tiny_checkpoint.read_bytes()
+    file_hash = "sha256:" + hashlib.sha256(data).hexdigest()
+    url = "https://example.org/weights.pt"
+    fetched = ModelSpec("fetched", "tiny", "fetched.pt", url, file_hash, source="test")
+    waiting = ModelSpec("waiting", "tiny", "waiting.pt", url, file_hash, source="test")
+    monkeypatch.setattr(registry, "BUILTIN_MODELS", (fetched, waiting))
+    models_cache_dir().mkdir(parents=True)
+    (models_cache_dir() / "fetched.pt").write_bytes(data)
+    assert is_verified(fetched.local_path(), file_hash)  # what a finished download leaves
+    register_user_model(tiny_checkpoint, "my_nuclei", TINY)
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    rows = _table_rows(out)
+    assert rows["fetched"][3:] == ["yes", str(models_cache_dir() / "fetched.pt")]
+    assert rows["waiting"][3] == "no"
+    assert rows["my_nuclei"][1:4] == ["tiny", "user", "yes"]
+    assert "no user models registered yet" not in out
+
+
+def test_models_help_mentions_the_subcommand(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    assert "models" in capsys.readouterr().out
