@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMAND_MODULES: tuple[str, ...] = ("models",)
+SUBCOMMAND_MODULES: tuple[str, ...] = ("models", "segment")
 
 
 def build_parser() -> argparse.ArgumentParser:

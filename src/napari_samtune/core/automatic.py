@@ -1,0 +1,238 @@
+"""Automatic ("segment everything") instance segmentation from a grid of point prompts.
+
+Pipeline, per tile of the image (see :mod:`napari_samtune.core.embeddings`):
+
+1. a ``points_per_side`` x ``points_per_side`` grid of positive points over the tile,
+   decoded in batches with three candidates per point;
+2. candidates are kept when their predicted IoU and their stability score (the IoU
+   of the mask thresholded at +-``stability_score_offset`` logits) reach the
+   thresholds; both are computed on the low-res logits, so nothing is upscaled
+   before it has survived filtering;
+3. box non-maximum suppression among the survivors of the tile;
+4. an object is kept only from the tile in whose inner region (the tile minus half
+   the overlap on interior sides) its box centre lies, so objects crossing tile
+   borders come out once and whole (objects smaller than the overlap are never cut).
+
+Then box NMS across tiles, upscaling of the survivors, and painting in order of
+decreasing predicted IoU: an object claims only unclaimed pixels, and is dropped
+when more than ``max_overlap`` of it was already claimed or fewer than
+``min_area`` pixels remain. The result is uint32 labels with ids 1..N.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from segment_anything.utils.amg import (
+    batched_mask_to_box,
+    build_point_grid,
+    calculate_stability_score,
+)
+from torchvision.ops import batched_nms
+
+from napari_samtune.core.embeddings import ProgressCallback, Tile, TileGrid
+
+if TYPE_CHECKING:
+    from napari_samtune.core.predict import Segmenter
+
+PADDING_LOGIT = -1e4  # logits over the padded (non-image) part of a tile's model input
+
+
+@dataclass(frozen=True)
+class AutoSegmentConfig:
+    """Parameters of automatic segmentation (SAM's automatic mask generator defaults)."""
+
+    points_per_side: int = 32  # the point grid per tile is points_per_side x points_per_side
+    points_per_batch: int = 64  # points decoded at once (memory vs speed)
+    pred_iou_thresh: float = 0.88  # keep candidates whose predicted IoU reaches this
+    stability_score_thresh: float = 0.95  # keep candidates at least this stable
+    stability_score_offset: float = 1.0  # logit offset of the stability score
+    box_nms_thresh: float = 0.7  # drop a candidate whose box IoU with a better one exceeds this
+    max_overlap: float = 0.5  # drop an object when more of it is covered by better objects
+    min_area: int = 25  # smallest object kept, in pixels, after overlaps are removed
+
+    def __post_init__(self) -> None:
+        for name in ("points_per_side", "points_per_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r}; use a positive integer")
+        for name in ("box_nms_thresh", "max_overlap", "stability_score_thresh"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}={getattr(self, name)!r}; use a value in [0, 1]")
+        if self.min_area < 0 or self.stability_score_offset < 0:
+            raise ValueError(
+                f"min_area={self.min_area!r} and stability_score_offset="
+                f"{self.stability_score_offset!r} must be >= 0"
+            )
+
+
+@dataclass
+class Candidates:
+    """Candidate masks on the low-res grids of their tiles."""
+
+    views: torch.Tensor  # int64 (n,) tile index of each candidate
+    logits: torch.Tensor  # float32 (n, L, L) low-res logits in the tile's frame
+    scores: torch.Tensor  # float32 (n,) predicted IoU
+    boxes: torch.Tensor  # float32 (n, 4) XYXY box in image pixels
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def select(self, keep: torch.Tensor) -> Candidates:
+        return Candidates(self.views[keep], self.logits[keep], self.scores[keep], self.boxes[keep])
+
+    @staticmethod
+    def concat(parts: list[Candidates]) -> Candidates:
+        return Candidates(*(torch.cat([getattr(p, f) for p in parts]) for f in _FIELDS))
+
+
+_FIELDS = ("views", "logits", "scores", "boxes")
+
+
+def point_grid(tile: Tile, points_per_side: int) -> np.ndarray:
+    """(P, 2) image (x, y) points evenly spread over ``tile``."""
+    fractions = build_point_grid(points_per_side)  # (P, 2) in (0, 1), x first
+    return fractions * (tile.width, tile.height) - 0.5 + (tile.x0, tile.y0)
+
+
+def lowres_boxes(tile: Tile, masks: torch.Tensor) -> torch.Tensor:
+    """XYXY image-pixel boxes of (n, L, L) bool low-res masks of ``tile``."""
+    factor = tile.img_size / masks.shape[-1]
+    boxes = batched_mask_to_box(masks).double().cpu().numpy().reshape(-1, 2, 2)
+    boxes[:, 1] += 1  # the far edge of the last low-res pixel
+    corners = tile.from_input_frame(boxes * factor)
+    corners[:, 1] -= 1  # back to the last covered pixel (inclusive)
+    return torch.as_tensor(corners.reshape(-1, 4), dtype=torch.float32)
+
+
+def _mask_padding(tile: Tile, logits: torch.Tensor) -> torch.Tensor:
+    """Set logits over the padded part of the model input to background."""
+    factor = tile.img_size / logits.shape[-1]
+    rows, cols = (int(np.ceil(s / factor)) for s in tile.input_size)
+    logits = logits.clone()
+    logits[..., rows:, :] = PADDING_LOGIT
+    logits[..., :, cols:] = PADDING_LOGIT
+    return logits
+
+
+def filter_candidates(
+    tile: Tile, view: int, logits: torch.Tensor, scores: torch.Tensor, config: AutoSegmentConfig
+) -> Candidates:
+    """Keep (n, L, L) candidates that pass the IoU, stability and non-empty tests."""
+    logits = _mask_padding(tile, logits.float())
+    threshold = 0.0  # SAM's mask threshold on logits
+    stability = calculate_stability_score(logits, threshold, config.stability_score_offset)
+    area = (logits > threshold).flatten(1).sum(1)
+    keep = (
+        (scores >= config.pred_iou_thresh)
+        & (stability >= config.stability_score_thresh)
+        & (area > 0)
+    )
+    logits, scores = logits[keep], scores[keep].float()
+    boxes = lowres_boxes(tile, logits > threshold)
+    views = torch.full((len(scores),), view, dtype=torch.int64)
+    return Candidates(views, logits.cpu(), scores.cpu(), boxes)
+
+
+def nms(candidates: Candidates, threshold: float) -> Candidates:
+    """Box non-maximum suppression; the result is sorted by decreasing score."""
+    if len(candidates) == 0:
+        return candidates
+    keep = batched_nms(
+        candidates.boxes, candidates.scores, torch.zeros_like(candidates.views), threshold
+    )
+    return candidates.select(keep)
+
+
+def tile_candidates(segmenter: Segmenter, view: int, config: AutoSegmentConfig) -> Candidates:
+    """Decode the point grid of one tile; return its filtered, suppressed candidates."""
+    tile = segmenter.grid.view(view)
+    points = point_grid(tile, config.points_per_side)
+    pool: Candidates | None = None
+    for start in range(0, len(points), config.points_per_batch):
+        batch = points[start : start + config.points_per_batch]
+        labels = np.ones((len(batch), 1), dtype=np.int64)
+        low, iou = segmenter.decode(view, batch[:, None], labels, multimask=True)
+        found = filter_candidates(tile, view, low.flatten(0, 1), iou.flatten(), config)
+        # suppress as we go so memory stays proportional to the number of objects
+        pool = found if pool is None else Candidates.concat([pool, found])
+        pool = nms(pool, config.box_nms_thresh)
+    return pool
+
+
+def owned_by_tile(candidates: Candidates, grid: TileGrid, view: int) -> Candidates:
+    """Keep candidates whose box centre lies in the tile's inner region."""
+    y_lo, y_hi, x_lo, x_hi = grid.inner_bounds(view)
+    centre_x = (candidates.boxes[:, 0] + candidates.boxes[:, 2]) / 2
+    centre_y = (candidates.boxes[:, 1] + candidates.boxes[:, 3]) / 2
+    inside = (centre_x >= x_lo) & (centre_x < x_hi) & (centre_y >= y_lo) & (centre_y < y_hi)
+    return candidates.select(inside)
+
+
+def rasterise(segmenter: Segmenter, candidates: Candidates) -> list[tuple[int, int, np.ndarray]]:
+    """Full-resolution masks as (row, col, bool crop) in candidate order (crop = mask's bbox)."""
+    masks: list[tuple[int, int, np.ndarray]] = [(0, 0, np.zeros((0, 0), bool))] * len(candidates)
+    for view in torch.unique(candidates.views).tolist():
+        indices = torch.nonzero(candidates.views == view).flatten().tolist()
+        tile = segmenter.grid.view(view)
+        for start in range(0, len(indices), segmenter.batch_size):
+            chunk = indices[start : start + segmenter.batch_size]
+            logits = segmenter.upscale(view, candidates.logits[chunk].to(segmenter.model.device))
+            for index, mask in zip(chunk, (logits > 0).cpu().numpy(), strict=True):
+                rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+                if len(rows):
+                    crop = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+                    masks[index] = (tile.y0 + int(rows[0]), tile.x0 + int(cols[0]), crop)
+    return masks
+
+
+def paint(
+    shape: tuple[int, int], masks: list[tuple[int, int, np.ndarray]], config: AutoSegmentConfig
+) -> np.ndarray:
+    """Paint masks (best first) into uint32 labels; ids 1..N in painting order."""
+    labels = np.zeros(shape, dtype=np.uint32)
+    next_id = 1
+    for row, col, crop in masks:
+        area = int(crop.sum())
+        if area == 0:
+            continue
+        region = labels[row : row + crop.shape[0], col : col + crop.shape[1]]
+        free = crop & (region == 0)
+        n_free = int(free.sum())
+        if n_free < max(config.min_area, 1) or (area - n_free) > config.max_overlap * area:
+            continue
+        region[free] = next_id
+        next_id += 1
+    return labels
+
+
+def segment_automatic(
+    segmenter: Segmenter,
+    config: AutoSegmentConfig = AutoSegmentConfig(),
+    progress: ProgressCallback | None = None,
+) -> np.ndarray:
+    """Segment every object of the segmenter's current image.
+
+    Args:
+        segmenter: a :class:`~napari_samtune.core.predict.Segmenter` with an image set.
+        config: filtering parameters.
+        progress: called as ``progress(tiles_done, n_tiles)``.
+
+    Returns:
+        uint32 (H, W) instance labels, 0 = background, ids 1..N consecutive
+        (in order of decreasing predicted IoU).
+    """
+    grid = segmenter.grid
+    n_tiles = len(grid.tiles)
+    with torch.inference_mode():
+        parts = []
+        for view in range(n_tiles):
+            parts.append(owned_by_tile(tile_candidates(segmenter, view, config), grid, view))
+            if progress is not None:
+                progress(view + 1, n_tiles)
+        # neighbours may both own near-duplicates whose centres straddle the boundary
+        candidates = nms(Candidates.concat(parts), config.box_nms_thresh)
+        masks = rasterise(segmenter, candidates)
+    return paint(grid.image_shape, masks, config)

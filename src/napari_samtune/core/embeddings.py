@@ -1,0 +1,320 @@
+"""Image embeddings: tiling geometry, encoder passes and the on-disk cache.
+
+An image whose sides both fit the model input (``img_size``, 1024 for the
+official models) is embedded exactly as ``segment_anything.SamPredictor`` does:
+longest side resized to ``img_size``, padded, normalised by the pixel mean/std.
+
+A larger image is cut into a grid of ``img_size`` x ``img_size`` tiles that
+overlap by ``TilingConfig.overlap_fraction`` of a tile; each tile is embedded at
+full resolution (scale 1). A whole-image "overview" embedding (the image
+downscaled to ``img_size``) is computed only on demand, for prompts that fit in
+no tile.
+
+Coordinates: image pixels, (x, y) = (column, row), pixel centres at integers.
+Embeddings are cached on disk under a key that hashes the normalised image, its
+shape, the model id and the tile geometry, so opening the same image with the
+same model again costs no encoder pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from segment_anything.modeling import Sam
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from napari_samtune.core.architectures import PATCH_SIZE
+from napari_samtune.core.checkpoints import atomic_torch_save
+from napari_samtune.core.registry import cache_dir
+
+CACHE_FORMAT = "napari-samtune-embeddings"
+CACHE_FORMAT_VERSION = 1
+LOWRES_FACTOR = 4  # the mask decoder's low-res logits are 4x the embedding grid
+OVERVIEW = -1  # view index of the whole-image overview embedding
+
+ProgressCallback = Callable[[int, int], None]  # (tiles done, tiles in total)
+
+
+@dataclass(frozen=True)
+class TilingConfig:
+    """How images larger than the model input are cut into tiles."""
+
+    overlap_fraction: float = 0.25  # overlap of neighbouring tiles, as a fraction of a tile side
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.overlap_fraction <= 0.75:
+            raise ValueError(
+                f"overlap_fraction={self.overlap_fraction!r}; use a fraction of the tile side "
+                "between 0 and 0.75 (e.g. 0.25)"
+            )
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A rectangle of the image that the encoder sees on its own.
+
+    ``y0, x0`` is the top-left pixel, ``height, width`` the extent in pixels. The
+    crop is resized so its longest side is ``img_size`` (a no-op for full tiles).
+    """
+
+    y0: int
+    x0: int
+    height: int
+    width: int
+    img_size: int
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(rows, cols) of the resized crop inside the padded model input."""
+        return ResizeLongestSide.get_preprocess_shape(self.height, self.width, self.img_size)
+
+    @property
+    def lowres_size(self) -> int:
+        """Side of the decoder's square low-res logits (256 for 1024 models)."""
+        return self.img_size // PATCH_SIZE * LOWRES_FACTOR
+
+    def crop(self, image: np.ndarray) -> np.ndarray:
+        """The tile's pixels of an (H, W, ...) array."""
+        return image[self.y0 : self.y0 + self.height, self.x0 : self.x0 + self.width]
+
+    def to_input_frame(self, coords_xy: np.ndarray) -> np.ndarray:
+        """Map (..., 2) image (x, y) coordinates into the model-input frame of this tile.
+
+        The scaling is ``ResizeLongestSide.apply_coords`` applied to the crop, so a
+        whole-image tile reproduces ``SamPredictor`` exactly.
+        """
+        in_h, in_w = self.input_size
+        shifted = np.asarray(coords_xy, dtype=np.float64) - (self.x0, self.y0)
+        return shifted * (in_w / self.width, in_h / self.height)
+
+    def from_input_frame(self, coords_xy: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`to_input_frame`."""
+        in_h, in_w = self.input_size
+        scaled = np.asarray(coords_xy, dtype=np.float64) / (in_w / self.width, in_h / self.height)
+        return scaled + (self.x0, self.y0)
+
+
+def _axis_starts(length: int, tile: int, overlap: int) -> tuple[int, ...]:
+    """Evenly spread tile starts covering ``length``; neighbours overlap by >= ``overlap``."""
+    if length <= tile:
+        return (0,)
+    n_tiles = math.ceil((length - overlap) / (tile - overlap))
+    step = (length - tile) / (n_tiles - 1)
+    # floor keeps every step <= tile - overlap, so no overlap shrinks below the requested one
+    return tuple(int(math.floor(i * step)) for i in range(n_tiles - 1)) + (length - tile,)
+
+
+def _inner_edges(starts: tuple[int, ...], tile: int) -> np.ndarray:
+    """Boundaries between the inner regions of consecutive tiles along one axis.
+
+    The boundary of tiles i and i + 1 is the middle of their overlap (pixel-index
+    coordinates), so the inner regions partition the axis.
+    """
+    middles = [(starts[i + 1] + starts[i] + tile - 1) / 2 for i in range(len(starts) - 1)]
+    return np.array([-np.inf, *middles, np.inf])
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The tiles of one image, row-major: tile ``i`` is (row i // n_x, column i % n_x)."""
+
+    image_shape: tuple[int, int]  # (H, W) of the image
+    img_size: int  # model input side, also the tile side
+    y_starts: tuple[int, ...]  # first row of each tile row
+    x_starts: tuple[int, ...]  # first column of each tile column
+
+    @classmethod
+    def for_image(
+        cls, image_shape: tuple[int, int], img_size: int, tiling: TilingConfig
+    ) -> TileGrid:
+        """Tile an (H, W) image; one tile when both sides are <= ``img_size``."""
+        height, width = (int(s) for s in image_shape[:2])
+        if height <= img_size and width <= img_size:
+            return cls((height, width), img_size, (0,), (0,))
+        overlap = round(tiling.overlap_fraction * img_size)
+        ys = _axis_starts(height, img_size, overlap)
+        xs = _axis_starts(width, img_size, overlap)
+        return cls((height, width), img_size, ys, xs)
+
+    @property
+    def is_tiled(self) -> bool:
+        return len(self.tiles) > 1
+
+    @cached_property
+    def tiles(self) -> tuple[Tile, ...]:
+        height, width = self.image_shape
+        size = self.img_size
+        return tuple(
+            Tile(y0, x0, min(size, height), min(size, width), size)
+            for y0 in self.y_starts
+            for x0 in self.x_starts
+        )
+
+    @property
+    def overview(self) -> Tile:
+        """The whole image as one tile, downscaled to the model input."""
+        return Tile(0, 0, self.image_shape[0], self.image_shape[1], self.img_size)
+
+    def view(self, index: int) -> Tile:
+        """Tile ``index``, or the overview for ``OVERVIEW`` (-1)."""
+        return self.overview if index == OVERVIEW else self.tiles[index]
+
+    def inner_bounds(self, index: int) -> tuple[float, float, float, float]:
+        """(y_lo, y_hi, x_lo, x_hi): a point belongs to tile ``index`` if lo <= p < hi.
+
+        Inner regions (a tile minus half the overlap on each interior side)
+        partition the image, so every object centre has exactly one owner.
+        """
+        row, col = divmod(index, len(self.x_starts))
+        y_edges = _inner_edges(self.y_starts, min(self.img_size, self.image_shape[0]))
+        x_edges = _inner_edges(self.x_starts, min(self.img_size, self.image_shape[1]))
+        return y_edges[row], y_edges[row + 1], x_edges[col], x_edges[col + 1]
+
+    def margins(self, coords_xy: np.ndarray) -> np.ndarray:
+        """Smallest distance of the coordinates to each tile's interior borders.
+
+        Tile sides that lie on the image border do not count (nothing is cut
+        there). Negative when a coordinate lies outside the tile. Shape (n_tiles,).
+        """
+        coords = np.asarray(coords_xy, dtype=np.float64).reshape(-1, 2)
+        height, width = self.image_shape
+        out = np.full(len(self.tiles), np.inf)
+        for i, t in enumerate(self.tiles):
+            lo_x = t.x0 - 0.5 if t.x0 > 0 else -np.inf
+            hi_x = t.x0 + t.width - 0.5 if t.x0 + t.width < width else np.inf
+            lo_y = t.y0 - 0.5 if t.y0 > 0 else -np.inf
+            hi_y = t.y0 + t.height - 0.5 if t.y0 + t.height < height else np.inf
+            x, y = coords[:, 0], coords[:, 1]
+            dist = np.minimum.reduce([x - lo_x, hi_x - x, y - lo_y, hi_y - y])
+            out[i] = dist.min(initial=np.inf)
+        return out
+
+    def choose_tile(self, coords_xy: np.ndarray) -> int:
+        """The tile where the prompt coordinates (points, box corners) are most central.
+
+        Returns ``OVERVIEW`` when no single tile contains them all (e.g. a box
+        larger than a tile): such prompts are answered on the whole-image overview.
+        """
+        margins = self.margins(coords_xy)
+        best = int(np.argmax(margins))
+        return best if margins[best] >= 0 else OVERVIEW
+
+    def describe(self) -> str:
+        """A stable text form of the geometry, part of the cache key."""
+        return f"{self.image_shape}|{self.img_size}|y{self.y_starts}|x{self.x_starts}"
+
+
+def embed_view(sam: Sam, image_rgb: np.ndarray, tile: Tile) -> torch.Tensor:
+    """Run the image encoder on one tile of a uint8 (H, W, 3) image.
+
+    Returns float32 (1, C, E, E) features on the model's device.
+    """
+    crop = tile.crop(image_rgb)
+    if tile.input_size != crop.shape[:2]:
+        crop = ResizeLongestSide(tile.img_size).apply_image(crop)
+    pixels = torch.as_tensor(np.ascontiguousarray(crop), device=sam.device)
+    pixels = pixels.permute(2, 0, 1).contiguous()[None]
+    with torch.inference_mode():
+        return sam.image_encoder(sam.preprocess(pixels))
+
+
+def embed_tiles(
+    sam: Sam,
+    image_rgb: np.ndarray,
+    tiles: tuple[Tile, ...],
+    progress: ProgressCallback | None = None,
+) -> torch.Tensor:
+    """Embed every tile; returns float32 (n_tiles, C, E, E) on the model's device."""
+    features = []
+    for i, tile in enumerate(tiles):
+        features.append(embed_view(sam, image_rgb, tile))
+        if progress is not None:
+            progress(i + 1, len(tiles))
+    return torch.cat(features)
+
+
+def image_digest(image_rgb: np.ndarray) -> str:
+    """Content hash of a normalised (H, W, 3) uint8 image, shape included."""
+    digest = hashlib.sha256(repr((image_rgb.shape, str(image_rgb.dtype))).encode())
+    digest.update(np.ascontiguousarray(image_rgb).data)
+    return digest.hexdigest()
+
+
+def embedding_key(image_hash: str, model_id: str, grid: TileGrid, view: str) -> str:
+    """Cache key of one image's embeddings; ``view`` is "tiles" or "overview"."""
+    text = f"{CACHE_FORMAT}|{CACHE_FORMAT_VERSION}|{image_hash}|{model_id}|{grid.describe()}|{view}"
+    return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def default_cache_dir() -> Path:
+    """The per-user embeddings folder: ``registry.cache_dir() / "embeddings"``."""
+    return cache_dir() / "embeddings"
+
+
+class EmbeddingCache:
+    """Embeddings on disk, one ``<key>.pt`` file per image and view.
+
+    Reading never crashes: a missing, unreadable or mismatching file is a miss
+    (with a warning for the latter two) and the caller recomputes.
+    """
+
+    def __init__(self, directory: str | os.PathLike | None = None) -> None:
+        self.directory = Path(directory) if directory is not None else default_cache_dir()
+
+    def path(self, key: str) -> Path:
+        return self.directory / f"{key}.pt"
+
+    def load(self, key: str, expected_shape: tuple[int, ...]) -> torch.Tensor | None:
+        """The cached float32 features for ``key``, or None on a miss."""
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            features = data["features"]
+            valid = (
+                data.get("format") == CACHE_FORMAT
+                and data.get("key") == key
+                and isinstance(features, torch.Tensor)
+                and tuple(features.shape) == tuple(expected_shape)
+                and features.dtype == torch.float32
+            )
+        except Exception as err:  # any unreadable file is a miss, never a crash
+            valid, reason = False, f"{type(err).__name__}: {err}"
+        else:
+            reason = "unexpected content"
+        if not valid:
+            warnings.warn(
+                f"ignoring corrupt embedding cache file {str(path)!r} ({reason}); recomputing",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return None
+        return features
+
+    def save(self, key: str, features: torch.Tensor) -> None:
+        """Store features atomically; a failing disk only costs a warning."""
+        payload = {
+            "format": CACHE_FORMAT,
+            "format_version": CACHE_FORMAT_VERSION,
+            "key": key,
+            "features": features.detach().to("cpu", torch.float32).contiguous(),
+        }
+        try:
+            atomic_torch_save(payload, self.path(key))
+        except OSError as err:
+            warnings.warn(
+                f"could not write the embedding cache in {str(self.directory)!r} ({err}); "
+                "embeddings will be recomputed next time",
+                RuntimeWarning,
+                stacklevel=2,
+            )

@@ -1,0 +1,189 @@
+"""Automatic segmentation: filtering, suppression, tile stitching and painting.
+
+Most tests replace the mask decoder by an oracle that answers a point with the
+ground-truth object under it (plus decoys that the filters must reject), so the
+expected result is known exactly; one test runs the real tiny model end to end.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from napari_samtune.core.automatic import (
+    AutoSegmentConfig,
+    Candidates,
+    filter_candidates,
+    owned_by_tile,
+    paint,
+)
+from napari_samtune.core.embeddings import TileGrid, TilingConfig
+from napari_samtune.core.predict import Segmenter
+from napari_samtune.core.synthetic import make_image
+
+CONFIG = AutoSegmentConfig(points_per_side=16, points_per_batch=50)
+
+
+def disks(shape: tuple[int, int], objects: list[tuple[float, float, float]]) -> np.ndarray:
+    """uint32 labels with one disk per (x, y, radius), ids 1..N."""
+    rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
+    labels = np.zeros(shape, dtype=np.uint32)
+    for object_id, (x, y, radius) in enumerate(objects, start=1):
+        labels[(cols - x) ** 2 + (rows - y) ** 2 <= radius**2] = object_id
+    return labels
+
+
+def lowres_labels(segmenter: Segmenter, view: int, truth: np.ndarray) -> np.ndarray:
+    """Ground truth sampled at the centres of a tile's low-res logit pixels (0 outside it)."""
+    tile = segmenter.grid.view(view)
+    side = tile.lowres_size
+    centres = (np.arange(side) + 0.5) * (tile.img_size / side) - 0.5
+    image_xy = np.rint(tile.from_input_frame(np.stack([centres, centres], axis=1))).astype(int)
+    xs, ys = image_xy[:, 0], image_xy[:, 1]
+    inside = (ys[:, None] >= tile.y0) & (ys[:, None] < tile.y0 + tile.height)
+    inside = inside & (xs[None] >= tile.x0) & (xs[None] < tile.x0 + tile.width)
+    sampled = truth[np.clip(ys, 0, truth.shape[0] - 1)][:, np.clip(xs, 0, truth.shape[1] - 1)]
+    return np.where(inside, sampled, 0)
+
+
+def install_oracle(segmenter: Segmenter, truth: np.ndarray, tile_scores=(0.95, 0.97)) -> None:
+    """Replace ``segmenter.decode``: each point gets three candidates:
+
+    0. the object under the point, clipped to the tile (confident, stable; its
+       predicted IoU depends on the tile), or the background (predicted IoU 0.5);
+    1. the whole tile, predicted IoU 0.6 (the IoU filter must reject it);
+    2. the object grown by 16 pixels with logits of +-0.5, predicted IoU 0.99
+       (only the stability filter rejects it).
+    """
+
+    def decode(view, points_xy, point_labels, boxes_xyxy=None, mask_input=None, multimask=False):
+        assert multimask and boxes_xyxy is None and mask_input is None
+        tile_truth = lowres_labels(segmenter, view, truth)
+        logits, scores = [], []
+        for x, y in np.asarray(points_xy)[:, 0]:
+            object_id = truth[int(round(y)), int(round(x))]
+            mask = tile_truth == object_id
+            grown = ndimage.binary_dilation(mask, iterations=4)
+            logits.append(
+                [np.where(mask, 10.0, -10.0), np.full(mask.shape, 10.0), np.where(grown, 0.5, -0.5)]
+            )
+            scores.append([tile_scores[view] if object_id else 0.5, 0.6, 0.99])
+        return torch.tensor(np.array(logits), dtype=torch.float32), torch.tensor(scores)
+
+    segmenter.decode = decode
+
+
+def match(labels: np.ndarray, truth: np.ndarray) -> list[float]:
+    """For each true object, the best IoU of a predicted object; also checks no extras."""
+    best = []
+    for object_id in range(1, int(truth.max()) + 1):
+        true_mask = truth == object_id
+        ids, counts = np.unique(labels[true_mask], return_counts=True)
+        candidate = ids[np.argmax(np.where(ids > 0, counts, -1))]
+        predicted = labels == candidate
+        best.append((true_mask & predicted).sum() / (true_mask | predicted).sum())
+    assert labels.max() == truth.max(), "a different number of objects than in the truth"
+    return best
+
+
+@pytest.fixture
+def segmenter_for(tiny_sam):
+    def make(truth: np.ndarray) -> Segmenter:
+        segmenter = Segmenter(tiny_sam, model_id="tiny", use_disk_cache=False)
+        segmenter.set_image(make_image(truth.shape, seed=0)[0])
+        install_oracle(segmenter, truth)
+        return segmenter
+
+    return make
+
+
+def test_the_oracles_objects_come_back_and_the_decoys_do_not(segmenter_for):
+    truth = disks((256, 256), [(60, 60, 16), (180, 70, 20), (120, 190, 18), (205, 205, 15)])
+    labels = segmenter_for(truth).segment_all(CONFIG)
+    assert labels.dtype == np.uint32 and labels.shape == truth.shape
+    assert min(match(labels, truth)) > 0.85
+    assert set(np.unique(labels)) == {0, 1, 2, 3, 4}
+
+
+def test_objects_crossing_tile_borders_come_out_once_and_whole(segmenter_for):
+    objects = [
+        (224, 128, 20),  # on the boundary of the inner regions, whole in both tiles
+        (200, 60, 22),  # whole in the left tile, cut by the right tile's edge (x = 192)
+        (250, 200, 22),  # whole in the right tile, cut by the left tile's edge (x = 255)
+        (80, 180, 20),
+        (380, 60, 20),
+    ]
+    truth = disks((256, 448), objects)
+    segmenter = segmenter_for(truth)
+    assert segmenter.grid.x_starts == (0, 192)
+    labels = segmenter.segment_all(CONFIG)
+    assert min(match(labels, truth)) > 0.85
+
+
+def test_filters_keep_only_confident_stable_non_empty_masks():
+    grid = TileGrid.for_image((256, 448), 256, TilingConfig())
+    tile = grid.tiles[1]  # x0 = 192
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[20:24, 8:12] = True
+    confident = np.where(mask, 8.0, -8.0)
+    logits = torch.tensor(
+        np.array([confident, confident, np.where(mask, 0.5, -0.5), np.full((64, 64), -8.0)]),
+        dtype=torch.float32,
+    )
+    scores = torch.tensor([0.9, 0.5, 0.99, 0.99])
+    kept = filter_candidates(tile, 1, logits, scores, AutoSegmentConfig(pred_iou_thresh=0.8))
+    assert len(kept) == 1 and kept.scores.tolist() == [pytest.approx(0.9)]
+    assert kept.views.tolist() == [1]
+    # low-res columns 8..11 are input columns 32..47, image columns 224..239; rows 80..95
+    assert kept.boxes.tolist() == [[224.0, 80.0, 239.0, 95.0]]
+
+
+def test_each_centre_is_owned_by_exactly_one_tile():
+    grid = TileGrid.for_image((256, 448), 256, TilingConfig())
+    centres = np.array([[10.0, 5.0], [223.0, 100.0], [224.0, 100.0], [240.0, 7.0], [440.0, 250.0]])
+    boxes = torch.tensor(np.concatenate([centres - 3, centres + 3], axis=1), dtype=torch.float32)
+    candidates = Candidates(
+        torch.zeros(5, dtype=torch.int64), torch.zeros(5, 4, 4), torch.ones(5), boxes
+    )
+    left = owned_by_tile(candidates, grid, 0).boxes[:, 0] + 3
+    right = owned_by_tile(candidates, grid, 1).boxes[:, 0] + 3
+    assert left.tolist() == [10.0, 223.0]  # the inner boundary is x = 223.5
+    assert right.tolist() == [224.0, 240.0, 440.0]
+
+
+def test_painting_drops_small_and_mostly_covered_objects():
+    square = np.ones((10, 10), dtype=bool)
+    masks = [
+        (0, 0, square),  # id 1
+        (0, 6, square),  # 40 % covered by the first: kept, gets its 60 free pixels
+        (0, 2, square),  # 80 % covered: dropped
+        (30, 30, np.ones((4, 4), dtype=bool)),  # 16 px < min_area: dropped
+        (20, 0, np.zeros((0, 0), dtype=bool)),  # empty
+        (40, 40, square),  # id 3: ids stay consecutive
+    ]
+    labels = paint((60, 60), masks, AutoSegmentConfig(min_area=20, max_overlap=0.5))
+    assert set(np.unique(labels)) == {0, 1, 2, 3}
+    assert (labels == 1).sum() == 100 and (labels == 2).sum() == 60
+    assert np.all(labels[40:50, 40:50] == 3) and not labels[30:34, 30:34].any()
+
+
+@pytest.mark.parametrize("field", ["points_per_side", "box_nms_thresh", "max_overlap", "min_area"])
+def test_config_rejects_impossible_values(field):
+    with pytest.raises(ValueError, match=f"{field}=-1"):
+        AutoSegmentConfig(**{field: -1})
+
+
+def test_the_real_tiny_model_runs_end_to_end_on_a_tiled_image(tiny_sam):
+    segmenter = Segmenter(tiny_sam, model_id="tiny", use_disk_cache=False)
+    segmenter.set_image(make_image((256, 448), seed=5)[0])
+    progress = []
+    config = AutoSegmentConfig(
+        points_per_side=4, pred_iou_thresh=-1.0, stability_score_thresh=0.0, min_area=1
+    )
+    labels = segmenter.segment_all(config, progress=lambda done, total: progress.append(done))
+    assert progress == [1, 2]
+    assert labels.dtype == np.uint32 and labels.shape == (256, 448)
+    ids = np.unique(labels[labels > 0])
+    assert len(ids) > 0 and ids.tolist() == list(range(1, len(ids) + 1))

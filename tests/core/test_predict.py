@@ -1,0 +1,257 @@
+"""Segmenter: prompt -> mask, equal to the official SamPredictor, on whole and tiled images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamPredictor
+
+from napari_samtune.core.embeddings import OVERVIEW, TileGrid, TilingConfig
+from napari_samtune.core.images import to_sam_rgb
+from napari_samtune.core.predict import BACKGROUND_LOGIT, Prediction, Segmenter, reproject_logits
+from napari_samtune.core.synthetic import make_image
+
+POINT = {"points_xy": np.array([[50.0, 60.0]]), "point_labels": np.array([1])}
+BOX = {"box_xyxy": np.array([30.0, 40.0, 120.0, 150.0])}
+BOX_AND_POINTS = {
+    "points_xy": np.array([[50.0, 60.0], [100.0, 100.0]]),
+    "point_labels": np.array([1, 0]),
+    **BOX,
+}
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def assert_nontrivial(mask: np.ndarray) -> None:
+    assert 0.02 < mask.mean() < 0.98, f"trivial mask (foreground fraction {mask.mean():.3f})"
+
+
+@pytest.fixture
+def sensitive_sam(tiny_sam):
+    """The tiny model with a deterministically perturbed decoder: its masks are non-trivial
+    and move with the prompts, so a coordinate or tile mistake changes them."""
+    generator = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        tiny_sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(8)
+        for parameter in tiny_sam.mask_decoder.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    return tiny_sam
+
+
+@pytest.fixture
+def image():
+    return make_image((200, 240), seed=0)[0]
+
+
+def official(sam, rgb, multimask, **prompt):
+    predictor = SamPredictor(sam)
+    predictor.set_image(rgb)
+    masks, scores, logits = predictor.predict(
+        point_coords=prompt.get("points_xy"),
+        point_labels=prompt.get("point_labels"),
+        box=prompt.get("box_xyxy"),
+        mask_input=prompt.get("mask_input"),
+        multimask_output=multimask,
+    )
+    best = int(np.argmax(scores))
+    return masks[best], float(scores[best]), logits[best : best + 1]
+
+
+@pytest.mark.parametrize("prompt", [POINT, BOX, BOX_AND_POINTS], ids=["point", "box", "both"])
+@pytest.mark.parametrize("multimask", [False, True])
+def test_masks_match_the_official_predictor(sensitive_sam, image, prompt, multimask):
+    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False)
+    segmenter.set_image(image)
+    prediction = segmenter.predict(**prompt, multimask=multimask)
+    expected, score, logits = official(sensitive_sam, to_sam_rgb(image), multimask, **prompt)
+    assert_nontrivial(expected)
+    assert prediction.mask.shape == image.shape and prediction.mask.dtype == bool
+    assert iou(prediction.mask, expected) >= 0.99
+    assert prediction.score == pytest.approx(score, abs=1e-5)
+    assert prediction.low_res_logits.shape == (1, 64, 64)
+    np.testing.assert_allclose(prediction.low_res_logits, logits, atol=1e-4)
+
+
+def test_the_masks_depend_on_where_the_prompt_is(sensitive_sam, image):
+    """Guards the equivalence test: a shifted prompt gives a clearly different mask."""
+    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False)
+    segmenter.set_image(image)
+    here = segmenter.predict([[50.0, 60.0]]).mask
+    there = segmenter.predict([[60.0, 60.0]]).mask
+    assert_nontrivial(here)
+    assert iou(here, there) < 0.95
+
+
+def test_refinement_with_mask_input_matches_the_official_predictor(sensitive_sam, image):
+    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False)
+    segmenter.set_image(image)
+    first = segmenter.predict(**POINT, multimask=True)
+    click = {"points_xy": np.array([[50.0, 60.0], [90.0, 30.0]]), "point_labels": [1, 0]}
+    refined = segmenter.predict(**click, mask_input=first)
+    from_array = segmenter.predict(**click, mask_input=first.low_res_logits)
+    rgb = to_sam_rgb(image)
+    expected, _, _ = official(sensitive_sam, rgb, False, **click, mask_input=first.low_res_logits)
+    without, _, _ = official(sensitive_sam, rgb, False, **click)
+    assert_nontrivial(expected)
+    assert iou(expected, without) < 0.99  # the mask input matters
+    assert iou(refined.mask, expected) >= 0.99
+    np.testing.assert_array_equal(from_array.mask, refined.mask)
+
+
+def test_a_tiled_prompt_is_answered_like_the_official_predictor_on_its_tile(sensitive_sam):
+    image = make_image((256, 448), seed=1)[0]
+    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False)
+    segmenter.set_image(image)
+    assert segmenter.grid.x_starts == (0, 192)
+    prediction = segmenter.predict([[330.0, 100.0], [300.0, 180.0]], [1, 0])
+    assert prediction.tile == 1
+    crop = np.ascontiguousarray(to_sam_rgb(image)[:, 192:])
+    expected, score, _ = official(
+        sensitive_sam,
+        crop,
+        False,
+        points_xy=np.array([[138.0, 100.0], [108.0, 180.0]]),
+        point_labels=np.array([1, 0]),
+    )
+    assert_nontrivial(expected)
+    assert iou(prediction.mask[:, 192:], expected) >= 0.99
+    assert not prediction.mask[:, :192].any()
+    assert prediction.score == pytest.approx(score, abs=1e-5)
+
+
+def test_a_box_larger_than_a_tile_is_answered_on_the_whole_image(sensitive_sam):
+    image = make_image((256, 448), seed=2)[0]
+    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False)
+    segmenter.set_image(image)
+    box = np.array([20.0, 30.0, 420.0, 200.0])  # wider than a 256 px tile
+    prediction = segmenter.predict(box_xyxy=box)
+    assert prediction.tile == OVERVIEW
+    expected, _, _ = official(sensitive_sam, to_sam_rgb(image), False, box_xyxy=box)
+    assert_nontrivial(expected)
+    assert iou(prediction.mask, expected) >= 0.99
+    assert prediction.mask[:, :150].any() and prediction.mask[:, 300:].any()  # spans both tiles
+
+
+def test_reprojected_logits_land_on_the_same_image_pixels():
+    grid = TileGrid.for_image((256, 448), 256, TilingConfig())
+    left, right = grid.tiles
+    logits = torch.full((1, 1, 64, 64), -5.0)
+    logits[0, 0, 20, 56] = 30.0  # low-res pixel centred on image x = 56 * 4 + 1.5 = 225.5
+    moved = reproject_logits(logits, left, right)[0, 0]
+    assert tuple(np.unravel_index(int(moved.argmax()), moved.shape)) == (20, 8)  # x = 192 + 33.5
+    assert moved[20, 8] == pytest.approx(30.0, abs=1e-3)
+    assert torch.all(moved[:, 20:] == BACKGROUND_LOGIT)  # right of image x = 256: never seen
+    back = reproject_logits(moved[None, None], right, left)[0, 0]
+    torch.testing.assert_close(back[:, 49:63], logits[0, 0, :, 49:63])  # the shared columns
+
+
+def test_a_refinement_that_moves_to_another_tile_uses_the_reprojected_mask(sensitive_sam):
+    image = make_image((256, 448), seed=3)[0]
+    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False)
+    segmenter.set_image(image)
+    first = segmenter.predict([[220.0, 100.0]])  # in the overlap, more central in tile 0
+    assert first.tile == 0
+    click = {"points_xy": [[220.0, 100.0], [300.0, 120.0]], "point_labels": [1, 1]}
+    refined = segmenter.predict(**click, mask_input=first)
+    assert refined.tile == 1
+    plain = segmenter.predict(**click)
+    assert not np.array_equal(refined.low_res_logits, plain.low_res_logits)
+
+
+def test_predict_boxes_gives_one_object_per_box(sensitive_sam, image):
+    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False)
+    segmenter.set_image(image)
+    boxes = np.array([[10, 10, 60, 70], [120, 20, 220, 90], [40, 120, 150, 190.0]])
+    labels = segmenter.predict_boxes(boxes)
+    singles = [segmenter.predict(box_xyxy=b).mask for b in boxes]
+    assert labels.dtype == np.uint32 and labels.shape == image.shape
+    np.testing.assert_array_equal(labels > 0, np.logical_or.reduce(singles))
+    coverage = np.sum(singles, axis=0)
+    for object_id, single in enumerate(singles, start=1):
+        assert np.all(labels[single & (coverage == 1)] == object_id)
+    # where masks overlap, the object with the largest logit gets the pixel
+    low, _ = segmenter.decode(0, boxes_xyxy=boxes)
+    logits = segmenter.upscale(0, low[:, 0]).numpy()
+    expected = np.where(logits.max(0) > 0, logits.argmax(0) + 1, 0)
+    np.testing.assert_array_equal(labels, expected)
+    assert len(np.unique(labels)) >= 3  # background and at least two objects: not degenerate
+
+
+def test_batched_points_give_one_object_per_point(sensitive_sam):
+    image = make_image((256, 448), seed=4)[0]
+    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False)
+    segmenter.set_image(image)
+    points = np.array([[30.0, 40.0], [420.0, 200.0], [230.0, 128.0]])
+    labels = segmenter.predict_points_batched(points)
+    singles = [segmenter.predict([p], multimask=True).mask for p in points]
+    np.testing.assert_array_equal(labels > 0, np.logical_or.reduce(singles))
+    coverage = np.sum(singles, axis=0)
+    for object_id, single in enumerate(singles, start=1):
+        assert np.all(labels[single & (coverage == 1)] == object_id)
+
+
+def test_a_multichannel_image_is_normalised_through_to_sam_rgb(sensitive_sam, image):
+    stack = np.stack([np.zeros_like(image), image.astype(np.uint16) * 100], axis=0)
+    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False)
+    segmenter.set_image(stack, channel_axis=0, channels=[1])
+    expected, _, _ = official(sensitive_sam, to_sam_rgb(stack, 0, [1]), False, **POINT)
+    assert iou(segmenter.predict(**POINT).mask, expected) >= 0.99
+
+
+def test_boxes_reaching_past_the_image_are_clipped(sensitive_sam, image):
+    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False)
+    segmenter.set_image(image)
+    beyond = segmenter.predict(box_xyxy=[-30, -40, 120, 150]).mask
+    clipped = segmenter.predict(box_xyxy=[-0.5, -0.5, 120, 150]).mask
+    np.testing.assert_array_equal(beyond, clipped)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        ({"points_xy": [[260.0, 10.0]]}, r"points_xy\[0\] = \[260.0, 10.0\] lies outside"),
+        ({"points_xy": [[10.0, 10.0, 1.0]]}, r"shape \(N, 2\)"),
+        ({"points_xy": [[10.0, 10.0]], "point_labels": [2]}, "use 1 for positive"),
+        ({"points_xy": [[10.0, 10.0]], "point_labels": [1, 0]}, "one label per point"),
+        ({"box_xyxy": [50, 50, 10, 80]}, "min > max"),
+        ({"box_xyxy": [300, 10, 400, 80]}, "outside the image"),
+        ({"box_xyxy": [[1, 2, 3, 4], [1, 2, 3, 4]]}, r"one XYXY box of shape \(4,\)"),
+        ({}, "needs a prompt"),
+        ({"points_xy": [[10.0, 10.0]], "mask_input": np.zeros((256, 256))}, r"\(1, 64, 64\)"),
+    ],
+)
+def test_bad_prompts_raise_clear_errors(tiny_sam, image, prompt, message):
+    segmenter = Segmenter(tiny_sam, model_id="tiny", use_disk_cache=False)
+    segmenter.set_image(image)
+    with pytest.raises(ValueError, match=message):
+        segmenter.predict(**prompt)
+
+
+def test_non_numeric_prompts_raise_type_errors(tiny_sam, image):
+    segmenter = Segmenter(tiny_sam, model_id="tiny", use_disk_cache=False)
+    segmenter.set_image(image)
+    with pytest.raises(TypeError, match="points_xy=.*is not numeric"):
+        segmenter.predict(points_xy=[["a", "b"]])
+
+
+def test_prompting_before_an_image_is_set_says_what_to_do(tiny_sam):
+    segmenter = Segmenter(tiny_sam, model_id="tiny", use_disk_cache=False)
+    with pytest.raises(RuntimeError, match="call Segmenter.set_image"):
+        segmenter.predict(**POINT)
+
+
+def test_a_model_that_is_not_sam_is_rejected():
+    with pytest.raises(TypeError, match="expected a segment_anything Sam model"):
+        Segmenter(torch.nn.Linear(2, 2))
+
+
+def test_a_prediction_carries_what_refinement_needs(tiny_sam, image):
+    segmenter = Segmenter(tiny_sam, model_id="tiny", use_disk_cache=False)
+    segmenter.set_image(image)
+    prediction = segmenter.predict(**BOX)
+    assert isinstance(prediction, Prediction)
+    assert prediction.low_res_logits.dtype == np.float32
+    assert isinstance(prediction.score, float) and prediction.tile == 0
