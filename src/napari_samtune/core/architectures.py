@@ -110,8 +110,23 @@ TINY = SamArchitecture(
     iou_head_hidden_dim=32,
 )
 
+# The offline generalist's shape (about 2 M parameters, a few MB): small enough to train from
+# scratch on a CPU and to ship inside the package; 256 px input, 64 px low-res masks.
+NANO = SamArchitecture(
+    name="nano",
+    img_size=256,
+    embed_dim=128,
+    depth=4,
+    num_heads=4,
+    global_attn_indexes=(1, 3),
+    window_size=8,
+    prompt_embed_dim=128,
+    decoder_mlp_dim=512,
+    iou_head_hidden_dim=128,
+)
+
 ARCHITECTURES: dict[str, SamArchitecture] = {
-    a.name: a for a in (VIT_T, VIT_B, VIT_L, VIT_H, TINY)
+    a.name: a for a in (VIT_T, VIT_B, VIT_L, VIT_H, TINY, NANO)
 }
 
 
