@@ -101,6 +101,7 @@ class Segmenter:
         self._features: torch.Tensor | None = None
         self._overview: torch.Tensor | None = None
         self._last_view = 0
+        self._dense_pe: torch.Tensor | None = None
 
     @property
     def model_id(self) -> str:
@@ -217,11 +218,18 @@ class Segmenter:
             sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
             return self.model.mask_decoder(
                 image_embeddings=self.features(view),
-                image_pe=self.model.prompt_encoder.get_dense_pe(),
+                image_pe=self._image_pe(),
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask,
             )
+
+    def _image_pe(self) -> torch.Tensor:
+        """The decoder's positional encoding of the embedding grid; fixed per model, so once."""
+        if self._dense_pe is None:
+            with torch.inference_mode():
+                self._dense_pe = self.model.prompt_encoder.get_dense_pe()
+        return self._dense_pe
 
     def upscale(self, view: int, lowres: torch.Tensor) -> torch.Tensor:
         """Low-res logits (B, L, L) -> logits (B, h, w) over the view's pixels.
