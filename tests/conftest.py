@@ -8,6 +8,10 @@ import torch
 
 from napari_samtune.core.architectures import TINY, build_sam
 
+# The tests run tiny models, for which thread start-up costs more than it gains; one thread
+# also keeps timings stable when the machine is shared.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _isolated_user_dirs(tmp_path_factory, monkeypatch):

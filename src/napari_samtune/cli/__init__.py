@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMAND_MODULES: tuple[str, ...] = ("models", "segment")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("models", "segment", "presets", "train", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,242 @@
+"""``samtune train``: finetune SAM on annotated images with a resource preset.
+
+Runs under ``torchrun --nproc-per-node N --no-python samtune train ...`` for
+multi-GPU (or multi-process CPU) training; then only rank 0 prints and writes.
+Ctrl+C stops cooperatively: the current step finishes, a checkpoint is written
+and the model exported; a second Ctrl+C aborts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import threading
+from dataclasses import asdict, replace
+
+from napari_samtune.core.presets import (
+    MASK_LOSSES,
+    MIXED_PRECISION_MODES,
+    MODEL_PARTS,
+    TrainConfig,
+)
+
+# (TrainConfig field, option, type, help): the overrides of a preset's settings.
+OVERRIDES: tuple[tuple[str, str, type, str], ...] = (
+    ("epochs", "--epochs", int, "at most this many epochs"),
+    ("learning_rate", "--lr", float, "Adam learning rate"),
+    ("n_objects_per_batch", "--n-objects", int, "objects sampled per patch"),
+    ("batch_size", "--batch-size", int, "patches per step"),
+    ("patch_size", "--patch-size", int, "patch side in pixels (default: model input size)"),
+    ("lora_rank", "--lora-rank", int, "train rank-r LoRA adapters in the encoder (0: off)"),
+    ("lora_alpha", "--lora-alpha", float, "LoRA scale numerator (default: the rank)"),
+    ("early_stopping", "--early-stopping", int, "epochs without improvement (0: never stop)"),
+    ("min_samples_per_epoch", "--min-samples", int, "patches per epoch (oversampling)"),
+    ("n_iterative_prompts", "--iterative-prompts", int, "corrective clicks per object"),
+    ("seed", "--seed", int, "random seed"),
+    ("grad_accumulation", "--grad-accumulation", int, "batches per optimizer step"),
+    ("device", "--device", str, "auto, cpu, cuda, cuda:1, ..."),
+    ("val_fraction", "--val-fraction", float, "held out when no validation data is given"),
+    ("embedding_cache_size", "--embedding-cache", int, "frozen encoder: embeddings kept"),
+    ("min_object_area", "--min-object-area", int, "smaller objects (pixels) are skipped"),
+    ("box_jitter", "--box-jitter", float, "box noise, fraction of the box side"),
+    ("scheduler_patience", "--scheduler-patience", int, "epochs before the LR is reduced"),
+    ("scheduler_factor", "--scheduler-factor", float, "LR multiplier per reduction"),
+)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="finetune a SAM model on images and instance labels",
+        description=(
+            "Finetune Segment Anything on your annotated images. Settings come from a "
+            "resource preset (see 'samtune presets'); every one can be overridden. The best "
+            "model is exported as a plain SAM state dict and registered as a user model."
+        ),
+    )
+    parser.add_argument("--preset", default="auto", help="'auto' or a preset key")
+    parser.add_argument(
+        "--model", help="model name, weights file, or random:<arch> (not with --resume)"
+    )
+    parser.add_argument("--images", nargs="+", required=True, help="image files, folder or glob")
+    parser.add_argument("--labels", nargs="+", required=True, help="label files, folder or glob")
+    parser.add_argument("--val-images", nargs="+", help="validation images (optional)")
+    parser.add_argument("--val-labels", nargs="+", help="validation labels (optional)")
+    parser.add_argument("--out", required=True, help="folder for checkpoints and the model")
+    parser.add_argument("--name", help="register the model under this name (default: --out's)")
+    parser.add_argument(
+        "--resume",
+        metavar="CHECKPOINT",
+        help="continue a run from its last.pt, with its settings (overrides still apply)",
+    )
+    _add_overrides(parser)
+    parser.add_argument("--force", action="store_true", help="skip the preset's memory checks")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("overrides of the preset")
+    for field, option, kind, text in OVERRIDES:
+        group.add_argument(option, dest=field, type=kind, help=text)
+    group.add_argument(
+        "--freeze",
+        action="append",
+        choices=(*MODEL_PARTS, "none"),
+        help="part to keep fixed (repeat for several; 'none' trains everything)",
+    )
+    group.add_argument("--loss", dest="mask_loss", choices=MASK_LOSSES, help="mask loss")
+    group.add_argument(
+        "--mixed-precision", dest="mixed_precision", choices=MIXED_PRECISION_MODES, help="autocast"
+    )
+    group.add_argument(
+        "--stock-attention",
+        dest="fast_attention",
+        action="store_false",
+        default=None,
+        help="use SAM's original attention code instead of fused SDPA (slower, more memory)",
+    )
+    group.add_argument(
+        "--trainable-only",
+        dest="checkpoint_trainable_only",
+        action="store_true",
+        default=None,
+        help="checkpoints hold only the trained weights",
+    )
+
+
+def overrides_from(args: argparse.Namespace) -> dict:
+    """The ``TrainConfig`` fields given on the command line."""
+    names = [f for f, *_ in OVERRIDES] + ["mask_loss", "mixed_precision"]
+    names += ["checkpoint_trainable_only", "fast_attention"]
+    overrides = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    if overrides.get("early_stopping") == 0:
+        overrides["early_stopping"] = None
+    if args.freeze:
+        overrides["freeze"] = tuple(p for p in dict.fromkeys(args.freeze) if p != "none")
+    return overrides
+
+
+def choose_preset(key: str) -> tuple[object, str]:
+    """The preset named ``key``, or the one auto-detection picks, with the reason."""
+    from napari_samtune.core.presets import detect_preset, get_preset, measure_machine
+
+    if key != "auto":
+        return get_preset(key), f"chosen with --preset {key}"
+    found = measure_machine()
+    return detect_preset(found.gpu_memory_gb, found.ram_gb, found.n_cores)
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
+    """The run's config and a line saying where its settings came from."""
+    from napari_samtune.core.presets import config_from_preset
+    from napari_samtune.core.train_checkpoints import read_checkpoint
+
+    if args.resume:
+        if args.model:
+            raise ValueError("--resume continues with the checkpoint's model; leave out --model")
+        saved = TrainConfig.from_dict(read_checkpoint(args.resume)["config"])
+        return replace(saved, **overrides_from(args)), f"settings of {args.resume}"
+    if not args.model:
+        raise ValueError("--model is required: a model name, a weights file or random:<arch>")
+    preset, reason = choose_preset(args.preset)
+    config = config_from_preset(preset, args.model, check=not args.force, **overrides_from(args))
+    return config, f"preset {preset.name} ({preset.key}): {reason}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_samtune.core.data import load_pairs
+
+    config, origin = make_config(args)
+    train_pairs = load_pairs(args.images, args.labels)
+    val_pairs = None
+    if args.val_images or args.val_labels:
+        if not (args.val_images and args.val_labels):
+            raise ValueError("give both --val-images and --val-labels, or neither")
+        val_pairs = load_pairs(args.val_images, args.val_labels)
+    verbose = _is_main_process()
+    if verbose:
+        print(origin)
+    stop = threading.Event()
+    previous = _stop_on_ctrl_c(stop)
+    try:
+        finished = _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if verbose:
+        _print_summary(finished)
+    return 0
+
+
+def _stop_on_ctrl_c(stop: threading.Event):
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("\nstopping after this step (Ctrl+C again to abort) ...", flush=True)
+
+    return signal.signal(signal.SIGINT, handler)
+
+
+def _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose):
+    from tqdm import tqdm
+
+    from napari_samtune.core.train import EpochDone, StepDone, TrainingStarted, iter_train
+
+    show_bar = verbose and not args.no_progress
+    bar = finished = None
+    events = iter_train(
+        config, train_pairs, val_pairs, args.out, stop, args.resume, model_name=args.name
+    )
+    for event in events:
+        if isinstance(event, TrainingStarted) and verbose:
+            print("effective config:\n" + json.dumps(asdict(event.config), indent=2))
+            print(f"{event.n_train} training / {event.n_val} validation images on {event.device}")
+        elif isinstance(event, StepDone) and show_bar:
+            if bar is None:
+                total, epochs = event.steps_per_epoch, config.epochs
+                bar = tqdm(total=total, desc=f"epoch {event.epoch + 1}/{epochs}", leave=False)
+            bar.update(1)
+            bar.set_postfix(loss=f"{event.loss:.4f}", lr=f"{event.learning_rate:.2g}")
+        elif isinstance(event, EpochDone):
+            if bar is not None:
+                bar.close()
+                bar = None
+            if verbose:
+                print(_epoch_line(event, config.epochs), flush=True)
+        finished = event
+    if bar is not None:
+        bar.close()
+    return finished
+
+
+def _epoch_line(event, epochs: int) -> str:
+    metrics = " ".join(f"{k}={v:.4f}" for k, v in event.val_metrics.items())
+    best = " (best)" if event.is_best else ""
+    return (
+        f"epoch {event.epoch + 1}/{epochs}: train_loss={event.train_loss:.4f} {metrics} "
+        f"lr={event.learning_rate:.2g} {event.epoch_seconds:.1f}s{best}"
+    )
+
+
+def _print_summary(finished) -> None:
+    if finished.stopped_by_user:
+        print("stopped on request; checkpoint written")
+    elif finished.stopped_early:
+        print("stopped early: no improvement")
+    if finished.best_epoch is not None:
+        print(
+            f"best {finished.metric_name} {finished.best_metric:.4f} at epoch "
+            f"{finished.best_epoch + 1}"
+        )
+    print(f"time to best epoch: {finished.time_to_best_s:.1f} s")
+    print(f"total training time: {finished.total_time_s:.1f} s")
+    print(f"last checkpoint: {finished.last_checkpoint_path}")
+    print(f"registered model: {finished.registered_name}")
+    print(f"exported model: {finished.exported_model_path}")

@@ -1,0 +1,396 @@
+"""Training data: image + instance-label pairs, checked up front, sampled as patches.
+
+Pairs come from TIFF files (folders, globs or file lists, paired by file name)
+or from in-memory arrays (the napari widget passes layer data). Every pair is
+checked before training starts; errors name the pair and the fix.
+
+Images are normalised once with :func:`napari_samtune.core.images.to_sam_rgb`,
+exactly as at inference. A training sample is a patch of at most
+``patch_size`` x ``patch_size`` pixels that contains objects, with a random
+flip / 90-degree rotation. Whether a sample is the same in every epoch is a
+choice of the sampler (``vary_per_epoch``): with a frozen image encoder it
+must be, so that the patch's embedding can be computed once and cached. The
+objects trained on and their prompts are drawn afresh every epoch.
+
+Coordinates: arrays are (row, col); a crop is addressed by its top-left corner
+(row, col) in the normalised image.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from napari_samtune.core.images import to_sam_rgb
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+# Label files are often named after their image plus one of these.
+LABEL_SUFFIXES = ("_labels", "_label", "_masks", "_mask", "_seg", "_gt", "-labels", "-mask")
+N_AUGMENTATIONS = 8  # 4 rotations x (flipped or not)
+CROP_TRIES = 10
+
+
+@dataclass(frozen=True)
+class ImageLabelPair:
+    """One annotated image (not yet normalised)."""
+
+    image: np.ndarray  # (H, W) grayscale, (H, W, 3|4) RGB(A) or channelled (see channel_axis)
+    labels: np.ndarray  # (H, W) integer instance labels, 0 = background
+    name: str = "image"  # shown in error messages: a file name or a layer name
+    channel_axis: int | None = None  # passed to to_sam_rgb
+    channels: tuple[int, ...] | None = None  # passed to to_sam_rgb
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """A checked pair, normalised for SAM, with its usable objects located."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8 from to_sam_rgb
+    labels: np.ndarray  # (H, W) uint32, ids 1..N
+    name: str  # as in ImageLabelPair
+    object_slices: tuple[tuple[slice, slice], ...]  # bounding box of ids 1..N (index id - 1)
+    object_areas: np.ndarray  # (N,) int64 pixel counts of ids 1..N
+
+
+@dataclass(frozen=True)
+class TrainingPatch:
+    """A cropped, augmented piece of one prepared image."""
+
+    key: tuple[int, int, int, int]  # (image index, crop row, crop col, augmentation 0..7)
+    rgb: np.ndarray  # (h, w, 3) uint8, h and w <= patch_size
+    labels: np.ndarray  # (h, w) uint32 instance ids as in the source image
+    object_ids: np.ndarray  # (K,) ids whose area in the patch is >= the minimum
+
+
+def _expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike], what: str) -> list[Path]:
+    """Files named by a folder, a glob pattern, one file, or a list of any of these."""
+    if isinstance(spec, (str, os.PathLike)):
+        text = os.fspath(spec)
+        if glob.has_magic(text):
+            files = sorted(Path(p) for p in glob.glob(text))
+            if not files:
+                raise ValueError(f"{what} pattern {text!r} matches no files; check the pattern")
+            return files
+        path = Path(text)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in TIFF_SUFFIXES)
+            if not files:
+                raise ValueError(f"{what} folder {text!r} contains no .tif/.tiff files")
+            return files
+        if not path.exists():
+            raise FileNotFoundError(f"{what} path {text!r} does not exist; check the path")
+        return [path]
+    files = [f for item in spec for f in _expand_paths(item, what)]
+    if not files:
+        raise ValueError(f"{what} is an empty list; give files, a folder or a glob pattern")
+    return files
+
+
+def _pairing_key(path: Path) -> str:
+    stem = path.stem.lower()
+    for suffix in LABEL_SUFFIXES:
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def pair_files(
+    images: str | os.PathLike | Sequence[str | os.PathLike],
+    labels: str | os.PathLike | Sequence[str | os.PathLike],
+) -> list[tuple[Path, Path]]:
+    """Pair image and label files by file name (labels may add e.g. ``_labels`` or ``_mask``).
+
+    Raises ``ValueError`` listing every file without a partner.
+    """
+    image_files = _expand_paths(images, "images")
+    label_files = _expand_paths(labels, "labels")
+    by_key: dict[str, Path] = {}
+    for f in label_files:
+        if _pairing_key(f) in by_key:
+            raise ValueError(
+                f"label files {by_key[_pairing_key(f)].name!r} and {f.name!r} both pair with "
+                f"image name {_pairing_key(f)!r}; keep one label file per image"
+            )
+        by_key[_pairing_key(f)] = f
+    pairs = [(f, by_key[f.stem.lower()]) for f in image_files if f.stem.lower() in by_key]
+    used_images = {p[0] for p in pairs}
+    used_labels = {p[1] for p in pairs}
+    lonely_images = [f.name for f in image_files if f not in used_images]
+    lonely_labels = [f.name for f in label_files if f not in used_labels]
+    if lonely_images or lonely_labels:
+        raise ValueError(
+            f"could not pair files by name: images without labels {lonely_images!r}, labels "
+            f"without images {lonely_labels!r}; name each label file like its image (optionally "
+            f"with one of {list(LABEL_SUFFIXES)!r} appended)"
+        )
+    return pairs
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        raise ValueError(f"file {str(path)!r} is not a TIFF file; save images as .tif")
+    return tifffile.imread(path)
+
+
+def load_pairs(
+    images: str | os.PathLike | Sequence[str | os.PathLike],
+    labels: str | os.PathLike | Sequence[str | os.PathLike],
+) -> list[ImageLabelPair]:
+    """Read paired TIFF files (see :func:`pair_files`) into :class:`ImageLabelPair` s."""
+    return [
+        ImageLabelPair(_read_tiff(i), _read_tiff(lab), name=f"{i.name} / {lab.name}")
+        for i, lab in pair_files(images, labels)
+    ]
+
+
+def as_pairs(
+    data: Sequence[ImageLabelPair | tuple[np.ndarray, np.ndarray]],
+) -> list[ImageLabelPair]:
+    """Accept pairs as :class:`ImageLabelPair` or plain ``(image, labels)`` tuples."""
+    if isinstance(data, ImageLabelPair) or not isinstance(data, Sequence) or not len(data):
+        raise ValueError(
+            "training data must be a non-empty list of (image, labels) pairs; "
+            f"got {type(data).__name__} of length {len(data) if hasattr(data, '__len__') else '?'}"
+        )
+    pairs = []
+    for i, item in enumerate(data):
+        if isinstance(item, ImageLabelPair):
+            pairs.append(item)
+        elif isinstance(item, (tuple, list)) and len(item) == 2:
+            pairs.append(ImageLabelPair(np.asarray(item[0]), np.asarray(item[1]), f"pair {i}"))
+        else:
+            raise TypeError(f"data[{i}] is a {type(item).__name__}; give an (image, labels) pair")
+    return pairs
+
+
+def _check_labels(labels: np.ndarray, name: str) -> None:
+    if labels.dtype == bool:
+        raise TypeError(
+            f"labels of {name!r} are boolean (a foreground mask); training needs instance labels "
+            "with one id per object: label connected components, e.g. scipy.ndimage.label"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(
+            f"labels of {name!r} have dtype {labels.dtype.name}; training needs integer instance "
+            "labels (0 = background, one id per object): convert with labels.astype('uint32') "
+            "if the values are whole numbers"
+        )
+    if labels.ndim == 3 and labels.shape[-1] in (3, 4):
+        raise ValueError(
+            f"labels of {name!r} have shape {labels.shape!r}, an RGB image; training needs a 2D "
+            "instance label image (one integer id per object), not a coloured rendering"
+        )
+    if labels.ndim != 2:
+        raise ValueError(
+            f"labels of {name!r} have shape {labels.shape!r}; give 2D (H, W) labels, one plane "
+            "of a stack at a time"
+        )
+    if np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:
+        raise ValueError(f"labels of {name!r} contain negative ids; use ids >= 0 (0 = background)")
+
+
+def prepare_pair(pair: ImageLabelPair) -> PreparedImage:
+    """Check one pair and normalise it; errors name the pair and say how to fix it."""
+    labels = np.asarray(pair.labels)
+    _check_labels(labels, pair.name)
+    try:
+        rgb = to_sam_rgb(pair.image, pair.channel_axis, pair.channels)
+    except (ValueError, TypeError) as err:
+        raise type(err)(f"image of {pair.name!r}: {err}") from None
+    if rgb.shape[:2] != labels.shape:
+        raise ValueError(
+            f"image of {pair.name!r} is {rgb.shape[0]}x{rgb.shape[1]} pixels but its labels have "
+            f"shape {labels.shape!r}; image and labels must cover the same pixels (check the "
+            "pairing, or that neither was resized or transposed)"
+        )
+    return _index_objects(rgb, labels, pair.name)
+
+
+def _index_objects(rgb: np.ndarray, labels: np.ndarray, name: str) -> PreparedImage:
+    """Relabel to ids 1..N and locate the objects; refuse labels without any object."""
+    ids, dense = np.unique(labels, return_inverse=True)
+    dense = dense.reshape(labels.shape).astype(np.uint32)
+    if ids[0] != 0:  # no background pixel: ids must still start at 1
+        dense += 1
+    n_objects = int(dense.max())
+    if n_objects == 0:
+        raise ValueError(
+            f"labels of {name!r} contain no objects (every pixel is 0); annotate at least "
+            "one object or leave this pair out"
+        )
+    areas = np.bincount(dense.ravel(), minlength=n_objects + 1)[1:].astype(np.int64)
+    slices = tuple(ndimage.find_objects(dense, max_label=n_objects))
+    return PreparedImage(rgb, dense, name, slices, areas)
+
+
+def prepare_pairs(pairs: Sequence[ImageLabelPair]) -> list[PreparedImage]:
+    return [prepare_pair(p) for p in pairs]
+
+
+def split_validation(
+    images: Sequence[PreparedImage], val_fraction: float, seed: int
+) -> tuple[list[PreparedImage], list[PreparedImage]]:
+    """Hold out ``val_fraction`` of the images (at least one) for validation.
+
+    With a single image, its last ``val_fraction`` along the longer axis is held
+    out instead, so one annotated image is enough to train and validate.
+    """
+    images = list(images)
+    if val_fraction <= 0:
+        return images, []
+    if len(images) >= 2:
+        n_val = min(len(images) - 1, max(1, round(val_fraction * len(images))))
+        order = np.random.default_rng([seed, 7]).permutation(len(images))
+        val_set = set(order[:n_val].tolist())
+        train = [im for i, im in enumerate(images) if i not in val_set]
+        return train, [im for i, im in enumerate(images) if i in val_set]
+    return _split_one_image(images[0], val_fraction)
+
+
+def _split_one_image(image: PreparedImage, val_fraction: float) -> tuple[list, list]:
+    axis = 0 if image.labels.shape[0] >= image.labels.shape[1] else 1
+    length = image.labels.shape[axis]
+    cut = int(round(length * (1.0 - val_fraction)))
+    parts = []
+    for name, region in (("training", slice(0, cut)), ("validation", slice(cut, length))):
+        index = (region, slice(None)) if axis == 0 else (slice(None), region)
+        where = f"{'rows' if axis == 0 else 'columns'} {region.start}..{region.stop - 1}"
+        try:
+            parts.append(_index_objects(image.rgb[index], image.labels[index], image.name))
+        except ValueError:
+            raise ValueError(
+                f"{image.name!r} is the only image, so its {where} were held out for "
+                f"{name}, but that part has no objects; pass validation data, annotate "
+                "objects there, or set val_fraction=0"
+            ) from None
+    return [parts[0]], [parts[1]]
+
+
+def augment(array: np.ndarray, aug: int) -> np.ndarray:
+    """Rotate by ``aug % 4`` quarter turns, then mirror left-right when ``aug >= 4``."""
+    out = np.rot90(array, k=aug % 4, axes=(0, 1))
+    if aug >= 4:
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out)
+
+
+def _objects_in(labels: np.ndarray, min_area: int) -> np.ndarray:
+    ids, counts = np.unique(labels, return_counts=True)
+    keep = (ids != 0) & (counts >= min_area)
+    return ids[keep].astype(np.uint32)
+
+
+class PatchSampler:
+    """Deterministic training patches: sample ``i`` of epoch ``e`` depends on (seed, i, e) only.
+
+    Args:
+        images: prepared training images.
+        patch_size: patch side, pixels; images smaller than this give smaller patches.
+        min_object_area: objects with fewer pixels inside a patch are not trained on.
+        min_samples_per_epoch: epochs hold at least this many samples (oversampling).
+        seed: seeds crops, augmentations and object choice.
+        vary_per_epoch: draw new crops/augmentations every epoch; False keeps sample ``i``
+            the same patch in every epoch (needed to cache a frozen encoder's embeddings).
+    """
+
+    def __init__(
+        self,
+        images: Sequence[PreparedImage],
+        patch_size: int,
+        min_object_area: int,
+        min_samples_per_epoch: int,
+        seed: int,
+        vary_per_epoch: bool = True,
+    ) -> None:
+        if not images:
+            raise ValueError("no training images; give at least one annotated image")
+        self.images = list(images)
+        self.patch_size = patch_size
+        self.min_object_area = min_object_area
+        self.n_samples = max(min_samples_per_epoch, len(self.images))
+        self.seed = seed
+        self.vary_per_epoch = vary_per_epoch
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The order in which the samples of ``epoch`` are visited: (n_samples,) int64."""
+        return np.random.default_rng([self.seed, 0, epoch]).permutation(self.n_samples)
+
+    def patch(self, index: int, epoch: int) -> TrainingPatch:
+        """Sample ``index`` (in 0..n_samples-1) of ``epoch``: a patch containing objects."""
+        rng = np.random.default_rng([self.seed, 1, index, epoch if self.vary_per_epoch else 0])
+        image_index = index % len(self.images)  # every image equally often
+        image = self.images[image_index]
+        for _ in range(CROP_TRIES):
+            row, col = self._crop_corner(image, rng)
+            labels = self._crop(image.labels, row, col)
+            object_ids = _objects_in(labels, self.min_object_area)
+            if object_ids.size:
+                break
+        else:  # every object is tiny here: train on what there is
+            object_ids = _objects_in(labels, 1)
+        aug = int(rng.integers(N_AUGMENTATIONS))
+        rgb = augment(self._crop(image.rgb, row, col), aug)
+        return TrainingPatch((image_index, row, col, aug), rgb, augment(labels, aug), object_ids)
+
+    def _crop(self, array: np.ndarray, row: int, col: int) -> np.ndarray:
+        return array[row : row + self.patch_size, col : col + self.patch_size]
+
+    def _crop_corner(self, image: PreparedImage, rng: np.random.Generator) -> tuple[int, int]:
+        """A random corner such that the crop contains a pixel of a random (large) object."""
+        usable = np.flatnonzero(image.object_areas >= self.min_object_area)
+        if usable.size == 0:
+            usable = np.arange(image.object_areas.size)
+        index = int(rng.choice(usable))
+        rows, cols = image.object_slices[index]
+        inside = np.argwhere(image.labels[rows, cols] == index + 1)
+        r, c = inside[rng.integers(len(inside))] + (rows.start, cols.start)
+        height, width = image.labels.shape
+        h, w = min(height, self.patch_size), min(width, self.patch_size)
+        row = int(rng.integers(max(0, r - h + 1), min(r, height - h) + 1))
+        col = int(rng.integers(max(0, c - w + 1), min(c, width - w) + 1))
+        return row, col
+
+    def sample_objects(self, patch: TrainingPatch, n: int, index: int, epoch: int) -> np.ndarray:
+        """Up to ``n`` distinct object ids of ``patch`` (all of them when it has fewer)."""
+        rng = np.random.default_rng([self.seed, 2, index, epoch])
+        n = min(n, patch.object_ids.size)
+        return rng.choice(patch.object_ids, size=n, replace=False)
+
+
+def tile_patches(
+    images: Sequence[PreparedImage], patch_size: int, min_object_area: int
+) -> list[TrainingPatch]:
+    """Cover each image with patches of ``patch_size`` (the last ones flush with the edge).
+
+    Used for validation: a fixed set, no augmentation, every object of at least
+    ``min_object_area`` pixels in each patch. Patches without such objects are left out.
+    """
+    patches = []
+    for image_index, image in enumerate(images):
+        height, width = image.labels.shape
+        h, w = min(height, patch_size), min(width, patch_size)
+        for row in _tile_starts(height, h):
+            for col in _tile_starts(width, w):
+                labels = image.labels[row : row + h, col : col + w]
+                object_ids = _objects_in(labels, min_object_area)
+                if object_ids.size:
+                    rgb = image.rgb[row : row + h, col : col + w]
+                    patches.append(
+                        TrainingPatch((image_index, row, col, 0), rgb, labels, object_ids)
+                    )
+    return patches
+
+
+def _tile_starts(length: int, tile: int) -> list[int]:
+    starts = list(range(0, length - tile + 1, tile))
+    if starts[-1] + tile < length:
+        starts.append(length - tile)
+    return starts

@@ -1,0 +1,132 @@
+"""Multi-process training: the same run under ``torchrun --nproc-per-node N``.
+
+``torchrun`` sets ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
+``MASTER_PORT``; :func:`context_from_env` joins the process group (NCCL on
+GPUs, gloo on the CPU). Every rank builds the same seeded model and samples
+the same epoch order, then takes its own samples from it (:func:`shard`, like
+``DistributedSampler`` but with a fixed sample-to-rank assignment);
+DistributedDataParallel averages gradients; metrics are summed over ranks
+(:func:`all_reduce_sum`); only rank 0 writes files. Without those variables
+(or with ``WORLD_SIZE=1``) everything here is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """This process's place in a (possibly single-process) run."""
+
+    rank: int = 0  # global rank of this process
+    world_size: int = 1  # number of processes
+    local_rank: int = 0  # rank on this machine: picks the GPU
+    backend: str | None = None  # "nccl", "gloo", or None when not distributed
+    owns_group: bool = False  # this run created the process group and must destroy it
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that writes checkpoints, exports and logs."""
+        return self.rank == 0
+
+
+def context_from_env(device_type: str) -> DistributedContext:
+    """Join the process group that ``torchrun`` describes in the environment, if any.
+
+    Args:
+        device_type: "cuda" (NCCL backend) or anything else (gloo).
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistributedContext()
+    if not dist.is_available():
+        raise ValueError(
+            f"WORLD_SIZE={world_size} asks for distributed training, but this torch build has "
+            "no torch.distributed; run a single process (unset WORLD_SIZE)"
+        )
+    owns = False
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        owns = True
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    return DistributedContext(
+        dist.get_rank(), dist.get_world_size(), local_rank, dist.get_backend(), owns
+    )
+
+
+def device_for(ctx: DistributedContext, device: torch.device) -> torch.device:
+    """The device of this rank: ``cuda:LOCAL_RANK`` for GPU runs, else ``device``."""
+    if ctx.enabled and device.type == "cuda":
+        torch.cuda.set_device(ctx.local_rank)
+        return torch.device("cuda", ctx.local_rank)
+    return device
+
+
+def shard(order: np.ndarray, ctx: DistributedContext) -> np.ndarray:
+    """This rank's samples of an epoch, in the epoch's order.
+
+    ``order`` is a permutation of the sample indices 0..n-1. Rank ``r`` always
+    owns the samples ``i`` with ``i % world_size == r`` (so a frozen encoder's
+    cached embeddings stay valid on their rank across epochs); ranks with fewer
+    samples repeat some, because every rank must take the same number of steps
+    (each step all-reduces gradients).
+    """
+    if not ctx.enabled:
+        return order
+    order = np.asarray(order)
+    per_rank = -(-len(order) // ctx.world_size)
+    mine = order[order % ctx.world_size == ctx.rank]
+    if mine.size == 0:  # fewer samples than ranks
+        mine = order[ctx.rank % len(order) :][:1]
+    return np.resize(mine, per_rank)
+
+
+def all_reduce_sum(values: np.ndarray, ctx: DistributedContext, device: torch.device) -> np.ndarray:
+    """Element-wise sum of a float array over all ranks (float64, like ``values``)."""
+    values = np.asarray(values, dtype=np.float64)
+    if not ctx.enabled:
+        return values
+    tensor = torch.as_tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.cpu().numpy()
+
+
+def any_rank(flag: bool, ctx: DistributedContext, device: torch.device) -> bool:
+    """True when ``flag`` is true on any rank (e.g. a stop request seen by rank 0)."""
+    return bool(all_reduce_sum(np.array([float(flag)]), ctx, device)[0] > 0)
+
+
+def wrap_module(module: nn.Module, ctx: DistributedContext, device: torch.device) -> nn.Module:
+    """DistributedDataParallel around ``module`` when distributed, else ``module`` itself.
+
+    ``find_unused_parameters``: a box-prompted step leaves point embeddings
+    unused and vice versa.
+    """
+    if not ctx.enabled:
+        return module
+    device_ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(
+        module, device_ids=device_ids, find_unused_parameters=True
+    )
+
+
+def barrier(ctx: DistributedContext) -> None:
+    if ctx.enabled:
+        dist.barrier()
+
+
+def shutdown(ctx: DistributedContext) -> None:
+    """Leave the process group if this run created it."""
+    if ctx.owns_group and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,373 @@
+"""Resource presets for finetuning, as immutable data, and the training configuration.
+
+A :class:`ResourcePreset` records settings measured to fit a machine of a given
+size (CPU RAM or GPU memory): per model, which parts are frozen, how many
+objects a batch holds and the batch size. Fixed for every preset (measured):
+batch size 1 (A100: 2), at least 50 samples per epoch (by oversampling), Adam
+at learning rate 1e-5 with ReduceLROnPlateau, early stopping after 10 epochs
+without improvement, at most 100 epochs.
+
+The measurements used 512x512 patches. Patches default to the model's input
+size instead (``TrainConfig.patch_size=None``): inference embeds images larger
+than the input in tiles of exactly that size without rescaling, so training on
+such patches shows objects at the scale inference sees them. Memory does not
+depend on the patch size, as the encoder input is always the model's input size
+(smaller patches are resized up to it, as ``SamPredictor`` resizes images).
+
+:func:`detect_preset` picks a preset from measured resources given as
+parameters (so it is testable without a GPU); :func:`measure_machine` measures
+this machine. :class:`TrainConfig` is the one configuration of a training run;
+:func:`config_from_preset` makes one from a preset and refuses a combination the
+preset cannot fit, before any training starts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Literal
+
+from napari_samtune.core.architectures import ARCHITECTURES, SamArchitecture
+
+MODEL_PARTS: tuple[str, ...] = ("image_encoder", "prompt_encoder", "mask_decoder")
+MIXED_PRECISION_MODES: tuple[str, ...] = ("auto", "bf16", "fp16", "no")
+MASK_LOSSES: tuple[str, ...] = ("dice_bce", "dice_focal")
+# GPU / RAM sizes are nominal ("32 GB") while machines report a little less (31.7 GiB).
+MEMORY_TOLERANCE = 0.9
+# A request above this multiple of a preset's objects per step is "far above": refused.
+MAX_OBJECTS_FACTOR = 2.0
+FROZEN = ("image_encoder",)
+
+
+@dataclass(frozen=True)
+class ModelSetting:
+    """What a preset trains for one model."""
+
+    model: str  # architecture name: "vit_t", "vit_b", "vit_l" or "vit_h"
+    freeze: tuple[str, ...]  # parts kept fixed, a subset of MODEL_PARTS
+    n_objects_per_batch: int  # objects sampled per patch
+    batch_size: int = 1  # patches per step
+
+
+@dataclass(frozen=True)
+class ResourcePreset:
+    """Training settings measured to fit one kind of machine."""
+
+    key: str  # short name for the command line, e.g. "cpu-16gb", "v100"
+    name: str  # human-readable name, e.g. "CPU, 16 GB, 8 cores"
+    device: Literal["cpu", "cuda"]  # where training runs
+    memory_gb: float  # RAM (CPU presets) or GPU memory, nominal GB
+    n_cores: int | None  # CPU cores the measurement used (None for GPU presets)
+    settings: tuple[ModelSetting, ...]  # per model, smallest model first
+    min_samples_per_epoch: int = 50  # oversampling target per epoch
+    learning_rate: float = 1e-5  # Adam learning rate
+    epochs: int = 100  # at most this many epochs
+    early_stopping: int = 10  # stop after this many epochs without improvement
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(s.model for s in self.settings)
+
+    def setting_for(self, arch: SamArchitecture) -> ModelSetting:
+        """The setting for ``arch``: its own row, or that of the smallest listed model it fits.
+
+        Raises ``ValueError`` when ``arch`` is larger than every model of the preset.
+        """
+        size = approx_encoder_params(arch)
+        for setting in self.settings:  # smallest first
+            if size <= approx_encoder_params(ARCHITECTURES[setting.model]) * 1.05:
+                return setting
+        raise ValueError(
+            f"preset {self.key!r} ({self.name}) cannot fit model {arch.name!r}: it was measured "
+            f"for {', '.join(self.models)} only; choose a smaller model or a preset with more "
+            f"memory ({', '.join(p.key for p in PRESETS if _fits(p, size))})"
+        )
+
+
+def approx_encoder_params(arch: SamArchitecture) -> float:
+    """Rough parameter count of the image encoder (12 d^2 per transformer block)."""
+    if arch.encoder == "tiny_vit":
+        return float(
+            sum(
+                12 * d * w * w
+                for d, w in zip(arch.tinyvit_depths, arch.tinyvit_embed_dims, strict=True)
+            )
+        )
+    return float(12 * arch.depth * arch.embed_dim**2)
+
+
+def _fits(preset: ResourcePreset, size: float) -> bool:
+    return any(size <= approx_encoder_params(ARCHITECTURES[m]) * 1.05 for m in preset.models)
+
+
+def _cpu(key: str, memory: int, cores: int, *settings: ModelSetting) -> ResourcePreset:
+    name = f"CPU, {memory} GB, {cores} cores"
+    return ResourcePreset(key, name, "cpu", float(memory), cores, settings)
+
+
+def _gpu(key: str, name: str, memory: int, *settings: ModelSetting) -> ResourcePreset:
+    return ResourcePreset(key, name, "cuda", float(memory), None, settings)
+
+
+M = ModelSetting
+PRESETS: tuple[ResourcePreset, ...] = (
+    _cpu("cpu-8gb", 8, 8, M("vit_t", FROZEN, 1)),
+    _cpu("cpu-16gb", 16, 8, M("vit_t", (), 5)),
+    _cpu("cpu-32gb", 32, 16, M("vit_b", (), 10)),
+    _cpu("cpu-64gb", 64, 16, M("vit_b", (), 15)),
+    _gpu("gtx1080", "GTX 1080", 8, M("vit_t", (), 5), M("vit_b", FROZEN, 10)),
+    _gpu("rtx5000", "RTX 5000", 16, M("vit_t", (), 20), M("vit_b", (), 10)),
+    _gpu("v100", "V100", 32, M("vit_t", (), 45), M("vit_b", (), 35)),
+    _gpu(
+        "a100",
+        "A100",
+        80,
+        M("vit_t", (), 50, 2),
+        M("vit_b", (), 40, 2),
+        M("vit_l", (), 30, 2),
+        M("vit_h", (), 25, 2),
+    ),
+)
+del M
+
+
+def get_preset(key: str) -> ResourcePreset:
+    """The preset called ``key`` (its short key, or its full name, case-insensitive)."""
+    for preset in PRESETS:
+        if key.lower() in (preset.key, preset.name.lower()):
+            return preset
+    raise ValueError(
+        f"unknown preset {key!r}; choose one of {[p.key for p in PRESETS]!r} or 'auto'"
+    )
+
+
+@dataclass(frozen=True)
+class MachineResources:
+    """What :func:`measure_machine` found."""
+
+    gpu_memory_gb: float | None  # total memory of GPU 0 in GiB; None without a CUDA GPU
+    ram_gb: float  # physical memory in GiB
+    n_cores: int  # logical CPU cores
+    gpu_name: str | None  # e.g. "NVIDIA A100-SXM4-80GB"
+
+
+def measure_machine() -> MachineResources:
+    """Measure GPU memory (CUDA device 0), RAM and CPU cores of this machine."""
+    import torch
+
+    gpu_memory = gpu_name = None
+    if torch.cuda.is_available():
+        _, total = torch.cuda.mem_get_info(0)
+        gpu_memory, gpu_name = total / 2**30, torch.cuda.get_device_name(0)
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): assume the smallest
+        ram = PRESETS[0].memory_gb
+    return MachineResources(gpu_memory, float(ram), os.cpu_count() or 1, gpu_name)
+
+
+def detect_preset(
+    gpu_memory_gb: float | None, ram_gb: float, n_cores: int
+) -> tuple[ResourcePreset, str]:
+    """Choose the largest preset that fits the measured resources, and say why.
+
+    Args:
+        gpu_memory_gb: GPU memory in GiB, or None when there is no usable GPU.
+        ram_gb: physical memory in GiB.
+        n_cores: number of CPU cores.
+
+    Returns:
+        ``(preset, reason)``; a GPU preset whenever the GPU has at least the
+        smallest GPU preset's memory, else a CPU preset chosen by RAM.
+    """
+    gpu_presets = [p for p in PRESETS if p.device == "cuda"]
+    cpu_presets = [p for p in PRESETS if p.device == "cpu"]
+    if gpu_memory_gb is not None:
+        fitting = [p for p in gpu_presets if p.memory_gb * MEMORY_TOLERANCE <= gpu_memory_gb]
+        if fitting:
+            chosen = fitting[-1]
+            return chosen, (
+                f"GPU with {gpu_memory_gb:.1f} GB: the largest GPU preset that fits is "
+                f"{chosen.name} ({chosen.memory_gb:g} GB)"
+            )
+        gpu_note = (
+            f"the GPU has {gpu_memory_gb:.1f} GB, less than the smallest GPU preset "
+            f"({gpu_presets[0].name}, {gpu_presets[0].memory_gb:g} GB); "
+        )
+    else:
+        gpu_note = "no CUDA GPU found; "
+    fitting = [p for p in cpu_presets if p.memory_gb * MEMORY_TOLERANCE <= ram_gb]
+    chosen = fitting[-1] if fitting else cpu_presets[0]
+    reason = f"{gpu_note}CPU with {ram_gb:.1f} GB RAM and {n_cores} cores: {chosen.name}"
+    if not fitting:
+        reason += (
+            " (the smallest preset; this machine has less RAM, training may run out of memory)"
+        )
+    elif chosen.n_cores and n_cores < chosen.n_cores:
+        reason += f" (measured with {chosen.n_cores} cores: expect slower steps here)"
+    return chosen, reason
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a finetuning run; saved with every checkpoint (``asdict``)."""
+
+    model: str = "vit_b"  # model to finetune: registry name, weights file, or "random:<arch>"
+    epochs: int = 100  # at most this many epochs
+    learning_rate: float = 1e-5  # Adam learning rate at the start
+    n_objects_per_batch: int = 5  # objects sampled per patch (fewer if the patch has fewer)
+    batch_size: int = 1  # patches per forward pass
+    patch_size: int | None = None  # patch side in pixels; None: the model's input size
+    freeze: tuple[str, ...] = ()  # parts not trained: image_encoder, prompt_encoder, mask_decoder
+    lora_rank: int = 0  # > 0: train rank-r LoRA adapters on the encoder's qkv instead of it
+    lora_alpha: float | None = None  # LoRA scale numerator; None: equal to lora_rank (scale 1)
+    early_stopping: int | None = 10  # stop after this many epochs without improvement; None: never
+    min_samples_per_epoch: int = 50  # patches per epoch, oversampling small data sets
+    n_iterative_prompts: int = 2  # corrective-point iterations after the first prediction
+    mask_loss: str = "dice_bce"  # "dice_bce" or "dice_focal"
+    seed: int = 0  # seeds sampling, augmentation, prompts and random initialisation
+    mixed_precision: str = "auto"  # "auto", "bf16", "fp16" (with a GradScaler) or "no"
+    fast_attention: bool = True  # ViT attention via fused SDPA: same result, far less memory
+    grad_accumulation: int = 1  # optimizer step every this many batches
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    val_fraction: float = 0.1  # held out for validation when no validation data is given
+    embedding_cache_size: int = 128  # frozen encoder: embeddings kept (LRU); 4 MB each at 1024 px
+    checkpoint_trainable_only: bool = False  # checkpoints hold only the trained weights
+    min_object_area: int = 16  # objects smaller than this in a patch (pixels) are not trained on
+    box_jitter: float = 0.1  # box corners move by up to this fraction of the box side
+    scheduler_patience: int = 3  # ReduceLROnPlateau: epochs without improvement before a cut
+    scheduler_factor: float = 0.5  # ReduceLROnPlateau: learning rate multiplier per cut
+    preset: str | None = None  # key of the preset this config came from (recorded only)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "freeze", tuple(self.freeze))  # lists arrive from JSON
+        _check_positive(self, ("epochs", "n_objects_per_batch", "batch_size"))
+        _check_positive(self, ("min_samples_per_epoch", "grad_accumulation", "min_object_area"))
+        if not self.model or not isinstance(self.model, str):
+            raise ValueError(f"model={self.model!r}; give a model name or a weights file path")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate={self.learning_rate!r}; use a positive number")
+        if self.patch_size is not None and self.patch_size < 32:
+            raise ValueError(f"patch_size={self.patch_size!r}; use at least 32 pixels, or None")
+        self._check_parts()
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank={self.lora_rank!r}; use 0 (no LoRA) or a positive rank")
+        if self.early_stopping is not None and self.early_stopping < 1:
+            raise ValueError(f"early_stopping={self.early_stopping!r}; use >= 1 or None")
+        if self.n_iterative_prompts < 0 or self.embedding_cache_size < 0:
+            raise ValueError(
+                f"n_iterative_prompts={self.n_iterative_prompts!r} and embedding_cache_size="
+                f"{self.embedding_cache_size!r} must be >= 0"
+            )
+        self._check_choices()
+
+    def _check_parts(self) -> None:
+        unknown = [p for p in self.freeze if p not in MODEL_PARTS]
+        if unknown or len(set(self.freeze)) != len(self.freeze):
+            raise ValueError(f"freeze={self.freeze!r}; use distinct parts from {MODEL_PARTS!r}")
+        if self.lora_rank and "image_encoder" in self.freeze:
+            raise ValueError(
+                f"lora_rank={self.lora_rank!r} trains adapters inside the image encoder, which "
+                "freeze also lists; remove 'image_encoder' from freeze or set lora_rank=0"
+            )
+        if set(self.freeze) == set(MODEL_PARTS):
+            raise ValueError(f"freeze={self.freeze!r} leaves nothing to train; unfreeze a part")
+
+    def _check_choices(self) -> None:
+        if self.mixed_precision not in MIXED_PRECISION_MODES:
+            raise ValueError(
+                f"mixed_precision={self.mixed_precision!r}; choose from {MIXED_PRECISION_MODES!r}"
+            )
+        if self.mask_loss not in MASK_LOSSES:
+            raise ValueError(f"mask_loss={self.mask_loss!r}; choose from {MASK_LOSSES!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction={self.val_fraction!r}; use a fraction in [0, 1)")
+        if not 0.0 <= self.box_jitter < 1.0:
+            raise ValueError(f"box_jitter={self.box_jitter!r}; use a fraction in [0, 1)")
+        if not 0.0 < self.scheduler_factor < 1.0 or self.scheduler_patience < 0:
+            raise ValueError(
+                f"scheduler_factor={self.scheduler_factor!r} must lie in (0, 1) and "
+                f"scheduler_patience={self.scheduler_patience!r} must be >= 0"
+            )
+
+    @property
+    def encoder_frozen(self) -> bool:
+        """The image encoder's output never changes: embeddings can be cached across epochs."""
+        return "image_encoder" in self.freeze
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        """Inverse of ``dataclasses.asdict``; unknown keys raise ``ValueError``."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training config fields {unknown!r}")
+        return cls(**data)
+
+
+def _check_positive(config: TrainConfig, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r}; use a whole number >= 1")
+
+
+def config_from_preset(
+    preset: ResourcePreset,
+    model: str,
+    architecture: SamArchitecture | None = None,
+    check: bool = True,
+    **overrides,
+) -> TrainConfig:
+    """The preset's settings for ``model``, with ``overrides`` applied (``dataclasses.replace``).
+
+    Args:
+        preset: the measured resource preset.
+        model: what to finetune (see ``TrainConfig.model``).
+        architecture: the model's architecture; looked up from ``model`` when None.
+        check: refuse (``ValueError``) overrides the preset cannot fit.
+        overrides: ``TrainConfig`` fields to change.
+    """
+    if architecture is None:
+        from napari_samtune.core.model_source import architecture_of
+
+        architecture = architecture_of(model)
+    setting = preset.setting_for(architecture)
+    base = TrainConfig(
+        model=model,
+        epochs=preset.epochs,
+        learning_rate=preset.learning_rate,
+        n_objects_per_batch=setting.n_objects_per_batch,
+        batch_size=setting.batch_size,
+        freeze=setting.freeze,
+        early_stopping=preset.early_stopping,
+        min_samples_per_epoch=preset.min_samples_per_epoch,
+        device=preset.device,
+        preset=preset.key,
+    )
+    unknown = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise TypeError(f"unknown TrainConfig fields {unknown!r} in overrides")
+    config = replace(base, **overrides)
+    if check:
+        check_fits(preset, setting, config)
+    return config
+
+
+def check_fits(preset: ResourcePreset, setting: ModelSetting, config: TrainConfig) -> None:
+    """Raise ``ValueError`` when ``config`` asks for clearly more memory than ``setting`` fits."""
+    asked = config.n_objects_per_batch * config.batch_size
+    measured = setting.n_objects_per_batch * setting.batch_size
+    if asked > MAX_OBJECTS_FACTOR * measured:
+        raise ValueError(
+            f"n_objects_per_batch={config.n_objects_per_batch!r} x batch_size="
+            f"{config.batch_size!r} = {asked} objects per step is far above what preset "
+            f"{preset.key!r} fits for {setting.model} ({measured}); lower n_objects_per_batch "
+            "or batch_size, or choose a preset with more memory"
+        )
+    if "image_encoder" in setting.freeze and not config.encoder_frozen:
+        raise ValueError(
+            f"preset {preset.key!r} fits {setting.model} only with the image encoder frozen, "
+            f"but freeze={config.freeze!r}; add 'image_encoder' to freeze or choose a preset "
+            "with more memory"
+        )

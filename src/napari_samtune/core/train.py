@@ -1,0 +1,92 @@
+"""Finetune SAM on annotated images: a generator of training events.
+
+:func:`iter_train` runs a whole training and yields small frozen events
+(:class:`TrainingStarted`, :class:`StepDone` after every optimizer step,
+:class:`EpochDone` with validation metrics and checkpoint, :class:`TrainingFinished`);
+:func:`train` drains it for scripts and the command line, and the napari
+widget wraps the same generator in a thread worker. Stopping is cooperative:
+set the ``stop_event`` and the run finishes its step, writes a checkpoint,
+exports the model and returns normally.
+
+Files in ``out_dir``: ``config.json`` (the effective config), ``checkpoints/
+last.pt`` (resumable) and ``checkpoints/best.pt``, ``metrics.jsonl`` (one line
+per epoch), ``model.pth`` (the best model as a plain SAM state dict, LoRA
+merged) and ``summary.json``. The exported model is also registered as a user
+model, so ``load_model(name)`` and the Segmenter can use it at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from napari_samtune.core import distributed as ddp
+from napari_samtune.core.presets import TrainConfig
+from napari_samtune.core.train_events import (
+    EpochDone,
+    StepDone,
+    TrainEvent,
+    TrainingFinished,
+    TrainingStarted,
+)
+from napari_samtune.core.trainer import TrainData, Trainer
+
+__all__ = [
+    "EpochDone",
+    "StepDone",
+    "TrainData",
+    "TrainEvent",
+    "Trainer",
+    "TrainingFinished",
+    "TrainingStarted",
+    "iter_train",
+    "train",
+]
+
+
+def iter_train(
+    config: TrainConfig,
+    train_data: TrainData,
+    val_data: TrainData | None = None,
+    out_dir: str | Path = "samtune-run",
+    stop_event: threading.Event | None = None,
+    resume_from: str | Path | None = None,
+    model_name: str | None = None,
+) -> Iterator[TrainEvent]:
+    """Finetune SAM, yielding events (see module docstring).
+
+    Args:
+        config: the run's configuration.
+        train_data: (image, labels) pairs or :class:`ImageLabelPair` s; labels are
+            (H, W) integer instance labels.
+        val_data: validation pairs; None holds out ``config.val_fraction`` of the
+            training images (of the one image's area, with a single image).
+        out_dir: folder for config, checkpoints, metrics and the exported model.
+        stop_event: set it to stop after the current step (checkpoint + export).
+        resume_from: a ``last.pt`` checkpoint to continue from.
+        model_name: user-model name to register the result under; default: the
+            name of ``out_dir`` (made unique).
+    """
+    trainer = Trainer(config, train_data, val_data, out_dir, stop_event, resume_from, model_name)
+    try:
+        yield from trainer.run()
+    finally:
+        ddp.shutdown(trainer.dist)
+
+
+def train(
+    config: TrainConfig,
+    train_data: TrainData,
+    val_data: TrainData | None = None,
+    out_dir: str | Path = "samtune-run",
+    stop_event: threading.Event | None = None,
+    resume_from: str | Path | None = None,
+    model_name: str | None = None,
+) -> TrainingFinished:
+    """Run :func:`iter_train` to the end (same arguments); returns its last event."""
+    finished = None
+    events = iter_train(config, train_data, val_data, out_dir, stop_event, resume_from, model_name)
+    for event in events:
+        finished = event
+    return finished

@@ -1,0 +1,158 @@
+"""Training checkpoints (best / last), resuming from them, and exporting a plain SAM model.
+
+A training checkpoint is a project checkpoint (see
+:mod:`napari_samtune.core.checkpoints`) that ``torch.load(weights_only=True)``
+reads: only tensors, dicts, lists, strings and numbers. Keys:
+
+``format``, ``format_version``, ``kind`` ("last": resumable, with optimizer
+state; "best": weights only), ``architecture``, ``model_state`` (the SAM state
+dict with LoRA merged, so ``load_model`` reads it as a model; with
+``checkpoint_trainable_only`` only the trained weights and
+``model_state_complete`` False), ``lora_state`` (the adapters, unmerged, for
+resuming), ``optimizer_state``, ``scheduler_state``, ``scaler_state``,
+``config`` (``asdict(TrainConfig)``), ``preset``, ``epoch`` (the epoch in
+progress), ``step`` (optimizer steps so far), ``step_in_epoch``,
+``best_metric``, ``progress`` (counters and timings), ``versions``,
+``data_summary``, ``base_model_id``, ``rng_state``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from segment_anything.modeling import Sam
+
+from napari_samtune.core.architectures import SamArchitecture, build_sam
+from napari_samtune.core.checkpoints import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_FORMAT_VERSION,
+    atomic_torch_save,
+)
+from napari_samtune.core.lora import adapter_state_dict, apply_lora, merged_state_dict
+from napari_samtune.core.presets import TrainConfig
+from napari_samtune.core.train_setup import build_training_model
+
+# Fields that change the model's structure or weights' meaning: a resume must keep them.
+RESUME_MUST_MATCH = ("model", "lora_rank", "lora_alpha", "freeze", "checkpoint_trainable_only")
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that produced a checkpoint."""
+    import napari_samtune
+
+    try:
+        segment_anything = metadata.version("segment-anything")
+    except metadata.PackageNotFoundError:
+        segment_anything = "unknown"
+    return {
+        "torch": str(torch.__version__),
+        "segment_anything": segment_anything,
+        "napari_samtune": napari_samtune.__version__,
+    }
+
+
+def model_states(sam: Sam, trainable_only: bool) -> tuple[dict, dict, bool]:
+    """``(model_state, lora_state, complete)`` of a training model, tensors on the CPU."""
+    if trainable_only:
+        trainable = {n for n, p in sam.named_parameters() if p.requires_grad}
+        state = {k: v for k, v in sam.state_dict().items() if k in trainable}
+        state = {k: v for k, v in state.items() if not k.endswith(("lora_a", "lora_b"))}
+        lora = adapter_state_dict(sam, with_base=False)
+    else:
+        state, lora = merged_state_dict(sam), adapter_state_dict(sam, with_base=True)
+    cpu = {k: v.detach().cpu().clone() for k, v in state.items()}
+    return cpu, {k: v.detach().cpu().clone() for k, v in lora.items()}, not trainable_only
+
+
+def write_checkpoint(path: Path, sam: Sam, arch: SamArchitecture, config: TrainConfig, **extra):
+    """Write a training checkpoint atomically; ``extra`` adds the keys listed in the module doc."""
+    model_state, lora_state, complete = model_states(sam, config.checkpoint_trainable_only)
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "architecture": arch.to_dict(),
+        "model_state": model_state,
+        "model_state_complete": complete,
+        "lora_state": lora_state,
+        "config": asdict(config),
+        "preset": config.preset or "",
+        "versions": versions(),
+        **extra,
+    }
+    return atomic_torch_save(checkpoint, path)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a training checkpoint safely; ``ValueError`` when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{str(path)!r} is not a napari-samtune checkpoint")
+    if "config" not in checkpoint or "lora_state" not in checkpoint:
+        raise ValueError(
+            f"{str(path)!r} is a napari-samtune model checkpoint, not a training checkpoint; "
+            "to finetune it further pass it as the model instead"
+        )
+    return checkpoint
+
+
+def check_resumable(checkpoint: dict, config: TrainConfig, path: str | Path) -> None:
+    """Refuse to resume with a config that changes the model or lacks optimizer state."""
+    if "optimizer_state" not in checkpoint:
+        raise ValueError(
+            f"{str(path)!r} holds weights only ({checkpoint.get('kind', '?')!r} checkpoint); "
+            "resume from the 'last.pt' checkpoint of the run"
+        )
+    saved = TrainConfig.from_dict(checkpoint["config"])
+    changed = [f for f in RESUME_MUST_MATCH if getattr(saved, f) != getattr(config, f)]
+    if changed:
+        pairs = ", ".join(f"{f}: {getattr(saved, f)!r} -> {getattr(config, f)!r}" for f in changed)
+        raise ValueError(
+            f"cannot resume {str(path)!r} with a different model setup ({pairs}); keep these "
+            "settings as they were, or start a new run"
+        )
+
+
+def restore_model(checkpoint: dict) -> tuple[Sam, SamArchitecture]:
+    """The training model (LoRA adapters unmerged) of a checkpoint, on the CPU."""
+    config = TrainConfig.from_dict(checkpoint["config"])
+    arch = SamArchitecture.from_dict(checkpoint["architecture"])
+    state = {**checkpoint["model_state"], **checkpoint["lora_state"]}
+    if checkpoint["model_state_complete"]:
+        with torch.random.fork_rng(devices=[]):  # the weights are overwritten: keep the RNG
+            sam = build_sam(arch)
+            if config.lora_rank:
+                apply_lora(sam.image_encoder, config.lora_rank, config.lora_alpha)
+        sam.load_state_dict(state, strict=True)
+        return sam, arch
+    sam, base_arch, model_id = build_training_model(config)
+    if checkpoint.get("base_model_id") not in (None, model_id):
+        raise ValueError(
+            f"this checkpoint holds only the trained weights; it needs base model "
+            f"{config.model!r} as it was ({checkpoint['base_model_id']}), but that model now "
+            f"has different weights ({model_id})"
+        )
+    unexpected = sam.load_state_dict(state, strict=False).unexpected_keys
+    if unexpected or base_arch != arch:
+        raise ValueError(f"checkpoint weights do not fit base model {config.model!r}")
+    return sam, arch
+
+
+def export_model(checkpoint_path: str | Path, out_path: str | Path) -> tuple[Path, SamArchitecture]:
+    """Write the checkpoint's model as a plain SAM state dict (LoRA merged).
+
+    The file loads with strict loading into an unmodified ``segment_anything``
+    model of the checkpoint's architecture (checked here before writing).
+    """
+    from napari_samtune.core.models import export_sam_state_dict
+
+    sam, arch = restore_model(read_checkpoint(checkpoint_path))
+    with torch.random.fork_rng(devices=[]):
+        plain = build_sam(arch)
+    plain.load_state_dict(merged_state_dict(sam), strict=True)
+    return export_sam_state_dict(plain, out_path), arch

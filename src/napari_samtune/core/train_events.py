@@ -1,0 +1,86 @@
+"""The events a training run yields, and the progress counters its checkpoints keep.
+
+Events are small frozen dataclasses, safe to hand from a worker thread to the
+GUI: numbers, strings, paths, the config and a dict of metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from napari_samtune.core.presets import TrainConfig
+
+
+@dataclass(frozen=True)
+class TrainingStarted:
+    config: TrainConfig  # the effective config (patch size, precision and device resolved)
+    n_train: int  # training images (or image parts)
+    n_val: int  # validation images (or image parts)
+    samples_per_epoch: int  # patches per epoch, over all ranks
+    steps_per_epoch: int  # optimizer steps per epoch on each rank
+    device: str  # e.g. "cpu", "cuda:0"
+    n_trainable_params: int  # parameters the optimizer updates
+    start_epoch: int  # 0, or where a resumed run continues
+    world_size: int  # processes training together
+
+
+@dataclass(frozen=True)
+class StepDone:
+    epoch: int  # 0-based epoch
+    step: int  # 1-based optimizer step within the epoch
+    steps_per_epoch: int  # optimizer steps per epoch
+    loss: float  # loss of this step (this rank)
+    learning_rate: float  # current learning rate
+    eta_seconds: float  # estimated time to the last epoch (early stopping may end sooner)
+
+
+@dataclass(frozen=True)
+class EpochDone:
+    epoch: int  # 0-based epoch just finished
+    train_loss: float  # mean training loss of the epoch, all ranks
+    val_metrics: dict[str, float]  # val_iou_box, val_iou_point, val_dice_*, val_iou; {} if none
+    metric: float  # what "best" means, higher is better: val_iou, else -train_loss
+    metric_name: str  # "val_iou" or "negative train loss"
+    learning_rate: float  # learning rate after the scheduler's step
+    checkpoint_path: Path | None  # the 'last' checkpoint (None on ranks other than 0)
+    is_best: bool  # this epoch set a new best metric (and wrote best.pt)
+    best_metric: float  # best metric so far
+    eta_seconds: float  # estimated time to the last epoch
+    epoch_seconds: float  # wall time of this epoch, validation included
+
+
+@dataclass(frozen=True)
+class TrainingFinished:
+    best_epoch: int | None  # 0-based epoch of the best metric; None if no epoch completed
+    best_metric: float  # best metric (see EpochDone.metric)
+    metric_name: str  # see EpochDone.metric_name
+    time_to_best_s: float  # training time until the best epoch ended
+    total_time_s: float  # training time in total (resumed runs: all sessions)
+    epochs_done: int  # completed epochs
+    best_checkpoint_path: Path | None  # best.pt, or None when no epoch completed
+    last_checkpoint_path: Path | None  # last.pt
+    exported_model_path: Path | None  # out_dir / "model.pth" (rank 0)
+    registered_name: str | None  # user-model name for load_model(); None on other ranks
+    stopped_early: bool  # early stopping ended the run
+    stopped_by_user: bool  # the stop event ended the run
+
+
+TrainEvent = TrainingStarted | StepDone | EpochDone | TrainingFinished
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved in checkpoints so a resume continues exactly."""
+
+    epoch: int = 0  # epoch in progress (or next to start)
+    step_in_epoch: int = 0  # optimizer steps done in that epoch
+    global_step: int = 0  # optimizer steps done in total
+    best_metric: float = -math.inf
+    best_epoch: int = -1
+    epochs_without_improvement: int = 0
+    epoch_loss_sum: float = 0.0  # this rank's sum of step losses in the current epoch
+    epoch_loss_count: int = 0
+    elapsed_s: float = 0.0  # training time of earlier sessions (resume)
+    time_to_best_s: float = 0.0

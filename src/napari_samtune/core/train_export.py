@@ -1,0 +1,104 @@
+"""The files of a run besides checkpoints, and its end: export the model and register it."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from napari_samtune.core.architectures import ARCHITECTURES
+from napari_samtune.core.checkpoints import atomic_write
+from napari_samtune.core.data import PreparedImage
+
+EXPORT_FILENAME = "model.pth"
+
+
+def _name_taken(name: str) -> bool:
+    from napari_samtune.core.registry import BUILTIN_MODELS, user_models_dir
+
+    builtin = {spec.name for spec in BUILTIN_MODELS} | set(ARCHITECTURES)
+    return name in builtin or (user_models_dir() / f"{name}.json").exists()
+
+
+def check_model_name(name: str | None) -> str | None:
+    """Refuse, before training starts, a model name that registration would refuse later."""
+    from napari_samtune.core.registry import validate_model_name
+
+    if name is None:
+        return None
+    validate_model_name(name)
+    if _name_taken(name):
+        raise ValueError(
+            f"model_name={name!r} is already a built-in or registered model; pick another name"
+        )
+    return name
+
+
+def unique_model_name(base: str) -> str:
+    """A free user-model name derived from ``base`` (e.g. the run folder's name)."""
+    stem = re.sub(r"[^A-Za-z0-9_.\-]", "_", base).lstrip("._-")[:90] or "finetuned"
+    name, n = stem, 1
+    while _name_taken(name):
+        n += 1
+        name = f"{stem}-{n}"
+    return name
+
+
+def export_and_register(
+    checkpoint: Path, out_dir: Path, model_name: str | None, metadata: dict
+) -> tuple[Path, str]:
+    """Export ``checkpoint`` to ``out_dir / model.pth`` and register it as a user model.
+
+    Returns ``(exported file, registered name)``; ``load_model(name)`` then works.
+    """
+    from napari_samtune.core.registry import register_user_model
+    from napari_samtune.core.train_checkpoints import export_model
+
+    exported, arch = export_model(checkpoint, out_dir / EXPORT_FILENAME)
+    name = model_name or unique_model_name(out_dir.name)
+    register_user_model(exported, name, arch, metadata)
+    return exported, name
+
+
+def _jsonable(value):
+    """JSON without NaN/Infinity (not JSON): they become null; paths become strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
+
+
+def write_json(path: Path, data: dict) -> Path:
+    """Write ``data`` as indented JSON, atomically (the folder is created)."""
+    text = json.dumps(_jsonable(data), indent=2) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def append_metrics(path: Path, event) -> None:
+    """Append an ``EpochDone`` event as one JSON line (the checkpoint path left out)."""
+    record = {k: v for k, v in asdict(event).items() if k != "checkpoint_path"}
+    with open(path, "a", encoding="utf-8") as log:
+        log.write(json.dumps(_jsonable(record)) + "\n")
+
+
+def data_summary(
+    train_images: Sequence[PreparedImage],
+    val_images: Sequence[PreparedImage],
+    samples_per_epoch: int,
+    world_size: int,
+) -> dict:
+    """What a run trained on, for its checkpoints (names and counts only)."""
+    return {
+        "train_images": [im.name for im in train_images],
+        "val_images": [im.name for im in val_images],
+        "n_train_objects": int(sum(im.object_areas.size for im in train_images)),
+        "n_val_objects": int(sum(im.object_areas.size for im in val_images)),
+        "samples_per_epoch": samples_per_epoch,
+        "world_size": world_size,
+    }

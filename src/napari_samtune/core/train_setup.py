@@ -1,0 +1,104 @@
+"""Setting up a finetuning run: model (+ LoRA), frozen parts, precision, optimizer, scheduler."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from segment_anything.modeling import Sam
+
+from napari_samtune.core.accelerate import cpu_has_fast_bf16
+from napari_samtune.core.architectures import SamArchitecture
+from napari_samtune.core.lora import apply_lora
+from napari_samtune.core.model_source import load_base_model
+from napari_samtune.core.presets import MODEL_PARTS, TrainConfig
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(mode: str, device: torch.device) -> str:
+    """Turn ``TrainConfig.mixed_precision`` into "bf16", "fp16" or "no" for ``device``.
+
+    "auto" picks bf16 on GPUs that support it and on CPUs that compute it natively,
+    fp16 (with a GradScaler) on older GPUs, and full precision elsewhere.
+    """
+    if mode == "no":
+        return "no"
+    if device.type == "cuda":
+        bf16_ok = torch.cuda.is_bf16_supported()
+        if mode == "bf16" and not bf16_ok:
+            raise ValueError(
+                "mixed_precision='bf16' but this GPU does not support bfloat16; "
+                "use 'fp16' or 'auto'"
+            )
+        return ("bf16" if bf16_ok else "fp16") if mode == "auto" else mode
+    if mode == "fp16":
+        raise ValueError(
+            f"mixed_precision='fp16' needs a CUDA GPU, but training runs on {device.type!r}; "
+            "use 'bf16', 'no' or 'auto'"
+        )
+    if device.type == "cpu":
+        return "bf16" if mode == "bf16" or cpu_has_fast_bf16() else "no"
+    if mode == "bf16":
+        raise ValueError(f"mixed_precision='bf16' is not supported on {device.type!r}; use 'no'")
+    return "no"
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context for a resolved precision ("no": a no-op)."""
+    if precision == "no":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
+
+
+def build_training_model(config: TrainConfig) -> tuple[Sam, SamArchitecture, str]:
+    """Load ``config.model`` and add LoRA adapters if asked: ``(sam, architecture, model_id)``.
+
+    Adapters are initialised from a generator seeded with ``config.seed``.
+    """
+    sam, arch, model_id = load_base_model(config.model, seed=config.seed)
+    if config.lora_rank:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed + 1)
+            apply_lora(sam.image_encoder, config.lora_rank, config.lora_alpha)
+    return sam, arch, model_id
+
+
+def frozen_modules(sam: Sam, config: TrainConfig) -> list[torch.nn.Module]:
+    """Parts whose own weights do not train (the encoder too when LoRA adapts it)."""
+    names = set(config.freeze) | ({"image_encoder"} if config.lora_rank else set())
+    return [getattr(sam, part) for part in MODEL_PARTS if part in names]
+
+
+def set_trainable(sam: Sam, config: TrainConfig) -> list[torch.nn.Parameter]:
+    """Mark what trains per ``config``; returns the trainable parameters in a fixed order."""
+    for part in MODEL_PARTS:
+        getattr(sam, part).requires_grad_(part not in config.freeze)
+    if config.lora_rank:
+        for name, param in sam.image_encoder.named_parameters():
+            param.requires_grad_(name.endswith(("lora_a", "lora_b")))
+    return [p for p in sam.parameters() if p.requires_grad]
+
+
+def set_train_mode(sam: Sam, config: TrainConfig) -> None:
+    """Training mode, except frozen parts: their batch-norm statistics must not drift."""
+    sam.train()
+    for module in frozen_modules(sam, config):
+        module.eval()
+
+
+def make_optimizer(
+    params: list[torch.nn.Parameter], config: TrainConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau]:
+    """Adam and ReduceLROnPlateau on a higher-is-better metric."""
+    optimizer = torch.optim.Adam(params, lr=config.learning_rate)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=config.scheduler_factor, patience=config.scheduler_patience
+    )
+    return optimizer, scheduler
+
+
+def iter_chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,284 @@
+"""One training or validation pass of SAM over patches: inputs, prompts, iterative correction.
+
+Frames (all (x, y) points / XYXY boxes, as in :mod:`napari_samtune.core.prompts`):
+
+* the *patch* frame: pixels of the (h, w) patch;
+* the *input* frame: the patch resized so its longest side is the model's
+  ``img_size`` (``ResizeLongestSide``, as ``SamPredictor`` and the Segmenter do
+  for an image of that size), padded bottom/right to ``img_size`` squared;
+* the *low-res* frame: the decoder's (L, L) logits, L = img_size / 4, covering
+  the padded input.
+
+The loss is computed on the low-res grid against the object masks carried into
+that frame (resize, pad, 4x4 average: soft borders); validation IoU is computed
+at the patch's own resolution, upsampling logits as inference does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+from segment_anything.utils.transforms import ResizeLongestSide
+from torch import nn
+
+from napari_samtune.core.data import TrainingPatch
+from napari_samtune.core.losses import sam_loss
+from napari_samtune.core.prompts import (
+    bounding_box,
+    corrective_points,
+    interior_point,
+    jitter_box,
+    sample_points,
+)
+
+LOWRES_FACTOR = 4  # the decoder's low-res logits have 4x the embedding grid's side
+VAL_CHUNK = 32  # objects decoded at once during validation
+
+
+@dataclass(frozen=True)
+class PatchInput:
+    """One patch ready for SAM: pixels, object targets and the first prompts."""
+
+    key: tuple[int, int, int, int]  # TrainingPatch.key
+    pixels: torch.Tensor  # float32 (3, S, S), normalised and padded like Sam.preprocess
+    input_size: tuple[int, int]  # (rows, cols) of the resized patch inside the input
+    original_size: tuple[int, int]  # (h, w) of the patch
+    masks: np.ndarray  # bool (n, h, w): the objects, patch frame
+    targets: torch.Tensor  # float32 (n, 1, L, L) in [0, 1], low-res frame
+    points: torch.Tensor | None = None  # float32 (n, k, 2) first point prompts, input frame
+    point_labels: torch.Tensor | None = None  # int64 (n, k): 1 positive, 0 negative, -1 pad
+    boxes: torch.Tensor | None = None  # float32 (n, 4) first box prompts, input frame
+    multimask: bool = False  # first pass predicts 3 candidates (ambiguous single point)
+
+
+def to_input_frame(coords: np.ndarray, original: tuple[int, int], inp: tuple[int, int]):
+    """Scale (..., 2) patch-frame (x, y) into the input frame (``apply_coords``)."""
+    return np.asarray(coords, dtype=np.float64) * (inp[1] / original[1], inp[0] / original[0])
+
+
+def prepare_input(
+    sam: Sam, patch: TrainingPatch, object_ids: np.ndarray, device: torch.device
+) -> PatchInput:
+    """Pixels and targets of ``patch`` for the objects ``object_ids`` (no prompts yet)."""
+    img_size = sam.image_encoder.img_size
+    height, width = patch.labels.shape
+    input_size = ResizeLongestSide.get_preprocess_shape(height, width, img_size)
+    rgb = patch.rgb
+    if input_size != (height, width):
+        rgb = ResizeLongestSide(img_size).apply_image(rgb)
+    pixels = torch.as_tensor(np.ascontiguousarray(rgb), device=device).permute(2, 0, 1)
+    pixels = sam.preprocess(pixels.float())
+    masks = patch.labels[None] == np.asarray(object_ids, dtype=patch.labels.dtype)[:, None, None]
+    targets = torch.as_tensor(masks[:, None], dtype=torch.float32, device=device)
+    if input_size != (height, width):
+        targets = F.interpolate(targets, input_size, mode="bilinear", align_corners=False)
+    targets = F.pad(targets, (0, img_size - input_size[1], 0, img_size - input_size[0]))
+    targets = F.avg_pool2d(targets, LOWRES_FACTOR)
+    return PatchInput(patch.key, pixels, input_size, (height, width), masks, targets)
+
+
+def with_first_prompts(inp: PatchInput, rng: np.random.Generator, box_jitter: float) -> PatchInput:
+    """Add the first prompts: jittered boxes, or one positive point each (coin flip)."""
+    shape, device = inp.original_size, inp.targets.device
+    if rng.random() < 0.5:
+        boxes = np.stack([jitter_box(bounding_box(m), rng, box_jitter, shape) for m in inp.masks])
+        boxes = to_input_frame(boxes.reshape(-1, 2, 2), shape, inp.input_size).reshape(-1, 4)
+        box_tensor = torch.as_tensor(boxes, dtype=torch.float32, device=device)
+        return _replace(inp, boxes=box_tensor)
+    picked = [sample_points(m, 1, 0, rng) for m in inp.masks]
+    points = to_input_frame(np.stack([p for p, _ in picked]), shape, inp.input_size)
+    labels = np.stack([lab for _, lab in picked])
+    return _replace(
+        inp,
+        points=torch.as_tensor(points, dtype=torch.float32, device=device),
+        point_labels=torch.as_tensor(labels, dtype=torch.int64, device=device),
+        multimask=True,
+    )
+
+
+def _replace(inp: PatchInput, **changes) -> PatchInput:
+    return PatchInput(**{**inp.__dict__, **changes})
+
+
+def decode(
+    sam: Sam,
+    embedding: torch.Tensor,
+    points: torch.Tensor | None,
+    point_labels: torch.Tensor | None,
+    boxes: torch.Tensor | None,
+    mask_input: torch.Tensor | None,
+    multimask: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt encoder + mask decoder for n objects of one (1, C, E, E) embedding.
+
+    Returns low-res logits (n, k, L, L) and predicted IoUs (n, k), k = 3 or 1.
+    """
+    sparse, dense = sam.prompt_encoder(
+        points=None if points is None else (points, point_labels),
+        boxes=boxes,
+        masks=mask_input,
+    )
+    return sam.mask_decoder(
+        image_embeddings=embedding,
+        image_pe=sam.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask,
+    )
+
+
+def _lowres_valid(inp: PatchInput) -> tuple[int, int]:
+    """Rows and columns of the low-res grid covered by the (unpadded) patch."""
+    return tuple(-(-s // LOWRES_FACTOR) for s in inp.input_size)
+
+
+def _next_click(logits: torch.Tensor, inp: PatchInput) -> tuple[torch.Tensor, torch.Tensor]:
+    """Corrective points (n, 1, 2) in the input frame and labels (n, 1) from low-res errors."""
+    rows, cols = _lowres_valid(inp)
+    prediction = (logits[:, 0, :rows, :cols] > 0).cpu().numpy()
+    truth = (inp.targets[:, 0, :rows, :cols] > 0.5).cpu().numpy()
+    points, labels = corrective_points(prediction, truth)
+    points = points * LOWRES_FACTOR + (LOWRES_FACTOR - 1) / 2  # low-res pixel -> its centre
+    device = logits.device
+    return (
+        torch.as_tensor(points[:, None], dtype=torch.float32, device=device),
+        torch.as_tensor(labels[:, None], dtype=torch.int64, device=device),
+    )
+
+
+def _append(points, labels, new_points, new_labels):
+    if points is None:
+        return new_points, new_labels
+    return torch.cat([points, new_points], dim=1), torch.cat([labels, new_labels], dim=1)
+
+
+class SamTrainingStep(nn.Module):
+    """Loss of a batch of patches, as one module (so DistributedDataParallel can wrap it).
+
+    ``forward`` runs the encoder (unless embeddings are given: frozen encoder),
+    then per patch the decoder on the first prompts and ``n_iterative_prompts``
+    times more, each time adding a corrective click and feeding back the previous
+    low-res logits as mask input. The loss is averaged over passes and patches.
+    """
+
+    def __init__(self, sam: Sam, n_iterative_prompts: int, mask_loss: str) -> None:
+        super().__init__()
+        self.sam = sam
+        self.n_iterative_prompts = n_iterative_prompts
+        self.mask_loss = mask_loss
+
+    def forward(
+        self, inputs: list[PatchInput], embeddings: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if embeddings is None:
+            embeddings = self.sam.image_encoder(torch.stack([i.pixels for i in inputs]))
+        losses = [self._patch_loss(embeddings[i : i + 1], inp) for i, inp in enumerate(inputs)]
+        return torch.stack(losses).mean()
+
+    def _patch_loss(self, embedding: torch.Tensor, inp: PatchInput) -> torch.Tensor:
+        points, labels, mask_input = inp.points, inp.point_labels, None
+        multimask, total = inp.multimask, 0.0
+        for iteration in range(1 + self.n_iterative_prompts):
+            logits, iou = decode(
+                self.sam, embedding, points, labels, inp.boxes, mask_input, multimask
+            )
+            loss, best = sam_loss(logits, iou, inp.targets, self.mask_loss)
+            total = total + loss
+            if iteration == self.n_iterative_prompts:
+                break
+            chosen = logits[torch.arange(len(best), device=logits.device), best][:, None]
+            points, labels = _append(points, labels, *_next_click(chosen.detach(), inp))
+            mask_input, multimask = chosen.detach(), False
+        return total / (1 + self.n_iterative_prompts)
+
+
+def _iou_dice(masks: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-object IoU and Dice of bool (n, h, w) masks against bool (n, h, w) truth."""
+    intersection = (masks & truth).sum(dim=(-2, -1)).float()
+    union = (masks | truth).sum(dim=(-2, -1)).float()
+    total = masks.sum(dim=(-2, -1)).float() + truth.sum(dim=(-2, -1)).float()
+    return intersection / union.clamp(min=1), 2 * intersection / total.clamp(min=1)
+
+
+@torch.no_grad()
+def validation_sums(sam: Sam, embedding: torch.Tensor, inp: PatchInput) -> np.ndarray:
+    """Box- and point-prompt quality of every object of a validation patch.
+
+    Box prompts are the objects' exact boxes (single mask output); point prompts
+    one positive click at each object's interior centre, answered with three
+    candidates of which the one with the highest predicted IoU is kept (how a
+    single click is answered at inference).
+
+    Returns:
+        float64 (5,): sums of IoU (box), IoU (point), Dice (box), Dice (point), and
+        the number of objects; sums, so they add up across patches and ranks.
+    """
+    shape, size = inp.original_size, inp.input_size
+    boxes = np.stack([bounding_box(m) for m in inp.masks])
+    points = np.stack([interior_point(m) for m in inp.masks])[:, None]
+    boxes = to_input_frame(boxes.reshape(-1, 2, 2), shape, size).reshape(-1, 4)
+    points = to_input_frame(points, shape, size)
+    sums = np.zeros(5)
+    device = embedding.device
+    for start in range(0, len(inp.masks), VAL_CHUNK):
+        part = slice(start, start + VAL_CHUNK)
+        truth = torch.as_tensor(inp.masks[part], device=device)
+        box = torch.as_tensor(boxes[part], dtype=torch.float32, device=device)
+        logits, _ = decode(sam, embedding, None, None, box, None, False)
+        box_iou, box_dice = _iou_dice(_upsample(sam, logits, inp)[:, 0], truth)
+        point = torch.as_tensor(points[part], dtype=torch.float32, device=device)
+        ones = torch.ones(point.shape[:2], dtype=torch.int64, device=device)
+        logits, scores = decode(sam, embedding, point, ones, None, None, True)
+        chosen = logits[torch.arange(len(point), device=device), scores.argmax(dim=1)]
+        point_iou, point_dice = _iou_dice(_upsample(sam, chosen[:, None], inp)[:, 0], truth)
+        sums += [t.sum().item() for t in (box_iou, point_iou, box_dice, point_dice)] + [len(truth)]
+    return sums
+
+
+def validate_patches(
+    sam: Sam,
+    patches: Sequence[TrainingPatch],
+    device: torch.device,
+    frozen_embeddings: Callable[[list[PatchInput]], torch.Tensor | None],
+    autocast: Callable[[], AbstractContextManager],
+) -> np.ndarray:
+    """:func:`validation_sums` over ``patches``, every object of each (model in eval mode).
+
+    ``frozen_embeddings(inputs)`` returns cached embeddings, or None to run the encoder.
+    """
+    sums = np.zeros(5)
+    with torch.no_grad():
+        for patch in patches:
+            inp = prepare_input(sam, patch, patch.object_ids, device)
+            with autocast():
+                embedding = frozen_embeddings([inp])
+                if embedding is None:
+                    embedding = sam.image_encoder(inp.pixels[None])
+                sums += validation_sums(sam, embedding, inp)
+    return sums
+
+
+def metrics_from_sums(sums: np.ndarray) -> dict[str, float]:
+    """Mean IoU / Dice per prompt kind from :func:`validation_sums` totals; val_iou averages
+    the box and point IoU (the number that picks the best epoch)."""
+    iou_box, iou_point, dice_box, dice_point, n = (float(v) for v in sums)
+    n = max(n, 1.0)
+    metrics = {
+        "val_iou_box": iou_box / n,
+        "val_iou_point": iou_point / n,
+        "val_dice_box": dice_box / n,
+        "val_dice_point": dice_point / n,
+    }
+    metrics["val_iou"] = (metrics["val_iou_box"] + metrics["val_iou_point"]) / 2
+    return metrics
+
+
+def _upsample(sam: Sam, logits: torch.Tensor, inp: PatchInput) -> torch.Tensor:
+    """Low-res logits -> bool masks at the patch's resolution (``Sam.postprocess_masks``)."""
+    return sam.postprocess_masks(logits.float(), inp.input_size, inp.original_size) > 0

@@ -1,0 +1,422 @@
+"""The state and loop of one training run, behind :func:`napari_samtune.core.train.iter_train`.
+
+One epoch = ``min_samples_per_epoch`` patches (sharded over ranks), grouped into
+batches of ``batch_size`` and optimizer steps of ``grad_accumulation`` batches.
+Every sample's patch, objects and prompts derive from (seed, sample, epoch), so a
+run and its resume see exactly the same data. After each epoch: validation
+(box- and point-prompt IoU), the plateau scheduler, checkpoints, early stopping.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_samtune.core import distributed as ddp
+from napari_samtune.core.accelerate import use_fast_attention
+from napari_samtune.core.checkpoints import atomic_write
+from napari_samtune.core.data import (
+    ImageLabelPair,
+    PatchSampler,
+    as_pairs,
+    prepare_pairs,
+    split_validation,
+    tile_patches,
+)
+from napari_samtune.core.presets import TrainConfig
+from napari_samtune.core.train_checkpoints import (
+    check_resumable,
+    read_checkpoint,
+    restore_model,
+    write_checkpoint,
+)
+from napari_samtune.core.train_embeddings import EmbeddingLRU
+from napari_samtune.core.train_events import (
+    EpochDone,
+    Progress,
+    StepDone,
+    TrainEvent,
+    TrainingFinished,
+    TrainingStarted,
+)
+from napari_samtune.core.train_export import (
+    append_metrics,
+    check_model_name,
+    data_summary,
+    export_and_register,
+    write_json,
+)
+from napari_samtune.core.train_setup import (
+    autocast,
+    build_training_model,
+    iter_chunks,
+    make_optimizer,
+    resolve_precision,
+    set_train_mode,
+    set_trainable,
+)
+from napari_samtune.core.train_step import (
+    SamTrainingStep,
+    metrics_from_sums,
+    prepare_input,
+    validate_patches,
+    with_first_prompts,
+)
+
+TrainData = Sequence[ImageLabelPair | tuple[np.ndarray, np.ndarray]]
+
+
+class Trainer:
+    """The state of one run; :meth:`run` is the generator behind :func:`iter_train`."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        train_data: TrainData,
+        val_data: TrainData | None,
+        out_dir: str | Path,
+        stop_event: threading.Event | None,
+        resume_from: str | Path | None,
+        model_name: str | None,
+    ) -> None:
+        from napari_samtune.core.devices import resolve_device
+
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+        self.out_dir, self.stop_event = Path(out_dir), stop_event
+        self.model_name = check_model_name(model_name)
+        self.train_images, self.val_images = self._prepare_data(config, train_data, val_data)
+        device = resolve_device(config.device)
+        self.dist = ddp.context_from_env(device.type)
+        self.device = ddp.device_for(self.dist, device)
+        checkpoint = read_checkpoint(resume_from) if resume_from is not None else None
+        self._check_out_dir(resume_from)
+        self.resume_from = Path(resume_from) if resume_from is not None else None
+        self._setup_model(config, checkpoint, resume_from)
+        self._setup_data()
+        self._setup_optimizer(checkpoint)
+        self.run_start = time.perf_counter()
+        self.step_seconds, self.val_seconds = [], []
+        self.stopped_by_user = self.stopped_early = False
+
+    @staticmethod
+    def _prepare_data(config: TrainConfig, train_data: TrainData, val_data: TrainData | None):
+        train_images = prepare_pairs(as_pairs(train_data))
+        if val_data is not None and len(val_data):
+            return train_images, prepare_pairs(as_pairs(val_data))
+        return split_validation(train_images, config.val_fraction, config.seed)
+
+    def _setup_model(self, config: TrainConfig, checkpoint: dict | None, path) -> None:
+        if checkpoint is None:
+            sam, arch, self.base_model_id = build_training_model(config)
+        else:
+            check_resumable(checkpoint, config, path)
+            sam, arch = restore_model(checkpoint)
+            self.base_model_id = checkpoint.get("base_model_id", "")
+        self.precision = resolve_precision(config.mixed_precision, self.device)
+        self.config = replace(
+            config,
+            patch_size=config.patch_size or arch.img_size,
+            mixed_precision=self.precision,
+            device=str(self.device),
+        )
+        if self.config.fast_attention:
+            use_fast_attention(sam)  # swaps module classes only: state dict unchanged
+        self.sam, self.arch = sam.to(self.device), arch
+        self.params = set_trainable(self.sam, self.config)
+        step = SamTrainingStep(self.sam, self.config.n_iterative_prompts, self.config.mask_loss)
+        self.step_module = ddp.wrap_module(step, self.dist, self.device)
+
+    def _setup_data(self) -> None:
+        c = self.config
+        self.sampler = PatchSampler(
+            self.train_images,
+            c.patch_size,
+            c.min_object_area,
+            c.min_samples_per_epoch,
+            c.seed,
+            vary_per_epoch=not c.encoder_frozen,  # cached embeddings need fixed patches
+        )
+        val_patches = tile_patches(self.val_images, c.patch_size, c.min_object_area)
+        self.val_patches = val_patches[self.dist.rank :: self.dist.world_size]
+        self.has_validation = bool(val_patches)
+        self.cache = EmbeddingLRU(c.embedding_cache_size if c.encoder_frozen else 0)
+        n_local = len(ddp.shard(np.arange(self.sampler.n_samples), self.dist))
+        n_batches = -(-n_local // c.batch_size)
+        self.steps_per_epoch = -(-n_batches // c.grad_accumulation)
+
+    def _setup_optimizer(self, checkpoint: dict | None) -> None:
+        self.optimizer, self.scheduler = make_optimizer(self.params, self.config)
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self.progress = Progress()
+        if checkpoint is None:
+            return
+        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        self.scheduler.load_state_dict(checkpoint["scheduler_state"])
+        if self.scaler is not None and checkpoint.get("scaler_state"):
+            self.scaler.load_state_dict(checkpoint["scaler_state"])
+        self.progress = Progress(**checkpoint["progress"])
+        torch.set_rng_state(checkpoint["rng_state"]["torch"])
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def run(self) -> Iterator[TrainEvent]:
+        yield self._started()
+        while self.progress.epoch < self.config.epochs:
+            yield from self._train_epoch()
+            if self.stopped_by_user:
+                break
+            yield self._end_epoch()
+            if self.stopped_early:
+                break
+        yield self._finish()
+
+    def _check_out_dir(self, resume_from: str | Path | None) -> None:
+        """A new run never writes over an earlier run's checkpoints."""
+        if resume_from is None and (self.checkpoint_dir / "last.pt").exists():
+            raise ValueError(
+                f"out_dir {str(self.out_dir)!r} already holds a training run; continue it with "
+                f"resume_from={str(self.checkpoint_dir / 'last.pt')!r} or choose a new folder"
+            )
+
+    def _started(self) -> TrainingStarted:
+        if self.dist.is_main:
+            write_json(self.out_dir / "config.json", asdict(self.config))
+            self._carry_over_best()
+        return TrainingStarted(
+            config=self.config,
+            n_train=len(self.train_images),
+            n_val=len(self.val_images),
+            samples_per_epoch=self.sampler.n_samples,
+            steps_per_epoch=self.steps_per_epoch,
+            device=str(self.device),
+            n_trainable_params=sum(p.numel() for p in self.params),
+            start_epoch=self.progress.epoch,
+            world_size=self.dist.world_size,
+        )
+
+    def _train_epoch(self) -> Iterator[StepDone]:
+        epoch = self.progress.epoch
+        order = ddp.shard(self.sampler.epoch_order(epoch), self.dist).tolist()
+        batches = list(iter_chunks(order, self.config.batch_size))
+        steps = list(iter_chunks(batches, self.config.grad_accumulation))
+        set_train_mode(self.sam, self.config)
+        self.epoch_start = time.perf_counter()
+        for step in range(self.progress.step_in_epoch, len(steps)):
+            start = time.perf_counter()
+            loss = self._optimizer_step(steps[step], epoch)
+            self.step_seconds.append(time.perf_counter() - start)
+            p = self.progress
+            p.step_in_epoch, p.global_step = step + 1, p.global_step + 1
+            p.epoch_loss_sum, p.epoch_loss_count = p.epoch_loss_sum + loss, p.epoch_loss_count + 1
+            yield StepDone(epoch, step + 1, len(steps), loss, self._lr(), self._eta())
+            requested = self.stop_event is not None and self.stop_event.is_set()
+            if ddp.any_rank(requested, self.dist, self.device):
+                self.stopped_by_user = True
+                return
+
+    def _optimizer_step(self, micro_batches: list[list[int]], epoch: int) -> float:
+        """Forward/backward every micro-batch, then one optimizer step; the mean loss."""
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for i, indices in enumerate(micro_batches):
+            inputs = [self._training_input(index, epoch) for index in indices]
+            embeddings = self._frozen_embeddings(inputs, "train")
+            last = i == len(micro_batches) - 1
+            sync = self.step_module.no_sync() if self.dist.enabled and not last else nullcontext()
+            with sync:
+                with autocast(self.precision, self.device):
+                    loss = self.step_module(inputs, embeddings)
+                scaled = loss / len(micro_batches)
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            total += loss.item()
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        return total / len(micro_batches)
+
+    def _training_input(self, index: int, epoch: int):
+        patch = self.sampler.patch(index, epoch)
+        object_ids = self.sampler.sample_objects(
+            patch, self.config.n_objects_per_batch, index, epoch
+        )
+        inp = prepare_input(self.sam, patch, object_ids, self.device)
+        rng = np.random.default_rng([self.config.seed, 3, index, epoch])
+        return with_first_prompts(inp, rng, self.config.box_jitter)
+
+    def _frozen_embeddings(self, inputs: list, split: str) -> torch.Tensor | None:
+        """Cached embeddings when the encoder is frozen (computing the missing ones), else None."""
+        if not self.config.encoder_frozen:
+            return None
+
+        def compute(pixels: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad(), autocast(self.precision, self.device):
+                return self.sam.image_encoder(pixels)
+
+        return self.cache.get_many([(split, i.key) for i in inputs], inputs, compute)
+
+    def _lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _eta(self) -> float:
+        if not self.step_seconds:
+            return math.nan
+        p, c = self.progress, self.config
+        steps_left = max(0, (c.epochs - p.epoch) * self.steps_per_epoch - p.step_in_epoch)
+        val_each = float(np.mean(self.val_seconds)) if self.val_seconds else 0.0
+        step_each = float(np.mean(self.step_seconds[-50:]))
+        return steps_left * step_each + max(0, c.epochs - p.epoch) * val_each
+
+    # -- epoch end ----------------------------------------------------------------------
+
+    def _end_epoch(self) -> EpochDone:
+        p = self.progress
+        sums = ddp.all_reduce_sum([p.epoch_loss_sum, p.epoch_loss_count], self.dist, self.device)
+        train_loss = float(sums[0] / max(sums[1], 1))
+        val_start = time.perf_counter()
+        val_metrics = self._validate()
+        self.val_seconds.append(time.perf_counter() - val_start)
+        metric = val_metrics["val_iou"] if val_metrics else -train_loss
+        self.scheduler.step(metric)
+        is_best = metric > p.best_metric
+        if is_best:
+            p.best_metric, p.best_epoch, p.epochs_without_improvement = metric, p.epoch, 0
+            p.time_to_best_s = self._elapsed()
+        else:
+            p.epochs_without_improvement += 1
+        epoch = p.epoch
+        p.epoch, p.step_in_epoch, p.epoch_loss_sum, p.epoch_loss_count = epoch + 1, 0, 0.0, 0
+        last = self._write_checkpoints(is_best)
+        patience = self.config.early_stopping
+        self.stopped_early = patience is not None and p.epochs_without_improvement >= patience
+        event = EpochDone(
+            epoch, train_loss, val_metrics, metric, self._metric_name(), self._lr(), last,
+            is_best, p.best_metric, self._eta(), time.perf_counter() - self.epoch_start,
+        )  # fmt: skip
+        if self.dist.is_main:
+            append_metrics(self.out_dir / "metrics.jsonl", event)
+        return event
+
+    def _metric_name(self) -> str:
+        return "val_iou" if self.has_validation else "negative train loss"
+
+    def _elapsed(self) -> float:
+        return self.progress.elapsed_s + time.perf_counter() - self.run_start
+
+    def _validate(self) -> dict[str, float]:
+        if not self.has_validation:
+            return {}
+        self.sam.eval()
+        sums = validate_patches(
+            self.sam,
+            self.val_patches,
+            self.device,
+            lambda inputs: self._frozen_embeddings(inputs, "val"),
+            lambda: autocast(self.precision, self.device),
+        )
+        set_train_mode(self.sam, self.config)
+        return metrics_from_sums(ddp.all_reduce_sum(sums, self.dist, self.device))
+
+    # -- files -------------------------------------------------------------------------------
+
+    def _carry_over_best(self) -> None:
+        """A run resumed into a new folder starts with the best checkpoint of the old one."""
+        if self.resume_from is None or self.progress.best_epoch < 0:
+            return
+        earlier, here = self.resume_from.with_name("best.pt"), self.checkpoint_dir / "best.pt"
+        if earlier.exists() and not here.exists():
+            atomic_write(here, lambda tmp: shutil.copyfile(earlier, tmp))
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    def _write_checkpoints(self, is_best: bool) -> Path | None:
+        """Write last.pt (resumable) and, if ``is_best``, best.pt (weights); rank 0 only."""
+        if not self.dist.is_main:
+            return None
+        common = self._checkpoint_fields()
+        last = write_checkpoint(
+            self.checkpoint_dir / "last.pt",
+            self.sam,
+            self.arch,
+            self.config,
+            kind="last",
+            optimizer_state=self.optimizer.state_dict(),
+            scheduler_state=self.scheduler.state_dict(),
+            scaler_state=self.scaler.state_dict() if self.scaler else {},
+            rng_state={"torch": torch.get_rng_state()},
+            **common,
+        )
+        if is_best:
+            write_checkpoint(
+                self.checkpoint_dir / "best.pt", self.sam, self.arch, self.config,
+                kind="best", **common,
+            )  # fmt: skip
+        return last
+
+    def _checkpoint_fields(self) -> dict:
+        p = self.progress
+        return {
+            "epoch": p.epoch,
+            "step": p.global_step,
+            "step_in_epoch": p.step_in_epoch,
+            "best_metric": p.best_metric,
+            "progress": asdict(p) | {"elapsed_s": self._elapsed()},
+            "base_model_id": self.base_model_id,
+            "data_summary": data_summary(
+                self.train_images, self.val_images, self.sampler.n_samples, self.dist.world_size
+            ),
+        }
+
+    def _finish(self) -> TrainingFinished:
+        p = self.progress
+        last, best = self.checkpoint_dir / "last.pt", self.checkpoint_dir / "best.pt"
+        exported = name = None
+        if self.dist.is_main:
+            if self.stopped_by_user or not last.exists():
+                self._write_checkpoints(is_best=False)
+            source = best if p.best_epoch >= 0 and best.exists() else last
+            exported, name = export_and_register(
+                source, self.out_dir, self.model_name, self._summary()
+            )
+        ddp.barrier(self.dist)
+        finished = TrainingFinished(
+            best_epoch=p.best_epoch if p.best_epoch >= 0 else None,
+            best_metric=p.best_metric,
+            metric_name=self._metric_name(),
+            time_to_best_s=p.time_to_best_s,
+            total_time_s=self._elapsed(),
+            epochs_done=p.epoch,
+            best_checkpoint_path=best if self.dist.is_main and best.exists() else None,
+            last_checkpoint_path=last if self.dist.is_main else None,
+            exported_model_path=exported,
+            registered_name=name,
+            stopped_early=self.stopped_early,
+            stopped_by_user=self.stopped_by_user,
+        )
+        if self.dist.is_main:
+            write_json(self.out_dir / "summary.json", asdict(finished))
+        return finished
+
+    def _summary(self) -> dict:
+        p = self.progress
+        return {
+            "description": f"finetuned from {self.config.model} ({self.out_dir.name})",
+            "base_model": self.config.model,
+            "best_epoch": p.best_epoch,
+            "best_metric": p.best_metric,
+            "metric": self._metric_name(),
+            "config": asdict(self.config),
+        }

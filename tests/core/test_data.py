@@ -1,0 +1,202 @@
+"""Training data: pairing files, up-front checks, splits and patch sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_samtune.core.data import (
+    ImageLabelPair,
+    PatchSampler,
+    as_pairs,
+    augment,
+    load_pairs,
+    pair_files,
+    prepare_pair,
+    prepare_pairs,
+    split_validation,
+    tile_patches,
+)
+from napari_samtune.core.images import to_sam_rgb
+from napari_samtune.core.synthetic import make_dataset, make_image
+
+
+def _write(folder, name, array):
+    folder.mkdir(exist_ok=True)
+    tifffile.imwrite(folder / name, array)
+
+
+@pytest.fixture
+def tiff_folders(tmp_path):
+    for i, (image, labels) in enumerate(make_dataset(3, shape=(64, 80), seed=1)):
+        _write(tmp_path / "images", f"cell_{i}.tif", image)
+        _write(tmp_path / "labels", f"cell_{i}_labels.tif", labels)
+    return tmp_path / "images", tmp_path / "labels"
+
+
+def test_files_pair_by_name_from_folders_globs_and_lists(tiff_folders):
+    images, labels = tiff_folders
+    pairs = pair_files(images, labels)
+    assert [(i.name, lab.name) for i, lab in pairs] == [
+        (f"cell_{i}.tif", f"cell_{i}_labels.tif") for i in range(3)
+    ]
+    assert pair_files(str(images / "cell_*.tif"), labels) == pairs
+    assert pair_files([images / "cell_1.tif"], [labels / "cell_1_labels.tif"]) == pairs[1:2]
+    loaded = load_pairs(images, labels)
+    expected = make_dataset(3, shape=(64, 80), seed=1)
+    assert all(np.array_equal(p.labels, e[1]) for p, e in zip(loaded, expected, strict=True))
+    assert loaded[0].name == "cell_0.tif / cell_0_labels.tif"
+
+
+def test_unpaired_files_are_all_listed(tiff_folders):
+    images, labels = tiff_folders
+    (labels / "cell_2_labels.tif").rename(labels / "other.tif")
+    with pytest.raises(
+        ValueError, match=r"images without labels \['cell_2.tif'\].*\['other.tif'\]"
+    ):
+        pair_files(images, labels)
+
+
+def test_missing_and_empty_folders_are_named(tmp_path):
+    (tmp_path / "empty").mkdir()
+    _write(tmp_path / "full", "a.tif", np.ones((4, 4), np.uint8))
+    with pytest.raises(FileNotFoundError, match="images path .*nowhere.* does not exist"):
+        pair_files(tmp_path / "nowhere", tmp_path / "empty")
+    with pytest.raises(ValueError, match="labels folder .*empty.* contains no .tif"):
+        pair_files(tmp_path / "full", tmp_path / "empty")
+    with pytest.raises(ValueError, match="matches no files"):
+        pair_files(str(tmp_path / "*.tif"), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("labels", "error", "message"),
+    [
+        (np.ones((32, 32), np.float32), TypeError, "dtype float32.*integer instance labels"),
+        (np.ones((32, 32), bool), TypeError, "boolean.*scipy.ndimage.label"),
+        (np.ones((32, 32, 3), np.uint8), ValueError, "RGB image.*2D instance label"),
+        (np.ones((2, 32, 32), np.uint16), ValueError, r"shape \(2, 32, 32\).*2D"),
+        (np.ones((32, 31), np.uint16), ValueError, "32x32 pixels but its labels.*same pixels"),
+        (np.zeros((32, 32), np.uint16), ValueError, "contain no objects.*annotate"),
+        (-np.ones((32, 32), np.int32), ValueError, "negative ids"),
+    ],
+)
+def test_bad_pairs_are_refused_with_the_name_and_the_fix(labels, error, message):
+    pair = ImageLabelPair(np.zeros((32, 32), np.uint8), labels, name="plate3.tif")
+    with pytest.raises(error, match=f"'plate3.tif'.*{message}|{message}"):
+        prepare_pair(pair)
+    with pytest.raises(error, match="plate3.tif"):
+        prepare_pair(pair)
+
+
+def test_bad_image_channels_name_the_pair():
+    pair = ImageLabelPair(np.zeros((32, 32, 5), np.uint8), np.ones((32, 32), np.uint8), "x.tif", -1)
+    with pytest.raises(ValueError, match="image of 'x.tif'.*5 channels"):
+        prepare_pair(pair)
+
+
+def test_in_memory_pairs_are_normalised_like_inference():
+    image, labels = make_image((48, 40), seed=2, dtype=np.uint16)
+    labels = labels * 7  # non-consecutive ids
+    (prepared,) = prepare_pairs(as_pairs([(image, labels)]))
+    assert np.array_equal(prepared.rgb, to_sam_rgb(image))
+    assert prepared.labels.dtype == np.uint32
+    assert set(np.unique(prepared.labels)) == set(range(int(prepared.labels.max()) + 1))
+    assert prepared.object_areas.sum() == np.count_nonzero(labels)
+    with pytest.raises(ValueError, match="non-empty list"):
+        as_pairs([])
+    with pytest.raises(TypeError, match=r"data\[0\] is a int"):
+        as_pairs([3])
+
+
+def test_validation_split_by_image_and_within_a_single_image():
+    images = prepare_pairs(as_pairs(make_dataset(5, shape=(64, 64), seed=0)))
+    train, val = split_validation(images, 0.2, seed=0)
+    assert (len(train), len(val)) == (4, 1)
+    assert {im.name for im in train}.isdisjoint({im.name for im in val})
+    assert split_validation(images, 0.0, seed=0) == (images, [])
+    (single,) = prepare_pairs(as_pairs(make_dataset(1, shape=(200, 120), seed=0)))
+    (train_part,), (val_part,) = split_validation([single], 0.25, seed=0)
+    assert train_part.labels.shape == (150, 120) and val_part.labels.shape == (50, 120)
+    assert np.array_equal(val_part.rgb, single.rgb[150:])
+
+
+def test_a_single_image_without_objects_in_the_held_out_part_is_refused():
+    labels = np.zeros((100, 50), np.uint16)
+    labels[10:30, 10:30] = 1
+    (image,) = prepare_pairs([ImageLabelPair(np.zeros((100, 50), np.uint8), labels, "one.tif")])
+    with pytest.raises(ValueError, match="'one.tif' is the only image.*rows 90..99.*no objects"):
+        split_validation([image], 0.1, seed=0)
+
+
+@pytest.fixture
+def prepared():
+    return prepare_pairs(as_pairs(make_dataset(3, shape=(160, 200), seed=4)))
+
+
+def test_patches_contain_objects_and_are_seeded(prepared):
+    sampler = PatchSampler(prepared, 96, min_object_area=30, min_samples_per_epoch=20, seed=1)
+    assert sampler.n_samples == 20  # oversampled from 3 images
+    for index in range(20):
+        patch = sampler.patch(index, epoch=0)
+        assert patch.rgb.shape[:2] == patch.labels.shape and max(patch.labels.shape) == 96
+        assert patch.key[0] == index % 3
+        assert patch.object_ids.size > 0
+        for object_id in patch.object_ids:
+            assert np.count_nonzero(patch.labels == object_id) >= 30
+    again = PatchSampler(prepared, 96, 30, 20, seed=1).patch(5, epoch=0)
+    assert again.key == sampler.patch(5, 0).key and np.array_equal(
+        again.rgb, sampler.patch(5, 0).rgb
+    )
+    assert sorted(sampler.epoch_order(0)) == list(range(20))
+    assert not np.array_equal(sampler.epoch_order(0), sampler.epoch_order(1))
+
+
+def test_fixed_patches_for_a_frozen_encoder_vary_otherwise(prepared):
+    fixed = PatchSampler(prepared, 96, 30, 10, seed=0, vary_per_epoch=False)
+    varying = PatchSampler(prepared, 96, 30, 10, seed=0, vary_per_epoch=True)
+    assert all(fixed.patch(i, 0).key == fixed.patch(i, 7).key for i in range(10))
+    assert any(varying.patch(i, 0).key != varying.patch(i, 7).key for i in range(10))
+    ids_by_epoch = [tuple(fixed.sample_objects(fixed.patch(0, 0), 2, 0, e)) for e in range(6)]
+    assert len(set(ids_by_epoch)) > 1  # objects (and prompts) still change every epoch
+
+
+def test_small_images_give_smaller_patches_and_objects_are_capped(prepared):
+    small = prepare_pairs(as_pairs(make_dataset(1, shape=(40, 70), seed=0)))
+    sampler = PatchSampler(small, 96, 1, 4, seed=0)
+    patch = sampler.patch(0, 0)
+    assert sorted(patch.labels.shape) == [40, 70]  # whole image, possibly rotated
+    n = patch.object_ids.size
+    picked = sampler.sample_objects(patch, n + 5, 0, 0)
+    assert sorted(picked) == sorted(patch.object_ids)
+    two = sampler.sample_objects(patch, 2, 0, 0)
+    assert len(set(two.tolist())) == min(2, n)
+
+
+def test_tiny_objects_are_not_trained_on():
+    labels = np.zeros((64, 64), np.uint16)
+    labels[5:25, 5:25] = 1  # 400 pixels
+    labels[40:43, 40:43] = 2  # 9 pixels
+    images = prepare_pairs([ImageLabelPair(np.zeros((64, 64), np.uint8), labels, "a")])
+    sampler = PatchSampler(images, 64, min_object_area=16, min_samples_per_epoch=5, seed=0)
+    assert all(sampler.patch(i, 0).object_ids.tolist() == [1] for i in range(5))
+
+
+def test_augmentations_are_the_eight_symmetries_of_the_square():
+    array = np.arange(12).reshape(3, 4)
+    results = [augment(array, aug) for aug in range(8)]
+    assert np.array_equal(results[0], array)
+    assert len({r.tobytes() + bytes(r.shape) for r in results}) == 8
+    rgb = np.stack([array] * 3, axis=-1)
+    assert all(np.array_equal(augment(rgb, a)[..., 1], results[a]) for a in range(8))
+
+
+def test_validation_tiles_cover_the_image(prepared):
+    patches = tile_patches(prepared[:1], 96, min_object_area=1)
+    covered = np.zeros(prepared[0].labels.shape, bool)
+    for patch in patches:
+        _, row, col, aug = patch.key
+        assert aug == 0 and patch.labels.shape == (96, 96)
+        assert np.array_equal(patch.labels, prepared[0].labels[row : row + 96, col : col + 96])
+        covered[row : row + 96, col : col + 96] = True
+    assert covered[prepared[0].labels > 0].all()

@@ -1,0 +1,167 @@
+"""Resource presets, auto-detection and the training config."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from napari_samtune.core.architectures import TINY, VIT_B, VIT_H, VIT_T
+from napari_samtune.core.presets import (
+    PRESETS,
+    ResourcePreset,
+    TrainConfig,
+    config_from_preset,
+    detect_preset,
+    get_preset,
+    measure_machine,
+)
+
+
+def test_presets_are_immutable_typed_data():
+    assert isinstance(PRESETS, tuple)
+    assert all(isinstance(p, ResourcePreset) for p in PRESETS)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        PRESETS[0].memory_gb = 1000.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        PRESETS[0].settings[0].n_objects_per_batch = 99
+    assert [p.key for p in PRESETS] == [
+        "cpu-8gb", "cpu-16gb", "cpu-32gb", "cpu-64gb", "gtx1080", "rtx5000", "v100", "a100",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("key", "arch", "freeze", "n_objects", "batch_size"),
+    [
+        ("cpu-8gb", VIT_T, ("image_encoder",), 1, 1),
+        ("cpu-16gb", VIT_T, (), 5, 1),
+        ("cpu-32gb", VIT_B, (), 10, 1),
+        ("cpu-64gb", VIT_B, (), 15, 1),
+        ("gtx1080", VIT_T, (), 5, 1),
+        ("gtx1080", VIT_B, ("image_encoder",), 10, 1),
+        ("rtx5000", VIT_T, (), 20, 1),
+        ("v100", VIT_B, (), 35, 1),
+        ("a100", VIT_H, (), 25, 2),
+    ],
+)
+def test_the_measured_table(key, arch, freeze, n_objects, batch_size):
+    setting = get_preset(key).setting_for(arch)
+    assert (setting.freeze, setting.n_objects_per_batch, setting.batch_size) == (
+        freeze,
+        n_objects,
+        batch_size,
+    )
+
+
+@pytest.mark.parametrize(
+    ("gpu", "ram", "expected"),
+    [
+        (None, 7.7, "cpu-8gb"),
+        (None, 15.6, "cpu-16gb"),
+        (None, 31.3, "cpu-32gb"),
+        (None, 62.8, "cpu-64gb"),
+        (None, 500.0, "cpu-64gb"),
+        (7.9, 64.0, "gtx1080"),
+        (15.7, 16.0, "rtx5000"),
+        (31.7, 16.0, "v100"),
+        (39.4, 16.0, "v100"),
+        (79.2, 16.0, "a100"),
+        (139.0, 16.0, "a100"),
+    ],
+)
+def test_auto_detection_picks_the_largest_preset_that_fits(gpu, ram, expected):
+    preset, reason = detect_preset(gpu, ram, n_cores=16)
+    assert preset.key == expected
+    assert preset.name in reason
+
+
+def test_auto_detection_explains_fallbacks():
+    preset, reason = detect_preset(4.0, 31.3, n_cores=16)
+    assert preset.key == "cpu-32gb"
+    assert "4.0 GB" in reason and "GTX 1080" in reason
+    preset, reason = detect_preset(None, 4.0, n_cores=2)
+    assert preset.key == "cpu-8gb" and "less RAM" in reason
+    preset, reason = detect_preset(None, 15.6, n_cores=2)
+    assert preset.key == "cpu-16gb" and "8 cores" in reason
+
+
+def test_measure_machine_reports_this_machine():
+    found = measure_machine()
+    assert found.ram_gb > 0.5 and found.n_cores >= 1
+    assert (found.gpu_memory_gb is None) == (not torch.cuda.is_available())
+
+
+def test_config_from_preset_applies_the_table_and_overrides():
+    config = config_from_preset(get_preset("cpu-16gb"), "random:vit_t")
+    assert (config.n_objects_per_batch, config.freeze, config.batch_size) == (5, (), 1)
+    assert (config.learning_rate, config.epochs, config.early_stopping) == (1e-5, 100, 10)
+    assert (config.min_samples_per_epoch, config.preset, config.device) == (50, "cpu-16gb", "cpu")
+    assert config.patch_size is None  # the model's input size
+    changed = config_from_preset(get_preset("cpu-16gb"), "random:vit_t", epochs=3, lora_rank=4)
+    assert (changed.epochs, changed.lora_rank, changed.n_objects_per_batch) == (3, 4, 5)
+    with pytest.raises(TypeError, match="n_objects"):
+        config_from_preset(get_preset("cpu-16gb"), "random:vit_t", n_objects=3)
+
+
+def test_tiny_test_model_fits_every_preset_with_its_smallest_setting():
+    for preset in PRESETS:
+        config = config_from_preset(preset, "random:tiny", architecture=TINY)
+        assert config.n_objects_per_batch == preset.settings[0].n_objects_per_batch
+
+
+def test_presets_that_cannot_fit_are_refused_before_training():
+    with pytest.raises(ValueError, match=r"cannot fit model 'vit_h'.*a100"):
+        config_from_preset(get_preset("cpu-8gb"), "random:vit_h")
+    with pytest.raises(ValueError, match="far above"):
+        config_from_preset(get_preset("cpu-8gb"), "random:vit_t", n_objects_per_batch=10)
+    with pytest.raises(ValueError, match="image encoder frozen"):
+        config_from_preset(get_preset("cpu-8gb"), "random:vit_t", freeze=())
+    unchecked = config_from_preset(get_preset("cpu-8gb"), "random:vit_t", check=False, freeze=())
+    assert unchecked.freeze == ()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("epochs", 0, "epochs=0"),
+        ("learning_rate", 0.0, "learning_rate=0.0"),
+        ("n_objects_per_batch", 0, "n_objects_per_batch=0"),
+        ("freeze", ("decoder",), "freeze=\\('decoder',\\)"),
+        ("freeze", ("image_encoder", "prompt_encoder", "mask_decoder"), "nothing to train"),
+        ("mixed_precision", "fp8", "mixed_precision='fp8'"),
+        ("val_fraction", 1.0, "val_fraction=1.0"),
+        ("patch_size", 8, "patch_size=8"),
+        ("lora_rank", -1, "lora_rank=-1"),
+        ("mask_loss", "l2", "mask_loss='l2'"),
+    ],
+)
+def test_train_config_rejects_bad_values_by_name(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
+
+
+def test_lora_and_a_frozen_encoder_contradict_each_other():
+    with pytest.raises(ValueError, match="lora_rank=4 trains adapters"):
+        TrainConfig(lora_rank=4, freeze=("image_encoder",))
+
+
+def test_train_config_round_trips_through_json():
+    config = TrainConfig(model="random:tiny", freeze=("image_encoder",), patch_size=128, seed=3)
+    data = json.loads(json.dumps(dataclasses.asdict(config)))
+    assert TrainConfig.from_dict(data) == config
+    with pytest.raises(ValueError, match="unknown training config fields"):
+        TrainConfig.from_dict({**data, "colour": "red"})
+
+
+def test_architecture_of_a_weights_file_and_a_registry_name(tiny_checkpoint):
+    from napari_samtune.core.model_source import architecture_of
+
+    assert architecture_of(str(tiny_checkpoint)) == TINY
+    assert architecture_of("vit_b_lm") == VIT_B
+    assert architecture_of("random:tiny") == TINY
+    with pytest.raises(ValueError, match="neither a model name"):
+        architecture_of("no-such-model")
+    with pytest.raises(ValueError, match="unknown architecture 'vit_z'"):
+        architecture_of("random:vit_z")

@@ -1,0 +1,319 @@
+"""The training engine: events, learning, stop/resume, checkpoints, export, frozen encoder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+from segment_anything.modeling import ImageEncoderViT
+
+from napari_samtune.core.architectures import TINY, build_sam
+from napari_samtune.core.checkpoints import CHECKPOINT_FORMAT
+from napari_samtune.core.losses import dice_loss, mask_iou, sam_loss
+from napari_samtune.core.model_source import load_base_model
+from napari_samtune.core.presets import TrainConfig
+from napari_samtune.core.synthetic import SyntheticStyle, make_dataset
+from napari_samtune.core.train import (
+    EpochDone,
+    StepDone,
+    TrainingFinished,
+    TrainingStarted,
+    iter_train,
+    train,
+)
+from napari_samtune.core.train_embeddings import EmbeddingLRU
+
+# One large object per image: a random tiny SAM learns this in a few dozen steps.
+ONE_OBJECT = SyntheticStyle(n_objects=(1, 1), radius=(20.0, 36.0), noise=0.02)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models run fastest single-threaded, above all on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_dataset(3, shape=(96, 112), seed=0), make_dataset(1, shape=(96, 96), seed=50)
+
+
+def _config(**changes) -> TrainConfig:
+    base = TrainConfig(
+        model="random:tiny",
+        epochs=2,
+        learning_rate=3e-3,
+        n_objects_per_batch=2,
+        min_samples_per_epoch=3,
+        n_iterative_prompts=1,
+        mixed_precision="no",
+        early_stopping=None,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["model_state"]
+
+
+def test_loss_falls_and_validation_iou_rises(tmp_path):
+    train_data = make_dataset(4, shape=(128, 128), style=ONE_OBJECT, seed=0)
+    val_data = make_dataset(2, shape=(128, 128), style=ONE_OBJECT, seed=100)
+    config = _config(
+        epochs=5, n_objects_per_batch=1, min_samples_per_epoch=8, n_iterative_prompts=0
+    )
+    events = list(iter_train(config, train_data, val_data, out_dir=tmp_path / "learn"))
+    epochs = [e for e in events if isinstance(e, EpochDone)]
+    assert epochs[-1].train_loss < 0.5 * epochs[0].train_loss
+    assert epochs[-1].val_metrics["val_iou"] > epochs[0].val_metrics["val_iou"] + 0.2
+    assert epochs[-1].val_metrics["val_iou_box"] > 0.75
+    assert epochs[-1].val_metrics["val_iou_point"] > 0.75
+
+
+def test_events_arrive_in_order_and_the_export_is_usable(tmp_path, data):
+    from napari_samtune.core.models import load_model
+    from napari_samtune.core.predict import Segmenter
+
+    events = list(iter_train(_config(), *data, out_dir=tmp_path / "run1"))
+    kinds = [type(e).__name__ for e in events]
+    assert kinds == ["TrainingStarted"] + (["StepDone"] * 3 + ["EpochDone"]) * 2 + [
+        "TrainingFinished"
+    ]
+    started, finished = events[0], events[-1]
+    assert isinstance(started, TrainingStarted) and isinstance(finished, TrainingFinished)
+    assert (started.config.patch_size, started.config.device) == (256, "cpu")
+    assert started.n_train == 3 and started.n_val == 1 and started.n_trainable_params > 0
+    assert [e.step for e in events if isinstance(e, StepDone)] == [1, 2, 3] * 2
+    assert all(np.isfinite(e.loss) for e in events if isinstance(e, StepDone))
+    epoch_events = [e for e in events if isinstance(e, EpochDone)]
+    assert [e.epoch for e in epoch_events] == [0, 1] and epoch_events[0].is_best
+    assert set(epoch_events[0].val_metrics) >= {"val_iou_box", "val_iou_point", "val_iou"}
+    assert finished.epochs_done == 2 and not finished.stopped_by_user
+    assert 0 < finished.time_to_best_s <= finished.total_time_s
+    saved = json.loads((tmp_path / "run1" / "config.json").read_text())
+    assert TrainConfig.from_dict(saved) == started.config
+    assert len((tmp_path / "run1" / "metrics.jsonl").read_text().splitlines()) == 2
+    # The export is a plain SAM state dict that the official modules load strictly ...
+    state = torch.load(finished.exported_model_path, weights_only=True)
+    build_sam(TINY).load_state_dict(state, strict=True)
+    best = _weights(finished.best_checkpoint_path)
+    assert all(torch.equal(state[k], best[k]) for k in state)
+    # ... registered, so load_model and the Segmenter use it at once.
+    assert finished.registered_name == "run1"
+    loaded = load_model("run1")
+    assert all(torch.equal(v, state[k]) for k, v in loaded.sam.state_dict().items())
+    segmenter = Segmenter(loaded.sam, loaded.model_id, use_disk_cache=False)
+    segmenter.set_image(data[1][0][0])
+    prediction = segmenter.predict(box_xyxy=np.array([10, 10, 60, 60]))
+    assert prediction.mask.shape == (96, 96)
+
+
+@pytest.mark.parametrize("interruption", ["stop mid-epoch", "resume after 1 epoch"])
+def test_stop_and_resume_continue_exactly(tmp_path, data, interruption):
+    config = _config(lora_rank=2)
+    straight = train(config, *data, out_dir=tmp_path / "straight")
+    stop = threading.Event()
+    if interruption == "stop mid-epoch":
+        events = []
+        for event in iter_train(config, *data, out_dir=tmp_path / "part", stop_event=stop):
+            events.append(event)
+            if isinstance(event, StepDone) and event.step == 2:
+                stop.set()
+        first = events[-1]
+        assert first.stopped_by_user and first.epochs_done == 0
+        assert [type(e).__name__ for e in events].count("StepDone") == 2
+    else:
+        first = train(dataclasses.replace(config, epochs=1), *data, out_dir=tmp_path / "part")
+    last = first.last_checkpoint_path
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    assert checkpoint["format"] == CHECKPOINT_FORMAT and checkpoint["kind"] == "last"
+    assert (checkpoint["epoch"], checkpoint["step_in_epoch"]) == (
+        (0, 2) if interruption == "stop mid-epoch" else (1, 0)
+    )
+    assert first.exported_model_path.exists()
+    resumed = train(config, *data, out_dir=tmp_path / "resumed", resume_from=last)
+    assert resumed.epochs_done == 2 and resumed.best_checkpoint_path.exists()
+    a, b = _weights(straight.last_checkpoint_path), _weights(resumed.last_checkpoint_path)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], _weights(first.last_checkpoint_path)[k]) for k in a)
+
+
+def test_resuming_with_another_model_setup_is_refused(tmp_path, data):
+    first = train(_config(epochs=1, min_samples_per_epoch=1), *data, out_dir=tmp_path / "a")
+    with pytest.raises(ValueError, match="lora_rank: 0 -> 4"):
+        train(
+            _config(lora_rank=4),
+            *data,
+            out_dir=tmp_path / "b",
+            resume_from=first.last_checkpoint_path,
+        )
+    with pytest.raises(ValueError, match="weights only.*last.pt"):
+        train(_config(), *data, out_dir=tmp_path / "c", resume_from=first.best_checkpoint_path)
+    with pytest.raises(ValueError, match="already holds a training run.*resume_from"):
+        train(_config(), *data, out_dir=tmp_path / "a")
+
+
+def test_lora_export_has_the_original_keys_and_changes_only_qkv(tmp_path, data):
+    finished = train(_config(lora_rank=2, epochs=1), *data, out_dir=tmp_path / "lora")
+    exported = torch.load(finished.exported_model_path, weights_only=True)
+    base, _, _ = load_base_model("random:tiny", seed=0)
+    base_state = base.state_dict()
+    assert exported.keys() == base_state.keys()
+    encoder = [k for k in exported if k.startswith("image_encoder.")]
+    changed = {k for k in encoder if not torch.equal(exported[k], base_state[k])}
+    assert changed == {k for k in encoder if k.endswith("attn.qkv.weight")}
+
+
+def _count_encoder_calls(monkeypatch) -> list[int]:
+    calls = [0]
+    original = ImageEncoderViT.forward
+
+    def counting(self, x):
+        calls[0] += x.shape[0]
+        return original(self, x)
+
+    monkeypatch.setattr(ImageEncoderViT, "forward", counting)
+    return calls
+
+
+def test_a_frozen_encoder_runs_only_in_the_first_epoch(tmp_path, data, monkeypatch):
+    calls = _count_encoder_calls(monkeypatch)
+    config = _config(epochs=3, freeze=("image_encoder",), min_samples_per_epoch=4)
+    per_epoch, weights = [], {}
+    for cache_size in (64, 0):
+        calls[0] = 0
+        counts = []
+        run = tmp_path / f"cache{cache_size}"
+        for event in iter_train(
+            dataclasses.replace(config, embedding_cache_size=cache_size), *data, out_dir=run
+        ):
+            if isinstance(event, EpochDone):
+                counts.append(calls[0])
+            if isinstance(event, TrainingFinished):
+                weights[cache_size] = _weights(event.last_checkpoint_path)
+        per_epoch.append(np.diff([0, *counts]).tolist())
+    cached, uncached = per_epoch
+    assert 4 <= cached[0] <= 4 + 4 and cached[1:] == [0, 0]  # 4 patches + validation tiles
+    assert uncached[1] >= 4 and uncached[2] >= 4
+    assert all(torch.equal(weights[64][k], weights[0][k]) for k in weights[64])  # same training
+
+
+def test_trainable_only_checkpoints_hold_the_trained_weights(tmp_path, data):
+    config = _config(epochs=1, freeze=("image_encoder",), checkpoint_trainable_only=True)
+    finished = train(config, *data, out_dir=tmp_path / "small")
+    checkpoint = torch.load(finished.last_checkpoint_path, weights_only=True)
+    assert not checkpoint["model_state_complete"]
+    assert checkpoint["model_state"] and all(
+        k.startswith(("prompt_encoder.", "mask_decoder.")) for k in checkpoint["model_state"]
+    )
+    exported = torch.load(finished.exported_model_path, weights_only=True)
+    best = torch.load(finished.best_checkpoint_path, weights_only=True)["model_state"]
+    assert all(torch.equal(exported[k], v) for k, v in best.items())
+    base, _, _ = load_base_model("random:tiny", seed=0)
+    assert torch.equal(
+        exported["image_encoder.patch_embed.proj.weight"],
+        base.state_dict()["image_encoder.patch_embed.proj.weight"],
+    )
+
+
+def test_early_stopping_ends_a_run_that_does_not_improve(tmp_path, data):
+    config = _config(epochs=6, learning_rate=1e-12, early_stopping=2, min_samples_per_epoch=1)
+    finished = train(config, *data, out_dir=tmp_path / "flat")
+    assert finished.stopped_early and finished.epochs_done == 3 and finished.best_epoch == 0
+
+
+def test_bf16_batches_and_gradient_accumulation(tmp_path, data):
+    config = _config(
+        epochs=1, mixed_precision="bf16", batch_size=2, grad_accumulation=2, min_samples_per_epoch=8
+    )
+    events = list(iter_train(config, *data, out_dir=tmp_path / "bf16"))
+    assert events[0].steps_per_epoch == 2 and events[0].config.mixed_precision == "bf16"
+    steps = [e for e in events if isinstance(e, StepDone)]
+    assert len(steps) == 2 and all(np.isfinite(s.loss) for s in steps)
+
+
+def test_fused_attention_trains_like_the_stock_attention(tmp_path, data):
+    losses, weights = {}, {}
+    for fast in (True, False):
+        config = _config(epochs=1, fast_attention=fast, min_samples_per_epoch=2)
+        finished = None
+        for event in iter_train(config, *data, out_dir=tmp_path / str(fast)):
+            losses.setdefault(fast, []).append(getattr(event, "loss", None))
+            finished = event
+        weights[fast] = _weights(finished.last_checkpoint_path)
+    assert np.allclose([x for x in losses[True] if x], [x for x in losses[False] if x], rtol=1e-4)
+    key = "image_encoder.blocks.1.attn.qkv.weight"
+    assert torch.allclose(weights[True][key], weights[False][key], atol=1e-5)
+
+
+def test_without_validation_the_train_loss_decides(tmp_path, data):
+    finished = train(_config(epochs=1, val_fraction=0.0), data[0], out_dir=tmp_path / "noval")
+    assert finished.metric_name == "negative train loss" and finished.best_metric < 0
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        (dict(mixed_precision="fp16"), ValueError, "fp16.*needs a CUDA GPU"),
+        (dict(model="random:nothing"), ValueError, "unknown architecture 'nothing'"),
+        (dict(device="cuda:3"), ValueError, "device='cuda:3'"),
+    ],
+)
+def test_bad_settings_fail_before_training(tmp_path, data, change, error, message):
+    with pytest.raises(error, match=message):
+        next(iter_train(_config(**change), *data, out_dir=tmp_path / "x"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_data_and_names_fail_before_training(tmp_path, data):
+    image, labels = data[0][0]
+    with pytest.raises(TypeError, match="'pair 0' have dtype float32"):
+        next(iter_train(_config(), [(image, labels.astype(np.float32))], out_dir=tmp_path))
+    with pytest.raises(ValueError, match="'pair 0' contain no objects"):
+        next(iter_train(_config(), [(image, labels * 0)], out_dir=tmp_path))
+    with pytest.raises(ValueError, match="model_name='vit_b'.*already"):
+        next(iter_train(_config(), *data, out_dir=tmp_path, model_name="vit_b"))
+    with pytest.raises(TypeError, match="config must be a TrainConfig"):
+        next(iter_train({"epochs": 1}, *data, out_dir=tmp_path))
+
+
+def test_losses_train_the_best_candidate_and_the_iou_head():
+    target = torch.zeros(1, 1, 8, 8)
+    target[..., 2:6, 2:6] = 1
+    perfect = target * 20 - 10
+    assert dice_loss(perfect, target).item() < 1e-3
+    assert mask_iou(perfect, target).item() == 1.0
+    logits = torch.cat([-perfect, perfect, torch.zeros_like(perfect) - 10], dim=1)
+    iou_predictions = torch.tensor([[0.0, 1.0, 0.0]], requires_grad=True)
+    loss, best = sam_loss(logits, iou_predictions, target, "dice_bce")
+    assert best.tolist() == [1] and loss.item() < 1e-2
+    loss, _ = sam_loss(logits, torch.tensor([[0.0, 0.0, 0.0]]), target, "dice_focal")
+    assert loss.item() > 1.0 / 3 - 0.01  # the IoU head missed the good candidate's IoU of 1
+
+
+def test_embedding_cache_evicts_the_least_recently_used():
+    class Item:
+        def __init__(self, value):
+            self.pixels = torch.full((1, 2, 2), float(value))
+
+    computed = []
+
+    def compute(pixels):
+        computed.extend(pixels[:, 0, 0, 0].tolist())
+        return pixels[:, None] * 2
+
+    cache = EmbeddingLRU(capacity=2)
+    items = {k: Item(k) for k in range(3)}
+    out = cache.get_many([0, 1], [items[0], items[1]], compute)
+    assert out.shape == (2, 1, 1, 2, 2) and computed == [0, 1]
+    cache.get_many([0], [items[0]], compute)  # 0 is now the most recent
+    cache.get_many([2], [items[2]], compute)  # evicts 1
+    cache.get_many([0, 1], [items[0], items[1]], compute)
+    assert computed == [0, 1, 2, 1] and len(cache) == 2

@@ -1,0 +1,130 @@
+"""``samtune train``, ``samtune export`` and ``samtune presets``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import tifffile
+import torch
+
+import napari_samtune.cli as cli
+from napari_samtune.cli.train import OVERRIDES, overrides_from
+from napari_samtune.core.architectures import TINY, build_sam
+from napari_samtune.core.presets import PRESETS, TrainConfig
+from napari_samtune.core.synthetic import make_dataset
+
+
+@pytest.fixture(autouse=True)
+def _subcommands(monkeypatch):
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ("train", "export", "presets"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models run fastest single-threaded
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def folders(tmp_path):
+    for i, (image, labels) in enumerate(make_dataset(3, shape=(80, 96), seed=3)):
+        (tmp_path / "img").mkdir(exist_ok=True)
+        (tmp_path / "lab").mkdir(exist_ok=True)
+        tifffile.imwrite(tmp_path / "img" / f"s{i}.tif", image)
+        tifffile.imwrite(tmp_path / "lab" / f"s{i}_mask.tif", labels)
+    return str(tmp_path / "img"), str(tmp_path / "lab")
+
+
+FAST = [
+    "--lr", "3e-3", "--min-samples", "3", "--iterative-prompts", "1",
+    "--mixed-precision", "no", "--n-objects", "2", "--no-progress",
+]  # fmt: skip
+
+
+def test_presets_prints_the_table_and_the_automatic_choice(capsys):
+    assert cli.main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert all(p.key in out for p in PRESETS)
+    assert "all but image_encoder" in out and "vit_h" in out
+    assert "--preset auto chooses" in out and "RAM" in out
+
+
+def test_train_export_and_resume_from_the_command_line(tmp_path, folders, capsys):
+    images, labels = folders
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
+    argv += ["--labels", labels, "--out", str(out), "--epochs", "2", "--freeze", "image_encoder"]
+    assert cli.main([*argv, *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "preset CPU, 16 GB, 8 cores (cpu-16gb)" in printed and "effective config" in printed
+    assert f"exported model: {out / 'model.pth'}" in printed
+    assert "time to best epoch" in printed and "registered model: run" in printed
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["epochs"], saved["freeze"], saved["preset"]) == (2, ["image_encoder"], "cpu-16gb")
+    assert (saved["n_objects_per_batch"], saved["learning_rate"]) == (2, 3e-3)
+    build_sam(TINY).load_state_dict(torch.load(out / "model.pth", weights_only=True), strict=True)
+
+    resume = ["train", "--resume", str(out / "checkpoints" / "last.pt"), "--epochs", "3"]
+    resume += ["--images", images, "--labels", labels, "--out", str(tmp_path / "more")]
+    assert cli.main([*resume, "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "more" / "summary.json").read_text())
+    assert summary["epochs_done"] == 3
+
+    exported = tmp_path / "exported.pth"
+    best = str(out / "checkpoints" / "best.pt")
+    assert cli.main(["export", best, "-o", str(exported), "--register", "mine"]) == 0
+    assert "registered as 'mine'" in capsys.readouterr().out
+    state = torch.load(exported, weights_only=True)
+    build_sam(TINY).load_state_dict(state, strict=True)
+    from napari_samtune.core.models import load_model
+
+    assert torch.equal(
+        load_model("mine").sam.state_dict()["mask_decoder.iou_token.weight"],
+        state["mask_decoder.iou_token.weight"],
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--preset", "cpu-8gb", "--model", "random:vit_h"], "cannot fit model 'vit_h'"),
+        (["--preset", "cpu-8gb", "--model", "random:vit_t", "--n-objects", "9"], "far above"),
+        (["--preset", "gpu-9000", "--model", "random:tiny"], "unknown preset 'gpu-9000'"),
+        (["--model", "random:tiny", "--preset", "cpu-16gb", "--epochs", "0"], "epochs=0"),
+        (["--preset", "cpu-16gb"], "--model is required"),
+    ],
+)
+def test_bad_settings_are_reported_without_a_traceback(tmp_path, folders, capsys, extra, message):
+    images, labels = folders
+    argv = ["train", "--images", images, "--labels", labels, "--out", str(tmp_path / "x"), *extra]
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_unpaired_files_are_reported(tmp_path, folders, capsys):
+    images, labels = folders
+    argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
+    argv += ["--labels", f"{labels}/s0_mask.tif", "--out", str(tmp_path / "x")]
+    assert cli.main(argv) == 2
+    assert "images without labels ['s1.tif', 's2.tif']" in capsys.readouterr().err
+
+
+def test_every_override_reaches_the_config():
+    values = {int: "3", float: "0.25", str: "cpu"}
+    argv = ["train", "--images", "a", "--labels", "b", "--out", "c"]
+    for _, option, kind, _ in OVERRIDES:
+        argv += [option, values[kind]]
+    argv += ["--freeze", "prompt_encoder", "--freeze", "mask_decoder", "--loss", "dice_focal"]
+    argv += ["--mixed-precision", "bf16", "--trainable-only", "--stock-attention"]
+    args = cli.build_parser().parse_args(argv)
+    overrides = overrides_from(args)
+    assert set(overrides) == {f for f, *_ in OVERRIDES} | {
+        "freeze", "mask_loss", "mixed_precision", "checkpoint_trainable_only", "fast_attention",
+    }  # fmt: skip
+    assert overrides["fast_attention"] is False
+    assert overrides["freeze"] == ("prompt_encoder", "mask_decoder")
+    assert overrides["learning_rate"] == 0.25 and overrides["epochs"] == 3
+    overrides.update(lora_rank=0, patch_size=64)
+    TrainConfig(**overrides)  # every value is a valid config
+    none = cli.build_parser().parse_args([*argv[:7], "--freeze", "none", "--early-stopping", "0"])
+    assert overrides_from(none) == {"freeze": (), "early_stopping": None}
