@@ -1,0 +1,402 @@
+"""The annotation dock widget: prompt SAM with points and boxes, commit objects, save them.
+
+Open it from Plugins > SAM tune > Annotate with SAM. Keys (on the viewer and the
+prompt layers): C commits the preview, Shift+C clears prompts and preview, T toggles
+new points between positive and negative, U undoes the last commit.
+
+Threading: downloads, model loading, embeddings, automatic segmentation,
+propagation and autosaves run in thread workers (:mod:`napari_samtune._qt.workers`)
+that get arrays, never layers. Prompt -> mask (the prompt encoder and mask decoder
+only, milliseconds) runs on the main thread, so the preview follows every click.
+While a job that uses the Segmenter runs, predictions wait for it.
+"""
+
+from __future__ import annotations
+
+import napari
+import numpy as np
+from napari.layers import Image
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QWidget
+
+from napari_samtune._qt import annotate_jobs as jobs
+from napari_samtune._qt.annotate_actions import AnnotateActionsMixin
+from napari_samtune._qt.annotate_jobs import EMBED_TASK, LOAD_TASK, SEGMENTER_TASKS
+from napari_samtune._qt.annotate_session import AnnotationSession
+from napari_samtune._qt.annotate_ui import BATCHED_MODE, AnnotateControls
+from napari_samtune._qt.image_planes import describe_image
+from napari_samtune._qt.prompt_layers import PlanePrompts
+from napari_samtune._qt.workers import TaskRunner, user_message
+from napari_samtune.core.coords import napari_to_sam
+from napari_samtune.core.predict import Segmenter
+
+
+class AnnotateWidget(AnnotateActionsMixin, QWidget):
+    """Dock widget: interactive SAM annotation of the image layers of ``viewer``."""
+
+    annotations_saved = Signal(str)  # path of the labels TIFF, after every (auto)save
+    embedding_ready = Signal(object)  # plane (int, or None for 2D) now held by the Segmenter
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.ui = AnnotateControls(self)
+        self.runner = TaskRunner(self.ui.progress_bar, self.ui.status_label)
+        self.segmenter: Segmenter | None = None
+        self.model_name: str | None = None
+        self.session: AnnotationSession | None = None
+        self._generation = 0  # bumped when model, image or channels change
+        self._embedded: tuple[int, int | None] | None = None  # (generation, plane)
+        self._autosave_again = False
+        self._hinted: set[str] = set()
+        self.ui.folder_edit.setText(str(self.default_folder()))
+        self._connect_controls()
+        self._bind_keys(viewer)
+        viewer.layers.events.inserted.connect(self._refresh_image_choices)
+        viewer.layers.events.removed.connect(self._on_layer_removed)
+        viewer.dims.events.current_step.connect(self._on_plane_changed)
+        self._refresh_image_choices()
+
+    def _connect_controls(self) -> None:
+        ui = self.ui
+        ui.load_button.clicked.connect(self.load_model)
+        ui.image_combo.currentIndexChanged.connect(self._on_image_choice)
+        ui.image_combo.activated.connect(lambda _: self.session or self._on_image_choice())
+        ui.channels_first_check.toggled.connect(self._on_channels_first)
+        ui.channel_combo.currentIndexChanged.connect(self._on_image_choice)
+        ui.embed_all_button.clicked.connect(self.embed_all_planes)
+        ui.mode_combo.currentIndexChanged.connect(lambda _: self.update_preview())
+        ui.positive_check.toggled.connect(self._on_positive_toggled)
+        ui.commit_button.clicked.connect(self.commit)
+        ui.clear_button.clicked.connect(self.clear)
+        ui.undo_button.clicked.connect(self.undo)
+        ui.propagate_button.clicked.connect(self.propagate)
+        ui.auto_button.clicked.connect(self.segment_automatically)
+        ui.folder_button.clicked.connect(self._choose_folder)
+        ui.save_button.clicked.connect(self.save_annotations)
+        ui.load_file_button.clicked.connect(lambda: self.load_annotations())
+
+    def _key_actions(self) -> dict:
+        return {"C": self.commit, "Shift-C": self.clear, "T": self.toggle_polarity, "U": self.undo}
+
+    def _bind_keys(self, provider) -> None:
+        for key, action in self._key_actions().items():
+            provider.bind_key(key, lambda _provider, action=action: action(), overwrite=True)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        for key in self._key_actions():
+            self.viewer.bind_key(key, None, overwrite=True)
+        self.runner.quit_all()
+        super().closeEvent(event)
+
+    # -- model ----------------------------------------------------------------------------
+    def refresh_models(self) -> None:
+        """Re-read the model registry (e.g. after finetuning a new model)."""
+        self.ui.model_picker.refresh_models()
+
+    def select_model(self, name: str) -> None:
+        """Choose a registry model by name, or a checkpoint file by path (not loaded yet)."""
+        self.ui.model_picker.select_model(name)
+
+    def load_model(self):
+        """Load the chosen model in the background; returns the worker, or None."""
+        picker = self.ui.model_picker
+        try:
+            source = picker.model_source()
+        except ValueError as err:
+            show_error(str(err))
+            return None
+        if self.runner.is_running(LOAD_TASK):
+            show_info("a model is already loading; wait for it to finish")
+            return None
+        self.ui.model_label.setText(f"loading {source}…")
+        return self.runner.start(
+            LOAD_TASK,
+            jobs.load_model_job,
+            source,
+            picker.device(),
+            self.runner.report,
+            on_return=lambda loaded: self.set_model(loaded.sam, loaded.name, loaded.model_id),
+            on_error=lambda _exc: self.ui.model_label.setText(self._model_text()),
+        )
+
+    def set_model(self, sam, name: str, model_id: str | None = None) -> None:
+        """Use an already loaded ``segment_anything`` Sam (on its current device)."""
+        device = next(sam.parameters()).device
+        self.segmenter = Segmenter(sam, model_id=model_id, device=device)
+        self.model_name = name
+        self._invalidate_embedding()
+        self.ui.model_label.setText(self._model_text())
+        self._ensure_embedding()
+
+    def _model_text(self) -> str:
+        if self.segmenter is None:
+            return "no model loaded"
+        return f"{self.model_name} on {self.segmenter.model.device}"
+
+    # -- image ----------------------------------------------------------------------------
+    def _image_layers(self) -> list:
+        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _refresh_image_choices(self, event=None) -> None:
+        combo = self.ui.image_combo
+        names = [layer.name for layer in self._image_layers()]
+        current = combo.currentText()
+        if names == [combo.itemText(i) for i in range(combo.count())]:
+            return
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItems(names)
+        combo.setCurrentIndex(names.index(current) if current in names else 0)
+        combo.blockSignals(False)
+        if combo.currentText() != current or self.session is None:
+            self._on_image_choice()
+
+    def _on_layer_removed(self, event) -> None:
+        layer = event.value
+        if self.session is not None and (
+            layer == self.session.image_layer or layer in self.session.layers.layers
+        ):
+            self._detach()
+            show_info(f"layer {layer.name!r} was removed: pick the image again to go on")
+        self._refresh_image_choices()
+
+    def _on_channels_first(self, checked: bool) -> None:
+        self._fill_channels()
+        self._on_image_choice()
+
+    def _fill_channels(self) -> None:
+        """Offer the channels of the chosen image (when 'channels on first axis' is on)."""
+        combo, checked = self.ui.channel_combo, self.ui.channels_first_check.isChecked()
+        layer = self.image_layer
+        n_channels = layer.data.shape[0] if (checked and layer is not None) else 0
+        if combo.count() == n_channels + (n_channels >= 3) and combo.isEnabled() == checked:
+            return  # same channel count: keep the user's choice
+        combo.blockSignals(True)
+        combo.clear()
+        for channel in range(n_channels):
+            combo.addItem(f"channel {channel}", (channel,))
+        if n_channels >= 3:
+            combo.addItem("channels 0, 1, 2 as RGB", (0, 1, 2))
+        combo.setEnabled(checked)
+        combo.blockSignals(False)
+
+    @property
+    def image_layer(self):
+        """The image layer chosen in the widget, or None."""
+        name = self.ui.image_combo.currentText()
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    def _on_image_choice(self, _index=None) -> None:
+        layer = self.image_layer
+        if layer is None:
+            self._detach()
+            return
+        self._fill_channels()
+        try:
+            self.set_image_layer(layer)
+        except ValueError as err:
+            self._detach()
+            show_error(f"cannot annotate {layer.name!r}: {err}")
+
+    def set_image_layer(self, layer) -> None:
+        """Annotate ``layer``: create (or reuse) its prompt, preview and annotation layers."""
+        if getattr(layer, "multiscale", False):
+            raise ValueError("multiscale images are not supported; open one resolution level")
+        channels = (
+            self.ui.channel_combo.currentData() if self.ui.channel_combo.isEnabled() else None
+        )
+        axes = describe_image(
+            layer.data.shape, layer.rgb, self.ui.channels_first_check.isChecked(), channels
+        )
+        session = self.session
+        if session is not None and session.image_layer == layer:  # == sees through proxies
+            if session.axes.spatial_shape == axes.spatial_shape:
+                session.axes = session.layers.axes = axes  # new channels: same layers
+                self._invalidate_embedding()
+                self._ensure_embedding()
+                return
+            session.remove_helpers(including_empty_annotations=True)  # new layout, new layers
+        self._detach()
+        self.session = AnnotationSession(self.viewer, layer, axes)
+        for prompt_layer in (self.session.layers.points, self.session.layers.boxes):
+            prompt_layer.events.data.connect(self._on_prompts_changed)
+        for helper in self.session.layers.layers:
+            self._bind_keys(helper)
+        self._set_positive_mode(self.ui.positive_check.isChecked())
+        self.viewer.layers.selection.active = self.session.layers.points
+        self._invalidate_embedding()
+        if self.session.layers.annotations_created:
+            self._restore_autosave()
+        self._ensure_embedding()
+
+    def _detach(self) -> None:
+        if self.session is None:
+            return
+        for prompt_layer in (self.session.layers.points, self.session.layers.boxes):
+            prompt_layer.events.data.disconnect(self._on_prompts_changed)
+        self.session = None
+        self._invalidate_embedding()
+
+    # -- embeddings -----------------------------------------------------------------------
+    @property
+    def current_plane(self) -> int | None:
+        """The plane in view (None for a 2D image or when no image is chosen)."""
+        return None if self.session is None else self.session.plane_at(self.viewer.dims.point)
+
+    @property
+    def embedded_plane(self):
+        """The plane whose embedding the Segmenter holds: int, None (2D), or False (none)."""
+        if self._embedded is None or self._embedded[0] != self._generation:
+            return False
+        return self._embedded[1]
+
+    def is_embedded(self, plane: int | None) -> bool:
+        """Whether predictions for ``plane`` can run now (its embedding is loaded)."""
+        return self.embedded_plane is not False and self.embedded_plane == plane
+
+    def segmenter_busy(self) -> bool:
+        """Whether a background job is using the Segmenter."""
+        return any(self.runner.is_running(task) for task in SEGMENTER_TASKS)
+
+    def _invalidate_embedding(self) -> None:
+        self._generation += 1
+        self._embedded = None
+
+    def _on_plane_changed(self, event=None) -> None:
+        if self.session is not None and self.session.axes.is_stack:
+            self._ensure_embedding()
+
+    def _ensure_embedding(self):
+        """Start embedding the plane in view unless it is ready or a job is running."""
+        if self.segmenter is None or self.session is None or self.segmenter_busy():
+            return None
+        plane = self.current_plane
+        if self.is_embedded(plane):
+            return None
+        return self._start_segmenter_job(
+            EMBED_TASK,
+            jobs.iter_embed_planes,
+            [plane],
+            self.runner.report,
+            on_return=self._on_embedded,
+        )
+
+    def embed_all_planes(self):
+        """Embed (and cache on disk) every plane in the background; returns the worker."""
+        if not self._ready_for_job("embed all planes"):
+            return None
+        planes = list(range(self.session.axes.n_planes)) if self.session.axes.is_stack else [None]
+        return self._start_segmenter_job(
+            EMBED_TASK,
+            jobs.iter_embed_planes,
+            planes,
+            self.runner.report,
+            on_return=self._on_embedded,
+        )
+
+    def _on_embedded(self, plane) -> None:
+        self._embedded = (self._generation, plane)
+        self.embedding_ready.emit(plane)
+
+    def _start_segmenter_job(
+        self, name: str, job, *args, on_return=None, on_yield=None, on_finish=None
+    ):
+        """Run ``job(segmenter, axes, data, *args)``; results of a stale generation are dropped."""
+        generation, session = self._generation, self.session
+        self._embedded = None  # the job changes the Segmenter's image
+
+        def current(callback):
+            def guarded(value):
+                if (
+                    callback is not None
+                    and generation == self._generation
+                    and session is self.session
+                ):
+                    callback(value)
+
+            return guarded
+
+        return self.runner.start(
+            name,
+            job,
+            self.segmenter,
+            session.axes,
+            session.image_layer.data,
+            *args,
+            on_return=current(on_return),
+            on_yield=current(on_yield),
+            on_finish=lambda: self._after_segmenter_job(on_finish),
+        )
+
+    def _after_segmenter_job(self, on_finish=None) -> None:
+        if on_finish is not None:
+            on_finish()
+        if self._ensure_embedding() is None and self.is_embedded(self.current_plane):
+            self.update_preview(clear_if_empty=False)
+
+    # -- preview --------------------------------------------------------------------------
+    def _on_prompts_changed(self, event=None) -> None:
+        action = getattr(getattr(event, "action", None), "value", getattr(event, "action", None))
+        if isinstance(action, str) and action.endswith("ing"):
+            return  # adding / changing / removing: the final event follows
+        self.update_preview()
+
+    def update_preview(self, clear_if_empty: bool = True) -> bool:
+        """Recompute the preview of the plane in view from its prompts.
+
+        Returns True when the preview is up to date, False when it waits for a model
+        or an embedding (it is recomputed when that is ready).
+        """
+        if self.session is None:
+            return False
+        plane, layers = self.current_plane, self.session.layers
+        prompts = layers.prompts(plane)
+        if not (len(prompts.boxes_rc) or prompts.positive.any()):
+            if clear_if_empty:
+                layers.set_preview(plane, None)
+            return True
+        if self.segmenter is None:
+            self._hint("load a model (Model > Load model) to segment from your prompts")
+            return False
+        if not self.is_embedded(plane):
+            self._ensure_embedding()
+            return False
+        try:
+            labels = self._predict(prompts)
+        except (ValueError, TypeError, RuntimeError) as err:
+            show_error(f"segmentation failed: {user_message(err)}")
+            return False
+        layers.set_preview(plane, labels)
+        return True
+
+    def _predict(self, prompts: PlanePrompts) -> np.ndarray:
+        """uint32 (H, W) preview labels from one plane's prompts (napari -> SAM coordinates)."""
+        boxes_xyxy = napari_to_sam(prompts.boxes_rc.reshape(-1, 2, 2)).reshape(-1, 4)
+        points_xy = napari_to_sam(prompts.points_rc)
+        if self.ui.mode_combo.currentText() == BATCHED_MODE:
+            return self._predict_batched(boxes_xyxy, points_xy[prompts.positive])
+        single_point = len(points_xy) == 1 and len(boxes_xyxy) == 0
+        prediction = self.segmenter.predict(
+            points_xy=points_xy if len(points_xy) else None,
+            point_labels=prompts.positive.astype(np.int64) if len(points_xy) else None,
+            box_xyxy=boxes_xyxy[-1] if len(boxes_xyxy) else None,  # the newest box
+            multimask=single_point,  # one click is ambiguous: take SAM's best of three
+        )
+        return prediction.mask.astype(np.uint32)
+
+    def _predict_batched(self, boxes_xyxy: np.ndarray, points_xy: np.ndarray) -> np.ndarray:
+        labels = np.zeros(self.segmenter.image_shape, dtype=np.uint32)
+        if len(boxes_xyxy):
+            labels = self.segmenter.predict_boxes(boxes_xyxy)
+        if len(points_xy):
+            by_point = self.segmenter.predict_points_batched(points_xy)
+            free = (by_point > 0) & (labels == 0)
+            labels[free] = by_point[free] + len(boxes_xyxy)
+        return labels
+
+    def _hint(self, message: str) -> None:
+        if message not in self._hinted:
+            self._hinted.add(message)
+            show_info(message)

@@ -1,0 +1,250 @@
+"""What the annotation widget's buttons and keys do: commit, clear, undo, polarity,
+propagation through planes, automatic segmentation, saving and loading.
+
+A mixin of :class:`~napari_samtune._qt.annotate.AnnotateWidget` (it uses the widget's
+``ui``, ``runner``, ``session`` and ``segmenter``), kept apart so each module stays short.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import QFileDialog
+
+from napari_samtune._qt import annotate_jobs as jobs
+from napari_samtune._qt.annotate_jobs import AUTO_TASK, PROPAGATE_TASK, SAVE_TASK
+from napari_samtune._qt.annotate_ui import BATCHED_MODE, SCOPE_STACK
+from napari_samtune._qt.annotation_io import LABELS_SUFFIX, annotation_paths, save_annotations
+from napari_samtune._qt.propagate import PropagationConfig
+from napari_samtune._qt.workers import user_message
+from napari_samtune.core.automatic import AutoSegmentConfig
+from napari_samtune.core.registry import user_models_dir
+
+ANNOTATIONS_ENV = "SAMTUNE_ANNOTATIONS_DIR"
+
+
+class AnnotateActionsMixin:
+    """Commit / undo / automatic / propagate / save actions of the annotation widget."""
+
+    @staticmethod
+    def default_folder() -> Path:
+        """``$SAMTUNE_ANNOTATIONS_DIR``, else ``annotations/`` next to the user models folder."""
+        env = os.environ.get(ANNOTATIONS_ENV)
+        return Path(env) if env else user_models_dir().parent / "annotations"
+
+    def _ready_for_job(self, what: str) -> bool:
+        if self.session is None:
+            show_error(f"cannot {what}: open an image in napari and pick it under Image")
+            return False
+        if self.segmenter is None:
+            show_error(f"cannot {what}: load a model first (Model > Load model)")
+            return False
+        if self.segmenter_busy():
+            show_info(f"cannot {what} yet: wait for the running job to finish")
+            return False
+        return True
+
+    # -- prompts --------------------------------------------------------------------------
+    def toggle_polarity(self) -> None:
+        """Switch new points (and, in select mode, the selected ones) between + and -."""
+        self.ui.positive_check.setChecked(not self.ui.positive_check.isChecked())
+
+    def _on_positive_toggled(self, positive: bool) -> None:
+        self._set_positive_mode(positive)
+        self.ui.status_label.setText(f"new points are {'positive' if positive else 'negative'}")
+
+    def _set_positive_mode(self, positive: bool) -> None:
+        if self.session is not None and self.session.layers.set_positive_mode(positive):
+            self.update_preview()  # selected points changed polarity
+
+    def clear(self) -> None:
+        """Remove all prompts and the preview (Shift+C)."""
+        if self.session is not None and not self.runner.is_running(PROPAGATE_TASK):
+            self.session.clear()
+
+    # -- commit / undo --------------------------------------------------------------------
+    def commit(self) -> list[int]:
+        """Write the preview into the annotations as new object(s) (C); returns the new ids."""
+        if self.session is None:
+            show_info("nothing to commit: pick an image and add prompts first")
+            return []
+        if self.runner.is_running(PROPAGATE_TASK):
+            show_info("wait for the propagation to finish, then commit")
+            return []
+        source = "batched" if self.ui.mode_combo.currentText() == BATCHED_MODE else "interactive"
+        overwrite = self.ui.overwrite_check.isChecked()
+        ids = self.session.commit(overwrite, source, self.model_name or "")
+        if not ids:
+            show_info(
+                "nothing to commit: the preview is empty"
+                + ("" if overwrite else " or covers only existing objects (tick overwrite)")
+            )
+            return []
+        self.ui.status_label.setText(f"committed object(s) {ids}")
+        self._autosave()
+        return ids
+
+    def undo(self) -> bool:
+        """Revert the last commit or automatic segmentation (U)."""
+        if self.session is None or self.runner.is_running(AUTO_TASK):
+            return False
+        if not self.session.undo():
+            show_info("nothing to undo")
+            return False
+        self.ui.status_label.setText("undid the last commit")
+        self._autosave()
+        return True
+
+    # -- stacks ---------------------------------------------------------------------------
+    def propagate(self):
+        """Carry the preview object of the plane in view through the neighbouring planes.
+
+        Uses each plane's mask (bounding box + most interior point) to prompt the next;
+        stops where the object vanishes or its area changes more than the chosen factor.
+        Results land in the preview; commit (C) writes the 3D object. Returns the worker.
+        """
+        if not self._ready_for_job("propagate"):
+            return None
+        if not self.session.axes.is_stack:
+            show_error("propagation needs a stack (Z, H, W): this image is 2D")
+            return None
+        plane = self.current_plane
+        preview = self.session.layers.preview_plane(plane)
+        ids = np.unique(preview[preview > 0])
+        if len(ids) != 1:
+            show_error(
+                "propagation needs exactly one object in the preview of this plane: "
+                "segment it with points or a box in 'one object' mode first"
+            )
+            return None
+        config = PropagationConfig(max_area_ratio=self.ui.area_ratio_spin.value())
+        return self._start_segmenter_job(
+            PROPAGATE_TASK,
+            jobs.iter_propagate_object,
+            plane,
+            preview > 0,
+            config,
+            on_yield=lambda result: self.session.layers.set_preview(result.plane, result.labels),
+        )
+
+    # -- automatic ------------------------------------------------------------------------
+    def auto_config(self) -> AutoSegmentConfig:
+        """The automatic-segmentation settings chosen in the widget."""
+        ui = self.ui
+        return AutoSegmentConfig(
+            points_per_side=int(ui.points_per_side_spin.value()),
+            pred_iou_thresh=float(ui.iou_spin.value()),
+            stability_score_thresh=float(ui.stability_spin.value()),
+            min_area=int(ui.min_area_spin.value()),
+        )
+
+    def segment_automatically(self):
+        """Segment the plane in view (or every plane) into new objects; returns the worker."""
+        if not self._ready_for_job("segment automatically"):
+            return None
+        axes = self.session.axes
+        whole_stack = axes.is_stack and self.ui.auto_scope_combo.currentText() == SCOPE_STACK
+        planes = list(range(axes.n_planes)) if whole_stack else [self.current_plane]
+        session, group = self.session, self.session.begin_group()
+        overwrite = self.ui.overwrite_check.isChecked()
+
+        def write(result) -> None:
+            objects = {result.plane: result.labels}
+            ids = session.add_labels(objects, overwrite, "automatic", self.model_name, group)
+            self.ui.status_label.setText(f"automatic: {len(ids)} objects")
+
+        def done() -> None:
+            session.end_group(group)
+            self._autosave()
+
+        return self._start_segmenter_job(
+            AUTO_TASK,
+            jobs.iter_segment_automatically,
+            planes,
+            self.auto_config(),
+            self.runner.report,
+            on_yield=write,
+            on_return=self._on_embedded,
+            on_finish=done,
+        )
+
+    # -- files ----------------------------------------------------------------------------
+    def annotation_folder(self) -> Path:
+        """The folder annotations are saved to (the widget's folder field)."""
+        text = self.ui.folder_edit.text().strip()
+        return Path(text).expanduser() if text else self.default_folder()
+
+    def _choose_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(
+            self, "Annotation folder", self.ui.folder_edit.text()
+        )
+        if folder:
+            self.ui.folder_edit.setText(folder)
+
+    def _restore_autosave(self) -> None:
+        labels_path, _ = annotation_paths(self.annotation_folder(), self.session.image_layer.name)
+        if not labels_path.is_file():
+            return
+        try:
+            n_objects = self.session.load(labels_path)
+        except (ValueError, OSError) as err:
+            show_error(f"could not restore {labels_path}: {user_message(err)}")
+            return
+        show_info(f"restored {n_objects} saved objects from {labels_path}")
+
+    def save_annotations(self, folder: str | Path | None = None) -> Path | None:
+        """Save labels and prompts now (synchronously); returns the labels path."""
+        if self.session is None:
+            show_info("nothing to save: pick an image first")
+            return None
+        folder = self.annotation_folder() if folder in (None, False) else Path(folder)
+        try:
+            labels_path, _ = self.session.save(folder)
+        except (OSError, ValueError) as err:
+            show_error(f"saving failed: {user_message(err)}")
+            return None
+        self.annotations_saved.emit(str(labels_path))
+        show_info(f"saved annotations to {labels_path}")
+        return labels_path
+
+    def _autosave(self):
+        """Save a snapshot in the background, atomically; coalesces overlapping requests."""
+        if self.session is None or not self.ui.autosave_check.isChecked():
+            return None
+        if self.runner.is_running(SAVE_TASK):
+            self._autosave_again = True
+            return None
+        self._autosave_again = False
+        session = self.session
+        return self.runner.start(
+            SAVE_TASK,
+            save_annotations,
+            self.annotation_folder(),
+            session.image_layer.name,
+            session.annotations.copy(),  # the worker must not read labels being edited
+            session.document(),
+            on_return=lambda paths: self.annotations_saved.emit(str(paths[0])),
+            on_finish=lambda: self._autosave() if self._autosave_again else None,
+        )
+
+    def load_annotations(self, path: str | Path | None = None) -> int | None:
+        """Replace the annotations with a saved ``*.labels.tif``; returns its object count."""
+        if self.session is None:
+            show_info("pick the image these annotations belong to first")
+            return None
+        if path is None:
+            path, _ = QFileDialog.getOpenFileName(
+                self, "Annotations", str(self.annotation_folder()), f"Labels (*{LABELS_SUFFIX})"
+            )
+            if not path:
+                return None
+        try:
+            n_objects = self.session.load(path)
+        except (OSError, ValueError) as err:
+            show_error(f"loading annotations failed: {user_message(err)}")
+            return None
+        show_info(f"loaded {n_objects} objects from {path}")
+        return n_objects

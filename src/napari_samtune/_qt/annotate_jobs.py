@@ -1,0 +1,118 @@
+"""The annotation widget's background jobs: plain functions run in thread workers.
+
+Each takes the Segmenter and the image *data* (never a layer), yields
+:class:`~napari_samtune._qt.workers.TaskProgress` and result dataclasses, and leaves
+every layer update to the main thread. While one of these runs, it owns the
+Segmenter: the widget makes no predictions until it has finished.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from napari_samtune._qt.image_planes import ImageAxes
+from napari_samtune._qt.propagate import PropagationConfig, iter_propagate
+from napari_samtune._qt.workers import TaskProgress
+from napari_samtune.core.automatic import AutoSegmentConfig
+from napari_samtune.core.models import LoadedModel, load_model
+
+LOAD_TASK = "loading model"
+EMBED_TASK = "embedding"
+AUTO_TASK = "automatic segmentation"
+PROPAGATE_TASK = "propagation"
+SAVE_TASK = "autosave"
+SEGMENTER_TASKS = (EMBED_TASK, AUTO_TASK, PROPAGATE_TASK)  # the jobs that use the Segmenter
+
+
+@dataclass(frozen=True)
+class PlaneResult:
+    """Labels computed for one plane: uint32 (H, W); plane is None for a 2D image."""
+
+    plane: int | None
+    labels: np.ndarray
+
+
+Reporter = Callable[[TaskProgress], None]  # thread-safe progress sink (TaskRunner.report)
+
+
+def _set_plane(
+    segmenter, axes: ImageAxes, data, plane: int | None, report: Reporter | None = None
+) -> None:
+    where = "image" if plane is None else f"plane {plane + 1}/{axes.n_planes}"
+
+    def tiles_done(done: int, total: int) -> None:
+        if report is not None:
+            report(TaskProgress(done, total, f"embedding {where}: tile {done}/{total}"))
+
+    image = axes.plane(data, plane or 0)
+    segmenter.set_image(image, progress=tiles_done, **axes.segmenter_channel_args())
+
+
+def iter_embed_planes(
+    segmenter, axes: ImageAxes, data, planes: Sequence[int | None], report: Reporter
+) -> Iterator[TaskProgress]:
+    """Embed ``planes`` one after the other (cached on disk); returns the last plane."""
+    for done, plane in enumerate(planes):
+        if len(planes) > 1:
+            yield TaskProgress(done, len(planes), f"embedding plane {plane + 1}/{axes.n_planes}")
+            _set_plane(segmenter, axes, data, plane)
+        else:  # one plane: show its tiles
+            _set_plane(segmenter, axes, data, plane, report)
+    return planes[-1]
+
+
+def iter_segment_automatically(
+    segmenter,
+    axes: ImageAxes,
+    data,
+    planes: Sequence[int | None],
+    config: AutoSegmentConfig,
+    report: Reporter,
+) -> Iterator[TaskProgress | PlaneResult]:
+    """Automatic segmentation of each plane; yields a :class:`PlaneResult` per plane."""
+    for done, plane in enumerate(planes):
+        where = "image" if plane is None else f"plane {plane + 1}/{axes.n_planes}"
+        yield TaskProgress(done, len(planes), f"segmenting {where} automatically…")
+        _set_plane(segmenter, axes, data, plane)
+
+        def steps(step: int, total: int, where: str = where) -> None:
+            report(TaskProgress(step, total, f"segmenting {where}: {step}/{total}"))
+
+        labels = segmenter.segment_all(config, progress=steps if len(planes) == 1 else None)
+        yield PlaneResult(plane, np.asarray(labels, dtype=np.uint32))
+    return planes[-1] if planes else None
+
+
+def iter_propagate_object(
+    segmenter,
+    axes: ImageAxes,
+    data,
+    start_plane: int,
+    start_mask: np.ndarray,
+    config: PropagationConfig,
+) -> Iterator[TaskProgress | PlaneResult]:
+    """Carry one object's mask to neighbouring planes; yields a :class:`PlaneResult` each."""
+    planes = iter_propagate(
+        segmenter,
+        lambda z: _set_plane(segmenter, axes, data, z),
+        axes.n_planes,
+        start_plane,
+        start_mask,
+        config,
+    )
+    for reached, (plane, mask) in enumerate(planes, start=1):
+        yield TaskProgress(reached, 0, f"propagated to plane {plane + 1} ({reached} planes)")
+        yield PlaneResult(plane, mask.astype(np.uint32))
+
+
+def load_model_job(source, device: str, report: Reporter) -> LoadedModel:
+    """Download (if needed) and load a model, reporting download progress in MiB."""
+
+    def progress(done: int, total: int | None) -> None:
+        mib, total_mib = done >> 20, (total or 0) >> 20
+        report(TaskProgress(mib, total_mib, f"downloading {source}: {mib} MiB"))
+
+    return load_model(source, device=device, progress=progress)

@@ -1,0 +1,151 @@
+"""One image being annotated: its layers, the committed objects and their undo history.
+
+Runs on the main thread only (it changes layers). Planes are ints for a stack and None
+for a 2D image; coordinates are napari layer data coordinates (image pixels).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from napari_samtune._qt.annotation_io import load_annotations, save_annotations
+from napari_samtune._qt.image_planes import ImageAxes
+from napari_samtune._qt.label_edits import Plane, UndoEntry, UndoStack, write_objects
+from napari_samtune._qt.prompt_layers import PromptLayers
+
+
+class AnnotationSession:
+    """The prompt, preview and annotation layers of one image, plus commit and undo."""
+
+    def __init__(self, viewer, image_layer, axes: ImageAxes) -> None:
+        self.viewer = viewer
+        self.image_layer = image_layer
+        self.axes = axes
+        self.layers = PromptLayers(viewer, image_layer, axes)
+        self.records: list[dict] = []  # one per committed object (or automatic run)
+        self.undo_stack = UndoStack()
+
+    @property
+    def annotations(self) -> np.ndarray:
+        """The committed labels: uint32 (H, W) or (Z, H, W), edited in place."""
+        return self.layers.annotations.data
+
+    def plane_at(self, world_point) -> Plane:
+        """The plane index shown at ``world_point`` (viewer.dims.point), None for 2D."""
+        if not self.axes.is_stack:
+            return None
+        z = self.layers.preview.world_to_data(world_point)[0]
+        return int(np.clip(np.rint(z), 0, self.axes.n_planes - 1))
+
+    # -- edits ----------------------------------------------------------------------------
+    def commit(self, overwrite: bool, source: str, model_name: str) -> list[int]:
+        """Write the preview (every plane) as new objects; clear prompts and preview.
+
+        Returns the new ids (empty when the preview was empty or fully blocked by
+        existing objects and ``overwrite`` is off; then nothing changes).
+        """
+        planes = self.layers.preview_planes()
+        objects = {plane: self.layers.preview_plane(plane) for plane in planes}
+        prompts = self.layers.prompts_record()
+        ids = self._write(objects, overwrite, source, model_name, prompts)
+        if ids:
+            self.clear()
+        return ids
+
+    def add_labels(
+        self,
+        objects_by_plane: dict,
+        overwrite: bool,
+        source: str,
+        model_name: str,
+        group: UndoEntry | None = None,
+    ) -> list[int]:
+        """Write a whole label image per plane (automatic segmentation) as new objects.
+
+        With ``group`` (from :meth:`begin_group`) several calls undo as one step.
+        """
+        return self._write(objects_by_plane, overwrite, source, model_name, {}, group)
+
+    def begin_group(self) -> UndoEntry:
+        """Start an edit made of several writes that one undo reverts together."""
+        entry = UndoEntry()
+        self.undo_stack.push(entry)
+        return entry
+
+    def end_group(self, entry: UndoEntry) -> None:
+        """Finish a group; a group that wrote nothing leaves no undo step."""
+        if not entry.snapshots and self.undo_stack.peek() is entry:
+            self.undo_stack.pop()
+
+    def _write(
+        self,
+        objects: dict,
+        overwrite: bool,
+        source: str,
+        model_name: str,
+        prompts: dict,
+        group: UndoEntry | None = None,
+    ) -> list[int]:
+        entry = UndoEntry() if group is None else group
+        ids = write_objects(self.annotations, objects, overwrite, entry)
+        if not ids:
+            return []
+        planes = sorted({p for p in objects if p is not None and p in entry.snapshots})
+        self.records.append(
+            {"ids": ids, "planes": planes, "source": source, "model": model_name, **prompts}
+        )
+        entry.n_records += 1
+        if group is None:
+            self.undo_stack.push(entry)
+        self.layers.annotations.refresh()
+        return ids
+
+    def undo(self) -> bool:
+        """Revert the last commit or automatic segmentation; False when there is none."""
+        entry = self.undo_stack.pop()
+        if entry is None:
+            return False
+        entry.restore(self.annotations)
+        del self.records[len(self.records) - entry.n_records :]
+        self.layers.annotations.refresh()
+        return True
+
+    def clear(self) -> None:
+        """Remove every prompt and empty the preview."""
+        self.layers.clear_prompts()
+        self.layers.clear_preview()
+
+    # -- files ----------------------------------------------------------------------------
+    def save(self, folder: str | Path, labels: np.ndarray | None = None) -> tuple[Path, Path]:
+        """Write labels (default: the annotations) and records to ``folder``, atomically."""
+        labels = self.annotations if labels is None else labels
+        return save_annotations(folder, self.image_layer.name, labels, self.document())
+
+    def document(self) -> dict:
+        """The JSON record saved next to the labels: objects and current prompts."""
+        return {"objects": list(self.records), "prompts": self.layers.prompts_record()}
+
+    def load(self, labels_path: str | Path) -> int:
+        """Replace the annotations with a saved file; returns the number of objects in it."""
+        labels, record = load_annotations(labels_path)
+        if labels.shape != self.axes.spatial_shape:
+            raise ValueError(
+                f"{Path(labels_path).name!r} has shape {labels.shape!r} but image "
+                f"{self.image_layer.name!r} needs {self.axes.spatial_shape!r}; "
+                "pick the annotations of this image"
+            )
+        self.annotations[...] = labels
+        self.records = list(record.get("objects", []))
+        self.undo_stack.clear()
+        self.layers.annotations.refresh()
+        return int(len(np.unique(labels)) - (labels.min(initial=0) == 0))
+
+    def remove_helpers(self, including_empty_annotations: bool = False) -> None:
+        """Remove the prompt and preview layers; annotations stay unless asked and empty."""
+        self.layers.remove_helpers()
+        annotations = self.layers.annotations
+        if including_empty_annotations and not annotations.data.any():
+            if annotations in self.viewer.layers:
+                self.viewer.layers.remove(annotations)

@@ -1,0 +1,105 @@
+"""Save and load annotations: the labels as TIFF, the prompts and object records as JSON.
+
+Qt-free (numpy, tifffile, json). For an image named ``name`` the folder holds
+
+* ``<name>.labels.tif``: uint32 instance labels, (H, W) or (Z, H, W), zlib-compressed;
+* ``<name>.prompts.json``: ``{"format": FORMAT, "format_version": 1, "image": name,
+  "shape": [...], "objects": [{"id", "planes", "source", "model", "points",
+  "point_labels", "boxes"}, ...], "prompts": {"points", "point_labels", "boxes"}}``
+  with coordinates in napari layer order, (row, col) or (plane, row, col).
+
+Both files are written atomically (temporary file + rename), so a crash during a save
+leaves the previous save intact.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from napari_samtune.core.checkpoints import atomic_write
+
+FORMAT = "napari-samtune-annotations"
+FORMAT_VERSION = 1
+LABELS_SUFFIX = ".labels.tif"
+PROMPTS_SUFFIX = ".prompts.json"
+
+
+def safe_stem(image_name: str) -> str:
+    """A file-name-safe version of a layer name (letters, digits, ``._-``; others become ``_``)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", image_name).strip("._")
+    return stem or "image"
+
+
+def annotation_paths(folder: str | Path, image_name: str) -> tuple[Path, Path]:
+    """The labels TIFF and prompts JSON paths for ``image_name`` in ``folder``."""
+    stem = Path(folder) / safe_stem(image_name)
+    return stem.with_name(stem.name + LABELS_SUFFIX), stem.with_name(stem.name + PROMPTS_SUFFIX)
+
+
+def save_annotations(
+    folder: str | Path, image_name: str, labels: np.ndarray, record: dict
+) -> tuple[Path, Path]:
+    """Atomically write ``labels`` (integer (H, W) or (Z, H, W)) and ``record`` (JSON-ready).
+
+    Returns the paths of the TIFF and the JSON file.
+    """
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer) or labels.ndim not in (2, 3):
+        raise ValueError(
+            f"labels have dtype {labels.dtype} and shape {labels.shape!r}; "
+            "expected integer instance labels of shape (H, W) or (Z, H, W)"
+        )
+    labels_path, prompts_path = annotation_paths(folder, image_name)
+    document = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "image": image_name,
+        "shape": list(labels.shape),
+        **record,
+    }
+    text = json.dumps(document, indent=1)  # first: a record that cannot be saved changes nothing
+    data = labels.astype(np.uint32, copy=False)
+    atomic_write(labels_path, lambda tmp: tifffile.imwrite(tmp, data, compression="zlib"))
+    atomic_write(prompts_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return labels_path, prompts_path
+
+
+def prompts_path_for(labels_path: str | Path) -> Path:
+    """The JSON file saved next to a labels TIFF by :func:`save_annotations`."""
+    labels_path = Path(labels_path)
+    name = labels_path.name
+    stem = name[: -len(LABELS_SUFFIX)] if name.endswith(LABELS_SUFFIX) else labels_path.stem
+    return labels_path.with_name(stem + PROMPTS_SUFFIX)
+
+
+def load_annotations(labels_path: str | Path) -> tuple[np.ndarray, dict]:
+    """Read a labels TIFF (and its JSON record when present; else an empty record).
+
+    Returns:
+        labels: uint32 array (H, W) or (Z, H, W).
+        record: the saved JSON document, or ``{}``.
+    """
+    labels_path = Path(labels_path)
+    if not labels_path.is_file():
+        raise FileNotFoundError(f"no annotation file at {str(labels_path)!r}")
+    labels = tifffile.imread(labels_path)
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min(initial=0) < 0:
+        raise ValueError(
+            f"{labels_path.name!r} holds {labels.dtype} data; annotations must be "
+            "non-negative integer instance labels"
+        )
+    record: dict = {}
+    prompts_path = prompts_path_for(labels_path)
+    if prompts_path.is_file():
+        record = json.loads(prompts_path.read_text(encoding="utf-8"))
+        if record.get("format") != FORMAT:
+            raise ValueError(
+                f"{prompts_path.name!r} is not a napari-samtune annotation record "
+                f"(format {record.get('format')!r}); move it away to load the labels alone"
+            )
+    return labels.astype(np.uint32, copy=False), record

@@ -1,0 +1,134 @@
+"""A reusable model + device picker: registry models, or any checkpoint file.
+
+The list comes from :func:`napari_samtune.core.registry.list_models` (official SAM,
+MobileSAM, micro-sam generalists, then the user's own finetuned models); the last
+entry lets the user choose a weights file instead. Loading is left to the owner
+widget, which runs it in a background worker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLineEdit,
+    QPushButton,
+    QWidget,
+)
+
+from napari_samtune.core.devices import DEVICE_CHOICES
+from napari_samtune.core.download import download_status
+from napari_samtune.core.registry import ModelSpec, list_models
+
+FILE_ENTRY = "checkpoint file…"
+DEFAULT_MODEL = "vit_t_lm"  # micro-sam's light-microscopy generalist: small, fast on a CPU
+WEIGHT_FILES = "SAM weights (*.pth *.pt *.ckpt *.bin);;All files (*)"
+
+
+def _describe(spec: ModelSpec) -> str:
+    status = "user model" if spec.is_user_model else download_status(spec)
+    status = {"missing": "downloads on first use", "verified": "downloaded"}.get(status, status)
+    return f"{spec.description or spec.name}\nsource: {spec.source}; {status}"
+
+
+class ModelPickerWidget(QWidget):
+    """Model choice (registry name or checkpoint file) and device choice."""
+
+    selection_changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.model_combo = QComboBox()
+        self.refresh_button = QPushButton("↻")
+        self.refresh_button.setToolTip("Refresh the list (finetuned models appear here)")
+        self.path_edit = QLineEdit()
+        self.path_edit.setPlaceholderText("path to a .pth / .pt checkpoint")
+        self.browse_button = QPushButton("Browse…")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(DEVICE_CHOICES)
+        self._build_layout()
+        self.model_combo.currentIndexChanged.connect(self._on_selection)
+        self.path_edit.textChanged.connect(self.selection_changed)
+        self.device_combo.currentIndexChanged.connect(self.selection_changed)
+        self.refresh_button.clicked.connect(self.refresh_models)
+        self.browse_button.clicked.connect(self._browse)
+        self.refresh_models()
+        if self.model_combo.findData(DEFAULT_MODEL) >= 0:
+            self.select_model(DEFAULT_MODEL)
+
+    def _build_layout(self) -> None:
+        layout = QFormLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        row = QHBoxLayout()
+        row.addWidget(self.model_combo, 1)
+        row.addWidget(self.refresh_button)
+        layout.addRow("model", row)
+        file_row = QHBoxLayout()
+        file_row.addWidget(self.path_edit, 1)
+        file_row.addWidget(self.browse_button)
+        layout.addRow("file", file_row)
+        layout.addRow("device", self.device_combo)
+
+    def refresh_models(self) -> None:
+        """Re-read the registry (keeps the current choice when it still exists)."""
+        current = self.model_combo.currentData()
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        for spec in list_models():
+            self.model_combo.addItem(f"{spec.name}  ({spec.source})", spec.name)
+            self.model_combo.setItemData(
+                self.model_combo.count() - 1, _describe(spec), Qt.ToolTipRole
+            )
+        self.model_combo.addItem(FILE_ENTRY, FILE_ENTRY)
+        index = self.model_combo.findData(current)
+        self.model_combo.setCurrentIndex(max(index, 0))
+        self.model_combo.blockSignals(False)
+        self._on_selection()
+
+    def model_names(self) -> list[str]:
+        """The registry names offered (without the checkpoint-file entry)."""
+        names = [self.model_combo.itemData(i) for i in range(self.model_combo.count())]
+        return [name for name in names if name != FILE_ENTRY]
+
+    def select_model(self, name: str) -> None:
+        """Choose the registry model ``name``, or a weights file when ``name`` is a path."""
+        index = self.model_combo.findData(name)
+        if index < 0 and Path(name).is_file():
+            self.path_edit.setText(str(name))
+            index = self.model_combo.findData(FILE_ENTRY)
+        if index < 0:
+            raise ValueError(
+                f"model {name!r} is not in the list {self.model_names()!r}; "
+                "refresh the list, or give the path of a weights file"
+            )
+        self.model_combo.setCurrentIndex(index)
+
+    def model_source(self) -> str | Path:
+        """The registry name, or the checkpoint path, to pass to ``load_model``."""
+        name = self.model_combo.currentData()
+        if name != FILE_ENTRY:
+            return name
+        text = self.path_edit.text().strip()
+        if not text:
+            raise ValueError("no checkpoint file chosen: click 'Browse…' or type its path")
+        return Path(text).expanduser()
+
+    def device(self) -> str:
+        """The chosen device name: 'auto', 'cpu', 'cuda' or 'mps'."""
+        return self.device_combo.currentText()
+
+    def _on_selection(self) -> None:
+        is_file = self.model_combo.currentData() == FILE_ENTRY
+        self.path_edit.setEnabled(is_file)
+        self.browse_button.setEnabled(is_file)
+        self.selection_changed.emit()
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "SAM weights", "", WEIGHT_FILES)
+        if path:
+            self.path_edit.setText(path)

@@ -1,0 +1,224 @@
+"""The layers the annotation widget creates and manages for one image.
+
+* ``<image> points``: Points layer of prompts; the ``label`` feature is ``"positive"``
+  (green) or ``"negative"`` (red); new points take the layer's current polarity.
+* ``<image> boxes``: Shapes layer of box prompts (rectangles; any shape counts by its
+  bounding box).
+* ``<image> current object``: Labels layer previewing what a commit would write.
+* ``<image> annotations``: Labels layer of committed objects (uint32, 0 = background).
+
+All four have the image's spatial shape, ``(H, W)`` or ``(Z, H, W)``, and its scale and
+translation, so layer data coordinates are image pixel coordinates: (row, col) or
+(plane, row, col). Prompts come back in napari (row, col) order; the widget converts
+them for SAM with :func:`napari_samtune.core.coords.napari_to_sam` only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from napari.layers import Labels, Points, Shapes
+from napari.utils.colormaps import DirectLabelColormap
+
+from napari_samtune._qt.image_planes import ImageAxes
+
+POSITIVE = "positive"
+NEGATIVE = "negative"
+POINT_COLORS = {POSITIVE: "#00e000", NEGATIVE: "#ff2020"}
+PREVIEW_COLORS = ("#a020ff", "#ff30ff")  # preview ids alternate violet / magenta
+
+
+@dataclass(frozen=True)
+class PlanePrompts:
+    """The prompts on one plane, in napari image pixel coordinates."""
+
+    points_rc: np.ndarray  # float (N, 2) point positions, (row, col)
+    positive: np.ndarray  # bool (N,) True for positive points
+    boxes_rc: np.ndarray  # float (M, 4) boxes as (row_min, col_min, row_max, col_max)
+
+    @property
+    def is_empty(self) -> bool:
+        return len(self.points_rc) == 0 and len(self.boxes_rc) == 0
+
+
+def _on_plane(coords: np.ndarray, plane: int | None) -> np.ndarray:
+    """Mask of the rows of ``coords`` (N, ndim) that lie on ``plane`` (all when 2D)."""
+    if plane is None or coords.shape[1] == 2:
+        return np.ones(len(coords), dtype=bool)
+    return np.rint(coords[:, 0]).astype(int) == plane
+
+
+def _preview_colormap() -> DirectLabelColormap:
+    """Magenta and violet by turns: a preview never looks like a committed object."""
+    colors = {i: PREVIEW_COLORS[i % 2] for i in range(1, 1024)}
+    return DirectLabelColormap(color_dict={None: PREVIEW_COLORS[1], 0: "transparent", **colors})
+
+
+class PromptLayers:
+    """Creates (or reuses, by name) the prompt, preview and annotation layers of one image."""
+
+    def __init__(self, viewer, image_layer, axes: ImageAxes) -> None:
+        self.viewer = viewer
+        self.axes = axes
+        self.ndim = len(axes.spatial_shape)
+        name = image_layer.name
+        self._placement = {
+            "scale": tuple(image_layer.scale[-self.ndim :]),
+            "translate": tuple(image_layer.translate[-self.ndim :]),
+        }
+        self.annotations_created = False
+        self.annotations = self._labels(f"{name} annotations", opacity=0.5, annotations=True)
+        self.preview = self._labels(f"{name} current object", opacity=0.7)
+        self.preview.colormap = _preview_colormap()
+        self.boxes = self._box_layer(f"{name} boxes")
+        self.points = self._point_layer(f"{name} points")
+
+    # -- creation ----------------------------------------------------------------------
+    def _existing(self, name: str, kind: type):
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        if isinstance(layer, kind) and layer.ndim == self.ndim:
+            if not isinstance(layer, Labels) or layer.data.shape == self.axes.spatial_shape:
+                return layer
+        if layer is not None:  # same name, wrong kind or shape: keep the user's layer
+            raise ValueError(
+                f"layer {name!r} exists but does not fit an image of spatial shape "
+                f"{self.axes.spatial_shape!r}; rename or delete it"
+            )
+        return None
+
+    def _labels(self, name: str, opacity: float, annotations: bool = False) -> Labels:
+        layer = self._existing(name, Labels)
+        if layer is None:
+            data = np.zeros(self.axes.spatial_shape, dtype=np.uint32)
+            layer = self.viewer.add_labels(data, name=name, opacity=opacity, **self._placement)
+            self.annotations_created |= annotations
+        return layer
+
+    def _point_layer(self, name: str) -> Points:
+        layer = self._existing(name, Points)
+        if layer is None:
+            features = pd.DataFrame({"label": pd.Categorical([], categories=[POSITIVE, NEGATIVE])})
+            layer = self.viewer.add_points(
+                np.zeros((0, self.ndim)),
+                ndim=self.ndim,
+                name=name,
+                features=features,
+                feature_defaults={"label": POSITIVE},
+                face_color="label",
+                face_color_cycle=POINT_COLORS,
+                border_color="white",
+                size=8,
+                **self._placement,
+            )
+        layer.mode = "add"
+        return layer
+
+    def _box_layer(self, name: str) -> Shapes:
+        layer = self._existing(name, Shapes)
+        if layer is None:
+            layer = self.viewer.add_shapes(
+                ndim=self.ndim,
+                name=name,
+                edge_color="#ffd000",
+                face_color="transparent",
+                edge_width=2,
+                **self._placement,
+            )
+        return layer
+
+    @property
+    def layers(self) -> tuple:
+        """The four managed layers: points, boxes, preview, annotations."""
+        return (self.points, self.boxes, self.preview, self.annotations)
+
+    # -- prompts -------------------------------------------------------------------------
+    @property
+    def positive_mode(self) -> bool:
+        """Whether newly added points are positive."""
+        return self.points.feature_defaults["label"].iloc[0] == POSITIVE
+
+    def set_positive_mode(self, positive: bool) -> bool:
+        """Set the polarity of new points, and of the selected points in select mode.
+
+        (In add mode napari selects each new point; those keep their polarity.)
+        Returns True if any existing point changed.
+        """
+        label = POSITIVE if positive else NEGATIVE
+        self.points.feature_defaults = {"label": label}
+        selected = sorted(self.points.selected_data) if self.points.mode == "select" else []
+        if not selected or (self.points.features.loc[selected, "label"] == label).all():
+            return False
+        features = self.points.features.copy()
+        features.loc[selected, "label"] = label
+        self.points.features = features
+        self.points.refresh_colors()
+        return True
+
+    def prompts(self, plane: int | None) -> PlanePrompts:
+        """The points and boxes on ``plane`` (None for a 2D image) that touch the image."""
+        coords = np.asarray(self.points.data, dtype=np.float64).reshape(-1, self.ndim)
+        height, width = self.axes.spatial_shape[-2:]
+        rows, cols = coords[:, -2], coords[:, -1]
+        inside = (rows >= -0.5) & (rows <= height - 0.5) & (cols >= -0.5) & (cols <= width - 0.5)
+        keep = _on_plane(coords, plane) & inside
+        labels = np.asarray(self.points.features["label"]) if len(coords) else np.array([])
+        boxes = []
+        for vertices in self.boxes.data:
+            vertices = np.asarray(vertices, dtype=np.float64)
+            low, high = vertices[:, -2:].min(axis=0), vertices[:, -2:].max(axis=0)
+            overlaps = (high >= -0.5).all() and low[0] <= height - 0.5 and low[1] <= width - 0.5
+            if _on_plane(vertices[:1], plane)[0] and overlaps:
+                boxes.append(np.concatenate([low, high]))
+        return PlanePrompts(
+            points_rc=coords[keep][:, -2:],
+            positive=(labels[keep] == POSITIVE) if len(coords) else np.zeros(0, dtype=bool),
+            boxes_rc=np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+        )
+
+    def prompts_record(self) -> dict:
+        """All current prompts as JSON-ready lists (napari layer coordinates)."""
+        labels = list(self.points.features["label"].astype(str)) if len(self.points.data) else []
+        return {
+            "points": np.asarray(self.points.data).reshape(-1, self.ndim).tolist(),
+            "point_labels": labels,
+            "boxes": [np.asarray(v).tolist() for v in self.boxes.data],
+        }
+
+    def clear_prompts(self) -> None:
+        """Remove every point and box."""
+        if len(self.points.data):
+            self.points.data = np.zeros((0, self.ndim))
+        if len(self.boxes.data):
+            self.boxes.data = []
+
+    # -- preview ------------------------------------------------------------------------------
+    def preview_plane(self, plane: int | None) -> np.ndarray:
+        """A view (not a copy) of the preview labels of ``plane``: uint32 (H, W)."""
+        data = self.preview.data
+        return data if plane is None else data[plane]
+
+    def set_preview(self, plane: int | None, labels: np.ndarray | None) -> None:
+        """Show ``labels`` (uint32 (H, W), or None to empty it) as the preview of ``plane``."""
+        target = self.preview_plane(plane)
+        target[...] = 0 if labels is None else labels
+        self.preview.refresh()
+
+    def clear_preview(self) -> None:
+        """Empty the preview on every plane."""
+        self.preview.data[...] = 0
+        self.preview.refresh()
+
+    def preview_planes(self) -> list[int | None]:
+        """The planes where the preview is not empty (``[None]`` for a non-empty 2D preview)."""
+        data = self.preview.data
+        if not self.axes.is_stack:
+            return [None] if data.any() else []
+        return [int(z) for z in np.flatnonzero(data.reshape(len(data), -1).any(axis=1))]
+
+    def remove_helpers(self) -> None:
+        """Remove the prompt and preview layers from the viewer (annotations stay)."""
+        for layer in (self.points, self.boxes, self.preview):
+            if layer in self.viewer.layers:  # (membership uses ==, which sees through proxies)
+                self.viewer.layers.remove(layer)

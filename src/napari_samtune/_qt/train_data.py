@@ -1,0 +1,268 @@
+"""Where training data comes from: (image layer, labels layer) pairs and TIFF folders.
+
+A :class:`PairSourceWidget` holds a list of layer pairs chosen in the viewer and,
+optionally, an image folder and a labels folder. Its ``check()`` runs the core's
+checks (:func:`napari_samtune.core.data.prepare_pair` and
+:func:`~napari_samtune.core.data.load_pairs`) and writes every problem in red
+under the field that causes it, before any training starts.
+
+Layers are never modified: :meth:`PairSourceWidget.snapshot` copies their data,
+so the worker trains on what was there at Start while the user keeps annotating.
+A stack (labels with one more axis than a 2D image) becomes one pair per plane
+that has objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from napari.layers import Image, Labels
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_samtune.core.data import ImageLabelPair, load_pairs, pair_files, prepare_pair
+
+ERROR_STYLE = "color: #ff6b6b;"
+
+
+def error_label() -> QLabel:
+    """A red, word-wrapped label that is hidden while it has no text."""
+    label = QLabel("")
+    label.setStyleSheet(ERROR_STYLE)
+    label.setWordWrap(True)
+    label.setVisible(False)
+    return label
+
+
+def show_problem(label: QLabel, message: str) -> None:
+    """Show ``message`` in ``label`` (hide the label when the message is empty)."""
+    label.setText(message)
+    label.setVisible(bool(message))
+
+
+@dataclass(frozen=True)
+class FolderSource:
+    """Paired TIFF files: an image folder and a labels folder (paired by file name)."""
+
+    images: Path  # folder (or glob) of image TIFFs
+    labels: Path  # folder (or glob) of label TIFFs
+
+
+def layer_pairs(image_layer: Image, labels_layer: Labels, copy: bool = False) -> list:
+    """The :class:`ImageLabelPair` s of two layers; stacks give one pair per plane with objects.
+
+    Args:
+        image_layer: (H, W), (H, W, 3|4) when ``rgb``, or a stack (N, H, W[, 3|4]).
+        labels_layer: (H, W) or (N, H, W) integer instance labels.
+        copy: copy the arrays (a snapshot that later edits of the layers cannot change).
+    """
+    image, labels = np.asarray(image_layer.data), np.asarray(labels_layer.data)
+    if copy:
+        image, labels = image.copy(), labels.copy()
+    name = f"{image_layer.name} / {labels_layer.name}"
+    image_planar_ndim = 3 if image_layer.rgb else 2
+    is_stack = labels.ndim == 3 and image.ndim == image_planar_ndim + 1
+    if not is_stack or image.shape[0] != labels.shape[0]:
+        return [ImageLabelPair(image, labels, name=name)]
+    planes = [i for i in range(labels.shape[0]) if labels[i].any()]
+    planes = planes or [0]  # no objects anywhere: the core's check says so for plane 0
+    return [ImageLabelPair(image[i], labels[i], name=f"{name} plane {i}") for i in planes]
+
+
+class PairSourceWidget(QWidget):
+    """Layer pairs added one by one, plus an optional pair of TIFF folders.
+
+    Args:
+        viewer: the napari viewer whose layers are offered.
+        title: what the data is for, e.g. "training" (used in messages).
+    """
+
+    def __init__(self, viewer, title: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.title = title
+        self._pairs: list[tuple[Image, Labels | Image]] = []
+        self._build()
+        self.add_button.clicked.connect(self.add_current_pair)
+        self.remove_button.clicked.connect(self.remove_selected_pair)
+        self.image_dir_button.clicked.connect(lambda: self._browse(self.image_dir_edit))
+        self.labels_dir_button.clicked.connect(lambda: self._browse(self.labels_dir_edit))
+        for edit in (self.image_dir_edit, self.labels_dir_edit):
+            edit.editingFinished.connect(self.check_folders)
+        viewer.layers.events.inserted.connect(self.refresh_layer_choices)
+        viewer.layers.events.removed.connect(self._on_layer_removed)
+        viewer.layers.events.renamed.connect(self._on_layer_renamed)
+        self.refresh_layer_choices()
+
+    def _build(self) -> None:
+        self.image_combo, self.labels_combo = QComboBox(), QComboBox()
+        self.add_button = QPushButton("Add pair")
+        self.pair_error = error_label()
+        self.pair_list = QListWidget()
+        self.pair_list.setMaximumHeight(90)
+        self.remove_button = QPushButton("Remove selected pair")
+        self.list_error = error_label()
+        self.image_dir_edit, self.labels_dir_edit = QLineEdit(), QLineEdit()
+        self.image_dir_edit.setPlaceholderText("folder of image .tif files (optional)")
+        self.labels_dir_edit.setPlaceholderText("folder of label .tif files, same names")
+        self.image_dir_button, self.labels_dir_button = QPushButton("…"), QPushButton("…")
+        self.folder_error = error_label()
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        form = QFormLayout()
+        form.addRow("image layer", self.image_combo)
+        form.addRow("labels layer", _row(self.labels_combo, self.add_button))
+        layout.addLayout(form)
+        layout.addWidget(self.pair_error)
+        layout.addWidget(self.pair_list)
+        layout.addWidget(self.remove_button)
+        layout.addWidget(self.list_error)
+        folders = QFormLayout()
+        folders.addRow("image folder", _row(self.image_dir_edit, self.image_dir_button))
+        folders.addRow("labels folder", _row(self.labels_dir_edit, self.labels_dir_button))
+        layout.addLayout(folders)
+        layout.addWidget(self.folder_error)
+
+    # -- layer pairs ----------------------------------------------------------------------
+    def refresh_layer_choices(self, event=None) -> None:
+        """Offer the viewer's current image and labels layers (keeps the choices made)."""
+        layers = list(self.viewer.layers)
+        images = [layer.name for layer in layers if isinstance(layer, Image)]
+        # A mask file opened by drag and drop becomes an Image layer: offer those too.
+        labels = [layer.name for layer in layers if isinstance(layer, Labels)]
+        labels += [layer.name for layer in layers if isinstance(layer, Image) and not layer.rgb]
+        for combo, names in ((self.image_combo, images), (self.labels_combo, labels)):
+            current = combo.currentText()
+            combo.clear()
+            combo.addItems(names)
+            if current in names:
+                combo.setCurrentText(current)
+
+    def add_current_pair(self) -> bool:
+        """Add the pair chosen in the two combo boxes if the core accepts it; returns success."""
+        image_name, labels_name = self.image_combo.currentText(), self.labels_combo.currentText()
+        if not image_name or not labels_name:
+            show_problem(self.pair_error, "add an image layer and a labels layer to the viewer")
+            return False
+        pair = (self.viewer.layers[image_name], self.viewer.layers[labels_name])
+        if any(p[0] is pair[0] and p[1] is pair[1] for p in self._pairs):
+            show_problem(self.pair_error, f"{image_name} / {labels_name} is already in the list")
+            return False
+        problem = _problem_of(pair)
+        show_problem(self.pair_error, problem)
+        if problem:
+            return False
+        self._pairs.append(pair)
+        self._refresh_list()
+        return True
+
+    def remove_selected_pair(self) -> None:
+        row = self.pair_list.currentRow()
+        if 0 <= row < len(self._pairs):
+            del self._pairs[row]
+            self._refresh_list()
+        show_problem(self.list_error, "")
+
+    @property
+    def layer_pairs(self) -> list[tuple[Image, Labels]]:
+        """The (image layer, labels layer) pairs in the list."""
+        return list(self._pairs)
+
+    def _refresh_list(self) -> None:
+        self.pair_list.clear()
+        self.pair_list.addItems(
+            [f"{image.name}  ⟷  {labels.name}" for image, labels in self._pairs]
+        )
+
+    def _on_layer_removed(self, event) -> None:
+        removed = event.value
+        self._pairs = [p for p in self._pairs if removed not in p]
+        self._refresh_list()
+        self.refresh_layer_choices()
+
+    def _on_layer_renamed(self, event=None) -> None:
+        self._refresh_list()
+        self.refresh_layer_choices()
+
+    # -- folders --------------------------------------------------------------------------
+    def _browse(self, edit: QLineEdit) -> None:
+        folder = QFileDialog.getExistingDirectory(self, f"{self.title} folder", edit.text())
+        if folder:
+            edit.setText(folder)
+            self.check_folders()
+
+    def folder_source(self) -> FolderSource | None:
+        """The two folders, or None when neither is set."""
+        images, labels = self.image_dir_edit.text().strip(), self.labels_dir_edit.text().strip()
+        if not images and not labels:
+            return None
+        return FolderSource(Path(images).expanduser(), Path(labels).expanduser())
+
+    def check_folders(self) -> bool:
+        """Read and check the folder pairs (core checks); shows the problem in red."""
+        problem = ""
+        texts = [edit.text().strip() for edit in (self.image_dir_edit, self.labels_dir_edit)]
+        try:
+            if any(texts) and not all(texts):
+                raise ValueError("set both the image folder and the labels folder, or neither")
+            source = self.folder_source()
+            if source is not None:
+                for pair in load_pairs(source.images, source.labels):
+                    prepare_pair(pair)
+        except (ValueError, TypeError, OSError) as err:
+            problem = f"{self.title} folders: {err}"
+        show_problem(self.folder_error, problem)
+        return not problem
+
+    # -- everything -----------------------------------------------------------------------
+    def is_empty(self) -> bool:
+        return not self._pairs and self.folder_source() is None
+
+    def check(self) -> bool:
+        """Check every pair and the folders with the core; True when all are usable."""
+        problems = [p for p in map(_problem_of, self._pairs) if p]
+        show_problem(self.list_error, "\n".join(problems))
+        folders_ok = self.check_folders()
+        return not problems and folders_ok
+
+    def snapshot(self) -> tuple[list[ImageLabelPair], FolderSource | None]:
+        """Copies of the layer pairs' data, and the folders (read by the worker)."""
+        pairs = [p for image, labels in self._pairs for p in layer_pairs(image, labels, True)]
+        return pairs, self.folder_source()
+
+
+def _problem_of(pair: tuple[Image, Labels]) -> str:
+    """The core's complaint about a layer pair, or ""."""
+    try:
+        for sample in layer_pairs(*pair):
+            prepare_pair(sample)
+    except (ValueError, TypeError) as err:
+        return str(err)
+    return ""
+
+
+def _row(*widgets: QWidget) -> QHBoxLayout:
+    row = QHBoxLayout()
+    for widget in widgets:
+        row.addWidget(widget)
+    return row
+
+
+def load_folder_pairs(source: FolderSource | None) -> list[ImageLabelPair]:
+    """Read a folder source's TIFF pairs (call it in the worker); [] for None."""
+    if source is None:
+        return []
+    pair_files(source.images, source.labels)  # pairing errors before reading any file
+    return load_pairs(source.images, source.labels)

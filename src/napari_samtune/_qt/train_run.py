@@ -1,0 +1,84 @@
+"""What the training worker runs, and where its result goes afterwards.
+
+:func:`iter_training_job` runs in a napari thread worker: it reads the TIFF
+folders (slow file reading stays off the main thread), then yields the core's
+training events from :func:`napari_samtune.core.train.iter_train` unchanged.
+It receives copies of the layer data, never layers.
+
+:func:`annotation_widgets` finds the "Annotate with SAM" widgets docked in the
+same viewer, so a finished model can be offered there at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from napari_samtune._qt.train_data import FolderSource, load_folder_pairs
+from napari_samtune.core.data import ImageLabelPair
+from napari_samtune.core.presets import TrainConfig
+from napari_samtune.core.train import TrainEvent, iter_train
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """Everything one training run needs, fixed when Start is pressed."""
+
+    config: TrainConfig  # checked by the core
+    train_pairs: tuple[ImageLabelPair, ...]  # copies of the chosen layers' data
+    train_folders: FolderSource | None  # TIFF folders, read by the worker
+    val_pairs: tuple[ImageLabelPair, ...]  # empty: held out automatically ...
+    val_folders: FolderSource | None  # ... unless folders are given
+    out_dir: Path  # the run's folder (checkpoints, metrics, model.pth)
+    model_name: str  # user-model name the result is registered under
+
+
+def iter_training_job(request: TrainRequest, stop_event: threading.Event) -> Iterator[TrainEvent]:
+    """Read folder data, then yield every event of the core's training run."""
+    train_data = [*request.train_pairs, *load_folder_pairs(request.train_folders)]
+    val_data = [*request.val_pairs, *load_folder_pairs(request.val_folders)]
+    yield from iter_train(
+        request.config,
+        train_data,
+        val_data or None,
+        out_dir=request.out_dir,
+        stop_event=stop_event,
+        model_name=request.model_name,
+    )
+
+
+def run_folder(output_folder: Path, model_name: str) -> Path:
+    """A folder for a new run under ``output_folder`` that no earlier run has used."""
+    folder, n = output_folder / model_name, 1
+    while folder.exists() and any(folder.iterdir()):
+        n += 1
+        folder = output_folder / f"{model_name}-{n}"
+    return folder
+
+
+def annotation_widgets(viewer) -> list:
+    """The annotation widgets (``AnnotateWidget``) docked in ``viewer``'s window."""
+    from napari_samtune._qt.annotate import AnnotateWidget
+
+    window = getattr(viewer, "window", None)
+    try:
+        docked = list(window.dock_widgets.values())
+    except (AttributeError, RuntimeError):  # no window (headless viewer) or closing
+        return []
+    return [widget for widget in docked if isinstance(widget, AnnotateWidget)]
+
+
+def offer_model(viewer, name: str, use_it: bool) -> int:
+    """Refresh the model lists of the docked annotation widgets; select + load ``name``.
+
+    Returns how many annotation widgets were updated.
+    """
+    widgets = annotation_widgets(viewer)
+    for widget in widgets:
+        widget.refresh_models()
+        if use_it:
+            widget.select_model(name)
+            widget.load_model()
+    return len(widgets)

@@ -1,0 +1,341 @@
+"""What to finetune and how: resource preset, model, and the advanced settings.
+
+The preset defaults to the one :func:`~napari_samtune.core.presets.detect_preset`
+picks for this machine; a line under it says what it means for the chosen model
+(what trains, objects per batch, expected memory). Choosing a preset or a model
+refills the advanced fields with that preset's values for that model; the user
+may then change them. :meth:`TrainSettingsWidget.build_config` turns everything
+into a :class:`~napari_samtune.core.presets.TrainConfig` through
+:func:`~napari_samtune.core.presets.config_from_preset`, which refuses settings
+the preset cannot fit.
+
+A weights file's architecture is read in a background worker (large files take
+seconds); registry models are looked up at once.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QCollapsible
+
+from napari_samtune._qt.model_picker import ModelPickerWidget
+from napari_samtune._qt.train_data import error_label, show_problem
+from napari_samtune._qt.workers import TaskRunner, user_message
+from napari_samtune.core.architectures import SamArchitecture
+from napari_samtune.core.presets import (
+    MODEL_PARTS,
+    PRESETS,
+    MachineResources,
+    ResourcePreset,
+    TrainConfig,
+    config_from_preset,
+    detect_preset,
+    get_preset,
+    measure_machine,
+)
+from napari_samtune.core.registry import get_model_spec, user_models_dir
+
+READ_TASK = "reading model file"
+PART_LABELS = {"image_encoder": "image encoder", "prompt_encoder": "prompt encoder",
+               "mask_decoder": "mask decoder"}  # fmt: skip
+
+
+def default_output_folder() -> Path:
+    """Training runs go next to the user models folder: ``<user data>/training``."""
+    return user_models_dir().parent / "training"
+
+
+def _spin(low: int, high: int, special: str = "") -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(low, high)
+    if special:
+        box.setSpecialValueText(special)  # shown for the minimum value
+    return box
+
+
+def _row(*widgets: QWidget) -> QHBoxLayout:
+    row = QHBoxLayout()
+    for widget in widgets:
+        row.addWidget(widget)
+    return row
+
+
+def describe_preset(preset: ResourcePreset, model: str, arch: SamArchitecture) -> str:
+    """One line: what ``preset`` does with ``model`` on this machine."""
+    setting = preset.setting_for(arch)
+    frozen = [PART_LABELS[p] for p in setting.freeze]
+    trains = f"{', '.join(frozen)} frozen" if frozen else "all parts trained"
+    batch = f", {setting.batch_size} patches per step" if setting.batch_size > 1 else ""
+    memory = "GPU memory" if preset.device == "cuda" else "RAM"
+    return (
+        f"{model} ({arch.name}) on {preset.device}: {trains}, {setting.n_objects_per_batch} "
+        f"objects per batch{batch}; expected memory up to {preset.memory_gb:g} GB {memory}"
+    )
+
+
+class TrainSettingsWidget(QWidget):
+    """Preset, model and (collapsible) advanced settings of a finetuning run.
+
+    Args:
+        machine: measured resources for preset detection; measured here when None.
+    """
+
+    architecture_known = Signal()  # the chosen model's architecture was (re)determined
+
+    def __init__(self, machine: MachineResources | None = None, parent=None) -> None:
+        super().__init__(parent)
+        machine = machine or measure_machine()
+        self.detected, self.detect_reason = detect_preset(
+            machine.gpu_memory_gb, machine.ram_gb, machine.n_cores
+        )
+        self._architectures: dict[str, SamArchitecture] = {}  # weights file -> architecture
+        self._read_error: tuple[str, str] | None = None  # (file, why it cannot be used)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(self._build_main())
+        layout.addWidget(self._build_advanced())
+        self.runner = TaskRunner(self.read_bar, self.read_label)
+        self.preset_combo.currentIndexChanged.connect(self.apply_defaults)
+        self.model_picker.selection_changed.connect(self._on_model_changed)
+        self.model_picker.path_edit.editingFinished.connect(lambda: self._on_model_changed(True))
+        self.out_dir_button.clicked.connect(self._browse_output)
+        self._on_model_changed()
+
+    def _build_main(self) -> QFormLayout:
+        self.preset_combo = QComboBox()
+        for preset in PRESETS:
+            detected = " (detected)" if preset is self.detected else ""
+            self.preset_combo.addItem(f"{preset.name}{detected}", preset.key)
+        self.preset_combo.setCurrentIndex(self.preset_combo.findData(self.detected.key))
+        self.preset_combo.setToolTip(self.detect_reason)
+        self.preset_label = QLabel("")
+        self.preset_label.setWordWrap(True)
+        self.model_picker = ModelPickerWidget()
+        self.read_bar, self.read_label = QProgressBar(), QLabel("")
+        self.settings_error = error_label()
+        form = QFormLayout()
+        form.addRow("preset", self.preset_combo)
+        form.addRow(self.preset_label)
+        form.addRow(self.model_picker)
+        form.addRow(self.read_bar)
+        form.addRow(self.read_label)
+        form.addRow(self.settings_error)
+        return form
+
+    def _build_advanced(self) -> QCollapsible:
+        self.epochs_spin = _spin(1, 100000)
+        self.lr_edit = QLineEdit()
+        self.objects_spin = _spin(1, 10000)
+        self.samples_spin = _spin(1, 1000000)
+        self.patch_spin = _spin(0, 8192, "model input size")
+        self.patch_spin.setSingleStep(64)
+        self.freeze_checks = {part: QCheckBox(PART_LABELS[part]) for part in MODEL_PARTS}
+        self.lora_spin = _spin(0, 1024, "no LoRA")
+        self.early_spin = _spin(0, 100000, "never")
+        self.early_spin.setSuffix(" epochs")
+        self.early_spin.setToolTip("stop after this many epochs without a better validation IoU")
+        self.out_dir_edit = QLineEdit(str(default_output_folder()))
+        self.out_dir_button = QPushButton("…")
+        self.name_edit = QLineEdit()
+        self.name_edit.setPlaceholderText("automatic: <model>-finetuned-<date>")
+        content = QWidget()
+        form = QFormLayout(content)
+        form.addRow("epochs", self.epochs_spin)
+        form.addRow("learning rate", self.lr_edit)
+        form.addRow("objects per batch", self.objects_spin)
+        form.addRow("patches per epoch", self.samples_spin)
+        form.addRow("patch size", self.patch_spin)
+        freeze = QVBoxLayout()  # stacked: side by side they would widen the whole dock
+        for check in self.freeze_checks.values():
+            freeze.addWidget(check)
+        form.addRow("freeze", freeze)
+        form.addRow("LoRA rank", self.lora_spin)
+        form.addRow("early stopping", self.early_spin)
+        form.addRow("output folder", _row(self.out_dir_edit, self.out_dir_button))
+        form.addRow("new model name", self.name_edit)
+        self.advanced = QCollapsible("Advanced settings")
+        self.advanced.addWidget(content)
+        return self.advanced
+
+    # -- preset and model -----------------------------------------------------------------
+    @property
+    def preset(self) -> ResourcePreset:
+        return get_preset(self.preset_combo.currentData())
+
+    def model_text(self) -> str:
+        """The model as ``TrainConfig.model`` takes it: a registry name or a file path."""
+        return str(self.model_picker.model_source())
+
+    def architecture(self) -> SamArchitecture | None:
+        """The chosen model's architecture; None while unknown (file unread or unreadable)."""
+        try:
+            source = self.model_picker.model_source()
+        except ValueError:
+            return None
+        if isinstance(source, Path):
+            return self._architectures.get(str(source))
+        try:
+            return get_model_spec(source).resolve_architecture()
+        except ValueError:  # a user model removed or broken since the list was read
+            return None
+
+    def _on_model_changed(self, retry: bool = False) -> None:
+        problem = self._architecture_problem()
+        path = self._file()
+        if path is not None and path.is_file() and str(path) not in self._architectures:
+            if retry or self._read_error is None or self._read_error[0] != str(path):
+                self._read_architecture(path)
+                return
+        if problem:
+            self._show_settings_problem(problem)
+            return
+        self.apply_defaults()
+
+    def _read_architecture(self, path: Path) -> None:
+        if self.runner.is_running(READ_TASK):  # look again once the current read ends
+            self.runner.worker(READ_TASK).finished.connect(self._on_model_changed)
+            return
+        from napari_samtune.core.model_source import architecture_of
+
+        self.preset_label.setText(f"reading {path.name}…")
+
+        def remember(arch: SamArchitecture) -> None:
+            self._architectures[str(path)] = arch
+            self._on_model_changed()
+
+        def failed(err: BaseException) -> None:
+            self._read_error = (str(path), f"cannot use {str(path)!r}: {user_message(err)}")
+            self._on_model_changed()
+
+        self.runner.start(
+            READ_TASK, architecture_of, str(path), on_return=remember, on_error=failed
+        )
+
+    def apply_defaults(self, _index=None) -> None:
+        """Fill the advanced fields with the preset's values for the chosen model."""
+        problem = self._architecture_problem()
+        if problem:
+            self._show_settings_problem(problem)
+            return
+        arch, preset = self.architecture(), self.preset
+        try:
+            shown = Path(self.model_text()).name if self._file() else self.model_text()
+            self.preset_label.setText(describe_preset(preset, shown, arch))
+            base = config_from_preset(preset, self.model_text(), arch, check=False)
+        except ValueError as err:
+            self._show_settings_problem(str(err))
+            return
+        show_problem(self.settings_error, "")
+        self._show_config(base)
+        self.architecture_known.emit()
+
+    def _file(self) -> Path | None:
+        """The chosen weights file, or None (a registry model, or no file typed yet)."""
+        try:
+            source = self.model_picker.model_source()
+        except ValueError:
+            return None
+        return source if isinstance(source, Path) else None
+
+    def _architecture_problem(self) -> str:
+        """Why the chosen model's architecture is unknown, or ""."""
+        try:
+            source = self.model_picker.model_source()
+        except ValueError as err:
+            return str(err)
+        if not isinstance(source, Path):
+            try:
+                get_model_spec(source)
+            except ValueError as err:
+                return f"{err}; refresh the model list (↻)"
+            return ""
+        if str(source) in self._architectures:
+            return ""
+        if not source.is_file():
+            return f"checkpoint file {str(source)!r} does not exist; check the path"
+        if self._read_error is not None and self._read_error[0] == str(source):
+            return self._read_error[1]
+        return f"reading {source.name}…"
+
+    def _show_settings_problem(self, message: str) -> None:
+        self.preset_label.setText(self.preset.name)
+        show_problem(self.settings_error, message)
+
+    def _show_config(self, config: TrainConfig) -> None:
+        self.epochs_spin.setValue(config.epochs)
+        self.lr_edit.setText(f"{config.learning_rate:g}")
+        self.objects_spin.setValue(config.n_objects_per_batch)
+        self.samples_spin.setValue(config.min_samples_per_epoch)
+        self.patch_spin.setValue(config.patch_size or 0)
+        for part, check in self.freeze_checks.items():
+            check.setChecked(part in config.freeze)
+        self.lora_spin.setValue(config.lora_rank)
+        self.early_spin.setValue(config.early_stopping or 0)
+
+    # -- the result -----------------------------------------------------------------------
+    def overrides(self) -> dict:
+        """The advanced fields as ``TrainConfig`` overrides; ValueError for a bad entry."""
+        text = self.lr_edit.text().strip()
+        try:
+            learning_rate = float(text)
+        except ValueError:
+            raise ValueError(
+                f"learning rate {text!r} is not a number; write it like 1e-5 or 0.0001"
+            ) from None
+        device = self.model_picker.device()
+        return {
+            "epochs": self.epochs_spin.value(),
+            "learning_rate": learning_rate,
+            "n_objects_per_batch": self.objects_spin.value(),
+            "min_samples_per_epoch": self.samples_spin.value(),
+            "patch_size": self.patch_spin.value() or None,
+            "freeze": tuple(p for p, check in self.freeze_checks.items() if check.isChecked()),
+            "lora_rank": self.lora_spin.value(),
+            "early_stopping": self.early_spin.value() or None,
+            "device": self.preset.device if device == "auto" else device,
+        }
+
+    def build_config(self) -> TrainConfig:
+        """The run's config (the core's checks included); ValueError/TypeError when refused."""
+        problem = self._architecture_problem()
+        if problem:
+            raise ValueError(problem)
+        return config_from_preset(
+            self.preset, self.model_text(), self.architecture(), **self.overrides()
+        )
+
+    def model_name(self) -> str:
+        """The name the new model gets: the field's text, else ``<model>-finetuned-<time>``."""
+        text = self.name_edit.text().strip()
+        if text:
+            return text
+        from napari_samtune.core.train_export import unique_model_name
+
+        base = Path(self.model_text()).stem if self._file() is not None else self.model_text()
+        return unique_model_name(f"{base}-finetuned-{datetime.now():%Y%m%d-%H%M}")
+
+    def output_folder(self) -> Path:
+        text = self.out_dir_edit.text().strip()
+        return Path(text).expanduser() if text else default_output_folder()
+
+    def _browse_output(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Output folder", self.out_dir_edit.text())
+        if folder:
+            self.out_dir_edit.setText(folder)

@@ -1,0 +1,311 @@
+"""The training dock widget: finetune SAM on the annotations in the viewer, then use the model.
+
+Open it from Plugins > SAM tune > Finetune SAM. Pick (image, labels) layer pairs
+and/or TIFF folders, a preset (the detected one by default) and a model, press
+Start. Training runs in a napari thread worker fed by the core's
+:func:`~napari_samtune.core.train.iter_train` generator; its events move the
+progress bar and the live plot on the main thread, so the viewer stays usable.
+Stop asks the core to finish the current step, write a checkpoint and export
+the model. The finished model is registered as a user model by the core; this
+widget then refreshes the model list of the "Annotate with SAM" widget (and,
+if asked, loads the new model there) and says where the model was saved.
+
+The widget never modifies a layer: the worker trains on copies of their data.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QFrame,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_samtune._qt.train_data import PairSourceWidget, error_label, show_problem
+from napari_samtune._qt.train_plot import TrainingPlotWidget
+from napari_samtune._qt.train_run import (
+    TrainRequest,
+    iter_training_job,
+    offer_model,
+    run_folder,
+)
+from napari_samtune._qt.train_settings import TrainSettingsWidget
+from napari_samtune._qt.workers import TaskRunner, user_message
+from napari_samtune.core.presets import MachineResources, TrainConfig
+from napari_samtune.core.train import EpochDone, StepDone, TrainingFinished, TrainingStarted
+from napari_samtune.core.train_export import check_model_name
+
+TRAIN_TASK = "training"
+
+
+def format_duration(seconds: float) -> str:
+    """``"1:02:03"`` / ``"2:03"``; ``"?"`` while unknown (NaN, negative)."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class TrainWidget(QWidget):
+    """Dock widget: finetune SAM on annotated layers or TIFF folders of ``viewer``.
+
+    Args:
+        viewer: the napari viewer.
+        machine: resources to detect the default preset from; measured when None.
+    """
+
+    training_started = Signal(object)  # TrainingStarted
+    epoch_done = Signal(object)  # EpochDone
+    training_finished = Signal(object)  # TrainingFinished (also after Stop)
+    run_ended = Signal()  # the worker ended: finished, stopped or failed
+
+    def __init__(self, viewer, machine: MachineResources | None = None, parent=None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.stop_event: threading.Event | None = None
+        self.started: TrainingStarted | None = None  # the running (or last) run
+        self.result: TrainingFinished | None = None  # the last finished run
+        self.train_data = PairSourceWidget(viewer, "training")
+        self.val_data = PairSourceWidget(viewer, "validation")
+        self.settings = TrainSettingsWidget(machine)
+        self.plot = TrainingPlotWidget()
+        self._build_layout()
+        self.runner = TaskRunner(self.progress_bar, self.status_label)
+        self.start_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.stop)
+        self.separate_val_check.toggled.connect(self._on_separate_validation)
+        self._on_separate_validation(False)
+        self._set_running(False)
+
+    def _build_layout(self) -> None:
+        """What to train on and with scrolls; the run's controls and plot stay in view."""
+        layout = QVBoxLayout(self)
+        self.setup_area = QScrollArea()
+        self.setup_area.setWidgetResizable(True)
+        self.setup_area.setFrameShape(QFrame.NoFrame)
+        self.setup_area.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.setup_area.setWidget(self._setup_panel())
+        layout.addWidget(self.setup_area, 3)
+        self.start_button, self.stop_button = QPushButton("Start"), QPushButton("Stop")
+        self.start_error = error_label()
+        row = QHBoxLayout()
+        row.addWidget(self.start_button)
+        row.addWidget(self.stop_button)
+        layout.addLayout(row)
+        layout.addWidget(self.start_error)
+        self.progress_bar, self.status_label = QProgressBar(), QLabel("")
+        self.status_label.setWordWrap(True)
+        self.result_label = QLabel("")
+        self.result_label.setWordWrap(True)
+        self.use_model_check = QCheckBox("use the new model for annotation")
+        self.use_model_check.setChecked(True)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status_label)
+        layout.addWidget(self.plot, 2)
+        layout.addWidget(self.use_model_check)
+        layout.addWidget(self.result_label)
+
+    def _setup_panel(self) -> QWidget:
+        panel = QWidget()
+        layout = QVBoxLayout(panel)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(_group("Training data", self.train_data))
+        self.separate_val_check = QCheckBox("separate validation data")
+        self.val_hint = QLabel(
+            f"without it, {TrainConfig().val_fraction:.0%} of the training images are held out "
+            "for validation (of a single image: that share of its area)"
+        )
+        self.val_hint.setWordWrap(True)
+        layout.addWidget(
+            _group("Validation data", self.separate_val_check, self.val_hint, self.val_data)
+        )
+        layout.addWidget(_group("Model", self.settings))
+        layout.addStretch(1)
+        return panel
+
+    def _on_separate_validation(self, checked: bool) -> None:
+        self.val_data.setVisible(checked)
+        self.val_hint.setVisible(not checked)
+
+    # -- start / stop ---------------------------------------------------------------------
+    @property
+    def is_running(self) -> bool:
+        return self.runner.is_running(TRAIN_TASK)
+
+    def start(self):
+        """Check everything and start training in the background; returns the worker or None."""
+        if self.is_running:
+            show_warning("training is already running: stop it (or wait) before starting again")
+            return None
+        request = self._request()
+        if request is None:
+            return None
+        self.stop_event = threading.Event()
+        self.result = self.started = None
+        self.plot.clear(max_epochs=request.config.epochs)
+        self.result_label.setText("")
+        self._set_running(True)
+        worker = self.runner.start(
+            TRAIN_TASK,
+            iter_training_job,
+            request,
+            self.stop_event,
+            on_yield=self._on_event,
+            on_error=self._on_error,
+            on_finish=self._on_run_ended,
+        )
+        self.status_label.setText(f"loading {request.config.model} and preparing the data…")
+        return worker
+
+    def stop(self) -> None:
+        """Ask the run to stop after its current step (it then saves and exports the model)."""
+        if not self.is_running or self.stop_event is None:
+            return
+        self.stop_event.set()
+        self.stop_button.setEnabled(False)
+        self.status_label.setText("stopping after this step: saving and exporting the model…")
+
+    def _request(self) -> TrainRequest | None:
+        """Everything for a run, or None after showing what is wrong (in red, and notified)."""
+        problems = self._data_problems()
+        try:
+            config = self.settings.build_config()
+            model_name = check_model_name(self.settings.model_name())
+        except (ValueError, TypeError) as err:
+            show_problem(self.settings.settings_error, str(err))
+            problems.append(str(err))
+        if problems:
+            show_problem(self.start_error, "cannot start: fix the problems marked in red")
+            show_error("cannot start training: " + problems[0])
+            return None
+        show_problem(self.start_error, "")
+        train_pairs, train_folders = self.train_data.snapshot()
+        val_pairs, val_folders = self.val_data.snapshot() if self._separate_val() else ([], None)
+        return TrainRequest(
+            config, tuple(train_pairs), train_folders, tuple(val_pairs), val_folders,
+            run_folder(self.settings.output_folder(), model_name), model_name,
+        )  # fmt: skip
+
+    def _separate_val(self) -> bool:
+        return self.separate_val_check.isChecked() and not self.val_data.is_empty()
+
+    def _data_problems(self) -> list[str]:
+        problems = []
+        if self.train_data.is_empty():
+            message = "add at least one (image layer, labels layer) pair, or training folders"
+            show_problem(self.train_data.list_error, message)
+            problems.append(message)
+        elif not self.train_data.check():
+            problems.append("training data: see the messages in red")
+        if self._separate_val() and not self.val_data.check():
+            problems.append("validation data: see the messages in red")
+        return problems
+
+    def _set_running(self, running: bool) -> None:
+        self.start_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+        self.setup_area.widget().setEnabled(not running)  # a run keeps the settings it began with
+
+    # -- events from the worker (main thread) ---------------------------------------------
+    def _on_event(self, event) -> None:
+        if isinstance(event, StepDone):
+            self._on_step(event)
+        elif isinstance(event, EpochDone):
+            self._on_epoch(event)
+        elif isinstance(event, TrainingStarted):
+            self._on_started(event)
+        elif isinstance(event, TrainingFinished):
+            self._on_finished(event)
+
+    def _on_started(self, event: TrainingStarted) -> None:
+        self.started = event
+        total = (event.config.epochs - event.start_epoch) * event.steps_per_epoch
+        self.progress_bar.setRange(0, max(total, 1))
+        self.progress_bar.setValue(0)
+        self.progress_bar.setFormat(f"epoch {event.start_epoch + 1}/{event.config.epochs}")
+        self.status_label.setText(
+            f"training on {event.device}: {event.n_train} training and {event.n_val} validation "
+            f"images, {event.samples_per_epoch} patches per epoch"
+        )
+        self.training_started.emit(event)
+
+    def _on_step(self, event: StepDone) -> None:
+        if self.started is None:
+            return
+        epochs = self.started.config.epochs
+        done = (event.epoch - self.started.start_epoch) * event.steps_per_epoch + event.step
+        self.progress_bar.setValue(min(done, self.progress_bar.maximum()))
+        self.progress_bar.setFormat(
+            f"epoch {event.epoch + 1}/{epochs} · step {event.step}/{event.steps_per_epoch} · "
+            f"ETA {format_duration(event.eta_seconds)}"
+        )
+        if not (self.stop_event and self.stop_event.is_set()):
+            self.status_label.setText(
+                f"loss {event.loss:.4f}, learning rate {event.learning_rate:.2g}"
+            )
+        self.plot.add_step(event.epoch + 1, event.step, event.steps_per_epoch, event.loss)
+
+    def _on_epoch(self, event: EpochDone) -> None:
+        metric = event.val_metrics.get("val_iou")  # None without validation data
+        self.plot.add_epoch(event.epoch + 1, event.train_loss, metric, event.is_best)
+        self.epoch_done.emit(event)
+
+    def _on_finished(self, event: TrainingFinished) -> None:
+        self.result = event
+        how = "stopped" if event.stopped_by_user else "finished"
+        if event.stopped_early:
+            how = "stopped early (no improvement)"
+        if event.registered_name is None:
+            self.result_label.setText(f"training {how}; no model was exported")
+            self.training_finished.emit(event)
+            return
+        self.settings.model_picker.refresh_models()  # to finetune it further
+        try:
+            n_widgets = offer_model(
+                self.viewer, event.registered_name, self.use_model_check.isChecked()
+            )
+        except (ValueError, RuntimeError) as err:  # e.g. the annotation widget is closing
+            show_error(f"could not offer the new model to the annotation widget: {err}")
+            n_widgets = 0
+        where = " and added to the annotation widget's model list" if n_widgets else ""
+        message = (
+            f"training {how} after {event.epochs_done} epochs: model "
+            f"{event.registered_name!r} saved to {event.exported_model_path}{where}"
+        )
+        self.result_label.setText(message)
+        show_info(message)
+        self.training_finished.emit(event)
+
+    def _on_error(self, error: BaseException) -> None:
+        """The run failed (the runner has notified the user); keep the reason in view."""
+        self.result_label.setText(f"training failed: {user_message(error)}")
+
+    def _on_run_ended(self) -> None:
+        self._set_running(False)
+        self.stop_event = None
+        self.run_ended.emit()
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        self.stop()  # a run in progress saves its checkpoint and exports
+        super().closeEvent(event)
+
+
+def _group(title: str, *widgets: QWidget) -> QGroupBox:
+    group = QGroupBox(title)
+    layout = QVBoxLayout(group)
+    for widget in widgets:
+        layout.addWidget(widget)
+    return group

@@ -1,0 +1,184 @@
+"""Background work for the widgets: napari thread workers with progress and readable errors.
+
+Every slow call of the core (downloading and loading a model, computing image
+embeddings, automatic segmentation, propagation, training) runs through a
+:class:`TaskRunner`. The work function never touches a layer: it returns or
+yields plain data (numpy arrays, frozen dataclasses) and the callbacks, which
+Qt runs on the main thread, update the viewer. A generator may yield
+:class:`TaskProgress` to move the progress bar; anything else it yields goes to
+``on_yield``. A failure becomes a napari error notification that says what to
+do about it, and the widget stays usable.
+"""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import urllib.error
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import QLabel, QProgressBar
+
+
+@dataclass(frozen=True)
+class TaskProgress:
+    """A progress report a worker generator yields: ``done`` of ``total`` steps."""
+
+    done: int  # steps finished so far
+    total: int  # steps in all; 0 means unknown (busy indicator)
+    message: str = ""  # what is happening now, shown next to the bar
+
+
+_OFFLINE_ERRORS = (urllib.error.URLError, socket.timeout, ConnectionError)
+
+
+def user_message(exc: BaseException) -> str:
+    """A one-paragraph explanation of ``exc`` for a notification, ending with the fix."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, _OFFLINE_ERRORS) or isinstance(exc.__cause__, _OFFLINE_ERRORS):
+        return (
+            f"download failed ({text}). You seem to be offline or the server is unreachable: "
+            "connect to the internet, or pick a model that is already downloaded or a "
+            "checkpoint file."
+        )
+    if isinstance(exc, FileNotFoundError):
+        return f"{text}. Check the path, or pick another file or model."
+    if isinstance(exc, pickle.UnpicklingError | EOFError) or "PytorchStreamReader" in text:
+        return (
+            f"could not read the checkpoint ({text}); the file is corrupt or not a PyTorch "
+            "checkpoint: download it again or pick another file."
+        )
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
+        return (
+            f"out of memory ({text}): choose the cpu device, a smaller model, or a smaller image."
+        )
+    if isinstance(exc, ValueError | TypeError | OSError):
+        return text  # core messages already name the problem and the fix
+    return f"{type(exc).__name__}: {text}"
+
+
+class _ProgressRelay(QObject):
+    """Carries progress from any thread to the main thread (a queued Qt signal)."""
+
+    progressed = Signal(object)
+    task_finished = Signal(str)  # name of a task, after its callbacks ran
+
+
+class TaskRunner:
+    """Starts thread workers, shows their progress in a bar and label, reports failures.
+
+    Progress reaches the bar either as :class:`TaskProgress` yielded by a generator, or
+    through :meth:`report`, which any thread may call (e.g. from a core callback such as
+    ``load_model(progress=...)`` that runs inside a worker).
+
+    Args:
+        progress_bar: bar that shows the progress of the running tasks (hidden when idle).
+        status_label: label that shows the latest progress message.
+    """
+
+    def __init__(self, progress_bar: QProgressBar, status_label: QLabel) -> None:
+        self.progress_bar = progress_bar
+        self.status_label = status_label
+        self.progress_bar.setVisible(False)
+        self._workers: dict[str, Any] = {}  # task name -> running worker
+        self._relay = _ProgressRelay()
+        self._relay.progressed.connect(self._show_progress)
+        # Emitted on the main thread once a task has finished (returned or failed) and
+        # its callbacks have run; connect before starting to never miss a fast task.
+        self.task_finished = self._relay.task_finished
+
+    def report(self, progress: TaskProgress) -> None:
+        """Show ``progress``; safe to call from a worker thread."""
+        self._relay.progressed.emit(progress)
+
+    def is_running(self, name: str | None = None) -> bool:
+        """Whether the task ``name`` (or any task, when ``name`` is None) is running."""
+        return bool(self._workers) if name is None else name in self._workers
+
+    def worker(self, name: str) -> Any | None:
+        """The running worker of task ``name``, or None."""
+        return self._workers.get(name)
+
+    def start(
+        self,
+        name: str,
+        func: Callable,
+        *args: Any,
+        on_return: Callable[[Any], None] | None = None,
+        on_yield: Callable[[Any], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+        on_finish: Callable[[], None] | None = None,
+        **kwargs: Any,
+    ):
+        """Run ``func(*args, **kwargs)`` in a thread worker; callbacks run on the main thread.
+
+        Returns the started worker (wait on its ``finished`` signal in tests).
+        Raises ``RuntimeError`` when a task of the same name is still running.
+        """
+        if name in self._workers:
+            raise RuntimeError(f"{name} is still running; wait for it to finish")
+        worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True, **kwargs)
+        self._drop_generic_error_relay(worker)
+        if on_return is not None:
+            worker.returned.connect(on_return)
+        if hasattr(worker, "yielded"):
+            worker.yielded.connect(lambda value: self._on_yield(value, on_yield))
+        worker.errored.connect(lambda exc: self._on_error(name, exc, on_error))
+        worker.finished.connect(lambda: self._on_finish(name, on_finish))
+        self._workers[name] = worker
+        self._show_progress(TaskProgress(0, 0, f"{name}…"))
+        worker.start()
+        return worker
+
+    @staticmethod
+    def _drop_generic_error_relay(worker) -> None:
+        """napari may relay worker errors as raw tracebacks; we show a readable message."""
+        relay = getattr(worker, "_relay_error", None)
+        if relay is not None:
+            try:
+                worker.errored.disconnect(relay)
+            except (TypeError, RuntimeError):  # this napari version did not connect it
+                pass
+
+    def quit_all(self) -> None:
+        """Ask every running worker to stop (generators stop at their next yield)."""
+        for worker in list(self._workers.values()):
+            worker.quit()
+
+    def _on_yield(self, value: Any, on_yield: Callable[[Any], None] | None) -> None:
+        if isinstance(value, TaskProgress):
+            self._show_progress(value)
+        elif on_yield is not None:
+            on_yield(value)
+
+    def _on_error(
+        self, name: str, exc: BaseException, on_error: Callable[[BaseException], None] | None
+    ) -> None:
+        show_error(f"{name} failed: {user_message(exc)}")
+        if on_error is not None:
+            on_error(exc)
+
+    def _on_finish(self, name: str, on_finish: Callable[[], None] | None) -> None:
+        self._workers.pop(name, None)
+        if not self._workers:
+            self.progress_bar.setVisible(False)
+            self.status_label.setText("")
+        try:
+            if on_finish is not None:
+                on_finish()
+        finally:
+            self.task_finished.emit(name)
+
+    def _show_progress(self, progress: TaskProgress) -> None:
+        if not self._workers:
+            return  # a late report from a task that has already finished
+        self.progress_bar.setVisible(True)
+        self.progress_bar.setRange(0, max(progress.total, 0))
+        self.progress_bar.setValue(min(progress.done, progress.total))
+        if progress.message:
+            self.status_label.setText(progress.message)

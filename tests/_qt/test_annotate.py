@@ -1,0 +1,384 @@
+"""The annotation widget on a 2D image, in a real viewer, with the tiny random SAM.
+
+The tiny model's masks are arbitrary but deterministic, so these tests check what does
+not need a good model: previews appear and follow the prompts, commits add exactly the
+preview as new ids, undo restores, files round-trip, errors reach the user.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from napari.utils.key_bindings import KeymapHandler
+from napari.utils.notifications import notification_manager
+
+from napari_samtune._qt.annotate import AnnotateWidget
+from napari_samtune._qt.annotate_jobs import AUTO_TASK, LOAD_TASK
+from napari_samtune._qt.annotate_ui import BATCHED_MODE
+from napari_samtune._qt.prompt_layers import POINT_COLORS
+from napari_samtune.core.architectures import TINY
+from napari_samtune.core.registry import register_user_model
+
+WAIT_MS = 30_000
+
+
+def _run(qtbot, widget, start, task: str) -> None:
+    """Start a widget job with ``start()``, wait for its task to finish, then for follow-ups."""
+    with qtbot.waitSignal(
+        widget.runner.task_finished, check_params_cb=lambda name: name == task, timeout=WAIT_MS
+    ):
+        assert start() is not None
+    _drain(qtbot, widget)
+
+
+@pytest.fixture
+def notifications():
+    """Messages of the napari notifications shown during the test."""
+    received: list = []
+
+    def collect(notification) -> None:
+        received.append(notification)
+
+    notification_manager.notification_ready.connect(collect)
+    yield received
+    notification_manager.notification_ready.disconnect(collect)
+
+
+def _drain(qtbot, widget) -> None:
+    qtbot.waitUntil(lambda: not widget.runner.is_running(), timeout=WAIT_MS)
+
+
+@pytest.fixture
+def viewer_widget(make_napari_viewer, qtbot, tiny_sam, nuclei_image):
+    """A viewer with the synthetic nuclei image and a docked widget using the tiny model."""
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei_image[0], name="nuclei")
+    widget = AnnotateWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    with qtbot.waitSignal(widget.embedding_ready, timeout=WAIT_MS):
+        widget.set_model(tiny_sam, "tiny", "tiny-test")
+    _drain(qtbot, widget)
+    yield viewer, widget
+    _drain(qtbot, widget)
+
+
+def test_widget_attaches_to_the_image_and_embeds_it(viewer_widget):
+    viewer, widget = viewer_widget
+    names = [layer.name for layer in viewer.layers]
+    for suffix in ("points", "boxes", "current object", "annotations"):
+        assert f"nuclei {suffix}" in names
+    assert widget.embedded_plane is None  # 2D: the whole image is embedded
+    assert widget.session.annotations.shape == (256, 256)
+    assert widget.session.annotations.dtype == np.uint32
+
+
+def test_points_update_the_preview(viewer_widget):
+    _, widget = viewer_widget
+    layers = widget.session.layers
+    assert not layers.preview.data.any()
+    layers.points.add([120, 80])
+    first = layers.preview.data.copy()
+    assert first.any()
+    widget.toggle_polarity()  # next point negative
+    layers.points.add([60, 200])
+    assert list(layers.points.features["label"]) == ["positive", "negative"]
+    assert not np.array_equal(layers.preview.data, first)
+    layers.points.data = layers.points.data[:1]  # delete the negative point
+    np.testing.assert_array_equal(layers.preview.data, first)
+    layers.points.data = np.zeros((0, 2))
+    assert not layers.preview.data.any()
+
+
+def test_point_colours_follow_polarity(viewer_widget):
+    _, widget = viewer_widget
+    points = widget.session.layers.points
+    points.add([10, 10])
+    widget.toggle_polarity()
+    points.add([20, 20])
+    green, red = (np.array(_hex_rgba(POINT_COLORS[k])) for k in ("positive", "negative"))
+    np.testing.assert_allclose(points.face_color[0], green, atol=0.01)
+    np.testing.assert_allclose(points.face_color[1], red, atol=0.01)
+    assert list(points.features["label"]) == ["positive", "negative"]  # add mode: no flips
+    points.mode = "select"
+    points.selected_data = {0}
+    widget.toggle_polarity()  # positive mode; the selected point is positive already
+    widget.toggle_polarity()  # negative mode: the selected point flips
+    assert list(points.features["label"]) == ["negative", "negative"]
+    np.testing.assert_allclose(points.face_color[0], red, atol=0.01)
+
+
+def _hex_rgba(color: str) -> tuple[float, ...]:
+    return tuple(int(color[i : i + 2], 16) / 255 for i in (1, 3, 5)) + (1.0,)
+
+
+def test_box_goes_to_sam_as_xyxy(viewer_widget, monkeypatch):
+    _, widget = viewer_widget
+    calls = []
+    predict = widget.segmenter.predict
+
+    def spy(**kwargs):
+        calls.append(kwargs)
+        return predict(**kwargs)
+
+    monkeypatch.setattr(widget.segmenter, "predict", spy)
+    layers = widget.session.layers
+    layers.boxes.add_rectangles(
+        np.array([[40.0, 100.0], [90.0, 180.0]])
+    )  # rows 40-90, cols 100-180
+    np.testing.assert_allclose(calls[-1]["box_xyxy"], [100, 40, 180, 90])
+    assert calls[-1]["points_xy"] is None
+    assert layers.preview.data.any()
+    layers.points.add([50.0, 150.0])  # row 50, col 150 -> (x, y) = (150, 50)
+    np.testing.assert_allclose(calls[-1]["points_xy"], [[150, 50]])
+
+
+def test_commit_writes_the_preview_as_max_plus_one(viewer_widget):
+    _, widget = viewer_widget
+    layers = widget.session.layers
+    layers.annotations.data[:10, :10] = 7  # an existing object
+    layers.points.add([128, 128])
+    preview = layers.preview.data > 0
+    before = layers.annotations.data.copy()
+    assert widget.commit() == [8]
+    after = widget.session.annotations
+    np.testing.assert_array_equal(after == 8, preview & (before == 0))
+    np.testing.assert_array_equal(after[~preview], before[~preview])
+    assert len(layers.points.data) == 0 and not layers.preview.data.any()
+    assert widget.commit() == []  # nothing left to commit
+
+
+def test_commit_respects_other_objects_unless_overwrite(viewer_widget):
+    _, widget = viewer_widget
+    layers = widget.session.layers
+    layers.points.add([128, 128])
+    preview = layers.preview.data > 0
+    layers.annotations.data[preview] = 3  # the preview lies entirely on object 3
+    assert widget.commit() == []
+    assert len(layers.points.data) == 1  # nothing happened: prompts stay
+    widget.ui.overwrite_check.setChecked(True)
+    assert widget.commit() == [4]
+    np.testing.assert_array_equal(widget.session.annotations == 4, preview)
+
+
+def test_undo_restores_the_labels(viewer_widget):
+    _, widget = viewer_widget
+    layers = widget.session.layers
+    layers.points.add([128, 128])
+    widget.commit()
+    after_first = widget.session.annotations.copy()
+    layers.points.add([40, 40])
+    widget.commit()
+    assert widget.undo()
+    np.testing.assert_array_equal(widget.session.annotations, after_first)
+    assert widget.undo()
+    assert not widget.session.annotations.any()
+    assert not widget.undo()
+    assert widget.session.records == []
+
+
+def test_keys_commit_clear_toggle_and_undo(viewer_widget):
+    viewer, widget = viewer_widget
+    layers = widget.session.layers
+    keys = KeymapHandler()
+    keys.keymap_providers = [layers.points, viewer]  # what napari asks when points are active
+    layers.points.add([128, 128])
+    keys.press_key("C")
+    assert widget.session.annotations.max() == 1
+    keys.press_key("U")
+    assert widget.session.annotations.max() == 0
+    layers.points.add([128, 128])
+    keys.press_key("Shift-C")
+    assert len(layers.points.data) == 0 and not layers.preview.data.any()
+    keys.press_key("T")
+    assert not widget.ui.positive_check.isChecked()
+
+
+def test_batched_mode_makes_one_object_per_box(viewer_widget):
+    _, widget = viewer_widget
+    widget.ui.mode_combo.setCurrentText(BATCHED_MODE)
+    layers = widget.session.layers
+    layers.boxes.add_rectangles(np.array([[20.0, 20.0], [80.0, 80.0]]))
+    layers.boxes.add_rectangles(np.array([[150.0, 150.0], [230.0, 230.0]]))
+    ids = set(np.unique(layers.preview.data)) - {0}
+    assert len(ids) == 2
+    assert widget.commit() == [1, 2]
+
+
+def test_automatic_segmentation_fills_the_annotations_and_undoes_at_once(viewer_widget, qtbot):
+    _, widget = viewer_widget
+    widget.ui.points_per_side_spin.setValue(8)
+    widget.ui.iou_spin.setValue(0.0)  # a random model's scores are meaningless: keep all
+    widget.ui.stability_spin.setValue(0.0)
+    _run(qtbot, widget, widget.segment_automatically, AUTO_TASK)
+    labels = widget.session.annotations
+    n_objects = len(np.unique(labels)) - 1
+    assert n_objects >= 1
+    assert widget.session.records[-1]["source"] == "automatic"
+    assert widget.undo()
+    assert not widget.session.annotations.any()
+
+
+def test_commit_autosaves_labels_and_prompts(viewer_widget, qtbot, tmp_path):
+    _, widget = viewer_widget
+    widget.ui.folder_edit.setText(str(tmp_path))
+    widget.session.layers.points.add([128, 128])
+    with qtbot.waitSignal(widget.annotations_saved, timeout=WAIT_MS) as saved:
+        widget.commit()
+    _drain(qtbot, widget)
+    np.testing.assert_array_equal(tifffile.imread(saved.args[0]), widget.session.annotations)
+    record = json.loads((tmp_path / "nuclei.prompts.json").read_text())
+    assert record["objects"][0]["ids"] == [1]
+    assert record["objects"][0]["points"] == [[128.0, 128.0]]
+    assert record["objects"][0]["point_labels"] == ["positive"]
+
+
+def test_annotations_come_back_in_a_new_viewer(
+    viewer_widget, make_napari_viewer, qtbot, tmp_path, nuclei_image, notifications
+):
+    _, widget = viewer_widget  # autosaves to the default folder
+    widget.session.layers.points.add([128, 128])
+    widget.commit()
+    _drain(qtbot, widget)
+    committed = widget.session.annotations.copy()
+    other = make_napari_viewer()
+    other.add_image(nuclei_image[0], name="nuclei")
+    restored = AnnotateWidget(other)  # attaching to the image restores the autosave
+    np.testing.assert_array_equal(restored.session.annotations, committed)
+    assert restored.session.records[0]["ids"] == [1]
+    infos = [str(n.message) for n in notifications]
+    assert any("restored 1 saved objects" in m for m in infos)
+    wrong = tmp_path / "wrong.labels.tif"
+    tifffile.imwrite(wrong, np.zeros((8, 8), dtype=np.uint32))
+    assert restored.load_annotations(wrong) is None  # wrong shape: refused, nothing changes
+    np.testing.assert_array_equal(restored.session.annotations, committed)
+    assert any("needs (256, 256)" in str(n.message) for n in notifications)
+
+
+def test_a_corrupt_checkpoint_is_reported_and_the_widget_stays_usable(
+    viewer_widget, qtbot, tmp_path, notifications
+):
+    _, widget = viewer_widget
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"this is not a checkpoint" * 10)
+    widget.select_model(str(broken))
+    _run(qtbot, widget, widget.load_model, LOAD_TASK)
+    errors = [str(n.message) for n in notifications if n.severity == "error"]
+    assert any("loading model failed" in m and "broken.pth" in m for m in errors)
+    assert widget.model_name == "tiny"  # the previous model is still in use
+    widget.session.layers.points.add([128, 128])
+    assert widget.session.layers.preview.data.any()
+
+
+def test_a_checkpoint_file_loads_through_the_file_route(viewer_widget, qtbot, tiny_checkpoint):
+    _, widget = viewer_widget
+    widget.select_model(str(tiny_checkpoint))
+    with qtbot.waitSignal(widget.embedding_ready, timeout=WAIT_MS):
+        worker = widget.load_model()
+    assert worker is not None
+    assert widget.model_name == "tiny_sam"
+    assert widget.segmenter.model_id.startswith("weights-sha256-")
+    widget.session.layers.points.add([128, 128])
+    assert widget.session.layers.preview.data.any()
+
+
+def test_refresh_shows_a_newly_registered_model(viewer_widget, tiny_checkpoint):
+    _, widget = viewer_widget
+    picker = widget.ui.model_picker
+    assert "my_tiny" not in picker.model_names()
+    register_user_model(tiny_checkpoint, "my_tiny", TINY)
+    widget.refresh_models()
+    assert "my_tiny" in picker.model_names()
+    widget.select_model("my_tiny")
+    assert picker.model_source() == "my_tiny"
+    with pytest.raises(ValueError, match="not in the list"):
+        widget.select_model("no_such_model")
+
+
+def test_wrong_dimensionality_is_an_error_notification(make_napari_viewer, notifications):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((2, 3, 32, 32), dtype=np.uint8), name="4d")
+    widget = AnnotateWidget(viewer)
+    assert widget.session is None
+    errors = [str(n.message) for n in notifications if n.severity == "error"]
+    assert any("cannot annotate '4d'" in m and "channels on first axis" in m for m in errors)
+    widget.ui.channels_first_check.setChecked(True)  # (C, Z, H, W): now it is a stack
+    assert widget.session is not None and widget.session.axes.spatial_shape == (3, 32, 32)
+
+
+def test_without_image_or_model_actions_explain_themselves(make_napari_viewer, notifications):
+    viewer = make_napari_viewer()
+    widget = AnnotateWidget(viewer)
+    assert widget.segment_automatically() is None
+    assert widget.commit() == []
+    messages = " ".join(str(n.message) for n in notifications)
+    assert "open an image" in messages
+    viewer.add_image(np.zeros((64, 64), dtype=np.uint8), name="blank")
+    assert widget.session is not None  # the first image is picked up
+    widget.session.layers.points.add([10, 10])
+    assert "load a model" in " ".join(str(n.message) for n in notifications)
+
+
+def test_channel_choice_goes_to_the_segmenter(viewer_widget, qtbot, monkeypatch, rng):
+    viewer, widget = viewer_widget
+    data = rng.integers(0, 255, size=(4, 64, 64)).astype(np.uint8)
+    viewer.add_image(data, name="channels")
+    calls = []
+    set_image = widget.segmenter.set_image
+    monkeypatch.setattr(
+        widget.segmenter,
+        "set_image",
+        lambda image, **kw: calls.append((np.array(image), kw)) or set_image(image, **kw),
+    )
+    widget.ui.image_combo.setCurrentText("channels")
+    with qtbot.waitSignal(widget.embedding_ready, timeout=WAIT_MS):
+        widget.ui.channels_first_check.setChecked(True)
+    with qtbot.waitSignal(widget.embedding_ready, timeout=WAIT_MS):
+        widget.ui.channel_combo.setCurrentIndex(2)
+    image, kwargs = calls[-1]
+    np.testing.assert_array_equal(image, data)
+    assert kwargs["channel_axis"] == 0 and kwargs["channels"] == [2]
+    assert widget.session.annotations.shape == (64, 64)
+
+
+def test_rgb_images_are_annotated_in_2d(make_napari_viewer, qtbot, tiny_sam, rng):
+    viewer = make_napari_viewer()
+    viewer.add_image(rng.integers(0, 255, size=(96, 80, 3)).astype(np.uint8), name="rgb")
+    widget = AnnotateWidget(viewer)
+    with qtbot.waitSignal(widget.embedding_ready, timeout=WAIT_MS):
+        widget.set_model(tiny_sam, "tiny", "tiny-test")
+    assert widget.session.annotations.shape == (96, 80)
+    widget.session.layers.points.add([40, 40])
+    assert widget.session.layers.preview.data.any()
+    assert widget.commit() == [1]
+    _drain(qtbot, widget)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    torch.manual_seed(0)
+
+
+def test_the_plugin_menu_opens_the_widget_on_a_public_viewer_proxy(
+    make_napari_viewer, qtbot, tiny_sam, nuclei_image
+):
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei_image[0], name="nuclei")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-samtune", "Annotate with SAM")
+    assert isinstance(widget, AnnotateWidget)
+    assert widget.viewer is not viewer  # napari hands plugins a proxy of the viewer
+    with qtbot.waitSignal(widget.embedding_ready, timeout=WAIT_MS):
+        widget.set_model(tiny_sam, "tiny", "tiny-test")
+    _drain(qtbot, widget)
+    session = widget.session
+    widget.set_image_layer(viewer.layers["nuclei"])  # the same layer: the session stays
+    assert widget.session is session
+    _drain(qtbot, widget)
+    widget.session.layers.points.add([128, 128])
+    assert widget.commit() == [1]
+    viewer.layers.remove("nuclei points")  # the user deletes a helper layer
+    assert widget.session is None
+    _drain(qtbot, widget)

@@ -1,0 +1,266 @@
+"""The training widget in a real viewer: annotate -> train -> re-apply, with the tiny model.
+
+Runs are tiny (2 patches per epoch, frozen encoder, small images) so the file
+stays fast; what is checked is the loop itself: progress and plot follow the
+core's events, the result is registered and offered to the annotation widget
+and segments, Stop leaves a loadable model, the event loop stays responsive,
+bad data is flagged before Start, and worker errors reach the user.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import tifffile
+from napari.utils.notifications import notification_manager
+from qtpy.QtCore import QTimer
+
+from napari_samtune._qt.annotate import AnnotateWidget
+from napari_samtune._qt.train_data import layer_pairs
+from napari_samtune._qt.train_widget import TrainWidget, format_duration
+from napari_samtune.core.models import load_model
+from napari_samtune.core.predict import Segmenter
+from napari_samtune.core.presets import MachineResources
+from napari_samtune.core.synthetic import make_image
+
+WAIT_MS = 120_000
+SMALL_CPU = MachineResources(gpu_memory_gb=None, ram_gb=16.0, n_cores=8, gpu_name=None)
+
+
+@pytest.fixture
+def notifications():
+    """Messages of the napari notifications shown during the test."""
+    received: list[str] = []
+
+    def collect(notification) -> None:
+        received.append(str(notification.message))
+
+    notification_manager.notification_ready.connect(collect)
+    yield received
+    notification_manager.notification_ready.disconnect(collect)
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    viewer = make_napari_viewer()
+    for i in range(3):
+        image, labels = make_image((96, 96), seed=i)
+        viewer.add_image(image, name=f"cells{i}")
+        viewer.add_labels(labels, name=f"cells{i} labels")
+    return viewer
+
+
+def _use_tiny_model(qtbot, widget: TrainWidget, checkpoint) -> None:
+    """Pick the tiny checkpoint file and make runs as short as possible."""
+    settings = widget.settings
+    settings.model_picker.select_model(str(checkpoint))
+    qtbot.waitUntil(lambda: settings.architecture() is not None, timeout=WAIT_MS)
+    settings.epochs_spin.setValue(2)
+    settings.samples_spin.setValue(2)
+    settings.objects_spin.setValue(2)
+    settings.freeze_checks["image_encoder"].setChecked(True)  # embeddings cached per epoch
+
+
+@pytest.fixture
+def docked(qtbot, viewer, tiny_checkpoint):
+    """(viewer, annotation widget, training widget), both docked, two layer pairs added."""
+    annotate = AnnotateWidget(viewer)
+    viewer.window.add_dock_widget(annotate, name="Annotate with SAM")
+    widget = TrainWidget(viewer, machine=SMALL_CPU)
+    viewer.window.add_dock_widget(widget, name="Finetune SAM")
+    for i in range(2):
+        widget.train_data.image_combo.setCurrentText(f"cells{i}")
+        widget.train_data.labels_combo.setCurrentText(f"cells{i} labels")
+        assert widget.train_data.add_current_pair()
+    _use_tiny_model(qtbot, widget, tiny_checkpoint)
+    yield viewer, annotate, widget
+    widget.stop()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=WAIT_MS)
+    # Removing the layers makes the annotation widget detach; let its jobs end before
+    # the viewer closes, so none reports back to a deleted widget.
+    viewer.layers.clear()
+    qtbot.waitUntil(lambda: not annotate.runner.is_running(), timeout=WAIT_MS)
+
+
+class LagProbe:
+    """A 20 ms QTimer; records how late each tick fires (a blocked event loop shows here)."""
+
+    def __init__(self, interval_ms: int = 20) -> None:
+        self.interval = interval_ms / 1000
+        self.lags: list[float] = []
+        self.timer = QTimer()
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(self._tick)
+        self._last = time.perf_counter()
+        self.timer.start()
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.lags.append(now - self._last - self.interval)
+        self._last = now
+
+    def stop(self) -> float:
+        self.timer.stop()
+        return max(self.lags)
+
+
+def test_train_two_epochs_then_annotate_with_the_new_model(qtbot, docked, notifications):
+    viewer, annotate, widget = docked
+    widget.separate_val_check.setChecked(True)
+    widget.val_data.image_combo.setCurrentText("cells2")
+    widget.val_data.labels_combo.setCurrentText("cells2 labels")
+    assert widget.val_data.add_current_pair()
+    before = {layer.name: np.array(layer.data, copy=True) for layer in viewer.layers}
+    epochs_seen = []
+    widget.epoch_done.connect(
+        lambda _e: epochs_seen.append((widget.progress_bar.value(), widget.progress_bar.format()))
+    )
+    with qtbot.waitSignal(widget.training_started, timeout=WAIT_MS) as started:
+        worker = widget.start()
+    assert worker is not None
+    probe = LagProbe()
+    assert widget.start() is None  # a second Start while running is refused ...
+    assert any("already running" in message for message in notifications)  # ... and said so
+    with qtbot.waitSignal(widget.training_finished, timeout=WAIT_MS) as finished:
+        pass
+    max_lag = probe.stop()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=WAIT_MS)
+
+    assert (started.args[0].n_train, started.args[0].n_val) == (2, 1)  # cells2 validates
+    steps = started.args[0].steps_per_epoch
+    assert widget.progress_bar.maximum() == 2 * steps
+    assert [value for value, _ in epochs_seen] == [steps, 2 * steps]
+    assert "epoch 1/2" in epochs_seen[0][1] and "ETA" in epochs_seen[0][1]
+    plot = widget.plot
+    assert plot.epochs == [1, 2] and len(plot.step_losses) == 2 * steps
+    assert len(plot.metric_values) == 2 and all(np.isfinite(plot.metric_values))
+    assert [len(line.get_xdata()) for line in plot.loss_axes.lines] == [2 * steps, 2]
+    assert len(plot.metric_axes.lines[0].get_ydata()) == 2
+
+    result = finished.args[0]
+    assert not result.stopped_by_user and result.epochs_done == 2
+    assert result.exported_model_path.is_file()
+    assert result.registered_name in annotate.ui.model_picker.model_names()
+    assert any(str(result.exported_model_path) in message for message in notifications)
+    qtbot.waitUntil(lambda: annotate.model_name == result.registered_name, timeout=WAIT_MS)
+
+    image = viewer.layers["cells0"].data
+    segmenter = Segmenter(load_model(result.registered_name).sam)
+    segmenter.set_image(image)
+    mask = segmenter.predict(box_xyxy=np.array([10, 10, 60, 60])).mask
+    assert mask.shape == image.shape and mask.dtype == bool
+
+    for name, data in before.items():  # the user's layers are untouched
+        np.testing.assert_array_equal(viewer.layers[name].data, data)
+    assert max_lag < 0.2, f"the event loop was blocked for {max_lag * 1000:.0f} ms"
+
+
+def test_stop_mid_run_leaves_a_loadable_model(qtbot, docked, tmp_path):
+    viewer, annotate, widget = docked
+    for kind, layer in (("images", "cells2"), ("labels", "cells2 labels")):
+        (tmp_path / kind).mkdir()
+        tifffile.imwrite(tmp_path / kind / "c2.tif", viewer.layers[layer].data)
+    widget.train_data.image_dir_edit.setText(str(tmp_path / "images"))
+    widget.train_data.labels_dir_edit.setText(str(tmp_path / "labels"))
+    widget.settings.epochs_spin.setValue(50)
+    widget.settings.samples_spin.setValue(4)
+    widget.use_model_check.setChecked(False)
+    with qtbot.waitSignal(widget.training_started, timeout=WAIT_MS) as started:
+        widget.start()
+    assert started.args[0].n_train + started.args[0].n_val == 3  # 2 layer pairs + 1 file pair
+    qtbot.waitUntil(lambda: len(widget.plot.step_losses) >= 1, timeout=WAIT_MS)
+    with qtbot.waitSignal(widget.training_finished, timeout=WAIT_MS) as finished:
+        widget.stop()
+        assert not widget.stop_button.isEnabled()
+    result = finished.args[0]
+    assert result.stopped_by_user and result.epochs_done < 50
+    loaded = load_model(result.exported_model_path)
+    assert loaded.architecture.name == "tiny"
+    assert load_model(result.registered_name).model_id == loaded.model_id
+    assert result.registered_name in annotate.ui.model_picker.model_names()
+    assert annotate.model_name is None  # "use the new model" was off: nothing loaded
+    qtbot.waitUntil(lambda: widget.start_button.isEnabled(), timeout=WAIT_MS)
+
+
+def test_bad_data_is_flagged_before_start(qtbot, viewer, tmp_path, notifications):
+    widget = TrainWidget(viewer, machine=SMALL_CPU)
+    data = widget.train_data
+    assert widget.start() is None  # nothing chosen yet
+    assert "add at least one" in data.list_error.text()
+
+    viewer.add_image(viewer.layers["cells0 labels"].data.astype(np.float32), name="float mask")
+    viewer.add_labels(np.zeros((96, 96), np.uint16), name="empty")
+    viewer.add_labels(np.ones((50, 50), np.uint16), name="small")
+    data.image_combo.setCurrentText("cells0")
+    for labels, complaint in (("float mask", "float32"), ("empty", "no objects"), ("small", "")):
+        data.labels_combo.setCurrentText(labels)
+        assert not data.add_current_pair()
+        assert data.pair_error.isVisibleTo(widget) and complaint in data.pair_error.text()
+    assert "same pixels" in data.pair_error.text()  # shape mismatch
+
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir(), labels.mkdir()
+    tifffile.imwrite(images / "a.tif", viewer.layers["cells0"].data)
+    tifffile.imwrite(labels / "a.tif", viewer.layers["cells0 labels"].data.astype(np.float32))
+    data.image_dir_edit.setText(str(images))
+    data.labels_dir_edit.setText(str(labels))
+    assert widget.start() is None and not widget.is_running
+    assert "float32" in data.folder_error.text() and data.folder_error.isVisibleTo(widget)
+    assert widget.start_error.isVisibleTo(widget)
+    assert any("cannot start training" in message for message in notifications)
+
+    tifffile.imwrite(labels / "a.tif", viewer.layers["cells0 labels"].data)  # fixed
+    assert data.check() and not data.folder_error.isVisibleTo(widget)
+
+
+def test_worker_error_is_reported_and_the_widget_stays_usable(qtbot, docked, tmp_path, monkeypatch):
+    _, _, widget = docked
+    errors: list[str] = []
+    monkeypatch.setattr("napari_samtune._qt.workers.show_error", errors.append)
+    not_a_folder = tmp_path / "file.txt"
+    not_a_folder.write_text("a file where the output folder should be")
+    widget.settings.out_dir_edit.setText(str(not_a_folder))
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.start() is not None
+    assert len(errors) == 1 and "training failed" in errors[0]
+    assert widget.start_button.isEnabled() and not widget.stop_button.isEnabled()
+    assert widget.result is None and "training failed" in widget.result_label.text()
+
+
+def test_preset_defaults_follow_the_machine(viewer):
+    small_widget = TrainWidget(viewer, machine=MachineResources(None, 7.5, 4, None))
+    small = small_widget.settings
+    assert small.preset.key == "cpu-8gb" and "(detected)" in small.preset_combo.currentText()
+    assert "image encoder frozen" in small.preset_label.text()
+    assert "8 GB RAM" in small.preset_label.text()
+    assert small.freeze_checks["image_encoder"].isChecked()
+    big_widget = TrainWidget(viewer, machine=MachineResources(80.0, 256.0, 32, "A100"))
+    big = big_widget.settings
+    assert big.preset.key == "a100" and "GPU memory" in big.preset_label.text()
+    assert not big.freeze_checks["image_encoder"].isChecked()
+    big.objects_spin.setValue(10_000)  # far above what the preset fits: the core refuses
+    with pytest.raises(ValueError, match="far above"):
+        big.build_config()
+
+
+def test_stacks_give_one_pair_per_annotated_plane(viewer):
+    image, labels = make_image((64, 64), seed=5)
+    labels_stack = np.stack([labels, np.zeros_like(labels), labels])
+    image_layer = viewer.add_image(np.stack([image] * 3), name="stack")
+    labels_layer = viewer.add_labels(labels_stack, name="stack labels")
+    pairs = layer_pairs(image_layer, labels_layer, copy=True)
+    assert [pair.name for pair in pairs] == [
+        "stack / stack labels plane 0",
+        "stack / stack labels plane 2",
+    ]
+    assert pairs[0].image.shape == (64, 64) and pairs[0].labels.shape == (64, 64)
+    pairs[0].labels[:] = 0  # a copy: the layer keeps its labels
+    assert labels_layer.data[0].any()
+
+
+def test_format_duration():
+    assert format_duration(3723) == "1:02:03"
+    assert format_duration(65.4) == "1:05"
+    assert format_duration(float("nan")) == "?"
