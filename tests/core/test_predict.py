@@ -63,7 +63,7 @@ def official(sam, rgb, multimask, **prompt):
 @pytest.mark.parametrize("prompt", [POINT, BOX, BOX_AND_POINTS], ids=["point", "box", "both"])
 @pytest.mark.parametrize("multimask", [False, True])
 def test_masks_match_the_official_predictor(sensitive_sam, image, prompt, multimask):
-    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False)
+    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False, precision="fp32")
     segmenter.set_image(image)
     prediction = segmenter.predict(**prompt, multimask=multimask)
     expected, score, logits = official(sensitive_sam, to_sam_rgb(image), multimask, **prompt)
@@ -77,7 +77,7 @@ def test_masks_match_the_official_predictor(sensitive_sam, image, prompt, multim
 
 def test_the_masks_depend_on_where_the_prompt_is(sensitive_sam, image):
     """Guards the equivalence test: a shifted prompt gives a clearly different mask."""
-    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False)
+    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False, precision="fp32")
     segmenter.set_image(image)
     here = segmenter.predict([[50.0, 60.0]]).mask
     there = segmenter.predict([[60.0, 60.0]]).mask
@@ -86,7 +86,7 @@ def test_the_masks_depend_on_where_the_prompt_is(sensitive_sam, image):
 
 
 def test_refinement_with_mask_input_matches_the_official_predictor(sensitive_sam, image):
-    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False)
+    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False, precision="fp32")
     segmenter.set_image(image)
     first = segmenter.predict(**POINT, multimask=True)
     click = {"points_xy": np.array([[50.0, 60.0], [90.0, 30.0]]), "point_labels": [1, 0]}
@@ -103,7 +103,7 @@ def test_refinement_with_mask_input_matches_the_official_predictor(sensitive_sam
 
 def test_a_tiled_prompt_is_answered_like_the_official_predictor_on_its_tile(sensitive_sam):
     image = make_image((256, 448), seed=1)[0]
-    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False)
+    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False, precision="fp32")
     segmenter.set_image(image)
     assert segmenter.grid.x_starts == (0, 192)
     prediction = segmenter.predict([[330.0, 100.0], [300.0, 180.0]], [1, 0])
@@ -124,7 +124,7 @@ def test_a_tiled_prompt_is_answered_like_the_official_predictor_on_its_tile(sens
 
 def test_a_box_larger_than_a_tile_is_answered_on_the_whole_image(sensitive_sam):
     image = make_image((256, 448), seed=2)[0]
-    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False)
+    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False, precision="fp32")
     segmenter.set_image(image)
     box = np.array([20.0, 30.0, 420.0, 200.0])  # wider than a 256 px tile
     prediction = segmenter.predict(box_xyxy=box)
@@ -150,7 +150,7 @@ def test_reprojected_logits_land_on_the_same_image_pixels():
 
 def test_a_refinement_that_moves_to_another_tile_uses_the_reprojected_mask(sensitive_sam):
     image = make_image((256, 448), seed=3)[0]
-    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False)
+    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False, precision="fp32")
     segmenter.set_image(image)
     first = segmenter.predict([[220.0, 100.0]])  # in the overlap, more central in tile 0
     assert first.tile == 0
@@ -162,7 +162,7 @@ def test_a_refinement_that_moves_to_another_tile_uses_the_reprojected_mask(sensi
 
 
 def test_predict_boxes_gives_one_object_per_box(sensitive_sam, image):
-    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False)
+    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False, precision="fp32")
     segmenter.set_image(image)
     boxes = np.array([[10, 10, 60, 70], [120, 20, 220, 90], [40, 120, 150, 190.0]])
     labels = segmenter.predict_boxes(boxes)
@@ -182,7 +182,7 @@ def test_predict_boxes_gives_one_object_per_box(sensitive_sam, image):
 
 def test_batched_points_give_one_object_per_point(sensitive_sam):
     image = make_image((256, 448), seed=4)[0]
-    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False)
+    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False, precision="fp32")
     segmenter.set_image(image)
     points = np.array([[30.0, 40.0], [420.0, 200.0], [230.0, 128.0]])
     labels = segmenter.predict_points_batched(points)
@@ -195,14 +195,14 @@ def test_batched_points_give_one_object_per_point(sensitive_sam):
 
 def test_a_multichannel_image_is_normalised_through_to_sam_rgb(sensitive_sam, image):
     stack = np.stack([np.zeros_like(image), image.astype(np.uint16) * 100], axis=0)
-    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False)
+    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False, precision="fp32")
     segmenter.set_image(stack, channel_axis=0, channels=[1])
     expected, _, _ = official(sensitive_sam, to_sam_rgb(stack, 0, [1]), False, **POINT)
     assert iou(segmenter.predict(**POINT).mask, expected) >= 0.99
 
 
 def test_boxes_reaching_past_the_image_are_clipped(sensitive_sam, image):
-    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False)
+    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False, precision="fp32")
     segmenter.set_image(image)
     beyond = segmenter.predict(box_xyxy=[-30, -40, 120, 150]).mask
     clipped = segmenter.predict(box_xyxy=[-0.5, -0.5, 120, 150]).mask
@@ -255,3 +255,14 @@ def test_a_prediction_carries_what_refinement_needs(tiny_sam, image):
     assert isinstance(prediction, Prediction)
     assert prediction.low_res_logits.dtype == np.float32
     assert isinstance(prediction.score, float) and prediction.tile == 0
+
+
+def test_bf16_embeddings_stay_close_to_fp32_and_are_cached_apart(sensitive_sam, image, tmp_path):
+    fp32 = Segmenter(sensitive_sam, model_id="tiny", cache_dir=tmp_path, precision="fp32")
+    bf16 = Segmenter(sensitive_sam, model_id="tiny", cache_dir=tmp_path, precision="bf16")
+    fp32.set_image(image)
+    bf16.set_image(image)
+    reference, low = fp32.features(0).flatten(), bf16.features(0).flatten()
+    assert not torch.equal(reference, low)  # really a different path, not a cache hit
+    assert torch.nn.functional.cosine_similarity(reference, low, dim=0) > 0.999
+    assert len(list(tmp_path.rglob("*.pt"))) == 2

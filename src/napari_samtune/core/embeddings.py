@@ -32,6 +32,7 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from napari_samtune.core.accelerate import autocast
 from napari_samtune.core.architectures import PATCH_SIZE
 from napari_samtune.core.checkpoints import atomic_torch_save
 from napari_samtune.core.registry import cache_dir
@@ -213,9 +214,12 @@ class TileGrid:
         return f"{self.image_shape}|{self.img_size}|y{self.y_starts}|x{self.x_starts}"
 
 
-def embed_view(sam: Sam, image_rgb: np.ndarray, tile: Tile) -> torch.Tensor:
+def embed_view(
+    sam: Sam, image_rgb: np.ndarray, tile: Tile, dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """Run the image encoder on one tile of a uint8 (H, W, 3) image.
 
+    ``dtype`` (e.g. ``torch.bfloat16``) runs the encoder under autocast; None is fp32.
     Returns float32 (1, C, E, E) features on the model's device.
     """
     crop = tile.crop(image_rgb)
@@ -223,8 +227,8 @@ def embed_view(sam: Sam, image_rgb: np.ndarray, tile: Tile) -> torch.Tensor:
         crop = ResizeLongestSide(tile.img_size).apply_image(crop)
     pixels = torch.as_tensor(np.ascontiguousarray(crop), device=sam.device)
     pixels = pixels.permute(2, 0, 1).contiguous()[None]
-    with torch.inference_mode():
-        return sam.image_encoder(sam.preprocess(pixels))
+    with torch.inference_mode(), autocast(sam.device, dtype):
+        return sam.image_encoder(sam.preprocess(pixels)).float()
 
 
 def embed_tiles(
@@ -232,11 +236,12 @@ def embed_tiles(
     image_rgb: np.ndarray,
     tiles: tuple[Tile, ...],
     progress: ProgressCallback | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Embed every tile; returns float32 (n_tiles, C, E, E) on the model's device."""
+    """Embed every tile (autocast to ``dtype`` if given); float32 (n_tiles, C, E, E)."""
     features = []
     for i, tile in enumerate(tiles):
-        features.append(embed_view(sam, image_rgb, tile))
+        features.append(embed_view(sam, image_rgb, tile, dtype))
         if progress is not None:
             progress(i + 1, len(tiles))
     return torch.cat(features)

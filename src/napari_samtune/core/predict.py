@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
+from napari_samtune.core.accelerate import autocast_dtype, use_fast_attention
 from napari_samtune.core.devices import resolve_device
 from napari_samtune.core.embeddings import (
     OVERVIEW,
@@ -73,6 +74,10 @@ class Segmenter:
         cache_dir: embedding cache folder; default ``registry.cache_dir() / "embeddings"``.
         tiling: tile overlap for images larger than the model input (default 1/4 tile).
         use_disk_cache: False keeps embeddings in memory only.
+        precision: image-encoder precision: "auto" (bf16 where the hardware runs it fast:
+            AVX-512 BF16/AMX CPUs, Ampere+ GPUs), "bf16", "fp16" or "fp32". The encoder's
+            attention always runs fused (``accelerate.use_fast_attention``: same math, the
+            model's attention modules are switched in place). Prompt decoding stays fp32.
     """
 
     batch_size = 16  # prompts decoded (and upscaled) at once in batched calls
@@ -85,13 +90,15 @@ class Segmenter:
         cache_dir: str | os.PathLike | None = None,
         tiling: TilingConfig | None = None,
         use_disk_cache: bool = True,
+        precision: str = "auto",
     ) -> None:
         if not isinstance(model, Sam):
             raise TypeError(
                 f"model is a {type(model).__name__!r}; expected a segment_anything Sam model "
                 "(load one with napari_samtune.core.models.load_model(name).sam)"
             )
-        self.model = model.to(resolve_device(device)).eval()
+        self.model = use_fast_attention(model.to(resolve_device(device)).eval())
+        self.encoder_dtype = autocast_dtype(self.model.device, precision)
         self.tiling = tiling if tiling is not None else TilingConfig()
         self.cache = EmbeddingCache(cache_dir) if use_disk_cache else None
         self._model_id = model_id
@@ -109,6 +116,12 @@ class Segmenter:
             # the id load_model gives user weights, so both paths share cache entries
             self._model_id = "weights-sha256-" + state_dict_digest(self.model.state_dict())
         return self._model_id
+
+    @property
+    def _embedding_id(self) -> str:
+        """Model id plus encoder precision: bf16 and fp32 embeddings are cached apart."""
+        precision = str(self.encoder_dtype).removeprefix("torch.") if self.encoder_dtype else "fp32"
+        return f"{self.model_id}|{precision}"
 
     @property
     def img_size(self) -> int:
@@ -145,7 +158,7 @@ class Segmenter:
         digest = image_digest(rgb)
         if digest == self._image_hash and grid == self._grid:
             return  # the same image again: its embeddings are already in memory
-        key = embedding_key(digest, self.model_id, grid, "tiles")
+        key = embedding_key(digest, self._embedding_id, grid, "tiles")
         features = self._load_or_embed(key, rgb, grid.tiles, progress)
         self._rgb, self._image_hash, self._grid = rgb, digest, grid
         self._features, self._overview, self._last_view = features, None, 0
@@ -164,7 +177,7 @@ class Segmenter:
             if progress is not None:
                 progress(len(tiles), len(tiles))
             return cached.to(self.model.device)
-        features = embed_tiles(self.model, rgb, tiles, progress)
+        features = embed_tiles(self.model, rgb, tiles, progress, self.encoder_dtype)
         if self.cache is not None:
             self.cache.save(key, features)
         return features
@@ -174,7 +187,7 @@ class Segmenter:
         if view != OVERVIEW:
             return self._require_features()[view : view + 1]
         if self._overview is None:
-            key = embedding_key(self._image_hash, self.model_id, self.grid, "overview")
+            key = embedding_key(self._image_hash, self._embedding_id, self.grid, "overview")
             self._overview = self._load_or_embed(key, self._rgb, (self.grid.overview,), None)
         return self._overview
 
