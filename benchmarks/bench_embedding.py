@@ -85,7 +85,7 @@ def measure(name: str, image: np.ndarray, boxes: np.ndarray, repeats: int, peak:
     fast_seg = Segmenter(fast_sam, model_id=name, use_disk_cache=False, precision="auto")
     rgb = to_sam_rgb(image)
     tiles = TileGrid.for_image(rgb.shape[:2], fast_seg.img_size, fast_seg.tiling).tiles
-    fast = timed(lambda: embed_tiles(fast_sam, rgb, tiles, None, fast_seg.encoder_dtype), repeats)
+    fast = timed(lambda: embed_tiles(fast_sam, rgb, tiles, None, fast_seg.compute_dtype), repeats)
     fast_seg.set_image(image)
     fp32_seg = Segmenter(fast_sam, model_id=name, use_disk_cache=False, precision="fp32")
     fp32_seg.set_image(image)

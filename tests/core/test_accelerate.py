@@ -2,10 +2,12 @@ import pytest
 import torch
 
 from napari_samtune.core.accelerate import (
+    FastConvTranspose2x2,
     FastRelPosAttention,
     autocast,
     autocast_dtype,
     use_fast_attention,
+    use_fast_upscaling,
     use_stock_attention,
 )
 from napari_samtune.core.architectures import TINY, build_sam
@@ -69,3 +71,26 @@ def test_precision_choice():
     assert autocast_dtype(cpu, "auto") in (None, torch.bfloat16)
     with pytest.raises(ValueError, match="precision"):
         autocast_dtype(cpu, "int8")
+
+
+def test_fast_upscaling_matches_the_stock_transposed_convolution():
+    torch.manual_seed(0)
+    decoder = build_sam(TINY).mask_decoder
+    stock = decoder.output_upscaling
+    x = torch.randn(2, TINY.prompt_embed_dim, 16, 16, requires_grad=True)
+    reference = stock(x)
+    reference.square().sum().backward()
+    grad_reference = x.grad.clone()
+    x.grad = None
+    use_fast_upscaling(decoder)
+    assert isinstance(decoder.output_upscaling[0], FastConvTranspose2x2)
+    fast = decoder.output_upscaling(x)
+    fast.square().sum().backward()
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, grad_reference, rtol=1e-4, atol=1e-5)
+
+
+def test_other_transposed_convolutions_are_left_alone():
+    model = torch.nn.Sequential(torch.nn.ConvTranspose2d(4, 4, 3, stride=2))
+    use_fast_upscaling(model)
+    assert type(model[0]) is torch.nn.ConvTranspose2d

@@ -122,3 +122,46 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
         return
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield
+
+
+class FastConvTranspose2x2(torch.nn.ConvTranspose2d):
+    """A 2x2, stride-2 transposed convolution (SAM's mask upscaling) as one matrix product.
+
+    With kernel == stride every output pixel comes from exactly one input pixel, so the
+    layer is ``(pixels, C_in) @ (C_in, C_out * 4)`` followed by a pixel shuffle: the same
+    result as the stock kernel, which on CPU runs far below matmul speed.
+    """
+
+    def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
+        if output_size is not None:
+            return super().forward(x, output_size)
+        batch, c_in, height, width = x.shape
+        c_out = self.weight.shape[1]
+        weight = self.weight.reshape(c_in, c_out * 4)
+        out = x.permute(0, 2, 3, 1).reshape(-1, c_in) @ weight.to(x.dtype)
+        out = out.view(batch, height, width, c_out, 2, 2).permute(0, 3, 1, 4, 2, 5)
+        out = out.reshape(batch, c_out, 2 * height, 2 * width)
+        return out if self.bias is None else out + self.bias.to(out.dtype)[None, :, None, None]
+
+
+def _is_plain_2x2_upscale(module: torch.nn.Module) -> bool:
+    return (
+        type(module) is torch.nn.ConvTranspose2d
+        and module.kernel_size == (2, 2)
+        and module.stride == (2, 2)
+        and module.padding == (0, 0)
+        and module.output_padding == (0, 0)
+        and module.dilation == (1, 1)
+        and module.groups == 1
+    )
+
+
+def use_fast_upscaling(model: torch.nn.Module) -> torch.nn.Module:
+    """Switch SAM's 2x2 stride-2 transposed convolutions to :class:`FastConvTranspose2x2`.
+
+    In place and idempotent; parameters and state dict are unchanged. Returns ``model``.
+    """
+    for module in model.modules():
+        if _is_plain_2x2_upscale(module):
+            module.__class__ = FastConvTranspose2x2
+    return model

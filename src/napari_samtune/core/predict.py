@@ -24,7 +24,12 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
-from napari_samtune.core.accelerate import autocast_dtype, use_fast_attention
+from napari_samtune.core.accelerate import (
+    autocast,
+    autocast_dtype,
+    use_fast_attention,
+    use_fast_upscaling,
+)
 from napari_samtune.core.devices import resolve_device
 from napari_samtune.core.embeddings import (
     OVERVIEW,
@@ -74,10 +79,11 @@ class Segmenter:
         cache_dir: embedding cache folder; default ``registry.cache_dir() / "embeddings"``.
         tiling: tile overlap for images larger than the model input (default 1/4 tile).
         use_disk_cache: False keeps embeddings in memory only.
-        precision: image-encoder precision: "auto" (bf16 where the hardware runs it fast:
-            AVX-512 BF16/AMX CPUs, Ampere+ GPUs), "bf16", "fp16" or "fp32". The encoder's
-            attention always runs fused (``accelerate.use_fast_attention``: same math, the
-            model's attention modules are switched in place). Prompt decoding stays fp32.
+        precision: compute precision of encoder and decoder: "auto" (bf16 where the
+            hardware runs it fast: AVX-512 BF16/AMX CPUs, Ampere+ GPUs), "bf16", "fp16" or
+            "fp32"; results are always float32. The encoder's attention and the decoder's
+            upscaling always run through the fused paths of ``core.accelerate`` (same
+            math; the model's modules are switched in place).
     """
 
     batch_size = 16  # prompts decoded (and upscaled) at once in batched calls
@@ -97,8 +103,8 @@ class Segmenter:
                 f"model is a {type(model).__name__!r}; expected a segment_anything Sam model "
                 "(load one with napari_samtune.core.models.load_model(name).sam)"
             )
-        self.model = use_fast_attention(model.to(resolve_device(device)).eval())
-        self.encoder_dtype = autocast_dtype(self.model.device, precision)
+        self.model = use_fast_upscaling(use_fast_attention(model.to(resolve_device(device)).eval()))
+        self.compute_dtype = autocast_dtype(self.model.device, precision)
         self.tiling = tiling if tiling is not None else TilingConfig()
         self.cache = EmbeddingCache(cache_dir) if use_disk_cache else None
         self._model_id = model_id
@@ -120,7 +126,7 @@ class Segmenter:
     @property
     def _embedding_id(self) -> str:
         """Model id plus encoder precision: bf16 and fp32 embeddings are cached apart."""
-        precision = str(self.encoder_dtype).removeprefix("torch.") if self.encoder_dtype else "fp32"
+        precision = str(self.compute_dtype).removeprefix("torch.") if self.compute_dtype else "fp32"
         return f"{self.model_id}|{precision}"
 
     @property
@@ -177,7 +183,7 @@ class Segmenter:
             if progress is not None:
                 progress(len(tiles), len(tiles))
             return cached.to(self.model.device)
-        features = embed_tiles(self.model, rgb, tiles, progress, self.encoder_dtype)
+        features = embed_tiles(self.model, rgb, tiles, progress, self.compute_dtype)
         if self.cache is not None:
             self.cache.save(key, features)
         return features
@@ -227,15 +233,16 @@ class Segmenter:
         if boxes_xyxy is not None:
             corners = tile.to_input_frame(np.reshape(boxes_xyxy, (-1, 2, 2))).reshape(-1, 4)
             boxes = torch.as_tensor(corners, dtype=torch.float, device=device)
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(device, self.compute_dtype):
             sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-            return self.model.mask_decoder(
+            logits, iou = self.model.mask_decoder(
                 image_embeddings=self.features(view),
                 image_pe=self._image_pe(),
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask,
             )
+        return logits.float(), iou.float()
 
     def _image_pe(self) -> torch.Tensor:
         """The decoder's positional encoding of the embedding grid; fixed per model, so once."""
