@@ -19,6 +19,7 @@ from napari_samtune.core.registry import (
 )
 
 EXPECTED_BUILTINS = {
+    "nano": "nano",
     "vit_t": "vit_t",
     "vit_b": "vit_b",
     "vit_l": "vit_l",
@@ -42,6 +43,9 @@ def test_builtin_registry_lists_the_published_models_and_not_the_test_shape():
     assert {s.name: s.architecture for s in BUILTIN_MODELS} == EXPECTED_BUILTINS
     assert "tiny" not in {s.name for s in list_models()}
     for spec in BUILTIN_MODELS:
+        if spec.packaged:  # shipped inside the package: no URL, verified by sha256
+            assert spec.url is None and parse_hash(spec.file_hash)[0] == "sha256"
+            continue
         assert spec.url.startswith("https://")
         algorithm, _ = parse_hash(spec.file_hash)
         expected_algorithm = "xxh128" if spec.source == "micro-sam generalist" else "sha256"

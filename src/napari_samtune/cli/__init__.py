@@ -12,7 +12,15 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMAND_MODULES: tuple[str, ...] = ("models", "segment", "presets", "train", "export")
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "models",
+    "segment",
+    "presets",
+    "train",
+    "export",
+    "evaluate",
+    "demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

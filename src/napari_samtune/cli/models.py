@@ -29,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _row(spec: ModelSpec) -> tuple[str, ...]:
-    status = _STATUS_TEXT[download_status(spec)]
+    status = "packaged" if spec.packaged else _STATUS_TEXT[download_status(spec)]
     return (spec.name, spec.architecture, spec.source, status, str(spec.local_path()))
 
 

@@ -216,6 +216,19 @@ def download_file(
     return dest
 
 
+def _check_local_hash(spec: ModelSpec, path: Path) -> None:
+    """Packaged or registered weights with a recorded hash must still match it."""
+    if spec.file_hash is None:
+        return
+    algorithm, expected = parse_hash(spec.file_hash)
+    if file_digest(path, algorithm) != expected:
+        raise ValueError(
+            f"the weights of model {spec.name!r} at {path} do not match their recorded "
+            f"{algorithm} hash (the file is damaged or was replaced); reinstall napari-samtune "
+            "or register the model again"
+        )
+
+
 def ensure_model_file(
     spec: ModelSpec, download: bool = True, progress: ProgressCallback | None = None
 ) -> Path:
@@ -223,6 +236,7 @@ def ensure_model_file(
     path = spec.local_path()
     if spec.url is None:
         if path.is_file():
+            _check_local_hash(spec, path)
             return path
         raise FileNotFoundError(
             f"the weights of model {spec.name!r} are missing: {path}; register the model again"

@@ -1,6 +1,8 @@
 """Which SAM models exist, where their files live, and the user's own registered models.
 
-Built-in models are downloaded on first use into ``cache_dir() / "models"``;
+Built-in models are downloaded on first use into ``cache_dir() / "models"``,
+except packaged ones (the offline "nano" generalist), which ship inside the
+package in ``packaged_weights_dir()`` and have no URL;
 user models (finetuned or imported weights) live in ``user_models_dir()`` as a
 plain SAM state dict ``<name>.pt`` next to a JSON sidecar ``<name>.json`` that
 records the architecture and free-form metadata. Both folders can be moved with
@@ -43,6 +45,11 @@ def cache_dir() -> Path:
 def models_cache_dir() -> Path:
     """Folder that downloaded built-in weights go to: ``cache_dir() / "models"``."""
     return cache_dir() / "models"
+
+
+def packaged_weights_dir() -> Path:
+    """Folder of the weights shipped inside the package (``napari_samtune/weights``)."""
+    return Path(__file__).resolve().parent.parent / "weights"
 
 
 def user_models_dir() -> Path:
@@ -93,6 +100,7 @@ class ModelSpec:
     description: str = ""  # one line for tables and tooltips
     source: str = USER_SOURCE  # "official SAM", "MobileSAM", "micro-sam generalist" or "user"
     shape: SamArchitecture | None = None  # full shape when architecture is "custom"
+    packaged: bool = False  # weights ship inside the package (packaged_weights_dir), no URL
 
     def __post_init__(self) -> None:
         validate_model_name(self.name)
@@ -105,6 +113,11 @@ class ModelSpec:
             raise ValueError(f"filename={self.filename!r} must be a bare file name, not a path")
         if self.file_hash is not None:
             parse_hash(self.file_hash)
+        if self.packaged and (self.url is not None or self.is_user_model):
+            raise ValueError(
+                f"model {self.name!r}: packaged weights need url=None and a built-in source, "
+                f"got url={self.url!r}, source={self.source!r}"
+            )
 
     @property
     def is_user_model(self) -> bool:
@@ -116,6 +129,8 @@ class ModelSpec:
 
     def local_path(self) -> Path:
         """Where the weights file is (or will be, once downloaded)."""
+        if self.packaged:
+            return packaged_weights_dir() / self.filename
         folder = user_models_dir() if self.is_user_model else models_cache_dir()
         return folder / self.filename
 
@@ -123,6 +138,9 @@ class ModelSpec:
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 _BIOIMAGEIO_URL = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io/"
 _MICRO_SAM = "micro-sam generalist"
+
+# sha256 of weights/nano.pth; `benchmarks/train_nano.py --install` rewrites the next line.
+NANO_SHA256 = "sha256:0f2c709a0447ac7eb5bd7dbfe64dbc16ff39e9116839371318a7d8de575fc100"
 
 # Hashes and addresses as published by the SAM / MobileSAM authors and by micro-sam
 # (micro_sam/v1/util.py, models()). The test architecture "tiny" is deliberately absent.
@@ -183,6 +201,13 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         _BIOIMAGEIO_URL + "humorous-crab/1.2/files/vit_l.pt",
         "xxh128:810b084b6e51acdbf760a993d8619f2d",
         "micro-sam electron microscopy organelles generalist, ViT-L", _MICRO_SAM,
+    ),
+    # Trained from scratch on generated images by benchmarks/train_nano.py; ships with the
+    # package (fp16, ~4 MB) so demos and tests run offline. Not a replacement for vit_b.
+    ModelSpec(
+        "nano", "nano", "nano.pth", None, NANO_SHA256,
+        "offline generalist for demos: 1.9 M params, 256 px, trained on synthetic "
+        "fluorescence-like images", "napari-samtune (packaged)", packaged=True,
     ),
 )  # fmt: skip
 

@@ -1,0 +1,124 @@
+"""``samtune evaluate``: score one or more models on annotated images and compare them.
+
+For every ``--model``: box- and point-prompt IoU, the iterative-prompting curve
+(IoU after 1..n corrective clicks) and automatic instance segmentation (mSA, SA50,
+SA75, precision, recall, F1 at IoU 0.5). Writes ``evaluation.csv`` (one row per
+model, every metric) and ``evaluation.png`` (bar chart) to ``--out`` and prints
+a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from napari_samtune.core.automatic import AutoSegmentConfig
+
+TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("box_iou", "box IoU"),
+    ("point_iou", "point IoU"),
+    ("msa", "mSA"),
+    ("sa50", "SA50"),
+    ("sa75", "SA75"),
+    ("precision", "P"),
+    ("recall", "R"),
+    ("f1", "F1"),
+)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="compare models on annotated images (prompted IoU, automatic mSA)",
+        description=(
+            "Evaluate one or more SAM models on images with instance labels: box/point "
+            "prompt IoU, IoU after corrective clicks, and automatic segmentation scores. "
+            "Writes evaluation.csv and evaluation.png to --out."
+        ),
+    )
+    parser.add_argument("--images", nargs="+", required=True, help="TIFF files, folder or glob")
+    parser.add_argument("--labels", nargs="+", required=True, help="instance label TIFFs")
+    parser.add_argument(
+        "--model", action="append", required=True, help="model name or weights file (repeatable)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("samtune-evaluation"), help="folder")
+    parser.add_argument("--clicks", type=int, default=7, help="corrective clicks after the point")
+    parser.add_argument(
+        "--max-objects", type=int, default=None, help="evaluate at most this many per image"
+    )
+    parser.add_argument("--points-per-side", type=int, default=None, help="automatic grid")
+    parser.add_argument("--pred-iou-thresh", type=float, default=None, help="automatic filter")
+    parser.add_argument("--stability-thresh", type=float, default=None, help="automatic filter")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    parser.set_defaults(func=run)
+
+
+def auto_config_for(img_size: int, args: argparse.Namespace) -> AutoSegmentConfig:
+    """Defaults per model size (nano's for 256 px models, SAM's otherwise), then the options."""
+    from napari_samtune.core.automatic import AutoSegmentConfig
+    from napari_samtune.core.demo import NANO_AUTO_CONFIG
+
+    config = NANO_AUTO_CONFIG if img_size <= 256 else AutoSegmentConfig()
+    changes = {
+        "points_per_side": args.points_per_side,
+        "pred_iou_thresh": args.pred_iou_thresh,
+        "stability_score_thresh": args.stability_thresh,
+    }
+    return replace(config, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _unique_names(models: list[str]) -> list[str]:
+    """Row names: the model argument, or a file's stem; repeated names get ``#2``, ``#3``."""
+    names: list[str] = []
+    for model in models:
+        name = Path(model).stem if Path(model).suffix else model
+        candidate, n = name, 1
+        while candidate in names:
+            n += 1
+            candidate = f"{name}#{n}"
+        names.append(candidate)
+    return names
+
+
+def format_table(results: dict[str, dict[str, float]]) -> str:
+    header = "| model | " + " | ".join(t for _, t in TABLE_COLUMNS) + " |"
+    lines = [header, "|---|" + "---:|" * len(TABLE_COLUMNS)]
+    for name, metrics in results.items():
+        cells = [f"{metrics[k]:.3f}" if k in metrics else "" for k, _ in TABLE_COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_samtune.core.data import load_pairs
+    from napari_samtune.core.demo import model_metrics
+    from napari_samtune.core.devices import resolve_device
+    from napari_samtune.core.evaluate import compare_models
+    from napari_samtune.core.models import load_model
+
+    if args.clicks < 0:
+        raise ValueError(f"--clicks {args.clicks!r}; use 0 or more corrective clicks")
+    pairs = load_pairs(args.images, args.labels)
+    images, labels = [p.image for p in pairs], [p.labels for p in pairs]
+    device = str(resolve_device(args.device))
+    results = {}
+    for name, model in zip(_unique_names(args.model), args.model, strict=True):
+        loaded = load_model(model, device=device)
+        print(f"evaluating {name} on {len(pairs)} images ...", flush=True)
+        auto = auto_config_for(loaded.architecture.img_size, args)
+        results[name] = model_metrics(
+            loaded.sam, loaded.model_id, images, labels, auto, args.clicks, args.max_objects, device
+        )
+    files = compare_models(results, args.out, "evaluation")
+    print(format_table(results))
+    print(f"iterative prompting (IoU after 0..{args.clicks} clicks):")
+    for name, metrics in results.items():
+        curve = [metrics["point_iou"]] + [
+            metrics[f"iou_after_{k}_clicks"] for k in range(1, args.clicks + 1)
+        ]
+        print(f"  {name}: " + " ".join(f"{v:.3f}" for v in curve))
+    print(f"wrote {files.csv_path} and {files.png_path}")
+    return 0

@@ -1,0 +1,93 @@
+"""``samtune evaluate``: metrics of several models on TIFF files, as CSV, PNG and a table."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+import napari_samtune.cli as cli
+from napari_samtune.core.architectures import TINY, build_sam
+from napari_samtune.core.synthetic import make_dataset
+
+
+@pytest.fixture
+def annotated_folder(tmp_path):
+    """Two small generated images and their labels as TIFF files."""
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for i, (image, label) in enumerate(make_dataset(2, (96, 96), seed=3)):
+        tifffile.imwrite(images / f"img{i}.tif", image)
+        tifffile.imwrite(labels / f"img{i}_labels.tif", label)
+    return images, labels
+
+
+def _save_tiny(path, seed):
+    torch.manual_seed(seed)
+    torch.save(build_sam(TINY).state_dict(), path)
+    return path
+
+
+def test_evaluate_writes_one_row_per_model_with_all_metrics(tmp_path, annotated_folder, capsys):
+    images, labels = annotated_folder
+    first = _save_tiny(tmp_path / "first.pth", 0)
+    second = _save_tiny(tmp_path / "second.pth", 1)
+    out = tmp_path / "eval"
+    code = cli.main([
+        "evaluate", "--images", str(images), "--labels", str(labels), "--model", str(first),
+        "--model", str(second), "--out", str(out), "--clicks", "2", "--max-objects", "3",
+        "--points-per-side", "4",
+    ])  # fmt: skip
+    assert code == 0
+    with open(out / "evaluation.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [r["model"] for r in rows] == ["first", "second"]
+    for key in ("box_iou", "point_iou", "iou_after_2_clicks", "msa", "sa50", "sa75", "f1"):
+        values = [float(r[key]) for r in rows]
+        assert all(0.0 <= v <= 1.0 for v in values), key
+    # different random weights give different masks
+    assert rows[0]["box_iou"] != rows[1]["box_iou"]
+    assert (out / "evaluation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "| first |" in printed and "| second |" in printed
+    assert "IoU after 0..2 clicks" in printed
+
+
+def test_evaluate_scores_a_perfect_segmenter_higher_than_random(tmp_path, annotated_folder):
+    """Ground truth as 'prediction' would be 1.0; the tiny random model must be far below it."""
+    images, labels = annotated_folder
+    out = tmp_path / "eval"
+    model = _save_tiny(tmp_path / "tiny.pth", 0)
+    cli.main([
+        "evaluate", "--images", str(images), "--labels", str(labels), "--model", str(model),
+        "--out", str(out), "--clicks", "0", "--points-per-side", "4",
+    ])  # fmt: skip
+    with open(out / "evaluation.csv") as file:
+        row = next(csv.DictReader(file))
+    assert float(row["box_iou"]) < 0.9 and float(row["msa"]) < 0.9
+
+
+def test_evaluate_reports_unpaired_files_without_traceback(tmp_path, annotated_folder, capsys):
+    images, _ = annotated_folder
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    tifffile.imwrite(lonely / "other.tif", np.zeros((8, 8), np.uint16))
+    code = cli.main([
+        "evaluate", "--images", str(images), "--labels", str(lonely), "--model", "nano",
+    ])  # fmt: skip
+    assert code == 2
+    assert "could not pair files" in capsys.readouterr().err
+
+
+def test_evaluate_rejects_negative_clicks(tmp_path, annotated_folder, capsys):
+    images, labels = annotated_folder
+    code = cli.main([
+        "evaluate", "--images", str(images), "--labels", str(labels), "--model", "nano",
+        "--clicks", "-1",
+    ])  # fmt: skip
+    assert code == 2
+    assert "--clicks -1" in capsys.readouterr().err
