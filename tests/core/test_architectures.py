@@ -18,9 +18,16 @@ def test_architecture_is_recovered_from_weights(name):
 
 def test_custom_shape_is_inferred_field_by_field():
     arch = SamArchitecture(
-        name="mine", img_size=128, embed_dim=48, depth=3, num_heads=4,
-        global_attn_indexes=(0, 2), window_size=4, prompt_embed_dim=16,
-        decoder_mlp_dim=40, iou_head_hidden_dim=24,
+        name="mine",
+        img_size=128,
+        embed_dim=48,
+        depth=3,
+        num_heads=4,
+        global_attn_indexes=(0, 2),
+        window_size=4,
+        prompt_embed_dim=16,
+        decoder_mlp_dim=40,
+        iou_head_hidden_dim=24,
     )
     inferred = infer_architecture(build_sam(arch).state_dict())
     assert inferred.name == "custom"
