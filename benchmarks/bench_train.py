@@ -1,24 +1,36 @@
-"""Training speed and memory of the CPU presets' configurations, fp32 vs bf16.
+"""Training speed and memory of the CPU presets' configurations, against a stock baseline.
 
-For each configuration of the CPU presets (random weights: no pretrained
-weights can be downloaded here)
+Configurations (taken from the presets table, random weights: nothing can be
+downloaded here; 1024-pixel patches of crowded synthetic images, 2 corrective
+clicks after the first prompt, Adam):
 
-* ``vit_t``, everything trained, 5 objects per batch (CPU 16 GB),
-* ``vit_t``, image encoder frozen, 1 object per batch (CPU 8 GB),
-* ``vit_b``, everything trained, 10 objects per batch (CPU 32 GB),
+* ``vit_t_all``: MobileSAM (vit_t), everything trained, 5 objects (``cpu-16gb``);
+* ``vit_t_frozen``: vit_t with the image encoder frozen, 1 object (``cpu-8gb``);
+* ``vit_b_all``: SAM ViT-B, everything trained, 10 objects (``cpu-32gb``).
 
-this runs a few optimizer steps of the real training loop (``iter_train``:
-1024-pixel patches, 2 corrective-click iterations, Adam) in fp32 and with bf16
-autocast, each in a fresh subprocess, and prints seconds per step (median after
-one warm-up step) and the peak resident memory (RSS) of that process up to its
-last measured step. With a frozen encoder the first epoch computes each patch's
-embedding once (no gradient); later epochs reuse it: both step times are shown.
+Every measurement runs in a fresh child process with ``--threads`` torch threads:
 
-TinyViT (vit_t) has no SAM ViT attention: ``--attention both`` compares fused and
-stock attention for vit_b only.
+* ``stock``: a straightforward loop over the ``segment_anything`` modules written
+  here, in float32 with SAM's own attention: ``image_encoder`` -> per pass
+  ``prompt_encoder`` + ``mask_decoder`` (dense positional encoding fetched each
+  pass, as ``Sam.forward`` does), the same loss, data, prompts and corrective
+  clicks, Adam. With a frozen encoder the embedding is computed (without
+  gradient) in every step: the plain loop has no cache.
+* ``fast``: the project's real training loop (``iter_train``) with the config
+  the preset gives (mixed precision "auto": bf16 on CPUs with AMX/AVX-512 BF16,
+  fast attention and decoding on).
 
-Run: ``.venv/bin/python benchmarks/bench_train.py [--steps 3] [--only vit_b_all]
-[--threads N] [--attention fast|stock|both]``
+Seconds per step include the step's data preparation in both (the fast run's
+are the intervals between ``StepDone`` events); the first step of each run is
+a warm-up and not counted. Stock and fast children alternate, ``--repeats``
+times; the table shows the best (lowest) time of each. With a frozen encoder
+the fast child trains ``--epoch-samples`` samples per epoch for three epochs
+and reports the training time of each epoch (epoch start to its last step)
+and the whole epoch including its checkpoint. Peak memory is each child's
+``VmHWM`` (peak resident set) from ``/proc/self/status``.
+
+Run: ``.venv/bin/python benchmarks/bench_train.py [--threads 2] [--repeats 3]
+[--steps 3] [--only vit_t_frozen ...] [--variants fast fast-fp32 fast-stock-paths]``
 """
 
 from __future__ import annotations
@@ -27,105 +39,325 @@ import argparse
 import json
 import os
 import platform
-import resource
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+
+@dataclass(frozen=True)
+class BenchConfig:
+    preset: str  # the preset whose setting for ``model`` this is
+    model: str  # architecture name
+
+
 CONFIGS = {
-    "vit_t_all": dict(model="random:vit_t", freeze=(), n_objects_per_batch=5),
-    "vit_t_frozen": dict(model="random:vit_t", freeze=("image_encoder",), n_objects_per_batch=1),
-    "vit_b_all": dict(model="random:vit_b", freeze=(), n_objects_per_batch=10),
+    "vit_t_all": BenchConfig("cpu-16gb", "vit_t"),
+    "vit_t_frozen": BenchConfig("cpu-8gb", "vit_t"),
+    "vit_b_all": BenchConfig("cpu-32gb", "vit_b"),
 }
-PRECISIONS = ("no", "bf16")
+# TrainConfig overrides of the fast variants; "fast" is what the trainer does by default.
+VARIANTS = {
+    "fast": {},
+    "fast-fp32": {"mixed_precision": "no"},
+    "fast-stock-paths": {"fast_attention": False},
+}
+N_ITERATIVE_PROMPTS = 2
+LEARNING_RATE = 1e-5
+TARGET_SPEEDUP, TARGET_EPOCH_RATIO = 1.5, 20.0
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    """This process's peak resident set size (VmHWM), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def measure(name: str, precision: str, attention: str, steps: int) -> dict:
-    """Run ``steps`` + 1 optimizer steps of one configuration in this process."""
-    from napari_samtune.core.presets import TrainConfig
+def setting(name: str):
+    """The preset's ModelSetting (frozen parts, objects per patch) for configuration ``name``."""
+    from napari_samtune.core.architectures import ARCHITECTURES
+    from napari_samtune.core.presets import get_preset
+
+    bench = CONFIGS[name]
+    return get_preset(bench.preset).setting_for(ARCHITECTURES[bench.model])
+
+
+def dataset():
     from napari_samtune.core.synthetic import SyntheticStyle, make_dataset
-    from napari_samtune.core.train import StepDone, iter_train
 
-    crowded = SyntheticStyle(n_objects=(40, 60))
-    data = make_dataset(2, shape=(1024, 1024), style=crowded, seed=0)
-    frozen = bool(CONFIGS[name]["freeze"])
-    per_epoch = steps + 1
-    config = TrainConfig(
-        **CONFIGS[name],
-        epochs=2 if frozen else 1,
-        min_samples_per_epoch=per_epoch,
-        mixed_precision=precision,
-        fast_attention=attention == "fast",
+    return make_dataset(2, shape=(1024, 1024), style=SyntheticStyle(n_objects=(40, 60)), seed=0)
+
+
+# -- the stock baseline -----------------------------------------------------------------------
+
+
+def stock_pass_loss(sam, embedding, points, labels, boxes, mask_input, multimask, inp):
+    """One plain ``Sam`` decoder pass: (loss, logits, predicted IoU), as ``Sam.forward`` decodes."""
+    import torch
+
+    from napari_samtune.core.losses import sam_loss
+
+    sparse, dense = sam.prompt_encoder(
+        points=None if points is None else (points, labels), boxes=boxes, masks=mask_input
+    )
+    logits, iou = sam.mask_decoder(
+        image_embeddings=embedding,
+        image_pe=sam.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask,
+    )
+    loss, best = sam_loss(logits, iou, inp.targets, "dice_bce")
+    return loss, logits[torch.arange(len(best)), best][:, None], iou
+
+
+def stock_click(logits, inp):
+    """The corrective click after a pass: the centre of the largest low-res error."""
+    import torch
+
+    from napari_samtune.core.prompts import corrective_points
+
+    rows, cols = (-(-s // 4) for s in inp.input_size)
+    prediction = (logits[:, 0, :rows, :cols] > 0).numpy()
+    truth = (inp.targets[:, 0, :rows, :cols] > 0.5).numpy()
+    points, labels = corrective_points(prediction, truth)
+    points = torch.as_tensor(points[:, None] * 4 + 1.5, dtype=torch.float32)
+    return points, torch.as_tensor(labels[:, None])
+
+
+def stock_loss(sam, embedding, inp):
+    """First prompts plus N_ITERATIVE_PROMPTS corrective passes; mean loss over passes."""
+    import torch
+
+    points, labels, mask_input, multimask = inp.points, inp.point_labels, None, inp.multimask
+    total = 0.0
+    for iteration in range(1 + N_ITERATIVE_PROMPTS):
+        loss, chosen, _ = stock_pass_loss(
+            sam, embedding, points, labels, inp.boxes, mask_input, multimask, inp
+        )
+        total = total + loss
+        if iteration == N_ITERATIVE_PROMPTS:
+            break
+        new_points, new_labels = stock_click(chosen.detach(), inp)
+        if points is None:
+            points, labels = new_points, new_labels
+        else:
+            points, labels = torch.cat([points, new_points], 1), torch.cat([labels, new_labels], 1)
+        mask_input, multimask = chosen.detach(), False
+    return total / (1 + N_ITERATIVE_PROMPTS)
+
+
+def measure_stock(name: str, steps: int) -> dict:
+    """``steps`` + 1 optimizer steps of the plain loop; returns step times and peak RSS."""
+    import numpy as np
+    import torch
+
+    from napari_samtune.core.data import PatchSampler, as_pairs, prepare_pairs
+    from napari_samtune.core.model_source import load_base_model
+    from napari_samtune.core.train_step import prepare_input, with_first_prompts
+
+    model_setting = setting(name)
+    frozen = "image_encoder" in model_setting.freeze
+    sam, arch, _ = load_base_model(f"random:{CONFIGS[name].model}", seed=0)
+    sam.train()
+    sam.image_encoder.requires_grad_(not frozen)
+    if frozen:
+        sam.image_encoder.eval()
+    optimizer = torch.optim.Adam([p for p in sam.parameters() if p.requires_grad], LEARNING_RATE)
+    sampler = PatchSampler(prepare_pairs(as_pairs(dataset())), arch.img_size, 16, steps + 1, 0)
+    times = []
+    for index in sampler.epoch_order(0).tolist():
+        start = time.perf_counter()
+        patch = sampler.patch(index, 0)
+        ids = sampler.sample_objects(patch, model_setting.n_objects_per_batch, index, 0)
+        inp = prepare_input(sam, patch, ids, torch.device("cpu"))
+        inp = with_first_prompts(inp, np.random.default_rng([0, 3, index, 0]), 0.1)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.set_grad_enabled(not frozen):
+            embedding = sam.image_encoder(inp.pixels[None])
+        stock_loss(sam, embedding, inp).backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return {"step_s": times[1:], "peak_rss_mb": peak_rss_mb()}
+
+
+# -- the project's trainer --------------------------------------------------------------------
+
+
+def train_config(name: str, variant: str, samples: int, epochs: int):
+    from napari_samtune.core.presets import TrainConfig
+
+    model_setting = setting(name)
+    return TrainConfig(
+        model=f"random:{CONFIGS[name].model}",
+        freeze=model_setting.freeze,
+        n_objects_per_batch=model_setting.n_objects_per_batch,
+        batch_size=model_setting.batch_size,
+        learning_rate=LEARNING_RATE,
+        n_iterative_prompts=N_ITERATIVE_PROMPTS,
+        epochs=epochs,
+        min_samples_per_epoch=samples,
         val_fraction=0.0,
         early_stopping=None,
+        **VARIANTS[variant],
     )
-    stop, times, rss = threading.Event(), {0: [], 1: []}, 0.0
-    last = time.perf_counter()
+
+
+def measure_fast(name: str, variant: str, steps: int, epoch_samples: int) -> dict:
+    """Run ``iter_train``; step times per epoch, epoch times, peak RSS.
+
+    Full finetuning: one epoch of ``steps`` + 1 steps. Frozen encoder: three epochs
+    of ``epoch_samples`` steps (the first computes the embeddings, the others reuse them).
+    """
+    from napari_samtune.core.train import EpochDone, StepDone, iter_train
+
+    frozen = "image_encoder" in setting(name).freeze
+    samples, epochs = (epoch_samples, 3) if frozen else (steps + 1, 1)
+    config = train_config(name, variant, samples, epochs)
+    step_s, epoch_train_s, epoch_total_s = [[] for _ in range(epochs)], [], []
     with tempfile.TemporaryDirectory() as out:
         os.environ["SAMTUNE_MODELS_DIR"] = str(Path(out) / "models")
-        for event in iter_train(config, data, out_dir=Path(out) / "run", stop_event=stop):
+        last = epoch_start = time.perf_counter()
+        for event in iter_train(config, dataset(), out_dir=Path(out) / "run"):
             now = time.perf_counter()
             if isinstance(event, StepDone):
-                times[event.epoch].append(now - last)
-                rss = peak_rss_mb()
-                if event.epoch == config.epochs - 1 and event.step == per_epoch:
-                    stop.set()
+                step_s[event.epoch].append(now - last)
+                if event.step == event.steps_per_epoch:
+                    epoch_train_s.append(now - epoch_start)
+            elif isinstance(event, EpochDone):
+                epoch_total_s.append(event.epoch_seconds)
             last = time.perf_counter()
-    first = statistics.median(times[0][1:])
-    cached = statistics.median(times[1][1:]) if frozen else None
-    return {"config": name, "precision": precision, "attention": attention, "s_per_step": first,
-            "s_per_step_cached": cached, "peak_rss_mb": rss}  # fmt: skip
+            if not isinstance(event, StepDone):  # started, or an epoch (and its checkpoint) done
+                epoch_start = last
+    return {
+        "step_s": step_s[0][1:],
+        "cached_step_s": [t for epoch in step_s[1:] for t in epoch],
+        "epoch_train_s": epoch_train_s,
+        "epoch_total_s": epoch_total_s,
+        "precision": config.mixed_precision,
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
-def run_in_subprocess(name: str, precision: str, attention: str, args) -> dict:
-    command = [sys.executable, __file__, "--child", name, precision, attention]
-    command += ["--steps", str(args.steps), "--threads", str(args.threads)]
+# -- parent: run children, print the tables --------------------------------------------------
+
+
+def run_child(kind: str, name: str, args) -> dict:
+    command = [sys.executable, __file__, "--child", kind, name, "--threads", str(args.threads)]
+    command += ["--steps", str(args.steps), "--epoch-samples", str(args.epoch_samples)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode:
-        raise RuntimeError(f"{name} {precision} failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"{kind} {name} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def collect(args) -> dict[tuple[str, str], list[dict]]:
+    """Every (kind, configuration) child ``args.repeats`` times, stock and fast interleaved."""
+    results: dict[tuple[str, str], list[dict]] = {}
+    for repeat in range(args.repeats):
+        for name in args.only or CONFIGS:
+            for kind in ("stock", *args.variants):
+                result = run_child(kind, name, args)
+                results.setdefault((kind, name), []).append(result)
+                best = min(result["step_s"])
+                print(f"  [{repeat + 1}/{args.repeats}] {name:<13} {kind:<17} best step "
+                      f"{best:6.2f} s  load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+    return results
+
+
+def best(runs: list[dict], field: str) -> float:
+    return min(min(r[field]) for r in runs if r[field])
+
+
+def print_steps(results, args) -> None:
+    print(f"\nseconds per step (best of {args.repeats} runs x {args.steps} steps; "
+          f"frozen: first epoch / later epochs)")  # fmt: skip
+    print(f"{'configuration':<13} {'preset':<9} {'variant':<17} {'stock':>7} {'fast':>14} "
+          f"{'speed-up':>9}  target")  # fmt: skip
+    for name in args.only or CONFIGS:
+        stock = best(results[("stock", name)], "step_s")
+        for variant in args.variants:
+            runs = results[(variant, name)]
+            fast = best(runs, "step_s")
+            if runs[0]["cached_step_s"]:
+                cached = best(runs, "cached_step_s")
+                text = f"{fast:.2f} / {cached:.2f}"
+                ratio = f"{stock / fast:.1f}x/{stock / cached:.0f}x"
+            else:
+                text, ratio = f"{fast:.2f}", f"{stock / fast:.2f}x"
+            target = "" if runs[0]["cached_step_s"] else f">= {TARGET_SPEEDUP}x"
+            print(f"{name:<13} {CONFIGS[name].preset:<9} {variant:<17} {stock:>7.2f} {text:>14} "
+                  f"{ratio:>9}  {target}")  # fmt: skip
+
+
+def print_epochs(results, args) -> None:
+    for name in args.only or CONFIGS:
+        for variant in args.variants:
+            runs = [r for r in results[(variant, name)] if r["cached_step_s"]]
+            if not runs:
+                continue
+            print(f"\n{name} ({variant}): epochs of {args.epoch_samples} samples, real Trainer "
+                  f"(seconds; training steps / whole epoch with checkpoint)")  # fmt: skip
+            for r in runs:
+                train, total = r["epoch_train_s"], r["epoch_total_s"]
+                print("  run: " + "  ".join(f"epoch {i + 1} {t:.2f}/{w:.2f}"
+                      for i, (t, w) in enumerate(zip(train, total, strict=True))))  # fmt: skip
+            first = min(r["epoch_train_s"][0] for r in runs)
+            later = min(min(r["epoch_train_s"][1:]) for r in runs)
+            first_w = min(r["epoch_total_s"][0] for r in runs)
+            later_w = min(min(r["epoch_total_s"][1:]) for r in runs)
+            print(f"  best: first {first:.2f} s, later {later:.2f} s: {first / later:.1f}x "
+                  f"(whole epochs {first_w:.2f} / {later_w:.2f} s: {first_w / later_w:.1f}x); "
+                  f"target {TARGET_EPOCH_RATIO:.0f}x")  # fmt: skip
+
+
+def print_memory(results, args) -> None:
+    from napari_samtune.core.presets import get_preset
+
+    print("\npeak RSS (VmHWM of the child process, MB; max over runs)")
+    print(f"{'configuration':<13} {'budget':>8} {'stock':>8} " + " ".join(
+        f"{v:>17}" for v in args.variants))  # fmt: skip
+    for name in args.only or CONFIGS:
+        budget = get_preset(CONFIGS[name].preset).memory_gb * 1000
+        peaks = [max(r["peak_rss_mb"] for r in results[(k, name)]) for k in args.variants]
+        stock = max(r["peak_rss_mb"] for r in results[("stock", name)])
+        fits = "fits" if max(peaks) <= budget else "OVER BUDGET"
+        print(f"{name:<13} {budget:>8.0f} {stock:>8.0f} "
+              + " ".join(f"{p:>17.0f}" for p in peaks) + f"  {fits}")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per child")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per configuration")
     parser.add_argument("--steps", type=int, default=3, help="measured steps per run")
+    parser.add_argument("--epoch-samples", type=int, default=10, help="frozen: samples/epoch")
     parser.add_argument("--only", nargs="+", choices=sorted(CONFIGS), help="configurations")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
-    parser.add_argument(
-        "--attention", choices=("fast", "stock", "both"), default="fast",
-        help="ViT attention: fused SDPA (the trainer's default), SAM's stock code, or both",
-    )  # fmt: skip
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["fast"])
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     if args.child:
-        print(json.dumps(measure(*args.child, steps=args.steps)))
+        kind, name = args.child
+        if kind == "stock":
+            print(json.dumps(measure_stock(name, args.steps)))
+        else:
+            print(json.dumps(measure_fast(name, kind, args.steps, args.epoch_samples)))
         return
-
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
-    print(f"{'configuration':<14} {'precision':<9} {'attention':<9} {'s/step':>8} "
-          f"{'s/step cached':>14} {'peak RSS MB':>12}")  # fmt: skip
-    attentions = ("fast", "stock") if args.attention == "both" else (args.attention,)
-    for name in args.only or CONFIGS:
-        for attention in attentions if name.startswith("vit_b") else ("fast",):
-            for precision in PRECISIONS:
-                r = run_in_subprocess(name, precision, attention, args)
-                cached = f"{r['s_per_step_cached']:.2f}" if r["s_per_step_cached"] else "-"
-                label = "fp32" if precision == "no" else precision
-                print(f"{name:<14} {label:<9} {attention:<9} {r['s_per_step']:>8.2f} "
-                      f"{cached:>14} {r['peak_rss_mb']:>12.0f}", flush=True)  # fmt: skip
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+          f"{torch.__version__}, {args.threads} threads per child, load average "
+          f"{os.getloadavg()[0]:.1f} at start")  # fmt: skip
+    results = collect(args)
+    print_steps(results, args)
+    print_epochs(results, args)
+    print_memory(results, args)
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
 
 
 if __name__ == "__main__":

@@ -6,11 +6,15 @@ from napari_samtune.core.accelerate import (
     FastRelPosAttention,
     autocast,
     autocast_dtype,
+    decode_prompts,
+    decoder_image,
     use_fast_attention,
+    use_fast_tinyvit_attention,
     use_fast_upscaling,
     use_stock_attention,
 )
 from napari_samtune.core.architectures import TINY, build_sam
+from napari_samtune.core.train_step import decode
 
 
 def _encoder_with_nonzero_rel_pos():
@@ -94,3 +98,137 @@ def test_other_transposed_convolutions_are_left_alone():
     model = torch.nn.Sequential(torch.nn.ConvTranspose2d(4, 4, 3, stride=2))
     use_fast_upscaling(model)
     assert type(model[0]) is torch.nn.ConvTranspose2d
+
+
+# -- training fast paths: prompt decoding and TinyViT attention ------------------------------
+
+
+def _decoder_sam():
+    """TINY with non-trivial decoder weights (the random init gives near-zero logits)."""
+    torch.manual_seed(0)
+    sam = build_sam(TINY)
+    for module in sam.mask_decoder.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=module.in_features**-0.5)
+            torch.nn.init.normal_(module.bias, std=0.1)
+    return sam.train()
+
+
+def _prompts(kind: str, n: int = 3):
+    """Prompts for n objects of a TINY model (256 px input, 16 x 16 embedding)."""
+    generator = torch.Generator().manual_seed(1)
+    points = torch.rand(n, 2, 2, generator=generator) * 256
+    labels = torch.tensor([[1, 0], [1, -1], [1, 1]])[:n]
+    boxes = torch.sort(torch.rand(n, 2, 2, generator=generator) * 256, dim=1).values.reshape(n, 4)
+    masks = torch.randn(n, 1, 64, 64, generator=generator) * 3
+    return {
+        "points first pass": (points, labels, None, None, True),
+        "boxes first pass": (None, None, boxes, None, False),
+        "points with mask input": (points, labels, None, masks, False),
+        "everything": (points, labels, boxes, masks, True),
+    }[kind]
+
+
+def _outputs_and_grads(sam, decode_fn, image, embedding, prompts):
+    sam.zero_grad()
+    embedding.grad = None
+    logits, iou = decode_fn(sam, image, *prompts)
+    (logits.float().sin().sum() + iou.float().square().sum()).backward()
+    grads = {k: p.grad.clone() for k, p in sam.named_parameters() if p.grad is not None}
+    return logits.detach().float(), iou.detach().float(), grads, embedding.grad.clone()
+
+
+@pytest.mark.parametrize(
+    "kind", ["points first pass", "boxes first pass", "points with mask input", "everything"]
+)
+def test_decode_prompts_matches_the_stock_modules(kind):
+    sam, prompts = _decoder_sam(), _prompts(kind)
+    embedding = torch.randn(1, TINY.prompt_embed_dim, 16, 16, requires_grad=True)
+    stock = _outputs_and_grads(sam, decode, embedding, embedding, prompts)
+    fast = _outputs_and_grads(
+        sam, decode_prompts, decoder_image(sam, embedding), embedding, prompts
+    )
+    assert fast[0].shape == stock[0].shape == (3, 3 if prompts[-1] else 1, 64, 64)
+    assert stock[0].std() > 0.05  # logits that matter
+    for fast_value, stock_value in zip(fast[:2] + fast[3:], stock[:2] + stock[3:], strict=True):
+        _assert_close_to_scale(fast_value, stock_value)  # logits, IoU, gradient into the encoder
+    assert fast[2].keys() == stock[2].keys()
+    scale = max(g.abs().max().item() for g in stock[2].values())
+    for name, grad in stock[2].items():
+        # a key bias adds the same q . b_k to all scores of a query, which softmax removes:
+        # the true gradient of every k_proj.bias is 0, both sides hold rounding noise
+        if name.endswith("k_proj.bias"):
+            assert max(fast[2][name].abs().max(), grad.abs().max()) < 1e-4 * scale, name
+            continue
+        _assert_close_to_scale(fast[2][name], grad, name)
+
+
+def _assert_close_to_scale(actual, expected, name="", tolerance=1e-4):
+    """Every element within ``tolerance`` x the largest magnitude of ``expected``."""
+    error = (actual - expected).abs().max().item()
+    assert error <= tolerance * expected.abs().max().item(), (name, error)
+
+
+@pytest.mark.parametrize("kind", ["points first pass", "everything"])
+def test_decode_prompts_in_bf16_is_as_close_to_fp32_as_stock_autocast(kind):
+    sam, prompts = _decoder_sam(), _prompts(kind)
+    embedding = torch.randn(1, TINY.prompt_embed_dim, 16, 16, requires_grad=True)
+    reference = _outputs_and_grads(sam, decode, embedding, embedding, prompts)
+    with autocast(torch.device("cpu"), torch.bfloat16):
+        image = decoder_image(sam, embedding)
+        assert image.dtype == torch.bfloat16 and image.tokens.dtype == torch.float32
+        fast = _outputs_and_grads(sam, decode_prompts, image, embedding, prompts)
+        stock = _outputs_and_grads(sam, decode, embedding, embedding, prompts)
+
+    def error(result, part, name=None):
+        got, want = (r[part] if name is None else r[part][name] for r in (result, reference))
+        return ((got.float() - want).norm() / want.norm().clamp(min=1e-12)).item()
+
+    assert error(fast, 0) < 0.03  # logits
+    for part in (0, 1, 3):  # logits, IoU, gradient into the encoder
+        assert error(fast, part) <= max(1.5 * error(stock, part), 0.01), part
+    for name, grad in reference[2].items():
+        if not name.endswith("k_proj.bias") and grad.abs().max() > 0:  # zero true gradients
+            assert error(fast, 2, name) <= max(3 * error(stock, 2, name), 0.1), name
+
+
+def _tinyvit_attention():
+    from mobile_sam.modeling.tiny_vit_sam import Attention as TinyViTAttention
+
+    torch.manual_seed(0)
+    attention = TinyViTAttention(64, 32, num_heads=2, attn_ratio=1, resolution=(7, 7))
+    torch.nn.init.normal_(attention.attention_biases)  # zero-initialised: make the bias matter
+    return attention
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_fast_tinyvit_attention_matches_stock(training):
+    attention = _tinyvit_attention()
+    attention.train(training)  # (returns None: TinyViT's Attention overrides train)
+    stock_class = type(attention)
+    x = torch.randn(5, 49, 64, requires_grad=True)
+    results = []
+    for switch in (lambda m: m, use_fast_tinyvit_attention):
+        module = torch.nn.Sequential(attention)
+        switch(module)
+        attention.zero_grad()
+        x.grad = None
+        out = module(x)
+        out.square().sum().backward()
+        results.append([out.detach(), x.grad.clone()])
+        if training:  # (eval mode reads a precomputed, detached bias)
+            results[-1].append(attention.attention_biases.grad.clone())
+    assert type(attention) is not stock_class and isinstance(attention, stock_class)
+    for fast, stock in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(fast, stock, rtol=1e-4, atol=1e-5)
+
+
+def test_fast_tinyvit_attention_keeps_the_state_dict_and_skips_other_models():
+    attention = _tinyvit_attention()
+    keys = list(attention.state_dict())
+    use_fast_tinyvit_attention(torch.nn.Sequential(attention))
+    assert type(attention).__name__ == "FastTinyViTAttention"
+    assert list(attention.state_dict()) == keys
+    model = build_sam(TINY)
+    before = [type(m) for m in model.modules()]
+    assert [type(m) for m in use_fast_tinyvit_attention(model).modules()] == before

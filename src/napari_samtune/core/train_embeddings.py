@@ -28,6 +28,9 @@ class EmbeddingLRU:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._entries
+
     def get_many(
         self,
         keys: Sequence[Hashable],
@@ -36,7 +39,8 @@ class EmbeddingLRU:
     ) -> torch.Tensor:
         """Embeddings (B, C, E, E) of ``inputs`` (objects with ``.pixels`` (3, S, S)).
 
-        Missing ones are computed together with ``compute(pixels (b, 3, S, S))``.
+        Missing ones are computed together with ``compute(pixels (b, 3, S, S))``; the
+        ``pixels`` of inputs whose key is cached are never read (they may be None).
         """
         missing = [i for i, key in enumerate(keys) if key not in self._entries]
         self.hits += len(keys) - len(missing)

@@ -27,6 +27,7 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch import nn
 
+from napari_samtune.core.accelerate import decode_prompts, decoder_image
 from napari_samtune.core.data import TrainingPatch
 from napari_samtune.core.losses import sam_loss
 from napari_samtune.core.prompts import (
@@ -46,7 +47,7 @@ class PatchInput:
     """One patch ready for SAM: pixels, object targets and the first prompts."""
 
     key: tuple[int, int, int, int]  # TrainingPatch.key
-    pixels: torch.Tensor  # float32 (3, S, S), normalised and padded like Sam.preprocess
+    pixels: torch.Tensor | None  # float32 (3, S, S) as Sam.preprocess; None: embedding cached
     input_size: tuple[int, int]  # (rows, cols) of the resized patch inside the input
     original_size: tuple[int, int]  # (h, w) of the patch
     masks: np.ndarray  # bool (n, h, w): the objects, patch frame
@@ -63,17 +64,20 @@ def to_input_frame(coords: np.ndarray, original: tuple[int, int], inp: tuple[int
 
 
 def prepare_input(
-    sam: Sam, patch: TrainingPatch, object_ids: np.ndarray, device: torch.device
+    sam: Sam,
+    patch: TrainingPatch,
+    object_ids: np.ndarray,
+    device: torch.device,
+    with_pixels: bool = True,
 ) -> PatchInput:
-    """Pixels and targets of ``patch`` for the objects ``object_ids`` (no prompts yet)."""
+    """Pixels and targets of ``patch`` for the objects ``object_ids`` (no prompts yet).
+
+    ``with_pixels=False`` leaves ``pixels`` None: the patch's embedding is known already.
+    """
     img_size = sam.image_encoder.img_size
     height, width = patch.labels.shape
     input_size = ResizeLongestSide.get_preprocess_shape(height, width, img_size)
-    rgb = patch.rgb
-    if input_size != (height, width):
-        rgb = ResizeLongestSide(img_size).apply_image(rgb)
-    pixels = torch.as_tensor(np.ascontiguousarray(rgb), device=device).permute(2, 0, 1)
-    pixels = sam.preprocess(pixels.float())
+    pixels = _pixels(sam, patch.rgb, input_size, device) if with_pixels else None
     masks = patch.labels[None] == np.asarray(object_ids, dtype=patch.labels.dtype)[:, None, None]
     targets = torch.as_tensor(masks[:, None], dtype=torch.float32, device=device)
     if input_size != (height, width):
@@ -81,6 +85,22 @@ def prepare_input(
     targets = F.pad(targets, (0, img_size - input_size[1], 0, img_size - input_size[0]))
     targets = F.avg_pool2d(targets, LOWRES_FACTOR)
     return PatchInput(patch.key, pixels, input_size, (height, width), masks, targets)
+
+
+def _pixels(sam: Sam, rgb: np.ndarray, input_size: tuple[int, int], device) -> torch.Tensor:
+    if input_size != rgb.shape[:2]:
+        rgb = ResizeLongestSide(sam.image_encoder.img_size).apply_image(rgb)
+    pixels = torch.as_tensor(np.ascontiguousarray(rgb), device=device).permute(2, 0, 1)
+    return sam.preprocess(pixels.float())
+
+
+def encode(sam: Sam, pixels: torch.Tensor) -> torch.Tensor:
+    """Image embeddings (B, C, E, E) of preprocessed (B, 3, S, S) ``pixels``.
+
+    The pixels go in channels-last: convolutions (all of TinyViT's first stages) then
+    run without layout conversions (vit_t's encoder about twice as fast on CPU); same result.
+    """
+    return sam.image_encoder(pixels.contiguous(memory_format=torch.channels_last))
 
 
 def with_first_prompts(inp: PatchInput, rng: np.random.Generator, box_jitter: float) -> PatchInput:
@@ -165,29 +185,33 @@ class SamTrainingStep(nn.Module):
     then per patch the decoder on the first prompts and ``n_iterative_prompts``
     times more, each time adding a corrective click and feeding back the previous
     low-res logits as mask input. The loss is averaged over passes and patches.
+    ``fast`` decodes with :func:`~napari_samtune.core.accelerate.decode_prompts`
+    (same parameters and result as the stock modules, far less work per pass).
     """
 
-    def __init__(self, sam: Sam, n_iterative_prompts: int, mask_loss: str) -> None:
+    def __init__(
+        self, sam: Sam, n_iterative_prompts: int, mask_loss: str, fast: bool = True
+    ) -> None:
         super().__init__()
         self.sam = sam
         self.n_iterative_prompts = n_iterative_prompts
         self.mask_loss = mask_loss
+        self.fast = fast
 
     def forward(
         self, inputs: list[PatchInput], embeddings: torch.Tensor | None = None
     ) -> torch.Tensor:
         if embeddings is None:
-            embeddings = self.sam.image_encoder(torch.stack([i.pixels for i in inputs]))
+            embeddings = encode(self.sam, torch.stack([i.pixels for i in inputs]))
         losses = [self._patch_loss(embeddings[i : i + 1], inp) for i, inp in enumerate(inputs)]
         return torch.stack(losses).mean()
 
     def _patch_loss(self, embedding: torch.Tensor, inp: PatchInput) -> torch.Tensor:
         points, labels, mask_input = inp.points, inp.point_labels, None
         multimask, total = inp.multimask, 0.0
+        run, image = _decoder(self.sam, embedding, self.fast)  # image: once for all passes
         for iteration in range(1 + self.n_iterative_prompts):
-            logits, iou = decode(
-                self.sam, embedding, points, labels, inp.boxes, mask_input, multimask
-            )
+            logits, iou = run(self.sam, image, points, labels, inp.boxes, mask_input, multimask)
             loss, best = sam_loss(logits, iou, inp.targets, self.mask_loss)
             total = total + loss
             if iteration == self.n_iterative_prompts:
@@ -196,6 +220,11 @@ class SamTrainingStep(nn.Module):
             points, labels = _append(points, labels, *_next_click(chosen.detach(), inp))
             mask_input, multimask = chosen.detach(), False
         return total / (1 + self.n_iterative_prompts)
+
+
+def _decoder(sam: Sam, embedding: torch.Tensor, fast: bool):
+    """The decode function and what it takes as the image: fast tokens or the stock embedding."""
+    return (decode_prompts, decoder_image(sam, embedding)) if fast else (decode, embedding)
 
 
 def _iou_dice(masks: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,7 +236,9 @@ def _iou_dice(masks: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 @torch.no_grad()
-def validation_sums(sam: Sam, embedding: torch.Tensor, inp: PatchInput) -> np.ndarray:
+def validation_sums(
+    sam: Sam, embedding: torch.Tensor, inp: PatchInput, fast: bool = True
+) -> np.ndarray:
     """Box- and point-prompt quality of every object of a validation patch.
 
     Box prompts are the objects' exact boxes (single mask output); point prompts
@@ -226,15 +257,16 @@ def validation_sums(sam: Sam, embedding: torch.Tensor, inp: PatchInput) -> np.nd
     points = to_input_frame(points, shape, size)
     sums = np.zeros(5)
     device = embedding.device
+    run, image = _decoder(sam, embedding, fast)
     for start in range(0, len(inp.masks), VAL_CHUNK):
         part = slice(start, start + VAL_CHUNK)
         truth = torch.as_tensor(inp.masks[part], device=device)
         box = torch.as_tensor(boxes[part], dtype=torch.float32, device=device)
-        logits, _ = decode(sam, embedding, None, None, box, None, False)
+        logits, _ = run(sam, image, None, None, box, None, False)
         box_iou, box_dice = _iou_dice(_upsample(sam, logits, inp)[:, 0], truth)
         point = torch.as_tensor(points[part], dtype=torch.float32, device=device)
         ones = torch.ones(point.shape[:2], dtype=torch.int64, device=device)
-        logits, scores = decode(sam, embedding, point, ones, None, None, True)
+        logits, scores = run(sam, image, point, ones, None, None, True)
         chosen = logits[torch.arange(len(point), device=device), scores.argmax(dim=1)]
         point_iou, point_dice = _iou_dice(_upsample(sam, chosen[:, None], inp)[:, 0], truth)
         sums += [t.sum().item() for t in (box_iou, point_iou, box_dice, point_dice)] + [len(truth)]
@@ -247,20 +279,24 @@ def validate_patches(
     device: torch.device,
     frozen_embeddings: Callable[[list[PatchInput]], torch.Tensor | None],
     autocast: Callable[[], AbstractContextManager],
+    fast: bool = True,
+    is_cached: Callable[[tuple], bool] = lambda key: False,
 ) -> np.ndarray:
     """:func:`validation_sums` over ``patches``, every object of each (model in eval mode).
 
-    ``frozen_embeddings(inputs)`` returns cached embeddings, or None to run the encoder.
+    ``frozen_embeddings(inputs)`` returns cached embeddings, or None to run the encoder;
+    ``is_cached(patch.key)`` says whether it has the patch's embedding (no pixels needed).
     """
     sums = np.zeros(5)
     with torch.no_grad():
         for patch in patches:
-            inp = prepare_input(sam, patch, patch.object_ids, device)
+            pixels = not is_cached(patch.key)
+            inp = prepare_input(sam, patch, patch.object_ids, device, with_pixels=pixels)
             with autocast():
                 embedding = frozen_embeddings([inp])
                 if embedding is None:
-                    embedding = sam.image_encoder(inp.pixels[None])
-                sums += validation_sums(sam, embedding, inp)
+                    embedding = encode(sam, inp.pixels[None])
+                sums += validation_sums(sam, embedding, inp, fast)
     return sums
 
 

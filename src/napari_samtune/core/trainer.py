@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from napari_samtune.core import distributed as ddp
-from napari_samtune.core.accelerate import use_fast_attention
+from napari_samtune.core.accelerate import use_fast_attention, use_fast_tinyvit_attention
 from napari_samtune.core.checkpoints import atomic_write
 from napari_samtune.core.data import (
     ImageLabelPair,
@@ -66,6 +66,7 @@ from napari_samtune.core.train_setup import (
 )
 from napari_samtune.core.train_step import (
     SamTrainingStep,
+    encode,
     metrics_from_sums,
     prepare_input,
     validate_patches,
@@ -129,11 +130,12 @@ class Trainer:
             mixed_precision=self.precision,
             device=str(self.device),
         )
-        if self.config.fast_attention:
-            use_fast_attention(sam)  # swaps module classes only: state dict unchanged
+        if self.config.fast_attention:  # swaps module classes only: state dict unchanged
+            use_fast_tinyvit_attention(use_fast_attention(sam))
         self.sam, self.arch = sam.to(self.device), arch
         self.params = set_trainable(self.sam, self.config)
-        step = SamTrainingStep(self.sam, self.config.n_iterative_prompts, self.config.mask_loss)
+        c = self.config
+        step = SamTrainingStep(self.sam, c.n_iterative_prompts, c.mask_loss, c.fast_attention)
         self.step_module = ddp.wrap_module(step, self.dist, self.device)
 
     def _setup_data(self) -> None:
@@ -251,7 +253,8 @@ class Trainer:
         object_ids = self.sampler.sample_objects(
             patch, self.config.n_objects_per_batch, index, epoch
         )
-        inp = prepare_input(self.sam, patch, object_ids, self.device)
+        pixels = not self._is_cached("train", patch.key)
+        inp = prepare_input(self.sam, patch, object_ids, self.device, with_pixels=pixels)
         rng = np.random.default_rng([self.config.seed, 3, index, epoch])
         return with_first_prompts(inp, rng, self.config.box_jitter)
 
@@ -262,9 +265,13 @@ class Trainer:
 
         def compute(pixels: torch.Tensor) -> torch.Tensor:
             with torch.no_grad(), autocast(self.precision, self.device):
-                return self.sam.image_encoder(pixels)
+                return encode(self.sam, pixels)
 
         return self.cache.get_many([(split, i.key) for i in inputs], inputs, compute)
+
+    def _is_cached(self, split: str, key: tuple) -> bool:
+        """The frozen encoder's embedding of this patch is cached: its pixels are not needed."""
+        return self.config.encoder_frozen and (split, key) in self.cache
 
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -324,6 +331,8 @@ class Trainer:
             self.device,
             lambda inputs: self._frozen_embeddings(inputs, "val"),
             lambda: autocast(self.precision, self.device),
+            self.config.fast_attention,
+            lambda key: self._is_cached("val", key),
         )
         set_train_mode(self.sam, self.config)
         return metrics_from_sums(ddp.all_reduce_sum(sums, self.dist, self.device))
