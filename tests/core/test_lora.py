@@ -32,15 +32,6 @@ SMALL_TINYVIT = SamArchitecture(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small models run fastest single-threaded, above all on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _randomise_adapters(sam):
     for module in lora_modules(sam).values():
         torch.nn.init.normal_(module.lora_b, std=0.2)

@@ -43,14 +43,6 @@ SMALL_TINYVIT = SamArchitecture(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _training_inputs(sam, nuclei_image, n_objects=3):
     """Patches of the nuclei image with first prompts: boxes for some, points for others."""
     image, labels = nuclei_image
