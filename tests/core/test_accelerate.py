@@ -1,19 +1,21 @@
 import pytest
 import torch
 
-from napari_samtune.core.accelerate import (
+from napari_samtune.core import fast_encoder
+from napari_samtune.core.accelerate import autocast, autocast_dtype
+from napari_samtune.core.architectures import TINY, build_sam
+from napari_samtune.core.fast_decoder import (
     FastConvTranspose2x2,
-    FastRelPosAttention,
-    autocast,
-    autocast_dtype,
     decode_prompts,
     decoder_image,
+    use_fast_upscaling,
+)
+from napari_samtune.core.fast_encoder import (
+    FastRelPosAttention,
     use_fast_attention,
     use_fast_tinyvit_attention,
-    use_fast_upscaling,
     use_stock_attention,
 )
-from napari_samtune.core.architectures import TINY, build_sam
 from napari_samtune.core.train_step import decode
 
 
@@ -34,6 +36,18 @@ def test_fast_attention_matches_stock_in_fp32():
         reference = encoder(x)
         fast = use_fast_attention(encoder)(x)
     assert any(isinstance(m, FastRelPosAttention) for m in encoder.modules())
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("small_window", [0, 10**6])
+def test_both_inference_attention_paths_match_stock(monkeypatch, small_window):
+    """SDPA (small_window 0) and the plain window products (every block) give the stock result."""
+    monkeypatch.setattr(fast_encoder, "SMALL_WINDOW", small_window)
+    encoder = _encoder_with_nonzero_rel_pos()
+    x = torch.randn(1, 3, 256, 256)
+    with torch.inference_mode():
+        reference = encoder(x)
+        fast = use_fast_attention(encoder)(x)
     torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
 
 

@@ -10,16 +10,16 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from napari_samtune.core import train_step
-from napari_samtune.core.accelerate import decode_prompts, decoder_image
 from napari_samtune.core.architectures import TINY, SamArchitecture, build_sam
 from napari_samtune.core.data import ImageLabelPair, PatchSampler, prepare_pair
+from napari_samtune.core.fast_decoder import decode_prompts, decoder_image
+from napari_samtune.core.fast_encoder import encode
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.synthetic import make_dataset
 from napari_samtune.core.train import EpochDone, iter_train
 from napari_samtune.core.train_step import (
     SamTrainingStep,
     decode,
-    encode,
     prepare_input,
     with_first_prompts,
 )

@@ -35,6 +35,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from napari_samtune.core.accelerate import autocast
 from napari_samtune.core.architectures import PATCH_SIZE
 from napari_samtune.core.checkpoints import atomic_torch_save
+from napari_samtune.core.fast_encoder import encode
 from napari_samtune.core.registry import cache_dir
 
 CACHE_FORMAT = "napari-samtune-embeddings"
@@ -228,7 +229,7 @@ def embed_view(
     pixels = torch.as_tensor(np.ascontiguousarray(crop), device=sam.device)
     pixels = pixels.permute(2, 0, 1).contiguous()[None]
     with torch.inference_mode(), autocast(sam.device, dtype):
-        return sam.image_encoder(sam.preprocess(pixels)).float()
+        return encode(sam, sam.preprocess(pixels)).float()
 
 
 def embed_tiles(

@@ -24,12 +24,7 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
-from napari_samtune.core.accelerate import (
-    autocast,
-    autocast_dtype,
-    use_fast_attention,
-    use_fast_upscaling,
-)
+from napari_samtune.core.accelerate import autocast_dtype, tune_cpu_allocator, use_fast_paths
 from napari_samtune.core.devices import resolve_device
 from napari_samtune.core.embeddings import (
     OVERVIEW,
@@ -42,6 +37,7 @@ from napari_samtune.core.embeddings import (
     embedding_key,
     image_digest,
 )
+from napari_samtune.core.fast_decoder import DecoderImage, decode_prompts, decoder_image
 from napari_samtune.core.images import to_sam_rgb
 from napari_samtune.core.models import state_dict_digest
 from napari_samtune.core.prompt_checks import (
@@ -79,11 +75,14 @@ class Segmenter:
         cache_dir: embedding cache folder; default ``registry.cache_dir() / "embeddings"``.
         tiling: tile overlap for images larger than the model input (default 1/4 tile).
         use_disk_cache: False keeps embeddings in memory only.
-        precision: compute precision of encoder and decoder: "auto" (bf16 where the
+        precision: compute precision of the image encoder: "auto" (bf16 where the
             hardware runs it fast: AVX-512 BF16/AMX CPUs, Ampere+ GPUs), "bf16", "fp16" or
-            "fp32"; results are always float32. The encoder's attention and the decoder's
-            upscaling always run through the fused paths of ``core.accelerate`` (same
-            math; the model's modules are switched in place).
+            "fp32"; embeddings are stored in float32. Prompts are decoded in float32
+            (cheap, and keeps masks closest to the reference) by
+            :func:`~napari_samtune.core.fast_decoder.decode_prompts`. The encoder's
+            attention always runs through the fused paths of ``core.fast_encoder`` (same
+            math; the model's modules are switched in place). On CPU this also tunes the
+            process's allocator once (``accelerate.tune_cpu_allocator``).
     """
 
     batch_size = 16  # prompts decoded (and upscaled) at once in batched calls
@@ -103,8 +102,10 @@ class Segmenter:
                 f"model is a {type(model).__name__!r}; expected a segment_anything Sam model "
                 "(load one with napari_samtune.core.models.load_model(name).sam)"
             )
-        self.model = use_fast_upscaling(use_fast_attention(model.to(resolve_device(device)).eval()))
+        self.model = use_fast_paths(model.to(resolve_device(device)).eval())
         self.compute_dtype = autocast_dtype(self.model.device, precision)
+        if self.model.device.type == "cpu":
+            tune_cpu_allocator()
         self.tiling = tiling if tiling is not None else TilingConfig()
         self.cache = EmbeddingCache(cache_dir) if use_disk_cache else None
         self._model_id = model_id
@@ -114,7 +115,7 @@ class Segmenter:
         self._features: torch.Tensor | None = None
         self._overview: torch.Tensor | None = None
         self._last_view = 0
-        self._dense_pe: torch.Tensor | None = None
+        self._decoder_images: dict[int, DecoderImage] = {}
 
     @property
     def model_id(self) -> str:
@@ -168,6 +169,7 @@ class Segmenter:
         features = self._load_or_embed(key, rgb, grid.tiles, progress)
         self._rgb, self._image_hash, self._grid = rgb, digest, grid
         self._features, self._overview, self._last_view = features, None, 0
+        self._decoder_images = {}
 
     def _load_or_embed(
         self,
@@ -224,32 +226,27 @@ class Segmenter:
             low-res logits (B, M, L, L) float32 and predicted IoU (B, M), M = 3 or 1.
         """
         tile, device = self.grid.view(view), self.model.device
-        points = boxes = None
+        coords = labels = boxes = None
         if points_xy is not None:
             coords = torch.as_tensor(
                 tile.to_input_frame(points_xy), dtype=torch.float, device=device
             )
-            points = (coords, torch.as_tensor(point_labels, dtype=torch.int, device=device))
+            labels = torch.as_tensor(point_labels, dtype=torch.int64, device=device)
         if boxes_xyxy is not None:
             corners = tile.to_input_frame(np.reshape(boxes_xyxy, (-1, 2, 2))).reshape(-1, 4)
             boxes = torch.as_tensor(corners, dtype=torch.float, device=device)
-        with torch.inference_mode(), autocast(device, self.compute_dtype):
-            sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-            logits, iou = self.model.mask_decoder(
-                image_embeddings=self.features(view),
-                image_pe=self._image_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask,
-            )
+        masks = None if mask_input is None else mask_input.float()
+        with torch.inference_mode():
+            image = self._decoder_image(view)
+            logits, iou = decode_prompts(self.model, image, coords, labels, boxes, masks, multimask)
         return logits.float(), iou.float()
 
-    def _image_pe(self) -> torch.Tensor:
-        """The decoder's positional encoding of the embedding grid; fixed per model, so once."""
-        if self._dense_pe is None:
+    def _decoder_image(self, view: int) -> DecoderImage:
+        """The view's embedding as decoder tokens, made once per view and image."""
+        if view not in self._decoder_images:
             with torch.inference_mode():
-                self._dense_pe = self.model.prompt_encoder.get_dense_pe()
-        return self._dense_pe
+                self._decoder_images[view] = decoder_image(self.model, self.features(view))
+        return self._decoder_images[view]
 
     def upscale(self, view: int, lowres: torch.Tensor) -> torch.Tensor:
         """Low-res logits (B, L, L) -> logits (B, h, w) over the view's pixels.

@@ -27,8 +27,9 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch import nn
 
-from napari_samtune.core.accelerate import decode_prompts, decoder_image
 from napari_samtune.core.data import TrainingPatch
+from napari_samtune.core.fast_decoder import decode_prompts, decoder_image
+from napari_samtune.core.fast_encoder import encode
 from napari_samtune.core.losses import sam_loss
 from napari_samtune.core.prompts import (
     bounding_box,
@@ -92,15 +93,6 @@ def _pixels(sam: Sam, rgb: np.ndarray, input_size: tuple[int, int], device) -> t
         rgb = ResizeLongestSide(sam.image_encoder.img_size).apply_image(rgb)
     pixels = torch.as_tensor(np.ascontiguousarray(rgb), device=device).permute(2, 0, 1)
     return sam.preprocess(pixels.float())
-
-
-def encode(sam: Sam, pixels: torch.Tensor) -> torch.Tensor:
-    """Image embeddings (B, C, E, E) of preprocessed (B, 3, S, S) ``pixels``.
-
-    The pixels go in channels-last: convolutions (all of TinyViT's first stages) then
-    run without layout conversions (vit_t's encoder about twice as fast on CPU); same result.
-    """
-    return sam.image_encoder(pixels.contiguous(memory_format=torch.channels_last))
 
 
 def with_first_prompts(inp: PatchInput, rng: np.random.Generator, box_jitter: float) -> PatchInput:
@@ -185,7 +177,7 @@ class SamTrainingStep(nn.Module):
     then per patch the decoder on the first prompts and ``n_iterative_prompts``
     times more, each time adding a corrective click and feeding back the previous
     low-res logits as mask input. The loss is averaged over passes and patches.
-    ``fast`` decodes with :func:`~napari_samtune.core.accelerate.decode_prompts`
+    ``fast`` decodes with :func:`~napari_samtune.core.fast_decoder.decode_prompts`
     (same parameters and result as the stock modules, far less work per pass).
     """
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from napari_samtune.core import distributed as ddp
-from napari_samtune.core.accelerate import use_fast_attention, use_fast_tinyvit_attention
+from napari_samtune.core.accelerate import tune_cpu_allocator
 from napari_samtune.core.checkpoints import atomic_write
 from napari_samtune.core.data import (
     ImageLabelPair,
@@ -31,6 +31,11 @@ from napari_samtune.core.data import (
     prepare_pairs,
     split_validation,
     tile_patches,
+)
+from napari_samtune.core.fast_encoder import (
+    encode,
+    use_fast_attention,
+    use_fast_tinyvit_attention,
 )
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train_checkpoints import (
@@ -66,7 +71,6 @@ from napari_samtune.core.train_setup import (
 )
 from napari_samtune.core.train_step import (
     SamTrainingStep,
-    encode,
     metrics_from_sums,
     prepare_input,
     validate_patches,
@@ -132,6 +136,8 @@ class Trainer:
         )
         if self.config.fast_attention:  # swaps module classes only: state dict unchanged
             use_fast_tinyvit_attention(use_fast_attention(sam))
+            if self.device.type == "cpu":
+                tune_cpu_allocator()
         self.sam, self.arch = sam.to(self.device), arch
         self.params = set_trainable(self.sam, self.config)
         c = self.config

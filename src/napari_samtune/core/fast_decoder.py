@@ -1,0 +1,290 @@
+"""Fast paths for SAM's prompt encoder and mask decoder, from the stock modules' parameters.
+
+:class:`FastConvTranspose2x2` (via :func:`use_fast_upscaling`) runs SAM's 2x2 transposed
+convolutions as matrix products. :func:`decode_prompts` is SAM's prompt encoder + mask
+decoder with far less work per prompt pass (see the comment above it): training uses it
+for every pass of its iterative-prompt loop, the Segmenter for every prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+class FastConvTranspose2x2(torch.nn.ConvTranspose2d):
+    """A 2x2, stride-2 transposed convolution (SAM's mask upscaling) as one matrix product.
+
+    With kernel == stride every output pixel comes from exactly one input pixel, so the
+    layer is ``(pixels, C_in) @ (C_in, C_out * 4)`` followed by a pixel shuffle: the same
+    result as the stock kernel, which on CPU runs far below matmul speed.
+    """
+
+    def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
+        if output_size is not None:
+            return super().forward(x, output_size)
+        batch, c_in, height, width = x.shape
+        c_out = self.weight.shape[1]
+        weight = self.weight.reshape(c_in, c_out * 4)
+        out = x.permute(0, 2, 3, 1).reshape(-1, c_in) @ weight.to(x.dtype)
+        out = out.view(batch, height, width, c_out, 2, 2).permute(0, 3, 1, 4, 2, 5)
+        out = out.reshape(batch, c_out, 2 * height, 2 * width)
+        return out if self.bias is None else out + self.bias.to(out.dtype)[None, :, None, None]
+
+
+def _is_plain_2x2_upscale(module: torch.nn.Module) -> bool:
+    return (
+        type(module) is torch.nn.ConvTranspose2d
+        and module.kernel_size == (2, 2)
+        and module.stride == (2, 2)
+        and module.padding == (0, 0)
+        and module.output_padding == (0, 0)
+        and module.dilation == (1, 1)
+        and module.groups == 1
+    )
+
+
+def use_fast_upscaling(model: torch.nn.Module) -> torch.nn.Module:
+    """Switch SAM's 2x2 stride-2 transposed convolutions to :class:`FastConvTranspose2x2`.
+
+    In place and idempotent; parameters and state dict are unchanged. Returns ``model``.
+    """
+    for module in model.modules():
+        if _is_plain_2x2_upscale(module):
+            module.__class__ = FastConvTranspose2x2
+    return model
+
+
+# -- prompt decoding ---------------------------------------------------------------------------
+#
+# The mask decoder runs once per prompt pass on (n objects, N = E*E image tokens, C channels):
+# stock code repeats the image embedding n times, flattens it in every pass and projects all
+# N tokens to queries, keys and values (N x C x C/2 each) although they only ever meet the
+# T ~ 7 prompt tokens. Here the small side is folded into the weights instead: the scores of
+# T tokens against N image tokens are ``(q_t W_k) . image`` (an (8T x C) matrix times the
+# image), and the values are mixed before projection (softmax rows sum to 1). The image side
+# then costs two (N x C x 8T) products per attention instead of three or four (N x C x C/2)
+# ones, with the same parameters and the same result up to rounding. The upscaling runs on
+# the tokens in sub-pixel order (both 2x2 transposed convolutions are matrix products) and
+# is put into raster order only as the final logits.
+
+
+@dataclass(frozen=True)
+class DecoderImage:
+    """One image embedding as the tokens :func:`decode_prompts` works on (once per image)."""
+
+    tokens: torch.Tensor  # float32 (1, E*E, C) image embedding, tokens in raster order
+    pe: torch.Tensor  # float32 (1, E*E, C) the prompt encoder's dense positional encoding
+    size: int  # E, the side of the embedding grid
+    dtype: torch.dtype  # compute dtype of the products: autocast's, else float32
+
+
+def decoder_image(sam: torch.nn.Module, embedding: torch.Tensor) -> DecoderImage:
+    """Tokens of a (1, C, E, E) ``embedding``; the compute dtype is autocast's, if it is on.
+
+    The positional encoding is computed without autocast, which would round its sin/cos
+    arguments (up to ~20 radians) to bf16.
+    """
+    device = embedding.device
+    dtype = torch.get_autocast_dtype(device.type)
+    dtype = dtype if torch.is_autocast_enabled(device.type) else torch.float32
+    with torch.autocast(device.type, enabled=False):
+        pe = sam.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2)
+    tokens = embedding.flatten(2).transpose(1, 2).float().contiguous()
+    return DecoderImage(tokens, pe.float().contiguous(), embedding.shape[-1], dtype)
+
+
+def decode_prompts(
+    sam: torch.nn.Module,
+    image: DecoderImage,
+    points: torch.Tensor | None,
+    point_labels: torch.Tensor | None,
+    boxes: torch.Tensor | None,
+    mask_input: torch.Tensor | None,
+    multimask: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM's prompt encoder + mask decoder for n objects of one image, as the stock modules.
+
+    Args:
+        points: float32 (n, k, 2) (x, y) in the input frame, with int64 (n, k) labels.
+        boxes: float32 (n, 4) XYXY in the input frame.
+        mask_input: (n, 1, 4E, 4E) low-res logits of an earlier pass.
+        multimask: three candidate masks (else one).
+
+    Returns:
+        low-res logits (n, 3 or 1, 4E, 4E) and predicted IoUs (n, 3 or 1) in the compute
+        dtype. As under autocast in the stock modules, image-sized tensors stay float32
+        between products and every layer norm of them runs in float32 (the CPU layer-norm
+        backward sums its weight gradients over all pixels in the input's dtype: in bf16
+        they come out 10-20% off); matrix products run in the compute dtype.
+    """
+    encoder, decoder = sam.prompt_encoder, sam.mask_decoder
+    with torch.autocast(image.tokens.device.type, enabled=False):  # sin/cos of coordinates
+        sparse, _ = encoder(
+            points=None if points is None else (points, point_labels), boxes=boxes, masks=None
+        )
+    if mask_input is None:  # every object sees the same image tokens: keep one copy
+        keys = image.tokens + encoder.no_mask_embed.weight
+    else:
+        keys = image.tokens + _embed_masks(encoder.mask_downscaling, mask_input.to(image.dtype))
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight])
+    tokens = torch.cat([output_tokens.expand(len(sparse), -1, -1), sparse], dim=1)
+    queries, keys = _two_way_transformer(decoder.transformer, tokens, keys, image.pe, image.dtype)
+    # all four mask weights, then the picked ones: unused tokens' MLPs get zero gradients
+    # as in the stock decoder (which makes all four masks), so Adam treats them alike
+    hyper = torch.stack(
+        [mlp(queries[:, 1 + i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
+    )
+    picked = slice(1, None) if multimask else slice(0, 1)
+    logits = _upscaled_masks(decoder.output_upscaling, keys, hyper[:, picked], image.size)
+    iou = decoder.iou_prediction_head(queries[:, 0])[:, picked]
+    return logits, iou.to(logits.dtype)
+
+
+def _embed_masks(downscaling: torch.nn.Sequential, masks: torch.Tensor) -> torch.Tensor:
+    """The prompt encoder's mask embedding of (n, 1, 4E, 4E) ``masks`` as (n, E*E, C) tokens.
+
+    Both 2x2 stride-2 convolutions become matrix products on each token's 4x4 pixels.
+    """
+    conv1, norm1, act1, conv2, norm2, act2, conv3 = downscaling
+    n, side = len(masks), masks.shape[-1] // 4
+    # token (i, j) holds pixel rows 4i + 2a + p and columns 4j + 2b + q as ((a, b), (p, q))
+    patches = masks.reshape(n, side, 2, 2, side, 2, 2).permute(0, 1, 4, 2, 5, 3, 6)
+    patches = patches.reshape(n, side * side, 4, 4)
+    c1, c2 = conv1.out_channels, conv2.out_channels
+    x = F.linear(patches, conv1.weight.reshape(c1, 4), conv1.bias)
+    x = act1(_layer_norm(norm1, x))
+    weight2 = conv2.weight.permute(0, 2, 3, 1).reshape(c2, 4 * c1)  # inputs as ((a, b), c1)
+    x = F.linear(x.reshape(n, side * side, 4 * c1), weight2, conv2.bias)
+    x = act2(_layer_norm(norm2, x))
+    return F.linear(x, conv3.weight.reshape(conv3.out_channels, c2), conv3.bias)
+
+
+def _layer_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm`` (LayerNorm or SAM's LayerNorm2d) over the last axis, in float32."""
+    return F.layer_norm(x.float(), norm.weight.shape, norm.weight, norm.bias, norm.eps)
+
+
+def _two_way_transformer(transformer, tokens, keys, key_pe, dtype):
+    """``TwoWayTransformer.forward`` on (n, T, C) prompt tokens and (1 or n, N, C) float32
+    image keys and positional encoding ``key_pe``; products run in ``dtype``.
+
+    Like the stock modules under autocast, the image side stays float32 and every product
+    casts it: gradients from its several uses then add up in float32 (in bf16 their sum
+    can cancel to noise).
+    """
+    queries = tokens
+    for layer in transformer.layers:
+        if layer.skip_first_layer_pe:
+            queries = layer.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + tokens
+            queries = queries + layer.self_attn(q=q, k=q, v=queries)
+        queries = layer.norm1(queries)
+        low = keys.to(dtype)  # for the products with the keys
+        keys_pe = keys + key_pe
+        attended = _tokens_to_image(layer.cross_attn_token_to_image, queries + tokens, keys_pe, low)
+        queries = layer.norm2(queries + attended)
+        queries = layer.norm3(queries + layer.mlp(queries))
+        attended = _image_to_tokens(
+            layer.cross_attn_image_to_token, keys_pe, queries + tokens, queries
+        )
+        keys = _layer_norm(layer.norm4, keys + attended)
+    low = keys.to(dtype)
+    attended = _tokens_to_image(
+        transformer.final_attn_token_to_image, queries + tokens, keys + key_pe, low
+    )
+    return transformer.norm_final_attn(queries + attended), keys
+
+
+def _heads(attention) -> tuple[int, int, float]:
+    heads = attention.num_heads
+    head_dim = attention.internal_dim // heads
+    return heads, head_dim, head_dim**-0.5
+
+
+def _tokens_to_image(attention, q_in, keys_pe, keys):
+    """``Attention(q=q_in, k=keys_pe, v=keys)`` for (n, T, C) queries and (1 or n, N, C) keys.
+
+    Scores: ``q_h . (W_k,h x + b_k,h) = (q_h W_k,h) . x + q_h . b_k,h`` (the second term is
+    constant along the softmax but kept: it is part of the stock graph). Values: the softmax
+    weights sum to one, so ``sum_j p_j (W_v,h x_j + b_v,h) = W_v,h (sum_j p_j x_j) + b_v,h``.
+    """
+    n, n_tokens, channels = q_in.shape
+    heads, head_dim, scale = _heads(attention)
+    q = attention.q_proj(q_in).view(n, n_tokens, heads, head_dim)
+    w_k = attention.k_proj.weight.view(heads, head_dim, channels)
+    q_k = torch.einsum("nthd,hdc->nhtc", q, w_k).reshape(n, heads * n_tokens, channels)
+    q_b = torch.einsum("nthd,hd->nht", q, attention.k_proj.bias.view(heads, head_dim))
+    scores = _scores(keys_pe, q_k * scale) + (q_b * scale).reshape(n, -1, 1).to(q_k.dtype)
+    probs = scores.softmax(dim=-1)  # (n, heads*T, N)
+    mixed = _batched_mm(probs, keys).view(n, heads, n_tokens, channels)
+    w_v = attention.v_proj.weight.view(heads, head_dim, channels)
+    out = torch.einsum("nhtc,hdc->nthd", mixed, w_v)
+    out = out + attention.v_proj.bias.view(heads, head_dim).to(out.dtype)
+    return attention.out_proj(out.reshape(n, n_tokens, heads * head_dim))
+
+
+def _image_to_tokens(attention, keys_pe, k_in, v_in):
+    """``Attention(q=keys_pe, k=k_in, v=v_in)``: (1 or n, N, C) image queries, (n, T, C) tokens.
+
+    Scores: ``(W_q,h x + b_q,h) . k_h = x . (W_q,h^T k_h) + b_q,h . k_h``; output: the
+    projection ``W_o`` folded into the values, ``sum_h,t p_h,t (W_o,h v_h,t)``.
+    """
+    n, n_tokens, channels = k_in.shape
+    heads, head_dim, scale = _heads(attention)
+    k = attention.k_proj(k_in).view(n, n_tokens, heads, head_dim)
+    v = attention.v_proj(v_in).view(n, n_tokens, heads, head_dim)
+    w_q = attention.q_proj.weight.view(heads, head_dim, channels)
+    q_k = torch.einsum("nthd,hdc->nhtc", k, w_q).reshape(n, heads * n_tokens, channels)
+    q_b = torch.einsum("nthd,hd->nht", k, attention.q_proj.bias.view(heads, head_dim))
+    scores = _scores(keys_pe, q_k * scale) + (q_b * scale).reshape(n, -1, 1).to(q_k.dtype)
+    # softmax over the T tokens: a middle axis here, which is far faster than a last axis of ~8
+    probs = scores.view(n, heads, n_tokens, -1).softmax(dim=2).view(n, heads * n_tokens, -1)
+    w_o = attention.out_proj.weight.view(channels, heads, head_dim)
+    values = torch.einsum("nthd,chd->nhtc", v, w_o).reshape(n, heads * n_tokens, channels)
+    return torch.baddbmm(
+        attention.out_proj.bias.view(1, 1, channels), probs.transpose(1, 2), values
+    )
+
+
+def _scores(image: torch.Tensor, small: torch.Tensor) -> torch.Tensor:
+    """``small (n, R, C) @ image (1 or n, N, C)^T`` as a contiguous (n, R, N) tensor.
+
+    Computed as ``image @ small^T`` so that the gradient of the large image side comes out
+    contiguous; a shared (batch 1) image is multiplied once for all n.
+    """
+    n, rows, channels = small.shape
+    if len(image) == 1:
+        product = image[0] @ small.reshape(n * rows, channels).T  # (N, n * R)
+        return product.view(-1, n, rows).permute(1, 2, 0).contiguous()
+    return (image @ small.transpose(1, 2)).transpose(1, 2).contiguous()
+
+
+def _batched_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a (n, X, K) @ b (n or 1, K, Y)``; a shared ``b`` is used once for all n, not copied."""
+    if len(b) == 1 and len(a) > 1:
+        return (a.reshape(1, -1, a.shape[-1]) @ b).view(len(a), -1, b.shape[-1])
+    return a @ b
+
+
+def _upscaled_masks(upscaling: torch.nn.Sequential, keys, hyper, side: int) -> torch.Tensor:
+    """Mask logits (n, k, 4E, 4E) from (n, E*E, C) image tokens and (n, k, C/8) mask weights.
+
+    Each 2x2 stride-2 transposed convolution gives every pixel four children: a matrix
+    product per token. Pixels stay grouped by token (sub-pixel order) up to the logits.
+    """
+    conv1, norm, act1, conv2, act2 = upscaling
+    n, n_pixels = len(keys), keys.shape[1]
+    c1, c2 = conv1.out_channels, conv2.out_channels
+    # output features ordered (a, b, channel): child (2i + a, 2j + b) of pixel (i, j)
+    weight1 = conv1.weight.permute(2, 3, 1, 0).reshape(4 * c1, -1)
+    x = F.linear(keys, weight1, conv1.bias.repeat(4)).view(n, n_pixels, 4, c1)
+    x = act1(_layer_norm(norm, x))
+    weight2 = conv2.weight.permute(2, 3, 1, 0).reshape(4 * c2, c1)
+    x = act2(F.linear(x, weight2, conv2.bias.repeat(4)).view(n, n_pixels * 16, c2))
+    logits = x @ hyper.transpose(1, 2).to(x.dtype)  # (n, N*16, k) in (i, j, a, b, a2, b2) order
+    logits = logits.view(n, side, side, 2, 2, 2, 2, -1).permute(0, 7, 1, 3, 5, 2, 4, 6)
+    return logits.reshape(n, -1, 4 * side, 4 * side)
