@@ -3,11 +3,14 @@
 For each architecture (vit_b, vit_t; random weights, since no pretrained weights can be
 downloaded here) this prints, measured in one run on one machine:
 
-* the encoder's FLOPs for a 1024x1024 input (torch's FlopCounterMode),
+* the encoder's FLOPs for a 1024x1024 input (torch's FlopCounterMode on the stock encoder),
 * the machine's peak: a large bf16 (and fp32) matrix product, in TFLOP/s,
 * the limit = FLOPs / bf16 peak, in seconds,
-* stock ``segment_anything.SamPredictor.set_image`` time in fp32,
-* the fast path time (the Segmenter's encoder path: fused SDPA attention + bf16 autocast),
+* stock ``segment_anything.SamPredictor.set_image`` time in fp32 (measured first, before
+  anything of this project has run in the process, so the allocator is glibc's default),
+* the fast path time (the Segmenter's encoder path: ``core.fast_encoder``, bf16 autocast where
+  the CPU has native bf16, the tuned allocator), and the FLOPs that path executes (the
+  relative-position bias folded into attention widens its products) with their rate,
 * ratios: fast / limit (target <= 1.6) and stock / fast (target >= 2.5),
 * the lowest box-prompt IoU of fast-path masks vs fp32 masks over 3 boxes (target >= 0.98),
 * median prompt -> mask latency of the Segmenter (one point, mask at 1024x1024; target <= 25 ms).
@@ -25,7 +28,7 @@ import time
 import numpy as np
 import torch
 from segment_anything import SamPredictor
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from napari_samtune.core.architectures import build_sam
 from napari_samtune.core.embeddings import TileGrid, embed_tiles
@@ -52,9 +55,17 @@ def matmul_peak_tflops(dtype: torch.dtype, size: int = 4096) -> float:
     return 2 * size**3 / seconds / 1e12
 
 
-def encoder_flops(encoder: torch.nn.Module, size: int) -> float:
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        encoder(torch.zeros(1, 3, size, size))
+def cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of the CPU flash-attention kernel, which torch's counter does not list."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def encoder_flops(encoder: torch.nn.Module) -> float:
+    """Forward FLOPs of ``encoder`` on one image (matrix products, convolutions, attention)."""
+    size = encoder.img_size
+    cpu_sdpa = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa_flop}
+    with FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter, torch.inference_mode():
+        encoder(torch.zeros(1, 3, size, size).contiguous(memory_format=torch.channels_last))
     return float(counter.get_total_flops())
 
 
@@ -74,35 +85,53 @@ def prompt_latency_ms(segmenter: Segmenter, size: int, n: int = 30) -> float:
     return 1000 * statistics.median(times[3:])
 
 
-def measure(name: str, image: np.ndarray, boxes: np.ndarray, repeats: int, peak: float) -> tuple:
+def measure_stock(name: str, image: np.ndarray, repeats: int) -> tuple[float, float]:
+    """Stock encoder FLOPs and ``SamPredictor.set_image`` seconds in fp32."""
     torch.manual_seed(0)
-    stock_sam = build_sam(name)  # the stock predictor keeps its own, untouched modules
-    fast_sam = build_sam(name)
-    fast_sam.load_state_dict(stock_sam.state_dict())
-    flops = encoder_flops(stock_sam.image_encoder, stock_sam.image_encoder.img_size)
-    predictor = SamPredictor(stock_sam)
-    stock = timed(lambda: predictor.set_image(image), repeats)
-    fast_seg = Segmenter(fast_sam, model_id=name, use_disk_cache=False, precision="auto")
+    sam = build_sam(name)
+    predictor = SamPredictor(sam)
+    return encoder_flops(sam.image_encoder), timed(lambda: predictor.set_image(image), repeats)
+
+
+def measure_fast(name: str, image: np.ndarray, boxes: np.ndarray, repeats: int) -> dict:
+    """Fast-path encoder seconds and FLOPs, mask agreement with fp32, prompt latency."""
+    torch.manual_seed(0)
+    sam = build_sam(name)  # the same random weights as the stock model (same seed)
+    fast_seg = Segmenter(sam, model_id=name, use_disk_cache=False, precision="auto")
     rgb = to_sam_rgb(image)
     tiles = TileGrid.for_image(rgb.shape[:2], fast_seg.img_size, fast_seg.tiling).tiles
-    fast = timed(lambda: embed_tiles(fast_sam, rgb, tiles, None, fast_seg.compute_dtype), repeats)
+    dtype = fast_seg.compute_dtype
+    seconds = timed(lambda: embed_tiles(sam, rgb, tiles, None, dtype), repeats)
     fast_seg.set_image(image)
-    fp32_seg = Segmenter(fast_sam, model_id=name, use_disk_cache=False, precision="fp32")
+    fp32_seg = Segmenter(sam, model_id=name, use_disk_cache=False, precision="fp32")
     fp32_seg.set_image(image)
     pairs = zip(box_masks(fast_seg, boxes), box_masks(fp32_seg, boxes), strict=True)
-    ious = [mask_iou(a, b) for a, b in pairs]
-    latency = prompt_latency_ms(fast_seg, image.shape[0])
-    limit = flops / (peak * 1e12)
+    with torch.autocast("cpu", dtype or torch.float32, enabled=dtype is not None):
+        flops = encoder_flops(sam.image_encoder)
+    return {
+        "seconds": seconds,
+        "flops": flops,
+        "min_iou": min(mask_iou(a, b) for a, b in pairs),
+        "prompt_ms": prompt_latency_ms(fast_seg, image.shape[0]),
+        "precision": str(dtype).removeprefix("torch.") if dtype else "fp32",
+    }
+
+
+def table_row(name: str, stock_flops: float, stock: float, fast: dict, peak: float) -> tuple:
+    limit = stock_flops / (peak * 1e12)
     return (
         name,
-        f"{flops / 1e9:.0f}",
+        f"{stock_flops / 1e9:.0f}",
         f"{limit:.3f}",
         f"{stock:.2f}",
-        f"{fast:.2f}",
-        f"{fast / limit:.2f}",
-        f"{stock / fast:.2f}",
-        f"{min(ious):.3f}",
-        f"{latency:.1f}",
+        fast["precision"],
+        f"{fast['seconds']:.2f}",
+        f"{fast['flops'] / 1e9:.0f}",
+        f"{fast['flops'] / fast['seconds'] / 1e12:.2f}",
+        f"{fast['seconds'] / limit:.2f}",
+        f"{stock / fast['seconds']:.2f}",
+        f"{fast['min_iou']:.3f}",
+        f"{fast['prompt_ms']:.1f}",
     )
 
 
@@ -124,18 +153,23 @@ def main() -> None:
     print(f"peak matmul: bf16 {peak_bf16:.2f} TFLOP/s, fp32 {peak_fp32:.2f} TFLOP/s")
     image = np.stack([make_image((1024, 1024), seed=5)[0]] * 3, axis=-1)
     boxes = np.array([[100, 120, 300, 330], [500, 480, 620, 700], [700, 100, 900, 260]])
+    stock = {name: measure_stock(name, image, args.repeats) for name in args.models}
+    fast = {name: measure_fast(name, image, boxes, args.repeats) for name in args.models}
     header = (
         "model",
         "GFLOPs",
         "limit s",
         "stock fp32 s",
+        "fast precision",
         "fast s",
+        "fast GFLOPs",
+        "fast TFLOP/s",
         "fast/limit",
         "stock/fast",
         "min box IoU",
         "prompt ms",
     )
-    rows = [measure(name, image, boxes, args.repeats, peak_bf16) for name in args.models]
+    rows = [table_row(name, *stock[name], fast[name], peak_bf16) for name in args.models]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:

@@ -86,10 +86,12 @@ def setting(name: str):
     return get_preset(bench.preset).setting_for(ARCHITECTURES[bench.model])
 
 
-def dataset():
+def dataset(n_images: int = 2):
+    """Crowded 1024 x 1024 synthetic images: each is exactly one patch (its augmentations vary)."""
     from napari_samtune.core.synthetic import SyntheticStyle, make_dataset
 
-    return make_dataset(2, shape=(1024, 1024), style=SyntheticStyle(n_objects=(40, 60)), seed=0)
+    crowded = SyntheticStyle(n_objects=(40, 60))
+    return make_dataset(n_images, shape=(1024, 1024), style=crowded, seed=0)
 
 
 # -- the stock baseline -----------------------------------------------------------------------
@@ -211,18 +213,20 @@ def measure_fast(name: str, variant: str, steps: int, epoch_samples: int) -> dic
     """Run ``iter_train``; step times per epoch, epoch times, peak RSS.
 
     Full finetuning: one epoch of ``steps`` + 1 steps. Frozen encoder: three epochs
-    of ``epoch_samples`` steps (the first computes the embeddings, the others reuse them).
+    of ``epoch_samples`` steps on as many images, so that every sample of the first epoch
+    is a patch of its own whose embedding is computed (later epochs reuse them all).
     """
     from napari_samtune.core.train import EpochDone, StepDone, iter_train
 
     frozen = "image_encoder" in setting(name).freeze
     samples, epochs = (epoch_samples, 3) if frozen else (steps + 1, 1)
     config = train_config(name, variant, samples, epochs)
+    data = dataset(samples if frozen else 2)
     step_s, epoch_train_s, epoch_total_s = [[] for _ in range(epochs)], [], []
     with tempfile.TemporaryDirectory() as out:
         os.environ["SAMTUNE_MODELS_DIR"] = str(Path(out) / "models")
         last = epoch_start = time.perf_counter()
-        for event in iter_train(config, dataset(), out_dir=Path(out) / "run"):
+        for event in iter_train(config, data, out_dir=Path(out) / "run"):
             now = time.perf_counter()
             if isinstance(event, StepDone):
                 step_s[event.epoch].append(now - last)

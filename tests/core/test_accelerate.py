@@ -1,8 +1,16 @@
+import platform
+import sys
+
 import pytest
 import torch
 
 from napari_samtune.core import fast_encoder
-from napari_samtune.core.accelerate import autocast, autocast_dtype
+from napari_samtune.core.accelerate import (
+    autocast,
+    autocast_dtype,
+    tune_cpu_allocator,
+    use_fast_paths,
+)
 from napari_samtune.core.architectures import TINY, build_sam
 from napari_samtune.core.fast_decoder import (
     FastConvTranspose2x2,
@@ -246,3 +254,19 @@ def test_fast_tinyvit_attention_keeps_the_state_dict_and_skips_other_models():
     model = build_sam(TINY)
     before = [type(m) for m in model.modules()]
     assert [type(m) for m in use_fast_tinyvit_attention(model).modules()] == before
+
+
+def test_use_fast_paths_switches_encoder_and_decoder_and_keeps_the_weights():
+    model = build_sam(TINY)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    use_fast_paths(model)
+    kinds = {type(m) for m in model.modules()}
+    assert FastRelPosAttention in kinds and FastConvTranspose2x2 in kinds
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only"
+)
+def test_allocator_tuning_is_accepted_by_glibc():
+    assert tune_cpu_allocator() is True  # False if glibc refused either threshold

@@ -1,0 +1,40 @@
+"""Every performance benchmark in one command: embeddings and prompts, then training.
+
+Runs ``bench_embedding.py`` (image-embedding time against the machine's limit and stock
+``SamPredictor``, mask agreement with fp32, prompt latency) and ``bench_train.py`` (seconds
+per step against a stock loop, frozen-encoder epoch ratios, peak memory against each preset's
+budget) one after the other, so that neither disturbs the other's timings. Run it on an
+otherwise idle machine: other jobs sharing the cores slow PyTorch's threads far more than
+their share.
+
+Run: ``.venv/bin/python benchmarks/run_all.py [--quick]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def run(script: str, *args: str) -> None:
+    print(f"\n== {script} {' '.join(args)}".rstrip(), flush=True)
+    subprocess.run([sys.executable, str(HERE / script), *args], check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="one repeat of everything (about half the time)"
+    )
+    args = parser.parse_args()
+    repeats = "1" if args.quick else "2"
+    run("bench_embedding.py", "--repeats", repeats)
+    run("bench_train.py", "--repeats", repeats)
+
+
+if __name__ == "__main__":
+    main()
