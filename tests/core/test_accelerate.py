@@ -270,3 +270,23 @@ def test_use_fast_paths_switches_encoder_and_decoder_and_keeps_the_weights():
 )
 def test_allocator_tuning_is_accepted_by_glibc():
     assert tune_cpu_allocator() is True  # False if glibc refused either threshold
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_fast_tinyvit_conv_bn_matches_stock(training):
+    """In eval mode the batch norm is folded into the convolution; training keeps the stock path."""
+    from mobile_sam.modeling.tiny_vit_sam import Conv2d_BN
+
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(Conv2d_BN(8, 16, ks=3, stride=2, pad=1, groups=2))
+    norm = block[0].bn
+    for tensor in (norm.weight, norm.bias, norm.running_mean):  # defaults make the fold trivial
+        torch.nn.init.normal_(tensor)
+    norm.running_var.uniform_(0.5, 2.0)
+    block.train(training)
+    x = torch.randn(2, 8, 12, 12)
+    with torch.no_grad():
+        reference = block(x)
+        fast = use_fast_tinyvit_attention(block)(x)
+    assert type(block[0]) is not Conv2d_BN
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)

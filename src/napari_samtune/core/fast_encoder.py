@@ -137,8 +137,30 @@ def _fast_tinyvit_attention_class() -> type:
     return FastTinyViTAttention
 
 
+@functools.cache
+def _fast_conv_bn_class() -> type:
+    """:class:`FastConv2dBN`, defined on first use (see ``_fast_tinyvit_attention_class``)."""
+    from mobile_sam.modeling.tiny_vit_sam import Conv2d_BN
+
+    class FastConv2dBN(Conv2d_BN):
+        """TinyViT's convolution + batch norm; in eval mode the norm is folded into the
+        convolution's weights on the fly (one pass over the activations instead of two)."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            conv, norm = self.c, self.bn
+            if self.training or norm.training:
+                return super().forward(x)
+            scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+            weight = conv.weight * scale[:, None, None, None]
+            bias = norm.bias - norm.running_mean * scale
+            return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    return FastConv2dBN
+
+
 def use_fast_tinyvit_attention(model: torch.nn.Module) -> torch.nn.Module:
-    """Switch TinyViT attention modules in ``model`` to ``FastTinyViTAttention``, in place.
+    """Switch TinyViT attention and conv + batch-norm modules in ``model`` to their fast
+    classes (``FastTinyViTAttention``, ``FastConv2dBN``), in place.
 
     Idempotent, state dict unchanged; returns ``model``. A model without TinyViT is untouched.
     """
@@ -148,6 +170,8 @@ def use_fast_tinyvit_attention(model: torch.nn.Module) -> torch.nn.Module:
     for module in model.modules():
         if type(module) is tiny_vit.Attention:
             module.__class__ = _fast_tinyvit_attention_class()
+        elif type(module) is tiny_vit.Conv2d_BN:
+            module.__class__ = _fast_conv_bn_class()
     return model
 
 
