@@ -266,3 +266,20 @@ def test_bf16_embeddings_stay_close_to_fp32_and_are_cached_apart(sensitive_sam, 
     assert not torch.equal(reference, low)  # really a different path, not a cache hit
     assert torch.nn.functional.cosine_similarity(reference, low, dim=0) > 0.999
     assert len(list(tmp_path.rglob("*.pt"))) == 2
+
+
+def test_decoder_tokens_are_kept_for_a_few_tiles_only(tiny_sam):
+    """Prompting all over a many-tile image keeps a bounded cache and the same answers."""
+    from napari_samtune.core.predict import DECODER_VIEWS_KEPT
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, size=(900, 900), dtype=np.uint8)
+    segmenter = Segmenter(tiny_sam, model_id="tiny", use_disk_cache=False, precision="fp32")
+    segmenter.set_image(image)
+    assert len(segmenter.grid.tiles) > DECODER_VIEWS_KEPT
+    points = [np.array([[x, y]], dtype=float) for x in (60, 450, 840) for y in (60, 450, 840)]
+    first = [segmenter.predict(points_xy=p) for p in points]
+    assert len({p.tile for p in first}) > DECODER_VIEWS_KEPT
+    assert len(segmenter._decoder_images) <= DECODER_VIEWS_KEPT
+    again = segmenter.predict(points_xy=points[0])  # its tile's tokens were dropped: remade
+    np.testing.assert_array_equal(again.low_res_logits, first[0].low_res_logits)

@@ -50,6 +50,7 @@ from napari_samtune.core.prompt_checks import (
 if TYPE_CHECKING:
     from napari_samtune.core.automatic import AutoSegmentConfig
 
+DECODER_VIEWS_KEPT = 4  # views whose decoder tokens stay in memory between prompts
 BACKGROUND_LOGIT = -20.0  # logit given to pixels a re-projected mask input has never seen
 
 
@@ -242,8 +243,10 @@ class Segmenter:
         return logits.float(), iou.float()
 
     def _decoder_image(self, view: int) -> DecoderImage:
-        """The view's embedding as decoder tokens, made once per view and image."""
+        """The view's embedding as decoder tokens; the last few views' are kept (8 MB each)."""
         if view not in self._decoder_images:
+            if len(self._decoder_images) >= DECODER_VIEWS_KEPT:  # a large image has many tiles
+                self._decoder_images.pop(next(iter(self._decoder_images)))
             with torch.inference_mode():
                 self._decoder_images[view] = decoder_image(self.model, self.features(view))
         return self._decoder_images[view]
