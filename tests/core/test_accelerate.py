@@ -290,3 +290,22 @@ def test_fast_tinyvit_conv_bn_matches_stock(training):
         fast = use_fast_tinyvit_attention(block)(x)
     assert type(block[0]) is not Conv2d_BN
     torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_fast_paths_give_the_stock_tinyvit_embedding_in_eval_mode():
+    """Attention, folded batch norms and channels-last pixels together, on a whole TinyViT."""
+    from napari_samtune.core.architectures import TINY_TINYVIT
+    from napari_samtune.core.fast_encoder import encode
+
+    torch.manual_seed(0)
+    sam = build_sam(TINY_TINYVIT).eval()
+    for module in sam.image_encoder.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):  # trained-like statistics, not defaults
+            torch.nn.init.normal_(module.running_mean, std=0.1)
+            module.running_var.uniform_(0.5, 2.0)
+    pixels = torch.randn(1, 3, 1024, 1024)
+    with torch.inference_mode():
+        reference = sam.image_encoder(pixels)
+        fast = encode(use_fast_paths(sam), pixels)
+    assert type(sam.image_encoder.patch_embed.seq[0]).__name__ == "FastConv2dBN"
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)

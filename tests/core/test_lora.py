@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_samtune.core.architectures import TINY, SamArchitecture, build_sam
+from napari_samtune.core.architectures import TINY, TINY_TINYVIT, build_sam
 from napari_samtune.core.lora import (
     LoRALinear,
     adapter_state_dict,
@@ -16,28 +16,13 @@ from napari_samtune.core.lora import (
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train_setup import set_trainable
 
-# A TinyViT (MobileSAM encoder) small enough for a unit test; mobile_sam's TinyViT only
-# works at 1024 pixels input (it hard-codes the 64 x 64 embedding grid).
-SMALL_TINYVIT = SamArchitecture(
-    name="custom",
-    encoder="tiny_vit",
-    img_size=1024,
-    tinyvit_embed_dims=(16, 32, 32, 320),  # 320: mobile_sam keeps the last stride at 1
-    tinyvit_depths=(1, 1, 1, 1),
-    tinyvit_num_heads=(1, 2, 2, 10),
-    tinyvit_window_sizes=(4, 4, 8, 4),
-    prompt_embed_dim=32,
-    decoder_mlp_dim=64,
-    iou_head_hidden_dim=32,
-)
-
 
 def _randomise_adapters(sam):
     for module in lora_modules(sam).values():
         torch.nn.init.normal_(module.lora_b, std=0.2)
 
 
-@pytest.mark.parametrize(("arch", "n_adapters"), [(TINY, 2), (SMALL_TINYVIT, 3)])
+@pytest.mark.parametrize(("arch", "n_adapters"), [(TINY, 2), (TINY_TINYVIT, 3)])
 def test_adapters_start_as_identity_and_merge_exactly(arch, n_adapters):
     torch.manual_seed(0)
     sam = build_sam(arch).eval()

@@ -10,7 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from napari_samtune.core import train_step
-from napari_samtune.core.architectures import TINY, SamArchitecture, build_sam
+from napari_samtune.core.architectures import TINY, TINY_TINYVIT, build_sam
 from napari_samtune.core.data import ImageLabelPair, PatchSampler, prepare_pair
 from napari_samtune.core.fast_decoder import decode_prompts, decoder_image
 from napari_samtune.core.fast_encoder import encode
@@ -28,18 +28,6 @@ from napari_samtune.core.train_step import (
 # the tiny test encoder, which is built but never run here.
 REAL_DECODER = dataclasses.replace(
     TINY, img_size=1024, prompt_embed_dim=256, decoder_mlp_dim=2048, iou_head_hidden_dim=256
-)
-# A TinyViT small enough for a unit test (mobile_sam's TinyViT only works at 1024 pixels).
-SMALL_TINYVIT = SamArchitecture(
-    name="custom",
-    encoder="tiny_vit",
-    tinyvit_embed_dims=(16, 32, 32, 320),  # 320: mobile_sam keeps the last stride at 1
-    tinyvit_depths=(1, 1, 1, 1),
-    tinyvit_num_heads=(1, 2, 2, 10),
-    tinyvit_window_sizes=(4, 4, 8, 4),
-    prompt_embed_dim=32,
-    decoder_mlp_dim=64,
-    iou_head_hidden_dim=32,
 )
 
 
@@ -112,7 +100,7 @@ def test_fast_decoding_does_far_less_work_per_prompt_pass():
 
 def test_channels_last_encoding_gives_the_stock_embedding():
     torch.manual_seed(0)
-    sam = build_sam(SMALL_TINYVIT).eval()
+    sam = build_sam(TINY_TINYVIT).eval()
     pixels = torch.randn(1, 3, 1024, 1024)
     with torch.no_grad():
         stock = sam.image_encoder(pixels)

@@ -109,6 +109,19 @@ TINY = SamArchitecture(
     decoder_mlp_dim=64,
     iou_head_hidden_dim=32,
 )
+# A TinyViT (vit_t-shaped) model small enough for unit tests, for the code paths TINY's ViT
+# does not reach; mobile_sam's TinyViT hard-codes the 64 x 64 embedding grid, so 1024 px.
+TINY_TINYVIT = SamArchitecture(
+    name="tiny_tinyvit",
+    encoder="tiny_vit",
+    tinyvit_embed_dims=(16, 32, 32, 320),  # 320: mobile_sam keeps the last stride at 1
+    tinyvit_depths=(1, 1, 1, 1),
+    tinyvit_num_heads=(1, 2, 2, 10),
+    tinyvit_window_sizes=(4, 4, 8, 4),
+    prompt_embed_dim=32,
+    decoder_mlp_dim=64,
+    iou_head_hidden_dim=32,
+)
 
 # The offline generalist's shape (about 2 M parameters, a few MB): small enough to train from
 # scratch on a CPU and to ship inside the package; 256 px input, 64 px low-res masks.
