@@ -26,15 +26,6 @@ from napari_samtune.core.registry import register_user_model
 WAIT_MS = 30_000
 
 
-def _run(qtbot, widget, start, task: str) -> None:
-    """Start a widget job with ``start()``, wait for its task to finish, then for follow-ups."""
-    with qtbot.waitSignal(
-        widget.runner.task_finished, check_params_cb=lambda name: name == task, timeout=WAIT_MS
-    ):
-        assert start() is not None
-    _drain(qtbot, widget)
-
-
 @pytest.fixture
 def notifications():
     """Messages of the napari notifications shown during the test."""
@@ -48,12 +39,8 @@ def notifications():
     notification_manager.notification_ready.disconnect(collect)
 
 
-def _drain(qtbot, widget) -> None:
-    qtbot.waitUntil(lambda: not widget.runner.is_running(), timeout=WAIT_MS)
-
-
 @pytest.fixture
-def viewer_widget(make_napari_viewer, qtbot, tiny_sam, nuclei_image):
+def viewer_widget(make_napari_viewer, qtbot, tiny_sam, nuclei_image, drain_jobs):
     """A viewer with the synthetic nuclei image and a docked widget using the tiny model."""
     viewer = make_napari_viewer()
     viewer.add_image(nuclei_image[0], name="nuclei")
@@ -61,9 +48,9 @@ def viewer_widget(make_napari_viewer, qtbot, tiny_sam, nuclei_image):
     viewer.window.add_dock_widget(widget)
     with qtbot.waitSignal(widget.embedding_ready, timeout=WAIT_MS):
         widget.set_model(tiny_sam, "tiny", "tiny-test")
-    _drain(qtbot, widget)
+    drain_jobs(widget)
     yield viewer, widget
-    _drain(qtbot, widget)
+    drain_jobs(widget)
 
 
 def test_widget_attaches_to_the_image_and_embeds_it(viewer_widget):
@@ -208,12 +195,14 @@ def test_batched_mode_makes_one_object_per_box(viewer_widget):
     assert widget.commit() == [1, 2]
 
 
-def test_automatic_segmentation_fills_the_annotations_and_undoes_at_once(viewer_widget, qtbot):
+def test_automatic_segmentation_fills_the_annotations_and_undoes_at_once(
+    viewer_widget, qtbot, run_job
+):
     _, widget = viewer_widget
     widget.ui.points_per_side_spin.setValue(8)
     widget.ui.iou_spin.setValue(0.0)  # a random model's scores are meaningless: keep all
     widget.ui.stability_spin.setValue(0.0)
-    _run(qtbot, widget, widget.segment_automatically, AUTO_TASK)
+    run_job(widget, widget.segment_automatically, AUTO_TASK)
     labels = widget.session.annotations
     n_objects = len(np.unique(labels)) - 1
     assert n_objects >= 1
@@ -222,13 +211,13 @@ def test_automatic_segmentation_fills_the_annotations_and_undoes_at_once(viewer_
     assert not widget.session.annotations.any()
 
 
-def test_commit_autosaves_labels_and_prompts(viewer_widget, qtbot, tmp_path):
+def test_commit_autosaves_labels_and_prompts(viewer_widget, qtbot, tmp_path, drain_jobs):
     _, widget = viewer_widget
     widget.ui.folder_edit.setText(str(tmp_path))
     widget.session.layers.points.add([128, 128])
     with qtbot.waitSignal(widget.annotations_saved, timeout=WAIT_MS) as saved:
         widget.commit()
-    _drain(qtbot, widget)
+    drain_jobs(widget)
     np.testing.assert_array_equal(tifffile.imread(saved.args[0]), widget.session.annotations)
     record = json.loads((tmp_path / "nuclei.prompts.json").read_text())
     assert record["objects"][0]["ids"] == [1]
@@ -237,12 +226,12 @@ def test_commit_autosaves_labels_and_prompts(viewer_widget, qtbot, tmp_path):
 
 
 def test_annotations_come_back_in_a_new_viewer(
-    viewer_widget, make_napari_viewer, qtbot, tmp_path, nuclei_image, notifications
+    viewer_widget, make_napari_viewer, qtbot, tmp_path, nuclei_image, notifications, drain_jobs
 ):
     _, widget = viewer_widget  # autosaves to the default folder
     widget.session.layers.points.add([128, 128])
     widget.commit()
-    _drain(qtbot, widget)
+    drain_jobs(widget)
     committed = widget.session.annotations.copy()
     other = make_napari_viewer()
     other.add_image(nuclei_image[0], name="nuclei")
@@ -259,13 +248,13 @@ def test_annotations_come_back_in_a_new_viewer(
 
 
 def test_a_corrupt_checkpoint_is_reported_and_the_widget_stays_usable(
-    viewer_widget, qtbot, tmp_path, notifications
+    viewer_widget, qtbot, tmp_path, notifications, run_job
 ):
     _, widget = viewer_widget
     broken = tmp_path / "broken.pth"
     broken.write_bytes(b"this is not a checkpoint" * 10)
     widget.select_model(str(broken))
-    _run(qtbot, widget, widget.load_model, LOAD_TASK)
+    run_job(widget, widget.load_model, LOAD_TASK)
     errors = [str(n.message) for n in notifications if n.severity == "error"]
     assert any("loading model failed" in m and "broken.pth" in m for m in errors)
     assert widget.model_name == "tiny"  # the previous model is still in use
@@ -344,7 +333,7 @@ def test_channel_choice_goes_to_the_segmenter(viewer_widget, qtbot, monkeypatch,
     assert widget.session.annotations.shape == (64, 64)
 
 
-def test_rgb_images_are_annotated_in_2d(make_napari_viewer, qtbot, tiny_sam, rng):
+def test_rgb_images_are_annotated_in_2d(make_napari_viewer, qtbot, tiny_sam, rng, drain_jobs):
     viewer = make_napari_viewer()
     viewer.add_image(rng.integers(0, 255, size=(96, 80, 3)).astype(np.uint8), name="rgb")
     widget = AnnotateWidget(viewer)
@@ -354,7 +343,7 @@ def test_rgb_images_are_annotated_in_2d(make_napari_viewer, qtbot, tiny_sam, rng
     widget.session.layers.points.add([40, 40])
     assert widget.session.layers.preview.data.any()
     assert widget.commit() == [1]
-    _drain(qtbot, widget)
+    drain_jobs(widget)
 
 
 @pytest.fixture(autouse=True)
@@ -363,7 +352,7 @@ def _deterministic_torch():
 
 
 def test_the_plugin_menu_opens_the_widget_on_a_public_viewer_proxy(
-    make_napari_viewer, qtbot, tiny_sam, nuclei_image
+    make_napari_viewer, qtbot, tiny_sam, nuclei_image, drain_jobs
 ):
     viewer = make_napari_viewer()
     viewer.add_image(nuclei_image[0], name="nuclei")
@@ -372,13 +361,13 @@ def test_the_plugin_menu_opens_the_widget_on_a_public_viewer_proxy(
     assert widget.viewer is not viewer  # napari hands plugins a proxy of the viewer
     with qtbot.waitSignal(widget.embedding_ready, timeout=WAIT_MS):
         widget.set_model(tiny_sam, "tiny", "tiny-test")
-    _drain(qtbot, widget)
+    drain_jobs(widget)
     session = widget.session
     widget.set_image_layer(viewer.layers["nuclei"])  # the same layer: the session stays
     assert widget.session is session
-    _drain(qtbot, widget)
+    drain_jobs(widget)
     widget.session.layers.points.add([128, 128])
     assert widget.commit() == [1]
     viewer.layers.remove("nuclei points")  # the user deletes a helper layer
     assert widget.session is None
-    _drain(qtbot, widget)
+    drain_jobs(widget)

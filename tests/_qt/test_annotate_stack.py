@@ -10,21 +10,9 @@ from napari_samtune._qt.annotate_jobs import AUTO_TASK, EMBED_TASK, PROPAGATE_TA
 from napari_samtune._qt.annotate_ui import SCOPE_STACK
 from napari_samtune.core.synthetic import make_image
 
-WAIT_MS = 30_000
 N_PLANES = 4
 
-
-def _drain(qtbot, widget) -> None:
-    qtbot.waitUntil(lambda: not widget.runner.is_running(), timeout=WAIT_MS)
-
-
-def _run(qtbot, widget, start, task: str) -> None:
-    """Start a widget job with ``start()``, wait for its task to finish, then for follow-ups."""
-    with qtbot.waitSignal(
-        widget.runner.task_finished, check_params_cb=lambda name: name == task, timeout=WAIT_MS
-    ):
-        assert start() is not None
-    _drain(qtbot, widget)
+WAIT_MS = 30_000
 
 
 @pytest.fixture
@@ -34,7 +22,7 @@ def stack():
 
 
 @pytest.fixture
-def stack_widget(make_napari_viewer, qtbot, tiny_sam, stack, monkeypatch):
+def stack_widget(make_napari_viewer, qtbot, tiny_sam, stack, monkeypatch, drain_jobs):
     """Viewer on plane 0 of the stack, widget with the tiny model; records ``set_image`` calls."""
     viewer = make_napari_viewer()
     viewer.add_image(stack, name="stack")
@@ -50,32 +38,38 @@ def stack_widget(make_napari_viewer, qtbot, tiny_sam, stack, monkeypatch):
             return set_image(image, **kwargs)
 
         monkeypatch.setattr(widget.segmenter, "set_image", recording_set_image)
-    _drain(qtbot, widget)
+    drain_jobs(widget)
     yield viewer, widget
-    _drain(qtbot, widget)
+    drain_jobs(widget)
 
 
-def _go_to_plane(qtbot, viewer, widget, plane: int) -> None:
-    with qtbot.waitSignal(widget.embedding_ready, timeout=WAIT_MS) as ready:
-        viewer.dims.set_current_step(0, plane)
-    assert ready.args == [plane]
-    _drain(qtbot, widget)
+@pytest.fixture
+def go_to_plane(qtbot, drain_jobs):
+    """``go_to_plane(viewer, widget, plane)``: move the view and wait for that embedding."""
+
+    def go(viewer, widget, plane: int) -> None:
+        with qtbot.waitSignal(widget.embedding_ready, timeout=WAIT_MS) as ready:
+            viewer.dims.set_current_step(0, plane)
+        assert ready.args == [plane]
+        drain_jobs(widget)
+
+    return go
 
 
-def test_the_plane_in_view_is_embedded(stack_widget, qtbot, stack):
+def test_the_plane_in_view_is_embedded(stack_widget, qtbot, stack, go_to_plane):
     viewer, widget = stack_widget
     assert widget.session.annotations.shape == stack.shape
     assert widget.embedded_plane == 0
-    _go_to_plane(qtbot, viewer, widget, 2)
+    go_to_plane(viewer, widget, 2)
     assert widget.current_plane == 2 and widget.embedded_plane == 2
     np.testing.assert_array_equal(widget.set_image_calls[-1], stack[2])
-    _go_to_plane(qtbot, viewer, widget, 1)
+    go_to_plane(viewer, widget, 1)
     np.testing.assert_array_equal(widget.set_image_calls[-1], stack[1])
 
 
-def test_prompts_and_commits_stay_on_their_plane(stack_widget, qtbot):
+def test_prompts_and_commits_stay_on_their_plane(stack_widget, qtbot, go_to_plane):
     viewer, widget = stack_widget
-    _go_to_plane(qtbot, viewer, widget, 1)
+    go_to_plane(viewer, widget, 1)
     layers = widget.session.layers
     layers.points.add([1, 48, 48])  # (plane, row, col)
     assert layers.preview.data[1].any()
@@ -100,28 +94,30 @@ def test_a_point_on_another_plane_waits_for_that_embedding(stack_widget, qtbot):
     np.testing.assert_array_equal(layers.preview.data[0], on_plane_0)  # untouched
 
 
-def test_embed_all_planes_caches_every_plane(stack_widget, qtbot, stack):
+def test_embed_all_planes_caches_every_plane(stack_widget, qtbot, stack, run_job, go_to_plane):
     viewer, widget = stack_widget
     widget.set_image_calls.clear()
-    _run(qtbot, widget, widget.embed_all_planes, EMBED_TASK)
+    run_job(widget, widget.embed_all_planes, EMBED_TASK)
     assert len(widget.set_image_calls) >= N_PLANES  # (then plane 0, in view, again)
     for plane in range(N_PLANES):
         np.testing.assert_array_equal(widget.set_image_calls[plane], stack[plane])
     cache_files = list(widget.segmenter.cache.directory.rglob("*"))
     assert len([f for f in cache_files if f.is_file()]) >= N_PLANES
     qtbot.waitUntil(lambda: widget.is_embedded(0), timeout=WAIT_MS)  # back to the view
-    _go_to_plane(qtbot, viewer, widget, 2)  # served from the disk cache
+    go_to_plane(viewer, widget, 2)  # served from the disk cache
 
 
-def test_propagation_fills_neighbouring_planes_and_commits_one_3d_object(stack_widget, qtbot):
+def test_propagation_fills_neighbouring_planes_and_commits_one_3d_object(
+    stack_widget, qtbot, run_job, go_to_plane
+):
     viewer, widget = stack_widget
-    _go_to_plane(qtbot, viewer, widget, 1)
+    go_to_plane(viewer, widget, 1)
     layers = widget.session.layers
     corners = [[1, 20.0, 20.0], [1, 20.0, 70.0], [1, 70.0, 70.0], [1, 70.0, 20.0]]
     layers.boxes.add_rectangles(np.array(corners))  # on plane 1
     assert layers.preview.data[1].any()
     widget.ui.area_ratio_spin.setValue(20.0)  # random masks: stop only when they vanish
-    _run(qtbot, widget, widget.propagate, PROPAGATE_TASK)
+    run_job(widget, widget.propagate, PROPAGATE_TASK)
     reached = layers.preview_planes()
     assert 1 in reached and len(reached) > 1
     assert reached == list(range(min(reached), max(reached) + 1))  # contiguous around plane 1
@@ -138,13 +134,13 @@ def test_propagation_needs_a_stack_and_an_object(stack_widget, notifications_sta
     assert any("exactly one object" in str(n.message) for n in notifications_stack)
 
 
-def test_automatic_segmentation_of_the_whole_stack(stack_widget, qtbot):
+def test_automatic_segmentation_of_the_whole_stack(stack_widget, qtbot, run_job):
     _, widget = stack_widget
     widget.ui.auto_scope_combo.setCurrentText(SCOPE_STACK)
     widget.ui.points_per_side_spin.setValue(4)
     widget.ui.iou_spin.setValue(0.0)
     widget.ui.stability_spin.setValue(0.0)
-    _run(qtbot, widget, widget.segment_automatically, AUTO_TASK)
+    run_job(widget, widget.segment_automatically, AUTO_TASK)
     annotations = widget.session.annotations
     per_plane = [set(np.unique(plane)) - {0} for plane in annotations]
     assert all(per_plane)
