@@ -99,6 +99,15 @@ def test_precision_choice():
         autocast_dtype(cpu, "int8")
 
 
+@pytest.mark.parametrize(
+    ("capability", "expected"), [((7, 0), torch.float16), ((8, 0), torch.bfloat16)]
+)
+def test_auto_precision_on_cuda_follows_the_compute_capability(monkeypatch, capability, expected):
+    """V100-class GPUs get fp16, Ampere and newer bf16 (the choice is made without a GPU here)."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert autocast_dtype(torch.device("cuda"), "auto") is expected
+
+
 def test_fast_upscaling_matches_the_stock_transposed_convolution():
     torch.manual_seed(0)
     decoder = build_sam(TINY).mask_decoder
