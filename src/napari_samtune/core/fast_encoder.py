@@ -57,13 +57,13 @@ class FastRelPosAttention(Attention):
         q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
         if not self.use_rel_pos:
             out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        elif n_tokens <= SMALL_WINDOW and not torch.is_grad_enabled():
-            q, k = self._fold_rel_pos(q, k, height, width)
-            out = _window_attention(q, k, v)
         else:
             q, k = self._fold_rel_pos(q, k, height, width)
-            v_pad = F.pad(v, (0, height + width))  # SDPA wants one width for q, k and v
-            out = F.scaled_dot_product_attention(q, k, v_pad, scale=1.0)[..., : v.shape[-1]]
+            if n_tokens <= SMALL_WINDOW and not torch.is_grad_enabled():
+                out = _window_attention(q, k, v)
+            else:
+                v_pad = F.pad(v, (0, height + width))  # SDPA wants one width for q, k and v
+                out = F.scaled_dot_product_attention(q, k, v_pad, scale=1.0)[..., : v.shape[-1]]
         out = out.permute(0, 2, 1, 3).reshape(batch, height, width, -1)
         return self.proj(out)
 
