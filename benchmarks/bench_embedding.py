@@ -51,7 +51,7 @@ def timed(fn, repeats: int) -> float:
 def matmul_peak_tflops(dtype: torch.dtype, size: int = 4096) -> float:
     a = torch.randn(size, size, dtype=dtype)
     b = torch.randn(size, size, dtype=dtype)
-    seconds = timed(lambda: a @ b, repeats=5)
+    seconds = timed(lambda: a @ b, repeats=10)
     return 2 * size**3 / seconds / 1e12
 
 
@@ -135,6 +135,24 @@ def table_row(name: str, stock_flops: float, stock: float, fast: dict, peak: flo
     )
 
 
+TARGETS = (  # (what, how to read it from a row's numbers, bound, True if the bound is a maximum)
+    ("fast / limit", lambda stock, fast, limit: fast["seconds"] / limit, 1.6, True),
+    ("stock / fast", lambda stock, fast, limit: stock / fast["seconds"], 2.5, False),
+    ("min box IoU vs fp32", lambda stock, fast, limit: fast["min_iou"], 0.98, False),
+    ("prompt ms", lambda stock, fast, limit: fast["prompt_ms"], 25.0, True),
+)
+
+
+def print_targets(name: str, stock_flops: float, stock: float, fast: dict, peak: float) -> None:
+    """One line per target of the issue: the measured value, the bound, met or not."""
+    limit = stock_flops / (peak * 1e12)
+    for what, measured, bound, is_max in TARGETS:
+        value = measured(stock, fast, limit)
+        met = value <= bound if is_max else value >= bound
+        sign, verdict = ("<=" if is_max else ">="), ("met" if met else "NOT met")
+        print(f"{name}: {what} = {value:.3g} (target {sign} {bound}): {verdict}")
+
+
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
@@ -174,6 +192,9 @@ def main() -> None:
     print("|" + "---|" * len(header))
     for row in rows:
         print("| " + " | ".join(row) + " |")
+    print()
+    for name in args.models:
+        print_targets(name, *stock[name], fast[name], peak_bf16)
 
 
 if __name__ == "__main__":
