@@ -82,7 +82,8 @@ def tune_cpu_allocator() -> bool:
         return False
     # 32 MiB is the largest mmap threshold glibc accepts on 64-bit systems
     mmap_ok = libc.mallopt(M_MMAP_THRESHOLD, 32 * _MIB) == 1
-    trim_ok = libc.mallopt(M_TRIM_THRESHOLD, 1024 * _MIB) == 1
+    # up to 256 MiB of free heap is kept for reuse (1 GiB measured no faster; 64 MiB slower)
+    trim_ok = libc.mallopt(M_TRIM_THRESHOLD, 256 * _MIB) == 1
     return mmap_ok and trim_ok
 
 
