@@ -258,7 +258,8 @@ def _scores(image: torch.Tensor, small: torch.Tensor) -> torch.Tensor:
     """
     n, rows, channels = small.shape
     if len(image) == 1:
-        product = image[0] @ small.reshape(n * rows, channels).T  # (N, n * R)
+        # a reshape, not image[0]: indexing's backward would zero-fill and copy an (N, C) grad
+        product = image.reshape(-1, channels) @ small.reshape(n * rows, channels).T  # (N, n*R)
         return product.view(-1, n, rows).permute(1, 2, 0).contiguous()
     return (image @ small.transpose(1, 2)).transpose(1, 2).contiguous()
 
