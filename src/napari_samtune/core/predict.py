@@ -236,10 +236,11 @@ class Segmenter:
         if boxes_xyxy is not None:
             corners = tile.to_input_frame(np.reshape(boxes_xyxy, (-1, 2, 2))).reshape(-1, 4)
             boxes = torch.as_tensor(corners, dtype=torch.float, device=device)
-        masks = None if mask_input is None else mask_input.float()
         with torch.inference_mode():
             image = self._decoder_image(view)
-            logits, iou = decode_prompts(self.model, image, coords, labels, boxes, masks, multimask)
+            logits, iou = decode_prompts(
+                self.model, image, coords, labels, boxes, mask_input, multimask
+            )
         return logits.float(), iou.float()
 
     def _decoder_image(self, view: int) -> DecoderImage:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from napari_samtune.core import distributed as ddp
-from napari_samtune.core.accelerate import tune_cpu_allocator
+from napari_samtune.core.accelerate import tune_cpu_allocator, use_fast_paths
 from napari_samtune.core.checkpoints import atomic_write
 from napari_samtune.core.data import (
     ImageLabelPair,
@@ -34,8 +34,6 @@ from napari_samtune.core.data import (
 )
 from napari_samtune.core.fast_encoder import (
     encode,
-    use_fast_attention,
-    use_fast_tinyvit_attention,
 )
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train_checkpoints import (
@@ -135,7 +133,7 @@ class Trainer:
             device=str(self.device),
         )
         if self.config.fast_attention:  # swaps module classes only: state dict unchanged
-            use_fast_tinyvit_attention(use_fast_attention(sam))
+            use_fast_paths(sam)
             if self.device.type == "cpu":
                 tune_cpu_allocator()
         self.sam, self.arch = sam.to(self.device), arch
