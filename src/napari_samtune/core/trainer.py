@@ -32,9 +32,7 @@ from napari_samtune.core.data import (
     split_validation,
     tile_patches,
 )
-from napari_samtune.core.fast_encoder import (
-    encode,
-)
+from napari_samtune.core.fast_encoder import encode
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train_checkpoints import (
     check_resumable,
