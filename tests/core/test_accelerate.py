@@ -47,16 +47,32 @@ def test_fast_attention_matches_stock_in_fp32():
     torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("small_window", [0, 10**6])
-def test_both_inference_attention_paths_match_stock(monkeypatch, small_window):
-    """SDPA (small_window 0) and the plain window products (every block) give the stock result."""
-    monkeypatch.setattr(fast_encoder, "SMALL_WINDOW", small_window)
+KERNELS = ("folded_sdpa", "window_products", "bias_mask")
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("chunk_elements", [1 << 21, 5000])
+def test_every_inference_attention_kernel_matches_stock(monkeypatch, kernel, chunk_elements):
+    """Each kernel, in every block, gives the stock result (small chunks: several mask pieces)."""
+    monkeypatch.setattr(fast_encoder, "_pick_kernel", lambda q, n_tokens: kernel)
+    monkeypatch.setattr(fast_encoder, "BIAS_CHUNK_ELEMENTS", chunk_elements)
     encoder = _encoder_with_nonzero_rel_pos()
-    x = torch.randn(1, 3, 256, 256)
+    x = torch.randn(2, 3, 256, 256)
     with torch.inference_mode():
         reference = encoder(x)
         fast = use_fast_attention(encoder)(x)
     torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_kernel_choice_follows_precision_device_and_gradient():
+    fp32, bf16 = torch.zeros(1, 1, 4, 8), torch.zeros(1, 1, 4, 8, dtype=torch.bfloat16)
+    pick = fast_encoder._pick_kernel
+    with torch.no_grad():
+        assert pick(fp32, 4096) == pick(fp32, 196) == "bias_mask"
+        assert pick(bf16, 196) == "window_products"
+        assert pick(bf16, 4096) == "folded_sdpa"
+    with torch.enable_grad():
+        assert pick(fp32, 196) == pick(bf16, 196) == "folded_sdpa"
 
 
 def test_fast_attention_gradients_match_stock():
