@@ -71,11 +71,14 @@ def cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
+CPU_SDPA_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa_flop}
+
+
 def encoder_flops(encoder: torch.nn.Module) -> float:
     """Forward FLOPs of ``encoder`` on one image (matrix products, convolutions, attention)."""
     size = encoder.img_size
-    cpu_sdpa = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa_flop}
-    with FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter, torch.inference_mode():
+    counting = FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS)
+    with counting as counter, torch.inference_mode():
         encoder(torch.zeros(1, 3, size, size).contiguous(memory_format=torch.channels_last))
     return float(counter.get_total_flops())
 

@@ -247,6 +247,40 @@ def measure_fast(name: str, variant: str, steps: int, epoch_samples: int) -> dic
     }
 
 
+def frozen_step_flops(name: str) -> tuple[float, float]:
+    """FLOPs of one patch's encoder pass and of one training step on its cached embedding.
+
+    Matrix products and convolutions only (torch's FlopCounterMode), the step's forward and
+    backward over all prompt passes. At equal speed per FLOP, a cached epoch can be at most
+    (encoder + step) / step times faster than the first, which pays for both.
+    """
+    import numpy as np
+    import torch
+    from bench_embedding import CPU_SDPA_FLOPS
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from napari_samtune.core.accelerate import use_fast_paths
+    from napari_samtune.core.data import PatchSampler, as_pairs, prepare_pairs
+    from napari_samtune.core.fast_encoder import encode
+    from napari_samtune.core.model_source import load_base_model
+    from napari_samtune.core.train_step import SamTrainingStep, prepare_input, with_first_prompts
+
+    model_setting = setting(name)
+    sam, arch, _ = load_base_model(f"random:{CONFIGS[name].model}", seed=0)
+    use_fast_paths(sam).image_encoder.requires_grad_(False)
+    sampler = PatchSampler(prepare_pairs(as_pairs(dataset())), arch.img_size, 16, 1, 0)
+    patch = sampler.patch(0, 0)
+    ids = sampler.sample_objects(patch, model_setting.n_objects_per_batch, 0, 0)
+    inp = prepare_input(sam, patch, ids, torch.device("cpu"))
+    inp = with_first_prompts(inp, np.random.default_rng(0), 0.1)
+    with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as encoder_flops:
+        with torch.no_grad():
+            embedding = encode(sam, inp.pixels[None])
+    with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as step_flops:
+        SamTrainingStep(sam, N_ITERATIVE_PROMPTS, "dice_bce")([inp], embedding).backward()
+    return float(encoder_flops.get_total_flops()), float(step_flops.get_total_flops())
+
+
 # -- parent: run children, print the tables --------------------------------------------------
 
 
@@ -317,6 +351,10 @@ def print_epochs(results, args) -> None:
             print(f"  best: first {first:.2f} s, later {later:.2f} s: {first / later:.1f}x "
                   f"(whole epochs {first_w:.2f} / {later_w:.2f} s: {first_w / later_w:.1f}x); "
                   f"target {TARGET_EPOCH_RATIO:.0f}x")  # fmt: skip
+            encoder, step = frozen_step_flops(name)
+            print(f"  FLOPs per sample: encoder {encoder / 1e9:.1f} G, cached training step "
+                  f"{step / 1e9:.1f} G: at equal speed per FLOP a later epoch is at most "
+                  f"{(encoder + step) / step:.1f}x faster than the first")  # fmt: skip
 
 
 def print_memory(results, args) -> None:
