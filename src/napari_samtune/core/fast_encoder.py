@@ -53,8 +53,8 @@ def _pick_kernel(q: torch.Tensor, n_tokens: int) -> str:
     * "window_products": the folded q and k, three plain products: small windows, no gradient.
     * "bias_mask": the bias built as an additive mask, a head and a chunk of queries at a
       time, for SDPA. In fp32 on CPU matrix products are the bottleneck and folding makes
-      ViT-B's global attention products 3x wider: 1.3 -> 0.85 s per global block, windows
-      0.14 -> 0.08 s per block (2-core AVX2 CPU).
+      ViT-B's global attention products 3x wider: 1.3 -> 0.85 s of attention per global
+      block on a 2-core AVX2 CPU (14 x 14 windows: within noise of the plain products).
     """
     if torch.is_grad_enabled():
         return "folded_sdpa"
