@@ -14,6 +14,7 @@ from napari_samtune.core.accelerate import (
 from napari_samtune.core.architectures import TINY, build_sam
 from napari_samtune.core.fast_decoder import (
     FastConvTranspose2x2,
+    _upscaled_masks,
     decode_prompts,
     decoder_image,
     use_fast_upscaling,
@@ -219,6 +220,43 @@ def _assert_close_to_scale(actual, expected, name="", tolerance=1e-4):
     """Every element within ``tolerance`` x the largest magnitude of ``expected``."""
     error = (actual - expected).abs().max().item()
     assert error <= tolerance * expected.abs().max().item(), (name, error)
+
+
+@pytest.mark.parametrize("n_objects", [1, 3])
+@pytest.mark.parametrize("multimask", [False, True])
+@pytest.mark.parametrize("kind", ["points first pass", "boxes first pass", "everything"])
+def test_inference_decoding_with_a_projected_first_layer_matches_stock(kind, multimask, n_objects):
+    """Without gradients: the image's first-layer projections (skipped when there is a mask
+    input), only the picked masks' tokens and MLPs, the upscaling in chunks."""
+    sam, prompts = _decoder_sam().eval(), _prompts(kind, n_objects)
+    prompts = prompts[:-1] + (multimask,)
+    embedding = torch.randn(1, TINY.prompt_embed_dim, 16, 16)
+    with torch.no_grad():
+        stock_logits, stock_iou = decode(sam, embedding, *prompts)
+        image = decoder_image(sam, embedding, project_first_layer=True)
+        attention = sam.mask_decoder.transformer.layers[0].cross_attn_token_to_image
+        heads, head_dim = attention.num_heads, attention.internal_dim // attention.num_heads
+        assert image.first_layer.keys.shape == (heads, head_dim, 16 * 16)
+        logits, iou = decode_prompts(sam, image, *prompts)
+    assert logits.shape == stock_logits.shape == (n_objects, 3 if multimask else 1, 64, 64)
+    assert stock_logits.std() > 0.05
+    _assert_close_to_scale(logits, stock_logits)
+    _assert_close_to_scale(iou, stock_iou)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_upscaling_in_chunks_matches_one_pass(grad):
+    sam = _decoder_sam()
+    torch.manual_seed(2)
+    keys = torch.randn(2, 16 * 16, TINY.prompt_embed_dim, requires_grad=grad)
+    hyper = torch.randn(2, 3, TINY.prompt_embed_dim // 8)
+    upscaling = sam.mask_decoder.output_upscaling
+    with torch.set_grad_enabled(grad):
+        whole = _upscaled_masks(upscaling, keys, hyper, 16, chunk_tokens=16 * 16)
+        chunked = _upscaled_masks(upscaling, keys, hyper, 16, chunk_tokens=37)  # uneven chunks
+    assert whole.shape == (2, 3, 64, 64)
+    _assert_close_to_scale(chunked, whole, tolerance=1e-6)
+    assert chunked.requires_grad == grad
 
 
 @pytest.mark.parametrize("kind", ["points first pass", "everything"])

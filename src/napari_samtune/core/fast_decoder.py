@@ -71,6 +71,26 @@ def use_fast_upscaling(model: torch.nn.Module) -> torch.nn.Module:
 # is put into raster order only as the final logits.
 
 
+UPSCALE_CHUNK_TOKENS = 512  # ~3 MB of upscaling activations per chunk (no gradients)
+
+
+@dataclass(frozen=True)
+class FirstLayerImage:
+    """The first decoder layer's projections of the image side, per head.
+
+    Until the first layer updates them, the image tokens are the embedding plus the "no
+    mask" embedding whatever the prompt (without a mask input): their keys and values for
+    the token -> image attention and their queries for the image -> token attention can be
+    projected once per image. Each prompt pass then does (T x d x N) products per head
+    instead of three (N x C x 8T) ones. Only worth it when the image has many prompts
+    (interactive use): for one pass the projections cost more than they save.
+    """
+
+    keys: torch.Tensor  # (heads, d, E*E) token -> image keys, transposed for q @ k
+    values: torch.Tensor  # (heads, E*E, d) token -> image values
+    queries: torch.Tensor  # (heads, d, E*E) image -> token queries, transposed
+
+
 @dataclass(frozen=True)
 class DecoderImage:
     """One image embedding as the tokens :func:`decode_prompts` works on (once per image)."""
@@ -79,21 +99,46 @@ class DecoderImage:
     pe: torch.Tensor  # float32 (1, E*E, C) the prompt encoder's dense positional encoding
     size: int  # E, the side of the embedding grid
     dtype: torch.dtype  # compute dtype of the products: autocast's, else float32
+    first_layer: FirstLayerImage | None = None  # projections for passes without mask input
 
 
-def decoder_image(sam: torch.nn.Module, embedding: torch.Tensor) -> DecoderImage:
+def decoder_image(
+    sam: torch.nn.Module, embedding: torch.Tensor, project_first_layer: bool = False
+) -> DecoderImage:
     """Tokens of a (1, C, E, E) ``embedding``; the compute dtype is autocast's, if it is on.
 
     The positional encoding is computed without autocast, which would round its sin/cos
-    arguments (up to ~20 radians) to bf16.
+    arguments (up to ~20 radians) to bf16. ``project_first_layer`` precomputes the
+    :class:`FirstLayerImage` for an image that will see many prompts with fixed weights.
     """
     device = embedding.device
     dtype = torch.get_autocast_dtype(device.type)
     dtype = dtype if torch.is_autocast_enabled(device.type) else torch.float32
     with torch.autocast(device.type, enabled=False):
-        pe = sam.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2)
-    tokens = embedding.flatten(2).transpose(1, 2).float().contiguous()
-    return DecoderImage(tokens, pe.float().contiguous(), embedding.shape[-1], dtype)
+        pe = sam.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2).float().contiguous()
+        tokens = embedding.flatten(2).transpose(1, 2).float().contiguous()
+        first = None
+        if project_first_layer:
+            keys = tokens + sam.prompt_encoder.no_mask_embed.weight
+            first = _first_layer_image(sam.mask_decoder.transformer.layers[0], keys, pe, dtype)
+    return DecoderImage(tokens, pe, embedding.shape[-1], dtype, first)
+
+
+def _first_layer_image(layer, keys: torch.Tensor, key_pe: torch.Tensor, dtype) -> FirstLayerImage:
+    """The projections of (1, N, C) ``keys`` (and ``keys + key_pe``) in ``dtype``, per head."""
+    keys_pe = (keys + key_pe).to(dtype)
+
+    def heads(attention, projection, x):
+        n_heads, head_dim, _ = _heads(attention)
+        weight, bias = projection.weight.to(dtype), projection.bias.to(dtype)
+        return F.linear(x[0], weight, bias).view(-1, n_heads, head_dim).transpose(0, 1)
+
+    to_image, to_tokens = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+    return FirstLayerImage(
+        heads(to_image, to_image.k_proj, keys_pe).transpose(1, 2).contiguous(),
+        heads(to_image, to_image.v_proj, keys.to(dtype)).contiguous(),
+        heads(to_tokens, to_tokens.q_proj, keys_pe).transpose(1, 2).contiguous(),
+    )
 
 
 def decode_prompts(
@@ -131,14 +176,25 @@ def decode_prompts(
         keys = image.tokens + _embed_masks(encoder.mask_downscaling, mask_input.to(image.dtype))
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight])
     tokens = torch.cat([output_tokens.expand(len(sparse), -1, -1), sparse], dim=1)
-    queries, keys = _two_way_transformer(decoder.transformer, tokens, keys, image.pe, image.dtype)
-    # all four mask weights, then the picked ones: unused tokens' MLPs get zero gradients
-    # as in the stock decoder (which makes all four masks), so Adam treats them alike
-    hyper = torch.stack(
-        [mlp(queries[:, 1 + i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
+    picked = list(range(1, decoder.num_mask_tokens)) if multimask else [0]
+    # with gradients: all four mask weights, then the picked ones, so that unused tokens'
+    # MLPs get zero gradients as in the stock decoder (which makes all four masks) and
+    # Adam treats them alike; without, only the picked ones
+    used = list(range(decoder.num_mask_tokens)) if torch.is_grad_enabled() else picked
+    queries, keys = _two_way_transformer(
+        decoder.transformer,
+        tokens,
+        keys,
+        image.pe,
+        image.dtype,
+        image.first_layer if mask_input is None else None,
+        [0] + [1 + i for i in used],  # the IoU token and the used mask tokens
     )
-    picked = slice(1, None) if multimask else slice(0, 1)
-    logits = _upscaled_masks(decoder.output_upscaling, keys, hyper[:, picked], image.size)
+    mlps = decoder.output_hypernetworks_mlps
+    hyper = torch.stack([mlps[i](queries[:, 1 + j]) for j, i in enumerate(used)], dim=1)
+    if len(used) > len(picked):
+        hyper = hyper[:, picked]
+    logits = _upscaled_masks(decoder.output_upscaling, keys, hyper, image.size)
     iou = decoder.iou_prediction_head(queries[:, 0])[:, picked]
     return logits, iou.to(logits.dtype)
 
@@ -167,32 +223,48 @@ def _layer_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x.float(), norm.weight.shape, norm.weight, norm.bias, norm.eps)
 
 
-def _two_way_transformer(transformer, tokens, keys, key_pe, dtype):
+def _two_way_transformer(transformer, tokens, keys, key_pe, dtype, first, final_tokens):
     """``TwoWayTransformer.forward`` on (n, T, C) prompt tokens and (1 or n, N, C) float32
-    image keys and positional encoding ``key_pe``; products run in ``dtype``.
+    image keys and positional encoding ``key_pe``; products run in ``dtype``. ``first``: the
+    first layer's image-side projections of these ``keys``, if they were precomputed.
+
+    Returns the queries of the ``final_tokens`` only (token indices; each token attends to
+    the image on its own in the final attention, so the others' are not computed) and the
+    keys.
 
     Like the stock modules under autocast, the image side stays float32 and every product
     casts it: gradients from its several uses then add up in float32 (in bf16 their sum
     can cancel to noise).
     """
     queries = tokens
-    for layer in transformer.layers:
+    for index, layer in enumerate(transformer.layers):
         if layer.skip_first_layer_pe:
             queries = layer.self_attn(q=queries, k=queries, v=queries)
         else:
             q = queries + tokens
             queries = queries + layer.self_attn(q=q, k=q, v=queries)
         queries = layer.norm1(queries)
-        low = keys.to(dtype)  # for the products with the keys
-        keys_pe = keys + key_pe
-        attended = _tokens_to_image(layer.cross_attn_token_to_image, queries + tokens, keys_pe, low)
+        projected = first if index == 0 else None
+        to_image, to_tokens = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+        if projected is None:
+            low = keys.to(dtype)  # for the products with the keys
+            keys_pe = keys + key_pe
+            attended = _tokens_to_image(to_image, queries + tokens, keys_pe, low)
+        else:
+            attended = _tokens_to_projected_image(
+                to_image, queries + tokens, projected.keys, projected.values
+            )
         queries = layer.norm2(queries + attended)
         queries = layer.norm3(queries + layer.mlp(queries))
-        attended = _image_to_tokens(
-            layer.cross_attn_image_to_token, keys_pe, queries + tokens, queries
-        )
+        if projected is None:
+            attended = _image_to_tokens(to_tokens, keys_pe, queries + tokens, queries)
+        else:
+            attended = _projected_image_to_tokens(
+                to_tokens, projected.queries, queries + tokens, queries
+            )
         keys = _layer_norm(layer.norm4, keys + attended)
     low = keys.to(dtype)
+    queries, tokens = queries[:, final_tokens], tokens[:, final_tokens]
     attended = _tokens_to_image(
         transformer.final_attn_token_to_image, queries + tokens, keys + key_pe, low
     )
@@ -250,6 +322,36 @@ def _image_to_tokens(attention, keys_pe, k_in, v_in):
     )
 
 
+def _tokens_to_projected_image(attention, q_in, keys_t, values):
+    """``Attention(q=q_in, k=., v=.)`` for (n, T, C) queries against an image's projected
+    (heads, d, N) keys and (heads, N, d) values: the stock computation, per head."""
+    n, n_tokens, _ = q_in.shape
+    heads, head_dim, scale = _heads(attention)
+    q = attention.q_proj(q_in).view(n, n_tokens, heads, head_dim).permute(2, 0, 1, 3)
+    q = q.reshape(heads, n * n_tokens, head_dim).to(keys_t.dtype)
+    probs = ((q @ keys_t) * scale).softmax(dim=-1)  # (heads, n*T, N)
+    out = (probs @ values).view(heads, n, n_tokens, head_dim).permute(1, 2, 0, 3)
+    return attention.out_proj(out.reshape(n, n_tokens, heads * head_dim))
+
+
+def _projected_image_to_tokens(attention, queries_t, k_in, v_in):
+    """``Attention(q=., k=k_in, v=v_in)`` for an image's projected (heads, d, N) queries and
+    (n, T, C) tokens; the output projection folded into the values as in
+    :func:`_image_to_tokens`."""
+    n, n_tokens, channels = k_in.shape
+    heads, head_dim, scale = _heads(attention)
+    k = attention.k_proj(k_in).view(n, n_tokens, heads, head_dim).permute(2, 0, 1, 3)
+    k = k.reshape(heads, n * n_tokens, head_dim).to(queries_t.dtype)
+    scores = (k @ queries_t) * scale  # (heads, n*T, N)
+    # softmax over the T tokens (a middle axis); then (n, N, heads*T), a view for n = 1
+    probs = scores.view(heads, n, n_tokens, -1).softmax(dim=2).transpose(0, 1)
+    probs = probs.reshape(n, heads * n_tokens, -1).transpose(1, 2)
+    v = attention.v_proj(v_in).view(n, n_tokens, heads, head_dim)
+    w_o = attention.out_proj.weight.view(channels, heads, head_dim)
+    values = torch.einsum("nthd,chd->nhtc", v, w_o).reshape(n, heads * n_tokens, channels)
+    return torch.baddbmm(attention.out_proj.bias.view(1, 1, channels), probs, values)
+
+
 def _scores(image: torch.Tensor, small: torch.Tensor) -> torch.Tensor:
     """``small (n, R, C) @ image (1 or n, N, C)^T`` as a contiguous (n, R, N) tensor.
 
@@ -271,21 +373,32 @@ def _batched_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a @ b
 
 
-def _upscaled_masks(upscaling: torch.nn.Sequential, keys, hyper, side: int) -> torch.Tensor:
+def _upscaled_masks(
+    upscaling: torch.nn.Sequential, keys, hyper, side: int, chunk_tokens: int | None = None
+) -> torch.Tensor:
     """Mask logits (n, k, 4E, 4E) from (n, E*E, C) image tokens and (n, k, C/8) mask weights.
 
     Each 2x2 stride-2 transposed convolution gives every pixel four children: a matrix
     product per token. Pixels stay grouped by token (sub-pixel order) up to the logits.
+    Without gradients the tokens go through in chunks of ``chunk_tokens`` (default
+    :data:`UPSCALE_CHUNK_TOKENS`), whose activations stay in the CPU's cache.
     """
     conv1, norm, act1, conv2, act2 = upscaling
     n, n_pixels = len(keys), keys.shape[1]
     c1, c2 = conv1.out_channels, conv2.out_channels
+    if chunk_tokens is None:
+        chunk_tokens = n_pixels if torch.is_grad_enabled() else UPSCALE_CHUNK_TOKENS
     # output features ordered (a, b, channel): child (2i + a, 2j + b) of pixel (i, j)
-    weight1 = conv1.weight.permute(2, 3, 1, 0).reshape(4 * c1, -1)
-    x = F.linear(keys, weight1, conv1.bias.repeat(4)).view(n, n_pixels, 4, c1)
-    x = act1(_layer_norm(norm, x))
+    weight1, bias1 = conv1.weight.permute(2, 3, 1, 0).reshape(4 * c1, -1), conv1.bias.repeat(4)
     weight2 = conv2.weight.permute(2, 3, 1, 0).reshape(4 * c2, c1)
-    x = act2(F.linear(x, weight2, conv2.bias.repeat(4)).view(n, n_pixels * 16, c2))
-    logits = x @ hyper.transpose(1, 2).to(x.dtype)  # (n, N*16, k) in (i, j, a, b, a2, b2) order
+    bias2 = conv2.bias.repeat(4)
+    parts = []
+    for start in range(0, n_pixels, chunk_tokens):
+        x = F.linear(keys[:, start : start + chunk_tokens], weight1, bias1).view(n, -1, 4, c1)
+        x = act1(_layer_norm(norm, x))
+        x = act2(F.linear(x, weight2, bias2).view(n, -1, c2))
+        parts.append(x @ hyper.transpose(1, 2).to(x.dtype))  # (n, chunk*16, k)
+    logits = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    # in (i, j, a, b, a2, b2) order
     logits = logits.view(n, side, side, 2, 2, 2, 2, -1).permute(0, 7, 1, 3, 5, 2, 4, 6)
     return logits.reshape(n, -1, 4 * side, 4 * side)

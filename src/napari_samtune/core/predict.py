@@ -244,12 +244,14 @@ class Segmenter:
         return logits.float(), iou.float()
 
     def _decoder_image(self, view: int) -> DecoderImage:
-        """The view's embedding as decoder tokens; the last few views' are kept (8 MB each)."""
+        """The view's embedding as decoder tokens; the last few views' are kept (14 MB each)."""
         if view not in self._decoder_images:
             if len(self._decoder_images) >= DECODER_VIEWS_KEPT:  # a large image has many tiles
                 self._decoder_images.pop(next(iter(self._decoder_images)))
             with torch.inference_mode():
-                self._decoder_images[view] = decoder_image(self.model, self.features(view))
+                self._decoder_images[view] = decoder_image(
+                    self.model, self.features(view), project_first_layer=True
+                )
         return self._decoder_images[view]
 
     def upscale(self, view: int, lowres: torch.Tensor) -> torch.Tensor:
