@@ -308,18 +308,25 @@ def _image_to_tokens(attention, keys_pe, k_in, v_in):
     n, n_tokens, channels = k_in.shape
     heads, head_dim, scale = _heads(attention)
     k = attention.k_proj(k_in).view(n, n_tokens, heads, head_dim)
-    v = attention.v_proj(v_in).view(n, n_tokens, heads, head_dim)
     w_q = attention.q_proj.weight.view(heads, head_dim, channels)
     q_k = torch.einsum("nthd,hdc->nhtc", k, w_q).reshape(n, heads * n_tokens, channels)
     q_b = torch.einsum("nthd,hd->nht", k, attention.q_proj.bias.view(heads, head_dim))
     scores = _scores(keys_pe, q_k * scale) + (q_b * scale).reshape(n, -1, 1).to(q_k.dtype)
     # softmax over the T tokens: a middle axis here, which is far faster than a last axis of ~8
     probs = scores.view(n, heads, n_tokens, -1).softmax(dim=2).view(n, heads * n_tokens, -1)
+    return _mix_values(attention, probs.transpose(1, 2), v_in)
+
+
+def _mix_values(attention, probs, v_in):
+    """``sum_h,t p_h,t (W_o,h v_h,t) + b_o`` for (n, N, heads*T) softmax weights ``probs``
+    (columns head-major) and (n, T, C) value tokens ``v_in``: the output projection is
+    folded into the T values instead of applied to the N outputs."""
+    n, n_tokens, channels = v_in.shape
+    heads, head_dim, _ = _heads(attention)
+    v = attention.v_proj(v_in).view(n, n_tokens, heads, head_dim)
     w_o = attention.out_proj.weight.view(channels, heads, head_dim)
     values = torch.einsum("nthd,chd->nhtc", v, w_o).reshape(n, heads * n_tokens, channels)
-    return torch.baddbmm(
-        attention.out_proj.bias.view(1, 1, channels), probs.transpose(1, 2), values
-    )
+    return torch.baddbmm(attention.out_proj.bias.view(1, 1, channels), probs, values)
 
 
 def _tokens_to_projected_image(attention, q_in, keys_t, values):
@@ -336,9 +343,8 @@ def _tokens_to_projected_image(attention, q_in, keys_t, values):
 
 def _projected_image_to_tokens(attention, queries_t, k_in, v_in):
     """``Attention(q=., k=k_in, v=v_in)`` for an image's projected (heads, d, N) queries and
-    (n, T, C) tokens; the output projection folded into the values as in
-    :func:`_image_to_tokens`."""
-    n, n_tokens, channels = k_in.shape
+    (n, T, C) tokens; the output projection folded into the values (:func:`_mix_values`)."""
+    n, n_tokens, _ = k_in.shape
     heads, head_dim, scale = _heads(attention)
     k = attention.k_proj(k_in).view(n, n_tokens, heads, head_dim).permute(2, 0, 1, 3)
     k = k.reshape(heads, n * n_tokens, head_dim).to(queries_t.dtype)
@@ -346,10 +352,7 @@ def _projected_image_to_tokens(attention, queries_t, k_in, v_in):
     # softmax over the T tokens (a middle axis); then (n, N, heads*T), a view for n = 1
     probs = scores.view(heads, n, n_tokens, -1).softmax(dim=2).transpose(0, 1)
     probs = probs.reshape(n, heads * n_tokens, -1).transpose(1, 2)
-    v = attention.v_proj(v_in).view(n, n_tokens, heads, head_dim)
-    w_o = attention.out_proj.weight.view(channels, heads, head_dim)
-    values = torch.einsum("nthd,chd->nhtc", v, w_o).reshape(n, heads * n_tokens, channels)
-    return torch.baddbmm(attention.out_proj.bias.view(1, 1, channels), probs, values)
+    return _mix_values(attention, probs, v_in)
 
 
 def _scores(image: torch.Tensor, small: torch.Tensor) -> torch.Tensor:
@@ -391,13 +394,13 @@ def _upscaled_masks(
     # output features ordered (a, b, channel): child (2i + a, 2j + b) of pixel (i, j)
     weight1, bias1 = conv1.weight.permute(2, 3, 1, 0).reshape(4 * c1, -1), conv1.bias.repeat(4)
     weight2 = conv2.weight.permute(2, 3, 1, 0).reshape(4 * c2, c1)
-    bias2 = conv2.bias.repeat(4)
+    bias2, hyper_t = conv2.bias.repeat(4), hyper.transpose(1, 2)
     parts = []
     for start in range(0, n_pixels, chunk_tokens):
         x = F.linear(keys[:, start : start + chunk_tokens], weight1, bias1).view(n, -1, 4, c1)
         x = act1(_layer_norm(norm, x))
         x = act2(F.linear(x, weight2, bias2).view(n, -1, c2))
-        parts.append(x @ hyper.transpose(1, 2).to(x.dtype))  # (n, chunk*16, k)
+        parts.append(x @ hyper_t.to(x.dtype))  # (n, chunk*16, k)
     logits = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
     # in (i, j, a, b, a2, b2) order
     logits = logits.view(n, side, side, 2, 2, 2, 2, -1).permute(0, 7, 1, 3, 5, 2, 4, 6)

@@ -244,7 +244,10 @@ class Segmenter:
         return logits.float(), iou.float()
 
     def _decoder_image(self, view: int) -> DecoderImage:
-        """The view's embedding as decoder tokens; the last few views' are kept (14 MB each)."""
+        """The view's embedding as decoder tokens; the last few views' are kept (14 MB each).
+
+        They hold projections by the decoder's weights, which a Segmenter never changes.
+        """
         if view not in self._decoder_images:
             if len(self._decoder_images) >= DECODER_VIEWS_KEPT:  # a large image has many tiles
                 self._decoder_images.pop(next(iter(self._decoder_images)))
