@@ -227,7 +227,8 @@ def _assert_close_to_scale(actual, expected, name="", tolerance=1e-4):
 @pytest.mark.parametrize("kind", ["points first pass", "boxes first pass", "everything"])
 def test_inference_decoding_with_a_projected_first_layer_matches_stock(kind, multimask, n_objects):
     """Without gradients: the image's first-layer projections (skipped when there is a mask
-    input), only the picked masks' tokens and MLPs, the upscaling in chunks."""
+    input), only the picked masks' tokens and MLPs. (16 x 16 tokens: one upscaling chunk;
+    chunks are tested below.)"""
     sam, prompts = _decoder_sam().eval(), _prompts(kind, n_objects)
     prompts = prompts[:-1] + (multimask,)
     embedding = torch.randn(1, TINY.prompt_embed_dim, 16, 16)
