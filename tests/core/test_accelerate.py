@@ -4,7 +4,7 @@ import sys
 import pytest
 import torch
 
-from napari_samtune.core import fast_encoder
+from napari_samtune.core import fast_encoder, rel_pos_attention
 from napari_samtune.core.accelerate import (
     autocast,
     autocast_dtype,
@@ -61,7 +61,7 @@ KERNEL_CASES = [
 def test_every_inference_attention_kernel_matches_stock(monkeypatch, kernel, chunk_elements):
     """Each kernel, in every block, gives the stock result (small chunks: several mask pieces)."""
     monkeypatch.setattr(fast_encoder, "_pick_kernel", lambda q, n_tokens: kernel)
-    monkeypatch.setattr(fast_encoder, "BIAS_CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(rel_pos_attention, "BIAS_CHUNK_ELEMENTS", chunk_elements)
     encoder = _encoder_with_nonzero_rel_pos()
     x = torch.randn(2, 3, 256, 256)
     with torch.inference_mode():
@@ -78,18 +78,27 @@ def test_kernel_choice_follows_precision_device_and_gradient():
         assert pick(bf16, 196) == "window_products"
         assert pick(bf16, 4096) == "folded_sdpa"
     with torch.enable_grad():
-        assert pick(fp32, 196) == pick(bf16, 196) == "folded_sdpa"
+        assert pick(fp32, 4096) == pick(fp32, 196) == "bias_mask"
+        assert pick(bf16, 196) == pick(bf16, 4096) == "folded_sdpa"
 
 
-def test_fast_attention_gradients_match_stock():
+@pytest.mark.parametrize("kernel", ["folded_sdpa", "bias_mask"])
+def test_fast_attention_gradients_match_stock(monkeypatch, kernel):
+    """Both kernels with a gradient: the input's, the projections' and the bias tables'."""
     encoder = _encoder_with_nonzero_rel_pos()
     x = torch.randn(1, 3, 256, 256)
     grads = []
     for switch in (use_stock_attention, use_fast_attention):
         encoder.zero_grad()
-        switch(encoder)(x).square().mean().backward()
-        grads.append(encoder.blocks[1].attn.rel_pos_h.grad.clone())
-    torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-6)
+        pixels = x.clone().requires_grad_()
+        with monkeypatch.context() as patch:
+            patch.setattr(fast_encoder, "_pick_kernel", lambda q, n_tokens: kernel)
+            switch(encoder)(pixels).square().mean().backward()
+        attention = encoder.blocks[1].attn
+        parts = (attention.rel_pos_h, attention.rel_pos_w, attention.qkv.weight)
+        grads.append([pixels.grad] + [p.grad.clone() for p in parts])
+    for fast, stock in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(fast, stock, rtol=1e-3, atol=1e-6)
 
 
 def test_state_dict_is_unchanged_by_the_switch():

@@ -9,7 +9,8 @@ kernels on CPU and GPU) without materialising the bias: the bias
 ``rel_h[i, kh(j)] + rel_w[i, kw(j)]`` equals a dot product of ``[rel_h_i, rel_w_i]``
 with one-hot codes of key j's row and column, so it is folded into augmented
 queries and keys. Where wide products cost more than memory passes (fp32 on a CPU), the
-bias is instead built as an additive mask in cache-sized pieces (:func:`_pick_kernel`).
+bias is instead built as an additive mask in cache-sized pieces, with a backward pass of
+its own (:mod:`~napari_samtune.core.rel_pos_attention`, :func:`_pick_kernel`).
 The result is mathematically the stock attention; the state dict is unchanged (only the
 module classes are swapped), so checkpoints, LoRA and export are unaffected.
 
@@ -29,6 +30,8 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.modeling.image_encoder import Attention, get_rel_pos
 
+from napari_samtune.core.rel_pos_attention import BiasMaskAttention, bias_mask_attention
+
 
 def _rel_pos_codes(size_h: int, size_w: int, dtype: torch.dtype, device: torch.device):
     """One-hot codes (size_h * size_w, size_h + size_w) of each key's row and column."""
@@ -41,25 +44,24 @@ def _rel_pos_codes(size_h: int, size_w: int, dtype: torch.dtype, device: torch.d
 
 
 SMALL_WINDOW = 256  # windows of at most this many tokens skip SDPA when no gradient is taken
-# fp32 elements of relative-position bias built per SDPA call: 8 MB stays in cache (measured)
-BIAS_CHUNK_ELEMENTS = 1 << 21
 
 
 def _pick_kernel(q: torch.Tensor, n_tokens: int) -> str:
     """The fastest exact attention kernel for these queries (each measured on CPU, see below).
 
-    * "folded_sdpa": the bias folded into q and k, SDPA. The only one with a gradient for the
-      bias tables, and the fastest where matrix products are cheap (bf16 on AMX CPUs, GPUs).
+    * "folded_sdpa": the bias folded into q and k, SDPA. The fastest where matrix products
+      are cheap (bf16 on AMX CPUs, GPUs), with or without a gradient.
     * "window_products": the folded q and k, three plain products: small windows, no gradient.
-    * "bias_mask": the bias built as an additive mask, a head and a chunk of queries at a
-      time, for SDPA. In fp32 on CPU matrix products are the bottleneck and folding makes
-      ViT-B's global attention products 3x wider: 1.3 -> 0.85 s of attention per global
-      block on a 2-core AVX2 CPU (14 x 14 windows: within noise of the plain products).
+    * "bias_mask": the bias built as an additive mask a piece at a time
+      (:mod:`~napari_samtune.core.rel_pos_attention`), with its own backward pass. In fp32 on
+      CPU matrix products are the bottleneck and folding makes ViT-B's global attention
+      products 3x wider: 1.3 -> 0.85 s per global block without a gradient, and about
+      6 -> 4 s forward + backward, on a 2-core AVX2 CPU.
     """
-    if torch.is_grad_enabled():
-        return "folded_sdpa"
     if q.device.type == "cpu" and q.dtype == torch.float32:
         return "bias_mask"
+    if torch.is_grad_enabled():
+        return "folded_sdpa"
     return "window_products" if n_tokens <= SMALL_WINDOW else "folded_sdpa"
 
 
@@ -86,8 +88,10 @@ class FastRelPosAttention(Attention):
         """softmax(scale * q.k + rel bias) v for (B, heads, N, head_dim) q, k, v."""
         kernel = _pick_kernel(q, height * width)
         rel_h, rel_w = self._rel_pos_terms(q, height, width)
+        if kernel == "bias_mask" and torch.is_grad_enabled():
+            return BiasMaskAttention.apply(q, k, v, rel_h, rel_w, self.scale)
         if kernel == "bias_mask":
-            return _bias_mask_attention(q, k, v, rel_h, rel_w, self.scale)
+            return bias_mask_attention(q, k, v, rel_h, rel_w, self.scale)
         codes = _rel_pos_codes(height, width, q.dtype, q.device).expand(*q.shape[:2], -1, -1)
         q_aug = torch.cat([q * self.scale, rel_h, rel_w], dim=-1)
         k_aug = torch.cat([k, codes], dim=-1)  # q_aug.k_aug = scale * q.k + rel bias
@@ -113,28 +117,6 @@ def _window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
     scores = q.reshape(-1, n_tokens, width) @ k.reshape(-1, n_tokens, width).transpose(1, 2)
     out = scores.softmax(dim=-1).to(v.dtype) @ v.reshape(-1, n_tokens, v.shape[-1])
     return out.view(batch, heads, n_tokens, -1)
-
-
-def _bias_mask_attention(q, k, v, rel_h, rel_w, scale: float) -> torch.Tensor:
-    """softmax(scale * q @ k^T + rel_h[..., kh] + rel_w[..., kw]) @ v, bias as an SDPA mask.
-
-    q, k, v: (B, heads, N, D); rel_h (B, heads, N, H), rel_w (B, heads, N, W), N = H * W,
-    keys in row-major (kh, kw) order. The mask is built for one head and a chunk of queries
-    at a time (at most ``BIAS_CHUNK_ELEMENTS``), so it stays in cache between its writing
-    and SDPA's reading.
-    """
-    batch, heads, n_tokens, _ = q.shape
-    chunk = max(1, min(n_tokens, BIAS_CHUNK_ELEMENTS // (batch * n_tokens)))
-    out = q.new_empty(batch, heads, n_tokens, v.shape[-1])
-    for head in range(heads):
-        h = slice(head, head + 1)
-        for start in range(0, n_tokens, chunk):
-            rows = slice(start, start + chunk)
-            bias = rel_h[:, h, rows, :, None] + rel_w[:, h, rows, None, :]
-            out[:, h, rows] = F.scaled_dot_product_attention(
-                q[:, h, rows], k[:, h], v[:, h], attn_mask=bias.flatten(-2), scale=scale
-            )
-    return out
 
 
 def use_fast_attention(model: torch.nn.Module) -> torch.nn.Module:
