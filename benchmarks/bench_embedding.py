@@ -5,12 +5,12 @@ downloaded here) this prints, measured in one run on one machine:
 
 * the encoder's FLOPs for a 1024x1024 input (torch's FlopCounterMode on the stock encoder),
 * the machine's peak: the faster of a large bf16 and a large fp32 matrix product, in TFLOP/s
-  (bf16 on CPUs with AMX / AVX-512 BF16 and on GPUs; fp32 where bf16 is emulated, e.g. AVX2),
+  (bf16 on CPUs with AMX and on GPUs; fp32 where bf16 is emulated, e.g. AVX2, or slower),
 * the limit = FLOPs / peak, in seconds,
 * stock ``segment_anything.SamPredictor.set_image`` time in fp32 (measured first, before
   anything of this project has run in the process, so the allocator is glibc's default),
 * the fast path time (the Segmenter's encoder path: ``core.fast_encoder``, bf16 autocast where
-  the CPU has native bf16, the tuned allocator), and the FLOPs that path executes (the
+  the CPU runs bf16 products measurably faster than fp32, the tuned allocator), and the FLOPs that path executes (the
   relative-position bias folded into attention widens its products) with their rate,
 * ratios: fast / limit (target <= 1.6) and stock / fast (target >= 2.5),
 * the lowest box-prompt IoU of fast-path masks vs fp32 masks over 3 boxes (target >= 0.98),

@@ -17,7 +17,7 @@ Every measurement runs in a fresh child process with ``--threads`` torch threads
   clicks, Adam. With a frozen encoder the embedding is computed (without
   gradient) in every step: the plain loop has no cache.
 * ``fast``: the project's real training loop (``iter_train``) with the config
-  the preset gives (mixed precision "auto": bf16 on CPUs with AMX/AVX-512 BF16,
+  the preset gives (mixed precision "auto": bf16 where the CPU runs it faster than fp32,
   fast attention and decoding on).
 
 Seconds per step include the step's data preparation in both (the fast run's

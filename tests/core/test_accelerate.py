@@ -4,10 +4,12 @@ import sys
 import pytest
 import torch
 
-from napari_samtune.core import fast_encoder, rel_pos_attention
+from napari_samtune.core import accelerate, fast_encoder, rel_pos_attention
 from napari_samtune.core.accelerate import (
     autocast,
     autocast_dtype,
+    bf16_speedup,
+    cpu_has_fast_bf16,
     tune_cpu_allocator,
     use_fast_paths,
 )
@@ -128,6 +130,32 @@ def test_precision_choice():
     assert autocast_dtype(cpu, "auto") in (None, torch.bfloat16)
     with pytest.raises(ValueError, match="precision"):
         autocast_dtype(cpu, "int8")
+
+
+@pytest.mark.parametrize(
+    ("flags", "speedup", "expected"),
+    [
+        ({"avx2"}, None, False),  # no native bf16: never measured (emulation takes seconds)
+        ({"avx512_bf16"}, 0.55, False),  # the Xeon VM where bf16 runs at half the fp32 rate
+        ({"avx512_bf16", "amx_bf16"}, 6.0, True),
+        ({"amx_bf16"}, 1.2, False),  # faster, but not enough to pay for the rounding
+    ],
+)
+def test_cpu_bf16_needs_the_instructions_and_a_measured_gain(monkeypatch, flags, speedup, expected):
+    def measured():
+        assert speedup is not None, "bf16 was measured on a CPU without bf16 instructions"
+        return speedup
+
+    monkeypatch.setattr(accelerate, "_cpu_flags", lambda: flags)
+    monkeypatch.setattr(accelerate, "bf16_speedup", measured)
+    assert cpu_has_fast_bf16() is expected
+    assert autocast_dtype(torch.device("cpu"), "auto") is (torch.bfloat16 if expected else None)
+
+
+def test_bf16_speedup_is_measured_and_cached():
+    speedup = bf16_speedup(n_rows=64, width=64)
+    assert speedup > 0
+    assert bf16_speedup(n_rows=64, width=64) == speedup  # once per process
 
 
 @pytest.mark.parametrize(
