@@ -24,7 +24,6 @@ from napari_samtune.core.fast_decoder import (
 from napari_samtune.core.fast_encoder import (
     FastRelPosAttention,
     use_fast_attention,
-    use_fast_tinyvit_attention,
     use_stock_attention,
 )
 from napari_samtune.core.train_step import decode
@@ -320,48 +319,6 @@ def test_decode_prompts_in_bf16_is_as_close_to_fp32_as_stock_autocast(kind):
             assert error(fast, 2, name) <= max(3 * error(stock, 2, name), 0.1), name
 
 
-def _tinyvit_attention():
-    from mobile_sam.modeling.tiny_vit_sam import Attention as TinyViTAttention
-
-    torch.manual_seed(0)
-    attention = TinyViTAttention(64, 32, num_heads=2, attn_ratio=1, resolution=(7, 7))
-    torch.nn.init.normal_(attention.attention_biases)  # zero-initialised: make the bias matter
-    return attention
-
-
-@pytest.mark.parametrize("training", [True, False])
-def test_fast_tinyvit_attention_matches_stock(training):
-    attention = _tinyvit_attention()
-    attention.train(training)  # (returns None: TinyViT's Attention overrides train)
-    stock_class = type(attention)
-    x = torch.randn(5, 49, 64, requires_grad=True)
-    results = []
-    for switch in (lambda m: m, use_fast_tinyvit_attention):
-        module = torch.nn.Sequential(attention)
-        switch(module)
-        attention.zero_grad()
-        x.grad = None
-        out = module(x)
-        out.square().sum().backward()
-        results.append([out.detach(), x.grad.clone()])
-        if training:  # (eval mode reads a precomputed, detached bias)
-            results[-1].append(attention.attention_biases.grad.clone())
-    assert type(attention) is not stock_class and isinstance(attention, stock_class)
-    for fast, stock in zip(results[1], results[0], strict=True):
-        torch.testing.assert_close(fast, stock, rtol=1e-4, atol=1e-5)
-
-
-def test_fast_tinyvit_attention_keeps_the_state_dict_and_skips_other_models():
-    attention = _tinyvit_attention()
-    keys = list(attention.state_dict())
-    use_fast_tinyvit_attention(torch.nn.Sequential(attention))
-    assert type(attention).__name__ == "FastTinyViTAttention"
-    assert list(attention.state_dict()) == keys
-    model = build_sam(TINY)
-    before = [type(m) for m in model.modules()]
-    assert [type(m) for m in use_fast_tinyvit_attention(model).modules()] == before
-
-
 def test_use_fast_paths_switches_encoder_and_decoder_and_keeps_the_weights():
     model = build_sam(TINY)
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -376,42 +333,3 @@ def test_use_fast_paths_switches_encoder_and_decoder_and_keeps_the_weights():
 )
 def test_allocator_tuning_is_accepted_by_glibc():
     assert tune_cpu_allocator() is True  # False if glibc refused either threshold
-
-
-@pytest.mark.parametrize("training", [True, False])
-def test_fast_tinyvit_conv_bn_matches_stock(training):
-    """In eval mode the batch norm is folded into the convolution; training keeps the stock path."""
-    from mobile_sam.modeling.tiny_vit_sam import Conv2d_BN
-
-    torch.manual_seed(0)
-    block = torch.nn.Sequential(Conv2d_BN(8, 16, ks=3, stride=2, pad=1, groups=2))
-    norm = block[0].bn
-    for tensor in (norm.weight, norm.bias, norm.running_mean):  # defaults make the fold trivial
-        torch.nn.init.normal_(tensor)
-    norm.running_var.uniform_(0.5, 2.0)
-    block.train(training)
-    x = torch.randn(2, 8, 12, 12)
-    with torch.no_grad():
-        reference = block(x)
-        fast = use_fast_tinyvit_attention(block)(x)
-    assert type(block[0]) is not Conv2d_BN
-    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
-
-
-def test_fast_paths_give_the_stock_tinyvit_embedding_in_eval_mode():
-    """Attention, folded batch norms and channels-last pixels together, on a whole TinyViT."""
-    from napari_samtune.core.architectures import TINY_TINYVIT
-    from napari_samtune.core.fast_encoder import encode
-
-    torch.manual_seed(0)
-    sam = build_sam(TINY_TINYVIT).eval()
-    for module in sam.image_encoder.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):  # trained-like statistics, not defaults
-            torch.nn.init.normal_(module.running_mean, std=0.1)
-            module.running_var.uniform_(0.5, 2.0)
-    pixels = torch.randn(1, 3, 1024, 1024)
-    with torch.inference_mode():
-        reference = sam.image_encoder(pixels)
-        fast = encode(use_fast_paths(sam), pixels)
-    assert type(sam.image_encoder.patch_embed.seq[0]).__name__ == "FastConv2dBN"
-    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)

@@ -17,7 +17,8 @@ from collections.abc import Iterator
 import torch
 
 from napari_samtune.core.fast_decoder import use_fast_upscaling
-from napari_samtune.core.fast_encoder import use_fast_attention, use_fast_tinyvit_attention
+from napari_samtune.core.fast_encoder import use_fast_attention
+from napari_samtune.core.fast_tinyvit import use_fast_tinyvit
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
@@ -129,7 +130,8 @@ def tune_cpu_allocator() -> bool:
 def use_fast_paths(model: torch.nn.Module) -> torch.nn.Module:
     """Switch every module of ``model`` that has a fast path to it, in place; returns ``model``.
 
-    SAM ViT and TinyViT attention, and the decoder's 2x2 transposed convolutions. The state
-    dict is unchanged and results are the stock ones up to rounding.
+    SAM ViT attention, TinyViT (attention, convolutions, MLPs; see
+    :mod:`~napari_samtune.core.fast_tinyvit`) and the decoder's 2x2 transposed convolutions.
+    The state dict is unchanged and results are the stock ones up to rounding.
     """
-    return use_fast_upscaling(use_fast_tinyvit_attention(use_fast_attention(model)))
+    return use_fast_upscaling(use_fast_tinyvit(use_fast_attention(model)))

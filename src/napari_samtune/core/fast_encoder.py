@@ -14,16 +14,12 @@ its own (:mod:`~napari_samtune.core.rel_pos_attention`, :func:`_pick_kernel`).
 The result is mathematically the stock attention; the state dict is unchanged (only the
 module classes are swapped), so checkpoints, LoRA and export are unaffected.
 
-:func:`use_fast_tinyvit_attention` does for TinyViT (vit_t) what
-:func:`use_fast_attention` does for SAM's ViT, with a fused bias add instead of SDPA.
+:mod:`~napari_samtune.core.fast_tinyvit` has the fast paths of TinyViT (vit_t).
 :func:`encode` feeds the encoder channels-last pixels, which keeps every tensor of
 the ViT's residual stream contiguous (see there).
 """
 
 from __future__ import annotations
-
-import functools
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -135,73 +131,6 @@ def use_stock_attention(model: torch.nn.Module) -> torch.nn.Module:
     for module in model.modules():
         if type(module) is FastRelPosAttention:
             module.__class__ = Attention
-    return model
-
-
-@functools.cache
-def _fast_tinyvit_attention_class() -> type:
-    """:class:`FastTinyViTAttention`, defined on first use: mobile_sam imports timm (slow)."""
-    from mobile_sam.modeling.tiny_vit_sam import Attention as TinyViTAttention
-
-    class FastTinyViTAttention(TinyViTAttention):
-        """TinyViT (vit_t) window attention with its learned bias added inside the score product.
-
-        ``scale * q @ k^T + bias`` is one ``baddbmm`` instead of a product and two more passes
-        over the scores; same parameters and result. (SDPA with the bias as ``attn_mask`` was
-        measured slower for these 49- and 196-token windows on CPU, bf16, with and without
-        gradients.)
-        """
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            batch, n_tokens, _ = x.shape
-            qkv = self.qkv(self.norm(x)).view(batch, n_tokens, self.num_heads, -1).transpose(1, 2)
-            q, k, v = qkv.split([self.key_dim, self.key_dim, self.d], dim=3)
-            bias = self.attention_biases[:, self.attention_bias_idxs] if self.training else self.ab
-            bias = bias.to(q.dtype).expand(batch, -1, -1, -1).reshape(-1, n_tokens, n_tokens)
-            q, k = (t.reshape(-1, n_tokens, self.key_dim) for t in (q, k))
-            scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=self.scale)
-            out = scores.softmax(dim=-1) @ v.reshape(-1, n_tokens, self.d)
-            out = out.view(batch, self.num_heads, n_tokens, self.d).transpose(1, 2)
-            return self.proj(out.reshape(batch, n_tokens, self.dh))
-
-    return FastTinyViTAttention
-
-
-@functools.cache
-def _fast_conv_bn_class() -> type:
-    """:class:`FastConv2dBN`, defined on first use (see ``_fast_tinyvit_attention_class``)."""
-    from mobile_sam.modeling.tiny_vit_sam import Conv2d_BN
-
-    class FastConv2dBN(Conv2d_BN):
-        """TinyViT's convolution + batch norm; in eval mode the norm is folded into the
-        convolution's weights on the fly (one pass over the activations instead of two)."""
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            conv, norm = self.c, self.bn
-            if self.training or norm.training:
-                return super().forward(x)
-            scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-            weight = conv.weight * scale[:, None, None, None]
-            bias = norm.bias - norm.running_mean * scale
-            return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-
-    return FastConv2dBN
-
-
-def use_fast_tinyvit_attention(model: torch.nn.Module) -> torch.nn.Module:
-    """Switch TinyViT attention and conv + batch-norm modules in ``model`` to their fast
-    classes (``FastTinyViTAttention``, ``FastConv2dBN``), in place.
-
-    Idempotent, state dict unchanged; returns ``model``. A model without TinyViT is untouched.
-    """
-    tiny_vit = sys.modules.get("mobile_sam.modeling.tiny_vit_sam")
-    if tiny_vit is None:  # no TinyViT was ever built in this process
-        return model
-    for module in model.modules():
-        if type(module) is tiny_vit.Attention:
-            module.__class__ = _fast_tinyvit_attention_class()
-        elif type(module) is tiny_vit.Conv2d_BN:
-            module.__class__ = _fast_conv_bn_class()
     return model
 
 

@@ -1,0 +1,177 @@
+"""TinyViT (vit_t) fast paths: each gives the stock result, fused or not."""
+
+import pytest
+import torch
+
+from napari_samtune.core import fast_tinyvit
+from napari_samtune.core.accelerate import use_fast_paths
+from napari_samtune.core.architectures import TINY, TINY_TINYVIT, build_sam
+from napari_samtune.core.fast_encoder import encode
+from napari_samtune.core.fast_tinyvit import use_fast_tinyvit
+
+
+def _tinyvit_attention():
+    from mobile_sam.modeling.tiny_vit_sam import Attention as TinyViTAttention
+
+    torch.manual_seed(0)
+    attention = TinyViTAttention(64, 32, num_heads=2, attn_ratio=1, resolution=(7, 7))
+    torch.nn.init.normal_(attention.attention_biases)  # zero-initialised: make the bias matter
+    return attention
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_fast_tinyvit_attention_matches_stock(training):
+    attention = _tinyvit_attention()
+    attention.train(training)  # (returns None: TinyViT's Attention overrides train)
+    stock_class = type(attention)
+    x = torch.randn(5, 49, 64, requires_grad=True)
+    results = []
+    for switch in (lambda m: m, use_fast_tinyvit):
+        module = torch.nn.Sequential(attention)
+        switch(module)
+        attention.zero_grad()
+        x.grad = None
+        out = module(x)
+        out.square().sum().backward()
+        results.append([out.detach(), x.grad.clone()])
+        if training:  # (eval mode reads a precomputed, detached bias)
+            results[-1].append(attention.attention_biases.grad.clone())
+    assert type(attention) is not stock_class and isinstance(attention, stock_class)
+    for fast, stock in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(fast, stock, rtol=1e-4, atol=1e-5)
+
+
+def test_fast_tinyvit_attention_keeps_the_state_dict_and_skips_other_models():
+    attention = _tinyvit_attention()
+    keys = list(attention.state_dict())
+    use_fast_tinyvit(torch.nn.Sequential(attention))
+    assert type(attention).__name__ == "FastTinyViTAttention"
+    assert list(attention.state_dict()) == keys
+    model = build_sam(TINY)
+    before = [type(m) for m in model.modules()]
+    assert [type(m) for m in use_fast_tinyvit(model).modules()] == before
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_fast_tinyvit_conv_bn_matches_stock(training):
+    """In eval mode the batch norm is folded into the convolution; training keeps the stock path."""
+    from mobile_sam.modeling.tiny_vit_sam import Conv2d_BN
+
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(Conv2d_BN(8, 16, ks=3, stride=2, pad=1, groups=2))
+    norm = block[0].bn
+    for tensor in (norm.weight, norm.bias, norm.running_mean):  # defaults make the fold trivial
+        torch.nn.init.normal_(tensor)
+    norm.running_var.uniform_(0.5, 2.0)
+    block.train(training)
+    x = torch.randn(2, 8, 12, 12)
+    with torch.no_grad():
+        reference = block(x)
+        fast = use_fast_tinyvit(block)(x)
+    assert type(block[0]) is not Conv2d_BN
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_fast_paths_give_the_stock_tinyvit_embedding_in_eval_mode():
+    """Attention, folded batch norms and channels-last pixels together, on a whole TinyViT."""
+
+    torch.manual_seed(0)
+    sam = build_sam(TINY_TINYVIT).eval()
+    for module in sam.image_encoder.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):  # trained-like statistics, not defaults
+            torch.nn.init.normal_(module.running_mean, std=0.1)
+            module.running_var.uniform_(0.5, 2.0)
+    pixels = torch.randn(1, 3, 1024, 1024)
+    with torch.inference_mode():
+        reference = sam.image_encoder(pixels)
+        fast = encode(use_fast_paths(sam), pixels)
+    assert type(sam.image_encoder.patch_embed.seq[0]).__name__ == "FastConv2dBN"
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_fast_tinyvit_attention_in_bf16_is_as_close_as_stock_autocast():
+    """The bf16 branch (one baddbmm with the bias) against the stock module under autocast."""
+    attention = _tinyvit_attention()
+    attention.eval()  # (returns None: TinyViT's Attention overrides train)
+    x = torch.randn(5, 49, 64)
+    with torch.no_grad():
+        reference = attention(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            stock = attention(x).float()
+            fast = use_fast_tinyvit(torch.nn.Sequential(attention))(x).float()
+    assert (fast - reference).abs().max() <= 2 * (stock - reference).abs().max() + 1e-3
+
+
+def _trained_like(module: torch.nn.Module) -> torch.nn.Module:
+    """Random batch-norm statistics and affine terms (defaults make the fold trivial)."""
+    torch.manual_seed(1)
+    for norm in module.modules():
+        if isinstance(norm, torch.nn.BatchNorm2d):
+            for tensor in (norm.weight, norm.bias, norm.running_mean):
+                torch.nn.init.normal_(tensor, std=0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+    return module.eval()
+
+
+def _tinyvit_blocks():
+    """One of each TinyViT module with a fused path, and an input for it."""
+    from mobile_sam.modeling import tiny_vit_sam as tv
+
+    gelu = torch.nn.GELU
+    return [
+        (tv.MBConv(16, 16, 4.0, gelu, 0.0), torch.randn(2, 16, 20, 20)),
+        (tv.PatchMerging((20, 20), 16, 32, gelu), torch.randn(2, 16, 20, 20)),
+        (tv.PatchMerging((10, 10), 16, 32, gelu), torch.randn(2, 100, 16)),  # tokens in
+        (tv.PatchEmbed(3, 16, 64, gelu), torch.randn(2, 3, 64, 64)),
+        (tv.Mlp(16, 64), torch.randn(2, 100, 16)),
+    ]
+
+
+def _fused_ops_run(module: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, set[str]]:
+    with torch.profiler.profile() as profile:
+        out = module(x)
+    return out, {event.name for event in profile.events() if "pointwise" in event.name}
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_fused_tinyvit_blocks_match_stock_in_fp32_inference(index):
+    block, x = _tinyvit_blocks()[index]
+    _trained_like(block)
+    with torch.inference_mode():
+        reference = block(x)
+        use_fast_tinyvit(torch.nn.Sequential(block))
+        fast, fused_ops = _fused_ops_run(block, x)
+    assert type(block).__name__.startswith("Fast")
+    assert fused_ops, "the fused oneDNN path was not taken"
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_fused_tinyvit_blocks_fall_back_where_gradients_are_taken(index):
+    block, x = _tinyvit_blocks()[index]
+    _trained_like(block)
+    x.requires_grad_(True)
+    reference = block(x)
+    (reference_grad,) = torch.autograd.grad(reference.square().sum(), x)
+    use_fast_tinyvit(torch.nn.Sequential(block))
+    fast, fused_ops = _fused_ops_run(block, x)
+    (fast_grad,) = torch.autograd.grad(fast.square().sum(), x)
+    assert not fused_ops  # oneDNN's fused ops have no backward
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast_grad, reference_grad, rtol=1e-4, atol=1e-4)
+
+
+def test_fusion_only_in_fp32_eval_inference_without_autocast():
+    conv = fast_tinyvit._fast_conv_bn_class()(4, 4)
+    conv.eval()
+    x = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        assert fast_tinyvit._fusable(x, conv)
+        assert not fast_tinyvit._fusable(x.bfloat16(), conv)
+        assert not fast_tinyvit._fusable(x, conv, torch.nn.GELU(approximate="tanh"))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not fast_tinyvit._fusable(x, conv)
+        conv.train()
+        assert not fast_tinyvit._fusable(x, conv)
+    conv.eval()
+    assert not fast_tinyvit._fusable(x, conv)  # gradients enabled
