@@ -9,9 +9,10 @@ downloaded here) this prints, measured in one run on one machine:
 * the limit = FLOPs / peak, in seconds,
 * stock ``segment_anything.SamPredictor.set_image`` time in fp32 (measured first, before
   anything of this project has run in the process, so the allocator is glibc's default),
-* the fast path time (the Segmenter's encoder path: ``core.fast_encoder``, bf16 autocast where
-  the CPU runs bf16 products measurably faster than fp32, the tuned allocator), and the FLOPs that path executes (the
-  relative-position bias folded into attention widens its products) with their rate,
+* the fast path time (the Segmenter's encoder path: ``core.fast_encoder``/``fast_tinyvit``,
+  bf16 autocast where the CPU runs bf16 products measurably faster than fp32, the tuned
+  allocator), and the FLOPs that path executes (the relative-position bias folded into
+  attention widens its products) with their rate,
 * ratios: fast / limit (target <= 1.6) and stock / fast (target >= 2.5),
 * the lowest box-prompt IoU of fast-path masks vs fp32 masks over 3 boxes (target >= 0.98),
 * median prompt -> mask latency of the Segmenter (one point, mask at 1024x1024; target <= 25 ms).
@@ -22,6 +23,7 @@ Run: ``.venv/bin/python benchmarks/bench_embedding.py [--models vit_b vit_t] [--
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import statistics
 import time
@@ -29,7 +31,7 @@ import time
 import numpy as np
 import torch
 from segment_anything import SamPredictor
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_flop_count
 
 from napari_samtune.core.architectures import build_sam
 from napari_samtune.core.embeddings import TileGrid, embed_tiles
@@ -71,7 +73,21 @@ def cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-CPU_SDPA_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa_flop}
+def fused_conv_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of oneDNN's convolution + activation (the fast TinyViT's), not listed either."""
+    return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
+
+
+def fused_linear_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of oneDNN's linear + activation: 2 x rows x in x out."""
+    return 2 * math.prod(x_shape[:-1]) * w_shape[0] * w_shape[1]
+
+
+CPU_SDPA_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa_flop,
+    torch.ops.mkldnn._convolution_pointwise: fused_conv_flop,
+    torch.ops.mkldnn._linear_pointwise: fused_linear_flop,
+}
 
 
 def encoder_flops(encoder: torch.nn.Module) -> float:
