@@ -83,7 +83,7 @@ def fused_linear_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
     return 2 * math.prod(x_shape[:-1]) * w_shape[0] * w_shape[1]
 
 
-CPU_SDPA_FLOPS = {
+UNLISTED_OP_FLOPS = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa_flop,
     torch.ops.mkldnn._convolution_pointwise: fused_conv_flop,
     torch.ops.mkldnn._linear_pointwise: fused_linear_flop,
@@ -93,7 +93,7 @@ CPU_SDPA_FLOPS = {
 def encoder_flops(encoder: torch.nn.Module) -> float:
     """Forward FLOPs of ``encoder`` on one image (matrix products, convolutions, attention)."""
     size = encoder.img_size
-    counting = FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS)
+    counting = FlopCounterMode(display=False, custom_mapping=UNLISTED_OP_FLOPS)
     with counting as counter, torch.inference_mode():
         encoder(torch.zeros(1, 3, size, size).contiguous(memory_format=torch.channels_last))
     return float(counter.get_total_flops())

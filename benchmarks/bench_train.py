@@ -256,7 +256,7 @@ def frozen_step_flops(name: str) -> tuple[float, float]:
     """
     import numpy as np
     import torch
-    from bench_embedding import CPU_SDPA_FLOPS
+    from bench_embedding import UNLISTED_OP_FLOPS
     from torch.utils.flop_counter import FlopCounterMode
 
     from napari_samtune.core.accelerate import use_fast_paths
@@ -273,10 +273,10 @@ def frozen_step_flops(name: str) -> tuple[float, float]:
     ids = sampler.sample_objects(patch, model_setting.n_objects_per_batch, 0, 0)
     inp = prepare_input(sam, patch, ids, torch.device("cpu"))
     inp = with_first_prompts(inp, np.random.default_rng(0), 0.1)
-    with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as encoder_flops:
+    with FlopCounterMode(display=False, custom_mapping=UNLISTED_OP_FLOPS) as encoder_flops:
         with torch.no_grad():
             embedding = encode(sam, inp.pixels[None])
-    with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as step_flops:
+    with FlopCounterMode(display=False, custom_mapping=UNLISTED_OP_FLOPS) as step_flops:
         SamTrainingStep(sam, N_ITERATIVE_PROMPTS, "dice_bce")([inp], embedding).backward()
     return float(encoder_flops.get_total_flops()), float(step_flops.get_total_flops())
 

@@ -161,6 +161,12 @@ def test_fused_tinyvit_blocks_fall_back_where_gradients_are_taken(index):
     torch.testing.assert_close(fast_grad, reference_grad, rtol=1e-4, atol=1e-4)
 
 
+def test_only_the_exact_gelu_is_fused():
+    assert fast_tinyvit._is_gelu(torch.nn.GELU())
+    assert not fast_tinyvit._is_gelu(torch.nn.GELU(approximate="tanh"))
+    assert not fast_tinyvit._is_gelu(torch.nn.ReLU())
+
+
 def test_fusion_only_in_fp32_eval_inference_without_autocast():
     conv = fast_tinyvit._fast_conv_bn_class()(4, 4)
     conv.eval()
@@ -168,7 +174,6 @@ def test_fusion_only_in_fp32_eval_inference_without_autocast():
     with torch.no_grad():
         assert fast_tinyvit._fusable(x, conv)
         assert not fast_tinyvit._fusable(x.bfloat16(), conv)
-        assert not fast_tinyvit._fusable(x, conv, torch.nn.GELU(approximate="tanh"))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert not fast_tinyvit._fusable(x, conv)
         conv.train()

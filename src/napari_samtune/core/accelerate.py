@@ -50,7 +50,7 @@ def cpu_has_fast_bf16() -> bool:
     The flags alone do not say: on an AMX Xeon bf16 products ran 6x faster than fp32, but on
     a Xeon VM that shows AVX-512 BF16 without AMX they ran at half the fp32 rate (ViT-B
     encoder 9.2 s in bf16, 4.4 s in fp32). So the rates are measured once per process
-    (:func:`bf16_speedup`, ~0.1 s). CPUs without the flags are not measured: emulated bf16
+    (:func:`bf16_speedup`, 60 ms there). CPUs without the flags are not measured: emulated bf16
     is ~100x slower.
     """
     return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"}) and bf16_speedup() >= BF16_MIN_SPEEDUP

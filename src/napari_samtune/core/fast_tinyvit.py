@@ -6,9 +6,8 @@ unchanged, results the stock ones up to rounding):
 * window attention adds its learned bias without materialising it for every window,
 * convolution + batch norm folds the norm into the convolution in eval mode,
 * in fp32 inference on a CPU, each convolution or linear layer that a GELU follows runs
-  with the GELU fused into oneDNN's kernel, so the activation
-  never makes its own pass over TinyViT's large early feature maps (a 256-channel
-  256 x 256 map is 64 MB).
+  with the GELU fused into oneDNN's kernel, so the activation never makes its own pass over
+  TinyViT's large early feature maps (a 256-channel 256 x 256 map is 64 MB).
 
 mobile_sam imports timm, which is slow, so the classes are defined on first use.
 """
@@ -35,7 +34,8 @@ def _fusable(x: torch.Tensor, *modules: torch.nn.Module) -> bool:
     """Whether oneDNN's fused inference ops may replace ``modules`` on input ``x``.
 
     They have no backward and take fp32 as it comes (no autocast), so: no gradient, eval
-    mode, fp32 on the CPU, autocast off, and every activation the exact (erf) GELU.
+    mode, fp32 on the CPU, autocast off. (Callers also check that the activations they fuse
+    are :func:`_is_gelu`.)
     """
     return (
         x.device.type == "cpu"
@@ -43,12 +43,12 @@ def _fusable(x: torch.Tensor, *modules: torch.nn.Module) -> bool:
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
         and not any(m.training for m in modules)
-        and all(type(m) is not torch.nn.GELU or m.approximate == "none" for m in modules)
         and _has_fused_ops()
     )
 
 
 def _is_gelu(module: torch.nn.Module) -> bool:
+    """True for the exact (erf) GELU, the one oneDNN's "gelu" post-op computes."""
     return type(module) is torch.nn.GELU and module.approximate == "none"
 
 
