@@ -110,6 +110,8 @@ def _trained_like(module: torch.nn.Module) -> torch.nn.Module:
             for tensor in (norm.weight, norm.bias, norm.running_mean):
                 torch.nn.init.normal_(tensor, std=0.5)
             norm.running_var.uniform_(0.5, 2.0)
+        if hasattr(norm, "attention_biases"):  # zero-initialised: make the bias matter
+            torch.nn.init.normal_(norm.attention_biases)
     return module.eval()
 
 
@@ -124,7 +126,13 @@ def _tinyvit_blocks():
         (tv.PatchMerging((10, 10), 16, 32, gelu), torch.randn(2, 100, 16)),  # tokens in
         (tv.PatchEmbed(3, 16, 64, gelu), torch.randn(2, 3, 64, 64)),
         (tv.Mlp(16, 64), torch.randn(2, 100, 16)),
+        # 20 x 18 tokens in 7 x 7 windows: padded bottom and right
+        (tv.TinyViTBlock(32, (20, 18), num_heads=2, window_size=7), torch.randn(2, 360, 32)),
+        (tv.TinyViTBlock(32, (14, 7), num_heads=4, window_size=7), torch.randn(1, 98, 32)),
     ]
+
+
+N_BLOCKS = len(_tinyvit_blocks())
 
 
 def _fused_ops_run(module: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, set[str]]:
@@ -133,7 +141,7 @@ def _fused_ops_run(module: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tens
     return out, {event.name for event in profile.events() if "pointwise" in event.name}
 
 
-@pytest.mark.parametrize("index", range(5))
+@pytest.mark.parametrize("index", range(N_BLOCKS))
 def test_fused_tinyvit_blocks_match_stock_in_fp32_inference(index):
     block, x = _tinyvit_blocks()[index]
     _trained_like(block)
@@ -146,7 +154,7 @@ def test_fused_tinyvit_blocks_match_stock_in_fp32_inference(index):
     torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("index", range(5))
+@pytest.mark.parametrize("index", range(N_BLOCKS))
 def test_fused_tinyvit_blocks_fall_back_where_gradients_are_taken(index):
     block, x = _tinyvit_blocks()[index]
     _trained_like(block)
@@ -180,3 +188,53 @@ def test_fusion_only_in_fp32_eval_inference_without_autocast():
         assert not fast_tinyvit._fusable(x, conv)
     conv.eval()
     assert not fast_tinyvit._fusable(x, conv)  # gradients enabled
+
+
+def _stock_windows(x: torch.Tensor, window: int) -> torch.Tensor:
+    """TinyViT's own partition: zero-pad (B, H, W, C) to whole windows, then cut."""
+    batch, height, width, channels = x.shape
+    pad_h, pad_w = -height % window, -width % window
+    x = torch.nn.functional.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    n_high, n_wide = (height + pad_h) // window, (width + pad_w) // window
+    x = x.view(batch, n_high, window, n_wide, window, channels).transpose(2, 3)
+    return x.reshape(-1, window * window, channels)
+
+
+@pytest.mark.parametrize("shape", [(2, 20, 18), (1, 14, 7), (1, 5, 9), (3, 7, 16)])
+def test_windows_are_tinyvits_padded_windows_and_go_back(shape):
+    window, n_heads, per_head = 7, 3, 4
+    x = torch.randn(*shape, n_heads * per_head)
+    fill = torch.randn(n_heads * per_head)
+    windows = fast_tinyvit.to_windows(x, window, fill, n_heads)
+    stock = _stock_windows(x, window)
+    padding = _stock_windows(torch.ones(*shape, 1), window)[..., 0] == 0  # (n, tokens)
+    expected = torch.where(padding[..., None], fill, stock)
+    expected = expected.view(len(stock), window * window, n_heads, per_head).transpose(1, 2)
+    assert torch.equal(windows, expected)
+    assert torch.equal(fast_tinyvit.from_windows(windows, *shape[1:], window), x)
+
+
+def test_fast_tinyvit_block_fuses_its_residual_adds():
+    block, x = _tinyvit_blocks()[5]
+    _trained_like(block)
+    use_fast_tinyvit(torch.nn.Sequential(block))
+    with torch.inference_mode(), torch.profiler.profile() as profile:
+        block(x)
+    names = [event.name for event in profile.events()]
+    assert (
+        names.count("mkldnn::_linear_pointwise.binary") + names.count("mkldnn::_linear_pointwise")
+        >= 3
+    ), names  # attention projection + add, fc1 + gelu, fc2 + add
+
+
+def test_fast_tinyvit_block_in_bf16_is_as_close_as_stock_autocast():
+    """Without fusion (autocast) the window path still runs; as close to fp32 as stock bf16."""
+    block, x = _tinyvit_blocks()[5]
+    _trained_like(block)
+    with torch.no_grad():
+        reference = block(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            stock = block(x).float()
+            fast = use_fast_tinyvit(torch.nn.Sequential(block))(x).float()
+    assert type(block).__name__ == "FastTinyViTBlock"
+    assert (fast - reference).abs().max() <= 2 * (stock - reference).abs().max() + 1e-2
