@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from napari_samtune.core import fast_tinyvit
+from napari_samtune.core import fast_tinyvit, onednn, windows
 from napari_samtune.core.accelerate import use_fast_paths
 from napari_samtune.core.architectures import TINY, TINY_TINYVIT, build_sam
 from napari_samtune.core.fast_encoder import encode
@@ -170,9 +170,9 @@ def test_fused_tinyvit_blocks_fall_back_where_gradients_are_taken(index):
 
 
 def test_only_the_exact_gelu_is_fused():
-    assert fast_tinyvit._is_gelu(torch.nn.GELU())
-    assert not fast_tinyvit._is_gelu(torch.nn.GELU(approximate="tanh"))
-    assert not fast_tinyvit._is_gelu(torch.nn.ReLU())
+    assert onednn.is_gelu(torch.nn.GELU())
+    assert not onednn.is_gelu(torch.nn.GELU(approximate="tanh"))
+    assert not onednn.is_gelu(torch.nn.ReLU())
 
 
 def test_fusion_only_in_fp32_eval_inference_without_autocast():
@@ -180,14 +180,14 @@ def test_fusion_only_in_fp32_eval_inference_without_autocast():
     conv.eval()
     x = torch.randn(1, 4, 8, 8)
     with torch.no_grad():
-        assert fast_tinyvit._fusable(x, conv)
-        assert not fast_tinyvit._fusable(x.bfloat16(), conv)
+        assert onednn.fusable(x, conv)
+        assert not onednn.fusable(x.bfloat16(), conv)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert not fast_tinyvit._fusable(x, conv)
+            assert not onednn.fusable(x, conv)
         conv.train()
-        assert not fast_tinyvit._fusable(x, conv)
+        assert not onednn.fusable(x, conv)
     conv.eval()
-    assert not fast_tinyvit._fusable(x, conv)  # gradients enabled
+    assert not onednn.fusable(x, conv)  # gradients enabled
 
 
 def _stock_windows(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -205,13 +205,13 @@ def test_windows_are_tinyvits_padded_windows_and_go_back(shape):
     window, n_heads, per_head = 7, 3, 4
     x = torch.randn(*shape, n_heads * per_head)
     fill = torch.randn(n_heads * per_head)
-    windows = fast_tinyvit.to_windows(x, window, fill, n_heads)
+    cut = windows.to_windows(x, window, fill, n_heads)
     stock = _stock_windows(x, window)
     padding = _stock_windows(torch.ones(*shape, 1), window)[..., 0] == 0  # (n, tokens)
     expected = torch.where(padding[..., None], fill, stock)
     expected = expected.view(len(stock), window * window, n_heads, per_head).transpose(1, 2)
-    assert torch.equal(windows, expected)
-    assert torch.equal(fast_tinyvit.from_windows(windows, *shape[1:], window), x)
+    assert torch.equal(cut, expected)
+    assert torch.equal(windows.from_windows(cut, *shape[1:], window), x)
 
 
 def test_fast_tinyvit_block_fuses_its_residual_adds():

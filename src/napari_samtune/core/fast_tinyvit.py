@@ -23,36 +23,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-
-@functools.cache
-def _has_fused_ops() -> bool:
-    """True where this torch build has oneDNN's fused convolution/linear + activation ops."""
-    mkldnn = torch.ops.mkldnn
-    return torch.backends.mkldnn.is_available() and all(
-        hasattr(mkldnn, name) for name in ("_convolution_pointwise", "_linear_pointwise")
-    )
-
-
-def _fusable(x: torch.Tensor, *modules: torch.nn.Module) -> bool:
-    """Whether oneDNN's fused inference ops may replace ``modules`` on input ``x``.
-
-    They have no backward and take fp32 as it comes (no autocast), so: no gradient, eval
-    mode, fp32 on the CPU, autocast off. (Callers also check that the activations they fuse
-    are :func:`_is_gelu`.)
-    """
-    return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and not torch.is_grad_enabled()
-        and not torch.is_autocast_enabled("cpu")
-        and not any(m.training for m in modules)
-        and _has_fused_ops()
-    )
-
-
-def _is_gelu(module: torch.nn.Module) -> bool:
-    """True for the exact (erf) GELU, the one oneDNN's "gelu" post-op computes."""
-    return type(module) is torch.nn.GELU and module.approximate == "none"
+from napari_samtune.core.onednn import fusable, is_gelu, linear_add, linear_gelu
+from napari_samtune.core.windows import from_windows, to_windows
 
 
 @functools.cache
@@ -80,8 +52,8 @@ def _fast_conv_bn_class() -> type:
             return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
         def forward_gelu(self, x: torch.Tensor) -> torch.Tensor:
-            """gelu(self(x)), fused into one oneDNN kernel where :func:`_fusable`."""
-            if not _fusable(x, self, self.bn) or self.c.padding_mode != "zeros":
+            """gelu(self(x)), fused into one oneDNN kernel where :func:`.onednn.fusable`."""
+            if not fusable(x, self, self.bn) or self.c.padding_mode != "zeros":
                 return F.gelu(self(x))
             weight, bias = self.folded()
             conv = self.c
@@ -105,7 +77,7 @@ def _fast_conv_bn_class() -> type:
 def _fast_block_classes() -> dict[str, type]:
     """Fast subclasses of TinyViT's MBConv, PatchMerging, PatchEmbed and Mlp, by stock name.
 
-    Each runs the stock forward where :func:`_fusable` says no (training, gradients,
+    Each runs the stock forward where :func:`.onednn.fusable` says no (training, gradients,
     autocast, another activation) and the fused one otherwise.
     """
     from mobile_sam.modeling import tiny_vit_sam as tv
@@ -113,7 +85,7 @@ def _fast_block_classes() -> dict[str, type]:
     class FastMBConv(tv.MBConv):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             acts = (self.act1, self.act2, self.act3)
-            if not all(map(_is_gelu, acts)) or not _fusable(x, self, *acts):
+            if not all(map(is_gelu, acts)) or not fusable(x, self, *acts):
                 return super().forward(x)
             hidden = self.conv2.forward_gelu(self.conv1.forward_gelu(x))
             # (oneDNN fuses a residual add or a GELU after a convolution, not both)
@@ -121,7 +93,7 @@ def _fast_block_classes() -> dict[str, type]:
 
     class FastPatchMerging(tv.PatchMerging):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if not _is_gelu(self.act) or not _fusable(x, self, self.act):
+            if not is_gelu(self.act) or not fusable(x, self, self.act):
                 return super().forward(x)
             if x.ndim == 3:
                 height, width = self.input_resolution
@@ -132,27 +104,21 @@ def _fast_block_classes() -> dict[str, type]:
     class FastPatchEmbed(tv.PatchEmbed):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             first, act, second = self.seq
-            if not _is_gelu(act) or not _fusable(x, self, act):
+            if not is_gelu(act) or not fusable(x, self, act):
                 return super().forward(x)
             return second(first.forward_gelu(x))
 
     class FastMlp(tv.Mlp):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if not _is_gelu(self.act) or not _fusable(x, self, self.act):
+            if not is_gelu(self.act) or not fusable(x, self, self.act):
                 return super().forward(x)
-            hidden = torch.ops.mkldnn._linear_pointwise(
-                self.norm(x), self.fc1.weight, self.fc1.bias, "gelu", [], "none"
-            )
-            return self.fc2(hidden)  # dropout: identity in eval
+            return self.fc2(linear_gelu(self.norm(x), self.fc1))  # dropout: identity in eval
 
         def forward_residual(self, x: torch.Tensor) -> torch.Tensor:
             """``x + self(x)``, the add fused into the second linear layer where fusable."""
-            if not _is_gelu(self.act) or not _fusable(x, self, self.act):
+            if not is_gelu(self.act) or not fusable(x, self, self.act):
                 return x + self(x)
-            hidden = torch.ops.mkldnn._linear_pointwise(
-                self.norm(x), self.fc1.weight, self.fc1.bias, "gelu", [], "none"
-            )
-            return _linear_add(hidden, self.fc2, x)
+            return linear_add(linear_gelu(self.norm(x), self.fc1), self.fc2, x)
 
     return {
         cls.__mro__[1].__name__: cls
@@ -195,72 +161,6 @@ def _fast_attention_class() -> type:
     return FastTinyViTAttention
 
 
-def _window_parts(windows: torch.Tensor, image: torch.Tensor, window: int):
-    """Matching views of windows (B, nH, nW, window, window, *F) and the image (B, H, W, *F).
-
-    The image is cut into up to four parts (full windows, the partial last row of windows,
-    the partial last column, the corner), each a plain strided view of both tensors, so
-    one copy per part moves it between the layouts without padding the image first.
-    """
-    batch, height, width, *features = image.shape
-    spans = []
-    for size in (height, width):
-        full = size // window
-        span = [(slice(0, full), slice(0, full * window), window, full)] if full else []
-        if size % window:
-            span.append((slice(full, full + 1), slice(full * window, size), size % window, 1))
-        spans.append(span)
-    for win_rows, img_rows, n_rows, windows_high in spans[0]:
-        for win_cols, img_cols, n_cols, windows_wide in spans[1]:
-            part = image[:, img_rows, img_cols]
-            part = part.view(batch, windows_high, n_rows, windows_wide, n_cols, *features)
-            yield windows[:, win_rows, win_cols, :n_rows, :n_cols], part.transpose(2, 3)
-
-
-def to_windows(x: torch.Tensor, window: int, fill: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """(B, H, W, n_heads * E) map -> (B * nH * nW, n_heads, window**2, E) windows.
-
-    Windows run row-major over the map and tokens row-major in a window (TinyViT's order);
-    the map is padded right and bottom to whole windows with ``fill`` (n_heads * E,), the
-    value a zero token would have had. Heads come before tokens, so per-head products take
-    q, k and v as strided views (no copy).
-    """
-    batch, height, width, channels = x.shape
-    n_high, n_wide = -(-height // window), -(-width // window)
-    per_head = channels // n_heads
-    out = x.new_empty(batch, n_high, n_wide, n_heads, window, window, per_head)
-    tokens_last = out.permute(0, 1, 2, 4, 5, 3, 6)  # (B, nH, nW, window, window, heads, E)
-    fill = fill.view(n_heads, per_head)
-    if height % window:
-        tokens_last[:, -1, :, height % window :] = fill
-    if width % window:
-        tokens_last[:, :, -1, :, width % window :] = fill
-    image = x.view(batch, height, width, n_heads, per_head)
-    for window_part, image_part in _window_parts(tokens_last, image, window):
-        window_part.copy_(image_part)
-    return out.view(-1, n_heads, window * window, per_head)
-
-
-def from_windows(windows: torch.Tensor, height: int, width: int, window: int) -> torch.Tensor:
-    """Inverse of :func:`to_windows` without the padding: (B * nH * nW, n_heads, window**2, E)
-    -> (B, H, W, n_heads * E)."""
-    n_windows, n_heads, _, per_head = windows.shape
-    n_high, n_wide = -(-height // window), -(-width // window)
-    batch = n_windows // (n_high * n_wide)
-    windows = windows.view(batch, n_high, n_wide, n_heads, window, window, per_head)
-    out = windows.new_empty(batch, height, width, n_heads, per_head)
-    for window_part, image_part in _window_parts(windows.permute(0, 1, 2, 4, 5, 3, 6), out, window):
-        image_part.copy_(window_part)
-    return out.view(batch, height, width, n_heads * per_head)
-
-
-def _linear_add(x: torch.Tensor, linear: torch.nn.Linear, residual: torch.Tensor) -> torch.Tensor:
-    """``residual + linear(x)``, fused into oneDNN's kernel where :func:`_fusable`."""
-    if not _fusable(x, linear):
-        return residual + linear(x)
-    return torch.ops.mkldnn._linear_pointwise.binary(x, residual, linear.weight, linear.bias, "add")
-
-
 def _scaled_queries(attn: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """TinyViT attention's qkv weight and bias with the query rows times ``attn.scale``.
 
@@ -297,7 +197,7 @@ def _fast_block_class() -> type:
             if self.training or torch.is_grad_enabled() or n_tokens != height * width:
                 return super().forward(x)
             image = x.view(batch, height, width, channels)
-            x = _linear_add(self._window_attention(image), self.attn.proj, image)
+            x = linear_add(self._window_attention(image), self.attn.proj, image)
             local = self.local_conv(x.permute(0, 3, 1, 2))  # channels-last view of the map
             x = local.permute(0, 2, 3, 1).reshape(batch, n_tokens, channels)
             return self.mlp.forward_residual(x)  # (the mlp is a FastMlp: swapped with the block)

@@ -1,0 +1,72 @@
+"""Windows of an image's tokens, cut and put back without padding the image first.
+
+SAM's ViT and TinyViT pad a (B, H, W, C) map to whole windows, cut it into windows and, after
+attention, put it back and crop, one copy each (plus the padding's). Here the windows are
+filled from the map in at most four strided copies (full windows, the last row, the last
+column, the corner) and the padding gets the value a padding token has, which lets callers
+compute per-token projections on the map's own tokens only. Heads come before tokens in the
+windows, so per-head products read q, k and v as strided views.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _window_parts(windows: torch.Tensor, image: torch.Tensor, window: int):
+    """Matching views of windows (B, nH, nW, window, window, *F) and the image (B, H, W, *F).
+
+    The image is cut into up to four parts (full windows, the partial last row of windows,
+    the partial last column, the corner), each a plain strided view of both tensors, so
+    one copy per part moves it between the layouts without padding the image first.
+    """
+    batch, height, width, *features = image.shape
+    spans = []
+    for size in (height, width):
+        full = size // window
+        span = [(slice(0, full), slice(0, full * window), window, full)] if full else []
+        if size % window:
+            span.append((slice(full, full + 1), slice(full * window, size), size % window, 1))
+        spans.append(span)
+    for win_rows, img_rows, n_rows, windows_high in spans[0]:
+        for win_cols, img_cols, n_cols, windows_wide in spans[1]:
+            part = image[:, img_rows, img_cols]
+            part = part.view(batch, windows_high, n_rows, windows_wide, n_cols, *features)
+            yield windows[:, win_rows, win_cols, :n_rows, :n_cols], part.transpose(2, 3)
+
+
+def to_windows(x: torch.Tensor, window: int, fill: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(B, H, W, n_heads * E) map -> (B * nH * nW, n_heads, window**2, E) windows.
+
+    Windows run row-major over the map and tokens row-major in a window (TinyViT's order);
+    the map is padded right and bottom to whole windows with ``fill`` (n_heads * E,), the
+    value a zero token would have had. Heads come before tokens, so per-head products take
+    q, k and v as strided views (no copy).
+    """
+    batch, height, width, channels = x.shape
+    n_high, n_wide = -(-height // window), -(-width // window)
+    per_head = channels // n_heads
+    out = x.new_empty(batch, n_high, n_wide, n_heads, window, window, per_head)
+    tokens_last = out.permute(0, 1, 2, 4, 5, 3, 6)  # (B, nH, nW, window, window, heads, E)
+    fill = fill.view(n_heads, per_head)
+    if height % window:
+        tokens_last[:, -1, :, height % window :] = fill
+    if width % window:
+        tokens_last[:, :, -1, :, width % window :] = fill
+    image = x.view(batch, height, width, n_heads, per_head)
+    for window_part, image_part in _window_parts(tokens_last, image, window):
+        window_part.copy_(image_part)
+    return out.view(-1, n_heads, window * window, per_head)
+
+
+def from_windows(windows: torch.Tensor, height: int, width: int, window: int) -> torch.Tensor:
+    """Inverse of :func:`to_windows` without the padding: (B * nH * nW, n_heads, window**2, E)
+    -> (B, H, W, n_heads * E)."""
+    n_windows, n_heads, _, per_head = windows.shape
+    n_high, n_wide = -(-height // window), -(-width // window)
+    batch = n_windows // (n_high * n_wide)
+    windows = windows.view(batch, n_high, n_wide, n_heads, window, window, per_head)
+    out = windows.new_empty(batch, height, width, n_heads, per_head)
+    for window_part, image_part in _window_parts(windows.permute(0, 1, 2, 4, 5, 3, 6), out, window):
+        image_part.copy_(window_part)
+    return out.view(batch, height, width, n_heads * per_head)
