@@ -1,0 +1,79 @@
+"""SAM ViT's fast block (windows from the image's own tokens, fused residual adds) vs stock."""
+
+import pytest
+import torch
+from segment_anything.modeling.image_encoder import Block
+
+from napari_samtune.core.fast_encoder import use_fast_attention, use_stock_attention
+
+# (window size, input size of its attention, image (B, H, W)): padded windows, whole windows,
+# global attention
+CASES = [(7, (7, 7), (2, 20, 18)), (7, (7, 7), (1, 14, 7)), (0, (10, 9), (1, 10, 9))]
+
+
+def _block(window: int, input_size: tuple[int, int]) -> Block:
+    torch.manual_seed(0)
+    block = Block(48, 3, mlp_ratio=2.0, use_rel_pos=True, window_size=window, input_size=input_size)
+    for param in (block.attn.rel_pos_h, block.attn.rel_pos_w):  # zero-initialised
+        torch.nn.init.normal_(param, std=0.5)
+    torch.nn.init.normal_(block.attn.qkv.bias, std=0.5)  # the padding tokens' q, k, v
+    return block.eval()
+
+
+def _ops(module: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+    with torch.profiler.profile() as profile:
+        out = module(x)
+    return out, [event.name for event in profile.events()]
+
+
+@pytest.mark.parametrize("window, input_size, image", CASES)
+def test_fast_vit_block_matches_stock_in_inference(window, input_size, image):
+    block = _block(window, input_size)
+    x = torch.randn(*image, 48)
+    with torch.inference_mode():
+        reference = block(x)
+        use_fast_attention(torch.nn.Sequential(block))
+        fast, ops = _ops(block, x)
+    assert type(block).__name__ == "FastViTBlock"
+    # both residual adds fused into their projections, the GELU into the MLP's first layer
+    # (the profiler names both overloads alike)
+    assert ops.count("mkldnn::_linear_pointwise") == 3, ops
+    assert "aten::gelu" not in ops, ops  # (one fused call, not three, if the adds ran apart)
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("window, input_size, image", CASES)
+def test_fast_vit_block_takes_the_stock_path_for_gradients(window, input_size, image):
+    block = _block(window, input_size)
+    x = torch.randn(*image, 48, requires_grad=True)
+    reference = block(x)
+    (reference_grad,) = torch.autograd.grad(reference.square().sum(), x)
+    use_fast_attention(torch.nn.Sequential(block))
+    fast, ops = _ops(block, x)
+    (fast_grad,) = torch.autograd.grad(fast.square().sum(), x)
+    assert not [name for name in ops if "pointwise" in name]  # fused ops have no backward
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast_grad, reference_grad, rtol=1e-4, atol=1e-4)
+
+
+def test_fast_vit_block_in_bf16_is_as_close_as_stock_autocast():
+    """Under autocast nothing is fused; the windows from unpadded tokens still are."""
+    block = _block(*CASES[0][:2])
+    x = torch.randn(*CASES[0][2], 48)
+    with torch.no_grad():
+        reference = block(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            stock = block(x).float()
+            use_fast_attention(torch.nn.Sequential(block))
+            fast, ops = _ops(block, x)
+    assert not [name for name in ops if "pointwise" in name]
+    error, stock_error = (fast.float() - reference).abs().max(), (stock - reference).abs().max()
+    assert error <= 2 * stock_error + 1e-2
+
+
+def test_stock_attention_switch_restores_the_block():
+    block = _block(*CASES[0][:2])
+    model = use_fast_attention(torch.nn.Sequential(block))
+    assert type(block).__name__ == "FastViTBlock"
+    use_stock_attention(model)
+    assert type(block) is Block and type(block.attn).__name__ == "Attention"
