@@ -308,3 +308,25 @@ def test_embedding_cache_evicts_the_least_recently_used():
     cache.get_many([2], [items[2]], compute)  # evicts 1
     cache.get_many([0, 1], [items[0], items[1]], compute)
     assert computed == [0, 1, 2, 1] and len(cache) == 2
+
+
+def test_adam_runs_fused_and_steps_like_the_plain_loop():
+    from napari_samtune.core.train_setup import make_optimizer
+
+    torch.manual_seed(0)
+    weights = [torch.randn(64, 32), torch.randn(32)]
+    fused_params = [torch.nn.Parameter(w.clone()) for w in weights]
+    plain_params = [torch.nn.Parameter(w.clone()) for w in weights]
+    fused, _ = make_optimizer(fused_params, _config(learning_rate=1e-2))
+    plain = torch.optim.Adam(plain_params, lr=1e-2, foreach=False)
+    assert fused.defaults["fused"] is True
+    for _ in range(3):
+        grads = [torch.randn_like(w) for w in weights]
+        for params, optimizer in ((fused_params, fused), (plain_params, plain)):
+            for param, grad in zip(params, grads, strict=True):
+                param.grad = grad.clone()
+            optimizer.step()
+    for a, b in zip(fused_params, plain_params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for param, weight in zip(fused_params, weights, strict=True):
+        assert not torch.equal(param, weight)  # it moved

