@@ -238,3 +238,20 @@ def test_fast_tinyvit_block_in_bf16_is_as_close_as_stock_autocast():
             fast = use_fast_tinyvit(torch.nn.Sequential(block))(x).float()
     assert type(block).__name__ == "FastTinyViTBlock"
     assert (fast - reference).abs().max() <= 2 * (stock - reference).abs().max() + 1e-2
+
+
+def test_fast_tinyvit_block_keeps_a_lora_adapter():
+    """The attention scale goes into a plain qkv's weights; an adapted qkv keeps its adapter."""
+    from napari_samtune.core.lora import apply_lora, lora_modules
+
+    block, x = _tinyvit_blocks()[5]
+    model = torch.nn.Sequential(block)
+    apply_lora(model, rank=2)
+    for adapter in lora_modules(model).values():  # lora_b starts at zero: make it matter
+        torch.nn.init.normal_(adapter.lora_b, std=0.5)
+    _trained_like(block)
+    with torch.inference_mode():
+        reference = block(x)
+        fast = use_fast_tinyvit(model)(x)
+    assert type(block).__name__ == "FastTinyViTBlock"
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)

@@ -77,3 +77,26 @@ def test_stock_attention_switch_restores_the_block():
     assert type(block).__name__ == "FastViTBlock"
     use_stock_attention(model)
     assert type(block) is Block and type(block.attn).__name__ == "Attention"
+
+
+def _with_trained_lora(model: torch.nn.Module) -> None:
+    from napari_samtune.core.lora import apply_lora, lora_modules
+
+    apply_lora(model, rank=2)
+    for adapter in lora_modules(model).values():  # lora_b starts at zero: make it matter
+        torch.nn.init.normal_(adapter.lora_b, std=0.5)
+
+
+@pytest.mark.parametrize("window, input_size, image", CASES[::2])
+def test_fast_vit_block_keeps_a_lora_adapter(window, input_size, image):
+    """Padding tokens and image tokens both go through the adapted qkv (validation of LoRA runs)."""
+    block = _block(window, input_size)
+    model = torch.nn.Sequential(block)
+    _with_trained_lora(model)
+    x = torch.randn(*image, 48)
+    with torch.inference_mode():
+        reference = block(x)
+        use_fast_attention(model)
+        fast = block(x)
+    assert type(block).__name__ == "FastViTBlock"
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)

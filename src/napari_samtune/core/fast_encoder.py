@@ -121,12 +121,12 @@ class FastViTBlock(Block):
     """SAM ViT block; same parameters and result.
 
     Without gradients (inference), a windowed block projects q, k, v of the image's own tokens
-    only and cuts them into windows whose padding gets the value a padding token has (the
-    qkv bias: SAM pads after the norm), instead of padding the normalised image and projecting
-    16% more tokens (64 x 64 in 14 x 14 windows); the output projection also runs on the image's
-    tokens only. Both residual adds are fused into the projection before them, and the MLP's
-    GELU into its first layer, where :func:`.onednn.fusable`. With gradients the stock forward
-    runs.
+    only and cuts them into windows whose padding gets the value a padding token has (SAM pads
+    after the norm: a zero token's q, k, v), instead of padding the normalised image and
+    projecting 16% more tokens (64 x 64 in 14 x 14 windows); the output projection also runs on
+    the image's tokens only. Both residual adds are fused into the projection before them, and
+    the MLP's GELU into its first layer, where :func:`.onednn.fusable`. With gradients the
+    stock forward runs.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,7 +156,8 @@ class FastViTBlock(Block):
         """Window attention of (B, H, W, C) ``x``, before the output projection."""
         attn, window = self.attn, self.window_size
         qkv = attn.qkv(self.norm1(x))
-        windows = to_windows(qkv, window, attn.qkv.bias.to(qkv.dtype), 1)  # (n, 1, N, 3C)
+        fill = attn.qkv(x.new_zeros(1, x.shape[-1]))[0]  # SAM pads after the norm: zeros
+        windows = to_windows(qkv, window, fill.to(qkv.dtype), 1)  # (n, 1, N, 3C)
         n_windows, n_tokens = windows.shape[0], window * window
         qkv = windows.view(n_windows, n_tokens, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (n, heads, N, head_dim)

@@ -161,16 +161,19 @@ def _fast_attention_class() -> type:
     return FastTinyViTAttention
 
 
-def _scaled_queries(attn: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """TinyViT attention's qkv weight and bias with the query rows times ``attn.scale``.
-
-    The product of scaled queries with the keys is the scaled scores: one pass over every
-    window's scores fewer (they are 4-20 MB per block).
-    """
-    scale = attn.qkv.weight.new_ones(attn.num_heads, 2 * attn.key_dim + attn.d)
+def _scaled_qkv(attn: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``attn.qkv(x)`` with the queries times ``attn.scale``: the product of the queries with
+    the keys is then the scaled scores, one pass over every window's scores fewer (4-20 MB
+    per block). A plain linear layer takes the scale into its weights; another (a LoRA
+    adapter) has its output scaled."""
+    scale = x.new_ones(attn.num_heads, 2 * attn.key_dim + attn.d)
     scale[:, : attn.key_dim] = attn.scale  # per head the output is [q, k, v]
     scale = scale.view(-1)
-    return attn.qkv.weight * scale[:, None], attn.qkv.bias * scale
+    qkv = attn.qkv
+    if type(qkv) is not torch.nn.Linear:
+        return qkv(x) * scale.to(x.dtype)
+    bias = None if qkv.bias is None else qkv.bias * scale
+    return F.linear(x, qkv.weight * scale[:, None], bias)
 
 
 @functools.cache
@@ -205,9 +208,8 @@ def _fast_block_class() -> type:
         def _window_attention(self, image: torch.Tensor) -> torch.Tensor:
             """Window attention of (B, H, W, C) ``image`` before the output projection."""
             attn, window = self.attn, self.window_size
-            weight, bias = _scaled_queries(attn)
-            qkv = F.linear(attn.norm(image), weight, bias)
-            fill = F.linear(attn.norm(image.new_zeros(1, image.shape[-1])), weight, bias)[0]
+            qkv = _scaled_qkv(attn, attn.norm(image))
+            fill = _scaled_qkv(attn, attn.norm(image.new_zeros(1, image.shape[-1])))[0]
             windows = to_windows(qkv, window, fill, attn.num_heads)
             q, k, v = windows.split([attn.key_dim, attn.key_dim, attn.d], dim=3)
             scores = torch.matmul(q, k.transpose(-1, -2)).add_(attn.ab)
