@@ -11,8 +11,9 @@ downloaded here) this prints, measured in one run on one machine:
   anything of this project has run in the process, so the allocator is glibc's default),
 * the fast path time (the Segmenter's encoder path: ``core.fast_encoder``/``fast_tinyvit``,
   bf16 autocast where the CPU runs bf16 products measurably faster than fp32, the tuned
-  allocator), and the FLOPs that path executes (the relative-position bias folded into
-  attention widens its products) with their rate,
+  allocator), and the FLOPs that path executes (more where the relative-position bias is
+  folded into attention, which widens its products; fewer where windowed blocks skip their
+  padding tokens) with their rate,
 * ratios: fast / limit (target <= 1.6) and stock / fast (target >= 2.5),
 * the lowest box-prompt IoU of fast-path masks vs fp32 masks over 3 boxes (target >= 0.98),
 * median prompt -> mask latency of the Segmenter (one point, mask at 1024x1024; target <= 25 ms).

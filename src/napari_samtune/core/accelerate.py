@@ -130,7 +130,7 @@ def tune_cpu_allocator() -> bool:
 def use_fast_paths(model: torch.nn.Module) -> torch.nn.Module:
     """Switch every module of ``model`` that has a fast path to it, in place; returns ``model``.
 
-    SAM ViT attention, TinyViT (attention, convolutions, MLPs; see
+    SAM ViT blocks and attention, TinyViT (blocks, attention, convolutions, MLPs; see
     :mod:`~napari_samtune.core.fast_tinyvit`) and the decoder's 2x2 transposed convolutions.
     The state dict is unchanged and results are the stock ones up to rounding.
     """

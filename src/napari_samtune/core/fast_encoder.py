@@ -14,6 +14,8 @@ its own (:mod:`~napari_samtune.core.rel_pos_attention`, :func:`_pick_kernel`).
 The result is mathematically the stock attention; the state dict is unchanged (only the
 module classes are swapped), so checkpoints, LoRA and export are unaffected.
 
+:class:`FastViTBlock` (inference only) also skips the padding tokens of windowed blocks and
+fuses the blocks' residual adds and GELU into oneDNN's linear kernels.
 :mod:`~napari_samtune.core.fast_tinyvit` has the fast paths of TinyViT (vit_t).
 :func:`encode` feeds the encoder channels-last pixels, which keeps every tensor of
 the ViT's residual stream contiguous (see there).

@@ -186,8 +186,8 @@ def _fast_block_class() -> type:
 
         Without gradients (inference), window attention computes q, k, v for the image's
         own tokens only and pads the windows with the value every zero padding token has,
-        instead of padding the image and projecting 20% more tokens (64 x 64 maps in 14- and
-        7-token windows). Windows are cut and put back by one copy each, the output
+        instead of padding the image and projecting 20% more tokens (64 x 64 maps in 14 x 14 and
+        7 x 7 windows). Windows are cut and put back by one copy each, the output
         projection runs on the image's tokens only, and each residual add is fused into the
         projection before it. The local convolution reads the tokens as a channels-last
         map: no transposed copies, and oneDNN's depthwise kernel is ~3x faster in that
