@@ -18,19 +18,24 @@ downloaded here) this prints, measured in one run on one machine:
 * the lowest box-prompt IoU of fast-path masks vs fp32 masks over 3 boxes (target >= 0.98),
 * median prompt -> mask latency of the Segmenter (one point, mask at 1024x1024; target <= 25 ms).
 
-Run: ``.venv/bin/python benchmarks/bench_embedding.py [--models vit_b vit_t] [--repeats 3]``
+With ``--device cuda`` everything runs on the GPU (the peak is then the faster of a large bf16
+and a large fp32 product there, fp32 without TF32 as PyTorch's default; timings wait for the
+GPU's queued work) and the table names the GPU.
+
+Run: ``.venv/bin/python benchmarks/bench_embedding.py [--device cpu] [--models vit_b vit_t]
+[--repeats 3]``
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import platform
 import statistics
 import time
 
 import numpy as np
 import torch
+from bench_device import describe, resolve, synchronize
 from segment_anything import SamPredictor
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_flop_count
 
@@ -41,31 +46,36 @@ from napari_samtune.core.predict import Segmenter
 from napari_samtune.core.synthetic import make_image
 
 
-def timed(fn, repeats: int) -> float:
-    """Best-of-``repeats`` wall time of ``fn()`` after one warm-up call, seconds."""
+def timed(fn, repeats: int, device: torch.device | str = "cpu") -> float:
+    """Best-of-``repeats`` wall time of ``fn()`` after one warm-up call, seconds; the work it
+    queued on ``device`` included."""
     fn()
+    synchronize(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return min(times)
 
 
-def matmul_peak_tflops(dtype: torch.dtype, max_size: int = 4096) -> float:
-    """Best rate of a square ``dtype`` matrix product, as large as one second allows.
+def matmul_peak_tflops(dtype: torch.dtype, device: torch.device | str = "cpu") -> float:
+    """Best rate of a square ``dtype`` matrix product on ``device``, in TFLOP/s.
 
-    Where bf16 is emulated (no native instructions) a 4096 product takes minutes, so a
-    512 probe sizes the measured product first.
+    On a CPU it is as large as one second allows, up to 4096 (where bf16 is emulated, without
+    native instructions, a 4096 product takes minutes, so a 512 probe sizes it first); on a
+    GPU 8192, which fills it.
     """
-    probe = torch.randn(512, 512, dtype=dtype)
-    probe_rate = 2 * 512**3 / timed(lambda: probe @ probe, repeats=1)
+    max_size = 8192 if torch.device(device).type == "cuda" else 4096
+    probe = torch.randn(512, 512, dtype=dtype, device=device)
+    probe_rate = 2 * 512**3 / timed(lambda: probe @ probe, 1, device)
     size = 512
     while size < max_size and 2 * (2 * size) ** 3 / probe_rate < 1.0:
         size *= 2
-    a = torch.randn(size, size, dtype=dtype)
-    b = torch.randn(size, size, dtype=dtype)
-    seconds = timed(lambda: a @ b, repeats=10)
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+    seconds = timed(lambda: a @ b, 10, device)
     return 2 * size**3 / seconds / 1e12
 
 
@@ -96,10 +106,11 @@ UNLISTED_OP_FLOPS = {
 
 def encoder_flops(encoder: torch.nn.Module) -> float:
     """Forward FLOPs of ``encoder`` on one image (matrix products, convolutions, attention)."""
-    size = encoder.img_size
+    size, device = encoder.img_size, next(encoder.parameters()).device
     counting = FlopCounterMode(display=False, custom_mapping=UNLISTED_OP_FLOPS)
     with counting as counter, torch.inference_mode():
-        encoder(torch.zeros(1, 3, size, size).contiguous(memory_format=torch.channels_last))
+        pixels = torch.zeros(1, 3, size, size, device=device)
+        encoder(pixels.contiguous(memory_format=torch.channels_last))
     return float(counter.get_total_flops())
 
 
@@ -119,28 +130,33 @@ def prompt_latency_ms(segmenter: Segmenter, size: int, n: int = 30) -> float:
     return 1000 * statistics.median(times[3:])
 
 
-def measure_stock(name: str, image: np.ndarray, repeats: int) -> tuple[float, float]:
+def measure_stock(
+    name: str, image: np.ndarray, repeats: int, device: torch.device
+) -> tuple[float, float]:
     """Stock encoder FLOPs and ``SamPredictor.set_image`` seconds in fp32."""
     torch.manual_seed(0)
-    sam = build_sam(name)
+    sam = build_sam(name).to(device)
     predictor = SamPredictor(sam)
-    return encoder_flops(sam.image_encoder), timed(lambda: predictor.set_image(image), repeats)
+    seconds = timed(lambda: predictor.set_image(image), repeats, device)
+    return encoder_flops(sam.image_encoder), seconds
 
 
-def measure_fast(name: str, image: np.ndarray, boxes: np.ndarray, repeats: int) -> dict:
+def measure_fast(
+    name: str, image: np.ndarray, boxes: np.ndarray, repeats: int, device: torch.device
+) -> dict:
     """Fast-path encoder seconds and FLOPs, mask agreement with fp32, prompt latency."""
     torch.manual_seed(0)
     sam = build_sam(name)  # the same random weights as the stock model (same seed)
-    fast_seg = Segmenter(sam, model_id=name, use_disk_cache=False, precision="auto")
+    fast_seg = Segmenter(sam, model_id=name, device=device, use_disk_cache=False, precision="auto")
     rgb = to_sam_rgb(image)
     tiles = TileGrid.for_image(rgb.shape[:2], fast_seg.img_size, fast_seg.tiling).tiles
     dtype = fast_seg.compute_dtype
-    seconds = timed(lambda: embed_tiles(sam, rgb, tiles, None, dtype), repeats)
+    seconds = timed(lambda: embed_tiles(sam, rgb, tiles, None, dtype), repeats, device)
     fast_seg.set_image(image)
-    fp32_seg = Segmenter(sam, model_id=name, use_disk_cache=False, precision="fp32")
+    fp32_seg = Segmenter(sam, model_id=name, device=device, use_disk_cache=False, precision="fp32")
     fp32_seg.set_image(image)
     pairs = zip(box_masks(fast_seg, boxes), box_masks(fp32_seg, boxes), strict=True)
-    with torch.autocast("cpu", dtype or torch.float32, enabled=dtype is not None):
+    with torch.autocast(device.type, dtype or torch.float32, enabled=dtype is not None):
         flops = encoder_flops(sam.image_encoder)
     return {
         "seconds": seconds,
@@ -194,20 +210,21 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--models", nargs="+", default=["vit_b", "vit_t"])
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
+    device = resolve(args.device)
     torch.manual_seed(0)
-    peak_bf16 = matmul_peak_tflops(torch.bfloat16)
-    peak_fp32 = matmul_peak_tflops(torch.float32)
-    cpu = platform.processor() or platform.machine()
-    print(f"machine: {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    peak_bf16 = matmul_peak_tflops(torch.bfloat16, device)
+    peak_fp32 = matmul_peak_tflops(torch.float32, device)
+    print(f"machine: {describe(device)}, {torch.get_num_threads()} CPU threads")
     peak = max(peak_bf16, peak_fp32)
     print(f"peak matmul: bf16 {peak_bf16:.3f} TFLOP/s, fp32 {peak_fp32:.3f} TFLOP/s")
     image = np.stack([make_image((1024, 1024), seed=5)[0]] * 3, axis=-1)
     boxes = np.array([[100, 120, 300, 330], [500, 480, 620, 700], [700, 100, 900, 260]])
-    stock = {name: measure_stock(name, image, args.repeats) for name in args.models}
-    fast = {name: measure_fast(name, image, boxes, args.repeats) for name in args.models}
+    stock = {name: measure_stock(name, image, args.repeats, device) for name in args.models}
+    fast = {name: measure_fast(name, image, boxes, args.repeats, device) for name in args.models}
     header = (
         "model",
         "GFLOPs",

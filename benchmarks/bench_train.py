@@ -29,7 +29,12 @@ and reports the training time of each epoch (epoch start to its last step)
 and the whole epoch including its checkpoint. Peak memory is each child's
 ``VmHWM`` (peak resident set) from ``/proc/self/status``.
 
-Run: ``.venv/bin/python benchmarks/bench_train.py [--threads 2] [--repeats 3]
+With ``--device cuda`` the configurations are those of the 8, 16 and 32 GB GPU presets
+(``gtx1080``, ``rtx5000``, ``v100``; every model each was set up for, named
+``preset:model``), both loops run on the GPU, and peak memory is the most GPU memory each
+child held (``bench_device.peak_memory_mb``), against the preset's budget.
+
+Run: ``.venv/bin/python benchmarks/bench_train.py [--device cpu] [--threads 2] [--repeats 3]
 [--steps 3] [--only vit_t_frozen ...] [--variants fast fast-fp32 fast-stock-paths]``
 """
 
@@ -38,7 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -58,6 +62,23 @@ CONFIGS = {
     "vit_t_frozen": BenchConfig("cpu-8gb", "vit_t"),
     "vit_b_all": BenchConfig("cpu-32gb", "vit_b"),
 }
+GPU_PRESETS = ("gtx1080", "rtx5000", "v100")  # the 8, 16 and 32 GB GPU presets
+
+
+def configurations(device: str) -> dict[str, BenchConfig]:
+    """The configurations measured on ``device``: the CPU presets', or every model setting
+    of the GPU presets in :data:`GPU_PRESETS` (named ``preset:model``)."""
+    if device == "cpu":
+        return CONFIGS
+    from napari_samtune.core.presets import get_preset
+
+    return {
+        f"{key}:{s.model}": BenchConfig(key, s.model)
+        for key in GPU_PRESETS
+        for s in get_preset(key).settings
+    }
+
+
 # TrainConfig overrides of the fast variants; "fast" is what the trainer does by default.
 VARIANTS = {
     "fast": {},
@@ -69,21 +90,17 @@ LEARNING_RATE = 1e-5
 TARGET_SPEEDUP, TARGET_EPOCH_RATIO = 1.5, 20.0
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set size (VmHWM), in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 def setting(name: str):
     """The preset's ModelSetting (frozen parts, objects per patch) for configuration ``name``."""
     from napari_samtune.core.architectures import ARCHITECTURES
     from napari_samtune.core.presets import get_preset
 
-    bench = CONFIGS[name]
+    bench = _config(name)
     return get_preset(bench.preset).setting_for(ARCHITECTURES[bench.model])
+
+
+def _config(name: str) -> BenchConfig:
+    return CONFIGS[name] if name in CONFIGS else configurations("cuda")[name]
 
 
 def dataset(n_images: int = 2):
@@ -114,7 +131,8 @@ def stock_pass_loss(sam, embedding, points, labels, boxes, mask_input, multimask
         multimask_output=multimask,
     )
     loss, best = sam_loss(logits, iou, inp.targets, "dice_bce")
-    return loss, logits[torch.arange(len(best)), best][:, None], iou
+    picked = logits[torch.arange(len(best), device=logits.device), best][:, None]
+    return loss, picked, iou
 
 
 def stock_click(logits, inp):
@@ -124,11 +142,12 @@ def stock_click(logits, inp):
     from napari_samtune.core.prompts import corrective_points
 
     rows, cols = (-(-s // 4) for s in inp.input_size)
-    prediction = (logits[:, 0, :rows, :cols] > 0).numpy()
-    truth = (inp.targets[:, 0, :rows, :cols] > 0.5).numpy()
+    prediction = (logits[:, 0, :rows, :cols] > 0).cpu().numpy()
+    truth = (inp.targets[:, 0, :rows, :cols] > 0.5).cpu().numpy()
     points, labels = corrective_points(prediction, truth)
-    points = torch.as_tensor(points[:, None] * 4 + 1.5, dtype=torch.float32)
-    return points, torch.as_tensor(labels[:, None])
+    device = logits.device
+    points = torch.as_tensor(points[:, None] * 4 + 1.5, dtype=torch.float32, device=device)
+    return points, torch.as_tensor(labels[:, None], device=device)
 
 
 def stock_loss(sam, embedding, inp):
@@ -153,10 +172,11 @@ def stock_loss(sam, embedding, inp):
     return total / (1 + N_ITERATIVE_PROMPTS)
 
 
-def measure_stock(name: str, steps: int) -> dict:
-    """``steps`` + 1 optimizer steps of the plain loop; returns step times and peak RSS."""
+def measure_stock(name: str, steps: int, device_name: str) -> dict:
+    """``steps`` + 1 optimizer steps of the plain loop; returns step times and peak memory."""
     import numpy as np
     import torch
+    from bench_device import peak_memory_mb, synchronize
 
     from napari_samtune.core.data import PatchSampler, as_pairs, prepare_pairs
     from napari_samtune.core.model_source import load_base_model
@@ -164,8 +184,9 @@ def measure_stock(name: str, steps: int) -> dict:
 
     model_setting = setting(name)
     frozen = "image_encoder" in model_setting.freeze
-    sam, arch, _ = load_base_model(f"random:{CONFIGS[name].model}", seed=0)
-    sam.train()
+    sam, arch, _ = load_base_model(f"random:{_config(name).model}", seed=0)
+    device = torch.device(device_name)
+    sam.to(device).train()
     sam.image_encoder.requires_grad_(not frozen)
     if frozen:
         sam.image_encoder.eval()
@@ -176,26 +197,28 @@ def measure_stock(name: str, steps: int) -> dict:
         start = time.perf_counter()
         patch = sampler.patch(index, 0)
         ids = sampler.sample_objects(patch, model_setting.n_objects_per_batch, index, 0)
-        inp = prepare_input(sam, patch, ids, torch.device("cpu"))
+        inp = prepare_input(sam, patch, ids, device)
         inp = with_first_prompts(inp, np.random.default_rng([0, 3, index, 0]), 0.1)
         optimizer.zero_grad(set_to_none=True)
         with torch.set_grad_enabled(not frozen):
             embedding = sam.image_encoder(inp.pixels[None])
         stock_loss(sam, embedding, inp).backward()
         optimizer.step()
+        synchronize(device)
         times.append(time.perf_counter() - start)
-    return {"step_s": times[1:], "peak_rss_mb": peak_rss_mb()}
+    return {"step_s": times[1:], "peak_mb": peak_memory_mb(device)}
 
 
 # -- the project's trainer --------------------------------------------------------------------
 
 
-def train_config(name: str, variant: str, samples: int, epochs: int):
+def train_config(name: str, variant: str, samples: int, epochs: int, device: str = "cpu"):
     from napari_samtune.core.presets import TrainConfig
 
     model_setting = setting(name)
     return TrainConfig(
-        model=f"random:{CONFIGS[name].model}",
+        model=f"random:{_config(name).model}",
+        device=device,
         freeze=model_setting.freeze,
         n_objects_per_batch=model_setting.n_objects_per_batch,
         batch_size=model_setting.batch_size,
@@ -209,18 +232,23 @@ def train_config(name: str, variant: str, samples: int, epochs: int):
     )
 
 
-def measure_fast(name: str, variant: str, steps: int, epoch_samples: int) -> dict:
-    """Run ``iter_train``; step times per epoch, epoch times, peak RSS.
+def measure_fast(
+    name: str, variant: str, steps: int, epoch_samples: int, device_name: str = "cpu"
+) -> dict:
+    """Run ``iter_train``; step times per epoch, epoch times, peak memory.
 
     Full finetuning: one epoch of ``steps`` + 1 steps. Frozen encoder: three epochs
     of ``epoch_samples`` steps on as many images, so that every sample of the first epoch
     is a patch of its own whose embedding is computed (later epochs reuse them all).
     """
+    import torch
+    from bench_device import peak_memory_mb
+
     from napari_samtune.core.train import EpochDone, StepDone, iter_train
 
     frozen = "image_encoder" in setting(name).freeze
     samples, epochs = (epoch_samples, 3) if frozen else (steps + 1, 1)
-    config = train_config(name, variant, samples, epochs)
+    config = train_config(name, variant, samples, epochs, device_name)
     data = dataset(samples if frozen else 2)
     step_s, epoch_train_s, epoch_total_s = [[] for _ in range(epochs)], [], []
     with tempfile.TemporaryDirectory() as out:
@@ -243,7 +271,7 @@ def measure_fast(name: str, variant: str, steps: int, epoch_samples: int) -> dic
         "epoch_train_s": epoch_train_s,
         "epoch_total_s": epoch_total_s,
         "precision": config.mixed_precision,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_mb": peak_memory_mb(torch.device(device_name)),
     }
 
 
@@ -266,7 +294,7 @@ def frozen_step_flops(name: str) -> tuple[float, float]:
     from napari_samtune.core.train_step import SamTrainingStep, prepare_input, with_first_prompts
 
     model_setting = setting(name)
-    sam, arch, _ = load_base_model(f"random:{CONFIGS[name].model}", seed=0)
+    sam, arch, _ = load_base_model(f"random:{_config(name).model}", seed=0)
     use_fast_paths(sam).image_encoder.requires_grad_(False)
     sampler = PatchSampler(prepare_pairs(as_pairs(dataset())), arch.img_size, 16, 1, 0)
     patch = sampler.patch(0, 0)
@@ -287,6 +315,7 @@ def frozen_step_flops(name: str) -> tuple[float, float]:
 def run_child(kind: str, name: str, args) -> dict:
     command = [sys.executable, __file__, "--child", kind, name, "--threads", str(args.threads)]
     command += ["--steps", str(args.steps), "--epoch-samples", str(args.epoch_samples)]
+    command += ["--device", args.device]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(f"{kind} {name} failed:\n{done.stderr[-3000:]}")
@@ -297,7 +326,7 @@ def collect(args) -> dict[tuple[str, str], list[dict]]:
     """Every (kind, configuration) child ``args.repeats`` times, stock and fast interleaved."""
     results: dict[tuple[str, str], list[dict]] = {}
     for repeat in range(args.repeats):
-        for name in args.only or CONFIGS:
+        for name in args.only:
             for kind in ("stock", *args.variants):
                 result = run_child(kind, name, args)
                 results.setdefault((kind, name), []).append(result)
@@ -316,7 +345,7 @@ def print_steps(results, args) -> None:
           f"frozen: first epoch / later epochs)")  # fmt: skip
     print(f"{'configuration':<13} {'preset':<9} {'variant':<17} {'stock':>7} {'fast':>14} "
           f"{'speed-up':>9}  target")  # fmt: skip
-    for name in args.only or CONFIGS:
+    for name in args.only:
         stock = best(results[("stock", name)], "step_s")
         for variant in args.variants:
             runs = results[(variant, name)]
@@ -328,12 +357,12 @@ def print_steps(results, args) -> None:
             else:
                 text, ratio = f"{fast:.2f}", f"{stock / fast:.2f}x"
             target = "" if runs[0]["cached_step_s"] else f">= {TARGET_SPEEDUP}x"
-            print(f"{name:<13} {CONFIGS[name].preset:<9} {variant:<17} {stock:>7.2f} {text:>14} "
+            print(f"{name:<13} {_config(name).preset:<9} {variant:<17} {stock:>7.2f} {text:>14} "
                   f"{ratio:>9}  {target}")  # fmt: skip
 
 
 def print_epochs(results, args) -> None:
-    for name in args.only or CONFIGS:
+    for name in args.only:
         for variant in args.variants:
             runs = [r for r in results[(variant, name)] if r["cached_step_s"]]
             if not runs:
@@ -358,43 +387,63 @@ def print_epochs(results, args) -> None:
 
 
 def print_memory(results, args) -> None:
+    from bench_device import memory_kind
+
     from napari_samtune.core.presets import get_preset
 
-    print("\npeak RSS (VmHWM of the child process, MB; max over runs)")
+    print(f"\n{memory_kind(args.device)}, MiB, max over runs; budget: the preset's GB x 1000")
     print(f"{'configuration':<13} {'budget':>8} {'stock':>8} " + " ".join(
         f"{v:>17}" for v in args.variants))  # fmt: skip
-    for name in args.only or CONFIGS:
-        budget = get_preset(CONFIGS[name].preset).memory_gb * 1000
-        peaks = [max(r["peak_rss_mb"] for r in results[(k, name)]) for k in args.variants]
-        stock = max(r["peak_rss_mb"] for r in results[("stock", name)])
+    for name in args.only:
+        budget = get_preset(_config(name).preset).memory_gb * 1000
+        peaks = [max(r["peak_mb"] for r in results[(k, name)]) for k in args.variants]
+        stock = max(r["peak_mb"] for r in results[("stock", name)])
         fits = "fits" if max(peaks) <= budget else "OVER BUDGET"
         print(f"{name:<13} {budget:>8.0f} {stock:>8.0f} "
               + " ".join(f"{p:>17.0f}" for p in peaks) + f"  {fits}")  # fmt: skip
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2, help="torch threads per child")
+    parser.add_argument("--device", default="cpu", help="cpu (CPU presets) or cuda (GPU presets)")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads per child (default: 2 on cpu, up to 8 on cuda)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs per configuration")
     parser.add_argument("--steps", type=int, default=3, help="measured steps per run")
     parser.add_argument("--epoch-samples", type=int, default=10, help="frozen: samples/epoch")
-    parser.add_argument("--only", nargs="+", choices=sorted(CONFIGS), help="configurations")
+    parser.add_argument("--only", nargs="+", help="configurations (default: all of the device's)")
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["fast"])
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    from bench_device import resolve
+
+    args.device = str(resolve(args.device))
+    known = configurations("cpu" if args.device == "cpu" else "cuda")
+    unknown = sorted(set(args.only or ()) - set(known))
+    if unknown and not args.child:
+        parser.error(f"--only {unknown}: on {args.device} the configurations are {sorted(known)}")
+    args.only = args.only or list(known)
+    if args.threads is None:
+        args.threads = 2 if args.device == "cpu" else min(8, os.cpu_count() or 1)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     import torch
+    from bench_device import describe
 
     torch.set_num_threads(args.threads)
     if args.child:
         kind, name = args.child
         if kind == "stock":
-            print(json.dumps(measure_stock(name, args.steps)))
+            print(json.dumps(measure_stock(name, args.steps, args.device)))
         else:
-            print(json.dumps(measure_fast(name, kind, args.steps, args.epoch_samples)))
+            print(json.dumps(measure_fast(name, kind, args.steps, args.epoch_samples, args.device)))
         return
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-          f"{torch.__version__}, {args.threads} threads per child, load average "
-          f"{os.getloadavg()[0]:.1f} at start")  # fmt: skip
+    print(f"{describe(torch.device(args.device))}, {args.threads} threads per child, "
+          f"load average {os.getloadavg()[0]:.1f} at start")  # fmt: skip
     results = collect(args)
     print_steps(results, args)
     print_epochs(results, args)

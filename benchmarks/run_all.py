@@ -7,7 +7,8 @@ budget) one after the other, so that neither disturbs the other's timings. Run i
 otherwise idle machine: other jobs sharing the cores slow PyTorch's threads far more than
 their share.
 
-Run: ``.venv/bin/python benchmarks/run_all.py [--quick]``
+Run: ``.venv/bin/python benchmarks/run_all.py [--quick] [--device cuda]``; on a lent GPU
+machine, ``bash benchmarks/gpu_check.sh`` (see there).
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="one repeat of everything (about half the time)"
     )
+    parser.add_argument("--device", default="cpu", help="cpu (CPU presets) or cuda (GPU presets)")
     args = parser.parse_args()
     repeats = "1" if args.quick else "2"
-    run("bench_embedding.py", "--repeats", repeats)
-    run("bench_train.py", "--repeats", repeats)
+    run("bench_embedding.py", "--device", args.device, "--repeats", repeats)
+    run("bench_train.py", "--device", args.device, "--repeats", repeats)
 
 
 if __name__ == "__main__":

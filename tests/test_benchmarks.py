@@ -1,0 +1,83 @@
+"""The benchmarks' device handling and configurations (they run on a GPU only where one is lent,
+so their shared code paths are checked here, on the CPU)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import bench_device  # noqa: E402
+import bench_train  # noqa: E402
+
+from napari_samtune.core.architectures import ARCHITECTURES  # noqa: E402
+from napari_samtune.core.presets import PRESETS  # noqa: E402
+
+
+def test_gpu_configurations_are_every_model_of_the_8_16_32_gb_gpu_presets():
+    expected = {
+        f"{p.key}:{s.model}": s
+        for p in PRESETS
+        if p.device == "cuda" and p.memory_gb <= 32
+        for s in p.settings
+    }
+    configs = bench_train.configurations("cuda")
+    assert set(configs) == set(expected)
+    assert {c.preset for c in configs.values()} == {"gtx1080", "rtx5000", "v100"}
+    for name, model_setting in expected.items():
+        assert bench_train.setting(name) == model_setting
+    frozen = [n for n in configs if "image_encoder" in bench_train.setting(n).freeze]
+    assert frozen == ["gtx1080:vit_b"]  # its epochs are compared like cpu-8gb's
+
+
+def test_cpu_configurations_are_the_cpu_presets_settings():
+    for name, config in bench_train.configurations("cpu").items():
+        preset = next(p for p in PRESETS if p.key == config.preset)
+        assert preset.device == "cpu"
+        assert bench_train.setting(name) == preset.setting_for(ARCHITECTURES[config.model])
+
+
+def test_cpu_peak_memory_follows_what_the_process_touches():
+    # in a fresh process: this one's peak may already be far above what it holds now
+    code = (
+        "import numpy as np, bench_device as d; before = d.peak_memory_mb('cpu'); "
+        "block = np.ones(300 * 2**20, dtype=np.uint8); print(before, d.peak_memory_mb('cpu'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=BENCHMARKS, capture_output=True, text=True, check=True
+    )
+    before, after = map(float, done.stdout.split())
+    assert before > 10  # the interpreter and torch
+    assert after >= before + 250  # 300 MiB, every page written
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    with pytest.raises(SystemExit, match="no CUDA GPU; use --device cpu"):
+        bench_device.resolve("cuda")
+
+
+def test_unknown_device_and_configuration_are_refused(capsys):
+    with pytest.raises(SystemExit, match="'cpu' or 'cuda'"):
+        bench_device.resolve("meta")
+    with pytest.raises(SystemExit):
+        bench_train.parse_args(["--only", "gtx1080:vit_t"])  # a GPU configuration, on cpu
+    assert "on cpu the configurations are" in capsys.readouterr().err
+    args = bench_train.parse_args([])
+    assert (args.device, args.threads) == ("cpu", 2)
+    assert args.only == list(bench_train.CONFIGS)
+
+
+def test_stock_and_fast_loops_run_on_the_device_they_are_given():
+    """The frozen-encoder configuration end to end on the CPU, as a GPU run does it."""
+    stock = bench_train.measure_stock("vit_t_frozen", 1, "cpu")
+    assert len(stock["step_s"]) == 1 and stock["step_s"][0] > 0
+    fast = bench_train.measure_fast("vit_t_frozen", "fast", 1, 1, "cpu")
+    assert len(fast["epoch_train_s"]) == 3 and len(fast["cached_step_s"]) == 2
+    assert min(stock["peak_mb"], fast["peak_mb"]) > 100
