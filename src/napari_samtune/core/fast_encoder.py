@@ -38,8 +38,9 @@ def _rel_pos_codes(size_h: int, size_w: int, dtype: torch.dtype, device: torch.d
     rows = torch.arange(size_h, device=device).repeat_interleave(size_w)
     cols = torch.arange(size_w, device=device).repeat(size_h)
     codes = torch.zeros(size_h * size_w, size_h + size_w, dtype=dtype, device=device)
-    codes[torch.arange(size_h * size_w), rows] = 1
-    codes[torch.arange(size_h * size_w), size_h + cols] = 1
+    keys = torch.arange(size_h * size_w, device=device)
+    codes[keys, rows] = 1
+    codes[keys, size_h + cols] = 1
     return codes
 
 
