@@ -81,3 +81,26 @@ def test_stock_and_fast_loops_run_on_the_device_they_are_given():
     fast = bench_train.measure_fast("vit_t_frozen", "fast", 1, 1, "cpu")
     assert len(fast["epoch_train_s"]) == 3 and len(fast["cached_step_s"]) == 2
     assert min(stock["peak_mb"], fast["peak_mb"]) > 100
+
+
+def test_embedding_benchmark_alternates_children_and_keeps_the_best(monkeypatch):
+    import bench_embedding
+
+    stock_s, fast_s = iter([10.0, 8.0]), iter([4.0, 5.0])
+    calls = []
+
+    def fake_child(kind, name, device):
+        calls.append(kind)
+        if kind == "stock":
+            return {"seconds": next(stock_s), "flops": 1e12}
+        seconds = next(fast_s)
+        return {"seconds": seconds, "flops": 9e11, "min_iou": seconds / 5, "prompt_ms": seconds,
+                "precision": "fp32"}  # fmt: skip
+
+    monkeypatch.setattr(bench_embedding, "run_child", fake_child)
+    stock, fast, ratios = bench_embedding.collect(["vit_t"], 2, torch.device("cpu"))
+    assert calls == ["stock", "fast", "stock", "fast"]  # alternating: drift slows both alike
+    assert stock["vit_t"] == (1e12, 8.0)
+    assert fast["vit_t"]["seconds"] == 4.0
+    assert fast["vit_t"]["prompt_ms"] == 4.0 and fast["vit_t"]["min_iou"] == 0.8  # over all runs
+    assert ratios["vit_t"] == [2.5, 1.6]  # each adjacent pair
