@@ -11,6 +11,7 @@ import pytest
 import torch
 from segment_anything.modeling import ImageEncoderViT
 
+import napari_samtune.core.trainer as trainer_module
 from napari_samtune.core.architectures import TINY, build_sam
 from napari_samtune.core.checkpoints import CHECKPOINT_FORMAT
 from napari_samtune.core.losses import dice_loss, mask_iou, sam_loss
@@ -228,6 +229,53 @@ def test_bf16_batches_and_gradient_accumulation(tmp_path, data):
     assert events[0].steps_per_epoch == 2 and events[0].config.mixed_precision == "bf16"
     steps = [e for e in events if isinstance(e, StepDone)]
     assert len(steps) == 2 and all(np.isfinite(s.loss) for s in steps)
+
+
+def _fp16_like_an_older_gpu(monkeypatch, init_scale: float = 2.0**16) -> None:
+    """Make the trainer take the fp16 + GradScaler path that "auto" picks on GPUs without
+    bf16 (GTX 1080, RTX 5000, V100), here on the CPU."""
+    monkeypatch.setattr(trainer_module, "resolve_precision", lambda mode, device: "fp16")
+    scaler = torch.amp.GradScaler
+    monkeypatch.setattr(
+        torch.amp, "GradScaler", lambda device: scaler(device, init_scale=init_scale)
+    )
+
+
+def test_fp16_grad_scaler_state_is_checkpointed_and_resumed(tmp_path, data, monkeypatch):
+    _fp16_like_an_older_gpu(monkeypatch)
+    config = _config()
+    straight = train(config, *data, out_dir=tmp_path / "straight")
+    stop, events = threading.Event(), []
+    for event in iter_train(config, *data, out_dir=tmp_path / "part", stop_event=stop):
+        events.append(event)
+        if isinstance(event, StepDone) and event.step == 2:
+            stop.set()
+    assert events[0].config.mixed_precision == "fp16"
+    part = torch.load(events[-1].last_checkpoint_path, map_location="cpu", weights_only=True)
+    assert part["scaler_state"]["_growth_tracker"] == 2  # two unscaled, finite steps
+    last = events[-1].last_checkpoint_path
+    resumed = train(config, *data, out_dir=tmp_path / "resumed", resume_from=last)
+    end = [
+        torch.load(f.last_checkpoint_path, map_location="cpu", weights_only=True)
+        for f in (straight, resumed)
+    ]
+    assert end[0]["scaler_state"] == end[1]["scaler_state"]
+    assert end[1]["scaler_state"]["_growth_tracker"] == 6  # continued from the checkpoint
+    a, b = end[0]["model_state"], end[1]["model_state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fp16_steps_whose_gradients_overflow_leave_the_weights_untouched(
+    tmp_path, data, monkeypatch
+):
+    _fp16_like_an_older_gpu(monkeypatch, init_scale=2.0**60)  # every fp16 gradient overflows
+    config = _config(epochs=1)
+    finished = train(config, *data, out_dir=tmp_path / "overflow")
+    checkpoint = torch.load(finished.last_checkpoint_path, map_location="cpu", weights_only=True)
+    assert checkpoint["scaler_state"]["scale"] == 2.0**57  # backed off once per skipped step
+    initial = load_base_model(config.model, seed=config.seed)[0].state_dict()
+    state = checkpoint["model_state"]
+    assert all(torch.equal(state[k], initial[k]) for k in initial)
 
 
 def test_fused_attention_trains_like_the_stock_attention(tmp_path, data):

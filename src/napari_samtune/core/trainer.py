@@ -160,7 +160,7 @@ class Trainer:
 
     def _setup_optimizer(self, checkpoint: dict | None) -> None:
         self.optimizer, self.scheduler = make_optimizer(self.params, self.config)
-        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.progress = Progress()
         if checkpoint is None:
             return
