@@ -257,15 +257,30 @@ def test_a_prediction_carries_what_refinement_needs(tiny_sam, image):
     assert isinstance(prediction.score, float) and prediction.tile == 0
 
 
-def test_bf16_embeddings_stay_close_to_fp32_and_are_cached_apart(sensitive_sam, image, tmp_path):
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])  # fp16: GPUs without bf16
+def test_low_precision_embeddings_stay_close_to_fp32_and_are_cached_apart(
+    sensitive_sam, image, tmp_path, precision
+):
     fp32 = Segmenter(sensitive_sam, model_id="tiny", cache_dir=tmp_path, precision="fp32")
-    bf16 = Segmenter(sensitive_sam, model_id="tiny", cache_dir=tmp_path, precision="bf16")
+    low_seg = Segmenter(sensitive_sam, model_id="tiny", cache_dir=tmp_path, precision=precision)
     fp32.set_image(image)
-    bf16.set_image(image)
-    reference, low = fp32.features(0).flatten(), bf16.features(0).flatten()
+    low_seg.set_image(image)
+    reference, low = fp32.features(0).flatten(), low_seg.features(0).flatten()
     assert not torch.equal(reference, low)  # really a different path, not a cache hit
     assert torch.nn.functional.cosine_similarity(reference, low, dim=0) > 0.999
     assert len(list(tmp_path.rglob("*.pt"))) == 2
+
+
+def test_fp16_masks_match_fp32(sensitive_sam, image):
+    """fp16 embeddings (what "auto" picks on GPUs without bf16) give the fp32 masks."""
+    fp32 = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False, precision="fp32")
+    fp16 = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False, precision="fp16")
+    assert fp16.compute_dtype is torch.float16
+    fp32.set_image(image)
+    fp16.set_image(image)
+    for prompt in (BOX, POINT, BOX_AND_POINTS):
+        mask, expected = fp16.predict(**prompt).mask, fp32.predict(**prompt).mask
+        assert expected.any() and (mask & expected).sum() / (mask | expected).sum() > 0.98
 
 
 def test_decoder_tokens_are_kept_for_a_few_tiles_only(tiny_sam):
