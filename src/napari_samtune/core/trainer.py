@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from napari_samtune.core import distributed as ddp
-from napari_samtune.core.accelerate import tune_cpu_allocator, use_fast_paths
+from napari_samtune.core.accelerate import training_heap, use_fast_paths
 from napari_samtune.core.checkpoints import atomic_write
 from napari_samtune.core.data import (
     ImageLabelPair,
@@ -130,10 +130,10 @@ class Trainer:
             mixed_precision=self.precision,
             device=str(self.device),
         )
-        if self.config.fast_attention:  # swaps module classes only: state dict unchanged
+        # fast paths swap module classes only: the state dict is unchanged
+        self.tunes_heap = self.config.fast_attention and self.device.type == "cpu"
+        if self.config.fast_attention:
             use_fast_paths(sam)
-            if self.device.type == "cpu":
-                tune_cpu_allocator()
         self.sam, self.arch = sam.to(self.device), arch
         self.params = set_trainable(self.sam, self.config)
         c = self.config
@@ -174,15 +174,16 @@ class Trainer:
     # -- the run ---------------------------------------------------------------------------
 
     def run(self) -> Iterator[TrainEvent]:
-        yield self._started()
-        while self.progress.epoch < self.config.epochs:
-            yield from self._train_epoch()
-            if self.stopped_by_user:
-                break
-            yield self._end_epoch()
-            if self.stopped_early:
-                break
-        yield self._finish()
+        with training_heap() if self.tunes_heap else nullcontext():
+            yield self._started()
+            while self.progress.epoch < self.config.epochs:
+                yield from self._train_epoch()
+                if self.stopped_by_user:
+                    break
+                yield self._end_epoch()
+                if self.stopped_early:
+                    break
+            yield self._finish()
 
     def _check_out_dir(self, resume_from: str | Path | None) -> None:
         """A new run never writes over an earlier run's checkpoints."""
