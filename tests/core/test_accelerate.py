@@ -1,7 +1,3 @@
-import platform
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -11,7 +7,6 @@ from napari_samtune.core.accelerate import (
     autocast_dtype,
     bf16_speedup,
     cpu_has_fast_bf16,
-    tune_cpu_allocator,
     use_fast_paths,
 )
 from napari_samtune.core.architectures import TINY, build_sam
@@ -327,58 +322,3 @@ def test_use_fast_paths_switches_encoder_and_decoder_and_keeps_the_weights():
     kinds = {type(m) for m in model.modules()}
     assert FastRelPosAttention in kinds and FastConvTranspose2x2 in kinds
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
-
-
-@pytest.mark.skipif(
-    sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only"
-)
-def test_allocator_tuning_is_accepted_by_glibc():
-    assert tune_cpu_allocator() is True  # False if glibc refused either threshold
-
-
-HEAP_SCRIPT = """
-import ctypes
-from napari_samtune.core.accelerate import training_heap, tune_cpu_allocator
-
-libc = ctypes.CDLL("libc.so.6")
-libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
-libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
-BLOCK = 100 * 2**20  # under the 256 MiB mmap threshold: from the heap, as tensors are
-
-def rss_mib():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
-
-def freed_blocks_kept():
-    blocks = [libc.malloc(BLOCK) for _ in range(6)]
-    for block in blocks:
-        libc.memset(block, 1, BLOCK)
-    before = rss_mib()
-    for block in reversed(blocks):
-        libc.free(block)
-    return before - rss_mib() < 100  # True: the 600 MiB freed stayed in the heap
-
-tune_cpu_allocator()
-results = [freed_blocks_kept()]
-with training_heap() as done:
-    with training_heap():
-        pass
-    results.append(freed_blocks_kept())  # still inside the outer training
-    inside = rss_mib()
-results.append(inside - rss_mib() > 400)  # handed back when the last training ended
-print(done, *results)
-"""
-
-
-@pytest.mark.skipif(
-    sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only"
-)
-def test_training_keeps_freed_heap_for_reuse_and_returns_it_afterwards():
-    done = subprocess.run(
-        [sys.executable, "-c", HEAP_SCRIPT], capture_output=True, text=True, check=True
-    )
-    in_context, kept_before, kept_inside, returned_after = done.stdout.split()
-    assert in_context == "True"
-    assert kept_before == "False"  # the inference setting trims 600 MiB of free heap
-    assert kept_inside == "True"  # training keeps it for the next step
-    assert returned_after == "True"

@@ -1,17 +1,14 @@
-"""Precision and allocator choices for fast CPU/GPU compute, and the switch to every fast path.
+"""Precision choices for fast CPU/GPU compute, and the switch to every fast path.
 
 The fast modules themselves live in :mod:`napari_samtune.core.fast_encoder` and
-:mod:`napari_samtune.core.fast_decoder`.
+:mod:`napari_samtune.core.fast_decoder`; the CPU allocator's settings in
+:mod:`napari_samtune.core.heap`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
-import platform
-import sys
-import threading
 import time
 from collections.abc import Iterator
 
@@ -96,76 +93,6 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
         return
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield
-
-
-_MIB = 1 << 20
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
-TRIM_MIB = 256  # free heap kept for reuse (1 GiB measured no faster for inference; 64 slower)
-TRAINING_TRIM_MIB = 2047  # while training (mallopt takes an int: just under 2 GiB)
-
-
-@functools.cache
-def _glibc() -> ctypes.CDLL | None:
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
-        return None
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
-@functools.cache
-def tune_cpu_allocator() -> bool:
-    """Let glibc keep large freed blocks for reuse instead of unmapping them; once per process.
-
-    By default glibc serves every block over 128 KiB (adaptively up to 32 MiB) with a fresh
-    ``mmap`` and unmaps it on free, so every large tensor of every layer pays page faults on
-    first touch (PyTorch's CPU tuning guide swaps in jemalloc/tcmalloc for the same reason).
-    Raising the mmap and trim thresholds keeps them in the heap: SAM's prompt decoding went
-    from 24 to 17 ms and its encoders ran 10-15% faster on a 2-core CPU. Peak memory is
-    unchanged; freed memory is returned to the system less eagerly. Returns False where this
-    is not glibc (nothing done) or glibc refused a setting.
-    """
-    libc = _glibc()
-    if libc is None:
-        return False
-    # 256 MiB covers vit_t's 33 MB first-stage activations and the decoder's batched masks
-    # (vit_t encoder 13% faster than with 32 MiB); older glibc caps the threshold at 32 MiB
-    mmap_ok = any(libc.mallopt(M_MMAP_THRESHOLD, mib * _MIB) == 1 for mib in (256, 32))
-    trim_ok = libc.mallopt(M_TRIM_THRESHOLD, TRIM_MIB * _MIB) == 1
-    return mmap_ok and trim_ok
-
-
-_training_heaps = 0  # trainings running in this process (the setting is process-wide)
-_training_heaps_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def training_heap() -> Iterator[bool]:
-    """While training on the CPU, keep up to ~2 GiB of freed heap for reuse (yields whether set).
-
-    A training step's decoder allocates its tensors above the encoder's saved activations;
-    with the inference setting (:data:`TRIM_MIB`) glibc handed them back to the system after
-    every step and the next step faulted them in again: ViT-B with 10 objects took ~400k page
-    faults per step, its decoder 2.7 + 2.6 s (forward + backward) instead of 1.0 + 1.2 s.
-    Afterwards the inference setting returns and the surplus goes back (``malloc_trim``).
-    """
-    global _training_heaps
-    libc = _glibc() if tune_cpu_allocator() else None
-    if libc is None:
-        yield False
-        return
-    with _training_heaps_lock:
-        _training_heaps += 1
-        done = libc.mallopt(M_TRIM_THRESHOLD, TRAINING_TRIM_MIB * _MIB) == 1
-    try:
-        yield done
-    finally:
-        with _training_heaps_lock:
-            _training_heaps -= 1
-            if _training_heaps == 0:
-                libc.mallopt(M_TRIM_THRESHOLD, TRIM_MIB * _MIB)
-                libc.malloc_trim(0)
 
 
 def use_fast_paths(model: torch.nn.Module) -> torch.nn.Module:

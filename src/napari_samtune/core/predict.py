@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
-from napari_samtune.core.accelerate import autocast_dtype, tune_cpu_allocator, use_fast_paths
+from napari_samtune.core.accelerate import autocast_dtype, use_fast_paths
 from napari_samtune.core.devices import resolve_device
 from napari_samtune.core.embeddings import (
     OVERVIEW,
@@ -38,6 +38,7 @@ from napari_samtune.core.embeddings import (
     image_digest,
 )
 from napari_samtune.core.fast_decoder import DecoderImage, decode_prompts, decoder_image
+from napari_samtune.core.heap import tune_cpu_allocator
 from napari_samtune.core.images import to_sam_rgb
 from napari_samtune.core.models import state_dict_digest
 from napari_samtune.core.prompt_checks import (
@@ -83,7 +84,7 @@ class Segmenter:
             :func:`~napari_samtune.core.fast_decoder.decode_prompts`. The encoder's
             attention always runs through the fused paths of ``core.fast_encoder`` (same
             math; the model's modules are switched in place). On CPU this also tunes the
-            process's allocator once (``accelerate.tune_cpu_allocator``).
+            process's allocator once (``heap.tune_cpu_allocator``).
     """
 
     batch_size = 16  # prompts decoded (and upscaled) at once in batched calls

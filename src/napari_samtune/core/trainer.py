@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from napari_samtune.core import distributed as ddp
-from napari_samtune.core.accelerate import training_heap, use_fast_paths
+from napari_samtune.core.accelerate import use_fast_paths
 from napari_samtune.core.checkpoints import atomic_write
 from napari_samtune.core.data import (
     ImageLabelPair,
@@ -33,6 +33,7 @@ from napari_samtune.core.data import (
     tile_patches,
 )
 from napari_samtune.core.fast_encoder import encode
+from napari_samtune.core.heap import keep_freed_memory
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train_checkpoints import (
     check_resumable,
@@ -174,7 +175,7 @@ class Trainer:
     # -- the run ---------------------------------------------------------------------------
 
     def run(self) -> Iterator[TrainEvent]:
-        with training_heap() if self.tunes_heap else nullcontext():
+        with keep_freed_memory() if self.tunes_heap else nullcontext():
             yield self._started()
             while self.progress.epoch < self.config.epochs:
                 yield from self._train_epoch()
