@@ -7,9 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from napari_samtune.core import automatic
+from napari_samtune.core import automatic, heap, predict
 from napari_samtune.core.heap import tune_cpu_allocator
-from napari_samtune.core.predict import Segmenter
 
 glibc_only = pytest.mark.skipif(
     sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only"
@@ -86,16 +85,21 @@ def test_batch_work_keeps_freed_memory_for_reuse_and_returns_it_afterwards():
     assert interactive_again == [True, False]
 
 
-def test_automatic_segmentation_on_the_cpu_keeps_freed_memory(tiny_sam, monkeypatch):
+def test_batched_decoding_on_the_cpu_keeps_freed_memory(tiny_sam, monkeypatch):
+    """Automatic segmentation and one object per box or point: the settings for batch work
+    are on while they decode, and off again afterwards."""
     entered = []
-    original = automatic.keep_freed_memory
+    original = predict.keep_freed_memory
 
     def recording():
         entered.append(True)
         return original()
 
-    monkeypatch.setattr(automatic, "keep_freed_memory", recording)
-    segmenter = Segmenter(tiny_sam, model_id="tiny", use_disk_cache=False)
+    monkeypatch.setattr(predict, "keep_freed_memory", recording)
+    segmenter = predict.Segmenter(tiny_sam, model_id="tiny", use_disk_cache=False)
     segmenter.set_image(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
     segmenter.segment_all(automatic.AutoSegmentConfig(points_per_side=4))
-    assert entered == [True]
+    segmenter.predict_boxes(np.array([[5.0, 5.0, 30.0, 30.0], [20.0, 20.0, 60.0, 50.0]]))
+    segmenter.predict_points_batched(np.array([[10.0, 12.0], [40.0, 30.0]]))
+    assert entered == [True, True, True]
+    assert heap._batch_work == 0

@@ -21,7 +21,6 @@ when more than ``max_overlap`` of it was already claimed or fewer than
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -35,7 +34,6 @@ from segment_anything.utils.amg import (
 from torchvision.ops import batched_nms
 
 from napari_samtune.core.embeddings import ProgressCallback, Tile, TileGrid
-from napari_samtune.core.heap import keep_freed_memory
 
 if TYPE_CHECKING:
     from napari_samtune.core.predict import Segmenter
@@ -228,8 +226,7 @@ def segment_automatic(
     """
     grid = segmenter.grid
     n_tiles = len(grid.tiles)
-    on_cpu = segmenter.model.device.type == "cpu"
-    with torch.inference_mode(), keep_freed_memory() if on_cpu else nullcontext():
+    with torch.inference_mode(), segmenter.batch_memory():
         parts = []
         for view in range(n_tiles):
             parts.append(owned_by_tile(tile_candidates(segmenter, view, config), grid, view))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,7 +39,7 @@ from napari_samtune.core.embeddings import (
     image_digest,
 )
 from napari_samtune.core.fast_decoder import DecoderImage, decode_prompts, decoder_image
-from napari_samtune.core.heap import tune_cpu_allocator
+from napari_samtune.core.heap import keep_freed_memory, tune_cpu_allocator
 from napari_samtune.core.images import to_sam_rgb
 from napari_samtune.core.models import state_dict_digest
 from napari_samtune.core.prompt_checks import (
@@ -365,11 +366,21 @@ class Segmenter:
         return painter.labels
 
     def _batches_by_view(self, views: np.ndarray):
-        """Yield (view, prompt indices) in chunks of ``batch_size``, grouped by view."""
-        for view in np.unique(views):
-            indices = np.flatnonzero(views == view)
-            for start in range(0, len(indices), self.batch_size):
-                yield int(view), indices[start : start + self.batch_size]
+        """Yield (view, prompt indices) in chunks of ``batch_size``, grouped by view, with
+        the allocator set for batch work meanwhile."""
+        with self.batch_memory():
+            for view in np.unique(views):
+                indices = np.flatnonzero(views == view)
+                for start in range(0, len(indices), self.batch_size):
+                    yield int(view), indices[start : start + self.batch_size]
+
+    def batch_memory(self) -> AbstractContextManager:
+        """Allocator settings for batched decoding: :func:`.heap.keep_freed_memory` on the CPU.
+
+        200 boxes on a 1024 px image with vit_t: 4.1-4.2 s and 1.2M page faults before, 3.1-3.2
+        s and 49k with it.
+        """
+        return keep_freed_memory() if self.model.device.type == "cpu" else nullcontext()
 
     def segment_all(
         self,
