@@ -84,9 +84,9 @@ def keep_freed_memory() -> Iterator[bool]:
     faulted it in again: ViT-B with 10 objects took ~400k page faults per step, its decoder
     2.7 + 2.6 s (forward + backward) instead of 1.0 + 1.2 s. Automatic segmentation decodes 64
     prompts at a time (268 MB per image-sized tensor, above the interactive mmap threshold):
-    8.4M page faults and 21 s for a 1024 px image with vit_t, 0.24M and 15.6 s with these
-    settings. When the last such job ends the interactive settings return and the surplus is
-    handed back.
+    8.4M page faults and 22.7-22.9 s for a 1024 px image with vit_t, 0.4-0.5M and 16.8-18.1 s
+    with these settings. When the last such job ends the interactive settings return and the
+    surplus is handed back.
     """
     global _batch_work
     if not tune_cpu_allocator():
