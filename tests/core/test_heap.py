@@ -86,8 +86,8 @@ def test_batch_work_keeps_freed_memory_for_reuse_and_returns_it_afterwards():
 
 
 def test_batched_decoding_on_the_cpu_keeps_freed_memory(tiny_sam, monkeypatch):
-    """Automatic segmentation and one object per box or point: the settings for batch work
-    are on while they decode, and off again afterwards."""
+    """Automatic segmentation, and one object per box or point over several chunks: the
+    settings for batch work are on while they decode, and off again afterwards."""
     entered = []
     original = predict.keep_freed_memory
 
@@ -99,7 +99,13 @@ def test_batched_decoding_on_the_cpu_keeps_freed_memory(tiny_sam, monkeypatch):
     segmenter = predict.Segmenter(tiny_sam, model_id="tiny", use_disk_cache=False)
     segmenter.set_image(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
     segmenter.segment_all(automatic.AutoSegmentConfig(points_per_side=4))
-    segmenter.predict_boxes(np.array([[5.0, 5.0, 30.0, 30.0], [20.0, 20.0, 60.0, 50.0]]))
-    segmenter.predict_points_batched(np.array([[10.0, 12.0], [40.0, 30.0]]))
+    boxes = np.array([[5.0, 5.0, 30.0, 30.0], [20.0, 20.0, 60.0, 50.0]])
+    points = np.array([[10.0, 12.0], [40.0, 30.0]])
+    segmenter.predict_boxes(boxes)  # one chunk: interactive settings kept (switching costs)
+    segmenter.predict_points_batched(points)
+    assert entered == [True]
+    segmenter.batch_size = 1  # now two chunks each
+    segmenter.predict_boxes(boxes)
+    segmenter.predict_points_batched(points)
     assert entered == [True, True, True]
     assert heap._batch_work == 0

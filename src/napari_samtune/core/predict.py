@@ -366,9 +366,11 @@ class Segmenter:
         return painter.labels
 
     def _batches_by_view(self, views: np.ndarray):
-        """Yield (view, prompt indices) in chunks of ``batch_size``, grouped by view, with
-        the allocator set for batch work meanwhile."""
-        with self.batch_memory():
+        """Yield (view, prompt indices) in chunks of ``batch_size``, grouped by view; with the
+        allocator set for batch work meanwhile where there is more than one chunk (for one,
+        the settings' switch and the final trim cost more than they save: 2 boxes took 43
+        instead of 28 ms, and the next prompt 20 instead of 14 ms)."""
+        with self.batch_memory() if len(views) > self.batch_size else nullcontext():
             for view in np.unique(views):
                 indices = np.flatnonzero(views == view)
                 for start in range(0, len(indices), self.batch_size):
