@@ -131,9 +131,7 @@ class Trainer:
             mixed_precision=self.precision,
             device=str(self.device),
         )
-        # fast paths swap module classes only: the state dict is unchanged
-        self.tunes_heap = self.config.fast_attention and self.device.type == "cpu"
-        if self.config.fast_attention:
+        if self.config.fast_attention:  # swaps module classes only: state dict unchanged
             use_fast_paths(sam)
         self.sam, self.arch = sam.to(self.device), arch
         self.params = set_trainable(self.sam, self.config)
@@ -175,7 +173,8 @@ class Trainer:
     # -- the run ---------------------------------------------------------------------------
 
     def run(self) -> Iterator[TrainEvent]:
-        with keep_freed_memory() if self.tunes_heap else nullcontext():
+        on_cpu_fast = self.config.fast_attention and self.device.type == "cpu"
+        with keep_freed_memory() if on_cpu_fast else nullcontext():
             yield self._started()
             while self.progress.epoch < self.config.epochs:
                 yield from self._train_epoch()
