@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from napari_samtune.core import accelerate, fast_encoder, rel_pos_attention
+from napari_samtune.core import accelerate, fast_decoder, fast_encoder, rel_pos_attention
 from napari_samtune.core.accelerate import (
     autocast,
     autocast_dtype,
@@ -189,13 +189,17 @@ def test_other_transposed_convolutions_are_left_alone():
 
 
 def _decoder_sam():
-    """TINY with non-trivial decoder weights (the random init gives near-zero logits)."""
+    """TINY with non-trivial decoder weights (the random init gives near-zero logits, and
+    layer norms that scale by one and shift by zero)."""
     torch.manual_seed(0)
     sam = build_sam(TINY)
     for module in sam.mask_decoder.modules():
         if isinstance(module, torch.nn.Linear):
             torch.nn.init.normal_(module.weight, std=module.in_features**-0.5)
             torch.nn.init.normal_(module.bias, std=0.1)
+        elif isinstance(module, torch.nn.LayerNorm):
+            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+            torch.nn.init.normal_(module.bias, std=0.2)
     return sam.train()
 
 
@@ -257,13 +261,23 @@ def _assert_close_to_scale(actual, expected, name="", tolerance=1e-4):
 @pytest.mark.parametrize("n_objects", [1, 3])
 @pytest.mark.parametrize("multimask", [False, True])
 @pytest.mark.parametrize("kind", ["points first pass", "boxes first pass", "everything"])
-def test_inference_decoding_with_a_projected_first_layer_matches_stock(kind, multimask, n_objects):
+def test_inference_decoding_with_a_projected_first_layer_matches_stock(
+    kind, multimask, n_objects, monkeypatch
+):
     """Without gradients: the image's first-layer projections (skipped when there is a mask
-    input), only the picked masks' tokens and MLPs. (16 x 16 tokens: one upscaling chunk;
-    chunks are tested below.)"""
+    input), only the picked masks' tokens and MLPs, the low-rank first upscaling product
+    (without a mask input; 16 x 16 tokens in uneven chunks of 100)."""
     sam, prompts = _decoder_sam().eval(), _prompts(kind, n_objects)
     prompts = prompts[:-1] + (multimask,)
     embedding = torch.randn(1, TINY.prompt_embed_dim, 16, 16)
+    monkeypatch.setattr(fast_decoder, "UPSCALE_CHUNK_TOKENS", 100)
+    low_rank_chunks = []
+    product = fast_decoder._UpscalingInput.product
+    monkeypatch.setattr(
+        fast_decoder._UpscalingInput,
+        "product",
+        lambda self, *span: low_rank_chunks.append(span) or product(self, *span),
+    )
     with torch.no_grad():
         stock_logits, stock_iou = decode(sam, embedding, *prompts)
         image = decoder_image(sam, embedding, project_first_layer=True)
@@ -271,6 +285,8 @@ def test_inference_decoding_with_a_projected_first_layer_matches_stock(kind, mul
         heads, head_dim = attention.num_heads, attention.internal_dim // attention.num_heads
         assert image.first_layer.keys.shape == (heads, head_dim, 16 * 16)
         logits, iou = decode_prompts(sam, image, *prompts)
+    mask_input = prompts[3]
+    assert low_rank_chunks == ([] if mask_input is not None else [(0, 100), (100, 200), (200, 300)])
     assert logits.shape == stock_logits.shape == (n_objects, 3 if multimask else 1, 64, 64)
     assert stock_logits.std() > 0.05
     _assert_close_to_scale(logits, stock_logits)
@@ -322,3 +338,14 @@ def test_use_fast_paths_switches_encoder_and_decoder_and_keeps_the_weights():
     kinds = {type(m) for m in model.modules()}
     assert FastRelPosAttention in kinds and FastConvTranspose2x2 in kinds
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_low_precision_images_keep_the_plain_first_upscaling_product():
+    """The low-rank product subtracts per-token means from larger terms: float32 only."""
+    sam = _decoder_sam().eval()
+    embedding = torch.randn(1, TINY.prompt_embed_dim, 16, 16)
+    with torch.no_grad():
+        assert decoder_image(sam, embedding, project_first_layer=True).first_layer.upscaling
+        with autocast(torch.device("cpu"), torch.bfloat16):
+            image = decoder_image(sam, embedding, project_first_layer=True)
+    assert image.first_layer is not None and image.first_layer.upscaling is None

@@ -8,7 +8,7 @@ for every pass of its iterative-prompt loop, the Segmenter for every prompt.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +69,13 @@ def use_fast_upscaling(model: torch.nn.Module) -> torch.nn.Module:
 # ones, with the same parameters and the same result up to rounding. The upscaling runs on
 # the tokens in sub-pixel order (both 2x2 transposed convolutions are matrix products) and
 # is put into raster order only as the final logits.
+#
+# Without gradients, given the image's first-layer projections, the first upscaling product
+# skips most of its work too (:class:`_UpscalingInput`): each of the two layers changes the
+# image tokens by a rank-8T update and a layer norm, so their product with the (C x C)
+# upscaling weight is a per-token scale of the unchanged tokens' product (once per image)
+# plus an (N x R) @ (R x C) product per pass, R = 2 (8T + 2) - 1: 115 instead of 256
+# multiply-adds per token and output channel for one point.
 
 
 UPSCALE_CHUNK_TOKENS = 512  # ~3 MB of upscaling activations per chunk (no gradients)
@@ -83,12 +90,14 @@ class FirstLayerImage:
     the token -> image attention and their queries for the image -> token attention can be
     projected once per image. Each prompt pass then does (T x d x N) products per head
     instead of three (N x C x 8T) ones. Only worth it when the image has many prompts
-    (interactive use): for one pass the projections cost more than they save.
+    (interactive use): for one pass the projections cost more than they save. In float32
+    the tokens' first upscaling product is kept too (:class:`UpscalingBase`).
     """
 
     keys: torch.Tensor  # (heads, d, E*E) token -> image keys, transposed for q @ k
     values: torch.Tensor  # (heads, E*E, d) token -> image values
     queries: torch.Tensor  # (heads, d, E*E) image -> token queries, transposed
+    upscaling: UpscalingBase | None = None  # float32 only (None in low precision)
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,8 @@ def decoder_image(
         if project_first_layer:
             keys = tokens + sam.prompt_encoder.no_mask_embed.weight
             first = _first_layer_image(sam.mask_decoder.transformer.layers[0], keys, pe, dtype)
+            if dtype == torch.float32:  # low precision would lose the cancellations
+                first = replace(first, upscaling=UpscalingBase.of(sam.mask_decoder, keys))
     return DecoderImage(tokens, pe, embedding.shape[-1], dtype, first)
 
 
@@ -181,20 +192,28 @@ def decode_prompts(
     # MLPs get zero gradients as in the stock decoder (which makes all four masks) and
     # Adam treats them alike; without, only the picked ones
     used = list(range(decoder.num_mask_tokens)) if torch.is_grad_enabled() else picked
+    first = image.first_layer if mask_input is None else None
+    # the keys' updates, for the upscaling's low-rank first product (no gradients: no autograd
+    # graph for it)
+    updates = None if first is None or first.upscaling is None or torch.is_grad_enabled() else []
     queries, keys = _two_way_transformer(
         decoder.transformer,
         tokens,
         keys,
         image.pe,
         image.dtype,
-        image.first_layer if mask_input is None else None,
+        first,
         [0] + [1 + i for i in used],  # the IoU token and the used mask tokens
+        updates,
     )
     mlps = decoder.output_hypernetworks_mlps
     hyper = torch.stack([mlps[i](queries[:, 1 + j]) for j, i in enumerate(used)], dim=1)
     if len(used) > len(picked):
         hyper = hyper[:, picked]
-    logits = _upscaled_masks(decoder.output_upscaling, keys, hyper, image.size)
+    first_product = None if updates is None else _UpscalingInput.of(first.upscaling, updates)
+    logits = _upscaled_masks(
+        decoder.output_upscaling, keys, hyper, image.size, first_product=first_product
+    )
     iou = decoder.iou_prediction_head(queries[:, 0])[:, picked]
     return logits, iou.to(logits.dtype)
 
@@ -223,10 +242,13 @@ def _layer_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x.float(), norm.weight.shape, norm.weight, norm.bias, norm.eps)
 
 
-def _two_way_transformer(transformer, tokens, keys, key_pe, dtype, first, final_tokens):
+def _two_way_transformer(
+    transformer, tokens, keys, key_pe, dtype, first, final_tokens, updates=None
+):
     """``TwoWayTransformer.forward`` on (n, T, C) prompt tokens and (1 or n, N, C) float32
     image keys and positional encoding ``key_pe``; products run in ``dtype``. ``first``: the
     first layer's image-side projections of these ``keys``, if they were precomputed.
+    ``updates``: a list that gets each layer's :class:`_KeysUpdate`.
 
     Returns the queries of the ``final_tokens`` only (token indices; each token attends to
     the image on its own in the final attention, so the others' are not computed) and the
@@ -257,12 +279,20 @@ def _two_way_transformer(transformer, tokens, keys, key_pe, dtype, first, final_
         queries = layer.norm2(queries + attended)
         queries = layer.norm3(queries + layer.mlp(queries))
         if projected is None:
-            attended = _image_to_tokens(to_tokens, keys_pe, queries + tokens, queries)
+            probs, values = _image_to_tokens(to_tokens, keys_pe, queries + tokens, queries)
         else:
-            attended = _projected_image_to_tokens(
+            probs, values = _projected_image_to_tokens(
                 to_tokens, projected.queries, queries + tokens, queries
             )
-        keys = _layer_norm(layer.norm4, keys + attended)
+        keys = _add_mixed(keys, probs, values)
+        if updates is None:
+            keys = _layer_norm(layer.norm4, keys)
+        else:
+            norm = layer.norm4
+            keys, mean, rstd = torch.native_layer_norm(
+                keys, norm.weight.shape, norm.weight, norm.bias, norm.eps
+            )
+            updates.append(_KeysUpdate(probs, values, mean, rstd))
     low = keys.to(dtype)
     queries, tokens = queries[:, final_tokens], tokens[:, final_tokens]
     attended = _tokens_to_image(
@@ -300,7 +330,9 @@ def _tokens_to_image(attention, q_in, keys_pe, keys):
 
 
 def _image_to_tokens(attention, keys_pe, k_in, v_in):
-    """``Attention(q=keys_pe, k=k_in, v=v_in)``: (1 or n, N, C) image queries, (n, T, C) tokens.
+    """``Attention(q=keys_pe, k=k_in, v=v_in)``: (1 or n, N, C) image queries, (n, T, C)
+    tokens, as the (n, N, heads*T) softmax weights and (n, heads*T, C) values of
+    :func:`_mixed_values` (the output is ``probs @ values``).
 
     Scores: ``(W_q,h x + b_q,h) . k_h = x . (W_q,h^T k_h) + b_q,h . k_h``; output: the
     projection ``W_o`` folded into the values, ``sum_h,t p_h,t (W_o,h v_h,t)``.
@@ -314,19 +346,29 @@ def _image_to_tokens(attention, keys_pe, k_in, v_in):
     scores = _scores(keys_pe, q_k * scale) + (q_b * scale).reshape(n, -1, 1).to(q_k.dtype)
     # softmax over the T tokens: a middle axis here, which is far faster than a last axis of ~8
     probs = scores.view(n, heads, n_tokens, -1).softmax(dim=2).view(n, heads * n_tokens, -1)
-    return _mix_values(attention, probs.transpose(1, 2), v_in)
+    return probs.transpose(1, 2), _mixed_values(attention, v_in)
 
 
-def _mix_values(attention, probs, v_in):
-    """``sum_h,t p_h,t (W_o,h v_h,t) + b_o`` for (n, N, heads*T) softmax weights ``probs``
-    (columns head-major) and (n, T, C) value tokens ``v_in``: the output projection is
-    folded into the T values instead of applied to the N outputs."""
+def _mixed_values(attention, v_in):
+    """(n, heads*T, C) values ``W_o,h v_h,t + b_o / heads`` (head-major) of (n, T, C) value
+    tokens ``v_in``: ``probs @ values`` is the attention's output for (n, N, heads*T) softmax
+    weights. The output projection is folded into the T values instead of applied to the N
+    outputs, and so is its bias (each head's weights sum to one: ``b_o / heads`` on every
+    value adds ``b_o``)."""
     n, n_tokens, channels = v_in.shape
     heads, head_dim, _ = _heads(attention)
     v = attention.v_proj(v_in).view(n, n_tokens, heads, head_dim)
     w_o = attention.out_proj.weight.view(channels, heads, head_dim)
-    values = torch.einsum("nthd,chd->nhtc", v, w_o).reshape(n, heads * n_tokens, channels)
-    return torch.baddbmm(attention.out_proj.bias.view(1, 1, channels), probs, values)
+    values = torch.einsum("nthd,chd->nhtc", v, w_o) + attention.out_proj.bias / heads
+    return values.reshape(n, heads * n_tokens, channels)
+
+
+def _add_mixed(residual, probs, values):
+    """``residual + probs @ values``, the add fused into the product (except under autocast,
+    which would round the float32 ``residual`` to the compute dtype)."""
+    if torch.is_autocast_enabled(residual.device.type):
+        return residual + probs @ values
+    return torch.baddbmm(residual, probs, values)
 
 
 def _tokens_to_projected_image(attention, q_in, keys_t, values):
@@ -343,7 +385,7 @@ def _tokens_to_projected_image(attention, q_in, keys_t, values):
 
 def _projected_image_to_tokens(attention, queries_t, k_in, v_in):
     """``Attention(q=., k=k_in, v=v_in)`` for an image's projected (heads, d, N) queries and
-    (n, T, C) tokens; the output projection folded into the values (:func:`_mix_values`)."""
+    (n, T, C) tokens, as softmax weights and values (:func:`_image_to_tokens`)."""
     n, n_tokens, _ = k_in.shape
     heads, head_dim, scale = _heads(attention)
     k = attention.k_proj(k_in).view(n, n_tokens, heads, head_dim).permute(2, 0, 1, 3)
@@ -352,7 +394,7 @@ def _projected_image_to_tokens(attention, queries_t, k_in, v_in):
     # softmax over the T tokens (a middle axis); then (n, N, heads*T), a view for n = 1
     probs = scores.view(heads, n, n_tokens, -1).softmax(dim=2).transpose(0, 1)
     probs = probs.reshape(n, heads * n_tokens, -1).transpose(1, 2)
-    return _mix_values(attention, probs, v_in)
+    return probs, _mixed_values(attention, v_in)
 
 
 def _scores(image: torch.Tensor, small: torch.Tensor) -> torch.Tensor:
@@ -377,7 +419,12 @@ def _batched_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _upscaled_masks(
-    upscaling: torch.nn.Sequential, keys, hyper, side: int, chunk_tokens: int | None = None
+    upscaling: torch.nn.Sequential,
+    keys,
+    hyper,
+    side: int,
+    chunk_tokens: int | None = None,
+    first_product: _UpscalingInput | None = None,
 ) -> torch.Tensor:
     """Mask logits (n, k, 4E, 4E) from (n, E*E, C) image tokens and (n, k, C/8) mask weights.
 
@@ -385,23 +432,126 @@ def _upscaled_masks(
     product per token. Pixels stay grouped by token (sub-pixel order) up to the logits.
     Without gradients the tokens go through in chunks of ``chunk_tokens`` (default
     :data:`UPSCALE_CHUNK_TOKENS`), whose activations stay in the CPU's cache.
+    ``first_product``: the first convolution's output, which then replaces its product.
     """
     conv1, norm, act1, conv2, act2 = upscaling
     n, n_pixels = len(keys), keys.shape[1]
     c1, c2 = conv1.out_channels, conv2.out_channels
     if chunk_tokens is None:
         chunk_tokens = n_pixels if torch.is_grad_enabled() else UPSCALE_CHUNK_TOKENS
-    # output features ordered (a, b, channel): child (2i + a, 2j + b) of pixel (i, j)
-    weight1, bias1 = conv1.weight.permute(2, 3, 1, 0).reshape(4 * c1, -1), conv1.bias.repeat(4)
+    weight1, bias1 = _first_upscaling_weight(conv1)
     weight2 = conv2.weight.permute(2, 3, 1, 0).reshape(4 * c2, c1)
     bias2, hyper_t = conv2.bias.repeat(4), hyper.transpose(1, 2)
     parts = []
     for start in range(0, n_pixels, chunk_tokens):
-        x = F.linear(keys[:, start : start + chunk_tokens], weight1, bias1).view(n, -1, 4, c1)
-        x = act1(_layer_norm(norm, x))
+        stop = start + chunk_tokens
+        if first_product is None:
+            x = F.linear(keys[:, start:stop], weight1, bias1)
+        else:
+            x = first_product.product(start, stop)
+        x = act1(_layer_norm(norm, x.view(n, -1, 4, c1)))
         x = act2(F.linear(x, weight2, bias2).view(n, -1, c2))
         parts.append(x @ hyper_t.to(x.dtype))  # (n, chunk*16, k)
     logits = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
     # in (i, j, a, b, a2, b2) order
     logits = logits.view(n, side, side, 2, 2, 2, 2, -1).permute(0, 7, 1, 3, 5, 2, 4, 6)
     return logits.reshape(n, -1, 4 * side, 4 * side)
+
+
+@dataclass(frozen=True)
+class UpscalingBase:
+    """What the first upscaling product of a pass (:class:`_UpscalingInput`) needs of the
+    unchanged image tokens ``k_0`` and the decoder's weights, for L transformer layers.
+
+    ``D_l`` is the (C, K) first upscaling weight ``W^T`` (K = 4 C_up) with its input scaled by
+    the final-norm weights of layers l, l + 1, ..., L; ``b_l`` is layer l's final-norm bias.
+    """
+
+    tokens: torch.Tensor  # (1, N, K) k_0 D_1
+    weights: tuple[torch.Tensor, ...]  # D_l, (C, K) each
+    mean_rows: tuple[torch.Tensor, ...]  # -1 D_l (column sums), (1, 1, K) each
+    shift_rows: tuple[torch.Tensor, ...]  # b_l D_l+1 for l < L, (1, 1, K) each
+    bias: torch.Tensor  # (K,) b_L W^T + the convolution's bias
+
+    @classmethod
+    def of(cls, decoder, tokens: torch.Tensor) -> UpscalingBase:
+        """For (1, N, C) ``tokens`` (the embedding plus the no-mask embedding)."""
+        weight, bias = _first_upscaling_weight(decoder.output_upscaling[0])
+        norms = [layer.norm4 for layer in decoder.transformer.layers]
+        weights = [weight.T]  # D_L+1 = W^T, then D_L, ..., D_1
+        for norm in reversed(norms):
+            weights.insert(0, norm.weight[:, None] * weights[0])
+        shifts = [
+            (norm.bias @ d).view(1, 1, -1) for norm, d in zip(norms, weights[1:], strict=True)
+        ]
+        return cls(
+            tokens @ weights[0],
+            tuple(weights[:-1]),
+            tuple(-d.sum(0).view(1, 1, -1) for d in weights[:-1]),
+            tuple(shifts[:-1]),
+            bias + shifts[-1].view(-1),
+        )
+
+
+def _first_upscaling_weight(conv1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first 2x2 transposed convolution as a (4 C_out, C_in) linear weight and its bias,
+    output features ordered (a, b, channel): child (2i + a, 2j + b) of pixel (i, j)."""
+    weight = conv1.weight.permute(2, 3, 1, 0).reshape(4 * conv1.out_channels, -1)
+    return weight, conv1.bias.repeat(4)
+
+
+@dataclass(frozen=True)
+class _KeysUpdate:
+    """One layer's change of the image tokens: ``LayerNorm(keys + probs @ values)`` with the
+    norm's per-token mean and 1/std."""
+
+    probs: torch.Tensor  # (n, N, R) softmax weights (a transposed view)
+    values: torch.Tensor  # (n, R, C)
+    mean: torch.Tensor  # (n, N, 1)
+    rstd: torch.Tensor  # (n, N, 1)
+
+
+@dataclass(frozen=True)
+class _UpscalingInput:
+    """The first upscaling product of the decoder's final image tokens, from their updates.
+
+    Layer l maps tokens ``k`` to ``((k + P_l V_l) - m_l) r_l g_l + b_l`` (per-token mean m_l
+    and 1/std r_l; the norm's weight g_l and bias b_l). Unrolled from the unchanged tokens
+    ``k_0``, the product with the weight is, with ``s_l = r_l r_l+1 ... r_L`` and ``D_l``
+    as in :class:`UpscalingBase`::
+
+        s_1 (k_0 D_1) + sum_l [ s_l P_l (V_l D_l) - s_l m_l (1 D_l) ]
+                      + sum_l<L s_l+1 (b_l D_l+1) + b_L W^T
+
+    ``k_0 D_1`` is computed once per image; the rest is ``columns @ rows`` with
+    R = L (heads * T + 2) - 1 per token (115 for SAM, against C = 256 for the plain product).
+    """
+
+    base: torch.Tensor  # (1, N, K) k_0 D_1
+    scale: torch.Tensor  # (n, N, 1) s_1
+    columns_t: torch.Tensor  # (n, R, N) the columns, transposed
+    rows: torch.Tensor  # (n, R, K)
+    bias: torch.Tensor  # (K,)
+
+    @classmethod
+    def of(cls, base: UpscalingBase, updates: list[_KeysUpdate]) -> _UpscalingInput:
+        columns, rows = [], []
+        scale_after = None  # s_l+1
+        for index in reversed(range(len(updates))):
+            update = updates[index]
+            scale = update.rstd if scale_after is None else update.rstd * scale_after
+            columns += [update.probs.mT * scale.mT, (update.mean * scale).mT]
+            rows += [update.values @ base.weights[index], base.mean_rows[index]]
+            if scale_after is not None:
+                columns.append(scale_after.mT)
+                rows.append(base.shift_rows[index])
+            scale_after = scale
+        n = max(len(c) for c in columns)
+        columns = torch.cat([c.expand(n, -1, -1) for c in columns], dim=1)
+        rows = torch.cat([r.expand(n, -1, -1) for r in rows], dim=1)
+        return cls(base.tokens, scale_after, columns, rows, base.bias)
+
+    def product(self, start: int, stop: int) -> torch.Tensor:
+        """(n, stop - start, K): the product for tokens ``start:stop``."""
+        out = torch.addcmul(self.bias, self.base[:, start:stop], self.scale[:, start:stop])
+        return out.baddbmm_(self.columns_t[:, :, start:stop].mT, self.rows)
