@@ -161,6 +161,32 @@ def test_a_refinement_that_moves_to_another_tile_uses_the_reprojected_mask(sensi
     assert not np.array_equal(refined.low_res_logits, plain.low_res_logits)
 
 
+@pytest.mark.parametrize(
+    "shape", [(256, 200), (200, 240)], ids=["input frame is the view", "view resized"]
+)
+def test_upscaled_windows_hold_every_pixel_above_the_threshold(tiny_sam, shape):
+    segmenter = Segmenter(tiny_sam, model_id="tiny", use_disk_cache=False, precision="fp32")
+    segmenter.set_image(make_image(shape, seed=5)[0])
+    side = segmenter.grid.view(0).lowres_size
+    generator = torch.Generator().manual_seed(0)
+    lowres = torch.full((4, side, side), -3.0)
+    lowres[0, 10:20, 30:41] = torch.rand(10, 11, generator=generator) * 4 - 1  # a blob
+    lowres[1, :5, 45:] = 2.0  # at the top edge, and into the padding columns of 256 x 200
+    lowres[2] = torch.randn(side, side, generator=generator)  # all over the view
+    # lowres[3]: nothing above the threshold
+    full = segmenter.upscale(0, lowres).numpy()
+    windows = segmenter.upscale_windows(0, lowres)
+    for logits, window in zip(full, windows, strict=True):
+        inside = np.zeros(shape, dtype=bool)
+        inside[window.region] = True
+        np.testing.assert_allclose(window.logits.numpy(), logits[window.region], atol=1e-6)
+        np.testing.assert_array_equal(window.logits.numpy() > 0, logits[window.region] > 0)
+        assert not (logits[~inside] > 0).any()
+    assert windows[3].logits.numel() == 0
+    assert windows[0].logits.shape[0] < shape[0] / 4  # the blob's window only
+    assert (full[2] > 0).mean() > 0.3  # the all-over object is really all over
+
+
 def test_predict_boxes_gives_one_object_per_box(sensitive_sam, image):
     segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False, precision="fp32")
     segmenter.set_image(image)

@@ -174,17 +174,19 @@ def owned_by_tile(candidates: Candidates, grid: TileGrid, view: int) -> Candidat
 def rasterise(segmenter: Segmenter, candidates: Candidates) -> list[tuple[int, int, np.ndarray]]:
     """Full-resolution masks as (row, col, bool crop) in candidate order (crop = mask's bbox)."""
     masks: list[tuple[int, int, np.ndarray]] = [(0, 0, np.zeros((0, 0), bool))] * len(candidates)
+    threshold = segmenter.model.mask_threshold
     for view in torch.unique(candidates.views).tolist():
         indices = torch.nonzero(candidates.views == view).flatten().tolist()
-        tile = segmenter.grid.view(view)
         for start in range(0, len(indices), segmenter.batch_size):
             chunk = indices[start : start + segmenter.batch_size]
-            logits = segmenter.upscale(view, candidates.logits[chunk].to(segmenter.model.device))
-            for index, mask in zip(chunk, (logits > 0).cpu().numpy(), strict=True):
+            lowres = candidates.logits[chunk].to(segmenter.model.device)
+            windows = segmenter.upscale_windows(view, lowres)
+            for index, window in zip(chunk, windows, strict=True):
+                mask = (window.logits > threshold).cpu().numpy()
                 rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
                 if len(rows):
                     crop = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-                    masks[index] = (tile.y0 + int(rows[0]), tile.x0 + int(cols[0]), crop)
+                    masks[index] = (window.row + int(rows[0]), window.col + int(cols[0]), crop)
     return masks
 
 

@@ -276,6 +276,42 @@ class Segmenter:
                 )
         return logits[:, 0]
 
+    def upscale_windows(self, view: int, lowres: torch.Tensor) -> list[Window]:
+        """Per object of low-res logits (B, L, L): its upscaled logits over a window of the
+        image outside of which no pixel is above the mask threshold.
+
+        The same values as :meth:`upscale` inside the window, for less work: bilinear
+        upscaling mixes the 2 x 2 low-res pixels around each output pixel, so only the
+        low-res pixels above the threshold and a one-pixel margin need upscaling. (With the
+        threshold 0 of SAM exactly: a weighted mean of logits <= 0 is <= 0 in floating point
+        too.) Where the view's input frame is resized once more to the view (its size is
+        not the model's input size), the whole view is upscaled and the window is the
+        bounding box of the pixels above the threshold.
+        """
+        tile, threshold = self.grid.view(view), self.model.mask_threshold
+        in_h, in_w = tile.input_size
+        if (in_h, in_w) != (tile.height, tile.width):
+            return [_trimmed(tile, logits, threshold) for logits in self.upscale(view, lowres)]
+        windows = []
+        factor = self.img_size // lowres.shape[-1]
+        with torch.inference_mode():
+            for logits in lowres:
+                above = logits > threshold
+                rows = torch.nonzero(above.any(1)).flatten().tolist()
+                if not rows:
+                    windows.append(Window(tile.y0, tile.x0, logits[:0, :0]))
+                    continue
+                cols = torch.nonzero(above.any(0)).flatten().tolist()
+                r0, r1 = max(rows[0] - 1, 0), min(rows[-1] + 2, len(logits))
+                c0, c1 = max(cols[0] - 1, 0), min(cols[-1] + 2, logits.shape[1])
+                size = (factor * (r1 - r0), factor * (c1 - c0))
+                part = logits[None, None, r0:r1, c0:c1]
+                part = F.interpolate(part, size, mode="bilinear", align_corners=False)[0, 0]
+                y0, x0 = factor * r0, factor * c0  # the input frame is padded beyond in_h, in_w
+                part = part[: max(in_h - y0, 0), : max(in_w - x0, 0)]
+                windows.append(Window(tile.y0 + y0, tile.x0 + x0, part))
+        return windows
+
     def predict(
         self,
         points_xy: np.ndarray | None = None,
@@ -313,10 +349,9 @@ class Segmenter:
         )
         best = int(torch.argmax(iou[0]))
         logits = low[0, best : best + 1]
-        tile_mask = (self.upscale(view, logits)[0] > self.model.mask_threshold).cpu().numpy()
+        (window,) = self.upscale_windows(view, logits)
         mask = np.zeros(shape, dtype=bool)
-        tile = self.grid.view(view)
-        mask[tile.y0 : tile.y0 + tile.height, tile.x0 : tile.x0 + tile.width] = tile_mask
+        mask[window.region] = (window.logits > self.model.mask_threshold).cpu().numpy()
         self._last_view = view
         return Prediction(mask, float(iou[0, best]), logits.float().cpu().numpy(), view)
 
@@ -347,7 +382,7 @@ class Segmenter:
         painter = _LabelPainter(self.image_shape, self.model.mask_threshold)
         for view, chunk in self._batches_by_view(views):
             low, _ = self.decode(view, boxes_xyxy=boxes[chunk])
-            painter.paint(self.grid.view(view), self.upscale(view, low[:, 0]), chunk + 1)
+            painter.paint(self.upscale_windows(view, low[:, 0]), chunk + 1)
         return painter.labels
 
     def predict_points_batched(self, points_xy: np.ndarray, multimask: bool = True) -> np.ndarray:
@@ -362,7 +397,7 @@ class Segmenter:
             labels = np.ones((len(chunk), 1), dtype=np.int64)
             low, iou = self.decode(view, points[chunk][:, None], labels, multimask=multimask)
             best = low[torch.arange(len(chunk)), torch.argmax(iou, dim=1)]
-            painter.paint(self.grid.view(view), self.upscale(view, best), chunk + 1)
+            painter.paint(self.upscale_windows(view, best), chunk + 1)
         return painter.labels
 
     def _batches_by_view(self, views: np.ndarray):
@@ -405,14 +440,41 @@ class _LabelPainter:
         self.labels = np.zeros(shape, dtype=np.uint32)
         self._best = np.full(shape, threshold, dtype=np.float32)
 
-    def paint(self, tile: Tile, logits: torch.Tensor, ids: np.ndarray) -> None:
-        """Paint (B, h, w) logits over ``tile``'s pixels with object ids ``ids`` (B,)."""
-        region = (slice(tile.y0, tile.y0 + tile.height), slice(tile.x0, tile.x0 + tile.width))
-        best, labels = self._best[region], self.labels[region]  # views: updates land in place
-        for object_logits, object_id in zip(logits.float().cpu().numpy(), ids, strict=True):
-            wins = object_logits > best
-            best[wins] = object_logits[wins]
+    def paint(self, windows: list[Window], ids: np.ndarray) -> None:
+        """Paint each object's logits window with its id (``ids``, one per window)."""
+        for window, object_id in zip(windows, ids, strict=True):
+            # views: the updates land in place
+            best, labels = self._best[window.region], self.labels[window.region]
+            logits = window.logits.float().cpu().numpy()
+            wins = logits > best
+            best[wins] = logits[wins]
             labels[wins] = object_id
+
+
+@dataclass(frozen=True)
+class Window:
+    """Upscaled logits of one object over ``logits.shape`` pixels of the image from (row, col)."""
+
+    row: int
+    col: int
+    logits: torch.Tensor  # (h, w)
+
+    @property
+    def region(self) -> tuple[slice, slice]:
+        """The window's pixels, for indexing an image-sized array."""
+        height, width = self.logits.shape
+        return slice(self.row, self.row + height), slice(self.col, self.col + width)
+
+
+def _trimmed(tile: Tile, logits: torch.Tensor, threshold: float) -> Window:
+    """The bounding box of the (h, w) view logits above ``threshold`` as a :class:`Window`."""
+    above = logits > threshold
+    rows = torch.nonzero(above.any(1)).flatten().tolist()
+    if not rows:
+        return Window(tile.y0, tile.x0, logits[:0, :0])
+    cols = torch.nonzero(above.any(0)).flatten().tolist()
+    part = logits[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    return Window(tile.y0 + rows[0], tile.x0 + cols[0], part)
 
 
 def reproject_logits(logits: torch.Tensor, source: Tile, target: Tile) -> torch.Tensor:
