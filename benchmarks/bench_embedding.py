@@ -6,6 +6,8 @@ downloaded here) this prints, measured in one run on one machine:
 * the encoder's FLOPs for a 1024x1024 input (torch's FlopCounterMode on the stock encoder),
 * the machine's peak: the faster of a large bf16 and a large fp32 matrix product, in TFLOP/s
   (bf16 on CPUs with AMX and on GPUs; fp32 where bf16 is emulated, e.g. AVX2, or slower),
+  the best of readings taken before each round (one reading in a slow spell of a drifting VM
+  once put the limit above the fast path's time),
 * the limit = FLOPs / peak, in seconds,
 * stock ``segment_anything.SamPredictor.set_image`` time in fp32 (in a process where nothing
   of this project has run, so the allocator is glibc's default),
@@ -241,13 +243,25 @@ def run_child(kind: str, name: str, device: torch.device) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def measure_peaks(device: torch.device) -> dict[torch.dtype, float]:
+    """The matrix-product peak of bf16 and of fp32 on ``device``, TFLOP/s."""
+    return {dtype: matmul_peak_tflops(dtype, device) for dtype in (torch.bfloat16, torch.float32)}
+
+
 def collect(models: list[str], repeats: int, device: torch.device):
-    """Stock and fast children alternating ``repeats`` times per model. Returns per model the
-    best stock seconds, the best fast run (with the lowest prompt latency and IoU of all runs)
-    and the stock / fast ratio of each adjacent pair."""
+    """Stock and fast children alternating ``repeats`` times per model, the matmul peaks
+    measured before each round. Returns per model the best stock seconds, the best fast run
+    (with the lowest prompt latency and IoU of all runs) and the stock / fast ratio of each
+    adjacent pair, and the best peak of each dtype: the best of each, as a slow spell of a
+    drifting machine during one peak reading would make the limit too long."""
     runs = {(kind, name): [] for kind in ("stock", "fast") for name in models}
     ratios = {name: [] for name in models}
+    peaks = []
     for repeat in range(repeats):
+        peaks.append(measure_peaks(device))
+        print(f"  [{repeat + 1}/{repeats}] peak matmul: " + ", ".join(
+            f"{_dtype_name(d)} {v:.3f}" for d, v in peaks[-1].items()) + " TFLOP/s",
+            flush=True)  # fmt: skip
         for name in models:
             s, f = run_child("stock", name, device), run_child("fast", name, device)
             runs[("stock", name)].append(s)
@@ -265,7 +279,12 @@ def collect(models: list[str], repeats: int, device: torch.device):
             "prompt_ms": min(r["prompt_ms"] for r in fast_runs),
             "min_iou": min(r["min_iou"] for r in fast_runs),
         }
-    return stock, fast, ratios
+    best_peaks = {dtype: max(p[dtype] for p in peaks) for dtype in peaks[0]}
+    return stock, fast, ratios, best_peaks
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
 
 
 def main() -> None:
@@ -280,12 +299,11 @@ def main() -> None:
         print(json.dumps(child(*args.child, device)))
         return
     torch.manual_seed(0)
-    peak_bf16 = matmul_peak_tflops(torch.bfloat16, device)
-    peak_fp32 = matmul_peak_tflops(torch.float32, device)
     print(f"machine: {describe(device)}, {torch.get_num_threads()} CPU threads")
-    peak = max(peak_bf16, peak_fp32)
-    print(f"peak matmul: bf16 {peak_bf16:.3f} TFLOP/s, fp32 {peak_fp32:.3f} TFLOP/s")
-    stock_seconds, fast, ratios = collect(args.models, args.repeats, device)
+    stock_seconds, fast, ratios, peaks = collect(args.models, args.repeats, device)
+    peak = max(peaks.values())
+    print(f"best peak matmul: bf16 {peaks[torch.bfloat16]:.3f} TFLOP/s, "
+          f"fp32 {peaks[torch.float32]:.3f} TFLOP/s")  # fmt: skip
     stock = {}
     for name in args.models:
         stock_flops, fast[name]["flops"] = count_flops(name, device)

@@ -97,9 +97,20 @@ def test_embedding_benchmark_alternates_children_and_keeps_the_best(monkeypatch)
         return {"seconds": seconds, "min_iou": seconds / 5, "prompt_ms": seconds,
                 "precision": "fp32"}  # fmt: skip
 
+    peaks = iter(
+        [{torch.bfloat16: 0.01, torch.float32: 0.1}, {torch.bfloat16: 0.02, torch.float32: 0.08}]
+    )
+
+    def fake_peaks(device):
+        calls.append("peaks")
+        return next(peaks)
+
     monkeypatch.setattr(bench_embedding, "run_child", fake_child)
-    stock, fast, ratios = bench_embedding.collect(["vit_t"], 2, torch.device("cpu"))
-    assert calls == ["stock", "fast", "stock", "fast"]  # alternating: drift slows both alike
+    monkeypatch.setattr(bench_embedding, "measure_peaks", fake_peaks)
+    stock, fast, ratios, best_peaks = bench_embedding.collect(["vit_t"], 2, torch.device("cpu"))
+    # alternating: drift slows both alike; a peak reading per round
+    assert calls == ["peaks", "stock", "fast", "peaks", "stock", "fast"]
+    assert best_peaks == {torch.bfloat16: 0.02, torch.float32: 0.1}  # the best of each
     assert stock["vit_t"] == 8.0
     assert fast["vit_t"]["seconds"] == 4.0
     assert fast["vit_t"]["prompt_ms"] == 4.0 and fast["vit_t"]["min_iou"] == 0.8  # over all runs
