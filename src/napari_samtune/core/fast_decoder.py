@@ -439,7 +439,8 @@ def _upscaled_masks(
     c1, c2 = conv1.out_channels, conv2.out_channels
     if chunk_tokens is None:
         chunk_tokens = n_pixels if torch.is_grad_enabled() else UPSCALE_CHUNK_TOKENS
-    weight1, bias1 = _first_upscaling_weight(conv1)
+    if first_product is None:
+        weight1, bias1 = _first_upscaling_weight(conv1)
     weight2 = conv2.weight.permute(2, 3, 1, 0).reshape(4 * c2, c1)
     bias2, hyper_t = conv2.bias.repeat(4), hyper.transpose(1, 2)
     parts = []
