@@ -180,10 +180,15 @@ def test_the_real_tiny_model_runs_end_to_end_on_a_tiled_image(tiny_sam):
     segmenter.set_image(make_image((256, 448), seed=5)[0])
     progress = []
     config = AutoSegmentConfig(
-        points_per_side=4, pred_iou_thresh=-1.0, stability_score_thresh=0.0, min_area=1
+        points_per_side=4,
+        points_per_batch=6,
+        pred_iou_thresh=-1.0,
+        stability_score_thresh=0.0,
+        min_area=1,
     )
-    labels = segmenter.segment_all(config, progress=lambda done, total: progress.append(done))
-    assert progress == [1, 2]
+    labels = segmenter.segment_all(config, progress=lambda *step: progress.append(step))
+    # two tiles of 16 points in batches of 6, 6 and 4
+    assert progress == [(done, 6) for done in range(1, 7)]
     assert labels.dtype == np.uint32 and labels.shape == (256, 448)
     ids = np.unique(labels[labels > 0])
     assert len(ids) > 0 and ids.tolist() == list(range(1, len(ids) + 1))

@@ -251,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
     elif boxes is not None:
         labels = segmenter.predict_boxes(boxes)
     else:
-        with _Progress("segmenting", "tile") as progress:
+        with _Progress("segmenting", "batch") as progress:
             labels = segmenter.segment_all(config, progress=progress)
     atomic_write(args.output, lambda tmp: tifffile.imwrite(tmp, labels))
     n_objects = len(np.unique(labels)) - 1
