@@ -18,6 +18,7 @@ from napari_samtune.core.automatic import (
     filter_candidates,
     owned_by_tile,
     paint,
+    rasterise,
 )
 from napari_samtune.core.embeddings import TileGrid, TilingConfig
 from napari_samtune.core.predict import Segmenter
@@ -192,3 +193,25 @@ def test_the_real_tiny_model_runs_end_to_end_on_a_tiled_image(tiny_sam):
     assert labels.dtype == np.uint32 and labels.shape == (256, 448)
     ids = np.unique(labels[labels > 0])
     assert len(ids) > 0 and ids.tolist() == list(range(1, len(ids) + 1))
+
+
+def test_rasterised_masks_are_the_upscaled_masks_cut_to_their_boxes(tiny_sam):
+    segmenter = Segmenter(tiny_sam, model_id="tiny", use_disk_cache=False)
+    segmenter.set_image(make_image((256, 448), seed=5)[0])  # two 256 px tiles
+    side = segmenter.grid.view(0).lowres_size
+    logits = torch.full((3, side, side), -4.0)
+    logits[0, 5:9, 20:30] = 3.0
+    logits[1, 40:50, 0:6] = 3.0  # at the left edge of the second tile
+    # candidate 2: nothing above the threshold
+    views = torch.tensor([0, 1, 1])
+    candidates = Candidates(views, logits, torch.ones(3), torch.zeros(3, 4))
+    masks = rasterise(segmenter, candidates)
+    for (row, col, crop), view, low in zip(masks[:2], views[:2].tolist(), logits[:2], strict=True):
+        tile = segmenter.grid.view(view)
+        full = np.zeros((256, 448), dtype=bool)
+        upscaled = segmenter.upscale(view, low[None])[0].numpy() > 0
+        full[tile.y0 : tile.y0 + tile.height, tile.x0 : tile.x0 + tile.width] = upscaled
+        rows, cols = np.flatnonzero(full.any(1)), np.flatnonzero(full.any(0))
+        assert (row, col) == (rows[0], cols[0])
+        np.testing.assert_array_equal(crop, full[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])
+    assert masks[2][2].size == 0

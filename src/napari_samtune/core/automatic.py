@@ -199,11 +199,10 @@ def rasterise(segmenter: Segmenter, candidates: Candidates) -> list[tuple[int, i
             lowres = candidates.logits[chunk].to(segmenter.model.device)
             windows = segmenter.upscale_windows(view, lowres)
             for index, window in zip(chunk, windows, strict=True):
-                mask = (window.logits > threshold).cpu().numpy()
-                rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-                if len(rows):
-                    crop = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-                    masks[index] = (window.row + int(rows[0]), window.col + int(cols[0]), crop)
+                window = window.trimmed(threshold)
+                if window.logits.numel():
+                    crop = (window.logits > threshold).cpu().numpy()
+                    masks[index] = (window.row, window.col, crop)
     return masks
 
 

@@ -291,7 +291,8 @@ class Segmenter:
         tile, threshold = self.grid.view(view), self.model.mask_threshold
         in_h, in_w = tile.input_size
         if (in_h, in_w) != (tile.height, tile.width):
-            return [_trimmed(tile, logits, threshold) for logits in self.upscale(view, lowres)]
+            full = self.upscale(view, lowres)
+            return [Window(tile.y0, tile.x0, logits).trimmed(threshold) for logits in full]
         windows = []
         factor = self.img_size // lowres.shape[-1]
         with torch.inference_mode():
@@ -464,25 +465,27 @@ class Window:
         height, width = self.logits.shape
         return slice(self.row, self.row + height), slice(self.col, self.col + width)
 
+    def trimmed(self, threshold: float) -> Window:
+        """This window cut to the bounding box of its logits above ``threshold`` (empty
+        where there are none)."""
+        bounds = _bounds_above(self.logits, threshold)
+        if bounds is None:
+            return Window(self.row, self.col, self.logits[:0, :0])
+        (r0, r1), (c0, c1) = bounds
+        return Window(self.row + r0, self.col + c0, self.logits[r0:r1, c0:c1])
+
 
 def _bounds_above(logits: torch.Tensor, threshold: float):
     """Rows and columns (start, stop) of the bounding box of the (h, w) ``logits`` above
     ``threshold``; None where there are none. (Row and column maxima: a quarter of the
     time of ``any`` on the thresholded map.)"""
+    if logits.numel() == 0:
+        return None
     rows = torch.nonzero(logits.amax(1) > threshold)
     if not len(rows):
         return None
     cols = torch.nonzero(logits.amax(0) > threshold)
     return (int(rows[0]), int(rows[-1]) + 1), (int(cols[0]), int(cols[-1]) + 1)
-
-
-def _trimmed(tile: Tile, logits: torch.Tensor, threshold: float) -> Window:
-    """The bounding box of the (h, w) view logits above ``threshold`` as a :class:`Window`."""
-    bounds = _bounds_above(logits, threshold)
-    if bounds is None:
-        return Window(tile.y0, tile.x0, logits[:0, :0])
-    (r0, r1), (c0, c1) = bounds
-    return Window(tile.y0 + r0, tile.x0 + c0, logits[r0:r1, c0:c1])
 
 
 def reproject_logits(logits: torch.Tensor, source: Tile, target: Tile) -> torch.Tensor:
