@@ -528,11 +528,10 @@ class _UpscalingInput:
     R = L (heads * T + 2) - 1 per token (115 for SAM, against C = 256 for the plain product).
     """
 
-    base: torch.Tensor  # (1, N, K) k_0 D_1
+    base: UpscalingBase
     scale: torch.Tensor  # (n, N, 1) s_1
     columns_t: torch.Tensor  # (n, R, N) the columns, transposed
     rows: torch.Tensor  # (n, R, K)
-    bias: torch.Tensor  # (K,)
 
     @classmethod
     def of(cls, base: UpscalingBase, updates: list[_KeysUpdate]) -> _UpscalingInput:
@@ -550,9 +549,10 @@ class _UpscalingInput:
         n = max(len(c) for c in columns)
         columns = torch.cat([c.expand(n, -1, -1) for c in columns], dim=1)
         rows = torch.cat([r.expand(n, -1, -1) for r in rows], dim=1)
-        return cls(base.tokens, scale_after, columns, rows, base.bias)
+        return cls(base, scale_after, columns, rows)
 
     def product(self, start: int, stop: int) -> torch.Tensor:
         """(n, stop - start, K): the product for tokens ``start:stop``."""
-        out = torch.addcmul(self.bias, self.base[:, start:stop], self.scale[:, start:stop])
+        tokens, scale = self.base.tokens[:, start:stop], self.scale[:, start:stop]
+        out = torch.addcmul(self.base.bias, tokens, scale)
         return out.baddbmm_(self.columns_t[:, :, start:stop].mT, self.rows)
