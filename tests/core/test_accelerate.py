@@ -1,7 +1,15 @@
+from functools import partial
+
 import pytest
 import torch
 
-from napari_samtune.core import accelerate, fast_decoder, fast_encoder, rel_pos_attention
+from napari_samtune.core import (
+    accelerate,
+    fast_decoder,
+    fast_encoder,
+    low_rank_decoder,
+    rel_pos_attention,
+)
 from napari_samtune.core.accelerate import (
     autocast,
     autocast_dtype,
@@ -12,6 +20,7 @@ from napari_samtune.core.accelerate import (
 from napari_samtune.core.architectures import TINY, build_sam
 from napari_samtune.core.fast_decoder import (
     FastConvTranspose2x2,
+    _plain_first_product,
     _upscaled_masks,
     decode_prompts,
     decoder_image,
@@ -265,18 +274,20 @@ def test_inference_decoding_with_a_projected_first_layer_matches_stock(
     kind, multimask, n_objects, monkeypatch
 ):
     """Without gradients: the image's first-layer projections (skipped when there is a mask
-    input), only the picked masks' tokens and MLPs, the low-rank first upscaling product
-    (without a mask input; 16 x 16 tokens in uneven chunks of 100)."""
+    input), only the picked masks' tokens and MLPs, and (without a mask input) the low-rank
+    image tokens of later layers, up to the first upscaling product (16 x 16 tokens in
+    uneven chunks of 100)."""
     sam, prompts = _decoder_sam().eval(), _prompts(kind, n_objects)
     prompts = prompts[:-1] + (multimask,)
     embedding = torch.randn(1, TINY.prompt_embed_dim, 16, 16)
     monkeypatch.setattr(fast_decoder, "UPSCALE_CHUNK_TOKENS", 100)
     low_rank_chunks = []
-    product = fast_decoder._UpscalingInput.product
+    product = low_rank_decoder.Keys.product
     monkeypatch.setattr(
-        fast_decoder._UpscalingInput,
+        low_rank_decoder.Keys,
         "product",
-        lambda self, *span: low_rank_chunks.append(span) or product(self, *span),
+        lambda self, projection, *span: low_rank_chunks.append(span)
+        or product(self, projection, *span),
     )
     with torch.no_grad():
         stock_logits, stock_iou = decode(sam, embedding, *prompts)
@@ -301,8 +312,9 @@ def test_upscaling_in_chunks_matches_one_pass(grad):
     hyper = torch.randn(2, 3, TINY.prompt_embed_dim // 8)
     upscaling = sam.mask_decoder.output_upscaling
     with torch.set_grad_enabled(grad):
-        whole = _upscaled_masks(upscaling, keys, hyper, 16, chunk_tokens=16 * 16)
-        chunked = _upscaled_masks(upscaling, keys, hyper, 16, chunk_tokens=37)  # uneven chunks
+        first_product = partial(_plain_first_product, upscaling[0], keys)
+        whole = _upscaled_masks(upscaling, first_product, 256, hyper, 16, chunk_tokens=16 * 16)
+        chunked = _upscaled_masks(upscaling, first_product, 256, hyper, 16, chunk_tokens=37)
     assert whole.shape == (2, 3, 64, 64)
     _assert_close_to_scale(chunked, whole, tolerance=1e-6)
     assert chunked.requires_grad == grad
@@ -340,12 +352,12 @@ def test_use_fast_paths_switches_encoder_and_decoder_and_keeps_the_weights():
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
 
-def test_low_precision_images_keep_the_plain_first_upscaling_product():
-    """The low-rank product subtracts per-token means from larger terms: float32 only."""
+def test_low_precision_images_keep_the_plain_image_tokens():
+    """The low-rank tokens' norms come from moments with cancellations: float32 only."""
     sam = _decoder_sam().eval()
     embedding = torch.randn(1, TINY.prompt_embed_dim, 16, 16)
     with torch.no_grad():
-        assert decoder_image(sam, embedding, project_first_layer=True).first_layer.upscaling
+        assert decoder_image(sam, embedding, project_first_layer=True).first_layer.low_rank
         with autocast(torch.device("cpu"), torch.bfloat16):
             image = decoder_image(sam, embedding, project_first_layer=True)
-    assert image.first_layer is not None and image.first_layer.upscaling is None
+    assert image.first_layer is not None and image.first_layer.low_rank is None

@@ -9,9 +9,20 @@ for every pass of its iterative-prompt loop, the Segmenter for every prompt.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 import torch.nn.functional as F
+
+from napari_samtune.core.low_rank_decoder import (
+    LowRankImage,
+    Update,
+    _first_upscaling_weight,
+    _heads,
+    first_keys,
+    low_rank_attention,
+    second_keys,
+)
 
 
 class FastConvTranspose2x2(torch.nn.ConvTranspose2d):
@@ -70,12 +81,10 @@ def use_fast_upscaling(model: torch.nn.Module) -> torch.nn.Module:
 # the tokens in sub-pixel order (both 2x2 transposed convolutions are matrix products) and
 # is put into raster order only as the final logits.
 #
-# Without gradients, given the image's first-layer projections, the first upscaling product
-# skips most of its work too (:class:`_UpscalingInput`): each of the two layers changes the
-# image tokens by a rank-8T update and a layer norm, so their product with the (C x C)
-# upscaling weight is a per-token scale of the unchanged tokens' product (once per image)
-# plus an (N x R) @ (R x C) product per pass, R = 2 (8T + 2) - 1: 115 instead of 256
-# multiply-adds per token and output channel for one point.
+# Without gradients, given the image's projections (:class:`FirstLayerImage`), no pass
+# materialises image tokens at all: each layer changes them by a rank-8T update and a layer
+# norm, so every later product with them is a per-token scale of a product computed once per
+# image plus a low-rank one (:mod:`~napari_samtune.core.low_rank_decoder`).
 
 
 UPSCALE_CHUNK_TOKENS = 512  # ~3 MB of upscaling activations per chunk (no gradients)
@@ -91,13 +100,14 @@ class FirstLayerImage:
     projected once per image. Each prompt pass then does (T x d x N) products per head
     instead of three (N x C x 8T) ones. Only worth it when the image has many prompts
     (interactive use): for one pass the projections cost more than they save. In float32
-    the tokens' first upscaling product is kept too (:class:`UpscalingBase`).
+    the later layers' projections are kept too (:class:`.LowRankImage`), for SAM's
+    two-layer transformer.
     """
 
     keys: torch.Tensor  # (heads, d, E*E) token -> image keys, transposed for q @ k
     values: torch.Tensor  # (heads, E*E, d) token -> image values
     queries: torch.Tensor  # (heads, d, E*E) image -> token queries, transposed
-    upscaling: UpscalingBase | None = None  # float32 only (None in low precision)
+    low_rank: LowRankImage | None = None  # float32 only (None in low precision)
 
 
 @dataclass(frozen=True)
@@ -130,8 +140,10 @@ def decoder_image(
         if project_first_layer:
             keys = tokens + sam.prompt_encoder.no_mask_embed.weight
             first = _first_layer_image(sam.mask_decoder.transformer.layers[0], keys, pe, dtype)
-            if dtype == torch.float32:  # low precision would lose the cancellations
-                first = replace(first, upscaling=UpscalingBase.of(sam.mask_decoder, keys))
+            # low precision would lose the cancellations of the norms' moments
+            if dtype == torch.float32 and len(sam.mask_decoder.transformer.layers) == 2:
+                low_rank = LowRankImage.of(sam.mask_decoder, keys, pe)
+                first = replace(first, low_rank=low_rank)
     return DecoderImage(tokens, pe, embedding.shape[-1], dtype, first)
 
 
@@ -193,27 +205,23 @@ def decode_prompts(
     # Adam treats them alike; without, only the picked ones
     used = list(range(decoder.num_mask_tokens)) if torch.is_grad_enabled() else picked
     first = image.first_layer if mask_input is None else None
-    # the keys' updates, for the upscaling's low-rank first product (no gradients: no autograd
-    # graph for it)
-    updates = None if first is None or first.upscaling is None or torch.is_grad_enabled() else []
-    queries, keys = _two_way_transformer(
-        decoder.transformer,
-        tokens,
-        keys,
-        image.pe,
-        image.dtype,
-        first,
-        [0] + [1 + i for i in used],  # the IoU token and the used mask tokens
-        updates,
-    )
+    final_tokens = [0] + [1 + i for i in used]  # the IoU token and the used mask tokens
+    if first is not None and first.low_rank is not None and not torch.is_grad_enabled():
+        queries, low_rank_keys = _low_rank_transformer(
+            decoder.transformer, tokens, first, final_tokens
+        )
+        first_product = partial(low_rank_keys.product, first.low_rank.upscaling)
+    else:
+        queries, keys = _two_way_transformer(
+            decoder.transformer, tokens, keys, image.pe, image.dtype, first, final_tokens
+        )
+        first_product = partial(_plain_first_product, decoder.output_upscaling[0], keys)
     mlps = decoder.output_hypernetworks_mlps
     hyper = torch.stack([mlps[i](queries[:, 1 + j]) for j, i in enumerate(used)], dim=1)
     if len(used) > len(picked):
         hyper = hyper[:, picked]
-    first_product = None if updates is None else _UpscalingInput.of(first.upscaling, updates)
-    logits = _upscaled_masks(
-        decoder.output_upscaling, keys, hyper, image.size, first_product=first_product
-    )
+    n_tokens = image.size * image.size
+    logits = _upscaled_masks(decoder.output_upscaling, first_product, n_tokens, hyper, image.size)
     iou = decoder.iou_prediction_head(queries[:, 0])[:, picked]
     return logits, iou.to(logits.dtype)
 
@@ -242,13 +250,23 @@ def _layer_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x.float(), norm.weight.shape, norm.weight, norm.bias, norm.eps)
 
 
-def _two_way_transformer(
-    transformer, tokens, keys, key_pe, dtype, first, final_tokens, updates=None
-):
+def _update_tokens(layer, queries, tokens, attend_image):
+    """The prompt tokens' side of a ``TwoWayAttentionBlock``: self-attention, attention to the
+    image (``attend_image(queries + tokens)``, the attention's output) and the MLP."""
+    if layer.skip_first_layer_pe:
+        queries = layer.self_attn(q=queries, k=queries, v=queries)
+    else:
+        q = queries + tokens
+        queries = queries + layer.self_attn(q=q, k=q, v=queries)
+    queries = layer.norm1(queries)
+    queries = layer.norm2(queries + attend_image(queries + tokens))
+    return layer.norm3(queries + layer.mlp(queries))
+
+
+def _two_way_transformer(transformer, tokens, keys, key_pe, dtype, first, final_tokens):
     """``TwoWayTransformer.forward`` on (n, T, C) prompt tokens and (1 or n, N, C) float32
     image keys and positional encoding ``key_pe``; products run in ``dtype``. ``first``: the
     first layer's image-side projections of these ``keys``, if they were precomputed.
-    ``updates``: a list that gets each layer's :class:`_KeysUpdate`.
 
     Returns the queries of the ``final_tokens`` only (token indices; each token attends to
     the image on its own in the final attention, so the others' are not computed) and the
@@ -260,51 +278,27 @@ def _two_way_transformer(
     """
     queries = tokens
     for index, layer in enumerate(transformer.layers):
-        if layer.skip_first_layer_pe:
-            queries = layer.self_attn(q=queries, k=queries, v=queries)
-        else:
-            q = queries + tokens
-            queries = queries + layer.self_attn(q=q, k=q, v=queries)
-        queries = layer.norm1(queries)
         projected = first if index == 0 else None
         to_image, to_tokens = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
         if projected is None:
-            low = keys.to(dtype)  # for the products with the keys
             keys_pe = keys + key_pe
-            attended = _tokens_to_image(to_image, queries + tokens, keys_pe, low)
+            attend = partial(_tokens_to_image, to_image, keys_pe=keys_pe, keys=keys.to(dtype))
         else:
-            attended = _tokens_to_projected_image(
-                to_image, queries + tokens, projected.keys, projected.values
+            attend = partial(
+                _tokens_to_projected_image, to_image, keys_t=projected.keys, values=projected.values
             )
-        queries = layer.norm2(queries + attended)
-        queries = layer.norm3(queries + layer.mlp(queries))
+        queries = _update_tokens(layer, queries, tokens, attend)
         if projected is None:
-            probs, values = _image_to_tokens(to_tokens, keys_pe, queries + tokens, queries)
+            probs = _image_to_tokens(to_tokens, keys_pe, queries + tokens)
         else:
-            probs, values = _projected_image_to_tokens(
-                to_tokens, projected.queries, queries + tokens, queries
-            )
-        keys = _add_mixed(keys, probs, values)
-        if updates is None:
-            keys = _layer_norm(layer.norm4, keys)
-        else:
-            norm = layer.norm4
-            keys, mean, rstd = torch.native_layer_norm(
-                keys, norm.weight.shape, norm.weight, norm.bias, norm.eps
-            )
-            updates.append(_KeysUpdate(probs, values, mean, rstd))
+            probs = _projected_image_to_tokens(to_tokens, projected.queries, queries + tokens)
+        keys = _layer_norm(layer.norm4, _add_mixed(keys, probs, _mixed_values(to_tokens, queries)))
     low = keys.to(dtype)
     queries, tokens = queries[:, final_tokens], tokens[:, final_tokens]
     attended = _tokens_to_image(
         transformer.final_attn_token_to_image, queries + tokens, keys + key_pe, low
     )
     return transformer.norm_final_attn(queries + attended), keys
-
-
-def _heads(attention) -> tuple[int, int, float]:
-    heads = attention.num_heads
-    head_dim = attention.internal_dim // heads
-    return heads, head_dim, head_dim**-0.5
 
 
 def _tokens_to_image(attention, q_in, keys_pe, keys):
@@ -329,10 +323,10 @@ def _tokens_to_image(attention, q_in, keys_pe, keys):
     return attention.out_proj(out.reshape(n, n_tokens, heads * head_dim))
 
 
-def _image_to_tokens(attention, keys_pe, k_in, v_in):
-    """``Attention(q=keys_pe, k=k_in, v=v_in)``: (1 or n, N, C) image queries, (n, T, C)
-    tokens, as the (n, N, heads*T) softmax weights and (n, heads*T, C) values of
-    :func:`_mixed_values` (the output is ``probs @ values``).
+def _image_to_tokens(attention, keys_pe, k_in):
+    """The (n, N, heads*T) softmax weights of ``Attention(q=keys_pe, k=k_in, v=v_in)`` for
+    (1 or n, N, C) image queries and (n, T, C) tokens: the output is ``probs @ values`` with
+    the values of :func:`_mixed_values`.
 
     Scores: ``(W_q,h x + b_q,h) . k_h = x . (W_q,h^T k_h) + b_q,h . k_h``; output: the
     projection ``W_o`` folded into the values, ``sum_h,t p_h,t (W_o,h v_h,t)``.
@@ -346,7 +340,7 @@ def _image_to_tokens(attention, keys_pe, k_in, v_in):
     scores = _scores(keys_pe, q_k * scale) + (q_b * scale).reshape(n, -1, 1).to(q_k.dtype)
     # softmax over the T tokens: a middle axis here, which is far faster than a last axis of ~8
     probs = scores.view(n, heads, n_tokens, -1).softmax(dim=2).view(n, heads * n_tokens, -1)
-    return probs.transpose(1, 2), _mixed_values(attention, v_in)
+    return probs.transpose(1, 2)
 
 
 def _mixed_values(attention, v_in):
@@ -355,12 +349,17 @@ def _mixed_values(attention, v_in):
     weights. The output projection is folded into the T values instead of applied to the N
     outputs, and so is its bias (each head's weights sum to one: ``b_o / heads`` on every
     value adds ``b_o``)."""
+    return _value_heads(attention, v_in)[1]
+
+
+def _value_heads(attention, v_in):
+    """The (n, T, heads, d) value projections of :func:`_mixed_values` and its values."""
     n, n_tokens, channels = v_in.shape
     heads, head_dim, _ = _heads(attention)
     v = attention.v_proj(v_in).view(n, n_tokens, heads, head_dim)
     w_o = attention.out_proj.weight.view(channels, heads, head_dim)
     values = torch.einsum("nthd,chd->nhtc", v, w_o) + attention.out_proj.bias / heads
-    return values.reshape(n, heads * n_tokens, channels)
+    return v, values.reshape(n, heads * n_tokens, channels)
 
 
 def _add_mixed(residual, probs, values):
@@ -383,9 +382,9 @@ def _tokens_to_projected_image(attention, q_in, keys_t, values):
     return attention.out_proj(out.reshape(n, n_tokens, heads * head_dim))
 
 
-def _projected_image_to_tokens(attention, queries_t, k_in, v_in):
-    """``Attention(q=., k=k_in, v=v_in)`` for an image's projected (heads, d, N) queries and
-    (n, T, C) tokens, as softmax weights and values (:func:`_image_to_tokens`)."""
+def _projected_image_to_tokens(attention, queries_t, k_in):
+    """The softmax weights of :func:`_image_to_tokens` for an image's projected
+    (heads, d, N) queries and (n, T, C) tokens."""
     n, n_tokens, _ = k_in.shape
     heads, head_dim, scale = _heads(attention)
     k = attention.k_proj(k_in).view(n, n_tokens, heads, head_dim).permute(2, 0, 1, 3)
@@ -393,8 +392,7 @@ def _projected_image_to_tokens(attention, queries_t, k_in, v_in):
     scores = (k @ queries_t) * scale  # (heads, n*T, N)
     # softmax over the T tokens (a middle axis); then (n, N, heads*T), a view for n = 1
     probs = scores.view(heads, n, n_tokens, -1).softmax(dim=2).transpose(0, 1)
-    probs = probs.reshape(n, heads * n_tokens, -1).transpose(1, 2)
-    return probs, _mixed_values(attention, v_in)
+    return probs.reshape(n, heads * n_tokens, -1).transpose(1, 2)
 
 
 def _scores(image: torch.Tensor, small: torch.Tensor) -> torch.Tensor:
@@ -418,39 +416,39 @@ def _batched_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a @ b
 
 
+def _plain_first_product(conv1, keys, start: int, stop: int) -> torch.Tensor:
+    """The first upscaling convolution of (1 or n, N, C) ``keys`` ``start:stop``, as
+    (., stop - start, 4 C_up) sub-pixel features."""
+    return F.linear(keys[:, start:stop], *_first_upscaling_weight(conv1))
+
+
 def _upscaled_masks(
     upscaling: torch.nn.Sequential,
-    keys,
+    first_product,
+    n_pixels: int,
     hyper,
     side: int,
     chunk_tokens: int | None = None,
-    first_product: _UpscalingInput | None = None,
 ) -> torch.Tensor:
-    """Mask logits (n, k, 4E, 4E) from (n, E*E, C) image tokens and (n, k, C/8) mask weights.
+    """Mask logits (n, k, 4E, 4E) from the image tokens and (n, k, C/8) mask weights.
 
-    Each 2x2 stride-2 transposed convolution gives every pixel four children: a matrix
-    product per token. Pixels stay grouped by token (sub-pixel order) up to the logits.
-    Without gradients the tokens go through in chunks of ``chunk_tokens`` (default
-    :data:`UPSCALE_CHUNK_TOKENS`), whose activations stay in the CPU's cache.
-    ``first_product``: the first convolution's output, which then replaces its product.
+    ``first_product(start, stop)``: the first 2x2 transposed convolution's output for tokens
+    ``start:stop`` of ``n_pixels`` (:func:`_plain_first_product`). Each 2x2 stride-2
+    transposed convolution gives every pixel four children: a matrix product per token.
+    Pixels stay grouped by token (sub-pixel order) up to the logits. Without gradients the
+    tokens go through in chunks of ``chunk_tokens`` (default :data:`UPSCALE_CHUNK_TOKENS`),
+    whose activations stay in the CPU's cache.
     """
-    conv1, norm, act1, conv2, act2 = upscaling
-    n, n_pixels = len(keys), keys.shape[1]
-    c1, c2 = conv1.out_channels, conv2.out_channels
+    _, norm, act1, conv2, act2 = upscaling
+    n, c1, c2 = len(hyper), conv2.in_channels, conv2.out_channels
     if chunk_tokens is None:
         chunk_tokens = n_pixels if torch.is_grad_enabled() else UPSCALE_CHUNK_TOKENS
-    if first_product is None:
-        weight1, bias1 = _first_upscaling_weight(conv1)
     weight2 = conv2.weight.permute(2, 3, 1, 0).reshape(4 * c2, c1)
     bias2, hyper_t = conv2.bias.repeat(4), hyper.transpose(1, 2)
     parts = []
     for start in range(0, n_pixels, chunk_tokens):
-        stop = start + chunk_tokens
-        if first_product is None:
-            x = F.linear(keys[:, start:stop], weight1, bias1)
-        else:
-            x = first_product.product(start, stop)
-        x = act1(_layer_norm(norm, x.view(n, -1, 4, c1)))
+        x = first_product(start, start + chunk_tokens)
+        x = act1(_layer_norm(norm, x.expand(n, -1, -1).reshape(n, -1, 4, c1)))
         x = act2(F.linear(x, weight2, bias2).view(n, -1, c2))
         parts.append(x @ hyper_t.to(x.dtype))  # (n, chunk*16, k)
     logits = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
@@ -459,100 +457,30 @@ def _upscaled_masks(
     return logits.reshape(n, -1, 4 * side, 4 * side)
 
 
-@dataclass(frozen=True)
-class UpscalingBase:
-    """What the first upscaling product of a pass (:class:`_UpscalingInput`) needs of the
-    unchanged image tokens ``k_0`` and the decoder's weights, for L transformer layers.
-
-    ``D_l`` is the (C, K) first upscaling weight ``W^T`` (K = 4 C_up) with its input scaled by
-    the final-norm weights of layers l, l + 1, ..., L; ``b_l`` is layer l's final-norm bias.
-    """
-
-    tokens: torch.Tensor  # (1, N, K) k_0 D_1
-    weights: tuple[torch.Tensor, ...]  # D_l, (C, K) each
-    mean_rows: tuple[torch.Tensor, ...]  # -1 D_l (column sums), (1, 1, K) each
-    shift_rows: tuple[torch.Tensor, ...]  # b_l D_l+1 for l < L, (1, 1, K) each
-    bias: torch.Tensor  # (K,) b_L W^T + the convolution's bias
-
-    @classmethod
-    def of(cls, decoder, tokens: torch.Tensor) -> UpscalingBase:
-        """For (1, N, C) ``tokens`` (the embedding plus the no-mask embedding)."""
-        weight, bias = _first_upscaling_weight(decoder.output_upscaling[0])
-        norms = [layer.norm4 for layer in decoder.transformer.layers]
-        weights = [weight.T]  # D_L+1 = W^T, then D_L, ..., D_1
-        for norm in reversed(norms):
-            weights.insert(0, norm.weight[:, None] * weights[0])
-        shifts = [
-            (norm.bias @ d).view(1, 1, -1) for norm, d in zip(norms, weights[1:], strict=True)
-        ]
-        return cls(
-            tokens @ weights[0],
-            tuple(weights[:-1]),
-            tuple(-d.sum(0).view(1, 1, -1) for d in weights[:-1]),
-            tuple(shifts[:-1]),
-            bias + shifts[-1].view(-1),
-        )
-
-
-def _first_upscaling_weight(conv1) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first 2x2 transposed convolution as a (4 C_out, C_in) linear weight and its bias,
-    output features ordered (a, b, channel): child (2i + a, 2j + b) of pixel (i, j)."""
-    weight = conv1.weight.permute(2, 3, 1, 0).reshape(4 * conv1.out_channels, -1)
-    return weight, conv1.bias.repeat(4)
-
-
-@dataclass(frozen=True)
-class _KeysUpdate:
-    """One layer's change of the image tokens: ``LayerNorm(keys + probs @ values)`` with the
-    norm's per-token mean and 1/std."""
-
-    probs: torch.Tensor  # (n, N, R) softmax weights (a transposed view)
-    values: torch.Tensor  # (n, R, C)
-    mean: torch.Tensor  # (n, N, 1)
-    rstd: torch.Tensor  # (n, N, 1)
-
-
-@dataclass(frozen=True)
-class _UpscalingInput:
-    """The first upscaling product of the decoder's final image tokens, from their updates.
-
-    Layer l maps tokens ``k`` to ``((k + P_l V_l) - m_l) r_l g_l + b_l`` (per-token mean m_l
-    and 1/std r_l; the norm's weight g_l and bias b_l). Unrolled from the unchanged tokens
-    ``k_0``, the product with the weight is, with ``s_l = r_l r_l+1 ... r_L`` and ``D_l``
-    as in :class:`UpscalingBase`::
-
-        s_1 (k_0 D_1) + sum_l [ s_l P_l (V_l D_l) - s_l m_l (1 D_l) ]
-                      + sum_l<L s_l+1 (b_l D_l+1) + b_L W^T
-
-    ``k_0 D_1`` is computed once per image; the rest is ``columns @ rows`` with
-    R = L (heads * T + 2) - 1 per token (115 for SAM, against C = 256 for the plain product).
-    """
-
-    base: UpscalingBase
-    scale: torch.Tensor  # (n, N, 1) s_1
-    columns_t: torch.Tensor  # (n, R, N) the columns, transposed
-    rows: torch.Tensor  # (n, R, K)
-
-    @classmethod
-    def of(cls, base: UpscalingBase, updates: list[_KeysUpdate]) -> _UpscalingInput:
-        columns, rows = [], []
-        scale_after = None  # s_l+1
-        for index in reversed(range(len(updates))):
-            update = updates[index]
-            scale = update.rstd if scale_after is None else update.rstd * scale_after
-            columns += [update.probs.mT * scale.mT, (update.mean * scale).mT]
-            rows += [update.values @ base.weights[index], base.mean_rows[index]]
-            if scale_after is not None:
-                columns.append(scale_after.mT)
-                rows.append(base.shift_rows[index])
-            scale_after = scale
-        n = max(len(c) for c in columns)
-        columns = torch.cat([c.expand(n, -1, -1) for c in columns], dim=1)
-        rows = torch.cat([r.expand(n, -1, -1) for r in rows], dim=1)
-        return cls(base, scale_after, columns, rows)
-
-    def product(self, start: int, stop: int) -> torch.Tensor:
-        """(n, stop - start, K): the product for tokens ``start:stop``."""
-        tokens, scale = self.base.tokens[:, start:stop], self.scale[:, start:stop]
-        out = torch.addcmul(self.base.bias, tokens, scale)
-        return out.baddbmm_(self.columns_t[:, :, start:stop].mT, self.rows)
+def _low_rank_transformer(transformer, tokens, first: FirstLayerImage, final_tokens):
+    """:func:`_two_way_transformer` without gradients, in float32, given the image's
+    :class:`.LowRankImage`: the image tokens stay :class:`.low_rank_decoder.Keys`. Returns
+    the final queries and the final image tokens."""
+    image = first.low_rank
+    layer1, layer2 = transformer.layers
+    to_image, to_tokens = layer1.cross_attn_token_to_image, layer1.cross_attn_image_to_token
+    attend = partial(_tokens_to_projected_image, to_image, keys_t=first.keys, values=first.values)
+    queries = _update_tokens(layer1, tokens, tokens, attend)
+    probs = _projected_image_to_tokens(to_tokens, first.queries, queries + tokens)
+    keys1, normed1 = first_keys(
+        image, layer1.norm4, Update(probs.mT, *_value_heads(to_tokens, queries))
+    )
+    to_image, to_tokens = layer2.cross_attn_token_to_image, layer2.cross_attn_image_to_token
+    attend = partial(low_rank_attention, to_image, keys1, image.keys, image.values)
+    queries = _update_tokens(layer2, queries, tokens, attend)
+    scale = _heads(to_tokens)[2]
+    scores = keys1.scores(image.queries, to_tokens.k_proj(queries + tokens) * scale)
+    probs_t = scores.softmax(dim=2).flatten(1, 2)  # over the T tokens; (n, heads*T, N)
+    update2 = Update(probs_t, *_value_heads(to_tokens, queries))
+    keys2 = second_keys(image, layer1.norm4, layer2.norm4, normed1, update2)
+    final = transformer.final_attn_token_to_image
+    queries, tokens = queries[:, final_tokens], tokens[:, final_tokens]
+    attended = low_rank_attention(
+        final, keys2, image.final_keys, image.final_values, queries + tokens
+    )
+    return transformer.norm_final_attn(queries + attended), keys2

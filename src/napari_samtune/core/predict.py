@@ -246,7 +246,7 @@ class Segmenter:
         return logits.float(), iou.float()
 
     def _decoder_image(self, view: int) -> DecoderImage:
-        """The view's embedding as decoder tokens; the last few views' are kept (18.5 MiB each).
+        """The view's embedding as decoder tokens; the last few views' are kept (41 MiB each).
 
         They hold projections by the decoder's weights, which a Segmenter never changes.
         """
