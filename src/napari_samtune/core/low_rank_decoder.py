@@ -63,14 +63,23 @@ class _Projection:
     weight: torch.Tensor  # (heads * d, C) W
     base: torch.Tensor  # (heads, N, d) (c * gamma_l) @ W^T
     shift: torch.Tensor  # (heads, N or 1, d) b_l @ W^T + b (+ pe @ W^T for keys and queries)
+    both_t: torch.Tensor | None = None  # (heads, d, 2N) [base | shift] transposed, with pe
 
     @classmethod
     def of(cls, linear, heads: int, base, level_bias, pe=None) -> _Projection:
-        """``linear``: a module with ``weight`` and ``bias``, or the pair."""
+        """``linear``: a module with ``weight`` and ``bias``, or the pair. With ``pe`` (keys
+        and queries, for :meth:`Keys.scores`) both parts are kept side by side, transposed."""
         weight, bias = (linear.weight, linear.bias) if hasattr(linear, "weight") else linear
         shift_in = level_bias[None] if pe is None else pe + level_bias
-        shift = F.linear(shift_in, weight, bias)
-        return cls(weight, _split(base @ weight.T, heads), _split(shift, heads))
+        base, shift = (
+            _split(base @ weight.T, heads),
+            _split(F.linear(shift_in, weight, bias), heads),
+        )
+        if pe is None:
+            return cls(weight, base, shift)
+        both_t = torch.cat([base, shift], dim=1).mT.contiguous()
+        n_tokens = base.shape[1]
+        return cls(weight, both_t[..., :n_tokens].mT, both_t[..., n_tokens:].mT, both_t)
 
 
 @dataclass(frozen=True)
@@ -154,18 +163,20 @@ class Keys:
         """(n, heads, T, N) products of (n, T, heads * d) ``small`` with each head's projected
         tokens."""
         n, n_tokens, _ = small.shape
-        heads, _, head_dim = projection.base.shape
-        per_head = _per_head(small, heads)  # (heads, n*T, d)
-
-        def image_side(tokens):  # (heads, N or 1, d) -> (n, heads, T, N or 1)
-            product = per_head @ tokens.mT
-            return product.view(heads, n, n_tokens, -1).transpose(0, 1)
-
+        heads, head_dim, n_pixels = (
+            projection.base.shape[0],
+            projection.base.shape[2],
+            self.scale.shape[-1],
+        )
+        # both image-side parts in one product: (n, heads, T, 2N)
+        image = (_per_head(small, heads) @ projection.both_t).view(heads, n, n_tokens, -1)
+        image = image.transpose(0, 1)
+        shift = image[..., n_pixels:].reshape(n, heads * n_tokens, n_pixels)
         rows = (self.rows @ projection.weight.T).view(n, -1, heads, head_dim)
         low = torch.einsum("nthd,nrhd->nhtr", small.view(n, n_tokens, heads, head_dim), rows)
-        cols = (low.reshape(n, heads * n_tokens, -1) @ self.cols_t).view(n, heads, n_tokens, -1)
-        shifted = cols + image_side(projection.shift)
-        return torch.addcmul(shifted, image_side(projection.base), self.scale[:, None])
+        scores = torch.baddbmm(shift, low.reshape(n, heads * n_tokens, -1), self.cols_t)
+        scores = scores.view(n, heads, n_tokens, n_pixels)
+        return scores.addcmul_(image[..., :n_pixels], self.scale[:, None])
 
     def mix(self, projection: _Projection, probs: torch.Tensor) -> torch.Tensor:
         """(n, T, heads * d): each head's projected tokens weighted by (n, heads, T, N)
