@@ -286,8 +286,9 @@ def test_inference_decoding_with_a_projected_first_layer_matches_stock(
     monkeypatch.setattr(
         low_rank_decoder.Keys,
         "product",
-        lambda self, projection, *span: low_rank_chunks.append(span)
-        or product(self, projection, *span),
+        lambda self, projection, *span: (
+            low_rank_chunks.append(span) or product(self, projection, *span)
+        ),
     )
     with torch.no_grad():
         stock_logits, stock_iou = decode(sam, embedding, *prompts)
