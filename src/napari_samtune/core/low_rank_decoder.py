@@ -12,13 +12,13 @@ norms' weights, ``b_l`` the last norm's bias and (N x R) ``cols_l``, (R x C) ``r
 R = 56 (one point) to 116 columns. Every product of the tokens with a weight ``W`` then is
 ``s_l * ((c * gamma_l) @ W) + cols_l @ (rows_l @ W) + b_l @ W``, whose first term is computed
 once per image (:class:`LowRankImage`) and whose second has R instead of C = 256 columns.
-The attention scores of the T prompt tokens come out per head from those projections, and
-the norms' statistics from per-token moments (:func:`_first_norm`, :func:`_second_norm`):
-no prompt ever materialises an (N x C) map of image tokens. For one point on a 64 x 64
-embedding that is ~0.25 instead of ~0.8 GFLOP of image-sized products and no 4 MB passes
-(about as fast on 2 cores: the products have few columns); for a batch of 64 points the
-old way streamed 64 maps of 4 MB per layer, and the batch now decodes in less than half
-the time.
+The attention scores of the T prompt tokens come out per head from those projections
+(:class:`Keys`), and the norms' statistics from per-token moments (:func:`first_keys`,
+:func:`second_keys`): no prompt ever materialises an (N x C) map of image tokens. For one
+point on a 64 x 64 embedding that is ~0.25 instead of ~0.8 GFLOP of image-sized products and
+no 4 MB passes, about as fast on 2 cores (products with so few columns run at half the matmul
+rate); a batch of 64 points no longer streams 64 maps of 4 MB per layer (0.85x the time,
+900 MiB less memory in automatic segmentation).
 
 Same result as :func:`~napari_samtune.core.fast_decoder.decode_prompts` up to rounding.
 """
@@ -264,20 +264,25 @@ def second_keys(image: LowRankImage, norm1, norm2, first: _Normed, second: Updat
     update1, r1, centred1 = first.update, first.rstd, first.centred
     g1, bias = norm1.weight, norm1.bias - norm1.bias.mean()
     channels = len(g1)
-    mu = (image.second_g.sum + update1.through(centred1 @ g1)) / channels
+    # P_1 @ rows for: mu, the values' means, z . b~
+    rows1 = torch.stack([centred1 @ g1, first.means, centred1 @ (g1 * bias)], dim=1)
+    mu_rows, means_rows, bias_rows = (rows1 @ update1.probs_t).unbind(1)
+    mu = (image.second_g.sum + mu_rows) / channels
     # sum g1^2 y1^2, with c . (g1^2 V_1c) = (c g1^2) . V_1 - (c . g1^2) mean(V_1)
     gram = (centred1 * (g1 * g1)) @ centred1.mT
     z_square = image.second_g2.square + update1.quadratic(update1.dots(image.second_g2), gram)
-    z_square -= 2 * image.second_g2.sum * update1.through(first.means) + channels * mu * mu
-    z_bias = image.bias_dot + update1.through(centred1 @ (g1 * bias))  # z . b~
+    z_square -= 2 * image.second_g2.sum * means_rows + channels * mu * mu
+    z_bias = image.bias_dot + bias_rows  # z . b~
     means2, centred2 = second.centred()
-    # z . V_2c = (y_1 g_1) . V_2 - mu sum(V_2), with y_1 g_1 = c g_1 + P_1 (V_1c g_1)
+    # z . V_2c = (y_1 g_1) . V_2 - mu sum(V_2), with y_1 g_1 = c g_1 + P_1 (V_1c g_1); the
+    # P_2 terms: sum_r p_r (2 r_1 (z . V_2c,r) + 2 b~ . V_2,r + (P_2 V_2c V_2c^T)_r)
     z_values = second.dots(image.second_g)
     z_values.baddbmm_(second.values @ (centred1 * g1).mT, update1.probs_t)
-    z_dot = (z_values * second.probs_t).sum(1) - channels * mu * second.through(means2)
-    square = r1 * r1 * z_square + 2 * r1 * (z_bias + z_dot) + bias @ bias
-    square += 2 * second.through(second.values @ bias)
-    square += (second.probs_t * (centred2 @ centred2.mT @ second.probs_t)).sum(1)
+    z_values.mul_(2 * r1[:, None]).baddbmm_(centred2 @ centred2.mT, second.probs_t)
+    rows2 = torch.stack([means2, second.values @ bias], dim=1)
+    means_rows2, bias_rows2 = (rows2 @ second.probs_t).unbind(1)
+    square = r1 * r1 * z_square + 2 * r1 * (z_bias - channels * mu * means_rows2) + bias @ bias
+    square += (z_values * second.probs_t).sum(1) + 2 * bias_rows2
     r2 = torch.rsqrt(square / channels + norm2.eps)[:, None]  # (n, 1, N)
     scale, g2 = r1[:, None] * r2, norm2.weight
     cols = [scale * update1.probs_t, -scale * mu[:, None], r2, r2 * second.probs_t]
