@@ -59,7 +59,15 @@ def install_oracle(segmenter: Segmenter, truth: np.ndarray, tile_scores=(0.95, 0
        (only the stability filter rejects it).
     """
 
-    def decode(view, points_xy, point_labels, boxes_xyxy=None, mask_input=None, multimask=False):
+    def decode(
+        view,
+        points_xy,
+        point_labels,
+        boxes_xyxy=None,
+        mask_input=None,
+        multimask=False,
+        min_iou=None,
+    ):
         assert multimask and boxes_xyxy is None and mask_input is None
         tile_truth = lowres_labels(segmenter, view, truth)
         logits, scores = [], []
@@ -71,7 +79,9 @@ def install_oracle(segmenter: Segmenter, truth: np.ndarray, tile_scores=(0.95, 0
                 [np.where(mask, 10.0, -10.0), np.full(mask.shape, 10.0), np.where(grown, 0.5, -0.5)]
             )
             scores.append([tile_scores[view] if object_id else 0.5, 0.6, 0.99])
-        return torch.tensor(np.array(logits), dtype=torch.float32), torch.tensor(scores)
+        logits, scores = torch.tensor(np.array(logits), dtype=torch.float32), torch.tensor(scores)
+        rows = slice(None) if min_iou is None else (scores >= min_iou).any(dim=1)
+        return logits[rows], scores[rows]
 
     segmenter.decode = decode
 

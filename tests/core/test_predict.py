@@ -219,6 +219,24 @@ def test_batched_points_give_one_object_per_point(sensitive_sam):
         assert np.all(labels[single & (coverage == 1)] == object_id)
 
 
+def test_decoding_with_a_minimum_iou_keeps_exactly_the_prompts_that_reach_it(sensitive_sam, image):
+    """The prompts whose masks all fall below ``min_iou`` are dropped before upscaling; the
+    others come back as in a full decode (automatic segmentation's IoU filter)."""
+    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False, precision="fp32")
+    segmenter.set_image(image)
+    points = np.random.default_rng(0).uniform(0, 256, size=(12, 1, 2))
+    labels = np.ones((12, 1), dtype=np.int64)
+    low, iou = segmenter.decode(0, points, labels, multimask=True)
+    threshold = float(iou.max(dim=1).values.median())
+    passing = (iou >= threshold).any(dim=1)
+    assert 0 < passing.sum() < len(points)  # some prompts kept, some dropped
+    kept_low, kept_iou = segmenter.decode(0, points, labels, multimask=True, min_iou=threshold)
+    torch.testing.assert_close(kept_iou, iou[passing])
+    torch.testing.assert_close(kept_low, low[passing], rtol=0, atol=1e-5)
+    none_low, none_iou = segmenter.decode(0, points, labels, multimask=True, min_iou=2.0)
+    assert none_low.shape == (0, 3, *low.shape[-2:]) and none_iou.shape == (0, 3)
+
+
 def test_a_multichannel_image_is_normalised_through_to_sam_rgb(sensitive_sam, image):
     stack = np.stack([np.zeros_like(image), image.astype(np.uint16) * 100], axis=0)
     segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False, precision="fp32")

@@ -164,7 +164,11 @@ def tile_candidates(
     for start in range(0, len(points), config.points_per_batch):
         batch = points[start : start + config.points_per_batch]
         labels = np.ones((len(batch), 1), dtype=np.int64)
-        low, iou = segmenter.decode(view, batch[:, None], labels, multimask=True)
+        # points without a candidate that reaches the IoU threshold are dropped before their
+        # masks are upscaled: filter_candidates would drop all of them
+        low, iou = segmenter.decode(
+            view, batch[:, None], labels, multimask=True, min_iou=config.pred_iou_thresh
+        )
         found = filter_candidates(tile, view, low.flatten(0, 1), iou.flatten(), config)
         # suppress as we go so memory stays proportional to the number of objects
         pool = found if pool is None else Candidates.concat([pool, found])

@@ -15,10 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from napari_samtune.core.low_rank_decoder import (
+    Keys,
     LowRankImage,
     Update,
     _first_upscaling_weight,
     _heads,
+    _Projection,
     first_keys,
     low_rank_attention,
     second_keys,
@@ -164,6 +166,32 @@ def _first_layer_image(layer, keys: torch.Tensor, key_pe: torch.Tensor, dtype) -
     )
 
 
+@dataclass(frozen=True)
+class DecodedPrompts:
+    """n prompts decoded up to their masks: the predicted IoUs, and the mask logits on demand
+    (the upscaling is most of a pass's work once the image tokens are low-rank)."""
+
+    iou: torch.Tensor  # (n, k) predicted IoUs, compute dtype
+    hyper: torch.Tensor  # (n, k, C/8) the masks' weights
+    image_tokens: torch.Tensor | Keys  # (n, N, C) final image tokens, or their low-rank form
+    upscaling: torch.nn.Sequential  # the decoder's output upscaling
+    projection: _Projection | None  # the low-rank form's first upscaling projection
+    side: int  # E, the side of the embedding grid
+
+    def logits(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Low-res logits (m, k, 4E, 4E) of the prompts ``rows`` (an index; default all)."""
+        tokens, hyper = self.image_tokens, self.hyper
+        if rows is not None:
+            tokens, hyper = tokens[rows], hyper[rows]
+        if len(hyper) == 0:
+            return hyper.new_empty(0, hyper.shape[1], 4 * self.side, 4 * self.side)
+        if isinstance(tokens, Keys):
+            first_product = partial(tokens.product, self.projection)
+        else:
+            first_product = partial(_plain_first_product, self.upscaling[0], tokens)
+        return _upscaled_masks(self.upscaling, first_product, self.side**2, hyper, self.side)
+
+
 def decode_prompts(
     sam: torch.nn.Module,
     image: DecoderImage,
@@ -188,6 +216,21 @@ def decode_prompts(
         backward sums its weight gradients over all pixels in the input's dtype: in bf16
         they come out 10-20% off); matrix products run in the compute dtype.
     """
+    decoded = decode_until_masks(sam, image, points, point_labels, boxes, mask_input, multimask)
+    logits = decoded.logits()
+    return logits, decoded.iou.to(logits.dtype)
+
+
+def decode_until_masks(
+    sam: torch.nn.Module,
+    image: DecoderImage,
+    points: torch.Tensor | None,
+    point_labels: torch.Tensor | None,
+    boxes: torch.Tensor | None,
+    mask_input: torch.Tensor | None,
+    multimask: bool,
+) -> DecodedPrompts:
+    """:func:`decode_prompts` (same arguments) up to the masks' upscaling."""
     encoder, decoder = sam.prompt_encoder, sam.mask_decoder
     with torch.autocast(image.tokens.device.type, enabled=False):  # sin/cos of coordinates
         sparse, _ = encoder(
@@ -206,24 +249,20 @@ def decode_prompts(
     used = list(range(decoder.num_mask_tokens)) if torch.is_grad_enabled() else picked
     first = image.first_layer if mask_input is None else None
     final_tokens = [0] + [1 + i for i in used]  # the IoU token and the used mask tokens
+    projection = None
     if first is not None and first.low_rank is not None and not torch.is_grad_enabled():
-        queries, low_rank_keys = _low_rank_transformer(
-            decoder.transformer, tokens, first, final_tokens
-        )
-        first_product = partial(low_rank_keys.product, first.low_rank.upscaling)
+        queries, keys = _low_rank_transformer(decoder.transformer, tokens, first, final_tokens)
+        projection = first.low_rank.upscaling
     else:
         queries, keys = _two_way_transformer(
             decoder.transformer, tokens, keys, image.pe, image.dtype, first, final_tokens
         )
-        first_product = partial(_plain_first_product, decoder.output_upscaling[0], keys)
     mlps = decoder.output_hypernetworks_mlps
     hyper = torch.stack([mlps[i](queries[:, 1 + j]) for j, i in enumerate(used)], dim=1)
     if len(used) > len(picked):
         hyper = hyper[:, picked]
-    n_tokens = image.size * image.size
-    logits = _upscaled_masks(decoder.output_upscaling, first_product, n_tokens, hyper, image.size)
     iou = decoder.iou_prediction_head(queries[:, 0])[:, picked]
-    return logits, iou.to(logits.dtype)
+    return DecodedPrompts(iou, hyper, keys, decoder.output_upscaling, projection, image.size)
 
 
 def _embed_masks(downscaling: torch.nn.Sequential, masks: torch.Tensor) -> torch.Tensor:

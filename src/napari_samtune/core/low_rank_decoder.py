@@ -159,6 +159,10 @@ class Keys:
     cols_t: torch.Tensor  # (n, R, N) cols, transposed
     rows: torch.Tensor  # (n, R, C)
 
+    def __getitem__(self, prompts) -> Keys:
+        """The tokens of some of the n prompts (an index along the first axis)."""
+        return Keys(self.scale[prompts], self.cols_t[prompts], self.rows[prompts])
+
     def scores(self, projection: _Projection, small: torch.Tensor) -> torch.Tensor:
         """(n, heads, T, N) products of (n, T, heads * d) ``small`` with each head's projected
         tokens."""

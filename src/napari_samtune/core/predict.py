@@ -38,7 +38,7 @@ from napari_samtune.core.embeddings import (
     embedding_key,
     image_digest,
 )
-from napari_samtune.core.fast_decoder import DecoderImage, decode_prompts, decoder_image
+from napari_samtune.core.fast_decoder import DecoderImage, decode_until_masks, decoder_image
 from napari_samtune.core.heap import keep_freed_memory, tune_cpu_allocator
 from napari_samtune.core.images import to_sam_rgb
 from napari_samtune.core.models import state_dict_digest
@@ -215,6 +215,7 @@ class Segmenter:
         boxes_xyxy: np.ndarray | None = None,
         mask_input: torch.Tensor | None = None,
         multimask: bool = False,
+        min_iou: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt encoder + mask decoder on one view for a batch of B prompts.
 
@@ -224,9 +225,12 @@ class Segmenter:
             boxes_xyxy: (B, 4) image XYXY boxes.
             mask_input: (B, 1, L, L) logits in this view's frame.
             multimask: three candidates per prompt instead of one.
+            min_iou: return only the prompts with a mask whose predicted IoU reaches this
+                (their masks alone are upscaled: most of a pass's work).
 
         Returns:
-            low-res logits (B, M, L, L) float32 and predicted IoU (B, M), M = 3 or 1.
+            low-res logits (B, M, L, L) float32 and predicted IoU (B, M), M = 3 or 1; with
+            ``min_iou``, of the prompts that pass it, in their order.
         """
         tile, device = self.grid.view(view), self.model.device
         coords = labels = boxes = None
@@ -240,10 +244,14 @@ class Segmenter:
             boxes = torch.as_tensor(corners, dtype=torch.float, device=device)
         with torch.inference_mode():
             image = self._decoder_image(view)
-            logits, iou = decode_prompts(
+            decoded = decode_until_masks(
                 self.model, image, coords, labels, boxes, mask_input, multimask
             )
-        return logits.float(), iou.float()
+            iou = decoded.iou.float()
+            if min_iou is None:
+                return decoded.logits().float(), iou
+            rows = torch.nonzero((iou >= min_iou).any(dim=1))[:, 0]
+            return decoded.logits(rows).float(), iou[rows]
 
     def _decoder_image(self, view: int) -> DecoderImage:
         """The view's embedding as decoder tokens; the last few views' are kept (41 MiB each).
