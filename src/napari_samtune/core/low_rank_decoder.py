@@ -130,18 +130,17 @@ class LowRankImage:
         centred = tokens[0] - tokens[0].mean(-1, keepdim=True)
         level1, level2, pe = centred * g1, centred * g1 * g2, pe[0]
         attn1_out = layer1.cross_attn_image_to_token
-        heads = layer2.cross_attn_token_to_image.num_heads
         final = decoder.transformer.final_attn_token_to_image
         upscaling = _first_upscaling_weight(decoder.output_upscaling[0])
         to_image, to_tokens = layer2.cross_attn_token_to_image, layer2.cross_attn_image_to_token
         return cls(
             _Moments.of(centred, torch.ones_like(g1), attn1_out),
             _Moments.of(centred, g1 * g1, attn1_out),
-            _Moments.of(centred, g1, layer2.cross_attn_image_to_token),
+            _Moments.of(centred, g1, to_tokens),
             centred @ (g1 * (b1 - b1.mean())),
-            _Projection.of(to_image.k_proj, heads, level1, b1, pe),
-            _Projection.of(to_image.v_proj, heads, level1, b1),
-            _Projection.of(to_tokens.q_proj, heads, level1, b1, pe),
+            _Projection.of(to_image.k_proj, to_image.num_heads, level1, b1, pe),
+            _Projection.of(to_image.v_proj, to_image.num_heads, level1, b1),
+            _Projection.of(to_tokens.q_proj, to_tokens.num_heads, level1, b1, pe),
             _Projection.of(final.k_proj, final.num_heads, level2, b2, pe),
             _Projection.of(final.v_proj, final.num_heads, level2, b2),
             _Projection.of(upscaling, 1, level2, b2),
