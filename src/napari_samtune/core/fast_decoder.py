@@ -192,31 +192,10 @@ class DecodedPrompts:
         return _upscaled_masks(self.upscaling, first_product, self.side**2, hyper, self.side)
 
 
-def decode_prompts(
-    sam: torch.nn.Module,
-    image: DecoderImage,
-    points: torch.Tensor | None,
-    point_labels: torch.Tensor | None,
-    boxes: torch.Tensor | None,
-    mask_input: torch.Tensor | None,
-    multimask: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """SAM's prompt encoder + mask decoder for n objects of one image, as the stock modules.
-
-    Args:
-        points: float32 (n, k, 2) (x, y) in the input frame, with int64 (n, k) labels.
-        boxes: float32 (n, 4) XYXY in the input frame.
-        mask_input: (n, 1, 4E, 4E) low-res logits of an earlier pass.
-        multimask: three candidate masks (else one).
-
-    Returns:
-        low-res logits (n, 3 or 1, 4E, 4E) and predicted IoUs (n, 3 or 1) in the compute
-        dtype. As under autocast in the stock modules, image-sized tensors stay float32
-        between products and every layer norm of them runs in float32 (the CPU layer-norm
-        backward sums its weight gradients over all pixels in the input's dtype: in bf16
-        they come out 10-20% off); matrix products run in the compute dtype.
-    """
-    decoded = decode_until_masks(sam, image, points, point_labels, boxes, mask_input, multimask)
+def decode_prompts(*args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`decode_until_masks` (same arguments) with all masks: low-res logits
+    (n, 3 or 1, 4E, 4E) and predicted IoUs (n, 3 or 1), both in the compute dtype."""
+    decoded = decode_until_masks(*args, **kwargs)
     logits = decoded.logits()
     return logits, decoded.iou.to(logits.dtype)
 
@@ -230,7 +209,20 @@ def decode_until_masks(
     mask_input: torch.Tensor | None,
     multimask: bool,
 ) -> DecodedPrompts:
-    """:func:`decode_prompts` (same arguments) up to the masks' upscaling."""
+    """SAM's prompt encoder + mask decoder for n objects of one image, as the stock modules,
+    up to the masks' upscaling (:meth:`DecodedPrompts.logits`).
+
+    Args:
+        points: float32 (n, k, 2) (x, y) in the input frame, with int64 (n, k) labels.
+        boxes: float32 (n, 4) XYXY in the input frame.
+        mask_input: (n, 1, 4E, 4E) low-res logits of an earlier pass.
+        multimask: three candidate masks (else one).
+
+    As under autocast in the stock modules, image-sized tensors stay float32 between products
+    and every layer norm of them runs in float32 (the CPU layer-norm backward sums its weight
+    gradients over all pixels in the input's dtype: in bf16 they come out 10-20% off); matrix
+    products run in the compute dtype.
+    """
     encoder, decoder = sam.prompt_encoder, sam.mask_decoder
     with torch.autocast(image.tokens.device.type, enabled=False):  # sin/cos of coordinates
         sparse, _ = encoder(
