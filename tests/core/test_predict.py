@@ -7,6 +7,7 @@ import pytest
 import torch
 from segment_anything import SamPredictor
 
+from napari_samtune.core import predict as predict_module
 from napari_samtune.core.embeddings import OVERVIEW, TileGrid, TilingConfig
 from napari_samtune.core.images import to_sam_rgb
 from napari_samtune.core.predict import BACKGROUND_LOGIT, Prediction, Segmenter, reproject_logits
@@ -235,6 +236,24 @@ def test_decoding_with_a_minimum_iou_keeps_exactly_the_prompts_that_reach_it(sen
     torch.testing.assert_close(kept_low, low[passing], rtol=0, atol=1e-5)
     none_low, none_iou = segmenter.decode(0, points, labels, multimask=True, min_iou=2.0)
     assert none_low.shape == (0, 3, *low.shape[-2:]) and none_iou.shape == (0, 3)
+
+
+def test_a_single_tile_image_has_its_decoder_tokens_before_the_first_prompt(
+    tiny_sam, image, monkeypatch
+):
+    """Projecting the decoder tokens (tens of ms) happens while the image is set, not when
+    the user first clicks; later prompts reuse them."""
+    calls = []
+    real = predict_module.decoder_image
+    monkeypatch.setattr(
+        predict_module, "decoder_image", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    segmenter = Segmenter(tiny_sam, model_id="tiny", use_disk_cache=False)
+    segmenter.set_image(image)
+    assert len(segmenter.grid.tiles) == 1 and len(calls) == 1
+    segmenter.predict(points_xy=np.array([[40.0, 50.0]]))
+    segmenter.predict(box_xyxy=np.array([10.0, 10.0, 90.0, 80.0]))
+    assert len(calls) == 1
 
 
 def test_a_multichannel_image_is_normalised_through_to_sam_rgb(sensitive_sam, image):

@@ -173,6 +173,8 @@ class Segmenter:
         self._rgb, self._image_hash, self._grid = rgb, digest, grid
         self._features, self._overview, self._last_view = features, None, 0
         self._decoder_images = {}
+        if len(grid.tiles) == 1:  # every prompt's view: its decoder tokens now, not at a click
+            self._decoder_image(0)
 
     def _load_or_embed(
         self,
