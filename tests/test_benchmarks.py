@@ -13,6 +13,7 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
+import bench_decoder  # noqa: E402
 import bench_device  # noqa: E402
 import bench_train  # noqa: E402
 
@@ -115,3 +116,18 @@ def test_embedding_benchmark_alternates_children_and_keeps_the_best(monkeypatch)
     assert fast["vit_t"]["seconds"] == 4.0
     assert fast["vit_t"]["prompt_ms"] == 4.0 and fast["vit_t"]["min_iou"] == 0.8  # over all runs
     assert ratios["vit_t"] == [2.5, 1.6]  # each adjacent pair
+
+
+def test_decoder_benchmark_compares_equal_outputs_and_labels(capsys):
+    segmenter = bench_decoder.make_segmenter("random:tiny", 256)
+    decode = bench_decoder.decode_rows(segmenter, repeats=1)
+    assert [row["case"] for row in decode] == [case for case, *_ in bench_decoder.CASES]
+    for row in decode:
+        assert row["max_rel_diff"] < 1e-5  # the low-rank and plain decoders agree
+        assert row["new_s"] > 0 and row["old_s"] > 0 and row["ratio"] > 0
+    automatic = bench_decoder.automatic_row(segmenter, repeats=1)
+    assert automatic["equal"]  # skipping unconfident points changes no label
+    assert "decode" not in vars(segmenter)  # the full-decode stand-in is removed again
+    bench_decoder.print_tables(segmenter, "random:tiny", 256, decode, automatic)
+    out = capsys.readouterr().out
+    assert "does not use the low-rank decoder" in out and "| 64 points x 3 masks |" in out

@@ -281,6 +281,7 @@ def test_inference_decoding_with_a_projected_first_layer_matches_stock(
     prompts = prompts[:-1] + (multimask,)
     embedding = torch.randn(1, TINY.prompt_embed_dim, 16, 16)
     monkeypatch.setattr(fast_decoder, "UPSCALE_CHUNK_TOKENS", 100)
+    monkeypatch.setattr(fast_decoder, "LOW_RANK_MIN_TOKENS", 16 * 16)
     low_rank_chunks = []
     product = low_rank_decoder.Keys.product
     monkeypatch.setattr(
@@ -353,11 +354,14 @@ def test_use_fast_paths_switches_encoder_and_decoder_and_keeps_the_weights():
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
 
-def test_low_precision_images_keep_the_plain_image_tokens():
-    """The low-rank tokens' norms come from moments with cancellations: float32 only."""
+def test_low_precision_and_small_images_keep_the_plain_image_tokens(monkeypatch):
+    """The low-rank tokens' norms come from moments with cancellations: float32 only; and
+    for embeddings smaller than LOW_RANK_MIN_TOKENS the plain decoder is faster."""
     sam = _decoder_sam().eval()
     embedding = torch.randn(1, TINY.prompt_embed_dim, 16, 16)
     with torch.no_grad():
+        assert decoder_image(sam, embedding, project_first_layer=True).first_layer.low_rank is None
+        monkeypatch.setattr(fast_decoder, "LOW_RANK_MIN_TOKENS", 16 * 16)
         assert decoder_image(sam, embedding, project_first_layer=True).first_layer.low_rank
         with autocast(torch.device("cpu"), torch.bfloat16):
             image = decoder_image(sam, embedding, project_first_layer=True)

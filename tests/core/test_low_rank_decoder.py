@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_samtune.core import fast_decoder
 from napari_samtune.core.fast_decoder import decode_prompts, decoder_image
 from napari_samtune.core.models import load_model
 from napari_samtune.core.predict import Segmenter
@@ -21,8 +22,9 @@ def nano_image():
     segmenter = Segmenter(sam, model_id="nano", device=torch.device("cpu"), use_disk_cache=False)
     image, _ = make_image((512, 512), seed=3)
     segmenter.set_image(np.stack([image] * 3, axis=-1))
-    with torch.inference_mode():
+    with torch.inference_mode(), pytest.MonkeyPatch.context() as patch:
         embedding = segmenter.features(0)
+        patch.setattr(fast_decoder, "LOW_RANK_MIN_TOKENS", 0)  # nano's 16 x 16 tokens
         low_rank = decoder_image(sam, embedding, project_first_layer=True)
         plain = decoder_image(sam, embedding)
     return sam, low_rank, plain

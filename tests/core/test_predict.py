@@ -7,6 +7,7 @@ import pytest
 import torch
 from segment_anything import SamPredictor
 
+from napari_samtune.core import fast_decoder
 from napari_samtune.core import predict as predict_module
 from napari_samtune.core.embeddings import OVERVIEW, TileGrid, TilingConfig
 from napari_samtune.core.images import to_sam_rgb
@@ -220,9 +221,15 @@ def test_batched_points_give_one_object_per_point(sensitive_sam):
         assert np.all(labels[single & (coverage == 1)] == object_id)
 
 
-def test_decoding_with_a_minimum_iou_keeps_exactly_the_prompts_that_reach_it(sensitive_sam, image):
+@pytest.mark.parametrize("low_rank", [False, True])
+def test_decoding_with_a_minimum_iou_keeps_exactly_the_prompts_that_reach_it(
+    sensitive_sam, image, low_rank, monkeypatch
+):
     """The prompts whose masks all fall below ``min_iou`` are dropped before upscaling; the
-    others come back as in a full decode (automatic segmentation's IoU filter)."""
+    others come back as in a full decode (automatic segmentation's IoU filter), with the
+    plain and the low-rank image tokens."""
+    if low_rank:
+        monkeypatch.setattr(fast_decoder, "LOW_RANK_MIN_TOKENS", 0)
     segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False, precision="fp32")
     segmenter.set_image(image)
     points = np.random.default_rng(0).uniform(0, 256, size=(12, 1, 2))

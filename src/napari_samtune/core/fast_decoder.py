@@ -90,6 +90,10 @@ def use_fast_upscaling(model: torch.nn.Module) -> torch.nn.Module:
 
 
 UPSCALE_CHUNK_TOKENS = 512  # ~3 MB of upscaling activations per chunk (no gradients)
+# Smallest embedding (tokens) that gets the low-rank decoder: with SAM's 64 x 64 tokens it
+# took 0.79-0.91x the plain decoder's time, with nano's 16 x 16 1.16-1.20x (its ~80 extra
+# small operations cost more than the image side it saves; benchmarks/bench_decoder.py)
+LOW_RANK_MIN_TOKENS = 64 * 64
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,7 @@ class FirstLayerImage:
     instead of three (N x C x 8T) ones. Only worth it when the image has many prompts
     (interactive use): for one pass the projections cost more than they save. In float32
     the later layers' projections are kept too (:class:`.LowRankImage`), for SAM's
-    two-layer transformer.
+    two-layer transformer and embeddings of at least :data:`LOW_RANK_MIN_TOKENS` tokens.
     """
 
     keys: torch.Tensor  # (heads, d, E*E) token -> image keys, transposed for q @ k
@@ -143,7 +147,11 @@ def decoder_image(
             keys = tokens + sam.prompt_encoder.no_mask_embed.weight
             first = _first_layer_image(sam.mask_decoder.transformer.layers[0], keys, pe, dtype)
             # low precision would lose the cancellations of the norms' moments
-            if dtype == torch.float32 and len(sam.mask_decoder.transformer.layers) == 2:
+            if (
+                dtype == torch.float32
+                and len(sam.mask_decoder.transformer.layers) == 2
+                and tokens.shape[1] >= LOW_RANK_MIN_TOKENS
+            ):
                 low_rank = LowRankImage.of(sam.mask_decoder, keys, pe)
                 first = replace(first, low_rank=low_rank)
     return DecoderImage(tokens, pe, embedding.shape[-1], dtype, first)
