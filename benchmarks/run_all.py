@@ -3,9 +3,10 @@
 Runs ``bench_embedding.py`` (image-embedding time against the machine's limit and stock
 ``SamPredictor``, mask agreement with fp32, prompt latency) and ``bench_train.py`` (seconds
 per step against a stock loop, frozen-encoder epoch ratios, peak memory against each preset's
-budget) one after the other, so that neither disturbs the other's timings. Run it on an
-otherwise idle machine: other jobs sharing the cores slow PyTorch's threads far more than
-their share.
+budget) one after the other, so that neither disturbs the other's timings; on the CPU then
+``bench_decoder.py`` (the low-rank decoder and automatic segmentation against their plain
+versions). Run it on an otherwise idle machine: other jobs sharing the cores slow PyTorch's
+threads far more than their share.
 
 Run: ``.venv/bin/python benchmarks/run_all.py [--quick] [--device cuda]``; on a lent GPU
 machine, ``bash benchmarks/gpu_check.sh`` (see there).
@@ -36,6 +37,8 @@ def main() -> None:
     repeats = "1" if args.quick else "2"
     run("bench_embedding.py", "--device", args.device, "--repeats", repeats)
     run("bench_train.py", "--device", args.device, "--repeats", repeats)
+    if args.device == "cpu":
+        run("bench_decoder.py", "--auto-repeats", repeats)
 
 
 if __name__ == "__main__":
