@@ -94,11 +94,21 @@ def test_a_point_on_another_plane_waits_for_that_embedding(stack_widget, qtbot):
     np.testing.assert_array_equal(layers.preview.data[0], on_plane_0)  # untouched
 
 
-def test_embed_all_planes_caches_every_plane(stack_widget, qtbot, stack, run_job, go_to_plane):
+def test_embed_all_planes_caches_every_plane(
+    stack_widget, qtbot, stack, run_job, go_to_plane, monkeypatch
+):
     viewer, widget = stack_widget
     widget.set_image_calls.clear()
+    prepared = []  # how many images were set when the decoder tokens were projected
+    prepare = widget.segmenter.prepare_prompts
+    monkeypatch.setattr(
+        widget.segmenter,
+        "prepare_prompts",
+        lambda: prepared.append(len(widget.set_image_calls)) or prepare(),
+    )
     run_job(widget, widget.embed_all_planes, EMBED_TASK)
     assert len(widget.set_image_calls) >= N_PLANES  # (then plane 0, in view, again)
+    assert prepared[0] == N_PLANES  # once, for the last plane, not for each one
     for plane in range(N_PLANES):
         np.testing.assert_array_equal(widget.set_image_calls[plane], stack[plane])
     cache_files = list(widget.segmenter.cache.directory.rglob("*"))

@@ -245,11 +245,12 @@ def test_decoding_with_a_minimum_iou_keeps_exactly_the_prompts_that_reach_it(
     assert none_low.shape == (0, 3, *low.shape[-2:]) and none_iou.shape == (0, 3)
 
 
-def test_a_single_tile_image_has_its_decoder_tokens_before_the_first_prompt(
+def test_prepared_prompts_project_a_single_tile_image_once_and_set_image_does_not(
     tiny_sam, image, monkeypatch
 ):
-    """Projecting the decoder tokens (tens of ms) happens while the image is set, not when
-    the user first clicks; later prompts reuse them."""
+    """Projecting the decoder tokens (tens of ms) happens in ``prepare_prompts`` (the
+    widget's embedding worker), not at the first prompt and not for every image set (the
+    widget sets every plane of a stack to embed them all); later prompts reuse them."""
     calls = []
     real = predict_module.decoder_image
     monkeypatch.setattr(
@@ -257,7 +258,9 @@ def test_a_single_tile_image_has_its_decoder_tokens_before_the_first_prompt(
     )
     segmenter = Segmenter(tiny_sam, model_id="tiny", use_disk_cache=False)
     segmenter.set_image(image)
-    assert len(segmenter.grid.tiles) == 1 and len(calls) == 1
+    assert len(segmenter.grid.tiles) == 1 and not calls
+    segmenter.prepare_prompts()
+    assert len(calls) == 1
     segmenter.predict(points_xy=np.array([[40.0, 50.0]]))
     segmenter.predict(box_xyxy=np.array([10.0, 10.0, 90.0, 80.0]))
     assert len(calls) == 1

@@ -61,6 +61,7 @@ def iter_embed_planes(
             _set_plane(segmenter, axes, data, plane)
         else:  # one plane: show its tiles
             _set_plane(segmenter, axes, data, plane, report)
+    segmenter.prepare_prompts()  # the plane the user prompts next: not at the first click
     return planes[-1]
 
 
