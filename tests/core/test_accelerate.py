@@ -31,6 +31,7 @@ from napari_samtune.core.fast_encoder import (
     use_fast_attention,
     use_stock_attention,
 )
+from napari_samtune.core.low_rank_decoder import _first_upscaling_weight
 from napari_samtune.core.train_step import decode
 
 
@@ -314,7 +315,8 @@ def test_upscaling_in_chunks_matches_one_pass(grad):
     hyper = torch.randn(2, 3, TINY.prompt_embed_dim // 8)
     upscaling = sam.mask_decoder.output_upscaling
     with torch.set_grad_enabled(grad):
-        first_product = partial(_plain_first_product, upscaling[0], keys)
+        weight, bias = _first_upscaling_weight(upscaling[0])
+        first_product = partial(_plain_first_product, keys, weight, bias)
         whole = _upscaled_masks(upscaling, first_product, 256, hyper, 16, chunk_tokens=16 * 16)
         chunked = _upscaled_masks(upscaling, first_product, 256, hyper, 16, chunk_tokens=37)
     assert whole.shape == (2, 3, 64, 64)

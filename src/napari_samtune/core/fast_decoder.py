@@ -196,7 +196,8 @@ class DecodedPrompts:
         if isinstance(tokens, Keys):
             first_product = partial(tokens.product, self.projection)
         else:
-            first_product = partial(_plain_first_product, self.upscaling[0], tokens)
+            weight, bias = _first_upscaling_weight(self.upscaling[0])
+            first_product = partial(_plain_first_product, tokens, weight, bias)
         return _upscaled_masks(self.upscaling, first_product, self.side**2, hyper, self.side)
 
 
@@ -455,10 +456,10 @@ def _batched_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a @ b
 
 
-def _plain_first_product(conv1, keys, start: int, stop: int) -> torch.Tensor:
-    """The first upscaling convolution of (1 or n, N, C) ``keys`` ``start:stop``, as
-    (., stop - start, 4 C_up) sub-pixel features."""
-    return F.linear(keys[:, start:stop], *_first_upscaling_weight(conv1))
+def _plain_first_product(keys, weight, bias, start: int, stop: int) -> torch.Tensor:
+    """The first upscaling convolution (:func:`.low_rank_decoder._first_upscaling_weight`)
+    of (n, N, C) ``keys`` ``start:stop``, as (n, stop - start, 4 C_up) sub-pixel features."""
+    return F.linear(keys[:, start:stop], weight, bias)
 
 
 def _upscaled_masks(
@@ -487,7 +488,7 @@ def _upscaled_masks(
     parts = []
     for start in range(0, n_pixels, chunk_tokens):
         x = first_product(start, start + chunk_tokens)
-        x = act1(_layer_norm(norm, x.expand(n, -1, -1).reshape(n, -1, 4, c1)))
+        x = act1(_layer_norm(norm, x.view(n, -1, 4, c1)))
         x = act2(F.linear(x, weight2, bias2).view(n, -1, c2))
         parts.append(x @ hyper_t.to(x.dtype))  # (n, chunk*16, k)
     logits = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
