@@ -284,14 +284,13 @@ def test_inference_decoding_with_a_projected_first_layer_matches_stock(
     monkeypatch.setattr(fast_decoder, "UPSCALE_CHUNK_TOKENS", 100)
     monkeypatch.setattr(fast_decoder, "LOW_RANK_MIN_TOKENS", 16 * 16)
     low_rank_chunks = []
-    product = low_rank_decoder.Keys.product
-    monkeypatch.setattr(
-        low_rank_decoder.Keys,
-        "product",
-        lambda self, projection, *span: (
-            low_rank_chunks.append(span) or product(self, projection, *span)
-        ),
-    )
+    chunked_product = low_rank_decoder.Keys.chunked_product
+
+    def spy(self, projection):
+        product = chunked_product(self, projection)
+        return lambda *span: low_rank_chunks.append(span) or product(*span)
+
+    monkeypatch.setattr(low_rank_decoder.Keys, "chunked_product", spy)
     with torch.no_grad():
         stock_logits, stock_iou = decode(sam, embedding, *prompts)
         image = decoder_image(sam, embedding, project_first_layer=True)

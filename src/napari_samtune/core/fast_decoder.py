@@ -194,7 +194,7 @@ class DecodedPrompts:
         if len(hyper) == 0:
             return hyper.new_empty(0, hyper.shape[1], 4 * self.side, 4 * self.side)
         if isinstance(tokens, Keys):
-            first_product = partial(tokens.product, self.projection)
+            first_product = tokens.chunked_product(self.projection)
         else:
             weight, bias = _first_upscaling_weight(self.upscaling[0])
             first_product = partial(_plain_first_product, tokens, weight, bias)

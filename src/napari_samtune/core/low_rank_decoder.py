@@ -25,6 +25,7 @@ Same result as :func:`~napari_samtune.core.fast_decoder.decode_prompts` up to ro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -166,11 +167,8 @@ class Keys:
         """(n, heads, T, N) products of (n, T, heads * d) ``small`` with each head's projected
         tokens."""
         n, n_tokens, _ = small.shape
-        heads, head_dim, n_pixels = (
-            projection.base.shape[0],
-            projection.base.shape[2],
-            self.scale.shape[-1],
-        )
+        heads, _, head_dim = projection.base.shape
+        n_pixels = self.scale.shape[-1]
         # both image-side parts in one product: (n, heads, T, 2N)
         image = (_per_head(small, heads) @ projection.both_t).view(heads, n, n_tokens, -1)
         image = image.transpose(0, 1)
@@ -197,11 +195,17 @@ class Keys:
         shift = projection.shift.view(heads, head_dim)  # constant: the probs sum to one
         return (base + low + shift).reshape(n, n_tokens, heads * head_dim)
 
-    def product(self, projection: _Projection, start: int, stop: int) -> torch.Tensor:
-        """(n, stop - start, K): tokens ``start:stop`` times a one-"head" projection."""
-        base = projection.base[0, start:stop]
-        out = torch.addcmul(projection.shift[0], self.scale[:, :, start:stop].mT, base)
-        return out.baddbmm_(self.cols_t[:, :, start:stop].mT, self.rows @ projection.weight.T)
+    def chunked_product(self, projection: _Projection) -> Callable[[int, int], torch.Tensor]:
+        """``product(start, stop)``: (n, stop - start, K), tokens ``start:stop`` times a
+        one-"head" projection (the rows' projection is made once for all chunks)."""
+        rows = self.rows @ projection.weight.T
+        base, shift = projection.base[0], projection.shift[0]
+
+        def product(start: int, stop: int) -> torch.Tensor:
+            out = torch.addcmul(shift, self.scale[:, :, start:stop].mT, base[start:stop])
+            return out.baddbmm_(self.cols_t[:, :, start:stop].mT, rows)
+
+        return product
 
 
 @dataclass(frozen=True)
