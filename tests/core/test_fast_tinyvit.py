@@ -169,51 +169,6 @@ def test_fused_tinyvit_blocks_fall_back_where_gradients_are_taken(index):
     torch.testing.assert_close(fast_grad, reference_grad, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize(
-    ("rows", "out_dim", "n_bands"),
-    [(20, 32, 4), (21, 32, 4), (11, 320, 4)],  # SAM's TinyViT merges to 320 with stride 1
-)
-@pytest.mark.parametrize("tokens_in", [False, True])
-def test_patch_merging_in_row_bands_matches_stock(monkeypatch, rows, out_dim, n_bands, tokens_in):
-    """3-row output bands (the last one short; an odd input height pads the last row):
-    each band reads from a multiple of the stride and drops the row it padded."""
-    from mobile_sam.modeling import tiny_vit_sam as tv
-
-    block = _trained_like(tv.PatchMerging((rows, 18), 16, out_dim, torch.nn.GELU))
-    x = torch.randn(2, 16, rows, 18).contiguous(memory_format=torch.channels_last)
-    if tokens_in:
-        x = x.flatten(2).transpose(1, 2)
-    monkeypatch.setattr(fast_tinyvit, "BAND_ROWS", 3)
-    with torch.inference_mode():
-        reference = block(x)
-        use_fast_tinyvit(torch.nn.Sequential(block))
-        with torch.profiler.profile() as profile:
-            fast = block(x)
-    fused = [e for e in profile.events() if e.name == "mkldnn::_convolution_pointwise"]
-    assert len(fused) == 2 * n_bands  # two fused convolutions in each band
-    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_mbconv_in_row_bands_matches_stock(monkeypatch, layout):
-    """Bands of 6 rows over 20 (the last one short): each band's depthwise convolution
-    reads the rows above and below it, so the result is the whole map's."""
-    from mobile_sam.modeling import tiny_vit_sam as tv
-
-    block = _trained_like(tv.MBConv(16, 16, 4.0, torch.nn.GELU, 0.0))
-    x = torch.randn(2, 16, 20, 20).contiguous(memory_format=layout)
-    monkeypatch.setattr(fast_tinyvit, "BAND_ROWS", 6)
-    with torch.inference_mode():
-        reference = block(x)
-        use_fast_tinyvit(torch.nn.Sequential(block))
-        with torch.profiler.profile() as profile:
-            fast = block(x)
-    fused = [e for e in profile.events() if e.name == "mkldnn::_convolution_pointwise"]
-    assert len(fused) == 2 * 4  # two fused convolutions in each of the 4 bands
-    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
-    assert fast.is_contiguous(memory_format=layout)
-
-
 def test_only_the_exact_gelu_is_fused():
     assert onednn.is_gelu(torch.nn.GELU())
     assert not onednn.is_gelu(torch.nn.GELU(approximate="tanh"))

@@ -8,9 +8,6 @@ unchanged, results the stock ones up to rounding):
 * in fp32 inference on a CPU, each convolution or linear layer that a GELU follows runs
   with the GELU fused into oneDNN's kernel, so the activation never makes its own pass over
   TinyViT's large early feature maps (a 256-channel 256 x 256 map is 64 MB),
-* MBConv and patch merging blocks run in bands of rows, so their wide hidden maps stay in
-  the CPU's caches instead of making trips to memory (vit_t at 1024 px: the first stage's
-  2 MBConv blocks ~130 -> ~90 ms each, the patch merging after them 44 -> 32 ms),
 * in inference, transformer blocks cut windows from q, k, v of the image's own tokens
   (no padded tokens projected), fuse residual adds into the projections before them, and
   run the local convolution on a channels-last view of the tokens.
@@ -28,11 +25,6 @@ import torch.nn.functional as F
 
 from napari_samtune.core.onednn import fusable, is_gelu, linear_add, linear_gelu
 from napari_samtune.core.windows import from_windows, to_windows
-
-# Output rows of an MBConv or patch merging block computed at once: their wide hidden maps
-# then stay in the CPU's caches (vit_t's first stage at 1024 px: 256 x 256 maps of 256
-# channels, 64 MB each)
-BAND_ROWS = 32
 
 
 @functools.cache
@@ -95,23 +87,9 @@ def _fast_block_classes() -> dict[str, type]:
             acts = (self.act1, self.act2, self.act3)
             if not all(map(is_gelu, acts)) or not fusable(x, self, *acts):
                 return super().forward(x)
-            if x.shape[2] <= BAND_ROWS:
-                return self._fused(x)
-            out = torch.empty_like(x)
-            for start in range(0, x.shape[2], BAND_ROWS):
-                stop = min(start + BAND_ROWS, x.shape[2])
-                out[:, :, start:stop] = self._fused(x, start, stop)
-            return out
-
-        def _fused(self, x: torch.Tensor, start: int = 0, stop: int | None = None):
-            """The block's output rows ``start:stop`` of ``x``, from those rows and the one
-            above and below them that the 3 x 3 depthwise convolution reads."""
-            stop = x.shape[2] if stop is None else stop
-            first, end = max(start - 1, 0), min(stop + 1, x.shape[2])
-            hidden = self.conv2.forward_gelu(self.conv1.forward_gelu(x[:, :, first:end]))
-            hidden = hidden[:, :, start - first : stop - first]
+            hidden = self.conv2.forward_gelu(self.conv1.forward_gelu(x))
             # (oneDNN fuses a residual add or a GELU after a convolution, not both)
-            return F.gelu(self.conv3(hidden).add_(x[:, :, start:stop]))  # drop path: identity
+            return F.gelu(self.conv3(hidden).add_(x))  # drop path: identity in eval
 
     class FastPatchMerging(tv.PatchMerging):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,26 +98,8 @@ def _fast_block_classes() -> dict[str, type]:
             if x.ndim == 3:
                 height, width = self.input_resolution
                 x = x.view(len(x), height, width, -1).permute(0, 3, 1, 2)
-            stride = self.conv2.c.stride[0]  # 2, or 1 in SAM's last stages
-            rows = (x.shape[2] - 1) // stride + 1  # the output's
-            bands = [
-                self._fused(x, start, min(start + BAND_ROWS, rows))
-                for start in range(0, rows, BAND_ROWS)
-            ]
-            out = bands[0] if len(bands) == 1 else torch.cat(bands, dim=2)
-            return out.flatten(2).transpose(1, 2)
-
-        def _fused(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-            """Output rows ``start:stop`` from the input rows that the 3 x 3 depthwise
-            convolution (stride s, padding 1) reads for them, starting from a multiple of
-            s so that its strides line up with the whole map's. The first output row of a
-            later band is dropped: it read the zero padding in place of the row above."""
-            stride = self.conv2.c.stride[0]
-            first = max(stride * (start - 1), 0)
-            end = min(stride * (stop - 1) + 2, x.shape[2])
-            hidden = self.conv2.forward_gelu(self.conv1.forward_gelu(x[:, :, first:end]))
-            skip = start - first // stride
-            return self.conv3(hidden[:, :, skip : skip + stop - start])
+            x = self.conv2.forward_gelu(self.conv1.forward_gelu(x))
+            return self.conv3(x).flatten(2).transpose(1, 2)
 
     class FastPatchEmbed(tv.PatchEmbed):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
