@@ -141,8 +141,16 @@ def _fused_ops_run(module: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tens
     return out, {event.name for event in profile.events() if "pointwise" in event.name}
 
 
+@pytest.fixture(params=[True, False], ids=["fused-linears", "plain-linears"])
+def fused_linears(request, monkeypatch):
+    """Both ways of running linear + GELU / + residual add in fp32 inference, whatever
+    this CPU would pick (:func:`.onednn.fused_linears_pay`)."""
+    monkeypatch.setattr(onednn, "fused_linears_pay", lambda: request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("index", range(N_BLOCKS))
-def test_fused_tinyvit_blocks_match_stock_in_fp32_inference(index):
+def test_fused_tinyvit_blocks_match_stock_in_fp32_inference(index, fused_linears):
     block, x = _tinyvit_blocks()[index]
     _trained_like(block)
     with torch.inference_mode():
@@ -150,7 +158,9 @@ def test_fused_tinyvit_blocks_match_stock_in_fp32_inference(index):
         use_fast_tinyvit(torch.nn.Sequential(block))
         fast, fused_ops = _fused_ops_run(block, x)
     assert type(block).__name__.startswith("Fast")
-    assert fused_ops, "the fused oneDNN path was not taken"
+    fuses_linears = index >= 4  # the Mlp and the transformer blocks; the others convolutions
+    assert ("mkldnn::_linear_pointwise" in fused_ops) == (fuses_linears and fused_linears)
+    assert ("mkldnn::_convolution_pointwise" in fused_ops) == (not fuses_linears)
     torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
 
 
@@ -214,17 +224,28 @@ def test_windows_are_tinyvits_padded_windows_and_go_back(shape):
     assert torch.equal(windows.from_windows(cut, *shape[1:], window), x)
 
 
-def test_fast_tinyvit_block_fuses_its_residual_adds():
+def test_fast_tinyvit_block_fuses_its_residual_adds(fused_linears):
     block, x = _tinyvit_blocks()[5]
     _trained_like(block)
     use_fast_tinyvit(torch.nn.Sequential(block))
     with torch.inference_mode(), torch.profiler.profile() as profile:
         block(x)
     names = [event.name for event in profile.events()]
-    # attention projection + add, fc1 + gelu, fc2 + add (the profiler names both overloads
-    # alike)
-    assert names.count("mkldnn::_linear_pointwise") == 3, names
-    assert "aten::gelu" not in names, names  # (one fused call, not three, if the adds ran apart)
+    assert "aten::gelu" not in names, names  # fused, or in place on the product
+    if fused_linears:
+        # attention projection + add, fc1 + gelu, fc2 + add (the profiler names both
+        # overloads alike)
+        assert names.count("mkldnn::_linear_pointwise") == 3, names
+    else:  # the GELU and both adds in place on their products
+        assert "mkldnn::_linear_pointwise" not in names, names
+        assert names.count("aten::gelu_") == 1, names
+        assert names.count("aten::add_") == 3, names  # the attention bias, both residuals
+
+
+def test_fused_linears_pay_where_the_cpu_has_avx512(monkeypatch):
+    for capability, expected in [("AVX512", True), ("AVX512_BF16", True), ("AVX2", False)]:
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        assert onednn.fused_linears_pay.__wrapped__() is expected
 
 
 def test_fast_tinyvit_block_in_bf16_is_as_close_as_stock_autocast():
