@@ -308,6 +308,7 @@ def test_inference_decoding_with_a_projected_first_layer_matches_stock(
 
 @pytest.mark.parametrize("grad", [False, True])
 def test_upscaling_in_chunks_matches_one_pass(grad):
+    """Chunked or not, with or without gradients; without, the GELUs run in place."""
     sam = _decoder_sam()
     torch.manual_seed(2)
     keys = torch.randn(2, 16 * 16, TINY.prompt_embed_dim, requires_grad=grad)
@@ -317,10 +318,18 @@ def test_upscaling_in_chunks_matches_one_pass(grad):
         weight, bias = _first_upscaling_weight(upscaling[0])
         first_product = partial(_plain_first_product, keys, weight, bias)
         whole = _upscaled_masks(upscaling, first_product, 256, hyper, 16, chunk_tokens=16 * 16)
-        chunked = _upscaled_masks(upscaling, first_product, 256, hyper, 16, chunk_tokens=37)
+        with torch.profiler.profile() as profile:
+            chunked = _upscaled_masks(upscaling, first_product, 256, hyper, 16, chunk_tokens=37)
     assert whole.shape == (2, 3, 64, 64)
     _assert_close_to_scale(chunked, whole, tolerance=1e-6)
     assert chunked.requires_grad == grad
+    ops = [event.name for event in profile.events()]
+    n_chunks = -(-256 // 37)
+    assert ops.count("aten::gelu_") == (0 if grad else 2 * n_chunks), ops
+    assert ops.count("aten::gelu") == (2 * n_chunks if grad else 0), ops
+    if grad:  # the stock activations, differentiable as such
+        whole.square().sum().backward()
+        assert keys.grad is not None and keys.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("kind", ["points first pass", "everything"])

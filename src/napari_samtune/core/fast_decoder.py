@@ -25,6 +25,7 @@ from napari_samtune.core.low_rank_decoder import (
     low_rank_attention,
     second_keys,
 )
+from napari_samtune.core.onednn import is_gelu
 
 
 class FastConvTranspose2x2(torch.nn.ConvTranspose2d):
@@ -477,7 +478,7 @@ def _upscaled_masks(
     transposed convolution gives every pixel four children: a matrix product per token.
     Pixels stay grouped by token (sub-pixel order) up to the logits. Without gradients the
     tokens go through in chunks of ``chunk_tokens`` (default :data:`UPSCALE_CHUNK_TOKENS`),
-    whose activations stay in the CPU's cache.
+    whose activations stay in the CPU's cache, and exact GELUs run in place.
     """
     _, norm, act1, conv2, act2 = upscaling
     n, c1, c2 = len(hyper), conv2.in_channels, conv2.out_channels
@@ -488,13 +489,21 @@ def _upscaled_masks(
     parts = []
     for start in range(0, n_pixels, chunk_tokens):
         x = first_product(start, start + chunk_tokens)
-        x = act1(_layer_norm(norm, x.view(n, -1, 4, c1)))
-        x = act2(F.linear(x, weight2, bias2).view(n, -1, c2))
+        x = _activation(act1, _layer_norm(norm, x.view(n, -1, 4, c1)))
+        x = _activation(act2, F.linear(x, weight2, bias2).view(n, -1, c2))
         parts.append(x @ hyper_t.to(x.dtype))  # (n, chunk*16, k)
     logits = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
     # in (i, j, a, b, a2, b2) order
     logits = logits.view(n, side, side, 2, 2, 2, 2, -1).permute(0, 7, 1, 3, 5, 2, 4, 6)
     return logits.reshape(n, -1, 4 * side, 4 * side)
+
+
+def _activation(act: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``act(x)``; an exact GELU in place on ``x`` (a fresh tensor) without gradients: on a
+    2-core CPU a single point's upscaling took 12.2 -> 11.6 ms (medians, alternating)."""
+    if torch.is_grad_enabled() or not is_gelu(act):
+        return act(x)
+    return torch.ops.aten.gelu_(x)
 
 
 def _low_rank_transformer(transformer, tokens, first: FirstLayerImage, final_tokens):
