@@ -8,6 +8,7 @@ embeddings and norms, for batches of points and boxes.
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from napari_samtune.core import fast_decoder
 from napari_samtune.core.fast_decoder import decode_prompts, decoder_image
@@ -54,3 +55,33 @@ def test_low_rank_decoding_of_a_trained_model_matches_the_plain_path(nano_image,
     assert (logits - want_logits).abs().max() <= 1e-5 * scale
     assert (iou - want_iou).abs().max() <= 1e-5
     assert ((logits > 0) == (want_logits > 0)).float().mean() > 0.9999
+
+
+class _StoragesRead(TorchDispatchMode):
+    """Records the storage of every tensor that an operator takes."""
+
+    def __init__(self):
+        super().__init__()
+        self.storages = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for arg in [*args, *kwargs.values()]:
+            for tensor in arg if isinstance(arg, list | tuple) else [arg]:
+                if isinstance(tensor, torch.Tensor):
+                    self.storages.add(tensor.untyped_storage().data_ptr())
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("low_rank_path", [True, False])
+def test_only_the_plain_path_reads_the_image_tokens(nano_image, low_rank_path):
+    """The low-rank projections hold all that prompts without a mask input need: the
+    plain path's tokens + dense embedding (a pass over 4 MB at 64 x 64 tokens) is not made."""
+    sam, low_rank, plain = nano_image
+    image = low_rank if low_rank_path else plain
+    points = torch.tensor([[[200.0, 300.0]], [[700.0, 100.0]]])
+    labels = torch.ones(2, 1, dtype=torch.int64)
+    with torch.inference_mode(), _StoragesRead() as spy:
+        logits, _ = decode_prompts(sam, image, points, labels, None, None, False)
+    assert logits.shape == (2, 1, 4 * image.size, 4 * image.size)
+    assert (image.tokens.untyped_storage().data_ptr() in spy.storages) == (not low_rank_path)

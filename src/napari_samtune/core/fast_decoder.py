@@ -238,10 +238,6 @@ def decode_until_masks(
         sparse, _ = encoder(
             points=None if points is None else (points, point_labels), boxes=boxes, masks=None
         )
-    if mask_input is None:  # every object sees the same image tokens: keep one copy
-        keys = image.tokens + encoder.no_mask_embed.weight
-    else:
-        keys = image.tokens + _embed_masks(encoder.mask_downscaling, mask_input.to(image.dtype))
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight])
     tokens = torch.cat([output_tokens.expand(len(sparse), -1, -1), sparse], dim=1)
     picked = list(range(1, decoder.num_mask_tokens)) if multimask else [0]
@@ -256,6 +252,7 @@ def decode_until_masks(
         queries, keys = _low_rank_transformer(decoder.transformer, tokens, first, final_tokens)
         projection = first.low_rank.upscaling
     else:
+        keys = _dense_keys(encoder, image, mask_input)
         queries, keys = _two_way_transformer(
             decoder.transformer, tokens, keys, image.pe, image.dtype, first, final_tokens
         )
@@ -265,6 +262,14 @@ def decode_until_masks(
         hyper = hyper[:, picked]
     iou = decoder.iou_prediction_head(queries[:, 0])[:, picked]
     return DecodedPrompts(iou, hyper, keys, decoder.output_upscaling, projection, image.size)
+
+
+def _dense_keys(encoder, image: DecoderImage, mask_input: torch.Tensor | None) -> torch.Tensor:
+    """The image tokens plus the dense prompt embedding, (n, N, C); (1, N, C) without a mask
+    input, as every object then sees the same tokens. (The low-rank path never needs them.)"""
+    if mask_input is None:
+        return image.tokens + encoder.no_mask_embed.weight
+    return image.tokens + _embed_masks(encoder.mask_downscaling, mask_input.to(image.dtype))
 
 
 def _embed_masks(downscaling: torch.nn.Sequential, masks: torch.Tensor) -> torch.Tensor:
