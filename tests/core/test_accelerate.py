@@ -31,7 +31,7 @@ from napari_samtune.core.fast_encoder import (
     use_fast_attention,
     use_stock_attention,
 )
-from napari_samtune.core.low_rank_decoder import _first_upscaling_weight
+from napari_samtune.core.low_rank_decoder import first_upscaling_weight
 from napari_samtune.core.train_step import decode
 
 
@@ -315,7 +315,7 @@ def test_upscaling_in_chunks_matches_one_pass(grad):
     hyper = torch.randn(2, 3, TINY.prompt_embed_dim // 8)
     upscaling = sam.mask_decoder.output_upscaling
     with torch.set_grad_enabled(grad):
-        weight, bias = _first_upscaling_weight(upscaling[0])
+        weight, bias = first_upscaling_weight(upscaling[0])
         first_product = partial(_plain_first_product, keys, weight, bias)
         whole = _upscaled_masks(upscaling, first_product, 256, hyper, 16, chunk_tokens=16 * 16)
         with torch.profiler.profile() as profile:

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from napari_samtune.core.low_rank_decoder import (
     Keys,
     LowRankImage,
+    Projection,
     Update,
-    _first_upscaling_weight,
-    _heads,
-    _Projection,
+    attention_heads,
     first_keys,
+    first_upscaling_weight,
     low_rank_attention,
     second_keys,
 )
@@ -163,7 +163,7 @@ def _first_layer_image(layer, keys: torch.Tensor, key_pe: torch.Tensor, dtype) -
     keys_pe = (keys + key_pe).to(dtype)
 
     def heads(attention, projection, x):
-        n_heads, head_dim, _ = _heads(attention)
+        n_heads, head_dim, _ = attention_heads(attention)
         weight, bias = projection.weight.to(dtype), projection.bias.to(dtype)
         return F.linear(x[0], weight, bias).view(-1, n_heads, head_dim).transpose(0, 1)
 
@@ -184,7 +184,7 @@ class DecodedPrompts:
     hyper: torch.Tensor  # (n, k, C/8) the masks' weights
     image_tokens: torch.Tensor | Keys  # (n, N, C) final image tokens, or their low-rank form
     upscaling: torch.nn.Sequential  # the decoder's output upscaling
-    projection: _Projection | None  # the low-rank form's first upscaling projection
+    projection: Projection | None  # the low-rank form's first upscaling projection
     side: int  # E, the side of the embedding grid
 
     def logits(self, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -197,7 +197,7 @@ class DecodedPrompts:
         if isinstance(tokens, Keys):
             first_product = tokens.chunked_product(self.projection)
         else:
-            weight, bias = _first_upscaling_weight(self.upscaling[0])
+            weight, bias = first_upscaling_weight(self.upscaling[0])
             first_product = partial(_plain_first_product, tokens, weight, bias)
         return _upscaled_masks(self.upscaling, first_product, self.side**2, hyper, self.side)
 
@@ -338,7 +338,8 @@ def _two_way_transformer(transformer, tokens, keys, key_pe, dtype, first, final_
             probs = _image_to_tokens(to_tokens, keys_pe, queries + tokens)
         else:
             probs = _projected_image_to_tokens(to_tokens, projected.queries, queries + tokens)
-        keys = _layer_norm(layer.norm4, _add_mixed(keys, probs, _mixed_values(to_tokens, queries)))
+        _, values = _value_heads(to_tokens, queries)
+        keys = _layer_norm(layer.norm4, _add_mixed(keys, probs, values))
     low = keys.to(dtype)
     queries, tokens = queries[:, final_tokens], tokens[:, final_tokens]
     attended = _tokens_to_image(
@@ -355,7 +356,7 @@ def _tokens_to_image(attention, q_in, keys_pe, keys):
     weights sum to one, so ``sum_j p_j (W_v,h x_j + b_v,h) = W_v,h (sum_j p_j x_j) + b_v,h``.
     """
     n, n_tokens, channels = q_in.shape
-    heads, head_dim, scale = _heads(attention)
+    heads, head_dim, scale = attention_heads(attention)
     q = attention.q_proj(q_in).view(n, n_tokens, heads, head_dim)
     w_k = attention.k_proj.weight.view(heads, head_dim, channels)
     q_k = torch.einsum("nthd,hdc->nhtc", q, w_k).reshape(n, heads * n_tokens, channels)
@@ -372,13 +373,13 @@ def _tokens_to_image(attention, q_in, keys_pe, keys):
 def _image_to_tokens(attention, keys_pe, k_in):
     """The (n, N, heads*T) softmax weights of ``Attention(q=keys_pe, k=k_in, v=v_in)`` for
     (1 or n, N, C) image queries and (n, T, C) tokens: the output is ``probs @ values`` with
-    the values of :func:`_mixed_values`.
+    the values of :func:`_value_heads`.
 
     Scores: ``(W_q,h x + b_q,h) . k_h = x . (W_q,h^T k_h) + b_q,h . k_h``; output: the
     projection ``W_o`` folded into the values, ``sum_h,t p_h,t (W_o,h v_h,t)``.
     """
     n, n_tokens, channels = k_in.shape
-    heads, head_dim, scale = _heads(attention)
+    heads, head_dim, scale = attention_heads(attention)
     k = attention.k_proj(k_in).view(n, n_tokens, heads, head_dim)
     w_q = attention.q_proj.weight.view(heads, head_dim, channels)
     q_k = torch.einsum("nthd,hdc->nhtc", k, w_q).reshape(n, heads * n_tokens, channels)
@@ -389,19 +390,14 @@ def _image_to_tokens(attention, keys_pe, k_in):
     return probs.transpose(1, 2)
 
 
-def _mixed_values(attention, v_in):
-    """(n, heads*T, C) values ``W_o,h v_h,t + b_o / heads`` (head-major) of (n, T, C) value
-    tokens ``v_in``: ``probs @ values`` is the attention's output for (n, N, heads*T) softmax
-    weights. The output projection is folded into the T values instead of applied to the N
-    outputs, and so is its bias (each head's weights sum to one: ``b_o / heads`` on every
-    value adds ``b_o``)."""
-    return _value_heads(attention, v_in)[1]
-
-
 def _value_heads(attention, v_in):
-    """The (n, T, heads, d) value projections of :func:`_mixed_values` and its values."""
+    """The (n, T, heads, d) value projections ``v`` of (n, T, C) value tokens ``v_in``, and
+    the (n, heads*T, C) values ``W_o,h v_h,t + b_o / heads`` (head-major): ``probs @ values``
+    is the attention's output for (n, N, heads*T) softmax weights. The output projection is
+    folded into the T values instead of applied to the N outputs, and so is its bias (each
+    head's weights sum to one: ``b_o / heads`` on every value adds ``b_o``)."""
     n, n_tokens, channels = v_in.shape
-    heads, head_dim, _ = _heads(attention)
+    heads, head_dim, _ = attention_heads(attention)
     v = attention.v_proj(v_in).view(n, n_tokens, heads, head_dim)
     w_o = attention.out_proj.weight.view(channels, heads, head_dim)
     values = torch.einsum("nthd,chd->nhtc", v, w_o) + attention.out_proj.bias / heads
@@ -420,7 +416,7 @@ def _tokens_to_projected_image(attention, q_in, keys_t, values):
     """``Attention(q=q_in, k=., v=.)`` for (n, T, C) queries against an image's projected
     (heads, d, N) keys and (heads, N, d) values: the stock computation, per head."""
     n, n_tokens, _ = q_in.shape
-    heads, head_dim, scale = _heads(attention)
+    heads, head_dim, scale = attention_heads(attention)
     q = attention.q_proj(q_in).view(n, n_tokens, heads, head_dim).permute(2, 0, 1, 3)
     q = q.reshape(heads, n * n_tokens, head_dim).to(keys_t.dtype)
     probs = ((q @ keys_t) * scale).softmax(dim=-1)  # (heads, n*T, N)
@@ -432,7 +428,7 @@ def _projected_image_to_tokens(attention, queries_t, k_in):
     """The softmax weights of :func:`_image_to_tokens` for an image's projected
     (heads, d, N) queries and (n, T, C) tokens."""
     n, n_tokens, _ = k_in.shape
-    heads, head_dim, scale = _heads(attention)
+    heads, head_dim, scale = attention_heads(attention)
     k = attention.k_proj(k_in).view(n, n_tokens, heads, head_dim).permute(2, 0, 1, 3)
     k = k.reshape(heads, n * n_tokens, head_dim).to(queries_t.dtype)
     scores = (k @ queries_t) * scale  # (heads, n*T, N)
@@ -463,7 +459,7 @@ def _batched_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _plain_first_product(keys, weight, bias, start: int, stop: int) -> torch.Tensor:
-    """The first upscaling convolution (:func:`.low_rank_decoder._first_upscaling_weight`)
+    """The first upscaling convolution (:func:`.low_rank_decoder.first_upscaling_weight`)
     of (n, N, C) ``keys`` ``start:stop``, as (n, stop - start, 4 C_up) sub-pixel features."""
     return F.linear(keys[:, start:stop], weight, bias)
 
@@ -527,7 +523,7 @@ def _low_rank_transformer(transformer, tokens, first: FirstLayerImage, final_tok
     to_image, to_tokens = layer2.cross_attn_token_to_image, layer2.cross_attn_image_to_token
     attend = partial(low_rank_attention, to_image, keys1, image.keys, image.values)
     queries = _update_tokens(layer2, queries, tokens, attend)
-    scale = _heads(to_tokens)[2]
+    scale = attention_heads(to_tokens)[2]
     scores = keys1.scores(image.queries, to_tokens.k_proj(queries + tokens) * scale)
     probs_t = scores.softmax(dim=2).flatten(1, 2)  # over the T tokens; (n, heads*T, N)
     update2 = Update(probs_t, *_value_heads(to_tokens, queries))

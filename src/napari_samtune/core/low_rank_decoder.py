@@ -32,13 +32,14 @@ import torch
 import torch.nn.functional as F
 
 
-def _heads(attention) -> tuple[int, int, float]:
+def attention_heads(attention) -> tuple[int, int, float]:
+    """A SAM decoder attention's heads, per-head width and score scale (1 / sqrt(width))."""
     heads = attention.num_heads
     head_dim = attention.internal_dim // heads
     return heads, head_dim, head_dim**-0.5
 
 
-def _first_upscaling_weight(conv1) -> tuple[torch.Tensor, torch.Tensor]:
+def first_upscaling_weight(conv1) -> tuple[torch.Tensor, torch.Tensor]:
     """The first 2x2 transposed convolution as a (4 C_out, C_in) linear weight and its bias,
     output features ordered (a, b, channel): child (2i + a, 2j + b) of pixel (i, j)."""
     weight = conv1.weight.permute(2, 3, 1, 0).reshape(4 * conv1.out_channels, -1)
@@ -57,7 +58,7 @@ def _per_head(x: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class _Projection:
+class Projection:
     """``x @ W^T + b`` of one level's image tokens ``x``, for ``heads`` blocks of ``W``'s rows:
     ``scale * base + cols @ (rows @ W^T) + shift``."""
 
@@ -67,7 +68,7 @@ class _Projection:
     both_t: torch.Tensor | None = None  # (heads, d, 2N) [base | shift] transposed, with pe
 
     @classmethod
-    def of(cls, linear, heads: int, base, level_bias, pe=None) -> _Projection:
+    def of(cls, linear, heads: int, base, level_bias, pe=None) -> Projection:
         """``linear``: a module with ``weight`` and ``bias``, or the pair. With ``pe`` (keys
         and queries, for :meth:`Keys.scores`) both parts are kept side by side, transposed."""
         weight, bias = (linear.weight, linear.bias) if hasattr(linear, "weight") else linear
@@ -115,12 +116,12 @@ class LowRankImage:
     second_g2: _Moments  # of c, weights g_1^2, layer 1's output projection
     second_g: _Moments  # of c, weights g_1, layer 2's output projection
     bias_dot: torch.Tensor  # (N,) c . (g_1 * (b_1 - mean b_1))
-    keys: _Projection  # layer 2 token -> image keys (level 1, with pe)
-    values: _Projection  # layer 2 token -> image values (level 1)
-    queries: _Projection  # layer 2 image -> token queries (level 1, with pe)
-    final_keys: _Projection  # final attention's keys (level 2, with pe)
-    final_values: _Projection  # final attention's values (level 2)
-    upscaling: _Projection  # the first upscaling convolution (level 2, one "head")
+    keys: Projection  # layer 2 token -> image keys (level 1, with pe)
+    values: Projection  # layer 2 token -> image values (level 1)
+    queries: Projection  # layer 2 image -> token queries (level 1, with pe)
+    final_keys: Projection  # final attention's keys (level 2, with pe)
+    final_values: Projection  # final attention's values (level 2)
+    upscaling: Projection  # the first upscaling convolution (level 2, one "head")
 
     @classmethod
     def of(cls, decoder, tokens: torch.Tensor, pe: torch.Tensor) -> LowRankImage:
@@ -132,19 +133,19 @@ class LowRankImage:
         level1, level2, pe = centred * g1, centred * g1 * g2, pe[0]
         attn1_out = layer1.cross_attn_image_to_token
         final = decoder.transformer.final_attn_token_to_image
-        upscaling = _first_upscaling_weight(decoder.output_upscaling[0])
+        upscaling = first_upscaling_weight(decoder.output_upscaling[0])
         to_image, to_tokens = layer2.cross_attn_token_to_image, layer2.cross_attn_image_to_token
         return cls(
             _Moments.of(centred, torch.ones_like(g1), attn1_out),
             _Moments.of(centred, g1 * g1, attn1_out),
             _Moments.of(centred, g1, to_tokens),
             centred @ (g1 * (b1 - b1.mean())),
-            _Projection.of(to_image.k_proj, to_image.num_heads, level1, b1, pe),
-            _Projection.of(to_image.v_proj, to_image.num_heads, level1, b1),
-            _Projection.of(to_tokens.q_proj, to_tokens.num_heads, level1, b1, pe),
-            _Projection.of(final.k_proj, final.num_heads, level2, b2, pe),
-            _Projection.of(final.v_proj, final.num_heads, level2, b2),
-            _Projection.of(upscaling, 1, level2, b2),
+            Projection.of(to_image.k_proj, to_image.num_heads, level1, b1, pe),
+            Projection.of(to_image.v_proj, to_image.num_heads, level1, b1),
+            Projection.of(to_tokens.q_proj, to_tokens.num_heads, level1, b1, pe),
+            Projection.of(final.k_proj, final.num_heads, level2, b2, pe),
+            Projection.of(final.v_proj, final.num_heads, level2, b2),
+            Projection.of(upscaling, 1, level2, b2),
         )
 
 
@@ -163,7 +164,7 @@ class Keys:
         """The tokens of some of the n prompts (an index along the first axis)."""
         return Keys(self.scale[prompts], self.cols_t[prompts], self.rows[prompts])
 
-    def scores(self, projection: _Projection, small: torch.Tensor) -> torch.Tensor:
+    def scores(self, projection: Projection, small: torch.Tensor) -> torch.Tensor:
         """(n, heads, T, N) products of (n, T, heads * d) ``small`` with each head's projected
         tokens."""
         n, n_tokens, _ = small.shape
@@ -179,7 +180,7 @@ class Keys:
         scores = scores.view(n, heads, n_tokens, n_pixels)
         return scores.addcmul_(image[..., :n_pixels], self.scale[:, None])
 
-    def mix(self, projection: _Projection, probs: torch.Tensor) -> torch.Tensor:
+    def mix(self, projection: Projection, probs: torch.Tensor) -> torch.Tensor:
         """(n, T, heads * d): each head's projected tokens weighted by (n, heads, T, N)
         ``probs``, which sum to 1 over the tokens."""
         n, heads, n_tokens, n_pixels = probs.shape
@@ -195,7 +196,7 @@ class Keys:
         shift = projection.shift.view(heads, head_dim)  # constant: the probs sum to one
         return (base + low + shift).reshape(n, n_tokens, heads * head_dim)
 
-    def chunked_product(self, projection: _Projection) -> Callable[[int, int], torch.Tensor]:
+    def chunked_product(self, projection: Projection) -> Callable[[int, int], torch.Tensor]:
         """``product(start, stop)``: (n, stop - start, K), tokens ``start:stop`` times a
         one-"head" projection (the rows' projection is made once for all chunks)."""
         rows = self.rows @ projection.weight.T
@@ -301,6 +302,6 @@ def second_keys(image: LowRankImage, norm1, norm2, first: _Normed, second: Updat
 def low_rank_attention(attention, keys: Keys, key_proj, value_proj, q_in) -> torch.Tensor:
     """``Attention(q=q_in, k=tokens + pe, v=tokens)`` for (n, T, C) queries against one
     level's image tokens, from their projections."""
-    scale = _heads(attention)[2]
+    scale = attention_heads(attention)[2]
     probs = keys.scores(key_proj, attention.q_proj(q_in) * scale).softmax(dim=-1)
     return attention.out_proj(keys.mix(value_proj, probs))

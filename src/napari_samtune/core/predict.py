@@ -490,7 +490,9 @@ class Window:
         return Window(self.row + r0, self.col + c0, self.logits[r0:r1, c0:c1])
 
 
-def _bounds_above(logits: torch.Tensor, threshold: float):
+def _bounds_above(
+    logits: torch.Tensor, threshold: float
+) -> tuple[tuple[int, int], tuple[int, int]] | None:
     """Rows and columns (start, stop) of the bounding box of the (h, w) ``logits`` above
     ``threshold``; None where there are none. (Row and column maxima: a quarter of the
     time of ``any`` on the thresholded map.)"""
