@@ -24,6 +24,7 @@ import statistics
 import time
 from contextlib import nullcontext
 from dataclasses import replace
+from unittest.mock import patch
 
 import numpy as np
 import torch
@@ -71,12 +72,9 @@ def _paired(run_new, run_old, repeats: int) -> dict:
 def decode_rows(segmenter: Segmenter, repeats: int) -> list[dict]:
     """The low-rank decoder against the plain one, per case of :data:`CASES`."""
     sam, size = segmenter.model, segmenter.img_size
-    saved, fast_decoder.LOW_RANK_MIN_TOKENS = fast_decoder.LOW_RANK_MIN_TOKENS, 0  # any size
-    try:
-        with torch.inference_mode():
-            low_rank = decoder_image(sam, segmenter.features(0), project_first_layer=True)
-    finally:
-        fast_decoder.LOW_RANK_MIN_TOKENS = saved
+    # the low-rank projections at any embedding size, the Segmenter's threshold aside
+    with torch.inference_mode(), patch.object(fast_decoder, "LOW_RANK_MIN_TOKENS", 0):
+        low_rank = decoder_image(sam, segmenter.features(0), project_first_layer=True)
     plain = replace(low_rank, first_layer=replace(low_rank.first_layer, low_rank=None))
     rng = np.random.default_rng(0)
     rows = []
