@@ -11,7 +11,13 @@ from napari_samtune.core import fast_decoder
 from napari_samtune.core import predict as predict_module
 from napari_samtune.core.embeddings import OVERVIEW, TileGrid, TilingConfig
 from napari_samtune.core.images import to_sam_rgb
-from napari_samtune.core.predict import BACKGROUND_LOGIT, Prediction, Segmenter, reproject_logits
+from napari_samtune.core.predict import (
+    BACKGROUND_LOGIT,
+    Prediction,
+    Segmenter,
+    Window,
+    reproject_logits,
+)
 from napari_samtune.core.synthetic import make_image
 
 POINT = {"points_xy": np.array([[50.0, 60.0]]), "point_labels": np.array([1])}
@@ -187,6 +193,20 @@ def test_upscaled_windows_hold_every_pixel_above_the_threshold(tiny_sam, shape):
     assert windows[3].logits.numel() == 0
     assert windows[0].logits.shape[0] < shape[0] / 4  # the blob's window only
     assert (full[2] > 0).mean() > 0.3  # the all-over object is really all over
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_window_marks_its_pixels_above_the_threshold_in_place(dtype):
+    logits = torch.tensor([[-1.0, 0.0, 0.5], [2.0, 0.25, -0.25]], dtype=dtype)
+    window = Window(1, 2, logits)
+    expected = np.array([[False, False, True], [True, True, False]])
+    np.testing.assert_array_equal(window.above(0.0), expected)
+    np.testing.assert_array_equal(window.above(0.25), [[False, False, True], [True, False, False]])
+    image = np.ones((4, 6), dtype=bool)  # only the window's pixels are written
+    returned = window.above(0.0, out=image[window.region])
+    np.testing.assert_array_equal(image[1:3, 2:5], expected)
+    assert image.sum() == image.size - 6 + expected.sum()
+    assert np.shares_memory(returned, image)
 
 
 def test_predict_boxes_gives_one_object_per_box(sensitive_sam, image):

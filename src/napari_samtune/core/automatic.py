@@ -205,8 +205,7 @@ def rasterise(segmenter: Segmenter, candidates: Candidates) -> list[tuple[int, i
             for index, window in zip(chunk, windows, strict=True):
                 window = window.trimmed(threshold)
                 if window.logits.numel():
-                    crop = (window.logits > threshold).cpu().numpy()
-                    masks[index] = (window.row, window.col, crop)
+                    masks[index] = (window.row, window.col, window.above(threshold))
     return masks
 
 
