@@ -231,10 +231,6 @@ class Update:
         per_head = per_head.view(heads, n, n_tokens, -1).transpose(0, 1)
         return per_head.reshape(n, heads * n_tokens, -1)
 
-    def through(self, rows: torch.Tensor) -> torch.Tensor:
-        """(n, N): ``probs @ rows`` for (n, R) ``rows``."""
-        return (rows[:, None] @ self.probs_t)[:, 0]
-
     def quadratic(self, linear_t: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
         """(n, N) ``sum_r p_r (2 linear_r + (gram p)_r)`` for (n, R, N) ``linear_t`` and
         symmetric (n, R, R) ``gram``: the cross and square terms of ``|x + p @ V|^2``."""
