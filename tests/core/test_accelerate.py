@@ -24,6 +24,7 @@ from napari_samtune.core.fast_decoder import (
     _upscaled_masks,
     decode_prompts,
     decoder_image,
+    sub_pixels_to_raster,
     use_fast_upscaling,
 )
 from napari_samtune.core.fast_encoder import (
@@ -304,6 +305,28 @@ def test_inference_decoding_with_a_projected_first_layer_matches_stock(
     assert stock_logits.std() > 0.05
     _assert_close_to_scale(logits, stock_logits)
     _assert_close_to_scale(iou, stock_iou)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("n_masks", [1, 3])
+def test_sub_pixel_logits_come_out_in_raster_order(dtype, n_masks):
+    """Pixel (4i + 2a + a2, 4j + 2b + b2) of token (i, j) lands where it belongs, whether
+    the pairs move as wider integers (fp32, bf16) or one by one (fp64, gradients)."""
+    side = 5
+    rows, cols = torch.meshgrid(torch.arange(4 * side), torch.arange(4 * side), indexing="ij")
+    i, a, a2 = rows // 4, rows % 4 // 2, rows % 2
+    j, b, b2 = cols // 4, cols % 4 // 2, cols % 2
+    position = ((((i * side + j) * 2 + a) * 2 + b) * 2 + a2) * 2 + b2  # sub-pixel index
+    logits = torch.randn(2, n_masks, side * side * 16).to(dtype)
+    raster = sub_pixels_to_raster(logits, side)
+    assert raster.shape == (2, n_masks, 4 * side, 4 * side) and raster.dtype == dtype
+    assert torch.equal(raster, logits[:, :, position])
+    with torch.enable_grad():
+        leaf = logits.float().requires_grad_()
+        differentiable = sub_pixels_to_raster(leaf, side)
+        differentiable.sum().backward()
+    assert torch.equal(differentiable.detach(), logits.float()[:, :, position])
+    assert torch.equal(leaf.grad, torch.ones_like(leaf))
 
 
 @pytest.mark.parametrize("grad", [False, True])

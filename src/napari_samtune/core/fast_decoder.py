@@ -486,17 +486,38 @@ def _upscaled_masks(
     if chunk_tokens is None:
         chunk_tokens = n_pixels if torch.is_grad_enabled() else UPSCALE_CHUNK_TOKENS
     weight2 = conv2.weight.permute(2, 3, 1, 0).reshape(4 * c2, c1)
-    bias2, hyper_t = conv2.bias.repeat(4), hyper.transpose(1, 2)
+    bias2 = conv2.bias.repeat(4)
     parts = []
     for start in range(0, n_pixels, chunk_tokens):
         x = first_product(start, start + chunk_tokens)
         x = _activation(act1, _layer_norm(norm, x.view(n, -1, 4, c1)))
         x = _activation(act2, F.linear(x, weight2, bias2).view(n, -1, c2))
-        parts.append(x @ hyper_t.to(x.dtype))  # (n, chunk*16, k)
-    logits = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-    # in (i, j, a, b, a2, b2) order
-    logits = logits.view(n, side, side, 2, 2, 2, 2, -1).permute(0, 7, 1, 3, 5, 2, 4, 6)
-    return logits.reshape(n, -1, 4 * side, 4 * side)
+        # masks first: (k x C/8) @ (C/8 x pixels) took 0.6-1 of (pixels x C/8) @ (C/8 x k)
+        parts.append(hyper.to(x.dtype) @ x.mT)  # (n, k, chunk*16)
+    logits = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+    return sub_pixels_to_raster(logits, side)
+
+
+# integer types as wide as two elements: a pair of horizontal neighbours moves as one
+_PAIR_TYPES = {2: torch.int32, 4: torch.int64}
+
+
+def sub_pixels_to_raster(logits: torch.Tensor, side: int) -> torch.Tensor:
+    """(n, k, E*E*16) logits in the upscaling's sub-pixel order -> (n, k, 4E, 4E) raster.
+
+    Pixel (4i + 2a + a2, 4j + 2b + b2) comes in (i, j, a, b, a2, b2) order, so only the
+    pairs (b2 = 0, 1) are adjacent in both orders. Copying each pair as one wider integer
+    halves the elements of a permutation whose innermost run is 2 long: a 256 x 256 mask took
+    85 instead of 450 us on a 2-core EPYC. (Not with gradients: a bit view has no backward.)
+    """
+    n, k, _ = logits.shape
+    pair_type = _PAIR_TYPES.get(logits.element_size())
+    if pair_type is None or logits.requires_grad or not logits.is_contiguous():
+        order = logits.view(n, k, side, side, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
+        return order.reshape(n, k, 4 * side, 4 * side)
+    pairs = logits.view(pair_type).view(n, k, side, side, 2, 2, 2)
+    pairs = pairs.permute(0, 1, 2, 4, 6, 3, 5).contiguous()
+    return pairs.view(logits.dtype).view(n, k, 4 * side, 4 * side)
 
 
 def _activation(act: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
