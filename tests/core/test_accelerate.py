@@ -277,12 +277,13 @@ def test_inference_decoding_with_a_projected_first_layer_matches_stock(
 ):
     """Without gradients: the image's first-layer projections (skipped when there is a mask
     input), only the picked masks' tokens and MLPs, and (without a mask input) the low-rank
-    image tokens of later layers, up to the first upscaling product (16 x 16 tokens in
-    uneven chunks of 100)."""
+    image tokens of later layers, up to the first upscaling product (16 x 16 tokens: one
+    chunk for one object, uneven chunks of 100 for three)."""
     sam, prompts = _decoder_sam().eval(), _prompts(kind, n_objects)
     prompts = prompts[:-1] + (multimask,)
     embedding = torch.randn(1, TINY.prompt_embed_dim, 16, 16)
-    monkeypatch.setattr(fast_decoder, "UPSCALE_CHUNK_TOKENS", 100)
+    monkeypatch.setattr(fast_decoder, "UPSCALE_CHUNK_ROWS", 300)
+    monkeypatch.setattr(fast_decoder, "UPSCALE_MIN_CHUNK_TOKENS", 100)
     monkeypatch.setattr(fast_decoder, "LOW_RANK_MIN_TOKENS", 16 * 16)
     low_rank_chunks = []
     chunked_product = low_rank_decoder.Keys.chunked_product
@@ -300,7 +301,8 @@ def test_inference_decoding_with_a_projected_first_layer_matches_stock(
         assert image.first_layer.keys.shape == (heads, head_dim, 16 * 16)
         logits, iou = decode_prompts(sam, image, *prompts)
     mask_input = prompts[3]
-    assert low_rank_chunks == ([] if mask_input is not None else [(0, 100), (100, 200), (200, 300)])
+    chunks = [(0, 300)] if n_objects == 1 else [(0, 100), (100, 200), (200, 300)]
+    assert low_rank_chunks == ([] if mask_input is not None else chunks)
     assert logits.shape == stock_logits.shape == (n_objects, 3 if multimask else 1, 64, 64)
     assert stock_logits.std() > 0.05
     _assert_close_to_scale(logits, stock_logits)
