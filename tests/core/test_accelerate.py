@@ -20,6 +20,7 @@ from napari_samtune.core.accelerate import (
 from napari_samtune.core.architectures import TINY, build_sam
 from napari_samtune.core.fast_decoder import (
     FastConvTranspose2x2,
+    _mask_product,
     _plain_first_product,
     _upscaled_masks,
     decode_prompts,
@@ -329,6 +330,33 @@ def test_sub_pixel_logits_come_out_in_raster_order(dtype, n_masks):
         differentiable.sum().backward()
     assert torch.equal(differentiable.detach(), logits.float()[:, :, position])
     assert torch.equal(leaf.grad, torch.ones_like(leaf))
+
+
+@pytest.mark.parametrize("autocast_on", [False, True])
+@pytest.mark.parametrize("n_masks", [1, 3])
+def test_mask_product_gradients_match_autograd_in_the_features_layout(n_masks, autocast_on):
+    """The masks' product backward gives autograd's gradients, the features' one contiguous
+    (as the GELU backward before it wants), in the inputs' dtypes (also under autocast)."""
+    generator = torch.Generator().manual_seed(0)
+    hyper = torch.randn(2, n_masks, 8, generator=generator)
+    x = torch.randn(2, 50, 8, generator=generator)
+    upstream = torch.randn(2, n_masks, 50, generator=generator)
+    results = []
+    for product in (lambda h, f: h @ f.mT, _mask_product):
+        leaves = [hyper.clone().requires_grad_(), x.clone().requires_grad_()]
+        layouts = []
+        leaves[1].register_hook(lambda grad, seen=layouts: seen.append(grad.is_contiguous()))
+        with autocast(torch.device("cpu"), torch.bfloat16 if autocast_on else None):
+            out = product(*leaves)
+        (out.float() * upstream).sum().backward()
+        results.append((out.detach().float(), leaves[0].grad, leaves[1].grad, layouts))
+    (want, *want_grads, _), (got, *got_grads, layouts) = results
+    assert got.dtype == want.dtype and torch.equal(got, want)
+    assert layouts == [True]
+    for got_grad, want_grad in zip(got_grads, want_grads, strict=True):
+        assert got_grad.dtype == torch.float32
+        tolerance = 2e-2 if autocast_on else 1e-6  # one bf16 rounding apart at most
+        torch.testing.assert_close(got_grad, want_grad, rtol=tolerance, atol=tolerance)
 
 
 @pytest.mark.parametrize("grad", [False, True])
