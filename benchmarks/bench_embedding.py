@@ -134,7 +134,7 @@ def prompt_latency_ms(segmenter: Segmenter, size: int, n: int = 30) -> float:
     rng = np.random.default_rng(0)
     times = []
     for _ in range(n + 3):
-        point = rng.uniform(0, size, size=(1, 2))
+        point = rng.uniform(0, size - 1, size=(1, 2))  # pixel centres 0..size - 1
         start = time.perf_counter()
         segmenter.predict(points_xy=point, point_labels=np.ones(1))
         times.append(time.perf_counter() - start)

@@ -306,6 +306,7 @@ def test_boxes_reaching_past_the_image_are_clipped(sensitive_sam, image):
     ("prompt", "message"),
     [
         ({"points_xy": [[260.0, 10.0]]}, r"points_xy\[0\] = \[260.0, 10.0\] lies outside"),
+        ({"points_xy": [[10.0, 199.7]]}, r"-0.5 <= x <= 239.5 and -0.5 <= y <= 199.5"),
         ({"points_xy": [[10.0, 10.0, 1.0]]}, r"shape \(N, 2\)"),
         ({"points_xy": [[10.0, 10.0]], "point_labels": [2]}, "use 1 for positive"),
         ({"points_xy": [[10.0, 10.0]], "point_labels": [1, 0]}, "one label per point"),
@@ -321,6 +322,13 @@ def test_bad_prompts_raise_clear_errors(tiny_sam, image, prompt, message):
     segmenter.set_image(image)
     with pytest.raises(ValueError, match=message):
         segmenter.predict(**prompt)
+
+
+def test_points_up_to_half_a_pixel_beyond_the_outermost_centres_are_inside(tiny_sam, image):
+    segmenter = Segmenter(tiny_sam, model_id="tiny", use_disk_cache=False)
+    segmenter.set_image(image)
+    for point in ([-0.5, -0.5], [239.5, 199.5], [239.4, 0.0]):
+        assert segmenter.predict(points_xy=[point]).mask.shape == (200, 240)
 
 
 def test_non_numeric_prompts_raise_type_errors(tiny_sam, image):

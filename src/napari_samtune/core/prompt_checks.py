@@ -44,8 +44,9 @@ def check_points(
         i = int(np.flatnonzero(outside)[0])
         raise ValueError(
             f"{name}[{i}] = {points[i].tolist()!r} lies outside the image of (H, W) = "
-            f"{tuple(image_shape)!r}; points are (x, y) = (column, row) with 0 <= x <= {width - 1} "
-            f"and 0 <= y <= {height - 1} (napari (row, col) data: convert with napari_to_sam)"
+            f"{tuple(image_shape)!r}; points are (x, y) = (column, row) with pixel centres at "
+            f"integers, -{EDGE} <= x <= {width - EDGE} and -{EDGE} <= y <= {height - EDGE} "
+            "(napari (row, col) data: convert with napari_to_sam)"
         )
     return points
 
