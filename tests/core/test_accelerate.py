@@ -8,6 +8,7 @@ from napari_samtune.core import (
     fast_decoder,
     fast_encoder,
     low_rank_decoder,
+    mask_upscaling,
     rel_pos_attention,
 )
 from napari_samtune.core.accelerate import (
@@ -18,22 +19,20 @@ from napari_samtune.core.accelerate import (
     use_fast_paths,
 )
 from napari_samtune.core.architectures import TINY, build_sam
-from napari_samtune.core.fast_decoder import (
-    FastConvTranspose2x2,
-    _mask_product,
-    _plain_first_product,
-    _upscaled_masks,
-    decode_prompts,
-    decoder_image,
-    sub_pixels_to_raster,
-    use_fast_upscaling,
-)
+from napari_samtune.core.fast_decoder import _plain_first_product, decode_prompts, decoder_image
 from napari_samtune.core.fast_encoder import (
     FastRelPosAttention,
     use_fast_attention,
     use_stock_attention,
 )
 from napari_samtune.core.low_rank_decoder import first_upscaling_weight
+from napari_samtune.core.mask_upscaling import (
+    FastConvTranspose2x2,
+    mask_product,
+    sub_pixels_to_raster,
+    upscaled_masks,
+    use_fast_upscaling,
+)
 from napari_samtune.core.train_step import decode
 
 
@@ -283,8 +282,8 @@ def test_inference_decoding_with_a_projected_first_layer_matches_stock(
     sam, prompts = _decoder_sam().eval(), _prompts(kind, n_objects)
     prompts = prompts[:-1] + (multimask,)
     embedding = torch.randn(1, TINY.prompt_embed_dim, 16, 16)
-    monkeypatch.setattr(fast_decoder, "UPSCALE_CHUNK_ROWS", 300)
-    monkeypatch.setattr(fast_decoder, "UPSCALE_MIN_CHUNK_TOKENS", 100)
+    monkeypatch.setattr(mask_upscaling, "UPSCALE_CHUNK_ROWS", 300)
+    monkeypatch.setattr(mask_upscaling, "UPSCALE_MIN_CHUNK_TOKENS", 100)
     monkeypatch.setattr(fast_decoder, "LOW_RANK_MIN_TOKENS", 16 * 16)
     low_rank_chunks = []
     chunked_product = low_rank_decoder.Keys.chunked_product
@@ -342,7 +341,7 @@ def test_mask_product_gradients_match_autograd_in_the_features_layout(n_masks, a
     x = torch.randn(2, 50, 8, generator=generator)
     upstream = torch.randn(2, n_masks, 50, generator=generator)
     results = []
-    for product in (lambda h, f: h @ f.mT, _mask_product):
+    for product in (lambda h, f: h @ f.mT, mask_product):
         leaves = [hyper.clone().requires_grad_(), x.clone().requires_grad_()]
         layouts = []
         leaves[1].register_hook(lambda grad, seen=layouts: seen.append(grad.is_contiguous()))
@@ -370,9 +369,9 @@ def test_upscaling_in_chunks_matches_one_pass(grad):
     with torch.set_grad_enabled(grad):
         weight, bias = first_upscaling_weight(upscaling[0])
         first_product = partial(_plain_first_product, keys, weight, bias)
-        whole = _upscaled_masks(upscaling, first_product, 256, hyper, 16, chunk_tokens=16 * 16)
+        whole = upscaled_masks(upscaling, first_product, 256, hyper, 16, chunk_tokens=16 * 16)
         with torch.profiler.profile() as profile:
-            chunked = _upscaled_masks(upscaling, first_product, 256, hyper, 16, chunk_tokens=37)
+            chunked = upscaled_masks(upscaling, first_product, 256, hyper, 16, chunk_tokens=37)
     assert whole.shape == (2, 3, 64, 64)
     _assert_close_to_scale(chunked, whole, tolerance=1e-6)
     assert chunked.requires_grad == grad

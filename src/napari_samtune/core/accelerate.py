@@ -14,9 +14,9 @@ from collections.abc import Iterator
 
 import torch
 
-from napari_samtune.core.fast_decoder import use_fast_upscaling
 from napari_samtune.core.fast_encoder import use_fast_attention
 from napari_samtune.core.fast_tinyvit import use_fast_tinyvit
+from napari_samtune.core.mask_upscaling import use_fast_upscaling
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
