@@ -25,11 +25,11 @@ from napari_samtune.core.fast_encoder import (
     use_fast_attention,
     use_stock_attention,
 )
-from napari_samtune.core.low_rank_decoder import first_upscaling_weight
 from napari_samtune.core.mask_upscaling import (
     FastConvTranspose2x2,
     mask_product,
     sub_pixels_to_raster,
+    transposed_conv_weight,
     upscaled_masks,
     use_fast_upscaling,
 )
@@ -367,7 +367,7 @@ def test_upscaling_in_chunks_matches_one_pass(grad):
     hyper = torch.randn(2, 3, TINY.prompt_embed_dim // 8)
     upscaling = sam.mask_decoder.output_upscaling
     with torch.set_grad_enabled(grad):
-        weight, bias = first_upscaling_weight(upscaling[0])
+        weight, bias = transposed_conv_weight(upscaling[0])
         first_product = partial(_plain_first_product, keys, weight, bias)
         whole = upscaled_masks(upscaling, first_product, 256, hyper, 16, chunk_tokens=16 * 16)
         with torch.profiler.profile() as profile:

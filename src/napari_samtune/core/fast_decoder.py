@@ -21,11 +21,10 @@ from napari_samtune.core.low_rank_decoder import (
     Update,
     attention_heads,
     first_keys,
-    first_upscaling_weight,
     low_rank_attention,
     second_keys,
 )
-from napari_samtune.core.mask_upscaling import layer_norm, upscaled_masks
+from napari_samtune.core.mask_upscaling import layer_norm, transposed_conv_weight, upscaled_masks
 
 # The mask decoder runs once per prompt pass on (n objects, N = E*E image tokens, C channels):
 # stock code repeats the image embedding n times, flattens it in every pass and projects all
@@ -150,7 +149,7 @@ class DecodedPrompts:
         if isinstance(tokens, Keys):
             first_product = tokens.chunked_product(self.projection)
         else:
-            weight, bias = first_upscaling_weight(self.upscaling[0])
+            weight, bias = transposed_conv_weight(self.upscaling[0])
             first_product = partial(_plain_first_product, tokens, weight, bias)
         return upscaled_masks(self.upscaling, first_product, self.side**2, hyper, self.side)
 
@@ -407,7 +406,7 @@ def _batched_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _plain_first_product(keys, weight, bias, start: int, stop: int) -> torch.Tensor:
-    """The first upscaling convolution (:func:`.low_rank_decoder.first_upscaling_weight`)
+    """The first upscaling convolution (:func:`.mask_upscaling.transposed_conv_weight`)
     of (n, N, C) ``keys`` ``start:stop``, as (n, stop - start, 4 C_up) sub-pixel features."""
     return F.linear(keys[:, start:stop], weight, bias)
 

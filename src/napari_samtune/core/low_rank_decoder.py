@@ -31,19 +31,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from napari_samtune.core.mask_upscaling import transposed_conv_weight
+
 
 def attention_heads(attention) -> tuple[int, int, float]:
     """A SAM decoder attention's heads, per-head width and score scale (1 / sqrt(width))."""
     heads = attention.num_heads
     head_dim = attention.internal_dim // heads
     return heads, head_dim, head_dim**-0.5
-
-
-def first_upscaling_weight(conv1) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first 2x2 transposed convolution as a (4 C_out, C_in) linear weight and its bias,
-    output features ordered (a, b, channel): child (2i + a, 2j + b) of pixel (i, j)."""
-    weight = conv1.weight.permute(2, 3, 1, 0).reshape(4 * conv1.out_channels, -1)
-    return weight, conv1.bias.repeat(4)
 
 
 def _split(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -133,7 +128,7 @@ class LowRankImage:
         level1, level2, pe = centred * g1, centred * g1 * g2, pe[0]
         attn1_out = layer1.cross_attn_image_to_token
         final = decoder.transformer.final_attn_token_to_image
-        upscaling = first_upscaling_weight(decoder.output_upscaling[0])
+        upscaling = transposed_conv_weight(decoder.output_upscaling[0])
         to_image, to_tokens = layer2.cross_attn_token_to_image, layer2.cross_attn_image_to_token
         return cls(
             _Moments.of(centred, torch.ones_like(g1), attn1_out),

@@ -67,6 +67,13 @@ UPSCALE_CHUNK_ROWS = 2048
 UPSCALE_MIN_CHUNK_TOKENS = 128
 
 
+def transposed_conv_weight(conv) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 2x2 stride-2 transposed convolution as a (4 C_out, C_in) linear weight and its bias,
+    output features ordered (a, b, channel): child (2i + a, 2j + b) of pixel (i, j)."""
+    weight = conv.weight.permute(2, 3, 1, 0).reshape(4 * conv.out_channels, -1)
+    return weight, conv.bias.repeat(4)
+
+
 def layer_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``norm`` (LayerNorm or SAM's LayerNorm2d) over the last axis, in float32."""
     return F.layer_norm(x.float(), norm.weight.shape, norm.weight, norm.bias, norm.eps)
@@ -89,24 +96,23 @@ def upscaled_masks(
     """Mask logits (n, k, 4E, 4E) from the image tokens and (n, k, C/8) mask weights.
 
     ``first_product(start, stop)``: the first 2x2 transposed convolution's output for tokens
-    ``start:stop`` of ``n_pixels``, as (n, stop - start, 4 C_up) sub-pixel features. Each 2x2
-    stride-2 transposed convolution gives every pixel four children: a matrix product per
-    token.
-    Pixels stay grouped by token (sub-pixel order) up to the logits. Without gradients the
-    tokens go through in chunks of ``chunk_tokens`` (default :func:`upscale_chunk_tokens`),
-    whose activations stay in the CPU's cache, and exact GELUs run in place.
+    ``start:stop`` of ``n_pixels``, as (n, stop - start, 4 C_up) sub-pixel features
+    (:func:`transposed_conv_weight`). Each 2x2 stride-2 transposed convolution gives every
+    pixel four children: a matrix product per token. Pixels stay grouped by token (sub-pixel
+    order) up to the logits. Without gradients the tokens go through in chunks of
+    ``chunk_tokens`` (default :func:`upscale_chunk_tokens`), whose activations stay in the
+    CPU's cache, and exact GELUs run in place.
     """
     _, norm, act1, conv2, act2 = upscaling
     n, c1, c2 = len(hyper), conv2.in_channels, conv2.out_channels
     if chunk_tokens is None:
         chunk_tokens = n_pixels if torch.is_grad_enabled() else upscale_chunk_tokens(n)
-    weight2 = conv2.weight.permute(2, 3, 1, 0).reshape(4 * c2, c1)
-    bias2 = conv2.bias.repeat(4)
+    weight2, bias2 = transposed_conv_weight(conv2)
     parts = []
     for start in range(0, n_pixels, chunk_tokens):
         x = first_product(start, start + chunk_tokens)
-        x = activation(act1, layer_norm(norm, x.view(n, -1, 4, c1)))
-        x = activation(act2, F.linear(x, weight2, bias2).view(n, -1, c2))
+        x = _activation(act1, layer_norm(norm, x.view(n, -1, 4, c1)))
+        x = _activation(act2, F.linear(x, weight2, bias2).view(n, -1, c2))
         parts.append(mask_product(hyper.to(x.dtype), x))  # (n, k, chunk*16)
     logits = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
     return sub_pixels_to_raster(logits, side)
@@ -175,7 +181,7 @@ def sub_pixels_to_raster(logits: torch.Tensor, side: int) -> torch.Tensor:
     return pairs.view(logits.dtype).view(n, k, 4 * side, 4 * side)
 
 
-def activation(act: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _activation(act: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``act(x)``; an exact GELU in place on ``x`` (a fresh tensor) without gradients: on a
     2-core CPU a single point's upscaling took 12.2 -> 11.6 ms (medians, alternating)."""
     if torch.is_grad_enabled() or not is_gelu(act):
