@@ -109,6 +109,32 @@ def test_unpaired_files_are_reported(tmp_path, folders, capsys):
     assert "images without labels ['s1.tif', 's2.tif']" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("damage", ["truncated", "text"])
+def test_unreadable_checkpoints_are_reported_without_a_traceback(tmp_path, folders, capsys, damage):
+    from napari_samtune.core.train_checkpoints import write_checkpoint
+
+    good = write_checkpoint(tmp_path / "last.pt", build_sam(TINY), TINY, TrainConfig())
+    data = good.read_bytes()
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"epoch 3, loss 0.2\n")
+    assert cli.main(["export", str(good), "-o", str(tmp_path / "good.pth")]) == 0
+    capsys.readouterr()
+
+    assert cli.main(["export", str(bad), "-o", str(tmp_path / "m.pth")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad} is not a readable PyTorch weights file" in err
+    assert "Expected a training checkpoint" in err and "Traceback" not in err
+    assert "weights_only` set to `False`" not in err  # never advise unsafe loading
+    assert not (tmp_path / "m.pth").exists()
+
+    images, labels = folders
+    argv = ["train", "--resume", str(bad), "--images", images, "--labels", labels]
+    assert cli.main([*argv, "--out", str(tmp_path / "x")]) == 2
+    assert "truncated, corrupt" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    assert bad.read_bytes() != b"" and good.read_bytes() == data  # nothing was overwritten
+
+
 def test_every_override_reaches_the_config():
     values = {int: "3", float: "0.25", str: "cpu"}
     argv = ["train", "--images", "a", "--labels", "b", "--out", "c"]

@@ -11,7 +11,10 @@ renamed over the target, so a crash never leaves a half-written file behind.
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -52,3 +55,32 @@ def _current_umask() -> int:
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` that never leaves a partial file at ``path``."""
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def safe_torch_load(path: str | os.PathLike, expected: str) -> object:
+    """``torch.load(path, weights_only=True)`` on the CPU, with a ``ValueError`` that names
+    the file and ``expected`` (what it should hold) when the file is not a safe PyTorch file:
+    text, garbage, a truncated download, or a pickle that needs code to load."""
+    try:
+        with warnings.catch_warnings():  # torch's note on old pickle protocols is noise here
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if found:
+            raise ValueError(
+                f"{path} contains Python objects ({found.group(1)}) besides tensors, which "
+                f"safe loading (weights_only=True) refuses to run. Expected {expected}. "
+                "If you trust the file, re-save only its weights with torch.save(state_dict)"
+            ) from None
+        raise ValueError(
+            f"{path} is not a PyTorch weights file (safe unpickling failed). Expected {expected}"
+        ) from None
+    except Exception as err:  # torch raises RuntimeError, EOFError, KeyError... on garbage
+        detail = (str(err).splitlines() or [""])[0][:150]
+        raise ValueError(
+            f"{path} is not a readable PyTorch weights file ({type(err).__name__}: {detail}); "
+            f"it may be truncated, corrupt or of another format. Expected {expected}"
+        ) from None

@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
-import re
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +38,7 @@ from napari_samtune.core.checkpoints import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_FORMAT_VERSION,
     atomic_torch_save,
+    safe_torch_load,
 )
 from napari_samtune.core.devices import resolve_device
 from napari_samtune.core.download import ProgressCallback, ensure_model_file
@@ -65,32 +63,6 @@ class LoadedModel:
     name: str  # registry name, or the file's stem
     model_id: str  # stable content id of the weights: keys embedding caches
     path: Path | None  # file the weights were read from
-
-
-def _safe_torch_load(path: Path) -> object:
-    try:
-        with warnings.catch_warnings():  # torch's note on old pickle protocols is noise here
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:
-        raise
-    except pickle.UnpicklingError as err:
-        found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        if found:
-            raise ValueError(
-                f"{path} contains Python objects ({found.group(1)}) besides tensors, which "
-                f"safe loading (weights_only=True) refuses to run. Expected {EXPECTED}. "
-                "If you trust the file, re-save only its weights with torch.save(state_dict)"
-            ) from None
-        raise ValueError(
-            f"{path} is not a PyTorch weights file (safe unpickling failed). Expected {EXPECTED}"
-        ) from None
-    except Exception as err:  # torch raises RuntimeError, EOFError, KeyError... on garbage
-        detail = (str(err).splitlines() or [""])[0][:150]
-        raise ValueError(
-            f"{path} is not a readable PyTorch weights file ({type(err).__name__}: {detail}); "
-            f"it may be truncated, corrupt or of another format. Expected {EXPECTED}"
-        ) from None
 
 
 def _unwrap_checkpoint(obj: object, path: Path) -> tuple[object, SamArchitecture | None]:
@@ -130,7 +102,7 @@ def read_sam_state_dict(
 ) -> tuple[dict[str, torch.Tensor], SamArchitecture | None]:
     """Read any supported weights file: (SAM state dict on the CPU, stored architecture or None)."""
     path = Path(path)
-    state, architecture = _unwrap_checkpoint(_safe_torch_load(path), path)
+    state, architecture = _unwrap_checkpoint(safe_torch_load(path, EXPECTED), path)
     if not isinstance(state, dict) or not state:
         raise ValueError(f"{path} holds no model weights. Expected {EXPECTED}")
     if not all(isinstance(k, str) for k in state):

@@ -30,10 +30,13 @@ from napari_samtune.core.checkpoints import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_FORMAT_VERSION,
     atomic_torch_save,
+    safe_torch_load,
 )
 from napari_samtune.core.lora import adapter_state_dict, apply_lora, merged_state_dict
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train_setup import build_training_model
+
+TRAINING_CHECKPOINT = "a training checkpoint: the best.pt or last.pt that training writes"
 
 # Fields that change the model's structure or weights' meaning: a resume must keep them.
 RESUME_MUST_MATCH = ("model", "lora_rank", "lora_alpha", "freeze", "checkpoint_trainable_only")
@@ -90,9 +93,11 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = safe_torch_load(path, TRAINING_CHECKPOINT)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{str(path)!r} is not a napari-samtune checkpoint")
+        raise ValueError(
+            f"{str(path)!r} is not a napari-samtune checkpoint; expected {TRAINING_CHECKPOINT}"
+        )
     if "config" not in checkpoint or "lora_state" not in checkpoint:
         raise ValueError(
             f"{str(path)!r} is a napari-samtune model checkpoint, not a training checkpoint; "
