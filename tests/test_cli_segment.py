@@ -169,6 +169,25 @@ def test_a_missing_image_is_a_clear_error(tmp_path, tiny_checkpoint, capsys):
     assert "nope.tif' does not exist" in capsys.readouterr().err
 
 
+def test_a_folder_as_output_is_refused_before_any_work(
+    tmp_path, tiny_checkpoint, image_file, capsys, monkeypatch
+):
+    import napari_samtune.core.models as models
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setattr(models, "load_model", no_loading)
+    path, _ = image_file
+    (tmp_path / "out").mkdir()
+    with pytest.raises(SystemExit) as exit_info:  # argparse refuses it: exit code 2
+        segment(tiny_checkpoint, path, tmp_path / "out", "--auto")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"is a folder; give a file name, e.g. {tmp_path / 'out' / 'labels.tif'}" in err
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_prompts_are_required(tmp_path, tiny_checkpoint, image_file):
     path, _ = image_file
     with pytest.raises(SystemExit):

@@ -135,6 +135,39 @@ def test_unreadable_checkpoints_are_reported_without_a_traceback(tmp_path, folde
     assert bad.read_bytes() != b"" and good.read_bytes() == data  # nothing was overwritten
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["train", "--model", "random:tiny", "--images", "i", "--labels", "l", "--out", "F"],
+            "argument --out: 'F' is a file; give a folder (created if missing), e.g. F-out",
+        ),
+        (
+            ["evaluate", "--images", "i", "--labels", "l", "--model", "nano", "--out", "F"],
+            "argument --out: 'F' is a file",
+        ),
+        (["demo", "--quick", "--out", "F"], "argument --out: 'F' is a file"),
+        (
+            ["export", "last.pt", "-o", "D"],
+            "argument -o/--output: 'D' is a folder; give a file name, e.g. D/model.pth",
+        ),
+    ],
+    ids=["train", "evaluate", "demo", "export"],
+)
+def test_outputs_of_the_wrong_kind_are_refused_before_any_work(
+    tmp_path, monkeypatch, capsys, argv, message
+):
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ("train", "export", "evaluate", "demo"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "F").write_bytes(b"keep me")
+    (tmp_path / "D").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert (tmp_path / "F").read_bytes() == b"keep me" and not any((tmp_path / "D").iterdir())
+
+
 def test_every_override_reaches_the_config():
     values = {int: "3", float: "0.25", str: "cpu"}
     argv = ["train", "--images", "a", "--labels", "b", "--out", "c"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "models",
@@ -21,6 +23,31 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "evaluate",
     "demo",
 )
+
+
+def output_folder(text: str) -> Path:
+    """argparse ``type`` of an output folder: refused at once if it names an existing file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a file; give a folder (created if missing), e.g. {path.stem}-out"
+        )
+    return path
+
+
+def output_file(example: str) -> Callable[[str], Path]:
+    """argparse ``type`` of a file to write, refused at once if it names an existing folder
+    (the error suggests ``example`` inside it)."""
+
+    def check(text: str) -> Path:
+        path = Path(text)
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is a folder; give a file name, e.g. {path / example}"
+            )
+        return path
+
+    return check
 
 
 def build_parser() -> argparse.ArgumentParser:

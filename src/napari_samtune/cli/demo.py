@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+from napari_samtune.cli import output_folder
 
 if TYPE_CHECKING:
     from napari_samtune.core.demo import DemoConfig
@@ -27,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "and write the comparison (CSV + PNG) to --out."
         ),
     )
-    parser.add_argument("--out", type=Path, default=Path("samtune-demo"), help="output folder")
+    parser.add_argument("--out", type=output_folder, default="samtune-demo", help="output folder")
     parser.add_argument("--quick", action="store_true", help="a reduced demo (about a minute)")
     parser.add_argument("--model", default="nano", help="the generalist to start from")
     parser.add_argument("--epochs", type=int, default=None, help="finetuning epochs")

@@ -14,6 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from napari_samtune.cli import output_folder
+
 if TYPE_CHECKING:
     from napari_samtune.core.automatic import AutoSegmentConfig
 
@@ -44,7 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--model", action="append", required=True, help="model name or weights file (repeatable)"
     )
-    parser.add_argument("--out", type=Path, default=Path("samtune-evaluation"), help="folder")
+    parser.add_argument("--out", type=output_folder, default="samtune-evaluation", help="folder")
     parser.add_argument("--clicks", type=int, default=7, help="corrective clicks after the point")
     parser.add_argument(
         "--max-objects", type=int, default=None, help="evaluate at most this many per image"

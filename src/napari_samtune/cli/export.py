@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from napari_samtune.cli import output_file
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -17,7 +18,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("checkpoint", help="a training checkpoint (best.pt / last.pt)")
-    parser.add_argument("-o", "--output", required=True, help="the model file to write (.pth)")
+    parser.add_argument(
+        "-o", "--output", type=output_file("model.pth"), required=True, help="model file to write"
+    )
     parser.add_argument("--register", metavar="NAME", help="also register it as user model NAME")
     parser.set_defaults(func=run)
 
@@ -25,10 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from napari_samtune.core.train_checkpoints import export_model
 
-    output = Path(args.output)
-    if output.is_dir():
-        raise ValueError(f"--output {str(output)!r} is a folder; give a file name like model.pth")
-    exported, arch = export_model(args.checkpoint, output)
+    exported, arch = export_model(args.checkpoint, args.output)
     print(f"exported {arch.name} model: {exported}")
     if args.register:
         from napari_samtune.core.registry import register_user_model

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_samtune.cli import output_file
+
 POINT_COLUMNS = ("x", "y", "label")
 BOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
 AUTO_OPTIONS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "min_area")
@@ -50,7 +52,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     prompts.add_argument("--points", type=Path, metavar="POINTS.csv", help="x,y,label[,object]")
     prompts.add_argument("--boxes", type=Path, metavar="BOXES.csv", help="x_min,y_min,x_max,y_max")
     prompts.add_argument("--auto", action="store_true", help="segment everything automatically")
-    parser.add_argument("-o", "--output", type=Path, required=True, metavar="LABELS.tif")
+    output = output_file("labels.tif")
+    parser.add_argument("-o", "--output", type=output, required=True, metavar="LABELS.tif")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--channel-axis", type=int, default=None, help="axis holding channels")
     parser.add_argument("--channels", type=_channels, default=None, help="i (gray) or i,j,k (RGB)")

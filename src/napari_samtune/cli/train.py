@@ -15,6 +15,7 @@ import signal
 import threading
 from dataclasses import asdict, replace
 
+from napari_samtune.cli import output_folder
 from napari_samtune.core.presets import (
     MASK_LOSSES,
     MIXED_PRECISION_MODES,
@@ -64,7 +65,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--labels", nargs="+", required=True, help="label files, folder or glob")
     parser.add_argument("--val-images", nargs="+", help="validation images (optional)")
     parser.add_argument("--val-labels", nargs="+", help="validation labels (optional)")
-    parser.add_argument("--out", required=True, help="folder for checkpoints and the model")
+    parser.add_argument(
+        "--out", type=output_folder, required=True, help="folder for checkpoints and the model"
+    )
     parser.add_argument("--name", help="register the model under this name (default: --out's)")
     parser.add_argument(
         "--resume",
