@@ -66,6 +66,28 @@ def test_boxes_file_gives_the_segmenters_labels(tmp_path, tiny_sam, tiny_checkpo
     np.testing.assert_array_equal(labels, expected)
 
 
+def test_prompts_whose_object_comes_out_empty_are_named(
+    tmp_path, tiny_checkpoint, image_file, capsys, monkeypatch
+):
+    real = Segmenter.predict_boxes
+
+    def without_object_2(self, boxes):  # the real labels, with the second box's object lost
+        labels = real(self, boxes)
+        assert {1, 2, 3} <= set(np.unique(labels).tolist())
+        labels[labels == 2] = 0
+        return labels
+
+    monkeypatch.setattr(Segmenter, "predict_boxes", without_object_2)
+    path, _ = image_file
+    text = "x_min,y_min,x_max,y_max\n10,10,60,70\n120,20,220,90\n20,100,120,190\n"
+    boxes = write_csv(tmp_path / "b.csv", text)
+    assert segment(tiny_checkpoint, path, tmp_path / "o.tif", "--boxes", str(boxes)) == 0
+    captured = capsys.readouterr()
+    note = "note: 1 of 3 prompted objects came out empty (ids 2, from the data rows)"
+    assert note in captured.err
+    assert "2 objects written" in captured.out
+
+
 def test_each_positive_point_is_one_object(tmp_path, tiny_sam, tiny_checkpoint, image_file):
     path, image = image_file
     points = write_csv(tmp_path / "p.csv", "x,y,label\n30,40,1\n200,150,1\n")

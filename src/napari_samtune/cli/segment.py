@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,6 +220,21 @@ def _segment_points(segmenter, prompts: PointPrompts) -> np.ndarray:
     return labels
 
 
+def _report_empty(labels: np.ndarray, expected_ids, ids_from: str) -> None:
+    """Tell on stderr which prompted objects got no pixels, rather than dropping them quietly.
+    ``ids_from``: where the ids come from, "data rows" (counted from 1) or the object column."""
+    expected = list(dict.fromkeys(int(i) for i in expected_ids))
+    empty = sorted(set(expected) - set(np.unique(labels).tolist()))
+    if empty:
+        shown = ", ".join(map(str, empty[:20])) + (", ..." if len(empty) > 20 else "")
+        print(
+            f"note: {len(empty)} of {len(expected)} prompted objects came out empty (ids {shown}, "
+            f"from the {ids_from}): the model found nothing there or an earlier object covered "
+            "it; try a box, more points, or a finetuned model",
+            file=sys.stderr,
+        )
+
+
 def _auto_config(args: argparse.Namespace):
     from napari_samtune.core.automatic import AutoSegmentConfig
 
@@ -251,12 +267,18 @@ def run(args: argparse.Namespace) -> int:
         segmenter.set_image(rgb, progress=progress)
     if points is not None:
         labels = _segment_points(segmenter, points)
+        if points.objects is None:
+            _report_empty(labels, range(1, len(points.labels) + 1), "data rows")
+        else:
+            _report_empty(labels, points.objects, "'object' column")
     elif boxes is not None:
         labels = segmenter.predict_boxes(boxes)
+        _report_empty(labels, range(1, len(boxes) + 1), "data rows")
     else:
         with _Progress("segmenting", "batch") as progress:
             labels = segmenter.segment_all(config, progress=progress)
     atomic_write(args.output, lambda tmp: tifffile.imwrite(tmp, labels))
     n_objects = len(np.unique(labels)) - 1
-    print(f"{n_objects} objects written to {args.output} (model {loaded.name}, device {device})")
+    noun = "object" if n_objects == 1 else "objects"
+    print(f"{n_objects} {noun} written to {args.output} (model {loaded.name}, device {device})")
     return 0
