@@ -49,6 +49,31 @@ def test_files_pair_by_name_from_folders_globs_and_lists(tiff_folders):
     assert loaded[0].name == "cell_0.tif / cell_0_labels.tif"
 
 
+def test_images_and_labels_may_share_a_folder(tiff_folders, tmp_path):
+    images, labels = tiff_folders
+    for f in labels.iterdir():
+        f.rename(images / f.name.replace("_labels", "_mask"))
+    pairs = pair_files(images, images)
+    names = [(f"cell_{i}.tif", f"cell_{i}_mask.tif") for i in range(3)]
+    assert [(i.name, lab.name) for i, lab in pairs] == names
+    assert pair_files(str(images / "*.tif"), str(images / "*_mask.tif")) == pairs
+    other_spelling = pair_files(images, f"{tmp_path}/../{tmp_path.name}/images")
+    assert [(i.name, lab.name) for i, lab in other_spelling] == names
+    with pytest.raises(ValueError, match="name the same 3 file.*none of them are named as labels"):
+        pair_files(str(images / "cell_?.tif"), str(images / "cell_?.tif"))
+    with pytest.raises(ValueError, match="name the same 3 file.*all of them are named as labels"):
+        pair_files(str(images / "*_mask.tif"), images)
+
+
+def test_one_image_and_one_label_file_pair_whatever_their_names(tiff_folders):
+    images, labels = tiff_folders
+    assert pair_files(images / "cell_1.tif", labels / "cell_2_labels.tif") == [
+        (images / "cell_1.tif", labels / "cell_2_labels.tif")
+    ]
+    with pytest.raises(ValueError, match=r"images without labels \['cell_0.tif', 'cell_2.tif'\]"):
+        pair_files(images, labels / "cell_1_labels.tif")  # several images: by name only
+
+
 def test_unpaired_files_are_all_listed(tiff_folders):
     images, labels = tiff_folders
     (labels / "cell_2_labels.tif").rename(labels / "other.tif")

@@ -100,16 +100,36 @@ def _pairing_key(path: Path) -> str:
     return stem
 
 
+def _is_label(path: Path) -> bool:
+    return _pairing_key(path) != path.stem.lower()
+
+
 def pair_files(
     images: str | os.PathLike | Sequence[str | os.PathLike],
     labels: str | os.PathLike | Sequence[str | os.PathLike],
 ) -> list[tuple[Path, Path]]:
     """Pair image and label files by file name (labels may add e.g. ``_labels`` or ``_mask``).
 
-    Raises ``ValueError`` listing every file without a partner.
+    Images and labels may share a folder (``--images F --labels F``): a file named by both
+    counts as labels if its name ends with a label suffix, else as an image. One image file
+    and one label file pair whatever their names. Raises ``ValueError`` listing every file
+    without a partner.
     """
     image_files = _expand_paths(images, "images")
     label_files = _expand_paths(labels, "labels")
+    shared = {f.resolve() for f in image_files} & {f.resolve() for f in label_files}
+    if shared:
+        image_files = [f for f in image_files if f.resolve() not in shared or not _is_label(f)]
+        label_files = [f for f in label_files if f.resolve() not in shared or _is_label(f)]
+        if not image_files or not label_files:
+            raise ValueError(
+                f"images and labels name the same {len(shared)} file(s), and "
+                f"{'all' if not image_files else 'none'} of them are named as labels (ending in "
+                f"one of {list(LABEL_SUFFIXES)!r}); in a shared folder name each label file "
+                "like its image plus such a suffix, e.g. cell_1.tif and cell_1_mask.tif"
+            )
+    if len(image_files) == 1 and len(label_files) == 1:
+        return [(image_files[0], label_files[0])]
     by_key: dict[str, Path] = {}
     for f in label_files:
         if _pairing_key(f) in by_key:
