@@ -137,6 +137,27 @@ def test_stop_and_resume_continue_exactly(tmp_path, data, interruption):
     assert not all(torch.equal(a[k], _weights(first.last_checkpoint_path)[k]) for k in a)
 
 
+def test_a_run_resumed_in_its_folder_updates_its_registered_model(tmp_path, data):
+    from napari_samtune.core.models import load_model
+    from napari_samtune.core.registry import user_models_dir
+
+    def registered_epochs() -> int:
+        sidecar = json.loads((user_models_dir() / "run.json").read_text())
+        return sidecar["metadata"]["config"]["epochs"]
+
+    first = train(_config(epochs=1), *data, out_dir=tmp_path / "run")
+    assert registered_epochs() == 1
+    last = first.last_checkpoint_path
+    elsewhere = train(_config(), *data, out_dir=tmp_path / "copy", resume_from=last)
+    resumed = train(_config(), *data, out_dir=tmp_path / "run", resume_from=last)
+    assert (first.registered_name, elsewhere.registered_name) == ("run", "copy")
+    assert resumed.registered_name == "run"  # not "run-2"
+    registered = load_model("run").sam.state_dict()
+    after = torch.load(resumed.exported_model_path, weights_only=True)
+    assert all(torch.equal(registered[k], after[k]) for k in after)
+    assert registered_epochs() == 2  # the resumed run's registration replaced the first's
+
+
 def test_resuming_with_another_model_setup_is_refused(tmp_path, data):
     first = train(_config(epochs=1, min_samples_per_epoch=1), *data, out_dir=tmp_path / "a")
     with pytest.raises(ValueError, match="lora_rank: 0 -> 4"):

@@ -58,9 +58,26 @@ def export_and_register(
     from napari_samtune.core.train_checkpoints import export_model
 
     exported, arch = export_model(checkpoint, out_dir / EXPORT_FILENAME)
-    name = model_name or unique_model_name(out_dir.name)
-    register_user_model(exported, name, arch, metadata)
+    earlier = None if model_name else earlier_registration(out_dir)
+    name = model_name or earlier or unique_model_name(out_dir.name)
+    register_user_model(exported, name, arch, metadata, overwrite=earlier is not None)
     return exported, name
+
+
+def earlier_registration(out_dir: Path) -> str | None:
+    """The user model that an earlier session of this run (before a resume) registered from
+    ``out_dir / model.pth``, if it is still registered from there: a resumed run updates its
+    model instead of adding a second one."""
+    from napari_samtune.core.registry import user_models_dir, validate_model_name
+
+    try:
+        summary = json.loads((out_dir / "summary.json").read_text())
+        name = validate_model_name(summary["registered_name"])
+        sidecar = json.loads((user_models_dir() / f"{name}.json").read_text())
+        source = Path(sidecar["registered_from"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return name if source == (out_dir / EXPORT_FILENAME).resolve() else None
 
 
 def _jsonable(value):
