@@ -103,6 +103,18 @@ def test_config_from_preset_applies_the_table_and_overrides():
     assert (changed.epochs, changed.lora_rank, changed.n_objects_per_batch) == (3, 4, 5)
     with pytest.raises(TypeError, match="n_objects"):
         config_from_preset(get_preset("cpu-16gb"), "random:vit_t", n_objects=3)
+    assert config_from_preset("CPU-16GB", "random:vit_t") == config  # a key or name will do
+    with pytest.raises(ValueError, match="unknown preset 'cpu-3gb'"):
+        config_from_preset("cpu-3gb", "random:vit_t")
+
+
+def test_auto_preset_is_what_detection_picks_here():
+    from napari_samtune.core.presets import measure_machine, resolve_preset
+
+    found = measure_machine()
+    expected, reason = detect_preset(found.gpu_memory_gb, found.ram_gb, found.n_cores)
+    assert resolve_preset("auto") == (expected, reason)
+    assert config_from_preset("auto", "random:tiny", architecture=TINY).preset == expected.key
 
 
 def test_tiny_test_model_fits_every_preset_with_its_smallest_setting():

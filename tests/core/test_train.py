@@ -158,6 +158,18 @@ def test_a_run_resumed_in_its_folder_updates_its_registered_model(tmp_path, data
     assert registered_epochs() == 2  # the resumed run's registration replaced the first's
 
 
+def test_train_from_python_can_show_progress(tmp_path, data, capsys):
+    finished = train(_config(), *data, out_dir=tmp_path / "quiet")
+    assert capsys.readouterr().out == ""
+    shown = train(_config(), *data, out_dir=tmp_path / "shown", progress=True)
+    captured = capsys.readouterr()
+    lines = [line for line in captured.out.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert "val_iou=" in lines[0] and "train_loss=" in lines[1]
+    assert "epoch 1/2" in captured.err and "it/s" in captured.err  # the bars
+    assert shown.epochs_done == finished.epochs_done == 2
+
+
 def test_resuming_with_another_model_setup_is_refused(tmp_path, data):
     first = train(_config(epochs=1, min_samples_per_epoch=1), *data, out_dir=tmp_path / "a")
     with pytest.raises(ValueError, match="lora_rank: 0 -> 4"):

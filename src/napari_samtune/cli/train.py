@@ -124,12 +124,11 @@ def overrides_from(args: argparse.Namespace) -> dict:
 
 def choose_preset(key: str) -> tuple[object, str]:
     """The preset named ``key``, or the one auto-detection picks, with the reason."""
-    from napari_samtune.core.presets import detect_preset, get_preset, measure_machine
+    from napari_samtune.core.presets import get_preset, resolve_preset
 
     if key != "auto":
         return get_preset(key), f"chosen with --preset {key}"
-    found = measure_machine()
-    return detect_preset(found.gpu_memory_gb, found.ram_gb, found.n_cores)
+    return resolve_preset(key)
 
 
 def _is_main_process() -> bool:
@@ -188,44 +187,20 @@ def _stop_on_ctrl_c(stop: threading.Event):
 
 
 def _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose):
-    from tqdm import tqdm
+    from napari_samtune.core.train import TrainingStarted, iter_train, with_progress
 
-    from napari_samtune.core.train import EpochDone, StepDone, TrainingStarted, iter_train
-
-    show_bar = verbose and not args.no_progress
-    bar = finished = None
+    finished = None
     events = iter_train(
         config, train_pairs, val_pairs, args.out, stop, args.resume, model_name=args.name
     )
+    if verbose:
+        events = with_progress(events, config.epochs, bar=not args.no_progress)
     for event in events:
         if isinstance(event, TrainingStarted) and verbose:
             print("effective config:\n" + json.dumps(asdict(event.config), indent=2))
             print(f"{event.n_train} training / {event.n_val} validation images on {event.device}")
-        elif isinstance(event, StepDone) and show_bar:
-            if bar is None:
-                total, epochs = event.steps_per_epoch, config.epochs
-                bar = tqdm(total=total, desc=f"epoch {event.epoch + 1}/{epochs}", leave=False)
-            bar.update(1)
-            bar.set_postfix(loss=f"{event.loss:.4f}", lr=f"{event.learning_rate:.2g}")
-        elif isinstance(event, EpochDone):
-            if bar is not None:
-                bar.close()
-                bar = None
-            if verbose:
-                print(_epoch_line(event, config.epochs), flush=True)
         finished = event
-    if bar is not None:
-        bar.close()
     return finished
-
-
-def _epoch_line(event, epochs: int) -> str:
-    metrics = " ".join(f"{k}={v:.4f}" for k, v in event.val_metrics.items())
-    best = " (best)" if event.is_best else ""
-    return (
-        f"epoch {event.epoch + 1}/{epochs}: train_loss={event.train_loss:.4f} {metrics} "
-        f"lr={event.learning_rate:.2g} {event.epoch_seconds:.1f}s{best}"
-    )
 
 
 def _print_summary(finished) -> None:

@@ -312,8 +312,17 @@ def _check_positive(config: TrainConfig, names: tuple[str, ...]) -> None:
             raise ValueError(f"{name}={value!r}; use a whole number >= 1")
 
 
+def resolve_preset(key: str) -> tuple[ResourcePreset, str]:
+    """The preset named ``key``, or for "auto" the one :func:`detect_preset` picks on this
+    machine; with a line saying why."""
+    if key.lower() != "auto":
+        return get_preset(key), f"chosen as {key!r}"
+    found = measure_machine()
+    return detect_preset(found.gpu_memory_gb, found.ram_gb, found.n_cores)
+
+
 def config_from_preset(
-    preset: ResourcePreset,
+    preset: ResourcePreset | str,
     model: str,
     architecture: SamArchitecture | None = None,
     check: bool = True,
@@ -322,12 +331,14 @@ def config_from_preset(
     """The preset's settings for ``model``, with ``overrides`` applied (``dataclasses.replace``).
 
     Args:
-        preset: the measured resource preset.
+        preset: a resource preset, or its key or name, or "auto" (see :func:`resolve_preset`).
         model: what to finetune (see ``TrainConfig.model``).
         architecture: the model's architecture; looked up from ``model`` when None.
         check: refuse (``ValueError``) overrides the preset cannot fit.
         overrides: ``TrainConfig`` fields to change.
     """
+    if isinstance(preset, str):
+        preset = resolve_preset(preset)[0]
     if architecture is None:
         from napari_samtune.core.model_source import architecture_of
 

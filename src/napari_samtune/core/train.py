@@ -17,8 +17,9 @@ model, so ``load_model(name)`` and the Segmenter can use it at once.
 
 from __future__ import annotations
 
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from napari_samtune.core import distributed as ddp
@@ -42,6 +43,7 @@ __all__ = [
     "TrainingStarted",
     "iter_train",
     "train",
+    "with_progress",
 ]
 
 
@@ -83,10 +85,53 @@ def train(
     stop_event: threading.Event | None = None,
     resume_from: str | Path | None = None,
     model_name: str | None = None,
+    progress: bool = False,
 ) -> TrainingFinished:
-    """Run :func:`iter_train` to the end (same arguments); returns its last event."""
+    """Run :func:`iter_train` to the end (same arguments); returns its last event.
+
+    ``progress``: show a bar per epoch and a line of metrics after each (stderr / stdout).
+    """
     finished = None
     events = iter_train(config, train_data, val_data, out_dir, stop_event, resume_from, model_name)
+    if progress:
+        events = with_progress(events, config.epochs)
     for event in events:
         finished = event
     return finished
+
+
+def with_progress(
+    events: Iterable[TrainEvent], epochs: int, bar: bool = True
+) -> Iterator[TrainEvent]:
+    """Pass ``events`` through, showing a tqdm bar of each epoch's steps (with ``bar``, on
+    stderr) and printing :func:`epoch_line` after each epoch."""
+    from tqdm.auto import tqdm
+
+    shown = None
+    try:
+        for event in events:
+            if isinstance(event, StepDone) and bar:
+                if shown is None:
+                    desc = f"epoch {event.epoch + 1}/{epochs}"
+                    shown = tqdm(total=event.steps_per_epoch, desc=desc, leave=False)
+                shown.update(1)
+                shown.set_postfix(loss=f"{event.loss:.4f}", lr=f"{event.learning_rate:.2g}")
+            elif isinstance(event, EpochDone):
+                if shown is not None:
+                    shown.close()
+                    shown = None
+                print(epoch_line(event, epochs), file=sys.stdout, flush=True)
+            yield event
+    finally:
+        if shown is not None:
+            shown.close()
+
+
+def epoch_line(event: EpochDone, epochs: int) -> str:
+    """One line for a finished epoch: losses, validation metrics, learning rate, time."""
+    metrics = " ".join(f"{k}={v:.4f}" for k, v in event.val_metrics.items())
+    best = " (best)" if event.is_best else ""
+    return (
+        f"epoch {event.epoch + 1}/{epochs}: train_loss={event.train_loss:.4f} {metrics} "
+        f"lr={event.learning_rate:.2g} {event.epoch_seconds:.1f}s{best}"
+    )
