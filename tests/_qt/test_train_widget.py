@@ -214,6 +214,10 @@ def test_bad_data_is_flagged_before_start(qtbot, viewer, tmp_path, notifications
     tifffile.imwrite(labels / "a.tif", viewer.layers["cells0 labels"].data)  # fixed
     assert data.check() and not data.folder_error.isVisibleTo(widget)
 
+    tifffile.imwrite(images / "a_mask.tif", viewer.layers["cells0 labels"].data)
+    data.labels_dir_edit.setText(str(images))  # one folder holding a.tif and a_mask.tif
+    assert data.check() and not data.folder_error.isVisibleTo(widget)
+
 
 def test_worker_error_is_reported_and_the_widget_stays_usable(qtbot, docked, tmp_path, monkeypatch):
     _, _, widget = docked

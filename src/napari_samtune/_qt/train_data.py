@@ -116,7 +116,9 @@ class PairSourceWidget(QWidget):
         self.list_error = error_label()
         self.image_dir_edit, self.labels_dir_edit = QLineEdit(), QLineEdit()
         self.image_dir_edit.setPlaceholderText("folder of image .tif files (optional)")
-        self.labels_dir_edit.setPlaceholderText("folder of label .tif files, same names")
+        self.labels_dir_edit.setPlaceholderText(
+            "label .tif files: same names, or + _mask / _labels (may be the image folder)"
+        )
         self.image_dir_button, self.labels_dir_button = QPushButton("…"), QPushButton("…")
         self.folder_error = error_label()
         layout = QVBoxLayout(self)
