@@ -32,7 +32,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_samtune.core.data import ImageLabelPair, load_pairs, pair_files, prepare_pair
+from napari_samtune.core.data import (
+    LABEL_SUFFIXES,
+    ImageLabelPair,
+    load_pairs,
+    pair_files,
+    prepare_pair,
+)
 
 ERROR_STYLE = "color: #ff6b6b;"
 
@@ -116,8 +122,11 @@ class PairSourceWidget(QWidget):
         self.list_error = error_label()
         self.image_dir_edit, self.labels_dir_edit = QLineEdit(), QLineEdit()
         self.image_dir_edit.setPlaceholderText("folder of image .tif files (optional)")
-        self.labels_dir_edit.setPlaceholderText(
-            "label .tif files: same names, or + _mask / _labels (may be the image folder)"
+        self.labels_dir_edit.setPlaceholderText("label .tif: same name or name_mask.tif")
+        self.labels_dir_edit.setToolTip(
+            "Label files pair with images by name: cell_1.tif with cell_1.tif, "
+            f"or with one of {', '.join(LABEL_SUFFIXES)} added (cell_1_mask.tif). "
+            "It may be the image folder itself."
         )
         self.image_dir_button, self.labels_dir_button = QPushButton("…"), QPushButton("…")
         self.folder_error = error_label()
