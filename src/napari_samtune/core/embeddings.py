@@ -13,7 +13,9 @@ no tile.
 Coordinates: image pixels, (x, y) = (column, row), pixel centres at integers.
 Embeddings are cached on disk under a key that hashes the normalised image, its
 shape, the model id and the tile geometry, so opening the same image with the
-same model again costs no encoder pass.
+same model again costs no encoder pass. The cache keeps at most
+``$SAMTUNE_EMBEDDING_CACHE_GB`` (default 10 GB): past that, the least recently used
+files go (ViT-B: 4 MB per 1024 px image or tile).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ CACHE_FORMAT = "napari-samtune-embeddings"
 CACHE_FORMAT_VERSION = 1
 LOWRES_FACTOR = 4  # the mask decoder's low-res logits are 4x the embedding grid
 OVERVIEW = -1  # view index of the whole-image overview embedding
+CACHE_LIMIT_ENV = "SAMTUNE_EMBEDDING_CACHE_GB"
+DEFAULT_CACHE_LIMIT_GB = 10.0
 
 ProgressCallback = Callable[[int, int], None]  # (tiles done, tiles in total)
 
@@ -273,8 +277,11 @@ class EmbeddingCache:
     (with a warning for the latter two) and the caller recomputes.
     """
 
-    def __init__(self, directory: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, directory: str | os.PathLike | None = None, max_bytes: int | None = None
+    ) -> None:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
+        self.max_bytes = cache_limit_bytes() if max_bytes is None else max_bytes
 
     def path(self, key: str) -> Path:
         return self.directory / f"{key}.pt"
@@ -305,6 +312,10 @@ class EmbeddingCache:
                 stacklevel=2,
             )
             return None
+        try:
+            os.utime(path)  # recently used: evicted last
+        except OSError:
+            pass
         return features
 
     def save(self, key: str, features: torch.Tensor) -> None:
@@ -317,6 +328,7 @@ class EmbeddingCache:
         }
         try:
             atomic_torch_save(payload, self.path(key))
+            self.evict()
         except OSError as err:
             warnings.warn(
                 f"could not write the embedding cache in {str(self.directory)!r} ({err}); "
@@ -324,3 +336,42 @@ class EmbeddingCache:
                 RuntimeWarning,
                 stacklevel=2,
             )
+
+    def evict(self) -> list[Path]:
+        """Delete the least recently used files until the cache fits ``max_bytes``;
+        returns what was deleted."""
+        files = []
+        for path in self.directory.glob("*.pt"):
+            try:
+                info = path.stat()
+            except OSError:  # deleted meanwhile (another viewer evicting)
+                continue
+            files.append((info.st_mtime_ns, info.st_size, path))
+        total = sum(size for _, size, _ in files)
+        deleted = []
+        for _, size, path in sorted(files):
+            if total <= self.max_bytes:
+                break
+            path.unlink(missing_ok=True)
+            total -= size
+            deleted.append(path)
+        return deleted
+
+
+def cache_limit_bytes() -> int:
+    """The embedding cache's size limit: ``$SAMTUNE_EMBEDDING_CACHE_GB`` (default 10)."""
+    text = os.environ.get(CACHE_LIMIT_ENV)
+    if text is not None:
+        try:
+            gigabytes = float(text)
+        except ValueError:
+            gigabytes = -1.0
+        if math.isfinite(gigabytes) and gigabytes >= 0:
+            return int(gigabytes * 2**30)
+        warnings.warn(
+            f"{CACHE_LIMIT_ENV}={text!r} is not a size in GB (e.g. 10, or 0 to keep nothing); "
+            f"using {DEFAULT_CACHE_LIMIT_GB:g}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return int(DEFAULT_CACHE_LIMIT_GB * 2**30)
