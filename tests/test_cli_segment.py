@@ -153,9 +153,9 @@ def test_a_second_run_reuses_the_cached_embeddings(tmp_path, tiny_checkpoint, im
     assert segment(tiny_checkpoint, path, out, "--boxes", str(boxes)) == 0
     files = list(default_cache_dir().glob("*.pt"))
     assert len(files) == 1
-    stamp = files[0].stat().st_mtime_ns
+    inode = files[0].stat().st_ino  # a rewrite (atomic: a new file renamed over) changes it
     assert segment(tiny_checkpoint, path, out, "--boxes", str(boxes)) == 0
-    assert [f.stat().st_mtime_ns for f in default_cache_dir().glob("*.pt")] == [stamp]
+    assert [f.stat().st_ino for f in default_cache_dir().glob("*.pt")] == [inode]
 
 
 @pytest.mark.parametrize(
