@@ -7,7 +7,12 @@ from napari_samtune.cli import main
 from napari_samtune.core import registry
 from napari_samtune.core.architectures import TINY
 from napari_samtune.core.download import is_verified
-from napari_samtune.core.registry import ModelSpec, models_cache_dir, register_user_model
+from napari_samtune.core.registry import (
+    ModelSpec,
+    models_cache_dir,
+    register_user_model,
+    user_models_dir,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -54,8 +59,30 @@ def test_downloaded_and_user_models_are_marked(capsys, monkeypatch, tiny_checkpo
     rows = _table_rows(out)
     assert rows["fetched"][3:] == ["yes", str(models_cache_dir() / "fetched.pt")]
     assert rows["waiting"][3] == "no"
-    assert rows["my_nuclei"][1:4] == ["tiny", "user", "yes"]
+    mine = ["tiny", "user", "yes", str(user_models_dir() / "my_nuclei.pt")]
+    assert rows["my_nuclei"][1:5] == mine  # no "(not verified yet)": checked at every load
     assert "no user models registered yet" not in out
+
+
+def test_user_models_can_be_removed(capsys, tiny_checkpoint):
+    from napari_samtune.core.models import load_model
+
+    register_user_model(tiny_checkpoint, "keep", TINY)
+    weights = register_user_model(tiny_checkpoint, "drop", TINY)
+    load_model("drop")  # checks the hash and leaves a stamp next to the weights
+    assert {p.name for p in user_models_dir().iterdir()} >= {"drop.json", "drop.pt"}
+    assert main(["models", "--remove", "drop"]) == 0
+    assert "removed user model 'drop' (drop.json, drop.pt" in capsys.readouterr().out
+    assert not weights.exists()
+    assert sorted(p.name for p in user_models_dir().iterdir() if "drop" in p.name) == []
+    assert main(["models"]) == 0
+    assert "drop" not in _table_rows(capsys.readouterr().out)
+    load_model("keep")
+
+    assert main(["models", "--remove", "drop"]) == 2
+    assert "no user model named 'drop'; the user models are ['keep']" in capsys.readouterr().err
+    assert main(["models", "--remove", "vit_b"]) == 2
+    assert "'vit_b' is a built-in model, not a user model" in capsys.readouterr().err
 
 
 def test_models_help_mentions_the_subcommand(capsys):

@@ -19,17 +19,25 @@ _STATUS_TEXT = {"verified": "yes", "present": "yes (not verified yet)", "missing
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "models",
-        help="list the available SAM models and whether they are downloaded",
+        help="list the available SAM models and whether they are downloaded; remove yours",
         description=(
             "List the built-in SAM models and your registered user models, with their "
             "architecture, source, and whether the weights are on this computer."
         ),
+    )
+    parser.add_argument(
+        "--remove",
+        nargs="+",
+        metavar="NAME",
+        help="unregister these user models and delete their files",
     )
     parser.set_defaults(func=run)
 
 
 def _row(spec: ModelSpec) -> tuple[str, ...]:
     status = "packaged" if spec.packaged else _STATUS_TEXT[download_status(spec)]
+    if spec.is_user_model and status != "no":  # its hash is checked at every load, no stamp
+        status = "yes"
     return (spec.name, spec.architecture, spec.source, status, str(spec.local_path()))
 
 
@@ -44,6 +52,13 @@ def format_table(rows: list[tuple[str, ...]], header: tuple[str, ...] = COLUMNS)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.remove:
+        from napari_samtune.core.registry import remove_user_model
+
+        for name in dict.fromkeys(args.remove):
+            deleted = remove_user_model(name)
+            print(f"removed user model {name!r} ({', '.join(p.name for p in deleted)})")
+        return 0
     specs = list_models()
     print(format_table([_row(spec) for spec in specs]))
     print()

@@ -323,6 +323,36 @@ def register_user_model(
     return weights_path
 
 
+def remove_user_model(name: str) -> list[Path]:
+    """Unregister user model ``name`` and delete its files; returns the deleted paths.
+
+    The description goes first, so a failure part-way leaves no half-listed model.
+    """
+    from napari_samtune.core.download import stamp_path
+
+    validate_model_name(name)
+    if name in _builtin_names() or name in ARCHITECTURES:
+        raise ValueError(
+            f"{name!r} is a built-in model, not a user model; to free its disk space delete "
+            f"its file from {models_cache_dir()}"
+        )
+    sidecar = user_models_dir() / f"{name}.json"
+    if not sidecar.is_file():
+        users = [spec.name for spec in list_user_models()]
+        raise ValueError(f"no user model named {name!r}; the user models are {users!r}")
+    try:
+        filename = json.loads(sidecar.read_text(encoding="utf-8"))["filename"]
+        weights = user_models_dir() / Path(str(filename)).name
+    except (OSError, ValueError, TypeError, KeyError):  # a broken description: its usual name
+        weights = user_models_dir() / f"{name}.pt"
+    deleted = []
+    for path in (sidecar, weights, stamp_path(weights)):
+        if path.is_file():
+            path.unlink()
+            deleted.append(path)
+    return deleted
+
+
 def _check_new_name(name: str, overwrite: bool) -> None:
     validate_model_name(name)
     if name in _builtin_names() or name in ARCHITECTURES:
