@@ -223,14 +223,28 @@ def test_worker_error_is_reported_and_the_widget_stays_usable(qtbot, docked, tmp
     _, _, widget = docked
     errors: list[str] = []
     monkeypatch.setattr("napari_samtune._qt.workers.show_error", errors.append)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+        yield  # a generator, as iter_train is
+
+    monkeypatch.setattr("napari_samtune._qt.train_run.iter_train", full_disk)
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.start() is not None
+    assert len(errors) == 1 and "training failed" in errors[0] and "No space left" in errors[0]
+    assert widget.start_button.isEnabled() and not widget.stop_button.isEnabled()
+    assert widget.result is None and "training failed" in widget.result_label.text()
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_start(docked, tmp_path, notifications):
+    _, _, widget = docked
     not_a_folder = tmp_path / "file.txt"
     not_a_folder.write_text("a file where the output folder should be")
     widget.settings.out_dir_edit.setText(str(not_a_folder))
-    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
-        assert widget.start() is not None
-    assert len(errors) == 1 and "training failed" in errors[0]
-    assert widget.start_button.isEnabled() and not widget.stop_button.isEnabled()
-    assert widget.result is None and "training failed" in widget.result_label.text()
+    assert widget.start() is None and not widget.is_running
+    assert "is a file; choose a folder" in widget.settings.settings_error.text()
+    assert any("cannot start training" in message for message in notifications)
+    assert not_a_folder.read_text() == "a file where the output folder should be"
 
 
 def test_preset_defaults_follow_the_machine(viewer):

@@ -184,6 +184,9 @@ class TrainWidget(QWidget):
         try:
             config = self.settings.build_config()
             model_name = check_model_name(self.settings.model_name())
+            output = self.settings.output_folder()
+            if output.exists() and not output.is_dir():
+                raise ValueError(f"output folder {str(output)!r} is a file; choose a folder")
         except (ValueError, TypeError) as err:
             show_problem(self.settings.settings_error, str(err))
             problems.append(str(err))
