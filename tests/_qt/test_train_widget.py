@@ -242,7 +242,7 @@ def test_an_output_folder_that_is_a_file_is_refused_before_start(docked, tmp_pat
     not_a_folder.write_text("a file where the output folder should be")
     widget.settings.out_dir_edit.setText(str(not_a_folder))
     assert widget.start() is None and not widget.is_running
-    assert "is a file; choose a folder" in widget.settings.settings_error.text()
+    assert "is a file; give a folder" in widget.settings.settings_error.text()
     assert any("cannot start training" in message for message in notifications)
     assert not_a_folder.read_text() == "a file where the output folder should be"
 

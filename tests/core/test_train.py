@@ -183,6 +183,10 @@ def test_resuming_with_another_model_setup_is_refused(tmp_path, data):
         train(_config(), *data, out_dir=tmp_path / "c", resume_from=first.best_checkpoint_path)
     with pytest.raises(ValueError, match="already holds a training run.*resume_from"):
         train(_config(), *data, out_dir=tmp_path / "a")
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ValueError, match="out_dir '.*file' is a file; give a folder"):
+        train(_config(), *data, out_dir=tmp_path / "file")
+    assert (tmp_path / "file").read_text() == "not a folder"
 
 
 def test_lora_export_has_the_original_keys_and_changes_only_qkv(tmp_path, data):

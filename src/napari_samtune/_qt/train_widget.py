@@ -43,6 +43,7 @@ from napari_samtune._qt.train_run import (
 )
 from napari_samtune._qt.train_settings import TrainSettingsWidget
 from napari_samtune._qt.workers import TaskRunner, user_message
+from napari_samtune.core.checkpoints import check_output_folder
 from napari_samtune.core.presets import MachineResources, TrainConfig
 from napari_samtune.core.train import EpochDone, StepDone, TrainingFinished, TrainingStarted
 from napari_samtune.core.train_export import check_model_name
@@ -184,9 +185,7 @@ class TrainWidget(QWidget):
         try:
             config = self.settings.build_config()
             model_name = check_model_name(self.settings.model_name())
-            output = self.settings.output_folder()
-            if output.exists() and not output.is_dir():
-                raise ValueError(f"output folder {str(output)!r} is a file; choose a folder")
+            check_output_folder(self.settings.output_folder(), "output folder")
         except (ValueError, TypeError) as err:
             show_problem(self.settings.settings_error, str(err))
             problems.append(str(err))

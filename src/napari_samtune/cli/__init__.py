@@ -27,12 +27,12 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 
 def output_folder(text: str) -> Path:
     """argparse ``type`` of an output folder: refused at once if it names an existing file."""
-    path = Path(text)
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is a file; give a folder (created if missing), e.g. {path.stem}-out"
-        )
-    return path
+    from napari_samtune.core.checkpoints import check_output_folder
+
+    try:
+        return check_output_folder(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def output_file(example: str) -> Callable[[str], Path]:

@@ -57,6 +57,19 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+def check_output_folder(path: str | os.PathLike, what: str = "") -> Path:
+    """``path`` as a Path; ``ValueError`` if it names an existing file (a missing folder is
+    fine: it is created when written to). ``what`` names it in the message, e.g. "out_dir"."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        named = f"{what} " if what else ""
+        raise ValueError(
+            f"{named}{str(path)!r} is a file; give a folder (created if missing), "
+            f"e.g. {path.stem}-out"
+        )
+    return path
+
+
 def safe_torch_load(path: str | os.PathLike, expected: str) -> object:
     """``torch.load(path, weights_only=True)`` on the CPU, with a ``ValueError`` that names
     the file and ``expected`` (what it should hold) when the file is not a safe PyTorch file:

@@ -23,7 +23,7 @@ import torch
 
 from napari_samtune.core import distributed as ddp
 from napari_samtune.core.accelerate import use_fast_paths
-from napari_samtune.core.checkpoints import atomic_write
+from napari_samtune.core.checkpoints import atomic_write, check_output_folder
 from napari_samtune.core.data import (
     ImageLabelPair,
     PatchSampler,
@@ -94,7 +94,7 @@ class Trainer:
 
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-        self.out_dir, self.stop_event = Path(out_dir), stop_event
+        self.out_dir, self.stop_event = check_output_folder(out_dir, "out_dir"), stop_event
         self.model_name = check_model_name(model_name)
         self.train_images, self.val_images = self._prepare_data(config, train_data, val_data)
         device = resolve_device(config.device)
