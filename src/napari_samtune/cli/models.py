@@ -35,9 +35,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _row(spec: ModelSpec) -> tuple[str, ...]:
-    status = "packaged" if spec.packaged else _STATUS_TEXT[download_status(spec)]
-    if spec.is_user_model and status != "no":  # its hash is checked at every load, no stamp
-        status = "yes"
+    if spec.packaged:
+        status = "packaged"
+    elif spec.is_user_model:  # checked against its hash at every load: never "not verified"
+        status = "yes" if spec.local_path().is_file() else "no"
+    else:
+        status = _STATUS_TEXT[download_status(spec)]
     return (spec.name, spec.architecture, spec.source, status, str(spec.local_path()))
 
 

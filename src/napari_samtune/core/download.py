@@ -60,8 +60,7 @@ def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
     return hasher.hexdigest()
 
 
-def stamp_path(path: Path) -> Path:
-    """The hidden file next to ``path`` recording that its hash was checked."""
+def _stamp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.verified")
 
 
@@ -72,7 +71,7 @@ def _stamp_content(path: Path, file_hash: str) -> dict:
 
 def _has_valid_stamp(path: Path, file_hash: str) -> bool:
     try:
-        stamp = json.loads(stamp_path(path).read_text(encoding="utf-8"))
+        stamp = json.loads(_stamp_path(path).read_text(encoding="utf-8"))
         return stamp == _stamp_content(path, file_hash)
     except (OSError, ValueError):
         return False
@@ -88,7 +87,7 @@ def is_verified(path: str | Path, file_hash: str) -> bool:
     algorithm, expected = parse_hash(file_hash)
     if file_digest(path, algorithm) != expected:
         return False
-    stamp_path(path).write_text(json.dumps(_stamp_content(path, file_hash)), encoding="utf-8")
+    _stamp_path(path).write_text(json.dumps(_stamp_content(path, file_hash)), encoding="utf-8")
     return True
 
 
@@ -210,7 +209,7 @@ def download_file(
             f"{dest} does not have hash {expected_hash}; downloading it again", stacklevel=2
         )
         dest.unlink()
-    stamp_path(dest).unlink(missing_ok=True)
+    _stamp_path(dest).unlink(missing_ok=True)
     atomic_write(dest, lambda tmp: _fetch(url, tmp, dest, expected_hash, progress, timeout))
     if expected_hash is not None:
         is_verified(dest, expected_hash)  # writes the stamp

@@ -328,8 +328,6 @@ def remove_user_model(name: str) -> list[Path]:
 
     The description goes first, so a failure part-way leaves no half-listed model.
     """
-    from napari_samtune.core.download import stamp_path
-
     validate_model_name(name)
     if name in _builtin_names() or name in ARCHITECTURES:
         raise ValueError(
@@ -346,7 +344,7 @@ def remove_user_model(name: str) -> list[Path]:
     except (OSError, ValueError, TypeError, KeyError):  # a broken description: its usual name
         weights = user_models_dir() / f"{name}.pt"
     deleted = []
-    for path in (sidecar, weights, stamp_path(weights)):
+    for path in (sidecar, weights):
         if path.is_file():
             path.unlink()
             deleted.append(path)
