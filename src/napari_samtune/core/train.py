@@ -17,7 +17,6 @@ model, so ``load_model(name)`` and the Segmenter can use it at once.
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -120,7 +119,7 @@ def with_progress(
                 if shown is not None:
                     shown.close()
                     shown = None
-                print(epoch_line(event, epochs), file=sys.stdout, flush=True)
+                print(epoch_line(event, epochs), flush=True)
             yield event
     finally:
         if shown is not None:
