@@ -328,7 +328,6 @@ class EmbeddingCache:
         }
         try:
             atomic_torch_save(payload, self.path(key))
-            self.evict()
         except OSError as err:
             warnings.warn(
                 f"could not write the embedding cache in {str(self.directory)!r} ({err}); "
@@ -336,6 +335,8 @@ class EmbeddingCache:
                 RuntimeWarning,
                 stacklevel=2,
             )
+            return
+        self.evict()
 
     def evict(self) -> list[Path]:
         """Delete the least recently used files until the cache fits ``max_bytes``;
@@ -352,7 +353,10 @@ class EmbeddingCache:
         for _, size, path in sorted(files):
             if total <= self.max_bytes:
                 break
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:  # not ours to delete (permissions): keep going with the others
+                continue
             total -= size
             deleted.append(path)
         return deleted
