@@ -116,7 +116,8 @@ def test_unreadable_checkpoints_are_reported_without_a_traceback(tmp_path, folde
     good = write_checkpoint(tmp_path / "last.pt", build_sam(TINY), TINY, TrainConfig())
     data = good.read_bytes()
     bad = tmp_path / "bad.pt"
-    bad.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"epoch 3, loss 0.2\n")
+    damaged = data[: len(data) // 2] if damage == "truncated" else b"epoch 3, loss 0.2\n"
+    bad.write_bytes(damaged)
     assert cli.main(["export", str(good), "-o", str(tmp_path / "good.pth")]) == 0
     capsys.readouterr()
 
@@ -132,7 +133,7 @@ def test_unreadable_checkpoints_are_reported_without_a_traceback(tmp_path, folde
     assert cli.main([*argv, "--out", str(tmp_path / "x")]) == 2
     assert "truncated, corrupt" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
-    assert bad.read_bytes() != b"" and good.read_bytes() == data  # nothing was overwritten
+    assert bad.read_bytes() == damaged and good.read_bytes() == data  # nothing was overwritten
 
 
 @pytest.mark.parametrize(
