@@ -16,6 +16,8 @@ from napari_samtune._qt.annotation_io import (
 )
 from napari_samtune._qt.image_planes import describe_image
 from napari_samtune._qt.label_edits import UndoEntry, UndoStack, write_objects
+from napari_samtune.core.data import load_pairs, prepare_pairs
+from napari_samtune.core.synthetic import make_dataset
 
 
 def test_save_and_load_round_trip(tmp_path):
@@ -31,6 +33,26 @@ def test_save_and_load_round_trip(tmp_path):
     assert loaded.dtype == np.uint32
     assert loaded_record["objects"] == record["objects"]
     assert loaded_record["shape"] == [3, 20, 30] and loaded_record["image"] == "my image: 1/2"
+
+
+def test_autosaved_annotations_train_from_the_command_line(tmp_path):
+    """The annotate -> train loop through files: `samtune train --images imgs/ --labels
+    annotations/` pairs each image with its autosave, a stack plane by plane."""
+    (image, labels), (image2, labels2) = make_dataset(2, shape=(40, 48), seed=7)
+    (tmp_path / "imgs").mkdir()
+    tifffile.imwrite(tmp_path / "imgs" / "cells.tif", image)
+    tifffile.imwrite(tmp_path / "imgs" / "stack.tif", np.stack([image, image2]))
+    autosaves = tmp_path / "annotations"
+    save_annotations(autosaves, "cells", labels, {"objects": []})
+    save_annotations(autosaves, "stack", np.stack([0 * labels2, labels2]), {"objects": []})
+    pairs = load_pairs(tmp_path / "imgs", autosaves)
+    assert [p.name for p in pairs] == [
+        "cells.tif / cells.labels.tif",
+        "stack.tif / stack.labels.tif plane 1",
+    ]
+    prepared = prepare_pairs(pairs)
+    assert np.array_equal(prepared[1].rgb[..., 0], image2)
+    assert prepared[1].labels.max() == len(np.unique(labels2)) - 1
 
 
 def test_a_failed_save_keeps_the_previous_files(tmp_path):

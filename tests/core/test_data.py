@@ -15,6 +15,7 @@ from napari_samtune.core.data import (
     pair_files,
     prepare_pair,
     prepare_pairs,
+    split_planes,
     split_validation,
     tile_patches,
 )
@@ -83,6 +84,45 @@ def test_unpaired_files_are_all_listed(tiff_folders):
         pair_files(images, labels)
 
 
+def test_stack_files_give_one_pair_per_annotated_plane(tmp_path):
+    """A z-stack annotated in the widget (its autosave is a labels stack) trains from files."""
+    (image, labels), (image2, labels2) = make_dataset(2, shape=(48, 40), seed=3)
+    stacks = {
+        "gray": (np.stack([image, image2, image]), np.stack([labels, 0 * labels, labels2])),
+        "rgb": (np.stack([np.dstack([image] * 3)] * 2), np.stack([0 * labels, labels])),
+    }
+    for name, (image_stack, labels_stack) in stacks.items():
+        _write(tmp_path / "images", f"{name}.tif", image_stack)
+        _write(tmp_path / "labels", f"{name}_labels.tif", labels_stack)
+    pairs = load_pairs(tmp_path / "images", tmp_path / "labels")
+    assert [p.name for p in pairs] == [
+        "gray.tif / gray_labels.tif plane 0",
+        "gray.tif / gray_labels.tif plane 2",
+        "rgb.tif / rgb_labels.tif plane 1",
+    ]
+    assert np.array_equal(pairs[1].image, image) and np.array_equal(pairs[1].labels, labels2)
+    assert pairs[2].image.shape == (48, 40, 3) and np.array_equal(pairs[2].labels, labels)
+    assert [prepare_pair(p).labels.max() for p in pairs] == [
+        len(np.unique(lab)) - 1 for lab in (labels, labels2, labels)
+    ]
+
+
+def test_what_is_not_a_stack_stays_one_pair_for_the_checks():
+    image, labels = make_image((32, 32), seed=4)
+    rgb = np.dstack([image] * 3)
+    coloured_labels = np.dstack([labels] * 3).astype(np.uint8)  # (H, W, 3) labels: refused later
+    assert len(split_planes(rgb, coloured_labels, "x")) == 1
+    assert len(split_planes(image, np.stack([labels] * 2), "x")) == 1  # 2D image, 3D labels
+    assert len(split_planes(np.stack([image] * 3), np.stack([labels] * 2), "x")) == 1  # 3 vs 2
+    empty = split_planes(np.stack([image] * 2), np.zeros((2, 32, 32), np.uint8), "e.tif")
+    assert [p.name for p in empty] == ["e.tif plane 0"]
+    with pytest.raises(ValueError, match="'e.tif plane 0' contain no objects"):
+        prepare_pair(empty[0])
+    # a layer says whether it is RGB: (2, 32, 32, 3) as a 2-plane RGB stack or not
+    assert len(split_planes(np.stack([rgb] * 2), np.stack([labels] * 2), "x", rgb=True)) == 2
+    assert len(split_planes(np.stack([rgb] * 2), np.stack([labels] * 2), "x", rgb=False)) == 1
+
+
 def test_missing_and_empty_folders_are_named(tmp_path):
     (tmp_path / "empty").mkdir()
     _write(tmp_path / "full", "a.tif", np.ones((4, 4), np.uint8))
@@ -100,7 +140,7 @@ def test_missing_and_empty_folders_are_named(tmp_path):
         (np.ones((32, 32), np.float32), TypeError, "dtype float32.*integer instance labels"),
         (np.ones((32, 32), bool), TypeError, "boolean.*scipy.ndimage.label"),
         (np.ones((32, 32, 3), np.uint8), ValueError, "RGB image.*2D instance label"),
-        (np.ones((2, 32, 32), np.uint16), ValueError, r"shape \(2, 32, 32\).*2D"),
+        (np.ones((2, 32, 32), np.uint16), ValueError, r"shape \(2, 32, 32\).*2D.*image stack"),
         (np.ones((32, 31), np.uint16), ValueError, "32x32 pixels but its labels.*same pixels"),
         (np.zeros((32, 32), np.uint16), ValueError, "contain no objects.*annotate"),
         (-np.ones((32, 32), np.int32), ValueError, "negative ids"),

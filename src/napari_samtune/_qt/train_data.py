@@ -9,7 +9,7 @@ under the field that causes it, before any training starts.
 Layers are never modified: :meth:`PairSourceWidget.snapshot` copies their data,
 so the worker trains on what was there at Start while the user keeps annotating.
 A stack (labels with one more axis than a 2D image) becomes one pair per plane
-that has objects.
+that has objects (:func:`napari_samtune.core.data.split_planes`, as for TIFF files).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from napari_samtune.core.data import (
     load_pairs,
     pair_files,
     prepare_pair,
+    split_planes,
 )
 
 ERROR_STYLE = "color: #ff6b6b;"
@@ -78,13 +79,7 @@ def layer_pairs(image_layer: Image, labels_layer: Labels, copy: bool = False) ->
     if copy:
         image, labels = image.copy(), labels.copy()
     name = f"{image_layer.name} / {labels_layer.name}"
-    image_planar_ndim = 3 if image_layer.rgb else 2
-    is_stack = labels.ndim == 3 and image.ndim == image_planar_ndim + 1
-    if not is_stack or image.shape[0] != labels.shape[0]:
-        return [ImageLabelPair(image, labels, name=name)]
-    planes = [i for i in range(labels.shape[0]) if labels[i].any()]
-    planes = planes or [0]  # no objects anywhere: the core's check says so for plane 0
-    return [ImageLabelPair(image[i], labels[i], name=f"{name} plane {i}") for i in planes]
+    return split_planes(image, labels, name, rgb=bool(image_layer.rgb))
 
 
 class PairSourceWidget(QWidget):

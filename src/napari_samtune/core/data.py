@@ -31,7 +31,17 @@ from napari_samtune.core.images import to_sam_rgb
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 # Label files are often named after their image plus one of these.
-LABEL_SUFFIXES = ("_labels", "_label", "_masks", "_mask", "_seg", "_gt", "-labels", "-mask")
+LABEL_SUFFIXES = (
+    "_labels",
+    "_label",
+    "_masks",
+    "_mask",
+    "_seg",
+    "_gt",
+    "-labels",
+    "-mask",
+    ".labels",  # what the annotation widget autosaves: <image>.labels.tif
+)
 N_AUGMENTATIONS = 8  # 4 rotations x (flipped or not)
 CROP_TRIES = 10
 
@@ -160,14 +170,46 @@ def _read_tiff(path: Path) -> np.ndarray:
     return tifffile.imread(path)
 
 
+def _is_stack(image: np.ndarray, labels: np.ndarray, rgb: bool | None) -> bool:
+    """Whether (image, labels) is a stack of planes: (N, H, W[, 3|4]) with (N, H, W) labels.
+
+    ``rgb`` says whether the image has a colour axis last (a napari layer knows); ``None``
+    infers it from the shapes. (H, W, 3) labels next to an (H, W, 3) image are a coloured
+    rendering, not three planes, and are left for the label checks to refuse.
+    """
+    if labels.ndim != 3 or image.shape[:1] != labels.shape[:1]:
+        return False
+    if rgb is None:
+        if labels.shape[-1] in (3, 4) and image.shape[-1] in (3, 4):
+            return False
+        rgb = image.ndim == 4 and image.shape[-1] in (3, 4)
+    return image.ndim == (4 if rgb else 3)
+
+
+def split_planes(
+    image: np.ndarray, labels: np.ndarray, name: str, rgb: bool | None = None
+) -> list[ImageLabelPair]:
+    """One pair for a 2D image, one per annotated plane for a stack (see :func:`_is_stack`).
+
+    Planes without any object are left out (a partly annotated stack trains on what was
+    annotated); when no plane has one, plane 0 is kept so the checks say so.
+    """
+    if not _is_stack(image, labels, rgb):
+        return [ImageLabelPair(image, labels, name=name)]
+    planes = [i for i in range(labels.shape[0]) if labels[i].any()] or [0]
+    return [ImageLabelPair(image[i], labels[i], name=f"{name} plane {i}") for i in planes]
+
+
 def load_pairs(
     images: str | os.PathLike | Sequence[str | os.PathLike],
     labels: str | os.PathLike | Sequence[str | os.PathLike],
 ) -> list[ImageLabelPair]:
-    """Read paired TIFF files (see :func:`pair_files`) into :class:`ImageLabelPair` s."""
+    """Read paired TIFF files (see :func:`pair_files`) into :class:`ImageLabelPair` s;
+    a stack of planes gives one pair per plane with objects (see :func:`split_planes`)."""
     return [
-        ImageLabelPair(_read_tiff(i), _read_tiff(lab), name=f"{i.name} / {lab.name}")
+        pair
         for i, lab in pair_files(images, labels)
+        for pair in split_planes(_read_tiff(i), _read_tiff(lab), name=f"{i.name} / {lab.name}")
     ]
 
 
@@ -210,8 +252,8 @@ def _check_labels(labels: np.ndarray, name: str) -> None:
         )
     if labels.ndim != 2:
         raise ValueError(
-            f"labels of {name!r} have shape {labels.shape!r}; give 2D (H, W) labels, one plane "
-            "of a stack at a time"
+            f"labels of {name!r} have shape {labels.shape!r}; give 2D (H, W) labels, or "
+            "(planes, H, W) labels with an image stack of as many planes"
         )
     if np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:
         raise ValueError(f"labels of {name!r} contain negative ids; use ids >= 0 (0 = background)")
