@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,6 +116,112 @@ def test_an_object_column_groups_points_into_one_prompt(
     np.testing.assert_array_equal(labels == 2, second & ~first)
 
 
+def napari_points_file(path, rows_cols, labels):
+    """A points layer with the annotation widget's positive/negative feature, saved by
+    napari's own writer (File > Save Selected Layers): index,axis-0,...,label."""
+    import pandas as pd
+    from napari.layers import Points
+    from napari_builtins.io import napari_write_points
+
+    features = pd.DataFrame({"label": pd.Categorical(labels, ["positive", "negative"])})
+    layer = Points(np.asarray(rows_cols, dtype=float), features=features)
+    data, meta, _ = layer.as_layer_data_tuple()
+    return Path(napari_write_points(str(path), data, meta))
+
+
+def test_points_saved_from_napari_and_files_without_labels(
+    tmp_path, tiny_sam, tiny_checkpoint, image_file
+):
+    path, image = image_file
+    expected = reference(tiny_sam, image).predict_points_batched([[30, 40], [200, 150]])
+    assert expected.max() > 0
+    saved = napari_points_file(tmp_path / "p.csv", [[40, 30], [150, 200]], ["positive"] * 2)
+    assert saved.read_text().startswith("index,axis-0,axis-1,label\n")  # (row, column)
+    unlabelled = write_csv(tmp_path / "xy.csv", "x,y\n30,40\n200,150\n")  # all positive
+    for i, points in enumerate((saved, unlabelled)):
+        assert segment(tiny_checkpoint, path, tmp_path / f"{i}.tif", "--points", str(points)) == 0
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / f"{i}.tif"), expected)
+
+
+@pytest.fixture
+def stack_file(tmp_path):
+    """A (3, 120, 160) uint16 stack whose planes differ."""
+    stack = np.stack([make_image((120, 160), seed=s, dtype=np.uint16)[0] for s in (3, 4, 5)])
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, stack)
+    return path, stack
+
+
+def test_a_stack_is_segmented_plane_by_plane_from_3d_prompts(
+    tmp_path, tiny_sam, tiny_checkpoint, stack_file, capsys
+):
+    path, stack = stack_file
+    plane_0 = reference(tiny_sam, stack[0])
+    plane_2 = reference(tiny_sam, stack[2])
+    points = napari_points_file(tmp_path / "p.csv", [[2, 50, 60], [0, 30, 40]], ["positive"] * 2)
+    out = tmp_path / "points.tif"
+    assert segment(tiny_checkpoint, path, out, "--stack", "--points", str(points)) == 0
+    labels = tifffile.imread(out)
+    assert labels.shape == (3, 120, 160) and labels.dtype == np.uint32
+    expected_2 = plane_2.predict_points_batched([[60, 50]])  # row 1 of the file: id 1
+    expected_0 = plane_0.predict_points_batched([[40, 30]])  # row 2: id 2
+    assert expected_0.max() == 1 and expected_2.max() == 1
+    np.testing.assert_array_equal(labels[2], expected_2)
+    np.testing.assert_array_equal(labels[0], expected_0 * 2)
+    assert not labels[1].any()  # no prompt there
+    assert "2 objects in 3 planes written" in capsys.readouterr().out
+
+    boxes = write_csv(tmp_path / "b.csv", "x_min,y_min,x_max,y_max,z\n10,10,60,70,2\n")
+    assert segment(tiny_checkpoint, path, out, "--stack", "--boxes", str(boxes)) == 0
+    labels = tifffile.imread(out)
+    np.testing.assert_array_equal(labels[2], plane_2.predict_boxes([[10, 10, 60, 70]]))
+    assert not labels[:2].any()
+
+
+def test_auto_on_a_stack_gives_ids_unique_across_planes(tmp_path, tiny_checkpoint, stack_file):
+    path, stack = stack_file
+    out = tmp_path / "auto.tif"
+    options = ["--points-per-side", "4", "--pred-iou-thresh", "-1", "--stability-score-thresh"]
+    assert segment(tiny_checkpoint, path, out, "--stack", "--auto", *options, "0") == 0
+    labels = tifffile.imread(out)
+    ids = [set(np.unique(plane[plane > 0]).tolist()) for plane in labels]
+    assert labels.shape == (3, 120, 160) and all(ids)
+    assert max(ids[0]) < min(ids[1]) and max(ids[1]) < min(ids[2])
+    one = tmp_path / "plane1.tif"
+    tifffile.imwrite(tmp_path / "plane1_in.tif", stack[1])
+    assert segment(tiny_checkpoint, tmp_path / "plane1_in.tif", one, "--auto", *options, "0") == 0
+    alone = tifffile.imread(one)
+    np.testing.assert_array_equal(labels[1] > 0, alone > 0)
+    np.testing.assert_array_equal(labels[1][alone > 0] - max(ids[0]), alone[alone > 0])
+
+
+@pytest.mark.parametrize(
+    ("options", "prompt", "message"),
+    [
+        ((), "x,y\n1,2\n", "channel axis is ambiguous.*For a z-stack .* pass --stack"),
+        (("--stack",), "x,y\n1,2\n", r"missing column\(s\) \['z'\]"),
+        (("--stack",), "x,y,z\n1,2,3\n", "line 2: plane .z. is 3; the image has 3 planes"),
+        (("--stack",), "index,axis-0,axis-1\n0,1,2\n", "2D points .* --stack needs each point"),
+        (("--stack", "--channel-axis", "-3"), "x,y,z\n1,2,0\n", "axis of planes with --stack"),
+    ],
+)
+def test_stack_mistakes_are_named(
+    tmp_path, tiny_checkpoint, stack_file, capsys, options, prompt, message
+):
+    path, _ = stack_file
+    points = write_csv(tmp_path / "p.csv", prompt)
+    code = segment(tiny_checkpoint, path, tmp_path / "o.tif", *options, "--points", str(points))
+    assert code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_stack_on_a_single_plane_is_refused(tmp_path, tiny_checkpoint, image_file, capsys):
+    path, _ = image_file
+    assert segment(tiny_checkpoint, path, tmp_path / "o.tif", "--stack", "--auto") == 2
+    assert "a single 2D plane; leave out --stack" in capsys.readouterr().err
+
+
 def test_auto_on_a_tiled_multichannel_image(tmp_path, tiny_checkpoint, capsys):
     image = make_image((256, 400), seed=1)[0]
     stack = np.stack([np.zeros_like(image), image], axis=0)
@@ -161,11 +268,13 @@ def test_a_second_run_reuses_the_cached_embeddings(tmp_path, tiny_checkpoint, im
 @pytest.mark.parametrize(
     ("option", "text", "message"),
     [
-        ("--points", "x,y\n1,2\n", r"p.csv: missing column\(s\) \['label'\]"),
+        ("--points", "col,row\n1,2\n", r"p.csv: missing column\(s\) \['x', 'y'\]"),
+        ("--points", "index,axis-0,axis-1,axis-2\n0,1,2,3\n", "3D points.*pass --stack"),
+        ("--points", "axis-0,axis-1,axis-2,axis-3\n0,1,2,3\n", "2D points .* or, with --stack"),
         ("--points", "x,y,label\n1,2,1\nabc,3,1\n", "p.csv, line 3: column 'x' is 'abc', not a"),
         ("--points", "x,y,label\n1,2,1\n300,3,1\n", r"p.csv, line 3: \(x=300, y=3\) lies outside"),
         ("--points", "x,y,label\n1,2,1\n5,3,0\n", "line 3: a negative point needs"),
-        ("--points", "x,y,label\n1,2,2\n", "line 2: label is 2"),
+        ("--points", "x,y,label\n1,2,2\n", "line 2: label is '2'; use 1 .or positive."),
         ("--points", "x,y,label,object\n1,2,1,0.5\n", "object ids are whole numbers"),
         ("--points", "x,y,label\n", "has a header but no rows"),
         ("--boxes", "x_min,y_min,x_max,y_max\n50,5,10,20\n", "line 2: x_min > x_max"),

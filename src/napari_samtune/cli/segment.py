@@ -1,19 +1,28 @@
-"""``samtune segment``: segment an image from prompt files, or automatically; write labels.
+"""``samtune segment``: segment an image, or each plane of a stack, from prompt files or
+automatically; write labels.
 
 Prompt files are CSV with a header; coordinates are pixels, x = column, y = row:
 
-* points: ``x,y,label`` (label 1 positive, 0 negative). Each positive point is one
-  object. To refine an object with several points (negative ones included), add
-  an ``object`` column: rows with the same object id form one prompt, and the
-  object gets that id in the labels.
+* points: ``x,y,label`` (label 1 or ``positive``, 0 or ``negative``; without a label
+  column every point is positive). Each positive point is one object. To refine an
+  object with several points (negative ones included), add an ``object`` column: rows
+  with the same object id form one prompt, and the object gets that id in the labels.
+  A points layer saved from napari (``axis-0,axis-1[,label]``: row, column) works as is.
 * boxes: ``x_min,y_min,x_max,y_max``; box ``i`` (0-based row) becomes object ``i + 1``.
 
-The output is a uint32 TIFF of instance labels (0 = background).
+With ``--stack`` the first axis of the image holds planes (z or time) and each plane is
+segmented on its own: prompts give their plane in a ``z`` column (0-based; a 3D points
+layer saved from napari, ``axis-0,axis-1,axis-2``, works as is), ``--auto`` segments
+every plane with ids unique across the stack.
+
+The output is a uint32 TIFF of instance labels (0 = background): (H, W), or
+(planes, H, W) with ``--stack``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import sys
 from dataclasses import dataclass
@@ -23,9 +32,10 @@ import numpy as np
 
 from napari_samtune.cli import output_file
 
-POINT_COLUMNS = ("x", "y", "label")
 BOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
+PLANE_COLUMN = "z"
 AUTO_OPTIONS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "min_area")
+POINT_LABEL_WORDS = {"positive": 1, "negative": 0}  # what napari writes for our points layer
 
 
 def _channels(text: str) -> tuple[int, ...]:
@@ -47,15 +57,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("image", type=Path, help="TIFF image: 2D, RGB or multichannel")
+    parser.add_argument("image", type=Path, help="TIFF image: 2D, RGB, multichannel or a stack")
     parser.add_argument("--model", required=True, help="model name (see `samtune models`) or path")
     prompts = parser.add_mutually_exclusive_group(required=True)
-    prompts.add_argument("--points", type=Path, metavar="POINTS.csv", help="x,y,label[,object]")
+    prompts.add_argument("--points", type=Path, metavar="POINTS.csv", help="x,y[,label][,object]")
     prompts.add_argument("--boxes", type=Path, metavar="BOXES.csv", help="x_min,y_min,x_max,y_max")
     prompts.add_argument("--auto", action="store_true", help="segment everything automatically")
     output = output_file("labels.tif")
     parser.add_argument("-o", "--output", type=output, required=True, metavar="LABELS.tif")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument(
+        "--stack", action="store_true", help="the first axis holds planes (z or time): segment each"
+    )
     parser.add_argument("--channel-axis", type=int, default=None, help="axis holding channels")
     parser.add_argument("--channels", type=_channels, default=None, help="i (gray) or i,j,k (RGB)")
     parser.add_argument("--no-cache", action="store_true", help="do not cache embeddings on disk")
@@ -74,31 +87,43 @@ class PointPrompts:
     points_xy: np.ndarray  # float64 (N, 2) image (x, y)
     labels: np.ndarray  # int64 (N,), 1 positive, 0 negative
     objects: np.ndarray | None  # int64 (N,) object ids, when the file has an "object" column
+    planes: np.ndarray | None = None  # int64 (N,) plane of each point (--stack)
 
 
-def _read_rows(path: Path, required: tuple[str, ...], optional: tuple[str, ...] = ()):
-    """Yield (line number, {column: float}) for each data row of a CSV prompt file."""
+@dataclass(frozen=True)
+class BoxPrompts:
+    """Boxes read from a CSV file."""
+
+    boxes_xyxy: np.ndarray  # float64 (N, 4)
+    planes: np.ndarray | None = None  # int64 (N,) plane of each box (--stack)
+
+
+Rows = list[tuple[int, dict[str, str]]]  # (line number, {column: text}) per data row
+
+
+def _read_table(path: Path) -> tuple[list[str], Rows]:
+    """The lower-cased header and the data rows of a CSV prompt file."""
     if not path.is_file():
         raise ValueError(f"prompt file {str(path)!r} does not exist")
     with path.open(newline="") as handle:
         reader = csv.DictReader(handle)
         header = [name.strip().lower() for name in reader.fieldnames or []]
-        missing = [name for name in required if name not in header]
-        if missing:
-            raise ValueError(
-                f"{path}: missing column(s) {missing!r} (header is {header!r}); the first line "
-                f"must name the columns: {','.join(required)}"
-            )
         reader.fieldnames = header
-        columns = [*required, *(name for name in optional if name in header)]
-        n_rows = 0
-        for row in reader:
-            n_rows += 1
-            yield (
-                reader.line_num,
-                {name: _number(path, reader.line_num, row, name) for name in columns},
-            )
-    if n_rows == 0:
+        rows = [(reader.line_num, row) for row in reader]
+    return header, rows
+
+
+def _require(path: Path, header: list[str], columns: tuple[str, ...]) -> None:
+    missing = [name for name in columns if name not in header]
+    if missing:
+        raise ValueError(
+            f"{path}: missing column(s) {missing!r} (header is {header!r}); the first line "
+            f"must name the columns: {','.join(columns)}"
+        )
+
+
+def _require_rows(path: Path, rows: Rows) -> None:
+    if not rows:
         raise ValueError(f"{path} has a header but no rows; add one prompt per line")
 
 
@@ -116,6 +141,29 @@ def _number(path: Path, line: int, row: dict, name: str) -> float:
     return value
 
 
+def _plane(path: Path, line: int, row: dict, name: str, n_planes: int) -> int:
+    value = _number(path, line, row, name)
+    if value != int(value) or not 0 <= value < n_planes:
+        raise ValueError(
+            f"{path}, line {line}: plane ({name}) is {value:g}; the image has {n_planes} "
+            f"planes, numbered 0..{n_planes - 1}"
+        )
+    return int(value)
+
+
+def _point_label(path: Path, line: int, row: dict) -> int:
+    text = (row.get("label") or "").strip().lower()
+    if text in POINT_LABEL_WORDS:
+        return POINT_LABEL_WORDS[text]
+    with contextlib.suppress(ValueError):
+        if float(text) in (0.0, 1.0):
+            return int(float(text))
+    raise ValueError(
+        f"{path}, line {line}: label is {text!r}; use 1 (or positive) for a positive and "
+        "0 (or negative) for a negative point"
+    )
+
+
 def _check_inside(path: Path, line: int, x: float, y: float, shape: tuple[int, int]) -> None:
     height, width = shape
     if not (-0.5 <= x <= width - 0.5 and -0.5 <= y <= height - 0.5):
@@ -125,43 +173,77 @@ def _check_inside(path: Path, line: int, x: float, y: float, shape: tuple[int, i
         )
 
 
-def read_points_csv(path: Path, image_shape: tuple[int, int]) -> PointPrompts:
-    """Read and check a points file (see the module docstring) for an (H, W) image."""
-    points, labels, objects = [], [], []
-    has_objects = False
-    for line, row in _read_rows(path, POINT_COLUMNS, ("object",)):
-        _check_inside(path, line, row["x"], row["y"], image_shape)
-        if row["label"] not in (0.0, 1.0):
+def _point_columns(path: Path, header: list[str], stacked: bool) -> tuple[str, str, str | None]:
+    """The x, y and plane columns: ``x,y[,z]``, or the ``axis-*`` of a napari points layer."""
+    axes = [name for name in header if name.startswith("axis-")]
+    if "x" not in header and axes:
+        if axes not in (["axis-0", "axis-1"], ["axis-0", "axis-1", "axis-2"]):
             raise ValueError(
-                f"{path}, line {line}: label is {row['label']:g}; use 1 for a positive and "
-                "0 for a negative point"
+                f"{path} holds points with columns {axes!r}; give 2D points (axis-0, axis-1) or, "
+                "with --stack, 3D points (axis-0 = plane, axis-1, axis-2)"
             )
-        has_objects = "object" in row
-        if has_objects and (row["object"] < 1 or row["object"] != int(row["object"])):
+        if len(axes) == 3 and not stacked:
             raise ValueError(
-                f"{path}, line {line}: object is {row['object']:g}; object ids are whole "
-                "numbers >= 1"
+                f"{path} holds 3D points (axis-0..axis-2), as napari saves them for a stack; "
+                "pass --stack to segment each plane of the stack"
             )
-        if not has_objects and row["label"] == 0:
+        if len(axes) == 2 and stacked:
+            raise ValueError(
+                f"{path} holds 2D points (axis-0, axis-1) and --stack needs each point's plane; "
+                "save the points layer of the stack (axis-0 = plane) or add a z column"
+            )
+        return ("axis-2", "axis-1", "axis-0") if stacked else ("axis-1", "axis-0", None)
+    _require(path, header, ("x", "y", PLANE_COLUMN) if stacked else ("x", "y"))
+    return "x", "y", (PLANE_COLUMN if stacked else None)
+
+
+def read_points_csv(
+    path: Path, image_shape: tuple[int, int], n_planes: int | None = None
+) -> PointPrompts:
+    """Read and check a points file (see the module docstring) for (H, W) planes;
+    ``n_planes`` is the number of planes of a stack (``--stack``), else ``None``."""
+    header, rows = _read_table(path)
+    x_column, y_column, plane_column = _point_columns(path, header, n_planes is not None)
+    _require_rows(path, rows)
+    has_labels, has_objects = "label" in header, "object" in header
+    points, labels, objects, planes = [], [], [], []
+    for line, row in rows:
+        x, y = _number(path, line, row, x_column), _number(path, line, row, y_column)
+        _check_inside(path, line, x, y, image_shape)
+        label = _point_label(path, line, row) if has_labels else 1
+        object_id = _number(path, line, row, "object") if has_objects else 0
+        if has_objects and (object_id < 1 or object_id != int(object_id)):
+            raise ValueError(
+                f"{path}, line {line}: object is {object_id:g}; object ids are whole numbers >= 1"
+            )
+        if not has_objects and label == 0:
             raise ValueError(
                 f"{path}, line {line}: a negative point needs to say which object it refines; "
                 "add an 'object' column giving the points of one object the same id"
             )
-        points.append((row["x"], row["y"]))
-        labels.append(int(row["label"]))
-        objects.append(int(row.get("object", 0)))
+        if plane_column is not None:
+            planes.append(_plane(path, line, row, plane_column, n_planes))
+        points.append((x, y))
+        labels.append(label)
+        objects.append(int(object_id))
     return PointPrompts(
         np.array(points, dtype=np.float64),
         np.array(labels, dtype=np.int64),
         np.array(objects, dtype=np.int64) if has_objects else None,
+        np.array(planes, dtype=np.int64) if plane_column is not None else None,
     )
 
 
-def read_boxes_csv(path: Path, image_shape: tuple[int, int]) -> np.ndarray:
-    """Read and check a boxes file; float64 (N, 4) XYXY boxes."""
-    boxes = []
-    for line, row in _read_rows(path, BOX_COLUMNS):
-        x_min, y_min, x_max, y_max = (row[name] for name in BOX_COLUMNS)
+def read_boxes_csv(
+    path: Path, image_shape: tuple[int, int], n_planes: int | None = None
+) -> BoxPrompts:
+    """Read and check a boxes file for (H, W) planes (``n_planes``: as for points)."""
+    header, rows = _read_table(path)
+    _require(path, header, (*BOX_COLUMNS, PLANE_COLUMN) if n_planes is not None else BOX_COLUMNS)
+    _require_rows(path, rows)
+    boxes, planes = [], []
+    for line, row in rows:
+        x_min, y_min, x_max, y_max = (_number(path, line, row, name) for name in BOX_COLUMNS)
         if x_min > x_max or y_min > y_max:
             raise ValueError(
                 f"{path}, line {line}: x_min > x_max or y_min > y_max in "
@@ -169,8 +251,13 @@ def read_boxes_csv(path: Path, image_shape: tuple[int, int]) -> np.ndarray:
             )
         _check_inside(path, line, x_min, y_min, image_shape)
         _check_inside(path, line, x_max, y_max, image_shape)
+        if n_planes is not None:
+            planes.append(_plane(path, line, row, PLANE_COLUMN, n_planes))
         boxes.append((x_min, y_min, x_max, y_max))
-    return np.array(boxes, dtype=np.float64)
+    return BoxPrompts(
+        np.array(boxes, dtype=np.float64),
+        np.array(planes, dtype=np.int64) if n_planes is not None else None,
+    )
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -206,18 +293,34 @@ class _Progress:
             self.bar.close()
 
 
-def _segment_points(segmenter, prompts: PointPrompts) -> np.ndarray:
+def _renumber(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Labels whose id ``i + 1`` becomes ``ids[i]`` (0 stays 0)."""
+    lookup = np.zeros(len(ids) + 1, dtype=np.uint32)
+    lookup[1:] = ids
+    return lookup[labels]
+
+
+def _segment_points(segmenter, prompts: PointPrompts, rows: np.ndarray) -> np.ndarray:
+    """Labels of the image set in ``segmenter`` from the points in ``rows`` (file row
+    indices): without an object column, the point in row ``i`` gives object ``i + 1``."""
+    points, point_labels = prompts.points_xy[rows], prompts.labels[rows]
     if prompts.objects is None:
-        return segmenter.predict_points_batched(prompts.points_xy)
+        return _renumber(segmenter.predict_points_batched(points), rows + 1)
+    objects = prompts.objects[rows]
     labels = np.zeros(segmenter.image_shape, dtype=np.uint32)
-    for object_id in dict.fromkeys(prompts.objects.tolist()):  # in order of appearance
-        rows = prompts.objects == object_id
-        single_click = rows.sum() == 1
+    for object_id in dict.fromkeys(objects.tolist()):  # in order of appearance
+        of_object = objects == object_id
+        single_click = of_object.sum() == 1
         prediction = segmenter.predict(
-            prompts.points_xy[rows], prompts.labels[rows], multimask=single_click
+            points[of_object], point_labels[of_object], multimask=single_click
         )
         labels[prediction.mask & (labels == 0)] = object_id  # earlier objects keep overlaps
     return labels
+
+
+def _segment_boxes(segmenter, prompts: BoxPrompts, rows: np.ndarray) -> np.ndarray:
+    """Labels from the boxes in ``rows``; the box in row ``i`` gives object ``i + 1``."""
+    return _renumber(segmenter.predict_boxes(prompts.boxes_xyxy[rows]), rows + 1)
 
 
 def _report_empty(labels: np.ndarray, expected_ids, ids_from: str) -> None:
@@ -242,20 +345,110 @@ def _auto_config(args: argparse.Namespace):
     return AutoSegmentConfig(**{k: v for k, v in overrides.items() if v is not None})
 
 
+class _Planes:
+    """The planes of the input image, normalised for SAM one at a time."""
+
+    def __init__(self, image: np.ndarray, args: argparse.Namespace) -> None:
+        from napari_samtune.core.images import to_sam_rgb
+
+        self.image, self.stacked, self.channels = image, args.stack, args.channels
+        self.channel_axis = args.channel_axis
+        self._to_rgb, self._first = to_sam_rgb, None
+        if self.stacked:
+            if image.ndim < 3:
+                raise ValueError(
+                    f"--stack: {args.image} has shape {image.shape!r}, a single 2D plane; "
+                    "leave out --stack"
+                )
+            self.channel_axis = self._plane_channel_axis(args.channel_axis, image.ndim)
+        try:
+            first = self.rgb(0)
+        except ValueError as err:
+            if self.stacked or image.ndim < 3:
+                raise
+            raise ValueError(
+                f"{err}. For a z-stack or time series (planes first) pass --stack; for "
+                "channels pass --channel-axis and --channels"
+            ) from None
+        self._first = first  # normalised once: it is the first plane segmented
+        self.shape: tuple[int, int] = first.shape[:2]
+        self.count = image.shape[0] if self.stacked else 1
+
+    @staticmethod
+    def _plane_channel_axis(axis: int | None, ndim: int) -> int | None:
+        """--channel-axis counts the axes of the whole file; within one plane it is one less."""
+        if axis is None:
+            return None
+        if axis % ndim == 0:
+            raise ValueError(
+                f"--channel-axis {axis} is the axis of planes with --stack; give another"
+            )
+        return axis % ndim - 1
+
+    def rgb(self, index: int) -> np.ndarray:
+        if index == 0 and self._first is not None:
+            first, self._first = self._first, None
+            return first
+        plane = self.image[index] if self.stacked else self.image
+        return self._to_rgb(plane, self.channel_axis, self.channels)
+
+
+def _bar(show: bool, description: str, unit: str):
+    """A :class:`_Progress` bar, or (when not ``show``) a context that gives ``None``."""
+    return _Progress(description, unit) if show else contextlib.nullcontext()
+
+
+def _segment_planes(
+    segmenter,
+    planes: _Planes,
+    points: PointPrompts | None,
+    boxes: BoxPrompts | None,
+    config,
+) -> np.ndarray:
+    """uint32 labels, (H, W) or (planes, H, W): each prompted plane (every plane with
+    ``--auto``, ids made unique across the stack) is embedded and segmented in turn."""
+    labels = np.zeros((planes.count, *planes.shape), dtype=np.uint32)
+    if points is not None or boxes is not None:
+        n_rows = len(points.labels) if points is not None else len(boxes.boxes_xyxy)
+        prompt_planes = (points if points is not None else boxes).planes
+        row_planes = np.zeros(n_rows, np.int64) if prompt_planes is None else prompt_planes
+        todo = sorted(set(row_planes.tolist()))  # planes without prompts stay empty
+    else:
+        todo = list(range(planes.count))
+    one_plane, offset = not planes.stacked, 0
+    with _bar(planes.stacked, "segmenting planes", "plane") as plane_bar:
+        for done, index in enumerate(todo):
+            with _bar(one_plane, "embedding", "tile") as bar:
+                segmenter.set_image(planes.rgb(index), progress=bar)
+            if points is not None:
+                rows = np.flatnonzero(row_planes == index)
+                labels[index] = _segment_points(segmenter, points, rows)
+            elif boxes is not None:
+                rows = np.flatnonzero(row_planes == index)
+                labels[index] = _segment_boxes(segmenter, boxes, rows)
+            else:
+                with _bar(one_plane, "segmenting", "batch") as bar:
+                    found = segmenter.segment_all(config, progress=bar)
+                labels[index] = np.where(found > 0, found + offset, 0)
+                offset = max(offset, int(labels[index].max()))
+            if plane_bar is not None:
+                plane_bar(done + 1, len(todo))
+    return labels if planes.stacked else labels[0]
+
+
 def run(args: argparse.Namespace) -> int:
     import tifffile
 
     from napari_samtune.core.checkpoints import atomic_write
     from napari_samtune.core.devices import resolve_device
-    from napari_samtune.core.images import to_sam_rgb
     from napari_samtune.core.models import load_model
     from napari_samtune.core.predict import Segmenter
 
-    rgb = to_sam_rgb(read_image(args.image), args.channel_axis, args.channels)
-    shape = rgb.shape[:2]
+    planes = _Planes(read_image(args.image), args)
+    n_planes = planes.count if args.stack else None
     # read prompts and settings before loading the model, so mistakes show up at once
-    points = read_points_csv(args.points, shape) if args.points else None
-    boxes = read_boxes_csv(args.boxes, shape) if args.boxes else None
+    points = read_points_csv(args.points, planes.shape, n_planes) if args.points else None
+    boxes = read_boxes_csv(args.boxes, planes.shape, n_planes) if args.boxes else None
     config = _auto_config(args) if args.auto else None
     device = resolve_device(args.device)
     with _Progress("downloading model", "B") as progress:
@@ -263,22 +456,19 @@ def run(args: argparse.Namespace) -> int:
     segmenter = Segmenter(
         loaded.sam, model_id=loaded.model_id, device=device, use_disk_cache=not args.no_cache
     )
-    with _Progress("embedding", "tile") as progress:
-        segmenter.set_image(rgb, progress=progress)
+    labels = _segment_planes(segmenter, planes, points, boxes, config)
     if points is not None:
-        labels = _segment_points(segmenter, points)
         if points.objects is None:
             _report_empty(labels, range(1, len(points.labels) + 1), "data rows")
         else:
             _report_empty(labels, points.objects, "'object' column")
     elif boxes is not None:
-        labels = segmenter.predict_boxes(boxes)
-        _report_empty(labels, range(1, len(boxes) + 1), "data rows")
-    else:
-        with _Progress("segmenting", "batch") as progress:
-            labels = segmenter.segment_all(config, progress=progress)
+        _report_empty(labels, range(1, len(boxes.boxes_xyxy) + 1), "data rows")
     atomic_write(args.output, lambda tmp: tifffile.imwrite(tmp, labels))
-    n_objects = len(np.unique(labels)) - 1
+    n_objects = int(np.count_nonzero(np.unique(labels)))
     noun = "object" if n_objects == 1 else "objects"
-    print(f"{n_objects} {noun} written to {args.output} (model {loaded.name}, device {device})")
+    where = f" in {planes.count} planes" if args.stack else ""
+    print(
+        f"{n_objects} {noun}{where} written to {args.output} (model {loaded.name}, device {device})"
+    )
     return 0
