@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 QT_MODULES = ("qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "napari", "magicgui", "superqt")
@@ -54,3 +55,16 @@ def test_manifest_is_installed_with_the_package_and_validates():
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_command_line_prints_the_installed_version(capsys):
+    from importlib.metadata import version
+
+    import napari_samtune
+    from napari_samtune.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"samtune {version('napari-samtune')}\n"
+    assert napari_samtune.__version__ == version("napari-samtune")

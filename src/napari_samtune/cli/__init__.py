@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from napari_samtune import __version__
+
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "models",
     "segment",
@@ -55,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="samtune",
         description="Segment Anything for microscopy: segment, finetune, evaluate.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(f"{__name__}.{name}").add_parser(subparsers)
