@@ -41,10 +41,12 @@ def reference(tiny_sam, image, **set_image) -> Segmenter:
 
 
 def segment(tiny_checkpoint, image_path, out, *options: str) -> int:
+    """``samtune segment``; ``image_path`` may be a list of several."""
+    images = image_path if isinstance(image_path, list) else [image_path]
     return main(
         [
             "segment",
-            str(image_path),
+            *map(str, images),
             "--model",
             str(tiny_checkpoint),
             "-o",
@@ -311,12 +313,91 @@ def test_a_folder_as_output_is_refused_before_any_work(
     monkeypatch.setattr(models, "load_model", no_loading)
     path, _ = image_file
     (tmp_path / "out").mkdir()
-    with pytest.raises(SystemExit) as exit_info:  # argparse refuses it: exit code 2
-        segment(tiny_checkpoint, path, tmp_path / "out", "--auto")
-    assert exit_info.value.code == 2
+    assert segment(tiny_checkpoint, path, tmp_path / "out", "--auto") == 2
     err = capsys.readouterr().err
-    assert f"is a folder; give a file name, e.g. {tmp_path / 'out' / 'labels.tif'}" in err
+    assert f"is a folder; give a file name, e.g. {tmp_path / 'out' / 'image_labels.tif'}" in err
     assert list((tmp_path / "out").iterdir()) == []
+
+
+AUTO = ["--auto", "--points-per-side", "4", "--pred-iou-thresh", "-1"]
+
+
+def test_auto_on_a_folder_writes_labels_that_pair_for_training(
+    tmp_path, tiny_sam, tiny_checkpoint, stack_file, capsys
+):
+    from napari_samtune.core.data import pair_files
+
+    _, stack = stack_file
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i, plane in enumerate(stack):
+        tifffile.imwrite(images / f"cell_{i}.tif", plane)
+    out = tmp_path / "labels"
+    assert segment(tiny_checkpoint, images, out, *AUTO) == 0
+    assert sorted(p.name for p in out.iterdir()) == [f"cell_{i}_labels.tif" for i in range(3)]
+    one = tmp_path / "one.tif"
+    assert segment(tiny_checkpoint, images / "cell_1.tif", one, *AUTO) == 0
+    np.testing.assert_array_equal(tifffile.imread(out / "cell_1_labels.tif"), tifffile.imread(one))
+    assert [i.name for i, _ in pair_files(images, out)] == [f"cell_{i}.tif" for i in range(3)]
+    assert "3 of 3 images segmented" in capsys.readouterr().out
+
+    # a rerun skips what is done (corrected labels stay); the others are segmented
+    tifffile.imwrite(out / "cell_0_labels.tif", np.ones((120, 160), np.uint32))  # "corrected"
+    (out / "cell_2_labels.tif").unlink()
+    assert segment(tiny_checkpoint, str(images / "cell_*.tif"), out, *AUTO) == 0
+    assert (tifffile.imread(out / "cell_0_labels.tif") == 1).all()
+    assert (out / "cell_2_labels.tif").exists()
+    printed = capsys.readouterr().out
+    assert "skipping 2 image(s) whose labels are already in" in printed
+    assert "1 of 1 images segmented" in printed
+    assert segment(tiny_checkpoint, images, out, *AUTO, "--overwrite") == 0
+    np.testing.assert_array_equal(tifffile.imread(out / "cell_1_labels.tif"), tifffile.imread(one))
+    assert not (tifffile.imread(out / "cell_0_labels.tif") == 1).all()
+
+
+def test_a_bad_image_in_a_batch_does_not_stop_the_others(
+    tmp_path, tiny_checkpoint, image_file, capsys
+):
+    path, _ = image_file
+    (tmp_path / "broken.tif").write_text("not a tiff")
+    (tmp_path / "image_labels.tif").write_bytes(path.read_bytes())  # named as labels: left out
+    out = tmp_path / "out"
+    inputs = [tmp_path / "broken.tif", path, tmp_path / "image_labels.tif"]
+    code = segment(tiny_checkpoint, inputs, out, *AUTO)
+    assert code == 1
+    assert sorted(p.name for p in out.iterdir()) == ["image_labels.tif"]
+    captured = capsys.readouterr()
+    assert "broken.tif: not segmented: cannot read" in captured.err
+    assert "leaving out 1 file(s) named as labels, e.g. image_labels.tif" in captured.out
+    assert "1 of 2 images segmented" in captured.out
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: ["--points", str(write_csv(d / "p.csv", "x,y\n1,2\n"))], "--auto"),
+        (lambda d: [*AUTO, "-o", str(write_csv(d / "f.txt", ""))], "is a file; give a folder"),
+    ],
+)
+def test_batch_mistakes_are_named_before_any_work(
+    tmp_path, tiny_checkpoint, image_file, capsys, monkeypatch, make, message
+):
+    import napari_samtune.core.models as models
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the mistake was found")
+
+    monkeypatch.setattr(models, "load_model", no_loading)
+    path, _ = image_file
+    other = tmp_path / "sub" / "image.tif"
+    other.parent.mkdir()
+    other.write_bytes(path.read_bytes())
+    options = make(tmp_path)
+    assert segment(tiny_checkpoint, tmp_path, tmp_path / "out", *options) == 2
+    assert message in capsys.readouterr().err
+    assert segment(tiny_checkpoint, [path, other], tmp_path / "out", *AUTO) == 2
+    assert "have the same name" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_prompts_are_required(tmp_path, tiny_checkpoint, image_file):

@@ -16,7 +16,10 @@ layer saved from napari, ``axis-0,axis-1,axis-2``, works as is), ``--auto`` segm
 every plane with ids unique across the stack.
 
 The output is a uint32 TIFF of instance labels (0 = background): (H, W), or
-(planes, H, W) with ``--stack``.
+(planes, H, W) with ``--stack``. With ``--auto`` the input may also be several images, a
+folder or a glob: ``-o`` is then a folder that receives ``<image>_labels.tif`` for each
+(named to pair with its image for ``samtune train``); images whose labels are there
+already are skipped unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -24,13 +27,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import glob
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from napari_samtune.cli import output_file
 
 BOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
 PLANE_COLUMN = "z"
@@ -57,14 +59,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("image", type=Path, help="TIFF image: 2D, RGB, multichannel or a stack")
+    parser.add_argument(
+        "image",
+        type=Path,
+        nargs="+",
+        help="TIFF image: 2D, RGB, multichannel or a stack; with --auto also several files, a "
+        "folder or a glob (their labels go to the -o folder)",
+    )
     parser.add_argument("--model", required=True, help="model name (see `samtune models`) or path")
     prompts = parser.add_mutually_exclusive_group(required=True)
     prompts.add_argument("--points", type=Path, metavar="POINTS.csv", help="x,y[,label][,object]")
     prompts.add_argument("--boxes", type=Path, metavar="BOXES.csv", help="x_min,y_min,x_max,y_max")
     prompts.add_argument("--auto", action="store_true", help="segment everything automatically")
-    output = output_file("labels.tif")
-    parser.add_argument("-o", "--output", type=output, required=True, metavar="LABELS.tif")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        metavar="LABELS.tif|FOLDER",
+        help="labels file for one image; a folder for several (<image>_labels.tif each)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="several images: redo those with labels already"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument(
         "--stack", action="store_true", help="the first axis holds planes (z or time): segment each"
@@ -348,7 +365,7 @@ def _auto_config(args: argparse.Namespace):
 class _Planes:
     """The planes of the input image, normalised for SAM one at a time."""
 
-    def __init__(self, image: np.ndarray, args: argparse.Namespace) -> None:
+    def __init__(self, image: np.ndarray, path: Path, args: argparse.Namespace) -> None:
         from napari_samtune.core.images import to_sam_rgb
 
         self.image, self.stacked, self.channels = image, args.stack, args.channels
@@ -357,7 +374,7 @@ class _Planes:
         if self.stacked:
             if image.ndim < 3:
                 raise ValueError(
-                    f"--stack: {args.image} has shape {image.shape!r}, a single 2D plane; "
+                    f"--stack: {path} has shape {image.shape!r}, a single 2D plane; "
                     "leave out --stack"
                 )
             self.channel_axis = self._plane_channel_axis(args.channel_axis, image.ndim)
@@ -404,9 +421,11 @@ def _segment_planes(
     points: PointPrompts | None,
     boxes: BoxPrompts | None,
     config,
+    bars: bool = True,
 ) -> np.ndarray:
     """uint32 labels, (H, W) or (planes, H, W): each prompted plane (every plane with
-    ``--auto``, ids made unique across the stack) is embedded and segmented in turn."""
+    ``--auto``, ids made unique across the stack) is embedded and segmented in turn;
+    ``bars``: show progress bars (planes of a stack, else embedding and segmenting)."""
     labels = np.zeros((planes.count, *planes.shape), dtype=np.uint32)
     if points is not None or boxes is not None:
         n_rows = len(points.labels) if points is not None else len(boxes.boxes_xyxy)
@@ -415,8 +434,8 @@ def _segment_planes(
         todo = sorted(set(row_planes.tolist()))  # planes without prompts stay empty
     else:
         todo = list(range(planes.count))
-    one_plane, offset = not planes.stacked, 0
-    with _bar(planes.stacked, "segmenting planes", "plane") as plane_bar:
+    one_plane, offset = bars and not planes.stacked, 0
+    with _bar(bars and planes.stacked, "segmenting planes", "plane") as plane_bar:
         for done, index in enumerate(todo):
             with _bar(one_plane, "embedding", "tile") as bar:
                 segmenter.set_image(planes.rgb(index), progress=bar)
@@ -436,26 +455,59 @@ def _segment_planes(
     return labels if planes.stacked else labels[0]
 
 
-def run(args: argparse.Namespace) -> int:
-    import tifffile
+def _inputs(specs: list[Path]) -> tuple[list[Path], bool]:
+    """The image files named on the command line, and whether they are a batch (several
+    files, a folder or a glob: labels then go to a folder)."""
+    from napari_samtune.core.data import expand_paths
 
-    from napari_samtune.core.checkpoints import atomic_write
+    batch = len(specs) > 1 or any(p.is_dir() or glob.has_magic(str(p)) for p in specs)
+    return (expand_paths([str(p) for p in specs], "images") if batch else specs), batch
+
+
+def _load_segmenter(args: argparse.Namespace):
     from napari_samtune.core.devices import resolve_device
     from napari_samtune.core.models import load_model
     from napari_samtune.core.predict import Segmenter
 
-    planes = _Planes(read_image(args.image), args)
-    n_planes = planes.count if args.stack else None
-    # read prompts and settings before loading the model, so mistakes show up at once
-    points = read_points_csv(args.points, planes.shape, n_planes) if args.points else None
-    boxes = read_boxes_csv(args.boxes, planes.shape, n_planes) if args.boxes else None
-    config = _auto_config(args) if args.auto else None
     device = resolve_device(args.device)
     with _Progress("downloading model", "B") as progress:
         loaded = load_model(args.model, device=device, progress=progress)
     segmenter = Segmenter(
         loaded.sam, model_id=loaded.model_id, device=device, use_disk_cache=not args.no_cache
     )
+    return segmenter, f"model {loaded.name}, device {device}"
+
+
+def _write_labels(path: Path, labels: np.ndarray) -> int:
+    """Write labels atomically; returns the number of objects."""
+    import tifffile
+
+    from napari_samtune.core.checkpoints import atomic_write
+
+    atomic_write(path, lambda tmp: tifffile.imwrite(tmp, labels))
+    return int(np.count_nonzero(np.unique(labels)))
+
+
+def _objects(n_objects: int) -> str:
+    return f"{n_objects} object" if n_objects == 1 else f"{n_objects} objects"
+
+
+def run(args: argparse.Namespace) -> int:
+    files, batch = _inputs(args.image)
+    if batch:
+        return _run_batch(args, files)
+    if args.output.is_dir():
+        raise ValueError(
+            f"{str(args.output)!r} is a folder; give a file name, e.g. "
+            f"{args.output / (files[0].stem + '_labels.tif')} (a folder is for several images)"
+        )
+    planes = _Planes(read_image(files[0]), files[0], args)
+    n_planes = planes.count if args.stack else None
+    # read prompts and settings before loading the model, so mistakes show up at once
+    points = read_points_csv(args.points, planes.shape, n_planes) if args.points else None
+    boxes = read_boxes_csv(args.boxes, planes.shape, n_planes) if args.boxes else None
+    config = _auto_config(args) if args.auto else None
+    segmenter, using = _load_segmenter(args)
     labels = _segment_planes(segmenter, planes, points, boxes, config)
     if points is not None:
         if points.objects is None:
@@ -464,11 +516,66 @@ def run(args: argparse.Namespace) -> int:
             _report_empty(labels, points.objects, "'object' column")
     elif boxes is not None:
         _report_empty(labels, range(1, len(boxes.boxes_xyxy) + 1), "data rows")
-    atomic_write(args.output, lambda tmp: tifffile.imwrite(tmp, labels))
-    n_objects = int(np.count_nonzero(np.unique(labels)))
-    noun = "object" if n_objects == 1 else "objects"
+    n_objects = _write_labels(args.output, labels)
     where = f" in {planes.count} planes" if args.stack else ""
-    print(
-        f"{n_objects} {noun}{where} written to {args.output} (model {loaded.name}, device {device})"
-    )
+    print(f"{_objects(n_objects)}{where} written to {args.output} ({using})")
     return 0
+
+
+def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
+    """--auto on several images: ``<image>_labels.tif`` each in the output folder. Images
+    whose labels exist are skipped unless --overwrite (a rerun after a stop goes on where it
+    stopped and never replaces corrected labels); one bad image does not stop the others."""
+    from tqdm import tqdm
+
+    from napari_samtune.core.checkpoints import check_output_folder
+    from napari_samtune.core.data import is_label_file
+
+    if not args.auto:
+        raise ValueError(
+            f"{len(files)} images were given with a prompt file, which belongs to one image; "
+            "give one image with --points/--boxes, or segment several with --auto"
+        )
+    out_dir = check_output_folder(args.output)
+    labelled = [f for f in files if is_label_file(f)]  # e.g. earlier outputs in the same folder
+    if labelled:
+        print(f"leaving out {len(labelled)} file(s) named as labels, e.g. {labelled[0].name}")
+    images = [f for f in files if not is_label_file(f)]
+    outputs = {f: out_dir / f"{f.stem}_labels.tif" for f in images}
+    by_output: dict[Path, list[str]] = {}
+    for image, output in outputs.items():
+        by_output.setdefault(output, []).append(str(image))
+    clashes = [names for names in by_output.values() if len(names) > 1]
+    if clashes:
+        raise ValueError(
+            f"images {clashes[0]!r} have the same name, so their labels would overwrite each "
+            "other in the output folder; segment them into separate folders"
+        )
+    todo = [f for f in images if args.overwrite or not outputs[f].exists()]
+    if len(todo) < len(images):
+        print(
+            f"skipping {len(images) - len(todo)} image(s) whose labels are already in "
+            f"{out_dir} (--overwrite to segment them again)"
+        )
+    if not todo:
+        return 0
+    config = _auto_config(args)
+    segmenter, using = _load_segmenter(args)
+    failed = 0
+    with _Progress("segmenting images", "image") as bar:
+        bar(0, len(todo))
+        for done, image in enumerate(todo):
+            try:
+                planes = _Planes(read_image(image), image, args)
+                labels = _segment_planes(segmenter, planes, None, None, config, bars=False)
+            except (ValueError, TypeError) as err:
+                failed += 1
+                tqdm.write(f"{image}: not segmented: {err}", file=sys.stderr)
+            else:
+                n_objects = _write_labels(outputs[image], labels)
+                tqdm.write(f"{image.name}: {_objects(n_objects)} -> {outputs[image]}")
+            bar(done + 1, len(todo))
+    print(f"{len(todo) - failed} of {len(todo)} images segmented into {out_dir} ({using})")
+    if failed:
+        print(f"{failed} image(s) failed; see the messages above", file=sys.stderr)
+    return 1 if failed else 0

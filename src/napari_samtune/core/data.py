@@ -78,7 +78,7 @@ class TrainingPatch:
     object_ids: np.ndarray  # (K,) ids whose area in the patch is >= the minimum
 
 
-def _expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike], what: str) -> list[Path]:
+def expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike], what: str) -> list[Path]:
     """Files named by a folder, a glob pattern, one file, or a list of any of these."""
     if isinstance(spec, (str, os.PathLike)):
         text = os.fspath(spec)
@@ -96,7 +96,7 @@ def _expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike], what: s
         if not path.exists():
             raise FileNotFoundError(f"{what} path {text!r} does not exist; check the path")
         return [path]
-    files = [f for item in spec for f in _expand_paths(item, what)]
+    files = [f for item in spec for f in expand_paths(item, what)]
     if not files:
         raise ValueError(f"{what} is an empty list; give files, a folder or a glob pattern")
     return files
@@ -110,7 +110,8 @@ def _pairing_key(path: Path) -> str:
     return stem
 
 
-def _is_label(path: Path) -> bool:
+def is_label_file(path: Path) -> bool:
+    """Whether the file is named as labels: an image name plus one of ``LABEL_SUFFIXES``."""
     return _pairing_key(path) != path.stem.lower()
 
 
@@ -125,12 +126,12 @@ def pair_files(
     and one label file pair whatever their names. Raises ``ValueError`` listing every file
     without a partner.
     """
-    image_files = _expand_paths(images, "images")
-    label_files = _expand_paths(labels, "labels")
+    image_files = expand_paths(images, "images")
+    label_files = expand_paths(labels, "labels")
     shared = {f.resolve() for f in image_files} & {f.resolve() for f in label_files}
     if shared:
-        image_files = [f for f in image_files if f.resolve() not in shared or not _is_label(f)]
-        label_files = [f for f in label_files if f.resolve() not in shared or _is_label(f)]
+        image_files = [f for f in image_files if f.resolve() not in shared or not is_label_file(f)]
+        label_files = [f for f in label_files if f.resolve() not in shared or is_label_file(f)]
         if not image_files or not label_files:
             raise ValueError(
                 f"images and labels name the same {len(shared)} file(s), and "
