@@ -247,6 +247,37 @@ def test_annotations_come_back_in_a_new_viewer(
     assert any("needs (256, 256)" in str(n.message) for n in notifications)
 
 
+def test_labels_from_samtune_segment_load_through_the_dialog(
+    viewer_widget, monkeypatch, tmp_path, nuclei_image, drain_jobs
+):
+    """Batch-segment, then correct in napari: the Load dialog offers any label TIFF, and
+    corrections are autosaved as this image's annotations."""
+    from qtpy.QtWidgets import QFileDialog
+
+    _, widget = viewer_widget
+    widget.ui.folder_edit.setText(str(tmp_path / "annotations"))
+    segmented = tmp_path / "nuclei_labels.tif"
+    tifffile.imwrite(segmented, nuclei_image[1])
+    offered = []
+
+    def choose(parent, caption, folder, filters):
+        offered.append(filters)
+        return str(segmented), filters.split(";;")[-1]
+
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", choose)
+    assert widget.ui.load_file_button.isEnabled()
+    widget.ui.load_file_button.click()
+    assert offered and "*.tif" in offered[0].split(";;")[-1] and "*.labels.tif" in offered[0]
+    loaded = nuclei_image[1]
+    np.testing.assert_array_equal(widget.session.annotations, loaded)
+    widget.session.layers.points.add([5, 5])
+    widget.commit()
+    drain_jobs(widget)
+    saved = tifffile.imread(tmp_path / "annotations" / "nuclei.labels.tif")
+    np.testing.assert_array_equal(saved[loaded > 0], loaded[loaded > 0])  # objects kept
+    assert set(np.unique(saved[loaded == 0]).tolist()) <= {0, int(loaded.max()) + 1}
+
+
 def test_a_corrupt_checkpoint_is_reported_and_the_widget_stays_usable(
     viewer_widget, qtbot, tmp_path, notifications, run_job
 ):

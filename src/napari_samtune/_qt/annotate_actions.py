@@ -24,6 +24,8 @@ from napari_samtune.core.automatic import AutoSegmentConfig
 from napari_samtune.core.registry import user_models_dir
 
 ANNOTATIONS_ENV = "SAMTUNE_ANNOTATIONS_DIR"
+# autosaves first; any label TIFF too, e.g. `samtune segment` output (<image>_labels.tif)
+LOAD_FILTERS = f"Annotations (*{LABELS_SUFFIX});;Label images (*.tif *.tiff)"
 
 
 class AnnotateActionsMixin:
@@ -231,13 +233,14 @@ class AnnotateActionsMixin:
         )
 
     def load_annotations(self, path: str | Path | None = None) -> int | None:
-        """Replace the annotations with a saved ``*.labels.tif``; returns its object count."""
+        """Replace the annotations with a saved ``*.labels.tif`` or any label TIFF of the
+        image's shape (e.g. from ``samtune segment``); returns its object count."""
         if self.session is None:
             show_info("pick the image these annotations belong to first")
             return None
         if path is None:
             path, _ = QFileDialog.getOpenFileName(
-                self, "Annotations", str(self.annotation_folder()), f"Labels (*{LABELS_SUFFIX})"
+                self, "Annotations", str(self.annotation_folder()), LOAD_FILTERS
             )
             if not path:
                 return None
