@@ -377,6 +377,7 @@ def test_a_bad_image_in_a_batch_does_not_stop_the_others(
     [
         (lambda d: ["--points", str(write_csv(d / "p.csv", "x,y\n1,2\n"))], "--auto"),
         (lambda d: [*AUTO, "-o", str(write_csv(d / "f.txt", ""))], "is a file; give a folder"),
+        (lambda d: [*AUTO, "-o", str(d / "labels.tif")], "names a TIFF file, but a folder"),
     ],
 )
 def test_batch_mistakes_are_named_before_any_work(

@@ -537,6 +537,11 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
             "give one image with --points/--boxes, or segment several with --auto"
         )
     out_dir = check_output_folder(args.output)
+    if out_dir.suffix.lower() in (".tif", ".tiff") and not out_dir.is_dir():
+        raise ValueError(
+            f"-o {str(out_dir)!r} names a TIFF file, but a folder, a glob or several images "
+            f"write one labels file each into a folder; give a folder, e.g. {out_dir.stem}"
+        )
     labelled = [f for f in files if is_label_file(f)]  # e.g. earlier outputs in the same folder
     if labelled:
         print(f"leaving out {len(labelled)} file(s) named as labels, e.g. {labelled[0].name}")
