@@ -26,18 +26,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import glob
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-BOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
-PLANE_COLUMN = "z"
+from napari_samtune.cli.prompt_files import (
+    BoxPrompts,
+    PointPrompts,
+    read_boxes_csv,
+    read_points_csv,
+)
+
 AUTO_OPTIONS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "min_area")
-POINT_LABEL_WORDS = {"positive": 1, "negative": 0}  # what napari writes for our points layer
 
 
 def _channels(text: str) -> tuple[int, ...]:
@@ -95,186 +97,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     auto.add_argument("--stability-score-thresh", type=float, help="minimum stability score")
     auto.add_argument("--min-area", type=int, help="smallest object kept, in pixels")
     parser.set_defaults(func=run)
-
-
-@dataclass(frozen=True)
-class PointPrompts:
-    """Points read from a CSV file."""
-
-    points_xy: np.ndarray  # float64 (N, 2) image (x, y)
-    labels: np.ndarray  # int64 (N,), 1 positive, 0 negative
-    objects: np.ndarray | None  # int64 (N,) object ids, when the file has an "object" column
-    planes: np.ndarray | None = None  # int64 (N,) plane of each point (--stack)
-
-
-@dataclass(frozen=True)
-class BoxPrompts:
-    """Boxes read from a CSV file."""
-
-    boxes_xyxy: np.ndarray  # float64 (N, 4)
-    planes: np.ndarray | None = None  # int64 (N,) plane of each box (--stack)
-
-
-Rows = list[tuple[int, dict[str, str]]]  # (line number, {column: text}) per data row
-
-
-def _read_table(path: Path) -> tuple[list[str], Rows]:
-    """The lower-cased header and the data rows of a CSV prompt file."""
-    if not path.is_file():
-        raise ValueError(f"prompt file {str(path)!r} does not exist")
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        header = [name.strip().lower() for name in reader.fieldnames or []]
-        reader.fieldnames = header
-        rows = [(reader.line_num, row) for row in reader]
-    return header, rows
-
-
-def _require(path: Path, header: list[str], columns: tuple[str, ...]) -> None:
-    missing = [name for name in columns if name not in header]
-    if missing:
-        raise ValueError(
-            f"{path}: missing column(s) {missing!r} (header is {header!r}); the first line "
-            f"must name the columns: {','.join(columns)}"
-        )
-
-
-def _require_rows(path: Path, rows: Rows) -> None:
-    if not rows:
-        raise ValueError(f"{path} has a header but no rows; add one prompt per line")
-
-
-def _number(path: Path, line: int, row: dict, name: str) -> float:
-    text = (row.get(name) or "").strip()
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(
-            f"{path}, line {line}: column {name!r} is {text!r}, not a number; "
-            "write pixel coordinates and labels as plain numbers, e.g. 12.5"
-        ) from None
-    if not np.isfinite(value):
-        raise ValueError(f"{path}, line {line}: column {name!r} is {text!r}; use a finite number")
-    return value
-
-
-def _plane(path: Path, line: int, row: dict, name: str, n_planes: int) -> int:
-    value = _number(path, line, row, name)
-    if value != int(value) or not 0 <= value < n_planes:
-        raise ValueError(
-            f"{path}, line {line}: plane ({name}) is {value:g}; the image has {n_planes} "
-            f"planes, numbered 0..{n_planes - 1}"
-        )
-    return int(value)
-
-
-def _point_label(path: Path, line: int, row: dict) -> int:
-    text = (row.get("label") or "").strip().lower()
-    if text in POINT_LABEL_WORDS:
-        return POINT_LABEL_WORDS[text]
-    with contextlib.suppress(ValueError):
-        if float(text) in (0.0, 1.0):
-            return int(float(text))
-    raise ValueError(
-        f"{path}, line {line}: label is {text!r}; use 1 (or positive) for a positive and "
-        "0 (or negative) for a negative point"
-    )
-
-
-def _check_inside(path: Path, line: int, x: float, y: float, shape: tuple[int, int]) -> None:
-    height, width = shape
-    if not (-0.5 <= x <= width - 0.5 and -0.5 <= y <= height - 0.5):
-        raise ValueError(
-            f"{path}, line {line}: (x={x:g}, y={y:g}) lies outside the image of width {width} "
-            f"and height {height}; x is the column (0..{width - 1}), y the row (0..{height - 1})"
-        )
-
-
-def _point_columns(path: Path, header: list[str], stacked: bool) -> tuple[str, str, str | None]:
-    """The x, y and plane columns: ``x,y[,z]``, or the ``axis-*`` of a napari points layer."""
-    axes = [name for name in header if name.startswith("axis-")]
-    if "x" not in header and axes:
-        if axes not in (["axis-0", "axis-1"], ["axis-0", "axis-1", "axis-2"]):
-            raise ValueError(
-                f"{path} holds points with columns {axes!r}; give 2D points (axis-0, axis-1) or, "
-                "with --stack, 3D points (axis-0 = plane, axis-1, axis-2)"
-            )
-        if len(axes) == 3 and not stacked:
-            raise ValueError(
-                f"{path} holds 3D points (axis-0..axis-2), as napari saves them for a stack; "
-                "pass --stack to segment each plane of the stack"
-            )
-        if len(axes) == 2 and stacked:
-            raise ValueError(
-                f"{path} holds 2D points (axis-0, axis-1) and --stack needs each point's plane; "
-                "save the points layer of the stack (axis-0 = plane) or add a z column"
-            )
-        return ("axis-2", "axis-1", "axis-0") if stacked else ("axis-1", "axis-0", None)
-    _require(path, header, ("x", "y", PLANE_COLUMN) if stacked else ("x", "y"))
-    return "x", "y", (PLANE_COLUMN if stacked else None)
-
-
-def read_points_csv(
-    path: Path, image_shape: tuple[int, int], n_planes: int | None = None
-) -> PointPrompts:
-    """Read and check a points file (see the module docstring) for (H, W) planes;
-    ``n_planes`` is the number of planes of a stack (``--stack``), else ``None``."""
-    header, rows = _read_table(path)
-    x_column, y_column, plane_column = _point_columns(path, header, n_planes is not None)
-    _require_rows(path, rows)
-    has_labels, has_objects = "label" in header, "object" in header
-    points, labels, objects, planes = [], [], [], []
-    for line, row in rows:
-        x, y = _number(path, line, row, x_column), _number(path, line, row, y_column)
-        _check_inside(path, line, x, y, image_shape)
-        label = _point_label(path, line, row) if has_labels else 1
-        object_id = _number(path, line, row, "object") if has_objects else 0
-        if has_objects and (object_id < 1 or object_id != int(object_id)):
-            raise ValueError(
-                f"{path}, line {line}: object is {object_id:g}; object ids are whole numbers >= 1"
-            )
-        if not has_objects and label == 0:
-            raise ValueError(
-                f"{path}, line {line}: a negative point needs to say which object it refines; "
-                "add an 'object' column giving the points of one object the same id"
-            )
-        if plane_column is not None:
-            planes.append(_plane(path, line, row, plane_column, n_planes))
-        points.append((x, y))
-        labels.append(label)
-        objects.append(int(object_id))
-    return PointPrompts(
-        np.array(points, dtype=np.float64),
-        np.array(labels, dtype=np.int64),
-        np.array(objects, dtype=np.int64) if has_objects else None,
-        np.array(planes, dtype=np.int64) if plane_column is not None else None,
-    )
-
-
-def read_boxes_csv(
-    path: Path, image_shape: tuple[int, int], n_planes: int | None = None
-) -> BoxPrompts:
-    """Read and check a boxes file for (H, W) planes (``n_planes``: as for points)."""
-    header, rows = _read_table(path)
-    _require(path, header, (*BOX_COLUMNS, PLANE_COLUMN) if n_planes is not None else BOX_COLUMNS)
-    _require_rows(path, rows)
-    boxes, planes = [], []
-    for line, row in rows:
-        x_min, y_min, x_max, y_max = (_number(path, line, row, name) for name in BOX_COLUMNS)
-        if x_min > x_max or y_min > y_max:
-            raise ValueError(
-                f"{path}, line {line}: x_min > x_max or y_min > y_max in "
-                f"({x_min:g}, {y_min:g}, {x_max:g}, {y_max:g}); swap the corners"
-            )
-        _check_inside(path, line, x_min, y_min, image_shape)
-        _check_inside(path, line, x_max, y_max, image_shape)
-        if n_planes is not None:
-            planes.append(_plane(path, line, row, PLANE_COLUMN, n_planes))
-        boxes.append((x_min, y_min, x_max, y_max))
-    return BoxPrompts(
-        np.array(boxes, dtype=np.float64),
-        np.array(planes, dtype=np.int64) if n_planes is not None else None,
-    )
 
 
 def read_image(path: Path) -> np.ndarray:
