@@ -9,13 +9,14 @@ bad data is flagged before Start, and worker errors reach the user.
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
 import pytest
 import tifffile
 from napari.utils.notifications import notification_manager
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QEvent, QObject, QTimer
 
 from napari_samtune._qt.annotate import AnnotateWidget
 from napari_samtune._qt.train_data import layer_pairs
@@ -182,6 +183,73 @@ def test_stop_mid_run_leaves_a_loadable_model(qtbot, docked, tmp_path):
     assert result.registered_name in annotate.ui.model_picker.model_names()
     assert annotate.model_name is None  # "use the new model" was off: nothing loaded
     qtbot.waitUntil(lambda: widget.start_button.isEnabled(), timeout=WAIT_MS)
+
+
+def _long_run_started(qtbot, widget) -> None:
+    widget.settings.epochs_spin.setValue(50)
+    widget.use_model_check.setChecked(False)
+    with qtbot.waitSignal(widget.training_started, timeout=WAIT_MS):
+        widget.start()
+    qtbot.waitUntil(lambda: len(widget.plot.step_losses) >= 1, timeout=WAIT_MS)
+
+
+def test_closing_the_viewer_by_code_mid_run_saves_and_exports_first(qtbot, docked):
+    """A dock widget gets no closeEvent when napari closes, and napari would end the worker
+    at its next event: the run must still finish its step, checkpoint and export."""
+    viewer, annotate, widget = docked
+    _long_run_started(qtbot, widget)
+    run_folder = widget.run_folder
+    viewer.layers.clear()  # as the fixture does: the annotation widget's jobs end first
+    qtbot.waitUntil(lambda: not annotate.runner.is_running(), timeout=WAIT_MS)
+    viewer.close()  # returns once the run has ended; no late callback reaches the widget
+    assert not widget.is_running
+    summary = json.loads((run_folder / "summary.json").read_text())
+    assert summary["stopped_by_user"] and summary["epochs_done"] < 50
+    registered = load_model(summary["registered_name"])
+    assert registered.model_id == load_model(run_folder / "model.pth").model_id
+    assert (run_folder / "checkpoints" / "last.pt").is_file()
+
+
+def test_a_person_closing_the_viewer_is_asked_and_the_window_closes_after_export(
+    qtbot, docked, monkeypatch
+):
+    from qtpy.QtWidgets import QMessageBox
+
+    _, _, widget = docked
+    _long_run_started(qtbot, widget)
+    answers = [QMessageBox.StandardButton.No]
+    monkeypatch.setattr(QMessageBox, "question", lambda *args: answers.pop())
+    assert not widget.close_after_run(ask=True)  # "No": the run and the window stay
+    assert widget.is_running and not widget.stop_event.is_set()
+    closes = CloseRecorder(widget.window())
+    answers.append(QMessageBox.StandardButton.Yes)
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.close_after_run(ask=True)
+        assert widget.is_running  # the viewer stays usable while the step finishes
+        assert closes.count == 0
+    assert widget.result.stopped_by_user and widget.result.exported_model_path.is_file()
+    qtbot.waitUntil(lambda: closes.count == 1, timeout=WAIT_MS)  # then the window closes
+    closes.release()
+
+
+class CloseRecorder(QObject):
+    """Counts the close events a window receives, and keeps it open (for the fixture's own
+    close) until released."""
+
+    def __init__(self, window) -> None:
+        super().__init__(window)
+        self.count, self.window = 0, window
+        window.installEventFilter(self)
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 (Qt name)
+        if event.type() != QEvent.Type.Close:
+            return False
+        self.count += 1
+        event.ignore()
+        return True
+
+    def release(self) -> None:
+        self.window.removeEventFilter(self)
 
 
 def test_bad_data_is_flagged_before_start(qtbot, viewer, tmp_path, notifications):

@@ -6,9 +6,11 @@ Start. Training runs in a napari thread worker fed by the core's
 :func:`~napari_samtune.core.train.iter_train` generator; its events move the
 progress bar and the live plot on the main thread, so the viewer stays usable.
 Stop asks the core to finish the current step, write a checkpoint and export
-the model. The finished model is registered as a user model by the core; this
-widget then refreshes the model list of the "Annotate with SAM" widget (and,
-if asked, loads the new model there) and says where the model was saved.
+the model; so does closing the viewer during a run (a person is asked first), and the
+window goes once the model is exported. The finished model
+is registered as a user model by the core; this widget then refreshes the model list
+of the "Annotate with SAM" widget (and, if asked, loads the new model there) and says
+where the model was saved.
 
 The widget never modifies a layer: the worker trains on copies of their data.
 """
@@ -17,15 +19,18 @@ from __future__ import annotations
 
 import math
 import threading
+from pathlib import Path
 
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QMainWindow,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QScrollArea,
@@ -77,6 +82,9 @@ class TrainWidget(QWidget):
         super().__init__(parent)
         self.viewer = viewer
         self.stop_event: threading.Event | None = None
+        self._job_ended: threading.Event | None = None  # set by the worker when it ends
+        self.run_folder: Path | None = None  # of the running (or last) run
+        self._close_when_ended: QWidget | None = None  # window to close when the run ends
         self.started: TrainingStarted | None = None  # the running (or last) run
         self.result: TrainingFinished | None = None  # the last finished run
         self.train_data = PairSourceWidget(viewer, "training")
@@ -154,8 +162,9 @@ class TrainWidget(QWidget):
         request = self._request()
         if request is None:
             return None
-        self.stop_event = threading.Event()
+        self.stop_event, self._job_ended = threading.Event(), threading.Event()
         self.result = self.started = None
+        self.run_folder = request.out_dir
         self.plot.clear(max_epochs=request.config.epochs)
         self.result_label.setText("")
         self._set_running(True)
@@ -164,11 +173,13 @@ class TrainWidget(QWidget):
             iter_training_job,
             request,
             self.stop_event,
+            self._job_ended,
             on_yield=self._on_event,
             on_error=self._on_error,
             on_finish=self._on_run_ended,
         )
         self.status_label.setText(f"loading {request.config.model} and preparing the data…")
+        self._watch_window_close(True)
         return worker
 
     def stop(self) -> None:
@@ -297,12 +308,79 @@ class TrainWidget(QWidget):
 
     def _on_run_ended(self) -> None:
         self._set_running(False)
-        self.stop_event = None
+        self.stop_event = self._job_ended = None
+        self._watch_window_close(False)
         self.run_ended.emit()
+        self._close_window_if_asked()
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
         self.stop()  # a run in progress saves its checkpoint and exports
         super().closeEvent(event)
+
+    # -- the viewer closing during a run ---------------------------------------------------
+    # A dock widget gets no closeEvent when the main window closes, and napari would end the
+    # worker at its next event, losing the steps since the last epoch and the export. So
+    # the main window's close is watched while a run is on.
+    def _main_window(self) -> QMainWindow | None:
+        """The viewer's main window, also while this widget floats (None: not docked)."""
+        widget = self.parentWidget()
+        while widget is not None and not isinstance(widget, QMainWindow):
+            widget = widget.parentWidget()
+        return widget
+
+    def _watch_window_close(self, watch: bool) -> None:
+        window = self._main_window()
+        if window is None:
+            return
+        if watch:
+            window.installEventFilter(self)
+        else:
+            window.removeEventFilter(self)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)
+        if event.type() == QEvent.Type.Close and self.is_running:
+            if not event.spontaneous():  # napari.Viewer.close(), a script: it cannot wait
+                self.finish_now()
+            else:  # a person: ask, then close once the model is saved
+                if self.close_after_run(ask=True):
+                    self.status_label.setText("closing once the model is saved…")
+                event.ignore()
+                return True
+        return super().eventFilter(watched, event)
+
+    def close_after_run(self, ask: bool) -> bool:
+        """Stop the run and close the viewer's window when it has written its checkpoint and
+        exported the model; the viewer stays usable meanwhile. ``ask``: let the person keep
+        the window and the run instead. Returns whether the window will close."""
+        if ask and self._close_when_ended is None:
+            answer = QMessageBox.question(
+                self,
+                "Training is running",
+                "Stop training and close? The current step finishes, then a checkpoint is "
+                "written and the model exported (this may take a minute).",
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            )
+            if answer != QMessageBox.StandardButton.Yes:
+                return False
+        self._close_when_ended = self._main_window()
+        self.stop()
+        return True
+
+    def finish_now(self) -> None:
+        """Stop the run and block until it has written its checkpoint and exported the model
+        (for a close by code: napari tears the viewer down right after); the run's late
+        callbacks are dropped, as the widget goes with the viewer."""
+        if self._job_ended is None:
+            return
+        self.stop()
+        self._job_ended.wait()
+        self.runner.forget(TRAIN_TASK)
+        self._on_run_ended()
+
+    def _close_window_if_asked(self) -> None:
+        window, self._close_when_ended = self._close_when_ended, None
+        if window is not None:
+            QTimer.singleShot(0, window.close)
 
 
 def _group(title: str, *widgets: QWidget) -> QGroupBox:

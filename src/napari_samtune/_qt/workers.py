@@ -12,6 +12,7 @@ do about it, and the widget stays usable.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import socket
 import urllib.error
@@ -144,6 +145,20 @@ class TaskRunner:
                 worker.errored.disconnect(relay)
             except (TypeError, RuntimeError):  # this napari version did not connect it
                 pass
+
+    def forget(self, name: str) -> None:
+        """Drop task ``name`` (it has ended) and disconnect its callbacks, whose queued
+        signals would otherwise reach widgets that are being deleted."""
+        worker = self._workers.pop(name, None)
+        if worker is None:
+            return
+        for signal in ("yielded", "returned", "errored", "finished"):
+            if hasattr(worker, signal):
+                with contextlib.suppress(TypeError, RuntimeError):
+                    getattr(worker, signal).disconnect()
+        if not self._workers:
+            self.progress_bar.setVisible(False)
+            self.status_label.setText("")
 
     def quit_all(self) -> None:
         """Ask every running worker to stop (generators stop at their next yield)."""
