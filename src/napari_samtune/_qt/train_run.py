@@ -35,25 +35,18 @@ class TrainRequest:
     model_name: str  # user-model name the result is registered under
 
 
-def iter_training_job(
-    request: TrainRequest, stop_event: threading.Event, ended: threading.Event | None = None
-) -> Iterator[TrainEvent]:
-    """Read folder data, then yield every event of the core's training run; ``ended`` is
-    set when the run is over (finished, stopped or failed), in the worker's thread."""
-    try:
-        train_data = [*request.train_pairs, *load_folder_pairs(request.train_folders)]
-        val_data = [*request.val_pairs, *load_folder_pairs(request.val_folders)]
-        yield from iter_train(
-            request.config,
-            train_data,
-            val_data or None,
-            out_dir=request.out_dir,
-            stop_event=stop_event,
-            model_name=request.model_name,
-        )
-    finally:
-        if ended is not None:
-            ended.set()
+def iter_training_job(request: TrainRequest, stop_event: threading.Event) -> Iterator[TrainEvent]:
+    """Read folder data, then yield every event of the core's training run."""
+    train_data = [*request.train_pairs, *load_folder_pairs(request.train_folders)]
+    val_data = [*request.val_pairs, *load_folder_pairs(request.val_folders)]
+    yield from iter_train(
+        request.config,
+        train_data,
+        val_data or None,
+        out_dir=request.out_dir,
+        stop_event=stop_event,
+        model_name=request.model_name,
+    )
 
 
 def run_folder(output_folder: Path, model_name: str) -> Path:

@@ -82,7 +82,6 @@ class TrainWidget(QWidget):
         super().__init__(parent)
         self.viewer = viewer
         self.stop_event: threading.Event | None = None
-        self._job_ended: threading.Event | None = None  # set by the worker when it ends
         self.run_folder: Path | None = None  # of the running (or last) run
         self._close_when_ended: QWidget | None = None  # window to close when the run ends
         self.started: TrainingStarted | None = None  # the running (or last) run
@@ -162,7 +161,7 @@ class TrainWidget(QWidget):
         request = self._request()
         if request is None:
             return None
-        self.stop_event, self._job_ended = threading.Event(), threading.Event()
+        self.stop_event = threading.Event()
         self.result = self.started = None
         self.run_folder = request.out_dir
         self.plot.clear(max_epochs=request.config.epochs)
@@ -173,7 +172,6 @@ class TrainWidget(QWidget):
             iter_training_job,
             request,
             self.stop_event,
-            self._job_ended,
             on_yield=self._on_event,
             on_error=self._on_error,
             on_finish=self._on_run_ended,
@@ -308,7 +306,7 @@ class TrainWidget(QWidget):
 
     def _on_run_ended(self) -> None:
         self._set_running(False)
-        self.stop_event = self._job_ended = None
+        self.stop_event = None
         self._watch_window_close(False)
         self.run_ended.emit()
         self._close_window_if_asked()
@@ -370,10 +368,10 @@ class TrainWidget(QWidget):
         """Stop the run and block until it has written its checkpoint and exported the model
         (for a close by code: napari tears the viewer down right after); the run's late
         callbacks are dropped, as the widget goes with the viewer."""
-        if self._job_ended is None:
+        if not self.is_running:
             return
         self.stop()
-        self._job_ended.wait()
+        self.runner.wait(TRAIN_TASK)
         self.runner.forget(TRAIN_TASK)
         self._on_run_ended()
 

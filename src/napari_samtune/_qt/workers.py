@@ -12,9 +12,9 @@ do about it, and the widget stays usable.
 
 from __future__ import annotations
 
-import contextlib
 import pickle
 import socket
+import threading
 import urllib.error
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +22,7 @@ from typing import Any
 
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import QLabel, QProgressBar
 
 
@@ -87,6 +87,7 @@ class TaskRunner:
         self.status_label = status_label
         self.progress_bar.setVisible(False)
         self._workers: dict[str, Any] = {}  # task name -> running worker
+        self._ended: dict[str, threading.Event] = {}  # task name -> set when its thread ends
         self._relay = _ProgressRelay()
         self._relay.progressed.connect(self._show_progress)
         # Emitted on the main thread once a task has finished (returned or failed) and
@@ -125,13 +126,23 @@ class TaskRunner:
             raise RuntimeError(f"{name} is still running; wait for it to finish")
         worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True, **kwargs)
         self._drop_generic_error_relay(worker)
+
+        def current(callback: Callable) -> Callable:
+            def guarded(*values: Any) -> None:
+                if self._workers.get(name) is worker:  # not forgotten (see forget)
+                    callback(*values)
+
+            return guarded
+
         if on_return is not None:
-            worker.returned.connect(on_return)
+            worker.returned.connect(current(on_return))
         if hasattr(worker, "yielded"):
-            worker.yielded.connect(lambda value: self._on_yield(value, on_yield))
-        worker.errored.connect(lambda exc: self._on_error(name, exc, on_error))
-        worker.finished.connect(lambda: self._on_finish(name, on_finish))
-        self._workers[name] = worker
+            worker.yielded.connect(current(lambda value: self._on_yield(value, on_yield)))
+        worker.errored.connect(current(lambda exc: self._on_error(name, exc, on_error)))
+        worker.finished.connect(current(lambda: self._on_finish(name, on_finish)))
+        ended = threading.Event()  # set in the worker's thread, so wait() needs no event loop
+        worker.finished.connect(ended.set, Qt.ConnectionType.DirectConnection)
+        self._workers[name], self._ended[name] = worker, ended
         self._show_progress(TaskProgress(0, 0, f"{name}…"))
         worker.start()
         return worker
@@ -146,16 +157,18 @@ class TaskRunner:
             except (TypeError, RuntimeError):  # this napari version did not connect it
                 pass
 
+    def wait(self, name: str) -> None:
+        """Block until task ``name`` has ended, without running the event loop (for a
+        window that is closing and cannot wait for one)."""
+        ended = self._ended.get(name)
+        if ended is not None:
+            ended.wait()
+
     def forget(self, name: str) -> None:
-        """Drop task ``name`` (it has ended) and disconnect its callbacks, whose queued
-        signals would otherwise reach widgets that are being deleted."""
-        worker = self._workers.pop(name, None)
-        if worker is None:
-            return
-        for signal in ("yielded", "returned", "errored", "finished"):
-            if hasattr(worker, signal):
-                with contextlib.suppress(TypeError, RuntimeError):
-                    getattr(worker, signal).disconnect()
+        """Drop task ``name``: none of its callbacks runs any more (their queued signals
+        would otherwise reach widgets that are being deleted)."""
+        self._workers.pop(name, None)
+        self._ended.pop(name, None)
         if not self._workers:
             self.progress_bar.setVisible(False)
             self.status_label.setText("")
@@ -180,6 +193,7 @@ class TaskRunner:
 
     def _on_finish(self, name: str, on_finish: Callable[[], None] | None) -> None:
         self._workers.pop(name, None)
+        self._ended.pop(name, None)
         if not self._workers:
             self.progress_bar.setVisible(False)
             self.status_label.setText("")

@@ -1,0 +1,37 @@
+"""The widgets' TaskRunner: callbacks on the main thread, waiting without an event loop."""
+
+from __future__ import annotations
+
+import time
+
+from qtpy.QtWidgets import QLabel, QProgressBar
+
+from napari_samtune._qt.workers import TaskRunner
+
+
+def _slow(seconds: float) -> str:
+    time.sleep(seconds)
+    return "done"
+
+
+def test_wait_needs_no_event_loop_and_forget_drops_the_callbacks(qtbot, make_napari_viewer):
+    make_napari_viewer()  # napari's thread workers register with the current viewer
+    runner = TaskRunner(QProgressBar(), QLabel())
+    returned, finished = [], []
+    runner.start(
+        "slow", _slow, 0.3, on_return=returned.append, on_finish=lambda: finished.append(1)
+    )
+    start = time.perf_counter()
+    runner.wait("slow")  # no event processing here: the worker's signals stay queued
+    assert time.perf_counter() - start >= 0.2
+    assert runner.is_running("slow") and returned == []
+    runner.forget("slow")
+    assert not runner.is_running()
+    qtbot.wait(200)  # the queued signals arrive now, and are dropped
+    assert returned == [] and finished == []
+
+    runner.start("again", _slow, 0.0, on_return=returned.append)  # a remembered task
+    with qtbot.waitSignal(runner.task_finished, timeout=10_000):
+        pass
+    assert returned == ["done"]
+    runner.wait("again")  # an ended task: returns at once
