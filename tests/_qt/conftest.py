@@ -1,6 +1,8 @@
-"""Helpers shared by the widget tests: run a widget's background job and wait for it."""
+"""Helpers shared by the widget tests: run a widget's background job and wait for it;
+keep a window open while counting its close events."""
 
 import pytest
+from qtpy.QtCore import QEvent, QObject
 
 WAIT_MS = 30_000
 
@@ -29,3 +31,41 @@ def run_job(qtbot, drain_jobs):
 
     drain = drain_jobs
     return run
+
+
+class _CloseBlocker(QObject):
+    """Counts and refuses the close events of a window until released, so a test can send
+    them (or have the code under test send them) and the fixtures still close it later."""
+
+    def __init__(self, window) -> None:
+        super().__init__(window)
+        self.count, self.window = 0, window
+        window.installEventFilter(self)
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 (Qt name)
+        if event.type() != QEvent.Type.Close:
+            return False
+        self.count += 1
+        event.ignore()
+        return True
+
+    def release(self) -> None:
+        if self.window is not None:
+            self.window.removeEventFilter(self)
+            self.window = None  # napari's fixture checks that no viewer outlives its test
+
+
+@pytest.fixture
+def close_blocker():
+    """``close_blocker(window)``: a blocker installed on ``window``, released at teardown.
+    Filters installed later (by the code under test) see the close events first."""
+    blockers = []
+
+    def install(window) -> _CloseBlocker:
+        blockers.append(_CloseBlocker(window))
+        return blockers[-1]
+
+    yield install
+    for blocker in blockers:
+        blocker.release()
+    blockers.clear()

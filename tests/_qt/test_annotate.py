@@ -8,6 +8,7 @@ preview as new ids, undo restores, files round-trip, errors reach the user.
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ import tifffile
 import torch
 from napari.utils.key_bindings import KeymapHandler
 from napari.utils.notifications import notification_manager
+from qtpy.QtGui import QCloseEvent
+from qtpy.QtWidgets import QApplication
 
 from napari_samtune._qt.annotate import AnnotateWidget
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, LOAD_TASK
@@ -223,6 +226,43 @@ def test_commit_autosaves_labels_and_prompts(viewer_widget, qtbot, tmp_path, dra
     assert record["objects"][0]["ids"] == [1]
     assert record["objects"][0]["points"] == [[128.0, 128.0]]
     assert record["objects"][0]["point_labels"] == ["positive"]
+
+
+@pytest.mark.parametrize("ending", ["close the viewer", "remove the image layer", "close event"])
+def test_commits_still_being_saved_reach_the_disk_when_the_image_goes(
+    viewer_widget, monkeypatch, tmp_path, drain_jobs, close_blocker, ending
+):
+    import napari_samtune._qt.annotate_actions as actions
+
+    real_save = actions.save_annotations
+
+    def slow_save(*args):
+        time.sleep(0.5)  # a large stack takes seconds to compress
+        return real_save(*args)
+
+    monkeypatch.setattr(actions, "save_annotations", slow_save)
+    viewer, widget = viewer_widget
+    drain_jobs(widget)
+    # a close event as a person's click sends it (napari has not torn anything down yet);
+    # kept from closing the window, which the fixture closes
+    keep_open = close_blocker(widget.window())
+    widget.ui.folder_edit.setText(str(tmp_path))
+    for point in ([128, 128], [40, 200]):
+        widget.session.layers.points.data = np.array([point], dtype=float)
+        widget.update_preview()
+        widget.commit()  # the second commit comes while the first is being saved
+    assert widget._autosave_again
+    final = widget.session.annotations.copy()
+    assert len(np.unique(final)) == 3
+    if ending == "close the viewer":
+        keep_open.release()
+        viewer.close()
+    elif ending == "remove the image layer":
+        viewer.layers.remove("nuclei")
+    else:
+        QApplication.sendEvent(widget.window(), QCloseEvent())
+        assert keep_open.count == 1 and widget.session is not None
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "nuclei.labels.tif"), final)
 
 
 def test_annotations_come_back_in_a_new_viewer(

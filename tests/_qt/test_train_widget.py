@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tifffile
 from napari.utils.notifications import notification_manager
-from qtpy.QtCore import QEvent, QObject, QTimer
+from qtpy.QtCore import QTimer
 
 from napari_samtune._qt.annotate import AnnotateWidget
 from napari_samtune._qt.train_data import layer_pairs
@@ -211,7 +211,7 @@ def test_closing_the_viewer_by_code_mid_run_saves_and_exports_first(qtbot, docke
 
 
 def test_a_person_closing_the_viewer_is_asked_and_the_window_closes_after_export(
-    qtbot, docked, monkeypatch
+    qtbot, docked, monkeypatch, close_blocker
 ):
     from qtpy.QtWidgets import QMessageBox
 
@@ -221,7 +221,7 @@ def test_a_person_closing_the_viewer_is_asked_and_the_window_closes_after_export
     monkeypatch.setattr(QMessageBox, "question", lambda *args: answers.pop())
     assert not widget.close_after_run(ask=True)  # "No": the run and the window stay
     assert widget.is_running and not widget.stop_event.is_set()
-    closes = CloseRecorder(widget.window())
+    closes = close_blocker(widget.window())
     answers.append(QMessageBox.StandardButton.Yes)
     with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
         assert widget.close_after_run(ask=True)
@@ -229,27 +229,6 @@ def test_a_person_closing_the_viewer_is_asked_and_the_window_closes_after_export
         assert closes.count == 0
     assert widget.result.stopped_by_user and widget.result.exported_model_path.is_file()
     qtbot.waitUntil(lambda: closes.count == 1, timeout=WAIT_MS)  # then the window closes
-    closes.release()
-
-
-class CloseRecorder(QObject):
-    """Counts the close events a window receives, and keeps it open (for the fixture's own
-    close) until released."""
-
-    def __init__(self, window) -> None:
-        super().__init__(window)
-        self.count, self.window = 0, window
-        window.installEventFilter(self)
-
-    def eventFilter(self, watched, event) -> bool:  # noqa: N802 (Qt name)
-        if event.type() != QEvent.Type.Close:
-            return False
-        self.count += 1
-        event.ignore()
-        return True
-
-    def release(self) -> None:
-        self.window.removeEventFilter(self)
 
 
 def test_bad_data_is_flagged_before_start(qtbot, viewer, tmp_path, notifications):

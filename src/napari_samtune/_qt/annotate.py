@@ -234,6 +234,7 @@ class AnnotateWidget(AnnotateActionsMixin, QWidget):
     def _detach(self) -> None:
         if self.session is None:
             return
+        self.flush_autosave()  # commits not yet on disk go there before the session goes
         for prompt_layer in (self.session.layers.points, self.session.layers.boxes):
             prompt_layer.events.data.disconnect(self._on_prompts_changed)
         self.session = None

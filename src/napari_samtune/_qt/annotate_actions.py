@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QFileDialog
 
 from napari_samtune._qt import annotate_jobs as jobs
@@ -19,7 +20,7 @@ from napari_samtune._qt.annotate_jobs import AUTO_TASK, PROPAGATE_TASK, SAVE_TAS
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, SCOPE_STACK
 from napari_samtune._qt.annotation_io import LABELS_SUFFIX, annotation_paths, save_annotations
 from napari_samtune._qt.propagate import PropagationConfig
-from napari_samtune._qt.workers import user_message
+from napari_samtune._qt.workers import main_window_of, user_message
 from napari_samtune.core.automatic import AutoSegmentConfig
 from napari_samtune.core.registry import user_models_dir
 
@@ -221,6 +222,9 @@ class AnnotateActionsMixin:
             return None
         self._autosave_again = False
         session = self.session
+        window = main_window_of(self)
+        if window is not None:  # see eventFilter (installing it again changes nothing)
+            window.installEventFilter(self)
         return self.runner.start(
             SAVE_TASK,
             save_annotations,
@@ -231,6 +235,26 @@ class AnnotateActionsMixin:
             on_return=lambda paths: self.annotations_saved.emit(str(paths[0])),
             on_finish=lambda: self._autosave() if self._autosave_again else None,
         )
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)
+        if event.type() == QEvent.Type.Close:  # the viewer's window
+            self.flush_autosave()
+        return super().eventFilter(watched, event)
+
+    def flush_autosave(self) -> None:
+        """Before the viewer closes: wait for a running background save (without the event
+        loop, which a closing window may not get back), then write the commits that came
+        after it, which would otherwise be lost."""
+        if not self.runner.is_running(SAVE_TASK):
+            return
+        self.runner.wait(SAVE_TASK)
+        self.runner.forget(SAVE_TASK)
+        if self._autosave_again and self.session is not None:
+            self._autosave_again = False
+            try:
+                self.session.save(self.annotation_folder())
+            except (OSError, ValueError) as err:
+                show_error(f"saving failed: {user_message(err)}")
 
     def load_annotations(self, path: str | Path | None = None) -> int | None:
         """Replace the annotations with a saved ``*.labels.tif`` or any label TIFF of the

@@ -29,7 +29,6 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QMainWindow,
     QMessageBox,
     QProgressBar,
     QPushButton,
@@ -47,7 +46,7 @@ from napari_samtune._qt.train_run import (
     run_folder,
 )
 from napari_samtune._qt.train_settings import TrainSettingsWidget
-from napari_samtune._qt.workers import TaskRunner, user_message
+from napari_samtune._qt.workers import TaskRunner, main_window_of, user_message
 from napari_samtune.core.checkpoints import check_output_folder
 from napari_samtune.core.presets import MachineResources, TrainConfig
 from napari_samtune.core.train import EpochDone, StepDone, TrainingFinished, TrainingStarted
@@ -316,18 +315,10 @@ class TrainWidget(QWidget):
         super().closeEvent(event)
 
     # -- the viewer closing during a run ---------------------------------------------------
-    # A dock widget gets no closeEvent when the main window closes, and napari would end the
-    # worker at its next event, losing the steps since the last epoch and the export. So
-    # the main window's close is watched while a run is on.
-    def _main_window(self) -> QMainWindow | None:
-        """The viewer's main window, also while this widget floats (None: not docked)."""
-        widget = self.parentWidget()
-        while widget is not None and not isinstance(widget, QMainWindow):
-            widget = widget.parentWidget()
-        return widget
-
+    # napari would end the worker at its next event, losing the steps since the last epoch
+    # and the export: so the main window's close is watched while a run is on.
     def _watch_window_close(self, watch: bool) -> None:
-        window = self._main_window()
+        window = main_window_of(self)
         if window is None:
             return
         if watch:
@@ -360,7 +351,7 @@ class TrainWidget(QWidget):
             )
             if answer != QMessageBox.StandardButton.Yes:
                 return False
-        self._close_when_ended = self._main_window()
+        self._close_when_ended = main_window_of(self)
         self.stop()
         return True
 

@@ -23,7 +23,7 @@ from typing import Any
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject, Qt, Signal
-from qtpy.QtWidgets import QLabel, QProgressBar
+from qtpy.QtWidgets import QLabel, QMainWindow, QProgressBar, QWidget
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,17 @@ def user_message(exc: BaseException) -> str:
     if isinstance(exc, ValueError | TypeError | OSError):
         return text  # core messages already name the problem and the fix
     return f"{type(exc).__name__}: {text}"
+
+
+def main_window_of(widget: QWidget) -> QMainWindow | None:
+    """The main window a dock widget belongs to, also while it floats (None: not docked).
+
+    A dock widget gets no closeEvent when that window closes, so widgets with work that
+    must end cleanly watch the window's close with an event filter."""
+    parent = widget.parentWidget()
+    while parent is not None and not isinstance(parent, QMainWindow):
+        parent = parent.parentWidget()
+    return parent
 
 
 class _ProgressRelay(QObject):
