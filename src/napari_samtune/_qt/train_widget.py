@@ -7,10 +7,9 @@ Start. Training runs in a napari thread worker fed by the core's
 progress bar and the live plot on the main thread, so the viewer stays usable.
 Stop asks the core to finish the current step, write a checkpoint and export
 the model; so does closing the viewer during a run (a person is asked first), and the
-window goes once the model is exported. The finished model
-is registered as a user model by the core; this widget then refreshes the model list
-of the "Annotate with SAM" widget (and, if asked, loads the new model there) and says
-where the model was saved.
+window goes once the model is exported. The finished model is registered as a user
+model by the core; this widget then refreshes the model list of the "Annotate with SAM"
+widget (and, if asked, loads the new model there) and says where the model was saved.
 
 The widget never modifies a layer: the worker trains on copies of their data.
 """
