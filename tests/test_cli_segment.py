@@ -34,6 +34,17 @@ def write_csv(path, text: str):
     return path
 
 
+SPANNING_SHAPE = (
+    "index,shape-type,vertex-index,axis-0,axis-1,axis-2\n0,rectangle,0,0,1,1\n"
+    "0,rectangle,1,1,1,9\n0,rectangle,2,1,9,9\n0,rectangle,3,1,9,1\n"
+)
+
+
+SHAPE_OUTSIDE = (
+    "index,shape-type,vertex-index,axis-0,axis-1\n0,rectangle,0,300,1\n0,rectangle,1,310,9\n"
+)
+
+
 def reference(tiny_sam, image, **set_image) -> Segmenter:
     segmenter = Segmenter(tiny_sam, model_id="reference", use_disk_cache=False)
     segmenter.set_image(image, **set_image)
@@ -145,6 +156,35 @@ def test_points_saved_from_napari_and_files_without_labels(
         np.testing.assert_array_equal(tifffile.imread(tmp_path / f"{i}.tif"), expected)
 
 
+def napari_shapes_file(path, shapes, shape_types):
+    """A shapes layer saved by napari's own writer: index,shape-type,vertex-index,axis-0,..."""
+    from napari.layers import Shapes
+    from napari_builtins.io import napari_write_shapes
+
+    layer = Shapes([np.asarray(s, dtype=float) for s in shapes], shape_type=shape_types)
+    data, meta, _ = layer.as_layer_data_tuple()
+    return Path(napari_write_shapes(str(path), data, meta))
+
+
+def test_shapes_saved_from_napari_are_boxes_by_their_bounding_box(
+    tmp_path, tiny_sam, tiny_checkpoint, image_file
+):
+    path, image = image_file  # 200 rows x 240 columns
+    rectangle = [[10, 20], [10, 60], [70, 60], [70, 20]]  # rows 10..70, columns 20..60
+    ellipse = [[100, 120], [100, 220], [190, 220], [190, 120]]  # its bounding box
+    beyond = [[150, 200], [150, 300], [230, 300], [230, 200]]  # past the bottom-right corner
+    shapes = napari_shapes_file(
+        tmp_path / "s.csv", [rectangle, ellipse, beyond], ["rectangle", "ellipse", "rectangle"]
+    )
+    assert shapes.read_text().startswith("index,shape-type,vertex-index,axis-0,axis-1\n")
+    out = tmp_path / "boxes.tif"
+    assert segment(tiny_checkpoint, path, out, "--boxes", str(shapes)) == 0
+    expected_boxes = [[20, 10, 60, 70], [120, 100, 220, 190], [200, 150, 239.5, 199.5]]
+    expected = reference(tiny_sam, image).predict_boxes(expected_boxes)
+    assert expected.max() > 0
+    np.testing.assert_array_equal(tifffile.imread(out), expected)
+
+
 @pytest.fixture
 def stack_file(tmp_path):
     """A (3, 120, 160) uint16 stack whose planes differ."""
@@ -174,10 +214,14 @@ def test_a_stack_is_segmented_plane_by_plane_from_3d_prompts(
     assert "2 objects in 3 planes written" in capsys.readouterr().out
 
     boxes = write_csv(tmp_path / "b.csv", "x_min,y_min,x_max,y_max,z\n10,10,60,70,2\n")
-    assert segment(tiny_checkpoint, path, out, "--stack", "--boxes", str(boxes)) == 0
-    labels = tifffile.imread(out)
-    np.testing.assert_array_equal(labels[2], plane_2.predict_boxes([[10, 10, 60, 70]]))
-    assert not labels[:2].any()
+    shapes = napari_shapes_file(
+        tmp_path / "s.csv", [[[2, 10, 10], [2, 10, 60], [2, 70, 60], [2, 70, 10]]], "rectangle"
+    )
+    for prompts in (boxes, shapes):
+        assert segment(tiny_checkpoint, path, out, "--stack", "--boxes", str(prompts)) == 0
+        labels = tifffile.imread(out)
+        np.testing.assert_array_equal(labels[2], plane_2.predict_boxes([[10, 10, 60, 70]]))
+        assert not labels[:2].any()
 
 
 def test_auto_on_a_stack_gives_ids_unique_across_planes(tmp_path, tiny_checkpoint, stack_file):
@@ -205,14 +249,16 @@ def test_auto_on_a_stack_gives_ids_unique_across_planes(tmp_path, tiny_checkpoin
         (("--stack",), "x,y,z\n1,2,3\n", "line 2: plane .z. is 3; the image has 3 planes"),
         (("--stack",), "index,axis-0,axis-1\n0,1,2\n", "2D points .* --stack needs each point"),
         (("--stack", "--channel-axis", "-3"), "x,y,z\n1,2,0\n", "axis of planes with --stack"),
+        (("--stack",), SPANNING_SHAPE, r"shape 0 spans planes \[0.0, 1.0\]; draw each box"),
     ],
 )
 def test_stack_mistakes_are_named(
     tmp_path, tiny_checkpoint, stack_file, capsys, options, prompt, message
 ):
     path, _ = stack_file
-    points = write_csv(tmp_path / "p.csv", prompt)
-    code = segment(tiny_checkpoint, path, tmp_path / "o.tif", *options, "--points", str(points))
+    prompts = write_csv(tmp_path / "p.csv", prompt)
+    kind = "--boxes" if prompt.startswith("index,shape-type") else "--points"
+    code = segment(tiny_checkpoint, path, tmp_path / "o.tif", *options, kind, str(prompts))
     assert code == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "o.tif").exists()
@@ -280,6 +326,8 @@ def test_a_second_run_reuses_the_cached_embeddings(tmp_path, tiny_checkpoint, im
         ("--points", "x,y,label,object\n1,2,1,0.5\n", "object ids are whole numbers"),
         ("--points", "x,y,label\n", "has a header but no rows"),
         ("--boxes", "x_min,y_min,x_max,y_max\n50,5,10,20\n", "line 2: x_min > x_max"),
+        ("--boxes", SPANNING_SHAPE, "give 2D shapes .* or, with --stack"),
+        ("--boxes", SHAPE_OUTSIDE, "line 2: shape 0 lies outside the image of width 240"),
         ("--boxes", "x_min,y_min,x_max,y_max\n5,5,10,250\n", "line 2: .* lies outside"),
     ],
 )

@@ -2,7 +2,8 @@
 
 * points: ``x,y[,label][,object]``, or a points layer saved from napari
   (``axis-0,axis-1[,label]``, row before column); labels 1/0 or positive/negative;
-* boxes: ``x_min,y_min,x_max,y_max``;
+* boxes: ``x_min,y_min,x_max,y_max``, or a shapes layer saved from napari (each shape by
+  its bounding box, clipped to the image, as the annotation widget reads its boxes);
 * for a stack (``--stack``) each row also names its plane: a ``z`` column, or
   ``axis-0`` of a 3D napari points layer.
 
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from napari_samtune.core.coords import napari_to_sam
 
 BOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
 PLANE_COLUMN = "z"
@@ -39,6 +42,7 @@ class BoxPrompts:
 
     boxes_xyxy: np.ndarray  # float64 (N, 4)
     planes: np.ndarray | None = None  # int64 (N,) plane of each box (--stack)
+    ids_from: str = "data rows"  # what box i (object i + 1) is counted in
 
 
 Rows = list[tuple[int, dict[str, str]]]  # (line number, {column: text}) per data row
@@ -85,7 +89,10 @@ def _number(path: Path, line: int, row: dict, name: str) -> float:
 
 
 def _plane(path: Path, line: int, row: dict, name: str, n_planes: int) -> int:
-    value = _number(path, line, row, name)
+    return _plane_index(path, line, _number(path, line, row, name), name, n_planes)
+
+
+def _plane_index(path: Path, line: int, value: float, name: str, n_planes: int) -> int:
     if value != int(value) or not 0 <= value < n_planes:
         raise ValueError(
             f"{path}, line {line}: plane ({name}) is {value:g}; the image has {n_planes} "
@@ -182,6 +189,8 @@ def read_boxes_csv(
 ) -> BoxPrompts:
     """Read and check a boxes file for (H, W) planes (``n_planes``: as for points)."""
     header, rows = _read_table(path)
+    if "shape-type" in header:
+        return _napari_shapes(path, header, rows, image_shape, n_planes)
     _require(path, header, (*BOX_COLUMNS, PLANE_COLUMN) if n_planes is not None else BOX_COLUMNS)
     _require_rows(path, rows)
     boxes, planes = [], []
@@ -200,4 +209,53 @@ def read_boxes_csv(
     return BoxPrompts(
         np.array(boxes, dtype=np.float64),
         np.array(planes, dtype=np.int64) if n_planes is not None else None,
+    )
+
+
+def _napari_shapes(
+    path: Path, header: list[str], rows: Rows, image_shape: tuple[int, int], n_planes: int | None
+) -> BoxPrompts:
+    """Boxes from a shapes layer saved by napari (``index,shape-type,vertex-index,axis-0,..``):
+    each shape by its bounding box, clipped to the image, as the annotation widget reads its
+    boxes layer; shape ``i`` (in file order) becomes object ``i + 1``."""
+    axes = [name for name in header if name.startswith("axis-")]
+    expected = ["axis-0", "axis-1", "axis-2"] if n_planes is not None else ["axis-0", "axis-1"]
+    if axes != expected:
+        raise ValueError(
+            f"{path} holds shapes with columns {axes!r}; give 2D shapes (axis-0, axis-1) or, "
+            "with --stack, the shapes layer of the stack (axis-0 = plane)"
+        )
+    _require(path, header, ("index",))
+    _require_rows(path, rows)
+    shapes: dict[float, list[tuple[int, list[float]]]] = {}  # index -> (line, vertex) rows
+    for line, row in rows:
+        vertex = [_number(path, line, row, name) for name in expected]
+        shapes.setdefault(_number(path, line, row, "index"), []).append((line, vertex))
+    height, width = image_shape
+    boxes, planes = [], []
+    for index, vertices in shapes.items():
+        line, coords = vertices[0][0], np.array([vertex for _, vertex in vertices])
+        if n_planes is not None:
+            on_planes = np.unique(coords[:, 0])
+            if len(on_planes) > 1:
+                raise ValueError(
+                    f"{path}, line {line}: shape {index:g} spans planes {on_planes.tolist()}; "
+                    "draw each box on one plane"
+                )
+            planes.append(_plane_index(path, line, on_planes[0], "axis-0", n_planes))
+        low, high = (
+            napari_to_sam(coords[:, -2:].min(axis=0)),
+            napari_to_sam(coords[:, -2:].max(axis=0)),
+        )
+        if high[0] < -0.5 or high[1] < -0.5 or low[0] > width - 0.5 or low[1] > height - 0.5:
+            raise ValueError(
+                f"{path}, line {line}: shape {index:g} lies outside the image of width {width} "
+                f"and height {height}"
+            )
+        limit = np.array([width - 0.5, height - 0.5])
+        boxes.append(np.concatenate([np.clip(low, -0.5, limit), np.clip(high, -0.5, limit)]))
+    return BoxPrompts(
+        np.array(boxes, dtype=np.float64).reshape(-1, 4),
+        np.array(planes, dtype=np.int64) if n_planes is not None else None,
+        ids_from="shapes, in file order",
     )

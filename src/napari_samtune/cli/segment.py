@@ -9,10 +9,11 @@ Prompt files are CSV with a header; coordinates are pixels, x = column, y = row:
   with the same object id form one prompt, and the object gets that id in the labels.
   A points layer saved from napari (``axis-0,axis-1[,label]``: row, column) works as is.
 * boxes: ``x_min,y_min,x_max,y_max``; box ``i`` (0-based row) becomes object ``i + 1``.
+  A shapes layer saved from napari works as is: each shape by its bounding box.
 
 With ``--stack`` the first axis of the image holds planes (z or time) and each plane is
-segmented on its own: prompts give their plane in a ``z`` column (0-based; a 3D points
-layer saved from napari, ``axis-0,axis-1,axis-2``, works as is), ``--auto`` segments
+segmented on its own: prompts give their plane in a ``z`` column (0-based; 3D points or
+shapes layers saved from napari, ``axis-0`` = plane, work as is), ``--auto`` segments
 every plane with ids unique across the stack.
 
 The output is a uint32 TIFF of instance labels (0 = background): (H, W), or
@@ -164,7 +165,7 @@ def _segment_boxes(segmenter, prompts: BoxPrompts, rows: np.ndarray) -> np.ndarr
 
 def _report_empty(labels: np.ndarray, expected_ids, ids_from: str) -> None:
     """Tell on stderr which prompted objects got no pixels, rather than dropping them quietly.
-    ``ids_from``: where the ids come from, "data rows" (counted from 1) or the object column."""
+    ``ids_from``: where the ids come from, e.g. "data rows" (counted from 1)."""
     expected = list(dict.fromkeys(int(i) for i in expected_ids))
     empty = sorted(set(expected) - set(np.unique(labels).tolist()))
     if empty:
@@ -337,7 +338,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             _report_empty(labels, points.objects, "'object' column")
     elif boxes is not None:
-        _report_empty(labels, range(1, len(boxes.boxes_xyxy) + 1), "data rows")
+        _report_empty(labels, range(1, len(boxes.boxes_xyxy) + 1), boxes.ids_from)
     n_objects = _write_labels(args.output, labels)
     where = f" in {planes.count} planes" if args.stack else ""
     print(f"{_objects(n_objects)}{where} written to {args.output} ({using})")
