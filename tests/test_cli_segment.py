@@ -363,7 +363,7 @@ def test_a_folder_as_output_is_refused_before_any_work(
     (tmp_path / "out").mkdir()
     assert segment(tiny_checkpoint, path, tmp_path / "out", "--auto") == 2
     err = capsys.readouterr().err
-    assert f"is a folder; give a file name, e.g. {tmp_path / 'out' / 'image_labels.tif'}" in err
+    assert f"is a folder; give a file name, e.g. {tmp_path / 'out' / 'image.labels.tif'}" in err
     assert list((tmp_path / "out").iterdir()) == []
 
 
@@ -382,25 +382,25 @@ def test_auto_on_a_folder_writes_labels_that_pair_for_training(
         tifffile.imwrite(images / f"cell_{i}.tif", plane)
     out = tmp_path / "labels"
     assert segment(tiny_checkpoint, images, out, *AUTO) == 0
-    assert sorted(p.name for p in out.iterdir()) == [f"cell_{i}_labels.tif" for i in range(3)]
+    assert sorted(p.name for p in out.iterdir()) == [f"cell_{i}.labels.tif" for i in range(3)]
     one = tmp_path / "one.tif"
     assert segment(tiny_checkpoint, images / "cell_1.tif", one, *AUTO) == 0
-    np.testing.assert_array_equal(tifffile.imread(out / "cell_1_labels.tif"), tifffile.imread(one))
+    np.testing.assert_array_equal(tifffile.imread(out / "cell_1.labels.tif"), tifffile.imread(one))
     assert [i.name for i, _ in pair_files(images, out)] == [f"cell_{i}.tif" for i in range(3)]
     assert "3 of 3 images segmented" in capsys.readouterr().out
 
     # a rerun skips what is done (corrected labels stay); the others are segmented
-    tifffile.imwrite(out / "cell_0_labels.tif", np.ones((120, 160), np.uint32))  # "corrected"
-    (out / "cell_2_labels.tif").unlink()
+    tifffile.imwrite(out / "cell_0.labels.tif", np.ones((120, 160), np.uint32))  # "corrected"
+    (out / "cell_2.labels.tif").unlink()
     assert segment(tiny_checkpoint, str(images / "cell_*.tif"), out, *AUTO) == 0
-    assert (tifffile.imread(out / "cell_0_labels.tif") == 1).all()
-    assert (out / "cell_2_labels.tif").exists()
+    assert (tifffile.imread(out / "cell_0.labels.tif") == 1).all()
+    assert (out / "cell_2.labels.tif").exists()
     printed = capsys.readouterr().out
     assert "skipping 2 image(s) whose labels are already in" in printed
     assert "1 of 1 images segmented" in printed
     assert segment(tiny_checkpoint, images, out, *AUTO, "--overwrite") == 0
-    np.testing.assert_array_equal(tifffile.imread(out / "cell_1_labels.tif"), tifffile.imread(one))
-    assert not (tifffile.imread(out / "cell_0_labels.tif") == 1).all()
+    np.testing.assert_array_equal(tifffile.imread(out / "cell_1.labels.tif"), tifffile.imread(one))
+    assert not (tifffile.imread(out / "cell_0.labels.tif") == 1).all()
 
 
 def test_a_bad_image_in_a_batch_does_not_stop_the_others(
@@ -413,7 +413,7 @@ def test_a_bad_image_in_a_batch_does_not_stop_the_others(
     inputs = [tmp_path / "broken.tif", path, tmp_path / "image_labels.tif"]
     code = segment(tiny_checkpoint, inputs, out, *AUTO)
     assert code == 1
-    assert sorted(p.name for p in out.iterdir()) == ["image_labels.tif"]
+    assert sorted(p.name for p in out.iterdir()) == ["image.labels.tif"]
     captured = capsys.readouterr()
     assert "broken.tif: not segmented: cannot read" in captured.err
     assert "leaving out 1 file(s) named as labels, e.g. image_labels.tif" in captured.out

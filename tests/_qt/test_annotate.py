@@ -318,6 +318,49 @@ def test_labels_from_samtune_segment_load_through_the_dialog(
     assert set(np.unique(saved[loaded == 0]).tolist()) <= {0, int(loaded.max()) + 1}
 
 
+def test_segment_a_folder_correct_in_napari_then_train(
+    make_napari_viewer, qtbot, tiny_sam, tiny_checkpoint, nuclei_image, tmp_path, monkeypatch
+):
+    """The loop through files: `samtune segment imgs/ --auto -o annotations/` names its labels
+    as the widget's autosaves; the widget opens them for correcting, saves every brush
+    stroke, and training pairs them with their images (names through safe_stem)."""
+    from napari_samtune.cli import main
+    from napari_samtune.core.data import load_pairs
+
+    images, annotations = tmp_path / "images", tmp_path / "annotations"
+    images.mkdir()
+    tifffile.imwrite(images / "cell 1.tif", nuclei_image[0])
+    auto = ["--auto", "--points-per-side", "4", "--pred-iou-thresh", "-1"]
+    options = [*auto, "--stability-score-thresh", "0", "--device", "cpu"]
+    command = ["segment", str(images), "--model", str(tiny_checkpoint), *options]
+    assert main([*command, "-o", str(annotations)]) == 0
+    segmented = tifffile.imread(annotations / "cell_1.labels.tif")
+    assert segmented.any()
+
+    monkeypatch.setenv("SAMTUNE_ANNOTATIONS_DIR", str(annotations))
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei_image[0], name="cell 1")  # napari names a file's layer so
+    widget = AnnotateWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    np.testing.assert_array_equal(widget.session.annotations, segmented)  # ready to correct
+    layer = widget.session.layers.annotations
+    layer.brush_size = 9
+    row, col = np.argwhere(segmented == 1)[0]
+    with qtbot.waitSignal(widget.annotations_saved, timeout=WAIT_MS):
+        layer.paint((row, col), 77)  # a brush stroke paints over object 1
+    drain = qtbot.waitUntil
+    drain(lambda: not widget.runner.is_running(), timeout=WAIT_MS)
+    corrected = tifffile.imread(annotations / "cell_1.labels.tif")
+    painted = corrected == 77
+    assert 9 <= painted.sum() <= 81 and painted[row, col]
+    np.testing.assert_array_equal(corrected[~painted], segmented[~painted])
+    (pair,) = load_pairs(images, annotations)
+    assert pair.name == "cell 1.tif / cell_1.labels.tif"
+    np.testing.assert_array_equal(pair.labels, corrected)
+    viewer.layers.clear()
+    drain(lambda: not widget.runner.is_running(), timeout=WAIT_MS)
+
+
 def test_a_corrupt_checkpoint_is_reported_and_the_widget_stays_usable(
     viewer_widget, qtbot, tmp_path, notifications, run_job
 ):

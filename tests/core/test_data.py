@@ -66,6 +66,20 @@ def test_images_and_labels_may_share_a_folder(tiff_folders, tmp_path):
         pair_files(str(images / "*_mask.tif"), images)
 
 
+def test_names_pair_as_the_annotation_widget_writes_them(tmp_path):
+    """The widget saves the labels of "cell 1" as cell_1.labels.tif (file-name-safe)."""
+    for name in ("cell 1.tif", "plate#2 (a).tif", "cell_3.tif"):
+        _write(tmp_path / "images", name, np.zeros((4, 4), np.uint8))
+    for name in ("cell_1.labels.tif", "plate_2_a.labels.tif", "cell_3_mask.tif"):
+        _write(tmp_path / "labels", name, np.ones((4, 4), np.uint8))
+    pairs = pair_files(tmp_path / "images", tmp_path / "labels")
+    assert sorted((i.name, lab.name) for i, lab in pairs) == [
+        ("cell 1.tif", "cell_1.labels.tif"),
+        ("cell_3.tif", "cell_3_mask.tif"),
+        ("plate#2 (a).tif", "plate_2_a.labels.tif"),
+    ]
+
+
 def test_one_image_and_one_label_file_pair_whatever_their_names(tiff_folders):
     images, labels = tiff_folders
     assert pair_files(images / "cell_1.tif", labels / "cell_2_labels.tif") == [

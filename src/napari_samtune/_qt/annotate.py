@@ -222,6 +222,7 @@ class AnnotateWidget(AnnotateActionsMixin, QWidget):
         self.session = AnnotationSession(self.viewer, layer, axes)
         for prompt_layer in (self.session.layers.points, self.session.layers.boxes):
             prompt_layer.events.data.connect(self._on_prompts_changed)
+        self.session.layers.annotations.events.paint.connect(self._on_painted)
         for helper in self.session.layers.layers:
             self._bind_keys(helper)
         self._set_positive_mode(self.ui.positive_check.isChecked())
@@ -237,6 +238,7 @@ class AnnotateWidget(AnnotateActionsMixin, QWidget):
         self.flush_autosave()  # commits not yet on disk go there before the session goes
         for prompt_layer in (self.session.layers.points, self.session.layers.boxes):
             prompt_layer.events.data.disconnect(self._on_prompts_changed)
+        self.session.layers.annotations.events.paint.disconnect(self._on_painted)
         self.session = None
         self._invalidate_embedding()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QEvent, QObject
+from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QFileDialog
 
 from napari_samtune._qt import annotate_jobs as jobs
@@ -212,6 +212,12 @@ class AnnotateActionsMixin:
         self.annotations_saved.emit(str(labels_path))
         show_info(f"saved annotations to {labels_path}")
         return labels_path
+
+    def _on_painted(self, event=None) -> None:
+        """A brush, fill or eraser stroke on the annotations (a person correcting them) is
+        autosaved like a commit: once control is back in the event loop, as napari reports
+        the stroke before it writes it into the data."""
+        QTimer.singleShot(0, self._autosave)
 
     def _autosave(self):
         """Save a snapshot in the background, atomically; coalesces overlapping requests."""

@@ -2,7 +2,8 @@
 
 Qt-free (numpy, tifffile, json). For an image named ``name`` the folder holds
 
-* ``<name>.labels.tif``: uint32 instance labels, (H, W) or (Z, H, W), zlib-compressed;
+* ``<name>.labels.tif``: uint32 instance labels, (H, W) or (Z, H, W), zlib-compressed
+  (named by :mod:`napari_samtune.core.label_files`);
 * ``<name>.prompts.json``: ``{"format": FORMAT, "format_version": 1, "image": name,
   "shape": [...], "objects": [{"id", "planes", "source", "model", "points",
   "point_labels", "boxes"}, ...], "prompts": {"points", "point_labels", "boxes"}}``
@@ -15,30 +16,23 @@ leaves the previous save intact.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
 from napari_samtune.core.checkpoints import atomic_write
+from napari_samtune.core.label_files import LABELS_SUFFIX, labels_file_name, safe_stem
 
 FORMAT = "napari-samtune-annotations"
 FORMAT_VERSION = 1
-LABELS_SUFFIX = ".labels.tif"
 PROMPTS_SUFFIX = ".prompts.json"
-
-
-def safe_stem(image_name: str) -> str:
-    """A file-name-safe version of a layer name (letters, digits, ``._-``; others become ``_``)."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", image_name).strip("._")
-    return stem or "image"
 
 
 def annotation_paths(folder: str | Path, image_name: str) -> tuple[Path, Path]:
     """The labels TIFF and prompts JSON paths for ``image_name`` in ``folder``."""
-    stem = Path(folder) / safe_stem(image_name)
-    return stem.with_name(stem.name + LABELS_SUFFIX), stem.with_name(stem.name + PROMPTS_SUFFIX)
+    folder = Path(folder)
+    return folder / labels_file_name(image_name), folder / (safe_stem(image_name) + PROMPTS_SUFFIX)
 
 
 def save_annotations(

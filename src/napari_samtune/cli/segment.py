@@ -18,9 +18,10 @@ every plane with ids unique across the stack.
 
 The output is a uint32 TIFF of instance labels (0 = background): (H, W), or
 (planes, H, W) with ``--stack``. With ``--auto`` the input may also be several images, a
-folder or a glob: ``-o`` is then a folder that receives ``<image>_labels.tif`` for each
-(named to pair with its image for ``samtune train``); images whose labels are there
-already are skipped unless ``--overwrite``.
+folder or a glob: ``-o`` is then a folder that receives ``<image>.labels.tif`` for each,
+the annotation widget's own autosave name: with the widget's folder set there, opening an
+image shows its labels to correct, and ``samtune train`` pairs them with their images.
+Images whose labels are there already are skipped unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from napari_samtune.cli.prompt_files import (
     read_boxes_csv,
     read_points_csv,
 )
+from napari_samtune.core.label_files import labels_file_name
 
 AUTO_OPTIONS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "min_area")
 
@@ -80,7 +82,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         required=True,
         metavar="LABELS.tif|FOLDER",
-        help="labels file for one image; a folder for several (<image>_labels.tif each)",
+        help="labels file for one image; a folder for several (<image>.labels.tif each)",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="several images: redo those with labels already"
@@ -322,7 +324,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output.is_dir():
         raise ValueError(
             f"{str(args.output)!r} is a folder; give a file name, e.g. "
-            f"{args.output / (files[0].stem + '_labels.tif')} (a folder is for several images)"
+            f"{args.output / labels_file_name(files[0].stem)} (a folder is for several images)"
         )
     planes = _Planes(read_image(files[0]), files[0], args)
     n_planes = planes.count if args.stack else None
@@ -346,7 +348,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
-    """--auto on several images: ``<image>_labels.tif`` each in the output folder. Images
+    """--auto on several images: ``<image>.labels.tif`` each in the output folder. Images
     whose labels exist are skipped unless --overwrite (a rerun after a stop goes on where it
     stopped and never replaces corrected labels); one bad image does not stop the others."""
     from tqdm import tqdm
@@ -369,7 +371,7 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
     if labelled:
         print(f"leaving out {len(labelled)} file(s) named as labels, e.g. {labelled[0].name}")
     images = [f for f in files if not is_label_file(f)]
-    outputs = {f: out_dir / f"{f.stem}_labels.tif" for f in images}
+    outputs = {f: out_dir / labels_file_name(f.stem) for f in images}
     by_output: dict[Path, list[str]] = {}
     for image, output in outputs.items():
         by_output.setdefault(output, []).append(str(image))

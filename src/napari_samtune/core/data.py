@@ -28,6 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from napari_samtune.core.images import to_sam_rgb
+from napari_samtune.core.label_files import safe_stem
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 # Label files are often named after their image plus one of these.
@@ -102,17 +103,25 @@ def expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike], what: st
     return files
 
 
-def _pairing_key(path: Path) -> str:
+def _label_stem(path: Path) -> str | None:
+    """The image name a label file is named after (lower case), None if not named as labels."""
     stem = path.stem.lower()
     for suffix in LABEL_SUFFIXES:
         if stem.endswith(suffix):
             return stem[: -len(suffix)]
-    return stem
+    return None
+
+
+def _pairing_key(path: Path, as_labels: bool) -> str:
+    """The name a file pairs by; through :func:`safe_stem` as the annotation widget names its
+    autosaves (``cell 1.tif`` pairs with ``cell_1.labels.tif``)."""
+    stem = _label_stem(path) if as_labels else None
+    return safe_stem(path.stem.lower() if stem is None else stem).lower()
 
 
 def is_label_file(path: Path) -> bool:
     """Whether the file is named as labels: an image name plus one of ``LABEL_SUFFIXES``."""
-    return _pairing_key(path) != path.stem.lower()
+    return _label_stem(path) is not None
 
 
 def pair_files(
@@ -143,13 +152,15 @@ def pair_files(
         return [(image_files[0], label_files[0])]
     by_key: dict[str, Path] = {}
     for f in label_files:
-        if _pairing_key(f) in by_key:
+        key = _pairing_key(f, as_labels=True)
+        if key in by_key:
             raise ValueError(
-                f"label files {by_key[_pairing_key(f)].name!r} and {f.name!r} both pair with "
-                f"image name {_pairing_key(f)!r}; keep one label file per image"
+                f"label files {by_key[key].name!r} and {f.name!r} both pair with image name "
+                f"{key!r}; keep one label file per image"
             )
-        by_key[_pairing_key(f)] = f
-    pairs = [(f, by_key[f.stem.lower()]) for f in image_files if f.stem.lower() in by_key]
+        by_key[key] = f
+    keys = {f: _pairing_key(f, as_labels=False) for f in image_files}
+    pairs = [(f, by_key[keys[f]]) for f in image_files if keys[f] in by_key]
     used_images = {p[0] for p in pairs}
     used_labels = {p[1] for p in pairs}
     lonely_images = [f.name for f in image_files if f not in used_images]
