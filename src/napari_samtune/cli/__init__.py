@@ -37,17 +37,24 @@ def output_folder(text: str) -> Path:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def check_output_file(path: Path, example: str, hint: str = "") -> Path:
+    """``path``; ``ValueError`` if it names an existing folder (suggesting ``example`` in it)."""
+    if path.is_dir():
+        raise ValueError(
+            f"{str(path)!r} is a folder; give a file name, e.g. {path / example}{hint}"
+        )
+    return path
+
+
 def output_file(example: str) -> Callable[[str], Path]:
     """argparse ``type`` of a file to write, refused at once if it names an existing folder
     (the error suggests ``example`` inside it)."""
 
     def check(text: str) -> Path:
-        path = Path(text)
-        if path.is_dir():
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is a folder; give a file name, e.g. {path / example}"
-            )
-        return path
+        try:
+            return check_output_file(Path(text), example)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
 
     return check
 

@@ -28,20 +28,13 @@ import numpy as np
 from scipy import ndimage
 
 from napari_samtune.core.images import to_sam_rgb
-from napari_samtune.core.label_files import safe_stem
+from napari_samtune.core.label_files import LABELS_STEM_SUFFIX, safe_stem
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 # Label files are often named after their image plus one of these.
 LABEL_SUFFIXES = (
-    "_labels",
-    "_label",
-    "_masks",
-    "_mask",
-    "_seg",
-    "_gt",
-    "-labels",
-    "-mask",
-    ".labels",  # what the annotation widget autosaves: <image>.labels.tif
+    *("_labels", "_label", "_masks", "_mask", "_seg", "_gt", "-labels", "-mask"),
+    LABELS_STEM_SUFFIX,  # what the annotation widget autosaves: <image>.labels.tif
 )
 N_AUGMENTATIONS = 8  # 4 rotations x (flipped or not)
 CROP_TRIES = 10

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 
-LABELS_SUFFIX = ".labels.tif"
+LABELS_STEM_SUFFIX = ".labels"  # what the file stem ends in (a label suffix for pairing)
+LABELS_SUFFIX = LABELS_STEM_SUFFIX + ".tif"
 
 
 def safe_stem(image_name: str) -> str:
