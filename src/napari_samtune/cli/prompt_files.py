@@ -35,6 +35,9 @@ class PointPrompts:
     objects: np.ndarray | None  # int64 (N,) object ids, when the file has an "object" column
     planes: np.ndarray | None = None  # int64 (N,) plane of each point (--stack)
 
+    def __len__(self) -> int:
+        return len(self.labels)
+
 
 @dataclass(frozen=True)
 class BoxPrompts:
@@ -43,6 +46,9 @@ class BoxPrompts:
     boxes_xyxy: np.ndarray  # float64 (N, 4)
     planes: np.ndarray | None = None  # int64 (N,) plane of each box (--stack)
     ids_from: str = "data rows"  # what box i (object i + 1) is counted in
+
+    def __len__(self) -> int:
+        return len(self.boxes_xyxy)
 
 
 Rows = list[tuple[int, dict[str, str]]]  # (line number, {column: text}) per data row
@@ -124,7 +130,8 @@ def _check_inside(path: Path, line: int, x: float, y: float, shape: tuple[int, i
 
 
 def _point_columns(path: Path, header: list[str], stacked: bool) -> tuple[str, str, str | None]:
-    """The x, y and plane columns: ``x,y[,z]``, or the ``axis-*`` of a napari points layer."""
+    """The row, column and plane columns: ``y,x[,z]``, or the ``axis-*`` of a napari points
+    layer (in napari's order: plane, row, column)."""
     axes = [name for name in header if name.startswith("axis-")]
     if "x" not in header and axes:
         if axes not in (["axis-0", "axis-1"], ["axis-0", "axis-1", "axis-2"]):
@@ -142,9 +149,9 @@ def _point_columns(path: Path, header: list[str], stacked: bool) -> tuple[str, s
                 f"{path} holds 2D points (axis-0, axis-1) and --stack needs each point's plane; "
                 "save the points layer of the stack (axis-0 = plane) or add a z column"
             )
-        return ("axis-2", "axis-1", "axis-0") if stacked else ("axis-1", "axis-0", None)
+        return ("axis-1", "axis-2", "axis-0") if stacked else ("axis-0", "axis-1", None)
     _require(path, header, ("x", "y", PLANE_COLUMN) if stacked else ("x", "y"))
-    return "x", "y", (PLANE_COLUMN if stacked else None)
+    return "y", "x", (PLANE_COLUMN if stacked else None)
 
 
 def read_points_csv(
@@ -153,12 +160,13 @@ def read_points_csv(
     """Read and check a points file (see the module docstring) for (H, W) planes;
     ``n_planes`` is the number of planes of a stack (``--stack``), else ``None``."""
     header, rows = _read_table(path)
-    x_column, y_column, plane_column = _point_columns(path, header, n_planes is not None)
+    row_column, col_column, plane_column = _point_columns(path, header, n_planes is not None)
     _require_rows(path, rows)
     has_labels, has_objects = "label" in header, "object" in header
     points, labels, objects, planes = [], [], [], []
     for line, row in rows:
-        x, y = _number(path, line, row, x_column), _number(path, line, row, y_column)
+        row_col = (_number(path, line, row, row_column), _number(path, line, row, col_column))
+        x, y = napari_to_sam(row_col)
         _check_inside(path, line, x, y, image_shape)
         label = _point_label(path, line, row) if has_labels else 1
         object_id = _number(path, line, row, "object") if has_objects else 0

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_samtune.cli import check_output_file
 from napari_samtune.cli.prompt_files import (
     BoxPrompts,
     PointPrompts,
@@ -252,11 +253,11 @@ def _segment_planes(
     ``--auto``, ids made unique across the stack) is embedded and segmented in turn;
     ``bars``: show progress bars (planes of a stack, else embedding and segmenting)."""
     labels = np.zeros((planes.count, *planes.shape), dtype=np.uint32)
-    if points is not None or boxes is not None:
-        n_rows = len(points.labels) if points is not None else len(boxes.boxes_xyxy)
-        prompt_planes = (points if points is not None else boxes).planes
-        row_planes = np.zeros(n_rows, np.int64) if prompt_planes is None else prompt_planes
+    prompts = points if points is not None else boxes
+    if prompts is not None:
+        row_planes = np.zeros(len(prompts), np.int64) if prompts.planes is None else prompts.planes
         todo = sorted(set(row_planes.tolist()))  # planes without prompts stay empty
+        segment_rows = _segment_points if points is not None else _segment_boxes
     else:
         todo = list(range(planes.count))
     one_plane, offset = bars and not planes.stacked, 0
@@ -264,12 +265,9 @@ def _segment_planes(
         for done, index in enumerate(todo):
             with _bar(one_plane, "embedding", "tile") as bar:
                 segmenter.set_image(planes.rgb(index), progress=bar)
-            if points is not None:
+            if prompts is not None:
                 rows = np.flatnonzero(row_planes == index)
-                labels[index] = _segment_points(segmenter, points, rows)
-            elif boxes is not None:
-                rows = np.flatnonzero(row_planes == index)
-                labels[index] = _segment_boxes(segmenter, boxes, rows)
+                labels[index] = segment_rows(segmenter, prompts, rows)
             else:
                 with _bar(one_plane, "segmenting", "batch") as bar:
                     found = segmenter.segment_all(config, progress=bar)
@@ -321,11 +319,8 @@ def run(args: argparse.Namespace) -> int:
     files, batch = _inputs(args.image)
     if batch:
         return _run_batch(args, files)
-    if args.output.is_dir():
-        raise ValueError(
-            f"{str(args.output)!r} is a folder; give a file name, e.g. "
-            f"{args.output / labels_file_name(files[0].stem)} (a folder is for several images)"
-        )
+    example = labels_file_name(files[0].stem)
+    check_output_file(args.output, example, hint=" (a folder is for several images)")
     planes = _Planes(read_image(files[0]), files[0], args)
     n_planes = planes.count if args.stack else None
     # read prompts and settings before loading the model, so mistakes show up at once
@@ -336,11 +331,11 @@ def run(args: argparse.Namespace) -> int:
     labels = _segment_planes(segmenter, planes, points, boxes, config)
     if points is not None:
         if points.objects is None:
-            _report_empty(labels, range(1, len(points.labels) + 1), "data rows")
+            _report_empty(labels, range(1, len(points) + 1), "data rows")
         else:
             _report_empty(labels, points.objects, "'object' column")
     elif boxes is not None:
-        _report_empty(labels, range(1, len(boxes.boxes_xyxy) + 1), boxes.ids_from)
+        _report_empty(labels, range(1, len(boxes) + 1), boxes.ids_from)
     n_objects = _write_labels(args.output, labels)
     where = f" in {planes.count} planes" if args.stack else ""
     print(f"{_objects(n_objects)}{where} written to {args.output} ({using})")
