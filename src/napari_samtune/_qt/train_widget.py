@@ -326,15 +326,15 @@ class TrainWidget(QWidget):
             window.removeEventFilter(self)
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)
-        if event.type() == QEvent.Type.Close and self.is_running:
-            if not event.spontaneous():  # napari.Viewer.close(), a script: it cannot wait
-                self.finish_now()
-            else:  # a person: ask, then close once the model is saved
-                if self.close_after_run(ask=True):
-                    self.status_label.setText("closing once the model is saved…")
-                event.ignore()
-                return True
-        return super().eventFilter(watched, event)
+        if event.type() != QEvent.Type.Close or not self.is_running:
+            return super().eventFilter(watched, event)
+        if not event.spontaneous():  # napari.Viewer.close(), a script: it cannot wait
+            self.finish_now()
+            return False
+        if self.close_after_run(ask=True):  # a person: asked, then closed once saved
+            self.status_label.setText("closing once the model is saved…")
+        event.ignore()
+        return True
 
     def close_after_run(self, ask: bool) -> bool:
         """Stop the run and close the viewer's window when it has written its checkpoint and
