@@ -373,7 +373,7 @@ AUTO = ["--auto", "--points-per-side", "4", "--pred-iou-thresh", "-1"]
 def test_auto_on_a_folder_writes_labels_that_pair_for_training(
     tmp_path, tiny_sam, tiny_checkpoint, stack_file, capsys
 ):
-    from napari_samtune.core.data import pair_files
+    from napari_samtune.core.label_files import pair_files
 
     _, stack = stack_file
     images = tmp_path / "imgs"

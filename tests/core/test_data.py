@@ -12,7 +12,6 @@ from napari_samtune.core.data import (
     as_pairs,
     augment,
     load_pairs,
-    pair_files,
     prepare_pair,
     prepare_pairs,
     split_planes,
@@ -20,20 +19,13 @@ from napari_samtune.core.data import (
     tile_patches,
 )
 from napari_samtune.core.images import to_sam_rgb
+from napari_samtune.core.label_files import pair_files
 from napari_samtune.core.synthetic import make_dataset, make_image
 
 
 def _write(folder, name, array):
     folder.mkdir(exist_ok=True)
     tifffile.imwrite(folder / name, array)
-
-
-@pytest.fixture
-def tiff_folders(tmp_path):
-    for i, (image, labels) in enumerate(make_dataset(3, shape=(64, 80), seed=1)):
-        _write(tmp_path / "images", f"cell_{i}.tif", image)
-        _write(tmp_path / "labels", f"cell_{i}_labels.tif", labels)
-    return tmp_path / "images", tmp_path / "labels"
 
 
 def test_files_pair_by_name_from_folders_globs_and_lists(tiff_folders):
@@ -48,54 +40,6 @@ def test_files_pair_by_name_from_folders_globs_and_lists(tiff_folders):
     expected = make_dataset(3, shape=(64, 80), seed=1)
     assert all(np.array_equal(p.labels, e[1]) for p, e in zip(loaded, expected, strict=True))
     assert loaded[0].name == "cell_0.tif / cell_0_labels.tif"
-
-
-def test_images_and_labels_may_share_a_folder(tiff_folders, tmp_path):
-    images, labels = tiff_folders
-    for f in labels.iterdir():
-        f.rename(images / f.name.replace("_labels", "_mask"))
-    pairs = pair_files(images, images)
-    names = [(f"cell_{i}.tif", f"cell_{i}_mask.tif") for i in range(3)]
-    assert [(i.name, lab.name) for i, lab in pairs] == names
-    assert pair_files(str(images / "*.tif"), str(images / "*_mask.tif")) == pairs
-    other_spelling = pair_files(images, f"{tmp_path}/../{tmp_path.name}/images")
-    assert [(i.name, lab.name) for i, lab in other_spelling] == names
-    with pytest.raises(ValueError, match="name the same 3 file.*none of them are named as labels"):
-        pair_files(str(images / "cell_?.tif"), str(images / "cell_?.tif"))
-    with pytest.raises(ValueError, match="name the same 3 file.*all of them are named as labels"):
-        pair_files(str(images / "*_mask.tif"), images)
-
-
-def test_names_pair_as_the_annotation_widget_writes_them(tmp_path):
-    """The widget saves the labels of "cell 1" as cell_1.labels.tif (file-name-safe)."""
-    for name in ("cell 1.tif", "plate#2 (a).tif", "cell_3.tif"):
-        _write(tmp_path / "images", name, np.zeros((4, 4), np.uint8))
-    for name in ("cell_1.labels.tif", "plate_2_a.labels.tif", "cell_3_mask.tif"):
-        _write(tmp_path / "labels", name, np.ones((4, 4), np.uint8))
-    pairs = pair_files(tmp_path / "images", tmp_path / "labels")
-    assert sorted((i.name, lab.name) for i, lab in pairs) == [
-        ("cell 1.tif", "cell_1.labels.tif"),
-        ("cell_3.tif", "cell_3_mask.tif"),
-        ("plate#2 (a).tif", "plate_2_a.labels.tif"),
-    ]
-
-
-def test_one_image_and_one_label_file_pair_whatever_their_names(tiff_folders):
-    images, labels = tiff_folders
-    assert pair_files(images / "cell_1.tif", labels / "cell_2_labels.tif") == [
-        (images / "cell_1.tif", labels / "cell_2_labels.tif")
-    ]
-    with pytest.raises(ValueError, match=r"images without labels \['cell_0.tif', 'cell_2.tif'\]"):
-        pair_files(images, labels / "cell_1_labels.tif")  # several images: by name only
-
-
-def test_unpaired_files_are_all_listed(tiff_folders):
-    images, labels = tiff_folders
-    (labels / "cell_2_labels.tif").rename(labels / "other.tif")
-    with pytest.raises(
-        ValueError, match=r"images without labels \['cell_2.tif'\].*\['other.tif'\]"
-    ):
-        pair_files(images, labels)
 
 
 def test_stack_files_give_one_pair_per_annotated_plane(tmp_path):
@@ -135,17 +79,6 @@ def test_what_is_not_a_stack_stays_one_pair_for_the_checks():
     # a layer says whether it is RGB: (2, 32, 32, 3) as a 2-plane RGB stack or not
     assert len(split_planes(np.stack([rgb] * 2), np.stack([labels] * 2), "x", rgb=True)) == 2
     assert len(split_planes(np.stack([rgb] * 2), np.stack([labels] * 2), "x", rgb=False)) == 1
-
-
-def test_missing_and_empty_folders_are_named(tmp_path):
-    (tmp_path / "empty").mkdir()
-    _write(tmp_path / "full", "a.tif", np.ones((4, 4), np.uint8))
-    with pytest.raises(FileNotFoundError, match="images path .*nowhere.* does not exist"):
-        pair_files(tmp_path / "nowhere", tmp_path / "empty")
-    with pytest.raises(ValueError, match="labels folder .*empty.* contains no .tif"):
-        pair_files(tmp_path / "full", tmp_path / "empty")
-    with pytest.raises(ValueError, match="matches no files"):
-        pair_files(str(tmp_path / "*.tif"), tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -32,14 +32,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_samtune.core.data import (
-    LABEL_SUFFIXES,
-    ImageLabelPair,
-    load_pairs,
-    pair_files,
-    prepare_pair,
-    split_planes,
-)
+from napari_samtune.core.data import ImageLabelPair, load_pairs, prepare_pair, split_planes
+from napari_samtune.core.label_files import LABEL_SUFFIXES, pair_files
 
 ERROR_STYLE = "color: #ff6b6b;"
 

@@ -281,7 +281,7 @@ def _segment_planes(
 def _inputs(specs: list[Path]) -> tuple[list[Path], bool]:
     """The image files named on the command line, and whether they are a batch (several
     files, a folder or a glob: labels then go to a folder)."""
-    from napari_samtune.core.data import expand_paths
+    from napari_samtune.core.label_files import expand_paths
 
     batch = len(specs) > 1 or any(p.is_dir() or glob.has_magic(str(p)) for p in specs)
     return (expand_paths([str(p) for p in specs], "images") if batch else specs), batch
@@ -349,7 +349,7 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
     from tqdm import tqdm
 
     from napari_samtune.core.checkpoints import check_output_folder
-    from napari_samtune.core.data import is_label_file
+    from napari_samtune.core.label_files import is_label_file
 
     if not args.auto:
         raise ValueError(

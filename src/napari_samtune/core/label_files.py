@@ -1,18 +1,31 @@
-"""How annotation label files are named, so every part of the loop finds them.
+"""Label files: how they are named and how they pair with their images.
 
 The annotation widget autosaves the labels of an image layer named ``name`` as
 ``<safe_stem(name)>.labels.tif``; ``samtune segment`` names its outputs for several
 images the same way, so the widget restores them for correcting; training pairs
-them with their images (:func:`napari_samtune.core.data.pair_files`, which compares
-names through :func:`safe_stem` as well).
+them with their images (:func:`pair_files`, which compares names through
+:func:`safe_stem` as well). Files come as a folder, a glob pattern, a file, or a
+list of these (:func:`expand_paths`).
 """
 
 from __future__ import annotations
 
+import glob
+import os
 import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
 
 LABELS_STEM_SUFFIX = ".labels"  # what the file stem ends in (a label suffix for pairing)
 LABELS_SUFFIX = LABELS_STEM_SUFFIX + ".tif"
+TIFF_SUFFIXES = (".tif", ".tiff")
+# Label files are often named after their image plus one of these.
+LABEL_SUFFIXES = (
+    *("_labels", "_label", "_masks", "_mask", "_seg", "_gt", "-labels", "-mask"),
+    LABELS_STEM_SUFFIX,  # what the annotation widget autosaves: <image>.labels.tif
+)
 
 
 def safe_stem(image_name: str) -> str:
@@ -25,3 +38,106 @@ def safe_stem(image_name: str) -> str:
 def labels_file_name(image_name: str) -> str:
     """``"cell 1"`` -> ``"cell_1.labels.tif"``: the labels of an image (layer) of that name."""
     return safe_stem(image_name) + LABELS_SUFFIX
+
+
+def expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike], what: str) -> list[Path]:
+    """Files named by a folder, a glob pattern, one file, or a list of any of these."""
+    if isinstance(spec, (str, os.PathLike)):
+        text = os.fspath(spec)
+        if glob.has_magic(text):
+            files = sorted(Path(p) for p in glob.glob(text))
+            if not files:
+                raise ValueError(f"{what} pattern {text!r} matches no files; check the pattern")
+            return files
+        path = Path(text)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in TIFF_SUFFIXES)
+            if not files:
+                raise ValueError(f"{what} folder {text!r} contains no .tif/.tiff files")
+            return files
+        if not path.exists():
+            raise FileNotFoundError(f"{what} path {text!r} does not exist; check the path")
+        return [path]
+    files = [f for item in spec for f in expand_paths(item, what)]
+    if not files:
+        raise ValueError(f"{what} is an empty list; give files, a folder or a glob pattern")
+    return files
+
+
+def _label_stem(path: Path) -> str | None:
+    """The image name a label file is named after (lower case), None if not named as labels."""
+    stem = path.stem.lower()
+    for suffix in LABEL_SUFFIXES:
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return None
+
+
+def _pairing_key(path: Path, as_labels: bool) -> str:
+    """The name a file pairs by; through :func:`safe_stem` as the annotation widget names its
+    autosaves (``cell 1.tif`` pairs with ``cell_1.labels.tif``)."""
+    stem = _label_stem(path) if as_labels else None
+    return safe_stem(path.stem.lower() if stem is None else stem).lower()
+
+
+def is_label_file(path: Path) -> bool:
+    """Whether the file is named as labels: an image name plus one of ``LABEL_SUFFIXES``."""
+    return _label_stem(path) is not None
+
+
+def pair_files(
+    images: str | os.PathLike | Sequence[str | os.PathLike],
+    labels: str | os.PathLike | Sequence[str | os.PathLike],
+) -> list[tuple[Path, Path]]:
+    """Pair image and label files by file name (labels may add e.g. ``_labels`` or ``_mask``).
+
+    Images and labels may share a folder (``--images F --labels F``): a file named by both
+    counts as labels if its name ends with a label suffix, else as an image. One image file
+    and one label file pair whatever their names. Raises ``ValueError`` listing every file
+    without a partner.
+    """
+    image_files = expand_paths(images, "images")
+    label_files = expand_paths(labels, "labels")
+    shared = {f.resolve() for f in image_files} & {f.resolve() for f in label_files}
+    if shared:
+        image_files = [f for f in image_files if f.resolve() not in shared or not is_label_file(f)]
+        label_files = [f for f in label_files if f.resolve() not in shared or is_label_file(f)]
+        if not image_files or not label_files:
+            raise ValueError(
+                f"images and labels name the same {len(shared)} file(s), and "
+                f"{'all' if not image_files else 'none'} of them are named as labels (ending in "
+                f"one of {list(LABEL_SUFFIXES)!r}); in a shared folder name each label file "
+                "like its image plus such a suffix, e.g. cell_1.tif and cell_1_mask.tif"
+            )
+    if len(image_files) == 1 and len(label_files) == 1:
+        return [(image_files[0], label_files[0])]
+    by_key: dict[str, Path] = {}
+    for f in label_files:
+        key = _pairing_key(f, as_labels=True)
+        if key in by_key:
+            raise ValueError(
+                f"label files {by_key[key].name!r} and {f.name!r} both pair with image name "
+                f"{key!r}; keep one label file per image"
+            )
+        by_key[key] = f
+    keys = {f: _pairing_key(f, as_labels=False) for f in image_files}
+    pairs = [(f, by_key[keys[f]]) for f in image_files if keys[f] in by_key]
+    used_images = {p[0] for p in pairs}
+    used_labels = {p[1] for p in pairs}
+    lonely_images = [f.name for f in image_files if f not in used_images]
+    lonely_labels = [f.name for f in label_files if f not in used_labels]
+    if lonely_images or lonely_labels:
+        raise ValueError(
+            f"could not pair files by name: images without labels {lonely_images!r}, labels "
+            f"without images {lonely_labels!r}; name each label file like its image (optionally "
+            f"with one of {list(LABEL_SUFFIXES)!r} appended)"
+        )
+    return pairs
+
+
+def read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        raise ValueError(f"file {str(path)!r} is not a TIFF file; save images as .tif")
+    return tifffile.imread(path)

@@ -1,0 +1,73 @@
+"""Label files: pairing them with their images by name, and naming the missing ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_samtune.core.label_files import pair_files
+
+
+def _write(folder, name, array):
+    folder.mkdir(exist_ok=True)
+    tifffile.imwrite(folder / name, array)
+
+
+def test_images_and_labels_may_share_a_folder(tiff_folders, tmp_path):
+    images, labels = tiff_folders
+    for f in labels.iterdir():
+        f.rename(images / f.name.replace("_labels", "_mask"))
+    pairs = pair_files(images, images)
+    names = [(f"cell_{i}.tif", f"cell_{i}_mask.tif") for i in range(3)]
+    assert [(i.name, lab.name) for i, lab in pairs] == names
+    assert pair_files(str(images / "*.tif"), str(images / "*_mask.tif")) == pairs
+    other_spelling = pair_files(images, f"{tmp_path}/../{tmp_path.name}/images")
+    assert [(i.name, lab.name) for i, lab in other_spelling] == names
+    with pytest.raises(ValueError, match="name the same 3 file.*none of them are named as labels"):
+        pair_files(str(images / "cell_?.tif"), str(images / "cell_?.tif"))
+    with pytest.raises(ValueError, match="name the same 3 file.*all of them are named as labels"):
+        pair_files(str(images / "*_mask.tif"), images)
+
+
+def test_names_pair_as_the_annotation_widget_writes_them(tmp_path):
+    """The widget saves the labels of "cell 1" as cell_1.labels.tif (file-name-safe)."""
+    for name in ("cell 1.tif", "plate#2 (a).tif", "cell_3.tif"):
+        _write(tmp_path / "images", name, np.zeros((4, 4), np.uint8))
+    for name in ("cell_1.labels.tif", "plate_2_a.labels.tif", "cell_3_mask.tif"):
+        _write(tmp_path / "labels", name, np.ones((4, 4), np.uint8))
+    pairs = pair_files(tmp_path / "images", tmp_path / "labels")
+    assert sorted((i.name, lab.name) for i, lab in pairs) == [
+        ("cell 1.tif", "cell_1.labels.tif"),
+        ("cell_3.tif", "cell_3_mask.tif"),
+        ("plate#2 (a).tif", "plate_2_a.labels.tif"),
+    ]
+
+
+def test_one_image_and_one_label_file_pair_whatever_their_names(tiff_folders):
+    images, labels = tiff_folders
+    assert pair_files(images / "cell_1.tif", labels / "cell_2_labels.tif") == [
+        (images / "cell_1.tif", labels / "cell_2_labels.tif")
+    ]
+    with pytest.raises(ValueError, match=r"images without labels \['cell_0.tif', 'cell_2.tif'\]"):
+        pair_files(images, labels / "cell_1_labels.tif")  # several images: by name only
+
+
+def test_unpaired_files_are_all_listed(tiff_folders):
+    images, labels = tiff_folders
+    (labels / "cell_2_labels.tif").rename(labels / "other.tif")
+    with pytest.raises(
+        ValueError, match=r"images without labels \['cell_2.tif'\].*\['other.tif'\]"
+    ):
+        pair_files(images, labels)
+
+
+def test_missing_and_empty_folders_are_named(tmp_path):
+    (tmp_path / "empty").mkdir()
+    _write(tmp_path / "full", "a.tif", np.ones((4, 4), np.uint8))
+    with pytest.raises(FileNotFoundError, match="images path .*nowhere.* does not exist"):
+        pair_files(tmp_path / "nowhere", tmp_path / "empty")
+    with pytest.raises(ValueError, match="labels folder .*empty.* contains no .tif"):
+        pair_files(tmp_path / "full", tmp_path / "empty")
+    with pytest.raises(ValueError, match="matches no files"):
+        pair_files(str(tmp_path / "*.tif"), tmp_path)
