@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import tifffile
 import torch
@@ -81,6 +82,24 @@ def test_train_export_and_resume_from_the_command_line(tmp_path, folders, capsys
         load_model("mine").sam.state_dict()["mask_decoder.iou_token.weight"],
         state["mask_decoder.iou_token.weight"],
     )
+
+
+def test_an_empty_field_of_view_is_left_out_and_named(tmp_path, folders, capsys):
+    """``segment --auto`` writes all-0 labels where it finds no cell; training goes on."""
+    images, labels = folders
+    blank = np.zeros((80, 96), np.uint8)
+    tifffile.imwrite(f"{images}/s3.tif", blank)
+    tifffile.imwrite(f"{labels}/s3_mask.tif", blank)
+    argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
+    argv += ["--labels", labels, "--epochs", "1", *FAST, "--out"]
+    assert cli.main([*argv, str(tmp_path / "run")]) == 0
+    printed = capsys.readouterr().out
+    assert "2 training / 1 validation images" in printed
+    assert "left out 1 pair(s) without any object (labels all 0): s3.tif / s3_mask.tif" in printed
+    for name in ("s0", "s1", "s2"):
+        tifffile.imwrite(f"{labels}/{name}_mask.tif", blank)
+    assert cli.main([*argv, str(tmp_path / "none")]) == 2
+    assert "none of the 4 training pairs has any object" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

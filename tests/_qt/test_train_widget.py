@@ -158,11 +158,12 @@ def test_train_two_epochs_then_annotate_with_the_new_model(qtbot, docked, notifi
     assert max_lag < 0.2, f"the event loop was blocked for {max_lag * 1000:.0f} ms"
 
 
-def test_stop_mid_run_leaves_a_loadable_model(qtbot, docked, tmp_path):
+def test_stop_mid_run_leaves_a_loadable_model(qtbot, docked, tmp_path, notifications):
     viewer, annotate, widget = docked
     for kind, layer in (("images", "cells2"), ("labels", "cells2 labels")):
         (tmp_path / kind).mkdir()
         tifffile.imwrite(tmp_path / kind / "c2.tif", viewer.layers[layer].data)
+        tifffile.imwrite(tmp_path / kind / "empty.tif", np.zeros((96, 96), np.uint8))
     widget.train_data.image_dir_edit.setText(str(tmp_path / "images"))
     widget.train_data.labels_dir_edit.setText(str(tmp_path / "labels"))
     widget.settings.epochs_spin.setValue(50)
@@ -171,6 +172,8 @@ def test_stop_mid_run_leaves_a_loadable_model(qtbot, docked, tmp_path):
     with qtbot.waitSignal(widget.training_started, timeout=WAIT_MS) as started:
         widget.start()
     assert started.args[0].n_train + started.args[0].n_val == 3  # 2 layer pairs + 1 file pair
+    assert started.args[0].left_out == ("empty.tif / empty.tif",)  # an empty field of view
+    assert any("left out 1 pair(s) without any object" in m for m in notifications)
     qtbot.waitUntil(lambda: len(widget.plot.step_losses) >= 1, timeout=WAIT_MS)
     with qtbot.waitSignal(widget.training_finished, timeout=WAIT_MS) as finished:
         widget.stop()
@@ -260,6 +263,20 @@ def test_bad_data_is_flagged_before_start(qtbot, viewer, tmp_path, notifications
 
     tifffile.imwrite(labels / "a.tif", viewer.layers["cells0 labels"].data)  # fixed
     assert data.check() and not data.folder_error.isVisibleTo(widget)
+    assert not data.folder_note.isVisibleTo(widget)
+
+    for folder in (images, labels):  # an empty field of view is left out, and that is said
+        tifffile.imwrite(folder / "b.tif", np.zeros((96, 96), np.uint8))
+    assert data.check() and not data.folder_error.isVisibleTo(widget)
+    assert data.folder_note.isVisibleTo(widget)
+    assert "1 of 2 pairs have no object and will be left out: b.tif / b.tif" in (
+        data.folder_note.text()
+    )
+    tifffile.imwrite(labels / "a.tif", np.zeros((96, 96), np.uint8))  # nothing left to train
+    assert not data.check() and "none of the 2 training folder pairs" in data.folder_error.text()
+    assert not data.folder_note.isVisibleTo(widget)
+    tifffile.imwrite(labels / "a.tif", viewer.layers["cells0 labels"].data)
+    (images / "b.tif").unlink(), (labels / "b.tif").unlink()
 
     tifffile.imwrite(images / "a_mask.tif", viewer.layers["cells0 labels"].data)
     data.labels_dir_edit.setText(str(images))  # one folder holding a.tif and a_mask.tif

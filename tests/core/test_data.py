@@ -8,10 +8,12 @@ import tifffile
 
 from napari_samtune.core.data import (
     ImageLabelPair,
+    NoObjectsError,
     PatchSampler,
     as_pairs,
     augment,
     load_pairs,
+    prepare_annotated,
     prepare_pair,
     prepare_pairs,
     split_planes,
@@ -119,6 +121,37 @@ def test_in_memory_pairs_are_normalised_like_inference():
         as_pairs([])
     with pytest.raises(TypeError, match=r"data\[0\] is a int"):
         as_pairs([3])
+
+
+def test_pairs_without_objects_are_left_out_and_other_problems_still_refused():
+    (image, labels), (image2, labels2) = make_dataset(2, shape=(32, 40), seed=2)
+    blank = np.zeros_like(labels)
+    pairs = [
+        ImageLabelPair(image, labels, "a.tif"),
+        ImageLabelPair(image, blank, "empty.tif"),
+        ImageLabelPair(image2, labels2, "b.tif"),
+    ]
+    prepared, left_out = prepare_annotated(pairs)
+    assert [p.name for p in prepared] == ["a.tif", "b.tif"] and left_out == ("empty.tif",)
+    assert np.array_equal(prepared[1].labels, prepare_pair(pairs[2]).labels)
+    (only,), nothing = prepare_annotated(pairs[:1])
+    assert only.name == "a.tif" and nothing == ()
+    # only objects may be missing: an empty pair of the wrong kind is still refused
+    with pytest.raises(TypeError, match="'empty.tif' have dtype float32"):
+        prepare_annotated([*pairs, ImageLabelPair(image, blank.astype(np.float32), "empty.tif")])
+    wrong_size = ImageLabelPair(image, np.zeros((32, 41), np.uint8), "empty.tif")
+    with pytest.raises(ValueError, match="'empty.tif' is 32x40 pixels but its labels"):
+        prepare_annotated([*pairs, wrong_size])
+    # nothing left: one pair keeps its own message, several are counted and named
+    with pytest.raises(NoObjectsError, match="'empty.tif' contain no objects"):
+        prepare_annotated(pairs[1:2])
+    many = [ImageLabelPair(image, blank, f"e{i}.tif") for i in range(5)]
+    with pytest.raises(
+        ValueError,
+        match=r"none of the 5 validation pairs .*: e0.tif, e1.tif, "
+        r"e2.tif and 2 more; annotate",
+    ):
+        prepare_annotated(many, "validation")
 
 
 def test_validation_split_by_image_and_within_a_single_image():

@@ -14,6 +14,7 @@ from segment_anything.modeling import ImageEncoderViT
 import napari_samtune.core.trainer as trainer_module
 from napari_samtune.core.architectures import TINY, build_sam
 from napari_samtune.core.checkpoints import CHECKPOINT_FORMAT
+from napari_samtune.core.data import ImageLabelPair
 from napari_samtune.core.losses import dice_loss, mask_iou, sam_loss
 from napari_samtune.core.model_source import load_base_model
 from napari_samtune.core.presets import TrainConfig
@@ -26,6 +27,7 @@ from napari_samtune.core.train import (
     iter_train,
     train,
 )
+from napari_samtune.core.train_checkpoints import read_checkpoint
 from napari_samtune.core.train_embeddings import EmbeddingLRU
 
 # One large object per image: a random tiny SAM learns this in a few dozen steps.
@@ -346,6 +348,26 @@ def test_bad_settings_fail_before_training(tmp_path, data, change, error, messag
     with pytest.raises(error, match=message):
         next(iter_train(_config(**change), *data, out_dir=tmp_path / "x"))
     assert not (tmp_path / "x").exists()
+
+
+def test_pairs_without_objects_are_left_out_and_named(tmp_path, data):
+    """An empty field of view in a folder of annotations does not stop the run (Cellpose
+    leaves such images out too); the run says which pairs it did not use."""
+    (train_pairs, val_pairs), blank = data, np.zeros((96, 96), np.uint16)
+    empty_train = ImageLabelPair(blank.astype(np.uint8), blank, "empty field.tif")
+    empty_val = ImageLabelPair(blank.astype(np.uint8), blank, "not annotated yet.tif")
+    config = _config(epochs=1)
+    events = list(
+        iter_train(config, [*train_pairs, empty_train], [empty_val, *val_pairs], tmp_path / "r")
+    )
+    started, finished = events[0], events[-1]
+    assert started.left_out == ("empty field.tif", "not annotated yet.tif")
+    assert (started.n_train, started.n_val, finished.epochs_done) == (3, 1, 1)
+    summary = read_checkpoint(finished.last_checkpoint_path)["data_summary"]
+    assert summary["left_out"] == list(started.left_out)
+    assert "empty field.tif" not in summary["train_images"]
+    with pytest.raises(ValueError, match="none of the 2 validation pairs has any object.*empty"):
+        next(iter_train(config, train_pairs, [empty_val, empty_train], tmp_path / "x"))
 
 
 def test_bad_data_and_names_fail_before_training(tmp_path, data):

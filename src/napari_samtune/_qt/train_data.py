@@ -32,18 +32,31 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_samtune.core.data import ImageLabelPair, load_pairs, prepare_pair, split_planes
+from napari_samtune.core.data import (
+    ImageLabelPair,
+    describe_names,
+    load_pairs,
+    prepare_annotated,
+    prepare_pair,
+    split_planes,
+)
 from napari_samtune.core.label_files import LABEL_SUFFIXES, pair_files
 
 ERROR_STYLE = "color: #ff6b6b;"
 
 
-def error_label() -> QLabel:
-    """A red, word-wrapped label that is hidden while it has no text."""
+def note_label() -> QLabel:
+    """A word-wrapped label that is hidden while it has no text (see :func:`show_problem`)."""
     label = QLabel("")
-    label.setStyleSheet(ERROR_STYLE)
     label.setWordWrap(True)
     label.setVisible(False)
+    return label
+
+
+def error_label() -> QLabel:
+    """A red :func:`note_label`."""
+    label = note_label()
+    label.setStyleSheet(ERROR_STYLE)
     return label
 
 
@@ -119,6 +132,7 @@ class PairSourceWidget(QWidget):
         )
         self.image_dir_button, self.labels_dir_button = QPushButton("…"), QPushButton("…")
         self.folder_error = error_label()
+        self.folder_note = note_label()  # pairs without objects, which training leaves out
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         form = QFormLayout()
@@ -134,6 +148,7 @@ class PairSourceWidget(QWidget):
         folders.addRow("labels folder", _row(self.labels_dir_edit, self.labels_dir_button))
         layout.addLayout(folders)
         layout.addWidget(self.folder_error)
+        layout.addWidget(self.folder_note)
 
     # -- layer pairs ----------------------------------------------------------------------
     def refresh_layer_choices(self, event=None) -> None:
@@ -211,19 +226,26 @@ class PairSourceWidget(QWidget):
         return FolderSource(Path(images).expanduser(), Path(labels).expanduser())
 
     def check_folders(self) -> bool:
-        """Read and check the folder pairs (core checks); shows the problem in red."""
-        problem = ""
+        """Read and check the folder pairs (core checks); shows the problem in red, and
+        which pairs training will leave out for having no object."""
+        problem = note = ""
         texts = [edit.text().strip() for edit in (self.image_dir_edit, self.labels_dir_edit)]
         try:
             if any(texts) and not all(texts):
                 raise ValueError("set both the image folder and the labels folder, or neither")
             source = self.folder_source()
             if source is not None:
-                for pair in load_pairs(source.images, source.labels):
-                    prepare_pair(pair)
+                pairs = load_pairs(source.images, source.labels)
+                _, left_out = prepare_annotated(pairs, f"{self.title} folder")
+                if left_out:
+                    note = (
+                        f"{len(left_out)} of {len(pairs)} pairs have no object and will be left "
+                        f"out: {describe_names(left_out)}"
+                    )
         except (ValueError, TypeError, OSError) as err:
             problem = f"{self.title} folders: {err}"
         show_problem(self.folder_error, problem)
+        show_problem(self.folder_note, note)
         return not problem
 
     # -- everything -----------------------------------------------------------------------

@@ -249,6 +249,8 @@ class TrainWidget(QWidget):
             f"training on {event.device}: {event.n_train} training and {event.n_val} validation "
             f"images, {event.samples_per_epoch} patches per epoch"
         )
+        if event.left_out:
+            show_info(event.left_out_message())
         self.training_started.emit(event)
 
     def _on_step(self, event: StepDone) -> None:

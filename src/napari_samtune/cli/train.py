@@ -199,6 +199,8 @@ def _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose):
         if isinstance(event, TrainingStarted) and verbose:
             print("effective config:\n" + json.dumps(asdict(event.config), indent=2))
             print(f"{event.n_train} training / {event.n_val} validation images on {event.device}")
+            if event.left_out:
+                print(event.left_out_message())
         finished = event
     return finished
 

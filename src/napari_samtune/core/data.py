@@ -170,6 +170,10 @@ def prepare_pair(pair: ImageLabelPair) -> PreparedImage:
     return _index_objects(rgb, labels, pair.name)
 
 
+class NoObjectsError(ValueError):
+    """Labels without any object: every pixel is background (0)."""
+
+
 def _index_objects(rgb: np.ndarray, labels: np.ndarray, name: str) -> PreparedImage:
     """Relabel to ids 1..N and locate the objects; refuse labels without any object."""
     ids, dense = np.unique(labels, return_inverse=True)
@@ -178,7 +182,7 @@ def _index_objects(rgb: np.ndarray, labels: np.ndarray, name: str) -> PreparedIm
         dense += 1
     n_objects = int(dense.max())
     if n_objects == 0:
-        raise ValueError(
+        raise NoObjectsError(
             f"labels of {name!r} contain no objects (every pixel is 0); annotate at least "
             "one object or leave this pair out"
         )
@@ -189,6 +193,41 @@ def _index_objects(rgb: np.ndarray, labels: np.ndarray, name: str) -> PreparedIm
 
 def prepare_pairs(pairs: Sequence[ImageLabelPair]) -> list[PreparedImage]:
     return [prepare_pair(p) for p in pairs]
+
+
+def prepare_annotated(
+    pairs: Sequence[ImageLabelPair], what: str = "training"
+) -> tuple[list[PreparedImage], tuple[str, ...]]:
+    """Prepare the pairs that have objects and name those left out for having none.
+
+    Prompts and losses need objects, so labels of only background (an empty field of
+    view, or an image not annotated yet) cannot be trained or validated on. They are left
+    out, as Cellpose does, so a folder of annotations trains as it is; the caller says
+    which. Every other check still refuses its pair. ``what`` names the data in the error
+    raised when no pair has an object.
+    """
+    prepared, left_out, errors = [], [], []
+    for pair in pairs:
+        try:
+            prepared.append(prepare_pair(pair))
+        except NoObjectsError as err:
+            left_out.append(pair.name)
+            errors.append(err)
+    if not prepared:
+        if len(errors) == 1:
+            raise errors[0]
+        raise NoObjectsError(
+            f"none of the {len(left_out)} {what} pairs has any object (all their labels are "
+            f"0): {describe_names(left_out)}; annotate objects, or check that the labels are "
+            "the right files"
+        )
+    return prepared, tuple(left_out)
+
+
+def describe_names(names: Sequence[str], limit: int = 3) -> str:
+    """``'a, b, c and 2 more'``: names for a message, the first ``limit`` of them."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def split_validation(

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from napari_samtune.core.data import describe_names
 from napari_samtune.core.presets import TrainConfig
 
 
@@ -24,6 +25,14 @@ class TrainingStarted:
     n_trainable_params: int  # parameters the optimizer updates
     start_epoch: int  # 0, or where a resumed run continues
     world_size: int  # processes training together
+    left_out: tuple[str, ...] = ()  # names of the pairs left out for having no object
+
+    def left_out_message(self) -> str:
+        """``"left out 2 pair(s) without any object (labels all 0): a, b"``; "" if none."""
+        if not self.left_out:
+            return ""
+        names = describe_names(self.left_out)
+        return f"left out {len(self.left_out)} pair(s) without any object (labels all 0): {names}"
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from napari_samtune.core.data import (
     ImageLabelPair,
     PatchSampler,
     as_pairs,
-    prepare_pairs,
+    prepare_annotated,
     split_validation,
     tile_patches,
 )
@@ -110,11 +110,13 @@ class Trainer:
         self.step_seconds, self.val_seconds = [], []
         self.stopped_by_user = self.stopped_early = False
 
-    @staticmethod
-    def _prepare_data(config: TrainConfig, train_data: TrainData, val_data: TrainData | None):
-        train_images = prepare_pairs(as_pairs(train_data))
+    def _prepare_data(self, config: TrainConfig, train_data: TrainData, val_data: TrainData | None):
+        """Training and validation images; pairs without objects go to ``self.left_out``."""
+        train_images, self.left_out = prepare_annotated(as_pairs(train_data), "training")
         if val_data is not None and len(val_data):
-            return train_images, prepare_pairs(as_pairs(val_data))
+            val_images, left_out = prepare_annotated(as_pairs(val_data), "validation")
+            self.left_out += left_out
+            return train_images, val_images
         return split_validation(train_images, config.val_fraction, config.seed)
 
     def _setup_model(self, config: TrainConfig, checkpoint: dict | None, path) -> None:
@@ -207,6 +209,7 @@ class Trainer:
             n_trainable_params=sum(p.numel() for p in self.params),
             start_epoch=self.progress.epoch,
             world_size=self.dist.world_size,
+            left_out=self.left_out,
         )
 
     def _train_epoch(self) -> Iterator[StepDone]:
@@ -388,7 +391,11 @@ class Trainer:
             "progress": asdict(p) | {"elapsed_s": self._elapsed()},
             "base_model_id": self.base_model_id,
             "data_summary": data_summary(
-                self.train_images, self.val_images, self.sampler.n_samples, self.dist.world_size
+                self.train_images,
+                self.val_images,
+                self.sampler.n_samples,
+                self.dist.world_size,
+                self.left_out,
             ),
         }
 
