@@ -116,16 +116,16 @@ def read_image(path: Path) -> np.ndarray:
 
 
 class _Progress:
-    """A tqdm bar created on the first ``(done, total)`` call."""
+    """A progress bar created on the first ``(done, total)`` call."""
 
     def __init__(self, description: str, unit: str) -> None:
         self.description, self.unit, self.bar = description, unit, None
 
     def __call__(self, done: int, total: int) -> None:
-        from tqdm import tqdm
+        from napari_samtune.core.progress import progress_bar
 
         if self.bar is None:
-            self.bar = tqdm(total=total, desc=self.description, unit=self.unit)
+            self.bar = progress_bar(total, self.description, self.unit)
         self.bar.update(done - self.bar.n)
 
     def __enter__(self) -> _Progress:

@@ -102,11 +102,10 @@ def _progress_reporter(
     if progress is not None:
         yield progress
         return
-    from tqdm.auto import tqdm
+    from napari_samtune.core.progress import progress_bar
 
-    with tqdm(
-        total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"Downloading {dest.name}"
-    ) as bar:
+    desc = f"Downloading {dest.name}"
+    with progress_bar(total, desc, unit="B", unit_scale=True, unit_divisor=1024) as bar:
         yield lambda done, _total: bar.update(done - bar.n)
 
 

@@ -102,9 +102,10 @@ def train(
 def with_progress(
     events: Iterable[TrainEvent], epochs: int, bar: bool = True
 ) -> Iterator[TrainEvent]:
-    """Pass ``events`` through, showing a tqdm bar of each epoch's steps (with ``bar``, on
-    stderr) and printing :func:`epoch_line` after each epoch."""
-    from tqdm.auto import tqdm
+    """Pass ``events`` through, showing a bar of each epoch's steps (with ``bar``, on stderr;
+    see :func:`~napari_samtune.core.progress.progress_bar`) and printing :func:`epoch_line`
+    after each epoch."""
+    from napari_samtune.core.progress import progress_bar
 
     shown = None
     try:
@@ -112,7 +113,7 @@ def with_progress(
             if isinstance(event, StepDone) and bar:
                 if shown is None:
                     desc = f"epoch {event.epoch + 1}/{epochs}"
-                    shown = tqdm(total=event.steps_per_epoch, desc=desc, leave=False)
+                    shown = progress_bar(event.steps_per_epoch, desc, unit="step", leave=False)
                 shown.update(1)
                 shown.set_postfix(loss=f"{event.loss:.4f}", lr=f"{event.learning_rate:.2g}")
             elif isinstance(event, EpochDone):

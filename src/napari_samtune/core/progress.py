@@ -1,0 +1,66 @@
+"""Progress bars for long work, readable in a terminal and in a log file alike.
+
+On a terminal a tqdm bar redraws itself in place with carriage returns. Written to a
+file (``samtune train ... 2> train.log``, a batch job, ``torchrun`` logs), every redraw
+would land there: several a second for hours, run together by carriage returns. So off
+a terminal the same bar writes whole lines, in ASCII, at most every ``log_interval_s``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import IO, Any
+
+LOG_INTERVAL_S = 30.0  # seconds between progress lines off a terminal
+
+
+class _WholeLines:
+    """A text stream that turns tqdm's in-place redraws into separate lines."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        for part in text.split("\r"):
+            line = part.strip()
+            if line:  # tqdm clears a bar by drawing blanks: nothing to log
+                self.stream.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def _is_terminal(stream: IO[str] | None) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def progress_bar(
+    total: float | None,
+    desc: str,
+    unit: str = "it",
+    leave: bool = True,
+    log_interval_s: float = LOG_INTERVAL_S,
+    **options: Any,
+):
+    """A tqdm bar on stderr: in place on a terminal, else a line per ``log_interval_s``.
+
+    ``options`` go to tqdm (e.g. ``unit_scale``). Returns the ``tqdm`` instance.
+    """
+    from tqdm import tqdm
+
+    stream = sys.stderr
+    if _is_terminal(stream):
+        return tqdm(total=total, desc=desc, unit=unit, leave=leave, **options)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        leave=leave,
+        file=_WholeLines(stream),
+        mininterval=log_interval_s,
+        ascii=True,
+        ncols=100,
+        **options,
+    )
