@@ -114,8 +114,9 @@ def with_progress(
                 if shown is None:
                     desc = f"epoch {event.epoch + 1}/{epochs}"
                     shown = progress_bar(event.steps_per_epoch, desc, unit="step", leave=False)
+                postfix = {"loss": f"{event.loss:.4f}", "lr": f"{event.learning_rate:.2g}"}
+                shown.set_postfix(postfix, refresh=False)  # drawn by update, when it redraws
                 shown.update(1)
-                shown.set_postfix(loss=f"{event.loss:.4f}", lr=f"{event.learning_rate:.2g}")
             elif isinstance(event, EpochDone):
                 if shown is not None:
                     shown.close()
