@@ -11,13 +11,8 @@ from napari_samtune.core import fast_decoder
 from napari_samtune.core import predict as predict_module
 from napari_samtune.core.embeddings import OVERVIEW, TileGrid, TilingConfig
 from napari_samtune.core.images import to_sam_rgb
-from napari_samtune.core.predict import (
-    BACKGROUND_LOGIT,
-    Prediction,
-    Segmenter,
-    Window,
-    reproject_logits,
-)
+from napari_samtune.core.mask_windows import BACKGROUND_LOGIT, Window, reproject_logits
+from napari_samtune.core.predict import Prediction, Segmenter
 from napari_samtune.core.synthetic import make_image
 
 POINT = {"points_xy": np.array([[50.0, 60.0]]), "point_labels": np.array([1])}
