@@ -113,7 +113,8 @@ def quality_table(n_test: int, seed: int = 3000) -> str:
     Domains: varied bright objects like the training data (other seeds), the plain
     NUCLEI style, and DARK_CELLS, which nano never saw.
     """
-    from napari_samtune.core.demo import NANO_AUTO_CONFIG, model_metrics
+    from napari_samtune.core.automatic import NANO_AUTO_CONFIG
+    from napari_samtune.core.demo import model_metrics
     from napari_samtune.core.model_source import load_base_model
     from napari_samtune.core.models import load_model
     from napari_samtune.core.synthetic import DARK_CELLS, NUCLEI, make_dataset, make_varied_dataset

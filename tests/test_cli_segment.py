@@ -301,6 +301,28 @@ def test_auto_on_a_tiled_multichannel_image(tmp_path, tiny_checkpoint, capsys):
     assert f"{len(ids)} objects written" in captured.out
 
 
+def test_auto_defaults_follow_the_model_size(tmp_path):
+    """SAM's thresholds keep no object of the packaged nano model (its IoU head is far less
+    confident); nano-sized models get nano's defaults, as in ``samtune evaluate``."""
+    from napari_samtune.core.automatic import NANO_AUTO_CONFIG
+    from napari_samtune.core.models import load_model
+
+    image = make_image((128, 128), seed=0)[0]
+    (tmp_path / "images").mkdir()
+    tifffile.imwrite(tmp_path / "images" / "cells.tif", image)
+    nano = load_model("nano")
+    segmenter = Segmenter(nano.sam, nano.model_id, use_disk_cache=False)
+    segmenter.set_image(image)
+    expected = segmenter.segment_all(NANO_AUTO_CONFIG)
+    assert expected.max() >= 3
+    single, folder = tmp_path / "images" / "cells.tif", tmp_path / "images"
+    for source, out in ((single, tmp_path / "one.tif"), (folder, tmp_path / "labels")):
+        argv = ["segment", str(source), "--auto", "--model", "nano", "--no-cache"]
+        assert main([*argv, "-o", str(out), "--device", "cpu"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "one.tif"), expected)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "labels/cells.labels.tif"), expected)
+
+
 def test_a_second_run_reuses_the_cached_embeddings(tmp_path, tiny_checkpoint, image_file):
     path, _ = image_file
     boxes = write_csv(tmp_path / "b.csv", "x_min,y_min,x_max,y_max\n10,10,60,70\n")

@@ -7,6 +7,7 @@ preview as new ids, undo restores, files round-trip, errors reach the user.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -23,7 +24,8 @@ from napari_samtune._qt.annotate import AnnotateWidget
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, LOAD_TASK
 from napari_samtune._qt.annotate_ui import BATCHED_MODE
 from napari_samtune._qt.prompt_layers import POINT_COLORS
-from napari_samtune.core.architectures import TINY
+from napari_samtune.core.architectures import TINY, build_sam
+from napari_samtune.core.automatic import NANO_AUTO_CONFIG, AutoSegmentConfig
 from napari_samtune.core.registry import register_user_model
 
 WAIT_MS = 30_000
@@ -212,6 +214,20 @@ def test_automatic_segmentation_fills_the_annotations_and_undoes_at_once(
     assert widget.session.records[-1]["source"] == "automatic"
     assert widget.undo()
     assert not widget.session.annotations.any()
+
+
+def test_automatic_settings_follow_the_model_unless_changed(make_napari_viewer):
+    """A nano-sized model keeps no object with SAM's thresholds: its own defaults show."""
+    widget = AnnotateWidget(make_napari_viewer())
+    assert widget.auto_config() == AutoSegmentConfig()  # SAM's before any model
+    widget.set_model(build_sam(TINY), "tiny")  # a 256 px input, like nano
+    assert TINY.img_size == 256 and widget.auto_config() == NANO_AUTO_CONFIG
+    assert widget.ui.iou_spin.value() == NANO_AUTO_CONFIG.pred_iou_thresh
+    widget.set_model(build_sam(dataclasses.replace(TINY, img_size=512)), "larger")
+    assert widget.auto_config() == AutoSegmentConfig()
+    widget.ui.iou_spin.setValue(0.5)  # the user's choice survives a change of model
+    widget.set_model(build_sam(TINY), "tiny")
+    assert widget.auto_config() == dataclasses.replace(AutoSegmentConfig(), pred_iou_thresh=0.5)
 
 
 def test_commit_autosaves_labels_and_prompts(viewer_widget, qtbot, tmp_path, drain_jobs):

@@ -126,6 +126,7 @@ class AnnotateWidget(AnnotateActionsMixin, QWidget):
         device = next(sam.parameters()).device
         self.segmenter = Segmenter(sam, model_id=model_id, device=device)
         self.model_name = name
+        self._use_auto_defaults_of(self.segmenter.img_size)
         self._invalidate_embedding()
         self.ui.model_label.setText(self._model_text())
         self._ensure_embedding()

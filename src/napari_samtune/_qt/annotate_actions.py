@@ -8,6 +8,7 @@ A mixin of :class:`~napari_samtune._qt.annotate.AnnotateWidget` (it uses the wid
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from napari_samtune._qt.annotate_ui import BATCHED_MODE, SCOPE_STACK
 from napari_samtune._qt.annotation_io import LABELS_SUFFIX, annotation_paths, save_annotations
 from napari_samtune._qt.propagate import PropagationConfig
 from napari_samtune._qt.workers import main_window_of, user_message
-from napari_samtune.core.automatic import AutoSegmentConfig
+from napari_samtune.core.automatic import AutoSegmentConfig, default_auto_config
 from napari_samtune.core.registry import user_models_dir
 
 ANNOTATIONS_ENV = "SAMTUNE_ANNOTATIONS_DIR"
@@ -31,6 +32,8 @@ LOAD_FILTERS = f"Annotations (*{LABELS_SUFFIX});;Label images (*.tif *.tiff)"
 
 class AnnotateActionsMixin:
     """Commit / undo / automatic / propagate / save actions of the annotation widget."""
+
+    _auto_defaults = AutoSegmentConfig()  # the defaults the automatic controls show
 
     @staticmethod
     def default_folder() -> Path:
@@ -137,12 +140,21 @@ class AnnotateActionsMixin:
     def auto_config(self) -> AutoSegmentConfig:
         """The automatic-segmentation settings chosen in the widget."""
         ui = self.ui
-        return AutoSegmentConfig(
+        return replace(
+            self._auto_defaults,
             points_per_side=int(ui.points_per_side_spin.value()),
             pred_iou_thresh=float(ui.iou_spin.value()),
             stability_score_thresh=float(ui.stability_spin.value()),
             min_area=int(ui.min_area_spin.value()),
         )
+
+    def _use_auto_defaults_of(self, img_size: int) -> None:
+        """Show the automatic-segmentation defaults of a model with input size ``img_size``
+        (nano-sized models need their own); settings the user changed are kept."""
+        defaults = default_auto_config(img_size)
+        if self.auto_config() == self._auto_defaults:
+            self.ui.show_auto_config(defaults)
+        self._auto_defaults = defaults
 
     def segment_automatically(self):
         """Segment the plane in view (or every plane) into new objects; returns the worker."""

@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_samtune._qt.model_picker import ModelPickerWidget
+from napari_samtune.core.automatic import AutoSegmentConfig
 
 SINGLE_MODE = "one object from all prompts"
 BATCHED_MODE = "one object per box / positive point"
@@ -128,6 +129,7 @@ class AnnotateControls:
         self.iou_spin = _spin(0.0, 1.0, 0.88, 0.01)
         self.stability_spin = _spin(0.0, 1.0, 0.95, 0.01)
         self.min_area_spin = _spin(0, 100000, 25, 5, decimals=0)
+        self.show_auto_config(AutoSegmentConfig())
         self.auto_button = QPushButton("Segment automatically")
         form.addRow("scope", self.auto_scope_combo)
         form.addRow("points per side", self.points_per_side_spin)
@@ -136,6 +138,13 @@ class AnnotateControls:
         form.addRow("min area (px)", self.min_area_spin)
         form.addRow(self.auto_button)
         return group
+
+    def show_auto_config(self, config: AutoSegmentConfig) -> None:
+        """Set the automatic-segmentation controls to ``config``'s values."""
+        self.points_per_side_spin.setValue(config.points_per_side)
+        self.iou_spin.setValue(config.pred_iou_thresh)
+        self.stability_spin.setValue(config.stability_score_thresh)
+        self.min_area_spin.setValue(config.min_area)
 
     def _files_group(self) -> QGroupBox:
         group = QGroupBox("Save")

@@ -60,10 +60,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def auto_config_for(img_size: int, args: argparse.Namespace) -> AutoSegmentConfig:
     """Defaults per model size (nano's for 256 px models, SAM's otherwise), then the options."""
-    from napari_samtune.core.automatic import AutoSegmentConfig
-    from napari_samtune.core.demo import NANO_AUTO_CONFIG
+    from napari_samtune.core.automatic import default_auto_config
 
-    config = NANO_AUTO_CONFIG if img_size <= 256 else AutoSegmentConfig()
+    config = default_auto_config(img_size)
     changes = {
         "points_per_side": args.points_per_side,
         "pred_iou_thresh": args.pred_iou_thresh,

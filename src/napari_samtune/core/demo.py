@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_samtune.core.automatic import AutoSegmentConfig
+from napari_samtune.core.automatic import NANO_AUTO_CONFIG, AutoSegmentConfig
 
 if TYPE_CHECKING:
     from segment_anything.modeling import Sam
@@ -35,13 +35,6 @@ if TYPE_CHECKING:
     from napari_samtune.core.presets import TrainConfig
     from napari_samtune.core.train_events import TrainingFinished
 
-# Automatic segmentation settings for nano, tuned on generated images (seeds not used for
-# training or for the reported numbers): a 24 x 24 grid (about 11 px spacing on the 256 px
-# input) reaches small nuclei; nano's predicted-IoU head is far less confident than SAM's,
-# so candidates are kept from a predicted IoU of 0.4 (SAM: 0.88) and stability 0.9 (0.95).
-NANO_AUTO_CONFIG = AutoSegmentConfig(
-    points_per_side=24, pred_iou_thresh=0.4, stability_score_thresh=0.9, min_area=30
-)
 # Headline metrics of the demo table: (key of model_metrics, column title).
 TABLE_METRICS: tuple[tuple[str, str], ...] = (
     ("box_iou", "box IoU"),
