@@ -21,9 +21,11 @@ from qtpy.QtCore import QTimer
 from napari_samtune._qt.annotate import AnnotateWidget
 from napari_samtune._qt.train_data import layer_pairs
 from napari_samtune._qt.train_widget import TrainWidget, format_duration
+from napari_samtune.core.architectures import TINY
 from napari_samtune.core.models import load_model
 from napari_samtune.core.predict import Segmenter
 from napari_samtune.core.presets import MachineResources
+from napari_samtune.core.registry import register_user_model
 from napari_samtune.core.synthetic import make_image
 
 WAIT_MS = 120_000
@@ -325,6 +327,25 @@ def test_preset_defaults_follow_the_machine(viewer):
     big.objects_spin.setValue(10_000)  # far above what the preset fits: the core refuses
     with pytest.raises(ValueError, match="far above"):
         big.build_config()
+
+
+def test_settings_survive_a_refresh_of_the_model_list(viewer, tiny_checkpoint):
+    """A finished run registers its model and refreshes the list; what the user set for
+    the chosen model stays (it was reset to the preset's defaults after every run)."""
+    widget = TrainWidget(viewer, machine=SMALL_CPU)
+    settings = widget.settings
+    chosen = settings.model_picker.model_source()
+    settings.epochs_spin.setValue(7)
+    settings.lr_edit.setText("0.0003")
+    settings.freeze_checks["mask_decoder"].setChecked(True)
+    register_user_model(tiny_checkpoint, "just_trained", TINY)
+    settings.model_picker.refresh_models()
+    assert "just_trained" in settings.model_picker.model_names()
+    assert settings.model_picker.model_source() == chosen
+    assert (settings.epochs_spin.value(), settings.lr_edit.text()) == (7, "0.0003")
+    assert settings.freeze_checks["mask_decoder"].isChecked()
+    settings.model_picker.select_model("just_trained")  # another model: its defaults
+    assert settings.epochs_spin.value() != 7
 
 
 def test_stacks_give_one_pair_per_annotated_plane(viewer):

@@ -88,7 +88,9 @@ class ModelPickerWidget(QWidget):
         index = self.model_combo.findData(current)
         self.model_combo.setCurrentIndex(max(index, 0))
         self.model_combo.blockSignals(False)
-        self._on_selection()
+        if index < 0:  # a new list, or the chosen model is gone
+            self._on_selection()
+        # else the choice is the same: owners keep what they set for it (no signal)
 
     def model_names(self) -> list[str]:
         """The registry names offered (without the checkpoint-file entry)."""
