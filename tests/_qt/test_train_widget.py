@@ -198,6 +198,39 @@ def _long_run_started(qtbot, widget) -> None:
     qtbot.waitUntil(lambda: len(widget.plot.step_losses) >= 1, timeout=WAIT_MS)
 
 
+def test_continue_resumes_a_stopped_run_in_its_folder(qtbot, docked, tmp_path):
+    _, _, widget = docked
+    _long_run_started(qtbot, widget)
+    qtbot.waitSignal(widget.epoch_done, timeout=WAIT_MS).wait()  # a history to plot again
+    with qtbot.waitSignal(widget.training_finished, timeout=WAIT_MS) as first:
+        widget.stop()
+    stopped, folder, first_config = first.args[0], widget.run_folder, widget.started.config
+    qtbot.waitUntil(lambda: widget.continue_button.isEnabled(), timeout=WAIT_MS)
+    widget.settings.freeze_checks["image_encoder"].setChecked(False)  # the run keeps its own
+    widget.settings.epochs_spin.setValue(stopped.epochs_done + 1)
+    results = []
+    widget.training_finished.connect(results.append)
+    with qtbot.waitSignal(widget.training_started, timeout=WAIT_MS) as started:
+        assert widget.continue_run(folder) is not None
+    qtbot.waitUntil(lambda: bool(results) and not widget.is_running, timeout=WAIT_MS)
+    resumed = results[0]
+    assert started.args[0].start_epoch == stopped.epochs_done
+    assert stopped.epochs_done >= 1
+    assert widget.plot.epochs[: stopped.epochs_done] == list(range(1, stopped.epochs_done + 1))
+    assert started.args[0].config.freeze == first_config.freeze
+    assert resumed.epochs_done == stopped.epochs_done + 1 and not resumed.stopped_by_user
+    assert widget.run_folder == folder and resumed.exported_model_path == folder / "model.pth"
+    assert resumed.registered_name == stopped.registered_name  # the run's model, updated
+    assert load_model(resumed.registered_name).model_id == load_model(folder / "model.pth").model_id
+    assert len((folder / "metrics.jsonl").read_text().splitlines()) == resumed.epochs_done
+
+    error = widget.settings.settings_error
+    assert widget.continue_run(folder) is None  # epochs set = epochs done
+    assert f"has done {resumed.epochs_done} epochs; set epochs above" in error.text()
+    assert widget.continue_run(tmp_path / "nothing here") is None
+    assert "holds no training run to continue" in error.text() and not widget.is_running
+
+
 def test_closing_the_viewer_by_code_mid_run_saves_and_exports_first(qtbot, docked):
     """A dock widget gets no closeEvent when napari closes, and napari would end the worker
     at its next event: the run must still finish its step, checkpoint and export."""

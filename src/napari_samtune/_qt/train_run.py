@@ -11,9 +11,10 @@ same viewer, so a finished model can be offered there at once.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from napari_samtune._qt.train_data import FolderSource, load_folder_pairs
@@ -32,7 +33,8 @@ class TrainRequest:
     val_pairs: tuple[ImageLabelPair, ...]  # empty: held out automatically ...
     val_folders: FolderSource | None  # ... unless folders are given
     out_dir: Path  # the run's folder (checkpoints, metrics, model.pth)
-    model_name: str  # user-model name the result is registered under
+    model_name: str | None  # user-model name to register under; None: the resumed run's
+    resume_from: Path | None = None  # a run's last.pt to continue from
 
 
 def iter_training_job(request: TrainRequest, stop_event: threading.Event) -> Iterator[TrainEvent]:
@@ -45,6 +47,7 @@ def iter_training_job(request: TrainRequest, stop_event: threading.Event) -> Ite
         val_data or None,
         out_dir=request.out_dir,
         stop_event=stop_event,
+        resume_from=request.resume_from,
         model_name=request.model_name,
     )
 
@@ -56,6 +59,53 @@ def run_folder(output_folder: Path, model_name: str) -> Path:
         n += 1
         folder = output_folder / f"{model_name}-{n}"
     return folder
+
+
+def continued_config(folder: Path, epochs: int) -> tuple[TrainConfig, Path]:
+    """The config to continue the run in ``folder`` until ``epochs``, and its last.pt.
+
+    The run's own config.json is read (not the checkpoint, which may be gigabytes); the
+    core still checks the checkpoint against it. Raises ``ValueError`` naming the fix.
+    """
+    last, saved = folder / "checkpoints" / "last.pt", folder / "config.json"
+    if not last.is_file() or not saved.is_file():
+        raise ValueError(
+            f"{str(folder)!r} holds no training run to continue (no config.json and "
+            "checkpoints/last.pt); choose the folder of a run made by Start or samtune train"
+        )
+    config = TrainConfig.from_dict(_read_json(saved))
+    summary = folder / "summary.json"  # written when a run ends, stopped or not
+    done = _read_json(summary).get("epochs_done", 0) if summary.is_file() else 0
+    if epochs <= done:
+        raise ValueError(
+            f"the run in {str(folder)!r} has done {done} epochs; set epochs above that to "
+            "continue it"
+        )
+    return replace(config, epochs=epochs), last
+
+
+def past_epochs(folder: Path) -> list[dict]:
+    """The epoch records (``EpochDone`` fields) of the run in ``folder``, oldest first;
+    a line that cannot be read (a crash while writing it) ends the list."""
+    records = []
+    metrics = folder / "metrics.jsonl"
+    lines = metrics.read_text(encoding="utf-8").splitlines() if metrics.is_file() else []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            break
+    return records
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read {str(path)!r}: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{str(path)!r} is not a training run's JSON record")
+    return data
 
 
 def annotation_widgets(viewer) -> list:

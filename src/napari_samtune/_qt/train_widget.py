@@ -7,9 +7,11 @@ Start. Training runs in a napari thread worker fed by the core's
 progress bar and the live plot on the main thread, so the viewer stays usable.
 Stop asks the core to finish the current step, write a checkpoint and export
 the model; so does closing the viewer during a run (a person is asked first), and the
-window goes once the model is exported. The finished model is registered as a user
-model by the core; this widget then refreshes the model list of the "Annotate with SAM"
-widget (and, if asked, loads the new model there) and says where the model was saved.
+window goes once the model is exported. Continue… resumes a stopped or finished run
+(this session's or one chosen on disk) from its last checkpoint, up to the epochs set.
+The finished model is registered as a user model by the core; this widget then
+refreshes the model list of the "Annotate with SAM" widget (and, if asked, loads the new
+model there) and says where the model was saved.
 
 The widget never modifies a layer: the worker trains on copies of their data.
 """
@@ -24,6 +26,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
+    QFileDialog,
     QFrame,
     QGroupBox,
     QHBoxLayout,
@@ -40,8 +43,10 @@ from napari_samtune._qt.train_data import PairSourceWidget, error_label, show_pr
 from napari_samtune._qt.train_plot import TrainingPlotWidget
 from napari_samtune._qt.train_run import (
     TrainRequest,
+    continued_config,
     iter_training_job,
     offer_model,
+    past_epochs,
     run_folder,
 )
 from napari_samtune._qt.train_settings import TrainSettingsWidget
@@ -91,6 +96,7 @@ class TrainWidget(QWidget):
         self._build_layout()
         self.runner = TaskRunner(self.progress_bar, self.status_label)
         self.start_button.clicked.connect(self.start)
+        self.continue_button.clicked.connect(self._choose_run_to_continue)
         self.stop_button.clicked.connect(self.stop)
         self.separate_val_check.toggled.connect(self._on_separate_validation)
         self._on_separate_validation(False)
@@ -106,9 +112,15 @@ class TrainWidget(QWidget):
         self.setup_area.setWidget(self._setup_panel())
         layout.addWidget(self.setup_area, 3)
         self.start_button, self.stop_button = QPushButton("Start"), QPushButton("Stop")
+        self.continue_button = QPushButton("Continue…")
+        self.continue_button.setToolTip(
+            "Continue a stopped or finished run from its last checkpoint, up to the epochs "
+            "set above, on the training data chosen now"
+        )
         self.start_error = error_label()
         row = QHBoxLayout()
         row.addWidget(self.start_button)
+        row.addWidget(self.continue_button)
         row.addWidget(self.stop_button)
         layout.addLayout(row)
         layout.addWidget(self.start_error)
@@ -153,16 +165,34 @@ class TrainWidget(QWidget):
 
     def start(self):
         """Check everything and start training in the background; returns the worker or None."""
+        return self._launch(None)
+
+    def continue_run(self, folder: str | Path):
+        """Continue the run in ``folder`` from its last checkpoint, up to the epochs set, on
+        the training data chosen now (model setup and optimizer state are the run's);
+        returns the worker or None. The result updates the run's registered model."""
+        return self._launch(Path(folder))
+
+    def _choose_run_to_continue(self) -> None:
+        start_in = self.run_folder or self.settings.output_folder()
+        folder = QFileDialog.getExistingDirectory(self, "Run to continue", str(start_in))
+        if folder:
+            self.continue_run(folder)
+
+    def _launch(self, resume: Path | None):
         if self.is_running:
             show_warning("training is already running: stop it (or wait) before starting again")
             return None
-        request = self._request()
+        request = self._request(resume)
         if request is None:
             return None
         self.stop_event = threading.Event()
         self.result = self.started = None
         self.run_folder = request.out_dir
         self.plot.clear(max_epochs=request.config.epochs)
+        for past in past_epochs(resume) if resume else []:  # a continued run's history
+            metric = past.get("val_metrics", {}).get("val_iou")
+            self.plot.add_epoch(past["epoch"] + 1, past["train_loss"], metric, past["is_best"])
         self.result_label.setText("")
         self._set_running(True)
         worker = self.runner.start(
@@ -186,13 +216,19 @@ class TrainWidget(QWidget):
         self.stop_button.setEnabled(False)
         self.status_label.setText("stopping after this step: saving and exporting the model…")
 
-    def _request(self) -> TrainRequest | None:
-        """Everything for a run, or None after showing what is wrong (in red, and notified)."""
+    def _request(self, resume: Path | None) -> TrainRequest | None:
+        """Everything for a new run, or to continue the run in ``resume``; None after
+        showing what is wrong (in red, and notified)."""
         problems = self._data_problems()
         try:
-            config = self.settings.build_config()
-            model_name = check_model_name(self.settings.model_name())
-            check_output_folder(self.settings.output_folder(), "output folder")
+            if resume is None:
+                config = self.settings.build_config()
+                model_name = check_model_name(self.settings.model_name())
+                check_output_folder(self.settings.output_folder(), "output folder")
+                out_dir, last = run_folder(self.settings.output_folder(), model_name), None
+            else:
+                config, last = continued_config(resume, int(self.settings.epochs_spin.value()))
+                out_dir, model_name = resume, None  # the run's folder and registered name
         except (ValueError, TypeError) as err:
             show_problem(self.settings.settings_error, str(err))
             problems.append(str(err))
@@ -205,7 +241,7 @@ class TrainWidget(QWidget):
         val_pairs, val_folders = self.val_data.snapshot() if self._separate_val() else ([], None)
         return TrainRequest(
             config, tuple(train_pairs), train_folders, tuple(val_pairs), val_folders,
-            run_folder(self.settings.output_folder(), model_name), model_name,
+            out_dir, model_name, last,
         )  # fmt: skip
 
     def _separate_val(self) -> bool:
@@ -225,6 +261,7 @@ class TrainWidget(QWidget):
 
     def _set_running(self, running: bool) -> None:
         self.start_button.setEnabled(not running)
+        self.continue_button.setEnabled(not running)
         self.stop_button.setEnabled(running)
         self.setup_area.widget().setEnabled(not running)  # a run keeps the settings it began with
 
