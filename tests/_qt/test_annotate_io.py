@@ -77,6 +77,13 @@ def test_loading_checks_the_files(tmp_path):
     prompts_path.write_text(json.dumps({"format": "something else"}))
     with pytest.raises(ValueError, match="not a napari-samtune annotation record"):
         load_annotations(labels_path)
+    for damaged in ("{", "[]"):  # a damaged record names itself, never a raw parser error
+        prompts_path.write_text(damaged)
+        with pytest.raises(ValueError, match="other.prompts.json.*move it away"):
+            load_annotations(labels_path)
+    labels_path.write_bytes(labels_path.read_bytes()[:100])  # a truncated TIFF
+    with pytest.raises(ValueError, match=r"cannot read .*other.labels.tif.* as a TIFF image"):
+        load_annotations(labels_path)
     with pytest.raises(ValueError, match="integer"):
         save_annotations(tmp_path, "x", np.zeros((4, 4), dtype=np.float32), {})
     assert safe_stem("...") == "image"

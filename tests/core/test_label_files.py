@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_samtune.core.label_files import pair_files
+from napari_samtune.core.data import load_pairs
+from napari_samtune.core.label_files import pair_files, read_tiff
 
 
 def _write(folder, name, array):
@@ -71,3 +72,14 @@ def test_missing_and_empty_folders_are_named(tmp_path):
         pair_files(tmp_path / "full", tmp_path / "empty")
     with pytest.raises(ValueError, match="matches no files"):
         pair_files(str(tmp_path / "*.tif"), tmp_path)
+
+
+def test_a_truncated_tiff_is_named_with_the_fix(tiff_folders):
+    """tifffile's own message ('failed to read 16384 bytes, got 44') names no file."""
+    images, labels = tiff_folders
+    damaged = images / "cell_1.tif"
+    damaged.write_bytes(damaged.read_bytes()[:300])
+    with pytest.raises(ValueError, match=r"cannot read .*cell_1.tif.* as a TIFF image.*save it"):
+        load_pairs(images, labels)
+    with pytest.raises(ValueError, match="is not a TIFF file"):
+        read_tiff(images / "cell_1.png")

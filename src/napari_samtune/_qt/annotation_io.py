@@ -22,7 +22,7 @@ import numpy as np
 import tifffile
 
 from napari_samtune.core.checkpoints import atomic_write
-from napari_samtune.core.label_files import LABELS_SUFFIX, labels_file_name, safe_stem
+from napari_samtune.core.label_files import LABELS_SUFFIX, labels_file_name, read_tiff, safe_stem
 
 FORMAT = "napari-samtune-annotations"
 FORMAT_VERSION = 1
@@ -81,7 +81,7 @@ def load_annotations(labels_path: str | Path) -> tuple[np.ndarray, dict]:
     labels_path = Path(labels_path)
     if not labels_path.is_file():
         raise FileNotFoundError(f"no annotation file at {str(labels_path)!r}")
-    labels = tifffile.imread(labels_path)
+    labels = read_tiff(labels_path)
     if not np.issubdtype(labels.dtype, np.integer) or labels.min(initial=0) < 0:
         raise ValueError(
             f"{labels_path.name!r} holds {labels.dtype} data; annotations must be "
@@ -90,10 +90,16 @@ def load_annotations(labels_path: str | Path) -> tuple[np.ndarray, dict]:
     record: dict = {}
     prompts_path = prompts_path_for(labels_path)
     if prompts_path.is_file():
-        record = json.loads(prompts_path.read_text(encoding="utf-8"))
-        if record.get("format") != FORMAT:
+        try:
+            record = json.loads(prompts_path.read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise ValueError(
+                f"cannot read {prompts_path.name!r} ({err}); move it away to load the labels alone"
+            ) from None
+        found = record.get("format") if isinstance(record, dict) else type(record).__name__
+        if found != FORMAT:
             raise ValueError(
                 f"{prompts_path.name!r} is not a napari-samtune annotation record "
-                f"(format {record.get('format')!r}); move it away to load the labels alone"
+                f"(format {found!r}); move it away to load the labels alone"
             )
     return labels.astype(np.uint32, copy=False), record

@@ -42,7 +42,7 @@ from napari_samtune.cli.prompt_files import (
     read_boxes_csv,
     read_points_csv,
 )
-from napari_samtune.core.label_files import labels_file_name
+from napari_samtune.core.label_files import labels_file_name, read_tiff
 
 AUTO_OPTIONS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "min_area")
 
@@ -109,14 +109,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def read_image(path: Path) -> np.ndarray:
     """The pixels of a TIFF file."""
-    import tifffile
-
     if not path.is_file():
         raise ValueError(f"image {str(path)!r} does not exist")
-    try:
-        return tifffile.imread(path)
-    except Exception as err:  # tifffile raises several types for files it cannot parse
-        raise ValueError(f"cannot read {str(path)!r} as a TIFF image ({err})") from None
+    return read_tiff(path)
 
 
 class _Progress:

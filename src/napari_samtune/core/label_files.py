@@ -136,8 +136,15 @@ def pair_files(
 
 
 def read_tiff(path: Path) -> np.ndarray:
+    """The pixels of a TIFF file; ``ValueError`` naming the file when it cannot be read."""
     import tifffile
 
     if path.suffix.lower() not in TIFF_SUFFIXES:
         raise ValueError(f"file {str(path)!r} is not a TIFF file; save images as .tif")
-    return tifffile.imread(path)
+    try:
+        return tifffile.imread(path)
+    except Exception as err:  # tifffile raises several types for files it cannot parse
+        raise ValueError(
+            f"cannot read {str(path)!r} as a TIFF image ({err}); it may be truncated or "
+            "still being written: save it again, or move it out of the folder"
+        ) from None
