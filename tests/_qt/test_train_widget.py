@@ -172,7 +172,7 @@ def test_stop_mid_run_leaves_a_loadable_model(qtbot, docked, tmp_path, notificat
     widget.settings.samples_spin.setValue(4)
     widget.use_model_check.setChecked(False)
     with qtbot.waitSignal(widget.training_started, timeout=WAIT_MS) as started:
-        widget.start()
+        assert widget.start() is None  # it starts by itself once the folders are checked
     assert started.args[0].n_train + started.args[0].n_val == 3  # 2 layer pairs + 1 file pair
     assert started.args[0].left_out == ("empty.tif / empty.tif",)  # an empty field of view
     assert any("left out 1 pair(s) without any object" in m for m in notifications)
@@ -291,31 +291,77 @@ def test_bad_data_is_flagged_before_start(qtbot, viewer, tmp_path, notifications
     tifffile.imwrite(labels / "a.tif", viewer.layers["cells0 labels"].data.astype(np.float32))
     data.image_dir_edit.setText(str(images))
     data.labels_dir_edit.setText(str(labels))
-    assert widget.start() is None and not widget.is_running
+    with qtbot.waitSignal(data.folders_checked, timeout=WAIT_MS):  # read off the main thread
+        assert widget.start() is None and "checking the data folders" in widget.status_label.text()
+    assert not widget.is_running  # the queued Start found the problem
     assert "float32" in data.folder_error.text() and data.folder_error.isVisibleTo(widget)
     assert widget.start_error.isVisibleTo(widget)
     assert any("cannot start training" in message for message in notifications)
+    assert data.check() is False  # known for these files: no second reading
 
     tifffile.imwrite(labels / "a.tif", viewer.layers["cells0 labels"].data)  # fixed
-    assert data.check() and not data.folder_error.isVisibleTo(widget)
+    assert _checked(qtbot, data) and not data.folder_error.isVisibleTo(widget)
     assert not data.folder_note.isVisibleTo(widget)
 
     for folder in (images, labels):  # an empty field of view is left out, and that is said
         tifffile.imwrite(folder / "b.tif", np.zeros((96, 96), np.uint8))
-    assert data.check() and not data.folder_error.isVisibleTo(widget)
+    assert _checked(qtbot, data) and not data.folder_error.isVisibleTo(widget)
     assert data.folder_note.isVisibleTo(widget)
     assert "1 of 2 pairs have no object and will be left out: b.tif / b.tif" in (
         data.folder_note.text()
     )
     tifffile.imwrite(labels / "a.tif", np.zeros((96, 96), np.uint8))  # nothing left to train
-    assert not data.check() and "none of the 2 training folder pairs" in data.folder_error.text()
+    assert not _checked(qtbot, data)
+    assert "none of the 2 training folder pairs" in data.folder_error.text()
     assert not data.folder_note.isVisibleTo(widget)
     tifffile.imwrite(labels / "a.tif", viewer.layers["cells0 labels"].data)
     (images / "b.tif").unlink(), (labels / "b.tif").unlink()
 
     tifffile.imwrite(images / "a_mask.tif", viewer.layers["cells0 labels"].data)
     data.labels_dir_edit.setText(str(images))  # one folder holding a.tif and a_mask.tif
-    assert data.check() and not data.folder_error.isVisibleTo(widget)
+    assert _checked(qtbot, data) and not data.folder_error.isVisibleTo(widget)
+
+
+def _checked(qtbot, data) -> bool:
+    """``data.check()``, after waiting for the background check of its folders."""
+    result = data.check()
+    if result is None:  # the ended signal arrives through the event loop: not missed here
+        qtbot.waitSignal(data.folders_checked, timeout=WAIT_MS).wait()
+        result = data.check()
+    return result
+
+
+def test_folders_are_read_and_checked_off_the_main_thread(qtbot, viewer, tmp_path, monkeypatch):
+    """50 images of 1024 x 1024 took 6 s to check: the viewer must not freeze for it."""
+    import napari_samtune._qt.train_data as train_data
+
+    checked = []
+
+    def slow_check(*args):
+        time.sleep(0.5)
+        checked.append(args[0])
+        return train_data_check(*args)
+
+    train_data_check = train_data.check_folder_pairs
+    monkeypatch.setattr(train_data, "check_folder_pairs", slow_check)
+    widget = TrainWidget(viewer, machine=SMALL_CPU)
+    data = widget.train_data
+    for folder, layer in (("images", "cells0"), ("labels", "cells0 labels")):
+        (tmp_path / folder).mkdir()
+        tifffile.imwrite(tmp_path / folder / "a.tif", viewer.layers[layer].data)
+    data.image_dir_edit.setText(str(tmp_path / "images"))
+    data.labels_dir_edit.setText(str(tmp_path / "labels"))
+    begin = time.perf_counter()
+    assert data.check_folders() is None  # running in the background ...
+    assert time.perf_counter() - begin < 0.3
+    assert data.folder_progress.isVisibleTo(widget)
+    qtbot.waitSignal(data.folders_checked, timeout=WAIT_MS).wait()
+    assert data.check_folders() is True and len(checked) == 1  # ... once for these files
+    tifffile.imwrite(tmp_path / "labels" / "a.tif", np.zeros((96, 96), np.uint8))
+    assert data.check_folders() is None  # a file changed: checked again
+    qtbot.waitSignal(data.folders_checked, timeout=WAIT_MS).wait()
+    assert data.check_folders() is False and "no objects" in data.folder_error.text()
+    assert len(checked) == 2
 
 
 def test_worker_error_is_reported_and_the_widget_stays_usable(qtbot, docked, tmp_path, monkeypatch):

@@ -2,9 +2,9 @@
 
 A :class:`PairSourceWidget` holds a list of layer pairs chosen in the viewer and,
 optionally, an image folder and a labels folder. Its ``check()`` runs the core's
-checks (:func:`napari_samtune.core.data.prepare_pair` and
-:func:`~napari_samtune.core.data.load_pairs`) and writes every problem in red
-under the field that causes it, before any training starts.
+checks (:func:`napari_samtune.core.data.prepare_pair`; for the folders in a worker, see
+:mod:`napari_samtune._qt.train_folders`) and writes every problem in red under the
+field that causes it, before any training starts.
 
 Layers are never modified: :meth:`PairSourceWidget.snapshot` copies their data,
 so the worker trains on what was there at Start while the user keeps annotating.
@@ -14,11 +14,11 @@ that has objects (:func:`napari_samtune.core.data.split_planes`, as for TIFF fil
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from napari.layers import Image, Labels
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -27,20 +27,23 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QListWidget,
+    QProgressBar,
     QPushButton,
     QVBoxLayout,
     QWidget,
 )
 
-from napari_samtune.core.data import (
-    ImageLabelPair,
-    describe_names,
-    load_pairs,
-    prepare_annotated,
-    prepare_pair,
-    split_planes,
+from napari_samtune._qt.train_folders import (
+    FolderCheck,
+    FolderSource,
+    check_folder_pairs,
+    folder_signature,
 )
+from napari_samtune._qt.workers import TaskRunner
+from napari_samtune.core.data import ImageLabelPair, prepare_pair, split_planes
 from napari_samtune.core.label_files import LABEL_SUFFIXES, pair_files
+
+FOLDER_CHECK_TASK = "checking folders"
 
 ERROR_STYLE = "color: #ff6b6b;"
 
@@ -66,14 +69,6 @@ def show_problem(label: QLabel, message: str) -> None:
     label.setVisible(bool(message))
 
 
-@dataclass(frozen=True)
-class FolderSource:
-    """Paired TIFF files: an image folder and a labels folder (paired by file name)."""
-
-    images: Path  # folder (or glob) of image TIFFs
-    labels: Path  # folder (or glob) of label TIFFs
-
-
 def layer_pairs(image_layer: Image, labels_layer: Labels, copy: bool = False) -> list:
     """The :class:`ImageLabelPair` s of two layers; stacks give one pair per plane with objects.
 
@@ -97,12 +92,16 @@ class PairSourceWidget(QWidget):
         title: what the data is for, e.g. "training" (used in messages).
     """
 
+    folders_checked = Signal()  # a background check of the folders ended (see check_folders)
+
     def __init__(self, viewer, title: str, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = viewer
         self.title = title
         self._pairs: list[tuple[Image, Labels | Image]] = []
+        self._folder_check: FolderCheck | None = None  # the latest finished folder check
         self._build()
+        self.folder_runner = TaskRunner(self.folder_progress, self.folder_status)
         self.add_button.clicked.connect(self.add_current_pair)
         self.remove_button.clicked.connect(self.remove_selected_pair)
         self.image_dir_button.clicked.connect(lambda: self._browse(self.image_dir_edit))
@@ -133,6 +132,7 @@ class PairSourceWidget(QWidget):
         self.image_dir_button, self.labels_dir_button = QPushButton("…"), QPushButton("…")
         self.folder_error = error_label()
         self.folder_note = note_label()  # pairs without objects, which training leaves out
+        self.folder_progress, self.folder_status = QProgressBar(), note_label()
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         form = QFormLayout()
@@ -149,6 +149,8 @@ class PairSourceWidget(QWidget):
         layout.addLayout(folders)
         layout.addWidget(self.folder_error)
         layout.addWidget(self.folder_note)
+        layout.addWidget(self.folder_progress)
+        layout.addWidget(self.folder_status)
 
     # -- layer pairs ----------------------------------------------------------------------
     def refresh_layer_choices(self, event=None) -> None:
@@ -225,39 +227,68 @@ class PairSourceWidget(QWidget):
             return None
         return FolderSource(Path(images).expanduser(), Path(labels).expanduser())
 
-    def check_folders(self) -> bool:
-        """Read and check the folder pairs (core checks); shows the problem in red, and
-        which pairs training will leave out for having no object."""
-        problem = note = ""
-        texts = [edit.text().strip() for edit in (self.image_dir_edit, self.labels_dir_edit)]
+    def check_folders(self) -> bool | None:
+        """Check the folders: at once that both are set and their files pair by name, then
+        in the background that every pair reads and passes the core's checks. Problems show
+        in red, pairs that training leaves out (no object) under the folders.
+
+        Returns True or False when the current files' check is known, None while it runs
+        (:attr:`folders_checked` is emitted when it ends).
+        """
         try:
-            if any(texts) and not all(texts):
-                raise ValueError("set both the image folder and the labels folder, or neither")
-            source = self.folder_source()
-            if source is not None:
-                pairs = load_pairs(source.images, source.labels)
-                _, left_out = prepare_annotated(pairs, f"{self.title} folder")
-                if left_out:
-                    note = (
-                        f"{len(left_out)} of {len(pairs)} pairs have no object and will be left "
-                        f"out: {describe_names(left_out)}"
-                    )
+            source = self._quick_folder_check()
+            signature = folder_signature(source) if source is not None else None
         except (ValueError, TypeError, OSError) as err:
-            problem = f"{self.title} folders: {err}"
+            self._show_folder_check(f"{self.title} folders: {err}", "")
+            return False
+        if source is None:
+            self._show_folder_check()
+            return True
+        done = self._folder_check
+        if done is not None and done.signature == signature:
+            self._show_folder_check(done.problem, done.note)
+            return not done.problem
+        if not self.folder_runner.is_running(FOLDER_CHECK_TASK):
+            self._show_folder_check()
+            self.folder_runner.start(
+                FOLDER_CHECK_TASK, check_folder_pairs, source, self.title,
+                self.folder_runner.report,
+                on_return=self._remember_folder_check, on_finish=self._on_folder_check_ended,
+            )  # fmt: skip
+        return None
+
+    def _quick_folder_check(self) -> FolderSource | None:
+        """The folders (None when neither is set) after the checks that need no reading."""
+        texts = [edit.text().strip() for edit in (self.image_dir_edit, self.labels_dir_edit)]
+        if any(texts) and not all(texts):
+            raise ValueError("set both the image folder and the labels folder, or neither")
+        source = self.folder_source()
+        if source is not None:
+            pair_files(source.images, source.labels)
+        return source
+
+    def _remember_folder_check(self, result: FolderCheck) -> None:
+        self._folder_check = result
+
+    def _on_folder_check_ended(self) -> None:
+        if self.check_folders() is not None:  # else the files changed meanwhile: checked again
+            self.folders_checked.emit()
+
+    def _show_folder_check(self, problem: str = "", note: str = "") -> None:
         show_problem(self.folder_error, problem)
         show_problem(self.folder_note, note)
-        return not problem
 
     # -- everything -----------------------------------------------------------------------
     def is_empty(self) -> bool:
         return not self._pairs and self.folder_source() is None
 
-    def check(self) -> bool:
-        """Check every pair and the folders with the core; True when all are usable."""
+    def check(self) -> bool | None:
+        """Check every pair and the folders with the core: True when all are usable, None
+        while the folders are being checked in the background (see :meth:`check_folders`)."""
         problems = [p for p in map(_problem_of, self._pairs) if p]
         show_problem(self.list_error, "\n".join(problems))
-        folders_ok = self.check_folders()
-        return not problems and folders_ok
+        folders = self.check_folders()
+        return False if problems or folders is False else folders
 
     def snapshot(self) -> tuple[list[ImageLabelPair], FolderSource | None]:
         """Copies of the layer pairs' data, and the folders (read by the worker)."""
@@ -280,11 +311,3 @@ def _row(*widgets: QWidget) -> QHBoxLayout:
     for widget in widgets:
         row.addWidget(widget)
     return row
-
-
-def load_folder_pairs(source: FolderSource | None) -> list[ImageLabelPair]:
-    """Read a folder source's TIFF pairs (call it in the worker); [] for None."""
-    if source is None:
-        return []
-    pair_files(source.images, source.labels)  # pairing errors before reading any file
-    return load_pairs(source.images, source.labels)

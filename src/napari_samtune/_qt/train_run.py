@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from napari_samtune._qt.train_data import FolderSource, load_folder_pairs
+from napari_samtune._qt.train_folders import FolderSource, load_folder_pairs
 from napari_samtune.core.data import ImageLabelPair
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train import TrainEvent, iter_train

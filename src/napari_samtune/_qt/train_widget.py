@@ -89,6 +89,7 @@ class TrainWidget(QWidget):
         self._close_when_ended: QWidget | None = None  # window to close when the run ends
         self.started: TrainingStarted | None = None  # the running (or last) run
         self.result: TrainingFinished | None = None  # the last finished run
+        self._queued: tuple[Path | None] | None = None  # a Start waiting for folder checks
         self.train_data = PairSourceWidget(viewer, "training")
         self.val_data = PairSourceWidget(viewer, "validation")
         self.settings = TrainSettingsWidget(machine)
@@ -99,6 +100,8 @@ class TrainWidget(QWidget):
         self.continue_button.clicked.connect(self._choose_run_to_continue)
         self.stop_button.clicked.connect(self.stop)
         self.separate_val_check.toggled.connect(self._on_separate_validation)
+        for source in (self.train_data, self.val_data):
+            source.folders_checked.connect(self._launch_queued)
         self._on_separate_validation(False)
         self._set_running(False)
 
@@ -183,6 +186,11 @@ class TrainWidget(QWidget):
         if self.is_running:
             show_warning("training is already running: stop it (or wait) before starting again")
             return None
+        if self._folders_being_checked():  # reading them here would freeze the viewer
+            self._queued = (resume,)
+            self.status_label.setText("checking the data folders; training starts when they pass…")
+            return None
+        self._queued = None
         request = self._request(resume)
         if request is None:
             return None
@@ -207,6 +215,16 @@ class TrainWidget(QWidget):
         self.status_label.setText(f"loading {request.config.model} and preparing the data…")
         self._watch_window_close(True)
         return worker
+
+    def _folders_being_checked(self) -> bool:
+        sources = [self.train_data, *([self.val_data] if self._separate_val() else [])]
+        return any([source.check_folders() is None for source in sources])  # start every check
+
+    def _launch_queued(self) -> None:
+        """A folder check ended: start what Start (or Continue) asked for, if anything."""
+        if self._queued is not None and not self._folders_being_checked():
+            (resume,) = self._queued
+            self._launch(resume)
 
     def stop(self) -> None:
         """Ask the run to stop after its current step (it then saves and exports the model)."""

@@ -19,7 +19,7 @@ Coordinates: arrays are (row, col); a crop is addressed by its top-left corner
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -196,7 +196,9 @@ def prepare_pairs(pairs: Sequence[ImageLabelPair]) -> list[PreparedImage]:
 
 
 def prepare_annotated(
-    pairs: Sequence[ImageLabelPair], what: str = "training"
+    pairs: Sequence[ImageLabelPair],
+    what: str = "training",
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[PreparedImage], tuple[str, ...]]:
     """Prepare the pairs that have objects and name those left out for having none.
 
@@ -204,15 +206,17 @@ def prepare_annotated(
     view, or an image not annotated yet) cannot be trained or validated on. They are left
     out, as Cellpose does, so a folder of annotations trains as it is; the caller says
     which. Every other check still refuses its pair. ``what`` names the data in the error
-    raised when no pair has an object.
+    raised when no pair has an object; ``progress(done, total)`` is called after each pair.
     """
     prepared, left_out, errors = [], [], []
-    for pair in pairs:
+    for done, pair in enumerate(pairs, start=1):
         try:
             prepared.append(prepare_pair(pair))
         except NoObjectsError as err:
             left_out.append(pair.name)
             errors.append(err)
+        if progress is not None:
+            progress(done, len(pairs))
     if not prepared:
         if len(errors) == 1:
             raise errors[0]
