@@ -22,6 +22,8 @@ from napari_samtune.core.data import ImageLabelPair
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train import TrainEvent, iter_train
 
+TRAIN_TASK = "training"  # the TaskRunner name of a training run
+
 
 @dataclass(frozen=True)
 class TrainRequest:

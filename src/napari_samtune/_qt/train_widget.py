@@ -23,7 +23,7 @@ import threading
 from pathlib import Path
 
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QFileDialog,
@@ -31,7 +31,6 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QMessageBox,
     QProgressBar,
     QPushButton,
     QScrollArea,
@@ -39,9 +38,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_samtune._qt.train_close import TrainCloseMixin
 from napari_samtune._qt.train_data import PairSourceWidget, error_label, show_problem
 from napari_samtune._qt.train_plot import TrainingPlotWidget
 from napari_samtune._qt.train_run import (
+    TRAIN_TASK,
     TrainRequest,
     continued_config,
     iter_training_job,
@@ -50,13 +51,11 @@ from napari_samtune._qt.train_run import (
     run_folder,
 )
 from napari_samtune._qt.train_settings import TrainSettingsWidget
-from napari_samtune._qt.workers import TaskRunner, main_window_of, user_message
+from napari_samtune._qt.workers import TaskRunner, user_message
 from napari_samtune.core.checkpoints import check_output_folder
 from napari_samtune.core.presets import MachineResources, TrainConfig
 from napari_samtune.core.train import EpochDone, StepDone, TrainingFinished, TrainingStarted
 from napari_samtune.core.train_export import check_model_name
-
-TRAIN_TASK = "training"
 
 
 def format_duration(seconds: float) -> str:
@@ -68,7 +67,7 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-class TrainWidget(QWidget):
+class TrainWidget(TrainCloseMixin, QWidget):
     """Dock widget: finetune SAM on annotated layers or TIFF folders of ``viewer``.
 
     Args:
@@ -86,7 +85,6 @@ class TrainWidget(QWidget):
         self.viewer = viewer
         self.stop_event: threading.Event | None = None
         self.run_folder: Path | None = None  # of the running (or last) run
-        self._close_when_ended: QWidget | None = None  # window to close when the run ends
         self.started: TrainingStarted | None = None  # the running (or last) run
         self.result: TrainingFinished | None = None  # the last finished run
         self._queued: tuple[Path | None] | None = None  # a Start waiting for folder checks
@@ -369,63 +367,6 @@ class TrainWidget(QWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
         self.stop()  # a run in progress saves its checkpoint and exports
         super().closeEvent(event)
-
-    # -- the viewer closing during a run ---------------------------------------------------
-    # napari would end the worker at its next event, losing the steps since the last epoch
-    # and the export: so the main window's close is watched while a run is on.
-    def _watch_window_close(self, watch: bool) -> None:
-        window = main_window_of(self)
-        if window is None:
-            return
-        if watch:
-            window.installEventFilter(self)
-        else:
-            window.removeEventFilter(self)
-
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)
-        if event.type() != QEvent.Type.Close or not self.is_running:
-            return super().eventFilter(watched, event)
-        if not event.spontaneous():  # napari.Viewer.close(), a script: it cannot wait
-            self.finish_now()
-            return False
-        if self.close_after_run(ask=True):  # a person: asked, then closed once saved
-            self.status_label.setText("closing once the model is saved…")
-        event.ignore()
-        return True
-
-    def close_after_run(self, ask: bool) -> bool:
-        """Stop the run and close the viewer's window when it has written its checkpoint and
-        exported the model; the viewer stays usable meanwhile. ``ask``: let the person keep
-        the window and the run instead. Returns whether the window will close."""
-        if ask and self._close_when_ended is None:
-            answer = QMessageBox.question(
-                self,
-                "Training is running",
-                "Stop training and close? The current step finishes, then a checkpoint is "
-                "written and the model exported (this may take a minute).",
-                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-            )
-            if answer != QMessageBox.StandardButton.Yes:
-                return False
-        self._close_when_ended = main_window_of(self)
-        self.stop()
-        return True
-
-    def finish_now(self) -> None:
-        """Stop the run and block until it has written its checkpoint and exported the model
-        (for a close by code: napari tears the viewer down right after); the run's late
-        callbacks are dropped, as the widget goes with the viewer."""
-        if not self.is_running:
-            return
-        self.stop()
-        self.runner.wait(TRAIN_TASK)
-        self.runner.forget(TRAIN_TASK)
-        self._on_run_ended()
-
-    def _close_window_if_asked(self) -> None:
-        window, self._close_when_ended = self._close_when_ended, None
-        if window is not None:
-            QTimer.singleShot(0, window.close)
 
 
 def _group(title: str, *widgets: QWidget) -> QGroupBox:

@@ -1,0 +1,78 @@
+"""The Finetune widget when napari's window closes during a run: save, export, then go.
+
+A dock widget gets no close event when napari's window closes, and napari would end the
+training worker at its next event, losing the steps since the last epoch and the export.
+So while a run is on, :class:`TrainCloseMixin` watches the main window's close: a person
+closing it is asked, and the window closes once the model is exported (the viewer stays
+usable meanwhile); a close by code blocks until then, as napari tears the viewer down
+right after. A mixin of :class:`~napari_samtune._qt.train_widget.TrainWidget` (it uses
+its ``runner``, ``stop``, ``is_running``, ``status_label`` and ``_on_run_ended``).
+"""
+
+from __future__ import annotations
+
+from qtpy.QtCore import QEvent, QObject, QTimer
+from qtpy.QtWidgets import QMessageBox, QWidget
+
+from napari_samtune._qt.train_run import TRAIN_TASK
+from napari_samtune._qt.workers import main_window_of
+
+
+class TrainCloseMixin:
+    """Finishing a run before napari's main window closes."""
+
+    _close_when_ended: QWidget | None = None  # window to close when the run ends
+
+    def _watch_window_close(self, watch: bool) -> None:
+        window = main_window_of(self)
+        if window is None:
+            return
+        if watch:
+            window.installEventFilter(self)
+        else:
+            window.removeEventFilter(self)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)
+        if event.type() != QEvent.Type.Close or not self.is_running:
+            return super().eventFilter(watched, event)
+        if not event.spontaneous():  # napari.Viewer.close(), a script: it cannot wait
+            self.finish_now()
+            return False
+        if self.close_after_run(ask=True):  # a person: asked, then closed once saved
+            self.status_label.setText("closing once the model is saved…")
+        event.ignore()
+        return True
+
+    def close_after_run(self, ask: bool) -> bool:
+        """Stop the run and close the viewer's window when it has written its checkpoint and
+        exported the model; the viewer stays usable meanwhile. ``ask``: let the person keep
+        the window and the run instead. Returns whether the window will close."""
+        if ask and self._close_when_ended is None:
+            answer = QMessageBox.question(
+                self,
+                "Training is running",
+                "Stop training and close? The current step finishes, then a checkpoint is "
+                "written and the model exported (this may take a minute).",
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            )
+            if answer != QMessageBox.StandardButton.Yes:
+                return False
+        self._close_when_ended = main_window_of(self)
+        self.stop()
+        return True
+
+    def finish_now(self) -> None:
+        """Stop the run and block until it has written its checkpoint and exported the model
+        (for a close by code: napari tears the viewer down right after); the run's late
+        callbacks are dropped, as the widget goes with the viewer."""
+        if not self.is_running:
+            return
+        self.stop()
+        self.runner.wait(TRAIN_TASK)
+        self.runner.forget(TRAIN_TASK)
+        self._on_run_ended()
+
+    def _close_window_if_asked(self) -> None:
+        window, self._close_when_ended = self._close_when_ended, None
+        if window is not None:
+            QTimer.singleShot(0, window.close)
