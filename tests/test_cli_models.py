@@ -1,4 +1,6 @@
 import hashlib
+import re
+import warnings
 
 import pytest
 
@@ -83,6 +85,25 @@ def test_user_models_can_be_removed(capsys, tiny_checkpoint):
     assert "no user model named 'drop'; the user models are ['keep']" in capsys.readouterr().err
     assert main(["models", "--remove", "vit_b"]) == 2
     assert "'vit_b' is a built-in model, not a user model" in capsys.readouterr().err
+
+
+def test_broken_user_models_are_listed_with_the_fix(capsys, tiny_checkpoint):
+    """A deleted weights file used to show as 'no user models registered yet'."""
+    register_user_model(tiny_checkpoint, "keep", TINY)
+    register_user_model(tiny_checkpoint, "lost", TINY).unlink()
+    (user_models_dir() / "garbled.json").write_text("{")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said in the listing, not as a Python warning
+        assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "keep" in _table_rows(out) and "lost" not in _table_rows(out)
+    assert "broken user models, offered nowhere (2):" in out
+    assert re.search(r"  lost: .*lost.json: its weights file .*lost.pt is missing", out)
+    assert "  garbled: " in out and "no user models registered yet" not in out
+    assert "unregister them with: samtune models --remove garbled lost" in out
+    assert main(["models", "--remove", "garbled", "lost"]) == 0
+    capsys.readouterr()
+    assert main(["models"]) == 0 and "broken" not in capsys.readouterr().out
 
 
 def test_models_help_mentions_the_subcommand(capsys):

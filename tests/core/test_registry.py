@@ -183,7 +183,8 @@ def test_broken_sidecars_warn_and_are_skipped(tiny_checkpoint):
     messages = " ".join(str(w.message) for w in caught)
     for broken in ("garbage.json", "foreign.json", "badarch.json", "orphan.json"):
         assert broken in messages
-    with pytest.raises(ValueError, match="user model 'orphan' is broken"):
+    assert "samtune models --remove orphan" in messages  # each warning says the fix
+    with pytest.raises(ValueError, match="user model 'orphan' is broken.*--remove orphan"):
         get_model_spec("orphan")
 
 

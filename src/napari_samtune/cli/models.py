@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from napari_samtune.core import registry
 from napari_samtune.core.download import download_status
 from napari_samtune.core.registry import (
     ModelSpec,
-    list_models,
     models_cache_dir,
+    scan_user_models,
     user_models_dir,
 )
 
@@ -62,11 +63,17 @@ def run(args: argparse.Namespace) -> int:
             deleted = remove_user_model(name)
             print(f"removed user model {name!r} ({', '.join(p.name for p in deleted)})")
         return 0
-    specs = list_models()
-    print(format_table([_row(spec) for spec in specs]))
+    user_specs, broken = scan_user_models()
+    print(format_table([_row(spec) for spec in [*registry.BUILTIN_MODELS, *user_specs]]))
     print()
     print(f"download cache: {models_cache_dir()}  (set SAMTUNE_CACHE_DIR to move it)")
     print(f"user models:    {user_models_dir()}  (set SAMTUNE_MODELS_DIR to move it)")
-    if not any(spec.is_user_model for spec in specs):
+    if not user_specs and not broken:
         print("no user models registered yet")
+    if broken:
+        print(f"\nbroken user models, offered nowhere ({len(broken)}):")
+        for name, reason in broken:
+            print(f"  {name}: {reason}")
+        names = " ".join(name for name, _ in broken)
+        print(f"restore their files, or unregister them with: samtune models --remove {names}")
     return 0

@@ -236,18 +236,31 @@ def _spec_from_sidecar(path: Path) -> ModelSpec:
     return spec
 
 
-def list_user_models() -> list[ModelSpec]:
-    """User models described by ``<name>.json`` sidecars; a broken one is skipped with a warning."""
+def scan_user_models() -> tuple[list[ModelSpec], list[tuple[str, str]]]:
+    """The user models described by ``<name>.json`` sidecars, and ``(name, reason)`` for
+    each sidecar that is broken (unreadable, or its weights file is gone)."""
     folder = user_models_dir()
     if not folder.is_dir():
-        return []
-    specs = []
+        return [], []
+    specs, broken = [], []
     for sidecar in sorted(folder.glob("*.json")):
         try:
             specs.append(_spec_from_sidecar(sidecar))
         except (OSError, ValueError, TypeError, KeyError) as err:
-            warnings.warn(f"skipping user model {sidecar}: {err}", stacklevel=2)
+            broken.append((sidecar.stem, f"{sidecar}: {err}"))
+    return specs, broken
+
+
+def list_user_models() -> list[ModelSpec]:
+    """The usable user models; a broken one is skipped with a warning that says the fix."""
+    specs, broken = scan_user_models()
+    for name, reason in broken:
+        warnings.warn(f"skipping user model {name!r} ({reason}); {_broken_fix(name)}", stacklevel=2)
     return specs
+
+
+def _broken_fix(name: str) -> str:
+    return f"restore its files, or unregister it with: samtune models --remove {name}"
 
 
 def _builtin_names() -> set[str]:
@@ -269,7 +282,9 @@ def get_model_spec(name: str) -> ModelSpec:
         try:
             return _spec_from_sidecar(sidecar)
         except (OSError, ValueError, TypeError, KeyError) as err:
-            raise ValueError(f"user model {name!r} is broken ({sidecar}): {err}") from err
+            raise ValueError(
+                f"user model {name!r} is broken ({sidecar}): {err}; {_broken_fix(name)}"
+            ) from err
     choices = [spec.name for spec in list_models()]
     raise ValueError(f"unknown model {name!r}; choose one of {choices!r} or give a file path")
 
