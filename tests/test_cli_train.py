@@ -70,6 +70,15 @@ def test_train_export_and_resume_from_the_command_line(tmp_path, folders, capsys
     summary = json.loads((tmp_path / "more" / "summary.json").read_text())
     assert summary["epochs_done"] == 3
 
+    # mistakes name the command-line options that fix them
+    assert cli.main([*argv, *FAST]) == 2  # the same --out again
+    err = capsys.readouterr().err
+    assert f"--out {out} already holds a training run; continue it with --resume" in err
+    assert cli.main([*resume[:-2], "--out", str(out), "--epochs", "2", "--no-progress"]) == 2
+    assert "has done 2 epoch(s) and the run's epochs are 2: nothing is left" in (
+        capsys.readouterr().err
+    )
+
     exported = tmp_path / "exported.pth"
     best = str(out / "checkpoints" / "best.pt")
     assert cli.main(["export", best, "-o", str(exported), "--register", "mine"]) == 0

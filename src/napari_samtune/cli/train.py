@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 from dataclasses import asdict, replace
+from pathlib import Path
 
 from napari_samtune.cli import output_folder
 from napari_samtune.core.presets import (
@@ -143,8 +144,21 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     if args.resume:
         if args.model:
             raise ValueError("--resume continues with the checkpoint's model; leave out --model")
-        saved = TrainConfig.from_dict(read_checkpoint(args.resume)["config"])
-        return replace(saved, **overrides_from(args)), f"settings of {args.resume}"
+        checkpoint = read_checkpoint(args.resume)
+        config = replace(TrainConfig.from_dict(checkpoint["config"]), **overrides_from(args))
+        done = int(checkpoint.get("epoch", 0))  # epochs completed before the resume
+        if config.epochs <= done:
+            raise ValueError(
+                f"{args.resume} has done {done} epoch(s) and the run's epochs are "
+                f"{config.epochs}: nothing is left to train; pass --epochs above {done}"
+            )
+        return config, f"settings of {args.resume}"
+    last = Path(args.out) / "checkpoints" / "last.pt"
+    if last.exists():  # the core would refuse too, naming its Python argument
+        raise ValueError(
+            f"--out {args.out} already holds a training run; continue it with --resume {last} "
+            "(and --epochs N for more epochs), or choose another --out folder"
+        )
     if not args.model:
         raise ValueError("--model is required: a model name, a weights file or random:<arch>")
     preset, reason = choose_preset(args.preset)
