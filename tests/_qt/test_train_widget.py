@@ -363,6 +363,17 @@ def test_folders_are_read_and_checked_off_the_main_thread(qtbot, viewer, tmp_pat
     assert data.check_folders() is False and "no objects" in data.folder_error.text()
     assert len(checked) == 2
 
+    def broken_check(*args):
+        checked.append(args[0])
+        raise MemoryError("no memory left")
+
+    monkeypatch.setattr(train_data, "check_folder_pairs", broken_check)
+    tifffile.imwrite(tmp_path / "labels" / "a.tif", viewer.layers["cells0 labels"].data)
+    assert data.check_folders() is None
+    qtbot.waitSignal(data.folders_checked, timeout=WAIT_MS).wait()
+    assert data.check_folders() is False and "out of memory" in data.folder_error.text()
+    assert len(checked) == 3  # a failed check is not retried over and over
+
 
 def test_worker_error_is_reported_and_the_widget_stays_usable(qtbot, docked, tmp_path, monkeypatch):
     _, _, widget = docked

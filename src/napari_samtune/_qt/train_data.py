@@ -39,7 +39,7 @@ from napari_samtune._qt.train_folders import (
     check_folder_pairs,
     folder_signature,
 )
-from napari_samtune._qt.workers import TaskRunner
+from napari_samtune._qt.workers import TaskRunner, user_message
 from napari_samtune.core.data import ImageLabelPair, prepare_pair, split_planes
 from napari_samtune.core.label_files import LABEL_SUFFIXES, pair_files
 
@@ -250,10 +250,15 @@ class PairSourceWidget(QWidget):
             return not done.problem
         if not self.folder_runner.is_running(FOLDER_CHECK_TASK):
             self._show_folder_check()
+
+            def failed(err: BaseException) -> None:  # kept, so it is not retried in a loop
+                problem = f"{self.title} folders: {user_message(err)}"
+                self._remember_folder_check(FolderCheck(signature, problem, ""))
+
             self.folder_runner.start(
                 FOLDER_CHECK_TASK, check_folder_pairs, source, self.title,
-                self.folder_runner.report,
-                on_return=self._remember_folder_check, on_finish=self._on_folder_check_ended,
+                self.folder_runner.report, on_return=self._remember_folder_check,
+                on_error=failed, on_finish=self._on_folder_check_ended,
             )  # fmt: skip
         return None
 
