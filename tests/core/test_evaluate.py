@@ -299,3 +299,39 @@ def test_compare_models_errors(tmp_path):
     with pytest.raises(TypeError, match="non-numeric"):
         compare_models({"a": {"msa": "high"}}, tmp_path)
     assert not list(tmp_path.iterdir())  # nothing written on error
+
+
+def test_model_metrics_embeds_each_image_once(tiny_sam, monkeypatch):
+    """Prompted and automatic scores share one embedding per image (vit_b: ~9 s each on
+    2 cores), and the numbers are those of the two evaluations run apart."""
+    from napari_samtune.core import predict as predict_module
+    from napari_samtune.core.automatic import AutoSegmentConfig
+    from napari_samtune.core.demo import model_metrics
+    from napari_samtune.core.predict import Segmenter
+    from napari_samtune.core.synthetic import make_dataset
+
+    images, labels = zip(*make_dataset(3, shape=(64, 64), seed=5), strict=True)
+    labels = [labels[0], np.zeros_like(labels[1]), labels[2]]  # an empty field of view too
+    auto = AutoSegmentConfig(points_per_side=4, pred_iou_thresh=-1.0, stability_score_thresh=0.0)
+    embedded, progress = [], []
+    embed_tiles = predict_module.embed_tiles
+
+    def counting(*args, **kwargs):
+        embedded.append(1)
+        return embed_tiles(*args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "embed_tiles", counting)
+    metrics = model_metrics(
+        tiny_sam, "tiny", images, labels, auto, 1, progress=lambda *done: progress.append(done)
+    )
+    assert len(embedded) == 3 and progress == [(1, 3), (2, 3), (3, 3)]
+
+    segmenter = Segmenter(tiny_sam, model_id="tiny", use_disk_cache=False)
+    prompts = evaluate_prompts(segmenter, images, labels, 1)
+    predictions = []
+    for image in images:
+        segmenter.set_image(image)
+        predictions.append(segmenter.segment_all(auto))
+    apart = {**prompts.summary(), **evaluate_instances(labels, predictions).summary()}
+    assert metrics == pytest.approx(apart)
+    assert predictions[1].any()  # the empty field of view counts too (its false positives)

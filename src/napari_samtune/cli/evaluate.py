@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_samtune.core.devices import resolve_device
     from napari_samtune.core.evaluate import compare_models
     from napari_samtune.core.models import load_model
+    from napari_samtune.core.progress import progress_bar
 
     if args.clicks < 0:
         raise ValueError(f"--clicks {args.clicks!r}; use 0 or more corrective clicks")
@@ -110,9 +111,11 @@ def run(args: argparse.Namespace) -> int:
         loaded = load_model(model, device=device)
         print(f"evaluating {name} on {len(pairs)} images ...", flush=True)
         auto = auto_config_for(loaded.architecture.img_size, args)
-        results[name] = model_metrics(
-            loaded.sam, loaded.model_id, images, labels, auto, args.clicks, args.max_objects, device
-        )
+        with progress_bar(len(pairs), f"evaluating {name}", unit="image") as bar:
+            results[name] = model_metrics(
+                loaded.sam, loaded.model_id, images, labels, auto, args.clicks,
+                args.max_objects, device, progress=lambda done, _: bar.update(done - bar.n),
+            )  # fmt: skip
     files = compare_models(results, args.out, "evaluation")
     print(format_table(results))
     print(f"iterative prompting (IoU after 0..{args.clicks} clicks):")

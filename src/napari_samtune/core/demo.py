@@ -104,8 +104,10 @@ def model_metrics(
     n_corrective_clicks: int = 3,
     max_objects_per_image: int | None = None,
     device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, float]:
-    """Prompted and automatic segmentation metrics of one model on annotated images.
+    """Prompted and automatic segmentation metrics of one model on annotated images; each
+    image is embedded once for both (``progress(images_done, n_images)`` after each).
 
     Args:
         sam: a ``segment_anything`` Sam model.
@@ -125,13 +127,21 @@ def model_metrics(
     from napari_samtune.core.predict import Segmenter
 
     segmenter = Segmenter(sam, model_id=model_id, device=device, use_disk_cache=False)
-    prompts = evaluate_prompts(
-        segmenter, images, labels, n_corrective_clicks, max_objects_per_image
-    )
     predictions = []
-    for image in images:
-        segmenter.set_image(image)
+
+    def segment_automatically(index: int) -> None:  # the image's embedding is still set
         predictions.append(segmenter.segment_all(auto_config))
+        if progress is not None:
+            progress(index + 1, len(images))
+
+    prompts = evaluate_prompts(
+        segmenter,
+        images,
+        labels,
+        n_corrective_clicks,
+        max_objects_per_image,
+        each_image=segment_automatically,
+    )
     instances = evaluate_instances(list(labels), predictions)
     return {**prompts.summary(), **instances.summary()}
 

@@ -247,6 +247,7 @@ def evaluate_prompts(
     max_objects_per_image: int | None = None,
     channel_axis: int | None = None,
     channels: Sequence[int] | None = None,
+    each_image: Callable[[int], None] | None = None,
 ) -> PromptEvaluation:
     """Box, point and iterative-prompting scores of every object (see module docstring).
 
@@ -259,6 +260,9 @@ def evaluate_prompts(
         max_objects_per_image: evaluate only the objects with the smallest ids, to
             bound run time; None evaluates all.
         channel_axis, channels: passed to ``set_image``.
+        each_image: called as ``each_image(index)`` after every image's prompts (images
+            without objects too), while its embedding is set: e.g. to segment it
+            automatically as well without embedding it a second time.
     """
     _check_prompt_inputs(images, labels, n_corrective_clicks)
     if max_objects_per_image is not None and max_objects_per_image < 1:
@@ -268,13 +272,15 @@ def evaluate_prompts(
     for index, (image, image_labels) in enumerate(zip(images, labels, strict=True)):
         image_labels = np.asarray(image_labels)
         object_ids = np.unique(image_labels[image_labels != 0])[:max_objects_per_image]
-        if object_ids.size == 0:
+        if object_ids.size == 0 and each_image is None:
             continue
         segmenter.set_image(image, channel_axis=channel_axis, channels=channels)
         results += [
             _evaluate_object(segmenter, image_labels, object_id, index, n_corrective_clicks)
             for object_id in object_ids
         ]
+        if each_image is not None:
+            each_image(index)
     if not results:
         raise ValueError("labels contain no objects; prompted evaluation needs annotated objects")
     return PromptEvaluation(tuple(results), n_corrective_clicks)
