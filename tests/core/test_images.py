@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from napari_samtune.core.images import rescale_to_uint8, to_sam_rgb
+from napari_samtune.core import images
+from napari_samtune.core.images import (
+    HIGH_PERCENTILE,
+    LOW_PERCENTILE,
+    rescale_to_uint8,
+    to_sam_rgb,
+)
 
 
 def test_uint8_grayscale_is_repeated_unchanged(rng):
@@ -26,6 +32,42 @@ def test_float_outliers_are_clipped_not_stretched():
     image[0, 0] = 1e6  # one hot pixel must not squash everything to black
     rgb = to_sam_rgb(image)[..., 0]
     assert rgb[50, 50] > 100
+
+
+def _by_sorting(image: np.ndarray) -> np.ndarray:
+    """The documented rule, spelled out with np.percentile (the float path)."""
+    data = image.astype(np.float32)
+    low, high = np.percentile(data, [LOW_PERCENTILE, HIGH_PERCENTILE])
+    if high <= low:
+        low, high = float(data.min()), float(data.max())
+    if high <= low:
+        return np.zeros(image.shape, np.uint8)
+    return np.clip(np.rint((data - low) * (255.0 / (high - low))), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "low", "high"),
+    [
+        (np.uint16, 0, 65536),  # 16-bit camera data
+        (np.uint16, 100, 140),  # a narrow range: many ties at the percentiles
+        (np.int16, -32768, 32768),  # negative values, shifted without overflow
+        (np.int32, -500, 500),
+        (np.uint32, 4_000_000_000, 4_000_000_900),  # beyond float32's exact integers
+        (np.int8, 0, 3),
+        (np.uint16, 7, 8),  # constant
+        (np.int32, 0, 1 << 30),  # too wide for a histogram: the sorting path
+    ],
+)
+def test_integer_images_rescale_by_histogram_exactly_as_by_sorting(rng, dtype, low, high):
+    """Integer images take an O(pixels) histogram path (4096 x 4096 uint16: 0.13 s instead
+    of 3.5 s on this VM), which must give every pixel the same value as np.percentile."""
+    for shape in [(1, 1), (3, 7), (97, 131)]:
+        image = rng.integers(low, high, size=shape).astype(dtype)
+        np.testing.assert_array_equal(rescale_to_uint8(image), _by_sorting(image))
+    wide = high - low > images.MAX_HISTOGRAM_BINS
+    assert (images._rescale_integers(image) is None) == wide  # which path was taken
+    gamma = np.minimum(rng.gamma(2.0, 300.0, size=(120, 90)), 65535).astype(np.uint16)
+    np.testing.assert_array_equal(rescale_to_uint8(gamma), _by_sorting(gamma))
 
 
 def test_constant_image_gives_zeros():

@@ -29,17 +29,70 @@ def rescale_to_uint8(image: np.ndarray) -> np.ndarray:
         return image
     if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
         raise TypeError(f"image has dtype {image.dtype!r}; expected an integer or float image")
+    if np.issubdtype(image.dtype, np.integer) and image.dtype.itemsize <= 4:
+        fast = _rescale_integers(image)
+        if fast is not None:
+            return fast
     data = image.astype(np.float32, copy=False)
     finite = data[np.isfinite(data)]
     if finite.size == 0:
         return np.zeros(image.shape, dtype=np.uint8)
     low, high = np.percentile(finite, [LOW_PERCENTILE, HIGH_PERCENTILE])
+    return _scale(data, low, high, finite.min, finite.max)
+
+
+def _scale(data: np.ndarray, low, high, data_min, data_max) -> np.ndarray:
+    """``data`` (float32) from low..high to 0..255 uint8, rounded and clipped; a flat
+    percentile range falls back to the full range (``data_min()``..``data_max()``)."""
     if high <= low:  # flat image, or nearly so: fall back to the full range
-        low, high = float(finite.min()), float(finite.max())
+        low, high = float(data_min()), float(data_max())
     if high <= low:
-        return np.zeros(image.shape, dtype=np.uint8)
+        return np.zeros(data.shape, dtype=np.uint8)
     scaled = (np.nan_to_num(data, nan=low) - low) * (255.0 / (high - low))
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+MAX_HISTOGRAM_BINS = 1 << 20  # integer images spanning more values take the sorting path
+
+
+def _rescale_integers(image: np.ndarray) -> np.ndarray | None:
+    """:func:`rescale_to_uint8` of an integer image through its histogram, with the same
+    result: the percentiles are np.percentile's (linear) order statistics read from the
+    cumulative counts, and each of the image's values is scaled once, into a lookup table.
+    O(pixels) instead of a sort of a float copy: a 4096 x 4096 uint16 image took 1.8 s
+    before. None when the values span more than MAX_HISTOGRAM_BINS."""
+    flat = image.ravel()
+    first = int(flat.min())
+    span = int(flat.max()) - first + 1
+    if span > MAX_HISTOGRAM_BINS:
+        return None
+    if first < 0:  # shifted in a wider type, where the subtraction cannot overflow
+        offsets = flat.astype(np.int64) - first
+    else:
+        offsets = flat - image.dtype.type(first) if first else flat
+    cumulative = np.cumsum(np.bincount(offsets, minlength=span))
+    low, high = (
+        _order_statistic_lerp(cumulative, q, first) for q in (LOW_PERCENTILE, HIGH_PERCENTILE)
+    )
+    values = np.arange(first, first + span, dtype=np.int64).astype(np.float32)
+    table = _scale(values, low, high, lambda: values[0], lambda: values[-1])
+    return table[offsets].reshape(image.shape)
+
+
+def _order_statistic_lerp(cumulative: np.ndarray, percentile: float, first: int) -> float:
+    """np.percentile (method "linear") of the values counted in ``cumulative``."""
+    n = int(cumulative[-1])
+    position = percentile / 100 * (n - 1)
+    below = int(np.floor(position))
+    fraction = position - below
+    a, b = (
+        np.float32(np.searchsorted(cumulative, rank, side="right") + first)
+        for rank in (below, min(below + 1, n - 1))
+    )
+    difference = np.subtract(b, a)
+    if fraction >= 0.5:  # numpy's symmetric form, for the same rounding
+        return np.subtract(b, difference * (1 - np.float64(fraction)))
+    return np.add(a, difference * np.float64(fraction))
 
 
 def _select_channels(
