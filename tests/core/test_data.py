@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from napari_samtune.core import data as data_module
 from napari_samtune.core.data import (
     ImageLabelPair,
     NoObjectsError,
@@ -152,6 +153,27 @@ def test_pairs_without_objects_are_left_out_and_other_problems_still_refused():
         r"e2.tif and 2 more; annotate",
     ):
         prepare_annotated(many, "validation")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.uint32, np.int64])
+def test_relabelling_by_table_equals_relabelling_by_sorting(rng, dtype):
+    """Ids become 1..N in their order, through a lookup table (4096 x 4096: 0.09 s instead
+    of 2.6 s for np.unique on this VM); the result must be np.unique's."""
+
+    def by_sorting(labels):
+        ids, dense = np.unique(labels, return_inverse=True)
+        return dense.reshape(labels.shape).astype(np.uint32) + (ids[0] != 0)
+
+    labels = rng.integers(0, 40, size=(30, 41)).astype(dtype)
+    sparse = labels.astype(np.int64) * (97 if np.iinfo(dtype).max > 4000 else 3)
+    without_background = np.where(labels == 0, 5, labels).astype(dtype)
+    for case in (labels, sparse.astype(dtype), without_background):
+        relabelled = data_module._relabel(case)
+        assert relabelled.dtype == np.uint32
+        np.testing.assert_array_equal(relabelled, by_sorting(case))
+    if np.iinfo(dtype).max > data_module.MAX_LOOKUP_ID:  # ids too large for a table
+        huge = labels.astype(dtype) * dtype(data_module.MAX_LOOKUP_ID // 8)
+        np.testing.assert_array_equal(data_module._relabel(huge), by_sorting(huge))
 
 
 def test_validation_split_by_image_and_within_a_single_image():

@@ -174,12 +174,32 @@ class NoObjectsError(ValueError):
     """Labels without any object: every pixel is background (0)."""
 
 
+MAX_LOOKUP_ID = 1 << 22  # relabel through a lookup table up to this id, else by sorting
+
+
+def _relabel(labels: np.ndarray) -> np.ndarray:
+    """uint32 labels whose ids are 1..N in the order of the original ids (0 stays 0).
+
+    Through a table indexed by id: O(pixels), where np.unique sorted a copy (1.1 s for a
+    4096 x 4096 image). Labels with ids beyond MAX_LOOKUP_ID are sorted.
+    """
+    if labels.max(initial=0) <= MAX_LOOKUP_ID:
+        present = np.flatnonzero(np.bincount(labels.ravel()))
+        table = np.zeros(int(present[-1]) + 1, dtype=np.uint32)
+        table[present] = np.arange(len(present), dtype=np.uint32)
+        dense = table[labels]
+        first_id = present[0]
+    else:
+        ids, dense = np.unique(labels, return_inverse=True)
+        dense, first_id = dense.reshape(labels.shape).astype(np.uint32), ids[0]
+    if first_id != 0:  # no background pixel: ids must still start at 1
+        dense += 1
+    return dense
+
+
 def _index_objects(rgb: np.ndarray, labels: np.ndarray, name: str) -> PreparedImage:
     """Relabel to ids 1..N and locate the objects; refuse labels without any object."""
-    ids, dense = np.unique(labels, return_inverse=True)
-    dense = dense.reshape(labels.shape).astype(np.uint32)
-    if ids[0] != 0:  # no background pixel: ids must still start at 1
-        dense += 1
+    dense = _relabel(labels)
     n_objects = int(dense.max())
     if n_objects == 0:
         raise NoObjectsError(
