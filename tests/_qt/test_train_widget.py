@@ -207,6 +207,8 @@ def test_continue_resumes_a_stopped_run_in_its_folder(qtbot, docked, tmp_path):
     stopped, folder, first_config = first.args[0], widget.run_folder, widget.started.config
     qtbot.waitUntil(lambda: widget.continue_button.isEnabled(), timeout=WAIT_MS)
     widget.settings.freeze_checks["image_encoder"].setChecked(False)  # the run keeps its own
+    saved = json.loads((folder / "config.json").read_text())  # as if trained on a GPU machine
+    (folder / "config.json").write_text(json.dumps({**saved, "device": "cuda:7"}))
     widget.settings.epochs_spin.setValue(stopped.epochs_done + 1)
     results = []
     widget.training_finished.connect(results.append)
@@ -218,6 +220,7 @@ def test_continue_resumes_a_stopped_run_in_its_folder(qtbot, docked, tmp_path):
     assert stopped.epochs_done >= 1
     assert widget.plot.epochs[: stopped.epochs_done] == list(range(1, stopped.epochs_done + 1))
     assert started.args[0].config.freeze == first_config.freeze
+    assert started.args[0].config.device == "cpu"  # this machine's, as the picker says
     assert resumed.epochs_done == stopped.epochs_done + 1 and not resumed.stopped_by_user
     assert widget.run_folder == folder and resumed.exported_model_path == folder / "model.pth"
     assert resumed.registered_name == stopped.registered_name  # the run's model, updated

@@ -63,8 +63,9 @@ def run_folder(output_folder: Path, model_name: str) -> Path:
     return folder
 
 
-def continued_config(folder: Path, epochs: int) -> tuple[TrainConfig, Path]:
-    """The config to continue the run in ``folder`` until ``epochs``, and its last.pt.
+def continued_config(folder: Path, epochs: int, device: str) -> tuple[TrainConfig, Path]:
+    """The config to continue the run in ``folder`` until ``epochs`` on ``device`` (the
+    run's own device may be another machine's), and its last.pt.
 
     The run's own config.json is read (not the checkpoint, which may be gigabytes); the
     core still checks the checkpoint against it. Raises ``ValueError`` naming the fix.
@@ -83,7 +84,7 @@ def continued_config(folder: Path, epochs: int) -> tuple[TrainConfig, Path]:
             f"the run in {str(folder)!r} has done {done} epochs; set epochs above that to "
             "continue it"
         )
-    return replace(config, epochs=epochs), last
+    return replace(config, epochs=epochs, device=device), last
 
 
 def past_epochs(folder: Path) -> list[dict]:

@@ -299,7 +299,6 @@ class TrainSettingsWidget(QWidget):
             raise ValueError(
                 f"learning rate {text!r} is not a number; write it like 1e-5 or 0.0001"
             ) from None
-        device = self.model_picker.device()
         return {
             "epochs": self.epochs_spin.value(),
             "learning_rate": learning_rate,
@@ -309,8 +308,13 @@ class TrainSettingsWidget(QWidget):
             "freeze": tuple(p for p, check in self.freeze_checks.items() if check.isChecked()),
             "lora_rank": self.lora_spin.value(),
             "early_stopping": self.early_spin.value() or None,
-            "device": self.preset.device if device == "auto" else device,
+            "device": self.device(),
         }
+
+    def device(self) -> str:
+        """The device chosen for training: the preset's when the picker says "auto"."""
+        device = self.model_picker.device()
+        return self.preset.device if device == "auto" else device
 
     def build_config(self) -> TrainConfig:
         """The run's config (the core's checks included); ValueError/TypeError when refused."""

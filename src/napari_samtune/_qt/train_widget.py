@@ -243,7 +243,8 @@ class TrainWidget(TrainCloseMixin, QWidget):
                 check_output_folder(self.settings.output_folder(), "output folder")
                 out_dir, last = run_folder(self.settings.output_folder(), model_name), None
             else:
-                config, last = continued_config(resume, int(self.settings.epochs_spin.value()))
+                epochs, device = self.settings.epochs_spin.value(), self.settings.device()
+                config, last = continued_config(resume, int(epochs), device)
                 out_dir, model_name = resume, None  # the run's folder and registered name
         except (ValueError, TypeError) as err:
             show_problem(self.settings.settings_error, str(err))
