@@ -78,6 +78,16 @@ def test_train_export_and_resume_from_the_command_line(tmp_path, folders, capsys
     assert "has done 2 epoch(s) and the run's epochs are 2: nothing is left" in (
         capsys.readouterr().err
     )
+    checkpoint = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    checkpoint["config"]["device"] = "cuda:7"  # a run made on a GPU machine
+    torch.save(checkpoint, tmp_path / "from_gpu.pt")
+    elsewhere = ["train", "--resume", str(tmp_path / "from_gpu.pt"), "--epochs", "3"]
+    elsewhere += ["--images", images, "--labels", labels, "--out", str(tmp_path / "here")]
+    assert cli.main([*elsewhere, "--no-progress"]) == 2
+    assert "was trained on cuda:7, which this machine does not offer; pass --device auto" in (
+        capsys.readouterr().err
+    )
+    assert cli.main([*elsewhere, "--no-progress", "--device", "cpu"]) == 0
 
     exported = tmp_path / "exported.pth"
     best = str(out / "checkpoints" / "best.pt")

@@ -145,7 +145,10 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
         if args.model:
             raise ValueError("--resume continues with the checkpoint's model; leave out --model")
         checkpoint = read_checkpoint(args.resume)
-        config = replace(TrainConfig.from_dict(checkpoint["config"]), **overrides_from(args))
+        overrides = overrides_from(args)
+        config = replace(TrainConfig.from_dict(checkpoint["config"]), **overrides)
+        if "device" not in overrides:
+            _check_saved_device(config.device, args.resume)
         done = int(checkpoint.get("epoch", 0))  # epochs completed before the resume
         if config.epochs <= done:
             raise ValueError(
@@ -164,6 +167,19 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     preset, reason = choose_preset(args.preset)
     config = config_from_preset(preset, args.model, check=not args.force, **overrides_from(args))
     return config, f"preset {preset.name} ({preset.key}): {reason}"
+
+
+def _check_saved_device(device: str, checkpoint: str) -> None:
+    """A run resumed on another machine may lack the device it was trained on."""
+    from napari_samtune.core.devices import resolve_device
+
+    try:
+        resolve_device(device)
+    except ValueError:
+        raise ValueError(
+            f"{checkpoint} was trained on {device}, which this machine does not offer; pass "
+            "--device auto (or cpu) to continue it here"
+        ) from None
 
 
 def run(args: argparse.Namespace) -> int:
