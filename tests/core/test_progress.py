@@ -45,3 +45,17 @@ def test_on_a_terminal_the_bar_redraws_in_place(monkeypatch):
     _run(4, log_interval_s=0)
     text = terminal.getvalue()
     assert text.count("\r") >= 2 and "4/4" in text and "\n" not in text.rstrip("\n")
+
+
+def test_in_a_notebook_the_bar_is_the_notebook_widget(monkeypatch):
+    """tqdm.auto's choice: train(progress=True) or a download in Jupyter shows a widget."""
+    from tqdm import autonotebook
+    from tqdm import tqdm as text_bar
+
+    class NotebookBar(text_bar):  # stands in for tqdm.notebook.tqdm
+        pass
+
+    monkeypatch.setattr(autonotebook, "tqdm", NotebookBar)
+    bar = progress_bar(3, "work")
+    assert type(bar) is NotebookBar and bar.total == 3
+    bar.close()

@@ -4,6 +4,7 @@ On a terminal a tqdm bar redraws itself in place with carriage returns. Written 
 file (``samtune train ... 2> train.log``, a batch job, ``torchrun`` logs), every redraw
 would land there: several a second for hours, run together by carriage returns. So off
 a terminal the same bar writes whole lines, in ASCII, at most every ``log_interval_s``.
+In a Jupyter notebook it is tqdm's notebook widget, as ``tqdm.auto`` would choose.
 """
 
 from __future__ import annotations
@@ -44,13 +45,16 @@ def progress_bar(
     log_interval_s: float = LOG_INTERVAL_S,
     **options: Any,
 ):
-    """A tqdm bar on stderr: in place on a terminal, else a line per ``log_interval_s``.
+    """A tqdm bar on stderr: in place on a terminal (or a notebook's widget), else a line
+    per ``log_interval_s``.
 
     ``options`` go to tqdm (e.g. ``unit_scale``). Returns the ``tqdm`` instance.
     """
-    from tqdm import tqdm
+    from tqdm import autonotebook, std, tqdm
 
     stream = sys.stderr
+    if autonotebook.tqdm is not std.tqdm:  # a Jupyter kernel: its widget, not text
+        return autonotebook.tqdm(total=total, desc=desc, unit=unit, leave=leave, **options)
     if _is_terminal(stream):
         return tqdm(total=total, desc=desc, unit=unit, leave=leave, **options)
     return tqdm(
