@@ -15,7 +15,7 @@ from pathlib import Path
 
 from napari_samtune._qt.workers import TaskProgress
 from napari_samtune.core.data import ImageLabelPair, describe_names, load_pairs, prepare_annotated
-from napari_samtune.core.label_files import expand_paths, pair_files
+from napari_samtune.core.label_files import expand_paths
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,4 @@ def check_folder_pairs(
 
 def load_folder_pairs(source: FolderSource | None) -> list[ImageLabelPair]:
     """Read a folder source's TIFF pairs (call it in the worker); [] for None."""
-    if source is None:
-        return []
-    pair_files(source.images, source.labels)  # pairing errors before reading any file
-    return load_pairs(source.images, source.labels)
+    return [] if source is None else load_pairs(source.images, source.labels)

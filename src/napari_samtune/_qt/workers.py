@@ -203,11 +203,7 @@ class TaskRunner:
             on_error(exc)
 
     def _on_finish(self, name: str, on_finish: Callable[[], None] | None) -> None:
-        self._workers.pop(name, None)
-        self._ended.pop(name, None)
-        if not self._workers:
-            self.progress_bar.setVisible(False)
-            self.status_label.setText("")
+        self.forget(name)  # ended: the bookkeeping is the same
         try:
             if on_finish is not None:
                 on_finish()

@@ -228,18 +228,18 @@ def prepare_annotated(
     which. Every other check still refuses its pair. ``what`` names the data in the error
     raised when no pair has an object; ``progress(done, total)`` is called after each pair.
     """
-    prepared, left_out, errors = [], [], []
+    prepared, left_out = [], []
     for done, pair in enumerate(pairs, start=1):
         try:
             prepared.append(prepare_pair(pair))
         except NoObjectsError as err:
             left_out.append(pair.name)
-            errors.append(err)
+            error = err
         if progress is not None:
             progress(done, len(pairs))
     if not prepared:
-        if len(errors) == 1:
-            raise errors[0]
+        if len(left_out) == 1:
+            raise error  # the single pair's own message
         raise NoObjectsError(
             f"none of the {len(left_out)} {what} pairs has any object (all their labels are "
             f"0): {describe_names(left_out)}; annotate objects, or check that the labels are "

@@ -38,14 +38,14 @@ def rescale_to_uint8(image: np.ndarray) -> np.ndarray:
     if finite.size == 0:
         return np.zeros(image.shape, dtype=np.uint8)
     low, high = np.percentile(finite, [LOW_PERCENTILE, HIGH_PERCENTILE])
-    return _scale(data, low, high, finite.min, finite.max)
-
-
-def _scale(data: np.ndarray, low, high, data_min, data_max) -> np.ndarray:
-    """``data`` (float32) from low..high to 0..255 uint8, rounded and clipped; a flat
-    percentile range falls back to the full range (``data_min()``..``data_max()``)."""
     if high <= low:  # flat image, or nearly so: fall back to the full range
-        low, high = float(data_min()), float(data_max())
+        low, high = float(finite.min()), float(finite.max())
+    return _scale(data, low, high)
+
+
+def _scale(data: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``data`` (float32) from low..high to 0..255 uint8, rounded and clipped (zeros when
+    the range is empty)."""
     if high <= low:
         return np.zeros(data.shape, dtype=np.uint8)
     scaled = (np.nan_to_num(data, nan=low) - low) * (255.0 / (high - low))
@@ -76,7 +76,9 @@ def _rescale_integers(image: np.ndarray) -> np.ndarray | None:
         _order_statistic_lerp(cumulative, q, first) for q in (LOW_PERCENTILE, HIGH_PERCENTILE)
     )
     values = np.arange(first, first + span, dtype=np.int64).astype(np.float32)
-    table = _scale(values, low, high, lambda: values[0], lambda: values[-1])
+    if high <= low:  # as above: the full range, the image's smallest to largest value
+        low, high = float(values[0]), float(values[-1])
+    table = _scale(values, low, high)
     return table[offsets].reshape(image.shape)
 
 
