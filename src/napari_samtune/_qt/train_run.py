@@ -21,6 +21,7 @@ from napari_samtune._qt.train_folders import FolderSource, load_folder_pairs
 from napari_samtune.core.data import ImageLabelPair
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train import TrainEvent, iter_train
+from napari_samtune.core.train_export import RunFiles
 
 TRAIN_TASK = "training"  # the TaskRunner name of a training run
 
@@ -70,28 +71,27 @@ def continued_config(folder: Path, epochs: int, device: str) -> tuple[TrainConfi
     The run's own config.json is read (not the checkpoint, which may be gigabytes); the
     core still checks the checkpoint against it. Raises ``ValueError`` naming the fix.
     """
-    last, saved = folder / "checkpoints" / "last.pt", folder / "config.json"
-    if not last.is_file() or not saved.is_file():
+    files = RunFiles(folder)
+    if not files.last.is_file() or not files.config.is_file():
         raise ValueError(
             f"{str(folder)!r} holds no training run to continue (no config.json and "
             "checkpoints/last.pt); choose the folder of a run made by Start or samtune train"
         )
-    config = TrainConfig.from_dict(_read_json(saved))
-    summary = folder / "summary.json"  # written when a run ends, stopped or not
-    done = _read_json(summary).get("epochs_done", 0) if summary.is_file() else 0
+    config = TrainConfig.from_dict(_read_json(files.config))
+    done = len(past_epochs(folder))  # one record per completed epoch
     if epochs <= done:
         raise ValueError(
             f"the run in {str(folder)!r} has done {done} epochs; set epochs above that to "
             "continue it"
         )
-    return replace(config, epochs=epochs, device=device), last
+    return replace(config, epochs=epochs, device=device), files.last
 
 
 def past_epochs(folder: Path) -> list[dict]:
     """The epoch records (``EpochDone`` fields) of the run in ``folder``, oldest first;
     a line that cannot be read (a crash while writing it) ends the list."""
     records = []
-    metrics = folder / "metrics.jsonl"
+    metrics = RunFiles(folder).metrics
     lines = metrics.read_text(encoding="utf-8").splitlines() if metrics.is_file() else []
     for line in lines:
         try:

@@ -140,6 +140,7 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     """The run's config and a line saying where its settings came from."""
     from napari_samtune.core.presets import config_from_preset
     from napari_samtune.core.train_checkpoints import read_checkpoint
+    from napari_samtune.core.train_export import RunFiles
 
     if args.resume:
         if args.model:
@@ -156,7 +157,7 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
                 f"{config.epochs}: nothing is left to train; pass --epochs above {done}"
             )
         return config, f"settings of {args.resume}"
-    last = Path(args.out) / "checkpoints" / "last.pt"
+    last = RunFiles(Path(args.out)).last
     if last.exists():  # the core would refuse too, naming its Python argument
         raise ValueError(
             f"--out {args.out} already holds a training run; continue it with --resume {last} "

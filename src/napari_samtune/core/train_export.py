@@ -6,7 +6,7 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from napari_samtune.core.architectures import ARCHITECTURES
@@ -14,6 +14,41 @@ from napari_samtune.core.checkpoints import atomic_write
 from napari_samtune.core.data import PreparedImage
 
 EXPORT_FILENAME = "model.pth"
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Where a training run keeps its files, in its folder (``out_dir``)."""
+
+    folder: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.folder / "checkpoints"
+
+    @property
+    def last(self) -> Path:  # the checkpoint a run resumes from
+        return self.checkpoints / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / "best.pt"
+
+    @property
+    def config(self) -> Path:  # the effective TrainConfig, JSON
+        return self.folder / "config.json"
+
+    @property
+    def metrics(self) -> Path:  # one JSON line per completed epoch
+        return self.folder / "metrics.jsonl"
+
+    @property
+    def summary(self) -> Path:  # TrainingFinished, JSON
+        return self.folder / "summary.json"
+
+    @property
+    def model(self) -> Path:  # the exported plain SAM state dict
+        return self.folder / EXPORT_FILENAME
 
 
 def _name_taken(name: str) -> bool:
@@ -57,7 +92,7 @@ def export_and_register(
     from napari_samtune.core.registry import register_user_model
     from napari_samtune.core.train_checkpoints import export_model
 
-    exported, arch = export_model(checkpoint, out_dir / EXPORT_FILENAME)
+    exported, arch = export_model(checkpoint, RunFiles(out_dir).model)
     earlier = None if model_name else earlier_registration(out_dir)
     name = model_name or earlier or unique_model_name(out_dir.name)
     register_user_model(exported, name, arch, metadata, overwrite=earlier is not None)
@@ -71,13 +106,13 @@ def earlier_registration(out_dir: Path) -> str | None:
     from napari_samtune.core.registry import user_models_dir, validate_model_name
 
     try:
-        summary = json.loads((out_dir / "summary.json").read_text())
+        summary = json.loads(RunFiles(out_dir).summary.read_text())
         name = validate_model_name(summary["registered_name"])
         sidecar = json.loads((user_models_dir() / f"{name}.json").read_text())
         source = Path(sidecar["registered_from"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return name if source == (out_dir / EXPORT_FILENAME).resolve() else None
+    return name if source == RunFiles(out_dir).model.resolve() else None
 
 
 def _jsonable(value):

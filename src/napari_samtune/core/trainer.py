@@ -51,6 +51,7 @@ from napari_samtune.core.train_events import (
     TrainingStarted,
 )
 from napari_samtune.core.train_export import (
+    RunFiles,
     append_metrics,
     check_model_name,
     data_summary,
@@ -189,15 +190,15 @@ class Trainer:
 
     def _check_out_dir(self, resume_from: str | Path | None) -> None:
         """A new run never writes over an earlier run's checkpoints."""
-        if resume_from is None and (self.checkpoint_dir / "last.pt").exists():
+        if resume_from is None and self.files.last.exists():
             raise ValueError(
                 f"out_dir {str(self.out_dir)!r} already holds a training run; continue it with "
-                f"resume_from={str(self.checkpoint_dir / 'last.pt')!r} or choose a new folder"
+                f"resume_from={str(self.files.last)!r} or choose a new folder"
             )
 
     def _started(self) -> TrainingStarted:
         if self.dist.is_main:
-            write_json(self.out_dir / "config.json", asdict(self.config))
+            write_json(self.files.config, asdict(self.config))
             self._carry_over_best()
         return TrainingStarted(
             config=self.config,
@@ -318,7 +319,7 @@ class Trainer:
             is_best, p.best_metric, self._eta(), time.perf_counter() - self.epoch_start,
         )  # fmt: skip
         if self.dist.is_main:
-            append_metrics(self.out_dir / "metrics.jsonl", event)
+            append_metrics(self.files.metrics, event)
         return event
 
     def _metric_name(self) -> str:
@@ -349,13 +350,13 @@ class Trainer:
         """A run resumed into a new folder starts with the best checkpoint of the old one."""
         if self.resume_from is None or self.progress.best_epoch < 0:
             return
-        earlier, here = self.resume_from.with_name("best.pt"), self.checkpoint_dir / "best.pt"
+        earlier, here = self.resume_from.with_name("best.pt"), self.files.best
         if earlier.exists() and not here.exists():
             atomic_write(here, lambda tmp: shutil.copyfile(earlier, tmp))
 
     @property
-    def checkpoint_dir(self) -> Path:
-        return self.out_dir / "checkpoints"
+    def files(self) -> RunFiles:
+        return RunFiles(self.out_dir)
 
     def _write_checkpoints(self, is_best: bool) -> Path | None:
         """Write last.pt (resumable) and, if ``is_best``, best.pt (weights); rank 0 only."""
@@ -363,7 +364,7 @@ class Trainer:
             return None
         common = self._checkpoint_fields()
         last = write_checkpoint(
-            self.checkpoint_dir / "last.pt",
+            self.files.last,
             self.sam,
             self.arch,
             self.config,
@@ -376,7 +377,7 @@ class Trainer:
         )
         if is_best:
             write_checkpoint(
-                self.checkpoint_dir / "best.pt", self.sam, self.arch, self.config,
+                self.files.best, self.sam, self.arch, self.config,
                 kind="best", **common,
             )  # fmt: skip
         return last
@@ -401,7 +402,7 @@ class Trainer:
 
     def _finish(self) -> TrainingFinished:
         p = self.progress
-        last, best = self.checkpoint_dir / "last.pt", self.checkpoint_dir / "best.pt"
+        last, best = self.files.last, self.files.best
         exported = name = None
         if self.dist.is_main:
             if self.stopped_by_user or not last.exists():
@@ -426,7 +427,7 @@ class Trainer:
             stopped_by_user=self.stopped_by_user,
         )
         if self.dist.is_main:
-            write_json(self.out_dir / "summary.json", asdict(finished))
+            write_json(self.files.summary, asdict(finished))
         return finished
 
     def _summary(self) -> dict:
