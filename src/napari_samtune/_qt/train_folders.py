@@ -4,7 +4,7 @@ Reading and checking every pair of a folder takes seconds (6 s for 50 images of
 1024 x 1024 pixels), far too long for the main thread. :func:`check_folder_pairs` runs
 in a worker and returns a :class:`FolderCheck` stamped with the files' sizes and
 modification times (:func:`folder_signature`), so a later Start reuses it while the
-files are unchanged and checks again when one changed. Nothing here imports Qt.
+files are unchanged and checks again when one changed. Nothing here touches a widget.
 """
 
 from __future__ import annotations
