@@ -83,6 +83,20 @@ def test_evaluate_reports_unpaired_files_without_traceback(tmp_path, annotated_f
     assert "could not pair files" in capsys.readouterr().err
 
 
+def test_evaluate_leaves_out_unpaired_files_on_request(tmp_path, annotated_folder, capsys):
+    images, labels = annotated_folder
+    tifffile.imwrite(images / "not_annotated.tif", np.zeros((96, 96), np.uint8))
+    model = _save_tiny(tmp_path / "tiny.pth", 0)
+    argv = ["evaluate", "--images", str(images), "--labels", str(labels), "--model", str(model)]
+    argv += ["--out", str(tmp_path / "eval"), "--clicks", "0", "--points-per-side", "4"]
+    assert cli.main(argv) == 2
+    assert "images without labels ['not_annotated.tif']" in capsys.readouterr().err
+    assert cli.main([*argv, "--skip-unpaired"]) == 0
+    out = capsys.readouterr().out
+    assert "evaluation data: left out 1 image(s) without a label file" in out
+    assert "evaluating tiny on 2 images" in out
+
+
 def test_evaluate_rejects_negative_clicks(tmp_path, annotated_folder, capsys):
     images, labels = annotated_folder
     code = cli.main([

@@ -139,12 +139,25 @@ def test_bad_settings_are_reported_without_a_traceback(tmp_path, folders, capsys
     assert not (tmp_path / "x").exists()
 
 
-def test_unpaired_files_are_reported(tmp_path, folders, capsys):
+def test_unpaired_files_are_reported_or_left_out_on_request(tmp_path, folders, capsys):
     images, labels = folders
     argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
     argv += ["--labels", f"{labels}/s0_mask.tif", "--out", str(tmp_path / "x")]
     assert cli.main(argv) == 2
-    assert "images without labels ['s1.tif', 's2.tif']" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "images without labels ['s1.tif', 's2.tif']" in err
+    assert "or pass --skip-unpaired to use the 1 pair(s) found" in err
+
+    argv[-3] = f"{labels}/s[02]_mask.tif"  # s1 not annotated yet
+    assert cli.main([*argv, "--skip-unpaired", "--epochs", "1", *FAST]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "training data: left out 1 image(s) without a label file (not annotated yet?): s1.tif"
+        in out
+    )
+    assert "1 training / 1 validation images" in out
+    summary = json.loads((tmp_path / "x" / "summary.json").read_text())
+    assert summary["epochs_done"] == 1
 
 
 @pytest.mark.parametrize("damage", ["truncated", "text"])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import tifffile
 
 from napari_samtune.core.data import load_pairs
-from napari_samtune.core.label_files import pair_files, read_tiff
+from napari_samtune.core.label_files import match_files, pair_files, read_tiff
 
 
 def _write(folder, name, array):
@@ -61,6 +63,42 @@ def test_unpaired_files_are_all_listed(tiff_folders):
         ValueError, match=r"images without labels \['cell_2.tif'\].*\['other.tif'\]"
     ):
         pair_files(images, labels)
+
+
+def test_matching_leaves_out_the_files_without_a_partner_and_names_them(tiff_folders):
+    """A folder of images of which some are annotated, and a labels folder (e.g. the
+    widget's autosaves) that also holds labels of images from elsewhere."""
+    images, labels = tiff_folders
+    for i in range(3, 8):
+        _write(images, f"cell_{i}.tif", np.zeros((4, 4), np.uint8))
+    (labels / "cell_2_labels.tif").rename(labels / "other.labels.tif")
+    match = match_files(images, labels)
+    assert [(i.name, lab.name) for i, lab in match.pairs] == [
+        ("cell_0.tif", "cell_0_labels.tif"),
+        ("cell_1.tif", "cell_1_labels.tif"),
+    ]
+    assert match.lonely_images == tuple(f"cell_{i}.tif" for i in (2, 3, 4, 5, 6, 7))
+    assert match.lonely_labels == ("other.labels.tif",)
+    assert match.left_out_message() == (
+        "left out 6 image(s) without a label file (not annotated yet?): cell_2.tif, cell_3.tif, "
+        "cell_4.tif and 3 more and 1 label file(s) without an image: other.labels.tif"
+    )
+    with pytest.raises(ValueError, match=re.escape(match.unpaired_message())):
+        pair_files(images, labels)  # strict: every file pairs
+    complete = match_files(images / "cell_[01].tif", labels)
+    assert complete.lonely_images == () and complete.lonely_labels == ("other.labels.tif",)
+    only_images = match_files(images / "cell_[01].tif", labels / "cell_*")
+    assert only_images.left_out_message() == "" and only_images.unpaired_message() == ""
+
+
+def test_matching_without_any_pair_is_refused(tiff_folders, tmp_path):
+    images, _ = tiff_folders
+    _write(tmp_path / "elsewhere", "a.labels.tif", np.ones((4, 4), np.uint8))
+    _write(tmp_path / "elsewhere", "b.labels.tif", np.ones((4, 4), np.uint8))
+    with pytest.raises(
+        ValueError, match=r"images without labels \['cell_0.tif'.*\['a.labels.tif', 'b.labels"
+    ):
+        match_files(images, tmp_path / "elsewhere")
 
 
 def test_missing_and_empty_folders_are_named(tmp_path):

@@ -59,6 +59,34 @@ def output_file(example: str) -> Callable[[str], Path]:
     return check
 
 
+SKIP_UNPAIRED_HELP = (
+    "leave out image files without a label file (not annotated yet) and label files "
+    "without an image, instead of stopping; they are listed"
+)
+
+
+def read_annotated(
+    images: list[str], labels: list[str], skip_unpaired: bool, what: str, verbose: bool = True
+) -> list:
+    """The ``ImageLabelPair`` s of ``--images``/``--labels`` (``what`` names them: "training").
+
+    Every file must pair unless ``skip_unpaired`` (``--skip-unpaired``): then the files
+    without a partner are left out and, if ``verbose``, listed on stdout.
+    """
+    from napari_samtune.core.data import read_pairs
+    from napari_samtune.core.label_files import match_files
+
+    match = match_files(images, labels)
+    if match.unpaired_message() and not skip_unpaired:
+        raise ValueError(
+            f"{what} data: {match.unpaired_message()}; or pass --skip-unpaired to use the "
+            f"{len(match.pairs)} pair(s) found"
+        )
+    if match.left_out_message() and verbose:
+        print(f"{what} data: {match.left_out_message()}")
+    return read_pairs(match.pairs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="samtune",

@@ -16,7 +16,7 @@ import threading
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from napari_samtune.cli import output_folder
+from napari_samtune.cli import SKIP_UNPAIRED_HELP, output_folder, read_annotated
 from napari_samtune.core.presets import (
     MASK_LOSSES,
     MIXED_PRECISION_MODES,
@@ -76,6 +76,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="continue a run from its last.pt, with its settings (overrides still apply)",
     )
     _add_overrides(parser)
+    parser.add_argument("--skip-unpaired", action="store_true", help=SKIP_UNPAIRED_HELP)
     parser.add_argument("--force", action="store_true", help="skip the preset's memory checks")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -184,16 +185,15 @@ def _check_saved_device(device: str, checkpoint: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_samtune.core.data import load_pairs
-
     config, origin = make_config(args)
-    train_pairs = load_pairs(args.images, args.labels)
-    val_pairs = None
-    if args.val_images or args.val_labels:
-        if not (args.val_images and args.val_labels):
-            raise ValueError("give both --val-images and --val-labels, or neither")
-        val_pairs = load_pairs(args.val_images, args.val_labels)
+    if bool(args.val_images) != bool(args.val_labels):
+        raise ValueError("give both --val-images and --val-labels, or neither")
     verbose = _is_main_process()
+    skip = args.skip_unpaired
+    train_pairs = read_annotated(args.images, args.labels, skip, "training", verbose)
+    val_pairs = None
+    if args.val_images:
+        val_pairs = read_annotated(args.val_images, args.val_labels, skip, "validation", verbose)
     if verbose:
         print(origin)
     stop = threading.Event()

@@ -21,12 +21,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from napari_samtune.core.images import to_sam_rgb
-from napari_samtune.core.label_files import pair_files, read_tiff
+from napari_samtune.core.label_files import describe_names, pair_files, read_tiff
 
 N_AUGMENTATIONS = 8  # 4 rotations x (flipped or not)
 CROP_TRIES = 10
@@ -98,11 +99,18 @@ def load_pairs(
     images: str | os.PathLike | Sequence[str | os.PathLike],
     labels: str | os.PathLike | Sequence[str | os.PathLike],
 ) -> list[ImageLabelPair]:
-    """Read paired TIFF files (see :func:`pair_files`) into :class:`ImageLabelPair` s;
-    a stack of planes gives one pair per plane with objects (see :func:`split_planes`)."""
+    """Read paired TIFF files (see :func:`pair_files`: every file must pair) into
+    :class:`ImageLabelPair` s; a stack of planes gives one pair per plane with objects (see
+    :func:`split_planes`)."""
+    return read_pairs(pair_files(images, labels))
+
+
+def read_pairs(files: Sequence[tuple[Path, Path]]) -> list[ImageLabelPair]:
+    """Read (image file, label file) pairs, e.g. :attr:`FileMatch.pairs`, as in
+    :func:`load_pairs`."""
     return [
         pair
-        for i, lab in pair_files(images, labels)
+        for i, lab in files
         for pair in split_planes(read_tiff(i), read_tiff(lab), name=f"{i.name} / {lab.name}")
     ]
 
@@ -246,12 +254,6 @@ def prepare_annotated(
             "the right files"
         )
     return prepared, tuple(left_out)
-
-
-def describe_names(names: Sequence[str], limit: int = 3) -> str:
-    """``'a, b, c and 2 more'``: names for a message, the first ``limit`` of them."""
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def split_validation(

@@ -3,7 +3,7 @@
 The annotation widget autosaves the labels of an image layer named ``name`` as
 ``<safe_stem(name)>.labels.tif``; ``samtune segment`` names its outputs for several
 images the same way, so the widget restores them for correcting; training pairs
-them with their images (:func:`pair_files`, which compares names through
+them with their images (:func:`match_files`, which compares names through
 :func:`safe_stem` as well). Files come as a folder, a glob pattern, a file, or a
 list of these (:func:`expand_paths`).
 """
@@ -14,6 +14,7 @@ import glob
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -85,32 +86,60 @@ def is_label_file(path: Path) -> bool:
     return _label_stem(path) is not None
 
 
-def pair_files(
+@dataclass(frozen=True)
+class FileMatch:
+    """Image and label files paired by name, and the files left without a partner."""
+
+    pairs: list[tuple[Path, Path]]  # (image file, label file), in the images' order
+    lonely_images: tuple[str, ...] = ()  # names of image files without a label file
+    lonely_labels: tuple[str, ...] = ()  # names of label files without an image file
+
+    def unpaired_message(self) -> str:
+        """Why the files do not all pair, with the fix; "" when they do."""
+        if not self.lonely_images and not self.lonely_labels:
+            return ""
+        return (
+            f"could not pair files by name: images without labels {list(self.lonely_images)!r}, "
+            f"labels without images {list(self.lonely_labels)!r}; name each label file like its "
+            f"image (optionally with one of {list(LABEL_SUFFIXES)!r} appended)"
+        )
+
+    def left_out_message(self) -> str:
+        """The files a lenient caller leaves out, for the user; "" when none."""
+        parts = [
+            f"{len(names)} {what}: {describe_names(names)}"
+            for names, what in (
+                (self.lonely_images, "image(s) without a label file (not annotated yet?)"),
+                (self.lonely_labels, "label file(s) without an image"),
+            )
+            if names
+        ]
+        return f"left out {' and '.join(parts)}" if parts else ""
+
+
+def describe_names(names: Sequence[str], limit: int = 3) -> str:
+    """``'a, b, c and 2 more'``: names for a message, the first ``limit`` of them."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def match_files(
     images: str | os.PathLike | Sequence[str | os.PathLike],
     labels: str | os.PathLike | Sequence[str | os.PathLike],
-) -> list[tuple[Path, Path]]:
-    """Pair image and label files by file name (labels may add e.g. ``_labels`` or ``_mask``).
+) -> FileMatch:
+    """Pair image and label files by file name (labels may add e.g. ``_labels`` or ``_mask``)
+    and name the files without a partner.
 
     Images and labels may share a folder (``--images F --labels F``): a file named by both
     counts as labels if its name ends with a label suffix, else as an image. One image file
-    and one label file pair whatever their names. Raises ``ValueError`` listing every file
-    without a partner.
+    and one label file pair whatever their names. Raises ``ValueError`` when no file pairs,
+    or when two label files pair with the same image.
     """
-    image_files = expand_paths(images, "images")
-    label_files = expand_paths(labels, "labels")
-    shared = {f.resolve() for f in image_files} & {f.resolve() for f in label_files}
-    if shared:
-        image_files = [f for f in image_files if f.resolve() not in shared or not is_label_file(f)]
-        label_files = [f for f in label_files if f.resolve() not in shared or is_label_file(f)]
-        if not image_files or not label_files:
-            raise ValueError(
-                f"images and labels name the same {len(shared)} file(s), and "
-                f"{'all' if not image_files else 'none'} of them are named as labels (ending in "
-                f"one of {list(LABEL_SUFFIXES)!r}); in a shared folder name each label file "
-                "like its image plus such a suffix, e.g. cell_1.tif and cell_1_mask.tif"
-            )
+    image_files, label_files = _split_shared(
+        expand_paths(images, "images"), expand_paths(labels, "labels")
+    )
     if len(image_files) == 1 and len(label_files) == 1:
-        return [(image_files[0], label_files[0])]
+        return FileMatch([(image_files[0], label_files[0])])
     by_key: dict[str, Path] = {}
     for f in label_files:
         key = _pairing_key(f, as_labels=True)
@@ -122,17 +151,44 @@ def pair_files(
         by_key[key] = f
     keys = {f: _pairing_key(f, as_labels=False) for f in image_files}
     pairs = [(f, by_key[keys[f]]) for f in image_files if keys[f] in by_key]
-    used_images = {p[0] for p in pairs}
-    used_labels = {p[1] for p in pairs}
-    lonely_images = [f.name for f in image_files if f not in used_images]
-    lonely_labels = [f.name for f in label_files if f not in used_labels]
-    if lonely_images or lonely_labels:
+    used = {f for pair in pairs for f in pair}
+    match = FileMatch(
+        pairs,
+        tuple(f.name for f in image_files if f not in used),
+        tuple(f.name for f in label_files if f not in used),
+    )
+    if not pairs:
+        raise ValueError(match.unpaired_message())
+    return match
+
+
+def pair_files(
+    images: str | os.PathLike | Sequence[str | os.PathLike],
+    labels: str | os.PathLike | Sequence[str | os.PathLike],
+) -> list[tuple[Path, Path]]:
+    """The pairs of :func:`match_files`; raises ``ValueError`` listing every file without a
+    partner when there is one."""
+    match = match_files(images, labels)
+    if match.unpaired_message():
+        raise ValueError(match.unpaired_message())
+    return match.pairs
+
+
+def _split_shared(image_files: list[Path], label_files: list[Path]) -> tuple[list, list]:
+    """Files named both as images and as labels count as labels when named so (a suffix)."""
+    shared = {f.resolve() for f in image_files} & {f.resolve() for f in label_files}
+    if not shared:
+        return image_files, label_files
+    image_files = [f for f in image_files if f.resolve() not in shared or not is_label_file(f)]
+    label_files = [f for f in label_files if f.resolve() not in shared or is_label_file(f)]
+    if not image_files or not label_files:
         raise ValueError(
-            f"could not pair files by name: images without labels {lonely_images!r}, labels "
-            f"without images {lonely_labels!r}; name each label file like its image (optionally "
-            f"with one of {list(LABEL_SUFFIXES)!r} appended)"
+            f"images and labels name the same {len(shared)} file(s), and "
+            f"{'all' if not image_files else 'none'} of them are named as labels (ending in "
+            f"one of {list(LABEL_SUFFIXES)!r}); in a shared folder name each label file "
+            "like its image plus such a suffix, e.g. cell_1.tif and cell_1_mask.tif"
         )
-    return pairs
+    return image_files, label_files
 
 
 def read_tiff(path: Path) -> np.ndarray:
