@@ -325,6 +325,46 @@ def test_bad_data_is_flagged_before_start(qtbot, viewer, tmp_path, notifications
     assert _checked(qtbot, data) and not data.folder_error.isVisibleTo(widget)
 
 
+def test_autosaves_train_the_images_annotated_so_far(qtbot, viewer, tmp_path):
+    """The annotate -> finetune loop: a folder of images, some annotated in the annotation
+    widget; its autosave folder also holds the annotations of an image from elsewhere."""
+    from napari_samtune._qt.annotation_io import default_annotation_folder, save_annotations
+    from napari_samtune._qt.train_folders import load_folder_pairs
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        tifffile.imwrite(images / f"cell {i}.tif", viewer.layers[f"cells{i}"].data)
+    annotate = AnnotateWidget(viewer)
+    viewer.window.add_dock_widget(annotate, name="Annotate with SAM")
+    annotate.ui.folder_edit.setText(str(tmp_path / "my annotations"))
+    for name, layer in (("cell 0", "cells0"), ("cell 2", "cells2"), ("elsewhere", "cells1")):
+        save_annotations(
+            annotate.annotation_folder(), name, viewer.layers[f"{layer} labels"].data, {}
+        )
+    widget = TrainWidget(viewer, machine=SMALL_CPU)
+    viewer.window.add_dock_widget(widget, name="Finetune SAM")
+    data = widget.train_data
+    data.image_dir_edit.setText(str(images))
+    data.autosaves_button.click()
+    assert data.labels_dir_edit.text() == str(tmp_path / "my annotations")
+    assert _checked(qtbot, data) and not data.folder_error.isVisibleTo(widget)
+    assert data.folder_note.text() == (
+        "left out 1 image(s) without a label file (not annotated yet?): cell 1.tif and 1 label "
+        "file(s) without an image: elsewhere.labels.tif"
+    )
+    pairs = load_folder_pairs(data.folder_source())
+    assert [p.name for p in pairs] == [
+        "cell 0.tif / cell_0.labels.tif",
+        "cell 2.tif / cell_2.labels.tif",
+    ]
+    np.testing.assert_array_equal(pairs[1].labels, viewer.layers["cells2 labels"].data)
+
+    viewer.window.remove_dock_widget(annotate)  # no annotation widget: its default folder
+    data.autosaves_button.click()
+    assert data.labels_dir_edit.text() == str(default_annotation_folder())
+
+
 def _checked(qtbot, data) -> bool:
     """``data.check()``, after waiting for the background check of its folders."""
     result = data.check()

@@ -25,6 +25,7 @@ from napari_samtune._qt.annotate_actions import AnnotateActionsMixin
 from napari_samtune._qt.annotate_jobs import EMBED_TASK, LOAD_TASK, SEGMENTER_TASKS
 from napari_samtune._qt.annotate_session import AnnotationSession
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, AnnotateControls
+from napari_samtune._qt.annotation_io import default_annotation_folder
 from napari_samtune._qt.image_planes import describe_image
 from napari_samtune._qt.prompt_layers import PlanePrompts
 from napari_samtune._qt.workers import TaskRunner, user_message
@@ -50,7 +51,7 @@ class AnnotateWidget(AnnotateActionsMixin, QWidget):
         self._embedded: tuple[int, int | None] | None = None  # (generation, plane)
         self._autosave_again = False
         self._hinted: set[str] = set()
-        self.ui.folder_edit.setText(str(self.default_folder()))
+        self.ui.folder_edit.setText(str(default_annotation_folder()))
         self._connect_controls()
         self._bind_keys(viewer)
         viewer.layers.events.inserted.connect(self._refresh_image_choices)

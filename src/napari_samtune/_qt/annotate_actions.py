@@ -7,7 +7,6 @@ A mixin of :class:`~napari_samtune._qt.annotate.AnnotateWidget` (it uses the wid
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,13 +18,16 @@ from qtpy.QtWidgets import QFileDialog
 from napari_samtune._qt import annotate_jobs as jobs
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, PROPAGATE_TASK, SAVE_TASK
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, SCOPE_STACK
-from napari_samtune._qt.annotation_io import LABELS_SUFFIX, annotation_paths, save_annotations
+from napari_samtune._qt.annotation_io import (
+    LABELS_SUFFIX,
+    annotation_paths,
+    default_annotation_folder,
+    save_annotations,
+)
 from napari_samtune._qt.propagate import PropagationConfig
 from napari_samtune._qt.workers import main_window_of, user_message
 from napari_samtune.core.automatic import AutoSegmentConfig, default_auto_config
-from napari_samtune.core.registry import user_models_dir
 
-ANNOTATIONS_ENV = "SAMTUNE_ANNOTATIONS_DIR"
 # autosaves first; any label TIFF too, e.g. `samtune segment` output (<image>_labels.tif)
 LOAD_FILTERS = f"Annotations (*{LABELS_SUFFIX});;Label images (*.tif *.tiff)"
 
@@ -34,12 +36,6 @@ class AnnotateActionsMixin:
     """Commit / undo / automatic / propagate / save actions of the annotation widget."""
 
     _auto_defaults = AutoSegmentConfig()  # the defaults the automatic controls show
-
-    @staticmethod
-    def default_folder() -> Path:
-        """``$SAMTUNE_ANNOTATIONS_DIR``, else ``annotations/`` next to the user models folder."""
-        env = os.environ.get(ANNOTATIONS_ENV)
-        return Path(env) if env else user_models_dir().parent / "annotations"
 
     def _ready_for_job(self, what: str) -> bool:
         if self.session is None:
@@ -190,7 +186,7 @@ class AnnotateActionsMixin:
     def annotation_folder(self) -> Path:
         """The folder annotations are saved to (the widget's folder field)."""
         text = self.ui.folder_edit.text().strip()
-        return Path(text).expanduser() if text else self.default_folder()
+        return Path(text).expanduser() if text else default_annotation_folder()
 
     def _choose_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(

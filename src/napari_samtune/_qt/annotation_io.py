@@ -16,6 +16,7 @@ leaves the previous save intact.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +24,18 @@ import tifffile
 
 from napari_samtune.core.checkpoints import atomic_write
 from napari_samtune.core.label_files import LABELS_SUFFIX, labels_file_name, read_tiff, safe_stem
+from napari_samtune.core.registry import user_models_dir
 
 FORMAT = "napari-samtune-annotations"
 FORMAT_VERSION = 1
 PROMPTS_SUFFIX = ".prompts.json"
+ANNOTATIONS_ENV = "SAMTUNE_ANNOTATIONS_DIR"
+
+
+def default_annotation_folder() -> Path:
+    """``$SAMTUNE_ANNOTATIONS_DIR``, else ``annotations/`` next to the user models folder."""
+    env = os.environ.get(ANNOTATIONS_ENV)
+    return Path(env) if env else user_models_dir().parent / "annotations"
 
 
 def annotation_paths(folder: str | Path, image_name: str) -> tuple[Path, Path]:

@@ -33,15 +33,17 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_samtune._qt.annotation_io import default_annotation_folder
 from napari_samtune._qt.train_folders import (
     FolderCheck,
     FolderSource,
     check_folder_pairs,
     folder_signature,
 )
+from napari_samtune._qt.train_run import annotation_widgets
 from napari_samtune._qt.workers import TaskRunner, user_message
 from napari_samtune.core.data import ImageLabelPair, prepare_pair, split_planes
-from napari_samtune.core.label_files import LABEL_SUFFIXES, pair_files
+from napari_samtune.core.label_files import LABEL_SUFFIXES, match_files
 
 FOLDER_CHECK_TASK = "checking folders"
 
@@ -106,6 +108,7 @@ class PairSourceWidget(QWidget):
         self.remove_button.clicked.connect(self.remove_selected_pair)
         self.image_dir_button.clicked.connect(lambda: self._browse(self.image_dir_edit))
         self.labels_dir_button.clicked.connect(lambda: self._browse(self.labels_dir_edit))
+        self.autosaves_button.clicked.connect(self.use_autosave_folder)
         for edit in (self.image_dir_edit, self.labels_dir_edit):
             edit.editingFinished.connect(self.check_folders)
         viewer.layers.events.inserted.connect(self.refresh_layer_choices)
@@ -130,8 +133,13 @@ class PairSourceWidget(QWidget):
             "It may be the image folder itself."
         )
         self.image_dir_button, self.labels_dir_button = QPushButton("…"), QPushButton("…")
+        self.autosaves_button = QPushButton("autosaves")
+        self.autosaves_button.setToolTip(
+            "Take the labels from the annotation widget's autosave folder: train on the "
+            "images of the image folder annotated so far (the others are left out)"
+        )
         self.folder_error = error_label()
-        self.folder_note = note_label()  # pairs without objects, which training leaves out
+        self.folder_note = note_label()  # what training leaves out: files without a partner, ...
         self.folder_progress, self.folder_status = QProgressBar(), note_label()
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -145,7 +153,10 @@ class PairSourceWidget(QWidget):
         layout.addWidget(self.list_error)
         folders = QFormLayout()
         folders.addRow("image folder", _row(self.image_dir_edit, self.image_dir_button))
-        folders.addRow("labels folder", _row(self.labels_dir_edit, self.labels_dir_button))
+        folders.addRow(
+            "labels folder",
+            _row(self.labels_dir_edit, self.labels_dir_button, self.autosaves_button),
+        )
         layout.addLayout(folders)
         layout.addWidget(self.folder_error)
         layout.addWidget(self.folder_note)
@@ -220,6 +231,13 @@ class PairSourceWidget(QWidget):
             edit.setText(folder)
             self.check_folders()
 
+    def use_autosave_folder(self) -> None:
+        """Labels from where the annotation widget autosaves (the docked widget's folder)."""
+        docked = annotation_widgets(self.viewer)
+        folder = docked[0].annotation_folder() if docked else default_annotation_folder()
+        self.labels_dir_edit.setText(str(folder))
+        self.check_folders()
+
     def folder_source(self) -> FolderSource | None:
         """The two folders, or None when neither is set."""
         images, labels = self.image_dir_edit.text().strip(), self.labels_dir_edit.text().strip()
@@ -269,7 +287,7 @@ class PairSourceWidget(QWidget):
             raise ValueError("set both the image folder and the labels folder, or neither")
         source = self.folder_source()
         if source is not None:
-            pair_files(source.images, source.labels)
+            match_files(source.images, source.labels)  # at least one pair
         return source
 
     def _remember_folder_check(self, result: FolderCheck) -> None:

@@ -5,6 +5,10 @@ Reading and checking every pair of a folder takes seconds (6 s for 50 images of
 in a worker and returns a :class:`FolderCheck` stamped with the files' sizes and
 modification times (:func:`folder_signature`), so a later Start reuses it while the
 files are unchanged and checks again when one changed. Nothing here touches a widget.
+
+Folders need not pair completely, as in the annotate -> finetune loop, where the labels
+folder holds the autosaves of the images annotated so far (and perhaps of images from
+elsewhere): the files without a partner are left out and named in the check's note.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from napari_samtune._qt.workers import TaskProgress
-from napari_samtune.core.data import ImageLabelPair, describe_names, load_pairs, prepare_annotated
-from napari_samtune.core.label_files import expand_paths
+from napari_samtune.core.data import ImageLabelPair, describe_names, prepare_annotated, read_pairs
+from napari_samtune.core.label_files import expand_paths, match_files
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,7 @@ class FolderCheck:
 
     signature: tuple  # folder_signature() of the files when the check began
     problem: str  # why the folders cannot be trained on; "" when they can
-    note: str  # the pairs training will leave out for having no object, or ""
+    note: str  # the files and pairs training will leave out (no partner, no object), or ""
 
 
 def folder_signature(source: FolderSource) -> tuple:
@@ -54,7 +58,8 @@ def check_folder_pairs(
     except (ValueError, OSError) as err:
         return FolderCheck((), f"{title} folders: {err}", "")
     try:
-        pairs = load_pairs(source.images, source.labels)
+        match = match_files(source.images, source.labels)
+        pairs = read_pairs(match.pairs)
 
         def progress(done: int, total: int) -> None:
             report(TaskProgress(done, total, f"checking the {title} folders: {done}/{total}"))
@@ -62,15 +67,16 @@ def check_folder_pairs(
         _, left_out = prepare_annotated(pairs, f"{title} folder", progress)
     except (ValueError, TypeError, OSError) as err:
         return FolderCheck(signature, f"{title} folders: {err}", "")
-    note = ""
+    notes = [match.left_out_message()]
     if left_out:
-        note = (
+        notes.append(
             f"{len(left_out)} of {len(pairs)} pairs have no object and will be left out: "
             f"{describe_names(left_out)}"
         )
-    return FolderCheck(signature, "", note)
+    return FolderCheck(signature, "", "\n".join(filter(None, notes)))
 
 
 def load_folder_pairs(source: FolderSource | None) -> list[ImageLabelPair]:
-    """Read a folder source's TIFF pairs (call it in the worker); [] for None."""
-    return [] if source is None else load_pairs(source.images, source.labels)
+    """Read a folder source's TIFF pairs (call it in the worker), leaving out the files
+    without a partner; [] for None."""
+    return [] if source is None else read_pairs(match_files(source.images, source.labels).pairs)
