@@ -178,8 +178,9 @@ def measure_stock(name: str, steps: int, device_name: str) -> dict:
     import torch
     from bench_device import peak_memory_mb, synchronize
 
-    from napari_samtune.core.data import PatchSampler, as_pairs, prepare_pairs
+    from napari_samtune.core.data import as_pairs, prepare_pairs
     from napari_samtune.core.model_source import load_base_model
+    from napari_samtune.core.patches import PatchSampler
     from napari_samtune.core.train_step import prepare_input, with_first_prompts
 
     model_setting = setting(name)
@@ -288,9 +289,10 @@ def frozen_step_flops(name: str) -> tuple[float, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from napari_samtune.core.accelerate import use_fast_paths
-    from napari_samtune.core.data import PatchSampler, as_pairs, prepare_pairs
+    from napari_samtune.core.data import as_pairs, prepare_pairs
     from napari_samtune.core.fast_encoder import encode
     from napari_samtune.core.model_source import load_base_model
+    from napari_samtune.core.patches import PatchSampler
     from napari_samtune.core.train_step import SamTrainingStep, prepare_input, with_first_prompts
 
     model_setting = setting(name)

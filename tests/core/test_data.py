@@ -1,4 +1,4 @@
-"""Training data: pairing files, up-front checks, splits and patch sampling."""
+"""Training data: pairing files, up-front checks and validation splits."""
 
 from __future__ import annotations
 
@@ -10,16 +10,13 @@ from napari_samtune.core import data as data_module
 from napari_samtune.core.data import (
     ImageLabelPair,
     NoObjectsError,
-    PatchSampler,
     as_pairs,
-    augment,
     load_pairs,
     prepare_annotated,
     prepare_pair,
     prepare_pairs,
     split_planes,
     split_validation,
-    tile_patches,
 )
 from napari_samtune.core.images import to_sam_rgb
 from napari_samtune.core.label_files import pair_files
@@ -194,76 +191,3 @@ def test_a_single_image_without_objects_in_the_held_out_part_is_refused():
     (image,) = prepare_pairs([ImageLabelPair(np.zeros((100, 50), np.uint8), labels, "one.tif")])
     with pytest.raises(ValueError, match="'one.tif' is the only image.*rows 90..99.*no objects"):
         split_validation([image], 0.1, seed=0)
-
-
-@pytest.fixture
-def prepared():
-    return prepare_pairs(as_pairs(make_dataset(3, shape=(160, 200), seed=4)))
-
-
-def test_patches_contain_objects_and_are_seeded(prepared):
-    sampler = PatchSampler(prepared, 96, min_object_area=30, min_samples_per_epoch=20, seed=1)
-    assert sampler.n_samples == 20  # oversampled from 3 images
-    for index in range(20):
-        patch = sampler.patch(index, epoch=0)
-        assert patch.rgb.shape[:2] == patch.labels.shape and max(patch.labels.shape) == 96
-        assert patch.key[0] == index % 3
-        assert patch.object_ids.size > 0
-        for object_id in patch.object_ids:
-            assert np.count_nonzero(patch.labels == object_id) >= 30
-    again = PatchSampler(prepared, 96, 30, 20, seed=1).patch(5, epoch=0)
-    assert again.key == sampler.patch(5, 0).key and np.array_equal(
-        again.rgb, sampler.patch(5, 0).rgb
-    )
-    assert sorted(sampler.epoch_order(0)) == list(range(20))
-    assert not np.array_equal(sampler.epoch_order(0), sampler.epoch_order(1))
-
-
-def test_fixed_patches_for_a_frozen_encoder_vary_otherwise(prepared):
-    fixed = PatchSampler(prepared, 96, 30, 10, seed=0, vary_per_epoch=False)
-    varying = PatchSampler(prepared, 96, 30, 10, seed=0, vary_per_epoch=True)
-    assert all(fixed.patch(i, 0).key == fixed.patch(i, 7).key for i in range(10))
-    assert any(varying.patch(i, 0).key != varying.patch(i, 7).key for i in range(10))
-    ids_by_epoch = [tuple(fixed.sample_objects(fixed.patch(0, 0), 2, 0, e)) for e in range(6)]
-    assert len(set(ids_by_epoch)) > 1  # objects (and prompts) still change every epoch
-
-
-def test_small_images_give_smaller_patches_and_objects_are_capped(prepared):
-    small = prepare_pairs(as_pairs(make_dataset(1, shape=(40, 70), seed=0)))
-    sampler = PatchSampler(small, 96, 1, 4, seed=0)
-    patch = sampler.patch(0, 0)
-    assert sorted(patch.labels.shape) == [40, 70]  # whole image, possibly rotated
-    n = patch.object_ids.size
-    picked = sampler.sample_objects(patch, n + 5, 0, 0)
-    assert sorted(picked) == sorted(patch.object_ids)
-    two = sampler.sample_objects(patch, 2, 0, 0)
-    assert len(set(two.tolist())) == min(2, n)
-
-
-def test_tiny_objects_are_not_trained_on():
-    labels = np.zeros((64, 64), np.uint16)
-    labels[5:25, 5:25] = 1  # 400 pixels
-    labels[40:43, 40:43] = 2  # 9 pixels
-    images = prepare_pairs([ImageLabelPair(np.zeros((64, 64), np.uint8), labels, "a")])
-    sampler = PatchSampler(images, 64, min_object_area=16, min_samples_per_epoch=5, seed=0)
-    assert all(sampler.patch(i, 0).object_ids.tolist() == [1] for i in range(5))
-
-
-def test_augmentations_are_the_eight_symmetries_of_the_square():
-    array = np.arange(12).reshape(3, 4)
-    results = [augment(array, aug) for aug in range(8)]
-    assert np.array_equal(results[0], array)
-    assert len({r.tobytes() + bytes(r.shape) for r in results}) == 8
-    rgb = np.stack([array] * 3, axis=-1)
-    assert all(np.array_equal(augment(rgb, a)[..., 1], results[a]) for a in range(8))
-
-
-def test_validation_tiles_cover_the_image(prepared):
-    patches = tile_patches(prepared[:1], 96, min_object_area=1)
-    covered = np.zeros(prepared[0].labels.shape, bool)
-    for patch in patches:
-        _, row, col, aug = patch.key
-        assert aug == 0 and patch.labels.shape == (96, 96)
-        assert np.array_equal(patch.labels, prepared[0].labels[row : row + 96, col : col + 96])
-        covered[row : row + 96, col : col + 96] = True
-    assert covered[prepared[0].labels > 0].all()

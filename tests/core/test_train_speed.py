@@ -11,9 +11,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from napari_samtune.core import train_step
 from napari_samtune.core.architectures import TINY, TINY_TINYVIT, build_sam
-from napari_samtune.core.data import ImageLabelPair, PatchSampler, prepare_pair
+from napari_samtune.core.data import ImageLabelPair, prepare_pair
 from napari_samtune.core.fast_decoder import decode_prompts, decoder_image
 from napari_samtune.core.fast_encoder import encode
+from napari_samtune.core.patches import PatchSampler
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.synthetic import make_dataset
 from napari_samtune.core.train import EpochDone, iter_train

@@ -1,19 +1,15 @@
-"""Training data: image + instance-label pairs, checked up front, sampled as patches.
+"""Training data: image + instance-label pairs, checked up front, split for validation.
 
 Pairs come from TIFF files (folders, globs or file lists, paired by file name)
 or from in-memory arrays (the napari widget passes layer data). Every pair is
 checked before training starts; errors name the pair and the fix.
 
 Images are normalised once with :func:`napari_samtune.core.images.to_sam_rgb`,
-exactly as at inference. A training sample is a patch of at most
-``patch_size`` x ``patch_size`` pixels that contains objects, with a random
-flip / 90-degree rotation. Whether a sample is the same in every epoch is a
-choice of the sampler (``vary_per_epoch``): with a frozen image encoder it
-must be, so that the patch's embedding can be computed once and cached. The
-objects trained on and their prompts are drawn afresh every epoch.
+exactly as at inference, and their objects relabelled 1..N and located
+(:class:`PreparedImage`). Training patches are cut from them by
+:mod:`napari_samtune.core.patches`.
 
-Coordinates: arrays are (row, col); a crop is addressed by its top-left corner
-(row, col) in the normalised image.
+Coordinates: arrays are (row, col).
 """
 
 from __future__ import annotations
@@ -28,9 +24,6 @@ from scipy import ndimage
 
 from napari_samtune.core.images import to_sam_rgb
 from napari_samtune.core.label_files import describe_names, pair_files, read_tiff
-
-N_AUGMENTATIONS = 8  # 4 rotations x (flipped or not)
-CROP_TRIES = 10
 
 
 @dataclass(frozen=True)
@@ -53,16 +46,6 @@ class PreparedImage:
     name: str  # as in ImageLabelPair
     object_slices: tuple[tuple[slice, slice], ...]  # bounding box of ids 1..N (index id - 1)
     object_areas: np.ndarray  # (N,) int64 pixel counts of ids 1..N
-
-
-@dataclass(frozen=True)
-class TrainingPatch:
-    """A cropped, augmented piece of one prepared image."""
-
-    key: tuple[int, int, int, int]  # (image index, crop row, crop col, augmentation 0..7)
-    rgb: np.ndarray  # (h, w, 3) uint8, h and w <= patch_size
-    labels: np.ndarray  # (h, w) uint32 instance ids as in the source image
-    object_ids: np.ndarray  # (K,) ids whose area in the patch is >= the minimum
 
 
 def _is_stack(image: np.ndarray, labels: np.ndarray, rgb: bool | None) -> bool:
@@ -293,125 +276,3 @@ def _split_one_image(image: PreparedImage, val_fraction: float) -> tuple[list, l
                 "objects there, or set val_fraction=0"
             ) from None
     return [parts[0]], [parts[1]]
-
-
-def augment(array: np.ndarray, aug: int) -> np.ndarray:
-    """Rotate by ``aug % 4`` quarter turns, then mirror left-right when ``aug >= 4``."""
-    out = np.rot90(array, k=aug % 4, axes=(0, 1))
-    if aug >= 4:
-        out = out[:, ::-1]
-    return np.ascontiguousarray(out)
-
-
-def _objects_in(labels: np.ndarray, min_area: int) -> np.ndarray:
-    ids, counts = np.unique(labels, return_counts=True)
-    keep = (ids != 0) & (counts >= min_area)
-    return ids[keep].astype(np.uint32)
-
-
-class PatchSampler:
-    """Deterministic training patches: sample ``i`` of epoch ``e`` depends on (seed, i, e) only.
-
-    Args:
-        images: prepared training images.
-        patch_size: patch side, pixels; images smaller than this give smaller patches.
-        min_object_area: objects with fewer pixels inside a patch are not trained on.
-        min_samples_per_epoch: epochs hold at least this many samples (oversampling).
-        seed: seeds crops, augmentations and object choice.
-        vary_per_epoch: draw new crops/augmentations every epoch; False keeps sample ``i``
-            the same patch in every epoch (needed to cache a frozen encoder's embeddings).
-    """
-
-    def __init__(
-        self,
-        images: Sequence[PreparedImage],
-        patch_size: int,
-        min_object_area: int,
-        min_samples_per_epoch: int,
-        seed: int,
-        vary_per_epoch: bool = True,
-    ) -> None:
-        if not images:
-            raise ValueError("no training images; give at least one annotated image")
-        self.images = list(images)
-        self.patch_size = patch_size
-        self.min_object_area = min_object_area
-        self.n_samples = max(min_samples_per_epoch, len(self.images))
-        self.seed = seed
-        self.vary_per_epoch = vary_per_epoch
-
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        """The order in which the samples of ``epoch`` are visited: (n_samples,) int64."""
-        return np.random.default_rng([self.seed, 0, epoch]).permutation(self.n_samples)
-
-    def patch(self, index: int, epoch: int) -> TrainingPatch:
-        """Sample ``index`` (in 0..n_samples-1) of ``epoch``: a patch containing objects."""
-        rng = np.random.default_rng([self.seed, 1, index, epoch if self.vary_per_epoch else 0])
-        image_index = index % len(self.images)  # every image equally often
-        image = self.images[image_index]
-        for _ in range(CROP_TRIES):
-            row, col = self._crop_corner(image, rng)
-            labels = self._crop(image.labels, row, col)
-            object_ids = _objects_in(labels, self.min_object_area)
-            if object_ids.size:
-                break
-        else:  # every object is tiny here: train on what there is
-            object_ids = _objects_in(labels, 1)
-        aug = int(rng.integers(N_AUGMENTATIONS))
-        rgb = augment(self._crop(image.rgb, row, col), aug)
-        return TrainingPatch((image_index, row, col, aug), rgb, augment(labels, aug), object_ids)
-
-    def _crop(self, array: np.ndarray, row: int, col: int) -> np.ndarray:
-        return array[row : row + self.patch_size, col : col + self.patch_size]
-
-    def _crop_corner(self, image: PreparedImage, rng: np.random.Generator) -> tuple[int, int]:
-        """A random corner such that the crop contains a pixel of a random (large) object."""
-        usable = np.flatnonzero(image.object_areas >= self.min_object_area)
-        if usable.size == 0:
-            usable = np.arange(image.object_areas.size)
-        index = int(rng.choice(usable))
-        rows, cols = image.object_slices[index]
-        inside = np.argwhere(image.labels[rows, cols] == index + 1)
-        r, c = inside[rng.integers(len(inside))] + (rows.start, cols.start)
-        height, width = image.labels.shape
-        h, w = min(height, self.patch_size), min(width, self.patch_size)
-        row = int(rng.integers(max(0, r - h + 1), min(r, height - h) + 1))
-        col = int(rng.integers(max(0, c - w + 1), min(c, width - w) + 1))
-        return row, col
-
-    def sample_objects(self, patch: TrainingPatch, n: int, index: int, epoch: int) -> np.ndarray:
-        """Up to ``n`` distinct object ids of ``patch`` (all of them when it has fewer)."""
-        rng = np.random.default_rng([self.seed, 2, index, epoch])
-        n = min(n, patch.object_ids.size)
-        return rng.choice(patch.object_ids, size=n, replace=False)
-
-
-def tile_patches(
-    images: Sequence[PreparedImage], patch_size: int, min_object_area: int
-) -> list[TrainingPatch]:
-    """Cover each image with patches of ``patch_size`` (the last ones flush with the edge).
-
-    Used for validation: a fixed set, no augmentation, every object of at least
-    ``min_object_area`` pixels in each patch. Patches without such objects are left out.
-    """
-    patches = []
-    for image_index, image in enumerate(images):
-        height, width = image.labels.shape
-        h, w = min(height, patch_size), min(width, patch_size)
-        for row in _tile_starts(height, h):
-            for col in _tile_starts(width, w):
-                labels = image.labels[row : row + h, col : col + w]
-                object_ids = _objects_in(labels, min_object_area)
-                if object_ids.size:
-                    rgb = image.rgb[row : row + h, col : col + w]
-                    patches.append(
-                        TrainingPatch((image_index, row, col, 0), rgb, labels, object_ids)
-                    )
-    return patches
-
-
-def _tile_starts(length: int, tile: int) -> list[int]:
-    starts = list(range(0, length - tile + 1, tile))
-    if starts[-1] + tile < length:
-        starts.append(length - tile)
-    return starts

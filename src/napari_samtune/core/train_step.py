@@ -27,10 +27,10 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch import nn
 
-from napari_samtune.core.data import TrainingPatch
 from napari_samtune.core.fast_decoder import decode_prompts, decoder_image
 from napari_samtune.core.fast_encoder import encode
 from napari_samtune.core.losses import sam_loss
+from napari_samtune.core.patches import TrainingPatch
 from napari_samtune.core.prompts import (
     bounding_box,
     corrective_points,

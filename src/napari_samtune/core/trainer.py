@@ -24,16 +24,10 @@ import torch
 from napari_samtune.core import distributed as ddp
 from napari_samtune.core.accelerate import use_fast_paths
 from napari_samtune.core.checkpoints import atomic_write, check_output_folder
-from napari_samtune.core.data import (
-    ImageLabelPair,
-    PatchSampler,
-    as_pairs,
-    prepare_annotated,
-    split_validation,
-    tile_patches,
-)
+from napari_samtune.core.data import ImageLabelPair, as_pairs, prepare_annotated, split_validation
 from napari_samtune.core.fast_encoder import encode
 from napari_samtune.core.heap import keep_freed_memory
+from napari_samtune.core.patches import PatchSampler, tile_patches
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train_checkpoints import (
     check_resumable,
