@@ -54,9 +54,10 @@ def test_train_export_and_resume_from_the_command_line(tmp_path, folders, capsys
     out = tmp_path / "run"
     argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
     argv += ["--labels", labels, "--out", str(out), "--epochs", "2", "--freeze", "image_encoder"]
-    assert cli.main([*argv, *FAST]) == 0
+    assert cli.main([*argv, "--val-images", images, "--val-labels", labels, *FAST]) == 0
     printed = capsys.readouterr().out
     assert "preset CPU, 16 GB, 8 cores (cpu-16gb)" in printed and "effective config" in printed
+    assert "warning: 3 of 3 validation pair(s) are also training pairs" in printed
     assert f"exported model: {out / 'model.pth'}" in printed
     assert "time to best epoch" in printed and "registered model: run" in printed
     saved = json.loads((out / "config.json").read_text())

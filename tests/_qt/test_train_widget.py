@@ -171,11 +171,17 @@ def test_stop_mid_run_leaves_a_loadable_model(qtbot, docked, tmp_path, notificat
     widget.settings.epochs_spin.setValue(50)
     widget.settings.samples_spin.setValue(4)
     widget.use_model_check.setChecked(False)
+    widget.separate_val_check.setChecked(True)  # on a training pair: warned about
+    widget.val_data.image_combo.setCurrentText("cells0")
+    widget.val_data.labels_combo.setCurrentText("cells0 labels")
+    assert widget.val_data.add_current_pair()
     with qtbot.waitSignal(widget.training_started, timeout=WAIT_MS) as started:
         assert widget.start() is None  # it starts by itself once the folders are checked
-    assert started.args[0].n_train + started.args[0].n_val == 3  # 2 layer pairs + 1 file pair
+    assert (started.args[0].n_train, started.args[0].n_val) == (3, 1)  # 2 layer + 1 file pair
     assert started.args[0].left_out == ("empty.tif / empty.tif",)  # an empty field of view
     assert any("left out 1 pair(s) without any object" in m for m in notifications)
+    assert started.args[0].val_repeats == ("cells0 / cells0 labels",)
+    assert any("1 of 1 validation pair(s) are also training pairs" in m for m in notifications)
     qtbot.waitUntil(lambda: len(widget.plot.step_losses) >= 1, timeout=WAIT_MS)
     with qtbot.waitSignal(widget.training_finished, timeout=WAIT_MS) as finished:
         widget.stop()

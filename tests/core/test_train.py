@@ -373,6 +373,27 @@ def test_pairs_without_objects_are_left_out_and_named(tmp_path, data):
         next(iter_train(config, train_pairs, [empty_val, empty_train], tmp_path / "x"))
 
 
+def test_validation_that_repeats_training_data_is_named(tmp_path, data):
+    """The same folder given for training and validation would pick the best epoch by how
+    well the model fits its training data: the run warns."""
+    train_pairs, val_pairs = data
+    image, labels = train_pairs[1]
+    copy = ImageLabelPair(image.copy(), labels.copy(), "copy of pair 1.tif")
+    events = iter_train(_config(epochs=1), train_pairs, [*val_pairs, copy], tmp_path / "r")
+    started = next(events)
+    events.close()
+    assert started.val_repeats == ("copy of pair 1.tif",)
+    message = started.val_repeats_message()
+    assert message.startswith("1 of 2 validation pair(s) are also training pairs")
+    assert "copy of pair 1.tif" in message and "validate on other images" in message
+
+    changed = ImageLabelPair(image, np.where(labels == labels.max(), 0, labels), "changed.tif")
+    events = iter_train(_config(epochs=1), train_pairs, [*val_pairs, changed], tmp_path / "s")
+    started = next(events)
+    events.close()
+    assert started.val_repeats == () and started.val_repeats_message() == ""
+
+
 def test_bad_data_and_names_fail_before_training(tmp_path, data):
     image, labels = data[0][0]
     with pytest.raises(TypeError, match="'pair 0' have dtype float32"):

@@ -305,6 +305,8 @@ class TrainWidget(TrainCloseMixin, QWidget):
         )
         if event.left_out:
             show_info(event.left_out_message())
+        if event.val_repeats:
+            show_warning(event.val_repeats_message())
         self.training_started.emit(event)
 
     def _on_step(self, event: StepDone) -> None:

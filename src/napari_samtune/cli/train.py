@@ -232,6 +232,8 @@ def _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose):
             print(f"{event.n_train} training / {event.n_val} validation images on {event.device}")
             if event.left_out:
                 print(event.left_out_message())
+            if event.val_repeats:
+                print(f"warning: {event.val_repeats_message()}")
         finished = event
     return finished
 

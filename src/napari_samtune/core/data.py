@@ -14,6 +14,7 @@ Coordinates: arrays are (row, col).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -237,6 +238,21 @@ def prepare_annotated(
             "the right files"
         )
     return prepared, tuple(left_out)
+
+
+def repeated_pairs(images: Sequence[PreparedImage], seen: Sequence[PreparedImage]) -> tuple:
+    """Names of ``images`` whose pixels and labels equal those of an image in ``seen``:
+    validation data that repeats training data scores fitting, not new images."""
+    known = {_fingerprint(image) for image in seen}
+    return tuple(image.name for image in images if _fingerprint(image) in known)
+
+
+def _fingerprint(image: PreparedImage) -> bytes:
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (image.rgb, image.labels):
+        digest.update(repr(array.shape).encode())
+        digest.update(np.ascontiguousarray(array))
+    return digest.digest()
 
 
 def split_validation(

@@ -26,6 +26,7 @@ class TrainingStarted:
     start_epoch: int  # 0, or where a resumed run continues
     world_size: int  # processes training together
     left_out: tuple[str, ...] = ()  # names of the pairs left out for having no object
+    val_repeats: tuple[str, ...] = ()  # validation pairs equal to a training pair
 
     def left_out_message(self) -> str:
         """``"left out 2 pair(s) without any object (labels all 0): a, b"``; "" if none."""
@@ -33,6 +34,18 @@ class TrainingStarted:
             return ""
         names = describe_names(self.left_out)
         return f"left out {len(self.left_out)} pair(s) without any object (labels all 0): {names}"
+
+    def val_repeats_message(self) -> str:
+        """The warning that validation repeats training data, with the fix; "" if it does not."""
+        if not self.val_repeats:
+            return ""
+        return (
+            f"{len(self.val_repeats)} of {self.n_val} validation pair(s) are also training pairs "
+            f"(same pixels and labels): {describe_names(self.val_repeats)}; their scores show "
+            "how the model fits its training data, not how it segments new images, and choose "
+            "the best epoch by that: validate on other images, or give no validation data "
+            "for a held-out split"
+        )
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,13 @@ import torch
 from napari_samtune.core import distributed as ddp
 from napari_samtune.core.accelerate import use_fast_paths
 from napari_samtune.core.checkpoints import atomic_write, check_output_folder
-from napari_samtune.core.data import ImageLabelPair, as_pairs, prepare_annotated, split_validation
+from napari_samtune.core.data import (
+    ImageLabelPair,
+    as_pairs,
+    prepare_annotated,
+    repeated_pairs,
+    split_validation,
+)
 from napari_samtune.core.fast_encoder import encode
 from napari_samtune.core.heap import keep_freed_memory
 from napari_samtune.core.patches import PatchSampler, tile_patches
@@ -106,11 +112,14 @@ class Trainer:
         self.stopped_by_user = self.stopped_early = False
 
     def _prepare_data(self, config: TrainConfig, train_data: TrainData, val_data: TrainData | None):
-        """Training and validation images; pairs without objects go to ``self.left_out``."""
+        """Training and validation images; pairs without objects go to ``self.left_out``,
+        the names of validation pairs that repeat a training pair to ``self.val_repeats``."""
         train_images, self.left_out = prepare_annotated(as_pairs(train_data), "training")
+        self.val_repeats = ()
         if val_data is not None and len(val_data):
             val_images, left_out = prepare_annotated(as_pairs(val_data), "validation")
             self.left_out += left_out
+            self.val_repeats = repeated_pairs(val_images, train_images)
             return train_images, val_images
         return split_validation(train_images, config.val_fraction, config.seed)
 
@@ -205,6 +214,7 @@ class Trainer:
             start_epoch=self.progress.epoch,
             world_size=self.dist.world_size,
             left_out=self.left_out,
+            val_repeats=self.val_repeats,
         )
 
     def _train_epoch(self) -> Iterator[StepDone]:
