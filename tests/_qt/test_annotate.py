@@ -303,6 +303,37 @@ def test_annotations_come_back_in_a_new_viewer(
     assert any("needs (256, 256)" in str(n.message) for n in notifications)
 
 
+def test_an_image_of_the_same_name_saves_beside_the_other_never_over_it(
+    viewer_widget, make_napari_viewer, nuclei_image, notifications, drain_jobs
+):
+    """Names repeat across experiments (Image_001.tif), and the default folder is shared."""
+    _, widget = viewer_widget
+    widget.session.layers.points.add([128, 128])
+    widget.commit()
+    drain_jobs(widget)
+    folder = widget.annotation_folder()
+    first = tifffile.imread(folder / "nuclei.labels.tif")
+    assert first.any()
+
+    def open_namesake(image):
+        viewer = make_napari_viewer()
+        viewer.add_image(image, name="nuclei")
+        return AnnotateWidget(viewer)
+
+    other_image = np.ascontiguousarray(nuclei_image[0][::-1])  # same name and shape
+    namesake = open_namesake(other_image)
+    assert not namesake.session.annotations.any()  # the other image's objects are not shown
+    own_name = f"nuclei-{namesake.session.fingerprint}"
+    assert any(f"saved as {own_name!r}" in str(n.message) for n in notifications)
+    namesake.session.annotations[10:20, 10:20] = 7
+    namesake._autosave()
+    drain_jobs(namesake)
+    np.testing.assert_array_equal(tifffile.imread(folder / "nuclei.labels.tif"), first)
+    assert (tifffile.imread(folder / f"{own_name}.labels.tif") == 7).sum() == 100
+    assert (open_namesake(other_image.copy()).session.annotations == 7).sum() == 100
+    np.testing.assert_array_equal(open_namesake(nuclei_image[0]).session.annotations, first)
+
+
 def test_labels_from_samtune_segment_load_through_the_dialog(
     viewer_widget, monkeypatch, tmp_path, nuclei_image, drain_jobs
 ):

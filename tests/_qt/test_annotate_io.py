@@ -10,9 +10,11 @@ import tifffile
 
 from napari_samtune._qt.annotation_io import (
     annotation_paths,
+    image_fingerprint,
     load_annotations,
     safe_stem,
     save_annotations,
+    save_name,
 )
 from napari_samtune._qt.image_planes import describe_image
 from napari_samtune._qt.label_edits import UndoEntry, UndoStack, write_objects
@@ -33,6 +35,40 @@ def test_save_and_load_round_trip(tmp_path):
     assert loaded.dtype == np.uint32
     assert loaded_record["objects"] == record["objects"]
     assert loaded_record["shape"] == [3, 20, 30] and loaded_record["image"] == "my image: 1/2"
+
+
+def test_fingerprints_tell_images_apart_cheaply(rng, monkeypatch):
+    import napari_samtune._qt.annotation_io as annotation_io
+
+    image = rng.integers(0, 60000, size=(3, 64, 80), dtype=np.uint16)
+    assert image_fingerprint(image) == image_fingerprint(image.copy())
+    changed = image.copy()
+    changed[2, 63, 79] += 1  # the last pixel
+    assert image_fingerprint(changed) != image_fingerprint(image)
+    assert image_fingerprint(image.astype(np.int32)) != image_fingerprint(image)
+    view = image.transpose(0, 2, 1)  # not contiguous: sampled without a copy
+    assert image_fingerprint(view) == image_fingerprint(np.ascontiguousarray(view))
+    monkeypatch.setattr(annotation_io, "FINGERPRINT_SAMPLES", 1000)  # a large image: sampled
+    assert image_fingerprint(changed) == image_fingerprint(image)  # (so this pixel is missed)
+    changed[0, 0, 0] += 1
+    assert image_fingerprint(changed) != image_fingerprint(image)
+
+
+def test_annotations_of_a_namesake_are_never_saved_over(tmp_path):
+    labels = np.zeros((20, 30), dtype=np.uint32)
+    labels[2:5, 3:9] = 1
+    save_annotations(tmp_path, "Image_001", labels, {"image_fingerprint": "aaaa"})
+    assert save_name(tmp_path, "Image_001", "aaaa", (20, 30)) == "Image_001"  # its own
+    assert save_name(tmp_path, "Image_001", "bbbb", (20, 30)) == "Image_001-bbbb"
+    assert save_name(tmp_path, "Image_002", "bbbb", (20, 30)) == "Image_002"  # free
+    labels_path, _ = save_annotations(tmp_path, "Image_001", labels * 2, {}, "Image_001-bbbb")
+    assert labels_path.name == "Image_001-bbbb.labels.tif"
+    assert load_annotations(labels_path)[1]["image"] == "Image_001"
+    assert load_annotations(tmp_path / "Image_001.labels.tif")[0].max() == 1  # untouched
+    # labels without a record (samtune segment's): theirs when the shape fits
+    tifffile.imwrite(tmp_path / "cells.labels.tif", labels)
+    assert save_name(tmp_path, "cells", "cccc", (20, 30)) == "cells"
+    assert save_name(tmp_path, "cells", "cccc", (3, 20, 30)) == "cells-cccc"
 
 
 def test_autosaved_annotations_train_from_the_command_line(tmp_path):

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QFileDialog
 
@@ -196,7 +196,15 @@ class AnnotateActionsMixin:
             self.ui.folder_edit.setText(folder)
 
     def _restore_autosave(self) -> None:
-        labels_path, _ = annotation_paths(self.annotation_folder(), self.session.image_layer.name)
+        folder, name = self.annotation_folder(), self.session.image_layer.name
+        file_name = self.session.file_name(folder)
+        if file_name != name:
+            show_warning(
+                f"{annotation_paths(folder, name)[0]} holds the annotations of another image "
+                f"named {name!r}; this image's are saved as {file_name!r} so that neither is "
+                "overwritten. To keep names apart, use one annotation folder per experiment."
+            )
+        labels_path, _ = annotation_paths(folder, file_name)
         if not labels_path.is_file():
             return
         try:
@@ -235,17 +243,18 @@ class AnnotateActionsMixin:
             self._autosave_again = True
             return None
         self._autosave_again = False
-        session = self.session
+        session, folder = self.session, self.annotation_folder()
         window = main_window_of(self)
         if window is not None:  # see eventFilter (installing it again changes nothing)
             window.installEventFilter(self)
         return self.runner.start(
             SAVE_TASK,
             save_annotations,
-            self.annotation_folder(),
+            folder,
             session.image_layer.name,
             session.annotations.copy(),  # the worker must not read labels being edited
             session.document(),
+            session.file_name(folder),
             on_return=lambda paths: self.annotations_saved.emit(str(paths[0])),
             on_finish=lambda: self._autosave() if self._autosave_again else None,
         )

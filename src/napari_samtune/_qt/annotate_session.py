@@ -10,7 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_samtune._qt.annotation_io import load_annotations, save_annotations
+from napari_samtune._qt.annotation_io import (
+    image_fingerprint,
+    load_annotations,
+    save_annotations,
+    save_name,
+)
 from napari_samtune._qt.image_planes import ImageAxes
 from napari_samtune._qt.label_edits import Plane, UndoEntry, UndoStack, write_objects
 from napari_samtune._qt.prompt_layers import PromptLayers
@@ -26,6 +31,8 @@ class AnnotationSession:
         self.layers = PromptLayers(viewer, image_layer, axes)
         self.records: list[dict] = []  # one per committed object (or automatic run)
         self.undo_stack = UndoStack()
+        self.fingerprint = image_fingerprint(image_layer.data)  # told apart from namesakes
+        self._file_names: dict[tuple[Path, str], str] = {}  # see file_name
 
     @property
     def annotations(self) -> np.ndarray:
@@ -121,11 +128,25 @@ class AnnotationSession:
     def save(self, folder: str | Path, labels: np.ndarray | None = None) -> tuple[Path, Path]:
         """Write labels (default: the annotations) and records to ``folder``, atomically."""
         labels = self.annotations if labels is None else labels
-        return save_annotations(folder, self.image_layer.name, labels, self.document())
+        name = self.image_layer.name
+        return save_annotations(folder, name, labels, self.document(), self.file_name(folder))
+
+    def file_name(self, folder: str | Path) -> str:
+        """The name of this image's annotations in ``folder``: the image's own, unless
+        another image's annotations have it (see :func:`save_name`). Decided once per
+        folder and image name, not at every autosave."""
+        key = (Path(folder), self.image_layer.name)
+        if key not in self._file_names:
+            self._file_names[key] = save_name(*key, self.fingerprint, self.axes.spatial_shape)
+        return self._file_names[key]
 
     def document(self) -> dict:
-        """The JSON record saved next to the labels: objects and current prompts."""
-        return {"objects": list(self.records), "prompts": self.layers.prompts_record()}
+        """The JSON record saved next to the labels: objects, current prompts, fingerprint."""
+        return {
+            "image_fingerprint": self.fingerprint,
+            "objects": list(self.records),
+            "prompts": self.layers.prompts_record(),
+        }
 
     def load(self, labels_path: str | Path) -> int:
         """Replace the annotations with a saved file; returns the number of objects in it."""

@@ -11,10 +11,16 @@ Qt-free (numpy, tifffile, json). For an image named ``name`` the folder holds
 
 Both files are written atomically (temporary file + rename), so a crash during a save
 leaves the previous save intact.
+
+Names repeat across experiments (``Image_001.tif``), and the default folder is shared by
+all of them. The record therefore carries an ``image_fingerprint`` (:func:`image_fingerprint`),
+and an image whose name is taken by another image's annotations saves under
+``<name>-<fingerprint>`` instead (:func:`save_name`): neither overwrites the other.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -44,10 +50,58 @@ def annotation_paths(folder: str | Path, image_name: str) -> tuple[Path, Path]:
     return folder / labels_file_name(image_name), folder / (safe_stem(image_name) + PROMPTS_SUFFIX)
 
 
+FINGERPRINT_SAMPLES = 1 << 20  # pixels hashed at most: an even sample of larger images
+
+
+def image_fingerprint(data) -> str:
+    """A short hex hash of an image's shape, dtype and pixels (at most FINGERPRINT_SAMPLES
+    of them, evenly spaced: milliseconds for any size). Arrays that are not in memory (dask,
+    zarr) are not read: their shape and dtype are hashed."""
+    digest = hashlib.blake2b(repr((tuple(data.shape), str(data.dtype))).encode(), digest_size=8)
+    if isinstance(data, np.ndarray) and data.size:
+        step = max(1, data.size // FINGERPRINT_SAMPLES)
+        digest.update(np.ascontiguousarray(data.flat[::step]))  # no copy of the whole image
+    return digest.hexdigest()
+
+
+def saved_for_another_image(labels_path: Path, fingerprint: str, shape: tuple) -> bool:
+    """Whether an existing annotation file belongs to another image: its record names
+    another fingerprint, or (files without one, e.g. from ``samtune segment``) its labels
+    have another shape."""
+    prompts_path = prompts_path_for(labels_path)
+    try:
+        record = json.loads(prompts_path.read_text(encoding="utf-8"))
+        saved = record.get("image_fingerprint") if isinstance(record, dict) else None
+    except (OSError, ValueError):
+        saved = None
+    if saved is not None:
+        return saved != fingerprint
+    try:
+        with tifffile.TiffFile(labels_path) as tif:
+            return tuple(tif.series[0].shape) != tuple(shape)
+    except Exception:  # unreadable: loading will say why; never save over it
+        return True
+
+
+def save_name(folder: str | Path, image_name: str, fingerprint: str, shape: tuple) -> str:
+    """The name the annotations of this image are saved under in ``folder``: the image's own
+    name, unless that file belongs to another image; then ``<name>-<fingerprint>``."""
+    labels_path, _ = annotation_paths(folder, image_name)
+    if labels_path.is_file() and saved_for_another_image(labels_path, fingerprint, shape):
+        return f"{image_name}-{fingerprint}"
+    return image_name
+
+
 def save_annotations(
-    folder: str | Path, image_name: str, labels: np.ndarray, record: dict
+    folder: str | Path,
+    image_name: str,
+    labels: np.ndarray,
+    record: dict,
+    file_name: str | None = None,
 ) -> tuple[Path, Path]:
-    """Atomically write ``labels`` (integer (H, W) or (Z, H, W)) and ``record`` (JSON-ready).
+    """Atomically write ``labels`` (integer (H, W) or (Z, H, W)) and ``record`` (JSON-ready)
+    as the annotations of ``image_name``, under ``file_name`` (default: ``image_name``; see
+    :func:`save_name`).
 
     Returns the paths of the TIFF and the JSON file.
     """
@@ -57,7 +111,7 @@ def save_annotations(
             f"labels have dtype {labels.dtype} and shape {labels.shape!r}; "
             "expected integer instance labels of shape (H, W) or (Z, H, W)"
         )
-    labels_path, prompts_path = annotation_paths(folder, image_name)
+    labels_path, prompts_path = annotation_paths(folder, file_name or image_name)
     document = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
