@@ -16,6 +16,7 @@ from napari_samtune.core.prompts import (
     jitter_box,
     sample_points,
 )
+from napari_samtune.core.synthetic import make_image
 
 
 def _disk(shape, centre, radius):
@@ -48,6 +49,23 @@ def test_jittered_boxes_stay_in_the_image_ordered_and_near_the_object(rng):
     assert np.array_equal(jitter_box(box, rng, 0.0, shape), box)
     moved = np.array([jitter_box(box, rng, 0.2, shape) for _ in range(50)])
     assert moved[:, 2].std() > 0
+
+
+def test_interior_point_equals_the_full_image_distance_transform(rng):
+    """It transforms only the object's box plus a margin: the same point as transforming
+    the whole (padded) image, for objects inside, at the edges and of any shape."""
+    from scipy import ndimage
+
+    labels = make_image((96, 128), seed=3)[1]
+    masks = [labels == i for i in np.unique(labels)[1:]]
+    masks += [rng.random((40, 50)) < 0.3, np.ones((5, 7), bool), _disk((30, 30), (0, 29), 9)]
+    for mask in masks:
+        for part in ndimage.find_objects(ndimage.label(mask)[0]):  # edge, non-convex, ...
+            region = np.zeros_like(mask)
+            region[part] = mask[part]
+            distance = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+            row, col = np.unravel_index(int(np.argmax(distance)), region.shape)
+            np.testing.assert_array_equal(interior_point(region), [col, row])
 
 
 def test_interior_point_lies_inside_a_non_convex_mask():

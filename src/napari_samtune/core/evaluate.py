@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from scipy import ndimage
 
 from napari_samtune.core.checkpoints import atomic_write
 from napari_samtune.core.coords import napari_to_sam
+from napari_samtune.core.prompts import PADDING, corrective_point, interior_point
 
 
 class PromptSegmenter(Protocol):
@@ -77,38 +77,22 @@ def box_prompt(mask: np.ndarray) -> np.ndarray:
 
 
 def farthest_interior_point(mask: np.ndarray) -> tuple[int, int]:
-    """(row, col) of the pixel of a non-empty 2D mask farthest from the mask's border.
-
-    The image edge counts as border; ties go to the first pixel in row-major order.
-    """
-    rows, cols = np.nonzero(mask)
-    row0, col0 = rows.min(), cols.min()
-    crop = np.pad(mask[row0 : rows.max() + 1, col0 : cols.max() + 1], 1)
-    distance = ndimage.distance_transform_edt(crop)
-    row, col = np.unravel_index(int(np.argmax(distance)), distance.shape)
-    return int(row0 + row - 1), int(col0 + col - 1)
+    """(row, col) of the pixel of a non-empty 2D mask farthest from the mask's border
+    (:func:`napari_samtune.core.prompts.interior_point`, where training clicks too)."""
+    col, row = interior_point(mask)
+    return int(row), int(col)
 
 
 def corrective_click(mask: np.ndarray, reference: np.ndarray) -> tuple[int, int, int] | None:
-    """The next correction for predicted ``mask`` of object ``reference`` (both (H, W) bool).
+    """The next correction for predicted ``mask`` of object ``reference`` (both (H, W) bool),
+    as in training (:func:`napari_samtune.core.prompts.corrective_point`).
 
     Returns:
         ``(row, col, label)`` with label 1 (add: the largest error region is missed
         object) or 0 (remove: it is spill-over), or None when ``mask`` is perfect.
     """
-    best: tuple[int, np.ndarray, int] | None = None  # (size, region, label)
-    for error, label in ((reference & ~mask, 1), (mask & ~reference, 0)):
-        components, n_components = ndimage.label(error)
-        if n_components == 0:
-            continue
-        sizes = np.bincount(components.ravel())[1:]
-        largest = int(np.argmax(sizes))
-        if best is None or sizes[largest] > best[0]:
-            best = (int(sizes[largest]), components == largest + 1, label)
-    if best is None:
-        return None
-    row, col = farthest_interior_point(best[1])
-    return row, col, best[2]
+    (col, row), label = corrective_point(mask, reference)
+    return None if label == PADDING else (int(row), int(col), int(label))
 
 
 @dataclass(frozen=True)
