@@ -26,6 +26,7 @@ from napari_samtune._qt.annotate_ui import BATCHED_MODE
 from napari_samtune._qt.prompt_layers import POINT_COLORS
 from napari_samtune.core.architectures import TINY, build_sam
 from napari_samtune.core.automatic import NANO_AUTO_CONFIG, AutoSegmentConfig
+from napari_samtune.core.data import load_pairs
 from napari_samtune.core.registry import register_user_model
 
 WAIT_MS = 30_000
@@ -304,7 +305,7 @@ def test_annotations_come_back_in_a_new_viewer(
 
 
 def test_an_image_of_the_same_name_saves_beside_the_other_never_over_it(
-    viewer_widget, make_napari_viewer, nuclei_image, notifications, drain_jobs
+    viewer_widget, make_napari_viewer, nuclei_image, notifications, drain_jobs, tmp_path
 ):
     """Names repeat across experiments (Image_001.tif), and the default folder is shared."""
     _, widget = viewer_widget
@@ -332,6 +333,12 @@ def test_an_image_of_the_same_name_saves_beside_the_other_never_over_it(
     assert (tifffile.imread(folder / f"{own_name}.labels.tif") == 7).sum() == 100
     assert (open_namesake(other_image.copy()).session.annotations == 7).sum() == 100
     np.testing.assert_array_equal(open_namesake(nuclei_image[0]).session.annotations, first)
+    for experiment, image in (("exp1", nuclei_image[0]), ("exp2", other_image)):
+        (tmp_path / experiment).mkdir()
+        tifffile.imwrite(tmp_path / experiment / "nuclei.tif", image)
+    (trained,) = load_pairs(tmp_path / "exp2", folder)  # training takes this image's own
+    assert (trained.labels == 7).sum() == 100
+    np.testing.assert_array_equal(load_pairs(tmp_path / "exp1", folder)[0].labels, first)
 
 
 def test_labels_from_samtune_segment_load_through_the_dialog(
@@ -372,7 +379,6 @@ def test_segment_a_folder_correct_in_napari_then_train(
     as the widget's autosaves; the widget opens them for correcting, saves every brush
     stroke, and training pairs them with their images (names through safe_stem)."""
     from napari_samtune.cli import main
-    from napari_samtune.core.data import load_pairs
 
     images, annotations = tmp_path / "images", tmp_path / "annotations"
     images.mkdir()

@@ -10,7 +10,6 @@ import tifffile
 
 from napari_samtune._qt.annotation_io import (
     annotation_paths,
-    image_fingerprint,
     load_annotations,
     safe_stem,
     save_annotations,
@@ -35,23 +34,6 @@ def test_save_and_load_round_trip(tmp_path):
     assert loaded.dtype == np.uint32
     assert loaded_record["objects"] == record["objects"]
     assert loaded_record["shape"] == [3, 20, 30] and loaded_record["image"] == "my image: 1/2"
-
-
-def test_fingerprints_tell_images_apart_cheaply(rng, monkeypatch):
-    import napari_samtune._qt.annotation_io as annotation_io
-
-    image = rng.integers(0, 60000, size=(3, 64, 80), dtype=np.uint16)
-    assert image_fingerprint(image) == image_fingerprint(image.copy())
-    changed = image.copy()
-    changed[2, 63, 79] += 1  # the last pixel
-    assert image_fingerprint(changed) != image_fingerprint(image)
-    assert image_fingerprint(image.astype(np.int32)) != image_fingerprint(image)
-    view = image.transpose(0, 2, 1)  # not contiguous: sampled without a copy
-    assert image_fingerprint(view) == image_fingerprint(np.ascontiguousarray(view))
-    monkeypatch.setattr(annotation_io, "FINGERPRINT_SAMPLES", 1000)  # a large image: sampled
-    assert image_fingerprint(changed) == image_fingerprint(image)  # (so this pixel is missed)
-    changed[0, 0, 0] += 1
-    assert image_fingerprint(changed) != image_fingerprint(image)
 
 
 def test_annotations_of_a_namesake_are_never_saved_over(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import tifffile
@@ -40,6 +42,44 @@ def test_files_pair_by_name_from_folders_globs_and_lists(tiff_folders):
     expected = make_dataset(3, shape=(64, 80), seed=1)
     assert all(np.array_equal(p.labels, e[1]) for p, e in zip(loaded, expected, strict=True))
     assert loaded[0].name == "cell_0.tif / cell_0_labels.tif"
+
+
+def test_each_image_pairs_with_the_autosave_of_its_pixels_among_namesakes(tmp_path):
+    """Image_001.tif of two experiments, annotated in one autosave folder: the second one's
+    annotations are Image_001-<fingerprint>.labels.tif, and each image trains on its own."""
+    from napari_samtune.core.label_files import image_fingerprint
+
+    (first, first_labels), (second, second_labels) = make_dataset(2, (48, 64), seed=7)
+    annotations = tmp_path / "annotations"
+    for folder, image in (("exp1", first), ("exp2", second)):
+        _write(tmp_path / folder, "Image_001.tif", image)
+        _write(tmp_path / folder, "Image_002.tif", image)
+    for name, image, labels in (
+        ("Image_001", first, first_labels),
+        (f"Image_001-{image_fingerprint(second)}", second, second_labels),
+        ("Image_002", None, second_labels),  # samtune segment's output: no record
+    ):
+        _write(annotations, f"{name}.labels.tif", labels)
+        if image is not None:
+            record = {
+                "format": "napari-samtune-annotations",
+                "image_fingerprint": image_fingerprint(image),
+            }
+            (annotations / f"{name}.prompts.json").write_text(json.dumps(record))
+    for folder, labels in (("exp1", first_labels), ("exp2", second_labels)):
+        pairs = load_pairs(tmp_path / folder, annotations)  # strict: every file pairs
+        assert len(pairs) == 2
+        np.testing.assert_array_equal(pairs[0].labels, labels)
+    assert pairs[0].name == f"Image_001.tif / Image_001-{image_fingerprint(second)}.labels.tif"
+
+    (annotations / "Image_001.prompts.json").write_text(
+        json.dumps({"image_fingerprint": "0123456789abcdef"})
+    )  # neither autosave was saved for exp1's image now
+    with pytest.raises(ValueError, match="all pair with 'Image_001.tif', but none was saved for"):
+        load_pairs(tmp_path / "exp1", annotations)
+    _write(annotations, "Image_001_mask.tif", first_labels)  # not an autosave: one per image
+    with pytest.raises(ValueError, match="both pair with image name 'image_001'"):
+        load_pairs(tmp_path / "exp1", annotations)
 
 
 def test_stack_files_give_one_pair_per_annotated_plane(tmp_path):

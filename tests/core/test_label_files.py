@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from napari_samtune.core.data import load_pairs
-from napari_samtune.core.label_files import match_files, pair_files, read_tiff
+from napari_samtune.core.label_files import image_fingerprint, match_files, pair_files, read_tiff
 
 
 def _write(folder, name, array):
@@ -99,6 +99,23 @@ def test_matching_without_any_pair_is_refused(tiff_folders, tmp_path):
         ValueError, match=r"images without labels \['cell_0.tif'.*\['a.labels.tif', 'b.labels"
     ):
         match_files(images, tmp_path / "elsewhere")
+
+
+def test_fingerprints_tell_images_apart_cheaply(rng, monkeypatch):
+    import napari_samtune.core.label_files as label_files
+
+    image = rng.integers(0, 60000, size=(3, 64, 80), dtype=np.uint16)
+    assert image_fingerprint(image) == image_fingerprint(image.copy())
+    changed = image.copy()
+    changed[2, 63, 79] += 1  # the last pixel
+    assert image_fingerprint(changed) != image_fingerprint(image)
+    assert image_fingerprint(image.astype(np.int32)) != image_fingerprint(image)
+    view = image.transpose(0, 2, 1)  # not contiguous: sampled without a copy
+    assert image_fingerprint(view) == image_fingerprint(np.ascontiguousarray(view))
+    monkeypatch.setattr(label_files, "FINGERPRINT_SAMPLES", 1000)  # a large image: sampled
+    assert image_fingerprint(changed) == image_fingerprint(image)  # (so this pixel is missed)
+    changed[0, 0, 0] += 1
+    assert image_fingerprint(changed) != image_fingerprint(image)
 
 
 def test_missing_and_empty_folders_are_named(tmp_path):

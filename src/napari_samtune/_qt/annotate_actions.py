@@ -19,7 +19,6 @@ from napari_samtune._qt import annotate_jobs as jobs
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, PROPAGATE_TASK, SAVE_TASK
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, SCOPE_STACK
 from napari_samtune._qt.annotation_io import (
-    LABELS_SUFFIX,
     annotation_paths,
     default_annotation_folder,
     save_annotations,
@@ -27,6 +26,7 @@ from napari_samtune._qt.annotation_io import (
 from napari_samtune._qt.propagate import PropagationConfig
 from napari_samtune._qt.workers import main_window_of, user_message
 from napari_samtune.core.automatic import AutoSegmentConfig, default_auto_config
+from napari_samtune.core.label_files import LABELS_SUFFIX
 
 # autosaves first; any label TIFF too, e.g. `samtune segment` output (<image>_labels.tif)
 LOAD_FILTERS = f"Annotations (*{LABELS_SUFFIX});;Label images (*.tif *.tiff)"

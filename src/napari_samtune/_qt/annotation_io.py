@@ -20,7 +20,6 @@ and an image whose name is taken by another image's annotations saves under
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -29,12 +28,18 @@ import numpy as np
 import tifffile
 
 from napari_samtune.core.checkpoints import atomic_write
-from napari_samtune.core.label_files import LABELS_SUFFIX, labels_file_name, read_tiff, safe_stem
+from napari_samtune.core.label_files import (
+    PROMPTS_SUFFIX,
+    labels_file_name,
+    prompts_path_for,
+    read_tiff,
+    safe_stem,
+    saved_fingerprint,
+)
 from napari_samtune.core.registry import user_models_dir
 
 FORMAT = "napari-samtune-annotations"
 FORMAT_VERSION = 1
-PROMPTS_SUFFIX = ".prompts.json"
 ANNOTATIONS_ENV = "SAMTUNE_ANNOTATIONS_DIR"
 
 
@@ -50,30 +55,11 @@ def annotation_paths(folder: str | Path, image_name: str) -> tuple[Path, Path]:
     return folder / labels_file_name(image_name), folder / (safe_stem(image_name) + PROMPTS_SUFFIX)
 
 
-FINGERPRINT_SAMPLES = 1 << 20  # pixels hashed at most: an even sample of larger images
-
-
-def image_fingerprint(data) -> str:
-    """A short hex hash of an image's shape, dtype and pixels (at most FINGERPRINT_SAMPLES
-    of them, evenly spaced: milliseconds for any size). Arrays that are not in memory (dask,
-    zarr) are not read: their shape and dtype are hashed."""
-    digest = hashlib.blake2b(repr((tuple(data.shape), str(data.dtype))).encode(), digest_size=8)
-    if isinstance(data, np.ndarray) and data.size:
-        step = max(1, data.size // FINGERPRINT_SAMPLES)
-        digest.update(np.ascontiguousarray(data.flat[::step]))  # no copy of the whole image
-    return digest.hexdigest()
-
-
 def saved_for_another_image(labels_path: Path, fingerprint: str, shape: tuple) -> bool:
     """Whether an existing annotation file belongs to another image: its record names
     another fingerprint, or (files without one, e.g. from ``samtune segment``) its labels
     have another shape."""
-    prompts_path = prompts_path_for(labels_path)
-    try:
-        record = json.loads(prompts_path.read_text(encoding="utf-8"))
-        saved = record.get("image_fingerprint") if isinstance(record, dict) else None
-    except (OSError, ValueError):
-        saved = None
+    saved = saved_fingerprint(labels_path)
     if saved is not None:
         return saved != fingerprint
     try:
@@ -124,14 +110,6 @@ def save_annotations(
     atomic_write(labels_path, lambda tmp: tifffile.imwrite(tmp, data, compression="zlib"))
     atomic_write(prompts_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return labels_path, prompts_path
-
-
-def prompts_path_for(labels_path: str | Path) -> Path:
-    """The JSON file saved next to a labels TIFF by :func:`save_annotations`."""
-    labels_path = Path(labels_path)
-    name = labels_path.name
-    stem = name[: -len(LABELS_SUFFIX)] if name.endswith(LABELS_SUFFIX) else labels_path.stem
-    return labels_path.with_name(stem + PROMPTS_SUFFIX)
 
 
 def load_annotations(labels_path: str | Path) -> tuple[np.ndarray, dict]:

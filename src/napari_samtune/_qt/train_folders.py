@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from napari_samtune._qt.workers import TaskProgress
-from napari_samtune.core.data import ImageLabelPair, describe_names, prepare_annotated, read_pairs
+from napari_samtune.core.data import ImageLabelPair, describe_names, prepare_annotated, read_match
 from napari_samtune.core.label_files import expand_paths, match_files
 
 
@@ -59,7 +59,7 @@ def check_folder_pairs(
         return FolderCheck((), f"{title} folders: {err}", "")
     try:
         match = match_files(source.images, source.labels)
-        pairs = read_pairs(match.pairs)
+        pairs = read_match(match)
 
         def progress(done: int, total: int) -> None:
             report(TaskProgress(done, total, f"checking the {title} folders: {done}/{total}"))
@@ -79,4 +79,4 @@ def check_folder_pairs(
 def load_folder_pairs(source: FolderSource | None) -> list[ImageLabelPair]:
     """Read a folder source's TIFF pairs (call it in the worker), leaving out the files
     without a partner; [] for None."""
-    return [] if source is None else read_pairs(match_files(source.images, source.labels).pairs)
+    return [] if source is None else read_match(match_files(source.images, source.labels))

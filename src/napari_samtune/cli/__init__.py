@@ -73,7 +73,7 @@ def read_annotated(
     Every file must pair unless ``skip_unpaired`` (``--skip-unpaired``): then the files
     without a partner are left out and, if ``verbose``, listed on stdout.
     """
-    from napari_samtune.core.data import read_pairs
+    from napari_samtune.core.data import read_match
     from napari_samtune.core.label_files import match_files
 
     match = match_files(images, labels)
@@ -84,7 +84,7 @@ def read_annotated(
         )
     if match.left_out_message() and verbose:
         print(f"{what} data: {match.left_out_message()}")
-    return read_pairs(match.pairs)
+    return read_match(match)
 
 
 def build_parser() -> argparse.ArgumentParser:

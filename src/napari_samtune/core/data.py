@@ -18,13 +18,18 @@ import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from napari_samtune.core.images import to_sam_rgb
-from napari_samtune.core.label_files import describe_names, pair_files, read_tiff
+from napari_samtune.core.label_files import (
+    FileMatch,
+    choose_namesake,
+    describe_names,
+    match_files,
+    read_tiff,
+)
 
 
 @dataclass(frozen=True)
@@ -83,20 +88,26 @@ def load_pairs(
     images: str | os.PathLike | Sequence[str | os.PathLike],
     labels: str | os.PathLike | Sequence[str | os.PathLike],
 ) -> list[ImageLabelPair]:
-    """Read paired TIFF files (see :func:`pair_files`: every file must pair) into
+    """Read paired TIFF files (see :func:`match_files`: every file must pair) into
     :class:`ImageLabelPair` s; a stack of planes gives one pair per plane with objects (see
     :func:`split_planes`)."""
-    return read_pairs(pair_files(images, labels))
+    match = match_files(images, labels)
+    if match.unpaired_message():
+        raise ValueError(match.unpaired_message())
+    return read_match(match)
 
 
-def read_pairs(files: Sequence[tuple[Path, Path]]) -> list[ImageLabelPair]:
-    """Read (image file, label file) pairs, e.g. :attr:`FileMatch.pairs`, as in
-    :func:`load_pairs`."""
-    return [
-        pair
-        for i, lab in files
-        for pair in split_planes(read_tiff(i), read_tiff(lab), name=f"{i.name} / {lab.name}")
-    ]
+def read_match(match: FileMatch) -> list[ImageLabelPair]:
+    """Read the pairs of :func:`match_files`, as in :func:`load_pairs`; an image with
+    autosaves of namesakes gets the one saved for its pixels (:func:`choose_namesake`)."""
+    pairs = []
+    for image_path, labels_path in match.pairs:
+        image = read_tiff(image_path)
+        if image_path in match.namesakes:
+            labels_path = choose_namesake(image, image_path, match.namesakes[image_path])
+        name = f"{image_path.name} / {labels_path.name}"
+        pairs += split_planes(image, read_tiff(labels_path), name=name)
+    return pairs
 
 
 def as_pairs(

@@ -11,16 +11,22 @@ list of these (:func:`expand_paths`).
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 LABELS_STEM_SUFFIX = ".labels"  # what the file stem ends in (a label suffix for pairing)
 LABELS_SUFFIX = LABELS_STEM_SUFFIX + ".tif"
+PROMPTS_SUFFIX = ".prompts.json"  # the annotation widget's record next to <name>.labels.tif
+FINGERPRINT_SAMPLES = 1 << 20  # pixels hashed at most: an even sample of larger images
+# an autosave of an image whose name was taken by another image's: <name>-<fingerprint>
+NAMESAKE_STEM = re.compile(r"^(.*)-[0-9a-f]{16}$")
 TIFF_SUFFIXES = (".tif", ".tiff")
 # Label files are often named after their image plus one of these.
 LABEL_SUFFIXES = (
@@ -39,6 +45,36 @@ def safe_stem(image_name: str) -> str:
 def labels_file_name(image_name: str) -> str:
     """``"cell 1"`` -> ``"cell_1.labels.tif"``: the labels of an image (layer) of that name."""
     return safe_stem(image_name) + LABELS_SUFFIX
+
+
+def prompts_path_for(labels_path: str | Path) -> Path:
+    """The annotation record (JSON) saved next to a labels TIFF: ``<name>.prompts.json``."""
+    labels_path = Path(labels_path)
+    name = labels_path.name
+    stem = name[: -len(LABELS_SUFFIX)] if name.endswith(LABELS_SUFFIX) else labels_path.stem
+    return labels_path.with_name(stem + PROMPTS_SUFFIX)
+
+
+def image_fingerprint(data) -> str:
+    """A 16-digit hex hash of an image's shape, dtype and pixels (at most
+    FINGERPRINT_SAMPLES of them, evenly spaced: milliseconds for any size). Arrays that
+    are not in memory (dask, zarr) are not read: their shape and dtype are hashed."""
+    digest = hashlib.blake2b(repr((tuple(data.shape), str(data.dtype))).encode(), digest_size=8)
+    if isinstance(data, np.ndarray) and data.size:
+        step = max(1, data.size // FINGERPRINT_SAMPLES)
+        digest.update(np.ascontiguousarray(data.flat[::step]))  # no copy of the whole image
+    return digest.hexdigest()
+
+
+def saved_fingerprint(labels_path: str | Path) -> str | None:
+    """The fingerprint of the image an annotation file was saved for (its record's), or
+    None: no record (e.g. ``samtune segment`` output), an older one, or unreadable."""
+    try:
+        record = json.loads(prompts_path_for(labels_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    found = record.get("image_fingerprint") if isinstance(record, dict) else None
+    return found if isinstance(found, str) else None
 
 
 def expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike], what: str) -> list[Path]:
@@ -66,12 +102,19 @@ def expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike], what: st
 
 
 def _label_stem(path: Path) -> str | None:
-    """The image name a label file is named after (lower case), None if not named as labels."""
+    """The image name a label file is named after (lower case), None if not named as labels;
+    a namesake's autosave ``<name>-<fingerprint>.labels.tif`` is named after ``<name>``."""
     stem = path.stem.lower()
     for suffix in LABEL_SUFFIXES:
         if stem.endswith(suffix):
-            return stem[: -len(suffix)]
+            stem = stem[: -len(suffix)]
+            namesake = NAMESAKE_STEM.match(stem) if suffix == LABELS_STEM_SUFFIX else None
+            return namesake.group(1) if namesake else stem
     return None
+
+
+def _is_autosave(path: Path) -> bool:
+    return path.stem.lower().endswith(LABELS_STEM_SUFFIX)
 
 
 def _pairing_key(path: Path, as_labels: bool) -> str:
@@ -93,6 +136,9 @@ class FileMatch:
     pairs: list[tuple[Path, Path]]  # (image file, label file), in the images' order
     lonely_images: tuple[str, ...] = ()  # names of image files without a label file
     lonely_labels: tuple[str, ...] = ()  # names of label files without an image file
+    # image file -> its autosave and those of namesakes (<name>-<fingerprint>.labels.tif),
+    # for images that have several; the pixels decide (:func:`choose_namesake`)
+    namesakes: dict[Path, tuple[Path, ...]] = field(default_factory=dict)
 
     def unpaired_message(self) -> str:
         """Why the files do not all pair, with the fix; "" when they do."""
@@ -133,33 +179,68 @@ def match_files(
     Images and labels may share a folder (``--images F --labels F``): a file named by both
     counts as labels if its name ends with a label suffix, else as an image. One image file
     and one label file pair whatever their names. Raises ``ValueError`` when no file pairs,
-    or when two label files pair with the same image.
+    or when two label files pair with the same image (but for autosaves of namesakes: see
+    :attr:`FileMatch.namesakes`).
     """
     image_files, label_files = _split_shared(
         expand_paths(images, "images"), expand_paths(labels, "labels")
     )
     if len(image_files) == 1 and len(label_files) == 1:
         return FileMatch([(image_files[0], label_files[0])])
-    by_key: dict[str, Path] = {}
-    for f in label_files:
-        key = _pairing_key(f, as_labels=True)
-        if key in by_key:
-            raise ValueError(
-                f"label files {by_key[key].name!r} and {f.name!r} both pair with image name "
-                f"{key!r}; keep one label file per image"
-            )
-        by_key[key] = f
+    by_key = _group_labels(label_files)
     keys = {f: _pairing_key(f, as_labels=False) for f in image_files}
-    pairs = [(f, by_key[keys[f]]) for f in image_files if keys[f] in by_key]
-    used = {f for pair in pairs for f in pair}
+    pairs = [(f, by_key[keys[f]][0]) for f in image_files if keys[f] in by_key]
+    namesakes = {f: tuple(by_key[keys[f]]) for f, _ in pairs if len(by_key[keys[f]]) > 1}
+    used = {f for image, _ in pairs for f in (image, *by_key[keys[image]])}
     match = FileMatch(
         pairs,
         tuple(f.name for f in image_files if f not in used),
         tuple(f.name for f in label_files if f not in used),
+        namesakes,
     )
     if not pairs:
         raise ValueError(match.unpaired_message())
     return match
+
+
+def _group_labels(label_files: list[Path]) -> dict[str, list[Path]]:
+    """Label files by the image name they pair with. Several per name only as autosaves of
+    namesakes (the image's own first): any other second label file is refused."""
+    by_key: dict[str, list[Path]] = {}
+    for f in label_files:
+        by_key.setdefault(_pairing_key(f, as_labels=True), []).append(f)
+    for key, files in by_key.items():
+        if len(files) > 1 and not all(map(_is_autosave, files)):
+            raise ValueError(
+                f"label files {files[0].name!r} and {files[1].name!r} both pair with image "
+                f"name {key!r}; keep one label file per image"
+            )
+        files.sort(key=_is_namesake)
+    return by_key
+
+
+def _is_namesake(path: Path) -> bool:
+    """Whether a file is a namesake's autosave, ``<name>-<fingerprint>.labels.tif``."""
+    stem = path.stem.lower()
+    return _is_autosave(path) and bool(NAMESAKE_STEM.match(stem[: -len(LABELS_STEM_SUFFIX)]))
+
+
+def choose_namesake(image: np.ndarray, image_path: Path, candidates: Sequence[Path]) -> Path:
+    """Of the autosaves named after one image, those of namesakes among them (images of the
+    same name from other experiments), the one saved for ``image``'s pixels; else the one
+    without a fingerprint (e.g. ``samtune segment``'s). ``ValueError`` when none is."""
+    fingerprint = image_fingerprint(image)
+    saved = {path: saved_fingerprint(path) for path in candidates}
+    mine = [path for path, found in saved.items() if found == fingerprint]
+    unrecorded = [path for path, found in saved.items() if found is None]
+    if mine or len(unrecorded) == 1:
+        return (mine or unrecorded)[0]
+    raise ValueError(
+        f"the annotation files {describe_names([p.name for p in candidates])} all pair with "
+        f"{image_path.name!r}, but none was saved for its pixels: they belong to other images "
+        "of the same name; move them to another folder, or name this image's labels "
+        f"{labels_file_name(image_path.stem)}"
+    )
 
 
 def pair_files(
