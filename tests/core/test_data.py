@@ -75,8 +75,14 @@ def test_each_image_pairs_with_the_autosave_of_its_pixels_among_namesakes(tmp_pa
     (annotations / "Image_001.prompts.json").write_text(
         json.dumps({"image_fingerprint": "0123456789abcdef"})
     )  # neither autosave was saved for exp1's image now
-    with pytest.raises(ValueError, match="all pair with 'Image_001.tif', but none was saved for"):
+    with pytest.raises(ValueError, match="pair with 'Image_001.tif' by name, but none was saved"):
         load_pairs(tmp_path / "exp1", annotations)
+    (annotations / "Image_001.labels.tif").unlink()  # only exp2's: not exp1's image's either
+    with pytest.raises(ValueError, match=r"Image_001-[0-9a-f]{16}.labels.tif pair with 'Image"):
+        load_pairs(tmp_path / "exp1", annotations)
+    assert load_pairs(tmp_path / "exp2", annotations)[0].name.startswith(
+        "Image_001.tif / Image_001-"
+    )
     _write(annotations, "Image_001_mask.tif", first_labels)  # not an autosave: one per image
     with pytest.raises(ValueError, match="both pair with image name 'image_001'"):
         load_pairs(tmp_path / "exp1", annotations)

@@ -137,7 +137,7 @@ class FileMatch:
     lonely_images: tuple[str, ...] = ()  # names of image files without a label file
     lonely_labels: tuple[str, ...] = ()  # names of label files without an image file
     # image file -> its autosave and those of namesakes (<name>-<fingerprint>.labels.tif),
-    # for images that have several; the pixels decide (:func:`choose_namesake`)
+    # for images that have several or only a namesake's; the pixels decide (choose_namesake)
     namesakes: dict[Path, tuple[Path, ...]] = field(default_factory=dict)
 
     def unpaired_message(self) -> str:
@@ -190,7 +190,11 @@ def match_files(
     by_key = _group_labels(label_files)
     keys = {f: _pairing_key(f, as_labels=False) for f in image_files}
     pairs = [(f, by_key[keys[f]][0]) for f in image_files if keys[f] in by_key]
-    namesakes = {f: tuple(by_key[keys[f]]) for f, _ in pairs if len(by_key[keys[f]]) > 1}
+    namesakes = {
+        f: tuple(by_key[keys[f]])
+        for f, labels in pairs
+        if len(by_key[keys[f]]) > 1 or _is_namesake(labels)  # a namesake's is checked alone too
+    }
     used = {f for image, _ in pairs for f in (image, *by_key[keys[image]])}
     match = FileMatch(
         pairs,
@@ -236,9 +240,9 @@ def choose_namesake(image: np.ndarray, image_path: Path, candidates: Sequence[Pa
     if mine or len(unrecorded) == 1:
         return (mine or unrecorded)[0]
     raise ValueError(
-        f"the annotation files {describe_names([p.name for p in candidates])} all pair with "
-        f"{image_path.name!r}, but none was saved for its pixels: they belong to other images "
-        "of the same name; move them to another folder, or name this image's labels "
+        f"the annotation files {describe_names([p.name for p in candidates])} pair with "
+        f"{image_path.name!r} by name, but none was saved for its pixels: they belong to other "
+        "images of the same name; move them to another folder, or name this image's labels "
         f"{labels_file_name(image_path.stem)}"
     )
 
