@@ -370,6 +370,14 @@ def test_autosaves_train_the_images_annotated_so_far(qtbot, viewer, tmp_path):
     data.autosaves_button.click()
     assert data.labels_dir_edit.text() == str(default_annotation_folder())
 
+    opened = viewer.open(images / "cell 1.tif")[0]  # annotating a file: its folder
+    annotate = AnnotateWidget(viewer)
+    viewer.window.add_dock_widget(annotate, name="Annotate with SAM")
+    annotate.ui.image_combo.setCurrentText(opened.name)
+    data.image_dir_edit.setText("")
+    data.autosaves_button.click()
+    assert data.image_dir_edit.text() == str(images)
+
 
 def _checked(qtbot, data) -> bool:
     """``data.check()``, after waiting for the background check of its folders."""

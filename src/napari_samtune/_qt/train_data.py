@@ -135,8 +135,9 @@ class PairSourceWidget(QWidget):
         self.image_dir_button, self.labels_dir_button = QPushButton("…"), QPushButton("…")
         self.autosaves_button = QPushButton("autosaves")
         self.autosaves_button.setToolTip(
-            "Take the labels from the annotation widget's autosave folder: train on the "
-            "images of the image folder annotated so far (the others are left out)"
+            "Take the labels from the annotation widget's autosave folder (and, if empty, the "
+            "image folder from the file it annotates): train on the images of the image "
+            "folder annotated so far (the others are left out)"
         )
         self.folder_error = error_label()
         self.folder_note = note_label()  # what training leaves out: files without a partner, ...
@@ -232,10 +233,15 @@ class PairSourceWidget(QWidget):
             self.check_folders()
 
     def use_autosave_folder(self) -> None:
-        """Labels from where the annotation widget autosaves (the docked widget's folder)."""
+        """Labels from where the annotation widget autosaves (the docked widget's folder);
+        an empty image folder becomes the folder of the file being annotated there."""
         docked = annotation_widgets(self.viewer)
         folder = docked[0].annotation_folder() if docked else default_annotation_folder()
         self.labels_dir_edit.setText(str(folder))
+        image = docked[0].image_layer if docked else None
+        source = getattr(getattr(image, "source", None), "path", None)
+        if source and not self.image_dir_edit.text().strip():
+            self.image_dir_edit.setText(str(Path(source).parent))
         self.check_folders()
 
     def folder_source(self) -> FolderSource | None:
