@@ -13,9 +13,11 @@ Both files are written atomically (temporary file + rename), so a crash during a
 leaves the previous save intact.
 
 Names repeat across experiments (``Image_001.tif``), and the default folder is shared by
-all of them. The record therefore carries an ``image_fingerprint`` (:func:`image_fingerprint`),
-and an image whose name is taken by another image's annotations saves under
-``<name>-<fingerprint>`` instead (:func:`save_name`): neither overwrites the other.
+all of them. The record therefore carries an ``image_fingerprint`` (see
+:func:`napari_samtune.core.label_files.image_fingerprint`), and an image whose name is
+taken by another image's annotations saves under ``<name>-<fingerprint>`` instead
+(:func:`save_name`): neither overwrites the other, and training pairs each image with its
+own (:func:`napari_samtune.core.label_files.choose_namesake`).
 """
 
 from __future__ import annotations
