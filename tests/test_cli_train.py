@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,8 +151,12 @@ def test_unpaired_files_are_reported_or_left_out_on_request(tmp_path, folders, c
     assert "or pass --skip-unpaired to use the 1 pair(s) found" in err
 
     argv[-3] = f"{labels}/s[02]_mask.tif"  # s1 not annotated yet
+    record = {"image_fingerprint": "0123456789abcdef"}  # saved in napari for other pixels
+    (Path(labels) / "s2_mask.prompts.json").write_text(json.dumps(record))
     assert cli.main([*argv, "--skip-unpaired", "--epochs", "1", *FAST]) == 0
     out = capsys.readouterr().out
+    assert "warning: training data: the labels of 1 pair(s) were saved in napari for other" in out
+    assert "pixels than their image's: s2.tif / s2_mask.tif" in out
     assert (
         "training data: left out 1 image(s) without a label file (not annotated yet?): s1.tif"
         in out

@@ -336,6 +336,7 @@ def test_autosaves_train_the_images_annotated_so_far(qtbot, viewer, tmp_path):
     widget; its autosave folder also holds the annotations of an image from elsewhere."""
     from napari_samtune._qt.annotation_io import default_annotation_folder, save_annotations
     from napari_samtune._qt.train_folders import load_folder_pairs
+    from napari_samtune.core.label_files import image_fingerprint
 
     images = tmp_path / "images"
     images.mkdir()
@@ -345,9 +346,9 @@ def test_autosaves_train_the_images_annotated_so_far(qtbot, viewer, tmp_path):
     viewer.window.add_dock_widget(annotate, name="Annotate with SAM")
     annotate.ui.folder_edit.setText(str(tmp_path / "my annotations"))
     for name, layer in (("cell 0", "cells0"), ("cell 2", "cells2"), ("elsewhere", "cells1")):
-        save_annotations(
-            annotate.annotation_folder(), name, viewer.layers[f"{layer} labels"].data, {}
-        )
+        record = {"image_fingerprint": image_fingerprint(viewer.layers[layer].data)}
+        labels = viewer.layers[f"{layer} labels"].data
+        save_annotations(annotate.annotation_folder(), name, labels, record)
     widget = TrainWidget(viewer, machine=SMALL_CPU)
     viewer.window.add_dock_widget(widget, name="Finetune SAM")
     data = widget.train_data
@@ -359,6 +360,10 @@ def test_autosaves_train_the_images_annotated_so_far(qtbot, viewer, tmp_path):
         "left out 1 image(s) without a label file (not annotated yet?): cell 1.tif and 1 label "
         "file(s) without an image: elsewhere.labels.tif"
     )
+    tifffile.imwrite(images / "cell 2.tif", viewer.layers["cells1"].data)  # another image now
+    assert _checked(qtbot, data)
+    assert "the labels of 1 pair(s) were saved in napari for other" in data.folder_note.text()
+    tifffile.imwrite(images / "cell 2.tif", viewer.layers["cells2"].data)
     pairs = load_folder_pairs(data.folder_source())
     assert [p.name for p in pairs] == [
         "cell 0.tif / cell_0.labels.tif",

@@ -13,15 +13,17 @@ from napari_samtune.core.data import (
     ImageLabelPair,
     NoObjectsError,
     as_pairs,
+    foreign_labels_message,
     load_pairs,
     prepare_annotated,
     prepare_pair,
     prepare_pairs,
+    read_match,
     split_planes,
     split_validation,
 )
 from napari_samtune.core.images import to_sam_rgb
-from napari_samtune.core.label_files import pair_files
+from napari_samtune.core.label_files import match_files, pair_files
 from napari_samtune.core.synthetic import make_dataset, make_image
 
 
@@ -77,6 +79,12 @@ def test_each_image_pairs_with_the_autosave_of_its_pixels_among_namesakes(tmp_pa
     )  # neither autosave was saved for exp1's image now
     with pytest.raises(ValueError, match="pair with 'Image_001.tif' by name, but none was saved"):
         load_pairs(tmp_path / "exp1", annotations)
+    foreign = []  # exp2's own autosave gone: its image pairs with exp1's by name, but told
+    (annotations / f"Image_001-{image_fingerprint(second)}.labels.tif").rename(tmp_path / "x.tif")
+    assert len(read_match(match_files(tmp_path / "exp2", annotations), foreign)) == 2
+    assert foreign == ["Image_001.tif / Image_001.labels.tif"]
+    assert "saved in napari for other pixels than their image's" in foreign_labels_message(foreign)
+    (tmp_path / "x.tif").rename(annotations / f"Image_001-{image_fingerprint(second)}.labels.tif")
     (annotations / "Image_001.labels.tif").unlink()  # only exp2's: not exp1's image's either
     with pytest.raises(ValueError, match=r"Image_001-[0-9a-f]{16}.labels.tif pair with 'Image"):
         load_pairs(tmp_path / "exp1", annotations)

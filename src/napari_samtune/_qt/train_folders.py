@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from napari_samtune._qt.workers import TaskProgress
-from napari_samtune.core.data import ImageLabelPair, describe_names, prepare_annotated, read_match
+from napari_samtune.core.data import (
+    ImageLabelPair,
+    describe_names,
+    foreign_labels_message,
+    prepare_annotated,
+    read_match,
+)
 from napari_samtune.core.label_files import expand_paths, match_files
 
 
@@ -58,8 +64,8 @@ def check_folder_pairs(
     except (ValueError, OSError) as err:
         return FolderCheck((), f"{title} folders: {err}", "")
     try:
-        match = match_files(source.images, source.labels)
-        pairs = read_match(match)
+        match, foreign = match_files(source.images, source.labels), []
+        pairs = read_match(match, foreign)
 
         def progress(done: int, total: int) -> None:
             report(TaskProgress(done, total, f"checking the {title} folders: {done}/{total}"))
@@ -67,7 +73,7 @@ def check_folder_pairs(
         _, left_out = prepare_annotated(pairs, f"{title} folder", progress)
     except (ValueError, TypeError, OSError) as err:
         return FolderCheck(signature, f"{title} folders: {err}", "")
-    notes = [match.left_out_message()]
+    notes = [match.left_out_message(), foreign_labels_message(foreign) if foreign else ""]
     if left_out:
         notes.append(
             f"{len(left_out)} of {len(pairs)} pairs have no object and will be left out: "

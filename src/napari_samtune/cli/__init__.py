@@ -73,7 +73,7 @@ def read_annotated(
     Every file must pair unless ``skip_unpaired`` (``--skip-unpaired``): then the files
     without a partner are left out and, if ``verbose``, listed on stdout.
     """
-    from napari_samtune.core.data import read_match
+    from napari_samtune.core.data import foreign_labels_message, read_match
     from napari_samtune.core.label_files import match_files
 
     match = match_files(images, labels)
@@ -84,7 +84,11 @@ def read_annotated(
         )
     if match.left_out_message() and verbose:
         print(f"{what} data: {match.left_out_message()}")
-    return read_match(match)
+    foreign: list[str] = []
+    pairs = read_match(match, foreign)
+    if foreign and verbose:
+        print(f"warning: {what} data: {foreign_labels_message(foreign)}")
+    return pairs
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,8 +27,10 @@ from napari_samtune.core.label_files import (
     FileMatch,
     choose_namesake,
     describe_names,
+    image_fingerprint,
     match_files,
     read_tiff,
+    saved_fingerprint,
 )
 
 
@@ -97,17 +99,34 @@ def load_pairs(
     return read_match(match)
 
 
-def read_match(match: FileMatch) -> list[ImageLabelPair]:
+def read_match(match: FileMatch, foreign: list[str] | None = None) -> list[ImageLabelPair]:
     """Read the pairs of :func:`match_files`, as in :func:`load_pairs`; an image with
-    autosaves of namesakes gets the one saved for its pixels (:func:`choose_namesake`)."""
+    autosaves of namesakes gets the one saved for its pixels (:func:`choose_namesake`).
+
+    ``foreign``, if given, receives the names of the pairs whose labels were saved in napari
+    for other pixels than their image's (:func:`foreign_labels_message`); they are read all
+    the same, as the image may just have been opened differently there.
+    """
     pairs = []
     for image_path, labels_path in match.pairs:
         image = read_tiff(image_path)
         if image_path in match.namesakes:
             labels_path = choose_namesake(image, image_path, match.namesakes[image_path])
         name = f"{image_path.name} / {labels_path.name}"
+        saved = saved_fingerprint(labels_path) if foreign is not None else None
+        if saved is not None and saved != image_fingerprint(image):
+            foreign.append(name)
         pairs += split_planes(image, read_tiff(labels_path), name=name)
     return pairs
+
+
+def foreign_labels_message(names: Sequence[str]) -> str:
+    """The warning about pairs whose labels were saved for other pixels (see read_match)."""
+    return (
+        f"the labels of {len(names)} pair(s) were saved in napari for other pixels than their "
+        f"image's: {describe_names(names)}; another image of the same name, or the image "
+        "opened differently there? Check that they belong together"
+    )
 
 
 def as_pairs(
