@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -395,6 +396,7 @@ AUTO = ["--auto", "--points-per-side", "4", "--pred-iou-thresh", "-1"]
 def test_auto_on_a_folder_writes_labels_that_pair_for_training(
     tmp_path, tiny_sam, tiny_checkpoint, stack_file, capsys
 ):
+    from napari_samtune.core.data import load_pairs
     from napari_samtune.core.label_files import pair_files
 
     _, stack = stack_file
@@ -423,6 +425,21 @@ def test_auto_on_a_folder_writes_labels_that_pair_for_training(
     assert segment(tiny_checkpoint, images, out, *AUTO, "--overwrite") == 0
     np.testing.assert_array_equal(tifffile.imread(out / "cell_1.labels.tif"), tifffile.imread(one))
     assert not (tifffile.imread(out / "cell_0.labels.tif") == 1).all()
+
+    # cell_1.labels.tif saved in napari for another image named cell_1: neither skipped as
+    # done nor overwritten; this image's labels go beside it, as the widget names them
+    from napari_samtune.core.label_files import image_fingerprint
+
+    tifffile.imwrite(out / "cell_1.labels.tif", np.full((120, 160), 5, np.uint32))
+    (out / "cell_1.prompts.json").write_text(json.dumps({"image_fingerprint": "0" * 16}))
+    assert segment(tiny_checkpoint, images, out, *AUTO, "--overwrite") == 0
+    assert (tifffile.imread(out / "cell_1.labels.tif") == 5).all()
+    own = out / f"cell_1-{image_fingerprint(tifffile.imread(images / 'cell_1.tif'))}.labels.tif"
+    np.testing.assert_array_equal(tifffile.imread(own), tifffile.imread(one))
+    assert [lab.name for _, lab in pair_files(images, out)] == [
+        "cell_0.labels.tif", "cell_1.labels.tif", "cell_2.labels.tif"
+    ]  # fmt: skip
+    assert [p.name for p in load_pairs(images, out)][1] == f"cell_1.tif / {own.name}"
 
 
 def test_a_bad_image_in_a_batch_does_not_stop_the_others(

@@ -346,6 +346,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _output_for(image: Path, out_dir: Path) -> Path:
+    """``<image>.labels.tif`` in ``out_dir``, or, where that file was saved in napari for
+    another image of the same name (its record's fingerprint), ``<image>-<fingerprint>``
+    as the annotation widget names it: a namesake's annotations are never skipped as done
+    nor overwritten."""
+    from napari_samtune.core.label_files import image_fingerprint, saved_fingerprint
+
+    output = out_dir / labels_file_name(image.stem)
+    saved = saved_fingerprint(output) if output.is_file() else None
+    if saved is None:
+        return output
+    try:
+        fingerprint = image_fingerprint(read_image(image))
+    except ValueError:  # reported when the image is segmented
+        return output
+    if saved == fingerprint:
+        return output
+    return out_dir / labels_file_name(f"{image.stem}-{fingerprint}")
+
+
 def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
     """--auto on several images: ``<image>.labels.tif`` each in the output folder. Images
     whose labels exist are skipped unless --overwrite (a rerun after a stop goes on where it
@@ -370,7 +390,7 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
     if labelled:
         print(f"leaving out {len(labelled)} file(s) named as labels, e.g. {labelled[0].name}")
     images = [f for f in files if not is_label_file(f)]
-    outputs = {f: out_dir / labels_file_name(f.stem) for f in images}
+    outputs = {f: _output_for(f, out_dir) for f in images}
     by_output: dict[Path, list[str]] = {}
     for image, output in outputs.items():
         by_output.setdefault(output, []).append(str(image))
