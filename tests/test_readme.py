@@ -19,7 +19,7 @@ def python_blocks() -> list[str]:
 
 def test_the_python_examples_run(tmp_path, monkeypatch):
     blocks = python_blocks()
-    assert len(blocks) == 2, "the README's Python examples changed: update this test"
+    assert len(blocks) == 3, "the README's Python examples changed: update this test"
     for i, (image, labels) in enumerate(make_dataset(4, shape=(192, 192), seed=7)):
         for folder, array, name in [("images", image, f"c{i}"), ("labels", labels, f"c{i}_mask")]:
             (tmp_path / folder).mkdir(exist_ok=True)
@@ -27,7 +27,7 @@ def test_the_python_examples_run(tmp_path, monkeypatch):
     tifffile.imwrite(tmp_path / "cells.tif", make_dataset(1, shape=(192, 192), seed=8)[0][0])
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    segment, training = blocks
+    segment, training, partly = blocks
     exec(compile(segment, "README segment example", "exec"), namespace)
     assert namespace["mask"].shape == (192, 192) and namespace["mask"].dtype == bool
     assert namespace["labels"].shape == (192, 192)
@@ -40,3 +40,14 @@ def test_the_python_examples_run(tmp_path, monkeypatch):
     registered = model.sam.state_dict()  # the registered model is the run's export
     saved = torch.load(finished.exported_model_path, weights_only=True)
     assert all(torch.equal(registered[k], saved[k]) for k in saved)
+
+    (tmp_path / "annotations").mkdir()  # two of the four images annotated
+    for name in ("c1", "c3"):
+        (tmp_path / "labels" / f"{name}_mask.tif").rename(
+            tmp_path / "annotations" / f"{name}.labels.tif"
+        )
+    exec(compile(partly, "README partly annotated example", "exec"), namespace)
+    assert [pair.name for pair in namespace["pairs"]] == [
+        "c1.tif / c1.labels.tif", "c3.tif / c3.labels.tif"
+    ]  # fmt: skip
+    assert namespace["match"].lonely_images == ("c0.tif", "c2.tif")
