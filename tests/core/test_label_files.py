@@ -118,6 +118,33 @@ def test_fingerprints_tell_images_apart_cheaply(rng, monkeypatch):
     assert image_fingerprint(changed) != image_fingerprint(image)
 
 
+def test_the_pixels_choose_among_an_images_autosaves(tmp_path, rng):
+    """choose_namesake: the autosave saved for these pixels; else the one without a record
+    (e.g. samtune segment's); else none."""
+    import json
+
+    from napari_samtune.core.label_files import choose_namesake
+
+    image = rng.integers(0, 255, size=(8, 8), dtype=np.uint8)
+    mine = image_fingerprint(image)
+    plain, other = tmp_path / "a.labels.tif", tmp_path / f"a-{'1' * 16}.labels.tif"
+    own = tmp_path / f"a-{mine}.labels.tif"
+    for path in (plain, other, own):
+        _write(tmp_path, path.name, np.ones((8, 8), np.uint8))
+    (tmp_path / f"a-{'1' * 16}.prompts.json").write_text(
+        json.dumps({"image_fingerprint": "1" * 16})
+    )
+    (tmp_path / f"a-{mine}.prompts.json").write_text(json.dumps({"image_fingerprint": mine}))
+    source = tmp_path / "a.tif"
+    assert choose_namesake(image, source, [plain, other, own]) == own
+    assert choose_namesake(image, source, [plain, other]) == plain  # no record: segment's
+    (tmp_path / "a.prompts.json").write_text(json.dumps({"image_fingerprint": "2" * 16}))
+    with pytest.raises(
+        ValueError, match="none was saved for its pixels.*name this image's labels a.labels.tif"
+    ):
+        choose_namesake(image, source, [plain, other])
+
+
 def test_missing_and_empty_folders_are_named(tmp_path):
     (tmp_path / "empty").mkdir()
     _write(tmp_path / "full", "a.tif", np.ones((4, 4), np.uint8))
