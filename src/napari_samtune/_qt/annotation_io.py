@@ -33,6 +33,7 @@ from napari_samtune.core.checkpoints import atomic_write
 from napari_samtune.core.label_files import (
     PROMPTS_SUFFIX,
     labels_file_name,
+    namesake_name,
     prompts_path_for,
     read_tiff,
     safe_stem,
@@ -76,7 +77,7 @@ def save_name(folder: str | Path, image_name: str, fingerprint: str, shape: tupl
     name, unless that file belongs to another image; then ``<name>-<fingerprint>``."""
     labels_path, _ = annotation_paths(folder, image_name)
     if labels_path.is_file() and saved_for_another_image(labels_path, fingerprint, shape):
-        return f"{image_name}-{fingerprint}"
+        return namesake_name(image_name, fingerprint)
     return image_name
 
 

@@ -351,7 +351,7 @@ def _output_for(image: Path, out_dir: Path) -> Path:
     another image of the same name (its record's fingerprint), ``<image>-<fingerprint>``
     as the annotation widget names it: a namesake's annotations are never skipped as done
     nor overwritten."""
-    from napari_samtune.core.label_files import image_fingerprint, saved_fingerprint
+    from napari_samtune.core.label_files import image_fingerprint, namesake_name, saved_fingerprint
 
     output = out_dir / labels_file_name(image.stem)
     saved = saved_fingerprint(output) if output.is_file() else None
@@ -363,7 +363,7 @@ def _output_for(image: Path, out_dir: Path) -> Path:
         return output
     if saved == fingerprint:
         return output
-    return out_dir / labels_file_name(f"{image.stem}-{fingerprint}")
+    return out_dir / labels_file_name(namesake_name(image.stem, fingerprint))
 
 
 def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:

@@ -14,7 +14,6 @@ Coordinates: arrays are (row, col).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -93,10 +92,7 @@ def load_pairs(
     """Read paired TIFF files (see :func:`match_files`: every file must pair) into
     :class:`ImageLabelPair` s; a stack of planes gives one pair per plane with objects (see
     :func:`split_planes`)."""
-    match = match_files(images, labels)
-    if match.unpaired_message():
-        raise ValueError(match.unpaired_message())
-    return read_match(match)
+    return read_match(match_files(images, labels, strict=True))
 
 
 def read_match(match: FileMatch, foreign: list[str] | None = None) -> list[ImageLabelPair]:
@@ -110,14 +106,18 @@ def read_match(match: FileMatch, foreign: list[str] | None = None) -> list[Image
     pairs = []
     for image_path, labels_path in match.pairs:
         image = read_tiff(image_path)
-        if image_path in match.namesakes:
+        if image_path in match.namesakes:  # chosen by the pixels: never foreign
             labels_path = choose_namesake(image, image_path, match.namesakes[image_path])
+        elif foreign is not None and _saved_for_other_pixels(labels_path, image):
+            foreign.append(f"{image_path.name} / {labels_path.name}")
         name = f"{image_path.name} / {labels_path.name}"
-        saved = saved_fingerprint(labels_path) if foreign is not None else None
-        if saved is not None and saved != image_fingerprint(image):
-            foreign.append(name)
         pairs += split_planes(image, read_tiff(labels_path), name=name)
     return pairs
+
+
+def _saved_for_other_pixels(labels_path, image: np.ndarray) -> bool:
+    saved = saved_fingerprint(labels_path)
+    return saved is not None and saved != image_fingerprint(image)
 
 
 def foreign_labels_message(names: Sequence[str]) -> str:
@@ -271,18 +271,15 @@ def prepare_annotated(
 
 
 def repeated_pairs(images: Sequence[PreparedImage], seen: Sequence[PreparedImage]) -> tuple:
-    """Names of ``images`` whose pixels and labels equal those of an image in ``seen``:
-    validation data that repeats training data scores fitting, not new images."""
-    known = {_fingerprint(image) for image in seen}
-    return tuple(image.name for image in images if _fingerprint(image) in known)
+    """Names of ``images`` whose pixels and labels equal those of an image in ``seen``
+    (by :func:`image_fingerprint` of both): validation data that repeats training data
+    scores fitting, not new images."""
+    known = {_fingerprints(image) for image in seen}
+    return tuple(image.name for image in images if _fingerprints(image) in known)
 
 
-def _fingerprint(image: PreparedImage) -> bytes:
-    digest = hashlib.blake2b(digest_size=16)
-    for array in (image.rgb, image.labels):
-        digest.update(repr(array.shape).encode())
-        digest.update(np.ascontiguousarray(array))
-    return digest.digest()
+def _fingerprints(image: PreparedImage) -> tuple[str, str]:
+    return image_fingerprint(image.rgb), image_fingerprint(image.labels)
 
 
 def split_validation(

@@ -47,6 +47,12 @@ def labels_file_name(image_name: str) -> str:
     return safe_stem(image_name) + LABELS_SUFFIX
 
 
+def namesake_name(image_name: str, fingerprint: str) -> str:
+    """The name an image's annotations take where another image's have its own name:
+    ``<name>-<fingerprint>`` (:data:`NAMESAKE_STEM` reads it back when pairing)."""
+    return f"{image_name}-{fingerprint}"
+
+
 def prompts_path_for(labels_path: str | Path) -> Path:
     """The annotation record (JSON) saved next to a labels TIFF: ``<name>.prompts.json``."""
     labels_path = Path(labels_path)
@@ -172,6 +178,7 @@ def describe_names(names: Sequence[str], limit: int = 3) -> str:
 def match_files(
     images: str | os.PathLike | Sequence[str | os.PathLike],
     labels: str | os.PathLike | Sequence[str | os.PathLike],
+    strict: bool = False,
 ) -> FileMatch:
     """Pair image and label files by file name (labels may add e.g. ``_labels`` or ``_mask``)
     and name the files without a partner.
@@ -180,7 +187,7 @@ def match_files(
     counts as labels if its name ends with a label suffix, else as an image. One image file
     and one label file pair whatever their names. Raises ``ValueError`` when no file pairs,
     or when two label files pair with the same image (but for autosaves of namesakes: see
-    :attr:`FileMatch.namesakes`).
+    :attr:`FileMatch.namesakes`); with ``strict``, also listing every file without a partner.
     """
     image_files, label_files = _split_shared(
         expand_paths(images, "images"), expand_paths(labels, "labels")
@@ -202,7 +209,7 @@ def match_files(
         tuple(f.name for f in label_files if f not in used),
         namesakes,
     )
-    if not pairs:
+    if not pairs or (strict and match.unpaired_message()):
         raise ValueError(match.unpaired_message())
     return match
 
@@ -251,12 +258,9 @@ def pair_files(
     images: str | os.PathLike | Sequence[str | os.PathLike],
     labels: str | os.PathLike | Sequence[str | os.PathLike],
 ) -> list[tuple[Path, Path]]:
-    """The pairs of :func:`match_files`; raises ``ValueError`` listing every file without a
-    partner when there is one."""
-    match = match_files(images, labels)
-    if match.unpaired_message():
-        raise ValueError(match.unpaired_message())
-    return match.pairs
+    """The pairs of :func:`match_files` when every file pairs (``strict``); else
+    ``ValueError`` listing every file without a partner."""
+    return match_files(images, labels, strict=True).pairs
 
 
 def _split_shared(image_files: list[Path], label_files: list[Path]) -> tuple[list, list]:
