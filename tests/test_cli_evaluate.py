@@ -105,3 +105,44 @@ def test_evaluate_rejects_negative_clicks(tmp_path, annotated_folder, capsys):
     ])  # fmt: skip
     assert code == 2
     assert "--clicks -1" in capsys.readouterr().err
+
+
+def test_multichannel_images_and_float_labels_score_as_their_plain_versions(
+    tmp_path, annotated_folder, capsys
+):
+    """Two-channel files (noise, cells) with --channels 1 and labels saved as float32 (as
+    some ImageJ plugins save them) give the scores of the plain grayscale files."""
+    images, labels = annotated_folder
+    two_channel, float_labels = tmp_path / "two_channel", tmp_path / "float_labels"
+    two_channel.mkdir()
+    float_labels.mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, (96, 96), dtype=np.uint8)
+    for i in range(2):
+        image = tifffile.imread(images / f"img{i}.tif")
+        tifffile.imwrite(two_channel / f"img{i}.tif", np.stack([noise, image]))
+        label = tifffile.imread(labels / f"img{i}_labels.tif").astype(np.float32)
+        tifffile.imwrite(float_labels / f"img{i}_labels.tif", label)
+    model = str(_save_tiny(tmp_path / "tiny.pth", 0))
+    rows = []
+    for name, folders, extra in [
+        ("plain", (images, labels), []),
+        ("channels", (two_channel, float_labels), ["--channels", "1"]),
+    ]:
+        code = cli.main([
+            "evaluate", "--images", str(folders[0]), "--labels", str(folders[1]),
+            "--model", model, "--out", str(tmp_path / name), "--clicks", "1",
+            "--points-per-side", "4", *extra,
+        ])  # fmt: skip
+        assert code == 0
+        with open(tmp_path / name / "evaluation.csv") as file:
+            rows.append(next(csv.DictReader(file)))
+    assert rows[0] == rows[1]
+
+    code = cli.main([
+        "evaluate", "--images", str(two_channel), "--labels", str(float_labels),
+        "--model", "no-such-model", "--out", str(tmp_path / "x"),
+    ])  # fmt: skip
+    assert code == 2  # the files are checked before any model is loaded
+    err = capsys.readouterr().err
+    assert "evaluation data: image of 'img0.tif / img0_labels.tif'" in err
+    assert "channel axis is ambiguous" in err and "(options --channel-axis, --channels)" in err

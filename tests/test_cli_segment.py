@@ -249,7 +249,11 @@ def test_auto_on_a_stack_gives_ids_unique_across_planes(tmp_path, tiny_checkpoin
         (("--stack",), "x,y\n1,2\n", r"missing column\(s\) \['z'\]"),
         (("--stack",), "x,y,z\n1,2,3\n", "line 2: plane .z. is 3; the image has 3 planes"),
         (("--stack",), "index,axis-0,axis-1\n0,1,2\n", "2D points .* --stack needs each point"),
-        (("--stack", "--channel-axis", "-3"), "x,y,z\n1,2,0\n", "axis of planes with --stack"),
+        (
+            ("--stack", "--channel-axis", "-3"),
+            "x,y,z\n1,2,0\n",
+            "--channel-axis -3: .*axis of planes",
+        ),
         (("--stack",), SPANNING_SHAPE, r"shape 0 spans planes \[0.0, 1.0\]; draw each box"),
     ],
 )

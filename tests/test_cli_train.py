@@ -123,6 +123,39 @@ def test_an_empty_field_of_view_is_left_out_and_named(tmp_path, folders, capsys)
     assert "none of the 4 training pairs has any object" in capsys.readouterr().err
 
 
+def test_multichannel_files_train_on_the_channels_chosen(tmp_path, folders, capsys, monkeypatch):
+    """Five-channel files, cells in channel 3: refused with the options to pass, then
+    trained with them (no default choice exists for five channels)."""
+    from napari_samtune.core import data
+    from napari_samtune.core.images import to_sam_rgb
+
+    images, labels = folders
+    five = tmp_path / "five"
+    five.mkdir()
+    seen, normalise = [], data.normalise_pair
+    monkeypatch.setattr(
+        data, "normalise_pair", lambda pair: seen.append(normalise(pair)) or seen[-1]
+    )
+    expected = []
+    for i in range(3):
+        cells = tifffile.imread(f"{images}/s{i}.tif")
+        expected.append(to_sam_rgb(cells))
+        noise = np.random.default_rng(i).integers(0, 256, (4, *cells.shape), dtype=np.uint8)
+        tifffile.imwrite(five / f"s{i}.tif", np.insert(noise, 3, cells, axis=0))  # (C, H, W)
+    argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", str(five)]
+    argv += ["--labels", labels, "--epochs", "1", *FAST, "--out", str(tmp_path / "run")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "training data: image of 's0.tif / s0_mask.tif': image has shape (5, 80, 96)" in err
+    assert "(options --channel-axis, --channels)" in err
+    assert not (tmp_path / "run").exists()
+    assert cli.main([*argv, "--channel-axis", "0", "--channels", "3"]) == 0
+    assert "2 training / 1 validation images" in capsys.readouterr().out
+    assert len(seen) == 3  # what training saw: the cells, normalised as at inference
+    for (rgb, _), cells in zip(seen, expected, strict=True):
+        assert np.array_equal(rgb, cells)
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

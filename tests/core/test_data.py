@@ -119,6 +119,57 @@ def test_stack_files_give_one_pair_per_annotated_plane(tmp_path):
     ]
 
 
+def test_the_channel_choice_reaches_single_images_and_the_planes_of_stacks(tmp_path):
+    """Two-channel files (a noise channel and the cells) train on the channel chosen."""
+    (image, labels), (image2, labels2) = make_dataset(2, shape=(48, 40), seed=5)
+    noise = np.random.default_rng(0).integers(0, 256, image.shape, dtype=np.uint8)
+    _write(tmp_path / "flat", "a.tif", np.stack([noise, image]))  # (C, H, W)
+    _write(tmp_path / "flat_labels", "a_labels.tif", labels)
+    stack = np.stack([np.stack([noise, image], -1), np.stack([noise, image2], -1)])
+    _write(tmp_path / "stack", "zc.tif", stack)  # (Z, H, W, C): 2 planes of 2 channels
+    _write(tmp_path / "stack_labels", "zc_labels.tif", np.stack([labels, labels2]))
+    for folder, message in [
+        ("flat", "image of 'a.tif / a_labels.tif': .* channel axis is ambiguous"),
+        ("stack", r"image of 'zc.tif / zc_labels.tif': .* \(2, 48, 40, 2\): 2 planes with a"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            prepare_pairs(load_pairs(tmp_path / folder, tmp_path / f"{folder}_labels"))
+
+    (flat,) = load_pairs(tmp_path / "flat", tmp_path / "flat_labels", 0, [1])
+    assert np.array_equal(prepare_pair(flat).rgb, to_sam_rgb(image))
+    for axis in (3, -1):
+        planes = load_pairs(tmp_path / "stack", tmp_path / "stack_labels", axis, [1])
+        assert [p.name for p in planes] == [f"zc.tif / zc_labels.tif plane {i}" for i in (0, 1)]
+        assert [p.channel_axis for p in planes] == [2, 2]  # counted in the plane
+        for pair, cells in zip(planes, [image, image2], strict=True):
+            assert np.array_equal(prepare_pair(pair).rgb, to_sam_rgb(cells))
+    with pytest.raises(ValueError, match="channel_axis=0 is the stack's axis of planes"):
+        load_pairs(tmp_path / "stack", tmp_path / "stack_labels", 0, [1])
+
+
+def test_label_files_of_whole_floats_are_labels_and_other_floats_are_named(tmp_path):
+    image, labels = make_image((32, 40), seed=6)
+    with_fraction = labels.astype(np.float32)
+    with_fraction[labels == labels.max()] = 0.5  # a probability map, say
+    for name, saved in [("whole", labels.astype(np.float32)), ("fraction", with_fraction)]:
+        _write(tmp_path / "images", f"{name}.tif", image)
+        _write(tmp_path / "labels", f"{name}_labels.tif", saved)
+    whole_nan = labels.astype(np.float64)
+    whole_nan[0, 0] = np.nan
+    _write(tmp_path / "images", "nan.tif", image)
+    _write(tmp_path / "labels", "nan_labels.tif", whole_nan)
+    fraction, nan, whole = load_pairs(tmp_path / "images", tmp_path / "labels")
+    assert whole.labels.dtype == np.uint32 and np.array_equal(whole.labels, labels)
+    assert np.array_equal(
+        prepare_pair(whole).labels, prepare_pair(ImageLabelPair(image, labels)).labels
+    )
+    assert fraction.labels.dtype == np.float32 and nan.labels.dtype == np.float64
+    with pytest.raises(TypeError, match="'fraction.tif / fraction_labels.tif'.*fractions: a prob"):
+        prepare_pair(fraction)
+    with pytest.raises(TypeError, match="dtype float64.*NaN or infinite values"):
+        prepare_pair(nan)
+
+
 def test_what_is_not_a_stack_stays_one_pair_for_the_checks():
     image, labels = make_image((32, 32), seed=4)
     rgb = np.dstack([image] * 3)

@@ -5,6 +5,7 @@ from napari_samtune.core import images
 from napari_samtune.core.images import (
     HIGH_PERCENTILE,
     LOW_PERCENTILE,
+    plane_channel_axis,
     rescale_to_uint8,
     to_sam_rgb,
 )
@@ -98,3 +99,25 @@ def test_bad_channel_index_names_the_range(rng):
 def test_stack_is_rejected_with_a_hint():
     with pytest.raises(ValueError, match="one plane at a time"):
         to_sam_rgb(np.zeros((3, 4, 8, 8), dtype=np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("axis", "ndim", "plane_axis"),
+    [(None, 4, None), (1, 4, 0), (3, 4, 2), (-1, 4, 2), (-3, 4, 0), (2, 3, 1), (-1, 3, 1)],
+)
+def test_a_stacks_channel_axis_is_one_less_within_a_plane(axis, ndim, plane_axis):
+    assert plane_channel_axis(axis, ndim) == plane_axis
+    if axis is not None:  # the same channel, taken from the stack or from its plane
+        shape = (2, 3, 5, 7)[:ndim]
+        stack = np.arange(np.prod(shape)).reshape(shape)
+        along = np.take(stack, 1, axis=axis)[0]  # channel 1 of plane 0
+        assert np.array_equal(along, np.take(stack[0], 1, axis=plane_axis))
+
+
+@pytest.mark.parametrize(
+    ("axis", "message"),
+    [(0, "axis of planes"), (-4, "axis of planes"), (4, r"out of range.*-4\.\.3")],
+)
+def test_a_channel_axis_outside_a_stacks_planes_is_refused(axis, message):
+    with pytest.raises(ValueError, match=f"channel_axis={axis}.*{message}|{message}"):
+        plane_channel_axis(axis, 4)

@@ -59,6 +59,35 @@ def output_file(example: str) -> Callable[[str], Path]:
     return check
 
 
+def channel_list(text: str) -> tuple[int, ...]:
+    """argparse ``type`` of ``--channels``: one index (gray) or three (RGB), e.g. ``0,1,2``."""
+    try:
+        channels = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a channel list; give one index (e.g. 1) or three (e.g. 0,1,2)"
+        ) from None
+    if len(channels) not in (1, 3):
+        raise argparse.ArgumentTypeError(f"{text!r}: give one channel index or three")
+    return channels
+
+
+def add_channel_options(parser: argparse.ArgumentParser) -> None:
+    """``--channel-axis`` and ``--channels``: which channels of multichannel images SAM sees."""
+    parser.add_argument(
+        "--channel-axis",
+        type=int,
+        default=None,
+        help="axis of the image files holding channels (a stack's planes are axis 0)",
+    )
+    parser.add_argument(
+        "--channels",
+        type=channel_list,
+        default=None,
+        help="channel i as gray, or i,j,k as RGB (e.g. --channels 1 for a nucleus channel)",
+    )
+
+
 SKIP_UNPAIRED_HELP = (
     "leave out image files without a label file (not annotated yet) and label files "
     "without an image, instead of stopping; they are listed"
@@ -66,14 +95,20 @@ SKIP_UNPAIRED_HELP = (
 
 
 def read_annotated(
-    images: list[str], labels: list[str], skip_unpaired: bool, what: str, verbose: bool = True
+    images: list[str],
+    labels: list[str],
+    what: str,
+    skip_unpaired: bool,
+    verbose: bool = True,
+    channels: tuple[int | None, tuple[int, ...] | None] = (None, None),
 ) -> list:
     """The ``ImageLabelPair`` s of ``--images``/``--labels`` (``what`` names them: "training").
 
     Every file must pair unless ``skip_unpaired`` (``--skip-unpaired``): then the files
-    without a partner are left out and, if ``verbose``, listed on stdout.
+    without a partner are left out and, if ``verbose``, listed on stdout. ``channels`` is
+    (``--channel-axis``, ``--channels``); every image is checked to have them.
     """
-    from napari_samtune.core.data import foreign_labels_message, read_match
+    from napari_samtune.core.data import check_channels, foreign_labels_message, read_match
     from napari_samtune.core.label_files import match_files
 
     match = match_files(images, labels)
@@ -85,9 +120,14 @@ def read_annotated(
     if match.left_out_message() and verbose:
         print(f"{what} data: {match.left_out_message()}")
     foreign: list[str] = []
-    pairs = read_match(match, foreign)
+    pairs = read_match(match, foreign, *channels)
     if foreign and verbose:
         print(f"warning: {what} data: {foreign_labels_message(foreign)}")
+    for pair in pairs:
+        try:
+            check_channels(pair)
+        except ValueError as err:
+            raise ValueError(f"{what} data: {err} (options --channel-axis, --channels)") from None
     return pairs
 
 

@@ -14,7 +14,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from napari_samtune.cli import SKIP_UNPAIRED_HELP, output_folder, read_annotated
+from napari_samtune.cli import (
+    SKIP_UNPAIRED_HELP,
+    add_channel_options,
+    output_folder,
+    read_annotated,
+)
 
 if TYPE_CHECKING:
     from napari_samtune.core.automatic import AutoSegmentConfig
@@ -44,6 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--images", nargs="+", required=True, help="TIFF files, folder or glob")
     parser.add_argument("--labels", nargs="+", required=True, help="instance label TIFFs")
     parser.add_argument("--skip-unpaired", action="store_true", help=SKIP_UNPAIRED_HELP)
+    add_channel_options(parser)
     parser.add_argument(
         "--model", action="append", required=True, help="model name or weights file (repeatable)"
     )
@@ -95,6 +101,7 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_samtune.core.data import normalise_pair
     from napari_samtune.core.demo import model_metrics
     from napari_samtune.core.devices import resolve_device
     from napari_samtune.core.evaluate import compare_models
@@ -103,8 +110,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.clicks < 0:
         raise ValueError(f"--clicks {args.clicks!r}; use 0 or more corrective clicks")
-    pairs = read_annotated(args.images, args.labels, args.skip_unpaired, "evaluation")
-    images, labels = [p.image for p in pairs], [p.labels for p in pairs]
+    channels = (args.channel_axis, args.channels)
+    pairs = read_annotated(
+        args.images, args.labels, "evaluation", args.skip_unpaired, True, channels
+    )
+    images, labels = zip(*(normalise_pair(pair) for pair in pairs), strict=True)
     device = str(resolve_device(args.device))
     results = {}
     for name, model in zip(_unique_names(args.model), args.model, strict=True):

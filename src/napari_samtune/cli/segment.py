@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_samtune.cli import check_output_file
+from napari_samtune.cli import add_channel_options, check_output_file
 from napari_samtune.cli.prompt_files import (
     BoxPrompts,
     PointPrompts,
@@ -45,18 +45,6 @@ from napari_samtune.cli.prompt_files import (
 from napari_samtune.core.label_files import labels_file_name, read_tiff
 
 AUTO_OPTIONS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "min_area")
-
-
-def _channels(text: str) -> tuple[int, ...]:
-    try:
-        channels = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a channel list; give one index (e.g. 1) or three (e.g. 0,1,2)"
-        ) from None
-    if len(channels) not in (1, 3):
-        raise argparse.ArgumentTypeError(f"{text!r}: give one channel index or three")
-    return channels
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -93,8 +81,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--stack", action="store_true", help="the first axis holds planes (z or time): segment each"
     )
-    parser.add_argument("--channel-axis", type=int, default=None, help="axis holding channels")
-    parser.add_argument("--channels", type=_channels, default=None, help="i (gray) or i,j,k (RGB)")
+    add_channel_options(parser)
     parser.add_argument("--no-cache", action="store_true", help="do not cache embeddings on disk")
     auto = parser.add_argument_group(
         "automatic segmentation (--auto; defaults as in SAM, or for nano-sized models 24 "
@@ -194,7 +181,7 @@ class _Planes:
     """The planes of the input image, normalised for SAM one at a time."""
 
     def __init__(self, image: np.ndarray, path: Path, args: argparse.Namespace) -> None:
-        from napari_samtune.core.images import to_sam_rgb
+        from napari_samtune.core.images import plane_channel_axis, to_sam_rgb
 
         self.image, self.stacked, self.channels = image, args.stack, args.channels
         self.channel_axis = args.channel_axis
@@ -205,7 +192,10 @@ class _Planes:
                     f"--stack: {path} has shape {image.shape!r}, a single 2D plane; "
                     "leave out --stack"
                 )
-            self.channel_axis = self._plane_channel_axis(args.channel_axis, image.ndim)
+            try:
+                self.channel_axis = plane_channel_axis(args.channel_axis, image.ndim)
+            except ValueError as err:
+                raise ValueError(f"--stack --channel-axis {args.channel_axis}: {err}") from None
         try:
             first = self.rgb(0)
         except ValueError as err:
@@ -218,17 +208,6 @@ class _Planes:
         self._first = first  # normalised once: it is the first plane segmented
         self.shape: tuple[int, int] = first.shape[:2]
         self.count = image.shape[0] if self.stacked else 1
-
-    @staticmethod
-    def _plane_channel_axis(axis: int | None, ndim: int) -> int | None:
-        """--channel-axis counts the axes of the whole file; within one plane it is one less."""
-        if axis is None:
-            return None
-        if axis % ndim == 0:
-            raise ValueError(
-                f"--channel-axis {axis} is the axis of planes with --stack; give another"
-            )
-        return axis % ndim - 1
 
     def rgb(self, index: int) -> np.ndarray:
         if index == 0 and self._first is not None:

@@ -16,7 +16,12 @@ import threading
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from napari_samtune.cli import SKIP_UNPAIRED_HELP, output_folder, read_annotated
+from napari_samtune.cli import (
+    SKIP_UNPAIRED_HELP,
+    add_channel_options,
+    output_folder,
+    read_annotated,
+)
 from napari_samtune.core.presets import (
     MASK_LOSSES,
     MIXED_PRECISION_MODES,
@@ -66,6 +71,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--labels", nargs="+", required=True, help="label files, folder or glob")
     parser.add_argument("--val-images", nargs="+", help="validation images (optional)")
     parser.add_argument("--val-labels", nargs="+", help="validation labels (optional)")
+    add_channel_options(parser)
     parser.add_argument(
         "--out", type=output_folder, required=True, help="folder for checkpoints and the model"
     )
@@ -189,11 +195,11 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.val_images) != bool(args.val_labels):
         raise ValueError("give both --val-images and --val-labels, or neither")
     verbose = _is_main_process()
-    skip = args.skip_unpaired
-    train_pairs = read_annotated(args.images, args.labels, skip, "training", verbose)
+    options = (args.skip_unpaired, verbose, (args.channel_axis, args.channels))
+    train_pairs = read_annotated(args.images, args.labels, "training", *options)
     val_pairs = None
     if args.val_images:
-        val_pairs = read_annotated(args.val_images, args.val_labels, skip, "validation", verbose)
+        val_pairs = read_annotated(args.val_images, args.val_labels, "validation", *options)
     if verbose:
         print(origin)
     stop = threading.Event()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from napari_samtune.core.images import to_sam_rgb
+from napari_samtune.core.images import plane_channel_axis, select_channels, to_sam_rgb
 from napari_samtune.core.label_files import (
     FileMatch,
     choose_namesake,
@@ -72,36 +72,58 @@ def _is_stack(image: np.ndarray, labels: np.ndarray, rgb: bool | None) -> bool:
 
 
 def split_planes(
-    image: np.ndarray, labels: np.ndarray, name: str, rgb: bool | None = None
+    image: np.ndarray,
+    labels: np.ndarray,
+    name: str,
+    rgb: bool | None = None,
+    channel_axis: int | None = None,
+    channels: Sequence[int] | None = None,
 ) -> list[ImageLabelPair]:
     """One pair for a 2D image, one per annotated plane for a stack (see :func:`_is_stack`).
 
     Planes without any object are left out (a partly annotated stack trains on what was
     annotated); when no plane has one, plane 0 is kept so the checks say so.
+    ``channel_axis`` and ``channels`` select the image's channels (see
+    :func:`~napari_samtune.core.images.to_sam_rgb`); the axis counts the axes of the whole
+    ``image``, a stack's planes included. Given either, a plane has a channel axis.
     """
+    channels = None if channels is None else tuple(channels)
+    if rgb is None and (channel_axis is not None or channels is not None):
+        rgb = True
     if not _is_stack(image, labels, rgb):
-        return [ImageLabelPair(image, labels, name=name)]
+        return [ImageLabelPair(image, labels, name, channel_axis, channels)]
+    axis = plane_channel_axis(channel_axis, image.ndim)
     planes = [i for i in range(labels.shape[0]) if labels[i].any()] or [0]
-    return [ImageLabelPair(image[i], labels[i], name=f"{name} plane {i}") for i in planes]
+    return [
+        ImageLabelPair(image[i], labels[i], f"{name} plane {i}", axis, channels) for i in planes
+    ]
 
 
 def load_pairs(
     images: str | os.PathLike | Sequence[str | os.PathLike],
     labels: str | os.PathLike | Sequence[str | os.PathLike],
+    channel_axis: int | None = None,
+    channels: Sequence[int] | None = None,
 ) -> list[ImageLabelPair]:
     """Read paired TIFF files (see :func:`match_files`: every file must pair) into
-    :class:`ImageLabelPair` s; a stack of planes gives one pair per plane with objects (see
-    :func:`split_planes`)."""
-    return read_match(match_files(images, labels, strict=True))
+    :class:`ImageLabelPair` s; a stack of planes gives one pair per plane with objects, and
+    ``channel_axis`` / ``channels`` select the channels (see :func:`split_planes`)."""
+    return read_match(match_files(images, labels, strict=True), None, channel_axis, channels)
 
 
-def read_match(match: FileMatch, foreign: list[str] | None = None) -> list[ImageLabelPair]:
+def read_match(
+    match: FileMatch,
+    foreign: list[str] | None = None,
+    channel_axis: int | None = None,
+    channels: Sequence[int] | None = None,
+) -> list[ImageLabelPair]:
     """Read the pairs of :func:`match_files`, as in :func:`load_pairs`; an image with
     autosaves of namesakes gets the one saved for its pixels (:func:`choose_namesake`).
 
     ``foreign``, if given, receives the names of the pairs whose labels were saved in napari
     for other pixels than their image's (:func:`foreign_labels_message`); they are read all
-    the same, as the image may just have been opened differently there.
+    the same, as the image may just have been opened differently there. Label files of
+    floats holding whole numbers (as some tools save them) are read as integer labels.
     """
     pairs = []
     for image_path, labels_path in match.pairs:
@@ -111,8 +133,25 @@ def read_match(match: FileMatch, foreign: list[str] | None = None) -> list[Image
         elif foreign is not None and _saved_for_other_pixels(labels_path, image):
             foreign.append(f"{image_path.name} / {labels_path.name}")
         name = f"{image_path.name} / {labels_path.name}"
-        pairs += split_planes(image, read_tiff(labels_path), name=name)
+        labels = whole_number_labels(read_tiff(labels_path), name)
+        pairs += split_planes(image, labels, name, None, channel_axis, channels)
     return pairs
+
+
+MAX_FLOAT_LABEL = 1 << 24  # float32 holds every whole number up to here exactly
+
+
+def whole_number_labels(labels: np.ndarray, name: str) -> np.ndarray:
+    """``labels`` as uint32 if they are floats holding only whole numbers 0..2^24, else
+    unchanged: a float label image (ImageJ saves some as 32-bit) is instance labels all the
+    same. Floats with fractions, NaN or negative values stay floats, for the checks to
+    refuse with their fix."""
+    if not np.issubdtype(labels.dtype, np.floating) or labels.size == 0:
+        return labels
+    low, high = float(np.min(labels)), float(np.max(labels))
+    if not (0 <= low and high <= MAX_FLOAT_LABEL) or np.any(np.mod(labels, 1)):
+        return labels  # NaN fails the range check
+    return labels.astype(np.uint32)
 
 
 def _saved_for_other_pixels(labels_path, image: np.ndarray) -> bool:
@@ -158,8 +197,7 @@ def _check_labels(labels: np.ndarray, name: str) -> None:
     if not np.issubdtype(labels.dtype, np.integer):
         raise TypeError(
             f"labels of {name!r} have dtype {labels.dtype.name}; training needs integer instance "
-            "labels (0 = background, one id per object): convert with labels.astype('uint32') "
-            "if the values are whole numbers"
+            f"labels (0 = background, one id per object): {_non_integer_fix(labels)}"
         )
     if labels.ndim == 3 and labels.shape[-1] in (3, 4):
         raise ValueError(
@@ -175,9 +213,29 @@ def _check_labels(labels: np.ndarray, name: str) -> None:
         raise ValueError(f"labels of {name!r} contain negative ids; use ids >= 0 (0 = background)")
 
 
+def _non_integer_fix(labels: np.ndarray) -> str:
+    """How to turn labels of another dtype (float, complex, ...) into instance labels."""
+    fix = "convert with labels.astype('uint32') if the values are whole numbers >= 0"
+    if not np.issubdtype(labels.dtype, np.floating) or labels.size == 0:
+        return fix
+    if not np.all(np.isfinite(labels)):
+        return "they hold NaN or infinite values: an image or a measurement, not labels?"
+    if np.any(np.mod(labels, 1)):
+        return "these values have fractions: a probability map or an image, not labels?"
+    return fix
+
+
 def prepare_pair(pair: ImageLabelPair) -> PreparedImage:
     """Check one pair and normalise it; errors name the pair and say how to fix it."""
+    rgb, labels = normalise_pair(pair)
+    return _index_objects(rgb, labels, pair.name)
+
+
+def normalise_pair(pair: ImageLabelPair) -> tuple[np.ndarray, np.ndarray]:
+    """The (H, W, 3) uint8 image (:func:`to_sam_rgb`) and the (H, W) labels of a checked
+    pair, as given (they may have no object); errors as in :func:`prepare_pair`."""
     labels = np.asarray(pair.labels)
+    check_channels(pair)
     _check_labels(labels, pair.name)
     try:
         rgb = to_sam_rgb(pair.image, pair.channel_axis, pair.channels)
@@ -189,7 +247,23 @@ def prepare_pair(pair: ImageLabelPair) -> PreparedImage:
             f"shape {labels.shape!r}; image and labels must cover the same pixels (check the "
             "pairing, or that neither was resized or transposed)"
         )
-    return _index_objects(rgb, labels, pair.name)
+    return rgb, labels
+
+
+def check_channels(pair: ImageLabelPair) -> None:
+    """Refuse an image whose channels are ambiguous or badly chosen, naming the pair and the
+    fix; cheap (nothing is normalised), so a command can check every file first."""
+    image, labels = np.asarray(pair.image), np.asarray(pair.labels)
+    try:
+        if image.ndim == 4 and labels.ndim == 3 and image.shape[0] == labels.shape[0]:
+            raise ValueError(
+                f"image has shape {image.shape!r}: {image.shape[0]} planes with a channel axis "
+                "SAM cannot guess; pass channel_axis (counted in the stack, e.g. 1 or -1) and "
+                "channels (one index, or three for RGB)"
+            )
+        select_channels(image, pair.channel_axis, pair.channels)
+    except ValueError as err:
+        raise ValueError(f"image of {pair.name!r}: {err}") from None
 
 
 class NoObjectsError(ValueError):

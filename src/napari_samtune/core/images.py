@@ -98,7 +98,7 @@ def _order_statistic_lerp(cumulative: np.ndarray, percentile: float, first: int)
     return np.add(a, difference * np.float64(fraction))
 
 
-def _select_channels(
+def select_channels(
     image: np.ndarray, channel_axis: int | None, channels: Sequence[int] | None
 ) -> np.ndarray:
     """Return (H, W) or (H, W, 3) from a 2D or channelled image."""
@@ -142,6 +142,24 @@ def _select_channels(
     return selected[..., 0] if len(channels) == 1 else selected
 
 
+def plane_channel_axis(channel_axis: int | None, ndim: int) -> int | None:
+    """The channel axis within one plane of a stack, given ``channel_axis`` counted in the
+    whole ``ndim``-axis array whose axis 0 holds the planes (z or time); None stays None."""
+    if channel_axis is None:
+        return None
+    if not -ndim <= channel_axis < ndim:
+        raise ValueError(
+            f"channel_axis={channel_axis!r} is out of range for an image with {ndim} axes; "
+            f"give an axis in {-ndim}..{ndim - 1}"
+        )
+    if channel_axis % ndim == 0:
+        raise ValueError(
+            f"channel_axis={channel_axis!r} is the stack's axis of planes (axis 0); give the "
+            "axis that holds the channels"
+        )
+    return channel_axis % ndim - 1
+
+
 def to_sam_rgb(
     image: np.ndarray,
     channel_axis: int | None = None,
@@ -161,7 +179,7 @@ def to_sam_rgb(
     image = np.asarray(image)
     if image.size == 0:
         raise ValueError(f"image is empty (shape {image.shape!r})")
-    plane = _select_channels(image, channel_axis, channels)
+    plane = select_channels(image, channel_axis, channels)
     if plane.ndim == 3:  # rescale RGB jointly so colour balance is kept
         plane = rescale_to_uint8(plane)
     else:
