@@ -297,13 +297,15 @@ def test_bad_data_is_flagged_before_start(qtbot, viewer, tmp_path, notifications
     images, labels = tmp_path / "images", tmp_path / "labels"
     images.mkdir(), labels.mkdir()
     tifffile.imwrite(images / "a.tif", viewer.layers["cells0"].data)
-    tifffile.imwrite(labels / "a.tif", viewer.layers["cells0 labels"].data.astype(np.float32))
+    halves = viewer.layers["cells0 labels"].data.astype(np.float32) / 2  # not labels
+    tifffile.imwrite(labels / "a.tif", halves)
     data.image_dir_edit.setText(str(images))
     data.labels_dir_edit.setText(str(labels))
     with qtbot.waitSignal(data.folders_checked, timeout=WAIT_MS):  # read off the main thread
         assert widget.start() is None and "checking the data folders" in widget.status_label.text()
     assert not widget.is_running  # the queued Start found the problem
-    assert "float32" in data.folder_error.text() and data.folder_error.isVisibleTo(widget)
+    assert "float32" in data.folder_error.text() and "fractions" in data.folder_error.text()
+    assert data.folder_error.isVisibleTo(widget)
     assert widget.start_error.isVisibleTo(widget)
     assert any("cannot start training" in message for message in notifications)
     assert data.check() is False  # known for these files: no second reading
@@ -382,6 +384,40 @@ def test_autosaves_train_the_images_annotated_so_far(qtbot, viewer, tmp_path):
     data.image_dir_edit.setText("")
     data.autosaves_button.click()
     assert data.image_dir_edit.text() == str(images)
+
+
+def test_multichannel_folders_train_on_the_channels_typed(qtbot, viewer, tmp_path):
+    """Two-channel TIFF files (a noise channel, then the cells): refused until the channels
+    field names the channel, then read as that channel."""
+    from napari_samtune._qt.train_folders import load_folder_pairs
+    from napari_samtune.core.data import prepare_pair
+    from napari_samtune.core.images import to_sam_rgb
+
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir(), labels.mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, (96, 96), dtype=np.uint8)
+    for i in range(2):
+        cells = viewer.layers[f"cells{i}"].data
+        tifffile.imwrite(images / f"c{i}.tif", np.stack([cells, noise], axis=-1))  # (H, W, 2)
+        tifffile.imwrite(labels / f"c{i}.tif", viewer.layers[f"cells{i} labels"].data)
+    widget = TrainWidget(viewer, machine=SMALL_CPU)
+    data = widget.train_data
+    data.image_dir_edit.setText(str(images))
+    data.labels_dir_edit.setText(str(labels))
+    assert not _checked(qtbot, data)
+    assert "image of 'c0.tif / c0.tif': image has shape (96, 96, 2)" in data.folder_error.text()
+    assert "(the channels field, e.g. 1 or 0,1,2)" in data.folder_error.text()
+
+    data.channels_edit.setText("first")
+    assert not _checked(qtbot, data)
+    assert "channels: 'first' is not a channel list" in data.folder_error.text()
+    data.channels_edit.setText("0")
+    assert _checked(qtbot, data) and not data.folder_error.isVisibleTo(widget)
+    pairs = load_folder_pairs(data.snapshot()[1])
+    for i, pair in enumerate(pairs):
+        assert np.array_equal(prepare_pair(pair).rgb, to_sam_rgb(viewer.layers[f"cells{i}"].data))
+    data.channels_edit.setText("2")  # the files have channels 0 and 1: checked again
+    assert not _checked(qtbot, data) and "channels=[2] is invalid" in data.folder_error.text()
 
 
 def _checked(qtbot, data) -> bool:

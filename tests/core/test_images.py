@@ -5,6 +5,7 @@ from napari_samtune.core import images
 from napari_samtune.core.images import (
     HIGH_PERCENTILE,
     LOW_PERCENTILE,
+    parse_channels,
     plane_channel_axis,
     rescale_to_uint8,
     to_sam_rgb,
@@ -121,3 +122,39 @@ def test_a_stacks_channel_axis_is_one_less_within_a_plane(axis, ndim, plane_axis
 def test_a_channel_axis_outside_a_stacks_planes_is_refused(axis, message):
     with pytest.raises(ValueError, match=f"channel_axis={axis}.*{message}|{message}"):
         plane_channel_axis(axis, 4)
+
+
+@pytest.mark.parametrize(
+    ("shape", "axis"),
+    [((20, 24, 2), -1), ((8, 20, 24), 0), ((2, 20, 24), 0), ((20, 24, 3), -1), ((16, 20, 24), 0)],
+)
+def test_with_channels_chosen_the_one_short_end_axis_holds_them(rng, shape, axis):
+    image = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    expected = np.take(image, 1, axis=axis)
+    np.testing.assert_array_equal(to_sam_rgb(image, channels=[1])[..., 0], expected)
+    if shape[axis] not in (3, 4):  # without a choice only RGB(A) is clear
+        with pytest.raises(ValueError, match="ambiguous"):
+            to_sam_rgb(image)
+
+
+@pytest.mark.parametrize("shape", [(12, 40, 2), (17, 40, 40), (40, 40, 17)])
+def test_two_short_or_no_short_end_axes_stay_ambiguous(rng, shape):
+    image = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    with pytest.raises(ValueError, match="channel axis is ambiguous; pass channel_axis"):
+        to_sam_rgb(image, channels=[1])
+
+
+@pytest.mark.parametrize(
+    ("text", "channels"), [("1", (1,)), (" 0, 2,1 ", (0, 2, 1)), ("", None), ("  ", None)]
+)
+def test_channels_typed_as_text(text, channels):
+    assert parse_channels(text) == channels
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("a", "not a channel list"), ("0,1", "one channel index or three"), ("-1", "0 or more")],
+)
+def test_bad_channel_text_is_named(text, message):
+    with pytest.raises(ValueError, match=f"'{text}'.*{message}|{message}"):
+        parse_channels(text)

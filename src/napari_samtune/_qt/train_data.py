@@ -43,6 +43,7 @@ from napari_samtune._qt.train_folders import (
 from napari_samtune._qt.train_run import annotation_widgets
 from napari_samtune._qt.workers import TaskRunner, user_message
 from napari_samtune.core.data import ImageLabelPair, prepare_pair, split_planes
+from napari_samtune.core.images import parse_channels
 from napari_samtune.core.label_files import LABEL_SUFFIXES, match_files
 
 FOLDER_CHECK_TASK = "checking folders"
@@ -109,7 +110,7 @@ class PairSourceWidget(QWidget):
         self.image_dir_button.clicked.connect(lambda: self._browse(self.image_dir_edit))
         self.labels_dir_button.clicked.connect(lambda: self._browse(self.labels_dir_edit))
         self.autosaves_button.clicked.connect(self.use_autosave_folder)
-        for edit in (self.image_dir_edit, self.labels_dir_edit):
+        for edit in (self.image_dir_edit, self.labels_dir_edit, self.channels_edit):
             edit.editingFinished.connect(self.check_folders)
         viewer.layers.events.inserted.connect(self.refresh_layer_choices)
         viewer.layers.events.removed.connect(self._on_layer_removed)
@@ -139,6 +140,12 @@ class PairSourceWidget(QWidget):
             "image folder from the file it annotates): train on the images of the image "
             "folder annotated so far (the others are left out)"
         )
+        self.channels_edit = QLineEdit()
+        self.channels_edit.setPlaceholderText("gray or RGB files: empty; else e.g. 1 or 0,1,2")
+        self.channels_edit.setToolTip(
+            "Multichannel image files: the channel SAM sees as gray (e.g. 1 for the second), "
+            "or three channels as RGB (0,1,2); the short first or last axis holds them"
+        )
         self.folder_error = error_label()
         self.folder_note = note_label()  # what training leaves out: files without a partner, ...
         self.folder_progress, self.folder_status = QProgressBar(), note_label()
@@ -158,6 +165,7 @@ class PairSourceWidget(QWidget):
             "labels folder",
             _row(self.labels_dir_edit, self.labels_dir_button, self.autosaves_button),
         )
+        folders.addRow("channels", self.channels_edit)
         layout.addLayout(folders)
         layout.addWidget(self.folder_error)
         layout.addWidget(self.folder_note)
@@ -245,11 +253,16 @@ class PairSourceWidget(QWidget):
         self.check_folders()
 
     def folder_source(self) -> FolderSource | None:
-        """The two folders, or None when neither is set."""
+        """The two folders and the channels, or None when neither folder is set.
+        ``ValueError`` when the channels field holds no channel list."""
         images, labels = self.image_dir_edit.text().strip(), self.labels_dir_edit.text().strip()
         if not images and not labels:
             return None
-        return FolderSource(Path(images).expanduser(), Path(labels).expanduser())
+        try:
+            channels = parse_channels(self.channels_edit.text())
+        except ValueError as err:
+            raise ValueError(f"channels: {err}") from None
+        return FolderSource(Path(images).expanduser(), Path(labels).expanduser(), channels)
 
     def check_folders(self) -> bool | None:
         """Check the folders: at once that both are set and their files pair by name, then
@@ -309,7 +322,9 @@ class PairSourceWidget(QWidget):
 
     # -- everything -----------------------------------------------------------------------
     def is_empty(self) -> bool:
-        return not self._pairs and self.folder_source() is None
+        return not self._pairs and not any(
+            edit.text().strip() for edit in (self.image_dir_edit, self.labels_dir_edit)
+        )
 
     def check(self) -> bool | None:
         """Check every pair and the folders with the core: True when all are usable, None

@@ -20,6 +20,7 @@ from pathlib import Path
 from napari_samtune._qt.workers import TaskProgress
 from napari_samtune.core.data import (
     ImageLabelPair,
+    check_channels,
     describe_names,
     foreign_labels_message,
     prepare_annotated,
@@ -34,6 +35,7 @@ class FolderSource:
 
     images: Path  # folder (or glob) of image TIFFs
     labels: Path  # folder (or glob) of label TIFFs
+    channels: tuple[int, ...] | None = None  # of multichannel images: one (gray) or three (RGB)
 
 
 @dataclass(frozen=True)
@@ -46,10 +48,12 @@ class FolderCheck:
 
 
 def folder_signature(source: FolderSource) -> tuple:
-    """(path, size, modification time) of every file the folders name: a check holds
-    while this is unchanged. ``OSError``/``ValueError`` when the folders cannot be listed."""
+    """The channels chosen and (path, size, modification time) of every file the folders
+    name: a check holds while this is unchanged. ``OSError``/``ValueError`` when the folders
+    cannot be listed."""
     files = [*expand_paths(source.images, "images"), *expand_paths(source.labels, "labels")]
-    return tuple((str(f), stat.st_size, stat.st_mtime_ns) for f in files for stat in [f.stat()])
+    stats = ((str(f), stat.st_size, stat.st_mtime_ns) for f in files for stat in [f.stat()])
+    return (source.channels, *stats)
 
 
 def check_folder_pairs(
@@ -65,7 +69,12 @@ def check_folder_pairs(
         return FolderCheck((), f"{title} folders: {err}", "")
     try:
         match, foreign = match_files(source.images, source.labels), []
-        pairs = read_match(match, foreign)
+        pairs = read_match(match, foreign, None, source.channels)
+        for pair in pairs:
+            try:
+                check_channels(pair)
+            except ValueError as err:
+                raise ValueError(f"{err} (the channels field, e.g. 1 or 0,1,2)") from None
 
         def progress(done: int, total: int) -> None:
             report(TaskProgress(done, total, f"checking the {title} folders: {done}/{total}"))
@@ -85,4 +94,6 @@ def check_folder_pairs(
 def load_folder_pairs(source: FolderSource | None) -> list[ImageLabelPair]:
     """Read a folder source's TIFF pairs (call it in the worker), leaving out the files
     without a partner; [] for None."""
-    return [] if source is None else read_match(match_files(source.images, source.labels))
+    if source is None:
+        return []
+    return read_match(match_files(source.images, source.labels), None, None, source.channels)

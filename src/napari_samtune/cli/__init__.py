@@ -61,14 +61,14 @@ def output_file(example: str) -> Callable[[str], Path]:
 
 def channel_list(text: str) -> tuple[int, ...]:
     """argparse ``type`` of ``--channels``: one index (gray) or three (RGB), e.g. ``0,1,2``."""
+    from napari_samtune.core.images import parse_channels
+
     try:
-        channels = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a channel list; give one index (e.g. 1) or three (e.g. 0,1,2)"
-        ) from None
-    if len(channels) not in (1, 3):
-        raise argparse.ArgumentTypeError(f"{text!r}: give one channel index or three")
+        channels = parse_channels(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if channels is None:
+        raise argparse.ArgumentTypeError("give one channel index (e.g. 1) or three (e.g. 0,1,2)")
     return channels
 
 

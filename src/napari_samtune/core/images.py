@@ -98,6 +98,42 @@ def _order_statistic_lerp(cumulative: np.ndarray, percentile: float, first: int)
     return np.add(a, difference * np.float64(fraction))
 
 
+MAX_GUESSED_CHANNELS = 16  # with channels chosen, an end axis this short holds them
+
+
+def _guess_channel_axis(shape: tuple[int, ...], chosen: bool) -> int:
+    """The channel axis of a 3D image: the last if it has 3 or 4 entries (RGB(A)); with
+    channels ``chosen``, else the first if it has 1..4, else the one end axis of at most
+    MAX_GUESSED_CHANNELS (a (H, W, 2) or (8, H, W) image); ``ValueError`` if none is clear."""
+    if shape[-1] in (3, 4):
+        return -1
+    if chosen and shape[0] in (1, 2, 3, 4):
+        return 0
+    short = [axis for axis in (0, -1) if shape[axis] <= MAX_GUESSED_CHANNELS]
+    if chosen and len(short) == 1:
+        return short[0]
+    raise ValueError(
+        f"image has shape {shape!r} and its channel axis is ambiguous; "
+        "pass channel_axis (e.g. 0 or -1) and channels (one index, or three for RGB)"
+    )
+
+
+def parse_channels(text: str) -> tuple[int, ...] | None:
+    """Channels typed as text: ``"1"`` (one, as gray) or ``"0,1,2"`` (three, as RGB); None
+    for ``""``. ``ValueError`` naming the text otherwise."""
+    if not text.strip():
+        return None
+    try:
+        channels = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a channel list; give one index (e.g. 1) or three (e.g. 0,1,2)"
+        ) from None
+    if len(channels) not in (1, 3) or min(channels) < 0:
+        raise ValueError(f"{text!r}: give one channel index or three, each 0 or more")
+    return channels
+
+
 def select_channels(
     image: np.ndarray, channel_axis: int | None, channels: Sequence[int] | None
 ) -> np.ndarray:
@@ -112,15 +148,7 @@ def select_channels(
             "(H, W, C); for a stack, pass one plane at a time"
         )
     if channel_axis is None:
-        if image.shape[-1] in (3, 4):
-            channel_axis = -1
-        elif image.shape[0] in (1, 2, 3, 4) and channels is not None:
-            channel_axis = 0
-        else:
-            raise ValueError(
-                f"image has shape {image.shape!r} and its channel axis is ambiguous; "
-                "pass channel_axis (e.g. 0 or -1) and channels (one index, or three for RGB)"
-            )
+        channel_axis = _guess_channel_axis(image.shape, channels is not None)
     image = np.moveaxis(image, channel_axis, -1)
     n_channels = image.shape[-1]
     if channels is None:
