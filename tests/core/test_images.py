@@ -158,3 +158,9 @@ def test_channels_typed_as_text(text, channels):
 def test_bad_channel_text_is_named(text, message):
     with pytest.raises(ValueError, match=f"'{text}'.*{message}|{message}"):
         parse_channels(text)
+
+
+@pytest.mark.parametrize("shape", [(1, 20, 24), (20, 24, 1)])
+def test_a_single_channel_axis_is_gray_without_a_choice(rng, shape):
+    image = rng.integers(0, 4000, size=shape, dtype=np.uint16)
+    np.testing.assert_array_equal(to_sam_rgb(image), to_sam_rgb(image.reshape(20, 24)))

@@ -100,8 +100,21 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
+def _normalised(pairs: list) -> tuple[list, list]:
+    """The SAM-ready (H, W, 3) uint8 images and the labels of the pairs, checked; each
+    pair's own pixels are let go (taken out of ``pairs``) once normalised."""
     from napari_samtune.core.data import normalise_pair
+
+    images, labels = [], []
+    for index, pair in enumerate(pairs):
+        pairs[index] = None
+        image, label = normalise_pair(pair)
+        images.append(image)
+        labels.append(label)
+    return images, labels
+
+
+def run(args: argparse.Namespace) -> int:
     from napari_samtune.core.demo import model_metrics
     from napari_samtune.core.devices import resolve_device
     from napari_samtune.core.evaluate import compare_models
@@ -114,14 +127,14 @@ def run(args: argparse.Namespace) -> int:
     pairs = read_annotated(
         args.images, args.labels, "evaluation", args.skip_unpaired, True, channels
     )
-    images, labels = zip(*(normalise_pair(pair) for pair in pairs), strict=True)
+    images, labels = _normalised(pairs)  # all checked before any model is loaded
     device = str(resolve_device(args.device))
     results = {}
     for name, model in zip(_unique_names(args.model), args.model, strict=True):
         loaded = load_model(model, device=device)
-        print(f"evaluating {name} on {len(pairs)} images ...", flush=True)
+        print(f"evaluating {name} on {len(images)} images ...", flush=True)
         auto = auto_config_for(loaded.architecture.img_size, args)
-        with progress_bar(len(pairs), f"evaluating {name}", unit="image") as bar:
+        with progress_bar(len(images), f"evaluating {name}", unit="image") as bar:
             results[name] = model_metrics(
                 loaded.sam, loaded.model_id, images, labels, auto, args.clicks,
                 args.max_objects, device, progress=lambda done, _: bar.update(done - bar.n),

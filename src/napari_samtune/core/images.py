@@ -102,12 +102,15 @@ MAX_GUESSED_CHANNELS = 16  # with channels chosen, an end axis this short holds 
 
 
 def _guess_channel_axis(shape: tuple[int, ...], chosen: bool) -> int:
-    """The channel axis of a 3D image: the last if it has 3 or 4 entries (RGB(A)); with
-    channels ``chosen``, else the first if it has 1..4, else the one end axis of at most
+    """The channel axis of a 3D image: the last if it has 3 or 4 entries (RGB(A)); else an
+    end axis of 1 (one channel: (1, H, W) as some tools save a 2D image); with channels
+    ``chosen``, else the first if it has 1..4, else the one end axis of at most
     MAX_GUESSED_CHANNELS (a (H, W, 2) or (8, H, W) image); ``ValueError`` if none is clear."""
     if shape[-1] in (3, 4):
         return -1
-    if chosen and shape[0] in (1, 2, 3, 4):
+    if 1 in (shape[0], shape[-1]):
+        return 0 if shape[0] == 1 else -1
+    if chosen and shape[0] in (2, 3, 4):
         return 0
     short = [axis for axis in (0, -1) if shape[axis] <= MAX_GUESSED_CHANNELS]
     if chosen and len(short) == 1:
