@@ -87,9 +87,13 @@ def test_loading_checks_the_files(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_annotations(tmp_path / "missing.labels.tif")
     floats = tmp_path / "floats.labels.tif"
-    tifffile.imwrite(floats, np.zeros((4, 4), dtype=np.float32))
-    with pytest.raises(ValueError, match="integer instance labels"):
+    tifffile.imwrite(floats, np.full((4, 4), 0.5, dtype=np.float32))  # a probability map
+    with pytest.raises(ValueError, match="'floats.labels.tif' holds float32 data.*integer"):
         load_annotations(floats)
+    whole = np.arange(16, dtype=np.float32).reshape(4, 4)  # labels as ImageJ may save them
+    tifffile.imwrite(floats, whole)
+    labels, record = load_annotations(floats)
+    assert labels.dtype == np.uint32 and np.array_equal(labels, whole) and record == {}
     labels_path, prompts_path = annotation_paths(tmp_path, "other")
     tifffile.imwrite(labels_path, np.zeros((4, 4), dtype=np.uint16))
     prompts_path.write_text(json.dumps({"format": "something else"}))

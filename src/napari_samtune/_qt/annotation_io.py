@@ -35,7 +35,7 @@ from napari_samtune.core.label_files import (
     labels_file_name,
     namesake_name,
     prompts_path_for,
-    read_tiff,
+    read_label_tiff,
     safe_stem,
     saved_fingerprint,
 )
@@ -125,7 +125,7 @@ def load_annotations(labels_path: str | Path) -> tuple[np.ndarray, dict]:
     labels_path = Path(labels_path)
     if not labels_path.is_file():
         raise FileNotFoundError(f"no annotation file at {str(labels_path)!r}")
-    labels = read_tiff(labels_path)
+    labels = read_label_tiff(labels_path)
     if not np.issubdtype(labels.dtype, np.integer) or labels.min(initial=0) < 0:
         raise ValueError(
             f"{labels_path.name!r} holds {labels.dtype} data; annotations must be "

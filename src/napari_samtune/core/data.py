@@ -28,6 +28,7 @@ from napari_samtune.core.label_files import (
     describe_names,
     image_fingerprint,
     match_files,
+    read_label_tiff,
     read_tiff,
     saved_fingerprint,
 )
@@ -122,8 +123,8 @@ def read_match(
 
     ``foreign``, if given, receives the names of the pairs whose labels were saved in napari
     for other pixels than their image's (:func:`foreign_labels_message`); they are read all
-    the same, as the image may just have been opened differently there. Label files of
-    floats holding whole numbers (as some tools save them) are read as integer labels.
+    the same, as the image may just have been opened differently there. Label files are
+    read with :func:`read_label_tiff`.
     """
     pairs = []
     for image_path, labels_path in match.pairs:
@@ -133,25 +134,9 @@ def read_match(
         elif foreign is not None and _saved_for_other_pixels(labels_path, image):
             foreign.append(f"{image_path.name} / {labels_path.name}")
         name = f"{image_path.name} / {labels_path.name}"
-        labels = whole_number_labels(read_tiff(labels_path), name)
+        labels = read_label_tiff(labels_path)
         pairs += split_planes(image, labels, name, None, channel_axis, channels)
     return pairs
-
-
-MAX_FLOAT_LABEL = 1 << 24  # float32 holds every whole number up to here exactly
-
-
-def whole_number_labels(labels: np.ndarray, name: str) -> np.ndarray:
-    """``labels`` as uint32 if they are floats holding only whole numbers 0..2^24, else
-    unchanged: a float label image (ImageJ saves some as 32-bit) is instance labels all the
-    same. Floats with fractions, NaN or negative values stay floats, for the checks to
-    refuse with their fix."""
-    if not np.issubdtype(labels.dtype, np.floating) or labels.size == 0:
-        return labels
-    low, high = float(np.min(labels)), float(np.max(labels))
-    if not (0 <= low and high <= MAX_FLOAT_LABEL) or np.any(np.mod(labels, 1)):
-        return labels  # NaN fails the range check
-    return labels.astype(np.uint32)
 
 
 def _saved_for_other_pixels(labels_path, image: np.ndarray) -> bool:

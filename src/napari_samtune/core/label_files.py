@@ -293,3 +293,19 @@ def read_tiff(path: Path) -> np.ndarray:
             f"cannot read {str(path)!r} as a TIFF image ({err}); it may be truncated or "
             "still being written: save it again, or move it out of the folder"
         ) from None
+
+
+MAX_FLOAT_LABEL = 1 << 24  # float32 holds every whole number up to here exactly
+
+
+def read_label_tiff(path: Path) -> np.ndarray:
+    """The instance labels of a TIFF file (:func:`read_tiff`): floats holding only whole
+    numbers 0..2^24 (ImageJ saves some label images as 32-bit) come as uint32; anything
+    else as saved, for the checks to name (fractions, NaN or negative values)."""
+    labels = read_tiff(path)
+    if not np.issubdtype(labels.dtype, np.floating) or labels.size == 0:
+        return labels
+    low, high = float(np.min(labels)), float(np.max(labels))
+    if not (0 <= low and high <= MAX_FLOAT_LABEL) or np.any(np.mod(labels, 1)):
+        return labels  # NaN fails the range check
+    return labels.astype(np.uint32)
