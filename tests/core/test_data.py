@@ -168,6 +168,12 @@ def test_label_files_of_whole_floats_are_labels_and_other_floats_are_named(tmp_p
         prepare_pair(fraction)
     with pytest.raises(TypeError, match="dtype float64.*NaN or infinite values"):
         prepare_pair(nan)
+    negative = ImageLabelPair(image, -labels.astype(np.float32), "negative.tif")
+    with pytest.raises(TypeError, match="'negative.tif'.*values outside 0..16777216"):
+        prepare_pair(negative)
+    in_memory = ImageLabelPair(image, labels.astype(np.float32), "layer")  # not a file: told
+    with pytest.raises(TypeError, match=r"'layer'.*astype\('uint32'\)"):
+        prepare_pair(in_memory)
 
 
 def test_what_is_not_a_stack_stays_one_pair_for_the_checks():

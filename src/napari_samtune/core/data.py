@@ -26,6 +26,7 @@ from napari_samtune.core.label_files import (
     FileMatch,
     choose_namesake,
     describe_names,
+    float_labels_problem,
     image_fingerprint,
     match_files,
     read_label_tiff,
@@ -200,14 +201,9 @@ def _check_labels(labels: np.ndarray, name: str) -> None:
 
 def _non_integer_fix(labels: np.ndarray) -> str:
     """How to turn labels of another dtype (float, complex, ...) into instance labels."""
-    fix = "convert with labels.astype('uint32') if the values are whole numbers >= 0"
-    if not np.issubdtype(labels.dtype, np.floating) or labels.size == 0:
-        return fix
-    if not np.all(np.isfinite(labels)):
-        return "they hold NaN or infinite values: an image or a measurement, not labels?"
-    if np.any(np.mod(labels, 1)):
-        return "these values have fractions: a probability map or an image, not labels?"
-    return fix
+    floating = np.issubdtype(labels.dtype, np.floating)
+    problem = float_labels_problem(labels) if floating else ""
+    return problem or "convert with labels.astype('uint32') if the values are whole numbers >= 0"
 
 
 def prepare_pair(pair: ImageLabelPair) -> PreparedImage:

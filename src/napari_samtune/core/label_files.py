@@ -301,11 +301,22 @@ MAX_FLOAT_LABEL = 1 << 24  # float32 holds every whole number up to here exactly
 def read_label_tiff(path: Path) -> np.ndarray:
     """The instance labels of a TIFF file (:func:`read_tiff`): floats holding only whole
     numbers 0..2^24 (ImageJ saves some label images as 32-bit) come as uint32; anything
-    else as saved, for the checks to name (fractions, NaN or negative values)."""
+    else as saved, for the checks to name (:func:`float_labels_problem`)."""
     labels = read_tiff(path)
-    if not np.issubdtype(labels.dtype, np.floating) or labels.size == 0:
-        return labels
-    low, high = float(np.min(labels)), float(np.max(labels))
-    if not (0 <= low and high <= MAX_FLOAT_LABEL) or np.any(np.mod(labels, 1)):
-        return labels  # NaN fails the range check
-    return labels.astype(np.uint32)
+    if np.issubdtype(labels.dtype, np.floating) and not float_labels_problem(labels):
+        return labels.astype(np.uint32)
+    return labels
+
+
+def float_labels_problem(labels: np.ndarray) -> str:
+    """Why float ``labels`` are not instance ids (whole numbers 0..2^24), for a message;
+    "" when they are (an empty array included)."""
+    if labels.size == 0:
+        return ""
+    if not np.all(np.isfinite(labels)):
+        return "they hold NaN or infinite values: an image or a measurement, not labels?"
+    if np.any(np.mod(labels, 1)):
+        return "these values have fractions: a probability map or an image, not labels?"
+    if labels.min() < 0 or labels.max() > MAX_FLOAT_LABEL:
+        return f"they hold values outside 0..{MAX_FLOAT_LABEL}, the ids floats hold exactly"
+    return ""
