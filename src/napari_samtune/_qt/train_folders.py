@@ -19,8 +19,8 @@ from pathlib import Path
 
 from napari_samtune._qt.workers import TaskProgress
 from napari_samtune.core.data import (
+    ChannelError,
     ImageLabelPair,
-    check_channels,
     describe_names,
     foreign_labels_message,
     prepare_annotated,
@@ -70,16 +70,14 @@ def check_folder_pairs(
     try:
         match, foreign = match_files(source.images, source.labels), []
         pairs = read_match(match, foreign, None, source.channels)
-        for pair in pairs:
-            try:
-                check_channels(pair)
-            except ValueError as err:
-                raise ValueError(f"{err} (the channels field, e.g. 1 or 0,1,2)") from None
 
         def progress(done: int, total: int) -> None:
             report(TaskProgress(done, total, f"checking the {title} folders: {done}/{total}"))
 
         _, left_out = prepare_annotated(pairs, f"{title} folder", progress)
+    except ChannelError as err:
+        problem = f"{title} folders: {err} (the channels field, e.g. 1 or 0,1,2)"
+        return FolderCheck(signature, problem, "")
     except (ValueError, TypeError, OSError) as err:
         return FolderCheck(signature, f"{title} folders: {err}", "")
     notes = [match.left_out_message(), foreign_labels_message(foreign) if foreign else ""]

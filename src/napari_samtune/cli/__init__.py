@@ -108,7 +108,12 @@ def read_annotated(
     without a partner are left out and, if ``verbose``, listed on stdout. ``channels`` is
     (``--channel-axis``, ``--channels``); every image is checked to have them.
     """
-    from napari_samtune.core.data import check_channels, foreign_labels_message, read_match
+    from napari_samtune.core.data import (
+        ChannelError,
+        check_channels,
+        foreign_labels_message,
+        read_match,
+    )
     from napari_samtune.core.label_files import match_files
 
     match = match_files(images, labels)
@@ -123,11 +128,11 @@ def read_annotated(
     pairs = read_match(match, foreign, *channels)
     if foreign and verbose:
         print(f"warning: {what} data: {foreign_labels_message(foreign)}")
-    for pair in pairs:
+    for pair in pairs:  # all files, before a model is loaded or a run folder is made
         try:
             check_channels(pair)
-        except ValueError as err:
-            raise ValueError(f"{what} data: {err} (options --channel-axis, --channels)") from None
+        except ChannelError as err:
+            raise ChannelError(f"{what} data: {err} (options --channel-axis, --channels)") from None
     return pairs
 
 

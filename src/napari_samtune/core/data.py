@@ -231,9 +231,14 @@ def normalise_pair(pair: ImageLabelPair) -> tuple[np.ndarray, np.ndarray]:
     return rgb, labels
 
 
+class ChannelError(ValueError):
+    """An image whose channels are ambiguous or badly chosen (see :func:`check_channels`)."""
+
+
 def check_channels(pair: ImageLabelPair) -> None:
-    """Refuse an image whose channels are ambiguous or badly chosen, naming the pair and the
-    fix; cheap (nothing is normalised), so a command can check every file first."""
+    """Raise :class:`ChannelError` for an image whose channels are ambiguous or badly chosen,
+    naming the pair and the fix; cheap (nothing is normalised), so a command can check every
+    file first. Front ends add where the choice is made (an option, a field)."""
     image, labels = np.asarray(pair.image), np.asarray(pair.labels)
     try:
         if image.ndim == 4 and labels.ndim == 3 and image.shape[0] == labels.shape[0]:
@@ -244,7 +249,7 @@ def check_channels(pair: ImageLabelPair) -> None:
             )
         select_channels(image, pair.channel_axis, pair.channels)
     except ValueError as err:
-        raise ValueError(f"image of {pair.name!r}: {err}") from None
+        raise ChannelError(f"image of {pair.name!r}: {err}") from None
 
 
 class NoObjectsError(ValueError):

@@ -102,10 +102,15 @@ MAX_GUESSED_CHANNELS = 16  # with channels chosen, an end axis this short holds 
 
 
 def _guess_channel_axis(shape: tuple[int, ...], chosen: bool) -> int:
-    """The channel axis of a 3D image: the last if it has 3 or 4 entries (RGB(A)); else an
-    end axis of 1 (one channel: (1, H, W) as some tools save a 2D image); with channels
-    ``chosen``, else the first if it has 1..4, else the one end axis of at most
-    MAX_GUESSED_CHANNELS (a (H, W, 2) or (8, H, W) image); ``ValueError`` if none is clear."""
+    """The channel axis of a 3D image, in this order:
+
+    * the last axis if it has 3 or 4 entries (RGB or RGBA);
+    * an end axis of 1 entry ((1, H, W), as some tools save a 2D image);
+    * only when channels are ``chosen``: the first axis if it has 2..4 entries, else the one
+      end axis of at most MAX_GUESSED_CHANNELS entries ((H, W, 2), (8, H, W)).
+
+    ``ValueError`` when none of these decides.
+    """
     if shape[-1] in (3, 4):
         return -1
     if 1 in (shape[0], shape[-1]):
