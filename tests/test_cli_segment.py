@@ -410,7 +410,8 @@ def test_auto_on_a_folder_writes_labels_that_pair_for_training(
         tifffile.imwrite(images / f"cell_{i}.tif", plane)
     out = tmp_path / "labels"
     assert segment(tiny_checkpoint, images, out, *AUTO) == 0
-    assert sorted(p.name for p in out.iterdir()) == [f"cell_{i}.labels.tif" for i in range(3)]
+    names = [f"cell_{i}.{kind}" for i in range(3) for kind in ("labels.tif", "prompts.json")]
+    assert sorted(p.name for p in out.iterdir()) == names
     one = tmp_path / "one.tif"
     assert segment(tiny_checkpoint, images / "cell_1.tif", one, *AUTO) == 0
     np.testing.assert_array_equal(tifffile.imread(out / "cell_1.labels.tif"), tifffile.imread(one))
@@ -446,6 +447,52 @@ def test_auto_on_a_folder_writes_labels_that_pair_for_training(
     assert [p.name for p in load_pairs(images, out)][1] == f"cell_1.tif / {own.name}"
 
 
+def test_images_of_the_same_name_from_two_folders_keep_their_own_labels(
+    tmp_path, tiny_checkpoint, capsys
+):
+    """Image_001.tif of a second experiment, segmented into the same folder, is neither
+    skipped as done nor saved over the first's labels, and each trains with its own."""
+    from napari_samtune.core.annotation_files import load_annotations
+    from napari_samtune.core.data import load_pairs
+    from napari_samtune.core.label_files import image_fingerprint
+
+    out, pixels = tmp_path / "annotations", {}
+    for seed, experiment in enumerate(["exp1", "exp2"]):
+        (tmp_path / experiment).mkdir()
+        pixels[experiment] = make_image((96, 128), seed=seed)[0]
+        tifffile.imwrite(tmp_path / experiment / "Image_001.tif", pixels[experiment])
+        assert segment(tiny_checkpoint, tmp_path / experiment, out, *AUTO) == 0
+    assert "skipping" not in capsys.readouterr().out
+    second = f"Image_001-{image_fingerprint(pixels['exp2'])}"
+    assert sorted(p.name for p in out.iterdir()) == [
+        f"{second}.labels.tif", f"{second}.prompts.json",
+        "Image_001.labels.tif", "Image_001.prompts.json",
+    ]  # fmt: skip
+    for experiment, labels_name in [("exp1", "Image_001"), ("exp2", second)]:
+        (pair,) = load_pairs(tmp_path / experiment, out)
+        assert pair.name == f"Image_001.tif / {labels_name}.labels.tif"
+        labels, record = load_annotations(out / f"{labels_name}.labels.tif")
+        assert record["image_fingerprint"] == image_fingerprint(pixels[experiment])
+        assert record["image"] == "Image_001" and record["shape"] == [96, 128]
+        (made,) = record["objects"]
+        assert made["source"] == "automatic" and made["model"] == "tiny_sam"
+        assert made["ids"] == [int(i) for i in np.unique(labels) if i]
+        assert made["settings"]["points_per_side"] == 4
+
+
+def test_prompted_labels_record_their_prompts_file(tmp_path, tiny_checkpoint, image_file):
+    from napari_samtune.core.annotation_files import load_annotations
+
+    path, _ = image_file
+    boxes = write_csv(tmp_path / "b.csv", "x_min,y_min,x_max,y_max\n10,10,60,70\n")
+    assert segment(tiny_checkpoint, path, tmp_path / "out.tif", "--boxes", str(boxes)) == 0
+    _, record = load_annotations(tmp_path / "out.tif")
+    assert (tmp_path / "out.prompts.json").is_file()
+    (made,) = record["objects"]
+    assert made["source"] == "boxes file" and made["prompts_file"] == str(boxes)
+    assert record["image"] == "image" and record["format"] == "napari-samtune-annotations"
+
+
 def test_a_bad_image_in_a_batch_does_not_stop_the_others(
     tmp_path, tiny_checkpoint, image_file, capsys
 ):
@@ -456,7 +503,7 @@ def test_a_bad_image_in_a_batch_does_not_stop_the_others(
     inputs = [tmp_path / "broken.tif", path, tmp_path / "image_labels.tif"]
     code = segment(tiny_checkpoint, inputs, out, *AUTO)
     assert code == 1
-    assert sorted(p.name for p in out.iterdir()) == ["image.labels.tif"]
+    assert sorted(p.name for p in out.iterdir()) == ["image.labels.tif", "image.prompts.json"]
     captured = capsys.readouterr()
     assert "broken.tif: not segmented: cannot read" in captured.err
     assert "leaving out 1 file(s) named as labels, e.g. image_labels.tif" in captured.out

@@ -1,114 +1,12 @@
-"""Qt-free parts of the annotation widget: files, label edits, image layouts."""
+"""Qt-free parts of the annotation widget: label edits, image layouts."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
-import tifffile
 
-from napari_samtune._qt.annotation_io import (
-    annotation_paths,
-    load_annotations,
-    safe_stem,
-    save_annotations,
-    save_name,
-)
 from napari_samtune._qt.image_planes import describe_image
 from napari_samtune._qt.label_edits import UndoEntry, UndoStack, write_objects
-from napari_samtune.core.data import load_pairs, prepare_pairs
-from napari_samtune.core.synthetic import make_dataset
-
-
-def test_save_and_load_round_trip(tmp_path):
-    labels = np.zeros((3, 20, 30), dtype=np.uint32)
-    labels[1, 2:5, 3:9] = 70000  # beyond uint16
-    record = {"objects": [{"ids": [70000], "planes": [1]}]}
-    labels_path, prompts_path = save_annotations(tmp_path, "my image: 1/2", labels, record)
-    assert labels_path.name == "my_image_1_2.labels.tif"
-    assert prompts_path.name == "my_image_1_2.prompts.json"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [labels_path.name, prompts_path.name]
-    loaded, loaded_record = load_annotations(labels_path)
-    np.testing.assert_array_equal(loaded, labels)
-    assert loaded.dtype == np.uint32
-    assert loaded_record["objects"] == record["objects"]
-    assert loaded_record["shape"] == [3, 20, 30] and loaded_record["image"] == "my image: 1/2"
-
-
-def test_annotations_of_a_namesake_are_never_saved_over(tmp_path):
-    labels = np.zeros((20, 30), dtype=np.uint32)
-    labels[2:5, 3:9] = 1
-    save_annotations(tmp_path, "Image_001", labels, {"image_fingerprint": "aaaa"})
-    assert save_name(tmp_path, "Image_001", "aaaa", (20, 30)) == "Image_001"  # its own
-    assert save_name(tmp_path, "Image_001", "bbbb", (20, 30)) == "Image_001-bbbb"
-    assert save_name(tmp_path, "Image_002", "bbbb", (20, 30)) == "Image_002"  # free
-    labels_path, _ = save_annotations(tmp_path, "Image_001", labels * 2, {}, "Image_001-bbbb")
-    assert labels_path.name == "Image_001-bbbb.labels.tif"
-    assert load_annotations(labels_path)[1]["image"] == "Image_001"
-    assert load_annotations(tmp_path / "Image_001.labels.tif")[0].max() == 1  # untouched
-    # labels without a record (samtune segment's): theirs when the shape fits
-    tifffile.imwrite(tmp_path / "cells.labels.tif", labels)
-    assert save_name(tmp_path, "cells", "cccc", (20, 30)) == "cells"
-    assert save_name(tmp_path, "cells", "cccc", (3, 20, 30)) == "cells-cccc"
-
-
-def test_autosaved_annotations_train_from_the_command_line(tmp_path):
-    """The annotate -> train loop through files: `samtune train --images imgs/ --labels
-    annotations/` pairs each image with its autosave, a stack plane by plane."""
-    (image, labels), (image2, labels2) = make_dataset(2, shape=(40, 48), seed=7)
-    (tmp_path / "imgs").mkdir()
-    tifffile.imwrite(tmp_path / "imgs" / "cells.tif", image)
-    tifffile.imwrite(tmp_path / "imgs" / "stack.tif", np.stack([image, image2]))
-    autosaves = tmp_path / "annotations"
-    save_annotations(autosaves, "cells", labels, {"objects": []})
-    save_annotations(autosaves, "stack", np.stack([0 * labels2, labels2]), {"objects": []})
-    pairs = load_pairs(tmp_path / "imgs", autosaves)
-    assert [p.name for p in pairs] == [
-        "cells.tif / cells.labels.tif",
-        "stack.tif / stack.labels.tif plane 1",
-    ]
-    prepared = prepare_pairs(pairs)
-    assert np.array_equal(prepared[1].rgb[..., 0], image2)
-    assert prepared[1].labels.max() == len(np.unique(labels2)) - 1
-
-
-def test_a_failed_save_keeps_the_previous_files(tmp_path):
-    labels = np.ones((8, 8), dtype=np.uint32)
-    labels_path, prompts_path = save_annotations(tmp_path, "img", labels, {"objects": []})
-    with pytest.raises(TypeError):
-        save_annotations(tmp_path, "img", labels * 2, {"objects": [object()]})  # not JSON
-    np.testing.assert_array_equal(tifffile.imread(labels_path), labels)  # both files intact
-    assert json.loads(prompts_path.read_text())["objects"] == []
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-
-
-def test_loading_checks_the_files(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        load_annotations(tmp_path / "missing.labels.tif")
-    floats = tmp_path / "floats.labels.tif"
-    tifffile.imwrite(floats, np.full((4, 4), 0.5, dtype=np.float32))  # a probability map
-    with pytest.raises(ValueError, match="'floats.labels.tif' holds float32 data.*integer"):
-        load_annotations(floats)
-    whole = np.arange(16, dtype=np.float32).reshape(4, 4)  # labels as ImageJ may save them
-    tifffile.imwrite(floats, whole)
-    labels, record = load_annotations(floats)
-    assert labels.dtype == np.uint32 and np.array_equal(labels, whole) and record == {}
-    labels_path, prompts_path = annotation_paths(tmp_path, "other")
-    tifffile.imwrite(labels_path, np.zeros((4, 4), dtype=np.uint16))
-    prompts_path.write_text(json.dumps({"format": "something else"}))
-    with pytest.raises(ValueError, match="not a napari-samtune annotation record"):
-        load_annotations(labels_path)
-    for damaged in ("{", "[]"):  # a damaged record names itself, never a raw parser error
-        prompts_path.write_text(damaged)
-        with pytest.raises(ValueError, match="other.prompts.json.*move it away"):
-            load_annotations(labels_path)
-    labels_path.write_bytes(labels_path.read_bytes()[:100])  # a truncated TIFF
-    with pytest.raises(ValueError, match=r"cannot read .*other.labels.tif.* as a TIFF image"):
-        load_annotations(labels_path)
-    with pytest.raises(ValueError, match="integer"):
-        save_annotations(tmp_path, "x", np.zeros((4, 4), dtype=np.float32), {})
-    assert safe_stem("...") == "image"
 
 
 def test_write_objects_numbers_new_ids_and_respects_existing_objects():

@@ -336,8 +336,8 @@ def test_bad_data_is_flagged_before_start(qtbot, viewer, tmp_path, notifications
 def test_autosaves_train_the_images_annotated_so_far(qtbot, viewer, tmp_path):
     """The annotate -> finetune loop: a folder of images, some annotated in the annotation
     widget; its autosave folder also holds the annotations of an image from elsewhere."""
-    from napari_samtune._qt.annotation_io import default_annotation_folder, save_annotations
     from napari_samtune._qt.train_folders import load_folder_pairs
+    from napari_samtune.core.annotation_files import default_annotation_folder, save_annotations
     from napari_samtune.core.label_files import image_fingerprint
 
     images = tmp_path / "images"

@@ -25,10 +25,10 @@ from napari_samtune._qt.annotate_actions import AnnotateActionsMixin
 from napari_samtune._qt.annotate_jobs import EMBED_TASK, LOAD_TASK, SEGMENTER_TASKS
 from napari_samtune._qt.annotate_session import AnnotationSession
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, AnnotateControls
-from napari_samtune._qt.annotation_io import default_annotation_folder
 from napari_samtune._qt.image_planes import describe_image
 from napari_samtune._qt.prompt_layers import PlanePrompts
 from napari_samtune._qt.workers import TaskRunner, user_message
+from napari_samtune.core.annotation_files import default_annotation_folder
 from napari_samtune.core.coords import napari_to_sam
 from napari_samtune.core.predict import Segmenter
 

@@ -18,13 +18,13 @@ from qtpy.QtWidgets import QFileDialog
 from napari_samtune._qt import annotate_jobs as jobs
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, PROPAGATE_TASK, SAVE_TASK
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, SCOPE_STACK
-from napari_samtune._qt.annotation_io import (
+from napari_samtune._qt.propagate import PropagationConfig
+from napari_samtune._qt.workers import main_window_of, user_message
+from napari_samtune.core.annotation_files import (
     annotation_paths,
     default_annotation_folder,
     save_annotations,
 )
-from napari_samtune._qt.propagate import PropagationConfig
-from napari_samtune._qt.workers import main_window_of, user_message
 from napari_samtune.core.automatic import AutoSegmentConfig, default_auto_config
 from napari_samtune.core.label_files import LABELS_SUFFIX
 

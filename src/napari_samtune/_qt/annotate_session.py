@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_samtune._qt.annotation_io import load_annotations, save_annotations, save_name
 from napari_samtune._qt.image_planes import ImageAxes
 from napari_samtune._qt.label_edits import Plane, UndoEntry, UndoStack, write_objects
 from napari_samtune._qt.prompt_layers import PromptLayers
+from napari_samtune.core.annotation_files import load_annotations, save_annotations, save_name
 from napari_samtune.core.label_files import image_fingerprint
 
 

@@ -33,7 +33,6 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_samtune._qt.annotation_io import default_annotation_folder
 from napari_samtune._qt.train_folders import (
     FolderCheck,
     FolderSource,
@@ -42,6 +41,7 @@ from napari_samtune._qt.train_folders import (
 )
 from napari_samtune._qt.train_run import annotation_widgets
 from napari_samtune._qt.workers import TaskRunner, user_message
+from napari_samtune.core.annotation_files import default_annotation_folder
 from napari_samtune.core.data import ImageLabelPair, prepare_pair, split_planes
 from napari_samtune.core.images import parse_channels
 from napari_samtune.core.label_files import LABEL_SUFFIXES, match_files

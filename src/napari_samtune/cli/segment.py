@@ -21,13 +21,15 @@ The output is a uint32 TIFF of instance labels (0 = background): (H, W), or
 folder or a glob: ``-o`` is then a folder that receives ``<image>.labels.tif`` for each,
 the annotation widget's own autosave name: with the widget's folder set there, opening an
 image shows its labels to correct, and ``samtune train`` pairs them with their images.
-Images whose labels are there already are skipped unless ``--overwrite``.
+Images whose labels are there already are skipped unless ``--overwrite``. Each labels file
+gets the widget's record beside it (``<name>.prompts.json``: model, settings or prompt
+file, and the image's fingerprint), so an image of the same name from elsewhere is told
+apart: its labels go beside as ``<name>-<fingerprint>.labels.tif``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import glob
 import sys
 from dataclasses import replace
@@ -36,12 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from napari_samtune.cli import add_channel_options, check_output_file
-from napari_samtune.cli.prompt_files import (
-    BoxPrompts,
-    PointPrompts,
-    read_boxes_csv,
-    read_points_csv,
-)
+from napari_samtune.cli.prompt_files import read_boxes_csv, read_points_csv
+from napari_samtune.cli.segment_planes import Planes, Progress, segment_planes
 from napari_samtune.core.label_files import labels_file_name, read_tiff
 
 AUTO_OPTIONS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "min_area")
@@ -101,57 +99,6 @@ def read_image(path: Path) -> np.ndarray:
     return read_tiff(path)
 
 
-class _Progress:
-    """A progress bar created on the first ``(done, total)`` call."""
-
-    def __init__(self, description: str, unit: str) -> None:
-        self.description, self.unit, self.bar = description, unit, None
-
-    def __call__(self, done: int, total: int) -> None:
-        from napari_samtune.core.progress import progress_bar
-
-        if self.bar is None:
-            self.bar = progress_bar(total, self.description, self.unit)
-        self.bar.update(done - self.bar.n)
-
-    def __enter__(self) -> _Progress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _renumber(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Labels whose id ``i + 1`` becomes ``ids[i]`` (0 stays 0)."""
-    lookup = np.zeros(len(ids) + 1, dtype=np.uint32)
-    lookup[1:] = ids
-    return lookup[labels]
-
-
-def _segment_points(segmenter, prompts: PointPrompts, rows: np.ndarray) -> np.ndarray:
-    """Labels of the image set in ``segmenter`` from the points in ``rows`` (file row
-    indices): without an object column, the point in row ``i`` gives object ``i + 1``."""
-    points, point_labels = prompts.points_xy[rows], prompts.labels[rows]
-    if prompts.objects is None:
-        return _renumber(segmenter.predict_points_batched(points), rows + 1)
-    objects = prompts.objects[rows]
-    labels = np.zeros(segmenter.image_shape, dtype=np.uint32)
-    for object_id in dict.fromkeys(objects.tolist()):  # in order of appearance
-        of_object = objects == object_id
-        single_click = of_object.sum() == 1
-        prediction = segmenter.predict(
-            points[of_object], point_labels[of_object], multimask=single_click
-        )
-        labels[prediction.mask & (labels == 0)] = object_id  # earlier objects keep overlaps
-    return labels
-
-
-def _segment_boxes(segmenter, prompts: BoxPrompts, rows: np.ndarray) -> np.ndarray:
-    """Labels from the boxes in ``rows``; the box in row ``i`` gives object ``i + 1``."""
-    return _renumber(segmenter.predict_boxes(prompts.boxes_xyxy[rows]), rows + 1)
-
-
 def _report_empty(labels: np.ndarray, expected_ids, ids_from: str) -> None:
     """Tell on stderr which prompted objects got no pixels, rather than dropping them quietly.
     ``ids_from``: where the ids come from, e.g. "data rows" (counted from 1)."""
@@ -177,88 +124,6 @@ def _auto_config(args: argparse.Namespace, img_size: int | None = None):
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
-class _Planes:
-    """The planes of the input image, normalised for SAM one at a time."""
-
-    def __init__(self, image: np.ndarray, path: Path, args: argparse.Namespace) -> None:
-        from napari_samtune.core.images import plane_channel_axis, to_sam_rgb
-
-        self.image, self.stacked, self.channels = image, args.stack, args.channels
-        self.channel_axis = args.channel_axis
-        self._to_rgb, self._first = to_sam_rgb, None
-        if self.stacked:
-            if image.ndim < 3:
-                raise ValueError(
-                    f"--stack: {path} has shape {image.shape!r}, a single 2D plane; "
-                    "leave out --stack"
-                )
-            try:
-                self.channel_axis = plane_channel_axis(args.channel_axis, image.ndim)
-            except ValueError as err:
-                raise ValueError(f"--stack --channel-axis {args.channel_axis}: {err}") from None
-        try:
-            first = self.rgb(0)
-        except ValueError as err:
-            if self.stacked or image.ndim < 3:
-                raise
-            raise ValueError(
-                f"{err}. For a z-stack or time series (planes first) pass --stack; for "
-                "channels pass --channel-axis and --channels"
-            ) from None
-        self._first = first  # normalised once: it is the first plane segmented
-        self.shape: tuple[int, int] = first.shape[:2]
-        self.count = image.shape[0] if self.stacked else 1
-
-    def rgb(self, index: int) -> np.ndarray:
-        if index == 0 and self._first is not None:
-            first, self._first = self._first, None
-            return first
-        plane = self.image[index] if self.stacked else self.image
-        return self._to_rgb(plane, self.channel_axis, self.channels)
-
-
-def _bar(show: bool, description: str, unit: str):
-    """A :class:`_Progress` bar, or (when not ``show``) a context that gives ``None``."""
-    return _Progress(description, unit) if show else contextlib.nullcontext()
-
-
-def _segment_planes(
-    segmenter,
-    planes: _Planes,
-    points: PointPrompts | None,
-    boxes: BoxPrompts | None,
-    config,
-    bars: bool = True,
-) -> np.ndarray:
-    """uint32 labels, (H, W) or (planes, H, W): each prompted plane (every plane with
-    ``--auto``, ids made unique across the stack) is embedded and segmented in turn;
-    ``bars``: show progress bars (planes of a stack, else embedding and segmenting)."""
-    labels = np.zeros((planes.count, *planes.shape), dtype=np.uint32)
-    prompts = points if points is not None else boxes
-    if prompts is not None:
-        row_planes = np.zeros(len(prompts), np.int64) if prompts.planes is None else prompts.planes
-        todo = sorted(set(row_planes.tolist()))  # planes without prompts stay empty
-        segment_rows = _segment_points if points is not None else _segment_boxes
-    else:
-        todo = list(range(planes.count))
-    one_plane, offset = bars and not planes.stacked, 0
-    with _bar(bars and planes.stacked, "segmenting planes", "plane") as plane_bar:
-        for done, index in enumerate(todo):
-            with _bar(one_plane, "embedding", "tile") as bar:
-                segmenter.set_image(planes.rgb(index), progress=bar)
-            if prompts is not None:
-                rows = np.flatnonzero(row_planes == index)
-                labels[index] = segment_rows(segmenter, prompts, rows)
-            else:
-                with _bar(one_plane, "segmenting", "batch") as bar:
-                    found = segmenter.segment_all(config, progress=bar)
-                labels[index] = np.where(found > 0, found + offset, 0)
-                offset = max(offset, int(labels[index].max()))
-            if plane_bar is not None:
-                plane_bar(done + 1, len(todo))
-    return labels if planes.stacked else labels[0]
-
-
 def _inputs(specs: list[Path]) -> tuple[list[Path], bool]:
     """The image files named on the command line, and whether they are a batch (several
     files, a folder or a glob: labels then go to a folder)."""
@@ -269,27 +134,54 @@ def _inputs(specs: list[Path]) -> tuple[list[Path], bool]:
 
 
 def _load_segmenter(args: argparse.Namespace):
+    """The Segmenter of ``--model`` on ``--device``, and the model's name."""
     from napari_samtune.core.devices import resolve_device
     from napari_samtune.core.models import load_model
     from napari_samtune.core.predict import Segmenter
 
     device = resolve_device(args.device)
-    with _Progress("downloading model", "B") as progress:
+    with Progress("downloading model", "B") as progress:
         loaded = load_model(args.model, device=device, progress=progress)
     segmenter = Segmenter(
         loaded.sam, model_id=loaded.model_id, device=device, use_disk_cache=not args.no_cache
     )
-    return segmenter, f"model {loaded.name}, device {device}"
+    return segmenter, loaded.name
 
 
-def _write_labels(path: Path, labels: np.ndarray) -> int:
-    """Write labels atomically; returns the number of objects."""
-    import tifffile
+def _write_labels(path: Path, labels: np.ndarray, image: Path, pixels, made: dict) -> int:
+    """Write labels atomically, with the annotation widget's record next to them
+    (``<name>.prompts.json``: the fingerprint of the image's ``pixels``, so that an image of
+    the same name elsewhere is told apart, and ``made``: how the objects were made). Returns
+    the number of objects."""
+    from napari_samtune.core.annotation_files import write_annotations
+    from napari_samtune.core.label_files import image_fingerprint
 
-    from napari_samtune.core.checkpoints import atomic_write
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    planes = np.flatnonzero(labels.reshape(len(labels), -1).any(1)) if labels.ndim == 3 else []
+    objects = {"ids": ids.tolist(), "planes": [int(p) for p in planes], **made}
+    record = {
+        "image_fingerprint": image_fingerprint(pixels),
+        "objects": [objects],  # one run made them all (an empty one says so too)
+        "prompts": {"points": [], "point_labels": [], "boxes": []},
+    }
+    write_annotations(path, image.stem, labels, record)
+    return len(ids)
 
-    atomic_write(path, lambda tmp: tifffile.imwrite(tmp, labels))
-    return int(np.count_nonzero(np.unique(labels)))
+
+def _made_by(args: argparse.Namespace, model_name: str, config) -> dict:
+    """How ``samtune segment`` made the objects, for the labels' record."""
+    from dataclasses import asdict
+
+    if args.auto:
+        return {"source": "automatic", "model": model_name, "settings": asdict(config)}
+    prompts = args.points if args.points is not None else args.boxes
+    kind = "points" if args.points is not None else "boxes"
+    return {"source": f"{kind} file", "model": model_name, "prompts_file": str(prompts)}
+
+
+def _using(segmenter, model_name: str) -> str:
+    return f"model {model_name}, device {segmenter.model.device}"
 
 
 def _objects(n_objects: int) -> str:
@@ -302,16 +194,16 @@ def run(args: argparse.Namespace) -> int:
         return _run_batch(args, files)
     example = labels_file_name(files[0].stem)
     check_output_file(args.output, example, hint=" (a folder is for several images)")
-    planes = _Planes(read_image(files[0]), files[0], args)
+    planes = Planes(read_image(files[0]), files[0], args)
     n_planes = planes.count if args.stack else None
     # read prompts and settings before loading the model, so mistakes show up at once
     points = read_points_csv(args.points, planes.shape, n_planes) if args.points else None
     boxes = read_boxes_csv(args.boxes, planes.shape, n_planes) if args.boxes else None
     config = _auto_config(args) if args.auto else None
-    segmenter, using = _load_segmenter(args)
+    segmenter, model_name = _load_segmenter(args)
     if args.auto:
         config = _auto_config(args, segmenter.img_size)
-    labels = _segment_planes(segmenter, planes, points, boxes, config)
+    labels = segment_planes(segmenter, planes, points, boxes, config)
     if points is not None:
         if points.objects is None:
             _report_empty(labels, range(1, len(points) + 1), "data rows")
@@ -319,9 +211,12 @@ def run(args: argparse.Namespace) -> int:
             _report_empty(labels, points.objects, "'object' column")
     elif boxes is not None:
         _report_empty(labels, range(1, len(boxes) + 1), boxes.ids_from)
-    n_objects = _write_labels(args.output, labels)
+    made = _made_by(args, model_name, config)
+    n_objects = _write_labels(args.output, labels, files[0], planes.image, made)
     where = f" in {planes.count} planes" if args.stack else ""
-    print(f"{_objects(n_objects)}{where} written to {args.output} ({using})")
+    print(
+        f"{_objects(n_objects)}{where} written to {args.output} ({_using(segmenter, model_name)})"
+    )
     return 0
 
 
@@ -388,22 +283,25 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
     if not todo:
         return 0
     _auto_config(args)  # the options are checked before the model loads
-    segmenter, using = _load_segmenter(args)
+    segmenter, model_name = _load_segmenter(args)
     config = _auto_config(args, segmenter.img_size)
-    failed = 0
-    with _Progress("segmenting images", "image") as bar:
+    made, failed = _made_by(args, model_name, config), 0
+    with Progress("segmenting images", "image") as bar:
         bar(0, len(todo))
         for done, image in enumerate(todo):
             try:
-                planes = _Planes(read_image(image), image, args)
-                labels = _segment_planes(segmenter, planes, None, None, config, bars=False)
+                planes = Planes(read_image(image), image, args)
+                labels = segment_planes(segmenter, planes, None, None, config, bars=False)
             except (ValueError, TypeError) as err:
                 failed += 1
                 tqdm.write(f"{image}: not segmented: {err}", file=sys.stderr)
             else:
-                n_objects = _write_labels(outputs[image], labels)
-                tqdm.write(f"{image.name}: {_objects(n_objects)} -> {outputs[image]}")
+                n_objects = _write_labels(outputs[image], labels, image, planes.image, made)
+                renamed = outputs[image].name != labels_file_name(image.stem)
+                why = " (its own name there holds another image's labels)" if renamed else ""
+                tqdm.write(f"{image.name}: {_objects(n_objects)} -> {outputs[image]}{why}")
             bar(done + 1, len(todo))
+    using = _using(segmenter, model_name)
     print(f"{len(todo) - failed} of {len(todo)} images segmented into {out_dir} ({using})")
     if failed:
         print(f"{failed} image(s) failed; see the messages above", file=sys.stderr)

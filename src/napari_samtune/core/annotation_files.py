@@ -1,6 +1,8 @@
 """Save and load annotations: the labels as TIFF, the prompts and object records as JSON.
 
-Qt-free (numpy, tifffile, json). For an image named ``name`` the folder holds
+The annotation widget autosaves with these, and ``samtune segment`` writes the same two
+files, so either's output opens in the other and pairs for training. For an image named
+``name`` the folder holds
 
 * ``<name>.labels.tif``: uint32 instance labels, (H, W) or (Z, H, W), zlib-compressed
   (named by :mod:`napari_samtune.core.label_files`);
@@ -94,13 +96,24 @@ def save_annotations(
 
     Returns the paths of the TIFF and the JSON file.
     """
+    labels_path, _ = annotation_paths(folder, file_name or image_name)
+    return write_annotations(labels_path, image_name, labels, record)
+
+
+def write_annotations(
+    labels_path: str | Path, image_name: str, labels: np.ndarray, record: dict
+) -> tuple[Path, Path]:
+    """Atomically write ``labels`` (integer (H, W) or (Z, H, W)) to ``labels_path`` and
+    ``record`` (JSON-ready; the format, ``image_name`` and the shape added) next to it, to
+    :func:`napari_samtune.core.label_files.prompts_path_for`. Returns both paths."""
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer) or labels.ndim not in (2, 3):
         raise ValueError(
             f"labels have dtype {labels.dtype} and shape {labels.shape!r}; "
             "expected integer instance labels of shape (H, W) or (Z, H, W)"
         )
-    labels_path, prompts_path = annotation_paths(folder, file_name or image_name)
+    labels_path = Path(labels_path)
+    prompts_path = prompts_path_for(labels_path)
     document = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -1,0 +1,145 @@
+"""The planes of ``samtune segment``'s input and how each is segmented from prompt rows
+or automatically; Qt-free, used by :mod:`napari_samtune.cli.segment`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from pathlib import Path
+
+import numpy as np
+
+from napari_samtune.cli.prompt_files import BoxPrompts, PointPrompts
+
+
+class Progress:
+    """A progress bar created on the first ``(done, total)`` call."""
+
+    def __init__(self, description: str, unit: str) -> None:
+        self.description, self.unit, self.bar = description, unit, None
+
+    def __call__(self, done: int, total: int) -> None:
+        from napari_samtune.core.progress import progress_bar
+
+        if self.bar is None:
+            self.bar = progress_bar(total, self.description, self.unit)
+        self.bar.update(done - self.bar.n)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _renumber(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Labels whose id ``i + 1`` becomes ``ids[i]`` (0 stays 0)."""
+    lookup = np.zeros(len(ids) + 1, dtype=np.uint32)
+    lookup[1:] = ids
+    return lookup[labels]
+
+
+def _segment_points(segmenter, prompts: PointPrompts, rows: np.ndarray) -> np.ndarray:
+    """Labels of the image set in ``segmenter`` from the points in ``rows`` (file row
+    indices): without an object column, the point in row ``i`` gives object ``i + 1``."""
+    points, point_labels = prompts.points_xy[rows], prompts.labels[rows]
+    if prompts.objects is None:
+        return _renumber(segmenter.predict_points_batched(points), rows + 1)
+    objects = prompts.objects[rows]
+    labels = np.zeros(segmenter.image_shape, dtype=np.uint32)
+    for object_id in dict.fromkeys(objects.tolist()):  # in order of appearance
+        of_object = objects == object_id
+        single_click = of_object.sum() == 1
+        prediction = segmenter.predict(
+            points[of_object], point_labels[of_object], multimask=single_click
+        )
+        labels[prediction.mask & (labels == 0)] = object_id  # earlier objects keep overlaps
+    return labels
+
+
+def _segment_boxes(segmenter, prompts: BoxPrompts, rows: np.ndarray) -> np.ndarray:
+    """Labels from the boxes in ``rows``; the box in row ``i`` gives object ``i + 1``."""
+    return _renumber(segmenter.predict_boxes(prompts.boxes_xyxy[rows]), rows + 1)
+
+
+class Planes:
+    """The planes of the input image, normalised for SAM one at a time."""
+
+    def __init__(self, image: np.ndarray, path: Path, args: argparse.Namespace) -> None:
+        from napari_samtune.core.images import plane_channel_axis, to_sam_rgb
+
+        self.image, self.stacked, self.channels = image, args.stack, args.channels
+        self.channel_axis = args.channel_axis
+        self._to_rgb, self._first = to_sam_rgb, None
+        if self.stacked:
+            if image.ndim < 3:
+                raise ValueError(
+                    f"--stack: {path} has shape {image.shape!r}, a single 2D plane; "
+                    "leave out --stack"
+                )
+            try:
+                self.channel_axis = plane_channel_axis(args.channel_axis, image.ndim)
+            except ValueError as err:
+                raise ValueError(f"--stack --channel-axis {args.channel_axis}: {err}") from None
+        try:
+            first = self.rgb(0)
+        except ValueError as err:
+            if self.stacked or image.ndim < 3:
+                raise
+            raise ValueError(
+                f"{err}. For a z-stack or time series (planes first) pass --stack; for "
+                "channels pass --channel-axis and --channels"
+            ) from None
+        self._first = first  # normalised once: it is the first plane segmented
+        self.shape: tuple[int, int] = first.shape[:2]
+        self.count = image.shape[0] if self.stacked else 1
+
+    def rgb(self, index: int) -> np.ndarray:
+        if index == 0 and self._first is not None:
+            first, self._first = self._first, None
+            return first
+        plane = self.image[index] if self.stacked else self.image
+        return self._to_rgb(plane, self.channel_axis, self.channels)
+
+
+def _bar(show: bool, description: str, unit: str):
+    """A :class:`Progress` bar, or (when not ``show``) a context that gives ``None``."""
+    return Progress(description, unit) if show else contextlib.nullcontext()
+
+
+def segment_planes(
+    segmenter,
+    planes: Planes,
+    points: PointPrompts | None,
+    boxes: BoxPrompts | None,
+    config,
+    bars: bool = True,
+) -> np.ndarray:
+    """uint32 labels, (H, W) or (planes, H, W): each prompted plane (every plane with
+    ``--auto``, ids made unique across the stack) is embedded and segmented in turn;
+    ``bars``: show progress bars (planes of a stack, else embedding and segmenting)."""
+    labels = np.zeros((planes.count, *planes.shape), dtype=np.uint32)
+    prompts = points if points is not None else boxes
+    if prompts is not None:
+        row_planes = np.zeros(len(prompts), np.int64) if prompts.planes is None else prompts.planes
+        todo = sorted(set(row_planes.tolist()))  # planes without prompts stay empty
+        segment_rows = _segment_points if points is not None else _segment_boxes
+    else:
+        todo = list(range(planes.count))
+    one_plane, offset = bars and not planes.stacked, 0
+    with _bar(bars and planes.stacked, "segmenting planes", "plane") as plane_bar:
+        for done, index in enumerate(todo):
+            with _bar(one_plane, "embedding", "tile") as bar:
+                segmenter.set_image(planes.rgb(index), progress=bar)
+            if prompts is not None:
+                rows = np.flatnonzero(row_planes == index)
+                labels[index] = segment_rows(segmenter, prompts, rows)
+            else:
+                with _bar(one_plane, "segmenting", "batch") as bar:
+                    found = segmenter.segment_all(config, progress=bar)
+                labels[index] = np.where(found > 0, found + offset, 0)
+                offset = max(offset, int(labels[index].max()))
+            if plane_bar is not None:
+                plane_bar(done + 1, len(todo))
+    return labels if planes.stacked else labels[0]
