@@ -269,6 +269,28 @@ def test_stack_mistakes_are_named(
     assert not (tmp_path / "o.tif").exists()
 
 
+def test_a_stack_with_its_channels_first_is_segmented_plane_by_plane(
+    tmp_path, tiny_checkpoint, stack_file
+):
+    """(C, Z, H, W), as OME-TIFF often holds it, with --channel-axis 0: as (Z, C, H, W)
+    with --channel-axis 1."""
+    path, stack = stack_file
+    noise = np.random.default_rng(2).integers(0, 65535, stack.shape, dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "czyx.tif", np.stack([noise, stack]))
+    tifffile.imwrite(tmp_path / "zcyx.tif", np.stack([noise, stack], axis=1))
+    points = write_csv(tmp_path / "p.csv", "x,y,z\n40,30,0\n100,60,2\n")
+    for name, axis in [("czyx", "0"), ("zcyx", "1")]:
+        options = ["--stack", "--channel-axis", axis, "--channels", "1", "--points", str(points)]
+        assert segment(tiny_checkpoint, tmp_path / f"{name}.tif", tmp_path / name, *options) == 0
+    from_czyx, from_zcyx = tifffile.imread(tmp_path / "czyx"), tifffile.imread(tmp_path / "zcyx")
+    assert from_czyx.shape == (3, 120, 160)
+    np.testing.assert_array_equal(from_czyx, from_zcyx)
+    assert (
+        segment(tiny_checkpoint, path, tmp_path / "gray", "--stack", "--points", str(points)) == 0
+    )
+    np.testing.assert_array_equal(from_czyx, tifffile.imread(tmp_path / "gray"))  # channel 1
+
+
 def test_stack_on_a_single_plane_is_refused(tmp_path, tiny_checkpoint, image_file, capsys):
     path, _ = image_file
     assert segment(tiny_checkpoint, path, tmp_path / "o.tif", "--stack", "--auto") == 2

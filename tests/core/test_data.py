@@ -147,6 +147,23 @@ def test_the_channel_choice_reaches_single_images_and_the_planes_of_stacks(tmp_p
         load_pairs(tmp_path / "stack", tmp_path / "stack_labels", 0, [1])
 
 
+def test_stacks_with_their_channels_first_train_plane_by_plane(tmp_path):
+    """(C, Z, H, W) files, as OME-TIFF often holds them: channel axis 0, or guessed from the
+    labels' planes once channels are chosen; without a choice the error says which."""
+    (image, labels), (image2, labels2) = make_dataset(2, shape=(48, 40), seed=8)
+    noise = np.random.default_rng(1).integers(0, 256, image.shape, dtype=np.uint8)
+    cells = np.stack([image, noise, image2])  # 3 planes; the middle one not annotated
+    _write(tmp_path / "images", "czyx.tif", np.stack([np.flip(cells, 1), cells]))  # (2, 3, H, W)
+    _write(tmp_path / "labels", "czyx_labels.tif", np.stack([labels, 0 * labels, labels2]))
+    with pytest.raises(ValueError, match=r"\(2, 3, 48, 40\) and its labels .* 2 channels first, "):
+        prepare_pairs(load_pairs(tmp_path / "images", tmp_path / "labels"))
+    for axis in (0, -4, None):
+        planes = load_pairs(tmp_path / "images", tmp_path / "labels", axis, [1])
+        assert [p.name for p in planes] == [f"czyx.tif / czyx_labels.tif plane {i}" for i in (0, 2)]
+        for pair, plane in zip(planes, [image, image2], strict=True):
+            assert np.array_equal(prepare_pair(pair).rgb, to_sam_rgb(plane))
+
+
 def test_label_files_of_whole_floats_are_labels_and_other_floats_are_named(tmp_path):
     image, labels = make_image((32, 40), seed=6)
     with_fraction = labels.astype(np.float32)

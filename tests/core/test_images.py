@@ -164,3 +164,22 @@ def test_bad_channel_text_is_named(text, message):
 def test_a_single_channel_axis_is_gray_without_a_choice(rng, shape):
     image = rng.integers(0, 4000, size=shape, dtype=np.uint16)
     np.testing.assert_array_equal(to_sam_rgb(image), to_sam_rgb(image.reshape(20, 24)))
+
+
+def test_planes_first_turns_channels_first_stacks_into_planes_of_channels():
+    czyx = np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)
+    for axis in (0, -4):
+        moved, plane_axis = images.planes_first(czyx, axis)
+        assert moved.shape == (3, 2, 4, 5) and plane_axis == 1
+        assert np.shares_memory(moved, czyx) and np.array_equal(moved[2, 1], czyx[1, 2])
+    assert images.planes_first(czyx, None, [1], n_planes=3)[1] == 1  # guessed from the labels
+    for axis, channels, n_planes in [
+        (None, None, 3),  # nothing chosen: nothing guessed
+        (None, [1], 2),  # axis 0 matches the labels' planes: planes first already
+        (0, [1], 4),  # axis 1 does not match the labels' planes
+        (2, [1], 3),  # another axis given
+    ]:
+        same, kept_axis = images.planes_first(czyx, axis, channels, n_planes)
+        assert same is czyx and kept_axis == axis
+    yx = np.zeros((4, 5))
+    assert images.planes_first(yx, 0)[0] is yx

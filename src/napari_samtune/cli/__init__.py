@@ -78,7 +78,8 @@ def add_channel_options(parser: argparse.ArgumentParser) -> None:
         "--channel-axis",
         type=int,
         default=None,
-        help="axis of the image files holding channels (a stack's planes are axis 0)",
+        help="axis of the image files holding channels (a stack's planes are axis 0, "
+        "unless it is 0: (C, Z, H, W))",
     )
     parser.add_argument(
         "--channels",

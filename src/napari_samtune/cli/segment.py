@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     elif boxes is not None:
         _report_empty(labels, range(1, len(boxes) + 1), boxes.ids_from)
     made = _made_by(args, model_name, config)
-    n_objects = _write_labels(args.output, labels, files[0], planes.image, made)
+    n_objects = _write_labels(args.output, labels, files[0], planes.pixels, made)
     where = f" in {planes.count} planes" if args.stack else ""
     print(
         f"{_objects(n_objects)}{where} written to {args.output} ({_using(segmenter, model_name)})"
@@ -296,7 +296,7 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
                 failed += 1
                 tqdm.write(f"{image}: not segmented: {err}", file=sys.stderr)
             else:
-                n_objects = _write_labels(outputs[image], labels, image, planes.image, made)
+                n_objects = _write_labels(outputs[image], labels, image, planes.pixels, made)
                 renamed = outputs[image].name != labels_file_name(image.stem)
                 why = " (its own name there holds another image's labels)" if renamed else ""
                 tqdm.write(f"{image.name}: {_objects(n_objects)} -> {outputs[image]}{why}")

@@ -67,8 +67,9 @@ class Planes:
     """The planes of the input image, normalised for SAM one at a time."""
 
     def __init__(self, image: np.ndarray, path: Path, args: argparse.Namespace) -> None:
-        from napari_samtune.core.images import plane_channel_axis, to_sam_rgb
+        from napari_samtune.core.images import plane_channel_axis, planes_first, to_sam_rgb
 
+        self.pixels = image  # as read: its fingerprint goes into the labels' record
         self.image, self.stacked, self.channels = image, args.stack, args.channels
         self.channel_axis = args.channel_axis
         self._to_rgb, self._first = to_sam_rgb, None
@@ -78,8 +79,9 @@ class Planes:
                     f"--stack: {path} has shape {image.shape!r}, a single 2D plane; "
                     "leave out --stack"
                 )
+            self.image, axis = planes_first(image, args.channel_axis)  # (C, Z, H, W) too
             try:
-                self.channel_axis = plane_channel_axis(args.channel_axis, image.ndim)
+                self.channel_axis = plane_channel_axis(axis, image.ndim)
             except ValueError as err:
                 raise ValueError(f"--stack --channel-axis {args.channel_axis}: {err}") from None
         try:
@@ -93,7 +95,7 @@ class Planes:
             ) from None
         self._first = first  # normalised once: it is the first plane segmented
         self.shape: tuple[int, int] = first.shape[:2]
-        self.count = image.shape[0] if self.stacked else 1
+        self.count = self.image.shape[0] if self.stacked else 1
 
     def rgb(self, index: int) -> np.ndarray:
         if index == 0 and self._first is not None:

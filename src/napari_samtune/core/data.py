@@ -21,7 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from napari_samtune.core.images import plane_channel_axis, select_channels, to_sam_rgb
+from napari_samtune.core.images import (
+    plane_channel_axis,
+    planes_first,
+    select_channels,
+    to_sam_rgb,
+)
 from napari_samtune.core.label_files import (
     FileMatch,
     choose_namesake,
@@ -87,11 +92,15 @@ def split_planes(
     annotated); when no plane has one, plane 0 is kept so the checks say so.
     ``channel_axis`` and ``channels`` select the image's channels (see
     :func:`~napari_samtune.core.images.to_sam_rgb`); the axis counts the axes of the whole
-    ``image``, a stack's planes included. Given either, a plane has a channel axis.
+    ``image``, a stack's planes included. Given either, a plane has a channel axis. A
+    (C, Z, H, W) stack, channels first, takes ``channel_axis=0`` (see
+    :func:`~napari_samtune.core.images.planes_first`).
     """
     channels = None if channels is None else tuple(channels)
     if rgb is None and (channel_axis is not None or channels is not None):
         rgb = True
+    if labels.ndim == 3:
+        image, channel_axis = planes_first(image, channel_axis, channels, labels.shape[0])
     if not _is_stack(image, labels, rgb):
         return [ImageLabelPair(image, labels, name, channel_axis, channels)]
     axis = plane_channel_axis(channel_axis, image.ndim)
@@ -246,6 +255,12 @@ def check_channels(pair: ImageLabelPair) -> None:
                 f"image has shape {image.shape!r}: {image.shape[0]} planes with a channel axis "
                 "SAM cannot guess; pass channel_axis (counted in the stack, e.g. 1 or -1) and "
                 "channels (one index, or three for RGB)"
+            )
+        if image.ndim == 4 and labels.ndim == 3 and image.shape[1] == labels.shape[0]:
+            raise ValueError(
+                f"image has shape {image.shape!r} and its labels {labels.shape!r}: "
+                f"{image.shape[0]} channels first, then {labels.shape[0]} planes; pass "
+                "channel_axis 0 and channels (one index, or three for RGB)"
             )
         select_channels(image, pair.channel_axis, pair.channels)
     except ValueError as err:

@@ -178,6 +178,24 @@ def select_channels(
     return selected[..., 0] if len(channels) == 1 else selected
 
 
+def planes_first(
+    image: np.ndarray,
+    channel_axis: int | None,
+    channels: Sequence[int] | None = None,
+    n_planes: int | None = None,
+) -> tuple[np.ndarray, int | None]:
+    """A 4-axis stack whose channels come first, (C, Z, H, W) as OME-TIFF files often hold
+    them, as a (Z, C, H, W) view and the channel axis counted in it (1); any other image and
+    axis as they are. Channels come first when ``channel_axis`` is 0, or, with ``channels``
+    chosen and no axis, when axis 1 alone has ``n_planes`` entries (the labels' planes);
+    given ``n_planes``, axis 1 must have as many."""
+    if image.ndim != 4 or n_planes not in (None, image.shape[1]):
+        return image, channel_axis
+    asked = channel_axis in (0, -4)
+    guessed = channel_axis is None and channels is not None and n_planes not in (None, len(image))
+    return (np.moveaxis(image, 0, 1), 1) if asked or guessed else (image, channel_axis)
+
+
 def plane_channel_axis(channel_axis: int | None, ndim: int) -> int | None:
     """The channel axis within one plane of a stack, given ``channel_axis`` counted in the
     whole ``ndim``-axis array whose axis 0 holds the planes (z or time); None stays None."""
