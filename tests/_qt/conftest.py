@@ -1,7 +1,9 @@
 """Helpers shared by the widget tests: run a widget's background job and wait for it;
-keep a window open while counting its close events."""
+keep a window open while counting its close events; a docked annotation widget on the
+synthetic nuclei image; the notifications shown."""
 
 import pytest
+from napari.utils.notifications import notification_manager
 from qtpy.QtCore import QEvent, QObject
 
 WAIT_MS = 30_000
@@ -69,3 +71,32 @@ def close_blocker():
     for blocker in blockers:
         blocker.release()
     blockers.clear()
+
+
+@pytest.fixture
+def notifications():
+    """Messages of the napari notifications shown during the test."""
+    received: list = []
+
+    def collect(notification) -> None:
+        received.append(notification)
+
+    notification_manager.notification_ready.connect(collect)
+    yield received
+    notification_manager.notification_ready.disconnect(collect)
+
+
+@pytest.fixture
+def viewer_widget(make_napari_viewer, qtbot, tiny_sam, nuclei_image, drain_jobs):
+    """A viewer with the synthetic nuclei image and a docked widget using the tiny model."""
+    from napari_samtune._qt.annotate import AnnotateWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei_image[0], name="nuclei")
+    widget = AnnotateWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    with qtbot.waitSignal(widget.embedding_ready, timeout=WAIT_MS):
+        widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    yield viewer, widget
+    drain_jobs(widget)

@@ -16,7 +16,6 @@ import pytest
 import tifffile
 import torch
 from napari.utils.key_bindings import KeymapHandler
-from napari.utils.notifications import notification_manager
 from qtpy.QtGui import QCloseEvent
 from qtpy.QtWidgets import QApplication
 
@@ -30,33 +29,6 @@ from napari_samtune.core.data import load_pairs
 from napari_samtune.core.registry import register_user_model
 
 WAIT_MS = 30_000
-
-
-@pytest.fixture
-def notifications():
-    """Messages of the napari notifications shown during the test."""
-    received: list = []
-
-    def collect(notification) -> None:
-        received.append(notification)
-
-    notification_manager.notification_ready.connect(collect)
-    yield received
-    notification_manager.notification_ready.disconnect(collect)
-
-
-@pytest.fixture
-def viewer_widget(make_napari_viewer, qtbot, tiny_sam, nuclei_image, drain_jobs):
-    """A viewer with the synthetic nuclei image and a docked widget using the tiny model."""
-    viewer = make_napari_viewer()
-    viewer.add_image(nuclei_image[0], name="nuclei")
-    widget = AnnotateWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    with qtbot.waitSignal(widget.embedding_ready, timeout=WAIT_MS):
-        widget.set_model(tiny_sam, "tiny", "tiny-test")
-    drain_jobs(widget)
-    yield viewer, widget
-    drain_jobs(widget)
 
 
 def test_widget_attaches_to_the_image_and_embeds_it(viewer_widget):

@@ -21,12 +21,29 @@ def test_write_objects_numbers_new_ids_and_respects_existing_objects():
     assert (labels[0, 0, :] == 4).all()  # not overwritten
     assert (labels[0, 1, 0:3] == 6).all() and (labels[1, 0:2, 0:3] == 6).all()
     assert (labels[:, 4:6, 4:6] == 5).all()
-    assert sorted(entry.snapshots) == [0, 1]
+    assert entry.planes == [0, 1]
     entry.restore(labels)
     assert labels.max() == 4 and (labels[0, 0] == 4).all()
     write_objects(labels, {0: objects}, overwrite=True)
     assert (labels[0, 0, 0:3] == 5 + 1).all()  # overwrite: object 9 -> id 6 took the pixels
     assert write_objects(labels, {0: np.zeros((6, 6), np.uint32)}) == []
+
+
+def test_undo_reverts_only_pixels_that_still_hold_what_the_edit_wrote():
+    """A brush stroke (or another commit) made after an edit survives undoing the edit."""
+    labels = np.zeros((6, 6), dtype=np.uint32)
+    labels[0, :] = 3
+    objects = np.zeros((6, 6), dtype=np.uint32)
+    objects[0:3, 0:3] = 1
+    entry = UndoEntry()
+    assert write_objects(labels, {None: objects}, overwrite=True, entry=entry) == [4]
+    labels[2, 2] = 9  # painted over the new object afterwards
+    labels[5, 5] = 9  # painted elsewhere afterwards
+    entry.restore(labels)
+    expected = np.zeros((6, 6), dtype=np.uint32)
+    expected[0, :] = 3  # overwritten pixels get their object back
+    expected[2, 2] = expected[5, 5] = 9
+    np.testing.assert_array_equal(labels, expected)
 
 
 def test_undo_stack_keeps_the_latest_edits():

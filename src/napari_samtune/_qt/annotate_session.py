@@ -73,14 +73,13 @@ class AnnotationSession:
 
     def begin_group(self) -> UndoEntry:
         """Start an edit made of several writes that one undo reverts together."""
-        entry = UndoEntry()
-        self.undo_stack.push(entry)
-        return entry
+        return UndoEntry()
 
     def end_group(self, entry: UndoEntry) -> None:
-        """Finish a group; a group that wrote nothing leaves no undo step."""
-        if not entry.snapshots and self.undo_stack.peek() is entry:
-            self.undo_stack.pop()
+        """Finish a group: it becomes the latest undo step (commits made while it ran come
+        before it), unless it wrote nothing."""
+        if entry.writes:
+            self.undo_stack.push(entry)
 
     def _write(
         self,
@@ -95,11 +94,10 @@ class AnnotationSession:
         ids = write_objects(self.annotations, objects, overwrite, entry)
         if not ids:
             return []
-        planes = sorted({p for p in objects if p is not None and p in entry.snapshots})
-        self.records.append(
-            {"ids": ids, "planes": planes, "source": source, "model": model_name, **prompts}
-        )
-        entry.n_records += 1
+        planes = sorted({p for p in entry.planes if p is not None and p in objects})
+        record = {"ids": ids, "planes": planes, "source": source, "model": model_name, **prompts}
+        self.records.append(record)
+        entry.records.append(record)
         if group is None:
             self.undo_stack.push(entry)
         self.layers.annotations.refresh()
@@ -111,7 +109,8 @@ class AnnotationSession:
         if entry is None:
             return False
         entry.restore(self.annotations)
-        del self.records[len(self.records) - entry.n_records :]
+        undone = {id(record) for record in entry.records}
+        self.records = [record for record in self.records if id(record) not in undone]
         self.layers.annotations.refresh()
         return True
 

@@ -19,22 +19,46 @@ def plane_view(labels: np.ndarray, plane: Plane) -> np.ndarray:
     return labels if plane is None else labels[plane]
 
 
+@dataclass(frozen=True)
+class PixelWrite:
+    """The pixels one write changed on one plane: where, and their ids before and after."""
+
+    plane: Plane
+    where: np.ndarray  # flat indices into the (H, W) plane: memory grows with what is written
+    before: np.ndarray  # ids of the pixels at ``where`` before the write
+    after: np.ndarray  # ids written there
+
+
 @dataclass
 class UndoEntry:
-    """What one edit changed: the previous content of every plane it wrote."""
+    """What one edit (a commit, or one automatic segmentation) changed.
 
-    snapshots: dict[Plane, np.ndarray] = field(default_factory=dict)  # plane -> copy before
-    n_records: int = 0  # object records the edit appended (removed again on undo)
+    Undo reverts only the pixels the edit wrote that still hold what it wrote: a brush
+    stroke or another commit made since (automatic segmentation runs in the background
+    while the user commits) keeps its pixels.
+    """
 
-    def remember(self, labels: np.ndarray, plane: Plane) -> None:
-        """Keep a copy of ``plane`` unless this edit already did."""
-        if plane not in self.snapshots:
-            self.snapshots[plane] = plane_view(labels, plane).copy()
+    writes: list[PixelWrite] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)  # object records the edit appended
+
+    @property
+    def planes(self) -> list[Plane]:
+        """The planes the edit wrote, in order of writing."""
+        return list(dict.fromkeys(w.plane for w in self.writes))
+
+    def remember(self, plane: Plane, where: np.ndarray, before: np.ndarray, after) -> None:
+        """Record that ``after`` was written at ``where`` (bool (H, W)) of ``plane`` over
+        ``before``."""
+        self.writes.append(PixelWrite(plane, np.flatnonzero(where), before, np.asarray(after)))
 
     def restore(self, labels: np.ndarray) -> None:
-        """Put every remembered plane back into ``labels`` (in place)."""
-        for plane, before in self.snapshots.items():
-            plane_view(labels, plane)[...] = before
+        """Put back the ids the edit replaced (in place), newest write first, where the
+        pixels still hold what it wrote."""
+        for write in reversed(self.writes):
+            flat = plane_view(labels, write.plane).flat
+            now = flat[write.where]
+            unchanged = now == write.after
+            flat[write.where[unchanged]] = write.before[unchanged]
 
 
 class UndoStack:
@@ -78,7 +102,7 @@ def write_objects(
             numbered in increasing order of their object id.
         overwrite: whether objects may replace pixels of existing objects; if not,
             they only fill background.
-        entry: undo entry that remembers the planes before they change.
+        entry: undo entry that remembers the pixels written and what they held.
 
     Returns:
         The new ids that received at least one pixel, ascending.
@@ -99,9 +123,9 @@ def write_objects(
             where &= target == 0
         if not where.any():
             continue
-        if entry is not None:
-            entry.remember(labels, plane)
         new = lut[objects[where]]
+        if entry is not None:
+            entry.remember(plane, where, target[where], new)
         target[where] = new
         written.update(int(i) for i in np.unique(new))
     return sorted(written)
