@@ -75,3 +75,53 @@ def test_a_commit_while_automatic_segmentation_runs_undoes_on_its_own(
     assert [r["source"] for r in widget.session.records] == ["interactive"]
     assert widget.undo()
     assert not widget.session.annotations.any() and widget.session.records == []
+
+
+def test_automatic_results_survive_a_change_of_model(
+    viewer_widget, drain_jobs, gated_automatic, tiny_sam
+):
+    """E.g. a finished training run switching the widget to its model: the objects found
+    are still objects of this image, recorded with the model that found them."""
+    _, widget = viewer_widget
+    keep_every_automatic_object(widget)
+    assert widget.segment_automatically() is not None
+    widget.set_model(tiny_sam, "newer", "newer-id")
+    gated_automatic.set()
+    drain_jobs(widget)
+    assert widget.session.annotations.any()
+    assert [(r["source"], r["model"]) for r in widget.session.records] == [("automatic", "tiny")]
+    assert widget.is_embedded(None) and widget.segmenter.model_id == "newer-id"
+
+
+def test_propagation_results_of_a_replaced_model_are_dropped_with_a_message(
+    make_napari_viewer, qtbot, tiny_sam, nuclei_image, drain_jobs, notifications, monkeypatch
+):
+    from napari_samtune._qt.annotate import AnnotateWidget
+
+    gate = threading.Event()
+    real = annotate_jobs.iter_propagate_object
+
+    def gated(*args, **kwargs):
+        assert gate.wait(WAIT_S)
+        return (yield from real(*args, **kwargs))
+
+    monkeypatch.setattr(annotate_jobs, "iter_propagate_object", gated)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.stack([nuclei_image[0]] * 3), name="stack")
+    widget = AnnotateWidget(viewer)
+    with qtbot.waitSignal(widget.embedding_ready, timeout=WAIT_S * 1000):
+        widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    plane = widget.current_plane
+    widget.session.layers.points.add([plane, 128, 128])
+    shown = widget.session.layers.preview.data.copy()
+    assert shown[plane].any()
+    try:
+        assert widget.propagate() is not None
+        widget.set_model(tiny_sam, "newer", "newer-id")
+    finally:
+        gate.set()
+    drain_jobs(widget)
+    np.testing.assert_array_equal(widget.session.layers.preview.data, shown)  # none shown
+    messages = [str(n.message) for n in notifications]
+    assert any("results discarded, the model or channels changed" in m for m in messages)

@@ -306,22 +306,41 @@ class AnnotateWidget(AnnotateActionsMixin, QWidget):
         self.embedding_ready.emit(plane)
 
     def _start_segmenter_job(
-        self, name: str, job, *args, on_return=None, on_yield=None, on_finish=None
+        self,
+        name: str,
+        job,
+        *args,
+        on_return=None,
+        on_yield=None,
+        on_finish=None,
+        labels_result: bool = False,
     ):
-        """Run ``job(segmenter, axes, data, *args)``; results of a stale generation are dropped."""
+        """Run ``job(segmenter, axes, data, *args)``. Results for another image are dropped,
+        and so are those of a stale generation (model or channels changed since), unless
+        they are ``labels_result`` (objects found, still valid for the image); the user is
+        told when yielded results are dropped."""
         generation, session = self._generation, self.session
         self._embedded = None  # the job changes the Segmenter's image
+        dropped = []
 
-        def current(callback):
+        def current(callback, is_result: bool = False):
+            keep_stale = is_result and labels_result  # embeddings are of the old Segmenter
+
             def guarded(value):
-                if (
-                    callback is not None
-                    and generation == self._generation
-                    and session is self.session
-                ):
+                if callback is None:
+                    return
+                if session is self.session and (keep_stale or generation == self._generation):
                     callback(value)
+                elif is_result and not dropped:
+                    dropped.append(value)
 
             return guarded
+
+        def finish() -> None:
+            if dropped:
+                changed = "image" if session is not self.session else "model or channels"
+                show_info(f"{name}: results discarded, the {changed} changed while it ran")
+            self._after_segmenter_job(on_finish)
 
         return self.runner.start(
             name,
@@ -331,8 +350,8 @@ class AnnotateWidget(AnnotateActionsMixin, QWidget):
             session.image_layer.data,
             *args,
             on_return=current(on_return),
-            on_yield=current(on_yield),
-            on_finish=lambda: self._after_segmenter_job(on_finish),
+            on_yield=current(on_yield, is_result=True),
+            on_finish=finish,
         )
 
     def _after_segmenter_job(self, on_finish=None) -> None:

@@ -160,11 +160,11 @@ class AnnotateActionsMixin:
         whole_stack = axes.is_stack and self.ui.auto_scope_combo.currentText() == SCOPE_STACK
         planes = list(range(axes.n_planes)) if whole_stack else [self.current_plane]
         session, group = self.session, self.session.begin_group()
-        overwrite = self.ui.overwrite_check.isChecked()
+        overwrite, model_name = self.ui.overwrite_check.isChecked(), self.model_name
 
-        def write(result) -> None:
+        def write(result) -> None:  # by the model that started, also if another is chosen
             objects = {result.plane: result.labels}
-            ids = session.add_labels(objects, overwrite, "automatic", self.model_name, group)
+            ids = session.add_labels(objects, overwrite, "automatic", model_name, group)
             self.ui.status_label.setText(f"automatic: {len(ids)} objects")
 
         def done() -> None:
@@ -180,6 +180,7 @@ class AnnotateActionsMixin:
             on_yield=write,
             on_return=self._on_embedded,
             on_finish=done,
+            labels_result=True,
         )
 
     # -- files ----------------------------------------------------------------------------
