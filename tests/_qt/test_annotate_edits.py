@@ -3,6 +3,7 @@ while automatic segmentation runs in the background, and undo of either."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
@@ -125,3 +126,26 @@ def test_propagation_results_of_a_replaced_model_are_dropped_with_a_message(
     np.testing.assert_array_equal(widget.session.layers.preview.data, shown)  # none shown
     messages = [str(n.message) for n in notifications]
     assert any("results discarded, the model or channels changed" in m for m in messages)
+
+
+def test_back_on_an_image_its_object_records_are_kept(
+    viewer_widget, drain_jobs, nuclei_image, tmp_path
+):
+    """Its annotations layer stayed in the viewer; the records saved with it come back, so
+    the next autosave does not drop them."""
+    viewer, widget = viewer_widget
+    widget.ui.folder_edit.setText(str(tmp_path))
+    widget.session.layers.points.add([128, 128])
+    assert widget.commit() == [1]
+    drain_jobs(widget)
+    viewer.add_image(nuclei_image[0][::-1].copy(), name="other")
+    widget.ui.image_combo.setCurrentText("other")
+    drain_jobs(widget)
+    widget.ui.image_combo.setCurrentText("nuclei")
+    drain_jobs(widget)
+    assert [r["ids"] for r in widget.session.records] == [[1]]
+    widget.session.layers.points.add([40, 200])
+    assert widget.commit() == [2]
+    drain_jobs(widget)
+    saved = json.loads((tmp_path / "nuclei.prompts.json").read_text())
+    assert [r["ids"] for r in saved["objects"]] == [[1], [2]]

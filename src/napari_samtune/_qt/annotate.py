@@ -230,8 +230,7 @@ class AnnotateWidget(AnnotateActionsMixin, QWidget):
         self._set_positive_mode(self.ui.positive_check.isChecked())
         self.viewer.layers.selection.active = self.session.layers.points
         self._invalidate_embedding()
-        if self.session.layers.annotations_created:
-            self._restore_autosave()
+        self._restore_autosave(labels=self.session.layers.annotations_created)
         self._ensure_embedding()
 
     def _detach(self) -> None:

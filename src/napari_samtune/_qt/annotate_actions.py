@@ -196,10 +196,12 @@ class AnnotateActionsMixin:
         if folder:
             self.ui.folder_edit.setText(folder)
 
-    def _restore_autosave(self) -> None:
+    def _restore_autosave(self, labels: bool = True) -> None:
+        """Load this image's autosave: the labels and their object records, or (``labels``
+        False: its annotations layer is still there, and holds the labels) the records."""
         folder, name = self.annotation_folder(), self.session.image_layer.name
         file_name = self.session.file_name(folder)
-        if file_name != name:
+        if file_name != name and labels:  # said once, when the image is first annotated
             show_warning(
                 f"{annotation_paths(folder, name)[0]} holds the annotations of another image "
                 f"named {name!r}; this image's are saved as {file_name!r} so that neither is "
@@ -209,6 +211,9 @@ class AnnotateActionsMixin:
         if not labels_path.is_file():
             return
         try:
+            if not labels:
+                self.session.load_records(labels_path)
+                return
             n_objects = self.session.load(labels_path)
         except (ValueError, OSError) as err:
             show_error(f"could not restore {labels_path}: {user_message(err)}")

@@ -158,6 +158,11 @@ class AnnotationSession:
         self.layers.annotations.refresh()
         return int(len(np.unique(labels)) - (labels.min(initial=0) == 0))
 
+    def load_records(self, labels_path: str | Path) -> None:
+        """Take the object records saved with ``labels_path``; the labels stay as they are
+        (back on an image whose annotations layer was kept, the layer holds them)."""
+        self.records = list(load_annotations(labels_path)[1].get("objects", []))
+
     def remove_helpers(self, including_empty_annotations: bool = False) -> None:
         """Remove the prompt and preview layers; annotations stay unless asked and empty."""
         self.layers.remove_helpers()
