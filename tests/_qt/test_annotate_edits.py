@@ -149,3 +149,26 @@ def test_back_on_an_image_its_object_records_are_kept(
     drain_jobs(widget)
     saved = json.loads((tmp_path / "nuclei.prompts.json").read_text())
     assert [r["ids"] for r in saved["objects"]] == [[1], [2]]
+
+
+def test_an_existing_uint8_annotations_layer_takes_more_than_255_objects(
+    make_napari_viewer, qtbot, tiny_sam, nuclei_image, drain_jobs, tmp_path
+):
+    from napari_samtune._qt.annotate import AnnotateWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei_image[0], name="nuclei")
+    mine = np.zeros((256, 256), np.uint8)
+    mine[:5, :5] = 255
+    viewer.add_labels(mine, name="nuclei annotations")
+    widget = AnnotateWidget(viewer)
+    widget.ui.folder_edit.setText(str(tmp_path))
+    with qtbot.waitSignal(widget.embedding_ready, timeout=WAIT_S * 1000):
+        widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    layer = viewer.layers["nuclei annotations"]
+    assert layer.data.dtype == np.uint32 and (layer.data[:5, :5] == 255).all()
+    widget.session.layers.points.add([128, 128])
+    assert widget.commit() == [256]
+    drain_jobs(widget)
+    assert (layer.data == 256).any()

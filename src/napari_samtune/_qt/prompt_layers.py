@@ -50,6 +50,19 @@ def _on_plane(coords: np.ndarray, plane: int | None) -> np.ndarray:
     return np.rint(coords[:, 0]).astype(int) == plane
 
 
+def _as_uint32_labels(layer: Labels) -> np.ndarray:
+    """The ids of an existing labels layer as uint32, the widget's label type; ``ValueError``
+    when they do not fit (negative, or beyond 2**32 - 1)."""
+    data = np.asarray(layer.data)
+    low, high = (int(data.min()), int(data.max())) if data.size else (0, 0)
+    if low < 0 or high > np.iinfo(np.uint32).max:
+        raise ValueError(
+            f"layer {layer.name!r} holds ids {low}..{high}, which do not fit the annotations' "
+            "uint32 ids (0..4294967295); rename or delete it"
+        )
+    return data.astype(np.uint32)
+
+
 def _preview_colormap() -> DirectLabelColormap:
     """Magenta and violet by turns: a preview never looks like a committed object."""
     colors = {i: PREVIEW_COLORS[i % 2] for i in range(1, 1024)}
@@ -94,6 +107,8 @@ class PromptLayers:
             data = np.zeros(self.axes.spatial_shape, dtype=np.uint32)
             layer = self.viewer.add_labels(data, name=name, opacity=opacity, **self._placement)
             self.annotations_created |= annotations
+        elif layer.data.dtype != np.uint32:
+            layer.data = _as_uint32_labels(layer)  # e.g. uint8: the 256th object would not fit
         return layer
 
     def _point_layer(self, name: str) -> Points:
