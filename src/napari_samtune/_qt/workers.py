@@ -97,6 +97,8 @@ class TaskRunner:
         self.progress_bar = progress_bar
         self.status_label = status_label
         self.progress_bar.setVisible(False)
+        self._shown = True  # False once the widgets are gone (the viewer closed)
+        self.progress_bar.destroyed.connect(self._on_widgets_destroyed)
         self._workers: dict[str, Any] = {}  # task name -> running worker
         self._ended: dict[str, threading.Event] = {}  # task name -> set when its thread ends
         self._relay = _ProgressRelay()
@@ -180,9 +182,17 @@ class TaskRunner:
         would otherwise reach widgets that are being deleted)."""
         self._workers.pop(name, None)
         self._ended.pop(name, None)
-        if not self._workers:
+        if not self._workers and self._shown:
             self.progress_bar.setVisible(False)
             self.status_label.setText("")
+
+    def _on_widgets_destroyed(self, _obj=None) -> None:
+        """The viewer closed with tasks running: they are asked to stop, and their late
+        results, progress and callbacks no longer reach the deleted widgets."""
+        self._shown = False
+        self.quit_all()
+        for name in list(self._workers):
+            self.forget(name)
 
     def quit_all(self) -> None:
         """Ask every running worker to stop (generators stop at their next yield)."""
