@@ -172,3 +172,19 @@ def test_an_existing_uint8_annotations_layer_takes_more_than_255_objects(
     assert widget.commit() == [256]
     drain_jobs(widget)
     assert (layer.data == 256).any()
+
+
+def test_a_renamed_image_stays_chosen_under_its_new_name(viewer_widget, nuclei_image):
+    viewer, widget = viewer_widget
+    viewer.add_image(nuclei_image[0][::-1].copy(), name="other")
+    session = widget.session
+    viewer.layers["nuclei"].name = "renamed"
+    combo = widget.ui.image_combo
+    assert [combo.itemText(i) for i in range(combo.count())] == ["renamed", "other"]
+    assert combo.currentText() == "renamed" and widget.session is session
+    widget.session.layers.points.add([128, 128])
+    assert widget.commit() == [1]
+    viewer.layers["other"].name = "second"  # added after the widget: watched as well
+    assert [combo.itemText(i) for i in range(combo.count())] == ["renamed", "second"]
+    combo.setCurrentText("second")
+    assert widget.session.image_layer.name == "second"

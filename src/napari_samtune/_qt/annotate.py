@@ -54,8 +54,10 @@ class AnnotateWidget(AnnotateActionsMixin, QWidget):
         self.ui.folder_edit.setText(str(default_annotation_folder()))
         self._connect_controls()
         self._bind_keys(viewer)
-        viewer.layers.events.inserted.connect(self._refresh_image_choices)
+        viewer.layers.events.inserted.connect(self._on_layer_inserted)
         viewer.layers.events.removed.connect(self._on_layer_removed)
+        for layer in viewer.layers:  # the layer list tells renames only from napari 0.7 on
+            layer.events.name.connect(self._refresh_image_choices)
         viewer.dims.events.current_step.connect(self._on_plane_changed)
         self._refresh_image_choices()
 
@@ -142,21 +144,30 @@ class AnnotateWidget(AnnotateActionsMixin, QWidget):
         return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
 
     def _refresh_image_choices(self, event=None) -> None:
+        """List the image layers (after one is added, removed or renamed), keeping the one
+        annotated chosen under its current name."""
         combo = self.ui.image_combo
         names = [layer.name for layer in self._image_layers()]
-        current = combo.currentText()
-        if names == [combo.itemText(i) for i in range(combo.count())]:
+        chosen = combo.currentText() if self.session is None else self.session.image_layer.name
+        if names == [combo.itemText(i) for i in range(combo.count())] and (
+            combo.currentText() == chosen
+        ):
             return
         combo.blockSignals(True)
         combo.clear()
         combo.addItems(names)
-        combo.setCurrentIndex(names.index(current) if current in names else 0)
+        combo.setCurrentIndex(names.index(chosen) if chosen in names else 0)
         combo.blockSignals(False)
-        if combo.currentText() != current or self.session is None:
+        if self.session is None or self.image_layer != self.session.image_layer:
             self._on_image_choice()
+
+    def _on_layer_inserted(self, event) -> None:
+        event.value.events.name.connect(self._refresh_image_choices)
+        self._refresh_image_choices()
 
     def _on_layer_removed(self, event) -> None:
         layer = event.value
+        layer.events.name.disconnect(self._refresh_image_choices)
         if self.session is not None and (
             layer == self.session.image_layer or layer in self.session.layers.layers
         ):
