@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
+import tifffile
+from napari.utils.key_bindings import KeymapHandler
+
 from napari_samtune._qt import annotate_jobs
 
 WAIT_MS = 30_000
@@ -37,3 +41,35 @@ def test_closing_the_viewer_while_an_embedding_runs_raises_nothing(
     qtbot.waitUntil(lambda: not worker.is_running, timeout=WAIT_MS)
     qtbot.wait(200)  # the worker's queued signals arrive
     assert not widget.runner.is_running()
+
+
+def test_closing_the_panel_stops_the_widget_and_keeps_its_commits(
+    make_napari_viewer, qtbot, tiny_sam, nuclei_image, drain_jobs, tmp_path
+):
+    """napari's close button on the panel sends the widget no close event; still its keys
+    must stop committing, and what it committed is on disk."""
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei_image[0], name="nuclei")
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-samtune", "Annotate with SAM")
+    widget.ui.folder_edit.setText(str(tmp_path))
+    with qtbot.waitSignal(widget.embedding_ready, timeout=WAIT_MS):
+        widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    points = widget.session.layers.points
+    points.add([128, 128])
+    assert widget.commit() == [1]
+    dock.destroyOnClose()  # what the panel's close button does
+    drain_jobs(widget)
+    assert widget.session is None
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "nuclei.labels.tif"), viewer.layers["nuclei annotations"].data
+    )
+    points.add([40, 200])
+    for provider in (viewer, points):
+        keys = KeymapHandler()
+        keys.keymap_providers = [provider]
+        keys.press_key("C")
+    assert viewer.layers["nuclei annotations"].data.max() == 1  # nothing more committed
+    viewer.add_image(nuclei_image[0], name="later")  # no longer followed
+    viewer.layers["later"].name = "renamed"
+    assert widget.ui.image_combo.count() == 1

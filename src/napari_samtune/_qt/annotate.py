@@ -27,7 +27,7 @@ from napari_samtune._qt.annotate_session import AnnotationSession
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, AnnotateControls
 from napari_samtune._qt.image_planes import describe_image
 from napari_samtune._qt.prompt_layers import PlanePrompts
-from napari_samtune._qt.workers import TaskRunner, user_message
+from napari_samtune._qt.workers import TaskRunner, on_removed, user_message
 from napari_samtune.core.annotation_files import default_annotation_folder
 from napari_samtune.core.coords import napari_to_sam
 from napari_samtune.core.predict import Segmenter
@@ -52,8 +52,10 @@ class AnnotateWidget(AnnotateActionsMixin, QWidget):
         self._autosave_again = False
         self._hinted: set[str] = set()
         self.ui.folder_edit.setText(str(default_annotation_folder()))
+        self._shut_down = False
         self._connect_controls()
         self._bind_keys(viewer)
+        on_removed(self, self.shut_down)  # the panel's close button
         viewer.layers.events.inserted.connect(self._on_layer_inserted)
         viewer.layers.events.removed.connect(self._on_layer_removed)
         for layer in viewer.layers:  # the layer list tells renames only from napari 0.7 on
@@ -88,10 +90,27 @@ class AnnotateWidget(AnnotateActionsMixin, QWidget):
             provider.bind_key(key, lambda _provider, action=action: action(), overwrite=True)
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
-        for key in self._key_actions():
-            self.viewer.bind_key(key, None, overwrite=True)
-        self.runner.quit_all()
+        self.shut_down()
         super().closeEvent(event)
+
+    def shut_down(self) -> None:
+        """Stop acting on the viewer (the panel was closed): commits not yet on disk are
+        saved, keys unbound, layer events let go, background jobs asked to stop."""
+        if self._shut_down:
+            return
+        self._shut_down = True
+        helpers = list(self.session.layers.layers) if self.session is not None else []
+        self._detach()
+        for provider in [self.viewer, *helpers]:
+            for key in self._key_actions():
+                provider.bind_key(key, None, overwrite=True)
+        events = self.viewer.layers.events
+        events.inserted.disconnect(self._on_layer_inserted)
+        events.removed.disconnect(self._on_layer_removed)
+        for layer in self.viewer.layers:
+            layer.events.name.disconnect(self._refresh_image_choices)
+        self.viewer.dims.events.current_step.disconnect(self._on_plane_changed)
+        self.runner.quit_all()
 
     # -- model ----------------------------------------------------------------------------
     def refresh_models(self) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import QEvent, QObject, Qt, Signal
 from qtpy.QtWidgets import QLabel, QMainWindow, QProgressBar, QWidget
 
 
@@ -72,6 +72,29 @@ def main_window_of(widget: QWidget) -> QMainWindow | None:
     while parent is not None and not isinstance(parent, QMainWindow):
         parent = parent.parentWidget()
     return parent
+
+
+class _RemovalWatcher(QObject):
+    """Calls back once when its widget loses its parent for good (see :func:`on_removed`)."""
+
+    def __init__(self, widget: QWidget, callback: Callable[[], None]) -> None:
+        super().__init__(widget)
+        self._callback: Callable[[], None] | None = callback
+        widget.installEventFilter(self)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)
+        if event.type() == QEvent.Type.ParentChange and self._callback is not None:
+            if watched.parent() is None:
+                callback, self._callback = self._callback, None
+                callback()
+        return False
+
+
+def on_removed(widget: QWidget, callback: Callable[[], None]) -> None:
+    """Call ``callback`` once when ``widget`` is taken out of the viewer: napari's close
+    button on a dock (``remove_dock_widget``) un-parents the widget and sends it no close
+    event, so a widget that binds keys or runs work would otherwise go on unseen."""
+    _RemovalWatcher(widget, callback)
 
 
 class _ProgressRelay(QObject):
