@@ -257,6 +257,18 @@ def test_closing_the_viewer_by_code_mid_run_saves_and_exports_first(qtbot, docke
     assert (run_folder / "checkpoints" / "last.pt").is_file()
 
 
+def test_closing_the_panel_mid_run_stops_the_run_and_saves_its_model(qtbot, docked, notifications):
+    """napari's close button on the panel un-docks the widget without a close event; the
+    run must not go on unseen to its last epoch."""
+    viewer, _, widget = docked
+    _long_run_started(qtbot, widget)
+    viewer.window.remove_dock_widget(widget)  # what the panel's close button does
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=WAIT_MS)
+    assert widget.result.stopped_by_user and widget.result.epochs_done < 50
+    assert widget.result.exported_model_path.is_file()
+    assert any("panel was closed: training stops after this step" in m for m in notifications)
+
+
 def test_a_person_closing_the_viewer_is_asked_and_the_window_closes_after_export(
     qtbot, docked, monkeypatch, close_blocker
 ):

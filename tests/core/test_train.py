@@ -160,6 +160,39 @@ def test_a_run_resumed_in_its_folder_updates_its_registered_model(tmp_path, data
     assert registered_epochs() == 2  # the resumed run's registration replaced the first's
 
 
+def test_a_stop_before_the_first_step_saves_and_registers_nothing(tmp_path, data):
+    """A model no step has trained is the base model: it is not registered as a new one,
+    and a resumed run stopped at once keeps its checkpoint, export and registration."""
+    from napari_samtune.core.registry import user_models_dir
+
+    stop = threading.Event()
+    stop.set()  # e.g. Stop pressed while the model was loading
+    events = list(iter_train(_config(), *data, out_dir=tmp_path / "new", stop_event=stop))
+    assert [type(e).__name__ for e in events] == ["TrainingStarted", "TrainingFinished"]
+    nothing = events[-1]
+    assert nothing.stopped_by_user and nothing.steps_done == 0
+    assert (nothing.registered_name, nothing.exported_model_path) == (None, None)
+    assert nothing.last_checkpoint_path is None
+    assert nothing.outcome_message() == "training stopped before any training step; no model saved"
+    assert not (tmp_path / "new" / "model.pth").exists()
+    assert not list(user_models_dir().glob("*.json"))
+
+    first = train(_config(epochs=1), *data, out_dir=tmp_path / "run")
+    run_files = [
+        first.last_checkpoint_path,
+        first.exported_model_path,
+        tmp_path / "run/summary.json",
+    ]
+    before = [path.read_bytes() for path in run_files]
+    again = train(_config(), *data, tmp_path / "run", stop, resume_from=first.last_checkpoint_path)
+    assert again.steps_done == 0 and again.registered_name is None
+    assert again.last_checkpoint_path == first.last_checkpoint_path  # still there to resume
+    assert [path.read_bytes() for path in run_files] == before
+    assert sorted(p.stem for p in user_models_dir().glob("*.json")) == ["run"]
+    resumed = train(_config(), *data, tmp_path / "run", resume_from=first.last_checkpoint_path)
+    assert resumed.steps_done == 3 and resumed.registered_name == "run"  # updated, not "run-2"
+
+
 def test_train_from_python_can_show_progress(tmp_path, data, capsys):
     finished = train(_config(), *data, out_dir=tmp_path / "quiet")
     assert capsys.readouterr().out == ""
@@ -186,6 +219,8 @@ def test_resuming_with_another_model_setup_is_refused(tmp_path, data):
         )
     with pytest.raises(ValueError, match="weights only.*last.pt"):
         train(_config(), *data, out_dir=tmp_path / "c", resume_from=first.best_checkpoint_path)
+    with pytest.raises(ValueError, match="has done 1 epoch.*nothing left.*epochs above 1"):
+        train(_config(epochs=1), *data, tmp_path / "a", resume_from=first.last_checkpoint_path)
     with pytest.raises(ValueError, match="already holds a training run.*resume_from"):
         train(_config(), *data, out_dir=tmp_path / "a")
     (tmp_path / "file").write_text("not a folder")

@@ -93,14 +93,19 @@ class PairSourceWidget(QWidget):
     Args:
         viewer: the napari viewer whose layers are offered.
         title: what the data is for, e.g. "training" (used in messages).
+        required: an empty source (no pair, no folders) is a problem.
     """
 
     folders_checked = Signal()  # a background check of the folders ended (see check_folders)
+    sources_changed = Signal()  # pairs added or removed, folders edited: red messages redone
 
-    def __init__(self, viewer, title: str, parent: QWidget | None = None) -> None:
+    def __init__(
+        self, viewer, title: str, required: bool = False, parent: QWidget | None = None
+    ) -> None:
         super().__init__(parent)
         self.viewer = viewer
         self.title = title
+        self.required = required
         self._pairs: list[tuple[Image, Labels | Image]] = []
         self._folder_check: FolderCheck | None = None  # the latest finished folder check
         self._build()
@@ -111,7 +116,7 @@ class PairSourceWidget(QWidget):
         self.labels_dir_button.clicked.connect(lambda: self._browse(self.labels_dir_edit))
         self.autosaves_button.clicked.connect(self.use_autosave_folder)
         for edit in (self.image_dir_edit, self.labels_dir_edit, self.channels_edit):
-            edit.editingFinished.connect(self.check_folders)
+            edit.editingFinished.connect(self._on_folders_edited)
         viewer.layers.events.inserted.connect(self.refresh_layer_choices)
         viewer.layers.events.removed.connect(self._on_layer_removed)
         viewer.layers.events.renamed.connect(self._on_layer_renamed)
@@ -210,7 +215,6 @@ class PairSourceWidget(QWidget):
         if 0 <= row < len(self._pairs):
             del self._pairs[row]
             self._refresh_list()
-        show_problem(self.list_error, "")
 
     @property
     def layer_pairs(self) -> list[tuple[Image, Labels]]:
@@ -222,6 +226,13 @@ class PairSourceWidget(QWidget):
         self.pair_list.addItems(
             [f"{image.name}  ⟷  {labels.name}" for image, labels in self._pairs]
         )
+        self._recheck_list()
+
+    def _recheck_list(self) -> None:
+        """The pairs or folders changed: a red message under the list may be out of date."""
+        if self.list_error.text():
+            show_problem(self.list_error, self._list_problems())
+        self.sources_changed.emit()
 
     def _on_layer_removed(self, event) -> None:
         removed = event.value
@@ -238,7 +249,7 @@ class PairSourceWidget(QWidget):
         folder = QFileDialog.getExistingDirectory(self, f"{self.title} folder", edit.text())
         if folder:
             edit.setText(folder)
-            self.check_folders()
+            self._on_folders_edited()
 
     def use_autosave_folder(self) -> None:
         """Labels from where the annotation widget autosaves (the docked widget's folder);
@@ -250,7 +261,11 @@ class PairSourceWidget(QWidget):
         source = getattr(getattr(image, "source", None), "path", None)
         if source and not self.image_dir_edit.text().strip():
             self.image_dir_edit.setText(str(Path(source).parent))
+        self._on_folders_edited()
+
+    def _on_folders_edited(self) -> None:
         self.check_folders()
+        self._recheck_list()  # folders instead of pairs: "add at least one" is answered
 
     def folder_source(self) -> FolderSource | None:
         """The two folders and the channels, or None when neither folder is set.
@@ -329,10 +344,24 @@ class PairSourceWidget(QWidget):
     def check(self) -> bool | None:
         """Check every pair and the folders with the core: True when all are usable, None
         while the folders are being checked in the background (see :meth:`check_folders`)."""
-        problems = [p for p in map(_problem_of, self._pairs) if p]
-        show_problem(self.list_error, "\n".join(problems))
+        problems = self._list_problems()
+        show_problem(self.list_error, problems)
         folders = self.check_folders()
         return False if problems or folders is False else folders
+
+    def empty_problem(self) -> str:
+        """What to add when this source is required and empty; "" otherwise."""
+        if not self.required or not self.is_empty():
+            return ""
+        return f"add at least one (image layer, labels layer) pair, or {self.title} folders"
+
+    def _list_problems(self) -> str:
+        """Why the source cannot be used, as shown under the pair list; "" when it can."""
+        return self.empty_problem() or "\n".join(p for p in map(_problem_of, self._pairs) if p)
+
+    def error_labels(self) -> list[QLabel]:
+        """The red labels under the fields (empty text: nothing wrong there)."""
+        return [self.pair_error, self.list_error, self.folder_error]
 
     def snapshot(self) -> tuple[list[ImageLabelPair], FolderSource | None]:
         """Copies of the layer pairs' data, and the folders (read by the worker)."""

@@ -12,6 +12,7 @@ same viewer, so a finished model can be offered there at once.
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from napari_samtune._qt.train_folders import FolderSource, load_folder_pairs
 from napari_samtune.core.data import ImageLabelPair
-from napari_samtune.core.presets import TrainConfig
+from napari_samtune.core.presets import MODEL_PARTS, TrainConfig
 from napari_samtune.core.train import TrainEvent, iter_train
 from napari_samtune.core.train_export import RunFiles
 
@@ -38,6 +39,17 @@ class TrainRequest:
     out_dir: Path  # the run's folder (checkpoints, metrics, model.pth)
     model_name: str | None  # user-model name to register under; None: the resumed run's
     resume_from: Path | None = None  # a run's last.pt to continue from
+    history: tuple[PastEpoch, ...] = ()  # the continued run's epochs, for the plot
+
+
+@dataclass(frozen=True)
+class PastEpoch:
+    """What the plot shows of an epoch of a run on disk (a line of its metrics.jsonl)."""
+
+    epoch: int  # 0-based
+    train_loss: float  # NaN when the run wrote none (a diverged loss is saved as null)
+    val_iou: float | None  # None without validation data
+    is_best: bool
 
 
 def iter_training_job(request: TrainRequest, stop_event: threading.Event) -> Iterator[TrainEvent]:
@@ -64,9 +76,11 @@ def run_folder(output_folder: Path, model_name: str) -> Path:
     return folder
 
 
-def continued_config(folder: Path, epochs: int, device: str) -> tuple[TrainConfig, Path]:
+def continued_config(
+    folder: Path, epochs: int, device: str
+) -> tuple[TrainConfig, Path, list[PastEpoch]]:
     """The config to continue the run in ``folder`` until ``epochs`` on ``device`` (the
-    run's own device may be another machine's), and its last.pt.
+    run's own device may be another machine's), its last.pt and its epochs so far.
 
     The run's own config.json is read (not the checkpoint, which may be gigabytes); the
     core still checks the checkpoint against it. Raises ``ValueError`` naming the fix.
@@ -77,28 +91,84 @@ def continued_config(folder: Path, epochs: int, device: str) -> tuple[TrainConfi
             f"{str(folder)!r} holds no training run to continue (no config.json and "
             "checkpoints/last.pt); choose the folder of a run made by Start or samtune train"
         )
-    config = TrainConfig.from_dict(_read_json(files.config))
-    done = len(past_epochs(folder))  # one record per completed epoch
-    if epochs <= done:
+    config = _read_config(files.config)
+    history = past_epochs(folder)  # one record per completed epoch
+    if epochs <= len(history):
         raise ValueError(
-            f"the run in {str(folder)!r} has done {done} epochs; set epochs above that to "
-            "continue it"
+            f"the run in {str(folder)!r} has done {len(history)} epochs; set epochs above "
+            "that to continue it"
         )
-    return replace(config, epochs=epochs, device=device), files.last
+    return replace(config, epochs=epochs, device=device), files.last, history
 
 
-def past_epochs(folder: Path) -> list[dict]:
-    """The epoch records (``EpochDone`` fields) of the run in ``folder``, oldest first;
-    a line that cannot be read (a crash while writing it) ends the list."""
-    records = []
+def _read_config(path: Path) -> TrainConfig:
+    """A run's config.json; ``ValueError`` naming the file and the field when it is damaged."""
+    data = _read_json(path)
+    try:
+        freeze = data.get("freeze", [])
+        if not isinstance(freeze, list) or not all(isinstance(p, str) for p in freeze):
+            raise ValueError(
+                f"freeze={freeze!r}; it must be a list of distinct parts from "
+                f'{list(MODEL_PARTS)!r}, e.g. ["image_encoder"], or [] to train all parts'
+            )
+        return TrainConfig.from_dict(data)
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f"{str(path)!r} holds a training config that cannot be used: {err}; correct that "
+            "field (or restore the file the run wrote), or continue another run"
+        ) from None
+
+
+def past_epochs(folder: Path) -> list[PastEpoch]:
+    """The epochs recorded in the run's metrics.jsonl, oldest first; a line that is not
+    JSON (a crash while writing it) ends the list. ``ValueError`` naming the file and the
+    fix for a line that training did not write; no file: no epochs."""
     metrics = RunFiles(folder).metrics
-    lines = metrics.read_text(encoding="utf-8").splitlines() if metrics.is_file() else []
-    for line in lines:
+    if not metrics.exists():
+        return []
+    fix = "restore the file the run wrote, or delete it to continue without the plot of "
+    fix += "the earlier epochs"
+    try:
+        lines = metrics.read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read {str(metrics)!r} ({err}); {fix}") from None
+    records = []
+    for number, line in enumerate(lines, 1):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except ValueError:
             break
+        try:
+            records.append(_past_epoch(record))
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                f"line {number} of {str(metrics)!r} is not an epoch record of training "
+                f"({err}); {fix}"
+            ) from None
     return records
+
+
+def _past_epoch(record) -> PastEpoch:
+    """One metrics.jsonl record (``EpochDone`` fields, NaN written as null)."""
+    if not isinstance(record, dict):
+        raise ValueError(f"it holds {json.dumps(record)}, not a record")
+    missing = [key for key in ("epoch", "train_loss", "is_best") if key not in record]
+    if missing:
+        raise ValueError(f"it has no {' and no '.join(map(repr, missing))}")
+    epoch, metrics = record["epoch"], record.get("val_metrics") or {}
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        raise ValueError(f"epoch={epoch!r} is not an epoch number")
+    if not isinstance(metrics, dict):
+        raise ValueError(f"val_metrics={metrics!r} is not a record of metrics")
+    loss, val_iou = _number(record, "train_loss"), _number(metrics, "val_iou")
+    return PastEpoch(epoch, math.nan if loss is None else loss, val_iou, record["is_best"] is True)
+
+
+def _number(record: dict, key: str) -> float | None:
+    value = record.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ValueError(f"{key}={value!r} is not a number")
+    return None if value is None else float(value)
 
 
 def _read_json(path: Path) -> dict:

@@ -274,6 +274,11 @@ class TrainSettingsWidget(QWidget):
             return self._read_error[1]
         return f"reading {source.name}…"
 
+    def show_model_problem(self) -> None:
+        """Show only what is wrong with the chosen model, if anything (a complaint about
+        another setting, from an earlier Start, is out of date)."""
+        show_problem(self.settings_error, self._architecture_problem())
+
     def _show_settings_problem(self, message: str) -> None:
         self.preset_label.setText(self.preset.name)
         show_problem(self.settings_error, message)

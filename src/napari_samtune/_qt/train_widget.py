@@ -5,10 +5,12 @@ and/or TIFF folders, a preset (the detected one by default) and a model, press
 Start. Training runs in a napari thread worker fed by the core's
 :func:`~napari_samtune.core.train.iter_train` generator; its events move the
 progress bar and the live plot on the main thread, so the viewer stays usable.
-Stop asks the core to finish the current step, write a checkpoint and export
-the model; so does closing the viewer during a run (a person is asked first), and the
-window goes once the model is exported. Continue… resumes a stopped or finished run
-(this session's or one chosen on disk) from its last checkpoint, up to the epochs set.
+Stop asks the core to finish the current step, write a checkpoint and export the model
+(stopped before the first step, nothing is saved); so does closing the viewer during a run
+(a person is asked first), and the window goes once the model is exported. Stop also
+cancels a Start that waits for the check of the data folders. Continue… resumes a stopped
+or finished run (this session's or one chosen on disk) from its last checkpoint, up to
+the epochs set.
 The finished model is registered as a user model by the core; this widget then
 refreshes the model list of the "Annotate with SAM" widget (and, if asked, loads the new
 model there) and says where the model was saved.
@@ -47,11 +49,10 @@ from napari_samtune._qt.train_run import (
     continued_config,
     iter_training_job,
     offer_model,
-    past_epochs,
     run_folder,
 )
 from napari_samtune._qt.train_settings import TrainSettingsWidget
-from napari_samtune._qt.workers import TaskRunner, user_message
+from napari_samtune._qt.workers import TaskRunner, on_removed, user_message
 from napari_samtune.core.checkpoints import check_output_folder
 from napari_samtune.core.presets import MachineResources, TrainConfig
 from napari_samtune.core.train import EpochDone, StepDone, TrainingFinished, TrainingStarted
@@ -88,7 +89,7 @@ class TrainWidget(TrainCloseMixin, QWidget):
         self.started: TrainingStarted | None = None  # the running (or last) run
         self.result: TrainingFinished | None = None  # the last finished run
         self._queued: tuple[Path | None] | None = None  # a Start waiting for folder checks
-        self.train_data = PairSourceWidget(viewer, "training")
+        self.train_data = PairSourceWidget(viewer, "training", required=True)
         self.val_data = PairSourceWidget(viewer, "validation")
         self.settings = TrainSettingsWidget(machine)
         self.plot = TrainingPlotWidget()
@@ -100,8 +101,22 @@ class TrainWidget(TrainCloseMixin, QWidget):
         self.separate_val_check.toggled.connect(self._on_separate_validation)
         for source in (self.train_data, self.val_data):
             source.folders_checked.connect(self._launch_queued)
+            source.folders_checked.connect(self._update_start_error)
+            source.sources_changed.connect(self._update_start_error)
+        self.settings.architecture_known.connect(self._update_start_error)
         self._on_separate_validation(False)
         self._set_running(False)
+        on_removed(self, self._on_panel_closed)
+
+    def _on_panel_closed(self) -> None:
+        """The panel's close button (napari sends no close event): a run stops after its
+        step and saves its checkpoint and model, as with Stop; a waiting start is dropped."""
+        if self.is_running:
+            show_info(
+                "the Finetune SAM panel was closed: training stops after this step and saves "
+                f"its checkpoint and model in {self.run_folder}"
+            )
+        self.stop()
 
     def _build_layout(self) -> None:
         """What to train on and with scrolls; the run's controls and plot stay in view."""
@@ -186,7 +201,7 @@ class TrainWidget(TrainCloseMixin, QWidget):
             return None
         if self._folders_being_checked():  # reading them here would freeze the viewer
             self._queued = (resume,)
-            self.status_label.setText("checking the data folders; training starts when they pass…")
+            self._set_queued()
             return None
         self._queued = None
         request = self._request(resume)
@@ -196,9 +211,8 @@ class TrainWidget(TrainCloseMixin, QWidget):
         self.result = self.started = None
         self.run_folder = request.out_dir
         self.plot.clear(max_epochs=request.config.epochs)
-        for past in past_epochs(resume) if resume else []:  # a continued run's history
-            metric = past.get("val_metrics", {}).get("val_iou")
-            self.plot.add_epoch(past["epoch"] + 1, past["train_loss"], metric, past["is_best"])
+        for past in request.history:  # a continued run's epochs so far
+            self.plot.add_epoch(past.epoch + 1, past.train_loss, past.val_iou, past.is_best)
         self.result_label.setText("")
         self._set_running(True)
         worker = self.runner.start(
@@ -218,14 +232,31 @@ class TrainWidget(TrainCloseMixin, QWidget):
         sources = [self.train_data, *([self.val_data] if self._separate_val() else [])]
         return any([source.check_folders() is None for source in sources])  # start every check
 
+    def _set_queued(self) -> None:
+        """A Start (or Continue) waits for the folder checks; Stop cancels it."""
+        self.start_button.setEnabled(False)
+        self.continue_button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+        self.status_label.setText(
+            "checking the data folders; training starts when they pass (Stop cancels)…"
+        )
+
     def _launch_queued(self) -> None:
         """A folder check ended: start what Start (or Continue) asked for, if anything."""
         if self._queued is not None and not self._folders_being_checked():
             (resume,) = self._queued
+            self._set_running(False)  # the buttons of a refused start
+            self.status_label.setText("")
             self._launch(resume)
 
     def stop(self) -> None:
-        """Ask the run to stop after its current step (it then saves and exports the model)."""
+        """Ask the run to stop after its current step (it then saves and exports the model);
+        a start still waiting for the folder checks is cancelled."""
+        if self._queued is not None:
+            self._queued = None
+            self._set_running(False)
+            self.status_label.setText("start cancelled; training did not begin")
+            return
         if not self.is_running or self.stop_event is None:
             return
         self.stop_event.set()
@@ -236,6 +267,7 @@ class TrainWidget(TrainCloseMixin, QWidget):
         """Everything for a new run, or to continue the run in ``resume``; None after
         showing what is wrong (in red, and notified)."""
         problems = self._data_problems()
+        history = []
         try:
             if resume is None:
                 config = self.settings.build_config()
@@ -244,11 +276,13 @@ class TrainWidget(TrainCloseMixin, QWidget):
                 out_dir, last = run_folder(self.settings.output_folder(), model_name), None
             else:
                 epochs, device = self.settings.epochs_spin.value(), self.settings.device()
-                config, last = continued_config(resume, int(epochs), device)
+                config, last, history = continued_config(resume, int(epochs), device)
                 out_dir, model_name = resume, None  # the run's folder and registered name
         except (ValueError, TypeError) as err:
             show_problem(self.settings.settings_error, str(err))
             problems.append(str(err))
+        else:  # an earlier Start's complaint is out of date; the model's own stays
+            self.settings.show_model_problem()
         if problems:
             show_problem(self.start_error, "cannot start: fix the problems marked in red")
             show_error("cannot start training: " + problems[0])
@@ -258,7 +292,7 @@ class TrainWidget(TrainCloseMixin, QWidget):
         val_pairs, val_folders = self.val_data.snapshot() if self._separate_val() else ([], None)
         return TrainRequest(
             config, tuple(train_pairs), train_folders, tuple(val_pairs), val_folders,
-            out_dir, model_name, last,
+            out_dir, model_name, last, tuple(history),
         )  # fmt: skip
 
     def _separate_val(self) -> bool:
@@ -266,15 +300,20 @@ class TrainWidget(TrainCloseMixin, QWidget):
 
     def _data_problems(self) -> list[str]:
         problems = []
-        if self.train_data.is_empty():
-            message = "add at least one (image layer, labels layer) pair, or training folders"
-            show_problem(self.train_data.list_error, message)
-            problems.append(message)
-        elif not self.train_data.check():
-            problems.append("training data: see the messages in red")
+        if not self.train_data.check():
+            problems.append(
+                self.train_data.empty_problem() or "training data: see the messages in red"
+            )
         if self._separate_val() and not self.val_data.check():
             problems.append("validation data: see the messages in red")
         return problems
+
+    def _update_start_error(self) -> None:
+        """Take back "fix the problems marked in red" once none is marked any more."""
+        sources = [self.train_data, *([self.val_data] if self._separate_val() else [])]
+        marked = [self.settings.settings_error, *(e for s in sources for e in s.error_labels())]
+        if not any(label.text() for label in marked):
+            show_problem(self.start_error, "")
 
     def _set_running(self, running: bool) -> None:
         self.start_button.setEnabled(not running)
@@ -332,11 +371,9 @@ class TrainWidget(TrainCloseMixin, QWidget):
 
     def _on_finished(self, event: TrainingFinished) -> None:
         self.result = event
-        how = "stopped" if event.stopped_by_user else "finished"
-        if event.stopped_early:
-            how = "stopped early (no improvement)"
-        if event.registered_name is None:
-            self.result_label.setText(f"training {how}; no model was exported")
+        if event.registered_name is None:  # e.g. stopped before any step: nothing to offer
+            self.result_label.setText(event.outcome_message())
+            show_info(event.outcome_message())
             self.training_finished.emit(event)
             return
         self.settings.model_picker.refresh_models()  # to finetune it further
@@ -348,10 +385,7 @@ class TrainWidget(TrainCloseMixin, QWidget):
             show_error(f"could not offer the new model to the annotation widget: {err}")
             n_widgets = 0
         where = " and added to the annotation widget's model list" if n_widgets else ""
-        message = (
-            f"training {how} after {event.epochs_done} epochs: model "
-            f"{event.registered_name!r} saved to {event.exported_model_path}{where}"
-        )
+        message = event.outcome_message() + where
         self.result_label.setText(message)
         show_info(message)
         self.training_finished.emit(event)

@@ -245,6 +245,9 @@ def _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose):
 
 
 def _print_summary(finished) -> None:
+    if finished.exported_model_path is None:  # stopped before the first step
+        print(finished.outcome_message())
+        return
     if finished.stopped_by_user:
         print("stopped on request; checkpoint written")
     elif finished.stopped_early:

@@ -281,6 +281,8 @@ def run_demo(
     tune_start = time.perf_counter()
     finished = _finetune(train_config, train_pairs, _new_run_dir(out_dir), stop_event, log)
     finetune_seconds = time.perf_counter() - tune_start
+    if finished.exported_model_path is None:  # stopped before its first step
+        raise RuntimeError(f"demo stopped: {finished.outcome_message()}")
     tuned = load_model(finished.exported_model_path, device=train_config.device)
     log("evaluating the finetuned model on the held-out images ...")
     after = _evaluate(tuned, test_pairs, config, train_config.device)

@@ -6,7 +6,8 @@
 :func:`train` drains it for scripts and the command line, and the napari
 widget wraps the same generator in a thread worker. Stopping is cooperative:
 set the ``stop_event`` and the run finishes its step, writes a checkpoint,
-exports the model and returns normally.
+exports the model and returns normally (set before the first step, it saves nothing:
+there is no new model).
 
 Files in ``out_dir``: ``config.json`` (the effective config), ``checkpoints/
 last.pt`` (resumable) and ``checkpoints/best.pt``, ``metrics.jsonl`` (one line

@@ -113,6 +113,12 @@ def check_resumable(checkpoint: dict, config: TrainConfig, path: str | Path) -> 
             f"{str(path)!r} holds weights only ({checkpoint.get('kind', '?')!r} checkpoint); "
             "resume from the 'last.pt' checkpoint of the run"
         )
+    done = int(checkpoint.get("epoch", 0))
+    if done >= config.epochs:
+        raise ValueError(
+            f"{str(path)!r} has done {done} epoch(s) and epochs={config.epochs}, so there is "
+            f"nothing left to train; set epochs above {done} to continue the run"
+        )
     saved = TrainConfig.from_dict(checkpoint["config"])
     changed = [f for f in RESUME_MUST_MATCH if getattr(saved, f) != getattr(config, f)]
     if changed:

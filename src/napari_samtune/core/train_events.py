@@ -82,11 +82,26 @@ class TrainingFinished:
     total_time_s: float  # training time in total (resumed runs: all sessions)
     epochs_done: int  # completed epochs
     best_checkpoint_path: Path | None  # best.pt, or None when no epoch completed
-    last_checkpoint_path: Path | None  # last.pt
-    exported_model_path: Path | None  # out_dir / "model.pth" (rank 0)
+    last_checkpoint_path: Path | None  # last.pt; None when there is none (see steps_done)
+    exported_model_path: Path | None  # out_dir / "model.pth" (rank 0); None: nothing saved
     registered_name: str | None  # user-model name for load_model(); None on other ranks
     stopped_early: bool  # early stopping ended the run
     stopped_by_user: bool  # the stop event ended the run
+    steps_done: int  # optimizer steps of this session; 0: stopped before any, nothing saved
+
+    def outcome_message(self) -> str:
+        """How the run ended, and where its model is, in one sentence."""
+        how = "stopped" if self.stopped_by_user else "finished"
+        if self.stopped_early:
+            how = "stopped early (no improvement)"
+        if self.exported_model_path is None:
+            if self.steps_done == 0:
+                return f"training {how} before any training step; no model saved"
+            return f"training {how}; no model was exported"
+        return (
+            f"training {how} after {self.epochs_done} epochs: model "
+            f"{self.registered_name!r} saved to {self.exported_model_path}"
+        )
 
 
 TrainEvent = TrainingStarted | StepDone | EpochDone | TrainingFinished

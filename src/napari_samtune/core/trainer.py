@@ -110,6 +110,7 @@ class Trainer:
         self.run_start = time.perf_counter()
         self.step_seconds, self.val_seconds = [], []
         self.stopped_by_user = self.stopped_early = False
+        self.steps_done, self.start_epoch = 0, self.progress.epoch  # of this session
 
     def _prepare_data(self, config: TrainConfig, train_data: TrainData, val_data: TrainData | None):
         """Training and validation images; pairs without objects go to ``self.left_out``,
@@ -224,6 +225,8 @@ class Trainer:
         steps = list(iter_chunks(batches, self.config.grad_accumulation))
         set_train_mode(self.sam, self.config)
         self.epoch_start = time.perf_counter()
+        if self._stop_requested():  # set while loading or validating: no step begins
+            return
         for step in range(self.progress.step_in_epoch, len(steps)):
             start = time.perf_counter()
             loss = self._optimizer_step(steps[step], epoch)
@@ -231,11 +234,16 @@ class Trainer:
             p = self.progress
             p.step_in_epoch, p.global_step = step + 1, p.global_step + 1
             p.epoch_loss_sum, p.epoch_loss_count = p.epoch_loss_sum + loss, p.epoch_loss_count + 1
+            self.steps_done += 1
             yield StepDone(epoch, step + 1, len(steps), loss, self._lr(), self._eta())
-            requested = self.stop_event is not None and self.stop_event.is_set()
-            if ddp.any_rank(requested, self.dist, self.device):
-                self.stopped_by_user = True
+            if self._stop_requested():
                 return
+
+    def _stop_requested(self) -> bool:
+        """The stop event is set on any rank (all ranks call this at the same points)."""
+        requested = self.stop_event is not None and self.stop_event.is_set()
+        self.stopped_by_user = ddp.any_rank(requested, self.dist, self.device)
+        return self.stopped_by_user
 
     def _optimizer_step(self, micro_batches: list[list[int]], epoch: int) -> float:
         """Forward/backward every micro-batch, then one optimizer step; the mean loss."""
@@ -405,10 +413,14 @@ class Trainer:
         }
 
     def _finish(self) -> TrainingFinished:
+        """Checkpoint, export and register the model, unless this session changed nothing
+        (stopped before its first step): then there is no new model to save, and an earlier
+        session's checkpoint, export and summary stay as they were."""
         p = self.progress
         last, best = self.files.last, self.files.best
+        trained = self.steps_done > 0 or p.epoch > self.start_epoch
         exported = name = None
-        if self.dist.is_main:
+        if self.dist.is_main and trained:
             if self.stopped_by_user or not last.exists():
                 self._write_checkpoints(is_best=False)
             source = best if p.best_epoch >= 0 and best.exists() else last
@@ -424,13 +436,14 @@ class Trainer:
             total_time_s=self._elapsed(),
             epochs_done=p.epoch,
             best_checkpoint_path=best if self.dist.is_main and best.exists() else None,
-            last_checkpoint_path=last if self.dist.is_main else None,
+            last_checkpoint_path=last if self.dist.is_main and last.exists() else None,
             exported_model_path=exported,
             registered_name=name,
             stopped_early=self.stopped_early,
             stopped_by_user=self.stopped_by_user,
+            steps_done=self.steps_done,
         )
-        if self.dist.is_main:
+        if self.dist.is_main and trained:  # an earlier summary names the registered model
             write_json(self.files.summary, asdict(finished))
         return finished
 

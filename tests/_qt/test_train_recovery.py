@@ -1,0 +1,180 @@
+"""The training widget when things go wrong or are taken back: damaged run folders for
+Continue…, red messages once their cause is fixed, a Start cancelled while it waits for the
+folder check, and Stop before the first training step.
+
+Runs use the tiny model (one epoch of two patches, frozen encoder) in a real viewer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import pytest
+import tifffile
+from napari.utils.notifications import notification_manager
+
+from napari_samtune._qt.train_run import TRAIN_TASK, past_epochs
+from napari_samtune._qt.train_widget import TrainWidget
+from napari_samtune.core.presets import MODEL_PARTS, MachineResources, TrainConfig
+from napari_samtune.core.registry import user_models_dir
+from napari_samtune.core.synthetic import make_image
+
+WAIT_MS = 120_000
+SMALL_CPU = MachineResources(gpu_memory_gb=None, ram_gb=16.0, n_cores=8, gpu_name=None)
+
+
+@pytest.fixture
+def notifications():
+    """Messages of the napari notifications shown during the test."""
+    received: list[str] = []
+
+    def collect(notification) -> None:
+        received.append(str(notification.message))
+
+    notification_manager.notification_ready.connect(collect)
+    yield received
+    notification_manager.notification_ready.disconnect(collect)
+
+
+@pytest.fixture
+def widget(qtbot, make_napari_viewer, tiny_checkpoint, tmp_path):
+    """A docked training widget set for one tiny epoch; two layer pairs in the viewer, none
+    added yet."""
+    viewer = make_napari_viewer()
+    for i in range(2):
+        image, labels = make_image((64, 64), seed=i)
+        viewer.add_image(image, name=f"cells{i}")
+        viewer.add_labels(labels, name=f"cells{i} labels")
+    widget = TrainWidget(viewer, machine=SMALL_CPU)
+    viewer.window.add_dock_widget(widget, name="Finetune SAM")
+    settings = widget.settings
+    settings.model_picker.select_model(str(tiny_checkpoint))
+    qtbot.waitUntil(lambda: settings.architecture() is not None, timeout=WAIT_MS)
+    settings.epochs_spin.setValue(1)
+    settings.samples_spin.setValue(2)
+    settings.objects_spin.setValue(2)
+    settings.freeze_checks["image_encoder"].setChecked(True)
+    settings.out_dir_edit.setText(str(tmp_path / "runs"))
+    widget.use_model_check.setChecked(False)
+    yield widget
+    widget.stop()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=WAIT_MS)
+
+
+def _add_pair(widget: TrainWidget, i: int) -> bool:
+    widget.train_data.image_combo.setCurrentText(f"cells{i}")
+    widget.train_data.labels_combo.setCurrentText(f"cells{i} labels")
+    return widget.train_data.add_current_pair()
+
+
+def _run_folder(tmp_path, config: dict, metrics: str):
+    """A run folder as training leaves it, with the given config.json and metrics.jsonl;
+    Continue… refuses a damaged one before reading the checkpoint."""
+    folder = tmp_path / "run"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "last.pt").write_bytes(b"not read before the checks")
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "metrics.jsonl").write_text(metrics)
+    return folder
+
+
+GOOD_RECORD = '{"epoch": 0, "train_loss": 0.5, "val_metrics": {"val_iou": 0.4}, "is_best": true}\n'
+
+
+@pytest.mark.parametrize(
+    "config_change, metrics, named",
+    [
+        ({}, '{"epoch": 0}\n', ["line 1 of", "metrics.jsonl", "no 'train_loss'"]),
+        ({}, GOOD_RECORD + "null\n", ["line 2 of", "metrics.jsonl", "it holds null"]),
+        ({"freeze": 5}, GOOD_RECORD, ["config.json", "freeze=5", repr(list(MODEL_PARTS))]),
+    ],
+    ids=["record without train_loss", "null line", "freeze not a list"],
+)
+def test_continue_on_a_damaged_run_folder_says_which_file_and_what_to_do(
+    qtbot, widget, tmp_path, monkeypatch, notifications, config_change, metrics, named
+):
+    from qtpy.QtWidgets import QFileDialog
+
+    assert _add_pair(widget, 0)
+    config = asdict(TrainConfig(model="random:tiny", epochs=1)) | config_change
+    folder = _run_folder(tmp_path, config, metrics)
+    widget.settings.epochs_spin.setValue(3)
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *args: str(folder))
+    widget.continue_button.click()  # an exception here would fail the test (pytest-qt)
+    errors = [m for m in notifications if m.startswith("cannot start training")]
+    assert len(errors) == 1 and all(part in errors[0] for part in named)
+    fix = "correct that field" if config_change else "restore the file the run wrote"
+    assert fix in errors[0]
+    assert widget.settings.settings_error.text() in errors[0]
+    assert not widget.is_running and widget.continue_button.isEnabled()  # still usable
+    assert widget.start_button.isEnabled()
+
+
+def test_past_epochs_keep_a_diverged_loss_and_end_at_a_half_written_line(tmp_path):
+    record = json.loads(GOOD_RECORD) | {"epoch": 1, "train_loss": None, "is_best": False}
+    folder = _run_folder(tmp_path, {}, GOOD_RECORD + json.dumps(record) + '\n{"epo')
+    first, second = past_epochs(folder)
+    assert (first.epoch, first.train_loss, first.val_iou, first.is_best) == (0, 0.5, 0.4, True)
+    assert second.epoch == 1 and second.train_loss != second.train_loss  # NaN: null on disk
+
+
+def test_red_messages_clear_once_their_cause_is_fixed(qtbot, widget):
+    data, settings_error = widget.train_data, widget.settings.settings_error
+    assert widget.start() is None  # no data yet
+    assert data.list_error.isVisibleTo(widget) and widget.start_error.isVisibleTo(widget)
+    assert _add_pair(widget, 0)  # fixed: both messages go at once
+    assert not data.list_error.isVisibleTo(widget)
+    assert not widget.start_error.isVisibleTo(widget)
+
+    widget.settings.name_edit.setText("bad/name")
+    assert widget.start() is None and "'bad/name' is not allowed" in settings_error.text()
+    widget.settings.name_edit.setText("good_name")
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.start() is not None
+        assert not settings_error.isVisibleTo(widget)  # gone with the successful Start
+    folder = widget.run_folder
+
+    assert widget.continue_run(folder) is None  # 1 epoch set, 1 done
+    assert "set epochs above that" in settings_error.text()
+    widget.settings.epochs_spin.setValue(2)
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.continue_run(folder) is not None
+        assert not settings_error.isVisibleTo(widget)  # gone with the successful Continue
+    assert widget.result.epochs_done == 2
+
+
+def test_stop_cancels_a_start_that_waits_for_the_folder_check(qtbot, widget, tmp_path):
+    for kind, layer in (("images", "cells0"), ("labels", "cells0 labels")):
+        (tmp_path / kind).mkdir()
+        tifffile.imwrite(tmp_path / kind / "a.tif", widget.viewer.layers[layer].data)
+    widget.train_data.image_dir_edit.setText(str(tmp_path / "images"))
+    widget.train_data.labels_dir_edit.setText(str(tmp_path / "labels"))
+    started = []
+    widget.training_started.connect(started.append)
+    assert widget.start() is None  # waits for the check of the folders
+    assert widget.stop_button.isEnabled() and not widget.start_button.isEnabled()
+    assert "Stop cancels" in widget.status_label.text()
+    widget.stop_button.click()
+    assert "start cancelled" in widget.status_label.text()
+    assert widget.start_button.isEnabled() and not widget.stop_button.isEnabled()
+    qtbot.waitSignal(widget.train_data.folders_checked, timeout=WAIT_MS).wait()
+    assert not widget.is_running and not widget.runner.is_running(TRAIN_TASK)
+    assert widget.train_data.check_folders() is True  # the check itself went on
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.start() is not None  # checked: a new Start runs at once
+    assert len(started) == 1 and widget.result.epochs_done == 1
+
+
+def test_stop_before_the_first_step_registers_no_model(qtbot, widget, notifications):
+    assert _add_pair(widget, 0)
+    with qtbot.waitSignal(widget.training_finished, timeout=WAIT_MS) as finished:
+        assert widget.start() is not None
+        widget.stop()  # while the model loads
+    result = finished.args[0]
+    assert result.registered_name is None and not list(user_models_dir().glob("*.json"))
+    assert result.stopped_by_user and result.steps_done == 0
+    assert not (widget.run_folder / "model.pth").exists()
+    message = "training stopped before any training step; no model saved"
+    assert widget.result_label.text() == message and message in notifications
+    qtbot.waitUntil(lambda: widget.start_button.isEnabled(), timeout=WAIT_MS)
