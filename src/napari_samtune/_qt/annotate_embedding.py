@@ -1,0 +1,133 @@
+"""The annotation widget's embeddings and the background jobs that use its Segmenter.
+
+A mixin of :class:`napari_samtune._qt.annotate.AnnotateWidget` (it uses the widget's
+``segmenter``, ``session``, ``runner`` and ``ui``). The Segmenter holds the embedding of one
+plane at a time; a *generation* counts changes of model, image or channels, so results a
+job computed for an earlier one are recognised and dropped (or, for objects found, kept).
+"""
+
+from __future__ import annotations
+
+from napari.utils.notifications import show_info
+
+from napari_samtune._qt import annotate_jobs as jobs
+from napari_samtune._qt.annotate_jobs import EMBED_TASK, SEGMENTER_TASKS
+
+
+class AnnotateEmbeddingMixin:
+    """Embedding the plane in view (or all planes) and running Segmenter jobs."""
+
+    @property
+    def current_plane(self) -> int | None:
+        """The plane in view (None for a 2D image or when no image is chosen)."""
+        return None if self.session is None else self.session.plane_at(self.viewer.dims.point)
+
+    @property
+    def embedded_plane(self):
+        """The plane whose embedding the Segmenter holds: int, None (2D), or False (none)."""
+        if self._embedded is None or self._embedded[0] != self._generation:
+            return False
+        return self._embedded[1]
+
+    def is_embedded(self, plane: int | None) -> bool:
+        """Whether predictions for ``plane`` can run now (its embedding is loaded)."""
+        return self.embedded_plane is not False and self.embedded_plane == plane
+
+    def segmenter_busy(self) -> bool:
+        """Whether a background job is using the Segmenter."""
+        return any(self.runner.is_running(task) for task in SEGMENTER_TASKS)
+
+    def _invalidate_embedding(self) -> None:
+        self._generation += 1
+        self._embedded = None
+
+    def _on_plane_changed(self, event=None) -> None:
+        if self.session is not None and self.session.axes.is_stack:
+            self._ensure_embedding()
+
+    def _ensure_embedding(self):
+        """Start embedding the plane in view unless it is ready or a job is running."""
+        if self.segmenter is None or self.session is None or self.segmenter_busy():
+            return None
+        plane = self.current_plane
+        if self.is_embedded(plane):
+            return None
+        return self._start_segmenter_job(
+            EMBED_TASK,
+            jobs.iter_embed_planes,
+            [plane],
+            self.runner.report,
+            on_return=self._on_embedded,
+        )
+
+    def embed_all_planes(self):
+        """Embed (and cache on disk) every plane in the background; returns the worker."""
+        if not self._ready_for_job("embed all planes"):
+            return None
+        planes = list(range(self.session.axes.n_planes)) if self.session.axes.is_stack else [None]
+        return self._start_segmenter_job(
+            EMBED_TASK,
+            jobs.iter_embed_planes,
+            planes,
+            self.runner.report,
+            on_return=self._on_embedded,
+        )
+
+    def _on_embedded(self, plane) -> None:
+        self._embedded = (self._generation, plane)
+        self.embedding_ready.emit(plane)
+
+    def _start_segmenter_job(
+        self,
+        name: str,
+        job,
+        *args,
+        on_return=None,
+        on_yield=None,
+        on_finish=None,
+        labels_result: bool = False,
+    ):
+        """Run ``job(segmenter, axes, data, *args)``. Results for another image are dropped,
+        and so are those of a stale generation (model or channels changed since), unless
+        they are ``labels_result`` (objects found, still valid for the image); the user is
+        told when yielded results are dropped."""
+        generation, session = self._generation, self.session
+        self._embedded = None  # the job changes the Segmenter's image
+        dropped = []
+
+        def current(callback, is_result: bool = False):
+            keep_stale = is_result and labels_result  # embeddings are of the old Segmenter
+
+            def guarded(value):
+                if callback is None:
+                    return
+                if session is self.session and (keep_stale or generation == self._generation):
+                    callback(value)
+                elif is_result and not dropped:
+                    dropped.append(value)
+
+            return guarded
+
+        def finish() -> None:
+            if dropped:
+                changed = "image" if session is not self.session else "model or channels"
+                show_info(f"{name}: results discarded, the {changed} changed while it ran")
+            self._after_segmenter_job(on_finish)
+
+        return self.runner.start(
+            name,
+            job,
+            self.segmenter,
+            session.axes,
+            session.image_layer.data,
+            *args,
+            on_return=current(on_return),
+            on_yield=current(on_yield, is_result=True),
+            on_finish=finish,
+        )
+
+    def _after_segmenter_job(self, on_finish=None) -> None:
+        if on_finish is not None:
+            on_finish()
+        if self._ensure_embedding() is None and self.is_embedded(self.current_plane):
+            self.update_preview(clear_if_empty=False)
