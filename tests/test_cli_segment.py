@@ -157,6 +157,33 @@ def test_points_saved_from_napari_and_files_without_labels(
         np.testing.assert_array_equal(tifffile.imread(tmp_path / f"{i}.tif"), expected)
 
 
+def test_negative_points_without_an_object_column_are_background_for_every_object(
+    tmp_path, tiny_sam, tiny_checkpoint, image_file, capsys
+):
+    """As napari saves the annotation widget's points layer (positive and negative), and as
+    Excel saves CSV (with a byte-order mark and CRLF line ends)."""
+    path, image = image_file
+    segmenter = reference(tiny_sam, image)
+    negatives = [[100, 100], [10, 190]]
+    expected = np.zeros(image.shape, np.uint32)
+    for object_id, point in [(1, [30, 40]), (3, [200, 150])]:
+        prompt = [point, *negatives]
+        mask = segmenter.predict(prompt, [1, 0, 0], multimask=False).mask
+        expected[mask & (expected == 0)] = object_id
+    assert (expected == 1).any() and (expected == 3).any()
+    saved = napari_points_file(
+        tmp_path / "p.csv",
+        [[40, 30], [100, 100], [150, 200], [190, 10]],
+        ["positive", "negative", "positive", "negative"],
+    )
+    excel = tmp_path / "excel.csv"
+    excel.write_bytes(b"\xef\xbb\xbfx,y,label\r\n30,40,1\r\n100,100,0\r\n200,150,1\r\n10,190,0\r\n")
+    for i, points in enumerate((saved, excel)):
+        assert segment(tiny_checkpoint, path, tmp_path / f"{i}.tif", "--points", str(points)) == 0
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / f"{i}.tif"), expected)
+    assert "came out empty" not in capsys.readouterr().err  # negative rows are not objects
+
+
 def napari_shapes_file(path, shapes, shape_types):
     """A shapes layer saved by napari's own writer: index,shape-type,vertex-index,axis-0,..."""
     from napari.layers import Shapes
@@ -281,14 +308,17 @@ def test_a_stack_with_its_channels_first_is_segmented_plane_by_plane(
     points = write_csv(tmp_path / "p.csv", "x,y,z\n40,30,0\n100,60,2\n")
     for name, axis in [("czyx", "0"), ("zcyx", "1")]:
         options = ["--stack", "--channel-axis", axis, "--channels", "1", "--points", str(points)]
-        assert segment(tiny_checkpoint, tmp_path / f"{name}.tif", tmp_path / name, *options) == 0
-    from_czyx, from_zcyx = tifffile.imread(tmp_path / "czyx"), tifffile.imread(tmp_path / "zcyx")
+        out = tmp_path / f"{name}.labels.tif"
+        assert segment(tiny_checkpoint, tmp_path / f"{name}.tif", out, *options) == 0
+    from_czyx = tifffile.imread(tmp_path / "czyx.labels.tif")
+    from_zcyx = tifffile.imread(tmp_path / "zcyx.labels.tif")
     assert from_czyx.shape == (3, 120, 160)
     np.testing.assert_array_equal(from_czyx, from_zcyx)
     assert (
-        segment(tiny_checkpoint, path, tmp_path / "gray", "--stack", "--points", str(points)) == 0
+        segment(tiny_checkpoint, path, tmp_path / "gray.tif", "--stack", "--points", str(points))
+        == 0
     )
-    np.testing.assert_array_equal(from_czyx, tifffile.imread(tmp_path / "gray"))  # channel 1
+    np.testing.assert_array_equal(from_czyx, tifffile.imread(tmp_path / "gray.tif"))  # channel 1
 
 
 def test_stack_on_a_single_plane_is_refused(tmp_path, tiny_checkpoint, image_file, capsys):
@@ -370,7 +400,12 @@ def test_a_second_run_reuses_the_cached_embeddings(tmp_path, tiny_checkpoint, im
         ("--points", "axis-0,axis-1,axis-2,axis-3\n0,1,2,3\n", "2D points .* or, with --stack"),
         ("--points", "x,y,label\n1,2,1\nabc,3,1\n", "p.csv, line 3: column 'x' is 'abc', not a"),
         ("--points", "x,y,label\n1,2,1\n300,3,1\n", r"p.csv, line 3: \(x=300, y=3\) lies outside"),
-        ("--points", "x,y,label\n1,2,1\n5,3,0\n", "line 3: a negative point needs"),
+        ("--points", "x,y,label\n5,3,0\n", "holds only negative points; add a positive"),
+        (
+            "--points",
+            "x,y,label,object\n1,2,1,1\n5,3,0,2\n",
+            "line 3: object 2 has only negative points; give it a positive point",
+        ),
         ("--points", "x,y,label\n1,2,2\n", "line 2: label is '2'; use 1 .or positive."),
         ("--points", "x,y,label,object\n1,2,1,0.5\n", "object ids are whole numbers"),
         ("--points", "x,y,label\n", "has a header but no rows"),
@@ -414,6 +449,14 @@ def test_a_folder_as_output_is_refused_before_any_work(
     err = capsys.readouterr().err
     assert f"is a folder; give a file name, e.g. {tmp_path / 'out' / 'image.labels.tif'}" in err
     assert list((tmp_path / "out").iterdir()) == []
+    raw = path.read_bytes()
+    assert segment(tiny_checkpoint, path, path, "--auto") == 2  # the input image itself
+    assert (
+        "is the input image: writing the labels there would destroy it" in capsys.readouterr().err
+    )
+    assert segment(tiny_checkpoint, path, tmp_path / "labels.png", "--auto") == 2
+    assert "does not end in .tif: labels are written as a TIFF" in capsys.readouterr().err
+    assert path.read_bytes() == raw and not (tmp_path / "labels.png").exists()
 
 
 AUTO = ["--auto", "--points-per-side", "4", "--pred-iou-thresh", "-1"]

@@ -1,7 +1,10 @@
 """Prompt files of ``samtune segment``: CSV with a header, pixel coordinates, x = column.
 
 * points: ``x,y[,label][,object]``, or a points layer saved from napari
-  (``axis-0,axis-1[,label]``, row before column); labels 1/0 or positive/negative;
+  (``axis-0,axis-1[,label]``, row before column); labels 1/0 or positive/negative. Without
+  an ``object`` column each positive point is one object and negative points mark
+  background for all of them (on their plane); with one, points of an object id form its
+  prompt. Every object needs a positive point;
 * boxes: ``x_min,y_min,x_max,y_max``, or a shapes layer saved from napari (each shape by
   its bounding box, clipped to the image, as the annotation widget reads its boxes);
 * for a stack (``--stack``) each row also names its plane: a ``z`` column, or
@@ -58,7 +61,7 @@ def _read_table(path: Path) -> tuple[list[str], Rows]:
     """The lower-cased header and the data rows of a CSV prompt file."""
     if not path.is_file():
         raise ValueError(f"prompt file {str(path)!r} does not exist")
-    with path.open(newline="") as handle:
+    with path.open(newline="", encoding="utf-8-sig") as handle:  # Excel writes a BOM
         reader = csv.DictReader(handle)
         header = [name.strip().lower() for name in reader.fieldnames or []]
         reader.fieldnames = header
@@ -174,22 +177,38 @@ def read_points_csv(
             raise ValueError(
                 f"{path}, line {line}: object is {object_id:g}; object ids are whole numbers >= 1"
             )
-        if not has_objects and label == 0:
-            raise ValueError(
-                f"{path}, line {line}: a negative point needs to say which object it refines; "
-                "add an 'object' column giving the points of one object the same id"
-            )
         if plane_column is not None:
             planes.append(_plane(path, line, row, plane_column, n_planes))
         points.append((x, y))
         labels.append(label)
         objects.append(int(object_id))
-    return PointPrompts(
+    prompts = PointPrompts(
         np.array(points, dtype=np.float64),
         np.array(labels, dtype=np.int64),
         np.array(objects, dtype=np.int64) if has_objects else None,
         np.array(planes, dtype=np.int64) if plane_column is not None else None,
     )
+    _check_positive_points(path, prompts, [line for line, _ in rows])
+    return prompts
+
+
+def _check_positive_points(path: Path, prompts: PointPrompts, lines: list[int]) -> None:
+    """Every object needs a positive point: negative points only refine one (with an
+    'object' column), or mark background for all (without)."""
+    if prompts.objects is None:
+        if not prompts.labels.any():
+            raise ValueError(
+                f"{path} holds only negative points; add a positive point (label 1) on each "
+                "object to segment"
+            )
+        return
+    for object_id in dict.fromkeys(prompts.objects.tolist()):
+        rows = np.flatnonzero(prompts.objects == object_id)
+        if not prompts.labels[rows].any():
+            raise ValueError(
+                f"{path}, line {lines[rows[0]]}: object {object_id} has only negative points; "
+                "give it a positive point (label 1) on the object"
+            )
 
 
 def read_boxes_csv(

@@ -40,7 +40,7 @@ import numpy as np
 from napari_samtune.cli import add_channel_options, check_output_file
 from napari_samtune.cli.prompt_files import read_boxes_csv, read_points_csv
 from napari_samtune.cli.segment_planes import Planes, Progress, segment_planes
-from napari_samtune.core.label_files import labels_file_name, read_tiff
+from napari_samtune.core.label_files import TIFF_SUFFIXES, labels_file_name, read_tiff
 
 AUTO_OPTIONS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "min_area")
 
@@ -194,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_batch(args, files)
     example = labels_file_name(files[0].stem)
     check_output_file(args.output, example, hint=" (a folder is for several images)")
+    _check_labels_name(args.output, files[0], example)
     planes = Planes(read_image(files[0]), files[0], args)
     n_planes = planes.count if args.stack else None
     # read prompts and settings before loading the model, so mistakes show up at once
@@ -206,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     labels = segment_planes(segmenter, planes, points, boxes, config)
     if points is not None:
         if points.objects is None:
-            _report_empty(labels, range(1, len(points) + 1), "data rows")
+            _report_empty(labels, np.flatnonzero(points.labels == 1) + 1, "data rows")
         else:
             _report_empty(labels, points.objects, "'object' column")
     elif boxes is not None:
@@ -218,6 +219,21 @@ def run(args: argparse.Namespace) -> int:
         f"{_objects(n_objects)}{where} written to {args.output} ({_using(segmenter, model_name)})"
     )
     return 0
+
+
+def _check_labels_name(output: Path, image: Path, example: str) -> None:
+    """``-o`` must name a TIFF file (what is written, and what training pairs) other than
+    the image itself, which would be lost."""
+    if output.suffix.lower() not in TIFF_SUFFIXES:
+        raise ValueError(
+            f"-o {str(output)!r} does not end in .tif: labels are written as a TIFF file; "
+            f"give e.g. {output.with_name(example)}"
+        )
+    if output.resolve() == image.resolve():
+        raise ValueError(
+            f"-o {str(output)!r} is the input image: writing the labels there would destroy "
+            f"it; give another name, e.g. {output.with_name(example)}"
+        )
 
 
 def _output_for(image: Path, out_dir: Path) -> Path:

@@ -42,10 +42,14 @@ def _renumber(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 def _segment_points(segmenter, prompts: PointPrompts, rows: np.ndarray) -> np.ndarray:
     """Labels of the image set in ``segmenter`` from the points in ``rows`` (file row
-    indices): without an object column, the point in row ``i`` gives object ``i + 1``."""
+    indices): without an object column, the positive point in row ``i`` gives object
+    ``i + 1``, with the negative points of ``rows`` as background."""
     points, point_labels = prompts.points_xy[rows], prompts.labels[rows]
     if prompts.objects is None:
-        return _renumber(segmenter.predict_points_batched(points), rows + 1)
+        positive = point_labels == 1
+        if positive.all():
+            return _renumber(segmenter.predict_points_batched(points), rows + 1)
+        return _with_shared_negatives(segmenter, points, positive, rows + 1)
     objects = prompts.objects[rows]
     labels = np.zeros(segmenter.image_shape, dtype=np.uint32)
     for object_id in dict.fromkeys(objects.tolist()):  # in order of appearance
@@ -55,6 +59,20 @@ def _segment_points(segmenter, prompts: PointPrompts, rows: np.ndarray) -> np.nd
             points[of_object], point_labels[of_object], multimask=single_click
         )
         labels[prediction.mask & (labels == 0)] = object_id  # earlier objects keep overlaps
+    return labels
+
+
+def _with_shared_negatives(
+    segmenter, points: np.ndarray, positive: np.ndarray, ids: np.ndarray
+) -> np.ndarray:
+    """One object per positive point, each prompted with every negative point too."""
+    negatives = points[~positive]
+    labels = np.zeros(segmenter.image_shape, dtype=np.uint32)
+    for point, object_id in zip(points[positive], ids[positive], strict=True):
+        prompt = np.concatenate([point[None], negatives])
+        point_labels = np.r_[1, np.zeros(len(negatives), dtype=np.int64)]
+        mask = segmenter.predict(prompt, point_labels, multimask=False).mask
+        labels[mask & (labels == 0)] = object_id  # earlier objects keep overlaps
     return labels
 
 
