@@ -164,6 +164,18 @@ def test_stacks_with_their_channels_first_train_plane_by_plane(tmp_path):
             assert np.array_equal(prepare_pair(pair).rgb, to_sam_rgb(plane))
 
 
+def test_a_stack_and_labels_of_other_plane_counts_are_named_as_such(tmp_path):
+    """Not as an ambiguous channel axis, which they are not."""
+    image, labels = make_image((32, 40), seed=9)
+    _write(tmp_path / "images", "z5.tif", np.stack([image] * 5))
+    _write(tmp_path / "labels", "z5_labels.tif", np.stack([labels] * 3))
+    with pytest.raises(ValueError, match="'z5.tif / z5_labels.tif': the image stack has 5 planes "):
+        prepare_pairs(load_pairs(tmp_path / "images", tmp_path / "labels"))
+    _write(tmp_path / "labels", "z5_labels.tif", labels)  # one plane for a stack of 5
+    with pytest.raises(ValueError, match=r"a stack of 5 planes needs a labels stack of as many"):
+        prepare_pairs(load_pairs(tmp_path / "images", tmp_path / "labels"))
+
+
 def test_label_files_of_whole_floats_are_labels_and_other_floats_are_named(tmp_path):
     image, labels = make_image((32, 40), seed=6)
     with_fraction = labels.astype(np.float32)

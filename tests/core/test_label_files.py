@@ -165,3 +165,16 @@ def test_a_truncated_tiff_is_named_with_the_fix(tiff_folders):
         load_pairs(images, labels)
     with pytest.raises(ValueError, match="is not a TIFF file"):
         read_tiff(images / "cell_1.png")
+
+
+def test_a_damaged_tiff_that_reads_as_no_pixels_is_named(tmp_path, capfd):
+    """tifffile reads a file with a valid header and a bad offset as an empty array, and
+    logs the reason on its own, naming no file."""
+    damaged = tmp_path / "damaged.tif"
+    damaged.write_bytes(b"II*\x00garbage" * 10)
+    with pytest.raises(ValueError) as raised:
+        read_tiff(damaged)
+    message = str(raised.value)
+    assert "cannot read" in message and "damaged.tif" in message
+    assert "invalid offset to first page" in message and "save it again" in message
+    assert capfd.readouterr().err == ""  # said once, in the error

@@ -249,7 +249,15 @@ def check_channels(pair: ImageLabelPair) -> None:
     naming the pair and the fix; cheap (nothing is normalised), so a command can check every
     file first. Front ends add where the choice is made (an option, a field)."""
     image, labels = np.asarray(pair.image), np.asarray(pair.labels)
+    _check_planes(image, labels, pair)
     try:
+        planes_first = image.ndim == 3 and labels.shape == image.shape[1:]
+        if planes_first and image.shape[0] > 4 and pair.channels is None:  # more than RGBA
+            raise ValueError(
+                f"image has shape {image.shape!r} and its labels {labels.shape!r}: a stack of "
+                f"{image.shape[0]} planes needs a labels stack of as many planes (empty where "
+                "not annotated); a multichannel image needs channel_axis 0 and channels"
+            )
         if image.ndim == 4 and labels.ndim == 3 and image.shape[0] == labels.shape[0]:
             raise ValueError(
                 f"image has shape {image.shape!r}: {image.shape[0]} planes with a channel axis "
@@ -265,6 +273,17 @@ def check_channels(pair: ImageLabelPair) -> None:
         select_channels(image, pair.channel_axis, pair.channels)
     except ValueError as err:
         raise ChannelError(f"image of {pair.name!r}: {err}") from None
+
+
+def _check_planes(image: np.ndarray, labels: np.ndarray, pair: ImageLabelPair) -> None:
+    """A stack whose labels stack has another number of planes (the planes' shape fits)."""
+    if labels.ndim == 3 and image.ndim in (3, 4) and image.shape[0] != labels.shape[0]:
+        if image.shape[1:3] == labels.shape[1:]:
+            raise ValueError(
+                f"{pair.name!r}: the image stack has {image.shape[0]} planes and its labels "
+                f"{labels.shape[0]}; give one labels plane per image plane (empty where not "
+                "annotated)"
+            )
 
 
 class NoObjectsError(ValueError):

@@ -10,9 +10,11 @@ list of these (:func:`expand_paths`).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -286,13 +288,35 @@ def read_tiff(path: Path) -> np.ndarray:
 
     if path.suffix.lower() not in TIFF_SUFFIXES:
         raise ValueError(f"file {str(path)!r} is not a TIFF file; save images as .tif")
-    try:
-        return tifffile.imread(path)
-    except Exception as err:  # tifffile raises several types for files it cannot parse
+    with _tifffile_log() as logged:
+        try:
+            pixels = tifffile.imread(path)
+        except Exception as err:  # tifffile raises several types for files it cannot parse
+            logged.append(str(err))
+            pixels = None
+    if pixels is None or not pixels.size:  # a damaged file may read as no pixels at all
+        why = "; ".join(logged) or "it holds no pixels"
         raise ValueError(
-            f"cannot read {str(path)!r} as a TIFF image ({err}); it may be truncated or "
-            "still being written: save it again, or move it out of the folder"
-        ) from None
+            f"cannot read {str(path)!r} as a TIFF image ({why}); it may be truncated, damaged "
+            "or still being written: save it again, or move it out of the folder"
+        )
+    return pixels
+
+
+@contextlib.contextmanager
+def _tifffile_log():
+    """Collect what tifffile logs while reading (e.g. 'invalid offset to first page') for
+    the error message, instead of letting Python print it without the file's name."""
+    logger, logged = logging.getLogger("tifffile"), []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: logged.append(record.getMessage())
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(handler)
+    try:
+        yield logged
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 MAX_FLOAT_LABEL = 1 << 24  # float32 holds every whole number up to here exactly
