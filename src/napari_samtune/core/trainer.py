@@ -10,7 +10,6 @@ run and its resume see exactly the same data. After each epoch: validation
 from __future__ import annotations
 
 import math
-import shutil
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -23,7 +22,7 @@ import torch
 
 from napari_samtune.core import distributed as ddp
 from napari_samtune.core.accelerate import use_fast_paths
-from napari_samtune.core.checkpoints import atomic_write, check_output_folder
+from napari_samtune.core.checkpoints import check_output_folder
 from napari_samtune.core.data import (
     ImageLabelPair,
     as_pairs,
@@ -39,7 +38,6 @@ from napari_samtune.core.train_checkpoints import (
     check_resumable,
     read_checkpoint,
     restore_model,
-    write_checkpoint,
 )
 from napari_samtune.core.train_embeddings import EmbeddingLRU
 from napari_samtune.core.train_events import (
@@ -47,15 +45,11 @@ from napari_samtune.core.train_events import (
     Progress,
     StepDone,
     TrainEvent,
-    TrainingFinished,
     TrainingStarted,
 )
 from napari_samtune.core.train_export import (
-    RunFiles,
     append_metrics,
     check_model_name,
-    data_summary,
-    export_and_register,
     write_json,
 )
 from napari_samtune.core.train_setup import (
@@ -74,11 +68,12 @@ from napari_samtune.core.train_step import (
     validate_patches,
     with_first_prompts,
 )
+from napari_samtune.core.trainer_files import TrainerFilesMixin
 
 TrainData = Sequence[ImageLabelPair | tuple[np.ndarray, np.ndarray]]
 
 
-class Trainer:
+class Trainer(TrainerFilesMixin):
     """The state of one run; :meth:`run` is the generator behind :func:`iter_train`."""
 
     def __init__(
@@ -355,105 +350,3 @@ class Trainer:
         )
         set_train_mode(self.sam, self.config)
         return metrics_from_sums(ddp.all_reduce_sum(sums, self.dist, self.device))
-
-    # -- files -------------------------------------------------------------------------------
-
-    def _carry_over_best(self) -> None:
-        """A run resumed into a new folder starts with the best checkpoint of the old one."""
-        if self.resume_from is None or self.progress.best_epoch < 0:
-            return
-        earlier, here = self.resume_from.with_name("best.pt"), self.files.best
-        if earlier.exists() and not here.exists():
-            atomic_write(here, lambda tmp: shutil.copyfile(earlier, tmp))
-
-    @property
-    def files(self) -> RunFiles:
-        return RunFiles(self.out_dir)
-
-    def _write_checkpoints(self, is_best: bool) -> Path | None:
-        """Write last.pt (resumable) and, if ``is_best``, best.pt (weights); rank 0 only."""
-        if not self.dist.is_main:
-            return None
-        common = self._checkpoint_fields()
-        last = write_checkpoint(
-            self.files.last,
-            self.sam,
-            self.arch,
-            self.config,
-            kind="last",
-            optimizer_state=self.optimizer.state_dict(),
-            scheduler_state=self.scheduler.state_dict(),
-            scaler_state=self.scaler.state_dict() if self.scaler else {},
-            rng_state={"torch": torch.get_rng_state()},
-            **common,
-        )
-        if is_best:
-            write_checkpoint(
-                self.files.best, self.sam, self.arch, self.config,
-                kind="best", **common,
-            )  # fmt: skip
-        return last
-
-    def _checkpoint_fields(self) -> dict:
-        p = self.progress
-        return {
-            "epoch": p.epoch,
-            "step": p.global_step,
-            "step_in_epoch": p.step_in_epoch,
-            "best_metric": p.best_metric,
-            "progress": asdict(p) | {"elapsed_s": self._elapsed()},
-            "base_model_id": self.base_model_id,
-            "data_summary": data_summary(
-                self.train_images,
-                self.val_images,
-                self.sampler.n_samples,
-                self.dist.world_size,
-                self.left_out,
-            ),
-        }
-
-    def _finish(self) -> TrainingFinished:
-        """Checkpoint, export and register the model, unless this session changed nothing
-        (stopped before its first step): then there is no new model to save, and an earlier
-        session's checkpoint, export and summary stay as they were."""
-        p = self.progress
-        last, best = self.files.last, self.files.best
-        trained = self.steps_done > 0 or p.epoch > self.start_epoch
-        exported = name = None
-        if self.dist.is_main and trained:
-            if self.stopped_by_user or not last.exists():
-                self._write_checkpoints(is_best=False)
-            source = best if p.best_epoch >= 0 and best.exists() else last
-            exported, name = export_and_register(
-                source, self.out_dir, self.model_name, self._summary()
-            )
-        ddp.barrier(self.dist)
-        finished = TrainingFinished(
-            best_epoch=p.best_epoch if p.best_epoch >= 0 else None,
-            best_metric=p.best_metric,
-            metric_name=self._metric_name(),
-            time_to_best_s=p.time_to_best_s,
-            total_time_s=self._elapsed(),
-            epochs_done=p.epoch,
-            best_checkpoint_path=best if self.dist.is_main and best.exists() else None,
-            last_checkpoint_path=last if self.dist.is_main and last.exists() else None,
-            exported_model_path=exported,
-            registered_name=name,
-            stopped_early=self.stopped_early,
-            stopped_by_user=self.stopped_by_user,
-            steps_done=self.steps_done,
-        )
-        if self.dist.is_main and trained:  # an earlier summary names the registered model
-            write_json(self.files.summary, asdict(finished))
-        return finished
-
-    def _summary(self) -> dict:
-        p = self.progress
-        return {
-            "description": f"finetuned from {self.config.model} ({self.out_dir.name})",
-            "base_model": self.config.model,
-            "best_epoch": p.best_epoch,
-            "best_metric": p.best_metric,
-            "metric": self._metric_name(),
-            "config": asdict(self.config),
-        }
