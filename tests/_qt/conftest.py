@@ -73,13 +73,25 @@ def close_blocker():
     blockers.clear()
 
 
+class Notice(str):
+    """A notification's message (so ``"text" in notice`` reads it), with its severity."""
+
+    severity: str
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
 @pytest.fixture
 def notifications():
-    """Messages of the napari notifications shown during the test."""
-    received: list = []
+    """The napari notifications shown during the test, as :class:`Notice` s."""
+    received: list[Notice] = []
 
     def collect(notification) -> None:
-        received.append(notification)
+        notice = Notice(str(notification.message))
+        notice.severity = str(notification.severity)
+        received.append(notice)
 
     notification_manager.notification_ready.connect(collect)
     yield received
@@ -100,3 +112,21 @@ def viewer_widget(make_napari_viewer, qtbot, tiny_sam, nuclei_image, drain_jobs)
     drain_jobs(widget)
     yield viewer, widget
     drain_jobs(widget)
+
+
+@pytest.fixture
+def use_tiny_model(qtbot, tiny_checkpoint):
+    """``use_tiny_model(train_widget, epochs)``: pick the tiny checkpoint file and make runs
+    as short as possible (two patches of two objects, the encoder frozen: its embeddings are
+    cached per epoch)."""
+
+    def use(widget, epochs: int) -> None:
+        settings = widget.settings
+        settings.model_picker.select_model(str(tiny_checkpoint))
+        qtbot.waitUntil(lambda: settings.architecture() is not None, timeout=WAIT_MS)
+        settings.epochs_spin.setValue(epochs)
+        settings.samples_spin.setValue(2)
+        settings.objects_spin.setValue(2)
+        settings.freeze_checks["image_encoder"].setChecked(True)
+
+    return use

@@ -14,17 +14,23 @@ from napari_samtune._qt import annotate_jobs
 WAIT_S = 30
 
 
-@pytest.fixture
-def gated_automatic(monkeypatch):
-    """Automatic segmentation that starts working only once the test opens the gate."""
+def gate_job(monkeypatch, name: str) -> threading.Event:
+    """Make the job ``annotate_jobs.<name>`` start working only once the event is set."""
     gate = threading.Event()
-    real = annotate_jobs.iter_segment_automatically
+    real = getattr(annotate_jobs, name)
 
     def gated(*args, **kwargs):
         assert gate.wait(WAIT_S)
         return (yield from real(*args, **kwargs))
 
-    monkeypatch.setattr(annotate_jobs, "iter_segment_automatically", gated)
+    monkeypatch.setattr(annotate_jobs, name, gated)
+    return gate
+
+
+@pytest.fixture
+def gated_automatic(monkeypatch):
+    """Automatic segmentation that starts working only once the test opens the gate."""
+    gate = gate_job(monkeypatch, "iter_segment_automatically")
     yield gate
     gate.set()  # a failed test leaves no worker waiting
 
@@ -99,14 +105,7 @@ def test_propagation_results_of_a_replaced_model_are_dropped_with_a_message(
 ):
     from napari_samtune._qt.annotate import AnnotateWidget
 
-    gate = threading.Event()
-    real = annotate_jobs.iter_propagate_object
-
-    def gated(*args, **kwargs):
-        assert gate.wait(WAIT_S)
-        return (yield from real(*args, **kwargs))
-
-    monkeypatch.setattr(annotate_jobs, "iter_propagate_object", gated)
+    gate = gate_job(monkeypatch, "iter_propagate_object")
     viewer = make_napari_viewer()
     viewer.add_image(np.stack([nuclei_image[0]] * 3), name="stack")
     widget = AnnotateWidget(viewer)

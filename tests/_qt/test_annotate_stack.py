@@ -138,10 +138,10 @@ def test_propagation_fills_neighbouring_planes_and_commits_one_3d_object(
     assert widget.session.records[0]["planes"] == reached
 
 
-def test_propagation_needs_a_stack_and_an_object(stack_widget, notifications_stack):
+def test_propagation_needs_a_stack_and_an_object(stack_widget, notifications):
     _, widget = stack_widget
     assert widget.propagate() is None  # empty preview
-    assert any("exactly one object" in str(n.message) for n in notifications_stack)
+    assert any("exactly one object" in str(n.message) for n in notifications)
 
 
 def test_automatic_segmentation_of_the_whole_stack(stack_widget, qtbot, run_job):
@@ -158,13 +158,3 @@ def test_automatic_segmentation_of_the_whole_stack(stack_widget, qtbot, run_job)
         assert not first & second  # every plane's objects got their own ids
     assert widget.undo()  # the whole run is one undo step
     assert not widget.session.annotations.any()
-
-
-@pytest.fixture
-def notifications_stack():
-    from napari.utils.notifications import notification_manager
-
-    received: list = []
-    notification_manager.notification_ready.connect(received.append)
-    yield received
-    notification_manager.notification_ready.disconnect(received.append)

@@ -12,7 +12,6 @@ from dataclasses import asdict
 
 import pytest
 import tifffile
-from napari.utils.notifications import notification_manager
 
 from napari_samtune._qt.train_run import TRAIN_TASK, past_epochs
 from napari_samtune._qt.train_widget import TrainWidget
@@ -25,20 +24,7 @@ SMALL_CPU = MachineResources(gpu_memory_gb=None, ram_gb=16.0, n_cores=8, gpu_nam
 
 
 @pytest.fixture
-def notifications():
-    """Messages of the napari notifications shown during the test."""
-    received: list[str] = []
-
-    def collect(notification) -> None:
-        received.append(str(notification.message))
-
-    notification_manager.notification_ready.connect(collect)
-    yield received
-    notification_manager.notification_ready.disconnect(collect)
-
-
-@pytest.fixture
-def widget(qtbot, make_napari_viewer, tiny_checkpoint, tmp_path):
+def widget(qtbot, make_napari_viewer, use_tiny_model, tmp_path):
     """A docked training widget set for one tiny epoch; two layer pairs in the viewer, none
     added yet."""
     viewer = make_napari_viewer()
@@ -48,14 +34,8 @@ def widget(qtbot, make_napari_viewer, tiny_checkpoint, tmp_path):
         viewer.add_labels(labels, name=f"cells{i} labels")
     widget = TrainWidget(viewer, machine=SMALL_CPU)
     viewer.window.add_dock_widget(widget, name="Finetune SAM")
-    settings = widget.settings
-    settings.model_picker.select_model(str(tiny_checkpoint))
-    qtbot.waitUntil(lambda: settings.architecture() is not None, timeout=WAIT_MS)
-    settings.epochs_spin.setValue(1)
-    settings.samples_spin.setValue(2)
-    settings.objects_spin.setValue(2)
-    settings.freeze_checks["image_encoder"].setChecked(True)
-    settings.out_dir_edit.setText(str(tmp_path / "runs"))
+    use_tiny_model(widget, epochs=1)
+    widget.settings.out_dir_edit.setText(str(tmp_path / "runs"))
     widget.use_model_check.setChecked(False)
     yield widget
     widget.stop()

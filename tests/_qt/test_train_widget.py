@@ -15,7 +15,6 @@ import time
 import numpy as np
 import pytest
 import tifffile
-from napari.utils.notifications import notification_manager
 from qtpy.QtCore import QTimer
 
 from napari_samtune._qt.annotate import AnnotateWidget
@@ -33,19 +32,6 @@ SMALL_CPU = MachineResources(gpu_memory_gb=None, ram_gb=16.0, n_cores=8, gpu_nam
 
 
 @pytest.fixture
-def notifications():
-    """Messages of the napari notifications shown during the test."""
-    received: list[str] = []
-
-    def collect(notification) -> None:
-        received.append(str(notification.message))
-
-    notification_manager.notification_ready.connect(collect)
-    yield received
-    notification_manager.notification_ready.disconnect(collect)
-
-
-@pytest.fixture
 def viewer(make_napari_viewer):
     viewer = make_napari_viewer()
     for i in range(3):
@@ -55,19 +41,8 @@ def viewer(make_napari_viewer):
     return viewer
 
 
-def _use_tiny_model(qtbot, widget: TrainWidget, checkpoint) -> None:
-    """Pick the tiny checkpoint file and make runs as short as possible."""
-    settings = widget.settings
-    settings.model_picker.select_model(str(checkpoint))
-    qtbot.waitUntil(lambda: settings.architecture() is not None, timeout=WAIT_MS)
-    settings.epochs_spin.setValue(2)
-    settings.samples_spin.setValue(2)
-    settings.objects_spin.setValue(2)
-    settings.freeze_checks["image_encoder"].setChecked(True)  # embeddings cached per epoch
-
-
 @pytest.fixture
-def docked(qtbot, viewer, tiny_checkpoint):
+def docked(qtbot, viewer, use_tiny_model):
     """(viewer, annotation widget, training widget), both docked, two layer pairs added."""
     annotate = AnnotateWidget(viewer)
     viewer.window.add_dock_widget(annotate, name="Annotate with SAM")
@@ -77,7 +52,7 @@ def docked(qtbot, viewer, tiny_checkpoint):
         widget.train_data.image_combo.setCurrentText(f"cells{i}")
         widget.train_data.labels_combo.setCurrentText(f"cells{i} labels")
         assert widget.train_data.add_current_pair()
-    _use_tiny_model(qtbot, widget, tiny_checkpoint)
+    use_tiny_model(widget, epochs=2)
     yield viewer, annotate, widget
     widget.stop()
     qtbot.waitUntil(lambda: not widget.is_running, timeout=WAIT_MS)
