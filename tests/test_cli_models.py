@@ -1,4 +1,6 @@
 import hashlib
+import json
+import os
 import re
 import warnings
 
@@ -106,8 +108,99 @@ def test_broken_user_models_are_listed_with_the_fix(capsys, tiny_checkpoint):
     assert main(["models"]) == 0 and "broken" not in capsys.readouterr().out
 
 
+def test_damaged_user_models_are_named_with_the_fix(capsys, tiny_checkpoint):
+    """A user model whose file was overwritten used to be listed as fine ("yes")."""
+    register_user_model(tiny_checkpoint, "keep", TINY)
+    register_user_model(tiny_checkpoint, "junk", TINY).write_bytes(b"junk\n")  # another size
+    flipped = register_user_model(tiny_checkpoint, "flipped", TINY)  # same size, other bytes
+    recorded = hashlib.sha256(flipped.read_bytes()).hexdigest()
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    later = flipped.stat().st_mtime_ns + 10**9  # as any later write: a coarse clock may not tick
+    os.utime(flipped, ns=(later, later))
+    register_user_model(tiny_checkpoint, "older", TINY).write_bytes(b"junk\n")
+    sidecar = user_models_dir() / "older.json"  # registered before sizes were recorded
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "file_size": None}))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    rows = _table_rows(out)
+    assert {name: rows[name][3] for name in ("keep", "junk", "flipped", "older")} == {
+        "keep": "yes",
+        "junk": "DAMAGED",
+        "flipped": "DAMAGED",
+        "older": "DAMAGED",
+    }
+    assert "checked against the size and sha256 hash recorded when they were registered" in out
+    assert "damaged user models, which fail to load (3):" in out
+    assert re.search(r"  junk: its weights at .*junk.pt are 5 bytes, not the \d+ bytes", out)
+    found = hashlib.sha256(bytes(data)).hexdigest()
+    assert f"  flipped: its weights at {flipped} do not match their recorded sha256 hash " in out
+    assert f"(expected {recorded}, found {found})" in out
+    assert re.search(r"  older: its weights at .*older.pt do not match their recorded sha256", out)
+    assert "unregister them with: samtune models --remove flipped junk older" in out
+    assert "--register NAME" in out
+    assert main(["models", "--remove", "flipped", "junk", "older"]) == 0
+    capsys.readouterr()
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "damaged" not in out and list(_table_rows(out))[-1] == "keep"
+
+
+def test_listing_user_models_hashes_only_files_changed_since_their_check(
+    capsys, monkeypatch, tiny_checkpoint
+):
+    from napari_samtune.core import download
+
+    weights = register_user_model(tiny_checkpoint, "big", TINY)
+    hashed = []
+    real_digest = download.file_digest
+    monkeypatch.setattr(
+        download, "file_digest", lambda path, alg: hashed.append(path) or real_digest(path, alg)
+    )
+    assert main(["models"]) == 0 and main(["models"]) == 0
+    assert hashed == []  # registration stamped it
+    later = weights.stat().st_mtime_ns + 10**9
+    os.utime(weights, ns=(later, later))
+    assert main(["models"]) == 0 and main(["models"]) == 0
+    assert hashed == [weights]
+    assert _table_rows(capsys.readouterr().out)["big"][3] == "yes"
+
+
+def test_removing_a_builtin_model_says_why_it_cannot_be(capsys):
+    """For nano it used to say to delete its file from the download cache, where it never is."""
+    nano = registry.get_model_spec("nano").local_path()
+    assert main(["models", "--remove", "nano"]) == 2
+    err = capsys.readouterr().err
+    assert "'nano' is a built-in model, not a user model, and cannot be removed" in err
+    assert f"built into napari-samtune ({nano} ships inside the package)" in err
+    assert "nothing to delete" in err and str(models_cache_dir()) not in err
+    assert nano.is_file()
+
+    vit_b = registry.get_model_spec("vit_b").local_path()
+    assert main(["models", "--remove", "vit_b"]) == 2
+    assert f"it is not downloaded ({vit_b} does not exist)" in capsys.readouterr().err
+    vit_b.parent.mkdir(parents=True)
+    vit_b.write_bytes(b"downloaded before")
+    assert main(["models", "--remove", "vit_b"]) == 2
+    assert f"delete its downloaded file {vit_b}" in capsys.readouterr().err
+    assert vit_b.read_bytes() == b"downloaded before"
+
+
 def test_models_help_mentions_the_subcommand(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--help"])
     assert info.value.code == 0
     assert "models" in capsys.readouterr().out
+
+
+def test_a_user_model_with_nothing_recorded_is_not_called_checked(capsys, tiny_checkpoint):
+    register_user_model(tiny_checkpoint, "bare", TINY)
+    sidecar = user_models_dir() / "bare.json"  # a description written by hand: no size, no hash
+    data = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**data, "file_hash": None, "file_size": None}))
+    assert main(["models"]) == 0
+    assert _table_rows(capsys.readouterr().out)["bare"][3:5] == ["yes", "(unchecked)"]

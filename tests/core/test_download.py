@@ -1,7 +1,9 @@
 """Downloads against a real HTTP server on 127.0.0.1 (no internet needed)."""
 
 import hashlib
+import logging
 import threading
+import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -123,6 +125,20 @@ def test_truncated_download_is_not_kept(server, tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+def test_a_cancelled_download_still_says_where_the_wrong_file_went(server, tmp_path, caplog):
+    server.files["/w.pt"] = PAYLOAD
+    (tmp_path / "w.pt").write_bytes(b"not it")
+
+    def cancel(done, total):
+        raise InterruptedError("user pressed cancel")
+
+    with caplog.at_level(logging.WARNING), pytest.raises(InterruptedError):
+        download_file(server.url("/w.pt"), tmp_path / "w.pt", SHA256, progress=cancel)
+    assert _leftovers(tmp_path) == ["w.pt.wrong-hash"]
+    [note] = [r.getMessage() for r in caplog.records if r.name.startswith("napari_samtune")]
+    assert f"moved to {tmp_path / 'w.pt.wrong-hash'}" in note and "was stopped" in note
+
+
 def test_a_progress_callback_can_cancel_and_nothing_is_kept(server, tmp_path):
     server.files["/w.pt"] = PAYLOAD
 
@@ -151,14 +167,49 @@ def test_second_call_does_not_download_again(server, tmp_path):
     assert server.requests == ["/w.pt"]
 
 
-def test_present_file_with_wrong_hash_is_downloaded_again(server, tmp_path):
+def test_present_file_with_wrong_hash_is_moved_aside_and_downloaded_again(server, tmp_path, caplog):
+    """It used to be deleted, with a raw Python warning on the terminal."""
     server.files["/w.pt"] = PAYLOAD
     dest = download_file(server.url("/w.pt"), tmp_path / "w.pt", SHA256, progress=lambda *a: None)
     dest.write_bytes(b"tampered")  # same path, new content: the stamp no longer matches
-    with pytest.warns(UserWarning, match="downloading it again"):
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING):
+        warnings.simplefilter("error")  # told as a plain message, not as a Python warning
         download_file(server.url("/w.pt"), dest, SHA256, progress=lambda *a: None)
-    assert dest.read_bytes() == PAYLOAD
+    assert dest.read_bytes() == PAYLOAD and is_verified(dest, SHA256)
     assert len(server.requests) == 2
+    aside = tmp_path / "w.pt.wrong-hash"
+    assert aside.read_bytes() == b"tampered"  # kept, not deleted
+    [note] = [r.getMessage() for r in caplog.records if r.name.startswith("napari_samtune")]
+    assert f"moved to {aside}" in note and hashlib.sha256(b"tampered").hexdigest() in note
+    assert SHA256.split(":")[1] in note and "downloaded from" in note and "in its place" in note
+
+
+def test_wrong_file_placed_by_hand_is_kept_and_the_offline_error_says_so(server, caplog):
+    """Offline, the error used to ask for the file to be saved by hand at the very path where
+    the user had just saved one, without saying that file had the wrong hash (and was gone)."""
+    spec = _spec(server)
+    server.httpd.shutdown()
+    server.httpd.server_close()  # offline
+    path = spec.local_path()
+    path.parent.mkdir(parents=True)
+    earlier = path.parent / "served.pt.wrong-hash"
+    earlier.write_bytes(b"moved aside by an earlier attempt")
+    placed = b"<html>\n"
+    path.write_bytes(placed)
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING):
+        warnings.simplefilter("error")
+        with pytest.raises(DownloadError) as info:
+            ensure_model_file(spec, progress=lambda *a: None)
+    assert [r for r in caplog.records if r.name.startswith("napari_samtune")] == []  # said once
+    aside = path.parent / "served.pt.wrong-hash-2"
+    assert aside.read_bytes() == placed and not path.exists()
+    assert earlier.read_bytes() == b"moved aside by an earlier attempt"  # not overwritten
+    message = str(info.value)
+    assert f"{path} (7 bytes) has sha256 {hashlib.sha256(placed).hexdigest()}" in message
+    assert f"not the published {SHA256.split(':')[1]}" in message
+    assert f"moved to {aside}" in message
+    assert "could not download" in message and "offline" in message
+    assert f"save it as {path}" in message
 
 
 def test_malformed_hash_fails_before_any_request(server, tmp_path):
@@ -207,12 +258,18 @@ def test_file_placed_by_hand_is_used_when_its_hash_matches(server):
     assert ensure_model_file(spec, download=False) == spec.local_path()
     assert download_status(spec) == "verified"
     spec.local_path().write_bytes(b"wrong file")
-    with pytest.raises(DownloadError, match="does not match the published hash"):
+    with pytest.raises(DownloadError, match="does not match the published hash") as info:
         ensure_model_file(spec, download=False)
+    found = xxhash.xxh3_128(b"wrong file").hexdigest()
+    assert f"it has xxh128 {found}, the published file has {XXH128.split(':')[1]}" in str(
+        info.value
+    )
+    assert spec.local_path().read_bytes() == b"wrong file"  # not downloading: left alone
     assert server.requests == []
 
 
 def test_user_model_without_its_file_is_a_clear_error():
     spec = ModelSpec("mine", "tiny", "mine.pt")
-    with pytest.raises(FileNotFoundError, match="weights of model 'mine' are missing"):
+    with pytest.raises(FileNotFoundError, match="weights of user model 'mine' are missing") as info:
         ensure_model_file(spec)
+    assert "samtune models --remove mine" in str(info.value)

@@ -297,3 +297,51 @@ def test_resolve_device_checks_the_cuda_index(monkeypatch):
     assert resolve_device("cuda:0") == torch.device("cuda:0")
     with pytest.raises(ValueError, match="1 CUDA device"):
         resolve_device("cuda:3")
+
+
+def _damage_keeping_the_size(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    later = path.stat().st_mtime_ns + 10**9  # as any later write: a coarse clock may not tick
+    os.utime(path, ns=(later, later))
+
+
+def test_damaged_user_model_fails_with_user_model_advice(tiny_checkpoint):
+    """The error used to say 'reinstall napari-samtune', which cannot repair a user model."""
+    weights = register_user_model(tiny_checkpoint, "run_uint64", TINY)
+    recorded = hashlib.sha256(weights.read_bytes()).hexdigest()
+    _damage_keeping_the_size(weights)
+    with pytest.raises(ValueError) as info:
+        load_model("run_uint64")
+    message = str(info.value)
+    assert "weights of user model 'run_uint64'" in message
+    assert "do not match their recorded sha256 hash" in message
+    found = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert f"(expected {recorded}, found {found})" in message
+    assert "samtune models --remove run_uint64" in message and "reinstall" not in message
+    assert "--register run_uint64" in message
+
+    weights.write_bytes(b"junk\n")  # another size: told from the size alone
+    with pytest.raises(ValueError, match=r"are 5 bytes, not the \d+ bytes recorded") as info:
+        load_model("run_uint64")
+    assert "samtune models --remove run_uint64" in str(info.value)
+
+
+def test_a_user_model_is_hashed_once_until_its_file_changes(monkeypatch, tiny_checkpoint):
+    from napari_samtune.core import download
+
+    weights = register_user_model(tiny_checkpoint, "stamped", TINY)  # hashed and stamped here
+    hashed = []
+    real_digest = download.file_digest
+    monkeypatch.setattr(
+        download, "file_digest", lambda path, alg: hashed.append(path) or real_digest(path, alg)
+    )
+    load_model("stamped")
+    load_model("stamped")
+    assert hashed == []
+    later = weights.stat().st_mtime_ns + 10**9  # touched (e.g. copied back from a backup)
+    os.utime(weights, ns=(later, later))
+    load_model("stamped")
+    load_model("stamped")
+    assert hashed == [weights]  # checked again once, then stamped anew

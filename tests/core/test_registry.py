@@ -199,3 +199,50 @@ def test_builtin_models_can_be_patched_for_tests(monkeypatch):
     fake = ModelSpec("fake", "tiny", "fake.pt", "http://127.0.0.1:1/fake.pt", None, "", "test")
     monkeypatch.setattr(registry, "BUILTIN_MODELS", (fake,))
     assert get_model_spec("fake") is fake
+
+
+@pytest.mark.parametrize("file_size", [-1, 1.5, "12", True])
+def test_a_recorded_size_must_be_a_byte_count(file_size):
+    with pytest.raises(ValueError, match=f"file_size={file_size!r} .*must be a number of bytes"):
+        ModelSpec("sized", "tiny", "sized.pt", file_size=file_size)
+
+
+def test_registration_records_size_and_hash_and_stamps_the_file(tiny_checkpoint):
+    from napari_samtune.core.download import is_verified, stamp_path
+
+    weights = register_user_model(tiny_checkpoint, "sized", TINY)
+    sidecar = json.loads((user_models_dir() / "sized.json").read_text())
+    assert sidecar["file_size"] == weights.stat().st_size > 0
+    spec = get_model_spec("sized")
+    assert spec.file_size == sidecar["file_size"] and spec.file_hash == sidecar["file_hash"]
+    assert stamp_path(weights).is_file() and is_verified(weights, spec.file_hash)
+
+
+def test_sidecars_from_before_sizes_were_recorded_still_load(tiny_checkpoint):
+    register_user_model(tiny_checkpoint, "older", TINY)
+    sidecar = user_models_dir() / "older.json"
+    data = json.loads(sidecar.read_text())
+    del data["file_size"]
+    sidecar.write_text(json.dumps(data))
+    assert get_model_spec("older").file_size is None
+    assert [spec.name for spec in list_user_models()] == ["older"]
+
+
+@pytest.mark.parametrize("name", ["nano", "vit_b", "tiny"])
+def test_builtin_models_are_not_removed_and_the_message_fits_each(name):
+    """'nano' used to be told to delete its file from the download cache, where it never is."""
+    from napari_samtune.core.registry import models_cache_dir, remove_user_model
+
+    with pytest.raises(ValueError) as info:
+        remove_user_model(name)
+    message = str(info.value)
+    if name == "nano":
+        nano = get_model_spec("nano").local_path()
+        assert "built into napari-samtune" in message and "nothing to delete" in message
+        assert str(nano) in message and str(models_cache_dir()) not in message
+        assert nano.is_file()
+    elif name == "vit_b":
+        assert "is a built-in model, not a user model" in message
+        assert "it is not downloaded" in message and "nothing to delete" in message
+    else:
+        assert "'tiny' is an architecture name, not a model" in message

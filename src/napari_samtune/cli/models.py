@@ -1,11 +1,15 @@
-"""``samtune models``: list the built-in and user models and whether their weights are here."""
+"""``samtune models``: list the built-in and user models and whether their weights are here.
+
+User models' files are checked against the size and sha256 hash recorded when they were
+registered (hashed only when changed since their last check), so damaged ones are named.
+"""
 
 from __future__ import annotations
 
 import argparse
 
 from napari_samtune.core import registry
-from napari_samtune.core.download import download_status
+from napari_samtune.core.download import download_status, local_weights_problem
 from napari_samtune.core.registry import (
     ModelSpec,
     models_cache_dir,
@@ -30,19 +34,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--remove",
         nargs="+",
         metavar="NAME",
-        help="unregister these user models and delete their files",
+        help="unregister these user models and delete their files (built-in models stay)",
     )
     parser.set_defaults(func=run)
 
 
-def _row(spec: ModelSpec) -> tuple[str, ...]:
+def _row(spec: ModelSpec, damaged: dict[str, str]) -> tuple[str, ...]:
     if spec.packaged:
         status = "packaged"
-    elif spec.is_user_model:  # checked against its hash at every load: never "not verified"
-        status = "yes" if spec.local_path().is_file() else "no"
+    elif spec.name in damaged:  # a user model whose file no longer matches its record
+        status = "DAMAGED"
+    elif spec.is_user_model:
+        nothing_recorded = spec.file_hash is None and spec.file_size is None
+        status = "yes (unchecked)" if nothing_recorded else "yes"
     else:
         status = _STATUS_TEXT[download_status(spec)]
     return (spec.name, spec.architecture, spec.source, status, str(spec.local_path()))
+
+
+def _damaged_user_models(specs: list[ModelSpec]) -> dict[str, str]:
+    """name -> what is wrong, for the user models whose file no longer matches its record."""
+    damaged = {}
+    for spec in specs:
+        try:
+            problem = local_weights_problem(spec)
+        except OSError as err:  # deleted or unreadable since the scan
+            problem = f"at {spec.local_path()} cannot be read ({err})"
+        if problem is not None:
+            damaged[spec.name] = f"its weights {problem}: the file is damaged or was replaced"
+    return damaged
 
 
 def format_table(rows: list[tuple[str, ...]], header: tuple[str, ...] = COLUMNS) -> str:
@@ -55,6 +75,27 @@ def format_table(rows: list[tuple[str, ...]], header: tuple[str, ...] = COLUMNS)
     return "\n".join(lines)
 
 
+def _print_problems(broken: list[tuple[str, str]], damaged: dict[str, str]) -> None:
+    if damaged:
+        print(f"\ndamaged user models, which fail to load ({len(damaged)}):")
+        for name, reason in damaged.items():
+            print(f"  {name}: {reason}")
+    if broken:
+        print(f"\nbroken user models, offered nowhere ({len(broken)}):")
+        for name, reason in broken:
+            print(f"  {name}: {reason}")
+    if broken or damaged:
+        names = " ".join([*damaged, *(name for name, _ in broken)])
+        print(f"unregister them with: samtune models --remove {names}")
+        if broken:
+            print("(or restore the files of the broken ones)")
+        if damaged:
+            print(
+                "(to have one again afterwards, register it anew from its training run: "
+                "samtune export RUN/checkpoints/best.pt -o FILE --register NAME)"
+            )
+
+
 def run(args: argparse.Namespace) -> int:
     if args.remove:
         from napari_samtune.core.registry import remove_user_model
@@ -64,16 +105,18 @@ def run(args: argparse.Namespace) -> int:
             print(f"removed user model {name!r} ({', '.join(p.name for p in deleted)})")
         return 0
     user_specs, broken = scan_user_models()
-    print(format_table([_row(spec) for spec in [*registry.BUILTIN_MODELS, *user_specs]]))
+    damaged = _damaged_user_models(user_specs)
+    specs = [*registry.BUILTIN_MODELS, *user_specs]
+    print(format_table([_row(spec, damaged) for spec in specs]))
     print()
     print(f"download cache: {models_cache_dir()}  (set SAMTUNE_CACHE_DIR to move it)")
     print(f"user models:    {user_models_dir()}  (set SAMTUNE_MODELS_DIR to move it)")
+    if user_specs:
+        print(
+            "user model files were checked against the size and sha256 hash recorded when "
+            "they were registered (a file unchanged since its last check is not hashed again)"
+        )
     if not user_specs and not broken:
         print("no user models registered yet")
-    if broken:
-        print(f"\nbroken user models, offered nowhere ({len(broken)}):")
-        for name, reason in broken:
-            print(f"  {name}: {reason}")
-        names = " ".join(name for name, _ in broken)
-        print(f"restore their files, or unregister them with: samtune models --remove {names}")
+    _print_problems(broken, damaged)
     return 0

@@ -5,8 +5,9 @@ except packaged ones (the offline "nano" generalist), which ship inside the
 package in ``packaged_weights_dir()`` and have no URL;
 user models (finetuned or imported weights) live in ``user_models_dir()`` as a
 plain SAM state dict ``<name>.pt`` next to a JSON sidecar ``<name>.json`` that
-records the architecture and free-form metadata. Both folders can be moved with
-the environment variables ``SAMTUNE_CACHE_DIR`` and ``SAMTUNE_MODELS_DIR``.
+records the architecture, the file's size and sha256 hash, and free-form metadata.
+Both folders can be moved with the environment variables ``SAMTUNE_CACHE_DIR`` and
+``SAMTUNE_MODELS_DIR``.
 
 Published file hashes are written ``"<algorithm>:<hex>"``: ``sha256`` for the
 official SAM and MobileSAM checkpoints, ``xxh128`` for micro-sam's models (the
@@ -101,6 +102,7 @@ class ModelSpec:
     source: str = USER_SOURCE  # "official SAM", "MobileSAM", "micro-sam generalist" or "user"
     shape: SamArchitecture | None = None  # full shape when architecture is "custom"
     packaged: bool = False  # weights ship inside the package (packaged_weights_dir), no URL
+    file_size: int | None = None  # bytes of the file when registered (user models); None: unchecked
 
     def __post_init__(self) -> None:
         validate_model_name(self.name)
@@ -113,6 +115,11 @@ class ModelSpec:
             raise ValueError(f"filename={self.filename!r} must be a bare file name, not a path")
         if self.file_hash is not None:
             parse_hash(self.file_hash)
+        if self.file_size is not None and (type(self.file_size) is not int or self.file_size < 0):
+            raise ValueError(
+                f"file_size={self.file_size!r} for model {self.name!r} must be a number of "
+                "bytes (an int >= 0) or None"
+            )
         if self.packaged and (self.url is not None or self.is_user_model):
             raise ValueError(
                 f"model {self.name!r}: packaged weights need url=None and a built-in source, "
@@ -226,6 +233,7 @@ def _spec_from_sidecar(path: Path) -> ModelSpec:
         description=str(data.get("description", "")),
         source=USER_SOURCE,
         shape=None if known else shape,
+        file_size=data.get("file_size"),  # absent in sidecars written before sizes were kept
     )
     if spec.name != path.stem:
         raise ValueError(f"it describes model {spec.name!r} but is named {path.name!r}")
@@ -255,12 +263,25 @@ def list_user_models() -> list[ModelSpec]:
     """The usable user models; a broken one is skipped with a warning that says the fix."""
     specs, broken = scan_user_models()
     for name, reason in broken:
-        warnings.warn(f"skipping user model {name!r} ({reason}); {_broken_fix(name)}", stacklevel=2)
+        warnings.warn(
+            f"skipping user model {name!r} ({reason}); {broken_user_model_fix(name)}",
+            stacklevel=2,
+        )
     return specs
 
 
-def _broken_fix(name: str) -> str:
+def broken_user_model_fix(name: str) -> str:
+    """What to do about user model ``name`` whose files are missing or unreadable."""
     return f"restore its files, or unregister it with: samtune models --remove {name}"
+
+
+def damaged_user_model_fix(name: str) -> str:
+    """What to do about user model ``name`` whose weights file no longer matches its record."""
+    return (
+        f"unregister it with: samtune models --remove {name} (then, to have it again, register "
+        f"it anew from its training run: samtune export RUN/checkpoints/best.pt -o FILE "
+        f"--register {name})"
+    )
 
 
 def _builtin_names() -> set[str]:
@@ -283,7 +304,7 @@ def get_model_spec(name: str) -> ModelSpec:
             return _spec_from_sidecar(sidecar)
         except (OSError, ValueError, TypeError, KeyError) as err:
             raise ValueError(
-                f"user model {name!r} is broken ({sidecar}): {err}; {_broken_fix(name)}"
+                f"user model {name!r} is broken ({sidecar}): {err}; {broken_user_model_fix(name)}"
             ) from err
     choices = [spec.name for spec in list_models()]
     raise ValueError(f"unknown model {name!r}; choose one of {choices!r} or give a file path")
@@ -302,12 +323,13 @@ def register_user_model(
     ``state_dict_path`` may hold any weights :func:`~napari_samtune.core.models.load_model`
     reads (plain SAM state dict, project checkpoint, micro-sam export); they must fit
     ``architecture`` exactly. The folder gets ``<name>.pt`` (a plain SAM state dict,
-    written atomically) and ``<name>.json`` (architecture, metadata, hashes). Built-in
+    written atomically), ``<name>.json`` (architecture, metadata, the file's size and
+    sha256 hash) and the verification stamp of the new file. Built-in
     names are refused; an existing user model is replaced only with ``overwrite=True``.
     Afterwards ``load_model(name)`` works and :func:`list_models` lists it.
     """
     from napari_samtune.core import models  # models imports this module: import late
-    from napari_samtune.core.download import file_digest
+    from napari_samtune.core.download import file_digest, write_stamp
 
     _check_new_name(name, overwrite)
     if metadata is not None and not isinstance(metadata, dict):
@@ -321,13 +343,15 @@ def register_user_model(
     loaded = models.load_model(Path(state_dict_path), architecture=architecture)
     weights_path = user_models_dir() / f"{name}.pt"
     models.export_sam_state_dict(loaded.sam, weights_path)
+    file_hash = "sha256:" + file_digest(weights_path, "sha256")
     sidecar = {
         "format": SIDECAR_FORMAT,
         "format_version": SIDECAR_FORMAT_VERSION,
         "name": name,
         "filename": weights_path.name,
         "architecture": architecture.to_dict(),
-        "file_hash": "sha256:" + file_digest(weights_path, "sha256"),
+        "file_hash": file_hash,
+        "file_size": weights_path.stat().st_size,
         "model_id": loaded.model_id,
         "registered_from": str(Path(state_dict_path).resolve()),
         "registered_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -335,6 +359,7 @@ def register_user_model(
         "metadata": metadata_json,
     }
     _write_json_atomically(user_models_dir() / f"{name}.json", sidecar)
+    write_stamp(weights_path, file_hash)  # just hashed: listing and loading need not hash again
     return weights_path
 
 
@@ -342,13 +367,12 @@ def remove_user_model(name: str) -> list[Path]:
     """Unregister user model ``name`` and delete its files; returns the deleted paths.
 
     The description goes first, so a failure part-way leaves no half-listed model.
+    The weights file's verification stamp goes too (not in the returned list).
     """
+    from napari_samtune.core.download import stamp_path
+
     validate_model_name(name)
-    if name in _builtin_names() or name in ARCHITECTURES:
-        raise ValueError(
-            f"{name!r} is a built-in model, not a user model; to free its disk space delete "
-            f"its file from {models_cache_dir()}"
-        )
+    _refuse_builtin_removal(name)
     sidecar = user_models_dir() / f"{name}.json"
     if not sidecar.is_file():
         users = [spec.name for spec in list_user_models()]
@@ -363,7 +387,29 @@ def remove_user_model(name: str) -> list[Path]:
         if path.is_file():
             path.unlink()
             deleted.append(path)
+    stamp_path(weights).unlink(missing_ok=True)
     return deleted
+
+
+def _refuse_builtin_removal(name: str) -> None:
+    """ValueError saying why built-in model or architecture ``name`` cannot be removed."""
+    spec = next((spec for spec in BUILTIN_MODELS if spec.name == name), None)
+    if spec is None:
+        if name in ARCHITECTURES:
+            raise ValueError(f"{name!r} is an architecture name, not a model: nothing to remove")
+        return
+    path = spec.local_path()
+    if spec.packaged:
+        why = (
+            f"it is built into napari-samtune ({path} ships inside the package): nothing to delete"
+        )
+    elif path.is_file():
+        why = f"to free its disk space delete its downloaded file {path} (fetched again when used)"
+    else:
+        why = f"it is not downloaded ({path} does not exist): nothing to delete"
+    raise ValueError(
+        f"{name!r} is a built-in model, not a user model, and cannot be removed; {why}"
+    )
 
 
 def _check_new_name(name: str, overwrite: bool) -> None:
