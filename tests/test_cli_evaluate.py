@@ -146,3 +146,102 @@ def test_multichannel_images_and_float_labels_score_as_their_plain_versions(
     err = capsys.readouterr().err
     assert "evaluation data: image of 'img0.tif / img0_labels.tif'" in err
     assert "channel axis is ambiguous" in err and "(options --channel-axis, --channels)" in err
+
+
+@pytest.fixture
+def evaluations(monkeypatch):
+    """The models ``model_metrics`` is called with (the evaluation itself still runs)."""
+    from napari_samtune.core import demo
+
+    calls, real = [], demo.model_metrics
+    monkeypatch.setattr(
+        demo,
+        "model_metrics",
+        lambda *args, **kwargs: calls.append(args[1]) or real(*args, **kwargs),
+    )
+    return calls
+
+
+@pytest.mark.parametrize("bad", ["missing", "folder", "not_weights"])
+def test_every_model_is_checked_before_any_is_evaluated(
+    tmp_path, annotated_folder, capsys, evaluations, bad
+):
+    images, labels = annotated_folder
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "not_weights").write_text("epoch 3, loss 0.2\n")
+    model = {"missing": "no-such-model", "folder": str(tmp_path / "folder")}.get(
+        bad, str(tmp_path / "not_weights")
+    )
+    first = str(_save_tiny(tmp_path / "first.pth", 0))
+    code = cli.main([
+        "evaluate", "--images", str(images), "--labels", str(labels), "--model", first,
+        "--model", model, "--out", str(tmp_path / "eval"), "--clicks", "0",
+        "--points-per-side", "4",
+    ])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"--model {model}: " in err and "nothing was evaluated" in err
+    assert evaluations == []
+    assert not (tmp_path / "eval").exists()
+
+
+def test_labels_without_objects_are_refused_up_front_naming_the_files(
+    tmp_path, annotated_folder, capsys, evaluations
+):
+    images, labels = annotated_folder
+    for i in range(2):
+        tifffile.imwrite(labels / f"img{i}_labels.tif", np.zeros((96, 96), np.uint16))
+    model = str(_save_tiny(tmp_path / "tiny.pth", 0))
+    code = cli.main([
+        "evaluate", "--images", str(images), "--labels", str(labels), "--model", model,
+        "--out", str(tmp_path / "eval"),
+    ])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "evaluation data: none of the 2 pair(s) has any object" in err
+    assert "img0.tif / img0_labels.tif, img1.tif / img1_labels.tif" in err
+    assert "check that --labels names the right files" in err
+    assert evaluations == []
+
+
+def test_pairs_without_objects_are_left_out_and_named(
+    tmp_path, annotated_folder, capsys, evaluations
+):
+    """As in training: an empty field of view, or an image whose labels are not done yet."""
+    images, labels = annotated_folder
+    tifffile.imwrite(labels / "img1_labels.tif", np.zeros((96, 96), np.uint16))
+    model = str(_save_tiny(tmp_path / "tiny.pth", 0))
+    code = cli.main([
+        "evaluate", "--images", str(images), "--labels", str(labels), "--model", model,
+        "--out", str(tmp_path / "eval"), "--clicks", "0", "--points-per-side", "4",
+    ])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert (
+        "evaluation data: left out 1 pair(s) without any object (labels all 0): "
+        "img1.tif / img1_labels.tif"
+    ) in out
+    assert "evaluating tiny on 1 images" in out
+    assert len(evaluations) == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--max-objects", "0"], "--max-objects 0; use 1 or more, or leave it out"),
+        (["--points-per-side", "0"], "--points-per-side 0; use a positive integer"),
+        (["--stability-thresh", "2"], "--stability-thresh 2.0; use a value in [0, 1]"),
+        (["--device", "tpu"], "--device tpu is not a device"),
+    ],
+)
+def test_option_errors_name_the_options_before_any_evaluation(
+    tmp_path, annotated_folder, capsys, evaluations, extra, message
+):
+    images, labels = annotated_folder
+    model = str(_save_tiny(tmp_path / "tiny.pth", 0))
+    argv = ["evaluate", "--images", str(images), "--labels", str(labels), "--model", model]
+    assert cli.main([*argv, "--out", str(tmp_path / "eval"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "max_objects_per_image" not in err and "None" not in err and "device=" not in err
+    assert evaluations == []

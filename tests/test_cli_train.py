@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,104 @@ def test_train_export_and_resume_from_the_command_line(tmp_path, folders, capsys
     )
 
 
+def test_an_aborted_run_says_what_is_saved_and_resumes_from_its_folder(
+    tmp_path, folders, capsys, monkeypatch
+):
+    """Ctrl+C twice (an abort) after the first epoch: the checkpoints stay, the message
+    names them and the command that continues the run, and that command (``--resume``
+    with the run's folder, as the napari panel's Continue… takes it) finishes the run."""
+    import signal
+
+    from napari_samtune.core import train
+
+    real = train.iter_train
+
+    def ctrl_c_twice_after_the_first_epoch(*args, **kwargs):
+        for event in real(*args, **kwargs):
+            yield event
+            if isinstance(event, train.EpochDone):
+                signal.raise_signal(signal.SIGINT)  # stop after this step ...
+                signal.raise_signal(signal.SIGINT)  # ... no: abort
+
+    monkeypatch.setattr(train, "iter_train", ctrl_c_twice_after_the_first_epoch)
+    images, labels = folders
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
+    argv += ["--labels", labels, "--epochs", "3", "--early-stopping", "0", *FAST]
+    assert cli.main([*argv, "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    last, best = out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt"
+    assert last.is_file() and best.is_file() and not (out / "model.pth").exists()
+    assert err.startswith("samtune train: interrupted; the run did not finish")
+    assert f"its checkpoints are on disk: {last}, {best}" in err
+    assert f"samtune train --resume {out} --out {out} --images ... --labels ..." in err
+    assert f"samtune export {best} -o model.pth" in err
+
+    monkeypatch.setattr(train, "iter_train", real)
+    resume = ["train", "--resume", str(out), "--out", str(out), "--images", images]
+    assert cli.main([*resume, "--labels", labels, "--no-progress"]) == 0
+    assert f"settings of {last}" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs_done"] == 3
+    assert (out / "model.pth").is_file()
+
+
+def test_resume_from_a_folder_without_a_checkpoint_names_the_expected_file(
+    tmp_path, folders, capsys
+):
+    images, labels = folders
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv = ["train", "--resume", str(empty), "--images", images, "--labels", labels]
+    assert cli.main([*argv, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    expected = empty / "checkpoints" / "last.pt"
+    assert f"--resume {empty} is a folder without a training checkpoint: {expected}" in err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--n-objects", "0"], "--n-objects 0; use a whole number >= 1"),
+        (["--early-stopping", "-1"], "--early-stopping -1; use >= 1 or 0 (never stop)"),
+        (["--patch-size", "3"], "--patch-size 3; use at least 32 pixels, or no --patch-size"),
+        (["--device", "tpu"], "--device tpu is not a device"),
+        (
+            ["--freeze", "image_encoder", "--lora-rank", "4"],
+            "which --freeze also lists; remove 'image_encoder' from --freeze or set --lora-rank 0",
+        ),
+        (["--name", "nano"], "--name nano is already a built-in or registered model"),
+    ],
+)
+def test_setting_errors_name_the_options_typed(tmp_path, folders, capsys, extra, message):
+    """Not the core's Python names (``n_objects_per_batch=0``, ``or None``)."""
+    images, labels = folders
+    argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
+    argv += ["--labels", labels, "--epochs", "1", *FAST, "--out", str(tmp_path / "x"), *extra]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert not re.search(r"\w=", err) and "None" not in err  # no name=value, no None
+    assert not (tmp_path / "x" / "checkpoints").exists()
+
+
+def test_a_held_out_part_without_objects_names_the_option(tmp_path, folders, capsys):
+    images, labels = folders
+    one = tmp_path / "one"
+    one.mkdir()
+    tifffile.imwrite(one / "s0.tif", tifffile.imread(f"{images}/s0.tif"))
+    cells = tifffile.imread(f"{labels}/s0_mask.tif")
+    cells[:, 48:] = 0  # none in the columns held out for validation
+    tifffile.imwrite(one / "s0_mask.tif", cells)
+    argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", str(one)]
+    argv += ["--labels", str(one), "--epochs", "1", *FAST, "--out", str(tmp_path / "x")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "that part has no objects; pass validation data" in err
+    assert "or set --val-fraction 0" in err and "val_fraction" not in err
+
+
 def test_an_empty_field_of_view_is_left_out_and_named(tmp_path, folders, capsys):
     """``segment --auto`` writes all-0 labels where it finds no cell; training goes on."""
     images, labels = folders
@@ -162,7 +261,7 @@ def test_multichannel_files_train_on_the_channels_chosen(tmp_path, folders, caps
         (["--preset", "cpu-8gb", "--model", "random:vit_h"], "cannot fit model 'vit_h'"),
         (["--preset", "cpu-8gb", "--model", "random:vit_t", "--n-objects", "9"], "far above"),
         (["--preset", "gpu-9000", "--model", "random:tiny"], "unknown preset 'gpu-9000'"),
-        (["--model", "random:tiny", "--preset", "cpu-16gb", "--epochs", "0"], "epochs=0"),
+        (["--model", "random:tiny", "--preset", "cpu-16gb", "--epochs", "0"], "--epochs 0; use"),
         (["--preset", "cpu-16gb"], "--model is required"),
     ],
 )

@@ -9,9 +9,13 @@ the parser is built, and none of them imports Qt.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import re
+import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from napari_samtune import __version__
@@ -137,6 +141,60 @@ def read_annotated(
     return pairs
 
 
+def in_option_terms(
+    message: str, options: Mapping[str, str], none_means: Mapping[str, str] | None = None
+) -> str:
+    """``message`` of the core with its Python parameter names as the command's options.
+
+    ``options`` maps names to options (``{"n_objects_per_batch": "--n-objects"}``):
+    ``name=value`` becomes ``--option value`` (``n_objects_per_batch=0`` -> ``--n-objects 0``,
+    a tuple repeats the option, an empty one is ``none``), and a bare name with an
+    underscore, or ``freeze``, becomes the option. ``none_means`` says, per name, what to
+    type instead of ``None`` (which cannot be typed) in a message about that name. Names
+    inside quotes, paths or longer words (file names) are left alone.
+    """
+    for name, option in options.items():
+        before, key = message, re.escape(name)
+        message = re.sub(
+            rf"(?<![\w/\\.-]){key}=('[^']*'|\"[^\"]*\"|\([^()]*\)|\[[^\[\]]*\]|[^\s;,]+)",
+            lambda found, option=option: _typed(option, found.group(1)),
+            message,
+        )
+        if "_" in name or name == "freeze":
+            message = re.sub(rf"(?<![\w'\"/\\.-]){key}(?![\w'\"/\\-]|\.\w)", option, message)
+        if message != before and none_means and name in none_means:
+            message = re.sub(r"\bNone\b", none_means[name], message)
+    return message
+
+
+def _typed(option: str, value: str) -> str:
+    """``option value`` as typed on a command line, from ``value`` as Python shows it."""
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return f"{option} {value}"
+    if isinstance(parsed, (tuple, list)):
+        return " ".join(f"{option} {shlex.quote(str(v))}" for v in parsed) or f"{option} none"
+    if isinstance(parsed, str):
+        return f"{option} {shlex.quote(parsed)}"
+    return f"{option} {value}"
+
+
+@contextmanager
+def option_wording(
+    options: Mapping[str, str], none_means: Mapping[str, str] | None = None
+) -> Iterator[None]:
+    """Re-raise a ``ValueError``/``TypeError`` of the block in the words of the command
+    line (see :func:`in_option_terms`)."""
+    try:
+        yield
+    except (ValueError, TypeError) as err:
+        worded = in_option_terms(str(err), options, none_means)
+        if worded == str(err):
+            raise
+        raise (ValueError if isinstance(err, ValueError) else TypeError)(worded) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="samtune",
@@ -151,17 +209,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``samtune`` console script; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:  # building the parser imports the subcommands, and torch with them: seconds
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        return _interrupted(_command_in(sys.argv[1:] if argv is None else argv))
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, OSError) as err:
         # User errors carry messages that name the problem and the fix: no traceback.
         print(f"samtune {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"samtune {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        return _interrupted(args.command, str(err))
+
+
+def _command_in(argv: list[str]) -> str | None:
+    """The subcommand named on a command line not parsed yet (None if there is none)."""
+    return next((word for word in argv if word in SUBCOMMAND_MODULES), None)
+
+
+def _interrupted(command: str | None, note: str = "") -> int:
+    """Ctrl+C: one line (with ``note``, e.g. what was saved) and the shell's code 130."""
+    prefix = f"samtune {command}" if command else "samtune"
+    print(f"{prefix}: interrupted" + (f"; {note}" if note else ""), file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

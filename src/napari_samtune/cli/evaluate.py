@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from napari_samtune.cli import (
     SKIP_UNPAIRED_HELP,
     add_channel_options,
+    option_wording,
     output_folder,
     read_annotated,
 )
@@ -34,6 +35,18 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("recall", "R"),
     ("f1", "F1"),
 )
+
+# The core's parameter names as the options that set them, for its error messages.
+OPTION_NAMES: dict[str, str] = {
+    "device": "--device",
+    "max_objects_per_image": "--max-objects",
+    "n_corrective_clicks": "--clicks",
+    "points_per_side": "--points-per-side",
+    "pred_iou_thresh": "--pred-iou-thresh",
+    "stability_score_thresh": "--stability-thresh",
+    "channel_axis": "--channel-axis",
+}
+NONE_MEANS: dict[str, str] = {"max_objects_per_image": "no --max-objects (every object)"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -101,34 +114,98 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 
 
 def _normalised(pairs: list) -> tuple[list, list]:
-    """The SAM-ready (H, W, 3) uint8 images and the labels of the pairs, checked; each
-    pair's own pixels are let go (taken out of ``pairs``) once normalised."""
-    from napari_samtune.core.data import normalise_pair
+    """The SAM-ready (H, W, 3) uint8 images and the labels of the pairs with objects,
+    checked; each pair's own pixels are let go (taken out of ``pairs``) once normalised.
 
-    images, labels = [], []
+    Pairs without any object (an empty field of view, or an image not annotated yet)
+    are left out and named, as in training; ``ValueError`` naming them if none is left.
+    """
+    from napari_samtune.core.data import normalise_pair
+    from napari_samtune.core.label_files import describe_names
+
+    images, labels, left_out = [], [], []
     for index, pair in enumerate(pairs):
         pairs[index] = None
         image, label = normalise_pair(pair)
+        if not label.any():
+            left_out.append(pair.name)
+            continue
         images.append(image)
         labels.append(label)
+    if not images:
+        raise ValueError(
+            f"evaluation data: none of the {len(left_out)} pair(s) has any object (their "
+            f"labels are all 0): {describe_names(left_out)}; prompted evaluation needs "
+            "annotated objects: annotate them, or check that --labels names the right files"
+        )
+    if left_out:
+        print(
+            f"evaluation data: left out {len(left_out)} pair(s) without any object (labels "
+            f"all 0): {describe_names(left_out)}"
+        )
     return images, labels
 
 
+def check_models(models: list[str]) -> None:
+    """Refuse, before any model is evaluated, a ``--model`` that is neither a model name
+    nor a file; download (and check) the built-in weights not downloaded yet.
+
+    Every file but the first is also read, as its loading would fail only after the
+    models before it were evaluated; the first is loaded right away anyway.
+    """
+    from napari_samtune.core.download import ensure_model_file
+    from napari_samtune.core.model_source import architecture_of
+    from napari_samtune.core.registry import get_model_spec
+
+    for index, model in enumerate(models):
+        try:
+            try:
+                spec = get_model_spec(model)
+            except ValueError:
+                path = Path(model).expanduser()
+                if path.is_dir():
+                    raise ValueError("a folder; give the weights file inside it") from None
+                if not path.is_file():
+                    raise
+                if index:
+                    architecture_of(model)
+            else:
+                ensure_model_file(spec)
+        except (ValueError, OSError) as err:
+            raise type(err)(f"--model {model}: {err}; nothing was evaluated") from None
+
+
 def run(args: argparse.Namespace) -> int:
+    with option_wording(OPTION_NAMES, NONE_MEANS):
+        return _run(args)
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    if args.clicks < 0:
+        raise ValueError(f"--clicks {args.clicks!r}; use 0 or more corrective clicks")
+    if args.max_objects is not None and args.max_objects < 1:
+        raise ValueError(
+            f"--max-objects {args.max_objects!r}; use 1 or more, or leave it out to evaluate "
+            "every object"
+        )
+    auto_config_for(1024, args)  # the automatic settings' own checks
+
+
+def _run(args: argparse.Namespace) -> int:
     from napari_samtune.core.demo import model_metrics
     from napari_samtune.core.devices import resolve_device
     from napari_samtune.core.evaluate import compare_models
     from napari_samtune.core.models import load_model
     from napari_samtune.core.progress import progress_bar
 
-    if args.clicks < 0:
-        raise ValueError(f"--clicks {args.clicks!r}; use 0 or more corrective clicks")
+    _check_options(args)
+    device = str(resolve_device(args.device))
     channels = (args.channel_axis, args.channels)
     pairs = read_annotated(
         args.images, args.labels, "evaluation", args.skip_unpaired, True, channels
     )
     images, labels = _normalised(pairs)  # all checked before any model is loaded
-    device = str(resolve_device(args.device))
+    check_models(args.model)
     results = {}
     for name, model in zip(_unique_names(args.model), args.model, strict=True):
         loaded = load_model(model, device=device)

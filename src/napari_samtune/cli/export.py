@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
-from napari_samtune.cli import output_file
+from napari_samtune.cli import option_wording, output_file
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -26,15 +28,36 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_samtune.core.train_checkpoints import export_model
+    check_not_the_checkpoint(Path(args.checkpoint), Path(args.output))
+    with option_wording({"model_name": "--register"}):
+        return _export(args)
 
+
+def check_not_the_checkpoint(checkpoint: Path, output: Path) -> None:
+    """``ValueError`` if ``output`` is ``checkpoint`` itself: the plain model would replace
+    the training checkpoint (a last.pt could no longer be resumed)."""
+    same = output.resolve() == checkpoint.resolve()
+    if not same and output.exists() and checkpoint.exists():
+        same = os.path.samefile(output, checkpoint)  # a link, or a case-insensitive disk
+    if same:
+        suggestion = checkpoint.with_name(f"{checkpoint.stem}-model.pth")
+        raise ValueError(
+            f"-o {output} is the checkpoint being exported ({checkpoint}); the plain model "
+            "would replace it, and the run could no longer be resumed from it. Give another "
+            f"file name, e.g. -o {suggestion}"
+        )
+
+
+def _export(args: argparse.Namespace) -> int:
+    from napari_samtune.core.train_checkpoints import export_model
+    from napari_samtune.core.train_export import check_model_name
+
+    name = check_model_name(args.register)  # before writing the model file
     exported, arch = export_model(args.checkpoint, args.output)
     print(f"exported {arch.name} model: {exported}")
-    if args.register:
+    if name:
         from napari_samtune.core.registry import register_user_model
-        from napari_samtune.core.train_export import check_model_name
 
-        name = check_model_name(args.register)
         path = register_user_model(exported, name, arch, {"exported_from": str(args.checkpoint)})
         print(f"registered as {name!r}: {path}")
     return 0

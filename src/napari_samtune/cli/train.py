@@ -3,7 +3,8 @@
 Runs under ``torchrun --nproc-per-node N --no-python samtune train ...`` for
 multi-GPU (or multi-process CPU) training; then only rank 0 prints and writes.
 Ctrl+C stops cooperatively: the current step finishes, a checkpoint is written
-and the model exported; a second Ctrl+C aborts.
+and the model exported; a second Ctrl+C aborts, saying which checkpoints are on disk
+and how to continue from them.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import threading
 from dataclasses import asdict, replace
@@ -19,6 +21,7 @@ from pathlib import Path
 from napari_samtune.cli import (
     SKIP_UNPAIRED_HELP,
     add_channel_options,
+    option_wording,
     output_folder,
     read_annotated,
 )
@@ -52,6 +55,24 @@ OVERRIDES: tuple[tuple[str, str, type, str], ...] = (
     ("scheduler_factor", "--scheduler-factor", float, "LR multiplier per reduction"),
 )
 
+# The core's parameter names as the options that set them, for its error messages.
+OPTION_NAMES: dict[str, str] = {
+    **{field: option for field, option, *_ in OVERRIDES},
+    "freeze": "--freeze",
+    "mask_loss": "--loss",
+    "mixed_precision": "--mixed-precision",
+    "model": "--model",
+    "model_name": "--name",
+    "out_dir": "--out",
+    "resume_from": "--resume",
+    "channel_axis": "--channel-axis",
+}
+# What to type where the core's message offers None, which a command line cannot give.
+NONE_MEANS: dict[str, str] = {
+    "early_stopping": "0 (never stop)",
+    "patch_size": "no --patch-size (the model's input size)",
+}
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -78,8 +99,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--name", help="register the model under this name (default: --out's)")
     parser.add_argument(
         "--resume",
-        metavar="CHECKPOINT",
-        help="continue a run from its last.pt, with its settings (overrides still apply)",
+        metavar="RUN",
+        help="continue a run: its folder (as --out made it) or its checkpoints/last.pt; "
+        "with its settings (overrides still apply)",
     )
     _add_overrides(parser)
     parser.add_argument("--skip-unpaired", action="store_true", help=SKIP_UNPAIRED_HELP)
@@ -152,6 +174,7 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     if args.resume:
         if args.model:
             raise ValueError("--resume continues with the checkpoint's model; leave out --model")
+        args.resume = str(resume_checkpoint(args.resume))
         checkpoint = read_checkpoint(args.resume)
         overrides = overrides_from(args)
         config = replace(TrainConfig.from_dict(checkpoint["config"]), **overrides)
@@ -177,6 +200,24 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     return config, f"preset {preset.name} ({preset.key}): {reason}"
 
 
+def resume_checkpoint(resume: str) -> Path:
+    """The checkpoint ``--resume`` names: a run folder's ``checkpoints/last.pt`` (what the
+    napari panel's Continue… takes), or the file given."""
+    from napari_samtune.core.train_export import RunFiles
+
+    path = Path(resume)
+    if not path.is_dir():
+        return path
+    last = RunFiles(path).last
+    if not last.is_file():
+        raise ValueError(
+            f"--resume {resume} is a folder without a training checkpoint: {last} does not "
+            "exist; give the --out folder of a run that trained at least one step, or its "
+            "checkpoints/last.pt"
+        )
+    return last
+
+
 def _check_saved_device(device: str, checkpoint: str) -> None:
     """A run resumed on another machine may lack the device it was trained on."""
     from napari_samtune.core.devices import resolve_device
@@ -191,6 +232,14 @@ def _check_saved_device(device: str, checkpoint: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    with option_wording(OPTION_NAMES, NONE_MEANS):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from napari_samtune.core.train_export import check_model_name
+
+    check_model_name(args.name)  # as training would, but before the data is read
     config, origin = make_config(args)
     if bool(args.val_images) != bool(args.val_labels):
         raise ValueError("give both --val-images and --val-labels, or neither")
@@ -206,11 +255,32 @@ def run(args: argparse.Namespace) -> int:
     previous = _stop_on_ctrl_c(stop)
     try:
         finished = _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose)
+    except KeyboardInterrupt:  # the second Ctrl+C: say what is saved and how to go on
+        raise KeyboardInterrupt(aborted_note(Path(args.out)) if verbose else "") from None
     finally:
         signal.signal(signal.SIGINT, previous)
     if verbose:
         _print_summary(finished)
     return 0
+
+
+def aborted_note(out: Path) -> str:
+    """What an aborted run left in ``out`` and how to continue it; "" with no checkpoint."""
+    from napari_samtune.core.train_export import RunFiles
+
+    files = RunFiles(out)
+    if not files.last.is_file():
+        return ""
+    saved = ", ".join(str(p) for p in (files.last, files.best) if p.is_file())
+    folder = shlex.quote(str(out))
+    note = (
+        f"the run did not finish; its checkpoints are on disk: {saved}; continue it with: "
+        f"samtune train --resume {folder} --out {folder} --images ... --labels ..."
+    )
+    if files.best.is_file():
+        best = shlex.quote(str(files.best))
+        note += f", or export its best model so far: samtune export {best} -o model.pth"
+    return note
 
 
 def _stop_on_ctrl_c(stop: threading.Event):

@@ -186,18 +186,18 @@ def as_pairs(
 def _check_labels(labels: np.ndarray, name: str) -> None:
     if labels.dtype == bool:
         raise TypeError(
-            f"labels of {name!r} are boolean (a foreground mask); training needs instance labels "
+            f"labels of {name!r} are boolean (a foreground mask); instance labels are needed, "
             "with one id per object: label connected components, e.g. scipy.ndimage.label"
         )
     if not np.issubdtype(labels.dtype, np.integer):
         raise TypeError(
-            f"labels of {name!r} have dtype {labels.dtype.name}; training needs integer instance "
-            f"labels (0 = background, one id per object): {_non_integer_fix(labels)}"
+            f"labels of {name!r} have dtype {labels.dtype.name}; integer instance labels are "
+            f"needed (0 = background, one id per object): {_non_integer_fix(labels)}"
         )
     if labels.ndim == 3 and labels.shape[-1] in (3, 4):
         raise ValueError(
-            f"labels of {name!r} have shape {labels.shape!r}, an RGB image; training needs a 2D "
-            "instance label image (one integer id per object), not a coloured rendering"
+            f"labels of {name!r} have shape {labels.shape!r}, an RGB image; a 2D instance label "
+            "image is needed (one integer id per object), not a coloured rendering"
         )
     if labels.ndim != 2:
         raise ValueError(

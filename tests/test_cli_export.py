@@ -1,0 +1,59 @@
+"""``samtune export``: refusals that keep the training checkpoint and the registry intact."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import napari_samtune.cli as cli
+from napari_samtune.core.architectures import TINY, build_sam
+from napari_samtune.core.presets import TrainConfig
+from napari_samtune.core.train_checkpoints import read_checkpoint, write_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def _subcommands(monkeypatch):
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ("export",))
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    folder = tmp_path / "run" / "checkpoints"
+    return write_checkpoint(folder / "last.pt", build_sam(TINY), TINY, TrainConfig())
+
+
+@pytest.mark.parametrize("spelling", ["same", "dotdot", "link"])
+def test_exporting_onto_the_checkpoint_itself_is_refused(checkpoint, capsys, spelling):
+    """The plain model would replace the resumable checkpoint: refused before writing."""
+    before = checkpoint.read_bytes()
+    output = {
+        "same": checkpoint,
+        "dotdot": checkpoint.parent / ".." / "checkpoints" / checkpoint.name,
+        "link": checkpoint.parent.parent / "link.pt",
+    }[spelling]
+    if spelling == "link":
+        os.symlink(checkpoint, output)
+    assert cli.main(["export", str(checkpoint), "-o", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert f"-o {output} is the checkpoint being exported ({checkpoint})" in err
+    assert "could no longer be resumed" in err
+    assert f"e.g. -o {checkpoint.parent / 'last-model.pth'}" in err
+    assert checkpoint.read_bytes() == before
+
+
+def test_the_suggested_name_exports(checkpoint, capsys):
+    suggested = checkpoint.parent / "last-model.pth"
+    assert cli.main(["export", str(checkpoint), "-o", str(suggested)]) == 0
+    build_sam(TINY).load_state_dict(torch.load(suggested, weights_only=True), strict=True)
+    assert read_checkpoint(checkpoint)["format"]  # the checkpoint is untouched
+
+
+def test_a_taken_register_name_is_refused_before_writing(tmp_path, checkpoint, capsys):
+    output = tmp_path / "model.pth"
+    assert cli.main(["export", str(checkpoint), "-o", str(output), "--register", "nano"]) == 2
+    err = capsys.readouterr().err
+    assert "--register nano is already a built-in or registered model" in err
+    assert "model_name" not in err
+    assert not output.exists()

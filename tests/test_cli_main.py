@@ -1,0 +1,120 @@
+"""``samtune``'s entry point: Ctrl+C at any time, and the core's errors in the words of
+the command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import napari_samtune.cli as cli
+from napari_samtune.cli import in_option_terms
+
+# Ctrl+C while torch is being imported (what building the parser does), sent for real:
+# the moment the import of torch begins.
+INTERRUPTED_WHILE_LOADING = textwrap.dedent(
+    """
+    import os, signal, sys
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    class CtrlC:
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch":
+                os.kill(os.getpid(), signal.SIGINT)
+            return None
+
+    sys.meta_path.insert(0, CtrlC())
+    from napari_samtune.cli import main
+
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["train", "--images", "a", "--labels", "b", "--out", "c"], "samtune train: interrupted"),
+        (["--version"], "samtune: interrupted"),
+    ],
+)
+def test_ctrl_c_while_the_command_loads_exits_130_without_a_traceback(argv, line):
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_WHILE_LOADING, *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip() == line
+    assert done.returncode == 130
+
+
+def test_ctrl_c_in_a_command_prints_its_note(monkeypatch, capsys):
+    from napari_samtune.cli import export
+
+    def interrupted(args):
+        raise KeyboardInterrupt("checkpoints are in run/")
+
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ("export",))
+    monkeypatch.setattr(export, "run", interrupted)
+    assert cli.main(["export", "last.pt", "-o", "m.pth"]) == 130
+    assert capsys.readouterr().err == "samtune export: interrupted; checkpoints are in run/\n"
+
+
+OPTIONS = {
+    "n_objects_per_batch": "--n-objects",
+    "batch_size": "--batch-size",
+    "freeze": "--freeze",
+    "device": "--device",
+    "early_stopping": "--early-stopping",
+    "val_fraction": "--val-fraction",
+}
+
+
+@pytest.mark.parametrize(
+    ("message", "worded"),
+    [
+        (
+            "n_objects_per_batch=0; use a whole number >= 1",
+            "--n-objects 0; use a whole number >= 1",
+        ),
+        (
+            "device='cuda:7' but CUDA is not available; use device='cpu' or 'auto'",
+            "--device cuda:7 but CUDA is not available; use --device cpu or 'auto'",
+        ),
+        ("early_stopping=-1; use >= 1 or None", "--early-stopping -1; use >= 1 or 0 (never stop)"),
+        (
+            "n_objects_per_batch=9 x batch_size=2 = 18 is far above; lower n_objects_per_batch",
+            "--n-objects 9 x --batch-size 2 = 18 is far above; lower --n-objects",
+        ),
+        (
+            "freeze=('image_encoder', 'mask_decoder') leaves nothing; remove it from freeze",
+            "--freeze image_encoder --freeze mask_decoder leaves nothing; remove it from --freeze",
+        ),
+        ("but freeze=(); add 'image_encoder'", "but --freeze none; add 'image_encoder'"),
+        (
+            "that part has no objects; or set val_fraction=0",
+            "that part has no objects; or set --val-fraction 0",
+        ),
+        # file names and paths that contain a parameter's name are left alone
+        ("labels of 'batch_size.tif' are empty", "labels of 'batch_size.tif' are empty"),
+        ("runs/val_fraction/last.pt is damaged", "runs/val_fraction/last.pt is damaged"),
+        ("see batch_size.txt and my_device=1", "see batch_size.txt and my_device=1"),
+        ("a device is missing", "a device is missing"),
+    ],
+)
+def test_core_messages_name_the_options(message, worded):
+    none_means = {"early_stopping": "0 (never stop)"}
+    assert in_option_terms(message, OPTIONS, none_means) == worded
+
+
+def test_none_is_only_replaced_in_a_message_about_its_option():
+    none_means = {"early_stopping": "0 (never stop)"}
+    message = "val_fraction=2; use None"
+    assert in_option_terms(message, OPTIONS, none_means) == "--val-fraction 2; use None"
