@@ -142,6 +142,8 @@ def test_presets_that_cannot_fit_are_refused_before_training():
         ("n_objects_per_batch", 0, "n_objects_per_batch=0"),
         ("freeze", ("decoder",), "freeze=\\('decoder',\\)"),
         ("freeze", ("image_encoder", "prompt_encoder", "mask_decoder"), "nothing to train"),
+        ("freeze", 5, "freeze=5; give a list of distinct parts"),  # e.g. a damaged config.json
+        ("freeze", "image_encoder", "freeze='image_encoder'; give a list"),  # not its letters
         ("mixed_precision", "fp8", "mixed_precision='fp8'"),
         ("val_fraction", 1.0, "val_fraction=1.0"),
         ("patch_size", 8, "patch_size=8"),

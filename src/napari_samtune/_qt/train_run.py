@@ -20,7 +20,7 @@ from pathlib import Path
 
 from napari_samtune._qt.train_folders import FolderSource, load_folder_pairs
 from napari_samtune.core.data import ImageLabelPair
-from napari_samtune.core.presets import MODEL_PARTS, TrainConfig
+from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train import TrainEvent, iter_train
 from napari_samtune.core.train_export import RunFiles
 
@@ -105,12 +105,6 @@ def _read_config(path: Path) -> TrainConfig:
     """A run's config.json; ``ValueError`` naming the file and the field when it is damaged."""
     data = _read_json(path)
     try:
-        freeze = data.get("freeze", [])
-        if not isinstance(freeze, list) or not all(isinstance(p, str) for p in freeze):
-            raise ValueError(
-                f"freeze={freeze!r}; it must be a list of distinct parts from "
-                f'{list(MODEL_PARTS)!r}, e.g. ["image_encoder"], or [] to train all parts'
-            )
         return TrainConfig.from_dict(data)
     except (ValueError, TypeError) as err:
         raise ValueError(

@@ -240,6 +240,13 @@ class TrainConfig:
     preset: str | None = None  # key of the preset this config came from (recorded only)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.freeze, (list, tuple)) or not all(
+            isinstance(part, str) for part in self.freeze
+        ):
+            raise ValueError(
+                f"freeze={self.freeze!r}; give a list of distinct parts from "
+                f'{list(MODEL_PARTS)!r}, e.g. ["image_encoder"], or [] to train all parts'
+            )
         object.__setattr__(self, "freeze", tuple(self.freeze))  # lists arrive from JSON
         _check_positive(self, ("epochs", "n_objects_per_batch", "batch_size"))
         _check_positive(self, ("min_samples_per_epoch", "grad_accumulation", "min_object_area"))
