@@ -13,7 +13,12 @@ import numpy as np
 from napari_samtune._qt.image_planes import ImageAxes
 from napari_samtune._qt.label_edits import Plane, UndoEntry, UndoStack, write_objects
 from napari_samtune._qt.prompt_layers import PromptLayers
-from napari_samtune.core.annotation_files import load_annotations, save_annotations, save_name
+from napari_samtune.core.annotation_files import (
+    load_annotations,
+    load_record,
+    save_annotations,
+    save_name,
+)
 from napari_samtune.core.label_files import image_fingerprint
 
 
@@ -161,7 +166,7 @@ class AnnotationSession:
     def load_records(self, labels_path: str | Path) -> None:
         """Take the object records saved with ``labels_path``; the labels stay as they are
         (back on an image whose annotations layer was kept, the layer holds them)."""
-        self.records = list(load_annotations(labels_path)[1].get("objects", []))
+        self.records = list(load_record(labels_path).get("objects", []))
 
     def remove_helpers(self, including_empty_annotations: bool = False) -> None:
         """Remove the prompt and preview layers; annotations stay unless asked and empty."""

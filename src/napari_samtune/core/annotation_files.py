@@ -144,19 +144,25 @@ def load_annotations(labels_path: str | Path) -> tuple[np.ndarray, dict]:
             f"{labels_path.name!r} holds {labels.dtype} data; annotations must be "
             "non-negative integer instance labels"
         )
-    record: dict = {}
+    return labels.astype(np.uint32, copy=False), load_record(labels_path)
+
+
+def load_record(labels_path: str | Path) -> dict:
+    """The JSON record saved next to a labels TIFF, or ``{}`` when there is none; the labels
+    are not read. ``ValueError`` for a record that is damaged or of another format."""
     prompts_path = prompts_path_for(labels_path)
-    if prompts_path.is_file():
-        try:
-            record = json.loads(prompts_path.read_text(encoding="utf-8"))
-        except ValueError as err:
-            raise ValueError(
-                f"cannot read {prompts_path.name!r} ({err}); move it away to load the labels alone"
-            ) from None
-        found = record.get("format") if isinstance(record, dict) else type(record).__name__
-        if found != FORMAT:
-            raise ValueError(
-                f"{prompts_path.name!r} is not a napari-samtune annotation record "
-                f"(format {found!r}); move it away to load the labels alone"
-            )
-    return labels.astype(np.uint32, copy=False), record
+    if not prompts_path.is_file():
+        return {}
+    try:
+        record = json.loads(prompts_path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ValueError(
+            f"cannot read {prompts_path.name!r} ({err}); move it away to load the labels alone"
+        ) from None
+    found = record.get("format") if isinstance(record, dict) else type(record).__name__
+    if found != FORMAT:
+        raise ValueError(
+            f"{prompts_path.name!r} is not a napari-samtune annotation record "
+            f"(format {found!r}); move it away to load the labels alone"
+        )
+    return record
