@@ -79,11 +79,13 @@ def parse_hash(file_hash: str) -> tuple[str, str]:
     return algorithm, digest
 
 
-def validate_model_name(name: str) -> str:
-    """Return ``name`` if it is usable as a model name and a file name, else raise ValueError."""
+def validate_model_name(name: str, parameter: str | None = None) -> str:
+    """Return ``name`` if it is usable as a model name and a file name, else raise ValueError
+    (naming ``parameter``, e.g. ``"model_name"``, when given)."""
     if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
+        subject = f"{parameter}={name!r}" if parameter else f"model name {name!r}"
         raise ValueError(
-            f"model name {name!r} is not allowed: use 1-100 letters, digits, '_', '-' or '.', "
+            f"{subject} is not allowed: use 1-100 letters, digits, '_', '-' or '.', "
             "starting with a letter or digit (no spaces or path separators)"
         )
     return name

@@ -64,7 +64,7 @@ def check_model_name(name: str | None) -> str | None:
 
     if name is None:
         return None
-    validate_model_name(name)
+    validate_model_name(name, "model_name")
     if _name_taken(name):
         raise ValueError(
             f"model_name={name!r} is already a built-in or registered model; pick another name"
