@@ -73,3 +73,47 @@ def test_closing_the_panel_stops_the_widget_and_keeps_its_commits(
     viewer.add_image(nuclei_image[0], name="later")  # no longer followed
     viewer.layers["later"].name = "renamed"
     assert widget.ui.image_combo.count() == 1
+
+
+def test_a_damaged_cached_download_moved_aside_is_told_in_napari(
+    viewer_widget, tmp_path, tiny_checkpoint, monkeypatch, run_job, notifications
+):
+    """The download logs the move (napari shows no log records): the widget shows it."""
+    import functools
+    import hashlib
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from napari_samtune._qt.annotate_jobs import LOAD_TASK
+    from napari_samtune.core import registry
+
+    served = tmp_path / "served"
+    served.mkdir()
+    data = tiny_checkpoint.read_bytes()
+    (served / "tiny_pub.pt").write_bytes(data)
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/tiny_pub.pt"
+        file_hash = "sha256:" + hashlib.sha256(data).hexdigest()
+        spec = registry.ModelSpec("tiny_pub", "tiny", "tiny_pub.pt", url, file_hash, "", "test")
+        monkeypatch.setattr(registry, "BUILTIN_MODELS", (spec,))
+        cached = registry.models_cache_dir() / "tiny_pub.pt"
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_bytes(b"half a download")  # damaged: another hash
+        _, widget = viewer_widget
+        widget.refresh_models()
+        widget.select_model("tiny_pub")
+        run_job(widget, widget.load_model, LOAD_TASK)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert widget.model_name == "tiny_pub" and cached.read_bytes() == data
+    aside = cached.with_name("tiny_pub.pt.wrong-hash")
+    assert aside.read_bytes() == b"half a download"
+    warnings = [str(n.message) for n in notifications if n.severity == "warning"]
+    assert any(f"moved to {aside}" in m and "downloaded from" in m for m in warnings)

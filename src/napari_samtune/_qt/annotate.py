@@ -16,7 +16,7 @@ from __future__ import annotations
 import napari
 import numpy as np
 from napari.layers import Image
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QWidget
 
@@ -134,14 +134,25 @@ class AnnotateWidget(AnnotateEmbeddingMixin, AnnotateActionsMixin, QWidget):
             show_info("a model is already loading; wait for it to finish")
             return None
         self.ui.model_label.setText(f"loading {source}…")
+        notes: list[str] = []  # shown however the job ends: a file moved aside stays so
+
+        def loaded(model) -> None:
+            _show_notes(notes)
+            self.set_model(model.sam, model.name, model.model_id)
+
+        def failed(_exc) -> None:
+            _show_notes(notes)
+            self.ui.model_label.setText(self._model_text())
+
         return self.runner.start(
             LOAD_TASK,
             jobs.load_model_job,
             source,
             picker.device(),
             self.runner.report,
-            on_return=lambda loaded: self.set_model(loaded.sam, loaded.name, loaded.model_id),
-            on_error=lambda _exc: self.ui.model_label.setText(self._model_text()),
+            notes,
+            on_return=loaded,
+            on_error=failed,
         )
 
     def set_model(self, sam, name: str, model_id: str | None = None) -> None:
@@ -338,3 +349,8 @@ class AnnotateWidget(AnnotateEmbeddingMixin, AnnotateActionsMixin, QWidget):
         if message not in self._hinted:
             self._hinted.add(message)
             show_info(message)
+
+
+def _show_notes(notes: list[str]) -> None:
+    for note in notes:
+        show_warning(note)

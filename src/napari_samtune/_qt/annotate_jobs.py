@@ -15,7 +15,7 @@ import numpy as np
 
 from napari_samtune._qt.image_planes import ImageAxes
 from napari_samtune._qt.propagate import PropagationConfig, iter_propagate
-from napari_samtune._qt.workers import TaskProgress
+from napari_samtune._qt.workers import TaskProgress, logged_notes
 from napari_samtune.core.automatic import AutoSegmentConfig
 from napari_samtune.core.models import LoadedModel, load_model
 
@@ -109,11 +109,13 @@ def iter_propagate_object(
         yield PlaneResult(plane, mask.astype(np.uint32))
 
 
-def load_model_job(source, device: str, report: Reporter) -> LoadedModel:
-    """Download (if needed) and load a model, reporting download progress in MiB."""
+def load_model_job(source, device: str, report: Reporter, notes: list[str]) -> LoadedModel:
+    """Download (if needed) and load a model, reporting download progress in MiB; what the
+    download says besides (a damaged cached file moved aside) is appended to ``notes``."""
 
     def progress(done: int, total: int | None) -> None:
         mib, total_mib = done >> 20, (total or 0) >> 20
         report(TaskProgress(mib, total_mib, f"downloading {source}: {mib} MiB"))
 
-    return load_model(source, device=device, progress=progress)
+    with logged_notes("napari_samtune.core.download", notes):
+        return load_model(source, device=device, progress=progress)

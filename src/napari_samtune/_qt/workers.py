@@ -12,11 +12,13 @@ do about it, and the widget stays usable.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import socket
 import threading
 import urllib.error
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +38,29 @@ class TaskProgress:
 
 
 _OFFLINE_ERRORS = (urllib.error.URLError, socket.timeout, ConnectionError)
+
+
+class _NoteCollector(logging.Handler):
+    def __init__(self, notes: list[str]) -> None:
+        super().__init__(logging.INFO)
+        self.notes, self.thread = notes, threading.get_ident()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.notes.append(record.getMessage())
+
+
+@contextmanager
+def logged_notes(logger_name: str, notes: list[str]) -> Iterator[None]:
+    """Append to ``notes`` what the core logs (INFO and up) on ``logger_name`` from this
+    thread while the block runs, for the widget to show: napari shows no log records
+    (e.g. a cached model file with the wrong hash moved aside before downloading)."""
+    logger, handler = logging.getLogger(logger_name), _NoteCollector(notes)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 def user_message(exc: BaseException) -> str:
