@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import threading
 
 import numpy as np
@@ -227,6 +228,26 @@ def test_resuming_with_another_model_setup_is_refused(tmp_path, data):
     with pytest.raises(ValueError, match="out_dir '.*file' is a file; give a folder"):
         train(_config(), *data, out_dir=tmp_path / "file")
     assert (tmp_path / "file").read_text() == "not a folder"
+
+
+def test_a_run_never_writes_into_another_runs_folder(tmp_path, data):
+    """Resuming run a into run b's folder would mix their checkpoints, metrics and model."""
+    quick = _config(epochs=1, min_samples_per_epoch=1)
+    first = train(quick, *data, out_dir=tmp_path / "a")
+    train(dataclasses.replace(quick, seed=5), *data, out_dir=tmp_path / "b")
+    b_files = {p: p.read_bytes() for p in (tmp_path / "b").rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match="holds another training run .*mix the two runs"):
+        train(_config(epochs=2), *data, tmp_path / "b", resume_from=first.last_checkpoint_path)
+    assert {p: p.read_bytes() for p in b_files} == b_files  # nothing of b changed
+    shutil.rmtree(tmp_path / "b" / "checkpoints")  # its records and registered model remain
+    with pytest.raises(ValueError, match=r"already holds a training run \(metrics.jsonl, summ"):
+        train(quick, *data, out_dir=tmp_path / "b")
+    with pytest.raises(ValueError, match="holds another training run"):
+        train(_config(epochs=2), *data, tmp_path / "b", resume_from=first.last_checkpoint_path)
+    resumed = train(
+        _config(epochs=2), *data, tmp_path / "c", resume_from=first.last_checkpoint_path
+    )
+    assert resumed.epochs_done == 2  # into a new folder, as before
 
 
 def test_lora_export_has_the_original_keys_and_changes_only_qkv(tmp_path, data):
