@@ -81,3 +81,19 @@ def test_validation_tiles_cover_the_image(prepared):
         assert np.array_equal(patch.labels, prepared[0].labels[row : row + 96, col : col + 96])
         covered[row : row + 96, col : col + 96] = True
     assert covered[prepared[0].labels > 0].all()
+
+
+def test_an_image_with_only_small_objects_is_still_validated(prepared):
+    """As training trains on them: else the best epoch silently falls back to train loss."""
+    labels = np.zeros((160, 200), np.int32)
+    for index, (row, col) in enumerate([(20, 20), (100, 100), (140, 50)], start=1):
+        labels[row : row + 3, col : col + 3] = index
+    small = prepare_pairs([ImageLabelPair(prepared[0].rgb, labels, "small")])
+    patches = tile_patches([*prepared[:1], *small], 96, min_object_area=30)
+    from_small = [p for p in patches if p.key[0] == 1]
+    assert sorted(np.concatenate([p.object_ids for p in from_small])) == [1, 2, 3]
+    assert all(p.object_ids.size for p in from_small)
+    big_only = tile_patches(prepared[:1], 96, min_object_area=30)
+    assert [p.key for p in patches if p.key[0] == 0] == [p.key for p in big_only]
+    for patch in big_only:  # images with large objects keep the threshold
+        assert all(np.count_nonzero(patch.labels == i) >= 30 for i in patch.object_ids)

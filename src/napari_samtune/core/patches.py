@@ -130,22 +130,31 @@ def tile_patches(
     """Cover each image with patches of ``patch_size`` (the last ones flush with the edge).
 
     Used for validation: a fixed set, no augmentation, every object of at least
-    ``min_object_area`` pixels in each patch. Patches without such objects are left out.
+    ``min_object_area`` pixels in each patch. Patches without such objects are left out;
+    an image whose objects are all smaller is validated on them, as training trains on
+    them, rather than left out of validation unsaid.
     """
     patches = []
     for image_index, image in enumerate(images):
-        height, width = image.labels.shape
-        h, w = min(height, patch_size), min(width, patch_size)
-        for row in _tile_starts(height, h):
-            for col in _tile_starts(width, w):
-                labels = image.labels[row : row + h, col : col + w]
-                object_ids = _objects_in(labels, min_object_area)
-                if object_ids.size:
-                    rgb = image.rgb[row : row + h, col : col + w]
-                    patches.append(
-                        TrainingPatch((image_index, row, col, 0), rgb, labels, object_ids)
-                    )
+        tiles = _image_tiles(image, image_index, patch_size, min_object_area)
+        patches += tiles or _image_tiles(image, image_index, patch_size, 1)
     return patches
+
+
+def _image_tiles(
+    image: PreparedImage, image_index: int, patch_size: int, min_object_area: int
+) -> list[TrainingPatch]:
+    height, width = image.labels.shape
+    h, w = min(height, patch_size), min(width, patch_size)
+    tiles = []
+    for row in _tile_starts(height, h):
+        for col in _tile_starts(width, w):
+            labels = image.labels[row : row + h, col : col + w]
+            object_ids = _objects_in(labels, min_object_area)
+            if object_ids.size:
+                rgb = image.rgb[row : row + h, col : col + w]
+                tiles.append(TrainingPatch((image_index, row, col, 0), rgb, labels, object_ids))
+    return tiles
 
 
 def _tile_starts(length: int, tile: int) -> list[int]:
