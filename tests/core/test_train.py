@@ -175,7 +175,7 @@ def test_a_stop_before_the_first_step_saves_and_registers_nothing(tmp_path, data
     assert (nothing.registered_name, nothing.exported_model_path) == (None, None)
     assert nothing.last_checkpoint_path is None
     assert nothing.outcome_message() == "training stopped before any training step; no model saved"
-    assert not (tmp_path / "new" / "model.pth").exists()
+    assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())
     assert not list(user_models_dir().glob("*.json"))
 
     first = train(_config(epochs=1), *data, out_dir=tmp_path / "run")
@@ -183,9 +183,11 @@ def test_a_stop_before_the_first_step_saves_and_registers_nothing(tmp_path, data
         first.last_checkpoint_path,
         first.exported_model_path,
         tmp_path / "run/summary.json",
+        tmp_path / "run/config.json",
     ]
     before = [path.read_bytes() for path in run_files]
-    again = train(_config(), *data, tmp_path / "run", stop, resume_from=first.last_checkpoint_path)
+    more = _config(epochs=3)
+    again = train(more, *data, tmp_path / "run", stop, resume_from=first.last_checkpoint_path)
     assert again.steps_done == 0 and again.registered_name is None
     assert again.last_checkpoint_path == first.last_checkpoint_path  # still there to resume
     assert [path.read_bytes() for path in run_files] == before

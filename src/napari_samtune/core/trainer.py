@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +51,6 @@ from napari_samtune.core.train_events import (
 from napari_samtune.core.train_export import (
     append_metrics,
     check_model_name,
-    write_json,
 )
 from napari_samtune.core.train_setup import (
     autocast,
@@ -212,9 +211,6 @@ class Trainer(TrainerFilesMixin):
         )
 
     def _started(self) -> TrainingStarted:
-        if self.dist.is_main:
-            write_json(self.files.config, asdict(self.config))
-            self._carry_over_best()
         return TrainingStarted(
             config=self.config,
             n_train=len(self.train_images),

@@ -37,6 +37,10 @@ class TrainerFilesMixin:
         """Write last.pt (resumable) and, if ``is_best``, best.pt (weights); rank 0 only."""
         if not self.dist.is_main:
             return None
+        # with the first checkpoint, not at the start: a run stopped before its first step
+        # leaves nothing, and a resumed one stopped at once keeps its earlier config
+        write_json(self.files.config, asdict(self.config))
+        self._carry_over_best()
         common = self._checkpoint_fields()
         last = write_checkpoint(
             self.files.last,
