@@ -42,6 +42,8 @@ def test_annotations_of_a_namesake_are_never_saved_over(tmp_path):
     assert save_name(tmp_path, "Image_001", "aaaa", (20, 30)) == "Image_001"  # its own
     assert save_name(tmp_path, "Image_001", "bbbb", (20, 30)) == "Image_001-bbbb"
     assert save_name(tmp_path, "Image_002", "bbbb", (20, 30)) == "Image_002"  # free
+    # the same pixels read with other axes (a (3, H, W) image as channels, then a stack)
+    assert save_name(tmp_path, "Image_001", "aaaa", (2, 20, 30)) == "Image_001-aaaa"
     labels_path, _ = save_annotations(tmp_path, "Image_001", labels * 2, {}, "Image_001-bbbb")
     assert labels_path.name == "Image_001-bbbb.labels.tif"
     assert load_annotations(labels_path)[1]["image"] == "Image_001"

@@ -52,6 +52,7 @@ class AnnotateWidget(AnnotateEmbeddingMixin, AnnotateActionsMixin, QWidget):
         self._embedded: tuple[int, int | None] | None = None  # (generation, plane)
         self._autosave_again = False
         self._hinted: set[str] = set()
+        self._removing_own_layers = False  # removals the widget makes need no message
         self.ui.folder_edit.setText(str(default_annotation_folder()))
         self._shut_down = False
         self._connect_controls()
@@ -199,6 +200,8 @@ class AnnotateWidget(AnnotateEmbeddingMixin, AnnotateActionsMixin, QWidget):
     def _on_layer_removed(self, event) -> None:
         layer = event.value
         layer.events.name.disconnect(self._refresh_image_choices)
+        if self._removing_own_layers:
+            return
         if self.session is not None and (
             layer == self.session.image_layer or layer in self.session.layers.layers
         ):
@@ -261,7 +264,7 @@ class AnnotateWidget(AnnotateEmbeddingMixin, AnnotateActionsMixin, QWidget):
                 self._invalidate_embedding()
                 self._ensure_embedding()
                 return
-            session.remove_helpers(including_empty_annotations=True)  # new layout, new layers
+            self._retire_layers(session)  # new layout, new layers
         self._detach()
         self.session = AnnotationSession(self.viewer, layer, axes)
         for prompt_layer in (self.session.layers.points, self.session.layers.boxes):
@@ -274,6 +277,28 @@ class AnnotateWidget(AnnotateEmbeddingMixin, AnnotateActionsMixin, QWidget):
         self._invalidate_embedding()
         self._restore_autosave(labels=self.session.layers.annotations_created)
         self._ensure_embedding()
+
+    def _retire_layers(self, session: AnnotationSession) -> None:
+        """The image is read with other axes: its layers go (the annotations once saved;
+        with the new layout they save beside them), so that new ones of its shape come."""
+        self._removing_own_layers = True
+        try:
+            annotations = session.layers.annotations
+            if annotations.data.any() and annotations in self.viewer.layers:
+                self.flush_autosave()
+                try:
+                    session.save(self.annotation_folder())
+                except (OSError, ValueError) as err:  # keep them, out of the new layers' way
+                    annotations.name = f"{annotations.name} {annotations.data.shape}"
+                    show_error(
+                        f"saving failed: {user_message(err)}; the annotations stay as layer "
+                        f"{annotations.name!r}"
+                    )
+                else:
+                    self.viewer.layers.remove(annotations)
+            session.remove_helpers(including_empty_annotations=True)
+        finally:
+            self._removing_own_layers = False
 
     def _detach(self) -> None:
         if self.session is None:

@@ -61,12 +61,13 @@ def annotation_paths(folder: str | Path, image_name: str) -> tuple[Path, Path]:
 
 
 def saved_for_another_image(labels_path: Path, fingerprint: str, shape: tuple) -> bool:
-    """Whether an existing annotation file belongs to another image: its record names
-    another fingerprint, or (files without one, e.g. from ``samtune segment``) its labels
-    have another shape."""
+    """Whether an existing annotation file belongs to another image, or to this image read
+    with other axes (a (3, H, W) image as a stack, then as channels): its record names
+    another fingerprint, or its labels have another shape (files without a record, e.g.
+    from ``samtune segment``, are told apart by the shape alone)."""
     saved = saved_fingerprint(labels_path)
-    if saved is not None:
-        return saved != fingerprint
+    if saved is not None and saved != fingerprint:
+        return True
     try:
         with tifffile.TiffFile(labels_path) as tif:
             return tuple(tif.series[0].shape) != tuple(shape)
