@@ -59,3 +59,79 @@ def test_reading_the_axes_another_way_never_saves_over_the_annotations(
     assert not any("pick the image again" in str(n.message) for n in notifications)
     viewer.layers.clear()
     drain_jobs(widget)
+
+
+def _click(layer, world, dims_displayed) -> None:
+    """What napari does on a canvas click at ``world`` (world coordinates)."""
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+
+    for kind, callbacks in (
+        ("mouse_press", mouse_press_callbacks),
+        ("mouse_release", mouse_release_callbacks),
+    ):
+        event = read_only_mouse_event(type=kind, position=world, dims_displayed=dims_displayed)
+        callbacks(layer, event)
+
+
+def _assert_on_the_image(widget, image, pixel) -> None:
+    """Every helper layer puts ``pixel`` where the image shows it."""
+    world = np.asarray(image.data_to_world(pixel))
+    for layer in widget.session.layers.layers:
+        np.testing.assert_allclose(layer.world_to_data(world), pixel, atol=1e-6, err_msg=layer.name)
+
+
+def test_layers_follow_the_image_when_it_is_scaled_moved_or_rotated_later(
+    make_napari_viewer, drain_jobs, tiny_sam
+):
+    """E.g. the pixel size set once known; a click lands on the pixel under it."""
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((64, 64), np.uint8), name="im")
+    widget = _dock(viewer, drain_jobs, tiny_sam)
+    image.scale, image.translate = (0.5, 0.5), (10, 20)
+    _assert_on_the_image(widget, image, (40, 20))
+    image.rotate = 30
+    _assert_on_the_image(widget, image, (40, 20))
+    points = widget.session.layers.points
+    _click(points, tuple(image.data_to_world((40, 20))), [0, 1])
+    np.testing.assert_allclose(points.data[-1], (40, 20), atol=1e-6)
+
+
+def test_a_stack_scaled_rotated_and_reopened_keeps_its_layers_on_it(
+    make_napari_viewer, drain_jobs, tiny_sam
+):
+    viewer = make_napari_viewer()
+    data = np.zeros((4, 64, 64), np.uint8)
+    viewer.add_image(data, name="st")
+    widget = _dock(viewer, drain_jobs, tiny_sam)
+    viewer.layers.remove("st")  # its layers stay, placed as it was
+    image = viewer.add_image(data, name="st", scale=(4, 0.5, 0.5), rotate=20)
+    drain_jobs(widget)
+    assert widget.session.image_layer is image
+    _assert_on_the_image(widget, image, (2, 40, 20))
+    viewer.layers.clear()
+    drain_jobs(widget)
+
+
+def test_new_pixels_of_the_image_are_what_sam_sees(
+    make_napari_viewer, qtbot, drain_jobs, tiny_sam, tmp_path, notifications
+):
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(1)
+    image = viewer.add_image(rng.integers(0, 255, (64, 64), dtype=np.uint8), name="im")
+    widget = _dock(viewer, drain_jobs, tiny_sam)
+    widget.ui.folder_edit.setText(str(tmp_path))
+    _commit_square(widget, qtbot, drain_jobs, (slice(10, 20), slice(10, 20)))
+    embedded = widget.segmenter._image_hash
+    image.data = rng.integers(0, 255, (64, 64), dtype=np.uint8)  # same shape: e.g. denoised
+    drain_jobs(widget)
+    assert widget.segmenter._image_hash != embedded
+    assert widget.session.annotations[15, 15] == 1  # kept
+    assert any("has new pixels" in str(n.message) for n in notifications)
+
+    image.data = rng.integers(0, 255, (32, 48), dtype=np.uint8)  # another shape
+    drain_jobs(widget)
+    assert widget.session.annotations.shape == (32, 48) and not widget.session.annotations.any()
+    assert tifffile.imread(tmp_path / "im.labels.tif")[15, 15] == 1  # the old ones, saved
+    viewer.layers.clear()
+    drain_jobs(widget)

@@ -7,8 +7,10 @@
 * ``<image> current object``: Labels layer previewing what a commit would write.
 * ``<image> annotations``: Labels layer of committed objects (uint32, 0 = background).
 
-All four have the image's spatial shape, ``(H, W)`` or ``(Z, H, W)``, and its scale and
-translation, so layer data coordinates are image pixel coordinates: (row, col) or
+All four have the image's spatial shape, ``(H, W)`` or ``(Z, H, W)``, and its placement in
+the world (scale, translation, rotation, shear, affine: :meth:`PromptLayers.place_like`, which
+the widget calls again when they change), so layer data coordinates are image pixel
+coordinates: (row, col) or
 (plane, row, col). Prompts come back in napari (row, col) order; the widget converts
 them for SAM with :func:`napari_samtune.core.coords.napari_to_sam` only.
 """
@@ -63,6 +65,20 @@ def _as_uint32_labels(layer: Labels) -> np.ndarray:
     return data.astype(np.uint32)
 
 
+def spatial_affine(image_layer, ndim: int) -> np.ndarray:
+    """The image's data -> world transform on its last ``ndim`` (spatial) axes, as an
+    ``(ndim + 1, ndim + 1)`` matrix: scale, translate, rotate, shear and affine together.
+    Measured through the public ``data_to_world`` (the transform is affine)."""
+    full = image_layer.ndim  # without the colour axis of an RGB image
+    origin = np.asarray(image_layer.data_to_world(np.zeros(full)), dtype=float)
+    axes = [np.asarray(image_layer.data_to_world(unit), dtype=float) for unit in np.eye(full)]
+    linear = np.stack(axes, axis=1) - origin[:, None]
+    matrix = np.eye(ndim + 1)
+    matrix[:ndim, :ndim] = linear[-ndim:, -ndim:]
+    matrix[:ndim, ndim] = origin[-ndim:]
+    return matrix
+
+
 def _preview_colormap() -> DirectLabelColormap:
     """Magenta and violet by turns: a preview never looks like a committed object."""
     colors = {i: PREVIEW_COLORS[i % 2] for i in range(1, 1024)}
@@ -77,16 +93,25 @@ class PromptLayers:
         self.axes = axes
         self.ndim = len(axes.spatial_shape)
         name = image_layer.name
-        self._placement = {
-            "scale": tuple(image_layer.scale[-self.ndim :]),
-            "translate": tuple(image_layer.translate[-self.ndim :]),
-        }
+        # new layers start where the image is (else the view's ranges jump meanwhile)
+        self._placement = {"affine": spatial_affine(image_layer, self.ndim)}
         self.annotations_created = False
         self.annotations = self._labels(f"{name} annotations", opacity=0.5, annotations=True)
         self.preview = self._labels(f"{name} current object", opacity=0.7)
         self.preview.colormap = _preview_colormap()
         self.boxes = self._box_layer(f"{name} boxes")
         self.points = self._point_layer(f"{name} points")
+        self.place_like(image_layer)  # layers kept from before may sit elsewhere
+
+    def place_like(self, image_layer) -> None:
+        """Put the four layers where the image is (its scale, translation, rotation, shear
+        and affine on the spatial axes), so that a click lands on the pixel under it."""
+        affine = spatial_affine(image_layer, self.ndim)
+        identity = np.eye(self.ndim)
+        for layer in self.layers:
+            layer.scale, layer.translate = np.ones(self.ndim), np.zeros(self.ndim)
+            layer.rotate, layer.shear = identity, np.zeros(self.ndim * (self.ndim - 1) // 2)
+            layer.affine = affine
 
     # -- creation ----------------------------------------------------------------------
     def _existing(self, name: str, kind: type):

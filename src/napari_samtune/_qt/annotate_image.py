@@ -1,0 +1,191 @@
+"""The annotation widget's image: choosing it, its layers and following changes to it.
+
+A mixin of :class:`napari_samtune._qt.annotate.AnnotateWidget` (it uses the widget's
+``viewer``, ``session``, ``ui`` and the other mixins' embedding and autosave methods). An
+:class:`AnnotationSession` holds one image's layers; it is replaced when another image is
+chosen or the image is read with other axes, and follows the image when it is moved,
+scaled, rotated or given new pixels.
+"""
+
+from __future__ import annotations
+
+from napari.layers import Image
+from napari.utils.notifications import show_error, show_info
+
+from napari_samtune._qt.annotate_session import AnnotationSession
+from napari_samtune._qt.image_planes import describe_image
+from napari_samtune._qt.workers import user_message
+
+PLACEMENT_EVENTS = ("scale", "translate", "rotate", "shear", "affine")
+
+
+class AnnotateImageMixin:
+    """Which image is annotated, read how, with which layers."""
+
+    def _image_layers(self) -> list:
+        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _refresh_image_choices(self, event=None) -> None:
+        """List the image layers (after one is added, removed or renamed), keeping the one
+        annotated chosen under its current name."""
+        combo = self.ui.image_combo
+        names = [layer.name for layer in self._image_layers()]
+        chosen = combo.currentText() if self.session is None else self.session.image_layer.name
+        if names == [combo.itemText(i) for i in range(combo.count())] and (
+            combo.currentText() == chosen
+        ):
+            return
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItems(names)
+        combo.setCurrentIndex(names.index(chosen) if chosen in names else 0)
+        combo.blockSignals(False)
+        if self.session is None or self.image_layer != self.session.image_layer:
+            self._on_image_choice()
+
+    def _on_layer_inserted(self, event) -> None:
+        event.value.events.name.connect(self._refresh_image_choices)
+        self._refresh_image_choices()
+
+    def _on_layer_removed(self, event) -> None:
+        layer = event.value
+        layer.events.name.disconnect(self._refresh_image_choices)
+        if self._removing_own_layers:
+            return
+        if self.session is not None and (
+            layer == self.session.image_layer or layer in self.session.layers.layers
+        ):
+            self._detach()
+            show_info(f"layer {layer.name!r} was removed: pick the image again to go on")
+        self._refresh_image_choices()
+
+    def _on_channels_first(self, checked: bool) -> None:
+        self._fill_channels()
+        self._on_image_choice()
+
+    def _fill_channels(self) -> None:
+        """Offer the channels of the chosen image (when 'channels on first axis' is on)."""
+        combo, checked = self.ui.channel_combo, self.ui.channels_first_check.isChecked()
+        layer = self.image_layer
+        n_channels = layer.data.shape[0] if (checked and layer is not None) else 0
+        if combo.count() == n_channels + (n_channels >= 3) and combo.isEnabled() == checked:
+            return  # same channel count: keep the user's choice
+        combo.blockSignals(True)
+        combo.clear()
+        for channel in range(n_channels):
+            combo.addItem(f"channel {channel}", (channel,))
+        if n_channels >= 3:
+            combo.addItem("channels 0, 1, 2 as RGB", (0, 1, 2))
+        combo.setEnabled(checked)
+        combo.blockSignals(False)
+
+    @property
+    def image_layer(self):
+        """The image layer chosen in the widget, or None."""
+        name = self.ui.image_combo.currentText()
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    def _on_image_choice(self, _index=None) -> None:
+        layer = self.image_layer
+        if layer is None:
+            self._detach()
+            return
+        self._fill_channels()
+        try:
+            self.set_image_layer(layer)
+        except ValueError as err:
+            self._detach()
+            show_error(f"cannot annotate {layer.name!r}: {err}")
+
+    def set_image_layer(self, layer) -> None:
+        """Annotate ``layer``: create (or reuse) its prompt, preview and annotation layers."""
+        if getattr(layer, "multiscale", False):
+            raise ValueError("multiscale images are not supported; open one resolution level")
+        channels = (
+            self.ui.channel_combo.currentData() if self.ui.channel_combo.isEnabled() else None
+        )
+        axes = describe_image(
+            layer.data.shape, layer.rgb, self.ui.channels_first_check.isChecked(), channels
+        )
+        session = self.session
+        if session is not None and session.image_layer == layer:  # == sees through proxies
+            if session.axes.spatial_shape == axes.spatial_shape:
+                session.axes = session.layers.axes = axes  # new channels: same layers
+                self._invalidate_embedding()
+                self._ensure_embedding()
+                return
+            self._retire_layers(session)  # new layout, new layers
+        self._detach()
+        self.session = AnnotationSession(self.viewer, layer, axes)
+        self._follow_image(layer, connect=True)
+        for prompt_layer in (self.session.layers.points, self.session.layers.boxes):
+            prompt_layer.events.data.connect(self._on_prompts_changed)
+        self.session.layers.annotations.events.paint.connect(self._on_painted)
+        for helper in self.session.layers.layers:
+            self._bind_keys(helper)
+        self._set_positive_mode(self.ui.positive_check.isChecked())
+        self.viewer.layers.selection.active = self.session.layers.points
+        self._invalidate_embedding()
+        self._restore_autosave(labels=self.session.layers.annotations_created)
+        self._ensure_embedding()
+
+    def _retire_layers(self, session: AnnotationSession) -> None:
+        """The image is read with other axes: its layers go (the annotations once saved;
+        with the new layout they save beside them), so that new ones of its shape come."""
+        self._removing_own_layers = True
+        try:
+            annotations = session.layers.annotations
+            if annotations.data.any() and annotations in self.viewer.layers:
+                self.flush_autosave()
+                try:
+                    session.save(self.annotation_folder())
+                except (OSError, ValueError) as err:  # keep them, out of the new layers' way
+                    annotations.name = f"{annotations.name} {annotations.data.shape}"
+                    show_error(
+                        f"saving failed: {user_message(err)}; the annotations stay as layer "
+                        f"{annotations.name!r}"
+                    )
+                else:
+                    self.viewer.layers.remove(annotations)
+            session.remove_helpers(including_empty_annotations=True)
+        finally:
+            self._removing_own_layers = False
+
+    def _follow_image(self, layer, connect: bool) -> None:
+        """Keep the layers on the image when it is moved, scaled or rotated, and notice new
+        pixels (a filter, or the console, setting ``layer.data``)."""
+        for name in PLACEMENT_EVENTS:
+            emitter = getattr(layer.events, name)
+            (emitter.connect if connect else emitter.disconnect)(self._on_image_moved)
+        (layer.events.data.connect if connect else layer.events.data.disconnect)(
+            self._on_image_data
+        )
+
+    def _on_image_moved(self, event=None) -> None:
+        if self.session is not None:
+            self.session.layers.place_like(self.session.image_layer)
+
+    def _on_image_data(self, event=None) -> None:
+        before = self.session
+        if before is None:
+            return
+        self._on_image_choice()  # same shape: a new embedding; else new layers as well
+        what = (
+            "its annotations stay"
+            if self.session is before
+            else "they have another shape, so the annotations so far are saved and put away"
+        )
+        show_info(
+            f"image {before.image_layer.name!r} has new pixels: SAM looks at them now; {what}"
+        )
+
+    def _detach(self) -> None:
+        if self.session is None:
+            return
+        self.flush_autosave()  # commits not yet on disk go there before the session goes
+        for prompt_layer in (self.session.layers.points, self.session.layers.boxes):
+            prompt_layer.events.data.disconnect(self._on_prompts_changed)
+        self.session.layers.annotations.events.paint.disconnect(self._on_painted)
+        self._follow_image(self.session.image_layer, connect=False)
+        self.session = None
+        self._invalidate_embedding()
