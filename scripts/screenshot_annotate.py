@@ -55,7 +55,7 @@ def _box(labels: np.ndarray, object_id: int, margin: float = 3.0) -> np.ndarray:
 
 def _packaged_model(name: str) -> bool:
     """Whether registry model ``name`` exists and its weights are on this machine."""
-    from napari_samtune.core.registry import get_model_spec
+    from napari_samtune.core.model_lookup import get_model_spec
 
     try:
         return get_model_spec(name).local_path().is_file()

@@ -11,12 +11,9 @@ from napari_samtune.cli import main
 from napari_samtune.core import registry
 from napari_samtune.core.architectures import TINY
 from napari_samtune.core.download import is_verified
-from napari_samtune.core.registry import (
-    ModelSpec,
-    models_cache_dir,
-    register_user_model,
-    user_models_dir,
-)
+from napari_samtune.core.model_lookup import get_model_spec
+from napari_samtune.core.registry import ModelSpec, models_cache_dir, user_models_dir
+from napari_samtune.core.user_models import register_user_model
 
 
 @pytest.fixture(autouse=True)
@@ -172,7 +169,7 @@ def test_listing_user_models_hashes_only_files_changed_since_their_check(
 
 def test_removing_a_builtin_model_says_why_it_cannot_be(capsys):
     """For nano it used to say to delete its file from the download cache, where it never is."""
-    nano = registry.get_model_spec("nano").local_path()
+    nano = get_model_spec("nano").local_path()
     assert main(["models", "--remove", "nano"]) == 2
     err = capsys.readouterr().err
     assert "'nano' is a built-in model, not a user model, and cannot be removed" in err
@@ -180,7 +177,7 @@ def test_removing_a_builtin_model_says_why_it_cannot_be(capsys):
     assert "nothing to delete" in err and str(models_cache_dir()) not in err
     assert nano.is_file()
 
-    vit_b = registry.get_model_spec("vit_b").local_path()
+    vit_b = get_model_spec("vit_b").local_path()
     assert main(["models", "--remove", "vit_b"]) == 2
     assert f"it is not downloaded ({vit_b} does not exist)" in capsys.readouterr().err
     vit_b.parent.mkdir(parents=True)

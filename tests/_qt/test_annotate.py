@@ -26,7 +26,7 @@ from napari_samtune._qt.prompt_layers import POINT_COLORS
 from napari_samtune.core.architectures import TINY, build_sam
 from napari_samtune.core.automatic import NANO_AUTO_CONFIG, AutoSegmentConfig
 from napari_samtune.core.data import load_pairs
-from napari_samtune.core.registry import register_user_model
+from napari_samtune.core.user_models import register_user_model
 
 WAIT_MS = 30_000
 

@@ -24,8 +24,8 @@ from napari_samtune.core.architectures import TINY
 from napari_samtune.core.models import load_model
 from napari_samtune.core.predict import Segmenter
 from napari_samtune.core.presets import MachineResources
-from napari_samtune.core.registry import register_user_model
 from napari_samtune.core.synthetic import make_image
+from napari_samtune.core.user_models import register_user_model
 
 WAIT_MS = 120_000
 SMALL_CPU = MachineResources(gpu_memory_gb=None, ram_gb=16.0, n_cores=8, gpu_name=None)

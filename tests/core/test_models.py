@@ -17,7 +17,8 @@ from napari_samtune.core.models import (
     read_sam_state_dict,
     state_dict_digest,
 )
-from napari_samtune.core.registry import ModelSpec, models_cache_dir, register_user_model
+from napari_samtune.core.registry import ModelSpec, models_cache_dir
+from napari_samtune.core.user_models import register_user_model
 
 OTHER_SMALL = SamArchitecture(
     name="other_small", img_size=128, embed_dim=16, depth=1, num_heads=2,

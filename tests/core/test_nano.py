@@ -11,10 +11,11 @@ import torch
 from napari_samtune.core.architectures import NANO
 from napari_samtune.core.download import file_digest
 from napari_samtune.core.evaluate import evaluate_prompts
+from napari_samtune.core.model_lookup import get_model_spec, list_models
 from napari_samtune.core.model_source import load_base_model
 from napari_samtune.core.models import load_model
 from napari_samtune.core.predict import Segmenter
-from napari_samtune.core.registry import get_model_spec, list_models, parse_hash
+from napari_samtune.core.registry import parse_hash
 from napari_samtune.core.synthetic import make_varied_dataset
 
 # Measured on the 6 held-out generated images of the test below: nano 0.79 box-prompt IoU,
@@ -100,7 +101,7 @@ def test_damaged_packaged_weights_are_refused(tmp_path, monkeypatch):
     from napari_samtune.core import registry
     from napari_samtune.core.download import ensure_model_file
 
-    spec = registry.get_model_spec("nano")
+    spec = get_model_spec("nano")
     assert ensure_model_file(spec) == spec.local_path()  # the shipped file matches its hash
     damaged = tmp_path / spec.filename
     damaged.write_bytes(spec.local_path().read_bytes()[:-10] + b"0123456789")

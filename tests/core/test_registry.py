@@ -6,17 +6,15 @@ import torch
 
 from napari_samtune.core import registry
 from napari_samtune.core.architectures import ARCHITECTURES, TINY, SamArchitecture, build_sam
+from napari_samtune.core.model_lookup import get_model_spec, list_models
 from napari_samtune.core.registry import (
     BUILTIN_MODELS,
     ModelSpec,
     cache_dir,
-    get_model_spec,
-    list_models,
-    list_user_models,
     parse_hash,
-    register_user_model,
     user_models_dir,
 )
+from napari_samtune.core.user_models import list_user_models, register_user_model
 
 EXPECTED_BUILTINS = {
     "nano": "nano",
@@ -231,7 +229,8 @@ def test_sidecars_from_before_sizes_were_recorded_still_load(tiny_checkpoint):
 @pytest.mark.parametrize("name", ["nano", "vit_b", "tiny"])
 def test_builtin_models_are_not_removed_and_the_message_fits_each(name):
     """'nano' used to be told to delete its file from the download cache, where it never is."""
-    from napari_samtune.core.registry import models_cache_dir, remove_user_model
+    from napari_samtune.core.registry import models_cache_dir
+    from napari_samtune.core.user_models import remove_user_model
 
     with pytest.raises(ValueError) as info:
         remove_user_model(name)

@@ -1,6 +1,6 @@
 """A reusable model + device picker: registry models, or any checkpoint file.
 
-The list comes from :func:`napari_samtune.core.registry.list_models` (official SAM,
+The list comes from :func:`napari_samtune.core.model_lookup.list_models` (official SAM,
 MobileSAM, micro-sam generalists, then the user's own finetuned models); the last
 entry lets the user choose a weights file instead. Loading is left to the owner
 widget, which runs it in a background worker.
@@ -23,7 +23,8 @@ from qtpy.QtWidgets import (
 
 from napari_samtune.core.devices import DEVICE_CHOICES
 from napari_samtune.core.download import download_status
-from napari_samtune.core.registry import ModelSpec, list_models
+from napari_samtune.core.model_lookup import list_models
+from napari_samtune.core.registry import ModelSpec
 
 FILE_ENTRY = "checkpoint file…"
 DEFAULT_MODEL = "vit_t_lm"  # micro-sam's light-microscopy generalist: small, fast on a CPU

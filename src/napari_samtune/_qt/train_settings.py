@@ -39,6 +39,7 @@ from napari_samtune._qt.model_picker import ModelPickerWidget
 from napari_samtune._qt.train_data import error_label, show_problem
 from napari_samtune._qt.workers import TaskRunner, user_message
 from napari_samtune.core.architectures import SamArchitecture
+from napari_samtune.core.model_lookup import get_model_spec
 from napari_samtune.core.presets import (
     MODEL_PARTS,
     PRESETS,
@@ -50,7 +51,7 @@ from napari_samtune.core.presets import (
     get_preset,
     measure_machine,
 )
-from napari_samtune.core.registry import get_model_spec, user_models_dir
+from napari_samtune.core.registry import user_models_dir
 
 READ_TASK = "reading model file"
 PART_LABELS = {"image_encoder": "image encoder", "prompt_encoder": "prompt encoder",

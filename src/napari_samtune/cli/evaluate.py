@@ -154,8 +154,8 @@ def check_models(models: list[str]) -> None:
     models before it were evaluated; the first is loaded right away anyway.
     """
     from napari_samtune.core.download import ensure_model_file
+    from napari_samtune.core.model_lookup import get_model_spec
     from napari_samtune.core.model_source import architecture_of
-    from napari_samtune.core.registry import get_model_spec
 
     for index, model in enumerate(models):
         try:

@@ -56,7 +56,7 @@ def _export(args: argparse.Namespace) -> int:
     exported, arch = export_model(args.checkpoint, args.output)
     print(f"exported {arch.name} model: {exported}")
     if name:
-        from napari_samtune.core.registry import register_user_model
+        from napari_samtune.core.user_models import register_user_model
 
         path = register_user_model(exported, name, arch, {"exported_from": str(args.checkpoint)})
         print(f"registered as {name!r}: {path}")

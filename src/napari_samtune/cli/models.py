@@ -10,12 +10,8 @@ import argparse
 
 from napari_samtune.core import registry
 from napari_samtune.core.download import download_status, local_weights_problem
-from napari_samtune.core.registry import (
-    ModelSpec,
-    models_cache_dir,
-    scan_user_models,
-    user_models_dir,
-)
+from napari_samtune.core.registry import ModelSpec, models_cache_dir, user_models_dir
+from napari_samtune.core.user_models import scan_user_models
 
 COLUMNS = ("name", "architecture", "source", "downloaded", "path")
 _STATUS_TEXT = {"verified": "yes", "present": "yes (not verified yet)", "missing": "no"}
@@ -98,7 +94,7 @@ def _print_problems(broken: list[tuple[str, str]], damaged: dict[str, str]) -> N
 
 def run(args: argparse.Namespace) -> int:
     if args.remove:
-        from napari_samtune.core.registry import remove_user_model
+        from napari_samtune.core.user_models import remove_user_model
 
         for name in dict.fromkeys(args.remove):
             deleted = remove_user_model(name)

@@ -324,7 +324,8 @@ def local_weights_problem(spec: ModelSpec) -> str | None:
 
 def _local_model_file(spec: ModelSpec) -> Path:
     """The checked weights file of a user model or packaged model (no URL)."""
-    from napari_samtune.core.registry import broken_user_model_fix, damaged_user_model_fix
+    # user_models imports this module: import late
+    from napari_samtune.core.user_models import broken_user_model_fix, damaged_user_model_fix
 
     path = spec.local_path()
     user = spec.is_user_model

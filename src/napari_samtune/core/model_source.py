@@ -33,17 +33,17 @@ def _random_architecture(model: str) -> SamArchitecture:
 
 def architecture_of(model: str) -> SamArchitecture:
     """The architecture of ``model`` (registry name, weights file or ``random:<arch>``)."""
-    from napari_samtune.core import models, registry
+    from napari_samtune.core import model_lookup, models
 
     if model.startswith(RANDOM_PREFIX):
         return _random_architecture(model)
     try:
-        return registry.get_model_spec(model).resolve_architecture()
+        return model_lookup.get_model_spec(model).resolve_architecture()
     except ValueError:
         pass  # not a registered name: a file?
     path = Path(model).expanduser()
     if not path.is_file():
-        names = [spec.name for spec in registry.list_models()]
+        names = [spec.name for spec in model_lookup.list_models()]
         raise ValueError(
             f"model={model!r} is neither a model name ({names!r}), a weights file, nor "
             f"'{RANDOM_PREFIX}<architecture>'"

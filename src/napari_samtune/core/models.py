@@ -42,9 +42,9 @@ from napari_samtune.core.checkpoints import (
 )
 from napari_samtune.core.devices import resolve_device
 from napari_samtune.core.download import ProgressCallback, ensure_model_file
+from napari_samtune.core.model_lookup import get_model_spec
 from napari_samtune.core.registry import (
     ModelSpec,
-    get_model_spec,
     parse_hash,
     user_models_dir,
     validate_model_name,

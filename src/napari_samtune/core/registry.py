@@ -1,13 +1,12 @@
-"""Which SAM models exist, where their files live, and the user's own registered models.
+"""Which SAM models are built in, and where model files live.
 
 Built-in models are downloaded on first use into ``cache_dir() / "models"``,
 except packaged ones (the offline "nano" generalist), which ship inside the
 package in ``packaged_weights_dir()`` and have no URL;
-user models (finetuned or imported weights) live in ``user_models_dir()`` as a
-plain SAM state dict ``<name>.pt`` next to a JSON sidecar ``<name>.json`` that
-records the architecture, the file's size and sha256 hash, and free-form metadata.
-Both folders can be moved with the environment variables ``SAMTUNE_CACHE_DIR`` and
-``SAMTUNE_MODELS_DIR``.
+user models (finetuned or imported weights, :mod:`~napari_samtune.core.user_models`)
+live in ``user_models_dir()``. Both folders can be moved with the environment variables
+``SAMTUNE_CACHE_DIR`` and ``SAMTUNE_MODELS_DIR``. A model is looked up by name among
+both kinds with :mod:`~napari_samtune.core.model_lookup`.
 
 Published file hashes are written ``"<algorithm>:<hex>"``: ``sha256`` for the
 official SAM and MobileSAM checkpoints, ``xxh128`` for micro-sam's models (the
@@ -16,23 +15,17 @@ algorithm micro-sam publishes them with).
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import warnings
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import platformdirs
 
 from napari_samtune.core.architectures import ARCHITECTURES, SamArchitecture
-from napari_samtune.core.checkpoints import atomic_write
 
 APP_NAME = "napari-samtune"
 USER_SOURCE = "user"
-SIDECAR_FORMAT = "napari-samtune-user-model"
-SIDECAR_FORMAT_VERSION = 1
 HASH_ALGORITHMS = {"sha256": 64, "xxh128": 32}  # algorithm -> length of its hex digest
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
 
@@ -79,10 +72,15 @@ def parse_hash(file_hash: str) -> tuple[str, str]:
     return algorithm, digest
 
 
+def is_model_name(name: object) -> bool:
+    """Whether ``name`` is usable as a model name and a file name."""
+    return isinstance(name, str) and _NAME_PATTERN.fullmatch(name) is not None
+
+
 def validate_model_name(name: str, parameter: str | None = None) -> str:
     """Return ``name`` if it is usable as a model name and a file name, else raise ValueError
     (naming ``parameter``, e.g. ``"model_name"``, when given)."""
-    if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
+    if not is_model_name(name):
         subject = f"{parameter}={name!r}" if parameter else f"model name {name!r}"
         raise ValueError(
             f"{subject} is not allowed: use 1-100 letters, digits, '_', '-' or '.', "
@@ -221,213 +219,12 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
 )  # fmt: skip
 
 
-def _spec_from_sidecar(path: Path) -> ModelSpec:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
-        raise ValueError(f"not a napari-samtune user model description (format {SIDECAR_FORMAT!r})")
-    shape = SamArchitecture.from_dict(data["architecture"])
-    known = shape.name in ARCHITECTURES and ARCHITECTURES[shape.name] == shape
-    spec = ModelSpec(
-        name=data["name"],
-        architecture=shape.name if known else "custom",
-        filename=data["filename"],
-        file_hash=data.get("file_hash"),
-        description=str(data.get("description", "")),
-        source=USER_SOURCE,
-        shape=None if known else shape,
-        file_size=data.get("file_size"),  # absent in sidecars written before sizes were kept
-    )
-    if spec.name != path.stem:
-        raise ValueError(f"it describes model {spec.name!r} but is named {path.name!r}")
-    if spec.name in _builtin_names():
-        raise ValueError(f"{spec.name!r} is the name of a built-in model; rename the files")
-    if not spec.local_path().is_file():
-        raise ValueError(f"its weights file {spec.local_path()} is missing")
-    return spec
+# Both read BUILTIN_MODELS when called, not when imported: tests swap it for their own models.
+def builtin_model(name: str) -> ModelSpec | None:
+    """The built-in model called ``name``, or None."""
+    return next((spec for spec in BUILTIN_MODELS if spec.name == name), None)
 
 
-def scan_user_models() -> tuple[list[ModelSpec], list[tuple[str, str]]]:
-    """The user models described by ``<name>.json`` sidecars, and ``(name, reason)`` for
-    each sidecar that is broken (unreadable, or its weights file is gone)."""
-    folder = user_models_dir()
-    if not folder.is_dir():
-        return [], []
-    specs, broken = [], []
-    for sidecar in sorted(folder.glob("*.json")):
-        try:
-            specs.append(_spec_from_sidecar(sidecar))
-        except (OSError, ValueError, TypeError, KeyError) as err:
-            broken.append((sidecar.stem, f"{sidecar}: {err}"))
-    return specs, broken
-
-
-def list_user_models() -> list[ModelSpec]:
-    """The usable user models; a broken one is skipped with a warning that says the fix."""
-    specs, broken = scan_user_models()
-    for name, reason in broken:
-        warnings.warn(
-            f"skipping user model {name!r} ({reason}); {broken_user_model_fix(name)}",
-            stacklevel=2,
-        )
-    return specs
-
-
-def broken_user_model_fix(name: str) -> str:
-    """What to do about user model ``name`` whose files are missing or unreadable."""
-    return f"restore its files, or unregister it with: samtune models --remove {name}"
-
-
-def damaged_user_model_fix(name: str) -> str:
-    """What to do about user model ``name`` whose weights file no longer matches its record."""
-    return (
-        f"unregister it with: samtune models --remove {name} (then, to have it again, register "
-        f"it anew from its training run: samtune export RUN/checkpoints/best.pt -o FILE "
-        f"--register {name})"
-    )
-
-
-def _builtin_names() -> set[str]:
+def builtin_names() -> set[str]:
+    """The names of the built-in models."""
     return {spec.name for spec in BUILTIN_MODELS}
-
-
-def list_models() -> list[ModelSpec]:
-    """Built-in models followed by the user's registered models."""
-    return [*BUILTIN_MODELS, *list_user_models()]
-
-
-def get_model_spec(name: str) -> ModelSpec:
-    """The model called ``name`` (built-in or user); ValueError listing the choices otherwise."""
-    for spec in BUILTIN_MODELS:
-        if spec.name == name:
-            return spec
-    sidecar = user_models_dir() / f"{name}.json"
-    if isinstance(name, str) and _NAME_PATTERN.fullmatch(name) and sidecar.is_file():
-        try:
-            return _spec_from_sidecar(sidecar)
-        except (OSError, ValueError, TypeError, KeyError) as err:
-            raise ValueError(
-                f"user model {name!r} is broken ({sidecar}): {err}; {broken_user_model_fix(name)}"
-            ) from err
-    choices = [spec.name for spec in list_models()]
-    raise ValueError(f"unknown model {name!r}; choose one of {choices!r} or give a file path")
-
-
-def register_user_model(
-    state_dict_path: Path,
-    name: str,
-    architecture: SamArchitecture,
-    metadata: dict | None = None,
-    *,
-    overwrite: bool = False,
-) -> Path:
-    """Store SAM weights as user model ``name`` and return the path of its weights file.
-
-    ``state_dict_path`` may hold any weights :func:`~napari_samtune.core.models.load_model`
-    reads (plain SAM state dict, project checkpoint, micro-sam export); they must fit
-    ``architecture`` exactly. The folder gets ``<name>.pt`` (a plain SAM state dict,
-    written atomically), ``<name>.json`` (architecture, metadata, the file's size and
-    sha256 hash) and the verification stamp of the new file. Built-in
-    names are refused; an existing user model is replaced only with ``overwrite=True``.
-    Afterwards ``load_model(name)`` works and :func:`list_models` lists it.
-    """
-    from napari_samtune.core import models  # models imports this module: import late
-    from napari_samtune.core.download import file_digest, write_stamp
-
-    _check_new_name(name, overwrite)
-    if metadata is not None and not isinstance(metadata, dict):
-        raise TypeError(f"metadata={metadata!r} must be a dict or None")
-    try:
-        metadata_json = json.loads(json.dumps(metadata or {}))
-    except (TypeError, ValueError) as err:
-        raise TypeError(
-            f"metadata must be JSON-serialisable (str, numbers, lists, dicts): {err}"
-        ) from None
-    loaded = models.load_model(Path(state_dict_path), architecture=architecture)
-    weights_path = user_models_dir() / f"{name}.pt"
-    models.export_sam_state_dict(loaded.sam, weights_path)
-    file_hash = "sha256:" + file_digest(weights_path, "sha256")
-    sidecar = {
-        "format": SIDECAR_FORMAT,
-        "format_version": SIDECAR_FORMAT_VERSION,
-        "name": name,
-        "filename": weights_path.name,
-        "architecture": architecture.to_dict(),
-        "file_hash": file_hash,
-        "file_size": weights_path.stat().st_size,
-        "model_id": loaded.model_id,
-        "registered_from": str(Path(state_dict_path).resolve()),
-        "registered_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "description": str((metadata or {}).get("description", "")),
-        "metadata": metadata_json,
-    }
-    _write_json_atomically(user_models_dir() / f"{name}.json", sidecar)
-    write_stamp(weights_path, file_hash)  # just hashed: listing and loading need not hash again
-    return weights_path
-
-
-def remove_user_model(name: str) -> list[Path]:
-    """Unregister user model ``name`` and delete its files; returns the deleted paths.
-
-    The description goes first, so a failure part-way leaves no half-listed model.
-    The weights file's verification stamp goes too (not in the returned list).
-    """
-    from napari_samtune.core.download import stamp_path
-
-    validate_model_name(name)
-    _refuse_builtin_removal(name)
-    sidecar = user_models_dir() / f"{name}.json"
-    if not sidecar.is_file():
-        users = [spec.name for spec in list_user_models()]
-        raise ValueError(f"no user model named {name!r}; the user models are {users!r}")
-    try:
-        filename = json.loads(sidecar.read_text(encoding="utf-8"))["filename"]
-        weights = user_models_dir() / Path(str(filename)).name
-    except (OSError, ValueError, TypeError, KeyError):  # a broken description: its usual name
-        weights = user_models_dir() / f"{name}.pt"
-    deleted = []
-    for path in (sidecar, weights):
-        if path.is_file():
-            path.unlink()
-            deleted.append(path)
-    stamp_path(weights).unlink(missing_ok=True)
-    return deleted
-
-
-def _refuse_builtin_removal(name: str) -> None:
-    """ValueError saying why built-in model or architecture ``name`` cannot be removed."""
-    spec = next((spec for spec in BUILTIN_MODELS if spec.name == name), None)
-    if spec is None:
-        if name in ARCHITECTURES:
-            raise ValueError(f"{name!r} is an architecture name, not a model: nothing to remove")
-        return
-    path = spec.local_path()
-    if spec.packaged:
-        why = (
-            f"it is built into napari-samtune ({path} ships inside the package): nothing to delete"
-        )
-    elif path.is_file():
-        why = f"to free its disk space delete its downloaded file {path} (fetched again when used)"
-    else:
-        why = f"it is not downloaded ({path} does not exist): nothing to delete"
-    raise ValueError(
-        f"{name!r} is a built-in model, not a user model, and cannot be removed; {why}"
-    )
-
-
-def _check_new_name(name: str, overwrite: bool) -> None:
-    validate_model_name(name)
-    if name in _builtin_names() or name in ARCHITECTURES:
-        raise ValueError(
-            f"name={name!r} is a built-in model or architecture name; pick another name, "
-            f"e.g. {name + '_finetuned'!r}"
-        )
-    if (user_models_dir() / f"{name}.json").exists() and not overwrite:
-        raise ValueError(
-            f"a user model named {name!r} already exists in {user_models_dir()}; "
-            "pass overwrite=True to replace it or pick another name"
-        )
-
-
-def _write_json_atomically(path: Path, data: dict) -> None:
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -89,8 +89,8 @@ def export_and_register(
 
     Returns ``(exported file, registered name)``; ``load_model(name)`` then works.
     """
-    from napari_samtune.core.registry import register_user_model
     from napari_samtune.core.train_checkpoints import export_model
+    from napari_samtune.core.user_models import register_user_model
 
     exported, arch = export_model(checkpoint, RunFiles(out_dir).model)
     earlier = None if model_name else earlier_registration(out_dir)
