@@ -2,7 +2,8 @@
 
 :func:`decode_prompts` is SAM's prompt encoder + mask decoder with far less work per prompt
 pass (see the comment below the imports): training uses it for every pass of its
-iterative-prompt loop, the Segmenter for every prompt. The masks' upscaling is in
+iterative-prompt loop, the Segmenter for every prompt. The attentions between prompt and
+image tokens are in :mod:`~napari_samtune.core.decoder_attention`, the masks' upscaling in
 :mod:`~napari_samtune.core.mask_upscaling`.
 """
 
@@ -14,6 +15,14 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from napari_samtune.core.decoder_attention import (
+    add_mixed,
+    image_to_tokens,
+    projected_image_to_tokens,
+    tokens_to_image,
+    tokens_to_projected_image,
+    value_heads,
+)
 from napari_samtune.core.low_rank_decoder import (
     Keys,
     LowRankImage,
@@ -275,134 +284,24 @@ def _two_way_transformer(transformer, tokens, keys, key_pe, dtype, first, final_
         to_image, to_tokens = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
         if projected is None:
             keys_pe = keys + key_pe
-            attend = partial(_tokens_to_image, to_image, keys_pe=keys_pe, keys=keys.to(dtype))
+            attend = partial(tokens_to_image, to_image, keys_pe=keys_pe, keys=keys.to(dtype))
         else:
             attend = partial(
-                _tokens_to_projected_image, to_image, keys_t=projected.keys, values=projected.values
+                tokens_to_projected_image, to_image, keys_t=projected.keys, values=projected.values
             )
         queries = _update_tokens(layer, queries, tokens, attend)
         if projected is None:
-            probs = _image_to_tokens(to_tokens, keys_pe, queries + tokens)
+            probs = image_to_tokens(to_tokens, keys_pe, queries + tokens)
         else:
-            probs = _projected_image_to_tokens(to_tokens, projected.queries, queries + tokens)
-        _, values = _value_heads(to_tokens, queries)
-        keys = layer_norm(layer.norm4, _add_mixed(keys, probs, values))
+            probs = projected_image_to_tokens(to_tokens, projected.queries, queries + tokens)
+        _, values = value_heads(to_tokens, queries)
+        keys = layer_norm(layer.norm4, add_mixed(keys, probs, values))
     low = keys.to(dtype)
     queries, tokens = queries[:, final_tokens], tokens[:, final_tokens]
-    attended = _tokens_to_image(
+    attended = tokens_to_image(
         transformer.final_attn_token_to_image, queries + tokens, keys + key_pe, low
     )
     return transformer.norm_final_attn(queries + attended), keys
-
-
-def _tokens_to_image(attention, q_in, keys_pe, keys):
-    """``Attention(q=q_in, k=keys_pe, v=keys)`` for (n, T, C) queries and (1 or n, N, C) keys.
-
-    Scores: ``q_h . (W_k,h x + b_k,h) = (q_h W_k,h) . x + q_h . b_k,h`` (the second term is
-    constant along the softmax but kept: it is part of the stock graph). Values: the softmax
-    weights sum to one, so ``sum_j p_j (W_v,h x_j + b_v,h) = W_v,h (sum_j p_j x_j) + b_v,h``.
-    """
-    n, n_tokens, channels = q_in.shape
-    heads, head_dim, scale = attention_heads(attention)
-    q = attention.q_proj(q_in).view(n, n_tokens, heads, head_dim)
-    w_k = attention.k_proj.weight.view(heads, head_dim, channels)
-    q_k = torch.einsum("nthd,hdc->nhtc", q, w_k).reshape(n, heads * n_tokens, channels)
-    q_b = torch.einsum("nthd,hd->nht", q, attention.k_proj.bias.view(heads, head_dim))
-    scores = _scores(keys_pe, q_k * scale) + (q_b * scale).reshape(n, -1, 1).to(q_k.dtype)
-    probs = scores.softmax(dim=-1)  # (n, heads*T, N)
-    mixed = _batched_mm(probs, keys).view(n, heads, n_tokens, channels)
-    w_v = attention.v_proj.weight.view(heads, head_dim, channels)
-    out = torch.einsum("nhtc,hdc->nthd", mixed, w_v)
-    out = out + attention.v_proj.bias.view(heads, head_dim).to(out.dtype)
-    return attention.out_proj(out.reshape(n, n_tokens, heads * head_dim))
-
-
-def _image_to_tokens(attention, keys_pe, k_in):
-    """The (n, N, heads*T) softmax weights of ``Attention(q=keys_pe, k=k_in, v=v_in)`` for
-    (1 or n, N, C) image queries and (n, T, C) tokens: the output is ``probs @ values`` with
-    the values of :func:`_value_heads`.
-
-    Scores: ``(W_q,h x + b_q,h) . k_h = x . (W_q,h^T k_h) + b_q,h . k_h``; output: the
-    projection ``W_o`` folded into the values, ``sum_h,t p_h,t (W_o,h v_h,t)``.
-    """
-    n, n_tokens, channels = k_in.shape
-    heads, head_dim, scale = attention_heads(attention)
-    k = attention.k_proj(k_in).view(n, n_tokens, heads, head_dim)
-    w_q = attention.q_proj.weight.view(heads, head_dim, channels)
-    q_k = torch.einsum("nthd,hdc->nhtc", k, w_q).reshape(n, heads * n_tokens, channels)
-    q_b = torch.einsum("nthd,hd->nht", k, attention.q_proj.bias.view(heads, head_dim))
-    scores = _scores(keys_pe, q_k * scale) + (q_b * scale).reshape(n, -1, 1).to(q_k.dtype)
-    # softmax over the T tokens: a middle axis here, which is far faster than a last axis of ~8
-    probs = scores.view(n, heads, n_tokens, -1).softmax(dim=2).view(n, heads * n_tokens, -1)
-    return probs.transpose(1, 2)
-
-
-def _value_heads(attention, v_in):
-    """The (n, T, heads, d) value projections ``v`` of (n, T, C) value tokens ``v_in``, and
-    the (n, heads*T, C) values ``W_o,h v_h,t + b_o / heads`` (head-major): ``probs @ values``
-    is the attention's output for (n, N, heads*T) softmax weights. The output projection is
-    folded into the T values instead of applied to the N outputs, and so is its bias (each
-    head's weights sum to one: ``b_o / heads`` on every value adds ``b_o``)."""
-    n, n_tokens, channels = v_in.shape
-    heads, head_dim, _ = attention_heads(attention)
-    v = attention.v_proj(v_in).view(n, n_tokens, heads, head_dim)
-    w_o = attention.out_proj.weight.view(channels, heads, head_dim)
-    values = torch.einsum("nthd,chd->nhtc", v, w_o) + attention.out_proj.bias / heads
-    return v, values.reshape(n, heads * n_tokens, channels)
-
-
-def _add_mixed(residual, probs, values):
-    """``residual + probs @ values``, the add fused into the product (except under autocast,
-    which would round the float32 ``residual`` to the compute dtype)."""
-    if torch.is_autocast_enabled(residual.device.type):
-        return residual + probs @ values
-    return torch.baddbmm(residual, probs, values)
-
-
-def _tokens_to_projected_image(attention, q_in, keys_t, values):
-    """``Attention(q=q_in, k=., v=.)`` for (n, T, C) queries against an image's projected
-    (heads, d, N) keys and (heads, N, d) values: the stock computation, per head."""
-    n, n_tokens, _ = q_in.shape
-    heads, head_dim, scale = attention_heads(attention)
-    q = attention.q_proj(q_in).view(n, n_tokens, heads, head_dim).permute(2, 0, 1, 3)
-    q = q.reshape(heads, n * n_tokens, head_dim).to(keys_t.dtype)
-    probs = ((q @ keys_t) * scale).softmax(dim=-1)  # (heads, n*T, N)
-    out = (probs @ values).view(heads, n, n_tokens, head_dim).permute(1, 2, 0, 3)
-    return attention.out_proj(out.reshape(n, n_tokens, heads * head_dim))
-
-
-def _projected_image_to_tokens(attention, queries_t, k_in):
-    """The softmax weights of :func:`_image_to_tokens` for an image's projected
-    (heads, d, N) queries and (n, T, C) tokens."""
-    n, n_tokens, _ = k_in.shape
-    heads, head_dim, scale = attention_heads(attention)
-    k = attention.k_proj(k_in).view(n, n_tokens, heads, head_dim).permute(2, 0, 1, 3)
-    k = k.reshape(heads, n * n_tokens, head_dim).to(queries_t.dtype)
-    scores = (k @ queries_t) * scale  # (heads, n*T, N)
-    # softmax over the T tokens (a middle axis); then (n, N, heads*T), a view for n = 1
-    probs = scores.view(heads, n, n_tokens, -1).softmax(dim=2).transpose(0, 1)
-    return probs.reshape(n, heads * n_tokens, -1).transpose(1, 2)
-
-
-def _scores(image: torch.Tensor, small: torch.Tensor) -> torch.Tensor:
-    """``small (n, R, C) @ image (1 or n, N, C)^T`` as a contiguous (n, R, N) tensor.
-
-    Computed as ``image @ small^T`` so that the gradient of the large image side comes out
-    contiguous; a shared (batch 1) image is multiplied once for all n.
-    """
-    n, rows, channels = small.shape
-    if len(image) == 1:
-        # a reshape, not image[0]: indexing's backward would zero-fill and copy an (N, C) grad
-        product = image.reshape(-1, channels) @ small.reshape(n * rows, channels).T  # (N, n*R)
-        return product.view(-1, n, rows).permute(1, 2, 0).contiguous()
-    return (image @ small.transpose(1, 2)).transpose(1, 2).contiguous()
-
-
-def _batched_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a (n, X, K) @ b (n or 1, K, Y)``; a shared ``b`` is used once for all n, not copied."""
-    if len(b) == 1 and len(a) > 1:
-        return (a.reshape(1, -1, a.shape[-1]) @ b).view(len(a), -1, b.shape[-1])
-    return a @ b
 
 
 def _plain_first_product(keys, weight, bias, start: int, stop: int) -> torch.Tensor:
@@ -418,11 +317,11 @@ def _low_rank_transformer(transformer, tokens, first: FirstLayerImage, final_tok
     image = first.low_rank
     layer1, layer2 = transformer.layers
     to_image, to_tokens = layer1.cross_attn_token_to_image, layer1.cross_attn_image_to_token
-    attend = partial(_tokens_to_projected_image, to_image, keys_t=first.keys, values=first.values)
+    attend = partial(tokens_to_projected_image, to_image, keys_t=first.keys, values=first.values)
     queries = _update_tokens(layer1, tokens, tokens, attend)
-    probs = _projected_image_to_tokens(to_tokens, first.queries, queries + tokens)
+    probs = projected_image_to_tokens(to_tokens, first.queries, queries + tokens)
     keys1, normed1 = first_keys(
-        image, layer1.norm4, Update(probs.mT, *_value_heads(to_tokens, queries))
+        image, layer1.norm4, Update(probs.mT, *value_heads(to_tokens, queries))
     )
     to_image, to_tokens = layer2.cross_attn_token_to_image, layer2.cross_attn_image_to_token
     attend = partial(low_rank_attention, to_image, keys1, image.keys, image.values)
@@ -430,7 +329,7 @@ def _low_rank_transformer(transformer, tokens, first: FirstLayerImage, final_tok
     scale = attention_heads(to_tokens)[2]
     scores = keys1.scores(image.queries, to_tokens.k_proj(queries + tokens) * scale)
     probs_t = scores.softmax(dim=2).flatten(1, 2)  # over the T tokens; (n, heads*T, N)
-    update2 = Update(probs_t, *_value_heads(to_tokens, queries))
+    update2 = Update(probs_t, *value_heads(to_tokens, queries))
     keys2 = second_keys(image, layer1.norm4, layer2.norm4, normed1, update2)
     final = transformer.final_attn_token_to_image
     queries, tokens = queries[:, final_tokens], tokens[:, final_tokens]
