@@ -304,7 +304,7 @@ def test_compare_models_errors(tmp_path):
 def test_model_metrics_embeds_each_image_once(tiny_sam, monkeypatch):
     """Prompted and automatic scores share one embedding per image (vit_b: ~9 s each on
     2 cores), and the numbers are those of the two evaluations run apart."""
-    from napari_samtune.core import predict as predict_module
+    from napari_samtune.core import view_predictor
     from napari_samtune.core.automatic import AutoSegmentConfig
     from napari_samtune.core.demo import model_metrics
     from napari_samtune.core.predict import Segmenter
@@ -314,13 +314,13 @@ def test_model_metrics_embeds_each_image_once(tiny_sam, monkeypatch):
     labels = [labels[0], np.zeros_like(labels[1]), labels[2]]  # an empty field of view too
     auto = AutoSegmentConfig(points_per_side=4, pred_iou_thresh=-1.0, stability_score_thresh=0.0)
     embedded, progress = [], []
-    embed_tiles = predict_module.embed_tiles
+    embed_tiles = view_predictor.embed_tiles
 
     def counting(*args, **kwargs):
         embedded.append(1)
         return embed_tiles(*args, **kwargs)
 
-    monkeypatch.setattr(predict_module, "embed_tiles", counting)
+    monkeypatch.setattr(view_predictor, "embed_tiles", counting)
     metrics = model_metrics(
         tiny_sam, "tiny", images, labels, auto, 1, progress=lambda *done: progress.append(done)
     )

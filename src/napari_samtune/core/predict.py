@@ -5,7 +5,9 @@ embeds it once (tiled when larger than the model input, see
 :mod:`napari_samtune.core.embeddings`; cached on disk), and answers prompts with
 the prompt encoder and mask decoder only. For an image that fits the model
 input the masks are those of ``segment_anything.SamPredictor`` on the same
-uint8 RGB image.
+uint8 RGB image. The work on one view (tile or overview) of the image is in
+:class:`~napari_samtune.core.view_predictor.ViewPredictor`; here each prompt is given the
+view that sees it best, and the views' masks become objects and label images.
 
 Coordinates are SAM's: (x, y) = (column, row) pixels of the original image,
 pixel centres at integers; boxes are XYXY. Convert napari (row, col) data with
@@ -14,51 +16,26 @@ pixel centres at integers; boxes are XYXY. Convert napari (row, col) data with
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from segment_anything.modeling import Sam
 
-from napari_samtune.core.accelerate import autocast_dtype, use_fast_paths
-from napari_samtune.core.devices import resolve_device
-from napari_samtune.core.embeddings import (
-    OVERVIEW,
-    EmbeddingCache,
-    ProgressCallback,
-    Tile,
-    TileGrid,
-    TilingConfig,
-    embed_tiles,
-    embedding_key,
-    image_digest,
-)
-from napari_samtune.core.fast_decoder import DecoderImage, decode_until_masks, decoder_image
-from napari_samtune.core.heap import keep_freed_memory, tune_cpu_allocator
-from napari_samtune.core.images import to_sam_rgb
-from napari_samtune.core.mask_windows import (
-    LabelPainter,
-    Window,
-    reproject_logits,
-    upscaled_window,
-)
-from napari_samtune.core.models import state_dict_digest
+from napari_samtune.core.embeddings import ProgressCallback
+from napari_samtune.core.heap import keep_freed_memory
+from napari_samtune.core.mask_windows import LabelPainter, reproject_logits
 from napari_samtune.core.prompt_checks import (
     check_boxes,
     check_mask_input,
     check_point_labels,
     check_points,
 )
+from napari_samtune.core.view_predictor import ViewPredictor
 
 if TYPE_CHECKING:
     from napari_samtune.core.automatic import AutoSegmentConfig
-
-DECODER_VIEWS_KEPT = 4  # views whose decoder tokens stay in memory between prompts
 
 
 @dataclass(frozen=True)
@@ -71,7 +48,7 @@ class Prediction:
     tile: int  # view that answered: tile index, or -1 for the whole-image overview
 
 
-class Segmenter:
+class Segmenter(ViewPredictor):
     """Segment one image at a time from point and box prompts.
 
     Args:
@@ -94,224 +71,6 @@ class Segmenter:
     """
 
     batch_size = 16  # prompts decoded (and upscaled) at once in batched calls
-
-    def __init__(
-        self,
-        model: Sam,
-        model_id: str | None = None,
-        device: str | torch.device = "cpu",
-        cache_dir: str | os.PathLike | None = None,
-        tiling: TilingConfig | None = None,
-        use_disk_cache: bool = True,
-        precision: str = "auto",
-    ) -> None:
-        if not isinstance(model, Sam):
-            raise TypeError(
-                f"model is a {type(model).__name__!r}; expected a segment_anything Sam model "
-                "(load one with napari_samtune.core.models.load_model(name).sam)"
-            )
-        self.model = use_fast_paths(model.to(resolve_device(device)).eval())
-        self.compute_dtype = autocast_dtype(self.model.device, precision)
-        if self.model.device.type == "cpu":
-            tune_cpu_allocator()
-        self.tiling = tiling if tiling is not None else TilingConfig()
-        self.cache = EmbeddingCache(cache_dir) if use_disk_cache else None
-        self._model_id = model_id
-        self._rgb: np.ndarray | None = None
-        self._image_hash: str | None = None
-        self._grid: TileGrid | None = None
-        self._features: torch.Tensor | None = None
-        self._overview: torch.Tensor | None = None
-        self._last_view = 0
-        self._decoder_images: dict[int, DecoderImage] = {}
-
-    @property
-    def model_id(self) -> str:
-        if self._model_id is None:
-            # the id load_model gives user weights, so both paths share cache entries
-            self._model_id = "weights-sha256-" + state_dict_digest(self.model.state_dict())
-        return self._model_id
-
-    @property
-    def _embedding_id(self) -> str:
-        """Model id plus encoder precision: bf16 and fp32 embeddings are cached apart."""
-        precision = str(self.compute_dtype).removeprefix("torch.") if self.compute_dtype else "fp32"
-        return f"{self.model_id}|{precision}"
-
-    @property
-    def img_size(self) -> int:
-        return int(self.model.image_encoder.img_size)
-
-    @property
-    def grid(self) -> TileGrid:
-        """Tile geometry of the current image."""
-        if self._grid is None:
-            raise RuntimeError("no image is set; call Segmenter.set_image(image) first")
-        return self._grid
-
-    @property
-    def image_shape(self) -> tuple[int, int]:
-        """(H, W) of the current image."""
-        return self.grid.image_shape
-
-    def set_image(
-        self,
-        image: np.ndarray,
-        channel_axis: int | None = None,
-        channels: Sequence[int] | None = None,
-        progress: ProgressCallback | None = None,
-    ) -> None:
-        """Normalise and embed an image (or load its embeddings from the cache).
-
-        Args:
-            image: (H, W) or channelled image, any numeric dtype; see ``to_sam_rgb``.
-            channel_axis, channels: passed to ``to_sam_rgb``.
-            progress: called as ``progress(tiles_done, n_tiles)`` while embedding.
-        """
-        rgb = to_sam_rgb(image, channel_axis, channels)
-        grid = TileGrid.for_image(rgb.shape[:2], self.img_size, self.tiling)
-        digest = image_digest(rgb)
-        if digest == self._image_hash and grid == self._grid:
-            return  # the same image again: its embeddings are already in memory
-        key = embedding_key(digest, self._embedding_id, grid, "tiles")
-        features = self._load_or_embed(key, rgb, grid.tiles, progress)
-        self._rgb, self._image_hash, self._grid = rgb, digest, grid
-        self._features, self._overview, self._last_view = features, None, 0
-        self._decoder_images = {}
-
-    def prepare_prompts(self) -> None:
-        """Project a single-tile image's decoder tokens now (55-90 ms on 2 cores with the
-        low-rank projections) instead of at the first prompt, e.g. in the worker that set
-        the image. Tiled images are left as they are: each prompt picks its view."""
-        if len(self.grid.tiles) == 1:
-            self._decoder_image(0)
-
-    def _load_or_embed(
-        self,
-        key: str,
-        rgb: np.ndarray,
-        tiles: tuple[Tile, ...],
-        progress: ProgressCallback | None,
-    ) -> torch.Tensor:
-        encoder = self.model.prompt_encoder
-        expected = (len(tiles), encoder.embed_dim, *encoder.image_embedding_size)
-        cached = self.cache.load(key, expected) if self.cache is not None else None
-        if cached is not None:
-            if progress is not None:
-                progress(len(tiles), len(tiles))
-            return cached.to(self.model.device)
-        features = embed_tiles(self.model, rgb, tiles, progress, self.compute_dtype)
-        if self.cache is not None:
-            self.cache.save(key, features)
-        return features
-
-    def features(self, view: int) -> torch.Tensor:
-        """(1, C, E, E) embedding of tile ``view``, or of the overview (-1, computed on demand)."""
-        if view != OVERVIEW:
-            return self._require_features()[view : view + 1]
-        if self._overview is None:
-            key = embedding_key(self._image_hash, self._embedding_id, self.grid, "overview")
-            self._overview = self._load_or_embed(key, self._rgb, (self.grid.overview,), None)
-        return self._overview
-
-    def _require_features(self) -> torch.Tensor:
-        if self._features is None:
-            raise RuntimeError("no image is set; call Segmenter.set_image(image) first")
-        return self._features
-
-    def decode(
-        self,
-        view: int,
-        points_xy: np.ndarray | None = None,
-        point_labels: np.ndarray | None = None,
-        boxes_xyxy: np.ndarray | None = None,
-        mask_input: torch.Tensor | None = None,
-        multimask: bool = False,
-        min_iou: float | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt encoder + mask decoder on one view for a batch of B prompts.
-
-        Args:
-            view: tile index, or -1 for the overview.
-            points_xy: (B, N, 2) image (x, y); point_labels: (B, N), 1 = positive, 0 = negative.
-            boxes_xyxy: (B, 4) image XYXY boxes.
-            mask_input: (B, 1, L, L) logits in this view's frame.
-            multimask: three candidates per prompt instead of one.
-            min_iou: return only the prompts with a mask whose predicted IoU reaches this
-                (their masks alone are upscaled: most of a pass's work).
-
-        Returns:
-            low-res logits (B, M, L, L) float32 and predicted IoU (B, M), M = 3 or 1; with
-            ``min_iou``, of the prompts that pass it, in their order.
-        """
-        tile, device = self.grid.view(view), self.model.device
-        coords = labels = boxes = None
-        if points_xy is not None:
-            coords = torch.as_tensor(
-                tile.to_input_frame(points_xy), dtype=torch.float, device=device
-            )
-            labels = torch.as_tensor(point_labels, dtype=torch.int64, device=device)
-        if boxes_xyxy is not None:
-            corners = tile.to_input_frame(np.reshape(boxes_xyxy, (-1, 2, 2))).reshape(-1, 4)
-            boxes = torch.as_tensor(corners, dtype=torch.float, device=device)
-        with torch.inference_mode():
-            image = self._decoder_image(view)
-            decoded = decode_until_masks(
-                self.model, image, coords, labels, boxes, mask_input, multimask
-            )
-            iou = decoded.iou.float()
-            if min_iou is None:
-                return decoded.logits().float(), iou
-            rows = torch.nonzero((iou >= min_iou).any(dim=1))[:, 0]
-            return decoded.logits(rows).float(), iou[rows]
-
-    def _decoder_image(self, view: int) -> DecoderImage:
-        """The view's embedding as decoder tokens; the last few views' are kept (41 MiB each).
-
-        They hold projections by the decoder's weights, which a Segmenter never changes.
-        """
-        if view not in self._decoder_images:
-            if len(self._decoder_images) >= DECODER_VIEWS_KEPT:  # a large image has many tiles
-                self._decoder_images.pop(next(iter(self._decoder_images)))
-            with torch.inference_mode():
-                self._decoder_images[view] = decoder_image(
-                    self.model, self.features(view), project_first_layer=True
-                )
-        return self._decoder_images[view]
-
-    def upscale(self, view: int, lowres: torch.Tensor) -> torch.Tensor:
-        """Low-res logits (B, L, L) -> logits (B, h, w) over the view's pixels.
-
-        Equals ``Sam.postprocess_masks`` (skipping its second resize when it is the identity).
-        """
-        tile = self.grid.view(view)
-        in_h, in_w = tile.input_size
-        with torch.inference_mode():
-            size = (self.img_size, self.img_size)
-            logits = F.interpolate(lowres[:, None], size, mode="bilinear", align_corners=False)
-            logits = logits[..., :in_h, :in_w]
-            if (in_h, in_w) != (tile.height, tile.width):
-                logits = F.interpolate(
-                    logits, (tile.height, tile.width), mode="bilinear", align_corners=False
-                )
-        return logits[:, 0]
-
-    def upscale_windows(self, view: int, lowres: torch.Tensor) -> list[Window]:
-        """Per object of low-res logits (B, L, L): its upscaled logits over a window of the
-        image outside of which no pixel is above the mask threshold.
-
-        The same values as :meth:`upscale` inside the window, for less work (see
-        :func:`~napari_samtune.core.mask_windows.upscaled_window`). Where the view's input
-        frame is resized once more to the view (its size is not the model's input size),
-        the whole view is upscaled and the window is the bounding box of the pixels above
-        the threshold.
-        """
-        tile, threshold = self.grid.view(view), self.model.mask_threshold
-        if tile.input_size != (tile.height, tile.width):
-            full = self.upscale(view, lowres)
-            return [Window(tile.y0, tile.x0, logits).trimmed(threshold) for logits in full]
-        with torch.inference_mode():
-            return [upscaled_window(logits, tile, self.img_size, threshold) for logits in lowres]
 
     def predict(
         self,
