@@ -37,8 +37,8 @@ def test_float_outliers_are_clipped_not_stretched():
 
 
 def _by_sorting(image: np.ndarray) -> np.ndarray:
-    """The documented rule, spelled out with np.percentile (the float path)."""
-    data = image.astype(np.float32)
+    """The documented rule, spelled out with np.percentile (the float path, in float64)."""
+    data = image.astype(np.float64)
     low, high = np.percentile(data, [LOW_PERCENTILE, HIGH_PERCENTILE])
     if high <= low:
         low, high = float(data.min()), float(data.max())
@@ -70,6 +70,46 @@ def test_integer_images_rescale_by_histogram_exactly_as_by_sorting(rng, dtype, l
     assert (images._rescale_integers(image) is None) == wide  # which path was taken
     gamma = np.minimum(rng.gamma(2.0, 300.0, size=(120, 90)), 65535).astype(np.uint16)
     np.testing.assert_array_equal(rescale_to_uint8(gamma), _by_sorting(gamma))
+
+
+def _ramp(rng) -> np.ndarray:
+    """A (48, 64) float64 image of the values 0..255, 12 pixels each, shuffled."""
+    return rng.permutation(np.repeat(np.arange(256.0), 12)).reshape(48, 64)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda ramp: ramp + 1e9,  # float64 far from 0: float32 steps by 64 there
+        lambda ramp: ramp.astype(np.int64) * 8192 + 2**40,  # float32 steps by 2**17 there
+        lambda ramp: ramp.astype(np.int64) + 2**62,  # float64 steps by 1024 there
+        lambda ramp: ramp.astype(np.uint64) * 2 + 2**63,  # beyond int64
+        lambda ramp: (ramp + 4_000_000_000).astype(np.uint32),  # the histogram path
+        lambda ramp: ramp * 1e-300,  # float32: all 0
+        lambda ramp: ramp * 1e300,  # float32: all inf
+        lambda ramp: (ramp - 128) * 1e306,  # a range beyond float64's largest number
+        lambda ramp: ramp * 1e-310,  # subnormal: 255 / range overflows
+    ],
+    ids=[
+        "float64+1e9",
+        "int64*8192+2**40",
+        "int64+2**62",
+        "uint64+2**63",
+        "uint32+4e9",
+        "*1e-300",
+        "*1e300",
+        "float64 range overflows",
+        "subnormal",
+    ],
+)
+def test_an_offset_or_extreme_scale_keeps_the_images_contrast(rng, change):
+    """Rescaling is invariant to offset and scale: the result is the plain ramp's (to the
+    rounding of one level), not blank or a few levels as when computed in float32."""
+    ramp = _ramp(rng)
+    expected = rescale_to_uint8(ramp).astype(int)
+    assert expected.min() == 0 and expected.max() == 255
+    got = rescale_to_uint8(change(ramp))
+    assert np.abs(got.astype(int) - expected).max() <= 1
 
 
 def test_constant_image_gives_zeros():

@@ -24,7 +24,11 @@ HIGH_PERCENTILE = 99.8
 
 
 def rescale_to_uint8(image: np.ndarray) -> np.ndarray:
-    """Rescale any numeric image to uint8 by the 1st..99.8th percentile; uint8 passes unchanged."""
+    """Rescale any numeric image to uint8 by the 1st..99.8th percentile; uint8 passes unchanged.
+
+    Computed in float64 (float32 for float16/float32 images and bool), and 64-bit integers
+    less their minimum, so an offset (1e9 + image, 2**40 + image) or a very small or large
+    scale (1e-300 * image) keeps the image's contrast."""
     if image.dtype == np.uint8:
         return image
     if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
@@ -33,23 +37,48 @@ def rescale_to_uint8(image: np.ndarray) -> np.ndarray:
         fast = _rescale_integers(image)
         if fast is not None:
             return fast
-    data = image.astype(np.float32, copy=False)
+    data = _as_float(image)
     finite = data[np.isfinite(data)]
     if finite.size == 0:
         return np.zeros(image.shape, dtype=np.uint8)
-    low, high = np.percentile(finite, [LOW_PERCENTILE, HIGH_PERCENTILE])
+    # finite is a copy already: partitioned in place, without a second one
+    low, high = np.percentile(finite, [LOW_PERCENTILE, HIGH_PERCENTILE], overwrite_input=True)
     if high <= low:  # flat image, or nearly so: fall back to the full range
-        low, high = float(finite.min()), float(finite.max())
+        low, high = finite.min(), finite.max()
     return _scale(data, low, high)
 
 
+def _as_float(image: np.ndarray) -> np.ndarray:
+    """``image`` as floats that hold its differences: float32 for float16/float32 and bool
+    (their own precision), 64-bit integers less their minimum (float64 holds the differences
+    exactly up to 2**53, the values themselves only up to there), float64 otherwise."""
+    if image.dtype in (np.float16, np.float32, bool):
+        return image.astype(np.float32, copy=False)
+    if np.issubdtype(image.dtype, np.integer) and image.dtype.itemsize == 8:
+        # in uint64, where the subtraction wraps to the exact difference of any two values
+        first = image.min().astype(np.uint64)
+        return (image.astype(np.uint64) - first).astype(np.float64)
+    return image.astype(np.float64, copy=False)
+
+
 def _scale(data: np.ndarray, low: float, high: float) -> np.ndarray:
-    """``data`` (float32) from low..high to 0..255 uint8, rounded and clipped (zeros when
+    """``data`` (float) from low..high to 0..255 uint8, rounded and clipped (zeros when
     the range is empty)."""
-    if high <= low:
+    if not high > low:
         return np.zeros(data.shape, dtype=np.uint8)
-    scaled = (np.nan_to_num(data, nan=low) - low) * (255.0 / (high - low))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    with np.errstate(over="ignore"):  # what overflows is far outside 0..255: clipped
+        if not np.isfinite(high - low):  # values near the float limits: halve them all
+            data, low, high = data * 0.5, low * 0.5, high * 0.5
+        factor = 255.0 / (high - low)
+        scaled = np.nan_to_num(data, nan=low)  # a copy, worked on in place from here
+        scaled -= low
+        if np.isfinite(factor):
+            scaled *= factor
+        else:  # a range of a subnormal size overflows the factor: divide by the range
+            scaled /= high - low
+            scaled *= 255.0
+    np.rint(scaled, out=scaled)
+    return np.clip(scaled, 0, 255, out=scaled).astype(np.uint8)
 
 
 MAX_HISTOGRAM_BINS = 1 << 20  # integer images spanning more values take the sorting path
@@ -75,21 +104,21 @@ def _rescale_integers(image: np.ndarray) -> np.ndarray | None:
     low, high = (
         _order_statistic_lerp(cumulative, q, first) for q in (LOW_PERCENTILE, HIGH_PERCENTILE)
     )
-    values = np.arange(first, first + span, dtype=np.int64).astype(np.float32)
+    values = np.arange(first, first + span, dtype=np.int64).astype(np.float64)
     if high <= low:  # as above: the full range, the image's smallest to largest value
-        low, high = float(values[0]), float(values[-1])
+        low, high = values[0], values[-1]
     table = _scale(values, low, high)
     return table[offsets].reshape(image.shape)
 
 
-def _order_statistic_lerp(cumulative: np.ndarray, percentile: float, first: int) -> float:
-    """np.percentile (method "linear") of the values counted in ``cumulative``."""
+def _order_statistic_lerp(cumulative: np.ndarray, percentile: float, first: int) -> np.float64:
+    """np.percentile (method "linear") of the values counted in ``cumulative``, as float64."""
     n = int(cumulative[-1])
     position = percentile / 100 * (n - 1)
     below = int(np.floor(position))
     fraction = position - below
     a, b = (
-        np.float32(np.searchsorted(cumulative, rank, side="right") + first)
+        np.float64(np.searchsorted(cumulative, rank, side="right") + first)
         for rank in (below, min(below + 1, n - 1))
     )
     difference = np.subtract(b, a)
