@@ -112,6 +112,13 @@ def test_an_offset_or_extreme_scale_keeps_the_images_contrast(rng, change):
     assert np.abs(got.astype(int) - expected).max() <= 1
 
 
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+def test_complex_images_are_refused_with_the_fix(dtype):
+    image = np.ones((8, 8), dtype=dtype)
+    with pytest.raises(TypeError, match=r"dtype complex.*np\.abs\(image\).*image\.real"):
+        to_sam_rgb(image)
+
+
 def test_constant_image_gives_zeros():
     assert rescale_to_uint8(np.full((5, 5), 7.5)).max() == 0
 

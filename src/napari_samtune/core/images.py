@@ -11,6 +11,7 @@ The one documented rule (used identically at inference and in training):
 * uint8 data is used as is. Any other dtype (uint16, int, float) is rescaled
   per image: the 1st percentile maps to 0 and the 99.8th to 255, clipped.
   So 16-bit microscopy data works without the user converting it first.
+  Complex images are refused: their magnitude or real part is the user's choice.
 """
 
 from __future__ import annotations
@@ -24,13 +25,18 @@ HIGH_PERCENTILE = 99.8
 
 
 def rescale_to_uint8(image: np.ndarray) -> np.ndarray:
-    """Rescale any numeric image to uint8 by the 1st..99.8th percentile; uint8 passes unchanged.
+    """Rescale any real image to uint8 by the 1st..99.8th percentile; uint8 passes unchanged.
 
     Computed in float64 (float32 for float16/float32 images and bool), and 64-bit integers
     less their minimum, so an offset (1e9 + image, 2**40 + image) or a very small or large
     scale (1e-300 * image) keeps the image's contrast."""
     if image.dtype == np.uint8:
         return image
+    if np.issubdtype(image.dtype, np.complexfloating):
+        raise TypeError(
+            f"image has dtype {image.dtype.name}, complex numbers, which have no brightness; "
+            "take np.abs(image) (the magnitude) or image.real first"
+        )
     if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
         raise TypeError(f"image has dtype {image.dtype!r}; expected an integer or float image")
     if np.issubdtype(image.dtype, np.integer) and image.dtype.itemsize <= 4:
