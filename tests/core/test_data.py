@@ -247,6 +247,17 @@ def test_bad_image_channels_name_the_pair():
         prepare_pair(pair)
 
 
+def test_one_channel_may_be_an_int_and_other_choices_are_named_type_errors():
+    image, labels = make_image((32, 40), seed=4)
+    noise = np.zeros_like(image)
+    (pair,) = split_planes(np.stack([noise, image]), labels, "c.tif", None, 0, 1)
+    assert pair.channels == (1,)
+    assert np.array_equal(prepare_pair(pair).rgb, to_sam_rgb(image))
+    typed = ImageLabelPair(np.stack([noise, image]), labels, "t.tif", 0, "1")
+    with pytest.raises(TypeError, match="image of 't.tif': channels='1' is not a channel"):
+        prepare_pair(typed)
+
+
 def test_in_memory_pairs_are_normalised_like_inference():
     image, labels = make_image((48, 40), seed=2, dtype=np.uint16)
     labels = labels * 7  # non-consecutive ids

@@ -151,7 +151,7 @@ def test_stack_is_rejected_with_a_hint():
 
 @pytest.mark.parametrize(
     ("axis", "ndim", "plane_axis"),
-    [(None, 4, None), (1, 4, 0), (3, 4, 2), (-1, 4, 2), (-3, 4, 0), (2, 3, 1), (-1, 3, 1)],
+    [(None, 4, None), (1, 4, 0), (3, 4, 2), (-1, 4, 2), (-3, 4, 0), (None, 3, None)],
 )
 def test_a_stacks_channel_axis_is_one_less_within_a_plane(axis, ndim, plane_axis):
     assert plane_channel_axis(axis, ndim) == plane_axis
@@ -163,12 +163,18 @@ def test_a_stacks_channel_axis_is_one_less_within_a_plane(axis, ndim, plane_axis
 
 
 @pytest.mark.parametrize(
-    ("axis", "message"),
-    [(0, "axis of planes"), (-4, "axis of planes"), (4, r"out of range.*-4\.\.3")],
+    ("axis", "ndim", "message"),
+    [
+        (0, 4, "axis of planes"),
+        (-4, 4, "axis of planes"),
+        (4, 4, r"out of range.*-4\.\.3"),
+        (2, 3, "a stack of 3 axes, whose planes are 2D without channels"),
+        (-1, 3, "stack of 3 axes.* leave channel_axis out"),
+    ],
 )
-def test_a_channel_axis_outside_a_stacks_planes_is_refused(axis, message):
+def test_a_channel_axis_outside_a_stacks_planes_is_refused(axis, ndim, message):
     with pytest.raises(ValueError, match=f"channel_axis={axis}.*{message}|{message}"):
-        plane_channel_axis(axis, 4)
+        plane_channel_axis(axis, ndim)
 
 
 @pytest.mark.parametrize(
@@ -230,3 +236,46 @@ def test_planes_first_turns_channels_first_stacks_into_planes_of_channels():
         assert same is czyx and kept_axis == axis
     yx = np.zeros((4, 5))
     assert images.planes_first(yx, 0)[0] is yx
+
+
+@pytest.mark.parametrize("one", [1, np.int64(1), (1,), [1], np.array([1])])
+def test_one_channel_may_be_given_as_an_int(rng, one):
+    image = rng.integers(0, 256, size=(16, 16, 5), dtype=np.uint8)
+    rgb = to_sam_rgb(image, channel_axis=-1, channels=one)
+    np.testing.assert_array_equal(rgb, to_sam_rgb(image[..., 1]))
+
+
+@pytest.mark.parametrize(
+    "channels", ["1", "0,1,2", 1.0, [0.0, 1.0, 2.0], True, [True], {"c": 1}, object()]
+)
+def test_channels_that_are_not_indices_are_a_type_error_naming_them(rng, channels):
+    image = rng.integers(0, 256, size=(16, 16, 5), dtype=np.uint8)
+    with pytest.raises(TypeError, match=r"channels=.*give one index \(e\.g\. 1\) or a list"):
+        to_sam_rgb(image, channel_axis=-1, channels=channels)
+
+
+def test_channels_typed_as_text_point_to_parse_channels(rng):
+    image = rng.integers(0, 256, size=(16, 16, 5), dtype=np.uint8)
+    with pytest.raises(TypeError, match="channels='1' .*parse_channels"):
+        to_sam_rgb(image, channel_axis=-1, channels="1")
+
+
+@pytest.mark.parametrize(
+    ("shape", "axis", "message"),
+    [
+        ((16, 16, 2), 5, r"channel_axis=5 is out of range for an image of shape \(16, 16, 2\)"),
+        ((16, 16, 2), -4, r"channel_axis=-4 is out of range.*-3\.\.2"),
+        ((16, 16), 7, r"channel_axis=7 was given but the image has shape \(16, 16\), a 2D"),
+        ((16, 16), -1, r"channel_axis=-1 was given but .* leave channel_axis out"),
+    ],
+)
+def test_a_channel_axis_the_image_cannot_have_is_named_with_the_shape(shape, axis, message):
+    image = np.zeros(shape, dtype=np.uint16)
+    with pytest.raises(ValueError, match=message):
+        to_sam_rgb(image, channel_axis=axis, channels=[0] if len(shape) == 3 else None)
+
+
+@pytest.mark.parametrize("axis", [1.0, "0", True])
+def test_a_channel_axis_that_is_not_an_int_is_a_type_error(axis):
+    with pytest.raises(TypeError, match=f"channel_axis={axis!r}; give the axis"):
+        to_sam_rgb(np.zeros((16, 16, 3), np.uint8), channel_axis=axis)

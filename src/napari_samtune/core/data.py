@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from napari_samtune.core.images import (
+    as_channel_indices,
     plane_channel_axis,
     planes_first,
     select_channels,
@@ -84,7 +85,7 @@ def split_planes(
     name: str,
     rgb: bool | None = None,
     channel_axis: int | None = None,
-    channels: Sequence[int] | None = None,
+    channels: int | Sequence[int] | None = None,
 ) -> list[ImageLabelPair]:
     """One pair for a 2D image, one per annotated plane for a stack (see :func:`_is_stack`).
 
@@ -96,7 +97,7 @@ def split_planes(
     (C, Z, H, W) stack, channels first, takes ``channel_axis=0`` (see
     :func:`~napari_samtune.core.images.planes_first`).
     """
-    channels = None if channels is None else tuple(channels)
+    channels = as_channel_indices(channels)  # 1 is (1,)
     if rgb is None and (channel_axis is not None or channels is not None):
         rgb = True
     if labels.ndim == 3:
@@ -114,7 +115,7 @@ def load_pairs(
     images: str | os.PathLike | Sequence[str | os.PathLike],
     labels: str | os.PathLike | Sequence[str | os.PathLike],
     channel_axis: int | None = None,
-    channels: Sequence[int] | None = None,
+    channels: int | Sequence[int] | None = None,
 ) -> list[ImageLabelPair]:
     """Read paired TIFF files (see :func:`match_files`: every file must pair) into
     :class:`ImageLabelPair` s; a stack of planes gives one pair per plane with objects, and
@@ -126,7 +127,7 @@ def read_match(
     match: FileMatch,
     foreign: list[str] | None = None,
     channel_axis: int | None = None,
-    channels: Sequence[int] | None = None,
+    channels: int | Sequence[int] | None = None,
 ) -> list[ImageLabelPair]:
     """Read the pairs of :func:`match_files`, as in :func:`load_pairs`; an image with
     autosaves of namesakes gets the one saved for its pixels (:func:`choose_namesake`).
@@ -273,6 +274,8 @@ def check_channels(pair: ImageLabelPair) -> None:
         select_channels(image, pair.channel_axis, pair.channels)
     except ValueError as err:
         raise ChannelError(f"image of {pair.name!r}: {err}") from None
+    except TypeError as err:  # channels or channel_axis of the wrong type
+        raise TypeError(f"image of {pair.name!r}: {err}") from None
 
 
 def _check_planes(image: np.ndarray, labels: np.ndarray, pair: ImageLabelPair) -> None:

@@ -177,12 +177,67 @@ def parse_channels(text: str) -> tuple[int, ...] | None:
     return channels
 
 
+def as_channel_indices(channels: int | Sequence[int] | None) -> tuple[int, ...] | None:
+    """``channels`` as a tuple of ints: one index (``1`` is ``(1,)``) or a sequence of them;
+    None stays None. ``TypeError`` naming the value for anything else (text, floats, bools);
+    the number and range of the indices are checked against the image by
+    :func:`select_channels`."""
+    if channels is None:
+        return None
+    if _is_index(channels):
+        return (int(channels),)
+    if not isinstance(channels, (str, bytes)):
+        try:
+            indices = tuple(channels)
+        except TypeError:
+            indices = None
+        if indices is not None and all(_is_index(c) for c in indices):
+            return tuple(int(c) for c in indices)
+    text = " (text: parse typed channels with parse_channels)" if isinstance(channels, str) else ""
+    raise TypeError(
+        f"channels={channels!r} is not a channel choice{text}; give one index (e.g. 1) or "
+        "a list of three (e.g. [0, 1, 2]) as whole numbers"
+    )
+
+
+def _is_index(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_channel_axis(channel_axis: int | None, shape: tuple[int, ...]) -> None:
+    """A channel axis the image of ``shape`` (2D, or 3D with channels) can have."""
+    if channel_axis is None:
+        return
+    if not _is_index(channel_axis):
+        raise TypeError(
+            f"channel_axis={channel_axis!r}; give the axis that holds the channels as a whole "
+            "number (e.g. 0 or -1), or None"
+        )
+    if len(shape) == 2:
+        raise ValueError(
+            f"channel_axis={channel_axis!r} was given but the image has shape {shape!r}, a 2D "
+            "grayscale image without a channel axis; leave channel_axis out (None)"
+        )
+    if len(shape) == 3 and not -3 <= channel_axis < 3:
+        raise ValueError(
+            f"channel_axis={channel_axis!r} is out of range for an image of shape {shape!r}; "
+            "give an axis in -3..2 (channels are usually axis 0 or -1)"
+        )
+
+
 def select_channels(
-    image: np.ndarray, channel_axis: int | None, channels: Sequence[int] | None
+    image: np.ndarray, channel_axis: int | None, channels: int | Sequence[int] | None
 ) -> np.ndarray:
-    """Return (H, W) or (H, W, 3) from a 2D or channelled image."""
+    """Return (H, W) or (H, W, 3) from a 2D or channelled image.
+
+    ``channel_axis`` is an axis of a channelled image (-3..2), or None (guessed; see
+    :func:`_guess_channel_axis`); a 2D image takes neither it nor ``channels``. ``channels``
+    is one index (``1`` or ``[1]``, used as gray) or three (used as RGB).
+    """
+    chosen = as_channel_indices(channels)
+    _check_channel_axis(channel_axis, image.shape)
     if image.ndim == 2:
-        if channels is not None:
+        if chosen is not None:
             raise ValueError(f"channels={channels!r} was given but the image is 2D grayscale")
         return image
     if image.ndim != 3:
@@ -191,10 +246,10 @@ def select_channels(
             "(H, W, C); for a stack, pass one plane at a time"
         )
     if channel_axis is None:
-        channel_axis = _guess_channel_axis(image.shape, channels is not None)
+        channel_axis = _guess_channel_axis(image.shape, chosen is not None)
     image = np.moveaxis(image, channel_axis, -1)
     n_channels = image.shape[-1]
-    if channels is None:
+    if chosen is None:
         if n_channels in (3, 4):  # RGB, or RGBA whose alpha carries no content
             return image[..., :3]
         if n_channels == 1:
@@ -203,14 +258,13 @@ def select_channels(
             f"image has {n_channels} channels; pass channels=[i] to use one of them "
             "or channels=[i, j, k] to use three as RGB"
         )
-    channels = list(channels)
-    if len(channels) not in (1, 3) or any(not 0 <= c < n_channels for c in channels):
+    if len(chosen) not in (1, 3) or any(not 0 <= c < n_channels for c in chosen):
         raise ValueError(
             f"channels={channels!r} is invalid for an image with {n_channels} channels; "
             f"give one or three indices in 0..{n_channels - 1}"
         )
-    selected = image[..., channels]
-    return selected[..., 0] if len(channels) == 1 else selected
+    selected = image[..., list(chosen)]
+    return selected[..., 0] if len(chosen) == 1 else selected
 
 
 def planes_first(
@@ -233,7 +287,8 @@ def planes_first(
 
 def plane_channel_axis(channel_axis: int | None, ndim: int) -> int | None:
     """The channel axis within one plane of a stack, given ``channel_axis`` counted in the
-    whole ``ndim``-axis array whose axis 0 holds the planes (z or time); None stays None."""
+    whole ``ndim``-axis array whose axis 0 holds the planes (z or time); None stays None.
+    A stack with channels has 4 axes: the planes of 3 are 2D, without a channel axis."""
     if channel_axis is None:
         return None
     if not -ndim <= channel_axis < ndim:
@@ -246,21 +301,28 @@ def plane_channel_axis(channel_axis: int | None, ndim: int) -> int | None:
             f"channel_axis={channel_axis!r} is the stack's axis of planes (axis 0); give the "
             "axis that holds the channels"
         )
+    if ndim < 4:
+        raise ValueError(
+            f"channel_axis={channel_axis!r} was given for a stack of {ndim} axes, whose planes "
+            "are 2D without channels; leave channel_axis out, or give a stack with channels: "
+            "4 axes, (planes, H, W, C) or (C, planes, H, W)"
+        )
     return channel_axis % ndim - 1
 
 
 def to_sam_rgb(
     image: np.ndarray,
     channel_axis: int | None = None,
-    channels: Sequence[int] | None = None,
+    channels: int | Sequence[int] | None = None,
 ) -> np.ndarray:
     """Normalise a microscopy image to the uint8 RGB input of Segment Anything.
 
     Args:
         image: (H, W) grayscale, (H, W, 3|4) RGB(A), or a multichannel array whose
-            channel axis is ``channel_axis``; uint8, uint16, int or float.
-        channel_axis: the axis that holds channels, when the image has one.
-        channels: one index (used as grayscale) or three (used as RGB).
+            channel axis is ``channel_axis``; uint8, uint16, int or float (not complex).
+        channel_axis: the axis that holds channels (-3..2), given only for an image with
+            one; None guesses it (RGB(A) last, a single-entry end axis, ...).
+        channels: one index (``1`` or ``[1]``, used as grayscale) or three (used as RGB).
 
     Returns:
         uint8 array of shape (H, W, 3), C-contiguous.
