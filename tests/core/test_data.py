@@ -268,8 +268,17 @@ def test_in_memory_pairs_are_normalised_like_inference():
     assert prepared.object_areas.sum() == np.count_nonzero(labels)
     with pytest.raises(ValueError, match="non-empty list"):
         as_pairs([])
-    with pytest.raises(TypeError, match=r"data\[0\] is a int"):
+    with pytest.raises(TypeError, match=r"data\[0\] is a int; give an \(image, labels\) pair$"):
         as_pairs([3])
+
+
+def test_one_pair_not_in_a_list_is_told_how_to_pass_it():
+    image, labels = make_image((32, 40), seed=2)
+    for one in [(image, labels), [image, labels]]:
+        with pytest.raises(TypeError, match=r"data\[0\] is a ndarray.*pass \[\(image, labels\)\]"):
+            as_pairs(one)
+    with pytest.raises(ValueError, match=r"to train on one pair, pass \[pair\]"):
+        as_pairs(ImageLabelPair(image, labels))
 
 
 def test_pairs_without_objects_are_left_out_and_other_problems_still_refused():

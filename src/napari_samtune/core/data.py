@@ -169,9 +169,11 @@ def as_pairs(
 ) -> list[ImageLabelPair]:
     """Accept pairs as :class:`ImageLabelPair` or plain ``(image, labels)`` tuples."""
     if isinstance(data, ImageLabelPair) or not isinstance(data, Sequence) or not len(data):
+        one = "; to train on one pair, pass [pair]" if isinstance(data, ImageLabelPair) else ""
         raise ValueError(
             "training data must be a non-empty list of (image, labels) pairs; "
-            f"got {type(data).__name__} of length {len(data) if hasattr(data, '__len__') else '?'}"
+            f"got {type(data).__name__} of length "
+            f"{len(data) if hasattr(data, '__len__') else '?'}{one}"
         )
     pairs = []
     for i, item in enumerate(data):
@@ -180,7 +182,11 @@ def as_pairs(
         elif isinstance(item, (tuple, list)) and len(item) == 2:
             pairs.append(ImageLabelPair(np.asarray(item[0]), np.asarray(item[1]), f"pair {i}"))
         else:
-            raise TypeError(f"data[{i}] is a {type(item).__name__}; give an (image, labels) pair")
+            one = len(data) == 2 and all(isinstance(part, np.ndarray) for part in data)
+            hint = "; to train on one pair, pass [(image, labels)]" if one else ""
+            raise TypeError(
+                f"data[{i}] is a {type(item).__name__}; give an (image, labels) pair{hint}"
+            )
     return pairs
 
 
