@@ -7,6 +7,8 @@ expected result is known exactly; one test runs the real tiny model end to end.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -184,6 +186,45 @@ def test_painting_drops_small_and_mostly_covered_objects():
 def test_config_rejects_impossible_values(field):
     with pytest.raises(ValueError, match=f"{field}=-1"):
         AutoSegmentConfig(**{field: -1})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error", "rule"),
+    [
+        ("points_per_side", 8.5, TypeError, "use a positive integer"),
+        ("points_per_side", "8", TypeError, "use a positive integer"),
+        ("points_per_side", True, TypeError, "use a positive integer"),
+        ("points_per_batch", 0, ValueError, "use a positive integer"),
+        ("points_per_batch", 64.0, TypeError, "use a positive integer"),
+        ("min_area", 2.5, TypeError, "use a whole number >= 0"),
+        ("min_area", False, TypeError, "use a whole number >= 0"),
+        ("pred_iou_thresh", 1.5, ValueError, "use a value <= 1"),
+        ("pred_iou_thresh", float("nan"), ValueError, "use a value <= 1"),
+        ("pred_iou_thresh", "0.8", TypeError, "use a value <= 1"),
+        ("stability_score_thresh", 1.5, ValueError, r"use a value in \[0, 1\]"),
+        ("stability_score_thresh", None, TypeError, r"use a value in \[0, 1\]"),
+        ("stability_score_offset", float("inf"), ValueError, "use a finite value >= 0"),
+        ("stability_score_offset", -1.0, ValueError, "use a finite value >= 0"),
+        ("box_nms_thresh", float("nan"), ValueError, r"use a value in \[0, 1\]"),
+        ("max_overlap", 1.01, ValueError, r"use a value in \[0, 1\]"),
+    ],
+)
+def test_config_names_a_field_of_the_wrong_type_or_range(field, value, error, rule):
+    with pytest.raises(error, match=rf"^{field}={re.escape(repr(value))}; {rule}"):
+        AutoSegmentConfig(**{field: value})
+
+
+def test_config_takes_numpy_numbers_and_thresholds_below_zero():
+    config = AutoSegmentConfig(points_per_side=np.int64(8), pred_iou_thresh=-1, min_area=0)
+    assert config.points_per_side == 8 and config.pred_iou_thresh == -1
+
+
+def test_a_dict_for_the_config_is_told_how_to_make_one(tiny_sam):
+    segmenter = Segmenter(tiny_sam, model_id="tiny", use_disk_cache=False)
+    segmenter.set_image(make_image((64, 64), seed=5)[0])
+    message = r"config is a dict .*; pass AutoSegmentConfig\(points_per_side=8\)"
+    with pytest.raises(TypeError, match=message):
+        segmenter.segment_all({"points_per_side": 8})
 
 
 def test_the_real_tiny_model_runs_end_to_end_on_a_tiled_image(tiny_sam):

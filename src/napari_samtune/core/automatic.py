@@ -22,7 +22,7 @@ when more than ``max_overlap`` of it was already claimed or fewer than
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -57,17 +57,32 @@ class AutoSegmentConfig:
     min_area: int = 25  # smallest object kept, in pixels, after overlaps are removed
 
     def __post_init__(self) -> None:
-        for name in ("points_per_side", "points_per_batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)!r}; use a positive integer")
-        for name in ("box_nms_thresh", "max_overlap", "stability_score_thresh"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name}={getattr(self, name)!r}; use a value in [0, 1]")
-        if self.min_area < 0 or self.stability_score_offset < 0:
-            raise ValueError(
-                f"min_area={self.min_area!r} and stability_score_offset="
-                f"{self.stability_score_offset!r} must be >= 0"
-            )
+        for name, (whole, allowed, rule) in _FIELD_RULES.items():
+            value = getattr(self, name)
+            kinds = (int, np.integer) if whole else (int, float, np.integer, np.floating)
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, kinds):
+                raise TypeError(f"{name}={value!r}; {rule}")
+            if not allowed(value):  # NaN fails every comparison: refused too
+                raise ValueError(f"{name}={value!r}; {rule}")
+
+
+_IN_0_1 = "use a value in [0, 1]"
+# field: (whole number?, allowed, what to use)
+_FIELD_RULES: dict[str, tuple[bool, Callable[[float], bool], str]] = {
+    "points_per_side": (True, lambda v: v >= 1, "use a positive integer"),
+    "points_per_batch": (True, lambda v: v >= 1, "use a positive integer"),
+    "pred_iou_thresh": (
+        False,
+        lambda v: v <= 1,
+        "use a value <= 1, as a predicted IoU is at most about 1 (SAM's default is 0.88; "
+        "lower values keep more candidates)",
+    ),
+    "stability_score_thresh": (False, lambda v: 0 <= v <= 1, _IN_0_1),
+    "stability_score_offset": (False, lambda v: 0 <= v < math.inf, "use a finite value >= 0"),
+    "box_nms_thresh": (False, lambda v: 0 <= v <= 1, _IN_0_1),
+    "max_overlap": (False, lambda v: 0 <= v <= 1, _IN_0_1),
+    "min_area": (True, lambda v: v >= 0, "use a whole number >= 0 (pixels)"),
+}
 
 
 # Automatic segmentation settings for nano, tuned on generated images (seeds not used for
@@ -246,6 +261,21 @@ def paint(
     return labels
 
 
+def _check_config(config: object) -> None:
+    """``TypeError`` for a ``config`` that is not an :class:`AutoSegmentConfig` (a dict, say),
+    showing the call that makes one."""
+    if isinstance(config, AutoSegmentConfig):
+        return
+    if isinstance(config, Mapping) and all(isinstance(key, str) for key in config):
+        example = ", ".join(f"{key}={value!r}" for key, value in config.items())
+    else:
+        example = "points_per_side=16"
+    raise TypeError(
+        f"config is a {type(config).__name__} ({config!r}), not an AutoSegmentConfig; pass "
+        f"AutoSegmentConfig({example})"
+    )
+
+
 def segment_automatic(
     segmenter: Segmenter,
     config: AutoSegmentConfig = AutoSegmentConfig(),
@@ -265,6 +295,7 @@ def segment_automatic(
         uint32 (H, W) instance labels, 0 = background, ids 1..N consecutive
         (in order of decreasing predicted IoU).
     """
+    _check_config(config)
     grid = segmenter.grid
     n_tiles = len(grid.tiles)
     n_batches, done = n_tiles * batches_per_tile(config), 0
