@@ -23,6 +23,8 @@ preset cannot fit, before any training starts.
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from dataclasses import dataclass, fields, replace
 from typing import Literal
@@ -248,17 +250,24 @@ class TrainConfig:
                 f'{list(MODEL_PARTS)!r}, e.g. ["image_encoder"], or [] to train all parts'
             )
         object.__setattr__(self, "freeze", tuple(self.freeze))  # lists arrive from JSON
+        _check_types(self)
         _check_positive(self, ("epochs", "n_objects_per_batch", "batch_size"))
         _check_positive(self, ("min_samples_per_epoch", "grad_accumulation", "min_object_area"))
         if not self.model or not isinstance(self.model, str):
             raise ValueError(f"model={self.model!r}; give a model name or a weights file path")
-        if not self.learning_rate > 0:
+        if not 0 < self.learning_rate < math.inf:
             raise ValueError(f"learning_rate={self.learning_rate!r}; use a positive number")
+        if self.seed < 0:
+            raise ValueError(f"seed={self.seed!r}; use a whole number >= 0")
         if self.patch_size is not None and self.patch_size < 32:
             raise ValueError(f"patch_size={self.patch_size!r}; use at least 32 pixels, or None")
         self._check_parts()
         if self.lora_rank < 0:
             raise ValueError(f"lora_rank={self.lora_rank!r}; use 0 (no LoRA) or a positive rank")
+        if self.lora_alpha is not None and not 0 < self.lora_alpha < math.inf:
+            raise ValueError(
+                f"lora_alpha={self.lora_alpha!r}; use a positive number, or None (lora_rank)"
+            )
         if self.early_stopping is not None and self.early_stopping < 1:
             raise ValueError(f"early_stopping={self.early_stopping!r}; use >= 1 or None")
         if self.n_iterative_prompts < 0 or self.embedding_cache_size < 0:
@@ -315,8 +324,40 @@ class TrainConfig:
 def _check_positive(config: TrainConfig, names: tuple[str, ...]) -> None:
     for name in names:
         value = getattr(config, name)
-        if not isinstance(value, int) or value < 1:
+        if value < 1:
             raise ValueError(f"{name}={value!r}; use a whole number >= 1")
+
+
+_WHOLE = (
+    "epochs", "n_objects_per_batch", "batch_size", "patch_size", "lora_rank", "early_stopping",
+    "min_samples_per_epoch", "n_iterative_prompts", "seed", "grad_accumulation",
+    "embedding_cache_size", "min_object_area", "scheduler_patience",
+)  # fmt: skip
+_REAL = ("learning_rate", "lora_alpha", "val_fraction", "box_jitter", "scheduler_factor")
+_FLAGS = ("fast_attention", "checkpoint_trainable_only")
+_OPTIONAL = ("patch_size", "lora_alpha", "early_stopping")  # None allowed
+
+
+def _check_types(config: TrainConfig) -> None:
+    """``TypeError`` naming a numeric field that is not a number (text, a bool: ``epochs=True``
+    is no count) or a whole-number field that is not whole, and a flag that is not a bool.
+    numpy numbers become Python numbers, which checkpoints (``weights_only``) can load."""
+    for name in (*_WHOLE, *_REAL, *_FLAGS):
+        value = getattr(config, name)
+        if value is None and name in _OPTIONAL:
+            continue
+        if name in _FLAGS:
+            kind, fits = "True or False", isinstance(value, bool)
+        else:
+            kind = "a whole number" if name in _WHOLE else "a number"
+            number = numbers.Integral if name in _WHOLE else numbers.Real
+            fits = isinstance(value, number) and not isinstance(value, bool)  # np.bool_ is not
+            if fits and type(value) not in (int, float):  # numpy's
+                object.__setattr__(config, name, (int if name in _WHOLE else float)(value))
+        if not fits:
+            what = "text" if isinstance(value, str) else f"a {type(value).__name__}"
+            none = " or None" if name in _OPTIONAL else ""
+            raise TypeError(f"{name}={value!r} is {what}; use {kind}{none}")
 
 
 def resolve_preset(key: str) -> tuple[ResourcePreset, str]:
