@@ -34,6 +34,7 @@ from napari_samtune.core.checkpoints import (
 )
 from napari_samtune.core.lora import adapter_state_dict, apply_lora, merged_state_dict
 from napari_samtune.core.presets import TrainConfig
+from napari_samtune.core.train_export import RunFiles
 from napari_samtune.core.train_setup import build_training_model
 
 TRAINING_CHECKPOINT = "a training checkpoint: the best.pt or last.pt that training writes"
@@ -88,11 +89,30 @@ def write_checkpoint(path: Path, sam: Sam, arch: SamArchitecture, config: TrainC
     return atomic_torch_save(checkpoint, path)
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """Load a training checkpoint safely; ``ValueError`` when it is not one."""
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The training checkpoint ``path`` names: the file itself, or for a run's folder (the
+    ``out_dir`` of :func:`~napari_samtune.core.train.train`) its ``checkpoints/last.pt``, the
+    checkpoint a run resumes from, as ``samtune train --resume`` and the panel's Continue…
+    take it. ``FileNotFoundError`` when there is no such file."""
     path = Path(path)
+    if path.is_dir():
+        last = RunFiles(path).last
+        if not last.is_file():
+            raise FileNotFoundError(
+                f"{str(path)!r} is a folder without a training checkpoint: {str(last)!r} does "
+                "not exist; give the folder of a run that trained at least one step, or a "
+                "checkpoint file (last.pt or best.pt)"
+            )
+        return last
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a training checkpoint safely, from a file or a run's folder (its last.pt, see
+    :func:`resolve_checkpoint`); ``ValueError`` when it is not one."""
+    path = resolve_checkpoint(path)
     checkpoint = safe_torch_load(path, TRAINING_CHECKPOINT)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(

@@ -1,0 +1,53 @@
+"""Training checkpoints named by a file or by their run's folder."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from napari_samtune.core.architectures import TINY, build_sam
+from napari_samtune.core.presets import TrainConfig
+from napari_samtune.core.synthetic import make_dataset
+from napari_samtune.core.train import train
+from napari_samtune.core.train_checkpoints import read_checkpoint, write_checkpoint
+
+
+def test_a_run_folder_names_its_last_checkpoint(tmp_path):
+    config = TrainConfig(model="random:tiny", epochs=3)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    write_checkpoint(last, build_sam(TINY), TINY, config, epoch=2)
+    write_checkpoint(last.with_name("best.pt"), build_sam(TINY), TINY, config, epoch=1)
+    for named in (tmp_path / "run", str(tmp_path / "run"), last):
+        checkpoint = read_checkpoint(named)
+        assert checkpoint["epoch"] == 2 and checkpoint["config"]["epochs"] == 3
+
+
+def test_a_folder_without_a_checkpoint_is_named_with_the_file_it_lacks(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"'.*empty' is a folder without a training ch"):
+        read_checkpoint(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match=r"checkpoints/last\.pt' does not exist; give"):
+        read_checkpoint(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="checkpoint '.*missing.pt' does not exist"):
+        read_checkpoint(tmp_path / "missing.pt")
+
+
+def test_train_resumes_from_its_run_folder(tmp_path):
+    data = make_dataset(2, shape=(64, 64), seed=0)
+    config = TrainConfig(
+        model="random:tiny",
+        epochs=1,
+        n_objects_per_batch=1,
+        min_samples_per_epoch=1,
+        n_iterative_prompts=0,
+        mixed_precision="no",
+        early_stopping=None,
+        val_fraction=0.5,
+    )
+    first = train(config, data, out_dir=tmp_path / "run")
+    twice = dataclasses.replace(config, epochs=2)
+    resumed = train(twice, data, out_dir=tmp_path / "run", resume_from=tmp_path / "run")
+    checkpoint = torch.load(resumed.last_checkpoint_path, weights_only=True)
+    assert checkpoint["epoch"] == 2 and resumed.last_checkpoint_path == first.last_checkpoint_path
