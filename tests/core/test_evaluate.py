@@ -240,8 +240,12 @@ def test_bad_inputs_are_clear_errors():
         evaluate_prompts(FakeSegmenter(), [labels], [labels], 2.5)
     with pytest.raises(ValueError, match="one per image"):
         evaluate_prompts(FakeSegmenter(), [labels, labels], [labels])
-    with pytest.raises(ValueError, match="integer instance labels"):
+    with pytest.raises(TypeError, match=r"labels\[0\] has dtype .*float64.*integer label"):
         evaluate_prompts(FakeSegmenter(), [labels], [labels.astype(float)])
+    with pytest.raises(ValueError, match=r"labels\[0\] has shape \(1, 20, 30\).*\(H, W\)"):
+        evaluate_prompts(FakeSegmenter(), [labels], [labels[None]])
+    with pytest.raises(TypeError, match="images is a str; pass a list of arrays"):
+        evaluate_prompts(FakeSegmenter(), "image.tif", [labels])
     with pytest.raises(ValueError, match="no objects"):
         evaluate_prompts(FakeSegmenter(), [labels], [np.zeros_like(labels)])
     with pytest.raises(ValueError, match="max_objects_per_image=0"):
@@ -251,6 +255,37 @@ def test_bad_inputs_are_clear_errors():
     wrong_shape = FakeSegmenter(make_mask=lambda mask, n: mask[:, :-1])
     with pytest.raises(ValueError, match="shape"):
         evaluate_prompts(wrong_shape, [labels], [labels])
+
+
+def test_images_and_labels_may_be_any_iterable():
+    labels = [_square_labels(), _square_labels()[::-1]]
+    expected = evaluate_prompts(FakeSegmenter(), labels, labels, 1)
+    images = (image for image in labels)  # a generator has no len()
+    assert evaluate_prompts(FakeSegmenter(), images, iter(labels), 1) == expected
+    assert len(expected.objects) == 4
+
+
+def test_boolean_masks_are_refused_by_both_evaluations_as_by_training():
+    """A foreground mask has no object ids: all its objects would count as one."""
+    labels = _square_labels()
+    mask = labels > 0
+    hint = "is boolean .*foreground mask.*scipy.ndimage.label"
+    with pytest.raises(TypeError, match=rf"labels\[0\] {hint}"):
+        evaluate_prompts(FakeSegmenter(), [labels], [mask])
+    with pytest.raises(TypeError, match=rf"image 0: labels {hint}"):
+        evaluate_instances([mask], [labels])
+    with pytest.raises(TypeError, match=rf"image 0: prediction {hint}"):
+        evaluate_instances([labels], [mask])
+    one_object = evaluate_instances([mask.astype(np.uint8)], [mask.astype(np.uint8)])
+    assert one_object.pooled.msa == 1.0
+
+
+def test_instance_evaluation_takes_any_iterable():
+    labels = _square_labels()
+    expected = evaluate_instances([labels, labels], [labels, labels * (labels != 7)])
+    pairs = [(labels, labels), (labels, labels * (labels != 7))]
+    got = evaluate_instances((gt for gt, _ in pairs), (pred for _, pred in pairs))
+    assert got == expected
 
 
 def _read_csv(path):
@@ -299,6 +334,17 @@ def test_compare_models_errors(tmp_path):
     with pytest.raises(TypeError, match="non-numeric"):
         compare_models({"a": {"msa": "high"}}, tmp_path)
     assert not list(tmp_path.iterdir())  # nothing written on error
+
+
+def test_compare_models_names_an_output_dir_that_is_a_file(tmp_path):
+    results = {"a": {"msa": 0.5}}
+    taken = tmp_path / "results.csv"
+    taken.write_text("kept")
+    with pytest.raises(ValueError, match=r"output_dir '.*results.csv' is a file; give a folder"):
+        compare_models(results, taken)
+    with pytest.raises(ValueError, match=r"output_dir '.*results.csv/out' cannot be made: '.*re"):
+        compare_models(results, taken / "out")
+    assert taken.read_text() == "kept" and sorted(tmp_path.iterdir()) == [taken]
 
 
 def test_model_metrics_embeds_each_image_once(tiny_sam, monkeypatch):

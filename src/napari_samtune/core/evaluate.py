@@ -28,15 +28,17 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from napari_samtune.core.checkpoints import atomic_write
+from napari_samtune.core.checkpoints import atomic_write, check_output_folder
 from napari_samtune.core.coords import napari_to_sam
+from napari_samtune.core.metrics import check_label_image
 from napari_samtune.core.prompts import PADDING, corrective_point, interior_point
 
 
@@ -203,6 +205,16 @@ def _resolve_segmenter(segmenter: PromptSegmenter | Callable[[], PromptSegmenter
     )
 
 
+def _as_list(items: Iterable[np.ndarray], name: str) -> list[np.ndarray]:
+    """Images or label images given as any iterable (a generator too) as a list."""
+    if isinstance(items, (str, bytes, os.PathLike)) or not isinstance(items, Iterable):
+        raise TypeError(
+            f"{name} is a {type(items).__name__}; pass a list of arrays, one per image "
+            "(read files first, e.g. with tifffile.imread)"
+        )
+    return list(items)
+
+
 def _check_prompt_inputs(
     images: Sequence[np.ndarray], labels: Sequence[np.ndarray], n_corrective_clicks: int
 ) -> None:
@@ -215,11 +227,11 @@ def _check_prompt_inputs(
             f"got {len(images)!r} images but {len(labels)!r} label images; pass one per image"
         )
     for index, image_labels in enumerate(labels):
-        image_labels = np.asarray(image_labels)
-        if image_labels.ndim != 2 or not np.issubdtype(image_labels.dtype, np.integer):
+        image_labels = check_label_image(image_labels, f"labels[{index}]")  # as instance metrics
+        if image_labels.ndim != 2:
             raise ValueError(
-                f"labels[{index}] has shape {image_labels.shape!r} and dtype "
-                f"{image_labels.dtype!r}; expected integer instance labels of shape (H, W)"
+                f"labels[{index}] has shape {image_labels.shape!r}; expected integer instance "
+                "labels of shape (H, W)"
             )
 
 
@@ -238,8 +250,10 @@ def evaluate_prompts(
     Args:
         segmenter: a ``Segmenter``, or a callable without arguments that makes one
             (called once).
-        images: images as ``Segmenter.set_image`` takes them, e.g. (H, W) or (H, W, 3).
-        labels: integer (H, W) instance labels per image; 0 is background.
+        images: images as ``Segmenter.set_image`` takes them, e.g. (H, W) or (H, W, 3);
+            a list or any iterable (a generator is read into a list first).
+        labels: integer (H, W) instance labels per image (any iterable); 0 is background.
+            Boolean masks are refused, as in training and ``evaluate_instances``.
         n_corrective_clicks: clicks after the first point in the iterative curve.
         max_objects_per_image: evaluate only the objects with the smallest ids, to
             bound run time; None evaluates all.
@@ -248,6 +262,7 @@ def evaluate_prompts(
             without objects too), while its embedding is set: e.g. to segment it
             automatically as well without embedding it a second time.
     """
+    images, labels = _as_list(images, "images"), _as_list(labels, "labels")
     _check_prompt_inputs(images, labels, n_corrective_clicks)
     if max_objects_per_image is not None and max_objects_per_image < 1:
         raise ValueError(f"max_objects_per_image={max_objects_per_image!r}; use None or >= 1")
@@ -336,6 +351,18 @@ def _write_chart(path: Path, table: dict[str, dict[str, float]], chart: list[tup
     figure.savefig(path, format="png")
 
 
+def _check_output_dir(output_dir: str | os.PathLike) -> Path:
+    """``output_dir`` as a Path; ``ValueError`` when it, or a folder above it, is a file."""
+    output_dir = check_output_folder(output_dir, "output_dir")
+    above = next((folder for folder in output_dir.parents if folder.exists()), None)
+    if above is not None and not above.is_dir():
+        raise ValueError(
+            f"output_dir {str(output_dir)!r} cannot be made: {str(above)!r} is a file; give a "
+            "folder (created if missing)"
+        )
+    return output_dir
+
+
 def compare_models(
     results: Mapping[str, Any], output_dir: str | Path, name: str = "model_comparison"
 ) -> ComparisonFiles:
@@ -345,9 +372,11 @@ def compare_models(
         results: model name -> its metrics: a dict of floats (as ``summary()`` returns),
             an :class:`~.metrics.InstanceEvaluation` or :class:`PromptEvaluation`, or a
             list of those (merged). Models missing a metric get an empty CSV cell and no bar.
-        output_dir: folder for ``<name>.csv`` and ``<name>.png``; created if needed.
+        output_dir: folder for ``<name>.csv`` and ``<name>.png``; created if needed (a
+            file there is refused with ``ValueError``).
         name: file name stem.
     """
+    output_dir = _check_output_dir(output_dir)
     if not results:
         raise ValueError("results is empty; pass {model name: metrics} for at least one model")
     table = {str(model): _metric_dict(str(model), metrics) for model, metrics in results.items()}
@@ -358,7 +387,6 @@ def compare_models(
             f"no model has any of the chart metrics {[k for k, _ in CHART_METRICS]!r}; "
             "evaluate with evaluate_instances and/or evaluate_prompts first"
         )
-    output_dir = Path(output_dir)
     csv_path = atomic_write(output_dir / f"{name}.csv", lambda tmp: _write_csv(tmp, table, columns))
     png_path = atomic_write(output_dir / f"{name}.png", lambda tmp: _write_chart(tmp, table, chart))
     return ComparisonFiles(csv_path, png_path)

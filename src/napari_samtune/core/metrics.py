@@ -4,7 +4,8 @@ Conventions used throughout:
 
 * Label images are integer arrays of any shape (usually (H, W)); 0 is background,
   every other value is one object. Ids need not be consecutive or ordered: only
-  which pixels share an id matters.
+  which pixels share an id matters. Boolean masks are refused, as in training: their
+  objects have no ids.
 * Two objects match at threshold ``t`` when their IoU is strictly greater than
   ``t``. Matching is one-to-one. For ``t >= 0.5`` a match is unique by itself
   (IoU > 0.5 means the pair shares more than half of each object, and disjoint
@@ -35,8 +36,6 @@ IOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in rang
 def _index_instances(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sorted instance ids (without 0) and a flat per-pixel index: 0 = background, i = ids[i-1]."""
     flat = labels.ravel()
-    if flat.dtype == bool:
-        flat = flat.view(np.uint8)
     if flat.size and int(flat.max()) <= 4 * flat.size + 1024:  # cheap O(N) relabelling
         present = np.bincount(flat.astype(np.int64, copy=False)) > 0
         present[0] = False
@@ -50,9 +49,18 @@ def _index_instances(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ids, inverse.reshape(-1) + 1
 
 
-def _check_label_image(labels: np.ndarray, name: str) -> np.ndarray:
+def check_label_image(labels: np.ndarray, name: str) -> np.ndarray:
+    """``labels`` as an array of instance labels; ``TypeError`` for a boolean mask (its
+    objects have no ids: one id per object is needed, as training needs) or another
+    non-integer dtype, ``ValueError`` for negative ids; ``name`` names it."""
     labels = np.asarray(labels)
-    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+    if labels.dtype == bool:
+        raise TypeError(
+            f"{name} is boolean (a foreground mask); instance labels are needed, with one id "
+            "per object: label connected components, e.g. scipy.ndimage.label (or "
+            ".astype(np.uint8) if the mask is one object)"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
         raise TypeError(
             f"{name} has dtype {labels.dtype!r}; instance metrics need integer label images "
             "(0 = background, one id per object)"
@@ -77,8 +85,8 @@ def iou_matrix(
         ascending, background excluded). Time is linear in the number of pixels;
         memory is that of the (n_gt + 1, n_pred + 1) table.
     """
-    labels = _check_label_image(labels, "labels")
-    prediction = _check_label_image(prediction, "prediction")
+    labels = check_label_image(labels, "labels")
+    prediction = check_label_image(prediction, "prediction")
     if labels.shape != prediction.shape:
         raise ValueError(
             f"labels has shape {labels.shape!r} but prediction has shape {prediction.shape!r}; "
@@ -217,10 +225,12 @@ def evaluate_instances(
     """Score predicted label images against ground truth, per image and over the set.
 
     Args:
-        labels: ground-truth instance label images (integer arrays, e.g. (H, W)).
+        labels: ground-truth instance label images (integer arrays, e.g. (H, W); not
+            boolean masks, see :func:`check_label_image`), any iterable of them.
         predictions: predicted instance label images, one per entry of ``labels``
             with the same shape.
     """
+    labels, predictions = list(labels), list(predictions)
     if len(labels) != len(predictions):
         raise ValueError(
             f"got {len(labels)!r} label images but {len(predictions)!r} predictions; "
