@@ -246,10 +246,9 @@ def test_a_run_never_writes_into_another_runs_folder(tmp_path, data):
         train(quick, *data, out_dir=tmp_path / "b")
     with pytest.raises(ValueError, match="holds another training run"):
         train(_config(epochs=2), *data, tmp_path / "b", resume_from=first.last_checkpoint_path)
-    resumed = train(
-        _config(epochs=2), *data, tmp_path / "c", resume_from=first.last_checkpoint_path
-    )
-    assert resumed.epochs_done == 2  # into a new folder, as before
+    resumed = train(_config(epochs=2), *data, tmp_path / "c", resume_from=tmp_path / "a")
+    assert resumed.epochs_done == 2  # a's folder continued into a new one, with a's best.pt
+    assert (tmp_path / "c/checkpoints/best.pt").is_file()
 
 
 def test_lora_export_has_the_original_keys_and_changes_only_qkv(tmp_path, data):

@@ -38,6 +38,7 @@ from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train_checkpoints import (
     check_resumable,
     read_checkpoint,
+    resolve_checkpoint,
     restore_model,
 )
 from napari_samtune.core.train_embeddings import EmbeddingLRU
@@ -96,9 +97,11 @@ class Trainer(TrainerFilesMixin):
         device = resolve_device(config.device)
         self.dist = ddp.context_from_env(device.type)
         self.device = ddp.device_for(self.dist, device)
+        if resume_from is not None:  # a run's folder means its checkpoints/last.pt
+            resume_from = resolve_checkpoint(resume_from)
         checkpoint = read_checkpoint(resume_from) if resume_from is not None else None
         self._check_out_dir(resume_from)
-        self.resume_from = Path(resume_from) if resume_from is not None else None
+        self.resume_from = resume_from
         self._setup_model(config, checkpoint, resume_from)
         self._setup_data()
         self._setup_optimizer(checkpoint)
