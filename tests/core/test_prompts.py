@@ -120,3 +120,13 @@ def test_corrective_points_for_a_stack():
     points, labels = corrective_points(predictions, targets)
     assert points.shape == (2, 2) and labels.tolist() == [POSITIVE, PADDING]
     assert _inside(targets[0], points[0])
+
+
+def test_non_finite_mask_logits_are_named_not_printed():
+    """A NaN model's logits (a diverged run) made a message of 65,536 numbers."""
+    from napari_samtune.core.prompt_checks import check_mask_input, check_points
+
+    with pytest.raises(ValueError, match=r"mask_input contains NaN .*\(65536 of 65536\): '\(1, 2"):
+        check_mask_input(np.full((1, 256, 256), np.nan), 256)
+    with pytest.raises(ValueError, match=r"\(1 of 2\): \[nan, 3.0\]$"):
+        check_points([np.nan, 3], (10, 10))

@@ -535,3 +535,26 @@ def test_validation_iou_and_dice_count_pixels_as_a_torch_reduction(rng):
     torch.testing.assert_close(iou, inter / union.clamp(min=1), rtol=0, atol=0)
     torch.testing.assert_close(dice, 2 * inter / sizes.clamp(min=1), rtol=0, atol=0)
     assert (iou[0], iou[1], dice[1]) == (0.0, 1.0, 1.0)
+
+
+def test_a_diverging_run_stops_before_nan_reaches_the_weights(tmp_path, data):
+    """A learning rate far too high: no NaN model is saved, exported or registered."""
+    from napari_samtune.core.registry import user_models_dir
+
+    first = train(_config(epochs=1), *data, out_dir=tmp_path / "run")
+    before = first.last_checkpoint_path.read_bytes()
+    wild = _config(epochs=3, learning_rate=1e38)
+    with pytest.raises(ValueError, match=r"diverged at epoch 2, step \d+: the loss became") as err:
+        train(wild, *data, tmp_path / "run", resume_from=tmp_path / "run")
+    assert "learning_rate=1e+38 is too high" in str(err.value)
+    assert f"kept ({first.best_checkpoint_path}, {first.last_checkpoint_path})" in str(err.value)
+    assert first.last_checkpoint_path.read_bytes() == before  # resumable as it was
+    with pytest.raises(ValueError, match="diverged at epoch 1") as err:
+        train(wild, *data, out_dir=tmp_path / "fresh")
+    assert "kept" not in str(err.value)
+    assert not (tmp_path / "fresh" / "model.pth").exists()
+    assert sorted(p.stem for p in user_models_dir().glob("*.json")) == ["run"]
+    calmer = _config(epochs=2, learning_rate=1e-4)  # the resume the message suggests
+    events = list(iter_train(calmer, *data, tmp_path / "run", resume_from=tmp_path / "run"))
+    steps = [e for e in events if type(e).__name__ == "StepDone"]
+    assert steps and all(e.learning_rate == 1e-4 for e in steps)  # not the checkpoint's 3e-3

@@ -17,7 +17,12 @@ def _as_float_array(value: object, name: str) -> np.ndarray:
     except (TypeError, ValueError) as err:
         raise TypeError(f"{name}={value!r} is not numeric: {err}") from None
     if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} contains NaN or infinite values: {array.tolist()!r}")
+        shown = array.tolist() if array.size <= 16 else f"{array.shape} array"  # not a mask
+        n_bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise ValueError(
+            f"{name} contains NaN or infinite values ({n_bad} of {array.size}): {shown!r}"
+            + ("; the model's weights may be NaN (a diverged training run)" if n_bad > 16 else "")
+        )
     return array
 
 

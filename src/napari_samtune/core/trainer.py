@@ -170,6 +170,9 @@ class Trainer(TrainerFilesMixin):
             return
         self.optimizer.load_state_dict(checkpoint["optimizer_state"])
         self.scheduler.load_state_dict(checkpoint["scheduler_state"])
+        if self.config.learning_rate != checkpoint["config"].get("learning_rate"):
+            for group in self.optimizer.param_groups:  # asked for anew: e.g. after divergence
+                group["lr"] = self.config.learning_rate
         if self.scaler is not None and checkpoint.get("scaler_state"):
             self.scaler.load_state_dict(checkpoint["scaler_state"])
         self.progress = Progress(**checkpoint["progress"])
@@ -270,12 +273,33 @@ class Trainer(TrainerFilesMixin):
                 scaled = loss / len(micro_batches)
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             total += loss.item()
-        if self.scaler:
+        if self.scaler:  # fp16: the scaler skips steps whose gradients overflowed
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
+            self._refuse_divergence(total, epoch)
             self.optimizer.step()
         return total / len(micro_batches)
+
+    def _refuse_divergence(self, loss: float, epoch: int) -> None:
+        """Stop before a non-finite loss (on any rank) reaches the weights: the run has
+        diverged, and what it would save and register from here on is not a model."""
+        if not ddp.any_rank(not math.isfinite(loss), self.dist, self.device):
+            return
+        lr, files = self._lr(), self.files
+        earlier = [str(f) for f in (files.best, files.last) if f.exists()]
+        saved = (
+            f"; the checkpoints written before are kept ({', '.join(earlier)}): resume from "
+            "the last one with a lower learning_rate"
+            if earlier
+            else ""
+        )
+        raise ValueError(
+            f"training diverged at epoch {epoch + 1}, step {self.progress.step_in_epoch + 1}: "
+            f"the loss became {loss}; learning_rate={lr:g} is too high for this run (or the "
+            f"data holds non-finite values). Lower it, e.g. learning_rate={lr / 10:g}, and "
+            f"train again{saved}"
+        )
 
     def _training_input(self, index: int, epoch: int):
         patch = self.sampler.patch(index, epoch)
