@@ -284,7 +284,7 @@ def test_a_multichannel_image_is_normalised_through_to_sam_rgb(sensitive_sam, im
     stack = np.stack([np.zeros_like(image), image.astype(np.uint16) * 100], axis=0)
     segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False, precision="fp32")
     segmenter.set_image(stack, channel_axis=0, channels=[1])
-    expected, _, _ = official(sensitive_sam, to_sam_rgb(stack, 0, [1]), False, **POINT)
+    expected, _, _ = official(sensitive_sam, to_sam_rgb(stack, 0, [1]), True, **POINT)
     assert iou(segmenter.predict(**POINT).mask, expected) >= 0.99
 
 
@@ -393,3 +393,40 @@ def test_decoder_tokens_are_kept_for_a_few_tiles_only(tiny_sam):
     assert len(segmenter._decoder_images) <= DECODER_VIEWS_KEPT
     again = segmenter.predict(points_xy=points[0])  # its tile's tokens were dropped: remade
     np.testing.assert_array_equal(again.low_res_logits, first[0].low_res_logits)
+
+
+def test_a_lone_click_takes_the_best_of_three_by_default(sensitive_sam, image):
+    """As the widget and `samtune segment` do, so a script gets the masks they give."""
+    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False, precision="fp32")
+    segmenter.set_image(image)
+    best_of_three = segmenter.predict(**POINT, multimask=True).mask
+    single = segmenter.predict(**POINT, multimask=False).mask
+    assert iou(best_of_three, single) < 0.99  # the choice shows
+    np.testing.assert_array_equal(segmenter.predict(**POINT).mask, best_of_three)
+    both = segmenter.predict(**BOX_AND_POINTS)  # a box says which object: one candidate
+    np.testing.assert_array_equal(
+        both.mask, segmenter.predict(**BOX_AND_POINTS, multimask=False).mask
+    )
+
+
+def test_a_prediction_of_another_image_is_refused_as_mask_input(tiny_sam, image):
+    segmenter = Segmenter(tiny_sam, model_id="tiny", use_disk_cache=False)
+    segmenter.set_image(make_image((700, 700), seed=3)[0])
+    earlier = segmenter.predict(points_xy=[[600, 600]])
+    segmenter.set_image(image)
+    with pytest.raises(ValueError, match="mask_input is a Prediction of another image"):
+        segmenter.predict(points_xy=[[100, 100]], mask_input=earlier)
+    segmenter.predict(points_xy=[[100, 100]], mask_input=segmenter.predict(**POINT))  # its own
+
+
+def test_segment_all_uses_the_settings_for_the_models_input_size(tiny_sam, image, monkeypatch):
+    """SAM's thresholds keep no object of a nano-sized model: its defaults are looser."""
+    from napari_samtune.core import automatic
+
+    used = []
+    monkeypatch.setattr(automatic, "segment_automatic", lambda s, config, p: used.append(config))
+    segmenter = Segmenter(tiny_sam, model_id="tiny", use_disk_cache=False)
+    segmenter.set_image(image)
+    segmenter.segment_all()
+    assert used == [automatic.default_auto_config(segmenter.img_size)]
+    assert used[0] != automatic.AutoSegmentConfig()  # (tiny is nano-sized)

@@ -46,6 +46,7 @@ class Prediction:
     score: float  # the decoder's predicted IoU of ``mask``
     low_res_logits: np.ndarray  # float32 (1, L, L), L = img_size / 4; feed back as mask_input
     tile: int  # view that answered: tile index, or -1 for the whole-image overview
+    image_digest: str = ""  # of the image it was predicted on; a mask_input must match
 
 
 class Segmenter(ViewPredictor):
@@ -78,7 +79,7 @@ class Segmenter(ViewPredictor):
         point_labels: np.ndarray | None = None,
         box_xyxy: np.ndarray | None = None,
         mask_input: np.ndarray | Prediction | None = None,
-        multimask: bool = False,
+        multimask: bool | None = None,
     ) -> Prediction:
         """One object from points and/or a box.
 
@@ -89,7 +90,9 @@ class Segmenter(ViewPredictor):
             mask_input: a previous :class:`Prediction` (or its ``low_res_logits``; a bare
                 array is taken to come from the previous ``predict`` call) to refine.
             multimask: decode three candidates and return the one with the highest
-                predicted IoU (good for a single click).
+                predicted IoU; None (default): for a single point without a box, which is
+                ambiguous (a part or the whole?), as the annotation widget and
+                ``samtune segment`` do.
         """
         shape = self.image_shape
         points = None if points_xy is None else check_points(points_xy, shape)
@@ -97,6 +100,8 @@ class Segmenter(ViewPredictor):
         box = None if box_xyxy is None else check_boxes(box_xyxy, shape, "box_xyxy", single=True)
         if points is None and box is None:
             raise ValueError("predict needs a prompt: pass points_xy and/or box_xyxy")
+        if multimask is None:
+            multimask = box is None and points is not None and len(points) == 1
         corners = [c for c in (points, None if box is None else box.reshape(2, 2)) if c is not None]
         view = self.grid.choose_tile(np.concatenate(corners))
         low, iou = self.decode(
@@ -113,7 +118,8 @@ class Segmenter(ViewPredictor):
         mask = np.zeros(shape, dtype=bool)
         window.above(self.model.mask_threshold, out=mask[window.region])
         self._last_view = view
-        return Prediction(mask, float(iou[0, best]), logits.float().cpu().numpy(), view)
+        logits = logits.float().cpu().numpy()
+        return Prediction(mask, float(iou[0, best]), logits, view, self._image_hash)
 
     def _mask_input_for(
         self, view: int, mask_input: np.ndarray | Prediction | None
@@ -122,6 +128,11 @@ class Segmenter(ViewPredictor):
         if mask_input is None:
             return None
         if isinstance(mask_input, Prediction):
+            if mask_input.image_digest != self._image_hash:
+                raise ValueError(
+                    "mask_input is a Prediction of another image (set_image was called "
+                    "since); refine a Prediction of the current image, or pass None"
+                )
             source, logits = mask_input.tile, mask_input.low_res_logits
         else:
             source, logits = self._last_view, mask_input
@@ -186,8 +197,11 @@ class Segmenter(ViewPredictor):
     ) -> np.ndarray:
         """Automatic segmentation of the current image; uint32 (H, W) labels, ids 1..N.
 
+        ``config`` defaults to :func:`~napari_samtune.core.automatic.default_auto_config`
+        for this model's input size (SAM's settings, or looser ones for nano-sized models,
+        with which SAM's keep no object), as the widget and ``samtune segment --auto`` use.
         See :func:`napari_samtune.core.automatic.segment_automatic`.
         """
-        from napari_samtune.core.automatic import AutoSegmentConfig, segment_automatic
+        from napari_samtune.core.automatic import default_auto_config, segment_automatic
 
-        return segment_automatic(self, config or AutoSegmentConfig(), progress)
+        return segment_automatic(self, config or default_auto_config(self.img_size), progress)
