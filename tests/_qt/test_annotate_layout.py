@@ -135,3 +135,37 @@ def test_new_pixels_of_the_image_are_what_sam_sees(
     assert tifffile.imread(tmp_path / "im.labels.tif")[15, 15] == 1  # the old ones, saved
     viewer.layers.clear()
     drain_jobs(widget)
+
+
+def test_a_transposed_stack_view_says_why_clicks_do_nothing(
+    make_napari_viewer, drain_jobs, tiny_sam, notifications
+):
+    viewer = make_napari_viewer()
+    pixels = np.random.default_rng(2).integers(0, 255, (4, 64, 64), dtype=np.uint8)
+    viewer.add_image(pixels, name="st")
+    viewer.dims.set_current_step(0, 2)
+    widget = _dock(viewer, drain_jobs, tiny_sam)
+    viewer.dims.order = (1, 0, 2)  # rows x planes shown: no plane to segment on
+    _click(widget.session.layers.points, (2.0, 32.0, 20.0), [0, 2])
+    drain_jobs(widget)
+    assert not widget.session.layers.preview.data.any()
+    assert any("plane by plane" in str(n.message) for n in notifications)
+    viewer.dims.order = (0, 1, 2)
+    drain_jobs(widget)
+    assert widget.session.layers.preview.data.any()  # the click counts once planes show
+    viewer.layers.clear()
+    drain_jobs(widget)
+
+
+def test_prompt_layers_stay_on_top_of_a_sample_opened_later(
+    make_napari_viewer, drain_jobs, tiny_sam
+):
+    viewer = make_napari_viewer()
+    widget = _dock(viewer, drain_jobs, tiny_sam)
+    viewer.open_sample("napari-samtune", "nuclei")  # an image, then its labels
+    drain_jobs(widget)
+    layers = widget.session.layers
+    names = [layer.name for layer in viewer.layers]
+    assert names[-3:] == [layers.preview.name, layers.boxes.name, layers.points.name]
+    viewer.layers.clear()
+    drain_jobs(widget)

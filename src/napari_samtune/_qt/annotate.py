@@ -32,6 +32,11 @@ from napari_samtune.core.annotation_files import default_annotation_folder
 from napari_samtune.core.coords import napari_to_sam
 from napari_samtune.core.predict import Segmenter
 
+TRANSPOSED_HINT = (
+    "SAM segments a stack plane by plane: show its rows and columns to prompt (the "
+    "viewer's transpose button again, or viewer.dims.order with the last two axes last)"
+)
+
 
 class AnnotateWidget(AnnotateImageMixin, AnnotateEmbeddingMixin, AnnotateActionsMixin, QWidget):
     """Dock widget: interactive SAM annotation of the image layers of ``viewer``."""
@@ -62,6 +67,7 @@ class AnnotateWidget(AnnotateImageMixin, AnnotateEmbeddingMixin, AnnotateActions
         for layer in viewer.layers:  # the layer list tells renames only from napari 0.7 on
             layer.events.name.connect(self._refresh_image_choices)
         viewer.dims.events.current_step.connect(self._on_plane_changed)
+        viewer.dims.events.order.connect(self._on_dims_order)
         self._refresh_image_choices()
 
     def _connect_controls(self) -> None:
@@ -111,6 +117,7 @@ class AnnotateWidget(AnnotateImageMixin, AnnotateEmbeddingMixin, AnnotateActions
         for layer in self.viewer.layers:
             layer.events.name.disconnect(self._refresh_image_choices)
         self.viewer.dims.events.current_step.disconnect(self._on_plane_changed)
+        self.viewer.dims.events.order.disconnect(self._on_dims_order)
         self.runner.quit_all()
 
     # -- model ----------------------------------------------------------------------------
@@ -185,6 +192,9 @@ class AnnotateWidget(AnnotateImageMixin, AnnotateEmbeddingMixin, AnnotateActions
         """
         if self.session is None:
             return False
+        if not self._viewing_planes():
+            self._hint(TRANSPOSED_HINT)
+            return False
         plane, layers = self.current_plane, self.session.layers
         prompts = layers.prompts(plane)
         if not (len(prompts.boxes_rc) or prompts.positive.any()):
@@ -229,6 +239,19 @@ class AnnotateWidget(AnnotateImageMixin, AnnotateEmbeddingMixin, AnnotateActions
             free = (by_point > 0) & (labels == 0)
             labels[free] = by_point[free] + len(boxes_xyxy)
         return labels
+
+    def _viewing_planes(self) -> bool:
+        """Whether the view shows a stack's planes (rows and columns): seen along another
+        axis (the dims order transposed) a click has no plane to be segmented on."""
+        if not self.session.axes.is_stack:
+            return True
+        ndim = self.viewer.dims.ndim
+        return set(self.viewer.dims.order[-2:]) == {ndim - 2, ndim - 1}
+
+    def _on_dims_order(self, event=None) -> None:
+        self._hinted.discard(TRANSPOSED_HINT)  # said again after the next transposition
+        if self.session is not None and self._viewing_planes():
+            self.update_preview(clear_if_empty=False)
 
     def _hint(self, message: str) -> None:
         if message not in self._hinted:

@@ -46,6 +46,17 @@ class AnnotateImageMixin:
     def _on_layer_inserted(self, event) -> None:
         event.value.events.name.connect(self._refresh_image_choices)
         self._refresh_image_choices()
+        if self.session is not None and event.value not in self.session.layers.layers:
+            self._prompt_layers_on_top()
+
+    def _prompt_layers_on_top(self) -> None:
+        """Keep the prompts and the preview visible above a layer opened later (e.g. a
+        sample's labels, which napari adds after its image)."""
+        layers = self.viewer.layers
+        for layer in (self.session.layers.preview, self.session.layers.boxes,
+                      self.session.layers.points):  # fmt: skip
+            if layer in layers and layers.index(layer) != len(layers) - 1:
+                layers.move(layers.index(layer), len(layers))
 
     def _on_layer_removed(self, event) -> None:
         layer = event.value
