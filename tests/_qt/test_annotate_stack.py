@@ -158,3 +158,30 @@ def test_automatic_segmentation_of_the_whole_stack(stack_widget, qtbot, run_job)
         assert not first & second  # every plane's objects got their own ids
     assert widget.undo()  # the whole run is one undo step
     assert not widget.session.annotations.any()
+
+
+def test_a_negative_click_on_a_propagated_plane_refines_its_mask(
+    stack_widget, qtbot, run_job, go_to_plane
+):
+    """It used to empty that plane: the click was its only prompt, and not a positive one."""
+    viewer, widget = stack_widget
+    go_to_plane(viewer, widget, 1)
+    layers = widget.session.layers
+    corners = [[1, 20.0, 20.0], [1, 20.0, 70.0], [1, 70.0, 70.0], [1, 70.0, 20.0]]
+    layers.boxes.add_rectangles(np.array(corners))
+    widget.ui.area_ratio_spin.setValue(20.0)
+    run_job(widget, widget.propagate, PROPAGATE_TASK)
+    plane = next(p for p in layers.preview_planes() if p != 1)
+    go_to_plane(viewer, widget, plane)
+    propagated = layers.preview.data[plane].copy()
+    calls = []
+    predict = widget.segmenter.predict
+    widget.segmenter.predict = lambda **prompt: calls.append(prompt) or predict(**prompt)
+    widget.toggle_polarity()  # negative points from now on
+    row, col = np.argwhere(propagated > 0)[0]
+    layers.points.add([plane, row, col])
+    assert layers.preview.data[plane].any()
+    (prompt,) = calls
+    assert list(prompt["point_labels"]) == [1, 0]  # the propagated object's point, the click
+    assert prompt["box_xyxy"] is not None  # and its box
+    assert widget.commit() == [1]  # still one 3D object

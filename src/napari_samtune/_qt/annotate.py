@@ -197,6 +197,8 @@ class AnnotateWidget(AnnotateImageMixin, AnnotateEmbeddingMixin, AnnotateActions
             return False
         plane, layers = self.current_plane, self.session.layers
         prompts = layers.prompts(plane)
+        if plane in layers.implicit and self.ui.mode_combo.currentText() != BATCHED_MODE:
+            prompts = prompts.after(layers.implicit[plane])  # a propagated plane, corrected
         if not (len(prompts.boxes_rc) or prompts.positive.any()):
             if clear_if_empty:
                 layers.set_preview(plane, None)

@@ -18,7 +18,8 @@ from qtpy.QtWidgets import QFileDialog
 from napari_samtune._qt import annotate_jobs as jobs
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, PROPAGATE_TASK, SAVE_TASK
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, SCOPE_STACK
-from napari_samtune._qt.propagate import PropagationConfig
+from napari_samtune._qt.prompt_layers import PlanePrompts
+from napari_samtune._qt.propagate import PropagationConfig, prompts_from_mask
 from napari_samtune._qt.workers import main_window_of, user_message
 from napari_samtune.core.annotation_files import (
     annotation_paths,
@@ -129,8 +130,14 @@ class AnnotateActionsMixin:
             plane,
             preview > 0,
             config,
-            on_yield=lambda result: self.session.layers.set_preview(result.plane, result.labels),
+            on_yield=self._show_propagated,
         )
+
+    def _show_propagated(self, result: jobs.PlaneResult) -> None:
+        layers = self.session.layers
+        layers.set_preview(result.plane, result.labels)
+        point_rc, box_rc = prompts_from_mask(result.labels > 0, box_margin=0.0)
+        layers.implicit[result.plane] = PlanePrompts(point_rc[None], np.ones(1, bool), box_rc[None])
 
     # -- automatic ------------------------------------------------------------------------
     def auto_config(self) -> AutoSegmentConfig:

@@ -44,6 +44,14 @@ class PlanePrompts:
     def is_empty(self) -> bool:
         return len(self.points_rc) == 0 and len(self.boxes_rc) == 0
 
+    def after(self, earlier: PlanePrompts) -> PlanePrompts:
+        """These prompts added to ``earlier`` ones (a box here is the newer box)."""
+        return PlanePrompts(
+            np.concatenate([earlier.points_rc, self.points_rc]),
+            np.concatenate([earlier.positive, self.positive]),
+            np.concatenate([earlier.boxes_rc, self.boxes_rc]),
+        )
+
 
 def _on_plane(coords: np.ndarray, plane: int | None) -> np.ndarray:
     """Mask of the rows of ``coords`` (N, ndim) that lie on ``plane`` (all when 2D)."""
@@ -96,6 +104,9 @@ class PromptLayers:
         # new layers start where the image is (else the view's ranges jump meanwhile)
         self._placement = {"affine": spatial_affine(image_layer, self.ndim)}
         self.annotations_created = False
+        # prompts the widget made, per plane: what propagation prompted a plane with, so that
+        # a correction there (a negative click) refines that mask instead of replacing it
+        self.implicit: dict[int, PlanePrompts] = {}
         self.annotations = self._labels(f"{name} annotations", opacity=0.5, annotations=True)
         self.preview = self._labels(f"{name} current object", opacity=0.7)
         self.preview.colormap = _preview_colormap()
@@ -247,6 +258,7 @@ class PromptLayers:
 
     def clear_preview(self) -> None:
         """Empty the preview on every plane."""
+        self.implicit.clear()
         self.preview.data[...] = 0
         self.preview.refresh()
 
