@@ -64,7 +64,7 @@ def test_undo_leaves_brush_strokes_made_after_the_commit(viewer_widget, drain_jo
 
 
 def test_a_commit_while_automatic_segmentation_runs_undoes_on_its_own(
-    viewer_widget, drain_jobs, gated_automatic
+    viewer_widget, drain_jobs, gated_automatic, notifications
 ):
     _, widget = viewer_widget
     keep_every_automatic_object(widget)
@@ -72,6 +72,8 @@ def test_a_commit_while_automatic_segmentation_runs_undoes_on_its_own(
     assert widget.segment_automatically() is not None
     assert widget.commit() == [1]
     committed = widget.session.annotations == 1
+    assert not widget.undo()  # not while the job runs: it says so
+    assert any("wait for the automatic segmentation" in str(n) for n in notifications)
     gated_automatic.set()
     drain_jobs(widget)
     assert [r["source"] for r in widget.session.records] == ["interactive", "automatic"]

@@ -65,8 +65,12 @@ class AnnotateActionsMixin:
 
     def clear(self) -> None:
         """Remove all prompts and the preview (Shift+C)."""
-        if self.session is not None and not self.runner.is_running(PROPAGATE_TASK):
-            self.session.clear()
+        if self.session is None:
+            return
+        if self.runner.is_running(PROPAGATE_TASK):
+            show_info("wait for the propagation to finish, then clear its preview (Shift+C)")
+            return
+        self.session.clear()
 
     # -- commit / undo --------------------------------------------------------------------
     def commit(self) -> list[int]:
@@ -92,7 +96,10 @@ class AnnotateActionsMixin:
 
     def undo(self) -> bool:
         """Revert the last commit or automatic segmentation (U)."""
-        if self.session is None or self.runner.is_running(AUTO_TASK):
+        if self.session is None:
+            return False
+        if self.runner.is_running(AUTO_TASK):
+            show_info("wait for the automatic segmentation to finish, then undo it (U)")
             return False
         if not self.session.undo():
             show_info("nothing to undo")
