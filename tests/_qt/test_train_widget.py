@@ -18,7 +18,7 @@ import tifffile
 from qtpy.QtCore import QTimer
 
 from napari_samtune._qt.annotate import AnnotateWidget
-from napari_samtune._qt.train_data import layer_pairs
+from napari_samtune._qt.layer_pairs import layer_pairs
 from napari_samtune._qt.train_widget import TrainWidget, format_duration
 from napari_samtune.core.architectures import TINY
 from napari_samtune.core.models import load_model
@@ -404,7 +404,7 @@ def test_multichannel_folders_train_on_the_channels_typed(qtbot, viewer, tmp_pat
     for i, pair in enumerate(pairs):
         assert np.array_equal(prepare_pair(pair).rgb, to_sam_rgb(viewer.layers[f"cells{i}"].data))
     data.channels_edit.setText("2")  # the files have channels 0 and 1: checked again
-    assert not _checked(qtbot, data) and "channels=[2] is invalid" in data.folder_error.text()
+    assert not _checked(qtbot, data) and "channels=(2,) is invalid" in data.folder_error.text()
 
 
 def _checked(qtbot, data) -> bool:
@@ -542,3 +542,25 @@ def test_format_duration():
     assert format_duration(3723) == "1:02:03"
     assert format_duration(65.4) == "1:05"
     assert format_duration(float("nan")) == "?"
+
+
+def test_the_labels_offered_pair_with_the_image_chosen(make_napari_viewer):
+    """With the annotation widget open, a sample's image arrives with its (empty)
+    annotations layer before its labels: those labels are offered, not the empty layer."""
+    viewer = make_napari_viewer()
+    widget = TrainWidget(viewer, machine=SMALL_CPU)
+    data = widget.train_data
+    image, labels = make_image((64, 64), seed=1)
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(np.zeros_like(labels), name="cells annotations")
+    viewer.add_labels(labels[:32], name="other labels")  # another shape
+    viewer.add_labels(labels, name="cells labels")
+    assert data.labels_combo.currentText() == "cells labels"
+    assert data.add_current_pair()
+    viewer.add_image(np.zeros((32, 64), np.uint8), name="small")
+    data.image_combo.setCurrentText("small")
+    assert data.labels_combo.currentText() == "other labels"  # its shape
+    data.labels_combo.setCurrentText("cells annotations")
+    data.labels_combo.activated.emit(data.labels_combo.currentIndex())  # a person's choice
+    viewer.add_labels(labels, name="more labels")
+    assert data.labels_combo.currentText() == "cells annotations"  # kept

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from napari.layers import Image, Labels
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
@@ -33,6 +32,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_samtune._qt.layer_pairs import layer_pairs, pair_problem, pairing_rank
 from napari_samtune._qt.train_folders import (
     FolderCheck,
     FolderSource,
@@ -42,7 +42,7 @@ from napari_samtune._qt.train_folders import (
 from napari_samtune._qt.train_run import annotation_widgets
 from napari_samtune._qt.workers import TaskRunner, user_message
 from napari_samtune.core.annotation_files import default_annotation_folder
-from napari_samtune.core.data import ImageLabelPair, prepare_pair, split_planes
+from napari_samtune.core.data import ImageLabelPair
 from napari_samtune.core.images import parse_channels
 from napari_samtune.core.label_files import LABEL_SUFFIXES, match_files
 
@@ -70,21 +70,6 @@ def show_problem(label: QLabel, message: str) -> None:
     """Show ``message`` in ``label`` (hide the label when the message is empty)."""
     label.setText(message)
     label.setVisible(bool(message))
-
-
-def layer_pairs(image_layer: Image, labels_layer: Labels, copy: bool = False) -> list:
-    """The :class:`ImageLabelPair` s of two layers; stacks give one pair per plane with objects.
-
-    Args:
-        image_layer: (H, W), (H, W, 3|4) when ``rgb``, or a stack (N, H, W[, 3|4]).
-        labels_layer: (H, W) or (N, H, W) integer instance labels.
-        copy: copy the arrays (a snapshot that later edits of the layers cannot change).
-    """
-    image, labels = np.asarray(image_layer.data), np.asarray(labels_layer.data)
-    if copy:
-        image, labels = image.copy(), labels.copy()
-    name = f"{image_layer.name} / {labels_layer.name}"
-    return split_planes(image, labels, name, rgb=bool(image_layer.rgb))
 
 
 class PairSourceWidget(QWidget):
@@ -124,6 +109,9 @@ class PairSourceWidget(QWidget):
 
     def _build(self) -> None:
         self.image_combo, self.labels_combo = QComboBox(), QComboBox()
+        self.image_combo.currentTextChanged.connect(self._suggest_labels)
+        self._labels_chosen = False  # by a person: then the choice is kept
+        self.labels_combo.activated.connect(lambda _index: setattr(self, "_labels_chosen", True))
         self.add_button = QPushButton("Add pair")
         self.pair_error = error_label()
         self.pair_list = QListWidget()
@@ -187,10 +175,27 @@ class PairSourceWidget(QWidget):
         labels += [layer.name for layer in layers if isinstance(layer, Image) and not layer.rgb]
         for combo, names in ((self.image_combo, images), (self.labels_combo, labels)):
             current = combo.currentText()
+            combo.blockSignals(True)
             combo.clear()
             combo.addItems(names)
             if current in names:
                 combo.setCurrentText(current)
+            combo.blockSignals(False)
+        if not self._labels_chosen:
+            self._suggest_labels()
+
+    def _suggest_labels(self, _name: str = "") -> None:
+        """Offer the labels that pair with the image chosen (until a person picks some): of
+        its shape, holding objects, named after it (a sample's ``<image> labels``, not the
+        annotation widget's still empty ``<image> annotations``)."""
+        name = self.image_combo.currentText()
+        if name not in self.viewer.layers:
+            return
+        image, combo = self.viewer.layers[name], self.labels_combo
+        others = [combo.itemText(i) for i in range(combo.count()) if combo.itemText(i) != name]
+        if others:
+            best = max(others, key=lambda other: pairing_rank(image, self.viewer.layers[other]))
+            combo.setCurrentText(best)
 
     def add_current_pair(self) -> bool:
         """Add the pair chosen in the two combo boxes if the core accepts it; returns success."""
@@ -202,7 +207,7 @@ class PairSourceWidget(QWidget):
         if any(p[0] is pair[0] and p[1] is pair[1] for p in self._pairs):
             show_problem(self.pair_error, f"{image_name} / {labels_name} is already in the list")
             return False
-        problem = _problem_of(pair)
+        problem = pair_problem(pair)
         show_problem(self.pair_error, problem)
         if problem:
             return False
@@ -357,7 +362,7 @@ class PairSourceWidget(QWidget):
 
     def _list_problems(self) -> str:
         """Why the source cannot be used, as shown under the pair list; "" when it can."""
-        return self.empty_problem() or "\n".join(p for p in map(_problem_of, self._pairs) if p)
+        return self.empty_problem() or "\n".join(p for p in map(pair_problem, self._pairs) if p)
 
     def error_labels(self) -> list[QLabel]:
         """The red labels under the fields (empty text: nothing wrong there)."""
@@ -367,16 +372,6 @@ class PairSourceWidget(QWidget):
         """Copies of the layer pairs' data, and the folders (read by the worker)."""
         pairs = [p for image, labels in self._pairs for p in layer_pairs(image, labels, True)]
         return pairs, self.folder_source()
-
-
-def _problem_of(pair: tuple[Image, Labels]) -> str:
-    """The core's complaint about a layer pair, or ""."""
-    try:
-        for sample in layer_pairs(*pair):
-            prepare_pair(sample)
-    except (ValueError, TypeError) as err:
-        return str(err)
-    return ""
 
 
 def _row(*widgets: QWidget) -> QHBoxLayout:

@@ -1,0 +1,51 @@
+"""(image layer, labels layer) pairs: their training samples, their problems, and which
+labels layer pairs with an image.
+
+A stack (labels with one more axis than a 2D image) becomes one pair per plane that has
+objects (:func:`napari_samtune.core.data.split_planes`, as for TIFF files).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.layers import Image, Labels
+
+from napari_samtune.core.data import prepare_pair, split_planes
+
+
+def layer_pairs(image_layer: Image, labels_layer: Labels, copy: bool = False) -> list:
+    """The :class:`ImageLabelPair` s of two layers; stacks give one pair per plane with objects.
+
+    Args:
+        image_layer: (H, W), (H, W, 3|4) when ``rgb``, or a stack (N, H, W[, 3|4]).
+        labels_layer: (H, W) or (N, H, W) integer instance labels.
+        copy: copy the arrays (a snapshot that later edits of the layers cannot change).
+    """
+    image, labels = np.asarray(image_layer.data), np.asarray(labels_layer.data)
+    if copy:
+        image, labels = image.copy(), labels.copy()
+    name = f"{image_layer.name} / {labels_layer.name}"
+    return split_planes(image, labels, name, rgb=bool(image_layer.rgb))
+
+
+def pair_problem(pair: tuple[Image, Labels]) -> str:
+    """The core's complaint about a layer pair, or ""."""
+    try:
+        for sample in layer_pairs(*pair):
+            prepare_pair(sample)
+    except (ValueError, TypeError) as err:
+        return str(err)
+    return ""
+
+
+def pairing_rank(image: Image, labels) -> tuple[bool, bool, bool, bool]:
+    """How well ``labels`` (a Labels or Image layer) pairs with ``image``, as a sort key:
+    of its (spatial) shape, a Labels layer, holding objects, named after the image."""
+    spatial = {image.data.shape, image.data.shape[:-1], image.data.shape[1:]}
+    shape_fits = labels.data.shape in spatial
+    return (
+        shape_fits,
+        isinstance(labels, Labels),
+        bool(np.any(labels.data)),
+        labels.name.startswith(image.name),
+    )
