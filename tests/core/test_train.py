@@ -558,3 +558,24 @@ def test_a_diverging_run_stops_before_nan_reaches_the_weights(tmp_path, data):
     events = list(iter_train(calmer, *data, tmp_path / "run", resume_from=tmp_path / "run"))
     steps = [e for e in events if type(e).__name__ == "StepDone"]
     assert steps and all(e.learning_rate == 1e-4 for e in steps)  # not the checkpoint's 3e-3
+
+
+@pytest.mark.parametrize(("saved_world_size", "first_step"), [(1, 3), (2, 1)])
+def test_a_mid_epoch_resume_with_another_process_count_restarts_the_epoch(
+    tmp_path, data, saved_world_size, first_step
+):
+    """Steps count each process's own samples: with another count they would skip some."""
+    config = _config(min_samples_per_epoch=5)
+    stop, events = threading.Event(), []
+    for event in iter_train(config, *data, out_dir=tmp_path / "part", stop_event=stop):
+        if isinstance(event, StepDone) and event.step == 2:
+            stop.set()
+    last = tmp_path / "part/checkpoints/last.pt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    checkpoint["data_summary"]["world_size"] = saved_world_size  # as if run by torchrun
+    torch.save(checkpoint, last)
+    events = list(iter_train(config, *data, out_dir=tmp_path / "part", resume_from=last))
+    started, steps = events[0], [e for e in events if isinstance(e, StepDone)]
+    assert (steps[0].epoch, steps[0].step) == (0, first_step)
+    restarted = [n for n in started.notes if "epoch 1 starts over" in n]
+    assert len(restarted) == (saved_world_size != 1)

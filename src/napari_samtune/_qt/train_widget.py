@@ -346,6 +346,8 @@ class TrainWidget(TrainCloseMixin, QWidget):
             show_info(event.left_out_message())
         if event.val_repeats:
             show_warning(event.val_repeats_message())
+        for note in event.notes:
+            show_warning(note)
         self.training_started.emit(event)
 
     def _on_step(self, event: StepDone) -> None:

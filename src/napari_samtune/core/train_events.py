@@ -27,6 +27,7 @@ class TrainingStarted:
     world_size: int  # processes training together
     left_out: tuple[str, ...] = ()  # names of the pairs left out for having no object
     val_repeats: tuple[str, ...] = ()  # validation pairs equal to a training pair
+    notes: tuple[str, ...] = ()  # what else the person training should know (shown as warnings)
 
     def left_out_message(self) -> str:
         """``"left out 2 pair(s) without any object (labels all 0): a, b"``; "" if none."""

@@ -165,7 +165,7 @@ class Trainer(TrainerFilesMixin):
     def _setup_optimizer(self, checkpoint: dict | None) -> None:
         self.optimizer, self.scheduler = make_optimizer(self.params, self.config)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
-        self.progress = Progress()
+        self.progress, self.notes = Progress(), []
         if checkpoint is None:
             return
         self.optimizer.load_state_dict(checkpoint["optimizer_state"])
@@ -177,6 +177,20 @@ class Trainer(TrainerFilesMixin):
             self.scaler.load_state_dict(checkpoint["scaler_state"])
         self.progress = Progress(**checkpoint["progress"])
         torch.set_rng_state(checkpoint["rng_state"]["torch"])
+        self._restart_epoch_for(checkpoint.get("data_summary", {}).get("world_size"))
+
+    def _restart_epoch_for(self, saved_world_size: int | None) -> None:
+        """A run stopped mid-epoch with another number of processes: its steps counted each
+        process's own samples, which this many processes share out differently, so the
+        epoch starts over (some samples again) rather than skip or repeat samples unsaid."""
+        p = self.progress
+        if saved_world_size in (None, self.dist.world_size) or p.step_in_epoch == 0:
+            return
+        self.notes.append(
+            f"the run was stopped in epoch {p.epoch + 1} with {saved_world_size} process(es) "
+            f"and continues with {self.dist.world_size}: epoch {p.epoch + 1} starts over"
+        )
+        p.step_in_epoch, p.epoch_loss_sum, p.epoch_loss_count = 0, 0.0, 0
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -229,6 +243,7 @@ class Trainer(TrainerFilesMixin):
             world_size=self.dist.world_size,
             left_out=self.left_out,
             val_repeats=self.val_repeats,
+            notes=tuple(self.notes),
         )
 
     def _train_epoch(self) -> Iterator[StepDone]:
