@@ -15,7 +15,8 @@ import tifffile
 
 from napari_samtune._qt.train_run import TRAIN_TASK, past_epochs
 from napari_samtune._qt.train_widget import TrainWidget
-from napari_samtune.core.presets import MODEL_PARTS, MachineResources, TrainConfig
+from napari_samtune.core.config_checks import MODEL_PARTS
+from napari_samtune.core.presets import MachineResources, TrainConfig
 from napari_samtune.core.registry import user_models_dir
 from napari_samtune.core.synthetic import make_image
 

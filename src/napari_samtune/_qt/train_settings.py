@@ -39,9 +39,9 @@ from napari_samtune._qt.model_picker import ModelPickerWidget
 from napari_samtune._qt.train_data import error_label, show_problem
 from napari_samtune._qt.workers import TaskRunner, user_message
 from napari_samtune.core.architectures import SamArchitecture
+from napari_samtune.core.config_checks import MODEL_PARTS
 from napari_samtune.core.model_lookup import get_model_spec
 from napari_samtune.core.presets import (
-    MODEL_PARTS,
     PRESETS,
     MachineResources,
     ResourcePreset,

@@ -25,12 +25,8 @@ from napari_samtune.cli import (
     output_folder,
     read_annotated,
 )
-from napari_samtune.core.presets import (
-    MASK_LOSSES,
-    MIXED_PRECISION_MODES,
-    MODEL_PARTS,
-    TrainConfig,
-)
+from napari_samtune.core.config_checks import MASK_LOSSES, MIXED_PRECISION_MODES, MODEL_PARTS
+from napari_samtune.core.presets import TrainConfig
 
 # (TrainConfig field, option, type, help): the overrides of a preset's settings.
 OVERRIDES: tuple[tuple[str, str, type, str], ...] = (

@@ -23,17 +23,13 @@ preset cannot fit, before any training starts.
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
 from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 from napari_samtune.core.architectures import ARCHITECTURES, SamArchitecture
+from napari_samtune.core.config_checks import check_train_config
 
-MODEL_PARTS: tuple[str, ...] = ("image_encoder", "prompt_encoder", "mask_decoder")
-MIXED_PRECISION_MODES: tuple[str, ...] = ("auto", "bf16", "fp16", "no")
-MASK_LOSSES: tuple[str, ...] = ("dice_bce", "dice_focal")
 # GPU / RAM sizes are nominal ("32 GB") while machines report a little less (31.7 GiB).
 MEMORY_TOLERANCE = 0.9
 # A request above this multiple of a preset's objects per step is "far above": refused.
@@ -46,7 +42,7 @@ class ModelSetting:
     """What a preset trains for one model."""
 
     model: str  # architecture name: "vit_t", "vit_b", "vit_l" or "vit_h"
-    freeze: tuple[str, ...]  # parts kept fixed, a subset of MODEL_PARTS
+    freeze: tuple[str, ...]  # parts kept fixed, a subset of config_checks.MODEL_PARTS
     n_objects_per_batch: int  # objects sampled per patch
     batch_size: int = 1  # patches per step
 
@@ -212,7 +208,10 @@ def detect_preset(
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a finetuning run; saved with every checkpoint (``asdict``)."""
+    """Everything that defines a finetuning run; saved with every checkpoint (``asdict``).
+
+    ``__post_init__`` checks every field (see :mod:`napari_samtune.core.config_checks`).
+    """
 
     model: str = "vit_b"  # model to finetune: registry name, weights file, or "random:<arch>"
     epochs: int = 100  # at most this many epochs
@@ -242,69 +241,7 @@ class TrainConfig:
     preset: str | None = None  # key of the preset this config came from (recorded only)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.freeze, (list, tuple)) or not all(
-            isinstance(part, str) for part in self.freeze
-        ):
-            raise ValueError(
-                f"freeze={self.freeze!r}; give a list of distinct parts from "
-                f'{list(MODEL_PARTS)!r}, e.g. ["image_encoder"], or [] to train all parts'
-            )
-        object.__setattr__(self, "freeze", tuple(self.freeze))  # lists arrive from JSON
-        _check_types(self)
-        _check_positive(self, ("epochs", "n_objects_per_batch", "batch_size"))
-        _check_positive(self, ("min_samples_per_epoch", "grad_accumulation", "min_object_area"))
-        if not self.model or not isinstance(self.model, str):
-            raise ValueError(f"model={self.model!r}; give a model name or a weights file path")
-        if not 0 < self.learning_rate < math.inf:
-            raise ValueError(f"learning_rate={self.learning_rate!r}; use a positive number")
-        if self.seed < 0:
-            raise ValueError(f"seed={self.seed!r}; use a whole number >= 0")
-        if self.patch_size is not None and self.patch_size < 32:
-            raise ValueError(f"patch_size={self.patch_size!r}; use at least 32 pixels, or None")
-        self._check_parts()
-        if self.lora_rank < 0:
-            raise ValueError(f"lora_rank={self.lora_rank!r}; use 0 (no LoRA) or a positive rank")
-        if self.lora_alpha is not None and not 0 < self.lora_alpha < math.inf:
-            raise ValueError(
-                f"lora_alpha={self.lora_alpha!r}; use a positive number, or None (lora_rank)"
-            )
-        if self.early_stopping is not None and self.early_stopping < 1:
-            raise ValueError(f"early_stopping={self.early_stopping!r}; use >= 1 or None")
-        if self.n_iterative_prompts < 0 or self.embedding_cache_size < 0:
-            raise ValueError(
-                f"n_iterative_prompts={self.n_iterative_prompts!r} and embedding_cache_size="
-                f"{self.embedding_cache_size!r} must be >= 0"
-            )
-        self._check_choices()
-
-    def _check_parts(self) -> None:
-        unknown = [p for p in self.freeze if p not in MODEL_PARTS]
-        if unknown or len(set(self.freeze)) != len(self.freeze):
-            raise ValueError(f"freeze={self.freeze!r}; use distinct parts from {MODEL_PARTS!r}")
-        if self.lora_rank and "image_encoder" in self.freeze:
-            raise ValueError(
-                f"lora_rank={self.lora_rank!r} trains adapters inside the image encoder, which "
-                "freeze also lists; remove 'image_encoder' from freeze or set lora_rank=0"
-            )
-        if set(self.freeze) == set(MODEL_PARTS):
-            raise ValueError(f"freeze={self.freeze!r} leaves nothing to train; unfreeze a part")
-
-    def _check_choices(self) -> None:
-        if self.mixed_precision not in MIXED_PRECISION_MODES:
-            raise ValueError(
-                f"mixed_precision={self.mixed_precision!r}; choose from {MIXED_PRECISION_MODES!r}"
-            )
-        if self.mask_loss not in MASK_LOSSES:
-            raise ValueError(f"mask_loss={self.mask_loss!r}; choose from {MASK_LOSSES!r}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction={self.val_fraction!r}; use a fraction in [0, 1)")
-        if not 0.0 <= self.box_jitter < 1.0:
-            raise ValueError(f"box_jitter={self.box_jitter!r}; use a fraction in [0, 1)")
-        if not 0.0 < self.scheduler_factor < 1.0 or self.scheduler_patience < 0:
-            raise ValueError(
-                f"scheduler_factor={self.scheduler_factor!r} must lie in (0, 1) and "
-                f"scheduler_patience={self.scheduler_patience!r} must be >= 0"
-            )
+        check_train_config(self)
 
     @property
     def encoder_frozen(self) -> bool:
@@ -319,45 +256,6 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training config fields {unknown!r}")
         return cls(**data)
-
-
-def _check_positive(config: TrainConfig, names: tuple[str, ...]) -> None:
-    for name in names:
-        value = getattr(config, name)
-        if value < 1:
-            raise ValueError(f"{name}={value!r}; use a whole number >= 1")
-
-
-_WHOLE = (
-    "epochs", "n_objects_per_batch", "batch_size", "patch_size", "lora_rank", "early_stopping",
-    "min_samples_per_epoch", "n_iterative_prompts", "seed", "grad_accumulation",
-    "embedding_cache_size", "min_object_area", "scheduler_patience",
-)  # fmt: skip
-_REAL = ("learning_rate", "lora_alpha", "val_fraction", "box_jitter", "scheduler_factor")
-_FLAGS = ("fast_attention", "checkpoint_trainable_only")
-_OPTIONAL = ("patch_size", "lora_alpha", "early_stopping")  # None allowed
-
-
-def _check_types(config: TrainConfig) -> None:
-    """``TypeError`` naming a numeric field that is not a number (text, a bool: ``epochs=True``
-    is no count) or a whole-number field that is not whole, and a flag that is not a bool.
-    numpy numbers become Python numbers, which checkpoints (``weights_only``) can load."""
-    for name in (*_WHOLE, *_REAL, *_FLAGS):
-        value = getattr(config, name)
-        if value is None and name in _OPTIONAL:
-            continue
-        if name in _FLAGS:
-            kind, fits = "True or False", isinstance(value, bool)
-        else:
-            kind = "a whole number" if name in _WHOLE else "a number"
-            number = numbers.Integral if name in _WHOLE else numbers.Real
-            fits = isinstance(value, number) and not isinstance(value, bool)  # np.bool_ is not
-            if fits and type(value) not in (int, float):  # numpy's
-                object.__setattr__(config, name, (int if name in _WHOLE else float)(value))
-        if not fits:
-            what = "text" if isinstance(value, str) else f"a {type(value).__name__}"
-            none = " or None" if name in _OPTIONAL else ""
-            raise TypeError(f"{name}={value!r} is {what}; use {kind}{none}")
 
 
 def resolve_preset(key: str) -> tuple[ResourcePreset, str]:

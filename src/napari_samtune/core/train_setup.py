@@ -10,9 +10,10 @@ from segment_anything.modeling import Sam
 
 from napari_samtune.core.accelerate import cpu_has_fast_bf16
 from napari_samtune.core.architectures import SamArchitecture
+from napari_samtune.core.config_checks import MODEL_PARTS
 from napari_samtune.core.lora import apply_lora
 from napari_samtune.core.model_source import load_base_model
-from napari_samtune.core.presets import MODEL_PARTS, TrainConfig
+from napari_samtune.core.presets import TrainConfig
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -1,0 +1,127 @@
+"""What each field of :class:`~napari_samtune.core.presets.TrainConfig` may hold, and the checks.
+
+:func:`check_train_config` is ``TrainConfig.__post_init__``: it raises
+``TypeError`` for a field of the wrong type and ``ValueError`` for a value out
+of range or a contradiction between fields, each message naming the field,
+showing the value and saying what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from napari_samtune.core.presets import TrainConfig
+
+MODEL_PARTS: tuple[str, ...] = ("image_encoder", "prompt_encoder", "mask_decoder")
+MIXED_PRECISION_MODES: tuple[str, ...] = ("auto", "bf16", "fp16", "no")
+MASK_LOSSES: tuple[str, ...] = ("dice_bce", "dice_focal")
+
+_WHOLE = (
+    "epochs", "n_objects_per_batch", "batch_size", "patch_size", "lora_rank", "early_stopping",
+    "min_samples_per_epoch", "n_iterative_prompts", "seed", "grad_accumulation",
+    "embedding_cache_size", "min_object_area", "scheduler_patience",
+)  # fmt: skip
+_REAL = ("learning_rate", "lora_alpha", "val_fraction", "box_jitter", "scheduler_factor")
+_FLAGS = ("fast_attention", "checkpoint_trainable_only")
+_OPTIONAL = ("patch_size", "lora_alpha", "early_stopping")  # None allowed
+
+
+def check_train_config(config: TrainConfig) -> None:
+    """Check every field of ``config``; lists from JSON and numpy numbers become plain values."""
+    if not isinstance(config.freeze, (list, tuple)) or not all(
+        isinstance(part, str) for part in config.freeze
+    ):
+        raise ValueError(
+            f"freeze={config.freeze!r}; give a list of distinct parts from "
+            f'{list(MODEL_PARTS)!r}, e.g. ["image_encoder"], or [] to train all parts'
+        )
+    object.__setattr__(config, "freeze", tuple(config.freeze))  # lists arrive from JSON
+    _check_types(config)
+    _check_positive(config, ("epochs", "n_objects_per_batch", "batch_size"))
+    _check_positive(config, ("min_samples_per_epoch", "grad_accumulation", "min_object_area"))
+    if not config.model or not isinstance(config.model, str):
+        raise ValueError(f"model={config.model!r}; give a model name or a weights file path")
+    if not 0 < config.learning_rate < math.inf:
+        raise ValueError(f"learning_rate={config.learning_rate!r}; use a positive number")
+    if config.seed < 0:
+        raise ValueError(f"seed={config.seed!r}; use a whole number >= 0")
+    if config.patch_size is not None and config.patch_size < 32:
+        raise ValueError(f"patch_size={config.patch_size!r}; use at least 32 pixels, or None")
+    _check_parts(config)
+    if config.lora_rank < 0:
+        raise ValueError(f"lora_rank={config.lora_rank!r}; use 0 (no LoRA) or a positive rank")
+    if config.lora_alpha is not None and not 0 < config.lora_alpha < math.inf:
+        raise ValueError(
+            f"lora_alpha={config.lora_alpha!r}; use a positive number, or None (lora_rank)"
+        )
+    if config.early_stopping is not None and config.early_stopping < 1:
+        raise ValueError(f"early_stopping={config.early_stopping!r}; use >= 1 or None")
+    if config.n_iterative_prompts < 0 or config.embedding_cache_size < 0:
+        raise ValueError(
+            f"n_iterative_prompts={config.n_iterative_prompts!r} and embedding_cache_size="
+            f"{config.embedding_cache_size!r} must be >= 0"
+        )
+    _check_choices(config)
+
+
+def _check_parts(config: TrainConfig) -> None:
+    unknown = [p for p in config.freeze if p not in MODEL_PARTS]
+    if unknown or len(set(config.freeze)) != len(config.freeze):
+        raise ValueError(f"freeze={config.freeze!r}; use distinct parts from {MODEL_PARTS!r}")
+    if config.lora_rank and "image_encoder" in config.freeze:
+        raise ValueError(
+            f"lora_rank={config.lora_rank!r} trains adapters inside the image encoder, which "
+            "freeze also lists; remove 'image_encoder' from freeze or set lora_rank=0"
+        )
+    if set(config.freeze) == set(MODEL_PARTS):
+        raise ValueError(f"freeze={config.freeze!r} leaves nothing to train; unfreeze a part")
+
+
+def _check_choices(config: TrainConfig) -> None:
+    if config.mixed_precision not in MIXED_PRECISION_MODES:
+        raise ValueError(
+            f"mixed_precision={config.mixed_precision!r}; choose from {MIXED_PRECISION_MODES!r}"
+        )
+    if config.mask_loss not in MASK_LOSSES:
+        raise ValueError(f"mask_loss={config.mask_loss!r}; choose from {MASK_LOSSES!r}")
+    if not 0.0 <= config.val_fraction < 1.0:
+        raise ValueError(f"val_fraction={config.val_fraction!r}; use a fraction in [0, 1)")
+    if not 0.0 <= config.box_jitter < 1.0:
+        raise ValueError(f"box_jitter={config.box_jitter!r}; use a fraction in [0, 1)")
+    if not 0.0 < config.scheduler_factor < 1.0 or config.scheduler_patience < 0:
+        raise ValueError(
+            f"scheduler_factor={config.scheduler_factor!r} must lie in (0, 1) and "
+            f"scheduler_patience={config.scheduler_patience!r} must be >= 0"
+        )
+
+
+def _check_positive(config: TrainConfig, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value < 1:
+            raise ValueError(f"{name}={value!r}; use a whole number >= 1")
+
+
+def _check_types(config: TrainConfig) -> None:
+    """``TypeError`` naming a numeric field that is not a number (text, a bool: ``epochs=True``
+    is no count) or a whole-number field that is not whole, and a flag that is not a bool.
+    numpy numbers become Python numbers, which checkpoints (``weights_only``) can load."""
+    for name in (*_WHOLE, *_REAL, *_FLAGS):
+        value = getattr(config, name)
+        if value is None and name in _OPTIONAL:
+            continue
+        if name in _FLAGS:
+            kind, fits = "True or False", isinstance(value, bool)
+        else:
+            kind = "a whole number" if name in _WHOLE else "a number"
+            number = numbers.Integral if name in _WHOLE else numbers.Real
+            fits = isinstance(value, number) and not isinstance(value, bool)  # np.bool_ is not
+            if fits and type(value) not in (int, float):  # numpy's
+                object.__setattr__(config, name, (int if name in _WHOLE else float)(value))
+        if not fits:
+            what = "text" if isinstance(value, str) else f"a {type(value).__name__}"
+            none = " or None" if name in _OPTIONAL else ""
+            raise TypeError(f"{name}={value!r} is {what}; use {kind}{none}")
