@@ -1,0 +1,78 @@
+"""TrainConfig's field checks: types, ranges and contradictions, each named in the message."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from napari_samtune.core.presets import TrainConfig
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("epochs", 0, "epochs=0"),
+        ("learning_rate", 0.0, "learning_rate=0.0"),
+        ("n_objects_per_batch", 0, "n_objects_per_batch=0"),
+        ("freeze", ("decoder",), "freeze=\\('decoder',\\)"),
+        ("freeze", ("image_encoder", "prompt_encoder", "mask_decoder"), "nothing to train"),
+        ("freeze", 5, "freeze=5; give a list of distinct parts"),  # e.g. a damaged config.json
+        ("freeze", "image_encoder", "freeze='image_encoder'; give a list"),  # not its letters
+        ("mixed_precision", "fp8", "mixed_precision='fp8'"),
+        ("val_fraction", 1.0, "val_fraction=1.0"),
+        ("patch_size", 8, "patch_size=8"),
+        ("lora_rank", -1, "lora_rank=-1"),
+        ("mask_loss", "l2", "mask_loss='l2'"),
+    ],
+)
+def test_train_config_rejects_bad_values_by_name(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("learning_rate", "1e-5", "learning_rate='1e-5' is text; use a number"),
+        ("epochs", True, "epochs=True is a bool; use a whole number"),
+        ("epochs", 2.5, "epochs=2.5 is a float; use a whole number"),
+        ("batch_size", "2", "batch_size='2' is text; use a whole number"),
+        ("patch_size", 256.0, "patch_size=256.0 is a float; use a whole number or None"),
+        ("early_stopping", False, "early_stopping=False is a bool; use a whole number or None"),
+        ("lora_alpha", "8", "lora_alpha='8' is text; use a number or None"),
+        ("val_fraction", None, "val_fraction=None is a NoneType; use a number"),
+        ("seed", 1.5, "seed=1.5 is a float; use a whole number"),
+        ("scheduler_patience", np.bool_(True), "scheduler_patience=np.True_ is a bool"),
+        ("fast_attention", "no", "fast_attention='no' is text; use True or False"),
+        ("checkpoint_trainable_only", 1, "checkpoint_trainable_only=1 is a int; use True or"),
+    ],
+)
+def test_train_config_names_a_field_of_the_wrong_type(field, value, message):
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}"):
+        TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("learning_rate", float("inf")), ("seed", -1), ("lora_alpha", 0.0), ("lora_alpha", -8)],
+)
+def test_train_config_refuses_numbers_out_of_range(field, value):
+    with pytest.raises(ValueError, match=f"^{field}={value!r}; use a"):
+        TrainConfig(**{field: value})
+
+
+def test_numpy_numbers_become_python_numbers_that_checkpoints_load(tmp_path):
+    config = TrainConfig(epochs=np.int64(3), learning_rate=np.float32(0.5), lora_alpha=4)
+    assert (config.epochs, config.learning_rate, config.lora_alpha) == (3, 0.5, 4)
+    assert type(config.epochs) is int and type(config.learning_rate) is float
+    torch.save(dataclasses.asdict(config), tmp_path / "c.pt")
+    assert torch.load(tmp_path / "c.pt", weights_only=True)["epochs"] == 3
+
+
+def test_lora_and_a_frozen_encoder_contradict_each_other():
+    with pytest.raises(ValueError, match="lora_rank=4 trains adapters"):
+        TrainConfig(lora_rank=4, freeze=("image_encoder",))
