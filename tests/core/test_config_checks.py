@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from napari_samtune.core.config_checks import (
+    MAX_ITERATIVE_PROMPTS,
+)
 from napari_samtune.core.presets import TrainConfig
 
 
@@ -76,3 +79,16 @@ def test_numpy_numbers_become_python_numbers_that_checkpoints_load(tmp_path):
 def test_lora_and_a_frozen_encoder_contradict_each_other():
     with pytest.raises(ValueError, match="lora_rank=4 trains adapters"):
         TrainConfig(lora_rank=4, freeze=("image_encoder",))
+
+
+def test_corrective_clicks_are_bounded():
+    assert TrainConfig(n_iterative_prompts=0).n_iterative_prompts == 0
+    assert TrainConfig(n_iterative_prompts=16).n_iterative_prompts == MAX_ITERATIVE_PROMPTS == 16
+    for clicks in (17, 1000, -1):  # 1000 ran for over 5 minutes on a 2-sample epoch
+        with pytest.raises(ValueError, match=f"^n_iterative_prompts={clicks}; use 0 to 16 "):
+            TrainConfig(n_iterative_prompts=clicks)
+
+
+def test_embedding_cache_size_has_its_own_message():
+    with pytest.raises(ValueError, match=r"^embedding_cache_size=-1; use 0 \(no cache\)"):
+        TrainConfig(embedding_cache_size=-1)

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 MODEL_PARTS: tuple[str, ...] = ("image_encoder", "prompt_encoder", "mask_decoder")
 MIXED_PRECISION_MODES: tuple[str, ...] = ("auto", "bf16", "fp16", "no")
 MASK_LOSSES: tuple[str, ...] = ("dice_bce", "dice_focal")
+# Each corrective click is one more decoder pass whose activations stay in memory until the
+# backward pass. SAM's paper and micro-sam train with 8 sampled clicks; twice that is the limit.
+MAX_ITERATIVE_PROMPTS = 16
 
 _WHOLE = (
     "epochs", "n_objects_per_batch", "batch_size", "patch_size", "lora_rank", "early_stopping",
@@ -59,10 +62,15 @@ def check_train_config(config: TrainConfig) -> None:
         )
     if config.early_stopping is not None and config.early_stopping < 1:
         raise ValueError(f"early_stopping={config.early_stopping!r}; use >= 1 or None")
-    if config.n_iterative_prompts < 0 or config.embedding_cache_size < 0:
+    if not 0 <= config.n_iterative_prompts <= MAX_ITERATIVE_PROMPTS:
         raise ValueError(
-            f"n_iterative_prompts={config.n_iterative_prompts!r} and embedding_cache_size="
-            f"{config.embedding_cache_size!r} must be >= 0"
+            f"n_iterative_prompts={config.n_iterative_prompts!r}; use 0 to "
+            f"{MAX_ITERATIVE_PROMPTS} corrective clicks (SAM and micro-sam train with 8): each "
+            "one more decoder pass per object, held in memory until the backward pass"
+        )
+    if config.embedding_cache_size < 0:
+        raise ValueError(
+            f"embedding_cache_size={config.embedding_cache_size!r}; use 0 (no cache) or more"
         )
     _check_choices(config)
 
