@@ -69,7 +69,9 @@ def test_train_config_refuses_numbers_out_of_range(field, value):
 
 
 def test_numpy_numbers_become_python_numbers_that_checkpoints_load(tmp_path):
-    config = TrainConfig(epochs=np.int64(3), learning_rate=np.float32(0.5), lora_alpha=4)
+    config = TrainConfig(
+        epochs=np.int64(3), learning_rate=np.float32(0.5), lora_rank=4, lora_alpha=4
+    )
     assert (config.epochs, config.learning_rate, config.lora_alpha) == (3, 0.5, 4)
     assert type(config.epochs) is int and type(config.learning_rate) is float
     torch.save(dataclasses.asdict(config), tmp_path / "c.pt")
@@ -92,3 +94,11 @@ def test_corrective_clicks_are_bounded():
 def test_embedding_cache_size_has_its_own_message():
     with pytest.raises(ValueError, match=r"^embedding_cache_size=-1; use 0 \(no cache\)"):
         TrainConfig(embedding_cache_size=-1)
+
+
+def test_lora_alpha_without_lora_rank_is_refused():
+    with pytest.raises(ValueError, match=r"^lora_alpha=8.0 scales .* set lora_rank too"):
+        TrainConfig(lora_alpha=8.0)
+    assert TrainConfig(lora_rank=4, lora_alpha=8.0).lora_alpha == 8.0
+    assert TrainConfig(lora_rank=4).lora_alpha is None  # the default: scale 1
+    assert TrainConfig().lora_alpha is None

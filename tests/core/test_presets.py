@@ -134,6 +134,21 @@ def test_presets_that_cannot_fit_are_refused_before_training():
     assert unchecked.freeze == ()
 
 
+def test_configs_saved_with_a_lora_alpha_but_no_lora_still_load():
+    saved = {**dataclasses.asdict(TrainConfig()), "lora_rank": 0, "lora_alpha": 8.0}
+    assert TrainConfig.from_dict(json.loads(json.dumps(saved))) == TrainConfig()
+    with_lora = {**saved, "lora_rank": 4}
+    assert TrainConfig.from_dict(with_lora).lora_alpha == 8.0
+    with pytest.raises(ValueError, match="set lora_rank too"):  # a new config is refused
+        dataclasses.replace(TrainConfig.from_dict(saved), lora_alpha=8.0)
+
+
+def test_presets_leave_lora_off():
+    for preset in PRESETS:
+        config = config_from_preset(preset, "random:tiny", architecture=TINY)
+        assert (config.lora_rank, config.lora_alpha) == (0, None)
+
+
 def test_train_config_round_trips_through_json():
     config = TrainConfig(model="random:tiny", freeze=("image_encoder",), patch_size=128, seed=3)
     data = json.loads(json.dumps(dataclasses.asdict(config)))

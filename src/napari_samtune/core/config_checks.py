@@ -54,12 +54,7 @@ def check_train_config(config: TrainConfig) -> None:
     if config.patch_size is not None and config.patch_size < 32:
         raise ValueError(f"patch_size={config.patch_size!r}; use at least 32 pixels, or None")
     _check_parts(config)
-    if config.lora_rank < 0:
-        raise ValueError(f"lora_rank={config.lora_rank!r}; use 0 (no LoRA) or a positive rank")
-    if config.lora_alpha is not None and not 0 < config.lora_alpha < math.inf:
-        raise ValueError(
-            f"lora_alpha={config.lora_alpha!r}; use a positive number, or None (lora_rank)"
-        )
+    _check_lora(config)
     if config.early_stopping is not None and config.early_stopping < 1:
         raise ValueError(f"early_stopping={config.early_stopping!r}; use >= 1 or None")
     if not 0 <= config.n_iterative_prompts <= MAX_ITERATIVE_PROMPTS:
@@ -73,6 +68,22 @@ def check_train_config(config: TrainConfig) -> None:
             f"embedding_cache_size={config.embedding_cache_size!r}; use 0 (no cache) or more"
         )
     _check_choices(config)
+
+
+def _check_lora(config: TrainConfig) -> None:
+    if config.lora_rank < 0:
+        raise ValueError(f"lora_rank={config.lora_rank!r}; use 0 (no LoRA) or a positive rank")
+    if config.lora_alpha is None:
+        return
+    if not 0 < config.lora_alpha < math.inf:
+        raise ValueError(
+            f"lora_alpha={config.lora_alpha!r}; use a positive number, or None (lora_rank)"
+        )
+    if not config.lora_rank:
+        raise ValueError(
+            f"lora_alpha={config.lora_alpha!r} scales LoRA adapters, but lora_rank=0 adds "
+            "none; set lora_rank too (e.g. 4), or leave lora_alpha out"
+        )
 
 
 def _check_parts(config: TrainConfig) -> None:

@@ -250,11 +250,17 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        """Inverse of ``dataclasses.asdict``; unknown keys raise ``ValueError``."""
+        """Inverse of ``dataclasses.asdict``; unknown keys raise ``ValueError``.
+
+        A lora_alpha saved with lora_rank 0 (accepted, and ignored, before such a config was
+        refused) is dropped, so that run's checkpoints and config.json still load.
+        """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown training config fields {unknown!r}")
+        if data.get("lora_rank", 0) == 0 and data.get("lora_alpha") is not None:
+            data = {**data, "lora_alpha": None}
         return cls(**data)
 
 
