@@ -11,6 +11,7 @@ import torch
 
 from napari_samtune.core.config_checks import (
     MAX_ITERATIVE_PROMPTS,
+    freeze_from_choices,
 )
 from napari_samtune.core.presets import TrainConfig
 
@@ -102,3 +103,30 @@ def test_lora_alpha_without_lora_rank_is_refused():
     assert TrainConfig(lora_rank=4, lora_alpha=8.0).lora_alpha == 8.0
     assert TrainConfig(lora_rank=4).lora_alpha is None  # the default: scale 1
     assert TrainConfig().lora_alpha is None
+
+
+@pytest.mark.parametrize(
+    ("choices", "freeze"),
+    [
+        ([], ()),
+        (["none"], ()),
+        (["none", "none"], ()),
+        (["image_encoder"], ("image_encoder",)),
+        (["mask_decoder", "image_encoder", "mask_decoder"], ("mask_decoder", "image_encoder")),
+    ],
+)
+def test_freeze_from_command_line_choices(choices, freeze):
+    assert freeze_from_choices(choices) == freeze
+
+
+def test_freeze_none_with_a_part_contradicts_itself():
+    with pytest.raises(ValueError) as refused:
+        freeze_from_choices(["none", "image_encoder"])
+    assert str(refused.value) == (
+        "--freeze none trains every part, but --freeze image_encoder freezes it; give either "
+        "--freeze none or the parts to freeze"
+    )
+    with pytest.raises(ValueError, match="--freeze mask_decoder --freeze prompt_encoder freezes"):
+        freeze_from_choices(["mask_decoder", "none", "prompt_encoder"])
+    with pytest.raises(ValueError, match=r"^freeze=\('none',\); 'none' is no part: give freeze"):
+        TrainConfig(freeze=("none",))  # the command line's word never reaches a config

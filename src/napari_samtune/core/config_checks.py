@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 MODEL_PARTS: tuple[str, ...] = ("image_encoder", "prompt_encoder", "mask_decoder")
 MIXED_PRECISION_MODES: tuple[str, ...] = ("auto", "bf16", "fp16", "no")
 MASK_LOSSES: tuple[str, ...] = ("dice_bce", "dice_focal")
+NO_FREEZE = "none"  # the command line's word for "freeze nothing"; never a config value
 # Each corrective click is one more decoder pass whose activations stay in memory until the
 # backward pass. SAM's paper and micro-sam train with 8 sampled clicks; twice that is the limit.
 MAX_ITERATIVE_PROMPTS = 16
@@ -87,6 +89,11 @@ def _check_lora(config: TrainConfig) -> None:
 
 
 def _check_parts(config: TrainConfig) -> None:
+    if NO_FREEZE in config.freeze:
+        raise ValueError(
+            f"freeze={config.freeze!r}; {NO_FREEZE!r} is no part: give freeze=() to train "
+            f"every part, or distinct parts from {MODEL_PARTS!r}"
+        )
     unknown = [p for p in config.freeze if p not in MODEL_PARTS]
     if unknown or len(set(config.freeze)) != len(config.freeze):
         raise ValueError(f"freeze={config.freeze!r}; use distinct parts from {MODEL_PARTS!r}")
@@ -144,3 +151,21 @@ def _check_types(config: TrainConfig) -> None:
             what = "text" if isinstance(value, str) else f"a {type(value).__name__}"
             none = " or None" if name in _OPTIONAL else ""
             raise TypeError(f"{name}={value!r} is {what}; use {kind}{none}")
+
+
+def freeze_from_choices(choices: Sequence[str], option: str = "--freeze") -> tuple[str, ...]:
+    """``TrainConfig.freeze`` from repeated choices of ``option``: parts, or "none" alone.
+
+    Repeated parts count once. "none" together with a part contradicts itself:
+    ``ValueError`` naming ``option`` and both.
+    """
+    chosen = tuple(dict.fromkeys(choices))
+    parts = tuple(c for c in chosen if c != NO_FREEZE)
+    if parts and len(parts) < len(chosen):
+        named = " ".join(f"{option} {part}" for part in parts)
+        raise ValueError(
+            f"{option} {NO_FREEZE} trains every part, but {named} freezes "
+            f"{'it' if len(parts) == 1 else 'them'}; give either {option} {NO_FREEZE} or the "
+            "parts to freeze"
+        )
+    return parts
