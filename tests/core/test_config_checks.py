@@ -9,10 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+from napari_samtune.core.architectures import NANO, TINY, TINY_TINYVIT, VIT_B, VIT_T, build_sam
 from napari_samtune.core.config_checks import (
     MAX_ITERATIVE_PROMPTS,
+    check_lora_rank,
     freeze_from_choices,
+    max_lora_rank,
 )
+from napari_samtune.core.lora import apply_lora
 from napari_samtune.core.presets import TrainConfig
 
 
@@ -130,3 +134,21 @@ def test_freeze_none_with_a_part_contradicts_itself():
         freeze_from_choices(["mask_decoder", "none", "prompt_encoder"])
     with pytest.raises(ValueError, match=r"^freeze=\('none',\); 'none' is no part: give freeze"):
         TrainConfig(freeze=("none",))  # the command line's word never reaches a config
+
+
+@pytest.mark.parametrize("arch", [TINY, TINY_TINYVIT, NANO])
+def test_max_lora_rank_is_the_narrowest_adapted_layer(arch):
+    encoder = build_sam(arch).image_encoder
+    modules = dict(encoder.named_modules())
+    widths = [modules[name].in_features for name in apply_lora(encoder, rank=1)]
+    assert max_lora_rank(arch) == min(widths)
+
+
+def test_lora_rank_above_the_encoder_width_is_refused():
+    assert (max_lora_rank(NANO), max_lora_rank(VIT_T), max_lora_rank(VIT_B)) == (128, 128, 768)
+    check_lora_rank(128, NANO)
+    check_lora_rank(0, NANO)
+    with pytest.raises(ValueError, match=r"^lora_rank=100000 is above 128, .* of nano's image"):
+        check_lora_rank(100000, NANO)
+    with pytest.raises(ValueError, match=r"^lora_rank=769 is above 768, .* of vit_b's image"):
+        check_lora_rank(769, VIT_B)

@@ -134,6 +134,14 @@ def test_presets_that_cannot_fit_are_refused_before_training():
     assert unchecked.freeze == ()
 
 
+def test_config_from_preset_refuses_a_lora_rank_the_model_cannot_use():
+    with pytest.raises(ValueError, match="^lora_rank=100000 is above 128"):
+        config_from_preset("cpu-16gb", "random:nano", lora_rank=100000)
+    with pytest.raises(ValueError, match="^lora_rank=129 is above 128"):  # not a memory check
+        config_from_preset("cpu-16gb", "random:nano", check=False, lora_rank=129)
+    assert config_from_preset("cpu-16gb", "random:nano", lora_rank=128).lora_rank == 128
+
+
 def test_configs_saved_with_a_lora_alpha_but_no_lora_still_load():
     saved = {**dataclasses.asdict(TrainConfig()), "lora_rank": 0, "lora_alpha": 8.0}
     assert TrainConfig.from_dict(json.loads(json.dumps(saved))) == TrainConfig()

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from napari_samtune.core.architectures import SamArchitecture
     from napari_samtune.core.presets import TrainConfig
 
 MODEL_PARTS: tuple[str, ...] = ("image_encoder", "prompt_encoder", "mask_decoder")
@@ -169,3 +170,26 @@ def freeze_from_choices(choices: Sequence[str], option: str = "--freeze") -> tup
             "parts to freeze"
         )
     return parts
+
+
+def max_lora_rank(arch: SamArchitecture) -> int:
+    """Width of ``arch``'s narrowest attention layer, the most a LoRA rank can use there.
+
+    A ViT's blocks all have ``embed_dim``; TinyViT's first stage is convolutional, its
+    attention stages have ``tinyvit_embed_dims[1:]``.
+    """
+    if arch.encoder == "tiny_vit":
+        return min(arch.tinyvit_embed_dims[1:])
+    return arch.embed_dim
+
+
+def check_lora_rank(lora_rank: int, arch: SamArchitecture) -> None:
+    """``ValueError`` when ``lora_rank`` exceeds what ``arch``'s attention layers can use:
+    above their width an adapter has more parameters than a full update, and no more rank."""
+    limit = max_lora_rank(arch)
+    if lora_rank > limit:
+        raise ValueError(
+            f"lora_rank={lora_rank!r} is above {limit}, the width of the narrowest attention "
+            f"layer of {arch.name}'s image encoder; use a rank of 1 to {limit} (LoRA typically "
+            "uses 4 to 64)"
+        )

@@ -28,7 +28,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 from napari_samtune.core.architectures import ARCHITECTURES, SamArchitecture
-from napari_samtune.core.config_checks import check_train_config
+from napari_samtune.core.config_checks import check_lora_rank, check_train_config
 
 # GPU / RAM sizes are nominal ("32 GB") while machines report a little less (31.7 GiB).
 MEMORY_TOLERANCE = 0.9
@@ -312,6 +312,7 @@ def config_from_preset(
     if unknown:
         raise TypeError(f"unknown TrainConfig fields {unknown!r} in overrides")
     config = replace(base, **overrides)
+    check_lora_rank(config.lora_rank, architecture)
     if check:
         check_fits(preset, setting, config)
     return config
