@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -132,6 +133,26 @@ def test_presets_that_cannot_fit_are_refused_before_training():
         config_from_preset(get_preset("cpu-8gb"), "random:vit_t", freeze=())
     unchecked = config_from_preset(get_preset("cpu-8gb"), "random:vit_t", check=False, freeze=())
     assert unchecked.freeze == ()
+
+
+def test_a_model_without_its_own_row_is_checked_against_a_named_larger_one():
+    with pytest.raises(ValueError) as refused:
+        config_from_preset("cpu-16gb", "random:nano", n_objects_per_batch=50)
+    assert "fits for nano (5), going by its vit_t row (it has no row for nano; vit_t is" in str(
+        refused.value
+    )
+    with pytest.raises(ValueError, match=r"fits nano only with the image encoder frozen, going"):
+        config_from_preset("cpu-8gb", "random:nano", freeze=())
+    with pytest.raises(ValueError) as refused:  # its own row: nothing to explain
+        config_from_preset("cpu-16gb", "random:vit_t", n_objects_per_batch=50)
+    assert "fits for vit_t (5); lower" in str(refused.value) and "row" not in str(refused.value)
+
+
+def test_a_weights_file_of_unknown_shape_is_named_by_its_path(tmp_path):
+    custom = dataclasses.replace(TINY, name="custom", embed_dim=64)
+    path = str(tmp_path / "mine.pt")
+    with pytest.raises(ValueError, match=f"fits for {re.escape(repr(path))} \\(5\\), going by"):
+        config_from_preset("cpu-16gb", path, architecture=custom, n_objects_per_batch=50)
 
 
 def test_config_from_preset_refuses_a_lora_rank_the_model_cannot_use():

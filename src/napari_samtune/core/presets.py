@@ -314,24 +314,33 @@ def config_from_preset(
     config = replace(base, **overrides)
     check_lora_rank(config.lora_rank, architecture)
     if check:
-        check_fits(preset, setting, config)
+        check_fits(preset, architecture, config)
     return config
 
 
-def check_fits(preset: ResourcePreset, setting: ModelSetting, config: TrainConfig) -> None:
-    """Raise ``ValueError`` when ``config`` asks for clearly more memory than ``setting`` fits."""
+def check_fits(preset: ResourcePreset, arch: SamArchitecture, config: TrainConfig) -> None:
+    """Raise ``ValueError`` when ``config`` asks for clearly more memory than ``preset``'s
+    setting for ``arch`` (see :meth:`ResourcePreset.setting_for`) fits."""
+    setting = preset.setting_for(arch)
+    subject = arch.name if arch.name in ARCHITECTURES else repr(config.model)
+    row = ""  # says which row applies when the preset has none of the model's own
+    if arch.name != setting.model:
+        row = (
+            f", going by its {setting.model} row (it has no row for {subject}; "
+            f"{setting.model} is the smallest model with a row that is at least as large)"
+        )
     asked = config.n_objects_per_batch * config.batch_size
     measured = setting.n_objects_per_batch * setting.batch_size
     if asked > MAX_OBJECTS_FACTOR * measured:
         raise ValueError(
             f"n_objects_per_batch={config.n_objects_per_batch!r} x batch_size="
             f"{config.batch_size!r} = {asked} objects per step is far above what preset "
-            f"{preset.key!r} fits for {setting.model} ({measured}); lower n_objects_per_batch "
+            f"{preset.key!r} fits for {subject} ({measured}){row}; lower n_objects_per_batch "
             "or batch_size, or choose a preset with more memory"
         )
     if "image_encoder" in setting.freeze and not config.encoder_frozen:
         raise ValueError(
-            f"preset {preset.key!r} fits {setting.model} only with the image encoder frozen, "
+            f"preset {preset.key!r} fits {subject} only with the image encoder frozen{row}, "
             f"but freeze={config.freeze!r}; add 'image_encoder' to freeze or choose a preset "
             "with more memory"
         )
