@@ -175,6 +175,10 @@ def test_resume_from_a_folder_without_a_checkpoint_names_the_expected_file(
         ),
         (["--name", "nano"], "--name nano is already a built-in or registered model"),
         (["--name", "bad/name"], "--name bad/name is not allowed: use 1-100 letters"),
+        (
+            ["--freeze", "none", "--freeze", "image_encoder"],
+            "--freeze none trains every part, but --freeze image_encoder freezes it",
+        ),
     ],
 )
 def test_setting_errors_name_the_options_typed(tmp_path, folders, capsys, extra, message):
@@ -374,7 +378,7 @@ def test_every_override_reaches_the_config():
     assert overrides["fast_attention"] is False
     assert overrides["freeze"] == ("prompt_encoder", "mask_decoder")
     assert overrides["learning_rate"] == 0.25 and overrides["epochs"] == 3
-    overrides.update(lora_rank=0, patch_size=64)
+    overrides.update(patch_size=64)
     TrainConfig(**overrides)  # every value is a valid config
     none = cli.build_parser().parse_args([*argv[:7], "--freeze", "none", "--early-stopping", "0"])
     assert overrides_from(none) == {"freeze": (), "early_stopping": None}

@@ -402,6 +402,7 @@ def test_without_validation_the_train_loss_decides(tmp_path, data):
         (dict(mixed_precision="fp16"), ValueError, "fp16.*needs a CUDA GPU"),
         (dict(model="random:nothing"), ValueError, "unknown architecture 'nothing'"),
         (dict(device="cuda:3"), ValueError, "device='cuda:3'"),
+        (dict(lora_rank=100_000), ValueError, "lora_rank=100000 is above"),  # no preset check
     ],
 )
 def test_bad_settings_fail_before_training(tmp_path, data, change, error, message):

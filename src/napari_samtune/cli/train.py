@@ -25,7 +25,12 @@ from napari_samtune.cli import (
     output_folder,
     read_annotated,
 )
-from napari_samtune.core.config_checks import MASK_LOSSES, MIXED_PRECISION_MODES, MODEL_PARTS
+from napari_samtune.core.config_checks import (
+    MASK_LOSSES,
+    MIXED_PRECISION_MODES,
+    MODEL_PARTS,
+    freeze_from_choices,
+)
 from napari_samtune.core.presets import TrainConfig
 
 # (TrainConfig field, option, type, help): the overrides of a preset's settings.
@@ -144,7 +149,7 @@ def overrides_from(args: argparse.Namespace) -> dict:
     if overrides.get("early_stopping") == 0:
         overrides["early_stopping"] = None
     if args.freeze:
-        overrides["freeze"] = tuple(p for p in dict.fromkeys(args.freeze) if p != "none")
+        overrides["freeze"] = freeze_from_choices(args.freeze)
     return overrides
 
 

@@ -24,6 +24,7 @@ import torch
 from napari_samtune.core import distributed as ddp
 from napari_samtune.core.accelerate import use_fast_paths
 from napari_samtune.core.checkpoints import check_output_folder
+from napari_samtune.core.config_checks import check_lora_rank
 from napari_samtune.core.data import (
     ImageLabelPair,
     as_pairs,
@@ -125,6 +126,7 @@ class Trainer(TrainerFilesMixin):
     def _setup_model(self, config: TrainConfig, checkpoint: dict | None, path) -> None:
         if checkpoint is None:
             sam, arch, self.base_model_id = build_training_model(config)
+            check_lora_rank(config.lora_rank, arch)  # configs not made by config_from_preset
         else:
             check_resumable(checkpoint, config, path)
             sam, arch = restore_model(checkpoint)
