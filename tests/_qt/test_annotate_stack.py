@@ -117,10 +117,8 @@ def test_embed_all_planes_caches_every_plane(
     go_to_plane(viewer, widget, 2)  # served from the disk cache
 
 
-def test_propagation_fills_neighbouring_planes_and_commits_one_3d_object(
-    stack_widget, qtbot, run_job, go_to_plane
-):
-    viewer, widget = stack_widget
+def _propagate_a_box_from_plane_1(viewer, widget, run_job, go_to_plane):
+    """Segment a box on plane 1 and propagate it; returns the widget's layers."""
     go_to_plane(viewer, widget, 1)
     layers = widget.session.layers
     corners = [[1, 20.0, 20.0], [1, 20.0, 70.0], [1, 70.0, 70.0], [1, 70.0, 20.0]]
@@ -128,6 +126,14 @@ def test_propagation_fills_neighbouring_planes_and_commits_one_3d_object(
     assert layers.preview.data[1].any()
     widget.ui.area_ratio_spin.setValue(20.0)  # random masks: stop only when they vanish
     run_job(widget, widget.propagate, PROPAGATE_TASK)
+    return layers
+
+
+def test_propagation_fills_neighbouring_planes_and_commits_one_3d_object(
+    stack_widget, qtbot, run_job, go_to_plane
+):
+    viewer, widget = stack_widget
+    layers = _propagate_a_box_from_plane_1(viewer, widget, run_job, go_to_plane)
     reached = layers.preview_planes()
     assert 1 in reached and len(reached) > 1
     assert reached == list(range(min(reached), max(reached) + 1))  # contiguous around plane 1
@@ -165,12 +171,7 @@ def test_a_negative_click_on_a_propagated_plane_refines_its_mask(
 ):
     """It used to empty that plane: the click was its only prompt, and not a positive one."""
     viewer, widget = stack_widget
-    go_to_plane(viewer, widget, 1)
-    layers = widget.session.layers
-    corners = [[1, 20.0, 20.0], [1, 20.0, 70.0], [1, 70.0, 70.0], [1, 70.0, 20.0]]
-    layers.boxes.add_rectangles(np.array(corners))
-    widget.ui.area_ratio_spin.setValue(20.0)
-    run_job(widget, widget.propagate, PROPAGATE_TASK)
+    layers = _propagate_a_box_from_plane_1(viewer, widget, run_job, go_to_plane)
     plane = next(p for p in layers.preview_planes() if p != 1)
     go_to_plane(viewer, widget, plane)
     propagated = layers.preview.data[plane].copy()
