@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import itertools
+import re
 import sys
+import time
 
 from napari_samtune.core.progress import progress_bar
 
@@ -37,6 +40,34 @@ def test_off_a_terminal_lines_are_throttled(capsys):
     ]
     _run(500, leave=False)  # a bar that clears itself leaves no blank line behind
     assert capsys.readouterr().err.splitlines()[-1].startswith("work:   0%")
+
+
+def test_off_a_terminal_lines_are_the_log_interval_apart(capsys, monkeypatch):
+    """A step a second for 200 s (a fake clock), tqdm's monitor thread looking in as often
+    as it likes: it used to force a redraw, so a line, 10 s after the last one, so lines
+    came 20 s apart instead of at least 30 s."""
+    from tqdm import _monitor, std
+
+    now = [0.0]
+    monkeypatch.setattr(std, "time", lambda: now[0])
+    monkeypatch.setattr(_monitor, "time", lambda: now[0])
+    if std.tqdm.monitor is not None:
+        std.tqdm.monitor.exit()
+    monkeypatch.setattr(std.tqdm, "monitor", None)
+    monkeypatch.setattr(std.tqdm, "monitor_interval", 0.001)  # real seconds between looks
+    bar = progress_bar(200, "work", unit="step", log_interval_s=30)
+    try:
+        for _ in range(200):
+            now[0] += 1
+            bar.update(1)
+            time.sleep(0.01)  # time for the monitor to look
+        lines = capsys.readouterr().err.splitlines()
+    finally:
+        bar.close()
+        std.tqdm.monitor.exit()
+    elapsed = [int(m) * 60 + int(s) for m, s in re.findall(r"\[(\d+):(\d+)<", "\n".join(lines))]
+    assert len(elapsed) == len(lines) and len(lines) >= 6  # 0, 30, 60, ... 180 s
+    assert all(b - a >= 30 for a, b in itertools.pairwise(elapsed)), elapsed
 
 
 def test_on_a_terminal_the_bar_redraws_in_place(monkeypatch):

@@ -57,6 +57,9 @@ def progress_bar(
         return autonotebook.tqdm(total=total, desc=desc, unit=unit, leave=leave, **options)
     if _is_terminal(stream):
         return tqdm(total=total, desc=desc, unit=unit, leave=leave, **options)
+    # miniters=1: every update checks the time, and a line is due when log_interval_s has
+    # passed since the last one. tqdm's default (dynamic miniters) lets its monitor thread
+    # force a redraw every maxinterval (10 s), which here would be a line each time.
     return tqdm(
         total=total,
         desc=desc,
@@ -64,6 +67,7 @@ def progress_bar(
         leave=leave,
         file=_WholeLines(stream),
         mininterval=log_interval_s,
+        miniters=1,
         ascii=True,
         ncols=100,
         **options,
