@@ -57,3 +57,16 @@ def test_a_taken_register_name_is_refused_before_writing(tmp_path, checkpoint, c
     assert "--register nano is already a built-in or registered model" in err
     assert "model_name" not in err
     assert not output.exists()
+
+
+def test_an_output_under_a_file_is_refused_naming_the_option(tmp_path, checkpoint, capsys):
+    """It was ``[Errno 17] File exists: 'ex/afile'``, after loading the checkpoint."""
+    (tmp_path / "afile").write_text("keep me")
+    output = tmp_path / "afile" / "x.pth"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["export", str(checkpoint), "-o", str(output)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument -o/--output: {str(output)!r} cannot be made: " in err
+    assert f"{str(tmp_path / 'afile')!r} is a file; give a file in a folder you can write to" in err
+    assert (tmp_path / "afile").read_text() == "keep me"

@@ -346,8 +346,16 @@ def test_unreadable_checkpoints_are_reported_without_a_traceback(tmp_path, folde
             ["export", "last.pt", "-o", "D"],
             "argument -o/--output: 'D' is a folder; give a file name, e.g. D/model.pth",
         ),
+        (
+            ["train", "--model", "random:tiny", "--images", "i", "--labels", "l", "--out", "F/r"],
+            "argument --out: 'F/r' cannot be made: 'F' is a file; give a folder (created if",
+        ),
+        (
+            ["export", "last.pt", "-o", "F/x/m.pth"],
+            "argument -o/--output: 'F/x/m.pth' cannot be made: 'F' is a file; give a file in",
+        ),
     ],
-    ids=["train", "evaluate", "demo", "export"],
+    ids=["train", "evaluate", "demo", "export", "train-under-a-file", "export-under-a-file"],
 )
 def test_outputs_of_the_wrong_kind_are_refused_before_any_work(
     tmp_path, monkeypatch, capsys, argv, message
@@ -361,6 +369,23 @@ def test_outputs_of_the_wrong_kind_are_refused_before_any_work(
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert (tmp_path / "F").read_bytes() == b"keep me" and not any((tmp_path / "D").iterdir())
+
+
+def test_a_read_only_out_folder_is_refused_naming_the_option(tmp_path, monkeypatch, capsys):
+    """The error named a temporary file, '.config.json.1xi48hiy.tmp', after reading the data."""
+    import os
+
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    monkeypatch.setattr(os, "access", lambda path, mode: os.path.abspath(path) != str(read_only))
+    argv = ["train", "--model", "random:tiny", "--images", "i", "--labels", "l"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*argv, "--out", str(read_only / "run")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --out: {str(read_only / 'run')!r} cannot be written: " in err
+    assert f"{str(read_only)!r} is read-only or not yours to write in; give a folder" in err
+    assert ".tmp" not in err
 
 
 def test_every_override_reaches_the_config():

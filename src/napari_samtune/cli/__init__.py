@@ -42,11 +42,17 @@ def output_folder(text: str) -> Path:
 
 
 def check_output_file(path: Path, example: str, hint: str = "") -> Path:
-    """``path``; ``ValueError`` if it names an existing folder (suggesting ``example`` in it)."""
+    """``path``; ``ValueError`` if it names an existing folder (suggesting ``example`` in it)
+    or cannot be written (a file where its folder should be, a read-only folder)."""
+    from napari_samtune.core.checkpoints import folder_problem
+
     if path.is_dir():
         raise ValueError(
             f"{str(path)!r} is a folder; give a file name, e.g. {path / example}{hint}"
         )
+    problem = folder_problem(path.parent)
+    if problem:
+        raise ValueError(f"{str(path)!r} {problem}; give a file in a folder you can write to")
     return path
 
 

@@ -58,16 +58,33 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
 
 def check_output_folder(path: str | os.PathLike, what: str = "") -> Path:
-    """``path`` as a Path; ``ValueError`` if it names an existing file (a missing folder is
-    fine: it is created when written to). ``what`` names it in the message, e.g. "out_dir"."""
+    """``path`` as a Path; ``ValueError`` if it names an existing file or cannot be made or
+    written to (see :func:`folder_problem`; a missing folder is fine: it is created when
+    written to). ``what`` names it in the message, e.g. "out_dir"."""
     path = Path(path)
+    named = f"{what} " if what else ""
     if path.exists() and not path.is_dir():
-        named = f"{what} " if what else ""
         raise ValueError(
             f"{named}{str(path)!r} is a file; give a folder (created if missing), "
             f"e.g. {path.stem}-out"
         )
+    problem = folder_problem(path)
+    if problem:
+        raise ValueError(f"{named}{str(path)!r} {problem}; give a folder (created if missing)")
     return path
+
+
+def folder_problem(folder: str | os.PathLike) -> str | None:
+    """Why files cannot be written in ``folder`` (made when missing), or None: "cannot be
+    made: ..." when a file is where one of its folders should be, "cannot be written: ..."
+    when the nearest existing folder is not writable."""
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == Path(p.anchor))
+    if not existing.is_dir():
+        return f"cannot be made: {str(existing)!r} is a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot be written: {str(existing)!r} is read-only or not yours to write in"
+    return None
 
 
 def safe_torch_load(path: str | os.PathLike, expected: str) -> object:
