@@ -1,4 +1,7 @@
+import errno
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -32,6 +35,91 @@ def test_atomic_write_gives_ordinary_file_permissions(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def _fail_like_a_full_disk(obj, tmp):
+    """What torch.save does when the disk fills up: part of the file, then a RuntimeError."""
+    Path(tmp).write_bytes(b"PK partial")
+    raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+
+@pytest.mark.parametrize("free", [0, 2**40])
+def test_a_failed_checkpoint_write_names_the_file_and_a_full_disk(tmp_path, monkeypatch, free):
+    """torch reports a full disk as a RuntimeError about its zip writer: it is an OSError
+    naming the checkpoint (not the temporary file), with the fix when the disk is full."""
+    target = tmp_path / "last.pt"
+    atomic_torch_save({"w": torch.ones(2)}, target)
+    monkeypatch.setattr(torch, "save", _fail_like_a_full_disk)
+    usage = shutil.disk_usage(tmp_path)._replace(free=free)
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage)
+    with pytest.raises(OSError) as raised:
+        atomic_torch_save({"w": torch.zeros(2)}, target)
+    message = str(raised.value)
+    assert message.startswith(f"could not write {target}: ")
+    if free:
+        assert "torch.save failed ([enforce fail at inline_container.cc:672]" in message
+    else:
+        assert message.endswith(
+            f"no space left on the device holding {tmp_path}; free space or choose another folder"
+        )
+    assert ".tmp" not in message
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True)["w"].tolist() == [1.0, 1.0]
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
+
+
+def test_other_torch_save_errors_are_not_called_write_failures(tmp_path, monkeypatch):
+    def unpicklable(obj, tmp):
+        raise RuntimeError("Cannot serialize this object")
+
+    monkeypatch.setattr(torch, "save", unpicklable)
+    with pytest.raises(RuntimeError, match="Cannot serialize"):
+        atomic_torch_save({"w": 1}, tmp_path / "a.pt")
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_write_error_names_the_destination_not_the_temporary_file(tmp_path):
+    target = tmp_path / "config.json"
+
+    def full(tmp):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+
+    with pytest.raises(OSError) as raised:
+        atomic_write(target, full)
+    assert str(raised.value) == (
+        f"could not write {target}: no space left on the device holding {tmp_path}; "
+        "free space or choose another folder"
+    )
+    assert raised.value.errno == errno.ENOSPC
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_read_only_folder_is_named_with_the_destination(tmp_path, monkeypatch):
+    """mkstemp's error named the temporary file, e.g. '.config.json.1xi48hiy.tmp'."""
+    target = tmp_path / "config.json"
+
+    def read_only(prefix, suffix, dir):
+        raise OSError(errno.EROFS, "Read-only file system", f"{dir}/{prefix}1xi48hiy{suffix}")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(OSError) as raised:
+        atomic_write(target, lambda tmp: tmp.write_text("{}"))
+    assert str(raised.value) == (
+        f"could not write {target}: folder {tmp_path} cannot be written to (Read-only file "
+        "system); choose a folder you can write to"
+    )
+
+
+@pytest.mark.parametrize("depth", ["x.json", "sub/x.json"])
+def test_a_file_where_a_folder_should_be_is_named(tmp_path, depth):
+    (tmp_path / "afile").write_text("keep me")
+    with pytest.raises(OSError) as raised:
+        atomic_write(tmp_path / "afile" / depth, lambda tmp: tmp.write_text("{}"))
+    assert f"{tmp_path / 'afile'} is a file, not a folder; choose another folder" in str(
+        raised.value
+    )
+    assert "Errno" not in str(raised.value)
+    assert (tmp_path / "afile").read_text() == "keep me"
 
 
 def test_output_folders_that_cannot_be_made_or_written_are_refused(tmp_path, monkeypatch):

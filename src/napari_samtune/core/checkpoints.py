@@ -10,9 +10,11 @@ renamed over the target, so a crash never leaves a half-written file behind.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -30,20 +32,71 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
 
     The temporary file lives in the destination folder (same file system), so
     the final ``os.replace`` is atomic; on any error the temporary file is removed
-    and ``path`` is left as it was.
+    and ``path`` is left as it was. An ``OSError`` of making the folder or writing the
+    file (a full disk, a read-only folder) is raised as one that names ``path``, not the
+    temporary file, and says what to do.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise _write_error(path, err) from err
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give what open() would
         os.replace(tmp, path)
+    except OSError as err:
+        if not _is_write_failure(err, tmp, path):  # e.g. a download's network error
+            raise
+        raise _write_error(path, err) from err
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+# errno values that mean the destination cannot take the file
+_WRITE_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EACCES", "EPERM", "EIO")
+    if hasattr(errno, name)
+)
+_FULL_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT") if hasattr(errno, n))
+_NEARLY_FULL_BYTES = 16 * 2**20  # less free space than this, after a failed write: full
+
+
+def _is_write_failure(err: OSError, tmp: Path, path: Path) -> bool:
+    named = {str(tmp), str(path)}
+    return err.errno in _WRITE_ERRNOS or err.filename in named or err.filename2 in named
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < _NEARLY_FULL_BYTES
+    except OSError:
+        return False
+
+
+def _write_error(path: Path, err: OSError) -> OSError:
+    """``err`` as an ``OSError`` (same type and errno) that names ``path`` and the fix."""
+    folder = path.parent
+    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        reason = err.strerror or "not writable"
+        fix = f"folder {folder} cannot be written to ({reason}); choose a folder you can write to"
+    elif err.errno in (errno.EEXIST, errno.ENOTDIR):
+        blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), folder)
+        fix = f"{blocking} is a file, not a folder; choose another folder"
+    elif err.errno in _FULL_ERRNOS or _disk_full(folder):
+        fix = f"no space left on the device holding {folder}; free space or choose another folder"
+    else:
+        fix = err.strerror or str(err)
+    message = f"could not write {path}: {fix}"
+    builtin = type(err).__module__ == "builtins"  # PermissionError, FileExistsError, ...
+    worded = type(err)(message) if builtin else OSError(message)
+    worded.errno = err.errno
+    return worded
 
 
 def _current_umask() -> int:
@@ -53,8 +106,24 @@ def _current_umask() -> int:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` that never leaves a partial file at ``path``."""
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """``torch.save`` that never leaves a partial file at ``path``; a failed write (e.g. a
+    full disk, which torch reports as a ``RuntimeError``) is an ``OSError`` naming ``path``."""
+    return atomic_write(path, lambda tmp: _torch_save(obj, tmp))
+
+
+def _torch_save(obj: Any, tmp: Path) -> None:
+    try:
+        torch.save(obj, tmp)
+    except RuntimeError as err:
+        # torch's writer reports a failed write as e.g. "[enforce fail at inline_container.cc:672]
+        # . unexpected pos 576 vs 534" or "PytorchStreamWriter failed writing file"
+        text = str(err)
+        if not (
+            re.search(r"inline_container|PytorchStreamWriter|write", text) or _disk_full(tmp.parent)
+        ):
+            raise
+        detail = (text.splitlines() or [""])[0][:150]
+        raise OSError(errno.EIO, f"torch.save failed ({detail})", str(tmp)) from err
 
 
 def check_output_folder(path: str | os.PathLike, what: str = "") -> Path:
