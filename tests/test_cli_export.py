@@ -59,6 +59,45 @@ def test_a_taken_register_name_is_refused_before_writing(tmp_path, checkpoint, c
     assert not output.exists()
 
 
+def _other_run(tmp_path, kind):
+    """The checkpoint of another run, which an export must not replace."""
+    folder = tmp_path / "other" / "checkpoints"
+    return write_checkpoint(folder / f"{kind}.pt", build_sam(TINY), TINY, TrainConfig(), kind=kind)
+
+
+@pytest.mark.parametrize("kind", ["last", "best"])
+def test_exporting_onto_another_training_checkpoint_is_refused(tmp_path, checkpoint, capsys, kind):
+    """-o runs/other/checkpoints/last.pt replaced that run's resumable checkpoint."""
+    other = _other_run(tmp_path, kind)
+    before = other.read_bytes()
+    assert cli.main(["export", str(checkpoint), "-o", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert f"-o {other} is a napari-samtune training checkpoint; the plain model would " in err
+    assert "its run could no longer be resumed or exported from it" in err
+    assert f"e.g. -o {other.parent / f'{kind}-model.pth'}" in err
+    assert other.read_bytes() == before
+
+
+def test_exporting_into_the_user_models_folder_is_refused(tmp_path, checkpoint, capsys):
+    """-o $SAMTUNE_MODELS_DIR/name.pt replaced a registered model's file (then DAMAGED)."""
+    from napari_samtune.core.registry import user_models_dir
+
+    assert (
+        cli.main(["export", str(checkpoint), "-o", str(tmp_path / "m.pth"), "--register", "mine"])
+        == 0
+    )
+    capsys.readouterr()
+    registered = user_models_dir() / "mine.pt"
+    before = registered.read_bytes()
+    for output in (registered, user_models_dir() / "new.pth"):
+        assert cli.main(["export", str(checkpoint), "-o", str(output)]) == 2
+        err = capsys.readouterr().err
+        assert f"-o {output} is in the user models folder ({user_models_dir().resolve()})" in err
+        assert f"e.g. -o {output.name}, and add --register NAME to register it" in err
+    assert registered.read_bytes() == before
+    assert not (user_models_dir() / "new.pth").exists()
+
+
 def test_an_output_under_a_file_is_refused_naming_the_option(tmp_path, checkpoint, capsys):
     """It was ``[Errno 17] File exists: 'ex/afile'``, after loading the checkpoint."""
     (tmp_path / "afile").write_text("keep me")

@@ -11,6 +11,7 @@ from napari_samtune.core.checkpoints import (
     atomic_torch_save,
     atomic_write,
     check_output_folder,
+    is_project_checkpoint,
 )
 
 
@@ -134,3 +135,17 @@ def test_output_folders_that_cannot_be_made_or_written_are_refused(tmp_path, mon
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)
     with pytest.raises(ValueError, match=f"{str(tmp_path)!r} is read-only or not yours to write"):
         check_output_folder(tmp_path / "new" / "run", "out_dir")
+
+
+def test_project_checkpoints_are_recognised_without_loading_their_tensors(tmp_path):
+    from napari_samtune.core.architectures import TINY, build_sam
+    from napari_samtune.core.presets import TrainConfig
+    from napari_samtune.core.train_checkpoints import write_checkpoint
+
+    checkpoint = write_checkpoint(tmp_path / "last.pt", build_sam(TINY), TINY, TrainConfig())
+    plain = atomic_torch_save(build_sam(TINY).state_dict(), tmp_path / "model.pth")
+    (tmp_path / "notes.txt").write_text("napari-samtune-checkpoint")
+    assert is_project_checkpoint(checkpoint)
+    assert not is_project_checkpoint(plain)
+    assert not is_project_checkpoint(tmp_path / "notes.txt")
+    assert not is_project_checkpoint(tmp_path / "missing.pt")

@@ -28,9 +28,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_not_the_checkpoint(Path(args.checkpoint), Path(args.output))
+    checkpoint = Path(args.checkpoint)
+    check_not_the_checkpoint(checkpoint, Path(args.output))
+    check_nothing_is_replaced(Path(args.output))
     with option_wording({"model_name": "--register"}):
-        return _export(args)
+        return _export(checkpoint, args)
 
 
 def check_not_the_checkpoint(checkpoint: Path, output: Path) -> None:
@@ -40,24 +42,49 @@ def check_not_the_checkpoint(checkpoint: Path, output: Path) -> None:
     if not same and output.exists() and checkpoint.exists():
         same = os.path.samefile(output, checkpoint)  # a link, or a case-insensitive disk
     if same:
-        suggestion = checkpoint.with_name(f"{checkpoint.stem}-model.pth")
         raise ValueError(
             f"-o {output} is the checkpoint being exported ({checkpoint}); the plain model "
             "would replace it, and the run could no longer be resumed from it. Give another "
-            f"file name, e.g. -o {suggestion}"
+            f"file name, e.g. -o {_suggestion(checkpoint)}"
         )
 
 
-def _export(args: argparse.Namespace) -> int:
+def check_nothing_is_replaced(output: Path) -> None:
+    """``ValueError`` if writing ``output`` would destroy what the plain model cannot stand
+    in for: a training checkpoint (of another run, or the best.pt beside a last.pt), or a
+    registered user model's file (the registry then finds its file changed)."""
+    from napari_samtune.core.checkpoints import is_project_checkpoint
+    from napari_samtune.core.registry import user_models_dir
+
+    models = user_models_dir().resolve()
+    if output.resolve().is_relative_to(models):
+        raise ValueError(
+            f"-o {output} is in the user models folder ({models}), whose files belong to "
+            "the models registered there ('samtune models' lists them); write the model "
+            f"elsewhere, e.g. -o {output.name}, and add --register NAME to register it"
+        )
+    if output.is_file() and is_project_checkpoint(output):
+        raise ValueError(
+            f"-o {output} is a napari-samtune training checkpoint; the plain model would "
+            "replace it, and its run could no longer be resumed or exported from it. Give "
+            f"another file name, e.g. -o {_suggestion(output)}"
+        )
+
+
+def _suggestion(checkpoint: Path) -> Path:
+    return checkpoint.with_name(f"{checkpoint.stem}-model.pth")
+
+
+def _export(checkpoint: Path, args: argparse.Namespace) -> int:
     from napari_samtune.core.train_checkpoints import export_model
     from napari_samtune.core.train_export import check_model_name
 
     name = check_model_name(args.register)  # before writing the model file
-    exported, arch = export_model(args.checkpoint, args.output)
+    exported, arch = export_model(checkpoint, args.output)
     print(f"exported {arch.name} model: {exported}")
     if name:
         from napari_samtune.core.user_models import register_user_model
 
-        path = register_user_model(exported, name, arch, {"exported_from": str(args.checkpoint)})
+        path = register_user_model(exported, name, arch, {"exported_from": str(checkpoint)})
         print(f"registered as {name!r}: {path}")
     return 0

@@ -17,6 +17,7 @@ import re
 import shutil
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,21 @@ def _torch_save(obj: Any, tmp: Path) -> None:
             raise
         detail = (text.splitlines() or [""])[0][:150]
         raise OSError(errno.EIO, f"torch.save failed ({detail})", str(tmp)) from err
+
+
+def is_project_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file in the project's checkpoint format (a training run's
+    last.pt or best.pt, a saved model). Cheap even for GBs: only the pickle of torch's zip
+    archive is read, which names the format; the tensors are not."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.rpartition("/")[2] == "data.pkl"]
+            if len(pickles) != 1:
+                return False
+            with archive.open(pickles[0]) as pickled:
+                return CHECKPOINT_FORMAT.encode() in pickled.read()
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def check_output_folder(path: str | os.PathLike, what: str = "") -> Path:
