@@ -98,6 +98,30 @@ def test_exporting_into_the_user_models_folder_is_refused(tmp_path, checkpoint, 
     assert not (user_models_dir() / "new.pth").exists()
 
 
+def test_a_run_folder_exports_its_best_checkpoint_else_its_last(tmp_path, checkpoint, capsys):
+    """``export RUN`` said "checkpoint 'RUN' does not exist", though ``train --resume RUN``
+    takes it; it exports what training would (best.pt) and says which file it was."""
+    run = checkpoint.parent.parent
+    output = tmp_path / "model.pth"
+    assert cli.main(["export", str(run), "-o", str(output)]) == 0  # only last.pt: stopped early
+    assert f"exported the tiny model of {checkpoint}: {output}" in capsys.readouterr().out
+    sam = build_sam(TINY)
+    for parameter in sam.parameters():
+        parameter.data.fill_(0.5)
+    best = write_checkpoint(checkpoint.with_name("best.pt"), sam, TINY, TrainConfig(), kind="best")
+    assert cli.main(["export", str(run), "-o", str(output)]) == 0
+    assert f"exported the tiny model of {best}: {output}" in capsys.readouterr().out
+    exported = torch.load(output, weights_only=True)
+    assert torch.equal(exported["mask_decoder.iou_token.weight"], sam.mask_decoder.iou_token.weight)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(["export", str(empty), "-o", str(tmp_path / "x.pth")]) == 2
+    err = capsys.readouterr().err
+    assert f"{str(empty)!r} is a folder without a training checkpoint" in err
+    assert not (tmp_path / "x.pth").exists()
+
+
 def test_an_output_under_a_file_is_refused_naming_the_option(tmp_path, checkpoint, capsys):
     """It was ``[Errno 17] File exists: 'ex/afile'``, after loading the checkpoint."""
     (tmp_path / "afile").write_text("keep me")

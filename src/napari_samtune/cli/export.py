@@ -19,7 +19,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "official segment_anything code loads with strict loading."
         ),
     )
-    parser.add_argument("checkpoint", help="a training checkpoint (best.pt / last.pt)")
+    parser.add_argument(
+        "checkpoint",
+        help="a training checkpoint (best.pt / last.pt), or a run's folder (its best.pt, "
+        "else its last.pt)",
+    )
     parser.add_argument(
         "-o", "--output", type=output_file("model.pth"), required=True, help="model file to write"
     )
@@ -28,11 +32,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    checkpoint = Path(args.checkpoint)
+    checkpoint = checkpoint_to_export(args.checkpoint)
     check_not_the_checkpoint(checkpoint, Path(args.output))
     check_nothing_is_replaced(Path(args.output))
     with option_wording({"model_name": "--register"}):
         return _export(checkpoint, args)
+
+
+def checkpoint_to_export(given: str) -> Path:
+    """The checkpoint file ``given`` names: the file itself, or for a run's folder (as
+    ``train --out`` made it) its best.pt, the model that training exports, else its last.pt
+    (a run stopped before an epoch ended)."""
+    from napari_samtune.core.train_checkpoints import resolve_checkpoint
+    from napari_samtune.core.train_export import RunFiles
+
+    best = RunFiles(Path(given)).best
+    if Path(given).is_dir() and best.is_file():
+        return best
+    return resolve_checkpoint(given)
 
 
 def check_not_the_checkpoint(checkpoint: Path, output: Path) -> None:
@@ -81,7 +98,7 @@ def _export(checkpoint: Path, args: argparse.Namespace) -> int:
 
     name = check_model_name(args.register)  # before writing the model file
     exported, arch = export_model(checkpoint, args.output)
-    print(f"exported {arch.name} model: {exported}")
+    print(f"exported the {arch.name} model of {checkpoint}: {exported}")
     if name:
         from napari_samtune.core.user_models import register_user_model
 
