@@ -118,3 +118,57 @@ def test_none_is_only_replaced_in_a_message_about_its_option():
     none_means = {"early_stopping": "0 (never stop)"}
     message = "val_fraction=2; use None"
     assert in_option_terms(message, OPTIONS, none_means) == "--val-fraction 2; use None"
+
+
+@pytest.mark.parametrize(
+    ("rank", "local_rank", "first"),
+    [
+        (None, None, True),
+        ("0", "0", True),
+        ("1", "1", False),
+        (None, "1", False),
+        ("2", "0", False),
+    ],
+)
+def test_under_torchrun_the_first_worker_reports_for_all(
+    monkeypatch, capsys, rank, local_rank, first
+):
+    """Every worker met the same mistake and printed it (twice for two GPUs). Now the
+    others wait, and torchrun ends them once the first has said it and exited; a quicker
+    worker no longer gets the first ended before it said anything."""
+    import time
+
+    from napari_samtune.cli import export
+
+    def mistaken(args):
+        raise ValueError("--preset a100 trains on cuda")
+
+    def interrupted(args):
+        raise KeyboardInterrupt("checkpoints are in run/")
+
+    def ended_by_torchrun(seconds):
+        raise SystemExit(-15)
+
+    for name, value in (("RANK", rank), ("LOCAL_RANK", local_rank)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ("export",))
+    monkeypatch.setattr(export, "run", mistaken)
+    monkeypatch.setattr(time, "sleep", ended_by_torchrun)
+    said = "samtune export: error: --preset a100 trains on cuda\n"
+    if first:
+        assert cli.main(["export", "last.pt", "-o", "m.pth"]) == 2
+        assert capsys.readouterr().err == said
+    else:
+        with pytest.raises(SystemExit):
+            cli.main(["export", "last.pt", "-o", "m.pth"])
+        assert capsys.readouterr().err == ""
+        waited = []
+        monkeypatch.setattr(time, "sleep", waited.append)  # the first did not fail: say it
+        assert cli.main(["export", "last.pt", "-o", "m.pth"]) == 2
+        assert capsys.readouterr().err == said and waited == [cli.WORKER_ERROR_WAIT_S]
+    monkeypatch.setattr(export, "run", interrupted)  # Ctrl+C reaches every worker at once
+    assert cli.main(["export", "last.pt", "-o", "m.pth"]) == 130
+    assert ("interrupted; checkpoints are in run/" in capsys.readouterr().err) == first

@@ -148,6 +148,25 @@ def test_an_aborted_run_says_what_is_saved_and_resumes_from_its_folder(
     assert (out / "model.pth").is_file()
 
 
+def test_only_the_main_process_says_it_is_stopping(capsys):
+    """torchrun hands Ctrl+C to every worker: the note came once per rank."""
+    import signal
+    import threading
+
+    from napari_samtune.cli.train import _stop_on_ctrl_c
+
+    for verbose in (False, True):
+        stop = threading.Event()
+        previous = _stop_on_ctrl_c(stop, verbose)
+        try:
+            signal.raise_signal(signal.SIGINT)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        assert stop.is_set()
+        said = "stopping after this step" in capsys.readouterr().out
+        assert said == verbose
+
+
 def test_resume_from_a_folder_without_a_checkpoint_names_the_expected_file(
     tmp_path, folders, capsys
 ):

@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import os
 import re
 import shlex
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -223,10 +225,35 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, OSError) as err:
         # User errors carry messages that name the problem and the fix: no traceback.
-        print(f"samtune {args.command}: error: {err}", file=sys.stderr)
+        _report_error(f"samtune {args.command}: error: {err}")
         return 2
     except KeyboardInterrupt as err:
         return _interrupted(args.command, str(err))
+
+
+# How long a torchrun worker other than the first waits before it reports an error.
+WORKER_ERROR_WAIT_S = 10.0
+
+
+def _report_error(message: str) -> None:
+    """Print ``message`` on stderr; in torchrun's other workers, only after a wait. Every
+    worker meets the same mistake: the first says it, exits, and torchrun then ends the
+    others in their wait. (Without it, a worker quicker than the first exited first, and
+    torchrun ended the first before it said anything.) An error of one worker alone is
+    still said, after the wait."""
+    if not is_main_process():
+        time.sleep(WORKER_ERROR_WAIT_S)
+    print(message, file=sys.stderr)
+
+
+def is_main_process() -> bool:
+    """False in the workers but the first of a ``torchrun`` job (env ``RANK``, else
+    ``LOCAL_RANK``, above 0): they train and exit alike, but say nothing."""
+    rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
+    try:
+        return int(rank) == 0
+    except ValueError:
+        return True
 
 
 def _command_in(argv: list[str]) -> str | None:
@@ -235,9 +262,11 @@ def _command_in(argv: list[str]) -> str | None:
 
 
 def _interrupted(command: str | None, note: str = "") -> int:
-    """Ctrl+C: one line (with ``note``, e.g. what was saved) and the shell's code 130."""
+    """Ctrl+C: one line (with ``note``, e.g. what was saved), from the main process only,
+    and the shell's code 130."""
     prefix = f"samtune {command}" if command else "samtune"
-    print(f"{prefix}: interrupted" + (f"; {note}" if note else ""), file=sys.stderr)
+    if is_main_process():
+        print(f"{prefix}: interrupted" + (f"; {note}" if note else ""), file=sys.stderr)
     return 130
 
 

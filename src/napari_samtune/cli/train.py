@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import signal
 import threading
@@ -21,6 +20,7 @@ from pathlib import Path
 from napari_samtune.cli import (
     SKIP_UNPAIRED_HELP,
     add_channel_options,
+    is_main_process,
     option_wording,
     output_folder,
     read_annotated,
@@ -162,10 +162,6 @@ def choose_preset(key: str) -> tuple[object, str]:
     return resolve_preset(key)
 
 
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     """The run's config and a line saying where its settings came from."""
     from napari_samtune.core.presets import config_from_preset
@@ -244,7 +240,7 @@ def _run(args: argparse.Namespace) -> int:
     config, origin = make_config(args)
     if bool(args.val_images) != bool(args.val_labels):
         raise ValueError("give both --val-images and --val-labels, or neither")
-    verbose = _is_main_process()
+    verbose = is_main_process()
     options = (args.skip_unpaired, verbose, (args.channel_axis, args.channels))
     train_pairs = read_annotated(args.images, args.labels, "training", *options)
     val_pairs = None
@@ -253,7 +249,7 @@ def _run(args: argparse.Namespace) -> int:
     if verbose:
         print(origin)
     stop = threading.Event()
-    previous = _stop_on_ctrl_c(stop)
+    previous = _stop_on_ctrl_c(stop, verbose)
     try:
         finished = _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose)
     except KeyboardInterrupt:  # the second Ctrl+C: say what is saved and how to go on
@@ -284,12 +280,16 @@ def aborted_note(out: Path) -> str:
     return note
 
 
-def _stop_on_ctrl_c(stop: threading.Event):
+def _stop_on_ctrl_c(stop: threading.Event, verbose: bool):
+    """The first Ctrl+C stops after the step (said by the main process only: torchrun hands
+    it to every worker); the second aborts. Returns the handler it replaces."""
+
     def handler(signum, frame):
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        print("\nstopping after this step (Ctrl+C again to abort) ...", flush=True)
+        if verbose:
+            print("\nstopping after this step (Ctrl+C again to abort) ...", flush=True)
 
     return signal.signal(signal.SIGINT, handler)
 
