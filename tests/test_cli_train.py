@@ -148,6 +148,55 @@ def test_an_aborted_run_says_what_is_saved_and_resumes_from_its_folder(
     assert (out / "model.pth").is_file()
 
 
+def _signals_after(monkeypatch, event_type, *signals):
+    """Training raises ``signals`` (for real) after its first event of ``event_type``."""
+    import signal
+
+    from napari_samtune.core import train
+
+    real = train.iter_train
+
+    def signalled(*args, **kwargs):
+        sent = False
+        for event in real(*args, **kwargs):
+            yield event
+            if isinstance(event, event_type) and not sent:
+                sent = True
+                for name in signals:
+                    signal.raise_signal(getattr(signal, name))
+
+    monkeypatch.setattr(train, "iter_train", signalled)
+
+
+def test_sigterm_aborts_saying_what_is_saved_and_exits_143(tmp_path, folders, capsys, monkeypatch):
+    """A batch job's time limit (or ``kill``) ended the run without a word."""
+    import signal
+
+    from napari_samtune.core import train
+
+    _signals_after(monkeypatch, train.EpochDone, "SIGTERM")
+    images, labels = folders
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
+    argv += ["--labels", labels, "--epochs", "3", "--early-stopping", "0", *FAST]
+
+    def unhandled(signum, frame):  # rather than the end of the test session
+        raise AssertionError("samtune train left SIGTERM to the default handler")
+
+    before = signal.signal(signal.SIGTERM, unhandled), signal.getsignal(signal.SIGINT)
+    try:
+        assert cli.main([*argv, "--out", str(out)]) == 143
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # restored after the run
+    finally:
+        signal.signal(signal.SIGTERM, before[0])
+    err = capsys.readouterr().err
+    last, best = out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt"
+    assert err.startswith("samtune train: terminated; the run did not finish")
+    assert f"its checkpoints are on disk: {last}, {best}" in err
+    assert f"samtune train --resume {out} --out {out} --images ... --labels ..." in err
+    assert signal.getsignal(signal.SIGINT) is before[1]
+
+
 def test_only_the_main_process_says_it_is_stopping(capsys):
     """torchrun hands Ctrl+C to every worker: the note came once per rank."""
     import signal

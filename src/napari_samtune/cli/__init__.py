@@ -14,6 +14,7 @@ import importlib
 import os
 import re
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -215,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch job's time limit, ``kill``, torchrun stopping its workers), raised
+    like Ctrl+C so the same clean-up runs; the command exits with the shell's code 143."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``samtune`` console script; returns the exit code."""
     try:  # building the parser imports the subcommands, and torch with them: seconds
@@ -228,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         _report_error(f"samtune {args.command}: error: {err}")
         return 2
     except KeyboardInterrupt as err:
-        return _interrupted(args.command, str(err))
+        return _interrupted(args.command, str(err), terminated=isinstance(err, Terminated))
 
 
 # How long a torchrun worker other than the first waits before it reports an error.
@@ -261,13 +267,14 @@ def _command_in(argv: list[str]) -> str | None:
     return next((word for word in argv if word in SUBCOMMAND_MODULES), None)
 
 
-def _interrupted(command: str | None, note: str = "") -> int:
-    """Ctrl+C: one line (with ``note``, e.g. what was saved), from the main process only,
-    and the shell's code 130."""
+def _interrupted(command: str | None, note: str = "", terminated: bool = False) -> int:
+    """Ctrl+C (or SIGTERM, if ``terminated``): one line (with ``note``, e.g. what was
+    saved), from the main process only, and the shell's code 130 (143)."""
     prefix = f"samtune {command}" if command else "samtune"
+    what = "terminated" if terminated else "interrupted"
     if is_main_process():
-        print(f"{prefix}: interrupted" + (f"; {note}" if note else ""), file=sys.stderr)
-    return 130
+        print(f"{prefix}: {what}" + (f"; {note}" if note else ""), file=sys.stderr)
+    return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
 
 
 if __name__ == "__main__":

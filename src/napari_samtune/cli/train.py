@@ -3,8 +3,8 @@
 Runs under ``torchrun --nproc-per-node N --no-python samtune train ...`` for
 multi-GPU (or multi-process CPU) training; then only rank 0 prints and writes.
 Ctrl+C stops cooperatively: the current step finishes, a checkpoint is written
-and the model exported; a second Ctrl+C aborts, saying which checkpoints are on disk
-and how to continue from them.
+and the model exported; a second Ctrl+C, or SIGTERM (a batch job's time limit), aborts,
+saying which checkpoints are on disk and how to continue from them.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from napari_samtune.cli import (
     SKIP_UNPAIRED_HELP,
+    Terminated,
     add_channel_options,
     is_main_process,
     option_wording,
@@ -249,13 +250,14 @@ def _run(args: argparse.Namespace) -> int:
     if verbose:
         print(origin)
     stop = threading.Event()
-    previous = _stop_on_ctrl_c(stop, verbose)
+    previous = _stop_on_ctrl_c(stop, verbose), signal.signal(signal.SIGTERM, _terminate)
     try:
         finished = _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose)
-    except KeyboardInterrupt:  # the second Ctrl+C: say what is saved and how to go on
-        raise KeyboardInterrupt(aborted_note(Path(args.out)) if verbose else "") from None
+    except KeyboardInterrupt as err:  # the second Ctrl+C, or SIGTERM: what is saved, what next
+        raise type(err)(aborted_note(Path(args.out)) if verbose else "") from None
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
     if verbose:
         _print_summary(finished)
     return 0
@@ -292,6 +294,12 @@ def _stop_on_ctrl_c(stop: threading.Event, verbose: bool):
             print("\nstopping after this step (Ctrl+C again to abort) ...", flush=True)
 
     return signal.signal(signal.SIGINT, handler)
+
+
+def _terminate(signum, frame):
+    """SIGTERM (a batch job's time limit, ``kill``) aborts at once, as a second Ctrl+C does:
+    there may be no time to finish the step."""
+    raise Terminated
 
 
 def _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose):
