@@ -194,8 +194,23 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     if not args.model:
         raise ValueError("--model is required: a model name, a weights file or random:<arch>")
     preset, reason = choose_preset(args.preset)
-    config = config_from_preset(preset, args.model, check=not args.force, **overrides_from(args))
+    overrides = overrides_from(args)
+    if "device" not in overrides:
+        _check_preset_device(preset.device, args.preset)
+    config = config_from_preset(preset, args.model, check=not args.force, **overrides)
     return config, f"preset {preset.name} ({preset.key}): {reason}"
+
+
+def _check_preset_device(device: str, preset: str) -> None:
+    """A GPU preset chosen on a machine without CUDA: say so in the words typed."""
+    from napari_samtune.core.devices import cuda_available
+
+    if device == "cuda" and not cuda_available():
+        raise ValueError(
+            f"--preset {preset} trains on cuda, but CUDA is not available here (no NVIDIA "
+            "GPU, no driver, or a CPU-only torch build); add --device cpu to train with its "
+            "settings on the CPU, or choose a CPU preset ('samtune presets' lists them)"
+        )
 
 
 def resume_checkpoint(resume: str) -> Path:
