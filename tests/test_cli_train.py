@@ -197,6 +197,22 @@ def test_sigterm_aborts_saying_what_is_saved_and_exits_143(tmp_path, folders, ca
     assert signal.getsignal(signal.SIGINT) is before[1]
 
 
+def test_a_stop_in_the_first_epoch_reports_no_best_epoch(tmp_path, folders, capsys, monkeypatch):
+    """The summary said "time to best epoch: 0.0 s" of an epoch that never ended."""
+    from napari_samtune.core import train
+
+    _signals_after(monkeypatch, train.StepDone, "SIGINT")  # stop after this step
+    images, labels = folders
+    argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
+    argv += ["--labels", labels, "--epochs", "2", *FAST, "--min-samples", "6"]
+    assert cli.main([*argv, "--out", str(tmp_path / "run")]) == 0
+    printed = capsys.readouterr().out
+    assert "stopping after this step (Ctrl+C again to abort)" in printed
+    assert "stopped on request; checkpoint written" in printed
+    assert "best " not in printed and "time to best epoch" not in printed
+    assert "total training time" in printed and "exported model" in printed
+
+
 def test_only_the_main_process_says_it_is_stopping(capsys):
     """torchrun hands Ctrl+C to every worker: the note came once per rank."""
     import signal

@@ -346,12 +346,12 @@ def _print_summary(finished) -> None:
         print("stopped on request; checkpoint written")
     elif finished.stopped_early:
         print("stopped early: no improvement")
-    if finished.best_epoch is not None:
+    if finished.best_epoch is not None:  # none when stopped within the first epoch
         print(
             f"best {finished.metric_name} {finished.best_metric:.4f} at epoch "
             f"{finished.best_epoch + 1}"
         )
-    print(f"time to best epoch: {finished.time_to_best_s:.1f} s")
+        print(f"time to best epoch: {finished.time_to_best_s:.1f} s")
     print(f"total training time: {finished.total_time_s:.1f} s")
     print(f"last checkpoint: {finished.last_checkpoint_path}")
     print(f"registered model: {finished.registered_name}")
