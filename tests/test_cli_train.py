@@ -509,3 +509,41 @@ def test_every_override_reaches_the_config():
     TrainConfig(**overrides)  # every value is a valid config
     none = cli.build_parser().parse_args([*argv[:7], "--freeze", "none", "--early-stopping", "0"])
     assert overrides_from(none) == {"freeze": (), "early_stopping": None}
+
+
+def test_a_resume_with_another_process_count_mid_epoch_is_told(
+    tmp_path, folders, capsys, monkeypatch
+):
+    import signal
+
+    import torch
+
+    from napari_samtune.core import train
+
+    real = train.iter_train
+
+    def ctrl_c_after_the_first_step(*args, **kwargs):
+        for event in real(*args, **kwargs):
+            yield event
+            if isinstance(event, train.StepDone) and event.step == 1:
+                signal.raise_signal(signal.SIGINT)  # stop after this step, mid-epoch
+
+    monkeypatch.setattr(train, "iter_train", ctrl_c_after_the_first_step)
+    images, labels = folders
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
+    assert cli.main([*argv, "--labels", labels, "--epochs", "2", *FAST, "--out", str(out)]) == 0
+    last = out / "checkpoints" / "last.pt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    assert checkpoint["step_in_epoch"] == 1
+    checkpoint["data_summary"]["world_size"] = 2  # as if stopped under torchrun
+    torch.save(checkpoint, last)
+    monkeypatch.setattr(train, "iter_train", real)
+    capsys.readouterr()
+    resume = ["train", "--resume", str(out), "--out", str(out), "--images", images]
+    assert cli.main([*resume, "--labels", labels, "--no-progress"]) == 0
+    out_text = capsys.readouterr().out
+    assert (
+        "warning: the run was stopped in epoch 1 with 2 process(es) and continues with 1"
+        in out_text
+    )

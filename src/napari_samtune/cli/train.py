@@ -334,6 +334,8 @@ def _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose):
                 print(event.left_out_message())
             if event.val_repeats:
                 print(f"warning: {event.val_repeats_message()}")
+            for note in event.notes:
+                print(f"warning: {note}")
         finished = event
     return finished
 
