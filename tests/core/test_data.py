@@ -20,11 +20,11 @@ from napari_samtune.core.data import (
     prepare_pairs,
     read_match,
     split_planes,
-    split_validation,
 )
 from napari_samtune.core.images import to_sam_rgb
 from napari_samtune.core.label_files import match_files, pair_files
 from napari_samtune.core.synthetic import make_dataset, make_image
+from napari_samtune.core.validation_split import split_validation
 
 
 def _write(folder, name, array):

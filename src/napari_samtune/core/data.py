@@ -225,7 +225,7 @@ def _non_integer_fix(labels: np.ndarray) -> str:
 def prepare_pair(pair: ImageLabelPair) -> PreparedImage:
     """Check one pair and normalise it; errors name the pair and say how to fix it."""
     rgb, labels = normalise_pair(pair)
-    return _index_objects(rgb, labels, pair.name)
+    return index_objects(rgb, labels, pair.name)
 
 
 def normalise_pair(pair: ImageLabelPair) -> tuple[np.ndarray, np.ndarray]:
@@ -322,7 +322,7 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
     return dense
 
 
-def _index_objects(rgb: np.ndarray, labels: np.ndarray, name: str) -> PreparedImage:
+def index_objects(rgb: np.ndarray, labels: np.ndarray, name: str) -> PreparedImage:
     """Relabel to ids 1..N and locate the objects; refuse labels without any object."""
     dense = _relabel(labels)
     n_objects = int(dense.max())
@@ -371,54 +371,3 @@ def prepare_annotated(
             "the right files"
         )
     return prepared, tuple(left_out)
-
-
-def repeated_pairs(images: Sequence[PreparedImage], seen: Sequence[PreparedImage]) -> tuple:
-    """Names of ``images`` whose pixels and labels equal those of an image in ``seen``
-    (by :func:`image_fingerprint` of both): validation data that repeats training data
-    scores fitting, not new images."""
-    known = {_fingerprints(image) for image in seen}
-    return tuple(image.name for image in images if _fingerprints(image) in known)
-
-
-def _fingerprints(image: PreparedImage) -> tuple[str, str]:
-    return image_fingerprint(image.rgb), image_fingerprint(image.labels)
-
-
-def split_validation(
-    images: Sequence[PreparedImage], val_fraction: float, seed: int
-) -> tuple[list[PreparedImage], list[PreparedImage]]:
-    """Hold out ``val_fraction`` of the images (at least one) for validation.
-
-    With a single image, its last ``val_fraction`` along the longer axis is held
-    out instead, so one annotated image is enough to train and validate.
-    """
-    images = list(images)
-    if val_fraction <= 0:
-        return images, []
-    if len(images) >= 2:
-        n_val = min(len(images) - 1, max(1, round(val_fraction * len(images))))
-        order = np.random.default_rng([seed, 7]).permutation(len(images))
-        val_set = set(order[:n_val].tolist())
-        train = [im for i, im in enumerate(images) if i not in val_set]
-        return train, [im for i, im in enumerate(images) if i in val_set]
-    return _split_one_image(images[0], val_fraction)
-
-
-def _split_one_image(image: PreparedImage, val_fraction: float) -> tuple[list, list]:
-    axis = 0 if image.labels.shape[0] >= image.labels.shape[1] else 1
-    length = image.labels.shape[axis]
-    cut = int(round(length * (1.0 - val_fraction)))
-    parts = []
-    for name, region in (("training", slice(0, cut)), ("validation", slice(cut, length))):
-        index = (region, slice(None)) if axis == 0 else (slice(None), region)
-        where = f"{'rows' if axis == 0 else 'columns'} {region.start}..{region.stop - 1}"
-        try:
-            parts.append(_index_objects(image.rgb[index], image.labels[index], image.name))
-        except ValueError:
-            raise ValueError(
-                f"{image.name!r} is the only image, so its {where} were held out for "
-                f"{name}, but that part has no objects; pass validation data, annotate "
-                "objects there, or set val_fraction=0"
-            ) from None
-    return [parts[0]], [parts[1]]

@@ -10,7 +10,6 @@ run and its resume see exactly the same data. After each epoch: validation
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -29,8 +28,6 @@ from napari_samtune.core.data import (
     ImageLabelPair,
     as_pairs,
     prepare_annotated,
-    repeated_pairs,
-    split_validation,
 )
 from napari_samtune.core.fast_encoder import encode
 from napari_samtune.core.heap import keep_freed_memory
@@ -71,6 +68,7 @@ from napari_samtune.core.train_step import (
     with_first_prompts,
 )
 from napari_samtune.core.trainer_files import TrainerFilesMixin
+from napari_samtune.core.validation_split import repeated_pairs, split_validation
 
 TrainData = Sequence[ImageLabelPair | tuple[np.ndarray, np.ndarray]]
 
@@ -208,29 +206,6 @@ class Trainer(TrainerFilesMixin):
                 if self.stopped_early:
                     break
             yield self._finish()
-
-    def _check_out_dir(self, resume_from: str | Path | None) -> None:
-        """A run writes into its own folder or an unused one, never over another run's
-        checkpoints, metrics or registered model (which would mix the two runs)."""
-        files = self.files
-        found = [f.name for f in (files.last, files.metrics, files.summary) if f.exists()]
-        if not found or (resume_from is not None and _same_file(resume_from, files.last)):
-            return
-        if resume_from is None:
-            continue_it = (
-                f"continue it with resume_from={str(files.last)!r}"
-                if files.last.exists()
-                else "its checkpoints are gone, so it cannot be continued"
-            )
-            raise ValueError(
-                f"out_dir {str(self.out_dir)!r} already holds a training run ({', '.join(found)}); "
-                f"{continue_it}, or choose a new folder"
-            )
-        raise ValueError(
-            f"out_dir {str(self.out_dir)!r} holds another training run ({', '.join(found)}) "
-            f"than resume_from={str(resume_from)!r}; continuing that run there would mix the two "
-            "runs' checkpoints and metrics: continue it in its own folder or in a new one"
-        )
 
     def _started(self) -> TrainingStarted:
         return TrainingStarted(
@@ -406,7 +381,3 @@ class Trainer(TrainerFilesMixin):
         )
         set_train_mode(self.sam, self.config)
         return metrics_from_sums(ddp.all_reduce_sum(sums, self.dist, self.device))
-
-
-def _same_file(a: str | Path, b: Path) -> bool:
-    return b.exists() and Path(a).exists() and os.path.samefile(a, b)

@@ -5,6 +5,7 @@ the registration and ``summary.json``. A mixin of :class:`~napari_samtune.core.t
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +21,29 @@ from napari_samtune.core.train_export import RunFiles, data_summary, export_and_
 
 class TrainerFilesMixin:
     """Checkpoints, export, registration and summary of a :class:`Trainer`'s run."""
+
+    def _check_out_dir(self, resume_from: str | Path | None) -> None:
+        """A run writes into its own folder or an unused one, never over another run's
+        checkpoints, metrics or registered model (which would mix the two runs)."""
+        files = self.files
+        found = [f.name for f in (files.last, files.metrics, files.summary) if f.exists()]
+        if not found or (resume_from is not None and _same_file(resume_from, files.last)):
+            return
+        if resume_from is None:
+            continue_it = (
+                f"continue it with resume_from={str(files.last)!r}"
+                if files.last.exists()
+                else "its checkpoints are gone, so it cannot be continued"
+            )
+            raise ValueError(
+                f"out_dir {str(self.out_dir)!r} already holds a training run ({', '.join(found)}); "
+                f"{continue_it}, or choose a new folder"
+            )
+        raise ValueError(
+            f"out_dir {str(self.out_dir)!r} holds another training run ({', '.join(found)}) "
+            f"than resume_from={str(resume_from)!r}; continuing that run there would mix the two "
+            "runs' checkpoints and metrics: continue it in its own folder or in a new one"
+        )
 
     def _carry_over_best(self) -> None:
         """A run resumed into a new folder starts with the best checkpoint of the old one."""
@@ -124,3 +148,7 @@ class TrainerFilesMixin:
             "metric": self._metric_name(),
             "config": asdict(self.config),
         }
+
+
+def _same_file(a: str | Path, b: Path) -> bool:
+    return b.exists() and Path(a).exists() and os.path.samefile(a, b)
