@@ -117,3 +117,21 @@ def test_a_damaged_cached_download_moved_aside_is_told_in_napari(
     assert aside.read_bytes() == b"half a download"
     warnings = [str(n.message) for n in notifications if n.severity == "warning"]
     assert any(f"moved to {aside}" in m and "downloaded from" in m for m in warnings)
+
+
+
+def test_layers_removed_together_attach_no_image_on_the_way(viewer_widget, qtbot, nuclei_image):
+    """Removing the annotated image chose the next image at once, building its prompt
+    layers, which the same batch removal then removed, and so on through the list."""
+    viewer, widget = viewer_widget
+    for name in ("second", "third"):
+        viewer.add_image(nuclei_image[0][::-1].copy(), name=name)
+    inserted = []
+    viewer.layers.events.inserted.connect(lambda event: inserted.append(event.value.name))
+    viewer.layers.selection = {viewer.layers["nuclei"], viewer.layers["second"]}
+    viewer.layers.remove_selected()  # what select + Delete in the layer list does
+    assert inserted == [] and widget.session is None
+    qtbot.waitUntil(lambda: widget.session is not None, timeout=WAIT_MS)
+    assert widget.session.image_layer.name == "third"
+    assert widget.ui.image_combo.currentText() == "third"
+    assert all(name.startswith("third") for name in inserted)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import napari
 import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QWidget
 
 from napari_samtune._qt import annotate_jobs as jobs
@@ -59,6 +59,10 @@ class AnnotateWidget(AnnotateImageMixin, AnnotateEmbeddingMixin, AnnotateActions
         self._removing_own_layers = False  # removals the widget makes need no message
         self.ui.folder_edit.setText(str(default_annotation_folder()))
         self._shut_down = False
+        # Layers removed together (select all + delete, layers.clear()) go one by one:
+        # choosing the next image after each would build, then remove, its layers.
+        self._attach_soon = QTimer(self, singleShot=True, interval=0)
+        self._attach_soon.timeout.connect(self._attach_chosen)
         self._connect_controls()
         self._bind_keys(viewer)
         on_removed(self, self.shut_down)  # the panel's close button
@@ -106,6 +110,7 @@ class AnnotateWidget(AnnotateImageMixin, AnnotateEmbeddingMixin, AnnotateActions
         if self._shut_down:
             return
         self._shut_down = True
+        self._attach_soon.stop()
         helpers = list(self.session.layers.layers) if self.session is not None else []
         self._detach()
         for provider in [self.viewer, *helpers]:

@@ -25,9 +25,10 @@ class AnnotateImageMixin:
     def _image_layers(self) -> list:
         return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
 
-    def _refresh_image_choices(self, event=None) -> None:
+    def _refresh_image_choices(self, event=None, attach_now: bool = True) -> None:
         """List the image layers (after one is added, removed or renamed), keeping the one
-        annotated chosen under its current name."""
+        annotated chosen under its current name; annotate the one chosen if it changed
+        (after the event loop turns unless ``attach_now``)."""
         combo = self.ui.image_combo
         names = [layer.name for layer in self._image_layers()]
         chosen = combo.currentText() if self.session is None else self.session.image_layer.name
@@ -40,6 +41,12 @@ class AnnotateImageMixin:
         combo.addItems(names)
         combo.setCurrentIndex(names.index(chosen) if chosen in names else 0)
         combo.blockSignals(False)
+        if attach_now:
+            self._attach_chosen()
+        else:
+            self._attach_soon.start()
+
+    def _attach_chosen(self) -> None:
         if self.session is None or self.image_layer != self.session.image_layer:
             self._on_image_choice()
 
@@ -68,7 +75,7 @@ class AnnotateImageMixin:
         ):
             self._detach()
             show_info(f"layer {layer.name!r} was removed: pick the image again to go on")
-        self._refresh_image_choices()
+        self._refresh_image_choices(attach_now=False)  # once those removed with it are gone
 
     def _on_channels_first(self, checked: bool) -> None:
         self._fill_channels()
