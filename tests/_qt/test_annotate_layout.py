@@ -61,6 +61,29 @@ def test_reading_the_axes_another_way_never_saves_over_the_annotations(
     drain_jobs(widget)
 
 
+def test_the_layers_of_the_old_layout_go_in_one_redraw(
+    make_napari_viewer, qtbot, drain_jobs, tiny_sam, tmp_path, monkeypatch
+):
+    """napari redraws its canvas, with a full garbage collection, after each layer removed
+    on its own: four of them when the layout changed, a pause each time."""
+    import gc
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((3, 64, 64), np.uint8), name="mc")
+    widget = _dock(viewer, drain_jobs, tiny_sam)
+    widget.ui.folder_edit.setText(str(tmp_path))
+    _commit_square(widget, qtbot, drain_jobs, (widget.current_plane, slice(10, 20), slice(10, 20)))
+    old_layers = list(widget.session.layers.layers)
+    collections, collect = [], gc.collect
+    monkeypatch.setattr(gc, "collect", lambda *a: collections.append(a) or collect(*a))
+    widget.ui.channels_first_check.setChecked(True)
+    assert not any(layer in viewer.layers for layer in old_layers)
+    assert len(collections) == 1
+    drain_jobs(widget)
+    viewer.layers.clear()
+    drain_jobs(widget)
+
+
 def _click(layer, world, dims_displayed) -> None:
     """What napari does on a canvas click at ``world`` (world coordinates)."""
     from napari.utils._test_utils import read_only_mouse_event

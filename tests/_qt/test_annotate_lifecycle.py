@@ -119,7 +119,6 @@ def test_a_damaged_cached_download_moved_aside_is_told_in_napari(
     assert any(f"moved to {aside}" in m and "downloaded from" in m for m in warnings)
 
 
-
 def test_layers_removed_together_attach_no_image_on_the_way(viewer_widget, qtbot, nuclei_image):
     """Removing the annotated image chose the next image at once, building its prompt
     layers, which the same batch removal then removed, and so on through the list."""

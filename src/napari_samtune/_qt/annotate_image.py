@@ -14,6 +14,7 @@ from napari.utils.notifications import show_error, show_info
 
 from napari_samtune._qt.annotate_session import AnnotationSession
 from napari_samtune._qt.image_planes import describe_image
+from napari_samtune._qt.prompt_layers import layer_batch
 from napari_samtune._qt.workers import user_message
 
 PLACEMENT_EVENTS = ("scale", "translate", "rotate", "shear", "affine")
@@ -152,22 +153,30 @@ class AnnotateImageMixin:
         with the new layout they save beside them), so that new ones of its shape come."""
         self._removing_own_layers = True
         try:
-            annotations = session.layers.annotations
-            if annotations.data.any() and annotations in self.viewer.layers:
-                self.flush_autosave()
-                try:
-                    session.save(self.annotation_folder())
-                except (OSError, ValueError) as err:  # keep them, out of the new layers' way
-                    annotations.name = f"{annotations.name} {annotations.data.shape}"
-                    show_error(
-                        f"saving failed: {user_message(err)}; the annotations stay as layer "
-                        f"{annotations.name!r}"
-                    )
-                else:
-                    self.viewer.layers.remove(annotations)
-            session.remove_helpers(including_empty_annotations=True)
+            with layer_batch(self.viewer):
+                if self._saved_before_retiring(session):
+                    self.viewer.layers.remove(session.layers.annotations)
+                session.remove_helpers(including_empty_annotations=True)
         finally:
             self._removing_own_layers = False
+
+    def _saved_before_retiring(self, session: AnnotationSession) -> bool:
+        """Whether the session's annotations are saved, so that their layer can go; when
+        saving fails it stays, renamed out of the new layers' way."""
+        annotations = session.layers.annotations
+        if not (annotations.data.any() and annotations in self.viewer.layers):
+            return False
+        self.flush_autosave()
+        try:
+            session.save(self.annotation_folder())
+        except (OSError, ValueError) as err:
+            annotations.name = f"{annotations.name} {annotations.data.shape}"
+            show_error(
+                f"saving failed: {user_message(err)}; the annotations stay as layer "
+                f"{annotations.name!r}"
+            )
+            return False
+        return True
 
     def _follow_image(self, layer, connect: bool) -> None:
         """Keep the layers on the image when it is moved, scaled or rotated, and notice new

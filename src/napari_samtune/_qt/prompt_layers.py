@@ -17,6 +17,7 @@ them for SAM with :func:`napari_samtune.core.coords.napari_to_sam` only.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,13 @@ POSITIVE = "positive"
 NEGATIVE = "negative"
 POINT_COLORS = {POSITIVE: "#00e000", NEGATIVE: "#ff2020"}
 PREVIEW_COLORS = ("#a020ff", "#ff30ff")  # preview ids alternate violet / magenta
+
+
+def layer_batch(viewer) -> AbstractContextManager:
+    """Around removing several layers: napari redraws its canvas (and runs a full garbage
+    collection) once at the end, not after each one (``batched_update`` is napari >= 0.6)."""
+    batched = getattr(viewer.layers, "batched_update", None)
+    return batched() if batched is not None else nullcontext()
 
 
 @dataclass(frozen=True)
