@@ -473,6 +473,20 @@ def test_outputs_of_the_wrong_kind_are_refused_before_any_work(
     assert (tmp_path / "F").read_bytes() == b"keep me" and not any((tmp_path / "D").iterdir())
 
 
+def test_a_models_folder_that_cannot_be_written_is_refused_before_the_data_is_read(
+    tmp_path, monkeypatch, capsys
+):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("SAMTUNE_MODELS_DIR", str(blocker / "models"))
+    argv = ["train", "--model", "random:tiny", "--images", "missing", "--labels", "missing"]
+    assert cli.main([*argv, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"the user models folder {str(blocker / 'models')!r} cannot be made" in err
+    assert "set SAMTUNE_MODELS_DIR to a folder you can write to" in err
+    assert "missing" not in err and not (tmp_path / "run").exists()
+
+
 def test_a_read_only_out_folder_is_refused_naming_the_option(tmp_path, monkeypatch, capsys):
     """The error named a temporary file, '.config.json.1xi48hiy.tmp', after reading the data."""
     import os

@@ -251,6 +251,23 @@ def test_a_run_never_writes_into_another_runs_folder(tmp_path, data):
     assert (tmp_path / "c/checkpoints/best.pt").is_file()
 
 
+def test_a_models_folder_that_cannot_be_written_is_refused_before_training(
+    tmp_path, data, monkeypatch
+):
+    """Registration failed at the end, after the whole run, with an OSError."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the models folder should be")
+    monkeypatch.setenv("SAMTUNE_MODELS_DIR", str(blocker / "models"))
+    with pytest.raises(ValueError) as refused:
+        train(_config(epochs=1), *data, out_dir=tmp_path / "run")
+    assert str(refused.value) == (
+        f"the user models folder {str(blocker / 'models')!r} cannot be made: {str(blocker)!r} "
+        "is a file, so the trained model could not be registered there; set "
+        "SAMTUNE_MODELS_DIR to a folder you can write to"
+    )
+    assert not (tmp_path / "run").exists()
+
+
 def test_lora_export_has_the_original_keys_and_changes_only_qkv(tmp_path, data):
     finished = train(_config(lora_rank=2, epochs=1), *data, out_dir=tmp_path / "lora")
     exported = torch.load(finished.exported_model_path, weights_only=True)

@@ -59,9 +59,18 @@ def _name_taken(name: str) -> bool:
 
 
 def check_model_name(name: str | None) -> str | None:
-    """Refuse, before training starts, a model name that registration would refuse later."""
-    from napari_samtune.core.registry import validate_model_name
+    """Refuse, before training starts, a model name, or a user-models folder, that
+    registration would refuse at the end."""
+    from napari_samtune.core.checkpoints import folder_problem
+    from napari_samtune.core.registry import user_models_dir, validate_model_name
 
+    folder = user_models_dir()
+    problem = folder_problem(folder)
+    if problem:
+        raise ValueError(
+            f"the user models folder {str(folder)!r} {problem}, so the trained model could not "
+            "be registered there; set SAMTUNE_MODELS_DIR to a folder you can write to"
+        )
     if name is None:
         return None
     validate_model_name(name, "model_name")
