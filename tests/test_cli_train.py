@@ -473,6 +473,25 @@ def test_outputs_of_the_wrong_kind_are_refused_before_any_work(
     assert (tmp_path / "F").read_bytes() == b"keep me" and not any((tmp_path / "D").iterdir())
 
 
+def test_the_planes_of_a_stack_without_objects_are_named_as_left_out(tmp_path, capsys):
+    """A partly annotated stack trained on its annotated planes without a word: "2 training
+    images" from a stack of 5 looked like lost annotations."""
+    (image, labels), (image2, labels2) = make_dataset(2, shape=(80, 96), seed=3)
+    empty = np.zeros_like(labels)
+    for folder in ("img", "lab"):
+        (tmp_path / folder).mkdir()
+    tifffile.imwrite(tmp_path / "img/z.tif", np.stack([image, image2, image, image2, image]))
+    tifffile.imwrite(tmp_path / "lab/z_mask.tif", np.stack([labels, empty, empty, labels2, empty]))
+    argv = ["train", "--model", "random:tiny", "--images", str(tmp_path / "img"), "--labels"]
+    argv += [str(tmp_path / "lab"), "--epochs", "1", *FAST, "--out", str(tmp_path / "run")]
+    assert cli.main([*argv, "--val-fraction", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "training data: left out the planes without objects of 1 stack(s): "
+        "z.tif / z_mask.tif: 3 of 5 planes\n"
+    ) in out
+
+
 def test_a_models_folder_that_cannot_be_written_is_refused_before_the_data_is_read(
     tmp_path, monkeypatch, capsys
 ):

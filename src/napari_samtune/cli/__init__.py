@@ -128,7 +128,7 @@ def read_annotated(
         foreign_labels_message,
         read_match,
     )
-    from napari_samtune.core.label_files import match_files
+    from napari_samtune.core.label_files import describe_names, match_files
 
     match = match_files(images, labels)
     if match.unpaired_message() and not skip_unpaired:
@@ -139,9 +139,15 @@ def read_annotated(
     if match.left_out_message() and verbose:
         print(f"{what} data: {match.left_out_message()}")
     foreign: list[str] = []
-    pairs = read_match(match, foreign, *channels)
+    empty_planes: list[str] = []
+    pairs = read_match(match, foreign, *channels, empty_planes)
     if foreign and verbose:
         print(f"warning: {what} data: {foreign_labels_message(foreign)}")
+    if empty_planes and verbose:
+        print(
+            f"{what} data: left out the planes without objects of "
+            f"{len(empty_planes)} stack(s): {describe_names(empty_planes)}"
+        )
     for pair in pairs:  # all files, before a model is loaded or a run folder is made
         try:
             check_channels(pair)

@@ -86,11 +86,13 @@ def split_planes(
     rgb: bool | None = None,
     channel_axis: int | None = None,
     channels: int | Sequence[int] | None = None,
+    left_out: list[str] | None = None,
 ) -> list[ImageLabelPair]:
     """One pair for a 2D image, one per annotated plane for a stack (see :func:`_is_stack`).
 
     Planes without any object are left out (a partly annotated stack trains on what was
-    annotated); when no plane has one, plane 0 is kept so the checks say so.
+    annotated), and ``left_out``, if given, receives ``"<name>: 27 of 30 planes"``; when no
+    plane has one, plane 0 is kept so the checks say so.
     ``channel_axis`` and ``channels`` select the image's channels (see
     :func:`~napari_samtune.core.images.to_sam_rgb`); the axis counts the axes of the whole
     ``image``, a stack's planes included. Given either, a plane has a channel axis. A
@@ -106,6 +108,8 @@ def split_planes(
         return [ImageLabelPair(image, labels, name, channel_axis, channels)]
     axis = plane_channel_axis(channel_axis, image.ndim)
     planes = [i for i in range(labels.shape[0]) if labels[i].any()] or [0]
+    if left_out is not None and len(planes) < labels.shape[0] and labels.any():
+        left_out.append(f"{name}: {labels.shape[0] - len(planes)} of {labels.shape[0]} planes")
     return [
         ImageLabelPair(image[i], labels[i], f"{name} plane {i}", axis, channels) for i in planes
     ]
@@ -128,9 +132,12 @@ def read_match(
     foreign: list[str] | None = None,
     channel_axis: int | None = None,
     channels: int | Sequence[int] | None = None,
+    empty_planes: list[str] | None = None,
 ) -> list[ImageLabelPair]:
     """Read the pairs of :func:`match_files`, as in :func:`load_pairs`; an image with
     autosaves of namesakes gets the one saved for its pixels (:func:`choose_namesake`).
+    ``empty_planes``, if given, receives the stacks' planes left out for having no object
+    (see :func:`split_planes`).
 
     ``foreign``, if given, receives the names of the pairs whose labels were saved in napari
     for other pixels than their image's (:func:`foreign_labels_message`); they are read all
@@ -146,7 +153,7 @@ def read_match(
             foreign.append(f"{image_path.name} / {labels_path.name}")
         name = f"{image_path.name} / {labels_path.name}"
         labels = read_label_tiff(labels_path)
-        pairs += split_planes(image, labels, name, None, channel_axis, channels)
+        pairs += split_planes(image, labels, name, None, channel_axis, channels, empty_planes)
     return pairs
 
 
