@@ -19,7 +19,8 @@ from qtpy.QtCore import QTimer
 
 from napari_samtune._qt.annotate import AnnotateWidget
 from napari_samtune._qt.layer_pairs import layer_pairs
-from napari_samtune._qt.train_widget import TrainWidget, format_duration
+from napari_samtune._qt.train_progress import format_duration
+from napari_samtune._qt.train_widget import TrainWidget
 from napari_samtune.core.architectures import TINY
 from napari_samtune.core.models import load_model
 from napari_samtune.core.predict import Segmenter

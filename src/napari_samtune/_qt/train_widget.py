@@ -20,7 +20,6 @@ The widget never modifies a layer: the worker trains on copies of their data.
 
 from __future__ import annotations
 
-import math
 import threading
 from pathlib import Path
 
@@ -43,32 +42,23 @@ from qtpy.QtWidgets import (
 from napari_samtune._qt.train_close import TrainCloseMixin
 from napari_samtune._qt.train_data import PairSourceWidget, error_label, show_problem
 from napari_samtune._qt.train_plot import TrainingPlotWidget
+from napari_samtune._qt.train_progress import TrainProgressMixin
 from napari_samtune._qt.train_run import (
     TRAIN_TASK,
     TrainRequest,
     continued_config,
     iter_training_job,
-    offer_model,
     run_folder,
 )
 from napari_samtune._qt.train_settings import TrainSettingsWidget
 from napari_samtune._qt.workers import TaskRunner, on_removed, user_message
 from napari_samtune.core.checkpoints import check_output_folder
 from napari_samtune.core.presets import MachineResources, TrainConfig
-from napari_samtune.core.train import EpochDone, StepDone, TrainingFinished, TrainingStarted
+from napari_samtune.core.train import TrainingFinished, TrainingStarted
 from napari_samtune.core.train_export import check_model_name
 
 
-def format_duration(seconds: float) -> str:
-    """``"1:02:03"`` / ``"2:03"``; ``"?"`` while unknown (NaN, negative)."""
-    if not math.isfinite(seconds) or seconds < 0:
-        return "?"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-class TrainWidget(TrainCloseMixin, QWidget):
+class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
     """Dock widget: finetune SAM on annotated layers or TIFF folders of ``viewer``.
 
     Args:
@@ -320,77 +310,6 @@ class TrainWidget(TrainCloseMixin, QWidget):
         self.continue_button.setEnabled(not running)
         self.stop_button.setEnabled(running)
         self.setup_area.widget().setEnabled(not running)  # a run keeps the settings it began with
-
-    # -- events from the worker (main thread) ---------------------------------------------
-    def _on_event(self, event) -> None:
-        if isinstance(event, StepDone):
-            self._on_step(event)
-        elif isinstance(event, EpochDone):
-            self._on_epoch(event)
-        elif isinstance(event, TrainingStarted):
-            self._on_started(event)
-        elif isinstance(event, TrainingFinished):
-            self._on_finished(event)
-
-    def _on_started(self, event: TrainingStarted) -> None:
-        self.started = event
-        total = (event.config.epochs - event.start_epoch) * event.steps_per_epoch
-        self.progress_bar.setRange(0, max(total, 1))
-        self.progress_bar.setValue(0)
-        self.progress_bar.setFormat(f"epoch {event.start_epoch + 1}/{event.config.epochs}")
-        self.status_label.setText(
-            f"training on {event.device}: {event.n_train} training and {event.n_val} validation "
-            f"images, {event.samples_per_epoch} patches per epoch"
-        )
-        if event.left_out:
-            show_info(event.left_out_message())
-        if event.val_repeats:
-            show_warning(event.val_repeats_message())
-        for note in event.notes:
-            show_warning(note)
-        self.training_started.emit(event)
-
-    def _on_step(self, event: StepDone) -> None:
-        if self.started is None:
-            return
-        epochs = self.started.config.epochs
-        done = (event.epoch - self.started.start_epoch) * event.steps_per_epoch + event.step
-        self.progress_bar.setValue(min(done, self.progress_bar.maximum()))
-        self.progress_bar.setFormat(
-            f"epoch {event.epoch + 1}/{epochs} · step {event.step}/{event.steps_per_epoch} · "
-            f"ETA {format_duration(event.eta_seconds)}"
-        )
-        if not (self.stop_event and self.stop_event.is_set()):
-            self.status_label.setText(
-                f"loss {event.loss:.4f}, learning rate {event.learning_rate:.2g}"
-            )
-        self.plot.add_step(event.epoch + 1, event.step, event.steps_per_epoch, event.loss)
-
-    def _on_epoch(self, event: EpochDone) -> None:
-        metric = event.val_metrics.get("val_iou")  # None without validation data
-        self.plot.add_epoch(event.epoch + 1, event.train_loss, metric, event.is_best)
-        self.epoch_done.emit(event)
-
-    def _on_finished(self, event: TrainingFinished) -> None:
-        self.result = event
-        if event.registered_name is None:  # e.g. stopped before any step: nothing to offer
-            self.result_label.setText(event.outcome_message())
-            show_info(event.outcome_message())
-            self.training_finished.emit(event)
-            return
-        self.settings.model_picker.refresh_models()  # to finetune it further
-        try:
-            n_widgets = offer_model(
-                self.viewer, event.registered_name, self.use_model_check.isChecked()
-            )
-        except (ValueError, RuntimeError) as err:  # e.g. the annotation widget is closing
-            show_error(f"could not offer the new model to the annotation widget: {err}")
-            n_widgets = 0
-        where = " and added to the annotation widget's model list" if n_widgets else ""
-        message = event.outcome_message() + where
-        self.result_label.setText(message)
-        show_info(message)
-        self.training_finished.emit(event)
 
     def _on_error(self, error: BaseException) -> None:
         """The run failed (the runner has notified the user); keep the reason in view."""
