@@ -539,6 +539,21 @@ def test_stacks_give_one_pair_per_annotated_plane(viewer):
     assert labels_layer.data[0].any()
 
 
+
+def test_the_planes_of_a_stack_left_out_are_named_at_start(make_napari_viewer, notifications):
+    viewer = make_napari_viewer()
+    widget = TrainWidget(viewer, machine=SMALL_CPU)
+    image, labels = make_image((64, 64), seed=5)
+    viewer.add_image(np.stack([image] * 4), name="stack")
+    viewer.add_labels(np.stack([labels, 0 * labels, labels, 0 * labels]), name="stack labels")
+    assert widget.train_data.add_current_pair()
+    pairs, _ = widget.train_data.snapshot()
+    assert len(pairs) == 2
+    assert (
+        "training data: left out the planes without objects of 1 stack(s): "
+        "stack / stack labels: 2 of 4 planes"
+    ) in notifications
+
 def test_format_duration():
     assert format_duration(3723) == "1:02:03"
     assert format_duration(65.4) == "1:05"

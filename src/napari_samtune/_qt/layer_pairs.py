@@ -13,8 +13,14 @@ from napari.layers import Image, Labels
 from napari_samtune.core.data import prepare_pair, split_planes
 
 
-def layer_pairs(image_layer: Image, labels_layer: Labels, copy: bool = False) -> list:
-    """The :class:`ImageLabelPair` s of two layers; stacks give one pair per plane with objects.
+def layer_pairs(
+    image_layer: Image,
+    labels_layer: Labels,
+    copy: bool = False,
+    empty_planes: list[str] | None = None,
+) -> list:
+    """The :class:`ImageLabelPair` s of two layers; stacks give one pair per plane with objects
+    (the planes left out are counted in ``empty_planes``, see ``split_planes``).
 
     Args:
         image_layer: (H, W), (H, W, 3|4) when ``rgb``, or a stack (N, H, W[, 3|4]).
@@ -25,7 +31,7 @@ def layer_pairs(image_layer: Image, labels_layer: Labels, copy: bool = False) ->
     if copy:
         image, labels = image.copy(), labels.copy()
     name = f"{image_layer.name} / {labels_layer.name}"
-    return split_planes(image, labels, name, rgb=bool(image_layer.rgb))
+    return split_planes(image, labels, name, rgb=bool(image_layer.rgb), left_out=empty_planes)
 
 
 def pair_problem(pair: tuple[Image, Labels]) -> str:

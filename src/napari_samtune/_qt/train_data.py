@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from napari.layers import Image, Labels
+from napari.utils.notifications import show_info
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QComboBox,
@@ -42,7 +43,7 @@ from napari_samtune._qt.train_folders import (
 from napari_samtune._qt.train_run import annotation_widgets
 from napari_samtune._qt.workers import TaskRunner, user_message
 from napari_samtune.core.annotation_files import default_annotation_folder
-from napari_samtune.core.data import ImageLabelPair
+from napari_samtune.core.data import ImageLabelPair, empty_planes_message
 from napari_samtune.core.images import parse_channels
 from napari_samtune.core.label_files import LABEL_SUFFIXES, match_files
 
@@ -369,8 +370,12 @@ class PairSourceWidget(QWidget):
         return [self.pair_error, self.list_error, self.folder_error]
 
     def snapshot(self) -> tuple[list[ImageLabelPair], FolderSource | None]:
-        """Copies of the layer pairs' data, and the folders (read by the worker)."""
-        pairs = [p for image, labels in self._pairs for p in layer_pairs(image, labels, True)]
+        """Copies of the layer pairs' data, and the folders (read by the worker); the planes
+        of stacks without objects are left out, with a note."""
+        empty: list[str] = []
+        pairs = [p for pair in self._pairs for p in layer_pairs(*pair, True, empty)]
+        if empty:
+            show_info(f"{self.title} data: {empty_planes_message(empty)}")
         return pairs, self.folder_source()
 
 

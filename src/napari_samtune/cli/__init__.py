@@ -125,10 +125,11 @@ def read_annotated(
     from napari_samtune.core.data import (
         ChannelError,
         check_channels,
+        empty_planes_message,
         foreign_labels_message,
         read_match,
     )
-    from napari_samtune.core.label_files import describe_names, match_files
+    from napari_samtune.core.label_files import match_files
 
     match = match_files(images, labels)
     if match.unpaired_message() and not skip_unpaired:
@@ -144,10 +145,7 @@ def read_annotated(
     if foreign and verbose:
         print(f"warning: {what} data: {foreign_labels_message(foreign)}")
     if empty_planes and verbose:
-        print(
-            f"{what} data: left out the planes without objects of "
-            f"{len(empty_planes)} stack(s): {describe_names(empty_planes)}"
-        )
+        print(f"{what} data: {empty_planes_message(empty_planes)}")
     for pair in pairs:  # all files, before a model is loaded or a run folder is made
         try:
             check_channels(pair)

@@ -162,6 +162,13 @@ def _saved_for_other_pixels(labels_path, image: np.ndarray) -> bool:
     return saved is not None and saved != image_fingerprint(image)
 
 
+def empty_planes_message(stacks: Sequence[str]) -> str:
+    """The note on the planes of stacks left out for having no object (see split_planes)."""
+    return (
+        f"left out the planes without objects of {len(stacks)} stack(s): {describe_names(stacks)}"
+    )
+
+
 def foreign_labels_message(names: Sequence[str]) -> str:
     """The warning about pairs whose labels were saved for other pixels (see read_match)."""
     return (
