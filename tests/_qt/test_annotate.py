@@ -462,8 +462,10 @@ def test_channel_choice_goes_to_the_segmenter(viewer_widget, qtbot, monkeypatch,
         lambda image, **kw: calls.append((np.array(image), kw)) or set_image(image, **kw),
     )
     widget.ui.image_combo.setCurrentText("channels")
+    viewer.dims.set_current_step(0, 3)
     with qtbot.waitSignal(widget.embedding_ready, timeout=WAIT_MS):
         widget.ui.channels_first_check.setChecked(True)
+    assert calls[-1][1]["channels"] == [3]  # the channel shown, not channel 0
     with qtbot.waitSignal(widget.embedding_ready, timeout=WAIT_MS):
         widget.ui.channel_combo.setCurrentIndex(2)
     image, kwargs = calls[-1]

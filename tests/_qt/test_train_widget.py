@@ -539,7 +539,6 @@ def test_stacks_give_one_pair_per_annotated_plane(viewer):
     assert labels_layer.data[0].any()
 
 
-
 def test_the_planes_of_a_stack_left_out_are_named_at_start(make_napari_viewer, notifications):
     viewer = make_napari_viewer()
     widget = TrainWidget(viewer, machine=SMALL_CPU)
@@ -553,6 +552,7 @@ def test_the_planes_of_a_stack_left_out_are_named_at_start(make_napari_viewer, n
         "training data: left out the planes without objects of 1 stack(s): "
         "stack / stack labels: 2 of 4 planes"
     ) in notifications
+
 
 def test_format_duration():
     assert format_duration(3723) == "1:02:03"

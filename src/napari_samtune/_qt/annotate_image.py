@@ -95,8 +95,16 @@ class AnnotateImageMixin:
             combo.addItem(f"channel {channel}", (channel,))
         if n_channels >= 3:
             combo.addItem("channels 0, 1, 2 as RGB", (0, 1, 2))
+        if n_channels:
+            combo.setCurrentIndex(self._channel_shown(layer, n_channels))
         combo.setEnabled(checked)
         combo.blockSignals(False)
+
+    def _channel_shown(self, layer, n_channels: int) -> int:
+        """The channel the viewer's slider shows (napari starts it mid-axis), so that SAM
+        segments what the user sees."""
+        shown = layer.world_to_data(self.viewer.dims.point)[0]
+        return int(min(max(round(float(shown)), 0), n_channels - 1))
 
     @property
     def image_layer(self):
