@@ -7,6 +7,7 @@ import pytest
 
 from napari_samtune._qt.annotate import AnnotateWidget
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, EMBED_TASK, PROPAGATE_TASK
+from napari_samtune._qt.annotate_session import commit_note, plane_ranges
 from napari_samtune._qt.annotate_ui import SCOPE_STACK
 from napari_samtune.core.synthetic import make_image
 
@@ -80,6 +81,44 @@ def test_prompts_and_commits_stay_on_their_plane(stack_widget, qtbot, go_to_plan
     np.testing.assert_array_equal(annotations[1] == 1, preview)
     assert not annotations[[0, 2, 3]].any()
     assert widget.session.records[0]["planes"] == [1]
+
+
+def test_a_commit_off_the_plane_in_view_or_with_gaps_says_so(
+    stack_widget, qtbot, go_to_plane, notifications
+):
+    """Prompts on planes 0 and 2 committed as one object on planes 0 and 2 without a word,
+    and a preview left on another plane was committed from the plane in view unnoticed."""
+    viewer, widget = stack_widget
+    layers = widget.session.layers
+    layers.points.add([0, 48, 48])
+    go_to_plane(viewer, widget, 2)
+    layers.points.add([2, 48, 48])
+    qtbot.waitUntil(lambda: layers.preview.data[2].any(), timeout=WAIT_MS)
+    assert widget.commit() == [1]
+    assert widget.session.records[0]["planes"] == [0, 2]
+    assert notifications[-1] == (
+        "committed one object on planes 0, 2, with planes between them left empty: prompts "
+        "on separate planes make one object until committed; commit (C) after each object "
+        "to keep objects apart (U undoes this)"
+    )
+    layers.points.add([2, 30, 30])
+    go_to_plane(viewer, widget, 3)
+    assert widget.commit() == [2]
+    assert notifications[-1] == "committed the preview on plane 2, not on the plane in view (3)"
+    layers.points.add([3, 48, 48])
+    count = len(notifications)
+    assert widget.commit() == [3]  # on the plane in view: nothing to add
+    assert len(notifications) == count
+
+
+def test_commit_notes_name_runs_of_planes():
+    assert plane_ranges([1, 2, 3, 7, 9, 10]) == "1-3, 7, 9-10"
+    assert commit_note([4, 5, 6], 5, one_object=True) == ""  # propagated through plane 5
+    assert commit_note([None], None, one_object=True) == ""  # 2D
+    assert commit_note([1, 3], 1, one_object=False) == ""  # batched: one object per prompt
+    assert commit_note([1, 3], 0, one_object=False).endswith(
+        "planes 1, 3, not on the plane in view (0)"
+    )
 
 
 def test_a_point_on_another_plane_waits_for_that_embedding(stack_widget, qtbot):

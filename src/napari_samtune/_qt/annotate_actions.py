@@ -17,6 +17,7 @@ from qtpy.QtWidgets import QFileDialog
 
 from napari_samtune._qt import annotate_jobs as jobs
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, PROPAGATE_TASK, SAVE_TASK
+from napari_samtune._qt.annotate_session import commit_note
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, SCOPE_STACK
 from napari_samtune._qt.prompt_layers import PlanePrompts
 from napari_samtune._qt.propagate import PropagationConfig, prompts_from_mask
@@ -83,6 +84,7 @@ class AnnotateActionsMixin:
             return []
         source = "batched" if self.ui.mode_combo.currentText() == BATCHED_MODE else "interactive"
         overwrite = self.ui.overwrite_check.isChecked()
+        planes = self.session.layers.preview_planes()
         ids = self.session.commit(overwrite, source, self.model_name or "")
         if not ids:
             show_info(
@@ -91,6 +93,9 @@ class AnnotateActionsMixin:
             )
             return []
         self.ui.status_label.setText(f"committed object(s) {ids}")
+        note = commit_note(planes, self.current_plane, one_object=source == "interactive")
+        if note:
+            show_info(note)
         self._autosave()
         return ids
 

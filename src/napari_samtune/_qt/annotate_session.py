@@ -6,6 +6,7 @@ for a 2D image; coordinates are napari layer data coordinates (image pixels).
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +176,33 @@ class AnnotationSession:
         if including_empty_annotations and not annotations.data.any():
             if annotations in self.viewer.layers:
                 self.viewer.layers.remove(annotations)
+
+
+def plane_ranges(planes: list[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3, 7"`` (sorted planes)."""
+    runs, start = [], planes[0]
+    for before, plane in pairwise(planes):
+        if plane != before + 1:
+            runs.append((start, before))
+            start = plane
+    runs.append((start, planes[-1]))
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def commit_note(planes: list[int | None], in_view: int | None, one_object: bool) -> str:
+    """What a person should know about committing the preview on ``planes`` (sorted, from
+    ``preview_planes``) while viewing ``in_view``, as ``one_object`` or not (batched mode):
+    "" for the usual case, one plane in view or a run of neighbouring planes through it (an
+    object propagated through them)."""
+    if not planes or None in planes:
+        return ""
+    where = ("plane " if len(planes) == 1 else "planes ") + plane_ranges(planes)
+    if one_object and planes[-1] - planes[0] + 1 != len(planes):
+        return (
+            f"committed one object on {where}, with planes between them left empty: prompts "
+            "on separate planes make one object until committed; commit (C) after each "
+            "object to keep objects apart (U undoes this)"
+        )
+    if in_view not in planes:
+        return f"committed the preview on {where}, not on the plane in view ({in_view})"
+    return ""
