@@ -492,6 +492,20 @@ def test_the_planes_of_a_stack_without_objects_are_named_as_left_out(tmp_path, c
     ) in out
 
 
+def test_a_bad_validation_pair_is_named_as_validation_data(tmp_path, folders, capsys):
+    images, labels = folders
+    ((image, cells),) = make_dataset(1, shape=(80, 96), seed=9)
+    for folder in ("vi", "vl"):
+        (tmp_path / folder).mkdir()
+    tifffile.imwrite(tmp_path / "vi/v.tif", image)
+    tifffile.imwrite(tmp_path / "vl/v_mask.tif", cells[:40])
+    argv = ["train", "--model", "random:tiny", "--images", images, "--labels", labels, *FAST]
+    argv += ["--val-images", str(tmp_path / "vi"), "--val-labels", str(tmp_path / "vl")]
+    assert cli.main([*argv, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "error: validation data: image of 'v.tif / v_mask.tif' is 80x96 pixels but" in err
+
+
 def test_a_models_folder_that_cannot_be_written_is_refused_before_the_data_is_read(
     tmp_path, monkeypatch, capsys
 ):

@@ -112,10 +112,10 @@ class Trainer(TrainerFilesMixin):
     def _prepare_data(self, config: TrainConfig, train_data: TrainData, val_data: TrainData | None):
         """Training and validation images; pairs without objects go to ``self.left_out``,
         the names of validation pairs that repeat a training pair to ``self.val_repeats``."""
-        train_images, self.left_out = prepare_annotated(as_pairs(train_data), "training")
+        train_images, self.left_out = _prepare(train_data, "training")
         self.val_repeats = ()
         if val_data is not None and len(val_data):
-            val_images, left_out = prepare_annotated(as_pairs(val_data), "validation")
+            val_images, left_out = _prepare(val_data, "validation")
             self.left_out += left_out
             self.val_repeats = repeated_pairs(val_images, train_images)
             return train_images, val_images
@@ -381,3 +381,11 @@ class Trainer(TrainerFilesMixin):
         )
         set_train_mode(self.sam, self.config)
         return metrics_from_sums(ddp.all_reduce_sum(sums, self.dist, self.device))
+
+
+def _prepare(data: TrainData, what: str):
+    """:func:`prepare_annotated`, its errors saying which data ("validation data: ...")."""
+    try:
+        return prepare_annotated(as_pairs(data), what)
+    except (ValueError, TypeError) as err:
+        raise type(err)(f"{what} data: {err}") from None
