@@ -459,6 +459,23 @@ def test_a_folder_as_output_is_refused_before_any_work(
     assert path.read_bytes() == raw and not (tmp_path / "labels.png").exists()
 
 
+def test_a_point_grid_too_fine_to_compute_is_refused_before_any_work(
+    tmp_path, tiny_checkpoint, image_file, capsys, monkeypatch
+):
+    import napari_samtune.core.models as models
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(models, "load_model", no_loading)
+    out = tmp_path / "labels.tif"
+    code = segment(tiny_checkpoint, image_file[0], out, "--auto", "--points-per-side", "100000")
+    assert code == 2  # it was accepted, and the grid's arrays ran out of memory: a traceback
+    err = capsys.readouterr().err
+    assert "100000; use a positive integer up to 256" in err
+    assert not out.exists()
+
+
 AUTO = ["--auto", "--points-per-side", "4", "--pred-iou-thresh", "-1"]
 
 

@@ -67,9 +67,17 @@ class AutoSegmentConfig:
 
 
 _IN_0_1 = "use a value in [0, 1]"
+# 256 x 256 points: one every 4 pixels of SAM's 1024-pixel input (one per pixel of nano's);
+# the point grid and its masks grow with the square, so 100000 failed on memory.
+MAX_POINTS_PER_SIDE = 256
 # field: (whole number?, allowed, what to use)
 _FIELD_RULES: dict[str, tuple[bool, Callable[[float], bool], str]] = {
-    "points_per_side": (True, lambda v: v >= 1, "use a positive integer"),
+    "points_per_side": (
+        True,
+        lambda v: 1 <= v <= MAX_POINTS_PER_SIDE,
+        f"use a positive integer up to {MAX_POINTS_PER_SIDE} (SAM's default is 32; the time "
+        "and memory it takes grow with its square)",
+    ),
     "points_per_batch": (True, lambda v: v >= 1, "use a positive integer"),
     "pred_iou_thresh": (
         False,
