@@ -327,6 +327,29 @@ def test_stack_on_a_single_plane_is_refused(tmp_path, tiny_checkpoint, image_fil
     assert "a single 2D plane; leave out --stack" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--auto", "--points-per-side", "0"], "error: --points-per-side 0; use a positive"),
+        (["--auto", "--min-area", "-1"], "error: --min-area -1; use a whole number >= 0"),
+        (
+            ["--auto", "--channel-axis", "3", "--channels", "1"],
+            "error: --channel-axis 3 is out of range for an image of shape (2, 120, 160)",
+        ),
+    ],
+)
+def test_option_errors_name_the_options_as_typed(
+    tmp_path, tiny_checkpoint, capsys, options, message
+):
+    path = tmp_path / "image.tif"
+    tifffile.imwrite(path, np.zeros((2, 120, 160) if "--channels" in options else (120, 160)))
+    assert segment(tiny_checkpoint, path, tmp_path / "o.tif", *options) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    # not the Python names, nor the advice to pass the channel options just given
+    assert not re.search(r"\w_\w+=", err) and "pass --channel-axis and --channels" not in err
+
+
 def test_auto_on_a_tiled_multichannel_image(tmp_path, tiny_checkpoint, capsys):
     image = make_image((256, 400), seed=1)[0]
     stack = np.stack([np.zeros_like(image), image], axis=0)

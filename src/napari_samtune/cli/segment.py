@@ -37,12 +37,22 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_samtune.cli import add_channel_options, check_output_file
+from napari_samtune.cli import (
+    add_channel_options,
+    check_output_file,
+    in_option_terms,
+    option_wording,
+)
 from napari_samtune.cli.prompt_files import read_boxes_csv, read_points_csv
 from napari_samtune.cli.segment_planes import Planes, Progress, segment_planes
 from napari_samtune.core.label_files import TIFF_SUFFIXES, labels_file_name, read_tiff
 
 AUTO_OPTIONS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "min_area")
+# The core's parameter names as the options that set them, for its error messages.
+OPTION_NAMES: dict[str, str] = {
+    **{name: "--" + name.replace("_", "-") for name in AUTO_OPTIONS},
+    "channel_axis": "--channel-axis",
+}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -189,6 +199,11 @@ def _objects(n_objects: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    with option_wording(OPTION_NAMES):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     files, batch = _inputs(args.image)
     if batch:
         return _run_batch(args, files)
@@ -310,7 +325,8 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
                 labels = segment_planes(segmenter, planes, None, None, config, bars=False)
             except (ValueError, TypeError) as err:
                 failed += 1
-                tqdm.write(f"{image}: not segmented: {err}", file=sys.stderr)
+                why = in_option_terms(str(err), OPTION_NAMES)
+                tqdm.write(f"{image}: not segmented: {why}", file=sys.stderr)
             else:
                 n_objects = _write_labels(outputs[image], labels, image, planes.pixels, made)
                 renamed = outputs[image].name != labels_file_name(image.stem)

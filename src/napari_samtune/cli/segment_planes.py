@@ -105,8 +105,8 @@ class Planes:
         try:
             first = self.rgb(0)
         except ValueError as err:
-            if self.stacked or image.ndim < 3:
-                raise
+            if self.stacked or image.ndim < 3 or args.channel_axis is not None:
+                raise  # the hint below is for an image given without channel options
             raise ValueError(
                 f"{err}. For a z-stack or time series (planes first) pass --stack; for "
                 "channels pass --channel-axis and --channels"
