@@ -451,6 +451,15 @@ def test_bad_prompt_files_name_the_file_line_and_fix(
     assert not (tmp_path / "out.tif").exists()
 
 
+def test_a_folder_as_prompt_file_is_named_a_folder(tmp_path, tiny_checkpoint, image_file, capsys):
+    (tmp_path / "prompts").mkdir()
+    options = ["--points", str(tmp_path / "prompts")]
+    assert segment(tiny_checkpoint, image_file[0], tmp_path / "o.tif", *options) == 2
+    err = capsys.readouterr().err
+    assert "prompts' is a folder; give the CSV file in it" in err  # it said: does not exist
+    assert not (tmp_path / "o.tif").exists()
+
+
 def test_a_missing_image_is_a_clear_error(tmp_path, tiny_checkpoint, capsys):
     code = segment(tiny_checkpoint, tmp_path / "nope.tif", tmp_path / "o.tif", "--auto")
     assert code == 2

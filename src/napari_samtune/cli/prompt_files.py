@@ -59,6 +59,8 @@ Rows = list[tuple[int, dict[str, str]]]  # (line number, {column: text}) per dat
 
 def _read_table(path: Path) -> tuple[list[str], Rows]:
     """The lower-cased header and the data rows of a CSV prompt file."""
+    if path.is_dir():
+        raise ValueError(f"prompt file {str(path)!r} is a folder; give the CSV file in it")
     if not path.is_file():
         raise ValueError(f"prompt file {str(path)!r} does not exist")
     with path.open(newline="", encoding="utf-8-sig") as handle:  # Excel writes a BOM
