@@ -432,6 +432,8 @@ def test_a_second_run_reuses_the_cached_embeddings(tmp_path, tiny_checkpoint, im
         ("--points", "x,y,label\n1,2,2\n", "line 2: label is '2'; use 1 .or positive."),
         ("--points", "x,y,label,object\n1,2,1,0.5\n", "object ids are whole numbers"),
         ("--points", "x,y,label\n", "has a header but no rows"),
+        ("--points", "x,y\n12,5,30,5\n", r"line 2: 4 values \(12,5,30,5\) for the 2 columns"),
+        ("--boxes", "x_min,y_min,x_max,y_max\n1,2,3,4,5\n", "line 2: 5 values .* write 12.5"),
         ("--boxes", "x_min,y_min,x_max,y_max\n50,5,10,20\n", "line 2: x_min > x_max"),
         ("--boxes", SPANNING_SHAPE, "give 2D shapes .* or, with --stack"),
         ("--boxes", SHAPE_OUTSIDE, "line 2: shape 0 lies outside the image of width 240"),

@@ -68,7 +68,20 @@ def _read_table(path: Path) -> tuple[list[str], Rows]:
         header = [name.strip().lower() for name in reader.fieldnames or []]
         reader.fieldnames = header
         rows = [(reader.line_num, row) for row in reader]
+    for line, row in rows:
+        # values beyond the header's columns would be ignored (empty ones, a trailing comma, are)
+        if any(value.strip() for value in row.get(None, [])):
+            _too_many_values(path, line, header, row)
     return header, rows
+
+
+def _too_many_values(path: Path, line: int, header: list[str], row: dict) -> None:
+    values = [*(row[name] for name in header), *row[None]]
+    raise ValueError(
+        f"{path}, line {line}: {len(values)} values ({','.join(values)}) for the "
+        f"{len(header)} columns of the header {header!r}; a decimal comma (12,5) splits a "
+        "number in two: write 12.5, or add the missing column names to the first line"
+    )
 
 
 def _require(path: Path, header: list[str], columns: tuple[str, ...]) -> None:
