@@ -246,7 +246,8 @@ def test_a_stack_is_segmented_plane_by_plane_from_3d_prompts(
         tmp_path / "s.csv", [[[2, 10, 10], [2, 10, 60], [2, 70, 60], [2, 70, 10]]], "rectangle"
     )
     for prompts in (boxes, shapes):
-        assert segment(tiny_checkpoint, path, out, "--stack", "--boxes", str(prompts)) == 0
+        options = ["--stack", "--boxes", str(prompts), "--overwrite"]
+        assert segment(tiny_checkpoint, path, out, *options) == 0
         labels = tifffile.imread(out)
         np.testing.assert_array_equal(labels[2], plane_2.predict_boxes([[10, 10, 60, 70]]))
         assert not labels[:2].any()
@@ -411,7 +412,7 @@ def test_a_second_run_reuses_the_cached_embeddings(tmp_path, tiny_checkpoint, im
     files = list(default_cache_dir().glob("*.pt"))
     assert len(files) == 1
     inode = files[0].stat().st_ino  # a rewrite (atomic: a new file renamed over) changes it
-    assert segment(tiny_checkpoint, path, out, "--boxes", str(boxes)) == 0
+    assert segment(tiny_checkpoint, path, out, "--boxes", str(boxes), "--overwrite") == 0
     assert [f.stat().st_ino for f in default_cache_dir().glob("*.pt")] == [inode]
 
 
@@ -460,6 +461,20 @@ def test_a_folder_as_prompt_file_is_named_a_folder(tmp_path, tiny_checkpoint, im
     err = capsys.readouterr().err
     assert "prompts' is a folder; give the CSV file in it" in err  # it said: does not exist
     assert not (tmp_path / "o.tif").exists()
+
+
+def test_existing_labels_are_replaced_only_with_overwrite(
+    tmp_path, tiny_checkpoint, image_file, capsys
+):
+    out = tmp_path / "image.labels.tif"
+    corrected = np.arange(200 * 240, dtype=np.uint32).reshape(200, 240) % 7
+    tifffile.imwrite(out, corrected)  # e.g. labels corrected in napari since the first run
+    assert segment(tiny_checkpoint, image_file[0], out, "--auto") == 2
+    err = capsys.readouterr().err
+    assert "image.labels.tif' exists already; pass --overwrite to replace it" in err
+    np.testing.assert_array_equal(tifffile.imread(out), corrected)  # it was overwritten
+    assert segment(tiny_checkpoint, image_file[0], out, *AUTO, "--overwrite") == 0
+    assert not np.array_equal(tifffile.imread(out), corrected)
 
 
 def test_a_missing_image_is_a_clear_error(tmp_path, tiny_checkpoint, capsys):

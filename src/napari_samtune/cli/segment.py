@@ -83,7 +83,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="labels file for one image; a folder for several (<image>.labels.tif each)",
     )
     parser.add_argument(
-        "--overwrite", action="store_true", help="several images: redo those with labels already"
+        "--overwrite",
+        action="store_true",
+        help="replace labels written before: the -o file, or for several images those there",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument(
@@ -209,7 +211,7 @@ def _run(args: argparse.Namespace) -> int:
         return _run_batch(args, files)
     example = labels_file_name(files[0].stem)
     check_output_file(args.output, example, hint=" (a folder is for several images)")
-    _check_labels_name(args.output, files[0], example)
+    _check_labels_name(args.output, files[0], example, args.overwrite)
     planes = Planes(read_image(files[0]), files[0], args)
     n_planes = planes.count if args.stack else None
     # read prompts and settings before loading the model, so mistakes show up at once
@@ -236,9 +238,9 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_labels_name(output: Path, image: Path, example: str) -> None:
+def _check_labels_name(output: Path, image: Path, example: str, overwrite: bool) -> None:
     """``-o`` must name a TIFF file (what is written, and what training pairs) other than
-    the image itself, which would be lost."""
+    the image itself, which would be lost, and not existing unless ``overwrite``."""
     if output.suffix.lower() not in TIFF_SUFFIXES:
         raise ValueError(
             f"-o {str(output)!r} does not end in .tif: labels are written as a TIFF file; "
@@ -248,6 +250,11 @@ def _check_labels_name(output: Path, image: Path, example: str) -> None:
         raise ValueError(
             f"-o {str(output)!r} is the input image: writing the labels there would destroy "
             f"it; give another name, e.g. {output.with_name(example)}"
+        )
+    if output.exists() and not overwrite:  # labels corrected since would be lost
+        raise ValueError(
+            f"-o {str(output)!r} exists already; pass --overwrite to replace it, or give "
+            "another name"
         )
 
 
