@@ -246,3 +246,17 @@ def test_option_errors_name_the_options_before_any_evaluation(
     assert message in err
     assert "max_objects_per_image" not in err and "None" not in err and "device=" not in err
     assert evaluations == []
+
+
+def test_a_model_given_twice_is_refused_before_any_evaluation(
+    tmp_path, annotated_folder, capsys, evaluations, monkeypatch
+):
+    images, labels = annotated_folder
+    model = _save_tiny(tmp_path / "tiny.pth", 0)
+    monkeypatch.chdir(tmp_path)
+    argv = ["evaluate", "--images", str(images), "--labels", str(labels), "--clicks", "0"]
+    twice = ["--model", str(model), "--model", "tiny.pth", "--points-per-side", "2"]
+    assert cli.main([*argv, *twice, "--out", str(tmp_path / "eval")]) == 2
+    err = capsys.readouterr().err
+    assert f"--model tiny.pth is given twice (as {str(model)!r} before)" in err
+    assert evaluations == []  # it was evaluated twice, as tiny and tiny#2

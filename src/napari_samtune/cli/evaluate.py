@@ -189,6 +189,23 @@ def _check_options(args: argparse.Namespace) -> None:
             "every object"
         )
     auto_config_for(1024, args)  # the automatic settings' own checks
+    _check_repeated(args.model)
+
+
+def _check_repeated(models: list[str]) -> None:
+    """Refuse a ``--model`` given twice (a name, or a file by any path): it would be
+    evaluated twice, taking as long again, for a second row of the same scores."""
+    first_given: dict[str, str] = {}
+    for model in models:
+        path = Path(model).expanduser()
+        key = str(path.resolve()) if path.is_file() else model
+        if key in first_given:
+            again = "" if first_given[key] == model else f" (as {first_given[key]!r} before)"
+            raise ValueError(
+                f"--model {model} is given twice{again}; each model is evaluated once: "
+                "leave out the repeat"
+            )
+        first_given[key] = model
 
 
 def _run(args: argparse.Namespace) -> int:
