@@ -86,6 +86,18 @@ def test_user_models_can_be_removed(capsys, tiny_checkpoint):
     assert "'vit_b' is a built-in model, not a user model" in capsys.readouterr().err
 
 
+def test_a_name_that_cannot_be_removed_stops_the_list_before_any_removal(capsys, tiny_checkpoint):
+    register_user_model(tiny_checkpoint, "first", TINY)
+    assert main(["models", "--remove", "first", "typo"]) == 2
+    err = capsys.readouterr().err
+    assert "no user model named 'typo'; the user models are ['first']; nothing was removed" in err
+    assert (user_models_dir() / "first.pt").is_file()  # it was deleted before the error
+    assert main(["models", "--remove", "first", "nano"]) == 2
+    assert "'nano' is a built-in model" in capsys.readouterr().err
+    assert main(["models", "--remove", "first", "first"]) == 0
+    assert not (user_models_dir() / "first.pt").exists()
+
+
 def test_broken_user_models_are_listed_with_the_fix(capsys, tiny_checkpoint):
     """A deleted weights file used to show as 'no user models registered yet'."""
     register_user_model(tiny_checkpoint, "keep", TINY)

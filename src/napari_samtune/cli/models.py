@@ -92,10 +92,27 @@ def _print_problems(broken: list[tuple[str, str]], damaged: dict[str, str]) -> N
             )
 
 
+def _check_removable(names: list[str]) -> None:
+    """Refuse the list before any model is removed when a name in it cannot be (a typo, a
+    built-in model): such a name used to stop the command after the ones before it went."""
+    from napari_samtune.core.user_models import remove_user_model
+
+    for name in names:
+        registry.validate_model_name(name)
+        sidecar = user_models_dir() / f"{name}.json"
+        if registry.builtin_model(name) is None and sidecar.is_file():
+            continue
+        try:
+            remove_user_model(name)  # refuses such a name, before deleting anything
+        except ValueError as err:
+            raise ValueError(f"{err}; nothing was removed") from None
+
+
 def run(args: argparse.Namespace) -> int:
     if args.remove:
         from napari_samtune.core.user_models import remove_user_model
 
+        _check_removable(list(dict.fromkeys(args.remove)))
         for name in dict.fromkeys(args.remove):
             deleted = remove_user_model(name)
             print(f"removed user model {name!r} ({', '.join(p.name for p in deleted)})")
