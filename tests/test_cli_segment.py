@@ -328,27 +328,41 @@ def test_stack_on_a_single_plane_is_refused(tmp_path, tiny_checkpoint, image_fil
     assert "a single 2D plane; leave out --stack" in capsys.readouterr().err
 
 
+GRAY, TWO_CHANNELS = (120, 160), (2, 120, 160)
+
+
 @pytest.mark.parametrize(
-    ("options", "message"),
+    ("options", "shape", "message"),
     [
-        (["--auto", "--points-per-side", "0"], "error: --points-per-side 0; use a positive"),
-        (["--auto", "--min-area", "-1"], "error: --min-area -1; use a whole number >= 0"),
+        (["--points-per-side", "0"], GRAY, "error: --points-per-side 0; use a positive"),
+        (["--min-area", "-1"], GRAY, "error: --min-area -1; use a whole number >= 0"),
         (
-            ["--auto", "--channel-axis", "3", "--channels", "1"],
+            ["--channel-axis", "3", "--channels", "1"],
+            TWO_CHANNELS,
             "error: --channel-axis 3 is out of range for an image of shape (2, 120, 160)",
+        ),
+        (
+            ["--channel-axis", "0", "--channels", "0,1,5"],
+            TWO_CHANNELS,
+            "error: --channels 0,1,5 is invalid for an image with 2 channels; give one or",
+        ),
+        (
+            ["--channels", "1"],
+            GRAY,
+            "error: --channels 1 was given but the image is 2D grayscale, with no channels to",
         ),
     ],
 )
 def test_option_errors_name_the_options_as_typed(
-    tmp_path, tiny_checkpoint, capsys, options, message
+    tmp_path, tiny_checkpoint, capsys, options, shape, message
 ):
     path = tmp_path / "image.tif"
-    tifffile.imwrite(path, np.zeros((2, 120, 160) if "--channels" in options else (120, 160)))
-    assert segment(tiny_checkpoint, path, tmp_path / "o.tif", *options) == 2
+    tifffile.imwrite(path, np.zeros(shape))
+    assert segment(tiny_checkpoint, path, tmp_path / "o.tif", "--auto", *options) == 2
     err = capsys.readouterr().err
     assert message in err
     # not the Python names, nor the advice to pass the channel options just given
-    assert not re.search(r"\w_\w+=", err) and "pass --channel-axis and --channels" not in err
+    assert not re.search(r"\w_?\w+=", err) and "pass --channel-axis and --channels" not in err
 
 
 def test_auto_on_a_tiled_multichannel_image(tmp_path, tiny_checkpoint, capsys):
@@ -433,6 +447,8 @@ def test_a_second_run_reuses_the_cached_embeddings(tmp_path, tiny_checkpoint, im
         ("--points", "x,y,label\n1,2,2\n", "line 2: label is '2'; use 1 .or positive."),
         ("--points", "x,y,label,object\n1,2,1,0.5\n", "object ids are whole numbers"),
         ("--points", "x,y,label\n", "has a header but no rows"),
+        ("--points", "", "p.csv is empty; its first line must name the columns: x,y, then"),
+        ("--points", "x;y\n1;2\n", "p.csv: its header 'x;y' is not separated by commas; save"),
         ("--points", "x,y\n12,5,30,5\n", r"line 2: 4 values \(12,5,30,5\) for the 2 columns"),
         ("--boxes", "x_min,y_min,x_max,y_max\n1,2,3,4,5\n", "line 2: 5 values .* write 12.5"),
         ("--boxes", "x_min,y_min,x_max,y_max\n50,5,10,20\n", "line 2: x_min > x_max"),

@@ -180,12 +180,17 @@ def in_option_terms(
     return message
 
 
+COMMA_LISTS = {"--channels"}  # options that take a list as one comma-separated value
+
+
 def _typed(option: str, value: str) -> str:
     """``option value`` as typed on a command line, from ``value`` as Python shows it."""
     try:
         parsed = ast.literal_eval(value)
     except (ValueError, SyntaxError):
         return f"{option} {value}"
+    if isinstance(parsed, (tuple, list)) and option in COMMA_LISTS:
+        return f"{option} {','.join(map(str, parsed)) or 'none'}"
     if isinstance(parsed, (tuple, list)):
         return " ".join(f"{option} {shlex.quote(str(v))}" for v in parsed) or f"{option} none"
     if isinstance(parsed, str):

@@ -45,6 +45,7 @@ OPTION_NAMES: dict[str, str] = {
     "pred_iou_thresh": "--pred-iou-thresh",
     "stability_score_thresh": "--stability-thresh",
     "channel_axis": "--channel-axis",
+    "channels": "--channels",
 }
 NONE_MEANS: dict[str, str] = {"max_objects_per_image": "no --max-objects (every object)"}
 

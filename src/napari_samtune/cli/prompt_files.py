@@ -85,6 +85,16 @@ def _too_many_values(path: Path, line: int, header: list[str], row: dict) -> Non
 
 
 def _require(path: Path, header: list[str], columns: tuple[str, ...]) -> None:
+    if not header:
+        raise ValueError(
+            f"{path} is empty; its first line must name the columns: {','.join(columns)}, "
+            "then one prompt per line"
+        )
+    if len(header) == 1 and any(sep in header[0] for sep in ";\t"):
+        raise ValueError(
+            f"{path}: its header {header[0]!r} is not separated by commas; save the file as "
+            f"comma-separated values: {','.join(columns)}"
+        )
     missing = [name for name in columns if name not in header]
     if missing:
         raise ValueError(

@@ -52,6 +52,7 @@ AUTO_OPTIONS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", 
 OPTION_NAMES: dict[str, str] = {
     **{name: "--" + name.replace("_", "-") for name in AUTO_OPTIONS},
     "channel_axis": "--channel-axis",
+    "channels": "--channels",
 }
 
 

@@ -68,6 +68,7 @@ OPTION_NAMES: dict[str, str] = {
     "out_dir": "--out",
     "resume_from": "--resume",
     "channel_axis": "--channel-axis",
+    "channels": "--channels",
 }
 # What to type where the core's message offers None, which a command line cannot give.
 NONE_MEANS: dict[str, str] = {

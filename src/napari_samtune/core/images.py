@@ -238,7 +238,10 @@ def select_channels(
     _check_channel_axis(channel_axis, image.shape)
     if image.ndim == 2:
         if chosen is not None:
-            raise ValueError(f"channels={channels!r} was given but the image is 2D grayscale")
+            raise ValueError(
+                f"channels={channels!r} was given but the image is 2D grayscale, with no "
+                "channels to choose from; give no channels for it"
+            )
         return image
     if image.ndim != 3:
         raise ValueError(
