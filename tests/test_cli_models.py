@@ -65,6 +65,22 @@ def test_downloaded_and_user_models_are_marked(capsys, monkeypatch, tiny_checkpo
     assert "no user models registered yet" not in out
 
 
+def test_a_models_folder_that_cannot_be_made_is_named_not_called_empty(
+    capsys, monkeypatch, tmp_path
+):
+    """It said "no user models registered yet", and training failed on it later."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("SAMTUNE_MODELS_DIR", str(blocker / "models"))
+    assert main(["models"]) == 0
+    out, err = capsys.readouterr()
+    assert "no user models registered yet" not in out
+    assert (
+        f"warning: the user models folder {str(blocker / 'models')!r} cannot be made: "
+        f"{str(blocker)!r} is a file; set SAMTUNE_MODELS_DIR to a folder you can write to"
+    ) in err
+
+
 def test_user_models_can_be_removed(capsys, tiny_checkpoint):
     from napari_samtune.core.models import load_model
 

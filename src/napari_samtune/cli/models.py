@@ -7,8 +7,10 @@ registered (hashed only when changed since their last check), so damaged ones ar
 from __future__ import annotations
 
 import argparse
+import sys
 
 from napari_samtune.core import registry
+from napari_samtune.core.checkpoints import folder_problem
 from napari_samtune.core.download import download_status, local_weights_problem
 from napari_samtune.core.registry import ModelSpec, models_cache_dir, user_models_dir
 from napari_samtune.core.user_models import scan_user_models
@@ -129,7 +131,14 @@ def run(args: argparse.Namespace) -> int:
             "user model files were checked against the size and sha256 hash recorded when "
             "they were registered (a file unchanged since its last check is not hashed again)"
         )
-    if not user_specs and not broken:
+    problem = folder_problem(user_models_dir())
+    if problem:  # training and --register would refuse it; say so before anyone tries
+        print(
+            f"warning: the user models folder {str(user_models_dir())!r} {problem}; set "
+            "SAMTUNE_MODELS_DIR to a folder you can write to",
+            file=sys.stderr,
+        )
+    elif not user_specs and not broken:
         print("no user models registered yet")
     _print_problems(broken, damaged)
     return 0
