@@ -574,6 +574,9 @@ def test_auto_on_a_folder_writes_labels_that_pair_for_training(
     printed = capsys.readouterr().out
     assert "skipping 2 image(s) whose labels are already in" in printed
     assert "1 of 1 images segmented" in printed
+    # with nothing left to do, a bad option is still refused (it passed with exit 0)
+    assert segment(tiny_checkpoint, images, out, *AUTO, "--min-area", "-5") == 2
+    assert "--min-area -5; use a whole number >= 0" in capsys.readouterr().err
     assert segment(tiny_checkpoint, images, out, *AUTO, "--overwrite") == 0
     np.testing.assert_array_equal(tifffile.imread(out / "cell_1.labels.tif"), tifffile.imread(one))
     assert not (tifffile.imread(out / "cell_0.labels.tif") == 1).all()

@@ -313,6 +313,7 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
             f"images {clashes[0]!r} have the same name, so their labels would overwrite each "
             "other in the output folder; segment them into separate folders"
         )
+    _auto_config(args)  # the options are checked first, even when nothing is left to do
     todo = [f for f in images if args.overwrite or not outputs[f].exists()]
     if len(todo) < len(images):
         print(
@@ -321,7 +322,6 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
         )
     if not todo:
         return 0
-    _auto_config(args)  # the options are checked before the model loads
     segmenter, model_name = _load_segmenter(args)
     config = _auto_config(args, segmenter.img_size)
     made, failed = _made_by(args, model_name, config), 0
