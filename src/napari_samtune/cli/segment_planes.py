@@ -88,6 +88,11 @@ class Planes:
         from napari_samtune.core.images import plane_channel_axis, planes_first, to_sam_rgb
 
         self.pixels = image  # as read: its fingerprint goes into the labels' record
+        if np.issubdtype(image.dtype, np.inexact) and not np.isfinite(image).any():
+            raise ValueError(
+                f"{path} holds no finite pixel value (all NaN or infinite), so there is "
+                "nothing to segment; check how the file was exported"
+            )
         self.image, self.stacked, self.channels = image, args.stack, args.channels
         self.channel_axis = args.channel_axis
         self._to_rgb, self._first = to_sam_rgb, None
