@@ -322,7 +322,6 @@ def test_a_stack_with_its_channels_first_is_segmented_plane_by_plane(
     np.testing.assert_array_equal(from_czyx, tifffile.imread(tmp_path / "gray.tif"))  # channel 1
 
 
-
 def test_an_image_without_a_finite_pixel_is_refused(tmp_path, tiny_checkpoint, capsys):
     """An all-NaN export was "segmented" into "0 objects written", exit 0."""
     path = tmp_path / "nan.tif"
@@ -331,6 +330,7 @@ def test_an_image_without_a_finite_pixel_is_refused(tmp_path, tiny_checkpoint, c
     err = capsys.readouterr().err
     assert f"{path} holds no finite pixel value (all NaN or infinite)" in err
     assert not (tmp_path / "o.tif").exists()
+
 
 def test_stack_on_a_single_plane_is_refused(tmp_path, tiny_checkpoint, image_file, capsys):
     path, _ = image_file
