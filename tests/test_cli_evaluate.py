@@ -260,3 +260,12 @@ def test_a_model_given_twice_is_refused_before_any_evaluation(
     err = capsys.readouterr().err
     assert f"--model tiny.pth is given twice (as {str(model)!r} before)" in err
     assert evaluations == []  # it was evaluated twice, as tiny and tiny#2
+
+
+def test_row_names_tell_files_of_the_same_name_apart():
+    """run1/best.pth and run2/best.pth were rows 'best' and 'best#2': which run is which?"""
+    from napari_samtune.cli.evaluate import _unique_names
+
+    models = ["nano", "run1/best.pth", "run2/best.pth", "other/model.pth", "best.pt"]
+    assert _unique_names(models) == ["nano", "run1/best", "run2/best", "model", "best"]
+    assert _unique_names(["a/x/m.pth", "b/x/m.pth"]) == ["x/m", "x/m#2"]

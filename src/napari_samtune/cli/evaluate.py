@@ -93,10 +93,13 @@ def auto_config_for(img_size: int, args: argparse.Namespace) -> AutoSegmentConfi
 
 
 def _unique_names(models: list[str]) -> list[str]:
-    """Row names: the model argument, or a file's stem; repeated names get ``#2``, ``#3``."""
+    """Row names: the model argument, or a file's stem, with its folder where stems repeat
+    (``run1/best``, ``run2/best``); names still repeated get ``#2``, ``#3``."""
+    stems = [Path(model).stem if Path(model).suffix else model for model in models]
     names: list[str] = []
-    for model in models:
-        name = Path(model).stem if Path(model).suffix else model
+    for model, stem in zip(models, stems, strict=True):
+        folder = Path(model).parent.name if Path(model).suffix else ""
+        name = f"{folder}/{stem}" if folder and stems.count(stem) > 1 else stem
         candidate, n = name, 1
         while candidate in names:
             n += 1
