@@ -133,3 +133,17 @@ def test_an_output_under_a_file_is_refused_naming_the_option(tmp_path, checkpoin
     assert f"argument -o/--output: {str(output)!r} cannot be made: " in err
     assert f"{str(tmp_path / 'afile')!r} is a file; give a file in a folder you can write to" in err
     assert (tmp_path / "afile").read_text() == "keep me"
+
+
+def test_an_unwritable_models_folder_stops_only_an_export_that_registers(
+    tmp_path, checkpoint, capsys, monkeypatch
+):
+    """The models-folder check, meant for registration, refused every export."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("SAMTUNE_MODELS_DIR", str(blocker / "models"))
+    output = tmp_path / "model.pth"
+    assert cli.main(["export", str(checkpoint), "-o", str(output), "--register", "mine"]) == 2
+    assert "the user models folder" in capsys.readouterr().err and not output.exists()
+    assert cli.main(["export", str(checkpoint), "-o", str(output)]) == 0
+    build_sam(TINY).load_state_dict(torch.load(output, weights_only=True), strict=True)

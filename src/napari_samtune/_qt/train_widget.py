@@ -55,7 +55,7 @@ from napari_samtune._qt.workers import TaskRunner, on_removed, user_message
 from napari_samtune.core.checkpoints import check_output_folder
 from napari_samtune.core.presets import MachineResources, TrainConfig
 from napari_samtune.core.train import TrainingFinished, TrainingStarted
-from napari_samtune.core.train_export import check_model_name
+from napari_samtune.core.train_export import check_registration
 
 
 class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
@@ -261,7 +261,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
         try:
             if resume is None:
                 config = self.settings.build_config()
-                model_name = check_model_name(self.settings.model_name())
+                model_name = check_registration(self.settings.model_name())
                 check_output_folder(self.settings.output_folder(), "output folder")
                 out_dir, last = run_folder(self.settings.output_folder(), model_name), None
             else:

@@ -94,9 +94,9 @@ def _suggestion(checkpoint: Path) -> Path:
 
 def _export(checkpoint: Path, args: argparse.Namespace) -> int:
     from napari_samtune.core.train_checkpoints import export_model
-    from napari_samtune.core.train_export import check_model_name
+    from napari_samtune.core.train_export import check_registration
 
-    name = check_model_name(args.register)  # before writing the model file
+    name = check_registration(args.register) if args.register else None  # before writing
     exported, arch = export_model(checkpoint, args.output)
     print(f"exported the {arch.name} model of {checkpoint}: {exported}")
     if name:

@@ -251,9 +251,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from napari_samtune.core.train_export import check_model_name
+    from napari_samtune.core.train_export import check_registration
 
-    check_model_name(args.name)  # as training would, but before the data is read
+    check_registration(args.name)  # as training would, but before the data is read
     config, origin = make_config(args)
     if bool(args.val_images) != bool(args.val_labels):
         raise ValueError("give both --val-images and --val-labels, or neither")

@@ -58,11 +58,11 @@ def _name_taken(name: str) -> bool:
     return name in builtin or (user_models_dir() / f"{name}.json").exists()
 
 
-def check_model_name(name: str | None) -> str | None:
-    """Refuse, before training starts, a model name, or a user-models folder, that
-    registration would refuse at the end."""
+def check_registration(name: str | None) -> str | None:
+    """Refuse, before training starts, what registering its model at the end would refuse:
+    the user-models folder (it cannot be written) or the name (:func:`check_model_name`)."""
     from napari_samtune.core.checkpoints import folder_problem
-    from napari_samtune.core.registry import user_models_dir, validate_model_name
+    from napari_samtune.core.registry import user_models_dir
 
     folder = user_models_dir()
     problem = folder_problem(folder)
@@ -71,6 +71,13 @@ def check_model_name(name: str | None) -> str | None:
             f"the user models folder {str(folder)!r} {problem}, so the trained model could not "
             "be registered there; set SAMTUNE_MODELS_DIR to a folder you can write to"
         )
+    return check_model_name(name)
+
+
+def check_model_name(name: str | None) -> str | None:
+    """Refuse, before training starts, a model name that registration would refuse later."""
+    from napari_samtune.core.registry import validate_model_name
+
     if name is None:
         return None
     validate_model_name(name, "model_name")

@@ -49,7 +49,7 @@ from napari_samtune.core.train_events import (
 )
 from napari_samtune.core.train_export import (
     append_metrics,
-    check_model_name,
+    check_registration,
 )
 from napari_samtune.core.train_setup import (
     autocast,
@@ -91,7 +91,7 @@ class Trainer(TrainerFilesMixin):
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         self.out_dir, self.stop_event = check_output_folder(out_dir, "out_dir"), stop_event
-        self.model_name = check_model_name(model_name)
+        self.model_name = check_registration(model_name)
         self.train_images, self.val_images = self._prepare_data(config, train_data, val_data)
         device = resolve_device(config.device)
         self.dist = ddp.context_from_env(device.type)
