@@ -532,6 +532,12 @@ def test_a_folder_as_output_is_refused_before_any_work(
     assert segment(tiny_checkpoint, path, tmp_path / "labels.png", "--auto") == 2
     assert "does not end in .tif: labels are written as a TIFF" in capsys.readouterr().err
     assert path.read_bytes() == raw and not (tmp_path / "labels.png").exists()
+    new_folder = f"{tmp_path / 'new'}/"  # not made yet: named a folder, not "not a .tif"
+    assert segment(tiny_checkpoint, path, new_folder, "--auto") == 2
+    err = capsys.readouterr().err
+    assert f"-o {new_folder!r} names a folder, but one image is written to one labels" in err
+    assert f"e.g. {tmp_path / 'new' / 'image.labels.tif'} (a folder is for several" in err
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_point_grid_too_fine_to_compute_is_refused_before_any_work(

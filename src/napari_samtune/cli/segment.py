@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -78,7 +79,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "-o",
         "--output",
-        type=Path,
         required=True,
         metavar="LABELS.tif|FOLDER",
         help="labels file for one image; a folder for several (<image>.labels.tif each)",
@@ -207,11 +207,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    output_text, args.output = args.output, Path(args.output)
     files, batch = _inputs(args.image)
     if batch:
         return _run_batch(args, files)
     example = labels_file_name(files[0].stem)
-    check_output_file(args.output, example, hint=" (a folder is for several images)")
+    hint = " (a folder is for several images)"
+    if output_text.endswith(("/", os.sep)) and not args.output.is_dir():
+        raise ValueError(  # Path() drops the slash: it would be called "not a .tif" below
+            f"-o {output_text!r} names a folder, but one image is written to one labels "
+            f"file; give a file name, e.g. {args.output / example}{hint}"
+        )
+    check_output_file(args.output, example, hint=hint)
     _check_labels_name(args.output, files[0], example, args.overwrite)
     planes = Planes(read_image(files[0]), files[0], args)
     n_planes = planes.count if args.stack else None
