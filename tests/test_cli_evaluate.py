@@ -55,6 +55,19 @@ def test_evaluate_writes_one_row_per_model_with_all_metrics(tmp_path, annotated_
     printed = capsys.readouterr().out
     assert "| first |" in printed and "| second |" in printed
     assert "IoU after 0..2 clicks" in printed
+    earlier = (out / "evaluation.csv").read_bytes()
+    code = cli.main([
+        "evaluate", "--images", str(images), "--labels", str(labels), "--model", str(second),
+        "--out", str(out), "--clicks", "0", "--points-per-side", "4",
+    ])  # fmt: skip
+    assert code == 0  # a rerun into the same folder keeps the earlier results
+    assert (out / "evaluation.csv").read_bytes() == earlier
+    with open(out / "evaluation-2.csv") as file:
+        assert [r["model"] for r in csv.DictReader(file)] == ["second"]
+    assert (out / "evaluation-2.png").is_file()
+    assert f"wrote {out / 'evaluation-2.csv'} and {out / 'evaluation-2.png'}" in (
+        capsys.readouterr().out
+    )
 
 
 def test_evaluate_scores_a_perfect_segmenter_higher_than_random(tmp_path, annotated_folder):

@@ -57,7 +57,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Evaluate one or more SAM models on images with instance labels: box/point "
             "prompt IoU, IoU after corrective clicks, and automatic segmentation scores. "
-            "Writes evaluation.csv and evaluation.png to --out."
+            "Writes evaluation.csv and evaluation.png to --out (evaluation-2.csv, ... "
+            "where an earlier evaluation's files are there: none is replaced)."
         ),
     )
     parser.add_argument("--images", nargs="+", required=True, help="TIFF files, folder or glob")
@@ -106,6 +107,17 @@ def _unique_names(models: list[str]) -> list[str]:
             candidate = f"{name}#{n}"
         names.append(candidate)
     return names
+
+
+def _free_stem(out: Path, stem: str = "evaluation") -> str:
+    """``evaluation``, or where an earlier run's files are in ``out``, the first free
+    ``evaluation-2``, ``-3``, ...: a rerun (the same default ``--out``) never replaces
+    the results of the last."""
+    candidate, n = stem, 1
+    while any((out / f"{candidate}{suffix}").exists() for suffix in (".csv", ".png")):
+        n += 1
+        candidate = f"{stem}-{n}"
+    return candidate
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
@@ -237,7 +249,7 @@ def _run(args: argparse.Namespace) -> int:
                 loaded.sam, loaded.model_id, images, labels, auto, args.clicks,
                 args.max_objects, device, progress=lambda done, _: bar.update(done - bar.n),
             )  # fmt: skip
-    files = compare_models(results, args.out, "evaluation")
+    files = compare_models(results, args.out, _free_stem(args.out))
     print(format_table(results))
     print(f"iterative prompting (IoU after 0..{args.clicks} clicks):")
     for name, metrics in results.items():
