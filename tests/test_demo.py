@@ -26,3 +26,17 @@ def test_quick_demo_improves_held_out_box_iou(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| nano finetuned |" in printed and "preset:" in printed
     assert "learning_rate=0.0001" in printed  # the effective config is shown
+
+
+def test_a_new_demo_in_the_same_folder_replaces_neither_run_nor_comparison(tmp_path):
+    from napari_samtune.core.demo import _new_run_names
+
+    assert _new_run_names(tmp_path) == (tmp_path / "finetune", "comparison")
+    (tmp_path / "finetune").mkdir()  # an earlier demo's run ...
+    assert _new_run_names(tmp_path) == (tmp_path / "finetune-2", "comparison-2")
+    (tmp_path / "finetune").rmdir()
+    (tmp_path / "comparison.csv").write_text("model\n")  # ... or its comparison alone
+    assert _new_run_names(tmp_path) == (tmp_path / "finetune-2", "comparison-2")
+    (tmp_path / "finetune-2").mkdir()
+    (tmp_path / "comparison-3.png").write_bytes(b"")
+    assert _new_run_names(tmp_path) == (tmp_path / "finetune-4", "comparison-4")

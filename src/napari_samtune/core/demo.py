@@ -205,13 +205,17 @@ def finetune_config(config: DemoConfig) -> tuple[TrainConfig, str]:
     return config_from_preset(preset, config.model, **overrides), reason
 
 
-def _new_run_dir(out_dir: Path) -> Path:
-    """``out_dir / "finetune"``, or ``finetune-2``, ... when an earlier demo left one there."""
-    run_dir, n = out_dir / "finetune", 1
-    while run_dir.exists():
+def _new_run_names(out_dir: Path) -> tuple[Path, str]:
+    """The finetuning run folder and the comparison files' stem of a new demo in ``out_dir``:
+    ``finetune`` and ``comparison``, or ``finetune-2`` and ``comparison-2``, ... where an
+    earlier demo left its run or its comparison there: neither is replaced."""
+    n = 1
+    while True:
+        tag = "" if n == 1 else f"-{n}"
+        taken = (f"finetune{tag}", f"comparison{tag}.csv", f"comparison{tag}.png")
+        if not any((out_dir / name).exists() for name in taken):
+            return out_dir / f"finetune{tag}", f"comparison{tag}"
         n += 1
-        run_dir = out_dir / f"finetune-{n}"
-    return run_dir
 
 
 def _finetune(
@@ -259,7 +263,8 @@ def run_demo(
     """Run the demo (see module docstring), logging progress through ``log``.
 
     Writes to ``out_dir``: ``data/{train,test}/image_NNN[_labels].tif``, the
-    finetuning run folder ``finetune/``, ``comparison.csv`` and ``comparison.png``.
+    finetuning run folder ``finetune/``, ``comparison.csv`` and ``comparison.png``
+    (``finetune-2/``, ``comparison-2.csv``, ... where an earlier demo's are there).
     """
     from dataclasses import asdict
 
@@ -279,7 +284,8 @@ def run_demo(
     log(f"preset: {reason}")
     log(f"finetuning {config.model!r} on {len(train_pairs)} images with: {train_config}")
     tune_start = time.perf_counter()
-    finished = _finetune(train_config, train_pairs, _new_run_dir(out_dir), stop_event, log)
+    run_dir, comparison = _new_run_names(out_dir)
+    finished = _finetune(train_config, train_pairs, run_dir, stop_event, log)
     finetune_seconds = time.perf_counter() - tune_start
     if finished.exported_model_path is None:  # stopped before its first step
         raise RuntimeError(f"demo stopped: {finished.outcome_message()}")
@@ -287,7 +293,7 @@ def run_demo(
     log("evaluating the finetuned model on the held-out images ...")
     after = _evaluate(tuned, test_pairs, config, train_config.device)
     names = (config.model, f"{config.model} finetuned")
-    files = compare_models({names[0]: before, names[1]: after}, out_dir, "comparison")
+    files = compare_models({names[0]: before, names[1]: after}, out_dir, comparison)
     return DemoResult(
         before=before, after=after, train_config=asdict(train_config), preset_reason=reason,
         finetune_seconds=finetune_seconds, total_seconds=time.perf_counter() - start,
