@@ -10,6 +10,7 @@ import tifffile
 
 from napari_samtune.core.data import load_pairs
 from napari_samtune.core.label_files import image_fingerprint, match_files, pair_files, read_tiff
+from napari_samtune.core.synthetic import make_dataset
 
 
 def _write(folder, name, array):
@@ -45,6 +46,20 @@ def test_names_pair_as_the_annotation_widget_writes_them(tmp_path):
         ("cell_3.tif", "cell_3_mask.tif"),
         ("plate#2 (a).tif", "plate_2_a.labels.tif"),
     ]
+
+
+def test_two_images_of_one_pairing_name_are_refused_not_given_one_label_file(tmp_path):
+    """cell 1.tif and cell_1.tif pair by the same name: training one on the other's labels
+    (same size, so no later check notices) would be silently wrong."""
+    (first, _), (second, second_labels) = make_dataset(2, shape=(32, 32), seed=4)
+    _write(tmp_path / "images", "cell 1.tif", first)
+    _write(tmp_path / "images", "cell_1.tif", second)
+    _write(tmp_path / "labels", "cell_1_mask.tif", second_labels)
+    with pytest.raises(ValueError, match="cell 1.tif' and .*cell_1.tif' both pair with label"):
+        match_files(tmp_path / "images", tmp_path / "labels")
+    (tmp_path / "images" / "cell_1.tif").rename(tmp_path / "images" / "Cell 1.TIFF")
+    with pytest.raises(ValueError, match="both pair with label file 'cell_1_mask.tif'"):
+        load_pairs(tmp_path / "images", tmp_path / "labels")
 
 
 def test_one_image_and_one_label_file_pair_whatever_their_names(tiff_folders):

@@ -188,8 +188,9 @@ def match_files(
     Images and labels may share a folder (``--images F --labels F``): a file named by both
     counts as labels if its name ends with a label suffix, else as an image. One image file
     and one label file pair whatever their names. Raises ``ValueError`` when no file pairs,
-    or when two label files pair with the same image (but for autosaves of namesakes: see
-    :attr:`FileMatch.namesakes`); with ``strict``, also listing every file without a partner.
+    or when two label files pair with the same image or two images with the same label file
+    (but for autosaves of namesakes: see :attr:`FileMatch.namesakes`); with ``strict``, also
+    listing every file without a partner.
     """
     image_files, label_files = _split_shared(
         expand_paths(images, "images"), expand_paths(labels, "labels")
@@ -204,6 +205,7 @@ def match_files(
         for f, labels in pairs
         if len(by_key[keys[f]]) > 1 or _is_namesake(labels)  # a namesake's is checked alone too
     }
+    _check_one_image_per_label_file(pairs, namesakes)
     used = {f for image, _ in pairs for f in (image, *by_key[keys[image]])}
     match = FileMatch(
         pairs,
@@ -230,6 +232,26 @@ def _group_labels(label_files: list[Path]) -> dict[str, list[Path]]:
             )
         files.sort(key=_is_namesake)
     return by_key
+
+
+def _check_one_image_per_label_file(
+    pairs: list[tuple[Path, Path]], namesakes: dict[Path, tuple[Path, ...]]
+) -> None:
+    """Refuse two images whose names compare equal (``cell 1.tif`` and ``cell_1.tif``,
+    ``a.tif`` and ``A.tiff``): both would train on the one label file. Images with autosaves
+    of namesakes are left to the pixels (:func:`choose_namesake`)."""
+    first_image: dict[Path, Path] = {}
+    for image, labels in pairs:
+        if image in namesakes:
+            continue
+        other = first_image.setdefault(labels, image)
+        if other != image:
+            raise ValueError(
+                f"images {str(other)!r} and {str(image)!r} both pair with label file "
+                f"{labels.name!r}, as names are compared ignoring case and extension, with "
+                "spaces and symbols read as '_'; rename one image (and its label file), or "
+                "move it to another folder"
+            )
 
 
 def _is_namesake(path: Path) -> bool:
