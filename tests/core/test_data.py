@@ -272,6 +272,17 @@ def test_in_memory_pairs_are_normalised_like_inference():
         as_pairs([3])
 
 
+def test_in_memory_stacks_give_one_pair_per_annotated_plane_as_files_do():
+    """A (Z, H, W) stack and its labels stack passed as arrays train as the same file would,
+    not refused as an image of ambiguous channels."""
+    (image, labels), (image2, labels2), _ = make_dataset(3, shape=(48, 40), seed=3)
+    stack, labels_stack = np.stack([image, image2, image]), np.stack([labels, 0 * labels, labels2])
+    pairs = as_pairs([(stack, labels_stack)])
+    assert [p.name for p in pairs] == ["pair 0 plane 0", "pair 0 plane 2"]
+    assert np.array_equal(pairs[1].image, image) and np.array_equal(pairs[1].labels, labels2)
+    assert [prepare_pair(p).labels.max() for p in pairs] == [labels.max(), labels2.max()]
+
+
 def test_one_pair_not_in_a_list_is_told_how_to_pass_it():
     image, labels = make_image((32, 40), seed=2)
     for one in [(image, labels), [image, labels]]:

@@ -181,7 +181,9 @@ def foreign_labels_message(names: Sequence[str]) -> str:
 def as_pairs(
     data: Sequence[ImageLabelPair | tuple[np.ndarray, np.ndarray]],
 ) -> list[ImageLabelPair]:
-    """Accept pairs as :class:`ImageLabelPair` or plain ``(image, labels)`` tuples."""
+    """Accept pairs as :class:`ImageLabelPair` or plain ``(image, labels)`` tuples; a tuple
+    of stacks, ``(planes, H, W[, C])`` and ``(planes, H, W)`` labels, gives one pair per
+    annotated plane, as a stack read from files does (:func:`split_planes`)."""
     if isinstance(data, ImageLabelPair) or not isinstance(data, Sequence) or not len(data):
         one = "; to train on one pair, pass [pair]" if isinstance(data, ImageLabelPair) else ""
         raise ValueError(
@@ -194,7 +196,7 @@ def as_pairs(
         if isinstance(item, ImageLabelPair):
             pairs.append(item)
         elif isinstance(item, (tuple, list)) and len(item) == 2:
-            pairs.append(ImageLabelPair(np.asarray(item[0]), np.asarray(item[1]), f"pair {i}"))
+            pairs += split_planes(np.asarray(item[0]), np.asarray(item[1]), f"pair {i}")
         else:
             one = len(data) == 2 and all(isinstance(part, np.ndarray) for part in data)
             hint = "; to train on one pair, pass [(image, labels)]" if one else ""
