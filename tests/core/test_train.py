@@ -18,6 +18,7 @@ from napari_samtune.core.checkpoints import CHECKPOINT_FORMAT
 from napari_samtune.core.data import ImageLabelPair
 from napari_samtune.core.losses import dice_loss, mask_iou, sam_loss
 from napari_samtune.core.model_source import load_base_model
+from napari_samtune.core.models import load_model
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.synthetic import SyntheticStyle, make_dataset
 from napari_samtune.core.train import (
@@ -329,6 +330,8 @@ def test_trainable_only_checkpoints_hold_the_trained_weights(tmp_path, data):
         exported["image_encoder.patch_embed.proj.weight"],
         base.state_dict()["image_encoder.patch_embed.proj.weight"],
     )
+    with pytest.raises(ValueError, match=r"best.pt is a training checkpoint with only the wei"):
+        load_model(finished.best_checkpoint_path)  # not: "pass the architecture"
 
 
 def test_early_stopping_ends_a_run_that_does_not_improve(tmp_path, data):

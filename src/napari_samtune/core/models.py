@@ -79,6 +79,13 @@ def _unwrap_checkpoint(obj: object, path: Path) -> tuple[object, SamArchitecture
             architecture = SamArchitecture.from_dict(obj["architecture"])
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{path} has a broken 'architecture' entry: {err}") from None
+        if obj.get("model_state_complete") is False:  # checkpoint_trainable_only
+            raise ValueError(
+                f"{path} is a training checkpoint with only the weights the run trained "
+                "(checkpoint_trainable_only=True), not a whole model; load the run's model.pth, "
+                "or write one with napari_samtune.core.train_checkpoints.export_model(checkpoint, "
+                "out_path)"
+            )
         return obj.get("model_state"), architecture
     for key in ("model_state", "model", "state_dict"):
         if isinstance(obj.get(key), dict):
