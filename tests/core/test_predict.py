@@ -308,6 +308,7 @@ def test_boxes_reaching_past_the_image_are_clipped(sensitive_sam, image):
         ({"box_xyxy": [300, 10, 400, 80]}, "outside the image"),
         ({"box_xyxy": [[1, 2, 3, 4], [1, 2, 3, 4]]}, r"one XYXY box of shape \(4,\)"),
         ({}, "needs a prompt"),
+        ({"box_xyxy": [10, 10, 80, 80], "point_labels": [0]}, "given without points_xy"),
         ({"points_xy": [[10.0, 10.0]], "mask_input": np.zeros((256, 256))}, r"\(1, 64, 64\)"),
     ],
 )

@@ -96,7 +96,7 @@ class Segmenter(ViewPredictor):
         """
         shape = self.image_shape
         points = None if points_xy is None else check_points(points_xy, shape)
-        labels = None if points is None else check_point_labels(point_labels, len(points))
+        labels = check_point_labels(point_labels, None if points is None else len(points))
         box = None if box_xyxy is None else check_boxes(box_xyxy, shape, "box_xyxy", single=True)
         if points is None and box is None:
             raise ValueError("predict needs a prompt: pass points_xy and/or box_xyxy")

@@ -56,8 +56,16 @@ def check_points(
     return points
 
 
-def check_point_labels(point_labels: object, n_points: int) -> np.ndarray:
-    """Return int64 (N,) labels (1 positive, 0 negative); None means all positive."""
+def check_point_labels(point_labels: object, n_points: int | None) -> np.ndarray | None:
+    """Return int64 (N,) labels (1 positive, 0 negative); None means all positive. Without
+    points (``n_points`` None) there is nothing to label: None, and labels are refused."""
+    if n_points is None:
+        if point_labels is not None:
+            raise ValueError(
+                f"point_labels={point_labels!r} was given without points_xy; pass the points "
+                "they label as points_xy ((x, y) = (column, row)), or leave point_labels out"
+            )
+        return None
     if point_labels is None:
         return np.ones(n_points, dtype=np.int64)
     labels = _as_float_array(point_labels, "point_labels").reshape(-1)
