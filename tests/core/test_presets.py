@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -107,6 +108,14 @@ def test_config_from_preset_applies_the_table_and_overrides():
     assert config_from_preset("CPU-16GB", "random:vit_t") == config  # a key or name will do
     with pytest.raises(ValueError, match="unknown preset 'cpu-3gb'"):
         config_from_preset("cpu-3gb", "random:vit_t")
+    with pytest.raises(TypeError, match=r"preset=None; pass a preset key such as 'cpu-16gb'"):
+        config_from_preset(None, "random:vit_t")  # it was an AttributeError from deep inside
+    # an architecture by name, as load_model takes it (it was an AttributeError too)
+    assert config_from_preset("cpu-16gb", "weights.pth", architecture="vit_t") == replace(
+        config, model="weights.pth"
+    )
+    with pytest.raises(ValueError, match=r"architecture='vit_q'; choose one of \["):
+        config_from_preset("cpu-16gb", "weights.pth", architecture="vit_q")
 
 
 def test_auto_preset_is_what_detection_picks_here():

@@ -143,6 +143,21 @@ ARCHITECTURES: dict[str, SamArchitecture] = {
 }
 
 
+def as_architecture(value: SamArchitecture | str) -> SamArchitecture:
+    """``value`` itself, or the architecture it names (a key of :data:`ARCHITECTURES`);
+    ``ValueError`` for an unknown name, ``TypeError`` for anything else."""
+    if isinstance(value, SamArchitecture):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(f"architecture={value!r} must be a SamArchitecture or its name")
+    if value not in ARCHITECTURES:
+        raise ValueError(
+            f"architecture={value!r}; choose one of {sorted(ARCHITECTURES)!r} "
+            "or pass a SamArchitecture"
+        )
+    return ARCHITECTURES[value]
+
+
 def _build_image_encoder(arch: SamArchitecture) -> torch.nn.Module:
     if arch.encoder == "tiny_vit":
         with warnings.catch_warnings():  # mobile_sam re-registers timm models, loudly

@@ -29,8 +29,8 @@ from segment_anything.modeling import Sam
 
 from napari_samtune.core import registry
 from napari_samtune.core.architectures import (
-    ARCHITECTURES,
     SamArchitecture,
+    as_architecture,
     build_sam,
     infer_architecture,
 )
@@ -207,17 +207,8 @@ def _pick_architecture(
     state: dict[str, torch.Tensor],
     path: Path,
 ) -> SamArchitecture:
-    if isinstance(override, str):
-        if override not in ARCHITECTURES:
-            raise ValueError(
-                f"architecture={override!r}; choose one of {sorted(ARCHITECTURES)!r} "
-                "or pass a SamArchitecture"
-            )
-        return ARCHITECTURES[override]
     if override is not None:
-        if not isinstance(override, SamArchitecture):
-            raise TypeError(f"architecture={override!r} must be a SamArchitecture or its name")
-        return override
+        return as_architecture(override)
     if stored is not None:
         return stored
     if spec is not None:

@@ -27,7 +27,7 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Literal
 
-from napari_samtune.core.architectures import ARCHITECTURES, SamArchitecture
+from napari_samtune.core.architectures import ARCHITECTURES, SamArchitecture, as_architecture
 from napari_samtune.core.config_checks import check_lora_rank, check_train_config
 
 # GPU / RAM sizes are nominal ("32 GB") while machines report a little less (31.7 GiB).
@@ -276,7 +276,7 @@ def resolve_preset(key: str) -> tuple[ResourcePreset, str]:
 def config_from_preset(
     preset: ResourcePreset | str,
     model: str,
-    architecture: SamArchitecture | None = None,
+    architecture: SamArchitecture | str | None = None,
     check: bool = True,
     **overrides,
 ) -> TrainConfig:
@@ -285,16 +285,23 @@ def config_from_preset(
     Args:
         preset: a resource preset, or its key or name, or "auto" (see :func:`resolve_preset`).
         model: what to finetune (see ``TrainConfig.model``).
-        architecture: the model's architecture; looked up from ``model`` when None.
+        architecture: the model's architecture, or its name ("vit_b"); looked up from
+            ``model`` when None.
         check: refuse (``ValueError``) overrides the preset cannot fit.
         overrides: ``TrainConfig`` fields to change.
     """
     if isinstance(preset, str):
         preset = resolve_preset(preset)[0]
+    if not isinstance(preset, ResourcePreset):
+        raise TypeError(
+            f"preset={preset!r}; pass a preset key such as 'cpu-16gb' (see PRESETS), 'auto' "
+            "for this machine's, or a ResourcePreset"
+        )
     if architecture is None:
         from napari_samtune.core.model_source import architecture_of
 
         architecture = architecture_of(model)
+    architecture = as_architecture(architecture)
     setting = preset.setting_for(architecture)
     base = TrainConfig(
         model=model,
