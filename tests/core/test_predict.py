@@ -331,6 +331,8 @@ def test_non_numeric_prompts_raise_type_errors(tiny_sam, image):
     segmenter.set_image(image)
     with pytest.raises(TypeError, match="points_xy=.*is not numeric"):
         segmenter.predict(points_xy=[["a", "b"]])
+    with pytest.raises(TypeError, match=r"multimask='no'; pass True, False or None"):
+        segmenter.predict(points_xy=[[150, 100]], multimask="no")  # it was taken as True
 
 
 def test_prompting_before_an_image_is_set_says_what_to_do(tiny_sam):

@@ -102,6 +102,10 @@ class Segmenter(ViewPredictor):
             raise ValueError("predict needs a prompt: pass points_xy and/or box_xyxy")
         if multimask is None:
             multimask = box is None and points is not None and len(points) == 1
+        elif not isinstance(multimask, (bool, np.bool_)):  # "no" would be read as True
+            raise TypeError(
+                f"multimask={multimask!r}; pass True, False or None (SAM's choice per prompt)"
+            )
         corners = [c for c in (points, None if box is None else box.reshape(2, 2)) if c is not None]
         view = self.grid.choose_tile(np.concatenate(corners))
         low, iou = self.decode(
