@@ -333,6 +333,9 @@ def test_compare_models_errors(tmp_path):
         compare_models({"a": 0.5}, tmp_path)
     with pytest.raises(TypeError, match="non-numeric"):
         compare_models({"a": {"msa": "high"}}, tmp_path)
+    for name in ("a/b", "..", ""):  # "a/b" wrote a/b.csv in a folder of its own
+        with pytest.raises(ValueError, match=f"name={name!r} is not a file name stem"):
+            compare_models({"a": {"msa": 0.5}}, tmp_path, name)
     assert not list(tmp_path.iterdir())  # nothing written on error
 
 

@@ -376,6 +376,11 @@ def compare_models(
             file there is refused with ``ValueError``).
         name: file name stem.
     """
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+        raise ValueError(
+            f"name={name!r} is not a file name stem; give one such as 'comparison' (the "
+            "files are written to output_dir)"
+        )
     output_dir = _check_output_dir(output_dir)
     if not results:
         raise ValueError("results is empty; pass {model name: metrics} for at least one model")
