@@ -189,6 +189,28 @@ def test_automatic_segmentation_fills_the_annotations_and_undoes_at_once(
     assert not widget.session.annotations.any()
 
 
+def test_automatic_segmentation_tells_what_it_found(viewer_widget, run_job, notifications):
+    """The status line goes with the job: a run that kept no object, or whose objects all
+    lay on committed ones, changed nothing and said nothing."""
+    _, widget = viewer_widget
+    widget.ui.points_per_side_spin.setValue(8)
+    widget.ui.iou_spin.setValue(0.0)  # a random model's scores are meaningless
+    widget.ui.stability_spin.setValue(0.0)
+    widget.ui.min_area_spin.setValue(100_000)  # more pixels than the image has
+    run_job(widget, widget.segment_automatically, AUTO_TASK)
+    assert not widget.session.annotations.any()
+    assert any("found no objects: lower 'min predicted IoU'" in n for n in notifications)
+    widget.ui.min_area_spin.setValue(0)
+    run_job(widget, widget.segment_automatically, AUTO_TASK)
+    n_objects = len(np.unique(widget.session.annotations)) - 1
+    assert n_objects >= 1
+    assert f"automatic segmentation added {n_objects} objects" in notifications
+    widget.session.annotations[...] = 1  # everything annotated already
+    run_job(widget, widget.segment_automatically, AUTO_TASK)
+    assert notifications[-1].startswith(f"automatic segmentation added 0 of the {n_objects}")
+    assert "tick overwrite" in notifications[-1]
+
+
 def test_automatic_settings_follow_the_model_unless_changed(make_napari_viewer):
     """A nano-sized model keeps no object with SAM's thresholds: its own defaults show."""
     widget = AnnotateWidget(make_napari_viewer())

@@ -17,7 +17,7 @@ from qtpy.QtWidgets import QFileDialog
 
 from napari_samtune._qt import annotate_jobs as jobs
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, PROPAGATE_TASK, SAVE_TASK
-from napari_samtune._qt.annotate_session import commit_note
+from napari_samtune._qt.annotate_session import automatic_note, commit_note
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, SCOPE_STACK
 from napari_samtune._qt.prompt_layers import PlanePrompts
 from napari_samtune._qt.propagate import PropagationConfig, prompts_from_mask
@@ -180,14 +180,19 @@ class AnnotateActionsMixin:
         planes = list(range(axes.n_planes)) if whole_stack else [self.current_plane]
         session, group = self.session, self.session.begin_group()
         overwrite, model_name = self.ui.overwrite_check.isChecked(), self.model_name
+        counts: list[tuple[int, int]] = []  # per plane written: (objects found, objects added)
 
         def write(result) -> None:  # by the model that started, also if another is chosen
             objects = {result.plane: result.labels}
             ids = session.add_labels(objects, overwrite, "automatic", model_name, group)
+            counts.append((len(np.unique(result.labels[result.labels > 0])), len(ids)))
             self.ui.status_label.setText(f"automatic: {len(ids)} objects")
 
         def done() -> None:
             session.end_group(group)
+            if counts:  # the status line is gone with the job: a zero would go unseen
+                found, added = np.sum(counts, axis=0)
+                show_info(automatic_note(int(found), int(added), overwrite))
             self._autosave()
 
         return self._start_segmenter_job(

@@ -206,3 +206,19 @@ def commit_note(planes: list[int | None], in_view: int | None, one_object: bool)
     if in_view not in planes:
         return f"committed the preview on {where}, not on the plane in view ({in_view})"
     return ""
+
+
+def automatic_note(found: int, added: int, overwrite: bool) -> str:
+    """What automatic segmentation did: ``found`` objects, of which ``added`` got pixels
+    (without ``overwrite`` an object covered by existing ones gets none)."""
+    if found == 0:
+        return (
+            "automatic segmentation found no objects: lower 'min predicted IoU', 'min "
+            "stability' or 'min area' and run it again"
+        )
+    if added == found:
+        return f"automatic segmentation added {added} objects"
+    return (
+        f"automatic segmentation added {added} of the {found} objects it found; the others "
+        "lie on existing objects" + ("" if overwrite else " (tick overwrite to replace them)")
+    )
