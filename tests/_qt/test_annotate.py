@@ -16,6 +16,7 @@ import pytest
 import tifffile
 import torch
 from napari.utils.key_bindings import KeymapHandler
+from qtpy.QtCore import Qt
 from qtpy.QtGui import QCloseEvent
 from qtpy.QtWidgets import QApplication
 
@@ -296,6 +297,36 @@ def test_annotations_come_back_in_a_new_viewer(
     assert restored.load_annotations(wrong) is None  # wrong shape: refused, nothing changes
     np.testing.assert_array_equal(restored.session.annotations, committed)
     assert any("needs (256, 256)" in str(n.message) for n in notifications)
+
+
+def test_a_folder_chosen_after_the_image_gives_back_its_annotations_not_overwrites_them(
+    viewer_widget, make_napari_viewer, qtbot, tmp_path, nuclei_image, notifications, drain_jobs
+):
+    """The widget takes the first image as it opens, saving to the default folder; the next
+    autosave after pointing it at a project folder wrote over the image's annotations there."""
+    _, widget = viewer_widget
+    project = tmp_path / "project"
+    widget.ui.folder_edit.setText(str(project))
+    widget.session.layers.points.add([128, 128])
+    assert widget.commit() == [1]
+    drain_jobs(widget)
+    earlier = tifffile.imread(project / "nuclei.labels.tif")
+    other = make_napari_viewer()
+    other.add_image(nuclei_image[0], name="nuclei")
+    later = AnnotateWidget(other)  # on the default folder: nothing to restore
+    assert not later.session.annotations.any()
+    later.ui.folder_edit.clear()
+    qtbot.keyClicks(later.ui.folder_edit, str(project))  # typed, then Enter
+    qtbot.keyClick(later.ui.folder_edit, Qt.Key.Key_Return)
+    np.testing.assert_array_equal(later.session.annotations, earlier)
+    assert later.session.records[0]["ids"] == [1]
+    assert any(f"restored 1 saved objects from {project}" in n for n in notifications)
+    later.ui.folder_edit.setText(str(tmp_path / "elsewhere"))
+    later.session.layers.annotations.data[:5, :5] = 2  # a brush stroke, saved elsewhere
+    later.ui.folder_edit.clear()
+    qtbot.keyClicks(later.ui.folder_edit, str(project))
+    qtbot.keyClick(later.ui.folder_edit, Qt.Key.Key_Return)
+    assert "the next save replaces them" in notifications[-1]
 
 
 def test_an_image_of_the_same_name_saves_beside_the_other_never_over_it(

@@ -90,6 +90,7 @@ class AnnotateWidget(AnnotateImageMixin, AnnotateEmbeddingMixin, AnnotateActions
         ui.propagate_button.clicked.connect(self.propagate)
         ui.auto_button.clicked.connect(self.segment_automatically)
         ui.folder_button.clicked.connect(self._choose_folder)
+        ui.folder_edit.editingFinished.connect(self._on_folder_edited)
         ui.save_button.clicked.connect(self.save_annotations)
         ui.load_file_button.clicked.connect(lambda: self.load_annotations())
 

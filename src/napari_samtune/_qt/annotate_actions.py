@@ -217,8 +217,32 @@ class AnnotateActionsMixin:
         folder = QFileDialog.getExistingDirectory(
             self, "Annotation folder", self.ui.folder_edit.text()
         )
-        if folder:
+        if folder and Path(folder) != self.annotation_folder():
             self.ui.folder_edit.setText(folder)
+            self._use_folder()
+
+    def _on_folder_edited(self) -> None:
+        if self.ui.folder_edit.isModified():  # typed, not only left (editingFinished)
+            self.ui.folder_edit.setModified(False)
+            self._use_folder()
+
+    def _use_folder(self) -> None:
+        """Another folder: this image's annotations saved there come back, as when the image
+        is first annotated, rather than the next autosave writing over them; annotations
+        made already stay, and the user is told what the next save replaces."""
+        if self.session is None:
+            return
+        if not self.session.annotations.any():
+            self._restore_autosave()
+            return
+        folder = self.annotation_folder()
+        labels_path, _ = annotation_paths(folder, self.session.file_name(folder))
+        if labels_path.is_file():
+            show_warning(
+                f"{labels_path} holds saved annotations of {self.session.image_layer.name!r}; "
+                f"the next save replaces them with layer {self.session.layers.annotations.name!r}"
+                ". To go on with the saved ones instead, use 'Load annotations…'"
+            )
 
     def _restore_autosave(self, labels: bool = True) -> None:
         """Load this image's autosave: the labels and their object records, or (``labels``
