@@ -134,3 +134,18 @@ def test_layers_removed_together_attach_no_image_on_the_way(viewer_widget, qtbot
     assert widget.session.image_layer.name == "third"
     assert widget.ui.image_combo.currentText() == "third"
     assert all(name.startswith("third") for name in inserted)
+
+
+def test_removing_the_image_says_what_happens_next(
+    viewer_widget, qtbot, nuclei_image, notifications
+):
+    """It said 'pick the image again to go on', which a removed image cannot be."""
+    viewer, widget = viewer_widget
+    viewer.add_image(nuclei_image[0][::-1].copy(), name="second")
+    viewer.layers.remove("nuclei")
+    qtbot.waitUntil(lambda: widget.session is not None, timeout=WAIT_MS)
+    assert widget.session.image_layer.name == "second"
+    assert "nuclei annotations" in viewer.layers
+    removed = [n for n in notifications if "'nuclei' was removed" in n]
+    assert len(removed) == 1 and "pick the image again" not in removed[0]
+    assert "goes on with the image chosen under Image" in removed[0]

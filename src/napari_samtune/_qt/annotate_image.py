@@ -71,9 +71,14 @@ class AnnotateImageMixin:
         layer.events.name.disconnect(self._refresh_image_choices)
         if self._removing_own_layers:
             return
-        if self.session is not None and (
-            layer == self.session.image_layer or layer in self.session.layers.layers
-        ):
+        session = self.session
+        if session is not None and layer == session.image_layer:  # it cannot be picked again
+            self._detach()
+            show_info(
+                f"image {layer.name!r} was removed (the layers of its prompts and annotations "
+                "stay): the widget goes on with the image chosen under Image, if any"
+            )
+        elif session is not None and layer in session.layers.layers:
             self._detach()
             show_info(f"layer {layer.name!r} was removed: pick the image again to go on")
         self._refresh_image_choices(attach_now=False)  # once those removed with it are gone
