@@ -15,10 +15,13 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _isolated_user_dirs(tmp_path_factory, monkeypatch):
-    """Every test gets its own cache and user-models folders: nothing leaks between tests."""
+    """Every test gets its own cache, user-models and annotations folders: nothing leaks
+    between tests, nor in from the settings of the user who runs them."""
     root = tmp_path_factory.mktemp("samtune_home")
     monkeypatch.setenv("SAMTUNE_CACHE_DIR", str(root / "cache"))
     monkeypatch.setenv("SAMTUNE_MODELS_DIR", str(root / "models"))
+    monkeypatch.delenv("SAMTUNE_ANNOTATIONS_DIR", raising=False)  # next to models, then
+    monkeypatch.delenv("SAMTUNE_EMBEDDING_CACHE_GB", raising=False)
     yield
 
 

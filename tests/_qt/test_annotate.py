@@ -205,7 +205,8 @@ def test_automatic_segmentation_tells_what_it_found(viewer_widget, run_job, noti
     run_job(widget, widget.segment_automatically, AUTO_TASK)
     n_objects = len(np.unique(widget.session.annotations)) - 1
     assert n_objects >= 1
-    assert f"automatic segmentation added {n_objects} objects" in notifications
+    plural = "" if n_objects == 1 else "s"
+    assert f"automatic segmentation added {n_objects} object{plural}" in notifications
     widget.session.annotations[...] = 1  # everything annotated already
     run_job(widget, widget.segment_automatically, AUTO_TASK)
     assert notifications[-1].startswith(f"automatic segmentation added 0 of the {n_objects}")

@@ -217,7 +217,7 @@ def automatic_note(found: int, added: int, overwrite: bool) -> str:
             "stability' or 'min area' and run it again"
         )
     if added == found:
-        return f"automatic segmentation added {added} objects"
+        return f"automatic segmentation added {added} object{'' if added == 1 else 's'}"
     return (
         f"automatic segmentation added {added} of the {found} objects it found; the others "
         "lie on existing objects" + ("" if overwrite else " (tick overwrite to replace them)")
