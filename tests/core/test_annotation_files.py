@@ -110,3 +110,22 @@ def test_loading_checks_the_files(tmp_path):
     with pytest.raises(ValueError, match="integer"):
         save_annotations(tmp_path, "x", np.zeros((4, 4), dtype=np.float32), {})
     assert safe_stem("...") == "image"
+
+
+def test_ids_beyond_uint32_are_renumbered_on_loading_and_refused_on_saving(tmp_path):
+    """They wrapped: 2**32 + 5 became 5, and 2**40 became 0, an object lost as background."""
+    foreign = np.zeros((2, 6, 6), dtype=np.int64)  # labels of another tool, as int64
+    foreign[0, :2] = 2**40
+    foreign[1, 3:] = 2**32 + 5
+    foreign[1, :2] = 5
+    path = tmp_path / "foreign.labels.tif"
+    tifffile.imwrite(path, foreign)
+    labels, _ = load_annotations(path)
+    assert labels.dtype == np.uint32
+    np.testing.assert_array_equal(labels, np.searchsorted([0, 5, 2**32 + 5, 2**40], foreign))
+    tifffile.imwrite(path, foreign + 2**33)  # no background at all: every id stays an object
+    labels, _ = load_annotations(path)
+    np.testing.assert_array_equal(labels, np.searchsorted([0, 5, 2**32 + 5, 2**40], foreign) + 1)
+    with pytest.raises(ValueError, match=r"ids up to 1099511627776, beyond the 4294967295"):
+        save_annotations(tmp_path, "big", foreign, {})
+    assert not annotation_paths(tmp_path, "big")[0].exists()

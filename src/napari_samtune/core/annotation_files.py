@@ -46,6 +46,7 @@ from napari_samtune.core.registry import user_models_dir
 FORMAT = "napari-samtune-annotations"
 FORMAT_VERSION = 1
 ANNOTATIONS_ENV = "SAMTUNE_ANNOTATIONS_DIR"
+MAX_ID = int(np.iinfo(np.uint32).max)  # labels files are uint32
 
 
 def default_annotation_folder() -> Path:
@@ -122,6 +123,12 @@ def write_annotations(
         "shape": list(labels.shape),
         **record,
     }
+    if labels.size and labels.max() > MAX_ID:  # uint32 would wrap them onto other ids
+        raise ValueError(
+            f"labels hold ids up to {int(labels.max())}, beyond the {MAX_ID} a labels file "
+            "keeps; renumber the objects 1, 2, ... (e.g. skimage.segmentation."
+            "relabel_sequential) before saving"
+        )
     text = json.dumps(document, indent=1)  # first: a record that cannot be saved changes nothing
     data = labels.astype(np.uint32, copy=False)
     atomic_write(labels_path, lambda tmp: tifffile.imwrite(tmp, data, compression="zlib"))
@@ -133,7 +140,8 @@ def load_annotations(labels_path: str | Path) -> tuple[np.ndarray, dict]:
     """Read a labels TIFF (and its JSON record when present; else an empty record).
 
     Returns:
-        labels: uint32 array (H, W) or (Z, H, W).
+        labels: uint32 array (H, W) or (Z, H, W); a file from another tool with ids beyond
+            uint32 has its objects renumbered 1, 2, ... in the order of their ids.
         record: the saved JSON document, or ``{}``.
     """
     labels_path = Path(labels_path)
@@ -145,6 +153,9 @@ def load_annotations(labels_path: str | Path) -> tuple[np.ndarray, dict]:
             f"{labels_path.name!r} holds {labels.dtype} data; annotations must be "
             "non-negative integer instance labels"
         )
+    if labels.size and labels.max() > MAX_ID:  # uint32 would wrap them onto other ids
+        ids, inverse = np.unique(labels, return_inverse=True)
+        labels = inverse.reshape(labels.shape) + (0 if ids[0] == 0 else 1)  # 0 stays 0
     return labels.astype(np.uint32, copy=False), load_record(labels_path)
 
 
