@@ -478,6 +478,41 @@ def test_worker_error_is_reported_and_the_widget_stays_usable(qtbot, docked, tmp
     assert widget.result is None and "training failed" in widget.result_label.text()
 
 
+def test_a_torch_error_mid_run_is_reported_and_start_works_again(
+    qtbot, viewer, use_tiny_model, tmp_path, monkeypatch, notifications
+):
+    """torch's out-of-memory (and CUDA) errors are RuntimeErrors, which superqt's generator
+    workers used to swallow: the run looked alive for ever, and closing napari hung."""
+    import torch
+
+    from napari_samtune._qt import train_run
+    from napari_samtune.core.train import StepDone
+
+    widget = TrainWidget(viewer, machine=SMALL_CPU)  # not docked: no close to wait for
+    use_tiny_model(widget, epochs=2)
+    widget.settings.out_dir_edit.setText(str(tmp_path / "runs"))
+    assert widget.train_data.add_current_pair()
+    real_iter_train = train_run.iter_train
+
+    def out_of_memory_after_a_step(*args, **kwargs):
+        for event in real_iter_train(*args, **kwargs):
+            yield event
+            if isinstance(event, StepDone):
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train_run, "iter_train", out_of_memory_after_a_step)
+    with qtbot.waitSignal(widget.run_ended, timeout=30_000):
+        assert widget.start() is not None
+    assert not widget.is_running
+    assert widget.start_button.isEnabled() and not widget.stop_button.isEnabled()
+    assert "training failed: out of memory (CUDA out of memory" in widget.result_label.text()
+    assert any(m.startswith("training failed: out of memory") for m in notifications)
+    monkeypatch.setattr(train_run, "iter_train", real_iter_train)
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.start() is not None  # the widget is usable again
+    assert widget.result is not None and widget.result.epochs_done == 2
+
+
 def test_an_output_folder_that_is_a_file_is_refused_before_start(docked, tmp_path, notifications):
     _, _, widget = docked
     not_a_folder = tmp_path / "file.txt"

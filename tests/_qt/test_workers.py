@@ -6,7 +6,7 @@ import time
 
 from qtpy.QtWidgets import QLabel, QProgressBar
 
-from napari_samtune._qt.workers import TaskRunner
+from napari_samtune._qt.workers import TaskProgress, TaskRunner
 
 
 def _slow(seconds: float) -> str:
@@ -35,3 +35,31 @@ def test_wait_needs_no_event_loop_and_forget_drops_the_callbacks(qtbot, make_nap
         pass
     assert returned == ["done"]
     runner.wait("again")  # an ended task: returns at once
+
+
+def _out_of_memory_after_a_step():
+    yield TaskProgress(1, 2, "step 1 of 2")
+    raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_a_runtime_error_of_a_generator_is_reported_and_ends_the_task(
+    qtbot, make_napari_viewer, monkeypatch
+):
+    """superqt ends a generator that raises a RuntimeError without errored or finished
+    (it takes it for a deleted worker); torch's CUDA and memory errors are RuntimeErrors."""
+    make_napari_viewer()
+    shown: list[str] = []
+    monkeypatch.setattr("napari_samtune._qt.workers.show_error", shown.append)
+    runner = TaskRunner(QProgressBar(), QLabel())
+    errors, finished = [], []
+    with qtbot.waitSignal(runner.task_finished, timeout=10_000):
+        runner.start(
+            "training",
+            _out_of_memory_after_a_step,
+            on_error=errors.append,
+            on_finish=lambda: finished.append(1),
+        )
+    assert not runner.is_running() and finished == [1]
+    assert [type(error) for error in errors] == [RuntimeError]
+    assert str(errors[0]) == "CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert len(shown) == 1 and shown[0].startswith("training failed: out of memory (CUDA")

@@ -12,6 +12,8 @@ do about it, and the widget stays usable.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import pickle
 import socket
@@ -38,6 +40,31 @@ class TaskProgress:
 
 
 _OFFLINE_ERRORS = (urllib.error.URLError, socket.timeout, ConnectionError)
+
+
+class _GeneratorFailed(Exception):
+    """A RuntimeError raised by a worker's generator, carried past superqt (see
+    :func:`_runtime_errors_reported`); :class:`TaskRunner` hands on the original."""
+
+    def __init__(self, error: RuntimeError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _runtime_errors_reported(func: Callable) -> Callable:
+    """The generator function ``func`` with its RuntimeErrors raised as
+    :class:`_GeneratorFailed`: superqt takes a generator's RuntimeError for a deleted
+    worker and ends the thread without ``errored`` or ``finished``, and torch's CUDA and
+    memory errors are RuntimeErrors (the task would look running for ever)."""
+
+    @functools.wraps(func)
+    def generator(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        try:
+            return (yield from func(*args, **kwargs))
+        except RuntimeError as err:
+            raise _GeneratorFailed(err) from err
+
+    return generator
 
 
 class _NoteCollector(logging.Handler):
@@ -185,6 +212,8 @@ class TaskRunner:
         """
         if name in self._workers:
             raise RuntimeError(f"{name} is still running; wait for it to finish")
+        if inspect.isgeneratorfunction(func):
+            func = _runtime_errors_reported(func)
         worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True, **kwargs)
         self._drop_generic_error_relay(worker)
 
@@ -256,6 +285,8 @@ class TaskRunner:
     def _on_error(
         self, name: str, exc: BaseException, on_error: Callable[[BaseException], None] | None
     ) -> None:
+        if isinstance(exc, _GeneratorFailed):
+            exc = exc.error
         show_error(f"{name} failed: {user_message(exc)}")
         if on_error is not None:
             on_error(exc)
