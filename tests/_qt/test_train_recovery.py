@@ -125,6 +125,25 @@ def test_red_messages_clear_once_their_cause_is_fixed(qtbot, widget):
     assert widget.result.epochs_done == 2
 
 
+def test_separate_validation_ticked_but_not_added_is_refused(qtbot, widget, notifications):
+    """A pair chosen in the validation combo boxes but never added trained on a held-out
+    share of the training data instead, without a word."""
+    assert _add_pair(widget, 0)
+    widget.separate_val_check.setChecked(True)
+    val = widget.val_data
+    val.image_combo.setCurrentText("cells1")
+    val.labels_combo.setCurrentText("cells1 labels")  # "Add pair" not clicked
+    assert widget.start() is None and not widget.is_running
+    assert "or validation folders" in val.list_error.text()
+    assert val.list_error.isVisibleTo(widget) and widget.start_error.isVisibleTo(widget)
+    assert any("cannot start training: add at least one" in m for m in notifications)
+    assert val.add_current_pair()
+    assert not val.list_error.isVisibleTo(widget) and not widget.start_error.isVisibleTo(widget)
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.start() is not None
+    assert widget.result.epochs_done == 1
+
+
 def test_stop_cancels_a_start_that_waits_for_the_folder_check(qtbot, widget, tmp_path):
     for kind, layer in (("images", "cells0"), ("labels", "cells0 labels")):
         (tmp_path / kind).mkdir()

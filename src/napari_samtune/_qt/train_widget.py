@@ -163,6 +163,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
     def _on_separate_validation(self, checked: bool) -> None:
         self.val_data.setVisible(checked)
         self.val_hint.setVisible(not checked)
+        self.val_data.required = checked  # ticked but empty: refused, not held out silently
 
     # -- start / stop ---------------------------------------------------------------------
     @property
@@ -286,7 +287,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
         )  # fmt: skip
 
     def _separate_val(self) -> bool:
-        return self.separate_val_check.isChecked() and not self.val_data.is_empty()
+        return self.separate_val_check.isChecked()
 
     def _data_problems(self) -> list[str]:
         problems = []
@@ -295,7 +296,9 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
                 self.train_data.empty_problem() or "training data: see the messages in red"
             )
         if self._separate_val() and not self.val_data.check():
-            problems.append("validation data: see the messages in red")
+            problems.append(
+                self.val_data.empty_problem() or "validation data: see the messages in red"
+            )
         return problems
 
     def _update_start_error(self) -> None:
