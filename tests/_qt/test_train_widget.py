@@ -266,6 +266,25 @@ def test_a_person_closing_the_viewer_is_asked_and_the_window_closes_after_export
     qtbot.waitUntil(lambda: closes.count == 1, timeout=WAIT_MS)  # then the window closes
 
 
+def test_the_window_closed_after_the_panel_mid_run_still_closes_once_saved(
+    qtbot, docked, monkeypatch, close_blocker
+):
+    """The panel closed mid-run leaves napari's window; a person then closing the window
+    (and answering Yes) saw it stay open after the run had saved its model."""
+    from qtpy.QtWidgets import QMessageBox
+
+    viewer, _, widget = docked
+    _long_run_started(qtbot, widget)
+    window = viewer.window._qt_window
+    viewer.window.remove_dock_widget(widget)  # the run stops after its step
+    closes = close_blocker(window)
+    monkeypatch.setattr(QMessageBox, "question", lambda *args: QMessageBox.StandardButton.Yes)
+    assert widget.close_after_run(ask=True)
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=WAIT_MS)
+    assert widget.result.stopped_by_user and widget.result.exported_model_path.is_file()
+    qtbot.waitUntil(lambda: closes.count == 1, timeout=WAIT_MS)  # then the window closes
+
+
 def test_bad_data_is_flagged_before_start(qtbot, viewer, tmp_path, notifications):
     widget = TrainWidget(viewer, machine=SMALL_CPU)
     data = widget.train_data

@@ -22,15 +22,16 @@ class TrainCloseMixin:
     """Finishing a run before napari's main window closes."""
 
     _close_when_ended: QWidget | None = None  # window to close when the run ends
+    _watched_window: QWidget | None = None  # the window the run was started in (see below)
 
     def _watch_window_close(self, watch: bool) -> None:
-        window = main_window_of(self)
-        if window is None:
-            return
-        if watch:
-            window.installEventFilter(self)
-        else:
-            window.removeEventFilter(self)
+        """Watch the window of the run's start, which the widget leaves when its panel is
+        closed mid-run (the run then finishes its step, and the window still waits)."""
+        if self._watched_window is not None:
+            self._watched_window.removeEventFilter(self)
+        self._watched_window = main_window_of(self) if watch else None
+        if self._watched_window is not None:
+            self._watched_window.installEventFilter(self)
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)
         if event.type() != QEvent.Type.Close or not self.is_running:
@@ -57,7 +58,7 @@ class TrainCloseMixin:
             )
             if answer != QMessageBox.StandardButton.Yes:
                 return False
-        self._close_when_ended = main_window_of(self)
+        self._close_when_ended = self._watched_window or main_window_of(self)
         self.stop()
         return True
 
