@@ -505,7 +505,7 @@ def test_a_torch_error_mid_run_is_reported_and_start_works_again(
     import torch
 
     from napari_samtune._qt import train_run
-    from napari_samtune.core.train import StepDone
+    from napari_samtune.core.train import EpochDone, StepDone
 
     widget = TrainWidget(viewer, machine=SMALL_CPU)  # not docked: no close to wait for
     use_tiny_model(widget, epochs=2)
@@ -525,7 +525,23 @@ def test_a_torch_error_mid_run_is_reported_and_start_works_again(
     assert not widget.is_running
     assert widget.start_button.isEnabled() and not widget.stop_button.isEnabled()
     assert "training failed: out of memory (CUDA out of memory" in widget.result_label.text()
+    assert "Continue…" not in widget.result_label.text()  # no epoch ended: no checkpoint
     assert any(m.startswith("training failed: out of memory") for m in notifications)
+
+    def out_of_memory_after_an_epoch(*args, **kwargs):
+        for event in real_iter_train(*args, **kwargs):
+            yield event
+            if isinstance(event, EpochDone):
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train_run, "iter_train", out_of_memory_after_an_epoch)
+    with qtbot.waitSignal(widget.run_ended, timeout=30_000):
+        assert widget.start() is not None
+    assert (widget.run_folder / "checkpoints" / "last.pt").is_file()
+    assert (
+        f"the checkpoint of its last finished epoch is in {widget.run_folder}: Continue… goes on"
+        in widget.result_label.text()
+    )  # said, so that the user knows the epoch is not lost
     monkeypatch.setattr(train_run, "iter_train", real_iter_train)
     with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
         assert widget.start() is not None  # the widget is usable again

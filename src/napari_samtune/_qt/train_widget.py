@@ -55,7 +55,7 @@ from napari_samtune._qt.workers import TaskRunner, on_removed, user_message
 from napari_samtune.core.checkpoints import check_output_folder
 from napari_samtune.core.presets import MachineResources, TrainConfig
 from napari_samtune.core.train import TrainingFinished, TrainingStarted
-from napari_samtune.core.train_export import check_registration
+from napari_samtune.core.train_export import RunFiles, check_registration
 
 
 class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
@@ -315,8 +315,15 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
         self.setup_area.widget().setEnabled(not running)  # a run keeps the settings it began with
 
     def _on_error(self, error: BaseException) -> None:
-        """The run failed (the runner has notified the user); keep the reason in view."""
-        self.result_label.setText(f"training failed: {user_message(error)}")
+        """The run failed (the runner has notified the user); keep the reason in view, and
+        say where its last checkpoint is, if an epoch ended: nothing up to it is lost."""
+        text = f"training failed: {user_message(error)}"
+        if self.run_folder is not None and RunFiles(self.run_folder).last.is_file():
+            text += (
+                f"\nthe checkpoint of its last finished epoch is in {self.run_folder}: "
+                "Continue… goes on from there"
+            )
+        self.result_label.setText(text)
 
     def _on_run_ended(self) -> None:
         self._set_running(False)
