@@ -148,6 +148,33 @@ def test_an_aborted_run_says_what_is_saved_and_resumes_from_its_folder(
     assert (out / "model.pth").is_file()
 
 
+def test_a_crashed_run_says_what_is_saved(tmp_path, folders, capsys, monkeypatch):
+    """An error after the first epoch (torch's out of memory, a full disk): its traceback,
+    and before it, as for an abort, the checkpoints on disk and how to continue."""
+    import torch
+
+    from napari_samtune.core import train
+
+    real = train.iter_train
+
+    def out_of_memory_after_the_first_epoch(*args, **kwargs):
+        for event in real(*args, **kwargs):
+            yield event
+            if isinstance(event, train.EpochDone):
+                raise torch.OutOfMemoryError("CPU out of memory")
+
+    monkeypatch.setattr(train, "iter_train", out_of_memory_after_the_first_epoch)
+    images, labels = folders
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
+    argv += ["--labels", labels, "--epochs", "3", "--early-stopping", "0", *FAST]
+    with pytest.raises(torch.OutOfMemoryError):
+        cli.main([*argv, "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert err.startswith("samtune train: the run did not finish; its checkpoints are on disk")
+    assert f"samtune train --resume {out} --out {out} --images ... --labels ..." in err
+
+
 def _signals_after(monkeypatch, event_type, *signals):
     """Training raises ``signals`` (for real) after its first event of ``event_type``."""
     import signal

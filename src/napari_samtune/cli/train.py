@@ -13,6 +13,7 @@ import argparse
 import json
 import shlex
 import signal
+import sys
 import threading
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -271,6 +272,11 @@ def _run(args: argparse.Namespace) -> int:
         finished = _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose)
     except KeyboardInterrupt as err:  # the second Ctrl+C, or SIGTERM: what is saved, what next
         raise type(err)(aborted_note(Path(args.out)) if verbose else "") from None
+    except Exception:  # a crash (out of memory, a full disk): its error, and what is saved
+        note = aborted_note(Path(args.out)) if verbose else ""
+        if note:
+            print(f"samtune train: {note}", file=sys.stderr, flush=True)
+        raise
     finally:
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])
