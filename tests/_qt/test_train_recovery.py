@@ -109,7 +109,11 @@ def test_red_messages_clear_once_their_cause_is_fixed(qtbot, widget):
     assert not widget.start_error.isVisibleTo(widget)
 
     widget.settings.name_edit.setText("bad/name")
+    assert not widget.settings.advanced.isExpanded()
     assert widget.start() is None and "'bad/name' is not allowed" in settings_error.text()
+    # named, and in view: the message shows under the model picker, the field in Advanced
+    assert settings_error.text().startswith("new model name: ")
+    assert widget.settings.advanced.isExpanded()
     widget.settings.name_edit.setText("good_name")
     with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
         assert widget.start() is not None
@@ -178,3 +182,16 @@ def test_stop_before_the_first_step_registers_no_model(qtbot, widget, notificati
     message = "training stopped before any training step; no model saved"
     assert widget.result_label.text() == message and message in notifications
     qtbot.waitUntil(lambda: widget.start_button.isEnabled(), timeout=WAIT_MS)
+
+
+def test_an_unusable_user_models_folder_is_not_called_a_bad_model_name(
+    widget, tmp_path, monkeypatch
+):
+    taken = tmp_path / "models-file"
+    taken.write_text("a file where the user-models folder should be")
+    monkeypatch.setenv("SAMTUNE_MODELS_DIR", str(taken))
+    assert _add_pair(widget, 0)
+    assert widget.start() is None
+    text = widget.settings.settings_error.text()
+    assert text.startswith(f"the user models folder {str(taken)!r}")
+    assert "set SAMTUNE_MODELS_DIR to a folder you can write to" in text

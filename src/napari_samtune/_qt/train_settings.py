@@ -280,6 +280,13 @@ class TrainSettingsWidget(QWidget):
         another setting, from an earlier Start, is out of date)."""
         show_problem(self.settings_error, self._architecture_problem())
 
+    def show_start_problem(self, message: str) -> None:
+        """Why Start was refused; one about the advanced fields (all but the model's own)
+        opens them, so that the field it names is in view."""
+        show_problem(self.settings_error, message)
+        if message != self._architecture_problem():
+            self.advanced.expand(animate=False)
+
     def _show_settings_problem(self, message: str) -> None:
         self.preset_label.setText(self.preset.name)
         show_problem(self.settings_error, message)

@@ -21,6 +21,7 @@ The widget never modifies a layer: the worker trains on copies of their data.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from napari.utils.notifications import show_error, show_info, show_warning
@@ -55,7 +56,7 @@ from napari_samtune._qt.workers import TaskRunner, on_removed, user_message
 from napari_samtune.core.checkpoints import check_output_folder
 from napari_samtune.core.presets import MachineResources, TrainConfig
 from napari_samtune.core.train import TrainingFinished, TrainingStarted
-from napari_samtune.core.train_export import RunFiles, check_registration
+from napari_samtune.core.train_export import RunFiles, check_model_name, check_registration
 
 
 class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
@@ -262,7 +263,9 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
         try:
             if resume is None:
                 config = self.settings.build_config()
-                model_name = check_registration(self.settings.model_name())
+                check_registration(None)  # the user-models folder: not about the name
+                name = self.settings.model_name()
+                model_name = _named("new model name", check_model_name, name)
                 check_output_folder(self.settings.output_folder(), "output folder")
                 out_dir, last = run_folder(self.settings.output_folder(), model_name), None
             else:
@@ -270,7 +273,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
                 config, last, history = continued_config(resume, int(epochs), device)
                 out_dir, model_name = resume, None  # the run's folder and registered name
         except (ValueError, TypeError) as err:
-            show_problem(self.settings.settings_error, str(err))
+            self.settings.show_start_problem(str(err))
             problems.append(str(err))
         else:  # an earlier Start's complaint is out of date; the model's own stays
             self.settings.show_model_problem()
@@ -335,6 +338,15 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
         self.stop()  # a run in progress saves its checkpoint and exports
         super().closeEvent(event)
+
+
+def _named(field: str, check: Callable[[str], str], value: str) -> str:
+    """``check(value)``, its error starting with the field's label, as messages about the
+    advanced settings are shown under the model picker."""
+    try:
+        return check(value)
+    except ValueError as err:
+        raise ValueError(f"{field}: {err}") from None
 
 
 def _group(title: str, *widgets: QWidget) -> QGroupBox:
