@@ -300,6 +300,15 @@ def test_bad_data_is_flagged_before_start(qtbot, viewer, tmp_path, notifications
         assert not data.add_current_pair()
         assert data.pair_error.isVisibleTo(widget) and complaint in data.pair_error.text()
     assert "same pixels" in data.pair_error.text()  # shape mismatch
+    channels = np.stack([viewer.layers["cells0"].data] * 3).astype(np.float32)  # (3, H, W)
+    viewer.add_image(channels, name="channels")
+    data.image_combo.setCurrentText("channels")
+    data.labels_combo.setCurrentText("cells0 labels")
+    assert not data.add_current_pair()  # napari's own way, not channel_axis, which it lacks
+    assert "image layer 'channels' has shape (3, 96, 96), with 1 more axis than labels" in (
+        data.pair_error.text()
+    )
+    assert "choose Split Stack to pair one channel, or Merge to RGB" in data.pair_error.text()
 
     images, labels = tmp_path / "images", tmp_path / "labels"
     images.mkdir(), labels.mkdir()

@@ -35,12 +35,24 @@ def layer_pairs(
 
 
 def pair_problem(pair: tuple[Image, Labels]) -> str:
-    """The core's complaint about a layer pair, or ""."""
+    """The core's complaint about a layer pair, or "". An image with axes the labels lack
+    (channels, not RGB) gets what to do in napari instead: the core's advice, to pass
+    ``channel_axis`` and ``channels``, is for scripts."""
     try:
         for sample in layer_pairs(*pair):
             prepare_pair(sample)
     except (ValueError, TypeError) as err:
-        return str(err)
+        image, labels = pair
+        extra = image.data.ndim - (1 if image.rgb else 0) - labels.data.ndim
+        if extra <= 0:
+            return str(err)
+        return (
+            f"image layer {image.name!r} has shape {tuple(image.data.shape)!r}, with "
+            f"{extra} more {'axis' if extra == 1 else 'axes'} than labels layer {labels.name!r} "
+            f"{tuple(labels.data.shape)!r}: channels, which training takes as RGB or one "
+            "at a time; right-click the image layer and choose Split Stack to pair one "
+            "channel, or Merge to RGB on three of them"
+        )
     return ""
 
 
