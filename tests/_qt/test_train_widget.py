@@ -536,6 +536,9 @@ def test_a_torch_error_mid_run_is_reported_and_start_works_again(
     assert "training failed: out of memory (CUDA out of memory" in widget.result_label.text()
     assert "Continue…" not in widget.result_label.text()  # no epoch ended: no checkpoint
     assert any(m.startswith("training failed: out of memory") for m in notifications)
+    advice = "choose a preset for less memory, or in Advanced settings fewer objects per batch"
+    assert advice in widget.result_label.text()  # not "a smaller image", as for prompting
+    assert any(advice in m for m in notifications)
 
     def out_of_memory_after_an_epoch(*args, **kwargs):
         for event in real_iter_train(*args, **kwargs):

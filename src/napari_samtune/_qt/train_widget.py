@@ -215,6 +215,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
             on_yield=self._on_event,
             on_error=self._on_error,
             on_finish=self._on_run_ended,
+            memory_advice=TRAIN_MEMORY_ADVICE,
         )
         self.status_label.setText(f"loading {request.config.model} and preparing the data…")
         self._watch_window_close(True)
@@ -320,7 +321,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
     def _on_error(self, error: BaseException) -> None:
         """The run failed (the runner has notified the user); keep the reason in view, and
         say where its last checkpoint is, if an epoch ended: nothing up to it is lost."""
-        text = f"training failed: {user_message(error)}"
+        text = f"training failed: {user_message(error, TRAIN_MEMORY_ADVICE)}"
         if self.run_folder is not None and RunFiles(self.run_folder).last.is_file():
             text += (
                 f"\nthe checkpoint of its last finished epoch is in {self.run_folder}: "
@@ -338,6 +339,13 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
         self.stop()  # a run in progress saves its checkpoint and exports
         super().closeEvent(event)
+
+
+# what a run that ran out of memory can ask for instead (the Advanced settings' fields)
+TRAIN_MEMORY_ADVICE = (
+    "choose a preset for less memory, or in Advanced settings fewer objects per batch, a "
+    "smaller patch size or a frozen image encoder"
+)
 
 
 def _named(field: str, check: Callable[[str], str], value: str) -> str:

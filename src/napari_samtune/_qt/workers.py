@@ -90,8 +90,12 @@ def logged_notes(logger_name: str, notes: list[str]) -> Iterator[None]:
         logger.removeHandler(handler)
 
 
-def user_message(exc: BaseException) -> str:
-    """A one-paragraph explanation of ``exc`` for a notification, ending with the fix."""
+MEMORY_ADVICE = "choose the cpu device, a smaller model, or a smaller image"
+
+
+def user_message(exc: BaseException, memory_advice: str = MEMORY_ADVICE) -> str:
+    """A one-paragraph explanation of ``exc`` for a notification, ending with the fix
+    (for running out of memory: ``memory_advice``, what the task can do with less)."""
     text = str(exc) or type(exc).__name__
     if isinstance(exc, _OFFLINE_ERRORS) or isinstance(exc.__cause__, _OFFLINE_ERRORS):
         return (
@@ -107,9 +111,7 @@ def user_message(exc: BaseException) -> str:
             "checkpoint: download it again or pick another file."
         )
     if isinstance(exc, MemoryError) or "out of memory" in text.lower():
-        return (
-            f"out of memory ({text}): choose the cpu device, a smaller model, or a smaller image."
-        )
+        return f"out of memory ({text}): {memory_advice}."
     if isinstance(exc, ValueError | TypeError | OSError):
         return text  # core messages already name the problem and the fix
     return f"{type(exc).__name__}: {text}"
@@ -203,11 +205,13 @@ class TaskRunner:
         on_yield: Callable[[Any], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
         on_finish: Callable[[], None] | None = None,
+        memory_advice: str = MEMORY_ADVICE,
         **kwargs: Any,
     ):
         """Run ``func(*args, **kwargs)`` in a thread worker; callbacks run on the main thread.
 
-        Returns the started worker (wait on its ``finished`` signal in tests).
+        An error is notified (see :func:`user_message`, with ``memory_advice``) and handed
+        to ``on_error``. Returns the started worker (wait on its ``finished`` signal in tests).
         Raises ``RuntimeError`` when a task of the same name is still running.
         """
         if name in self._workers:
@@ -228,7 +232,9 @@ class TaskRunner:
             worker.returned.connect(current(on_return))
         if hasattr(worker, "yielded"):
             worker.yielded.connect(current(lambda value: self._on_yield(value, on_yield)))
-        worker.errored.connect(current(lambda exc: self._on_error(name, exc, on_error)))
+        worker.errored.connect(
+            current(lambda exc: self._on_error(name, exc, on_error, memory_advice))
+        )
         worker.finished.connect(current(lambda: self._on_finish(name, on_finish)))
         ended = threading.Event()  # set in the worker's thread, so wait() needs no event loop
         worker.finished.connect(ended.set, Qt.ConnectionType.DirectConnection)
@@ -283,11 +289,15 @@ class TaskRunner:
             on_yield(value)
 
     def _on_error(
-        self, name: str, exc: BaseException, on_error: Callable[[BaseException], None] | None
+        self,
+        name: str,
+        exc: BaseException,
+        on_error: Callable[[BaseException], None] | None,
+        memory_advice: str,
     ) -> None:
         if isinstance(exc, _GeneratorFailed):
             exc = exc.error
-        show_error(f"{name} failed: {user_message(exc)}")
+        show_error(f"{name} failed: {user_message(exc, memory_advice)}")
         if on_error is not None:
             on_error(exc)
 
