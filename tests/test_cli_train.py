@@ -173,6 +173,7 @@ def test_a_crashed_run_says_what_is_saved(tmp_path, folders, capsys, monkeypatch
     err = capsys.readouterr().err
     assert err.startswith("samtune train: the run did not finish; its checkpoints are on disk")
     assert f"samtune train --resume {out} --out {out} --images ... --labels ..." in err
+    assert "samtune train: out of memory: choose a --preset for less memory" in err
 
 
 def _signals_after(monkeypatch, event_type, *signals):

@@ -272,10 +272,11 @@ def _run(args: argparse.Namespace) -> int:
         finished = _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose)
     except KeyboardInterrupt as err:  # the second Ctrl+C, or SIGTERM: what is saved, what next
         raise type(err)(aborted_note(Path(args.out)) if verbose else "") from None
-    except Exception:  # a crash (out of memory, a full disk): its error, and what is saved
-        note = aborted_note(Path(args.out)) if verbose else ""
-        if note:
-            print(f"samtune train: {note}", file=sys.stderr, flush=True)
+    except Exception as err:  # a crash (out of memory, a full disk): its error, what is saved
+        if verbose:
+            for line in (aborted_note(Path(args.out)), _memory_advice(err)):
+                if line:
+                    print(f"samtune train: {line}", file=sys.stderr, flush=True)
         raise
     finally:
         signal.signal(signal.SIGINT, previous[0])
@@ -283,6 +284,16 @@ def _run(args: argparse.Namespace) -> int:
     if verbose:
         _print_summary(finished)
     return 0
+
+
+def _memory_advice(err: BaseException) -> str:
+    """What a run out of memory can ask for instead; "" for other errors."""
+    if not isinstance(err, MemoryError) and "out of memory" not in str(err).lower():
+        return ""
+    return (
+        "out of memory: choose a --preset for less memory (samtune presets), or fewer "
+        "--n-objects, a smaller --patch-size or --freeze image_encoder"
+    )
 
 
 def aborted_note(out: Path) -> str:
