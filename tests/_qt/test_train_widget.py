@@ -266,6 +266,30 @@ def test_a_person_closing_the_viewer_is_asked_and_the_window_closes_after_export
     qtbot.waitUntil(lambda: closes.count == 1, timeout=WAIT_MS)  # then the window closes
 
 
+def test_closing_the_window_from_napari_s_menu_mid_run_asks_and_never_blocks(
+    qtbot, docked, monkeypatch, close_blocker
+):
+    """File > Close Window, Ctrl+W and Ctrl+Q close the window by code (the event is not
+    spontaneous): they were taken for Viewer.close() from a script, not asked, and the
+    window froze until the step, checkpoint and export were done."""
+    from qtpy.QtWidgets import QMessageBox
+
+    viewer, _, widget = docked
+    window = viewer.window._qt_window
+    closes = close_blocker(window)  # before the run's filter: that one sees the close first
+    asked = []
+    monkeypatch.setattr(
+        QMessageBox, "question", lambda *args: asked.append(1) or QMessageBox.StandardButton.Yes
+    )
+    _long_run_started(qtbot, widget)
+    assert not window.close(quit_app=False, confirm_need=False)  # what the menu calls
+    assert asked == [1] and widget.is_running  # asked, and not blocked: the run goes on
+    assert closes.count == 0
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=WAIT_MS)
+    assert widget.result.stopped_by_user and widget.result.exported_model_path.is_file()
+    qtbot.waitUntil(lambda: closes.count == 1, timeout=WAIT_MS)  # then the window closes
+
+
 def test_the_window_closed_after_the_panel_mid_run_still_closes_once_saved(
     qtbot, docked, monkeypatch, close_blocker
 ):

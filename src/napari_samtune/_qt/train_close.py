@@ -3,16 +3,17 @@
 A dock widget gets no close event when napari's window closes, and napari would end the
 training worker at its next event, losing the steps since the last epoch and the export.
 So while a run is on, :class:`TrainCloseMixin` watches the main window's close: a person
-closing it is asked, and the window closes once the model is exported (the viewer stays
-usable meanwhile); a close by code blocks until then, as napari tears the viewer down
-right after. A mixin of :class:`~napari_samtune._qt.train_widget.TrainWidget` (it uses
+closing it (its close button, File > Close Window, Ctrl+W, Ctrl+Q) is asked, and the
+window closes once the model is exported (the viewer stays usable meanwhile);
+``Viewer.close()`` from a script blocks until then, as napari tears the viewer down right
+after. A mixin of :class:`~napari_samtune._qt.train_widget.TrainWidget` (it uses
 its ``runner``, ``stop``, ``is_running``, ``status_label`` and ``_on_run_ended``).
 """
 
 from __future__ import annotations
 
-from qtpy.QtCore import QEvent, QObject, QTimer
-from qtpy.QtWidgets import QMessageBox, QWidget
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy.QtWidgets import QMainWindow, QMessageBox, QWidget
 
 from napari_samtune._qt.train_run import TRAIN_TASK
 from napari_samtune._qt.workers import main_window_of
@@ -36,8 +37,8 @@ class TrainCloseMixin:
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)
         if event.type() != QEvent.Type.Close or not self.is_running:
             return super().eventFilter(watched, event)
-        if not event.spontaneous():  # napari.Viewer.close(), a script: it cannot wait
-            self.finish_now()
+        if not event.spontaneous() and _viewer_closed_already(watched):
+            self.finish_now()  # napari.Viewer.close(), a script: it cannot wait
             return False
         if self.close_after_run(ask=True):  # a person: asked, then closed once saved
             self.status_label.setText("closing once the model is saved…")
@@ -77,3 +78,15 @@ class TrainCloseMixin:
         window, self._close_when_ended = self._close_when_ended, None
         if window is not None:
             QTimer.singleShot(0, window.close)
+
+
+def _viewer_closed_already(window: QObject) -> bool:
+    """Whether the canvas of napari's ``window`` was closed before the window:
+    ``Viewer.close()`` does so, and tears everything down right after; napari's menu and
+    keys close the window (a close event that is not spontaneous either) with it open."""
+    central = window.centralWidget() if isinstance(window, QMainWindow) else None
+    layout = central.layout() if central is not None else None
+    canvas = layout.itemAt(0).widget() if layout is not None and layout.count() else None
+    if canvas is None:  # not napari's layout: taken as a close by code, which waits
+        return True
+    return canvas.isHidden() and canvas.testAttribute(Qt.WidgetAttribute.WA_WState_ExplicitShowHide)
