@@ -546,13 +546,16 @@ def test_a_torch_error_mid_run_is_reported_and_start_works_again(
     assert widget.train_data.add_current_pair()
     real_iter_train = train_run.iter_train
 
-    def out_of_memory_after_a_step(*args, **kwargs):
-        for event in real_iter_train(*args, **kwargs):
-            yield event
-            if isinstance(event, StepDone):
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    def out_of_memory_after(event_type):
+        def run(*args, **kwargs):
+            for event in real_iter_train(*args, **kwargs):
+                yield event
+                if isinstance(event, event_type):
+                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
 
-    monkeypatch.setattr(train_run, "iter_train", out_of_memory_after_a_step)
+        return run
+
+    monkeypatch.setattr(train_run, "iter_train", out_of_memory_after(StepDone))
     with qtbot.waitSignal(widget.run_ended, timeout=30_000):
         assert widget.start() is not None
     assert not widget.is_running
@@ -564,13 +567,7 @@ def test_a_torch_error_mid_run_is_reported_and_start_works_again(
     assert advice in widget.result_label.text()  # not "a smaller image", as for prompting
     assert any(advice in m for m in notifications)
 
-    def out_of_memory_after_an_epoch(*args, **kwargs):
-        for event in real_iter_train(*args, **kwargs):
-            yield event
-            if isinstance(event, EpochDone):
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    monkeypatch.setattr(train_run, "iter_train", out_of_memory_after_an_epoch)
+    monkeypatch.setattr(train_run, "iter_train", out_of_memory_after(EpochDone))
     with qtbot.waitSignal(widget.run_ended, timeout=30_000):
         assert widget.start() is not None
     assert (widget.run_folder / "checkpoints" / "last.pt").is_file()
