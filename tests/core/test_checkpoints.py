@@ -11,6 +11,7 @@ from napari_samtune.core.checkpoints import (
     atomic_torch_save,
     atomic_write,
     check_output_folder,
+    first_free,
     is_project_checkpoint,
 )
 
@@ -149,3 +150,10 @@ def test_project_checkpoints_are_recognised_without_loading_their_tensors(tmp_pa
     assert not is_project_checkpoint(plain)
     assert not is_project_checkpoint(tmp_path / "notes.txt")
     assert not is_project_checkpoint(tmp_path / "missing.pt")
+
+
+def test_first_free_numbers_from_2_past_what_is_taken():
+    taken = {"run", "run-2", "run-4"}
+    assert first_free("run", taken.__contains__) == "run-3"  # the first gap
+    assert first_free("other", taken.__contains__) == "other"
+    assert first_free("", {""}.__contains__) == "-2"  # a tag for names built around it

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from napari_samtune._qt.train_folders import FolderSource, load_folder_pairs
+from napari_samtune.core.checkpoints import first_free
 from napari_samtune.core.data import ImageLabelPair
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train import TrainEvent, iter_train
@@ -69,11 +70,12 @@ def iter_training_job(request: TrainRequest, stop_event: threading.Event) -> Ite
 
 def run_folder(output_folder: Path, model_name: str) -> Path:
     """A folder for a new run under ``output_folder`` that no earlier run has used."""
-    folder, n = output_folder / model_name, 1
-    while folder.exists() and any(folder.iterdir()):
-        n += 1
-        folder = output_folder / f"{model_name}-{n}"
-    return folder
+
+    def used(name: str) -> bool:
+        folder = output_folder / name
+        return folder.exists() and any(folder.iterdir())
+
+    return output_folder / first_free(model_name, used)
 
 
 def continued_config(

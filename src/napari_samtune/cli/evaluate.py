@@ -109,15 +109,15 @@ def _unique_names(models: list[str]) -> list[str]:
     return names
 
 
-def _free_stem(out: Path, stem: str = "evaluation") -> str:
+def _free_stem(out: Path) -> str:
     """``evaluation``, or where an earlier run's files are in ``out``, the first free
     ``evaluation-2``, ``-3``, ...: a rerun (the same default ``--out``) never replaces
     the results of the last."""
-    candidate, n = stem, 1
-    while any((out / f"{candidate}{suffix}").exists() for suffix in (".csv", ".png")):
-        n += 1
-        candidate = f"{stem}-{n}"
-    return candidate
+    from napari_samtune.core.checkpoints import first_free
+
+    return first_free(
+        "evaluation", lambda stem: (out / f"{stem}.csv").exists() or (out / f"{stem}.png").exists()
+    )
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:

@@ -159,6 +159,16 @@ def check_output_folder(path: str | os.PathLike, what: str = "") -> Path:
     return path
 
 
+def first_free(stem: str, taken: Callable[[str], bool]) -> str:
+    """``stem``, or the first of ``stem-2``, ``stem-3``, ... that is not ``taken``: a new
+    run, result or name beside earlier ones, which are never replaced."""
+    name, n = stem, 1
+    while taken(name):
+        n += 1
+        name = f"{stem}-{n}"
+    return name
+
+
 def folder_problem(folder: str | os.PathLike) -> str | None:
     """Why files cannot be written in ``folder`` (made when missing), or None: "cannot be
     made: ..." when a file is where one of its folders should be, "cannot be written: ..."

@@ -209,13 +209,14 @@ def _new_run_names(out_dir: Path) -> tuple[Path, str]:
     """The finetuning run folder and the comparison files' stem of a new demo in ``out_dir``:
     ``finetune`` and ``comparison``, or ``finetune-2`` and ``comparison-2``, ... where an
     earlier demo left its run or its comparison there: neither is replaced."""
-    n = 1
-    while True:
-        tag = "" if n == 1 else f"-{n}"
-        taken = (f"finetune{tag}", f"comparison{tag}.csv", f"comparison{tag}.png")
-        if not any((out_dir / name).exists() for name in taken):
-            return out_dir / f"finetune{tag}", f"comparison{tag}"
-        n += 1
+    from napari_samtune.core.checkpoints import first_free
+
+    def taken(tag: str) -> bool:  # "" or "-2", ...: first_free's numbering of ""
+        names = (f"finetune{tag}", f"comparison{tag}.csv", f"comparison{tag}.png")
+        return any((out_dir / name).exists() for name in names)
+
+    tag = first_free("", taken)
+    return out_dir / f"finetune{tag}", f"comparison{tag}"
 
 
 def _finetune(

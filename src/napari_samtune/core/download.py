@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import itertools
 import json
 import logging
 import urllib.error
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from napari_samtune import __version__
-from napari_samtune.core.checkpoints import atomic_write
+from napari_samtune.core.checkpoints import atomic_write, first_free
 from napari_samtune.core.registry import ModelSpec, parse_hash
 
 ProgressCallback = Callable[[int, "int | None"], None]  # (bytes_done, bytes_total or None)
@@ -219,10 +218,11 @@ def _move_aside(dest: Path, expected_hash: str, found: str) -> str:
         f"{expected}: it is not the published file (an unfinished download, or a web page "
         "saved in its place?)"
     )
-    for n in itertools.count(1):
-        aside = dest.with_name(dest.name + WRONG_HASH_SUFFIX + (f"-{n}" if n > 1 else ""))
-        if not aside.exists() and not aside.is_symlink():
-            break
+
+    def taken(name: str) -> bool:
+        return dest.with_name(name).exists() or dest.with_name(name).is_symlink()
+
+    aside = dest.with_name(first_free(dest.name + WRONG_HASH_SUFFIX, taken))
     try:
         dest.rename(aside)
     except OSError as err:

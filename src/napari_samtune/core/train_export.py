@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from napari_samtune.core.architectures import ARCHITECTURES
-from napari_samtune.core.checkpoints import atomic_write
+from napari_samtune.core.checkpoints import atomic_write, first_free
 from napari_samtune.core.data import PreparedImage
 
 EXPORT_FILENAME = "model.pth"
@@ -91,11 +91,7 @@ def check_model_name(name: str | None) -> str | None:
 def unique_model_name(base: str) -> str:
     """A free user-model name derived from ``base`` (e.g. the run folder's name)."""
     stem = re.sub(r"[^A-Za-z0-9_.\-]", "_", base).lstrip("._-")[:90] or "finetuned"
-    name, n = stem, 1
-    while _name_taken(name):
-        n += 1
-        name = f"{stem}-{n}"
-    return name
+    return first_free(stem, _name_taken)
 
 
 def export_and_register(
