@@ -535,7 +535,7 @@ def test_a_folder_as_output_is_refused_before_any_work(
     new_folder = f"{tmp_path / 'new'}/"  # not made yet: named a folder, not "not a .tif"
     assert segment(tiny_checkpoint, path, new_folder, "--auto") == 2
     err = capsys.readouterr().err
-    assert f"-o {new_folder!r} names a folder, but one image is written to one labels" in err
+    assert f"{new_folder!r} names a folder; give a file name, e.g. " in err
     assert f"e.g. {tmp_path / 'new' / 'image.labels.tif'} (a folder is for several" in err
     assert not (tmp_path / "new").exists()
 

@@ -476,6 +476,10 @@ def test_unreadable_checkpoints_are_reported_without_a_traceback(tmp_path, folde
             ["export", "last.pt", "-o", "D"],
             "argument -o/--output: 'D' is a folder; give a file name, e.g. D/model.pth",
         ),
+        (  # a folder not made yet: Path() drops the slash, and a file "new" was written
+            ["export", "last.pt", "-o", "new/"],
+            "argument -o/--output: 'new/' names a folder; give a file name, e.g. new/model.pth",
+        ),
         (
             ["train", "--model", "random:tiny", "--images", "i", "--labels", "l", "--out", "F/r"],
             "argument --out: 'F/r' cannot be made: 'F' is a file; give a folder (created if",
@@ -485,7 +489,15 @@ def test_unreadable_checkpoints_are_reported_without_a_traceback(tmp_path, folde
             "argument -o/--output: 'F/x/m.pth' cannot be made: 'F' is a file; give a file in",
         ),
     ],
-    ids=["train", "evaluate", "demo", "export", "train-under-a-file", "export-under-a-file"],
+    ids=[
+        "train",
+        "evaluate",
+        "demo",
+        "export",
+        "export-new-folder",
+        "train-under-a-file",
+        "export-under-a-file",
+    ],  # fmt: skip
 )
 def test_outputs_of_the_wrong_kind_are_refused_before_any_work(
     tmp_path, monkeypatch, capsys, argv, message

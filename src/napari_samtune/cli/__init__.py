@@ -44,14 +44,18 @@ def output_folder(text: str) -> Path:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def check_output_file(path: Path, example: str, hint: str = "") -> Path:
-    """``path``; ``ValueError`` if it names an existing folder (suggesting ``example`` in it)
-    or cannot be written (a file where its folder should be, a read-only folder)."""
+def check_output_file(text: str, example: str, hint: str = "") -> Path:
+    """``text`` as a Path; ``ValueError`` if it names a folder, existing or written as one
+    (``new/``: Path() drops the slash, and a file ``new`` would be written), suggesting
+    ``example`` in it, or cannot be written (a file where its folder should be, a
+    read-only folder)."""
     from napari_samtune.core.checkpoints import folder_problem
 
-    if path.is_dir():
+    path = Path(text)
+    if path.is_dir() or str(text).endswith(("/", os.sep)):
+        verb = "is" if path.is_dir() else "names"
         raise ValueError(
-            f"{str(path)!r} is a folder; give a file name, e.g. {path / example}{hint}"
+            f"{str(text)!r} {verb} a folder; give a file name, e.g. {path / example}{hint}"
         )
     problem = folder_problem(path.parent)
     if problem:
@@ -65,7 +69,7 @@ def output_file(example: str) -> Callable[[str], Path]:
 
     def check(text: str) -> Path:
         try:
-            return check_output_file(Path(text), example)
+            return check_output_file(text, example)
         except ValueError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -212,13 +211,7 @@ def _run(args: argparse.Namespace) -> int:
     if batch:
         return _run_batch(args, files)
     example = labels_file_name(files[0].stem)
-    hint = " (a folder is for several images)"
-    if output_text.endswith(("/", os.sep)) and not args.output.is_dir():
-        raise ValueError(  # Path() drops the slash: it would be called "not a .tif" below
-            f"-o {output_text!r} names a folder, but one image is written to one labels "
-            f"file; give a file name, e.g. {args.output / example}{hint}"
-        )
-    check_output_file(args.output, example, hint=hint)
+    check_output_file(output_text, example, hint=" (a folder is for several images)")
     _check_labels_name(args.output, files[0], example, args.overwrite)
     planes = Planes(read_image(files[0]), files[0], args)
     n_planes = planes.count if args.stack else None
