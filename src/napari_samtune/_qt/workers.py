@@ -110,7 +110,9 @@ def user_message(exc: BaseException, memory_advice: str = MEMORY_ADVICE) -> str:
             f"could not read the checkpoint ({text}); the file is corrupt or not a PyTorch "
             "checkpoint: download it again or pick another file."
         )
-    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
+    from napari_samtune.core.devices import is_out_of_memory  # torch: only on an error
+
+    if is_out_of_memory(exc):
         return f"out of memory ({text}): {memory_advice}."
     if isinstance(exc, ValueError | TypeError | OSError):
         return text  # core messages already name the problem and the fix

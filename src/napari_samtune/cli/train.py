@@ -288,7 +288,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _memory_advice(err: BaseException) -> str:
     """What a run out of memory can ask for instead; "" for other errors."""
-    if not isinstance(err, MemoryError) and "out of memory" not in str(err).lower():
+    from napari_samtune.core.devices import is_out_of_memory
+
+    if not is_out_of_memory(err):
         return ""
     return (
         "out of memory: choose a --preset for less memory (samtune presets), or fewer "

@@ -7,6 +7,12 @@ import torch
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` says memory ran out: Python's MemoryError, or torch's CPU and CUDA
+    allocation failures (RuntimeErrors, or torch.OutOfMemoryError, saying so)."""
+    return isinstance(err, MemoryError) or "out of memory" in str(err).lower()
+
+
 def cuda_available() -> bool:
     return torch.cuda.is_available()
 
