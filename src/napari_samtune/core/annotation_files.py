@@ -123,7 +123,7 @@ def write_annotations(
         "shape": list(labels.shape),
         **record,
     }
-    if labels.size and labels.max() > MAX_ID:  # uint32 would wrap them onto other ids
+    if _beyond_uint32(labels):  # uint32 would wrap them onto other ids
         raise ValueError(
             f"labels hold ids up to {int(labels.max())}, beyond the {MAX_ID} a labels file "
             "keeps; renumber the objects 1, 2, ... (e.g. skimage.segmentation."
@@ -153,10 +153,16 @@ def load_annotations(labels_path: str | Path) -> tuple[np.ndarray, dict]:
             f"{labels_path.name!r} holds {labels.dtype} data; annotations must be "
             "non-negative integer instance labels"
         )
-    if labels.size and labels.max() > MAX_ID:  # uint32 would wrap them onto other ids
+    if _beyond_uint32(labels):  # uint32 would wrap them onto other ids
         ids, inverse = np.unique(labels, return_inverse=True)
         labels = inverse.reshape(labels.shape) + (0 if ids[0] == 0 else 1)  # 0 stays 0
     return labels.astype(np.uint32, copy=False), load_record(labels_path)
+
+
+def _beyond_uint32(labels: np.ndarray) -> bool:
+    """Whether ``labels`` hold ids a uint32 labels file cannot; a pass over the pixels only
+    for dtypes wider than that (the widget's and most tools' labels are not)."""
+    return labels.dtype.itemsize > 4 and labels.size > 0 and labels.max() > MAX_ID
 
 
 def load_record(labels_path: str | Path) -> dict:
