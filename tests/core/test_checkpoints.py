@@ -138,6 +138,31 @@ def test_output_folders_that_cannot_be_made_or_written_are_refused(tmp_path, mon
         check_output_folder(tmp_path / "new" / "run", "out_dir")
 
 
+def test_a_folder_that_access_calls_writable_but_refuses_files_is_refused(tmp_path, monkeypatch):
+    """As root on an NFS share with root_squash (or on sysfs), access() says yes, and training
+    failed after its first epoch, writing config.json; a file is now made to find out."""
+
+    refusing = tmp_path / "share"
+    refusing.mkdir()
+    real_temporary_file = tempfile.TemporaryFile
+
+    def temporary_file(*args, dir=None, **kwargs):
+        if Path(dir) == refusing:
+            raise PermissionError(errno.EACCES, "Permission denied", str(refusing))
+        return real_temporary_file(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(os, "access", lambda path, mode: True)
+    monkeypatch.setattr(tempfile, "TemporaryFile", temporary_file)
+    with pytest.raises(ValueError) as raised:
+        check_output_folder(refusing / "run", "out_dir")
+    assert str(raised.value) == (
+        f"out_dir {str(refusing / 'run')!r} cannot be written: a file could not be made in "
+        f"{str(refusing)!r} (Permission denied); give a folder (created if missing)"
+    )
+    assert check_output_folder(tmp_path / "run") == tmp_path / "run"
+    assert list(refusing.iterdir()) == [] and sorted(tmp_path.iterdir()) == [refusing]
+
+
 def test_project_checkpoints_are_recognised_without_loading_their_tensors(tmp_path):
     from napari_samtune.core.architectures import TINY, build_sam
     from napari_samtune.core.presets import TrainConfig

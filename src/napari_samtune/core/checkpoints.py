@@ -172,13 +172,21 @@ def first_free(stem: str, taken: Callable[[str], bool]) -> str:
 def folder_problem(folder: str | os.PathLike) -> str | None:
     """Why files cannot be written in ``folder`` (made when missing), or None: "cannot be
     made: ..." when a file is where one of its folders should be, "cannot be written: ..."
-    when the nearest existing folder is not writable."""
+    when the nearest existing folder is not writable or a file cannot be made in it."""
     folder = Path(folder)
     existing = next(p for p in (folder, *folder.parents) if p.exists() or p == Path(p.anchor))
     if not existing.is_dir():
         return f"cannot be made: {str(existing)!r} is a file"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"cannot be written: {str(existing)!r} is read-only or not yours to write in"
+    # access() says yes where writing still fails: to root on an NFS share with root_squash,
+    # on FUSE and sysfs mounts. A nameless file (O_TMPFILE) tells, and leaves nothing behind.
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        reason = f" ({err.strerror})" if err.strerror else ""
+        return f"cannot be written: a file could not be made in {str(existing)!r}{reason}"
     return None
 
 
