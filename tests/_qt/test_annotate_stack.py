@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from napari_samtune._qt.annotate import AnnotateWidget
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, EMBED_TASK, PROPAGATE_TASK
-from napari_samtune._qt.annotate_session import commit_note, plane_ranges
+from napari_samtune._qt.annotate_session import commit_note, plane_ranges, propagation_note
 from napari_samtune._qt.annotate_ui import SCOPE_STACK
 from napari_samtune.core.synthetic import make_image
 
@@ -156,6 +158,60 @@ def test_embed_all_planes_caches_every_plane(
     go_to_plane(viewer, widget, 2)  # served from the disk cache
 
 
+def test_the_propagation_note_says_where_it_went_and_why_it_stopped():
+    rule = "the object vanished or its area changed more than 2×"
+    assert propagation_note(4, [5, 3, 6, 2], 9, 2.0, 50) == (
+        f"propagated the object from plane 4 through planes 2-6; it stopped at planes 1 and 7, "
+        f"where {rule}; check them, then commit (C) to write the 3D object"
+    )
+    assert propagation_note(0, [1, 2], 4, 2.0, 50) == (
+        f"propagated the object from plane 0 through planes 0-2; it stopped at plane 3, where "
+        f"{rule}; check them, then commit (C) to write the 3D object"
+    )
+    done = "; check them, then commit (C) to write the 3D object"
+    assert propagation_note(0, [1, 2, 3], 4, 2.0, 50).endswith("planes 0-3" + done)  # the end
+    assert propagation_note(5, [3, 4, 6, 7], 20, 2.0, 2).endswith("planes 3-7" + done)  # limit
+    assert propagation_note(1, [], 4, 2.5, 50) == (
+        "propagation reached no other plane: on planes 0 and 2 the object vanished or its area "
+        "changed more than 2.5×; raise 'stop at area change ×' or prompt that plane yourself"
+    )
+    assert propagation_note(0, [], 4, 2.0, 50).startswith(
+        "propagation reached no other plane: on plane 1 the"
+    )
+
+
+def test_job_progress_numbers_planes_as_napari_slider_does():
+    """The slider shows a plane's index from 0 and the last index; progress said 1-based."""
+    from napari_samtune._qt.annotate_jobs import iter_embed_planes, iter_propagate_object
+    from napari_samtune._qt.image_planes import describe_image
+    from napari_samtune._qt.propagate import PropagationConfig
+
+    class Segmenter:  # answers every prompt with the same object
+        def set_image(self, image, progress=None, **kwargs):
+            progress(1, 1)
+
+        def prepare_prompts(self):
+            pass
+
+        def predict(self, points_xy, point_labels, box_xyxy):
+            return SimpleNamespace(mask=object_mask)
+
+    object_mask = np.zeros((8, 8), bool)
+    object_mask[2:6, 2:6] = True
+    axes, data, reported = describe_image((3, 8, 8)), np.zeros((3, 8, 8)), []
+    messages = [p.message for p in iter_embed_planes(Segmenter(), axes, data, [1, 2], print)]
+    assert messages == ["embedding plane 1/2", "embedding plane 2/2"]
+    list(iter_embed_planes(Segmenter(), axes, data, [0], reported.append))
+    assert [p.message for p in reported] == ["embedding plane 0/2: tile 1/1"]
+    job = iter_propagate_object(Segmenter(), axes, data, 0, object_mask, PropagationConfig())
+    messages = [getattr(step, "message", None) for step in job]
+    assert messages[::2] == [
+        "propagated to plane 1 (1 reached)",
+        "propagated to plane 2 (2 reached)",
+        None,
+    ]
+
+
 def _propagate_a_box_from_plane_1(viewer, widget, run_job, go_to_plane):
     """Segment a box on plane 1 and propagate it; returns the widget's layers."""
     go_to_plane(viewer, widget, 1)
@@ -169,13 +225,17 @@ def _propagate_a_box_from_plane_1(viewer, widget, run_job, go_to_plane):
 
 
 def test_propagation_fills_neighbouring_planes_and_commits_one_3d_object(
-    stack_widget, qtbot, run_job, go_to_plane
+    stack_widget, qtbot, run_job, go_to_plane, notifications
 ):
     viewer, widget = stack_widget
     layers = _propagate_a_box_from_plane_1(viewer, widget, run_job, go_to_plane)
     reached = layers.preview_planes()
     assert 1 in reached and len(reached) > 1
     assert reached == list(range(min(reached), max(reached) + 1))  # contiguous around plane 1
+    notes = [str(n.message) for n in notifications if "propagat" in str(n.message)]
+    assert notes[-1].startswith(
+        f"propagated the object from plane 1 through planes {plane_ranges(reached)}"
+    )
     assert widget.commit() == [1]
     annotations = widget.session.annotations
     for plane in reached:

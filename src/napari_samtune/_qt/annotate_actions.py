@@ -17,7 +17,7 @@ from qtpy.QtWidgets import QFileDialog
 
 from napari_samtune._qt import annotate_jobs as jobs
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, PROPAGATE_TASK, SAVE_TASK
-from napari_samtune._qt.annotate_session import automatic_note, commit_note
+from napari_samtune._qt.annotate_session import automatic_note, commit_note, propagation_note
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, SCOPE_STACK
 from napari_samtune._qt.prompt_layers import PlanePrompts
 from napari_samtune._qt.propagate import PropagationConfig, prompts_from_mask
@@ -142,10 +142,21 @@ class AnnotateActionsMixin:
             plane,
             preview > 0,
             config,
-            on_yield=self._show_propagated,
+            on_yield=lambda result: self._show_propagated(result, plane, config),
         )
 
-    def _show_propagated(self, result: jobs.PlaneResult) -> None:
+    def _show_propagated(
+        self,
+        result: jobs.PlaneResult | jobs.PropagationEnd,
+        start: int,
+        config: PropagationConfig,
+    ) -> None:
+        if isinstance(result, jobs.PropagationEnd):  # the status line is gone with the job
+            n_planes, ratio = self.session.axes.n_planes, config.max_area_ratio
+            show_info(
+                propagation_note(start, list(result.planes), n_planes, ratio, config.max_planes)
+            )
+            return
         layers = self.session.layers
         layers.set_preview(result.plane, result.labels)
         point_rc, box_rc = prompts_from_mask(result.labels > 0, box_margin=0.0)

@@ -35,13 +35,26 @@ class PlaneResult:
     labels: np.ndarray
 
 
+@dataclass(frozen=True)
+class PropagationEnd:
+    """Propagation ran to its end (it was not stopped and did not fail): the planes it
+    reached, the start plane not among them."""
+
+    planes: tuple[int, ...]
+
+
 Reporter = Callable[[TaskProgress], None]  # thread-safe progress sink (TaskRunner.report)
+
+
+def _where(axes: ImageAxes, plane: int | None) -> str:
+    """ "image", or the plane as napari's slider shows it: its index / the last index."""
+    return "image" if plane is None else f"plane {plane}/{axes.n_planes - 1}"
 
 
 def _set_plane(
     segmenter, axes: ImageAxes, data, plane: int | None, report: Reporter | None = None
 ) -> None:
-    where = "image" if plane is None else f"plane {plane + 1}/{axes.n_planes}"
+    where = _where(axes, plane)
 
     def tiles_done(done: int, total: int) -> None:
         if report is not None:
@@ -57,7 +70,7 @@ def iter_embed_planes(
     """Embed ``planes`` one after the other (cached on disk); returns the last plane."""
     for done, plane in enumerate(planes):
         if len(planes) > 1:
-            yield TaskProgress(done, len(planes), f"embedding plane {plane + 1}/{axes.n_planes}")
+            yield TaskProgress(done, len(planes), f"embedding {_where(axes, plane)}")
             _set_plane(segmenter, axes, data, plane)
         else:  # one plane: show its tiles
             _set_plane(segmenter, axes, data, plane, report)
@@ -75,7 +88,7 @@ def iter_segment_automatically(
 ) -> Iterator[TaskProgress | PlaneResult]:
     """Automatic segmentation of each plane; yields a :class:`PlaneResult` per plane."""
     for done, plane in enumerate(planes):
-        where = "image" if plane is None else f"plane {plane + 1}/{axes.n_planes}"
+        where = _where(axes, plane)
         yield TaskProgress(done, len(planes), f"segmenting {where} automatically…")
         _set_plane(segmenter, axes, data, plane)
 
@@ -95,7 +108,8 @@ def iter_propagate_object(
     start_mask: np.ndarray,
     config: PropagationConfig,
 ) -> Iterator[TaskProgress | PlaneResult]:
-    """Carry one object's mask to neighbouring planes; yields a :class:`PlaneResult` each."""
+    """Carry one object's mask to neighbouring planes; yields a :class:`PlaneResult` for
+    each, then a :class:`PropagationEnd`."""
     planes = iter_propagate(
         segmenter,
         lambda z: _set_plane(segmenter, axes, data, z),
@@ -104,9 +118,12 @@ def iter_propagate_object(
         start_mask,
         config,
     )
-    for reached, (plane, mask) in enumerate(planes, start=1):
-        yield TaskProgress(reached, 0, f"propagated to plane {plane + 1} ({reached} planes)")
+    reached = []
+    for plane, mask in planes:
+        reached.append(plane)
+        yield TaskProgress(len(reached), 0, f"propagated to plane {plane} ({len(reached)} reached)")
         yield PlaneResult(plane, mask.astype(np.uint32))
+    yield PropagationEnd(tuple(reached))
 
 
 def load_model_job(source, device: str, report: Reporter, notes: list[str]) -> LoadedModel:

@@ -208,6 +208,37 @@ def commit_note(planes: list[int | None], in_view: int | None, one_object: bool)
     return ""
 
 
+def propagation_note(
+    start: int, reached: list[int], n_planes: int, max_area_ratio: float, max_planes: int
+) -> str:
+    """What propagation from plane ``start`` did: the planes it ``reached`` (any order), and
+    the planes before which the stopping rule ended it (not the ends of the stack or the
+    ``max_planes`` limit). Planes are numbered as napari's slider shows them, from 0."""
+    stops = []
+    for step in (1, -1):
+        last = max(
+            (p for p in reached if (p - start) * step > 0),
+            key=lambda p: abs(p - start),
+            default=start,
+        )
+        beyond = last + step
+        if 0 <= beyond < n_planes and abs(beyond - start) <= max_planes:
+            stops.append(beyond)
+    rule = f"the object vanished or its area changed more than {max_area_ratio:g}×"
+    where = ("plane " if len(stops) == 1 else "planes ") + " and ".join(map(str, sorted(stops)))
+    if not reached:
+        return (
+            f"propagation reached no other plane: on {where} {rule}; raise 'stop at area "
+            "change ×' or prompt that plane yourself"
+        )
+    note = f"propagated the object from plane {start} through planes " + plane_ranges(
+        sorted([*reached, start])
+    )
+    if stops:
+        note += f"; it stopped at {where}, where {rule}"
+    return note + "; check them, then commit (C) to write the 3D object"
+
+
 def automatic_note(found: int, added: int, overwrite: bool) -> str:
     """What automatic segmentation did: ``found`` objects, of which ``added`` got pixels
     (without ``overwrite`` an object covered by existing ones gets none)."""
