@@ -234,6 +234,7 @@ def test_commit_autosaves_labels_and_prompts(viewer_widget, qtbot, tmp_path, dra
     with qtbot.waitSignal(widget.annotations_saved, timeout=WAIT_MS) as saved:
         widget.commit()
     drain_jobs(widget)
+    assert widget.ui.status_label.text() == "committed object(s) [1]"  # not "autosave…", ""
     np.testing.assert_array_equal(tifffile.imread(saved.args[0]), widget.session.annotations)
     record = json.loads((tmp_path / "nuclei.prompts.json").read_text())
     assert record["objects"][0]["ids"] == [1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 from qtpy.QtWidgets import QLabel, QProgressBar
@@ -63,3 +64,33 @@ def test_a_runtime_error_of_a_generator_is_reported_and_ends_the_task(
     assert [type(error) for error in errors] == [RuntimeError]
     assert str(errors[0]) == "CUDA out of memory. Tried to allocate 2.00 GiB"
     assert len(shown) == 1 and shown[0].startswith("training failed: out of memory (CUDA")
+
+
+def test_a_quiet_task_leaves_the_label_and_the_bar_to_the_others(qtbot, make_napari_viewer):
+    """An autosave wrote "annotation autosave…" over "committed object(s) [1]" and then
+    cleared the line: what the commit did was gone before it could be read."""
+    make_napari_viewer()
+    bar, label = QProgressBar(), QLabel()
+    runner = TaskRunner(bar, label)
+    label.setText("committed object(s) [1]")
+    with qtbot.waitSignal(runner.task_finished, timeout=10_000):
+        runner.start("autosave", _slow, 0.05, quiet=True)
+        assert label.text() == "committed object(s) [1]" and bar.isHidden()
+    assert label.text() == "committed object(s) [1]" and bar.isHidden()
+
+    embedded, saved = threading.Event(), threading.Event()
+    runner.start("embedding", threading.Event.wait, embedded, 10)  # shows progress
+    with qtbot.waitSignal(runner.task_finished, timeout=10_000):
+        runner.start("autosave", _slow, 0.0, quiet=True)
+    assert label.text() == "embedding…" and not bar.isHidden()  # still embedding
+    runner.start("autosave", threading.Event.wait, saved, 10, quiet=True)
+    with qtbot.waitSignal(runner.task_finished, timeout=10_000) as ended:
+        embedded.set()
+    assert ended.args == ["embedding"] and runner.is_running("autosave")
+    assert label.text() == "" and bar.isHidden()  # the save runs on, unseen
+    runner.report(TaskProgress(2, 2, "a late report"))
+    qtbot.wait(50)
+    assert label.text() == "" and bar.isHidden()
+    with qtbot.waitSignal(runner.task_finished, timeout=10_000):
+        saved.set()
+    assert label.text() == "" and bar.isHidden()

@@ -332,6 +332,7 @@ class AnnotateActionsMixin:
             session.file_name(folder),
             on_return=lambda paths: self.annotations_saved.emit(str(paths[0])),
             on_finish=lambda: self._autosave() if self._autosave_again else None,
+            quiet=True,  # the status line keeps what was committed
         )
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)

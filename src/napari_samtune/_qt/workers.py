@@ -180,6 +180,7 @@ class TaskRunner:
         self.progress_bar.destroyed.connect(self._on_widgets_destroyed)
         self._workers: dict[str, Any] = {}  # task name -> running worker
         self._ended: dict[str, threading.Event] = {}  # task name -> set when its thread ends
+        self._quiet: set[str] = set()  # tasks that leave the bar and the label alone
         self._relay = _ProgressRelay()
         self._relay.progressed.connect(self._show_progress)
         # Emitted on the main thread once a task has finished (returned or failed) and
@@ -208,13 +209,16 @@ class TaskRunner:
         on_error: Callable[[BaseException], None] | None = None,
         on_finish: Callable[[], None] | None = None,
         memory_advice: str = MEMORY_ADVICE,
+        quiet: bool = False,
         **kwargs: Any,
     ):
         """Run ``func(*args, **kwargs)`` in a thread worker; callbacks run on the main thread.
 
         An error is notified (see :func:`user_message`, with ``memory_advice``) and handed
-        to ``on_error``. Returns the started worker (wait on its ``finished`` signal in tests).
-        Raises ``RuntimeError`` when a task of the same name is still running.
+        to ``on_error``. A ``quiet`` task (a background save) shows no progress, so that the
+        label keeps what the user last did. Returns the started worker (wait on its
+        ``finished`` signal in tests). Raises ``RuntimeError`` when a task of the same name
+        is still running.
         """
         if name in self._workers:
             raise RuntimeError(f"{name} is still running; wait for it to finish")
@@ -241,7 +245,10 @@ class TaskRunner:
         ended = threading.Event()  # set in the worker's thread, so wait() needs no event loop
         worker.finished.connect(ended.set, Qt.ConnectionType.DirectConnection)
         self._workers[name], self._ended[name] = worker, ended
-        self._show_progress(TaskProgress(0, 0, f"{name}…"))
+        if quiet:
+            self._quiet.add(name)
+        else:
+            self._show_progress(TaskProgress(0, 0, f"{name}…"))
         worker.start()
         return worker
 
@@ -267,7 +274,9 @@ class TaskRunner:
         would otherwise reach widgets that are being deleted)."""
         self._workers.pop(name, None)
         self._ended.pop(name, None)
-        if not self._workers and self._shown:
+        quiet = name in self._quiet
+        self._quiet.discard(name)
+        if self._shown and not quiet and self._workers.keys() <= self._quiet:
             self.progress_bar.setVisible(False)
             self.status_label.setText("")
 
@@ -312,7 +321,7 @@ class TaskRunner:
             self.task_finished.emit(name)
 
     def _show_progress(self, progress: TaskProgress) -> None:
-        if not self._workers:
+        if self._workers.keys() <= self._quiet:
             return  # a late report from a task that has already finished
         self.progress_bar.setVisible(True)
         self.progress_bar.setRange(0, max(progress.total, 0))
