@@ -313,6 +313,19 @@ def test_compare_models_writes_csv_and_png(tmp_path):
     assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.std() > 0
 
 
+def test_a_second_comparison_of_the_same_name_keeps_the_first(tmp_path):
+    first = compare_models({"a": {"msa": 0.5}}, tmp_path, name="cmp")
+    (tmp_path / "other.png").write_bytes(b"")  # a lone PNG takes its name too
+    second = compare_models({"b": {"msa": 0.25}}, tmp_path, name="cmp")
+    other = compare_models({"c": {"msa": 0.75}}, tmp_path, name="other")
+    assert (second.csv_path.name, second.png_path.name) == ("cmp-2.csv", "cmp-2.png")
+    assert other.csv_path.name == "other-2.csv"
+    assert _read_csv(first.csv_path)[0]["model"] == "a"
+    assert _read_csv(second.csv_path)[0]["model"] == "b"
+    replaced = compare_models({"d": {"msa": 1.0}}, tmp_path, name="cmp", overwrite=True)
+    assert replaced.csv_path == first.csv_path and _read_csv(first.csv_path)[0]["model"] == "d"
+
+
 def test_compare_models_takes_evaluation_objects(tmp_path):
     labels = _square_labels()
     instances = evaluate_instances([labels], [labels * (labels != 7)])  # object 7 missed

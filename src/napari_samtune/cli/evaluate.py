@@ -109,17 +109,6 @@ def _unique_names(models: list[str]) -> list[str]:
     return names
 
 
-def _free_stem(out: Path) -> str:
-    """``evaluation``, or where an earlier run's files are in ``out``, the first free
-    ``evaluation-2``, ``-3``, ...: a rerun (the same default ``--out``) never replaces
-    the results of the last."""
-    from napari_samtune.core.checkpoints import first_free
-
-    return first_free(
-        "evaluation", lambda stem: (out / f"{stem}.csv").exists() or (out / f"{stem}.png").exists()
-    )
-
-
 def format_table(results: dict[str, dict[str, float]]) -> str:
     header = "| model | " + " | ".join(t for _, t in TABLE_COLUMNS) + " |"
     lines = [header, "|---|" + "---:|" * len(TABLE_COLUMNS)]
@@ -249,7 +238,7 @@ def _run(args: argparse.Namespace) -> int:
                 loaded.sam, loaded.model_id, images, labels, auto, args.clicks,
                 args.max_objects, device, progress=lambda done, _: bar.update(done - bar.n),
             )  # fmt: skip
-    files = compare_models(results, args.out, _free_stem(args.out))
+    files = compare_models(results, args.out, "evaluation")  # a rerun: evaluation-2, ...
     print(format_table(results))
     print(f"iterative prompting (IoU after 0..{args.clicks} clicks):")
     for name, metrics in results.items():

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from napari_samtune.core.checkpoints import atomic_write, check_output_folder
+from napari_samtune.core.checkpoints import atomic_write, check_output_folder, first_free
 from napari_samtune.core.coords import napari_to_sam
 from napari_samtune.core.metrics import check_label_image
 from napari_samtune.core.prompts import PADDING, corrective_point, interior_point
@@ -364,7 +364,10 @@ def _check_output_dir(output_dir: str | os.PathLike) -> Path:
 
 
 def compare_models(
-    results: Mapping[str, Any], output_dir: str | Path, name: str = "model_comparison"
+    results: Mapping[str, Any],
+    output_dir: str | Path,
+    name: str = "model_comparison",
+    overwrite: bool = False,
 ) -> ComparisonFiles:
     """Write a CSV of every model's metrics and a grouped bar chart (mSA, SA50, box/point IoU).
 
@@ -374,7 +377,9 @@ def compare_models(
             list of those (merged). Models missing a metric get an empty CSV cell and no bar.
         output_dir: folder for ``<name>.csv`` and ``<name>.png``; created if needed (a
             file there is refused with ``ValueError``).
-        name: file name stem.
+        name: file name stem. Where ``<name>.csv`` or ``<name>.png`` is there already (an
+            earlier comparison), the first free ``<name>-2``, ``<name>-3``, ... is used,
+            unless ``overwrite``; the returned paths say which.
     """
     if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
         raise ValueError(
@@ -391,6 +396,11 @@ def compare_models(
         raise ValueError(
             f"no model has any of the chart metrics {[k for k, _ in CHART_METRICS]!r}; "
             "evaluate with evaluate_instances and/or evaluate_prompts first"
+        )
+    if not overwrite:
+        name = first_free(
+            name,
+            lambda stem: any((output_dir / f"{stem}{ext}").exists() for ext in (".csv", ".png")),
         )
     csv_path = atomic_write(output_dir / f"{name}.csv", lambda tmp: _write_csv(tmp, table, columns))
     png_path = atomic_write(output_dir / f"{name}.png", lambda tmp: _write_chart(tmp, table, chart))
