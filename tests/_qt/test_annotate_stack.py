@@ -173,7 +173,7 @@ def test_the_propagation_note_says_where_it_went_and_why_it_stopped():
     assert propagation_note(5, [3, 4, 6, 7], 20, 2.0, 2).endswith("planes 3-7" + done)  # limit
     assert propagation_note(1, [], 4, 2.5, 50) == (
         "propagation reached no other plane: on planes 0 and 2 the object vanished or its area "
-        "changed more than 2.5×; raise 'stop at area change ×' or prompt that plane yourself"
+        "changed more than 2.5×; raise 'stop at area change ×' or prompt the object there yourself"
     )
     assert propagation_note(0, [], 4, 2.0, 50).startswith(
         "propagation reached no other plane: on plane 1 the"

@@ -212,7 +212,7 @@ def propagation_note(
     start: int, reached: list[int], n_planes: int, max_area_ratio: float, max_planes: int
 ) -> str:
     """What propagation from plane ``start`` did: the planes it ``reached`` (any order), and
-    the planes before which the stopping rule ended it (not the ends of the stack or the
+    the planes where the stopping rule ended it (not the ends of the stack or the
     ``max_planes`` limit). Planes are numbered as napari's slider shows them, from 0."""
     stops = []
     for step in (1, -1):
@@ -229,7 +229,7 @@ def propagation_note(
     if not reached:
         return (
             f"propagation reached no other plane: on {where} {rule}; raise 'stop at area "
-            "change ×' or prompt that plane yourself"
+            "change ×' or prompt the object there yourself"
         )
     note = f"propagated the object from plane {start} through planes " + plane_ranges(
         sorted([*reached, start])
