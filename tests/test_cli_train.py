@@ -176,6 +176,25 @@ def test_a_crashed_run_says_what_is_saved(tmp_path, folders, capsys, monkeypatch
     assert "samtune train: out of memory: choose a --preset for less memory" in err
 
 
+def test_a_refused_resume_does_not_call_the_other_run_unfinished(tmp_path, folders, capsys):
+    """``--resume A --out B`` with B holding a finished run B is refused; before the refusal
+    it said "the run did not finish; its checkpoints are on disk: B/..." and offered to
+    continue B, a run that had finished and was not the one resumed."""
+    images, labels = folders
+    runs = {name: tmp_path / name for name in ("a", "b")}
+    for out in runs.values():
+        argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
+        argv += ["--labels", labels, "--epochs", "1", *FAST, "--out", str(out)]
+        assert cli.main(argv) == 0
+    capsys.readouterr()
+    resume = ["train", "--resume", str(runs["a"]), "--epochs", "2", "--images", images]
+    resume += ["--labels", labels, "--out", str(runs["b"]), "--no-progress"]
+    assert cli.main(resume) == 2
+    err = capsys.readouterr().err
+    assert "holds another training run" in err
+    assert "did not finish" not in err and "--resume" in err
+
+
 def _signals_after(monkeypatch, event_type, *signals):
     """Training raises ``signals`` (for real) after its first event of ``event_type``."""
     import signal

@@ -266,15 +266,20 @@ def _run(args: argparse.Namespace) -> int:
         val_pairs = read_annotated(args.val_images, args.val_labels, "validation", *options)
     if verbose:
         print(origin)
-    stop = threading.Event()
+    stop, started = threading.Event(), threading.Event()
     previous = _stop_on_ctrl_c(stop, verbose), signal.signal(signal.SIGTERM, _terminate)
     try:
-        finished = _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose)
+        finished = _train_with_progress(
+            config, train_pairs, val_pairs, args, stop, verbose, started
+        )
     except KeyboardInterrupt as err:  # the second Ctrl+C, or SIGTERM: what is saved, what next
         raise type(err)(aborted_note(Path(args.out)) if verbose else "") from None
     except Exception as err:  # a crash (out of memory, a full disk): its error, what is saved
         if verbose:
-            for line in (aborted_note(Path(args.out)), _memory_advice(err)):
+            # Before the start, --out's checkpoints may be another run's that the core
+            # refused to mix with this one: they are not this run's to report.
+            saved = aborted_note(Path(args.out)) if started.is_set() else ""
+            for line in (saved, _memory_advice(err)):
                 if line:
                     print(f"samtune train: {line}", file=sys.stderr, flush=True)
         raise
@@ -337,7 +342,9 @@ def _terminate(signum, frame):
     raise Terminated
 
 
-def _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose):
+def _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose, started):
+    """Drain the training events, printing them if ``verbose``; ``started`` is set once
+    training has started (its model loaded, ``--out`` taken)."""
     from napari_samtune.core.train import TrainingStarted, iter_train, with_progress
 
     finished = None
@@ -347,6 +354,8 @@ def _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose):
     if verbose:
         events = with_progress(events, config.epochs, bar=not args.no_progress)
     for event in events:
+        if isinstance(event, TrainingStarted):
+            started.set()
         if isinstance(event, TrainingStarted) and verbose:
             print("effective config:\n" + json.dumps(asdict(event.config), indent=2))
             print(f"{event.n_train} training / {event.n_val} validation images on {event.device}")
