@@ -152,7 +152,9 @@ def test_points_saved_from_napari_and_files_without_labels(
     saved = napari_points_file(tmp_path / "p.csv", [[40, 30], [150, 200]], ["positive"] * 2)
     assert saved.read_text().startswith("index,axis-0,axis-1,label\n")  # (row, column)
     unlabelled = write_csv(tmp_path / "xy.csv", "x,y\n30,40\n200,150\n")  # all positive
-    for i, points in enumerate((saved, unlabelled)):
+    # pandas' to_csv writes its index as an unnamed first column
+    indexed = write_csv(tmp_path / "pandas.csv", ",x,y\n0,30,40\n1,200,150\n")
+    for i, points in enumerate((saved, unlabelled, indexed)):
         assert segment(tiny_checkpoint, path, tmp_path / f"{i}.tif", "--points", str(points)) == 0
         np.testing.assert_array_equal(tifffile.imread(tmp_path / f"{i}.tif"), expected)
 
@@ -460,6 +462,21 @@ def test_a_second_run_reuses_the_cached_embeddings(tmp_path, tiny_checkpoint, im
         ("--points", "", "p.csv is empty; its first line must name the columns: x,y, then"),
         ("--points", "x;y\n1;2\n", "p.csv: its header 'x;y' is not separated by commas; save"),
         ("--points", "x,y\n12,5,30,5\n", r"line 2: 4 values \(12,5,30,5\) for the 2 columns"),
+        (
+            "--points",
+            "x,y,lable\n1,2,1\n5,3,0\n",
+            r"p.csv: column\(s\) \['lable'\] are not read .* the columns are x, y, label, object",
+        ),
+        (
+            "--points",
+            "x,y,label   # 1 = positive, 0 = negative\n1,2,1\n5,3,0\n",
+            r"column\(s\) \['label   # 1 = positive', '0 = negative'\] are not read",
+        ),
+        (
+            "--boxes",
+            "x_min,y_min,x_max,y_max,object\n1,2,3,4,7\n",
+            r"column\(s\) \['object'\] are not read .* x_min, y_min, x_max, y_max, z:",
+        ),
         ("--boxes", "x_min,y_min,x_max,y_max\n1,2,3,4,5\n", "line 2: 5 values .* write 12.5"),
         ("--boxes", "x_min,y_min,x_max,y_max\n50,5,10,20\n", "line 2: x_min > x_max"),
         ("--boxes", SPANNING_SHAPE, "give 2D shapes .* or, with --stack"),

@@ -10,6 +10,9 @@
 * for a stack (``--stack``) each row also names its plane: a ``z`` column, or
   ``axis-0`` of a 3D napari points layer.
 
+Other named columns of the x/y and box files are refused (napari's files may carry the
+layer's features).
+
 Every mistake is a ``ValueError`` naming the file, the line and the fix.
 """
 
@@ -103,6 +106,19 @@ def _require(path: Path, header: list[str], columns: tuple[str, ...]) -> None:
         )
 
 
+def _refuse_unknown(path: Path, header: list[str], known: tuple[str, ...]) -> None:
+    """A column not read would be dropped without a word: ``lable`` (a typo) made every
+    point positive, and a comment after the header named no column at all. Unnamed columns
+    (the index pandas writes) are left alone."""
+    unknown = [name for name in header if name and name not in known]
+    if unknown:
+        raise ValueError(
+            f"{path}: column(s) {unknown!r} are not read (header is {header!r}); the columns "
+            f"are {', '.join(known)}: correct a misspelt name, and remove other columns and "
+            "comments"
+        )
+
+
 def _require_rows(path: Path, rows: Rows) -> None:
     if not rows:
         raise ValueError(f"{path} has a header but no rows; add one prompt per line")
@@ -179,6 +195,7 @@ def _point_columns(path: Path, header: list[str], stacked: bool) -> tuple[str, s
             )
         return ("axis-1", "axis-2", "axis-0") if stacked else ("axis-0", "axis-1", None)
     _require(path, header, ("x", "y", PLANE_COLUMN) if stacked else ("x", "y"))
+    _refuse_unknown(path, header, ("x", "y", "label", "object", PLANE_COLUMN))
     return "y", "x", (PLANE_COLUMN if stacked else None)
 
 
@@ -244,6 +261,7 @@ def read_boxes_csv(
     if "shape-type" in header:
         return _napari_shapes(path, header, rows, image_shape, n_planes)
     _require(path, header, (*BOX_COLUMNS, PLANE_COLUMN) if n_planes is not None else BOX_COLUMNS)
+    _refuse_unknown(path, header, (*BOX_COLUMNS, PLANE_COLUMN))
     _require_rows(path, rows)
     boxes, planes = [], []
     for line, row in rows:
