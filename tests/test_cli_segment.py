@@ -497,6 +497,21 @@ def test_bad_prompt_files_name_the_file_line_and_fix(
     assert not (tmp_path / "out.tif").exists()
 
 
+def test_the_readme_prompt_files_read_as_written(tmp_path):
+    """Copied from the README, its examples had a comment in the header line: the points
+    file then had no label column, and its negative point became an object."""
+    from napari_samtune.cli.prompt_files import read_boxes_csv, read_points_csv
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("**Prompt files**", 1)[1]
+    points_text, boxes_text = re.findall(r"```\n(.*?)```", section, re.DOTALL)[:2]
+    points = read_points_csv(write_csv(tmp_path / "p.csv", points_text), (200, 200))
+    np.testing.assert_array_equal(points.points_xy, [[120.5, 88], [131, 95]])
+    np.testing.assert_array_equal(points.labels, [1, 0])
+    boxes = read_boxes_csv(write_csv(tmp_path / "b.csv", boxes_text), (200, 200))
+    np.testing.assert_array_equal(boxes.boxes_xyxy, [[100, 60, 150, 118]])
+
+
 def test_a_folder_as_prompt_file_is_named_a_folder(tmp_path, tiny_checkpoint, image_file, capsys):
     (tmp_path / "prompts").mkdir()
     options = ["--points", str(tmp_path / "prompts")]
