@@ -348,6 +348,7 @@ GRAY, TWO_CHANNELS = (120, 160), (2, 120, 160)
     [
         (["--points-per-side", "0"], GRAY, "error: --points-per-side 0; use a positive"),
         (["--min-area", "-1"], GRAY, "error: --min-area -1; use a whole number >= 0"),
+        (["--device", "gpu"], GRAY, "error: --device gpu is not a device; choose one of"),
         (
             ["--channel-axis", "3", "--channels", "1"],
             TWO_CHANNELS,

@@ -53,6 +53,7 @@ OPTION_NAMES: dict[str, str] = {
     **{name: "--" + name.replace("_", "-") for name in AUTO_OPTIONS},
     "channel_axis": "--channel-axis",
     "channels": "--channels",
+    "device": "--device",
 }
 
 
