@@ -29,7 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--out", type=output_folder, default="samtune-demo", help="output folder")
-    parser.add_argument("--quick", action="store_true", help="a reduced demo (about a minute)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a shorter demo (about 20 s on a 2-core CPU)"
+    )
     parser.add_argument("--model", default="nano", help="the generalist to start from")
     parser.add_argument("--epochs", type=int, default=None, help="finetuning epochs")
     parser.add_argument("--samples", type=int, default=None, help="patches per epoch")
