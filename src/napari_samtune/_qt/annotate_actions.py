@@ -266,14 +266,34 @@ class AnnotateActionsMixin:
         if not labels_path.is_file():
             return
         try:
-            if not labels:
-                self.session.load_records(labels_path)
-                return
-            n_objects = self.session.load(labels_path)
+            self._load_saved(labels_path, labels)
         except (ValueError, OSError) as err:
-            show_error(f"could not restore {labels_path}: {user_message(err)}")
+            self._restore_failed(labels_path, user_message(err), labels)
+
+    def _load_saved(self, labels_path: Path, labels: bool) -> None:
+        if not labels:
+            self.session.load_records(labels_path)
             return
+        n_objects = self.session.load(labels_path)
         show_info(f"restored {n_objects} saved objects from {labels_path}")
+
+    def _restore_failed(self, labels_path: Path, problem: str, labels: bool) -> None:
+        """The autosave at ``labels_path`` could not be read back: later saves go beside it,
+        never over it (where an earlier session went after the same failure, and are
+        restored from there)."""
+        diverted, _ = annotation_paths(
+            labels_path.parent, self.session.divert_saves(labels_path.parent)
+        )
+        show_error(
+            f"could not restore {labels_path}: {problem}. So that it is not overwritten, this "
+            f"image's annotations are saved as {diverted.name} until it can be read"
+        )
+        if diverted == labels_path or not diverted.is_file():
+            return
+        try:
+            self._load_saved(diverted, labels)
+        except (ValueError, OSError) as err:
+            show_error(f"could not restore {diverted} either: {user_message(err)}")
 
     def _namesake_note(self, taken: Path, file_name: str) -> str:
         if saved_fingerprint(taken) == self.session.fingerprint:

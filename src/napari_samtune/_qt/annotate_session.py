@@ -20,7 +20,7 @@ from napari_samtune.core.annotation_files import (
     save_annotations,
     save_name,
 )
-from napari_samtune.core.label_files import image_fingerprint
+from napari_samtune.core.label_files import image_fingerprint, namesake_name
 
 
 class AnnotationSession:
@@ -139,6 +139,14 @@ class AnnotationSession:
         key = (Path(folder), self.image_layer.name)
         if key not in self._file_names:
             self._file_names[key] = save_name(*key, self.fingerprint, self.axes.spatial_shape)
+        return self._file_names[key]
+
+    def divert_saves(self, folder: str | Path) -> str:
+        """Save this image's annotations in ``folder`` as ``<name>-<fingerprint>`` from now
+        on: a file under its own name could not be read back, and a save would replace it.
+        Returns the new file name."""
+        key = (Path(folder), self.image_layer.name)
+        self._file_names[key] = namesake_name(self.image_layer.name, self.fingerprint)
         return self._file_names[key]
 
     def document(self) -> dict:
