@@ -54,6 +54,8 @@ class AnnotateWidget(AnnotateImageMixin, AnnotateEmbeddingMixin, AnnotateActions
         self.session: AnnotationSession | None = None
         self._generation = 0  # bumped when model, image or channels change
         self._embedded: tuple[int, int | None] | None = None  # (generation, plane)
+        # planes whose preview lags their prompts (it waits for a model or an embedding)
+        self._previews_behind: set[int | None] = set()
         self._autosave_again = False
         self._hinted: set[str] = set()
         self._removing_own_layers = False  # removals the widget makes need no message
@@ -198,10 +200,16 @@ class AnnotateWidget(AnnotateImageMixin, AnnotateEmbeddingMixin, AnnotateActions
         """
         if self.session is None:
             return False
+        plane = self.current_plane
+        up_to_date = self._compute_preview(plane, clear_if_empty)
+        (self._previews_behind.discard if up_to_date else self._previews_behind.add)(plane)
+        return up_to_date
+
+    def _compute_preview(self, plane: int | None, clear_if_empty: bool) -> bool:
         if not self._viewing_planes():
             self._hint(TRANSPOSED_HINT)
             return False
-        plane, layers = self.current_plane, self.session.layers
+        layers = self.session.layers
         prompts = layers.prompts(plane)
         if plane in layers.implicit and self.ui.mode_combo.currentText() != BATCHED_MODE:
             prompts = prompts.after(layers.implicit[plane])  # a propagated plane, corrected

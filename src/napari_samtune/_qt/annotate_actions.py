@@ -17,7 +17,12 @@ from qtpy.QtWidgets import QFileDialog
 
 from napari_samtune._qt import annotate_jobs as jobs
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, PROPAGATE_TASK, SAVE_TASK
-from napari_samtune._qt.annotate_session import automatic_note, commit_note, propagation_note
+from napari_samtune._qt.annotate_session import (
+    automatic_note,
+    behind_note,
+    commit_note,
+    propagation_note,
+)
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, SCOPE_STACK
 from napari_samtune._qt.prompt_layers import PlanePrompts
 from napari_samtune._qt.propagate import PropagationConfig, prompts_from_mask
@@ -72,6 +77,7 @@ class AnnotateActionsMixin:
             show_info("wait for the propagation to finish, then clear its preview (Shift+C)")
             return
         self.session.clear()
+        self._previews_behind.clear()
 
     # -- commit / undo --------------------------------------------------------------------
     def commit(self) -> list[int]:
@@ -81,6 +87,9 @@ class AnnotateActionsMixin:
             return []
         if self.runner.is_running(PROPAGATE_TASK):
             show_info("wait for the propagation to finish, then commit")
+            return []
+        if self._previews_behind:  # it would write a mask without the latest prompts
+            show_info(behind_note(sorted(self._previews_behind)))
             return []
         source = "batched" if self.ui.mode_combo.currentText() == BATCHED_MODE else "interactive"
         overwrite = self.ui.overwrite_check.isChecked()

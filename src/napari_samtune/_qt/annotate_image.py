@@ -228,4 +228,5 @@ class AnnotateImageMixin:
         self.session.layers.annotations.events.paint.disconnect(self._on_painted)
         self._follow_image(self.session.image_layer, connect=False)
         self.session = None
+        self._previews_behind.clear()
         self._invalidate_embedding()

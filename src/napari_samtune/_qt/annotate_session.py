@@ -216,6 +216,19 @@ def commit_note(planes: list[int | None], in_view: int | None, one_object: bool)
     return ""
 
 
+def behind_note(planes: list[int | None]) -> str:
+    """Why a commit waits: the preview of ``planes`` (sorted; ``[None]`` for a 2D image)
+    does not show their latest prompts yet."""
+    waits = "does not show your latest prompts (it waits for the model or an embedding)"
+    if planes == [None]:
+        return f"not committed yet: the preview {waits}; when it does, commit (C)"
+    where = ("plane " if len(planes) == 1 else "planes ") + plane_ranges(planes)
+    return (
+        f"not committed yet: the preview of {where} {waits}; view {where} until it does, "
+        "then commit (C)"
+    )
+
+
 def propagation_note(
     start: int, reached: list[int], n_planes: int, max_area_ratio: float, max_planes: int
 ) -> str:
