@@ -47,3 +47,15 @@ def test_an_autosave_that_cannot_be_restored_is_never_saved_over(
     np.testing.assert_array_equal(tifffile.imread(diverted[0]), later.session.annotations)
     again = reopen()  # what went beside the damaged file comes back, not overwritten
     np.testing.assert_array_equal(again.session.annotations, later.session.annotations)
+
+
+def test_labels_without_background_count_every_object(viewer_widget, tmp_path, notifications):
+    """A label image with no background pixel (a dense segmentation) was said to hold one
+    object fewer than it does."""
+    _, widget = viewer_widget
+    dense = np.ones((256, 256), dtype=np.uint16)
+    dense[:, 128:] = 2
+    tifffile.imwrite(tmp_path / "dense.tif", dense)
+    assert widget.load_annotations(tmp_path / "dense.tif") == 2
+    assert "loaded 2 objects" in notifications[-1]
+    np.testing.assert_array_equal(widget.session.annotations, dense)

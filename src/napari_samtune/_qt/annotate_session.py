@@ -170,7 +170,7 @@ class AnnotationSession:
         self.records = list(record.get("objects", []))
         self.undo_stack.clear()
         self.layers.annotations.refresh()
-        return int(len(np.unique(labels)) - (labels.min(initial=0) == 0))
+        return int(np.count_nonzero(np.unique(labels)))  # ids, 0 (background) not one
 
     def load_records(self, labels_path: str | Path) -> None:
         """Take the object records saved with ``labels_path``; the labels stay as they are
