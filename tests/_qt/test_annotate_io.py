@@ -85,7 +85,7 @@ def test_image_layouts(shape, rgb, channels_first, channels, spatial, n_planes):
         ((2, 3, 40, 50), False, False, None, "channels on first axis"),
         ((40, 50), False, True, None, "expected \\(C, H, W\\)"),
         ((2, 40, 50), False, True, (5,), "invalid for 2 channels"),
-        ((40, 50, 3), True, True, None, "untick"),
+        ((40, 50, 3), True, True, None, "untick 'channels on first axis'"),
         ((40, 50), False, False, (0,), "needs 'channels on first axis'"),
     ],
 )

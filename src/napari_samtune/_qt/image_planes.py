@@ -78,7 +78,9 @@ def describe_image(
     """Validate a layer's data layout; raises ``ValueError`` naming the problem and the fix."""
     shape = tuple(int(s) for s in shape)
     if rgb and channels_first:
-        raise ValueError("an RGB layer has its colours on the last axis; untick 'channels first'")
+        raise ValueError(
+            "an RGB layer has its colours on the last axis; untick 'channels on first axis'"
+        )
     ndim = len(shape)
     if rgb and ndim not in (3, 4):
         raise ValueError(f"RGB image of shape {shape!r}: expected (H, W, 3|4) or (Z, H, W, 3|4)")
