@@ -219,7 +219,10 @@ def commit_note(planes: list[int | None], in_view: int | None, one_object: bool)
 def behind_note(planes: list[int | None]) -> str:
     """Why a commit waits: the preview of ``planes`` (sorted; ``[None]`` for a 2D image)
     does not show their latest prompts yet."""
-    waits = "does not show your latest prompts (it waits for the model or an embedding)"
+    waits = (
+        "does not show your latest prompts (it waits for the model or an embedding, or "
+        "segmenting them failed)"
+    )
     if planes == [None]:
         return f"not committed yet: the preview {waits}; when it does, commit (C)"
     where = ("plane " if len(planes) == 1 else "planes ") + plane_ranges(planes)
