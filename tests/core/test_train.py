@@ -568,6 +568,7 @@ def test_a_diverging_run_stops_before_nan_reaches_the_weights(tmp_path, data):
     with pytest.raises(ValueError, match=r"diverged at epoch 2, step \d+: the loss became") as err:
         train(wild, *data, tmp_path / "run", resume_from=tmp_path / "run")
     assert "learning_rate=1e+38 is too high" in str(err.value)
+    assert "e.g. learning_rate=0.0001 (the presets use 1e-05)" in str(err.value)
     assert f"kept ({first.best_checkpoint_path}, {first.last_checkpoint_path})" in str(err.value)
     assert first.last_checkpoint_path.read_bytes() == before  # resumable as it was
     with pytest.raises(ValueError, match="diverged at epoch 1") as err:
@@ -579,6 +580,15 @@ def test_a_diverging_run_stops_before_nan_reaches_the_weights(tmp_path, data):
     events = list(iter_train(calmer, *data, tmp_path / "run", resume_from=tmp_path / "run"))
     steps = [e for e in events if type(e).__name__ == "StepDone"]
     assert steps and all(e.learning_rate == 1e-4 for e in steps)  # not the checkpoint's 3e-3
+
+
+def test_the_learning_rate_suggested_after_divergence_is_one_finetuning_takes():
+    """A tenth of 1e8, the advice for --lr 1e8, diverged again."""
+    from napari_samtune.core.trainer import _calmer
+
+    assert [_calmer(lr) for lr in (1e8, 1e-2, 1e-3, 5e-5)] == pytest.approx(
+        [1e-4, 1e-4, 1e-4, 5e-6]
+    )
 
 
 @pytest.mark.parametrize(("saved_world_size", "first_step"), [(1, 3), (2, 1)])

@@ -289,8 +289,8 @@ class Trainer(TrainerFilesMixin):
         raise ValueError(
             f"training diverged at epoch {epoch + 1}, step {self.progress.step_in_epoch + 1}: "
             f"the loss became {loss}; learning_rate={lr:g} is too high for this run (or the "
-            f"data holds non-finite values). Lower it, e.g. learning_rate={lr / 10:g}, and "
-            f"train again{saved}"
+            f"data holds non-finite values). Lower it, e.g. learning_rate={_calmer(lr):g} "
+            f"(the presets use {TrainConfig.learning_rate:g}), and train again{saved}"
         )
 
     def _training_input(self, index: int, epoch: int):
@@ -389,3 +389,10 @@ def _prepare(data: TrainData, what: str):
         return prepare_annotated(as_pairs(data), what)
     except (ValueError, TypeError) as err:
         raise type(err)(f"{what} data: {err}") from None
+
+
+def _calmer(learning_rate: float) -> float:
+    """A learning rate to try after ``learning_rate`` diverged: a tenth of it, but no more
+    than 1e-4 (ten times the presets'), which finetuning SAM takes; a tenth of 1e8 would
+    diverge again."""
+    return min(learning_rate / 10, 1e-4)
