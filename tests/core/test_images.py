@@ -266,7 +266,7 @@ def test_channels_typed_as_text_point_to_parse_channels(rng):
         ((16, 16, 2), 5, r"channel_axis=5 is out of range for an image of shape \(16, 16, 2\)"),
         ((16, 16, 2), -4, r"channel_axis=-4 is out of range.*-3\.\.2"),
         ((16, 16), 7, r"channel_axis=7 was given but the image has shape \(16, 16\), a 2D"),
-        ((16, 16), -1, r"channel_axis=-1 was given but .* leave channel_axis out"),
+        ((16, 16), -1, r"channel_axis=-1 was given but .* leave channel_axis out$"),
     ],
 )
 def test_a_channel_axis_the_image_cannot_have_is_named_with_the_shape(shape, axis, message):

@@ -216,7 +216,7 @@ def _check_channel_axis(channel_axis: int | None, shape: tuple[int, ...]) -> Non
     if len(shape) == 2:
         raise ValueError(
             f"channel_axis={channel_axis!r} was given but the image has shape {shape!r}, a 2D "
-            "grayscale image without a channel axis; leave channel_axis out (None)"
+            "grayscale image without a channel axis; leave channel_axis out"
         )
     if len(shape) == 3 and not -3 <= channel_axis < 3:
         raise ValueError(
