@@ -59,3 +59,24 @@ def test_labels_without_background_count_every_object(viewer_widget, tmp_path, n
     assert widget.load_annotations(tmp_path / "dense.tif") == 2
     assert "loaded 2 objects" in notifications[-1]
     np.testing.assert_array_equal(widget.session.annotations, dense)
+
+
+def test_an_unreadable_autosave_is_called_unreadable_not_another_image_s(
+    viewer_widget, make_napari_viewer, tmp_path, nuclei_image, notifications, drain_jobs
+):
+    """Garbage where the labels TIFF was: the note said the file held this image's
+    annotations "with its axes read another way"."""
+    _, widget = viewer_widget
+    widget.ui.folder_edit.setText(str(tmp_path))
+    _commit_at(widget, drain_jobs, [128, 128])
+    (tmp_path / "nuclei.labels.tif").write_bytes(b"II*\x00garbage")
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei_image[0], name="nuclei")
+    reopened = AnnotateWidget(viewer)
+    reopened.ui.folder_edit.setText(str(tmp_path))
+    reopened._use_folder()
+    drain_jobs(reopened)
+    notes = [str(n) for n in notifications if "nuclei.labels.tif" in str(n)]
+    assert notes and f"{tmp_path / 'nuclei.labels.tif'} cannot be read (" in notes[-1]
+    assert "another way" not in notes[-1] and "another image" not in notes[-1]
+    assert (tmp_path / "nuclei.labels.tif").read_bytes() == b"II*\x00garbage"

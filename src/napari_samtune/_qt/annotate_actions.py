@@ -31,6 +31,7 @@ from napari_samtune.core.annotation_files import (
     annotation_paths,
     default_annotation_folder,
     save_annotations,
+    unreadable_reason,
 )
 from napari_samtune.core.automatic import AutoSegmentConfig, default_auto_config
 from napari_samtune.core.label_files import LABELS_SUFFIX, saved_fingerprint
@@ -305,6 +306,12 @@ class AnnotateActionsMixin:
             show_error(f"could not restore {diverted} either: {user_message(err)}")
 
     def _namesake_note(self, taken: Path, file_name: str) -> str:
+        unreadable = unreadable_reason(taken)
+        if unreadable:
+            return (
+                f"{taken} cannot be read ({unreadable}); this image's annotations are saved "
+                f"as {file_name!r}, so that it is not overwritten"
+            )
         if saved_fingerprint(taken) == self.session.fingerprint:
             return (
                 f"{taken} holds this image's annotations with its axes read another way; "

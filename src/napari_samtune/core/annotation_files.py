@@ -72,8 +72,19 @@ def saved_for_another_image(labels_path: Path, fingerprint: str, shape: tuple) -
     try:
         with tifffile.TiffFile(labels_path) as tif:
             return tuple(tif.series[0].shape) != tuple(shape)
-    except Exception:  # unreadable: loading will say why; never save over it
+    except Exception:  # unreadable (see unreadable_reason): never save over it
         return True
+
+
+def unreadable_reason(labels_path: Path) -> str | None:
+    """Why ``labels_path`` cannot be read as a TIFF (a damaged or half-written file), or
+    None when its header and first series read."""
+    try:
+        with tifffile.TiffFile(labels_path) as tif:
+            tif.series[0].shape  # noqa: B018 (reading it is the check)
+    except Exception as err:  # tifffile raises many kinds on garbage
+        return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:120]}"
+    return None
 
 
 def save_name(folder: str | Path, image_name: str, fingerprint: str, shape: tuple) -> str:
