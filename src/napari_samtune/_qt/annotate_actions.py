@@ -31,10 +31,9 @@ from napari_samtune.core.annotation_files import (
     annotation_paths,
     default_annotation_folder,
     save_annotations,
-    unreadable_reason,
 )
 from napari_samtune.core.automatic import AutoSegmentConfig, default_auto_config
-from napari_samtune.core.label_files import LABELS_SUFFIX, saved_fingerprint
+from napari_samtune.core.label_files import LABELS_SUFFIX
 
 # autosaves first; any label TIFF too, e.g. `samtune segment` output (<image>_labels.tif)
 LOAD_FILTERS = f"Annotations (*{LABELS_SUFFIX});;Label images (*.tif *.tiff)"
@@ -271,7 +270,7 @@ class AnnotateActionsMixin:
         folder, name = self.annotation_folder(), self.session.image_layer.name
         file_name = self.session.file_name(folder)
         if file_name != name and labels:  # said once, when the image is first annotated
-            show_warning(self._namesake_note(annotation_paths(folder, name)[0], file_name))
+            show_warning(self.session.namesake_note(annotation_paths(folder, name)[0], file_name))
         labels_path, _ = annotation_paths(folder, file_name)
         if not labels_path.is_file():
             return
@@ -304,26 +303,6 @@ class AnnotateActionsMixin:
             self._load_saved(diverted, labels)
         except (ValueError, OSError) as err:
             show_error(f"could not restore {diverted} either: {user_message(err)}")
-
-    def _namesake_note(self, taken: Path, file_name: str) -> str:
-        unreadable = unreadable_reason(taken)
-        if unreadable:
-            return (
-                f"{taken} cannot be read ({unreadable}); this image's annotations are saved "
-                f"as {file_name!r}, so that it is not overwritten"
-            )
-        if saved_fingerprint(taken) == self.session.fingerprint:
-            return (
-                f"{taken} holds this image's annotations with its axes read another way; "
-                f"read as now ({self.session.axes.spatial_shape}) they are saved as "
-                f"{file_name!r}, so that neither is overwritten"
-            )
-        return (
-            f"{taken} holds the annotations of another image named "
-            f"{self.session.image_layer.name!r}; this image's are saved as {file_name!r} so "
-            "that neither is overwritten. To keep names apart, use one annotation folder per "
-            "experiment."
-        )
 
     def save_annotations(self, folder: str | Path | None = None) -> Path | None:
         """Save labels and prompts now (synchronously); returns the labels path."""

@@ -19,8 +19,9 @@ from napari_samtune.core.annotation_files import (
     load_record,
     save_annotations,
     save_name,
+    unreadable_reason,
 )
-from napari_samtune.core.label_files import image_fingerprint, namesake_name
+from napari_samtune.core.label_files import image_fingerprint, namesake_name, saved_fingerprint
 
 
 class AnnotationSession:
@@ -148,6 +149,28 @@ class AnnotationSession:
         key = (Path(folder), self.image_layer.name)
         self._file_names[key] = namesake_name(self.image_layer.name, self.fingerprint)
         return self._file_names[key]
+
+    def namesake_note(self, taken: Path, file_name: str) -> str:
+        """Why this image's annotations are saved as ``file_name``, not under its own name,
+        which ``taken`` has: unreadable, this image read with other axes, or another image's."""
+        unreadable = unreadable_reason(taken)
+        if unreadable:
+            return (
+                f"{taken} cannot be read ({unreadable}); this image's annotations are saved "
+                f"as {file_name!r}, so that it is not overwritten"
+            )
+        if saved_fingerprint(taken) == self.fingerprint:
+            return (
+                f"{taken} holds this image's annotations with its axes read another way; "
+                f"read as now ({self.axes.spatial_shape}) they are saved as "
+                f"{file_name!r}, so that neither is overwritten"
+            )
+        return (
+            f"{taken} holds the annotations of another image named "
+            f"{self.image_layer.name!r}; this image's are saved as {file_name!r} so "
+            "that neither is overwritten. To keep names apart, use one annotation folder per "
+            "experiment."
+        )
 
     def document(self) -> dict:
         """The JSON record saved next to the labels: objects, current prompts, fingerprint."""
