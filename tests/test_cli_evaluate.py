@@ -244,7 +244,8 @@ def test_pairs_without_objects_are_left_out_and_named(
         (["--max-objects", "0"], "--max-objects 0; use 1 or more, or leave it out"),
         (["--points-per-side", "0"], "--points-per-side 0; use a positive integer"),
         (["--points-per-side", "100000"], "--points-per-side 100000; use a positive integer up to"),
-        (["--stability-thresh", "2"], "--stability-thresh 2.0; use a value in [0, 1]"),
+        (["--stability-score-thresh", "2"], "--stability-score-thresh 2.0; use a value in [0, 1]"),
+        (["--stability-thresh", "2"], "--stability-score-thresh 2.0; use a value in [0, 1]"),
         (["--device", "tpu"], "--device tpu is not a device"),
     ],
 )

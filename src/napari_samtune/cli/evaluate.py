@@ -43,7 +43,7 @@ OPTION_NAMES: dict[str, str] = {
     "n_corrective_clicks": "--clicks",
     "points_per_side": "--points-per-side",
     "pred_iou_thresh": "--pred-iou-thresh",
-    "stability_score_thresh": "--stability-thresh",
+    "stability_score_thresh": "--stability-score-thresh",
     "channel_axis": "--channel-axis",
     "channels": "--channels",
 }
@@ -75,7 +75,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--points-per-side", type=int, default=None, help="automatic grid")
     parser.add_argument("--pred-iou-thresh", type=float, default=None, help="automatic filter")
-    parser.add_argument("--stability-thresh", type=float, default=None, help="automatic filter")
+    parser.add_argument(
+        "--stability-score-thresh",
+        "--stability-thresh",  # its first name, kept for scripts written with it
+        dest="stability_thresh",
+        type=float,
+        default=None,
+        help="automatic filter (named as in segment)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     parser.set_defaults(func=run)
 
