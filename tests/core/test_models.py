@@ -204,8 +204,13 @@ def test_foreign_weights_are_refused_by_name(tmp_path, obj, message):
     assert str(path) in str(info.value)
 
 
-def test_unknown_name_or_missing_file(tmp_path):
+def test_unknown_name_or_missing_file(tmp_path, tiny_checkpoint):
     with pytest.raises(ValueError, match="neither a model name .*vit_b_lm.* nor an existing file"):
+        load_model("vit_q")
+    with pytest.raises(ValueError, match="none of yours is registered"):
+        load_model("vit_q")
+    register_user_model(tiny_checkpoint, "mine", TINY)  # listed, as train and evaluate do
+    with pytest.raises(ValueError, match=r"; yours: \['mine'\]\) nor an existing file"):
         load_model("vit_q")
     with pytest.raises(ValueError, match="nor an existing file"):
         load_model(tmp_path / "absent.pth")

@@ -49,6 +49,7 @@ from napari_samtune.core.registry import (
     user_models_dir,
     validate_model_name,
 )
+from napari_samtune.core.user_models import list_user_models
 
 WRAPPER_PREFIXES = ("module.", "sam.", "_orig_mod.")  # DDP, torch_em's TrainableSAM, compile
 EXPECTED = "SAM weights: a state dict of tensors (.pth/.pt) or a napari-samtune checkpoint"
@@ -183,9 +184,11 @@ def _resolve_source(
         raise ValueError(f"{path} is a folder; give the weights file inside it")
     if not path.is_file():
         names = [spec.name for spec in registry.BUILTIN_MODELS]
+        yours = [spec.name for spec in list_user_models()]
         raise ValueError(
-            f"{str(name_or_path)!r} is neither a model name (built-in: {names!r}, or a "
-            f"registered user model) nor an existing file"
+            f"{str(name_or_path)!r} is neither a model name (built-in: {names!r}; "
+            + (f"yours: {yours!r}" if yours else "none of yours is registered")
+            + ") nor an existing file"
         )
     return path, path.stem, None
 
