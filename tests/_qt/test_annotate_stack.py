@@ -272,11 +272,13 @@ def test_a_negative_click_on_a_propagated_plane_refines_its_mask(
     viewer, widget = stack_widget
     layers = _propagate_a_box_from_plane_1(viewer, widget, run_job, go_to_plane)
     plane = next(p for p in layers.preview_planes() if p != 1)
-    go_to_plane(viewer, widget, plane)
     propagated = layers.preview.data[plane].copy()
     calls = []
     predict = widget.segmenter.predict
     widget.segmenter.predict = lambda **prompt: calls.append(prompt) or predict(**prompt)
+    go_to_plane(viewer, widget, plane)  # viewed to be checked, it was segmented again
+    assert calls == []
+    np.testing.assert_array_equal(layers.preview.data[plane], propagated)
     widget.toggle_polarity()  # negative points from now on
     row, col = np.argwhere(propagated > 0)[0]
     layers.points.add([plane, row, col])
@@ -284,4 +286,8 @@ def test_a_negative_click_on_a_propagated_plane_refines_its_mask(
     (prompt,) = calls
     assert list(prompt["point_labels"]) == [1, 0]  # the propagated object's point, the click
     assert prompt["box_xyxy"] is not None  # and its box
+    layers.points.data = layers.points.data[:-1]  # the click taken back: propagation's mask
+    assert len(calls) == 1
+    np.testing.assert_array_equal(layers.preview.data[plane], propagated)
+    layers.points.add([plane, row, col])
     assert widget.commit() == [1]  # still one 3D object

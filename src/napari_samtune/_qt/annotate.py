@@ -212,6 +212,9 @@ class AnnotateWidget(AnnotateImageMixin, AnnotateEmbeddingMixin, AnnotateActions
         layers = self.session.layers
         prompts = layers.prompts(plane)
         if plane in layers.implicit and self.ui.mode_combo.currentText() != BATCHED_MODE:
+            if prompts.is_empty:  # a propagated plane, uncorrected: propagation's own mask
+                layers.set_preview(plane, layers.propagated[plane])
+                return True
             prompts = prompts.after(layers.implicit[plane])  # a propagated plane, corrected
         if not (len(prompts.boxes_rc) or prompts.positive.any()):
             if clear_if_empty:

@@ -168,6 +168,7 @@ class AnnotateActionsMixin:
             return
         layers = self.session.layers
         layers.set_preview(result.plane, result.labels)
+        layers.propagated[result.plane] = result.labels
         point_rc, box_rc = prompts_from_mask(result.labels > 0, box_margin=0.0)
         layers.implicit[result.plane] = PlanePrompts(point_rc[None], np.ones(1, bool), box_rc[None])
 

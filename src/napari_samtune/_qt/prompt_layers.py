@@ -115,6 +115,8 @@ class PromptLayers:
         # prompts the widget made, per plane: what propagation prompted a plane with, so that
         # a correction there (a negative click) refines that mask instead of replacing it
         self.implicit: dict[int, PlanePrompts] = {}
+        # and the mask propagation made there, shown while the plane has no prompts of its own
+        self.propagated: dict[int, np.ndarray] = {}
         self.annotations = self._labels(f"{name} annotations", opacity=0.5, annotations=True)
         self.preview = self._labels(f"{name} current object", opacity=0.7)
         self.preview.colormap = _preview_colormap()
@@ -267,6 +269,7 @@ class PromptLayers:
     def clear_preview(self) -> None:
         """Empty the preview on every plane."""
         self.implicit.clear()
+        self.propagated.clear()
         self.preview.data[...] = 0
         self.preview.refresh()
 
