@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from napari_samtune.core.checkpoints import atomic_write
+from napari_samtune.core.checkpoints import atomic_write, first_line
 from napari_samtune.core.label_files import (
     PROMPTS_SUFFIX,
     labels_file_name,
@@ -70,8 +70,7 @@ def saved_for_another_image(labels_path: Path, fingerprint: str, shape: tuple) -
     if saved is not None and saved != fingerprint:
         return True
     try:
-        with tifffile.TiffFile(labels_path) as tif:
-            return tuple(tif.series[0].shape) != tuple(shape)
+        return _saved_shape(labels_path) != tuple(shape)
     except Exception:  # unreadable (see unreadable_reason): never save over it
         return True
 
@@ -80,11 +79,16 @@ def unreadable_reason(labels_path: Path) -> str | None:
     """Why ``labels_path`` cannot be read as a TIFF (a damaged or half-written file), or
     None when its header and first series read."""
     try:
-        with tifffile.TiffFile(labels_path) as tif:
-            tif.series[0].shape  # noqa: B018 (reading it is the check)
+        _saved_shape(labels_path)
     except Exception as err:  # tifffile raises many kinds on garbage
-        return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:120]}"
+        return f"{type(err).__name__}: {first_line(str(err))}"
     return None
+
+
+def _saved_shape(labels_path: Path) -> tuple[int, ...]:
+    """The shape of the labels in a TIFF, from its header (the pixels are not read)."""
+    with tifffile.TiffFile(labels_path) as tif:
+        return tuple(tif.series[0].shape)
 
 
 def save_name(folder: str | Path, image_name: str, fingerprint: str, shape: tuple) -> str:

@@ -112,6 +112,12 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: _torch_save(obj, tmp))
 
 
+def first_line(text: str, limit: int = 150) -> str:
+    """The first line of an error's ``text``, at most ``limit`` characters: what a message
+    can quote of a library's error (tracebacks and dumps follow on the next lines)."""
+    return (text.splitlines() or [""])[0][:limit]
+
+
 def _torch_save(obj: Any, tmp: Path) -> None:
     try:
         torch.save(obj, tmp)
@@ -123,8 +129,7 @@ def _torch_save(obj: Any, tmp: Path) -> None:
             re.search(r"inline_container|PytorchStreamWriter|write", text) or _disk_full(tmp.parent)
         ):
             raise
-        detail = (text.splitlines() or [""])[0][:150]
-        raise OSError(errno.EIO, f"torch.save failed ({detail})", str(tmp)) from err
+        raise OSError(errno.EIO, f"torch.save failed ({first_line(text)})", str(tmp)) from err
 
 
 def is_project_checkpoint(path: str | os.PathLike) -> bool:
@@ -212,8 +217,8 @@ def safe_torch_load(path: str | os.PathLike, expected: str) -> object:
             f"{path} is not a PyTorch weights file (safe unpickling failed). Expected {expected}"
         ) from None
     except Exception as err:  # torch raises RuntimeError, EOFError, KeyError... on garbage
-        detail = (str(err).splitlines() or [""])[0][:150]
         raise ValueError(
-            f"{path} is not a readable PyTorch weights file ({type(err).__name__}: {detail}); "
+            f"{path} is not a readable PyTorch weights file ({type(err).__name__}: "
+            f"{first_line(str(err))}); "
             f"it may be truncated, corrupt or of another format. Expected {expected}"
         ) from None
