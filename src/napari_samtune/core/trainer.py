@@ -393,6 +393,6 @@ def _prepare(data: TrainData, what: str):
 
 def _calmer(learning_rate: float) -> float:
     """A learning rate to try after ``learning_rate`` diverged: a tenth of it, but no more
-    than 1e-4 (ten times the presets'), which finetuning SAM takes; a tenth of 1e8 would
+    than ten times the presets' (1e-4), which finetuning SAM takes; a tenth of 1e8 would
     diverge again."""
-    return min(learning_rate / 10, 1e-4)
+    return min(learning_rate / 10, 10 * TrainConfig.learning_rate)
