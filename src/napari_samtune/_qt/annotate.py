@@ -211,11 +211,12 @@ class AnnotateWidget(AnnotateImageMixin, AnnotateEmbeddingMixin, AnnotateActions
             return False
         layers = self.session.layers
         prompts = layers.prompts(plane)
-        if plane in layers.implicit and self.ui.mode_combo.currentText() != BATCHED_MODE:
-            if prompts.is_empty:  # a propagated plane, uncorrected: propagation's own mask
-                layers.set_preview(plane, layers.propagated[plane])
+        propagated = layers.propagated.get(plane)
+        if propagated is not None and self.ui.mode_combo.currentText() != BATCHED_MODE:
+            if prompts.is_empty:  # uncorrected: propagation's own mask
+                layers.set_preview(plane, propagated.labels)
                 return True
-            prompts = prompts.after(layers.implicit[plane])  # a propagated plane, corrected
+            prompts = prompts.after(propagated.prompts)  # corrected: refine it
         if not (len(prompts.boxes_rc) or prompts.positive.any()):
             if clear_if_empty:
                 layers.set_preview(plane, None)

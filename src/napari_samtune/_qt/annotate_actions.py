@@ -24,7 +24,7 @@ from napari_samtune._qt.annotate_session import (
     propagation_note,
 )
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, SCOPE_STACK
-from napari_samtune._qt.prompt_layers import PlanePrompts
+from napari_samtune._qt.prompt_layers import PlanePrompts, PropagatedPlane
 from napari_samtune._qt.propagate import PropagationConfig, prompts_from_mask
 from napari_samtune._qt.workers import main_window_of, user_message
 from napari_samtune.core.annotation_files import (
@@ -168,9 +168,9 @@ class AnnotateActionsMixin:
             return
         layers = self.session.layers
         layers.set_preview(result.plane, result.labels)
-        layers.propagated[result.plane] = result.labels
         point_rc, box_rc = prompts_from_mask(result.labels > 0, box_margin=0.0)
-        layers.implicit[result.plane] = PlanePrompts(point_rc[None], np.ones(1, bool), box_rc[None])
+        prompts = PlanePrompts(point_rc[None], np.ones(1, bool), box_rc[None])
+        layers.propagated[result.plane] = PropagatedPlane(result.labels, prompts)
 
     # -- automatic ------------------------------------------------------------------------
     def auto_config(self) -> AutoSegmentConfig:

@@ -47,7 +47,7 @@ Reporter = Callable[[TaskProgress], None]  # thread-safe progress sink (TaskRunn
 
 
 def _where(axes: ImageAxes, plane: int | None) -> str:
-    """ "image", or the plane as napari's slider shows it: its index / the last index."""
+    """The image, or its plane as napari's slider shows it: "plane <index>/<last index>"."""
     return "image" if plane is None else f"plane {plane}/{axes.n_planes - 1}"
 
 

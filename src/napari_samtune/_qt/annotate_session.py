@@ -262,13 +262,8 @@ def propagation_note(
     the planes where the stopping rule ended it (not the ends of the stack or the
     ``max_planes`` limit). Planes are numbered as napari's slider shows them, from 0."""
     stops = []
-    for step in (1, -1):
-        last = max(
-            (p for p in reached if (p - start) * step > 0),
-            key=lambda p: abs(p - start),
-            default=start,
-        )
-        beyond = last + step
+    for step in (1, -1):  # the planes reached on a side run on from start, without a gap
+        beyond = start + step * (1 + sum((p - start) * step > 0 for p in reached))
         if 0 <= beyond < n_planes and abs(beyond - start) <= max_planes:
             stops.append(beyond)
     rule = f"the object vanished or its area changed more than {max_area_ratio:g}×"

@@ -61,6 +61,16 @@ class PlanePrompts:
         )
 
 
+@dataclass(frozen=True)
+class PropagatedPlane:
+    """What propagation made on a plane: its mask (uint32 (H, W)), shown while the plane has
+    no prompts of its own, and prompts that stand for it (its box and most interior point),
+    which a correction there (a negative click) refines instead of replacing the mask."""
+
+    labels: np.ndarray
+    prompts: PlanePrompts
+
+
 def _on_plane(coords: np.ndarray, plane: int | None) -> np.ndarray:
     """Mask of the rows of ``coords`` (N, ndim) that lie on ``plane`` (all when 2D)."""
     if plane is None or coords.shape[1] == 2:
@@ -112,11 +122,7 @@ class PromptLayers:
         # new layers start where the image is (else the view's ranges jump meanwhile)
         self._placement = {"affine": spatial_affine(image_layer, self.ndim)}
         self.annotations_created = False
-        # prompts the widget made, per plane: what propagation prompted a plane with, so that
-        # a correction there (a negative click) refines that mask instead of replacing it
-        self.implicit: dict[int, PlanePrompts] = {}
-        # and the mask propagation made there, shown while the plane has no prompts of its own
-        self.propagated: dict[int, np.ndarray] = {}
+        self.propagated: dict[int, PropagatedPlane] = {}  # per plane propagation reached
         self.annotations = self._labels(f"{name} annotations", opacity=0.5, annotations=True)
         self.preview = self._labels(f"{name} current object", opacity=0.7)
         self.preview.colormap = _preview_colormap()
@@ -268,7 +274,6 @@ class PromptLayers:
 
     def clear_preview(self) -> None:
         """Empty the preview on every plane."""
-        self.implicit.clear()
         self.propagated.clear()
         self.preview.data[...] = 0
         self.preview.refresh()
