@@ -356,15 +356,17 @@ def _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose, st
     for event in events:
         if isinstance(event, TrainingStarted):
             started.set()
-        if isinstance(event, TrainingStarted) and verbose:
-            print("effective config:\n" + json.dumps(asdict(event.config), indent=2))
-            print(f"{event.n_train} training / {event.n_val} validation images on {event.device}")
-            if event.left_out:
-                print(event.left_out_message())
-            if event.val_repeats:
-                print(f"warning: {event.val_repeats_message()}")
-            for note in event.notes:
-                print(f"warning: {note}")
+            if verbose:
+                print("effective config:\n" + json.dumps(asdict(event.config), indent=2))
+                print(
+                    f"{event.n_train} training / {event.n_val} validation images on {event.device}"
+                )
+                if event.left_out:
+                    print(event.left_out_message())
+                if event.val_repeats:
+                    print(f"warning: {event.val_repeats_message()}")
+                for note in event.notes:
+                    print(f"warning: {note}")
         finished = event
     return finished
 
