@@ -149,3 +149,26 @@ def test_removing_the_image_says_what_happens_next(
     removed = [n for n in notifications if "'nuclei' was removed" in n]
     assert len(removed) == 1 and "pick the image again" not in removed[0]
     assert "goes on with the image chosen under Image" in removed[0]
+
+
+def test_closing_the_viewer_says_nothing_of_removed_layers(viewer_widget, qtbot, notifications):
+    """viewer.close() removes every layer, its top one (the points) first: the widget told
+    of 'layer ... points was removed: pick the image again' to a viewer going away."""
+    viewer, widget = viewer_widget
+    assert widget.session is not None
+    viewer.layers.clear()  # what viewer.close() does before the window goes
+    qtbot.wait(50)
+    assert widget.session is None
+    assert not any("was removed" in n for n in notifications)
+
+
+def test_removing_one_prompt_layer_is_said_once_the_event_loop_turns(
+    viewer_widget, qtbot, notifications
+):
+    viewer, widget = viewer_widget
+    points = widget.session.layers.points.name
+    viewer.layers.remove(points)
+    assert widget.session is None
+    qtbot.waitUntil(lambda: any("was removed" in n for n in notifications), timeout=WAIT_MS)
+    (said,) = [n for n in notifications if "was removed" in n]
+    assert said == f"layer {points!r} was removed: pick the image again to go on"

@@ -65,6 +65,10 @@ class AnnotateWidget(AnnotateImageMixin, AnnotateEmbeddingMixin, AnnotateActions
         # choosing the next image after each would build, then remove, its layers.
         self._attach_soon = QTimer(self, singleShot=True, interval=0)
         self._attach_soon.timeout.connect(self._attach_chosen)
+        # What a removal did to the annotation, said once the layers removed with it are gone
+        self._removal_note: str | None = None
+        self._say_removal_soon = QTimer(self, singleShot=True, interval=0)
+        self._say_removal_soon.timeout.connect(self._say_removal)
         self._connect_controls()
         self._bind_keys(viewer)
         on_removed(self, self.shut_down)  # the panel's close button

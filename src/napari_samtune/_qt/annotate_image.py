@@ -74,14 +74,23 @@ class AnnotateImageMixin:
         session = self.session
         if session is not None and layer == session.image_layer:  # it cannot be picked again
             self._detach()
-            show_info(
+            self._removal_note = (
                 f"image {layer.name!r} was removed (the layers of its prompts and annotations "
                 "stay): the widget goes on with the image chosen under Image, if any"
             )
         elif session is not None and layer in session.layers.layers:
             self._detach()
-            show_info(f"layer {layer.name!r} was removed: pick the image again to go on")
+            self._removal_note = f"layer {layer.name!r} was removed: pick the image again to go on"
+        if self._removal_note is not None:
+            self._say_removal_soon.start()
         self._refresh_image_choices(attach_now=False)  # once those removed with it are gone
+
+    def _say_removal(self) -> None:
+        """Once the layers removed together are gone, say what the removal did to the
+        annotation; not when no layer is left (the viewer closing, or everything removed)."""
+        note, self._removal_note = self._removal_note, None
+        if note is not None and len(self.viewer.layers):
+            show_info(note)
 
     def _on_channels_first(self, checked: bool) -> None:
         self._fill_channels()
