@@ -80,3 +80,49 @@ def test_an_unreadable_autosave_is_called_unreadable_not_another_image_s(
     assert notes and f"{tmp_path / 'nuclei.labels.tif'} cannot be read (" in notes[-1]
     assert "another way" not in notes[-1] and "another image" not in notes[-1]
     assert (tmp_path / "nuclei.labels.tif").read_bytes() == b"II*\x00garbage"
+
+
+def test_saves_go_past_every_autosave_that_cannot_be_restored(
+    viewer_widget, make_napari_viewer, tmp_path, nuclei_image, notifications, drain_jobs
+):
+    """The file saves went to after the autosave could not be read back could not be read
+    back either (in a later session): the next autosave replaced it."""
+    _, widget = viewer_widget
+    widget.ui.folder_edit.setText(str(tmp_path))
+    _commit_at(widget, drain_jobs, [128, 128])
+
+    def damage(stem: str) -> bytes:
+        with open(tmp_path / f"{stem}.prompts.json", "a", encoding="utf-8") as record:
+            record.write("damaged")
+        return (tmp_path / f"{stem}.labels.tif").read_bytes()
+
+    def reopen_and_commit(point) -> AnnotateWidget:
+        viewer = make_napari_viewer()
+        viewer.add_image(nuclei_image[0], name="nuclei")
+        reopened = AnnotateWidget(viewer)
+        reopened.ui.folder_edit.setText(str(tmp_path))
+        reopened._use_folder()
+        reopened.set_model(widget.segmenter.model, "tiny")
+        drain_jobs(reopened)
+        _commit_at(reopened, drain_jobs, point)
+        return reopened
+
+    first = damage("nuclei")
+    reopen_and_commit([200, 60])
+    (diverted,) = tmp_path.glob("nuclei-*.labels.tif")
+    stem = diverted.name.removesuffix(".labels.tif")
+    second = damage(stem)
+    later = reopen_and_commit([40, 200])
+    assert (tmp_path / "nuclei.labels.tif").read_bytes() == first
+    assert diverted.read_bytes() == second  # not saved over
+    again = tmp_path / f"{stem}-2.labels.tif"
+    np.testing.assert_array_equal(tifffile.imread(again), later.session.annotations)
+    errors = [str(n) for n in notifications if n.severity == "error"]
+    assert any(f"could not restore {diverted}" in e and again.name in e for e in errors)
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei_image[0], name="nuclei")
+    restored = AnnotateWidget(viewer)
+    restored.ui.folder_edit.setText(str(tmp_path))
+    restored._use_folder()
+    drain_jobs(restored)
+    np.testing.assert_array_equal(restored.session.annotations, later.session.annotations)

@@ -193,3 +193,18 @@ def test_a_damaged_tiff_that_reads_as_no_pixels_is_named(tmp_path, capfd):
     assert "cannot read" in message and "damaged.tif" in message
     assert "invalid offset to first page" in message and "save it again" in message
     assert capfd.readouterr().err == ""  # said once, in the error
+
+
+def test_an_autosave_saved_past_unreadable_ones_pairs_with_its_image(tmp_path):
+    """<name>-<fingerprint>-2.labels.tif (the widget's saves after <name>-<fingerprint> could
+    not be read back either) was a label file without an image."""
+    (image, labels), (other, other_labels) = make_dataset(2, (48, 64), seed=3)
+    for name, pixels in (("nuclei.tif", image), ("other.tif", other)):
+        _write(tmp_path / "images", name, pixels)
+    numbered = f"nuclei-{image_fingerprint(image)}-2.labels.tif"
+    _write(tmp_path / "labels", numbered, labels)
+    _write(tmp_path / "labels", "other.labels.tif", other_labels)
+    assert pair_files(tmp_path / "images", tmp_path / "labels") == [
+        (tmp_path / "images" / "nuclei.tif", tmp_path / "labels" / numbered),
+        (tmp_path / "images" / "other.tif", tmp_path / "labels" / "other.labels.tif"),
+    ]

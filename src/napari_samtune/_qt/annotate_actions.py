@@ -7,6 +7,7 @@ A mixin of :class:`~napari_samtune._qt.annotate.AnnotateWidget` (it uses the wid
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from pathlib import Path
 
@@ -290,20 +291,23 @@ class AnnotateActionsMixin:
     def _restore_failed(self, labels_path: Path, problem: str, labels: bool) -> None:
         """The autosave at ``labels_path`` could not be read back: later saves go beside it,
         never over it (where an earlier session went after the same failure, and are
-        restored from there)."""
-        diverted, _ = annotation_paths(
-            labels_path.parent, self.session.divert_saves(labels_path.parent)
-        )
-        show_error(
-            f"could not restore {labels_path}: {problem}. So that it is not overwritten, this "
-            f"image's annotations are saved as {diverted.name} until it can be read"
-        )
-        if diverted == labels_path or not diverted.is_file():
-            return
-        try:
-            self._load_saved(diverted, labels)
-        except (ValueError, OSError) as err:
-            show_error(f"could not restore {diverted} either: {user_message(err)}")
+        restored from there; past any of those that cannot be read back either)."""
+        folder = labels_path.parent
+        for attempt in itertools.count(1):
+            diverted, _ = annotation_paths(folder, self.session.divert_saves(folder, attempt))
+            if diverted == labels_path:  # it was already saved beside another image's
+                continue
+            show_error(
+                f"could not restore {labels_path}: {problem}. So that it is not overwritten, "
+                f"this image's annotations are saved as {diverted.name} until it can be read"
+            )
+            if not diverted.is_file():
+                return
+            try:
+                self._load_saved(diverted, labels)
+                return
+            except (ValueError, OSError) as err:
+                labels_path, problem = diverted, user_message(err)
 
     def save_annotations(self, folder: str | Path | None = None) -> Path | None:
         """Save labels and prompts now (synchronously); returns the labels path."""

@@ -142,12 +142,13 @@ class AnnotationSession:
             self._file_names[key] = save_name(*key, self.fingerprint, self.axes.spatial_shape)
         return self._file_names[key]
 
-    def divert_saves(self, folder: str | Path) -> str:
+    def divert_saves(self, folder: str | Path, attempt: int = 1) -> str:
         """Save this image's annotations in ``folder`` as ``<name>-<fingerprint>`` from now
         on: a file under its own name could not be read back, and a save would replace it.
-        Returns the new file name."""
+        ``attempt`` 2, 3, ...: that file could not be read back either, nor those of the
+        attempts before; ``<name>-<fingerprint>-<attempt>``. Returns the new file name."""
         key = (Path(folder), self.image_layer.name)
-        self._file_names[key] = namesake_name(self.image_layer.name, self.fingerprint)
+        self._file_names[key] = namesake_name(self.image_layer.name, self.fingerprint, attempt)
         return self._file_names[key]
 
     def namesake_note(self, taken: Path, file_name: str) -> str:

@@ -27,8 +27,9 @@ LABELS_STEM_SUFFIX = ".labels"  # what the file stem ends in (a label suffix for
 LABELS_SUFFIX = LABELS_STEM_SUFFIX + ".tif"
 PROMPTS_SUFFIX = ".prompts.json"  # the annotation widget's record next to <name>.labels.tif
 FINGERPRINT_SAMPLES = 1 << 20  # pixels hashed at most: an even sample of larger images
-# an autosave of an image whose name was taken by another image's: <name>-<fingerprint>
-NAMESAKE_STEM = re.compile(r"^(.*)-[0-9a-f]{16}$")
+# an autosave of an image whose name was taken by another image's: <name>-<fingerprint>,
+# or <name>-<fingerprint>-<n> where the earlier ones could not be read back
+NAMESAKE_STEM = re.compile(r"^(.*)-[0-9a-f]{16}(?:-[0-9]+)?$")
 TIFF_SUFFIXES = (".tif", ".tiff")
 # Label files are often named after their image plus one of these.
 LABEL_SUFFIXES = (
@@ -49,10 +50,13 @@ def labels_file_name(image_name: str) -> str:
     return safe_stem(image_name) + LABELS_SUFFIX
 
 
-def namesake_name(image_name: str, fingerprint: str) -> str:
+def namesake_name(image_name: str, fingerprint: str, attempt: int = 1) -> str:
     """The name an image's annotations take where another image's have its own name:
-    ``<name>-<fingerprint>`` (:data:`NAMESAKE_STEM` reads it back when pairing)."""
-    return f"{image_name}-{fingerprint}"
+    ``<name>-<fingerprint>``; ``<name>-<fingerprint>-<attempt>`` where that (and those of
+    the attempts before) could not be read back (:data:`NAMESAKE_STEM` reads both back
+    when pairing)."""
+    name = f"{image_name}-{fingerprint}"
+    return name if attempt == 1 else f"{name}-{attempt}"
 
 
 def prompts_path_for(labels_path: str | Path) -> Path:
