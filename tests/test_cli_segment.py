@@ -542,7 +542,7 @@ def test_a_missing_image_is_a_clear_error(tmp_path, tiny_checkpoint, capsys):
     assert "nope.tif' does not exist" in capsys.readouterr().err
 
 
-def test_a_folder_as_output_is_refused_before_any_work(
+def test_a_bad_output_is_refused_before_any_work(
     tmp_path, tiny_checkpoint, image_file, capsys, monkeypatch
 ):
     import napari_samtune.core.models as models
@@ -552,11 +552,6 @@ def test_a_folder_as_output_is_refused_before_any_work(
 
     monkeypatch.setattr(models, "load_model", no_loading)
     path, _ = image_file
-    (tmp_path / "out").mkdir()
-    assert segment(tiny_checkpoint, path, tmp_path / "out", "--auto") == 2
-    err = capsys.readouterr().err
-    assert f"is a folder; give a file name, e.g. {tmp_path / 'out' / 'image.labels.tif'}" in err
-    assert list((tmp_path / "out").iterdir()) == []
     raw = path.read_bytes()
     assert segment(tiny_checkpoint, path, path, "--auto") == 2  # the input image itself
     assert (
@@ -565,12 +560,30 @@ def test_a_folder_as_output_is_refused_before_any_work(
     assert segment(tiny_checkpoint, path, tmp_path / "labels.png", "--auto") == 2
     assert "does not end in .tif: labels are written as a TIFF" in capsys.readouterr().err
     assert path.read_bytes() == raw and not (tmp_path / "labels.png").exists()
-    new_folder = f"{tmp_path / 'new'}/"  # not made yet: named a folder, not "not a .tif"
-    assert segment(tiny_checkpoint, path, new_folder, "--auto") == 2
-    err = capsys.readouterr().err
-    assert f"{new_folder!r} names a folder; give a file name, e.g. " in err
-    assert f"e.g. {tmp_path / 'new' / 'image.labels.tif'} (a folder is for several" in err
-    assert not (tmp_path / "new").exists()
+
+
+def test_a_folder_as_output_receives_the_labels_under_the_widget_s_name(
+    tmp_path, tiny_checkpoint, image_file, capsys
+):
+    """One image with -o a folder was refused ("a folder is for several images"), though
+    the error itself knew the file to write."""
+    path, _ = image_file
+    (tmp_path / "out").mkdir()
+    assert segment(tiny_checkpoint, path, tmp_path / "out", "--auto") == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "image.labels.tif",
+        "image.prompts.json",
+    ]
+    assert segment(tiny_checkpoint, path, tmp_path / "out", "--auto") == 0  # a rerun skips
+    assert "skipping 1 image(s) whose labels are already in" in capsys.readouterr().out
+    points = write_csv(tmp_path / "p.csv", "x,y\n40,50\n150,100\n")
+    new_folder = f"{tmp_path / 'new'}/"  # not made yet: a folder by its slash
+    assert segment(tiny_checkpoint, path, new_folder, "--points", str(points)) == 0
+    written = tifffile.imread(tmp_path / "new" / "image.labels.tif")
+    assert written.shape == (200, 240) and written.max() >= 1
+    assert f"written to {tmp_path / 'new' / 'image.labels.tif'}" in capsys.readouterr().out
+    assert segment(tiny_checkpoint, path, new_folder, "--points", str(points)) == 2
+    assert "exists already; pass --overwrite" in capsys.readouterr().err
 
 
 def test_a_point_grid_too_fine_to_compute_is_refused_before_any_work(

@@ -16,21 +16,24 @@ segmented on its own: prompts give their plane in a ``z`` column (0-based; 3D po
 shapes layers saved from napari, ``axis-0`` = plane, work as is), ``--auto`` segments
 every plane with ids unique across the stack.
 
-The output is a uint32 TIFF of instance labels (0 = background): (H, W), or
-(planes, H, W) with ``--stack``. With ``--auto`` the input may also be several images, a
-folder or a glob: ``-o`` is then a folder that receives ``<image>.labels.tif`` for each,
-the annotation widget's own autosave name: with the widget's folder set there, opening an
-image shows its labels to correct, and ``samtune train`` pairs them with their images.
-Images whose labels are there already are skipped unless ``--overwrite``. Each labels file
-gets the widget's record beside it (``<name>.prompts.json``: model, settings or prompt
-file, and the image's fingerprint), so an image of the same name from elsewhere is told
-apart: its labels go beside as ``<name>-<fingerprint>.labels.tif``.
+The output is a uint32 TIFF of instance labels (0 = background): (H, W), or (planes, H,
+W) with ``--stack``. ``-o`` may be a folder (one that exists, or written with a trailing
+``/``): it receives ``<image>.labels.tif``, the annotation widget's own autosave name:
+with the widget's folder set there, opening an image shows its labels to correct, and
+``samtune train`` pairs them with their images. With ``--auto`` the input may also be
+several images, a folder or a glob: ``-o`` is then a folder that receives
+``<image>.labels.tif`` for each; images whose labels are there already are skipped
+unless ``--overwrite``. Each labels file gets the widget's record beside it
+(``<name>.prompts.json``: model, settings or prompt file, and the image's fingerprint),
+so an image of the same name from elsewhere is told apart: its labels go beside as
+``<name>-<fingerprint>.labels.tif``.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -81,7 +84,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--output",
         required=True,
         metavar="LABELS.tif|FOLDER",
-        help="labels file for one image; a folder for several (<image>.labels.tif each)",
+        help="labels file, or a folder that receives <image>.labels.tif (for several "
+        "images, a folder)",
     )
     parser.add_argument(
         "--overwrite",
@@ -209,10 +213,14 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     output_text, args.output = args.output, Path(args.output)
     files, batch = _inputs(args.image)
-    if batch:
-        return _run_batch(args, files)
     example = labels_file_name(files[0].stem)
-    check_output_file(output_text, example, hint=" (a folder is for several images)")
+    into_folder = args.output.is_dir() or output_text.endswith(("/", os.sep))
+    if batch or (into_folder and args.auto):  # one image into a folder: as one of several
+        return _run_batch(args, files)
+    if into_folder:  # a prompt file's objects: under the name the widget and train pair
+        args.output = args.output / example
+        output_text = str(args.output)
+    check_output_file(output_text, example)
     _check_labels_name(args.output, files[0], example, args.overwrite)
     planes = Planes(read_image(files[0]), files[0], args)
     n_planes = planes.count if args.stack else None
