@@ -16,8 +16,8 @@ segmented on its own: prompts give their plane in a ``z`` column (0-based; 3D po
 shapes layers saved from napari, ``axis-0`` = plane, work as is), ``--auto`` segments
 every plane with ids unique across the stack.
 
-The output is a uint32 TIFF of instance labels (0 = background): (H, W), or (planes, H,
-W) with ``--stack``. ``-o`` may be a folder (one that exists, or written with a trailing
+The output is a uint32 TIFF of instance labels (0 = background): (H, W), or
+(planes, H, W) with ``--stack``. ``-o`` may be a folder (one that exists, or written with a trailing
 ``/``): it receives ``<image>.labels.tif``, the annotation widget's own autosave name:
 with the widget's folder set there, opening an image shows its labels to correct, and
 ``samtune train`` pairs them with their images. With ``--auto`` the input may also be
