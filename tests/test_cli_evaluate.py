@@ -262,6 +262,14 @@ def test_option_errors_name_the_options_before_any_evaluation(
     assert evaluations == []
 
 
+def test_the_help_names_the_stability_option_s_value_as_the_option(capsys):
+    """It read "--stability-score-thresh STABILITY_THRESH", the value of its old name."""
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--stability-score-thresh STABILITY_SCORE_THRESH, --stability-thresh" in out
+
+
 def test_a_model_given_twice_is_refused_before_any_evaluation(
     tmp_path, annotated_folder, capsys, evaluations, monkeypatch
 ):

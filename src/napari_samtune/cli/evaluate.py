@@ -79,6 +79,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--stability-score-thresh",
         "--stability-thresh",  # its first name, kept for scripts written with it
         dest="stability_thresh",
+        metavar="STABILITY_SCORE_THRESH",
         type=float,
         default=None,
         help="automatic filter (named as in segment)",
