@@ -114,6 +114,29 @@ def test_a_name_that_cannot_be_removed_stops_the_list_before_any_removal(capsys,
     assert not (user_models_dir() / "first.pt").exists()
 
 
+def test_removing_a_copied_description_keeps_the_weights_of_the_model_it_names(
+    capsys, tiny_checkpoint
+):
+    """``a.json``/``a.pt`` copied by hand as ``b.json``/``b.pt``: b is listed as broken (its
+    description names model 'a' and a.pt) with ``--remove b`` as the fix, which used to
+    delete a.pt, model a's weights, and leave b.pt."""
+    from napari_samtune.core.models import load_model
+
+    folder = user_models_dir()
+    register_user_model(tiny_checkpoint, "a", TINY)
+    for suffix in (".json", ".pt"):
+        (folder / f"b{suffix}").write_bytes((folder / f"a{suffix}").read_bytes())
+    assert main(["models"]) == 0
+    assert "unregister them with: samtune models --remove b" in capsys.readouterr().out
+    assert main(["models", "--remove", "b"]) == 0
+    assert "removed user model 'b' (b.json, b.pt)" in capsys.readouterr().out
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
+        "a.json",
+        "a.pt",
+    ]
+    load_model("a")
+
+
 def test_broken_user_models_are_listed_with_the_fix(capsys, tiny_checkpoint):
     """A deleted weights file used to show as 'no user models registered yet'."""
     register_user_model(tiny_checkpoint, "keep", TINY)

@@ -166,7 +166,9 @@ def remove_user_model(name: str) -> list[Path]:
     """Unregister user model ``name`` and delete its files; returns the deleted paths.
 
     The description goes first, so a failure part-way leaves no half-listed model.
-    The weights file's verification stamp goes too (not in the returned list).
+    The weights file's verification stamp goes too (not in the returned list). A weights
+    file that another description names stays: a description copied or renamed by hand
+    (``a.json`` as ``b.json``) still names ``a.pt``, model ``a``'s weights.
     """
     validate_model_name(name)
     _refuse_builtin_removal(name)
@@ -174,18 +176,28 @@ def remove_user_model(name: str) -> list[Path]:
     if not sidecar.is_file():
         users = [spec.name for spec in list_user_models()]
         raise ValueError(f"no user model named {name!r}; the user models are {users!r}")
-    try:
-        filename = json.loads(sidecar.read_text(encoding="utf-8"))["filename"]
-        weights = user_models_dir() / Path(str(filename)).name
-    except (OSError, ValueError, TypeError, KeyError):  # a broken description: its usual name
-        weights = user_models_dir() / f"{name}.pt"
+    used_by_others = {
+        _weights_named_by(other) for other in user_models_dir().glob("*.json") if other != sidecar
+    }
+    weights = {_weights_named_by(sidecar), user_models_dir() / f"{name}.pt"} - used_by_others
     deleted = []
-    for path in (sidecar, weights):
+    for path in (sidecar, *sorted(weights)):
         if path.is_file():
             path.unlink()
             deleted.append(path)
-    stamp_path(weights).unlink(missing_ok=True)
+        if path != sidecar:
+            stamp_path(path).unlink(missing_ok=True)
     return deleted
+
+
+def _weights_named_by(sidecar: Path) -> Path:
+    """The weights file that user model description ``sidecar`` names (for a broken one
+    that names none, its usual ``<name>.pt``)."""
+    try:
+        filename = json.loads(sidecar.read_text(encoding="utf-8"))["filename"]
+        return user_models_dir() / Path(str(filename)).name
+    except (OSError, ValueError, TypeError, KeyError):
+        return sidecar.with_suffix(".pt")
 
 
 def _refuse_builtin_removal(name: str) -> None:
