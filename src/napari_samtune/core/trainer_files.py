@@ -58,7 +58,11 @@ class TrainerFilesMixin:
         return RunFiles(self.out_dir)
 
     def _write_checkpoints(self, is_best: bool) -> Path | None:
-        """Write last.pt (resumable) and, if ``is_best``, best.pt (weights); rank 0 only."""
+        """Write best.pt (weights) if ``is_best``, then last.pt (resumable); rank 0 only.
+
+        In that order: a last.pt names the best epoch, and a run cut short between the two
+        writes (a full disk, a kill) must not leave one naming a best.pt not written yet;
+        it leaves the earlier last.pt, and the resumed run trains that epoch again."""
         if not self.dist.is_main:
             return None
         # with the first checkpoint, not at the start: a run stopped before its first step
@@ -66,7 +70,12 @@ class TrainerFilesMixin:
         write_json(self.files.config, asdict(self.config))
         self._carry_over_best()
         common = self._checkpoint_fields()
-        last = write_checkpoint(
+        if is_best:
+            write_checkpoint(
+                self.files.best, self.sam, self.arch, self.config,
+                kind="best", **common,
+            )  # fmt: skip
+        return write_checkpoint(
             self.files.last,
             self.sam,
             self.arch,
@@ -78,12 +87,6 @@ class TrainerFilesMixin:
             rng_state={"torch": torch.get_rng_state()},
             **common,
         )
-        if is_best:
-            write_checkpoint(
-                self.files.best, self.sam, self.arch, self.config,
-                kind="best", **common,
-            )  # fmt: skip
-        return last
 
     def _checkpoint_fields(self) -> dict:
         p = self.progress

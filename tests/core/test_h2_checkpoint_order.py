@@ -1,0 +1,45 @@
+"""A run cut short while it writes an epoch's checkpoints leaves them consistent."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+import torch
+
+from napari_samtune.core import trainer_files
+from napari_samtune.core.presets import TrainConfig
+from napari_samtune.core.synthetic import make_dataset
+from napari_samtune.core.train import train
+from napari_samtune.core.trainer import Trainer
+
+
+def test_a_disk_full_at_the_best_checkpoint_leaves_last_naming_the_best_on_disk(
+    tmp_path, monkeypatch
+):
+    """Epoch 2 improves on epoch 1, and the disk fills while its best.pt is written. The
+    last.pt written before it said epoch 2 was the best, while best.pt still held epoch 1:
+    the resumed run then exported epoch 1's weights as the model of epoch 2's score."""
+    monkeypatch.setattr(  # every epoch improves on the one before
+        Trainer, "_validate", lambda self: {"val_iou": 0.1 * (self.progress.epoch + 1)}
+    )
+    real, writes = trainer_files.write_checkpoint, []
+
+    def full_at_the_second_best(path, *args, **kwargs):
+        writes.append(path.name)
+        if writes.count("best.pt") == 2 and path.name == "best.pt":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_files, "write_checkpoint", full_at_the_second_best)
+    config = TrainConfig(
+        model="random:tiny", epochs=2, n_objects_per_batch=1, min_samples_per_epoch=1,
+        n_iterative_prompts=0, mixed_precision="no", early_stopping=None, val_fraction=0.5,
+    )  # fmt: skip
+    with pytest.raises(OSError, match="No space left"):
+        train(config, make_dataset(2, shape=(64, 64), seed=0), out_dir=tmp_path / "run")
+    folder = tmp_path / "run" / "checkpoints"
+    last = torch.load(folder / "last.pt", weights_only=True)
+    best = torch.load(folder / "best.pt", weights_only=True)
+    assert best["epoch"] == last["progress"]["best_epoch"] + 1
+    assert best["best_metric"] == last["best_metric"]
