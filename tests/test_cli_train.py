@@ -195,6 +195,27 @@ def test_a_refused_resume_does_not_call_the_other_run_unfinished(tmp_path, folde
     assert "did not finish" not in err and "--resume" in err
 
 
+def test_resuming_from_best_pt_says_to_take_last_pt_not_another_run(tmp_path, folders, capsys):
+    """``--resume RUN/checkpoints/best.pt --out RUN`` (the best checkpoint, not the resumable
+    one) was refused as "--out RUN holds another training run", which is the same run; and
+    with another --out, only after all the data was read."""
+    images, labels = folders
+    out = tmp_path / "my run"
+    argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
+    assert cli.main([*argv, "--labels", labels, "--epochs", "1", *FAST, "--out", str(out)]) == 0
+    capsys.readouterr()
+    best, last = out / "checkpoints" / "best.pt", out / "checkpoints" / "last.pt"
+    resume = ["train", "--resume", str(best), "--epochs", "2", "--labels", labels]
+    for into in (out, tmp_path / "new"):
+        assert cli.main([*resume, "--images", images, "--out", str(into), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert f"{best}' holds weights only ('best' checkpoint); resume from {last}" in err
+        assert "another training run" not in err
+    # refused before the data is read: the images named need not exist
+    assert cli.main([*resume, "--images", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+    assert "holds weights only" in capsys.readouterr().err
+
+
 def _signals_after(monkeypatch, event_type, *signals):
     """Training raises ``signals`` (for real) after its first event of ``event_type``."""
     import signal

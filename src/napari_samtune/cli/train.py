@@ -168,7 +168,7 @@ def choose_preset(key: str) -> tuple[object, str]:
 def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     """The run's config and a line saying where its settings came from."""
     from napari_samtune.core.presets import config_from_preset
-    from napari_samtune.core.train_checkpoints import read_checkpoint
+    from napari_samtune.core.train_checkpoints import check_resumable, read_checkpoint
     from napari_samtune.core.train_export import RunFiles
 
     if args.resume:
@@ -186,6 +186,7 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
                 f"{args.resume} has done {done} epoch(s) and the run's epochs are "
                 f"{config.epochs}: nothing is left to train; pass --epochs above {done}"
             )
+        check_resumable(checkpoint, config, args.resume)  # as training would, before the data
         return config, f"settings of {args.resume}"
     last = RunFiles(Path(args.out)).last
     if last.exists():  # the core would refuse too, naming its Python argument

@@ -129,9 +129,12 @@ def read_checkpoint(path: str | Path) -> dict:
 def check_resumable(checkpoint: dict, config: TrainConfig, path: str | Path) -> None:
     """Refuse to resume with a config that changes the model or lacks optimizer state."""
     if "optimizer_state" not in checkpoint:
+        last = Path(path).with_name("last.pt")  # a best.pt's run keeps it beside
+        beside = last.is_file() and last != Path(path)
+        resumable = last if beside else "the 'last.pt' checkpoint of the run"
         raise ValueError(
             f"{str(path)!r} holds weights only ({checkpoint.get('kind', '?')!r} checkpoint); "
-            "resume from the 'last.pt' checkpoint of the run"
+            f"resume from {resumable}"
         )
     done = int(checkpoint.get("epoch", 0))
     if done >= config.epochs:
