@@ -216,6 +216,24 @@ def test_resuming_from_best_pt_says_to_take_last_pt_not_another_run(tmp_path, fo
     assert "holds weights only" in capsys.readouterr().err
 
 
+def test_a_preset_given_with_resume_is_refused_not_ignored(tmp_path, folders, capsys):
+    """``--resume RUN --preset KEY`` continued with the run's settings and said nothing of
+    the preset asked for (its batch size, learning rate, ... were silently not used)."""
+    images, labels = folders
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
+    assert cli.main([*argv, "--labels", labels, "--epochs", "1", *FAST, "--out", str(out)]) == 0
+    capsys.readouterr()
+    resume = ["train", "--resume", str(out), "--out", str(out), "--epochs", "2"]
+    resume += ["--images", images, "--labels", labels, "--no-progress"]
+    assert cli.main([*resume, "--preset", "cpu-8gb"]) == 2
+    assert "--resume continues with the run's settings; leave out --preset" in (
+        capsys.readouterr().err
+    )
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+    assert cli.main(resume) == 0
+
+
 def _signals_after(monkeypatch, event_type, *signals):
     """Training raises ``signals`` (for real) after its first event of ``event_type``."""
     import signal

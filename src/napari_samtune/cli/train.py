@@ -88,7 +88,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "model is exported as a plain SAM state dict and registered as a user model."
         ),
     )
-    parser.add_argument("--preset", default="auto", help="'auto' or a preset key")
+    parser.add_argument("--preset", help="'auto' (the default) or a preset key (not with --resume)")
     parser.add_argument(
         "--model", help="model name, weights file, or random:<arch> (not with --resume)"
     )
@@ -174,6 +174,11 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     if args.resume:
         if args.model:
             raise ValueError("--resume continues with the checkpoint's model; leave out --model")
+        if args.preset:  # its settings would not be used: say so rather than ignore it
+            raise ValueError(
+                "--resume continues with the run's settings; leave out --preset (give the "
+                "settings to change as options, e.g. --batch-size)"
+            )
         args.resume = str(resume_checkpoint(args.resume))
         checkpoint = read_checkpoint(args.resume)
         overrides = overrides_from(args)
@@ -196,10 +201,10 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
         )
     if not args.model:
         raise ValueError("--model is required: a model name, a weights file or random:<arch>")
-    preset, reason = choose_preset(args.preset)
+    preset, reason = choose_preset(args.preset or "auto")
     overrides = overrides_from(args)
     if "device" not in overrides:
-        _check_preset_device(preset.device, args.preset)
+        _check_preset_device(preset.device, args.preset or "auto")
     config = config_from_preset(preset, args.model, check=not args.force, **overrides)
     return config, f"preset {preset.name} ({preset.key}): {reason}"
 
