@@ -234,6 +234,36 @@ def test_a_preset_given_with_resume_is_refused_not_ignored(tmp_path, folders, ca
     assert cli.main(resume) == 0
 
 
+def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path, folders, capsys, monkeypatch):
+    """Two runs at once into one --out (a second terminal, a job started twice, a --resume
+    while the run still trains) both passed the checks made before the first checkpoint and
+    then wrote over each other's checkpoints, metrics and registered model."""
+    from napari_samtune.core import train
+
+    images, labels = folders
+    out = tmp_path / "my run"
+    argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
+    argv += ["--labels", labels, "--epochs", "1", *FAST, "--out", str(out)]
+    real, second = train.iter_train, []
+
+    def a_second_run_starts_meanwhile(*args, **kwargs):
+        for event in real(*args, **kwargs):
+            if isinstance(event, train.TrainingStarted) and not second:
+                second.append("started")  # while the first trains, before its checkpoint
+                second.extend([cli.main(argv), capsys.readouterr().err])
+            yield event
+
+    monkeypatch.setattr(train, "iter_train", a_second_run_starts_meanwhile)
+    assert cli.main(argv) == 0
+    assert second[1] == 2
+    assert f"--out {str(out)!r} is in use by another training run (process " in second[2]
+    assert "wait for it to finish, or choose another folder" in second[2]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["registered_name"] == "my_run" and summary["steps_done"] == 3
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # the lock is gone
+    assert cli.main(argv[:-2] + ["--out", str(tmp_path / "other")]) == 0  # after it: fine
+
+
 def _signals_after(monkeypatch, event_type, *signals):
     """Training raises ``signals`` (for real) after its first event of ``event_type``."""
     import signal

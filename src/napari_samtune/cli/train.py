@@ -15,6 +15,7 @@ import shlex
 import signal
 import sys
 import threading
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -258,6 +259,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from napari_samtune.core.checkpoints import training_lock
     from napari_samtune.core.train_export import check_registration
 
     check_registration(args.name)  # as training would, but before the data is read
@@ -272,12 +274,19 @@ def _run(args: argparse.Namespace) -> int:
         val_pairs = read_annotated(args.val_images, args.val_labels, "validation", *options)
     if verbose:
         print(origin)
+    with training_lock(Path(args.out)) if verbose else nullcontext():  # torchrun: rank 0's
+        finished = _train(config, train_pairs, val_pairs, args, verbose)
+    if verbose:
+        _print_summary(finished)
+    return 0
+
+
+def _train(config, train_pairs, val_pairs, args: argparse.Namespace, verbose: bool):
+    """Train with Ctrl+C and SIGTERM handled; the ``TrainingFinished`` event."""
     stop, started = threading.Event(), threading.Event()
     previous = _stop_on_ctrl_c(stop, verbose), signal.signal(signal.SIGTERM, _terminate)
     try:
-        finished = _train_with_progress(
-            config, train_pairs, val_pairs, args, stop, verbose, started
-        )
+        return _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose, started)
     except KeyboardInterrupt as err:  # the second Ctrl+C, or SIGTERM: what is saved, what next
         raise type(err)(aborted_note(Path(args.out)) if verbose else "") from None
     except Exception as err:  # a crash (out of memory, a full disk): its error, what is saved
@@ -292,9 +301,6 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])
-    if verbose:
-        _print_summary(finished)
-    return 0
 
 
 def _memory_advice(err: BaseException) -> str:

@@ -18,7 +18,8 @@ import shutil
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -222,3 +223,81 @@ def safe_torch_load(path: str | os.PathLike, expected: str) -> object:
             f"{first_line(str(err))}); "
             f"it may be truncated, corrupt or of another format. Expected {expected}"
         ) from None
+
+
+TRAINING_LOCK_NAME = ".samtune-train.lock"  # in a run's folder while it trains: its process id
+
+
+@contextmanager
+def training_lock(out_dir: Path) -> Iterator[None]:
+    """Hold ``out_dir`` for the training run in this process: a second run into it (another
+    terminal, a job started twice, a resume while the run still trains) is refused with a
+    ``ValueError``, instead of writing over this run's checkpoints and model. An
+    advisory lock, freed when the run ends or its process dies; where the system offers
+    none (Windows, some network file systems), runs are not kept apart."""
+    out_dir = Path(out_dir)
+    made = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with _locked(out_dir / TRAINING_LOCK_NAME, out_dir):
+            yield
+    finally:  # a run refused, failed or stopped before its first step leaves nothing
+        if made and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+
+
+@contextmanager
+def _locked(path: Path, out: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (created) holding this process's id, removed after."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    while True:
+        lock = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (closed below)
+        try:
+            held = _try_lock(fcntl, lock)
+        except BaseException:
+            lock.close()
+            raise
+        if held is None or _same_file(lock, path):  # else a run ending removed it: again
+            break
+        lock.close()
+    with lock:
+        if held is False:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise ValueError(
+                f"out_dir {str(out)!r} is in use by another training run (process {holder}), "
+                "which is still going; wait for it to finish, or choose another folder"
+            )
+        if held is None:  # this file system has no locks
+            yield
+            return
+        try:
+            lock.seek(0)
+            lock.truncate()
+            lock.write(f"{os.getpid()}\n")
+            lock.flush()
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def _try_lock(fcntl, lock) -> bool | None:
+    """True: locked; False: another process holds it; None: no locks on this file system."""
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        return False if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) else None
+    return True
+
+
+def _same_file(lock, path: Path) -> bool:
+    """``lock`` (an open file) is still the file at ``path``."""
+    try:
+        opened, named = os.fstat(lock.fileno()), os.stat(path)
+    except OSError:
+        return False
+    return (opened.st_dev, opened.st_ino) == (named.st_dev, named.st_ino)
