@@ -264,6 +264,34 @@ def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path, folders, capsys,
     assert cli.main(argv[:-2] + ["--out", str(tmp_path / "other")]) == 0  # after it: fine
 
 
+def test_an_abort_after_the_last_epoch_offers_the_export_not_a_resume(
+    tmp_path, folders, capsys, monkeypatch
+):
+    """SIGTERM while the trained model is exported (after the last epoch): the note offered
+    ``samtune train --resume``, which then refused ("nothing is left to train"); the
+    model is one ``samtune export --register`` away."""
+    from napari_samtune.core import trainer_files
+
+    def terminated(*args, **kwargs):
+        raise cli.Terminated
+
+    real = trainer_files.export_and_register
+    monkeypatch.setattr(trainer_files, "export_and_register", terminated)
+    images, labels = folders
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
+    argv += ["--labels", labels, "--epochs", "1", *FAST, "--out", str(out)]
+    assert cli.main(argv) == 143
+    err = capsys.readouterr().err
+    assert "samtune train --resume" not in err
+    best = out / "checkpoints" / "best.pt"
+    command = f"samtune export {best} -o {out / 'model.pth'} --register run"
+    assert f"its training is done, but its model was not exported: {command}" in err
+    monkeypatch.setattr(trainer_files, "export_and_register", real)
+    assert cli.main(command.split()[1:]) == 0
+    assert "registered as 'run'" in capsys.readouterr().out
+
+
 def _signals_after(monkeypatch, event_type, *signals):
     """Training raises ``signals`` (for real) after its first event of ``event_type``."""
     import signal

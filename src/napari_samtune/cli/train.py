@@ -317,12 +317,19 @@ def _memory_advice(err: BaseException) -> str:
 
 def aborted_note(out: Path) -> str:
     """What an aborted run left in ``out`` and how to continue it; "" with no checkpoint."""
-    from napari_samtune.core.train_export import RunFiles
+    from napari_samtune.core.train_export import RunFiles, unique_model_name
 
     files = RunFiles(out)
     if not files.last.is_file():
         return ""
     saved = ", ".join(str(p) for p in (files.last, files.best) if p.is_file())
+    if _training_done(files.last):  # stopped while exporting: a resume has nothing to train
+        source = shlex.quote(str(files.best if files.best.is_file() else files.last))
+        name = unique_model_name(out.name)  # as training names it, or the next free name
+        return (
+            f"its training is done, but its model was not exported: samtune export {source} "
+            f"-o {shlex.quote(str(files.model))} --register {name} (its checkpoints: {saved})"
+        )
     folder = shlex.quote(str(out))
     note = (
         f"the run did not finish; its checkpoints are on disk: {saved}; continue it with: "
@@ -332,6 +339,18 @@ def aborted_note(out: Path) -> str:
         best = shlex.quote(str(files.best))
         note += f", or export its best model so far: samtune export {best} -o model.pth"
     return note
+
+
+def _training_done(last: Path) -> bool:
+    """Whether checkpoint ``last`` has trained all its run's epochs (mapped, not read: it
+    may be GBs); False when that cannot be told."""
+    import torch
+
+    try:
+        checkpoint = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+        return int(checkpoint["epoch"]) >= int(checkpoint["config"]["epochs"])
+    except Exception:  # a damaged file: the note names it, as before
+        return False
 
 
 def _stop_on_ctrl_c(stop: threading.Event, verbose: bool):
