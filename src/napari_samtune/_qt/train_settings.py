@@ -108,6 +108,7 @@ class TrainSettingsWidget(QWidget):
         )
         self._architectures: dict[str, SamArchitecture] = {}  # weights file -> architecture
         self._read_error: tuple[str, str] | None = None  # (file, why it cannot be used)
+        self._filled_for: str | None = None  # the model the advanced fields were filled for
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(self._build_main())
@@ -207,7 +208,8 @@ class TrainSettingsWidget(QWidget):
         if problem:
             self._show_settings_problem(problem)
             return
-        self.apply_defaults()
+        # the same model (another device, a file read again): keep what the person set
+        self._apply_preset(fill=self.model_text() != self._filled_for)
 
     def _read_architecture(self, path: Path) -> None:
         if self.runner.is_running(READ_TASK):  # look again once the current read ends
@@ -231,6 +233,11 @@ class TrainSettingsWidget(QWidget):
 
     def apply_defaults(self, _index=None) -> None:
         """Fill the advanced fields with the preset's values for the chosen model."""
+        self._apply_preset(fill=True)
+
+    def _apply_preset(self, fill: bool) -> None:
+        """Describe the preset for the chosen model; ``fill``: also fill the advanced fields
+        with its values."""
         problem = self._architecture_problem()
         if problem:
             self._show_settings_problem(problem)
@@ -244,7 +251,9 @@ class TrainSettingsWidget(QWidget):
             self._show_settings_problem(str(err))
             return
         show_problem(self.settings_error, "")
-        self._show_config(base)
+        if fill:
+            self._show_config(base)
+            self._filled_for = self.model_text()
         self.architecture_known.emit()
 
     def _file(self) -> Path | None:
