@@ -28,3 +28,31 @@ def test_the_device_or_the_same_file_again_keeps_the_advanced_settings_typed(
     assert (config.device, config.epochs, config.learning_rate) == ("cpu", 7, 3e-4)
     settings.model_picker.select_model("vit_t_lm")  # another model: its defaults
     assert settings.epochs_spin.value() != 7 and settings.lr_edit.text() != "0.0003"
+
+
+def test_a_weights_file_chosen_again_after_it_could_not_be_read_is_read_again(
+    qtbot, make_napari_viewer, tiny_checkpoint, tmp_path, monkeypatch
+):
+    """A file copied in full since it could not be read, chosen again with Browse…, kept
+    the complaint ("download it again or pick another file") and Start stayed refused."""
+    from qtpy.QtWidgets import QFileDialog
+
+    from napari_samtune._qt.model_picker import FILE_ENTRY
+
+    weights = tmp_path / "copying.pth"
+    weights.write_bytes(tiny_checkpoint.read_bytes()[:100])  # a copy not yet complete
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *args: (str(weights), ""))
+    widget = TrainWidget(make_napari_viewer(), machine=SMALL_CPU)
+    settings = widget.settings
+    picker, error = settings.model_picker, settings.settings_error
+    picker.select_model(FILE_ENTRY)
+    picker.browse_button.click()
+    qtbot.waitUntil(lambda: not settings.runner.is_running(), timeout=10_000)
+    assert "cannot use" in error.text()
+    assert "could not read the checkpoint" in error.text() and settings.architecture() is None
+
+    weights.write_bytes(tiny_checkpoint.read_bytes())  # the copy has finished
+    with qtbot.waitSignal(settings.architecture_known, timeout=10_000):
+        picker.browse_button.click()
+    assert settings.architecture().name == "tiny" and not error.text()
+    assert settings.build_config().model == str(weights)

@@ -41,6 +41,7 @@ class ModelPickerWidget(QWidget):
     """Model choice (registry name or checkpoint file) and device choice."""
 
     selection_changed = Signal()
+    file_chosen = Signal()  # Browse… chose a file, perhaps the same one again (to read anew)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -135,3 +136,4 @@ class ModelPickerWidget(QWidget):
         path, _ = QFileDialog.getOpenFileName(self, "SAM weights", "", WEIGHT_FILES)
         if path:
             self.path_edit.setText(path)
+            self.file_chosen.emit()

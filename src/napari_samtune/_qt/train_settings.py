@@ -117,6 +117,7 @@ class TrainSettingsWidget(QWidget):
         self.preset_combo.currentIndexChanged.connect(self.apply_defaults)
         self.model_picker.selection_changed.connect(self._on_model_changed)
         self.model_picker.path_edit.editingFinished.connect(lambda: self._on_model_changed(True))
+        self.model_picker.file_chosen.connect(lambda: self._on_model_changed(True))
         self.out_dir_button.clicked.connect(self._browse_output)
         self._on_model_changed()
 
