@@ -112,6 +112,7 @@ class PairSourceWidget(QWidget):
         self.image_combo, self.labels_combo = QComboBox(), QComboBox()
         self.image_combo.currentTextChanged.connect(self._suggest_labels)
         self._labels_chosen = False  # by a person: then the choice is kept
+        self._offered: dict[QComboBox, list] = {}  # the layers each combo box lists, in order
         self.labels_combo.activated.connect(lambda _index: setattr(self, "_labels_chosen", True))
         self.add_button = QPushButton("Add pair")
         self.pair_error = error_label()
@@ -168,20 +169,24 @@ class PairSourceWidget(QWidget):
 
     # -- layer pairs ----------------------------------------------------------------------
     def refresh_layer_choices(self, event=None) -> None:
-        """Offer the viewer's current image and labels layers (keeps the choices made)."""
+        """Offer the viewer's current image and labels layers (keeps the layers chosen, also
+        when they were renamed)."""
         layers = list(self.viewer.layers)
-        images = [layer.name for layer in layers if isinstance(layer, Image)]
+        images = [layer for layer in layers if isinstance(layer, Image)]
         # A mask file opened by drag and drop becomes an Image layer: offer those too.
-        labels = [layer.name for layer in layers if isinstance(layer, Labels)]
-        labels += [layer.name for layer in layers if isinstance(layer, Image) and not layer.rgb]
-        for combo, names in ((self.image_combo, images), (self.labels_combo, labels)):
-            current = combo.currentText()
+        labels = [layer for layer in layers if isinstance(layer, Labels)]
+        labels += [layer for layer in layers if isinstance(layer, Image) and not layer.rgb]
+        for combo, offered in ((self.image_combo, images), (self.labels_combo, labels)):
+            shown, index = self._offered.get(combo, []), combo.currentIndex()
+            current = shown[index] if 0 <= index < len(shown) else None
             combo.blockSignals(True)
             combo.clear()
-            combo.addItems(names)
-            if current in names:
-                combo.setCurrentText(current)
+            combo.addItems([layer.name for layer in offered])
+            kept = [i for i, layer in enumerate(offered) if layer is current]
+            if kept:  # by identity: a renamed layer is still the one chosen
+                combo.setCurrentIndex(kept[0])
             combo.blockSignals(False)
+            self._offered[combo] = offered
         if not self._labels_chosen:
             self._suggest_labels()
 
