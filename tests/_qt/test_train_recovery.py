@@ -195,3 +195,23 @@ def test_an_unusable_user_models_folder_is_not_called_a_bad_model_name(
     text = widget.settings.settings_error.text()
     assert text.startswith(f"the user models folder {str(taken)!r}")
     assert "set SAMTUNE_MODELS_DIR to a folder you can write to" in text
+
+
+def test_continue_takes_the_learning_rate_set_as_a_diverged_run_is_told_to(qtbot, widget):
+    """A diverged run says to resume "with a lower learning_rate" and the widget points at
+    Continue…, which kept the run's own learning rate whatever was set: it diverged again."""
+    from napari_samtune.core.train import StepDone
+
+    assert _add_pair(widget, 0)
+    widget.settings.lr_edit.setText("0.001")
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.start() is not None
+    assert widget.result.epochs_done == 1
+    widget.settings.lr_edit.setText("1e-4")  # what the divergence message proposes
+    widget.settings.epochs_spin.setValue(2)
+    steps = []
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        worker = widget.continue_run(widget.run_folder)
+        worker.yielded.connect(lambda e: steps.append(e) if isinstance(e, StepDone) else None)
+    assert widget.started.config.learning_rate == 1e-4 and widget.result.epochs_done == 2
+    assert steps and steps[0].learning_rate == 1e-4  # the optimizer's, not only the config's

@@ -313,18 +313,21 @@ class TrainSettingsWidget(QWidget):
         self.early_spin.setValue(config.early_stopping or 0)
 
     # -- the result -----------------------------------------------------------------------
-    def overrides(self) -> dict:
-        """The advanced fields as ``TrainConfig`` overrides; ValueError for a bad entry."""
+    def learning_rate(self) -> float:
+        """The learning rate field's number; ValueError when it holds none."""
         text = self.lr_edit.text().strip()
         try:
-            learning_rate = float(text)
+            return float(text)
         except ValueError:
             raise ValueError(
                 f"learning rate {text!r} is not a number; write it like 1e-5 or 0.0001"
             ) from None
+
+    def overrides(self) -> dict:
+        """The advanced fields as ``TrainConfig`` overrides; ValueError for a bad entry."""
         return {
             "epochs": self.epochs_spin.value(),
-            "learning_rate": learning_rate,
+            "learning_rate": self.learning_rate(),
             "n_objects_per_batch": self.objects_spin.value(),
             "min_samples_per_epoch": self.samples_spin.value(),
             "patch_size": self.patch_spin.value() or None,

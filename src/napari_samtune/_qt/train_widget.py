@@ -10,7 +10,7 @@ Stop asks the core to finish the current step, write a checkpoint and export the
 (a person is asked first), and the window goes once the model is exported. Stop also
 cancels a Start that waits for the check of the data folders. Continue… resumes a stopped
 or finished run (this session's or one chosen on disk) from its last checkpoint, up to
-the epochs set.
+the epochs and with the learning rate set (lower it for a run that diverged).
 The finished model is registered as a user model by the core; this widget then
 refreshes the model list of the "Annotate with SAM" widget (and, if asked, loads the new
 model there) and says where the model was saved.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from napari.utils.notifications import show_error, show_info, show_warning
@@ -121,8 +122,8 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
         self.start_button, self.stop_button = QPushButton("Start"), QPushButton("Stop")
         self.continue_button = QPushButton("Continue…")
         self.continue_button.setToolTip(
-            "Continue a stopped or finished run from its last checkpoint, up to the epochs "
-            "set above, on the training data chosen now"
+            "Continue a stopped, finished or failed run from its last checkpoint, up to the "
+            "epochs and with the learning rate set above, on the training data chosen now"
         )
         self.start_error = error_label()
         row = QHBoxLayout()
@@ -176,9 +177,10 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
         return self._launch(None)
 
     def continue_run(self, folder: str | Path):
-        """Continue the run in ``folder`` from its last checkpoint, up to the epochs set, on
-        the training data chosen now (model setup and optimizer state are the run's);
-        returns the worker or None. The result updates the run's registered model."""
+        """Continue the run in ``folder`` from its last checkpoint, up to the epochs and with
+        the learning rate set, on the training data chosen now (model setup and optimizer
+        state are the run's); returns the worker or None. The result updates the run's
+        registered model."""
         return self._launch(Path(folder))
 
     def _choose_run_to_continue(self) -> None:
@@ -272,6 +274,8 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
             else:
                 epochs, device = self.settings.epochs_spin.value(), self.settings.device()
                 config, last, history = continued_config(resume, int(epochs), device)
+                # as a diverged run is told to: continue it with a lower learning rate
+                config = replace(config, learning_rate=self.settings.learning_rate())
                 out_dir, model_name = resume, None  # the run's folder and registered name
         except (ValueError, TypeError) as err:
             self.settings.show_start_problem(str(err))
