@@ -215,3 +215,23 @@ def test_continue_takes_the_learning_rate_set_as_a_diverged_run_is_told_to(qtbot
         worker.yielded.connect(lambda e: steps.append(e) if isinstance(e, StepDone) else None)
     assert widget.started.config.learning_rate == 1e-4 and widget.result.epochs_done == 2
     assert steps and steps[0].learning_rate == 1e-4  # the optimizer's, not only the config's
+
+
+def test_start_while_the_weights_file_is_read_starts_once_it_is_read(
+    qtbot, widget, tiny_checkpoint, tmp_path, notifications
+):
+    """Start pressed while a chosen weights file was still being read was refused with
+    "cannot start training: reading <file>…" and "fix the problems marked in red", where
+    there was nothing to fix but to wait and press Start again."""
+    assert _add_pair(widget, 0)
+    other = tmp_path / "other.pth"
+    other.write_bytes(tiny_checkpoint.read_bytes())
+    widget.settings.model_picker.select_model(str(other))  # read in the background
+    with qtbot.waitSignal(widget.training_started, timeout=WAIT_MS) as started:
+        assert widget.start() is None
+        assert "reading the model file" in widget.status_label.text()
+        assert widget.stop_button.isEnabled() and not widget.start_button.isEnabled()
+    assert started.args[0].config.model == str(other)
+    assert not any("cannot start" in m for m in notifications)
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        widget.stop()  # the model's own defaults (100 epochs): not waited for

@@ -8,9 +8,10 @@ progress bar and the live plot on the main thread, so the viewer stays usable.
 Stop asks the core to finish the current step, write a checkpoint and export the model
 (stopped before the first step, nothing is saved); so does closing the viewer during a run
 (a person is asked first), and the window goes once the model is exported. Stop also
-cancels a Start that waits for the check of the data folders. Continue… resumes a stopped
-or finished run (this session's or one chosen on disk) from its last checkpoint, up to
-the epochs and with the learning rate set (lower it for a run that diverged).
+cancels a Start that waits for the check of the data folders or for the reading of the
+model file. Continue… resumes a stopped or finished run (this session's or one chosen on
+disk) from its last checkpoint, up to the epochs and with the learning rate set (lower it
+for a run that diverged).
 The finished model is registered as a user model by the core; this widget then
 refreshes the model list of the "Annotate with SAM" widget (and, if asked, loads the new
 model there) and says where the model was saved.
@@ -52,7 +53,7 @@ from napari_samtune._qt.train_run import (
     iter_training_job,
     run_folder,
 )
-from napari_samtune._qt.train_settings import TrainSettingsWidget
+from napari_samtune._qt.train_settings import READ_TASK, TrainSettingsWidget
 from napari_samtune._qt.workers import TaskRunner, on_removed, user_message
 from napari_samtune.core.checkpoints import check_output_folder
 from napari_samtune.core.presets import MachineResources, TrainConfig
@@ -96,6 +97,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
             source.folders_checked.connect(self._update_start_error)
             source.sources_changed.connect(self._update_start_error)
         self.settings.architecture_known.connect(self._update_start_error)
+        self.settings.runner.task_finished.connect(lambda _name: self._launch_queued())
         self._on_separate_validation(False)
         self._set_running(False)
         on_removed(self, self._on_panel_closed)
@@ -193,9 +195,10 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
         if self.is_running:
             show_warning("training is already running: stop it (or wait) before starting again")
             return None
-        if self._folders_being_checked():  # reading them here would freeze the viewer
+        waiting = self._checks_running(resume)
+        if waiting:  # reading the files here would freeze the viewer
             self._queued = (resume,)
-            self._set_queued()
+            self._set_queued(waiting)
             return None
         self._queued = None
         request = self._request(resume)
@@ -227,18 +230,28 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
         sources = [self.train_data, *([self.val_data] if self._separate_val() else [])]
         return any([source.check_folders() is None for source in sources])  # start every check
 
-    def _set_queued(self) -> None:
-        """A Start (or Continue) waits for the folder checks; Stop cancels it."""
+    def _checks_running(self, resume: Path | None) -> str:
+        """What a Start (or Continue) waits for, e.g. "checking the data folders", or "";
+        starts the check of every folder not checked yet."""
+        waiting = ["checking the data folders"] if self._folders_being_checked() else []
+        if resume is None and self.settings.runner.is_running(READ_TASK):  # sets the defaults
+            waiting.insert(0, "reading the model file")
+        return " and ".join(waiting)
+
+    def _set_queued(self, waiting: str) -> None:
+        """A Start (or Continue) waits for the folder checks or the model file; Stop
+        cancels it."""
         self.start_button.setEnabled(False)
         self.continue_button.setEnabled(False)
         self.stop_button.setEnabled(True)
         self.status_label.setText(
-            "checking the data folders; training starts when they pass (Stop cancels)…"
+            f"{waiting}; training starts then, unless a problem is found (Stop cancels)…"
         )
 
     def _launch_queued(self) -> None:
-        """A folder check ended: start what Start (or Continue) asked for, if anything."""
-        if self._queued is not None and not self._folders_being_checked():
+        """A folder check or the model file's reading ended: start what Start (or Continue)
+        asked for, if anything."""
+        if self._queued is not None and not self._checks_running(self._queued[0]):
             (resume,) = self._queued
             self._set_running(False)  # the buttons of a refused start
             self.status_label.setText("")
@@ -246,7 +259,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
 
     def stop(self) -> None:
         """Ask the run to stop after its current step (it then saves and exports the model);
-        a start still waiting for the folder checks is cancelled."""
+        a start still waiting for the folder checks or the model file is cancelled."""
         if self._queued is not None:
             self._queued = None
             self._set_running(False)
