@@ -15,6 +15,19 @@ def _commit_at(widget, drain_jobs, *points) -> None:
     drain_jobs(widget)
 
 
+def _reopen(make_napari_viewer, image, folder, drain_jobs, model=None) -> AnnotateWidget:
+    """The image opened again in a new viewer, its widget's folder set to ``folder``."""
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="nuclei")
+    reopened = AnnotateWidget(viewer)
+    reopened.ui.folder_edit.setText(str(folder))
+    reopened._use_folder()
+    if model is not None:
+        reopened.set_model(model, "tiny")
+    drain_jobs(reopened)
+    return reopened
+
+
 def test_an_autosave_that_cannot_be_restored_is_never_saved_over(
     viewer_widget, make_napari_viewer, tmp_path, nuclei_image, notifications, drain_jobs
 ):
@@ -29,14 +42,8 @@ def test_an_autosave_that_cannot_be_restored_is_never_saved_over(
         record.write("damaged")
 
     def reopen() -> AnnotateWidget:
-        viewer = make_napari_viewer()
-        viewer.add_image(nuclei_image[0], name="nuclei")
-        reopened = AnnotateWidget(viewer)
-        reopened.ui.folder_edit.setText(str(tmp_path))
-        reopened._use_folder()
-        reopened.set_model(widget.segmenter.model, "tiny")
-        drain_jobs(reopened)
-        return reopened
+        model = widget.segmenter.model
+        return _reopen(make_napari_viewer, nuclei_image[0], tmp_path, drain_jobs, model)
 
     later = reopen()
     assert any("could not restore" in n and n.severity == "error" for n in notifications)
@@ -97,13 +104,8 @@ def test_saves_go_past_every_autosave_that_cannot_be_restored(
         return (tmp_path / f"{stem}.labels.tif").read_bytes()
 
     def reopen_and_commit(point) -> AnnotateWidget:
-        viewer = make_napari_viewer()
-        viewer.add_image(nuclei_image[0], name="nuclei")
-        reopened = AnnotateWidget(viewer)
-        reopened.ui.folder_edit.setText(str(tmp_path))
-        reopened._use_folder()
-        reopened.set_model(widget.segmenter.model, "tiny")
-        drain_jobs(reopened)
+        model = widget.segmenter.model
+        reopened = _reopen(make_napari_viewer, nuclei_image[0], tmp_path, drain_jobs, model)
         _commit_at(reopened, drain_jobs, point)
         return reopened
 
@@ -119,10 +121,5 @@ def test_saves_go_past_every_autosave_that_cannot_be_restored(
     np.testing.assert_array_equal(tifffile.imread(again), later.session.annotations)
     errors = [str(n) for n in notifications if n.severity == "error"]
     assert any(f"could not restore {diverted}" in e and again.name in e for e in errors)
-    viewer = make_napari_viewer()
-    viewer.add_image(nuclei_image[0], name="nuclei")
-    restored = AnnotateWidget(viewer)
-    restored.ui.folder_edit.setText(str(tmp_path))
-    restored._use_folder()
-    drain_jobs(restored)
+    restored = _reopen(make_napari_viewer, nuclei_image[0], tmp_path, drain_jobs)
     np.testing.assert_array_equal(restored.session.annotations, later.session.annotations)
