@@ -232,6 +232,10 @@ def test_a_preset_given_with_resume_is_refused_not_ignored(tmp_path, folders, ca
     )
     assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
     assert cli.main(resume) == 0
+    # the checkpoints folder itself: it was read as a run folder (checkpoints/checkpoints/...)
+    resume[2], resume[6] = str(out / "checkpoints"), "3"
+    assert cli.main(resume) == 0, capsys.readouterr().err
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 3
 
 
 def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path, folders, capsys, monkeypatch):

@@ -224,13 +224,16 @@ def _check_preset_device(device: str, preset: str) -> None:
 
 def resume_checkpoint(resume: str) -> Path:
     """The checkpoint ``--resume`` names: a run folder's ``checkpoints/last.pt`` (what the
-    napari panel's Continue… takes), or the file given."""
+    napari panel's Continue… takes), the ``last.pt`` in a run's checkpoints folder given
+    itself, or the file given."""
     from napari_samtune.core.train_export import RunFiles
 
     path = Path(resume)
     if not path.is_dir():
         return path
     last = RunFiles(path).last
+    if not last.is_file() and RunFiles(path.parent).last == path / last.name:
+        last = path / last.name  # RUN/checkpoints: the folder the checkpoints are in
     if not last.is_file():
         raise ValueError(
             f"--resume {resume} is a folder without a training checkpoint: {last} does not "
