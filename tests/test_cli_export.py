@@ -113,6 +113,14 @@ def test_a_run_folder_exports_its_best_checkpoint_else_its_last(tmp_path, checkp
     assert f"exported the tiny model of {best}: {output}" in capsys.readouterr().out
     exported = torch.load(output, weights_only=True)
     assert torch.equal(exported["mask_decoder.iou_token.weight"], sam.mask_decoder.iou_token.weight)
+    # the checkpoints folder itself: it was read as a run (checkpoints/checkpoints/last.pt)
+    output.unlink()
+    assert cli.main(["export", str(checkpoint.parent), "-o", str(output)]) == 0
+    assert f"exported the tiny model of {best}: {output}" in capsys.readouterr().out
+    best.unlink()
+    output.unlink()
+    assert cli.main(["export", str(checkpoint.parent), "-o", str(output)]) == 0
+    assert f"exported the tiny model of {checkpoint}: {output}" in capsys.readouterr().out
 
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -41,12 +41,12 @@ def run(args: argparse.Namespace) -> int:
 
 def checkpoint_to_export(given: str) -> Path:
     """The checkpoint file ``given`` names: the file itself, or for a run's folder (as
-    ``train --out`` made it) its best.pt, the model that training exports, else its last.pt
-    (a run stopped before an epoch ended)."""
+    ``train --out`` made it, or its checkpoints folder) its best.pt, the model that training
+    exports, else its last.pt (a run stopped before an epoch ended)."""
     from napari_samtune.core.train_checkpoints import resolve_checkpoint
     from napari_samtune.core.train_export import RunFiles
 
-    best = RunFiles(Path(given)).best
+    best = RunFiles.named_by(given).best
     if Path(given).is_dir() and best.is_file():
         return best
     return resolve_checkpoint(given)

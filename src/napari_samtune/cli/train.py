@@ -231,9 +231,7 @@ def resume_checkpoint(resume: str) -> Path:
     path = Path(resume)
     if not path.is_dir():
         return path
-    last = RunFiles(path).last
-    if not last.is_file() and RunFiles(path.parent).last == path / last.name:
-        last = path / last.name  # RUN/checkpoints: the folder the checkpoints are in
+    last = RunFiles.named_by(path).last
     if not last.is_file():
         raise ValueError(
             f"--resume {resume} is a folder without a training checkpoint: {last} does not "

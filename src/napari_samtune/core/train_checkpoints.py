@@ -91,12 +91,12 @@ def write_checkpoint(path: Path, sam: Sam, arch: SamArchitecture, config: TrainC
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """The training checkpoint ``path`` names: the file itself, or for a run's folder (the
-    ``out_dir`` of :func:`~napari_samtune.core.train.train`) its ``checkpoints/last.pt``, the
-    checkpoint a run resumes from, as ``samtune train --resume`` and the panel's Continue…
-    take it. ``FileNotFoundError`` when there is no such file."""
+    ``out_dir`` of :func:`~napari_samtune.core.train.train`, or its ``checkpoints`` folder) its
+    ``checkpoints/last.pt``, the checkpoint a run resumes from, as ``samtune train --resume``
+    and the panel's Continue… take it. ``FileNotFoundError`` when there is no such file."""
     path = Path(path)
     if path.is_dir():
-        last = RunFiles(path).last
+        last = RunFiles.named_by(path).last
         if not last.is_file():
             raise FileNotFoundError(
                 f"{str(path)!r} is a folder without a training checkpoint: {str(last)!r} does "

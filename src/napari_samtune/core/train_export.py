@@ -22,6 +22,15 @@ class RunFiles:
 
     folder: Path
 
+    @classmethod
+    def named_by(cls, folder: str | Path) -> RunFiles:
+        """The run a folder a user typed names: the run's own folder, or its checkpoints
+        folder (where last.pt and best.pt are) given itself."""
+        folder = Path(folder)
+        if not cls(folder).checkpoints.is_dir() and cls(folder.parent).checkpoints == folder:
+            return cls(folder.parent)
+        return cls(folder)
+
     @property
     def checkpoints(self) -> Path:
         return self.folder / "checkpoints"
