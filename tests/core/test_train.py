@@ -591,6 +591,63 @@ def test_the_learning_rate_suggested_after_divergence_is_one_finetuning_takes():
     )
 
 
+@pytest.mark.parametrize(
+    ("batch_size", "grad_accumulation", "first_step", "again"),
+    [(2, 1, 2, 1), (3, 1, 2, 0), (1, 2, 2, 1), (1, 1, 4, 0)],
+)
+def test_a_mid_epoch_resume_in_steps_of_another_size_trains_every_sample(
+    tmp_path, data, monkeypatch, batch_size, grad_accumulation, first_step, again
+):
+    """Stopped after 3 samples in steps of 1, resumed in steps of 2 or 3: step 2 began
+    at sample 3 (1 sample skipped) or at sample 4 (3 skipped); now it goes on from the
+    step holding the first sample not trained on, and says when it trains on some again."""
+    from napari_samtune.core.trainer import Trainer
+
+    trained = []
+    training_input = Trainer._training_input
+
+    def record(self, index, epoch):
+        trained.append((epoch, index))
+        return training_input(self, index, epoch)
+
+    monkeypatch.setattr(Trainer, "_training_input", record)
+    config = _config(epochs=1, min_samples_per_epoch=7)
+    stop = threading.Event()
+    for event in iter_train(config, *data, out_dir=tmp_path / "part", stop_event=stop):
+        if isinstance(event, StepDone) and event.step == 3:
+            stop.set()
+    assert len(trained) == 3  # the epoch's first 3 samples, in its shuffled order
+    resumed = dataclasses.replace(
+        config, batch_size=batch_size, grad_accumulation=grad_accumulation
+    )
+    events = list(iter_train(resumed, *data, tmp_path / "part", resume_from=tmp_path / "part"))
+    started, steps = events[0], [e for e in events if isinstance(e, StepDone)]
+    assert steps[0].step == first_step
+    samples = [index for _, index in trained]
+    assert sorted(set(samples)) == list(range(7))  # none skipped
+    assert len(samples) == 7 + again
+    said = [n for n in started.notes if "in steps of 1 and continues" in n]
+    assert len(said) == (batch_size * grad_accumulation != 1)
+    if again:
+        assert f"training on {again} sample(s) of the epoch again" in said[0]
+
+
+def test_a_resume_after_an_epochs_last_step_in_steps_of_another_size_goes_to_the_next(
+    tmp_path, data
+):
+    """Stopped after the epoch's last step, before its validation: no step is left."""
+    config = _config(epochs=2, min_samples_per_epoch=7)
+    stop = threading.Event()
+    for event in iter_train(config, *data, out_dir=tmp_path / "part", stop_event=stop):
+        if isinstance(event, StepDone) and event.step == 7:
+            stop.set()
+    resumed = dataclasses.replace(config, batch_size=2)
+    events = list(iter_train(resumed, *data, tmp_path / "part", resume_from=tmp_path / "part"))
+    steps = [(e.epoch, e.step, e.steps_per_epoch) for e in events if isinstance(e, StepDone)]
+    assert steps == [(1, 1, 4), (1, 2, 4), (1, 3, 4), (1, 4, 4)]
+    assert events[0].notes[-1].endswith("continues in steps of 2: its samples are done")
+
+
 @pytest.mark.parametrize(("saved_world_size", "first_step"), [(1, 3), (2, 1)])
 def test_a_mid_epoch_resume_with_another_process_count_restarts_the_epoch(
     tmp_path, data, saved_world_size, first_step

@@ -158,8 +158,8 @@ class Trainer(TrainerFilesMixin):
         self.val_patches = val_patches[self.dist.rank :: self.dist.world_size]
         self.has_validation = bool(val_patches)
         self.cache = EmbeddingLRU(c.embedding_cache_size if c.encoder_frozen else 0)
-        n_local = len(ddp.shard(np.arange(self.sampler.n_samples), self.dist))
-        n_batches = -(-n_local // c.batch_size)
+        self.n_local = len(ddp.shard(np.arange(self.sampler.n_samples), self.dist))
+        n_batches = -(-self.n_local // c.batch_size)
         self.steps_per_epoch = -(-n_batches // c.grad_accumulation)
 
     def _setup_optimizer(self, checkpoint: dict | None) -> None:
@@ -178,6 +178,7 @@ class Trainer(TrainerFilesMixin):
         self.progress = Progress(**checkpoint["progress"])
         torch.set_rng_state(checkpoint["rng_state"]["torch"])
         self._restart_epoch_for(checkpoint.get("data_summary", {}).get("world_size"))
+        self._continue_epoch_in_new_steps(TrainConfig.from_dict(checkpoint["config"]))
 
     def _restart_epoch_for(self, saved_world_size: int | None) -> None:
         """A run stopped mid-epoch with another number of processes: its steps counted each
@@ -191,6 +192,27 @@ class Trainer(TrainerFilesMixin):
             f"and continues with {self.dist.world_size}: epoch {p.epoch + 1} starts over"
         )
         p.step_in_epoch, p.epoch_loss_sum, p.epoch_loss_count = 0, 0.0, 0
+
+    def _continue_epoch_in_new_steps(self, saved: TrainConfig) -> None:
+        """A run stopped mid-epoch and resumed with another batch size or gradient
+        accumulation: its steps held another number of samples, so the steps done are
+        counted again in samples, and the epoch goes on from the step holding the first
+        sample not yet trained on, rather than skipping samples or repeating many unsaid."""
+        p, c = self.progress, self.config
+        before = saved.batch_size * saved.grad_accumulation  # samples in a step, per process
+        now = c.batch_size * c.grad_accumulation
+        if p.step_in_epoch == 0 or before == now:
+            return
+        done = min(p.step_in_epoch * before, self.n_local)
+        step = self.steps_per_epoch if done == self.n_local else done // now
+        again = done - min(step * now, self.n_local)
+        where = f"from step {step + 1}" if step < self.steps_per_epoch else "its samples are done"
+        self.notes.append(
+            f"the run was stopped in epoch {p.epoch + 1} after {done} sample(s) in steps of "
+            f"{before} and continues in steps of {now}: {where}"
+            + (f", training on {again} sample(s) of the epoch again" if again else "")
+        )
+        p.step_in_epoch = step
 
     # -- the run ---------------------------------------------------------------------------
 
