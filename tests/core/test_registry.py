@@ -152,6 +152,46 @@ def test_register_refuses_existing_name_unless_overwrite(tiny_checkpoint, tmp_pa
     assert sidecar["metadata"] == {"version": 2}
 
 
+def test_replacing_a_user_model_keeps_it_whole_until_the_new_one_is_described(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
+    """Re-registering wrote the new weights over ``<name>.pt`` first: a crash before its
+    description was rewritten left a model whose file no longer matched its hash."""
+    from napari_samtune.core import user_models
+    from napari_samtune.core.models import load_model
+
+    def bias(path):
+        return torch.load(path, weights_only=True)["mask_decoder.iou_token.weight"]
+
+    sam = build_sam(TINY)
+    for parameter in sam.parameters():
+        parameter.data.fill_(0.25)
+    newer = tmp_path / "newer.pth"
+    torch.save(sam.state_dict(), newer)
+    first = register_user_model(tiny_checkpoint, "mine", TINY)
+    write_description = user_models._write_json_atomically
+
+    def crash(path, data):
+        raise KeyboardInterrupt  # the process killed before the description is written
+
+    monkeypatch.setattr(user_models, "_write_json_atomically", crash)
+    with pytest.raises(KeyboardInterrupt):
+        register_user_model(newer, "mine", TINY, overwrite=True)
+    loaded = load_model("mine")  # verified against the hash its description holds
+    assert torch.equal(loaded.sam.mask_decoder.iou_token.weight, bias(tiny_checkpoint))
+
+    monkeypatch.setattr(user_models, "_write_json_atomically", write_description)
+    second = register_user_model(newer, "mine", TINY, overwrite=True)
+    assert torch.equal(load_model("mine").sam.mask_decoder.iou_token.weight, bias(newer))
+    assert sorted(p.name for p in user_models_dir().glob("mine.*")) == ["mine.json", "mine.pth"]
+    assert register_user_model(tiny_checkpoint, "mine", TINY, overwrite=True) == first != second
+    assert sorted(p.name for p in user_models_dir().glob("mine.*")) == ["mine.json", "mine.pt"]
+    assert torch.equal(load_model("mine").sam.mask_decoder.iou_token.weight, bias(tiny_checkpoint))
+    register_user_model(newer, "mine", TINY, overwrite=True)
+    assert [p.name for p in user_models.remove_user_model("mine")] == ["mine.json", "mine.pth"]
+    assert not list(user_models_dir().glob("mine*"))
+
+
 def test_register_checks_weights_fit_the_architecture(tiny_checkpoint):
     with pytest.raises(ValueError, match="does not fit architecture 'other_small'"):
         register_user_model(tiny_checkpoint, "wrong", OTHER_SMALL)

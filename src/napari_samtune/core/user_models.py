@@ -1,9 +1,10 @@
 """The user's own registered models: finetuned or imported SAM weights, used by name.
 
 Each lives in :func:`~napari_samtune.core.registry.user_models_dir` as a plain SAM state
-dict ``<name>.pt`` next to a JSON sidecar ``<name>.json`` that records the architecture,
-the file's size and sha256 hash, and free-form metadata. The sidecars are the list of user
-models: a model is registered when its sidecar is written, and gone when it is deleted.
+dict ``<name>.pt`` (``<name>.pth`` and back each time it is replaced) next to a JSON sidecar
+``<name>.json`` that records the architecture, the file's size and sha256 hash, and
+free-form metadata. The sidecars are the list of user models: a model is registered when
+its sidecar is written, and gone when it is deleted.
 """
 
 from __future__ import annotations
@@ -140,7 +141,9 @@ def register_user_model(
             f"metadata must be JSON-serialisable (str, numbers, lists, dicts): {err}"
         ) from None
     loaded = models.load_model(Path(state_dict_path), architecture=architecture)
-    weights_path = user_models_dir() / f"{name}.pt"
+    sidecar_path = user_models_dir() / f"{name}.json"
+    replaced = _weights_named_by(sidecar_path) if sidecar_path.is_file() else None
+    weights_path = _new_weights_path(name, replaced)
     models.export_sam_state_dict(loaded.sam, weights_path)
     file_hash = "sha256:" + file_digest(weights_path, "sha256")
     sidecar = {
@@ -157,9 +160,34 @@ def register_user_model(
         "description": str((metadata or {}).get("description", "")),
         "metadata": metadata_json,
     }
-    _write_json_atomically(user_models_dir() / f"{name}.json", sidecar)
+    _write_json_atomically(sidecar_path, sidecar)
     write_stamp(weights_path, file_hash)  # just hashed: listing and loading need not hash again
+    if replaced is not None and replaced != weights_path and replaced not in _weights_in_use():
+        replaced.unlink(missing_ok=True)
+        stamp_path(replaced).unlink(missing_ok=True)
     return weights_path
+
+
+def _new_weights_path(name: str, replaced: Path | None) -> Path:
+    """Where user model ``name``'s new weights go: ``<name>.pt``, or ``<name>.pth`` when
+    they replace the weights in that file, so that the model's description names whole
+    weights at every moment (the old file until the new description is written). A file
+    that another description names (copied by hand) is never written over; no model's own
+    ``<other>.pt`` is ever a ``.pth``."""
+    in_use = _weights_in_use()
+    candidates = [user_models_dir() / f"{name}{suffix}" for suffix in (".pt", ".pth")]
+    for path in candidates:
+        if path != replaced and path not in in_use:
+            return path
+    raise ValueError(
+        f"cannot store user model {name!r}: {candidates[0]} and {candidates[1]} both hold "
+        "weights that model descriptions in that folder name; remove the model(s) that "
+        "share these files ('samtune models' lists them) or pick another name"
+    )
+
+
+def _weights_in_use() -> set[Path]:
+    return {_weights_named_by(sidecar) for sidecar in user_models_dir().glob("*.json")}
 
 
 def remove_user_model(name: str) -> list[Path]:
@@ -179,7 +207,8 @@ def remove_user_model(name: str) -> list[Path]:
     used_by_others = {
         _weights_named_by(other) for other in user_models_dir().glob("*.json") if other != sidecar
     }
-    weights = {_weights_named_by(sidecar), user_models_dir() / f"{name}.pt"} - used_by_others
+    own = (_weights_named_by(sidecar), *(user_models_dir() / f"{name}{e}" for e in (".pt", ".pth")))
+    weights = set(own) - used_by_others
     deleted = []
     for path in (sidecar, *sorted(weights)):
         if path.is_file():
