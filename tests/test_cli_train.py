@@ -106,6 +106,31 @@ def test_train_export_and_resume_from_the_command_line(tmp_path, folders, capsys
     )
 
 
+def test_a_resume_may_name_the_model_its_run_registered(tmp_path, folders, capsys):
+    """``--resume RUN --name run`` was refused: "--name run is already a built-in or
+    registered model", though it is the run's own model, which a resume updates."""
+    from napari_samtune.core.model_lookup import list_models
+    from napari_samtune.core.models import load_model
+
+    images, labels = folders
+    out = tmp_path / "run"
+    argv = ["train", "--model", "random:tiny", "--images", images, "--labels", labels]
+    argv += ["--epochs", "1", "--freeze", "image_encoder", *FAST]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    assert "registered model: run" in capsys.readouterr().out
+    assert cli.main([*argv, "--out", str(tmp_path / "other")]) == 0
+    capsys.readouterr()
+    resume = ["train", "--resume", str(out), "--out", str(out), "--images", images]
+    resume += ["--labels", labels, "--epochs", "2", "--no-progress"]
+    assert cli.main([*resume, "--name", "other"]) == 2  # another run's model: still refused
+    assert "--name other is already a built-in or registered model" in capsys.readouterr().err
+    assert cli.main([*resume, "--name", "run"]) == 0, capsys.readouterr().err
+    assert "registered model: run" in capsys.readouterr().out
+    assert sorted(m.name for m in list_models() if m.source == "user") == ["other", "run"]
+    exported = torch.load(out / "model.pth", weights_only=True)["mask_decoder.iou_token.weight"]
+    assert torch.equal(load_model("run").sam.mask_decoder.iou_token.weight, exported)
+
+
 def test_an_aborted_run_says_what_is_saved_and_resumes_from_its_folder(
     tmp_path, folders, capsys, monkeypatch
 ):

@@ -263,7 +263,8 @@ def _run(args: argparse.Namespace) -> int:
     from napari_samtune.core.checkpoints import training_lock
     from napari_samtune.core.train_export import check_registration
 
-    check_registration(args.name)  # as training would, but before the data is read
+    resumed_run = Path(args.out) if args.resume else None
+    check_registration(args.name, resumed_run)  # as training would, before the data is read
     config, origin = make_config(args)
     if bool(args.val_images) != bool(args.val_labels):
         raise ValueError("give both --val-images and --val-labels, or neither")

@@ -67,7 +67,7 @@ def _name_taken(name: str) -> bool:
     return name in builtin or (user_models_dir() / f"{name}.json").exists()
 
 
-def check_registration(name: str | None) -> str | None:
+def check_registration(name: str | None, resumed_run: Path | None = None) -> str | None:
     """Refuse, before training starts, what registering its model at the end would refuse:
     the user-models folder (it cannot be written) or the name (:func:`check_model_name`)."""
     from napari_samtune.core.checkpoints import folder_problem
@@ -80,17 +80,18 @@ def check_registration(name: str | None) -> str | None:
             f"the user models folder {str(folder)!r} {problem}, so the trained model could not "
             "be registered there; set SAMTUNE_MODELS_DIR to a folder you can write to"
         )
-    return check_model_name(name)
+    return check_model_name(name, resumed_run)
 
 
-def check_model_name(name: str | None) -> str | None:
-    """Refuse, before training starts, a model name that registration would refuse later."""
+def check_model_name(name: str | None, resumed_run: Path | None = None) -> str | None:
+    """Refuse, before training starts, a model name that registration would refuse later;
+    a run being resumed (its folder ``resumed_run``) may name the model it registered."""
     from napari_samtune.core.registry import validate_model_name
 
     if name is None:
         return None
     validate_model_name(name, "model_name")
-    if _name_taken(name):
+    if _name_taken(name) and (resumed_run is None or name != earlier_registration(resumed_run)):
         raise ValueError(
             f"model_name={name!r} is already a built-in or registered model; pick another name"
         )
@@ -114,9 +115,9 @@ def export_and_register(
     from napari_samtune.core.user_models import register_user_model
 
     exported, arch = export_model(checkpoint, RunFiles(out_dir).model)
-    earlier = None if model_name else earlier_registration(out_dir)
+    earlier = earlier_registration(out_dir)
     name = model_name or earlier or unique_model_name(out_dir.name)
-    register_user_model(exported, name, arch, metadata, overwrite=earlier is not None)
+    register_user_model(exported, name, arch, metadata, overwrite=name == earlier)
     return exported, name
 
 

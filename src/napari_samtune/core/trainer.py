@@ -91,7 +91,8 @@ class Trainer(TrainerFilesMixin):
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         self.out_dir, self.stop_event = check_output_folder(out_dir, "out_dir"), stop_event
-        self.model_name = check_registration(model_name)
+        resumed_run = self.out_dir if resume_from is not None else None
+        self.model_name = check_registration(model_name, resumed_run)
         self.train_images, self.val_images = self._prepare_data(config, train_data, val_data)
         device = resolve_device(config.device)
         self.dist = ddp.context_from_env(device.type)
