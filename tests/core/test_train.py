@@ -6,6 +6,7 @@ import dataclasses
 import json
 import shutil
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,6 +196,20 @@ def test_a_stop_before_the_first_step_saves_and_registers_nothing(tmp_path, data
     assert sorted(p.stem for p in user_models_dir().glob("*.json")) == ["run"]
     resumed = train(_config(), *data, tmp_path / "run", resume_from=first.last_checkpoint_path)
     assert resumed.steps_done == 3 and resumed.registered_name == "run"  # updated, not "run-2"
+
+
+def test_the_summary_of_a_run_in_a_relative_folder_names_its_files_from_anywhere(
+    tmp_path, data, monkeypatch
+):
+    """summary.json said "run/checkpoints/best.pt": relative to the folder training was
+    started in, so read from any other folder it named no file."""
+    monkeypatch.chdir(tmp_path)
+    train(_config(epochs=1), *data, out_dir="run")
+    monkeypatch.chdir(tmp_path / "run")
+    summary = json.loads(Path("summary.json").read_text())
+    for key in ("best_checkpoint_path", "last_checkpoint_path", "exported_model_path"):
+        assert Path(summary[key]).is_absolute() and Path(summary[key]).is_file(), key
+    assert Path(summary["exported_model_path"]) == tmp_path / "run" / "model.pth"
 
 
 def test_train_from_python_can_show_progress(tmp_path, data, capsys):

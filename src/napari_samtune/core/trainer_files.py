@@ -138,7 +138,11 @@ class TrainerFilesMixin:
             steps_done=self.steps_done,
         )
         if self.dist.is_main and trained:  # an earlier summary names the registered model
-            write_json(self.files.summary, asdict(finished))
+            # its paths whole: read from another folder, relative ones would name nothing
+            summary = {
+                k: v.absolute() if isinstance(v, Path) else v for k, v in asdict(finished).items()
+            }
+            write_json(self.files.summary, summary)
         return finished
 
     def _summary(self) -> dict:
