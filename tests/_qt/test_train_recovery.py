@@ -175,6 +175,10 @@ def test_stop_before_the_first_step_registers_no_model(qtbot, widget, notificati
     with qtbot.waitSignal(widget.training_finished, timeout=WAIT_MS) as finished:
         assert widget.start() is not None
         widget.stop()  # while the model loads
+        stopping = "stopping before the first training step: nothing to save"
+        assert widget.status_label.text() == stopping  # not "saving and exporting the model"
+        qtbot.waitSignal(widget.training_started, timeout=WAIT_MS).wait()
+        assert widget.status_label.text() == stopping  # not "training on cpu: ..."
     result = finished.args[0]
     assert result.registered_name is None and not list(user_models_dir().glob("*.json"))
     assert result.stopped_by_user and result.steps_done == 0

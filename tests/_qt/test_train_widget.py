@@ -162,6 +162,7 @@ def test_stop_mid_run_leaves_a_loadable_model(qtbot, docked, tmp_path, notificat
     with qtbot.waitSignal(widget.training_finished, timeout=WAIT_MS) as finished:
         widget.stop()
         assert not widget.stop_button.isEnabled()
+        assert widget.status_label.text().endswith("saving and exporting the model…")
     result = finished.args[0]
     assert result.stopped_by_user and result.epochs_done < 50
     loaded = load_model(result.exported_model_path)

@@ -3,7 +3,7 @@ progress bar, status line and live plot, and say how the run ended.
 
 A mixin of :class:`~napari_samtune._qt.train_widget.TrainWidget` (it uses its
 ``progress_bar``, ``status_label``, ``result_label``, ``plot``, ``settings``,
-``use_model_check``, ``stop_event``, ``viewer`` and signals).
+``use_model_check``, ``stop_event``, ``steps_seen``, ``viewer`` and signals).
 """
 
 from __future__ import annotations
@@ -44,10 +44,11 @@ class TrainProgressMixin:
         self.progress_bar.setRange(0, max(total, 1))
         self.progress_bar.setValue(0)
         self.progress_bar.setFormat(f"epoch {event.start_epoch + 1}/{event.config.epochs}")
-        self.status_label.setText(
-            f"training on {event.device}: {event.n_train} training and {event.n_val} validation "
-            f"images, {event.samples_per_epoch} patches per epoch"
-        )
+        if not (self.stop_event and self.stop_event.is_set()):  # keep saying it is stopping
+            self.status_label.setText(
+                f"training on {event.device}: {event.n_train} training and {event.n_val} "
+                f"validation images, {event.samples_per_epoch} patches per epoch"
+            )
         if event.left_out:
             show_info(event.left_out_message())
         if event.val_repeats:
@@ -57,6 +58,7 @@ class TrainProgressMixin:
         self.training_started.emit(event)
 
     def _on_step(self, event: StepDone) -> None:
+        self.steps_seen += 1
         if self.started is None:
             return
         epochs = self.started.config.epochs

@@ -80,6 +80,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
         self.stop_event: threading.Event | None = None
         self.run_folder: Path | None = None  # of the running (or last) run
         self.started: TrainingStarted | None = None  # the running (or last) run
+        self.steps_seen = 0
         self.result: TrainingFinished | None = None  # the last finished run
         self._queued: tuple[Path | None] | None = None  # a Start waiting for folder checks
         self.train_data = PairSourceWidget(viewer, "training", required=True)
@@ -206,6 +207,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
             return None
         self.stop_event = threading.Event()
         self.result = self.started = None
+        self.steps_seen = 0  # training steps of this run the widget was told of
         self.run_folder = request.out_dir
         self.plot.clear(max_epochs=request.config.epochs)
         for past in request.history:  # a continued run's epochs so far
@@ -269,7 +271,10 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
             return
         self.stop_event.set()
         self.stop_button.setEnabled(False)
-        self.status_label.setText("stopping after this step: saving and exporting the model…")
+        if self.steps_seen:
+            self.status_label.setText("stopping after this step: saving and exporting the model…")
+        else:  # the model loading or the data read: the run ends before its first step
+            self.status_label.setText("stopping before the first training step: nothing to save")
 
     def _request(self, resume: Path | None) -> TrainRequest | None:
         """Everything for a new run, or to continue the run in ``resume``; None after
