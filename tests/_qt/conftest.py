@@ -115,6 +115,20 @@ def viewer_widget(make_napari_viewer, qtbot, tiny_sam, nuclei_image, drain_jobs)
 
 
 @pytest.fixture
+def two_pairs_viewer(make_napari_viewer):
+    """A viewer with images "cells0" and "cells1" and their labels "cells0 labels" and
+    "cells1 labels" (64 x 64, a few objects each)."""
+    from napari_samtune.core.synthetic import make_image
+
+    viewer = make_napari_viewer()
+    for i in range(2):
+        image, labels = make_image((64, 64), seed=i)
+        viewer.add_image(image, name=f"cells{i}")
+        viewer.add_labels(labels, name=f"cells{i} labels")
+    return viewer
+
+
+@pytest.fixture
 def use_tiny_model(qtbot, tiny_checkpoint):
     """``use_tiny_model(train_widget, epochs)``: pick the tiny checkpoint file and make runs
     as short as possible (two patches of two objects, the encoder frozen: its embeddings are

@@ -18,21 +18,16 @@ from napari_samtune._qt.train_widget import TrainWidget
 from napari_samtune.core.config_checks import MODEL_PARTS
 from napari_samtune.core.presets import MachineResources, TrainConfig
 from napari_samtune.core.registry import user_models_dir
-from napari_samtune.core.synthetic import make_image
 
 WAIT_MS = 120_000
 SMALL_CPU = MachineResources(gpu_memory_gb=None, ram_gb=16.0, n_cores=8, gpu_name=None)
 
 
 @pytest.fixture
-def widget(qtbot, make_napari_viewer, use_tiny_model, tmp_path):
+def widget(qtbot, two_pairs_viewer, use_tiny_model, tmp_path):
     """A docked training widget set for one tiny epoch; two layer pairs in the viewer, none
     added yet."""
-    viewer = make_napari_viewer()
-    for i in range(2):
-        image, labels = make_image((64, 64), seed=i)
-        viewer.add_image(image, name=f"cells{i}")
-        viewer.add_labels(labels, name=f"cells{i} labels")
+    viewer = two_pairs_viewer
     widget = TrainWidget(viewer, machine=SMALL_CPU)
     viewer.window.add_dock_widget(widget, name="Finetune SAM")
     use_tiny_model(widget, epochs=1)

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 from napari_samtune._qt.train_widget import TrainWidget
 from napari_samtune.core.presets import MachineResources
-from napari_samtune.core.synthetic import make_image
 
 SMALL_CPU = MachineResources(gpu_memory_gb=None, ram_gb=16.0, n_cores=8, gpu_name=None)
 
 
-def test_renaming_the_layers_chosen_keeps_them_chosen(make_napari_viewer):
+def test_renaming_the_layers_chosen_keeps_them_chosen(two_pairs_viewer):
     """Renaming a chosen layer (napari's "Labels" to "nuclei") switched the combo box to
     the first other layer, and "Add pair" then added a pair nobody chose."""
-    viewer = make_napari_viewer()
-    for i in range(2):
-        image, labels = make_image((64, 64), seed=i)
-        viewer.add_image(image, name=f"cells{i}")
-        viewer.add_labels(labels, name=f"cells{i} labels")
+    viewer = two_pairs_viewer
     widget = TrainWidget(viewer, machine=SMALL_CPU)
     data = widget.train_data
     data.image_combo.setCurrentText("cells1")
