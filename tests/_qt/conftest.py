@@ -115,17 +115,20 @@ def viewer_widget(make_napari_viewer, qtbot, tiny_sam, nuclei_image, drain_jobs)
 
 
 @pytest.fixture
-def two_pairs_viewer(make_napari_viewer):
-    """A viewer with images "cells0" and "cells1" and their labels "cells0 labels" and
-    "cells1 labels" (64 x 64, a few objects each)."""
+def cells_viewer(make_napari_viewer):
+    """``cells_viewer(n=2, size=64)``: a viewer with images "cells0", "cells1", ... and
+    their labels "cells0 labels", ... (``size`` x ``size`` pixels, a few objects each)."""
     from napari_samtune.core.synthetic import make_image
 
-    viewer = make_napari_viewer()
-    for i in range(2):
-        image, labels = make_image((64, 64), seed=i)
-        viewer.add_image(image, name=f"cells{i}")
-        viewer.add_labels(labels, name=f"cells{i} labels")
-    return viewer
+    def make(n: int = 2, size: int = 64):
+        viewer = make_napari_viewer()
+        for i in range(n):
+            image, labels = make_image((size, size), seed=i)
+            viewer.add_image(image, name=f"cells{i}")
+            viewer.add_labels(labels, name=f"cells{i} labels")
+        return viewer
+
+    return make
 
 
 @pytest.fixture

@@ -24,10 +24,10 @@ SMALL_CPU = MachineResources(gpu_memory_gb=None, ram_gb=16.0, n_cores=8, gpu_nam
 
 
 @pytest.fixture
-def widget(qtbot, two_pairs_viewer, use_tiny_model, tmp_path):
+def widget(qtbot, cells_viewer, use_tiny_model, tmp_path):
     """A docked training widget set for one tiny epoch; two layer pairs in the viewer, none
     added yet."""
-    viewer = two_pairs_viewer
+    viewer = cells_viewer()
     widget = TrainWidget(viewer, machine=SMALL_CPU)
     viewer.window.add_dock_widget(widget, name="Finetune SAM")
     use_tiny_model(widget, epochs=1)

@@ -33,13 +33,8 @@ SMALL_CPU = MachineResources(gpu_memory_gb=None, ram_gb=16.0, n_cores=8, gpu_nam
 
 
 @pytest.fixture
-def viewer(make_napari_viewer):
-    viewer = make_napari_viewer()
-    for i in range(3):
-        image, labels = make_image((96, 96), seed=i)
-        viewer.add_image(image, name=f"cells{i}")
-        viewer.add_labels(labels, name=f"cells{i} labels")
-    return viewer
+def viewer(cells_viewer):
+    return cells_viewer(3, 96)
 
 
 @pytest.fixture

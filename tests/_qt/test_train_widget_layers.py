@@ -8,10 +8,10 @@ from napari_samtune.core.presets import MachineResources
 SMALL_CPU = MachineResources(gpu_memory_gb=None, ram_gb=16.0, n_cores=8, gpu_name=None)
 
 
-def test_renaming_the_layers_chosen_keeps_them_chosen(two_pairs_viewer):
+def test_renaming_the_layers_chosen_keeps_them_chosen(cells_viewer):
     """Renaming a chosen layer (napari's "Labels" to "nuclei") switched the combo box to
     the first other layer, and "Add pair" then added a pair nobody chose."""
-    viewer = two_pairs_viewer
+    viewer = cells_viewer()
     widget = TrainWidget(viewer, machine=SMALL_CPU)
     data = widget.train_data
     data.image_combo.setCurrentText("cells1")
