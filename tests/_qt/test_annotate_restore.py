@@ -123,3 +123,45 @@ def test_saves_go_past_every_autosave_that_cannot_be_restored(
     assert any(f"could not restore {diverted}" in e and again.name in e for e in errors)
     restored = _reopen(make_napari_viewer, nuclei_image[0], tmp_path, drain_jobs)
     np.testing.assert_array_equal(restored.session.annotations, later.session.annotations)
+
+
+def test_a_renamed_image_takes_its_layers_and_saved_annotations_along(
+    viewer_widget, tmp_path, nuclei_image, notifications, drain_jobs
+):
+    """Renamed after a save, the image was saved under its new name and the file under the
+    old one stayed, out of date: opened again under that name, the older annotations came
+    back. Picked again after a rename, its annotations layer was not found either."""
+    viewer, widget = viewer_widget
+    widget.ui.folder_edit.setText(str(tmp_path))
+    _commit_at(widget, drain_jobs, [128, 128])
+    (tmp_path / "other.labels.tif").write_bytes(b"another image's annotations")
+    viewer.layers["nuclei"].name = "dapi"
+    names = {layer.name for layer in viewer.layers}
+    assert {"dapi annotations", "dapi points", "dapi boxes", "dapi current object"} <= names
+    moved = f"the annotations of 'dapi' are now saved as {tmp_path / 'dapi.labels.tif'}"
+    assert moved in notifications
+    _commit_at(widget, drain_jobs, [40, 200])
+    saved = tifffile.imread(tmp_path / "dapi.labels.tif")
+    assert set(np.unique(saved)) == {0, 1, 2}
+    files = ["dapi.labels.tif", "dapi.prompts.json", "other.labels.tif"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == files
+
+    viewer.add_image(nuclei_image[0][::-1].copy(), name="second")
+    widget.ui.image_combo.setCurrentText("second")
+    drain_jobs(widget)
+    widget.ui.image_combo.setCurrentText("dapi")  # picked again: its own layers come back
+    drain_jobs(widget)
+    assert widget.session.layers.annotations is viewer.layers["dapi annotations"]
+    np.testing.assert_array_equal(widget.session.annotations, saved)
+    assert len(widget.session.records) == 2  # and the records saved with them
+
+    viewer.add_points(name="other points")  # the person's own layer
+    viewer.layers["dapi"].name = "other"  # a file has that name: the saves stay where they are
+    kept = f"the annotations of 'other' stay saved as {tmp_path / 'dapi.labels.tif'}"
+    assert kept in notifications[-1]
+    assert "layer(s) 'other points' exist already: those of 'dapi'" in notifications[-2]
+    assert widget.session.layers.points.name == "dapi points"
+    assert widget.session.layers.annotations.name == "other annotations"
+    _commit_at(widget, drain_jobs, [200, 60])
+    assert (tmp_path / "other.labels.tif").read_bytes() == b"another image's annotations"
+    assert set(np.unique(tifffile.imread(tmp_path / "dapi.labels.tif"))) == {0, 1, 2, 3}

@@ -269,7 +269,7 @@ class AnnotateActionsMixin:
     def _restore_autosave(self, labels: bool = True) -> None:
         """Load this image's autosave: the labels and their object records, or (``labels``
         False: its annotations layer is still there, and holds the labels) the records."""
-        folder, name = self.annotation_folder(), self.session.image_layer.name
+        folder, name = self.annotation_folder(), self.session.image_name
         file_name = self.session.file_name(folder)
         if file_name != name and labels:  # said once, when the image is first annotated
             show_warning(self.session.namesake_note(annotation_paths(folder, name)[0], file_name))

@@ -201,14 +201,27 @@ class AnnotateImageMixin:
         return True
 
     def _follow_image(self, layer, connect: bool) -> None:
-        """Keep the layers on the image when it is moved, scaled or rotated, and notice new
-        pixels (a filter, or the console, setting ``layer.data``)."""
+        """Keep the layers on the image when it is moved, scaled or rotated, notice new
+        pixels (a filter, or the console, setting ``layer.data``), and follow its name."""
         for name in PLACEMENT_EVENTS:
             emitter = getattr(layer.events, name)
             (emitter.connect if connect else emitter.disconnect)(self._on_image_moved)
         (layer.events.data.connect if connect else layer.events.data.disconnect)(
             self._on_image_data
         )
+        (layer.events.name.connect if connect else layer.events.name.disconnect)(
+            self._on_image_renamed
+        )
+
+    def _on_image_renamed(self, event=None) -> None:
+        """The image's layers and saved annotations take its new name (see
+        :meth:`AnnotationSession.follow_rename`), after a save still running ends."""
+        session = self.session
+        if session is None or session.image_layer.name == session.image_name:
+            return
+        self.flush_autosave()  # a save under the old name must end before its files move
+        for note in session.follow_rename():
+            show_info(note)
 
     def _on_image_moved(self, event=None) -> None:
         if self.session is not None:

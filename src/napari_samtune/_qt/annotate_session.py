@@ -6,6 +6,7 @@ for a 2D image; coordinates are napari layer data coordinates (image pixels).
 
 from __future__ import annotations
 
+import contextlib
 from itertools import pairwise
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from napari_samtune._qt.image_planes import ImageAxes
 from napari_samtune._qt.label_edits import Plane, UndoEntry, UndoStack, write_objects
 from napari_samtune._qt.prompt_layers import PromptLayers
 from napari_samtune.core.annotation_files import (
+    annotation_paths,
     load_annotations,
     load_record,
     save_annotations,
@@ -36,6 +38,7 @@ class AnnotationSession:
         self.undo_stack = UndoStack()
         self.fingerprint = image_fingerprint(image_layer.data)  # told apart from namesakes
         self._file_names: dict[tuple[Path, str], str] = {}  # see file_name
+        self.image_name = image_layer.name  # until follow_rename takes the new one
 
     @property
     def annotations(self) -> np.ndarray:
@@ -137,7 +140,7 @@ class AnnotationSession:
         """The name of this image's annotations in ``folder``: the image's own, unless
         another image's annotations have it (see :func:`save_name`). Decided once per
         folder and image name, not at every autosave."""
-        key = (Path(folder), self.image_layer.name)
+        key = (Path(folder), self.image_name)
         if key not in self._file_names:
             self._file_names[key] = save_name(*key, self.fingerprint, self.axes.spatial_shape)
         return self._file_names[key]
@@ -147,9 +150,54 @@ class AnnotationSession:
         on: a file under its own name could not be read back, and a save would replace it.
         ``attempt`` 2, 3, ...: that file could not be read back either, nor those of the
         attempts before; ``<name>-<fingerprint>-<attempt>``. Returns the new file name."""
-        key = (Path(folder), self.image_layer.name)
-        self._file_names[key] = namesake_name(self.image_layer.name, self.fingerprint, attempt)
+        key = (Path(folder), self.image_name)
+        self._file_names[key] = namesake_name(self.image_name, self.fingerprint, attempt)
         return self._file_names[key]
+
+    def follow_rename(self) -> list[str]:
+        """The image was renamed: its layers take the new name, and so do the files its
+        annotations were saved in this session, so that no file under the old name is left
+        behind out of date (reopened under that name, it would come back instead of the
+        newer annotations). Returns what is worth telling the person."""
+        old, new, notes = self.image_name, self.image_layer.name, []
+        self.image_name = new
+        taken = self.layers.follow_rename(old, new)
+        if taken:
+            names = ", ".join(map(repr, taken))
+            notes.append(f"layer(s) {names} exist already: those of {old!r} keep their names")
+        for folder, name in [key for key in self._file_names if key[1] == old]:
+            file_name = self._file_names.pop((folder, name))
+            moved = self._move_files(folder, file_name, new)  # a namesake's too: new is free
+            self._file_names[(folder, new)] = moved
+            labels_path = annotation_paths(folder, moved)[0]
+            if moved == file_name and labels_path.is_file():
+                notes.append(
+                    f"the annotations of {new!r} stay saved as {labels_path}: the file for its "
+                    "new name exists already"
+                )
+            elif moved != file_name and labels_path.is_file():
+                notes.append(f"the annotations of {new!r} are now saved as {labels_path}")
+        return notes
+
+    @staticmethod
+    def _move_files(folder: Path, file_name: str, new_name: str) -> str:
+        """Rename saved annotations ``file_name`` in ``folder`` to ``new_name`` (the labels
+        first: they are what comes back) unless a file has that name; the name they have."""
+        (labels, record), (new_labels, new_record) = (
+            annotation_paths(folder, file_name),
+            annotation_paths(folder, new_name),
+        )
+        if new_labels.exists() or new_record.exists():
+            return file_name
+        try:
+            if labels.is_file():
+                labels.rename(new_labels)
+        except OSError:
+            return file_name  # nothing moved: saves go on under the old name
+        with contextlib.suppress(OSError):  # left behind, it is written anew with the labels
+            if record.is_file():
+                record.rename(new_record)
+        return new_name
 
     def namesake_note(self, taken: Path, file_name: str) -> str:
         """Why this image's annotations are saved as ``file_name``, not under its own name,

@@ -111,6 +111,9 @@ def _preview_colormap() -> DirectLabelColormap:
     return DirectLabelColormap(color_dict={None: PREVIEW_COLORS[1], 0: "transparent", **colors})
 
 
+NAME_SUFFIXES = (" annotations", " current object", " boxes", " points")  # after the image's
+
+
 class PromptLayers:
     """Creates (or reuses, by name) the prompt, preview and annotation layers of one image."""
 
@@ -284,6 +287,21 @@ class PromptLayers:
         if not self.axes.is_stack:
             return [None] if data.any() else []
         return [int(z) for z in np.flatnonzero(data.reshape(len(data), -1).any(axis=1))]
+
+    def follow_rename(self, old: str, new: str) -> list[str]:
+        """The image was renamed from ``old`` to ``new``: the layers named after it are
+        renamed alike, so that they are found again when the image is picked again. Returns
+        the new names already taken by other layers (those layers keep their names)."""
+        taken = []
+        for layer in self.layers:
+            suffix = layer.name.removeprefix(old)
+            if suffix not in NAME_SUFFIXES or layer not in self.viewer.layers:
+                continue  # renamed by the person, or removed: leave it be
+            if new + suffix in self.viewer.layers:
+                taken.append(new + suffix)
+            else:
+                layer.name = new + suffix
+        return taken
 
     def remove_helpers(self) -> None:
         """Remove the prompt and preview layers from the viewer (annotations stay)."""
