@@ -1,6 +1,6 @@
 """The training widget when things go wrong or are taken back: damaged run folders for
 Continue…, red messages once their cause is fixed, a Start cancelled while it waits for the
-folder check, and Stop before the first training step.
+folder check, Stop before the first training step, and a run folder that another run holds.
 
 Runs use the tiny model (one epoch of two patches, frozen encoder) in a real viewer.
 """
@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import tifffile
 
 from napari_samtune._qt.train_run import TRAIN_TASK, past_epochs
 from napari_samtune._qt.train_widget import TrainWidget
+from napari_samtune.core.checkpoints import TRAINING_LOCK_NAME, training_lock
 from napari_samtune.core.config_checks import MODEL_PARTS
 from napari_samtune.core.presets import MachineResources, TrainConfig
 from napari_samtune.core.registry import user_models_dir
@@ -234,3 +236,46 @@ def test_start_while_the_weights_file_is_read_starts_once_it_is_read(
     assert not any("cannot start" in m for m in notifications)
     with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
         widget.stop()  # the model's own defaults (100 epochs): not waited for
+
+
+def _contents(folder) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_continue_into_a_folder_another_run_is_training_in_is_refused(
+    qtbot, widget, tmp_path, monkeypatch, notifications
+):
+    """``samtune train`` holds its folder; the widget's runs did not ask, so Continue… (or
+    a second window) wrote into the folder of a run that was still training."""
+    assert _add_pair(widget, 0)
+    config = asdict(TrainConfig(model="random:tiny", epochs=1))
+    folder = _run_folder(tmp_path, config, GOOD_RECORD)
+    before = _contents(folder)
+    widget.settings.epochs_spin.setValue(3)
+    with training_lock(folder):  # as a run in another process holds it
+        with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+            assert widget.continue_run(folder) is not None
+        assert _contents(folder).keys() - before.keys() == {Path(TRAINING_LOCK_NAME)}
+    assert _contents(folder) == before  # nothing of the refused run written
+    shown = widget.settings.settings_error.text()
+    assert "is in use by another training run" in shown and "choose another folder" in shown
+    assert widget.start_error.isVisibleTo(widget)
+    assert any("is in use by another training run" in m for m in notifications)
+    assert "training failed" not in widget.result_label.text()  # it never began
+    assert widget.continue_button.isEnabled() and widget.start_button.isEnabled()
+    assert not widget.stop_button.isEnabled()
+
+
+def test_a_run_holds_its_folder_until_it_ends(qtbot, widget):
+    """A ``samtune train`` into the folder of a run the widget is training is refused."""
+    assert _add_pair(widget, 0)
+    widget.settings.epochs_spin.setValue(50)
+    with qtbot.waitSignal(widget.training_started, timeout=WAIT_MS):
+        assert widget.start() is not None
+    with pytest.raises(ValueError, match="is in use by another training run"):
+        with training_lock(widget.run_folder):
+            pass
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        widget.stop()
+    with training_lock(widget.run_folder):  # free once the run has ended
+        pass

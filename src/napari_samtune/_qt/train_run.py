@@ -1,9 +1,11 @@
 """What the training worker runs, and where its result goes afterwards.
 
-:func:`iter_training_job` runs in a napari thread worker: it reads the TIFF
-folders (slow file reading stays off the main thread), then yields the core's
-training events from :func:`napari_samtune.core.train.iter_train` unchanged.
-It receives copies of the layer data, never layers.
+:func:`iter_training_job` runs in a napari thread worker: it holds the run's
+folder as ``samtune train`` does (so that neither another window nor the command
+line writes into it meanwhile), reads the TIFF folders (slow file reading stays
+off the main thread), then yields the core's training events from
+:func:`napari_samtune.core.train.iter_train` unchanged. It receives copies of
+the layer data, never layers.
 
 :func:`annotation_widgets` finds the "Annotate with SAM" widgets docked in the
 same viewer, so a finished model can be offered there at once.
@@ -15,11 +17,12 @@ import json
 import math
 import threading
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from napari_samtune._qt.train_folders import FolderSource, load_folder_pairs
-from napari_samtune.core.checkpoints import first_free
+from napari_samtune.core.checkpoints import first_free, training_lock
 from napari_samtune.core.data import ImageLabelPair
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train import TrainEvent, iter_train
@@ -53,19 +56,30 @@ class PastEpoch:
     is_best: bool
 
 
+class RunFolderInUse(ValueError):
+    """Another training run (another window, ``samtune train``) holds the run's folder: this
+    run did not start and wrote nothing there."""
+
+
 def iter_training_job(request: TrainRequest, stop_event: threading.Event) -> Iterator[TrainEvent]:
-    """Read folder data, then yield every event of the core's training run."""
-    train_data = [*request.train_pairs, *load_folder_pairs(request.train_folders)]
-    val_data = [*request.val_pairs, *load_folder_pairs(request.val_folders)]
-    yield from iter_train(
-        request.config,
-        train_data,
-        val_data or None,
-        out_dir=request.out_dir,
-        stop_event=stop_event,
-        resume_from=request.resume_from,
-        model_name=request.model_name,
-    )
+    """Hold the run's folder for the whole run, read folder data, then yield every event of
+    the core's training run; :class:`RunFolderInUse` when another run holds the folder."""
+    with ExitStack() as held:
+        try:
+            held.enter_context(training_lock(request.out_dir))
+        except ValueError as err:  # told apart from training's errors: nothing began
+            raise RunFolderInUse(str(err)) from None
+        train_data = [*request.train_pairs, *load_folder_pairs(request.train_folders)]
+        val_data = [*request.val_pairs, *load_folder_pairs(request.val_folders)]
+        yield from iter_train(
+            request.config,
+            train_data,
+            val_data or None,
+            out_dir=request.out_dir,
+            stop_event=stop_event,
+            resume_from=request.resume_from,
+            model_name=request.model_name,
+        )
 
 
 def run_folder(output_folder: Path, model_name: str) -> Path:

@@ -11,7 +11,9 @@ Stop asks the core to finish the current step, write a checkpoint and export the
 cancels a Start that waits for the check of the data folders or for the reading of the
 model file. Continue… resumes a stopped or finished run (this session's or one chosen on
 disk) from its last checkpoint, up to the epochs and with the learning rate set (lower it
-for a run that diverged).
+for a run that diverged). A run holds its folder as ``samtune train`` does: Start or
+Continue… into a folder that another run (another window, the command line) is writing
+is refused.
 The finished model is registered as a user model by the core; this widget then
 refreshes the model list of the "Annotate with SAM" widget (and, if asked, loads the new
 model there) and says where the model was saved.
@@ -48,6 +50,7 @@ from napari_samtune._qt.train_plot import TrainingPlotWidget
 from napari_samtune._qt.train_progress import TrainProgressMixin
 from napari_samtune._qt.train_run import (
     TRAIN_TASK,
+    RunFolderInUse,
     TrainRequest,
     continued_config,
     iter_training_job,
@@ -342,7 +345,12 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
 
     def _on_error(self, error: BaseException) -> None:
         """The run failed (the runner has notified the user); keep the reason in view, and
-        say where its last checkpoint is, if an epoch ended: nothing up to it is lost."""
+        say where its last checkpoint is, if an epoch ended: nothing up to it is lost. A
+        run refused its folder never began: that is shown as a refused Start."""
+        if isinstance(error, RunFolderInUse):
+            self.settings.show_start_problem(str(error))
+            show_problem(self.start_error, "cannot start: fix the problems marked in red")
+            return
         text = f"training failed: {user_message(error, TRAIN_MEMORY_ADVICE)}"
         if self.run_folder is not None and RunFiles(self.run_folder).last.is_file():
             text += (
