@@ -56,3 +56,18 @@ def test_a_weights_file_chosen_again_after_it_could_not_be_read_is_read_again(
         picker.browse_button.click()
     assert settings.architecture().name == "tiny" and not error.text()
     assert settings.build_config().model == str(weights)
+
+
+def test_the_preset_line_describes_the_device_chosen(make_napari_viewer):
+    """Choosing the CPU with a GPU preset trains on the CPU, but the line under the preset
+    still said "on cuda" and promised the preset's GPU memory."""
+    gpu = MachineResources(gpu_memory_gb=80.0, ram_gb=256.0, n_cores=32, gpu_name="A100")
+    settings = TrainWidget(make_napari_viewer(), machine=gpu).settings
+    line = settings.preset_label.text
+    assert " on cuda: " in line() and "expected memory up to 80 GB GPU memory" in line()
+    settings.model_picker.device_combo.setCurrentText("cpu")
+    assert settings.build_config().device == "cpu"
+    assert " on cpu: " in line() and "expected memory" not in line()
+    assert line().endswith("settings measured on cuda (up to 80 GB GPU memory), not on cpu")
+    settings.model_picker.device_combo.setCurrentText("auto")  # the preset's own device
+    assert " on cuda: " in line() and "expected memory up to 80 GB GPU memory" in line()

@@ -1,8 +1,8 @@
 """What to finetune and how: resource preset, model, and the advanced settings.
 
 The preset defaults to the one :func:`~napari_samtune.core.presets.detect_preset`
-picks for this machine; a line under it says what it means for the chosen model
-(what trains, objects per batch, expected memory). Choosing a preset or a model
+picks for this machine; a line under it says what it means for the chosen model on
+the chosen device (what trains, objects per batch, expected memory). Choosing a preset or a model
 refills the advanced fields with that preset's values for that model; the user
 may then change them. :meth:`TrainSettingsWidget.build_config` turns everything
 into a :class:`~napari_samtune.core.presets.TrainConfig` through
@@ -78,16 +78,22 @@ def _row(*widgets: QWidget) -> QHBoxLayout:
     return row
 
 
-def describe_preset(preset: ResourcePreset, model: str, arch: SamArchitecture) -> str:
-    """One line: what ``preset`` does with ``model`` on this machine."""
+def describe_preset(preset: ResourcePreset, model: str, arch: SamArchitecture, device: str) -> str:
+    """One line: what ``preset`` does with ``model`` on ``device``, the device chosen for
+    training. The preset's memory figure was measured on its own device, so on another
+    one the line says where it holds instead of promising it."""
     setting = preset.setting_for(arch)
     frozen = [PART_LABELS[p] for p in setting.freeze]
     trains = f"{', '.join(frozen)} frozen" if frozen else "all parts trained"
     batch = f", {setting.batch_size} patches per step" if setting.batch_size > 1 else ""
-    memory = "GPU memory" if preset.device == "cuda" else "RAM"
+    memory = f"{preset.memory_gb:g} GB {'GPU memory' if preset.device == 'cuda' else 'RAM'}"
+    if device == preset.device:
+        expected = f"expected memory up to {memory}"
+    else:
+        expected = f"settings measured on {preset.device} (up to {memory}), not on {device}"
     return (
-        f"{model} ({arch.name}) on {preset.device}: {trains}, {setting.n_objects_per_batch} "
-        f"objects per batch{batch}; expected memory up to {preset.memory_gb:g} GB {memory}"
+        f"{model} ({arch.name}) on {device}: {trains}, {setting.n_objects_per_batch} "
+        f"objects per batch{batch}; {expected}"
     )
 
 
@@ -246,7 +252,7 @@ class TrainSettingsWidget(QWidget):
         arch, preset = self.architecture(), self.preset
         try:
             shown = Path(self.model_text()).name if self._file() else self.model_text()
-            self.preset_label.setText(describe_preset(preset, shown, arch))
+            self.preset_label.setText(describe_preset(preset, shown, arch, self.device()))
             base = config_from_preset(preset, self.model_text(), arch, check=False)
         except ValueError as err:
             self._show_settings_problem(str(err))
