@@ -71,3 +71,27 @@ def test_the_preset_line_describes_the_device_chosen(make_napari_viewer):
     assert line().endswith("settings measured on cuda (up to 80 GB GPU memory), not on cpu")
     settings.model_picker.device_combo.setCurrentText("auto")  # the preset's own device
     assert " on cuda: " in line() and "expected memory up to 80 GB GPU memory" in line()
+
+
+def test_advanced_settings_typed_while_the_weights_file_is_read_are_kept(
+    qtbot, make_napari_viewer, tiny_checkpoint
+):
+    """The preset's values for a weights file are filled in once it has been read; they
+    replaced the epochs and learning rate a person typed while it was being read."""
+    from napari_samtune._qt.train_settings import READ_TASK
+
+    widget = TrainWidget(make_napari_viewer(), machine=SMALL_CPU)
+    settings = widget.settings
+    settings.objects_spin.setValue(999)  # for the model chosen before: not kept
+    settings.model_picker.select_model(str(tiny_checkpoint))
+    assert settings.runner.is_running(READ_TASK)  # the preset's values come later
+    settings.epochs_spin.setValue(7)
+    settings.lr_edit.setText("0.0003")
+    qtbot.waitUntil(lambda: settings.architecture() is not None, timeout=10_000)
+    assert (settings.epochs_spin.value(), settings.lr_edit.text()) == (7, "0.0003")
+    preset = settings.preset.setting_for(settings.architecture())
+    assert settings.objects_spin.value() == preset.n_objects_per_batch  # filled for the file
+    config = settings.build_config()
+    assert (config.epochs, config.learning_rate) == (7, 3e-4)
+    settings.model_picker.select_model("vit_t_lm")  # a model chosen after: its own values
+    assert settings.epochs_spin.value() != 7 and settings.lr_edit.text() != "0.0003"

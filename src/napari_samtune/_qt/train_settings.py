@@ -10,11 +10,13 @@ into a :class:`~napari_samtune.core.presets.TrainConfig` through
 the preset cannot fit.
 
 A weights file's architecture is read in a background worker (large files take
-seconds); registry models are looked up at once.
+seconds); registry models are looked up at once. The advanced fields a person
+changes while the file is read keep their values when the preset's are filled in.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from pathlib import Path
 
@@ -115,6 +117,7 @@ class TrainSettingsWidget(QWidget):
         self._architectures: dict[str, SamArchitecture] = {}  # weights file -> architecture
         self._read_error: tuple[str, str] | None = None  # (file, why it cannot be used)
         self._filled_for: str | None = None  # the model the advanced fields were filled for
+        self._before_read: dict | None = None  # the advanced fields when a file's read began
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(self._build_main())
@@ -225,6 +228,8 @@ class TrainSettingsWidget(QWidget):
         from napari_samtune.core.model_source import architecture_of
 
         self.preset_label.setText(f"reading {path.name}…")
+        if self._before_read is None:  # else a read still to be applied took it, earlier
+            self._before_read = self._shown()
 
         def remember(arch: SamArchitecture) -> None:
             self._architectures[str(path)] = arch
@@ -232,6 +237,7 @@ class TrainSettingsWidget(QWidget):
 
         def failed(err: BaseException) -> None:
             self._read_error = (str(path), f"cannot use {str(path)!r}: {user_message(err)}")
+            self._before_read = None  # nothing of this file will be filled in
             self._on_model_changed()
 
         self.runner.start(
@@ -258,8 +264,9 @@ class TrainSettingsWidget(QWidget):
             self._show_settings_problem(str(err))
             return
         show_problem(self.settings_error, "")
+        typed = self._typed_during_read()
         if fill:
-            self._show_config(base)
+            self._show_config(base, keep=typed)
             self._filled_for = self.model_text()
         self.architecture_known.emit()
 
@@ -307,16 +314,44 @@ class TrainSettingsWidget(QWidget):
         self.preset_label.setText(self.preset.name)
         show_problem(self.settings_error, message)
 
-    def _show_config(self, config: TrainConfig) -> None:
-        self.epochs_spin.setValue(config.epochs)
-        self.lr_edit.setText(f"{config.learning_rate:g}")
-        self.objects_spin.setValue(config.n_objects_per_batch)
-        self.samples_spin.setValue(config.min_samples_per_epoch)
-        self.patch_spin.setValue(config.patch_size or 0)
-        for part, check in self.freeze_checks.items():
-            check.setChecked(part in config.freeze)
-        self.lora_spin.setValue(config.lora_rank)
-        self.early_spin.setValue(config.early_stopping or 0)
+    def _spins(self) -> dict[str, QSpinBox]:
+        """The advanced spin boxes by the ``TrainConfig`` field they set (0 shows None)."""
+        return {
+            "epochs": self.epochs_spin,
+            "n_objects_per_batch": self.objects_spin,
+            "min_samples_per_epoch": self.samples_spin,
+            "patch_size": self.patch_spin,
+            "lora_rank": self.lora_spin,
+            "early_stopping": self.early_spin,
+        }
+
+    def _shown(self) -> dict[str, object]:
+        """What the advanced fields hold, by ``TrainConfig`` field, as typed (unchecked)."""
+        shown: dict[str, object] = {name: spin.value() for name, spin in self._spins().items()}
+        shown["learning_rate"] = self.lr_edit.text()
+        shown["freeze"] = tuple(p for p, check in self.freeze_checks.items() if check.isChecked())
+        return shown
+
+    def _typed_during_read(self) -> set[str]:
+        """The advanced fields changed since a weights file's read began, which its preset
+        values must not replace; the person typed them for the file being read. Asked once
+        per read: later fills (another model, preset) replace them as usual."""
+        before, self._before_read = self._before_read, None
+        if before is None:
+            return set()
+        return {name for name, value in self._shown().items() if value != before[name]}
+
+    def _show_config(self, config: TrainConfig, keep: Collection[str] = ()) -> None:
+        """Show ``config`` in the advanced fields, but for the ``TrainConfig`` fields in
+        ``keep``."""
+        for name, spin in self._spins().items():
+            if name not in keep:
+                spin.setValue(getattr(config, name) or 0)
+        if "learning_rate" not in keep:
+            self.lr_edit.setText(f"{config.learning_rate:g}")
+        if "freeze" not in keep:
+            for part, check in self.freeze_checks.items():
+                check.setChecked(part in config.freeze)
 
     # -- the result -----------------------------------------------------------------------
     def learning_rate(self) -> float:
