@@ -2,10 +2,10 @@
 
 The preset defaults to the one :func:`~napari_samtune.core.presets.detect_preset`
 picks for this machine; a line under it says what it means for the chosen model on
-the chosen device (what trains, objects per batch, expected memory). Choosing a preset or a model
-refills the advanced fields with that preset's values for that model; the user
-may then change them. :meth:`TrainSettingsWidget.build_config` turns everything
-into a :class:`~napari_samtune.core.presets.TrainConfig` through
+the chosen device (what trains, objects per batch, expected memory). Choosing a
+preset or a model refills the advanced fields with that preset's values for that
+model; the user may then change them. :meth:`TrainSettingsWidget.build_config`
+turns everything into a :class:`~napari_samtune.core.presets.TrainConfig` through
 :func:`~napari_samtune.core.presets.config_from_preset`, which refuses settings
 the preset cannot fit.
 
