@@ -324,6 +324,23 @@ def test_a_stack_with_its_channels_first_is_segmented_plane_by_plane(
     np.testing.assert_array_equal(from_czyx, tifffile.imread(tmp_path / "gray.tif"))  # channel 1
 
 
+def test_a_stack_with_unclear_channels_names_the_axis_counted_in_the_stack(
+    tmp_path, tiny_checkpoint, stack_file, capsys
+):
+    """A (Z, C, H, W) stack's error suggested "--channel-axis (e.g. 0 or -1)", counted in
+    one plane; given so, 0 took the planes for channels and -1 the image's width."""
+    _, stack = stack_file
+    path = tmp_path / "zcyx.tif"
+    tifffile.imwrite(path, np.stack([stack, stack // 2], axis=1))
+    points = write_csv(tmp_path / "p.csv", "x,y,z\n40,30,0\n")
+    code = segment(tiny_checkpoint, path, tmp_path / "o.tif", "--stack", "--points", str(points))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--channel-axis, counted in the whole stack (1 for (Z, C, H, W)" in err
+    assert "e.g. 0 or -1" not in err
+    assert not (tmp_path / "o.tif").exists()
+
+
 def test_an_image_without_a_finite_pixel_is_refused(tmp_path, tiny_checkpoint, capsys):
     """An all-NaN export was "segmented" into "0 objects written", exit 0."""
     path = tmp_path / "nan.tif"

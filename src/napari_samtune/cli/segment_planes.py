@@ -110,12 +110,16 @@ class Planes:
         try:
             first = self.rgb(0)
         except ValueError as err:
-            if self.stacked or image.ndim < 3 or args.channel_axis is not None:
-                raise  # the hint below is for an image given without channel options
-            raise ValueError(
-                f"{err}. For a z-stack or time series (planes first) pass --stack; for "
-                "channels pass --channel-axis and --channels"
-            ) from None
+            if args.channel_axis is not None or image.ndim < 3:
+                raise  # the hints below are for an image given without channel options
+            if not self.stacked:
+                raise ValueError(
+                    f"{err}. For a z-stack or time series (planes first) pass --stack; for "
+                    "channels pass --channel-axis and --channels"
+                ) from None
+            if args.channels is None and image.ndim == 4:
+                raise _stack_channels_unclear(path, image.shape) from None
+            raise
         self._first = first  # normalised once: it is the first plane segmented
         self.shape: tuple[int, int] = first.shape[:2]
         self.count = self.image.shape[0] if self.stacked else 1
@@ -126,6 +130,17 @@ class Planes:
             return first
         plane = self.image[index] if self.stacked else self.image
         return self._to_rgb(plane, self.channel_axis, self.channels)
+
+
+def _stack_channels_unclear(path: Path, shape: tuple[int, ...]) -> ValueError:
+    """The error for a stack with channels whose channel axis cannot be guessed. The core's
+    own hint ("e.g. 0 or -1") counts the axes of one plane, but --channel-axis counts those
+    of the whole stack: 0 there takes the channels for the planes' axis, a silent swap."""
+    return ValueError(
+        f"--stack: {path} has shape {shape!r}, planes with channels on an axis that cannot "
+        "be guessed; pass --channel-axis, counted in the whole stack (1 for (Z, C, H, W), "
+        "0 for (C, Z, H, W), -1 for (Z, H, W, C)), and --channels (one index, or three for RGB)"
+    )
 
 
 def _bar(show: bool, description: str, unit: str):
