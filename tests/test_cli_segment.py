@@ -553,6 +553,25 @@ def test_existing_labels_are_replaced_only_with_overwrite(
     assert not np.array_equal(tifffile.imread(out), corrected)
 
 
+def test_labels_named_beside_the_widget_s_keep_their_record(
+    tmp_path, tiny_checkpoint, image_file, capsys
+):
+    """``-o out/image.tif`` beside the widget's ``out/image.labels.tif`` rewrote the record
+    both share, ``out/image.prompts.json``: those labels lost their prompts and fingerprint."""
+    path, _ = image_file
+    (tmp_path / "out").mkdir()
+    assert segment(tiny_checkpoint, path, tmp_path / "out", "--auto") == 0
+    record = tmp_path / "out" / "image.prompts.json"
+    saved = record.read_bytes()
+    boxes = write_csv(tmp_path / "b.csv", "x_min,y_min,x_max,y_max\n10,10,60,70\n")
+    out = tmp_path / "out" / "image.tif"
+    assert segment(tiny_checkpoint, path, out, "--boxes", str(boxes)) == 2
+    err = capsys.readouterr().err
+    assert "which is the record of the labels" in err and "image-cli.tif" in err
+    assert record.read_bytes() == saved and not out.exists()
+    assert segment(tiny_checkpoint, path, tmp_path / "out" / "image-cli.tif", *AUTO) == 0
+
+
 def test_a_missing_image_is_a_clear_error(tmp_path, tiny_checkpoint, capsys):
     code = segment(tiny_checkpoint, tmp_path / "nope.tif", tmp_path / "o.tif", "--auto")
     assert code == 2

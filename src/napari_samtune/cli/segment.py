@@ -266,6 +266,26 @@ def _check_labels_name(output: Path, image: Path, example: str, overwrite: bool)
             f"-o {str(output)!r} exists already; pass --overwrite to replace it, or give "
             "another name"
         )
+    _check_record_free(output)
+
+
+def _check_record_free(output: Path) -> None:
+    """Refuse an ``-o`` whose record (``<name>.prompts.json``) is that of the annotation
+    widget's labels beside it: ``cell.tif`` and ``cell.labels.tif`` share
+    ``cell.prompts.json``, and writing it would lose their prompts and image fingerprint
+    (the widget, batch reruns and training would then take them for another image's)."""
+    from napari_samtune.core.label_files import LABELS_SUFFIX, PROMPTS_SUFFIX, prompts_path_for
+
+    record = prompts_path_for(output)
+    owner = record.with_name(record.name[: -len(PROMPTS_SUFFIX)] + LABELS_SUFFIX)
+    if output.name == owner.name or not (record.is_file() and owner.is_file()):
+        return
+    raise ValueError(
+        f"-o {str(output)!r} would write its record to {str(record)!r}, which is the record "
+        f"of the labels {str(owner)!r} (their prompts and image fingerprint would be lost); "
+        f"give another name, e.g. {output.with_name(output.stem + '-cli' + output.suffix)}, "
+        f"or -o {str(owner)!r} --overwrite to replace those labels"
+    )
 
 
 def _output_for(image: Path, out_dir: Path) -> Path:
