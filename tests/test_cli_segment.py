@@ -357,6 +357,17 @@ def test_stack_on_a_single_plane_is_refused(tmp_path, tiny_checkpoint, image_fil
     assert "a single 2D plane; leave out --stack" in capsys.readouterr().err
 
 
+def test_stack_on_an_rgb_image_is_refused(tmp_path, tiny_checkpoint, capsys):
+    """An (H, W, 3) image with --stack was "segmented" as H planes 3 pixels wide into an
+    (H, W, 3) labels file, exit 0."""
+    path = tmp_path / "rgb.tif"
+    tifffile.imwrite(path, np.stack([make_image((48, 64), seed=1)[0]] * 3, axis=-1))
+    assert segment(tiny_checkpoint, path, tmp_path / "o.tif", "--stack", *AUTO) == 2
+    err = capsys.readouterr().err
+    assert "has shape (48, 64, 3), an image with 3 channels last" in err
+    assert "leave out --stack" in err and not (tmp_path / "o.tif").exists()
+
+
 GRAY, TWO_CHANNELS = (120, 160), (2, 120, 160)
 
 

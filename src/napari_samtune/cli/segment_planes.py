@@ -102,6 +102,12 @@ class Planes:
                     f"--stack: {path} has shape {image.shape!r}, a single 2D plane; "
                     "leave out --stack"
                 )
+            if image.ndim == 3 and image.shape[-1] <= 4:  # each plane a few pixels wide
+                raise ValueError(
+                    f"--stack: {path} has shape {image.shape!r}, an image with "
+                    f"{image.shape[-1]} channels last (RGB, RGBA...), not a stack: its "
+                    f"planes would be {image.shape[1]}x{image.shape[2]} pixels; leave out --stack"
+                )
             self.image, axis = planes_first(image, args.channel_axis)  # (C, Z, H, W) too
             try:
                 self.channel_axis = plane_channel_axis(axis, image.ndim)
