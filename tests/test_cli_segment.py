@@ -487,6 +487,11 @@ def test_a_second_run_reuses_the_cached_embeddings(tmp_path, tiny_checkpoint, im
         ),
         ("--points", "x,y,label\n1,2,2\n", "line 2: label is '2'; use 1 .or positive."),
         ("--points", "x,y,label,object\n1,2,1,0.5\n", "object ids are whole numbers"),
+        (
+            "--points",
+            "x,y,label,object\n1,2,1,5000000000\n",
+            "line 2: object is 5000000000; object ids are whole numbers from 1 to 4294967295",
+        ),
         ("--points", "x,y,label\n", "has a header but no rows"),
         ("--points", "", "p.csv is empty; its first line must name the columns: x,y, then"),
         ("--points", "x;y\n1;2\n", "p.csv: its header 'x;y' is not separated by commas; save"),

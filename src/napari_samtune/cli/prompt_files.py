@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_samtune.core.annotation_files import MAX_ID
 from napari_samtune.core.coords import napari_to_sam
 
 BOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
@@ -215,9 +216,10 @@ def read_points_csv(
         _check_inside(path, line, x, y, image_shape)
         label = _point_label(path, line, row) if has_labels else 1
         object_id = _number(path, line, row, "object") if has_objects else 0
-        if has_objects and (object_id < 1 or object_id != int(object_id)):
+        if has_objects and not (1 <= object_id <= MAX_ID and object_id == int(object_id)):
             raise ValueError(
-                f"{path}, line {line}: object is {object_id:g}; object ids are whole numbers >= 1"
+                f"{path}, line {line}: object is {object_id:.15g}; object ids are whole numbers "
+                f"from 1 to {MAX_ID} (the labels file's uint32 ids)"
             )
         if plane_column is not None:
             planes.append(_plane(path, line, row, plane_column, n_planes))
