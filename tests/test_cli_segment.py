@@ -592,6 +592,9 @@ def test_a_missing_image_is_a_clear_error(tmp_path, tiny_checkpoint, capsys):
     code = segment(tiny_checkpoint, tmp_path / "nope.tif", tmp_path / "o.tif", "--auto")
     assert code == 2
     assert "nope.tif' does not exist" in capsys.readouterr().err
+    # with an -o to mend as well: the missing image is named, not "-o ... does not end in .tif"
+    assert segment(tiny_checkpoint, tmp_path / "nope.tif", tmp_path / "o2", "--auto") == 2
+    assert "nope.tif' does not exist" in capsys.readouterr().err
 
 
 def test_a_bad_output_is_refused_before_any_work(

@@ -213,6 +213,8 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     output_text, args.output = args.output, Path(args.output)
     files, batch = _inputs(args.image)
+    if not batch and not files[0].is_file():  # before -o, which is checked against it
+        raise ValueError(f"image {str(files[0])!r} does not exist")
     example = labels_file_name(files[0].stem)
     into_folder = args.output.is_dir() or output_text.endswith(("/", os.sep))
     if batch or (into_folder and args.auto):  # one image into a folder: as one of several
