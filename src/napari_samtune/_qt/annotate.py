@@ -236,6 +236,8 @@ class AnnotateWidget(AnnotateImageMixin, AnnotateEmbeddingMixin, AnnotateActions
         except (ValueError, TypeError, RuntimeError) as err:
             show_error(f"segmentation failed: {user_message(err)}")
             return False
+        if self.ui.mode_combo.currentText() == BATCHED_MODE:
+            labels = layers.ids_apart_from_other_planes(plane, labels)
         layers.set_preview(plane, labels)
         return True
 

@@ -275,6 +275,18 @@ class PromptLayers:
         target[...] = 0 if labels is None else labels
         self.preview.refresh()
 
+    def ids_apart_from_other_planes(self, plane: int | None, labels: np.ndarray) -> np.ndarray:
+        """``labels`` (uint32 (H, W), the objects of ``plane``) with ids above those of the
+        preview on the other planes: a commit makes one 3D object of an id found on several
+        planes, and objects of batched mode on different planes are different objects."""
+        data = self.preview.data
+        if plane is None or len(data) < 2 or not labels.any():
+            return labels
+        highest = data.reshape(len(data), -1).max(axis=1)
+        highest[plane] = 0
+        offset = int(highest.max())
+        return np.where(labels > 0, labels + np.uint32(offset), 0).astype(np.uint32)
+
     def clear_preview(self) -> None:
         """Empty the preview on every plane."""
         self.propagated.clear()

@@ -1,0 +1,53 @@
+"""Bugs a person annotating with the widget ran into, each with the test that found it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_samtune._qt.annotate import AnnotateWidget
+from napari_samtune._qt.annotate_ui import BATCHED_MODE
+from napari_samtune.core.synthetic import make_image
+
+WAIT_MS = 30_000
+
+
+@pytest.fixture
+def stack_widget(make_napari_viewer, qtbot, tiny_sam, drain_jobs):
+    """A viewer on plane 0 of a (3, 96, 96) stack and the widget with the tiny model."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.stack([make_image((96, 96), seed=s)[0] for s in range(3)]), name="stack")
+    viewer.dims.set_current_step(0, 0)
+    widget = AnnotateWidget(viewer)
+    with qtbot.waitSignal(widget.embedding_ready, timeout=WAIT_MS):
+        widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    yield viewer, widget
+    drain_jobs(widget)
+
+
+def _box_on(plane: int) -> np.ndarray:
+    rows, cols = (20.0, 20.0, 70.0, 70.0), (20.0, 70.0, 70.0, 20.0)
+    return np.array([[plane, row, col] for row, col in zip(rows, cols, strict=True)])
+
+
+def test_batched_boxes_on_two_planes_commit_as_two_objects(stack_widget, qtbot, drain_jobs):
+    """Each plane's first box had preview id 1, and a commit makes one 3D object of an id
+    found on several planes: the two boxes became one object on planes 0 and 2."""
+    viewer, widget = stack_widget
+    widget.ui.mode_combo.setCurrentText(BATCHED_MODE)
+    layers = widget.session.layers
+    layers.boxes.add_rectangles(_box_on(0))
+    with qtbot.waitSignal(widget.embedding_ready, timeout=WAIT_MS):
+        viewer.dims.set_current_step(0, 2)
+    drain_jobs(widget)
+    layers.boxes.add_rectangles(_box_on(2))
+    on_plane = [layers.preview.data[z] > 0 for z in (0, 2)]
+    assert all(mask.any() for mask in on_plane)
+    assert widget.commit() == [1, 2]
+    annotations = widget.session.annotations
+    assert [set(np.unique(annotations[z])) - {0} for z in (0, 1, 2)] == [{1}, set(), {2}]
+    np.testing.assert_array_equal(annotations[0] == 1, on_plane[0])
+    np.testing.assert_array_equal(annotations[2] == 2, on_plane[1])
+    assert [record["planes"] for record in widget.session.records] == [[0, 2]]  # one commit
+    assert widget.undo() and not annotations.any()
