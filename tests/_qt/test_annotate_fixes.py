@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tifffile
 
 from napari_samtune._qt.annotate import AnnotateWidget
 from napari_samtune._qt.annotate_ui import BATCHED_MODE
@@ -51,3 +52,22 @@ def test_batched_boxes_on_two_planes_commit_as_two_objects(stack_widget, qtbot, 
     np.testing.assert_array_equal(annotations[2] == 2, on_plane[1])
     assert [record["planes"] for record in widget.session.records] == [[0, 2]]  # one commit
     assert widget.undo() and not annotations.any()
+
+
+def test_a_commit_next_to_the_largest_uint32_id_takes_a_free_id(viewer_widget, tmp_path):
+    """Labels of another tool holding id 2**32 - 1 loaded fine, but the next commit numbered
+    its object max + 1, past uint32: OverflowError, and nothing was committed."""
+    _, widget = viewer_widget
+    labels = np.zeros((256, 256), np.uint32)
+    labels[:20, :20] = np.iinfo(np.uint32).max
+    labels[:20, 30:50] = 1
+    tifffile.imwrite(tmp_path / "other_tool.tif", labels)
+    assert widget.load_annotations(tmp_path / "other_tool.tif") == 2
+    layers = widget.session.layers
+    layers.points.add([128, 128])
+    preview = layers.preview.data > 0
+    assert widget.commit() == [2]  # the lowest id not in use
+    np.testing.assert_array_equal(widget.session.annotations == 2, preview & (labels == 0))
+    np.testing.assert_array_equal(widget.session.annotations[labels > 0], labels[labels > 0])
+    assert widget.undo()
+    np.testing.assert_array_equal(widget.session.annotations, labels)

@@ -93,7 +93,8 @@ def write_objects(
     overwrite: bool = False,
     entry: UndoEntry | None = None,
 ) -> list[int]:
-    """Write objects into ``labels`` (in place) as new ids ``max + 1, max + 2, ...``.
+    """Write objects into ``labels`` (in place) as new ids ``max + 1, max + 2, ...`` (or,
+    where those would not fit the dtype, the lowest ids not in use).
 
     Args:
         labels: uint32 (H, W) or (Z, H, W) instance labels.
@@ -112,9 +113,8 @@ def write_objects(
     ids = ids[ids != 0]
     if len(ids) == 0:
         return []
-    first_id = int(labels.max(initial=0)) + 1
     lut = np.zeros(int(ids.max()) + 1, dtype=labels.dtype)
-    lut[ids] = np.arange(first_id, first_id + len(ids), dtype=labels.dtype)
+    lut[ids] = _new_ids(labels, len(ids))
     written: set[int] = set()
     for plane, objects in objects_by_plane.items():
         target = plane_view(labels, plane)
@@ -129,3 +129,13 @@ def write_objects(
         target[where] = new
         written.update(int(i) for i in np.unique(new))
     return sorted(written)
+
+
+def _new_ids(labels: np.ndarray, count: int) -> np.ndarray:
+    """``count`` ids for new objects, ascending: ``max + 1, ...``; where those pass the
+    largest id the dtype holds (labels from another tool may use it), the lowest unused."""
+    first = int(labels.max(initial=0)) + 1
+    if first + count - 1 <= np.iinfo(labels.dtype).max:
+        return np.arange(first, first + count, dtype=labels.dtype)
+    used = np.unique(labels)
+    return np.setdiff1d(np.arange(1, count + len(used) + 1), used)[:count].astype(labels.dtype)
