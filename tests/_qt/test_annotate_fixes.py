@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+
 import numpy as np
 import pytest
 import tifffile
 
 from napari_samtune._qt.annotate import AnnotateWidget
+from napari_samtune._qt.annotate_jobs import PROPAGATE_TASK
 from napari_samtune._qt.annotate_ui import BATCHED_MODE
 from napari_samtune.core.synthetic import make_image
 
@@ -71,3 +75,36 @@ def test_a_commit_next_to_the_largest_uint32_id_takes_a_free_id(viewer_widget, t
     np.testing.assert_array_equal(widget.session.annotations[labels > 0], labels[labels > 0])
     assert widget.undo()
     np.testing.assert_array_equal(widget.session.annotations, labels)
+
+
+def test_propagating_again_leaves_no_plane_of_the_run_before(
+    stack_widget, qtbot, drain_jobs, run_job, notifications
+):
+    """A second propagation (after a correction, or with a stricter stop) that reached fewer
+    planes left the first one's masks on the others: the commit wrote them into the object,
+    on planes the note had just said propagation did not reach."""
+    viewer, widget = stack_widget
+    with qtbot.waitSignal(widget.embedding_ready, timeout=WAIT_MS):
+        viewer.dims.set_current_step(0, 1)
+    drain_jobs(widget)
+    layers = widget.session.layers
+    layers.boxes.add_rectangles(_box_on(1))
+    start = layers.preview.data[1].copy()
+    widget.ui.area_ratio_spin.setValue(20.0)  # random masks: stop only when they vanish
+    run_job(widget, widget.propagate, PROPAGATE_TASK)
+    assert layers.preview_planes() != [1]  # it reached a neighbour
+    predict = widget.segmenter.predict  # from now on propagation finds no neighbour
+
+    def nothing_found(**prompt):
+        found = predict(**prompt)
+        if threading.current_thread() is threading.main_thread():  # the preview
+            return found
+        return dataclasses.replace(found, mask=np.zeros_like(found.mask))
+
+    widget.segmenter.predict = nothing_found
+    run_job(widget, widget.propagate, PROPAGATE_TASK)
+    assert notifications[-1].startswith("propagation reached no other plane")
+    assert layers.preview_planes() == [1]
+    np.testing.assert_array_equal(layers.preview.data[1], start)
+    assert widget.commit() == [1]
+    assert widget.session.records[-1]["planes"] == [1]

@@ -146,6 +146,7 @@ class AnnotateActionsMixin:
             )
             return None
         config = PropagationConfig(max_area_ratio=self.ui.area_ratio_spin.value())
+        self.session.layers.clear_propagated(keep=plane)  # this run says which planes it reaches
         return self._start_segmenter_job(
             PROPAGATE_TASK,
             jobs.iter_propagate_object,

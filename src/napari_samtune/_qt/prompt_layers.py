@@ -287,6 +287,14 @@ class PromptLayers:
         offset = int(highest.max())
         return np.where(labels > 0, labels + np.uint32(offset), 0).astype(np.uint32)
 
+    def clear_propagated(self, keep: int) -> None:
+        """Empty the preview of the planes an earlier propagation filled, but plane ``keep``
+        (where a new one starts): what the new one does not reach is not part of the object."""
+        for plane in [plane for plane in self.propagated if plane != keep]:
+            del self.propagated[plane]
+            self.preview_plane(plane)[...] = 0
+        self.preview.refresh()
+
     def clear_preview(self) -> None:
         """Empty the preview on every plane."""
         self.propagated.clear()
