@@ -108,3 +108,27 @@ def test_propagating_again_leaves_no_plane_of_the_run_before(
     np.testing.assert_array_equal(layers.preview.data[1], start)
     assert widget.commit() == [1]
     assert widget.session.records[-1]["planes"] == [1]
+
+
+def test_loading_the_wrong_file_can_be_undone(viewer_widget, tmp_path, drain_jobs, notifications):
+    """Load annotations… emptied the undo history: a wrong file loaded could not be taken
+    back (U: "nothing to undo"), and the next commit's autosave replaced the annotations
+    saved before with it."""
+    viewer, widget = viewer_widget
+    widget.ui.folder_edit.setText(str(tmp_path))
+    widget.session.layers.points.add([128, 128])
+    assert widget.commit() == [1]
+    drain_jobs(widget)
+    before, records = widget.session.annotations.copy(), list(widget.session.records)
+    wrong = np.zeros_like(before)
+    wrong[:20, :30], wrong[200:, 200:] = 7, 9
+    tifffile.imwrite(tmp_path / "wrong.tif", wrong)
+    assert widget.load_annotations(tmp_path / "wrong.tif") == 2
+    assert "U brings back what they replaced" in notifications[-1]
+    np.testing.assert_array_equal(widget.session.annotations, wrong)
+    assert widget.undo()
+    np.testing.assert_array_equal(widget.session.annotations, before)
+    assert widget.session.records == records  # the commit's record, not the file's (none)
+    drain_jobs(widget)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "nuclei.labels.tif"), before)
+    assert widget.undo() and not widget.session.annotations.any()  # then the commit

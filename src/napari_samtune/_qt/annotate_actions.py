@@ -110,7 +110,7 @@ class AnnotateActionsMixin:
         return ids
 
     def undo(self) -> bool:
-        """Revert the last commit or automatic segmentation (U)."""
+        """Revert the last commit, automatic segmentation or loaded file (U)."""
         if self.session is None:
             return False
         if self.runner.is_running(AUTO_TASK):
@@ -119,7 +119,7 @@ class AnnotateActionsMixin:
         if not self.session.undo():
             show_info("nothing to undo")
             return False
-        self.ui.status_label.setText("undid the last commit")
+        self.ui.status_label.setText("undid the last change")
         self._autosave()
         return True
 
@@ -389,9 +389,9 @@ class AnnotateActionsMixin:
             if not path:
                 return None
         try:
-            n_objects = self.session.load(path)
+            n_objects = self.session.load(path, undoable=True)
         except (OSError, ValueError) as err:
             show_error(f"loading annotations failed: {user_message(err)}")
             return None
-        show_info(f"loaded {n_objects} objects from {path}")
+        show_info(f"loaded {n_objects} objects from {path} (U brings back what they replaced)")
         return n_objects

@@ -114,13 +114,16 @@ class AnnotationSession:
         return ids
 
     def undo(self) -> bool:
-        """Revert the last commit or automatic segmentation; False when there is none."""
+        """Revert the last commit, automatic segmentation or loaded file; False when there is
+        none."""
         entry = self.undo_stack.pop()
         if entry is None:
             return False
         entry.restore(self.annotations)
         undone = {id(record) for record in entry.records}
         self.records = [record for record in self.records if id(record) not in undone]
+        if entry.records_before is not None:  # a file loaded: the records it replaced
+            self.records = entry.records_before
         self.layers.annotations.refresh()
         return True
 
@@ -229,8 +232,10 @@ class AnnotationSession:
             "prompts": self.layers.prompts_record(),
         }
 
-    def load(self, labels_path: str | Path) -> int:
-        """Replace the annotations with a saved file; returns the number of objects in it."""
+    def load(self, labels_path: str | Path, undoable: bool = False) -> int:
+        """Replace the annotations with a saved file; returns the number of objects in it.
+        ``undoable``: the person chose the file, and undo brings back what it replaced
+        (else the undo history goes: the image's own autosave, restored when it opens)."""
         labels, record = load_annotations(labels_path)
         if labels.shape != self.axes.spatial_shape:
             raise ValueError(
@@ -238,9 +243,14 @@ class AnnotationSession:
                 f"{self.image_layer.name!r} needs {self.axes.spatial_shape!r}; "
                 "pick the annotations of this image"
             )
+        if undoable:
+            entry = UndoEntry(records_before=self.records)
+            entry.remember_replacement(self.annotations, labels)
+            self.undo_stack.push(entry)
+        else:
+            self.undo_stack.clear()
         self.annotations[...] = labels
         self.records = list(record.get("objects", []))
-        self.undo_stack.clear()
         self.layers.annotations.refresh()
         return int(np.count_nonzero(np.unique(labels)))  # ids, 0 (background) not one
 

@@ -40,6 +40,7 @@ class UndoEntry:
 
     writes: list[PixelWrite] = field(default_factory=list)
     records: list[dict] = field(default_factory=list)  # object records the edit appended
+    records_before: list[dict] | None = None  # all of them, when the edit replaced them
 
     @property
     def planes(self) -> list[Plane]:
@@ -50,6 +51,16 @@ class UndoEntry:
         """Record that ``after`` was written at ``where`` (bool (H, W)) of ``plane`` over
         ``before``."""
         self.writes.append(PixelWrite(plane, np.flatnonzero(where), before, np.asarray(after)))
+
+    def remember_replacement(self, labels: np.ndarray, new: np.ndarray) -> None:
+        """Record that ``new`` (of the shape of ``labels``) is about to replace ``labels``
+        as a whole (a file loaded), plane by plane, where they differ."""
+        planes = [None] if labels.ndim == 2 else range(len(labels))
+        for plane in planes:
+            before, after = plane_view(labels, plane), plane_view(new, plane)
+            where = before != after
+            if where.any():
+                self.remember(plane, where, before[where], after[where])
 
     def restore(self, labels: np.ndarray) -> None:
         """Put back the ids the edit replaced (in place), newest write first, where the
