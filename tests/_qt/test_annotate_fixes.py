@@ -132,3 +132,22 @@ def test_loading_the_wrong_file_can_be_undone(viewer_widget, tmp_path, drain_job
     drain_jobs(widget)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "nuclei.labels.tif"), before)
     assert widget.undo() and not widget.session.annotations.any()  # then the commit
+
+
+def test_propagating_in_a_one_plane_stack_says_there_is_nowhere_to_go(
+    make_napari_viewer, qtbot, tiny_sam, drain_jobs, notifications
+):
+    """A (1, H, W) stack ran propagation, which said "propagation reached no other plane:
+    on planes  the object vanished ..." (no plane named, a stopping rule blamed)."""
+    viewer = make_napari_viewer()
+    viewer.add_image(make_image((96, 96), seed=0)[0][None], name="one plane")
+    widget = AnnotateWidget(viewer)
+    with qtbot.waitSignal(widget.embedding_ready, timeout=WAIT_MS):
+        widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    assert widget.session.axes.is_stack
+    widget.session.layers.points.add([0, 48, 48])
+    drain_jobs(widget)
+    assert widget.propagate() is None
+    assert "propagation needs a stack of 2 or more planes: this one has 1" in notifications[-1]
+    drain_jobs(widget)

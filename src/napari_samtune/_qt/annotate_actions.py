@@ -136,6 +136,9 @@ class AnnotateActionsMixin:
         if not self.session.axes.is_stack:
             show_error("propagation needs a stack (Z, H, W): this image is 2D")
             return None
+        if self.session.axes.n_planes < 2:
+            show_error("propagation needs a stack of 2 or more planes: this one has 1")
+            return None
         plane = self.current_plane
         preview = self.session.layers.preview_plane(plane)
         ids = np.unique(preview[preview > 0])
