@@ -112,6 +112,14 @@ def test_a_name_that_cannot_be_removed_stops_the_list_before_any_removal(capsys,
     assert "'nano' is a built-in model" in capsys.readouterr().err
     assert main(["models", "--remove", "first", "first"]) == 0
     assert not (user_models_dir() / "first.pt").exists()
+    # it printed "the user models are []", and a bad name did not say nothing was removed
+    assert main(["models", "--remove", "first"]) == 2
+    assert "no user model named 'first'; there are no user models; nothing" in (
+        capsys.readouterr().err
+    )
+    assert main(["models", "--remove", "../x"]) == 2
+    assert "is not allowed: use 1-100 letters" in (err := capsys.readouterr().err)
+    assert err.rstrip().endswith("nothing was removed")
 
 
 def test_removing_a_copied_description_keeps_the_weights_of_the_model_it_names(

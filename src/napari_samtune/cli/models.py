@@ -100,11 +100,11 @@ def _check_removable(names: list[str]) -> None:
     from napari_samtune.core.user_models import remove_user_model
 
     for name in names:
-        registry.validate_model_name(name)
-        sidecar = user_models_dir() / f"{name}.json"
-        if registry.builtin_model(name) is None and sidecar.is_file():
-            continue
         try:
+            registry.validate_model_name(name)
+            sidecar = user_models_dir() / f"{name}.json"
+            if registry.builtin_model(name) is None and sidecar.is_file():
+                continue
             remove_user_model(name)  # refuses such a name, before deleting anything
         except ValueError as err:
             raise ValueError(f"{err}; nothing was removed") from None

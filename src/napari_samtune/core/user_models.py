@@ -203,7 +203,8 @@ def remove_user_model(name: str) -> list[Path]:
     sidecar = user_models_dir() / f"{name}.json"
     if not sidecar.is_file():
         users = [spec.name for spec in list_user_models()]
-        raise ValueError(f"no user model named {name!r}; the user models are {users!r}")
+        which = f"the user models are {users!r}" if users else "there are no user models"
+        raise ValueError(f"no user model named {name!r}; {which}")
     used_by_others = {
         _weights_named_by(other) for other in user_models_dir().glob("*.json") if other != sidecar
     }
