@@ -265,14 +265,22 @@ def test_automatic_segmentation_of_the_whole_stack(stack_widget, qtbot, run_job)
     assert not widget.session.annotations.any()
 
 
+@pytest.mark.parametrize("picked_again", [False, True])
 def test_a_negative_click_on_a_propagated_plane_refines_its_mask(
-    stack_widget, qtbot, run_job, go_to_plane
+    stack_widget, qtbot, run_job, go_to_plane, drain_jobs, picked_again
 ):
-    """It used to empty that plane: the click was its only prompt, and not a positive one."""
+    """It used to empty that plane: the click was its only prompt, and not a positive one.
+    Picked again after another image, the stack still did: its propagation was forgotten."""
     viewer, widget = stack_widget
     layers = _propagate_a_box_from_plane_1(viewer, widget, run_job, go_to_plane)
     plane = next(p for p in layers.preview_planes() if p != 1)
     propagated = layers.preview.data[plane].copy()
+    if picked_again:
+        viewer.add_image(np.zeros((64, 64), np.uint8), name="other")
+        for name in ("other", "stack"):
+            widget.ui.image_combo.setCurrentText(name)
+            drain_jobs(widget)
+        layers = widget.session.layers
     calls = []
     predict = widget.segmenter.predict
     widget.segmenter.predict = lambda **prompt: calls.append(prompt) or predict(**prompt)

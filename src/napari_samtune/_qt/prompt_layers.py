@@ -17,6 +17,7 @@ them for SAM with :func:`napari_samtune.core.coords.napari_to_sam` only.
 
 from __future__ import annotations
 
+import weakref
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -111,6 +112,8 @@ def _preview_colormap() -> DirectLabelColormap:
     return DirectLabelColormap(color_dict={None: PREVIEW_COLORS[1], 0: "transparent", **colors})
 
 
+_PROPAGATED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # preview -> planes
+
 NAME_SUFFIXES = (" annotations", " current object", " boxes", " points")  # after the image's
 
 
@@ -125,10 +128,12 @@ class PromptLayers:
         # new layers start where the image is (else the view's ranges jump meanwhile)
         self._placement = {"affine": spatial_affine(image_layer, self.ndim)}
         self.annotations_created = False
-        self.propagated: dict[int, PropagatedPlane] = {}  # per plane propagation reached
         self.annotations = self._labels(f"{name} annotations", opacity=0.5, annotations=True)
         self.preview = self._labels(f"{name} current object", opacity=0.7)
         self.preview.colormap = _preview_colormap()
+        # per plane propagation reached; kept with the preview (picked again, an image finds
+        # its preview layer and what propagated there: a correction refines, not replaces)
+        self.propagated: dict[int, PropagatedPlane] = _PROPAGATED.setdefault(self.preview, {})
         self.boxes = self._box_layer(f"{name} boxes")
         self.points = self._point_layer(f"{name} points")
         self.place_like(image_layer)  # layers kept from before may sit elsewhere
