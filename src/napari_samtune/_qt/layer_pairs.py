@@ -2,7 +2,9 @@
 labels layer pairs with an image.
 
 A stack (labels with one more axis than a 2D image) becomes one pair per plane that has
-objects (:func:`napari_samtune.core.data.split_planes`, as for TIFF files).
+objects (:func:`napari_samtune.core.data.split_planes`, as for TIFF files). Of a multiscale
+layer (an image pyramid) the full-resolution level is used: ``np.asarray`` on its data
+gives the coarsest level.
 """
 
 from __future__ import annotations
@@ -27,11 +29,17 @@ def layer_pairs(
         labels_layer: (H, W) or (N, H, W) integer instance labels.
         copy: copy the arrays (a snapshot that later edits of the layers cannot change).
     """
-    image, labels = np.asarray(image_layer.data), np.asarray(labels_layer.data)
+    image, labels = layer_array(image_layer), layer_array(labels_layer)
     if copy:
         image, labels = image.copy(), labels.copy()
     name = f"{image_layer.name} / {labels_layer.name}"
     return split_planes(image, labels, name, rgb=bool(image_layer.rgb), left_out=empty_planes)
+
+
+def layer_array(layer) -> np.ndarray:
+    """The layer's pixels as an array: of a multiscale layer its full-resolution level (the
+    pixels annotated), where ``np.asarray(layer.data)`` gives the coarsest."""
+    return np.asarray(layer.data[0] if layer.multiscale else layer.data)
 
 
 def pair_problem(pair: tuple[Image, Labels]) -> str:
