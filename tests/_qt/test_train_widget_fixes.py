@@ -42,3 +42,23 @@ def test_multiscale_layers_train_on_their_full_resolution(viewer_and_widget):
     for pair in pairs:
         np.testing.assert_array_equal(pair.image, image)
         np.testing.assert_array_equal(pair.labels, labels)
+
+
+@pytest.mark.parametrize(
+    "stack_shape, rgb", [((30, 64, 64), False), ((2, 64, 64, 3), True)], ids=["gray", "rgb"]
+)
+def test_a_z_stack_next_to_one_plane_s_labels_is_called_a_stack(
+    viewer_and_widget, stack_shape, rgb
+):
+    """A 30-plane stack (or a stack of RGB planes) paired with one plane's labels was called
+    an image with channels, to split into 30 layers or merge to RGB."""
+    viewer, widget = viewer_and_widget
+    _, labels = make_image((64, 64), seed=5)
+    viewer.add_image(np.zeros(stack_shape, np.uint8), name="stack", rgb=rgb)
+    viewer.add_labels(labels, name="plane labels")
+    data = widget.train_data
+    assert not _add(data, "stack", "plane labels")
+    problem = data.pair_error.text()
+    assert f"image layer 'stack' is a stack of {stack_shape[0]} planes" in problem
+    assert f"labels of shape {(stack_shape[0], 64, 64)!r}" in problem
+    assert "channel" not in problem and "Split Stack" not in problem

@@ -44,24 +44,37 @@ def layer_array(layer) -> np.ndarray:
 
 def pair_problem(pair: tuple[Image, Labels]) -> str:
     """The core's complaint about a layer pair, or "". An image with axes the labels lack
-    (channels, not RGB) gets what to do in napari instead: the core's advice, to pass
-    ``channel_axis`` and ``channels``, is for scripts."""
+    gets what to do in napari instead: the core's advice, to pass ``channel_axis`` and
+    ``channels``, is for scripts."""
     try:
         for sample in layer_pairs(*pair):
             prepare_pair(sample)
     except (ValueError, TypeError) as err:
         image, labels = pair
         extra = image.data.ndim - (1 if image.rgb else 0) - labels.data.ndim
-        if extra <= 0:
-            return str(err)
-        return (
-            f"image layer {image.name!r} has shape {tuple(image.data.shape)!r}, with "
-            f"{extra} more {'axis' if extra == 1 else 'axes'} than labels layer {labels.name!r} "
-            f"{tuple(labels.data.shape)!r}: channels, which training takes as RGB or one "
-            "at a time; right-click the image layer and choose Split Stack to pair one "
-            "channel, or Merge to RGB on three of them"
-        )
+        return _extra_axes_problem(image, labels, extra) if extra > 0 else str(err)
     return ""
+
+
+def _extra_axes_problem(image: Image, labels, extra: int) -> str:
+    """What to do about an image layer with ``extra`` axes more than its labels layer: a
+    stack (of RGB planes, or of more planes than RGBA has channels, as the core tells them
+    apart) needs labels with as many planes; other axes hold channels."""
+    shape, labels_shape = tuple(image.data.shape), tuple(labels.data.shape)
+    if extra == 1 and (image.rgb or shape[0] > 4):
+        return (
+            f"image layer {image.name!r} is a stack of {shape[0]} planes {shape!r}, and labels "
+            f"layer {labels.name!r} {labels_shape!r} is one plane: pair the stack with labels "
+            f"of shape {(shape[0], *labels_shape)!r}, one plane per image plane (planes "
+            "without objects are left out), e.g. a new labels layer painted on the stack"
+        )
+    return (
+        f"image layer {image.name!r} has shape {shape!r}, with {extra} more "
+        f"{'axis' if extra == 1 else 'axes'} than labels layer {labels.name!r} "
+        f"{labels_shape!r}: channels, which training takes as RGB or one at a time; "
+        "right-click the image layer and choose Split Stack to pair one channel, or Merge "
+        "to RGB on three of them"
+    )
 
 
 def pairing_rank(image: Image, labels) -> tuple[bool, bool, bool, bool]:
