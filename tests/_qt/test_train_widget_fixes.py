@@ -62,3 +62,15 @@ def test_a_z_stack_next_to_one_plane_s_labels_is_called_a_stack(
     assert f"image layer 'stack' is a stack of {stack_shape[0]} planes" in problem
     assert f"labels of shape {(stack_shape[0], 64, 64)!r}" in problem
     assert "channel" not in problem and "Split Stack" not in problem
+
+
+def test_unticking_separate_validation_takes_back_its_refusal(viewer_and_widget):
+    """A Start refused for empty validation data kept saying "fix the problems marked in
+    red" once separate validation was unticked, with nothing marked any more."""
+    _, widget = viewer_and_widget
+    assert _add(widget.train_data, "cells0", "cells0 labels")
+    widget.separate_val_check.setChecked(True)
+    assert widget.start() is None  # no validation pair added
+    assert "fix the problems marked in red" in widget.start_error.text()
+    widget.separate_val_check.setChecked(False)
+    assert not widget.start_error.isVisibleTo(widget) and not widget.start_error.text()

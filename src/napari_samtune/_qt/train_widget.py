@@ -172,6 +172,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
         self.val_data.setVisible(checked)
         self.val_hint.setVisible(not checked)
         self.val_data.required = checked  # ticked but empty: refused, not held out silently
+        self._update_start_error()  # unticked, the validation data's red messages are moot
 
     # -- start / stop ---------------------------------------------------------------------
     @property
