@@ -252,11 +252,15 @@ def test_continue_into_a_folder_another_run_is_training_in_is_refused(
     folder = _run_folder(tmp_path, config, GOOD_RECORD)
     before = _contents(folder)
     widget.settings.epochs_spin.setValue(3)
+    widget.plot.add_epoch(1, 0.5, 0.7, is_best=True)  # the run before, in view
+    widget.result_label.setText("the run before's result")
     with training_lock(folder):  # as a run in another process holds it
-        with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
-            assert widget.continue_run(folder) is not None
+        assert widget.continue_run(folder) is None  # refused before it began
         assert _contents(folder).keys() - before.keys() == {Path(TRAINING_LOCK_NAME)}
     assert _contents(folder) == before  # nothing of the refused run written
+    assert (widget.plot.epochs, widget.plot.best_epoch) == ([1], 1)  # its plot kept
+    assert widget.result_label.text() == "the run before's result"
+    assert widget.run_folder != folder  # Continue…'s dialog still opens where it did
     shown = widget.settings.settings_error.text()
     assert "is in use by another training run" in shown and "choose another folder" in shown
     assert widget.start_error.isVisibleTo(widget)
@@ -264,6 +268,28 @@ def test_continue_into_a_folder_another_run_is_training_in_is_refused(
     assert "training failed" not in widget.result_label.text()  # it never began
     assert widget.continue_button.isEnabled() and widget.start_button.isEnabled()
     assert not widget.stop_button.isEnabled()
+
+
+def test_a_folder_taken_after_the_start_was_checked_is_refused_by_the_run(
+    qtbot, widget, tmp_path, monkeypatch, notifications
+):
+    """Another run may take the folder between Continue…'s check and the run: the run's own
+    hold on it refuses it then, shown as a refused Start, not as a failed run."""
+    import napari_samtune._qt.train_widget as train_widget
+
+    monkeypatch.setattr(train_widget, "_check_not_in_use", lambda out_dir: None)  # too late
+    assert _add_pair(widget, 0)
+    folder = _run_folder(tmp_path, asdict(TrainConfig(model="random:tiny", epochs=1)), GOOD_RECORD)
+    before = _contents(folder)
+    widget.settings.epochs_spin.setValue(3)
+    with training_lock(folder):
+        with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+            assert widget.continue_run(folder) is not None
+    assert _contents(folder) == before
+    assert "is in use by another training run" in widget.settings.settings_error.text()
+    assert widget.start_error.isVisibleTo(widget)
+    assert "training failed" not in widget.result_label.text()
+    assert widget.continue_button.isEnabled() and not widget.stop_button.isEnabled()
 
 
 def test_a_run_holds_its_folder_until_it_ends(qtbot, widget):

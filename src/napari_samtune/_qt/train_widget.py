@@ -58,7 +58,7 @@ from napari_samtune._qt.train_run import (
 )
 from napari_samtune._qt.train_settings import READ_TASK, TrainSettingsWidget
 from napari_samtune._qt.workers import TaskRunner, on_removed, user_message
-from napari_samtune.core.checkpoints import check_output_folder
+from napari_samtune.core.checkpoints import check_output_folder, training_lock
 from napari_samtune.core.presets import MachineResources, TrainConfig
 from napari_samtune.core.train import TrainingFinished, TrainingStarted
 from napari_samtune.core.train_export import RunFiles, check_model_name, check_registration
@@ -299,6 +299,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
                 # as a diverged run is told to: continue it with a lower learning rate
                 config = replace(config, learning_rate=self.settings.learning_rate())
                 out_dir, model_name = resume, None  # the run's folder and registered name
+            _check_not_in_use(out_dir)
         except (ValueError, TypeError) as err:
             self.settings.show_start_problem(str(err))
             problems.append(str(err))
@@ -394,3 +395,11 @@ def _group(title: str, *widgets: QWidget) -> QGroupBox:
     for widget in widgets:
         layout.addWidget(widget)
     return group
+
+
+def _check_not_in_use(out_dir: Path) -> None:
+    """``ValueError`` when another run (another window, ``samtune train``) holds ``out_dir``.
+    The run's worker takes the folder for the whole run; asked here first, a refused Start
+    or Continue… leaves the plot, the result line and the run folder of the run before."""
+    with training_lock(out_dir):
+        pass
