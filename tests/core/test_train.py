@@ -191,6 +191,10 @@ def test_a_stop_before_the_first_step_saves_and_registers_nothing(tmp_path, data
     more = _config(epochs=3)
     again = train(more, *data, tmp_path / "run", stop, resume_from=first.last_checkpoint_path)
     assert again.steps_done == 0 and again.registered_name is None
+    assert again.outcome_message() == (  # it said "no model saved", with the run's model there
+        "training stopped before any training step; the run's checkpoints and model stay as "
+        f"they were ({tmp_path / 'run'})"
+    )
     assert again.last_checkpoint_path == first.last_checkpoint_path  # still there to resume
     assert [path.read_bytes() for path in run_files] == before
     assert sorted(p.stem for p in user_models_dir().glob("*.json")) == ["run"]

@@ -96,6 +96,11 @@ class TrainingFinished:
         if self.stopped_early:
             how = "stopped early (no improvement)"
         if self.exported_model_path is None:
+            if self.steps_done == 0 and self.last_checkpoint_path is not None:  # resumed
+                return (
+                    f"training {how} before any training step; the run's checkpoints and "
+                    f"model stay as they were ({self.last_checkpoint_path.parent.parent})"
+                )
             if self.steps_done == 0:
                 return f"training {how} before any training step; no model saved"
             return f"training {how}; no model was exported"
