@@ -71,6 +71,21 @@ def test_one_image_and_one_label_file_pair_whatever_their_names(tiff_folders):
         pair_files(images, labels / "cell_1_labels.tif")  # several images: by name only
 
 
+def test_a_folder_of_one_image_pairs_by_name_with_a_folder_of_one_label_file(tmp_path):
+    """The one image annotated so far, and the labels of another image: not a pair."""
+    _write(tmp_path / "images", "day_2.tif", np.zeros((4, 4), np.uint8))
+    _write(tmp_path / "labels", "day_1.labels.tif", np.ones((4, 4), np.uint8))
+    unpaired = r"images without labels \['day_2.tif'\], labels without images \['day_1.labels"
+    with pytest.raises(ValueError, match=unpaired):
+        match_files(tmp_path / "images", tmp_path / "labels")
+    with pytest.raises(ValueError, match=unpaired):
+        match_files([str(tmp_path / "images" / "*.tif")], [str(tmp_path / "labels")])
+    named = match_files(
+        [tmp_path / "images" / "day_2.tif"], tmp_path / "labels" / "day_1.labels.tif"
+    )
+    assert [(i.name, lab.name) for i, lab in named.pairs] == [("day_2.tif", "day_1.labels.tif")]
+
+
 def test_unpaired_files_are_all_listed(tiff_folders):
     images, labels = tiff_folders
     (labels / "cell_2_labels.tif").rename(labels / "other.tif")

@@ -191,15 +191,17 @@ def match_files(
 
     Images and labels may share a folder (``--images F --labels F``): a file named by both
     counts as labels if its name ends with a label suffix, else as an image. One image file
-    and one label file pair whatever their names. Raises ``ValueError`` when no file pairs,
-    or when two label files pair with the same image or two images with the same label file
-    (but for autosaves of namesakes: see :attr:`FileMatch.namesakes`); with ``strict``, also
-    listing every file without a partner.
+    and one label file given as files (not found in a folder or by a pattern) pair whatever
+    their names. Raises ``ValueError`` when no file pairs, or when two label files pair with
+    the same image or two images with the same label file (but for autosaves of namesakes:
+    see :attr:`FileMatch.namesakes`); with ``strict``, also listing every file without a
+    partner.
     """
     image_files, label_files = _split_shared(
         expand_paths(images, "images"), expand_paths(labels, "labels")
     )
-    if len(image_files) == 1 and len(label_files) == 1:
+    one_each = len(image_files) == 1 and len(label_files) == 1
+    if one_each and _names_a_file(images) and _names_a_file(labels):
         return FileMatch([(image_files[0], label_files[0])])
     by_key = _group_labels(label_files)
     keys = {f: _pairing_key(f, as_labels=False) for f in image_files}
@@ -220,6 +222,15 @@ def match_files(
     if not pairs or (strict and match.unpaired_message()):
         raise ValueError(match.unpaired_message())
     return match
+
+
+def _names_a_file(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> bool:
+    """Whether ``spec`` names one file itself: a folder or a pattern that holds one file
+    (the only image annotated so far, another image's labels) still pairs by name."""
+    if not isinstance(spec, (str, os.PathLike)):
+        return len(spec) == 1 and _names_a_file(spec[0])
+    text = os.fspath(spec)
+    return not glob.has_magic(text) and not Path(text).is_dir()
 
 
 def _group_labels(label_files: list[Path]) -> dict[str, list[Path]]:
