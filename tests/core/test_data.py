@@ -10,6 +10,7 @@ import tifffile
 
 from napari_samtune.core import data as data_module
 from napari_samtune.core.data import (
+    ChannelError,
     ImageLabelPair,
     NoObjectsError,
     as_pairs,
@@ -174,6 +175,19 @@ def test_a_stack_and_labels_of_other_plane_counts_are_named_as_such(tmp_path):
     _write(tmp_path / "labels", "z5_labels.tif", labels)  # one plane for a stack of 5
     with pytest.raises(ValueError, match=r"a stack of 5 planes needs a labels stack of as many"):
         prepare_pairs(load_pairs(tmp_path / "images", tmp_path / "labels"))
+
+
+def test_channels_given_for_a_grayscale_stack_are_named_not_its_labels(tmp_path):
+    """A (Z, H, W) stack with labels of as many planes has no channels to choose: the error
+    says so, rather than asking for the (planes, H, W) labels it has."""
+    image, labels = make_image((32, 40), seed=4)
+    _write(tmp_path / "images", "z3.tif", np.stack([image] * 3))
+    _write(tmp_path / "labels", "z3_labels.tif", np.stack([labels] * 3))
+    no_channels = r"\(3, 32, 40\) like its labels: a stack of 3 grayscale planes, with no channels"
+    for axis, channels in [(None, [1]), (0, [0]), (-1, [1])]:
+        with pytest.raises(ChannelError, match=no_channels):
+            prepare_pairs(load_pairs(tmp_path / "images", tmp_path / "labels", axis, channels))
+    assert len(prepare_pairs(load_pairs(tmp_path / "images", tmp_path / "labels"))) == 3
 
 
 def test_label_files_of_whole_floats_are_labels_and_other_floats_are_named(tmp_path):

@@ -274,6 +274,7 @@ def check_channels(pair: ImageLabelPair) -> None:
     image, labels = np.asarray(pair.image), np.asarray(pair.labels)
     _check_planes(image, labels, pair)
     try:
+        _check_gray_stack(image, labels, pair)
         planes_first = image.ndim == 3 and labels.shape == image.shape[1:]
         if planes_first and image.shape[0] > 4 and pair.channels is None:  # more than RGBA
             raise ValueError(
@@ -298,6 +299,18 @@ def check_channels(pair: ImageLabelPair) -> None:
         raise ChannelError(f"image of {pair.name!r}: {err}") from None
     except TypeError as err:  # channels or channel_axis of the wrong type
         raise TypeError(f"image of {pair.name!r}: {err}") from None
+
+
+def _check_gray_stack(image: np.ndarray, labels: np.ndarray, pair: ImageLabelPair) -> None:
+    """A grayscale stack, (planes, H, W) like its labels, given channels it does not have
+    (its planes are 2D): the labels checks would blame the labels' shape."""
+    chosen = pair.channel_axis is not None or pair.channels is not None
+    if chosen and image.ndim == 3 and image.shape == labels.shape:
+        raise ValueError(
+            f"image has shape {image.shape!r} like its labels: a stack of {image.shape[0]} "
+            "grayscale planes, with no channels to choose from; give no channel_axis or "
+            "channels for it"
+        )
 
 
 def _check_planes(image: np.ndarray, labels: np.ndarray, pair: ImageLabelPair) -> None:
