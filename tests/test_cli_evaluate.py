@@ -290,4 +290,8 @@ def test_row_names_tell_files_of_the_same_name_apart():
 
     models = ["nano", "run1/best.pth", "run2/best.pth", "other/model.pth", "best.pt"]
     assert _unique_names(models) == ["nano", "run1/best", "run2/best", "model", "best"]
-    assert _unique_names(["a/x/m.pth", "b/x/m.pth"]) == ["x/m", "x/m#2"]
+    assert _unique_names(["a/x/m.pth", "b/x/m.pth"]) == ["a/x/m", "b/x/m"]
+    # two runs' checkpoints were rows 'checkpoints/best' and 'checkpoints/best#2'
+    runs = ["/data/run1/checkpoints/best.pt", "run2/checkpoints/best.pt", "run2/model.pth"]
+    assert _unique_names(runs) == ["run1/checkpoints/best", "run2/checkpoints/best", "model"]
+    assert _unique_names(["x/m.pth", "x/m.pt"]) == ["x/m", "x/m#2"]

@@ -102,13 +102,18 @@ def auto_config_for(img_size: int, args: argparse.Namespace) -> AutoSegmentConfi
 
 
 def _unique_names(models: list[str]) -> list[str]:
-    """Row names: the model argument, or a file's stem, with its folder where stems repeat
-    (``run1/best``, ``run2/best``); names still repeated get ``#2``, ``#3``."""
-    stems = [Path(model).stem if Path(model).suffix else model for model in models]
+    """Row names: the model argument, or a file's stem with as many of its folders as tell
+    files of the same stem apart (``run1/best``, ``run2/best``; two runs' checkpoints
+    ``run1/checkpoints/best``, ``run2/checkpoints/best``); names still repeated get ``#2``,
+    ``#3``."""
+    tails = [Path(m).with_suffix("").parts if Path(m).suffix else (m,) for m in models]
     names: list[str] = []
-    for model, stem in zip(models, stems, strict=True):
-        folder = Path(model).parent.name if Path(model).suffix else ""
-        name = f"{folder}/{stem}" if folder and stems.count(stem) > 1 else stem
+    for index, parts in enumerate(tails):
+        rivals = [t for i, t in enumerate(tails) if i != index and t[-1] == parts[-1]]
+        depth = 1
+        while depth < len(parts) and any(t[-depth:] == parts[-depth:] for t in rivals):
+            depth += 1
+        name = Path(*parts[-depth:]).as_posix() if Path(models[index]).suffix else parts[0]
         candidate, n = name, 1
         while candidate in names:
             n += 1
