@@ -86,6 +86,21 @@ def test_a_folder_of_one_image_pairs_by_name_with_a_folder_of_one_label_file(tmp
     assert [(i.name, lab.name) for i, lab in named.pairs] == [("day_2.tif", "day_1.labels.tif")]
 
 
+def test_ome_tiff_names_pair_without_their_ome(tmp_path):
+    """``cell_1.ome.tif`` (the OME-TIFF name microscopes write) paired with no label file:
+    its name to pair by was ``cell_1.ome``."""
+    for name in ("cell_1.ome.tif", "cell_2.tif", "cell_3.ome.tif"):
+        _write(tmp_path / "images", name, np.zeros((4, 4), np.uint8))
+    for name in ("cell_1_labels.tif", "cell_2_labels.ome.tif", "cell_3.ome.labels.tif"):
+        _write(tmp_path / "labels", name, np.ones((4, 4), np.uint8))
+    match = match_files(tmp_path / "images", tmp_path / "labels")
+    assert [(i.name, lab.name) for i, lab in match.pairs] == [
+        ("cell_1.ome.tif", "cell_1_labels.tif"),
+        ("cell_2.tif", "cell_2_labels.ome.tif"),
+        ("cell_3.ome.tif", "cell_3.ome.labels.tif"),  # the widget's autosave of its layer
+    ]
+
+
 def test_unpaired_files_are_all_listed(tiff_folders):
     images, labels = tiff_folders
     (labels / "cell_2_labels.tif").rename(labels / "other.tif")

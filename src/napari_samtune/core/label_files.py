@@ -116,7 +116,7 @@ def expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike], what: st
 def _label_stem(path: Path) -> str | None:
     """The image name a label file is named after (lower case), None if not named as labels;
     a namesake's autosave ``<name>-<fingerprint>.labels.tif`` is named after ``<name>``."""
-    stem = path.stem.lower()
+    stem = _plain_stem(path.stem).lower()
     for suffix in LABEL_SUFFIXES:
         if stem.endswith(suffix):
             stem = stem[: -len(suffix)]
@@ -133,7 +133,14 @@ def _pairing_key(path: Path, as_labels: bool) -> str:
     """The name a file pairs by; through :func:`safe_stem` as the annotation widget names its
     autosaves (``cell 1.tif`` pairs with ``cell_1.labels.tif``)."""
     stem = _label_stem(path) if as_labels else None
-    return safe_stem(path.stem.lower() if stem is None else stem).lower()
+    return _plain_stem(safe_stem(path.stem if stem is None else stem)).lower()
+
+
+def _plain_stem(stem: str) -> str:
+    """``stem`` without the ``.ome`` of an OME-TIFF name: ``cell_1.ome.tif`` pairs with
+    ``cell_1_labels.tif`` and ``cell_1_labels.ome.tif``, and with the autosave of its layer,
+    which napari names ``cell_1.ome``."""
+    return stem[: -len(".ome")] if stem.lower().endswith(".ome") else stem
 
 
 def is_label_file(path: Path) -> bool:
