@@ -295,3 +295,24 @@ def test_row_names_tell_files_of_the_same_name_apart():
     runs = ["/data/run1/checkpoints/best.pt", "run2/checkpoints/best.pt", "run2/model.pth"]
     assert _unique_names(runs) == ["run1/checkpoints/best", "run2/checkpoints/best", "model"]
     assert _unique_names(["x/m.pth", "x/m.pt"]) == ["x/m", "x/m#2"]
+
+
+def test_a_run_folder_given_as_a_model_names_its_model_file(tmp_path, annotated_folder, capsys):
+    """``--model RUN/`` said "a folder; give the weights file inside it", naming none."""
+    from napari_samtune.core.models import load_model
+
+    images, labels = annotated_folder
+    run = tmp_path / "run"
+    run.mkdir()
+    _save_tiny(run / "model.pth", 0)
+    argv = ["evaluate", "--images", str(images), "--labels", str(labels), "--model", str(run)]
+    assert cli.main([*argv, "--out", str(tmp_path / "eval")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"--model {run}: a folder; give the weights file inside it, e.g. {run / 'model.pth'}" in err
+    )
+    with pytest.raises(ValueError, match=r"is a folder; give the weights file inside it, e\.g\."):
+        load_model(run)
+    (run / "model.pth").unlink()
+    with pytest.raises(ValueError, match=r"inside it \(a \.pth or \.pt file\)"):
+        load_model(run)

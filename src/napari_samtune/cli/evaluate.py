@@ -174,6 +174,7 @@ def check_models(models: list[str]) -> None:
     from napari_samtune.core.download import ensure_model_file
     from napari_samtune.core.model_lookup import get_model_spec
     from napari_samtune.core.model_source import architecture_of
+    from napari_samtune.core.models import folder_not_weights
 
     for index, model in enumerate(models):
         try:
@@ -182,7 +183,7 @@ def check_models(models: list[str]) -> None:
             except ValueError:
                 path = Path(model).expanduser()
                 if path.is_dir():
-                    raise ValueError("a folder; give the weights file inside it") from None
+                    raise ValueError(folder_not_weights(path)) from None
                 if not path.is_file():
                     raise
                 if index:

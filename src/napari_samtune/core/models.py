@@ -181,7 +181,7 @@ def _resolve_source(
         raise TypeError(f"name_or_path={name_or_path!r} must be a model name or a file path")
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        raise ValueError(f"{path} is a folder; give the weights file inside it")
+        raise ValueError(f"{path} is {folder_not_weights(path)}")
     if not path.is_file():
         names = [spec.name for spec in registry.BUILTIN_MODELS]
         yours = [spec.name for spec in list_user_models()]
@@ -266,3 +266,15 @@ def export_sam_state_dict(sam: Sam, path: str | Path) -> Path:
         raise TypeError(f"sam must be a segment_anything Sam model, got {type(sam).__name__}")
     state = OrderedDict((k, v.detach().cpu()) for k, v in sam.state_dict().items())
     return atomic_torch_save(state, path)
+
+
+def folder_not_weights(folder: Path) -> str:
+    """Why a folder given as a model is not one, naming the file in it to give instead: a
+    training run's exported model, else its first weights file."""
+    from napari_samtune.core.train_export import EXPORT_FILENAME
+
+    exported = folder / EXPORT_FILENAME
+    found = [exported] if exported.is_file() else sorted(folder.glob("*.pt*"))
+    weights = [path for path in found if path.suffix in (".pth", ".pt") and path.is_file()]
+    example = f", e.g. {weights[0]}" if weights else " (a .pth or .pt file)"
+    return f"a folder; give the weights file inside it{example}"
