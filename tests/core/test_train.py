@@ -216,6 +216,20 @@ def test_the_summary_of_a_run_in_a_relative_folder_names_its_files_from_anywhere
     assert Path(summary["exported_model_path"]) == tmp_path / "run" / "model.pth"
 
 
+@pytest.mark.parametrize("val_metrics", [{}, {"val_iou": 0.5}])
+def test_an_epoch_line_has_one_space_between_its_values(val_metrics):
+    """Without validation it read "train_loss=1.5942  lr=1e-05": two spaces."""
+    from napari_samtune.core.train import epoch_line
+
+    event = EpochDone(
+        epoch=0, train_loss=1.5942, val_metrics=val_metrics, metric=-1.5942,
+        metric_name="negative train loss", learning_rate=1e-5, checkpoint_path=None,
+        is_best=True, best_metric=-1.5942, eta_seconds=3.0, epoch_seconds=2.04,
+    )  # fmt: skip
+    metrics = " val_iou=0.5000" if val_metrics else ""
+    assert epoch_line(event, 3) == f"epoch 1/3: train_loss=1.5942{metrics} lr=1e-05 2.0s (best)"
+
+
 def test_train_from_python_can_show_progress(tmp_path, data, capsys):
     finished = train(_config(), *data, out_dir=tmp_path / "quiet")
     assert capsys.readouterr().out == ""

@@ -132,9 +132,8 @@ def with_progress(
 
 def epoch_line(event: EpochDone, epochs: int) -> str:
     """One line for a finished epoch: losses, validation metrics, learning rate, time."""
-    metrics = " ".join(f"{k}={v:.4f}" for k, v in event.val_metrics.items())
+    values = [f"train_loss={event.train_loss:.4f}"]
+    values += [f"{k}={v:.4f}" for k, v in event.val_metrics.items()]
+    values += [f"lr={event.learning_rate:.2g}", f"{event.epoch_seconds:.1f}s"]
     best = " (best)" if event.is_best else ""
-    return (
-        f"epoch {event.epoch + 1}/{epochs}: train_loss={event.train_loss:.4f} {metrics} "
-        f"lr={event.learning_rate:.2g} {event.epoch_seconds:.1f}s{best}"
-    )
+    return f"epoch {event.epoch + 1}/{epochs}: {' '.join(values)}{best}"
