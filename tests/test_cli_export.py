@@ -155,3 +155,18 @@ def test_an_unwritable_models_folder_stops_only_an_export_that_registers(
     assert "the user models folder" in capsys.readouterr().err and not output.exists()
     assert cli.main(["export", str(checkpoint), "-o", str(output)]) == 0
     build_sam(TINY).load_state_dict(torch.load(output, weights_only=True), strict=True)
+
+
+def test_a_damaged_best_checkpoint_names_the_last_one_to_export_instead(
+    tmp_path, checkpoint, capsys
+):
+    """``export RUN`` with a truncated best.pt named only the damage, not the whole last.pt."""
+    best = checkpoint.with_name("best.pt")
+    best.write_bytes(checkpoint.read_bytes()[:500])
+    output = tmp_path / "model.pth"
+    assert cli.main(["export", str(checkpoint.parent.parent), "-o", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert f"{best} is not a readable PyTorch weights file" in err
+    assert f"exported instead: samtune export {checkpoint} -o {output}" in err
+    assert not output.exists()
+    assert cli.main(["export", str(checkpoint), "-o", str(output)]) == 0  # as it says

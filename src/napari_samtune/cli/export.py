@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 from pathlib import Path
 
 from napari_samtune.cli import option_wording, output_file
@@ -88,6 +89,17 @@ def check_nothing_is_replaced(output: Path) -> None:
         )
 
 
+def _last_instead(checkpoint: Path, output: Path) -> str:
+    """For a best.pt that cannot be exported, the last.pt beside it to export instead."""
+    last = checkpoint.with_name("last.pt")
+    if checkpoint.name != "best.pt" or not last.is_file():
+        return ""
+    return (
+        f"; the run's last checkpoint (the model of its last epoch, not its best) can be "
+        f"exported instead: samtune export {shlex.quote(str(last))} -o {shlex.quote(str(output))}"
+    )
+
+
 def _suggestion(checkpoint: Path) -> Path:
     return checkpoint.with_name(f"{checkpoint.stem}-model.pth")
 
@@ -97,7 +109,10 @@ def _export(checkpoint: Path, args: argparse.Namespace) -> int:
     from napari_samtune.core.train_export import check_registration
 
     name = check_registration(args.register) if args.register else None  # before writing
-    exported, arch = export_model(checkpoint, args.output)
+    try:
+        exported, arch = export_model(checkpoint, args.output)
+    except ValueError as err:  # a damaged best.pt: the run's last.pt may still be whole
+        raise ValueError(f"{err}{_last_instead(checkpoint, args.output)}") from None
     print(f"exported the {arch.name} model of {checkpoint}: {exported}")
     if name:
         from napari_samtune.core.user_models import register_user_model
