@@ -101,6 +101,20 @@ def test_ome_tiff_names_pair_without_their_ome(tmp_path):
     ]
 
 
+def test_image_copies_among_the_labels_are_named_as_such(tmp_path):
+    """A labels folder holding copies of the images beside their masks said "keep one label
+    file per image", as if one of the masks were one too many."""
+    _write(tmp_path / "images", "c0.tif", np.zeros((4, 4), np.uint8))
+    _write(tmp_path / "masks", "c0.tif", np.zeros((4, 4), np.uint8))
+    _write(tmp_path / "masks", "c0_mask.tif", np.ones((4, 4), np.uint8))
+    with pytest.raises(ValueError) as err:
+        match_files(tmp_path / "images", tmp_path / "masks")
+    assert "'c0.tif' is named like an image (a copy of it among the labels?)" in str(err.value)
+    assert "'c0_mask.tif' as its labels; keep one label file per image, e.g. move the images" in (
+        str(err.value)
+    )
+
+
 def test_unpaired_files_are_all_listed(tiff_folders):
     images, labels = tiff_folders
     (labels / "cell_2_labels.tif").rename(labels / "other.tif")

@@ -248,12 +248,27 @@ def _group_labels(label_files: list[Path]) -> dict[str, list[Path]]:
         by_key.setdefault(_pairing_key(f, as_labels=True), []).append(f)
     for key, files in by_key.items():
         if len(files) > 1 and not all(map(_is_autosave, files)):
-            raise ValueError(
-                f"label files {files[0].name!r} and {files[1].name!r} both pair with image "
-                f"name {key!r}; keep one label file per image"
-            )
+            raise ValueError(_two_label_files(key, files))
         files.sort(key=_is_namesake)
     return by_key
+
+
+def _two_label_files(key: str, files: list[Path]) -> str:
+    """Why label files that pair with one image name are refused, and the fix: most often
+    copies of the images among the labels, named like their image, beside the real ones."""
+    plain = [f.name for f in files if not is_label_file(f)]
+    named = [f.name for f in files if is_label_file(f)]
+    if plain and named:
+        return (
+            f"label files {plain[0]!r} and {named[0]!r} both pair with image name {key!r}: "
+            f"{plain[0]!r} is named like an image (a copy of it among the labels?), "
+            f"{named[0]!r} as its labels; keep one label file per image, e.g. move the "
+            "images out of the labels folder"
+        )
+    return (
+        f"label files {files[0].name!r} and {files[1].name!r} both pair with image name "
+        f"{key!r}; keep one label file per image"
+    )
 
 
 def _check_one_image_per_label_file(
