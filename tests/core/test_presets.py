@@ -205,3 +205,14 @@ def test_architecture_of_a_weights_file_and_a_registry_name(tiny_checkpoint):
         architecture_of("no-such-model")
     with pytest.raises(ValueError, match="unknown architecture 'vit_z'"):
         architecture_of("random:vit_z")
+
+
+def test_a_preset_config_for_a_broken_user_model_says_what_is_wrong_with_it(tiny_checkpoint):
+    from napari_samtune.core.user_models import register_user_model
+
+    register_user_model(tiny_checkpoint, "nuclei_v1", TINY).unlink()  # its weights deleted
+    with pytest.raises(ValueError) as caught:
+        config_from_preset("cpu-16gb", "nuclei_v1")
+    message = str(caught.value)
+    assert "user model 'nuclei_v1' is broken" in message, message
+    assert "weights file" in message and "samtune models --remove nuclei_v1" in message

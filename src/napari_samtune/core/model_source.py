@@ -37,10 +37,8 @@ def architecture_of(model: str) -> SamArchitecture:
 
     if model.startswith(RANDOM_PREFIX):
         return _random_architecture(model)
-    try:
+    if models.is_registered_name(model):  # a broken user model says what is wrong with it
         return model_lookup.get_model_spec(model).resolve_architecture()
-    except ValueError:
-        pass  # not a registered name: a file?
     path = Path(model).expanduser()
     if not path.is_file():
         names = [spec.name for spec in model_lookup.list_models()]

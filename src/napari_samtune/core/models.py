@@ -174,7 +174,7 @@ def state_dict_digest(state: dict[str, torch.Tensor]) -> str:
 def _resolve_source(
     name_or_path: str | os.PathLike, download: bool, progress: ProgressCallback | None
 ) -> tuple[Path, str, ModelSpec | None]:
-    if isinstance(name_or_path, str) and _is_registered_name(name_or_path):
+    if isinstance(name_or_path, str) and is_registered_name(name_or_path):
         spec = get_model_spec(name_or_path)
         return ensure_model_file(spec, download=download, progress=progress), spec.name, spec
     if not isinstance(name_or_path, str | os.PathLike):
@@ -193,7 +193,9 @@ def _resolve_source(
     return path, path.stem, None
 
 
-def _is_registered_name(name: str) -> bool:
+def is_registered_name(name: str) -> bool:
+    """Whether ``name`` names a built-in model or has a user model description (which may be
+    broken: loading it then says what is wrong), rather than being a file path."""
     if any(spec.name == name for spec in registry.BUILTIN_MODELS):
         return True
     try:
