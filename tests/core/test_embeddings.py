@@ -266,3 +266,19 @@ def test_the_hashed_model_id_is_the_one_load_model_gives_the_same_weights(
     from napari_samtune.core.models import load_model
 
     assert Segmenter(tiny_sam).model_id == load_model(tiny_checkpoint).model_id
+
+
+def test_an_rgb_array_changed_after_set_image_does_not_leak_into_its_overview(tiny_sam, tmp_path):
+    rng = np.random.default_rng(7)
+    first, second = (rng.integers(0, 256, (256, 448, 3), dtype=np.uint8) for _ in range(2))
+    buffer = first.copy()  # uint8 RGB: the normalised image can be the caller's own array
+    segmenter = Segmenter(tiny_sam, model_id="a", cache_dir=tmp_path, precision="fp32")
+    segmenter.set_image(buffer)
+    buffer[:] = second  # the caller reuses its array for the next frame
+    overview = segmenter.features(OVERVIEW)
+    predictor = SamPredictor(tiny_sam)
+    predictor.set_image(first)
+    torch.testing.assert_close(overview, predictor.get_image_embedding(), rtol=1e-4, atol=1e-5)
+    reopened = Segmenter(tiny_sam, model_id="a", cache_dir=tmp_path, precision="fp32")
+    reopened.set_image(first)
+    torch.testing.assert_close(reopened.features(OVERVIEW), overview)  # cached for `first`

@@ -129,6 +129,10 @@ class ViewPredictor:
             return  # the same image again: its embeddings are already in memory
         key = embedding_key(digest, self._embedding_id, grid, "tiles")
         features = self._load_or_embed(key, rgb, grid.tiles, progress)
+        # kept for the overview, embedded later, so not the caller's memory, which it may
+        # reuse: uint8 RGB (an array, or a tensor's memory) passes through to_sam_rgb as it is
+        if not isinstance(image, np.ndarray) or np.may_share_memory(rgb, image):
+            rgb = rgb.copy()
         self._rgb, self._image_hash, self._grid = rgb, digest, grid
         self._features, self._overview, self._last_view = features, None, 0
         self._decoder_images = {}
