@@ -78,6 +78,16 @@ def test_folders_follow_environment_and_default_to_per_user_dirs(monkeypatch, tm
     assert user_models_dir().parts[-2:] == ("napari-samtune", "models")
 
 
+def test_a_tilde_in_the_folder_settings_is_the_home_folder(monkeypatch, tmp_path):
+    # as a quoted shell assignment, conda's env config vars or a .env file leave it
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("SAMTUNE_CACHE_DIR", "~/samtune-cache")
+    monkeypatch.setenv("SAMTUNE_MODELS_DIR", "~/samtune-models")
+    assert cache_dir() == tmp_path / "samtune-cache"
+    assert get_model_spec("vit_b").local_path().parent == tmp_path / "samtune-cache" / "models"
+    assert user_models_dir() == tmp_path / "samtune-models"
+
+
 @pytest.mark.parametrize(
     ("file_hash", "message"),
     [

@@ -31,9 +31,11 @@ _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
 
 
 def cache_dir() -> Path:
-    """Per-user cache folder (env ``SAMTUNE_CACHE_DIR``, else the platform's cache dir)."""
+    """Per-user cache folder (env ``SAMTUNE_CACHE_DIR``, ``~`` expanded, else the platform's
+    cache dir)."""
     env = os.environ.get("SAMTUNE_CACHE_DIR")
-    return Path(env) if env else platformdirs.user_cache_path(APP_NAME)
+    # expanded here: a "~" from a quoted or non-shell setting would be a folder named "~"
+    return Path(env).expanduser() if env else platformdirs.user_cache_path(APP_NAME)
 
 
 def models_cache_dir() -> Path:
@@ -47,9 +49,10 @@ def packaged_weights_dir() -> Path:
 
 
 def user_models_dir() -> Path:
-    """Folder of user-registered models (env ``SAMTUNE_MODELS_DIR``, else user data dir)."""
+    """Folder of user-registered models (env ``SAMTUNE_MODELS_DIR``, ``~`` expanded, else
+    the user data dir)."""
     env = os.environ.get("SAMTUNE_MODELS_DIR")
-    return Path(env) if env else platformdirs.user_data_path(APP_NAME) / "models"
+    return Path(env).expanduser() if env else platformdirs.user_data_path(APP_NAME) / "models"
 
 
 def parse_hash(file_hash: str) -> tuple[str, str]:
