@@ -86,6 +86,10 @@ def test_a_tilde_in_the_folder_settings_is_the_home_folder(monkeypatch, tmp_path
     assert cache_dir() == tmp_path / "samtune-cache"
     assert get_model_spec("vit_b").local_path().parent == tmp_path / "samtune-cache" / "models"
     assert user_models_dir() == tmp_path / "samtune-models"
+    from napari_samtune.core.annotation_files import default_annotation_folder
+
+    monkeypatch.setenv("SAMTUNE_ANNOTATIONS_DIR", "~/annotations")
+    assert default_annotation_folder() == tmp_path / "annotations"
 
 
 @pytest.mark.parametrize(

@@ -50,9 +50,10 @@ MAX_ID = int(np.iinfo(np.uint32).max)  # labels files are uint32
 
 
 def default_annotation_folder() -> Path:
-    """``$SAMTUNE_ANNOTATIONS_DIR``, else ``annotations/`` next to the user models folder."""
+    """``$SAMTUNE_ANNOTATIONS_DIR`` (``~`` expanded), else ``annotations/`` next to the user
+    models folder."""
     env = os.environ.get(ANNOTATIONS_ENV)
-    return Path(env) if env else user_models_dir().parent / "annotations"
+    return Path(env).expanduser() if env else user_models_dir().parent / "annotations"
 
 
 def annotation_paths(folder: str | Path, image_name: str) -> tuple[Path, Path]:
