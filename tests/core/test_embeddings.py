@@ -200,6 +200,21 @@ def test_a_cache_file_with_wrong_shape_is_a_miss(tmp_path):
     assert cache.load("missing", (1,)) is None
 
 
+def test_saves_killed_half_way_do_not_pile_up_in_the_cache(tmp_path):
+    """A process killed while saving left ``.<key>.pt.*.tmp``, which eviction, counting only
+    ``*.pt``, never removed: the cache grew past its limit with each such kill."""
+    cache = EmbeddingCache(tmp_path, max_bytes=10**9)
+    abandoned, in_progress = tmp_path / ".old.pt.x1.tmp", tmp_path / ".new.pt.x2.tmp"
+    for path in (abandoned, in_progress):
+        path.write_bytes(b"\0" * 1000)
+    hours_ago = abandoned.stat().st_mtime - 2 * 3600
+    os.utime(abandoned, (hours_ago, hours_ago))
+    cache.save("a", torch.zeros(1, 8, 16, 16))
+    assert not abandoned.exists()
+    assert in_progress.exists()  # maybe another viewer's save, still being written
+    assert cache.path("a").is_file()
+
+
 def test_the_cache_keeps_the_most_recently_used_files_within_its_limit(tmp_path, monkeypatch):
     features = torch.zeros(1, 8, 16, 16)  # 8 KiB of floats per file, plus the header
     probe = EmbeddingCache(tmp_path / "probe", max_bytes=10**9)
