@@ -57,6 +57,7 @@ class AnnotateWidget(AnnotateImageMixin, AnnotateEmbeddingMixin, AnnotateActions
         # planes whose preview lags their prompts (it waits for a model or an embedding)
         self._previews_behind: set[int | None] = set()
         self._autosave_again = False
+        self._save_failed: AnnotationSession | None = None  # whose last autosave failed
         self._hinted: set[str] = set()
         self._removing_own_layers = False  # removals the widget makes need no message
         self.ui.folder_edit.setText(str(default_annotation_folder()))

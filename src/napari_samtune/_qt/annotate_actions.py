@@ -255,7 +255,8 @@ class AnnotateActionsMixin:
     def _use_folder(self) -> None:
         """Another folder: this image's annotations saved there come back, as when the image
         is first annotated, rather than the next autosave writing over them; annotations
-        made already stay, and the user is told what the next save replaces."""
+        made already stay, and the user is told what the next save replaces (or, when their
+        autosave failed, they are saved there now)."""
         if self.session is None:
             return
         if not self.session.annotations.any():
@@ -269,6 +270,8 @@ class AnnotateActionsMixin:
                 f"the next save replaces them with layer {self.session.layers.annotations.name!r}"
                 ". To go on with the saved ones instead, use 'Load annotations…'"
             )
+        elif self._save_failed is self.session:  # on no disk yet: the error said to do this
+            self._autosave()
 
     def _restore_autosave(self, labels: bool = True) -> None:
         """Load this image's autosave: the labels and their object records, or (``labels``
@@ -354,10 +357,17 @@ class AnnotateActionsMixin:
             session.annotations.copy(),  # the worker must not read labels being edited
             session.document(),
             session.file_name(folder),
-            on_return=lambda paths: self.annotations_saved.emit(str(paths[0])),
+            on_return=lambda paths: self._autosaved(session, paths[0]),
+            on_error=lambda _exc: setattr(self, "_save_failed", session),
             on_finish=lambda: self._autosave() if self._autosave_again else None,
             quiet=True,  # the status line keeps what was committed
         )
+
+    def _autosaved(self, session, labels_path: Path) -> None:
+        if self._save_failed is session:  # the error was said: so is that it is over
+            self._save_failed = None
+            show_info(f"saved annotations to {labels_path}")
+        self.annotations_saved.emit(str(labels_path))
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)
         if event.type() == QEvent.Type.Close:  # the viewer's window
