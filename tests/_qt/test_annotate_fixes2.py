@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
+import pytest
 import tifffile
+
+from napari_samtune._qt import annotate_jobs
+from napari_samtune._qt.annotate import AnnotateWidget
+from napari_samtune._qt.annotate_ui import SCOPE_STACK
+from napari_samtune.core.synthetic import make_image
 
 WAIT_MS = 30_000
 
@@ -30,3 +38,58 @@ def test_a_folder_chosen_after_failed_autosaves_gets_the_annotations(
     assert saved.is_file()
     np.testing.assert_array_equal(tifffile.imread(saved), widget.session.annotations)
     assert any(f"saved annotations to {saved}" in n for n in notifications)
+
+
+@pytest.fixture
+def stack_widget(make_napari_viewer, qtbot, tiny_sam, drain_jobs, tmp_path):
+    """A viewer on plane 0 of a (3, 96, 96) stack and the widget with the tiny model,
+    saving to ``tmp_path``."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.stack([make_image((96, 96), seed=s)[0] for s in range(3)]), name="stack")
+    viewer.dims.set_current_step(0, 0)
+    widget = AnnotateWidget(viewer)
+    widget.ui.folder_edit.setText(str(tmp_path))
+    with qtbot.waitSignal(widget.embedding_ready, timeout=WAIT_MS):
+        widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    yield viewer, widget
+    drain_jobs(widget)
+
+
+def test_planes_segmented_automatically_before_another_image_was_chosen_are_saved(
+    stack_widget, qtbot, drain_jobs, monkeypatch, tmp_path, notifications
+):
+    """Automatic segmentation of the whole stack wrote its first planes into the stack's
+    annotations, then another image was chosen: its autosave at the end saved the other
+    image, so those planes were on no disk (closing napari lost them), and the note said
+    the results were discarded."""
+    gate = threading.Event()
+    real = annotate_jobs.iter_segment_automatically
+
+    def after_one_plane(*args, **kwargs):
+        for item in real(*args, **kwargs):
+            yield item
+            if isinstance(item, annotate_jobs.PlaneResult):
+                assert gate.wait(WAIT_MS / 1000)
+
+    monkeypatch.setattr(annotate_jobs, "iter_segment_automatically", after_one_plane)
+    viewer, widget = stack_widget
+    widget.ui.auto_scope_combo.setCurrentText(SCOPE_STACK)
+    widget.ui.points_per_side_spin.setValue(4)
+    widget.ui.iou_spin.setValue(0.0)  # a random model's scores are meaningless: keep all
+    widget.ui.stability_spin.setValue(0.0)
+    stack = widget.session
+    try:
+        assert widget.segment_automatically() is not None
+        qtbot.waitUntil(lambda: stack.annotations[0].any(), timeout=WAIT_MS)
+        viewer.add_image(make_image((96, 96), seed=9)[0], name="other")
+        widget.ui.image_combo.setCurrentText("other")
+        assert widget.session is not stack
+    finally:
+        gate.set()
+    drain_jobs(widget)
+    assert stack.annotations[0].any() and not stack.annotations[1:].any()
+    saved = tmp_path / "stack.labels.tif"
+    assert saved.is_file()
+    np.testing.assert_array_equal(tifffile.imread(saved), stack.annotations)
+    assert any(f"plane 0 of 'stack' are kept and saved to {saved}" in n for n in notifications)

@@ -22,6 +22,7 @@ from napari_samtune._qt.annotate_session import (
     automatic_note,
     behind_note,
     commit_note,
+    plane_ranges,
     propagation_note,
 )
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, SCOPE_STACK
@@ -207,11 +208,13 @@ class AnnotateActionsMixin:
         session, group = self.session, self.session.begin_group()
         overwrite, model_name = self.ui.overwrite_check.isChecked(), self.model_name
         counts: list[tuple[int, int]] = []  # per plane written: (objects found, objects added)
+        written: list[int | None] = []
 
         def write(result) -> None:  # by the model that started, also if another is chosen
             objects = {result.plane: result.labels}
             ids = session.add_labels(objects, overwrite, "automatic", model_name, group)
             counts.append((len(np.unique(result.labels[result.labels > 0])), len(ids)))
+            written.append(result.plane)
             self.ui.status_label.setText(f"automatic: {len(ids)} objects")
 
         def done() -> None:
@@ -219,7 +222,10 @@ class AnnotateActionsMixin:
             if counts:  # the status line is gone with the job: a zero would go unseen
                 found, added = np.sum(counts, axis=0)
                 show_info(automatic_note(int(found), int(added), overwrite))
-            self._autosave()
+            if session is self.session:
+                self._autosave()
+            elif written:  # another image came meanwhile: its autosave would not save these
+                self._save_left_behind(session, written)
 
         return self._start_segmenter_job(
             AUTO_TASK,
@@ -232,6 +238,23 @@ class AnnotateActionsMixin:
             on_finish=done,
             labels_result=True,
         )
+
+    def _save_left_behind(self, session, planes: list[int | None]) -> None:
+        """Save the annotations of ``session``, an image no longer chosen, that automatic
+        segmentation wrote on ``planes`` before another image was chosen."""
+        if not self.ui.autosave_check.isChecked():
+            return
+        name = session.image_layer.name
+        what = f"the objects found in {name!r}"
+        if None not in planes:
+            where = ("plane " if len(planes) == 1 else "planes ") + plane_ranges(planes)
+            what = f"the objects found on {where} of {name!r}"
+        try:
+            labels_path, _ = session.save(self.annotation_folder())
+        except (OSError, ValueError) as err:
+            show_error(f"saving {what} failed: {user_message(err)}")
+            return
+        show_info(f"{what} are kept and saved to {labels_path}")
 
     # -- files ----------------------------------------------------------------------------
     def annotation_folder(self) -> Path:
