@@ -246,15 +246,15 @@ def test_commit_autosaves_labels_and_prompts(viewer_widget, qtbot, tmp_path, dra
 def test_commits_still_being_saved_reach_the_disk_when_the_image_goes(
     viewer_widget, monkeypatch, tmp_path, drain_jobs, close_blocker, ending
 ):
-    import napari_samtune._qt.annotate_actions as actions
+    import napari_samtune._qt.annotate_files as files
 
-    real_save = actions.save_annotations
+    real_save = files.save_annotations
 
     def slow_save(*args):
         time.sleep(0.5)  # a large stack takes seconds to compress
         return real_save(*args)
 
-    monkeypatch.setattr(actions, "save_annotations", slow_save)
+    monkeypatch.setattr(files, "save_annotations", slow_save)
     viewer, widget = viewer_widget
     drain_jobs(widget)
     # a close event as a person's click sends it (napari has not torn anything down yet);

@@ -22,6 +22,7 @@ from qtpy.QtWidgets import QWidget
 from napari_samtune._qt import annotate_jobs as jobs
 from napari_samtune._qt.annotate_actions import AnnotateActionsMixin
 from napari_samtune._qt.annotate_embedding import AnnotateEmbeddingMixin
+from napari_samtune._qt.annotate_files import AnnotateFilesMixin
 from napari_samtune._qt.annotate_image import AnnotateImageMixin
 from napari_samtune._qt.annotate_jobs import LOAD_TASK
 from napari_samtune._qt.annotate_session import AnnotationSession
@@ -38,7 +39,9 @@ TRANSPOSED_HINT = (
 )
 
 
-class AnnotateWidget(AnnotateImageMixin, AnnotateEmbeddingMixin, AnnotateActionsMixin, QWidget):
+class AnnotateWidget(
+    AnnotateImageMixin, AnnotateEmbeddingMixin, AnnotateActionsMixin, AnnotateFilesMixin, QWidget
+):
     """Dock widget: interactive SAM annotation of the image layers of ``viewer``."""
 
     annotations_saved = Signal(str)  # path of the labels TIFF, after every (auto)save

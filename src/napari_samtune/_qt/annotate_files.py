@@ -1,0 +1,225 @@
+"""What the annotation widget does with files: the annotation folder, autosave (in the
+background, and waited for when the viewer closes), restoring an image's autosave when it is
+annotated again, Save now and Load annotations….
+
+A mixin of :class:`~napari_samtune._qt.annotate.AnnotateWidget` (it uses the widget's
+``ui``, ``runner`` and ``session``), kept apart so each module stays short.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QEvent, QObject, QTimer
+from qtpy.QtWidgets import QFileDialog
+
+from napari_samtune._qt.annotate_jobs import SAVE_TASK
+from napari_samtune._qt.annotate_session import plane_ranges
+from napari_samtune._qt.workers import main_window_of, user_message
+from napari_samtune.core.annotation_files import (
+    annotation_paths,
+    default_annotation_folder,
+    save_annotations,
+)
+from napari_samtune.core.label_files import LABELS_SUFFIX
+
+# autosaves first; any label TIFF too, e.g. `samtune segment` output (<image>_labels.tif)
+LOAD_FILTERS = f"Annotations (*{LABELS_SUFFIX});;Label images (*.tif *.tiff)"
+
+
+class AnnotateFilesMixin:
+    """Folder, autosave, restore, save and load of the annotations."""
+
+    def annotation_folder(self) -> Path:
+        """The folder annotations are saved to (the widget's folder field)."""
+        text = self.ui.folder_edit.text().strip()
+        return Path(text).expanduser() if text else default_annotation_folder()
+
+    def _choose_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(
+            self, "Annotation folder", self.ui.folder_edit.text()
+        )
+        if folder and Path(folder) != self.annotation_folder():
+            self.ui.folder_edit.setText(folder)
+            self._use_folder()
+
+    def _on_folder_edited(self) -> None:
+        if self.ui.folder_edit.isModified():  # typed, not only left (editingFinished)
+            self.ui.folder_edit.setModified(False)
+            self._use_folder()
+
+    def _use_folder(self) -> None:
+        """Another folder: this image's annotations saved there come back, as when the image
+        is first annotated, rather than the next autosave writing over them; annotations
+        made already stay, and the user is told what the next save replaces (or, when their
+        autosave failed, they are saved there now)."""
+        if self.session is None:
+            return
+        if not self.session.annotations.any():
+            self._restore_autosave()
+            return
+        folder = self.annotation_folder()
+        labels_path, _ = annotation_paths(folder, self.session.file_name(folder))
+        if labels_path.is_file():
+            show_warning(
+                f"{labels_path} holds saved annotations of {self.session.image_layer.name!r}; "
+                f"the next save replaces them with layer {self.session.layers.annotations.name!r}"
+                ". To go on with the saved ones instead, use 'Load annotations…'"
+            )
+        elif self._save_failed is self.session:  # on no disk yet: the error said to do this
+            self._autosave()
+
+    def _restore_autosave(self, labels: bool = True) -> None:
+        """Load this image's autosave: the labels and their object records, or (``labels``
+        False: its annotations layer is still there, and holds the labels) the records."""
+        folder, name = self.annotation_folder(), self.session.image_name
+        file_name = self.session.file_name(folder)
+        if file_name != name and labels:  # said once, when the image is first annotated
+            show_warning(self.session.namesake_note(annotation_paths(folder, name)[0], file_name))
+        labels_path, _ = annotation_paths(folder, file_name)
+        if not labels_path.is_file():
+            return
+        try:
+            self._load_saved(labels_path, labels)
+        except (ValueError, OSError) as err:
+            self._restore_failed(labels_path, user_message(err), labels)
+
+    def _load_saved(self, labels_path: Path, labels: bool) -> None:
+        if not labels:
+            self.session.load_records(labels_path)
+            return
+        n_objects = self.session.load(labels_path)
+        show_info(f"restored {n_objects} saved objects from {labels_path}")
+
+    def _restore_failed(self, labels_path: Path, problem: str, labels: bool) -> None:
+        """The autosave at ``labels_path`` could not be read back: later saves go beside it,
+        never over it (where an earlier session went after the same failure, and are
+        restored from there; past any of those that cannot be read back either)."""
+        folder = labels_path.parent
+        for attempt in itertools.count(1):
+            diverted, _ = annotation_paths(folder, self.session.divert_saves(folder, attempt))
+            if diverted == labels_path:  # it was already saved beside another image's
+                continue
+            show_error(
+                f"could not restore {labels_path}: {problem}. So that it is not overwritten, "
+                f"this image's annotations are saved as {diverted.name} until it can be read"
+            )
+            if not diverted.is_file():
+                return
+            try:
+                self._load_saved(diverted, labels)
+                return
+            except (ValueError, OSError) as err:
+                labels_path, problem = diverted, user_message(err)
+
+    def save_annotations(self, folder: str | Path | None = None) -> Path | None:
+        """Save labels and prompts now (synchronously); returns the labels path."""
+        if self.session is None:
+            show_info("nothing to save: pick an image first")
+            return None
+        folder = self.annotation_folder() if folder in (None, False) else Path(folder)
+        try:
+            labels_path, _ = self.session.save(folder)
+        except (OSError, ValueError) as err:
+            show_error(f"saving failed: {user_message(err)}")
+            return None
+        self.annotations_saved.emit(str(labels_path))
+        show_info(f"saved annotations to {labels_path}")
+        return labels_path
+
+    def _on_painted(self, event=None) -> None:
+        """A brush, fill or eraser stroke on the annotations (a person correcting them) is
+        autosaved like a commit: once control is back in the event loop, as napari reports
+        the stroke before it writes it into the data."""
+        QTimer.singleShot(0, self._autosave)
+
+    def _autosave(self):
+        """Save a snapshot in the background, atomically; coalesces overlapping requests."""
+        if self.session is None or not self.ui.autosave_check.isChecked():
+            return None
+        if self.runner.is_running(SAVE_TASK):
+            self._autosave_again = True
+            return None
+        self._autosave_again = False
+        session, folder = self.session, self.annotation_folder()
+        window = main_window_of(self)
+        if window is not None:  # see eventFilter (installing it again changes nothing)
+            window.installEventFilter(self)
+        return self.runner.start(
+            SAVE_TASK,
+            save_annotations,
+            folder,
+            session.image_layer.name,
+            session.annotations.copy(),  # the worker must not read labels being edited
+            session.document(),
+            session.file_name(folder),
+            on_return=lambda paths: self._autosaved(session, paths[0]),
+            on_error=lambda _exc: setattr(self, "_save_failed", session),
+            on_finish=lambda: self._autosave() if self._autosave_again else None,
+            quiet=True,  # the status line keeps what was committed
+        )
+
+    def _autosaved(self, session, labels_path: Path) -> None:
+        if self._save_failed is session:  # the error was said: so is that it is over
+            self._save_failed = None
+            show_info(f"saved annotations to {labels_path}")
+        self.annotations_saved.emit(str(labels_path))
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)
+        if event.type() == QEvent.Type.Close:  # the viewer's window
+            self.flush_autosave()
+        return super().eventFilter(watched, event)
+
+    def flush_autosave(self) -> None:
+        """Before the viewer closes: wait for a running background save (without the event
+        loop, which a closing window may not get back), then write the commits that came
+        after it, which would otherwise be lost."""
+        if not self.runner.is_running(SAVE_TASK):
+            return
+        self.runner.wait(SAVE_TASK)
+        self.runner.forget(SAVE_TASK)
+        if self._autosave_again and self.session is not None:
+            self._autosave_again = False
+            try:
+                self.session.save(self.annotation_folder())
+            except (OSError, ValueError) as err:
+                show_error(f"saving failed: {user_message(err)}")
+
+    def load_annotations(self, path: str | Path | None = None) -> int | None:
+        """Replace the annotations with a saved ``*.labels.tif`` or any label TIFF of the
+        image's shape (e.g. from ``samtune segment``); returns its object count."""
+        if self.session is None:
+            show_info("pick the image these annotations belong to first")
+            return None
+        if path is None:
+            path, _ = QFileDialog.getOpenFileName(
+                self, "Annotations", str(self.annotation_folder()), LOAD_FILTERS
+            )
+            if not path:
+                return None
+        try:
+            n_objects = self.session.load(path, undoable=True)
+        except (OSError, ValueError) as err:
+            show_error(f"loading annotations failed: {user_message(err)}")
+            return None
+        show_info(f"loaded {n_objects} objects from {path} (U brings back what they replaced)")
+        return n_objects
+
+    def _save_left_behind(self, session, planes: list[int | None]) -> None:
+        """Save the annotations of ``session``, an image no longer chosen, that automatic
+        segmentation wrote on ``planes`` before another image was chosen."""
+        if not self.ui.autosave_check.isChecked():
+            return
+        name = session.image_layer.name
+        what = f"the objects found in {name!r}"
+        if None not in planes:
+            where = ("plane " if len(planes) == 1 else "planes ") + plane_ranges(planes)
+            what = f"the objects found on {where} of {name!r}"
+        try:
+            labels_path, _ = session.save(self.annotation_folder())
+        except (OSError, ValueError) as err:
+            show_error(f"saving {what} failed: {user_message(err)}")
+            return
+        show_info(f"{what} are kept and saved to {labels_path}")
