@@ -114,7 +114,9 @@ def _preview_colormap() -> DirectLabelColormap:
 
 _PROPAGATED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # preview -> planes
 
-NAME_SUFFIXES = (" annotations", " current object", " boxes", " points")  # after the image's
+# the four layers' names: the image's name and these
+ANNOTATIONS, PREVIEW, BOXES, POINTS = " annotations", " current object", " boxes", " points"
+NAME_SUFFIXES = (ANNOTATIONS, PREVIEW, BOXES, POINTS)
 
 
 class PromptLayers:
@@ -128,14 +130,14 @@ class PromptLayers:
         # new layers start where the image is (else the view's ranges jump meanwhile)
         self._placement = {"affine": spatial_affine(image_layer, self.ndim)}
         self.annotations_created = False
-        self.annotations = self._labels(f"{name} annotations", opacity=0.5, annotations=True)
-        self.preview = self._labels(f"{name} current object", opacity=0.7)
+        self.annotations = self._labels(name + ANNOTATIONS, opacity=0.5, annotations=True)
+        self.preview = self._labels(name + PREVIEW, opacity=0.7)
         self.preview.colormap = _preview_colormap()
         # per plane propagation reached; kept with the preview (picked again, an image finds
         # its preview layer and what propagated there: a correction refines, not replaces)
         self.propagated: dict[int, PropagatedPlane] = _PROPAGATED.setdefault(self.preview, {})
-        self.boxes = self._box_layer(f"{name} boxes")
-        self.points = self._point_layer(f"{name} points")
+        self.boxes = self._box_layer(name + BOXES)
+        self.points = self._point_layer(name + POINTS)
         self.place_like(image_layer)  # layers kept from before may sit elsewhere
 
     def place_like(self, image_layer) -> None:
