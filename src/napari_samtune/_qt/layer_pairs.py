@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from napari.layers import Image, Labels
 
-from napari_samtune.core.data import prepare_pair, split_planes
+from napari_samtune.core.data import MAX_CHANNELS, prepare_pair, split_planes
 
 
 def layer_pairs(
@@ -61,7 +61,7 @@ def _extra_axes_problem(image: Image, labels, extra: int) -> str:
     stack (of RGB planes, or of more planes than RGBA has channels, as the core tells them
     apart) needs labels with as many planes; other axes hold channels."""
     shape, labels_shape = tuple(image.data.shape), tuple(labels.data.shape)
-    if extra == 1 and (image.rgb or shape[0] > 4):
+    if extra == 1 and (image.rgb or shape[0] > MAX_CHANNELS):
         return (
             f"image layer {image.name!r} is a stack of {shape[0]} planes {shape!r}, and labels "
             f"layer {labels.name!r} {labels_shape!r} is one plane: pair the stack with labels "

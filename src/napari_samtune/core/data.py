@@ -267,6 +267,9 @@ class ChannelError(ValueError):
     """An image whose channels are ambiguous or badly chosen (see :func:`check_channels`)."""
 
 
+MAX_CHANNELS = 4  # RGBA: a first axis longer than this holds planes, not channels
+
+
 def check_channels(pair: ImageLabelPair) -> None:
     """Raise :class:`ChannelError` for an image whose channels are ambiguous or badly chosen,
     naming the pair and the fix; cheap (nothing is normalised), so a command can check every
@@ -276,7 +279,7 @@ def check_channels(pair: ImageLabelPair) -> None:
     try:
         _check_gray_stack(image, labels, pair)
         planes_first = image.ndim == 3 and labels.shape == image.shape[1:]
-        if planes_first and image.shape[0] > 4 and pair.channels is None:  # more than RGBA
+        if planes_first and image.shape[0] > MAX_CHANNELS and pair.channels is None:
             raise ValueError(
                 f"image has shape {image.shape!r} and its labels {labels.shape!r}: a stack of "
                 f"{image.shape[0]} planes needs a labels stack of as many planes (empty where "
