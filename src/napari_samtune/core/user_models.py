@@ -175,7 +175,7 @@ def _new_weights_path(name: str, replaced: Path | None) -> Path:
     that another description names (copied by hand) is never written over; no model's own
     ``<other>.pt`` is ever a ``.pth``."""
     in_use = _weights_in_use()
-    candidates = [user_models_dir() / f"{name}{suffix}" for suffix in (".pt", ".pth")]
+    candidates = _own_weights(name)
     for path in candidates:
         if path != replaced and path not in in_use:
             return path
@@ -186,8 +186,15 @@ def _new_weights_path(name: str, replaced: Path | None) -> Path:
     )
 
 
-def _weights_in_use() -> set[Path]:
-    return {_weights_named_by(sidecar) for sidecar in user_models_dir().glob("*.json")}
+def _own_weights(name: str) -> list[Path]:
+    """The two files user model ``name``'s weights alternate between as it is replaced."""
+    return [user_models_dir() / f"{name}{suffix}" for suffix in (".pt", ".pth")]
+
+
+def _weights_in_use(besides: Path | None = None) -> set[Path]:
+    """The weights files the model descriptions name, but description ``besides``."""
+    sidecars = user_models_dir().glob("*.json")
+    return {_weights_named_by(sidecar) for sidecar in sidecars if sidecar != besides}
 
 
 def remove_user_model(name: str) -> list[Path]:
@@ -205,11 +212,8 @@ def remove_user_model(name: str) -> list[Path]:
         users = [spec.name for spec in list_user_models()]
         which = f"the user models are {users!r}" if users else "there are no user models"
         raise ValueError(f"no user model named {name!r}; {which}")
-    used_by_others = {
-        _weights_named_by(other) for other in user_models_dir().glob("*.json") if other != sidecar
-    }
-    own = (_weights_named_by(sidecar), *(user_models_dir() / f"{name}{e}" for e in (".pt", ".pth")))
-    weights = set(own) - used_by_others
+    own = {_weights_named_by(sidecar), *_own_weights(name)}
+    weights = own - _weights_in_use(besides=sidecar)
     deleted = []
     for path in (sidecar, *sorted(weights)):
         if path.is_file():
