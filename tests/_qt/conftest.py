@@ -115,6 +115,27 @@ def viewer_widget(make_napari_viewer, qtbot, tiny_sam, nuclei_image, drain_jobs)
 
 
 @pytest.fixture
+def stack_widget(make_napari_viewer, qtbot, tiny_sam, drain_jobs, tmp_path):
+    """A viewer on plane 0 of a (3, 96, 96) stack and the widget with the tiny model,
+    saving to ``tmp_path``."""
+    import numpy as np
+
+    from napari_samtune._qt.annotate import AnnotateWidget
+    from napari_samtune.core.synthetic import make_image
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.stack([make_image((96, 96), seed=s)[0] for s in range(3)]), name="stack")
+    viewer.dims.set_current_step(0, 0)
+    widget = AnnotateWidget(viewer)
+    widget.ui.folder_edit.setText(str(tmp_path))
+    with qtbot.waitSignal(widget.embedding_ready, timeout=WAIT_MS):
+        widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    yield viewer, widget
+    drain_jobs(widget)
+
+
+@pytest.fixture
 def cells_viewer(make_napari_viewer):
     """``cells_viewer(n=2, size=64)``: a viewer with images "cells0", "cells1", ... and
     their labels "cells0 labels", ... (``size`` x ``size`` pixels, a few objects each)."""

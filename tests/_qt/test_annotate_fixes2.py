@@ -5,11 +5,9 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-import pytest
 import tifffile
 
 from napari_samtune._qt import annotate_jobs
-from napari_samtune._qt.annotate import AnnotateWidget
 from napari_samtune._qt.annotate_ui import SCOPE_STACK
 from napari_samtune.core.synthetic import make_image
 
@@ -38,22 +36,6 @@ def test_a_folder_chosen_after_failed_autosaves_gets_the_annotations(
     assert saved.is_file()
     np.testing.assert_array_equal(tifffile.imread(saved), widget.session.annotations)
     assert any(f"saved annotations to {saved}" in n for n in notifications)
-
-
-@pytest.fixture
-def stack_widget(make_napari_viewer, qtbot, tiny_sam, drain_jobs, tmp_path):
-    """A viewer on plane 0 of a (3, 96, 96) stack and the widget with the tiny model,
-    saving to ``tmp_path``."""
-    viewer = make_napari_viewer()
-    viewer.add_image(np.stack([make_image((96, 96), seed=s)[0] for s in range(3)]), name="stack")
-    viewer.dims.set_current_step(0, 0)
-    widget = AnnotateWidget(viewer)
-    widget.ui.folder_edit.setText(str(tmp_path))
-    with qtbot.waitSignal(widget.embedding_ready, timeout=WAIT_MS):
-        widget.set_model(tiny_sam, "tiny", "tiny-test")
-    drain_jobs(widget)
-    yield viewer, widget
-    drain_jobs(widget)
 
 
 def test_planes_segmented_automatically_before_another_image_was_chosen_are_saved(
