@@ -60,6 +60,8 @@ class AnnotateWidget(
         # planes whose preview lags their prompts (it waits for a model or an embedding)
         self._previews_behind: set[int | None] = set()
         self._autosave_again = False
+        # (session, planes) automatic segmentation wrote that its autosave has not saved yet
+        self._automatic_unsaved: tuple[AnnotationSession, list] | None = None
         self._save_failed: AnnotationSession | None = None  # whose last autosave failed
         self._hinted: set[str] = set()
         self._removing_own_layers = False  # removals the widget makes need no message

@@ -200,6 +200,7 @@ class AnnotateActionsMixin:
             ids = session.add_labels(objects, overwrite, "automatic", model_name, group)
             counts.append((len(np.unique(result.labels[result.labels > 0])), len(ids)))
             written.append(result.plane)
+            self._automatic_unsaved = (session, written)  # saved if the image goes first
             self.ui.status_label.setText(f"automatic: {len(ids)} objects")
 
         def done() -> None:
@@ -208,9 +209,10 @@ class AnnotateActionsMixin:
                 found, added = np.sum(counts, axis=0)
                 show_info(automatic_note(int(found), int(added), overwrite))
             if session is self.session:
+                self._automatic_unsaved = None
                 self._autosave()
-            elif written:  # another image came meanwhile: its autosave would not save these
-                self._save_left_behind(session, written)
+            else:  # saved when its image went, unless that save failed or came too soon
+                self._save_automatic_so_far()
 
         return self._start_segmenter_job(
             AUTO_TASK,

@@ -170,6 +170,7 @@ class AnnotateFilesMixin:
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)
         if event.type() == QEvent.Type.Close:  # the viewer's window
             self.flush_autosave()
+            self._save_automatic_so_far()
         return super().eventFilter(watched, event)
 
     def flush_autosave(self) -> None:
@@ -207,9 +208,19 @@ class AnnotateFilesMixin:
         show_info(f"loaded {n_objects} objects from {path} (U brings back what they replaced)")
         return n_objects
 
+    def _save_automatic_so_far(self) -> None:
+        """Save the planes a running automatic segmentation has written, as its image goes
+        (another image chosen, the panel or the viewer closed): the autosave at the end of
+        the run would not save them (a closed viewer runs nothing more), and the image,
+        chosen again, would get its records from a file without them."""
+        if self._automatic_unsaved is None:
+            return
+        (session, planes), self._automatic_unsaved = self._automatic_unsaved, None
+        self._save_left_behind(session, planes)
+
     def _save_left_behind(self, session, planes: list[int | None]) -> None:
-        """Save the annotations of ``session``, an image no longer chosen, that automatic
-        segmentation wrote on ``planes`` before another image was chosen."""
+        """Save the annotations of ``session``, an image no longer chosen (or the viewer
+        closing), that automatic segmentation wrote on ``planes``."""
         if not self.ui.autosave_check.isChecked():
             return
         name = session.image_layer.name

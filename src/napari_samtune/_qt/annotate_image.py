@@ -245,6 +245,7 @@ class AnnotateImageMixin:
         if self.session is None:
             return
         self.flush_autosave()  # commits not yet on disk go there before the session goes
+        self._save_automatic_so_far()  # and the planes a running automatic run wrote
         for prompt_layer in (self.session.layers.points, self.session.layers.boxes):
             prompt_layer.events.data.disconnect(self._on_prompts_changed)
         self.session.layers.annotations.events.paint.disconnect(self._on_painted)

@@ -1,0 +1,76 @@
+"""Yet more bugs a person annotating with the widget ran into, each with the test that found
+it: work lost or saved out of order around automatic segmentation, saves and loads, keys on
+another image's layers, and channels asked of a 2D image."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_samtune._qt import annotate_jobs
+from napari_samtune._qt.annotate_ui import SCOPE_STACK
+
+WAIT_MS = 30_000
+
+
+def _one_plane_at_a_time(monkeypatch) -> threading.Event:
+    """Automatic segmentation waits after each plane it yields until the event is set."""
+    gate = threading.Event()
+    real = annotate_jobs.iter_segment_automatically
+
+    def gated(*args, **kwargs):
+        for item in real(*args, **kwargs):
+            yield item
+            if isinstance(item, annotate_jobs.PlaneResult):
+                assert gate.wait(WAIT_MS / 1000)
+
+    monkeypatch.setattr(annotate_jobs, "iter_segment_automatically", gated)
+    return gate
+
+
+def _segment_the_stack(widget, qtbot):
+    """Start automatic segmentation of every plane; returns once plane 0 is written."""
+    widget.ui.auto_scope_combo.setCurrentText(SCOPE_STACK)
+    widget.ui.points_per_side_spin.setValue(4)
+    widget.ui.iou_spin.setValue(0.0)  # a random model's scores are meaningless: keep all
+    widget.ui.stability_spin.setValue(0.0)
+    stack = widget.session
+    worker = widget.segment_automatically()
+    assert worker is not None
+    qtbot.waitUntil(lambda: stack.annotations[0].any(), timeout=WAIT_MS)
+    return worker
+
+
+def _saved_objects(folder, name: str) -> list[dict]:
+    return json.loads((folder / f"{name}.prompts.json").read_text())["objects"]
+
+
+@pytest.mark.parametrize("ending", ["close the viewer", "close the panel"])
+def test_planes_segmented_before_napari_closes_are_saved(
+    stack_widget, qtbot, monkeypatch, tmp_path, ending
+):
+    """Closing the viewer (or the panel) while a stack was segmented automatically lost the
+    planes already done: they were saved only when the whole run ended, and the closed
+    widget ran nothing any more."""
+    gate = _one_plane_at_a_time(monkeypatch)
+    viewer, widget = stack_widget
+    dock = viewer.window.add_dock_widget(widget)
+    stack = widget.session
+    try:
+        worker = _segment_the_stack(widget, qtbot)
+        if ending == "close the viewer":
+            viewer.close()
+        else:
+            dock.destroyOnClose()
+    finally:
+        gate.set()
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=WAIT_MS)
+    qtbot.wait(100)  # the worker's queued signals arrive
+    saved = tifffile.imread(tmp_path / "stack.labels.tif")
+    assert saved[0].any()
+    np.testing.assert_array_equal(saved[0], stack.annotations[0])
+    assert [o["planes"] for o in _saved_objects(tmp_path, "stack")] == [[0]]
