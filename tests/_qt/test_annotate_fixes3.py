@@ -74,3 +74,35 @@ def test_planes_segmented_before_napari_closes_are_saved(
     assert saved[0].any()
     np.testing.assert_array_equal(saved[0], stack.annotations[0])
     assert [o["planes"] for o in _saved_objects(tmp_path, "stack")] == [[0]]
+
+
+def test_switching_images_and_back_while_a_stack_is_segmented_keeps_its_records(
+    stack_widget, qtbot, drain_jobs, monkeypatch, tmp_path
+):
+    """Back on the stack, its records came from its file, which the run had not saved yet;
+    the run saved them when it ended, but the next commit's autosave wrote the records
+    without them again."""
+    from napari_samtune.core.synthetic import make_image
+
+    gate = _one_plane_at_a_time(monkeypatch)
+    viewer, widget = stack_widget
+    try:
+        _segment_the_stack(widget, qtbot)
+        viewer.add_image(make_image((96, 96), seed=9)[0], name="other")
+        widget.ui.image_combo.setCurrentText("other")
+        widget.ui.image_combo.setCurrentText("stack")
+    finally:
+        gate.set()
+    drain_jobs(widget)
+    widget.session.layers.preview.data[2, 40:50, 40:50] = 1  # an object committed on plane 2
+    with qtbot.waitSignal(widget.annotations_saved, timeout=WAIT_MS):
+        assert widget.commit()
+    drain_jobs(widget)
+    objects = _saved_objects(tmp_path, "stack")
+    assert [(o["source"], o["planes"]) for o in objects] == [
+        ("automatic", [0]),
+        ("interactive", [2]),
+    ]
+    saved = tifffile.imread(tmp_path / "stack.labels.tif")
+    np.testing.assert_array_equal(saved, widget.session.annotations)
+    assert {int(i) for i in np.unique(saved[0])} - {0} == set(objects[0]["ids"])
