@@ -106,3 +106,37 @@ def test_switching_images_and_back_while_a_stack_is_segmented_keeps_its_records(
     saved = tifffile.imread(tmp_path / "stack.labels.tif")
     np.testing.assert_array_equal(saved, widget.session.annotations)
     assert {int(i) for i in np.unique(saved[0])} - {0} == set(objects[0]["ids"])
+
+
+def test_save_now_is_not_overwritten_by_an_older_autosave_still_running(
+    viewer_widget, monkeypatch, tmp_path, drain_jobs
+):
+    """Autosave unticked while an autosave was writing, one more commit, Save now: the
+    older background save ended last and its file replaced the newer one."""
+    import napari_samtune._qt.annotate_files as files
+
+    gate, real_save = threading.Event(), files.save_annotations
+
+    def slow_save(*args):
+        assert gate.wait(WAIT_MS / 1000)  # a large stack takes seconds to compress
+        return real_save(*args)
+
+    monkeypatch.setattr(files, "save_annotations", slow_save)
+    _, widget = viewer_widget
+    widget.ui.folder_edit.setText(str(tmp_path))
+    widget.session.layers.points.add([128, 128])
+    assert widget.commit() == [1]  # its autosave waits at the gate
+    widget.ui.autosave_check.setChecked(False)
+    widget.session.layers.points.add([40, 200])
+    assert widget.commit() == [2]
+    timer = threading.Timer(0.5, gate.set)  # the older save ends after Save now began
+    timer.start()
+    try:
+        assert widget.save_annotations() == tmp_path / "nuclei.labels.tif"
+        drain_jobs(widget)
+    finally:
+        gate.set()
+        timer.cancel()
+    saved = tifffile.imread(tmp_path / "nuclei.labels.tif")
+    np.testing.assert_array_equal(saved, widget.session.annotations)
+    assert [o["ids"] for o in _saved_objects(tmp_path, "nuclei")] == [[1], [2]]

@@ -120,6 +120,9 @@ class AnnotateFilesMixin:
             show_info("nothing to save: pick an image first")
             return None
         folder = self.annotation_folder() if folder in (None, False) else Path(folder)
+        # a background save still writing an older snapshot would otherwise land after this
+        # one and replace it (its callbacks still run, later: they only report)
+        self.runner.wait(SAVE_TASK)
         try:
             labels_path, _ = self.session.save(folder)
         except (OSError, ValueError) as err:
