@@ -12,6 +12,7 @@ import pytest
 import tifffile
 
 from napari_samtune._qt import annotate_jobs
+from napari_samtune._qt.annotate import AnnotateWidget
 from napari_samtune._qt.annotate_ui import SCOPE_STACK
 
 WAIT_MS = 30_000
@@ -140,3 +141,31 @@ def test_save_now_is_not_overwritten_by_an_older_autosave_still_running(
     saved = tifffile.imread(tmp_path / "nuclei.labels.tif")
     np.testing.assert_array_equal(saved, widget.session.annotations)
     assert [o["ids"] for o in _saved_objects(tmp_path, "nuclei")] == [[1], [2]]
+
+
+def test_annotations_loaded_from_another_file_are_autosaved(
+    viewer_widget, qtbot, tmp_path, drain_jobs, make_napari_viewer, nuclei_image
+):
+    """Loading a label file (e.g. ``samtune segment`` output) left the image's autosave
+    as it was until the next edit: closing napari then, the image came back with the
+    annotations the file had replaced."""
+    _, widget = viewer_widget
+    folder = tmp_path / "annotations"
+    widget.ui.folder_edit.setText(str(folder))
+    widget.session.layers.points.add([128, 128])
+    with qtbot.waitSignal(widget.annotations_saved, timeout=WAIT_MS):
+        assert widget.commit() == [1]
+    drain_jobs(widget)
+    segmented = np.zeros_like(widget.session.annotations)
+    segmented[10:30, 10:30], segmented[50:70, 80:90] = 1, 2
+    tifffile.imwrite(tmp_path / "nuclei_labels.tif", segmented)
+    assert widget.load_annotations(tmp_path / "nuclei_labels.tif") == 2
+    drain_jobs(widget)
+    np.testing.assert_array_equal(tifffile.imread(folder / "nuclei.labels.tif"), segmented)
+    assert _saved_objects(folder, "nuclei") == []  # the replaced object's record went too
+    other = make_napari_viewer()  # napari opened again
+    other.add_image(nuclei_image[0], name="nuclei")
+    reopened = AnnotateWidget(other)
+    reopened.ui.folder_edit.setText(str(folder))
+    reopened._use_folder()
+    np.testing.assert_array_equal(reopened.session.annotations, segmented)

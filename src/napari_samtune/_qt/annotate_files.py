@@ -209,6 +209,7 @@ class AnnotateFilesMixin:
             show_error(f"loading annotations failed: {user_message(err)}")
             return None
         show_info(f"loaded {n_objects} objects from {path} (U brings back what they replaced)")
+        self._autosave()  # else the image's autosave, restored next time, is what they replaced
         return n_objects
 
     def _save_automatic_so_far(self) -> None:
