@@ -10,6 +10,7 @@ import threading
 import numpy as np
 import pytest
 import tifffile
+from napari.utils.key_bindings import KeymapHandler
 
 from napari_samtune._qt import annotate_jobs
 from napari_samtune._qt.annotate import AnnotateWidget
@@ -169,3 +170,30 @@ def test_annotations_loaded_from_another_file_are_autosaved(
     reopened.ui.folder_edit.setText(str(folder))
     reopened._use_folder()
     np.testing.assert_array_equal(reopened.session.annotations, segmented)
+
+
+def test_keys_on_the_layers_of_an_image_no_longer_annotated_act_on_nothing(
+    cells_viewer, qtbot, tiny_sam, drain_jobs, notifications
+):
+    """C pressed with the prompt layer of an image annotated earlier selected committed the
+    preview of the image annotated now, unsaid."""
+    viewer = cells_viewer(2)
+    widget = AnnotateWidget(viewer)
+    widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    earlier = widget.session.layers.points
+    widget.ui.image_combo.setCurrentText("cells1")
+    drain_jobs(widget)
+    now = widget.session
+    now.layers.preview.data[10:20, 10:20] = 1  # a preview waiting to be committed
+    keys = KeymapHandler()
+    keys.keymap_providers = [earlier, viewer]  # what napari asks when those points are active
+    for key in ("C", "Shift-C", "U", "T"):
+        keys.press_key(key)
+    assert not now.annotations.any() and now.layers.preview.data.any()
+    assert widget.ui.positive_check.isChecked()
+    said = [n for n in notifications if f"{earlier.name!r} belongs to image 'cells0'" in n]
+    assert said and "pick 'cells0' under Image" in said[0]
+    keys.keymap_providers = [now.layers.points, viewer]
+    keys.press_key("C")  # on the layers of the image annotated: as before
+    assert now.annotations.any()

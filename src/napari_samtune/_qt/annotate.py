@@ -13,6 +13,8 @@ While a job that uses the Segmenter runs, predictions wait for it.
 
 from __future__ import annotations
 
+import functools
+
 import napari
 import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
@@ -109,9 +111,27 @@ class AnnotateWidget(
     def _key_actions(self) -> dict:
         return {"C": self.commit, "Shift-C": self.clear, "T": self.toggle_polarity, "U": self.undo}
 
-    def _bind_keys(self, provider) -> None:
+    def _bind_keys(self, provider, image_layer=None) -> None:
+        """The keys on ``provider``: the viewer, or a helper layer of ``image_layer``, whose
+        keys act only while that image is annotated (its layers stay when another is)."""
         for key, action in self._key_actions().items():
-            provider.bind_key(key, lambda _provider, action=action: action(), overwrite=True)
+            act = action
+            if image_layer is not None:
+                act = functools.partial(self._act_on, image_layer, provider, action)
+            provider.bind_key(key, lambda _provider, act=act: act(), overwrite=True)
+
+    def _act_on(self, image_layer, helper, action) -> None:
+        if self._shut_down:  # the panel was closed: its keys are no longer the widget's
+            return
+        if self.session is not None and self.session.image_layer == image_layer:
+            action()
+            return
+        now = "no image" if self.session is None else f"{self.session.image_layer.name!r}"
+        show_info(
+            f"layer {helper.name!r} belongs to image {image_layer.name!r}, not to the image "
+            f"annotated now ({now}): pick {image_layer.name!r} under Image to act on its "
+            "prompts, or select a layer of the image annotated now"
+        )
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
         self.shut_down()

@@ -163,7 +163,7 @@ class AnnotateImageMixin:
             prompt_layer.events.data.connect(self._on_prompts_changed)
         self.session.layers.annotations.events.paint.connect(self._on_painted)
         for helper in self.session.layers.layers:
-            self._bind_keys(helper)
+            self._bind_keys(helper, layer)
         self._set_positive_mode(self.ui.positive_check.isChecked())
         self.viewer.layers.selection.active = self.session.layers.points
         self._invalidate_embedding()
