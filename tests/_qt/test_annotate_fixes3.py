@@ -197,3 +197,24 @@ def test_keys_on_the_layers_of_an_image_no_longer_annotated_act_on_nothing(
     keys.keymap_providers = [now.layers.points, viewer]
     keys.press_key("C")  # on the layers of the image annotated: as before
     assert now.annotations.any()
+
+
+@pytest.mark.parametrize(
+    ("shape", "rgb", "why"),
+    [((64, 80), False, "has no channel axis"), ((64, 80, 3), True, "colours on the last axis")],
+)
+def test_channels_on_the_first_axis_of_a_2d_image_are_refused(
+    make_napari_viewer, notifications, shape, rgb, why
+):
+    """Ticked on a 2D image, 'channels on first axis' offered its 64 rows as channels, and
+    the image was no longer annotated."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros(shape, np.uint8), name="flat", rgb=rgb)
+    widget = AnnotateWidget(viewer)
+    session = widget.session
+    widget.ui.channels_first_check.setChecked(True)
+    assert not widget.ui.channels_first_check.isChecked()
+    assert widget.ui.channel_combo.count() == 0 and not widget.ui.channel_combo.isEnabled()
+    assert widget.session is session  # annotated as before
+    said = [n for n in notifications if "'channels on first axis'" in n]
+    assert said and f"{shape!r}" in said[0] and why in said[0]

@@ -10,7 +10,7 @@ scaled, rotated or given new pixels.
 from __future__ import annotations
 
 from napari.layers import Image
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_samtune._qt.annotate_session import AnnotationSession
 from napari_samtune._qt.image_planes import describe_image
@@ -93,6 +93,14 @@ class AnnotateImageMixin:
             show_info(note)
 
     def _on_channels_first(self, checked: bool) -> None:
+        refusal = channels_first_refusal(self.image_layer) if checked else ""
+        if refusal:  # the image stays annotated as it was
+            check = self.ui.channels_first_check
+            check.blockSignals(True)
+            check.setChecked(False)
+            check.blockSignals(False)
+            show_warning(refusal)
+            return
         self._fill_channels()
         self._on_image_choice()
 
@@ -100,7 +108,8 @@ class AnnotateImageMixin:
         """Offer the channels of the chosen image (when 'channels on first axis' is on)."""
         combo, checked = self.ui.channel_combo, self.ui.channels_first_check.isChecked()
         layer = self.image_layer
-        n_channels = layer.data.shape[0] if (checked and layer is not None) else 0
+        has_channels = layer is not None and not channels_first_refusal(layer)
+        n_channels = layer.data.shape[0] if (checked and has_channels) else 0
         if combo.count() == n_channels + (n_channels >= 3) and combo.isEnabled() == checked:
             return  # same channel count: keep the user's choice
         combo.blockSignals(True)
@@ -253,3 +262,17 @@ class AnnotateImageMixin:
         self.session = None
         self._previews_behind.clear()
         self._invalidate_embedding()
+
+
+def channels_first_refusal(layer) -> str:
+    """Why image ``layer`` cannot have channels on its first axis ('' when it can): a 2D
+    (H, W) image has none (its first axis is its rows), an RGB one has its colours last."""
+    shape = tuple(layer.data.shape)
+    ask = "'channels on first axis' is for (C, H, W) or (C, Z, H, W) images, so it stays unticked"
+    if layer.rgb:
+        return (
+            f"image {layer.name!r} of shape {shape!r} has its colours on the last axis (RGB): {ask}"
+        )
+    if len(shape) < 3:
+        return f"image {layer.name!r} of shape {shape!r} has no channel axis (it is 2D): {ask}"
+    return ""
