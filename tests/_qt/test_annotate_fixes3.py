@@ -218,3 +218,22 @@ def test_channels_on_the_first_axis_of_a_2d_image_are_refused(
     assert widget.session is session  # annotated as before
     said = [n for n in notifications if "'channels on first axis'" in n]
     assert said and f"{shape!r}" in said[0] and why in said[0]
+
+
+def test_ticking_autosave_again_saves_the_commits_made_without_it(
+    viewer_widget, tmp_path, drain_jobs
+):
+    """Commits made with autosave unticked stayed on no disk after it was ticked again,
+    until the next commit: closing napari meanwhile lost them."""
+    _, widget = viewer_widget
+    widget.ui.folder_edit.setText(str(tmp_path))
+    widget.ui.autosave_check.setChecked(False)
+    widget.session.layers.points.add([128, 128])
+    assert widget.commit() == [1]
+    drain_jobs(widget)
+    assert not (tmp_path / "nuclei.labels.tif").exists()
+    widget.ui.autosave_check.setChecked(True)
+    drain_jobs(widget)
+    saved = tifffile.imread(tmp_path / "nuclei.labels.tif")
+    np.testing.assert_array_equal(saved, widget.session.annotations)
+    assert saved.any()

@@ -62,6 +62,7 @@ class AnnotateWidget(
         # planes whose preview lags their prompts (it waits for a model or an embedding)
         self._previews_behind: set[int | None] = set()
         self._autosave_again = False
+        self._not_autosaved: AnnotationSession | None = None  # edited with autosave unticked
         # (session, planes) automatic segmentation wrote that its autosave has not saved yet
         self._automatic_unsaved: tuple[AnnotationSession, list] | None = None
         self._save_failed: AnnotationSession | None = None  # whose last autosave failed
@@ -106,6 +107,7 @@ class AnnotateWidget(
         ui.folder_button.clicked.connect(self._choose_folder)
         ui.folder_edit.editingFinished.connect(self._on_folder_edited)
         ui.save_button.clicked.connect(self.save_annotations)
+        ui.autosave_check.toggled.connect(self._on_autosave_ticked)
         ui.load_file_button.clicked.connect(lambda: self.load_annotations())
 
     def _key_actions(self) -> dict:

@@ -132,6 +132,12 @@ class AnnotateFilesMixin:
         show_info(f"saved annotations to {labels_path}")
         return labels_path
 
+    def _on_autosave_ticked(self, checked: bool) -> None:
+        """Autosave ticked again: the edits made without it are saved now, not only with
+        the next one (closing napari meanwhile would lose them)."""
+        if checked and self._not_autosaved is not None and self._not_autosaved is self.session:
+            self._autosave()
+
     def _on_painted(self, event=None) -> None:
         """A brush, fill or eraser stroke on the annotations (a person correcting them) is
         autosaved like a commit: once control is back in the event loop, as napari reports
@@ -140,8 +146,12 @@ class AnnotateFilesMixin:
 
     def _autosave(self):
         """Save a snapshot in the background, atomically; coalesces overlapping requests."""
-        if self.session is None or not self.ui.autosave_check.isChecked():
+        if self.session is None:
             return None
+        if not self.ui.autosave_check.isChecked():
+            self._not_autosaved = self.session  # saved when autosave is ticked again
+            return None
+        self._not_autosaved = None
         if self.runner.is_running(SAVE_TASK):
             self._autosave_again = True
             return None
