@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 import tifffile
 
@@ -16,3 +20,73 @@ def tiff_folders(tmp_path):
             (tmp_path / folder).mkdir(exist_ok=True)
             tifffile.imwrite(tmp_path / folder / f"cell_{i}{name}.tif", array)
     return tmp_path / "images", tmp_path / "labels"
+
+
+class _Server:
+    """Serves ``files`` (path -> bytes) on 127.0.0.1; ``short`` paths promise more bytes than
+    they send, ``cut_once[path]`` bytes of the next answer for ``path`` are sent before the
+    connection drops; with ``accepts_ranges`` a ``Range: bytes=N-`` gets a 206 (416 when N is
+    past the end), else every answer is a 200 with the whole file."""
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+        self.short: set[str] = set()
+        self.cut_once: dict[str, int] = {}
+        self.accepts_ranges = False
+        self.requests: list[str] = []
+        self.range_headers: list[str | None] = []  # the Range header of each request
+        self.answers: list[tuple[int, int]] = []  # (status, body bytes sent) of each file sent
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests.append(self.path)
+                server.range_headers.append(self.headers.get("Range"))
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404, "Not Found")
+                    return
+                start = server.range_start(self.headers.get("Range"))
+                if start is not None and start >= len(body):
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(body)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    server.answers.append((416, 0))
+                    return
+                status = 200 if start is None else 206
+                self.send_response(status)
+                if start is not None:
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                rest = body[start or 0 :]
+                self.send_header("Content-Length", str(len(rest)))
+                self.end_headers()
+                sent = rest[: len(rest) // 2] if self.path in server.short else rest
+                sent = sent[: server.cut_once.pop(self.path, len(sent))]
+                self.wfile.write(sent)
+                server.answers.append((status, len(sent)))
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    def range_start(self, header: str | None) -> int | None:
+        match = re.fullmatch(r"bytes=(\d+)-", header or "")
+        return int(match[1]) if match and self.accepts_ranges else None
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+
+@pytest.fixture
+def server():
+    """A local HTTP server for download tests (see ``_Server``)."""
+    s = _Server()
+    s.thread.start()
+    yield s
+    s.httpd.shutdown()
+    s.httpd.server_close()

@@ -2,9 +2,7 @@
 
 import hashlib
 import logging
-import threading
 import warnings
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import xxhash
@@ -22,48 +20,6 @@ from napari_samtune.core.registry import ModelSpec, models_cache_dir
 PAYLOAD = bytes(range(256)) * 5000  # 1.28 MB: more than one read chunk
 SHA256 = "sha256:" + hashlib.sha256(PAYLOAD).hexdigest()
 XXH128 = "xxh128:" + xxhash.xxh3_128(PAYLOAD).hexdigest()
-
-
-class _Server:
-    """Serves ``files`` (path -> bytes); ``short`` paths promise more bytes than they send."""
-
-    def __init__(self):
-        self.files: dict[str, bytes] = {}
-        self.short: set[str] = set()
-        self.requests: list[str] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                server.requests.append(self.path)
-                body = server.files.get(self.path)
-                if body is None:
-                    self.send_error(404, "Not Found")
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body[: len(body) // 2] if self.path in server.short else body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-
-@pytest.fixture
-def server():
-    s = _Server()
-    s.thread.start()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
 
 
 def _leftovers(folder):

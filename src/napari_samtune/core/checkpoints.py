@@ -43,7 +43,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
-        raise _write_error(path, err) from err
+        raise write_error(path, err) from err
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -53,7 +53,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     except OSError as err:
         if not _is_write_failure(err, tmp, path):  # e.g. a download's network error
             raise
-        raise _write_error(path, err) from err
+        raise write_error(path, err) from err
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -81,7 +81,7 @@ def _disk_full(folder: Path) -> bool:
         return False
 
 
-def _write_error(path: Path, err: OSError) -> OSError:
+def write_error(path: Path, err: OSError) -> OSError:
     """``err`` as an ``OSError`` (same type and errno) that names ``path`` and the fix."""
     folder = path.parent
     if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):

@@ -1,10 +1,12 @@
-"""Download model weights once, verify them, and never keep a partial or corrupt file.
+"""Download model weights once, verify them, and never put a partial or corrupt file in place.
 
-A download streams into a temporary file next to its destination while the
-hash is computed on the fly; only a complete file with the published hash is
-renamed into place. A verified file gets a small stamp (``.<name>.verified``,
-holding size, modification time and hash), so later loads do not re-hash
-gigabytes; a file that changed since (or was put there by hand) is hashed again.
+A download streams into a partial file next to its destination while the hash is
+computed on the fly; only a complete file with the published hash is renamed into
+place. A download the network cut short keeps its partial file and the next one
+resumes it with an HTTP Range request (:mod:`napari_samtune.core.fetch`).
+A verified file gets a small stamp (``.<name>.verified``, holding size,
+modification time and hash), so later loads do not re-hash gigabytes; a file that
+changed since (or was put there by hand) is hashed again.
 A file found where the download goes but with another hash is never deleted: it
 is moved aside to ``<name>.wrong-hash`` (and said so) before downloading. Every
 failure raises :class:`DownloadError` naming the URL and the exact path where
@@ -16,24 +18,22 @@ the size and hash recorded for them (:func:`local_weights_problem`).
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import json
 import logging
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
-from napari_samtune import __version__
-from napari_samtune.core.checkpoints import atomic_write, first_free
+from napari_samtune.core.checkpoints import first_free
+from napari_samtune.core.fetch import (
+    CHUNK_SIZE,
+    DEFAULT_TIMEOUT,
+    DownloadError,
+    ProgressCallback,
+    fetch,
+    new_hasher,
+)
 from napari_samtune.core.registry import ModelSpec, parse_hash
 
-ProgressCallback = Callable[[int, "int | None"], None]  # (bytes_done, bytes_total or None)
-CHUNK_SIZE = 1 << 20  # bytes read per step: big enough for speed, small enough for progress
-DEFAULT_TIMEOUT = 60.0  # seconds without data before a download is abandoned
 WRONG_HASH_SUFFIX = ".wrong-hash"  # a file with the wrong hash is moved to <name><suffix>[-n]
 
 # Notes that are no error (a file moved aside): shown plainly on stderr by logging's
@@ -41,29 +41,9 @@ WRONG_HASH_SUFFIX = ".wrong-hash"  # a file with the wrong hash is moved to <nam
 _log = logging.getLogger(__name__)
 
 
-class DownloadError(OSError):
-    """A model file could not be downloaded, or what arrived was not the published file."""
-
-
-class _ProgressCallbackFailed(Exception):
-    """Carries a progress callback's own exception past the network error handlers."""
-
-
-def _new_hasher(algorithm: str):
-    if algorithm == "sha256":
-        return hashlib.sha256()
-    try:
-        import xxhash
-    except ImportError as err:
-        raise ModuleNotFoundError(
-            f"checking a {algorithm} hash needs the 'xxhash' package: pip install xxhash"
-        ) from err
-    return xxhash.xxh3_128()
-
-
 def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
     """Hex digest of a file's bytes with ``algorithm`` ("sha256" or "xxh128")."""
-    hasher = _new_hasher(algorithm)
+    hasher = new_hasher(algorithm)
     with open(path, "rb") as stream:
         while chunk := stream.read(CHUNK_SIZE):
             hasher.update(chunk)
@@ -121,94 +101,6 @@ def is_verified(path: str | Path, file_hash: str) -> bool:
     return path.is_file() and mismatched_digest(path, file_hash) is None
 
 
-def _manual_hint(url: str, dest: Path) -> str:
-    return f"To install it by hand, download {url} in a browser and save it as {dest}"
-
-
-@contextmanager
-def _progress_reporter(
-    progress: ProgressCallback | None, dest: Path, total: int | None
-) -> Iterator[ProgressCallback]:
-    if progress is not None:
-        yield progress
-        return
-    from napari_samtune.core.progress import progress_bar
-
-    desc = f"Downloading {dest.name}"
-    with progress_bar(total, desc, unit="B", unit_scale=True, unit_divisor=1024) as bar:
-        yield lambda done, _total: bar.update(done - bar.n)
-
-
-def _call_progress(report: ProgressCallback, done: int, total: int | None) -> None:
-    try:
-        report(done, total)
-    except Exception as err:
-        raise _ProgressCallbackFailed() from err
-
-
-def _stream_to_file(
-    url: str,
-    tmp: Path,
-    dest: Path,
-    algorithm: str,
-    progress: ProgressCallback | None,
-    timeout: float,
-) -> str:
-    """Copy the response body of ``url`` into ``tmp``; return the hex digest of what arrived."""
-    hasher = _new_hasher(algorithm)
-    request = urllib.request.Request(url, headers={"User-Agent": f"napari-samtune/{__version__}"})
-    with urllib.request.urlopen(request, timeout=timeout) as response, open(tmp, "wb") as out:
-        length = response.headers.get("Content-Length")
-        total = int(length) if length and length.isdigit() else None
-        done = 0
-        with _progress_reporter(progress, dest, total) as report:
-            _call_progress(report, 0, total)
-            while chunk := response.read(CHUNK_SIZE):
-                out.write(chunk)
-                hasher.update(chunk)
-                done += len(chunk)
-                _call_progress(report, done, total)
-    if total is not None and done != total:
-        raise DownloadError(f"the connection closed after {done} of {total} bytes")
-    return hasher.hexdigest()
-
-
-def _fetch(
-    url: str,
-    tmp: Path,
-    dest: Path,
-    file_hash: str | None,
-    progress: ProgressCallback | None,
-    timeout: float,
-) -> None:
-    algorithm, expected = parse_hash(file_hash) if file_hash else ("sha256", None)
-    try:
-        digest = _stream_to_file(url, tmp, dest, algorithm, progress, timeout)
-    except _ProgressCallbackFailed as failed:
-        raise failed.__cause__ from None
-    except urllib.error.HTTPError as err:
-        reason = f"the server answered HTTP {err.code} {err.reason}"
-        raise DownloadError(
-            f"could not download {url}: {reason}. {_manual_hint(url, dest)}"
-        ) from err
-    except urllib.error.URLError as err:
-        reason = f"{err.reason} (are you offline or behind a proxy?)"
-        raise DownloadError(
-            f"could not download {url}: {reason}. {_manual_hint(url, dest)}"
-        ) from err
-    except (OSError, http.client.HTTPException) as err:
-        reason = str(err) or type(err).__name__
-        raise DownloadError(
-            f"could not download {url}: {reason}. {_manual_hint(url, dest)}"
-        ) from err
-    if expected is not None and digest != expected:
-        raise DownloadError(
-            f"the file downloaded from {url} has {algorithm} {digest}, but the published hash "
-            f"is {expected}: it is corrupt or was changed on the server, so it was not kept. "
-            f"Try again later; {_manual_hint(url, dest)}"
-        )
-
-
 def _move_aside(dest: Path, expected_hash: str, found: str) -> str:
     """Move the file at ``dest`` (which has digest ``found``) out of the way of a download, to
     the first free ``<name>.wrong-hash[-n]`` next to it; returns the sentence that says so."""
@@ -254,7 +146,10 @@ def download_file(
     a callback that raises cancels the download (its exception propagates, nothing is
     kept). Raises :class:`DownloadError` (an ``OSError``) on HTTP errors, network
     failures, truncation and hash mismatch; then nothing is left at ``dest``, and the
-    message also says where a file moved aside went.
+    message also says where a file moved aside went. With ``expected_hash``, what arrived
+    before a network failure stays in ``.<name>.part`` (the message says so) and the next
+    call resumes from there when the server supports Range requests; the progress then
+    starts at the resumed byte.
     """
     dest = Path(dest)
     if expected_hash is not None:
@@ -267,7 +162,7 @@ def download_file(
         moved = _move_aside(dest, expected_hash, found)
     stamp_path(dest).unlink(missing_ok=True)
     try:
-        atomic_write(dest, lambda tmp: _fetch(url, tmp, dest, expected_hash, progress, timeout))
+        fetch(url, dest, expected_hash, progress, timeout)
     except DownloadError as err:
         if not moved:
             raise
@@ -279,7 +174,7 @@ def download_file(
     if moved:
         _log.warning("%s; the published file was downloaded from %s in its place", moved, url)
     if expected_hash is not None:
-        write_stamp(dest, expected_hash)  # _fetch checked the hash of what arrived
+        write_stamp(dest, expected_hash)  # fetch checked the hash of what arrived
     return dest
 
 

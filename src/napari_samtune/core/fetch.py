@@ -1,0 +1,255 @@
+"""One HTTP transfer of a file, resumed where an earlier transfer was cut off.
+
+The bytes go to a partial file ``.<name>.part`` next to the destination (same file
+system, so the final rename is atomic). When the network cuts a transfer short and
+the published hash is known, the partial file is kept and the next transfer asks for
+the rest with ``Range: bytes=N-``. The server's answer decides:
+
+- 206 with ``Content-Range: bytes N-...``: the new bytes are appended;
+- 200 (no range support), 416 (the partial file is not shorter than the file) or a
+  206 for another range: the partial file is emptied and the file fetched whole.
+
+The digest covers the bytes already on disk and the new ones; only a file with the
+published hash is renamed into place. A mismatch, a cancel (a progress callback that
+raises) or a download without a hash to check against keeps no partial file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from napari_samtune import __version__
+from napari_samtune.core.checkpoints import write_error
+from napari_samtune.core.registry import parse_hash
+
+ProgressCallback = Callable[[int, "int | None"], None]  # (bytes_done, bytes_total or None)
+CHUNK_SIZE = 1 << 20  # bytes read per step: big enough for speed, small enough for progress
+DEFAULT_TIMEOUT = 60.0  # seconds without data before a download is abandoned
+PARTIAL_SUFFIX = ".part"  # an unfinished download of <name> is kept as .<name><suffix>
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+|\*)")
+
+
+class DownloadError(OSError):
+    """A model file could not be downloaded, or what arrived was not the published file."""
+
+
+class _ProgressCallbackFailed(Exception):
+    """Carries a progress callback's own exception past the network error handlers."""
+
+
+def new_hasher(algorithm: str):
+    """A hashlib-style hasher for "sha256" or "xxh128" (the latter needs ``xxhash``)."""
+    if algorithm == "sha256":
+        return hashlib.sha256()
+    try:
+        import xxhash
+    except ImportError as err:
+        raise ModuleNotFoundError(
+            f"checking a {algorithm} hash needs the 'xxhash' package: pip install xxhash"
+        ) from err
+    return xxhash.xxh3_128()
+
+
+def partial_path(dest: str | Path) -> Path:
+    """Where an unfinished download of ``dest`` is kept: ``.<name>.part`` next to it."""
+    dest = Path(dest)
+    return dest.with_name(f".{dest.name}{PARTIAL_SUFFIX}")
+
+
+def _manual_hint(url: str, dest: Path) -> str:
+    return f"To install it by hand, download {url} in a browser and save it as {dest}"
+
+
+@contextmanager
+def _progress_reporter(
+    progress: ProgressCallback | None, dest: Path, total: int | None
+) -> Iterator[ProgressCallback]:
+    if progress is not None:
+        yield progress
+        return
+    from napari_samtune.core.progress import progress_bar
+
+    desc = f"Downloading {dest.name}"
+    with progress_bar(total, desc, unit="B", unit_scale=True, unit_divisor=1024) as bar:
+        yield lambda done, _total: bar.update(done - bar.n)
+
+
+def _call_progress(report: ProgressCallback, done: int, total: int | None) -> None:
+    try:
+        report(done, total)
+    except Exception as err:
+        raise _ProgressCallbackFailed() from err
+
+
+def _request(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
+    headers = {"User-Agent": f"napari-samtune/{__version__}"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+
+
+def _continues_at(response: http.client.HTTPResponse, offset: int) -> bool:
+    """True when ``response`` is a 206 whose body starts at byte ``offset`` of the file."""
+    match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+    return response.status == 206 and match is not None and int(match[1]) == offset
+
+
+def _open_from(url: str, offset: int, timeout: float) -> tuple[http.client.HTTPResponse, int]:
+    """The response to read and the byte of the file its body starts at (``offset`` or 0)."""
+    if offset:
+        try:
+            response = _request(url, offset, timeout)
+        except urllib.error.HTTPError as err:
+            if err.code != 416:  # 416: the partial file is as long as the file, or longer
+                raise
+            err.close()
+        else:
+            if _continues_at(response, offset):
+                return response, offset
+            if response.status == 200:  # no range support: this is the whole file
+                return response, 0
+            response.close()
+    return _request(url, 0, timeout), 0
+
+
+def _total_size(response: http.client.HTTPResponse, start: int) -> int | None:
+    match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+    if start and match and match[2].isdigit():
+        return int(match[2])
+    length = response.headers.get("Content-Length")
+    return start + int(length) if length and length.isdigit() else None
+
+
+def _hash_on_disk(path: Path, size: int, hasher) -> None:
+    """Feed the first ``size`` bytes of ``path`` to ``hasher``."""
+    with open(path, "rb") as stream:
+        left = size
+        while left and (chunk := stream.read(min(CHUNK_SIZE, left))):
+            hasher.update(chunk)
+            left -= len(chunk)
+
+
+def _stream(
+    response: http.client.HTTPResponse,
+    out: BinaryIO,
+    hasher,
+    start: int,
+    total: int | None,
+    report: ProgressCallback,
+) -> None:
+    done = start
+    _call_progress(report, done, total)
+    while chunk := response.read(CHUNK_SIZE):
+        out.write(chunk)
+        hasher.update(chunk)
+        done += len(chunk)
+        _call_progress(report, done, total)
+    if total is not None and done != total:
+        raise DownloadError(f"the connection closed after {done} of {total} bytes")
+
+
+def _download_into(
+    url: str,
+    out: BinaryIO,
+    resume: bool,
+    algorithm: str,
+    dest: Path,
+    progress: ProgressCallback | None,
+    timeout: float,
+) -> tuple[str, int]:
+    """Fill the partial file ``out`` (open for appending) with the file at ``url``, resuming
+    at its end when ``resume``; returns the hex digest of the whole file and the byte the
+    transfer resumed at (0: from the start)."""
+    offset = os.fstat(out.fileno()).st_size if resume else 0
+    response, start = _open_from(url, offset, timeout)
+    with response:
+        out.truncate(start)  # a restart empties the partial file; appending goes on from here
+        hasher = new_hasher(algorithm)
+        _hash_on_disk(Path(out.name), start, hasher)
+        total = _total_size(response, start)
+        with _progress_reporter(progress, dest, total) as report:
+            _stream(response, out, hasher, start, total, report)
+    return hasher.hexdigest(), start
+
+
+def _open_partial(part: Path, dest: Path) -> BinaryIO:
+    try:
+        part.parent.mkdir(parents=True, exist_ok=True)
+        return open(part, "ab")
+    except OSError as err:
+        raise write_error(dest, err) from err
+
+
+def _failure_reason(err: Exception) -> str:
+    if isinstance(err, urllib.error.HTTPError):
+        return f"the server answered HTTP {err.code} {err.reason}"
+    if isinstance(err, urllib.error.URLError):
+        return f"{err.reason} (are you offline or behind a proxy?)"
+    return str(err) or type(err).__name__
+
+
+def _keep_or_drop(part: Path, keep: bool) -> str:
+    """Keep a non-empty partial file when ``keep``; the clause that says so, else ''."""
+    size = part.stat().st_size if part.is_file() else 0
+    if keep and size:
+        return f"; the {size} bytes received are kept in {part} and the next download resumes there"
+    part.unlink(missing_ok=True)
+    return ""
+
+
+def fetch(
+    url: str,
+    dest: Path,
+    file_hash: str | None,
+    progress: ProgressCallback | None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> None:
+    """Download ``url`` to ``dest`` through its partial file and rename it into place.
+
+    With a ``file_hash`` a partial file left by a cut-off transfer is resumed, and a
+    network failure keeps what arrived; without one every transfer starts from zero and
+    keeps nothing. Raises :class:`DownloadError` for network failures and a hash mismatch
+    (which deletes the partial file); a progress callback's exception propagates as is.
+    """
+    algorithm, expected = parse_hash(file_hash) if file_hash else ("sha256", None)
+    part = partial_path(dest)
+    out = _open_partial(part, dest)  # a folder that cannot be written to fails before any request
+    try:
+        with out:
+            digest, start = _download_into(
+                url, out, file_hash is not None, algorithm, dest, progress, timeout
+            )
+    except _ProgressCallbackFailed as failed:
+        part.unlink(missing_ok=True)
+        raise failed.__cause__ from None
+    except (OSError, http.client.HTTPException) as err:
+        kept = _keep_or_drop(part, file_hash is not None)
+        raise DownloadError(
+            f"could not download {url}: {_failure_reason(err)}{kept}. {_manual_hint(url, dest)}"
+        ) from err
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    if expected is not None and digest != expected:
+        part.unlink(missing_ok=True)
+        resumed = f" (resumed at byte {start} of an earlier download)" if start else ""
+        raise DownloadError(
+            f"the file downloaded from {url}{resumed} has {algorithm} {digest}, but the "
+            f"published hash is {expected}: it is corrupt or was changed on the server, so it "
+            f"was not kept and the next download starts from zero. Try again later; "
+            f"{_manual_hint(url, dest)}"
+        )
+    try:
+        os.replace(part, dest)
+    except OSError as err:
+        raise write_error(dest, err) from err

@@ -1,0 +1,112 @@
+"""A download the network cut short resumes with an HTTP Range request (``server`` fixture:
+a real HTTP server on 127.0.0.1, see conftest.py)."""
+
+import hashlib
+
+import pytest
+
+from napari_samtune.core.download import DownloadError, download_file, is_verified
+from napari_samtune.core.fetch import partial_path
+
+PAYLOAD = bytes(range(251)) * 5000  # 1.26 MB: more than one read chunk; 251 so no period of 2^k
+SHA256 = "sha256:" + hashlib.sha256(PAYLOAD).hexdigest()
+CUT = len(PAYLOAD) * 9 // 10  # the first answer drops at 90%
+
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def _download(server, dest, calls=None):
+    report = (lambda d, t: calls.append((d, t))) if calls is not None else (lambda *a: None)
+    return download_file(server.url("/w.pt"), dest, SHA256, progress=report)
+
+
+def _cut_off_download(server, dest):
+    """A first download that the connection drops at 90%: the partial file stays."""
+    server.files["/w.pt"] = PAYLOAD
+    server.cut_once["/w.pt"] = CUT
+    with pytest.raises(DownloadError, match="could not download") as info:
+        _download(server, dest)
+    part = partial_path(dest)
+    assert part.read_bytes() == PAYLOAD[:CUT] and not dest.exists()
+    assert f"{CUT} bytes received are kept in {part}" in str(info.value)
+    assert "resumes" in str(info.value)
+
+
+def test_a_cut_off_download_resumes_where_it_stopped(server, tmp_path):
+    server.accepts_ranges = True
+    dest = tmp_path / "w.pt"
+    _cut_off_download(server, dest)
+    calls = []
+    _download(server, dest, calls)
+    assert server.range_headers == [None, f"bytes={CUT}-"]
+    assert server.answers[-1] == (206, len(PAYLOAD) - CUT)  # only the rest was sent
+    assert calls[0] == (CUT, len(PAYLOAD)) and calls[-1] == (len(PAYLOAD), len(PAYLOAD))
+    assert dest.read_bytes() == PAYLOAD and is_verified(dest, SHA256)
+    assert _leftovers(tmp_path) == [".w.pt.verified", "w.pt"]  # the partial file was moved
+
+
+def test_a_server_without_range_support_sends_it_all_again(server, tmp_path):
+    dest = tmp_path / "w.pt"
+    _cut_off_download(server, dest)
+    calls = []
+    _download(server, dest, calls)
+    assert server.range_headers == [None, f"bytes={CUT}-"]
+    assert server.answers[-1] == (200, len(PAYLOAD))
+    assert calls[0] == (0, len(PAYLOAD))  # counted from zero, as the file is
+    assert dest.read_bytes() == PAYLOAD  # not the first 90% twice
+    assert _leftovers(tmp_path) == [".w.pt.verified", "w.pt"]
+
+
+def test_a_partial_file_longer_than_the_file_is_started_again(server, tmp_path):
+    server.accepts_ranges = True
+    server.files["/w.pt"] = PAYLOAD
+    dest = tmp_path / "w.pt"
+    partial_path(dest).write_bytes(PAYLOAD + b"left from another file")
+    calls = []
+    _download(server, dest, calls)
+    assert server.range_headers == [f"bytes={len(PAYLOAD) + 22}-", None]
+    assert [status for status, _ in server.answers] == [416, 200]
+    assert calls[0] == (0, len(PAYLOAD))
+    assert dest.read_bytes() == PAYLOAD and not partial_path(dest).exists()
+
+
+def test_a_resumed_file_with_the_wrong_hash_is_deleted_and_said(server, tmp_path):
+    """The bytes on disk count in the hash: a partial file of another file is caught."""
+    server.accepts_ranges = True
+    server.files["/w.pt"] = PAYLOAD
+    dest = tmp_path / "w.pt"
+    partial_path(dest).write_bytes(b"\0" * 1000)
+    with pytest.raises(DownloadError, match="resumed at byte 1000") as info:
+        _download(server, dest)
+    assert "published hash" in str(info.value) and "starts from zero" in str(info.value)
+    assert server.answers == [(206, len(PAYLOAD) - 1000)]
+    assert _leftovers(tmp_path) == []
+    _download(server, dest)  # the next try fetches it whole
+    assert server.range_headers[-1] is None and dest.read_bytes() == PAYLOAD
+
+
+def test_a_download_that_drops_twice_resumes_twice(server, tmp_path):
+    server.accepts_ranges = True
+    dest = tmp_path / "w.pt"
+    _cut_off_download(server, dest)
+    server.cut_once["/w.pt"] = 1000
+    with pytest.raises(DownloadError, match=f"{CUT + 1000} bytes received are kept"):
+        _download(server, dest)
+    _download(server, dest)
+    assert server.range_headers == [None, f"bytes={CUT}-", f"bytes={CUT + 1000}-"]
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_a_cancelled_download_keeps_no_partial_file(server, tmp_path):
+    server.accepts_ranges = True
+    dest = tmp_path / "w.pt"
+    _cut_off_download(server, dest)
+
+    def cancel(done, total):
+        raise InterruptedError("user pressed cancel")
+
+    with pytest.raises(InterruptedError):
+        download_file(server.url("/w.pt"), dest, SHA256, progress=cancel)
+    assert _leftovers(tmp_path) == []
