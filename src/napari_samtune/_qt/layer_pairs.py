@@ -13,6 +13,7 @@ import numpy as np
 from napari.layers import Image, Labels
 
 from napari_samtune.core.data import MAX_CHANNELS, prepare_pair, split_planes
+from napari_samtune.core.label_files import float_labels_problem
 
 
 def layer_pairs(
@@ -43,17 +44,38 @@ def layer_array(layer) -> np.ndarray:
 
 
 def pair_problem(pair: tuple[Image, Labels]) -> str:
-    """The core's complaint about a layer pair, or "". An image with axes the labels lack
-    gets what to do in napari instead: the core's advice, to pass ``channel_axis`` and
-    ``channels``, is for scripts."""
+    """The core's complaint about a layer pair, or "". An image with axes the labels lack,
+    and an Image layer of whole-number floats chosen as labels, get what to do in napari
+    instead: the core's advice (``channel_axis`` and ``channels``; ``.astype``) is for
+    scripts."""
     try:
         for sample in layer_pairs(*pair):
             prepare_pair(sample)
     except (ValueError, TypeError) as err:
         image, labels = pair
         extra = image.data.ndim - (1 if image.rgb else 0) - labels.data.ndim
-        return _extra_axes_problem(image, labels, extra) if extra > 0 else str(err)
+        if extra > 0:
+            return _extra_axes_problem(image, labels, extra)
+        return _image_as_labels_problem(labels) or str(err)
     return ""
+
+
+def _image_as_labels_problem(labels) -> str:
+    """What to do about an Image layer of floats that are whole numbers (a mask file opened
+    by drag and drop) chosen as labels: napari's Convert to Labels keeps those ids. "" for
+    other layers, and for floats with fractions or NaN, which that would truncate (the
+    core's message says what they look like)."""
+    data = layer_array(labels)
+    if isinstance(labels, Labels) or not np.issubdtype(data.dtype, np.floating):
+        return ""
+    if float_labels_problem(data):
+        return ""
+    return (
+        f"{labels.name!r} is an Image layer of {data.dtype.name} values; training needs a "
+        "Labels layer of integer instance ids (0 = background, one id per object): "
+        f"right-click {labels.name!r} in the layer list and choose Convert to Labels, then "
+        "choose the new Labels layer here"
+    )
 
 
 def _extra_axes_problem(image: Image, labels, extra: int) -> str:
