@@ -51,8 +51,8 @@ class TrainProgressMixin:
             )
         if event.left_out:
             show_info(event.left_out_message())
-        if event.val_repeats:
-            show_warning(event.val_repeats_message())
+        for warning in event.data_warnings():
+            show_warning(warning)
         for note in event.notes:
             show_warning(note)
         self.training_started.emit(event)

@@ -396,8 +396,8 @@ def _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose, st
                 )
                 if event.left_out:
                     print(event.left_out_message())
-                if event.val_repeats:
-                    print(f"warning: {event.val_repeats_message()}")
+                for warning in event.data_warnings():
+                    print(f"warning: {warning}")
                 for note in event.notes:
                     print(f"warning: {note}")
         finished = event

@@ -27,6 +27,7 @@ class TrainingStarted:
     world_size: int  # processes training together
     left_out: tuple[str, ...] = ()  # names of the pairs left out for having no object
     val_repeats: tuple[str, ...] = ()  # validation pairs equal to a training pair
+    val_same_images: tuple[str, ...] = ()  # validation pairs of a training image, other labels
     notes: tuple[str, ...] = ()  # what else the person training should know (shown as warnings)
 
     def left_out_message(self) -> str:
@@ -47,6 +48,25 @@ class TrainingStarted:
             "the best epoch by that: validate on other images, or give no validation data "
             "for a held-out split"
         )
+
+    def val_same_images_message(self) -> str:
+        """The warning that validation images are training images (with other labels), with
+        the fix; "" if none is."""
+        if not self.val_same_images:
+            return ""
+        return (
+            f"{len(self.val_same_images)} of {self.n_val} validation pair(s) use the same image "
+            f"as a training pair, with other labels: {describe_names(self.val_same_images)}; "
+            "the same image is used for training and validation, so their scores overstate "
+            "how the model segments new images: validate on other images, or give no "
+            "validation data for a held-out split"
+        )
+
+    def data_warnings(self) -> list[str]:
+        """The warnings about the validation data (:meth:`val_repeats_message`,
+        :meth:`val_same_images_message`) that apply, for a front end to show."""
+        messages = (self.val_repeats_message(), self.val_same_images_message())
+        return [message for message in messages if message]
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ from napari_samtune.core.train_step import (
     with_first_prompts,
 )
 from napari_samtune.core.trainer_files import TrainerFilesMixin
-from napari_samtune.core.validation_split import repeated_pairs, split_validation
+from napari_samtune.core.validation_split import repeated_pairs, same_images, split_validation
 
 TrainData = Sequence[ImageLabelPair | tuple[np.ndarray, np.ndarray]]
 
@@ -112,13 +112,15 @@ class Trainer(TrainerFilesMixin):
 
     def _prepare_data(self, config: TrainConfig, train_data: TrainData, val_data: TrainData | None):
         """Training and validation images; pairs without objects go to ``self.left_out``,
-        the names of validation pairs that repeat a training pair to ``self.val_repeats``."""
+        the names of validation pairs that repeat a training pair to ``self.val_repeats``, of
+        those with a training image's pixels but other labels to ``self.val_same_images``."""
         train_images, self.left_out = _prepare(train_data, "training")
-        self.val_repeats = ()
+        self.val_repeats = self.val_same_images = ()
         if val_data is not None and len(val_data):
             val_images, left_out = _prepare(val_data, "validation")
             self.left_out += left_out
             self.val_repeats = repeated_pairs(val_images, train_images)
+            self.val_same_images = same_images(val_images, train_images)
             return train_images, val_images
         return split_validation(train_images, config.val_fraction, config.seed)
 
@@ -243,6 +245,7 @@ class Trainer(TrainerFilesMixin):
             world_size=self.dist.world_size,
             left_out=self.left_out,
             val_repeats=self.val_repeats,
+            val_same_images=self.val_same_images,
             notes=tuple(self.notes),
         )
 

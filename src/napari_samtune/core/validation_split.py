@@ -19,6 +19,20 @@ def repeated_pairs(images: Sequence[PreparedImage], seen: Sequence[PreparedImage
     return tuple(image.name for image in images if _fingerprints(image) in known)
 
 
+def same_images(images: Sequence[PreparedImage], seen: Sequence[PreparedImage]) -> tuple:
+    """Names of ``images`` whose pixels equal those of an image in ``seen`` while their labels
+    differ from that image's (re-annotated, or annotated by someone else): the model trains on
+    those pixels, so validating on them is leakage too. Pairs that repeat labels as well are
+    :func:`repeated_pairs`."""
+    pixels = {image_fingerprint(image.rgb) for image in seen}
+    pairs = {_fingerprints(image) for image in seen}
+    return tuple(
+        image.name
+        for image in images
+        if image_fingerprint(image.rgb) in pixels and _fingerprints(image) not in pairs
+    )
+
+
 def _fingerprints(image: PreparedImage) -> tuple[str, str]:
     return image_fingerprint(image.rgb), image_fingerprint(image.labels)
 
