@@ -38,6 +38,7 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from napari_samtune._qt.model_picker import ModelPickerWidget
+from napari_samtune._qt.preset_text import PART_LABELS, describe_preset
 from napari_samtune._qt.train_data import error_label, show_problem
 from napari_samtune._qt.workers import TaskRunner, user_message
 from napari_samtune.core.architectures import SamArchitecture
@@ -56,8 +57,6 @@ from napari_samtune.core.presets import (
 from napari_samtune.core.registry import user_models_dir
 
 READ_TASK = "reading model file"
-PART_LABELS = {"image_encoder": "image encoder", "prompt_encoder": "prompt encoder",
-               "mask_decoder": "mask decoder"}  # fmt: skip
 
 
 def default_output_folder() -> Path:
@@ -78,25 +77,6 @@ def _row(*widgets: QWidget) -> QHBoxLayout:
     for widget in widgets:
         row.addWidget(widget)
     return row
-
-
-def describe_preset(preset: ResourcePreset, model: str, arch: SamArchitecture, device: str) -> str:
-    """One line: what ``preset`` does with ``model`` on ``device``, the device chosen for
-    training. The preset's memory figure was measured on its own device, so on another
-    one the line says where it holds instead of promising it."""
-    setting = preset.setting_for(arch)
-    frozen = [PART_LABELS[p] for p in setting.freeze]
-    trains = f"{', '.join(frozen)} frozen" if frozen else "all parts trained"
-    batch = f", {setting.batch_size} patches per step" if setting.batch_size > 1 else ""
-    memory = f"{preset.memory_gb:g} GB {'GPU memory' if preset.device == 'cuda' else 'RAM'}"
-    if device == preset.device:
-        expected = f"expected memory up to {memory}"
-    else:
-        expected = f"settings measured on {preset.device} (up to {memory}), not on {device}"
-    return (
-        f"{model} ({arch.name}) on {device}: {trains}, {setting.n_objects_per_batch} "
-        f"objects per batch{batch}; {expected}"
-    )
 
 
 class TrainSettingsWidget(QWidget):
