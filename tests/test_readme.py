@@ -8,6 +8,7 @@ from pathlib import Path
 import tifffile
 import torch
 
+from napari_samtune.core.devices import resolve_device
 from napari_samtune.core.synthetic import make_dataset
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -31,6 +32,7 @@ def test_the_python_examples_run(tmp_path, monkeypatch):
     exec(compile(segment, "README segment example", "exec"), namespace)
     assert namespace["mask"].shape == (192, 192) and namespace["mask"].dtype == bool
     assert namespace["labels"].shape == (192, 192)
+    assert namespace["segmenter"].model.device.type == resolve_device("auto").type  # a GPU if any
 
     assert "epochs=20" in training
     shortened = training.replace("epochs=20", "epochs=1, min_samples_per_epoch=4")

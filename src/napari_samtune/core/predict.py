@@ -57,7 +57,9 @@ class Segmenter(ViewPredictor):
             Its weights must not change while this Segmenter is used.
         model_id: a stable id of the weights, part of the embedding cache key;
             None computes a content hash of the state dict once.
-        device: "cpu", "cuda", a ``torch.device`` or "auto".
+        device: "cpu", "cuda", a ``torch.device`` or "auto" (CUDA when available, else
+            Apple's MPS, else the CPU); None (default): the device ``model`` is on, e.g. the
+            one ``load_model(..., device=...)`` put it on (it used to be moved to the CPU).
         cache_dir: embedding cache folder; default ``registry.cache_dir() / "embeddings"``.
         tiling: tile overlap for images larger than the model input (default 1/4 tile).
         use_disk_cache: False keeps embeddings in memory only.

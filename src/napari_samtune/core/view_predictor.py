@@ -53,7 +53,7 @@ class ViewPredictor:
         self,
         model: Sam,
         model_id: str | None = None,
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = None,
         cache_dir: str | os.PathLike | None = None,
         tiling: TilingConfig | None = None,
         use_disk_cache: bool = True,
@@ -64,7 +64,8 @@ class ViewPredictor:
                 f"model is a {type(model).__name__!r}; expected a segment_anything Sam model "
                 "(load one with napari_samtune.core.models.load_model(name).sam)"
             )
-        self.model = use_fast_paths(model.to(resolve_device(device)).eval())
+        target = model.device if device is None else resolve_device(device)
+        self.model = use_fast_paths(model.to(target).eval())
         self.compute_dtype = autocast_dtype(self.model.device, precision)
         if self.model.device.type == "cpu":
             tune_cpu_allocator()
