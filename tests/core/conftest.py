@@ -63,8 +63,8 @@ class _Server:
                 self.end_headers()
                 sent = rest[: len(rest) // 2] if self.path in server.short else rest
                 sent = sent[: server.cut_once.pop(self.path, len(sent))]
+                server.answers.append((status, len(sent)))  # before the client can go on
                 self.wfile.write(sent)
-                server.answers.append((status, len(sent)))
 
             def log_message(self, *args):
                 pass
