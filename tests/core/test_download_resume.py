@@ -110,3 +110,20 @@ def test_a_cancelled_download_keeps_no_partial_file(server, tmp_path):
     with pytest.raises(InterruptedError):
         download_file(server.url("/w.pt"), dest, SHA256, progress=cancel)
     assert _leftovers(tmp_path) == []
+
+
+def test_a_download_while_another_holds_the_partial_file_does_not_touch_it(server, tmp_path):
+    """Two downloads appending to one partial file would make a file of neither: the second
+    goes to a temporary file of its own."""
+    fcntl = pytest.importorskip("fcntl")  # Windows has no such locks
+    server.accepts_ranges = True
+    server.files["/w.pt"] = PAYLOAD
+    dest = tmp_path / "w.pt"
+    part = partial_path(dest)
+    part.write_bytes(PAYLOAD[:1000])
+    with open(part, "ab") as other:  # another download, still going
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _download(server, dest)
+        assert part.read_bytes() == PAYLOAD[:1000]  # neither appended to nor moved
+    assert server.range_headers == [None] and dest.read_bytes() == PAYLOAD
+    assert _leftovers(tmp_path) == [".w.pt.part", ".w.pt.verified", "w.pt"]

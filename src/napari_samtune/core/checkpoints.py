@@ -257,11 +257,11 @@ def _locked(path: Path, out: Path) -> Iterator[None]:
     while True:
         lock = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (closed below)
         try:
-            held = _try_lock(fcntl, lock)
+            held = try_lock(fcntl, lock)
         except BaseException:
             lock.close()
             raise
-        if held is None or _same_file(lock, path):  # else a run ending removed it: again
+        if held is None or same_file(lock, path):  # else a run ending removed it: again
             break
         lock.close()
     with lock:
@@ -285,7 +285,7 @@ def _locked(path: Path, out: Path) -> Iterator[None]:
             path.unlink(missing_ok=True)
 
 
-def _try_lock(fcntl, lock) -> bool | None:
+def try_lock(fcntl, lock) -> bool | None:
     """True: locked; False: another process holds it; None: no locks on this file system."""
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -294,7 +294,7 @@ def _try_lock(fcntl, lock) -> bool | None:
     return True
 
 
-def _same_file(lock, path: Path) -> bool:
+def same_file(lock, path: Path) -> bool:
     """``lock`` (an open file) is still the file at ``path``."""
     try:
         opened, named = os.fstat(lock.fileno()), os.stat(path)

@@ -10,8 +10,11 @@ the rest with ``Range: bytes=N-``. The server's answer decides:
   206 for another range: the partial file is emptied and the file fetched whole.
 
 The digest covers the bytes already on disk and the new ones; only a file with the
-published hash is renamed into place. A mismatch, a cancel (a progress callback that
-raises) or a download without a hash to check against keeps no partial file.
+published hash is renamed into place. A download holds a lock on the partial file until
+then: another download of the same file meanwhile (another process or thread) goes to a
+private temporary file, as all downloads did before they could resume. A mismatch, a
+cancel (a progress callback that raises) or a download without a hash to check against
+keeps no partial file.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import hashlib
 import http.client
 import os
 import re
+import secrets
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -28,7 +32,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from napari_samtune import __version__
-from napari_samtune.core.checkpoints import write_error
+from napari_samtune.core.checkpoints import same_file, try_lock, write_error
 from napari_samtune.core.registry import parse_hash
 
 ProgressCallback = Callable[[int, "int | None"], None]  # (bytes_done, bytes_total or None)
@@ -162,7 +166,7 @@ def _download_into(
     url: str,
     out: BinaryIO,
     resume: bool,
-    algorithm: str,
+    file_hash: str | None,
     dest: Path,
     progress: ProgressCallback | None,
     timeout: float,
@@ -174,7 +178,7 @@ def _download_into(
     response, start = _open_from(url, offset, timeout)
     with response:
         out.truncate(start)  # a restart empties the partial file; appending goes on from here
-        hasher = new_hasher(algorithm)
+        hasher = new_hasher(parse_hash(file_hash)[0] if file_hash else "sha256")
         _hash_on_disk(Path(out.name), start, hasher)
         total = _total_size(response, start)
         with _progress_reporter(progress, dest, total) as report:
@@ -182,12 +186,35 @@ def _download_into(
     return hasher.hexdigest(), start
 
 
-def _open_partial(part: Path, dest: Path) -> BinaryIO:
+def _open_new(path: Path, dest: Path, mode: str) -> BinaryIO:
     try:
-        part.parent.mkdir(parents=True, exist_ok=True)
-        return open(part, "ab")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, mode)
     except OSError as err:
         raise write_error(dest, err) from err
+
+
+def _claim_partial(dest: Path) -> tuple[BinaryIO, Path, bool]:
+    """The partial file of ``dest`` open for appending and locked by this process, its path,
+    and True; while another process (or thread) downloads into it, a private temporary file
+    next to it and False (nothing to resume from or keep). The lock, freed on closing, keeps
+    two downloads from appending to one file; where the system has no locks (Windows, some
+    network file systems) they are not kept apart."""
+    part = partial_path(dest)
+    try:
+        import fcntl
+    except ImportError:
+        return _open_new(part, dest, "ab"), part, True
+    while True:
+        out = _open_new(part, dest, "ab")
+        held = try_lock(fcntl, out)
+        if held is None or (held and same_file(out, part)):
+            return out, part, True
+        out.close()
+        if held is False:
+            private = part.with_name(f"{part.name}-{secrets.token_hex(4)}")
+            return _open_new(private, dest, "xb"), private, False
+        # else the download holding it just put it in place: open the new partial file
 
 
 def _failure_reason(err: Exception) -> str:
@@ -207,6 +234,39 @@ def _keep_or_drop(part: Path, keep: bool) -> str:
     return ""
 
 
+class _NotPlaced(Exception):
+    """Carries the error that kept a complete download out of place (a hash mismatch, a
+    failed rename) past the network error handlers; ``error`` is raised."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@contextmanager
+def _download_errors(url: str, dest: Path, part: Path, keep: bool) -> Iterator[None]:
+    """Raise what went wrong inside as the caller should see it; ``part`` (closed by then,
+    which Windows needs to delete it) is kept after a network failure when ``keep`` and
+    holds bytes, else deleted."""
+    try:
+        yield
+    except _ProgressCallbackFailed as failed:
+        part.unlink(missing_ok=True)
+        raise failed.__cause__ from None
+    except _NotPlaced as failed:
+        part.unlink(missing_ok=True)
+        raise failed.error from failed.error.__cause__
+    except (OSError, http.client.HTTPException) as err:
+        kept = _keep_or_drop(part, keep)
+        reason = _failure_reason(err)
+        raise DownloadError(
+            f"could not download {url}: {reason}{kept}. {_manual_hint(url, dest)}"
+        ) from err
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+
+
 def fetch(
     url: str,
     dest: Path,
@@ -221,35 +281,42 @@ def fetch(
     keeps nothing. Raises :class:`DownloadError` for network failures and a hash mismatch
     (which deletes the partial file); a progress callback's exception propagates as is.
     """
-    algorithm, expected = parse_hash(file_hash) if file_hash else ("sha256", None)
-    part = partial_path(dest)
-    out = _open_partial(part, dest)  # a folder that cannot be written to fails before any request
-    try:
-        with out:
-            digest, start = _download_into(
-                url, out, file_hash is not None, algorithm, dest, progress, timeout
-            )
-    except _ProgressCallbackFailed as failed:
-        part.unlink(missing_ok=True)
-        raise failed.__cause__ from None
-    except (OSError, http.client.HTTPException) as err:
-        kept = _keep_or_drop(part, file_hash is not None)
-        raise DownloadError(
-            f"could not download {url}: {_failure_reason(err)}{kept}. {_manual_hint(url, dest)}"
-        ) from err
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    if expected is not None and digest != expected:
-        part.unlink(missing_ok=True)
-        resumed = f" (resumed at byte {start} of an earlier download)" if start else ""
-        raise DownloadError(
-            f"the file downloaded from {url}{resumed} has {algorithm} {digest}, but the "
-            f"published hash is {expected}: it is corrupt or was changed on the server, so it "
-            f"was not kept and the next download starts from zero. Try again later; "
-            f"{_manual_hint(url, dest)}"
-        )
+    out, part, shared = _claim_partial(dest)  # an unwritable folder fails before any request
+    resume = shared and file_hash is not None
+    with _download_errors(url, dest, part, resume), out:  # the file closes first
+        digest, start = _download_into(url, out, resume, file_hash, dest, progress, timeout)
+        out.flush()
+        _check_digest(digest, file_hash, url, dest, start)
+        if os.name != "nt":  # renamed while locked, so no other download takes it meanwhile
+            _move_into_place(part, dest)
+    if os.name == "nt":  # Windows renames no open file (and has no locks here)
+        with _download_errors(url, dest, part, resume):
+            _move_into_place(part, dest)
+
+
+def _move_into_place(part: Path, dest: Path) -> None:
     try:
         os.replace(part, dest)
     except OSError as err:
-        raise write_error(dest, err) from err
+        error = write_error(dest, err)
+        error.__cause__ = err
+        raise _NotPlaced(error) from None
+
+
+def _check_digest(digest: str, file_hash: str | None, url: str, dest: Path, start: int) -> None:
+    """Raise (as :class:`_NotPlaced`) a :class:`DownloadError` when ``digest`` is not
+    ``file_hash``'s."""
+    if file_hash is None:
+        return
+    algorithm, expected = parse_hash(file_hash)
+    if digest == expected:
+        return
+    resumed = f" (resumed at byte {start} of an earlier download)" if start else ""
+    raise _NotPlaced(
+        DownloadError(
+            f"the file downloaded from {url}{resumed} has {algorithm} {digest}, but the "
+            f"published hash is {expected}: it is corrupt or was changed on the server, so "
+            f"it was not kept and the next download starts from zero. Try again later; "
+            f"{_manual_hint(url, dest)}"
+        )
+    )
