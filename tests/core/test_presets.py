@@ -89,6 +89,24 @@ def test_auto_detection_explains_fallbacks():
     assert preset.key == "cpu-16gb" and "8 cores" in reason
 
 
+def test_auto_detection_shares_the_ram_of_processes_training_on_the_cpu(monkeypatch):
+    """Under torchrun every process chose the preset for the whole RAM: 2 processes on
+    24 GB each took cpu-16gb's memory, 32 GB in all."""
+    from napari_samtune.core import presets
+
+    preset, reason = detect_preset(None, 23.5, n_cores=16, n_processes=2)
+    assert preset.key == "cpu-8gb"
+    assert "shared by 2 training processes (11.8 GB each)" in reason
+    preset, _ = detect_preset(79.2, 23.5, n_cores=16, n_processes=2)  # a GPU each
+    assert preset.key == "a100"
+    machine = presets.MachineResources(None, 23.5, 16, None)
+    monkeypatch.setattr(presets, "measure_machine", lambda: machine)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # set by torchrun --nproc-per-node 2
+    assert presets.resolve_preset("auto")[0].key == "cpu-8gb"
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert presets.resolve_preset("auto")[0].key == "cpu-16gb"
+
+
 def test_measure_machine_reports_this_machine():
     found = measure_machine()
     assert found.ram_gb > 0.5 and found.n_cores >= 1

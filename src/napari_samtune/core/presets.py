@@ -165,7 +165,7 @@ def measure_machine() -> MachineResources:
 
 
 def detect_preset(
-    gpu_memory_gb: float | None, ram_gb: float, n_cores: int
+    gpu_memory_gb: float | None, ram_gb: float, n_cores: int, n_processes: int = 1
 ) -> tuple[ResourcePreset, str]:
     """Choose the largest preset that fits the measured resources, and say why.
 
@@ -173,6 +173,8 @@ def detect_preset(
         gpu_memory_gb: GPU memory in GiB, or None when there is no usable GPU.
         ram_gb: physical memory in GiB.
         n_cores: number of CPU cores.
+        n_processes: training processes on this machine (``torchrun --nproc-per-node``):
+            each has a GPU of its own, but on the CPU they share the RAM and cores.
 
     Returns:
         ``(preset, reason)``; a GPU preset whenever the GPU has at least the
@@ -194,9 +196,13 @@ def detect_preset(
         )
     else:
         gpu_note = "no CUDA GPU found; "
+    reason = f"{gpu_note}CPU with {ram_gb:.1f} GB RAM and {n_cores} cores"
+    if n_processes > 1:
+        ram_gb, n_cores = ram_gb / n_processes, max(1, n_cores // n_processes)
+        reason += f" shared by {n_processes} training processes ({ram_gb:.1f} GB each)"
     fitting = [p for p in cpu_presets if p.memory_gb * MEMORY_TOLERANCE <= ram_gb]
     chosen = fitting[-1] if fitting else cpu_presets[0]
-    reason = f"{gpu_note}CPU with {ram_gb:.1f} GB RAM and {n_cores} cores: {chosen.name}"
+    reason += f": {chosen.name}"
     if not fitting:
         reason += (
             " (the smallest preset; this machine has less RAM, training may run out of memory)"
@@ -266,11 +272,21 @@ class TrainConfig:
 
 def resolve_preset(key: str) -> tuple[ResourcePreset, str]:
     """The preset named ``key``, or for "auto" the one :func:`detect_preset` picks on this
-    machine; with a line saying why."""
+    machine for each of its training processes (``torchrun``'s ``LOCAL_WORLD_SIZE``); with
+    a line saying why."""
     if key.lower() != "auto":
         return get_preset(key), f"chosen as {key!r}"
     found = measure_machine()
-    return detect_preset(found.gpu_memory_gb, found.ram_gb, found.n_cores)
+    n_processes = _processes_on_this_machine()
+    return detect_preset(found.gpu_memory_gb, found.ram_gb, found.n_cores, n_processes)
+
+
+def _processes_on_this_machine() -> int:
+    """How many training processes ``torchrun`` started on this machine (1 without it)."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def config_from_preset(
