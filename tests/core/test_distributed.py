@@ -37,7 +37,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, config: TrainConfig, data, out_dir, results):
+def _join(rank: int, world_size: int, port: int) -> None:
+    """The environment torchrun gives worker ``rank``."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -46,6 +47,10 @@ def _worker(rank: int, world_size: int, port: int, config: TrainConfig, data, ou
         WORLD_SIZE=str(world_size),
     )
     torch.set_num_threads(1)
+
+
+def _worker(rank: int, world_size: int, port: int, config: TrainConfig, data, out_dir, results):
+    _join(rank, world_size, port)
     from napari_samtune.core.train import Trainer
 
     trainer = Trainer(config, data[0], data[1], out_dir, None, None, None)
@@ -91,6 +96,48 @@ def test_two_gloo_processes_train_with_synchronised_gradients(tmp_path):
     assert first["val"] == second["val"]  # metrics reduced over ranks
     assert first["exported"] is not None and second["exported"] is None  # only rank 0 writes
     assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+def _failing_worker(rank: int, port: int, config: TrainConfig, data, out_dir, results):
+    """Rank 1 fails on its third training sample (bad data only it sees) and exits."""
+    _join(rank, 2, port)
+    from napari_samtune.core import trainer
+    from napari_samtune.core.train import iter_train
+
+    if rank == 1:
+        real, calls = trainer.Trainer._training_input, []
+
+        def bad_third(self, index, epoch):
+            calls.append(index)
+            if len(calls) == 3:
+                raise ValueError("a label image rank 1 cannot read")
+            return real(self, index, epoch)
+
+        trainer.Trainer._training_input = bad_third
+    try:
+        list(iter_train(config, data[0], data[1], out_dir))
+    except Exception as err:  # recorded for the test; the process then exits
+        (results / f"rank{rank}.txt").write_text(f"{type(err).__name__}: {err}")
+
+
+def test_a_process_failing_alone_makes_the_others_stop_saying_why(tmp_path):
+    """Rank 0 died of gloo's "Connection closed by peer" traceback, naming no cause."""
+    config = TrainConfig(
+        model="random:tiny",
+        epochs=2,
+        n_objects_per_batch=1,
+        min_samples_per_epoch=8,
+        n_iterative_prompts=0,
+        mixed_precision="no",
+    )
+    data = make_dataset(2, shape=(64, 64), seed=0), make_dataset(1, shape=(64, 64), seed=9)
+    args = (_free_port(), config, data, tmp_path / "run", tmp_path)
+    mp.spawn(_failing_worker, args=args, nprocs=2, join=True)
+    assert (tmp_path / "rank1.txt").read_text() == "ValueError: a label image rank 1 cannot read"
+    said = (tmp_path / "rank0.txt").read_text()
+    assert said.startswith("PeerLostError: training process 0 of 2 lost contact with the ")
+    assert "another process of this run failed or was stopped" in said
+    assert "by peer" in said and "pair.cc" not in said  # gloo's words, not its source file
 
 
 if not torch.distributed.is_available():  # pragma: no cover - builds without distributed

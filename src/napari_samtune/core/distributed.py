@@ -7,18 +7,38 @@ the same epoch order, then takes its own samples from it (:func:`shard`, like
 ``DistributedSampler`` but with a fixed sample-to-rank assignment);
 DistributedDataParallel averages gradients; metrics are summed over ranks
 (:func:`all_reduce_sum`); only rank 0 writes files. Without those variables
-(or with ``WORLD_SIZE=1``) everything here is a no-op.
+(or with ``WORLD_SIZE=1``) everything here is a no-op. When one process fails, the
+others' next exchange with it fails: :func:`peer_failures_explained` says so as a
+:class:`PeerLostError` rather than a backend's traceback.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from napari_samtune.core.checkpoints import first_line
+
+# How torch.distributed's backends word an exchange with a process that is gone.
+PEER_LOST_SIGNS = (
+    "Connection closed by peer",  # gloo: the other process exited
+    "Connection reset by peer",
+    "remote worker",  # gloo's hint: "typically caused by a remote worker crashing"
+    "remote process exited",  # NCCL
+)
+
+
+class PeerLostError(ConnectionError):
+    """Another process of a distributed run failed or was stopped, so this one cannot go
+    on; that process's own error says why."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +139,34 @@ def wrap_module(module: nn.Module, ctx: DistributedContext, device: torch.device
     return nn.parallel.DistributedDataParallel(
         module, device_ids=device_ids, find_unused_parameters=True
     )
+
+
+@contextmanager
+def peer_failures_explained() -> Iterator[None]:
+    """Raise a backend's error of an exchange with a process that is gone (another rank
+    failed: bad data, a full disk, out of memory) as a :class:`PeerLostError` that says
+    so, instead of gloo's "Connection closed by peer" traceback; other errors pass."""
+    try:
+        yield
+    except RuntimeError as err:
+        lost = isinstance(err, getattr(dist, "DistNetworkError", ())) or any(
+            sign in str(err) for sign in PEER_LOST_SIGNS
+        )
+        if not lost:
+            raise
+        # from the environment: the process group may be gone by now (shut down)
+        rank, world_size = os.environ.get("RANK", "?"), os.environ.get("WORLD_SIZE", "?")
+        raise PeerLostError(
+            f"training process {rank} of {world_size} lost contact with the others: "
+            "another process of this run failed or was stopped, and this "
+            "one stops too; the first error reported by the other processes says why "
+            f"(torch.distributed: {_backend_words(err)})"
+        ) from err
+
+
+def _backend_words(err: RuntimeError) -> str:
+    """The first line of a backend's error, without gloo's "[.../pair.cc:561] " source tag."""
+    return first_line(re.sub(r"^\[[^\]]*\]\s*", "", str(err)))
 
 
 def barrier(ctx: DistributedContext) -> None:

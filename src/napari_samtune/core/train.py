@@ -71,11 +71,14 @@ def iter_train(
         model_name: user-model name to register the result under; default: the
             name of ``out_dir`` (made unique).
     """
-    trainer = Trainer(config, train_data, val_data, out_dir, stop_event, resume_from, model_name)
-    try:
-        yield from trainer.run()
-    finally:
-        ddp.shutdown(trainer.dist)
+    with ddp.peer_failures_explained():  # under torchrun: another process failed
+        trainer = Trainer(
+            config, train_data, val_data, out_dir, stop_event, resume_from, model_name
+        )
+        try:
+            yield from trainer.run()
+        finally:
+            ddp.shutdown(trainer.dist)
 
 
 def train(
