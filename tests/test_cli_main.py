@@ -172,3 +172,20 @@ def test_under_torchrun_the_first_worker_reports_for_all(
     monkeypatch.setattr(export, "run", interrupted)  # Ctrl+C reaches every worker at once
     assert cli.main(["export", "last.pt", "-o", "m.pth"]) == 130
     assert ("interrupted; checkpoints are in run/" in capsys.readouterr().err) == first
+
+
+def test_under_torchrun_only_train_runs(monkeypatch, capsys, tmp_path):
+    """`torchrun ... samtune demo` ran the whole demo in every process: each printed every
+    line, and the second failed ("demo stopped: ... no model was exported")."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert cli.main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 2
+    assert capsys.readouterr().err == (
+        "samtune demo: error: samtune demo runs in one process, but torchrun started 2 "
+        "(WORLD_SIZE=2): run 'samtune demo' without torchrun; only 'samtune train' trains "
+        "in several processes\n"
+    )
+    assert not (tmp_path / "demo").exists()
+    argv = ["train", "--images", "a.tif", "--labels", "b.tif", "--out", str(tmp_path / "r")]
+    assert cli.main(argv) == 2  # train goes on, to its own first check
+    assert "--model is required" in capsys.readouterr().err

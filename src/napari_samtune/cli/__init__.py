@@ -241,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _interrupted(_command_in(sys.argv[1:] if argv is None else argv))
     try:
+        _check_single_process(args.command)
         return int(args.func(args) or 0)
     except (ValueError, TypeError, OSError) as err:
         # User errors carry messages that name the problem and the fix: no traceback.
@@ -248,6 +249,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as err:
         return _interrupted(args.command, str(err), terminated=isinstance(err, Terminated))
+
+
+def _check_single_process(command: str) -> None:
+    """Only ``samtune train`` shares its work among ``torchrun``'s processes; any other
+    command ran once in each, each printing and writing the same (the demo failed)."""
+    world_size = os.environ.get("WORLD_SIZE", "1")
+    if command == "train" or not world_size.isdigit() or int(world_size) <= 1:
+        return
+    raise ValueError(
+        f"samtune {command} runs in one process, but torchrun started {world_size} "
+        f"(WORLD_SIZE={world_size}): run 'samtune {command}' without torchrun; only "
+        "'samtune train' trains in several processes"
+    )
 
 
 # How long a torchrun worker other than the first waits before it reports an error.
