@@ -245,6 +245,19 @@ def test_train_from_python_can_show_progress(tmp_path, data, capsys):
     assert shown.epochs_done == finished.epochs_done == 2
 
 
+def test_train_from_python_shows_progress_in_the_first_torchrun_process_only(
+    tmp_path, data, capsys, monkeypatch
+):
+    """A script calling train(progress=True) under torchrun printed every bar and epoch
+    line once per process."""
+    monkeypatch.setenv("RANK", "1")  # as torchrun sets it in its second process
+    train(_config(epochs=1), *data, out_dir=tmp_path / "second", progress=True)
+    assert capsys.readouterr() == ("", "")
+    monkeypatch.setenv("RANK", "0")
+    train(_config(epochs=1), *data, out_dir=tmp_path / "first", progress=True)
+    assert "epoch 1/1: train_loss=" in capsys.readouterr().out
+
+
 def test_resuming_with_another_model_setup_is_refused(tmp_path, data):
     first = train(_config(epochs=1, min_samples_per_epoch=1), *data, out_dir=tmp_path / "a")
     with pytest.raises(ValueError, match="lora_rank: 0 -> 4"):

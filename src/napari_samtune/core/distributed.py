@@ -85,6 +85,13 @@ def context_from_env(device_type: str) -> DistributedContext:
     )
 
 
+def is_main_process() -> bool:
+    """Whether this process is the first of a ``torchrun`` job (env ``RANK``, else
+    ``LOCAL_RANK``, is 0) or runs alone; known before the process group is joined."""
+    rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
+    return not rank.isdigit() or int(rank) == 0
+
+
 def device_for(ctx: DistributedContext, device: torch.device) -> torch.device:
     """The device of this rank: ``cuda:LOCAL_RANK`` for GPU runs, else ``device``."""
     if ctx.enabled and device.type == "cuda":

@@ -93,11 +93,12 @@ def train(
 ) -> TrainingFinished:
     """Run :func:`iter_train` to the end (same arguments); returns its last event.
 
-    ``progress``: show a bar per epoch and a line of metrics after each (stderr / stdout).
+    ``progress``: show a bar per epoch and a line of metrics after each (stderr / stdout);
+    under ``torchrun``, in the first process only (the others train alike).
     """
     finished = None
     events = iter_train(config, train_data, val_data, out_dir, stop_event, resume_from, model_name)
-    if progress:
+    if progress and ddp.is_main_process():
         events = with_progress(events, config.epochs)
     for event in events:
         finished = event
