@@ -31,6 +31,25 @@ def test_shards_are_equal_sized_and_cover_everything():
     assert ddp.all_reduce_sum([1.0, 2.0], single, torch.device("cpu")).tolist() == [1.0, 2.0]
 
 
+def test_more_processes_than_gpus_is_refused_on_every_rank(monkeypatch):
+    """`torchrun --nproc-per-node 2` on a machine with one GPU: the second process failed
+    with CUDA's "invalid device ordinal", and the first waited for it."""
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    cuda = torch.device("cuda")
+    for rank in (0, 1):
+        with pytest.raises(ValueError, match=r"started 2 training processes .* has 1 CUDA"):
+            ddp.device_for(ddp.DistributedContext(rank, 2, rank), cuda)
+    assert chosen == []
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # two machines, one process each
+    assert ddp.device_for(ddp.DistributedContext(1, 2, 0), cuda) == torch.device("cuda", 0)
+    assert chosen == [0]
+    cpu = torch.device("cpu")
+    assert ddp.device_for(ddp.DistributedContext(1, 2, 1), cpu) == cpu  # gloo on the CPU
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

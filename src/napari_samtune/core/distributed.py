@@ -93,11 +93,27 @@ def is_main_process() -> bool:
 
 
 def device_for(ctx: DistributedContext, device: torch.device) -> torch.device:
-    """The device of this rank: ``cuda:LOCAL_RANK`` for GPU runs, else ``device``."""
+    """The device of this rank: ``cuda:LOCAL_RANK`` for GPU runs, else ``device``.
+    ``ValueError`` when this machine has fewer GPUs than torchrun started processes."""
     if ctx.enabled and device.type == "cuda":
+        _check_a_gpu_each(ctx)
         torch.cuda.set_device(ctx.local_rank)
         return torch.device("cuda", ctx.local_rank)
     return device
+
+
+def _check_a_gpu_each(ctx: DistributedContext) -> None:
+    """Every process of this machine (``LOCAL_WORLD_SIZE``) needs a GPU of its own; on
+    every rank alike, so the first says it (else CUDA's "invalid device ordinal")."""
+    n_gpus = torch.cuda.device_count()
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    n_processes = max(int(local) if local.isdigit() else 0, ctx.local_rank + 1)
+    if n_processes > n_gpus:
+        raise ValueError(
+            f"torchrun started {n_processes} training processes on this machine, but it has "
+            f"{n_gpus} CUDA GPU(s), and each process trains on a GPU of its own: pass "
+            f"--nproc-per-node {n_gpus} (or fewer), or --device cpu to train on the CPU"
+        )
 
 
 def shard(order: np.ndarray, ctx: DistributedContext) -> np.ndarray:
