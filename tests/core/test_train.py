@@ -694,6 +694,30 @@ def test_a_resume_after_an_epochs_last_step_in_steps_of_another_size_goes_to_the
     assert events[0].notes[-1].endswith("continues in steps of 2: its samples are done")
 
 
+def test_a_resume_after_an_epochs_last_step_with_another_process_count_trains_no_step_again(
+    tmp_path, data
+):
+    """Stopped after the last step of an epoch under torchrun and resumed alone, the whole
+    epoch was trained again ("epoch 1 starts over"), though every sample was done."""
+    config = _config(min_samples_per_epoch=5)
+    stop = threading.Event()
+    for event in iter_train(config, *data, out_dir=tmp_path / "part", stop_event=stop):
+        if isinstance(event, StepDone) and event.step == 3:
+            stop.set()
+    last = tmp_path / "part/checkpoints/last.pt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    checkpoint["data_summary"]["world_size"] = 2  # as if each of 2 processes did 3 of 5
+    torch.save(checkpoint, last)
+    events = list(iter_train(config, *data, out_dir=tmp_path / "part", resume_from=last))
+    steps = [(e.epoch, e.step) for e in events if isinstance(e, StepDone)]
+    assert steps == [(1, i) for i in range(1, 6)]  # epoch 1 only ends (validation) ...
+    assert [e.epoch for e in events if isinstance(e, EpochDone)] == [0, 1]
+    assert events[0].notes == (
+        "the run was stopped after the last step of epoch 1 with 2 process(es) and "
+        "continues with 1: its samples are done",
+    )
+
+
 @pytest.mark.parametrize(("saved_world_size", "first_step"), [(1, 3), (2, 1)])
 def test_a_mid_epoch_resume_with_another_process_count_restarts_the_epoch(
     tmp_path, data, saved_world_size, first_step

@@ -162,8 +162,7 @@ class Trainer(TrainerFilesMixin):
         self.has_validation = bool(val_patches)
         self.cache = EmbeddingLRU(c.embedding_cache_size if c.encoder_frozen else 0)
         self.n_local = len(ddp.shard(np.arange(self.sampler.n_samples), self.dist))
-        n_batches = -(-self.n_local // c.batch_size)
-        self.steps_per_epoch = -(-n_batches // c.grad_accumulation)
+        self.steps_per_epoch = _steps_per_epoch(self.sampler.n_samples, self.dist.world_size, c)
 
     def _setup_optimizer(self, checkpoint: dict | None) -> None:
         self.optimizer, self.scheduler = make_optimizer(self.params, self.config)
@@ -180,21 +179,33 @@ class Trainer(TrainerFilesMixin):
             self.scaler.load_state_dict(checkpoint["scaler_state"])
         self.progress = Progress(**checkpoint["progress"])
         torch.set_rng_state(checkpoint["rng_state"]["torch"])
-        self._restart_epoch_for(checkpoint.get("data_summary", {}).get("world_size"))
-        self._continue_epoch_in_new_steps(TrainConfig.from_dict(checkpoint["config"]))
+        saved = TrainConfig.from_dict(checkpoint["config"])
+        if not self._restart_epoch_for(checkpoint.get("data_summary", {}).get("world_size"), saved):
+            self._continue_epoch_in_new_steps(saved)
 
-    def _restart_epoch_for(self, saved_world_size: int | None) -> None:
+    def _restart_epoch_for(self, saved_world_size: int | None, saved: TrainConfig) -> bool:
         """A run stopped mid-epoch with another number of processes: its steps counted each
         process's own samples, which this many processes share out differently, so the
-        epoch starts over (some samples again) rather than skip or repeat samples unsaid."""
+        epoch starts over (some samples again) rather than skip or repeat samples unsaid;
+        stopped after the epoch's last step, only its end is left. True if it was either."""
         p = self.progress
         if saved_world_size in (None, self.dist.world_size) or p.step_in_epoch == 0:
-            return
+            return False
+        steps = _steps_per_epoch(self.sampler.n_samples, saved_world_size, saved)
+        if p.step_in_epoch >= steps:  # every sample trained on: no step again
+            self.notes.append(
+                f"the run was stopped after the last step of epoch {p.epoch + 1} with "
+                f"{saved_world_size} process(es) and continues with {self.dist.world_size}: "
+                "its samples are done"
+            )
+            p.step_in_epoch = self.steps_per_epoch
+            return True
         self.notes.append(
             f"the run was stopped in epoch {p.epoch + 1} with {saved_world_size} process(es) "
             f"and continues with {self.dist.world_size}: epoch {p.epoch + 1} starts over"
         )
         p.step_in_epoch, p.epoch_loss_sum, p.epoch_loss_count = 0, 0.0, 0
+        return True
 
     def _continue_epoch_in_new_steps(self, saved: TrainConfig) -> None:
         """A run stopped mid-epoch and resumed with another batch size or gradient
@@ -415,6 +426,12 @@ def _prepare(data: TrainData, what: str):
         return prepare_annotated(as_pairs(data), what)
     except (ValueError, TypeError) as err:
         raise type(err)(f"{what} data: {err}") from None
+
+
+def _steps_per_epoch(n_samples: int, world_size: int, config: TrainConfig) -> int:
+    """Optimizer steps of each of ``world_size`` processes in an epoch (see :func:`ddp.shard`)."""
+    n_local = math.ceil(n_samples / world_size)
+    return math.ceil(math.ceil(n_local / config.batch_size) / config.grad_accumulation)
 
 
 def _calmer(learning_rate: float) -> float:
