@@ -159,5 +159,49 @@ def test_a_process_failing_alone_makes_the_others_stop_saying_why(tmp_path):
     assert "by peer" in said and "pair.cc" not in said  # gloo's words, not its source file
 
 
+def _stopping_worker(rank: int, ports: tuple, config: TrainConfig, data, out_dir, results):
+    """Stop after the first step, then resume (2 processes both times); record the losses."""
+    import threading
+
+    from napari_samtune.core.train import EpochDone, StepDone, iter_train
+
+    stop, losses, epoch_losses = threading.Event(), [], []
+    for port, resume in zip(ports, (None, out_dir), strict=True):
+        _join(rank, 2, port)
+        for event in iter_train(config, data[0], None, out_dir, stop, resume):
+            if isinstance(event, StepDone):
+                losses.append(event.loss)
+                if resume is None:
+                    stop.set()  # on every rank, as Ctrl+C: after this step
+            elif isinstance(event, EpochDone):
+                epoch_losses.append(event.train_loss)
+        stop.clear()
+    torch.save({"losses": losses, "epoch_losses": epoch_losses}, results / f"rank{rank}.pt")
+
+
+def test_a_run_stopped_mid_epoch_and_resumed_averages_every_processs_loss(tmp_path):
+    """The checkpoint kept rank 0's loss sum of the epoch so far, and every resumed rank
+    started from it: the epoch's train loss (without validation, the metric that picks
+    the best epoch) counted rank 0's first steps twice and rank 1's not at all."""
+    config = TrainConfig(
+        model="random:tiny",
+        epochs=1,
+        learning_rate=3e-3,
+        n_objects_per_batch=1,
+        min_samples_per_epoch=4,
+        n_iterative_prompts=0,
+        mixed_precision="no",
+        val_fraction=0.0,
+    )
+    data = make_dataset(2, shape=(64, 64), seed=0), None
+    args = ((_free_port(), _free_port()), config, data, tmp_path / "run", tmp_path)
+    mp.spawn(_stopping_worker, args=args, nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert [len(r["losses"]) for r in ranks] == [2, 2]  # 1 step, stop; the other step
+    every_step = [loss for r in ranks for loss in r["losses"]]
+    assert ranks[0]["epoch_losses"] == ranks[1]["epoch_losses"]
+    assert ranks[0]["epoch_losses"] == [pytest.approx(np.mean(every_step))]
+
+
 if not torch.distributed.is_available():  # pragma: no cover - builds without distributed
     pytestmark = pytest.mark.skip(reason="torch.distributed is not available in this build")

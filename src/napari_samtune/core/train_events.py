@@ -143,7 +143,7 @@ class Progress:
     best_metric: float = -math.inf
     best_epoch: int = -1
     epochs_without_improvement: int = 0
-    epoch_loss_sum: float = 0.0  # this rank's sum of step losses in the current epoch
+    epoch_loss_sum: float = 0.0  # step losses of the epoch so far: this rank's (checkpoint: all)
     epoch_loss_count: int = 0
     elapsed_s: float = 0.0  # training time of earlier sessions (resume)
     time_to_best_s: float = 0.0

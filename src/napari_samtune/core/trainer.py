@@ -178,6 +178,8 @@ class Trainer(TrainerFilesMixin):
         if self.scaler is not None and checkpoint.get("scaler_state"):
             self.scaler.load_state_dict(checkpoint["scaler_state"])
         self.progress = Progress(**checkpoint["progress"])
+        if not self.dist.is_main:  # the epoch's loss so far, of every rank, is rank 0's
+            self.progress.epoch_loss_sum, self.progress.epoch_loss_count = 0.0, 0
         torch.set_rng_state(checkpoint["rng_state"]["torch"])
         saved = TrainConfig.from_dict(checkpoint["config"])
         if not self._restart_epoch_for(checkpoint.get("data_summary", {}).get("world_size"), saved):

@@ -114,6 +114,8 @@ class TrainerFilesMixin:
         last, best = self.files.last, self.files.best
         trained = self.steps_done > 0 or p.epoch > self.start_epoch
         exported = name = None
+        if trained:  # on every rank: the checkpoint holds the epoch's loss of all of them
+            self._sum_epoch_loss_over_ranks()
         if self.dist.is_main and trained:
             if self.stopped_by_user or not last.exists():
                 self._write_checkpoints(is_best=False)
@@ -144,6 +146,15 @@ class TrainerFilesMixin:
             }
             write_json(self.files.summary, summary)
         return finished
+
+    def _sum_epoch_loss_over_ranks(self) -> None:
+        """The loss sum and count of the epoch so far, of all ranks: rank 0's progress (the
+        checkpoint's) holds them, the others none, as a resumed run's ranks start from."""
+        p = self.progress
+        sums = [p.epoch_loss_sum, p.epoch_loss_count]
+        total, count = ddp.all_reduce_sum(sums, self.dist, self.device)
+        mine = self.dist.is_main
+        p.epoch_loss_sum, p.epoch_loss_count = (float(total), int(count)) if mine else (0.0, 0)
 
     def _summary(self) -> dict:
         p = self.progress
