@@ -83,7 +83,8 @@ def test_switching_images_and_back_while_a_stack_is_segmented_keeps_its_records(
 ):
     """Back on the stack, its records came from its file, which the run had not saved yet;
     the run saved them when it ended, but the next commit's autosave wrote the records
-    without them again."""
+    without them again. (The run goes on writing into the stack once it is chosen again:
+    test_annotate_fixes4.)"""
     from napari_samtune.core.synthetic import make_image
 
     gate = _one_plane_at_a_time(monkeypatch)
@@ -103,6 +104,8 @@ def test_switching_images_and_back_while_a_stack_is_segmented_keeps_its_records(
     objects = _saved_objects(tmp_path, "stack")
     assert [(o["source"], o["planes"]) for o in objects] == [
         ("automatic", [0]),
+        ("automatic", [1]),
+        ("automatic", [2]),
         ("interactive", [2]),
     ]
     saved = tifffile.imread(tmp_path / "stack.labels.tif")

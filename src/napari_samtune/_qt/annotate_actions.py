@@ -204,6 +204,7 @@ class AnnotateActionsMixin:
             self.ui.status_label.setText(f"automatic: {len(ids)} objects")
 
         def done() -> None:
+            self._automatic_session = None
             session.end_group(group)
             if counts:  # the status line is gone with the job: a zero would go unseen
                 found, added = np.sum(counts, axis=0)
@@ -214,6 +215,7 @@ class AnnotateActionsMixin:
             else:  # saved when its image went, unless that save failed or came too soon
                 self._save_automatic_so_far()
 
+        self._automatic_session = session  # chosen again while it runs: see set_image_layer
         return self._start_segmenter_job(
             AUTO_TASK,
             jobs.iter_segment_automatically,

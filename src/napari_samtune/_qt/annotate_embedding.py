@@ -12,6 +12,7 @@ from napari.utils.notifications import show_info
 
 from napari_samtune._qt import annotate_jobs as jobs
 from napari_samtune._qt.annotate_jobs import EMBED_TASK, SEGMENTER_TASKS
+from napari_samtune._qt.annotate_session import plane_ranges
 
 
 class AnnotateEmbeddingMixin:
@@ -93,7 +94,7 @@ class AnnotateEmbeddingMixin:
         told when yielded results are dropped."""
         generation, session = self._generation, self.session
         self._embedded = None  # the job changes the Segmenter's image
-        dropped = []
+        dropped: dict[str, list] = {}  # why -> the planes (or other results) dropped for it
 
         def current(callback, is_result: bool = False):
             keep_stale = is_result and labels_result  # embeddings are of the old Segmenter
@@ -103,15 +104,14 @@ class AnnotateEmbeddingMixin:
                     return
                 if session is self.session and (keep_stale or generation == self._generation):
                     callback(value)
-                elif is_result and not dropped:
-                    dropped.append(value)
+                elif is_result:
+                    dropped.setdefault(self._why_dropped(session), []).append(value)
 
             return guarded
 
         def finish() -> None:
-            if dropped:
-                changed = "image" if session is not self.session else "model or channels"
-                show_info(f"{name}: results discarded, the {changed} changed while it ran")
+            for why, results in dropped.items():
+                show_info(dropped_note(name, session.image_layer.name, results, why))
             self._after_segmenter_job(on_finish)
 
         return self.runner.start(
@@ -126,8 +126,31 @@ class AnnotateEmbeddingMixin:
             on_finish=finish,
         )
 
+    def _why_dropped(self, session) -> str:
+        """Why a result a job computed for ``session`` cannot be shown now."""
+        if session is self.session:
+            return "the model or channels changed while it ran"
+        now = self.session
+        if now is None or now.image_layer != session.image_layer:
+            return "another image was chosen while it ran"
+        if now.axes.shape != session.axes.shape:
+            return "the image got new pixels of another shape while it ran"
+        if now.axes.spatial_shape != session.axes.spatial_shape:
+            return "'channels on first axis' changed how the image is read while it ran"
+        return "the image was chosen again meanwhile, with new layers"
+
     def _after_segmenter_job(self, on_finish=None) -> None:
         if on_finish is not None:
             on_finish()
         if self._ensure_embedding() is None and self.is_embedded(self.current_plane):
             self.update_preview(clear_if_empty=False)
+
+
+def dropped_note(task: str, image: str, results: list, why: str) -> str:
+    """What a person is told when ``task``'s ``results`` for image ``image`` are discarded
+    (the planes of :class:`~napari_samtune._qt.annotate_jobs.PlaneResult` s named)."""
+    planes = sorted({r.plane for r in results if getattr(r, "plane", None) is not None})
+    if not planes:
+        return f"{task}: results discarded, {why} ({image!r})"
+    where = ("plane " if len(planes) == 1 else "planes ") + plane_ranges(planes)
+    return f"{task}: results discarded, {why} ({where} of {image!r})"

@@ -12,6 +12,7 @@ from __future__ import annotations
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from napari_samtune._qt.annotate_jobs import AUTO_TASK
 from napari_samtune._qt.annotate_session import AnnotationSession
 from napari_samtune._qt.image_planes import describe_image
 from napari_samtune._qt.prompt_layers import layer_batch
@@ -166,7 +167,8 @@ class AnnotateImageMixin:
                 return
             self._retire_layers(session)  # new layout, new layers
         self._detach()
-        self.session = AnnotationSession(self.viewer, layer, axes)
+        resumed = self._session_to_resume(layer, axes)
+        self.session = resumed or AnnotationSession(self.viewer, layer, axes)
         self._follow_image(layer, connect=True)
         for prompt_layer in (self.session.layers.points, self.session.layers.boxes):
             prompt_layer.events.data.connect(self._on_prompts_changed)
@@ -176,8 +178,27 @@ class AnnotateImageMixin:
         self._set_positive_mode(self.ui.positive_check.isChecked())
         self.viewer.layers.selection.active = self.session.layers.points
         self._invalidate_embedding()
-        self._restore_autosave(labels=self.session.layers.annotations_created)
+        if resumed is None:  # a resumed session holds its records already, and newer ones
+            self._restore_autosave(labels=self.session.layers.annotations_created)
         self._ensure_embedding()
+
+    def _session_to_resume(self, layer, axes) -> AnnotationSession | None:
+        """The session of image ``layer`` that automatic segmentation still writes into,
+        when the image is chosen again while it runs (another one was chosen meanwhile):
+        annotated on, it gets the planes the run finds from now on, and their records.
+        None when the image's layers are no longer all there, or it has another name or
+        layout now (it gets a new session; the run's later planes are discarded)."""
+        session = self._automatic_session if self.runner.is_running(AUTO_TASK) else None
+        if session is None or session.image_layer != layer:
+            return None
+        if session.axes.spatial_shape != axes.spatial_shape:
+            return None
+        if session.image_name != layer.name:
+            return None
+        if not all(helper in self.viewer.layers for helper in session.layers.layers):
+            return None
+        session.axes = session.layers.axes = axes  # the channels may differ
+        return session
 
     def _retire_layers(self, session: AnnotationSession) -> None:
         """The image is read with other axes: its layers go (the annotations once saved;
