@@ -7,6 +7,7 @@ import json
 import threading
 
 import numpy as np
+import pytest
 import tifffile
 
 from napari_samtune._qt import annotate_jobs
@@ -97,3 +98,51 @@ def test_a_stack_chosen_again_while_segmented_automatically_gets_the_planes_afte
     )
     assert widget.undo()  # the run is one step, before and after the image went
     assert not stack.annotations.any()
+
+
+@pytest.mark.parametrize("saving", ["works", "fails"])
+def test_a_stack_read_another_way_mid_run_saves_its_planes_once(
+    stack_widget, qtbot, drain_jobs, monkeypatch, tmp_path, notifications, saving
+):
+    """'channels on first axis' ticked while automatic segmentation ran through a stack:
+    the planes done were saved twice (on the main thread: twice the wait on a large stack),
+    and when saving failed the person was told twice; the planes left were discarded as
+    "the image changed", which it had not."""
+    from napari_samtune._qt.annotate_session import AnnotationSession
+
+    gate = _one_plane_at_a_time(monkeypatch)
+    viewer, widget = stack_widget
+    stack = widget.session
+    saves, real_save = [], AnnotationSession.save
+
+    def counted(session, *args, **kwargs):
+        saves.append(session)
+        return real_save(session, *args, **kwargs)
+
+    monkeypatch.setattr(AnnotationSession, "save", counted)
+    folder = tmp_path if saving == "works" else tmp_path / "a file" / "annotations"
+    (tmp_path / "a file").write_text("not a folder")
+    try:
+        _segment_the_stack(widget, qtbot)
+        found = stack.annotations.copy()
+        widget.ui.folder_edit.setText(str(folder))
+        widget.ui.channels_first_check.setChecked(True)
+        assert widget.session is not stack and not widget.session.axes.is_stack
+    finally:
+        gate.release(3)  # after each plane
+    drain_jobs(widget)
+    assert saves.count(stack) == 1
+    said = [str(n) for n in notifications]
+    failed = [n for n in said if "failed" in n]
+    kept = [n for n in said if "the objects found on plane 0 of 'stack' are kept and saved" in n]
+    if saving == "works":
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / "stack.labels.tif"), found)
+        assert len(kept) == 1 and not failed
+    else:
+        assert len(failed) == 1 and not kept
+        np.testing.assert_array_equal(viewer.layers["stack annotations (3, 96, 96)"].data, found)
+    assert any(
+        "results discarded, 'channels on first axis' changed how the image is read while it "
+        "ran (planes 1-2 of 'stack')" in n
+        for n in said
+    )

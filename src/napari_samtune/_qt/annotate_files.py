@@ -16,7 +16,7 @@ from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QFileDialog
 
 from napari_samtune._qt.annotate_jobs import SAVE_TASK
-from napari_samtune._qt.annotate_session import plane_ranges
+from napari_samtune._qt.annotate_session import found_where
 from napari_samtune._qt.workers import main_window_of, user_message
 from napari_samtune.core.annotation_files import (
     annotation_paths,
@@ -237,11 +237,7 @@ class AnnotateFilesMixin:
         closing), that automatic segmentation wrote on ``planes``."""
         if not self.ui.autosave_check.isChecked():
             return
-        name = session.image_layer.name
-        what = f"the objects found in {name!r}"
-        if None not in planes:
-            where = ("plane " if len(planes) == 1 else "planes ") + plane_ranges(planes)
-            what = f"the objects found on {where} of {name!r}"
+        what = found_where(session, planes)
         try:
             labels_path, _ = session.save(self.annotation_folder())
         except (OSError, ValueError) as err:

@@ -13,7 +13,7 @@ from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_samtune._qt.annotate_jobs import AUTO_TASK
-from napari_samtune._qt.annotate_session import AnnotationSession
+from napari_samtune._qt.annotate_session import AnnotationSession, found_where
 from napari_samtune._qt.image_planes import describe_image
 from napari_samtune._qt.prompt_layers import layer_batch
 from napari_samtune._qt.workers import user_message
@@ -203,24 +203,28 @@ class AnnotateImageMixin:
     def _retire_layers(self, session: AnnotationSession) -> None:
         """The image is read with other axes: its layers go (the annotations once saved;
         with the new layout they save beside them), so that new ones of its shape come."""
+        automatic = self._automatic_unsaved
+        if automatic is not None and automatic[0] is session:  # saved here, not again
+            self._automatic_unsaved = None
         self._removing_own_layers = True
         try:
             with layer_batch(self.viewer):
-                if self._saved_before_retiring(session):
+                if self._saved_before_retiring(session, automatic):
                     self.viewer.layers.remove(session.layers.annotations)
                 session.remove_helpers(including_empty_annotations=True)
         finally:
             self._removing_own_layers = False
 
-    def _saved_before_retiring(self, session: AnnotationSession) -> bool:
+    def _saved_before_retiring(self, session: AnnotationSession, automatic=None) -> bool:
         """Whether the session's annotations are saved, so that their layer can go; when
-        saving fails it stays, renamed out of the new layers' way."""
+        saving fails it stays, renamed out of the new layers' way. ``automatic``: (session,
+        planes) a running automatic segmentation wrote, said to be among them."""
         annotations = session.layers.annotations
         if not (annotations.data.any() and annotations in self.viewer.layers):
             return False
         self.flush_autosave()
         try:
-            session.save(self.annotation_folder())
+            labels_path, _ = session.save(self.annotation_folder())
         except (OSError, ValueError) as err:
             annotations.name = f"{annotations.name} {annotations.data.shape}"
             show_error(
@@ -228,6 +232,8 @@ class AnnotateImageMixin:
                 f"{annotations.name!r}"
             )
             return False
+        if automatic is not None:
+            show_info(f"{found_where(session, automatic[1])} are kept and saved to {labels_path}")
         return True
 
     def _follow_image(self, layer, connect: bool) -> None:

@@ -279,6 +279,16 @@ def plane_ranges(planes: list[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
+def found_where(session: AnnotationSession, planes: list[int | None]) -> str:
+    """"the objects found on planes 0-2 of 'stack'" (or "in 'image'", 2D): what automatic
+    segmentation wrote on ``planes`` (sorted) of ``session``'s image."""
+    name = session.image_layer.name
+    if None in planes or not planes:
+        return f"the objects found in {name!r}"
+    where = ("plane " if len(planes) == 1 else "planes ") + plane_ranges(planes)
+    return f"the objects found on {where} of {name!r}"
+
+
 def commit_note(planes: list[int | None], in_view: int | None, one_object: bool) -> str:
     """What a person should know about committing the preview on ``planes`` (sorted, from
     ``preview_planes``) while viewing ``in_view``, as ``one_object`` or not (batched mode):
