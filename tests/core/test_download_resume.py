@@ -112,6 +112,64 @@ def test_a_cancelled_download_keeps_no_partial_file(server, tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+def _ctrl_c_after_the_first_chunk(received: list[int]):
+    """A progress callback standing for Ctrl+C pressed once the first chunk has arrived
+    (SIGINT raises KeyboardInterrupt wherever the main thread is)."""
+
+    def report(done, total):
+        received.append(done)
+        if done:
+            raise KeyboardInterrupt
+
+    return report
+
+
+def test_ctrl_c_keeps_the_partial_file_and_the_next_download_resumes(server, tmp_path):
+    """Ctrl+C during a multi-GB download deleted what had arrived: the next try started
+    from zero. The hash at the end checks every byte, so keeping it risks nothing."""
+    server.accepts_ranges = True
+    server.files["/w.pt"] = PAYLOAD
+    dest, received = tmp_path / "w.pt", []
+    with pytest.raises(KeyboardInterrupt) as info:
+        download_file(server.url("/w.pt"), dest, SHA256, _ctrl_c_after_the_first_chunk(received))
+    done, part = received[-1], partial_path(dest)
+    assert 0 < done < len(PAYLOAD) and part.read_bytes() == PAYLOAD[:done]
+    assert f"{done} bytes received are kept in {part}" in str(info.value)
+    assert "next download resumes" in str(info.value) and not dest.exists()
+    _download(server, dest)
+    assert server.range_headers == [None, f"bytes={done}-"]
+    assert dest.read_bytes() == PAYLOAD and is_verified(dest, SHA256)
+
+
+def test_ctrl_c_without_a_hash_keeps_nothing(server, tmp_path):
+    """Without a hash nothing would check a resumed file: it starts from zero next time."""
+    server.accepts_ranges = True
+    server.files["/w.pt"] = PAYLOAD
+    dest = tmp_path / "w.pt"
+    with pytest.raises(KeyboardInterrupt) as info:
+        download_file(server.url("/w.pt"), dest, None, _ctrl_c_after_the_first_chunk([]))
+    assert _leftovers(tmp_path) == [] and str(info.value) == ""
+
+
+def test_a_cancel_after_ctrl_c_deletes_the_kept_bytes(server, tmp_path):
+    """A progress callback that raises is a program's cancel (the file is not wanted): the
+    partial file goes, also one that Ctrl+C had kept."""
+    server.accepts_ranges = True
+    server.files["/w.pt"] = PAYLOAD
+    dest = tmp_path / "w.pt"
+    with pytest.raises(KeyboardInterrupt):
+        download_file(server.url("/w.pt"), dest, SHA256, _ctrl_c_after_the_first_chunk([]))
+    assert partial_path(dest).is_file()
+
+    def cancel(done, total):
+        if done:
+            raise InterruptedError("user pressed cancel")
+
+    with pytest.raises(InterruptedError):
+        download_file(server.url("/w.pt"), dest, SHA256, progress=cancel)
+    assert _leftovers(tmp_path) == []
+
+
 def test_a_download_while_another_holds_the_partial_file_does_not_touch_it(server, tmp_path):
     """Two downloads appending to one partial file would make a file of neither: the second
     goes to a temporary file of its own."""

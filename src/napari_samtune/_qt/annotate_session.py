@@ -280,7 +280,7 @@ def plane_ranges(planes: list[int]) -> str:
 
 
 def found_where(session: AnnotationSession, planes: list[int | None]) -> str:
-    """"the objects found on planes 0-2 of 'stack'" (or "in 'image'", 2D): what automatic
+    """ "the objects found on planes 0-2 of 'stack'" (or "in 'image'", 2D): what automatic
     segmentation wrote on ``planes`` (sorted) of ``session``'s image."""
     name = session.image_layer.name
     if None in planes or not planes:

@@ -147,9 +147,9 @@ def download_file(
     kept). Raises :class:`DownloadError` (an ``OSError``) on HTTP errors, network
     failures, truncation and hash mismatch; then nothing is left at ``dest``, and the
     message also says where a file moved aside went. With ``expected_hash``, what arrived
-    before a network failure stays in ``.<name>.part`` (the message says so) and the next
-    call resumes from there when the server supports Range requests; the progress then
-    starts at the resumed byte.
+    before a network failure or Ctrl+C (``KeyboardInterrupt``) stays in ``.<name>.part``
+    (the message says so) and the next call resumes from there when the server supports
+    Range requests; the progress then starts at the resumed byte.
     """
     dest = Path(dest)
     if expected_hash is not None:

@@ -12,9 +12,11 @@ the rest with ``Range: bytes=N-``. The server's answer decides:
 The digest covers the bytes already on disk and the new ones; only a file with the
 published hash is renamed into place. A download holds a lock on the partial file until
 then: another download of the same file meanwhile (another process or thread) goes to a
-private temporary file, as all downloads did before they could resume. A mismatch, a
-cancel (a progress callback that raises) or a download without a hash to check against
-keeps no partial file.
+private temporary file, as all downloads did before they could resume. Ctrl+C (a
+``KeyboardInterrupt``, or the CLI's SIGTERM) keeps the partial file like a network failure:
+the hash at the end still checks every byte. A mismatch, a cancel (a progress callback
+that raises: a program's explicit "not wanted", so the disk space comes back) or a
+download without a hash to check against keeps no partial file.
 """
 
 from __future__ import annotations
@@ -262,6 +264,12 @@ def _download_errors(url: str, dest: Path, part: Path, keep: bool) -> Iterator[N
         raise DownloadError(
             f"could not download {url}: {reason}{kept}. {_manual_hint(url, dest)}"
         ) from err
+    except KeyboardInterrupt as stop:  # the same object goes on, saying what was kept
+        kept = _keep_or_drop(part, keep)
+        if kept:
+            note = f"the download of {url} was stopped{kept}"
+            stop.args = ("; ".join(filter(None, [str(stop), note])),)
+        raise
     except BaseException:
         part.unlink(missing_ok=True)
         raise
@@ -277,9 +285,11 @@ def fetch(
     """Download ``url`` to ``dest`` through its partial file and rename it into place.
 
     With a ``file_hash`` a partial file left by a cut-off transfer is resumed, and a
-    network failure keeps what arrived; without one every transfer starts from zero and
-    keeps nothing. Raises :class:`DownloadError` for network failures and a hash mismatch
-    (which deletes the partial file); a progress callback's exception propagates as is.
+    network failure or a ``KeyboardInterrupt`` (its message then says so) keeps what
+    arrived; without one every transfer starts from zero and keeps nothing. Raises
+    :class:`DownloadError` for network failures and a hash mismatch (which deletes the
+    partial file); a progress callback's exception propagates as is (a cancel: the
+    partial file is deleted).
     """
     out, part, shared = _claim_partial(dest)  # an unwritable folder fails before any request
     resume = shared and file_hash is not None
