@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import signal
 import sys
 import threading
@@ -28,6 +27,9 @@ from napari_samtune.cli import (
     output_folder,
     read_annotated,
 )
+from napari_samtune.cli.train_report import aborted_note
+from napari_samtune.cli.train_report import memory_advice as _memory_advice
+from napari_samtune.cli.train_report import print_summary as _print_summary
 from napari_samtune.core.config_checks import (
     MASK_LOSSES,
     MIXED_PRECISION_MODES,
@@ -305,56 +307,6 @@ def _train(config, train_pairs, val_pairs, args: argparse.Namespace, verbose: bo
         signal.signal(signal.SIGTERM, previous[1])
 
 
-def _memory_advice(err: BaseException) -> str:
-    """What a run out of memory can ask for instead; "" for other errors."""
-    from napari_samtune.core.devices import is_out_of_memory
-
-    if not is_out_of_memory(err):
-        return ""
-    return (
-        "out of memory: choose a --preset for less memory (samtune presets), or fewer "
-        "--n-objects, a smaller --patch-size or --freeze image_encoder"
-    )
-
-
-def aborted_note(out: Path) -> str:
-    """What an aborted run left in ``out`` and how to continue it; "" with no checkpoint."""
-    from napari_samtune.core.train_export import RunFiles, unique_model_name
-
-    files = RunFiles(out)
-    if not files.last.is_file():
-        return ""
-    saved = ", ".join(str(p) for p in (files.last, files.best) if p.is_file())
-    if _training_done(files.last):  # stopped while exporting: a resume has nothing to train
-        source = shlex.quote(str(files.best if files.best.is_file() else files.last))
-        name = unique_model_name(out.name)  # as training names it, or the next free name
-        return (
-            f"its training is done, but its model was not exported: samtune export {source} "
-            f"-o {shlex.quote(str(files.model))} --register {name} (its checkpoints: {saved})"
-        )
-    folder = shlex.quote(str(out))
-    note = (
-        f"the run did not finish; its checkpoints are on disk: {saved}; continue it with: "
-        f"samtune train --resume {folder} --out {folder} --images ... --labels ..."
-    )
-    if files.best.is_file():
-        best = shlex.quote(str(files.best))
-        note += f", or export its best model so far: samtune export {best} -o model.pth"
-    return note
-
-
-def _training_done(last: Path) -> bool:
-    """Whether checkpoint ``last`` has trained all its run's epochs (mapped, not read: it
-    may be GBs); False when that cannot be told."""
-    import torch
-
-    try:
-        checkpoint = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
-        return int(checkpoint["epoch"]) >= int(checkpoint["config"]["epochs"])
-    except Exception:  # a damaged file: the note names it, as before
-        return False
-
-
 def _stop_on_ctrl_c(stop: threading.Event, verbose: bool):
     """The first Ctrl+C stops after the step (said by the main process only: torchrun hands
     it to every worker); the second aborts. Returns the handler it replaces."""
@@ -402,23 +354,3 @@ def _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose, st
                     print(f"warning: {note}")
         finished = event
     return finished
-
-
-def _print_summary(finished) -> None:
-    if finished.exported_model_path is None:  # stopped before the first step
-        print(finished.outcome_message())
-        return
-    if finished.stopped_by_user:
-        print("stopped on request; checkpoint written")
-    elif finished.stopped_early:
-        print("stopped early: no improvement")
-    if finished.best_epoch is not None:  # none when stopped within the first epoch
-        print(
-            f"best {finished.metric_name} {finished.best_metric:.4f} at epoch "
-            f"{finished.best_epoch + 1}"
-        )
-        print(f"time to best epoch: {finished.time_to_best_s:.1f} s")
-    print(f"total training time: {finished.total_time_s:.1f} s")
-    print(f"last checkpoint: {finished.last_checkpoint_path}")
-    print(f"registered model: {finished.registered_name}")
-    print(f"exported model: {finished.exported_model_path}")
