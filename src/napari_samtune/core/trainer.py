@@ -42,7 +42,6 @@ from napari_samtune.core.train_checkpoints import (
 from napari_samtune.core.train_embeddings import EmbeddingLRU
 from napari_samtune.core.train_events import (
     EpochDone,
-    Progress,
     StepDone,
     TrainEvent,
     TrainingStarted,
@@ -55,7 +54,6 @@ from napari_samtune.core.train_setup import (
     autocast,
     build_training_model,
     iter_chunks,
-    make_optimizer,
     resolve_precision,
     set_train_mode,
     set_trainable,
@@ -68,12 +66,13 @@ from napari_samtune.core.train_step import (
     with_first_prompts,
 )
 from napari_samtune.core.trainer_files import TrainerFilesMixin
+from napari_samtune.core.trainer_resume import TrainerResumeMixin, steps_per_epoch
 from napari_samtune.core.validation_split import repeated_pairs, same_images, split_validation
 
 TrainData = Sequence[ImageLabelPair | tuple[np.ndarray, np.ndarray]]
 
 
-class Trainer(TrainerFilesMixin):
+class Trainer(TrainerResumeMixin, TrainerFilesMixin):
     """The state of one run; :meth:`run` is the generator behind :func:`iter_train`."""
 
     def __init__(
@@ -162,75 +161,7 @@ class Trainer(TrainerFilesMixin):
         self.has_validation = bool(val_patches)
         self.cache = EmbeddingLRU(c.embedding_cache_size if c.encoder_frozen else 0)
         self.n_local = len(ddp.shard(np.arange(self.sampler.n_samples), self.dist))
-        self.steps_per_epoch = _steps_per_epoch(self.sampler.n_samples, self.dist.world_size, c)
-
-    def _setup_optimizer(self, checkpoint: dict | None) -> None:
-        self.optimizer, self.scheduler = make_optimizer(self.params, self.config)
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
-        self.progress, self.notes = Progress(), []
-        if checkpoint is None:
-            return
-        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
-        self.scheduler.load_state_dict(checkpoint["scheduler_state"])
-        if self.config.learning_rate != checkpoint["config"].get("learning_rate"):
-            for group in self.optimizer.param_groups:  # asked for anew: e.g. after divergence
-                group["lr"] = self.config.learning_rate
-        if self.scaler is not None and checkpoint.get("scaler_state"):
-            self.scaler.load_state_dict(checkpoint["scaler_state"])
-        self.progress = Progress(**checkpoint["progress"])
-        if not self.dist.is_main:  # the epoch's loss so far, of every rank, is rank 0's
-            self.progress.epoch_loss_sum, self.progress.epoch_loss_count = 0.0, 0
-        torch.set_rng_state(checkpoint["rng_state"]["torch"])
-        saved = TrainConfig.from_dict(checkpoint["config"])
-        if not self._restart_epoch_for(checkpoint.get("data_summary", {}).get("world_size"), saved):
-            self._continue_epoch_in_new_steps(saved)
-
-    def _restart_epoch_for(self, saved_world_size: int | None, saved: TrainConfig) -> bool:
-        """A run stopped mid-epoch with another number of processes: its steps counted each
-        process's own samples, which this many processes share out differently, so the
-        epoch starts over (some samples again) rather than skip or repeat samples unsaid;
-        stopped after the epoch's last step, only its end is left. True if it was either."""
-        p = self.progress
-        if saved_world_size in (None, self.dist.world_size) or p.step_in_epoch == 0:
-            return False
-        steps = _steps_per_epoch(self.sampler.n_samples, saved_world_size, saved)
-        if p.step_in_epoch >= steps:  # every sample trained on: no step again
-            self.notes.append(
-                f"the run was stopped after the last step of epoch {p.epoch + 1} with "
-                f"{saved_world_size} process(es) and continues with {self.dist.world_size}: "
-                "its samples are done"
-            )
-            p.step_in_epoch = self.steps_per_epoch
-            return True
-        self.notes.append(
-            f"the run was stopped in epoch {p.epoch + 1} with {saved_world_size} process(es) "
-            f"and continues with {self.dist.world_size}: epoch {p.epoch + 1} starts over"
-        )
-        p.step_in_epoch, p.epoch_loss_sum, p.epoch_loss_count = 0, 0.0, 0
-        return True
-
-    def _continue_epoch_in_new_steps(self, saved: TrainConfig) -> None:
-        """A run stopped mid-epoch and resumed with another batch size or gradient
-        accumulation: its steps held another number of samples, so the steps done are
-        counted again in samples, and the epoch goes on from the step holding the first
-        sample not yet trained on, rather than skipping samples or repeating many unsaid."""
-        p, c = self.progress, self.config
-        before = saved.batch_size * saved.grad_accumulation  # samples in a step, per process
-        now = c.batch_size * c.grad_accumulation
-        if p.step_in_epoch == 0 or before == now:
-            return
-        done = min(p.step_in_epoch * before, self.n_local)
-        step = self.steps_per_epoch if done == self.n_local else done // now
-        again = done - min(step * now, self.n_local)
-        where = f"from step {step + 1}" if step < self.steps_per_epoch else "its samples are done"
-        self.notes.append(
-            f"the run was stopped in epoch {p.epoch + 1} after {done} sample(s) in steps of "
-            f"{before} and continues in steps of {now}: {where}"
-            + (f", training on {again} sample(s) of the epoch again" if again else "")
-        )
-        p.step_in_epoch = step
-
-    # -- the run ---------------------------------------------------------------------------
+        self.steps_per_epoch = steps_per_epoch(self.sampler.n_samples, self.dist.world_size, c)
 
     def run(self) -> Iterator[TrainEvent]:
         on_cpu_fast = self.config.fast_attention and self.device.type == "cpu"
@@ -428,12 +359,6 @@ def _prepare(data: TrainData, what: str):
         return prepare_annotated(as_pairs(data), what)
     except (ValueError, TypeError) as err:
         raise type(err)(f"{what} data: {err}") from None
-
-
-def _steps_per_epoch(n_samples: int, world_size: int, config: TrainConfig) -> int:
-    """Optimizer steps of each of ``world_size`` processes in an epoch (see :func:`ddp.shard`)."""
-    n_local = math.ceil(n_samples / world_size)
-    return math.ceil(math.ceil(n_local / config.batch_size) / config.grad_accumulation)
 
 
 def _calmer(learning_rate: float) -> float:
