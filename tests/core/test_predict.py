@@ -137,6 +137,22 @@ def test_a_box_larger_than_a_tile_is_answered_on_the_whole_image(sensitive_sam):
     assert prediction.mask[:, :150].any() and prediction.mask[:, 300:].any()  # spans both tiles
 
 
+@pytest.mark.parametrize("shape", [(3, 2000), (2000, 3), (1, 600)])
+def test_a_prompt_across_the_tiles_of_a_very_thin_image_is_answered(sensitive_sam, shape):
+    # the overview of an image over 2 * 256 times longer than wide has a short side that
+    # SAM's resize rounds to 0 pixels: every prompt across tiles failed inside the resize
+    image = np.random.default_rng(0).random(shape)
+    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False, precision="fp32")
+    segmenter.set_image(image)
+    assert min(segmenter.grid.overview.input_size) == 1
+    box = np.array([0.0, 0.0, shape[1] - 1.0, shape[0] - 1.0])
+    prediction = segmenter.predict(box_xyxy=box)
+    assert prediction.tile == OVERVIEW and prediction.mask.shape == shape
+    refined = segmenter.predict(box_xyxy=box, mask_input=prediction)
+    assert refined.mask.shape == shape
+    assert segmenter.predict_boxes(box[None]).shape == shape
+
+
 def test_reprojected_logits_land_on_the_same_image_pixels():
     grid = TileGrid.for_image((256, 448), 256, TilingConfig())
     left, right = grid.tiles

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
+from torchvision.transforms.functional import resize, to_pil_image
 
 from napari_samtune.core.accelerate import autocast
 from napari_samtune.core.architectures import PATCH_SIZE
@@ -82,8 +83,13 @@ class Tile:
 
     @property
     def input_size(self) -> tuple[int, int]:
-        """(rows, cols) of the resized crop inside the padded model input."""
-        return ResizeLongestSide.get_preprocess_shape(self.height, self.width, self.img_size)
+        """(rows, cols) of the resized crop inside the padded model input.
+
+        At least one of each: ``ResizeLongestSide`` rounds the short side of a view more
+        than ``2 * img_size`` times longer than wide (the overview of a 3 x 2000 image for
+        nano) to 0 rows, and the resize failed deep inside ('height and width must be > 0')."""
+        rows, cols = ResizeLongestSide.get_preprocess_shape(self.height, self.width, self.img_size)
+        return max(rows, 1), max(cols, 1)
 
     @property
     def lowres_size(self) -> int:
@@ -230,8 +236,8 @@ def embed_view(
     Returns float32 (1, C, E, E) features on the model's device.
     """
     crop = tile.crop(image_rgb)
-    if tile.input_size != crop.shape[:2]:
-        crop = ResizeLongestSide(tile.img_size).apply_image(crop)
+    if tile.input_size != crop.shape[:2]:  # ResizeLongestSide.apply_image, at least 1 x 1
+        crop = np.array(resize(to_pil_image(crop), tile.input_size))
     pixels = torch.as_tensor(np.ascontiguousarray(crop), device=sam.device)
     pixels = pixels.permute(2, 0, 1).contiguous()[None]
     with torch.inference_mode(), autocast(sam.device, dtype):
