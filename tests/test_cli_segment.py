@@ -351,6 +351,21 @@ def test_an_image_without_a_finite_pixel_is_refused(tmp_path, tiny_checkpoint, c
     assert not (tmp_path / "o.tif").exists()
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 200, 240), (200, 240, 1, 1)])
+def test_an_image_saved_with_axes_of_one_entry_is_segmented_as_2d(
+    tmp_path, tiny_sam, tiny_checkpoint, image_file, shape
+):
+    """Refused, with the hint to pass --stack, which made (H, W, 1, 1) H planes 1 pixel wide."""
+    _, image = image_file
+    path = tmp_path / "single_axes.tif"
+    tifffile.imwrite(path, image.reshape(shape))
+    points = write_csv(tmp_path / "p.csv", "x,y\n50,60\n150,40\n")
+    out = tmp_path / "labels.tif"
+    assert segment(tiny_checkpoint, path, out, "--points", str(points)) == 0
+    expected = reference(tiny_sam, image).predict_points_batched([[50, 60], [150, 40]])
+    np.testing.assert_array_equal(tifffile.imread(out), expected)
+
+
 def test_stack_on_a_single_plane_is_refused(tmp_path, tiny_checkpoint, image_file, capsys):
     path, _ = image_file
     assert segment(tiny_checkpoint, path, tmp_path / "o.tif", "--stack", "--auto") == 2

@@ -219,6 +219,25 @@ def test_a_single_channel_axis_is_gray_without_a_choice(rng, shape):
     np.testing.assert_array_equal(to_sam_rgb(image), to_sam_rgb(image.reshape(20, 24)))
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 20, 24), (20, 24, 1, 1), (1, 20, 1, 24, 1)])
+def test_extra_axes_of_one_entry_are_dropped(rng, shape):
+    """(1, 1, H, W), as numpy saves a 2D image with singleton axes, was refused as a stack."""
+    image = rng.integers(0, 4000, size=shape, dtype=np.uint16)
+    np.testing.assert_array_equal(to_sam_rgb(image), to_sam_rgb(image.reshape(20, 24)))
+
+
+def test_the_channel_axis_counts_the_axes_of_one_entry_too(rng):
+    image = rng.integers(0, 4000, size=(1, 3, 20, 24), dtype=np.uint16)
+    expected = to_sam_rgb(image[0], channel_axis=0)
+    np.testing.assert_array_equal(to_sam_rgb(image, channel_axis=1), expected)
+    np.testing.assert_array_equal(to_sam_rgb(image, channel_axis=-3), expected)
+    np.testing.assert_array_equal(to_sam_rgb(image, channels=[0, 1, 2]), expected)
+    with pytest.raises(ValueError, match=r"ambiguous.*shape is \(1, 2, 20, 24\)"):
+        to_sam_rgb(image[:, :2])  # two channels: which axis is meant, counted in the image
+    with pytest.raises(ValueError, match="one plane at a time"):
+        to_sam_rgb(np.zeros((1, 1, 1, 8)))  # a 1D image is none of these
+
+
 def test_planes_first_turns_channels_first_stacks_into_planes_of_channels():
     czyx = np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)
     for axis in (0, -4):

@@ -225,6 +225,27 @@ def _check_channel_axis(channel_axis: int | None, shape: tuple[int, ...]) -> Non
         )
 
 
+def _drop_extra_single_axes(
+    image: np.ndarray, channel_axis: int | None
+) -> tuple[np.ndarray, int | None]:
+    """An image of more than 3 axes whose others have 1 entry ((1, 1, H, W) or (H, W, 1, 1),
+    as numpy and some tools save a 2D image) without those, and ``channel_axis`` (kept, if
+    given) counted in what is left; any other image and axis as they are. They were refused
+    as stacks, and the hint to segment them as one (``--stack``) took (H, W, 1, 1) for H
+    planes of W x 1 pixels."""
+    if image.ndim <= 3 or not (channel_axis is None or _is_index(channel_axis)):
+        return image, channel_axis
+    if channel_axis is not None and not -image.ndim <= channel_axis < image.ndim:
+        return image, channel_axis  # refused with the image's own shape below
+    kept = None if channel_axis is None else channel_axis % image.ndim
+    single = [axis for axis in range(image.ndim) if image.shape[axis] == 1 and axis != kept]
+    if image.ndim - len(single) not in (2, 3):
+        return image, channel_axis
+    if kept is not None:
+        kept -= sum(axis < kept for axis in single)
+    return np.squeeze(image, axis=tuple(single)), kept
+
+
 def select_channels(
     image: np.ndarray, channel_axis: int | None, channels: int | Sequence[int] | None
 ) -> np.ndarray:
@@ -232,9 +253,31 @@ def select_channels(
 
     ``channel_axis`` is an axis of a channelled image (-3..2), or None (guessed; see
     :func:`_guess_channel_axis`); a 2D image takes neither it nor ``channels``. ``channels``
-    is one index (``1`` or ``[1]``, used as gray) or three (used as RGB).
+    is one index (``1`` or ``[1]``, used as gray) or three (used as RGB). More axes are
+    refused unless they have one entry ((1, 1, H, W) is 2D; see
+    :func:`_drop_extra_single_axes`).
     """
     chosen = as_channel_indices(channels)
+    plane, axis = _drop_extra_single_axes(image, channel_axis)
+    if plane is image:
+        return _select_channels(image, channel_axis, channels, chosen)
+    try:
+        return _select_channels(plane, axis, channels, chosen)
+    except ValueError as err:  # its shape and axes are those of the image less single axes
+        raise ValueError(
+            f"{err} (the image's shape is {image.shape!r}: its axes of one entry were left out, "
+            "but channel_axis counts them)"
+        ) from None
+
+
+def _select_channels(
+    image: np.ndarray,
+    channel_axis: int | None,
+    channels: int | Sequence[int] | None,
+    chosen: tuple[int, ...] | None,
+) -> np.ndarray:
+    """:func:`select_channels` of an image of at most 3 axes (more are refused); ``chosen``
+    is ``channels`` as indices."""
     _check_channel_axis(channel_axis, image.shape)
     if image.ndim == 2:
         if chosen is not None:
@@ -323,6 +366,7 @@ def to_sam_rgb(
     Args:
         image: (H, W) grayscale, (H, W, 3|4) RGB(A), or a multichannel array whose
             channel axis is ``channel_axis``; uint8, uint16, int or float (not complex).
+            More axes are refused unless they have one entry ((1, 1, H, W) is 2D).
         channel_axis: the axis that holds channels (-3..2), given only for an image with
             one; None guesses it (RGB(A) last, a single-entry end axis, ...).
         channels: one index (``1`` or ``[1]``, used as grayscale) or three (used as RGB).
