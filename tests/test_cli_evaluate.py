@@ -198,6 +198,23 @@ def test_every_model_is_checked_before_any_is_evaluated(
     assert not (tmp_path / "eval").exists()
 
 
+def test_an_image_without_a_finite_pixel_is_refused_naming_it(tmp_path, annotated_folder, capsys):
+    """An all-NaN image (a failed export) was scored as a black image: 0.000 everywhere,
+    pulling the means down without a word; ``samtune segment`` refused it already."""
+    images, labels = annotated_folder
+    shape = tifffile.imread(images / "img1.tif").shape
+    tifffile.imwrite(images / "img1.tif", np.full(shape, np.nan, np.float32))
+    model = _save_tiny(tmp_path / "tiny.pth", 0)
+    code = cli.main([
+        "evaluate", "--images", str(images), "--labels", str(labels), "--model", str(model),
+        "--out", str(tmp_path / "eval"), "--clicks", "0", "--points-per-side", "4",
+    ])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "'img1.tif / img1_labels.tif' holds no finite pixel value (all NaN or infinite)" in err
+    assert not (tmp_path / "eval" / "evaluation.csv").exists()
+
+
 def test_labels_without_objects_are_refused_up_front_naming_the_files(
     tmp_path, annotated_folder, capsys, evaluations
 ):

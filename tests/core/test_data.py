@@ -261,6 +261,17 @@ def test_bad_image_channels_name_the_pair():
         prepare_pair(pair)
 
 
+@pytest.mark.parametrize("fill", [np.nan, np.inf, -np.inf])
+def test_an_image_without_a_finite_pixel_is_refused_for_training_naming_it(fill):
+    """It normalised to a black image that training and evaluation took as it was."""
+    image, labels = make_image((32, 40), seed=4)
+    pair = ImageLabelPair(np.full(image.shape, fill, np.float32), labels, "export.tif")
+    with pytest.raises(ValueError, match="image of 'export.tif' holds no finite pixel value"):
+        prepare_pair(pair)
+    some_nan = np.where(labels > 0, np.nan, image).astype(np.float32)  # one finite pixel will do
+    assert prepare_pair(ImageLabelPair(some_nan, labels, "some.tif")).rgb.any()
+
+
 def test_one_channel_may_be_an_int_and_other_choices_are_named_type_errors():
     image, labels = make_image((32, 40), seed=4)
     noise = np.zeros_like(image)

@@ -85,14 +85,15 @@ class Planes:
     """The planes of the input image, normalised for SAM one at a time."""
 
     def __init__(self, image: np.ndarray, path: Path, args: argparse.Namespace) -> None:
-        from napari_samtune.core.images import plane_channel_axis, planes_first, to_sam_rgb
+        from napari_samtune.core.images import (
+            check_some_pixel_finite,
+            plane_channel_axis,
+            planes_first,
+            to_sam_rgb,
+        )
 
         self.pixels = image  # as read: its fingerprint goes into the labels' record
-        if np.issubdtype(image.dtype, np.inexact) and not np.isfinite(image).any():
-            raise ValueError(
-                f"{path} holds no finite pixel value (all NaN or infinite), so there is "
-                "nothing to segment; check how the file was exported"
-            )
+        check_some_pixel_finite(image, str(path))
         self.image, self.stacked, self.channels = image, args.stack, args.channels
         self.channel_axis = args.channel_axis
         self._to_rgb, self._first = to_sam_rgb, None

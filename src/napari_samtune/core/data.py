@@ -23,6 +23,7 @@ from scipy import ndimage
 
 from napari_samtune.core.images import (
     as_channel_indices,
+    check_some_pixel_finite,
     plane_channel_axis,
     planes_first,
     select_channels,
@@ -250,6 +251,7 @@ def normalise_pair(pair: ImageLabelPair) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(pair.labels)
     check_channels(pair)
     _check_labels(labels, pair.name)
+    check_some_pixel_finite(np.asarray(pair.image), f"image of {pair.name!r}")
     try:
         rgb = to_sam_rgb(pair.image, pair.channel_axis, pair.channels)
     except (ValueError, TypeError) as err:
