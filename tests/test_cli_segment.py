@@ -383,6 +383,18 @@ def test_stack_on_an_rgb_image_is_refused(tmp_path, tiny_checkpoint, capsys):
     assert "leave out --stack" in err and not (tmp_path / "o.tif").exists()
 
 
+def test_stack_on_a_plane_saved_with_trailing_axes_of_one_entry_is_refused(
+    tmp_path, tiny_checkpoint, capsys
+):
+    """An (H, W, 1, 1) image with --stack was "segmented" as H planes 1 pixel wide, exit 0."""
+    path = tmp_path / "plane.tif"
+    tifffile.imwrite(path, make_image((48, 64), seed=1)[0].reshape(48, 64, 1, 1))
+    assert segment(tiny_checkpoint, path, tmp_path / "o.tif", "--stack", *AUTO) == 2
+    err = capsys.readouterr().err
+    assert "has shape (48, 64, 1, 1), a single 2D plane" in err
+    assert "leave out --stack" in err and not (tmp_path / "o.tif").exists()
+
+
 GRAY, TWO_CHANNELS = (120, 160), (2, 120, 160)
 
 

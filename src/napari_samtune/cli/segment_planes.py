@@ -98,7 +98,7 @@ class Planes:
         self.channel_axis = args.channel_axis
         self._to_rgb, self._first = to_sam_rgb, None
         if self.stacked:
-            if image.ndim < 3:
+            if image.ndim < 3 or _one_plane_with_axes_of_one_entry(image.shape):
                 raise ValueError(
                     f"--stack: {path} has shape {image.shape!r}, a single 2D plane; "
                     "leave out --stack"
@@ -137,6 +137,14 @@ class Planes:
             return first
         plane = self.image[index] if self.stacked else self.image
         return self._to_rgb(plane, self.channel_axis, self.channels)
+
+
+def _one_plane_with_axes_of_one_entry(shape: tuple[int, ...]) -> bool:
+    """A 2D plane saved with more axes of one entry, not all of them first ((H, W, 1, 1)):
+    as a stack its planes would be 1 pixel wide. (1, H, W) and (1, 1, H, W) are a stack of
+    one plane, which is segmented as it should be."""
+    longer = [axis for axis, size in enumerate(shape) if size > 1]
+    return len(longer) == 2 and longer != [len(shape) - 2, len(shape) - 1]
 
 
 def _stack_channels_unclear(path: Path, shape: tuple[int, ...]) -> ValueError:
