@@ -6,7 +6,7 @@ import hashlib
 import pytest
 
 from napari_samtune.core.download import DownloadError, download_file, is_verified
-from napari_samtune.core.fetch import partial_path
+from napari_samtune.core.fetch import DownloadStopped, partial_path
 
 PAYLOAD = bytes(range(251)) * 5000  # 1.26 MB: more than one read chunk; 251 so no period of 2^k
 SHA256 = "sha256:" + hashlib.sha256(PAYLOAD).hexdigest()
@@ -112,14 +112,14 @@ def test_a_cancelled_download_keeps_no_partial_file(server, tmp_path):
     assert _leftovers(tmp_path) == []
 
 
-def _ctrl_c_after_the_first_chunk(received: list[int]):
+def _ctrl_c_after_the_first_chunk(received: list[int], stop=KeyboardInterrupt):
     """A progress callback standing for Ctrl+C pressed once the first chunk has arrived
-    (SIGINT raises KeyboardInterrupt wherever the main thread is)."""
+    (SIGINT raises KeyboardInterrupt wherever the main thread is), or raising ``stop``."""
 
     def report(done, total):
         received.append(done)
         if done:
-            raise KeyboardInterrupt
+            raise stop
 
     return report
 
@@ -185,3 +185,36 @@ def test_a_download_while_another_holds_the_partial_file_does_not_touch_it(serve
         assert part.read_bytes() == PAYLOAD[:1000]  # neither appended to nor moved
     assert server.range_headers == [None] and dest.read_bytes() == PAYLOAD
     assert _leftovers(tmp_path) == [".w.pt.part", ".w.pt.verified", "w.pt"]
+
+
+def test_download_stopped_keeps_the_partial_file_and_the_next_download_resumes(server, tmp_path):
+    """A widget's Cancel or a closed window stops a download for now: what arrived is kept
+    as after Ctrl+C, and the message says where."""
+    server.accepts_ranges = True
+    server.files["/w.pt"] = PAYLOAD
+    dest, received = tmp_path / "w.pt", []
+    stop = DownloadStopped("cancelled")
+    with pytest.raises(DownloadStopped) as info:
+        download_file(
+            server.url("/w.pt"), dest, SHA256, _ctrl_c_after_the_first_chunk(received, stop)
+        )
+    done, part = received[-1], partial_path(dest)
+    assert info.value is stop and 0 < done < len(PAYLOAD) and part.read_bytes() == PAYLOAD[:done]
+    assert str(info.value).startswith("cancelled; the download of ")
+    assert f"{done} bytes received are kept in {part}" in str(info.value)
+    _download(server, dest)
+    assert server.range_headers == [None, f"bytes={done}-"]
+    assert dest.read_bytes() == PAYLOAD and is_verified(dest, SHA256)
+
+
+def test_download_stopped_without_a_hash_keeps_nothing(server, tmp_path):
+    server.files["/w.pt"] = PAYLOAD
+    with pytest.raises(DownloadStopped) as info:
+        download_file(
+            server.url("/w.pt"),
+            tmp_path / "w.pt",
+            None,
+            _ctrl_c_after_the_first_chunk([], DownloadStopped()),
+        )
+    assert _leftovers(tmp_path) == [] and "kept" not in str(info.value)
+    assert "was stopped" in str(info.value)

@@ -144,7 +144,9 @@ def download_file(
     ``progress(bytes_done, bytes_total)`` is called as data arrives (``bytes_total``
     is None when the server does not say); without it a tqdm bar is shown on stderr;
     a callback that raises cancels the download (its exception propagates, nothing is
-    kept). Raises :class:`DownloadError` (an ``OSError``) on HTTP errors, network
+    kept), unless it raises :class:`~napari_samtune.core.fetch.DownloadStopped` ("stop
+    for now": what arrived is kept as after a network failure). Raises
+    :class:`DownloadError` (an ``OSError``) on HTTP errors, network
     failures, truncation and hash mismatch; then nothing is left at ``dest``, and the
     message also says where a file moved aside went. With ``expected_hash``, what arrived
     before a network failure or Ctrl+C (``KeyboardInterrupt``) stays in ``.<name>.part``

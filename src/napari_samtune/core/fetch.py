@@ -14,9 +14,11 @@ published hash is renamed into place. A download holds a lock on the partial fil
 then: another download of the same file meanwhile (another process or thread) goes to a
 private temporary file, as all downloads did before they could resume. Ctrl+C (a
 ``KeyboardInterrupt``, or the CLI's SIGTERM) keeps the partial file like a network failure:
-the hash at the end still checks every byte. A mismatch, a cancel (a progress callback
-that raises: a program's explicit "not wanted", so the disk space comes back) or a
-download without a hash to check against keeps no partial file.
+the hash at the end still checks every byte; so does a progress callback that raises
+:class:`DownloadStopped` (a program's "stop for now": a widget's Cancel, a closed window).
+A mismatch, a cancel (a progress callback that raises anything else: a program's explicit
+"not wanted", so the disk space comes back) or a download without a hash to check against
+keeps no partial file.
 """
 
 from __future__ import annotations
@@ -47,6 +49,12 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+|\*)")
 
 class DownloadError(OSError):
     """A model file could not be downloaded, or what arrived was not the published file."""
+
+
+class DownloadStopped(Exception):
+    """Raised by a progress callback to stop a download and keep what arrived for the next
+    download to resume (where the published hash is known); :func:`fetch` raises it on
+    with its message saying what was kept and where."""
 
 
 class _ProgressCallbackFailed(Exception):
@@ -236,6 +244,12 @@ def _keep_or_drop(part: Path, keep: bool) -> str:
     return ""
 
 
+def _say_what_was_kept(stop: BaseException, url: str, kept: str) -> None:
+    """Append to the message of ``stop`` that the download was stopped and ``kept``."""
+    note = f"the download of {url} was stopped{kept}"
+    stop.args = ("; ".join(filter(None, [str(stop), note])),)
+
+
 class _NotPlaced(Exception):
     """Carries the error that kept a complete download out of place (a hash mismatch, a
     failed rename) past the network error handlers; ``error`` is raised."""
@@ -253,8 +267,12 @@ def _download_errors(url: str, dest: Path, part: Path, keep: bool) -> Iterator[N
     try:
         yield
     except _ProgressCallbackFailed as failed:
-        part.unlink(missing_ok=True)
-        raise failed.__cause__ from None
+        error = failed.__cause__
+        if not isinstance(error, DownloadStopped):
+            part.unlink(missing_ok=True)
+            raise error from None
+        _say_what_was_kept(error, url, _keep_or_drop(part, keep))
+        raise error from None
     except _NotPlaced as failed:
         part.unlink(missing_ok=True)
         raise failed.error from failed.error.__cause__
@@ -267,8 +285,7 @@ def _download_errors(url: str, dest: Path, part: Path, keep: bool) -> Iterator[N
     except KeyboardInterrupt as stop:  # the same object goes on, saying what was kept
         kept = _keep_or_drop(part, keep)
         if kept:
-            note = f"the download of {url} was stopped{kept}"
-            stop.args = ("; ".join(filter(None, [str(stop), note])),)
+            _say_what_was_kept(stop, url, kept)
         raise
     except BaseException:
         part.unlink(missing_ok=True)
@@ -289,7 +306,8 @@ def fetch(
     arrived; without one every transfer starts from zero and keeps nothing. Raises
     :class:`DownloadError` for network failures and a hash mismatch (which deletes the
     partial file); a progress callback's exception propagates as is (a cancel: the
-    partial file is deleted).
+    partial file is deleted), except :class:`DownloadStopped`, which keeps what arrived
+    as a network failure does and says so in its message.
     """
     out, part, shared = _claim_partial(dest)  # an unwritable folder fails before any request
     resume = shared and file_hash is not None
