@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent, QObject, Qt, Signal
 from qtpy.QtWidgets import QLabel, QMainWindow, QProgressBar, QWidget
 
@@ -119,6 +119,12 @@ def user_message(exc: BaseException, memory_advice: str = MEMORY_ADVICE) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+def _is_stopped_download(exc: BaseException) -> bool:
+    from napari_samtune.core.fetch import DownloadStopped  # torch: only on an error
+
+    return isinstance(exc, DownloadStopped)
+
+
 def main_window_of(widget: QWidget) -> QMainWindow | None:
     """The main window a dock widget belongs to, also while it floats (None: not docked).
 
@@ -180,6 +186,7 @@ class TaskRunner:
         self.progress_bar.destroyed.connect(self._on_widgets_destroyed)
         self._workers: dict[str, Any] = {}  # task name -> running worker
         self._ended: dict[str, threading.Event] = {}  # task name -> set when its thread ends
+        self._cancels: dict[str, threading.Event] = {}  # task name -> set to ask it to stop
         self._quiet: set[str] = set()  # tasks that leave the bar and the label alone
         self._relay = _ProgressRelay()
         self._relay.progressed.connect(self._show_progress)
@@ -210,15 +217,18 @@ class TaskRunner:
         on_finish: Callable[[], None] | None = None,
         memory_advice: str = MEMORY_ADVICE,
         quiet: bool = False,
+        cancel_event: threading.Event | None = None,
         **kwargs: Any,
     ):
         """Run ``func(*args, **kwargs)`` in a thread worker; callbacks run on the main thread.
 
         An error is notified (see :func:`user_message`, with ``memory_advice``) and handed
-        to ``on_error``. A ``quiet`` task (a background save) shows no progress, so that the
-        label keeps what the user last did. Returns the started worker (wait on its
-        ``finished`` signal in tests). Raises ``RuntimeError`` when a task of the same name
-        is still running.
+        to ``on_error``; a stopped download is told as information. A ``quiet`` task (a
+        background save) shows no progress, so that the label keeps what the user last did.
+        ``cancel_event``, which ``func`` checks, is set by :meth:`cancel` and
+        :meth:`quit_all`: a plain function (a download) has no other way to be stopped.
+        Returns the started worker (wait on its ``finished`` signal in tests). Raises
+        ``RuntimeError`` when a task of the same name is still running.
         """
         if name in self._workers:
             raise RuntimeError(f"{name} is still running; wait for it to finish")
@@ -245,6 +255,8 @@ class TaskRunner:
         ended = threading.Event()  # set in the worker's thread, so wait() needs no event loop
         worker.finished.connect(ended.set, Qt.ConnectionType.DirectConnection)
         self._workers[name], self._ended[name] = worker, ended
+        if cancel_event is not None:
+            self._cancels[name] = cancel_event
         if quiet:
             self._quiet.add(name)
         else:
@@ -274,6 +286,7 @@ class TaskRunner:
         would otherwise reach widgets that are being deleted)."""
         self._workers.pop(name, None)
         self._ended.pop(name, None)
+        self._cancels.pop(name, None)
         quiet = name in self._quiet
         self._quiet.discard(name)
         if self._shown and not quiet and self._workers.keys() <= self._quiet:
@@ -289,9 +302,17 @@ class TaskRunner:
             self.forget(name)
 
     def quit_all(self) -> None:
-        """Ask every running worker to stop (generators stop at their next yield)."""
-        for worker in list(self._workers.values()):
-            worker.quit()
+        """Ask every running worker to stop (generators stop at their next yield, tasks
+        with a cancel event when they next check it)."""
+        for name in list(self._workers):
+            self.cancel(name)
+
+    def cancel(self, name: str) -> None:
+        """Ask task ``name`` to stop, if it runs; it ends (and its callbacks run) later."""
+        if name in self._cancels:
+            self._cancels[name].set()
+        if name in self._workers:
+            self._workers[name].quit()
 
     def _on_yield(self, value: Any, on_yield: Callable[[Any], None] | None) -> None:
         if isinstance(value, TaskProgress):
@@ -308,7 +329,10 @@ class TaskRunner:
     ) -> None:
         if isinstance(exc, _GeneratorFailed):
             exc = exc.error
-        show_error(f"{name} failed: {user_message(exc, memory_advice)}")
+        if _is_stopped_download(exc):
+            show_info(f"{name} stopped: {exc}")
+        else:
+            show_error(f"{name} failed: {user_message(exc, memory_advice)}")
         if on_error is not None:
             on_error(exc)
 
