@@ -14,6 +14,7 @@ While a job that uses the Segmenter runs, predictions wait for it.
 from __future__ import annotations
 
 import functools
+import threading
 
 import napari
 import numpy as np
@@ -93,6 +94,7 @@ class AnnotateWidget(
     def _connect_controls(self) -> None:
         ui = self.ui
         ui.load_button.clicked.connect(self.load_model)
+        ui.cancel_load_button.clicked.connect(self.cancel_load)
         ui.image_combo.currentIndexChanged.connect(self._on_image_choice)
         ui.image_combo.activated.connect(lambda _: self.session or self._on_image_choice())
         ui.channels_first_check.toggled.connect(self._on_channels_first)
@@ -183,15 +185,21 @@ class AnnotateWidget(
             return None
         self.ui.model_label.setText(f"loading {source}…")
         notes: list[str] = []  # shown however the job ends: a file moved aside stays so
+        stop = threading.Event()  # Cancel, or the panel closed
 
         def loaded(model) -> None:
             _show_notes(notes)
+            if stop.is_set():  # loaded before it saw Cancel: not wanted now
+                self.ui.model_label.setText(f"{self._model_text()} ({source}: cancelled)")
+                return
             self.set_model(model.sam, model.name, model.model_id)
 
         def failed(_exc) -> None:
             _show_notes(notes)
-            self.ui.model_label.setText(self._model_text())
+            stopped = f" ({source}: cancelled; Load model resumes the download)"
+            self.ui.model_label.setText(self._model_text() + (stopped if stop.is_set() else ""))
 
+        self.ui.cancel_load_button.setEnabled(True)
         return self.runner.start(
             LOAD_TASK,
             jobs.load_model_job,
@@ -199,9 +207,21 @@ class AnnotateWidget(
             picker.device(),
             self.runner.report,
             notes,
+            stop,
             on_return=loaded,
             on_error=failed,
+            on_finish=lambda: self.ui.cancel_load_button.setEnabled(False),
+            cancel_event=stop,
         )
+
+    def cancel_load(self) -> None:
+        """Stop loading the model: a download stops at its next chunk and keeps what
+        arrived (the next Load model resumes it); the model in use stays."""
+        if not self.runner.is_running(LOAD_TASK):
+            return
+        self.runner.cancel(LOAD_TASK)
+        self.ui.cancel_load_button.setEnabled(False)
+        self.ui.status_label.setText("cancelling the model load…")
 
     def set_model(self, sam, name: str, model_id: str | None = None) -> None:
         """Use an already loaded ``segment_anything`` Sam (on its current device)."""

@@ -8,11 +8,13 @@ Segmenter: the widget makes no predictions until it has finished.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from napari_samtune._qt.downloads import download_progress, fetch_model_file
 from napari_samtune._qt.image_planes import ImageAxes
 from napari_samtune._qt.propagate import PropagationConfig, iter_propagate
 from napari_samtune._qt.workers import TaskProgress, logged_notes
@@ -126,13 +128,12 @@ def iter_propagate_object(
     yield PropagationEnd(tuple(reached))
 
 
-def load_model_job(source, device: str, report: Reporter, notes: list[str]) -> LoadedModel:
-    """Download (if needed) and load a model, reporting download progress in MiB; what the
-    download says besides (a damaged cached file moved aside) is appended to ``notes``."""
-
-    def progress(done: int, total: int | None) -> None:
-        mib, total_mib = done >> 20, (total or 0) >> 20
-        report(TaskProgress(mib, total_mib, f"downloading {source}: {mib} MiB"))
-
+def load_model_job(
+    source, device: str, report: Reporter, notes: list[str], stop: threading.Event
+) -> LoadedModel:
+    """Download (if needed, see :func:`~napari_samtune._qt.downloads.fetch_model_file`:
+    progress in bytes, stopped once ``stop`` is set) and load a model; what the download
+    says besides (a damaged cached file moved aside) is appended to ``notes``."""
     with logged_notes("napari_samtune.core.download", notes):
-        return load_model(source, device=device, progress=progress)
+        fetch_model_file(source, report, stop)
+        return load_model(source, device=device, progress=download_progress(source, report, stop))

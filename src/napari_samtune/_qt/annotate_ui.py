@@ -67,10 +67,16 @@ class AnnotateControls:
         layout = QVBoxLayout(group)
         self.model_picker = ModelPickerWidget()
         self.load_button = QPushButton("Load model")
+        self.cancel_load_button = QPushButton("Cancel")
+        self.cancel_load_button.setToolTip(
+            "Stop loading the model; a download stops and keeps what arrived, and the next "
+            "Load model resumes it"
+        )
+        self.cancel_load_button.setEnabled(False)  # while a model loads
         self.model_label = QLabel("no model loaded")
         self.model_label.setWordWrap(True)
         layout.addWidget(self.model_picker)
-        layout.addLayout(_row(self.load_button, self.model_label))
+        layout.addLayout(_row(self.load_button, self.cancel_load_button, self.model_label))
         return group
 
     def _image_group(self) -> QGroupBox:
