@@ -2,8 +2,9 @@
 
 :func:`iter_training_job` runs in a napari thread worker: it holds the run's
 folder as ``samtune train`` does (so that neither another window nor the command
-line writes into it meanwhile), reads the TIFF folders (slow file reading stays
-off the main thread), then yields the core's training events from
+line writes into it meanwhile), downloads the model if needed (with progress, and
+stopped by Stop), reads the TIFF folders (slow file reading stays off the main
+thread), then yields the core's training events from
 :func:`napari_samtune.core.train.iter_train` unchanged. It receives copies of
 the layer data, never layers.
 
@@ -21,6 +22,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from napari_samtune._qt.downloads import Reporter, fetch_model_file
 from napari_samtune._qt.train_folders import FolderSource, load_folder_pairs
 from napari_samtune.core.checkpoints import first_free, training_lock
 from napari_samtune.core.data import ImageLabelPair
@@ -61,14 +63,19 @@ class RunFolderInUse(ValueError):
     run did not start and wrote nothing there."""
 
 
-def iter_training_job(request: TrainRequest, stop_event: threading.Event) -> Iterator[TrainEvent]:
-    """Hold the run's folder for the whole run, read folder data, then yield every event of
-    the core's training run; :class:`RunFolderInUse` when another run holds the folder."""
+def iter_training_job(
+    request: TrainRequest, stop_event: threading.Event, report: Reporter
+) -> Iterator[TrainEvent]:
+    """Hold the run's folder for the whole run, download the model if needed (progress to
+    ``report``; ``stop_event`` stops it, see :func:`fetch_model_file`), read folder data,
+    then yield every event of the core's training run; :class:`RunFolderInUse` when another
+    run holds the folder."""
     with ExitStack() as held:
         try:
             held.enter_context(training_lock(request.out_dir))
         except ValueError as err:  # told apart from training's errors: nothing began
             raise RunFolderInUse(str(err)) from None
+        fetch_model_file(request.config.model, report, stop_event)
         train_data = [*request.train_pairs, *load_folder_pairs(request.train_folders)]
         val_data = [*request.val_pairs, *load_folder_pairs(request.val_folders)]
         yield from iter_train(

@@ -59,6 +59,7 @@ from napari_samtune._qt.train_run import (
 from napari_samtune._qt.train_settings import READ_TASK, TrainSettingsWidget
 from napari_samtune._qt.workers import TaskRunner, on_removed, user_message
 from napari_samtune.core.checkpoints import check_output_folder, training_lock
+from napari_samtune.core.fetch import DownloadStopped
 from napari_samtune.core.presets import MachineResources, TrainConfig
 from napari_samtune.core.train import TrainingFinished, TrainingStarted
 from napari_samtune.core.train_export import RunFiles, check_model_name, check_registration
@@ -223,10 +224,12 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
             iter_training_job,
             request,
             self.stop_event,
+            self.runner.report,
             on_yield=self._on_event,
             on_error=self._on_error,
             on_finish=self._on_run_ended,
             memory_advice=TRAIN_MEMORY_ADVICE,
+            cancel_event=self.stop_event,
         )
         self.status_label.setText(f"loading {request.config.model} and preparing the data…")
         self._watch_window_close(True)
@@ -352,6 +355,9 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
         if isinstance(error, RunFolderInUse):
             self.settings.show_start_problem(str(error))
             show_problem(self.start_error, "cannot start: fix the problems marked in red")
+            return
+        if isinstance(error, DownloadStopped):  # Stop during the model's download
+            self.result_label.setText(f"stopped before training began: {error}")
             return
         text = f"training failed: {user_message(error, TRAIN_MEMORY_ADVICE)}"
         if self.run_folder is not None and RunFiles(self.run_folder).last.is_file():
