@@ -1,9 +1,10 @@
 """The Finetune widget's view of a run: the training events, on the main thread, move its
-progress bar, status line and live plot, and say how the run ended.
+progress bar, status line and live plot, and say how the run ended (or why it failed).
 
 A mixin of :class:`~napari_samtune._qt.train_widget.TrainWidget` (it uses its
 ``progress_bar``, ``status_label``, ``result_label``, ``plot``, ``settings``,
-``use_model_check``, ``stop_event``, ``steps_seen``, ``viewer`` and signals).
+``use_model_check``, ``stop_event``, ``steps_seen``, ``viewer``, ``start_error``,
+``run_folder`` and signals).
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ import math
 
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from napari_samtune._qt.train_run import offer_model
+from napari_samtune._qt.train_data import show_problem
+from napari_samtune._qt.train_run import RunFolderInUse, offer_model
+from napari_samtune._qt.workers import user_message
+from napari_samtune.core.fetch import DownloadStopped
 from napari_samtune.core.train import EpochDone, StepDone, TrainingFinished, TrainingStarted
+from napari_samtune.core.train_export import RunFiles
 
 
 def format_duration(seconds: float) -> str:
@@ -99,3 +104,29 @@ class TrainProgressMixin:
         self.result_label.setText(message)
         show_info(message)
         self.training_finished.emit(event)
+
+    def _on_error(self, error: BaseException) -> None:
+        """The run failed (the runner has notified the user); keep the reason in view, and
+        say where its last checkpoint is, if an epoch ended: nothing up to it is lost. A
+        run refused its folder never began: that is shown as a refused Start."""
+        if isinstance(error, RunFolderInUse):
+            self.settings.show_start_problem(str(error))
+            show_problem(self.start_error, "cannot start: fix the problems marked in red")
+            return
+        if isinstance(error, DownloadStopped):  # Stop during the model's download
+            self.result_label.setText(f"stopped before training began: {error}")
+            return
+        text = f"training failed: {user_message(error, TRAIN_MEMORY_ADVICE)}"
+        if self.run_folder is not None and RunFiles(self.run_folder).last.is_file():
+            text += (
+                f"\nthe checkpoint of its last finished epoch is in {self.run_folder}: "
+                "Continue… goes on from there"
+            )
+        self.result_label.setText(text)
+
+
+# what a run that ran out of memory can ask for instead (the Advanced settings' fields)
+TRAIN_MEMORY_ADVICE = (
+    "choose a preset for less memory, or in Advanced settings fewer objects per batch, a "
+    "smaller patch size or a frozen image encoder"
+)

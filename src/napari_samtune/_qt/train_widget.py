@@ -47,22 +47,20 @@ from qtpy.QtWidgets import (
 from napari_samtune._qt.train_close import TrainCloseMixin
 from napari_samtune._qt.train_data import PairSourceWidget, error_label, show_problem
 from napari_samtune._qt.train_plot import TrainingPlotWidget
-from napari_samtune._qt.train_progress import TrainProgressMixin
+from napari_samtune._qt.train_progress import TRAIN_MEMORY_ADVICE, TrainProgressMixin
 from napari_samtune._qt.train_run import (
     TRAIN_TASK,
-    RunFolderInUse,
     TrainRequest,
     continued_config,
     iter_training_job,
     run_folder,
 )
 from napari_samtune._qt.train_settings import READ_TASK, TrainSettingsWidget
-from napari_samtune._qt.workers import TaskRunner, on_removed, user_message
+from napari_samtune._qt.workers import TaskRunner, on_removed
 from napari_samtune.core.checkpoints import check_output_folder, training_lock
-from napari_samtune.core.fetch import DownloadStopped
 from napari_samtune.core.presets import MachineResources, TrainConfig
 from napari_samtune.core.train import TrainingFinished, TrainingStarted
-from napari_samtune.core.train_export import RunFiles, check_model_name, check_registration
+from napari_samtune.core.train_export import check_model_name, check_registration
 
 
 class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
@@ -348,25 +346,6 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
         self.stop_button.setEnabled(running)
         self.setup_area.widget().setEnabled(not running)  # a run keeps the settings it began with
 
-    def _on_error(self, error: BaseException) -> None:
-        """The run failed (the runner has notified the user); keep the reason in view, and
-        say where its last checkpoint is, if an epoch ended: nothing up to it is lost. A
-        run refused its folder never began: that is shown as a refused Start."""
-        if isinstance(error, RunFolderInUse):
-            self.settings.show_start_problem(str(error))
-            show_problem(self.start_error, "cannot start: fix the problems marked in red")
-            return
-        if isinstance(error, DownloadStopped):  # Stop during the model's download
-            self.result_label.setText(f"stopped before training began: {error}")
-            return
-        text = f"training failed: {user_message(error, TRAIN_MEMORY_ADVICE)}"
-        if self.run_folder is not None and RunFiles(self.run_folder).last.is_file():
-            text += (
-                f"\nthe checkpoint of its last finished epoch is in {self.run_folder}: "
-                "Continue… goes on from there"
-            )
-        self.result_label.setText(text)
-
     def _on_run_ended(self) -> None:
         self._set_running(False)
         self.stop_event = None
@@ -377,13 +356,6 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
         self.stop()  # a run in progress saves its checkpoint and exports
         super().closeEvent(event)
-
-
-# what a run that ran out of memory can ask for instead (the Advanced settings' fields)
-TRAIN_MEMORY_ADVICE = (
-    "choose a preset for less memory, or in Advanced settings fewer objects per batch, a "
-    "smaller patch size or a frozen image encoder"
-)
 
 
 def _named(field: str, check: Callable[[str], str], value: str) -> str:
