@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from napari.layers import Image, Labels
 
+from napari_samtune._qt.prompt_layers import ANNOTATIONS, PREVIEW
 from napari_samtune.core.data import MAX_CHANNELS, prepare_pair, split_planes
 from napari_samtune.core.label_files import float_labels_problem
 
@@ -99,14 +100,28 @@ def _extra_axes_problem(image: Image, labels, extra: int) -> str:
     )
 
 
-def pairing_rank(image: Image, labels) -> tuple[bool, bool, bool, bool]:
+def pairing_rank(image: Image, labels) -> tuple[bool, ...]:
     """How well ``labels`` (a Labels or Image layer) pairs with ``image``, as a sort key:
-    of its (spatial) shape, a Labels layer, holding objects, named after the image."""
+    of its (spatial) shape, not the annotation widget's layer of another image (its
+    objects outline that image), not ``image``'s own uncommitted preview, a Labels layer,
+    holding objects, named after the image."""
     spatial = {image.data.shape, image.data.shape[:-1], image.data.shape[1:]}
     shape_fits = labels.data.shape in spatial
+    owner, suffix = _annotation_layer_owner(labels.name)
     return (
         shape_fits,
+        owner is None or owner == image.name,
+        suffix != PREVIEW,
         isinstance(labels, Labels),
         bool(np.any(labels.data)),
         labels.name.startswith(image.name),
     )
+
+
+def _annotation_layer_owner(name: str) -> tuple[str | None, str | None]:
+    """(image name, suffix) of a layer named as the annotation widget names the
+    annotations and the preview of an image; (None, None) for other names."""
+    for suffix in (ANNOTATIONS, PREVIEW):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name.removesuffix(suffix), suffix
+    return None, None

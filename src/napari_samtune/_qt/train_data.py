@@ -193,7 +193,8 @@ class PairSourceWidget(QWidget):
     def _suggest_labels(self, _name: str = "") -> None:
         """Offer the labels that pair with the image chosen (until a person picks some): of
         its shape, holding objects, named after it (a sample's ``<image> labels``, not the
-        annotation widget's still empty ``<image> annotations``)."""
+        annotation widget's still empty ``<image> annotations``), never the annotation
+        widget's layers of another image, nor the image's uncommitted preview."""
         name = self.image_combo.currentText()
         if name not in self.viewer.layers:
             return

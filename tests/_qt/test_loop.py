@@ -1,0 +1,87 @@
+"""The whole loop in one viewer, as a person runs it: annotate two images with the packaged
+nano model, finetune on those annotations while annotating on, annotate the third image with
+the finetuned model, then finetune that model again on more annotations."""
+
+from __future__ import annotations
+
+import pytest
+
+from napari_samtune._qt.annotate import AnnotateWidget
+from napari_samtune._qt.annotate_jobs import AUTO_TASK, LOAD_TASK
+from napari_samtune._qt.train_widget import TrainWidget
+from napari_samtune.core.presets import MachineResources
+from napari_samtune.core.synthetic import make_image
+
+WAIT_MS = 120_000
+SMALL_CPU = MachineResources(gpu_memory_gb=None, ram_gb=16.0, n_cores=8, gpu_name=None)
+
+
+@pytest.fixture
+def loop(make_napari_viewer, qtbot, run_job, tmp_path):
+    """A viewer with three images, the Annotate widget on nano and the Finetune widget."""
+    viewer = make_napari_viewer()
+    for i in range(3):
+        viewer.add_image(make_image((96, 96), seed=i)[0], name=f"cells{i}")
+    annotate = AnnotateWidget(viewer)
+    annotate.ui.folder_edit.setText(str(tmp_path / "annotations"))
+    viewer.window.add_dock_widget(annotate, name="Annotate with SAM")
+    train = TrainWidget(viewer, machine=SMALL_CPU)
+    train.settings.out_dir_edit.setText(str(tmp_path / "training"))
+    viewer.window.add_dock_widget(train, name="Finetune SAM")
+    annotate.select_model("nano")
+    run_job(annotate, annotate.load_model, LOAD_TASK)
+    yield viewer, annotate, train
+    train.stop()
+    qtbot.waitUntil(lambda: not train.is_running, timeout=WAIT_MS)
+    viewer.layers.clear()
+    qtbot.waitUntil(lambda: not annotate.runner.is_running(), timeout=WAIT_MS)
+
+
+def annotate_image(qtbot, annotate, name, run_job, drain_jobs):
+    annotate.ui.image_combo.setCurrentText(name)
+    drain_jobs(annotate)
+    run_job(annotate, annotate.segment_automatically, AUTO_TASK)
+    layers = annotate.session.layers
+    layers.points.add([48, 48])
+    assert layers.preview.data.any()
+    annotate.ui.overwrite_check.setChecked(True)
+    assert annotate.commit()
+    layer = layers.annotations
+    layer.brush_size = 5
+    with qtbot.waitSignal(annotate.annotations_saved, timeout=WAIT_MS):
+        layer.paint((10, 10), 99)
+    drain_jobs(annotate)
+
+
+def small_settings(train, qtbot, model, epochs=1):
+    settings = train.settings
+    settings.model_picker.select_model(model)
+    qtbot.waitUntil(lambda: settings.architecture() is not None, timeout=WAIT_MS)
+    settings.epochs_spin.setValue(epochs)
+    settings.samples_spin.setValue(2)
+    settings.objects_spin.setValue(2)
+    settings.patch_spin.setValue(64)
+    settings.freeze_checks["image_encoder"].setChecked(True)
+
+
+def test_an_image_not_annotated_yet_is_not_offered_another_image_s_annotations(
+    qtbot, loop, run_job, drain_jobs
+):
+    """cells2 has no annotations yet: the labels suggested for it are its own (empty)
+    annotations layer, which Add pair refuses with a reason, never cells0's annotations
+    (cells2's pixels would train on cells0's outlines) nor cells2's uncommitted preview."""
+    viewer, annotate, train = loop
+    annotate_image(qtbot, annotate, "cells0", run_job, drain_jobs)
+    annotate.ui.image_combo.setCurrentText("cells2")
+    drain_jobs(annotate)
+    data = train.train_data
+    data.image_combo.setCurrentText("cells2")
+    assert data.labels_combo.currentText() == "cells2 annotations"
+    assert not data.add_current_pair()
+    assert "contain no objects" in data.pair_error.text()
+    annotate.session.layers.points.add([30, 30])  # a preview, not committed
+    assert annotate.session.layers.preview.data.any()
+    data.image_combo.setCurrentText("cells0")
+    assert data.labels_combo.currentText() == "cells0 annotations"
+    data.image_combo.setCurrentText("cells2")
+    assert data.labels_combo.currentText() == "cells2 annotations"
