@@ -4,6 +4,7 @@ the finetuned model, then finetune that model again on more annotations."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from napari_samtune._qt.annotate import AnnotateWidget
@@ -85,3 +86,60 @@ def test_an_image_not_annotated_yet_is_not_offered_another_image_s_annotations(
     assert data.labels_combo.currentText() == "cells0 annotations"
     data.image_combo.setCurrentText("cells2")
     assert data.labels_combo.currentText() == "cells2 annotations"
+
+
+@pytest.fixture
+def stack_loop(make_napari_viewer, qtbot, run_job, tmp_path):
+    """A viewer with a (3, 96, 96) stack, the Annotate widget on nano and the Finetune
+    widget set for the smallest runs."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.stack([make_image((96, 96), seed=s)[0] for s in range(3)]), name="stack")
+    annotate = AnnotateWidget(viewer)
+    annotate.ui.folder_edit.setText(str(tmp_path / "annotations"))
+    viewer.window.add_dock_widget(annotate, name="Annotate with SAM")
+    train = TrainWidget(viewer, machine=SMALL_CPU)
+    train.settings.out_dir_edit.setText(str(tmp_path / "training"))
+    viewer.window.add_dock_widget(train, name="Finetune SAM")
+    annotate.select_model("nano")
+    run_job(annotate, annotate.load_model, LOAD_TASK)
+    small_settings(train, qtbot, "nano")
+    yield viewer, annotate, train
+    train.stop()
+    qtbot.waitUntil(lambda: not train.is_running, timeout=WAIT_MS)
+    viewer.layers.clear()
+    qtbot.waitUntil(lambda: not annotate.runner.is_running(), timeout=WAIT_MS)
+
+
+def test_one_annotated_plane_without_objects_in_its_held_out_rows_is_refused_at_start(
+    qtbot, stack_loop, drain_jobs, notifications
+):
+    """Objects painted near the top of one plane of a stack: that plane is the only training
+    image, and the rows held out of it for validation have no object. Start says so at once
+    in the widget's terms (no val_fraction field here), without loading the model first."""
+    viewer, annotate, train = stack_loop
+    viewer.dims.set_current_step(0, 1)
+    drain_jobs(annotate)
+    layer = annotate.session.layers.annotations
+    layer.brush_size = 9
+    with qtbot.waitSignal(annotate.annotations_saved, timeout=WAIT_MS):
+        layer.paint((1, 20, 20), 1)
+        layer.paint((1, 20, 60), 2)
+    drain_jobs(annotate)
+    data = train.train_data
+    data.image_combo.setCurrentText("stack")
+    assert data.labels_combo.currentText() == "stack annotations"
+    assert data.add_current_pair()
+    assert train.start() is None
+    assert not train.is_running
+    assert "separate validation data" in train.start_error.text()
+    refusals = [n for n in notifications if n.startswith("cannot start training")]
+    assert refusals and "rows 86..95 (the validation part)" in refusals[-1]
+    assert "separate validation data" in refusals[-1]
+    assert not any("val_fraction" in n for n in notifications)
+    with qtbot.waitSignal(annotate.annotations_saved, timeout=WAIT_MS):
+        layer.paint((1, 90, 40), 3)  # what the message says to do: an object there
+    drain_jobs(annotate)
+    with qtbot.waitSignal(train.training_finished, timeout=WAIT_MS) as finished:
+        assert train.start() is not None
+    assert not train.start_error.isVisible()
+    assert finished.args[0].registered_name is not None

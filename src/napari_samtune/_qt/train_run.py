@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,10 +25,11 @@ from pathlib import Path
 from napari_samtune._qt.downloads import Reporter, fetch_model_file
 from napari_samtune._qt.train_folders import FolderSource, load_folder_pairs
 from napari_samtune.core.checkpoints import first_free, training_lock
-from napari_samtune.core.data import ImageLabelPair
+from napari_samtune.core.data import ImageLabelPair, prepare_pairs
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train import TrainEvent, iter_train
 from napari_samtune.core.train_export import RunFiles
+from napari_samtune.core.validation_split import EmptyPartError, split_validation
 
 TRAIN_TASK = "training"  # the TaskRunner name of a training run
 
@@ -87,6 +88,25 @@ def iter_training_job(
             resume_from=request.resume_from,
             model_name=request.model_name,
         )
+
+
+def held_out_problem(train_pairs: Sequence[ImageLabelPair], config: TrainConfig) -> str:
+    """Why the part of the only training image held out for validation (or the part left
+    for training) has no object, in the widget's terms; "" when the split works, or when
+    there is more than one image. Asked at Start: the run would fail only after loading
+    the model."""
+    if len(train_pairs) != 1:
+        return ""
+    try:
+        split_validation(prepare_pairs(train_pairs), config.val_fraction, config.seed)
+    except EmptyPartError as err:
+        return (
+            f"{err.image!r} is the only training image, so part of it is held out for "
+            f"validation, and its {err.where} (the {err.part} part) hold no object: annotate "
+            "an object there, add another annotated image, or tick 'separate validation "
+            "data' and choose validation data"
+        )
+    return ""
 
 
 def run_folder(output_folder: Path, model_name: str) -> Path:

@@ -52,6 +52,7 @@ from napari_samtune._qt.train_run import (
     TRAIN_TASK,
     TrainRequest,
     continued_config,
+    held_out_problem,
     iter_training_job,
     run_folder,
 )
@@ -310,9 +311,17 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
             show_problem(self.start_error, "cannot start: fix the problems marked in red")
             show_error("cannot start training: " + problems[0])
             return None
-        show_problem(self.start_error, "")
         train_pairs, train_folders = self.train_data.snapshot()
         val_pairs, val_folders = self.val_data.snapshot() if self._separate_val() else ([], None)
+        held_out = (
+            ""
+            if val_pairs or val_folders or train_folders
+            else held_out_problem(train_pairs, config)
+        )
+        show_problem(self.start_error, held_out)
+        if held_out:
+            show_error("cannot start training: " + held_out)
+            return None
         return TrainRequest(
             config, tuple(train_pairs), train_folders, tuple(val_pairs), val_folders,
             out_dir, model_name, last, tuple(history),

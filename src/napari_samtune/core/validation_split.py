@@ -37,6 +37,20 @@ def _fingerprints(image: PreparedImage) -> tuple[str, str]:
     return image_fingerprint(image.rgb), image_fingerprint(image.labels)
 
 
+class EmptyPartError(ValueError):
+    """One part of the only training image, held out for validation or left for training,
+    has no object: ``image`` (its name), ``where`` (e.g. "rows 86..95") and ``part``
+    ("training" or "validation") say which."""
+
+    def __init__(self, image: str, where: str, part: str) -> None:
+        super().__init__(
+            f"{image!r} is the only image, so its {where} were held out for {part}, but that "
+            "part has no objects; pass validation data, annotate objects there, or set "
+            "val_fraction=0"
+        )
+        self.image, self.where, self.part = image, where, part
+
+
 def split_validation(
     images: Sequence[PreparedImage], val_fraction: float, seed: int
 ) -> tuple[list[PreparedImage], list[PreparedImage]]:
@@ -68,9 +82,5 @@ def _split_one_image(image: PreparedImage, val_fraction: float) -> tuple[list, l
         try:
             parts.append(index_objects(image.rgb[index], image.labels[index], image.name))
         except ValueError:
-            raise ValueError(
-                f"{image.name!r} is the only image, so its {where} were held out for "
-                f"{name}, but that part has no objects; pass validation data, annotate "
-                "objects there, or set val_fraction=0"
-            ) from None
+            raise EmptyPartError(image.name, where, name) from None
     return [parts[0]], [parts[1]]
