@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tifffile
 
 from napari_samtune._qt.annotate import AnnotateWidget
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, LOAD_TASK
@@ -143,3 +144,33 @@ def test_one_annotated_plane_without_objects_in_its_held_out_rows_is_refused_at_
         assert train.start() is not None
     assert not train.start_error.isVisible()
     assert finished.args[0].registered_name is not None
+
+
+def test_a_brush_correction_of_an_image_annotated_before_is_autosaved(
+    qtbot, loop, run_job, drain_jobs, tmp_path
+):
+    """Annotating cells2 (e.g. while training runs), the person corrects cells0's
+    annotations layer, still in the viewer, with the brush: the correction is autosaved to
+    cells0's file, as it is while cells0 is chosen, not lost when napari closes."""
+    viewer, annotate, train = loop
+    annotate_image(qtbot, annotate, "cells0", run_job, drain_jobs)
+    annotate.ui.image_combo.setCurrentText("cells2")
+    drain_jobs(annotate)
+    layer = viewer.layers["cells0 annotations"]
+    layer.brush_size = 5
+    saved = tmp_path / "annotations" / "cells0.labels.tif"
+    with qtbot.waitSignal(
+        annotate.annotations_saved, check_params_cb=lambda path: path == str(saved)
+    ):
+        layer.paint((80, 80), 55)
+    drain_jobs(annotate)
+    np.testing.assert_array_equal(tifffile.imread(saved), layer.data)
+    assert (layer.data == 55).any()
+    annotate.ui.image_combo.setCurrentText("cells0")  # chosen again: the correction stays
+    drain_jobs(annotate)
+    assert (annotate.session.annotations == 55).any()
+    with qtbot.waitSignal(annotate.annotations_saved):
+        annotate.session.layers.annotations.paint((60, 20), 56)
+    drain_jobs(annotate)
+    saved_labels = tifffile.imread(saved)
+    assert (saved_labels == 55).any() and (saved_labels == 56).any()

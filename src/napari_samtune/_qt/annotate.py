@@ -62,7 +62,9 @@ class AnnotateWidget(
         self._embedded: tuple[int, int | None] | None = None  # (generation, plane)
         # planes whose preview lags their prompts (it waits for a model or an embedding)
         self._previews_behind: set[int | None] = set()
-        self._autosave_again = False
+        self._autosave_again: list[AnnotationSession] = []  # saved once the running save ends
+        # annotations layer of an image no longer chosen -> its autosave on brush strokes
+        self._retired_painting: dict = {}
         self._not_autosaved: AnnotationSession | None = None  # edited with autosave unticked
         # (session, planes) automatic segmentation wrote that its autosave has not saved yet
         self._automatic_unsaved: tuple[AnnotationSession, list] | None = None
@@ -151,6 +153,7 @@ class AnnotateWidget(
         self._attach_soon.stop()
         helpers = list(self.session.layers.layers) if self.session is not None else []
         self._detach()
+        self._unwatch_retired()
         for provider in [self.viewer, *helpers]:
             for key in self._key_actions():
                 provider.bind_key(key, None, overwrite=True)

@@ -144,19 +144,47 @@ class AnnotateFilesMixin:
         the stroke before it writes it into the data."""
         QTimer.singleShot(0, self._autosave)
 
-    def _autosave(self):
-        """Save a snapshot in the background, atomically; coalesces overlapping requests."""
-        if self.session is None:
+    def _watch_retired(self, session) -> None:
+        """``session``'s image is no longer chosen, but its annotations layer stays in the
+        viewer, where a person may still correct it with the brush: autosave those strokes
+        to that image's file too (until the image is chosen again or the layer goes)."""
+        layer = session.layers.annotations
+        if layer not in self.viewer.layers or self._shut_down:
+            return
+
+        def painted(_event=None) -> None:
+            QTimer.singleShot(0, lambda: self._autosave(session))
+
+        self._unwatch_retired(layer)
+        layer.events.paint.connect(painted)
+        self._retired_painting[layer] = painted
+
+    def _unwatch_retired(self, layer=None) -> None:
+        """Stop autosaving the strokes on ``layer`` (every retired layer when None)."""
+        layers = list(self._retired_painting) if layer is None else [layer]
+        for retired in layers:
+            painted = self._retired_painting.pop(retired, None)
+            if painted is not None:
+                retired.events.paint.disconnect(painted)
+
+    def _autosave(self, session=None):
+        """Save a snapshot of ``session`` (default: the image annotated now) in the
+        background, atomically; coalesces overlapping requests."""
+        session = self.session if session is None else session
+        if session is None:
             return None
         if not self.ui.autosave_check.isChecked():
-            self._not_autosaved = self.session  # saved when autosave is ticked again
+            if session is self.session:
+                self._not_autosaved = session  # saved when autosave is ticked again
             return None
-        self._not_autosaved = None
+        if session is self.session:
+            self._not_autosaved = None
         if self.runner.is_running(SAVE_TASK):
-            self._autosave_again = True
+            if not any(waiting is session for waiting in self._autosave_again):
+                self._autosave_again.append(session)
             return None
-        self._autosave_again = False
-        session, folder = self.session, self.annotation_folder()
+        self._autosave_again = [s for s in self._autosave_again if s is not session]
+        folder = self.annotation_folder()
         window = main_window_of(self)
         if window is not None:  # see eventFilter (installing it again changes nothing)
             window.installEventFilter(self)
@@ -170,9 +198,14 @@ class AnnotateFilesMixin:
             session.file_name(folder),
             on_return=lambda paths: self._autosaved(session, paths[0]),
             on_error=lambda _exc: setattr(self, "_save_failed", session),
-            on_finish=lambda: self._autosave() if self._autosave_again else None,
+            on_finish=self._autosave_next,
             quiet=True,  # the status line keeps what was committed
         )
+
+    def _autosave_next(self) -> None:
+        """A save ended: save the next image whose edits came while it ran, if any."""
+        if self._autosave_again:
+            self._autosave(self._autosave_again[0])
 
     def _autosaved(self, session, labels_path: Path) -> None:
         if self._save_failed is session:  # the error was said: so is that it is over
@@ -194,10 +227,10 @@ class AnnotateFilesMixin:
             return
         self.runner.wait(SAVE_TASK)
         self.runner.forget(SAVE_TASK)
-        if self._autosave_again and self.session is not None:
-            self._autosave_again = False
+        waiting, self._autosave_again = self._autosave_again, []
+        for session in waiting:
             try:
-                self.session.save(self.annotation_folder())
+                session.save(self.annotation_folder())
             except (OSError, ValueError) as err:
                 show_error(f"saving failed: {user_message(err)}")
 

@@ -70,6 +70,7 @@ class AnnotateImageMixin:
     def _on_layer_removed(self, event) -> None:
         layer = event.value
         layer.events.name.disconnect(self._refresh_image_choices)
+        self._unwatch_retired(layer)
         if self._removing_own_layers:
             return
         session = self.session
@@ -172,6 +173,7 @@ class AnnotateImageMixin:
         self._follow_image(layer, connect=True)
         for prompt_layer in (self.session.layers.points, self.session.layers.boxes):
             prompt_layer.events.data.connect(self._on_prompts_changed)
+        self._unwatch_retired(self.session.layers.annotations)  # autosaved as chosen now
         self.session.layers.annotations.events.paint.connect(self._on_painted)
         for helper in self.session.layers.layers:
             self._bind_keys(helper, layer)
@@ -285,6 +287,7 @@ class AnnotateImageMixin:
         for prompt_layer in (self.session.layers.points, self.session.layers.boxes):
             prompt_layer.events.data.disconnect(self._on_prompts_changed)
         self.session.layers.annotations.events.paint.disconnect(self._on_painted)
+        self._watch_retired(self.session)
         self._follow_image(self.session.image_layer, connect=False)
         self.session = None
         self._previews_behind.clear()
