@@ -7,12 +7,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
+import torch
 
 from napari_samtune._qt.annotate import AnnotateWidget
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, LOAD_TASK
 from napari_samtune._qt.train_widget import TrainWidget
+from napari_samtune.core.architectures import NANO, TINY
+from napari_samtune.core.models import load_model
 from napari_samtune.core.presets import MachineResources
 from napari_samtune.core.synthetic import make_image
+from napari_samtune.core.user_models import register_user_model
 
 WAIT_MS = 120_000
 SMALL_CPU = MachineResources(gpu_memory_gb=None, ram_gb=16.0, n_cores=8, gpu_name=None)
@@ -174,3 +178,28 @@ def test_a_brush_correction_of_an_image_annotated_before_is_autosaved(
     drain_jobs(annotate)
     saved_labels = tifffile.imread(saved)
     assert (saved_labels == 55).any() and (saved_labels == 56).any()
+
+
+def test_the_finetuned_model_chosen_for_a_second_round_keeps_the_settings_typed(
+    qtbot, loop, tiny_checkpoint
+):
+    """The second round starts from the model the first made, of the same architecture, so
+    the preset has the same values for it: the epochs, patches and frozen encoder the person
+    set for the first round stay, not reset to the preset's (unseen in the collapsed
+    Advanced settings, a 1-epoch round would become a 100-epoch one)."""
+    viewer, annotate, train = loop
+    settings = train.settings
+    small_settings(train, qtbot, "nano", epochs=3)
+    nano_file = tiny_checkpoint.with_name("nano_copy.pth")
+    torch.save(load_model("nano").sam.state_dict(), nano_file)
+    register_user_model(nano_file, "nano-round1", NANO)
+    register_user_model(tiny_checkpoint, "tiny-model", TINY)
+    settings.model_picker.refresh_models()
+    settings.model_picker.select_model("nano-round1")
+    qtbot.waitUntil(lambda: settings.architecture() is not None, timeout=WAIT_MS)
+    assert settings.epochs_spin.value() == 3
+    assert (settings.samples_spin.value(), settings.patch_spin.value()) == (2, 64)
+    assert settings.freeze_checks["image_encoder"].isChecked()
+    assert settings.build_config().model == "nano-round1"
+    settings.model_picker.select_model("tiny-model")  # another architecture: its defaults
+    assert settings.epochs_spin.value() != 3

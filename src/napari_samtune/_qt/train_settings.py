@@ -96,7 +96,9 @@ class TrainSettingsWidget(QWidget):
         )
         self._architectures: dict[str, SamArchitecture] = {}  # weights file -> architecture
         self._read_error: tuple[str, str] | None = None  # (file, why it cannot be used)
-        self._filled_for: str | None = None  # the model the advanced fields were filled for
+        # the architecture the advanced fields were filled for: the preset's values depend
+        # on it alone, so another model of it (e.g. a finetuned one) keeps what was typed
+        self._filled_for: SamArchitecture | None = None
         self._before_read: dict | None = None  # the advanced fields when a file's read began
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -198,8 +200,9 @@ class TrainSettingsWidget(QWidget):
         if problem:
             self._show_settings_problem(problem)
             return
-        # the same model (another device, a file read again): keep what the person set
-        self._apply_preset(fill=self.model_text() != self._filled_for)
+        # the same architecture (another device, a file read again, a model finetuned from
+        # this one): keep what the person set
+        self._apply_preset(fill=self.architecture() != self._filled_for)
 
     def _read_architecture(self, path: Path) -> None:
         if self.runner.is_running(READ_TASK):  # look again once the current read ends
@@ -247,7 +250,7 @@ class TrainSettingsWidget(QWidget):
         typed = self._typed_during_read()
         if fill:
             self._show_config(base, keep=typed)
-            self._filled_for = self.model_text()
+            self._filled_for = arch
         self.architecture_known.emit()
 
     def _file(self) -> Path | None:
