@@ -14,6 +14,7 @@ from napari_samtune._qt.annotate_jobs import AUTO_TASK, LOAD_TASK
 from napari_samtune._qt.train_widget import TrainWidget
 from napari_samtune.core.architectures import NANO, TINY
 from napari_samtune.core.models import load_model
+from napari_samtune.core.predict import Segmenter
 from napari_samtune.core.presets import MachineResources
 from napari_samtune.core.synthetic import make_image
 from napari_samtune.core.user_models import register_user_model
@@ -203,3 +204,63 @@ def test_the_finetuned_model_chosen_for_a_second_round_keeps_the_settings_typed(
     assert settings.build_config().model == "nano-round1"
     settings.model_picker.select_model("tiny-model")  # another architecture: its defaults
     assert settings.epochs_spin.value() != 3
+
+
+def test_annotate_finetune_annotate_with_the_new_model_then_finetune_it_again(
+    qtbot, loop, run_job, drain_jobs, tmp_path
+):
+    """The whole loop in one viewer: two images annotated (automatic, a point, the brush),
+    finetuned on while cells2 is annotated on (its previews keep coming), the new model
+    offered and used for cells2 at once (previews and objects by it), then finetuned again
+    from it on cells2 too, under a name of its own."""
+    viewer, annotate, train = loop
+    for name in ("cells0", "cells1"):
+        annotate_image(qtbot, annotate, name, run_job, drain_jobs)
+    data = train.train_data
+    for name in ("cells0", "cells1"):
+        data.image_combo.setCurrentText(name)
+        assert data.labels_combo.currentText() == f"{name} annotations"
+        assert data.add_current_pair()
+    small_settings(train, qtbot, "nano", epochs=2)
+    with qtbot.waitSignal(train.training_started, timeout=WAIT_MS):
+        assert train.start() is not None
+    annotate.ui.image_combo.setCurrentText("cells2")  # annotating on while it trains
+    qtbot.waitUntil(lambda: annotate.is_embedded(None), timeout=WAIT_MS)
+    annotate.session.layers.points.add([30, 30])
+    assert annotate.session.layers.preview.data.any()
+    with qtbot.waitSignal(train.training_finished, timeout=WAIT_MS) as finished:
+        viewer.layers["cells0 annotations"].paint((80, 80), 55)  # an edit during training
+    first = finished.args[0].registered_name
+    assert first is not None and first in annotate.ui.model_picker.model_names()
+    qtbot.waitUntil(lambda: annotate.model_name == first, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: annotate.is_embedded(None), timeout=WAIT_MS)
+    drain_jobs(annotate)
+    segmenter = Segmenter(load_model(first).sam)  # the preview is the new model's
+    segmenter.set_image(viewer.layers["cells2"].data)
+    point = dict(points_xy=np.array([[30, 30]]), point_labels=np.array([1]), multimask=True)
+    expected = segmenter.predict(**point).mask
+    np.testing.assert_array_equal(annotate.session.layers.preview.data > 0, expected)
+    assert annotate.commit()
+    run_job(annotate, annotate.segment_automatically, AUTO_TASK)
+    assert {record["model"] for record in annotate.session.records} == {first}
+    saved = tmp_path / "annotations"
+    for name in ("cells0", "cells1", "cells2"):
+        np.testing.assert_array_equal(
+            tifffile.imread(saved / f"{name}.labels.tif"), viewer.layers[f"{name} annotations"].data
+        )
+
+    settings = train.settings  # round two: from the new model, with cells2 added
+    settings.model_picker.select_model(first)
+    qtbot.waitUntil(lambda: settings.architecture() is not None, timeout=WAIT_MS)
+    data.image_combo.setCurrentText("cells2")
+    assert data.add_current_pair()
+    with qtbot.waitSignal(train.training_started, timeout=WAIT_MS) as started:
+        assert train.start() is not None
+    assert started.args[0].config.model == first and started.args[0].config.epochs == 2
+    assert started.args[0].n_train + started.args[0].n_val == 3
+    with qtbot.waitSignal(train.training_finished, timeout=WAIT_MS) as finished:
+        pass
+    second = finished.args[0].registered_name
+    assert second not in (None, first)
+    assert {first, second} <= set(annotate.ui.model_picker.model_names())
+    qtbot.waitUntil(lambda: annotate.model_name == second, timeout=WAIT_MS)
