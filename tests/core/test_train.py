@@ -181,6 +181,7 @@ def test_a_stop_before_the_first_step_saves_and_registers_nothing(tmp_path, data
     assert not list(user_models_dir().glob("*.json"))
 
     first = train(_config(epochs=1), *data, out_dir=tmp_path / "run")
+    assert first.outcome_message().startswith("training finished after 1 epoch: model 'run'")
     run_files = [
         first.last_checkpoint_path,
         first.exported_model_path,

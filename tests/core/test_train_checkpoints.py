@@ -51,3 +51,22 @@ def test_train_resumes_from_its_run_folder(tmp_path):
     resumed = train(twice, data, out_dir=tmp_path / "run", resume_from=tmp_path / "run")
     checkpoint = torch.load(resumed.last_checkpoint_path, weights_only=True)
     assert checkpoint["epoch"] == 2 and resumed.last_checkpoint_path == first.last_checkpoint_path
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("nano", "nano-finetuned-20261203-1130"),
+        ("nano-finetuned-20261203-1114", "nano-finetuned-20261203-1130"),  # a second round
+        ("nano-finetuned-20261203-1114-2", "nano-finetuned-20261203-1130"),
+        ("vit_b-finetuned-cells", "vit_b-finetuned-cells-finetuned-20261203-1130"),  # named
+    ],
+)
+def test_a_second_round_s_automatic_name_does_not_grow(model, expected):
+    """Finetuning 'nano-finetuned-<time>' again was named 'nano-finetuned-<time>-finetuned-
+    <time>', one more suffix every round of the annotate -> finetune loop."""
+    from datetime import datetime
+
+    from napari_samtune.core.train_export import automatic_model_name
+
+    assert automatic_model_name(model, datetime(2026, 12, 3, 11, 30)) == expected

@@ -380,10 +380,10 @@ class TrainSettingsWidget(QWidget):
         text = self.name_edit.text().strip()
         if text:
             return text
-        from napari_samtune.core.train_export import unique_model_name
+        from napari_samtune.core.train_export import automatic_model_name, unique_model_name
 
         base = Path(self.model_text()).stem if self._file() is not None else self.model_text()
-        return unique_model_name(f"{base}-finetuned-{datetime.now():%Y%m%d-%H%M}")
+        return unique_model_name(automatic_model_name(base, datetime.now()))
 
     def output_folder(self) -> Path:
         text = self.out_dir_edit.text().strip()

@@ -125,7 +125,7 @@ class TrainingFinished:
                 return f"training {how} before any training step; no model saved"
             return f"training {how}; no model was exported"
         return (
-            f"training {how} after {self.epochs_done} epochs: model "
+            f"training {how} after {self.epochs_done} epoch{'s' * (self.epochs_done != 1)}: model "
             f"{self.registered_name!r} saved to {self.exported_model_path}"
         )
 

@@ -7,6 +7,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 
 from napari_samtune.core.architectures import ARCHITECTURES
@@ -102,6 +103,16 @@ def unique_model_name(base: str) -> str:
     """A free user-model name derived from ``base`` (e.g. the run folder's name)."""
     stem = re.sub(r"[^A-Za-z0-9_.\-]", "_", base).lstrip("._-")[:90] or "finetuned"
     return first_free(stem, _name_taken)
+
+
+# the automatic name of a finetuned model, which a further round replaces (-2: made unique)
+_FINETUNED_SUFFIX = re.compile(r"-finetuned-\d{8}-\d{4}(-\d+)?$")
+
+
+def automatic_model_name(base: str, when: datetime) -> str:
+    """``<base>-finetuned-<date>-<time>``; a model with such a name finetuned again (the
+    loop's next round) gets a new time instead of a second suffix."""
+    return f"{_FINETUNED_SUFFIX.sub('', base)}-finetuned-{when:%Y%m%d-%H%M}"
 
 
 def export_and_register(
