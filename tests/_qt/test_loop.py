@@ -264,3 +264,34 @@ def test_annotate_finetune_annotate_with_the_new_model_then_finetune_it_again(
     assert second not in (None, first)
     assert {first, second} <= set(annotate.ui.model_picker.model_names())
     qtbot.waitUntil(lambda: annotate.model_name == second, timeout=WAIT_MS)
+
+
+def test_one_folder_pair_without_objects_in_its_held_out_rows_is_told_in_the_widget_s_terms(
+    tmp_path,
+):
+    """Folders are read by the run's worker, so Start cannot check them: the core's error
+    said to 'set val_fraction=0', a field the widget does not have."""
+    import threading
+
+    from napari_samtune._qt.train_folders import FolderSource
+    from napari_samtune._qt.train_run import TrainRequest, iter_training_job
+    from napari_samtune.core.presets import TrainConfig
+
+    labels = np.zeros((96, 96), np.uint16)
+    labels[10:30, 10:30], labels[10:30, 50:70] = 1, 2  # none in the rows held out below
+    for folder, array in (("images", (labels * 100).astype(np.uint8)), ("labels", labels)):
+        (tmp_path / folder).mkdir()
+        tifffile.imwrite(tmp_path / folder / "cells.tif", array)
+    request = TrainRequest(
+        TrainConfig(model="random:tiny", epochs=1, mixed_precision="no"),
+        (),
+        FolderSource(tmp_path / "images", tmp_path / "labels"),
+        (),
+        None,
+        tmp_path / "run",
+        "cells-model",
+    )
+    with pytest.raises(ValueError, match="tick 'separate validation data'") as raised:
+        list(iter_training_job(request, threading.Event(), lambda _progress: None))
+    assert "the validation part" in str(raised.value)
+    assert "val_fraction" not in str(raised.value)

@@ -79,15 +79,18 @@ def iter_training_job(
         fetch_model_file(request.config.model, report, stop_event)
         train_data = [*request.train_pairs, *load_folder_pairs(request.train_folders)]
         val_data = [*request.val_pairs, *load_folder_pairs(request.val_folders)]
-        yield from iter_train(
-            request.config,
-            train_data,
-            val_data or None,
-            out_dir=request.out_dir,
-            stop_event=stop_event,
-            resume_from=request.resume_from,
-            model_name=request.model_name,
-        )
+        try:
+            yield from iter_train(
+                request.config,
+                train_data,
+                val_data or None,
+                out_dir=request.out_dir,
+                stop_event=stop_event,
+                resume_from=request.resume_from,
+                model_name=request.model_name,
+            )
+        except EmptyPartError as err:  # one folder pair: read here, so not checked at Start
+            raise ValueError(held_out_message(err)) from None
 
 
 def held_out_problem(train_pairs: Sequence[ImageLabelPair], config: TrainConfig) -> str:
@@ -100,13 +103,18 @@ def held_out_problem(train_pairs: Sequence[ImageLabelPair], config: TrainConfig)
     try:
         split_validation(prepare_pairs(train_pairs), config.val_fraction, config.seed)
     except EmptyPartError as err:
-        return (
-            f"{err.image!r} is the only training image, so part of it is held out for "
-            f"validation, and its {err.where} (the {err.part} part) hold no object: annotate "
-            "an object there, add another annotated image, or tick 'separate validation "
-            "data' and choose validation data"
-        )
+        return held_out_message(err)
     return ""
+
+
+def held_out_message(err: EmptyPartError) -> str:
+    """The core's :class:`EmptyPartError` in the widget's terms (it has no val_fraction)."""
+    return (
+        f"{err.image!r} is the only training image, so part of it is held out for "
+        f"validation, and its {err.where} (the {err.part} part) hold no object: annotate "
+        "an object there, add another annotated image, or tick 'separate validation "
+        "data' and choose validation data"
+    )
 
 
 def run_folder(output_folder: Path, model_name: str) -> Path:
