@@ -29,6 +29,12 @@ def loop(make_napari_viewer, qtbot, run_job, tmp_path):
     viewer = make_napari_viewer()
     for i in range(3):
         viewer.add_image(make_image((96, 96), seed=i)[0], name=f"cells{i}")
+    yield from _iter_docked(viewer, qtbot, run_job, tmp_path)
+
+
+def _iter_docked(viewer, qtbot, run_job, tmp_path):
+    """A fixture's body: docks the Annotate widget (on nano) and the Finetune widget in
+    ``viewer``, yields (viewer, annotate, train), then waits for what still runs."""
     annotate = AnnotateWidget(viewer)
     annotate.ui.folder_edit.setText(str(tmp_path / "annotations"))
     viewer.window.add_dock_widget(annotate, name="Annotate with SAM")
@@ -100,20 +106,9 @@ def stack_loop(make_napari_viewer, qtbot, run_job, tmp_path):
     widget set for the smallest runs."""
     viewer = make_napari_viewer()
     viewer.add_image(np.stack([make_image((96, 96), seed=s)[0] for s in range(3)]), name="stack")
-    annotate = AnnotateWidget(viewer)
-    annotate.ui.folder_edit.setText(str(tmp_path / "annotations"))
-    viewer.window.add_dock_widget(annotate, name="Annotate with SAM")
-    train = TrainWidget(viewer, machine=SMALL_CPU)
-    train.settings.out_dir_edit.setText(str(tmp_path / "training"))
-    viewer.window.add_dock_widget(train, name="Finetune SAM")
-    annotate.select_model("nano")
-    run_job(annotate, annotate.load_model, LOAD_TASK)
-    small_settings(train, qtbot, "nano")
-    yield viewer, annotate, train
-    train.stop()
-    qtbot.waitUntil(lambda: not train.is_running, timeout=WAIT_MS)
-    viewer.layers.clear()
-    qtbot.waitUntil(lambda: not annotate.runner.is_running(), timeout=WAIT_MS)
+    for widgets in _iter_docked(viewer, qtbot, run_job, tmp_path):
+        small_settings(widgets[2], qtbot, "nano")
+        yield widgets
 
 
 def test_one_annotated_plane_without_objects_in_its_held_out_rows_is_refused_at_start(
