@@ -2,14 +2,17 @@
 
 Opens a real napari viewer with two synthetic images and their instance labels,
 docks "Annotate with SAM" and "Finetune SAM", adds both (image, labels) pairs,
-finetunes the tiny random test model (frozen encoder, a few epochs, a high
-learning rate so the curves move) and saves the whole window during the last
-epoch, with the progress bar and the live curves showing. Model folders
-are temporary, so nothing is added to your own models.
+finetunes a model (frozen encoder, a few epochs) and saves the whole window during
+the last epoch, with the progress bar and the live curves showing. The model: the
+packaged offline generalist ``nano`` when it is installed (the validation IoU then
+shows real learning), else ``--model``, else the tiny random test model (its
+validation IoU stays near 0). Model folders are temporary, so nothing is added to
+your own models.
 
 Needs a display (on a server: ``xvfb-run -a python scripts/screenshot_train.py``).
 
     python scripts/screenshot_train.py [--out docs/screenshots/train.png] [--epochs 8]
+        [--model nano] [--learning-rate 1e-3]
 """
 
 from __future__ import annotations
@@ -26,7 +29,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("docs/screenshots/train.png"))
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--learning-rate", default="1e-3")
+    parser.add_argument(
+        "--model",
+        help="registry name or weights file (default: nano if installed, else a tiny random model)",
+    )
     return parser.parse_args()
+
+
+def packaged_model(name: str) -> bool:
+    """Whether registry model ``name`` exists and its weights are on this machine."""
+    from napari_samtune.core.model_lookup import get_model_spec
+
+    try:
+        return get_model_spec(name).local_path().is_file()
+    except ValueError:
+        return False
 
 
 def tiny_checkpoint(folder: Path) -> Path:
@@ -50,7 +67,7 @@ def wait(app, condition, timeout_s: float = 600.0) -> None:
         time.sleep(0.01)
 
 
-def build_viewer(checkpoint: Path, args: argparse.Namespace):
+def build_viewer(model: str, args: argparse.Namespace):
     import napari
     import napari._qt.qt_main_window as main_window
 
@@ -73,7 +90,7 @@ def build_viewer(checkpoint: Path, args: argparse.Namespace):
         widget.train_data.image_combo.setCurrentText(f"cells{i}")
         widget.train_data.labels_combo.setCurrentText(f"cells{i} labels")
         widget.train_data.add_current_pair()
-    widget.settings.model_picker.select_model(str(checkpoint))
+    widget.settings.model_picker.select_model(model)
     return viewer, widget
 
 
@@ -95,7 +112,8 @@ def main() -> None:
         os.environ["SAMTUNE_CACHE_DIR"] = str(folder / "cache")
         from qtpy.QtWidgets import QApplication
 
-        viewer, widget = build_viewer(tiny_checkpoint(folder), args)
+        model = args.model or ("nano" if packaged_model("nano") else None)
+        viewer, widget = build_viewer(model or str(tiny_checkpoint(folder)), args)
         app = QApplication.instance()
         configure(app, widget, args)
         widget.start()
