@@ -779,3 +779,36 @@ def test_a_resume_with_another_process_count_mid_epoch_is_told(
         "warning: the run was stopped in epoch 1 with 2 process(es) and continues with 1"
         in out_text
     )
+
+
+def test_a_gpu_index_under_torchrun_is_refused_in_the_options_typed(
+    tmp_path, folders, capsys, monkeypatch
+):
+    """`torchrun ... samtune train --device cuda:1` trained on each rank's own GPU instead,
+    without a word."""
+    from napari_samtune.core import devices
+    from napari_samtune.core import distributed as ddp
+
+    monkeypatch.setattr(devices, "cuda_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: None)
+    monkeypatch.setattr(ddp, "context_from_env", lambda _: ddp.DistributedContext(0, 2, 0))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    images, labels = folders
+    argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
+    argv += ["--labels", labels, "--out", str(tmp_path / "x"), *FAST, "--device", "cuda:1"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda:1 names one GPU, but under torchrun each process trains on " in err
+    assert "pass --device cuda (no index), and choose the GPUs with CUDA_VISIBLE_DEVICES" in err
+
+
+def test_a_resume_under_torchrun_drops_the_gpu_index_the_run_saved(monkeypatch):
+    """A torchrun run saved rank 0's "cuda:0"; resumed under torchrun, rank 1 would be
+    refused for an index that nobody typed."""
+    from napari_samtune.cli.train import _resumed_device
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert [_resumed_device(d) for d in ("cuda:0", "cuda", "cpu")] == ["cuda", "cuda", "cpu"]
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert _resumed_device("cuda:1") == "cuda:1"  # a lone process keeps its GPU

@@ -50,6 +50,32 @@ def test_more_processes_than_gpus_is_refused_on_every_rank(monkeypatch):
     assert ddp.device_for(ddp.DistributedContext(1, 2, 1), cpu) == cpu  # gloo on the CPU
 
 
+def test_a_gpu_index_under_torchrun_is_refused_on_every_rank(monkeypatch):
+    """`torchrun ... samtune train --device cuda:1` trained rank 0 on cuda:0 and rank 1
+    on cuda:1 without a word: the index was silently replaced by each rank's own GPU."""
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    for index in (0, 1):
+        for rank in (0, 1):  # also where the index is the rank's own: the other refuses
+            with pytest.raises(ValueError) as refused:
+                ddp.device_for(ddp.DistributedContext(rank, 2, rank), torch.device("cuda", index))
+            said = str(refused.value)
+            assert said.startswith(f"device='cuda:{index}' names one GPU, but under torchrun")
+            assert "the GPU of its LOCAL_RANK (cuda:0..cuda:1 for the 2 process(es)" in said
+            assert "pass device='cuda' (no index)" in said and "CUDA_VISIBLE_DEVICES" in said
+    assert chosen == []
+    cuda = torch.device("cuda")
+    assert ddp.device_for(ddp.DistributedContext(1, 2, 1), cuda) == torch.device("cuda", 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # one process per machine: GPU 0 is its own
+    one = ddp.DistributedContext(1, 2, 0)
+    assert ddp.device_for(one, torch.device("cuda", 0)) == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match=r"'cuda:1' names one GPU"):
+        ddp.device_for(one, torch.device("cuda", 1))
+    assert chosen == [1, 0]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import signal
 import sys
 import threading
@@ -187,6 +189,7 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
         overrides = overrides_from(args)
         config = replace(TrainConfig.from_dict(checkpoint["config"]), **overrides)
         if "device" not in overrides:
+            config = replace(config, device=_resumed_device(config.device))
             _check_saved_device(config.device, args.resume)
         done = int(checkpoint.get("epoch", 0))  # epochs completed before the resume
         if config.epochs <= done:
@@ -241,6 +244,16 @@ def resume_checkpoint(resume: str) -> Path:
             "checkpoints/last.pt"
         )
     return last
+
+
+def _resumed_device(device: str) -> str:
+    """The saved device, without the GPU index a torchrun run saved before its ranks'
+    devices were recorded as "cuda" (torchrun gives each rank its own GPU, and refuses an
+    index that is not it)."""
+    world_size = os.environ.get("WORLD_SIZE", "1")
+    if world_size.isdigit() and int(world_size) > 1:
+        return re.sub(r"^cuda:\d+$", "cuda", device)
+    return device
 
 
 def _check_saved_device(device: str, checkpoint: str) -> None:

@@ -94,20 +94,42 @@ def is_main_process() -> bool:
 
 def device_for(ctx: DistributedContext, device: torch.device) -> torch.device:
     """The device of this rank: ``cuda:LOCAL_RANK`` for GPU runs, else ``device``.
-    ``ValueError`` when this machine has fewer GPUs than torchrun started processes."""
+    ``ValueError`` when this machine has fewer GPUs than torchrun started processes, or
+    when ``device`` names a GPU index that is not the one every process here would use."""
     if ctx.enabled and device.type == "cuda":
         _check_a_gpu_each(ctx)
+        _check_no_gpu_index(ctx, device)
         torch.cuda.set_device(ctx.local_rank)
         return torch.device("cuda", ctx.local_rank)
     return device
+
+
+def _local_processes(ctx: DistributedContext) -> int:
+    """How many processes of the run share this machine (``LOCAL_WORLD_SIZE``)."""
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    return max(int(local) if local.isdigit() else 0, ctx.local_rank + 1)
+
+
+def _check_no_gpu_index(ctx: DistributedContext, device: torch.device) -> None:
+    """``cuda:1`` was silently replaced by each rank's own GPU. Every process of this
+    machine gets the same device, so the index can only be meant for a lone process on
+    GPU 0; decided alike on every rank, so none waits for one that refused."""
+    n_processes = _local_processes(ctx)
+    if device.index is None or (n_processes == 1 and device.index == ctx.local_rank):
+        return
+    raise ValueError(
+        f"device={str(device)!r} names one GPU, but under torchrun each process trains on "
+        f"the GPU of its LOCAL_RANK (cuda:0..cuda:{n_processes - 1} for the {n_processes} "
+        "process(es) on this machine); pass device='cuda' (no index), and choose the GPUs "
+        "with CUDA_VISIBLE_DEVICES"
+    )
 
 
 def _check_a_gpu_each(ctx: DistributedContext) -> None:
     """Every process of this machine (``LOCAL_WORLD_SIZE``) needs a GPU of its own; on
     every rank alike, so the first says it (else CUDA's "invalid device ordinal")."""
     n_gpus = torch.cuda.device_count()
-    local = os.environ.get("LOCAL_WORLD_SIZE", "")
-    n_processes = max(int(local) if local.isdigit() else 0, ctx.local_rank + 1)
+    n_processes = _local_processes(ctx)
     if n_processes > n_gpus:
         raise ValueError(
             f"torchrun started {n_processes} training processes on this machine, but it has "

@@ -136,7 +136,8 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
             config,
             patch_size=config.patch_size or arch.img_size,
             mixed_precision=self.precision,
-            device=str(self.device),
+            # under torchrun, "cuda": each rank's own index would be refused on resume
+            device=self.device.type if self.dist.enabled else str(self.device),
         )
         if self.config.fast_attention:  # swaps module classes only: state dict unchanged
             use_fast_paths(sam)
