@@ -112,7 +112,7 @@ def _worker(rank: int, world_size: int, port: int, config: TrainConfig, data, ou
     torch.save({"state": trainer.sam.state_dict(), "summary": summary}, f"{results}/rank{rank}.pt")
 
 
-def test_two_gloo_processes_train_with_synchronised_gradients(tmp_path):
+def test_two_gloo_processes_train_with_synchronised_gradients(tmp_path, capfd):
     config = TrainConfig(
         model="random:tiny",
         epochs=2,
@@ -141,6 +141,26 @@ def test_two_gloo_processes_train_with_synchronised_gradients(tmp_path):
     assert first["val"] == second["val"]  # metrics reduced over ranks
     assert first["exported"] is not None and second["exported"] is None  # only rank 0 writes
     assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+    # DDP's "find_unused_parameters=True was specified ... but did not find any unused
+    # parameters" came from every rank, whenever a step used every prompt embedding
+    assert "find_unused_parameters" not in capfd.readouterr().err
+
+
+def test_ddp_looks_for_unused_parameters_only_where_a_step_can_leave_some():
+    from napari_samtune.core.model_source import load_base_model
+    from napari_samtune.core.train_setup import may_leave_parameters_unused, set_trainable
+
+    sam = load_base_model("random:tiny")[0]
+    for freeze, lora_rank, may in [
+        ((), 0, True),
+        (("image_encoder",), 0, True),
+        (("image_encoder", "mask_decoder"), 0, True),  # the prompt embeddings train
+        (("prompt_encoder", "mask_decoder"), 0, False),  # the encoder alone: used whole
+        (("prompt_encoder", "mask_decoder"), 2, False),  # its LoRA adapters alone
+    ]:
+        config = TrainConfig(model="random:tiny", freeze=freeze, lora_rank=lora_rank)
+        set_trainable(sam, config)
+        assert may_leave_parameters_unused(sam) is may, freeze
 
 
 def _failing_worker(rank: int, port: int, config: TrainConfig, data, out_dir, results):

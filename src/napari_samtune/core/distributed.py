@@ -172,17 +172,24 @@ def any_rank(flag: bool, ctx: DistributedContext, device: torch.device) -> bool:
     return bool(all_reduce_sum(np.array([float(flag)]), ctx, device)[0] > 0)
 
 
-def wrap_module(module: nn.Module, ctx: DistributedContext, device: torch.device) -> nn.Module:
+def wrap_module(
+    module: nn.Module, ctx: DistributedContext, device: torch.device, may_leave_unused: bool
+) -> nn.Module:
     """DistributedDataParallel around ``module`` when distributed, else ``module`` itself.
 
-    ``find_unused_parameters``: a box-prompted step leaves point embeddings
-    unused and vice versa.
+    ``may_leave_unused``: some trainable parameters can go without a gradient in a step,
+    so DDP must look for them every step (``find_unused_parameters``). Without them that
+    search is wasted work; with them, torch's C++ code warned on every rank whenever a
+    step happened to use them all (a warning Python cannot filter), so ``module`` gets a
+    parameter that no step uses and the search never comes up empty.
     """
     if not ctx.enabled:
         return module
+    if may_leave_unused:
+        module.register_parameter("never_used", nn.Parameter(torch.zeros((), device=device)))
     device_ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(
-        module, device_ids=device_ids, find_unused_parameters=True
+        module, device_ids=device_ids, find_unused_parameters=may_leave_unused
     )
 
 

@@ -82,6 +82,15 @@ def set_trainable(sam: Sam, config: TrainConfig) -> list[torch.nn.Parameter]:
     return [p for p in sam.parameters() if p.requires_grad]
 
 
+def may_leave_parameters_unused(sam: Sam) -> bool:
+    """Whether a training step can leave a trainable parameter without a gradient: a
+    box-prompted pass leaves the point embeddings unused (and vice versa), a pass
+    without a mask prompt the mask embedding, a single-mask pass three of the four
+    mask heads. The image encoder, when it trains, is used whole by every step."""
+    parts = (sam.prompt_encoder, sam.mask_decoder)
+    return any(p.requires_grad for part in parts for p in part.parameters())
+
+
 def set_train_mode(sam: Sam, config: TrainConfig) -> None:
     """Training mode, except frozen parts: their batch-norm statistics must not drift."""
     sam.train()

@@ -54,6 +54,7 @@ from napari_samtune.core.train_setup import (
     autocast,
     build_training_model,
     iter_chunks,
+    may_leave_parameters_unused,
     resolve_precision,
     set_train_mode,
     set_trainable,
@@ -145,7 +146,8 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
         self.params = set_trainable(self.sam, self.config)
         c = self.config
         step = SamTrainingStep(self.sam, c.n_iterative_prompts, c.mask_loss, c.fast_attention)
-        self.step_module = ddp.wrap_module(step, self.dist, self.device)
+        unused = may_leave_parameters_unused(self.sam)
+        self.step_module = ddp.wrap_module(step, self.dist, self.device, unused)
 
     def _setup_data(self) -> None:
         c = self.config
