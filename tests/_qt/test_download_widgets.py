@@ -243,3 +243,23 @@ def test_closing_the_finetune_panel_stops_the_download(qtbot, train_widget, serv
     assert server.dropped.wait(10)
     qtbot.waitUntil(lambda: not widget.is_running, timeout=WAIT_MS)
     assert 0 < _kept_bytes(cached) < len(server.payload)
+
+
+def test_training_shows_that_a_damaged_cached_model_was_moved_aside(
+    qtbot, train_widget, served_model, notifications
+):
+    """The Annotate widget showed it; Finetune only logged it, which napari does not show."""
+    server, cached = served_model
+    viewer, widget = train_widget
+    server.delay = 0
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(b"half a download")  # damaged: another hash
+    with qtbot.waitSignal(widget.training_started, timeout=120_000):
+        assert widget.start() is not None
+    aside = cached.with_name("tiny_pub.pt.wrong-hash")
+    assert aside.read_bytes() == b"half a download" and cached.read_bytes() == server.payload
+    warnings = [str(n.message) for n in notifications if n.severity == "warning"]
+    assert sum(f"moved to {aside}" in m and "downloaded from" in m for m in warnings) == 1
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=120_000)
+    after = [str(n.message) for n in notifications if n.severity == "warning"]
+    assert sum(f"moved to {aside}" in m for m in after) == 1  # once, not again at the end

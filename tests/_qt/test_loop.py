@@ -287,6 +287,6 @@ def test_one_folder_pair_without_objects_in_its_held_out_rows_is_told_in_the_wid
         "cells-model",
     )
     with pytest.raises(ValueError, match="tick 'separate validation data'") as raised:
-        list(iter_training_job(request, threading.Event(), lambda _progress: None))
+        list(iter_training_job(request, threading.Event(), lambda _progress: None, []))
     assert "the validation part" in str(raised.value)
     assert "val_fraction" not in str(raised.value)

@@ -58,9 +58,17 @@ class TrainProgressMixin:
             show_info(event.left_out_message())
         for warning in event.data_warnings():
             show_warning(warning)
+        self._show_download_notes()
         for note in event.notes:
             show_warning(note)
         self.training_started.emit(event)
+
+    def _show_download_notes(self) -> None:
+        """What the model's download said besides its progress (a damaged cached file moved
+        aside), once: napari shows no log records. The worker has finished downloading."""
+        notes, self.download_notes = self.download_notes, []
+        for note in notes:
+            show_warning(note)
 
     def _on_step(self, event: StepDone) -> None:
         self.steps_seen += 1

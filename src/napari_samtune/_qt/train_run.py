@@ -24,6 +24,7 @@ from pathlib import Path
 
 from napari_samtune._qt.downloads import Reporter, fetch_model_file
 from napari_samtune._qt.train_folders import FolderSource, load_folder_pairs
+from napari_samtune._qt.workers import logged_notes
 from napari_samtune.core.checkpoints import first_free, training_lock
 from napari_samtune.core.data import ImageLabelPair, prepare_pairs
 from napari_samtune.core.presets import TrainConfig
@@ -65,18 +66,20 @@ class RunFolderInUse(ValueError):
 
 
 def iter_training_job(
-    request: TrainRequest, stop_event: threading.Event, report: Reporter
+    request: TrainRequest, stop_event: threading.Event, report: Reporter, notes: list[str]
 ) -> Iterator[TrainEvent]:
     """Hold the run's folder for the whole run, download the model if needed (progress to
-    ``report``; ``stop_event`` stops it, see :func:`fetch_model_file`), read folder data,
-    then yield every event of the core's training run; :class:`RunFolderInUse` when another
-    run holds the folder."""
+    ``report``; ``stop_event`` stops it, see :func:`fetch_model_file`; what the download
+    says besides, a damaged cached file moved aside, is appended to ``notes``), read folder
+    data, then yield every event of the core's training run; :class:`RunFolderInUse` when
+    another run holds the folder."""
     with ExitStack() as held:
         try:
             held.enter_context(training_lock(request.out_dir))
         except ValueError as err:  # told apart from training's errors: nothing began
             raise RunFolderInUse(str(err)) from None
-        fetch_model_file(request.config.model, report, stop_event)
+        with logged_notes("napari_samtune.core.download", notes):
+            fetch_model_file(request.config.model, report, stop_event)
         train_data = [*request.train_pairs, *load_folder_pairs(request.train_folders)]
         val_data = [*request.val_pairs, *load_folder_pairs(request.val_folders)]
         try:

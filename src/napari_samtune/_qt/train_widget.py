@@ -84,6 +84,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
         self.run_folder: Path | None = None  # of the running (or last) run
         self.started: TrainingStarted | None = None  # the running (or last) run
         self.steps_seen = 0
+        self.download_notes: list[str] = []  # the worker's, of the model's download
         self.result: TrainingFinished | None = None  # the last finished run
         self._queued: tuple[Path | None] | None = None  # a Start waiting for folder checks
         self.train_data = PairSourceWidget(viewer, "training", required=True)
@@ -218,12 +219,14 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
             self.plot.add_epoch(past.epoch + 1, past.train_loss, past.val_iou, past.is_best)
         self.result_label.setText("")
         self._set_running(True)
+        self.download_notes = []  # shown when training starts, or however the run ends
         worker = self.runner.start(
             TRAIN_TASK,
             iter_training_job,
             request,
             self.stop_event,
             self.runner.report,
+            self.download_notes,
             on_yield=self._on_event,
             on_error=self._on_error,
             on_finish=self._on_run_ended,
@@ -356,6 +359,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
         self.setup_area.widget().setEnabled(not running)  # a run keeps the settings it began with
 
     def _on_run_ended(self) -> None:
+        self._show_download_notes()  # a download that failed or was stopped
         self._set_running(False)
         self.stop_event = None
         self._watch_window_close(False)
