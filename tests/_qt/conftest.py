@@ -1,6 +1,7 @@
 """Helpers shared by the widget tests: run a widget's background job and wait for it;
 keep a window open while counting its close events; a docked annotation widget on the
-synthetic nuclei image; the notifications shown."""
+synthetic nuclei image; the notifications shown; a Finetune widget beside cells layers
+and adding a layer pair to it."""
 
 import pytest
 from napari.utils.notifications import notification_manager
@@ -150,6 +151,36 @@ def cells_viewer(make_napari_viewer):
         return viewer
 
     return make
+
+
+@pytest.fixture
+def finetune_on_cells(cells_viewer):
+    """``finetune_on_cells(n=2)``: ``(viewer, widget)``, a Finetune widget (undocked, on a
+    CPU machine with 16 GB) beside a ``cells_viewer(n)``."""
+    from napari_samtune._qt.train_widget import TrainWidget
+    from napari_samtune.core.presets import MachineResources
+
+    machine = MachineResources(gpu_memory_gb=None, ram_gb=16.0, n_cores=8, gpu_name=None)
+
+    def make(n: int = 2):
+        viewer = cells_viewer(n)
+        return viewer, TrainWidget(viewer, machine=machine)
+
+    return make
+
+
+@pytest.fixture
+def add_pair():
+    """``add_pair(source, image, labels)``: choose the layers so named in a Finetune data
+    source and press its Add; whether the pair was added (else ``source.pair_error`` says
+    why)."""
+
+    def add(source, image: str, labels: str) -> bool:
+        source.image_combo.setCurrentText(image)
+        source.labels_combo.setCurrentText(labels)
+        return source.add_current_pair()
+
+    return add
 
 
 @pytest.fixture

@@ -7,26 +7,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_samtune._qt.train_widget import TrainWidget
-from napari_samtune.core.presets import MachineResources
 from napari_samtune.core.synthetic import make_image
-
-SMALL_CPU = MachineResources(gpu_memory_gb=None, ram_gb=16.0, n_cores=8, gpu_name=None)
 
 
 @pytest.fixture
-def viewer_and_widget(cells_viewer):
-    viewer = cells_viewer()
-    return viewer, TrainWidget(viewer, machine=SMALL_CPU)
+def viewer_and_widget(finetune_on_cells):
+    return finetune_on_cells()
 
 
-def _add(data, image: str, labels: str) -> bool:
-    data.image_combo.setCurrentText(image)
-    data.labels_combo.setCurrentText(labels)
-    return data.add_current_pair()
-
-
-def test_multiscale_layers_train_on_their_full_resolution(viewer_and_widget):
+def test_multiscale_layers_train_on_their_full_resolution(viewer_and_widget, add_pair):
     """np.asarray of a pyramid's data is its coarsest level: training took those pixels,
     and refused full-resolution labels next to a pyramid as of another size."""
     viewer, widget = viewer_and_widget
@@ -35,8 +24,8 @@ def test_multiscale_layers_train_on_their_full_resolution(viewer_and_widget):
     viewer.add_labels([labels, labels[::2, ::2]], name="pyramid labels", multiscale=True)
     viewer.add_labels(labels, name="full labels")
     data = widget.train_data
-    assert _add(data, "pyramid", "pyramid labels"), data.pair_error.text()
-    assert _add(data, "pyramid", "full labels"), data.pair_error.text()
+    assert add_pair(data, "pyramid", "pyramid labels"), data.pair_error.text()
+    assert add_pair(data, "pyramid", "full labels"), data.pair_error.text()
     pairs, _ = data.snapshot()
     assert [pair.image.shape for pair in pairs] == [(128, 128), (128, 128)]
     for pair in pairs:
@@ -48,7 +37,7 @@ def test_multiscale_layers_train_on_their_full_resolution(viewer_and_widget):
     "stack_shape, rgb", [((30, 64, 64), False), ((2, 64, 64, 3), True)], ids=["gray", "rgb"]
 )
 def test_a_z_stack_next_to_one_plane_s_labels_is_called_a_stack(
-    viewer_and_widget, stack_shape, rgb
+    viewer_and_widget, add_pair, stack_shape, rgb
 ):
     """A 30-plane stack (or a stack of RGB planes) paired with one plane's labels was called
     an image with channels, to split into 30 layers or merge to RGB."""
@@ -57,18 +46,18 @@ def test_a_z_stack_next_to_one_plane_s_labels_is_called_a_stack(
     viewer.add_image(np.zeros(stack_shape, np.uint8), name="stack", rgb=rgb)
     viewer.add_labels(labels, name="plane labels")
     data = widget.train_data
-    assert not _add(data, "stack", "plane labels")
+    assert not add_pair(data, "stack", "plane labels")
     problem = data.pair_error.text()
     assert f"image layer 'stack' is a stack of {stack_shape[0]} planes" in problem
     assert f"labels of shape {(stack_shape[0], 64, 64)!r}" in problem
     assert "channel" not in problem and "Split Stack" not in problem
 
 
-def test_unticking_separate_validation_takes_back_its_refusal(viewer_and_widget):
+def test_unticking_separate_validation_takes_back_its_refusal(viewer_and_widget, add_pair):
     """A Start refused for empty validation data kept saying "fix the problems marked in
     red" once separate validation was unticked, with nothing marked any more."""
     _, widget = viewer_and_widget
-    assert _add(widget.train_data, "cells0", "cells0 labels")
+    assert add_pair(widget.train_data, "cells0", "cells0 labels")
     widget.separate_val_check.setChecked(True)
     assert widget.start() is None  # no validation pair added
     assert "fix the problems marked in red" in widget.start_error.text()

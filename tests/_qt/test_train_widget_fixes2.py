@@ -8,31 +8,21 @@ import pytest
 from napari.layers import Labels
 from napari.layers._layer_actions import _convert_to_labels
 
-from napari_samtune._qt.train_widget import TrainWidget
-from napari_samtune.core.presets import MachineResources
-
-SMALL_CPU = MachineResources(gpu_memory_gb=None, ram_gb=16.0, n_cores=8, gpu_name=None)
-
 
 @pytest.fixture
-def viewer_and_widget(cells_viewer):
-    viewer = cells_viewer(n=1)
-    return viewer, TrainWidget(viewer, machine=SMALL_CPU)
+def viewer_and_widget(finetune_on_cells):
+    return finetune_on_cells(n=1)
 
 
-def _add(data, image: str, labels: str) -> bool:
-    data.image_combo.setCurrentText(image)
-    data.labels_combo.setCurrentText(labels)
-    return data.add_current_pair()
-
-
-def test_a_float_mask_image_layer_is_told_to_convert_to_labels_in_napari(viewer_and_widget):
+def test_a_float_mask_image_layer_is_told_to_convert_to_labels_in_napari(
+    viewer_and_widget, add_pair
+):
     """It was told to call ``.astype('uint32')``, which a napari user has nowhere to type."""
     viewer, widget = viewer_and_widget
     mask = viewer.layers["cells0 labels"].data.astype(np.float32)
     viewer.add_image(mask, name="mask.tif")
     data = widget.train_data
-    assert not _add(data, "cells0", "mask.tif")
+    assert not add_pair(data, "cells0", "mask.tif")
     message = data.pair_error.text()
     assert "astype" not in message
     assert "'mask.tif' is an Image layer of float32 values" in message
@@ -40,14 +30,14 @@ def test_a_float_mask_image_layer_is_told_to_convert_to_labels_in_napari(viewer_
     viewer.layers.selection = {viewer.layers["mask.tif"]}
     _convert_to_labels(viewer.layers)  # what the menu item does: the advice works
     [converted] = [layer for layer in viewer.layers if isinstance(layer, Labels)][1:]
-    assert _add(data, "cells0", converted.name), data.pair_error.text()
+    assert add_pair(data, "cells0", converted.name), data.pair_error.text()
 
 
-def test_a_float_image_with_fractions_keeps_the_core_s_description(viewer_and_widget):
+def test_a_float_image_with_fractions_keeps_the_core_s_description(viewer_and_widget, add_pair):
     """Convert to Labels would truncate fractions: no such advice for a probability map."""
     viewer, widget = viewer_and_widget
     viewer.add_image(viewer.layers["cells0 labels"].data / 2.0, name="halves")
     data = widget.train_data
-    assert not _add(data, "cells0", "halves")
+    assert not add_pair(data, "cells0", "halves")
     message = data.pair_error.text()
     assert "fractions" in message and "Convert to Labels" not in message
