@@ -68,7 +68,8 @@ class AnnotateWidget(
         self._not_autosaved: AnnotationSession | None = None  # edited with autosave unticked
         # (session, planes) automatic segmentation wrote that its autosave has not saved yet
         self._automatic_unsaved: tuple[AnnotationSession, list] | None = None
-        self._automatic_session: AnnotationSession | None = None  # automatic runs' image
+        # the image a running automatic segmentation or propagation writes into
+        self._job_session: AnnotationSession | None = None
         self._save_failed: AnnotationSession | None = None  # whose last autosave failed
         self._hinted: set[str] = set()
         self._removing_own_layers = False  # removals the widget makes need no message

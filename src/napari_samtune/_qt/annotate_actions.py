@@ -115,7 +115,9 @@ class AnnotateActionsMixin:
 
         Uses each plane's mask (bounding box + most interior point) to prompt the next;
         stops where the object vanishes or its area changes more than the chosen factor.
-        Results land in the preview; commit (C) writes the 3D object. Returns the worker.
+        Results land in the preview of the image, also while another one is chosen (they
+        are there when it is chosen again); commit (C) writes the 3D object. Returns the
+        worker.
         """
         if not self._ready_for_job("propagate"):
             return None
@@ -135,29 +137,37 @@ class AnnotateActionsMixin:
             )
             return None
         config = PropagationConfig(max_area_ratio=self.ui.area_ratio_spin.value())
-        self.session.layers.clear_propagated(keep=plane)  # this run says which planes it reaches
+        session = self.session
+        session.layers.clear_propagated(keep=plane)  # this run says which planes it reaches
+        self._job_session = session  # chosen again while it runs: see set_image_layer
         return self._start_segmenter_job(
             PROPAGATE_TASK,
             jobs.iter_propagate_object,
             plane,
             preview > 0,
             config,
-            on_yield=lambda result: self._show_propagated(result, plane, config),
+            on_yield=lambda result: self._show_propagated(result, session, plane, config),
+            on_finish=lambda: setattr(self, "_job_session", None),
+            labels_result=True,
+            keep_away=True,
         )
 
     def _show_propagated(
         self,
         result: jobs.PlaneResult | jobs.PropagationEnd,
+        session,
         start: int,
         config: PropagationConfig,
     ) -> None:
+        """Show ``result`` in the preview of ``session``, chosen or not."""
         if isinstance(result, jobs.PropagationEnd):  # the status line is gone with the job
-            n_planes, ratio = self.session.axes.n_planes, config.max_area_ratio
-            show_info(
-                propagation_note(start, list(result.planes), n_planes, ratio, config.max_planes)
-            )
+            n_planes, ratio = session.axes.n_planes, config.max_area_ratio
+            note = propagation_note(start, list(result.planes), n_planes, ratio, config.max_planes)
+            if session is not self.session:
+                note += f" (in the preview of {session.image_layer.name!r}: pick it under Image)"
+            show_info(note)
             return
-        layers = self.session.layers
+        layers = session.layers
         layers.set_preview(result.plane, result.labels)
         point_rc, box_rc = prompts_from_mask(result.labels > 0, box_margin=0.0)
         prompts = PlanePrompts(point_rc[None], np.ones(1, bool), box_rc[None])
@@ -204,7 +214,7 @@ class AnnotateActionsMixin:
             self.ui.status_label.setText(f"automatic: {len(ids)} objects")
 
         def done() -> None:
-            self._automatic_session = None
+            self._job_session = None
             session.end_group(group)
             if counts:  # the status line is gone with the job: a zero would go unseen
                 found, added = np.sum(counts, axis=0)
@@ -215,7 +225,7 @@ class AnnotateActionsMixin:
             else:  # saved when its image went, unless that save failed or came too soon
                 self._save_automatic_so_far()
 
-        self._automatic_session = session  # chosen again while it runs: see set_image_layer
+        self._job_session = session  # chosen again while it runs: see set_image_layer
         return self._start_segmenter_job(
             AUTO_TASK,
             jobs.iter_segment_automatically,

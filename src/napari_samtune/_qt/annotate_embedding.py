@@ -87,11 +87,14 @@ class AnnotateEmbeddingMixin:
         on_yield=None,
         on_finish=None,
         labels_result: bool = False,
+        keep_away: bool = False,
     ):
         """Run ``job(segmenter, axes, data, *args)``. Results for another image are dropped,
         and so are those of a stale generation (model or channels changed since), unless
-        they are ``labels_result`` (objects found, still valid for the image); the user is
-        told when yielded results are dropped."""
+        they are ``labels_result`` (objects found, still valid for the image), or, with
+        ``keep_away``, their image's session is not chosen now but its layers are all still
+        there (it is resumed when chosen again); the user is told when yielded results are
+        dropped."""
         generation, session = self._generation, self.session
         self._embedded = None  # the job changes the Segmenter's image
         dropped: dict[str, list] = {}  # why -> the planes (or other results) dropped for it
@@ -104,6 +107,8 @@ class AnnotateEmbeddingMixin:
                     return
                 if session is self.session and (keep_stale or generation == self._generation):
                     callback(value)
+                elif is_result and keep_away and self._layers_all_there(session):
+                    callback(value)  # the image is not chosen now: its layers show them
                 elif is_result:
                     dropped.setdefault(self._why_dropped(session), []).append(value)
 

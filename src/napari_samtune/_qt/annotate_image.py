@@ -12,7 +12,7 @@ from __future__ import annotations
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from napari_samtune._qt.annotate_jobs import AUTO_TASK
+from napari_samtune._qt.annotate_jobs import AUTO_TASK, PROPAGATE_TASK
 from napari_samtune._qt.annotate_session import AnnotationSession, found_where
 from napari_samtune._qt.image_planes import describe_image
 from napari_samtune._qt.prompt_layers import layer_batch
@@ -185,22 +185,28 @@ class AnnotateImageMixin:
         self._ensure_embedding()
 
     def _session_to_resume(self, layer, axes) -> AnnotationSession | None:
-        """The session of image ``layer`` that automatic segmentation still writes into,
-        when the image is chosen again while it runs (another one was chosen meanwhile):
-        annotated on, it gets the planes the run finds from now on, and their records.
-        None when the image's layers are no longer all there, or it has another name or
-        layout now (it gets a new session; the run's later planes are discarded)."""
-        session = self._automatic_session if self.runner.is_running(AUTO_TASK) else None
+        """The session of image ``layer`` that automatic segmentation or propagation still
+        writes into, when the image is chosen again while it runs (another one was chosen
+        meanwhile): annotated on, it gets the planes the run finds from now on, and their
+        records. None when the image's layers are no longer all there, or it has another
+        name or layout now (it gets a new session; the run's later planes are discarded)."""
+        running = self.runner.is_running(AUTO_TASK) or self.runner.is_running(PROPAGATE_TASK)
+        session = self._job_session if running else None
         if session is None or session.image_layer != layer:
             return None
         if session.axes.spatial_shape != axes.spatial_shape:
             return None
         if session.image_name != layer.name:
             return None
-        if not all(helper in self.viewer.layers for helper in session.layers.layers):
+        if not self._layers_all_there(session):
             return None
         session.axes = session.layers.axes = axes  # the channels may differ
         return session
+
+    def _layers_all_there(self, session: AnnotationSession) -> bool:
+        """Whether ``session``'s image and its four layers are all in the viewer."""
+        layers = self.viewer.layers
+        return session.image_layer in layers and all(h in layers for h in session.layers.layers)
 
     def _retire_layers(self, session: AnnotationSession) -> None:
         """The image is read with other axes: its layers go (the annotations once saved;
