@@ -148,7 +148,6 @@ class AnnotateActionsMixin:
             config,
             on_yield=lambda result: self._show_propagated(result, session, plane, config),
             on_finish=lambda: setattr(self, "_job_session", None),
-            labels_result=True,
             keep_away=True,
         )
 

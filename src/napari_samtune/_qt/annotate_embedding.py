@@ -92,12 +92,18 @@ class AnnotateEmbeddingMixin:
         """Run ``job(segmenter, axes, data, *args)``. Results for another image are dropped,
         and so are those of a stale generation (model or channels changed since), unless
         they are ``labels_result`` (objects found, still valid for the image), or, with
-        ``keep_away``, their image's session is not chosen now but its layers are all still
-        there (it is resumed when chosen again); the user is told when yielded results are
+        ``keep_away``, their image's layers are all still there and it is read as it was,
+        by the same model, though another image was chosen meanwhile (its session is
+        resumed when it is chosen again); the user is told when yielded results are
         dropped."""
         generation, session = self._generation, self.session
+        segmenter, axes, data = self.segmenter, session.axes, session.image_layer.data
         self._embedded = None  # the job changes the Segmenter's image
         dropped: dict[str, list] = {}  # why -> the planes (or other results) dropped for it
+
+        def still_valid() -> bool:
+            same_image = session.axes == axes and session.image_layer.data is data
+            return self.segmenter is segmenter and same_image and self._layers_all_there(session)
 
         def current(callback, is_result: bool = False):
             keep_stale = is_result and labels_result  # embeddings are of the old Segmenter
@@ -107,8 +113,8 @@ class AnnotateEmbeddingMixin:
                     return
                 if session is self.session and (keep_stale or generation == self._generation):
                     callback(value)
-                elif is_result and keep_away and self._layers_all_there(session):
-                    callback(value)  # the image is not chosen now: its layers show them
+                elif is_result and keep_away and still_valid():
+                    callback(value)  # only other images were chosen meanwhile
                 elif is_result:
                     dropped.setdefault(self._why_dropped(session), []).append(value)
 
