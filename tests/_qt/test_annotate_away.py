@@ -3,10 +3,12 @@ stack, and edits made with autosave unticked. Neither is lost when the image is 
 
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
 import pytest
+import tifffile
 
 from napari_samtune._qt import annotate_jobs
 from napari_samtune.core.synthetic import make_image
@@ -78,3 +80,105 @@ def test_a_propagation_through_a_stack_left_for_another_image_is_kept(
     assert any("propagated the object from plane 0 through planes 0-2" in n for n in notifications)
     assert widget.commit() == [1]
     assert widget.session.records[-1]["planes"] == [0, 1, 2]
+
+
+@pytest.fixture
+def two_images(cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path):
+    """A viewer with "cells0" (annotated, one object committed and autosaved to
+    ``tmp_path``) and "cells1", the docked widget with autosave unticked since."""
+    from napari_samtune._qt.annotate import AnnotateWidget
+
+    viewer = cells_viewer(2)
+    widget = AnnotateWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.ui.folder_edit.setText(str(tmp_path))
+    widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    widget.session.layers.points.add([32, 32])
+    with qtbot.waitSignal(widget.annotations_saved, timeout=WAIT_MS):
+        assert widget.commit() == [1]
+    drain_jobs(widget)
+    widget.ui.autosave_check.setChecked(False)
+    return viewer, widget
+
+
+def _edit_without_autosave(widget, qtbot) -> None:
+    """Commit object 2 and paint object 7 with the brush on the image annotated now."""
+    widget.session.layers.preview.data[5:15, 45:60] = 1
+    assert widget.commit() == [2]
+    layer = widget.session.layers.annotations
+    layer.brush_size = 5
+    layer.paint((50, 10), 7)
+    qtbot.wait(10)  # the stroke's autosave request comes once the event loop turns
+
+
+def test_edits_made_with_autosave_unticked_are_kept_while_another_image_is_annotated(
+    two_images, qtbot, drain_jobs
+):
+    """With autosave unticked, cells0 edited, cells1 chosen, then cells0 again: the
+    commit's record and its undo were gone (the records came back from the older file),
+    and ticking autosave then saved nothing."""
+    viewer, widget = two_images
+    cells0 = widget.session
+    _edit_without_autosave(widget, qtbot)
+    edited = cells0.annotations.copy()
+    for name in ("cells1", "cells0"):
+        widget.ui.image_combo.setCurrentText(name)
+        drain_jobs(widget)
+    assert widget.session is cells0
+    np.testing.assert_array_equal(widget.session.annotations, edited)
+    assert [record["ids"] for record in widget.session.records] == [[1], [2]]
+    assert widget.undo()  # object 2's commit
+    assert not (widget.session.annotations == 2).any()
+    assert (widget.session.annotations == 7).any()
+
+
+def test_ticking_autosave_saves_the_edits_of_an_image_no_longer_annotated(
+    two_images, qtbot, drain_jobs, tmp_path
+):
+    """Autosave ticked again while another image was chosen: the edits made to the first
+    without it were never saved."""
+    viewer, widget = two_images
+    _edit_without_autosave(widget, qtbot)
+    edited = widget.session.annotations.copy()
+    widget.ui.image_combo.setCurrentText("cells1")
+    drain_jobs(widget)
+    viewer.layers["cells0 annotations"].paint((10, 10), 8)  # corrected while cells1 is chosen
+    qtbot.wait(10)
+    edited[viewer.layers["cells0 annotations"].data == 8] = 8
+    widget.ui.autosave_check.setChecked(True)
+    drain_jobs(widget)
+    saved = tifffile.imread(tmp_path / "cells0.labels.tif")
+    np.testing.assert_array_equal(saved, edited)
+    records = json.loads((tmp_path / "cells0.prompts.json").read_text())["objects"]
+    assert [record["ids"] for record in records] == [[1], [2]]
+
+
+def test_closing_napari_with_edits_made_with_autosave_unticked_says_so(
+    two_images, qtbot, notifications
+):
+    """Closing napari after editing with autosave unticked lost the edits unsaid."""
+    viewer, widget = two_images
+    _edit_without_autosave(widget, qtbot)
+    widget.ui.image_combo.setCurrentText("cells1")
+    viewer.close()
+    said = [n for n in notifications if "not saved" in n and "'cells0'" in n]
+    assert len(said) == 1 and said[0].severity == "warning"
+    assert "'cells1'" not in said[0]  # not edited
+
+
+def test_unsaved_edits_are_kept_when_a_prompt_layer_of_their_image_was_removed(
+    two_images, qtbot, drain_jobs
+):
+    """The image's points layer removed while another image was chosen: its session cannot
+    go on, but the new one keeps the records and undo of the edits made without autosave."""
+    viewer, widget = two_images
+    _edit_without_autosave(widget, qtbot)
+    widget.ui.image_combo.setCurrentText("cells1")
+    drain_jobs(widget)
+    viewer.layers.remove("cells0 points")
+    widget.ui.image_combo.setCurrentText("cells0")
+    drain_jobs(widget)
+    assert [record["ids"] for record in widget.session.records] == [[1], [2]]
+    assert widget.undo()
+    assert not (widget.session.annotations == 2).any()

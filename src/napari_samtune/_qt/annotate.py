@@ -65,7 +65,9 @@ class AnnotateWidget(
         self._autosave_again: list[AnnotationSession] = []  # saved once the running save ends
         # annotations layer of an image no longer chosen -> its autosave on brush strokes
         self._retired_painting: dict = {}
-        self._not_autosaved: AnnotationSession | None = None  # edited with autosave unticked
+        # images edited with autosave unticked and not saved since: kept (their labels,
+        # records and undo) while others are annotated, resumed when chosen again
+        self._not_autosaved: list[AnnotationSession] = []
         # (session, planes) automatic segmentation wrote that its autosave has not saved yet
         self._automatic_unsaved: tuple[AnnotationSession, list] | None = None
         # the image a running automatic segmentation or propagation writes into
@@ -154,6 +156,7 @@ class AnnotateWidget(
         self._attach_soon.stop()
         helpers = list(self.session.layers.layers) if self.session is not None else []
         self._detach()
+        self._say_not_autosaved("the panel closed; their annotations layers stay in the viewer")
         self._unwatch_retired()
         for provider in [self.viewer, *helpers]:
             for key in self._key_actions():

@@ -128,15 +128,41 @@ class AnnotateFilesMixin:
         except (OSError, ValueError) as err:
             show_error(f"saving failed: {user_message(err)}")
             return None
+        self._forget_not_autosaved(self.session)
         self.annotations_saved.emit(str(labels_path))
         show_info(f"saved annotations to {labels_path}")
         return labels_path
 
     def _on_autosave_ticked(self, checked: bool) -> None:
-        """Autosave ticked again: the edits made without it are saved now, not only with
-        the next one (closing napari meanwhile would lose them)."""
-        if checked and self._not_autosaved is not None and self._not_autosaved is self.session:
-            self._autosave()
+        """Autosave ticked again: the edits made without it, to this image or others, are
+        saved now, not only with the next one (closing napari meanwhile would lose them)."""
+        if checked:
+            for session in list(self._not_autosaved):
+                self._autosave(session)
+
+    def _remember_not_autosaved(self, session) -> None:
+        """``session`` was edited with autosave unticked: keep it, to resume it when its
+        image is chosen again, save it when autosave is ticked again, and say so if napari
+        closes first."""
+        if not any(kept is session for kept in self._not_autosaved):
+            self._not_autosaved.append(session)
+        window = main_window_of(self)
+        if window is not None:  # see eventFilter (installing it again changes nothing)
+            window.installEventFilter(self)
+
+    def _forget_not_autosaved(self, session) -> None:
+        self._not_autosaved = [kept for kept in self._not_autosaved if kept is not session]
+
+    def _say_not_autosaved(self, ending: str) -> None:
+        """The viewer or the panel closes (``ending`` says which, and what it means for the
+        annotations): name the images edited with autosave unticked and not saved since."""
+        sessions, self._not_autosaved = self._not_autosaved, []
+        if sessions:
+            names = ", ".join(repr(session.image_layer.name) for session in sessions)
+            show_warning(
+                f"the annotations of {names} were edited with autosave unticked and are not "
+                f"saved: {ending}. Tick autosave, or use Save now, before closing to keep them"
+            )
 
     def _on_painted(self, event=None) -> None:
         """A brush, fill or eraser stroke on the annotations (a person correcting them) is
@@ -174,11 +200,9 @@ class AnnotateFilesMixin:
         if session is None:
             return None
         if not self.ui.autosave_check.isChecked():
-            if session is self.session:
-                self._not_autosaved = session  # saved when autosave is ticked again
+            self._remember_not_autosaved(session)
             return None
-        if session is self.session:
-            self._not_autosaved = None
+        self._forget_not_autosaved(session)  # saved now, or after the save that runs
         if self.runner.is_running(SAVE_TASK):
             if not any(waiting is session for waiting in self._autosave_again):
                 self._autosave_again.append(session)
@@ -217,6 +241,7 @@ class AnnotateFilesMixin:
         if event.type() == QEvent.Type.Close:  # the viewer's window
             self.flush_autosave()
             self._save_automatic_so_far()
+            self._say_not_autosaved("napari closes")
         return super().eventFilter(watched, event)
 
     def flush_autosave(self) -> None:
@@ -269,6 +294,7 @@ class AnnotateFilesMixin:
         """Save the annotations of ``session``, an image no longer chosen (or the viewer
         closing), that automatic segmentation wrote on ``planes``."""
         if not self.ui.autosave_check.isChecked():
+            self._remember_not_autosaved(session)
             return
         what = found_where(session, planes)
         try:

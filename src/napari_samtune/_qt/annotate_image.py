@@ -180,19 +180,22 @@ class AnnotateImageMixin:
         self._set_positive_mode(self.ui.positive_check.isChecked())
         self.viewer.layers.selection.active = self.session.layers.points
         self._invalidate_embedding()
-        if resumed is None:  # a resumed session holds its records already, and newer ones
+        if resumed is None and not self._take_over_not_autosaved(self.session):
+            # (a resumed session holds its records already, and newer ones)
             self._restore_autosave(labels=self.session.layers.annotations_created)
         self._ensure_embedding()
 
     def _session_to_resume(self, layer, axes) -> AnnotationSession | None:
-        """The session of image ``layer`` that automatic segmentation or propagation still
-        writes into, when the image is chosen again while it runs (another one was chosen
-        meanwhile): annotated on, it gets the planes the run finds from now on, and their
-        records. None when the image's layers are no longer all there, or it has another
-        name or layout now (it gets a new session; the run's later planes are discarded)."""
+        """The session of image ``layer`` when the image is chosen again (another one was
+        chosen meanwhile) while automatic segmentation or propagation still writes into it
+        (annotated on, it gets the planes the run finds from now on, and their records), or
+        after it was edited with autosave unticked (its records and undo are on no disk).
+        None when the image's layers are no longer all there, or it has another name or
+        layout now (it gets a new session; the run's later planes are discarded)."""
         running = self.runner.is_running(AUTO_TASK) or self.runner.is_running(PROPAGATE_TASK)
-        session = self._job_session if running else None
-        if session is None or session.image_layer != layer:
+        kept = ([self._job_session] if running else []) + self._not_autosaved
+        session = next((s for s in kept if s is not None and s.image_layer == layer), None)
+        if session is None:
             return None
         if session.axes.spatial_shape != axes.spatial_shape:
             return None
@@ -202,6 +205,17 @@ class AnnotateImageMixin:
             return None
         session.axes = session.layers.axes = axes  # the channels may differ
         return session
+
+    def _take_over_not_autosaved(self, session: AnnotationSession) -> bool:
+        """Whether ``session``, new, takes the records and undo of an earlier session of its
+        image that was edited with autosave unticked but could not be resumed (one of its
+        prompt layers was removed), as it has the same annotations layer, which holds them."""
+        for index, kept in enumerate(self._not_autosaved):
+            if kept.layers.annotations == session.layers.annotations:
+                session.records, session.undo_stack = kept.records, kept.undo_stack
+                self._not_autosaved[index] = session
+                return True
+        return False
 
     def _layers_all_there(self, session: AnnotationSession) -> bool:
         """Whether ``session``'s image and its four layers are all in the viewer."""
@@ -214,6 +228,7 @@ class AnnotateImageMixin:
         automatic = self._automatic_unsaved
         if automatic is not None and automatic[0] is session:  # saved here, not again
             self._automatic_unsaved = None
+        self._forget_not_autosaved(session)  # saved here too, or kept under another name
         self._removing_own_layers = True
         try:
             with layer_batch(self.viewer):
