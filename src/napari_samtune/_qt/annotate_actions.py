@@ -193,7 +193,11 @@ class AnnotateActionsMixin:
         self._auto_defaults = defaults
 
     def segment_automatically(self):
-        """Segment the plane in view (or every plane) into new objects; returns the worker."""
+        """Segment the plane in view (or every plane) into new objects; returns the worker.
+
+        Planes found while another image is chosen go into this image's annotations too
+        (saved when the run ends; its session is resumed if it is chosen again meanwhile).
+        """
         if not self._ready_for_job("segment automatically"):
             return None
         axes = self.session.axes
@@ -235,4 +239,5 @@ class AnnotateActionsMixin:
             on_return=self._on_embedded,
             on_finish=done,
             labels_result=True,
+            keep_away=True,  # planes found while another image is chosen are written too
         )

@@ -93,17 +93,18 @@ class AnnotateEmbeddingMixin:
         and so are those of a stale generation (model or channels changed since), unless
         they are ``labels_result`` (objects found, still valid for the image), or, with
         ``keep_away``, their image's layers are all still there and it is read as it was,
-        by the same model, though another image was chosen meanwhile (its session is
-        resumed when it is chosen again); the user is told when yielded results are
-        dropped."""
+        by the same model (any model for ``labels_result``), though another image was
+        chosen meanwhile (its session is resumed when it is chosen again); the user is told
+        when yielded results are dropped."""
         generation, session = self._generation, self.session
         segmenter, axes, data = self.segmenter, session.axes, session.image_layer.data
         self._embedded = None  # the job changes the Segmenter's image
         dropped: dict[str, list] = {}  # why -> the planes (or other results) dropped for it
 
-        def still_valid() -> bool:
+        def still_valid(any_model: bool) -> bool:
             same_image = session.axes == axes and session.image_layer.data is data
-            return self.segmenter is segmenter and same_image and self._layers_all_there(session)
+            same_model = any_model or self.segmenter is segmenter
+            return same_model and same_image and self._layers_all_there(session)
 
         def current(callback, is_result: bool = False):
             keep_stale = is_result and labels_result  # embeddings are of the old Segmenter
@@ -113,7 +114,7 @@ class AnnotateEmbeddingMixin:
                     return
                 if session is self.session and (keep_stale or generation == self._generation):
                     callback(value)
-                elif is_result and keep_away and still_valid():
+                elif is_result and keep_away and still_valid(keep_stale):
                     callback(value)  # only other images were chosen meanwhile
                 elif is_result:
                     dropped.setdefault(self._why_dropped(session), []).append(value)
