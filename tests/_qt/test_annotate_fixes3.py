@@ -272,13 +272,14 @@ def _planes_seen(worker) -> list[int]:
     return seen
 
 
-def test_a_stack_chosen_again_while_segmented_automatically_gets_every_plane(
-    stack_widget, qtbot, drain_jobs, monkeypatch, tmp_path, notifications
+@pytest.mark.parametrize("back", ["while it runs", "after it ended"])
+def test_a_stack_left_while_segmented_automatically_gets_every_plane(
+    stack_widget, qtbot, drain_jobs, monkeypatch, tmp_path, notifications, back
 ):
     """Another image chosen and then the stack again while automatic segmentation ran
     through it: the planes it segmented after that were discarded as well, saying "the image
-    changed while it ran" (it was the same image); then the plane found while the other image
-    was chosen was discarded too (propagation kept its planes)."""
+    changed while it ran" (it was the same image); then the planes found while the other
+    image was chosen were discarded too (propagation kept its planes)."""
     from napari_samtune.core.synthetic import make_image
 
     gate = _planes_released_one_by_one(monkeypatch)
@@ -291,44 +292,23 @@ def test_a_stack_chosen_again_while_segmented_automatically_gets_every_plane(
         gate.release()  # plane 1 comes while the other image is chosen
         qtbot.waitUntil(lambda: seen == [1], timeout=WAIT_MS)
         assert widget.session is not stack and stack.annotations[1].any()  # written away
-        widget.ui.image_combo.setCurrentText("stack")
-        assert widget.session is stack  # the run's session goes on
+        if back == "while it runs":
+            widget.ui.image_combo.setCurrentText("stack")
+            assert widget.session is stack  # the run's session goes on
     finally:
         gate.release(2)
     drain_jobs(widget)
-    assert all(stack.annotations[plane].any() for plane in range(3))
+    assert seen == [1, 2] and all(stack.annotations[plane].any() for plane in range(3))
     saved = tifffile.imread(tmp_path / "stack.labels.tif")
     np.testing.assert_array_equal(saved, stack.annotations)
     records = [(o["source"], o["planes"]) for o in _saved_objects(tmp_path, "stack")]
     assert records == [("automatic", [0]), ("automatic", [1]), ("automatic", [2])]
-    said = [str(n) for n in notifications]
-    assert not any("discarded" in n for n in said)
-    assert widget.undo()  # the run is one step, before and after the image went
-    assert not stack.annotations.any()
-
-
-def test_planes_segmented_automatically_while_away_are_saved_when_the_run_ends(
-    stack_widget, qtbot, drain_jobs, monkeypatch, tmp_path, notifications
-):
-    """The stack left for another image for the rest of the run: every plane is written
-    into the stack's annotations and saved, none discarded."""
-    from napari_samtune.core.synthetic import make_image
-
-    gate = _planes_released_one_by_one(monkeypatch)
-    viewer, widget = stack_widget
-    stack = widget.session
-    viewer.add_image(make_image((96, 96), seed=9)[0], name="other")
-    try:
-        seen = _planes_seen(_segment_the_stack(widget, qtbot))
-        widget.ui.image_combo.setCurrentText("other")
-    finally:
-        gate.release(3)
-    drain_jobs(widget)
-    assert seen == [1, 2] and widget.session is not stack
-    assert all(stack.annotations[plane].any() for plane in range(3))
-    saved = tifffile.imread(tmp_path / "stack.labels.tif")
-    np.testing.assert_array_equal(saved, stack.annotations)
     assert not any("discarded" in str(n) for n in notifications)
+    widget.ui.image_combo.setCurrentText("stack")
+    np.testing.assert_array_equal(widget.session.annotations, saved)
+    if back == "while it runs":
+        assert widget.undo()  # the run is one step, before and after the image went
+        assert not stack.annotations.any()
 
 
 @pytest.mark.parametrize("saving", ["works", "fails"])
