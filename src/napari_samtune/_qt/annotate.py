@@ -286,6 +286,12 @@ class AnnotateWidget(
             return False
         if not self.is_embedded(plane):
             self._ensure_embedding()
+            job = self._job_session
+            if job is not None and job is not self.session:  # the job holds the Segmenter
+                self._hint(
+                    f"the preview waits for the job running on {job.image_layer.name!r} to "
+                    "end (it uses the model); it is shown then"
+                )
             return False
         try:
             labels = self._predict(prompts)

@@ -43,6 +43,12 @@ class AnnotateActionsMixin:
             return False
         return True
 
+    def _job_writes_here(self, task: str) -> bool:
+        """Whether ``task`` runs and writes into the image annotated now: its preview or
+        annotations are the job's until it ends. Other images are annotated meanwhile (a
+        commit needs no Segmenter; their previews wait for it to be free)."""
+        return self.runner.is_running(task) and self._job_session is self.session
+
     # -- prompts --------------------------------------------------------------------------
     def toggle_polarity(self) -> None:
         """Switch new points (and, in select mode, the selected ones) between + and -."""
@@ -60,7 +66,7 @@ class AnnotateActionsMixin:
         """Remove all prompts and the preview (Shift+C)."""
         if self.session is None:
             return
-        if self.runner.is_running(PROPAGATE_TASK):
+        if self._job_writes_here(PROPAGATE_TASK):
             show_info("wait for the propagation to finish, then clear its preview (Shift+C)")
             return
         self.session.clear()
@@ -72,7 +78,7 @@ class AnnotateActionsMixin:
         if self.session is None:
             show_info("nothing to commit: pick an image and add prompts first")
             return []
-        if self.runner.is_running(PROPAGATE_TASK):
+        if self._job_writes_here(PROPAGATE_TASK):
             show_info("wait for the propagation to finish, then commit")
             return []
         if self._previews_behind:  # it would write a mask without the latest prompts
@@ -99,7 +105,7 @@ class AnnotateActionsMixin:
         """Revert the last commit, automatic segmentation or loaded file (U)."""
         if self.session is None:
             return False
-        if self.runner.is_running(AUTO_TASK):
+        if self._job_writes_here(AUTO_TASK):
             show_info("wait for the automatic segmentation to finish, then undo it (U)")
             return False
         if not self.session.undo():

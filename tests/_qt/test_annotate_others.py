@@ -1,0 +1,107 @@
+"""Images other than the one a job writes into, or than the one chosen: annotated while a
+propagation or automatic segmentation runs elsewhere, renamed or removed while another
+image is chosen. Nothing the person did there is refused for no reason, or lost unsaid."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from napari_samtune._qt import annotate_jobs
+from napari_samtune.core.synthetic import make_image
+
+WAIT_MS = 30_000
+
+
+def _propagation_held(monkeypatch) -> threading.Event:
+    """Propagation 'reaches' plane 1 (a square), then waits until the event is set."""
+    gate = threading.Event()
+
+    def gated(segmenter, axes, data, start_plane, start_mask, config):
+        labels = np.zeros(axes.spatial_shape[-2:], np.uint32)
+        labels[30:50, 30:50] = 1
+        yield annotate_jobs.PlaneResult(1, labels)
+        assert gate.wait(WAIT_MS / 1000)
+        yield annotate_jobs.PropagationEnd((1,))
+
+    monkeypatch.setattr(annotate_jobs, "iter_propagate_object", gated)
+    return gate
+
+
+def test_another_image_is_annotated_while_a_stack_propagates(
+    stack_widget, qtbot, drain_jobs, monkeypatch, notifications
+):
+    """While propagation ran through a stack, commit (C) and clear (Shift+C) were refused
+    on every image, though only the stack's preview is the propagation's."""
+    gate = _propagation_held(monkeypatch)
+    viewer, widget = stack_widget
+    viewer.add_image(make_image((96, 96), seed=9)[0], name="other")
+    stack = widget.session
+    stack.layers.preview.data[0, 40:50, 40:50] = 1
+    try:
+        assert widget.propagate() is not None
+        qtbot.waitUntil(lambda: stack.layers.preview.data[1].any(), timeout=WAIT_MS)
+        widget.ui.image_combo.setCurrentText("other")
+        other = widget.session
+        other.layers.preview.data[10:20, 10:20] = 1
+        assert widget.commit() == [1]
+        other.layers.points.add([70, 70])
+        widget.clear()
+        assert len(other.layers.points.data) == 0
+        other.layers.points.add([48, 48])  # previewed once the Segmenter is free
+        assert "the preview waits for the job running on 'stack'" in notifications[-1]
+        widget.ui.image_combo.setCurrentText("stack")
+        assert widget.session is stack
+        assert widget.commit() == []  # the stack's preview is still the propagation's
+        assert "wait for the propagation to finish, then commit" in notifications[-1]
+        widget.clear()
+        assert stack.layers.preview.data[1].any()
+        widget.ui.image_combo.setCurrentText("other")
+    finally:
+        gate.set()
+    drain_jobs(widget)
+    assert widget.session.layers.points is other.layers.points
+    assert other.layers.preview.data.any()
+    assert widget.commit() == [2]
+    widget.ui.image_combo.setCurrentText("stack")
+    drain_jobs(widget)
+    assert widget.commit() == [1] and widget.session.records[-1]["planes"] == [0, 1]
+
+
+def test_another_image_is_undone_while_a_stack_is_segmented_automatically(
+    stack_widget, qtbot, drain_jobs, monkeypatch, notifications
+):
+    """Undo (U) was refused on every image while automatic segmentation ran on one."""
+    gate = threading.Event()
+    real = annotate_jobs.iter_segment_automatically
+
+    def gated(*args, **kwargs):
+        for item in real(*args, **kwargs):
+            yield item
+            if isinstance(item, annotate_jobs.PlaneResult):
+                assert gate.wait(WAIT_MS / 1000)
+
+    monkeypatch.setattr(annotate_jobs, "iter_segment_automatically", gated)
+    viewer, widget = stack_widget
+    viewer.add_image(make_image((96, 96), seed=9)[0], name="other")
+    widget.ui.iou_spin.setValue(0.0)  # a random model's scores are meaningless: keep all
+    widget.ui.stability_spin.setValue(0.0)
+    widget.ui.points_per_side_spin.setValue(4)
+    stack = widget.session
+    try:
+        assert widget.segment_automatically() is not None
+        qtbot.waitUntil(lambda: stack.annotations[0].any(), timeout=WAIT_MS)
+        widget.ui.image_combo.setCurrentText("other")
+        other = widget.session
+        other.layers.preview.data[10:20, 10:20] = 1
+        assert widget.commit() == [1]
+        assert widget.undo()
+        assert not other.annotations.any()
+        widget.ui.image_combo.setCurrentText("stack")
+        assert not widget.undo()  # the run's objects are not all written yet
+        assert "wait for the automatic segmentation to finish" in notifications[-1]
+    finally:
+        gate.set()
+    drain_jobs(widget)
+    assert stack.annotations.any()
