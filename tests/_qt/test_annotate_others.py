@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import tifffile
 
 from napari_samtune._qt import annotate_jobs
 from napari_samtune.core.synthetic import make_image
@@ -105,3 +106,40 @@ def test_another_image_is_undone_while_a_stack_is_segmented_automatically(
         gate.set()
     drain_jobs(widget)
     assert stack.annotations.any()
+
+
+def test_an_image_renamed_while_another_is_chosen_keeps_its_annotations(
+    cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path, notifications
+):
+    """Renamed while another image was chosen, then chosen again: it got a new, empty
+    annotations layer under its new name (its annotations stayed in the layer under the
+    old name), and its saved annotations were not found."""
+    from napari_samtune._qt.annotate import AnnotateWidget
+
+    viewer = cells_viewer(2)
+    widget = AnnotateWidget(viewer)
+    widget.ui.folder_edit.setText(str(tmp_path))
+    widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    widget.session.layers.preview.data[10:20, 10:20] = 1
+    with qtbot.waitSignal(widget.annotations_saved, timeout=WAIT_MS):
+        assert widget.commit() == [1]
+    drain_jobs(widget)
+    annotations = widget.session.layers.annotations
+    widget.ui.image_combo.setCurrentText("cells1")
+    drain_jobs(widget)
+    viewer.layers["cells0"].name = "dapi"
+    assert annotations.name == "dapi annotations"
+    assert {"dapi points", "dapi boxes", "dapi current object"} <= {ly.name for ly in viewer.layers}
+    assert "cells0 annotations" not in viewer.layers
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dapi.labels.tif", "dapi.prompts.json"]
+    assert any("now saved as" in n and "dapi.labels.tif" in n for n in notifications)
+    widget.ui.image_combo.setCurrentText("dapi")
+    drain_jobs(widget)
+    assert widget.session.layers.annotations is annotations
+    assert (annotations.data == 1).any() and len(widget.session.records) == 1
+    widget.session.layers.preview.data[30:40, 30:40] = 1
+    assert widget.commit() == [2]
+    drain_jobs(widget)
+    saved = tifffile.imread(tmp_path / "dapi.labels.tif")
+    assert set(np.unique(saved)) == {0, 1, 2}

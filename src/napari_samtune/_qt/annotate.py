@@ -63,7 +63,8 @@ class AnnotateWidget(
         # planes whose preview lags their prompts (it waits for a model or an embedding)
         self._previews_behind: set[int | None] = set()
         self._autosave_again: list[AnnotationSession] = []  # saved once the running save ends
-        # annotations layer of an image no longer chosen -> its autosave on brush strokes
+        # annotations layer of an image no longer chosen -> (its session, the autosave on
+        # brush strokes)
         self._retired_painting: dict = {}
         # images edited with autosave unticked and not saved since: kept (their labels,
         # records and undo) while others are annotated, resumed when chosen again
@@ -91,7 +92,7 @@ class AnnotateWidget(
         viewer.layers.events.inserted.connect(self._on_layer_inserted)
         viewer.layers.events.removed.connect(self._on_layer_removed)
         for layer in viewer.layers:  # the layer list tells renames only from napari 0.7 on
-            layer.events.name.connect(self._refresh_image_choices)
+            layer.events.name.connect(self._on_layer_renamed)
         viewer.dims.events.current_step.connect(self._on_plane_changed)
         viewer.dims.events.order.connect(self._on_dims_order)
         self._refresh_image_choices()
@@ -165,7 +166,7 @@ class AnnotateWidget(
         events.inserted.disconnect(self._on_layer_inserted)
         events.removed.disconnect(self._on_layer_removed)
         for layer in self.viewer.layers:
-            layer.events.name.disconnect(self._refresh_image_choices)
+            layer.events.name.disconnect(self._on_layer_renamed)
         self.viewer.dims.events.current_step.disconnect(self._on_plane_changed)
         self.viewer.dims.events.order.disconnect(self._on_dims_order)
         self.runner.quit_all()

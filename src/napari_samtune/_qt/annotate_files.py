@@ -183,13 +183,13 @@ class AnnotateFilesMixin:
 
         self._unwatch_retired(layer)
         layer.events.paint.connect(painted)
-        self._retired_painting[layer] = painted
+        self._retired_painting[layer] = (session, painted)
 
     def _unwatch_retired(self, layer=None) -> None:
         """Stop autosaving the strokes on ``layer`` (every retired layer when None)."""
         layers = list(self._retired_painting) if layer is None else [layer]
         for retired in layers:
-            painted = self._retired_painting.pop(retired, None)
+            _, painted = self._retired_painting.pop(retired, (None, None))
             if painted is not None:
                 retired.events.paint.disconnect(painted)
 

@@ -53,7 +53,7 @@ class AnnotateImageMixin:
             self._on_image_choice()
 
     def _on_layer_inserted(self, event) -> None:
-        event.value.events.name.connect(self._refresh_image_choices)
+        event.value.events.name.connect(self._on_layer_renamed)
         self._refresh_image_choices()
         if self.session is not None and event.value not in self.session.layers.layers:
             self._prompt_layers_on_top()
@@ -69,7 +69,7 @@ class AnnotateImageMixin:
 
     def _on_layer_removed(self, event) -> None:
         layer = event.value
-        layer.events.name.disconnect(self._refresh_image_choices)
+        layer.events.name.disconnect(self._on_layer_renamed)
         self._unwatch_retired(layer)
         if self._removing_own_layers:
             return
@@ -278,6 +278,31 @@ class AnnotateImageMixin:
         session = self.session
         if session is None or session.image_layer.name == session.image_name:
             return
+        self._follow_rename(session)
+
+    def _on_layer_renamed(self, event) -> None:
+        """A layer was renamed: an image not chosen now takes its layers and saved
+        annotations along too, as the chosen one does (else, chosen again, it would get
+        new, empty layers under its new name); the list of images follows."""
+        layer = event.source
+        for session in self._sessions_kept():
+            renamed = session.image_layer == layer and session.image_name != layer.name
+            if renamed and session is not self.session:  # the chosen one: _on_image_renamed
+                self._follow_rename(session)
+        self._refresh_image_choices()
+
+    def _sessions_kept(self) -> list[AnnotationSession]:
+        """The sessions of images not chosen whose layers may stay in the viewer: edited
+        with autosave unticked, written into by a running job, or with their annotations
+        layer watched for brush strokes."""
+        retired = [session for session, _ in self._retired_painting.values()]
+        kept: list[AnnotationSession] = []
+        for session in [*self._not_autosaved, self._job_session, *retired]:
+            if session is not None and not any(session is k for k in kept):
+                kept.append(session)
+        return kept
+
+    def _follow_rename(self, session: AnnotationSession) -> None:
         self.flush_autosave()  # a save under the old name must end before its files move
         for note in session.follow_rename():
             show_info(note)
