@@ -143,3 +143,59 @@ def test_an_image_renamed_while_another_is_chosen_keeps_its_annotations(
     drain_jobs(widget)
     saved = tifffile.imread(tmp_path / "dapi.labels.tif")
     assert set(np.unique(saved)) == {0, 1, 2}
+
+
+def _cells_edited_without_autosave(cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path):
+    """cells0 with object 1 saved, then object 2 committed with autosave unticked, and
+    cells1 chosen."""
+    from napari_samtune._qt.annotate import AnnotateWidget
+
+    viewer = cells_viewer(2)
+    widget = AnnotateWidget(viewer)
+    widget.ui.folder_edit.setText(str(tmp_path))
+    widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    widget.session.layers.preview.data[10:20, 10:20] = 1
+    with qtbot.waitSignal(widget.annotations_saved, timeout=WAIT_MS):
+        assert widget.commit() == [1]
+    drain_jobs(widget)
+    widget.ui.autosave_check.setChecked(False)
+    widget.session.layers.preview.data[30:40, 30:40] = 1
+    assert widget.commit() == [2]
+    widget.ui.image_combo.setCurrentText("cells1")
+    drain_jobs(widget)
+    return viewer, widget
+
+
+def test_removing_an_image_edited_without_autosave_says_where_its_edits_are(
+    cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path, notifications
+):
+    """An image edited with autosave unticked, removed: its kept session held the image
+    on, and nothing said that its edits were saved nowhere."""
+    viewer, widget = _cells_edited_without_autosave(
+        cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path
+    )
+    assert widget._not_autosaved
+    viewer.layers.remove("cells0")
+    qtbot.wait(10)  # said once the layers removed with it are gone
+    assert widget._not_autosaved == []
+    said = [n for n in notifications if "'cells0'" in n and "not saved" in n]
+    assert len(said) == 1 and said[0].severity == "warning"
+    assert "'cells0 annotations'" in said[0] and "Save now" in said[0]
+    widget.ui.autosave_check.setChecked(True)  # nothing left to save: no error either
+    drain_jobs(widget)
+
+
+def test_removing_an_image_and_its_annotations_edited_without_autosave_says_they_are_lost(
+    cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path, notifications
+):
+    viewer, widget = _cells_edited_without_autosave(
+        cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path
+    )
+    viewer.layers.selection = {viewer.layers["cells0"], viewer.layers["cells0 annotations"]}
+    viewer.layers.remove_selected()
+    qtbot.wait(10)
+    assert widget._not_autosaved == []
+    said = [n for n in notifications if "'cells0'" in n and "not saved" in n]
+    assert len(said) == 1 and said[0].severity == "warning"
+    assert "lost" in said[0] and str(tmp_path / "cells0.labels.tif") in said[0]

@@ -69,6 +69,8 @@ class AnnotateWidget(
         # images edited with autosave unticked and not saved since: kept (their labels,
         # records and undo) while others are annotated, resumed when chosen again
         self._not_autosaved: list[AnnotationSession] = []
+        # of those, the ones whose image was removed: said once the removal is over
+        self._removed_not_autosaved: list[AnnotationSession] = []
         # (session, planes) automatic segmentation wrote that its autosave has not saved yet
         self._automatic_unsaved: tuple[AnnotationSession, list] | None = None
         # the image a running automatic segmentation or propagation writes into

@@ -164,6 +164,41 @@ class AnnotateFilesMixin:
                 f"saved: {ending}. Tick autosave, or use Save now, before closing to keep them"
             )
 
+    def _forget_removed_image(self, image_layer) -> bool:
+        """Image ``image_layer`` was removed: its sessions edited with autosave unticked are
+        no longer to be kept (nor the image with them); see
+        :meth:`_say_removed_not_autosaved`. Whether there were any."""
+        removed = [kept for kept in self._not_autosaved if kept.image_layer == image_layer]
+        self._removed_not_autosaved.extend(removed)
+        return bool(removed)
+
+    def _say_removed_not_autosaved(self) -> None:
+        """Once the layers removed together are gone, the sessions of the images removed go,
+        and the person is told where their unsaved edits are, if anywhere (unless napari
+        closed meanwhile, which said so: it removes the layers first)."""
+        removed, self._removed_not_autosaved = self._removed_not_autosaved, []
+        for session in [s for s in removed if any(s is kept for kept in self._not_autosaved)]:
+            self._forget_not_autosaved(session)
+            name, annotations = session.image_layer.name, session.layers.annotations
+            edits = (
+                f"image {name!r} was removed; its annotations, edited with autosave unticked, "
+                "are not saved"
+            )
+            if annotations in self.viewer.layers:
+                show_warning(
+                    f"{edits}: they are in layer {annotations.name!r}. To keep them, add the "
+                    f"image again as {name!r}, pick it under Image and use Save now (or save "
+                    "that layer: File > Save Selected Layers)"
+                )
+                continue
+            folder = self.annotation_folder()
+            labels_path, _ = annotation_paths(folder, session.file_name(folder))
+            saved = f"; the last save is {labels_path}" if labels_path.is_file() else ""
+            show_warning(
+                f"{edits} and its annotations layer was removed too: those edits are lost"
+                f"{saved}. Keep autosave ticked to have every edit saved"
+            )
+
     def _on_painted(self, event=None) -> None:
         """A brush, fill or eraser stroke on the annotations (a person correcting them) is
         autosaved like a commit: once control is back in the event loop, as napari reports

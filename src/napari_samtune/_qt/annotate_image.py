@@ -73,6 +73,8 @@ class AnnotateImageMixin:
         self._unwatch_retired(layer)
         if self._removing_own_layers:
             return
+        if self._forget_removed_image(layer):
+            self._say_removal_soon.start()
         session = self.session
         if session is not None and layer == session.image_layer:  # it cannot be picked again
             self._detach()
@@ -93,6 +95,7 @@ class AnnotateImageMixin:
         note, self._removal_note = self._removal_note, None
         if note is not None and len(self.viewer.layers):
             show_info(note)
+        self._say_removed_not_autosaved()  # also when no layer is left: they are lost
 
     def _on_channels_first(self, checked: bool) -> None:
         refusal = channels_first_refusal(self.image_layer) if checked else ""
