@@ -100,6 +100,25 @@ def notifications():
 
 
 @pytest.fixture
+def planes_seen():
+    """``planes_seen(worker)``: the planes an annotation job's ``worker`` yields from now
+    on, once the widget has handled each (this slot runs after the widget's)."""
+    from napari_samtune._qt import annotate_jobs
+
+    def watch(worker) -> list[int]:
+        seen: list[int] = []
+
+        def note(item) -> None:
+            if isinstance(item, annotate_jobs.PlaneResult):
+                seen.append(item.plane)
+
+        worker.yielded.connect(note)
+        return seen
+
+    return watch
+
+
+@pytest.fixture
 def viewer_widget(make_napari_viewer, qtbot, tiny_sam, nuclei_image, drain_jobs):
     """A viewer with the synthetic nuclei image and a docked widget using the tiny model."""
     from napari_samtune._qt.annotate import AnnotateWidget

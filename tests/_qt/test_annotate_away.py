@@ -34,22 +34,9 @@ def _propagation_released_plane_by_plane(monkeypatch) -> threading.Semaphore:
     return gate
 
 
-def _planes_seen(worker) -> list[int]:
-    """The planes ``worker`` yields from now on, once the widget has handled each (this
-    slot runs after the widget's)."""
-    seen: list[int] = []
-
-    def note(item) -> None:
-        if isinstance(item, annotate_jobs.PlaneResult):
-            seen.append(item.plane)
-
-    worker.yielded.connect(note)
-    return seen
-
-
 @pytest.mark.parametrize("back", ["while it runs", "after it ended"])
 def test_a_propagation_through_a_stack_left_for_another_image_is_kept(
-    stack_widget, qtbot, drain_jobs, monkeypatch, notifications, back
+    stack_widget, qtbot, drain_jobs, monkeypatch, notifications, planes_seen, back
 ):
     """Another image chosen while propagation ran through a stack, then the stack again:
     the planes it reached meanwhile were discarded, and so was every plane after."""
@@ -59,7 +46,7 @@ def test_a_propagation_through_a_stack_left_for_another_image_is_kept(
     stack = widget.session
     stack.layers.preview.data[0, 40:50, 40:50] = 1  # the object on plane 0
     try:
-        seen = _planes_seen(widget.propagate())
+        seen = planes_seen(widget.propagate())
         gate.release()
         qtbot.waitUntil(lambda: seen == [1], timeout=WAIT_MS)
         widget.ui.image_combo.setCurrentText("other")

@@ -84,8 +84,8 @@ def test_switching_images_and_back_while_a_stack_is_segmented_keeps_its_records(
 ):
     """Back on the stack, its records came from its file, which the run had not saved yet;
     the run saved them when it ended, but the next commit's autosave wrote the records
-    without them again. (The run goes on writing into the stack once it is chosen again:
-    test_annotate_fixes4.)"""
+    without them again. (The run goes on writing into the stack, chosen again or not:
+    test_a_stack_left_while_segmented_automatically_gets_every_plane.)"""
     from napari_samtune.core.synthetic import make_image
 
     gate = _one_plane_at_a_time(monkeypatch)
@@ -259,22 +259,9 @@ def _planes_released_one_by_one(monkeypatch) -> threading.Semaphore:
     return gate
 
 
-def _planes_seen(worker) -> list[int]:
-    """The planes ``worker`` yields from now on, once the widget has handled each (this
-    slot runs after the widget's)."""
-    seen: list[int] = []
-
-    def note(item) -> None:
-        if isinstance(item, annotate_jobs.PlaneResult):
-            seen.append(item.plane)
-
-    worker.yielded.connect(note)
-    return seen
-
-
 @pytest.mark.parametrize("back", ["while it runs", "after it ended"])
 def test_a_stack_left_while_segmented_automatically_gets_every_plane(
-    stack_widget, qtbot, drain_jobs, monkeypatch, tmp_path, notifications, back
+    stack_widget, qtbot, drain_jobs, monkeypatch, tmp_path, notifications, planes_seen, back
 ):
     """Another image chosen and then the stack again while automatic segmentation ran
     through it: the planes it segmented after that were discarded as well, saying "the image
@@ -287,7 +274,7 @@ def test_a_stack_left_while_segmented_automatically_gets_every_plane(
     stack = widget.session
     viewer.add_image(make_image((96, 96), seed=9)[0], name="other")
     try:
-        seen = _planes_seen(_segment_the_stack(widget, qtbot))
+        seen = planes_seen(_segment_the_stack(widget, qtbot))
         widget.ui.image_combo.setCurrentText("other")
         gate.release()  # plane 1 comes while the other image is chosen
         qtbot.waitUntil(lambda: seen == [1], timeout=WAIT_MS)
