@@ -1,7 +1,10 @@
 """Helpers shared by the widget tests: run a widget's background job and wait for it;
 keep a window open while counting its close events; a docked annotation widget on the
 synthetic nuclei image; the notifications shown; a Finetune widget beside cells layers
-and adding a layer pair to it."""
+and adding a layer pair to it; annotation jobs held after each plane."""
+
+import threading
+import time
 
 import pytest
 from napari.utils.notifications import notification_manager
@@ -97,6 +100,56 @@ def notifications():
     notification_manager.notification_ready.connect(collect)
     yield received
     notification_manager.notification_ready.disconnect(collect)
+
+
+class PlaneGate:
+    """Holds an annotation job after each plane it yields until the test lets it on:
+    ``release(n)`` lets ``n`` more planes through, ``open()`` all the rest."""
+
+    def __init__(self) -> None:
+        self._permits, self._opened = threading.Semaphore(0), threading.Event()
+
+    def release(self, n: int = 1) -> None:
+        self._permits.release(n)
+
+    def open(self) -> None:
+        self._opened.set()
+
+    def wait_for_turn(self) -> bool:
+        deadline = time.monotonic() + WAIT_MS / 1000
+        while not self._opened.is_set():
+            if self._permits.acquire(timeout=0.02):
+                return True
+            if time.monotonic() > deadline:
+                return False
+        return True
+
+
+@pytest.fixture
+def hold_planes(monkeypatch):
+    """``hold_planes(job="iter_segment_automatically")``: ``annotate_jobs.<job>`` waits after
+    each plane it yields until the returned :class:`PlaneGate` lets it on; every gate opens
+    at teardown, so a failed test leaves no worker waiting."""
+    from napari_samtune._qt import annotate_jobs
+
+    gates: list[PlaneGate] = []
+
+    def hold(job: str = "iter_segment_automatically") -> PlaneGate:
+        gate, real = PlaneGate(), getattr(annotate_jobs, job)
+
+        def gated(*args, **kwargs):
+            for item in real(*args, **kwargs):
+                yield item
+                if isinstance(item, annotate_jobs.PlaneResult):
+                    assert gate.wait_for_turn()
+
+        monkeypatch.setattr(annotate_jobs, job, gated)
+        gates.append(gate)
+        return gate
+
+    yield hold
+    for gate in gates:
+        gate.open()
 
 
 @pytest.fixture

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import tifffile
 
-from napari_samtune._qt import annotate_jobs
 from napari_samtune._qt.annotate_ui import SCOPE_STACK
 from napari_samtune.core.synthetic import make_image
 
@@ -39,22 +36,13 @@ def test_a_folder_chosen_after_failed_autosaves_gets_the_annotations(
 
 
 def test_planes_segmented_automatically_before_another_image_was_chosen_are_saved(
-    stack_widget, qtbot, drain_jobs, monkeypatch, tmp_path, notifications
+    stack_widget, hold_planes, qtbot, drain_jobs, tmp_path, notifications
 ):
     """Automatic segmentation of the whole stack wrote its first planes into the stack's
     annotations, then another image was chosen: its autosave at the end saved the other
     image, so those planes were on no disk (closing napari lost them), and the note said
     the results were discarded."""
-    gate = threading.Event()
-    real = annotate_jobs.iter_segment_automatically
-
-    def after_one_plane(*args, **kwargs):
-        for item in real(*args, **kwargs):
-            yield item
-            if isinstance(item, annotate_jobs.PlaneResult):
-                assert gate.wait(WAIT_MS / 1000)
-
-    monkeypatch.setattr(annotate_jobs, "iter_segment_automatically", after_one_plane)
+    gate = hold_planes()
     viewer, widget = stack_widget
     widget.ui.auto_scope_combo.setCurrentText(SCOPE_STACK)
     widget.ui.points_per_side_spin.setValue(4)
@@ -68,7 +56,7 @@ def test_planes_segmented_automatically_before_another_image_was_chosen_are_save
         widget.ui.image_combo.setCurrentText("other")
         assert widget.session is not stack
     finally:
-        gate.set()
+        gate.open()
     drain_jobs(widget)
     assert all(stack.annotations[plane].any() for plane in range(3))  # none dropped away
     saved = tmp_path / "stack.labels.tif"

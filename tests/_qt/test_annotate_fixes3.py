@@ -13,26 +13,10 @@ import pytest
 import tifffile
 from napari.utils.key_bindings import KeymapHandler
 
-from napari_samtune._qt import annotate_jobs
 from napari_samtune._qt.annotate import AnnotateWidget
 from napari_samtune._qt.annotate_ui import SCOPE_STACK
 
 WAIT_MS = 30_000
-
-
-def _one_plane_at_a_time(monkeypatch) -> threading.Event:
-    """Automatic segmentation waits after each plane it yields until the event is set."""
-    gate = threading.Event()
-    real = annotate_jobs.iter_segment_automatically
-
-    def gated(*args, **kwargs):
-        for item in real(*args, **kwargs):
-            yield item
-            if isinstance(item, annotate_jobs.PlaneResult):
-                assert gate.wait(WAIT_MS / 1000)
-
-    monkeypatch.setattr(annotate_jobs, "iter_segment_automatically", gated)
-    return gate
 
 
 def _segment_the_stack(widget, qtbot):
@@ -54,12 +38,12 @@ def _saved_objects(folder, name: str) -> list[dict]:
 
 @pytest.mark.parametrize("ending", ["close the viewer", "close the panel"])
 def test_planes_segmented_before_napari_closes_are_saved(
-    stack_widget, qtbot, monkeypatch, tmp_path, ending
+    stack_widget, hold_planes, qtbot, tmp_path, ending
 ):
     """Closing the viewer (or the panel) while a stack was segmented automatically lost the
     planes already done: they were saved only when the whole run ended, and the closed
     widget ran nothing any more."""
-    gate = _one_plane_at_a_time(monkeypatch)
+    gate = hold_planes()
     viewer, widget = stack_widget
     dock = viewer.window.add_dock_widget(widget)
     stack = widget.session
@@ -70,7 +54,7 @@ def test_planes_segmented_before_napari_closes_are_saved(
         else:
             dock.destroyOnClose()
     finally:
-        gate.set()
+        gate.open()
     qtbot.waitUntil(lambda: not worker.is_running, timeout=WAIT_MS)
     qtbot.wait(100)  # the worker's queued signals arrive
     saved = tifffile.imread(tmp_path / "stack.labels.tif")
@@ -80,7 +64,7 @@ def test_planes_segmented_before_napari_closes_are_saved(
 
 
 def test_switching_images_and_back_while_a_stack_is_segmented_keeps_its_records(
-    stack_widget, qtbot, drain_jobs, monkeypatch, tmp_path
+    stack_widget, hold_planes, qtbot, drain_jobs, tmp_path
 ):
     """Back on the stack, its records came from its file, which the run had not saved yet;
     the run saved them when it ended, but the next commit's autosave wrote the records
@@ -88,7 +72,7 @@ def test_switching_images_and_back_while_a_stack_is_segmented_keeps_its_records(
     test_a_stack_left_while_segmented_automatically_gets_every_plane.)"""
     from napari_samtune.core.synthetic import make_image
 
-    gate = _one_plane_at_a_time(monkeypatch)
+    gate = hold_planes()
     viewer, widget = stack_widget
     try:
         _segment_the_stack(widget, qtbot)
@@ -96,7 +80,7 @@ def test_switching_images_and_back_while_a_stack_is_segmented_keeps_its_records(
         widget.ui.image_combo.setCurrentText("other")
         widget.ui.image_combo.setCurrentText("stack")
     finally:
-        gate.set()
+        gate.open()
     drain_jobs(widget)
     widget.session.layers.preview.data[2, 40:50, 40:50] = 1  # an object committed on plane 2
     with qtbot.waitSignal(widget.annotations_saved, timeout=WAIT_MS):
@@ -243,25 +227,9 @@ def test_ticking_autosave_again_saves_the_commits_made_without_it(
     assert saved.any()
 
 
-def _planes_released_one_by_one(monkeypatch) -> threading.Semaphore:
-    """Automatic segmentation waits after each plane it yields until the semaphore is
-    released (once per plane to go on)."""
-    gate = threading.Semaphore(0)
-    real = annotate_jobs.iter_segment_automatically
-
-    def gated(*args, **kwargs):
-        for item in real(*args, **kwargs):
-            yield item
-            if isinstance(item, annotate_jobs.PlaneResult):
-                assert gate.acquire(timeout=WAIT_MS / 1000)
-
-    monkeypatch.setattr(annotate_jobs, "iter_segment_automatically", gated)
-    return gate
-
-
 @pytest.mark.parametrize("back", ["while it runs", "after it ended"])
 def test_a_stack_left_while_segmented_automatically_gets_every_plane(
-    stack_widget, qtbot, drain_jobs, monkeypatch, tmp_path, notifications, planes_seen, back
+    stack_widget, hold_planes, qtbot, drain_jobs, tmp_path, notifications, planes_seen, back
 ):
     """Another image chosen and then the stack again while automatic segmentation ran
     through it: the planes it segmented after that were discarded as well, saying "the image
@@ -269,7 +237,7 @@ def test_a_stack_left_while_segmented_automatically_gets_every_plane(
     image was chosen were discarded too (propagation kept its planes)."""
     from napari_samtune.core.synthetic import make_image
 
-    gate = _planes_released_one_by_one(monkeypatch)
+    gate = hold_planes()
     viewer, widget = stack_widget
     stack = widget.session
     viewer.add_image(make_image((96, 96), seed=9)[0], name="other")
@@ -300,7 +268,7 @@ def test_a_stack_left_while_segmented_automatically_gets_every_plane(
 
 @pytest.mark.parametrize("saving", ["works", "fails"])
 def test_a_stack_read_another_way_mid_run_saves_its_planes_once(
-    stack_widget, qtbot, drain_jobs, monkeypatch, tmp_path, notifications, saving
+    stack_widget, hold_planes, qtbot, drain_jobs, monkeypatch, tmp_path, notifications, saving
 ):
     """'channels on first axis' ticked while automatic segmentation ran through a stack:
     the planes done were saved twice (on the main thread: twice the wait on a large stack),
@@ -308,7 +276,7 @@ def test_a_stack_read_another_way_mid_run_saves_its_planes_once(
     "the image changed", which it had not."""
     from napari_samtune._qt.annotate_session import AnnotationSession
 
-    gate = _planes_released_one_by_one(monkeypatch)
+    gate = hold_planes()
     viewer, widget = stack_widget
     stack = widget.session
     saves, real_save = [], AnnotationSession.save

@@ -71,19 +71,10 @@ def test_another_image_is_annotated_while_a_stack_propagates(
 
 
 def test_another_image_is_undone_while_a_stack_is_segmented_automatically(
-    stack_widget, qtbot, drain_jobs, monkeypatch, notifications
+    stack_widget, hold_planes, qtbot, drain_jobs, notifications
 ):
     """Undo (U) was refused on every image while automatic segmentation ran on one."""
-    gate = threading.Event()
-    real = annotate_jobs.iter_segment_automatically
-
-    def gated(*args, **kwargs):
-        for item in real(*args, **kwargs):
-            yield item
-            if isinstance(item, annotate_jobs.PlaneResult):
-                assert gate.wait(WAIT_MS / 1000)
-
-    monkeypatch.setattr(annotate_jobs, "iter_segment_automatically", gated)
+    gate = hold_planes()
     viewer, widget = stack_widget
     viewer.add_image(make_image((96, 96), seed=9)[0], name="other")
     widget.ui.iou_spin.setValue(0.0)  # a random model's scores are meaningless: keep all
@@ -103,7 +94,7 @@ def test_another_image_is_undone_while_a_stack_is_segmented_automatically(
         assert not widget.undo()  # the run's objects are not all written yet
         assert "wait for the automatic segmentation to finish" in notifications[-1]
     finally:
-        gate.set()
+        gate.open()
     drain_jobs(widget)
     assert stack.annotations.any()
 
