@@ -99,12 +99,9 @@ def test_another_image_is_undone_while_a_stack_is_segmented_automatically(
     assert stack.annotations.any()
 
 
-def test_an_image_renamed_while_another_is_chosen_keeps_its_annotations(
-    cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path, notifications
-):
-    """Renamed while another image was chosen, then chosen again: it got a new, empty
-    annotations layer under its new name (its annotations stayed in the layer under the
-    old name), and its saved annotations were not found."""
+def _cells_with_one_saved_object(cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path):
+    """Two cells images and the widget on cells0, with object 1 committed and saved to
+    ``tmp_path``."""
     from napari_samtune._qt.annotate import AnnotateWidget
 
     viewer = cells_viewer(2)
@@ -116,6 +113,18 @@ def test_an_image_renamed_while_another_is_chosen_keeps_its_annotations(
     with qtbot.waitSignal(widget.annotations_saved, timeout=WAIT_MS):
         assert widget.commit() == [1]
     drain_jobs(widget)
+    return viewer, widget
+
+
+def test_an_image_renamed_while_another_is_chosen_keeps_its_annotations(
+    cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path, notifications
+):
+    """Renamed while another image was chosen, then chosen again: it got a new, empty
+    annotations layer under its new name (its annotations stayed in the layer under the
+    old name), and its saved annotations were not found."""
+    viewer, widget = _cells_with_one_saved_object(
+        cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path
+    )
     annotations = widget.session.layers.annotations
     widget.ui.image_combo.setCurrentText("cells1")
     drain_jobs(widget)
@@ -139,17 +148,9 @@ def test_an_image_renamed_while_another_is_chosen_keeps_its_annotations(
 def _cells_edited_without_autosave(cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path):
     """cells0 with object 1 saved, then object 2 committed with autosave unticked, and
     cells1 chosen."""
-    from napari_samtune._qt.annotate import AnnotateWidget
-
-    viewer = cells_viewer(2)
-    widget = AnnotateWidget(viewer)
-    widget.ui.folder_edit.setText(str(tmp_path))
-    widget.set_model(tiny_sam, "tiny", "tiny-test")
-    drain_jobs(widget)
-    widget.session.layers.preview.data[10:20, 10:20] = 1
-    with qtbot.waitSignal(widget.annotations_saved, timeout=WAIT_MS):
-        assert widget.commit() == [1]
-    drain_jobs(widget)
+    viewer, widget = _cells_with_one_saved_object(
+        cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path
+    )
     widget.ui.autosave_check.setChecked(False)
     widget.session.layers.preview.data[30:40, 30:40] = 1
     assert widget.commit() == [2]
