@@ -100,18 +100,22 @@ def _extra_axes_problem(image: Image, labels, extra: int) -> str:
     )
 
 
+def is_preview_layer(layer) -> bool:
+    """Whether ``layer`` is the annotation widget's uncommitted preview of an image (its
+    "<image> current object" layer): never annotations to train on."""
+    return _annotation_layer_owner(layer.name)[1] == PREVIEW
+
+
 def pairing_rank(image: Image, labels) -> tuple[bool, ...]:
     """How well ``labels`` (a Labels or Image layer) pairs with ``image``, as a sort key:
     of its (spatial) shape, not the annotation widget's layer of another image (its
-    objects outline that image), not ``image``'s own uncommitted preview, a Labels layer,
-    holding objects, named after the image."""
+    objects outline that image), a Labels layer, holding objects, named after the image."""
     spatial = {image.data.shape, image.data.shape[:-1], image.data.shape[1:]}
     shape_fits = labels.data.shape in spatial
-    owner, suffix = _annotation_layer_owner(labels.name)
+    owner, _ = _annotation_layer_owner(labels.name)
     return (
         shape_fits,
         owner is None or owner == image.name,
-        suffix != PREVIEW,
         isinstance(labels, Labels),
         bool(np.any(labels.data)),
         labels.name.startswith(image.name),

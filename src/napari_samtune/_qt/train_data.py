@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_samtune._qt.layer_pairs import layer_pairs, pair_problem, pairing_rank
+from napari_samtune._qt.layer_pairs import is_preview_layer, layer_pairs, pair_problem, pairing_rank
 from napari_samtune._qt.train_folders import (
     FolderCheck,
     FolderSource,
@@ -173,8 +173,11 @@ class PairSourceWidget(QWidget):
         when they were renamed)."""
         layers = list(self.viewer.layers)
         images = [layer for layer in layers if isinstance(layer, Image)]
-        # A mask file opened by drag and drop becomes an Image layer: offer those too.
-        labels = [layer for layer in layers if isinstance(layer, Labels)]
+        # A mask file opened by drag and drop becomes an Image layer: offer those too. The
+        # annotation widget's preview is no annotation: never offered.
+        labels = [
+            layer for layer in layers if isinstance(layer, Labels) and not is_preview_layer(layer)
+        ]
         labels += [layer for layer in layers if isinstance(layer, Image) and not layer.rgb]
         for combo, offered in ((self.image_combo, images), (self.labels_combo, labels)):
             shown, index = self._offered.get(combo, []), combo.currentIndex()
