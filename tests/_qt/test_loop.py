@@ -115,8 +115,9 @@ def test_one_annotated_plane_without_objects_in_its_held_out_rows_is_refused_at_
     qtbot, stack_loop, drain_jobs, notifications
 ):
     """Objects painted near the top of one plane of a stack: that plane is the only training
-    image, and the rows held out of it for validation have no object. Start says so at once
-    in the widget's terms (no val_fraction field here), without loading the model first."""
+    image, and the rows held out of it for validation have no object. The run says so as its
+    first step, in the widget's terms (no val_fraction field here), without loading the
+    model first."""
     viewer, annotate, train = stack_loop
     viewer.dims.set_current_step(0, 1)
     drain_jobs(annotate)
@@ -130,10 +131,11 @@ def test_one_annotated_plane_without_objects_in_its_held_out_rows_is_refused_at_
     data.image_combo.setCurrentText("stack")
     assert data.labels_combo.currentText() == "stack annotations"
     assert data.add_current_pair()
-    assert train.start() is None
-    assert not train.is_running
+    with qtbot.waitSignal(train.run_ended, timeout=WAIT_MS):
+        assert train.start() is not None
+    assert train.started is None
     assert "separate validation data" in train.start_error.text()
-    refusals = [n for n in notifications if n.startswith("cannot start training")]
+    refusals = [n for n in notifications if n.startswith("training failed")]
     assert refusals and "rows 86..95 (the validation part)" in refusals[-1]
     assert "separate validation data" in refusals[-1]
     assert not any("val_fraction" in n for n in notifications)

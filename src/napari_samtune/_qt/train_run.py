@@ -2,11 +2,11 @@
 
 :func:`iter_training_job` runs in a napari thread worker: it holds the run's
 folder as ``samtune train`` does (so that neither another window nor the command
-line writes into it meanwhile), downloads the model if needed (with progress, and
-stopped by Stop), reads the TIFF folders (slow file reading stays off the main
-thread), then yields the core's training events from
-:func:`napari_samtune.core.train.iter_train` unchanged. It receives copies of
-the layer data, never layers.
+line writes into it meanwhile), checks the part held out of a single training image,
+downloads the model if needed (with progress, and stopped by Stop), reads the TIFF
+folders (slow preparing and file reading stay off the main thread), then yields the
+core's training events from :func:`napari_samtune.core.train.iter_train` unchanged. It
+receives copies of the layer data, never layers.
 
 :func:`annotation_widgets` finds the "Annotate with SAM" widgets docked in the
 same viewer, so a finished model can be offered there at once.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -65,22 +65,30 @@ class RunFolderInUse(ValueError):
     run did not start and wrote nothing there."""
 
 
+class HeldOutPartEmpty(ValueError):
+    """The only training image's part held out for validation, or the part left for
+    training, has no object (see :func:`held_out_message`): the run did not train."""
+
+
 def iter_training_job(
     request: TrainRequest, stop_event: threading.Event, report: Reporter, notes: list[str]
 ) -> Iterator[TrainEvent]:
-    """Hold the run's folder for the whole run, download the model if needed (progress to
+    """Hold the run's folder for the whole run, check the part held out of the only training
+    image (see :func:`held_out_checked`), download the model if needed (progress to
     ``report``; ``stop_event`` stops it, see :func:`fetch_model_file`; what the download
     says besides, a damaged cached file moved aside, is appended to ``notes``), read folder
     data, then yield every event of the core's training run; :class:`RunFolderInUse` when
-    another run holds the folder."""
+    another run holds the folder, :class:`HeldOutPartEmpty` when a held-out part has no
+    object."""
     with ExitStack() as held:
         try:
             held.enter_context(training_lock(request.out_dir))
         except ValueError as err:  # told apart from training's errors: nothing began
             raise RunFolderInUse(str(err)) from None
+        train_pairs = held_out_checked(request)  # before the download: told at once
         with logged_notes("napari_samtune.core.download", notes):
             fetch_model_file(request.config.model, report, stop_event)
-        train_data = [*request.train_pairs, *load_folder_pairs(request.train_folders)]
+        train_data = [*train_pairs, *load_folder_pairs(request.train_folders)]
         val_data = [*request.val_pairs, *load_folder_pairs(request.val_folders)]
         try:
             yield from iter_train(
@@ -92,22 +100,28 @@ def iter_training_job(
                 resume_from=request.resume_from,
                 model_name=request.model_name,
             )
-        except EmptyPartError as err:  # one folder pair: read here, so not checked at Start
-            raise ValueError(held_out_message(err)) from None
+        except EmptyPartError as err:  # one folder pair: read above, so not checked before
+            raise HeldOutPartEmpty(held_out_message(err)) from None
 
 
-def held_out_problem(train_pairs: Sequence[ImageLabelPair], config: TrainConfig) -> str:
-    """Why the part of the only training image held out for validation (or the part left
-    for training) has no object, in the widget's terms; "" when the split works, or when
-    there is more than one image. Asked at Start: the run would fail only after loading
-    the model."""
-    if len(train_pairs) != 1:
-        return ""
+def held_out_checked(request: TrainRequest) -> list:
+    """The request's training pairs. The only one (no folders, no validation data) is
+    prepared here, so that the run trains on it as it is, and a part of it to be held out
+    for validation (or left for training) without any object is refused with
+    :class:`HeldOutPartEmpty` before the model is loaded. A pair the core refuses is left
+    for the run to refuse in its own words."""
+    pairs = list(request.train_pairs)
+    if len(pairs) != 1 or request.train_folders or request.val_pairs or request.val_folders:
+        return pairs
     try:
-        split_validation(prepare_pairs(train_pairs), config.val_fraction, config.seed)
+        prepared = prepare_pairs(pairs)
+    except (ValueError, TypeError):
+        return pairs
+    try:
+        split_validation(prepared, request.config.val_fraction, request.config.seed)
     except EmptyPartError as err:
-        return held_out_message(err)
-    return ""
+        raise HeldOutPartEmpty(held_out_message(err)) from None
+    return prepared
 
 
 def held_out_message(err: EmptyPartError) -> str:

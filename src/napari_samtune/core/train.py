@@ -62,7 +62,8 @@ def iter_train(
         config: the run's configuration.
         train_data: (image, labels) pairs or :class:`ImageLabelPair` s; labels are
             (H, W) integer instance labels, or (planes, H, W) with a stack of as many
-            image planes (one pair per plane with objects).
+            image planes (one pair per plane with objects); or :class:`PreparedImage` s,
+            prepared by the caller (e.g. to check them first), used as they are.
         val_data: validation pairs; None holds out ``config.val_fraction`` of the
             training images (of the one image's area, with a single image).
         out_dir: folder for config, checkpoints, metrics and the exported model.

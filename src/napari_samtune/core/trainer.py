@@ -26,6 +26,7 @@ from napari_samtune.core.checkpoints import check_output_folder
 from napari_samtune.core.config_checks import check_lora_rank
 from napari_samtune.core.data import (
     ImageLabelPair,
+    PreparedImage,
     as_pairs,
     prepare_annotated,
 )
@@ -70,7 +71,7 @@ from napari_samtune.core.trainer_files import TrainerFilesMixin
 from napari_samtune.core.trainer_resume import TrainerResumeMixin, steps_per_epoch
 from napari_samtune.core.validation_split import repeated_pairs, same_images, split_validation
 
-TrainData = Sequence[ImageLabelPair | tuple[np.ndarray, np.ndarray]]
+TrainData = Sequence[ImageLabelPair | tuple[np.ndarray, np.ndarray] | PreparedImage]
 
 
 class Trainer(TrainerResumeMixin, TrainerFilesMixin):
@@ -357,7 +358,10 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
 
 
 def _prepare(data: TrainData, what: str):
-    """:func:`prepare_annotated`, its errors saying which data ("validation data: ...")."""
+    """:func:`prepare_annotated`, its errors saying which data ("validation data: ...");
+    images the caller prepared are used as they are."""
+    if len(data) and all(isinstance(item, PreparedImage) for item in data):
+        return list(data), ()
     try:
         return prepare_annotated(as_pairs(data), what)
     except (ValueError, TypeError) as err:
