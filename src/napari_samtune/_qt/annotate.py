@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import weakref
 
 import napari
 import numpy as np
@@ -126,15 +127,25 @@ class AnnotateWidget(
 
     def _bind_keys(self, provider, image_layer=None) -> None:
         """The keys on ``provider``: the viewer, or a helper layer of ``image_layer``, whose
-        keys act only while that image is annotated (its layers stay when another is)."""
+        keys act only while that image is annotated (its layers stay when another is). They
+        hold the image weakly: removed, it is freed though its layers stay."""
+        image = None if image_layer is None else weakref.ref(unproxied(image_layer))
         for key, action in self._key_actions().items():
             act = action
-            if image_layer is not None:
-                act = functools.partial(self._act_on, image_layer, provider, action)
+            if image is not None:
+                act = functools.partial(self._act_on, image, provider, action)
             provider.bind_key(key, lambda _provider, act=act: act(), overwrite=True)
 
-    def _act_on(self, image_layer, helper, action) -> None:
+    def _act_on(self, image, helper, action) -> None:
         if self._shut_down:  # the panel was closed: its keys are no longer the widget's
+            return
+        image_layer = image()
+        if image_layer is None or image_layer not in self.viewer.layers:
+            show_info(
+                f"layer {helper.name!r} belongs to an image that was removed: add the image "
+                "again and pick it under Image to act on its prompts, or select a layer of "
+                "the image annotated now"
+            )
             return
         if self.session is not None and self.session.image_layer == image_layer:
             action()
@@ -348,6 +359,12 @@ class AnnotateWidget(
         if message not in self._hinted:
             self._hinted.add(message)
             show_info(message)
+
+
+def unproxied(layer):
+    """The layer itself where napari hands a plugin a proxy of it (a weak reference to a
+    proxy made for one call would die at once)."""
+    return getattr(layer, "__wrapped__", layer)
 
 
 def _show_notes(notes: list[str]) -> None:

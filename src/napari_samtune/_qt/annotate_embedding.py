@@ -8,6 +8,8 @@ job computed for an earlier one are recognised and dropped (or, for objects foun
 
 from __future__ import annotations
 
+import weakref
+
 from napari.utils.notifications import show_info
 
 from napari_samtune._qt import annotate_jobs as jobs
@@ -97,12 +99,13 @@ class AnnotateEmbeddingMixin:
         chosen meanwhile (its session is resumed when it is chosen again); the user is told
         when yielded results are dropped."""
         generation, session = self._generation, self.session
-        segmenter, axes, data = self.segmenter, session.axes, session.image_layer.data
+        segmenter, axes = self.segmenter, session.axes
+        data = held_weakly(session.image_layer.data)  # a finished job's closures may linger
         self._embedded = None  # the job changes the Segmenter's image
         dropped: dict[str, list] = {}  # why -> the planes (or other results) dropped for it
 
         def still_valid(any_model: bool) -> bool:
-            same_image = session.axes == axes and session.image_layer.data is data
+            same_image = session.axes == axes and session.image_layer.data is data()
             same_model = any_model or self.segmenter is segmenter
             return same_model and same_image and self._layers_all_there(session)
 
@@ -156,6 +159,15 @@ class AnnotateEmbeddingMixin:
             on_finish()
         if self._ensure_embedding() is None and self.is_embedded(self.current_plane):
             self.update_preview(clear_if_empty=False)
+
+
+def held_weakly(value):
+    """A callable returning ``value``: a weak reference where ``value`` takes one (an image's
+    pixels, so that what refers to them after the image goes does not keep them)."""
+    try:
+        return weakref.ref(value)
+    except TypeError:
+        return lambda: value
 
 
 def dropped_note(task: str, image: str, results: list, why: str) -> str:

@@ -87,6 +87,9 @@ class AnnotateImageMixin:
             self._removal_note = f"layer {layer.name!r} was removed: pick the image again to go on"
         if self._removal_note is not None:
             self._say_removal_soon.start()
+        for kept in self._sessions_kept():
+            if kept.image_layer == layer:  # saving its annotations needs its name only
+                kept.let_go_of_image()
         self._refresh_image_choices(attach_now=False)  # once those removed with it are gone
 
     def _say_removal(self) -> None:

@@ -26,6 +26,14 @@ from napari_samtune.core.annotation_files import (
 from napari_samtune.core.label_files import image_fingerprint, namesake_name, saved_fingerprint
 
 
+class RemovedImage:
+    """Stands for the image of a session after the image was removed from the viewer: its
+    name, without its layer and pixels. Equal to no layer, and in no layer list."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
 class AnnotationSession:
     """The prompt, preview and annotation layers of one image, plus commit and undo."""
 
@@ -39,6 +47,12 @@ class AnnotationSession:
         self.fingerprint = image_fingerprint(image_layer.data)  # told apart from namesakes
         self._file_names: dict[tuple[Path, str], str] = {}  # see file_name
         self.image_name = image_layer.name  # until follow_rename takes the new one
+
+    def let_go_of_image(self) -> None:
+        """The image was removed from the viewer while this session is kept (its annotations
+        layer stays, and its strokes are still saved): hold its name only, which is all
+        saving needs, so that the image layer and its pixels can be freed."""
+        self.image_layer = RemovedImage(self.image_layer.name)
 
     @property
     def annotations(self) -> np.ndarray:
