@@ -4,7 +4,9 @@ image is chosen. Nothing the person did there is refused for no reason, or lost 
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 
 import numpy as np
 import tifffile
@@ -143,6 +145,30 @@ def test_an_image_renamed_while_another_is_chosen_keeps_its_annotations(
     drain_jobs(widget)
     saved = tifffile.imread(tmp_path / "dapi.labels.tif")
     assert set(np.unique(saved)) == {0, 1, 2}
+
+
+def test_an_annotations_layer_left_by_a_removed_image_saves_strokes_without_holding_it(
+    cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path
+):
+    """After its image was removed, the annotations layer left in the viewer was still
+    watched for brush strokes, and that watch held the removed image and its pixels."""
+    viewer, widget = _cells_with_one_saved_object(
+        cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path
+    )
+    annotations = widget.session.layers.annotations
+    widget.ui.image_combo.setCurrentText("cells1")
+    drain_jobs(widget)
+    image = weakref.ref(viewer.layers["cells0"])
+    pixels = weakref.ref(viewer.layers["cells0"].data)
+    viewer.layers.remove("cells0")
+    qtbot.wait(10)
+    gc.collect()
+    assert image() is None and pixels() is None
+    annotations.paint((40, 40), 9)  # a correction on the layer left behind
+    qtbot.wait(10)
+    drain_jobs(widget)
+    saved = tifffile.imread(tmp_path / "cells0.labels.tif")
+    assert (saved == 9).any() and (saved == 1).any()
 
 
 def _cells_edited_without_autosave(cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path):
