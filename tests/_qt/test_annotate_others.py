@@ -147,6 +147,37 @@ def test_an_image_renamed_while_another_is_chosen_keeps_its_annotations(
     assert set(np.unique(saved)) == {0, 1, 2}
 
 
+def test_an_image_annotated_before_the_panel_was_reopened_keeps_its_annotations_when_renamed(
+    cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path, notifications
+):
+    """An image annotated earlier (its layers still there, its annotations saved) but whose
+    session was no longer kept, renamed while another was chosen: its layers and files
+    stayed under the old name, so chosen again it started empty."""
+    from napari_samtune._qt.annotate import AnnotateWidget
+
+    viewer, widget = _cells_with_one_saved_object(
+        cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path
+    )
+    annotations = widget.session.layers.annotations
+    widget.shut_down()  # the panel closed: the layers of cells0 stay in the viewer
+    viewer.layers.move(viewer.layers.index("cells1"), 0)
+    reopened = AnnotateWidget(viewer)
+    reopened.ui.folder_edit.setText(str(tmp_path))
+    reopened.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(reopened)
+    assert reopened.session.image_layer.name == "cells1"
+    viewer.layers["cells0"].name = "dapi"
+    assert annotations.name == "dapi annotations"
+    assert {"dapi points", "dapi boxes", "dapi current object"} <= {ly.name for ly in viewer.layers}
+    assert not {"cells0 points", "cells0 annotations"} & {ly.name for ly in viewer.layers}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dapi.labels.tif", "dapi.prompts.json"]
+    assert any("now saved as" in n and "dapi.labels.tif" in n for n in notifications)
+    reopened.ui.image_combo.setCurrentText("dapi")
+    drain_jobs(reopened)
+    assert reopened.session.layers.annotations is annotations
+    assert (annotations.data == 1).any() and len(reopened.session.records) == 1
+
+
 def test_an_annotations_layer_left_by_a_removed_image_saves_strokes_without_holding_it(
     cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path
 ):

@@ -19,6 +19,7 @@ import weakref
 
 import napari
 import numpy as np
+from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QWidget
@@ -94,8 +95,13 @@ class AnnotateWidget(
         on_removed(self, self.shut_down)  # the panel's close button
         viewer.layers.events.inserted.connect(self._on_layer_inserted)
         viewer.layers.events.removed.connect(self._on_layer_removed)
+        # image layer -> its name, to know it when the layer is renamed (weakly: removed, the
+        # image goes)
+        self._image_names = weakref.WeakKeyDictionary()
         for layer in viewer.layers:  # the layer list tells renames only from napari 0.7 on
             layer.events.name.connect(self._on_layer_renamed)
+            if isinstance(layer, Image):
+                self._image_names[layer] = layer.name
         viewer.dims.events.current_step.connect(self._on_plane_changed)
         viewer.dims.events.order.connect(self._on_dims_order)
         self._refresh_image_choices()

@@ -13,10 +13,17 @@ from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, PROPAGATE_TASK
-from napari_samtune._qt.annotate_session import AnnotationSession, found_where
+from napari_samtune._qt.annotate_session import (
+    AnnotationSession,
+    follow_saved_rename,
+    found_where,
+    saved_file_names,
+    taken_notes,
+)
 from napari_samtune._qt.image_planes import describe_image
-from napari_samtune._qt.prompt_layers import layer_batch
+from napari_samtune._qt.prompt_layers import layer_batch, layers_named_after, rename_layers
 from napari_samtune._qt.workers import user_message
+from napari_samtune.core.label_files import image_fingerprint
 
 PLACEMENT_EVENTS = ("scale", "translate", "rotate", "shear", "affine")
 
@@ -54,6 +61,8 @@ class AnnotateImageMixin:
 
     def _on_layer_inserted(self, event) -> None:
         event.value.events.name.connect(self._on_layer_renamed)
+        if isinstance(event.value, Image):  # renamed, its old name is known (see above)
+            self._image_names[event.value] = event.value.name
         self._refresh_image_choices()
         if self.session is not None and event.value not in self.session.layers.layers:
             self._prompt_layers_on_top()
@@ -291,11 +300,33 @@ class AnnotateImageMixin:
         annotations along too, as the chosen one does (else, chosen again, it would get
         new, empty layers under its new name); the list of images follows."""
         layer = event.source
+        old, followed = self._image_names.get(layer), False
         for session in self._sessions_kept():
+            followed |= session.image_layer == layer
             renamed = session.image_layer == layer and session.image_name != layer.name
             if renamed and session is not self.session:  # the chosen one: _on_image_renamed
                 self._follow_rename(session)
+        chosen = self.session is not None and self.session.image_layer == layer
+        if old is not None and old != layer.name and not (followed or chosen):
+            self._follow_unkept_rename(layer, old)
+        if isinstance(layer, Image):
+            self._image_names[layer] = layer.name
         self._refresh_image_choices()
+
+    def _follow_unkept_rename(self, layer, old: str) -> None:
+        """Image ``layer``, whose session is not kept (annotated before the panel was
+        reopened, say), was renamed from ``old``: its layers left in the viewer (found by
+        their names, unless another image's) and its annotations saved in the annotation
+        folder take the new name too, as a kept session's do."""
+        in_use = [s.layers.layers for s in [self.session, *self._sessions_kept()] if s]
+        left = [ly for ly in layers_named_after(self.viewer, old) if not _among(ly, in_use)]
+        notes = taken_notes(old, rename_layers(self.viewer, left, old, layer.name))
+        self.flush_autosave()
+        folder = self.annotation_folder()
+        for file_name in saved_file_names(folder, old, image_fingerprint(layer.data)):
+            notes.append(follow_saved_rename(folder, file_name, layer.name)[1])
+        for note in filter(None, notes):
+            show_info(note)
 
     def _sessions_kept(self) -> list[AnnotationSession]:
         """The sessions of images not chosen whose layers may stay in the viewer: edited
@@ -344,6 +375,10 @@ class AnnotateImageMixin:
         self.session = None
         self._previews_behind.clear()
         self._invalidate_embedding()
+
+
+def _among(layer, layer_groups) -> bool:
+    return any(layer is other for group in layer_groups for other in group)
 
 
 def channels_first_refusal(layer) -> str:

@@ -317,21 +317,34 @@ class PromptLayers:
 
     def follow_rename(self, old: str, new: str) -> list[str]:
         """The image was renamed from ``old`` to ``new``: the layers named after it are
-        renamed alike, so that they are found again when the image is picked again. Returns
-        the new names already taken by other layers (those layers keep their names)."""
-        taken = []
-        for layer in self.layers:
-            suffix = layer.name.removeprefix(old)
-            if suffix not in NAME_SUFFIXES or layer not in self.viewer.layers:
-                continue  # renamed by the person, or removed: leave it be
-            if new + suffix in self.viewer.layers:
-                taken.append(new + suffix)
-            else:
-                layer.name = new + suffix
-        return taken
+        renamed alike (see :func:`rename_layers`)."""
+        return rename_layers(self.viewer, self.layers, old, new)
 
     def remove_helpers(self) -> None:
         """Remove the prompt and preview layers from the viewer (annotations stay)."""
         for layer in (self.points, self.boxes, self.preview):
             if layer in self.viewer.layers:  # (membership uses ==, which sees through proxies)
                 self.viewer.layers.remove(layer)
+
+
+def layers_named_after(viewer, image_name: str) -> list:
+    """The layers of ``viewer`` named like those of image ``image_name`` ("<name> points",
+    ...), whoever made them."""
+    names = [image_name + suffix for suffix in NAME_SUFFIXES]
+    return [viewer.layers[name] for name in names if name in viewer.layers]
+
+
+def rename_layers(viewer, layers, old: str, new: str) -> list[str]:
+    """Image ``old`` was renamed ``new``: those of ``layers`` named after it are renamed
+    alike, so that they are found again when the image is picked again. Returns the new
+    names already taken by other layers (those layers keep their names)."""
+    taken = []
+    for layer in layers:
+        suffix = layer.name.removeprefix(old)
+        if suffix not in NAME_SUFFIXES or layer not in viewer.layers:
+            continue  # renamed by the person, or removed: leave it be
+        if new + suffix in viewer.layers:
+            taken.append(new + suffix)
+        else:
+            layer.name = new + suffix
+    return taken
