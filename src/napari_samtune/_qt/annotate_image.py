@@ -13,15 +13,10 @@ from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, PROPAGATE_TASK
-from napari_samtune._qt.annotate_session import (
-    AnnotationSession,
-    follow_saved_rename,
-    found_where,
-    saved_file_names,
-    taken_notes,
-)
+from napari_samtune._qt.annotate_session import AnnotationSession, found_where
 from napari_samtune._qt.image_planes import describe_image
 from napari_samtune._qt.prompt_layers import layer_batch, layers_named_after, rename_layers
+from napari_samtune._qt.saved_renames import follow_saved_rename, saved_file_names, taken_notes
 from napari_samtune._qt.workers import user_message
 from napari_samtune.core.label_files import image_fingerprint
 

@@ -6,7 +6,6 @@ for a 2D image; coordinates are napari layer data coordinates (image pixels).
 
 from __future__ import annotations
 
-import contextlib
 from itertools import pairwise
 from pathlib import Path
 
@@ -15,8 +14,8 @@ import numpy as np
 from napari_samtune._qt.image_planes import ImageAxes
 from napari_samtune._qt.label_edits import Plane, UndoEntry, UndoStack, write_objects
 from napari_samtune._qt.prompt_layers import PromptLayers
+from napari_samtune._qt.saved_renames import follow_saved_rename, taken_notes
 from napari_samtune.core.annotation_files import (
-    annotation_paths,
     load_annotations,
     load_record,
     save_annotations,
@@ -250,60 +249,6 @@ class AnnotationSession:
         if including_empty_annotations and not annotations.data.any():
             if annotations in self.viewer.layers:
                 self.viewer.layers.remove(annotations)
-
-
-def taken_notes(old: str, taken: list[str]) -> list[str]:
-    """What to say when layers of image ``old`` could not take the names ``taken``."""
-    if not taken:
-        return []
-    names = ", ".join(map(repr, taken))
-    return [f"layer(s) {names} exist already: those of {old!r} keep their names"]
-
-
-def saved_file_names(folder: Path, image_name: str, fingerprint: str) -> list[str]:
-    """The names under which the image of ``fingerprint``, named ``image_name``, has
-    annotations in ``folder``: its own name (when their record names this image) and
-    ``<name>-<fingerprint>`` (where another image's had its name)."""
-    own, _ = annotation_paths(folder, image_name)
-    names = [image_name] if own.is_file() and saved_fingerprint(own) == fingerprint else []
-    namesake = namesake_name(image_name, fingerprint)
-    return names + ([namesake] if annotation_paths(folder, namesake)[0].is_file() else [])
-
-
-def follow_saved_rename(folder: Path, file_name: str, new: str) -> tuple[str, str]:
-    """The annotations saved as ``file_name`` in ``folder`` take the new name of their image,
-    ``new`` (a namesake's too: ``new`` is free), unless files have that name. Returns the
-    name they have now and what is worth telling the person ('' when nothing)."""
-    moved = move_saved(folder, file_name, new)
-    labels_path = annotation_paths(folder, moved)[0]
-    if not labels_path.is_file():
-        return moved, ""
-    if moved == file_name:
-        return moved, (
-            f"the annotations of {new!r} stay saved as {labels_path}: the file for its new "
-            "name exists already"
-        )
-    return moved, f"the annotations of {new!r} are now saved as {labels_path}"
-
-
-def move_saved(folder: Path, file_name: str, new_name: str) -> str:
-    """Rename saved annotations ``file_name`` in ``folder`` to ``new_name`` (the labels
-    first: they are what comes back) unless a file has that name; the name they have."""
-    (labels, record), (new_labels, new_record) = (
-        annotation_paths(folder, file_name),
-        annotation_paths(folder, new_name),
-    )
-    if new_labels.exists() or new_record.exists():
-        return file_name
-    try:
-        if labels.is_file():
-            labels.rename(new_labels)
-    except OSError:
-        return file_name  # nothing moved: saves go on under the old name
-    with contextlib.suppress(OSError):  # left behind, it is written anew with the labels
-        if record.is_file():
-            record.rename(new_record)
-    return new_name
 
 
 def plane_ranges(planes: list[int]) -> str:
