@@ -118,6 +118,16 @@ def _cells_with_one_saved_object(cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_
     return viewer, widget
 
 
+def _rename_cells0_to_dapi(viewer, annotations, tmp_path, notifications) -> None:
+    """Rename image cells0 to "dapi": its layers and its saved annotations follow."""
+    viewer.layers["cells0"].name = "dapi"
+    assert annotations.name == "dapi annotations"
+    assert {"dapi points", "dapi boxes", "dapi current object"} <= {ly.name for ly in viewer.layers}
+    assert not {"cells0 points", "cells0 annotations"} & {ly.name for ly in viewer.layers}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dapi.labels.tif", "dapi.prompts.json"]
+    assert any("now saved as" in n and "dapi.labels.tif" in n for n in notifications)
+
+
 def test_an_image_renamed_while_another_is_chosen_keeps_its_annotations(
     cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path, notifications
 ):
@@ -130,12 +140,7 @@ def test_an_image_renamed_while_another_is_chosen_keeps_its_annotations(
     annotations = widget.session.layers.annotations
     widget.ui.image_combo.setCurrentText("cells1")
     drain_jobs(widget)
-    viewer.layers["cells0"].name = "dapi"
-    assert annotations.name == "dapi annotations"
-    assert {"dapi points", "dapi boxes", "dapi current object"} <= {ly.name for ly in viewer.layers}
-    assert "cells0 annotations" not in viewer.layers
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dapi.labels.tif", "dapi.prompts.json"]
-    assert any("now saved as" in n and "dapi.labels.tif" in n for n in notifications)
+    _rename_cells0_to_dapi(viewer, annotations, tmp_path, notifications)
     widget.ui.image_combo.setCurrentText("dapi")
     drain_jobs(widget)
     assert widget.session.layers.annotations is annotations
@@ -166,12 +171,7 @@ def test_an_image_annotated_before_the_panel_was_reopened_keeps_its_annotations_
     reopened.set_model(tiny_sam, "tiny", "tiny-test")
     drain_jobs(reopened)
     assert reopened.session.image_layer.name == "cells1"
-    viewer.layers["cells0"].name = "dapi"
-    assert annotations.name == "dapi annotations"
-    assert {"dapi points", "dapi boxes", "dapi current object"} <= {ly.name for ly in viewer.layers}
-    assert not {"cells0 points", "cells0 annotations"} & {ly.name for ly in viewer.layers}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dapi.labels.tif", "dapi.prompts.json"]
-    assert any("now saved as" in n and "dapi.labels.tif" in n for n in notifications)
+    _rename_cells0_to_dapi(viewer, annotations, tmp_path, notifications)
     reopened.ui.image_combo.setCurrentText("dapi")
     drain_jobs(reopened)
     assert reopened.session.layers.annotations is annotations
