@@ -158,7 +158,7 @@ def test_a_renamed_image_takes_its_layers_and_saved_annotations_along(
     viewer.add_points(name="other points")  # the person's own layer
     viewer.layers["dapi"].name = "other"  # a file has that name: the saves stay where they are
     kept = f"the annotations of 'other' stay saved as {tmp_path / 'dapi.labels.tif'}"
-    assert kept in notifications[-1]
+    assert kept in notifications[-1] and "'Load annotations…' opens that file" in notifications[-1]
     assert "layer(s) 'other points' exist already: those of 'dapi'" in notifications[-2]
     assert widget.session.layers.points.name == "dapi points"
     assert widget.session.layers.annotations.name == "other annotations"

@@ -43,7 +43,8 @@ def follow_saved_rename(folder: Path, file_name: str, new: str) -> tuple[str, st
     if moved == file_name:
         return moved, (
             f"the annotations of {new!r} stay saved as {labels_path}: the file for its new "
-            "name exists already"
+            f"name exists already (if {new!r}, picked under Image, shows none of them, "
+            "'Load annotations…' opens that file)"
         )
     return moved, f"the annotations of {new!r} are now saved as {labels_path}"
 
