@@ -13,7 +13,7 @@ import numpy as np
 from napari.layers import Image, Labels
 
 from napari_samtune._qt.prompt_layers import ANNOTATIONS, PREVIEW
-from napari_samtune.core.data import MAX_CHANNELS, prepare_pair, split_planes
+from napari_samtune.core.data import MAX_CHANNELS, check_pair, split_planes
 from napari_samtune.core.label_files import float_labels_problem
 
 
@@ -48,10 +48,11 @@ def pair_problem(pair: tuple[Image, Labels]) -> str:
     """The core's complaint about a layer pair, or "". An image with axes the labels lack,
     and an Image layer of whole-number floats chosen as labels, get what to do in napari
     instead: the core's advice (``channel_axis`` and ``channels``; ``.astype``) is for
-    scripts."""
+    scripts. Cheap enough for the main thread (:func:`~napari_samtune.core.data.check_pair`:
+    nothing is normalised; the training worker prepares the data)."""
     try:
         for sample in layer_pairs(*pair):
-            prepare_pair(sample)
+            check_pair(sample)
     except (ValueError, TypeError) as err:
         image, labels = pair
         extra = image.data.ndim - (1 if image.rgb else 0) - labels.data.ndim

@@ -2,7 +2,8 @@
 
 A :class:`PairSourceWidget` holds a list of layer pairs chosen in the viewer and,
 optionally, an image folder and a labels folder. Its ``check()`` runs the core's
-checks (:func:`napari_samtune.core.data.prepare_pair`; for the folders in a worker, see
+checks (:func:`napari_samtune.core.data.check_pair`, cheap: the training worker prepares
+the layers' data; for the folders in a worker, see
 :mod:`napari_samtune._qt.train_folders`) and writes every problem in red under the
 field that causes it, before any training starts.
 

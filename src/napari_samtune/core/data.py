@@ -26,6 +26,7 @@ from napari_samtune.core.images import (
     check_some_pixel_finite,
     plane_channel_axis,
     planes_first,
+    sam_input_shape,
     select_channels,
     to_sam_rgb,
 )
@@ -248,21 +249,37 @@ def prepare_pair(pair: ImageLabelPair) -> PreparedImage:
 def normalise_pair(pair: ImageLabelPair) -> tuple[np.ndarray, np.ndarray]:
     """The (H, W, 3) uint8 image (:func:`to_sam_rgb`) and the (H, W) labels of a checked
     pair, as given (they may have no object); errors as in :func:`prepare_pair`."""
+    labels = _checked_labels(pair)
+    rgb = to_sam_rgb(pair.image, pair.channel_axis, pair.channels)  # checked: cannot fail
+    return rgb, labels
+
+
+def check_pair(pair: ImageLabelPair) -> None:
+    """Raise what :func:`prepare_pair` would raise for ``pair``, with the same message,
+    without normalising it or locating its objects: dtypes, shapes and a pass over the
+    labels (0.3 s for a 4096 x 4096 image in ``prepare_pair``, a few ms here), so a front
+    end can check a pair where it must not wait."""
+    if not np.any(_checked_labels(pair)):
+        raise _no_objects(pair.name)
+
+
+def _checked_labels(pair: ImageLabelPair) -> np.ndarray:
+    """The pair's labels as an array, after every check but that they hold an object."""
     labels = np.asarray(pair.labels)
     check_channels(pair)
     _check_labels(labels, pair.name)
     check_some_pixel_finite(np.asarray(pair.image), f"image of {pair.name!r}")
     try:
-        rgb = to_sam_rgb(pair.image, pair.channel_axis, pair.channels)
+        height, width = sam_input_shape(pair.image, pair.channel_axis, pair.channels)
     except (ValueError, TypeError) as err:
         raise type(err)(f"image of {pair.name!r}: {err}") from None
-    if rgb.shape[:2] != labels.shape:
+    if (height, width) != labels.shape:
         raise ValueError(
-            f"image of {pair.name!r} is {rgb.shape[0]}x{rgb.shape[1]} pixels but its labels have "
+            f"image of {pair.name!r} is {height}x{width} pixels but its labels have "
             f"shape {labels.shape!r}; image and labels must cover the same pixels (check the "
             "pairing, or that neither was resized or transposed)"
         )
-    return rgb, labels
+    return labels
 
 
 class ChannelError(ValueError):
@@ -333,6 +350,13 @@ class NoObjectsError(ValueError):
     """Labels without any object: every pixel is background (0)."""
 
 
+def _no_objects(name: str) -> NoObjectsError:
+    return NoObjectsError(
+        f"labels of {name!r} contain no objects (every pixel is 0); annotate at least one "
+        "object or leave this pair out"
+    )
+
+
 MAX_LOOKUP_ID = 1 << 22  # relabel through a lookup table up to this id, else by sorting
 
 
@@ -361,10 +385,7 @@ def index_objects(rgb: np.ndarray, labels: np.ndarray, name: str) -> PreparedIma
     dense = _relabel(labels)
     n_objects = int(dense.max())
     if n_objects == 0:
-        raise NoObjectsError(
-            f"labels of {name!r} contain no objects (every pixel is 0); annotate at least "
-            "one object or leave this pair out"
-        )
+        raise _no_objects(name)
     areas = np.bincount(dense.ravel(), minlength=n_objects + 1)[1:].astype(np.int64)
     slices = tuple(ndimage.find_objects(dense, max_label=n_objects))
     return PreparedImage(rgb, dense, name, slices, areas)

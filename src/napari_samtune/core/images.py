@@ -32,13 +32,7 @@ def rescale_to_uint8(image: np.ndarray) -> np.ndarray:
     scale (1e-300 * image) keeps the image's contrast."""
     if image.dtype == np.uint8:
         return image
-    if np.issubdtype(image.dtype, np.complexfloating):
-        raise TypeError(
-            f"image has dtype {image.dtype.name}, complex numbers, which have no brightness; "
-            "take np.abs(image) (the magnitude) or image.real first"
-        )
-    if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
-        raise TypeError(f"image has dtype {image.dtype!r}; expected an integer or float image")
+    check_rescalable(image.dtype)
     if np.issubdtype(image.dtype, np.integer) and image.dtype.itemsize <= 4:
         fast = _rescale_integers(image)
         if fast is not None:
@@ -52,6 +46,17 @@ def rescale_to_uint8(image: np.ndarray) -> np.ndarray:
     if high <= low:  # flat image, or nearly so: fall back to the full range
         low, high = finite.min(), finite.max()
     return _scale(data, low, high)
+
+
+def check_rescalable(dtype: np.dtype) -> None:
+    """``TypeError`` for an image dtype without brightness to rescale (complex, not numbers)."""
+    if np.issubdtype(dtype, np.complexfloating):
+        raise TypeError(
+            f"image has dtype {dtype.name}, complex numbers, which have no brightness; "
+            "take np.abs(image) (the magnitude) or image.real first"
+        )
+    if not (np.issubdtype(dtype, np.number) or dtype.kind == "b"):
+        raise TypeError(f"image has dtype {dtype!r}; expected an integer or float image")
 
 
 def _as_float(image: np.ndarray) -> np.ndarray:
@@ -385,12 +390,31 @@ def to_sam_rgb(
     Returns:
         uint8 array of shape (H, W, 3), C-contiguous.
     """
-    image = np.asarray(image)
-    if image.size == 0:
-        raise ValueError(f"image is empty (shape {image.shape!r})")
-    plane = select_channels(image, channel_axis, channels)
+    plane = _sam_plane(np.asarray(image), channel_axis, channels)
     if plane.ndim == 3:  # rescale RGB jointly so colour balance is kept
         plane = rescale_to_uint8(plane)
     else:
         plane = np.repeat(rescale_to_uint8(plane)[..., None], 3, axis=-1)
     return np.ascontiguousarray(plane)
+
+
+def sam_input_shape(
+    image: np.ndarray,
+    channel_axis: int | None = None,
+    channels: int | Sequence[int] | None = None,
+) -> tuple[int, int]:
+    """The (H, W) of :func:`to_sam_rgb`'s result, after its checks and with its errors, but
+    without normalising: it reads no pixel (three channels chosen are copied), so a front
+    end can check a large image where it must not wait."""
+    return _sam_plane(np.asarray(image), channel_axis, channels).shape[:2]
+
+
+def _sam_plane(
+    image: np.ndarray, channel_axis: int | None, channels: int | Sequence[int] | None
+) -> np.ndarray:
+    """The (H, W) or (H, W, 3) plane that :func:`to_sam_rgb` rescales, checked."""
+    if image.size == 0:
+        raise ValueError(f"image is empty (shape {image.shape!r})")
+    plane = select_channels(image, channel_axis, channels)
+    check_rescalable(plane.dtype)
+    return plane
