@@ -261,10 +261,18 @@ def use_tiny_model(qtbot, tiny_checkpoint):
     as short as possible (two patches of two objects, the encoder frozen: its embeddings are
     cached per epoch)."""
 
+    from napari_samtune._qt.train_settings import READ_TASK
+
     def use(widget, epochs: int) -> None:
         settings = widget.settings
         settings.model_picker.select_model(str(tiny_checkpoint))
-        qtbot.waitUntil(lambda: settings.architecture() is not None, timeout=WAIT_MS)
+        # known once the read returns; Start waits until its task has ended too
+        qtbot.waitUntil(
+            lambda: (
+                settings.architecture() is not None and not settings.runner.is_running(READ_TASK)
+            ),
+            timeout=WAIT_MS,
+        )
         settings.epochs_spin.setValue(epochs)
         settings.samples_spin.setValue(2)
         settings.objects_spin.setValue(2)
