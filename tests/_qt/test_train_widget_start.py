@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 
-from napari_samtune._qt import train_run
+from napari_samtune._qt import layer_pairs, train_run
 from napari_samtune.core import data as core_data
 
 WAIT_MS = 120_000
@@ -74,3 +74,40 @@ def test_a_held_out_part_without_objects_is_refused_before_the_model_is_fetched(
         assert widget.start() is not None
         assert not widget.start_error.text()
     assert widget.started is not None and widget.started.n_val == 1
+
+
+def test_add_pair_and_start_prepare_no_image_on_the_main_thread(
+    finetune_on_cells, add_pair, use_tiny_model, qtbot, monkeypatch, tmp_path
+):
+    """Add pair and Start checked each pair by preparing it (normalised, its objects
+    located: 0.3 s for a 4096 x 4096 image, the viewer frozen); now only the worker does,
+    and a bad pair is still refused at Add pair in the core's words."""
+    viewer, widget = finetune_on_cells(n=2)
+    use_tiny_model(widget, epochs=1)
+    widget.settings.out_dir_edit.setText(str(tmp_path / "runs"))
+    prepared_in = []
+    real = core_data.prepare_pair
+
+    def recording(pair):
+        prepared_in.append(threading.current_thread())
+        return real(pair)
+
+    monkeypatch.setattr(core_data, "prepare_pair", recording)
+    monkeypatch.setattr(layer_pairs, "prepare_pair", recording, raising=False)
+    viewer.add_labels(np.zeros((64, 64), np.uint32), name="empty labels")
+    viewer.add_labels(np.ones((64, 48), np.uint32), name="narrow labels")
+    assert not add_pair(widget.train_data, "cells0", "empty labels")
+    assert "labels of 'cells0 / empty labels' contain no objects" in (
+        widget.train_data.pair_error.text()
+    )
+    assert not add_pair(widget.train_data, "cells0", "narrow labels")
+    assert "is 64x64 pixels but its labels have shape (64, 48)" in (
+        widget.train_data.pair_error.text()
+    )
+    assert add_pair(widget.train_data, "cells0", "cells0 labels")
+    assert add_pair(widget.train_data, "cells1", "cells1 labels")
+    assert prepared_in == []
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.start() is not None, widget.start_error.text()
+    assert widget.started is not None and widget.started.n_train + widget.started.n_val == 2
+    assert prepared_in and threading.main_thread() not in prepared_in  # the worker's only
