@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 
+import numpy as np
 from qtpy.QtWidgets import QLabel, QProgressBar
 
 from napari_samtune._qt.workers import TaskProgress, TaskRunner
@@ -94,3 +97,41 @@ def test_a_quiet_task_leaves_the_label_and_the_bar_to_the_others(qtbot, make_nap
     with qtbot.waitSignal(runner.task_finished, timeout=10_000):
         saved.set()
     assert label.text() == "" and bar.isHidden()
+
+
+class _Image(np.ndarray):
+    """An array that can be weakly referenced, to see when nothing holds it any more."""
+
+
+def _total(image: np.ndarray) -> float:
+    return float(image.sum())
+
+
+def _iter_totals(image: np.ndarray):
+    yield TaskProgress(1, 1, "summed")
+    return float(image.sum())
+
+
+def test_a_finished_task_lets_go_of_its_worker_and_its_arguments(qtbot, make_napari_viewer):
+    """Finished workers stayed alive, held by napari's task list and through their signal
+    connections, and with them every image, session and model their jobs were given.
+
+    Freed by reference counting, without the garbage collector: it runs seldom, and a
+    big image does not make it run sooner."""
+    make_napari_viewer()  # napari lists the workers it makes for the current viewer
+    runner = TaskRunner(QProgressBar(), QLabel())
+    gc.collect()
+    gc.disable()
+    try:
+        for func in (_total, _iter_totals):
+            image = np.ones((512, 512), np.float32).view(_Image)
+            returned = []
+            with qtbot.waitSignal(runner.task_finished, timeout=10_000):
+                worker = runner.start("sum", func, image, on_return=returned.append)
+            image_ref, worker_ref = weakref.ref(image), weakref.ref(worker)
+            del image, worker
+            qtbot.wait(50)  # the worker's thread returns
+            assert returned == [512.0 * 512.0] and not runner.is_running()
+            assert image_ref() is None and worker_ref() is None
+    finally:
+        gc.enable()

@@ -166,6 +166,48 @@ class _ProgressRelay(QObject):
     task_finished = Signal(str)  # name of a task, after its callbacks ran
 
 
+def _napari_task_status_dropper(worker: Any) -> Callable[[], None]:
+    """A function that removes the entry napari's ``create_worker`` made for ``worker`` in
+    the current viewer's task list (which shows running tasks when the window closes).
+
+    napari keeps that entry, with ``worker.quit`` as its cancel callback, for ever: it
+    would keep every finished worker alive, and with it the function and arguments of
+    its job (images, sessions, models)."""
+    from napari import current_viewer
+
+    viewer = current_viewer()
+    manager = getattr(getattr(viewer, "window", None), "_task_status_manager", None)
+    tasks = getattr(manager, "_tasks", None)
+    if not isinstance(tasks, dict):  # no viewer, or a napari that keeps no such list
+        return lambda: None
+    quit_worker = worker.quit
+    ids = [
+        key for key, item in tasks.items() if getattr(item, "_cancel_callback", None) == quit_worker
+    ]
+
+    def drop() -> None:
+        for key in ids:
+            tasks.pop(key, None)
+
+    return drop
+
+
+def _release(connections: list[tuple[Any, Callable]], drop_status: Callable[[], None]) -> None:
+    """Undo a finished worker's connections to the runner and napari's entry for it.
+
+    Qt holds the connected slots, which hold the worker (and the widget's callbacks, and
+    through them sessions and images), and the worker's signals hold Qt's connections: a
+    cycle only a full garbage collection frees, which a big image does not bring sooner.
+    Undone, the worker and its arguments go as soon as nothing else holds them."""
+    for signal, slot in connections:
+        try:
+            signal.disconnect(slot)
+        except (TypeError, RuntimeError):  # already gone with the worker's signals
+            pass
+    connections.clear()
+    drop_status()
+
+
 class TaskRunner:
     """Starts thread workers, shows their progress in a bar and label, reports failures.
 
@@ -237,23 +279,7 @@ class TaskRunner:
         worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True, **kwargs)
         self._drop_generic_error_relay(worker)
 
-        def current(callback: Callable) -> Callable:
-            def guarded(*values: Any) -> None:
-                if self._workers.get(name) is worker:  # not forgotten (see forget)
-                    callback(*values)
-
-            return guarded
-
-        if on_return is not None:
-            worker.returned.connect(current(on_return))
-        if hasattr(worker, "yielded"):
-            worker.yielded.connect(current(lambda value: self._on_yield(value, on_yield)))
-        worker.errored.connect(
-            current(lambda exc: self._on_error(name, exc, on_error, memory_advice))
-        )
-        worker.finished.connect(current(lambda: self._on_finish(name, on_finish)))
-        ended = threading.Event()  # set in the worker's thread, so wait() needs no event loop
-        worker.finished.connect(ended.set, Qt.ConnectionType.DirectConnection)
+        ended = self._connect(name, worker, on_return, on_yield, on_error, on_finish, memory_advice)
         self._workers[name], self._ended[name] = worker, ended
         if cancel_event is not None:
             self._cancels[name] = cancel_event
@@ -263,6 +289,47 @@ class TaskRunner:
             self._show_progress(TaskProgress(0, 0, f"{name}…"))
         worker.start()
         return worker
+
+    def _connect(
+        self,
+        name: str,
+        worker: Any,
+        on_return: Callable[[Any], None] | None,
+        on_yield: Callable[[Any], None] | None,
+        on_error: Callable[[BaseException], None] | None,
+        on_finish: Callable[[], None] | None,
+        memory_advice: str,
+    ) -> threading.Event:
+        """Connect ``worker``'s signals to the callbacks of task ``name`` (until forgotten),
+        all undone once it has finished; returns the event its thread sets when it ends."""
+        connections: list[tuple[Any, Callable]] = []  # (signal, slot)
+
+        def connect(signal: Any, slot: Callable, *how: Qt.ConnectionType) -> None:
+            signal.connect(slot, *how)
+            connections.append((signal, slot))
+
+        def current(callback: Callable) -> Callable:
+            def guarded(*values: Any) -> None:
+                if self._workers.get(name) is worker:  # not forgotten (see forget)
+                    callback(*values)
+
+            return guarded
+
+        if on_return is not None:
+            connect(worker.returned, current(on_return))
+        if hasattr(worker, "yielded"):
+            connect(worker.yielded, current(lambda value: self._on_yield(value, on_yield)))
+        connect(
+            worker.errored,
+            current(lambda exc: self._on_error(name, exc, on_error, memory_advice)),
+        )
+        connect(worker.finished, current(lambda: self._on_finish(name, on_finish)))
+        ended = threading.Event()  # set in the worker's thread, so wait() needs no event loop
+        connect(worker.finished, ended.set, Qt.ConnectionType.DirectConnection)
+        drop_status = _napari_task_status_dropper(worker)
+        # Last of the finished slots (after _on_finish, also for a forgotten task).
+        connect(worker.finished, lambda: _release(connections, drop_status))
+        return ended
 
     @staticmethod
     def _drop_generic_error_relay(worker) -> None:
