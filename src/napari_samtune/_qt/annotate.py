@@ -32,8 +32,9 @@ from napari_samtune._qt.annotate_image import AnnotateImageMixin
 from napari_samtune._qt.annotate_jobs import LOAD_TASK
 from napari_samtune._qt.annotate_session import AnnotationSession
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, AnnotateControls
+from napari_samtune._qt.dock_life import on_removed
 from napari_samtune._qt.prompt_layers import PlanePrompts
-from napari_samtune._qt.workers import TaskRunner, on_removed, user_message
+from napari_samtune._qt.workers import TaskRunner, user_message
 from napari_samtune.core.annotation_files import default_annotation_folder
 from napari_samtune.core.coords import napari_to_sam
 from napari_samtune.core.predict import Segmenter

@@ -15,8 +15,8 @@ from __future__ import annotations
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer
 from qtpy.QtWidgets import QMainWindow, QMessageBox, QWidget
 
+from napari_samtune._qt.dock_life import main_window_of
 from napari_samtune._qt.train_run import TRAIN_TASK
-from napari_samtune._qt.workers import main_window_of
 
 
 class TrainCloseMixin:

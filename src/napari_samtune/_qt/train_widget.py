@@ -44,6 +44,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_samtune._qt.dock_life import on_removed
 from napari_samtune._qt.train_close import TrainCloseMixin
 from napari_samtune._qt.train_data import PairSourceWidget, error_label, show_problem
 from napari_samtune._qt.train_plot import TrainingPlotWidget
@@ -56,7 +57,7 @@ from napari_samtune._qt.train_run import (
     run_folder,
 )
 from napari_samtune._qt.train_settings import READ_TASK, TrainSettingsWidget
-from napari_samtune._qt.workers import TaskRunner, on_removed
+from napari_samtune._qt.workers import TaskRunner
 from napari_samtune.core.checkpoints import check_output_folder, training_lock
 from napari_samtune.core.presets import MachineResources, TrainConfig
 from napari_samtune.core.train import TrainingFinished, TrainingStarted
