@@ -264,14 +264,16 @@ def test_annotate_finetune_annotate_with_the_new_model_then_finetune_it_again(
 
 
 def test_one_folder_pair_without_objects_in_its_held_out_rows_is_told_in_the_widget_s_terms(
-    tmp_path,
+    tmp_path, monkeypatch
 ):
     """Folders are read by the run's worker, so Start cannot check them: the core's error
-    said to 'set val_fraction=0', a field the widget does not have."""
+    said to 'set val_fraction=0', a field the widget does not have; and it came only after
+    the model's download, which may take minutes."""
     import threading
 
+    from napari_samtune._qt import train_run
     from napari_samtune._qt.train_folders import FolderSource
-    from napari_samtune._qt.train_run import TrainRequest, iter_training_job
+    from napari_samtune._qt.train_run import HeldOutPartEmpty, TrainRequest, iter_training_job
     from napari_samtune.core.presets import TrainConfig
 
     labels = np.zeros((96, 96), np.uint16)
@@ -288,7 +290,10 @@ def test_one_folder_pair_without_objects_in_its_held_out_rows_is_told_in_the_wid
         tmp_path / "run",
         "cells-model",
     )
-    with pytest.raises(ValueError, match="tick 'separate validation data'") as raised:
+    fetched = []
+    monkeypatch.setattr(train_run, "fetch_model_file", lambda *args: fetched.append(args[0]))
+    with pytest.raises(HeldOutPartEmpty, match="tick 'separate validation data'") as raised:
         list(iter_training_job(request, threading.Event(), lambda _progress: None, []))
     assert "the validation part" in str(raised.value)
     assert "val_fraction" not in str(raised.value)
+    assert fetched == []  # told before the model's download

@@ -73,23 +73,23 @@ class HeldOutPartEmpty(ValueError):
 def iter_training_job(
     request: TrainRequest, stop_event: threading.Event, report: Reporter, notes: list[str]
 ) -> Iterator[TrainEvent]:
-    """Hold the run's folder for the whole run, check the part held out of the only training
-    image (see :func:`held_out_checked`), download the model if needed (progress to
-    ``report``; ``stop_event`` stops it, see :func:`fetch_model_file`; what the download
-    says besides, a damaged cached file moved aside, is appended to ``notes``), read folder
-    data, then yield every event of the core's training run; :class:`RunFolderInUse` when
-    another run holds the folder, :class:`HeldOutPartEmpty` when a held-out part has no
-    object."""
+    """Hold the run's folder for the whole run, read folder data, check the part held out of
+    the only training image (see :func:`held_out_checked`), download the model if needed
+    (progress to ``report``; ``stop_event`` stops it, see :func:`fetch_model_file`; what the
+    download says besides, a damaged cached file moved aside, is appended to ``notes``),
+    then yield every event of the core's training run; :class:`RunFolderInUse` when another
+    run holds the folder, :class:`HeldOutPartEmpty` when a held-out part has no object.
+    Problems of the data are told before the download (which may take minutes)."""
     with ExitStack() as held:
         try:
             held.enter_context(training_lock(request.out_dir))
         except ValueError as err:  # told apart from training's errors: nothing began
             raise RunFolderInUse(str(err)) from None
-        train_pairs = held_out_checked(request)  # before the download: told at once
+        train_data = [*request.train_pairs, *load_folder_pairs(request.train_folders)]
+        val_data = [*request.val_pairs, *load_folder_pairs(request.val_folders)]
+        train_data = held_out_checked(train_data, bool(val_data), request.config)
         with logged_notes("napari_samtune.core.download", notes):
             fetch_model_file(request.config.model, report, stop_event)
-        train_data = [*train_pairs, *load_folder_pairs(request.train_folders)]
-        val_data = [*request.val_pairs, *load_folder_pairs(request.val_folders)]
         try:
             yield from iter_train(
                 request.config,
@@ -100,25 +100,24 @@ def iter_training_job(
                 resume_from=request.resume_from,
                 model_name=request.model_name,
             )
-        except EmptyPartError as err:  # one folder pair: read above, so not checked before
+        except EmptyPartError as err:  # a split held_out_checked could not check
             raise HeldOutPartEmpty(held_out_message(err)) from None
 
 
-def held_out_checked(request: TrainRequest) -> list:
-    """The request's training pairs. The only one (no folders, no validation data) is
-    prepared here, so that the run trains on it as it is, and a part of it to be held out
-    for validation (or left for training) without any object is refused with
-    :class:`HeldOutPartEmpty` before the model is loaded. A pair the core refuses is left
-    for the run to refuse in its own words."""
-    pairs = list(request.train_pairs)
-    if len(pairs) != 1 or request.train_folders or request.val_pairs or request.val_folders:
-        return pairs
+def held_out_checked(train_data: list, has_val: bool, config: TrainConfig) -> list:
+    """``train_data``, the run's training pairs (layers' and folders'). The only one, when
+    there is no validation data, is prepared here, so that the run trains on it as it is,
+    and a part of it to be held out for validation (or left for training) without any object
+    is refused with :class:`HeldOutPartEmpty` before the model is loaded. A pair the core
+    refuses is left for the run to refuse in its own words."""
+    if len(train_data) != 1 or has_val:
+        return train_data
     try:
-        prepared = prepare_pairs(pairs)
+        prepared = prepare_pairs(train_data)
     except (ValueError, TypeError):
-        return pairs
+        return train_data
     try:
-        split_validation(prepared, request.config.val_fraction, request.config.seed)
+        split_validation(prepared, config.val_fraction, config.seed)
     except EmptyPartError as err:
         raise HeldOutPartEmpty(held_out_message(err)) from None
     return prepared
