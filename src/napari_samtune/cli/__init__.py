@@ -251,11 +251,18 @@ def main(argv: list[str] | None = None) -> int:
         return _interrupted(args.command, str(err), terminated=isinstance(err, Terminated))
 
 
+def torchrun_world_size() -> int:
+    """How many processes ``torchrun`` started for this command (``WORLD_SIZE``; 1 without
+    torchrun). Read without importing torch, which the CLI loads only when a command runs."""
+    world_size = os.environ.get("WORLD_SIZE", "1")
+    return int(world_size) if world_size.isdigit() else 1
+
+
 def _check_single_process(command: str) -> None:
     """Only ``samtune train`` shares its work among ``torchrun``'s processes; any other
     command ran once in each, each printing and writing the same (the demo failed)."""
-    world_size = os.environ.get("WORLD_SIZE", "1")
-    if command == "train" or not world_size.isdigit() or int(world_size) <= 1:
+    world_size = torchrun_world_size()
+    if command == "train" or world_size <= 1:
         return
     raise ValueError(
         f"samtune {command} runs in one process, but torchrun started {world_size} "

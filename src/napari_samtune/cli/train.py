@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import signal
 import sys
@@ -28,6 +27,7 @@ from napari_samtune.cli import (
     option_wording,
     output_folder,
     read_annotated,
+    torchrun_world_size,
 )
 from napari_samtune.cli.train_report import aborted_note
 from napari_samtune.cli.train_report import memory_advice as _memory_advice
@@ -250,8 +250,7 @@ def _resumed_device(device: str) -> str:
     """The saved device, without the GPU index a torchrun run saved before its ranks'
     devices were recorded as "cuda" (torchrun gives each rank its own GPU, and refuses an
     index that is not it)."""
-    world_size = os.environ.get("WORLD_SIZE", "1")
-    if world_size.isdigit() and int(world_size) > 1:
+    if torchrun_world_size() > 1:
         return re.sub(r"^cuda:\d+$", "cuda", device)
     return device
 
