@@ -41,6 +41,6 @@ def test_check_pair_accepts_a_good_pair_without_normalising_it(monkeypatch):
     def fail(*args):
         raise AssertionError("check_pair normalised the image")
 
-    monkeypatch.setattr(data, "to_sam_rgb", fail)
+    monkeypatch.setattr(data, "plane_to_sam_rgb", fail)
     for pair in (ImageLabelPair(IMAGE, LABELS), ImageLabelPair(np.stack([IMAGE] * 3, -1), LABELS)):
         check_pair(pair)  # no error

@@ -25,10 +25,10 @@ from napari_samtune.core.images import (
     as_channel_indices,
     check_some_pixel_finite,
     plane_channel_axis,
+    plane_to_sam_rgb,
     planes_first,
-    sam_input_shape,
+    sam_plane,
     select_channels,
-    to_sam_rgb,
 )
 from napari_samtune.core.label_files import (
     FileMatch,
@@ -249,9 +249,8 @@ def prepare_pair(pair: ImageLabelPair) -> PreparedImage:
 def normalise_pair(pair: ImageLabelPair) -> tuple[np.ndarray, np.ndarray]:
     """The (H, W, 3) uint8 image (:func:`to_sam_rgb`) and the (H, W) labels of a checked
     pair, as given (they may have no object); errors as in :func:`prepare_pair`."""
-    labels = _checked_labels(pair)
-    rgb = to_sam_rgb(pair.image, pair.channel_axis, pair.channels)  # checked: cannot fail
-    return rgb, labels
+    plane, labels = _checked(pair)
+    return plane_to_sam_rgb(plane), labels
 
 
 def check_pair(pair: ImageLabelPair) -> None:
@@ -259,27 +258,29 @@ def check_pair(pair: ImageLabelPair) -> None:
     without normalising it or locating its objects: dtypes, shapes and a pass over the
     labels (0.3 s for a 4096 x 4096 image in ``prepare_pair``, a few ms here), so a front
     end can check a pair where it must not wait."""
-    if not np.any(_checked_labels(pair)):
+    if not np.any(_checked(pair)[1]):
         raise _no_objects(pair.name)
 
 
-def _checked_labels(pair: ImageLabelPair) -> np.ndarray:
-    """The pair's labels as an array, after every check but that they hold an object."""
+def _checked(pair: ImageLabelPair) -> tuple[np.ndarray, np.ndarray]:
+    """The pair's image plane to normalise (:func:`~napari_samtune.core.images.sam_plane`)
+    and its labels as an array, after every check but that the labels hold an object."""
     labels = np.asarray(pair.labels)
     check_channels(pair)
     _check_labels(labels, pair.name)
     check_some_pixel_finite(np.asarray(pair.image), f"image of {pair.name!r}")
     try:
-        height, width = sam_input_shape(pair.image, pair.channel_axis, pair.channels)
+        plane = sam_plane(np.asarray(pair.image), pair.channel_axis, pair.channels)
     except (ValueError, TypeError) as err:
         raise type(err)(f"image of {pair.name!r}: {err}") from None
+    height, width = plane.shape[:2]
     if (height, width) != labels.shape:
         raise ValueError(
             f"image of {pair.name!r} is {height}x{width} pixels but its labels have "
             f"shape {labels.shape!r}; image and labels must cover the same pixels (check the "
             "pairing, or that neither was resized or transposed)"
         )
-    return labels
+    return plane, labels
 
 
 class ChannelError(ValueError):

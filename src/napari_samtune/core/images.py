@@ -390,7 +390,11 @@ def to_sam_rgb(
     Returns:
         uint8 array of shape (H, W, 3), C-contiguous.
     """
-    plane = _sam_plane(np.asarray(image), channel_axis, channels)
+    return plane_to_sam_rgb(sam_plane(np.asarray(image), channel_axis, channels))
+
+
+def plane_to_sam_rgb(plane: np.ndarray) -> np.ndarray:
+    """:func:`to_sam_rgb` of the plane :func:`sam_plane` chose and checked."""
     if plane.ndim == 3:  # rescale RGB jointly so colour balance is kept
         plane = rescale_to_uint8(plane)
     else:
@@ -398,21 +402,12 @@ def to_sam_rgb(
     return np.ascontiguousarray(plane)
 
 
-def sam_input_shape(
-    image: np.ndarray,
-    channel_axis: int | None = None,
-    channels: int | Sequence[int] | None = None,
-) -> tuple[int, int]:
-    """The (H, W) of :func:`to_sam_rgb`'s result, after its checks and with its errors, but
-    without normalising: it reads no pixel (three channels chosen are copied), so a front
-    end can check a large image where it must not wait."""
-    return _sam_plane(np.asarray(image), channel_axis, channels).shape[:2]
-
-
-def _sam_plane(
+def sam_plane(
     image: np.ndarray, channel_axis: int | None, channels: int | Sequence[int] | None
 ) -> np.ndarray:
-    """The (H, W) or (H, W, 3) plane that :func:`to_sam_rgb` rescales, checked."""
+    """The (H, W) or (H, W, 3) plane that :func:`to_sam_rgb` rescales, after its checks and
+    with its errors, but not normalised: it reads no pixel (three channels chosen are
+    copied), so a front end can check a large image where it must not wait."""
     if image.size == 0:
         raise ValueError(f"image is empty (shape {image.shape!r})")
     plane = select_channels(image, channel_axis, channels)
