@@ -151,16 +151,22 @@ def test_annotate_cancel_stops_the_download_and_the_next_load_resumes(
     assert widget.model_name == "tiny_pub" and cached.read_bytes() == server.payload
 
 
+def _stopped_keeping_a_part(qtbot, served_model, ended) -> None:
+    """The server saw the download dropped, the job ``ended()``, and what arrived is kept
+    for the next download to resume."""
+    server, cached = served_model
+    assert server.dropped.wait(10)
+    qtbot.waitUntil(ended, timeout=WAIT_MS)
+    assert 0 < _kept_bytes(cached) < len(server.payload)
+
+
 def test_closing_the_annotate_panel_stops_the_download(
     qtbot, viewer_widget, served_model, drain_jobs
 ):
-    server, cached = served_model
     widget, worker = _annotate_loading(qtbot, viewer_widget, served_model)
     viewer, _ = viewer_widget
     viewer.window.remove_dock_widget(widget)  # what the panel's close button does
-    assert server.dropped.wait(10)
-    qtbot.waitUntil(lambda: not worker.is_running, timeout=WAIT_MS)
-    assert 0 < _kept_bytes(cached) < len(server.payload)
+    _stopped_keeping_a_part(qtbot, served_model, lambda: not worker.is_running)
 
 
 def test_closing_the_viewer_stops_the_download(
@@ -168,7 +174,6 @@ def test_closing_the_viewer_stops_the_download(
 ):
     from napari_samtune._qt.annotate import AnnotateWidget
 
-    server, cached = served_model
     viewer = make_napari_viewer()
     viewer.add_image(nuclei_image[0], name="nuclei")
     widget = AnnotateWidget(viewer)
@@ -177,13 +182,11 @@ def test_closing_the_viewer_stops_the_download(
     worker = widget.load_model()
     _downloading(qtbot, widget.ui.status_label)
     viewer.close()  # returns at once: nothing waits for the download
-    assert server.dropped.wait(10)
-    qtbot.waitUntil(lambda: not worker.is_running, timeout=WAIT_MS)
-    assert 0 < _kept_bytes(cached) < len(server.payload)
+    _stopped_keeping_a_part(qtbot, served_model, lambda: not worker.is_running)
 
 
 @pytest.fixture
-def train_widget(qtbot, cells_viewer, served_model):
+def train_widget(qtbot, cells_viewer, served_model, add_pair):
     """A Finetune widget on two layer pairs with "tiny_pub" chosen, runs as short as can be."""
     from napari_samtune._qt.train_widget import TrainWidget
     from napari_samtune.core.presets import MachineResources
@@ -193,9 +196,7 @@ def train_widget(qtbot, cells_viewer, served_model):
     widget = TrainWidget(viewer, machine=machine)
     viewer.window.add_dock_widget(widget, name="Finetune SAM")
     for i in range(2):
-        widget.train_data.image_combo.setCurrentText(f"cells{i}")
-        widget.train_data.labels_combo.setCurrentText(f"cells{i} labels")
-        assert widget.train_data.add_current_pair()
+        assert add_pair(widget.train_data, f"cells{i}", f"cells{i} labels")
     settings = widget.settings
     settings.model_picker.refresh_models()
     settings.model_picker.select_model("tiny_pub")
@@ -235,14 +236,11 @@ def test_training_shows_the_download_and_stop_stops_it(
 
 
 def test_closing_the_finetune_panel_stops_the_download(qtbot, train_widget, served_model):
-    server, cached = served_model
     viewer, widget = train_widget
     assert widget.start() is not None
     _downloading(qtbot, widget.status_label)
     viewer.window.remove_dock_widget(widget)
-    assert server.dropped.wait(10)
-    qtbot.waitUntil(lambda: not widget.is_running, timeout=WAIT_MS)
-    assert 0 < _kept_bytes(cached) < len(server.payload)
+    _stopped_keeping_a_part(qtbot, served_model, lambda: not widget.is_running)
 
 
 def test_training_shows_that_a_damaged_cached_model_was_moved_aside(
