@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tifffile
 
 from napari_samtune._qt.annotate import AnnotateWidget
+from napari_samtune.core.annotation_files import save_annotations
 
 
 def _commit_at(widget, drain_jobs, *points) -> None:
@@ -15,10 +17,13 @@ def _commit_at(widget, drain_jobs, *points) -> None:
     drain_jobs(widget)
 
 
-def _reopen(make_napari_viewer, image, folder, drain_jobs, model=None) -> AnnotateWidget:
-    """The image opened again in a new viewer, its widget's folder set to ``folder``."""
+def _reopen(
+    make_napari_viewer, image, folder, drain_jobs, model=None, name: str = "nuclei"
+) -> AnnotateWidget:
+    """The image opened again in a new viewer as ``name``, its widget's folder set to
+    ``folder``."""
     viewer = make_napari_viewer()
-    viewer.add_image(image, name="nuclei")
+    viewer.add_image(image, name=name)
     reopened = AnnotateWidget(viewer)
     reopened.ui.folder_edit.setText(str(folder))
     reopened._use_folder()
@@ -165,3 +170,49 @@ def test_a_renamed_image_takes_its_layers_and_saved_annotations_along(
     _commit_at(widget, drain_jobs, [200, 60])
     assert (tmp_path / "other.labels.tif").read_bytes() == b"another image's annotations"
     assert set(np.unique(tifffile.imread(tmp_path / "dapi.labels.tif"))) == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("chosen", [True, False], ids=["chosen", "another-chosen"])
+def test_a_namesake_renamed_to_a_taken_name_is_found_again_under_it(
+    viewer_widget, make_napari_viewer, tmp_path, nuclei_image, drain_jobs, chosen
+):
+    """Saved as ``<old>-<fingerprint>`` (another image's annotations had its name), then
+    renamed to a name another image's annotations have too: the file stayed under the old
+    name, and the image, opened again under its new name, started empty."""
+    viewer, widget = viewer_widget
+    others = np.zeros(nuclei_image[0].shape, np.uint32)
+    others[:4, :4] = 5
+    for name in ("nuclei", "dapi"):
+        save_annotations(tmp_path, name, others, {"image_fingerprint": "another image"})
+    taken = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    widget.ui.folder_edit.setText(str(tmp_path))
+    widget._use_folder()
+    fingerprint = widget.session.fingerprint
+    _commit_at(widget, drain_jobs, [128, 128])
+    assert (tmp_path / f"nuclei-{fingerprint}.labels.tif").is_file()
+    saved = widget.session.annotations.copy()
+    if not chosen:
+        viewer.add_image(nuclei_image[0][::-1].copy(), name="second")
+        widget.ui.image_combo.setCurrentText("second")
+        drain_jobs(widget)
+    viewer.layers["nuclei"].name = "dapi"
+    drain_jobs(widget)
+    assert {name: (tmp_path / name).read_bytes() for name in taken} == taken
+    files = sorted(taken) + [f"dapi-{fingerprint}.labels.tif", f"dapi-{fingerprint}.prompts.json"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(files)
+    reopened = _reopen(make_napari_viewer, nuclei_image[0], tmp_path, drain_jobs, name="dapi")
+    np.testing.assert_array_equal(reopened.session.annotations, saved)
+    assert len(reopened.session.records) == 1
+
+
+def test_a_namesake_stays_where_both_names_under_the_new_one_are_taken(tmp_path):
+    """Where ``<new>`` and ``<new>-<fingerprint>`` both hold annotations, a namesake's stay
+    under their old name, the person told so; no file is written over."""
+    from napari_samtune._qt.saved_renames import follow_saved_rename
+
+    for name, value in (("old-abc", 1), ("new", 2), ("new-abc", 3)):
+        save_annotations(tmp_path, name, np.full((4, 4), value, np.uint32), {})
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    moved, note = follow_saved_rename(tmp_path, "old-abc", "new", old="old", fingerprint="abc")
+    assert moved == "old-abc" and "'Load annotations…' opens that file" in note
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before

@@ -318,8 +318,12 @@ class AnnotateImageMixin:
         notes = taken_notes(old, rename_layers(self.viewer, left, old, layer.name))
         self.flush_autosave()
         folder = self.annotation_folder()
-        for file_name in saved_file_names(folder, old, image_fingerprint(layer.data)):
-            notes.append(follow_saved_rename(folder, file_name, layer.name)[1])
+        fingerprint = image_fingerprint(layer.data)
+        for file_name in saved_file_names(folder, old, fingerprint):
+            _, note = follow_saved_rename(
+                folder, file_name, layer.name, old=old, fingerprint=fingerprint
+            )
+            notes.append(note)
         for note in filter(None, notes):
             show_info(note)
 

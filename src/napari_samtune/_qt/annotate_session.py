@@ -180,7 +180,9 @@ class AnnotationSession:
         notes = taken_notes(old, self.layers.follow_rename(old, new))
         for folder, name in [key for key in self._file_names if key[1] == old]:
             file_name = self._file_names.pop((folder, name))
-            moved, note = follow_saved_rename(folder, file_name, new)
+            moved, note = follow_saved_rename(
+                folder, file_name, new, old=old, fingerprint=self.fingerprint
+            )
             self._file_names[(folder, new)] = moved
             notes += [note] if note else []
         return notes

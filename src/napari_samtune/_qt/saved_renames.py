@@ -32,11 +32,17 @@ def saved_file_names(folder: Path, image_name: str, fingerprint: str) -> list[st
     return names + ([namesake] if annotation_paths(folder, namesake)[0].is_file() else [])
 
 
-def follow_saved_rename(folder: Path, file_name: str, new: str) -> tuple[str, str]:
-    """The annotations saved as ``file_name`` in ``folder`` take the new name of their image,
-    ``new`` (a namesake's too: ``new`` is free), unless files have that name. Returns the
+def follow_saved_rename(
+    folder: Path, file_name: str, new: str, *, old: str, fingerprint: str
+) -> tuple[str, str]:
+    """The annotations saved as ``file_name`` in ``folder``, those of the image of
+    ``fingerprint`` renamed from ``old`` to ``new``, take its new name unless files have
+    it; a namesake's (``<old>-<fingerprint>``) then ``<new>-<fingerprint>``, the name under
+    which the renamed image finds them where another image's have ``new``. Returns the
     name they have now and what is worth telling the person ('' when nothing)."""
     moved = move_saved(folder, file_name, new)
+    if moved == file_name and file_name != old:
+        moved = move_saved(folder, file_name, namesake_name(new, fingerprint))
     labels_path = annotation_paths(folder, moved)[0]
     if not labels_path.is_file():
         return moved, ""
