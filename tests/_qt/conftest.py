@@ -1,8 +1,10 @@
 """Helpers shared by the widget tests: run a widget's background job and wait for it;
 keep a window open while counting its close events; a docked annotation widget on the
 synthetic nuclei image; the notifications shown; a Finetune widget beside cells layers
-and adding a layer pair to it; annotation jobs held after each plane."""
+and adding a layer pair to it; annotation jobs held after each plane, and an image left
+while its job is held."""
 
+import contextlib
 import threading
 import time
 
@@ -150,6 +152,29 @@ def hold_planes(monkeypatch):
     yield hold
     for gate in gates:
         gate.open()
+
+
+@pytest.fixture
+def away_and_back(drain_jobs):
+    """``with away_and_back(widget, gate, back):`` around a job on the image chosen now,
+    held by ``gate`` (a :class:`PlaneGate` or a semaphore), while the body chooses another
+    image: the image is chosen again before the job ends when ``back`` is
+    ``"while it runs"`` (its session must be the run's), then ``gate.release(2)`` lets the
+    job end (also when the body fails) and the widget's jobs are drained."""
+
+    @contextlib.contextmanager
+    def left(widget, gate, back: str):
+        session = widget.session
+        try:
+            yield
+            if back == "while it runs":
+                widget.ui.image_combo.setCurrentText(session.image_layer.name)
+                assert widget.session is session  # the run's session goes on
+        finally:
+            gate.release(2)
+        drain_jobs(widget)
+
+    return left
 
 
 @pytest.fixture

@@ -229,7 +229,14 @@ def test_ticking_autosave_again_saves_the_commits_made_without_it(
 
 @pytest.mark.parametrize("back", ["while it runs", "after it ended"])
 def test_a_stack_left_while_segmented_automatically_gets_every_plane(
-    stack_widget, hold_planes, qtbot, drain_jobs, tmp_path, notifications, planes_seen, back
+    stack_widget,
+    hold_planes,
+    qtbot,
+    tmp_path,
+    notifications,
+    planes_seen,
+    away_and_back,
+    back,
 ):
     """Another image chosen and then the stack again while automatic segmentation ran
     through it: the planes it segmented after that were discarded as well, saying "the image
@@ -241,18 +248,12 @@ def test_a_stack_left_while_segmented_automatically_gets_every_plane(
     viewer, widget = stack_widget
     stack = widget.session
     viewer.add_image(make_image((96, 96), seed=9)[0], name="other")
-    try:
+    with away_and_back(widget, gate, back):
         seen = planes_seen(_segment_the_stack(widget, qtbot))
         widget.ui.image_combo.setCurrentText("other")
         gate.release()  # plane 1 comes while the other image is chosen
         qtbot.waitUntil(lambda: seen == [1], timeout=WAIT_MS)
         assert widget.session is not stack and stack.annotations[1].any()  # written away
-        if back == "while it runs":
-            widget.ui.image_combo.setCurrentText("stack")
-            assert widget.session is stack  # the run's session goes on
-    finally:
-        gate.release(2)
-    drain_jobs(widget)
     assert seen == [1, 2] and all(stack.annotations[plane].any() for plane in range(3))
     saved = tifffile.imread(tmp_path / "stack.labels.tif")
     np.testing.assert_array_equal(saved, stack.annotations)
