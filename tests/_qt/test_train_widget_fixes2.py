@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from napari.layers import Labels
+from napari.layers import Image, Labels
 from napari.layers._layer_actions import _convert_to_labels
+
+from napari_samtune._qt import layer_pairs
+from napari_samtune.core import data
+from napari_samtune.core.label_files import float_labels_problem
 
 
 @pytest.fixture
@@ -41,3 +45,26 @@ def test_a_float_image_with_fractions_keeps_the_core_s_description(viewer_and_wi
     assert not add_pair(data, "cells0", "halves")
     message = data.pair_error.text()
     assert "fractions" in message and "Convert to Labels" not in message
+
+
+@pytest.mark.parametrize("stack", [False, True])
+@pytest.mark.parametrize("fraction", [False, True])
+def test_a_float_layer_chosen_as_labels_is_read_once_per_check(monkeypatch, stack, fraction):
+    """The core's label check and the widget's advice both read the floats through
+    float_labels_problem (0.25 s each for 4096 x 4096 float32): a 2D layer is read once,
+    and a stack's first plane twice at most."""
+    labels = np.zeros((2, 16, 16) if stack else (16, 16), np.float32)
+    labels[..., 4:8, 4:8] = 1.0 + (0.5 if fraction else 0.0)
+    image = Image(np.zeros(labels.shape, np.uint8), name="img")
+    calls = []
+
+    def counted(array):
+        calls.append(array.size)
+        return float_labels_problem(array)
+
+    monkeypatch.setattr(data, "float_labels_problem", counted)
+    monkeypatch.setattr(layer_pairs, "float_labels_problem", counted)
+    message = layer_pairs.pair_problem((image, Image(labels, name="mask")))
+    assert ("fractions" in message) == fraction
+    assert ("Convert to Labels" in message) == (not fraction)
+    assert calls[0] == 256 and len(calls) == (2 if stack and not fraction else 1), calls

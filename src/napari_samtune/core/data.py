@@ -215,9 +215,13 @@ def _check_labels(labels: np.ndarray, name: str) -> None:
             "with one id per object: label connected components, e.g. scipy.ndimage.label"
         )
     if not np.issubdtype(labels.dtype, np.integer):
-        raise TypeError(
+        floating = np.issubdtype(labels.dtype, np.floating)
+        problem = float_labels_problem(labels) if floating else None
+        fix = problem or "convert with labels.astype('uint32') if the values are whole numbers >= 0"
+        raise NonIntegerLabelsError(
             f"labels of {name!r} have dtype {labels.dtype.name}; integer instance labels are "
-            f"needed (0 = background, one id per object): {_non_integer_fix(labels)}"
+            f"needed (0 = background, one id per object): {fix}",
+            problem,
         )
     if labels.ndim == 3 and labels.shape[-1] in (3, 4):
         raise ValueError(
@@ -233,11 +237,14 @@ def _check_labels(labels: np.ndarray, name: str) -> None:
         raise ValueError(f"labels of {name!r} contain negative ids; use ids >= 0 (0 = background)")
 
 
-def _non_integer_fix(labels: np.ndarray) -> str:
-    """How to turn labels of another dtype (float, complex, ...) into instance labels."""
-    floating = np.issubdtype(labels.dtype, np.floating)
-    problem = float_labels_problem(labels) if floating else ""
-    return problem or "convert with labels.astype('uint32') if the values are whole numbers >= 0"
+class NonIntegerLabelsError(TypeError):
+    """Labels of a dtype other than integers. ``float_problem``: for float labels, why they
+    are not instance ids (:func:`float_labels_problem`, "" for whole numbers), computed
+    once for a front end to reuse; None for other dtypes or where unknown."""
+
+    def __init__(self, message: str, float_problem: str | None = None) -> None:
+        super().__init__(message)
+        self.float_problem = float_problem
 
 
 def prepare_pair(pair: ImageLabelPair) -> PreparedImage:
