@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 
@@ -298,3 +300,17 @@ def test_a_channel_axis_the_image_cannot_have_is_named_with_the_shape(shape, axi
 def test_a_channel_axis_that_is_not_an_int_is_a_type_error(axis):
     with pytest.raises(TypeError, match=f"channel_axis={axis!r}; give the axis"):
         to_sam_rgb(np.zeros((16, 16, 3), np.uint8), channel_axis=axis)
+
+
+@pytest.mark.parametrize("fill, shade", [(np.nan, 0), (-np.inf, 0), (np.inf, 255)])
+def test_non_finite_pixels_leave_the_finite_ones_scaled_as_on_their_own(rng, fill, shade):
+    """The percentiles come from the finite pixels only; NaN and -inf pixels come out black,
+    +inf white, and no "invalid value" warning is raised."""
+    image = rng.normal(1000.0, 50.0, size=(30, 40)).astype(np.float32)
+    holes = rng.random(image.shape) < 0.2
+    holed = np.where(holes, np.float32(fill), image)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rgb = to_sam_rgb(holed)
+    np.testing.assert_array_equal(rgb[~holes, 0], rescale_to_uint8(image[~holes]))
+    assert (rgb[holes] == shade).all()

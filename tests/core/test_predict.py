@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -449,3 +451,31 @@ def test_segment_all_uses_the_settings_for_the_models_input_size(tiny_sam, image
     segmenter.segment_all()
     assert used == [automatic.default_auto_config(segmenter.img_size)]
     assert used[0] != automatic.AutoSegmentConfig()  # (tiny is nano-sized)
+
+
+@pytest.mark.parametrize("fill", [np.nan, np.inf, -np.inf])
+def test_an_image_without_a_finite_pixel_is_refused_not_embedded_black(tiny_sam, fill):
+    """An all-NaN export was embedded as a black image, and prompts on it gave masks."""
+    segmenter = Segmenter(tiny_sam, model_id="tiny", use_disk_cache=False, precision="fp32")
+    with pytest.raises(ValueError, match=r"image holds no finite pixel value \(all NaN or inf"):
+        segmenter.set_image(np.full((64, 80), fill, np.float32))
+    with pytest.raises(RuntimeError, match="no image is set"):
+        segmenter.predict(**POINT)
+
+
+def test_nan_pixels_among_finite_ones_are_embedded_as_black_without_warnings(tiny_sam, image):
+    """NaN pixels (e.g. outside a registered region) take the low end of the finite pixels'
+    range: the image embeds as its normalisation with those pixels black, quietly."""
+    holed = image.astype(np.float32)
+    holed[:40] = np.nan
+    segmenter = Segmenter(tiny_sam, model_id="tiny", use_disk_cache=False, precision="fp32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "invalid value encountered in cast"
+        segmenter.set_image(holed)
+        prediction = segmenter.predict(**POINT)
+    features = segmenter.features(0)
+    assert torch.isfinite(features).all() and np.isfinite(prediction.low_res_logits).all()
+    expected = np.zeros((*holed.shape, 3), np.uint8)  # black where NaN
+    expected[40:] = to_sam_rgb(holed[40:])  # the finite pixels, normalised on their own
+    segmenter.set_image(expected)
+    np.testing.assert_array_equal(segmenter.features(0), features)

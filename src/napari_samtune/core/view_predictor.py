@@ -35,7 +35,7 @@ from napari_samtune.core.embeddings import (
 )
 from napari_samtune.core.fast_decoder import DecoderImage, decode_until_masks, decoder_image
 from napari_samtune.core.heap import tune_cpu_allocator
-from napari_samtune.core.images import to_sam_rgb
+from napari_samtune.core.images import check_some_pixel_finite, to_sam_rgb
 from napari_samtune.core.mask_windows import Window, upscaled_window
 from napari_samtune.core.models import state_dict_digest
 
@@ -122,8 +122,15 @@ class ViewPredictor:
             image: (H, W) or channelled image, any numeric dtype; see ``to_sam_rgb``.
             channel_axis, channels: passed to ``to_sam_rgb``.
             progress: called as ``progress(tiles_done, n_tiles)`` while embedding.
+
+        Raises:
+            ValueError: for a float image without a finite pixel (all NaN or infinite),
+                which would be embedded as black. Among finite pixels, NaN and -inf ones
+                come out black (the low percentile), +inf ones white.
         """
-        rgb = to_sam_rgb(image, channel_axis, channels)
+        pixels = np.asarray(image)  # read once: a dask or zarr array is not read twice
+        check_some_pixel_finite(pixels, "image")
+        rgb = to_sam_rgb(pixels, channel_axis, channels)
         grid = TileGrid.for_image(rgb.shape[:2], self.img_size, self.tiling)
         digest = image_digest(rgb)
         if digest == self._image_hash and grid == self._grid:
