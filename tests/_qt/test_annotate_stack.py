@@ -299,3 +299,30 @@ def test_a_negative_click_on_a_propagated_plane_refines_its_mask(
     np.testing.assert_array_equal(layers.preview.data[plane], propagated)
     layers.points.add([plane, row, col])
     assert widget.commit() == [1]  # still one 3D object
+
+
+def test_a_plane_without_a_finite_pixel_is_told_and_the_others_still_embed(
+    make_napari_viewer, qtbot, tiny_sam, stack, drain_jobs, notifications, go_to_plane
+):
+    """An all-NaN plane (a registration's padding, say) was embedded as black and
+    segmented; now its embedding fails with a message naming the plane, not a traceback."""
+    viewer = make_napari_viewer()
+    padded = stack.astype(np.float32)
+    padded[1] = np.nan
+    viewer.add_image(padded, name="padded")
+    viewer.dims.set_current_step(0, 0)
+    widget = AnnotateWidget(viewer)
+    with qtbot.waitSignal(widget.embedding_ready, timeout=WAIT_MS):
+        widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    with qtbot.waitSignal(
+        widget.runner.task_finished, check_params_cb=lambda name: name == EMBED_TASK
+    ):
+        viewer.dims.set_current_step(0, 1)
+    drain_jobs(widget)
+    errors = [n for n in notifications if n.severity == "error"]
+    assert len(errors) == 1 and errors[0].startswith(f"{EMBED_TASK} failed: plane 1/3 ")
+    assert "holds no finite pixel value (all NaN or infinite)" in errors[0]
+    assert "Traceback" not in errors[0] and widget.embedded_plane is False  # none held
+    go_to_plane(viewer, widget, 2)
+    assert widget.embedded_plane == 2

@@ -46,21 +46,30 @@ class AnnotateEmbeddingMixin:
 
     def _on_plane_changed(self, event=None) -> None:
         if self.session is not None and self.session.axes.is_stack:
+            self._failed_embedding = None  # a plane viewed again is tried again
             self._ensure_embedding()
 
     def _ensure_embedding(self):
-        """Start embedding the plane in view unless it is ready or a job is running."""
+        """Start embedding the plane in view unless it is ready, a job is running, or its
+        embedding failed (an all-NaN plane, say): that is told once, not retried after
+        every job for ever, until the view moves or the model, image or channels change."""
         if self.segmenter is None or self.session is None or self.segmenter_busy():
             return None
         plane = self.current_plane
-        if self.is_embedded(plane):
+        attempt = (self._generation, plane)
+        if self.is_embedded(plane) or self._failed_embedding == attempt:
             return None
+
+        def failed(error: BaseException) -> None:
+            self._failed_embedding = attempt
+
         return self._start_segmenter_job(
             EMBED_TASK,
             jobs.iter_embed_planes,
             [plane],
             self.runner.report,
             on_return=self._on_embedded,
+            on_error=failed,
         )
 
     def embed_all_planes(self):
@@ -88,6 +97,7 @@ class AnnotateEmbeddingMixin:
         on_return=None,
         on_yield=None,
         on_finish=None,
+        on_error=None,
         labels_result: bool = False,
         keep_away: bool = False,
     ):
@@ -138,6 +148,7 @@ class AnnotateEmbeddingMixin:
             *args,
             on_return=current(on_return),
             on_yield=current(on_yield, is_result=True),
+            on_error=on_error,
             on_finish=finish,
         )
 

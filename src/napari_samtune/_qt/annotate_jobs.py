@@ -19,6 +19,7 @@ from napari_samtune._qt.image_planes import ImageAxes
 from napari_samtune._qt.propagate import PropagationConfig, iter_propagate
 from napari_samtune._qt.workers import TaskProgress, logged_notes
 from napari_samtune.core.automatic import AutoSegmentConfig
+from napari_samtune.core.images import check_some_pixel_finite
 from napari_samtune.core.models import LoadedModel, load_model
 
 LOAD_TASK = "loading model"
@@ -63,6 +64,7 @@ def _set_plane(
             report(TaskProgress(done, total, f"embedding {where}: tile {done}/{total}"))
 
     image = axes.plane(data, plane or 0)
+    check_some_pixel_finite(image, where)  # named as the slider shows it (the core: "image")
     segmenter.set_image(image, progress=tiles_done, **axes.segmenter_channel_args())
 
 
