@@ -7,7 +7,7 @@ import pytest
 import tifffile
 
 from napari_samtune._qt.annotate import AnnotateWidget
-from napari_samtune.core.annotation_files import save_annotations
+from napari_samtune.core.annotation_files import save_annotations, save_name
 
 
 def _commit_at(widget, drain_jobs, *points) -> None:
@@ -131,11 +131,13 @@ def test_saves_go_past_every_autosave_that_cannot_be_restored(
 
 
 def test_a_renamed_image_takes_its_layers_and_saved_annotations_along(
-    viewer_widget, tmp_path, nuclei_image, notifications, drain_jobs
+    viewer_widget, make_napari_viewer, tmp_path, nuclei_image, notifications, drain_jobs
 ):
     """Renamed after a save, the image was saved under its new name and the file under the
     old one stayed, out of date: opened again under that name, the older annotations came
-    back. Picked again after a rename, its annotations layer was not found either."""
+    back. Picked again after a rename, its annotations layer was not found either. Renamed
+    to a name another image's annotations have (here a file that cannot be read), its file
+    stayed under the old name, where the image under its new name did not look."""
     viewer, widget = viewer_widget
     widget.ui.folder_edit.setText(str(tmp_path))
     _commit_at(widget, drain_jobs, [128, 128])
@@ -161,35 +163,49 @@ def test_a_renamed_image_takes_its_layers_and_saved_annotations_along(
     assert len(widget.session.records) == 2  # and the records saved with them
 
     viewer.add_points(name="other points")  # the person's own layer
-    viewer.layers["dapi"].name = "other"  # a file has that name: the saves stay where they are
-    kept = f"the annotations of 'other' stay saved as {tmp_path / 'dapi.labels.tif'}"
-    assert kept in notifications[-1] and "'Load annotations…' opens that file" in notifications[-1]
+    viewer.layers["dapi"].name = "other"  # a file has that name: they go beside it
+    beside = tmp_path / f"other-{widget.session.fingerprint}.labels.tif"
+    assert f"the annotations of 'other' are now saved as {beside}" in notifications[-1]
     assert "layer(s) 'other points' exist already: those of 'dapi'" in notifications[-2]
     assert widget.session.layers.points.name == "dapi points"
     assert widget.session.layers.annotations.name == "other annotations"
     _commit_at(widget, drain_jobs, [200, 60])
     assert (tmp_path / "other.labels.tif").read_bytes() == b"another image's annotations"
-    assert set(np.unique(tifffile.imread(tmp_path / "dapi.labels.tif"))) == {0, 1, 2, 3}
+    assert not (tmp_path / "dapi.labels.tif").exists()
+    saved = tifffile.imread(beside)
+    assert set(np.unique(saved)) == {0, 1, 2, 3}
+    widget.ui.image_combo.setCurrentText("second")
+    drain_jobs(widget)
+    viewer.layers.remove("other points")  # (not one of the image's: picked, it would be used)
+    widget.ui.image_combo.setCurrentText("other")  # picked again under its new name
+    drain_jobs(widget)
+    np.testing.assert_array_equal(widget.session.annotations, saved)
+    reopened = _reopen(make_napari_viewer, nuclei_image[0], tmp_path, drain_jobs, name="other")
+    np.testing.assert_array_equal(reopened.session.annotations, saved)
+    assert len(reopened.session.records) == 3
+    assert (tmp_path / "other.labels.tif").read_bytes() == b"another image's annotations"
 
 
+@pytest.mark.parametrize("namesake", [True, False], ids=["namesake", "own-name"])
 @pytest.mark.parametrize("chosen", [True, False], ids=["chosen", "another-chosen"])
-def test_a_namesake_renamed_to_a_taken_name_is_found_again_under_it(
-    viewer_widget, make_napari_viewer, tmp_path, nuclei_image, drain_jobs, chosen
+def test_an_image_renamed_to_a_taken_name_is_found_again_under_it(
+    viewer_widget, make_napari_viewer, tmp_path, nuclei_image, drain_jobs, chosen, namesake
 ):
-    """Saved as ``<old>-<fingerprint>`` (another image's annotations had its name), then
-    renamed to a name another image's annotations have too: the file stayed under the old
-    name, and the image, opened again under its new name, started empty."""
+    """Saved as ``<old>-<fingerprint>`` (another image's annotations had its name) or as
+    ``<old>``, then renamed to a name another image's annotations have: the file stayed
+    under the old name, and the image, opened again under its new name, started empty."""
     viewer, widget = viewer_widget
     others = np.zeros(nuclei_image[0].shape, np.uint32)
     others[:4, :4] = 5
-    for name in ("nuclei", "dapi"):
+    for name in ("nuclei", "dapi") if namesake else ("dapi",):
         save_annotations(tmp_path, name, others, {"image_fingerprint": "another image"})
     taken = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
     widget.ui.folder_edit.setText(str(tmp_path))
     widget._use_folder()
     fingerprint = widget.session.fingerprint
     _commit_at(widget, drain_jobs, [128, 128])
-    assert (tmp_path / f"nuclei-{fingerprint}.labels.tif").is_file()
+    saved_as = f"nuclei-{fingerprint}" if namesake else "nuclei"
+    assert (tmp_path / f"{saved_as}.labels.tif").is_file()
     saved = widget.session.annotations.copy()
     if not chosen:
         viewer.add_image(nuclei_image[0][::-1].copy(), name="second")
@@ -205,14 +221,56 @@ def test_a_namesake_renamed_to_a_taken_name_is_found_again_under_it(
     assert len(reopened.session.records) == 1
 
 
-def test_a_namesake_stays_where_both_names_under_the_new_one_are_taken(tmp_path):
-    """Where ``<new>`` and ``<new>-<fingerprint>`` both hold annotations, a namesake's stay
-    under their old name, the person told so; no file is written over."""
+@pytest.mark.parametrize("old", ["old", "old-abc"], ids=["own-name", "namesake"])
+def test_saved_annotations_stay_where_both_names_under_the_new_one_are_taken(tmp_path, old):
+    """Where ``<new>`` (another image's) and ``<new>-<fingerprint>`` both hold annotations,
+    an image's stay under their old name, the person told so; no file is written over."""
     from napari_samtune._qt.saved_renames import follow_saved_rename
 
-    for name, value in (("old-abc", 1), ("new", 2), ("new-abc", 3)):
-        save_annotations(tmp_path, name, np.full((4, 4), value, np.uint32), {})
+    for name, value in ((old, 1), ("new", 2), ("new-abc", 3)):
+        record = {"image_fingerprint": "another" if name == "new" else "abc"}
+        save_annotations(tmp_path, name, np.full((4, 4), value, np.uint32), record)
     before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
-    moved, note = follow_saved_rename(tmp_path, "old-abc", "new", old="old", fingerprint="abc")
-    assert moved == "old-abc" and "'Load annotations…' opens that file" in note
+    moved, note = follow_saved_rename(tmp_path, old, "new", fingerprint="abc")
+    assert moved == old and "'Load annotations…' opens that file" in note
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize("new_record", [None, {"image_fingerprint": "another"}, "unreadable"])
+def test_annotations_renamed_to_another_image_s_name_go_beside_them(tmp_path, new_record):
+    """Saved under the image's own name, then renamed to a name another image's annotations
+    have (a record naming other pixels, labels of another shape without a record, or labels
+    that cannot be read): the file stayed under the old name, where the renamed image did
+    not look for it."""
+    from napari_samtune._qt.saved_renames import follow_saved_rename
+
+    shape = (4, 4) if new_record else (5, 5)  # without a record, told apart by the shape
+    record = new_record if isinstance(new_record, dict) else {}
+    save_annotations(tmp_path, "new", np.full(shape, 2, np.uint32), record)
+    if new_record == "unreadable":
+        (tmp_path / "new.labels.tif").write_bytes(b"not a TIFF")
+        (tmp_path / "new.prompts.json").unlink()
+    save_annotations(tmp_path, "old", np.ones((4, 4), np.uint32), {"image_fingerprint": "abc"})
+    taken = {name: (tmp_path / name).read_bytes() for name in ("new.labels.tif",)}
+    moved, note = follow_saved_rename(tmp_path, "old", "new", fingerprint="abc")
+    assert moved == "new-abc" and "now saved as" in note
+    assert not (tmp_path / "old.labels.tif").exists()
+    assert {name: (tmp_path / name).read_bytes() for name in taken} == taken
+    assert save_name(tmp_path, "new", "abc", (4, 4)) == "new-abc"  # where lookup finds them
+
+
+def test_annotations_stay_where_the_new_name_has_this_image_s(tmp_path):
+    """Where ``<new>`` holds this image's own annotations (the image's renamed back, say),
+    lookup finds those, not ``<new>-<fingerprint>``: the file stays, the person told."""
+    from napari_samtune._qt.saved_renames import follow_saved_rename
+
+    for name in ("old", "new"):
+        save_annotations(tmp_path, name, np.ones((4, 4), np.uint32), {"image_fingerprint": "abc"})
+    moved, note = follow_saved_rename(tmp_path, "old", "new", fingerprint="abc")
+    assert moved == "old" and "'Load annotations…' opens that file" in note
+    assert sorted(path.stem for path in tmp_path.iterdir()) == [
+        "new.labels",
+        "new.prompts",
+        "old.labels",
+        "old.prompts",
+    ]

@@ -320,10 +320,9 @@ class AnnotateImageMixin:
         folder = self.annotation_folder()
         fingerprint = image_fingerprint(layer.data)
         for file_name in saved_file_names(folder, old, fingerprint):
-            _, note = follow_saved_rename(
-                folder, file_name, layer.name, old=old, fingerprint=fingerprint
+            notes.append(
+                follow_saved_rename(folder, file_name, layer.name, fingerprint=fingerprint)[1]
             )
-            notes.append(note)
         for note in filter(None, notes):
             show_info(note)
 

@@ -181,7 +181,7 @@ class AnnotationSession:
         for folder, name in [key for key in self._file_names if key[1] == old]:
             file_name = self._file_names.pop((folder, name))
             moved, note = follow_saved_rename(
-                folder, file_name, new, old=old, fingerprint=self.fingerprint
+                folder, file_name, new, fingerprint=self.fingerprint, shape=self.axes.spatial_shape
             )
             self._file_names[(folder, new)] = moved
             notes += [note] if note else []

@@ -1,5 +1,5 @@
 """Saved annotations following their image's new name: which files are the image's, moving
-them unless the new name's files exist, and what to tell the person.
+them to where the image finds them under that name, and what to tell the person.
 
 Used by :class:`~napari_samtune._qt.annotate_session.AnnotationSession` for the image being
 annotated and by the widget for images renamed while another one is chosen.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from napari_samtune.core.annotation_files import annotation_paths
+from napari_samtune.core.annotation_files import annotation_paths, save_name, saved_shape
 from napari_samtune.core.label_files import namesake_name, saved_fingerprint
 
 
@@ -33,16 +33,19 @@ def saved_file_names(folder: Path, image_name: str, fingerprint: str) -> list[st
 
 
 def follow_saved_rename(
-    folder: Path, file_name: str, new: str, *, old: str, fingerprint: str
+    folder: Path, file_name: str, new: str, *, fingerprint: str, shape: tuple | None = None
 ) -> tuple[str, str]:
-    """The annotations saved as ``file_name`` in ``folder``, those of the image of
-    ``fingerprint`` renamed from ``old`` to ``new``, take its new name unless files have
-    it; a namesake's (``<old>-<fingerprint>``) then ``<new>-<fingerprint>``, the name under
-    which the renamed image finds them where another image's have ``new``. Returns the
-    name they have now and what is worth telling the person ('' when nothing)."""
-    moved = move_saved(folder, file_name, new)
-    if moved == file_name and file_name != old:
-        moved = move_saved(folder, file_name, namesake_name(new, fingerprint))
+    """The annotations saved as ``file_name`` in ``folder`` (or to be saved: nothing yet),
+    those of the image of ``fingerprint`` renamed to ``new``, move to where the image finds
+    them under its new name (:func:`save_name`): ``new``, or ``<new>-<fingerprint>`` where
+    another image's annotations, or a file that cannot be read, have ``new``. They stay,
+    never written over a file, where that name's files exist (or ``new`` holds this image's
+    own). ``shape``: that of the image's labels (default: the saved ones'; unreadable, a
+    ``new`` that can be read is taken for another image's). Returns the name they have now
+    and what is worth telling the person ('' when nothing)."""
+    if shape is None:
+        shape = saved_shape(annotation_paths(folder, file_name)[0]) or ()
+    moved = move_saved(folder, file_name, save_name(folder, new, fingerprint, shape))
     labels_path = annotation_paths(folder, moved)[0]
     if not labels_path.is_file():
         return moved, ""

@@ -86,6 +86,14 @@ def unreadable_reason(labels_path: Path) -> str | None:
     return None
 
 
+def saved_shape(labels_path: Path) -> tuple[int, ...] | None:
+    """The shape of the labels in a TIFF, from its header, or None when it cannot be read."""
+    try:
+        return _saved_shape(labels_path)
+    except Exception:  # tifffile raises many kinds on garbage (see unreadable_reason)
+        return None
+
+
 def _saved_shape(labels_path: Path) -> tuple[int, ...]:
     """The shape of the labels in a TIFF, from its header (the pixels are not read)."""
     with tifffile.TiffFile(labels_path) as tif:
