@@ -274,3 +274,27 @@ def test_annotations_stay_where_the_new_name_has_this_image_s(tmp_path):
         "old.labels",
         "old.prompts",
     ]
+
+
+def test_an_image_renamed_to_a_taken_name_before_its_first_save_is_found_again(
+    viewer_widget, make_napari_viewer, tmp_path, nuclei_image, drain_jobs
+):
+    """Picked, then renamed (before anything was saved) to a name another image's
+    annotations have: its saves must go where the image, under its new name, looks."""
+    viewer, widget = viewer_widget
+    others = np.zeros(nuclei_image[0].shape, np.uint32)
+    others[:4, :4] = 5
+    save_annotations(tmp_path, "dapi", others, {"image_fingerprint": "another image"})
+    taken = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    widget.ui.folder_edit.setText(str(tmp_path))
+    widget._use_folder()
+    viewer.layers["nuclei"].name = "dapi"
+    drain_jobs(widget)
+    _commit_at(widget, drain_jobs, [128, 128])
+    fingerprint = widget.session.fingerprint
+    assert {name: (tmp_path / name).read_bytes() for name in taken} == taken
+    files = sorted(taken) + [f"dapi-{fingerprint}.labels.tif", f"dapi-{fingerprint}.prompts.json"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(files)
+    reopened = _reopen(make_napari_viewer, nuclei_image[0], tmp_path, drain_jobs, name="dapi")
+    np.testing.assert_array_equal(reopened.session.annotations, widget.session.annotations)
+    assert len(reopened.session.records) == 1
