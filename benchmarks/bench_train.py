@@ -6,6 +6,7 @@ clicks after the first prompt, Adam):
 
 * ``vit_t_all``: MobileSAM (vit_t), everything trained, 5 objects (``cpu-16gb``);
 * ``vit_t_frozen``: vit_t with the image encoder frozen, 1 object (``cpu-8gb``);
+* ``vit_b_frozen``: SAM ViT-B with the image encoder frozen, 1 object (``cpu-8gb``);
 * ``vit_b_all``: SAM ViT-B, everything trained, 10 objects (``cpu-32gb``).
 
 Every measurement runs in a fresh child process with ``--threads`` torch threads:
@@ -60,6 +61,7 @@ class BenchConfig:
 CONFIGS = {
     "vit_t_all": BenchConfig("cpu-16gb", "vit_t"),
     "vit_t_frozen": BenchConfig("cpu-8gb", "vit_t"),
+    "vit_b_frozen": BenchConfig("cpu-8gb", "vit_b"),
     "vit_b_all": BenchConfig("cpu-32gb", "vit_b"),
 }
 GPU_PRESETS = ("gtx1080", "rtx5000", "v100")  # the 8, 16 and 32 GB GPU presets

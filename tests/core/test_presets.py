@@ -38,6 +38,7 @@ def test_presets_are_immutable_typed_data():
     ("key", "arch", "freeze", "n_objects", "batch_size"),
     [
         ("cpu-8gb", VIT_T, ("image_encoder",), 1, 1),
+        ("cpu-8gb", VIT_B, ("image_encoder",), 1, 1),
         ("cpu-16gb", VIT_T, (), 5, 1),
         ("cpu-32gb", VIT_B, (), 10, 1),
         ("cpu-64gb", VIT_B, (), 15, 1),

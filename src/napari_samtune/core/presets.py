@@ -109,7 +109,7 @@ def _gpu(key: str, name: str, memory: int, *settings: ModelSetting) -> ResourceP
 
 M = ModelSetting
 PRESETS: tuple[ResourcePreset, ...] = (
-    _cpu("cpu-8gb", 8, 8, M("vit_t", FROZEN, 1)),
+    _cpu("cpu-8gb", 8, 8, M("vit_t", FROZEN, 1), M("vit_b", FROZEN, 1)),
     _cpu("cpu-16gb", 16, 8, M("vit_t", (), 5)),
     _cpu("cpu-32gb", 32, 16, M("vit_b", (), 10)),
     _cpu("cpu-64gb", 64, 16, M("vit_b", (), 15)),
