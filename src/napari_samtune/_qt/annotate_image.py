@@ -15,7 +15,8 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, PROPAGATE_TASK
 from napari_samtune._qt.annotate_session import AnnotationSession, found_where
 from napari_samtune._qt.image_planes import describe_image
-from napari_samtune._qt.prompt_layers import layer_batch, layers_named_after, rename_layers
+from napari_samtune._qt.layer_names import layers_named_after, rename_layers
+from napari_samtune._qt.prompt_layers import layer_batch
 from napari_samtune._qt.saved_renames import follow_saved_rename, saved_file_names, taken_notes
 from napari_samtune._qt.workers import user_message
 from napari_samtune.core.label_files import image_fingerprint

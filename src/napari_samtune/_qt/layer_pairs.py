@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from napari.layers import Image, Labels
 
-from napari_samtune._qt.prompt_layers import ANNOTATIONS, PREVIEW
+from napari_samtune._qt.layer_names import ANNOTATIONS, OWN_LAYER_KEY, PREVIEW
 from napari_samtune.core.data import (
     MAX_CHANNELS,
     NonIntegerLabelsError,
@@ -118,8 +118,9 @@ def _extra_axes_problem(image: Image, labels, extra: int) -> str:
 
 def is_preview_layer(layer) -> bool:
     """Whether ``layer`` is the annotation widget's uncommitted preview of an image (its
-    "<image> current object" layer): never annotations to train on."""
-    return _annotation_layer_owner(layer.name)[1] == PREVIEW
+    "<image> current object" layer, or one so named): never annotations to train on."""
+    marked = layer.metadata.get(OWN_LAYER_KEY) == PREVIEW
+    return marked or _annotation_layer_owner(layer.name)[1] == PREVIEW
 
 
 def pairing_rank(image: Image, labels) -> tuple[bool, ...]:

@@ -7,6 +7,12 @@
 * ``<image> current object``: Labels layer previewing what a commit would write.
 * ``<image> annotations``: Labels layer of committed objects (uint32, 0 = background).
 
+Each is marked as the widget's in ``layer.metadata`` (:mod:`~napari_samtune._qt.layer_names`);
+picked again, an image reuses the layers so marked (and a Labels layer ``<image> annotations``
+of its shape, however it came: annotations painted or opened elsewhere are continued). A
+person's own layer under one of these names is left alone: the widget's goes beside it,
+under napari's next free name (``<image> points [1]``, ...), and the person is told.
+
 All four have the image's spatial shape, ``(H, W)`` or ``(Z, H, W)``, and its placement in
 the world (scale, translation, rotation, shear, affine: :meth:`PromptLayers.place_like`, which
 the widget calls again when they change), so layer data coordinates are image pixel
@@ -25,8 +31,18 @@ import numpy as np
 import pandas as pd
 from napari.layers import Labels, Points, Shapes
 from napari.utils.colormaps import DirectLabelColormap
+from napari.utils.notifications import show_info
 
 from napari_samtune._qt.image_planes import ImageAxes
+from napari_samtune._qt.layer_names import (
+    ANNOTATIONS,
+    BOXES,
+    OWN_LAYER_KEY,
+    POINTS,
+    PREVIEW,
+    rename_layers,
+    role_for,
+)
 
 POSITIVE = "positive"
 NEGATIVE = "negative"
@@ -114,13 +130,10 @@ def _preview_colormap() -> DirectLabelColormap:
 
 _PROPAGATED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # preview -> planes
 
-# the four layers' names: the image's name and these
-ANNOTATIONS, PREVIEW, BOXES, POINTS = " annotations", " current object", " boxes", " points"
-NAME_SUFFIXES = (ANNOTATIONS, PREVIEW, BOXES, POINTS)
-
 
 class PromptLayers:
-    """Creates (or reuses, by name) the prompt, preview and annotation layers of one image."""
+    """Creates (or reuses: see :func:`role_for`) the prompt, preview and annotation layers of
+    one image."""
 
     def __init__(self, viewer, image_layer, axes: ImageAxes) -> None:
         self.viewer = viewer
@@ -130,14 +143,14 @@ class PromptLayers:
         # new layers start where the image is (else the view's ranges jump meanwhile)
         self._placement = {"affine": spatial_affine(image_layer, self.ndim)}
         self.annotations_created = False
-        self.annotations = self._labels(name + ANNOTATIONS, opacity=0.5, annotations=True)
-        self.preview = self._labels(name + PREVIEW, opacity=0.7)
+        self.annotations = self._labels(name, ANNOTATIONS, opacity=0.5)
+        self.preview = self._labels(name, PREVIEW, opacity=0.7)
         self.preview.colormap = _preview_colormap()
         # per plane propagation reached; kept with the preview (picked again, an image finds
         # its preview layer and what propagated there: a correction refines, not replaces)
         self.propagated: dict[int, PropagatedPlane] = _PROPAGATED.setdefault(self.preview, {})
-        self.boxes = self._box_layer(name + BOXES)
-        self.points = self._point_layer(name + POINTS)
+        self.boxes = self._box_layer(name)
+        self.points = self._point_layer(name)
         self.place_like(image_layer)  # layers kept from before may sit elsewhere
 
     def place_like(self, image_layer) -> None:
@@ -151,36 +164,52 @@ class PromptLayers:
             layer.affine = affine
 
     # -- creation ----------------------------------------------------------------------
-    def _existing(self, name: str, kind: type):
-        layer = self.viewer.layers[name] if name in self.viewer.layers else None
-        if isinstance(layer, kind) and layer.ndim == self.ndim:
-            if not isinstance(layer, Labels) or layer.data.shape == self.axes.spatial_shape:
-                return layer
-        if layer is not None:  # same name, wrong kind or shape: keep the user's layer
-            raise ValueError(
-                f"layer {name!r} exists but does not fit an image of spatial shape "
-                f"{self.axes.spatial_shape!r}; rename or delete it"
-            )
-        return None
+    def _existing(self, name: str, suffix: str, kind: type):
+        """Image ``name``'s layer for ``suffix`` that the widget may use (see
+        :func:`role_for`), if one fits; the one of the exact name first."""
+        candidates = [layer for layer in self.viewer.layers if role_for(layer, name) == suffix]
+        candidates.sort(key=lambda layer: layer.name != name + suffix)
+        return next((layer for layer in candidates if self._fits(layer, kind)), None)
 
-    def _labels(self, name: str, opacity: float, annotations: bool = False) -> Labels:
-        layer = self._existing(name, Labels)
+    def _fits(self, layer, kind: type) -> bool:
+        if not isinstance(layer, kind) or layer.ndim != self.ndim:
+            return False
+        return not isinstance(layer, Labels) or layer.data.shape == self.axes.spatial_shape
+
+    @staticmethod
+    def _added(layer, name: str, suffix: str):
+        """``layer``, just added as image ``name``'s layer for ``suffix`` (napari names it
+        ``<name><suffix> [n]`` where another layer has that name): marked as the widget's,
+        and the person told the name it has."""
+        layer.metadata[OWN_LAYER_KEY] = suffix
+        if layer.name != name + suffix:
+            show_info(
+                f"layer {name + suffix!r} exists already and is not one the Annotate panel "
+                f"can use: it is left as it is, and {name!r} is annotated with {layer.name!r}"
+            )
+        return layer
+
+    def _labels(self, name: str, suffix: str, opacity: float) -> Labels:
+        layer = self._existing(name, suffix, Labels)
         if layer is None:
             data = np.zeros(self.axes.spatial_shape, dtype=np.uint32)
-            layer = self.viewer.add_labels(data, name=name, opacity=opacity, **self._placement)
-            self.annotations_created |= annotations
+            layer = self.viewer.add_labels(
+                data, name=name + suffix, opacity=opacity, **self._placement
+            )
+            layer = self._added(layer, name, suffix)
+            self.annotations_created |= suffix == ANNOTATIONS
         elif layer.data.dtype != np.uint32:
             layer.data = _as_uint32_labels(layer)  # e.g. uint8: the 256th object would not fit
         return layer
 
     def _point_layer(self, name: str) -> Points:
-        layer = self._existing(name, Points)
+        layer = self._existing(name, POINTS, Points)
         if layer is None:
             features = pd.DataFrame({"label": pd.Categorical([], categories=[POSITIVE, NEGATIVE])})
             layer = self.viewer.add_points(
                 np.zeros((0, self.ndim)),
                 ndim=self.ndim,
-                name=name,
+                name=name + POINTS,
                 features=features,
                 feature_defaults={"label": POSITIVE},
                 face_color="label",
@@ -189,20 +218,22 @@ class PromptLayers:
                 size=8,
                 **self._placement,
             )
+            layer = self._added(layer, name, POINTS)
         layer.mode = "add"
         return layer
 
     def _box_layer(self, name: str) -> Shapes:
-        layer = self._existing(name, Shapes)
+        layer = self._existing(name, BOXES, Shapes)
         if layer is None:
             layer = self.viewer.add_shapes(
                 ndim=self.ndim,
-                name=name,
+                name=name + BOXES,
                 edge_color="#ffd000",
                 face_color="transparent",
                 edge_width=2,
                 **self._placement,
             )
+            layer = self._added(layer, name, BOXES)
         return layer
 
     @property
@@ -325,26 +356,3 @@ class PromptLayers:
         for layer in (self.points, self.boxes, self.preview):
             if layer in self.viewer.layers:  # (membership uses ==, which sees through proxies)
                 self.viewer.layers.remove(layer)
-
-
-def layers_named_after(viewer, image_name: str) -> list:
-    """The layers of ``viewer`` named like those of image ``image_name`` ("<name> points",
-    ...), whoever made them."""
-    names = [image_name + suffix for suffix in NAME_SUFFIXES]
-    return [viewer.layers[name] for name in names if name in viewer.layers]
-
-
-def rename_layers(viewer, layers, old: str, new: str) -> list[str]:
-    """Image ``old`` was renamed ``new``: those of ``layers`` named after it are renamed
-    alike, so that they are found again when the image is picked again. Returns the new
-    names already taken by other layers (those layers keep their names)."""
-    taken = []
-    for layer in layers:
-        suffix = layer.name.removeprefix(old)
-        if suffix not in NAME_SUFFIXES or layer not in viewer.layers:
-            continue  # renamed by the person, or removed: leave it be
-        if new + suffix in viewer.layers:
-            taken.append(new + suffix)
-        else:
-            layer.name = new + suffix
-    return taken

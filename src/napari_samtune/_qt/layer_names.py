@@ -1,0 +1,72 @@
+"""The names of the layers the annotation widget makes for an image, and how it knows its own.
+
+Image ``<image>`` gets ``<image> points``, ``<image> boxes``, ``<image> current object`` and
+``<image> annotations`` (see :mod:`~napari_samtune._qt.prompt_layers`); where a layer of the
+person's has one of these names, napari names the widget's ``<image> points [1]`` and so
+on. Each is marked with its role (the suffix) in ``layer.metadata[OWN_LAYER_KEY]``, so
+that a layer of the person's that happens to have such a name is never taken for one.
+"""
+
+from __future__ import annotations
+
+import re
+
+from napari.layers import Labels
+
+# the four layers' names: the image's name and these
+ANNOTATIONS, PREVIEW, BOXES, POINTS = " annotations", " current object", " boxes", " points"
+NAME_SUFFIXES = (ANNOTATIONS, PREVIEW, BOXES, POINTS)
+# in layer.metadata, the suffix of a layer the widget made: its role
+OWN_LAYER_KEY = "napari-samtune layer"
+_SUFFIX_PATTERN = re.compile(
+    "(" + "|".join(map(re.escape, NAME_SUFFIXES)) + r")(?: \[\d+\])?"
+)  # a suffix, and the " [n]" napari gives a name already taken
+
+
+def suffix_of(name: str, image_name: str) -> str | None:
+    """The suffix (:data:`POINTS`, ...) of a layer named ``name`` after image ``image_name``:
+    ``<image><suffix>``, or ``<image><suffix> [n]``; None for other names."""
+    if not name.startswith(image_name):
+        return None
+    match = _SUFFIX_PATTERN.fullmatch(name[len(image_name) :])
+    return match.group(1) if match else None
+
+
+def role_for(layer, image_name: str) -> str | None:
+    """The suffix (:data:`POINTS`, ...) for which the widget may use ``layer`` as one of
+    image ``image_name``'s layers: one it made for it (marked so, and named after it),
+    or a Labels layer named "<image> annotations", however it came (annotations painted or
+    opened elsewhere are continued). None for other layers, a person's own Points layer
+    "<image> points" among them: the widget's would break it (other features)."""
+    suffix = suffix_of(layer.name, image_name)
+    if suffix is None:
+        return None
+    if layer.metadata.get(OWN_LAYER_KEY) == suffix:
+        return suffix
+    named = suffix == ANNOTATIONS and layer.name == image_name + suffix
+    return suffix if named and isinstance(layer, Labels) else None
+
+
+def layers_named_after(viewer, image_name: str) -> list:
+    """The layers of ``viewer`` that the widget made for image ``image_name``, found by
+    their names ("<name> points", "<name> points [1]", ...), and its Labels layer
+    "<name> annotations" (see :func:`role_for`); not the person's others."""
+    return [layer for layer in viewer.layers if role_for(layer, image_name) is not None]
+
+
+def rename_layers(viewer, layers, old: str, new: str) -> list[str]:
+    """Image ``old`` was renamed ``new``: those of ``layers`` named after it
+    ("<old> points", or "<old> points [1]" where the person had a layer so named) are
+    renamed alike ("<new> points"), so that they are found again when the image is picked
+    again. Returns the new names already taken by other layers (those layers keep their
+    names)."""
+    taken = []
+    for layer in layers:
+        suffix = suffix_of(layer.name, old)
+        if suffix is None or layer not in viewer.layers:
+            continue  # renamed by the person, or removed: leave it be
+        if new + suffix in viewer.layers:
+            taken.append(new + suffix)
+        else:
+            layer.name = new + suffix
+    return taken

@@ -1,0 +1,138 @@
+"""A person's own layers that happen to have the names of the annotation widget's layers
+("<image> points", ...): the widget leaves them as they are and uses its own beside them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+WAIT_MS = 30_000
+
+
+def _annotate(make_napari_viewer, qtbot, tiny_sam, drain_jobs, folder, image, add_mine):
+    """A viewer with ``image`` as "nuclei", the layers ``add_mine(viewer)`` adds (the
+    person's), then the widget (saving to ``folder``), which picks "nuclei"."""
+    from napari_samtune._qt.annotate import AnnotateWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="nuclei")
+    mine = add_mine(viewer)
+    widget = AnnotateWidget(viewer)
+    widget.ui.folder_edit.setText(str(folder))
+    with qtbot.waitSignal(widget.embedding_ready, timeout=WAIT_MS):
+        widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    return viewer, widget, mine
+
+
+def _pick(widget, drain_jobs, name: str) -> None:
+    widget.ui.image_combo.setCurrentText(name)
+    drain_jobs(widget)
+
+
+def test_a_person_s_points_layer_so_named_is_left_alone_and_annotation_works(
+    make_napari_viewer, qtbot, tiny_sam, nuclei_image, drain_jobs, tmp_path, notifications
+):
+    """A Points layer of the person's named "nuclei points" (added by hand, or a CSV) was
+    taken for the prompts: setting the polarity failed ("Feature defaults contain some
+    extra columns not in feature values") and the image could not be annotated."""
+
+    def add_mine(viewer):
+        features = {"score": [0.5, 0.9]}
+        return viewer.add_points(
+            [[10.0, 20.0], [30.0, 40.0]], name="nuclei points", features=features
+        )
+
+    viewer, widget, mine = _annotate(
+        make_napari_viewer, qtbot, tiny_sam, drain_jobs, tmp_path, nuclei_image[0], add_mine
+    )
+    data, features = mine.data.copy(), mine.features.copy()
+    assert widget.session is not None
+    points = widget.session.layers.points
+    assert points is not mine and points.name == "nuclei points [1]"
+    assert any("'nuclei points [1]'" in notice for notice in notifications)
+    points.add([128, 128])
+    assert widget.session.layers.preview.data.any()
+    assert widget.commit() == [1]
+    drain_jobs(widget)
+    assert widget.session.records[0]["points"] == [[128.0, 128.0]]  # not the person's
+    assert mine.name == "nuclei points" and mine in viewer.layers
+    np.testing.assert_array_equal(mine.data, data)
+    pd.testing.assert_frame_equal(mine.features, features)
+
+    viewer.add_image(nuclei_image[0][::-1].copy(), name="second")
+    _pick(widget, drain_jobs, "second")
+    told = len(notifications)
+    _pick(widget, drain_jobs, "nuclei")  # picked again: the widget's own layers come back
+    assert widget.session.layers.points is points
+    assert not any("exists already" in notice for notice in notifications[told:])
+    assert sum(layer.name.startswith("nuclei points") for layer in viewer.layers) == 2
+
+    viewer.layers["nuclei"].name = "dapi"  # the widget's layers follow; the person's stays
+    assert points.name == "dapi points" and mine.name == "nuclei points"
+    np.testing.assert_array_equal(mine.data, data)
+
+
+def test_a_person_s_shapes_layer_so_named_gives_no_boxes_and_is_left_alone(
+    make_napari_viewer, qtbot, tiny_sam, nuclei_image, drain_jobs, tmp_path, monkeypatch
+):
+    """A Shapes layer of the person's named "nuclei boxes" was taken for the box prompts:
+    its shapes prompted SAM, and a commit deleted them."""
+
+    def add_mine(viewer):
+        return viewer.add_shapes(
+            [np.array([[5.0, 5.0], [5.0, 60.0], [50.0, 60.0], [50.0, 5.0]])],
+            shape_type="polygon",
+            name="nuclei boxes",
+        )
+
+    viewer, widget, mine = _annotate(
+        make_napari_viewer, qtbot, tiny_sam, drain_jobs, tmp_path, nuclei_image[0], add_mine
+    )
+    data = [vertices.copy() for vertices in mine.data]
+    boxes = widget.session.layers.boxes
+    assert boxes is not mine and boxes.name == "nuclei boxes [1]"
+    calls = []
+    predict = widget.segmenter.predict
+    monkeypatch.setattr(widget.segmenter, "predict", lambda **kw: calls.append(kw) or predict(**kw))
+    boxes.add_rectangles(np.array([[40.0, 100.0], [90.0, 180.0]]))
+    np.testing.assert_allclose(calls[-1]["box_xyxy"], [100, 40, 180, 90])  # the only box
+    assert widget.commit() == [1]
+    drain_jobs(widget)
+    assert len(widget.session.records[0]["boxes"]) == 1
+    assert len(mine.data) == len(data)
+    for vertices, before in zip(mine.data, data, strict=True):
+        np.testing.assert_array_equal(vertices, before)
+
+    viewer.add_image(nuclei_image[0][::-1].copy(), name="second")
+    _pick(widget, drain_jobs, "second")
+    _pick(widget, drain_jobs, "nuclei")
+    assert widget.session.layers.boxes is boxes
+
+
+def test_a_person_s_labels_so_named_are_used_as_annotations_but_not_as_the_preview(
+    make_napari_viewer, qtbot, tiny_sam, nuclei_image, drain_jobs, tmp_path
+):
+    """A Labels layer "<image> annotations" of the image's shape is how annotations made
+    elsewhere are continued: it is used. One named "<image> current object" is the
+    person's, not a preview to empty."""
+    shape = nuclei_image[0].shape
+
+    def add_mine(viewer):
+        painted = np.zeros(shape, np.uint32)
+        painted[:8, :8] = 7
+        viewer.add_labels(painted, name="nuclei annotations")
+        return viewer.add_labels(painted.copy(), name="nuclei current object")
+
+    viewer, widget, mine = _annotate(
+        make_napari_viewer, qtbot, tiny_sam, drain_jobs, tmp_path, nuclei_image[0], add_mine
+    )
+    from napari_samtune._qt.layer_pairs import is_preview_layer
+
+    layers = widget.session.layers
+    assert layers.annotations is viewer.layers["nuclei annotations"]
+    assert layers.preview is not mine and layers.preview.name == "nuclei current object [1]"
+    assert is_preview_layer(layers.preview)  # never offered to Finetune as annotations
+    layers.points.add([128, 128])
+    assert widget.commit() == [8]
+    assert (mine.data[:8, :8] == 7).all() and mine.data.sum() == 7 * 64
