@@ -163,6 +163,25 @@ def test_a_run_resumed_in_its_folder_updates_its_registered_model(tmp_path, data
     assert registered_epochs() == 2  # the resumed run's registration replaced the first's
 
 
+def test_a_name_taken_while_the_run_trained_registers_its_model_under_a_free_one(tmp_path, data):
+    """The name is checked before training, but registered after it: a model registered
+    under it meanwhile (another window's run of the same minute, a script) failed the
+    finished run at its very end, its model exported but never registered nor offered."""
+    from napari_samtune.core.user_models import register_user_model
+
+    other = train(_config(epochs=1), *data, out_dir=tmp_path / "other")
+    for event in iter_train(_config(epochs=1), *data, tmp_path / "run", model_name="mine"):
+        if isinstance(event, TrainingStarted):
+            register_user_model(other.exported_model_path, "mine", TINY, {})
+    assert isinstance(event, TrainingFinished)
+    assert event.registered_name == "mine-2" and event.name_taken == "mine"
+    assert "'mine' was taken by another model meanwhile" in event.outcome_message()
+    assert load_model("mine-2").model_id == load_model(event.exported_model_path).model_id
+    assert load_model("mine").model_id == load_model(other.exported_model_path).model_id
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["registered_name"] == "mine-2"
+
+
 def test_a_stop_before_the_first_step_saves_and_registers_nothing(tmp_path, data):
     """A model no step has trained is the base model: it is not registered as a new one,
     and a resumed run stopped at once keeps its checkpoint, export and registration."""

@@ -109,6 +109,8 @@ class TrainingFinished:
     stopped_early: bool  # early stopping ended the run
     stopped_by_user: bool  # the stop event ended the run
     steps_done: int  # optimizer steps of this session; 0: stopped before any, nothing saved
+    name_taken: str | None = None  # the model name asked for, taken by another model while
+    # the run trained: registered_name is a free variant of it
 
     def outcome_message(self) -> str:
         """How the run ended, and where its model is, in one sentence."""
@@ -124,9 +126,14 @@ class TrainingFinished:
             if self.steps_done == 0:
                 return f"training {how} before any training step; no model saved"
             return f"training {how}; no model was exported"
+        taken = (
+            f" (the name {self.name_taken!r} was taken by another model meanwhile)"
+            if self.name_taken
+            else ""
+        )
         return (
             f"training {how} after {self.epochs_done} epoch{'s' * (self.epochs_done != 1)}: model "
-            f"{self.registered_name!r} saved to {self.exported_model_path}"
+            f"{self.registered_name!r}{taken} saved to {self.exported_model_path}"
         )
 
 

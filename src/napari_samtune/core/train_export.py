@@ -121,12 +121,17 @@ def export_and_register(
     """Export ``checkpoint`` to ``out_dir / model.pth`` and register it as a user model.
 
     Returns ``(exported file, registered name)``; ``load_model(name)`` then works.
+    ``model_name`` was checked before training; taken since by another model (another
+    window's run, a script), the model is registered under a free variant of it
+    (``mine-2``) rather than fail the finished run, and the name returned says so.
     """
     from napari_samtune.core.train_checkpoints import export_model
     from napari_samtune.core.user_models import register_user_model
 
     exported, arch = export_model(checkpoint, RunFiles(out_dir).model)
     earlier = earlier_registration(out_dir)
+    if model_name is not None and model_name != earlier and _name_taken(model_name):
+        model_name = unique_model_name(model_name)
     name = model_name or earlier or unique_model_name(out_dir.name)
     register_user_model(exported, name, arch, metadata, overwrite=name == earlier)
     return exported, name

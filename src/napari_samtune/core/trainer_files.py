@@ -138,6 +138,7 @@ class TrainerFilesMixin:
             stopped_early=self.stopped_early,
             stopped_by_user=self.stopped_by_user,
             steps_done=self.steps_done,
+            name_taken=self.model_name if name and self.model_name not in (None, name) else None,
         )
         if self.dist.is_main and trained:  # an earlier summary names the registered model
             # its paths whole: read from another folder, relative ones would name nothing
