@@ -381,7 +381,7 @@ def test_a_stop_in_the_first_epoch_reports_no_best_epoch(tmp_path, folders, caps
     assert cli.main([*argv, "--out", str(tmp_path / "run")]) == 0
     printed = capsys.readouterr().out
     assert "stopping after this step (Ctrl+C again to abort)" in printed
-    assert "stopped on request; checkpoint written" in printed
+    assert "stopped on request after 1 of 6 steps of epoch 1; checkpoint written" in printed
     assert "best " not in printed and "time to best epoch" not in printed
     assert "total training time" in printed and "exported model" in printed
 

@@ -757,3 +757,37 @@ def test_a_mid_epoch_resume_with_another_process_count_restarts_the_epoch(
     assert (steps[0].epoch, steps[0].step) == (0, first_step)
     restarted = [n for n in started.notes if "epoch 1 starts over" in n]
     assert len(restarted) == (saved_world_size != 1)
+
+
+def test_a_stop_in_an_epochs_last_step_says_so_and_the_resume_validates_that_epoch(tmp_path, data):
+    """Stopped in the last step of epoch 2, the run said "stopped after 1 epoch" although
+    every step of epoch 2 was trained; its validation is what was left, and the resume
+    does it first, training no step again and skipping no epoch."""
+    config = _config(epochs=3)  # 3 samples, batch 1: 3 steps an epoch
+    straight = train(config, *data, out_dir=tmp_path / "straight")
+    stop, events = threading.Event(), []
+    for event in iter_train(config, *data, out_dir=tmp_path / "part", stop_event=stop):
+        events.append(event)
+        if isinstance(event, StepDone) and (event.epoch, event.step) == (1, 3):
+            stop.set()
+    stopped = events[-1]
+    assert stopped.stopped_by_user and stopped.epochs_done == 1
+    assert (stopped.steps_in_epoch, stopped.steps_per_epoch) == (3, 3)
+    assert stopped.outcome_message().startswith(
+        "training stopped after 1 epoch and all 3 steps of epoch 2, before its validation "
+        "(continuing the run validates epoch 2 first and goes on): model 'part' saved to"
+    )
+    assert [e.epoch for e in events if isinstance(e, EpochDone)] == [0]
+    checkpoint = read_checkpoint(stopped.last_checkpoint_path)
+    assert (checkpoint["epoch"], checkpoint["step_in_epoch"], checkpoint["step"]) == (1, 3, 6)
+    resumed = list(iter_train(config, *data, tmp_path / "part", resume_from=tmp_path / "part"))
+    steps = [(e.epoch, e.step) for e in resumed if isinstance(e, StepDone)]
+    assert steps == [(2, 1), (2, 2), (2, 3)]
+    assert [e.epoch for e in resumed if isinstance(e, EpochDone)] == [1, 2]
+    finished = resumed[-1]
+    assert finished.epochs_done == 3 and finished.steps_in_epoch == 0
+    assert finished.outcome_message().startswith("training finished after 3 epochs: model")
+    metrics = (tmp_path / "part/metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in metrics] == [0, 1, 2]
+    a, b = _weights(straight.last_checkpoint_path), _weights(finished.last_checkpoint_path)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -63,7 +63,7 @@ def print_summary(finished) -> None:
         print(finished.outcome_message())
         return
     if finished.stopped_by_user:
-        print("stopped on request; checkpoint written")
+        print(f"stopped on request after {finished.trained_summary()}; checkpoint written")
     elif finished.stopped_early:
         print("stopped early: no improvement")
     if finished.best_epoch is not None:  # none when stopped within the first epoch

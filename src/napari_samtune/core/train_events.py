@@ -101,7 +101,7 @@ class TrainingFinished:
     metric_name: str  # see EpochDone.metric_name
     time_to_best_s: float  # training time until the best epoch ended
     total_time_s: float  # training time in total (resumed runs: all sessions)
-    epochs_done: int  # completed epochs
+    epochs_done: int  # completed epochs: trained, validated and checkpointed
     best_checkpoint_path: Path | None  # best.pt, or None when no epoch completed
     last_checkpoint_path: Path | None  # last.pt; None when there is none (see steps_done)
     exported_model_path: Path | None  # out_dir / "model.pth" (rank 0); None: nothing saved
@@ -111,6 +111,10 @@ class TrainingFinished:
     steps_done: int  # optimizer steps of this session; 0: stopped before any, nothing saved
     name_taken: str | None = None  # the model name asked for, taken by another model while
     # the run trained: registered_name is a free variant of it
+    steps_in_epoch: int = 0  # stopped mid-epoch: the steps done of the epoch after
+    # epochs_done; all steps_per_epoch of them: only its validation is left, which a resume
+    # does first
+    steps_per_epoch: int = 0
 
     def outcome_message(self) -> str:
         """How the run ended, and where its model is, in one sentence."""
@@ -132,9 +136,25 @@ class TrainingFinished:
             else ""
         )
         return (
-            f"training {how} after {self.epochs_done} epoch{'s' * (self.epochs_done != 1)}: model "
+            f"training {how} after {self.trained_summary()}: model "
             f"{self.registered_name!r}{taken} saved to {self.exported_model_path}"
         )
+
+    def trained_summary(self) -> str:
+        """What was trained: "2 epochs", or "1 epoch and 3 of 7 steps of epoch 2"."""
+        n = self.epochs_done
+        epochs = f"{n} epoch{'s' * (n != 1)}"
+        if not self.steps_in_epoch:
+            return epochs
+        epoch = f"epoch {n + 1}"
+        if self.steps_in_epoch < self.steps_per_epoch:
+            steps = f"{self.steps_in_epoch} of {self.steps_per_epoch} steps of {epoch}"
+        else:  # stopped in the epoch's last step: a stop does not wait for its validation
+            steps = (
+                f"all {self.steps_per_epoch} steps of {epoch}, before its validation (continuing "
+                f"the run validates {epoch} first and goes on)"
+            )
+        return f"{epochs} and {steps}" if n else steps
 
 
 TrainEvent = TrainingStarted | StepDone | EpochDone | TrainingFinished

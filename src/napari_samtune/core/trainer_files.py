@@ -139,6 +139,8 @@ class TrainerFilesMixin:
             stopped_by_user=self.stopped_by_user,
             steps_done=self.steps_done,
             name_taken=self.model_name if name and self.model_name not in (None, name) else None,
+            steps_in_epoch=p.step_in_epoch,
+            steps_per_epoch=self.steps_per_epoch,
         )
         if self.dist.is_main and trained:  # an earlier summary names the registered model
             # its paths whole: read from another folder, relative ones would name nothing
