@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
 import pytest
 import torch
 
 from napari_samtune.core import trainer_files
+from napari_samtune.core.models import load_model
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.synthetic import make_dataset
 from napari_samtune.core.train import train
@@ -43,3 +45,36 @@ def test_a_disk_full_at_the_best_checkpoint_leaves_last_naming_the_best_on_disk(
     best = torch.load(folder / "best.pt", weights_only=True)
     assert best["epoch"] == last["progress"]["best_epoch"] + 1
     assert best["best_metric"] == last["best_metric"]
+
+
+def test_a_disk_full_at_the_first_last_checkpoint_says_where_the_best_weights_are(
+    tmp_path, monkeypatch
+):
+    """The disk fills between epoch 1's best.pt and its last.pt: there is no last.pt to
+    continue from and no model.pth, and the error named only last.pt, so best.pt's
+    usable weights looked lost."""
+    real_save = torch.save
+
+    def full_at_last(obj, path, *args, **kwargs):
+        if Path(path).name.startswith(".last.pt."):  # atomic_write's temporary file
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_at_last)
+    config = TrainConfig(
+        model="random:tiny", epochs=2, n_objects_per_batch=1, min_samples_per_epoch=1,
+        n_iterative_prompts=0, mixed_precision="no", early_stopping=None, val_fraction=0.5,
+    )  # fmt: skip
+    data, run = make_dataset(2, shape=(64, 64), seed=0), tmp_path / "run"
+    with pytest.raises(OSError) as raised:
+        train(config, data, out_dir=run)
+    best, last = run / "checkpoints" / "best.pt", run / "checkpoints" / "last.pt"
+    message = str(raised.value)
+    assert raised.value.errno == errno.ENOSPC
+    assert message.startswith(f"could not write {last}: no space left on the device")
+    assert f"The weights of epoch 1 are saved in {best}: load_model reads it" in message
+    assert "free space and train again" in message
+    assert not last.exists() and not (run / "model.pth").exists()
+    assert load_model(best).sam is not None  # what the message promises
+    monkeypatch.setattr(torch, "save", real_save)  # space freed: training again works
+    assert train(config, data, out_dir=run).epochs_done == 2

@@ -75,18 +75,39 @@ class TrainerFilesMixin:
                 self.files.best, self.sam, self.arch, self.config,
                 kind="best", **common,
             )  # fmt: skip
-        return write_checkpoint(
-            self.files.last,
-            self.sam,
-            self.arch,
-            self.config,
-            kind="last",
-            optimizer_state=self.optimizer.state_dict(),
-            scheduler_state=self.scheduler.state_dict(),
-            scaler_state=self.scaler.state_dict() if self.scaler else {},
-            rng_state={"torch": torch.get_rng_state()},
-            **common,
+        try:
+            return write_checkpoint(
+                self.files.last,
+                self.sam,
+                self.arch,
+                self.config,
+                kind="last",
+                optimizer_state=self.optimizer.state_dict(),
+                scheduler_state=self.scheduler.state_dict(),
+                scaler_state=self.scaler.state_dict() if self.scaler else {},
+                rng_state={"torch": torch.get_rng_state()},
+                **common,
+            )
+        except OSError as err:
+            raise self._naming_the_best(err) from err
+
+    def _naming_the_best(self, err: OSError) -> OSError:
+        """``err`` (last.pt could not be written, e.g. a full disk) saying where the weights
+        are when this run has no last.pt (its first epoch) but a best.pt: the person would
+        think nothing was saved, and there is nothing to continue from."""
+        best, last = self.files.best, self.files.last
+        if last.exists() or not best.exists():  # an earlier last.pt: the run continues from it
+            return err
+        message = (
+            f"{err}. The weights of epoch {self.progress.best_epoch + 1} are saved in {best}: "
+            "load_model reads it as a model, samtune export makes a model file of it. Without "
+            "a last.pt the run cannot be continued: free space and train again (copy best.pt "
+            "elsewhere first to keep it, as training in this folder writes a new one)"
         )
+        builtin = type(err).__module__ == "builtins"
+        worded = type(err)(message) if builtin else OSError(message)
+        worded.errno = err.errno
+        return worded
 
     def _checkpoint_fields(self) -> dict:
         p = self.progress
