@@ -136,3 +136,41 @@ def test_a_person_s_labels_so_named_are_used_as_annotations_but_not_as_the_previ
     layers.points.add([128, 128])
     assert widget.commit() == [8]
     assert (mine.data[:8, :8] == 7).all() and mine.data.sum() == 7 * 64
+
+
+def test_an_image_given_the_name_of_one_renamed_gets_new_layers_not_the_first_one_s(
+    make_napari_viewer, qtbot, tiny_sam, nuclei_image, drain_jobs, tmp_path, notifications
+):
+    """Image "a" renamed "b" where layers "b points" and "b annotations" were the person's:
+    its layers kept their names ("a points", "a annotations"), and image "c" renamed "a"
+    and picked took them as its own (a's prompts, and its objects to add to and save)."""
+
+    def add_mine(viewer):
+        viewer.add_points([[5.0, 5.0]], name="b points")
+        return viewer.add_shapes([[[0, 0], [4, 4]]], name="b annotations")
+
+    image = nuclei_image[0]
+    viewer, widget, _ = _annotate(
+        make_napari_viewer, qtbot, tiny_sam, drain_jobs, tmp_path, image, add_mine
+    )
+    viewer.layers["nuclei"].name = "a"
+    first = widget.session
+    first.layers.points.add([128, 128])
+    assert widget.commit() == [1]
+    drain_jobs(widget)
+    first.layers.points.add([60, 60])  # a prompt not committed
+    objects = first.layers.annotations.data.copy()
+    viewer.layers["a"].name = "b"
+    assert first.layers.points.name == "a points"  # "b points" is the person's
+    assert first.layers.annotations.name == "a annotations"
+
+    viewer.add_image(image[::-1].copy(), name="c")
+    viewer.layers["c"].name = "a"
+    _pick(widget, drain_jobs, "a")
+    layers = widget.session.layers
+    assert widget.session is not first
+    assert layers.points is not first.layers.points and len(layers.points.data) == 0
+    assert layers.annotations is not first.layers.annotations
+    assert not layers.annotations.data.any()
+    np.testing.assert_array_equal(first.layers.annotations.data, objects)
+    assert any("'a points [1]'" in notice for notice in notifications)

@@ -40,10 +40,10 @@ class AnnotationSession:
         self.viewer = viewer
         self.image_layer = image_layer
         self.axes = axes
-        self.layers = PromptLayers(viewer, image_layer, axes)
+        self.fingerprint = image_fingerprint(image_layer.data)  # told apart from namesakes
+        self.layers = PromptLayers(viewer, image_layer, axes, self.fingerprint)
         self.records: list[dict] = []  # one per committed object (or automatic run)
         self.undo_stack = UndoStack()
-        self.fingerprint = image_fingerprint(image_layer.data)  # told apart from namesakes
         self._file_names: dict[tuple[Path, str], str] = {}  # see file_name
         self.image_name = image_layer.name  # until follow_rename takes the new one
 

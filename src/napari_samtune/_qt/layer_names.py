@@ -4,12 +4,15 @@ Image ``<image>`` gets ``<image> points``, ``<image> boxes``, ``<image> current 
 ``<image> annotations`` (see :mod:`~napari_samtune._qt.prompt_layers`); where a layer of the
 person's has one of these names, napari names the widget's ``<image> points [1]`` and so
 on. Each is marked with its role (the suffix) in ``layer.metadata[OWN_LAYER_KEY]``, so
-that a layer of the person's that happens to have such a name is never taken for one.
+that a layer of the person's that happens to have such a name is never taken for one, and
+with its image (:class:`ImageMark`) in ``layer.metadata[OWN_IMAGE_KEY]``, so that another
+image given the name later (the first renamed) never takes the first one's layers.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from napari.layers import Labels
 
@@ -18,6 +21,8 @@ ANNOTATIONS, PREVIEW, BOXES, POINTS = " annotations", " current object", " boxes
 NAME_SUFFIXES = (ANNOTATIONS, PREVIEW, BOXES, POINTS)
 # in layer.metadata, the suffix of a layer the widget made: its role
 OWN_LAYER_KEY = "napari-samtune layer"
+# in layer.metadata, the image a layer the widget made is for: ImageMark.as_metadata()
+OWN_IMAGE_KEY = "napari-samtune image"
 _SUFFIX_PATTERN = re.compile(
     "(" + "|".join(map(re.escape, NAME_SUFFIXES)) + r")(?: \[\d+\])?"
 )  # a suffix, and the " [n]" napari gives a name already taken
@@ -32,14 +37,51 @@ def suffix_of(name: str, image_name: str) -> str | None:
     return match.group(1) if match else None
 
 
-def role_for(layer, image_name: str) -> str | None:
+@dataclass(frozen=True)
+class ImageMark:
+    """Which image a layer the widget made is for: the image layer's ``unique_id`` (the
+    same through renames, picking it again and reopening the panel) and its fingerprint
+    (:func:`~napari_samtune.core.label_files.image_fingerprint`), by which the image
+    removed and opened again (a new layer) finds its layers left in the viewer."""
+
+    layer_id: str  # the image layer's unique_id ('' where napari has none)
+    fingerprint: str  # of the image's pixels (of a dask/zarr image: its shape and dtype)
+
+    @classmethod
+    def of(cls, image_layer, fingerprint: str) -> ImageMark:
+        return cls(str(getattr(image_layer, "unique_id", "") or ""), fingerprint)
+
+    def as_metadata(self) -> dict:
+        return {"image layer": self.layer_id, "fingerprint": self.fingerprint}
+
+    def owns(self, layer, viewer) -> bool | None:
+        """Whether ``layer``, marked with an image, is this image's: marked with its layer,
+        or with its fingerprint where the layer marked is gone from ``viewer`` (a lazy
+        image's fingerprint is its shape and dtype only: another image of the viewer may
+        have it). None where ``layer`` has no image mark."""
+        mark = layer.metadata.get(OWN_IMAGE_KEY)
+        if not isinstance(mark, dict):
+            return None
+        marked_id = mark.get("image layer")
+        if self.layer_id and marked_id == self.layer_id:
+            return True
+        ids = {str(getattr(other, "unique_id", "")) for other in viewer.layers}
+        return marked_id not in ids and mark.get("fingerprint") == self.fingerprint
+
+
+def role_for(layer, image_name: str, image: ImageMark, viewer) -> str | None:
     """The suffix (:data:`POINTS`, ...) for which the widget may use ``layer`` as one of
-    image ``image_name``'s layers: one it made for it (marked so, and named after it),
-    or a Labels layer named "<image> annotations", however it came (annotations painted or
-    opened elsewhere are continued). None for other layers, a person's own Points layer
-    "<image> points" among them: the widget's would break it (other features)."""
+    image ``image_name``'s layers: one it made for it (marked so, for ``image``, and named
+    after it), or a Labels layer named "<image> annotations" that the widget did not make
+    for another image, however it came (annotations painted or opened elsewhere are
+    continued). None for other layers: a person's own Points layer "<image> points" (the
+    widget's would break it: other features), the layers of an image that had the name
+    before (renamed, its layers could not follow where their new names were taken)."""
     suffix = suffix_of(layer.name, image_name)
     if suffix is None:
+        return None
+    owned = image.owns(layer, viewer)
+    if owned is False:
         return None
     if layer.metadata.get(OWN_LAYER_KEY) == suffix:
         return suffix
@@ -47,11 +89,11 @@ def role_for(layer, image_name: str) -> str | None:
     return suffix if named and isinstance(layer, Labels) else None
 
 
-def layers_named_after(viewer, image_name: str) -> list:
-    """The layers of ``viewer`` that the widget made for image ``image_name``, found by
-    their names ("<name> points", "<name> points [1]", ...), and its Labels layer
+def layers_named_after(viewer, image_name: str, image: ImageMark) -> list:
+    """The layers of ``viewer`` that the widget made for ``image``, named ``image_name``,
+    found by their names ("<name> points", "<name> points [1]", ...), and its Labels layer
     "<name> annotations" (see :func:`role_for`); not the person's others."""
-    return [layer for layer in viewer.layers if role_for(layer, image_name) is not None]
+    return [layer for layer in viewer.layers if role_for(layer, image_name, image, viewer)]
 
 
 def rename_layers(viewer, layers, old: str, new: str) -> list[str]:

@@ -37,9 +37,11 @@ from napari_samtune._qt.image_planes import ImageAxes
 from napari_samtune._qt.layer_names import (
     ANNOTATIONS,
     BOXES,
+    OWN_IMAGE_KEY,
     OWN_LAYER_KEY,
     POINTS,
     PREVIEW,
+    ImageMark,
     rename_layers,
     role_for,
 )
@@ -135,9 +137,10 @@ class PromptLayers:
     """Creates (or reuses: see :func:`role_for`) the prompt, preview and annotation layers of
     one image."""
 
-    def __init__(self, viewer, image_layer, axes: ImageAxes) -> None:
+    def __init__(self, viewer, image_layer, axes: ImageAxes, fingerprint: str) -> None:
         self.viewer = viewer
         self.axes = axes
+        self.image = ImageMark.of(image_layer, fingerprint)  # whose layers to reuse, and mark
         self.ndim = len(axes.spatial_shape)
         name = image_layer.name
         # new layers start where the image is (else the view's ranges jump meanwhile)
@@ -167,7 +170,11 @@ class PromptLayers:
     def _existing(self, name: str, suffix: str, kind: type):
         """Image ``name``'s layer for ``suffix`` that the widget may use (see
         :func:`role_for`), if one fits; the one of the exact name first."""
-        candidates = [layer for layer in self.viewer.layers if role_for(layer, name) == suffix]
+        candidates = [
+            layer
+            for layer in self.viewer.layers
+            if role_for(layer, name, self.image, self.viewer) == suffix
+        ]
         candidates.sort(key=lambda layer: layer.name != name + suffix)
         return next((layer for layer in candidates if self._fits(layer, kind)), None)
 
@@ -176,12 +183,12 @@ class PromptLayers:
             return False
         return not isinstance(layer, Labels) or layer.data.shape == self.axes.spatial_shape
 
-    @staticmethod
-    def _added(layer, name: str, suffix: str):
+    def _added(self, layer, name: str, suffix: str):
         """``layer``, just added as image ``name``'s layer for ``suffix`` (napari names it
         ``<name><suffix> [n]`` where another layer has that name): marked as the widget's,
-        and the person told the name it has."""
+        for this image, and the person told the name it has."""
         layer.metadata[OWN_LAYER_KEY] = suffix
+        layer.metadata[OWN_IMAGE_KEY] = self.image.as_metadata()
         if layer.name != name + suffix:
             show_info(
                 f"layer {name + suffix!r} exists already and is not one the Annotate panel "
@@ -198,8 +205,11 @@ class PromptLayers:
             )
             layer = self._added(layer, name, suffix)
             self.annotations_created |= suffix == ANNOTATIONS
-        elif layer.data.dtype != np.uint32:
+            return layer
+        if layer.data.dtype != np.uint32:
             layer.data = _as_uint32_labels(layer)  # e.g. uint8: the 256th object would not fit
+        # a person's "<image> annotations" is this image's now: not another's given the name
+        layer.metadata[OWN_IMAGE_KEY] = self.image.as_metadata()
         return layer
 
     def _point_layer(self, name: str) -> Points:
