@@ -43,3 +43,42 @@ def test_the_annotation_widget_s_preview_layer_is_not_offered_as_labels(viewer_w
     viewer.add_labels(preview.data.copy(), name="nuclei labels")
     offered = [combo.itemText(i) for i in range(combo.count())]
     assert "nuclei labels" in offered and preview.name not in offered
+
+
+def _annotation_layers(viewer, name: str):
+    """The layers the annotation widget makes for image ``name`` (as it marks them)."""
+    from napari_samtune._qt.image_planes import describe_image
+    from napari_samtune._qt.prompt_layers import PromptLayers
+    from napari_samtune.core.label_files import image_fingerprint
+
+    image = viewer.layers[name]
+    axes = describe_image(image.data.shape)
+    return PromptLayers(viewer, image, axes, image_fingerprint(image.data))
+
+
+def test_the_annotation_widget_s_annotations_named_with_a_number_pair_with_their_image(
+    make_napari_viewer,
+):
+    """Where a person's layer had the name "a annotations", the widget's are
+    "a annotations [1]": read by exact name only, they were offered to image "b" (holding
+    objects, they outranked b's own) and b's pixels would train on a's outlines."""
+    from napari_samtune.core.synthetic import make_image
+
+    viewer = make_napari_viewer()
+    viewer.add_image(make_image((64, 64), seed=0)[0], name="a")
+    viewer.add_image(make_image((64, 64), seed=1)[0], name="b")
+    viewer.add_points([[5.0, 5.0]], name="a annotations")  # the person's
+    widget = TrainWidget(viewer, machine=SMALL_CPU)
+    a_layers, b_layers = _annotation_layers(viewer, "a"), _annotation_layers(viewer, "b")
+    assert a_layers.annotations.name == "a annotations [1]"
+    a_layers.annotations.data[10:20, 10:20] = 1  # b's hold none yet
+    data = widget.train_data
+    data.image_combo.setCurrentText("b")
+    assert data.labels_combo.currentText() == b_layers.annotations.name == "b annotations"
+    data.image_combo.setCurrentText("a")
+    assert data.labels_combo.currentText() == "a annotations [1]"
+
+    viewer.layers["a"].name = "z"  # marked for image "a" (now "z"), whatever the names say
+    a_layers.annotations.name = "b annotations [2]"
+    data.image_combo.setCurrentText("b")
+    assert data.labels_combo.currentText() == "b annotations"

@@ -28,6 +28,11 @@ _SUFFIX_PATTERN = re.compile(
 )  # a suffix, and the " [n]" napari gives a name already taken
 
 
+def strip_taken_number(name: str) -> str:
+    """``name`` without the " [n]" napari adds to a name already taken."""
+    return re.sub(r" \[\d+\]$", "", name)
+
+
 def suffix_of(name: str, image_name: str) -> str | None:
     """The suffix (:data:`POINTS`, ...) of a layer named ``name`` after image ``image_name``:
     ``<image><suffix>``, or ``<image><suffix> [n]``; None for other names."""

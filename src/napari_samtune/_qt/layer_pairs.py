@@ -12,14 +12,20 @@ from __future__ import annotations
 import numpy as np
 from napari.layers import Image, Labels
 
-from napari_samtune._qt.layer_names import ANNOTATIONS, OWN_LAYER_KEY, PREVIEW
+from napari_samtune._qt.layer_names import (
+    ANNOTATIONS,
+    OWN_LAYER_KEY,
+    PREVIEW,
+    ImageMark,
+    strip_taken_number,
+)
 from napari_samtune.core.data import (
     MAX_CHANNELS,
     NonIntegerLabelsError,
     check_pair,
     split_planes,
 )
-from napari_samtune.core.label_files import float_labels_problem
+from napari_samtune.core.label_files import float_labels_problem, image_fingerprint
 
 
 def layer_pairs(
@@ -123,25 +129,38 @@ def is_preview_layer(layer) -> bool:
     return marked or _annotation_layer_owner(layer.name)[1] == PREVIEW
 
 
-def pairing_rank(image: Image, labels) -> tuple[bool, ...]:
-    """How well ``labels`` (a Labels or Image layer) pairs with ``image``, as a sort key:
-    of its (spatial) shape, not the annotation widget's layer of another image (its
-    objects outline that image), a Labels layer, holding objects, named after the image."""
+def pairing_rank(image: Image, labels, viewer) -> tuple[bool, ...]:
+    """How well ``labels`` (a Labels or Image layer of ``viewer``) pairs with ``image``, as a
+    sort key: of its (spatial) shape, not the annotation widget's layer of another image
+    (its objects outline that image), a Labels layer, holding objects, named after the
+    image."""
     spatial = {image.data.shape, image.data.shape[:-1], image.data.shape[1:]}
     shape_fits = labels.data.shape in spatial
-    owner, _ = _annotation_layer_owner(labels.name)
     return (
         shape_fits,
-        owner is None or owner == image.name,
+        not _another_image_s(labels, image, viewer),
         isinstance(labels, Labels),
         bool(np.any(labels.data)),
         labels.name.startswith(image.name),
     )
 
 
+def _another_image_s(layer, image: Image, viewer) -> bool:
+    """Whether ``layer`` is the annotation widget's layer of an image other than ``image``:
+    marked for another (see :class:`ImageMark`), or, unmarked, named after another as the
+    widget names its annotations and preview ("<image> annotations", "... [1]")."""
+    owns = ImageMark.of(image, image_fingerprint(image.data)).owns(layer, viewer)
+    if owns is not None:
+        return not owns
+    owner, _ = _annotation_layer_owner(layer.name)
+    return owner is not None and owner != image.name
+
+
 def _annotation_layer_owner(name: str) -> tuple[str | None, str | None]:
     """(image name, suffix) of a layer named as the annotation widget names the
-    annotations and the preview of an image; (None, None) for other names."""
+    annotations and the preview of an image (also with the " [n]" napari adds where the
+    name is taken); (None, None) for other names."""
+    name = strip_taken_number(name)
     for suffix in (ANNOTATIONS, PREVIEW):
         if name.endswith(suffix) and len(name) > len(suffix):
             return name.removesuffix(suffix), suffix

@@ -205,7 +205,10 @@ class PairSourceWidget(QWidget):
         image, combo = self.viewer.layers[name], self.labels_combo
         others = [combo.itemText(i) for i in range(combo.count()) if combo.itemText(i) != name]
         if others:
-            best = max(others, key=lambda other: pairing_rank(image, self.viewer.layers[other]))
+            best = max(
+                others,
+                key=lambda other: pairing_rank(image, self.viewer.layers[other], self.viewer),
+            )
             combo.setCurrentText(best)
 
     def add_current_pair(self) -> bool:
