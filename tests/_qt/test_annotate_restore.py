@@ -298,3 +298,66 @@ def test_an_image_renamed_to_a_taken_name_before_its_first_save_is_found_again(
     reopened = _reopen(make_napari_viewer, nuclei_image[0], tmp_path, drain_jobs, name="dapi")
     np.testing.assert_array_equal(reopened.session.annotations, widget.session.annotations)
     assert len(reopened.session.records) == 1
+
+
+def _earlier_annotations(widget, folder, name: str) -> np.ndarray:
+    """Annotations of the widget's image saved earlier in ``folder`` as ``name``."""
+    earlier = np.zeros(widget.session.axes.spatial_shape, np.uint32)
+    earlier[:4, :4] = 5
+    record = {"image_fingerprint": widget.session.fingerprint, "objects": [{"id": 5}]}
+    save_annotations(folder, name, earlier, record)
+    return earlier
+
+
+def test_an_image_renamed_to_the_name_of_its_own_earlier_annotations_continues_them(
+    viewer_widget, make_napari_viewer, tmp_path, nuclei_image, drain_jobs, notifications
+):
+    """Picked, nothing annotated, then renamed to "dapi", whose files hold this image's
+    earlier annotations: saves went on under the old name, silently, and reopened as
+    "dapi" the image came back without them. Now they are restored, as when the image is
+    picked under that name, and saved there with what follows."""
+    viewer, widget = viewer_widget
+    earlier = _earlier_annotations(widget, tmp_path, "dapi")
+    widget.ui.folder_edit.setText(str(tmp_path))
+    widget._use_folder()
+    viewer.layers["nuclei"].name = "dapi"
+    drain_jobs(widget)
+    np.testing.assert_array_equal(widget.session.annotations, earlier)
+    assert any("dapi.labels.tif" in notice and "restored" in notice for notice in notifications)
+    _commit_at(widget, drain_jobs, [128, 128])
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "dapi.labels.tif",
+        "dapi.prompts.json",
+    ]
+    reopened = _reopen(make_napari_viewer, nuclei_image[0], tmp_path, drain_jobs, name="dapi")
+    np.testing.assert_array_equal(reopened.session.annotations, widget.session.annotations)
+    assert (reopened.session.annotations[:4, :4] == 5).all()
+    assert len(reopened.session.annotations.nonzero()[0]) > 16  # and the new object
+
+
+def test_unsaved_annotations_renamed_to_the_name_of_earlier_ones_move_those_aside(
+    viewer_widget, make_napari_viewer, tmp_path, nuclei_image, drain_jobs, notifications
+):
+    """As above, with objects committed but not saved (autosave unticked): they are
+    saved under the new name, where the image finds them; the earlier annotations, which
+    the session does not hold, are moved beside them, not overwritten, and the person
+    is told where."""
+    viewer, widget = viewer_widget
+    widget.ui.autosave_check.setChecked(False)
+    earlier = _earlier_annotations(widget, tmp_path, "dapi")
+    widget.ui.folder_edit.setText(str(tmp_path))
+    widget._use_folder()
+    _commit_at(widget, drain_jobs, [128, 128])
+    committed = widget.session.annotations.copy()
+    assert not (tmp_path / "nuclei.labels.tif").exists()
+    viewer.layers["nuclei"].name = "dapi"
+    drain_jobs(widget)
+    np.testing.assert_array_equal(widget.session.annotations, committed)
+    aside = f"dapi-{widget.session.fingerprint}.labels.tif"
+    assert any(aside in notice and "Load annotations" in notice for notice in notifications)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / aside), earlier)
+    widget.save_annotations()
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "dapi.labels.tif"), committed)
+    assert not (tmp_path / "nuclei.labels.tif").exists()
+    reopened = _reopen(make_napari_viewer, nuclei_image[0], tmp_path, drain_jobs, name="dapi")
+    np.testing.assert_array_equal(reopened.session.annotations, committed)

@@ -341,8 +341,11 @@ class AnnotateImageMixin:
 
     def _follow_rename(self, session: AnnotationSession) -> None:
         self.flush_autosave()  # a save under the old name must end before its files move
-        for note in session.follow_rename():
+        notes, restore = session.follow_rename(may_restore=session is self.session)
+        for note in notes:
             show_info(note)
+        if restore:  # its earlier annotations, under its new name: as if picked so named
+            self._restore_autosave()
 
     def _on_image_moved(self, event=None) -> None:
         if self.session is not None:

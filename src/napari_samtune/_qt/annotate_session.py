@@ -14,8 +14,13 @@ import numpy as np
 from napari_samtune._qt.image_planes import ImageAxes
 from napari_samtune._qt.label_edits import Plane, UndoEntry, UndoStack, write_objects
 from napari_samtune._qt.prompt_layers import PromptLayers
-from napari_samtune._qt.saved_renames import follow_saved_rename, taken_notes
+from napari_samtune._qt.saved_renames import (
+    follow_saved_rename,
+    move_earlier_aside,
+    taken_notes,
+)
 from napari_samtune.core.annotation_files import (
+    annotation_paths,
     load_annotations,
     load_record,
     save_annotations,
@@ -170,22 +175,46 @@ class AnnotationSession:
         self._file_names[key] = namesake_name(self.image_name, self.fingerprint, attempt)
         return self._file_names[key]
 
-    def follow_rename(self) -> list[str]:
+    def follow_rename(self, may_restore: bool = False) -> tuple[list[str], bool]:
         """The image was renamed: its layers take the new name, and so do the files its
         annotations were saved in this session, so that no file under the old name is left
         behind out of date (reopened under that name, it would come back instead of the
-        newer annotations). Returns what is worth telling the person."""
+        newer annotations). Where nothing was saved yet and the new name's files hold this
+        image's earlier annotations, saves go there too (see :meth:`_continue_earlier`).
+        Returns what is worth telling the person, and whether those earlier annotations
+        are to be restored into the session (only where ``may_restore``: the image is the
+        one chosen)."""
         old, new = self.image_name, self.image_layer.name
         self.image_name = new
-        notes = taken_notes(old, self.layers.follow_rename(old, new))
+        notes, restore = taken_notes(old, self.layers.follow_rename(old, new)), False
+        shape = self.axes.spatial_shape
         for folder, name in [key for key in self._file_names if key[1] == old]:
             file_name = self._file_names.pop((folder, name))
             moved, note = follow_saved_rename(
-                folder, file_name, new, fingerprint=self.fingerprint, shape=self.axes.spatial_shape
+                folder, file_name, new, fingerprint=self.fingerprint, shape=shape
             )
+            unsaved = not annotation_paths(folder, file_name)[0].exists()
+            if moved == file_name and unsaved and self._has_earlier(folder, new):
+                moved, note, restore = self._continue_earlier(folder, new, may_restore)
             self._file_names[(folder, new)] = moved
             notes += [note] if note else []
-        return notes
+        return notes, restore
+
+    def _has_earlier(self, folder: Path, name: str) -> bool:
+        """Whether ``name``'s files in ``folder`` hold this image's annotations."""
+        labels_path, _ = annotation_paths(folder, name)
+        shape = self.axes.spatial_shape
+        return labels_path.is_file() and save_name(folder, name, self.fingerprint, shape) == name
+
+    def _continue_earlier(self, folder: Path, new: str, may_restore: bool) -> tuple[str, str, bool]:
+        """Nothing of this session is saved, and ``new``'s files in ``folder`` hold earlier
+        annotations of this image: saves go to ``new``, where the image, reopened under its
+        new name, looks. A session that holds nothing restores those (as when the image is
+        picked under that name); else they are moved aside, to ``<new>-<fingerprint>``, not
+        overwritten, and the person told where. Returns (file name, note, restore)."""
+        if may_restore and not self.records and not self.annotations.any():
+            return new, "", True
+        return (*move_earlier_aside(folder, new, self.fingerprint), False)
 
     def namesake_note(self, taken: Path, file_name: str) -> str:
         """Why this image's annotations are saved as ``file_name``, not under its own name,

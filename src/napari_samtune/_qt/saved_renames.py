@@ -76,3 +76,33 @@ def move_saved(folder: Path, file_name: str, new_name: str) -> str:
         if record.is_file():
             record.rename(new_record)
     return new_name
+
+
+def move_earlier_aside(folder: Path, name: str, fingerprint: str) -> tuple[str, str]:
+    """``name``'s files in ``folder`` hold earlier annotations of the image of
+    ``fingerprint``, which another set of its annotations is to be saved as: they move to
+    ``<name>-<fingerprint>`` (``...-<attempt>`` where taken), not overwritten, and the
+    newer are saved as ``name``, where the image looks. Returns the name to save the newer
+    as (beside them where they could not move) and what to tell the person."""
+    earlier, _ = annotation_paths(folder, name)
+    attempt = 1
+    while any(
+        path.exists() for path in annotation_paths(folder, _aside(name, fingerprint, attempt))
+    ):
+        attempt += 1
+    aside = _aside(name, fingerprint, attempt)
+    if move_saved(folder, name, aside) == name:  # could not move: saves go beside them
+        return aside, (
+            f"{earlier} holds earlier annotations of {name!r}, not those annotated now; so "
+            f"that they are not overwritten, these are saved as {aside!r} ('Load "
+            "annotations…' opens either)"
+        )
+    return name, (
+        f"{earlier} held earlier annotations of {name!r}, not those annotated now: they "
+        f"are moved to {annotation_paths(folder, aside)[0]}, not overwritten ('Load "
+        f"annotations…' opens them), and these are saved as {earlier.name}"
+    )
+
+
+def _aside(name: str, fingerprint: str, attempt: int) -> str:
+    return namesake_name(name, fingerprint, attempt)
