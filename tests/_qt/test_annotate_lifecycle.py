@@ -172,3 +172,25 @@ def test_removing_one_prompt_layer_is_said_once_the_event_loop_turns(
     qtbot.waitUntil(lambda: any("was removed" in n for n in notifications), timeout=WAIT_MS)
     (said,) = [n for n in notifications if "was removed" in n]
     assert said == f"layer {points!r} was removed: pick the image again to go on"
+
+
+def test_an_image_removed_and_opened_again_continues_its_annotations_layer(
+    viewer_widget, qtbot, nuclei_image, drain_jobs, notifications
+):
+    """The widget's layers are marked with their image's layer; the image opened again is
+    a new layer: its fingerprint finds the annotations layer left in the viewer (not a new
+    "nuclei annotations [1]" beside it)."""
+    viewer, widget = viewer_widget
+    widget.session.layers.points.add([128, 128])
+    assert widget.commit() == [1]
+    drain_jobs(widget)
+    annotations = widget.session.layers.annotations
+    viewer.add_image(nuclei_image[0][::-1].copy(), name="second")
+    viewer.layers.remove("nuclei")
+    qtbot.waitUntil(lambda: widget.session is not None, timeout=WAIT_MS)
+    viewer.add_image(nuclei_image[0], name="nuclei")
+    widget.ui.image_combo.setCurrentText("nuclei")
+    drain_jobs(widget)
+    assert widget.session.image_layer.name == "nuclei"
+    assert widget.session.layers.annotations is annotations
+    assert "nuclei annotations [1]" not in viewer.layers
