@@ -9,8 +9,8 @@ from napari.layers import Image, Labels
 from napari.layers._layer_actions import _convert_to_labels
 
 from napari_samtune._qt import layer_pairs
-from napari_samtune.core import data
-from napari_samtune.core.label_files import float_labels_problem
+from napari_samtune.core import data_checks
+from napari_samtune.core.tiff_files import float_labels_problem
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_a_float_layer_chosen_as_labels_is_read_once_per_check(monkeypatch, stac
         calls.append(array.size)
         return float_labels_problem(array)
 
-    monkeypatch.setattr(data, "float_labels_problem", counted)
+    monkeypatch.setattr(data_checks, "float_labels_problem", counted)
     monkeypatch.setattr(layer_pairs, "float_labels_problem", counted)
     message = layer_pairs.pair_problem((image, Image(labels, name="mask")))
     assert ("fractions" in message) == fraction

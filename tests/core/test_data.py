@@ -10,7 +10,6 @@ import tifffile
 
 from napari_samtune.core import data as data_module
 from napari_samtune.core.data import (
-    ChannelError,
     ImageLabelPair,
     NoObjectsError,
     as_pairs,
@@ -22,6 +21,7 @@ from napari_samtune.core.data import (
     read_match,
     split_planes,
 )
+from napari_samtune.core.data_checks import ChannelError
 from napari_samtune.core.images import to_sam_rgb
 from napari_samtune.core.label_files import match_files, pair_files
 from napari_samtune.core.synthetic import make_dataset, make_image

@@ -19,13 +19,10 @@ from napari_samtune._qt.layer_names import (
     ImageMark,
     strip_taken_number,
 )
-from napari_samtune.core.data import (
-    MAX_CHANNELS,
-    NonIntegerLabelsError,
-    check_pair,
-    split_planes,
-)
-from napari_samtune.core.label_files import float_labels_problem, image_fingerprint
+from napari_samtune.core.data import check_pair, split_planes
+from napari_samtune.core.data_checks import MAX_CHANNELS, NonIntegerLabelsError
+from napari_samtune.core.label_files import image_fingerprint
+from napari_samtune.core.tiff_files import float_labels_problem
 
 
 def layer_pairs(

@@ -19,13 +19,13 @@ from pathlib import Path
 
 from napari_samtune._qt.workers import TaskProgress
 from napari_samtune.core.data import (
-    ChannelError,
     ImageLabelPair,
     describe_names,
     foreign_labels_message,
     prepare_annotated,
     read_match,
 )
+from napari_samtune.core.data_checks import ChannelError
 from napari_samtune.core.label_files import expand_paths, match_files
 
 

@@ -127,12 +127,11 @@ def read_annotated(
     (``--channel-axis``, ``--channels``); every image is checked to have them.
     """
     from napari_samtune.core.data import (
-        ChannelError,
-        check_channels,
         empty_planes_message,
         foreign_labels_message,
         read_match,
     )
+    from napari_samtune.core.data_checks import ChannelError, check_channels
     from napari_samtune.core.label_files import match_files
 
     match = match_files(images, labels)

@@ -48,7 +48,8 @@ from napari_samtune.cli import (
 )
 from napari_samtune.cli.prompt_files import read_boxes_csv, read_points_csv
 from napari_samtune.cli.segment_planes import Planes, Progress, segment_planes
-from napari_samtune.core.label_files import TIFF_SUFFIXES, labels_file_name, read_tiff
+from napari_samtune.core.label_files import labels_file_name
+from napari_samtune.core.tiff_files import TIFF_SUFFIXES, read_tiff
 
 AUTO_OPTIONS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "min_area")
 # The core's parameter names as the options that set them, for its error messages.

@@ -37,11 +37,11 @@ from napari_samtune.core.label_files import (
     labels_file_name,
     namesake_name,
     prompts_path_for,
-    read_label_tiff,
     safe_stem,
     saved_fingerprint,
 )
 from napari_samtune.core.registry import user_models_dir
+from napari_samtune.core.tiff_files import read_label_tiff
 
 FORMAT = "napari-samtune-annotations"
 FORMAT_VERSION = 1

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from napari_samtune.core.data_checks import check_channels, check_labels
 from napari_samtune.core.images import (
     as_channel_indices,
     check_some_pixel_finite,
@@ -28,19 +29,16 @@ from napari_samtune.core.images import (
     plane_to_sam_rgb,
     planes_first,
     sam_plane,
-    select_channels,
 )
 from napari_samtune.core.label_files import (
     FileMatch,
     choose_namesake,
     describe_names,
-    float_labels_problem,
     image_fingerprint,
     match_files,
-    read_label_tiff,
-    read_tiff,
     saved_fingerprint,
 )
+from napari_samtune.core.tiff_files import read_label_tiff, read_tiff
 
 
 @dataclass(frozen=True)
@@ -208,45 +206,6 @@ def as_pairs(
     return pairs
 
 
-def _check_labels(labels: np.ndarray, name: str) -> None:
-    if labels.dtype == bool:
-        raise TypeError(
-            f"labels of {name!r} are boolean (a foreground mask); instance labels are needed, "
-            "with one id per object: label connected components, e.g. scipy.ndimage.label"
-        )
-    if not np.issubdtype(labels.dtype, np.integer):
-        floating = np.issubdtype(labels.dtype, np.floating)
-        problem = float_labels_problem(labels) if floating else None
-        fix = problem or "convert with labels.astype('uint32') if the values are whole numbers >= 0"
-        raise NonIntegerLabelsError(
-            f"labels of {name!r} have dtype {labels.dtype.name}; integer instance labels are "
-            f"needed (0 = background, one id per object): {fix}",
-            problem,
-        )
-    if labels.ndim == 3 and labels.shape[-1] in (3, 4):
-        raise ValueError(
-            f"labels of {name!r} have shape {labels.shape!r}, an RGB image; a 2D instance label "
-            "image is needed (one integer id per object), not a coloured rendering"
-        )
-    if labels.ndim != 2:
-        raise ValueError(
-            f"labels of {name!r} have shape {labels.shape!r}; give 2D (H, W) labels, or "
-            "(planes, H, W) labels with an image stack of as many planes"
-        )
-    if np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:
-        raise ValueError(f"labels of {name!r} contain negative ids; use ids >= 0 (0 = background)")
-
-
-class NonIntegerLabelsError(TypeError):
-    """Labels of a dtype other than integers. ``float_problem``: for float labels, why they
-    are not instance ids (:func:`float_labels_problem`, "" for whole numbers), computed
-    once for a front end to reuse; None for other dtypes or where unknown."""
-
-    def __init__(self, message: str, float_problem: str | None = None) -> None:
-        super().__init__(message)
-        self.float_problem = float_problem
-
-
 def prepare_pair(pair: ImageLabelPair) -> PreparedImage:
     """Check one pair and normalise it; errors name the pair and say how to fix it."""
     rgb, labels = normalise_pair(pair)
@@ -274,7 +233,7 @@ def _checked(pair: ImageLabelPair) -> tuple[np.ndarray, np.ndarray]:
     and its labels as an array, after every check but that the labels hold an object."""
     labels = np.asarray(pair.labels)
     check_channels(pair)
-    _check_labels(labels, pair.name)
+    check_labels(labels, pair.name)
     check_some_pixel_finite(np.asarray(pair.image), f"image of {pair.name!r}")
     try:
         plane = sam_plane(np.asarray(pair.image), pair.channel_axis, pair.channels)
@@ -288,70 +247,6 @@ def _checked(pair: ImageLabelPair) -> tuple[np.ndarray, np.ndarray]:
             "pairing, or that neither was resized or transposed)"
         )
     return plane, labels
-
-
-class ChannelError(ValueError):
-    """An image whose channels are ambiguous or badly chosen (see :func:`check_channels`)."""
-
-
-MAX_CHANNELS = 4  # RGBA: a first axis longer than this holds planes, not channels
-
-
-def check_channels(pair: ImageLabelPair) -> None:
-    """Raise :class:`ChannelError` for an image whose channels are ambiguous or badly chosen,
-    naming the pair and the fix; cheap (nothing is normalised), so a command can check every
-    file first. Front ends add where the choice is made (an option, a field)."""
-    image, labels = np.asarray(pair.image), np.asarray(pair.labels)
-    _check_planes(image, labels, pair)
-    try:
-        _check_gray_stack(image, labels, pair)
-        planes_first = image.ndim == 3 and labels.shape == image.shape[1:]
-        if planes_first and image.shape[0] > MAX_CHANNELS and pair.channels is None:
-            raise ValueError(
-                f"image has shape {image.shape!r} and its labels {labels.shape!r}: a stack of "
-                f"{image.shape[0]} planes needs a labels stack of as many planes (empty where "
-                "not annotated); a multichannel image needs channel_axis 0 and channels"
-            )
-        if image.ndim == 4 and labels.ndim == 3 and image.shape[0] == labels.shape[0]:
-            raise ValueError(
-                f"image has shape {image.shape!r}: {image.shape[0]} planes with a channel axis "
-                "SAM cannot guess; pass channel_axis (counted in the stack, e.g. 1 or -1) and "
-                "channels (one index, or three for RGB)"
-            )
-        if image.ndim == 4 and labels.ndim == 3 and image.shape[1] == labels.shape[0]:
-            raise ValueError(
-                f"image has shape {image.shape!r} and its labels {labels.shape!r}: "
-                f"{image.shape[0]} channels first, then {labels.shape[0]} planes; pass "
-                "channel_axis 0 and channels (one index, or three for RGB)"
-            )
-        select_channels(image, pair.channel_axis, pair.channels)
-    except ValueError as err:
-        raise ChannelError(f"image of {pair.name!r}: {err}") from None
-    except TypeError as err:  # channels or channel_axis of the wrong type
-        raise TypeError(f"image of {pair.name!r}: {err}") from None
-
-
-def _check_gray_stack(image: np.ndarray, labels: np.ndarray, pair: ImageLabelPair) -> None:
-    """A grayscale stack, (planes, H, W) like its labels, given channels it does not have
-    (its planes are 2D): the labels checks would blame the labels' shape."""
-    chosen = pair.channel_axis is not None or pair.channels is not None
-    if chosen and image.ndim == 3 and image.shape == labels.shape:
-        raise ValueError(
-            f"image has shape {image.shape!r} like its labels: a stack of {image.shape[0]} "
-            "grayscale planes, with no channels to choose from; give no channel_axis or "
-            "channels for it"
-        )
-
-
-def _check_planes(image: np.ndarray, labels: np.ndarray, pair: ImageLabelPair) -> None:
-    """A stack whose labels stack has another number of planes (the planes' shape fits)."""
-    if labels.ndim == 3 and image.ndim in (3, 4) and image.shape[0] != labels.shape[0]:
-        if image.shape[1:3] == labels.shape[1:]:
-            raise ValueError(
-                f"{pair.name!r}: the image stack has {image.shape[0]} planes and its labels "
-                f"{labels.shape[0]}; give one labels plane per image plane (empty where not "
-                "annotated)"
-            )
 
 
 class NoObjectsError(ValueError):
