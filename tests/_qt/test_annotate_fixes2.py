@@ -63,3 +63,29 @@ def test_planes_segmented_automatically_before_another_image_was_chosen_are_save
     assert saved.is_file()
     np.testing.assert_array_equal(tifffile.imread(saved), stack.annotations)
     assert any(f"plane 0 of 'stack' are kept and saved to {saved}" in n for n in notifications)
+
+
+def test_an_image_without_a_finite_pixel_is_told_by_its_layer_name(
+    make_napari_viewer, qtbot, tiny_sam, drain_jobs, notifications
+):
+    """A 2D all-NaN image's embedding failed with "image holds no finite pixel value", which
+    did not say which of the open images it was (a stack's says which plane)."""
+    from napari_samtune._qt.annotate import AnnotateWidget
+    from napari_samtune._qt.annotate_jobs import EMBED_TASK
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.full((64, 64), np.nan, np.float32), name="failed export")
+    widget = AnnotateWidget(viewer)
+    with qtbot.waitSignal(
+        widget.runner.task_finished,
+        check_params_cb=lambda name: name == EMBED_TASK,
+        timeout=WAIT_MS,
+    ):
+        widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    errors = [n for n in notifications if n.severity == "error"]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(
+        f"{EMBED_TASK} failed: image layer 'failed export' holds no finite pixel value"
+    ), errors[0]
+    assert widget.embedded_plane is False

@@ -101,8 +101,9 @@ class AnnotateEmbeddingMixin:
         labels_result: bool = False,
         keep_away: bool = False,
     ):
-        """Run ``job(segmenter, axes, data, *args)``. Results for another image are dropped,
-        and so are those of a stale generation (model or channels changed since), unless
+        """Run ``job(segmenter, axes, data, *args, image_name=...)``, the image layer's name
+        for its messages. Results for another image are dropped, and so are those of a
+        stale generation (model or channels changed since), unless
         they are ``labels_result`` (objects found, still valid for the image), or, with
         ``keep_away``, their image's layers are all still there and it is read as it was,
         by the same model (any model for ``labels_result``), though another image was
@@ -146,6 +147,7 @@ class AnnotateEmbeddingMixin:
             session.axes,
             session.image_layer.data,
             *args,
+            image_name=session.image_layer.name,
             on_return=current(on_return),
             on_yield=current(on_yield, is_result=True),
             on_error=on_error,

@@ -1,6 +1,7 @@
 """The annotation widget's background jobs: plain functions run in thread workers.
 
-Each takes the Segmenter and the image *data* (never a layer), yields
+Each takes the Segmenter and the image *data* (never a layer) with its layer's name
+(``image_name``, for messages), yields
 :class:`~napari_samtune._qt.workers.TaskProgress` and result dataclasses, and leaves
 every layer update to the main thread. While one of these runs, it owns the
 Segmenter: the widget makes no predictions until it has finished.
@@ -55,7 +56,12 @@ def _where(axes: ImageAxes, plane: int | None) -> str:
 
 
 def _set_plane(
-    segmenter, axes: ImageAxes, data, plane: int | None, report: Reporter | None = None
+    segmenter,
+    axes: ImageAxes,
+    data,
+    plane: int | None,
+    report: Reporter | None = None,
+    image_name: str = "image",
 ) -> None:
     where = _where(axes, plane)
 
@@ -64,20 +70,26 @@ def _set_plane(
             report(TaskProgress(done, total, f"embedding {where}: tile {done}/{total}"))
 
     image = axes.plane(data, plane or 0)
-    check_some_pixel_finite(image, where)  # named as the slider shows it (the core: "image")
+    # a plane named as the slider shows it; a 2D image by its layer (the core: "image")
+    check_some_pixel_finite(image, f"image layer {image_name!r}" if plane is None else where)
     segmenter.set_image(image, progress=tiles_done, **axes.segmenter_channel_args())
 
 
 def iter_embed_planes(
-    segmenter, axes: ImageAxes, data, planes: Sequence[int | None], report: Reporter
+    segmenter,
+    axes: ImageAxes,
+    data,
+    planes: Sequence[int | None],
+    report: Reporter,
+    image_name: str = "image",
 ) -> Iterator[TaskProgress]:
     """Embed ``planes`` one after the other (cached on disk); returns the last plane."""
     for done, plane in enumerate(planes):
         if len(planes) > 1:
             yield TaskProgress(done, len(planes), f"embedding {_where(axes, plane)}")
-            _set_plane(segmenter, axes, data, plane)
+            _set_plane(segmenter, axes, data, plane, image_name=image_name)
         else:  # one plane: show its tiles
-            _set_plane(segmenter, axes, data, plane, report)
+            _set_plane(segmenter, axes, data, plane, report, image_name)
     segmenter.prepare_prompts()  # the plane the user prompts next: not at the first click
     return planes[-1]
 
@@ -89,12 +101,13 @@ def iter_segment_automatically(
     planes: Sequence[int | None],
     config: AutoSegmentConfig,
     report: Reporter,
+    image_name: str = "image",
 ) -> Iterator[TaskProgress | PlaneResult]:
     """Automatic segmentation of each plane; yields a :class:`PlaneResult` per plane."""
     for done, plane in enumerate(planes):
         where = _where(axes, plane)
         yield TaskProgress(done, len(planes), f"segmenting {where} automatically…")
-        _set_plane(segmenter, axes, data, plane)
+        _set_plane(segmenter, axes, data, plane, image_name=image_name)
 
         def steps(step: int, total: int, where: str = where) -> None:
             report(TaskProgress(step, total, f"segmenting {where}: {step}/{total}"))
@@ -111,12 +124,13 @@ def iter_propagate_object(
     start_plane: int,
     start_mask: np.ndarray,
     config: PropagationConfig,
+    image_name: str = "image",
 ) -> Iterator[TaskProgress | PlaneResult]:
     """Carry one object's mask to neighbouring planes; yields a :class:`PlaneResult` for
     each, then a :class:`PropagationEnd`."""
     planes = iter_propagate(
         segmenter,
-        lambda z: _set_plane(segmenter, axes, data, z),
+        lambda z: _set_plane(segmenter, axes, data, z, image_name=image_name),
         axes.n_planes,
         start_plane,
         start_mask,
