@@ -361,3 +361,32 @@ def test_unsaved_annotations_renamed_to_the_name_of_earlier_ones_move_those_asid
     assert not (tmp_path / "nuclei.labels.tif").exists()
     reopened = _reopen(make_napari_viewer, nuclei_image[0], tmp_path, drain_jobs, name="dapi")
     np.testing.assert_array_equal(reopened.session.annotations, committed)
+
+
+def test_saved_annotations_renamed_to_the_name_of_earlier_ones_move_those_aside(
+    viewer_widget, make_napari_viewer, tmp_path, nuclei_image, drain_jobs, notifications
+):
+    """As above, with the session's annotations saved already under the old name: they
+    stayed there (with a message), and reopened as "dapi" the image brought back the
+    earlier annotations, not the newer. Now the earlier move aside, not overwritten, and
+    the saved ones take the new name."""
+    viewer, widget = viewer_widget
+    earlier = _earlier_annotations(widget, tmp_path, "dapi")
+    widget.ui.folder_edit.setText(str(tmp_path))
+    widget._use_folder()
+    _commit_at(widget, drain_jobs, [128, 128])
+    committed = widget.session.annotations.copy()
+    assert (tmp_path / "nuclei.labels.tif").exists()
+    viewer.layers["nuclei"].name = "dapi"
+    drain_jobs(widget)
+    aside = f"dapi-{widget.session.fingerprint}.labels.tif"
+    assert any(aside in notice and "Load annotations" in notice for notice in notifications)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / aside), earlier)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "dapi.labels.tif"), committed)
+    assert not (tmp_path / "nuclei.labels.tif").exists()
+    _commit_at(widget, drain_jobs, [40, 200])  # later saves go to the new name too
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "dapi.labels.tif"), widget.session.annotations
+    )
+    reopened = _reopen(make_napari_viewer, nuclei_image[0], tmp_path, drain_jobs, name="dapi")
+    np.testing.assert_array_equal(reopened.session.annotations, widget.session.annotations)

@@ -16,7 +16,7 @@ from napari_samtune._qt.label_edits import Plane, UndoEntry, UndoStack, write_ob
 from napari_samtune._qt.prompt_layers import PromptLayers
 from napari_samtune._qt.saved_renames import (
     follow_saved_rename,
-    move_earlier_aside,
+    take_earlier_name,
     taken_notes,
 )
 from napari_samtune.core.annotation_files import (
@@ -179,8 +179,8 @@ class AnnotationSession:
         """The image was renamed: its layers take the new name, and so do the files its
         annotations were saved in this session, so that no file under the old name is left
         behind out of date (reopened under that name, it would come back instead of the
-        newer annotations). Where nothing was saved yet and the new name's files hold this
-        image's earlier annotations, saves go there too (see :meth:`_continue_earlier`).
+        newer annotations). Where the new name's files hold this image's earlier
+        annotations, saves go there too (see :meth:`_continue_earlier`).
         Returns what is worth telling the person, and whether those earlier annotations
         are to be restored into the session (only where ``may_restore``: the image is the
         one chosen)."""
@@ -194,8 +194,10 @@ class AnnotationSession:
                 folder, file_name, new, fingerprint=self.fingerprint, shape=shape
             )
             unsaved = not annotation_paths(folder, file_name)[0].exists()
-            if moved == file_name and unsaved and self._has_earlier(folder, new):
-                moved, note, restore = self._continue_earlier(folder, new, may_restore)
+            if moved == file_name and self._has_earlier(folder, new):
+                moved, note, restore = self._continue_earlier(
+                    folder, file_name, new, may_restore and unsaved
+                )
             self._file_names[(folder, new)] = moved
             notes += [note] if note else []
         return notes, restore
@@ -206,15 +208,19 @@ class AnnotationSession:
         shape = self.axes.spatial_shape
         return labels_path.is_file() and save_name(folder, name, self.fingerprint, shape) == name
 
-    def _continue_earlier(self, folder: Path, new: str, may_restore: bool) -> tuple[str, str, bool]:
-        """Nothing of this session is saved, and ``new``'s files in ``folder`` hold earlier
-        annotations of this image: saves go to ``new``, where the image, reopened under its
-        new name, looks. A session that holds nothing restores those (as when the image is
-        picked under that name); else they are moved aside, to ``<new>-<fingerprint>``, not
-        overwritten, and the person told where. Returns (file name, note, restore)."""
+    def _continue_earlier(
+        self, folder: Path, file_name: str, new: str, may_restore: bool
+    ) -> tuple[str, str, bool]:
+        """``new``'s files in ``folder`` hold earlier annotations of this image, whose
+        annotations this session saves as ``file_name`` (or is to: nothing saved yet): saves
+        go to ``new``, where the image, reopened under its new name, looks. A session that
+        holds nothing, and saved nothing (``may_restore``), restores those (as when the
+        image is picked under that name); else they are moved aside, to
+        ``<new>-<fingerprint>``, not overwritten, this session's saved files take ``new``,
+        and the person is told where. Returns (file name, note, restore)."""
         if may_restore and not self.records and not self.annotations.any():
             return new, "", True
-        return (*move_earlier_aside(folder, new, self.fingerprint), False)
+        return (*take_earlier_name(folder, file_name, new, self.fingerprint), False)
 
     def namesake_note(self, taken: Path, file_name: str) -> str:
         """Why this image's annotations are saved as ``file_name``, not under its own name,

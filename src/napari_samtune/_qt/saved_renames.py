@@ -104,5 +104,20 @@ def move_earlier_aside(folder: Path, name: str, fingerprint: str) -> tuple[str, 
     )
 
 
+def take_earlier_name(folder: Path, file_name: str, name: str, fingerprint: str) -> tuple[str, str]:
+    """The image of ``fingerprint`` has annotations saved as ``file_name`` in ``folder``
+    (or none yet), and ``name``'s files hold its earlier ones: those move aside
+    (:func:`move_earlier_aside`) and the saved ones take ``name``, where the image renamed
+    to it looks. Returns the name they have now and what to tell the person."""
+    target, note = move_earlier_aside(folder, name, fingerprint)
+    moved = move_saved(folder, file_name, target)
+    if moved != target:  # they could not move: saves go on where they are
+        note = (
+            f"{note}; but those annotated now could not be moved there and stay saved as "
+            f"{annotation_paths(folder, moved)[0]}"
+        )
+    return moved, note
+
+
 def _aside(name: str, fingerprint: str, attempt: int) -> str:
     return namesake_name(name, fingerprint, attempt)
