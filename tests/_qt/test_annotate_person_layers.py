@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 WAIT_MS = 30_000
 
@@ -174,3 +175,45 @@ def test_an_image_given_the_name_of_one_renamed_gets_new_layers_not_the_first_on
     assert not layers.annotations.data.any()
     np.testing.assert_array_equal(first.layers.annotations.data, objects)
     assert any("'a points [1]'" in notice for notice in notifications)
+
+
+@pytest.mark.parametrize("kind", ["shapes", "labels"])
+def test_an_image_renamed_where_its_layers_could_not_follow_finds_them_when_picked_again(
+    make_napari_viewer, qtbot, tiny_sam, nuclei_image, drain_jobs, tmp_path, kind
+):
+    """Image "a" renamed "b" where "b points" and "b annotations" were the person's: its
+    layers kept their names ("a points", "a annotations"), and "b" picked again got new
+    empty layers, its objects and prompts left behind under the old names. Its layers are
+    marked with the image: they are found whatever their names (before a person's Labels
+    "b annotations" too, which it would otherwise continue)."""
+    image = nuclei_image[0]
+
+    def add_mine(viewer):
+        viewer.add_points([[5.0, 5.0]], name="b points")
+        if kind == "labels":
+            return viewer.add_labels(np.zeros(image.shape[:2], np.uint32), name="b annotations")
+        return viewer.add_shapes([[[0, 0], [4, 4]]], name="b annotations")
+
+    viewer, widget, mine = _annotate(
+        make_napari_viewer, qtbot, tiny_sam, drain_jobs, tmp_path, image, add_mine
+    )
+    viewer.layers["nuclei"].name = "a"
+    first = widget.session
+    first.layers.points.add([128, 128])
+    assert widget.commit() == [1]
+    drain_jobs(widget)
+    objects = first.layers.annotations.data.copy()
+    assert objects.any()
+    viewer.layers["a"].name = "b"
+    assert first.layers.annotations.name == "a annotations"
+    viewer.add_image(image[::-1].copy(), name="c")
+    _pick(widget, drain_jobs, "c")
+    names = {layer.name for layer in viewer.layers}
+    _pick(widget, drain_jobs, "b")
+    layers = widget.session.layers
+    assert layers.annotations.name == "a annotations"
+    np.testing.assert_array_equal(layers.annotations.data, objects)
+    assert layers.points.name == "a points"
+    assert {layer.name for layer in viewer.layers} - names <= {"a current object", "a boxes"}
+    assert not any(layer.name.startswith("b ") and "[" in layer.name for layer in viewer.layers)
+    assert not mine.data.any() if kind == "labels" else len(mine.data) == 1

@@ -94,6 +94,19 @@ def role_for(layer, image_name: str, image: ImageMark, viewer) -> str | None:
     return suffix if named and isinstance(layer, Labels) else None
 
 
+def marked_role(layer, image: ImageMark) -> str | None:
+    """The suffix (:data:`POINTS`, ...) of ``layer`` where the widget made it for ``image``'s
+    layer (marked with its ``unique_id``), whatever its name: renamed with its image where
+    the new name was taken, it kept the old one. None for other layers (those found by the
+    fingerprint only need their name: see :meth:`ImageMark.owns`)."""
+    mark = layer.metadata.get(OWN_IMAGE_KEY)
+    if not image.layer_id or not isinstance(mark, dict):
+        return None
+    suffix = layer.metadata.get(OWN_LAYER_KEY)
+    marked = mark.get("image layer") == image.layer_id
+    return suffix if marked and suffix in NAME_SUFFIXES else None
+
+
 def layers_named_after(viewer, image_name: str, image: ImageMark) -> list:
     """The layers of ``viewer`` that the widget made for ``image``, named ``image_name``,
     found by their names ("<name> points", "<name> points [1]", ...), and its Labels layer

@@ -42,6 +42,7 @@ from napari_samtune._qt.layer_names import (
     POINTS,
     PREVIEW,
     ImageMark,
+    marked_role,
     rename_layers,
     role_for,
 )
@@ -168,14 +169,22 @@ class PromptLayers:
 
     # -- creation ----------------------------------------------------------------------
     def _existing(self, name: str, suffix: str, kind: type):
-        """Image ``name``'s layer for ``suffix`` that the widget may use (see
-        :func:`role_for`), if one fits; the one of the exact name first."""
-        candidates = [
+        """Image ``name``'s layer for ``suffix`` that the widget may use, if one fits: one
+        it made for this image whatever its name (:func:`marked_role`: its layers keep their
+        old names where a rename found the new ones taken), else one named after it (see
+        :func:`role_for`); of each, the one of the exact name first."""
+        layers = list(self.viewer.layers)
+        own = [layer for layer in layers if marked_role(layer, self.image) == suffix]
+        named = [
             layer
-            for layer in self.viewer.layers
+            for layer in layers
             if role_for(layer, name, self.image, self.viewer) == suffix
+            and not any(layer is mine for mine in own)
         ]
-        candidates.sort(key=lambda layer: layer.name != name + suffix)
+        candidates = [
+            *sorted(own, key=lambda layer: layer.name != name + suffix),
+            *sorted(named, key=lambda layer: layer.name != name + suffix),
+        ]
         return next((layer for layer in candidates if self._fits(layer, kind)), None)
 
     def _fits(self, layer, kind: type) -> bool:
