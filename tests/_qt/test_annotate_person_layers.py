@@ -139,6 +139,24 @@ def test_a_person_s_labels_so_named_are_used_as_annotations_but_not_as_the_previ
     assert (mine.data[:8, :8] == 7).all() and mine.data.sum() == 7 * 64
 
 
+def _commit_as_a_then_rename_to_b(viewer, widget, drain_jobs, *open_prompts):
+    """Image "nuclei" renamed "a", one object committed at (128, 128) and ``open_prompts``
+    left uncommitted, then renamed "b", where the person's layers hold the "b ..." names:
+    its layers keep the "a ..." ones. Returns the session and its objects."""
+    viewer.layers["nuclei"].name = "a"
+    first = widget.session
+    first.layers.points.add([128, 128])
+    assert widget.commit() == [1]
+    drain_jobs(widget)
+    for prompt in open_prompts:
+        first.layers.points.add(prompt)
+    objects = first.layers.annotations.data.copy()
+    assert objects.any()
+    viewer.layers["a"].name = "b"
+    assert first.layers.annotations.name == "a annotations"
+    return first, objects
+
+
 def test_an_image_given_the_name_of_one_renamed_gets_new_layers_not_the_first_one_s(
     make_napari_viewer, qtbot, tiny_sam, nuclei_image, drain_jobs, tmp_path, notifications
 ):
@@ -154,16 +172,8 @@ def test_an_image_given_the_name_of_one_renamed_gets_new_layers_not_the_first_on
     viewer, widget, _ = _annotate(
         make_napari_viewer, qtbot, tiny_sam, drain_jobs, tmp_path, image, add_mine
     )
-    viewer.layers["nuclei"].name = "a"
-    first = widget.session
-    first.layers.points.add([128, 128])
-    assert widget.commit() == [1]
-    drain_jobs(widget)
-    first.layers.points.add([60, 60])  # a prompt not committed
-    objects = first.layers.annotations.data.copy()
-    viewer.layers["a"].name = "b"
+    first, objects = _commit_as_a_then_rename_to_b(viewer, widget, drain_jobs, [60, 60])
     assert first.layers.points.name == "a points"  # "b points" is the person's
-    assert first.layers.annotations.name == "a annotations"
 
     viewer.add_image(image[::-1].copy(), name="c")
     viewer.layers["c"].name = "a"
@@ -197,15 +207,7 @@ def test_an_image_renamed_where_its_layers_could_not_follow_finds_them_when_pick
     viewer, widget, mine = _annotate(
         make_napari_viewer, qtbot, tiny_sam, drain_jobs, tmp_path, image, add_mine
     )
-    viewer.layers["nuclei"].name = "a"
-    first = widget.session
-    first.layers.points.add([128, 128])
-    assert widget.commit() == [1]
-    drain_jobs(widget)
-    objects = first.layers.annotations.data.copy()
-    assert objects.any()
-    viewer.layers["a"].name = "b"
-    assert first.layers.annotations.name == "a annotations"
+    first, objects = _commit_as_a_then_rename_to_b(viewer, widget, drain_jobs)
     viewer.add_image(image[::-1].copy(), name="c")
     _pick(widget, drain_jobs, "c")
     names = {layer.name for layer in viewer.layers}
