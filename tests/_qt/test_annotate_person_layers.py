@@ -219,3 +219,33 @@ def test_an_image_renamed_where_its_layers_could_not_follow_finds_them_when_pick
     assert {layer.name for layer in viewer.layers} - names <= {"a current object", "a boxes"}
     assert not any(layer.name.startswith("b ") and "[" in layer.name for layer in viewer.layers)
     assert not mine.data.any() if kind == "labels" else len(mine.data) == 1
+
+
+@pytest.mark.parametrize("kind", ["points", "small labels"])
+def test_an_annotations_layer_that_does_not_fit_is_left_alone_and_annotation_works(
+    make_napari_viewer, qtbot, tiny_sam, nuclei_image, drain_jobs, tmp_path, notifications, kind
+):
+    """A layer of the person's named "nuclei annotations" that is no Labels layer of the
+    image's shape (Points; Labels of another shape) stopped annotation ("exists but does
+    not fit ... rename or delete it"); the widget now annotates into its own beside it."""
+    image = nuclei_image[0]
+
+    def add_mine(viewer):
+        if kind == "points":
+            return viewer.add_points([[3.0, 4.0]], name="nuclei annotations")
+        return viewer.add_labels(np.ones((8, 8), np.uint32), name="nuclei annotations")
+
+    viewer, widget, mine = _annotate(
+        make_napari_viewer, qtbot, tiny_sam, drain_jobs, tmp_path, image, add_mine
+    )
+    before = mine.data.copy()
+    annotations = widget.session.layers.annotations
+    assert annotations is not mine and annotations.name == "nuclei annotations [1]"
+    assert annotations.data.shape == image.shape[:2]
+    assert any("'nuclei annotations [1]'" in notice for notice in notifications)
+    widget.session.layers.points.add([128, 128])
+    assert widget.commit() == [1]
+    drain_jobs(widget)
+    assert annotations.data.any()
+    np.testing.assert_array_equal(mine.data, before)
+    assert mine.name == "nuclei annotations" and mine in viewer.layers
