@@ -20,7 +20,6 @@ from napari_samtune._qt.image_planes import ImageAxes
 from napari_samtune._qt.propagate import PropagationConfig, iter_propagate
 from napari_samtune._qt.workers import TaskProgress, logged_notes
 from napari_samtune.core.automatic import AutoSegmentConfig
-from napari_samtune.core.images import check_some_pixel_finite
 from napari_samtune.core.models import LoadedModel, load_model
 
 LOAD_TASK = "loading model"
@@ -70,9 +69,13 @@ def _set_plane(
             report(TaskProgress(done, total, f"embedding {where}: tile {done}/{total}"))
 
     image = axes.plane(data, plane or 0)
-    # a plane named as the slider shows it; a 2D image by its layer (the core: "image")
-    check_some_pixel_finite(image, f"image layer {image_name!r}" if plane is None else where)
-    segmenter.set_image(image, progress=tiles_done, **axes.segmenter_channel_args())
+    segmenter.set_image(
+        image,
+        progress=tiles_done,
+        # a plane named as the slider shows it, a 2D image by its layer
+        image_name=f"image layer {image_name!r}" if plane is None else where,
+        **axes.segmenter_channel_args(),
+    )
 
 
 def iter_embed_planes(

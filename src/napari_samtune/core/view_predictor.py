@@ -115,6 +115,7 @@ class ViewPredictor:
         channel_axis: int | None = None,
         channels: Sequence[int] | None = None,
         progress: ProgressCallback | None = None,
+        image_name: str = "image",
     ) -> None:
         """Normalise and embed an image (or load its embeddings from the cache).
 
@@ -122,6 +123,7 @@ class ViewPredictor:
             image: (H, W) or channelled image, any numeric dtype; see ``to_sam_rgb``.
             channel_axis, channels: passed to ``to_sam_rgb``.
             progress: called as ``progress(tiles_done, n_tiles)`` while embedding.
+            image_name: what errors call the image (e.g. "plane 3/9", "image layer 'x'").
 
         Raises:
             ValueError: for a float image without a finite pixel (all NaN or infinite),
@@ -129,7 +131,7 @@ class ViewPredictor:
                 come out black (the low percentile), +inf ones white.
         """
         pixels = np.asarray(image)  # read once: a dask or zarr array is not read twice
-        check_some_pixel_finite(pixels, "image")
+        check_some_pixel_finite(pixels, image_name)
         rgb = to_sam_rgb(pixels, channel_axis, channels)
         grid = TileGrid.for_image(rgb.shape[:2], self.img_size, self.tiling)
         digest = image_digest(rgb)
