@@ -231,12 +231,12 @@ def check_pair(pair: ImageLabelPair) -> None:
 def _checked(pair: ImageLabelPair) -> tuple[np.ndarray, np.ndarray]:
     """The pair's image plane to normalise (:func:`~napari_samtune.core.images.sam_plane`)
     and its labels as an array, after every check but that the labels hold an object."""
-    labels = np.asarray(pair.labels)
+    image, labels = np.asarray(pair.image), np.asarray(pair.labels)
     check_channels(pair)
     check_labels(labels, pair.name)
-    check_some_pixel_finite(np.asarray(pair.image), f"image of {pair.name!r}")
+    check_some_pixel_finite(image, f"image of {pair.name!r}")
     try:
-        plane = sam_plane(np.asarray(pair.image), pair.channel_axis, pair.channels)
+        plane = sam_plane(image, pair.channel_axis, pair.channels)
     except (ValueError, TypeError) as err:
         raise type(err)(f"image of {pair.name!r}: {err}") from None
     height, width = plane.shape[:2]
