@@ -11,6 +11,7 @@ import contextlib
 from pathlib import Path
 
 from napari_samtune.core.annotation_files import annotation_paths, save_name, saved_shape
+from napari_samtune.core.checkpoints import first_free
 from napari_samtune.core.label_files import namesake_name, saved_fingerprint
 
 
@@ -85,12 +86,10 @@ def move_earlier_aside(folder: Path, name: str, fingerprint: str) -> tuple[str, 
     newer are saved as ``name``, where the image looks. Returns the name to save the newer
     as (beside them where they could not move) and what to tell the person."""
     earlier, _ = annotation_paths(folder, name)
-    attempt = 1
-    while any(
-        path.exists() for path in annotation_paths(folder, _aside(name, fingerprint, attempt))
-    ):
-        attempt += 1
-    aside = _aside(name, fingerprint, attempt)
+    aside = first_free(
+        namesake_name(name, fingerprint),  # then <name>-<fingerprint>-2, ... as namesakes are
+        lambda free: any(path.exists() for path in annotation_paths(folder, free)),
+    )
     if move_saved(folder, name, aside) == name:  # could not move: saves go beside them
         return aside, (
             f"{earlier} holds earlier annotations of {name!r}, not those annotated now; so "
@@ -117,7 +116,3 @@ def take_earlier_name(folder: Path, file_name: str, name: str, fingerprint: str)
             f"{annotation_paths(folder, moved)[0]}"
         )
     return moved, note
-
-
-def _aside(name: str, fingerprint: str, attempt: int) -> str:
-    return namesake_name(name, fingerprint, attempt)
