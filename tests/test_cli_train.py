@@ -321,6 +321,34 @@ def test_an_abort_after_the_last_epoch_offers_the_export_not_a_resume(
     assert "registered as 'run'" in capsys.readouterr().out
 
 
+def test_an_abort_before_the_first_last_checkpoint_offers_the_best_weights(
+    tmp_path, folders, capsys, monkeypatch
+):
+    """SIGTERM while the first epoch's last.pt is written, after its best.pt: the note
+    said nothing (it looked for last.pt only), so the saved weights looked lost."""
+    real_save = torch.save
+
+    def terminated_at_last(obj, path, *args, **kwargs):
+        if Path(path).name.startswith(".last.pt."):  # atomic_write's temporary file
+            raise cli.Terminated
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", terminated_at_last)
+    images, labels = folders
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
+    argv += ["--labels", labels, "--epochs", "2", *FAST, "--out", str(out)]
+    assert cli.main(argv) == 143
+    err = capsys.readouterr().err
+    best = out / "checkpoints" / "best.pt"
+    assert not (out / "checkpoints" / "last.pt").exists()
+    assert "cannot be continued (it wrote no last.pt)" in err
+    assert f"samtune export {best} -o model.pth" in err
+    monkeypatch.setattr(torch, "save", real_save)
+    assert cli.main(["export", str(best), "-o", str(tmp_path / "model.pth")]) == 0
+    assert (tmp_path / "model.pth").is_file()
+
+
 def _signals_after(monkeypatch, event_type, *signals):
     """Training raises ``signals`` (for real) after its first event of ``event_type``."""
     import signal

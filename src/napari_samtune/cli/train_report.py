@@ -26,7 +26,7 @@ def aborted_note(out: Path) -> str:
 
     files = RunFiles(out)
     if not files.last.is_file():
-        return ""
+        return _best_only_note(files.best)
     saved = ", ".join(str(p) for p in (files.last, files.best) if p.is_file())
     if _training_done(files.last):  # stopped while exporting: a resume has nothing to train
         source = shlex.quote(str(files.best if files.best.is_file() else files.last))
@@ -44,6 +44,20 @@ def aborted_note(out: Path) -> str:
         best = shlex.quote(str(files.best))
         note += f", or export its best model so far: samtune export {best} -o model.pth"
     return note
+
+
+def _best_only_note(best: Path) -> str:
+    """The note for a run stopped between the best.pt and the last.pt of its first epoch in
+    this folder (a full disk, an abort): nothing to continue from, but usable weights; ""
+    without best.pt."""
+    if not best.is_file():
+        return ""
+    source = shlex.quote(str(best))
+    return (
+        f"the run did not finish and cannot be continued (it wrote no last.pt), but the "
+        f"weights of its best epoch so far are in {best}: export them with: samtune export "
+        f"{source} -o model.pth (or train again; copy {best.name} elsewhere first to keep it)"
+    )
 
 
 def _training_done(last: Path) -> bool:
