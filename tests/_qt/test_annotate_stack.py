@@ -180,8 +180,10 @@ def test_the_propagation_note_says_where_it_went_and_why_it_stopped():
     )
 
 
-def test_job_progress_numbers_planes_as_napari_slider_does():
-    """The slider shows a plane's index from 0 and the last index; progress said 1-based."""
+def test_job_progress_numbers_planes_as_napari_slider_does_and_names_the_image():
+    """The slider shows a plane's index from 0 and the last index; progress said 1-based.
+    Progress names the image's layer, for a stack's planes as for a 2D image, which was
+    just "image" (another image may be chosen while an automatic run goes on)."""
     from napari_samtune._qt.annotate_jobs import iter_embed_planes, iter_propagate_object
     from napari_samtune._qt.image_planes import describe_image
     from napari_samtune._qt.propagate import PropagationConfig
@@ -199,10 +201,15 @@ def test_job_progress_numbers_planes_as_napari_slider_does():
     object_mask = np.zeros((8, 8), bool)
     object_mask[2:6, 2:6] = True
     axes, data, reported = describe_image((3, 8, 8)), np.zeros((3, 8, 8)), []
-    messages = [p.message for p in iter_embed_planes(Segmenter(), axes, data, [1, 2], print)]
-    assert messages == ["embedding plane 1/2", "embedding plane 2/2"]
-    list(iter_embed_planes(Segmenter(), axes, data, [0], reported.append))
-    assert [p.message for p in reported] == ["embedding plane 0/2: tile 1/1"]
+    job = iter_embed_planes(Segmenter(), axes, data, [1, 2], print, image_name="stack")
+    messages = [p.message for p in job]
+    assert messages == ["embedding plane 1/2 of 'stack'", "embedding plane 2/2 of 'stack'"]
+    list(iter_embed_planes(Segmenter(), axes, data, [0], reported.append, image_name="stack"))
+    assert [p.message for p in reported] == ["embedding plane 0/2 of 'stack': tile 1/1"]
+    reported.clear()  # a 2D image is named by its layer (another may be chosen meanwhile)
+    flat = describe_image((8, 8))
+    list(iter_embed_planes(Segmenter(), flat, data[0], [None], reported.append, "cells"))
+    assert [p.message for p in reported] == ["embedding image 'cells': tile 1/1"]
     job = iter_propagate_object(Segmenter(), axes, data, 0, object_mask, PropagationConfig())
     messages = [getattr(step, "message", None) for step in job]
     assert messages[::2] == [

@@ -49,9 +49,12 @@ class PropagationEnd:
 Reporter = Callable[[TaskProgress], None]  # thread-safe progress sink (TaskRunner.report)
 
 
-def _where(axes: ImageAxes, plane: int | None) -> str:
-    """The image, or its plane as napari's slider shows it: "plane <index>/<last index>"."""
-    return "image" if plane is None else f"plane {plane}/{axes.n_planes - 1}"
+def _where(axes: ImageAxes, plane: int | None, image_name: str) -> str:
+    """The image by its layer's name, or its plane as napari's slider shows it: "plane
+    <index>/<last index> of '<name>'" (another image may be chosen while a job runs)."""
+    if plane is None:
+        return f"image {image_name!r}"
+    return f"plane {plane}/{axes.n_planes - 1} of {image_name!r}"
 
 
 def _set_plane(
@@ -62,7 +65,7 @@ def _set_plane(
     report: Reporter | None = None,
     image_name: str = "image",
 ) -> None:
-    where = _where(axes, plane)
+    where = _where(axes, plane, image_name)
 
     def tiles_done(done: int, total: int) -> None:
         if report is not None:
@@ -89,7 +92,8 @@ def iter_embed_planes(
     """Embed ``planes`` one after the other (cached on disk); returns the last plane."""
     for done, plane in enumerate(planes):
         if len(planes) > 1:
-            yield TaskProgress(done, len(planes), f"embedding {_where(axes, plane)}")
+            where = _where(axes, plane, image_name)
+            yield TaskProgress(done, len(planes), f"embedding {where}")
             _set_plane(segmenter, axes, data, plane, image_name=image_name)
         else:  # one plane: show its tiles
             _set_plane(segmenter, axes, data, plane, report, image_name)
@@ -108,7 +112,7 @@ def iter_segment_automatically(
 ) -> Iterator[TaskProgress | PlaneResult]:
     """Automatic segmentation of each plane; yields a :class:`PlaneResult` per plane."""
     for done, plane in enumerate(planes):
-        where = _where(axes, plane)
+        where = _where(axes, plane, image_name)
         yield TaskProgress(done, len(planes), f"segmenting {where} automatically…")
         _set_plane(segmenter, axes, data, plane, image_name=image_name)
 
