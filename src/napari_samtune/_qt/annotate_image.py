@@ -17,7 +17,7 @@ from napari_samtune._qt.annotate_session import AnnotationSession, found_where
 from napari_samtune._qt.image_planes import describe_image
 from napari_samtune._qt.layer_names import ImageMark, layers_named_after, rename_layers
 from napari_samtune._qt.prompt_layers import layer_batch
-from napari_samtune._qt.saved_renames import follow_saved_rename, saved_file_names, taken_notes
+from napari_samtune._qt.saved_renames import follow_unkept_rename, taken_notes
 from napari_samtune._qt.workers import user_message
 from napari_samtune.core.label_files import image_fingerprint
 
@@ -313,19 +313,16 @@ class AnnotateImageMixin:
         """Image ``layer``, whose session is not kept (annotated before the panel was
         reopened, say), was renamed from ``old``: its layers left in the viewer (found by
         their names, unless another image's) and its annotations saved in the annotation
-        folder take the new name too, as a kept session's do."""
+        folder take the new name too, as a kept session's do (see
+        :func:`~napari_samtune._qt.saved_renames.follow_unkept_rename`)."""
         in_use = [s.layers.layers for s in [self.session, *self._sessions_kept()] if s]
         fingerprint = image_fingerprint(layer.data)
         named = layers_named_after(self.viewer, old, ImageMark.of(layer, fingerprint))
         left = [ly for ly in named if not _among(ly, in_use)]
         notes = taken_notes(old, rename_layers(self.viewer, left, old, layer.name))
         self.flush_autosave()
-        folder = self.annotation_folder()
-        for file_name in saved_file_names(folder, old, fingerprint):
-            notes.append(
-                follow_saved_rename(folder, file_name, layer.name, fingerprint=fingerprint)[1]
-            )
-        for note in filter(None, notes):
+        notes += follow_unkept_rename(self.annotation_folder(), old, layer.name, fingerprint)
+        for note in notes:
             show_info(note)
 
     def _sessions_kept(self) -> list[AnnotationSession]:

@@ -16,6 +16,7 @@ from napari_samtune._qt.label_edits import Plane, UndoEntry, UndoStack, write_ob
 from napari_samtune._qt.prompt_layers import PromptLayers
 from napari_samtune._qt.saved_renames import (
     follow_saved_rename,
+    holds_earlier,
     take_earlier_name,
     taken_notes,
 )
@@ -204,9 +205,7 @@ class AnnotationSession:
 
     def _has_earlier(self, folder: Path, name: str) -> bool:
         """Whether ``name``'s files in ``folder`` hold this image's annotations."""
-        labels_path, _ = annotation_paths(folder, name)
-        shape = self.axes.spatial_shape
-        return labels_path.is_file() and save_name(folder, name, self.fingerprint, shape) == name
+        return holds_earlier(folder, name, self.fingerprint, self.axes.spatial_shape)
 
     def _continue_earlier(
         self, folder: Path, file_name: str, new: str, may_restore: bool

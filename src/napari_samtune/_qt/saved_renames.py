@@ -116,3 +116,29 @@ def take_earlier_name(folder: Path, file_name: str, name: str, fingerprint: str)
             f"{annotation_paths(folder, moved)[0]}"
         )
     return moved, note
+
+
+def holds_earlier(folder: Path, name: str, fingerprint: str, shape: tuple) -> bool:
+    """Whether ``name``'s files in ``folder`` hold annotations of the image of
+    ``fingerprint`` read with labels of ``shape`` (its earlier ones, where another set of
+    them is to take ``name``): not another image's, nor a file that cannot be read."""
+    labels_path, _ = annotation_paths(folder, name)
+    return labels_path.is_file() and save_name(folder, name, fingerprint, shape) == name
+
+
+def follow_unkept_rename(folder: Path, old: str, new: str, fingerprint: str) -> list[str]:
+    """The image of ``fingerprint``, whose annotations no session holds, was renamed from
+    ``old`` to ``new``: its files in ``folder`` (:func:`saved_file_names`) follow
+    (:func:`follow_saved_rename`). Where ``new``'s files hold its earlier annotations, the
+    ones the image had under ``old`` (the first found: its own name's, else
+    ``<old>-<fingerprint>``) take ``new`` and the earlier move aside
+    (:func:`take_earlier_name`), as a session's do. Returns what to tell the person."""
+    notes = []
+    for index, file_name in enumerate(saved_file_names(folder, old, fingerprint)):
+        moved, note = follow_saved_rename(folder, file_name, new, fingerprint=fingerprint)
+        shape = saved_shape(annotation_paths(folder, file_name)[0]) or ()
+        stayed = moved == file_name != new
+        if stayed and index == 0 and holds_earlier(folder, new, fingerprint, shape):
+            note = take_earlier_name(folder, file_name, new, fingerprint)[1]
+        notes.append(note)
+    return [note for note in notes if note]

@@ -1,0 +1,68 @@
+"""Saved annotations following an image renamed while no session of it is kept (annotated
+before the panel was reopened): nothing in the annotation folder is overwritten or lost."""
+
+from __future__ import annotations
+
+import numpy as np
+import tifffile
+
+from napari_samtune.core.annotation_files import save_annotations
+
+WAIT_MS = 30_000
+
+
+def _cells0_saved_then_panel_reopened(cells_viewer, qtbot, tiny_sam, drain_jobs, folder):
+    """cells0 with one object saved in ``folder``, then the panel closed and opened again
+    on cells1. Returns the viewer, the new widget and cells0's fingerprint."""
+    from napari_samtune._qt.annotate import AnnotateWidget
+
+    viewer = cells_viewer(2)
+    widget = AnnotateWidget(viewer)
+    widget.ui.folder_edit.setText(str(folder))
+    widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    widget.session.layers.preview.data[10:20, 10:20] = 1
+    with qtbot.waitSignal(widget.annotations_saved, timeout=WAIT_MS):
+        assert widget.commit() == [1]
+    drain_jobs(widget)
+    fingerprint = widget.session.fingerprint
+    widget.shut_down()  # the layers of cells0 stay in the viewer
+    viewer.layers.move(viewer.layers.index("cells1"), 0)
+    reopened = AnnotateWidget(viewer)
+    reopened.ui.folder_edit.setText(str(folder))
+    reopened.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(reopened)
+    assert reopened.session.image_layer.name == "cells1"
+    return viewer, reopened, fingerprint
+
+
+def test_an_unkept_image_renamed_to_the_name_of_its_earlier_annotations_moves_those_aside(
+    cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path, notifications
+):
+    """cells0, its session not kept, renamed "dapi", whose files hold earlier annotations
+    of the same image: its files stayed under "cells0" (with a message), and picked or
+    reopened as "dapi" the image brought back the earlier annotations, not those of its
+    layer. As for a kept session, the earlier ones now move aside to
+    ``dapi-<fingerprint>``, not overwritten, and cells0's take "dapi"."""
+    viewer, widget, fingerprint = _cells0_saved_then_panel_reopened(
+        cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path
+    )
+    saved = tifffile.imread(tmp_path / "cells0.labels.tif")
+    earlier = np.zeros_like(saved)
+    earlier[:4, :4] = 5
+    record = {"image_fingerprint": fingerprint, "objects": [{"id": 5}]}
+    save_annotations(tmp_path, "dapi", earlier, record)
+
+    viewer.layers["cells0"].name = "dapi"
+    drain_jobs(widget)
+    aside = tmp_path / f"dapi-{fingerprint}.labels.tif"
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        ["dapi.labels.tif", "dapi.prompts.json", aside.name, f"dapi-{fingerprint}.prompts.json"]
+    )
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "dapi.labels.tif"), saved)
+    np.testing.assert_array_equal(tifffile.imread(aside), earlier)
+    assert any(str(aside) in notice and "Load annotations" in notice for notice in notifications)
+    widget.ui.image_combo.setCurrentText("dapi")
+    drain_jobs(widget)
+    np.testing.assert_array_equal(widget.session.annotations, saved)
+    assert len(widget.session.records) == 1
