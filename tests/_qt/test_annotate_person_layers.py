@@ -249,3 +249,53 @@ def test_an_annotations_layer_that_does_not_fit_is_left_alone_and_annotation_wor
     assert annotations.data.any()
     np.testing.assert_array_equal(mine.data, before)
     assert mine.name == "nuclei annotations" and mine in viewer.layers
+
+
+def _reopen_panel_on(viewer, widget, qtbot, tiny_sam, drain_jobs, folder, image):
+    """The panel closed (the layers stay) and opened again on a new image "other", so that
+    no session of the first image is kept. Returns the new widget."""
+    from napari_samtune._qt.annotate import AnnotateWidget
+
+    widget.shut_down()
+    viewer.add_image(image[::-1].copy(), name="other")
+    viewer.layers.move(viewer.layers.index("other"), 0)
+    reopened = AnnotateWidget(viewer)
+    reopened.ui.folder_edit.setText(str(folder))
+    with qtbot.waitSignal(reopened.embedding_ready, timeout=WAIT_MS):
+        reopened.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(reopened)
+    assert reopened.session.image_layer.name == "other"
+    return reopened
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["chosen", "panel-reopened"])
+def test_layers_that_kept_an_old_name_take_the_image_s_next_name(
+    make_napari_viewer, qtbot, tiny_sam, nuclei_image, drain_jobs, tmp_path, kept
+):
+    """Image "a" renamed "b" where "b points" and "b annotations" were the person's: its
+    layers kept the names "a points" and "a annotations". Renamed again, "c", they kept
+    them still: they were looked up by the name "b". They are the widget's (marked with
+    the image), so they take "c points" and "c annotations"; the person's stay as they are."""
+    image = nuclei_image[0]
+
+    def add_mine(viewer):
+        viewer.add_points([[5.0, 5.0]], name="b points")
+        return viewer.add_shapes([[[0, 0], [4, 4]]], name="b annotations")
+
+    viewer, widget, mine = _annotate(
+        make_napari_viewer, qtbot, tiny_sam, drain_jobs, tmp_path, image, add_mine
+    )
+    first, objects = _commit_as_a_then_rename_to_b(viewer, widget, drain_jobs, [60, 60])
+    assert first.layers.points.name == "a points"
+    if not kept:
+        widget = _reopen_panel_on(viewer, widget, qtbot, tiny_sam, drain_jobs, tmp_path, image)
+    viewer.layers["b"].name = "c"
+    layers = first.layers
+    assert layers.points.name == "c points" and len(layers.points.data) == 1
+    assert layers.annotations.name == "c annotations"
+    np.testing.assert_array_equal(layers.annotations.data, objects)
+    assert (layers.boxes.name, layers.preview.name) == ("c boxes", "c current object")
+    assert viewer.layers["b points"] is not layers.points
+    assert len(viewer.layers["b points"].data) == 1
+    assert mine.name == "b annotations" and len(mine.data) == 1
+    assert not any(layer.name.startswith("a ") for layer in viewer.layers)

@@ -15,7 +15,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, PROPAGATE_TASK
 from napari_samtune._qt.annotate_session import AnnotationSession, found_where
 from napari_samtune._qt.image_planes import describe_image
-from napari_samtune._qt.layer_names import ImageMark, layers_named_after, rename_layers
+from napari_samtune._qt.layer_names import ImageMark, layers_of_image, rename_layers
 from napari_samtune._qt.prompt_layers import layer_batch
 from napari_samtune._qt.saved_renames import follow_unkept_rename, taken_notes
 from napari_samtune._qt.workers import user_message
@@ -312,12 +312,12 @@ class AnnotateImageMixin:
     def _follow_unkept_rename(self, layer, old: str) -> None:
         """Image ``layer``, whose session is not kept (annotated before the panel was
         reopened, say), was renamed from ``old``: its layers left in the viewer (found by
-        their names, unless another image's) and its annotations saved in the annotation
-        folder take the new name too, as a kept session's do (see
+        their marks or names, unless another image's) and its annotations saved in the
+        annotation folder take the new name too, as a kept session's do (see
         :func:`~napari_samtune._qt.saved_renames.follow_unkept_rename`)."""
         in_use = [s.layers.layers for s in [self.session, *self._sessions_kept()] if s]
         fingerprint = image_fingerprint(layer.data)
-        named = layers_named_after(self.viewer, old, ImageMark.of(layer, fingerprint))
+        named = layers_of_image(self.viewer, old, ImageMark.of(layer, fingerprint))
         left = [ly for ly in named if not _among(ly, in_use)]
         notes = taken_notes(old, rename_layers(self.viewer, left, old, layer.name))
         self.flush_autosave()

@@ -107,26 +107,42 @@ def marked_role(layer, image: ImageMark) -> str | None:
     return suffix if marked and suffix in NAME_SUFFIXES else None
 
 
-def layers_named_after(viewer, image_name: str, image: ImageMark) -> list:
-    """The layers of ``viewer`` that the widget made for ``image``, named ``image_name``,
-    found by their names ("<name> points", "<name> points [1]", ...), and its Labels layer
+def layers_of_image(viewer, image_name: str, image: ImageMark) -> list:
+    """The layers of ``viewer`` that the widget made for ``image``, named ``image_name``:
+    those marked with its layer whatever their names (:func:`marked_role`), those found by
+    their names ("<name> points", "<name> points [1]", ...), and its Labels layer
     "<name> annotations" (see :func:`role_for`); not the person's others."""
-    return [layer for layer in viewer.layers if role_for(layer, image_name, image, viewer)]
+    return [
+        layer
+        for layer in viewer.layers
+        if marked_role(layer, image) or role_for(layer, image_name, image, viewer)
+    ]
 
 
 def rename_layers(viewer, layers, old: str, new: str) -> list[str]:
     """Image ``old`` was renamed ``new``: those of ``layers`` named after it
-    ("<old> points", or "<old> points [1]" where the person had a layer so named) are
-    renamed alike ("<new> points"), so that they are found again when the image is picked
-    again. Returns the new names already taken by other layers (those layers keep their
-    names)."""
+    ("<old> points", or "<old> points [1]" where the person had a layer so named), or made
+    by the widget and named for their role after an earlier name of the image (kept where
+    a rename found the new name taken), are renamed "<new> points" and so on, so that they
+    are found again when the image is picked again. Returns the new names already taken by
+    other layers (those layers keep their names)."""
     taken = []
     for layer in layers:
-        suffix = suffix_of(layer.name, old)
-        if suffix is None or layer not in viewer.layers:
-            continue  # renamed by the person, or removed: leave it be
+        suffix = _suffix_to_follow(layer, old)
+        if suffix is None or layer not in viewer.layers or layer.name == new + suffix:
+            continue  # renamed by the person, removed, or named so already: leave it be
         if new + suffix in viewer.layers:
             taken.append(new + suffix)
         else:
             layer.name = new + suffix
     return taken
+
+
+def _suffix_to_follow(layer, old: str) -> str | None:
+    """The suffix that ``layer``, one of image ``old``'s, keeps after the image's new name:
+    its role where the widget made it and its name ends in that ("<earlier name> points
+    [1]"), else its name's after ``old``; None where the person gave it another name."""
+    role = layer.metadata.get(OWN_LAYER_KEY)
+    if role in NAME_SUFFIXES and strip_taken_number(layer.name).endswith(role):
+        return role
+    return suffix_of(layer.name, old)
