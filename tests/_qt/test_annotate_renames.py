@@ -66,3 +66,16 @@ def test_an_unkept_image_renamed_to_the_name_of_its_earlier_annotations_moves_th
     drain_jobs(widget)
     np.testing.assert_array_equal(widget.session.annotations, saved)
     assert len(widget.session.records) == 1
+
+
+def test_a_layer_of_the_widget_s_the_person_renamed_keeps_its_name_when_the_image_is_renamed(
+    viewer_widget,
+):
+    """The widget's layers follow the image's name by their marks, whatever earlier name
+    of the image they have; one the person gave a name of their own ("seeds") keeps it."""
+    viewer, widget = viewer_widget
+    layers = widget.session.layers
+    layers.points.name = "seeds"
+    viewer.layers["nuclei"].name = "dapi"
+    assert layers.points.name == "seeds"
+    assert (layers.annotations.name, layers.boxes.name) == ("dapi annotations", "dapi boxes")
