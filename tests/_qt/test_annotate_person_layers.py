@@ -299,3 +299,32 @@ def test_layers_that_kept_an_old_name_take_the_image_s_next_name(
     assert len(viewer.layers["b points"].data) == 1
     assert mine.name == "b annotations" and len(mine.data) == 1
     assert not any(layer.name.startswith("a ") for layer in viewer.layers)
+
+
+def test_the_note_on_taken_layer_names_names_the_layers_that_keep_theirs(
+    make_napari_viewer, qtbot, tiny_sam, nuclei_image, drain_jobs, tmp_path, notifications
+):
+    """Image "a" renamed "b" and then "c", where "b points" and "c points" are the person's:
+    the note said "those of 'b' keep their names", though they were named "a points", the
+    name the person has to look for."""
+
+    def add_mine(viewer):
+        viewer.add_points([[5.0, 5.0]], name="b points")
+        viewer.add_points([[6.0, 6.0]], name="c points")
+        return viewer.add_shapes([[[0, 0], [4, 4]]], name="b annotations")
+
+    viewer, widget, _ = _annotate(
+        make_napari_viewer, qtbot, tiny_sam, drain_jobs, tmp_path, nuclei_image[0], add_mine
+    )
+    first, _ = _commit_as_a_then_rename_to_b(viewer, widget, drain_jobs)
+    assert (
+        "layer(s) 'b points', 'b annotations' exist already, so the layers of image 'b' keep "
+        "the names 'a points', 'a annotations'" in notifications
+    )
+    viewer.layers["b"].name = "c"
+    assert first.layers.points.name == "a points"
+    assert first.layers.annotations.name == "c annotations"
+    assert (
+        "layer(s) 'c points' exist already, so the layers of image 'c' keep the names "
+        "'a points'" in notifications
+    )

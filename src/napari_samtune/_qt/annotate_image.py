@@ -319,7 +319,7 @@ class AnnotateImageMixin:
         fingerprint = image_fingerprint(layer.data)
         named = layers_of_image(self.viewer, old, ImageMark.of(layer, fingerprint))
         left = [ly for ly in named if not _among(ly, in_use)]
-        notes = taken_notes(old, rename_layers(self.viewer, left, old, layer.name))
+        notes = taken_notes(layer.name, rename_layers(self.viewer, left, old, layer.name))
         self.flush_autosave()
         notes += follow_unkept_rename(self.annotation_folder(), old, layer.name, fingerprint)
         for note in notes:

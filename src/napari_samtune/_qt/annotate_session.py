@@ -187,7 +187,7 @@ class AnnotationSession:
         one chosen)."""
         old, new = self.image_name, self.image_layer.name
         self.image_name = new
-        notes, restore = taken_notes(old, self.layers.follow_rename(old, new)), False
+        notes, restore = taken_notes(new, self.layers.follow_rename(old, new)), False
         shape = self.axes.spatial_shape
         for folder, name in [key for key in self._file_names if key[1] == old]:
             file_name = self._file_names.pop((folder, name))

@@ -119,20 +119,20 @@ def layers_of_image(viewer, image_name: str, image: ImageMark) -> list:
     ]
 
 
-def rename_layers(viewer, layers, old: str, new: str) -> list[str]:
+def rename_layers(viewer, layers, old: str, new: str) -> list[tuple[str, str]]:
     """Image ``old`` was renamed ``new``: those of ``layers`` named after it
     ("<old> points", or "<old> points [1]" where the person had a layer so named), or made
     by the widget and named for their role after an earlier name of the image (kept where
     a rename found the new name taken), are renamed "<new> points" and so on, so that they
-    are found again when the image is picked again. Returns the new names already taken by
-    other layers (those layers keep their names)."""
+    are found again when the image is picked again. Returns (name kept, new name) for those
+    whose new names other layers have (they keep their names)."""
     taken = []
     for layer in layers:
         suffix = _suffix_to_follow(layer, old)
         if suffix is None or layer not in viewer.layers or layer.name == new + suffix:
             continue  # renamed by the person, removed, or named so already: leave it be
         if new + suffix in viewer.layers:
-            taken.append(new + suffix)
+            taken.append((layer.name, new + suffix))
         else:
             layer.name = new + suffix
     return taken

@@ -365,7 +365,7 @@ class PromptLayers:
             return [None] if data.any() else []
         return [int(z) for z in np.flatnonzero(data.reshape(len(data), -1).any(axis=1))]
 
-    def follow_rename(self, old: str, new: str) -> list[str]:
+    def follow_rename(self, old: str, new: str) -> list[tuple[str, str]]:
         """The image was renamed from ``old`` to ``new``: the layers named after it are
         renamed alike (see :func:`rename_layers`)."""
         return rename_layers(self.viewer, self.layers, old, new)

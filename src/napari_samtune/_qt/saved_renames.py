@@ -15,12 +15,16 @@ from napari_samtune.core.checkpoints import first_free
 from napari_samtune.core.label_files import namesake_name, saved_fingerprint
 
 
-def taken_notes(old: str, taken: list[str]) -> list[str]:
-    """What to say when layers of image ``old`` could not take the names ``taken``."""
+def taken_notes(image: str, taken: list[tuple[str, str]]) -> list[str]:
+    """What to say when layers of ``image`` (its new name) could not take their new names:
+    ``taken`` holds (the name a layer keeps, the name another layer has)."""
     if not taken:
         return []
-    names = ", ".join(map(repr, taken))
-    return [f"layer(s) {names} exist already: those of {old!r} keep their names"]
+    wanted = ", ".join(repr(name) for _, name in taken)
+    kept = ", ".join(repr(name) for name, _ in taken)
+    return [
+        f"layer(s) {wanted} exist already, so the layers of image {image!r} keep the names {kept}"
+    ]
 
 
 def saved_file_names(folder: Path, image_name: str, fingerprint: str) -> list[str]:
