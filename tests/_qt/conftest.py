@@ -251,6 +251,28 @@ def cells_viewer(make_napari_viewer):
 
 
 @pytest.fixture
+def cells_with_one_saved_object(cells_viewer, qtbot, tiny_sam, drain_jobs):
+    """``cells_with_one_saved_object(folder)``: ``(viewer, widget)``, two cells images
+    (see ``cells_viewer``) and the Annotate widget on cells0, with object 1 committed and
+    saved to ``folder``."""
+    from napari_samtune._qt.annotate import AnnotateWidget
+
+    def make(folder):
+        viewer = cells_viewer(2)
+        widget = AnnotateWidget(viewer)
+        widget.ui.folder_edit.setText(str(folder))
+        widget.set_model(tiny_sam, "tiny", "tiny-test")
+        drain_jobs(widget)
+        widget.session.layers.preview.data[10:20, 10:20] = 1
+        with qtbot.waitSignal(widget.annotations_saved, timeout=WAIT_MS):
+            assert widget.commit() == [1]
+        drain_jobs(widget)
+        return viewer, widget
+
+    return make
+
+
+@pytest.fixture
 def finetune_on_cells(cells_viewer):
     """``finetune_on_cells(n=2)``: ``(viewer, widget)``, a Finetune widget (undocked, on a
     CPU machine with 16 GB) beside a ``cells_viewer(n)``."""

@@ -101,23 +101,6 @@ def test_another_image_is_undone_while_a_stack_is_segmented_automatically(
     assert stack.annotations.any()
 
 
-def _cells_with_one_saved_object(cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path):
-    """Two cells images and the widget on cells0, with object 1 committed and saved to
-    ``tmp_path``."""
-    from napari_samtune._qt.annotate import AnnotateWidget
-
-    viewer = cells_viewer(2)
-    widget = AnnotateWidget(viewer)
-    widget.ui.folder_edit.setText(str(tmp_path))
-    widget.set_model(tiny_sam, "tiny", "tiny-test")
-    drain_jobs(widget)
-    widget.session.layers.preview.data[10:20, 10:20] = 1
-    with qtbot.waitSignal(widget.annotations_saved, timeout=WAIT_MS):
-        assert widget.commit() == [1]
-    drain_jobs(widget)
-    return viewer, widget
-
-
 def _rename_cells0_to_dapi(viewer, annotations, tmp_path, notifications) -> None:
     """Rename image cells0 to "dapi": its layers and its saved annotations follow."""
     viewer.layers["cells0"].name = "dapi"
@@ -129,14 +112,12 @@ def _rename_cells0_to_dapi(viewer, annotations, tmp_path, notifications) -> None
 
 
 def test_an_image_renamed_while_another_is_chosen_keeps_its_annotations(
-    cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path, notifications
+    cells_with_one_saved_object, drain_jobs, tmp_path, notifications
 ):
     """Renamed while another image was chosen, then chosen again: it got a new, empty
     annotations layer under its new name (its annotations stayed in the layer under the
     old name), and its saved annotations were not found."""
-    viewer, widget = _cells_with_one_saved_object(
-        cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path
-    )
+    viewer, widget = cells_with_one_saved_object(tmp_path)
     annotations = widget.session.layers.annotations
     widget.ui.image_combo.setCurrentText("cells1")
     drain_jobs(widget)
@@ -153,16 +134,14 @@ def test_an_image_renamed_while_another_is_chosen_keeps_its_annotations(
 
 
 def test_an_image_annotated_before_the_panel_was_reopened_keeps_its_annotations_when_renamed(
-    cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path, notifications
+    cells_with_one_saved_object, tiny_sam, drain_jobs, tmp_path, notifications
 ):
     """An image annotated earlier (its layers still there, its annotations saved) but whose
     session was no longer kept, renamed while another was chosen: its layers and files
     stayed under the old name, so chosen again it started empty."""
     from napari_samtune._qt.annotate import AnnotateWidget
 
-    viewer, widget = _cells_with_one_saved_object(
-        cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path
-    )
+    viewer, widget = cells_with_one_saved_object(tmp_path)
     annotations = widget.session.layers.annotations
     widget.shut_down()  # the panel closed: the layers of cells0 stay in the viewer
     viewer.layers.move(viewer.layers.index("cells1"), 0)
@@ -179,13 +158,11 @@ def test_an_image_annotated_before_the_panel_was_reopened_keeps_its_annotations_
 
 
 def test_an_annotations_layer_left_by_a_removed_image_saves_strokes_without_holding_it(
-    cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path
+    cells_with_one_saved_object, qtbot, drain_jobs, tmp_path
 ):
     """After its image was removed, the annotations layer left in the viewer was still
     watched for brush strokes, and that watch held the removed image and its pixels."""
-    viewer, widget = _cells_with_one_saved_object(
-        cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path
-    )
+    viewer, widget = cells_with_one_saved_object(tmp_path)
     annotations = widget.session.layers.annotations
     widget.ui.image_combo.setCurrentText("cells1")
     drain_jobs(widget)
@@ -202,12 +179,10 @@ def test_an_annotations_layer_left_by_a_removed_image_saves_strokes_without_hold
     assert (saved == 9).any() and (saved == 1).any()
 
 
-def _cells_edited_without_autosave(cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path):
+def _cells_edited_without_autosave(cells_with_one_saved_object, drain_jobs, tmp_path):
     """cells0 with object 1 saved, then object 2 committed with autosave unticked, and
     cells1 chosen."""
-    viewer, widget = _cells_with_one_saved_object(
-        cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path
-    )
+    viewer, widget = cells_with_one_saved_object(tmp_path)
     widget.ui.autosave_check.setChecked(False)
     widget.session.layers.preview.data[30:40, 30:40] = 1
     assert widget.commit() == [2]
@@ -217,12 +192,12 @@ def _cells_edited_without_autosave(cells_viewer, qtbot, tiny_sam, drain_jobs, tm
 
 
 def test_removing_an_image_edited_without_autosave_says_where_its_edits_are(
-    cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path, notifications
+    cells_with_one_saved_object, qtbot, drain_jobs, tmp_path, notifications
 ):
     """An image edited with autosave unticked, removed: its kept session held the image
     on, and nothing said that its edits were saved nowhere."""
     viewer, widget = _cells_edited_without_autosave(
-        cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path
+        cells_with_one_saved_object, drain_jobs, tmp_path
     )
     assert widget._not_autosaved
     viewer.layers.remove("cells0")
@@ -236,10 +211,10 @@ def test_removing_an_image_edited_without_autosave_says_where_its_edits_are(
 
 
 def test_removing_an_image_and_its_annotations_edited_without_autosave_says_they_are_lost(
-    cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path, notifications
+    cells_with_one_saved_object, qtbot, drain_jobs, tmp_path, notifications
 ):
     viewer, widget = _cells_edited_without_autosave(
-        cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path
+        cells_with_one_saved_object, drain_jobs, tmp_path
     )
     viewer.layers.selection = {viewer.layers["cells0"], viewer.layers["cells0 annotations"]}
     viewer.layers.remove_selected()

@@ -11,20 +11,12 @@ from napari_samtune.core.annotation_files import save_annotations
 WAIT_MS = 30_000
 
 
-def _cells0_saved_then_panel_reopened(cells_viewer, qtbot, tiny_sam, drain_jobs, folder):
+def _cells0_saved_then_panel_reopened(cells_with_one_saved_object, tiny_sam, drain_jobs, folder):
     """cells0 with one object saved in ``folder``, then the panel closed and opened again
     on cells1. Returns the viewer, the new widget and cells0's fingerprint."""
     from napari_samtune._qt.annotate import AnnotateWidget
 
-    viewer = cells_viewer(2)
-    widget = AnnotateWidget(viewer)
-    widget.ui.folder_edit.setText(str(folder))
-    widget.set_model(tiny_sam, "tiny", "tiny-test")
-    drain_jobs(widget)
-    widget.session.layers.preview.data[10:20, 10:20] = 1
-    with qtbot.waitSignal(widget.annotations_saved, timeout=WAIT_MS):
-        assert widget.commit() == [1]
-    drain_jobs(widget)
+    viewer, widget = cells_with_one_saved_object(folder)
     fingerprint = widget.session.fingerprint
     widget.shut_down()  # the layers of cells0 stay in the viewer
     viewer.layers.move(viewer.layers.index("cells1"), 0)
@@ -37,7 +29,7 @@ def _cells0_saved_then_panel_reopened(cells_viewer, qtbot, tiny_sam, drain_jobs,
 
 
 def test_an_unkept_image_renamed_to_the_name_of_its_earlier_annotations_moves_those_aside(
-    cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path, notifications
+    cells_with_one_saved_object, tiny_sam, drain_jobs, tmp_path, notifications
 ):
     """cells0, its session not kept, renamed "dapi", whose files hold earlier annotations
     of the same image: its files stayed under "cells0" (with a message), and picked or
@@ -45,7 +37,7 @@ def test_an_unkept_image_renamed_to_the_name_of_its_earlier_annotations_moves_th
     layer. As for a kept session, the earlier ones now move aside to
     ``dapi-<fingerprint>``, not overwritten, and cells0's take "dapi"."""
     viewer, widget, fingerprint = _cells0_saved_then_panel_reopened(
-        cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path
+        cells_with_one_saved_object, tiny_sam, drain_jobs, tmp_path
     )
     saved = tifffile.imread(tmp_path / "cells0.labels.tif")
     earlier = np.zeros_like(saved)
