@@ -166,7 +166,10 @@ def test_a_renamed_image_takes_its_layers_and_saved_annotations_along(
     viewer.layers["dapi"].name = "other"  # a file has that name: they go beside it
     beside = tmp_path / f"other-{widget.session.fingerprint}.labels.tif"
     assert f"the annotations of 'other' are now saved as {beside}" in notifications[-1]
-    assert "layer(s) 'other points' exist already: those of 'dapi'" in notifications[-2]
+    assert notifications[-2] == (
+        "layer(s) 'other points' exist already, so the layers of image 'other' keep the names "
+        "'dapi points'"
+    )
     assert widget.session.layers.points.name == "dapi points"
     assert widget.session.layers.annotations.name == "other annotations"
     _commit_at(widget, drain_jobs, [200, 60])
