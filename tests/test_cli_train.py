@@ -321,11 +321,8 @@ def test_an_abort_after_the_last_epoch_offers_the_export_not_a_resume(
     assert "registered as 'run'" in capsys.readouterr().out
 
 
-def test_an_abort_before_the_first_last_checkpoint_offers_the_best_weights(
-    tmp_path, folders, capsys, monkeypatch
-):
-    """SIGTERM while the first epoch's last.pt is written, after its best.pt: the note
-    said nothing (it looked for last.pt only), so the saved weights looked lost."""
+def _terminated_at_last_pt(monkeypatch) -> None:
+    """SIGTERM arrives while a last.pt is written (after the epoch's best.pt)."""
     real_save = torch.save
 
     def terminated_at_last(obj, path, *args, **kwargs):
@@ -334,6 +331,15 @@ def test_an_abort_before_the_first_last_checkpoint_offers_the_best_weights(
         return real_save(obj, path, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", terminated_at_last)
+
+
+def test_an_abort_before_the_first_last_checkpoint_offers_the_best_weights(
+    tmp_path, folders, capsys, monkeypatch
+):
+    """SIGTERM while the first epoch's last.pt is written, after its best.pt: the note
+    said nothing (it looked for last.pt only), so the saved weights looked lost."""
+    real_save = torch.save
+    _terminated_at_last_pt(monkeypatch)
     images, labels = folders
     out = tmp_path / "run"
     argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
@@ -347,6 +353,31 @@ def test_an_abort_before_the_first_last_checkpoint_offers_the_best_weights(
     monkeypatch.setattr(torch, "save", real_save)
     assert cli.main(["export", str(best), "-o", str(tmp_path / "model.pth")]) == 0
     assert (tmp_path / "model.pth").is_file()
+
+
+def test_an_abort_before_a_resumed_run_s_first_last_checkpoint_offers_its_source(
+    tmp_path, folders, capsys, monkeypatch
+):
+    """A run resumed into a new folder, aborted while that folder's first last.pt is
+    written: the run is continued from the checkpoint it resumed from, not lost."""
+    images, labels = folders
+    first, second = tmp_path / "first", tmp_path / "second"
+    argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
+    assert cli.main([*argv, "--labels", labels, "--epochs", "1", *FAST, "--out", str(first)]) == 0
+    source = first / "checkpoints" / "last.pt"
+    resume = ["train", "--resume", str(source), "--epochs", "2", "--images", images]
+    resume += ["--labels", labels, "--out", str(second), "--no-progress"]
+    real_save = torch.save
+    _terminated_at_last_pt(monkeypatch)
+    capsys.readouterr()
+    assert cli.main(resume) == 143
+    err = capsys.readouterr().err
+    assert "cannot be continued" not in err
+    assert f"samtune train --resume {source} --out {second} --images ... --labels ..." in err
+    assert f"samtune export {second / 'checkpoints' / 'best.pt'} -o model.pth" in err
+    monkeypatch.setattr(torch, "save", real_save)
+    assert cli.main(resume) == 0
+    assert json.loads((second / "summary.json").read_text())["epochs_done"] == 2
 
 
 def _signals_after(monkeypatch, event_type, *signals):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 from pathlib import Path
 
@@ -78,3 +79,36 @@ def test_a_disk_full_at_the_first_last_checkpoint_says_where_the_best_weights_ar
     assert load_model(best).sam is not None  # what the message promises
     monkeypatch.setattr(torch, "save", real_save)  # space freed: training again works
     assert train(config, data, out_dir=run).epochs_done == 2
+
+
+def test_a_disk_full_at_the_first_last_checkpoint_of_a_resumed_run_offers_its_source(
+    tmp_path, monkeypatch
+):
+    """A run resumed into a new folder, whose disk fills at that folder's first last.pt
+    (after the best.pt carried over): the error said the run "cannot be continued", while
+    the checkpoint it resumed from is still there to continue from."""
+    config = TrainConfig(
+        model="random:tiny", epochs=1, n_objects_per_batch=1, min_samples_per_epoch=1,
+        n_iterative_prompts=0, mixed_precision="no", early_stopping=None, val_fraction=0.5,
+    )  # fmt: skip
+    data, first = make_dataset(2, shape=(64, 64), seed=0), tmp_path / "first"
+    train(config, data, out_dir=first)
+    source = first / "checkpoints" / "last.pt"
+    real_save = torch.save
+
+    def full_at_last(obj, path, *args, **kwargs):
+        if Path(path).name.startswith(".last.pt."):  # atomic_write's temporary file
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_at_last)
+    longer, second = dataclasses.replace(config, epochs=2), tmp_path / "second"
+    with pytest.raises(OSError) as raised:
+        train(longer, data, out_dir=second, resume_from=source)
+    message = str(raised.value)
+    assert raised.value.errno == errno.ENOSPC
+    assert f"are saved in {second / 'checkpoints' / 'best.pt'}" in message
+    assert f"the run resumed from {source} is still there" in message
+    assert "cannot be continued" not in message
+    monkeypatch.setattr(torch, "save", real_save)  # space freed: continuing from it works
+    assert train(longer, data, out_dir=second, resume_from=source).epochs_done == 2

@@ -304,12 +304,12 @@ def _train(config, train_pairs, val_pairs, args: argparse.Namespace, verbose: bo
     try:
         return _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose, started)
     except KeyboardInterrupt as err:  # the second Ctrl+C, or SIGTERM: what is saved, what next
-        raise type(err)(aborted_note(Path(args.out)) if verbose else "") from None
+        raise type(err)(aborted_note(Path(args.out), args.resume) if verbose else "") from None
     except Exception as err:  # a crash (out of memory, a full disk): its error, what is saved
         if verbose:
             # Before the start, --out's checkpoints may be another run's that the core
             # refused to mix with this one: they are not this run's to report.
-            saved = aborted_note(Path(args.out)) if started.is_set() else ""
+            saved = aborted_note(Path(args.out), args.resume) if started.is_set() else ""
             for line in (saved, _memory_advice(err)):
                 if line:
                     print(f"samtune train: {line}", file=sys.stderr, flush=True)

@@ -20,13 +20,14 @@ def memory_advice(err: BaseException) -> str:
     )
 
 
-def aborted_note(out: Path) -> str:
-    """What an aborted run left in ``out`` and how to continue it; "" with no checkpoint."""
+def aborted_note(out: Path, resumed: str | None = None) -> str:
+    """What an aborted run left in ``out`` and how to continue it; "" with no checkpoint.
+    ``resumed``: the checkpoint the run resumed from."""
     from napari_samtune.core.train_export import RunFiles, unique_model_name
 
     files = RunFiles(out)
     if not files.last.is_file():
-        return _best_only_note(files.best)
+        return _best_only_note(files.best, out, resumed)
     saved = ", ".join(str(p) for p in (files.last, files.best) if p.is_file())
     if _training_done(files.last):  # stopped while exporting: a resume has nothing to train
         source = shlex.quote(str(files.best if files.best.is_file() else files.last))
@@ -46,17 +47,24 @@ def aborted_note(out: Path) -> str:
     return note
 
 
-def _best_only_note(best: Path) -> str:
+def _best_only_note(best: Path, out: Path, resumed: str | None) -> str:
     """The note for a run stopped between the best.pt and the last.pt of its first epoch in
-    this folder (a full disk, an abort): nothing to continue from, but usable weights; ""
-    without best.pt."""
+    ``out`` (a full disk, an abort): usable weights, and nothing to continue from in ``out``
+    but the checkpoint it resumed from, if any; "" without best.pt."""
     if not best.is_file():
         return ""
-    source = shlex.quote(str(best))
+    export = f"samtune export {shlex.quote(str(best))} -o model.pth"
+    if resumed is not None and Path(resumed).is_file():
+        again = f"samtune train --resume {shlex.quote(resumed)} --out {shlex.quote(str(out))}"
+        return (
+            f"the run did not finish and wrote no last.pt in {out}; continue it from the "
+            f"checkpoint it resumed from: {again} --images ... --labels ..., or export the "
+            f"weights of its best epoch so far: {export}"
+        )
     return (
         f"the run did not finish and cannot be continued (it wrote no last.pt), but the "
-        f"weights of its best epoch so far are in {best}: export them with: samtune export "
-        f"{source} -o model.pth (or train again; copy {best.name} elsewhere first to keep it)"
+        f"weights of its best epoch so far are in {best}: export them with: {export} (or "
+        f"train again; copy {best.name} elsewhere first to keep it)"
     )
 
 

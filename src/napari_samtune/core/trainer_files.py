@@ -100,14 +100,26 @@ class TrainerFilesMixin:
             return err
         message = (
             f"{err}. The weights of epoch {self.progress.best_epoch + 1} are saved in {best}: "
-            "load_model reads it as a model, samtune export makes a model file of it. Without "
-            "a last.pt the run cannot be continued: free space and train again (copy best.pt "
-            "elsewhere first to keep it, as training in this folder writes a new one)"
+            "load_model reads it as a model, samtune export makes a model file of it. "
+            + self._without_last()
         )
         builtin = type(err).__module__ == "builtins"
         worded = type(err)(message) if builtin else OSError(message)
         worded.errno = err.errno
         return worded
+
+    def _without_last(self) -> str:
+        """How a run whose first last.pt in its folder could not be written goes on."""
+        resumed = self.resume_from
+        if resumed is not None and resumed.exists():  # resumed into a new folder
+            return (
+                f"This folder has no last.pt, but the run resumed from {resumed} is still "
+                "there: free space and continue from it again"
+            )
+        return (
+            "Without a last.pt the run cannot be continued: free space and train again (copy "
+            "best.pt elsewhere first to keep it, as training in this folder writes a new one)"
+        )
 
     def _checkpoint_fields(self) -> dict:
         p = self.progress
