@@ -224,6 +224,64 @@ def test_windows_are_tinyvits_padded_windows_and_go_back(shape):
     assert torch.equal(windows.from_windows(cut, *shape[1:], window), x)
 
 
+@pytest.mark.parametrize("shape", [(2, 20, 18), (1, 14, 7), (1, 5, 9), (3, 7, 16)])
+def test_windows_with_gradients_give_the_padded_windows_gradients(shape):
+    """The gradients of the x and fill that made the windows, against autograd through
+    TinyViT's padded windows (to_windows) and through a crop (from_windows)."""
+    window, n_heads, per_head = 7, 3, 4
+    x = torch.randn(*shape, n_heads * per_head, dtype=torch.float64, requires_grad=True)
+    fill = torch.randn(n_heads * per_head, dtype=torch.float64, requires_grad=True)
+    padding = _stock_windows(torch.ones(*shape, 1), window)[..., 0] == 0  # (n, tokens)
+    stock = torch.where(padding[..., None], fill, _stock_windows(x, window))
+    stock = stock.view(len(stock), window * window, n_heads, per_head).transpose(1, 2)
+    weights = torch.randn_like(stock), torch.randn_like(x)
+    stock_back = _stock_crop(stock * weights[0], shape, window)
+    stock_loss = stock.square().sum() + (stock_back * weights[1]).sum()
+    cut = windows.to_windows_grad(x, window, fill, n_heads)
+    back = windows.from_windows_grad(cut * weights[0], *shape[1:], window)
+    loss = cut.square().sum() + (back * weights[1]).sum()
+    assert torch.equal(cut, stock)
+    expected = torch.autograd.grad(stock_loss, (x, fill))
+    for grad, reference in zip(torch.autograd.grad(loss, (x, fill)), expected, strict=True):
+        torch.testing.assert_close(grad, reference)
+
+
+def _stock_crop(cut: torch.Tensor, shape: tuple[int, int, int], window: int) -> torch.Tensor:
+    """TinyViT's window reverse and crop of (n, heads, window**2, E) windows."""
+    batch, height, width = shape
+    n_high, n_wide = -(-height // window), -(-width // window)
+    x = cut.transpose(1, 2).reshape(batch, n_high, n_wide, window, window, -1).transpose(2, 3)
+    return x.reshape(batch, n_high * window, n_wide * window, -1)[:, :height, :width]
+
+
+@pytest.mark.parametrize("index", [5, 6])
+def test_fast_tinyvit_block_trains_like_stock(index):
+    """Training mode with gradients: same output, input and parameter gradients, and batch-norm
+    statistics as the stock block (padded and unpadded windows)."""
+    import copy
+
+    block, x = _tinyvit_blocks()[index]
+    _trained_like(block).train()
+    stock = copy.deepcopy(block)
+    use_fast_tinyvit(torch.nn.Sequential(block))
+    results = []
+    for module in (stock, block):
+        inp = x.clone().requires_grad_(True)
+        out = module(inp)
+        out.square().sum().backward()
+        grads = {name: p.grad for name, p in module.named_parameters()}
+        results.append((out, inp.grad, grads, copy.deepcopy(module.state_dict())))
+    (out, x_grad, grads, state), (f_out, f_x_grad, f_grads, f_state) = results
+    assert type(block).__name__ == "FastTinyViTBlock"
+    torch.testing.assert_close(f_out, out, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(f_x_grad, x_grad, rtol=1e-4, atol=1e-4)
+    assert grads.keys() == f_grads.keys() and all(g is not None for g in f_grads.values())
+    for name, grad in grads.items():
+        torch.testing.assert_close(f_grads[name], grad, rtol=1e-4, atol=1e-3, msg=name)
+    for name, tensor in state.items():  # batch-norm running statistics moved alike
+        torch.testing.assert_close(f_state[name], tensor, msg=name)
+
+
 def test_fast_tinyvit_block_fuses_its_residual_adds(fused_linears):
     block, x = _tinyvit_blocks()[5]
     _trained_like(block)

@@ -10,7 +10,8 @@ unchanged, results the stock ones up to rounding):
   TinyViT's large early feature maps (a 256-channel 256 x 256 map is 64 MB),
 * in inference, transformer blocks cut windows from q, k, v of the image's own tokens
   (no padded tokens projected), fuse residual adds into the projections before them, and
-  run the local convolution on a channels-last view of the tokens.
+  run the local convolution on a channels-last view of the tokens; in training they do the
+  same without the fused kernels.
 
 mobile_sam imports timm, which is slow, so the classes are defined on first use.
 """
@@ -24,7 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from napari_samtune.core.onednn import fusable, is_gelu, linear_add, linear_gelu
-from napari_samtune.core.windows import from_windows, to_windows
+from napari_samtune.core.windows import (
+    from_windows,
+    from_windows_grad,
+    to_windows,
+    to_windows_grad,
+)
 
 
 @functools.cache
@@ -191,19 +197,43 @@ def _fast_block_class() -> type:
         projection runs on the image's tokens only, and each residual add is fused into the
         projection before it. The local convolution reads the tokens as a channels-last
         map: no transposed copies, and oneDNN's depthwise kernel is ~3x faster in that
-        layout. With gradients the stock forward runs.
+        layout. With gradients (training) the windows, the output projection and the local
+        convolution work the same way, through autograd functions of :mod:`.windows`
+        (vit_t_all's training step on a 2-core AVX2 CPU: see :meth:`_training_forward`).
         """
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             height, width = self.input_resolution
             batch, n_tokens, channels = x.shape
-            if self.training or torch.is_grad_enabled() or n_tokens != height * width:
+            if n_tokens != height * width or not isinstance(self.drop_path, torch.nn.Identity):
                 return super().forward(x)
+            if self.training or torch.is_grad_enabled():
+                return self._training_forward(x)
             image = x.view(batch, height, width, channels)
             x = linear_add(self._window_attention(image), self.attn.proj, image)
             local = self.local_conv(x.permute(0, 3, 1, 2))  # channels-last view of the map
             x = local.permute(0, 2, 3, 1).reshape(batch, n_tokens, channels)
             return self.mlp.forward_residual(x)  # (the mlp is a FastMlp: swapped with the block)
+
+        def _training_forward(self, x: torch.Tensor) -> torch.Tensor:
+            """With gradients: windows from q, k, v of the image's own tokens (padding
+            tokens take the value a zero token has, with its gradient), the output projection
+            on the image's tokens only, the local convolution on a channels-last view."""
+            height, width = self.input_resolution
+            batch, n_tokens, channels = x.shape
+            attn, window = self.attn, self.window_size
+            image = x.view(batch, height, width, channels)
+            qkv = _scaled_qkv(attn, attn.norm(image))
+            fill = _scaled_qkv(attn, attn.norm(image.new_zeros(1, channels)))[0]
+            windows = to_windows_grad(qkv, window, fill, attn.num_heads)
+            q, k, v = windows.split([attn.key_dim, attn.key_dim, attn.d], dim=3)
+            bias = attn.attention_biases[:, attn.attention_bias_idxs] if attn.training else attn.ab
+            scores = torch.matmul(q, k.transpose(-1, -2)).add_(bias)
+            out = from_windows_grad(scores.softmax(dim=-1) @ v, height, width, window)
+            x = image + attn.proj(out)
+            local = self.local_conv(x.permute(0, 3, 1, 2))  # channels-last view of the map
+            x = local.permute(0, 2, 3, 1).reshape(batch, n_tokens, channels)
+            return x + self.mlp(x)
 
         def _window_attention(self, image: torch.Tensor) -> torch.Tensor:
             """Window attention of (B, H, W, C) ``image`` before the output projection."""

@@ -70,3 +70,57 @@ def from_windows(windows: torch.Tensor, height: int, width: int, window: int) ->
     for window_part, image_part in _window_parts(windows.permute(0, 1, 2, 4, 5, 3, 6), out, window):
         image_part.copy_(window_part)
     return out.view(batch, height, width, n_heads * per_head)
+
+
+def _fill_grad(grad: torch.Tensor, height: int, width: int, window: int) -> torch.Tensor:
+    """Sum of window gradients (B * nH * nW, n_heads, window**2, E) over the padding tokens:
+    (n_heads * E,), the gradient of :func:`to_windows`'s ``fill``."""
+    n_windows, n_heads, _, per_head = grad.shape
+    n_high, n_wide = -(-height // window), -(-width // window)
+    grid = grad.view(-1, n_high, n_wide, n_heads, window, window, per_head)
+    rows, cols = height % window, width % window
+    total = grad.new_zeros(n_heads, per_head)
+    if rows:  # the last row of windows below the map, every column of them
+        total += grid[:, -1, :, :, rows:].sum(dim=(0, 1, 3, 4))
+    if cols:  # the last column of windows right of the map, the rows not counted above
+        total += grid[:, :-1, -1, :, :, cols:].sum(dim=(0, 1, 3, 4))
+        total += grid[:, -1, -1, :, : rows or window, cols:].sum(dim=(0, 2, 3))
+    return total.view(-1)
+
+
+class _ToWindows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, window, fill, n_heads):
+        ctx.shape = (x.shape[1], x.shape[2], window)
+        return to_windows(x, window, fill, n_heads)
+
+    @staticmethod
+    def backward(ctx, grad):
+        height, width, window = ctx.shape
+        grad_x = from_windows(grad, height, width, window) if ctx.needs_input_grad[0] else None
+        grad_fill = _fill_grad(grad, height, width, window) if ctx.needs_input_grad[2] else None
+        return grad_x, None, grad_fill, None
+
+
+class _FromWindows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, windows, height, width, window):
+        ctx.shape = (window, windows.shape[1])
+        return from_windows(windows, height, width, window)
+
+    @staticmethod
+    def backward(ctx, grad):
+        window, n_heads = ctx.shape
+        zero = grad.new_zeros(grad.shape[-1])
+        return to_windows(grad.contiguous(), window, zero, n_heads), None, None, None
+
+
+def to_windows_grad(x: torch.Tensor, window: int, fill: torch.Tensor, n_heads: int):
+    """:func:`to_windows` with gradients for ``x`` and ``fill`` (one copy each way; the
+    padding's gradient summed into ``fill``'s)."""
+    return _ToWindows.apply(x, window, fill, n_heads)
+
+
+def from_windows_grad(windows: torch.Tensor, height: int, width: int, window: int):
+    """:func:`from_windows` with a gradient (the padding tokens get none)."""
+    return _FromWindows.apply(windows, height, width, window)
