@@ -205,7 +205,8 @@ def _fast_block_class() -> type:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             height, width = self.input_resolution
             batch, n_tokens, channels = x.shape
-            if n_tokens != height * width or not isinstance(self.drop_path, torch.nn.Identity):
+            stochastic_depth = self.training and not isinstance(self.drop_path, torch.nn.Identity)
+            if n_tokens != height * width or stochastic_depth:
                 return super().forward(x)
             if self.training or torch.is_grad_enabled():
                 return self._training_forward(x)
@@ -221,30 +222,27 @@ def _fast_block_class() -> type:
             on the image's tokens only, the local convolution on a channels-last view."""
             height, width = self.input_resolution
             batch, n_tokens, channels = x.shape
-            attn, window = self.attn, self.window_size
             image = x.view(batch, height, width, channels)
-            qkv = _scaled_qkv(attn, attn.norm(image))
-            fill = _scaled_qkv(attn, attn.norm(image.new_zeros(1, channels)))[0]
-            windows = to_windows_grad(qkv, window, fill, attn.num_heads)
-            q, k, v = windows.split([attn.key_dim, attn.key_dim, attn.d], dim=3)
-            bias = attn.attention_biases[:, attn.attention_bias_idxs] if attn.training else attn.ab
-            scores = torch.matmul(q, k.transpose(-1, -2)).add_(bias)
-            out = from_windows_grad(scores.softmax(dim=-1) @ v, height, width, window)
-            x = image + attn.proj(out)
+            out = self._window_attention(image, to_windows_grad, from_windows_grad)
+            x = image + self.attn.proj(out)
             local = self.local_conv(x.permute(0, 3, 1, 2))  # channels-last view of the map
             x = local.permute(0, 2, 3, 1).reshape(batch, n_tokens, channels)
             return x + self.mlp(x)
 
-        def _window_attention(self, image: torch.Tensor) -> torch.Tensor:
-            """Window attention of (B, H, W, C) ``image`` before the output projection."""
+        def _window_attention(
+            self, image: torch.Tensor, cut=to_windows, put_back=from_windows
+        ) -> torch.Tensor:
+            """Window attention of (B, H, W, C) ``image`` before the output projection;
+            ``cut`` and ``put_back``: the window functions (with gradients or without)."""
             attn, window = self.attn, self.window_size
             qkv = _scaled_qkv(attn, attn.norm(image))
             fill = _scaled_qkv(attn, attn.norm(image.new_zeros(1, image.shape[-1])))[0]
-            windows = to_windows(qkv, window, fill, attn.num_heads)
+            windows = cut(qkv, window, fill, attn.num_heads)
             q, k, v = windows.split([attn.key_dim, attn.key_dim, attn.d], dim=3)
-            scores = torch.matmul(q, k.transpose(-1, -2)).add_(attn.ab)
+            bias = attn.attention_biases[:, attn.attention_bias_idxs] if attn.training else attn.ab
+            scores = torch.matmul(q, k.transpose(-1, -2)).add_(bias)
             out = scores.softmax(dim=-1) @ v
-            return from_windows(out, image.shape[1], image.shape[2], window)
+            return put_back(out, image.shape[1], image.shape[2], window)
 
     return FastTinyViTBlock
 
