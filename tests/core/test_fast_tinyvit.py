@@ -254,13 +254,21 @@ def _stock_crop(cut: torch.Tensor, shape: tuple[int, int, int], window: int) -> 
     return x.reshape(batch, n_high * window, n_wide * window, -1)[:, :height, :width]
 
 
+@pytest.mark.parametrize("lora", [False, True], ids=["plain", "lora"])
 @pytest.mark.parametrize("index", [5, 6])
-def test_fast_tinyvit_block_trains_like_stock(index):
+def test_fast_tinyvit_block_trains_like_stock(index, lora):
     """Training mode with gradients: same output, input and parameter gradients, and batch-norm
-    statistics as the stock block (padded and unpadded windows)."""
+    statistics as the stock block (padded and unpadded windows; with LoRA adapters on its
+    linear layers, whose scaled qkv output then carries the attention scale)."""
     import copy
 
+    from napari_samtune.core.lora import apply_lora, lora_modules
+
     block, x = _tinyvit_blocks()[index]
+    if lora:
+        apply_lora(torch.nn.Sequential(block), rank=2)
+        for adapter in lora_modules(block).values():  # lora_b starts at zero: make it matter
+            torch.nn.init.normal_(adapter.lora_b, std=0.5)
     _trained_like(block).train()
     stock = copy.deepcopy(block)
     use_fast_tinyvit(torch.nn.Sequential(block))
@@ -269,13 +277,14 @@ def test_fast_tinyvit_block_trains_like_stock(index):
         inp = x.clone().requires_grad_(True)
         out = module(inp)
         out.square().sum().backward()
-        grads = {name: p.grad for name, p in module.named_parameters()}
+        grads = {name: p.grad for name, p in module.named_parameters() if p.requires_grad}
         results.append((out, inp.grad, grads, copy.deepcopy(module.state_dict())))
     (out, x_grad, grads, state), (f_out, f_x_grad, f_grads, f_state) = results
     assert type(block).__name__ == "FastTinyViTBlock"
     torch.testing.assert_close(f_out, out, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(f_x_grad, x_grad, rtol=1e-4, atol=1e-4)
     assert grads.keys() == f_grads.keys() and all(g is not None for g in f_grads.values())
+    assert any("lora_b" in name for name in grads) is lora
     for name, grad in grads.items():
         torch.testing.assert_close(f_grads[name], grad, rtol=1e-4, atol=1e-3, msg=name)
     for name, tensor in state.items():  # batch-norm running statistics moved alike
