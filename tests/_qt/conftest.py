@@ -273,6 +273,29 @@ def cells_with_one_saved_object(cells_viewer, qtbot, tiny_sam, drain_jobs):
 
 
 @pytest.fixture
+def cells0_saved_then_panel_reopened(cells_with_one_saved_object, tiny_sam, drain_jobs):
+    """``cells0_saved_then_panel_reopened(folder)``: ``(viewer, widget, session)``, cells0
+    with one object saved in ``folder`` (its session: ``session``), then the panel closed
+    (cells0's layers stay) and opened again (``widget``) on cells1: no session of cells0
+    is kept."""
+    from napari_samtune._qt.annotate import AnnotateWidget
+
+    def make(folder):
+        viewer, widget = cells_with_one_saved_object(folder)
+        session = widget.session
+        widget.shut_down()
+        viewer.layers.move(viewer.layers.index("cells1"), 0)
+        reopened = AnnotateWidget(viewer)
+        reopened.ui.folder_edit.setText(str(folder))
+        reopened.set_model(tiny_sam, "tiny", "tiny-test")
+        drain_jobs(reopened)
+        assert reopened.session.image_layer.name == "cells1"
+        return viewer, reopened, session
+
+    return make
+
+
+@pytest.fixture
 def finetune_on_cells(cells_viewer):
     """``finetune_on_cells(n=2)``: ``(viewer, widget)``, a Finetune widget (undocked, on a
     CPU machine with 16 GB) beside a ``cells_viewer(n)``."""

@@ -134,22 +134,13 @@ def test_an_image_renamed_while_another_is_chosen_keeps_its_annotations(
 
 
 def test_an_image_annotated_before_the_panel_was_reopened_keeps_its_annotations_when_renamed(
-    cells_with_one_saved_object, tiny_sam, drain_jobs, tmp_path, notifications
+    cells0_saved_then_panel_reopened, drain_jobs, tmp_path, notifications
 ):
     """An image annotated earlier (its layers still there, its annotations saved) but whose
     session was no longer kept, renamed while another was chosen: its layers and files
     stayed under the old name, so chosen again it started empty."""
-    from napari_samtune._qt.annotate import AnnotateWidget
-
-    viewer, widget = cells_with_one_saved_object(tmp_path)
-    annotations = widget.session.layers.annotations
-    widget.shut_down()  # the panel closed: the layers of cells0 stay in the viewer
-    viewer.layers.move(viewer.layers.index("cells1"), 0)
-    reopened = AnnotateWidget(viewer)
-    reopened.ui.folder_edit.setText(str(tmp_path))
-    reopened.set_model(tiny_sam, "tiny", "tiny-test")
-    drain_jobs(reopened)
-    assert reopened.session.image_layer.name == "cells1"
+    viewer, reopened, first = cells0_saved_then_panel_reopened(tmp_path)
+    annotations = first.layers.annotations
     _rename_cells0_to_dapi(viewer, annotations, tmp_path, notifications)
     reopened.ui.image_combo.setCurrentText("dapi")
     drain_jobs(reopened)

@@ -8,37 +8,17 @@ import tifffile
 
 from napari_samtune.core.annotation_files import save_annotations
 
-WAIT_MS = 30_000
-
-
-def _cells0_saved_then_panel_reopened(cells_with_one_saved_object, tiny_sam, drain_jobs, folder):
-    """cells0 with one object saved in ``folder``, then the panel closed and opened again
-    on cells1. Returns the viewer, the new widget and cells0's fingerprint."""
-    from napari_samtune._qt.annotate import AnnotateWidget
-
-    viewer, widget = cells_with_one_saved_object(folder)
-    fingerprint = widget.session.fingerprint
-    widget.shut_down()  # the layers of cells0 stay in the viewer
-    viewer.layers.move(viewer.layers.index("cells1"), 0)
-    reopened = AnnotateWidget(viewer)
-    reopened.ui.folder_edit.setText(str(folder))
-    reopened.set_model(tiny_sam, "tiny", "tiny-test")
-    drain_jobs(reopened)
-    assert reopened.session.image_layer.name == "cells1"
-    return viewer, reopened, fingerprint
-
 
 def test_an_unkept_image_renamed_to_the_name_of_its_earlier_annotations_moves_those_aside(
-    cells_with_one_saved_object, tiny_sam, drain_jobs, tmp_path, notifications
+    cells0_saved_then_panel_reopened, drain_jobs, tmp_path, notifications
 ):
     """cells0, its session not kept, renamed "dapi", whose files hold earlier annotations
     of the same image: its files stayed under "cells0" (with a message), and picked or
     reopened as "dapi" the image brought back the earlier annotations, not those of its
     layer. As for a kept session, the earlier ones now move aside to
     ``dapi-<fingerprint>``, not overwritten, and cells0's take "dapi"."""
-    viewer, widget, fingerprint = _cells0_saved_then_panel_reopened(
-        cells_with_one_saved_object, tiny_sam, drain_jobs, tmp_path
-    )
+    viewer, widget, first = cells0_saved_then_panel_reopened(tmp_path)
+    fingerprint = first.fingerprint
     saved = tifffile.imread(tmp_path / "cells0.labels.tif")
     earlier = np.zeros_like(saved)
     earlier[:4, :4] = 5

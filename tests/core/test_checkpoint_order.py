@@ -54,14 +54,7 @@ def test_a_disk_full_at_the_first_last_checkpoint_says_where_the_best_weights_ar
     """The disk fills between epoch 1's best.pt and its last.pt: there is no last.pt to
     continue from and no model.pth, and the error named only last.pt, so best.pt's
     usable weights looked lost."""
-    real_save = torch.save
-
-    def full_at_last(obj, path, *args, **kwargs):
-        if Path(path).name.startswith(".last.pt."):  # atomic_write's temporary file
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real_save(obj, path, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "save", full_at_last)
+    real_save = _disk_full_at_last_pt(monkeypatch)
     config = TrainConfig(
         model="random:tiny", epochs=2, n_objects_per_batch=1, min_samples_per_epoch=1,
         n_iterative_prompts=0, mixed_precision="no", early_stopping=None, val_fraction=0.5,
@@ -94,14 +87,7 @@ def test_a_disk_full_at_the_first_last_checkpoint_of_a_resumed_run_offers_its_so
     data, first = make_dataset(2, shape=(64, 64), seed=0), tmp_path / "first"
     train(config, data, out_dir=first)
     source = first / "checkpoints" / "last.pt"
-    real_save = torch.save
-
-    def full_at_last(obj, path, *args, **kwargs):
-        if Path(path).name.startswith(".last.pt."):  # atomic_write's temporary file
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real_save(obj, path, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "save", full_at_last)
+    real_save = _disk_full_at_last_pt(monkeypatch)
     longer, second = dataclasses.replace(config, epochs=2), tmp_path / "second"
     with pytest.raises(OSError) as raised:
         train(longer, data, out_dir=second, resume_from=source)
@@ -112,3 +98,16 @@ def test_a_disk_full_at_the_first_last_checkpoint_of_a_resumed_run_offers_its_so
     assert "cannot be continued" not in message
     monkeypatch.setattr(torch, "save", real_save)  # space freed: continuing from it works
     assert train(longer, data, out_dir=second, resume_from=source).epochs_done == 2
+
+
+def _disk_full_at_last_pt(monkeypatch):
+    """The disk is full whenever a last.pt is written; returns the real ``torch.save``."""
+    real_save = torch.save
+
+    def full_at_last(obj, path, *args, **kwargs):
+        if Path(path).name.startswith(".last.pt."):  # atomic_write's temporary file
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_at_last)
+    return real_save
