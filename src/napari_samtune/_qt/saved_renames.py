@@ -139,8 +139,10 @@ def follow_unkept_rename(folder: Path, old: str, new: str, fingerprint: str) -> 
     (:func:`take_earlier_name`), as a session's do. Returns what to tell the person."""
     notes = []
     for index, file_name in enumerate(saved_file_names(folder, old, fingerprint)):
-        moved, note = follow_saved_rename(folder, file_name, new, fingerprint=fingerprint)
-        shape = saved_shape(annotation_paths(folder, file_name)[0]) or ()
+        shape = saved_shape(annotation_paths(folder, file_name)[0]) or ()  # read once
+        moved, note = follow_saved_rename(
+            folder, file_name, new, fingerprint=fingerprint, shape=shape
+        )
         stayed = moved == file_name != new
         if stayed and index == 0 and holds_earlier(folder, new, fingerprint, shape):
             note = take_earlier_name(folder, file_name, new, fingerprint)[1]
