@@ -43,6 +43,13 @@ FAST = [
 ]  # fmt: skip
 
 
+def _tiny_run(folders, out, epochs: int) -> list[str]:
+    """``samtune train`` of the tiny random model on ``folders`` into ``out``, quickly."""
+    images, labels = folders
+    argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
+    return [*argv, "--labels", labels, "--epochs", str(epochs), *FAST, "--out", str(out)]
+
+
 def test_presets_prints_the_table_and_the_automatic_choice(capsys):
     assert cli.main(["presets"]) == 0
     out = capsys.readouterr().out
@@ -208,8 +215,7 @@ def test_a_refused_resume_does_not_call_the_other_run_unfinished(tmp_path, folde
     images, labels = folders
     runs = {name: tmp_path / name for name in ("a", "b")}
     for out in runs.values():
-        argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
-        argv += ["--labels", labels, "--epochs", "1", *FAST, "--out", str(out)]
+        argv = _tiny_run(folders, out, 1)
         assert cli.main(argv) == 0
     capsys.readouterr()
     resume = ["train", "--resume", str(runs["a"]), "--epochs", "2", "--images", images]
@@ -269,10 +275,8 @@ def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path, folders, capsys,
     then wrote over each other's checkpoints, metrics and registered model."""
     from napari_samtune.core import train
 
-    images, labels = folders
     out = tmp_path / "my run"
-    argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
-    argv += ["--labels", labels, "--epochs", "1", *FAST, "--out", str(out)]
+    argv = _tiny_run(folders, out, 1)
     real, second = train.iter_train, []
 
     def a_second_run_starts_meanwhile(*args, **kwargs):
@@ -306,10 +310,8 @@ def test_an_abort_after_the_last_epoch_offers_the_export_not_a_resume(
 
     real = trainer_files.export_and_register
     monkeypatch.setattr(trainer_files, "export_and_register", terminated)
-    images, labels = folders
     out = tmp_path / "run"
-    argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
-    argv += ["--labels", labels, "--epochs", "1", *FAST, "--out", str(out)]
+    argv = _tiny_run(folders, out, 1)
     assert cli.main(argv) == 143
     err = capsys.readouterr().err
     assert "samtune train --resume" not in err
@@ -340,10 +342,8 @@ def test_an_abort_before_the_first_last_checkpoint_offers_the_best_weights(
     said nothing (it looked for last.pt only), so the saved weights looked lost."""
     real_save = torch.save
     _terminated_at_last_pt(monkeypatch)
-    images, labels = folders
     out = tmp_path / "run"
-    argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
-    argv += ["--labels", labels, "--epochs", "2", *FAST, "--out", str(out)]
+    argv = _tiny_run(folders, out, 2)
     assert cli.main(argv) == 143
     err = capsys.readouterr().err
     best = out / "checkpoints" / "best.pt"
@@ -362,8 +362,7 @@ def test_an_abort_before_a_resumed_run_s_first_last_checkpoint_offers_its_source
     written: the run is continued from the checkpoint it resumed from, not lost."""
     images, labels = folders
     first, second = tmp_path / "first", tmp_path / "second"
-    argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
-    assert cli.main([*argv, "--labels", labels, "--epochs", "1", *FAST, "--out", str(first)]) == 0
+    assert cli.main(_tiny_run(folders, first, 1)) == 0
     source = first / "checkpoints" / "last.pt"
     resume = ["train", "--resume", str(source), "--epochs", "2", "--images", images]
     resume += ["--labels", labels, "--out", str(second), "--no-progress"]
