@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -52,3 +55,22 @@ def nuclei_image():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def disk_full_at_last_pt(monkeypatch):
+    """``disk_full_at_last_pt()``: from then on the disk is full whenever a training run
+    writes a last.pt (best.pt and other files are written); returns the real ``torch.save``."""
+
+    def fill() -> object:
+        real_save = torch.save
+
+        def full_at_last(obj, path, *args, **kwargs):
+            if Path(path).name.startswith(".last.pt."):  # atomic_write's temporary file
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            return real_save(obj, path, *args, **kwargs)
+
+        monkeypatch.setattr(torch, "save", full_at_last)
+        return real_save
+
+    return fill

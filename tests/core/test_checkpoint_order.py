@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-from pathlib import Path
 
 import pytest
 import torch
@@ -49,12 +48,12 @@ def test_a_disk_full_at_the_best_checkpoint_leaves_last_naming_the_best_on_disk(
 
 
 def test_a_disk_full_at_the_first_last_checkpoint_says_where_the_best_weights_are(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, disk_full_at_last_pt
 ):
     """The disk fills between epoch 1's best.pt and its last.pt: there is no last.pt to
     continue from and no model.pth, and the error named only last.pt, so best.pt's
     usable weights looked lost."""
-    real_save = _disk_full_at_last_pt(monkeypatch)
+    real_save = disk_full_at_last_pt()
     config = TrainConfig(
         model="random:tiny", epochs=2, n_objects_per_batch=1, min_samples_per_epoch=1,
         n_iterative_prompts=0, mixed_precision="no", early_stopping=None, val_fraction=0.5,
@@ -75,7 +74,7 @@ def test_a_disk_full_at_the_first_last_checkpoint_says_where_the_best_weights_ar
 
 
 def test_a_disk_full_at_the_first_last_checkpoint_of_a_resumed_run_offers_its_source(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, disk_full_at_last_pt
 ):
     """A run resumed into a new folder, whose disk fills at that folder's first last.pt
     (after the best.pt carried over): the error said the run "cannot be continued", while
@@ -87,7 +86,7 @@ def test_a_disk_full_at_the_first_last_checkpoint_of_a_resumed_run_offers_its_so
     data, first = make_dataset(2, shape=(64, 64), seed=0), tmp_path / "first"
     train(config, data, out_dir=first)
     source = first / "checkpoints" / "last.pt"
-    real_save = _disk_full_at_last_pt(monkeypatch)
+    real_save = disk_full_at_last_pt()
     longer, second = dataclasses.replace(config, epochs=2), tmp_path / "second"
     with pytest.raises(OSError) as raised:
         train(longer, data, out_dir=second, resume_from=source)
@@ -98,16 +97,3 @@ def test_a_disk_full_at_the_first_last_checkpoint_of_a_resumed_run_offers_its_so
     assert "cannot be continued" not in message
     monkeypatch.setattr(torch, "save", real_save)  # space freed: continuing from it works
     assert train(longer, data, out_dir=second, resume_from=source).epochs_done == 2
-
-
-def _disk_full_at_last_pt(monkeypatch):
-    """The disk is full whenever a last.pt is written; returns the real ``torch.save``."""
-    real_save = torch.save
-
-    def full_at_last(obj, path, *args, **kwargs):
-        if Path(path).name.startswith(".last.pt."):  # atomic_write's temporary file
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real_save(obj, path, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "save", full_at_last)
-    return real_save
