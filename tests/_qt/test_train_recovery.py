@@ -1,6 +1,7 @@
 """The training widget when things go wrong or are taken back: damaged run folders for
 Continue…, red messages once their cause is fixed, a Start cancelled while it waits for the
-folder check, Stop before the first training step, and a run folder that another run holds.
+folder check, Stop before the first training step, a run folder that another run holds, and a
+disk that fills at the first last.pt.
 
 Runs use the tiny model (one epoch of two patches, frozen encoder) in a real viewer.
 """
@@ -15,6 +16,7 @@ import pytest
 import tifffile
 
 from napari_samtune._qt.train_run import TRAIN_TASK, past_epochs
+from napari_samtune._qt.train_settings import READ_TASK
 from napari_samtune._qt.train_widget import TrainWidget
 from napari_samtune.core.checkpoints import TRAINING_LOCK_NAME, training_lock
 from napari_samtune.core.config_checks import MODEL_PARTS
@@ -305,3 +307,25 @@ def test_a_run_holds_its_folder_until_it_ends(qtbot, widget):
         widget.stop()
     with training_lock(widget.run_folder):  # free once the run has ended
         pass
+
+
+def test_a_full_disk_at_the_first_last_pt_says_where_the_best_weights_are(
+    qtbot, widget, disk_full_at_last_pt
+):
+    """The disk fills between the first epoch's best.pt and its last.pt: the result says
+    where the weights are and how to use them, and does not offer Continue…, which needs a
+    last.pt."""
+    disk_full_at_last_pt()
+    assert _add_pair(widget, 0) and _add_pair(widget, 1)
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.start() is not None
+    best = widget.run_folder / "checkpoints" / "best.pt"
+    assert best.is_file() and not best.with_name("last.pt").exists()
+    text = widget.result_label.text()
+    assert text.startswith("training failed") and "no space left" in text
+    assert f"the weights of its best epoch are in {best}: to use them, choose" in text
+    assert "Continue…" not in text
+    settings = widget.settings
+    settings.model_picker.select_model(str(best))  # as the advice says: it reads as a model
+    qtbot.waitUntil(lambda: not settings.runner.is_running(READ_TASK), timeout=WAIT_MS)
+    assert settings.architecture() is not None and not settings.settings_error.text()

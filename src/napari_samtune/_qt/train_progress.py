@@ -13,6 +13,7 @@ import math
 
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from napari_samtune._qt.model_picker import FILE_ENTRY
 from napari_samtune._qt.train_data import show_problem
 from napari_samtune._qt.train_run import HeldOutPartEmpty, RunFolderInUse, offer_model
 from napari_samtune._qt.workers import user_message
@@ -129,12 +130,26 @@ class TrainProgressMixin:
             self.result_label.setText(f"stopped before training began: {error}")
             return
         text = f"training failed: {user_message(error, TRAIN_MEMORY_ADVICE)}"
-        if self.run_folder is not None and RunFiles(self.run_folder).last.is_file():
-            text += (
+        self.result_label.setText(text + self._what_is_kept())
+
+    def _what_is_kept(self) -> str:
+        """Where a failed run's weights are, so that nothing looks lost: last.pt, which
+        Continue… goes on from, else best.pt (the disk filled between the first epoch's two
+        checkpoints), which the model lists read as a checkpoint file."""
+        if self.run_folder is None:
+            return ""
+        files = RunFiles(self.run_folder)
+        if files.last.is_file():
+            return (
                 f"\nthe checkpoint of its last finished epoch is in {self.run_folder}: "
                 "Continue… goes on from there"
             )
-        self.result_label.setText(text)
+        if files.best.is_file():
+            return (
+                f"\nthe weights of its best epoch are in {files.best}: to use them, choose "
+                f"'{FILE_ENTRY}' as the model, here or in Annotate"
+            )
+        return ""
 
 
 # what a run that ran out of memory can ask for instead (the Advanced settings' fields)
