@@ -538,6 +538,16 @@ def test_a_second_run_reuses_the_cached_embeddings(tmp_path, tiny_checkpoint, im
             "x_min,y_min,x_max,y_max,object\n1,2,3,4,7\n",
             r"column\(s\) \['object'\] are not read .* x_min, y_min, x_max, y_max, z:",
         ),
+        (
+            "--points",
+            "x,y,z\n1,2,0\n5,3,2\n",
+            "p.csv: column 'z' gives each prompt's plane, but without --stack .* pass --stack",
+        ),
+        (
+            "--boxes",
+            "x_min,y_min,x_max,y_max,z\n1,2,3,4,1\n",
+            "p.csv: column 'z' gives each prompt's plane, but without --stack",
+        ),
         ("--boxes", "x_min,y_min,x_max,y_max\n1,2,3,4,5\n", "line 2: 5 values .* write 12.5"),
         ("--boxes", "x_min,y_min,x_max,y_max\n50,5,10,20\n", "line 2: x_min > x_max"),
         ("--boxes", SPANNING_SHAPE, "give 2D shapes .* or, with --stack"),

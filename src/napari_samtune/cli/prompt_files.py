@@ -8,7 +8,8 @@
 * boxes: ``x_min,y_min,x_max,y_max``, or a shapes layer saved from napari (each shape by
   its bounding box, clipped to the image, as the annotation widget reads its boxes);
 * for a stack (``--stack``) each row also names its plane: a ``z`` column, or
-  ``axis-0`` of a 3D napari points layer.
+  ``axis-0`` of a 3D napari points layer (without ``--stack`` a ``z`` column is refused,
+  not ignored).
 
 Other named columns of the x/y and box files are refused (napari's files may carry the
 layer's features).
@@ -120,6 +121,17 @@ def _refuse_unknown(path: Path, header: list[str], known: tuple[str, ...]) -> No
         )
 
 
+def _refuse_planes(path: Path, header: list[str], stacked: bool) -> None:
+    """A plane column without ``--stack`` would be ignored: prompts meant for several planes
+    would all be put on the one 2D image."""
+    if PLANE_COLUMN in header and not stacked:
+        raise ValueError(
+            f"{path}: column {PLANE_COLUMN!r} gives each prompt's plane, but without --stack "
+            "the image is segmented as one 2D plane; pass --stack to segment each plane of a "
+            f"stack, or remove the {PLANE_COLUMN!r} column"
+        )
+
+
 def _require_rows(path: Path, rows: Rows) -> None:
     if not rows:
         raise ValueError(f"{path} has a header but no rows; add one prompt per line")
@@ -196,6 +208,7 @@ def _point_columns(path: Path, header: list[str], stacked: bool) -> tuple[str, s
             )
         return ("axis-1", "axis-2", "axis-0") if stacked else ("axis-0", "axis-1", None)
     _require(path, header, ("x", "y", PLANE_COLUMN) if stacked else ("x", "y"))
+    _refuse_planes(path, header, stacked)
     _refuse_unknown(path, header, ("x", "y", "label", "object", PLANE_COLUMN))
     return "y", "x", (PLANE_COLUMN if stacked else None)
 
@@ -263,6 +276,7 @@ def read_boxes_csv(
     if "shape-type" in header:
         return _napari_shapes(path, header, rows, image_shape, n_planes)
     _require(path, header, (*BOX_COLUMNS, PLANE_COLUMN) if n_planes is not None else BOX_COLUMNS)
+    _refuse_planes(path, header, n_planes is not None)
     _refuse_unknown(path, header, (*BOX_COLUMNS, PLANE_COLUMN))
     _require_rows(path, rows)
     boxes, planes = [], []
