@@ -463,6 +463,14 @@ def test_an_image_without_a_finite_pixel_is_refused_not_embedded_black(tiny_sam,
         segmenter.predict(**POINT)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_an_image_without_pixels_is_named_empty_whatever_its_dtype(tiny_sam, dtype):
+    """A float (0, W) image was said to hold "no finite pixel value (all NaN or infinite)"."""
+    segmenter = Segmenter(tiny_sam, model_id="tiny", use_disk_cache=False, precision="fp32")
+    with pytest.raises(ValueError, match=r"image is empty \(shape \(0, 80\)\)"):
+        segmenter.set_image(np.zeros((0, 80), dtype))
+
+
 def test_nan_pixels_among_finite_ones_are_embedded_as_black_without_warnings(tiny_sam, image):
     """NaN pixels (e.g. outside a registered region) take the low end of the finite pixels'
     range: the image embeds as its normalisation with those pixels black, quietly."""

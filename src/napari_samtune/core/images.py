@@ -141,8 +141,9 @@ def _order_statistic_lerp(cumulative: np.ndarray, percentile: float, first: int)
 def check_some_pixel_finite(image: np.ndarray, name: str) -> None:
     """``ValueError`` naming ``name`` for a float image without a finite pixel (all NaN or
     infinite, e.g. a failed export): it normalises to black, so its masks, a model's scores
-    on it or training on it would be made up without a word."""
-    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).any():
+    on it or training on it would be made up without a word. An image without pixels passes:
+    :func:`sam_plane` names it empty."""
+    if image.size and np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).any():
         raise ValueError(
             f"{name} holds no finite pixel value (all NaN or infinite), so there is "
             "nothing to segment; check how the file was exported"
