@@ -170,3 +170,21 @@ def test_a_damaged_best_checkpoint_names_the_last_one_to_export_instead(
     assert f"exported instead: samtune export {checkpoint} -o {output}" in err
     assert not output.exists()
     assert cli.main(["export", str(checkpoint), "-o", str(output)]) == 0  # as it says
+
+
+@pytest.mark.parametrize("name", ["cells.tif", "prompts.csv", "notes.pth"])
+def test_an_existing_file_that_is_no_model_is_not_replaced(tmp_path, checkpoint, capsys, name):
+    """``-o cells.tif`` (a typo, a tab completion) replaced the image with the model, silently."""
+    output = tmp_path / name
+    output.write_bytes(b"II*\x00 the user's pixels")
+    assert cli.main(["export", str(checkpoint), "-o", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert f"-o {output} exists and is not a PyTorch model file; the model would replace it" in err
+    assert output.read_bytes() == b"II*\x00 the user's pixels"
+
+
+def test_a_model_exported_before_is_replaced(tmp_path, checkpoint):
+    output = tmp_path / "model.pth"
+    torch.save({"old": torch.zeros(1)}, output)
+    assert cli.main(["export", str(checkpoint), "-o", str(output)]) == 0
+    build_sam(TINY).load_state_dict(torch.load(output, weights_only=True), strict=True)

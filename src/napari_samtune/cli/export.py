@@ -69,8 +69,9 @@ def check_not_the_checkpoint(checkpoint: Path, output: Path) -> None:
 
 def check_nothing_is_replaced(output: Path) -> None:
     """``ValueError`` if writing ``output`` would destroy what the plain model cannot stand
-    in for: a training checkpoint (of another run, or the best.pt beside a last.pt), or a
-    registered user model's file (the registry then finds its file changed)."""
+    in for: a file that is no PyTorch file (an image, a table), a training checkpoint (of
+    another run, or the best.pt beside a last.pt), or a registered user model's file (the
+    registry then finds its file changed)."""
     from napari_samtune.core.checkpoints import is_project_checkpoint
     from napari_samtune.core.registry import user_models_dir
 
@@ -81,12 +82,28 @@ def check_nothing_is_replaced(output: Path) -> None:
             "the models registered there ('samtune models' lists them); write the model "
             f"elsewhere, e.g. -o {output.name}, and add --register NAME to register it"
         )
+    if output.is_file() and not _is_torch_file(output):
+        raise ValueError(
+            f"-o {output} exists and is not a PyTorch model file; the model would replace it. "
+            f"Give the model a file name of its own, e.g. -o {_suggestion(output)}"
+        )
     if output.is_file() and is_project_checkpoint(output):
         raise ValueError(
             f"-o {output} is a napari-samtune training checkpoint; the plain model would "
             "replace it, and its run could no longer be resumed or exported from it. Give "
             f"another file name, e.g. -o {_suggestion(output)}"
         )
+
+
+TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive, its legacy pickle
+
+
+def _is_torch_file(path: Path) -> bool:
+    """Whether ``path`` may be replaced by a model: a file torch.save wrote (a model exported
+    before, whose replacement is the point of exporting again), or an empty one."""
+    with path.open("rb") as handle:
+        start = handle.read(4)
+    return not start or start.startswith(TORCH_FILE_STARTS)
 
 
 def _last_instead(checkpoint: Path, output: Path) -> str:
