@@ -9,8 +9,10 @@ A mixin of :class:`~napari_samtune._qt.annotate.AnnotateWidget` (it uses the wid
 from __future__ import annotations
 
 import itertools
+import weakref
 from pathlib import Path
 
+from app_model.types import KeyCode, KeyMod
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QFileDialog
@@ -25,6 +27,12 @@ from napari_samtune.core.annotation_files import (
     save_annotations,
 )
 from napari_samtune.core.label_files import LABELS_SUFFIX
+
+# napari's undo and redo of a brush, fill or eraser stroke on a Labels layer (its class keys)
+HISTORY_KEYS = {
+    KeyMod.CtrlCmd | KeyCode.KeyZ: "undo",
+    KeyMod.CtrlCmd | KeyMod.Shift | KeyCode.KeyZ: "redo",
+}
 
 # autosaves first; any label TIFF too, e.g. `samtune segment` output (<image>_labels.tif)
 LOAD_FILTERS = f"Annotations (*{LABELS_SUFFIX});;Label images (*.tif *.tiff)"
@@ -205,6 +213,31 @@ class AnnotateFilesMixin:
         autosaved like a commit: once control is back in the event loop, as napari reports
         the stroke before it writes it into the data."""
         QTimer.singleShot(0, self._autosave)
+
+    def _bind_history_keys(self, annotations) -> None:
+        """napari's Ctrl+Z and Ctrl+Shift+Z on the annotations layer undo and redo a stroke
+        without a paint event: the same keys here do so and autosave it like the stroke (else
+        the file keeps the stroke undone, and restores it when the image is annotated again).
+        They hold the widget weakly and undo also once the panel is closed."""
+        widget = weakref.ref(self)
+
+        def step(layer, name: str) -> None:
+            getattr(layer, name)()
+            if widget() is not None:
+                widget()._on_history_step(layer)
+
+        for key, name in HISTORY_KEYS.items():
+            annotations.bind_key(key, lambda layer, name=name: step(layer, name), overwrite=True)
+
+    def _on_history_step(self, layer) -> None:
+        """An undo or redo on ``layer``: autosaved as a stroke there would be."""
+        if self._shut_down:
+            return
+        if self.session is not None and layer == self.session.layers.annotations:
+            self._on_painted()
+        elif layer in self._retired_painting:
+            _, painted = self._retired_painting[layer]
+            painted()
 
     def _watch_retired(self, session) -> None:
         """``session``'s image is no longer chosen, but its annotations layer stays in the

@@ -186,6 +186,7 @@ class AnnotateImageMixin:
             prompt_layer.events.data.connect(self._on_prompts_changed)
         self._unwatch_retired(self.session.layers.annotations)  # autosaved as chosen now
         self.session.layers.annotations.events.paint.connect(self._on_painted)
+        self._bind_history_keys(self.session.layers.annotations)
         for helper in self.session.layers.layers:
             self._bind_keys(helper, layer)
         self._set_positive_mode(self.ui.positive_check.isChecked())

@@ -1,0 +1,81 @@
+"""Flows found by using the widgets as a microscopist would, outside what the other tests
+drive: napari's own undo and redo (Ctrl+Z, Ctrl+Shift+Z) on the annotations layer."""
+
+from __future__ import annotations
+
+import tifffile
+from app_model.types import KeyCode, KeyMod
+from napari.utils.key_bindings import KeymapHandler
+
+WAIT_MS = 30_000
+UNDO, REDO = KeyMod.CtrlCmd | KeyCode.KeyZ, KeyMod.CtrlCmd | KeyMod.Shift | KeyCode.KeyZ
+
+
+def _press(provider, viewer, key) -> None:
+    keys = KeymapHandler()
+    keys.keymap_providers = [provider, viewer]  # what napari asks when the layer is active
+    keys.press_key(key)
+    keys.release_key(key)
+
+
+def _saved(path) -> int:
+    """The pixels of id 7 in the labels file at ``path``."""
+    return int((tifffile.imread(path) == 7).sum())
+
+
+def test_napari_undo_and_redo_of_a_brush_stroke_are_autosaved(
+    viewer_widget, qtbot, drain_jobs, tmp_path
+):
+    """A brush stroke was autosaved, but napari's Ctrl+Z on the annotations layer (it sends
+    no paint event) was not: the file kept the stroke undone, and it came back when the
+    image was annotated again."""
+    viewer, widget = viewer_widget
+    widget.ui.folder_edit.setText(str(tmp_path))
+    layer = widget.session.layers.annotations
+    layer.brush_size = 5
+    with qtbot.waitSignal(widget.annotations_saved, timeout=WAIT_MS) as saved:
+        layer.paint((50, 50), 7)
+    drain_jobs(widget)
+    path = saved.args[0]
+    painted = _saved(path)
+    assert painted > 0
+    with qtbot.waitSignal(widget.annotations_saved, timeout=WAIT_MS):
+        _press(layer, viewer, UNDO)
+    drain_jobs(widget)
+    assert not (layer.data == 7).any() and _saved(path) == 0
+    with qtbot.waitSignal(widget.annotations_saved, timeout=WAIT_MS):
+        _press(layer, viewer, REDO)
+    drain_jobs(widget)
+    assert (layer.data == 7).sum() == painted and _saved(path) == painted
+
+
+def test_napari_undo_on_the_annotations_of_an_image_not_chosen_is_autosaved(
+    cells_with_one_saved_object, qtbot, drain_jobs, tmp_path
+):
+    """Its brush strokes are autosaved while another image is chosen: so is their undo."""
+    viewer, widget = cells_with_one_saved_object(tmp_path)
+    layer = widget.session.layers.annotations
+    layer.brush_size = 5
+    widget.ui.image_combo.setCurrentText("cells1")
+    drain_jobs(widget)
+    with qtbot.waitSignal(widget.annotations_saved, timeout=WAIT_MS) as saved:
+        layer.paint((50, 50), 7)
+    drain_jobs(widget)
+    assert _saved(saved.args[0]) > 0
+    with qtbot.waitSignal(widget.annotations_saved, timeout=WAIT_MS):
+        _press(layer, viewer, UNDO)
+    drain_jobs(widget)
+    assert _saved(saved.args[0]) == 0 and (tifffile.imread(saved.args[0]) == 1).any()
+
+
+def test_napari_undo_still_works_once_the_panel_is_closed(viewer_widget, drain_jobs):
+    """The widget's Ctrl+Z on the annotations layer still undoes the stroke after the panel
+    closed (nothing is saved then: the panel no longer autosaves)."""
+    viewer, widget = viewer_widget
+    layer = widget.session.layers.annotations
+    layer.paint((50, 50), 7)
+    drain_jobs(widget)
+    widget.shut_down()
+    _press(layer, viewer, UNDO)
+    assert not (layer.data == 7).any()
+    assert not widget.runner.is_running()
