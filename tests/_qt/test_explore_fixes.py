@@ -79,3 +79,29 @@ def test_napari_undo_still_works_once_the_panel_is_closed(viewer_widget, drain_j
     _press(layer, viewer, UNDO)
     assert not (layer.data == 7).any()
     assert not widget.runner.is_running()
+
+
+def test_a_run_s_results_dropped_as_a_layer_of_its_image_went_say_so(
+    stack_widget, hold_planes, qtbot, drain_jobs, notifications
+):
+    """Automatic segmentation of a stack ran while the person deleted the image's points
+    layer: the planes found after it were discarded "as another image was chosen while it
+    ran", though none was."""
+    gate = hold_planes()
+    viewer, widget = stack_widget
+    widget.ui.iou_spin.setValue(0.0)  # a random model's scores are meaningless: keep all
+    widget.ui.stability_spin.setValue(0.0)
+    widget.ui.points_per_side_spin.setValue(4)
+    widget.ui.auto_scope_combo.setCurrentText("all planes")
+    annotations = widget.session.layers.annotations
+    try:
+        assert widget.segment_automatically() is not None
+        qtbot.waitUntil(lambda: annotations.data[0].any(), timeout=WAIT_MS)
+        viewer.layers.remove("stack points")
+    finally:
+        gate.open()
+    drain_jobs(widget)
+    dropped = [n for n in notifications if "results discarded" in n]
+    assert dropped, notifications
+    assert "another image was chosen" not in dropped[0]
+    assert "layer 'stack points' was removed while it ran" in dropped[0]

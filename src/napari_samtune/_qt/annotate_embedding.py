@@ -159,12 +159,17 @@ class AnnotateEmbeddingMixin:
         if session is self.session:
             return "the model or channels changed while it ran"
         now = self.session
+        if now is not None and now.image_layer == session.image_layer:  # its layers redone
+            if now.axes.shape != session.axes.shape:
+                return "the image got new pixels of another shape while it ran"
+            if now.axes.spatial_shape != session.axes.spatial_shape:
+                return "'channels on first axis' changed how the image is read while it ran"
+        layers = self.viewer.layers
+        gone = [ly for ly in (session.image_layer, *session.layers.layers) if ly not in layers]
+        if gone:  # a person removed it: the image was left for that (see _on_layer_removed)
+            return f"layer {gone[0].name!r} was removed while it ran"
         if now is None or now.image_layer != session.image_layer:
             return "another image was chosen while it ran"
-        if now.axes.shape != session.axes.shape:
-            return "the image got new pixels of another shape while it ran"
-        if now.axes.spatial_shape != session.axes.spatial_shape:
-            return "'channels on first axis' changed how the image is read while it ran"
         return "the image was chosen again meanwhile, with new layers"
 
     def _after_segmenter_job(self, on_finish=None) -> None:
