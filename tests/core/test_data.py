@@ -244,7 +244,7 @@ def test_what_is_not_a_stack_stays_one_pair_for_the_checks():
         (np.ones((2, 32, 32), np.uint16), ValueError, r"shape \(2, 32, 32\).*2D.*image stack"),
         (np.ones((32, 31), np.uint16), ValueError, "32x32 pixels but its labels.*same pixels"),
         (np.zeros((32, 32), np.uint16), ValueError, "contain no objects.*annotate"),
-        (-np.ones((32, 32), np.int32), ValueError, "negative ids"),
+        (-np.ones((32, 32), np.int32), ValueError, r"negative ids \(the lowest is -1\)"),
     ],
 )
 def test_bad_pairs_are_refused_with_the_name_and_the_fix(labels, error, message):

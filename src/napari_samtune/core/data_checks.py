@@ -39,8 +39,12 @@ def check_labels(labels: np.ndarray, name: str) -> None:
             f"labels of {name!r} have shape {labels.shape!r}; give 2D (H, W) labels, or "
             "(planes, H, W) labels with an image stack of as many planes"
         )
-    if np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:
-        raise ValueError(f"labels of {name!r} contain negative ids; use ids >= 0 (0 = background)")
+    lowest = labels.min(initial=0) if np.issubdtype(labels.dtype, np.signedinteger) else 0
+    if lowest < 0:
+        raise ValueError(
+            f"labels of {name!r} contain negative ids (the lowest is {int(lowest)}); use ids "
+            ">= 0 (0 = background)"
+        )
     check_not_a_mask(labels, name)
 
 
