@@ -182,7 +182,7 @@ def test_every_model_is_checked_before_any_is_evaluated(
     images, labels = annotated_folder
     (tmp_path / "folder").mkdir()
     (tmp_path / "not_weights").write_text("epoch 3, loss 0.2\n")
-    model = {"missing": "no-such-model", "folder": str(tmp_path / "folder")}.get(
+    model = {"missing": "no-such-model.pth", "folder": str(tmp_path / "folder")}.get(
         bad, str(tmp_path / "not_weights")
     )
     first = str(_save_tiny(tmp_path / "first.pth", 0))
@@ -194,6 +194,8 @@ def test_every_model_is_checked_before_any_is_evaluated(
     assert code == 2
     err = capsys.readouterr().err
     assert f"--model {model}: " in err and "nothing was evaluated" in err
+    if bad == "missing":  # a file name is not called an unknown model, as samtune segment says
+        assert "is neither a model name (built-in: [" in err and "nor an existing file" in err
     assert evaluations == []
     assert not (tmp_path / "eval").exists()
 

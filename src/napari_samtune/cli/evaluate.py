@@ -174,7 +174,7 @@ def check_models(models: list[str]) -> None:
     from napari_samtune.core.download import ensure_model_file
     from napari_samtune.core.model_lookup import get_model_spec
     from napari_samtune.core.model_source import architecture_of
-    from napari_samtune.core.models import folder_not_weights
+    from napari_samtune.core.models import folder_not_weights, neither_model_nor_file
 
     for index, model in enumerate(models):
         try:
@@ -185,7 +185,7 @@ def check_models(models: list[str]) -> None:
                 if path.is_dir():
                     raise ValueError(folder_not_weights(path)) from None
                 if not path.is_file():
-                    raise
+                    raise neither_model_nor_file(model) from None
                 if index:
                     architecture_of(model)
             else:

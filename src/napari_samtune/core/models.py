@@ -183,14 +183,20 @@ def _resolve_source(
     if path.is_dir():
         raise ValueError(f"{path} is {folder_not_weights(path)}")
     if not path.is_file():
-        names = [spec.name for spec in registry.BUILTIN_MODELS]
-        yours = [spec.name for spec in list_user_models()]
-        raise ValueError(
-            f"{str(name_or_path)!r} is neither a model name (built-in: {names!r}; "
-            + (f"yours: {yours!r}" if yours else "none of yours is registered")
-            + ") nor an existing file"
-        )
+        raise neither_model_nor_file(name_or_path)
     return path, path.stem, None
+
+
+def neither_model_nor_file(name_or_path: str | os.PathLike) -> ValueError:
+    """The error for a model that is neither a registered name nor an existing file: it
+    names the built-in models and the user's."""
+    names = [spec.name for spec in registry.BUILTIN_MODELS]
+    yours = [spec.name for spec in list_user_models()]
+    return ValueError(
+        f"{str(name_or_path)!r} is neither a model name (built-in: {names!r}; "
+        + (f"yours: {yours!r}" if yours else "none of yours is registered")
+        + ") nor an existing file"
+    )
 
 
 def is_registered_name(name: str) -> bool:
