@@ -280,6 +280,16 @@ def test_boolean_masks_are_refused_by_both_evaluations_as_by_training():
     assert one_object.pooled.msa == 1.0
 
 
+def test_a_mask_of_integers_is_refused_as_prompt_ground_truth_as_by_training():
+    """0/255 masks (Fiji's Convert to Mask) of many objects counted as one object."""
+    labels = _square_labels()
+    labels[14:18, 2:6] = 5
+    mask = np.where(labels > 0, 255, 0).astype(np.uint8)
+    with pytest.raises(ValueError, match=r"labels\[1\] give the one id 255 to 3 separate"):
+        evaluate_prompts(FakeSegmenter(), [labels, labels], [labels, mask])
+    assert len(evaluate_prompts(FakeSegmenter(), [labels], [labels]).objects) == 3
+
+
 def test_instance_evaluation_takes_any_iterable():
     labels = _square_labels()
     expected = evaluate_instances([labels, labels], [labels, labels * (labels != 7)])
