@@ -280,7 +280,7 @@ def test_boolean_masks_are_refused_by_both_evaluations_as_by_training():
     assert one_object.pooled.msa == 1.0
 
 
-def test_a_mask_of_integers_is_refused_as_prompt_ground_truth_as_by_training():
+def test_a_mask_of_integers_is_refused_as_ground_truth_of_both_evaluations_as_by_training():
     """0/255 masks (Fiji's Convert to Mask) of many objects counted as one object."""
     labels = _square_labels()
     labels[14:18, 2:6] = 5
@@ -288,6 +288,10 @@ def test_a_mask_of_integers_is_refused_as_prompt_ground_truth_as_by_training():
     with pytest.raises(ValueError, match=r"labels\[1\] give the one id 255 to 3 separate"):
         evaluate_prompts(FakeSegmenter(), [labels, labels], [labels, mask])
     assert len(evaluate_prompts(FakeSegmenter(), [labels], [labels]).objects) == 3
+    with pytest.raises(ValueError, match=r"image 1: labels give the one id 255 to 3 separate"):
+        evaluate_instances([labels, mask], [labels, labels])
+    merged = evaluate_instances([labels], [mask])  # a prediction may merge objects: scored
+    assert merged.pooled.msa == 0.0
 
 
 def test_instance_evaluation_takes_any_iterable():

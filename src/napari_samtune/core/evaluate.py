@@ -38,8 +38,7 @@ import numpy as np
 
 from napari_samtune.core.checkpoints import atomic_write, check_output_folder, first_free
 from napari_samtune.core.coords import napari_to_sam
-from napari_samtune.core.data_checks import check_not_a_mask
-from napari_samtune.core.metrics import check_label_image
+from napari_samtune.core.metrics import check_label_image, check_not_a_mask
 from napari_samtune.core.prompts import PADDING, corrective_point, interior_point
 
 

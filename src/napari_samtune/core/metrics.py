@@ -70,6 +70,33 @@ def check_label_image(labels: np.ndarray, name: str) -> np.ndarray:
     return labels
 
 
+# one id over this many separate regions of at least MASK_REGION_AREA pixels: a foreground
+# mask, not one object (an object cut in two by another is seen; in three, hardly ever)
+MASK_REGIONS, MASK_REGION_AREA = 3, 16
+
+
+def check_not_a_mask(labels: np.ndarray, what: str) -> None:
+    """``ValueError`` naming ``what`` (e.g. "labels of 'a.tif'") for integer labels (e.g.
+    (H, W)) whose only id covers several separate regions: a foreground mask saved as integers (0/1,
+    or 0/255 as Fiji's Convert to Mask saves it), which training and evaluation would take
+    as one object. The regions are only counted for labels of a single id: other labels
+    cost a pass over their pixels."""
+    top = labels.max(initial=0)
+    if top == 0 or np.any((labels != 0) & (labels != top)):
+        return
+    from scipy import ndimage
+
+    regions, _ = ndimage.label(labels == top)
+    n_regions = int((np.bincount(regions.ravel())[1:] >= MASK_REGION_AREA).sum())
+    if n_regions >= MASK_REGIONS:
+        raise ValueError(
+            f"{what} give the one id {int(top)} to {n_regions} separate regions: a foreground "
+            "mask (e.g. 0/255 from Fiji's Convert to Mask), whose objects would count as one; "
+            "give each object its own id, e.g. with scipy.ndimage.label(labels > 0)[0], or "
+            "paint each with a new label in napari"
+        )
+
+
 def iou_matrix(
     labels: np.ndarray, prediction: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -214,6 +241,8 @@ class InstanceEvaluation:
 
 def _image_counts(index: int, labels: np.ndarray, prediction: np.ndarray) -> np.ndarray:
     try:
+        # the ground truth only: a prediction may well give its one object several pieces
+        check_not_a_mask(check_label_image(labels, "labels"), "labels")
         return match_counts(labels, prediction)
     except (ValueError, TypeError) as err:  # say which image of the set is wrong
         raise type(err)(f"image {index}: {err}") from err
