@@ -1,5 +1,6 @@
-"""Flows found by using the widgets as a microscopist would, outside what the other tests
-drive: napari's own undo and redo (Ctrl+Z, Ctrl+Shift+Z) on the annotations layer."""
+"""napari's own undo and redo (Ctrl+Z, Ctrl+Shift+Z) on the annotations layer are autosaved
+like strokes, and an automatic run's planes dropped as a layer of its image was removed say
+which layer."""
 
 from __future__ import annotations
 
