@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 IOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 
@@ -140,6 +139,10 @@ def _n_matches(iou: np.ndarray, threshold: float) -> int:
     candidates = hits[rows][:, cols]
     if candidates.size == 0:
         return 0
+    # imported here: the label checks above are imported with the training data, and
+    # scipy.optimize takes 0.17 s to import
+    from scipy.optimize import linear_sum_assignment
+
     row_index, col_index = linear_sum_assignment(candidates, maximize=True)
     return int(candidates[row_index, col_index].sum())
 
