@@ -89,3 +89,29 @@ def test_an_image_without_a_finite_pixel_is_told_by_its_layer_name(
         f"{EMBED_TASK} failed: image layer 'failed export' holds no finite pixel value"
     ), errors[0]
     assert widget.embedded_plane is False
+
+
+def test_a_failed_automatic_segmentation_writes_no_files(
+    make_napari_viewer, qtbot, tiny_sam, drain_jobs, notifications, tmp_path
+):
+    """Automatic segmentation of an all-NaN image failed, and its end still autosaved the
+    image's empty labels and prompts: files of a run that wrote nothing."""
+    from napari_samtune._qt.annotate import AnnotateWidget
+    from napari_samtune._qt.annotate_jobs import AUTO_TASK
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.full((64, 64), np.nan, np.float32), name="failed export")
+    widget = AnnotateWidget(viewer)
+    widget.ui.folder_edit.setText(str(tmp_path))
+    widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    with qtbot.waitSignal(
+        widget.runner.task_finished,
+        check_params_cb=lambda name: name == AUTO_TASK,
+        timeout=WAIT_MS,
+    ):
+        assert widget.segment_automatically() is not None
+    drain_jobs(widget)
+    errors = [n for n in notifications if n.severity == "error"]
+    assert errors[-1].startswith(f"{AUTO_TASK} failed: image layer 'failed export' holds no")
+    assert list(tmp_path.iterdir()) == []

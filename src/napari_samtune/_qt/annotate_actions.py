@@ -230,7 +230,8 @@ class AnnotateActionsMixin:
                 show_info(automatic_note(int(found), int(added), overwrite))
             if session is self.session:
                 self._automatic_unsaved = None
-                self._autosave()
+                if group.writes:  # a run that failed or found nothing leaves the files be
+                    self._autosave()
             else:  # saved when its image went, unless that save failed or came too soon
                 self._save_automatic_so_far()
 
