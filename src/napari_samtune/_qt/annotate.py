@@ -259,6 +259,7 @@ class AnnotateWidget(
         self.model_name = name
         self._use_auto_defaults_of(self.segmenter.img_size)
         self._invalidate_embedding()
+        self._previews_went_stale()
         self.ui.model_label.setText(self._model_text())
         self._ensure_embedding()
 

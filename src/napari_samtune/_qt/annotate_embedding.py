@@ -44,6 +44,17 @@ class AnnotateEmbeddingMixin:
         self._generation += 1
         self._embedded = None
 
+    def _previews_went_stale(self) -> None:
+        """Another model, other channels or new pixels: the previews segmented from prompts
+        show what the model saw before, so they lag their prompts (commit refuses them,
+        saying so) until they are segmented again, when their plane's embedding is ready."""
+        if self.session is None:
+            return
+        layers = self.session.layers
+        for plane in layers.preview_planes():
+            if not layers.prompts(plane).is_empty:
+                self._previews_behind.add(plane)
+
     def _on_plane_changed(self, event=None) -> None:
         if self.session is not None and self.session.axes.is_stack:
             self._failed_embedding = None  # a plane viewed again is tried again

@@ -175,6 +175,7 @@ class AnnotateImageMixin:
             if session.axes.spatial_shape == axes.spatial_shape:
                 session.axes = session.layers.axes = axes  # new channels: same layers
                 self._invalidate_embedding()
+                self._previews_went_stale()
                 self._ensure_embedding()
                 return
             self._retire_layers(session)  # new layout, new layers
