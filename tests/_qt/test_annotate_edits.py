@@ -153,8 +153,10 @@ def test_back_on_an_image_its_object_records_are_kept(
 
 
 def test_an_existing_uint8_annotations_layer_takes_more_than_255_objects(
-    make_napari_viewer, qtbot, tiny_sam, nuclei_image, drain_jobs, tmp_path
+    make_napari_viewer, qtbot, tiny_sam, nuclei_image, drain_jobs, tmp_path, notifications
 ):
+    """The person's uint8 layer becomes uint32 (the 256th object would not fit), which
+    was not said: they are told now."""
     from napari_samtune._qt.annotate import AnnotateWidget
 
     viewer = make_napari_viewer()
@@ -169,6 +171,11 @@ def test_an_existing_uint8_annotations_layer_takes_more_than_255_objects(
     drain_jobs(widget)
     layer = viewer.layers["nuclei annotations"]
     assert layer.data.dtype == np.uint32 and (layer.data[:5, :5] == 255).all()
+    assert any(
+        "layer 'nuclei annotations' held uint8 ids: the Annotate panel goes on with it as uint32"
+        in notice
+        for notice in notifications
+    ), notifications
     widget.session.layers.points.add([128, 128])
     assert widget.commit() == [256]
     drain_jobs(widget)

@@ -216,7 +216,12 @@ class PromptLayers:
             self.annotations_created |= suffix == ANNOTATIONS
             return layer
         if layer.data.dtype != np.uint32:
+            dtype = layer.data.dtype
             layer.data = _as_uint32_labels(layer)  # e.g. uint8: the 256th object would not fit
+            show_info(
+                f"layer {layer.name!r} held {dtype} ids: the Annotate panel goes on with it as "
+                "uint32 (a copy of its ids, with room for more objects), which is how it saves"
+            )
         # a person's "<image> annotations" is this image's now: not another's given the name
         layer.metadata[OWN_IMAGE_KEY] = self.image.as_metadata()
         return layer
