@@ -51,9 +51,26 @@ class AnnotateEmbeddingMixin:
         if self.session is None:
             return
         layers = self.session.layers
+        self._drop_uncorrected_propagation()
         for plane in layers.preview_planes():
             if not layers.prompts(plane).is_empty:
                 self._previews_behind.add(plane)
+
+    def _drop_uncorrected_propagation(self) -> None:
+        """Empty the planes whose preview is a finished propagation's own mask, made with
+        the model or pixels before: committed, it would be recorded as the new model's work.
+        Planes corrected with prompts keep propagation's prompts and are segmented again."""
+        layers = self.session.layers
+        planes = sorted(p for p in layers.propagated if layers.prompts(p).is_empty)
+        for plane in planes:
+            del layers.propagated[plane]
+            layers.set_preview(plane, None)
+        if planes:
+            where = ("plane " if len(planes) == 1 else "planes ") + plane_ranges(planes)
+            show_info(
+                f"cleared the propagated object on {where}: the model or the image changed "
+                "since it was propagated; propagate it again (or prompt those planes)"
+            )
 
     def _on_plane_changed(self, event=None) -> None:
         if self.session is not None and self.session.axes.is_stack:
