@@ -196,3 +196,26 @@ def test_a_renamed_image_stays_chosen_under_its_new_name(viewer_widget, nuclei_i
     assert [combo.itemText(i) for i in range(combo.count())] == ["renamed", "second"]
     combo.setCurrentText("second")
     assert widget.session.image_layer.name == "second"
+
+
+def test_loading_annotations_waits_for_a_running_automatic_segmentation(
+    viewer_widget, drain_jobs, gated_automatic, notifications, tmp_path
+):
+    """Loading replaced the annotations while automatic segmentation still wrote planes into
+    them: the file came back mixed with the run's objects. Like undo, it now waits."""
+    import tifffile
+
+    _, widget = viewer_widget
+    saved = np.zeros(widget.session.annotations.shape, np.uint32)
+    saved[10:30, 10:30] = 7
+    path = tmp_path / "other.tif"
+    tifffile.imwrite(path, saved)
+    keep_every_automatic_object(widget)
+    assert widget.segment_automatically() is not None
+    assert widget.load_annotations(path) is None
+    assert "wait for the automatic segmentation to finish" in str(notifications[-1])
+    gated_automatic.set()
+    drain_jobs(widget)
+    assert widget.session.annotations.any() and not (widget.session.annotations == 7).any()
+    assert widget.load_annotations(path) == 1
+    np.testing.assert_array_equal(widget.session.annotations, saved)

@@ -17,7 +17,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QFileDialog
 
-from napari_samtune._qt.annotate_jobs import SAVE_TASK
+from napari_samtune._qt.annotate_jobs import AUTO_TASK, SAVE_TASK
 from napari_samtune._qt.annotate_session import found_where
 from napari_samtune._qt.dock_life import main_window_of
 from napari_samtune._qt.workers import user_message
@@ -333,6 +333,9 @@ class AnnotateFilesMixin:
         image's shape (e.g. from ``samtune segment``); returns its object count."""
         if self.session is None:
             show_info("pick the image these annotations belong to first")
+            return None
+        if self._job_writes_here(AUTO_TASK):  # its later planes would land on the file's
+            show_info("wait for the automatic segmentation to finish, then load annotations")
             return None
         if path is None:
             path, _ = QFileDialog.getOpenFileName(
