@@ -51,6 +51,8 @@ def check_output_file(text: str, example: str, hint: str = "") -> Path:
     read-only folder)."""
     from napari_samtune.core.checkpoints import folder_problem
 
+    if text == "":  # Path('') is the current folder
+        raise ValueError(f"'' is an empty path; give a file name, e.g. {example}{hint}")
     path = Path(text)
     if path.is_dir() or str(text).endswith(("/", os.sep)):
         verb = "is" if path.is_dir() else "names"
@@ -74,6 +76,21 @@ def output_file(example: str) -> Callable[[str], Path]:
             raise argparse.ArgumentTypeError(str(err)) from None
 
     return check
+
+
+def not_empty(text: str) -> str:
+    """argparse ``type`` of a path: ``''`` (``"$IMAGE"`` with the variable unset) is refused,
+    as Path('') is the current folder, which would be read or written unsaid."""
+    if text == "":
+        raise argparse.ArgumentTypeError(
+            "'' is an empty path; give a file or folder, or '.' for the current folder"
+        )
+    return text
+
+
+def given_path(text: str) -> Path:
+    """argparse ``type`` of a path that is read; ``''`` is refused (see :func:`not_empty`)."""
+    return Path(not_empty(text))
 
 
 def channel_list(text: str) -> tuple[int, ...]:

@@ -43,7 +43,9 @@ import numpy as np
 from napari_samtune.cli import (
     add_channel_options,
     check_output_file,
+    given_path,
     in_option_terms,
+    not_empty,
     option_wording,
 )
 from napari_samtune.cli.prompt_files import read_boxes_csv, read_points_csv
@@ -70,19 +72,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "image",
-        type=Path,
+        type=given_path,
         nargs="+",
         help="TIFF image: 2D, RGB, multichannel or a stack; with --auto also several files, a "
         "folder or a glob (their labels go to the -o folder)",
     )
     parser.add_argument("--model", required=True, help="model name (see `samtune models`) or path")
     prompts = parser.add_mutually_exclusive_group(required=True)
-    prompts.add_argument("--points", type=Path, metavar="POINTS.csv", help="x,y[,label][,object]")
-    prompts.add_argument("--boxes", type=Path, metavar="BOXES.csv", help="x_min,y_min,x_max,y_max")
+    prompts.add_argument(
+        "--points", type=given_path, metavar="POINTS.csv", help="x,y[,label][,object]"
+    )
+    prompts.add_argument(
+        "--boxes", type=given_path, metavar="BOXES.csv", help="x_min,y_min,x_max,y_max"
+    )
     prompts.add_argument("--auto", action="store_true", help="segment everything automatically")
     parser.add_argument(
         "-o",
         "--output",
+        type=not_empty,
         required=True,
         metavar="LABELS.tif|FOLDER",
         help="labels file, or a folder that receives <image>.labels.tif (for several "

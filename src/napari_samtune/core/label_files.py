@@ -92,6 +92,11 @@ def expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike], what: st
     """Files named by a folder, a glob pattern, one file, or a list of any of these."""
     if isinstance(spec, (str, os.PathLike)):
         text = os.fspath(spec)
+        if text == "":  # Path('') is the current folder: every file there, unsaid
+            raise ValueError(
+                f"{what} '' is an empty path; give files, a folder or a glob pattern, or '.' "
+                "for the current folder"
+            )
         if glob.has_magic(text):
             files = sorted(Path(p) for p in glob.glob(text))
             if not files:
