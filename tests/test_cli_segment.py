@@ -549,6 +549,13 @@ def test_a_second_run_reuses_the_cached_embeddings(tmp_path, tiny_checkpoint, im
             "p.csv: column 'z' gives each prompt's plane, but without --stack",
         ),
         ("--boxes", "x_min,y_min,x_max,y_max\n1,2,3,4,5\n", "line 2: 5 values .* write 12.5"),
+        # the last x was taken and the first dropped unsaid: the point went to x = 1
+        ("--points", "x,y,x\n30,40,1\n", r"p.csv: column\(s\) \['x'\] appear more than once"),
+        (
+            "--boxes",
+            "X_min,y_min,x_max,y_max,x_min\n1,2,30,40,5\n",
+            r"column\(s\) \['x_min'\] appear more than once in the header",
+        ),
         ("--boxes", "x_min,y_min,x_max,y_max\n50,5,10,20\n", "line 2: x_min > x_max"),
         ("--boxes", SPANNING_SHAPE, "give 2D shapes .* or, with --stack"),
         ("--boxes", SHAPE_OUTSIDE, "line 2: shape 0 lies outside the image of width 240"),

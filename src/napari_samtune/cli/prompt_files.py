@@ -73,11 +73,23 @@ def _read_table(path: Path) -> tuple[list[str], Rows]:
         header = [name.strip().lower() for name in reader.fieldnames or []]
         reader.fieldnames = header
         rows = [(reader.line_num, row) for row in reader]
+    _refuse_repeated(path, header)
     for line, row in rows:
         # values beyond the header's columns would be ignored (empty ones, a trailing comma, are)
         if any(value.strip() for value in row.get(None, [])):
             _too_many_values(path, line, header, row)
     return header, rows
+
+
+def _refuse_repeated(path: Path, header: list[str]) -> None:
+    """A column named twice (``x,y,x``; case and spaces do not count) kept only its last
+    value: the other was dropped without a word. Unnamed columns may repeat."""
+    repeated = sorted({name for name in header if name and header.count(name) > 1})
+    if repeated:
+        raise ValueError(
+            f"{path}: column(s) {repeated!r} appear more than once in the header {header!r}; "
+            "name each column once (remove or rename the repeats)"
+        )
 
 
 def _too_many_values(path: Path, line: int, header: list[str], row: dict) -> None:
