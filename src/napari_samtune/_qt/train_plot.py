@@ -13,6 +13,8 @@ doubles, the loss range grows by half), i.e. a handful of times per run.
 
 from __future__ import annotations
 
+import math
+
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
@@ -114,14 +116,17 @@ class TrainingPlotWidget(QWidget):
             self._blit()
 
     def _grow_axes(self) -> bool:
-        """Widen the axes when the data left them; True when they changed."""
+        """Widen the axes when the data left them; True when they changed. A non-finite
+        loss (an fp16 step that overflowed, a continued run's diverged epoch, saved as null)
+        is drawn as a gap: axis limits cannot be infinite, and NaN would hide the others."""
         changed = False
         x_max = max([*self.step_x, *self.epochs], default=0)
         right = self.loss_axes.get_xlim()[1]
         while x_max > right and right < self.max_epochs:
             right = min(2 * right, self.max_epochs)
             changed = True
-        loss_max = max([*self.step_losses, *self.epoch_losses], default=0)
+        losses = [*self.step_losses, *self.epoch_losses]
+        loss_max = max([loss for loss in losses if math.isfinite(loss)], default=0)
         top = self.loss_axes.get_ylim()[1]
         if loss_max > top:
             top, changed = 1.5 * loss_max, True

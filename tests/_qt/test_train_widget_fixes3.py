@@ -1,0 +1,37 @@
+"""The Finetune widget's run display: the plot with non-finite losses, and the progress
+bar's text at the start of a new run."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from napari_samtune._qt.train_plot import TrainingPlotWidget
+
+WAIT_MS = 120_000
+
+
+@pytest.fixture
+def plot(qtbot):
+    widget = TrainingPlotWidget()
+    qtbot.addWidget(widget)
+    return widget
+
+
+def test_an_infinite_loss_leaves_the_plot_drawing(plot):
+    """fp16 training (its gradient scaler skips the step) reports an overflowed loss as inf:
+    the axes raised 'Axis limits cannot be NaN or Inf' at that step and at every later one."""
+    plot.add_step(1, 1, 2, math.inf)
+    plot.add_step(1, 2, 2, 3.0)
+    plot.add_epoch(1, math.inf, 0.5, is_best=True)
+    assert 3.0 <= plot.loss_axes.get_ylim()[1] < math.inf
+    assert plot.step_losses == [math.inf, 3.0] and plot.metric_values == [0.5]
+
+
+def test_a_nan_loss_first_does_not_stop_the_loss_axis_growing(plot):
+    """A continued run whose first epoch's loss was saved as null: NaN first made max()
+    NaN, so later losses above the axis were drawn off the plot."""
+    plot.add_epoch(1, math.nan, None)
+    plot.add_epoch(2, 5.0, None)
+    assert plot.loss_axes.get_ylim()[1] >= 5.0
