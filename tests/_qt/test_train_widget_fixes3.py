@@ -35,3 +35,24 @@ def test_a_nan_loss_first_does_not_stop_the_loss_axis_growing(plot):
     plot.add_epoch(1, math.nan, None)
     plot.add_epoch(2, 5.0, None)
     assert plot.loss_axes.get_ylim()[1] >= 5.0
+
+
+def test_a_new_run_s_bar_does_not_show_the_last_run_s_epoch(
+    qtbot, finetune_on_cells, add_pair, use_tiny_model, tmp_path
+):
+    """The bar kept the last run's "epoch 1/1 · step 2/2 · ETA 0:00" until the next run's
+    first training event: a model download before it (a built-in model trained for the
+    first time) showed its bytes under that text instead of its percent."""
+    viewer, widget = finetune_on_cells(2)
+    for i in range(2):
+        assert add_pair(widget.train_data, f"cells{i}", f"cells{i} labels")
+    use_tiny_model(widget, epochs=1)
+    widget.settings.out_dir_edit.setText(str(tmp_path / "runs"))
+    widget.use_model_check.setChecked(False)
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.start() is not None
+    assert widget.progress_bar.format().startswith("epoch 1/1")
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.start() is not None
+        assert widget.progress_bar.format() == "%p%"  # before the run's first event
+    assert widget.result is not None and widget.result.epochs_done == 1

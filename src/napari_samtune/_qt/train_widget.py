@@ -218,6 +218,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
         for past in request.history:  # a continued run's epochs so far
             self.plot.add_epoch(past.epoch + 1, past.train_loss, past.val_iou, past.is_best)
         self.result_label.setText("")
+        self.progress_bar.setFormat("%p%")  # a download's percent, not the last run's epoch
         self._set_running(True)
         self.download_notes = []  # shown when training starts, or however the run ends
         worker = self.runner.start(
