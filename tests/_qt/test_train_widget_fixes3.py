@@ -56,3 +56,26 @@ def test_a_new_run_s_bar_does_not_show_the_last_run_s_epoch(
         assert widget.start() is not None
         assert widget.progress_bar.format() == "%p%"  # before the run's first event
     assert widget.result is not None and widget.result.epochs_done == 1
+
+
+def test_a_file_named_as_the_new_model_in_the_output_folder_is_stepped_around(
+    qtbot, finetune_on_cells, add_pair, use_tiny_model, tmp_path
+):
+    """Start raised NotADirectoryError (a traceback, no word in the widget) when the output
+    folder held a file named as the model typed: the run goes to <name>-2 beside it."""
+    viewer, widget = finetune_on_cells(2)
+    for i in range(2):
+        assert add_pair(widget.train_data, f"cells{i}", f"cells{i} labels")
+    use_tiny_model(widget, epochs=1)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "mine").write_text("a person's notes")
+    widget.settings.out_dir_edit.setText(str(runs))
+    widget.settings.name_edit.setText("mine")
+    widget.use_model_check.setChecked(False)
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.start() is not None
+    assert widget.run_folder == runs / "mine-2"
+    assert widget.result.registered_name == "mine"
+    assert widget.result.exported_model_path == runs / "mine-2" / "model.pth"
+    assert (runs / "mine").read_text() == "a person's notes"

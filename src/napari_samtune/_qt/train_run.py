@@ -134,11 +134,12 @@ def held_out_message(err: EmptyPartError) -> str:
 
 
 def run_folder(output_folder: Path, model_name: str) -> Path:
-    """A folder for a new run under ``output_folder`` that no earlier run has used."""
+    """A folder for a new run under ``output_folder`` that no earlier run has used (nor a
+    file of the same name: the run could not make its folder there)."""
 
     def used(name: str) -> bool:
         folder = output_folder / name
-        return folder.exists() and any(folder.iterdir())
+        return folder.exists() and (not folder.is_dir() or any(folder.iterdir()))
 
     return output_folder / first_free(model_name, used)
 
