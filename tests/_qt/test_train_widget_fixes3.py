@@ -79,3 +79,40 @@ def test_a_file_named_as_the_new_model_in_the_output_folder_is_stepped_around(
     assert widget.result.registered_name == "mine"
     assert widget.result.exported_model_path == runs / "mine-2" / "model.pth"
     assert (runs / "mine").read_text() == "a person's notes"
+
+
+def test_continue_in_a_read_only_run_folder_is_refused_with_what_to_do(
+    qtbot, finetune_on_cells, add_pair, use_tiny_model, tmp_path, monkeypatch, notifications
+):
+    """A run folder that cannot be written (another person's run on a read-only share) was
+    not checked by Continue…: for a user who is not root, taking the run's lock file raised
+    PermissionError on the main thread (a traceback, nothing in the widget); here, where the
+    lock is taken, the run started, cleared the plot and failed saying 'give a folder
+    (created if missing)'. It is now refused at once, saying to continue a copy."""
+    import os
+
+    from napari_samtune.core import checkpoints
+
+    viewer, widget = finetune_on_cells(2)
+    for i in range(2):
+        assert add_pair(widget.train_data, f"cells{i}", f"cells{i} labels")
+    use_tiny_model(widget, epochs=1)
+    widget.settings.out_dir_edit.setText(str(tmp_path / "runs"))
+    widget.use_model_check.setChecked(False)
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.start() is not None
+    folder = widget.run_folder
+    assert (folder / "checkpoints" / "last.pt").is_file()
+    writable = os.access  # root may write anywhere: the folder is made read-only to access()
+
+    def access(path, mode, **kwargs):
+        read_only = mode & os.W_OK and os.path.realpath(path) == str(folder.resolve())
+        return False if read_only else writable(path, mode, **kwargs)
+
+    monkeypatch.setattr(checkpoints.os, "access", access)
+    widget.settings.epochs_spin.setValue(2)
+    assert widget.continue_run(folder) is None and not widget.is_running
+    error = widget.settings.settings_error.text()
+    assert "cannot be continued in its folder" in error and "read-only" in error
+    assert "continue the copy" in error
+    assert any("cannot start training: the run in" in n for n in notifications)

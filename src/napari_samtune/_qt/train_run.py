@@ -25,7 +25,7 @@ from pathlib import Path
 from napari_samtune._qt.downloads import Reporter, fetch_model_file
 from napari_samtune._qt.train_folders import FolderSource, load_folder_pairs
 from napari_samtune._qt.workers import logged_notes
-from napari_samtune.core.checkpoints import first_free, training_lock
+from napari_samtune.core.checkpoints import first_free, folder_problem, training_lock
 from napari_samtune.core.data import ImageLabelPair, prepare_pairs
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train import TrainEvent, iter_train
@@ -158,6 +158,12 @@ def continued_config(
         raise ValueError(
             f"{str(folder)!r} holds no training run to continue (no config.json and "
             "checkpoints/last.pt); choose the folder of a run made by Start or samtune train"
+        )
+    problem = folder_problem(folder)  # a colleague's run on a read-only share, say
+    if problem:
+        raise ValueError(
+            f"the run in {str(folder)!r} cannot be continued in its folder, which {problem}: "
+            "copy the folder to one you can write in and continue the copy"
         )
     config = _read_config(files.config)
     history = past_epochs(folder)  # one record per completed epoch
