@@ -19,6 +19,15 @@ def plot(qtbot):
     return widget
 
 
+def _two_pairs_one_epoch(finetune_on_cells, add_pair, use_tiny_model):
+    """A Finetune widget with two image/labels pairs added and a tiny model for 1 epoch."""
+    viewer, widget = finetune_on_cells(2)
+    for i in range(2):
+        assert add_pair(widget.train_data, f"cells{i}", f"cells{i} labels")
+    use_tiny_model(widget, epochs=1)
+    return widget
+
+
 def test_an_infinite_loss_leaves_the_plot_drawing(plot):
     """fp16 training (its gradient scaler skips the step) reports an overflowed loss as inf:
     the axes raised 'Axis limits cannot be NaN or Inf' at that step and at every later one."""
@@ -43,10 +52,7 @@ def test_a_new_run_s_bar_does_not_show_the_last_run_s_epoch(
     """The bar kept the last run's "epoch 1/1 · step 2/2 · ETA 0:00" until the next run's
     first training event: a model download before it (a built-in model trained for the
     first time) showed its bytes under that text instead of its percent."""
-    viewer, widget = finetune_on_cells(2)
-    for i in range(2):
-        assert add_pair(widget.train_data, f"cells{i}", f"cells{i} labels")
-    use_tiny_model(widget, epochs=1)
+    widget = _two_pairs_one_epoch(finetune_on_cells, add_pair, use_tiny_model)
     widget.settings.out_dir_edit.setText(str(tmp_path / "runs"))
     widget.use_model_check.setChecked(False)
     with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
@@ -63,10 +69,7 @@ def test_a_file_named_as_the_new_model_in_the_output_folder_is_stepped_around(
 ):
     """Start raised NotADirectoryError (a traceback, no word in the widget) when the output
     folder held a file named as the model typed: the run goes to <name>-2 beside it."""
-    viewer, widget = finetune_on_cells(2)
-    for i in range(2):
-        assert add_pair(widget.train_data, f"cells{i}", f"cells{i} labels")
-    use_tiny_model(widget, epochs=1)
+    widget = _two_pairs_one_epoch(finetune_on_cells, add_pair, use_tiny_model)
     runs = tmp_path / "runs"
     runs.mkdir()
     (runs / "mine").write_text("a person's notes")
@@ -93,10 +96,7 @@ def test_continue_in_a_read_only_run_folder_is_refused_with_what_to_do(
 
     from napari_samtune.core import checkpoints
 
-    viewer, widget = finetune_on_cells(2)
-    for i in range(2):
-        assert add_pair(widget.train_data, f"cells{i}", f"cells{i} labels")
-    use_tiny_model(widget, epochs=1)
+    widget = _two_pairs_one_epoch(finetune_on_cells, add_pair, use_tiny_model)
     widget.settings.out_dir_edit.setText(str(tmp_path / "runs"))
     widget.use_model_check.setChecked(False)
     with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
