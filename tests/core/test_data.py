@@ -387,3 +387,20 @@ def test_a_single_image_without_objects_in_the_held_out_part_is_refused():
     (image,) = prepare_pairs([ImageLabelPair(np.zeros((100, 50), np.uint8), labels, "one.tif")])
     with pytest.raises(ValueError, match="'one.tif' is the only image.*rows 90..99.*no objects"):
         split_validation([image], 0.1, seed=0)
+
+
+@pytest.mark.parametrize("length", [2, 3, 4, 5])
+@pytest.mark.parametrize("fraction", [0.05, 0.5, 0.95])
+def test_a_tiny_single_image_keeps_a_row_in_each_part_whatever_the_fraction(length, fraction):
+    rgb = np.zeros((length, 1, 3), np.uint8)
+    (image,) = prepare_pairs([ImageLabelPair(rgb[..., 0], np.ones((length, 1), np.uint16), "t")])
+    (train,), (val,) = split_validation([image], fraction, seed=0)
+    assert train.labels.shape[0] >= 1 and val.labels.shape[0] >= 1
+    assert train.labels.shape[0] + val.labels.shape[0] == length
+
+
+def test_a_single_one_pixel_image_cannot_be_split_and_says_what_to_do_instead():
+    dot = np.ones((1, 1), np.uint8)
+    (image,) = prepare_pairs([ImageLabelPair(dot * 0, dot, "dot")])
+    with pytest.raises(ValueError, match="'dot' is the only image.*pass validation data or set"):
+        split_validation([image], 0.2, seed=0)

@@ -74,7 +74,14 @@ def split_validation(
 def _split_one_image(image: PreparedImage, val_fraction: float) -> tuple[list, list]:
     axis = 0 if image.labels.shape[0] >= image.labels.shape[1] else 1
     length = image.labels.shape[axis]
-    cut = int(round(length * (1.0 - val_fraction)))
+    if length < 2:
+        raise ValueError(
+            f"{image.name!r} is the only image and is {length} pixel wide along its longer "
+            "side, too small to hold part of it out for validation; pass validation data or "
+            "set val_fraction=0"
+        )
+    # each part keeps at least one row (or column), whatever the fraction
+    cut = min(length - 1, max(1, int(round(length * (1.0 - val_fraction)))))
     parts = []
     for name, region in (("training", slice(0, cut)), ("validation", slice(cut, length))):
         index = (region, slice(None)) if axis == 0 else (slice(None), region)
