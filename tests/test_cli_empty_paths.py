@@ -68,6 +68,50 @@ def test_an_empty_path_is_refused_and_nothing_is_written(in_a_folder_of_pairs, a
     assert sorted(in_a_folder_of_pairs.iterdir()) == before
 
 
+TRAIN = ["train", "--images", "a.tif", "--labels", "a_labels.tif", "--out", "run"]
+EVALUATE = ["evaluate", "--images", "a.tif", "--labels", "a_labels.tif", "--out", "ev"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        # --resume '' was read as no --resume: with --model, a new run started
+        ([*TRAIN, "--model", "nano", "--resume", ""], "--resume"),
+        ([*TRAIN, "--resume", ""], "--resume"),
+        ([*TRAIN, "--model", "nano", "--val-images", "", "--val-labels", "a.tif"], "--val-images"),
+        ([*TRAIN, "--model", "nano", "--val-images", "a.tif", "--val-labels", ""], "--val-labels"),
+        (["train", "--model", "nano", "--images", "a.tif", "", "--labels", "a.tif"], "--images"),
+        ([*EVALUATE[:3], "", "--model", "nano"], "--images"),
+        (["export", "", "-o", "model.pth"], "checkpoint"),
+    ],
+)
+def test_an_empty_path_names_its_option(in_a_folder_of_pairs, argv, option, capsys):
+    before = sorted(in_a_folder_of_pairs.iterdir())
+    assert exit_code(argv) == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: {EMPTY}" in err, err
+    assert sorted(in_a_folder_of_pairs.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        # '' was read as no --model (train: ignored with --resume), or as the current folder
+        [*TRAIN, "--model", ""],
+        [*TRAIN, "--model", "", "--resume", "run"],
+        [*EVALUATE, "--model", ""],
+        ["segment", "a.tif", "--model", "", "--points", "p.csv", "-o", "out.tif"],
+        ["demo", "--model", "", "--out", "demo"],
+    ],
+)
+def test_an_empty_model_is_refused(in_a_folder_of_pairs, argv, capsys):
+    before = sorted(in_a_folder_of_pairs.iterdir())
+    assert exit_code(argv) == 2
+    err = capsys.readouterr().err
+    assert "argument --model: '' is empty; give a model name" in err, err
+    assert sorted(in_a_folder_of_pairs.iterdir()) == before
+
+
 def test_the_core_refuses_an_empty_output_folder_or_input_path(in_a_folder_of_pairs):
     with pytest.raises(ValueError, match=r"^out_dir '' is an empty path; give a folder"):
         check_output_folder("", "out_dir")

@@ -93,6 +93,16 @@ def given_path(text: str) -> Path:
     return Path(not_empty(text))
 
 
+def model_argument(text: str) -> str:
+    """argparse ``type`` of ``--model``: ``''`` is refused, as it was read as the current
+    folder (or as no model given, and so ignored)."""
+    if text == "":
+        raise argparse.ArgumentTypeError(
+            "'' is empty; give a model name (see 'samtune models') or a weights file"
+        )
+    return text
+
+
 def channel_list(text: str) -> tuple[int, ...]:
     """argparse ``type`` of ``--channels``: one index (gray) or three (RGB), e.g. ``0,1,2``."""
     from napari_samtune.core.images import parse_channels

@@ -11,7 +11,7 @@ import argparse
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from napari_samtune.cli import output_folder
+from napari_samtune.cli import model_argument, output_folder
 
 if TYPE_CHECKING:
     from napari_samtune.core.demo import DemoConfig
@@ -32,7 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="a shorter demo (about 20 s on a 2-core CPU)"
     )
-    parser.add_argument("--model", default="nano", help="the generalist to start from")
+    parser.add_argument(
+        "--model", type=model_argument, default="nano", help="the generalist to start from"
+    )
     parser.add_argument("--epochs", type=int, default=None, help="finetuning epochs")
     parser.add_argument("--samples", type=int, default=None, help="patches per epoch")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-4)")

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 from napari_samtune.cli import (
     SKIP_UNPAIRED_HELP,
     add_channel_options,
+    model_argument,
+    not_empty,
     option_wording,
     output_folder,
     read_annotated,
@@ -61,12 +63,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "where an earlier evaluation's files are there: none is replaced)."
         ),
     )
-    parser.add_argument("--images", nargs="+", required=True, help="TIFF files, folder or glob")
-    parser.add_argument("--labels", nargs="+", required=True, help="instance label TIFFs")
+    parser.add_argument(
+        "--images", type=not_empty, nargs="+", required=True, help="TIFF files, folder or glob"
+    )
+    parser.add_argument(
+        "--labels", type=not_empty, nargs="+", required=True, help="instance label TIFFs"
+    )
     parser.add_argument("--skip-unpaired", action="store_true", help=SKIP_UNPAIRED_HELP)
     add_channel_options(parser)
     parser.add_argument(
-        "--model", action="append", required=True, help="model name or weights file (repeatable)"
+        "--model",
+        type=model_argument,
+        action="append",
+        required=True,
+        help="model name or weights file (repeatable)",
     )
     parser.add_argument("--out", type=output_folder, default="samtune-evaluation", help="folder")
     parser.add_argument("--clicks", type=int, default=7, help="corrective clicks after the point")

@@ -7,7 +7,7 @@ import os
 import shlex
 from pathlib import Path
 
-from napari_samtune.cli import option_wording, output_file
+from napari_samtune.cli import not_empty, option_wording, output_file
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -22,6 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "checkpoint",
+        type=not_empty,
         help="a training checkpoint (best.pt / last.pt), or a run's folder (its best.pt, "
         "else its last.pt)",
     )

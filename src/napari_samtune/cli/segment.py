@@ -45,6 +45,7 @@ from napari_samtune.cli import (
     check_output_file,
     given_path,
     in_option_terms,
+    model_argument,
     not_empty,
     option_wording,
 )
@@ -77,7 +78,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="TIFF image: 2D, RGB, multichannel or a stack; with --auto also several files, a "
         "folder or a glob (their labels go to the -o folder)",
     )
-    parser.add_argument("--model", required=True, help="model name (see `samtune models`) or path")
+    parser.add_argument(
+        "--model",
+        type=model_argument,
+        required=True,
+        help="model name (see `samtune models`) or path",
+    )
     prompts = parser.add_mutually_exclusive_group(required=True)
     prompts.add_argument(
         "--points", type=given_path, metavar="POINTS.csv", help="x,y[,label][,object]"

@@ -24,6 +24,8 @@ from napari_samtune.cli import (
     Terminated,
     add_channel_options,
     is_main_process,
+    model_argument,
+    not_empty,
     option_wording,
     output_folder,
     read_annotated,
@@ -95,12 +97,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--preset", help="'auto' (the default) or a preset key (not with --resume)")
     parser.add_argument(
-        "--model", help="model name, weights file, or random:<arch> (not with --resume)"
+        "--model",
+        type=model_argument,
+        help="model name, weights file, or random:<arch> (not with --resume)",
     )
-    parser.add_argument("--images", nargs="+", required=True, help="image files, folder or glob")
-    parser.add_argument("--labels", nargs="+", required=True, help="label files, folder or glob")
-    parser.add_argument("--val-images", nargs="+", help="validation images (optional)")
-    parser.add_argument("--val-labels", nargs="+", help="validation labels (optional)")
+    paths = {"type": not_empty, "nargs": "+"}  # '' is refused, naming the option
+    parser.add_argument("--images", **paths, required=True, help="image files, folder or glob")
+    parser.add_argument("--labels", **paths, required=True, help="label files, folder or glob")
+    parser.add_argument("--val-images", **paths, help="validation images (optional)")
+    parser.add_argument("--val-labels", **paths, help="validation labels (optional)")
     add_channel_options(parser)
     parser.add_argument(
         "--out", type=output_folder, required=True, help="folder for checkpoints and the model"
@@ -108,6 +113,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--name", help="register the model under this name (default: --out's)")
     parser.add_argument(
         "--resume",
+        type=not_empty,
         metavar="RUN",
         help="continue a run: its folder (as --out made it) or its checkpoints/last.pt; "
         "with its settings (overrides still apply)",
