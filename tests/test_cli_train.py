@@ -138,6 +138,42 @@ def test_a_resume_may_name_the_model_its_run_registered(tmp_path, folders, capsy
     assert torch.equal(load_model("run").sam.mask_decoder.iou_token.weight, exported)
 
 
+def test_a_resume_without_out_continues_in_the_runs_own_folder(
+    tmp_path, folders, capsys, monkeypatch
+):
+    """``--resume RUN`` without ``--out`` was refused ("the following arguments are
+    required: --out"), though the run's folder is known; it now continues the run there (the
+    README said --out was optional). A checkpoint outside a run's folder still needs --out."""
+    images, labels = folders
+    out = tmp_path / "run"
+    assert cli.main(_tiny_run(folders, out, 1)) == 0
+    monkeypatch.chdir(tmp_path)  # nothing may be written in the current folder instead
+    before = sorted(tmp_path.iterdir())
+    resume = ["train", "--images", images, "--labels", labels, "--no-progress", "--resume"]
+    assert cli.main([*resume, str(out / "checkpoints"), "--epochs", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert f"settings of {out / 'checkpoints' / 'last.pt'}" in printed
+    assert f"exported model: {out / 'model.pth'}" in printed
+    assert "registered model: run" in printed  # the run's own, updated
+    assert json.loads((out / "summary.json").read_text())["epochs_done"] == 2
+    assert cli.main([*resume, str(out / "checkpoints" / "last.pt"), "--epochs", "3"]) == 0
+    assert json.loads((out / "summary.json").read_text())["epochs_done"] == 3
+    assert sorted(tmp_path.iterdir()) == before
+    capsys.readouterr()
+
+    copied = tmp_path / "copied.pt"
+    copied.write_bytes((out / "checkpoints" / "last.pt").read_bytes())
+    assert cli.main([*resume, str(copied), "--epochs", "4"]) == 2
+    err = capsys.readouterr().err
+    assert f"--resume {copied} is not in a run's checkpoints folder" in err
+    assert "give --out DIR for the continued run" in err
+    assert cli.main([*resume, str(tmp_path / "missing.pt"), "--epochs", "4"]) == 2
+    assert "missing.pt' does not exist" in capsys.readouterr().err
+    assert cli.main(_tiny_run(folders, out, 1)[:-2]) == 2  # no --out, no --resume
+    assert "--out is required" in capsys.readouterr().err
+    assert sorted(tmp_path.iterdir()) == sorted([*before, copied])
+
+
 def test_an_aborted_run_says_what_is_saved_and_resumes_from_its_folder(
     tmp_path, folders, capsys, monkeypatch
 ):

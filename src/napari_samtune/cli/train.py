@@ -108,7 +108,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--val-labels", **paths, help="validation labels (optional)")
     add_channel_options(parser)
     parser.add_argument(
-        "--out", type=output_folder, required=True, help="folder for checkpoints and the model"
+        "--out",
+        type=output_folder,
+        help="folder for checkpoints and the model (with --resume: the run's own folder unless "
+        "given)",
     )
     parser.add_argument("--name", help="register the model under this name (default: --out's)")
     parser.add_argument(
@@ -252,6 +255,33 @@ def resume_checkpoint(resume: str) -> Path:
     return last
 
 
+def out_folder(args: argparse.Namespace) -> Path:
+    """``--out``; without it, for ``--resume``, the folder of the run resumed: a resume
+    continues that run where it is, as the napari panel's Continue… does."""
+    if args.out is not None:
+        return args.out
+    if not args.resume:
+        raise ValueError("--out is required: the folder for the run's checkpoints and model")
+    from napari_samtune.core.checkpoints import folder_problem
+    from napari_samtune.core.train_checkpoints import resolve_checkpoint
+
+    checkpoint = resume_checkpoint(args.resume)
+    if checkpoint.parent.name != "checkpoints":  # a copied checkpoint: its run is not known
+        resolve_checkpoint(checkpoint)  # one that does not exist is said so first
+        raise ValueError(
+            f"--resume {args.resume} is not in a run's checkpoints folder, so the run's folder "
+            "is not known; give --out DIR for the continued run (created if missing)"
+        )
+    run_folder = checkpoint.parent.parent
+    problem = folder_problem(run_folder)
+    if problem:
+        raise ValueError(
+            f"the run's folder {str(run_folder)!r} {problem}; continue it into another "
+            "folder with --out DIR"
+        )
+    return run_folder
+
+
 def _resumed_device(device: str) -> str:
     """The saved device, without the GPU index a torchrun run saved before its ranks'
     devices were recorded as "cuda" (torchrun gives each rank its own GPU, and refuses an
@@ -283,6 +313,7 @@ def _run(args: argparse.Namespace) -> int:
     from napari_samtune.core.checkpoints import training_lock
     from napari_samtune.core.train_export import check_registration
 
+    args.out = out_folder(args)
     resumed_run = Path(args.out) if args.resume else None
     check_registration(args.name, resumed_run)  # as training would, before the data is read
     config, origin = make_config(args)
