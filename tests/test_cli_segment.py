@@ -81,6 +81,49 @@ def test_boxes_file_gives_the_segmenters_labels(tmp_path, tiny_sam, tiny_checkpo
     np.testing.assert_array_equal(labels, expected)
 
 
+def test_a_box_may_end_on_the_images_far_edges_and_is_clipped(
+    tmp_path, tiny_sam, tiny_checkpoint, image_file, capsys
+):
+    """``0,0,240,200`` on a 240 x 200 image (the whole image in pixel-edge coordinates) was
+    refused as lying outside; its far corner may lie on the edges, and it is clipped to the
+    image (pixel centres at integers: x up to 239.5), as the widget clips napari boxes."""
+    from napari_samtune.cli.prompt_files import read_boxes_csv
+
+    path, image = image_file
+    boxes = write_csv(tmp_path / "b.csv", "x_min,y_min,x_max,y_max\n0,0,240,200\n5,6,239.7,90\n")
+    read = read_boxes_csv(boxes, (200, 240))
+    np.testing.assert_array_equal(read.boxes_xyxy, [[0, 0, 239.5, 199.5], [5, 6, 239.5, 90]])
+    out = tmp_path / "labels.tif"
+    assert segment(tiny_checkpoint, path, out, "--boxes", str(boxes)) == 0, capsys.readouterr()
+    expected = reference(tiny_sam, image).predict_boxes(read.boxes_xyxy)
+    np.testing.assert_array_equal(tifffile.imread(out), expected)
+
+    for row, corner in (
+        ("0,0,240.5,200", "x=240.5, y=200"),  # beyond the far edge
+        ("0,0,240,201", "x=240, y=201"),
+        ("240,0,240,10", "x=240, y=0"),  # the near corner on the far edge: no pixel inside
+        ("-1,0,20,20", "x=-1, y=0"),
+    ):
+        text = f"x_min,y_min,x_max,y_max\n{row}\n"
+        with pytest.raises(ValueError, match=rf"line 2: \({corner}\) lies outside the image of"):
+            read_boxes_csv(write_csv(tmp_path / "bad.csv", text), (200, 240))
+
+
+def test_a_point_must_lie_on_a_pixel(tmp_path):
+    """A point names a pixel: x = W (pixel-edge coordinates of the far edge) lies beyond the
+    last pixel, whose centre is W - 1 and whose far edge is W - 0.5; it stays refused, as
+    the core (``check_points``) and the widget (which drops such points) do."""
+    from napari_samtune.cli.prompt_files import read_points_csv
+
+    inside = read_points_csv(
+        write_csv(tmp_path / "p.csv", "x,y\n239.5,199.5\n-0.5,0\n"), (200, 240)
+    )
+    np.testing.assert_array_equal(inside.points_xy, [[239.5, 199.5], [-0.5, 0]])
+    for row in ("240,10", "10,200", "-0.6,10"):
+        with pytest.raises(ValueError, match=r"line 2: .* lies outside the image of width 240"):
+            read_points_csv(write_csv(tmp_path / "p.csv", f"x,y\n{row}\n"), (200, 240))
+
+
 def test_prompts_whose_object_comes_out_empty_are_named(
     tmp_path, tiny_checkpoint, image_file, capsys, monkeypatch
 ):

@@ -5,7 +5,8 @@
   an ``object`` column each positive point is one object and negative points mark
   background for all of them (on their plane); with one, points of an object id form its
   prompt. Every object needs a positive point;
-* boxes: ``x_min,y_min,x_max,y_max``, or a shapes layer saved from napari (each shape by
+* boxes: ``x_min,y_min,x_max,y_max`` (``x_max``/``y_max`` may reach the image's far edges,
+  ``W``/``H``, and are clipped to it), or a shapes layer saved from napari (each shape by
   its bounding box, clipped to the image, as the annotation widget reads its boxes);
 * for a stack (``--stack``) each row also names its plane: a ``z`` column, or
   ``axis-0`` of a 3D napari points layer (without ``--stack`` a ``z`` column is refused,
@@ -28,6 +29,7 @@ import numpy as np
 
 from napari_samtune.core.annotation_files import MAX_ID
 from napari_samtune.core.coords import napari_to_sam
+from napari_samtune.core.prompt_checks import check_boxes
 
 BOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
 PLANE_COLUMN = "z"
@@ -189,12 +191,20 @@ def _point_label(path: Path, line: int, row: dict) -> int:
     )
 
 
-def _check_inside(path: Path, line: int, x: float, y: float, shape: tuple[int, int]) -> None:
+def _check_inside(
+    path: Path, line: int, x: float, y: float, shape: tuple[int, int], far_corner: bool = False
+) -> None:
+    """(x, y) must lie on the image: pixel centres at integers, so x in [-0.5, W - 0.5]. A
+    box's ``far_corner`` may also lie on the far edges as pixel-edge coordinates put them
+    (x = W, y = H: ``0,0,W,H`` is the whole image); the box is clipped to the image."""
     height, width = shape
-    if not (-0.5 <= x <= width - 0.5 and -0.5 <= y <= height - 0.5):
+    x_top, y_top = (width, height) if far_corner else (width - 0.5, height - 0.5)
+    if not (-0.5 <= x <= x_top and -0.5 <= y <= y_top):
+        edges = f"; x_max and y_max may reach {width} and {height}" if far_corner else ""
         raise ValueError(
             f"{path}, line {line}: (x={x:g}, y={y:g}) lies outside the image of width {width} "
-            f"and height {height}; x is the column (0..{width - 1}), y the row (0..{height - 1})"
+            f"and height {height}; x is the column (0..{width - 1}), y the row "
+            f"(0..{height - 1}){edges}"
         )
 
 
@@ -300,12 +310,12 @@ def read_boxes_csv(
                 f"({x_min:g}, {y_min:g}, {x_max:g}, {y_max:g}); swap the corners"
             )
         _check_inside(path, line, x_min, y_min, image_shape)
-        _check_inside(path, line, x_max, y_max, image_shape)
+        _check_inside(path, line, x_max, y_max, image_shape, far_corner=True)
         if n_planes is not None:
             planes.append(_plane(path, line, row, PLANE_COLUMN, n_planes))
         boxes.append((x_min, y_min, x_max, y_max))
     return BoxPrompts(
-        np.array(boxes, dtype=np.float64),
+        check_boxes(np.array(boxes, dtype=np.float64), image_shape),  # clipped to the image
         np.array(planes, dtype=np.int64) if n_planes is not None else None,
     )
 
