@@ -181,10 +181,11 @@ def test_stop_before_the_first_step_registers_no_model(qtbot, widget, notificati
     result = finished.args[0]
     assert result.registered_name is None and not list(user_models_dir().glob("*.json"))
     assert result.stopped_by_user and result.steps_done == 0
-    assert not (widget.run_folder / "model.pth").exists()
+    assert not list(widget.settings.output_folder().rglob("model.pth"))
     message = "training stopped before any training step; no model saved"
     assert widget.result_label.text() == message and message in notifications
     qtbot.waitUntil(lambda: widget.start_button.isEnabled(), timeout=WAIT_MS)
+    assert widget.run_folder is None  # no folder made: none for Continue…'s dialog to open
 
 
 def test_an_unusable_user_models_folder_is_not_called_a_bad_model_name(
@@ -288,6 +289,7 @@ def test_a_folder_taken_after_the_start_was_checked_is_refused_by_the_run(
         with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
             assert widget.continue_run(folder) is not None
     assert _contents(folder) == before
+    assert widget.run_folder is None  # as when refused before the run: not this run's folder
     assert "is in use by another training run" in widget.settings.settings_error.text()
     assert widget.start_error.isVisibleTo(widget)
     assert "training failed" not in widget.result_label.text()

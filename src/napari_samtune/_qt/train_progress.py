@@ -4,7 +4,7 @@ progress bar, status line and live plot, and say how the run ended (or why it fa
 A mixin of :class:`~napari_samtune._qt.train_widget.TrainWidget` (it uses its
 ``progress_bar``, ``status_label``, ``result_label``, ``plot``, ``settings``,
 ``use_model_check``, ``stop_event``, ``steps_seen``, ``viewer``, ``start_error``,
-``run_folder`` and signals).
+``run_folder``, ``_run_before`` and signals).
 """
 
 from __future__ import annotations
@@ -122,15 +122,23 @@ class TrainProgressMixin:
         if isinstance(error, RunFolderInUse):
             self.settings.show_start_problem(str(error))
             show_problem(self.start_error, "cannot start: fix the problems marked in red")
+            self._forget_run_folder()
             return
         if isinstance(error, HeldOutPartEmpty):
             show_problem(self.start_error, str(error))
+            self._forget_run_folder()
             return
         if isinstance(error, DownloadStopped):  # Stop during the model's download
             self.result_label.setText(f"stopped before training began: {error}")
             return
         text = f"training failed: {user_message(error, TRAIN_MEMORY_ADVICE)}"
         self.result_label.setText(text + self._what_is_kept())
+
+    def _forget_run_folder(self) -> None:
+        """The run was refused, or made no folder: the run folder (where Continue…'s dialog
+        opens) is the last run's again, if its folder is still there."""
+        before = self._run_before
+        self.run_folder = before if before is not None and before.is_dir() else None
 
     def _what_is_kept(self) -> str:
         """Where a failed run's weights are, so that nothing looks lost: last.pt, which

@@ -82,6 +82,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
         self.viewer = viewer
         self.stop_event: threading.Event | None = None
         self.run_folder: Path | None = None  # of the running (or last) run
+        self._run_before: Path | None = None  # the last run's, while a run may be refused
         self.started: TrainingStarted | None = None  # the running (or last) run
         self.steps_seen = 0
         self.download_notes: list[str] = []  # the worker's, of the model's download
@@ -192,7 +193,8 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
         return self._launch(Path(folder))
 
     def _choose_run_to_continue(self) -> None:
-        start_in = self.run_folder or self.settings.output_folder()
+        last = self.run_folder  # a run's folder deleted since: the output folder instead
+        start_in = last if last is not None and last.is_dir() else self.settings.output_folder()
         folder = QFileDialog.getExistingDirectory(self, "Run to continue", str(start_in))
         if folder:
             self.continue_run(folder)
@@ -213,7 +215,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
         self.stop_event = threading.Event()
         self.result = self.started = None
         self.steps_seen = 0  # training steps of this run the widget was told of
-        self.run_folder = request.out_dir
+        self._run_before, self.run_folder = self.run_folder, request.out_dir
         self.plot.clear(max_epochs=request.config.epochs)
         for past in request.history:  # a continued run's epochs so far
             self.plot.add_epoch(past.epoch + 1, past.train_loss, past.val_iou, past.is_best)
@@ -352,6 +354,8 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
         self.setup_area.widget().setEnabled(not running)  # a run keeps the settings it began with
 
     def _on_run_ended(self) -> None:
+        if self.run_folder is not None and not self.run_folder.is_dir():  # nothing was made
+            self._forget_run_folder()
         self._show_download_notes()  # a download that failed or was stopped
         self._set_running(False)
         self.stop_event = None
