@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from napari_samtune._qt.downloads import Reporter, fetch_model_file
+from napari_samtune._qt.preset_text import PART_LABELS
 from napari_samtune._qt.train_folders import FolderSource, load_folder_pairs
 from napari_samtune._qt.workers import logged_notes
 from napari_samtune.core.checkpoints import first_free, folder_problem, training_lock
@@ -33,6 +34,14 @@ from napari_samtune.core.train_export import RunFiles
 from napari_samtune.core.validation_split import EmptyPartError, split_validation
 
 TRAIN_TASK = "training"  # the TaskRunner name of a training run
+
+# The settings the widget shows that a continued run keeps as they were (it takes the
+# epochs, learning rate and device set), by ``TrainConfig`` field, named as in the widget.
+KEPT_BY_CONTINUE = {
+    "model": "model", "preset": "preset", "n_objects_per_batch": "objects per batch",
+    "min_samples_per_epoch": "patches per epoch", "patch_size": "patch size",
+    "freeze": "freeze", "lora_rank": "LoRA rank", "early_stopping": "early stopping",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -173,6 +182,38 @@ def continued_config(
             "that to continue it"
         )
     return replace(config, epochs=epochs, device=device), files.last, history
+
+
+def settings_kept_message(run: TrainConfig, here: TrainConfig) -> str:
+    """What to tell a person who continues the run whose config is ``run`` with the widget's
+    settings (``here``, the config Start would use): the :data:`KEPT_BY_CONTINUE` settings
+    that differ, with the run's value and the one set, and how to train with the new ones;
+    "" when none differs."""
+    kept = []
+    for field, label in KEPT_BY_CONTINUE.items():
+        own, set_here = getattr(run, field), getattr(here, field)
+        if field == "preset" and own is None:  # recorded by newer runs only
+            continue
+        if field == "freeze":
+            own, set_here = sorted(own), sorted(set_here)
+        if own != set_here:
+            kept.append(f"{label} ({_setting(field, own)}; {_setting(field, set_here)} set here)")
+    if not kept:
+        return ""
+    return (
+        f"the run continues with its own {', '.join(kept)}: a continued run takes only the "
+        "epochs, learning rate and device set here; to train with the new settings, press "
+        "Start for a new run"
+    )
+
+
+def _setting(field: str, value) -> str:
+    """``value`` of ``field`` as the widget shows it."""
+    if field == "freeze":
+        return " + ".join(PART_LABELS.get(part, part) for part in value) or "nothing frozen"
+    if value is None:
+        return {"patch_size": "model input size", "early_stopping": "never"}.get(field, "none")
+    return "no LoRA" if field == "lora_rank" and value == 0 else str(value)
 
 
 def _read_config(path: Path) -> TrainConfig:

@@ -11,7 +11,8 @@ Stop asks the core to finish the current step, write a checkpoint and export the
 cancels a Start that waits for the check of the data folders or for the reading of the
 model file. Continue… resumes a stopped or finished run (this session's or one chosen on
 disk) from its last checkpoint, up to the epochs and with the learning rate set (lower it
-for a run that diverged). A run holds its folder as ``samtune train`` does: Start or
+for a run that diverged); its other settings stay the run's, and a warning names those
+set otherwise here. A run holds its folder as ``samtune train`` does: Start or
 Continue… into a folder that another run (another window, the command line) is writing
 is refused.
 The finished model is registered as a user model by the core; this widget then
@@ -55,6 +56,7 @@ from napari_samtune._qt.train_run import (
     continued_config,
     iter_training_job,
     run_folder,
+    settings_kept_message,
 )
 from napari_samtune._qt.train_settings import READ_TASK, TrainSettingsWidget
 from napari_samtune._qt.workers import TaskRunner
@@ -131,7 +133,8 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
         self.continue_button = QPushButton("Continue…")
         self.continue_button.setToolTip(
             "Continue a stopped, finished or failed run from its last checkpoint, up to the "
-            "epochs and with the learning rate set above, on the training data chosen now"
+            "epochs and with the learning rate set above, on the training data chosen now; "
+            "its other settings stay the run's own"
         )
         self.start_error = error_label()
         row = QHBoxLayout()
@@ -187,9 +190,9 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
 
     def continue_run(self, folder: str | Path):
         """Continue the run in ``folder`` from its last checkpoint, up to the epochs and with
-        the learning rate set, on the training data chosen now (model setup and optimizer
-        state are the run's); returns the worker or None. The result updates the run's
-        registered model."""
+        the learning rate set, on the training data chosen now (its other settings and its
+        optimizer state are the run's: those set otherwise here are named in a warning);
+        returns the worker or None. The result updates the run's registered model."""
         return self._launch(Path(folder))
 
     def _choose_run_to_continue(self) -> None:
@@ -238,7 +241,21 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
         )
         self.status_label.setText(f"loading {request.config.model} and preparing the data…")
         self._watch_window_close(True)
+        if resume is not None:
+            self._tell_settings_kept(request.config)
         return worker
+
+    def _tell_settings_kept(self, run: TrainConfig) -> None:
+        """Warn of the settings changed here that the continued run (config ``run``) keeps."""
+        try:
+            here = self.settings.build_config()
+        except (ValueError, TypeError):  # settings Start would refuse: nothing to compare
+            return
+        # the run saved the patch size it trained with, the model's input size for None
+        here = replace(here, patch_size=here.patch_size or self.settings.architecture().img_size)
+        message = settings_kept_message(run, here)
+        if message:
+            show_warning(message)
 
     def _folders_being_checked(self) -> bool:
         sources = [self.train_data, *([self.val_data] if self._separate_val() else [])]
