@@ -40,7 +40,8 @@ def test_a_start_refused_by_the_worker_leaves_the_last_real_run_s_folder(
     qtbot, finetune_on_cells, add_pair, use_tiny_model, tmp_path, monkeypatch
 ):
     """The refused Start's folder (never made) stayed the widget's run folder: Continue…'s
-    dialog opened in a folder that does not exist, not in the run before's."""
+    dialog opened in a folder that does not exist, not in the run before's. The run
+    before's plot and result line were cleared by the Start that never began."""
     widget = _two_pairs_one_epoch(finetune_on_cells, add_pair, use_tiny_model)
     widget.settings.out_dir_edit.setText(str(tmp_path / "runs"))
     widget.use_model_check.setChecked(False)
@@ -48,9 +49,13 @@ def test_a_start_refused_by_the_worker_leaves_the_last_real_run_s_folder(
         assert widget.start() is not None
     made = widget.run_folder
     assert (made / "checkpoints" / "last.pt").is_file()
+    shown = ([*widget.plot.epochs], [*widget.plot.step_losses], widget.result_label.text())
+    assert shown[0] == [1] and shown[2]
     _refused_by_the_worker(qtbot, widget, add_pair)
     assert widget.run_folder == made
     assert _continue_dialog_opens_in(widget, monkeypatch) == str(made)
+    # as when refused before the worker: the run before's plot and result line are kept
+    assert (widget.plot.epochs, widget.plot.step_losses, widget.result_label.text()) == shown
 
 
 def test_a_first_start_refused_by_the_worker_records_no_run_folder(

@@ -79,7 +79,7 @@ class TrainingPlotWidget(QWidget):
         self.loss_axes.set_xlim(0, min(INITIAL_EPOCHS, self.max_epochs))
         self.loss_axes.set_ylim(0, INITIAL_LOSS_TOP)
         self._update()
-        # Drawn now, on the user's click, rather than later while training competes for the CPU.
+        # Drawn now, as the run begins, rather than at a step while training competes for the CPU.
         self.canvas.draw()
 
     def add_step(self, epoch: int, step: int, n_steps: int, loss: float) -> None:

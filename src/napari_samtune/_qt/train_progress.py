@@ -4,7 +4,7 @@ progress bar, status line and live plot, and say how the run ended (or why it fa
 A mixin of :class:`~napari_samtune._qt.train_widget.TrainWidget` (it uses its
 ``progress_bar``, ``status_label``, ``result_label``, ``plot``, ``settings``,
 ``use_model_check``, ``stop_event``, ``steps_seen``, ``viewer``, ``start_error``,
-``run_folder``, ``_run_before`` and signals).
+``run_folder``, ``_run_before``, ``history`` and signals).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ class TrainProgressMixin:
 
     def _on_started(self, event: TrainingStarted) -> None:
         self.started = event
+        self._show_new_run(event.config.epochs)
         total = (event.config.epochs - event.start_epoch) * event.steps_per_epoch
         self.progress_bar.setRange(0, max(total, 1))
         self.progress_bar.setValue(0)
@@ -63,6 +64,14 @@ class TrainProgressMixin:
         for note in event.notes:
             show_warning(note)
         self.training_started.emit(event)
+
+    def _show_new_run(self, epochs: int) -> None:
+        """The last run's plot and result line give way to this run's, once it has begun:
+        a run refused before (its folder in use, its data) leaves them in view."""
+        self.plot.clear(max_epochs=epochs)
+        for past in self.history:  # a continued run's epochs so far
+            self.plot.add_epoch(past.epoch + 1, past.train_loss, past.val_iou, past.is_best)
+        self.result_label.setText("")
 
     def _show_download_notes(self) -> None:
         """What the model's download said besides its progress (a damaged cached file moved

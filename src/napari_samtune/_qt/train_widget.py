@@ -52,6 +52,7 @@ from napari_samtune._qt.train_plot import TrainingPlotWidget
 from napari_samtune._qt.train_progress import TRAIN_MEMORY_ADVICE, TrainProgressMixin
 from napari_samtune._qt.train_run import (
     TRAIN_TASK,
+    PastEpoch,
     TrainRequest,
     continued_config,
     iter_training_job,
@@ -89,6 +90,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
         self.steps_seen = 0
         self.download_notes: list[str] = []  # the worker's, of the model's download
         self.result: TrainingFinished | None = None  # the last finished run
+        self.history: tuple[PastEpoch, ...] = ()  # the epochs before it of a continued run
         self._queued: tuple[Path | None] | None = None  # a Start waiting for folder checks
         self.train_data = PairSourceWidget(viewer, "training", required=True)
         self.val_data = PairSourceWidget(viewer, "validation")
@@ -219,10 +221,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
         self.result = self.started = None
         self.steps_seen = 0  # training steps of this run the widget was told of
         self._run_before, self.run_folder = self.run_folder, request.out_dir
-        self.plot.clear(max_epochs=request.config.epochs)
-        for past in request.history:  # a continued run's epochs so far
-            self.plot.add_epoch(past.epoch + 1, past.train_loss, past.val_iou, past.is_best)
-        self.result_label.setText("")
+        self.history = request.history  # plotted, as the last run's goes, when training starts
         self.progress_bar.setFormat("%p%")  # a download's percent, not the last run's epoch
         self._set_running(True)
         self.download_notes = []  # shown when training starts, or however the run ends
