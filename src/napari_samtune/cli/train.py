@@ -113,7 +113,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="folder for checkpoints and the model (with --resume: the run's own folder unless "
         "given)",
     )
-    parser.add_argument("--name", help="register the model under this name (default: --out's)")
+    parser.add_argument(
+        "--name",
+        help="register the model under this name (default: the name the run's folder registered "
+        "before, when resumed there; else the folder's name)",
+    )
     parser.add_argument(
         "--resume",
         type=not_empty,
