@@ -72,6 +72,7 @@ def check_channels(pair: ImageLabelPair) -> None:
     file first. Front ends add where the choice is made (an option, a field)."""
     image, labels = np.asarray(pair.image), np.asarray(pair.labels)
     _check_planes(image, labels, pair)
+    _check_axes(image, labels, pair)
     try:
         _check_gray_stack(image, labels, pair)
         planes_first = image.ndim == 3 and labels.shape == image.shape[1:]
@@ -98,6 +99,20 @@ def check_channels(pair: ImageLabelPair) -> None:
         raise ChannelError(f"image of {pair.name!r}: {err}") from None
     except TypeError as err:  # channels or channel_axis of the wrong type
         raise TypeError(f"image of {pair.name!r}: {err}") from None
+
+
+def _check_axes(image: np.ndarray, labels: np.ndarray, pair: ImageLabelPair) -> None:
+    """An image of more axes than a pair holds, (T, Z, H, W) say: no choice of channels
+    fixes it, so it is a plain ValueError worded for every caller (a script, a command's
+    files, the widget's layers), not to_sam_rgb's "pass one plane at a time"."""
+    axes = sum(length > 1 for length in image.shape)  # axes of one entry are left out
+    if axes > 4 or (axes == 4 and labels.ndim != 3):
+        raise ValueError(
+            f"image of {pair.name!r} has shape {image.shape!r} and its labels "
+            f"{labels.shape!r}; a pair is a 2D image with (H, W) labels, or a stack with one "
+            "axis of planes, (planes, H, W[, C]) with (planes, H, W) labels: split the image "
+            "(and its labels) along the other axis, e.g. one stack per time point"
+        )
 
 
 def _check_gray_stack(image: np.ndarray, labels: np.ndarray, pair: ImageLabelPair) -> None:

@@ -305,8 +305,8 @@ def _select_channels(
         return image
     if image.ndim != 3:
         raise ValueError(
-            f"image has shape {image.shape!r}; expected a 2D image (H, W) or a channelled image "
-            "(H, W, C); for a stack, pass one plane at a time"
+            f"image has shape {image.shape!r}; expected one plane: a 2D image (H, W) or a "
+            "channelled image (H, W, C); SAM segments a stack one plane at a time"
         )
     if channel_axis is None:
         channel_axis = _guess_channel_axis(image.shape, chosen is not None)

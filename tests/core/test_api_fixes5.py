@@ -1,0 +1,58 @@
+"""Fixes found by scripting with the documented Python API as a first-time user would."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_samtune.core.data import ImageLabelPair, as_pairs, check_pair, split_planes
+from napari_samtune.core.data_checks import ChannelError, check_channels
+from napari_samtune.core.images import to_sam_rgb
+
+
+def _labels(shape: tuple[int, ...]) -> np.ndarray:
+    labels = np.zeros(shape, dtype=np.uint16)
+    labels[..., 4:12, 4:12] = 1
+    return labels
+
+
+@pytest.mark.parametrize(
+    ("image_shape", "labels_shape"),
+    [
+        ((3, 2, 32, 32), (3, 2, 32, 32)),  # time series of z-stacks, labelled alike
+        ((3, 2, 32, 32), (32, 32)),  # a 4D image with one plane of labels
+        ((2, 2, 2, 32, 32), (2, 32, 32)),  # 5D
+    ],
+)
+def test_image_of_too_many_axes_is_refused_for_every_caller(image_shape, labels_shape):
+    # A script, `samtune train/evaluate` (which add "(options --channel-axis, --channels)" to
+    # a ChannelError) and the widget's layers and folders all check pairs here: no channel
+    # choice fixes such a pair, and none of them can "pass one plane at a time".
+    image = np.zeros(image_shape, dtype=np.uint8)
+    for pair in split_planes(image, _labels(labels_shape), "a.tif / a.tif"):
+        with pytest.raises(ValueError) as raised:
+            check_channels(pair)
+        assert not isinstance(raised.value, ChannelError)
+        message = str(raised.value)
+        assert "one plane at a time" not in message
+        assert f"{image_shape!r}" in message and "one axis of planes" in message
+        with pytest.raises(ValueError, match="one axis of planes"):
+            check_pair(pair)
+
+
+def test_stacks_that_training_takes_still_pass():
+    stack, labels = np.zeros((3, 32, 32), dtype=np.uint8), _labels((3, 32, 32))
+    assert len(as_pairs([(stack, labels)])) == 3
+    rgb_stack = np.zeros((3, 32, 32, 3), dtype=np.uint8)
+    for pair in as_pairs([(rgb_stack, labels)]):
+        check_pair(pair)
+    single_axes = ImageLabelPair(np.zeros((1, 1, 32, 32), dtype=np.uint8), _labels((32, 32)))
+    check_pair(single_axes)
+
+
+def test_stack_given_to_sam_does_not_contradict_the_commands_hint():
+    # `samtune segment` adds "For a z-stack or time series (planes first) pass --stack" to
+    # this message: "for a stack, pass one plane at a time" told the opposite.
+    with pytest.raises(ValueError, match="SAM segments a stack one plane at a time") as raised:
+        to_sam_rgb(np.zeros((3, 4, 8, 8), dtype=np.uint8))
+    assert "pass one plane" not in str(raised.value)
