@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from napari_samtune.core.data import ImageLabelPair, as_pairs, check_pair, split_planes
 from napari_samtune.core.data_checks import ChannelError, check_channels
 from napari_samtune.core.images import to_sam_rgb
+from napari_samtune.core.models import load_model
+from napari_samtune.core.presets import config_from_preset
 
 
 def _labels(shape: tuple[int, ...]) -> np.ndarray:
@@ -56,3 +59,25 @@ def test_stack_given_to_sam_does_not_contradict_the_commands_hint():
     with pytest.raises(ValueError, match="SAM segments a stack one plane at a time") as raised:
         to_sam_rgb(np.zeros((3, 4, 8, 8), dtype=np.uint8))
     assert "pass one plane" not in str(raised.value)
+
+
+def _incomplete_weights(tmp_path, tiny_sam, prefix: str) -> str:
+    state = {k: v for k, v in tiny_sam.state_dict().items() if not k.startswith(prefix)}
+    path = tmp_path / "partial.pth"
+    torch.save(state, path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "prefix", ["image_encoder.blocks.0.", "image_encoder.blocks.", "mask_decoder.transformer."]
+)
+def test_incomplete_sam_weights_are_refused_naming_the_file_and_the_missing_tensor(
+    tmp_path, tiny_sam, prefix
+):
+    # Reading the architecture off such a file raised a bare KeyError (a traceback from
+    # config_from_preset and `samtune train --model partial.pth`; load_model said only
+    # "partial.pth: 'image_encoder.blocks.0.attn.rel_pos_h'").
+    path = _incomplete_weights(tmp_path, tiny_sam, prefix)
+    for call in (lambda: load_model(path), lambda: config_from_preset("cpu-8gb", path)):
+        with pytest.raises(ValueError, match=r"partial\.pth: .*incomplete: '.*' is missing"):
+            call()

@@ -239,6 +239,8 @@ def _infer_vit_encoder(sd: dict[str, torch.Tensor]) -> dict:
     embed_dim = sd["image_encoder.patch_embed.proj.weight"].shape[0]
     grid = sd["image_encoder.pos_embed"].shape[1]
     depth = _count_blocks(sd, "image_encoder.blocks.")
+    if depth == 0:
+        raise KeyError("image_encoder.blocks.0.attn.rel_pos_h")  # a ViT without blocks
     rel_lengths = [sd[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape for i in range(depth)]
     global_indexes = tuple(i for i, s in enumerate(rel_lengths) if s[0] == 2 * grid - 1)
     windowed = [s for i, s in enumerate(rel_lengths) if i not in global_indexes]
@@ -271,6 +273,22 @@ def infer_architecture(state_dict: dict[str, torch.Tensor]) -> SamArchitecture:
         raise ValueError(
             f"these weights are not a Segment Anything model: keys {missing!r} are missing"
         )
+    try:
+        inferred = _infer_sizes(state_dict)
+    except KeyError as err:  # a tensor the sizes are read from: a damaged or partial file
+        raise ValueError(
+            f"these Segment Anything weights are incomplete: {err.args[0]!r} is missing (a "
+            "damaged file, or only some parts of a model saved?)"
+        ) from None
+    for known in ARCHITECTURES.values():
+        if replace(known, name="custom") == inferred:
+            return known
+    return inferred
+
+
+def _infer_sizes(state_dict: dict[str, torch.Tensor]) -> SamArchitecture:
+    """The ``"custom"`` architecture of :func:`infer_architecture`; ``KeyError`` for a
+    missing tensor."""
     decoder = dict(
         prompt_embed_dim=state_dict["mask_decoder.iou_token.weight"].shape[1],
         decoder_mlp_dim=state_dict["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0],
@@ -282,8 +300,4 @@ def infer_architecture(state_dict: dict[str, torch.Tensor]) -> SamArchitecture:
         encoder = dict(encoder="tiny_vit", img_size=1024)
     else:
         raise ValueError("these weights have a SAM decoder but an image encoder of unknown kind")
-    inferred = SamArchitecture(name="custom", **encoder, **decoder)
-    for known in ARCHITECTURES.values():
-        if replace(known, name="custom") == inferred:
-            return known
-    return inferred
+    return SamArchitecture(name="custom", **encoder, **decoder)

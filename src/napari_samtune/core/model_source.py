@@ -51,7 +51,10 @@ def architecture_of(model: str) -> SamArchitecture:
         return stored
     from napari_samtune.core.architectures import infer_architecture
 
-    return infer_architecture(state)
+    try:
+        return infer_architecture(state)
+    except ValueError as err:  # as load_model words it: the file first
+        raise ValueError(f"{path}: {err}") from None
 
 
 def load_base_model(model: str, seed: int = 0) -> tuple[Sam, SamArchitecture, str]:
