@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,9 @@ from napari_samtune.core.data import ImageLabelPair, as_pairs, check_pair, split
 from napari_samtune.core.data_checks import ChannelError, check_channels
 from napari_samtune.core.images import to_sam_rgb
 from napari_samtune.core.models import load_model
-from napari_samtune.core.presets import config_from_preset
+from napari_samtune.core.presets import TrainConfig, config_from_preset
+from napari_samtune.core.synthetic import make_image
+from napari_samtune.core.train import train
 
 
 def _labels(shape: tuple[int, ...]) -> np.ndarray:
@@ -81,3 +85,23 @@ def test_incomplete_sam_weights_are_refused_naming_the_file_and_the_missing_tens
     for call in (lambda: load_model(path), lambda: config_from_preset("cpu-8gb", path)):
         with pytest.raises(ValueError, match=r"partial\.pth: .*incomplete: '.*' is missing"):
             call()
+
+
+def test_resuming_with_new_scheduler_settings_uses_them(tmp_path, tiny_checkpoint):
+    # The scheduler's saved state held the patience and factor the run started with, and
+    # loading it replaced the new ones: config.json said patience 0, the run used 3.
+    image, labels = make_image((48, 48), seed=1)
+    config = TrainConfig(
+        model=str(tiny_checkpoint),
+        epochs=1,
+        n_objects_per_batch=1,
+        min_samples_per_epoch=2,
+        n_iterative_prompts=0,
+        freeze=("image_encoder",),
+    )
+    run = tmp_path / "run"
+    train(config, [(image, labels)], [(image, labels)], out_dir=run)
+    changed = replace(config, epochs=2, scheduler_patience=0, scheduler_factor=0.1)
+    train(changed, [(image, labels)], [(image, labels)], out_dir=run, resume_from=run)
+    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["scheduler_state"]
+    assert (saved["patience"], saved["factor"]) == (0, 0.1)

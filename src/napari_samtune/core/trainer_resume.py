@@ -27,6 +27,9 @@ class TrainerResumeMixin:
             return
         self.optimizer.load_state_dict(checkpoint["optimizer_state"])
         self.scheduler.load_state_dict(checkpoint["scheduler_state"])
+        # Its state holds the settings it was made with; the config's apply, as it says
+        self.scheduler.patience = self.config.scheduler_patience
+        self.scheduler.factor = self.config.scheduler_factor
         if self.config.learning_rate != checkpoint["config"].get("learning_rate"):
             for group in self.optimizer.param_groups:  # asked for anew: e.g. after divergence
                 group["lr"] = self.config.learning_rate
