@@ -11,6 +11,7 @@ import torch
 from napari_samtune.core.data import ImageLabelPair, as_pairs, check_pair, split_planes
 from napari_samtune.core.data_checks import ChannelError, check_channels
 from napari_samtune.core.images import to_sam_rgb
+from napari_samtune.core.metrics import evaluate_instances
 from napari_samtune.core.models import load_model
 from napari_samtune.core.presets import TrainConfig, config_from_preset
 from napari_samtune.core.synthetic import make_image
@@ -105,3 +106,16 @@ def test_resuming_with_new_scheduler_settings_uses_them(tmp_path, tiny_checkpoin
     train(changed, [(image, labels)], [(image, labels)], out_dir=run, resume_from=run)
     saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["scheduler_state"]
     assert (saved["patience"], saved["factor"]) == (0, 0.1)
+
+
+def test_one_label_image_given_for_the_set_is_refused_not_scored_row_by_row():
+    # evaluate_instances(labels, prediction) of one (H, W) image each took every row as an
+    # image: no error, and mSA 0.37 where the image scores 0.18.
+    labels = make_image((48, 48), seed=1)[1]
+    prediction = np.roll(labels, 3, axis=0)
+    with pytest.raises(ValueError, match=r"shape \(48, 48\).*\[labels\], \[prediction\]"):
+        evaluate_instances(labels, prediction)
+    with pytest.raises(ValueError, match="predictions is an array"):
+        evaluate_instances([labels], prediction)
+    stacked = evaluate_instances(labels[None], prediction[None]).summary()
+    assert stacked == evaluate_instances([labels], [prediction]).summary()

@@ -262,6 +262,12 @@ def evaluate_instances(
         predictions: predicted instance label images, one per entry of ``labels``
             with the same shape.
     """
+    for name, given in (("labels", labels), ("predictions", predictions)):
+        if isinstance(given, np.ndarray) and given.ndim < 3:  # else scored row by row
+            raise ValueError(
+                f"{name} is an array of shape {given.shape!r}, not label images; pass one "
+                "entry per image, e.g. evaluate_instances([labels], [prediction]) for one"
+            )
     labels, predictions = list(labels), list(predictions)
     if len(labels) != len(predictions):
         raise ValueError(
