@@ -119,3 +119,13 @@ def test_one_label_image_given_for_the_set_is_refused_not_scored_row_by_row():
         evaluate_instances([labels], prediction)
     stacked = evaluate_instances(labels[None], prediction[None]).summary()
     assert stacked == evaluate_instances([labels], [prediction]).summary()
+
+
+def test_a_weights_file_as_a_path_is_a_model_to_finetune(tmp_path, tiny_checkpoint):
+    # load_model takes a pathlib.Path; config_from_preset raised AttributeError ('PosixPath'
+    # object has no attribute 'startswith') and TrainConfig said "give a model name or a
+    # weights file path" for one.
+    config = config_from_preset("cpu-8gb", tiny_checkpoint)
+    assert config.model == str(tiny_checkpoint)
+    assert TrainConfig(model=tiny_checkpoint).model == str(tiny_checkpoint)
+    assert replace(config, model=tiny_checkpoint).model == str(tiny_checkpoint)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -45,6 +46,8 @@ def check_train_config(config: TrainConfig) -> None:
             f'{list(MODEL_PARTS)!r}, e.g. ["image_encoder"], or [] to train all parts'
         )
     object.__setattr__(config, "freeze", tuple(config.freeze))  # lists arrive from JSON
+    if isinstance(config.model, os.PathLike):  # a weights file as load_model takes it
+        object.__setattr__(config, "model", os.fspath(config.model))
     _check_types(config)
     _check_positive(config, ("epochs", "n_objects_per_batch", "batch_size"))
     _check_positive(config, ("min_samples_per_epoch", "grad_accumulation", "min_object_area"))

@@ -291,7 +291,7 @@ def _processes_on_this_machine() -> int:
 
 def config_from_preset(
     preset: ResourcePreset | str,
-    model: str,
+    model: str | os.PathLike,
     architecture: SamArchitecture | str | None = None,
     check: bool = True,
     **overrides,
@@ -313,6 +313,7 @@ def config_from_preset(
             f"preset={preset!r}; pass a preset key such as 'cpu-16gb' (see PRESETS), 'auto' "
             "for this machine's, or a ResourcePreset"
         )
+    model = os.fspath(model) if isinstance(model, os.PathLike) else model
     if architecture is None:
         from napari_samtune.core.model_source import architecture_of
 
