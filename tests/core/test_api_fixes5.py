@@ -15,7 +15,7 @@ from napari_samtune.core.metrics import evaluate_instances
 from napari_samtune.core.models import load_model
 from napari_samtune.core.presets import TrainConfig, config_from_preset
 from napari_samtune.core.synthetic import make_image
-from napari_samtune.core.train import train
+from napari_samtune.core.train import iter_train, train
 
 
 def _labels(shape: tuple[int, ...]) -> np.ndarray:
@@ -129,3 +129,34 @@ def test_a_weights_file_as_a_path_is_a_model_to_finetune(tmp_path, tiny_checkpoi
     assert config.model == str(tiny_checkpoint)
     assert TrainConfig(model=tiny_checkpoint).model == str(tiny_checkpoint)
     assert replace(config, model=tiny_checkpoint).model == str(tiny_checkpoint)
+
+
+def test_resuming_without_the_validation_data_the_run_had_chooses_the_best_anew(
+    tmp_path, tiny_checkpoint
+):
+    # The run's best validation IoU stayed the best to beat by negative training losses
+    # (always below it): TrainingFinished said best_metric 0.3 "negative train loss", and
+    # no epoch of the resumed session could become best.pt.
+    image, labels = make_image((48, 48), seed=1)
+    config = TrainConfig(
+        model=str(tiny_checkpoint),
+        epochs=1,
+        n_objects_per_batch=1,
+        min_samples_per_epoch=2,
+        n_iterative_prompts=0,
+        freeze=("image_encoder",),
+        early_stopping=None,
+    )
+    run = tmp_path / "run"
+    first = train(config, [(image, labels)], [(image, labels)], out_dir=run)
+    assert first.metric_name == "val_iou" and first.best_metric >= 0
+    events = list(
+        iter_train(
+            replace(config, epochs=2, val_fraction=0.0), [(image, labels)], None, run,
+            resume_from=run,
+        )
+    )  # fmt: skip
+    started, finished = events[0], events[-1]
+    assert any("chosen anew" in note for note in started.notes)
+    assert finished.metric_name == "negative train loss"
+    assert finished.best_epoch == 1 and finished.best_metric < 0

@@ -39,9 +39,24 @@ class TrainerResumeMixin:
         if not self.dist.is_main:  # the epoch's loss so far, of every rank, is rank 0's
             self.progress.epoch_loss_sum, self.progress.epoch_loss_count = 0.0, 0
         torch.set_rng_state(checkpoint["rng_state"]["torch"])
+        self._restart_best_for(bool(checkpoint.get("data_summary", {}).get("val_images", ())))
         saved = TrainConfig.from_dict(checkpoint["config"])
         if not self._restart_epoch_for(checkpoint.get("data_summary", {}).get("world_size"), saved):
             self._continue_epoch_in_new_steps(saved)
+
+    def _restart_best_for(self, had_validation: bool) -> None:
+        """A run resumed with validation data where it had none, or without where it had:
+        its best epoch was chosen by another metric (validation IoU or negative training
+        loss), which this session's cannot be compared with, so the best is chosen anew."""
+        if had_validation == self.has_validation:
+            return
+        p, before = self.progress, "val_iou" if had_validation else "negative train loss"
+        if p.best_epoch >= 0:
+            self.notes.append(
+                f"the run's best epoch ({p.best_epoch + 1}) was chosen by {before}, and this "
+                f"session by {self._metric_name()}: its best epoch is chosen anew"
+            )
+        p.best_metric, p.best_epoch, p.epochs_without_improvement = -math.inf, -1, 0
 
     def _restart_epoch_for(self, saved_world_size: int | None, saved: TrainConfig) -> bool:
         """A run stopped mid-epoch with another number of processes: its steps counted each
