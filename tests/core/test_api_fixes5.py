@@ -10,9 +10,11 @@ import torch
 
 from napari_samtune.core.data import ImageLabelPair, as_pairs, check_pair, split_planes
 from napari_samtune.core.data_checks import ChannelError, check_channels
+from napari_samtune.core.evaluate import evaluate_prompts
 from napari_samtune.core.images import to_sam_rgb
 from napari_samtune.core.metrics import evaluate_instances
 from napari_samtune.core.models import load_model
+from napari_samtune.core.predict import Segmenter
 from napari_samtune.core.presets import TrainConfig, config_from_preset
 from napari_samtune.core.synthetic import make_image
 from napari_samtune.core.train import iter_train, train
@@ -160,3 +162,13 @@ def test_resuming_without_the_validation_data_the_run_had_chooses_the_best_anew(
     assert any("chosen anew" in note for note in started.notes)
     assert finished.metric_name == "negative train loss"
     assert finished.best_epoch == 1 and finished.best_metric < 0
+
+
+def test_one_image_given_to_evaluate_prompts_is_refused_saying_to_pass_lists(tiny_sam):
+    # evaluate_prompts(segmenter, image, labels) said "labels[0] has shape (48,)".
+    image, labels = make_image((48, 48), seed=1)
+    segmenter = Segmenter(tiny_sam)
+    with pytest.raises(ValueError, match=r"labels is an array of shape \(48, 48\).*\[labels\]"):
+        evaluate_prompts(segmenter, [image], labels)
+    with pytest.raises(ValueError, match=r"images is an array of shape \(48, 48\).*\[image\]"):
+        evaluate_prompts(segmenter, image, [labels])
