@@ -85,9 +85,10 @@ def test_napari_undo_still_works_once_the_panel_is_closed(viewer_widget, drain_j
 def test_a_run_s_results_dropped_as_a_layer_of_its_image_went_say_so(
     stack_widget, hold_planes, qtbot, drain_jobs, notifications
 ):
-    """Automatic segmentation of a stack ran while the person deleted the image's points
-    layer: the planes found after it were discarded "as another image was chosen while it
-    ran", though none was."""
+    """Automatic segmentation of a stack ran while the person deleted the image's
+    annotations layer: the planes found after it were discarded "as another image was chosen
+    while it ran", though none was. (A prompt layer deleted, they are kept:
+    test_automatic_planes_found_after_a_prompt_layer_went_are_kept.)"""
     gate = hold_planes()
     viewer, widget = stack_widget
     widget.ui.iou_spin.setValue(0.0)  # a random model's scores are meaningless: keep all
@@ -98,11 +99,11 @@ def test_a_run_s_results_dropped_as_a_layer_of_its_image_went_say_so(
     try:
         assert widget.segment_automatically() is not None
         qtbot.waitUntil(lambda: annotations.data[0].any(), timeout=WAIT_MS)
-        viewer.layers.remove("stack points")
+        viewer.layers.remove("stack annotations")
     finally:
         gate.open()
     drain_jobs(widget)
     dropped = [n for n in notifications if "results discarded" in n]
     assert dropped, notifications
     assert "another image was chosen" not in dropped[0]
-    assert "layer 'stack points' was removed while it ran" in dropped[0]
+    assert "layer 'stack annotations' was removed while it ran" in dropped[0]

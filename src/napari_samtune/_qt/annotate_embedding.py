@@ -133,8 +133,9 @@ class AnnotateEmbeddingMixin:
         for its messages. Results for another image are dropped, and so are those of a
         stale generation (model or channels changed since), unless
         they are ``labels_result`` (objects found, still valid for the image), or, with
-        ``keep_away``, their image's layers are all still there and it is read as it was,
-        by the same model (any model for ``labels_result``), though another image was
+        ``keep_away``, their image's layers are all still there (its annotations layer for
+        ``labels_result``) and it is read as it was, by the same model (any model for
+        ``labels_result``), though another image was
         chosen meanwhile (its session is resumed when it is chosen again); the user is told
         when yielded results are dropped."""
         generation, session = self._generation, self.session
@@ -146,7 +147,12 @@ class AnnotateEmbeddingMixin:
         def still_valid(any_model: bool) -> bool:
             same_image = session.axes == axes and session.image_layer.data is data()
             same_model = any_model or self.segmenter is segmenter
-            return same_model and same_image and self._layers_all_there(session)
+            now = self.session
+            if now not in (None, session) and now.image_layer == session.image_layer:
+                return False  # the image has a new session: read another way, new layers
+            # objects found go into the annotations layer only; other results need them all
+            there = self._annotations_there if any_model else self._layers_all_there
+            return same_model and same_image and there(session)
 
         def current(callback, is_result: bool = False):
             keep_stale = is_result and labels_result  # embeddings are of the old Segmenter

@@ -16,7 +16,7 @@ from napari_samtune._qt.annotate_jobs import AUTO_TASK, PROPAGATE_TASK
 from napari_samtune._qt.annotate_session import AnnotationSession, found_where
 from napari_samtune._qt.image_planes import describe_image
 from napari_samtune._qt.layer_names import ImageMark, layers_of_image, rename_layers
-from napari_samtune._qt.prompt_layers import layer_batch
+from napari_samtune._qt.prompt_layers import PromptLayers, layer_batch
 from napari_samtune._qt.saved_renames import follow_unkept_rename, taken_notes
 from napari_samtune._qt.workers import user_message
 from napari_samtune.core.label_files import image_fingerprint
@@ -203,8 +203,11 @@ class AnnotateImageMixin:
         chosen meanwhile) while automatic segmentation or propagation still writes into it
         (annotated on, it gets the planes the run finds from now on, and their records), or
         after it was edited with autosave unticked (its records and undo are on no disk).
-        None when the image's layers are no longer all there, or it has another name or
-        layout now (it gets a new session; the run's later planes are discarded)."""
+        A running automatic segmentation's session whose prompt or preview layer was
+        removed gets them anew.
+        None when the image's layers (the job's: its annotations) are no longer there, or
+        it has another name or layout now (it gets a new session; the run's later planes
+        are discarded)."""
         running = self.runner.is_running(AUTO_TASK) or self.runner.is_running(PROPAGATE_TASK)
         kept = ([self._job_session] if running else []) + self._not_autosaved
         session = next((s for s in kept if s is not None and s.image_layer == layer), None)
@@ -215,7 +218,12 @@ class AnnotateImageMixin:
         if session.image_name != layer.name:
             return None
         if not self._layers_all_there(session):
-            return None
+            # a prompt or preview layer was removed: an automatic run writes into the
+            # annotations only, so its session goes on with those layers made anew
+            automatic = self.runner.is_running(AUTO_TASK) and session is self._job_session
+            if not (automatic and self._annotations_there(session)):
+                return None
+            session.layers = PromptLayers(self.viewer, layer, axes, session.fingerprint)
         session.axes = session.layers.axes = axes  # the channels may differ
         return session
 
@@ -229,6 +237,11 @@ class AnnotateImageMixin:
                 self._not_autosaved[index] = session
                 return True
         return False
+
+    def _annotations_there(self, session: AnnotationSession) -> bool:
+        """Whether ``session``'s image and its annotations layer are in the viewer."""
+        layers = self.viewer.layers
+        return session.image_layer in layers and session.layers.annotations in layers
 
     def _layers_all_there(self, session: AnnotationSession) -> bool:
         """Whether ``session``'s image and its four layers are all in the viewer."""

@@ -1,0 +1,50 @@
+"""Bugs a microscopist using the Annotate panel for the first time ran into, each with the
+test that found it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+WAIT_MS = 30_000
+
+
+def _segment_every_plane(widget):
+    """Start automatic segmentation of every plane, keeping all a random model finds."""
+    widget.ui.iou_spin.setValue(0.0)  # a random model's scores are meaningless: keep all
+    widget.ui.stability_spin.setValue(0.0)
+    widget.ui.points_per_side_spin.setValue(4)
+    widget.ui.auto_scope_combo.setCurrentText("all planes")
+    return widget.segment_automatically()
+
+
+@pytest.mark.parametrize("picked_again", [True, False])
+def test_automatic_planes_found_after_a_prompt_layer_went_are_kept(
+    stack_widget, hold_planes, qtbot, drain_jobs, tmp_path, notifications, picked_again
+):
+    """The stack's points layer deleted while every plane was segmented automatically: the
+    planes found after it were discarded, though they go into the annotations layer, which
+    stayed. Now they are written there, and saved, whether the stack is picked again while
+    the run goes on (its points layer comes back) or not."""
+    gate = hold_planes()
+    viewer, widget = stack_widget
+    annotations = widget.session.layers.annotations
+    try:
+        assert _segment_every_plane(widget) is not None
+        qtbot.waitUntil(lambda: annotations.data[0].any(), timeout=WAIT_MS)
+        viewer.layers.remove("stack points")
+        qtbot.wait(10)
+        if picked_again:
+            widget.ui.image_combo.activated.emit(0)  # the person picks 'stack' under Image
+            assert widget.session is not None and "stack points" in viewer.layers
+    finally:
+        gate.open()
+    drain_jobs(widget)
+    assert not [n for n in notifications if "discarded" in n]
+    assert all(annotations.data[z].any() for z in range(3))
+    saved = tifffile.imread(tmp_path / "stack.labels.tif")
+    np.testing.assert_array_equal(saved, annotations.data)
+    if picked_again:  # the run is one step of the stack's undo
+        assert widget.session.layers.annotations is annotations
+        assert widget.undo() and not annotations.data.any()
