@@ -48,3 +48,32 @@ def test_automatic_planes_found_after_a_prompt_layer_went_are_kept(
     if picked_again:  # the run is one step of the stack's undo
         assert widget.session.layers.annotations is annotations
         assert widget.undo() and not annotations.data.any()
+
+
+def test_automatic_segmentation_of_a_stack_goes_on_past_a_plane_without_pixels(
+    make_napari_viewer, tiny_sam, qtbot, drain_jobs, notifications, tmp_path
+):
+    """A stack with an all-NaN plane (a registration's padding) segmented automatically:
+    the run stopped there with "failed", and the planes after it were never segmented. It
+    now skips that plane, saying so, and segments the others."""
+    from napari_samtune._qt.annotate import AnnotateWidget
+    from napari_samtune.core.synthetic import make_image
+
+    viewer = make_napari_viewer()
+    padded = np.stack([make_image((96, 96), seed=s)[0] for s in range(3)]).astype(np.float32)
+    padded[1] = np.nan
+    viewer.add_image(padded, name="padded")
+    viewer.dims.set_current_step(0, 0)
+    widget = AnnotateWidget(viewer)
+    widget.ui.folder_edit.setText(str(tmp_path))
+    widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    assert _segment_every_plane(widget) is not None
+    drain_jobs(widget)
+    annotations = widget.session.annotations
+    assert [bool(annotations[z].any()) for z in range(3)] == [True, False, True]
+    assert not [n for n in notifications if "failed" in n]
+    (skipped,) = [n for n in notifications if "skipped" in n]
+    assert skipped.severity == "warning"
+    assert "plane 1 of 'padded'" in skipped and "holds no finite pixel value" in skipped
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "padded.labels.tif"), annotations)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_samtune._qt import annotate_jobs as jobs
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, PROPAGATE_TASK
@@ -18,6 +18,7 @@ from napari_samtune._qt.annotate_session import (
     automatic_note,
     behind_note,
     commit_note,
+    plane_ranges,
     propagation_note,
 )
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, SCOPE_STACK
@@ -213,8 +214,12 @@ class AnnotateActionsMixin:
         overwrite, model_name = self.ui.overwrite_check.isChecked(), self.model_name
         counts: list[tuple[int, int]] = []  # per plane written: (objects found, objects added)
         written: list[int | None] = []
+        skipped: list[jobs.PlaneSkipped] = []
 
         def write(result) -> None:  # by the model that started, also if another is chosen
+            if isinstance(result, jobs.PlaneSkipped):
+                skipped.append(result)
+                return
             objects = {result.plane: result.labels}
             ids = session.add_labels(objects, overwrite, "automatic", model_name, group)
             counts.append((len(np.unique(result.labels[result.labels > 0])), len(ids)))
@@ -228,6 +233,8 @@ class AnnotateActionsMixin:
             if counts:  # the status line is gone with the job: a zero would go unseen
                 found, added = np.sum(counts, axis=0)
                 show_info(automatic_note(int(found), int(added), overwrite))
+            if skipped:
+                show_warning(skipped_note(session.image_layer.name, skipped))
             if session is self.session:
                 self._automatic_unsaved = None
                 if group.writes:  # a run that failed or found nothing leaves the files be
@@ -248,3 +255,12 @@ class AnnotateActionsMixin:
             labels_result=True,
             keep_away=True,  # planes found while another image is chosen are written too
         )
+
+
+def skipped_note(image: str, skipped: list) -> str:
+    """What automatic segmentation of image ``image`` could not segment: the planes of its
+    ``skipped`` (:class:`~napari_samtune._qt.annotate_jobs.PlaneSkipped`), and why."""
+    planes = sorted(result.plane for result in skipped)
+    where = ("plane " if len(planes) == 1 else "planes ") + plane_ranges(planes)
+    reasons = "; ".join(dict.fromkeys(result.reason for result in skipped))
+    return f"automatic segmentation skipped {where} of {image!r}, the others are done: {reasons}"

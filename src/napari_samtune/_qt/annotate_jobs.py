@@ -39,6 +39,15 @@ class PlaneResult:
 
 
 @dataclass(frozen=True)
+class PlaneSkipped:
+    """A plane of a run through several that could not be segmented (all NaN, say), and
+    why; the run goes on with the next."""
+
+    plane: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
 class PropagationEnd:
     """Propagation ran to its end (it was not stopped and did not fail): the planes it
     reached, the start plane not among them."""
@@ -109,12 +118,20 @@ def iter_segment_automatically(
     config: AutoSegmentConfig,
     report: Reporter,
     image_name: str = "image",
-) -> Iterator[TaskProgress | PlaneResult]:
-    """Automatic segmentation of each plane; yields a :class:`PlaneResult` per plane."""
+) -> Iterator[TaskProgress | PlaneResult | PlaneSkipped]:
+    """Automatic segmentation of each plane; yields a :class:`PlaneResult` per plane, or,
+    running through several, a :class:`PlaneSkipped` for one that cannot be segmented (a
+    padding plane without a finite pixel must not cost the planes after it)."""
     for done, plane in enumerate(planes):
         where = _where(axes, plane, image_name)
         yield TaskProgress(done, len(planes), f"segmenting {where} automatically…")
-        _set_plane(segmenter, axes, data, plane, image_name=image_name)
+        try:
+            _set_plane(segmenter, axes, data, plane, image_name=image_name)
+        except ValueError as err:
+            if len(planes) == 1:
+                raise
+            yield PlaneSkipped(plane, str(err))
+            continue
 
         def steps(step: int, total: int, where: str = where) -> None:
             report(TaskProgress(step, total, f"segmenting {where}: {step}/{total}"))
