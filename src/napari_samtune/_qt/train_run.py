@@ -25,7 +25,7 @@ from pathlib import Path
 from napari_samtune._qt.downloads import Reporter, fetch_model_file
 from napari_samtune._qt.preset_text import PART_LABELS
 from napari_samtune._qt.train_folders import FolderSource, load_folder_pairs
-from napari_samtune._qt.workers import logged_notes
+from napari_samtune._qt.workers import TaskRefused, logged_notes
 from napari_samtune.core.checkpoints import first_free, folder_problem, training_lock
 from napari_samtune.core.data import ImageLabelPair, prepare_pairs
 from napari_samtune.core.presets import TrainConfig
@@ -69,12 +69,12 @@ class PastEpoch:
     is_best: bool
 
 
-class RunFolderInUse(ValueError):
+class RunFolderInUse(ValueError, TaskRefused):
     """Another training run (another window, ``samtune train``) holds the run's folder: this
     run did not start and wrote nothing there."""
 
 
-class HeldOutPartEmpty(ValueError):
+class HeldOutPartEmpty(ValueError, TaskRefused):
     """The only training image's part held out for validation, or the part left for
     training, has no object (see :func:`held_out_message`): the run did not train."""
 

@@ -7,7 +7,8 @@ yields plain data (numpy arrays, frozen dataclasses) and the callbacks, which
 Qt runs on the main thread, update the viewer. A generator may yield
 :class:`TaskProgress` to move the progress bar; anything else it yields goes to
 ``on_yield``. A failure becomes a napari error notification that says what to
-do about it, and the widget stays usable.
+do about it, and the widget stays usable; a task that refused to begin
+(:class:`TaskRefused`) is notified as not started, not as failed.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ class TaskProgress:
     done: int  # steps finished so far
     total: int  # steps in all; 0 means unknown (busy indicator)
     message: str = ""  # what is happening now, shown next to the bar
+
+
+class TaskRefused(Exception):
+    """A base of the errors with which a task refuses to begin (e.g. its output folder in use
+    by another run): nothing was done, so it is notified as "<task> not started", not as
+    failed. Combine it with the error's own type: ``class InUse(ValueError, TaskRefused)``."""
 
 
 _OFFLINE_ERRORS = (urllib.error.URLError, socket.timeout, ConnectionError)
@@ -231,7 +238,8 @@ class TaskRunner:
         """Run ``func(*args, **kwargs)`` in a thread worker; callbacks run on the main thread.
 
         An error is notified (see :func:`user_message`, with ``memory_advice``) and handed
-        to ``on_error``; a stopped download is told as information. A ``quiet`` task (a
+        to ``on_error``; a stopped download is told as information, a :class:`TaskRefused`
+        as the task not started. A ``quiet`` task (a
         background save) shows no progress, so that the label keeps what the user last did.
         ``cancel_event``, which ``func`` checks, is set by :meth:`cancel` and
         :meth:`quit_all`: a plain function (a download) has no other way to be stopped.
@@ -364,6 +372,8 @@ class TaskRunner:
             exc = exc.error
         if _is_stopped_download(exc):
             show_info(f"{name} stopped: {exc}")
+        elif isinstance(exc, TaskRefused):
+            show_error(f"{name} not started: {user_message(exc, memory_advice)}")
         else:
             show_error(f"{name} failed: {user_message(exc, memory_advice)}")
         if on_error is not None:
