@@ -1,4 +1,5 @@
-"""The Finetune widget as a person new to it uses it: refused starts notified as such.
+"""The Finetune widget as a person new to it uses it: refused starts notified as such, the
+planes left out of stacks in the data folders named.
 
 Runs use the tiny model (one epoch of two patches, frozen encoder) in a real viewer.
 """
@@ -6,9 +7,11 @@ Runs use the tiny model (one epoch of two patches, frozen encoder) in a real vie
 from __future__ import annotations
 
 import numpy as np
+import tifffile
 
 import napari_samtune._qt.train_widget as train_widget
 from napari_samtune.core.checkpoints import training_lock
+from napari_samtune.core.synthetic import make_image
 from tests._qt.test_train_widget_fixes3 import _two_pairs_one_epoch
 
 WAIT_MS = 120_000
@@ -52,3 +55,24 @@ def test_a_run_folder_taken_before_the_worker_holds_it_is_notified_as_not_starte
     (error,) = _errors(notifications)
     assert error.startswith("training not started: ") and "in use by another training" in error
     assert widget.started is None and widget.result is None
+
+
+def test_the_empty_planes_of_a_stack_in_the_folders_are_named_under_them(
+    qtbot, finetune_on_cells, tmp_path
+):
+    """A stack file annotated on some planes trains on those: the folders' note said nothing
+    of the planes left out, which a stack layer's Start and ``samtune train`` name."""
+    viewer, widget = finetune_on_cells(1)
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir(), labels.mkdir()
+    image, objects = make_image((48, 48), seed=1)
+    tifffile.imwrite(images / "cell.tif", np.stack([image, image, image]))
+    tifffile.imwrite(labels / "cell.tif", np.stack([objects, 0 * objects, 0 * objects]))
+    data = widget.train_data
+    data.image_dir_edit.setText(str(images))
+    data.labels_dir_edit.setText(str(labels))
+    with qtbot.waitSignal(data.folders_checked, timeout=WAIT_MS):
+        assert data.check_folders() is None
+    assert data.check_folders() is True
+    assert "left out the planes without objects of 1 stack(s)" in data.folder_note.text()
+    assert "cell.tif / cell.tif: 2 of 3 planes" in data.folder_note.text()

@@ -21,6 +21,7 @@ from napari_samtune._qt.workers import TaskProgress
 from napari_samtune.core.data import (
     ImageLabelPair,
     describe_names,
+    empty_planes_message,
     foreign_labels_message,
     prepare_annotated,
     read_match,
@@ -44,7 +45,8 @@ class FolderCheck:
 
     signature: tuple  # folder_signature() of the files when the check began
     problem: str  # why the folders cannot be trained on; "" when they can
-    note: str  # the files and pairs training will leave out (no partner, no object), or ""
+    note: str  # the files, pairs and stack planes training will leave out (no partner, no
+    # object), or ""
 
 
 def folder_signature(source: FolderSource) -> tuple:
@@ -68,8 +70,8 @@ def check_folder_pairs(
     except (ValueError, OSError) as err:
         return FolderCheck((), f"{title} folders: {err}", "")
     try:
-        match, foreign = match_files(source.images, source.labels), []
-        pairs = read_match(match, foreign, None, source.channels)
+        match, foreign, empty_planes = match_files(source.images, source.labels), [], []
+        pairs = read_match(match, foreign, None, source.channels, empty_planes)
 
         def progress(done: int, total: int) -> None:
             report(TaskProgress(done, total, f"checking the {title} folders: {done}/{total}"))
@@ -81,6 +83,7 @@ def check_folder_pairs(
     except (ValueError, TypeError, OSError) as err:
         return FolderCheck(signature, f"{title} folders: {err}", "")
     notes = [match.left_out_message(), foreign_labels_message(foreign) if foreign else ""]
+    notes.append(empty_planes_message(empty_planes) if empty_planes else "")
     if left_out:
         notes.append(
             f"{len(left_out)} of {len(pairs)} pairs have no object and will be left out: "
