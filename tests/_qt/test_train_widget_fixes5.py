@@ -1,5 +1,5 @@
 """The Finetune widget as a person new to it uses it: refused starts notified as such, the
-planes left out of stacks in the data folders named.
+planes left out of stacks in the data folders named, a chosen model gone from the list.
 
 Runs use the tiny model (one epoch of two patches, frozen encoder) in a real viewer.
 """
@@ -76,3 +76,27 @@ def test_the_empty_planes_of_a_stack_in_the_folders_are_named_under_them(
     assert data.check_folders() is True
     assert "left out the planes without objects of 1 stack(s)" in data.folder_note.text()
     assert "cell.tif / cell.tif: 2 of 3 planes" in data.folder_note.text()
+
+
+def test_a_chosen_user_model_gone_from_the_list_is_not_replaced_silently(
+    qtbot, finetune_on_cells, add_pair, use_tiny_model, tmp_path, notifications
+):
+    """The user model chosen, removed meanwhile (``samtune models rm``), was replaced by the
+    list's first model at the next refresh (↻, or after a run) without a word: Start would
+    train that one."""
+    from napari_samtune.core.user_models import remove_user_model
+
+    widget = _two_pairs_one_epoch(finetune_on_cells, add_pair, use_tiny_model)
+    widget.settings.out_dir_edit.setText(str(tmp_path / "runs"))
+    widget.settings.name_edit.setText("mine")
+    widget.use_model_check.setChecked(False)
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.start() is not None
+    picker = widget.settings.model_picker
+    picker.select_model("mine")
+    remove_user_model("mine")
+    picker.refresh_models()
+    assert widget.settings.model_text() != "mine"
+    (warning,) = [str(n) for n in notifications if n.severity == "warning"]
+    assert "model 'mine' is no longer in the model list" in warning
+    assert repr(widget.settings.model_text()) in warning

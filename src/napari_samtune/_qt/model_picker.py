@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from napari.utils.notifications import show_warning
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox,
@@ -91,6 +92,12 @@ class ModelPickerWidget(QWidget):
         self.model_combo.setCurrentIndex(max(index, 0))
         self.model_combo.blockSignals(False)
         if index < 0:  # a new list, or the chosen model is gone
+            if current is not None:  # e.g. removed by `samtune models rm`: not silently
+                show_warning(
+                    f"model {current!r} is no longer in the model list (removed?); "
+                    f"{self.model_combo.currentData()!r} is chosen instead: choose the model "
+                    "to use"
+                )
             self._on_selection()
         # else the choice is the same: owners keep what they set for it (no signal)
 
