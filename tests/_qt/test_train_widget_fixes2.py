@@ -1,5 +1,5 @@
 """The Finetune widget's messages about layers, worded for a napari user: a float mask
-opened as an Image layer and chosen as labels."""
+opened as an Image layer and chosen as labels, an image of more axes than a stack holds."""
 
 from __future__ import annotations
 
@@ -68,3 +68,23 @@ def test_a_float_layer_chosen_as_labels_is_read_once_per_check(monkeypatch, stac
     assert ("fractions" in message) == fraction
     assert ("Convert to Labels" in message) == (not fraction)
     assert calls[0] == 256 and len(calls) == (2 if stack and not fraction else 1), calls
+
+
+@pytest.mark.parametrize(
+    "shape, told",
+    [
+        ((3, 40, 40), "choose Split Stack to pair one channel, or Merge to RGB"),
+        ((2, 5, 40, 40), "2 more axes than labels layer 'mask' (40, 40): a pair is one plane"),
+        ((2, 3, 5, 40, 40), "3 more axes than labels layer"),
+    ],
+)
+def test_axes_beyond_a_stack_are_not_called_channels(shape, told):
+    """A (time, z, H, W) layer paired with one plane's labels was told its two extra axes were
+    channels, to be split or merged to RGB."""
+    labels = np.zeros((40, 40), np.uint16)
+    labels[5:15, 5:15] = 1
+    message = layer_pairs.pair_problem(
+        (Image(np.zeros(shape, np.float32)), Labels(labels, name="mask"))
+    )
+    assert told in message
+    assert ("channels" in message) == (len(shape) == 3)

@@ -102,8 +102,17 @@ def _float_problem(data: np.ndarray, err: Exception) -> str:
 def _extra_axes_problem(image: Image, labels, extra: int) -> str:
     """What to do about an image layer with ``extra`` axes more than its labels layer: a
     stack (of RGB planes, or of more planes than RGBA has channels, as the core tells them
-    apart) needs labels with as many planes; other axes hold channels."""
+    apart) needs labels with as many planes; one other axis holds channels, and more than
+    one (time and z, say) are more than a pair holds."""
     shape, labels_shape = tuple(image.data.shape), tuple(labels.data.shape)
+    if extra > 1:
+        return (
+            f"image layer {image.name!r} has shape {shape!r}, with {extra} more axes than "
+            f"labels layer {labels.name!r} {labels_shape!r}: a pair is one plane, or a stack "
+            "along one axis with a labels plane for each image plane; right-click the image "
+            "layer and choose Split Stack to split it along its first axis (one stack per "
+            "time point, say), then pair a part with labels painted on it"
+        )
     if extra == 1 and (image.rgb or shape[0] > MAX_CHANNELS):
         return (
             f"image layer {image.name!r} is a stack of {shape[0]} planes {shape!r}, and labels "
