@@ -77,3 +77,35 @@ def test_automatic_segmentation_of_a_stack_goes_on_past_a_plane_without_pixels(
     assert skipped.severity == "warning"
     assert "plane 1 of 'padded'" in skipped and "holds no finite pixel value" in skipped
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "padded.labels.tif"), annotations)
+
+
+def test_embed_all_planes_goes_on_past_planes_without_pixels(
+    make_napari_viewer, tiny_sam, drain_jobs, notifications, monkeypatch
+):
+    """ "Embed all planes" of a stack with all-NaN planes (padding) stopped at the first one
+    with "embedding failed", leaving the planes after it unembedded. It now embeds the
+    others and names the skipped planes once."""
+    from napari_samtune._qt.annotate import AnnotateWidget
+    from napari_samtune.core.synthetic import make_image
+
+    viewer = make_napari_viewer()
+    padded = np.stack([make_image((64, 64), seed=s)[0] for s in range(5)]).astype(np.float32)
+    padded[[1, 4]] = np.nan
+    viewer.add_image(padded, name="padded")
+    widget = AnnotateWidget(viewer)
+    widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    embedded = []
+    set_image = widget.segmenter.set_image
+
+    def recording(image, **kwargs):
+        set_image(image, **kwargs)
+        embedded.append(next(z for z in range(5) if np.array_equal(padded[z], image)))
+
+    monkeypatch.setattr(widget.segmenter, "set_image", recording)
+    assert widget.embed_all_planes() is not None
+    drain_jobs(widget)
+    assert embedded[:3] == [0, 2, 3]  # then the plane in view, from the cache
+    assert not [n for n in notifications if "failed" in n]
+    (skipped,) = [n for n in notifications if "skipped" in n]
+    assert skipped.severity == "warning" and "embedding skipped planes 1, 4 of 'padded'" in skipped

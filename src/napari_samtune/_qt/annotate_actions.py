@@ -18,7 +18,6 @@ from napari_samtune._qt.annotate_session import (
     automatic_note,
     behind_note,
     commit_note,
-    plane_ranges,
     propagation_note,
 )
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, SCOPE_STACK
@@ -234,7 +233,7 @@ class AnnotateActionsMixin:
                 found, added = np.sum(counts, axis=0)
                 show_info(automatic_note(int(found), int(added), overwrite))
             if skipped:
-                show_warning(skipped_note(session.image_layer.name, skipped))
+                show_warning(jobs.skipped_note(AUTO_TASK, session.image_layer.name, skipped))
             if session is self.session:
                 self._automatic_unsaved = None
                 if group.writes:  # a run that failed or found nothing leaves the files be
@@ -255,12 +254,3 @@ class AnnotateActionsMixin:
             labels_result=True,
             keep_away=True,  # planes found while another image is chosen are written too
         )
-
-
-def skipped_note(image: str, skipped: list) -> str:
-    """What automatic segmentation of image ``image`` could not segment: the planes of its
-    ``skipped`` (:class:`~napari_samtune._qt.annotate_jobs.PlaneSkipped`), and why."""
-    planes = sorted(result.plane for result in skipped)
-    where = ("plane " if len(planes) == 1 else "planes ") + plane_ranges(planes)
-    reasons = "; ".join(dict.fromkeys(result.reason for result in skipped))
-    return f"automatic segmentation skipped {where} of {image!r}, the others are done: {reasons}"

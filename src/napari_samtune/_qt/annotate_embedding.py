@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import weakref
 
-from napari.utils.notifications import show_info
+from napari.utils.notifications import show_info, show_warning
 
 from napari_samtune._qt import annotate_jobs as jobs
 from napari_samtune._qt.annotate_jobs import EMBED_TASK, SEGMENTER_TASKS
@@ -105,12 +105,20 @@ class AnnotateEmbeddingMixin:
         if not self._ready_for_job("embed all planes"):
             return None
         planes = list(range(self.session.axes.n_planes)) if self.session.axes.is_stack else [None]
+        skipped, image = [], self.session.image_layer.name
+
+        def done() -> None:  # a padding plane without pixels does not stop the others
+            if skipped:
+                show_warning(jobs.skipped_note(EMBED_TASK, image, skipped))
+
         return self._start_segmenter_job(
             EMBED_TASK,
             jobs.iter_embed_planes,
             planes,
             self.runner.report,
             on_return=self._on_embedded,
+            on_yield=skipped.append,
+            on_finish=done,
         )
 
     def _on_embedded(self, plane) -> None:

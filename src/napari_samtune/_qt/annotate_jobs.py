@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_samtune._qt.annotate_session import plane_ranges
 from napari_samtune._qt.downloads import download_progress, fetch_model_file
 from napari_samtune._qt.image_planes import ImageAxes
 from napari_samtune._qt.propagate import PropagationConfig, iter_propagate
@@ -45,6 +46,15 @@ class PlaneSkipped:
 
     plane: int | None
     reason: str
+
+
+def skipped_note(task: str, image: str, skipped: Sequence[PlaneSkipped]) -> str:
+    """What ``task`` (e.g. "automatic segmentation") of image ``image`` could not do: the
+    planes of its ``skipped``, and why."""
+    planes = sorted(result.plane for result in skipped)
+    where = ("plane " if len(planes) == 1 else "planes ") + plane_ranges(planes)
+    reasons = "; ".join(dict.fromkeys(result.reason for result in skipped))
+    return f"{task} skipped {where} of {image!r}, the others are done: {reasons}"
 
 
 @dataclass(frozen=True)
@@ -97,17 +107,29 @@ def iter_embed_planes(
     planes: Sequence[int | None],
     report: Reporter,
     image_name: str = "image",
-) -> Iterator[TaskProgress]:
-    """Embed ``planes`` one after the other (cached on disk); returns the last plane."""
+) -> Iterator[TaskProgress | PlaneSkipped]:
+    """Embed ``planes`` one after the other (cached on disk); returns the last plane
+    embedded. Running through several, a plane that cannot be embedded (a padding plane
+    without a finite pixel) is a :class:`PlaneSkipped` and the others are embedded; the
+    first error is raised when none could be."""
+    embedded, first_error = None, None
     for done, plane in enumerate(planes):
-        if len(planes) > 1:
-            where = _where(axes, plane, image_name)
-            yield TaskProgress(done, len(planes), f"embedding {where}")
-            _set_plane(segmenter, axes, data, plane, image_name=image_name)
-        else:  # one plane: show its tiles
+        if len(planes) == 1:  # one plane: show its tiles
             _set_plane(segmenter, axes, data, plane, report, image_name)
+            embedded = (plane,)
+            continue
+        yield TaskProgress(done, len(planes), f"embedding {_where(axes, plane, image_name)}")
+        try:
+            _set_plane(segmenter, axes, data, plane, image_name=image_name)
+        except ValueError as err:
+            first_error = first_error or err
+            yield PlaneSkipped(plane, str(err))
+            continue
+        embedded = (plane,)
+    if embedded is None:
+        raise first_error
     segmenter.prepare_prompts()  # the plane the user prompts next: not at the first click
-    return planes[-1]
+    return embedded[0]
 
 
 def iter_segment_automatically(
