@@ -135,7 +135,7 @@ def test_one_annotated_plane_without_objects_in_its_held_out_rows_is_refused_at_
         assert train.start() is not None
     assert train.started is None
     assert "separate validation data" in train.start_error.text()
-    refusals = [n for n in notifications if n.startswith("training failed")]
+    refusals = [n for n in notifications if n.startswith("training not started")]
     assert refusals and "rows 86..95 (the validation part)" in refusals[-1]
     assert "separate validation data" in refusals[-1]
     assert not any("val_fraction" in n for n in notifications)
