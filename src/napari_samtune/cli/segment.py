@@ -234,7 +234,7 @@ def _run(args: argparse.Namespace) -> int:
     if batch or (into_folder and args.auto):  # one image into a folder: as one of several
         return _run_batch(args, files)
     if into_folder:  # a prompt file's objects: under the name the widget and train pair
-        args.output = args.output / example
+        args.output = _output_for(files[0], args.output)  # beside a namesake's labels
         output_text = str(args.output)
     check_output_file(output_text, example)
     _check_labels_name(args.output, files[0], example, args.overwrite)
