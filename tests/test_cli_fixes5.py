@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tifffile
 
 from napari_samtune.cli import main
@@ -38,3 +39,24 @@ def test_prompted_labels_into_a_folder_keep_a_namesake_s_labels(tmp_path, tiny_c
     assert f"-o {str(own)!r} exists already" in capsys.readouterr().err
     assert segment(tiny_checkpoint, second, out, "--points", str(points), "--overwrite") == 0
     np.testing.assert_array_equal(tifffile.imread(out / "cell.labels.tif"), first)
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (["--epochs", "0"], "--epochs 0; use a whole number >= 1"),
+        (["--samples", "0"], "--samples 0; use a whole number >= 1"),
+        (["--lr", "-1"], "--lr -1.0; use a positive number"),
+        (["--model", "nope"], "--model nope is neither a model name"),
+        (["--model", "random:bogus"], "unknown architecture 'bogus'"),
+    ],
+)
+def test_demo_mistakes_name_the_options_and_write_nothing(tmp_path, capsys, options, said):
+    """``samtune demo`` named its options by the core's names (``samples_per_epoch=0``,
+    ``model='nope'``), and an unknown --model (or one the preset cannot fit) was refused
+    only after the demo's images had been written into --out."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), *options]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "=" not in err.split(said)[0]
+    assert not out.exists()

@@ -11,7 +11,7 @@ import argparse
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from napari_samtune.cli import model_argument, output_folder
+from napari_samtune.cli import model_argument, option_wording, output_folder
 
 if TYPE_CHECKING:
     from napari_samtune.core.demo import DemoConfig
@@ -42,6 +42,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+# The core's names of the demo's settings as the options that set them, for its messages.
+OPTION_NAMES = {
+    "model": "--model",
+    "epochs": "--epochs",
+    "samples_per_epoch": "--samples",
+    "learning_rate": "--lr",
+    "seed": "--seed",
+}
+
+
 def demo_config(args: argparse.Namespace) -> DemoConfig:
     """The :class:`DemoConfig` the options describe."""
     from napari_samtune.core.demo import DemoConfig  # torch loads only when a demo runs
@@ -58,10 +68,12 @@ def demo_config(args: argparse.Namespace) -> DemoConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_samtune.core.demo import format_table, run_demo
+    from napari_samtune.core.demo import finetune_config, format_table, run_demo
 
-    config = demo_config(args)
-    result = run_demo(config, args.out, log=lambda line: print(line, flush=True))
+    with option_wording(OPTION_NAMES):
+        config = demo_config(args)
+        finetune_config(config)  # the model and the preset, before images are written
+        result = run_demo(config, args.out, log=lambda line: print(line, flush=True))
     rows = {config.model: result.before, f"{config.model} finetuned": result.after}
     print()
     print(f"held-out images ({config.n_test_images}), before and after finetuning:")
