@@ -28,15 +28,20 @@ def test_quick_demo_improves_held_out_box_iou(tmp_path, capsys):
     assert "learning_rate=0.0001" in printed  # the effective config is shown
 
 
-def test_a_new_demo_in_the_same_folder_replaces_neither_run_nor_comparison(tmp_path):
+def test_a_new_demo_in_the_same_folder_replaces_neither_data_nor_run_nor_comparison(tmp_path):
     from napari_samtune.core.demo import _new_run_names
 
-    assert _new_run_names(tmp_path) == (tmp_path / "finetune", "comparison")
+    def names(tag: str) -> tuple:
+        return tmp_path / f"data{tag}", tmp_path / f"finetune{tag}", f"comparison{tag}"
+
+    assert _new_run_names(tmp_path) == names("")
     (tmp_path / "finetune").mkdir()  # an earlier demo's run ...
-    assert _new_run_names(tmp_path) == (tmp_path / "finetune-2", "comparison-2")
+    assert _new_run_names(tmp_path) == names("-2")
     (tmp_path / "finetune").rmdir()
     (tmp_path / "comparison.csv").write_text("model\n")  # ... or its comparison alone
-    assert _new_run_names(tmp_path) == (tmp_path / "finetune-2", "comparison-2")
+    assert _new_run_names(tmp_path) == names("-2")
     (tmp_path / "finetune-2").mkdir()
     (tmp_path / "comparison-3.png").write_bytes(b"")
-    assert _new_run_names(tmp_path) == (tmp_path / "finetune-4", "comparison-4")
+    assert _new_run_names(tmp_path) == names("-4")
+    (tmp_path / "data-4").mkdir()  # images of another seed, or someone's own data folder
+    assert _new_run_names(tmp_path) == names("-5")

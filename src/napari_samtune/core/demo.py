@@ -205,18 +205,19 @@ def finetune_config(config: DemoConfig) -> tuple[TrainConfig, str]:
     return config_from_preset(preset, config.model, **overrides), reason
 
 
-def _new_run_names(out_dir: Path) -> tuple[Path, str]:
-    """The finetuning run folder and the comparison files' stem of a new demo in ``out_dir``:
-    ``finetune`` and ``comparison``, or ``finetune-2`` and ``comparison-2``, ... where an
-    earlier demo left its run or its comparison there: neither is replaced."""
+def _new_run_names(out_dir: Path) -> tuple[Path, Path, str]:
+    """The data folder, finetuning run folder and comparison files' stem of a new demo in
+    ``out_dir``: ``data``, ``finetune`` and ``comparison``, or ``data-2``, ``finetune-2`` and
+    ``comparison-2``, ... where an earlier demo (or anything else) left one of them there:
+    none is replaced, and each run stays beside the images it was trained and scored on."""
     from napari_samtune.core.checkpoints import first_free
 
     def taken(tag: str) -> bool:  # "" or "-2", ...: first_free's numbering of ""
-        names = (f"finetune{tag}", f"comparison{tag}.csv", f"comparison{tag}.png")
+        names = (f"data{tag}", f"finetune{tag}", f"comparison{tag}.csv", f"comparison{tag}.png")
         return any((out_dir / name).exists() for name in names)
 
     tag = first_free("", taken)
-    return out_dir / f"finetune{tag}", f"comparison{tag}"
+    return out_dir / f"data{tag}", out_dir / f"finetune{tag}", f"comparison{tag}"
 
 
 def _finetune(
@@ -265,7 +266,7 @@ def run_demo(
 
     Writes to ``out_dir``: ``data/{train,test}/image_NNN[_labels].tif``, the
     finetuning run folder ``finetune/``, ``comparison.csv`` and ``comparison.png``
-    (``finetune-2/``, ``comparison-2.csv``, ... where an earlier demo's are there).
+    (``data-2/``, ``finetune-2/``, ``comparison-2.csv``, ... where an earlier demo's are).
     """
     from dataclasses import asdict
 
@@ -273,10 +274,11 @@ def run_demo(
     from napari_samtune.core.models import load_model
 
     start, out_dir = time.perf_counter(), Path(out_dir)
-    train_pairs, test_pairs = make_demo_data(config, out_dir / "data")
+    data_dir, run_dir, comparison = _new_run_names(out_dir)
+    train_pairs, test_pairs = make_demo_data(config, data_dir)
     log(
         f"generated {len(train_pairs)} training + {len(test_pairs)} held-out images of an unseen "
-        f"domain (dark cells on a bright background) in {out_dir / 'data'}"
+        f"domain (dark cells on a bright background) in {data_dir}"
     )
     train_config, reason = finetune_config(config)
     base = load_model(config.model, device=train_config.device)
@@ -285,7 +287,6 @@ def run_demo(
     log(f"preset: {reason}")
     log(f"finetuning {config.model!r} on {len(train_pairs)} images with: {train_config}")
     tune_start = time.perf_counter()
-    run_dir, comparison = _new_run_names(out_dir)
     finished = _finetune(train_config, train_pairs, run_dir, stop_event, log)
     finetune_seconds = time.perf_counter() - tune_start
     if finished.exported_model_path is None:  # stopped before its first step
