@@ -1,5 +1,6 @@
 import errno
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -12,7 +13,9 @@ from napari_samtune.core.checkpoints import (
     atomic_write,
     check_output_folder,
     first_free,
+    first_line,
     is_project_checkpoint,
+    safe_torch_load,
 )
 
 
@@ -182,3 +185,30 @@ def test_first_free_numbers_from_2_past_what_is_taken():
     assert first_free("run", taken.__contains__) == "run-3"  # the first gap
     assert first_free("other", taken.__contains__) == "other"
     assert first_free("", {""}.__contains__) == "-2"  # a tag for names built around it
+
+
+@pytest.mark.parametrize(
+    "text, quoted",
+    [
+        ("short error\ntraceback", "short error"),
+        ("First sentence. " + "x" * 200, "First sentence."),
+        ("word " * 60, ("word " * 29).strip() + "…"),
+    ],
+)
+def test_a_quoted_error_ends_at_a_sentence_or_a_word_never_mid_word(text, quoted):
+    assert first_line(text) == quoted
+    assert len(first_line(text)) <= 150
+
+
+def test_a_truncated_weights_file_is_named_without_torch_s_text_cut_mid_word(tmp_path):
+    """It read "... If you are seeing this error, there); it may be truncated"."""
+    whole = tmp_path / "whole.pt"
+    torch.save({"w": torch.zeros(1000)}, whole)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(whole.read_bytes()[:300])
+    with pytest.raises(ValueError) as err:
+        safe_torch_load(cut, "SAM weights")
+    message = str(err.value)
+    assert "cut.pt is not a readable PyTorch weights file" in message
+    quoted = re.search(r"\((\w+: .*)\); it may be truncated", message).group(1)
+    assert quoted.endswith((".", "…")) or len(quoted) < 150, quoted  # torch's was cut at 150

@@ -115,8 +115,16 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
 def first_line(text: str, limit: int = 150) -> str:
     """The first line of an error's ``text``, at most ``limit`` characters: what a message
-    can quote of a library's error (tracebacks and dumps follow on the next lines)."""
-    return (text.splitlines() or [""])[0][:limit]
+    can quote of a library's error (tracebacks and dumps follow on the next lines). A longer
+    line ends at its last sentence that fits, else at a word, with "…": never mid-word."""
+    line = (text.splitlines() or [""])[0]
+    if len(line) <= limit:
+        return line
+    cut = line[: limit + 1]
+    sentence_end = cut.rfind(". ")
+    if sentence_end > 0:
+        return cut[: sentence_end + 1]
+    return cut[: limit - 1].rsplit(" ", 1)[0].rstrip(" ,;:") + "…"
 
 
 def _torch_save(obj: Any, tmp: Path) -> None:
