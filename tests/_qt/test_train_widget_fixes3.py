@@ -28,6 +28,16 @@ def _two_pairs_one_epoch(finetune_on_cells, add_pair, use_tiny_model):
     return widget
 
 
+def _run_once(qtbot, widget, out_dir):
+    """Train the widget's run into ``out_dir`` (not used in the viewer) to its end; returns
+    the run's folder."""
+    widget.settings.out_dir_edit.setText(str(out_dir))
+    widget.use_model_check.setChecked(False)
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.start() is not None
+    return widget.run_folder
+
+
 def test_an_infinite_loss_leaves_the_plot_drawing(plot):
     """fp16 training (its gradient scaler skips the step) reports an overflowed loss as inf:
     the axes raised 'Axis limits cannot be NaN or Inf' at that step and at every later one."""
@@ -53,10 +63,7 @@ def test_a_new_run_s_bar_does_not_show_the_last_run_s_epoch(
     first training event: a model download before it (a built-in model trained for the
     first time) showed its bytes under that text instead of its percent."""
     widget = _two_pairs_one_epoch(finetune_on_cells, add_pair, use_tiny_model)
-    widget.settings.out_dir_edit.setText(str(tmp_path / "runs"))
-    widget.use_model_check.setChecked(False)
-    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
-        assert widget.start() is not None
+    _run_once(qtbot, widget, tmp_path / "runs")
     assert widget.progress_bar.format().startswith("epoch 1/1")
     with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
         assert widget.start() is not None
@@ -97,10 +104,7 @@ def test_continue_in_a_read_only_run_folder_is_refused_with_what_to_do(
     from napari_samtune.core import checkpoints
 
     widget = _two_pairs_one_epoch(finetune_on_cells, add_pair, use_tiny_model)
-    widget.settings.out_dir_edit.setText(str(tmp_path / "runs"))
-    widget.use_model_check.setChecked(False)
-    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
-        assert widget.start() is not None
+    _run_once(qtbot, widget, tmp_path / "runs")
     folder = widget.run_folder
     assert (folder / "checkpoints" / "last.pt").is_file()
     writable = os.access  # root may write anywhere: the folder is made read-only to access()

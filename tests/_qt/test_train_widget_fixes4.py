@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from qtpy.QtWidgets import QFileDialog
 
-from tests._qt.test_train_widget_fixes3 import _two_pairs_one_epoch
+from tests._qt.test_train_widget_fixes3 import _run_once, _two_pairs_one_epoch
 
 WAIT_MS = 120_000
 
@@ -43,10 +43,7 @@ def test_a_start_refused_by_the_worker_leaves_the_last_real_run_s_folder(
     dialog opened in a folder that does not exist, not in the run before's. The run
     before's plot and result line were cleared by the Start that never began."""
     widget = _two_pairs_one_epoch(finetune_on_cells, add_pair, use_tiny_model)
-    widget.settings.out_dir_edit.setText(str(tmp_path / "runs"))
-    widget.use_model_check.setChecked(False)
-    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
-        assert widget.start() is not None
+    _run_once(qtbot, widget, tmp_path / "runs")
     made = widget.run_folder
     assert (made / "checkpoints" / "last.pt").is_file()
     shown = ([*widget.plot.epochs], [*widget.plot.step_losses], widget.result_label.text())
@@ -71,10 +68,7 @@ def test_a_first_start_refused_by_the_worker_records_no_run_folder(
 
 def _one_epoch_run(qtbot, finetune_on_cells, add_pair, use_tiny_model, tmp_path):
     widget = _two_pairs_one_epoch(finetune_on_cells, add_pair, use_tiny_model)
-    widget.settings.out_dir_edit.setText(str(tmp_path / "runs"))
-    widget.use_model_check.setChecked(False)
-    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
-        assert widget.start() is not None
+    _run_once(qtbot, widget, tmp_path / "runs")
     assert widget.result.epochs_done == 1
     return widget
 

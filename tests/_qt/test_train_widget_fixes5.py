@@ -12,7 +12,8 @@ import tifffile
 import napari_samtune._qt.train_widget as train_widget
 from napari_samtune.core.checkpoints import training_lock
 from napari_samtune.core.synthetic import make_image
-from tests._qt.test_train_widget_fixes3 import _two_pairs_one_epoch
+from tests._qt.test_train_widget_fixes3 import _run_once, _two_pairs_one_epoch
+from tests._qt.test_train_widget_start import only_image_without_held_out_objects
 
 WAIT_MS = 120_000
 
@@ -26,13 +27,9 @@ def test_a_start_the_worker_refuses_is_notified_as_not_started(
 ):
     """A run refused by its worker (the only image's held-out part without objects) trained
     nothing and is shown in red under Start, but was notified as "training failed: …"."""
-    viewer, widget = finetune_on_cells(n=1)
-    use_tiny_model(widget, epochs=1)
-    widget.settings.out_dir_edit.setText(str(tmp_path / "runs"))
-    top = np.zeros((64, 64), np.uint32)
-    top[5:20, 5:20], top[5:20, 30:45] = 1, 2  # none in the rows held out for validation
-    viewer.add_labels(top, name="top labels")
-    assert add_pair(widget.train_data, "cells0", "top labels")
+    widget = only_image_without_held_out_objects(
+        finetune_on_cells, add_pair, use_tiny_model, tmp_path / "runs"
+    )
     with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
         assert widget.start() is not None
     (error,) = _errors(notifications)
@@ -87,11 +84,8 @@ def test_a_chosen_user_model_gone_from_the_list_is_not_replaced_silently(
     from napari_samtune.core.user_models import remove_user_model
 
     widget = _two_pairs_one_epoch(finetune_on_cells, add_pair, use_tiny_model)
-    widget.settings.out_dir_edit.setText(str(tmp_path / "runs"))
     widget.settings.name_edit.setText("mine")
-    widget.use_model_check.setChecked(False)
-    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
-        assert widget.start() is not None
+    _run_once(qtbot, widget, tmp_path / "runs")
     picker = widget.settings.model_picker
     picker.select_model("mine")
     remove_user_model("mine")

@@ -13,6 +13,19 @@ from napari_samtune.core import data as core_data
 WAIT_MS = 120_000
 
 
+def only_image_without_held_out_objects(finetune_on_cells, add_pair, use_tiny_model, out_dir):
+    """A Finetune widget for 1 epoch into ``out_dir`` of one image whose objects all lie
+    above the rows held out for validation: the worker refuses its Start."""
+    viewer, widget = finetune_on_cells(n=1)
+    use_tiny_model(widget, epochs=1)
+    widget.settings.out_dir_edit.setText(str(out_dir))
+    top = np.zeros((64, 64), np.uint32)
+    top[5:20, 5:20], top[5:20, 30:45] = 1, 2  # none in the rows held out for validation
+    viewer.add_labels(top, name="top labels")
+    assert add_pair(widget.train_data, "cells0", "top labels")
+    return widget
+
+
 def test_start_leaves_the_held_out_check_of_the_only_image_to_the_worker(
     finetune_on_cells, add_pair, use_tiny_model, qtbot, monkeypatch, tmp_path
 ):
@@ -50,13 +63,9 @@ def test_a_held_out_part_without_objects_is_refused_before_the_model_is_fetched(
 ):
     """The worker's refusal reads as Start's did (in red under Start, and notified), and
     comes before the model's download; a later Start that works takes it back."""
-    viewer, widget = finetune_on_cells(n=1)
-    use_tiny_model(widget, epochs=1)
-    widget.settings.out_dir_edit.setText(str(tmp_path / "runs"))
-    top = np.zeros((64, 64), np.uint32)
-    top[5:20, 5:20], top[5:20, 30:45] = 1, 2  # none in the rows held out for validation
-    viewer.add_labels(top, name="top labels")
-    assert add_pair(widget.train_data, "cells0", "top labels")
+    widget = only_image_without_held_out_objects(
+        finetune_on_cells, add_pair, use_tiny_model, tmp_path / "runs"
+    )
     fetched = []
     real_fetch = train_run.fetch_model_file
     monkeypatch.setattr(train_run, "fetch_model_file", lambda *a: fetched.append(a[0]))

@@ -50,6 +50,19 @@ def test_image_of_too_many_axes_is_refused_for_every_caller(image_shape, labels_
             check_pair(pair)
 
 
+def _one_epoch_frozen(tiny_checkpoint, **overrides) -> TrainConfig:
+    """One epoch of two patches of the tiny model, its image encoder frozen."""
+    return TrainConfig(
+        model=str(tiny_checkpoint),
+        epochs=1,
+        n_objects_per_batch=1,
+        min_samples_per_epoch=2,
+        n_iterative_prompts=0,
+        freeze=("image_encoder",),
+        **overrides,
+    )
+
+
 def test_stacks_that_training_takes_still_pass():
     stack, labels = np.zeros((3, 32, 32), dtype=np.uint8), _labels((3, 32, 32))
     assert len(as_pairs([(stack, labels)])) == 3
@@ -94,14 +107,7 @@ def test_resuming_with_new_scheduler_settings_uses_them(tmp_path, tiny_checkpoin
     # The scheduler's saved state held the patience and factor the run started with, and
     # loading it replaced the new ones: config.json said patience 0, the run used 3.
     image, labels = make_image((48, 48), seed=1)
-    config = TrainConfig(
-        model=str(tiny_checkpoint),
-        epochs=1,
-        n_objects_per_batch=1,
-        min_samples_per_epoch=2,
-        n_iterative_prompts=0,
-        freeze=("image_encoder",),
-    )
+    config = _one_epoch_frozen(tiny_checkpoint)
     run = tmp_path / "run"
     train(config, [(image, labels)], [(image, labels)], out_dir=run)
     changed = replace(config, epochs=2, scheduler_patience=0, scheduler_factor=0.1)
@@ -140,15 +146,7 @@ def test_resuming_without_the_validation_data_the_run_had_chooses_the_best_anew(
     # (always below it): TrainingFinished said best_metric 0.3 "negative train loss", and
     # no epoch of the resumed session could become best.pt.
     image, labels = make_image((48, 48), seed=1)
-    config = TrainConfig(
-        model=str(tiny_checkpoint),
-        epochs=1,
-        n_objects_per_batch=1,
-        min_samples_per_epoch=2,
-        n_iterative_prompts=0,
-        freeze=("image_encoder",),
-        early_stopping=None,
-    )
+    config = _one_epoch_frozen(tiny_checkpoint, early_stopping=None)
     run = tmp_path / "run"
     first = train(config, [(image, labels)], [(image, labels)], out_dir=run)
     assert first.metric_name == "val_iou" and first.best_metric >= 0
