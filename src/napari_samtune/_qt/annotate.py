@@ -331,6 +331,9 @@ class AnnotateWidget(
         boxes_xyxy = napari_to_sam(prompts.boxes_rc.reshape(-1, 2, 2)).reshape(-1, 4)
         points_xy = napari_to_sam(prompts.points_rc)
         if self.ui.mode_combo.currentText() == BATCHED_MODE:
+            negatives_xy = points_xy[~prompts.positive]
+            if len(negatives_xy):
+                return self._predict_each(boxes_xyxy, points_xy[prompts.positive], negatives_xy)
             return self._predict_batched(boxes_xyxy, points_xy[prompts.positive])
         single_point = len(points_xy) == 1 and len(boxes_xyxy) == 0
         prediction = self.segmenter.predict(
@@ -349,6 +352,21 @@ class AnnotateWidget(
             by_point = self.segmenter.predict_points_batched(points_xy)
             free = (by_point > 0) & (labels == 0)
             labels[free] = by_point[free] + len(boxes_xyxy)
+        return labels
+
+    def _predict_each(
+        self, boxes_xyxy: np.ndarray, points_xy: np.ndarray, negatives_xy: np.ndarray
+    ) -> np.ndarray:
+        """Batched mode with negative points: each box and each positive point is prompted
+        with every negative point too (they mark background for all objects, as in
+        ``samtune segment``); ids and overlaps as in :meth:`_predict_batched`."""
+        labels = np.zeros(self.segmenter.image_shape, dtype=np.uint32)
+        background = np.zeros(len(negatives_xy), dtype=np.int64)
+        prompts = [(negatives_xy, background, box) for box in boxes_xyxy]
+        prompts += [(np.vstack([p, negatives_xy]), np.r_[1, background], None) for p in points_xy]
+        for object_id, (points, point_labels, box) in enumerate(prompts, start=1):
+            mask = self.segmenter.predict(points, point_labels, box, multimask=False).mask
+            labels[mask & (labels == 0)] = object_id
         return labels
 
     def _viewing_planes(self) -> bool:
