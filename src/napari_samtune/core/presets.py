@@ -335,11 +335,30 @@ def config_from_preset(
     unknown = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
     if unknown:
         raise TypeError(f"unknown TrainConfig fields {unknown!r} in overrides")
+    _check_lora_in_frozen_encoder(preset, architecture, setting, overrides)
     config = replace(base, **overrides)
     check_lora_rank(config.lora_rank, architecture)
     if check:
         check_fits(preset, architecture, config)
     return config
+
+
+def _check_lora_in_frozen_encoder(
+    preset: ResourcePreset, arch: SamArchitecture, setting: ModelSetting, overrides: dict
+) -> None:
+    """``ValueError`` for LoRA asked of a preset that freezes the image encoder, unless
+    ``freeze`` is given too: the config's own check would blame a freeze nobody passed."""
+    if not overrides.get("lora_rank") or "freeze" in overrides:
+        return
+    if "image_encoder" not in setting.freeze:
+        return
+    raise ValueError(
+        f"lora_rank={overrides['lora_rank']!r} trains adapters inside the image encoder, "
+        f"which preset {preset.key!r} keeps frozen for {arch.name} (freeze={setting.freeze!r}) "
+        "to fit its memory; training adapters backpropagates through the encoder: choose a "
+        "preset with more memory, or give freeze=() and skip the preset's memory checks, or "
+        "leave lora_rank out"
+    )
 
 
 def check_fits(preset: ResourcePreset, arch: SamArchitecture, config: TrainConfig) -> None:
