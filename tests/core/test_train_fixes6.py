@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from napari_samtune.core.presets import config_from_preset
+from napari_samtune.core.presets import TrainConfig, config_from_preset
+from napari_samtune.core.synthetic import make_dataset
+from napari_samtune.core.train import train
 
 
 @pytest.mark.parametrize(("preset", "model"), [("cpu-8gb", "random:vit_t"), ("gtx1080", "vit_b")])
@@ -24,3 +28,33 @@ def test_lora_on_a_preset_that_freezes_the_encoder_names_the_preset(preset, mode
 
 def test_lora_on_a_preset_that_trains_the_encoder_still_works():
     assert config_from_preset("cpu-16gb", "random:vit_t", lora_rank=4).lora_rank == 4
+
+
+def _config(**changes) -> TrainConfig:
+    base = TrainConfig(
+        model="random:tiny",
+        epochs=2,
+        learning_rate=3e-3,
+        n_objects_per_batch=2,
+        min_samples_per_epoch=2,
+        n_iterative_prompts=0,
+        mixed_precision="no",
+        early_stopping=None,
+    )
+    return replace(base, **changes)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_dataset(2, shape=(64, 64), seed=0), make_dataset(1, shape=(64, 64), seed=50)
+
+
+@pytest.mark.parametrize(("epochs", "stopped_early"), [(2, False), (3, True)])
+def test_a_run_that_did_all_its_epochs_did_not_stop_early(tmp_path, data, epochs, stopped_early):
+    # Patience ran out in the last epoch: the run ended because its epochs were done, yet it
+    # said "stopped early: no improvement", as if more epochs had been cut.
+    config = _config(epochs=epochs, learning_rate=1e-12, early_stopping=1)
+    finished = train(config, *data, out_dir=tmp_path / "flat")
+    assert finished.epochs_done == 2 and finished.best_epoch == 0
+    assert finished.stopped_early is stopped_early
+    assert ("stopped early" in finished.outcome_message()) is stopped_early

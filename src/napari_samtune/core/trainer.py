@@ -325,7 +325,8 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
         p.epoch, p.step_in_epoch, p.epoch_loss_sum, p.epoch_loss_count = epoch + 1, 0, 0.0, 0
         last = self._write_checkpoints(is_best)
         patience = self.config.early_stopping
-        self.stopped_early = patience is not None and p.epochs_without_improvement >= patience
+        flat = patience is not None and p.epochs_without_improvement >= patience
+        self.stopped_early = flat and p.epoch < self.config.epochs  # the last epoch ends anyway
         event = EpochDone(
             epoch, train_loss, val_metrics, metric, self._metric_name(), self._lr(), last,
             is_best, p.best_metric, self._eta(), time.perf_counter() - self.epoch_start,
