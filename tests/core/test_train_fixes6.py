@@ -58,3 +58,30 @@ def test_a_run_that_did_all_its_epochs_did_not_stop_early(tmp_path, data, epochs
     assert finished.epochs_done == 2 and finished.best_epoch == 0
     assert finished.stopped_early is stopped_early
     assert ("stopped early" in finished.outcome_message()) is stopped_early
+
+
+def test_a_run_on_a_weights_file_named_relatively_exports_and_resumes_from_elsewhere(
+    tmp_path, tiny_checkpoint, data, monkeypatch
+):
+    # config.json and the checkpoints recorded model='tiny_sam.pth' as typed: from another
+    # working directory a trainable-only checkpoint could be neither exported ("'tiny_sam.pth'
+    # is neither a model name ... nor an existing file") nor resumed.
+    from napari_samtune.core.train_checkpoints import export_model, read_checkpoint
+
+    monkeypatch.chdir(tiny_checkpoint.parent)
+    config = _config(
+        model=tiny_checkpoint.name, checkpoint_trainable_only=True, freeze=("image_encoder",)
+    )
+    run = tmp_path / "run"
+    finished = train(config, *data, out_dir=run)
+    saved = read_checkpoint(finished.best_checkpoint_path)["config"]["model"]
+    assert saved == str(tiny_checkpoint.absolute())
+    resumed = train(replace(config, epochs=3), *data, out_dir=run, resume_from=run)
+    assert resumed.epochs_done == 3  # the same file, named as before, is the same model
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    exported, _ = export_model(finished.best_checkpoint_path, "model.pth")
+    assert exported.is_file()
+    again = train(replace(config, model=saved, epochs=4), *data, out_dir=run, resume_from=run)
+    assert again.epochs_done == 4

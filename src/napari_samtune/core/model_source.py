@@ -57,6 +57,18 @@ def architecture_of(model: str) -> SamArchitecture:
         raise ValueError(f"{path}: {err}") from None
 
 
+def recorded_model(model: str) -> str:
+    """``model`` as a run records it: a weights file by its absolute path, so that the run's
+    checkpoints (a resume, an export, a trainable-only checkpoint rebuilt on its base) find
+    it from any working directory; names and ``random:<arch>`` stay as they are."""
+    from napari_samtune.core import models
+
+    if model.startswith(RANDOM_PREFIX) or models.is_registered_name(model):
+        return model
+    path = Path(model).expanduser()
+    return str(path.absolute()) if path.is_file() else model
+
+
 def load_base_model(model: str, seed: int = 0) -> tuple[Sam, SamArchitecture, str]:
     """Build or load ``model`` on the CPU: ``(sam in eval mode, architecture, model_id)``.
 

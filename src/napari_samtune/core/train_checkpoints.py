@@ -18,7 +18,7 @@ progress), ``step`` (optimizer steps so far), ``step_in_epoch``,
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from napari_samtune.core.checkpoints import (
     safe_torch_load,
 )
 from napari_samtune.core.lora import adapter_state_dict, apply_lora, merged_state_dict
+from napari_samtune.core.model_source import recorded_model
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train_export import RunFiles
 from napari_samtune.core.train_setup import build_training_model
@@ -143,6 +144,9 @@ def check_resumable(checkpoint: dict, config: TrainConfig, path: str | Path) -> 
             f"nothing left to train; set epochs above {done} to continue the run"
         )
     saved = TrainConfig.from_dict(checkpoint["config"])
+    # a weights file named relative to another working directory is the same model
+    saved = replace(saved, model=recorded_model(saved.model))
+    config = replace(config, model=recorded_model(config.model))
     changed = [f for f in RESUME_MUST_MATCH if getattr(saved, f) != getattr(config, f)]
     if changed:
         pairs = ", ".join(f"{f}: {getattr(saved, f)!r} -> {getattr(config, f)!r}" for f in changed)

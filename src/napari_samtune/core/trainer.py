@@ -32,6 +32,7 @@ from napari_samtune.core.data import (
 )
 from napari_samtune.core.fast_encoder import encode
 from napari_samtune.core.heap import keep_freed_memory
+from napari_samtune.core.model_source import recorded_model
 from napari_samtune.core.patches import PatchSampler, tile_patches
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train_checkpoints import (
@@ -136,6 +137,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
         self.precision = resolve_precision(config.mixed_precision, self.device)
         self.config = replace(
             config,
+            model=recorded_model(config.model),
             patch_size=config.patch_size or arch.img_size,
             mixed_precision=self.precision,
             # under torchrun, "cuda": each rank's own index would be refused on resume
