@@ -9,6 +9,7 @@ import pytest
 from napari_samtune.core.presets import TrainConfig, config_from_preset
 from napari_samtune.core.synthetic import make_dataset
 from napari_samtune.core.train import train
+from tests.core.test_train import _config as tiny_config
 
 
 @pytest.mark.parametrize(("preset", "model"), [("cpu-8gb", "random:vit_t"), ("gtx1080", "vit_b")])
@@ -31,17 +32,8 @@ def test_lora_on_a_preset_that_trains_the_encoder_still_works():
 
 
 def _config(**changes) -> TrainConfig:
-    base = TrainConfig(
-        model="random:tiny",
-        epochs=2,
-        learning_rate=3e-3,
-        n_objects_per_batch=2,
-        min_samples_per_epoch=2,
-        n_iterative_prompts=0,
-        mixed_precision="no",
-        early_stopping=None,
-    )
-    return replace(base, **changes)
+    """test_train's tiny run, of two patches an epoch and no corrective clicks."""
+    return tiny_config(**{"min_samples_per_epoch": 2, "n_iterative_prompts": 0, **changes})
 
 
 @pytest.fixture(scope="module")
