@@ -759,6 +759,35 @@ def test_a_mid_epoch_resume_with_another_process_count_restarts_the_epoch(
     assert len(restarted) == (saved_world_size != 1)
 
 
+@pytest.mark.parametrize("saved_world_size", [1, 2])
+def test_a_mid_epoch_resume_with_another_number_of_samples_restarts_the_epoch(
+    tmp_path, data, saved_world_size
+):
+    """The epoch's shuffle and steps are of its number of samples: resumed with fewer, 3
+    steps of 8 samples on 2 processes were said to be "its samples are done" (counted
+    against 2 samples), and on one process the epoch went on in another shuffle, unsaid."""
+    config = _config(min_samples_per_epoch=8)
+    stop = threading.Event()
+    for event in iter_train(config, *data, out_dir=tmp_path / "part", stop_event=stop):
+        if isinstance(event, StepDone) and event.step == 3:
+            stop.set()
+    last = tmp_path / "part/checkpoints/last.pt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    checkpoint["data_summary"]["world_size"] = saved_world_size  # 2: as if run by torchrun
+    torch.save(checkpoint, last)
+    fewer = dataclasses.replace(config, min_samples_per_epoch=4)
+    events = list(iter_train(fewer, *data, out_dir=tmp_path / "part", resume_from=last))
+    steps = [(e.epoch, e.step) for e in events if isinstance(e, StepDone)]
+    assert steps[:4] == [(0, 1), (0, 2), (0, 3), (0, 4)]  # epoch 1 anew, in 4 samples
+    (note,) = [n for n in events[0].notes if "starts over" in n]
+    assert note.endswith(
+        "with 2 process(es) and 8 samples an epoch and continues with 1 process(es) and 4 "
+        "samples: epoch 1 starts over"
+        if saved_world_size == 2
+        else "with 8 samples an epoch and continues with 4: epoch 1 starts over"
+    )
+
+
 def test_a_stop_in_an_epochs_last_step_says_so_and_the_resume_validates_that_epoch(tmp_path, data):
     """Stopped in the last step of epoch 2, the run said "stopped after 1 epoch" although
     every step of epoch 2 was trained; its validation is what was left, and the resume

@@ -41,7 +41,7 @@ class TrainerResumeMixin:
         torch.set_rng_state(checkpoint["rng_state"]["torch"])
         self._restart_best_for(bool(checkpoint.get("data_summary", {}).get("val_images", ())))
         saved = TrainConfig.from_dict(checkpoint["config"])
-        if not self._restart_epoch_for(checkpoint.get("data_summary", {}).get("world_size"), saved):
+        if not self._restart_epoch_for(checkpoint.get("data_summary", {}), saved):
             self._continue_epoch_in_new_steps(saved)
 
     def _restart_best_for(self, had_validation: bool) -> None:
@@ -58,26 +58,38 @@ class TrainerResumeMixin:
             )
         p.best_metric, p.best_epoch, p.epochs_without_improvement = -math.inf, -1, 0
 
-    def _restart_epoch_for(self, saved_world_size: int | None, saved: TrainConfig) -> bool:
-        """A run stopped mid-epoch with another number of processes: its steps counted each
-        process's own samples, which this many processes share out differently, so the
-        epoch starts over (some samples again) rather than skip or repeat samples unsaid;
-        stopped after the epoch's last step, only its end is left. True if it was either."""
+    def _restart_epoch_for(self, summary: dict, saved: TrainConfig) -> bool:
+        """A run stopped mid-epoch with another number of processes, or another number of
+        samples an epoch (``summary``: its checkpoint's data summary): its steps counted
+        each process's own samples of another shuffle, so the epoch starts over (some
+        samples again) rather than skip or repeat samples unsaid; stopped after the epoch's
+        last step, only its end is left. True if it was either."""
         p = self.progress
-        if saved_world_size in (None, self.dist.world_size) or p.step_in_epoch == 0:
+        world, samples = summary.get("world_size"), summary.get("samples_per_epoch")
+        now_world, now_samples = self.dist.world_size, self.sampler.n_samples
+        new_world, new_samples = world not in (None, now_world), samples not in (None, now_samples)
+        if not (new_world or new_samples) or p.step_in_epoch == 0:
             return False
-        steps = steps_per_epoch(self.sampler.n_samples, saved_world_size, saved)
+        if new_world and new_samples:
+            then = (
+                f"{world} process(es) and {samples} samples an epoch and continues with "
+                f"{now_world} process(es) and {now_samples} samples"
+            )
+        elif new_world:
+            then = f"{world} process(es) and continues with {now_world}"
+        else:
+            then = f"{samples} samples an epoch and continues with {now_samples}"
+        steps = steps_per_epoch(samples or self.sampler.n_samples, world or 1, saved)
         if p.step_in_epoch >= steps:  # every sample trained on: no step again
             self.notes.append(
-                f"the run was stopped after the last step of epoch {p.epoch + 1} with "
-                f"{saved_world_size} process(es) and continues with {self.dist.world_size}: "
+                f"the run was stopped after the last step of epoch {p.epoch + 1} with {then}: "
                 "its samples are done"
             )
             p.step_in_epoch = self.steps_per_epoch
             return True
         self.notes.append(
-            f"the run was stopped in epoch {p.epoch + 1} with {saved_world_size} process(es) "
-            f"and continues with {self.dist.world_size}: epoch {p.epoch + 1} starts over"
+            f"the run was stopped in epoch {p.epoch + 1} with {then}: epoch {p.epoch + 1} "
+            "starts over"
         )
         p.step_in_epoch, p.epoch_loss_sum, p.epoch_loss_count = 0, 0.0, 0
         return True
