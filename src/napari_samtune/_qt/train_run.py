@@ -22,6 +22,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from napari.utils.notifications import show_info
+
 from napari_samtune._qt.downloads import Reporter, fetch_model_file
 from napari_samtune._qt.preset_text import PART_LABELS
 from napari_samtune._qt.train_folders import FolderSource, load_folder_pairs
@@ -307,10 +309,19 @@ def offer_model(viewer, name: str, use_it: bool) -> int:
 
     Returns how many annotation widgets were updated.
     """
+    from napari_samtune._qt.annotate_jobs import LOAD_TASK
+
     widgets = annotation_widgets(viewer)
     for widget in widgets:
         widget.refresh_models()
-        if use_it:
-            widget.select_model(name)
-            widget.load_model()
+        if not use_it:
+            continue
+        if widget.runner.is_running(LOAD_TASK):  # it would refuse: its picker must name
+            show_info(  # the model that load puts in use, not this one
+                f"the annotation widget is loading another model; to annotate with {name!r}, "
+                "choose it there and press Load model"
+            )
+            continue
+        widget.select_model(name)
+        widget.load_model()
     return len(widgets)
