@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from napari_samtune._qt import annotate_jobs
+from napari_samtune._qt.annotate_jobs import SAVE_TASK
 from napari_samtune.core.synthetic import make_image
 from tests._qt.test_loop import WAIT_MS, _iter_docked, annotate_image, small_settings
 
@@ -57,3 +58,45 @@ def test_a_run_ending_while_the_annotate_dock_loads_another_model_leaves_its_pic
     assert annotate.model_name == "nano"
     assert annotate.ui.model_picker.model_source() == "nano"
     assert any(new_model in notice and "Load model" in notice for notice in notifications)
+
+
+def test_a_run_on_the_autosave_folder_reads_the_object_painted_just_before_start(
+    qtbot, docks, run_job, drain_jobs, monkeypatch, tmp_path
+):
+    """The person paints an object and presses Start at once, training on the autosave
+    folder. The stroke's autosave still ran in the background, so the run read the file
+    without that object, or with it, as the race went; Start now writes it first."""
+    import time
+
+    import tifffile
+
+    from napari_samtune._qt import annotate_files, train_run
+
+    viewer, annotate, train = docks
+    (tmp_path / "images").mkdir()
+    for name in ("cells0", "cells1"):
+        annotate_image(qtbot, annotate, name, run_job, drain_jobs)
+        tifffile.imwrite(tmp_path / "images" / f"{name}.tif", viewer.layers[name].data)
+    data = train.train_data
+    data.image_dir_edit.setText(str(tmp_path / "images"))
+    data.use_autosave_folder()
+    qtbot.waitUntil(lambda: not data.folder_runner.is_running(), timeout=WAIT_MS)
+    small_settings(train, qtbot, "nano")
+    real_save, real_load, read = annotate_files.save_annotations, train_run.load_folder_pairs, []
+
+    def slow_save(*args):
+        time.sleep(0.5)
+        return real_save(*args)
+
+    def recorded(source):
+        pairs = real_load(source)
+        read.extend(pairs)
+        return pairs
+
+    monkeypatch.setattr(annotate_files, "save_annotations", slow_save)
+    monkeypatch.setattr(train_run, "load_folder_pairs", recorded)
+    viewer.layers["cells1 annotations"].paint((80, 80), 77)
+    qtbot.waitUntil(lambda: annotate.runner.is_running(SAVE_TASK))  # saved in the background
+    with qtbot.waitSignal(train.training_finished, timeout=WAIT_MS):
+        train.start()
+    assert read and any((pair.labels == 77).any() for pair in read)

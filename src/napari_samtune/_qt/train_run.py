@@ -304,6 +304,13 @@ def annotation_widgets(viewer) -> list:
     return [widget for widget in docked if isinstance(widget, AnnotateWidget)]
 
 
+def flush_autosaves(viewer) -> None:
+    """Write what the docked annotation widgets still save in the background: a run on
+    their autosave folder reads it as it starts, and must see the last commit."""
+    for widget in annotation_widgets(viewer):
+        widget.flush_autosave()
+
+
 def offer_model(viewer, name: str, use_it: bool) -> int:
     """Refresh the model lists of the docked annotation widgets; select + load ``name``.
 

@@ -55,6 +55,7 @@ from napari_samtune._qt.train_run import (
     PastEpoch,
     TrainRequest,
     continued_config,
+    flush_autosaves,
     iter_training_job,
     run_folder,
     settings_kept_message,
@@ -208,6 +209,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
         if self.is_running:
             show_warning("training is already running: stop it (or wait) before starting again")
             return None
+        flush_autosaves(self.viewer)  # else the folder checked and read lacks the last commit
         waiting = self._checks_running(resume)
         if waiting:  # reading the files here would freeze the viewer
             self._queued = (resume,)
