@@ -153,6 +153,16 @@ def _hash_on_disk(path: Path, size: int, hasher) -> None:
             left -= len(chunk)
 
 
+@contextmanager
+def _disk_errors(out: BinaryIO) -> Iterator[None]:
+    """Raise a failed write to the partial file ``out`` (a full disk) as an error that names
+    the file and the fix, not as a bare errno taken for a network failure."""
+    try:
+        yield
+    except OSError as err:
+        raise write_error(Path(out.name), err) from err
+
+
 def _stream(
     response: http.client.HTTPResponse,
     out: BinaryIO,
@@ -164,7 +174,8 @@ def _stream(
     done = start
     _call_progress(report, done, total)
     while chunk := response.read(CHUNK_SIZE):
-        out.write(chunk)
+        with _disk_errors(out):
+            out.write(chunk)
         hasher.update(chunk)
         done += len(chunk)
         _call_progress(report, done, total)
@@ -313,7 +324,8 @@ def fetch(
     resume = shared and file_hash is not None
     with _download_errors(url, dest, part, resume), out:  # the file closes first
         digest, start = _download_into(url, out, resume, file_hash, dest, progress, timeout)
-        out.flush()
+        with _disk_errors(out):
+            out.flush()
         _check_digest(digest, file_hash, url, dest, start)
         if os.name != "nt":  # renamed while locked, so no other download takes it meanwhile
             _move_into_place(part, dest)

@@ -1,0 +1,49 @@
+"""Model management and download fixes found by using them as a user would (``server``
+fixture: a real HTTP server on 127.0.0.1, see conftest.py)."""
+
+import errno
+import hashlib
+
+import pytest
+
+from napari_samtune.core import fetch
+from napari_samtune.core.download import DownloadError, download_file
+from napari_samtune.core.fetch import partial_path
+
+PAYLOAD = bytes(range(251)) * 5000  # 1.26 MB: more than one read chunk
+SHA256 = "sha256:" + hashlib.sha256(PAYLOAD).hexdigest()
+
+
+class _FullDisk:
+    """A partial file whose writes after the first fail as on a full disk."""
+
+    def __init__(self, stream):
+        self.stream, self.writes = stream, 0
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self.stream.__exit__(*exc)
+
+    def write(self, data):
+        self.writes += 1
+        if self.writes > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.stream.write(data)
+
+
+def test_a_full_disk_during_a_download_says_which_folder_and_the_fix(server, tmp_path, monkeypatch):
+    open_new = fetch._open_new
+    monkeypatch.setattr(fetch, "_open_new", lambda *args: _FullDisk(open_new(*args)))
+    server.files["/w.pt"] = PAYLOAD
+    dest = tmp_path / "w.pt"
+    with pytest.raises(DownloadError) as info:
+        download_file(server.url("/w.pt"), dest, SHA256, progress=lambda *a: None)
+    message = str(info.value)
+    assert f"no space left on the device holding {tmp_path}; free space" in message
+    assert not dest.exists()
+    assert f"kept in {partial_path(dest)}" in message  # freeing space, the next one resumes
