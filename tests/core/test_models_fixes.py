@@ -6,9 +6,12 @@ import hashlib
 
 import pytest
 
+from napari_samtune.cli import main
 from napari_samtune.core import fetch
 from napari_samtune.core.download import DownloadError, download_file
 from napari_samtune.core.fetch import partial_path
+from napari_samtune.core.registry import user_models_dir
+from napari_samtune.core.user_models import scan_user_models
 
 PAYLOAD = bytes(range(251)) * 5000  # 1.26 MB: more than one read chunk
 SHA256 = "sha256:" + hashlib.sha256(PAYLOAD).hexdigest()
@@ -47,3 +50,14 @@ def test_a_full_disk_during_a_download_says_which_folder_and_the_fix(server, tmp
     assert f"no space left on the device holding {tmp_path}; free space" in message
     assert not dest.exists()
     assert f"kept in {partial_path(dest)}" in message  # freeing space, the next one resumes
+
+
+def test_a_json_file_no_model_can_be_named_after_is_not_offered_for_removal(capsys):
+    """``samtune models --remove`` takes model names only: suggesting it for 'my notes.json'
+    (another program's file, or a copy made by hand) gave a command that fails."""
+    folder = user_models_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "my notes.json").write_text("{}", encoding="utf-8")
+    assert scan_user_models() == ([], [])
+    assert main(["models"]) == 0
+    assert "--remove" not in capsys.readouterr().out

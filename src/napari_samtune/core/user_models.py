@@ -58,12 +58,15 @@ def _spec_from_sidecar(path: Path) -> ModelSpec:
 
 def scan_user_models() -> tuple[list[ModelSpec], list[tuple[str, str]]]:
     """The user models described by ``<name>.json`` sidecars, and ``(name, reason)`` for
-    each sidecar that is broken (unreadable, or its weights file is gone)."""
+    each sidecar that is broken (unreadable, or its weights file is gone). A ``.json`` file
+    that no model can be named after ('my notes.json') is no sidecar and is left alone."""
     folder = user_models_dir()
     if not folder.is_dir():
         return [], []
     specs, broken = [], []
-    for sidecar in sorted(folder.glob("*.json")):
+    # registering never writes such a file and --remove could not take its name
+    sidecars = [path for path in folder.glob("*.json") if is_model_name(path.stem)]
+    for sidecar in sorted(sidecars):
         try:
             specs.append(_spec_from_sidecar(sidecar))
         except (OSError, ValueError, TypeError, KeyError) as err:
