@@ -61,3 +61,12 @@ def test_a_json_file_no_model_can_be_named_after_is_not_offered_for_removal(caps
     assert scan_user_models() == ([], [])
     assert main(["models"]) == 0
     assert "--remove" not in capsys.readouterr().out
+
+
+def test_a_cache_dir_that_is_a_file_is_a_clear_error_naming_it(server, tmp_path):
+    blocking = tmp_path / "cache"
+    blocking.write_text("not a folder", encoding="utf-8")
+    server.files["/w.pt"] = PAYLOAD
+    with pytest.raises(OSError, match=f"{blocking} is a file, not a folder; choose another"):
+        download_file(server.url("/w.pt"), blocking / "models" / "w.pt", SHA256)
+    assert server.requests == []

@@ -23,7 +23,7 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from napari_samtune.core.checkpoints import first_free
+from napari_samtune.core.checkpoints import first_free, write_error
 from napari_samtune.core.fetch import (
     CHUNK_SIZE,
     DEFAULT_TIMEOUT,
@@ -162,7 +162,10 @@ def download_file(
         if found is None:
             return dest
         moved = _move_aside(dest, expected_hash, found)
-    stamp_path(dest).unlink(missing_ok=True)
+    try:
+        stamp_path(dest).unlink(missing_ok=True)
+    except OSError as err:  # e.g. SAMTUNE_CACHE_DIR is a file: said as a failed write is
+        raise write_error(dest, err) from err
     try:
         fetch(url, dest, expected_hash, progress, timeout)
     except DownloadError as err:
