@@ -155,6 +155,12 @@ def test_tiny_test_model_fits_every_preset_with_its_smallest_setting():
 def test_presets_that_cannot_fit_are_refused_before_training():
     with pytest.raises(ValueError, match=r"cannot fit model 'vit_h'.*a100"):
         config_from_preset(get_preset("cpu-8gb"), "random:vit_h")
+    # the presets offered instead are those with a row for it, not only larger ones: cpu-8gb
+    # trains vit_b with a frozen encoder, so it must not be offered as having "more memory"
+    with pytest.raises(ValueError, match=r"cannot fit model 'vit_b'") as refused:
+        config_from_preset(get_preset("cpu-16gb"), "random:vit_b")
+    assert "more memory" not in str(refused.value)
+    assert "measured for 'vit_b' or a larger one (cpu-8gb, cpu-32gb" in str(refused.value)
     with pytest.raises(ValueError, match="far above"):
         config_from_preset(get_preset("cpu-8gb"), "random:vit_t", n_objects_per_batch=10)
     with pytest.raises(ValueError, match="image encoder frozen"):

@@ -77,8 +77,9 @@ class ResourcePreset:
                 return setting
         raise ValueError(
             f"preset {self.key!r} ({self.name}) cannot fit model {arch.name!r}: it was measured "
-            f"for {', '.join(self.models)} only; choose a smaller model or a preset with more "
-            f"memory ({', '.join(p.key for p in PRESETS if _fits(p, size))})"
+            f"for {', '.join(self.models)} only; choose {' or '.join(self.models)}, or a preset "
+            f"measured for {arch.name!r} or a larger one "
+            f"({', '.join(p.key for p in PRESETS if _fits(p, size))})"
         )
 
 
