@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from napari_samtune.core.data import describe_names
+from napari_samtune.core.duplicate_pairs import duplicates_message
 from napari_samtune.core.presets import TrainConfig
 
 
@@ -26,6 +27,7 @@ class TrainingStarted:
     start_epoch: int  # 0, or where a resumed run continues
     world_size: int  # processes training together
     left_out: tuple[str, ...] = ()  # names of the pairs left out for having no object
+    duplicates: tuple[tuple[str, str], ...] = ()  # (left out, kept) names of repeated pairs
     val_repeats: tuple[str, ...] = ()  # validation pairs equal to a training pair
     val_same_images: tuple[str, ...] = ()  # validation pairs of a training image, other labels
     notes: tuple[str, ...] = ()  # what else the person training should know (shown as warnings)
@@ -36,6 +38,10 @@ class TrainingStarted:
             return ""
         names = describe_names(self.left_out)
         return f"left out {len(self.left_out)} pair(s) without any object (labels all 0): {names}"
+
+    def duplicates_message(self) -> str:
+        """The warning that pairs given twice were left out, naming both copies; "" if none."""
+        return duplicates_message(self.duplicates)
 
     def val_repeats_message(self) -> str:
         """The warning that validation repeats training data, with the fix; "" if it does not."""
@@ -63,9 +69,14 @@ class TrainingStarted:
         )
 
     def data_warnings(self) -> list[str]:
-        """The warnings about the validation data (:meth:`val_repeats_message`,
-        :meth:`val_same_images_message`) that apply, for a front end to show."""
-        messages = (self.val_repeats_message(), self.val_same_images_message())
+        """The warnings about the data (:meth:`duplicates_message`,
+        :meth:`val_repeats_message`, :meth:`val_same_images_message`) that apply, for a front
+        end to show."""
+        messages = (
+            self.duplicates_message(),
+            self.val_repeats_message(),
+            self.val_same_images_message(),
+        )
         return [message for message in messages if message]
 
 

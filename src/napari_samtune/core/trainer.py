@@ -30,6 +30,7 @@ from napari_samtune.core.data import (
     as_pairs,
     prepare_annotated,
 )
+from napari_samtune.core.duplicate_pairs import drop_duplicates
 from napari_samtune.core.fast_encoder import encode
 from napari_samtune.core.heap import keep_freed_memory
 from napari_samtune.core.model_source import recorded_model
@@ -115,12 +116,15 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
     def _prepare_data(self, config: TrainConfig, train_data: TrainData, val_data: TrainData | None):
         """Training and validation images; pairs without objects go to ``self.left_out``,
         the names of validation pairs that repeat a training pair to ``self.val_repeats``, of
-        those with a training image's pixels but other labels to ``self.val_same_images``."""
-        train_images, self.left_out = _prepare(train_data, "training")
+        those with a training image's pixels but other labels to ``self.val_same_images``;
+        a pair that repeats another of the same data is left out before any split, named in
+        ``self.duplicates`` (see :func:`drop_duplicates`)."""
+        train_images, self.left_out, self.duplicates = _prepare(train_data, "training")
         self.val_repeats = self.val_same_images = ()
         if val_data is not None and len(val_data):
-            val_images, left_out = _prepare(val_data, "validation")
+            val_images, left_out, duplicates = _prepare(val_data, "validation")
             self.left_out += left_out
+            self.duplicates += duplicates
             self.val_repeats = repeated_pairs(val_images, train_images)
             self.val_same_images = same_images(val_images, train_images)
             return train_images, val_images
@@ -194,6 +198,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
             start_epoch=self.progress.epoch,
             world_size=self.dist.world_size,
             left_out=self.left_out,
+            duplicates=self.duplicates,
             val_repeats=self.val_repeats,
             val_same_images=self.val_same_images,
             notes=tuple(self.notes),
@@ -361,14 +366,18 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
 
 
 def _prepare(data: TrainData, what: str):
-    """:func:`prepare_annotated`, its errors saying which data ("validation data: ...");
-    images the caller prepared are used as they are."""
-    if len(data) and all(isinstance(item, PreparedImage) for item in data):
-        return list(data), ()
+    """:func:`prepare_annotated` and :func:`drop_duplicates`: (images, names left out for
+    having no object, (left out, kept) names of repeats); errors say which data
+    ("validation data: ..."). Images the caller prepared are used as they are, less repeats."""
     try:
-        return prepare_annotated(as_pairs(data), what)
+        if len(data) and all(isinstance(item, PreparedImage) for item in data):
+            images, left_out = list(data), ()
+        else:
+            images, left_out = prepare_annotated(as_pairs(data), what)
+        kept, duplicates = drop_duplicates(images)
     except (ValueError, TypeError) as err:
         raise type(err)(f"{what} data: {err}") from None
+    return kept, left_out, duplicates
 
 
 def _calmer(learning_rate: float) -> float:
