@@ -14,7 +14,7 @@ from napari_samtune.core.images import to_sam_rgb
 from napari_samtune.core.label_files import image_fingerprint
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.synthetic import make_dataset
-from napari_samtune.core.train import iter_train
+from napari_samtune.core.train import iter_train, train
 from napari_samtune.core.trainer import Trainer
 
 CONFIG = TrainConfig(
@@ -113,3 +113,10 @@ def test_images_that_differ_only_where_the_fingerprint_does_not_sample_are_both_
 def test_distinct_pairs_are_all_kept_and_unsaid(tmp_path, pairs):
     started = _started(pairs, None, tmp_path / "r")
     assert started.duplicates == () and started.duplicates_message() == ""
+
+
+def test_train_issues_the_warning_for_a_script_to_see(tmp_path, pairs):
+    """train() drained the events: a script was told nothing of the copy left out."""
+    with pytest.warns(UserWarning, match=r"'copy.tif' \(same as 'pair 0'\)"):
+        finished = train(CONFIG, [*pairs, _copy(pairs[0], "copy.tif")], out_dir=tmp_path / "r")
+    assert finished is not None

@@ -19,6 +19,7 @@ model, so ``load_model(name)`` and the Segmenter can use it at once.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -95,13 +96,19 @@ def train(
     """Run :func:`iter_train` to the end (same arguments); returns its last event.
 
     ``progress``: show a bar per epoch and a line of metrics after each (stderr / stdout);
-    under ``torchrun``, in the first process only (the others train alike).
+    under ``torchrun``, in the first process only (the others train alike). What the run
+    says about its data (:meth:`TrainingStarted.data_warnings`: pairs given twice, validation
+    that repeats training) is issued as :class:`UserWarning` s, which a script would not
+    see otherwise.
     """
     finished = None
     events = iter_train(config, train_data, val_data, out_dir, stop_event, resume_from, model_name)
     if progress and ddp.is_main_process():
         events = with_progress(events, config.epochs)
     for event in events:
+        if isinstance(event, TrainingStarted) and ddp.is_main_process():
+            for message in event.data_warnings():
+                warnings.warn(message, UserWarning, stacklevel=2)
         finished = event
     return finished
 
