@@ -1,0 +1,60 @@
+"""An image given twice to one Finetune run, as a layer pair and in the training folders:
+trained once, and the person told which two pairs were the same; with other labels in the
+folder, refused naming both. Before, both copies trained unsaid."""
+
+from __future__ import annotations
+
+import numpy as np
+import tifffile
+
+WAIT_MS = 120_000
+
+
+def _start_with_folder_copy(widget, viewer, add_pair, use_tiny_model, tmp_path, labels):
+    """Train on the layer pairs cells0 and cells1 and a folder holding cells0 with
+    ``labels`` (again.tif); Start, which goes on once the folders are checked."""
+    use_tiny_model(widget, epochs=1)
+    widget.settings.out_dir_edit.setText(str(tmp_path / "runs"))
+    assert add_pair(widget.train_data, "cells0", "cells0 labels")
+    assert add_pair(widget.train_data, "cells1", "cells1 labels")
+    for kind, data in (("images", viewer.layers["cells0"].data), ("labels", labels)):
+        (tmp_path / kind).mkdir()
+        tifffile.imwrite(tmp_path / kind / "again.tif", data)
+    widget.train_data.image_dir_edit.setText(str(tmp_path / "images"))
+    widget.train_data.labels_dir_edit.setText(str(tmp_path / "labels"))
+    assert widget.start() is None  # it starts by itself once the folders are checked
+
+
+def test_a_layer_pair_also_in_the_folders_trains_once_and_both_are_named(
+    finetune_on_cells, add_pair, use_tiny_model, qtbot, tmp_path, notifications
+):
+    viewer, widget = finetune_on_cells(n=2)
+    labels = viewer.layers["cells0 labels"].data
+    with qtbot.waitSignal(widget.training_started, timeout=WAIT_MS) as started:
+        _start_with_folder_copy(widget, viewer, add_pair, use_tiny_model, tmp_path, labels)
+    assert started.args[0].n_train + started.args[0].n_val == 2  # not 3
+    assert started.args[0].duplicates == (("again.tif / again.tif", "cells0 / cells0 labels"),)
+    warnings = [str(n) for n in notifications if n.severity == "warning"]
+    assert any("'again.tif / again.tif' (same as 'cells0 / cells0 labels')" in m for m in warnings)
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        pass
+
+
+def test_a_layer_pair_in_the_folders_with_other_labels_is_refused_naming_both(
+    finetune_on_cells, add_pair, use_tiny_model, qtbot, tmp_path, notifications
+):
+    viewer, widget = finetune_on_cells(n=2)
+    labels = viewer.layers["cells0 labels"].data
+    other = np.where(labels == labels.max(), 0, labels)  # one object less
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        _start_with_folder_copy(widget, viewer, add_pair, use_tiny_model, tmp_path, other)
+    assert widget.result is None
+    errors = [str(n) for n in notifications if n.severity == "error"]
+    assert any(
+        "'again.tif / again.tif' and 'cells0 / cells0 labels' are the same image with "
+        "different labels"
+        in m
+        and "remove the pair whose labels are wrong" in m
+        for m in errors
+    ), errors
+    assert widget.start_button.isEnabled()
