@@ -7,6 +7,9 @@ from __future__ import annotations
 import numpy as np
 import tifffile
 
+from napari_samtune._qt.train_folders import FolderSource, check_folder_pairs
+from napari_samtune.core.synthetic import make_dataset
+
 WAIT_MS = 120_000
 
 
@@ -58,3 +61,32 @@ def test_a_layer_pair_in_the_folders_with_other_labels_is_refused_naming_both(
         for m in errors
     ), errors
     assert widget.start_button.isEnabled()
+
+
+def _check_folder_holding_twice(tmp_path, copy_labels):
+    """The check of a folder of a.tif, b.tif and c.tif, c being a with ``copy_labels(a's)``."""
+    (a, a_labels), (b, b_labels) = make_dataset(2, shape=(64, 64), seed=1)
+    c_labels = copy_labels(a_labels)
+    for name, image, labels in (("a", a, a_labels), ("b", b, b_labels), ("c", a, c_labels)):
+        tifffile.imwrite(tmp_path / f"{name}.tif", image)
+        tifffile.imwrite(tmp_path / f"{name}_mask.tif", labels)
+    return check_folder_pairs(FolderSource(tmp_path, tmp_path), "training", lambda _: None)
+
+
+def test_the_folder_check_notes_an_image_the_folder_holds_twice(tmp_path):
+    """Said before Start, under the folders, not only once the model is loaded."""
+    check = _check_folder_holding_twice(tmp_path, lambda labels: labels)
+    assert check.problem == ""
+    assert "left out 1 pair(s) that repeat another pair" in check.note
+    assert "'c.tif / c_mask.tif' (same as 'a.tif / a_mask.tif')" in check.note
+
+
+def test_the_folder_check_refuses_an_image_held_twice_with_other_labels(tmp_path):
+    """Refused before Start, which would load (or download) the model first."""
+    check = _check_folder_holding_twice(
+        tmp_path, lambda labels: np.where(labels == labels.max(), 0, labels)
+    )
+    assert check.problem.startswith(
+        "training folders: 'c.tif / c_mask.tif' and 'a.tif / a_mask.tif' are the same image "
+        "with different labels"
+    )

@@ -27,6 +27,7 @@ from napari_samtune.core.data import (
     read_match,
 )
 from napari_samtune.core.data_checks import ChannelError
+from napari_samtune.core.duplicate_pairs import drop_duplicates, duplicates_message
 from napari_samtune.core.label_files import expand_paths, match_files
 
 
@@ -76,7 +77,8 @@ def check_folder_pairs(
         def progress(done: int, total: int) -> None:
             report(TaskProgress(done, total, f"checking the {title} folders: {done}/{total}"))
 
-        _, left_out = prepare_annotated(pairs, f"{title} folder", progress)
+        prepared, left_out = prepare_annotated(pairs, f"{title} folder", progress)
+        _, duplicates = drop_duplicates(prepared)  # with other labels: refused here, early
     except ChannelError as err:
         problem = f"{title} folders: {err} (the channels field, e.g. 1 or 0,1,2)"
         return FolderCheck(signature, problem, "")
@@ -89,6 +91,7 @@ def check_folder_pairs(
             f"{len(left_out)} of {len(pairs)} pairs have no object and will be left out: "
             f"{describe_names(left_out)}"
         )
+    notes.append(duplicates_message(duplicates))
     return FolderCheck(signature, "", "\n".join(filter(None, notes)))
 
 
