@@ -15,6 +15,7 @@ from napari_samtune.core.label_files import image_fingerprint
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.synthetic import make_dataset
 from napari_samtune.core.train import iter_train, train
+from napari_samtune.core.train_checkpoints import read_checkpoint
 from napari_samtune.core.trainer import Trainer
 
 CONFIG = TrainConfig(
@@ -119,4 +120,5 @@ def test_train_issues_the_warning_for_a_script_to_see(tmp_path, pairs):
     """train() drained the events: a script was told nothing of the copy left out."""
     with pytest.warns(UserWarning, match=r"'copy.tif' \(same as 'pair 0'\)"):
         finished = train(CONFIG, [*pairs, _copy(pairs[0], "copy.tif")], out_dir=tmp_path / "r")
-    assert finished is not None
+    summary = read_checkpoint(finished.last_checkpoint_path)["data_summary"]
+    assert summary["duplicates"] == [["copy.tif", "pair 0"]]  # the run's record says so too

@@ -183,13 +183,16 @@ def data_summary(
     samples_per_epoch: int,
     world_size: int,
     left_out: Sequence[str] = (),
+    duplicates: Sequence[tuple[str, str]] = (),
 ) -> dict:
     """What a run trained on, for its checkpoints (names and counts only); ``left_out``
-    names the pairs without objects that were not used."""
+    names the pairs without objects that were not used, ``duplicates`` the (left out, kept)
+    names of the pairs that repeated another."""
     return {
         "train_images": [im.name for im in train_images],
         "val_images": [im.name for im in val_images],
         "left_out": list(left_out),
+        "duplicates": [list(names) for names in duplicates],
         "n_train_objects": int(sum(im.object_areas.size for im in train_images)),
         "n_val_objects": int(sum(im.object_areas.size for im in val_images)),
         "samples_per_epoch": samples_per_epoch,

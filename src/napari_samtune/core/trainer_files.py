@@ -136,6 +136,7 @@ class TrainerFilesMixin:
                 self.sampler.n_samples,
                 self.dist.world_size,
                 self.left_out,
+                self.duplicates,
             ),
         }
 
