@@ -47,7 +47,7 @@ class FolderCheck:
     signature: tuple  # folder_signature() of the files when the check began
     problem: str  # why the folders cannot be trained on; "" when they can
     note: str  # the files, pairs and stack planes training will leave out (no partner, no
-    # object), or ""
+    # object, a repeat of another pair), or ""
 
 
 def folder_signature(source: FolderSource) -> tuple:
