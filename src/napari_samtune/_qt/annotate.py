@@ -14,22 +14,20 @@ While a job that uses the Segmenter runs, predictions wait for it.
 from __future__ import annotations
 
 import functools
-import threading
 import weakref
 
 import napari
 import numpy as np
 from napari.layers import Image
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QWidget
 
-from napari_samtune._qt import annotate_jobs as jobs
 from napari_samtune._qt.annotate_actions import AnnotateActionsMixin
 from napari_samtune._qt.annotate_embedding import AnnotateEmbeddingMixin
 from napari_samtune._qt.annotate_files import AnnotateFilesMixin
 from napari_samtune._qt.annotate_image import AnnotateImageMixin
-from napari_samtune._qt.annotate_jobs import LOAD_TASK
+from napari_samtune._qt.annotate_model import AnnotateModelMixin, LoadedWeights
 from napari_samtune._qt.annotate_session import AnnotationSession
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, AnnotateControls
 from napari_samtune._qt.dock_life import on_removed
@@ -46,7 +44,12 @@ TRANSPOSED_HINT = (
 
 
 class AnnotateWidget(
-    AnnotateImageMixin, AnnotateEmbeddingMixin, AnnotateActionsMixin, AnnotateFilesMixin, QWidget
+    AnnotateModelMixin,
+    AnnotateImageMixin,
+    AnnotateEmbeddingMixin,
+    AnnotateActionsMixin,
+    AnnotateFilesMixin,
+    QWidget,
 ):
     """Dock widget: interactive SAM annotation of the image layers of ``viewer``."""
 
@@ -60,6 +63,8 @@ class AnnotateWidget(
         self.runner = TaskRunner(self.ui.progress_bar, self.ui.status_label)
         self.segmenter: Segmenter | None = None
         self.model_name: str | None = None
+        self._loaded_weights: LoadedWeights | None = None  # the user model loaded by name
+        self._older_than: str | None = None  # the hash of the new weights its name holds
         self.session: AnnotationSession | None = None
         self._generation = 0  # bumped when model, image or channels change
         self._embedded: tuple[int, int | None] | None = None  # (generation, plane)
@@ -112,6 +117,7 @@ class AnnotateWidget(
         ui = self.ui
         ui.load_button.clicked.connect(self.load_model)
         ui.cancel_load_button.clicked.connect(self.cancel_load)
+        ui.model_picker.refresh_button.clicked.connect(self._check_loaded_weights)
         ui.image_combo.currentIndexChanged.connect(self._on_image_choice)
         ui.image_combo.activated.connect(lambda _: self.session or self._on_image_choice())
         ui.channels_first_check.toggled.connect(self._on_channels_first)
@@ -191,82 +197,6 @@ class AnnotateWidget(
         self.viewer.dims.events.current_step.disconnect(self._on_plane_changed)
         self.viewer.dims.events.order.disconnect(self._on_dims_order)
         self.runner.quit_all()
-
-    # -- model ----------------------------------------------------------------------------
-    def refresh_models(self) -> None:
-        """Re-read the model registry (e.g. after finetuning a new model)."""
-        self.ui.model_picker.refresh_models()
-
-    def select_model(self, name: str) -> None:
-        """Choose a registry model by name, or a checkpoint file by path (not loaded yet)."""
-        self.ui.model_picker.select_model(name)
-
-    def load_model(self):
-        """Load the chosen model in the background; returns the worker, or None."""
-        picker = self.ui.model_picker
-        try:
-            source = picker.model_source()
-        except ValueError as err:
-            show_error(str(err))
-            return None
-        if self.runner.is_running(LOAD_TASK):
-            show_info("a model is already loading; wait for it to finish")
-            return None
-        self.ui.model_label.setText(f"loading {source}…")
-        notes: list[str] = []  # shown however the job ends: a file moved aside stays so
-        stop = threading.Event()  # Cancel, or the panel closed
-
-        def loaded(model) -> None:
-            _show_notes(notes)
-            if stop.is_set():  # loaded before it saw Cancel: not wanted now
-                self.ui.model_label.setText(f"{self._model_text()} ({source}: cancelled)")
-                return
-            self.set_model(model.sam, model.name, model.model_id)
-
-        def failed(_exc) -> None:
-            _show_notes(notes)
-            stopped = f" ({source}: cancelled; Load model resumes the download)"
-            self.ui.model_label.setText(self._model_text() + (stopped if stop.is_set() else ""))
-
-        self.ui.cancel_load_button.setEnabled(True)
-        return self.runner.start(
-            LOAD_TASK,
-            jobs.load_model_job,
-            source,
-            picker.device(),
-            self.runner.report,
-            notes,
-            stop,
-            on_return=loaded,
-            on_error=failed,
-            on_finish=lambda: self.ui.cancel_load_button.setEnabled(False),
-            cancel_event=stop,
-        )
-
-    def cancel_load(self) -> None:
-        """Stop loading the model: a download stops at its next chunk and keeps what
-        arrived (the next Load model resumes it); the model in use stays."""
-        if not self.runner.is_running(LOAD_TASK):
-            return
-        self.runner.cancel(LOAD_TASK)
-        self.ui.cancel_load_button.setEnabled(False)
-        self.ui.status_label.setText("cancelling the model load…")
-
-    def set_model(self, sam, name: str, model_id: str | None = None) -> None:
-        """Use an already loaded ``segment_anything`` Sam (on its current device)."""
-        device = next(sam.parameters()).device
-        self.segmenter = Segmenter(sam, model_id=model_id, device=device)
-        self.model_name = name
-        self._use_auto_defaults_of(self.segmenter.img_size)
-        self._invalidate_embedding()
-        self._previews_went_stale()
-        self.ui.model_label.setText(self._model_text())
-        self._ensure_embedding()
-
-    def _model_text(self) -> str:
-        if self.segmenter is None:
-            return "no model loaded"
-        return f"{self.model_name} on {self.segmenter.model.device}"
 
     # -- preview --------------------------------------------------------------------------
     def _on_prompts_changed(self, event=None) -> None:
@@ -392,8 +322,3 @@ def unproxied(layer):
     """The layer itself where napari hands a plugin a proxy of it (a weak reference to a
     proxy made for one call would die at once)."""
     return getattr(layer, "__wrapped__", layer)
-
-
-def _show_notes(notes: list[str]) -> None:
-    for note in notes:
-        show_warning(note)

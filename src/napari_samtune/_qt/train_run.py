@@ -312,7 +312,9 @@ def flush_autosaves(viewer) -> None:
 
 
 def offer_model(viewer, name: str, use_it: bool) -> int:
-    """Refresh the model lists of the docked annotation widgets; select + load ``name``.
+    """Refresh the model lists of the docked annotation widgets; select + load ``name``
+    when ``use_it``. A widget that keeps an older copy of ``name`` (a continued run
+    registers anew under the same name) says so, and that Load model takes the new one.
 
     Returns how many annotation widgets were updated.
     """
@@ -320,7 +322,8 @@ def offer_model(viewer, name: str, use_it: bool) -> int:
 
     widgets = annotation_widgets(viewer)
     for widget in widgets:
-        widget.refresh_models()
+        loads_it = use_it and not widget.runner.is_running(LOAD_TASK)
+        widget.refresh_models(say_if_older=not loads_it)  # its older copy is replaced now
         if not use_it:
             continue
         if widget.runner.is_running(LOAD_TASK):  # it would refuse: its picker must name

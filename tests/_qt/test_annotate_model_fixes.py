@@ -1,0 +1,103 @@
+"""The Annotate dock's model against what its name holds: a user model registered anew
+under the same name (a continued run) while the dock uses the copy loaded before."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_samtune._qt.annotate_jobs import LOAD_TASK
+from napari_samtune._qt.train_run import offer_model
+from napari_samtune.core.architectures import TINY, build_sam
+from napari_samtune.core.user_models import register_user_model
+
+
+@pytest.fixture
+def other_checkpoint(tmp_path):
+    """Tiny weights other than ``tiny_checkpoint``'s: what a continued run registers."""
+    torch.manual_seed(1)
+    path = tmp_path / "continued.pth"
+    torch.save(build_sam(TINY).state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def on_my_tiny(viewer_widget, tiny_checkpoint, run_job):
+    """The docked widget with user model 'my_tiny' loaded by name."""
+    viewer, widget = viewer_widget
+    register_user_model(tiny_checkpoint, "my_tiny", TINY)
+    widget.refresh_models()
+    widget.select_model("my_tiny")
+    run_job(widget, widget.load_model, LOAD_TASK)
+    assert widget.model_name == "my_tiny"
+    return viewer, widget
+
+
+def _older_notices(notifications) -> list[str]:
+    return [n for n in notifications if "my_tiny" in n and "Load model" in n]
+
+
+def test_a_model_registered_anew_and_not_used_says_the_loaded_copy_is_older(
+    on_my_tiny, other_checkpoint, run_job, notifications
+):
+    """A continued run re-registered 'my_tiny' with the new model's use in Annotate
+    unticked: the dock kept predicting with the old weights while its picker and label
+    named 'my_tiny', as if it were the new model. The dock keeps the copy it has (the
+    person asked not to use the new one), and says, in its label too, that it is older
+    and that Load model takes the new weights."""
+    viewer, widget = on_my_tiny
+    old_id = widget.segmenter.model_id
+    register_user_model(other_checkpoint, "my_tiny", TINY, overwrite=True)
+    assert offer_model(viewer, "my_tiny", use_it=False) == 1
+    assert widget.segmenter.model_id == old_id  # not reloaded behind the person's back
+    assert not widget.runner.is_running(LOAD_TASK)
+    assert len(_older_notices(notifications)) == 1
+    assert "older" in widget.ui.model_label.text()
+    run_job(widget, widget.load_model, LOAD_TASK)
+    assert widget.segmenter.model_id != old_id
+    assert "older" not in widget.ui.model_label.text()
+    widget.refresh_models()  # the new weights are in use now: nothing more to say
+    assert len(_older_notices(notifications)) == 1
+
+
+def test_the_refresh_button_tells_of_weights_registered_elsewhere(
+    on_my_tiny, other_checkpoint, notifications
+):
+    """'samtune models' (or another napari) registered 'my_tiny' anew; ↻ shows it, once."""
+    _, widget = on_my_tiny
+    register_user_model(other_checkpoint, "my_tiny", TINY, overwrite=True)
+    widget.ui.model_picker.refresh_button.click()
+    widget.ui.model_picker.refresh_button.click()
+    assert len(_older_notices(notifications)) == 1
+    assert "older" in widget.ui.model_label.text()
+
+
+def test_a_model_offered_for_use_loads_without_calling_the_old_copy_older(
+    on_my_tiny, other_checkpoint, qtbot, drain_jobs, notifications
+):
+    viewer, widget = on_my_tiny
+    old_id = widget.segmenter.model_id
+    register_user_model(other_checkpoint, "my_tiny", TINY, overwrite=True)
+    offer_model(viewer, "my_tiny", use_it=True)
+    drain_jobs(widget)
+    assert widget.segmenter.model_id != old_id
+    assert not _older_notices(notifications)
+    assert "older" not in widget.ui.model_label.text()
+
+
+def test_a_file_named_like_a_user_model_is_not_that_model(
+    viewer_widget, tiny_checkpoint, other_checkpoint, run_job, tmp_path, notifications
+):
+    """A weights file loaded by path is named after its stem; a user model of that name
+    registered anew says nothing about it."""
+    _, widget = viewer_widget
+    file = tmp_path / "my_tiny.pth"
+    file.write_bytes(tiny_checkpoint.read_bytes())
+    register_user_model(tiny_checkpoint, "my_tiny", TINY)
+    widget.select_model(str(file))
+    run_job(widget, widget.load_model, LOAD_TASK)
+    assert widget.model_name == "my_tiny"
+    register_user_model(other_checkpoint, "my_tiny", TINY, overwrite=True)
+    widget.refresh_models()
+    assert not _older_notices(notifications)
+    assert "older" not in widget.ui.model_label.text()
