@@ -1,12 +1,15 @@
-"""The Annotate dock's model against what its name holds: a user model registered anew
-under the same name (a continued run) while the dock uses the copy loaded before."""
+"""The Annotate dock's model against what its name holds (a user model registered anew
+under the same name, by a continued run, while the dock uses the copy loaded before), and
+what a batched commit says of objects it could not write."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from napari_samtune._qt.annotate_jobs import LOAD_TASK
+from napari_samtune._qt.annotate_ui import BATCHED_MODE
 from napari_samtune._qt.train_run import offer_model
 from napari_samtune.core.architectures import TINY, build_sam
 from napari_samtune.core.user_models import register_user_model
@@ -101,3 +104,34 @@ def test_a_file_named_like_a_user_model_is_not_that_model(
     widget.refresh_models()
     assert not _older_notices(notifications)
     assert "older" not in widget.ui.model_label.text()
+
+
+def test_a_batched_commit_says_which_objects_lay_wholly_on_existing_ones(
+    viewer_widget, notifications
+):
+    """Batched mode, overwrite off: of two objects previewed, one lay wholly on an object
+    already annotated. It was dropped without a word (its new id skipped, the prompts
+    cleared): 'committed object(s) [3]' read as if all the preview went in. The person is
+    now told how many of the objects shown were committed, and why not the others."""
+    _, widget = viewer_widget
+    widget.ui.mode_combo.setCurrentText(BATCHED_MODE)
+    layers = widget.session.layers
+    layers.boxes.add_rectangles(np.array([[20.0, 20.0], [80.0, 80.0]]))
+    layers.boxes.add_rectangles(np.array([[150.0, 150.0], [230.0, 230.0]]))
+    preview = layers.preview.data
+    assert set(np.unique(preview)) == {0, 1, 2}
+    widget.session.annotations[preview == 1] = 1  # painted before: object 1 covers it
+    ids = widget.commit()
+    assert len(ids) == 1
+    said = [n for n in notifications if "1 of the 2 objects" in n and "overwrite" in n]
+    assert len(said) == 1, list(notifications)
+
+
+def test_a_batched_commit_of_every_object_shown_says_nothing_more(viewer_widget, notifications):
+    _, widget = viewer_widget
+    widget.ui.mode_combo.setCurrentText(BATCHED_MODE)
+    layers = widget.session.layers
+    layers.boxes.add_rectangles(np.array([[20.0, 20.0], [80.0, 80.0]]))
+    layers.boxes.add_rectangles(np.array([[150.0, 150.0], [230.0, 230.0]]))
+    assert widget.commit() == [1, 2]
+    assert not [n for n in notifications if "objects" in n and "overwrite" in n]

@@ -18,6 +18,7 @@ from napari_samtune._qt.annotate_session import (
     automatic_note,
     behind_note,
     commit_note,
+    covered_note,
     propagation_note,
 )
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, SCOPE_STACK
@@ -87,6 +88,7 @@ class AnnotateActionsMixin:
         source = "batched" if self.ui.mode_combo.currentText() == BATCHED_MODE else "interactive"
         overwrite = self.ui.overwrite_check.isChecked()
         planes = self.session.layers.preview_planes()
+        shown = self._preview_objects(planes)
         ids = self.session.commit(overwrite, source, self.model_name or "")
         if not ids:
             show_info(
@@ -95,11 +97,21 @@ class AnnotateActionsMixin:
             )
             return []
         self.ui.status_label.setText(f"committed object(s) {ids}")
-        note = commit_note(planes, self.current_plane, one_object=source == "interactive")
-        if note:
+        notes = [
+            covered_note(shown, len(ids)),
+            commit_note(planes, self.current_plane, one_object=source == "interactive"),
+        ]
+        for note in filter(None, notes):
             show_info(note)
         self._autosave()
         return ids
+
+    def _preview_objects(self, planes: list[int | None]) -> int:
+        """How many objects the preview of ``planes`` shows (an id on several planes is one
+        object, as a commit writes it)."""
+        layers = self.session.layers
+        ids = set().union(*(np.unique(layers.preview_plane(plane)).tolist() for plane in planes))
+        return len(ids - {0})
 
     def undo(self) -> bool:
         """Revert the last commit, automatic segmentation or loaded file (U)."""

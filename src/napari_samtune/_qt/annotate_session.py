@@ -327,6 +327,20 @@ def commit_note(planes: list[int | None], in_view: int | None, one_object: bool)
     return ""
 
 
+def covered_note(shown: int, committed: int) -> str:
+    """What became of the objects a commit did not write: of ``shown`` objects in the
+    preview, ``committed`` got pixels (with overwrite off, the others lay wholly on existing
+    objects; their prompts are cleared with the rest). "" when every object went in."""
+    if committed >= shown:
+        return ""
+    left = shown - committed
+    return (
+        f"committed {committed} of the {shown} objects in the preview: {left} lay wholly on "
+        f"existing objects and {'was' if left == 1 else 'were'} left out (overwrite is off); "
+        "to add them over those objects, tick overwrite and prompt them again"
+    )
+
+
 def behind_note(planes: list[int | None]) -> str:
     """Why a commit waits: the preview of ``planes`` (sorted; ``[None]`` for a 2D image)
     does not show their latest prompts yet."""
