@@ -135,3 +135,40 @@ def test_a_batched_commit_of_every_object_shown_says_nothing_more(viewer_widget,
     layers.boxes.add_rectangles(np.array([[150.0, 150.0], [230.0, 230.0]]))
     assert widget.commit() == [1, 2]
     assert not [n for n in notifications if "objects" in n and "overwrite" in n]
+
+
+def test_continue_with_its_use_unticked_leaves_the_dock_saying_its_copy_is_older(
+    qtbot, cells_viewer, use_tiny_model, tmp_path, run_job, notifications
+):
+    """The whole story in the Finetune widget: a run's model loaded in the Annotate dock,
+    then Continue… with 'use in Annotate' unticked registers it anew under its name."""
+    from napari_samtune._qt.annotate import AnnotateWidget
+    from napari_samtune._qt.train_widget import TrainWidget
+    from napari_samtune.core.presets import MachineResources
+
+    wait_ms = 120_000
+    viewer = cells_viewer()
+    machine = MachineResources(gpu_memory_gb=None, ram_gb=16.0, n_cores=8, gpu_name=None)
+    train = TrainWidget(viewer, machine=machine)
+    viewer.window.add_dock_widget(train, name="Finetune SAM")
+    use_tiny_model(train, epochs=1)
+    train.settings.out_dir_edit.setText(str(tmp_path / "runs"))
+    train.use_model_check.setChecked(False)
+    train.train_data.image_combo.setCurrentText("cells0")
+    train.train_data.labels_combo.setCurrentText("cells0 labels")
+    assert train.train_data.add_current_pair()
+    annotate = AnnotateWidget(viewer)
+    viewer.window.add_dock_widget(annotate, name="Annotate with SAM")
+    with qtbot.waitSignal(train.run_ended, timeout=wait_ms):
+        assert train.start() is not None
+    name = train.result.registered_name
+    annotate.select_model(name)
+    run_job(annotate, annotate.load_model, LOAD_TASK)
+    old_id = annotate.segmenter.model_id
+    train.settings.epochs_spin.setValue(2)
+    with qtbot.waitSignal(train.run_ended, timeout=wait_ms):
+        assert train.continue_run(train.run_folder) is not None
+    assert train.result.registered_name == name and train.result.epochs_done == 2
+    assert annotate.segmenter.model_id == old_id and annotate.model_name == name
+    assert "older" in annotate.ui.model_label.text()
+    assert any(name in n and "Load model" in n for n in notifications)
