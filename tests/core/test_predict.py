@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -357,6 +358,13 @@ def test_prompting_before_an_image_is_set_says_what_to_do(tiny_sam):
     segmenter = Segmenter(tiny_sam, model_id="tiny", use_disk_cache=False)
     with pytest.raises(RuntimeError, match="call Segmenter.set_image"):
         segmenter.predict(**POINT)
+
+
+@pytest.mark.parametrize("path", ["cells.tif", Path("cells.tif")])
+def test_a_file_name_given_as_the_image_says_to_read_it_first(tiny_sam, path):
+    segmenter = Segmenter(tiny_sam, model_id="tiny", use_disk_cache=False)
+    with pytest.raises(TypeError, match=r"'cells.tif', not its pixels.*tifffile.imread"):
+        segmenter.set_image(path)  # it said 'image has shape ()'
 
 
 def test_a_model_that_is_not_sam_is_rejected():

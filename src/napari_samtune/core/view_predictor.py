@@ -126,10 +126,16 @@ class ViewPredictor:
             image_name: what errors call the image (e.g. "plane 3/9", "image layer 'x'").
 
         Raises:
+            TypeError: for a file name (str or path) instead of the pixels.
             ValueError: for a float image without a finite pixel (all NaN or infinite),
                 which would be embedded as black. Among finite pixels, NaN and -inf ones
                 come out black (the low percentile), +inf ones white.
         """
+        if isinstance(image, (str, os.PathLike)):  # np.asarray makes it a 0-d array
+            raise TypeError(
+                f"{image_name} is the file name {str(image)!r}, not its pixels; read the file "
+                f"first, e.g. set_image(tifffile.imread({str(image)!r}))"
+            )
         pixels = np.asarray(image)  # read once: a dask or zarr array is not read twice
         check_some_pixel_finite(pixels, image_name)
         rgb = to_sam_rgb(pixels, channel_axis, channels)
