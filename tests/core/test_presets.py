@@ -137,6 +137,20 @@ def test_config_from_preset_applies_the_table_and_overrides():
         config_from_preset("cpu-16gb", "weights.pth", architecture="vit_q")
 
 
+@pytest.mark.parametrize(
+    "override, advice",
+    [
+        ({"epoch": 20}, "did you mean epochs=20?"),  # a typo of the README's epochs=20
+        ({"lr": 1e-4}, "did you mean learning_rate=0.0001?"),  # the CLI's --lr
+        ({"n_objects": 3}, "did you mean n_objects_per_batch=3?"),  # the CLI's --n-objects
+    ],
+)
+def test_an_unknown_override_names_the_field_meant(override, advice):
+    with pytest.raises(TypeError, match=re.escape(advice)) as info:
+        config_from_preset("cpu-16gb", "random:vit_t", **override)
+    assert "the TrainConfig fields are" in str(info.value) and "mask_loss" in str(info.value)
+
+
 def test_auto_preset_is_what_detection_picks_here():
     from napari_samtune.core.presets import measure_machine, resolve_preset
 
