@@ -32,6 +32,8 @@ def test_the_python_examples_run(tmp_path, monkeypatch):
     exec(compile(segment, "README segment example", "exec"), namespace)
     assert namespace["mask"].shape == (192, 192) and namespace["mask"].dtype == bool
     assert namespace["labels"].shape == (192, 192)
+    assert namespace["denser"].points_per_side == 32  # changed automatic settings ran
+    assert namespace["denser"].pred_iou_thresh == 0.4  # on nano's defaults, not SAM's
     assert namespace["segmenter"].model.device.type == resolve_device("auto").type  # a GPU if any
 
     assert "epochs=20" in training
