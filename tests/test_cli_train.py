@@ -174,6 +174,27 @@ def test_a_resume_without_out_continues_in_the_runs_own_folder(
     assert sorted(tmp_path.iterdir()) == sorted([*before, copied])
 
 
+def test_a_resume_from_a_file_that_is_no_checkpoint_says_so_not_to_add_out(
+    tmp_path, folders, capsys
+):
+    """``--resume RUN/model.pth`` (the exported model that training prints) or an image was
+    answered "give --out DIR", and with --out then "not a napari-samtune checkpoint"."""
+    images, labels = folders
+    out = tmp_path / "run"
+    assert cli.main(_tiny_run(folders, out, 1)) == 0
+    capsys.readouterr()
+    resume = ["train", "--images", images, "--labels", labels, "--no-progress", "--resume"]
+    assert cli.main([*resume, str(out / "model.pth"), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"--resume {out / 'model.pth'} is the run's exported model" in err
+    assert f"to continue the run give its folder: --resume {out}" in err
+    assert "--out" not in err
+    image = Path(images) / "s0.tif"
+    assert cli.main([*resume, str(image), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "s0.tif is not a PyTorch weights file" in err and "--out" not in err
+
+
 def test_an_aborted_run_says_what_is_saved_and_resumes_from_its_folder(
     tmp_path, folders, capsys, monkeypatch
 ):

@@ -267,11 +267,10 @@ def out_folder(args: argparse.Namespace) -> Path:
     if not args.resume:
         raise ValueError("--out is required: the folder for the run's checkpoints and model")
     from napari_samtune.core.checkpoints import folder_problem
-    from napari_samtune.core.train_checkpoints import resolve_checkpoint
 
     checkpoint = resume_checkpoint(args.resume)
     if checkpoint.parent.name != "checkpoints":  # a copied checkpoint: its run is not known
-        resolve_checkpoint(checkpoint)  # one that does not exist is said so first
+        _check_copied_checkpoint(args.resume, checkpoint)
         raise ValueError(
             f"--resume {args.resume} is not in a run's checkpoints folder, so the run's folder "
             "is not known; give --out DIR for the continued run (created if missing)"
@@ -284,6 +283,23 @@ def out_folder(args: argparse.Namespace) -> Path:
             "folder with --out DIR"
         )
     return run_folder
+
+
+def _check_copied_checkpoint(resume: str, checkpoint: Path) -> None:
+    """Before asking a checkpoint outside a run's checkpoints folder for ``--out``: say so
+    when it is the file of a run (its exported model.pth) or no training checkpoint at all,
+    where ``--out`` would not help. Reading it is cheap here: the command stops either way."""
+    from napari_samtune.core.train_checkpoints import read_checkpoint
+    from napari_samtune.core.train_export import RunFiles
+
+    run = RunFiles.named_by(checkpoint.parent)
+    if checkpoint == run.model and run.last.is_file():
+        raise ValueError(
+            f"--resume {resume} is the run's exported model, not a training checkpoint; to "
+            f"continue the run give its folder: --resume {checkpoint.parent} (it resumes "
+            f"from {run.last})"
+        )
+    read_checkpoint(checkpoint)  # one that does not exist, or is no checkpoint, is said so
 
 
 def _resumed_device(device: str) -> str:
