@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from napari_samtune.core.architectures import TINY, build_sam
+from napari_samtune.core.models import export_sam_state_dict
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.synthetic import make_dataset
 from napari_samtune.core.train import train
@@ -32,6 +33,16 @@ def test_a_folder_without_a_checkpoint_is_named_with_the_file_it_lacks(tmp_path)
         read_checkpoint(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="checkpoint '.*missing.pt' does not exist"):
         read_checkpoint(tmp_path / "missing.pt")
+
+
+def test_an_exported_model_given_as_a_checkpoint_is_named_as_one(tmp_path):
+    """A run's model.pth (samtune export or --resume of it) was called 'not a
+    napari-samtune checkpoint', which reads as a file of another program."""
+    exported = export_sam_state_dict(build_sam(TINY), tmp_path / "model.pth")
+    with pytest.raises(ValueError, match=r"model\.pth' is an exported SAM model .* not a training"):
+        read_checkpoint(exported)
+    with pytest.raises(ValueError, match=r"use it as a model as it is, or give its run's folder"):
+        read_checkpoint(exported)
 
 
 def test_train_resumes_from_its_run_folder(tmp_path):

@@ -115,6 +115,14 @@ def read_checkpoint(path: str | Path) -> dict:
     :func:`resolve_checkpoint`); ``ValueError`` when it is not one."""
     path = resolve_checkpoint(path)
     checkpoint = safe_torch_load(path, TRAINING_CHECKPOINT)
+    if isinstance(checkpoint, dict) and any(
+        isinstance(key, str) and key.startswith("image_encoder.") for key in checkpoint
+    ):  # a plain SAM state dict: what export writes (a run's model.pth) or a download
+        raise ValueError(
+            f"{str(path)!r} is an exported SAM model (plain weights), not a training "
+            "checkpoint: use it as a model as it is, or give its run's folder or the run's "
+            "checkpoints/last.pt"
+        )
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{str(path)!r} is not a napari-samtune checkpoint; expected {TRAINING_CHECKPOINT}"
