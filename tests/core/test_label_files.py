@@ -73,6 +73,18 @@ def test_one_image_and_one_label_file_pair_whatever_their_names(tiff_folders):
         pair_files(images, labels / "cell_1_labels.tif")  # several images: by name only
 
 
+def test_images_and_labels_given_the_wrong_way_round_are_named_as_swapped(tiff_folders):
+    """The one-file pair trained on the labels as the image and the image as its labels; the
+    folders were refused listing every file, without saying why."""
+    images, labels = tiff_folders
+    with pytest.raises(ValueError, match=r"could not pair .*: were the images and labels swapped"):
+        pair_files(labels, images)
+    with pytest.raises(ValueError, match=r"'cell_1_labels.tif' is named as the labels of .*"
+                       r"'cell_1.tif': were the images and labels swapped\?"):  # fmt: skip
+        pair_files(labels / "cell_1_labels.tif", images / "cell_1.tif")
+    assert pair_files(images / "cell_1.tif", labels / "cell_2_labels.tif")  # other names pair
+
+
 def test_a_folder_of_one_image_pairs_by_name_with_a_folder_of_one_label_file(tmp_path):
     """The one image annotated so far, and the labels of another image: not a pair."""
     _write(tmp_path / "images", "day_2.tif", np.zeros((4, 4), np.uint8))

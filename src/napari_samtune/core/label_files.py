@@ -167,10 +167,21 @@ class FileMatch:
         """Why the files do not all pair, with the fix; "" when they do."""
         if not self.lonely_images and not self.lonely_labels:
             return ""
-        return (
+        unpaired = (
             f"could not pair files by name: images without labels {list(self.lonely_images)!r}, "
-            f"labels without images {list(self.lonely_labels)!r}; name each label file like its "
-            f"image (optionally with one of {list(LABEL_SUFFIXES)!r} appended)"
+            f"labels without images {list(self.lonely_labels)!r}"
+        )
+        named_as_labels = [is_label_file(Path(name)) for name in self.lonely_images]
+        named_as_images = [not is_label_file(Path(name)) for name in self.lonely_labels]
+        if named_as_labels and all(named_as_labels) and named_as_images and all(named_as_images):
+            return (
+                f"{unpaired}: were the images and labels swapped? The files given as images "
+                "are named as labels (an image's name plus a suffix such as '_labels'): give "
+                "them as the labels and the others as the images"
+            )
+        return (
+            f"{unpaired}; name each label file like its image (optionally with one of "
+            f"{list(LABEL_SUFFIXES)!r} appended)"
         )
 
     def left_out_message(self) -> str:
@@ -213,6 +224,7 @@ def match_files(
     )
     one_each = len(image_files) == 1 and len(label_files) == 1
     if one_each and _names_a_file(images) and _names_a_file(labels):
+        _check_not_swapped(image_files[0], label_files[0])
         return FileMatch([(image_files[0], label_files[0])])
     by_key = _group_labels(label_files)
     keys = {f: _pairing_key(f, as_labels=False) for f in image_files}
@@ -233,6 +245,22 @@ def match_files(
     if not pairs or (strict and match.unpaired_message()):
         raise ValueError(match.unpaired_message())
     return match
+
+
+def _check_not_swapped(image: Path, labels: Path) -> None:
+    """``ValueError`` when the one image file is named as the labels of the one label file
+    (``cell_1_labels.tif`` and ``cell_1.tif``): any other two names pair, but these would
+    train on the labels as the image."""
+    if (
+        is_label_file(image)
+        and not is_label_file(labels)
+        and _pairing_key(image, as_labels=True) == _pairing_key(labels, as_labels=False)
+    ):
+        raise ValueError(
+            f"the image file {image.name!r} is named as the labels of the label file "
+            f"{labels.name!r}: were the images and labels swapped? Give {labels.name!r} as the "
+            f"image and {image.name!r} as its labels"
+        )
 
 
 def _names_a_file(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> bool:
