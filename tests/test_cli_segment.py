@@ -342,6 +342,20 @@ def test_stack_mistakes_are_named(
     assert not (tmp_path / "o.tif").exists()
 
 
+def test_a_stack_or_channels_hint_names_each_option_once(
+    tmp_path, tiny_checkpoint, stack_file, capsys
+):
+    """It said "pass --channel-axis (e.g. 0 or -1) and channels (...). For a z-stack ... pass
+    --stack; for channels pass --channel-axis and --channels": channels twice, the second
+    time without the values to give."""
+    path, _ = stack_file
+    assert segment(tiny_checkpoint, path, tmp_path / "o.tif", "--auto") == 2
+    err = capsys.readouterr().err
+    assert err.count("--channel-axis") == 1 and err.count("--channels") == 1
+    assert re.search(r"pass --stack; for channels pass --channel-axis \(e\.g\. 0 or -1\) and "
+                     r"--channels \(one index", err)  # fmt: skip
+
+
 def test_a_stack_with_its_channels_first_is_segmented_plane_by_plane(
     tmp_path, tiny_checkpoint, stack_file
 ):

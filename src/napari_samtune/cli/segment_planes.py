@@ -120,10 +120,7 @@ class Planes:
             if args.channel_axis is not None or image.ndim < 3:
                 raise  # the hints below are for an image given without channel options
             if not self.stacked:
-                raise ValueError(
-                    f"{err}. For a z-stack or time series (planes first) pass --stack; for "
-                    "channels pass --channel-axis and --channels"
-                ) from None
+                raise _planes_or_channels(err, image.shape, args.channels) from None
             if args.channels is None and image.ndim == 4:
                 raise _stack_channels_unclear(path, image.shape) from None
             raise
@@ -137,6 +134,25 @@ class Planes:
             return first
         plane = self.image[index] if self.stacked else self.image
         return self._to_rgb(plane, self.channel_axis, self.channels)
+
+
+def _planes_or_channels(
+    err: ValueError, shape: tuple[int, ...], channels: tuple[int, ...] | None
+) -> ValueError:
+    """The core's refusal of an image of more axes than a plane, with both ways on: planes
+    (``--stack``) or channels. Without ``--channels`` it is the core's ambiguous channel
+    axis, whose own advice names the options again: given once here, with their values."""
+    ambiguous = channels is None and "channel axis is ambiguous" in str(err)
+    problem = f"image has shape {shape!r} and its channel axis is ambiguous" if ambiguous else err
+    channel_options = (
+        "--channel-axis (e.g. 0 or -1) and --channels (one index, used as gray, or three, as RGB)"
+        if ambiguous
+        else "--channel-axis and --channels"
+    )
+    return ValueError(
+        f"{problem}. For a z-stack or time series (planes first) pass --stack; for channels "
+        f"pass {channel_options}"
+    )
 
 
 def _one_plane_with_axes_of_one_entry(shape: tuple[int, ...]) -> bool:
