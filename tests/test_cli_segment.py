@@ -716,6 +716,12 @@ def test_a_bad_output_is_refused_before_any_work(
     assert segment(tiny_checkpoint, path, tmp_path / "labels.png", "--auto") == 2
     assert "does not end in .tif: labels are written as a TIFF" in capsys.readouterr().err
     assert path.read_bytes() == raw and not (tmp_path / "labels.png").exists()
+    # a new folder's name without its trailing / (which the README asks for) was given only
+    # the file advice
+    assert segment(tiny_checkpoint, path, tmp_path / "new_folder", "--auto") == 2
+    err = capsys.readouterr().err
+    assert f"or, for a folder, write it with a trailing /: {tmp_path / 'new_folder'}/" in err
+    assert not (tmp_path / "new_folder").exists()
 
 
 def test_a_folder_as_output_receives_the_labels_under_the_widget_s_name(

@@ -268,9 +268,11 @@ def _check_labels_name(output: Path, image: Path, example: str, overwrite: bool)
     """``-o`` must name a TIFF file (what is written, and what training pairs) other than
     the image itself, which would be lost, and not existing unless ``overwrite``."""
     if output.suffix.lower() not in TIFF_SUFFIXES:
+        folder = f", or, for a folder, write it with a trailing /: {output}/"
+        folder = "" if output.suffix else folder  # no suffix: perhaps a folder meant
         raise ValueError(
             f"-o {str(output)!r} does not end in .tif: labels are written as a TIFF file; "
-            f"give e.g. {output.with_name(example)}"
+            f"give e.g. {output.with_name(example)}{folder}"
         )
     if output.resolve() == image.resolve():
         raise ValueError(
