@@ -571,6 +571,12 @@ def test_a_second_run_reuses_the_cached_embeddings(tmp_path, tiny_checkpoint, im
         ),
         ("--points", "x,y,label\n1,2,2\n", "line 2: label is '2'; use 1 .or positive."),
         ("--points", "x,y,label,object\n1,2,1,0.5\n", "object ids are whole numbers"),
+        (  # it said to write "pixel coordinates and labels as plain numbers, e.g. 12.5"
+            "--points",
+            "x,y,label,object\n1,2,1,cell_a\n",
+            "line 2: column 'object' is 'cell_a', not a number; object ids are whole numbers "
+            "from 1, e.g. 1 for every point of the first object",
+        ),
         (
             "--points",
             "x,y,label,object\n1,2,1,5000000000\n",

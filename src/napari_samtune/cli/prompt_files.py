@@ -151,6 +151,14 @@ def _require_rows(path: Path, rows: Rows) -> None:
         raise ValueError(f"{path} has a header but no rows; add one prompt per line")
 
 
+# What a column that is no number should hold, where it is not a pixel coordinate.
+NUMBER_ADVICE: dict[str, str] = {
+    "object": "object ids are whole numbers from 1, e.g. 1 for every point of the first object",
+    PLANE_COLUMN: "planes are numbered from 0, e.g. 0 for the first plane",
+    "index": "it numbers the shapes or points from 0, as napari saves them",
+}
+
+
 def _number(path: Path, line: int, row: dict, name: str) -> float:
     text = (row.get(name) or "").strip()
     try:
@@ -158,7 +166,7 @@ def _number(path: Path, line: int, row: dict, name: str) -> float:
     except ValueError:
         raise ValueError(
             f"{path}, line {line}: column {name!r} is {text!r}, not a number; "
-            "write pixel coordinates and labels as plain numbers, e.g. 12.5"
+            + NUMBER_ADVICE.get(name, "write pixel coordinates as plain numbers, e.g. 12.5")
         ) from None
     if not np.isfinite(value):
         raise ValueError(f"{path}, line {line}: column {name!r} is {text!r}; use a finite number")
