@@ -641,7 +641,8 @@ def test_multichannel_files_train_on_the_channels_chosen(tmp_path, folders, caps
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "training data: image of 's0.tif / s0_mask.tif': image has shape (5, 80, 96)" in err
-    assert "(options --channel-axis, --channels)" in err
+    assert "a multichannel image needs --channel-axis 0 and --channels" in err
+    assert "channels (options" not in err  # each option named once
     assert not (tmp_path / "run").exists()
     assert cli.main([*argv, "--channel-axis", "0", "--channels", "3"]) == 0
     assert "2 training / 1 validation images" in capsys.readouterr().out

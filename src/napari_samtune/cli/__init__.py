@@ -180,8 +180,17 @@ def read_annotated(
         try:
             check_channels(pair)
         except ChannelError as err:
-            raise ChannelError(f"{what} data: {err} (options --channel-axis, --channels)") from None
+            raise ChannelError(f"{what} data: {channel_options(str(err))}") from None
     return pairs
+
+
+def channel_options(message: str) -> str:
+    """A core message about channels with the options that set them: where it names
+    ``channel_axis`` (which the error report turns into ``--channel-axis``) its bare
+    "and channels" becomes ``--channels``, which that report leaves; else they are added."""
+    if "channel_axis" in message:
+        return re.sub(r"\band channels\b", "and --channels", message)
+    return f"{message} (options --channel-axis, --channels)"
 
 
 def in_option_terms(
