@@ -273,10 +273,13 @@ class TrainSettingsWidget(QWidget):
             except ValueError as err:
                 return f"{err}; refresh the model list (↻)"
             return ""
+        if not source.is_file():  # also one read before, then moved or deleted
+            return (
+                f"checkpoint file {str(source)!r} does not exist (moved or deleted?); choose "
+                "it again with Browse… or type its path"
+            )
         if str(source) in self._architectures:
             return ""
-        if not source.is_file():
-            return f"checkpoint file {str(source)!r} does not exist; check the path"
         if self._read_error is not None and self._read_error[0] == str(source):
             return self._read_error[1]
         return f"reading {source.name}…"
