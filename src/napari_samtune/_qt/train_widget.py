@@ -47,6 +47,7 @@ from qtpy.QtWidgets import (
 
 from napari_samtune._qt.dock_life import on_removed
 from napari_samtune._qt.train_close import TrainCloseMixin
+from napari_samtune._qt.train_continue import kept_settings_warning
 from napari_samtune._qt.train_data import PairSourceWidget, error_label, show_problem
 from napari_samtune._qt.train_plot import TrainingPlotWidget
 from napari_samtune._qt.train_progress import TRAIN_MEMORY_ADVICE, TrainProgressMixin
@@ -58,7 +59,6 @@ from napari_samtune._qt.train_run import (
     flush_autosaves,
     iter_training_job,
     run_folder,
-    settings_kept_message,
 )
 from napari_samtune._qt.train_settings import READ_TASK, TrainSettingsWidget
 from napari_samtune._qt.workers import TaskRunner
@@ -242,21 +242,10 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
         )
         self.status_label.setText(f"loading {request.config.model} and preparing the data…")
         self._watch_window_close(True)
-        if resume is not None:
-            self._tell_settings_kept(request.config)
-        return worker
-
-    def _tell_settings_kept(self, run: TrainConfig) -> None:
-        """Warn of the settings changed here that the continued run (config ``run``) keeps."""
-        try:
-            here = self.settings.build_config()
-        except (ValueError, TypeError):  # settings Start would refuse: nothing to compare
-            return
-        # the run saved the patch size it trained with, the model's input size for None
-        here = replace(here, patch_size=here.patch_size or self.settings.architecture().img_size)
-        message = settings_kept_message(run, here)
-        if message:
+        message = kept_settings_warning(self.settings, request.config) if resume is not None else ""
+        if message:  # the settings changed here that the continued run keeps
             show_warning(message)
+        return worker
 
     def _folders_being_checked(self) -> bool:
         sources = [self.train_data, *([self.val_data] if self._separate_val() else [])]
