@@ -104,3 +104,123 @@ def test_continue_with_no_model_chosen_here_still_names_what_the_run_keeps(finet
     message = kept_settings_warning(widget.settings, TrainConfig(model="vit_b"))
     assert message.startswith("the run continues with its own model, preset, objects per")
     assert "could not be compared" in message and "no checkpoint file chosen" in message
+
+
+def test_a_layer_pair_in_the_folders_with_other_labels_is_refused_before_the_run(
+    finetune_on_cells, add_pair, use_tiny_model, qtbot, tmp_path, notifications, monkeypatch
+):
+    """Found by the core once the worker had loaded (or downloaded) the model: the layer
+    pairs are now compared with the folder check's images before the run, and the
+    conflict is named under the pair list; no run begins."""
+    import numpy as np
+
+    import napari_samtune._qt.train_widget as train_widget
+    from tests._qt.test_train_widget_duplicates import _start_with_folder_copy
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("the run's worker began")
+
+    monkeypatch.setattr(train_widget, "iter_training_job", no_run)
+    viewer, widget = finetune_on_cells(n=2)
+    labels = viewer.layers["cells0 labels"].data
+    other = np.where(labels == labels.max(), 0, labels)  # one object less
+    _start_with_folder_copy(widget, viewer, add_pair, use_tiny_model, tmp_path, other)
+    error = widget.train_data.list_error
+    qtbot.waitUntil(lambda: bool(error.text()), timeout=WAIT_MS)
+    assert error.text().startswith(
+        "training data: 'again.tif / again.tif' and 'cells0 / cells0 labels' are the same "
+        "image with different labels"
+    )
+    assert widget.start_error.text() and widget.start_button.isEnabled()
+    assert not widget.is_running and widget.run_folder is None
+    assert any("same image with different labels" in e for e in _errors(notifications))
+
+
+def test_a_layer_pair_repeated_in_the_folders_is_noted_under_them_before_the_run(
+    finetune_on_cells, add_pair, use_tiny_model, qtbot, tmp_path
+):
+    """The folder copy of a layer pair is left out by the run; said under the folders
+    before training starts, beside what the folder check notes."""
+    from tests._qt.test_train_widget_duplicates import _start_with_folder_copy
+
+    viewer, widget = finetune_on_cells(n=2)
+    labels = viewer.layers["cells0 labels"].data + 7  # other ids, the same objects
+    labels[viewer.layers["cells0 labels"].data == 0] = 0
+    with qtbot.waitSignal(widget.training_started, timeout=WAIT_MS):
+        _start_with_folder_copy(widget, viewer, add_pair, use_tiny_model, tmp_path, labels)
+    note = widget.train_data.folder_note.text()
+    assert "left out 1 pair(s) that repeat another pair" in note
+    assert "'again.tif / again.tif' (same as 'cells0 / cells0 labels')" in note
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        pass
+    assert widget.started.duplicates == (("again.tif / again.tif", "cells0 / cells0 labels"),)
+
+
+def test_stop_while_the_layer_pairs_are_compared_cancels_the_start(
+    finetune_on_cells, add_pair, use_tiny_model, qtbot, tmp_path, monkeypatch
+):
+    """Stop cancels a Start waiting on the comparing as on the folder check; a later
+    Start compares again and trains."""
+    import threading
+
+    import napari_samtune._qt.train_request as train_request
+    from tests._qt.test_train_widget_duplicates import _start_with_folder_copy
+
+    gate, compare = threading.Event(), train_request._compare_all
+
+    def held(jobs):
+        gate.wait(WAIT_MS / 1000)
+        return compare(jobs)
+
+    monkeypatch.setattr(train_request, "_compare_all", held)
+    viewer, widget = finetune_on_cells(n=2)
+    labels = viewer.layers["cells0 labels"].data
+    _start_with_folder_copy(widget, viewer, add_pair, use_tiny_model, tmp_path, labels)
+    qtbot.waitUntil(lambda: widget._comparing is not None, timeout=WAIT_MS)
+    assert "comparing the layer pairs with the folders" in widget.status_label.text()
+    assert "Stop cancels" in widget.status_label.text() and widget.stop_button.isEnabled()
+    widget.stop()
+    assert widget.status_label.text() == "start cancelled; training did not begin"
+    assert widget.start_button.isEnabled() and not widget.stop_button.isEnabled()
+    gate.set()
+    qtbot.wait(200)  # the cancelled comparing ends: it starts nothing
+    assert not widget.is_running and widget.run_folder is None
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.start() is None  # compares again, then trains
+    assert widget.result is not None
+
+
+def test_the_digests_find_what_the_core_calls_the_same_objects():
+    """The digests stand for the core's exact comparison (same_objects): ids renumbered
+    match, an object less or two merged do not; a layer pair with other pixels is no
+    repeat."""
+    import numpy as np
+
+    from napari_samtune._qt.train_repeats import compare_with_folders, image_digest
+    from napari_samtune.core.data import ImageLabelPair, prepare_pair
+    from napari_samtune.core.duplicate_pairs import same_objects
+    from napari_samtune.core.synthetic import make_image
+
+    image, labels = make_image((96, 96), seed=3)
+    ids = np.unique(labels)[1:]
+    swapped = labels.copy()
+    swapped[labels == ids[0]], swapped[labels == ids[-1]] = ids[-1], ids[0]
+    fewer = np.where(labels == ids[-1], 0, labels)
+    merged = np.where(labels == ids[-1], ids[0], labels)
+    folder = {
+        name: image_digest(prepare_pair(ImageLabelPair(image, data, name)))
+        for name, data in (("swapped", swapped), ("fewer", fewer), ("merged", merged))
+    }
+    layer = prepare_pair(ImageLabelPair(image, labels, "layer"))
+    for name, data in (("swapped", swapped), ("fewer", fewer), ("merged", merged)):
+        same = same_objects(layer.labels, prepare_pair(ImageLabelPair(image, data)).labels)
+        assert (image_digest(layer).objects == folder[name].objects) == same == (name == "swapped")
+    pair = ImageLabelPair(image, labels, "layer")
+    found = compare_with_folders([pair], [folder["swapped"]])
+    assert found.problem == "" and "'swapped' (same as 'layer')" in found.note
+    assert (
+        "'fewer' and 'layer' are the same image"
+        in compare_with_folders([pair], [folder["swapped"], folder["fewer"]]).problem
+    )
+    other = ImageLabelPair(255 - image, labels, "other")
+    assert compare_with_folders([other], [folder["fewer"]]) == compare_with_folders([], [])

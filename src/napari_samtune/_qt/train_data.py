@@ -254,8 +254,7 @@ class PairSourceWidget(QWidget):
         self.sources_changed.emit()
 
     def _on_layer_removed(self, event) -> None:
-        removed = event.value
-        self._pairs = [p for p in self._pairs if removed not in p]
+        self._pairs = [p for p in self._pairs if event.value not in p]
         self._refresh_list()
         self.refresh_layer_choices()
 
@@ -345,6 +344,10 @@ class PairSourceWidget(QWidget):
 
     def _remember_folder_check(self, result: FolderCheck) -> None:
         self._folder_check = result
+
+    def folder_images(self) -> tuple:
+        """The digests of the pairs the latest folder check kept (see :mod:`train_repeats`)."""
+        return self._folder_check.images if self._folder_check is not None else ()
 
     def _on_folder_check_ended(self) -> None:
         if self.check_folders() is not None:  # else the files changed meanwhile: checked again

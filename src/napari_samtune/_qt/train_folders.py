@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from napari_samtune._qt.train_repeats import ImageDigest, image_digest
 from napari_samtune._qt.workers import TaskProgress
 from napari_samtune.core.data import (
     ImageLabelPair,
@@ -48,6 +49,7 @@ class FolderCheck:
     problem: str  # why the folders cannot be trained on; "" when they can
     note: str  # the files, pairs and stack planes training will leave out (no partner, no
     # object, a repeat of another pair), or ""
+    images: tuple[ImageDigest, ...] = ()  # of the pairs kept, to find layer pairs repeating them
 
 
 def folder_signature(source: FolderSource) -> tuple:
@@ -78,7 +80,8 @@ def check_folder_pairs(
             report(TaskProgress(done, total, f"checking the {title} folders: {done}/{total}"))
 
         prepared, left_out = prepare_annotated(pairs, f"{title} folder", progress)
-        _, duplicates = drop_duplicates(prepared)  # with other labels: refused here, early
+        kept, duplicates = drop_duplicates(prepared)  # with other labels: refused here, early
+        images = tuple(map(image_digest, kept))
     except ChannelError as err:
         problem = f"{title} folders: {err} (the channels field, e.g. 1 or 0,1,2)"
         return FolderCheck(signature, problem, "")
@@ -92,7 +95,7 @@ def check_folder_pairs(
             f"{describe_names(left_out)}"
         )
     notes.append(duplicates_message(duplicates))
-    return FolderCheck(signature, "", "\n".join(filter(None, notes)))
+    return FolderCheck(signature, "", "\n".join(filter(None, notes)), images)
 
 
 def load_folder_pairs(source: FolderSource | None) -> list[ImageLabelPair]:

@@ -8,11 +8,12 @@ progress bar and the live plot on the main thread, so the viewer stays usable.
 Stop asks the core to finish the current step, write a checkpoint and export the model
 (stopped before the first step, nothing is saved); so does closing the viewer during a run
 (a person is asked first), and the window goes once the model is exported. Stop also
-cancels a Start that waits for the check of the data folders or for the reading of the
-model file. Continue… resumes a stopped or finished run (this session's or one chosen on
-disk) from its last checkpoint, up to the epochs and with the learning rate set (lower it
-for a run that diverged); its other settings stay the run's, and a warning names those
-set otherwise here. A run holds its folder as ``samtune train`` does: Start or
+cancels a Start that waits for the check of the data folders, the reading of the model
+file, or the comparing of layer pairs with the folders (see :mod:`train_request`).
+Continue… resumes a stopped or finished run (this session's or one chosen on disk) from
+its last checkpoint, up to the epochs and with the learning rate set (lower it for a run
+that diverged); its other settings stay the run's, and a warning names those set
+otherwise here. A run holds its folder as ``samtune train`` does: Start or
 Continue… into a folder that another run (another window, the command line) is writing
 is refused.
 The finished model is registered as a user model by the core; this widget then
@@ -25,11 +26,10 @@ The widget never modifies a layer: the worker trains on copies of their data.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -51,6 +51,7 @@ from napari_samtune._qt.train_continue import kept_settings_warning
 from napari_samtune._qt.train_data import PairSourceWidget, error_label, show_problem
 from napari_samtune._qt.train_plot import TrainingPlotWidget
 from napari_samtune._qt.train_progress import TRAIN_MEMORY_ADVICE, TrainProgressMixin
+from napari_samtune._qt.train_request import REPEAT_TASK, TrainRequestMixin, check_field
 from napari_samtune._qt.train_run import (
     TRAIN_TASK,
     PastEpoch,
@@ -68,7 +69,7 @@ from napari_samtune.core.train import TrainingFinished, TrainingStarted
 from napari_samtune.core.train_export import check_model_name, check_registration
 
 
-class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
+class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidget):
     """Dock widget: finetune SAM on annotated layers or TIFF folders of ``viewer``.
 
     Args:
@@ -206,7 +207,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
             self.continue_run(folder)
 
     def _launch(self, resume: Path | None):
-        if self.is_running:
+        if self.is_running or self._comparing is not None:
             show_warning("training is already running: stop it (or wait) before starting again")
             return None
         flush_autosaves(self.viewer)  # else the folder checked and read lacks the last commit
@@ -217,8 +218,12 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
             return None
         self._queued = None
         request = self._request(resume)
-        if request is None:
+        if request is None or self._compare_repeats(request, resume):  # trains after it
             return None
+        return self._train(request, resume)
+
+    def _train(self, request: TrainRequest, resume: Path | None):
+        """Start the run's worker; returns it."""
         self.stop_event = threading.Event()
         self.result = self.started = None
         self.steps_seen = 0  # training steps of this run the widget was told of
@@ -280,9 +285,11 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
 
     def stop(self) -> None:
         """Ask the run to stop after its current step (it then saves and exports the model);
-        a start still waiting for the folder checks or the model file is cancelled."""
-        if self._queued is not None:
-            self._queued = None
+        a start still waiting for the folder checks, the model file or the comparing of
+        layer pairs with the folders is cancelled."""
+        if self._queued is not None or self._comparing is not None:
+            self._queued = self._comparing = None
+            self.runner.forget(REPEAT_TASK)  # a comparing that ends later starts nothing
             self._set_running(False)
             self.status_label.setText("start cancelled; training did not begin")
             return
@@ -305,7 +312,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
                 config = self.settings.build_config()
                 check_registration(None)  # the user-models folder: not about the name
                 name = self.settings.model_name()
-                model_name = _named("new model name", check_model_name, name)
+                model_name = check_field("new model name", check_model_name, name)
                 check_output_folder(self.settings.output_folder(), "output folder")
                 out_dir, last = run_folder(self.settings.output_folder(), model_name), None
             else:
@@ -321,8 +328,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
         else:  # an earlier Start's complaint is out of date; the model's own stays
             self.settings.show_model_problem()
         if problems:
-            show_problem(self.start_error, "cannot start: fix the problems marked in red")
-            show_error("cannot start training: " + problems[0])
+            self._refuse(problems[0])
             return None
         train_pairs, train_folders = self.train_data.snapshot()
         val_pairs, val_folders = self.val_data.snapshot() if self._separate_val() else ([], None)
@@ -334,18 +340,6 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
 
     def _separate_val(self) -> bool:
         return self.separate_val_check.isChecked()
-
-    def _data_problems(self) -> list[str]:
-        problems = []
-        if not self.train_data.check():
-            problems.append(
-                self.train_data.empty_problem() or "training data: see the messages in red"
-            )
-        if self._separate_val() and not self.val_data.check():
-            problems.append(
-                self.val_data.empty_problem() or "validation data: see the messages in red"
-            )
-        return problems
 
     def _update_start_error(self) -> None:
         """Take back "fix the problems marked in red" once none is marked any more."""
@@ -373,15 +367,6 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, QWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
         self.stop()  # a run in progress saves its checkpoint and exports
         super().closeEvent(event)
-
-
-def _named(field: str, check: Callable[[str], str], value: str) -> str:
-    """``check(value)``, its error starting with the field's label, as messages about the
-    advanced settings are shown under the model picker."""
-    try:
-        return check(value)
-    except ValueError as err:
-        raise ValueError(f"{field}: {err}") from None
 
 
 def _group(title: str, *widgets: QWidget) -> QGroupBox:
