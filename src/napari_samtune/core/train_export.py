@@ -170,11 +170,42 @@ def write_json(path: Path, data: dict) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def append_metrics(path: Path, event) -> None:
-    """Append an ``EpochDone`` event as one JSON line (the checkpoint path left out)."""
-    record = {k: v for k, v in asdict(event).items() if k != "checkpoint_path"}
-    with open(path, "a", encoding="utf-8") as log:
-        log.write(json.dumps(_jsonable(record)) + "\n")
+def metrics_record(event) -> dict:
+    """An ``EpochDone`` event as its metrics.jsonl record (the checkpoint path left out)."""
+    return _jsonable({k: v for k, v in asdict(event).items() if k != "checkpoint_path"})
+
+
+def record_epoch(path: Path, record: dict | None) -> None:
+    """Write ``record`` (a :func:`metrics_record`) as its epoch's line of metrics.jsonl,
+    rewriting the file atomically, so that a kill leaves it whole. An epoch is trained
+    again after a kill between its line and its last.pt: the lines of that epoch and later
+    ones are replaced. A last line without its end (a kill while an earlier version
+    appended) that is not JSON is dropped, as later lines would join it; any other line
+    stays as it is. ``None``: only that tidying, for a checkpoint without a record."""
+    lines = path.read_bytes().splitlines(keepends=True) if path.exists() else []
+    if lines and not lines[-1].endswith(b"\n"):
+        lines[-1:] = [lines[-1] + b"\n"] if _json_or_none(lines[-1]) is not None else []
+    if record is not None:
+        lines = [line for line in lines if not _epoch_from(line, record["epoch"])]
+        lines.append(json.dumps(record).encode() + b"\n")
+    text = b"".join(lines)
+    if path.exists() and text == path.read_bytes():
+        return
+    atomic_write(path, lambda tmp: tmp.write_bytes(text))
+
+
+def _epoch_from(line: bytes, epoch: int) -> bool:
+    """``line`` is the record of ``epoch`` or a later epoch."""
+    record = _json_or_none(line)
+    found = record.get("epoch") if isinstance(record, dict) else None
+    return isinstance(found, int) and found >= epoch
+
+
+def _json_or_none(line: bytes):
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
 
 
 def data_summary(

@@ -50,8 +50,9 @@ from napari_samtune.core.train_events import (
     TrainingStarted,
 )
 from napari_samtune.core.train_export import (
-    append_metrics,
     check_registration,
+    metrics_record,
+    record_epoch,
 )
 from napari_samtune.core.train_setup import (
     autocast,
@@ -174,6 +175,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
         self.steps_per_epoch = steps_per_epoch(self.sampler.n_samples, self.dist.world_size, c)
 
     def run(self) -> Iterator[TrainEvent]:
+        self._restore_metrics()
         on_cpu_fast = self.config.fast_attention and self.device.type == "cpu"
         with keep_freed_memory() if on_cpu_fast else nullcontext():
             yield self._started()
@@ -330,16 +332,19 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
             p.epochs_without_improvement += 1
         epoch = p.epoch
         p.epoch, p.step_in_epoch, p.epoch_loss_sum, p.epoch_loss_count = epoch + 1, 0, 0.0, 0
-        last = self._write_checkpoints(is_best)
         patience = self.config.early_stopping
         flat = patience is not None and p.epochs_without_improvement >= patience
         self.stopped_early = flat and p.epoch < self.config.epochs  # the last epoch ends anyway
         event = EpochDone(
-            epoch, train_loss, val_metrics, metric, self._metric_name(), self._lr(), last,
+            epoch, train_loss, val_metrics, metric, self._metric_name(), self._lr(), None,
             is_best, p.best_metric, self._eta(), time.perf_counter() - self.epoch_start,
         )  # fmt: skip
+        # last.pt holds the epoch's line too: killed before the line is written, the
+        # resumed run writes it (see _restore_metrics)
+        self.epoch_record = metrics_record(event)
+        event = replace(event, checkpoint_path=self._write_checkpoints(is_best))
         if self.dist.is_main:
-            append_metrics(self.files.metrics, event)
+            record_epoch(self.files.metrics, self.epoch_record)
         return event
 
     def _metric_name(self) -> str:

@@ -16,7 +16,13 @@ from napari_samtune.core import distributed as ddp
 from napari_samtune.core.checkpoints import atomic_write
 from napari_samtune.core.train_checkpoints import write_checkpoint
 from napari_samtune.core.train_events import TrainingFinished
-from napari_samtune.core.train_export import RunFiles, data_summary, export_and_register, write_json
+from napari_samtune.core.train_export import (
+    RunFiles,
+    data_summary,
+    export_and_register,
+    record_epoch,
+    write_json,
+)
 
 
 class TrainerFilesMixin:
@@ -52,6 +58,14 @@ class TrainerFilesMixin:
         earlier, here = self.resume_from.with_name("best.pt"), self.files.best
         if earlier.exists() and not here.exists():
             atomic_write(here, lambda tmp: shutil.copyfile(earlier, tmp))
+
+    def _restore_metrics(self) -> None:
+        """A run resumed in its own folder: metrics.jsonl gets the line of the checkpoint's
+        last epoch if a kill came between that checkpoint and the line, and loses a line
+        left unfinished (see :func:`record_epoch`)."""
+        resumed = self.resume_from
+        if self.dist.is_main and resumed is not None and _same_file(resumed, self.files.last):
+            record_epoch(self.files.metrics, self.epoch_record)
 
     @property
     def files(self) -> RunFiles:
@@ -130,6 +144,7 @@ class TrainerFilesMixin:
             "best_metric": p.best_metric,
             "progress": asdict(p) | {"elapsed_s": self._elapsed()},
             "base_model_id": self.base_model_id,
+            "epoch_record": self.epoch_record,
             "data_summary": data_summary(
                 self.train_images,
                 self.val_images,

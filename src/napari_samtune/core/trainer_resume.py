@@ -23,6 +23,8 @@ class TrainerResumeMixin:
         self.optimizer, self.scheduler = make_optimizer(self.params, self.config)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.progress, self.notes = Progress(), []
+        # the metrics.jsonl line of the last epoch done (see TrainerFilesMixin._restore_metrics)
+        self.epoch_record = checkpoint.get("epoch_record") if checkpoint else None
         if checkpoint is None:
             return
         self.optimizer.load_state_dict(checkpoint["optimizer_state"])

@@ -1,0 +1,82 @@
+"""A run killed at any moment (SIGKILL: no cleanup runs) leaves files that resume cleanly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from napari_samtune.core import train_export
+from napari_samtune.core.presets import TrainConfig
+from napari_samtune.core.synthetic import make_dataset
+from napari_samtune.core.train import train
+from napari_samtune.core.trainer import Trainer
+
+CONFIG = TrainConfig(
+    model="random:tiny", epochs=3, n_objects_per_batch=1, min_samples_per_epoch=1,
+    n_iterative_prompts=0, mixed_precision="no", early_stopping=None, val_fraction=0.5,
+)  # fmt: skip
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL in this process: nothing after it runs, no handler catches it."""
+
+
+def _epochs_logged(run: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _killed_at_metrics(monkeypatch, nth: int, fragment: str | None) -> None:
+    """The process dies right after the ``nth`` epoch's checkpoints, before its metrics
+    line is written, or with only ``fragment`` of that line written."""
+    real, calls = Trainer._write_checkpoints, []
+
+    def dies_after(self, is_best):
+        written = real(self, is_best)
+        calls.append(written)
+        if len(calls) == nth:
+            if fragment is not None:
+                with open(self.files.metrics, "a", encoding="utf-8") as log:
+                    log.write(fragment)
+            raise Killed
+        return written
+
+    monkeypatch.setattr(Trainer, "_write_checkpoints", dies_after)
+
+
+@pytest.mark.parametrize("nth", [1, 2])
+def test_a_kill_between_the_checkpoint_and_the_metrics_line_loses_no_epoch(
+    tmp_path, monkeypatch, nth
+):
+    """Killed after epoch ``nth``'s last.pt, before its metrics line: the resumed run
+    goes on after that epoch, and its line was lost for good (the plot had a gap)."""
+    data, run = make_dataset(2, shape=(64, 64), seed=0), tmp_path / "run"
+    _killed_at_metrics(monkeypatch, nth, fragment=None)
+    with pytest.raises(Killed):
+        train(CONFIG, data, out_dir=run)
+    monkeypatch.undo()
+    assert train(CONFIG, data, out_dir=run, resume_from=run).epochs_done == 3
+    assert _epochs_logged(run) == [0, 1, 2]
+
+
+def test_a_kill_while_a_metrics_line_is_written_leaves_no_broken_line(tmp_path, monkeypatch):
+    """Killed part-way through epoch 2's metrics line: the resumed run appended its lines
+    to that fragment, so the file held a line that is not JSON and readers stopped there."""
+    data, run = make_dataset(2, shape=(64, 64), seed=0), tmp_path / "run"
+    _killed_at_metrics(monkeypatch, 2, fragment='{"epoch": 1, "train_lo')
+    with pytest.raises(Killed):
+        train(CONFIG, data, out_dir=run)
+    monkeypatch.undo()
+    train(CONFIG, data, out_dir=run, resume_from=run)
+    assert _epochs_logged(run) == [0, 1, 2]
+
+
+def test_an_epoch_trained_again_replaces_its_metrics_line(tmp_path):
+    """An epoch whose line was written but whose last.pt was not (killed between the two
+    by an older version, or a line restored) is trained again: one line, the new one."""
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"epoch": 0, "a": 1}\n{"epoch": 1, "a": 2}\n')
+    train_export.record_epoch(log, {"epoch": 1, "a": 3})
+    train_export.record_epoch(log, {"epoch": 2, "a": 4})
+    assert [json.loads(line)["a"] for line in log.read_text().splitlines()] == [1, 3, 4]
