@@ -80,3 +80,18 @@ def test_an_epoch_trained_again_replaces_its_metrics_line(tmp_path):
     train_export.record_epoch(log, {"epoch": 1, "a": 3})
     train_export.record_epoch(log, {"epoch": 2, "a": 4})
     assert [json.loads(line)["a"] for line in log.read_text().splitlines()] == [1, 3, 4]
+
+
+def test_the_temporary_files_of_a_killed_run_go_when_its_folder_is_locked_again(tmp_path):
+    """A kill while a checkpoint is written leaves atomic_write's temporary file, as large
+    as the checkpoint; each kill left one more, for good. Other files stay."""
+    from napari_samtune.core.checkpoints import training_lock
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    stale = [run / "checkpoints" / ".last.pt.ab_3x9q1.tmp", run / ".metrics.jsonl.k2m0qz7w.tmp"]
+    mine = [run / ".notes.ab_3x9q1.tmp", run / "checkpoints" / "last.pt.ab_3x9q1.tmp"]
+    for path in stale + mine:
+        path.write_bytes(b"\0" * 100)
+    with training_lock(run):
+        assert [path.exists() for path in stale + mine] == [False, False, True, True]

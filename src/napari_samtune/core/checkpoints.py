@@ -294,9 +294,34 @@ def _locked(path: Path, out: Path) -> Iterator[None]:
             lock.truncate()
             lock.write(f"{os.getpid()}\n")
             lock.flush()
+            remove_unfinished_writes(out)
             yield
         finally:
             path.unlink(missing_ok=True)
+
+
+# atomic_write's temporary files of a run's files (mkstemp: 8 of [a-z0-9_])
+_UNFINISHED = re.compile(
+    r"\.(last\.pt|best\.pt|config\.json|metrics\.jsonl|summary\.json|model\.pth)"
+    r"\.[a-z0-9_]{8}\.tmp"
+)
+
+
+def remove_unfinished_writes(out_dir: Path) -> list[Path]:
+    """Delete the temporary files of writes that a killed run left in ``out_dir`` and its
+    checkpoints folder (a kill skips their clean-up): each as large as the file it was to
+    become, a last.pt's with optimizer state several GB, never used again. Only while this
+    process holds the folder's training lock, when no other run can be writing them."""
+    found = [
+        path
+        for folder in (out_dir, out_dir / "checkpoints")
+        if folder.is_dir()
+        for path in folder.iterdir()
+        if _UNFINISHED.fullmatch(path.name) and path.is_file()
+    ]
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
 
 
 def try_lock(fcntl, lock) -> bool | None:
