@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -95,3 +96,20 @@ def test_the_temporary_files_of_a_killed_run_go_when_its_folder_is_locked_again(
         path.write_bytes(b"\0" * 100)
     with training_lock(run):
         assert [path.exists() for path in stale + mine] == [False, False, True, True]
+
+
+@pytest.mark.parametrize("size", [5000, 0.5])
+def test_a_truncated_checkpoint_is_named_whatever_torch_says_of_it(tmp_path, size):
+    """Cut to its first 5000 bytes, a checkpoint made torch's zip reader raise a bare
+    "[Errno 22] Invalid argument", which reached the person as all they were told."""
+    from napari_samtune.core.models import load_model
+    from napari_samtune.core.train_checkpoints import read_checkpoint
+
+    data, run = make_dataset(2, shape=(64, 64), seed=0), tmp_path / "run"
+    train(dataclasses.replace(CONFIG, epochs=1), data, out_dir=run)
+    last = run / "checkpoints" / "last.pt"
+    whole = last.read_bytes()
+    last.write_bytes(whole[: size if isinstance(size, int) else int(len(whole) * size)])
+    for load in (read_checkpoint, load_model):
+        with pytest.raises(ValueError, match=f"^{last} is not a readable PyTorch weights file"):
+            load(last)

@@ -218,8 +218,11 @@ def safe_torch_load(path: str | os.PathLike, expected: str) -> object:
         with warnings.catch_warnings():  # torch's note on old pickle protocols is noise here
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:
-        raise
+    except OSError as err:
+        if err.filename is not None:  # opening it failed: not found, not allowed, ...
+            raise
+        # torch's zip reader says only "[Errno 22] Invalid argument" of some truncated files
+        raise _unreadable(path, err, expected) from None
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
         if found:
@@ -232,11 +235,15 @@ def safe_torch_load(path: str | os.PathLike, expected: str) -> object:
             f"{path} is not a PyTorch weights file (safe unpickling failed). Expected {expected}"
         ) from None
     except Exception as err:  # torch raises RuntimeError, EOFError, KeyError... on garbage
-        raise ValueError(
-            f"{path} is not a readable PyTorch weights file ({type(err).__name__}: "
-            f"{first_line(str(err))}); "
-            f"it may be truncated, corrupt or of another format. Expected {expected}"
-        ) from None
+        raise _unreadable(path, err, expected) from None
+
+
+def _unreadable(path: str | os.PathLike, err: Exception, expected: str) -> ValueError:
+    return ValueError(
+        f"{path} is not a readable PyTorch weights file ({type(err).__name__}: "
+        f"{first_line(str(err))}); "
+        f"it may be truncated, corrupt or of another format. Expected {expected}"
+    )
 
 
 TRAINING_LOCK_NAME = ".samtune-train.lock"  # in a run's folder while it trains: its process id
