@@ -113,3 +113,26 @@ def test_a_truncated_checkpoint_is_named_whatever_torch_says_of_it(tmp_path, siz
     for load in (read_checkpoint, load_model):
         with pytest.raises(ValueError, match=f"^{last} is not a readable PyTorch weights file"):
             load(last)
+
+
+@pytest.mark.parametrize(("damaged", "other"), [("last.pt", "best.pt"), ("best.pt", "last.pt")])
+def test_a_damaged_checkpoint_names_the_one_beside_it_that_still_loads(tmp_path, damaged, other):
+    """A truncated last.pt (a disk fault, a copy cut short) was refused as "not a readable
+    PyTorch weights file" with no way on; a new run into the folder is refused too (it
+    holds a run: continue it), so the person went round in a circle while best.pt's weights
+    were there. The error now names them, and no file is deleted."""
+    from napari_samtune.core.models import load_model
+    from napari_samtune.core.train_checkpoints import export_model
+
+    data, run = make_dataset(2, shape=(64, 64), seed=0), tmp_path / "run"
+    train(dataclasses.replace(CONFIG, epochs=1), data, out_dir=run)
+    path, beside = run / "checkpoints" / damaged, run / "checkpoints" / other
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(ValueError) as raised:
+        train(CONFIG, data, out_dir=run, resume_from=path)
+    message = str(raised.value)
+    assert message.startswith(f"{path} is not a readable PyTorch weights file")
+    assert f". {beside} beside it loads: samtune export {beside} -o model.pth" in message
+    with pytest.raises(ValueError, match=f"{other} beside it loads"):
+        export_model(path, tmp_path / "model.pth")
+    assert path.stat().st_size == 5000 and load_model(beside).sam is not None

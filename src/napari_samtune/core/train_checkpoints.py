@@ -31,6 +31,7 @@ from napari_samtune.core.checkpoints import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_FORMAT_VERSION,
     atomic_torch_save,
+    is_project_checkpoint,
     safe_torch_load,
 )
 from napari_samtune.core.lora import adapter_state_dict, apply_lora, merged_state_dict
@@ -115,7 +116,10 @@ def read_checkpoint(path: str | Path) -> dict:
     """Load a training checkpoint safely, from a file or a run's folder (its last.pt, see
     :func:`resolve_checkpoint`); ``ValueError`` when it is not one."""
     path = resolve_checkpoint(path)
-    checkpoint = safe_torch_load(path, TRAINING_CHECKPOINT)
+    try:
+        checkpoint = safe_torch_load(path, TRAINING_CHECKPOINT)
+    except ValueError as err:
+        raise ValueError(f"{err}{_whole_one_beside(path)}") from None
     if isinstance(checkpoint, dict) and any(
         isinstance(key, str) and key.startswith("image_encoder.") for key in checkpoint
     ):  # a plain SAM state dict: what export writes (a run's model.pth) or a download
@@ -134,6 +138,24 @@ def read_checkpoint(path: str | Path) -> dict:
             "to finetune it further pass it as the model instead"
         )
     return checkpoint
+
+
+def _whole_one_beside(path: Path) -> str:
+    """For a run's damaged last.pt or best.pt, what the other one beside it still offers:
+    else a run's folder, which holds the run, refuses a new run and points back here."""
+    others = {"last.pt": "best.pt", "best.pt": "last.pt"}
+    if path.name not in others:
+        return ""
+    beside = path.with_name(others[path.name])
+    if not is_project_checkpoint(beside):
+        return ""
+    offers = (
+        f". {beside} beside it loads: samtune export {beside} -o model.pth makes a model "
+        "of its weights, which a new run in another folder can finetune further"
+    )
+    if path.name == "last.pt":
+        return offers + "; the run itself continues only from a whole last.pt (from a backup)"
+    return offers + " (the weights of the run's latest epoch, not of its best)"
 
 
 def check_resumable(checkpoint: dict, config: TrainConfig, path: str | Path) -> None:
