@@ -136,3 +136,26 @@ def test_a_damaged_checkpoint_names_the_one_beside_it_that_still_loads(tmp_path,
     with pytest.raises(ValueError, match=f"{other} beside it loads"):
         export_model(path, tmp_path / "model.pth")
     assert path.stat().st_size == 5000 and load_model(beside).sam is not None
+
+
+def test_a_run_killed_after_its_last_epoch_is_told_how_to_have_its_model(tmp_path):
+    """Killed after the last epoch's checkpoints, before the export and registration: a
+    resume has nothing to train and said only to set more epochs, as if the model were
+    there; it was not, and nothing said how to have it without training more."""
+    data, run = make_dataset(2, shape=(64, 64), seed=0), tmp_path / "run"
+    train(dataclasses.replace(CONFIG, epochs=1), data, out_dir=run)
+    (run / "summary.json").unlink()  # as a kill in the run's end leaves it
+    (run / "model.pth").unlink()
+    best = run / "checkpoints" / "best.pt"
+    with pytest.raises(ValueError) as raised:
+        train(dataclasses.replace(CONFIG, epochs=1), data, out_dir=run, resume_from=run)
+    message = str(raised.value)
+    assert "set epochs above 1 to continue the run" in message
+    assert f"samtune export {best} -o {run / 'model.pth'} --register NAME" in message
+
+
+def test_a_finished_run_is_not_told_to_export_again(tmp_path):
+    data, run = make_dataset(2, shape=(64, 64), seed=0), tmp_path / "run"
+    train(dataclasses.replace(CONFIG, epochs=1), data, out_dir=run)
+    with pytest.raises(ValueError, match="set epochs above 1 to continue the run$"):
+        train(dataclasses.replace(CONFIG, epochs=1), data, out_dir=run, resume_from=run)

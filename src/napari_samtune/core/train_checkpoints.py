@@ -158,6 +158,19 @@ def _whole_one_beside(path: Path) -> str:
     return offers + " (the weights of the run's latest epoch, not of its best)"
 
 
+def _unexported(path: Path) -> str:
+    """For the checkpoint of a run that was killed after its last epoch, before its model
+    was exported and registered (summary.json is written after both): how to have it."""
+    run = RunFiles.named_by(path.parent)
+    if path.parent != run.checkpoints or run.summary.exists():
+        return ""
+    source = run.best if is_project_checkpoint(run.best) else path
+    return (
+        f". The run ended before its model was exported and registered ({run.summary} is "
+        f"missing): samtune export {source} -o {run.model} --register NAME does that"
+    )
+
+
 def check_resumable(checkpoint: dict, config: TrainConfig, path: str | Path) -> None:
     """Refuse to resume with a config that changes the model or lacks optimizer state."""
     if "optimizer_state" not in checkpoint:
@@ -173,6 +186,7 @@ def check_resumable(checkpoint: dict, config: TrainConfig, path: str | Path) -> 
         raise ValueError(
             f"{str(path)!r} has done {done} epoch(s) and epochs={config.epochs}, so there is "
             f"nothing left to train; set epochs above {done} to continue the run"
+            + _unexported(Path(path))
         )
     saved = TrainConfig.from_dict(checkpoint["config"])
     # a weights file named relative to another working directory is the same model
