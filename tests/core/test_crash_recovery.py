@@ -159,3 +159,19 @@ def test_a_finished_run_is_not_told_to_export_again(tmp_path):
     train(dataclasses.replace(CONFIG, epochs=1), data, out_dir=run)
     with pytest.raises(ValueError, match="set epochs above 1 to continue the run$"):
         train(dataclasses.replace(CONFIG, epochs=1), data, out_dir=run, resume_from=run)
+
+
+def test_a_run_killed_before_its_first_last_checkpoint_offers_its_best_weights(tmp_path):
+    """Killed between the first epoch's best.pt and its last.pt: the resume said the folder
+    had no checkpoint and to give "a checkpoint file (last.pt or best.pt)", and best.pt is
+    refused as weights only; its weights were not mentioned."""
+    data, run = make_dataset(2, shape=(64, 64), seed=0), tmp_path / "run"
+    train(dataclasses.replace(CONFIG, epochs=1), data, out_dir=run)
+    for name in ("checkpoints/last.pt", "metrics.jsonl", "summary.json", "model.pth"):
+        (run / name).unlink()  # as the kill leaves it
+    best = run / "checkpoints" / "best.pt"
+    with pytest.raises(FileNotFoundError) as raised:
+        train(CONFIG, data, out_dir=run, resume_from=run)
+    assert "holds a run that cannot be continued" in str(raised.value)
+    assert f"samtune export {best} -o model.pth" in str(raised.value)
+    assert best.is_file()

@@ -99,7 +99,14 @@ def resolve_checkpoint(path: str | Path) -> Path:
     and the panel's Continue… take it. ``FileNotFoundError`` when there is no such file."""
     path = Path(path)
     if path.is_dir():
-        last = RunFiles.named_by(path).last
+        last, best = RunFiles.named_by(path).last, RunFiles.named_by(path).best
+        if not last.is_file() and is_project_checkpoint(best):  # killed in its first epoch
+            raise FileNotFoundError(
+                f"{str(path)!r} holds a run that cannot be continued: {str(last)!r} does not "
+                f"exist (the run ended before it wrote one), but {str(best)!r} holds the "
+                f"weights of its best epoch: samtune export {best} -o model.pth makes a model "
+                "of them, which a new run in another folder can finetune further"
+            )
         if not last.is_file():
             raise FileNotFoundError(
                 f"{str(path)!r} is a folder without a training checkpoint: {str(last)!r} does "
