@@ -175,3 +175,15 @@ def test_a_run_killed_before_its_first_last_checkpoint_offers_its_best_weights(t
     assert "holds a run that cannot be continued" in str(raised.value)
     assert f"samtune export {best} -o model.pth" in str(raised.value)
     assert best.is_file()
+
+
+def test_an_empty_line_in_the_metrics_goes_when_the_run_resumes(tmp_path):
+    """An empty line (a file opened and saved in an editor) stayed, and the panel's reader
+    of the file stops at a line that is not JSON: the epochs after it were not shown."""
+    data, run = make_dataset(2, shape=(64, 64), seed=0), tmp_path / "run"
+    train(dataclasses.replace(CONFIG, epochs=2), data, out_dir=run)
+    log = run / "metrics.jsonl"
+    first, second = log.read_text().splitlines()
+    log.write_text(f"{first}\n\n{second}\n")
+    train(CONFIG, data, out_dir=run, resume_from=run)
+    assert _epochs_logged(run) == [0, 1, 2]  # every line JSON

@@ -180,9 +180,11 @@ def record_epoch(path: Path, record: dict | None) -> None:
     rewriting the file atomically, so that a kill leaves it whole. An epoch is trained
     again after a kill between its line and its last.pt: the lines of that epoch and later
     ones are replaced. A last line without its end (a kill while an earlier version
-    appended) that is not JSON is dropped, as later lines would join it; any other line
-    stays as it is. ``None``: only that tidying, for a checkpoint without a record."""
+    appended) that is not JSON is dropped, as later lines would join it, and so are empty
+    lines (an editor's), where readers of the file stop; any other line stays as it is.
+    ``None``: only that tidying, for a checkpoint without a record."""
     lines = path.read_bytes().splitlines(keepends=True) if path.exists() else []
+    lines = [line for line in lines if line.strip()]
     if lines and not lines[-1].endswith(b"\n"):
         lines[-1:] = [lines[-1] + b"\n"] if _json_or_none(lines[-1]) is not None else []
     if record is not None:
