@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from napari_samtune.core import train_export
+from napari_samtune.core import train_export, trainer_files
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.synthetic import make_dataset
 from napari_samtune.core.train import train
@@ -187,3 +188,35 @@ def test_an_empty_line_in_the_metrics_goes_when_the_run_resumes(tmp_path):
     log.write_text(f"{first}\n\n{second}\n")
     train(CONFIG, data, out_dir=run, resume_from=run)
     assert _epochs_logged(run) == [0, 1, 2]  # every line JSON
+
+
+def test_a_kill_between_a_best_and_a_last_checkpoint_keeps_best_pt_and_the_summary_agreeing(
+    tmp_path, monkeypatch
+):
+    """Killed after epoch 2's best.pt (val_iou 0.5), before its last.pt (best: epoch 1,
+    0.1): the resumed run's epoch 2 scored 0.05 (other settings, or a GPU's
+    nondeterminism), so best.pt kept the killed epoch's weights while the summary said
+    epoch 1 with 0.1 was the best, and the model exported as that epoch's was not it."""
+    scores = iter([0.1, 0.5, 0.05])
+    monkeypatch.setattr(Trainer, "_validate", lambda self: {"val_iou": next(scores)})
+    real = Trainer._write_checkpoints
+
+    def killed_after_the_second_best(self, is_best):
+        if self.progress.epoch == 2:
+            trainer_files.write_checkpoint(
+                self.files.best, self.sam, self.arch, self.config, kind="best",
+                **self._checkpoint_fields(),
+            )  # fmt: skip
+            raise Killed
+        return real(self, is_best)
+
+    monkeypatch.setattr(Trainer, "_write_checkpoints", killed_after_the_second_best)
+    config = dataclasses.replace(CONFIG, epochs=2)
+    data, run = make_dataset(2, shape=(64, 64), seed=0), tmp_path / "run"
+    with pytest.raises(Killed):
+        train(config, data, out_dir=run)
+    monkeypatch.setattr(Trainer, "_write_checkpoints", real)
+    finished = train(config, data, out_dir=run, resume_from=run)
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert (finished.best_epoch, finished.best_metric) == (1, 0.5)
+    assert (best["epoch"], best["best_metric"]) == (2, 0.5)

@@ -109,6 +109,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
         self._setup_model(config, checkpoint, resume_from)
         self._setup_data()
         self._setup_optimizer(checkpoint)
+        self._adopt_newer_best(checkpoint)
         self.run_start = time.perf_counter()
         self.step_seconds, self.val_seconds = [], []
         self.stopped_by_user = self.stopped_early = False

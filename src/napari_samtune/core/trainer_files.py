@@ -67,6 +67,26 @@ class TrainerFilesMixin:
         if self.dist.is_main and resumed is not None and _same_file(resumed, self.files.last):
             record_epoch(self.files.metrics, self.epoch_record)
 
+    def _adopt_newer_best(self, checkpoint: dict | None) -> None:
+        """A run killed between an epoch's best.pt and its last.pt, resumed in its folder:
+        best.pt holds that epoch's weights, and last.pt's best is the one before. The redone
+        epoch, scoring lower (other settings, a GPU's nondeterminism), left best.pt holding
+        weights of a score the summary did not name, exported as the model of the best
+        epoch it named; the run's best is now best.pt's. Mapped, not read: it may be GBs."""
+        if checkpoint is None or not _same_file(self.resume_from, self.files.last):
+            return
+        try:
+            best = torch.load(self.files.best, map_location="cpu", weights_only=True, mmap=True)
+            newer = int(best["epoch"]) > int(checkpoint["epoch"])
+            same_metric = bool(best["data_summary"]["val_images"]) == self.has_validation
+            metric, done = float(best["best_metric"]), best["progress"]
+        except Exception:  # none, or damaged: exporting it says so
+            return
+        if newer and same_metric and metric > self.progress.best_metric:
+            p = self.progress
+            p.best_metric, p.best_epoch = metric, int(done["best_epoch"])
+            p.time_to_best_s, p.epochs_without_improvement = float(done["time_to_best_s"]), 0
+
     @property
     def files(self) -> RunFiles:
         return RunFiles(self.out_dir)
