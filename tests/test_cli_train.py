@@ -928,3 +928,27 @@ def test_a_resume_under_torchrun_drops_the_gpu_index_the_run_saved(monkeypatch):
     assert [_resumed_device(d) for d in ("cuda:0", "cuda", "cpu")] == ["cuda", "cuda", "cpu"]
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert _resumed_device("cuda:1") == "cuda:1"  # a lone process keeps its GPU
+
+
+def test_a_resume_of_a_killed_run_says_what_its_saved_weights_offer(tmp_path, folders, capsys):
+    """``--resume`` of a run killed at its end (before the export) said only to pass more
+    epochs, and of one killed before its first last.pt that the folder had no checkpoint,
+    though best.pt held its weights: each now names the export that makes its model."""
+    run = tmp_path / "run"
+    assert cli.main(_tiny_run(folders, run, epochs=1)) == 0
+    capsys.readouterr()
+    best = run / "checkpoints" / "best.pt"
+    (run / "summary.json").unlink()  # as a kill in the run's end leaves it
+    (run / "model.pth").unlink()
+    images, labels = folders
+    resume = ["train", "--resume", str(run), "--images", images, "--labels", labels, *FAST]
+    assert cli.main(resume) == 2
+    err = capsys.readouterr().err
+    assert "pass --epochs above 1" in err
+    assert f"samtune export {best} -o {run / 'model.pth'} --register NAME" in err
+    (run / "checkpoints" / "last.pt").unlink()  # killed between the first best.pt and last.pt
+    assert cli.main(resume) == 2
+    err = capsys.readouterr().err
+    assert "holds a run that cannot be continued" in err
+    assert f"samtune export {best} -o model.pth" in err
+    assert best.is_file()

@@ -186,7 +186,11 @@ def choose_preset(key: str) -> tuple[object, str]:
 def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     """The run's config and a line saying where its settings came from."""
     from napari_samtune.core.presets import config_from_preset
-    from napari_samtune.core.train_checkpoints import check_resumable, read_checkpoint
+    from napari_samtune.core.train_checkpoints import (
+        check_resumable,
+        read_checkpoint,
+        unexported_note,
+    )
     from napari_samtune.core.train_export import RunFiles
 
     if args.resume:
@@ -209,6 +213,7 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
             raise ValueError(
                 f"{args.resume} has done {done} epoch(s) and the run's epochs are "
                 f"{config.epochs}: nothing is left to train; pass --epochs above {done}"
+                + unexported_note(Path(args.resume))  # killed before its model was exported
             )
         check_resumable(checkpoint, config, args.resume)  # as training would, before the data
         return config, f"settings of {args.resume}"
@@ -244,6 +249,8 @@ def resume_checkpoint(resume: str) -> Path:
     """The checkpoint ``--resume`` names: a run folder's ``checkpoints/last.pt`` (what the
     napari panel's Continue… takes), the ``last.pt`` in a run's checkpoints folder given
     itself, or the file given."""
+    from napari_samtune.core.checkpoints import is_project_checkpoint
+    from napari_samtune.core.train_checkpoints import resolve_checkpoint
     from napari_samtune.core.train_export import RunFiles
 
     path = Path(resume)
@@ -251,6 +258,8 @@ def resume_checkpoint(resume: str) -> Path:
         return path
     last = RunFiles.named_by(path).last
     if not last.is_file():
+        if is_project_checkpoint(RunFiles.named_by(path).best):
+            resolve_checkpoint(path)  # killed in its first epoch: says what its best.pt offers
         raise ValueError(
             f"--resume {resume} is a folder without a training checkpoint: {last} does not "
             "exist; give the --out folder of a run that trained at least one step, or its "

@@ -165,7 +165,7 @@ def _whole_one_beside(path: Path) -> str:
     return offers + " (the weights of the run's latest epoch, not of its best)"
 
 
-def _unexported(path: Path) -> str:
+def unexported_note(path: Path) -> str:
     """For the checkpoint of a run that was killed after its last epoch, before its model
     was exported and registered (summary.json is written after both): how to have it."""
     run = RunFiles.named_by(path.parent)
@@ -193,7 +193,7 @@ def check_resumable(checkpoint: dict, config: TrainConfig, path: str | Path) -> 
         raise ValueError(
             f"{str(path)!r} has done {done} epoch(s) and epochs={config.epochs}, so there is "
             f"nothing left to train; set epochs above {done} to continue the run"
-            + _unexported(Path(path))
+            + unexported_note(Path(path))
         )
     saved = TrainConfig.from_dict(checkpoint["config"])
     # a weights file named relative to another working directory is the same model
