@@ -99,6 +99,14 @@ def test_past_epochs_keep_a_diverged_loss_and_end_at_a_half_written_line(tmp_pat
     assert second.epoch == 1 and second.train_loss != second.train_loss  # NaN: null on disk
 
 
+def test_past_epochs_skip_an_empty_line(tmp_path):
+    """An empty line (the file saved in an editor) ended the list: the epochs after it
+    were missing from the plot of a continued run."""
+    record = json.loads(GOOD_RECORD) | {"epoch": 1, "is_best": False}
+    folder = _run_folder(tmp_path, {}, GOOD_RECORD + "\n  \n" + json.dumps(record) + "\n")
+    assert [epoch.epoch for epoch in past_epochs(folder)] == [0, 1]
+
+
 def test_red_messages_clear_once_their_cause_is_fixed(qtbot, widget):
     data, settings_error = widget.train_data, widget.settings.settings_error
     assert widget.start() is None  # no data yet

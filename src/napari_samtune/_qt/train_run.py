@@ -231,8 +231,9 @@ def _read_config(path: Path) -> TrainConfig:
 
 
 def past_epochs(folder: Path) -> list[PastEpoch]:
-    """The epochs recorded in the run's metrics.jsonl, oldest first; a line that is not
-    JSON (a crash while writing it) ends the list. ``ValueError`` naming the file and the
+    """The epochs recorded in the run's metrics.jsonl, oldest first; empty lines (the file
+    saved in an editor) are skipped, and a line that is not JSON (a crash while writing it,
+    before writes were atomic) ends the list. ``ValueError`` naming the file and the
     fix for a line that training did not write; no file: no epochs."""
     metrics = RunFiles(folder).metrics
     if not metrics.exists():
@@ -245,6 +246,8 @@ def past_epochs(folder: Path) -> list[PastEpoch]:
         raise ValueError(f"cannot read {str(metrics)!r} ({err}); {fix}") from None
     records = []
     for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
             record = json.loads(line)
         except ValueError:
