@@ -64,9 +64,11 @@ def iter_train(
         train_data: (image, labels) pairs or :class:`ImageLabelPair` s; labels are
             (H, W) integer instance labels, or (planes, H, W) with a stack of as many
             image planes (one pair per plane with objects); or :class:`PreparedImage` s,
-            prepared by the caller (e.g. to check them first), used as they are.
-        val_data: validation pairs; None holds out ``config.val_fraction`` of the
-            training images (of the one image's area, with a single image).
+            prepared by the caller (e.g. to check them first), used as they are. A list or
+            tuple, or an iterator (a generator, ``zip(images, labels)``) read into a list first.
+        val_data: validation pairs, given as ``train_data``; None holds out
+            ``config.val_fraction`` of the training images (of the one image's area, with a
+            single image).
         out_dir: folder for config, checkpoints, metrics and the exported model.
         stop_event: set it to stop after the current step (checkpoint + export).
         resume_from: a ``last.pt`` checkpoint to continue from.

@@ -123,6 +123,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
         ``self.duplicates`` (see :func:`drop_duplicates`)."""
         train_images, self.left_out, self.duplicates = _prepare(train_data, "training")
         self.val_repeats = self.val_same_images = ()
+        val_data = None if val_data is None else _listed(val_data)
         if val_data is not None and len(val_data):
             val_images, left_out, duplicates = _prepare(val_data, "validation")
             self.left_out += left_out
@@ -375,6 +376,7 @@ def _prepare(data: TrainData, what: str):
     """:func:`prepare_annotated` and :func:`drop_duplicates`: (images, names left out for
     having no object, (left out, kept) names of repeats); errors say which data
     ("validation data: ..."). Images the caller prepared are used as they are, less repeats."""
+    data = _listed(data)
     try:
         if len(data) and all(isinstance(item, PreparedImage) for item in data):
             images, left_out = list(data), ()
@@ -384,6 +386,13 @@ def _prepare(data: TrainData, what: str):
     except (ValueError, TypeError) as err:
         raise type(err)(f"{what} data: {err}") from None
     return kept, left_out, duplicates
+
+
+def _listed(data: TrainData) -> TrainData:
+    """Pairs given as an iterator (a generator, ``zip(images, labels)``) as a list: they
+    were refused with "object of type 'zip' has no len()". Sequences and what is not an
+    iterator (an array, one pair) stay as they are, for :func:`as_pairs` to check."""
+    return list(data) if isinstance(data, Iterator) else data
 
 
 def _calmer(learning_rate: float) -> float:
