@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from napari_samtune.core.evaluate import evaluate_prompts
+from napari_samtune.core.models import load_model
+from napari_samtune.core.predict import Segmenter
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.synthetic import make_dataset
 from napari_samtune.core.train import train
@@ -38,3 +42,22 @@ def test_an_empty_generator_of_pairs_is_refused_as_no_training_data(tmp_path):
     with pytest.raises(ValueError, match="training data must be a non-empty list"):
         train(_one_epoch(), (pair for pair in []), out_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_prompts_takes_numpy_counts_and_names_counts_that_are_none(tmp_path):
+    # n_corrective_clicks=np.int64(1) (a count taken off an array) was refused as "expected
+    # an int"; max_objects_per_image=1.5 raised "slice indices must be integers or None",
+    # and "2" raised "'<' not supported between instances of 'str' and 'int'".
+    model = load_model("nano")
+    segmenter = Segmenter(model.sam, model.model_id, use_disk_cache=False)
+    pairs = make_dataset(1, shape=(48, 48), seed=0)
+    images, labels = [pairs[0][0]], [pairs[0][1]]
+    plain = evaluate_prompts(segmenter, images, labels, 1, max_objects_per_image=2)
+    numpy = evaluate_prompts(segmenter, images, labels, np.int64(1), np.uint8(2))
+    assert numpy.summary() == plain.summary()
+    assert type(numpy.n_corrective_clicks) is int and len(numpy.objects) == 2
+    for bad in (1.5, "2", True):
+        with pytest.raises(TypeError, match=rf"max_objects_per_image={bad!r} is not a whole"):
+            evaluate_prompts(segmenter, images, labels, 1, max_objects_per_image=bad)
+    with pytest.raises(TypeError, match=r"n_corrective_clicks=2\.0 is not a whole number"):
+        evaluate_prompts(segmenter, images, labels, 2.0)

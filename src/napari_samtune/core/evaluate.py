@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import math
+import numbers
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -220,13 +221,20 @@ def _as_list(items: Iterable[np.ndarray], name: str) -> list[np.ndarray]:
     return list(items)
 
 
+def _check_count(value: object, name: str, allowed: str, lowest: int = 0) -> None:
+    """A whole number >= ``lowest``; numpy's too (a count taken off an array: np.int64(3) was
+    refused as 'expected an int'), not a bool, a float (1.5 raised 'slice indices must be
+    integers') or text ('2' raised "'<' not supported")."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}={value!r} is not a whole number; {allowed}")
+    if value < lowest:
+        raise ValueError(f"{name}={value!r}; {allowed}")
+
+
 def _check_prompt_inputs(
     images: Sequence[np.ndarray], labels: Sequence[np.ndarray], n_corrective_clicks: int
 ) -> None:
-    if isinstance(n_corrective_clicks, bool) or not isinstance(n_corrective_clicks, int):
-        raise TypeError(f"n_corrective_clicks={n_corrective_clicks!r}; expected an int >= 0")
-    if n_corrective_clicks < 0:
-        raise ValueError(f"n_corrective_clicks={n_corrective_clicks!r}; expected an int >= 0")
+    _check_count(n_corrective_clicks, "n_corrective_clicks", "expected an int >= 0")
     if len(images) != len(labels):
         raise ValueError(
             f"got {len(images)!r} images but {len(labels)!r} label images; pass one per image"
@@ -270,8 +278,10 @@ def evaluate_prompts(
     """
     images, labels = _as_list(images, "images"), _as_list(labels, "labels")
     _check_prompt_inputs(images, labels, n_corrective_clicks)
-    if max_objects_per_image is not None and max_objects_per_image < 1:
-        raise ValueError(f"max_objects_per_image={max_objects_per_image!r}; use None or >= 1")
+    n_corrective_clicks = int(n_corrective_clicks)
+    if max_objects_per_image is not None:
+        _check_count(max_objects_per_image, "max_objects_per_image", "use None or >= 1", 1)
+        max_objects_per_image = int(max_objects_per_image)
     segmenter = _resolve_segmenter(segmenter)
     results = []
     for index, (image, image_labels) in enumerate(zip(images, labels, strict=True)):
