@@ -9,8 +9,10 @@ from napari_samtune.core.evaluate import evaluate_prompts
 from napari_samtune.core.models import load_model
 from napari_samtune.core.predict import Segmenter
 from napari_samtune.core.presets import TrainConfig
+from napari_samtune.core.registry import user_models_dir
 from napari_samtune.core.synthetic import make_dataset
 from napari_samtune.core.train import train
+from napari_samtune.core.user_models import list_user_models, register_user_model
 
 
 def _one_epoch() -> TrainConfig:
@@ -61,3 +63,17 @@ def test_evaluate_prompts_takes_numpy_counts_and_names_counts_that_are_none(tmp_
             evaluate_prompts(segmenter, images, labels, 1, max_objects_per_image=bad)
     with pytest.raises(TypeError, match=r"n_corrective_clicks=2\.0 is not a whole number"):
         evaluate_prompts(segmenter, images, labels, 2.0)
+
+
+def test_a_user_model_registered_with_an_architecture_name_is_registered(tiny_checkpoint):
+    # register_user_model(path, "mine", "tiny") wrote mine.pt, then failed on "'str' object
+    # has no attribute 'to_dict'" and left that file in the models folder, listed nowhere;
+    # load_model(path, architecture="tiny") takes the name.
+    weights = register_user_model(tiny_checkpoint, "mine", "tiny")
+    assert [spec.name for spec in list_user_models()] == ["mine"]
+    assert load_model("mine").architecture.name == "tiny"
+    assert weights.is_file()
+    for bad, error in (("vit_x", ValueError), (3, TypeError)):
+        with pytest.raises(error, match=rf"architecture={bad!r}"):
+            register_user_model(tiny_checkpoint, "other", bad)
+    assert not list(user_models_dir().glob("other*"))

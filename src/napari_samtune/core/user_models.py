@@ -14,7 +14,7 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
-from napari_samtune.core.architectures import ARCHITECTURES, SamArchitecture
+from napari_samtune.core.architectures import ARCHITECTURES, SamArchitecture, as_architecture
 from napari_samtune.core.checkpoints import atomic_write
 from napari_samtune.core.download import file_digest, stamp_path, write_stamp
 from napari_samtune.core.registry import (
@@ -116,7 +116,7 @@ def user_model_spec(name: str) -> ModelSpec | None:
 def register_user_model(
     state_dict_path: Path,
     name: str,
-    architecture: SamArchitecture,
+    architecture: SamArchitecture | str,
     metadata: dict | None = None,
     *,
     overwrite: bool = False,
@@ -125,7 +125,8 @@ def register_user_model(
 
     ``state_dict_path`` may hold any weights :func:`~napari_samtune.core.models.load_model`
     reads (plain SAM state dict, project checkpoint, micro-sam export); they must fit
-    ``architecture`` exactly. The folder gets ``<name>.pt`` (a plain SAM state dict,
+    ``architecture`` (or the architecture it names, e.g. ``"vit_b"``, as ``load_model`` takes
+    it) exactly. The folder gets ``<name>.pt`` (a plain SAM state dict,
     written atomically), ``<name>.json`` (architecture, metadata, the file's size and
     sha256 hash) and the verification stamp of the new file. Built-in
     names are refused; an existing user model is replaced only with ``overwrite=True``.
@@ -135,6 +136,9 @@ def register_user_model(
     from napari_samtune.core import models
 
     _check_new_name(name, overwrite)
+    # before any file is written: a name here failed at the sidecar ("'str' object has no
+    # attribute 'to_dict'") and left <name>.pt in the folder, registered as nothing
+    architecture = as_architecture(architecture)
     if metadata is not None and not isinstance(metadata, dict):
         raise TypeError(f"metadata={metadata!r} must be a dict or None")
     try:
