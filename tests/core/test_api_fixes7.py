@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,7 @@ from napari_samtune.core.predict import Segmenter
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.registry import user_models_dir
 from napari_samtune.core.synthetic import make_dataset
-from napari_samtune.core.train import train
+from napari_samtune.core.train import iter_train, train
 from napari_samtune.core.user_models import list_user_models, register_user_model
 
 
@@ -77,3 +79,13 @@ def test_a_user_model_registered_with_an_architecture_name_is_registered(tiny_ch
         with pytest.raises(error, match=rf"architecture={bad!r}"):
             register_user_model(tiny_checkpoint, "other", bad)
     assert not list(user_models_dir().glob("other*"))
+
+
+@pytest.mark.parametrize("stop_event", [True, False, threading.Event, "stop"])
+def test_a_stop_event_that_is_no_event_is_refused_before_training(tmp_path, stop_event):
+    # stop_event=True (or the class threading.Event) loaded the model and data, trained a
+    # step and then failed on "'bool' object has no attribute 'is_set'".
+    pairs, run = make_dataset(2, (48, 48), seed=0), tmp_path / "run"
+    with pytest.raises(TypeError, match=r"stop_event=.* is not an event; pass stop = threading"):
+        next(iter_train(_one_epoch(), pairs, out_dir=run, stop_event=stop_event))
+    assert not run.exists()

@@ -75,6 +75,7 @@ def iter_train(
         model_name: user-model name to register the result under; default: the
             name of ``out_dir`` (made unique).
     """
+    _check_stop_event(stop_event)
     with ddp.peer_failures_explained():  # under torchrun: another process failed
         trainer = Trainer(
             config, train_data, val_data, out_dir, stop_event, resume_from, model_name
@@ -83,6 +84,20 @@ def iter_train(
             yield from trainer.run()
         finally:
             ddp.shutdown(trainer.dist)
+
+
+def _check_stop_event(stop_event: object) -> None:
+    """``TypeError`` for a stop_event that is no event: True, or the class threading.Event,
+    trained until the first step and then failed on "'bool' object has no attribute
+    'is_set'" (or "missing 1 required positional argument")."""
+    if stop_event is None or (
+        callable(getattr(stop_event, "is_set", None)) and not isinstance(stop_event, type)
+    ):
+        return
+    raise TypeError(
+        f"stop_event={stop_event!r} is not an event; pass stop = threading.Event() and call "
+        "stop.set() to stop the run (a multiprocessing.Event works too), or None"
+    )
 
 
 def train(
