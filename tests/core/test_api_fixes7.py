@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from napari_samtune.core.evaluate import evaluate_prompts
+from napari_samtune.core.metrics import evaluate_instances
 from napari_samtune.core.models import load_model
 from napari_samtune.core.predict import Segmenter
 from napari_samtune.core.presets import TrainConfig
@@ -89,3 +90,19 @@ def test_a_stop_event_that_is_no_event_is_refused_before_training(tmp_path, stop
     with pytest.raises(TypeError, match=r"stop_event=.* is not an event; pass stop = threading"):
         next(iter_train(_one_epoch(), pairs, out_dir=run, stop_event=stop_event))
     assert not run.exists()
+
+
+def test_label_images_as_floats_or_file_names_are_refused_with_the_way_on():
+    # Whole-number float labels (a TIFF saved as float32) were refused with "has dtype
+    # dtype('float32'); instance metrics need integer label images" and no fix, though
+    # training names one; a file name was "has dtype dtype('<U9')".
+    labels = make_dataset(1, (48, 48), seed=0)[0][1]
+    floats = labels.astype(np.float32)
+    with pytest.raises(TypeError, match=r"image 0: prediction .*\.astype\(np\.uint32\)"):
+        evaluate_instances([labels], [floats])
+    as_ints = evaluate_instances([labels], [floats.astype(np.uint32)])
+    assert as_ints.pooled.msa == 1.0
+    with pytest.raises(TypeError, match="these values have fractions: a probability map"):
+        evaluate_instances([labels], [floats / 2])
+    with pytest.raises(TypeError, match=r"image 0: labels is the file name 'gt_01.tif'.*imread"):
+        evaluate_instances(["gt_01.tif"], [labels])

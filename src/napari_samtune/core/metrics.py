@@ -24,11 +24,15 @@ Conventions used throughout:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
+from napari_samtune.core.tiff_files import float_labels_problem
+
+WHOLE_FLOATS_FIX = "their values are whole numbers, so convert them with .astype(np.uint32)"
 IOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 
 
@@ -51,7 +55,13 @@ def _index_instances(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def check_label_image(labels: np.ndarray, name: str) -> np.ndarray:
     """``labels`` as an array of instance labels; ``TypeError`` for a boolean mask (its
     objects have no ids: one id per object is needed, as training needs) or another
-    non-integer dtype, ``ValueError`` for negative ids; ``name`` names it."""
+    non-integer dtype (saying how to convert whole-number floats) or a file name,
+    ``ValueError`` for negative ids; ``name`` names it."""
+    if isinstance(labels, (str, os.PathLike)):  # was "has dtype dtype('<U9')"
+        raise TypeError(
+            f"{name} is the file name {str(labels)!r}, not its label image; read the file "
+            f"first, e.g. tifffile.imread({str(labels)!r})"
+        )
     labels = np.asarray(labels)
     if labels.dtype == bool:
         raise TypeError(
@@ -60,9 +70,12 @@ def check_label_image(labels: np.ndarray, name: str) -> np.ndarray:
             ".astype(np.uint8) if the mask is one object)"
         )
     if not np.issubdtype(labels.dtype, np.integer):
+        floating = np.issubdtype(labels.dtype, np.floating)
+        # float labels of whole numbers (a TIFF saved as float32) were refused with no way on
+        fix = (float_labels_problem(labels) or WHOLE_FLOATS_FIX) if floating else ""
         raise TypeError(
             f"{name} has dtype {labels.dtype!r}; instance metrics need integer label images "
-            "(0 = background, one id per object)"
+            "(0 = background, one id per object)" + (f": {fix}" if fix else "")
         )
     if labels.size and np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:
         raise ValueError(f"{name} contains negative ids (min {labels.min()!r}); use ids >= 0")
