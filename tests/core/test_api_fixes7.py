@@ -106,3 +106,17 @@ def test_label_images_as_floats_or_file_names_are_refused_with_the_way_on():
         evaluate_instances([labels], [floats / 2])
     with pytest.raises(TypeError, match=r"image 0: labels is the file name 'gt_01.tif'.*imread"):
         evaluate_instances(["gt_01.tif"], [labels])
+
+
+def test_batched_points_refuse_a_multimask_that_is_no_bool_as_predict_does():
+    # predict_points_batched(points, multimask="no") decoded three candidates per point, as
+    # for True, without a word; predict(multimask="no") is refused.
+    model = load_model("nano")
+    segmenter = Segmenter(model.sam, model.model_id, use_disk_cache=False)
+    segmenter.set_image(make_dataset(1, (48, 48), seed=0)[0][0])
+    for call in (segmenter.predict_points_batched, segmenter.predict):
+        with pytest.raises(TypeError, match=r"multimask='no'; pass True(, | or )False"):
+            call([[10, 12]], multimask="no")
+    one = segmenter.predict(points_xy=[[10, 12]], multimask=np.bool_(False)).mask
+    batched = segmenter.predict_points_batched([[10, 12]], multimask=np.bool_(False))
+    np.testing.assert_array_equal(batched == 1, one)

@@ -49,6 +49,12 @@ class Prediction:
     image_digest: str = ""  # of the image it was predicted on; a mask_input must match
 
 
+def _check_multimask(multimask: object, allowed: str) -> None:
+    """``TypeError`` for a multimask that is no bool: "no" would be read as True."""
+    if not isinstance(multimask, (bool, np.bool_)):
+        raise TypeError(f"multimask={multimask!r}; pass {allowed}")
+
+
 class Segmenter(ViewPredictor):
     """Segment one image at a time from point and box prompts.
 
@@ -104,10 +110,7 @@ class Segmenter(ViewPredictor):
             raise ValueError("predict needs a prompt: pass points_xy and/or box_xyxy")
         if multimask is None:
             multimask = box is None and points is not None and len(points) == 1
-        elif not isinstance(multimask, (bool, np.bool_)):  # "no" would be read as True
-            raise TypeError(
-                f"multimask={multimask!r}; pass True, False or None (SAM's choice per prompt)"
-            )
+        _check_multimask(multimask, "True, False or None (SAM's choice per prompt)")
         corners = [c for c in (points, None if box is None else box.reshape(2, 2)) if c is not None]
         view = self.grid.choose_tile(np.concatenate(corners))
         low, iou = self.decode(
@@ -167,6 +170,7 @@ class Segmenter(ViewPredictor):
 
         Each point is decoded on its own (multimask: best predicted IoU of three).
         """
+        _check_multimask(multimask, "True or False")
         points = check_points(points_xy, self.image_shape)
         views = np.array([self.grid.choose_tile(p) for p in points])
         painter = LabelPainter(self.image_shape, self.model.mask_threshold)
