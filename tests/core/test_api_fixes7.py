@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from napari_samtune.core.evaluate import evaluate_prompts
+from napari_samtune.core.evaluate import compare_models, evaluate_prompts
 from napari_samtune.core.metrics import evaluate_instances
 from napari_samtune.core.models import load_model
 from napari_samtune.core.predict import Segmenter
@@ -120,3 +120,17 @@ def test_batched_points_refuse_a_multimask_that_is_no_bool_as_predict_does():
     one = segmenter.predict(points_xy=[[10, 12]], multimask=np.bool_(False)).mask
     batched = segmenter.predict_points_batched([[10, 12]], multimask=np.bool_(False))
     np.testing.assert_array_equal(batched == 1, one)
+
+
+def test_compare_models_takes_pairs_and_a_name_given_with_its_extension(tmp_path):
+    # compare_models([("a", evaluation)], ...) raised "'list' object has no attribute
+    # 'items'", and name="scores.csv" wrote scores.csv.csv and scores.csv.png.
+    labels = make_dataset(1, (48, 48), seed=0)[0][1]
+    evaluation = evaluate_instances([labels], [labels])
+    files = compare_models([("a", evaluation), ("b", {"msa": 0.5})], tmp_path, name="scores.csv")
+    assert (files.csv_path.name, files.png_path.name) == ("scores.csv", "scores.png")
+    rows = files.csv_path.read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == ["a", "b"]
+    for bad in (evaluation, ["a", "b"], "a"):
+        with pytest.raises(TypeError, match=r"results is a .*; pass \{model name: metrics\}"):
+            compare_models(bad, tmp_path)

@@ -338,6 +338,20 @@ def _metric_dict(name: str, metrics: Any) -> dict[str, float]:
     )
 
 
+def _by_model(results: object) -> Mapping[str, Any]:
+    """``results`` as {model: metrics}, from a mapping or a list of (model, metrics) pairs
+    (which raised "'list' object has no attribute 'items'")."""
+    if isinstance(results, Mapping):
+        return results
+    pairs = list(results) if isinstance(results, (list, tuple)) else None
+    if pairs is None or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
+        raise TypeError(
+            f"results is a {type(results).__name__}; pass {{model name: metrics}}, e.g. "
+            "{'vit_b': evaluation}, or a list of (model name, metrics) pairs"
+        )
+    return dict(pairs)
+
+
 def _write_csv(path: Path, table: dict[str, dict[str, float]], columns: list[str]) -> None:
     with open(path, "w", newline="") as file:
         writer = csv.writer(file)
@@ -388,21 +402,25 @@ def compare_models(
     """Write a CSV of every model's metrics and a grouped bar chart (mSA, SA50, box/point IoU).
 
     Args:
-        results: model name -> its metrics: a dict of floats (as ``summary()`` returns),
-            an :class:`~.metrics.InstanceEvaluation` or :class:`PromptEvaluation`, or a
-            list of those (merged). Models missing a metric get an empty CSV cell and no bar.
+        results: model name -> its metrics (a dict, or a list of (name, metrics) pairs):
+            a dict of floats (as ``summary()`` returns), an
+            :class:`~.metrics.InstanceEvaluation` or :class:`PromptEvaluation`, or a list of
+            those (merged). Models missing a metric get an empty CSV cell and no bar.
         output_dir: folder for ``<name>.csv`` and ``<name>.png``; created if needed (a
             file there is refused with ``ValueError``).
-        name: file name stem. Where ``<name>.csv`` or ``<name>.png`` is there already (an
-            earlier comparison), the first free ``<name>-2``, ``<name>-3``, ... is used,
-            unless ``overwrite``; the returned paths say which.
+        name: file name stem (a ".csv" or ".png" given with it is dropped). Where
+            ``<name>.csv`` or ``<name>.png`` is there already (an earlier comparison), the
+            first free ``<name>-2``, ``<name>-3``, ... is used, unless ``overwrite``; the
+            returned paths say which.
     """
     if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
         raise ValueError(
             f"name={name!r} is not a file name stem; give one such as 'comparison' (the "
             "files are written to output_dir)"
         )
+    name = name.removesuffix(".csv").removesuffix(".png") or name  # "x.csv" wrote x.csv.csv
     output_dir = _check_output_dir(output_dir)
+    results = _by_model(results)
     if not results:
         raise ValueError("results is empty; pass {model name: metrics} for at least one model")
     table = {str(model): _metric_dict(str(model), metrics) for model, metrics in results.items()}
