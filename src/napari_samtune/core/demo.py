@@ -270,7 +270,7 @@ def run_demo(
     """
     from dataclasses import asdict
 
-    from napari_samtune.core.evaluate import compare_models
+    from napari_samtune.core.comparison import compare_models
     from napari_samtune.core.models import load_model
 
     start, out_dir = time.perf_counter(), Path(out_dir)

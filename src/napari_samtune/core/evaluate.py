@@ -21,23 +21,23 @@ from (row, col) only through :func:`napari_samtune.core.coords.napari_to_sam`.
 All predictions use ``multimask=False``.
 
 Instance metrics of automatic segmentation live in :mod:`.metrics`;
-:func:`compare_models` writes a CSV and a bar chart for several models.
+:func:`~.comparison.compare_models` (also importable from here) writes a CSV and a bar
+chart for several models.
 """
 
 from __future__ import annotations
 
-import csv
-import math
 import numbers
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from napari_samtune.core.checkpoints import atomic_write, check_output_folder, first_free
+from napari_samtune.core.comparison import CHART_METRICS as CHART_METRICS
+from napari_samtune.core.comparison import ComparisonFiles as ComparisonFiles
+from napari_samtune.core.comparison import compare_models as compare_models
 from napari_samtune.core.coords import napari_to_sam
 from napari_samtune.core.metrics import check_label_image, check_not_a_mask
 from napari_samtune.core.prompts import PADDING, corrective_point, interior_point
@@ -299,143 +299,3 @@ def evaluate_prompts(
     if not results:
         raise ValueError("labels contain no objects; prompted evaluation needs annotated objects")
     return PromptEvaluation(tuple(results), n_corrective_clicks)
-
-
-# Metrics drawn in the comparison chart: (summary key, axis label).
-CHART_METRICS: tuple[tuple[str, str], ...] = (
-    ("msa", "mSA"),
-    ("sa50", "SA50"),
-    ("box_iou", "box IoU"),
-    ("point_iou", "point IoU"),
-)
-
-
-@dataclass(frozen=True)
-class ComparisonFiles:
-    """Where :func:`compare_models` wrote its outputs."""
-
-    csv_path: Path  # one row per model, one column per metric
-    png_path: Path  # grouped bar chart of CHART_METRICS
-
-
-def _metric_dict(name: str, metrics: Any) -> dict[str, float]:
-    """A model's metrics as a flat dict, from a mapping, a ``summary()`` owner or a list."""
-    if isinstance(metrics, Mapping):
-        try:
-            return {str(key): float(value) for key, value in metrics.items()}
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"results[{name!r}] has a non-numeric metric value: {err}") from err
-    if hasattr(metrics, "summary"):
-        return _metric_dict(name, metrics.summary())
-    if isinstance(metrics, (list, tuple)):
-        merged: dict[str, float] = {}
-        for part in metrics:
-            merged.update(_metric_dict(name, part))
-        return merged
-    raise TypeError(
-        f"results[{name!r}] is a {type(metrics).__name__}; expected a dict of metric values, an "
-        "InstanceEvaluation / PromptEvaluation, or a list of those"
-    )
-
-
-def _by_model(results: object) -> Mapping[str, Any]:
-    """``results`` as {model: metrics}, from a mapping or a list of (model, metrics) pairs
-    (which raised "'list' object has no attribute 'items'")."""
-    if isinstance(results, Mapping):
-        return results
-    pairs = list(results) if isinstance(results, (list, tuple)) else None
-    if pairs is None or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
-        raise TypeError(
-            f"results is a {type(results).__name__}; pass {{model name: metrics}}, e.g. "
-            "{'vit_b': evaluation}, or a list of (model name, metrics) pairs"
-        )
-    return dict(pairs)
-
-
-def _write_csv(path: Path, table: dict[str, dict[str, float]], columns: list[str]) -> None:
-    with open(path, "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["model", *columns])
-        for model, metrics in table.items():
-            writer.writerow([model, *(repr(metrics[c]) if c in metrics else "" for c in columns)])
-
-
-def _write_chart(path: Path, table: dict[str, dict[str, float]], chart: list[tuple]) -> None:
-    # Figure + Agg canvas, not pyplot: no global backend switch inside a running napari.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(1.6 + 1.4 * len(chart), 3.6), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    width = 0.8 / len(table)
-    positions = np.arange(len(chart))
-    for i, (model, metrics) in enumerate(table.items()):
-        heights = [metrics.get(key, math.nan) for key, _ in chart]
-        axes.bar(positions + (i - (len(table) - 1) / 2) * width, heights, width, label=model)
-    axes.set_xticks(positions, [label for _, label in chart])
-    axes.set_ylim(0, 1)
-    axes.set_ylabel("score")
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, format="png")
-
-
-def _check_output_dir(output_dir: str | os.PathLike) -> Path:
-    """``output_dir`` as a Path; ``ValueError`` when it, or a folder above it, is a file."""
-    output_dir = check_output_folder(output_dir, "output_dir")
-    above = next((folder for folder in output_dir.parents if folder.exists()), None)
-    if above is not None and not above.is_dir():
-        raise ValueError(
-            f"output_dir {str(output_dir)!r} cannot be made: {str(above)!r} is a file; give a "
-            "folder (created if missing)"
-        )
-    return output_dir
-
-
-def compare_models(
-    results: Mapping[str, Any],
-    output_dir: str | Path,
-    name: str = "model_comparison",
-    overwrite: bool = False,
-) -> ComparisonFiles:
-    """Write a CSV of every model's metrics and a grouped bar chart (mSA, SA50, box/point IoU).
-
-    Args:
-        results: model name -> its metrics (a dict, or a list of (name, metrics) pairs):
-            a dict of floats (as ``summary()`` returns), an
-            :class:`~.metrics.InstanceEvaluation` or :class:`PromptEvaluation`, or a list of
-            those (merged). Models missing a metric get an empty CSV cell and no bar.
-        output_dir: folder for ``<name>.csv`` and ``<name>.png``; created if needed (a
-            file there is refused with ``ValueError``).
-        name: file name stem (a ".csv" or ".png" given with it is dropped). Where
-            ``<name>.csv`` or ``<name>.png`` is there already (an earlier comparison), the
-            first free ``<name>-2``, ``<name>-3``, ... is used, unless ``overwrite``; the
-            returned paths say which.
-    """
-    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
-        raise ValueError(
-            f"name={name!r} is not a file name stem; give one such as 'comparison' (the "
-            "files are written to output_dir)"
-        )
-    name = name.removesuffix(".csv").removesuffix(".png") or name  # "x.csv" wrote x.csv.csv
-    output_dir = _check_output_dir(output_dir)
-    results = _by_model(results)
-    if not results:
-        raise ValueError("results is empty; pass {model name: metrics} for at least one model")
-    table = {str(model): _metric_dict(str(model), metrics) for model, metrics in results.items()}
-    columns = list(dict.fromkeys(key for metrics in table.values() for key in metrics))
-    chart = [(key, label) for key, label in CHART_METRICS if key in columns]
-    if not chart:
-        raise ValueError(
-            f"no model has any of the chart metrics {[k for k, _ in CHART_METRICS]!r}; "
-            "evaluate with evaluate_instances and/or evaluate_prompts first"
-        )
-    if not overwrite:
-        name = first_free(
-            name,
-            lambda stem: any((output_dir / f"{stem}{ext}").exists() for ext in (".csv", ".png")),
-        )
-    csv_path = atomic_write(output_dir / f"{name}.csv", lambda tmp: _write_csv(tmp, table, columns))
-    png_path = atomic_write(output_dir / f"{name}.png", lambda tmp: _write_chart(tmp, table, chart))
-    return ComparisonFiles(csv_path, png_path)
