@@ -134,3 +134,20 @@ def test_compare_models_takes_pairs_and_a_name_given_with_its_extension(tmp_path
     for bad in (evaluation, ["a", "b"], "a"):
         with pytest.raises(TypeError, match=r"results is a .*; pass \{model name: metrics\}"):
             compare_models(bad, tmp_path)
+
+
+def test_batched_prompts_with_no_prompt_give_labels_without_objects():
+    # predict_boxes(np.zeros((0, 4))) (a detector that found nothing in this image) was
+    # refused with "boxes_xyxy must have shape (N, 4) ...; got shape (0, 4)", and so were
+    # no points; a loop over images stopped at the first without detections.
+    model = load_model("nano")
+    segmenter = Segmenter(model.sam, model.model_id, use_disk_cache=False)
+    segmenter.set_image(make_dataset(1, (40, 48), seed=0)[0][0])
+    for labels in (
+        segmenter.predict_boxes(np.zeros((0, 4))),
+        segmenter.predict_boxes([]),
+        segmenter.predict_points_batched(np.empty((0, 2), dtype=np.float32)),
+    ):
+        assert labels.shape == (40, 48) and labels.dtype == np.uint32 and not labels.any()
+    with pytest.raises(ValueError, match=r"got shape \(0, 3\)"):
+        segmenter.predict_boxes(np.zeros((0, 3)))

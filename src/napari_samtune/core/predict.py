@@ -55,6 +55,17 @@ def _check_multimask(multimask: object, allowed: str) -> None:
         raise TypeError(f"multimask={multimask!r}; pass {allowed}")
 
 
+def _no_prompts(prompts: object, width: int) -> bool:
+    """``prompts`` is an empty (0, ``width``) array or list: a batch of nothing to segment,
+    which was refused as not of shape (N, ``width``), e.g. for an image where a detector
+    found nothing."""
+    try:
+        shape = np.shape(prompts)
+    except (TypeError, ValueError):  # ragged lists: for the checks to name
+        return False
+    return shape in ((0,), (0, width))
+
+
 class Segmenter(ViewPredictor):
     """Segment one image at a time from point and box prompts.
 
@@ -155,8 +166,11 @@ class Segmenter(ViewPredictor):
         """One object per box; returns uint32 (H, W) labels, box ``i`` -> id ``i + 1``.
 
         Where objects overlap, the pixel goes to the object with the larger logit.
-        An object whose mask comes out empty leaves its id unused.
+        An object whose mask comes out empty leaves its id unused. No boxes ((0, 4), e.g. a
+        detector's for an image without objects) give labels without an object.
         """
+        if _no_prompts(boxes_xyxy, 4):
+            return np.zeros(self.image_shape, dtype=np.uint32)
         boxes = check_boxes(boxes_xyxy, self.image_shape, "boxes_xyxy")
         views = np.array([self.grid.choose_tile(b.reshape(2, 2)) for b in boxes])
         painter = LabelPainter(self.image_shape, self.model.mask_threshold)
@@ -168,9 +182,12 @@ class Segmenter(ViewPredictor):
     def predict_points_batched(self, points_xy: np.ndarray, multimask: bool = True) -> np.ndarray:
         """One object per positive point; returns uint32 (H, W) labels, point ``i`` -> id ``i + 1``.
 
-        Each point is decoded on its own (multimask: best predicted IoU of three).
+        Each point is decoded on its own (multimask: best predicted IoU of three). No points
+        ((0, 2)) give labels without an object.
         """
         _check_multimask(multimask, "True or False")
+        if _no_prompts(points_xy, 2):
+            return np.zeros(self.image_shape, dtype=np.uint32)
         points = check_points(points_xy, self.image_shape)
         views = np.array([self.grid.choose_tile(p) for p in points])
         painter = LabelPainter(self.image_shape, self.model.mask_threshold)
