@@ -71,7 +71,9 @@ def iter_train(
             single image).
         out_dir: folder for config, checkpoints, metrics and the exported model.
         stop_event: set it to stop after the current step (checkpoint + export).
-        resume_from: a ``last.pt`` checkpoint to continue from.
+        resume_from: the run to continue: its folder (which means its
+            ``checkpoints/last.pt``) or a ``last.pt``; into its own folder as ``out_dir``, or
+            into a new one.
         model_name: user-model name to register the result under; default: the
             name of ``out_dir`` (made unique).
     """
