@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from napari_samtune.core.evaluate import compare_models, evaluate_prompts
 from napari_samtune.core.metrics import evaluate_instances
@@ -151,3 +152,23 @@ def test_batched_prompts_with_no_prompt_give_labels_without_objects():
         assert labels.shape == (40, 48) and labels.dtype == np.uint32 and not labels.any()
     with pytest.raises(ValueError, match=r"got shape \(0, 3\)"):
         segmenter.predict_boxes(np.zeros((0, 3)))
+
+
+@pytest.mark.parametrize(
+    "as_tensor",
+    [
+        lambda image: torch.from_numpy(image).requires_grad_(),  # an output of a torch model
+        lambda image: torch.from_numpy(image).to(torch.bfloat16),
+    ],
+)
+def test_an_image_as_a_tensor_with_gradients_or_of_bfloat16_is_segmented(as_tensor):
+    # set_image raised torch's "Can't call numpy() on Tensor that requires grad" or "Got
+    # unsupported ScalarType BFloat16"; tensors of other dtypes were taken.
+    model = load_model("nano")
+    segmenter = Segmenter(model.sam, model.model_id, use_disk_cache=False)
+    # uint8 values / 8: multiples of 1/8 below 32, which bfloat16 holds exactly
+    image = make_dataset(1, (40, 48), seed=0)[0][0].astype(np.float32) / 8
+    segmenter.set_image(image)
+    expected = segmenter.predict(points_xy=[[20, 18]]).mask
+    segmenter.set_image(as_tensor(image))
+    np.testing.assert_array_equal(segmenter.predict(points_xy=[[20, 18]]).mask, expected)

@@ -136,7 +136,7 @@ class ViewPredictor:
                 f"{image_name} is the file name {str(image)!r}, not its pixels; read the file "
                 f"first, e.g. set_image(tifffile.imread({str(image)!r}))"
             )
-        pixels = np.asarray(image)  # read once: a dask or zarr array is not read twice
+        pixels = _as_pixels(image)  # read once: a dask or zarr array is not read twice
         check_some_pixel_finite(pixels, image_name)
         rgb = to_sam_rgb(pixels, channel_axis, channels)
         grid = TileGrid.for_image(rgb.shape[:2], self.img_size, self.tiling)
@@ -286,3 +286,14 @@ class ViewPredictor:
             return [Window(tile.y0, tile.x0, logits).trimmed(threshold) for logits in full]
         with torch.inference_mode():
             return [upscaled_window(logits, tile, self.img_size, threshold) for logits in lowres]
+
+
+def _as_pixels(image: object) -> np.ndarray:
+    """``image`` as a numpy array; a torch tensor on a GPU, one that tracks gradients or one of
+    bfloat16 (which numpy lacks) too, which np.asarray refused with torch's own words
+    ("Got unsupported ScalarType BFloat16", "Can't call numpy() on Tensor that requires
+    grad")."""
+    if not isinstance(image, torch.Tensor):
+        return np.asarray(image)
+    image = image.detach().cpu()
+    return (image.float() if image.dtype == torch.bfloat16 else image).numpy()
