@@ -50,7 +50,7 @@ def test_an_empty_generator_of_pairs_is_refused_as_no_training_data(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_evaluate_prompts_takes_numpy_counts_and_names_counts_that_are_none(tmp_path):
+def test_evaluate_prompts_takes_numpy_counts_and_names_counts_that_are_not_whole():
     # n_corrective_clicks=np.int64(1) (a count taken off an array) was refused as "expected
     # an int"; max_objects_per_image=1.5 raised "slice indices must be integers or None",
     # and "2" raised "'<' not supported between instances of 'str' and 'int'".
