@@ -17,6 +17,7 @@ import shlex
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -271,6 +272,11 @@ class Terminated(KeyboardInterrupt):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``samtune`` console script; returns the exit code."""
+    with plain_warnings():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     try:  # building the parser imports the subcommands, and torch with them: seconds
         args = build_parser().parse_args(argv)
     except KeyboardInterrupt:
@@ -284,6 +290,41 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as err:
         return _interrupted(args.command, str(err), terminated=isinstance(err, Terminated))
+
+
+@contextmanager
+def plain_warnings() -> Iterator[None]:
+    """Python warnings of the block as ``warning: ...`` lines on stderr, like the command's
+    own, each text once, and from the main process only.
+
+    Python's own form (``.../model_lookup.py:18: UserWarning: ...`` and the source line)
+    is for programmers, and it repeats a warning for each line of code that gives it: a
+    broken user model was reported twice by one ``samtune evaluate``. A warning from a
+    library other than this one keeps its category, which says where to look it up.
+    """
+    shown: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = str(message)
+        if not _is_own(filename) or category is not UserWarning:
+            text = f"{category.__name__}: {text}"
+        if text in shown or not is_main_process():
+            return
+        shown.add(text)
+        print(f"warning: {text}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+def _is_own(filename: str) -> bool:
+    """Whether a warning was given in this package's code (its ``filename``)."""
+    package = Path(__file__).resolve().parent.parent
+    try:
+        return Path(filename).resolve().is_relative_to(package)
+    except (OSError, ValueError):
+        return False
 
 
 def torchrun_world_size() -> int:

@@ -1,0 +1,96 @@
+"""What ``samtune`` prints where: warnings, progress and errors on stderr, results on stdout."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import tifffile
+
+import napari_samtune.cli as cli
+from napari_samtune.core.architectures import TINY
+from napari_samtune.core.registry import user_models_dir
+from napari_samtune.core.synthetic import make_dataset
+from napari_samtune.core.user_models import register_user_model
+
+SRC = str(Path(cli.__file__).resolve().parents[2])
+
+
+@pytest.fixture
+def annotated(tmp_path):
+    """One small image and its labels, as --images and --labels folders."""
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    image, labels = make_dataset(1, shape=(64, 64), seed=1)[0]
+    tifffile.imwrite(tmp_path / "img" / "a.tif", image)
+    tifffile.imwrite(tmp_path / "lab" / "a_mask.tif", labels)
+    return str(tmp_path / "img"), str(tmp_path / "lab")
+
+
+@pytest.fixture
+def broken_user_model(tiny_checkpoint):
+    """User model 'ghost' whose weights file is gone (its .json sidecar stays)."""
+    weights = register_user_model(tiny_checkpoint, "ghost", TINY)
+    weights.unlink()
+    assert (user_models_dir() / "ghost.json").is_file()
+    return "ghost"
+
+
+def _evaluate_argv(annotated, model_file) -> list[str]:
+    """An evaluate that looks the user models up twice (a file, then an unknown name) and
+    stops before any model is loaded."""
+    images, labels = annotated
+    argv = ["evaluate", "--images", images, "--labels", labels]
+    return [*argv, "--model", str(model_file), "--model", "nosuch"]
+
+
+def test_a_broken_user_model_is_one_plain_warning_line_on_stderr(
+    annotated, broken_user_model, tiny_checkpoint, capsys
+):
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        assert cli.main(_evaluate_argv(annotated, tiny_checkpoint)) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    said = [line for line in lines if "skipping user model 'ghost'" in line]
+    assert len(said) == 1, captured.err
+    assert said[0].startswith("warning: skipping user model 'ghost' (")
+    assert "samtune models --remove ghost" in said[0]
+    assert "UserWarning" not in captured.err and ".py:" not in captured.err
+    assert "ghost" not in captured.out
+
+
+def test_the_warning_reaches_the_terminal_plainly_in_a_real_process(
+    annotated, broken_user_model, tiny_checkpoint
+):
+    code = "import sys; from napari_samtune.cli import main; sys.exit(main())"
+    argv = _evaluate_argv(annotated, tiny_checkpoint)
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"},
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert lines[0].startswith("warning: skipping user model 'ghost' ("), done.stderr
+    assert lines[1].startswith("samtune evaluate: error: --model nosuch:"), done.stderr
+    assert len(lines) == 2, done.stderr
+
+
+def test_other_libraries_warnings_keep_their_category(capsys):
+    def command(args):
+        warnings.warn("a library's note", FutureWarning, stacklevel=1)
+        warnings.warn("a library's note", FutureWarning, stacklevel=1)
+        return 0
+
+    with cli.plain_warnings():
+        command(None)
+    err = capsys.readouterr().err
+    assert err == "warning: FutureWarning: a library's note\n"
