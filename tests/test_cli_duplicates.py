@@ -42,10 +42,10 @@ def _argv(tmp_path, copy_labels) -> list[str]:
 
 def test_an_image_given_twice_trains_once_and_both_files_are_named(tmp_path, capsys):
     assert cli.main(_argv(tmp_path, lambda labels: labels)) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "2 training / 1 validation images" in out  # of 3 images, not 4
-    assert "warning: left out 1 pair(s) that repeat another pair" in out
-    assert "'s0.tif / s0_mask.tif' (same as 'copy.tif / copy_mask.tif')" in out
+    assert "warning: left out 1 pair(s) that repeat another pair" in err
+    assert "'s0.tif / s0_mask.tif' (same as 'copy.tif / copy_mask.tif')" in err
 
 
 def test_an_image_given_twice_with_other_labels_is_refused_naming_both(tmp_path, capsys):

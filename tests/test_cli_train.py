@@ -64,9 +64,9 @@ def test_train_export_and_resume_from_the_command_line(tmp_path, folders, capsys
     argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
     argv += ["--labels", labels, "--out", str(out), "--epochs", "2", "--freeze", "image_encoder"]
     assert cli.main([*argv, "--val-images", images, "--val-labels", labels, *FAST]) == 0
-    printed = capsys.readouterr().out
+    printed, err = capsys.readouterr()
     assert "preset CPU, 16 GB, 8 cores (cpu-16gb)" in printed and "effective config" in printed
-    assert "warning: 3 of 3 validation pair(s) are also training pairs" in printed
+    assert "warning: 3 of 3 validation pair(s) are also training pairs" in err
     assert f"exported model: {out / 'model.pth'}" in printed
     assert "time to best epoch" in printed and "registered model: run" in printed
     saved = json.loads((out / "config.json").read_text())
@@ -494,8 +494,8 @@ def test_a_stop_in_the_first_epoch_reports_no_best_epoch(tmp_path, folders, caps
     argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
     argv += ["--labels", labels, "--epochs", "2", *FAST, "--min-samples", "6"]
     assert cli.main([*argv, "--out", str(tmp_path / "run")]) == 0
-    printed = capsys.readouterr().out
-    assert "stopping after this step (Ctrl+C again to abort)" in printed
+    printed, err = capsys.readouterr()
+    assert "stopping after this step (Ctrl+C again to abort)" in err
     assert "stopped on request after 1 of 6 steps of epoch 1; checkpoint written" in printed
     assert "best " not in printed and "time to best epoch" not in printed
     assert "total training time" in printed and "exported model" in printed
@@ -516,7 +516,7 @@ def test_only_the_main_process_says_it_is_stopping(capsys):
         finally:
             signal.signal(signal.SIGINT, previous)
         assert stop.is_set()
-        said = "stopping after this step" in capsys.readouterr().out
+        said = "stopping after this step" in capsys.readouterr().err
         assert said == verbose
 
 
@@ -682,9 +682,9 @@ def test_unpaired_files_are_reported_or_left_out_on_request(tmp_path, folders, c
     record = {"image_fingerprint": "0123456789abcdef"}  # saved in napari for other pixels
     (Path(labels) / "s2_mask.prompts.json").write_text(json.dumps(record))
     assert cli.main([*argv, "--skip-unpaired", "--epochs", "1", *FAST]) == 0
-    out = capsys.readouterr().out
-    assert "warning: training data: the labels of 1 pair(s) were saved in napari for other" in out
-    assert "pixels than their image's: s2.tif / s2_mask.tif" in out
+    out, err = capsys.readouterr()
+    assert "warning: training data: the labels of 1 pair(s) were saved in napari for other" in err
+    assert "pixels than their image's: s2.tif / s2_mask.tif" in err
     assert (
         "training data: left out 1 image(s) without a label file (not annotated yet?): s1.tif"
         in out
@@ -890,10 +890,10 @@ def test_a_resume_with_another_process_count_mid_epoch_is_told(
     capsys.readouterr()
     resume = ["train", "--resume", str(out), "--out", str(out), "--images", images]
     assert cli.main([*resume, "--labels", labels, "--no-progress"]) == 0
-    out_text = capsys.readouterr().out
+    err_text = capsys.readouterr().err
     assert (
         "warning: the run was stopped in epoch 1 with 2 process(es) and continues with 1"
-        in out_text
+        in err_text
     )
 
 

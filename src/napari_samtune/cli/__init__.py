@@ -174,7 +174,7 @@ def read_annotated(
     empty_planes: list[str] = []
     pairs = read_match(match, foreign, *channels, empty_planes)
     if foreign and verbose:
-        print(f"warning: {what} data: {foreign_labels_message(foreign)}")
+        print(f"warning: {what} data: {foreign_labels_message(foreign)}", file=sys.stderr)
     if empty_planes and verbose:
         print(f"{what} data: {empty_planes_message(empty_planes)}")
     for pair in pairs:  # all files, before a model is loaded or a run folder is made

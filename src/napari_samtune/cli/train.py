@@ -394,7 +394,7 @@ def _stop_on_ctrl_c(stop: threading.Event, verbose: bool):
             raise KeyboardInterrupt
         stop.set()
         if verbose:
-            print("\nstopping after this step (Ctrl+C again to abort) ...", flush=True)
+            print("\nstopping after this step (Ctrl+C again to abort) ...", file=sys.stderr)
 
     return signal.signal(signal.SIGINT, handler)
 
@@ -426,9 +426,7 @@ def _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose, st
                 )
                 if event.left_out:
                     print(event.left_out_message())
-                for warning in event.data_warnings():
-                    print(f"warning: {warning}")
-                for note in event.notes:
-                    print(f"warning: {note}")
+                for warning in [*event.data_warnings(), *event.notes]:
+                    print(f"warning: {warning}", file=sys.stderr, flush=True)
         finished = event
     return finished
