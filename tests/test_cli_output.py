@@ -48,6 +48,13 @@ def _evaluate_argv(annotated, model_file) -> list[str]:
     return [*argv, "--model", str(model_file), "--model", "nosuch"]
 
 
+def _samtune(argv: list[str], **options) -> subprocess.Popen:
+    """``samtune ARGV`` in a new process, as a shell runs it."""
+    code = "import sys; from napari_samtune.cli import main; sys.exit(main())"
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", code, *argv], env=env, text=True, **options)
+
+
 def test_a_broken_user_model_is_one_plain_warning_line_on_stderr(
     annotated, broken_user_model, tiny_checkpoint, capsys
 ):
@@ -67,21 +74,15 @@ def test_a_broken_user_model_is_one_plain_warning_line_on_stderr(
 def test_the_warning_reaches_the_terminal_plainly_in_a_real_process(
     annotated, broken_user_model, tiny_checkpoint
 ):
-    code = "import sys; from napari_samtune.cli import main; sys.exit(main())"
     argv = _evaluate_argv(annotated, tiny_checkpoint)
-    done = subprocess.run(
-        [sys.executable, "-c", code, *argv],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"},
-        timeout=120,
-    )
-    assert done.returncode == 2, done.stderr
-    assert done.stdout == ""
-    lines = done.stderr.splitlines()
-    assert lines[0].startswith("warning: skipping user model 'ghost' ("), done.stderr
-    assert lines[1].startswith("samtune evaluate: error: --model nosuch:"), done.stderr
-    assert len(lines) == 2, done.stderr
+    process = _samtune(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 2, err
+    assert out == ""
+    lines = err.splitlines()
+    assert lines[0].startswith("warning: skipping user model 'ghost' ("), err
+    assert lines[1].startswith("samtune evaluate: error: --model nosuch:"), err
+    assert len(lines) == 2, err
 
 
 def test_other_libraries_warnings_keep_their_category(capsys):
@@ -94,3 +95,13 @@ def test_other_libraries_warnings_keep_their_category(capsys):
         command(None)
     err = capsys.readouterr().err
     assert err == "warning: FutureWarning: a library's note\n"
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    """``samtune presets | head -1``: it said 'samtune presets: error: [Errno 32] Broken
+    pipe' and exited 2, as if the command had failed."""
+    process = _samtune(["presets"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before the command writes: it starts in seconds
+    err = process.stderr.read()
+    assert process.wait(timeout=120) == 141, err
+    assert err == ""

@@ -284,6 +284,8 @@ def _main(argv: list[str] | None) -> int:
     try:
         _check_single_process(args.command)
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        return _stdout_closed()
     except (ValueError, TypeError, OSError) as err:
         # User errors carry messages that name the problem and the fix: no traceback.
         _report_error(f"samtune {args.command}: error: {err}")
@@ -325,6 +327,18 @@ def _is_own(filename: str) -> bool:
         return Path(filename).resolve().is_relative_to(package)
     except (OSError, ValueError):
         return False
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``samtune presets | head -1``): stop without a word,
+    as other command-line tools do, with the shell's code of SIGPIPE, 141. (It was called
+    an error of the command, exit code 2, and Python complained again at exit, when it
+    flushed stdout into the closed pipe.)"""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # a stdout without a file descriptor (a test's capture)
+        pass
+    return 128 + getattr(signal, "SIGPIPE", 13)
 
 
 def torchrun_world_size() -> int:
