@@ -7,6 +7,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import tifffile
@@ -105,3 +106,31 @@ def test_a_reader_that_stops_early_ends_the_command_quietly():
     err = process.stderr.read()
     assert process.wait(timeout=120) == 141, err
     assert err == ""
+
+
+def _finished(stopped_by_user: bool) -> SimpleNamespace:
+    """What print_summary reads of a TrainingFinished event."""
+    return SimpleNamespace(
+        exported_model_path=Path("run/model.pth"), stopped_by_user=stopped_by_user,
+        stopped_early=False, best_epoch=None, total_time_s=1.0, registered_name="run",
+        last_checkpoint_path=Path("run/checkpoints/last.pt"),
+        trained_summary=lambda: "1 of 6 steps of epoch 1",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("world_size", ["1", "2"])
+@pytest.mark.parametrize("stopped_by_user", [False, True])
+def test_a_stop_under_torchrun_says_what_torchrun_s_traceback_means(
+    world_size, stopped_by_user, monkeypatch, capsys
+):
+    """torchrun ends a Ctrl+C with a SignalException traceback and exit code 1 after the
+    workers stopped cleanly; the summary now says so before it, on stderr."""
+    from napari_samtune.cli.train_report import print_summary
+
+    monkeypatch.setenv("WORLD_SIZE", world_size)
+    print_summary(_finished(stopped_by_user))
+    out, err = capsys.readouterr()
+    assert "stopped on request" in out if stopped_by_user else "stopped" not in out
+    told = "torchrun passed the Ctrl+C on to this run, which stopped cleanly" in err
+    assert told == (stopped_by_user and world_size == "2")
+    assert "SignalException" not in out

@@ -5,7 +5,10 @@ instead)."""
 from __future__ import annotations
 
 import shlex
+import sys
 from pathlib import Path
+
+from napari_samtune.cli import torchrun_world_size
 
 
 def memory_advice(err: BaseException) -> str:
@@ -81,6 +84,7 @@ def _training_done(last: Path) -> bool:
 
 
 def print_summary(finished) -> None:
+    """The summary of a finished (or stopped) run on stdout, from its ``TrainingFinished``."""
     if finished.exported_model_path is None:  # stopped before the first step
         print(finished.outcome_message())
         return
@@ -98,3 +102,15 @@ def print_summary(finished) -> None:
     print(f"last checkpoint: {finished.last_checkpoint_path}")
     print(f"registered model: {finished.registered_name}")
     print(f"exported model: {finished.exported_model_path}")
+    if finished.stopped_by_user and torchrun_world_size() > 1:
+        print(TORCHRUN_STOP_NOTE, file=sys.stderr, flush=True)
+
+
+# torchrun takes Ctrl+C, passes it on to the workers (which stop as above) and then ends
+# with its own SignalException traceback and exit code 1, whatever they did: torch's
+# launcher, not this program, so all that can be done here is to say what it means.
+TORCHRUN_STOP_NOTE = (
+    "note: torchrun passed the Ctrl+C on to this run, which stopped cleanly with its "
+    "checkpoint written; torchrun itself now reports the Ctrl+C as an error of its own "
+    "(a SignalException traceback and exit code 1)"
+)
