@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import subprocess
 import sys
+import threading
 import warnings
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,8 +17,9 @@ import pytest
 import tifffile
 
 import napari_samtune.cli as cli
+from napari_samtune.core import registry
 from napari_samtune.core.architectures import TINY
-from napari_samtune.core.registry import user_models_dir
+from napari_samtune.core.registry import ModelSpec, user_models_dir
 from napari_samtune.core.synthetic import make_dataset
 from napari_samtune.core.user_models import register_user_model
 
@@ -134,3 +139,36 @@ def test_a_stop_under_torchrun_says_what_torchrun_s_traceback_means(
     told = "torchrun passed the Ctrl+C on to this run, which stopped cleanly" in err
     assert told == (stopped_by_user and world_size == "2")
     assert "SignalException" not in out
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def downloadable_model(tiny_checkpoint, monkeypatch):
+    """Built-in model 'fetched' (the tiny weights), served by a local web server."""
+    handler = functools.partial(_QuietHandler, directory=tiny_checkpoint.parent)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/{tiny_checkpoint.name}"
+    file_hash = "sha256:" + hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
+    spec = ModelSpec("fetched", "tiny", "fetched.pt", url, file_hash, source="test")
+    monkeypatch.setattr(registry, "BUILTIN_MODELS", (spec,))
+    yield spec
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_train_no_progress_downloads_its_model_without_a_bar(
+    annotated, downloadable_model, tmp_path, capsys
+):
+    images, labels = annotated
+    argv = ["train", "--preset", "cpu-16gb", "--model", "fetched", "--images", images]
+    argv += ["--labels", labels, "--epochs", "1", "--min-samples", "1", "--n-objects", "1"]
+    argv += ["--mixed-precision", "no", "--iterative-prompts", "0", "--no-progress"]
+    assert cli.main([*argv, "--out", str(tmp_path / "run")]) == 0
+    assert downloadable_model.local_path().is_file()
+    err = capsys.readouterr().err
+    assert "%|" not in err and "ownloading" not in err, err

@@ -354,6 +354,7 @@ def _run(args: argparse.Namespace) -> int:
     val_pairs = None
     if args.val_images:
         val_pairs = read_annotated(args.val_images, args.val_labels, "validation", *options)
+    _download_model(config.model, show=verbose and not args.no_progress)
     if verbose:
         print(origin)
     with training_lock(Path(args.out)) if verbose else nullcontext():  # torchrun: rank 0's
@@ -361,6 +362,26 @@ def _run(args: argparse.Namespace) -> int:
     if verbose:
         _print_summary(finished)
     return 0
+
+
+def _download_model(model: str, show: bool) -> None:
+    """Download ``model``, a built-in one not on this computer yet, before training loads
+    it, with a progress bar only if ``show``. (Loaded by training, its download drew a bar
+    whatever --no-progress said, in each of torchrun's processes.)"""
+    from napari_samtune.cli.segment_planes import Progress
+    from napari_samtune.core.download import ensure_model_file
+    from napari_samtune.core.model_lookup import get_model_spec
+    from napari_samtune.core.models import is_registered_name
+
+    if not is_registered_name(model):  # a file, or random weights
+        return
+    spec = get_model_spec(model)
+    with Progress("downloading model", "B") if show else nullcontext(_no_progress) as progress:
+        ensure_model_file(spec, progress=progress)
+
+
+def _no_progress(done: int, total: int | None) -> None:
+    """A download's progress callback that shows nothing."""
 
 
 def _train(config, train_pairs, val_pairs, args: argparse.Namespace, verbose: bool):
