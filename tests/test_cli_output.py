@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import subprocess
 import sys
@@ -172,3 +173,20 @@ def test_train_no_progress_downloads_its_model_without_a_bar(
     assert downloadable_model.local_path().is_file()
     err = capsys.readouterr().err
     assert "%|" not in err and "ownloading" not in err, err
+
+
+def test_a_note_of_the_core_s_log_is_a_warning_line(
+    annotated, downloadable_model, monkeypatch, capsys
+):
+    """A damaged download moved aside was told by logging's last resort, a bare line."""
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # as in a shell: none set up
+    downloadable_model.local_path().parent.mkdir(parents=True)
+    downloadable_model.local_path().write_bytes(b"not the published file")
+    images, labels = annotated
+    argv = ["evaluate", "--images", images, "--labels", labels, "--model", "fetched"]
+    assert cli.main([*argv, "--model", "nosuch"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    moved = [line for line in lines if "the published file was downloaded" in line]
+    assert len(moved) == 1, lines
+    assert moved[0].startswith("warning: ") and "fetched.pt" in moved[0]
+    assert not logging.getLogger().handlers  # the command's own handler is gone again

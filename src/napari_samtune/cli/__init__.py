@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import logging
 import os
 import re
 import shlex
@@ -315,9 +316,41 @@ def plain_warnings() -> Iterator[None]:
         shown.add(text)
         print(f"warning: {text}", file=sys.stderr, flush=True)
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _plain_log_lines():
         warnings.showwarning = show
         yield
+
+
+class _PlainLogLine(logging.Handler):
+    """A log record of WARNING and above as ``warning: ...`` (``error: ...``) on stderr,
+    from the main process only; another library's with its logger's name."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not is_main_process():
+            return
+        where = "" if record.name.split(".")[0] == __name__.split(".")[0] else f"{record.name}: "
+        try:
+            text = f"{record.levelname.lower()}: {where}{record.getMessage()}"
+            print(text, file=sys.stderr, flush=True)
+        except Exception:
+            self.handleError(record)
+
+
+@contextmanager
+def _plain_log_lines() -> Iterator[None]:
+    """Log records (the core's notes, e.g. a downloaded file moved aside; tifffile's) as
+    :class:`_PlainLogLine` s while the command runs, where logging's last resort printed
+    the bare message; left alone when logging was set up (a program calling :func:`main`)."""
+    root = logging.getLogger()
+    if root.handlers:
+        yield
+        return
+    handler = _PlainLogLine(logging.WARNING)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
 
 
 def _is_own(filename: str) -> bool:
