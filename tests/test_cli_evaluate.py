@@ -105,9 +105,9 @@ def test_evaluate_leaves_out_unpaired_files_on_request(tmp_path, annotated_folde
     assert cli.main(argv) == 2
     assert "images without labels ['not_annotated.tif']" in capsys.readouterr().err
     assert cli.main([*argv, "--skip-unpaired"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "evaluation data: left out 1 image(s) without a label file" in out
-    assert "evaluating tiny on 2 images" in out
+    assert "evaluating tiny on 2 images" in err and "evaluating" not in out
 
 
 def test_evaluate_rejects_negative_clicks(tmp_path, annotated_folder, capsys):
@@ -249,12 +249,12 @@ def test_pairs_without_objects_are_left_out_and_named(
         "--out", str(tmp_path / "eval"), "--clicks", "0", "--points-per-side", "4",
     ])  # fmt: skip
     assert code == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert (
         "evaluation data: left out 1 pair(s) without any object (labels all 0): "
         "img1.tif / img1_labels.tif"
     ) in out
-    assert "evaluating tiny on 1 images" in out
+    assert "evaluating tiny on 1 images" in err
     assert len(evaluations) == 1
 
 

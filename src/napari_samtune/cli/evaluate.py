@@ -10,6 +10,7 @@ a table.
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -255,7 +256,7 @@ def _run(args: argparse.Namespace) -> int:
     results = {}
     for name, model in zip(_unique_names(args.model), args.model, strict=True):
         loaded = load_model(model, device=device)
-        print(f"evaluating {name} on {len(images)} images ...", flush=True)
+        print(f"evaluating {name} on {len(images)} images ...", file=sys.stderr, flush=True)
         auto = auto_config_for(loaded.architecture.img_size, args)
         with progress_bar(len(images), f"evaluating {name}", unit="image") as bar:
             results[name] = model_metrics(
