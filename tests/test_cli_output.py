@@ -190,3 +190,30 @@ def test_a_note_of_the_core_s_log_is_a_warning_line(
     assert len(moved) == 1, lines
     assert moved[0].startswith("warning: ") and "fetched.pt" in moved[0]
     assert not logging.getLogger().handlers  # the command's own handler is gone again
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_segment_no_progress_leaves_stderr_empty(
+    annotated, downloadable_model, tmp_path, capsys, batch
+):
+    """A script segmenting image after image got four bar lines on stderr for each (and the
+    download's): embedding and segmenting, at 0% and at 100%."""
+    images, _ = annotated
+    target = [images, "-o", str(tmp_path / "out")] if batch else [
+        f"{images}/a.tif", "-o", str(tmp_path / "a_labels.tif")
+    ]  # fmt: skip
+    argv = ["segment", *target, "--model", "fetched", "--auto", "--points-per-side", "4"]
+    assert cli.main([*argv, "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert "written to" in out or "segmented into" in out
+
+
+def test_evaluate_no_progress_shows_no_bar(annotated, downloadable_model, tmp_path, capsys):
+    images, labels = annotated
+    argv = ["evaluate", "--images", images, "--labels", labels, "--model", "fetched"]
+    argv += ["--out", str(tmp_path / "eval"), "--clicks", "0", "--points-per-side", "4"]
+    assert cli.main([*argv, "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "evaluating fetched on 1 images ...\n"
+    assert "| fetched |" in out

@@ -24,6 +24,7 @@ from napari_samtune.cli import (
     output_folder,
     read_annotated,
 )
+from napari_samtune.cli.segment_planes import download_bar, no_progress, optional_bar
 
 if TYPE_CHECKING:
     from napari_samtune.core.automatic import AutoSegmentConfig
@@ -96,6 +97,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="automatic filter (named as in segment)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
 
@@ -175,7 +177,7 @@ def _normalised(pairs: list) -> tuple[list, list]:
     return images, labels
 
 
-def check_models(models: list[str]) -> None:
+def check_models(models: list[str], show_progress: bool = True) -> None:
     """Refuse, before any model is evaluated, a ``--model`` that is neither a model name
     nor a file; download (and check) the built-in weights not downloaded yet.
 
@@ -200,7 +202,8 @@ def check_models(models: list[str]) -> None:
                 if index:
                     architecture_of(model)
             else:
-                ensure_model_file(spec)
+                with download_bar(show_progress) as progress:
+                    ensure_model_file(spec, progress=progress)
         except (ValueError, OSError) as err:
             raise type(err)(f"--model {model}: {err}; nothing was evaluated") from None
 
@@ -243,7 +246,6 @@ def _run(args: argparse.Namespace) -> int:
     from napari_samtune.core.devices import resolve_device
     from napari_samtune.core.evaluate import compare_models
     from napari_samtune.core.models import load_model
-    from napari_samtune.core.progress import progress_bar
 
     _check_options(args)
     device = str(resolve_device(args.device))
@@ -252,16 +254,17 @@ def _run(args: argparse.Namespace) -> int:
         args.images, args.labels, "evaluation", args.skip_unpaired, True, channels
     )
     images, labels = _normalised(pairs)  # all checked before any model is loaded
-    check_models(args.model)
+    check_models(args.model, not args.no_progress)
     results = {}
     for name, model in zip(_unique_names(args.model), args.model, strict=True):
-        loaded = load_model(model, device=device)
+        loaded = load_model(model, device=device)  # downloaded by check_models
         print(f"evaluating {name} on {len(images)} images ...", file=sys.stderr, flush=True)
         auto = auto_config_for(loaded.architecture.img_size, args)
-        with progress_bar(len(images), f"evaluating {name}", unit="image") as bar:
+        with optional_bar(not args.no_progress, f"evaluating {name}", "image") as bar:
+            (bar or no_progress)(0, len(images))
             results[name] = model_metrics(
                 loaded.sam, loaded.model_id, images, labels, auto, args.clicks,
-                args.max_objects, device, progress=lambda done, _: bar.update(done - bar.n),
+                args.max_objects, device, progress=bar,
             )  # fmt: skip
     files = compare_models(results, args.out, "evaluation")  # a rerun: evaluation-2, ...
     print(format_table(results))

@@ -50,7 +50,13 @@ from napari_samtune.cli import (
     option_wording,
 )
 from napari_samtune.cli.prompt_files import read_boxes_csv, read_points_csv
-from napari_samtune.cli.segment_planes import Planes, Progress, segment_planes
+from napari_samtune.cli.segment_planes import (
+    Planes,
+    download_bar,
+    no_progress,
+    optional_bar,
+    segment_planes,
+)
 from napari_samtune.core.label_files import labels_file_name
 from napari_samtune.core.tiff_files import TIFF_SUFFIXES, read_tiff
 
@@ -112,6 +118,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_channel_options(parser)
     parser.add_argument("--no-cache", action="store_true", help="do not cache embeddings on disk")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     auto = parser.add_argument_group(
         "automatic segmentation (--auto; defaults as in SAM, or for nano-sized models 24 "
         "points per side, predicted IoU 0.4, stability 0.9, min area 30)"
@@ -171,7 +178,7 @@ def _load_segmenter(args: argparse.Namespace):
     from napari_samtune.core.predict import Segmenter
 
     device = resolve_device(args.device)
-    with Progress("downloading model", "B") as progress:
+    with download_bar(not args.no_progress) as progress:
         loaded = load_model(args.model, device=device, progress=progress)
     segmenter = Segmenter(
         loaded.sam, model_id=loaded.model_id, device=device, use_disk_cache=not args.no_cache
@@ -247,7 +254,7 @@ def _run(args: argparse.Namespace) -> int:
     segmenter, model_name = _load_segmenter(args)
     if args.auto:
         config = _auto_config(args, segmenter.img_size)
-    labels = segment_planes(segmenter, planes, points, boxes, config)
+    labels = segment_planes(segmenter, planes, points, boxes, config, not args.no_progress)
     if points is not None:
         if points.objects is None:
             _report_empty(labels, np.flatnonzero(points.labels == 1) + 1, "data rows")
@@ -372,7 +379,8 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
     segmenter, model_name = _load_segmenter(args)
     config = _auto_config(args, segmenter.img_size)
     made, failed = _made_by(args, model_name, config), 0
-    with Progress("segmenting images", "image") as bar:
+    with optional_bar(not args.no_progress, "segmenting images", "image") as bar:
+        bar = bar or no_progress
         bar(0, len(todo))
         for done, image in enumerate(todo):
             try:

@@ -174,9 +174,19 @@ def _stack_channels_unclear(path: Path, shape: tuple[int, ...]) -> ValueError:
     )
 
 
-def _bar(show: bool, description: str, unit: str):
+def optional_bar(show: bool, description: str, unit: str):
     """A :class:`Progress` bar, or (when not ``show``) a context that gives ``None``."""
     return Progress(description, unit) if show else contextlib.nullcontext()
+
+
+def no_progress(done: int, total: int | None) -> None:
+    """A progress callback that shows nothing: a download given ``None`` draws its own bar."""
+
+
+def download_bar(show: bool):
+    """A model download's progress callback as a context: a :class:`Progress` bar if
+    ``show``, else :func:`no_progress` (``--no-progress``)."""
+    return Progress("downloading model", "B") if show else contextlib.nullcontext(no_progress)
 
 
 def segment_planes(
@@ -199,15 +209,15 @@ def segment_planes(
     else:
         todo = list(range(planes.count))
     one_plane, offset = bars and not planes.stacked, 0
-    with _bar(bars and planes.stacked, "segmenting planes", "plane") as plane_bar:
+    with optional_bar(bars and planes.stacked, "segmenting planes", "plane") as plane_bar:
         for done, index in enumerate(todo):
-            with _bar(one_plane, "embedding", "tile") as bar:
+            with optional_bar(one_plane, "embedding", "tile") as bar:
                 segmenter.set_image(planes.rgb(index), progress=bar)
             if prompts is not None:
                 rows = np.flatnonzero(row_planes == index)
                 labels[index] = segment_rows(segmenter, prompts, rows)
             else:
-                with _bar(one_plane, "segmenting", "batch") as bar:
+                with optional_bar(one_plane, "segmenting", "batch") as bar:
                     found = segmenter.segment_all(config, progress=bar)
                 labels[index] = np.where(found > 0, found + offset, 0)
                 offset = max(offset, int(labels[index].max()))

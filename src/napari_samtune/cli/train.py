@@ -368,7 +368,7 @@ def _download_model(model: str, show: bool) -> None:
     """Download ``model``, a built-in one not on this computer yet, before training loads
     it, with a progress bar only if ``show``. (Loaded by training, its download drew a bar
     whatever --no-progress said, in each of torchrun's processes.)"""
-    from napari_samtune.cli.segment_planes import Progress
+    from napari_samtune.cli.segment_planes import download_bar
     from napari_samtune.core.download import ensure_model_file
     from napari_samtune.core.model_lookup import get_model_spec
     from napari_samtune.core.models import is_registered_name
@@ -376,12 +376,8 @@ def _download_model(model: str, show: bool) -> None:
     if not is_registered_name(model):  # a file, or random weights
         return
     spec = get_model_spec(model)
-    with Progress("downloading model", "B") if show else nullcontext(_no_progress) as progress:
+    with download_bar(show) as progress:
         ensure_model_file(spec, progress=progress)
-
-
-def _no_progress(done: int, total: int | None) -> None:
-    """A download's progress callback that shows nothing."""
 
 
 def _train(config, train_pairs, val_pairs, args: argparse.Namespace, verbose: bool):
