@@ -223,7 +223,9 @@ def test_an_aborted_run_says_what_is_saved_and_resumes_from_its_folder(
     err = capsys.readouterr().err
     last, best = out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt"
     assert last.is_file() and best.is_file() and not (out / "model.pth").exists()
-    assert err.startswith("samtune train: interrupted; the run did not finish")
+    stopping, interrupted = err.strip().splitlines()  # both on stderr, in this order
+    assert stopping == "stopping after this step (Ctrl+C again to abort) ..."
+    assert interrupted.startswith("samtune train: interrupted; the run did not finish")
     assert f"its checkpoints are on disk: {last}, {best}" in err
     assert f"samtune train --resume {out} --out {out} --images ... --labels ..." in err
     assert f"samtune export {best} -o model.pth" in err
