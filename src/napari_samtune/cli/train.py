@@ -376,6 +376,8 @@ def _download_model(model: str, show: bool) -> None:
     if not is_registered_name(model):  # a file, or random weights
         return
     spec = get_model_spec(model)
+    if spec.url is None:  # a user or packaged model: nothing to download, checked as loaded
+        return
     with download_bar(show) as progress:
         ensure_model_file(spec, progress=progress)
 
