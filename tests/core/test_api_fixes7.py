@@ -172,3 +172,14 @@ def test_an_image_as_a_tensor_with_gradients_or_of_bfloat16_is_segmented(as_tens
     expected = segmenter.predict(points_xy=[[20, 18]]).mask
     segmenter.set_image(as_tensor(image))
     np.testing.assert_array_equal(segmenter.predict(points_xy=[[20, 18]]).mask, expected)
+
+
+def test_load_model_of_nothing_says_so():
+    """``load_model("")`` said "'.' is a folder", and ``load_model(None)`` (the
+    registered name of a run stopped before its first step) only that it was no name."""
+    from napari_samtune.core.models import load_model
+
+    with pytest.raises(ValueError, match="'' is empty; give a model name or a weights file"):
+        load_model("")
+    with pytest.raises(TypeError, match="stopped before its first step registered none"):
+        load_model(None)

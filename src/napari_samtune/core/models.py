@@ -177,8 +177,15 @@ def _resolve_source(
     if isinstance(name_or_path, str) and is_registered_name(name_or_path):
         spec = get_model_spec(name_or_path)
         return ensure_model_file(spec, download=download, progress=progress), spec.name, spec
+    if name_or_path is None:  # e.g. TrainingFinished.registered_name of a run stopped early
+        raise TypeError(
+            "name_or_path=None names no model: give a model name (see 'samtune models') or a "
+            "weights file; a training run stopped before its first step registered none"
+        )
     if not isinstance(name_or_path, str | os.PathLike):
         raise TypeError(f"name_or_path={name_or_path!r} must be a model name or a file path")
+    if str(name_or_path) == "":  # Path('') is the current folder
+        raise ValueError("name_or_path='' is empty; give a model name or a weights file")
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         raise ValueError(f"{path} is {folder_not_weights(path)}")
