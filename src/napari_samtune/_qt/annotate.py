@@ -41,6 +41,11 @@ TRANSPOSED_HINT = (
     "SAM segments a stack plane by plane: show its rows and columns to prompt (the "
     "viewer's transpose button again, or viewer.dims.order with the last two axes last)"
 )
+VOLUME_HINT = (
+    "SAM segments a stack plane by plane: a click in the 3D view lands at a depth of the "
+    "volume, not on the plane the slider shows; switch the viewer to 2D to prompt (its 2D/3D "
+    "button, or Ctrl+Y)"
+)
 
 
 class AnnotateWidget(
@@ -111,6 +116,7 @@ class AnnotateWidget(
                 self._image_names[layer] = layer.name
         viewer.dims.events.current_step.connect(self._on_plane_changed)
         viewer.dims.events.order.connect(self._on_dims_order)
+        viewer.dims.events.ndisplay.connect(self._on_dims_order)
         self._refresh_image_choices()
 
     def _connect_controls(self) -> None:
@@ -196,6 +202,7 @@ class AnnotateWidget(
             layer.events.name.disconnect(self._on_layer_renamed)
         self.viewer.dims.events.current_step.disconnect(self._on_plane_changed)
         self.viewer.dims.events.order.disconnect(self._on_dims_order)
+        self.viewer.dims.events.ndisplay.disconnect(self._on_dims_order)
         self.runner.quit_all()
 
     # -- preview --------------------------------------------------------------------------
@@ -220,7 +227,7 @@ class AnnotateWidget(
 
     def _compute_preview(self, plane: int | None, clear_if_empty: bool) -> bool:
         if not self._viewing_planes():
-            self._hint(TRANSPOSED_HINT)
+            self._hint(self._planes_hint())
             return False
         layers = self.session.layers
         prompts = layers.prompts(plane)
@@ -301,14 +308,21 @@ class AnnotateWidget(
 
     def _viewing_planes(self) -> bool:
         """Whether the view shows a stack's planes (rows and columns): seen along another
-        axis (the dims order transposed) a click has no plane to be segmented on."""
+        axis (the dims order transposed) or as a volume (the 3D view) a click has no plane
+        to be segmented on."""
         if not self.session.axes.is_stack:
             return True
-        ndim = self.viewer.dims.ndim
-        return set(self.viewer.dims.order[-2:]) == {ndim - 2, ndim - 1}
+        dims = self.viewer.dims
+        return dims.ndisplay == 2 and set(dims.order[-2:]) == {dims.ndim - 2, dims.ndim - 1}
+
+    def _planes_hint(self) -> str:
+        """Why a stack's view has no plane to segment on, and how to show one."""
+        return VOLUME_HINT if self.viewer.dims.ndisplay != 2 else TRANSPOSED_HINT
 
     def _on_dims_order(self, event=None) -> None:
-        self._hinted.discard(TRANSPOSED_HINT)  # said again after the next transposition
+        """The dims order or the 2D/3D view changed: the hints are said again after the next
+        change, and prompts made meanwhile are segmented once planes show."""
+        self._hinted.difference_update({TRANSPOSED_HINT, VOLUME_HINT})
         if self.session is not None and self._viewing_planes():
             self.update_preview(clear_if_empty=False)
 

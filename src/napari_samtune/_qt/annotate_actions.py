@@ -220,6 +220,12 @@ class AnnotateActionsMixin:
             return None
         axes = self.session.axes
         whole_stack = axes.is_stack and self.ui.auto_scope_combo.currentText() == SCOPE_STACK
+        if axes.is_stack and not (whole_stack or self._viewing_planes()):
+            show_info(
+                f"no plane is in view to segment automatically: {self._planes_hint()}; or "
+                f"set scope to {SCOPE_STACK!r} to segment every plane"
+            )
+            return None
         planes = list(range(axes.n_planes)) if whole_stack else [self.current_plane]
         session, group = self.session, self.session.begin_group()
         overwrite, model_name = self.ui.overwrite_check.isChecked(), self.model_name

@@ -1,0 +1,83 @@
+"""Bugs a microscopist new to the Annotate panel ran into while trying every kind of image
+and view, each with the test that found it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_samtune._qt.annotate import AnnotateWidget
+from napari_samtune._qt.annotate_ui import SCOPE_PLANE, SCOPE_STACK
+
+
+def _dock(viewer, drain_jobs, tiny_sam) -> AnnotateWidget:
+    widget = AnnotateWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    return widget
+
+
+def _click(layer, world, dims_displayed) -> None:
+    """What napari does on a canvas click at ``world`` (world coordinates)."""
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+
+    for kind, callbacks in (
+        ("mouse_press", mouse_press_callbacks),
+        ("mouse_release", mouse_release_callbacks),
+    ):
+        event = read_only_mouse_event(type=kind, position=world, dims_displayed=dims_displayed)
+        callbacks(layer, event)
+
+
+def _stack_viewer(make_napari_viewer, plane: int = 1):
+    viewer = make_napari_viewer()
+    pixels = np.random.default_rng(2).integers(0, 255, (5, 64, 64), dtype=np.uint8)
+    viewer.add_image(pixels, name="st")
+    viewer.dims.set_current_step(0, plane)
+    return viewer
+
+
+def test_a_stack_in_the_3d_view_says_to_switch_to_2d_to_prompt(
+    make_napari_viewer, drain_jobs, tiny_sam, notifications
+):
+    """In the 3D view a click lands at a depth of the volume (here plane 3), not on the
+    plane the slider shows (1): nothing was previewed and nothing said. The panel now says
+    to switch to 2D, and the click is segmented on its plane once the view is 2D."""
+    viewer = _stack_viewer(make_napari_viewer)
+    widget = _dock(viewer, drain_jobs, tiny_sam)
+    viewer.dims.ndisplay = 3
+    _click(widget.session.layers.points, (3.0, 32.0, 20.0), [0, 1, 2])
+    drain_jobs(widget)
+    assert len(widget.session.layers.points.data) == 1
+    assert any("switch the viewer to 2D" in n for n in notifications)
+    viewer.dims.ndisplay = 2
+    viewer.dims.set_current_step(0, 3)  # the click's plane
+    drain_jobs(widget)
+    assert widget.session.layers.preview_planes() == [3]
+    viewer.layers.clear()
+    drain_jobs(widget)
+
+
+def test_automatic_plane_in_view_is_refused_when_no_plane_is_in_view(
+    make_napari_viewer, drain_jobs, tiny_sam, notifications
+):
+    """'plane in view' with the stack seen as a volume or transposed segmented the
+    slider's old plane, one not shown, without a word; it is now refused, saying how to
+    show a plane or to segment all planes."""
+    viewer = _stack_viewer(make_napari_viewer)
+    widget = _dock(viewer, drain_jobs, tiny_sam)
+    widget.ui.auto_scope_combo.setCurrentText(SCOPE_PLANE)
+    for show in ("3D", "transposed"):
+        if show == "3D":
+            viewer.dims.ndisplay = 3
+        else:
+            viewer.dims.ndisplay, viewer.dims.order = 2, (1, 0, 2)
+        notifications.clear()
+        assert widget.segment_automatically() is None
+        assert any(SCOPE_STACK in n and "plane by plane" in n for n in notifications)
+    viewer.dims.order = (0, 1, 2)
+    assert widget.segment_automatically() is not None  # planes show again
+    drain_jobs(widget)
+    viewer.layers.clear()
+    drain_jobs(widget)
