@@ -81,3 +81,26 @@ def test_automatic_plane_in_view_is_refused_when_no_plane_is_in_view(
     drain_jobs(widget)
     viewer.layers.clear()
     drain_jobs(widget)
+
+
+def test_negative_points_alone_say_why_nothing_is_segmented(viewer_widget, notifications):
+    """After a commit with a negative point, new points stay negative: the next object's
+    click made a red point and no preview, without a word. Now the panel says negative
+    points only mark background and how to make positive ones, again each time it
+    happens after a preview."""
+    _viewer, widget = viewer_widget
+    points = widget.session.layers.points
+    points.add([[30, 30]])
+    widget.toggle_polarity()
+    points.add([[34, 36]])
+    assert widget.commit()
+    for _ in range(2):
+        points.add([[70, 70]])  # meant as the next object: negative, as T left it
+        assert not widget.session.layers.preview.data.any()
+        assert sum("only mark background" in n and "press T" in n for n in notifications) == 1
+        widget.toggle_polarity()
+        points.add([[72, 72]])
+        assert widget.session.layers.preview.data.any()
+        widget.clear()
+        widget.toggle_polarity()
+        notifications.clear()

@@ -47,6 +47,11 @@ VOLUME_HINT = (
     "button, or Ctrl+Y)"
 )
 
+NEGATIVE_ONLY_HINT = (
+    "negative (red) points only mark background, so there is nothing to segment yet: press T "
+    "(or tick 'new points are positive') and click the object, or draw a box around it"
+)
+
 
 class AnnotateWidget(
     AnnotateModelMixin,
@@ -238,9 +243,12 @@ class AnnotateWidget(
                 return True
             prompts = prompts.after(propagated.prompts)  # corrected: refine it
         if not (len(prompts.boxes_rc) or prompts.positive.any()):
+            if len(prompts.points_rc):  # negative points only: they segment nothing
+                self._hint(NEGATIVE_ONLY_HINT)
             if clear_if_empty:
                 layers.set_preview(plane, None)
             return True
+        self._hinted.discard(NEGATIVE_ONLY_HINT)  # said again the next time it happens
         if self.segmenter is None:
             self._hint("load a model (Model > Load model) to segment from your prompts")
             return False
