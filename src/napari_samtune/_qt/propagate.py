@@ -55,14 +55,23 @@ def prompts_from_mask(mask: np.ndarray, box_margin: float = 0.1) -> tuple[np.nda
     rows, cols = np.nonzero(mask)
     if len(rows) == 0:
         raise ValueError("mask is empty; draw or segment the object on this plane first")
-    distance = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    point_rc = np.array(np.unravel_index(np.argmax(distance), mask.shape), dtype=np.float64)
     low = np.array([rows.min(), cols.min()], dtype=np.float64)
     high = np.array([rows.max(), cols.max()], dtype=np.float64)
+    point_rc = low + _most_interior(mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1])
     margin = box_margin * (high - low + 1)
     low = np.maximum(low - margin, 0)
     high = np.minimum(high + margin, np.array(mask.shape) - 1)
     return point_rc, np.concatenate([low, high])
+
+
+def _most_interior(crop: np.ndarray) -> np.ndarray:
+    """(row, col) of the pixel of ``crop`` (bool (h, w), the mask's bounding box) farthest
+    from background, the first in row-major order: the distance transform of the box alone
+    (padded with background, as the image's edges and all beyond the box are), which the
+    GUI thread computes for each plane propagation reaches (of a whole 2048 x 2048 plane it
+    took 0.4 s, of 4096 x 4096 2 s: the viewer froze that long per plane)."""
+    distance = ndimage.distance_transform_edt(np.pad(crop, 1))[1:-1, 1:-1]
+    return np.array(np.unravel_index(np.argmax(distance), crop.shape), dtype=np.float64)
 
 
 def _predict_from(segmenter, previous: np.ndarray, margin: float) -> np.ndarray:
