@@ -145,3 +145,43 @@ def test_propagation_prompts_cost_the_object_not_the_plane(monkeypatch):
         if mask.any():
             point_rc, _ = propagate.prompts_from_mask(mask)
             np.testing.assert_array_equal(point_rc, _most_interior_of_whole_plane(mask))
+
+
+def test_autosaves_copy_the_annotations_into_the_last_ones_memory(
+    viewer_widget, monkeypatch, qtbot, tmp_path
+):
+    """Each commit and brush stroke autosaved a new copy of the annotations, made on the GUI
+    thread: for a 60 x 2048 x 2048 stack over a second (getting a gigabyte of memory) at
+    every one, the viewer frozen. The copy now goes into the array the last save wrote; a
+    save still writing keeps its own, and the file holds the labels of its commit."""
+    import threading
+
+    import tifffile
+
+    from napari_samtune._qt import annotate_files
+
+    _viewer, widget = viewer_widget
+    widget.ui.folder_edit.setText(str(tmp_path))
+    written, release = [], threading.Event()
+    real = annotate_files.save_annotations
+
+    def held(folder, name, labels, *args):
+        release.wait(30)
+        written.append((labels, labels.copy()))
+        return real(folder, name, labels, *args)
+
+    monkeypatch.setattr(annotate_files, "save_annotations", held)
+    layers = widget.session.layers
+    states = []
+    for where in (np.s_[5:15, 5:15], np.s_[40:50, 40:50], np.s_[80:90, 5:15]):
+        layers.preview.data[where] = 1
+        assert widget.commit()
+        states.append(widget.session.annotations.copy())
+    release.set()  # the first save held while the others came: they wait for it
+    qtbot.waitUntil(lambda: len(written) == 2 and not widget.runner.is_running(), timeout=30_000)
+    (first, first_saved), (second, second_saved) = written
+    np.testing.assert_array_equal(first_saved, states[0])  # untouched by the later commits
+    np.testing.assert_array_equal(second_saved, states[2])
+    assert second is first  # no new gigabyte per save
+    saved = tifffile.imread(tmp_path / "nuclei.labels.tif")
+    np.testing.assert_array_equal(saved, states[2])

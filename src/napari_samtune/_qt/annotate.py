@@ -82,6 +82,7 @@ class AnnotateWidget(
         # planes whose preview lags their prompts (it waits for a model or an embedding)
         self._previews_behind: set[int | None] = set()
         self._autosave_again: list[AnnotationSession] = []  # saved once the running save ends
+        self._save_buffer: np.ndarray | None = None  # the labels the last autosave wrote
         # annotations layer of an image no longer chosen -> (its session, the autosave on
         # brush strokes)
         self._retired_painting: dict = {}
