@@ -185,3 +185,39 @@ def test_autosaves_copy_the_annotations_into_the_last_ones_memory(
     assert second is first  # no new gigabyte per save
     saved = tifffile.imread(tmp_path / "nuclei.labels.tif")
     np.testing.assert_array_equal(saved, states[2])
+
+
+def test_an_image_renamed_while_the_panel_was_closed_takes_its_layers_and_files_along(
+    make_napari_viewer, drain_jobs, tiny_sam, tmp_path, notifications, monkeypatch
+):
+    """Renamed while the panel was closed, an image annotated before was, on reopening,
+    annotated with layers still named after its old name, and saved under its new name
+    while the old file stayed: two files of one image in the folder, the stale one pairing
+    with the image file of the old name in training. Its layers and saved annotations now
+    follow the new name, as they do with the panel open."""
+    monkeypatch.setenv("SAMTUNE_ANNOTATIONS_DIR", str(tmp_path))
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(3).integers(0, 255, (64, 64), np.uint8), name="cell")
+    widget = _dock(viewer, drain_jobs, tiny_sam)
+    widget.session.layers.preview.data[10:20, 10:20] = 1
+    assert widget.commit() == [1]
+    drain_jobs(widget)
+    viewer.window.remove_dock_widget(widget)  # the panel's close button
+    viewer.layers["cell"].name = "cell_a"
+    widget = AnnotateWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    assert widget.session.image_layer.name == "cell_a"
+    names = {layer.name for layer in viewer.layers}
+    assert {"cell_a annotations", "cell_a points"} <= names and "cell points" not in names
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "cell_a.labels.tif",
+        "cell_a.prompts.json",
+    ]
+    assert any("cell_a.labels.tif" in n for n in notifications)
+    widget.session.layers.preview.data[30:40, 30:40] = 1
+    assert widget.commit() == [2]  # the objects so far kept, the next id after them
+    drain_jobs(widget)
+    viewer.layers.clear()
+    drain_jobs(widget)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from napari_samtune._qt import layer_names
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, PROPAGATE_TASK
 from napari_samtune._qt.annotate_session import AnnotationSession, found_where
 from napari_samtune._qt.image_planes import describe_image
@@ -181,6 +182,10 @@ class AnnotateImageMixin:
             self._retire_layers(session)  # new layout, new layers
         self._detach()
         resumed = self._session_to_resume(layer, axes)
+        if resumed is None:  # renamed while the panel was closed: its layers and files follow
+            mark = ImageMark.of(layer, image_fingerprint(layer.data))
+            if (earlier := layer_names.earlier_image_name(self.viewer, layer, mark)) is not None:
+                self._follow_unkept_rename(layer, earlier)
         self.session = resumed or AnnotationSession(self.viewer, layer, axes)
         self._follow_image(layer, connect=True)
         for prompt_layer in (self.session.layers.points, self.session.layers.boxes):

@@ -146,3 +146,16 @@ def _suffix_to_follow(layer, old: str) -> str | None:
     if role in NAME_SUFFIXES and strip_taken_number(layer.name).endswith(role):
         return role
     return suffix_of(layer.name, old)
+
+
+def earlier_image_name(viewer, image_layer, image: ImageMark) -> str | None:
+    """The name ``image_layer`` had when the widget made the layers marked with it (see
+    :func:`marked_role`) that are named after another name: the image was renamed while
+    the Annotate panel was closed, so they (and its saved annotations) did not follow it.
+    None where they are named after its name, or there are none."""
+    for layer in viewer.layers:
+        role = marked_role(layer, image)
+        name = strip_taken_number(layer.name)
+        if role and name.endswith(role) and name[: -len(role)] != image_layer.name:
+            return name[: -len(role)]
+    return None
