@@ -221,3 +221,34 @@ def test_an_image_renamed_while_the_panel_was_closed_takes_its_layers_and_files_
     drain_jobs(widget)
     viewer.layers.clear()
     drain_jobs(widget)
+
+
+class _PlaneWrites(np.ndarray):
+    """A labels stack that notes which of its planes are written (a whole write: all)."""
+
+    written: list
+
+    def __setitem__(self, key, value) -> None:
+        base = self if self.base is None or not isinstance(self.base, _PlaneWrites) else self.base
+        offset = self.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+        plane = offset // base[0].nbytes if self.ndim == base.ndim - 1 else "all"
+        base.written.append(plane)
+        super().__setitem__(key, value)
+
+
+def test_a_commit_writes_zeros_only_over_the_preview_planes_that_show_something(stack_widget):
+    """A commit cleared the preview by writing zeros over the whole stack: memory for
+    planes never used (napari's new labels are zeros the system provides when first
+    written), over a second and a gigabyte at the first commit of a 60 x 2048 x 2048 stack,
+    60 ms at each after. It now writes over the planes that show something only."""
+    viewer, widget = stack_widget
+    layers = widget.session.layers
+    tracked = np.zeros(layers.preview.data.shape, np.uint32).view(_PlaneWrites)
+    tracked.written = []
+    layers.preview.data = tracked
+    assert layers.preview.data is tracked
+    layers.preview_plane(1)[10:20, 10:20] = 1
+    tracked.written.clear()
+    assert widget.commit()
+    assert tracked.written == [1] and not tracked.any()
+    assert widget.session.annotations[1, 15, 15] > 0
