@@ -15,7 +15,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from napari_samtune._qt import layer_names
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, PROPAGATE_TASK
 from napari_samtune._qt.annotate_session import AnnotationSession, found_where
-from napari_samtune._qt.image_planes import describe_image
+from napari_samtune._qt.image_planes import channels_first_refusal, describe_image
 from napari_samtune._qt.layer_names import ImageMark, layers_of_image, rename_layers
 from napari_samtune._qt.prompt_layers import PromptLayers, layer_batch
 from napari_samtune._qt.saved_renames import follow_unkept_rename, taken_notes
@@ -399,17 +399,3 @@ class AnnotateImageMixin:
 
 def _among(layer, layer_groups) -> bool:
     return any(layer is other for group in layer_groups for other in group)
-
-
-def channels_first_refusal(layer) -> str:
-    """Why image ``layer`` cannot have channels on its first axis ('' when it can): a 2D
-    (H, W) image has none (its first axis is its rows), an RGB one has its colours last."""
-    shape = tuple(layer.data.shape)
-    ask = "'channels on first axis' is for (C, H, W) or (C, Z, H, W) images, so it stays unticked"
-    if layer.rgb:
-        return (
-            f"image {layer.name!r} of shape {shape!r} has its colours on the last axis (RGB): {ask}"
-        )
-    if len(shape) < 3:
-        return f"image {layer.name!r} of shape {shape!r} has no channel axis (it is 2D): {ask}"
-    return ""

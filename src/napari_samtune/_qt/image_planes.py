@@ -108,3 +108,17 @@ def describe_image(
     if min(axes.spatial_shape[-2:]) < 2:
         raise ValueError(f"image of shape {shape!r} has no 2D planes to segment")
     return axes
+
+
+def channels_first_refusal(layer) -> str:
+    """Why image ``layer`` cannot have channels on its first axis ('' when it can): a 2D
+    (H, W) image has none (its first axis is its rows), an RGB one has its colours last."""
+    shape = tuple(layer.data.shape)
+    ask = "'channels on first axis' is for (C, H, W) or (C, Z, H, W) images, so it stays unticked"
+    if layer.rgb:
+        return (
+            f"image {layer.name!r} of shape {shape!r} has its colours on the last axis (RGB): {ask}"
+        )
+    if len(shape) < 3:
+        return f"image {layer.name!r} of shape {shape!r} has no channel axis (it is 2D): {ask}"
+    return ""
