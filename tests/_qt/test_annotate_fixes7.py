@@ -252,3 +252,30 @@ def test_a_commit_writes_zeros_only_over_the_preview_planes_that_show_something(
     assert widget.commit()
     assert tracked.written == [1] and not tracked.any()
     assert widget.session.annotations[1, 15, 15] > 0
+
+
+def test_the_brush_paints_a_new_object_after_commits_and_loads(
+    make_napari_viewer, drain_jobs, tiny_sam, tmp_path
+):
+    """napari's brush label stayed at 1 through commits, so an object painted next became
+    part of object 1, without a word; it now takes the id after the highest written (from
+    a commit or a loaded file), unless one beyond those was chosen."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
+    widget = _dock(viewer, drain_jobs, tiny_sam)
+    session, layer = widget.session, widget.session.layers.annotations
+    objects = np.zeros((64, 64), np.uint32)
+    objects[5:10, 5:10], objects[20:30, 20:30] = 1, 2
+    assert session.add_labels({None: objects}, False, "automatic", "tiny") == [1, 2]
+    assert layer.selected_label == 3
+    paths = session.save(tmp_path)
+    layer.selected_label = 10  # chosen by the person, beyond every object: kept
+    objects[:] = 0
+    objects[40:50, 40:50] = 1
+    assert session.add_labels({None: objects}, False, "automatic", "tiny") == [3]
+    assert layer.selected_label == 10
+    layer.selected_label = 1
+    assert session.load(paths[0]) == 2
+    assert layer.selected_label == 3
+    viewer.layers.clear()
+    drain_jobs(widget)

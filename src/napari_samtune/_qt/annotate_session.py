@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_samtune._qt.image_planes import ImageAxes
-from napari_samtune._qt.label_edits import Plane, UndoEntry, UndoStack, write_objects
+from napari_samtune._qt.label_edits import Plane, UndoEntry, UndoStack, brush_past, write_objects
 from napari_samtune._qt.prompt_layers import PromptLayers
 from napari_samtune._qt.saved_renames import (
     follow_saved_rename,
@@ -130,6 +130,7 @@ class AnnotationSession:
         if group is None:
             self.undo_stack.push(entry)
         self.layers.annotations.refresh()
+        brush_past(self.layers.annotations, max(ids))
         return ids
 
     def undo(self) -> bool:
@@ -271,6 +272,7 @@ class AnnotationSession:
         self.annotations[...] = labels
         self.records = list(record.get("objects", []))
         self.layers.annotations.refresh()
+        brush_past(self.layers.annotations, int(labels.max(initial=0)))
         return int(np.count_nonzero(np.unique(labels)))  # ids, 0 (background) not one
 
     def load_records(self, labels_path: str | Path) -> None:

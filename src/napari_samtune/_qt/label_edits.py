@@ -150,3 +150,12 @@ def _new_ids(labels: np.ndarray, count: int) -> np.ndarray:
         return np.arange(first, first + count, dtype=labels.dtype)
     used = np.unique(labels)
     return np.setdiff1d(np.arange(1, count + len(used) + 1), used)[:count].astype(labels.dtype)
+
+
+def brush_past(layer, top: int) -> None:
+    """Give the brush of labels ``layer`` (napari's ``selected_label``) the id after ``top``,
+    the highest id just written, when it holds one of the objects there: left at 1, a new
+    object painted after commits became part of object 1 without a word. At the dtype's
+    largest id there is no id after it: the brush stays (napari's M finds a free one)."""
+    if layer.selected_label <= top < np.iinfo(layer.data.dtype).max:
+        layer.selected_label = top + 1
