@@ -924,12 +924,12 @@ def test_a_gpu_index_under_torchrun_is_refused_in_the_options_typed(
 def test_a_resume_under_torchrun_drops_the_gpu_index_the_run_saved(monkeypatch):
     """A torchrun run saved rank 0's "cuda:0"; resumed under torchrun, rank 1 would be
     refused for an index that nobody typed."""
-    from napari_samtune.cli.train import _resumed_device
+    from napari_samtune.cli.train_resume import resumed_device
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert [_resumed_device(d) for d in ("cuda:0", "cuda", "cpu")] == ["cuda", "cuda", "cpu"]
+    assert [resumed_device(d) for d in ("cuda:0", "cuda", "cpu")] == ["cuda", "cuda", "cpu"]
     monkeypatch.setenv("WORLD_SIZE", "1")
-    assert _resumed_device("cuda:1") == "cuda:1"  # a lone process keeps its GPU
+    assert resumed_device("cuda:1") == "cuda:1"  # a lone process keeps its GPU
 
 
 def test_a_resume_of_a_killed_run_says_what_its_saved_weights_offer(tmp_path, folders, capsys):
