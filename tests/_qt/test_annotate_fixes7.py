@@ -7,6 +7,7 @@ import numpy as np
 
 from napari_samtune._qt.annotate import AnnotateWidget
 from napari_samtune._qt.annotate_ui import SCOPE_PLANE, SCOPE_STACK
+from tests._qt.test_annotate_layout import _click
 
 
 def _dock(viewer, drain_jobs, tiny_sam) -> AnnotateWidget:
@@ -15,19 +16,6 @@ def _dock(viewer, drain_jobs, tiny_sam) -> AnnotateWidget:
     widget.set_model(tiny_sam, "tiny", "tiny-test")
     drain_jobs(widget)
     return widget
-
-
-def _click(layer, world, dims_displayed) -> None:
-    """What napari does on a canvas click at ``world`` (world coordinates)."""
-    from napari.utils._test_utils import read_only_mouse_event
-    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
-
-    for kind, callbacks in (
-        ("mouse_press", mouse_press_callbacks),
-        ("mouse_release", mouse_release_callbacks),
-    ):
-        event = read_only_mouse_event(type=kind, position=world, dims_displayed=dims_displayed)
-        callbacks(layer, event)
 
 
 def _stack_viewer(make_napari_viewer, plane: int = 1):

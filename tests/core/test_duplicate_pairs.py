@@ -12,21 +12,11 @@ from napari_samtune.core.data import ImageLabelPair, index_objects
 from napari_samtune.core.duplicate_pairs import drop_duplicates
 from napari_samtune.core.images import to_sam_rgb
 from napari_samtune.core.label_files import image_fingerprint
-from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.synthetic import make_dataset
 from napari_samtune.core.train import iter_train, train
 from napari_samtune.core.train_checkpoints import read_checkpoint
 from napari_samtune.core.trainer import Trainer
-
-CONFIG = TrainConfig(
-    model="random:tiny",
-    epochs=1,
-    n_objects_per_batch=2,
-    min_samples_per_epoch=2,
-    n_iterative_prompts=1,
-    mixed_precision="no",
-    early_stopping=None,
-)
+from tests.core.test_validation_overlap import CONFIG
 
 
 @pytest.fixture(scope="module")
