@@ -7,15 +7,7 @@ import numpy as np
 
 from napari_samtune._qt.annotate import AnnotateWidget
 from napari_samtune._qt.annotate_ui import SCOPE_PLANE, SCOPE_STACK
-from tests._qt.test_annotate_layout import _click
-
-
-def _dock(viewer, drain_jobs, tiny_sam) -> AnnotateWidget:
-    widget = AnnotateWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.set_model(tiny_sam, "tiny", "tiny-test")
-    drain_jobs(widget)
-    return widget
+from tests._qt.test_annotate_layout import _click, _dock
 
 
 def _stack_viewer(make_napari_viewer, plane: int = 1):
