@@ -15,7 +15,12 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_samtune._qt.model_picker import FILE_ENTRY
 from napari_samtune._qt.train_data import show_problem
-from napari_samtune._qt.train_run import HeldOutPartEmpty, RunFolderInUse, offer_model
+from napari_samtune._qt.train_run import (
+    HeldOutPartEmpty,
+    ModelNotDownloaded,
+    RunFolderInUse,
+    offer_model,
+)
 from napari_samtune._qt.workers import user_message
 from napari_samtune.core.fetch import DownloadStopped
 from napari_samtune.core.train import EpochDone, StepDone, TrainingFinished, TrainingStarted
@@ -126,14 +131,14 @@ class TrainProgressMixin:
     def _on_error(self, error: BaseException) -> None:
         """The run failed (the runner has notified the user); keep the reason in view, and
         say where its last checkpoint is, if an epoch ended: nothing up to it is lost. A
-        run refused its folder, or the held-out part of its only image, never trained: that
-        is shown as a refused Start."""
+        run refused its folder, the held-out part of its only image, or the download of its
+        model never trained: that is shown as a refused Start."""
         if isinstance(error, RunFolderInUse):
             self.settings.show_start_problem(str(error))
             show_problem(self.start_error, "cannot start: fix the problems marked in red")
             self._forget_run_folder()
             return
-        if isinstance(error, HeldOutPartEmpty):
+        if isinstance(error, HeldOutPartEmpty | ModelNotDownloaded):
             show_problem(self.start_error, str(error))
             self._forget_run_folder()
             return

@@ -27,7 +27,7 @@ from napari.utils.notifications import show_info
 from napari_samtune._qt.downloads import Reporter, fetch_model_file
 from napari_samtune._qt.preset_text import PART_LABELS
 from napari_samtune._qt.train_folders import FolderSource, load_folder_pairs
-from napari_samtune._qt.workers import TaskRefused, logged_notes
+from napari_samtune._qt.workers import TaskRefused, logged_notes, user_message
 from napari_samtune.core.checkpoints import first_free, folder_problem, training_lock
 from napari_samtune.core.data import ImageLabelPair, prepare_pairs
 from napari_samtune.core.presets import TrainConfig
@@ -81,6 +81,11 @@ class HeldOutPartEmpty(ValueError, TaskRefused):
     training, has no object (see :func:`held_out_message`): the run did not train."""
 
 
+class ModelNotDownloaded(OSError, TaskRefused):
+    """The run's built-in model could not be downloaded (offline, say): training did not
+    begin; the message names the file, where to save it by hand, and the other fixes."""
+
+
 def iter_training_job(
     request: TrainRequest, stop_event: threading.Event, report: Reporter, notes: list[str]
 ) -> Iterator[TrainEvent]:
@@ -89,7 +94,8 @@ def iter_training_job(
     (progress to ``report``; ``stop_event`` stops it, see :func:`fetch_model_file`; what the
     download says besides, a damaged cached file moved aside, is appended to ``notes``),
     then yield every event of the core's training run; :class:`RunFolderInUse` when another
-    run holds the folder, :class:`HeldOutPartEmpty` when a held-out part has no object.
+    run holds the folder, :class:`HeldOutPartEmpty` when a held-out part has no object,
+    :class:`ModelNotDownloaded` when the model's download fails.
     Problems of the data are told before the download (which may take minutes)."""
     with ExitStack() as held:
         try:
@@ -100,7 +106,10 @@ def iter_training_job(
         val_data = [*request.val_pairs, *load_folder_pairs(request.val_folders)]
         train_data = held_out_checked(train_data, bool(val_data), request.config)
         with logged_notes("napari_samtune.core.download", notes):
-            fetch_model_file(request.config.model, report, stop_event)
+            try:
+                fetch_model_file(request.config.model, report, stop_event)
+            except OSError as err:  # the core's DownloadError: nothing trained yet
+                raise ModelNotDownloaded(user_message(err)) from None
         try:
             yield from iter_train(
                 request.config,

@@ -1,0 +1,55 @@
+"""The Finetune widget: a built-in model that cannot be downloaded refuses the run, and
+Continue… of a run whose weights file has gone."""
+
+from __future__ import annotations
+
+import urllib.error
+
+from tests._qt.test_train_widget_fixes3 import WAIT_MS, _run_once, _two_pairs_one_epoch
+
+
+def _errors(notifications) -> list[str]:
+    return [str(n) for n in notifications if n.severity == "error"]
+
+
+def _offline(monkeypatch) -> None:
+    """Downloads fail as they do without a network (the core's DownloadError, caused by a
+    URLError), whatever the machine running the tests can reach."""
+    from napari_samtune.core import download
+    from napari_samtune.core.fetch import DownloadError
+
+    def fail(url, dest, *args, **kwargs):
+        cause = urllib.error.URLError("[Errno -2] Name or service not known")
+        raise DownloadError(
+            f"could not download {url}: {cause.reason}. To install it by hand, download {url} "
+            f"in a browser and save it as {dest}"
+        ) from cause
+
+    monkeypatch.setattr(download, "download_file", fail)
+
+
+def test_a_model_that_cannot_be_downloaded_is_a_refused_start(
+    qtbot, finetune_on_cells, add_pair, use_tiny_model, tmp_path, notifications, monkeypatch
+):
+    """Offline, Start with a built-in model never downloaded said "training failed: download
+    failed ...", as if a run had failed. It is a refused Start now: "training not started",
+    the file and the manual download named under the buttons, the last run still shown."""
+    widget = _two_pairs_one_epoch(finetune_on_cells, add_pair, use_tiny_model)
+    folder = _run_once(qtbot, widget, tmp_path / "runs")
+    plotted, result = list(widget.plot.step_losses), widget.result_label.text()
+    assert folder is not None and plotted and result
+    _offline(monkeypatch)
+    widget.settings.model_picker.select_model("vit_t")
+    qtbot.waitUntil(lambda: not widget.settings.runner.is_running(), timeout=WAIT_MS)
+    notifications.clear()
+
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.start() is not None
+    errors = _errors(notifications)
+    assert len(errors) == 1 and errors[0].startswith("training not started: download failed")
+    shown = widget.start_error.text()
+    assert "mobile_sam.pt" in shown and "in a browser" in shown and "offline" in shown
+    assert "training failed" not in widget.result_label.text()
+    assert widget.result_label.text() == result and widget.plot.step_losses == plotted
+    assert widget.run_folder == folder and not list((tmp_path / "runs").glob("vit_t*"))
+    assert widget.start_button.isEnabled()
