@@ -3,7 +3,9 @@ Continue… of a run whose weights file has gone."""
 
 from __future__ import annotations
 
+import shutil
 import urllib.error
+from dataclasses import replace
 
 from tests._qt.test_train_widget_fixes3 import WAIT_MS, _run_once, _two_pairs_one_epoch
 
@@ -53,3 +55,76 @@ def test_a_model_that_cannot_be_downloaded_is_a_refused_start(
     assert widget.result_label.text() == result and widget.plot.step_losses == plotted
     assert widget.run_folder == folder and not list((tmp_path / "runs").glob("vit_t*"))
     assert widget.start_button.isEnabled()
+
+
+def _run_from_own_weights(qtbot, widget, tiny_checkpoint, tmp_path, monkeypatch, trainable_only):
+    """A one-epoch run started from a copy of the tiny weights chosen by path (with
+    checkpoints of the trained weights only, as ``samtune train --trainable-only`` makes,
+    when ``trainable_only``); returns ``(run folder, weights file)``."""
+    weights = tmp_path / "mine.pth"
+    shutil.copy(tiny_checkpoint, weights)
+    settings = widget.settings
+    settings.model_picker.select_model(str(weights))
+    qtbot.waitUntil(lambda: not settings.runner.is_running(), timeout=WAIT_MS)
+    build = settings.build_config
+    with monkeypatch.context() as patched:
+        patched.setattr(
+            settings,
+            "build_config",
+            lambda: replace(build(), checkpoint_trainable_only=trainable_only),
+        )
+        folder = _run_once(qtbot, widget, tmp_path / "runs")
+    assert folder is not None and widget.result is not None
+    return folder, weights
+
+
+def test_continue_of_a_whole_checkpoint_needs_no_base_weights_file(
+    qtbot, finetune_on_cells, add_pair, use_tiny_model, tiny_checkpoint, tmp_path, monkeypatch
+):
+    """A run's checkpoints hold the whole model (the widget's runs do): its weights file,
+    moved since, is not needed to continue it."""
+    widget = _two_pairs_one_epoch(finetune_on_cells, add_pair, use_tiny_model)
+    folder, weights = _run_from_own_weights(
+        qtbot, widget, tiny_checkpoint, tmp_path, monkeypatch, trainable_only=False
+    )
+    weights.unlink()
+    widget.settings.epochs_spin.setValue(2)
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.continue_run(folder) is not None
+    assert widget.result is not None and widget.result.epochs_done == 2
+
+
+def test_continue_of_trained_weights_only_whose_base_file_has_gone_is_refused(
+    qtbot,
+    finetune_on_cells,
+    add_pair,
+    use_tiny_model,
+    tiny_checkpoint,
+    tmp_path,
+    monkeypatch,
+    notifications,
+):
+    """A run whose checkpoints hold only the trained weights (``--trainable-only``) is rebuilt
+    on its weights file: moved since, Continue… started the run and it failed in the worker
+    ("training failed: ..."). Continue… refuses it now, naming the file and the fix; the
+    last run stays shown."""
+    widget = _two_pairs_one_epoch(finetune_on_cells, add_pair, use_tiny_model)
+    folder, weights = _run_from_own_weights(
+        qtbot, widget, tiny_checkpoint, tmp_path, monkeypatch, trainable_only=True
+    )
+    plotted, result = list(widget.plot.step_losses), widget.result_label.text()
+    weights.rename(tmp_path / "moved.pth")
+    widget.settings.epochs_spin.setValue(2)
+    notifications.clear()
+
+    assert widget.continue_run(folder) is None
+    assert not widget.is_running and widget.run_folder == folder
+    shown = widget.start_error.text() + widget.settings.settings_error.text()
+    assert repr(str(weights)) in shown and "put it back" in shown
+    assert any(repr(str(weights)) in e for e in _errors(notifications))
+    assert widget.plot.step_losses == plotted and widget.result_label.text() == result
+
+    (tmp_path / "moved.pth").rename(weights)  # put back: Continue… is accepted again
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.continue_run(folder) is not None
+    assert widget.result is not None and widget.result.epochs_done == 2

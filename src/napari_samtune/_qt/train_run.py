@@ -186,6 +186,7 @@ def continued_config(
             "copy the folder to one you can write in and continue the copy"
         )
     config = _read_config(files.config)
+    _check_base_weights(folder, config)
     history = past_epochs(folder)  # one record per completed epoch
     if epochs <= len(history):
         raise ValueError(
@@ -193,6 +194,21 @@ def continued_config(
             "that to continue it"
         )
     return replace(config, epochs=epochs, device=device), files.last, history
+
+
+def _check_base_weights(folder: Path, config: TrainConfig) -> None:
+    """``ValueError`` naming the file and the fix when the run in ``folder`` saved only its
+    trained weights (``checkpoint_trainable_only``) and the weights file it started from,
+    on which a continued run is rebuilt, is gone; a whole checkpoint needs no file."""
+    base = Path(config.model)  # a weights file chosen by path: recorded absolute
+    if not config.checkpoint_trainable_only or not base.is_absolute() or base.is_file():
+        return
+    raise ValueError(
+        f"the run in {str(folder)!r} saved only its trained weights, which are continued on "
+        f"the weights file it started from, {str(base)!r}, and that file does not exist any "
+        "more: put it back there (moved or renamed, or a copy of it), or press Start for a "
+        "new run"
+    )
 
 
 def settings_kept_message(run: TrainConfig, here: TrainConfig) -> str:
