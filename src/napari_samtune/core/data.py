@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage
@@ -24,6 +24,7 @@ from scipy import ndimage
 from napari_samtune.core.data_checks import check_channels, check_labels
 from napari_samtune.core.images import (
     as_channel_indices,
+    as_pixels,
     check_some_pixel_finite,
     plane_channel_axis,
     plane_to_sam_rgb,
@@ -194,9 +195,9 @@ def as_pairs(
     pairs = []
     for i, item in enumerate(data):
         if isinstance(item, ImageLabelPair):
-            pairs.append(item)
+            pairs.append(_with_arrays(item))
         elif isinstance(item, (tuple, list)) and len(item) == 2:
-            pairs += split_planes(np.asarray(item[0]), np.asarray(item[1]), f"pair {i}")
+            pairs += split_planes(as_pixels(item[0]), as_pixels(item[1]), f"pair {i}")
         else:
             one = len(data) == 2 and all(isinstance(part, np.ndarray) for part in data)
             hint = "; to train on one pair, pass [(image, labels)]" if one else ""
@@ -204,6 +205,14 @@ def as_pairs(
                 f"data[{i}] is a {type(item).__name__}; give an (image, labels) pair{hint}"
             )
     return pairs
+
+
+def _with_arrays(pair: ImageLabelPair) -> ImageLabelPair:
+    """``pair`` with numpy arrays (:func:`as_pixels`: a bfloat16 tensor or one that tracks
+    gradients too); numpy arrays are kept as they are."""
+    if isinstance(pair.image, np.ndarray) and isinstance(pair.labels, np.ndarray):
+        return pair
+    return replace(pair, image=as_pixels(pair.image), labels=as_pixels(pair.labels))
 
 
 def prepare_pair(pair: ImageLabelPair) -> PreparedImage:

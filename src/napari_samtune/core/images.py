@@ -16,6 +16,7 @@ The one documented rule (used identically at inference and in training):
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -136,6 +137,18 @@ def _order_statistic_lerp(cumulative: np.ndarray, percentile: float, first: int)
     if fraction >= 0.5:  # numpy's symmetric form, for the same rounding
         return np.subtract(b, difference * (1 - np.float64(fraction)))
     return np.add(a, difference * np.float64(fraction))
+
+
+def as_pixels(image: object) -> np.ndarray:
+    """``image`` as a numpy array; a torch tensor on a GPU, one that tracks gradients or one of
+    bfloat16 (which numpy lacks) too, which np.asarray refused with torch's own words
+    ("Got unsupported ScalarType BFloat16", "Can't call numpy() on Tensor that requires
+    grad"). Torch is not imported here: without it loaded, no tensor can exist."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(image, torch.Tensor):
+        return np.asarray(image)
+    image = image.detach().cpu()
+    return (image.float() if image.dtype == torch.bfloat16 else image).numpy()
 
 
 def check_some_pixel_finite(image: np.ndarray, name: str) -> None:

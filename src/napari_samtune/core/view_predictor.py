@@ -35,7 +35,7 @@ from napari_samtune.core.embeddings import (
 )
 from napari_samtune.core.fast_decoder import DecoderImage, decode_until_masks, decoder_image
 from napari_samtune.core.heap import tune_cpu_allocator
-from napari_samtune.core.images import check_some_pixel_finite, to_sam_rgb
+from napari_samtune.core.images import as_pixels, check_some_pixel_finite, to_sam_rgb
 from napari_samtune.core.mask_windows import Window, upscaled_window
 from napari_samtune.core.models import state_dict_digest
 
@@ -136,7 +136,7 @@ class ViewPredictor:
                 f"{image_name} is the file name {str(image)!r}, not its pixels; read the file "
                 f"first, e.g. set_image(tifffile.imread({str(image)!r}))"
             )
-        pixels = _as_pixels(image)  # read once: a dask or zarr array is not read twice
+        pixels = as_pixels(image)  # read once: a dask or zarr array is not read twice
         check_some_pixel_finite(pixels, image_name)
         rgb = to_sam_rgb(pixels, channel_axis, channels)
         grid = TileGrid.for_image(rgb.shape[:2], self.img_size, self.tiling)
@@ -286,14 +286,3 @@ class ViewPredictor:
             return [Window(tile.y0, tile.x0, logits).trimmed(threshold) for logits in full]
         with torch.inference_mode():
             return [upscaled_window(logits, tile, self.img_size, threshold) for logits in lowres]
-
-
-def _as_pixels(image: object) -> np.ndarray:
-    """``image`` as a numpy array; a torch tensor on a GPU, one that tracks gradients or one of
-    bfloat16 (which numpy lacks) too, which np.asarray refused with torch's own words
-    ("Got unsupported ScalarType BFloat16", "Can't call numpy() on Tensor that requires
-    grad")."""
-    if not isinstance(image, torch.Tensor):
-        return np.asarray(image)
-    image = image.detach().cpu()
-    return (image.float() if image.dtype == torch.bfloat16 else image).numpy()

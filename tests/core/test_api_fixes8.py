@@ -1,0 +1,51 @@
+"""Fixes found by scripting the headless core's training data and export from a notebook."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_samtune.core.data import ImageLabelPair, as_pairs, prepare_pairs
+from napari_samtune.core.presets import TrainConfig
+from napari_samtune.core.synthetic import make_dataset
+from napari_samtune.core.train import train
+
+
+def _tensor_pairs(seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    # bfloat16 (what a model in bf16 gives) and tracking gradients (a network's output):
+    # np.asarray refused both with torch's own words
+    ((image, labels),) = make_dataset(1, shape=(48, 48), seed=seed)
+    pixels = torch.tensor(image, dtype=torch.float32, requires_grad=True) * 1.0
+    return [(pixels.bfloat16(), torch.tensor(labels.astype(np.int64)))]
+
+
+@pytest.mark.parametrize("as_pair", [False, True])
+def test_training_pairs_may_be_bfloat16_tensors_or_track_gradients(as_pair):
+    ((image, labels),) = make_dataset(1, shape=(48, 48), seed=0)
+    grad = torch.tensor(image.astype(np.float32), requires_grad=True)
+    tensors = [
+        (grad.bfloat16(), torch.tensor(labels.astype(np.int32))),
+        (grad, torch.tensor(labels.astype(np.int32))),
+    ]
+    data = [ImageLabelPair(i, lab, f"t{n}") for n, (i, lab) in enumerate(tensors)]
+    prepared = prepare_pairs(as_pairs(data if as_pair else tensors))
+    expected = prepare_pairs(as_pairs([(image.astype(np.float32), labels)]))[0]
+    for one in prepared:
+        np.testing.assert_array_equal(one.labels, expected.labels)
+        assert one.rgb.shape == (48, 48, 3)
+    np.testing.assert_array_equal(prepared[1].rgb, expected.rgb)
+
+
+def test_train_accepts_tensor_pairs(tmp_path):
+    config = TrainConfig(
+        model="random:tiny",
+        epochs=1,
+        n_objects_per_batch=1,
+        min_samples_per_epoch=2,
+        n_iterative_prompts=0,
+        mixed_precision="no",
+        early_stopping=None,
+    )
+    result = train(config, _tensor_pairs(0), _tensor_pairs(1), out_dir=tmp_path)
+    assert result.best_checkpoint_path.is_file()
