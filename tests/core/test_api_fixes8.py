@@ -49,3 +49,31 @@ def test_train_accepts_tensor_pairs(tmp_path):
     )
     result = train(config, _tensor_pairs(0), _tensor_pairs(1), out_dir=tmp_path)
     assert result.best_checkpoint_path.is_file()
+
+
+@pytest.mark.parametrize("rgb", [False, True])
+@pytest.mark.parametrize("extra", ["last", "first"])
+def test_labels_with_an_extra_axis_of_one_train_as_their_2d_labels(rgb, extra):
+    # (H, W, 1) labels, as some tools save a label TIFF, were refused ("give 2D (H, W)
+    # labels"), and next to an (H, W, 1) image read as H planes of W x 1 pixels
+    ((image, labels),) = make_dataset(1, shape=(40, 48), seed=2)
+    if rgb:
+        image = np.stack([image] * 3, axis=-1)
+    extended = labels[..., None] if extra == "last" else labels[None]
+    (pair,) = prepare_pairs(as_pairs([(image, extended)]))
+    (expected,) = prepare_pairs(as_pairs([(image, labels)]))
+    np.testing.assert_array_equal(pair.labels, expected.labels)
+    np.testing.assert_array_equal(pair.rgb, expected.rgb)
+
+
+def test_an_image_and_labels_both_with_a_trailing_axis_of_one_are_one_pair():
+    ((image, labels),) = make_dataset(1, shape=(40, 48), seed=3)
+    pairs = as_pairs([(image[..., None], labels[..., None])])
+    assert [p.name for p in pairs] == ["pair 0"]
+    np.testing.assert_array_equal(prepare_pairs(pairs)[0].labels.astype(bool), labels > 0)
+
+
+def test_labels_with_an_extra_axis_of_one_that_fit_no_image_say_how_to_drop_it():
+    ((image, _),) = make_dataset(1, shape=(40, 48), seed=4)
+    with pytest.raises(ValueError, match=r"\(40, 47, 1\).*labels\[\.\.\., 0\]"):
+        prepare_pairs(as_pairs([(image, np.ones((40, 47, 1), np.uint16))]))

@@ -101,6 +101,7 @@ def split_planes(
     :func:`~napari_samtune.core.images.planes_first`).
     """
     channels = as_channel_indices(channels)  # 1 is (1,)
+    labels = _without_single_axis(labels, image)
     if rgb is None and (channel_axis is not None or channels is not None):
         rgb = True
     if labels.ndim == 3:
@@ -114,6 +115,21 @@ def split_planes(
     return [
         ImageLabelPair(image[i], labels[i], f"{name} plane {i}", axis, channels) for i in planes
     ]
+
+
+def _without_single_axis(labels: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """(H, W, 1) labels (a common TIFF export), or (1, H, W) ones of a channels-last or 2D
+    image, as (H, W) when the image has those pixels; anything else as it is. Read as a
+    stack, (H, W, 1) labels were H planes of W x 1 pixels. (1, H, W) labels of a (1, H, W)
+    image stay a stack of one plane; of a (C, H, W) image, a plane of a stack or the image's
+    labels would be a guess, so the checks say so."""
+    if labels.ndim != 3 or 1 not in (labels.shape[0], labels.shape[-1]):
+        return labels
+    if labels.shape[-1] == 1 and labels.shape[:2] in (image.shape[:2], image.shape[-2:]):
+        return labels[..., 0]
+    if labels.shape[0] == 1 and labels.shape[1:] == image.shape[:2] and image.shape[0] != 1:
+        return labels[0]
+    return labels
 
 
 def load_pairs(

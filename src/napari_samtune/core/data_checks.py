@@ -35,6 +35,13 @@ def check_labels(labels: np.ndarray, name: str) -> None:
             f"labels of {name!r} have shape {labels.shape!r}, an RGB image; a 2D instance label "
             "image is needed (one integer id per object), not a coloured rendering"
         )
+    if labels.ndim == 3 and 1 in (labels.shape[0], labels.shape[-1]):
+        index = "labels[..., 0]" if labels.shape[-1] == 1 else "labels[0]"
+        raise ValueError(
+            f"labels of {name!r} have shape {labels.shape!r}, a 2D label image with an extra "
+            f"axis of 1 (as some tools save one); give (H, W) labels ({index}) of the image's "
+            "height and width"
+        )
     if labels.ndim != 2:
         raise ValueError(
             f"labels of {name!r} have shape {labels.shape!r}; give 2D (H, W) labels, or "
