@@ -10,6 +10,7 @@ from napari_samtune.core.data import ImageLabelPair, as_pairs, prepare_pairs
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.synthetic import make_dataset
 from napari_samtune.core.train import train
+from napari_samtune.core.train_checkpoints import export_model, read_checkpoint
 
 
 def _tensor_pairs(seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -37,8 +38,8 @@ def test_training_pairs_may_be_bfloat16_tensors_or_track_gradients(as_pair):
     np.testing.assert_array_equal(prepared[1].rgb, expected.rgb)
 
 
-def test_train_accepts_tensor_pairs(tmp_path):
-    config = TrainConfig(
+def _one_epoch() -> TrainConfig:
+    return TrainConfig(
         model="random:tiny",
         epochs=1,
         n_objects_per_batch=1,
@@ -47,7 +48,10 @@ def test_train_accepts_tensor_pairs(tmp_path):
         mixed_precision="no",
         early_stopping=None,
     )
-    result = train(config, _tensor_pairs(0), _tensor_pairs(1), out_dir=tmp_path)
+
+
+def test_train_accepts_tensor_pairs(tmp_path):
+    result = train(_one_epoch(), _tensor_pairs(0), _tensor_pairs(1), out_dir=tmp_path)
     assert result.best_checkpoint_path.is_file()
 
 
@@ -77,3 +81,30 @@ def test_labels_with_an_extra_axis_of_one_that_fit_no_image_say_how_to_drop_it()
     ((image, _),) = make_dataset(1, shape=(40, 48), seed=4)
     with pytest.raises(ValueError, match=r"\(40, 47, 1\).*labels\[\.\.\., 0\]"):
         prepare_pairs(as_pairs([(image, np.ones((40, 47, 1), np.uint16))]))
+
+
+@pytest.fixture(scope="module")
+def best(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    pairs, val = make_dataset(2, (48, 48), seed=5), make_dataset(1, (48, 48), seed=50)
+    return train(_one_epoch(), pairs, val, out_dir=out).best_checkpoint_path
+
+
+def test_exporting_a_checkpoint_onto_itself_or_another_is_refused(best):
+    # export_model(best.pt, best.pt) replaced the run's checkpoint with plain weights
+    last = best.with_name("last.pt")
+    before = best.read_bytes()
+    with pytest.raises(ValueError, match=r"the checkpoint being exported.*best-model\.pth"):
+        export_model(best, best)
+    with pytest.raises(ValueError, match=r"a napari-samtune training checkpoint"):
+        export_model(best, last)
+    assert best.read_bytes() == before
+    read_checkpoint(last)  # still a checkpoint
+
+
+def test_exporting_to_a_folder_asks_for_a_file_name(best, tmp_path):
+    # a folder gave a bare IsADirectoryError
+    with pytest.raises(ValueError, match=r"is a folder; .*model\.pth"):
+        export_model(best, tmp_path)
+    exported, _ = export_model(best, tmp_path / "model.pth")
+    assert exported.is_file()

@@ -237,12 +237,37 @@ def export_model(checkpoint_path: str | Path, out_path: str | Path) -> tuple[Pat
     """Write the checkpoint's model as a plain SAM state dict (LoRA merged).
 
     The file loads with strict loading into an unmodified ``segment_anything``
-    model of the checkpoint's architecture (checked here before writing).
+    model of the checkpoint's architecture (checked here before writing). ``out_path`` is a
+    file name; a folder, or a training checkpoint (the one exported included), is refused.
     """
     from napari_samtune.core.models import export_sam_state_dict
 
+    _check_export_path(Path(checkpoint_path), Path(out_path))
     sam, arch = restore_model(read_checkpoint(checkpoint_path))
     with torch.random.fork_rng(devices=[]):
         plain = build_sam(arch)
     plain.load_state_dict(merged_state_dict(sam), strict=True)
     return export_sam_state_dict(plain, out_path), arch
+
+
+def _check_export_path(checkpoint: Path, out_path: Path) -> None:
+    """Refuse an ``out_path`` the export cannot or must not write: a folder (which gave a
+    bare IsADirectoryError), or a training checkpoint, ``checkpoint`` itself included,
+    which the plain weights silently replaced, so its run could no longer be resumed."""
+    suggestion = checkpoint.with_name(f"{checkpoint.stem}-model.pth")
+    if out_path.is_dir():
+        raise ValueError(
+            f"out_path {str(out_path)!r} is a folder; give the exported model a file name, "
+            f"e.g. {str(out_path / 'model.pth')!r}"
+        )
+    if out_path.is_file() and is_project_checkpoint(out_path):
+        which = (
+            "the checkpoint being exported"
+            if out_path.samefile(checkpoint)
+            else ("a napari-samtune training checkpoint")
+        )
+        raise ValueError(
+            f"out_path {str(out_path)!r} is {which}; the plain model would replace it, and "
+            "its run could no longer be resumed or exported from it. Give another file name, "
+            f"e.g. {str(suggestion)!r}"
+        )
