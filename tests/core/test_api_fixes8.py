@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_samtune.core.automatic import default_auto_config
 from napari_samtune.core.data import ImageLabelPair, as_pairs, prepare_pairs
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.synthetic import make_dataset
@@ -108,3 +109,14 @@ def test_exporting_to_a_folder_asks_for_a_file_name(best, tmp_path):
         export_model(best, tmp_path)
     exported, _ = export_model(best, tmp_path / "model.pth")
     assert exported.is_file()
+
+
+@pytest.mark.parametrize("img_size", ["1024", 1024.0, True, None])
+def test_default_auto_config_refuses_an_img_size_that_is_no_whole_number(img_size):
+    # "1024" gave a bare "'<=' not supported between instances of 'str' and 'int'"
+    with pytest.raises(TypeError, match=rf"img_size .*got {type(img_size).__name__} "):
+        default_auto_config(img_size)
+
+
+def test_default_auto_config_takes_numpy_integers():
+    assert default_auto_config(np.int64(1024)) == default_auto_config(1024)

@@ -107,6 +107,11 @@ def default_auto_config(img_size: int) -> AutoSegmentConfig:
     """The automatic-segmentation defaults for a model of input size ``img_size``: SAM's,
     or :data:`NANO_AUTO_CONFIG` for nano-sized models (nano and models finetuned from it),
     with which SAM's thresholds keep no object at all."""
+    if isinstance(img_size, (bool, np.bool_)) or not isinstance(img_size, (int, np.integer)):
+        raise TypeError(
+            f"img_size must be the model's input size in pixels, a whole number such as 1024 "
+            f"(sam.image_encoder.img_size); got {type(img_size).__name__} {img_size!r}"
+        )
     return NANO_AUTO_CONFIG if img_size <= SMALL_INPUT_SIZE else AutoSegmentConfig()
 
 
