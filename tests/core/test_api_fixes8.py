@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 
 from napari_samtune.core.automatic import default_auto_config
-from napari_samtune.core.data import ImageLabelPair, as_pairs, prepare_pairs
+from napari_samtune.core.data import ImageLabelPair, as_pairs, prepare_pairs, read_match
+from napari_samtune.core.label_files import match_files
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.synthetic import make_dataset
 from napari_samtune.core.train import train
@@ -120,3 +122,19 @@ def test_default_auto_config_refuses_an_img_size_that_is_no_whole_number(img_siz
 
 def test_default_auto_config_takes_numpy_integers():
     assert default_auto_config(np.int64(1024)) == default_auto_config(1024)
+
+
+@pytest.mark.parametrize("match", [["images"], "images", ("images", "labels")])
+def test_read_match_given_file_names_says_to_pass_match_files(match):
+    # a list of names raised a bare "'list' object has no attribute 'pairs'"
+    with pytest.raises(TypeError, match=r"match_files\(images, labels\)"):
+        read_match(match)
+
+
+def test_read_match_reads_what_match_files_pairs(tmp_path):
+    ((image, labels),) = make_dataset(1, shape=(40, 48), seed=7)
+    for folder, array in (("images", image), ("labels", labels)):
+        (tmp_path / folder).mkdir()
+        tifffile.imwrite(tmp_path / folder / "cell.tif", array)
+    (pair,) = read_match(match_files(tmp_path / "images", tmp_path / "labels"))
+    np.testing.assert_array_equal(pair.labels, labels)

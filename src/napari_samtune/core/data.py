@@ -161,6 +161,12 @@ def read_match(
     the same, as the image may just have been opened differently there. Label files are
     read with :func:`read_label_tiff`.
     """
+    if not isinstance(match, FileMatch):
+        raise TypeError(
+            f"match must be the FileMatch that match_files returns; got "
+            f"{type(match).__name__} {match!r:.80}: pass match_files(images, labels), or "
+            "read the files with load_pairs(images, labels)"
+        )
     pairs = []
     for image_path, labels_path in match.pairs:
         image = read_tiff(image_path)
