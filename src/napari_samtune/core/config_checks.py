@@ -8,6 +8,7 @@ showing the value and saying what is allowed.
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 import os
@@ -196,3 +197,35 @@ def check_lora_rank(lora_rank: int, arch: SamArchitecture) -> None:
             f"layer of {arch.name}'s image encoder; use a rank of 1 to {limit} (LoRA typically "
             "uses 4 to 64)"
         )
+
+
+# The fields `samtune train` sets under shorter option names (--lr, --n-objects, ...), which
+# a script following the command line may pass as overrides.
+_FIELDS_OF_OPTIONS: dict[str, str] = {
+    "lr": "learning_rate",
+    "n_objects": "n_objects_per_batch",
+    "min_samples": "min_samples_per_epoch",
+    "iterative_prompts": "n_iterative_prompts",
+    "embedding_cache": "embedding_cache_size",
+    "loss": "mask_loss",
+    "trainable_only": "checkpoint_trainable_only",
+}
+
+
+def check_override_names(overrides: dict, names: Sequence[str]) -> None:
+    """``TypeError`` naming each override that is no ``TrainConfig`` field (``names``), the
+    field it likely means (``epoch`` -> ``epochs``, the CLI's ``lr`` -> ``learning_rate``)
+    and all the fields."""
+    unknown = sorted(set(overrides) - set(names))
+    if not unknown:
+        return
+    problems = []
+    for name in unknown:
+        meant = _FIELDS_OF_OPTIONS.get(name) or next(
+            iter(difflib.get_close_matches(name, names, n=1)), None
+        )
+        hint = f" (did you mean {meant}={overrides[name]!r}?)" if meant else ""
+        problems.append(f"{name}={overrides[name]!r}{hint}")
+    raise TypeError(
+        f"unknown override(s) {', '.join(problems)}; the TrainConfig fields are {', '.join(names)}"
+    )

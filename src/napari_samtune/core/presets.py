@@ -23,13 +23,16 @@ preset cannot fit, before any training starts.
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 from napari_samtune.core.architectures import ARCHITECTURES, SamArchitecture, as_architecture
-from napari_samtune.core.config_checks import check_lora_rank, check_train_config
+from napari_samtune.core.config_checks import (
+    check_lora_rank,
+    check_override_names,
+    check_train_config,
+)
 
 # GPU / RAM sizes are nominal ("32 GB") while machines report a little less (31.7 GiB).
 MEMORY_TOLERANCE = 0.9
@@ -291,39 +294,6 @@ def _processes_on_this_machine() -> int:
         return 1
 
 
-# The fields `samtune train` sets under shorter option names (--lr, --n-objects, ...), which
-# a script following the command line may pass as overrides.
-_FIELDS_OF_OPTIONS: dict[str, str] = {
-    "lr": "learning_rate",
-    "n_objects": "n_objects_per_batch",
-    "min_samples": "min_samples_per_epoch",
-    "iterative_prompts": "n_iterative_prompts",
-    "embedding_cache": "embedding_cache_size",
-    "loss": "mask_loss",
-    "trainable_only": "checkpoint_trainable_only",
-}
-
-
-def _check_override_names(overrides: dict) -> None:
-    """``TypeError`` naming each override that is no ``TrainConfig`` field, the field it
-    likely means (``epoch`` -> ``epochs``, the CLI's ``lr`` -> ``learning_rate``) and all
-    the fields."""
-    names = [f.name for f in fields(TrainConfig)]
-    unknown = sorted(set(overrides) - set(names))
-    if not unknown:
-        return
-    problems = []
-    for name in unknown:
-        meant = _FIELDS_OF_OPTIONS.get(name) or next(
-            iter(difflib.get_close_matches(name, names, n=1)), None
-        )
-        hint = f" (did you mean {meant}={overrides[name]!r}?)" if meant else ""
-        problems.append(f"{name}={overrides[name]!r}{hint}")
-    raise TypeError(
-        f"unknown override(s) {', '.join(problems)}; the TrainConfig fields are {', '.join(names)}"
-    )
-
-
 def config_from_preset(
     preset: ResourcePreset | str,
     model: str | os.PathLike,
@@ -367,7 +337,7 @@ def config_from_preset(
         device=preset.device,
         preset=preset.key,
     )
-    _check_override_names(overrides)
+    check_override_names(overrides, [f.name for f in fields(TrainConfig)])
     _check_lora_in_frozen_encoder(preset, architecture, setting, overrides)
     config = replace(base, **overrides)
     check_lora_rank(config.lora_rank, architecture)
