@@ -388,6 +388,7 @@ def test_labels_from_samtune_segment_load_through_the_dialog(
     monkeypatch.setattr(QFileDialog, "getOpenFileName", choose)
     assert widget.ui.load_file_button.isEnabled()
     widget.ui.load_file_button.click()
+    drain_jobs(widget)  # the file is read in a worker
     assert offered and "*.tif" in offered[0].split(";;")[-1] and "*.labels.tif" in offered[0]
     loaded = nuclei_image[1]
     np.testing.assert_array_equal(widget.session.annotations, loaded)

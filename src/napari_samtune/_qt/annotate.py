@@ -25,6 +25,7 @@ from qtpy.QtWidgets import QWidget
 
 from napari_samtune._qt.annotate_actions import AnnotateActionsMixin
 from napari_samtune._qt.annotate_embedding import AnnotateEmbeddingMixin
+from napari_samtune._qt.annotate_file_jobs import AnnotateFileJobsMixin
 from napari_samtune._qt.annotate_files import AnnotateFilesMixin
 from napari_samtune._qt.annotate_image import AnnotateImageMixin
 from napari_samtune._qt.annotate_model import AnnotateModelMixin, LoadedWeights
@@ -59,6 +60,7 @@ class AnnotateWidget(
     AnnotateEmbeddingMixin,
     AnnotateActionsMixin,
     AnnotateFilesMixin,
+    AnnotateFileJobsMixin,
     QWidget,
 ):
     """Dock widget: interactive SAM annotation of the image layers of ``viewer``."""
@@ -83,6 +85,8 @@ class AnnotateWidget(
         self._previews_behind: set[int | None] = set()
         self._autosave_again: list[AnnotationSession] = []  # saved once the running save ends
         self._save_buffer: np.ndarray | None = None  # the labels the last autosave wrote
+        self._save_now_waiting: AnnotationSession | None = None  # Save now, after that save
+        self._strokes = 0  # brush, fill and eraser strokes on the annotations, ever
         # annotations layer of an image no longer chosen -> (its session, the autosave on
         # brush strokes)
         self._retired_painting: dict = {}
@@ -144,9 +148,9 @@ class AnnotateWidget(
         ui.auto_button.clicked.connect(self.segment_automatically)
         ui.folder_button.clicked.connect(self._choose_folder)
         ui.folder_edit.editingFinished.connect(self._on_folder_edited)
-        ui.save_button.clicked.connect(self.save_annotations)
+        ui.save_button.clicked.connect(lambda: self.start_save_now())
         ui.autosave_check.toggled.connect(self._on_autosave_ticked)
-        ui.load_file_button.clicked.connect(lambda: self.load_annotations())
+        ui.load_file_button.clicked.connect(lambda: self.start_loading_annotations())
 
     def _key_actions(self) -> dict:
         return {"C": self.commit, "Shift-C": self.clear, "T": self.toggle_polarity, "U": self.undo}

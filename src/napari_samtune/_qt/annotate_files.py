@@ -18,7 +18,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QFileDialog
 
-from napari_samtune._qt.annotate_jobs import AUTO_TASK, SAVE_TASK
+from napari_samtune._qt.annotate_jobs import SAVE_TASK
 from napari_samtune._qt.annotate_session import found_where
 from napari_samtune._qt.dock_life import main_window_of
 from napari_samtune._qt.workers import user_message
@@ -27,16 +27,12 @@ from napari_samtune.core.annotation_files import (
     default_annotation_folder,
     save_annotations,
 )
-from napari_samtune.core.label_files import LABELS_SUFFIX
 
 # napari's undo and redo of a brush, fill or eraser stroke on a Labels layer (its class keys)
 HISTORY_KEYS = {
     KeyMod.CtrlCmd | KeyCode.KeyZ: "undo",
     KeyMod.CtrlCmd | KeyMod.Shift | KeyCode.KeyZ: "redo",
 }
-
-# autosaves first; any label TIFF too, e.g. `samtune segment` output (<image>_labels.tif)
-LOAD_FILTERS = f"Annotations (*{LABELS_SUFFIX});;Label images (*.tif *.tiff)"
 
 
 class AnnotateFilesMixin:
@@ -124,25 +120,6 @@ class AnnotateFilesMixin:
             except (ValueError, OSError) as err:
                 labels_path, problem = diverted, user_message(err)
 
-    def save_annotations(self, folder: str | Path | None = None) -> Path | None:
-        """Save labels and prompts now (synchronously); returns the labels path."""
-        if self.session is None:
-            show_info("nothing to save: pick an image first")
-            return None
-        folder = self.annotation_folder() if folder in (None, False) else Path(folder)
-        # a background save still writing an older snapshot would otherwise land after this
-        # one and replace it (its callbacks still run, later: they only report)
-        self.runner.wait(SAVE_TASK)
-        try:
-            labels_path, _ = self.session.save(folder)
-        except (OSError, ValueError) as err:
-            show_error(f"saving failed: {user_message(err)}")
-            return None
-        self._forget_not_autosaved(self.session)
-        self.annotations_saved.emit(str(labels_path))
-        show_info(f"saved annotations to {labels_path}")
-        return labels_path
-
     def _on_autosave_ticked(self, checked: bool) -> None:
         """Autosave ticked again: the edits made without it, to this image or others, are
         saved now, not only with the next one (closing napari meanwhile would lose them)."""
@@ -213,6 +190,7 @@ class AnnotateFilesMixin:
         """A brush, fill or eraser stroke on the annotations (a person correcting them) is
         autosaved like a commit: once control is back in the event loop, as napari reports
         the stroke before it writes it into the data."""
+        self._strokes += 1  # see AnnotateFileJobsMixin._edit_state
         QTimer.singleShot(0, self._autosave)
 
     def _bind_history_keys(self, annotations) -> None:
@@ -277,6 +255,11 @@ class AnnotateFilesMixin:
             if not any(waiting is session for waiting in self._autosave_again):
                 self._autosave_again.append(session)
             return None
+        return self._start_save(session)
+
+    def _start_save(self, session, announce: bool = False):
+        """Start the background save of ``session``; ``announce``: Save now, which says
+        where it saved (see AnnotateFileJobsMixin), not quiet as an autosave."""
         self._autosave_again = [s for s in self._autosave_again if s is not session]
         folder = self.annotation_folder()
         window = main_window_of(self)
@@ -290,8 +273,14 @@ class AnnotateFilesMixin:
             self._snapshot(session),  # the worker must not read labels being edited
             session.document(),
             session.file_name(folder),
-            on_return=lambda paths: self._autosaved(session, paths[0]),
-            on_error=lambda _exc: setattr(self, "_save_failed", session),
+            on_return=lambda paths: (self._saved_now if announce else self._autosaved)(
+                session, paths[0]
+            ),
+            on_error=lambda _exc: (
+                self._save_now_failed(session)
+                if announce
+                else setattr(self, "_save_failed", session)
+            ),
             on_finish=self._autosave_next,
             quiet=True,  # the status line keeps what was committed
         )
@@ -308,8 +297,12 @@ class AnnotateFilesMixin:
         return buffer
 
     def _autosave_next(self) -> None:
-        """A save ended: save the next image whose edits came while it ran, if any."""
-        if self._autosave_again:
+        """A save ended: Save now, pressed while it ran, or else save the next image whose
+        edits came while it ran, if any."""
+        if self._save_now_waiting is not None:
+            session, self._save_now_waiting = self._save_now_waiting, None
+            self._start_save(session, announce=True)
+        elif self._autosave_again:
             self._autosave(self._autosave_again[0])
 
     def _autosaved(self, session, labels_path: Path) -> None:
@@ -334,35 +327,14 @@ class AnnotateFilesMixin:
         self.runner.wait(SAVE_TASK)
         self.runner.forget(SAVE_TASK)
         waiting, self._autosave_again = self._autosave_again, []
+        if self._save_now_waiting is not None:  # pressed while that save ran
+            waiting = [self._save_now_waiting, *waiting]
+            self._save_now_waiting = None
         for session in waiting:
             try:
                 session.save(self.annotation_folder())
             except (OSError, ValueError) as err:
                 show_error(f"saving failed: {user_message(err)}")
-
-    def load_annotations(self, path: str | Path | None = None) -> int | None:
-        """Replace the annotations with a saved ``*.labels.tif`` or any label TIFF of the
-        image's shape (e.g. from ``samtune segment``); returns its object count."""
-        if self.session is None:
-            show_info("pick the image these annotations belong to first")
-            return None
-        if self._job_writes_here(AUTO_TASK):  # its later planes would land on the file's
-            show_info("wait for the automatic segmentation to finish, then load annotations")
-            return None
-        if path is None:
-            path, _ = QFileDialog.getOpenFileName(
-                self, "Annotations", str(self.annotation_folder()), LOAD_FILTERS
-            )
-            if not path:
-                return None
-        try:
-            n_objects = self.session.load(path, undoable=True)
-        except (OSError, ValueError) as err:
-            show_error(f"loading annotations failed: {user_message(err)}")
-            return None
-        show_info(f"loaded {n_objects} objects from {path} (U brings back what they replaced)")
-        self._autosave()  # else the image's autosave, restored next time, is what they replaced
-        return n_objects
 
     def _save_automatic_so_far(self) -> None:
         """Save the planes a running automatic segmentation has written, as its image goes

@@ -256,7 +256,10 @@ class AnnotationSession:
         """Replace the annotations with a saved file; returns the number of objects in it.
         ``undoable``: the person chose the file, and undo brings back what it replaced
         (else the undo history goes: the image's own autosave, restored when it opens)."""
-        labels, record = load_annotations(labels_path)
+        return self.apply_loaded(*load_annotations(labels_path), labels_path, undoable)
+
+    def apply_loaded(self, labels: np.ndarray, record: dict, labels_path, undoable: bool) -> int:
+        """:meth:`load` once ``labels`` and ``record`` are read from ``labels_path``."""
         if labels.shape != self.axes.spatial_shape:
             raise ValueError(
                 f"{Path(labels_path).name!r} has shape {labels.shape!r} but image "

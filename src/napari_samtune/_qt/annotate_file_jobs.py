@@ -1,0 +1,156 @@
+"""Save now and Load annotations… in thread workers, as autosave is: writing or reading a
+large stack (60 x 2048 x 2048 labels, zlib-compressed) takes seconds, which on the GUI
+thread froze the viewer.
+
+A mixin of :class:`~napari_samtune._qt.annotate.AnnotateWidget` (it uses the widget's
+``ui``, ``runner`` and ``session`` and :class:`~napari_samtune._qt.annotate_files.
+AnnotateFilesMixin`), kept apart so each module stays short.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtWidgets import QFileDialog
+
+from napari_samtune._qt.annotate_jobs import AUTO_TASK, SAVE_TASK
+from napari_samtune._qt.workers import user_message
+from napari_samtune.core.annotation_files import load_annotations as read_annotations
+from napari_samtune.core.label_files import LABELS_SUFFIX
+
+LOAD_FILE_TASK = "loading annotations"
+# autosaves first; any label TIFF too, e.g. `samtune segment` output (<image>_labels.tif)
+LOAD_FILTERS = f"Annotations (*{LABELS_SUFFIX});;Label images (*.tif *.tiff)"
+
+
+class AnnotateFileJobsMixin:
+    """Save now and Load annotations…: at once (for scripts and tests), or in the
+    background (the buttons)."""
+
+    def save_annotations(self, folder: str | Path | None = None) -> Path | None:
+        """Save labels and prompts now (synchronously); returns the labels path."""
+        if self.session is None:
+            show_info("nothing to save: pick an image first")
+            return None
+        folder = self.annotation_folder() if folder in (None, False) else Path(folder)
+        # a background save still writing an older snapshot would otherwise land after this
+        # one and replace it (its callbacks still run, later: they only report)
+        self.runner.wait(SAVE_TASK)
+        try:
+            labels_path, _ = self.session.save(folder)
+        except (OSError, ValueError) as err:
+            show_error(f"saving failed: {user_message(err)}")
+            return None
+        self._forget_not_autosaved(self.session)
+        self.annotations_saved.emit(str(labels_path))
+        show_info(f"saved annotations to {labels_path}")
+        return labels_path
+
+    def load_annotations(self, path: str | Path | None = None) -> int | None:
+        """Replace the annotations with a saved ``*.labels.tif`` or any label TIFF of the
+        image's shape (e.g. from ``samtune segment``); returns its object count."""
+        if self.session is None:
+            show_info("pick the image these annotations belong to first")
+            return None
+        if self._job_writes_here(AUTO_TASK):  # its later planes would land on the file's
+            show_info("wait for the automatic segmentation to finish, then load annotations")
+            return None
+        if path is None:
+            path, _ = QFileDialog.getOpenFileName(
+                self, "Annotations", str(self.annotation_folder()), LOAD_FILTERS
+            )
+            if not path:
+                return None
+        try:
+            n_objects = self.session.load(path, undoable=True)
+        except (OSError, ValueError) as err:
+            show_error(f"loading annotations failed: {user_message(err)}")
+            return None
+        show_info(f"loaded {n_objects} objects from {path} (U brings back what they replaced)")
+        self._autosave()  # else the image's autosave, restored next time, is what they replaced
+        return n_objects
+
+    def start_save_now(self):
+        """Save the annotations of the image annotated now in the background (after the
+        save that runs, if any: saves run one at a time, into one buffer); says where once
+        written. Returns the worker, or None when nothing started yet."""
+        session = self.session
+        if session is None:
+            show_info("nothing to save: pick an image first")
+            return None
+        self._forget_not_autosaved(session)  # kept again if this save fails (see below)
+        self.ui.status_label.setText(f"saving the annotations of {session.image_layer.name!r}…")
+        if self.runner.is_running(SAVE_TASK):
+            self._save_now_waiting = session  # see _autosave_next and flush_autosave
+            return None
+        return self._start_save(session, announce=True)
+
+    def _saved_now(self, session, labels_path: Path) -> None:
+        if self._save_failed is session:
+            self._save_failed = None
+        self.annotations_saved.emit(str(labels_path))
+        show_info(f"saved annotations to {labels_path}")
+
+    def _save_now_failed(self, session) -> None:
+        """The runner said why; with autosave unticked the edits are still unsaved, and
+        closing napari must say so."""
+        self._save_failed = session
+        if not self.ui.autosave_check.isChecked():
+            self._remember_not_autosaved(session)
+
+    def start_loading_annotations(self, path: str | Path | None = None):
+        """:meth:`load_annotations` with the file read in a worker; what it read replaces
+        the annotations only if they were not edited meanwhile (else it says so, and
+        nothing is replaced). Returns the worker, or None when nothing started."""
+        if self.session is None:
+            show_info("pick the image these annotations belong to first")
+            return None
+        if self._job_writes_here(AUTO_TASK):  # its later planes would land on the file's
+            show_info("wait for the automatic segmentation to finish, then load annotations")
+            return None
+        if self.runner.is_running(LOAD_FILE_TASK):
+            show_info("annotations are still loading: wait for them, then load others")
+            return None
+        if path is None:
+            path, _ = QFileDialog.getOpenFileName(
+                self, "Annotations", str(self.annotation_folder()), LOAD_FILTERS
+            )
+            if not path:
+                return None
+        session, before = self.session, self._edit_state()
+        return self.runner.start(
+            LOAD_FILE_TASK,
+            read_annotations,
+            path,
+            on_return=lambda loaded: self._loaded(session, before, path, *loaded),
+        )
+
+    def _edit_state(self) -> tuple:
+        """What changes with every edit of the annotations: a commit, undo or automatic
+        segmentation (the undo history) and a brush, fill or eraser stroke (counted)."""
+        undo_stack = self.session.undo_stack
+        return undo_stack.peek(), len(undo_stack), self._strokes
+
+    def _loaded(self, session, before: tuple, path, labels, record: dict) -> None:
+        name = session.image_layer.name
+        if self.session is not session:
+            show_warning(
+                f"{path} was not loaded: another image was picked while it was read. Pick "
+                f"{name!r} and load it again"
+            )
+            return
+        (top, depth, strokes), now = before, self._edit_state()
+        if now[0] is not top or now[1:] != (depth, strokes) or self._job_writes_here(AUTO_TASK):
+            show_warning(
+                f"{path} was not loaded: {name!r} was edited while it was read, and it would "
+                "have replaced those edits. Load it again to replace them"
+            )
+            return
+        try:
+            n_objects = session.apply_loaded(labels, record, path, undoable=True)
+        except ValueError as err:
+            show_error(f"loading annotations failed: {user_message(err)}")
+            return
+        show_info(f"loaded {n_objects} objects from {path} (U brings back what they replaced)")
+        self._autosave()  # else the image's autosave, restored next time, is what they replaced

@@ -1,0 +1,153 @@
+"""Save now and Load annotations… run in workers: on a 60 x 2048 x 2048 stack each took
+seconds on the GUI thread, the viewer frozen. The writer and reader are held here until the
+test lets them go, so a call that waited for them would never return."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import tifffile
+
+HELD_S = 30
+
+
+def _held(real, release: threading.Event, ran: list):
+    def held(*args):
+        ran.append(threading.current_thread())
+        assert release.wait(HELD_S), "the test never let the file work go on"
+        return real(*args)
+
+    return held
+
+
+def _commit(widget, where) -> np.ndarray:
+    widget.session.layers.preview.data[where] = 1
+    assert widget.commit()
+    return widget.session.annotations.copy()
+
+
+def test_save_now_writes_in_a_worker(
+    viewer_widget, monkeypatch, tmp_path, drain_jobs, notifications
+):
+    from napari_samtune._qt import annotate_files
+
+    _viewer, widget = viewer_widget
+    widget.ui.folder_edit.setText(str(tmp_path))
+    widget.ui.autosave_check.setChecked(False)  # only Save now writes
+    committed = _commit(widget, np.s_[5:15, 5:15])
+    release, ran = threading.Event(), []
+    monkeypatch.setattr(
+        annotate_files, "save_annotations", _held(annotate_files.save_annotations, release, ran)
+    )
+    widget.ui.save_button.click()  # returns while the writer is held
+    assert widget.runner.is_running("autosave")
+    assert not (tmp_path / "nuclei.labels.tif").exists()
+    widget.session.annotations[...] = 0  # an edit after pressing: not in that save
+    release.set()
+    drain_jobs(widget)
+    assert ran and ran[0] is not threading.main_thread()
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "nuclei.labels.tif"), committed)
+    assert any(f"saved annotations to {tmp_path}" in n for n in notifications)
+    assert not widget._not_autosaved  # saved: closing napari has nothing to warn about
+
+
+def test_save_now_pressed_while_an_autosave_writes_lands_after_it(
+    viewer_widget, monkeypatch, tmp_path, drain_jobs, notifications
+):
+    from napari_samtune._qt import annotate_files
+
+    _viewer, widget = viewer_widget
+    widget.ui.folder_edit.setText(str(tmp_path))
+    release, ran = threading.Event(), []
+    monkeypatch.setattr(
+        annotate_files, "save_annotations", _held(annotate_files.save_annotations, release, ran)
+    )
+    _commit(widget, np.s_[5:15, 5:15])  # its autosave is held
+    latest = _commit(widget, np.s_[40:50, 40:50])
+    assert widget.start_save_now() is None  # waits for the running save
+    release.set()
+    drain_jobs(widget)
+    assert len(ran) == 2  # the held autosave, then Save now (the second commit's with it)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "nuclei.labels.tif"), latest)
+    assert sum(f"saved annotations to {tmp_path}" in n for n in notifications) == 1
+
+
+def test_save_now_waiting_is_written_when_napari_closes(viewer_widget, monkeypatch, tmp_path):
+    from napari_samtune._qt import annotate_files
+
+    _viewer, widget = viewer_widget
+    widget.ui.folder_edit.setText(str(tmp_path))
+    release, ran = threading.Event(), []
+    monkeypatch.setattr(
+        annotate_files, "save_annotations", _held(annotate_files.save_annotations, release, ran)
+    )
+    _commit(widget, np.s_[5:15, 5:15])
+    widget.ui.autosave_check.setChecked(False)
+    latest = _commit(widget, np.s_[40:50, 40:50])  # not autosaved: only Save now keeps it
+    assert widget.start_save_now() is None
+    release.set()
+    widget.flush_autosave()  # what closing the viewer does
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "nuclei.labels.tif"), latest)
+
+
+def _held_reader(monkeypatch):
+    from napari_samtune._qt import annotate_file_jobs
+
+    release, ran = threading.Event(), []
+    real = annotate_file_jobs.read_annotations
+    monkeypatch.setattr(annotate_file_jobs, "read_annotations", _held(real, release, ran))
+    return release, ran
+
+
+def test_load_annotations_reads_in_a_worker(
+    viewer_widget, monkeypatch, tmp_path, nuclei_image, drain_jobs, notifications
+):
+    from qtpy.QtWidgets import QFileDialog
+
+    _viewer, widget = viewer_widget
+    widget.ui.folder_edit.setText(str(tmp_path / "annotations"))
+    segmented = tmp_path / "nuclei_labels.tif"
+    tifffile.imwrite(segmented, nuclei_image[1])
+    before = _commit(widget, np.s_[5:15, 5:15])
+    release, ran = _held_reader(monkeypatch)
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *args: (str(segmented), ""))
+    widget.ui.load_file_button.click()  # returns while the reader is held
+    assert widget.runner.is_running("loading annotations")
+    np.testing.assert_array_equal(widget.session.annotations, before)
+    assert widget.start_loading_annotations(segmented) is None  # one load at a time
+    release.set()
+    drain_jobs(widget)
+    assert ran and ran[0] is not threading.main_thread()
+    np.testing.assert_array_equal(widget.session.annotations, nuclei_image[1])
+    assert any("loaded" in n and str(segmented) in n for n in notifications)
+    saved = tifffile.imread(tmp_path / "annotations" / "nuclei.labels.tif")
+    np.testing.assert_array_equal(saved, nuclei_image[1])  # autosaved as this image's
+    assert widget.undo()
+    np.testing.assert_array_equal(widget.session.annotations, before)
+
+
+@pytest.mark.parametrize("edit", ["commit", "brush", "undo"])
+def test_an_edit_made_while_annotations_load_is_not_overwritten(
+    viewer_widget, monkeypatch, tmp_path, nuclei_image, drain_jobs, notifications, edit
+):
+    _viewer, widget = viewer_widget
+    widget.ui.folder_edit.setText(str(tmp_path))
+    segmented = tmp_path / "nuclei_labels.tif"
+    tifffile.imwrite(segmented, nuclei_image[1])
+    _commit(widget, np.s_[5:15, 5:15])
+    release, _ran = _held_reader(monkeypatch)
+    assert widget.start_loading_annotations(segmented) is not None
+    if edit == "commit":
+        _commit(widget, np.s_[40:50, 40:50])
+    elif edit == "brush":
+        widget.session.layers.annotations.paint((60, 60), 7)
+    else:
+        assert widget.undo()
+    edited = widget.session.annotations.copy()
+    release.set()
+    drain_jobs(widget)
+    np.testing.assert_array_equal(widget.session.annotations, edited)
+    assert any("was edited while it was read" in n for n in notifications)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "nuclei.labels.tif"), edited)
