@@ -43,6 +43,7 @@ def test_save_now_writes_in_a_worker(
     )
     widget.ui.save_button.click()  # returns while the writer is held
     assert widget.runner.is_running("autosave")
+    assert "saving" in widget.ui.status_label.text()
     assert not (tmp_path / "nuclei.labels.tif").exists()
     widget.session.annotations[...] = 0  # an edit after pressing: not in that save
     release.set()
@@ -50,6 +51,7 @@ def test_save_now_writes_in_a_worker(
     assert ran and ran[0] is not threading.main_thread()
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "nuclei.labels.tif"), committed)
     assert any(f"saved annotations to {tmp_path}" in n for n in notifications)
+    assert widget.ui.status_label.text() == "saved nuclei.labels.tif"
     assert not widget._not_autosaved  # saved: closing napari has nothing to warn about
 
 

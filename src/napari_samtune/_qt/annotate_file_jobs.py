@@ -90,12 +90,14 @@ class AnnotateFileJobsMixin:
         if self._save_failed is session:
             self._save_failed = None
         self.annotations_saved.emit(str(labels_path))
+        self.ui.status_label.setText(f"saved {labels_path.name}")  # it said 'saving …'
         show_info(f"saved annotations to {labels_path}")
 
     def _save_now_failed(self, session) -> None:
         """The runner said why; with autosave unticked the edits are still unsaved, and
         closing napari must say so."""
         self._save_failed = session
+        self.ui.status_label.setText("saving failed")
         if not self.ui.autosave_check.isChecked():
             self._remember_not_autosaved(session)
 
