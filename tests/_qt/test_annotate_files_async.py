@@ -123,7 +123,8 @@ def test_load_annotations_reads_in_a_worker(
     drain_jobs(widget)
     assert ran and ran[0] is not threading.main_thread()
     np.testing.assert_array_equal(widget.session.annotations, nuclei_image[1])
-    assert any("loaded" in n and str(segmented) in n for n in notifications)
+    n_objects = np.count_nonzero(np.unique(nuclei_image[1]))  # counted in the worker too
+    assert any(f"loaded {n_objects} objects from {segmented}" in n for n in notifications)
     saved = tifffile.imread(tmp_path / "annotations" / "nuclei.labels.tif")
     np.testing.assert_array_equal(saved, nuclei_image[1])  # autosaved as this image's
     assert widget.undo()

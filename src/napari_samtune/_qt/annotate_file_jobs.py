@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import QFileDialog
 
@@ -22,6 +23,13 @@ from napari_samtune.core.label_files import LABELS_SUFFIX
 LOAD_FILE_TASK = "loading annotations"
 # autosaves first; any label TIFF too, e.g. `samtune segment` output (<image>_labels.tif)
 LOAD_FILTERS = f"Annotations (*{LABELS_SUFFIX});;Label images (*.tif *.tiff)"
+
+
+def read_for_loading(path: str | Path) -> tuple[np.ndarray, dict, int]:
+    """The labels and record saved in ``path``, and how many objects the labels hold
+    (counted here: it sorts every pixel, seconds for a large stack)."""
+    labels, record = read_annotations(path)
+    return labels, record, int(np.count_nonzero(np.unique(labels)))
 
 
 class AnnotateFileJobsMixin:
@@ -123,7 +131,7 @@ class AnnotateFileJobsMixin:
         session, before = self.session, self._edit_state()
         return self.runner.start(
             LOAD_FILE_TASK,
-            read_annotations,
+            read_for_loading,
             path,
             on_return=lambda loaded: self._loaded(session, before, path, *loaded),
         )
@@ -134,7 +142,7 @@ class AnnotateFileJobsMixin:
         undo_stack = self.session.undo_stack
         return undo_stack.peek(), len(undo_stack), self._strokes
 
-    def _loaded(self, session, before: tuple, path, labels, record: dict) -> None:
+    def _loaded(self, session, before: tuple, path, labels, record: dict, n_objects: int) -> None:
         name = session.image_layer.name
         if self.session is not session:
             show_warning(
@@ -150,7 +158,7 @@ class AnnotateFileJobsMixin:
             )
             return
         try:
-            n_objects = session.apply_loaded(labels, record, path, undoable=True)
+            session.apply_loaded(labels, record, path, undoable=True)
         except ValueError as err:
             show_error(f"loading annotations failed: {user_message(err)}")
             return

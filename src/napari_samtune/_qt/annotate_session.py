@@ -256,9 +256,11 @@ class AnnotationSession:
         """Replace the annotations with a saved file; returns the number of objects in it.
         ``undoable``: the person chose the file, and undo brings back what it replaced
         (else the undo history goes: the image's own autosave, restored when it opens)."""
-        return self.apply_loaded(*load_annotations(labels_path), labels_path, undoable)
+        labels, record = load_annotations(labels_path)
+        self.apply_loaded(labels, record, labels_path, undoable)
+        return int(np.count_nonzero(np.unique(labels)))  # ids, 0 (background) not one
 
-    def apply_loaded(self, labels: np.ndarray, record: dict, labels_path, undoable: bool) -> int:
+    def apply_loaded(self, labels: np.ndarray, record: dict, labels_path, undoable: bool) -> None:
         """:meth:`load` once ``labels`` and ``record`` are read from ``labels_path``."""
         if labels.shape != self.axes.spatial_shape:
             raise ValueError(
@@ -276,7 +278,6 @@ class AnnotationSession:
         self.records = list(record.get("objects", []))
         self.layers.annotations.refresh()
         brush_past(self.layers.annotations, int(labels.max(initial=0)))
-        return int(np.count_nonzero(np.unique(labels)))  # ids, 0 (background) not one
 
     def load_records(self, labels_path: str | Path) -> None:
         """Take the object records saved with ``labels_path``; the labels stay as they are
