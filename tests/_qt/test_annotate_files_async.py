@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import tifffile
 
+from napari_samtune._qt.annotate_jobs import SAVE_TASK
+
 HELD_S = 30
 
 
@@ -42,7 +44,7 @@ def test_save_now_writes_in_a_worker(
         annotate_files, "save_annotations", _held(annotate_files.save_annotations, release, ran)
     )
     widget.ui.save_button.click()  # returns while the writer is held
-    assert widget.runner.is_running("autosave")
+    assert widget.runner.is_running(SAVE_TASK)
     assert "saving" in widget.ui.status_label.text()
     assert not (tmp_path / "nuclei.labels.tif").exists()
     widget.session.annotations[...] = 0  # an edit after pressing: not in that save
@@ -154,3 +156,20 @@ def test_an_edit_made_while_annotations_load_is_not_overwritten(
     np.testing.assert_array_equal(widget.session.annotations, edited)
     assert any("was edited while it was read" in n for n in notifications)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "nuclei.labels.tif"), edited)
+
+
+def test_a_failed_save_now_is_not_called_an_autosave(
+    viewer_widget, tmp_path, drain_jobs, notifications
+):
+    """Save now runs as the autosave task, whose name its error took: 'autosave failed'
+    for a save the person asked for, with autosave perhaps unticked."""
+    _viewer, widget = viewer_widget
+    widget.ui.autosave_check.setChecked(False)
+    (tmp_path / "a file").write_text("not a folder")
+    widget.ui.folder_edit.setText(str(tmp_path / "a file" / "annotations"))
+    _commit(widget, (slice(5, 9), slice(5, 9)))
+    widget.ui.save_button.click()
+    drain_jobs(widget)
+    errors = [n for n in notifications if n.severity == "error"]
+    assert errors and all("saving annotations failed" in n for n in errors)
+    assert not any("autosave" in n for n in errors)

@@ -23,7 +23,7 @@ def test_a_folder_chosen_after_failed_autosaves_gets_the_annotations(
     widget.session.layers.points.add([128, 128])
     assert widget.commit() == [1]
     drain_jobs(widget)
-    assert any("autosave failed" in n and n.severity == "error" for n in notifications)
+    assert any("saving annotations failed" in n and n.severity == "error" for n in notifications)
     folder = tmp_path / "writable"
     widget.ui.folder_edit.setText(str(folder))
     widget.ui.folder_edit.setModified(True)  # typed, then Return

@@ -27,7 +27,7 @@ LOAD_TASK = "loading model"
 EMBED_TASK = "embedding"
 AUTO_TASK = "automatic segmentation"
 PROPAGATE_TASK = "propagation"
-SAVE_TASK = "autosave"
+SAVE_TASK = "saving annotations"  # its errors read "saving annotations failed: …"
 SEGMENTER_TASKS = (EMBED_TASK, AUTO_TASK, PROPAGATE_TASK)  # the jobs that use the Segmenter
 
 
