@@ -10,10 +10,10 @@ import torch
 from napari_samtune.core.automatic import default_auto_config
 from napari_samtune.core.data import ImageLabelPair, as_pairs, prepare_pairs, read_match
 from napari_samtune.core.label_files import match_files
-from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.synthetic import make_dataset
 from napari_samtune.core.train import train
 from napari_samtune.core.train_checkpoints import export_model, read_checkpoint
+from tests.core.test_api_fixes7 import _one_epoch
 
 
 def _tensor_pairs(seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -39,18 +39,6 @@ def test_training_pairs_may_be_bfloat16_tensors_or_track_gradients(as_pair):
         np.testing.assert_array_equal(one.labels, expected.labels)
         assert one.rgb.shape == (48, 48, 3)
     np.testing.assert_array_equal(prepared[1].rgb, expected.rgb)
-
-
-def _one_epoch() -> TrainConfig:
-    return TrainConfig(
-        model="random:tiny",
-        epochs=1,
-        n_objects_per_batch=1,
-        min_samples_per_epoch=2,
-        n_iterative_prompts=0,
-        mixed_precision="no",
-        early_stopping=None,
-    )
 
 
 def test_train_accepts_tensor_pairs(tmp_path):

@@ -58,6 +58,21 @@ class AnnotateFileJobsMixin:
     def load_annotations(self, path: str | Path | None = None) -> int | None:
         """Replace the annotations with a saved ``*.labels.tif`` or any label TIFF of the
         image's shape (e.g. from ``samtune segment``); returns its object count."""
+        path = self._file_to_load(path)
+        if path is None:
+            return None
+        try:
+            n_objects = self.session.load(path, undoable=True)
+        except (OSError, ValueError) as err:
+            show_error(f"loading annotations failed: {user_message(err)}")
+            return None
+        show_info(f"loaded {n_objects} objects from {path} (U brings back what they replaced)")
+        self._autosave()  # else the image's autosave, restored next time, is what they replaced
+        return n_objects
+
+    def _file_to_load(self, path: str | Path | None) -> str | Path | None:
+        """The annotations file to load into the image annotated now: ``path``, else the
+        one chosen in a file dialog; None (said why) when there is none or no load may start."""
         if self.session is None:
             show_info("pick the image these annotations belong to first")
             return None
@@ -68,16 +83,7 @@ class AnnotateFileJobsMixin:
             path, _ = QFileDialog.getOpenFileName(
                 self, "Annotations", str(self.annotation_folder()), LOAD_FILTERS
             )
-            if not path:
-                return None
-        try:
-            n_objects = self.session.load(path, undoable=True)
-        except (OSError, ValueError) as err:
-            show_error(f"loading annotations failed: {user_message(err)}")
-            return None
-        show_info(f"loaded {n_objects} objects from {path} (U brings back what they replaced)")
-        self._autosave()  # else the image's autosave, restored next time, is what they replaced
-        return n_objects
+        return path or None
 
     def start_save_now(self):
         """Save the annotations of the image annotated now in the background (after the
@@ -113,21 +119,12 @@ class AnnotateFileJobsMixin:
         """:meth:`load_annotations` with the file read in a worker; what it read replaces
         the annotations only if they were not edited meanwhile (else it says so, and
         nothing is replaced). Returns the worker, or None when nothing started."""
-        if self.session is None:
-            show_info("pick the image these annotations belong to first")
-            return None
-        if self._job_writes_here(AUTO_TASK):  # its later planes would land on the file's
-            show_info("wait for the automatic segmentation to finish, then load annotations")
-            return None
         if self.runner.is_running(LOAD_FILE_TASK):
             show_info("annotations are still loading: wait for them, then load others")
             return None
+        path = self._file_to_load(path)
         if path is None:
-            path, _ = QFileDialog.getOpenFileName(
-                self, "Annotations", str(self.annotation_folder()), LOAD_FILTERS
-            )
-            if not path:
-                return None
+            return None
         session, before = self.session, self._edit_state()
         return self.runner.start(
             LOAD_FILE_TASK,
