@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -17,18 +18,12 @@ from napari_samtune.core.registry import user_models_dir
 from napari_samtune.core.synthetic import make_dataset
 from napari_samtune.core.train import iter_train, train
 from napari_samtune.core.user_models import list_user_models, register_user_model
+from tests.core.test_validation_overlap import CONFIG
 
 
 def _one_epoch() -> TrainConfig:
-    return TrainConfig(
-        model="random:tiny",
-        epochs=1,
-        n_objects_per_batch=1,
-        min_samples_per_epoch=2,
-        n_iterative_prompts=0,
-        mixed_precision="no",
-        early_stopping=None,
-    )
+    """test_validation_overlap's tiny one-epoch run, with one object and no corrections."""
+    return dataclasses.replace(CONFIG, n_objects_per_batch=1, n_iterative_prompts=0)
 
 
 def test_pairs_given_as_a_generator_or_zip_train_like_a_list(tmp_path):
