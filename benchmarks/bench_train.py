@@ -32,8 +32,9 @@ and the whole epoch including its checkpoint. Peak memory is each child's
 
 With ``--device cuda`` the configurations are those of the 8, 16 and 32 GB GPU presets
 (``gtx1080``, ``rtx5000``, ``v100``; every model each was set up for, named
-``preset:model``), both loops run on the GPU, and peak memory is the most GPU memory each
-child held (``bench_device.peak_memory_mb``), against the preset's budget.
+``preset:model``; the 80 GB ``a100``'s when named with ``--only``), both loops run on the
+GPU, and peak memory is the most GPU memory each child held
+(``bench_device.peak_memory_mb``), against the preset's budget.
 
 Run: ``.venv/bin/python benchmarks/bench_train.py [--device cpu] [--threads 2] [--repeats 3]
 [--steps 3] [--only vit_t_frozen ...] [--variants fast fast-fp32 fast-stock-paths]``
@@ -65,18 +66,19 @@ CONFIGS = {
     "vit_b_all": BenchConfig("cpu-32gb", "vit_b"),
 }
 GPU_PRESETS = ("gtx1080", "rtx5000", "v100")  # the 8, 16 and 32 GB GPU presets
+LARGE_GPU_PRESETS = ("a100",)  # measured when named with --only, on a GPU of 80 GB or more
 
 
-def configurations(device: str) -> dict[str, BenchConfig]:
+def configurations(device: str, presets: tuple[str, ...] = GPU_PRESETS) -> dict[str, BenchConfig]:
     """The configurations measured on ``device``: the CPU presets', or every model setting
-    of the GPU presets in :data:`GPU_PRESETS` (named ``preset:model``)."""
+    of the GPU presets in ``presets`` (named ``preset:model``)."""
     if device == "cpu":
         return CONFIGS
     from napari_samtune.core.presets import get_preset
 
     return {
         f"{key}:{s.model}": BenchConfig(key, s.model)
-        for key in GPU_PRESETS
+        for key in presets
         for s in get_preset(key).settings
     }
 
@@ -102,7 +104,9 @@ def setting(name: str):
 
 
 def _config(name: str) -> BenchConfig:
-    return CONFIGS[name] if name in CONFIGS else configurations("cuda")[name]
+    if name in CONFIGS:
+        return CONFIGS[name]
+    return configurations("cuda", GPU_PRESETS + LARGE_GPU_PRESETS)[name]
 
 
 def dataset(n_images: int = 2):
@@ -423,11 +427,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from bench_device import resolve
 
     args.device = str(resolve(args.device))
-    known = configurations("cpu" if args.device == "cpu" else "cuda")
+    default = configurations("cpu" if args.device == "cpu" else "cuda")
+    known = (
+        default if args.device == "cpu" else configurations("cuda", GPU_PRESETS + LARGE_GPU_PRESETS)
+    )
     unknown = sorted(set(args.only or ()) - set(known))
     if unknown and not args.child:
         parser.error(f"--only {unknown}: on {args.device} the configurations are {sorted(known)}")
-    args.only = args.only or list(known)
+    args.only = args.only or list(default)
     if args.threads is None:
         args.threads = 2 if args.device == "cpu" else min(8, os.cpu_count() or 1)
     return args

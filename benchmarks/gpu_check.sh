@@ -1,30 +1,56 @@
 #!/usr/bin/env bash
-# The CUDA benchmarks in one short run, for a lent GPU machine (the device tool's `run`).
+# The CUDA checks and benchmarks in one short run, for a lent GPU machine (the device tool's
+# `run`).
 #
 # That machine has python3 with torch, numpy, scipy, timm, tifffile, matplotlib and tqdm
 # but no internet; what else napari-samtune's core needs travels as wheels in .whl/, which
 # `bash scripts/gpu_wheels.sh` downloads here first (the tool's `carry: [".whl"]`). The
-# package itself is imported from src/. Results go to $OUT (or ./gpu-results):
+# package itself is imported from src/. Each stage runs under its own time limit and writes
+# its log to $OUT (or ./gpu-results), so a stage that fails or runs long costs only itself:
 #
-#   bash benchmarks/gpu_check.sh            # embeddings, then training
-#   bash benchmarks/gpu_check.sh train      # only one of them: embedding | train
-set -euo pipefail
+#   bash benchmarks/gpu_check.sh                  # checks, embedding, train, demo, large
+#   bash benchmarks/gpu_check.sh train demo       # only these stages
+#
+# checks: benchmarks/cuda_checks.py (training in bf16/fp16/fp32, GPU -> CPU resume, nano's
+# masks on the GPU vs the CPU, torchrun with NCCL); embedding: bench_embedding.py; train:
+# bench_train.py on the 8/16/32 GB GPU presets; demo: `samtune demo` on the GPU; large:
+# bench_train.py on the a100 preset's configurations (80 GB).
+set -uo pipefail
 cd "$(dirname "$0")/.."
 if compgen -G ".whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/samtune-site .whl/*.whl
+        --target /tmp/samtune-site .whl/*.whl || exit 1
     export PYTHONPATH="/tmp/samtune-site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$PWD/src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 out="${OUT:-gpu-results}"
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-what="${1:-all}"
-if [[ $what == all || $what == embedding ]]; then
-    python3 benchmarks/bench_embedding.py --device cuda --repeats 3 2>&1 |
-        tee "$out/bench_embedding_cuda.txt"
-fi
-if [[ $what == all || $what == train ]]; then
-    python3 benchmarks/bench_train.py --device cuda --repeats 1 --steps 3 2>&1 |
-        tee "$out/bench_train_cuda.txt"
-fi
+python3 -c "import torch, numpy; print('torch', torch.__version__, 'numpy', numpy.__version__)" |
+    tee -a "$out/gpu.txt"
+
+stage() {  # stage NAME SECONDS COMMAND...: run one stage, its log in $out/NAME.txt
+    local name=$1 seconds=$2
+    shift 2
+    echo "== $name (at most ${seconds} s)"
+    local start=$SECONDS
+    timeout "$seconds" "$@" > "$out/$name.txt" 2>&1
+    local rc=$?
+    tail -n 40 "$out/$name.txt"
+    echo "== $name: exit $rc after $((SECONDS - start)) s" | tee -a "$out/$name.txt"
+}
+
+stages=("$@")
+[[ ${#stages[@]} -gt 0 ]] || stages=(checks embedding train demo large)
+for name in "${stages[@]}"; do
+    case $name in
+    checks) stage checks 150 python3 -m pytest benchmarks/cuda_checks.py -q -p no:cacheprovider \
+        -W ignore::DeprecationWarning ;;
+    embedding) stage embedding 150 python3 benchmarks/bench_embedding.py --device cuda --repeats 3 ;;
+    train) stage train 240 python3 benchmarks/bench_train.py --device cuda --repeats 1 --steps 3 ;;
+    demo) stage demo 90 python3 -m napari_samtune.cli demo --out /tmp/samtune-demo ;;
+    large) stage large 200 python3 benchmarks/bench_train.py --device cuda --repeats 1 --steps 3 \
+        --only a100:vit_b a100:vit_h ;;
+    *) echo "unknown stage $name: choose checks, embedding, train, demo or large" >&2 ;;
+    esac
+done
