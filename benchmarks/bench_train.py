@@ -15,7 +15,8 @@ Every measurement runs in a fresh child process with ``--threads`` torch threads
   here, in float32 with SAM's own attention: ``image_encoder`` -> per pass
   ``prompt_encoder`` + ``mask_decoder`` (dense positional encoding fetched each
   pass, as ``Sam.forward`` does), the same loss, data, prompts and corrective
-  clicks, Adam. With a frozen encoder the embedding is computed (without
+  clicks, Adam, with the targets and clicks computed the straightforward way
+  (``bench_host``'s). With a frozen encoder the embedding is computed (without
   gradient) in every step: the plain loop has no cache.
 * ``fast``: the project's real training loop (``iter_train``) with the config
   the preset gives (mixed precision "auto": bf16 where the CPU runs it faster than fp32,
@@ -43,6 +44,7 @@ Run: ``.venv/bin/python benchmarks/bench_train.py [--device cpu] [--threads 2] [
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -144,13 +146,12 @@ def stock_pass_loss(sam, embedding, points, labels, boxes, mask_input, multimask
 def stock_click(logits, inp):
     """The corrective click after a pass: the centre of the largest low-res error."""
     import torch
-
-    from napari_samtune.core.prompts import corrective_points
+    from bench_host import stock_corrective_points
 
     rows, cols = (-(-s // 4) for s in inp.input_size)
     prediction = (logits[:, 0, :rows, :cols] > 0).cpu().numpy()
     truth = (inp.targets[:, 0, :rows, :cols] > 0.5).cpu().numpy()
-    points, labels = corrective_points(prediction, truth)
+    points, labels = stock_corrective_points(prediction, truth)
     device = logits.device
     points = torch.as_tensor(points[:, None] * 4 + 1.5, dtype=torch.float32, device=device)
     return points, torch.as_tensor(labels[:, None], device=device)
@@ -183,6 +184,7 @@ def measure_stock(name: str, steps: int, device_name: str) -> dict:
     import numpy as np
     import torch
     from bench_device import peak_memory_mb, synchronize
+    from bench_host import stock_targets
 
     from napari_samtune.core.data import as_pairs, prepare_pairs
     from napari_samtune.core.model_source import load_base_model
@@ -205,6 +207,8 @@ def measure_stock(name: str, steps: int, device_name: str) -> dict:
         patch = sampler.patch(index, 0)
         ids = sampler.sample_objects(patch, model_setting.n_objects_per_batch, index, 0)
         inp = prepare_input(sam, patch, ids, device)
+        targets = stock_targets(patch.labels, ids, inp.input_size, arch.img_size, device)
+        inp = dataclasses.replace(inp, targets=targets)
         inp = with_first_prompts(inp, np.random.default_rng([0, 3, index, 0]), 0.1)
         optimizer.zero_grad(set_to_none=True)
         with torch.set_grad_enabled(not frozen):
