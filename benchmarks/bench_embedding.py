@@ -21,10 +21,11 @@ downloaded here) this prints, measured in one run on one machine:
 * median prompt -> mask latency of the Segmenter (one point, mask at 1024x1024; target <= 25 ms).
 
 Stock and fast run in fresh child processes that alternate ``--repeats`` times per model, each
-timing 2 calls after a warm-up: a machine whose speed drifts (a shared VM) then slows both
-alike. The table takes the best time of each; the stock / fast ratio of each adjacent pair is
-printed too, and their median (a drift-robust estimate) beside the table's ratio. FLOPs are
-counted once per model, in the parent, after the timings.
+timing 2 calls (20 on a GPU) after a warm-up: a machine whose speed drifts (a shared VM) then
+slows both alike. Where the fast path runs in bf16, its modules are timed in fp32 too. The
+table takes the best time of each; the stock / fast ratio of each adjacent pair is printed
+too, and their median (a drift-robust estimate) beside the table's ratio. FLOPs are counted
+once per model, in the parent, after the timings.
 
 With ``--device cuda`` everything runs on the GPU (the peak is then the faster of a large bf16
 and a large fp32 product there, fp32 without TF32 as PyTorch's default; timings wait for the
@@ -173,9 +174,17 @@ def measure_fast(
     fast_seg.set_image(image)
     fp32_seg = Segmenter(sam, model_id=name, device=device, use_disk_cache=False, precision="fp32")
     fp32_seg.set_image(image)
+    # The fast modules in fp32 too, where the fast path runs another precision: which of the
+    # two (modules or precision) pays shows apart.
+    fp32_seconds = (
+        timed(lambda: embed_tiles(sam, rgb, tiles, None, None), repeats, device)
+        if dtype is not None
+        else seconds
+    )
     pairs = zip(box_masks(fast_seg, boxes), box_masks(fp32_seg, boxes), strict=True)
     return {
         "seconds": seconds,
+        "fp32_seconds": fp32_seconds,
         "min_iou": min(mask_iou(a, b) for a, b in pairs),
         "prompt_ms": prompt_latency_ms(fast_seg, image.shape[0]),
         "precision": str(dtype).removeprefix("torch.") if dtype else "fp32",
@@ -188,9 +197,9 @@ def table_row(name: str, stock_flops: float, stock: float, fast: dict, peak: flo
         name,
         f"{stock_flops / 1e9:.0f}",
         f"{limit:.3f}",
-        f"{stock:.2f}",
+        f"{stock:.3g}",
         fast["precision"],
-        f"{fast['seconds']:.2f}",
+        f"{fast['seconds']:.3g}",
         f"{fast['flops'] / 1e9:.0f}",
         f"{fast['flops'] / fast['seconds'] / 1e12:.2f}",
         f"{fast['seconds'] / limit:.2f}",
@@ -223,16 +232,17 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
-TIMED_CALLS = 2  # per child, after a warm-up call
+TIMED_CALLS = {"cpu": 2, "cuda": 20}  # per child, after a warm-up call (a GPU's are ms)
 BOXES = np.array([[100, 120, 300, 330], [500, 480, 620, 700], [700, 100, 900, 260]])
 
 
 def child(kind: str, name: str, device: torch.device) -> dict:
     """One child's measurement: "stock" -> its seconds; "fast" -> :func:`measure_fast`."""
     image = np.stack([make_image((1024, 1024), seed=5)[0]] * 3, axis=-1)
+    calls = TIMED_CALLS[device.type]
     if kind == "stock":
-        return {"seconds": measure_stock(name, image, TIMED_CALLS, device)}
-    return measure_fast(name, image, BOXES, TIMED_CALLS, device)
+        return {"seconds": measure_stock(name, image, calls, device)}
+    return measure_fast(name, image, BOXES, calls, device)
 
 
 def run_child(kind: str, name: str, device: torch.device) -> dict:
@@ -267,8 +277,9 @@ def collect(models: list[str], repeats: int, device: torch.device):
             runs[("stock", name)].append(s)
             runs[("fast", name)].append(f)
             ratios[name].append(s["seconds"] / f["seconds"])
-            print(f"  [{repeat + 1}/{repeats}] {name}: stock {s['seconds']:.2f} s, "
-                  f"fast {f['seconds']:.2f} s, stock/fast {ratios[name][-1]:.2f}",
+            print(f"  [{repeat + 1}/{repeats}] {name}: stock {s['seconds']:.3g} s, "
+                  f"fast {f['seconds']:.3g} s ({f['precision']}; in fp32 "
+                  f"{f['fp32_seconds']:.3g} s), stock/fast {ratios[name][-1]:.2f}",
                   flush=True)  # fmt: skip
     stock, fast = {}, {}
     for name in models:
