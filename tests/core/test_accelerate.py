@@ -78,9 +78,46 @@ def test_every_inference_attention_kernel_matches_stock(monkeypatch, kernel, chu
     torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
 
 
-def test_kernel_choice_follows_precision_device_and_gradient():
+def test_the_bias_mask_in_bf16_is_as_close_to_fp32_as_the_folded_kernel(monkeypatch):
+    """CPUs whose bf16 products are not much faster than fp32 run the bias mask in bf16: its
+    output without a gradient, and its output and the input's gradient with one, are as
+    close to the fp32 stock encoder's as the folded kernel's."""
+    encoder = _encoder_with_nonzero_rel_pos()
+    x = torch.randn(1, 3, 256, 256)
+    weights = torch.randn(1, 32, 16, 16)  # a loss with a gradient (a squared norm has ~none)
+
+    def run(autocast: bool) -> list[torch.Tensor]:
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            inference = encoder(x).float()
+        pixels = x.clone().requires_grad_()
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            trained = encoder(pixels).float()
+        (trained * weights).sum().backward()
+        return [inference, trained, pixels.grad]
+
+    reference = run(autocast=False)
+    use_fast_attention(encoder)
+    errors = {}
+    for kernel in ("folded_sdpa", "bias_mask"):
+        monkeypatch.setattr(fast_encoder, "_pick_kernel", lambda q, n_tokens, k=kernel: k)
+        found = run(autocast=True)
+        errors[kernel] = [(a - b).abs().max().item() for a, b in zip(found, reference, strict=True)]
+    for folded, mask, ref in zip(
+        errors["folded_sdpa"], errors["bias_mask"], reference, strict=True
+    ):
+        assert mask <= max(1.5 * folded, 0.01 * ref.abs().max().item()), errors
+
+
+@pytest.mark.parametrize("speedup", [6.0, 2.6])  # an AMX Xeon's bf16, an AVX-512 BF16 EPYC's
+def test_kernel_choice_follows_precision_device_and_gradient(monkeypatch, speedup):
+    monkeypatch.setattr(accelerate, "bf16_speedup", lambda: speedup)
     fp32, bf16 = torch.zeros(1, 1, 4, 8), torch.zeros(1, 1, 4, 8, dtype=torch.bfloat16)
     pick = fast_encoder._pick_kernel
+    if speedup < fast_encoder.FOLD_MIN_BF16_SPEEDUP:  # the bias mask, in every case
+        for grad in (False, True):
+            with torch.set_grad_enabled(grad):
+                assert {pick(x, n) for x in (fp32, bf16) for n in (196, 4096)} == {"bias_mask"}
+        return
     with torch.no_grad():
         assert pick(fp32, 4096) == pick(fp32, 196) == "bias_mask"
         assert pick(bf16, 196) == "window_products"

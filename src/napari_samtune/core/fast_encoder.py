@@ -45,6 +45,17 @@ def _rel_pos_codes(size_h: int, size_w: int, dtype: torch.dtype, device: torch.d
 
 
 SMALL_WINDOW = 256  # windows of at most this many tokens skip SDPA when no gradient is taken
+# Folding the bias into q and k makes the score products 3x wider (ViT-B: 64 -> 192); on a CPU
+# that pays where bf16 products are this many times faster than fp32. Measured: an AMX Xeon
+# (6x) ran folded fastest, an AVX-512 BF16 EPYC (2.6x) ran the bias mask 1.4x faster.
+FOLD_MIN_BF16_SPEEDUP = 4.0
+
+
+def _cpu_products_cheap() -> bool:
+    """Whether this CPU's bf16 matrix products are fast enough for the folded kernels."""
+    from napari_samtune.core.accelerate import bf16_speedup  # (accelerate imports this module)
+
+    return bf16_speedup() >= FOLD_MIN_BF16_SPEEDUP
 
 
 def _pick_kernel(q: torch.Tensor, n_tokens: int) -> str:
@@ -57,9 +68,12 @@ def _pick_kernel(q: torch.Tensor, n_tokens: int) -> str:
       (:mod:`~napari_samtune.core.rel_pos_attention`), with its own backward pass. In fp32 on
       CPU matrix products are the bottleneck and folding makes ViT-B's global attention
       products 3x wider: 1.3 -> 0.85 s per global block without a gradient, and about
-      6 -> 4 s forward + backward, on a 2-core AVX2 CPU.
+      6 -> 4 s forward + backward, on a 2-core AVX2 CPU. Also in bf16 on CPUs whose bf16
+      products are less than :data:`FOLD_MIN_BF16_SPEEDUP` times faster than fp32: on a
+      2-core AMD EPYC with AVX-512 BF16 (2.6x) the ViT-B encoder took 4.6 s instead of 6.5 s
+      folded, and a global block's forward + backward 2.0 s instead of 3.5 s.
     """
-    if q.device.type == "cpu" and q.dtype == torch.float32:
+    if q.device.type == "cpu" and (q.dtype == torch.float32 or not _cpu_products_cheap()):
         return "bias_mask"
     if torch.is_grad_enabled():
         return "folded_sdpa"
