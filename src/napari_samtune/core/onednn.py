@@ -70,9 +70,32 @@ def linear_add(x: torch.Tensor, linear: torch.nn.Linear, residual: torch.Tensor)
     return torch.ops.mkldnn._linear_pointwise.binary(x, residual, linear.weight, linear.bias, "add")
 
 
+def bf16_fusable(x: torch.Tensor, *modules: torch.nn.Module) -> bool:
+    """Whether a fused kernel may run in bf16 in place of the bf16 product that CPU autocast
+    would run: autocast to bf16 on, no gradient, eval mode."""
+    return (
+        x.device.type == "cpu"
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        and not torch.is_grad_enabled()
+        and not any(m.training for m in modules)
+        and has_fused_ops()
+    )
+
+
 def linear_gelu(x: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
     """``gelu(linear(x))`` (exact GELU): one oneDNN kernel where :func:`fusable` and
-    :func:`fused_linears_pay`, else the GELU in place on the product where fusable."""
+    :func:`fused_linears_pay`, else the GELU in place on the product where fusable.
+
+    Under bf16 autocast the fused kernel runs in bf16 where :func:`bf16_fusable` (and
+    fused linears pay): on a 2-core AVX-512 BF16 EPYC, ViT-B's MLP layer with its GELU took
+    51 instead of 64 ms.
+    """
+    if bf16_fusable(x, linear) and fused_linears_pay():
+        bf16 = torch.bfloat16
+        bias = None if linear.bias is None else linear.bias.to(bf16)
+        weight = linear.weight.to(bf16)
+        return torch.ops.mkldnn._linear_pointwise(x.to(bf16), weight, bias, "gelu", [], "none")
     if not fusable(x, linear):
         return F.gelu(linear(x))
     if not fused_linears_pay():

@@ -53,6 +53,8 @@ def bias_mask_attention(q, k, v, rel_h, rel_w, scale: float) -> torch.Tensor:
     """
     batch, heads, n_tokens, _ = q.shape
     out = q.new_empty(batch, heads, n_tokens, v.shape[-1])
+    if q.dtype in (torch.bfloat16, torch.float16):
+        return _product_pieces(q, k, v, rel_h, rel_w, scale, out)
     # SDPA's batch is the image batch (windows): one head at a time keeps the call simple
     rows = max(1, min(n_tokens, BIAS_CHUNK_ELEMENTS // (batch * k.shape[2])))
     for head in range(heads):
@@ -63,6 +65,30 @@ def bias_mask_attention(q, k, v, rel_h, rel_w, scale: float) -> torch.Tensor:
             out[:, h, r] = F.scaled_dot_product_attention(
                 q[:, h, r], k[:, h], v[:, h], attn_mask=bias, scale=scale
             )
+    return out
+
+
+LOW_PRECISION_CHUNK_ELEMENTS = 1 << 20  # bf16 scores per piece of _product_pieces
+
+
+def _product_pieces(q, k, v, rel_h, rel_w, scale: float, out: torch.Tensor) -> torch.Tensor:
+    """:func:`bias_mask_attention` in bf16 (or fp16) by plain products, a piece at a time:
+    the scores' product, the bias added in place, the softmax in fp32, the product with v.
+
+    On a 2-core AVX-512 BF16 EPYC, SDPA's CPU kernel with a bias mask took 0.44 s for one
+    ViT-B global attention (12 heads, 4096 tokens) and this 0.36 s (pieces of 1M scores;
+    2M took 0.65 s); the whole encoder 4.4-5.0 s against 4.2-4.3 s.
+    """
+    batch, heads, n_tokens, _ = q.shape
+    rows = max(1, min(n_tokens, LOW_PRECISION_CHUNK_ELEMENTS // (batch * k.shape[2])))
+    keys_t = k.transpose(-1, -2)
+    for head in range(heads):
+        for start in range(0, n_tokens, rows):
+            r = slice(start, start + rows)
+            scores = torch.matmul(q[:, head, r] * scale, keys_t[:, head])
+            scores += _bias(rel_h[:, head, r], rel_w[:, head, r])
+            probabilities = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+            out[:, head, r] = probabilities @ v[:, head]
     return out
 
 
