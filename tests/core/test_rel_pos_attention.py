@@ -55,3 +55,23 @@ def test_without_a_gradient_the_forward_alone_matches():
 def test_gradients_pass_gradcheck():
     inputs = _inputs(1, 2, 3, 4, head_dim=4, seed=2)
     assert torch.autograd.gradcheck(lambda *t: BiasMaskAttention.apply(*t, 0.7), inputs)
+
+
+# low-precision piece sizes: everything at once; one query row of every window per piece;
+# a few rows
+LOW_PRECISION_PIECES = [1 << 20, 3 * 35, 3 * 35 * 4]
+
+
+@pytest.mark.parametrize("chunk_elements", LOW_PRECISION_PIECES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_pieces_match_the_stock_attention(monkeypatch, chunk_elements, dtype):
+    """bf16/fp16 run by plain products a piece at a time: the stock result within the
+    rounding of the dtype, whatever the piece size, for several windows (batch) and heads."""
+    monkeypatch.setattr(rel_pos_attention, "LOW_PRECISION_CHUNK_ELEMENTS", chunk_elements)
+    inputs = [t.detach() for t in _inputs(3, 2, 5, 7, head_dim=8, seed=2)]
+    reference = _reference(*inputs, 0.3)
+    out = bias_mask_attention(*[t.to(dtype) for t in inputs], 0.3)
+    assert out.dtype == dtype and out.shape == reference.shape
+    torch.testing.assert_close(out.double(), reference, rtol=0.02, atol=0.02)
+    wrong_scale = bias_mask_attention(*[t.to(dtype) for t in inputs], 0.6).double()
+    assert (wrong_scale - reference).abs().max() > 0.1  # the tolerance tells them apart
