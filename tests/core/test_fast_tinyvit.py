@@ -165,6 +165,26 @@ def test_fused_tinyvit_blocks_match_stock_in_fp32_inference(index, fused_linears
 
 
 @pytest.mark.parametrize("index", range(N_BLOCKS))
+def test_fused_tinyvit_blocks_in_bf16_are_as_close_as_stock_autocast(index, fused_linears):
+    """Under bf16 autocast the convolutions + GELU are fused in bf16, and so is the MLP's
+    linear + GELU where fused linears pay (not the residual adds): as close to fp32 as the
+    stock modules under autocast."""
+    block, x = _tinyvit_blocks()[index]
+    _trained_like(block)
+    with torch.inference_mode():
+        reference = block(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            stock = block(x).float()
+            use_fast_tinyvit(torch.nn.Sequential(block))
+            fast, fused_ops = _fused_ops_run(block, x)
+    if index < 4:  # convolutions
+        assert fused_ops == {"mkldnn::_convolution_pointwise"}
+    else:
+        assert fused_ops == ({"mkldnn::_linear_pointwise"} if fused_linears else set())
+    assert (fast.float() - reference).abs().max() <= 2 * (stock - reference).abs().max() + 1e-2
+
+
+@pytest.mark.parametrize("index", range(N_BLOCKS))
 def test_fused_tinyvit_blocks_fall_back_where_gradients_are_taken(index):
     block, x = _tinyvit_blocks()[index]
     _trained_like(block)
@@ -316,7 +336,7 @@ def test_fused_linears_pay_where_the_cpu_has_avx512(monkeypatch):
 
 
 def test_fast_tinyvit_block_in_bf16_is_as_close_as_stock_autocast():
-    """Without fusion (autocast) the window path still runs; as close to fp32 as stock bf16."""
+    """Under autocast the window path runs too; as close to fp32 as stock bf16."""
     block, x = _tinyvit_blocks()[5]
     _trained_like(block)
     with torch.no_grad():

@@ -24,7 +24,14 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from napari_samtune.core.onednn import fusable, is_gelu, linear_add, linear_gelu
+from napari_samtune.core.onednn import (
+    bf16_fusable,
+    fusable,
+    fusable_in_any_precision,
+    is_gelu,
+    linear_add,
+    linear_gelu,
+)
 from napari_samtune.core.windows import from_windows_grad, to_windows_grad
 
 
@@ -53,10 +60,19 @@ def _fast_conv_bn_class() -> type:
             return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
         def forward_gelu(self, x: torch.Tensor) -> torch.Tensor:
-            """gelu(self(x)), fused into one oneDNN kernel where :func:`.onednn.fusable`."""
-            if not fusable(x, self, self.bn) or self.c.padding_mode != "zeros":
+            """gelu(self(x)), fused into one oneDNN kernel where :func:`.onednn.fusable`,
+            in bf16 where :func:`.onednn.bf16_fusable` (bf16 autocast: the convolution
+            would run in bf16 anyway)."""
+            in_bf16 = bf16_fusable(x, self, self.bn)
+            if not (in_bf16 or fusable(x, self, self.bn)) or self.c.padding_mode != "zeros":
                 return F.gelu(self(x))
             weight, bias = self.folded()
+            if in_bf16:
+                x, weight, bias = (
+                    x.to(torch.bfloat16),
+                    weight.to(torch.bfloat16),
+                    bias.to(torch.bfloat16),
+                )
             conv = self.c
             return torch.ops.mkldnn._convolution_pointwise(
                 x,
@@ -78,15 +94,17 @@ def _fast_conv_bn_class() -> type:
 def _fast_block_classes() -> dict[str, type]:
     """Fast subclasses of TinyViT's MBConv, PatchMerging, PatchEmbed and Mlp, by stock name.
 
-    Each runs the stock forward where :func:`.onednn.fusable` says no (training, gradients,
-    autocast, another activation) and the fused one otherwise.
+    Each runs the fused forward where :func:`.onednn.fusable_in_any_precision` (fp32, or
+    bf16 autocast; no gradient, eval mode, the exact GELU) and the stock one otherwise. On a
+    2-core AVX-512 BF16 EPYC the bf16 fusions took vit_t's encoder from 0.52 to 0.48 s
+    (medians of 5 alternating calls).
     """
     from mobile_sam.modeling import tiny_vit_sam as tv
 
     class FastMBConv(tv.MBConv):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             acts = (self.act1, self.act2, self.act3)
-            if not all(map(is_gelu, acts)) or not fusable(x, self, *acts):
+            if not all(map(is_gelu, acts)) or not fusable_in_any_precision(x, self, *acts):
                 return super().forward(x)
             hidden = self.conv2.forward_gelu(self.conv1.forward_gelu(x))
             # (oneDNN fuses a residual add or a GELU after a convolution, not both)
@@ -94,7 +112,7 @@ def _fast_block_classes() -> dict[str, type]:
 
     class FastPatchMerging(tv.PatchMerging):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if not is_gelu(self.act) or not fusable(x, self, self.act):
+            if not is_gelu(self.act) or not fusable_in_any_precision(x, self, self.act):
                 return super().forward(x)
             if x.ndim == 3:
                 height, width = self.input_resolution
@@ -105,19 +123,19 @@ def _fast_block_classes() -> dict[str, type]:
     class FastPatchEmbed(tv.PatchEmbed):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             first, act, second = self.seq
-            if not is_gelu(act) or not fusable(x, self, act):
+            if not is_gelu(act) or not fusable_in_any_precision(x, self, act):
                 return super().forward(x)
             return second(first.forward_gelu(x))
 
     class FastMlp(tv.Mlp):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if not is_gelu(self.act) or not fusable(x, self, self.act):
+            if not is_gelu(self.act) or not fusable_in_any_precision(x, self, self.act):
                 return super().forward(x)
             return self.fc2(linear_gelu(self.norm(x), self.fc1))  # dropout: identity in eval
 
         def forward_residual(self, x: torch.Tensor) -> torch.Tensor:
             """``x + self(x)``, the add fused into the second linear layer where fusable."""
-            if not is_gelu(self.act) or not fusable(x, self, self.act):
+            if not is_gelu(self.act) or not fusable_in_any_precision(x, self, self.act):
                 return x + self(x)
             return linear_add(linear_gelu(self.norm(x), self.fc1), self.fc2, x)
 

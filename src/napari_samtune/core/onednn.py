@@ -83,6 +83,11 @@ def bf16_fusable(x: torch.Tensor, *modules: torch.nn.Module) -> bool:
     )
 
 
+def fusable_in_any_precision(x: torch.Tensor, *modules: torch.nn.Module) -> bool:
+    """:func:`fusable` (fp32) or :func:`bf16_fusable` (bf16 autocast)."""
+    return fusable(x, *modules) or bf16_fusable(x, *modules)
+
+
 def linear_gelu(x: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
     """``gelu(linear(x))`` (exact GELU): one oneDNN kernel where :func:`fusable` and
     :func:`fused_linears_pay`, else the GELU in place on the product where fusable.
