@@ -84,7 +84,7 @@ def test_stock_and_fast_loops_run_on_the_device_they_are_given():
     assert min(stock["peak_mb"], fast["peak_mb"]) > 100
 
 
-def test_embedding_benchmark_alternates_children_and_keeps_the_best(monkeypatch):
+def test_embedding_benchmark_alternates_children_and_keeps_the_best(monkeypatch, capsys):
     import bench_embedding
 
     stock_s, fast_s = iter([10.0, 8.0]), iter([4.0, 5.0])
@@ -95,8 +95,8 @@ def test_embedding_benchmark_alternates_children_and_keeps_the_best(monkeypatch)
         if kind == "stock":
             return {"seconds": next(stock_s)}
         seconds = next(fast_s)
-        return {"seconds": seconds, "min_iou": seconds / 5, "prompt_ms": seconds,
-                "precision": "fp32"}  # fmt: skip
+        return {"seconds": seconds, "fp32_seconds": 2 * seconds, "min_iou": seconds / 5,
+                "prompt_ms": seconds, "precision": "bfloat16"}  # fmt: skip
 
     peaks = iter(
         [{torch.bfloat16: 0.01, torch.float32: 0.1}, {torch.bfloat16: 0.02, torch.float32: 0.08}]
@@ -109,6 +109,8 @@ def test_embedding_benchmark_alternates_children_and_keeps_the_best(monkeypatch)
     monkeypatch.setattr(bench_embedding, "run_child", fake_child)
     monkeypatch.setattr(bench_embedding, "measure_peaks", fake_peaks)
     stock, fast, ratios, best_peaks = bench_embedding.collect(["vit_t"], 2, torch.device("cpu"))
+    printed = capsys.readouterr().out
+    assert "vit_t: stock 10 s, fast 4 s (bfloat16; in fp32 8 s), stock/fast 2.50" in printed
     # alternating: drift slows both alike; a peak reading per round
     assert calls == ["peaks", "stock", "fast", "peaks", "stock", "fast"]
     assert best_peaks == {torch.bfloat16: 0.02, torch.float32: 0.1}  # the best of each
