@@ -205,19 +205,26 @@ def test_only_the_exact_gelu_is_fused():
     assert not onednn.is_gelu(torch.nn.ReLU())
 
 
-def test_fusion_only_in_fp32_eval_inference_without_autocast():
+def test_fusion_only_in_eval_inference_in_fp32_or_under_bf16_autocast():
     conv = fast_tinyvit._fast_conv_bn_class()(4, 4)
     conv.eval()
     x = torch.randn(1, 4, 8, 8)
     with torch.no_grad():
-        assert onednn.fusable(x, conv)
+        assert onednn.fusable(x, conv) and not onednn.bf16_fusable(x, conv)
         assert not onednn.fusable(x.bfloat16(), conv)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert not onednn.fusable(x, conv)
+            assert onednn.bf16_fusable(x, conv)  # in bf16, as autocast would run it
+        with torch.autocast("cpu", dtype=torch.float16):
+            assert not onednn.bf16_fusable(x, conv)
         conv.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not onednn.bf16_fusable(x, conv)
         assert not onednn.fusable(x, conv)
     conv.eval()
     assert not onednn.fusable(x, conv)  # gradients enabled
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not onednn.bf16_fusable(x, conv)
 
 
 def _stock_windows(x: torch.Tensor, window: int) -> torch.Tensor:

@@ -32,10 +32,17 @@ def fusable(x: torch.Tensor, *modules: torch.nn.Module) -> bool:
     are :func:`is_gelu`.)
     """
     return (
-        x.device.type == "cpu"
+        _cpu_inference(x, modules)
         and x.dtype == torch.float32
-        and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def _cpu_inference(x: torch.Tensor, modules: tuple[torch.nn.Module, ...]) -> bool:
+    """On the CPU, without gradient, ``modules`` in eval mode, and the fused ops exist."""
+    return (
+        x.device.type == "cpu"
+        and not torch.is_grad_enabled()
         and not any(m.training for m in modules)
         and has_fused_ops()
     )
@@ -74,12 +81,9 @@ def bf16_fusable(x: torch.Tensor, *modules: torch.nn.Module) -> bool:
     """Whether a fused kernel may run in bf16 in place of the bf16 product that CPU autocast
     would run: autocast to bf16 on, no gradient, eval mode."""
     return (
-        x.device.type == "cpu"
+        _cpu_inference(x, modules)
         and torch.is_autocast_enabled("cpu")
         and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        and not torch.is_grad_enabled()
-        and not any(m.training for m in modules)
-        and has_fused_ops()
     )
 
 
