@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from napari_samtune.core.prompts import PADDING, corrective_points, interior_point
+from napari_samtune.core.prompts import corrective_points, largest_error_click
 from napari_samtune.core.synthetic import SyntheticStyle, make_image
 from napari_samtune.core.train_step import LOWRES_FACTOR, lowres_targets
 
@@ -51,18 +51,7 @@ def stock_targets(labels, object_ids, input_size, img_size, device) -> torch.Ten
 
 def stock_corrective_point(prediction: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, int]:
     """The straightforward corrective click: error regions labelled on the whole grid."""
-    best_size, best_region, best_label = 0, None, PADDING
-    for error, label in ((target & ~prediction, 1), (prediction & ~target, 0)):
-        components, n = ndimage.label(error)
-        if n == 0:
-            continue
-        sizes = np.bincount(components.ravel())[1:]
-        largest = int(np.argmax(sizes))
-        if sizes[largest] > best_size:
-            best_size, best_region, best_label = sizes[largest], components == largest + 1, label
-    if best_region is None:
-        return np.zeros(2), PADDING
-    return interior_point(best_region), best_label
+    return largest_error_click(prediction.astype(bool), target.astype(bool))
 
 
 def stock_corrective_points(predictions, targets):
