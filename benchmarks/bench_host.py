@@ -42,8 +42,13 @@ IMG_SIZE = 1024
 def stock_targets(labels, object_ids, input_size, img_size, device) -> torch.Tensor:
     """The straightforward low-res targets: full-size float masks, resized, padded, pooled."""
     masks = labels[None] == np.asarray(object_ids, dtype=labels.dtype)[:, None, None]
+    return stock_targets_of_masks(masks, input_size, img_size, device)
+
+
+def stock_targets_of_masks(masks, input_size, img_size, device) -> torch.Tensor:
+    """:func:`stock_targets` of bool (n, h, w) masks made already."""
     targets = torch.as_tensor(masks[:, None], dtype=torch.float32, device=device)
-    if input_size != labels.shape:
+    if input_size != masks.shape[1:]:
         targets = F.interpolate(targets, input_size, mode="bilinear", align_corners=False)
     targets = F.pad(targets, (0, img_size - input_size[1], 0, img_size - input_size[0]))
     return F.avg_pool2d(targets, LOWRES_FACTOR)

@@ -44,7 +44,6 @@ Run: ``.venv/bin/python benchmarks/bench_train.py [--device cpu] [--threads 2] [
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import subprocess
@@ -179,17 +178,32 @@ def stock_loss(sam, embedding, inp):
     return total / (1 + N_ITERATIVE_PROMPTS)
 
 
+def stock_input(sam, patch, ids, device):
+    """The patch's input as the project prepared it before its host work was made cheaper:
+    full-size masks, and the targets made from them as float32 masks (``bench_host``'s)."""
+    from bench_host import stock_targets_of_masks
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    from napari_samtune.core.train_step import PatchInput, _pixels
+
+    img_size = sam.image_encoder.img_size
+    input_size = ResizeLongestSide.get_preprocess_shape(*patch.labels.shape, img_size)
+    masks = patch.labels[None] == ids.astype(patch.labels.dtype)[:, None, None]
+    targets = stock_targets_of_masks(masks, input_size, img_size, device)
+    pixels = _pixels(sam, patch.rgb, input_size, device)
+    return PatchInput(patch.key, pixels, input_size, patch.labels.shape, masks, targets)
+
+
 def measure_stock(name: str, steps: int, device_name: str) -> dict:
     """``steps`` + 1 optimizer steps of the plain loop; returns step times and peak memory."""
     import numpy as np
     import torch
     from bench_device import peak_memory_mb, synchronize
-    from bench_host import stock_targets
 
     from napari_samtune.core.data import as_pairs, prepare_pairs
     from napari_samtune.core.model_source import load_base_model
     from napari_samtune.core.patches import PatchSampler
-    from napari_samtune.core.train_step import prepare_input, with_first_prompts
+    from napari_samtune.core.train_step import with_first_prompts
 
     model_setting = setting(name)
     frozen = "image_encoder" in model_setting.freeze
@@ -206,9 +220,7 @@ def measure_stock(name: str, steps: int, device_name: str) -> dict:
         start = time.perf_counter()
         patch = sampler.patch(index, 0)
         ids = sampler.sample_objects(patch, model_setting.n_objects_per_batch, index, 0)
-        inp = prepare_input(sam, patch, ids, device)
-        targets = stock_targets(patch.labels, ids, inp.input_size, arch.img_size, device)
-        inp = dataclasses.replace(inp, targets=targets)
+        inp = stock_input(sam, patch, ids, device)
         inp = with_first_prompts(inp, np.random.default_rng([0, 3, index, 0]), 0.1)
         optimizer.zero_grad(set_to_none=True)
         with torch.set_grad_enabled(not frozen):

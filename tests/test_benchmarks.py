@@ -133,3 +133,39 @@ def test_decoder_benchmark_compares_equal_outputs_and_labels(capsys):
     bench_decoder.print_tables(segmenter, "random:tiny", 256, decode, automatic)
     out = capsys.readouterr().out
     assert "does not use the low-rank decoder" in out and "| 64 points x 3 masks |" in out
+
+
+def test_the_stock_loop_prepares_the_same_input_the_straightforward_way():
+    """bench_train's baseline builds full-size masks and float targets (the host work the
+    project made cheaper), and gets the trainer's input exactly."""
+    import numpy as np
+
+    from napari_samtune.core.architectures import TINY, build_sam
+    from napari_samtune.core.patches import TrainingPatch
+    from napari_samtune.core.synthetic import make_image
+    from napari_samtune.core.train_step import prepare_input
+
+    image, labels = make_image((64, 50), seed=1)
+    patch = TrainingPatch(
+        (0, 0, 0, 0), np.stack([image] * 3, axis=-1), labels, np.unique(labels)[1:]
+    )
+    sam, ids = build_sam(TINY), patch.object_ids[::2]
+    stock = bench_train.stock_input(sam, patch, ids, torch.device("cpu"))
+    fast = prepare_input(sam, patch, ids, torch.device("cpu"))
+    assert (stock.input_size, stock.original_size) == (fast.input_size, fast.original_size)
+    assert np.array_equal(stock.masks, fast.masks) and len(ids) >= 3
+    torch.testing.assert_close(stock.pixels, fast.pixels, rtol=0, atol=0)
+    torch.testing.assert_close(stock.targets, fast.targets, rtol=0, atol=0)
+
+
+def test_the_80_gb_preset_is_measured_when_named():
+    from napari_samtune.core.presets import get_preset
+
+    assert not any(name.startswith("a100:") for name in bench_train.configurations("cuda"))
+    a100 = get_preset("a100")
+    for model_setting in a100.settings:
+        name = f"a100:{model_setting.model}"
+        assert bench_train.setting(name) == model_setting
+        assert bench_train.train_config(name, "fast", 4, 1, "cuda").n_objects_per_batch == (
+            model_setting.n_objects_per_batch
+        )
