@@ -114,7 +114,7 @@ def lowres_targets(
         return F.avg_pool2d(masks, LOWRES_FACTOR)
     side, block = img_size // LOWRES_FACTOR, LOWRES_FACTOR
     targets = np.zeros((len(object_ids), side, side), dtype=np.float32)
-    boxes = ndimage.find_objects(labels, max_label=int(max(object_ids, default=0)))
+    boxes = ndimage.find_objects(labels, max_label=int(object_ids.max(initial=0)))
     for k, object_id in enumerate(object_ids.tolist()):
         box = boxes[object_id - 1]
         if box is None:  # not in the patch: an empty target
