@@ -283,8 +283,8 @@ def measure_fast(
                 step_s[event.epoch].append(now - last)
                 if event.step == event.steps_per_epoch:
                     epoch_train_s.append(now - epoch_start)
-            elif isinstance(event, EpochDone):
-                epoch_total_s.append(event.epoch_seconds)
+            elif isinstance(event, EpochDone):  # yielded once its checkpoints are written
+                epoch_total_s.append(now - epoch_start)
             last = time.perf_counter()
             if not isinstance(event, StepDone):  # started, or an epoch (and its checkpoint) done
                 epoch_start = last
