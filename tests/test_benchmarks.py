@@ -94,8 +94,8 @@ def test_stock_and_fast_loops_run_on_the_device_they_are_given(monkeypatch):
     fast = bench_train.measure_fast("vit_t_frozen", "fast", 1, 1, "cpu")
     assert len(fast["epoch_train_s"]) == 3 and len(fast["cached_step_s"]) == 2
     assert min(stock["peak_mb"], fast["peak_mb"]) > 100
-    whole_minus_steps = [w - t for w, t in zip(fast["epoch_total_s"], fast["epoch_train_s"])]
-    assert len(whole_minus_steps) == 3 and min(whole_minus_steps) >= 0.3
+    whole, steps = fast["epoch_total_s"], fast["epoch_train_s"]
+    assert len(whole) == 3 and min(w - t for w, t in zip(whole, steps, strict=True)) >= 0.3
 
 
 def test_embedding_benchmark_alternates_children_and_keeps_the_best(monkeypatch, capsys):

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from napari_samtune.core.models import load_model
 from napari_samtune.core.presets import TrainConfig, config_from_preset
 from napari_samtune.core.synthetic import make_dataset
 from napari_samtune.core.train import train
@@ -77,3 +78,7 @@ def test_a_run_on_a_weights_file_named_relatively_exports_and_resumes_from_elsew
     assert exported.is_file()
     again = train(replace(config, model=saved, epochs=4), *data, out_dir=run, resume_from=run)
     assert again.epochs_done == 4
+    # as a model, best.pt needs the weights file it completes: gone, the error says so
+    tiny_checkpoint.rename(tiny_checkpoint.with_name("moved.pth"))
+    with pytest.raises(ValueError, match=r"best.pt holds only the weights its run trained, wh"):
+        load_model(finished.best_checkpoint_path)

@@ -81,12 +81,7 @@ def _unwrap_checkpoint(obj: object, path: Path) -> tuple[object, SamArchitecture
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{path} has a broken 'architecture' entry: {err}") from None
         if obj.get("model_state_complete") is False:  # checkpoint_trainable_only
-            raise ValueError(
-                f"{path} is a training checkpoint with only the weights the run trained "
-                "(checkpoint_trainable_only=True), not a whole model; load the run's model.pth, "
-                "or write one with napari_samtune.core.train_checkpoints.export_model(checkpoint, "
-                "out_path)"
-            )
+            return _completed_on_base(obj, path), architecture
         return obj.get("model_state"), architecture
     for key in ("model_state", "model", "state_dict"):
         if isinstance(obj.get(key), dict):
@@ -103,6 +98,24 @@ def _strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.T
                 state = {key[len(prefix) :]: value for key, value in state.items()}
                 changed = True
     return state
+
+
+def _completed_on_base(checkpoint: dict, path: Path) -> dict[str, torch.Tensor]:
+    """The whole SAM state dict of a training checkpoint that holds only the weights its
+    run trained (``checkpoint_trainable_only``): the run's base model with them loaded."""
+    from napari_samtune.core.lora import merged_state_dict
+    from napari_samtune.core.train_checkpoints import restore_model
+
+    if "config" not in checkpoint or "lora_state" not in checkpoint:
+        raise ValueError(f"{path} holds only some of a model's weights. Expected {EXPECTED}")
+    try:
+        sam, _ = restore_model(checkpoint)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"{path} holds only the weights its run trained, which complete the base model "
+            f"the run started from, and that cannot be loaded: {err}"
+        ) from None
+    return merged_state_dict(sam)
 
 
 def read_sam_state_dict(
