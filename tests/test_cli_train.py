@@ -859,6 +859,8 @@ def test_every_override_reaches_the_config():
     TrainConfig(**overrides)  # every value is a valid config
     none = cli.build_parser().parse_args([*argv[:7], "--freeze", "none", "--early-stopping", "0"])
     assert overrides_from(none) == {"freeze": (), "early_stopping": None}
+    whole = cli.build_parser().parse_args([*argv[:7], "--whole-checkpoints"])
+    assert overrides_from(whole) == {"checkpoint_trainable_only": False}
 
 
 def test_a_resume_with_another_process_count_mid_epoch_is_told(

@@ -137,6 +137,21 @@ def test_config_from_preset_applies_the_table_and_overrides():
         config_from_preset("cpu-16gb", "weights.pth", architecture="vit_q")
 
 
+def test_a_frozen_encoder_gets_trainable_only_checkpoints_unless_told_otherwise():
+    """The encoder the preset freezes is the base model's: checkpoints need not hold it."""
+    frozen = config_from_preset("cpu-8gb", "random:vit_b")
+    assert "image_encoder" in frozen.freeze and frozen.checkpoint_trainable_only
+    assert not config_from_preset("cpu-16gb", "random:vit_t").checkpoint_trainable_only
+    # from the final freeze, not the preset's: unfrozen, or frozen by the person
+    unfrozen = config_from_preset("cpu-8gb", "random:vit_t", freeze=(), check=False)
+    assert not unfrozen.checkpoint_trainable_only
+    assert config_from_preset(
+        "cpu-16gb", "random:vit_t", freeze=("image_encoder",)
+    ).checkpoint_trainable_only
+    whole = config_from_preset("cpu-8gb", "random:vit_b", checkpoint_trainable_only=False)
+    assert not whole.checkpoint_trainable_only
+
+
 @pytest.mark.parametrize(
     "override, advice",
     [

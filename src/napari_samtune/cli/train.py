@@ -157,12 +157,21 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="use SAM's original attention code instead of fused SDPA (slower, more memory)",
     )
-    group.add_argument(
+    checkpoints = group.add_mutually_exclusive_group()
+    checkpoints.add_argument(
         "--trainable-only",
         dest="checkpoint_trainable_only",
         action="store_true",
         default=None,
-        help="checkpoints hold only the trained weights",
+        help="checkpoints hold only the trained weights (the default with a frozen image "
+        "encoder); loaded, they complete the base model, which must then still be there",
+    )
+    checkpoints.add_argument(
+        "--whole-checkpoints",
+        dest="checkpoint_trainable_only",
+        action="store_false",
+        default=None,
+        help="checkpoints hold the whole model, frozen parts too",
     )
 
 
