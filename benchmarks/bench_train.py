@@ -38,7 +38,8 @@ GPU, and peak memory is the most GPU memory each child held
 (``bench_device.peak_memory_mb``), against the preset's budget.
 
 Run: ``.venv/bin/python benchmarks/bench_train.py [--device cpu] [--threads 2] [--repeats 3]
-[--steps 3] [--only vit_t_frozen ...] [--variants fast fast-fp32 fast-stock-paths]``
+[--steps 3] [--only vit_t_frozen ...] [--variants fast fast-fp32 fast-stock-paths
+fast-whole-checkpoints]``
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ VARIANTS = {
     "fast": {},
     "fast-fp32": {"mixed_precision": "no"},
     "fast-stock-paths": {"fast_attention": False},
+    "fast-whole-checkpoints": {"checkpoint_trainable_only": False},  # frozen parts written too
 }
 N_ITERATIVE_PROMPTS = 2
 LEARNING_RATE = 1e-5
@@ -236,15 +238,16 @@ def measure_stock(name: str, steps: int, device_name: str) -> dict:
 
 
 def train_config(name: str, variant: str, samples: int, epochs: int, device: str = "cpu"):
-    from napari_samtune.core.presets import TrainConfig
+    """The preset's config (its model setting and checkpoint kind) with the benchmark's
+    training lengths, learning rate and prompts, and the variant's changes."""
+    from napari_samtune.core.presets import config_from_preset
 
-    model_setting = setting(name)
-    return TrainConfig(
-        model=f"random:{_config(name).model}",
+    bench = _config(name)
+    return config_from_preset(
+        bench.preset,
+        f"random:{bench.model}",
+        check=False,
         device=device,
-        freeze=model_setting.freeze,
-        n_objects_per_batch=model_setting.n_objects_per_batch,
-        batch_size=model_setting.batch_size,
         learning_rate=LEARNING_RATE,
         n_iterative_prompts=N_ITERATIVE_PROMPTS,
         epochs=epochs,

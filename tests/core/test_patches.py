@@ -97,3 +97,19 @@ def test_an_image_with_only_small_objects_is_still_validated(prepared):
     assert [p.key for p in patches if p.key[0] == 0] == [p.key for p in big_only]
     for patch in big_only:  # images with large objects keep the threshold
         assert all(np.count_nonzero(patch.labels == i) >= 30 for i in patch.object_ids)
+
+
+@pytest.mark.parametrize("min_area", [0, 1, 16, 400])
+def test_objects_in_a_crop_are_the_ids_with_enough_pixels(min_area):
+    """The per-id count gives what np.unique's counts give, on crops (views) of labels
+    with absent ids, a missing background and objects of every size."""
+    from napari_samtune.core.patches import _objects_in
+
+    rng = np.random.default_rng(min_area)
+    labels = rng.integers(0, 40, size=(300, 280)).astype(np.uint32) ** 2 % 1500  # gaps
+    labels[:100, :100] = 7  # one large object
+    for crop in (labels, labels[50:250, 30:90], labels[120:, 200:], labels[:100, :100]):
+        ids, counts = np.unique(crop, return_counts=True)
+        expected = ids[(ids != 0) & (counts >= min_area)]
+        got = _objects_in(crop, min_area)
+        assert got.dtype == np.uint32 and np.array_equal(got, expected)
