@@ -20,7 +20,8 @@ Every measurement runs in a fresh child process with ``--threads`` torch threads
   gradient) in every step: the plain loop has no cache.
 * ``fast``: the project's real training loop (``iter_train``) with the config
   the preset gives (mixed precision "auto": bf16 where the CPU runs it faster than fp32,
-  fast attention and decoding on).
+  fast attention and decoding on;
+  with a frozen encoder, checkpoints of the trained weights only).
 
 Seconds per step include the step's data preparation in both (the fast run's
 are the intervals between ``StepDone`` events); the first step of each run is
