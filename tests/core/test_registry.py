@@ -140,6 +140,23 @@ def test_registered_user_model_is_listed_with_metadata(tiny_checkpoint):
     assert [s.name for s in list_models()][-1] == "nuclei_v1"
 
 
+def test_registering_removes_what_a_killed_registration_left(tiny_checkpoint):
+    """A kill mid-write skips atomic_write's clean-up: its temporary file, as large as the
+    model, stayed in the user models folder for good. Registering removes those untouched
+    for an hour; a younger one may be another process's write in progress."""
+    import os
+
+    folder = user_models_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    abandoned, in_progress = folder / ".old.pt.ab_3x9q1.tmp", folder / ".new.pth.k2m0qz7w.tmp"
+    for path in (abandoned, in_progress):
+        path.write_bytes(b"half a model")
+    hours_ago = abandoned.stat().st_mtime - 2 * 3600
+    os.utime(abandoned, (hours_ago, hours_ago))
+    register_user_model(tiny_checkpoint, "nuclei_v1", TINY)
+    assert not abandoned.exists() and in_progress.exists()
+
+
 def test_user_model_of_a_custom_shape_keeps_its_shape(tmp_path):
     custom = SamArchitecture(**{**OTHER_SMALL.__dict__, "name": "custom"})
     weights = tmp_path / "custom.pth"

@@ -16,6 +16,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import time
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator
@@ -329,6 +330,26 @@ def remove_unfinished_writes(out_dir: Path) -> list[Path]:
     for path in found:
         path.unlink(missing_ok=True)
     return found
+
+
+ABANDONED_WRITE_SECONDS = 3600  # a write left half-done this long ago was killed
+
+
+def remove_abandoned_writes(
+    folder: Path, pattern: str, max_age_s: float = ABANDONED_WRITE_SECONDS
+) -> list[Path]:
+    """Delete ``atomic_write``'s temporary files in ``folder`` (those its glob ``pattern``
+    matches) untouched for ``max_age_s``: their process died mid-write, which skips their
+    clean-up. Younger ones may be another process's write in progress. Returns them."""
+    deleted = []
+    for path in Path(folder).glob(pattern):
+        try:
+            if time.time() - path.stat().st_mtime > max_age_s:
+                path.unlink()
+                deleted.append(path)
+        except OSError:  # gone meanwhile, or not ours to delete
+            continue
+    return deleted
 
 
 def try_lock(fcntl, lock) -> bool | None:

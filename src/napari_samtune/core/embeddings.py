@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from torchvision.transforms.functional import resize, to_pil_image
 
 from napari_samtune.core.accelerate import autocast
 from napari_samtune.core.architectures import PATCH_SIZE
-from napari_samtune.core.checkpoints import atomic_torch_save
+from napari_samtune.core.checkpoints import atomic_torch_save, remove_abandoned_writes
 from napari_samtune.core.fast_encoder import encode
 from napari_samtune.core.registry import cache_dir
 
@@ -47,7 +46,6 @@ CACHE_FORMAT_VERSION = 1
 LOWRES_FACTOR = 4  # the mask decoder's low-res logits are 4x the embedding grid
 OVERVIEW = -1  # view index of the whole-image overview embedding
 CACHE_LIMIT_ENV = "SAMTUNE_EMBEDDING_CACHE_GB"
-ABANDONED_WRITE_SECONDS = 3600  # a cache save left half-written this long ago was killed
 DEFAULT_CACHE_LIMIT_GB = 10.0
 
 ProgressCallback = Callable[[int, int], None]  # (tiles done, tiles in total)
@@ -350,7 +348,7 @@ class EmbeddingCache:
         """Delete the least recently used files until the cache fits ``max_bytes``, and the
         half-written files of saves that never ended (a process killed while saving);
         returns what was deleted."""
-        deleted = self._remove_abandoned_writes()
+        deleted = remove_abandoned_writes(self.directory, ".*.pt.*.tmp")  # (see there)
         files = []
         for path in self.directory.glob("*.pt"):
             try:
@@ -368,20 +366,6 @@ class EmbeddingCache:
                 continue
             total -= size
             deleted.append(path)
-        return deleted
-
-    def _remove_abandoned_writes(self) -> list[Path]:
-        """Temporary files of saves (``.<key>.pt.*.tmp``, see ``atomic_write``) untouched
-        for an hour: their process died mid-save. Younger ones may be another viewer's
-        save in progress."""
-        deleted = []
-        for path in self.directory.glob(".*.pt.*.tmp"):
-            try:
-                if time.time() - path.stat().st_mtime > ABANDONED_WRITE_SECONDS:
-                    path.unlink()
-                    deleted.append(path)
-            except OSError:  # gone meanwhile, or not ours to delete
-                continue
         return deleted
 
 

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from napari_samtune.core.architectures import ARCHITECTURES, SamArchitecture, as_architecture
-from napari_samtune.core.checkpoints import atomic_write
+from napari_samtune.core.checkpoints import atomic_write, remove_abandoned_writes
 from napari_samtune.core.download import file_digest, stamp_path, write_stamp
 from napari_samtune.core.registry import (
     USER_SOURCE,
@@ -148,6 +148,8 @@ def register_user_model(
             f"metadata must be JSON-serialisable (str, numbers, lists, dicts): {err}"
         ) from None
     loaded = models.load_model(Path(state_dict_path), architecture=architecture)
+    # what a registration killed mid-write left (a model's size each), before writing more
+    remove_abandoned_writes(user_models_dir(), ".*.tmp")
     sidecar_path = user_models_dir() / f"{name}.json"
     replaced = _weights_named_by(sidecar_path) if sidecar_path.is_file() else None
     weights_path = _new_weights_path(name, replaced)
