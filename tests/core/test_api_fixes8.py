@@ -59,6 +59,10 @@ def test_labels_with_an_extra_axis_of_one_train_as_their_2d_labels(rgb, extra):
     (expected,) = prepare_pairs(as_pairs([(image, labels)]))
     np.testing.assert_array_equal(pair.labels, expected.labels)
     np.testing.assert_array_equal(pair.rgb, expected.rgb)
+    # given as an ImageLabelPair alike (it was refused: "give (H, W) labels")
+    (given,) = prepare_pairs(as_pairs([ImageLabelPair(image, extended, "cells")]))
+    np.testing.assert_array_equal(given.labels, expected.labels)
+    assert given.name == "cells"
 
 
 def test_an_image_and_labels_both_with_a_trailing_axis_of_one_are_one_pair():

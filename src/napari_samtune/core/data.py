@@ -231,10 +231,13 @@ def as_pairs(
 
 def _with_arrays(pair: ImageLabelPair) -> ImageLabelPair:
     """``pair`` with numpy arrays (:func:`as_pixels`: a bfloat16 tensor or one that tracks
-    gradients too); numpy arrays are kept as they are."""
-    if isinstance(pair.image, np.ndarray) and isinstance(pair.labels, np.ndarray):
+    gradients too; numpy arrays are kept as they are) and (H, W, 1) or (1, H, W) labels that
+    fit the image as (H, W), as an (image, labels) tuple's are (:func:`split_planes`)."""
+    image, labels = as_pixels(pair.image), as_pixels(pair.labels)
+    labels = _without_single_axis(labels, image)
+    if image is pair.image and labels is pair.labels:
         return pair
-    return replace(pair, image=as_pixels(pair.image), labels=as_pixels(pair.labels))
+    return replace(pair, image=image, labels=labels)
 
 
 def prepare_pair(pair: ImageLabelPair) -> PreparedImage:
