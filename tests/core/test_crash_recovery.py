@@ -99,6 +99,39 @@ def test_the_temporary_files_of_a_killed_run_go_when_its_folder_is_locked_again(
         assert [path.exists() for path in stale + mine] == [False, False, True, True]
 
 
+def test_a_python_run_into_a_folder_another_process_trains_in_is_refused(tmp_path):
+    """train() from Python took no lock (only the command line and the widget did): a run
+    into the folder of a run in another process wrote over that run's checkpoints. Under
+    the caller's own lock (as the command line holds it) it runs; a killed run's
+    temporary files go when it takes the lock itself."""
+    import subprocess
+    import sys
+
+    from napari_samtune.core.checkpoints import TRAINING_LOCK_NAME, training_lock
+
+    data, run = make_dataset(2, shape=(64, 64), seed=0), tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from napari_samtune.core.checkpoints import "
+         f"training_lock\nwith training_lock({str(run)!r}):\n print('held', flush=True)\n"
+         " sys.stdin.readline()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match=r"in use by another training run \(process \d+"):
+            train(dataclasses.replace(CONFIG, epochs=1), data, out_dir=run)
+        assert not (run / "checkpoints").exists()  # nothing of the other run's overwritten
+    finally:
+        holder.communicate("\n", timeout=60)
+    with training_lock(run):  # as the command line holds it around train()
+        assert train(dataclasses.replace(CONFIG, epochs=1), data, out_dir=run).epochs_done == 1
+    stale = run / "checkpoints" / ".last.pt.ab_3x9q1.tmp"
+    stale.write_bytes(b"\0" * 100)
+    resumed = train(dataclasses.replace(CONFIG, epochs=2), data, out_dir=run, resume_from=run)
+    assert resumed.epochs_done == 2 and not stale.exists()
+    assert not (run / TRAINING_LOCK_NAME).exists()  # released
+
+
 @pytest.mark.parametrize("size", [5000, 0.5])
 def test_a_truncated_checkpoint_is_named_whatever_torch_says_of_it(tmp_path, size):
     """Cut to its first 5000 bytes, a checkpoint made torch's zip reader raise a bare

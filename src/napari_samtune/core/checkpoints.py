@@ -16,6 +16,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 import zipfile
@@ -261,11 +262,35 @@ def training_lock(out_dir: Path) -> Iterator[None]:
     made = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        with _locked(out_dir / TRAINING_LOCK_NAME, out_dir):
+        with _locked(out_dir / TRAINING_LOCK_NAME, out_dir), _held_here(out_dir):
             yield
     finally:  # a run refused, failed or stopped before its first step leaves nothing
         if made and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()
+
+
+_held_folders: list[Path] = []  # folders this process holds the training lock of
+_held_folders_lock = threading.Lock()
+
+
+@contextmanager
+def _held_here(out_dir: Path) -> Iterator[None]:
+    key = out_dir.resolve()
+    with _held_folders_lock:
+        _held_folders.append(key)
+    try:
+        yield
+    finally:
+        with _held_folders_lock:
+            _held_folders.remove(key)
+
+
+def holds_training_lock(out_dir: str | os.PathLike) -> bool:
+    """Whether this process holds ``out_dir``'s :func:`training_lock` (the command line and
+    the training widget take it before they start the run in it)."""
+    key = Path(out_dir).resolve()
+    with _held_folders_lock:
+        return key in _held_folders
 
 
 @contextmanager

@@ -21,9 +21,11 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from napari_samtune.core import distributed as ddp
+from napari_samtune.core.checkpoints import holds_training_lock, training_lock
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train_events import (
     EpochDone,
@@ -83,9 +85,20 @@ def iter_train(
             config, train_data, val_data, out_dir, stop_event, resume_from, model_name
         )
         try:
-            yield from trainer.run()
+            with _folder_held(trainer):
+                yield from trainer.run()
         finally:
             ddp.shutdown(trainer.dist)
+
+
+def _folder_held(trainer: Trainer) -> AbstractContextManager:
+    """The run folder's training lock (rank 0's), unless this process holds it already
+    (the command line and the training widget take it first): a run of another process
+    into the folder is refused instead of writing over this one's checkpoints."""
+    out_dir = trainer.out_dir
+    if not trainer.dist.is_main or holds_training_lock(out_dir):
+        return nullcontext()
+    return training_lock(out_dir)
 
 
 def _check_stop_event(stop_event: object) -> None:
