@@ -344,9 +344,9 @@ def config_from_preset(
     _check_lora_in_frozen_encoder(preset, architecture, setting, overrides)
     config = replace(base, **overrides)
     if "checkpoint_trainable_only" not in overrides:
-        # a frozen encoder is the base model's own, which the run can always rebuild: a ViT-B
-        # run that wrote its 360 MB every epoch (best.pt and last.pt) spent longer on that
-        # than on the epoch's training steps on a 2-core CPU
+        # a frozen encoder is the base model's own, which loading completes: a ViT-B run
+        # wrote its 360 MB twice an epoch (best.pt and last.pt), on a 2-core VM longer than
+        # training 10 samples on their cached embeddings
         config = replace(config, checkpoint_trainable_only="image_encoder" in config.freeze)
     check_lora_rank(config.lora_rank, architecture)
     if check:
