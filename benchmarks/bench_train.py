@@ -360,7 +360,8 @@ def collect(args) -> dict[tuple[str, str], list[dict]]:
                 results.setdefault((kind, name), []).append(result)
                 best = min(result["step_s"])
                 print(f"  [{repeat + 1}/{args.repeats}] {name:<13} {kind:<17} best step "
-                      f"{best:6.2f} s  load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+                      f"{best:6.2f} s  peak {result['peak_mb']:6.0f} MiB  "
+                      f"load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
     return results
 
 

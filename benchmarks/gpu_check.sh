@@ -18,7 +18,9 @@
 #
 # checks: benchmarks/cuda_checks.py (training in bf16/fp16/fp32, GPU -> CPU resume, nano's
 # masks on the GPU vs the CPU, torchrun with NCCL); embedding: bench_embedding.py; train:
-# bench_train.py on the 8/16/32 GB GPU presets; demo: `samtune demo` on the GPU; large:
+# bench_train.py on the 8/16/32 GB GPU presets (each child's peak memory printed as it ends,
+# so a stage cut short still reports it); variants: encoder_variants.py (stock and fast
+# encoder modules in fp32 and bf16, CUDA graphs, kernels per call); demo: `samtune demo` on the GPU; large:
 # bench_train.py on the a100 preset's configurations (80 GB).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -51,11 +53,12 @@ for name in "${stages[@]}"; do
     case $name in
     checks) stage checks 150 python3 -m pytest benchmarks/cuda_checks.py -q -p no:cacheprovider \
         -W ignore::DeprecationWarning ;;
-    embedding) stage embedding 200 python3 benchmarks/bench_embedding.py --device cuda --repeats 3 ;;
-    train) stage train 360 python3 benchmarks/bench_train.py --device cuda --repeats 1 --steps 3 ;;
+    embedding) stage embedding 170 python3 benchmarks/bench_embedding.py --device cuda --repeats 2 ;;
+    train) stage train 330 python3 benchmarks/bench_train.py --device cuda --repeats 1 --steps 3 ;;
+    variants) stage variants 75 python3 benchmarks/encoder_variants.py --device cuda ;;
     demo) stage demo 90 python3 -m napari_samtune.cli demo --out /tmp/samtune-demo ;;
     large) stage large 200 python3 benchmarks/bench_train.py --device cuda --repeats 1 --steps 3 \
         --only a100:vit_b a100:vit_h ;;
-    *) echo "unknown stage $name: choose checks, embedding, train, demo or large" >&2 ;;
+    *) echo "unknown stage $name: choose checks, embedding, train, variants, demo or large" >&2 ;;
     esac
 done
