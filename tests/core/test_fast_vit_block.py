@@ -2,10 +2,15 @@
 
 import pytest
 import torch
-from segment_anything.modeling.image_encoder import Block
+from segment_anything.modeling.image_encoder import Block, get_rel_pos
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from napari_samtune.core import onednn
-from napari_samtune.core.fast_encoder import use_fast_attention, use_stock_attention
+from napari_samtune.core.fast_encoder import (
+    _rel_pos_table,
+    use_fast_attention,
+    use_stock_attention,
+)
 
 # (window size, input size of its attention, image (B, H, W)): padded windows, whole windows,
 # global attention
@@ -113,3 +118,35 @@ def test_fast_vit_block_keeps_a_lora_adapter(window, input_size, image):
         fast = block(x)
     assert type(block).__name__ == "FastViTBlock"
     torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
+
+
+class _OutputDevices(TorchDispatchMode):
+    """Records the device of every tensor an op returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.devices = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, tuple) else (out,):
+            if isinstance(tensor, torch.Tensor):
+                self.devices.add(tensor.device.type)
+        return out
+
+
+@pytest.mark.parametrize(("size", "table_rows"), [(14, 27), (64, 127), (14, 40)])
+def test_rel_pos_table_is_stock_get_rel_pos(size, table_rows):
+    table = torch.randn(table_rows, 8)
+    assert torch.equal(_rel_pos_table(size, table), get_rel_pos(size, size, table))
+
+
+def test_rel_pos_table_makes_its_offsets_on_the_table_s_device():
+    """The stock offsets are made on the host (a copy per block that CUDA graphs refuse)."""
+    table = torch.empty(27, 8, device="meta")
+    with _OutputDevices() as stock:
+        get_rel_pos(14, 14, table)
+    with _OutputDevices() as fast:
+        _rel_pos_table(14, table)
+    assert "cpu" in stock.devices
+    assert fast.devices == {"meta"}
