@@ -15,6 +15,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +153,38 @@ def test_torchrun_with_more_processes_than_gpus_is_refused_clearly(tmp_path):
     done = _torchrun(torch.cuda.device_count() + 1, tmp_path)
     assert done.returncode != 0
     assert "each process trains on a GPU of its own" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("name", ["vit_t", "vit_b"])
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_encoder_replayed_from_a_cuda_graph_matches_the_eager_call(name, dtype):
+    from napari_samtune.core import cuda_graphs
+    from napari_samtune.core.accelerate import autocast, use_fast_paths
+    from napari_samtune.core.fast_encoder import encode
+
+    torch.manual_seed(0)
+    sam = use_fast_paths(build_sam(name)).to("cuda").eval()
+    pixels = torch.randn(1, 3, 1024, 1024, device="cuda")
+    device = torch.device("cuda")
+
+    def run(graphs: str, x: torch.Tensor) -> torch.Tensor:
+        os.environ[cuda_graphs.ENV_SWITCH] = graphs
+        with torch.inference_mode(), autocast(device, dtype):
+            return encode(sam, x, cuda_graph=True).float()
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a refused capture (eager fallback) fails the test
+            eager, graphed = run("0", pixels), run("1", pixels)
+            assert sam.image_encoder in cuda_graphs._captured
+            tolerance = 1e-4 if dtype is None else 0.1
+            torch.testing.assert_close(graphed, eager, atol=tolerance, rtol=0)
+            other = torch.randn_like(pixels)  # the same graph, new input
+            torch.testing.assert_close(run("1", other), run("0", other), atol=tolerance, rtol=0)
+            with torch.no_grad():  # weights changed in place: the graph reads them
+                sam.image_encoder.neck[-1].bias.add_(0.5)
+            torch.testing.assert_close(run("1", pixels), run("0", pixels), atol=tolerance, rtol=0)
+            assert not torch.allclose(run("1", pixels), graphed, atol=tolerance)
+    finally:
+        os.environ.pop(cuda_graphs.ENV_SWITCH, None)
+        cuda_graphs.forget_graphs()

@@ -239,7 +239,7 @@ def embed_view(
     pixels = torch.as_tensor(np.ascontiguousarray(crop), device=sam.device)
     pixels = pixels.permute(2, 0, 1).contiguous()[None]
     with torch.inference_mode(), autocast(sam.device, dtype):
-        return encode(sam, sam.preprocess(pixels)).float()
+        return encode(sam, sam.preprocess(pixels), cuda_graph=True).float()
 
 
 def embed_tiles(
