@@ -121,11 +121,14 @@ def _record(
     Autocast's weight cache is off while recording: a cast cached by the warm-up calls
     lives outside the graph's memory and would be freed while the graph still reads it.
     """
-    with torch.autocast(
-        "cuda",
-        dtype=autocast_dtype or torch.float32,
-        enabled=autocast_dtype is not None,
-        cache_enabled=False,
+    with (
+        torch.cuda.device(device),
+        torch.autocast(  # the graph's streams on the input's GPU
+            "cuda",
+            dtype=autocast_dtype or torch.float32,
+            enabled=autocast_dtype is not None,
+            cache_enabled=False,
+        ),
     ):
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
