@@ -122,8 +122,8 @@ def _record(
     lives outside the graph's memory and would be freed while the graph still reads it.
     """
     with (
-        torch.cuda.device(device),
-        torch.autocast(  # the graph's streams on the input's GPU
+        torch.cuda.device(device),  # the graph's streams on the input's GPU
+        torch.autocast(
             "cuda",
             dtype=autocast_dtype or torch.float32,
             enabled=autocast_dtype is not None,
