@@ -183,3 +183,20 @@ def test_the_80_gb_preset_is_measured_when_named():
         assert bench_train.train_config(name, "fast", 4, 1, "cuda").n_objects_per_batch == (
             model_setting.n_objects_per_batch
         )
+
+
+def test_encoder_variants_compute_the_stock_embedding(capsys, monkeypatch):
+    """Every variant of encoder_variants.py is the same encoder: its embedding matches stock
+    fp32's (bf16 within rounding), and the table lists each with its difference."""
+    import encoder_variants
+
+    monkeypatch.setenv(encoder_variants.ENV_SWITCH, "1")  # restored after the variants set it
+    found = encoder_variants.variants("tiny", torch.device("cpu"))
+    assert set(found) == {"stock fp32", "stock bf16", "fast fp32", "fast bf16", "fast bf16 NCHW"}
+    reference = found["stock fp32"]()
+    for name, call in found.items():
+        tolerance = 1e-4 if "fp32" in name else 0.1
+        torch.testing.assert_close(call(), reference, atol=tolerance, rtol=0, msg=name)
+    encoder_variants.measure("tiny", torch.device("cpu"), rounds=1, calls=1)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0] for row in rows[1:]] == ["| " + name for name in found]
