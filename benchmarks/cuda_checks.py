@@ -157,7 +157,7 @@ def test_torchrun_with_more_processes_than_gpus_is_refused_clearly(tmp_path):
 
 @pytest.mark.parametrize("name", ["vit_t", "vit_b"])
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16])
-def test_encoder_replayed_from_a_cuda_graph_matches_the_eager_call(name, dtype):
+def test_encoder_replayed_from_a_cuda_graph_matches_the_eager_call(name, dtype, monkeypatch):
     from napari_samtune.core import cuda_graphs
     from napari_samtune.core.accelerate import autocast, use_fast_paths
     from napari_samtune.core.fast_encoder import encode
@@ -168,7 +168,7 @@ def test_encoder_replayed_from_a_cuda_graph_matches_the_eager_call(name, dtype):
     device = torch.device("cuda")
 
     def run(graphs: str, x: torch.Tensor) -> torch.Tensor:
-        os.environ[cuda_graphs.ENV_SWITCH] = graphs
+        monkeypatch.setenv(cuda_graphs.ENV_SWITCH, graphs)
         with torch.inference_mode(), autocast(device, dtype):
             return encode(sam, x, cuda_graph=True).float()
 
@@ -186,5 +186,4 @@ def test_encoder_replayed_from_a_cuda_graph_matches_the_eager_call(name, dtype):
             torch.testing.assert_close(run("1", pixels), run("0", pixels), atol=tolerance, rtol=0)
             assert not torch.allclose(run("1", pixels), graphed, atol=tolerance)
     finally:
-        os.environ.pop(cuda_graphs.ENV_SWITCH, None)
         cuda_graphs.forget_graphs()

@@ -33,7 +33,7 @@ from bench_device import describe, resolve, synchronize
 
 from napari_samtune.core.accelerate import autocast, use_fast_paths
 from napari_samtune.core.architectures import build_sam
-from napari_samtune.core.cuda_graphs import ENV_SWITCH
+from napari_samtune.core.cuda_graphs import ENV_SWITCH, capture_graph
 from napari_samtune.core.fast_encoder import encode
 
 
@@ -46,7 +46,7 @@ def variants(name: str, device: torch.device) -> dict:
     torch.manual_seed(0)
     fast_fp32 = use_fast_paths(build_sam(name).to(device).eval())  # graphs: one per model
     size = stock.image_encoder.img_size
-    pixels = torch.randn(1, 3, size, size, device=device, generator=None)
+    pixels = torch.randn(1, 3, size, size, device=device)
     bf16 = torch.bfloat16
 
     def run(model, dtype, channels_last=True, graphs="0"):
@@ -80,16 +80,9 @@ def variants(name: str, device: torch.device) -> dict:
 
 
 def captured(fn, device: torch.device):
-    """``fn`` captured into a CUDA graph (after warm-up on a side stream); returns a replay."""
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        output = fn()
+    """``fn`` captured into a CUDA graph as the Segmenter's are (``capture_graph``); returns
+    a replay."""
+    output, graph = capture_graph(fn, None, device)
 
     def replay():
         graph.replay()

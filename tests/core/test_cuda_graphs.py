@@ -34,7 +34,7 @@ def recorded(monkeypatch):
         graphs.append(FakeGraph(call, output))
         return output, graphs[-1]
 
-    monkeypatch.setattr(cuda_graphs, "_record", record)
+    monkeypatch.setattr(cuda_graphs, "capture_graph", record)
     yield graphs
     cuda_graphs.forget_graphs()
 
@@ -73,7 +73,7 @@ def test_a_refused_capture_warns_once_and_runs_eager(monkeypatch):
         attempts.append(1)
         raise RuntimeError("Cannot copy between CPU and CUDA tensors during capture\nmore")
 
-    monkeypatch.setattr(cuda_graphs, "_record", refuse)
+    monkeypatch.setattr(cuda_graphs, "capture_graph", refuse)
     encoder = torch.nn.Conv2d(3, 4, 3)
     x = torch.randn(1, 3, 8, 8)
     try:

@@ -96,7 +96,7 @@ def _capture(encoder: torch.nn.Module, pixels: torch.Tensor, key: tuple) -> _Cap
     static_input = pixels.clone(memory_format=torch.preserve_format)
     autocast_dtype = key[4]
     try:
-        output, graph = _record(lambda: encoder(static_input), autocast_dtype, pixels.device)
+        output, graph = capture_graph(lambda: encoder(static_input), autocast_dtype, pixels.device)
     except RuntimeError as error:
         warnings.warn(
             f"the image encoder runs without a CUDA graph ({str(error).splitlines()[0]}); "
@@ -113,7 +113,7 @@ def _capture(encoder: torch.nn.Module, pixels: torch.Tensor, key: tuple) -> _Cap
     return entry
 
 
-def _record(
+def capture_graph(
     call: Callable[[], torch.Tensor], autocast_dtype: torch.dtype | None, device: torch.device
 ) -> tuple[torch.Tensor, torch.cuda.CUDAGraph]:
     """Warm ``call`` up on a side stream, then capture it; (its output buffer, the graph).
