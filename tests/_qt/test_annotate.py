@@ -163,6 +163,27 @@ def test_keys_commit_clear_toggle_and_undo(viewer_widget):
     assert not widget.ui.positive_check.isChecked()
 
 
+def test_keys_act_with_the_image_layer_selected_and_leave_it_with_the_panel(viewer_widget):
+    """C with the annotated image's layer selected ran napari's auto-contrast of the image
+    instead of committing; once the panel closes, the layer's own C is back."""
+    viewer, widget = viewer_widget
+    image, layers = viewer.layers["nuclei"], widget.session.layers
+    image.contrast_limits = narrow = [0.2, 0.3]
+    keys = KeymapHandler()
+    keys.keymap_providers = [image, viewer]  # what napari asks when the image is active
+    layers.points.add([128, 128])
+    keys.press_key("C")
+    assert widget.session.annotations.max() == 1
+    np.testing.assert_allclose(image.contrast_limits, narrow)
+    keys.press_key("U")
+    assert widget.session.annotations.max() == 0
+    annotations = widget.session.annotations
+    widget.shut_down()
+    keys.press_key("C")  # napari's auto-contrast again; nothing committed
+    assert not np.allclose(image.contrast_limits, narrow)
+    assert not annotations.any()
+
+
 def test_batched_mode_makes_one_object_per_box(viewer_widget):
     _, widget = viewer_widget
     widget.ui.mode_combo.setCurrentText(BATCHED_MODE)

@@ -101,6 +101,7 @@ class AnnotateWidget(
         self._job_session: AnnotationSession | None = None
         self._save_failed: AnnotationSession | None = None  # whose last autosave failed
         self._hinted: set[str] = set()
+        self._image_keys_before: dict = {}  # key -> the annotated image layer's own binding
         self._removing_own_layers = False  # removals the widget makes need no message
         self.ui.folder_edit.setText(str(default_annotation_folder()))
         self._shut_down = False
@@ -165,6 +166,21 @@ class AnnotateWidget(
             if image is not None:
                 act = functools.partial(self._act_on, image, provider, action)
             provider.bind_key(key, lambda _provider, act=act: act(), overwrite=True)
+
+    def _take_image_keys(self, image_layer, take: bool) -> None:
+        """While ``image_layer`` is annotated, the widget's keys act on its layer too: napari
+        binds C on image layers to auto-contrast, which took the key when the image was the
+        selected layer (C reset its contrast instead of committing). The layer's own bindings
+        come back when another image is chosen or the panel closes."""
+        if take:
+            self._image_keys_before = {
+                key: image_layer.bind_key(key, lambda _layer, act=act: act(), overwrite=True)
+                for key, act in self._key_actions().items()
+            }
+            return
+        for key, before in self._image_keys_before.items():
+            image_layer.bind_key(key, before, overwrite=True)  # None: napari's again
+        self._image_keys_before = {}
 
     def _act_on(self, image, helper, action) -> None:
         if self._shut_down:  # the panel was closed: its keys are no longer the widget's

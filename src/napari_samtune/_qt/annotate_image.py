@@ -292,7 +292,8 @@ class AnnotateImageMixin:
 
     def _follow_image(self, layer, connect: bool) -> None:
         """Keep the layers on the image when it is moved, scaled or rotated, notice new
-        pixels (a filter, or the console, setting ``layer.data``), and follow its name."""
+        pixels (a filter, or the console, setting ``layer.data``), follow its name, and
+        let the widget's keys act with the image's layer selected."""
         for name in PLACEMENT_EVENTS:
             emitter = getattr(layer.events, name)
             (emitter.connect if connect else emitter.disconnect)(self._on_image_moved)
@@ -302,6 +303,7 @@ class AnnotateImageMixin:
         (layer.events.name.connect if connect else layer.events.name.disconnect)(
             self._on_image_renamed
         )
+        self._take_image_keys(layer, take=connect)
 
     def _on_image_renamed(self, event=None) -> None:
         """The image's layers and saved annotations take its new name (see
