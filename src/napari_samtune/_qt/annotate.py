@@ -101,6 +101,9 @@ class AnnotateWidget(
         self._job_session: AnnotationSession | None = None
         self._save_failed: AnnotationSession | None = None  # whose last autosave failed
         self._hinted: set[str] = set()
+        # (session, a clear's KeptPrompts, or None: the prompts are those U put back) until
+        # a prompt changes
+        self._prompts_for_undo = None
         self._image_keys_before: dict = {}  # key -> the annotated image layer's own binding
         self._removing_own_layers = False  # removals the widget makes need no message
         self.ui.folder_edit.setText(str(default_annotation_folder()))
@@ -236,6 +239,7 @@ class AnnotateWidget(
         action = getattr(getattr(event, "action", None), "value", getattr(event, "action", None))
         if isinstance(action, str) and action.endswith("ing"):
             return  # adding / changing / removing: the final event follows
+        self._prompts_for_undo = None  # U puts back a clear's prompts only right after it
         self.update_preview()
 
     def update_preview(self, clear_if_empty: bool = True) -> bool:

@@ -22,6 +22,7 @@ from napari_samtune._qt.annotate_session import (
     propagation_note,
 )
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, SCOPE_STACK
+from napari_samtune._qt.kept_prompts import KeptPrompts, has_prompts, snapshot_prompts
 from napari_samtune._qt.prompt_layers import PlanePrompts, PropagatedPlane
 from napari_samtune._qt.propagate import PropagationConfig, prompts_from_mask
 from napari_samtune.core.automatic import AutoSegmentConfig, default_auto_config
@@ -70,8 +71,10 @@ class AnnotateActionsMixin:
         if self._job_writes_here(PROPAGATE_TASK):
             show_info("wait for the propagation to finish, then clear its preview (Shift+C)")
             return
-        self.session.clear()
+        cleared = snapshot_prompts(self.session.layers)
+        self.session.clear()  # (its prompt change events forget what U would put back)
         self._previews_behind.clear()
+        self._prompts_for_undo = None if cleared is None else (self.session, cleared)
 
     # -- commit / undo --------------------------------------------------------------------
     def commit(self) -> list[int]:
@@ -114,18 +117,38 @@ class AnnotateActionsMixin:
         return len(ids - {0})
 
     def undo(self) -> bool:
-        """Revert the last commit, automatic segmentation or loaded file (U)."""
+        """Step back (U): right after a clear, bring its prompts back; else revert the last
+        commit, automatic segmentation or loaded file, and a commit's prompts come back
+        unless prompts of the person's own are on the layers."""
         if self.session is None:
             return False
+        memo, self._prompts_for_undo = self._prompts_for_undo, None
+        mine = memo is not None and memo[0] is self.session  # no prompt changed since
+        if mine and memo[1] is not None:  # a clear's
+            self._put_back(memo[1], "brought back the {} cleared")
+            return True
         if self._job_writes_here(AUTO_TASK):
             show_info("wait for the automatic segmentation to finish, then undo it (U)")
             return False
-        if not self.session.undo():
+        entry = self.session.undo()
+        if entry is None:
             show_info("nothing to undo")
             return False
         self.ui.status_label.setText("undid the last change")
+        # those on the layers now: none, or what the last U put back (the state before)
+        if entry.prompts is not None and (mine or not has_prompts(self.session.layers)):
+            self._put_back(entry.prompts, "undid the last commit; its {} are back")
+        elif mine:  # the layers still hold what U put back
+            self._prompts_for_undo = memo
         self._autosave()
         return True
+
+    def _put_back(self, kept: KeptPrompts, said: str) -> None:
+        kept.put_back(self.session.layers)  # (forgets the memo: set after)
+        self.update_preview()  # the points' data event came before their labels were set
+        self._prompts_for_undo = (self.session, None)  # the layers hold what U put back
+        n = kept.n_prompts
+        self.ui.status_label.setText(said.format(f"{n} prompt{'s' * (n != 1)}"))
 
     # -- stacks ---------------------------------------------------------------------------
     def propagate(self):

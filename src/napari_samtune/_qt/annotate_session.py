@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_samtune._qt.image_planes import ImageAxes
+from napari_samtune._qt.kept_prompts import snapshot_prompts
 from napari_samtune._qt.label_edits import Plane, UndoEntry, UndoStack, brush_past, write_objects
 from napari_samtune._qt.prompt_layers import PromptLayers
 from napari_samtune._qt.saved_renames import (
@@ -80,9 +81,10 @@ class AnnotationSession:
         """
         planes = self.layers.preview_planes()
         objects = {plane: self.layers.preview_plane(plane) for plane in planes}
-        prompts = self.layers.prompts_record()
-        ids = self._write(objects, overwrite, source, model_name, prompts)
+        kept = snapshot_prompts(self.layers)
+        ids = self._write(objects, overwrite, source, model_name, self.layers.prompts_record())
         if ids:
+            self.undo_stack.peek().prompts = kept  # undone, they come back
             self.clear()
         return ids
 
@@ -133,19 +135,19 @@ class AnnotationSession:
         brush_past(self.layers.annotations, max(ids))
         return ids
 
-    def undo(self) -> bool:
-        """Revert the last commit, automatic segmentation or loaded file; False when there is
-        none."""
+    def undo(self) -> UndoEntry | None:
+        """Revert the last commit, automatic segmentation or loaded file; returns its entry
+        (a commit's holds its prompts), None when there is none."""
         entry = self.undo_stack.pop()
         if entry is None:
-            return False
+            return None
         entry.restore(self.annotations)
         undone = {id(record) for record in entry.records}
         self.records = [record for record in self.records if id(record) not in undone]
         if entry.records_before is not None:  # a file loaded: the records it replaced
             self.records = entry.records_before
         self.layers.annotations.refresh()
-        return True
+        return entry
 
     def clear(self) -> None:
         """Remove every prompt and empty the preview."""

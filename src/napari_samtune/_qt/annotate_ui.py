@@ -106,7 +106,11 @@ class AnnotateControls:
         self.overwrite_check = QCheckBox("commit may overwrite other objects")
         self.commit_button = QPushButton("Commit [C]")
         self.clear_button = QPushButton("Clear [Shift+C]")
-        self.undo_button = QPushButton("Undo commit [U]")
+        self.undo_button = QPushButton("Undo [U]")
+        self.undo_button.setToolTip(
+            "undo the last commit (its prompts come back), automatic segmentation or loaded "
+            "file; right after a clear, bring the prompts it took back"
+        )
         form.addRow("mode", self.mode_combo)
         form.addRow(self.positive_check)
         form.addRow(self.overwrite_check)

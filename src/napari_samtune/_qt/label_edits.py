@@ -41,6 +41,7 @@ class UndoEntry:
     writes: list[PixelWrite] = field(default_factory=list)
     records: list[dict] = field(default_factory=list)  # object records the edit appended
     records_before: list[dict] | None = None  # all of them, when the edit replaced them
+    prompts: object = None  # a commit's KeptPrompts, which undoing it puts back
 
     @property
     def planes(self) -> list[Plane]:

@@ -1,0 +1,107 @@
+"""U brings prompts back: right after Shift+C the cleared ones (a slip of the key lost every
+point and box of the image), and with an undone commit the prompts it used (a wrong object
+had to be clicked again from the start)."""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.utils.key_bindings import KeymapHandler
+
+from napari_samtune._qt.prompt_layers import POINT_COLORS
+
+
+def _keys(provider, viewer) -> KeymapHandler:
+    keys = KeymapHandler()
+    keys.keymap_providers = [provider, viewer]  # what napari asks when the layer is active
+    return keys
+
+
+def test_undo_after_a_clear_brings_its_prompts_back_with_their_polarity(viewer_widget):
+    viewer, widget = viewer_widget
+    layers = widget.session.layers
+    layers.points.add([128, 128])
+    widget.toggle_polarity()
+    layers.points.add([40, 200])
+    layers.boxes.add_rectangles(np.array([[100.0, 100.0], [160.0, 170.0]]))
+    points, boxes = layers.points.data.copy(), [b.copy() for b in layers.boxes.data]
+    preview = layers.preview.data.copy()
+    assert preview.any()
+    keys = _keys(layers.points, viewer)
+    keys.press_key("Shift-C")
+    assert not len(layers.points.data) and not len(layers.boxes.data)
+    assert not layers.preview.data.any()
+    keys.press_key("U")
+    np.testing.assert_array_equal(layers.points.data, points)
+    assert list(layers.points.features["label"]) == ["positive", "negative"]
+    red = np.array([int(POINT_COLORS["negative"][i : i + 2], 16) / 255 for i in (1, 3, 5)])
+    np.testing.assert_allclose(layers.points.face_color[1][:3], red, atol=0.01)
+    assert len(layers.boxes.data) == 1
+    np.testing.assert_array_equal(layers.boxes.data[0], boxes[0])
+    assert list(layers.boxes.shape_type) == ["rectangle"]
+    np.testing.assert_array_equal(layers.preview.data, preview)  # recomputed from them
+    assert "brought back the 3 prompts" in widget.ui.status_label.text()
+    assert not widget.undo()  # once; no commit to undo either
+    assert len(layers.points.data) == 2 and len(layers.boxes.data) == 1
+
+
+def test_undoing_a_commit_brings_its_prompts_and_preview_back(viewer_widget):
+    _, widget = viewer_widget
+    layers = widget.session.layers
+    layers.points.add([128, 128])
+    widget.toggle_polarity()
+    layers.points.add([20, 20])
+    preview = layers.preview.data.copy()
+    assert widget.commit() == [1]
+    assert not len(layers.points.data) and not layers.preview.data.any()
+    assert widget.undo()
+    assert not widget.session.annotations.any()
+    np.testing.assert_array_equal(layers.points.data, [[128, 128], [20, 20]])
+    assert list(layers.points.features["label"]) == ["positive", "negative"]
+    np.testing.assert_array_equal(layers.preview.data, preview)
+    assert "its 2 prompts are back" in widget.ui.status_label.text()
+    assert widget.commit() == [1]  # the same object again
+    np.testing.assert_array_equal(widget.session.annotations == 1, preview > 0)
+
+
+def test_undo_steps_back_through_commits_with_their_prompts(viewer_widget):
+    _, widget = viewer_widget
+    layers = widget.session.layers
+    layers.points.add([128, 128])
+    widget.commit()
+    layers.boxes.add_rectangles(np.array([[20.0, 20.0], [80.0, 80.0]]))
+    widget.commit()
+    assert widget.undo()  # the box's object: its box back
+    assert widget.session.annotations.max() == 1 and len(layers.boxes.data) == 1
+    assert widget.undo()  # the point's object: its point instead of the box
+    assert not widget.session.annotations.any()
+    np.testing.assert_array_equal(layers.points.data, [[128, 128]])
+    assert not len(layers.boxes.data)
+
+
+def test_prompts_of_the_persons_own_stay_when_a_commit_is_undone(viewer_widget):
+    _, widget = viewer_widget
+    layers = widget.session.layers
+    layers.points.add([128, 128])
+    widget.commit()
+    assert widget.session.annotations.max() == 1
+    layers.points.add([40, 40])
+    widget.clear()
+    layers.points.add([200, 60])  # a new start after the clear: U is about commits again
+    assert widget.undo()
+    assert widget.session.annotations.max() == 0
+    np.testing.assert_array_equal(layers.points.data, [[200, 60]])  # not replaced
+
+
+def test_cleared_prompts_do_not_come_back_on_another_image(cells_viewer, tiny_sam, drain_jobs):
+    from napari_samtune._qt.annotate import AnnotateWidget
+
+    viewer = cells_viewer(2)
+    widget = AnnotateWidget(viewer)
+    widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    widget.session.layers.points.add([10, 10])
+    widget.clear()
+    widget.ui.image_combo.setCurrentText("cells1")
+    drain_jobs(widget)
+    assert not widget.undo()
+    assert not len(widget.session.layers.points.data)
