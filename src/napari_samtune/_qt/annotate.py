@@ -48,6 +48,14 @@ VOLUME_HINT = (
     "button, or Ctrl+Y)"
 )
 
+OUTSIDE_HINT = (
+    "a prompt outside the image is left out: SAM sees only the image's pixels, so click or "
+    "draw on the image"
+)
+NEWEST_BOX_HINT = (
+    "one object takes one box: the newest box is used. For an object per box choose "
+    "'{}' mode; or commit (C) after each box"
+)
 NEGATIVE_ONLY_HINT = (
     "negative (red) points only mark background, so there is nothing to segment yet: press T "
     "(or tick 'new points are positive') and click the object, or draw a box around it"
@@ -267,6 +275,7 @@ class AnnotateWidget(
                 layers.set_preview(plane, propagated.labels)
                 return True
             prompts = prompts.after(propagated.prompts)  # corrected: refine it
+        self._hint_left_out(prompts)
         if not (len(prompts.boxes_rc) or prompts.positive.any()):
             if len(prompts.points_rc):  # negative points only: they segment nothing
                 self._hint(NEGATIVE_ONLY_HINT)
@@ -295,6 +304,19 @@ class AnnotateWidget(
             labels = layers.ids_apart_from_other_planes(plane, labels)
         layers.set_preview(plane, labels)
         return True
+
+    def _hint_left_out(self, prompts: PlanePrompts) -> None:
+        """Say once (again after it stopped) that prompts are left out of the preview: those
+        off the image, and in one-object mode the boxes but the newest."""
+        one_object = self.ui.mode_combo.currentText() != BATCHED_MODE
+        for hint, happens in (
+            (OUTSIDE_HINT, prompts.n_outside > 0),
+            (NEWEST_BOX_HINT.format(BATCHED_MODE), one_object and len(prompts.boxes_rc) > 1),
+        ):
+            if happens:
+                self._hint(hint)
+            else:
+                self._hinted.discard(hint)  # said again the next time it happens
 
     def _predict(self, prompts: PlanePrompts) -> np.ndarray:
         """uint32 (H, W) preview labels from one plane's prompts (napari -> SAM coordinates)."""

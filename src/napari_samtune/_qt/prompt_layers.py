@@ -67,6 +67,7 @@ class PlanePrompts:
     points_rc: np.ndarray  # float (N, 2) point positions, (row, col)
     positive: np.ndarray  # bool (N,) True for positive points
     boxes_rc: np.ndarray  # float (M, 4) boxes as (row_min, col_min, row_max, col_max)
+    n_outside: int = 0  # points and boxes on the plane left out: they miss the image
 
     @property
     def is_empty(self) -> bool:
@@ -78,6 +79,7 @@ class PlanePrompts:
             np.concatenate([earlier.points_rc, self.points_rc]),
             np.concatenate([earlier.positive, self.positive]),
             np.concatenate([earlier.boxes_rc, self.boxes_rc]),
+            self.n_outside,
         )
 
 
@@ -294,19 +296,22 @@ class PromptLayers:
         height, width = self.axes.spatial_shape[-2:]
         rows, cols = coords[:, -2], coords[:, -1]
         inside = (rows >= -0.5) & (rows <= height - 0.5) & (cols >= -0.5) & (cols <= width - 0.5)
-        keep = _on_plane(coords, plane) & inside
+        on_plane = _on_plane(coords, plane)
+        keep = on_plane & inside
         labels = np.asarray(self.points.features["label"]) if len(coords) else np.array([])
-        boxes = []
+        boxes, n_outside = [], int((on_plane & ~inside).sum())
         for vertices in self.boxes.data:
             vertices = np.asarray(vertices, dtype=np.float64)
             low, high = vertices[:, -2:].min(axis=0), vertices[:, -2:].max(axis=0)
             overlaps = (high >= -0.5).all() and low[0] <= height - 0.5 and low[1] <= width - 0.5
-            if _on_plane(vertices[:1], plane)[0] and overlaps:
-                boxes.append(np.concatenate([low, high]))
+            if _on_plane(vertices[:1], plane)[0]:
+                boxes += [np.concatenate([low, high])] if overlaps else []
+                n_outside += not overlaps
         return PlanePrompts(
             points_rc=coords[keep][:, -2:],
             positive=(labels[keep] == POSITIVE) if len(coords) else np.zeros(0, dtype=bool),
             boxes_rc=np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+            n_outside=n_outside,
         )
 
     def prompts_record(self) -> dict:
