@@ -16,12 +16,17 @@ def _keys(provider, viewer) -> KeymapHandler:
     return keys
 
 
+def _positive_then_negative(widget, negative_rc) -> None:
+    """A positive point at (128, 128), then a negative one at ``negative_rc``."""
+    widget.session.layers.points.add([128, 128])
+    widget.toggle_polarity()
+    widget.session.layers.points.add(negative_rc)
+
+
 def test_undo_after_a_clear_brings_its_prompts_back_with_their_polarity(viewer_widget):
     viewer, widget = viewer_widget
     layers = widget.session.layers
-    layers.points.add([128, 128])
-    widget.toggle_polarity()
-    layers.points.add([40, 200])
+    _positive_then_negative(widget, [40, 200])
     layers.boxes.add_rectangles(np.array([[100.0, 100.0], [160.0, 170.0]]))
     points, boxes = layers.points.data.copy(), [b.copy() for b in layers.boxes.data]
     preview = layers.preview.data.copy()
@@ -47,9 +52,7 @@ def test_undo_after_a_clear_brings_its_prompts_back_with_their_polarity(viewer_w
 def test_undoing_a_commit_brings_its_prompts_and_preview_back(viewer_widget):
     _, widget = viewer_widget
     layers = widget.session.layers
-    layers.points.add([128, 128])
-    widget.toggle_polarity()
-    layers.points.add([20, 20])
+    _positive_then_negative(widget, [20, 20])
     preview = layers.preview.data.copy()
     assert widget.commit() == [1]
     assert not len(layers.points.data) and not layers.preview.data.any()
