@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from napari_samtune.core import annotation_files
 from napari_samtune.core.annotation_files import (
     annotation_paths,
     load_annotations,
@@ -129,3 +130,26 @@ def test_ids_beyond_uint32_are_renumbered_on_loading_and_refused_on_saving(tmp_p
     with pytest.raises(ValueError, match=r"ids up to 1099511627776, beyond the 4294967295"):
         save_annotations(tmp_path, "big", foreign, {})
     assert not annotation_paths(tmp_path, "big")[0].exists()
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        np.zeros((4, 5), np.uint32),
+        np.zeros((0, 3, 3), np.uint16),
+        np.array([[0, 3, 3], [7, 0, 1]], np.uint8),
+        np.array([[[0, 9], [9, 0]], [[2, 0], [0, 0]], [[0, 0], [0, 0]]], np.uint32),
+        np.array([[0, annotation_files.COUNT_BY_BINS_UP_TO + 5], [4, 4]], np.uint32),  # np.unique
+        np.array([[0, 2**40], [2**40, 3]], np.int64),
+        np.array([[-1, 0], [5, 5]], np.int32),
+    ],
+)
+def test_count_objects_counts_the_ids_but_background(labels):
+    assert annotation_files.count_objects(labels) == np.count_nonzero(np.unique(labels))
+
+
+def test_count_objects_of_a_random_stack_matches_unique():
+    labels = np.random.default_rng(0).integers(0, 3000, size=(6, 64, 80)).astype(np.uint32)
+    labels[2] = 0
+    labels[4, :10] = 5000
+    assert annotation_files.count_objects(labels) == np.count_nonzero(np.unique(labels))

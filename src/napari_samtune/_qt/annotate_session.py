@@ -23,6 +23,7 @@ from napari_samtune._qt.saved_renames import (
 )
 from napari_samtune.core.annotation_files import (
     annotation_paths,
+    count_objects,
     load_annotations,
     load_record,
     save_annotations,
@@ -260,7 +261,7 @@ class AnnotationSession:
         (else the undo history goes: the image's own autosave, restored when it opens)."""
         labels, record = load_annotations(labels_path)
         self.apply_loaded(labels, record, labels_path, undoable)
-        return int(np.count_nonzero(np.unique(labels)))  # ids, 0 (background) not one
+        return count_objects(labels)
 
     def apply_loaded(self, labels: np.ndarray, record: dict, labels_path, undoable: bool) -> None:
         """:meth:`load` once ``labels`` and ``record`` are read from ``labels_path``."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,9 @@ def read_tiff(path: Path) -> np.ndarray:
         raise ValueError(f"file {str(path)!r} is not a TIFF file; save images as .tif")
     with _tifffile_log() as logged:
         try:
-            pixels = tifffile.imread(path)
+            # every core: tifffile's default is half of them (one on a 2-core machine, where
+            # a zlib-compressed 60 x 2048 x 2048 labels stack took 2.8-3.4 s instead of 1.4-1.6)
+            pixels = tifffile.imread(path, maxworkers=os.cpu_count() or 1)
         except Exception as err:  # tifffile raises several types for files it cannot parse
             logged.append(str(err))
             pixels = None
