@@ -29,6 +29,7 @@ from napari_samtune._qt.annotate_file_jobs import AnnotateFileJobsMixin
 from napari_samtune._qt.annotate_files import AnnotateFilesMixin
 from napari_samtune._qt.annotate_image import AnnotateImageMixin
 from napari_samtune._qt.annotate_model import AnnotateModelMixin, LoadedWeights
+from napari_samtune._qt.annotate_restore import AnnotateRestoreMixin
 from napari_samtune._qt.annotate_session import AnnotationSession
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, AnnotateControls
 from napari_samtune._qt.dock_life import on_removed
@@ -69,6 +70,7 @@ class AnnotateWidget(
     AnnotateActionsMixin,
     AnnotateFilesMixin,
     AnnotateFileJobsMixin,
+    AnnotateRestoreMixin,
     QWidget,
 ):
     """Dock widget: interactive SAM annotation of the image layers of ``viewer``."""
@@ -113,6 +115,7 @@ class AnnotateWidget(
         # a prompt changes
         self._prompts_for_undo = None
         self._image_keys_before: dict = {}  # key -> the annotated image layer's own binding
+        self._restore_tasks: dict[int, str] = {}  # id(session) -> its restore's task name
         self._removing_own_layers = False  # removals the widget makes need no message
         self.ui.folder_edit.setText(str(default_annotation_folder()))
         self._shut_down = False
@@ -228,6 +231,7 @@ class AnnotateWidget(
         helpers = list(self.session.layers.layers) if self.session is not None else []
         self._detach()
         self._say_not_autosaved("the panel closed; their annotations layers stay in the viewer")
+        self._say_restores_dropped()
         self._unwatch_retired()
         for provider in [self.viewer, *helpers]:
             for key in self._key_actions():

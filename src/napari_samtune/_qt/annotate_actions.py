@@ -85,6 +85,8 @@ class AnnotateActionsMixin:
         if self._job_writes_here(PROPAGATE_TASK):
             show_info("wait for the propagation to finish, then commit")
             return []
+        if self._waits_for_restore("commit"):
+            return []
         if self._previews_behind:  # it would write a mask without the latest prompts
             show_info(behind_note(sorted(self._previews_behind)))
             return []
@@ -129,6 +131,8 @@ class AnnotateActionsMixin:
             return True
         if self._job_writes_here(AUTO_TASK):
             show_info("wait for the automatic segmentation to finish, then undo it (U)")
+            return False
+        if self._waits_for_restore("undo"):
             return False
         entry = self.session.undo()
         if entry is None:
@@ -240,6 +244,8 @@ class AnnotateActionsMixin:
         (saved when the run ends; its session is resumed if it is chosen again meanwhile).
         """
         if not self._ready_for_job("segment automatically"):
+            return None
+        if self._waits_for_restore("segment automatically"):
             return None
         axes = self.session.axes
         whole_stack = axes.is_stack and self.ui.auto_scope_combo.currentText() == SCOPE_STACK

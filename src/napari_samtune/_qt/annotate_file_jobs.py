@@ -42,6 +42,8 @@ class AnnotateFileJobsMixin:
         if self.session is None:
             show_info("nothing to save: pick an image first")
             return None
+        if self._waits_for_restore("save"):
+            return None
         folder = self.annotation_folder() if folder in (None, False) else Path(folder)
         # a background save still writing an older snapshot would otherwise land after this
         # one and replace it (its callbacks still run, later: they only report)
@@ -80,6 +82,8 @@ class AnnotateFileJobsMixin:
         if self._job_writes_here(AUTO_TASK):  # its later planes would land on the file's
             show_info("wait for the automatic segmentation to finish, then load annotations")
             return None
+        if self._waits_for_restore("load annotations"):
+            return None
         if path is None:
             path, _ = QFileDialog.getOpenFileName(
                 self, "Annotations", str(self.annotation_folder()), LOAD_FILTERS
@@ -93,6 +97,8 @@ class AnnotateFileJobsMixin:
         session = self.session
         if session is None:
             show_info("nothing to save: pick an image first")
+            return None
+        if self._waits_for_restore("save"):
             return None
         self._forget_not_autosaved(session)  # kept again if this save fails (see below)
         self.ui.status_label.setText(f"saving the annotations of {session.image_layer.name!r}…")

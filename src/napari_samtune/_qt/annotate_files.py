@@ -19,6 +19,7 @@ from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QFileDialog
 
 from napari_samtune._qt.annotate_jobs import SAVE_TASK
+from napari_samtune._qt.annotate_restore import restore_pending
 from napari_samtune._qt.annotate_session import found_where
 from napari_samtune._qt.dock_life import main_window_of
 from napari_samtune._qt.workers import user_message
@@ -86,6 +87,7 @@ class AnnotateFilesMixin:
             show_warning(self.session.namesake_note(annotation_paths(folder, name)[0], file_name))
         labels_path, _ = annotation_paths(folder, file_name)
         if not labels_path.is_file():
+            self._end_restore(self.session)  # (a layer waiting for a file not here: no more)
             return
         try:
             self._load_saved(labels_path, labels)
@@ -95,6 +97,9 @@ class AnnotateFilesMixin:
     def _load_saved(self, labels_path: Path, labels: bool) -> None:
         if not labels:
             self.session.load_records(labels_path)
+            return
+        if self._restores_in_background():
+            self._start_restore(labels_path)
             return
         n_objects = self.session.load(labels_path)
         show_info(f"restored {n_objects} saved objects from {labels_path}")
@@ -245,8 +250,8 @@ class AnnotateFilesMixin:
         """Save a snapshot of ``session`` (default: the image annotated now) in the
         background, atomically; coalesces overlapping requests."""
         session = self.session if session is None else session
-        if session is None:
-            return None
+        if session is None or restore_pending(session.layers.annotations):
+            return None  # (nothing of the person's yet: the file holds the annotations)
         if not self.ui.autosave_check.isChecked():
             self._remember_not_autosaved(session)
             return None

@@ -14,6 +14,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_samtune._qt import layer_names
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, PROPAGATE_TASK
+from napari_samtune._qt.annotate_restore import restore_pending
 from napari_samtune._qt.annotate_session import AnnotationSession, found_where
 from napari_samtune._qt.image_planes import channels_first_refusal, describe_image
 from napari_samtune._qt.layer_names import ImageMark, layers_of_image, rename_layers
@@ -200,7 +201,10 @@ class AnnotateImageMixin:
         self._invalidate_embedding()
         if resumed is None and not self._take_over_not_autosaved(self.session):
             # (a resumed session holds its records already, and newer ones)
-            self._restore_autosave(labels=self.session.layers.annotations_created)
+            annotations = self.session.layers.annotations
+            self._restore_autosave(
+                labels=self.session.layers.annotations_created or restore_pending(annotations)
+            )
         self._ensure_embedding()
 
     def _session_to_resume(self, layer, axes) -> AnnotationSession | None:
@@ -363,8 +367,9 @@ class AnnotateImageMixin:
         notes, restore = session.follow_rename(may_restore=session is self.session)
         for note in notes:
             show_info(note)
-        if restore:  # its earlier annotations, under its new name: as if picked so named
-            self._restore_autosave()
+        waiting = session is self.session and restore_pending(session.layers.annotations)
+        if restore or waiting:  # its earlier annotations, under its new name: as if picked
+            self._restore_autosave()  # so named (a restore running read the old name's)
 
     def _on_image_moved(self, event=None) -> None:
         if self.session is not None:

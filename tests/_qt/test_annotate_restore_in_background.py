@@ -1,0 +1,96 @@
+"""A large image's autosave is restored in a worker (it froze napari for seconds): until its
+labels are in, the annotations layer is locked and marked, edits wait and say so, and
+whatever ends the wait early leaves the file to be restored the next time, never saved over.
+
+The tests of ``test_annotate_restore`` run here again with every restore in the background
+(``BACKGROUND_RESTORE_PIXELS`` 0), as a large stack's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_samtune._qt import annotate_restore
+from napari_samtune._qt.annotate import AnnotateWidget
+from napari_samtune._qt.annotate_restore import RESTORE_PENDING_KEY, restore_pending
+from tests._qt.test_annotate_restore import *  # noqa: F403 (run again in the background)
+
+
+@pytest.fixture(autouse=True)
+def _restores_in_background(monkeypatch):
+    monkeypatch.setattr(annotate_restore, "BACKGROUND_RESTORE_PIXELS", 0)
+
+
+def _start_restoring(viewer, folder) -> AnnotateWidget:
+    """A new panel on ``viewer`` restoring cells0's annotations from ``folder`` (not waited
+    for)."""
+    widget = AnnotateWidget(viewer)
+    widget.ui.image_combo.setCurrentText("cells0")
+    widget.ui.folder_edit.setText(str(folder))
+    widget._use_folder()
+    assert restore_pending(widget.session.layers.annotations)
+    return widget
+
+
+def test_edits_wait_for_the_restore_and_say_so(
+    cells_with_one_saved_object, cells_viewer, tmp_path, tiny_sam, drain_jobs, notifications
+):
+    cells_with_one_saved_object(tmp_path)
+    saved = tifffile.imread(tmp_path / "cells0.labels.tif")
+    widget = _start_restoring(cells_viewer(2), tmp_path)
+    widget.set_model(tiny_sam, "tiny", "tiny-test")
+    annotations = widget.session.layers.annotations
+    assert not annotations.editable and not annotations.data.any()
+    widget.session.layers.preview.data[30:40, 30:40] = 1
+    assert widget.commit() == [] and not widget.undo()
+    assert widget.save_annotations() is None
+    assert widget.start_loading_annotations(tmp_path / "cells0.labels.tif") is None
+    waiting = [n for n in notifications if "are being restored" in n]
+    assert len(waiting) == 4 and "commit once they are in" in waiting[0]
+    drain_jobs(widget)
+    np.testing.assert_array_equal(annotations.data, saved)
+    assert annotations.editable and RESTORE_PENDING_KEY not in annotations.metadata
+    assert "restored 1 saved objects" in notifications[-1]
+    assert widget.commit() == [2]  # after the restored object
+    drain_jobs(widget)
+    assert set(np.unique(tifffile.imread(tmp_path / "cells0.labels.tif"))) == {0, 1, 2}
+
+
+def test_another_image_picked_meanwhile_gets_the_restore_all_the_same(
+    cells_with_one_saved_object, cells_viewer, tmp_path, drain_jobs
+):
+    cells_with_one_saved_object(tmp_path)
+    saved = tifffile.imread(tmp_path / "cells0.labels.tif")
+    viewer = cells_viewer(2)
+    widget = _start_restoring(viewer, tmp_path)
+    annotations = widget.session.layers.annotations
+    widget.ui.image_combo.setCurrentText("cells1")
+    drain_jobs(widget)
+    np.testing.assert_array_equal(annotations.data, saved)
+    assert annotations.editable and not restore_pending(annotations)
+    widget.ui.image_combo.setCurrentText("cells0")
+    drain_jobs(widget)
+    np.testing.assert_array_equal(widget.session.annotations, saved)
+    assert len(widget.session.records) == 1  # its record came back with it
+
+
+def test_a_restore_cut_short_by_closing_the_panel_comes_back_with_the_next_one(
+    cells_with_one_saved_object, cells_viewer, tmp_path, drain_jobs, notifications, monkeypatch
+):
+    cells_with_one_saved_object(tmp_path)
+    saved = tifffile.imread(tmp_path / "cells0.labels.tif")
+    viewer = cells_viewer(2)
+    widget = _start_restoring(viewer, tmp_path)
+    annotations = widget.session.layers.annotations
+    widget.shut_down()
+    drain_jobs(widget)
+    assert not annotations.data.any() and not annotations.editable  # locked, still marked
+    assert any("was not restored from" in n and "stays locked" in n for n in notifications)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "cells0.labels.tif"), saved)
+    monkeypatch.setenv("SAMTUNE_ANNOTATIONS_DIR", str(tmp_path))  # the next panel's folder
+    again = AnnotateWidget(viewer)  # on cells0; its layer is there, and marked: restored
+    assert again.session.layers.annotations is annotations and restore_pending(annotations)
+    drain_jobs(again)
+    np.testing.assert_array_equal(annotations.data, saved)
+    assert annotations.editable
