@@ -94,3 +94,22 @@ def test_a_restore_cut_short_by_closing_the_panel_comes_back_with_the_next_one(
     drain_jobs(again)
     np.testing.assert_array_equal(annotations.data, saved)
     assert annotations.editable
+
+
+def test_an_image_renamed_while_restoring_is_restored_under_its_new_name(
+    cells_with_one_saved_object, cells_viewer, tmp_path, drain_jobs
+):
+    cells_with_one_saved_object(tmp_path)
+    saved = tifffile.imread(tmp_path / "cells0.labels.tif")
+    viewer = cells_viewer(2)
+    widget = _start_restoring(viewer, tmp_path)
+    viewer.layers["cells0"].name = "renamed"
+    drain_jobs(widget)
+    annotations = widget.session.layers.annotations
+    assert annotations.name == "renamed annotations" and not restore_pending(annotations)
+    np.testing.assert_array_equal(annotations.data, saved)
+    widget.session.layers.preview.data[40:50, 40:50] = 1
+    assert widget.commit() == [2]
+    drain_jobs(widget)
+    (path,) = tmp_path.glob("renamed*.labels.tif")  # the saved object and the new one
+    assert set(np.unique(tifffile.imread(path))) == {0, 1, 2}
