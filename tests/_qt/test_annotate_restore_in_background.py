@@ -22,23 +22,26 @@ def _restores_in_background(monkeypatch):
     monkeypatch.setattr(annotate_restore, "BACKGROUND_RESTORE_PIXELS", 0)
 
 
-def _start_restoring(viewer, folder) -> AnnotateWidget:
-    """A new panel on ``viewer`` restoring cells0's annotations from ``folder`` (not waited
-    for)."""
+@pytest.fixture
+def restoring(cells_with_one_saved_object, cells_viewer, tmp_path):
+    """``(viewer, widget, saved)``: cells0 with one object saved in ``tmp_path``
+    (``saved``, its labels), then a new viewer of the cells images and a panel restoring
+    them in the background (not waited for)."""
+    cells_with_one_saved_object(tmp_path)
+    saved = tifffile.imread(tmp_path / "cells0.labels.tif")
+    viewer = cells_viewer(2)
     widget = AnnotateWidget(viewer)
     widget.ui.image_combo.setCurrentText("cells0")
-    widget.ui.folder_edit.setText(str(folder))
+    widget.ui.folder_edit.setText(str(tmp_path))
     widget._use_folder()
     assert restore_pending(widget.session.layers.annotations)
-    return widget
+    return viewer, widget, saved
 
 
 def test_edits_wait_for_the_restore_and_say_so(
-    cells_with_one_saved_object, cells_viewer, tmp_path, tiny_sam, drain_jobs, notifications
+    restoring, tmp_path, tiny_sam, drain_jobs, notifications
 ):
-    cells_with_one_saved_object(tmp_path)
-    saved = tifffile.imread(tmp_path / "cells0.labels.tif")
-    widget = _start_restoring(cells_viewer(2), tmp_path)
+    _, widget, saved = restoring
     widget.set_model(tiny_sam, "tiny", "tiny-test")
     annotations = widget.session.layers.annotations
     assert not annotations.editable and not annotations.data.any()
@@ -57,13 +60,8 @@ def test_edits_wait_for_the_restore_and_say_so(
     assert set(np.unique(tifffile.imread(tmp_path / "cells0.labels.tif"))) == {0, 1, 2}
 
 
-def test_another_image_picked_meanwhile_gets_the_restore_all_the_same(
-    cells_with_one_saved_object, cells_viewer, tmp_path, drain_jobs
-):
-    cells_with_one_saved_object(tmp_path)
-    saved = tifffile.imread(tmp_path / "cells0.labels.tif")
-    viewer = cells_viewer(2)
-    widget = _start_restoring(viewer, tmp_path)
+def test_another_image_picked_meanwhile_gets_the_restore_all_the_same(restoring, drain_jobs):
+    _, widget, saved = restoring
     annotations = widget.session.layers.annotations
     widget.ui.image_combo.setCurrentText("cells1")
     drain_jobs(widget)
@@ -76,12 +74,9 @@ def test_another_image_picked_meanwhile_gets_the_restore_all_the_same(
 
 
 def test_a_restore_cut_short_by_closing_the_panel_comes_back_with_the_next_one(
-    cells_with_one_saved_object, cells_viewer, tmp_path, drain_jobs, notifications, monkeypatch
+    restoring, tmp_path, drain_jobs, notifications, monkeypatch
 ):
-    cells_with_one_saved_object(tmp_path)
-    saved = tifffile.imread(tmp_path / "cells0.labels.tif")
-    viewer = cells_viewer(2)
-    widget = _start_restoring(viewer, tmp_path)
+    viewer, widget, saved = restoring
     annotations = widget.session.layers.annotations
     widget.shut_down()
     drain_jobs(widget)
@@ -97,12 +92,9 @@ def test_a_restore_cut_short_by_closing_the_panel_comes_back_with_the_next_one(
 
 
 def test_an_image_renamed_while_restoring_is_restored_under_its_new_name(
-    cells_with_one_saved_object, cells_viewer, tmp_path, drain_jobs
+    restoring, tmp_path, drain_jobs
 ):
-    cells_with_one_saved_object(tmp_path)
-    saved = tifffile.imread(tmp_path / "cells0.labels.tif")
-    viewer = cells_viewer(2)
-    widget = _start_restoring(viewer, tmp_path)
+    viewer, widget, saved = restoring
     viewer.layers["cells0"].name = "renamed"
     drain_jobs(widget)
     annotations = widget.session.layers.annotations

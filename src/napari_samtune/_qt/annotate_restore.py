@@ -114,8 +114,12 @@ class AnnotateRestoreMixin:
         return True
 
     def _say_restores_dropped(self) -> None:
-        """The panel closes: restores still running are dropped (with the runner's tasks).
-        Their layers stay locked and marked: annotated again, the images are restored."""
+        """The panel closes: restores still running are dropped (a closed panel acts on
+        no layer). Their layers stay locked and marked: annotated again, the images are
+        restored."""
+        for task in self._restore_tasks.values():
+            self.runner.forget(task)
+        self._restore_tasks.clear()
         for layer in self.viewer.layers:
             if restore_pending(layer):
                 show_info(
