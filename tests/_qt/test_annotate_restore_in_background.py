@@ -105,3 +105,33 @@ def test_an_image_renamed_while_restoring_is_restored_under_its_new_name(
     drain_jobs(widget)
     (path,) = tmp_path.glob("renamed*.labels.tif")  # the saved object and the new one
     assert set(np.unique(tifffile.imread(path))) == {0, 1, 2}
+
+
+def test_a_file_that_fails_while_another_image_is_picked_is_never_saved_over(
+    cells_with_one_saved_object, cells_viewer, tmp_path, drain_jobs, notifications, tiny_sam
+):
+    cells_with_one_saved_object(tmp_path)
+    path, record = tmp_path / "cells0.labels.tif", tmp_path / "cells0.prompts.json"
+    saved = path.read_bytes()
+    with open(record, "a", encoding="utf-8") as file:
+        file.write("damaged")  # the labels file names the image; reading it fails
+    viewer = cells_viewer(2)
+    widget = AnnotateWidget(viewer)
+    widget.ui.folder_edit.setText(str(tmp_path))
+    widget._use_folder()
+    annotations = widget.session.layers.annotations
+    widget.ui.image_combo.setCurrentText("cells1")
+    drain_jobs(widget)
+    said = [n for n in notifications if f"could not restore {path}" in n]
+    assert said and "Pick 'cells0' again" in said[-1]
+    assert restore_pending(annotations) and not annotations.editable
+    widget.ui.image_combo.setCurrentText("cells0")  # fails again: saves go beside it
+    widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    assert not restore_pending(annotations) and annotations.editable
+    widget.session.layers.preview.data[40:50, 40:50] = 1
+    assert widget.commit() == [1]
+    drain_jobs(widget)
+    assert path.read_bytes() == saved
+    (beside,) = tmp_path.glob("cells0-*.labels.tif")
+    np.testing.assert_array_equal(tifffile.imread(beside), annotations.data)

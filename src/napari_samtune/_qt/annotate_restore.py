@@ -76,25 +76,31 @@ class AnnotateRestoreMixin:
         meant = annotations.metadata.get(RESTORE_PENDING_KEY) == str(labels_path)
         if not meant or annotations not in self.viewer.layers:
             return  # the layer went, or waits for another file now
-        if isinstance(read, str):
-            if session is not self.session:  # the layer stays locked and marked until then
-                show_warning(
-                    f"could not restore {labels_path}: {read}. Pick "
-                    f"{session.image_layer.name!r} again: its annotations are then saved "
-                    "beside that file, not over it"
-                )
-                return
+        problem = read
+        if not isinstance(read, str):
+            problem = self._apply_restored(session, labels_path, read)
+        if not problem:
             self._end_restore(session)
-            self._restore_failed(labels_path, read, labels=True)
-            return
-        labels, record, n_objects = read
+            show_info(f"restored {read[2]} saved objects from {labels_path}")
+        elif session is not self.session:  # the layer stays locked and marked until then
+            show_warning(
+                f"could not restore {labels_path}: {problem}. Pick "
+                f"{session.image_layer.name!r} again: its annotations are then saved "
+                "beside that file, not over it"
+            )
+        else:  # as when read on the GUI thread: saves go beside the file
+            self._end_restore(session)
+            self._restore_failed(labels_path, problem, labels=True)
+
+    @staticmethod
+    def _apply_restored(session, labels_path: Path, read) -> str:
+        """Put what was read into ``session``'s annotations; "" or why they were not."""
+        labels, record, _ = read
         try:
             session.apply_loaded(labels, record, labels_path, undoable=False)
         except ValueError as err:  # another shape: the file is left as it is
-            show_warning(f"could not restore {labels_path}: {user_message(err)}")
-        else:
-            show_info(f"restored {n_objects} saved objects from {labels_path}")
-        self._end_restore(session)
+            return user_message(err)
+        return ""
 
     def _end_restore(self, session) -> None:
         """``session``'s annotations no longer wait for a file: they can be painted."""
