@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from pathlib import Path
 
 import torch
@@ -36,6 +37,18 @@ def synchronize(device: torch.device | str) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def call_seconds(fn, calls: int, device: torch.device | str = "cpu") -> list[float]:
+    """Wall time of each of ``calls`` calls of ``fn()``, seconds, the work it queued on
+    ``device`` included."""
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def describe(device: torch.device | str) -> str:

@@ -47,7 +47,7 @@ import time
 
 import numpy as np
 import torch
-from bench_device import describe, resolve, synchronize
+from bench_device import call_seconds, describe, resolve, synchronize
 from segment_anything import SamPredictor
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_flop_count
 
@@ -63,13 +63,7 @@ def timed(fn, repeats: int, device: torch.device | str = "cpu") -> float:
     queued on ``device`` included."""
     fn()
     synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(call_seconds(fn, repeats, device))
 
 
 def matmul_peak_tflops(dtype: torch.dtype, device: torch.device | str = "cpu") -> float:

@@ -26,10 +26,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
 import torch
-from bench_device import describe, resolve, synchronize
+from bench_device import call_seconds, describe, resolve, synchronize
 
 from napari_samtune.core.accelerate import autocast, use_fast_paths
 from napari_samtune.core.architectures import build_sam
@@ -104,13 +103,7 @@ def kernels_per_call(fn, device: torch.device) -> int | None:
 
 
 def median_seconds(fn, calls: int, device: torch.device) -> float:
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(call_seconds(fn, calls, device))
 
 
 def measure(name: str, device: torch.device, rounds: int, calls: int) -> None:
