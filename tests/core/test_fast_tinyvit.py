@@ -1,5 +1,7 @@
 """TinyViT (vit_t) fast paths: each gives the stock result, fused or not."""
 
+import math
+
 import pytest
 import torch
 
@@ -334,6 +336,69 @@ def test_fast_tinyvit_block_fuses_its_residual_adds(fused_linears):
         assert "mkldnn::_linear_pointwise" not in names, names
         assert names.count("aten::gelu_") == 1, names
         assert names.count("aten::add_") == 3, names  # the attention bias, both residuals
+
+
+def test_fast_tinyvit_block_in_bf16_fuses_its_bf16_residual_adds(fused_linears):
+    """TinyViT's tokens are bf16 under autocast (the convolutions before the blocks make
+    them so): where fused linears pay, both residual adds go into the bf16 linear kernels,
+    and the block stays as close to fp32 as stock autocast."""
+    block, x = _tinyvit_blocks()[5]
+    _trained_like(block)
+    x = x.bfloat16()
+    with torch.inference_mode():
+        reference = block(x.float())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            stock = block(x).float()
+            use_fast_tinyvit(torch.nn.Sequential(block))
+            with torch.profiler.profile(record_shapes=True) as profile:
+                fast = block(x)
+    names = [event.name for event in profile.events()]
+    token_adds = [  # not the adds of the folded batch norm's statistics
+        e for e in profile.events() if e.name == "aten::add" and x.numel() in _numels(e)
+    ]
+    assert fast.dtype == torch.bfloat16
+    assert names.count("mkldnn::_linear_pointwise") == (3 if fused_linears else 0), names
+    assert len(token_adds) == (0 if fused_linears else 2)  # else the two residual adds
+    assert (fast.float() - reference).abs().max() <= 2 * (stock - reference).abs().max() + 1e-2
+
+
+def _numels(event) -> list[int]:
+    return [math.prod(shape) for shape in event.input_shapes if shape]
+
+
+def test_linear_add_keeps_a_float32_residual_in_float32_under_bf16_autocast():
+    """ViT-B's residual stream stays float32 under autocast; fusing its add into a bf16
+    kernel would round it to bf16 at every block."""
+    linear = torch.nn.Linear(32, 16).eval()
+    x, residual = torch.randn(50, 32), torch.randn(50, 16)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        kept = onednn.linear_add(x, linear, residual)
+        rounded = onednn.linear_add(x, linear, residual.bfloat16())
+    assert kept.dtype == torch.float32
+    assert rounded.dtype == torch.bfloat16
+    expected = residual + linear(x)
+    torch.testing.assert_close(kept, expected, rtol=0.02, atol=0.05)
+    torch.testing.assert_close(rounded.float(), expected, rtol=0.02, atol=0.05)
+
+
+def test_window_softmax_takes_short_bf16_rows_through_float32():
+    torch.manual_seed(0)
+    short = torch.randn(6, 4, 49, 49).mul(4).bfloat16()
+    long = torch.randn(2, 5, 196, 196).mul(4).bfloat16()
+    with torch.no_grad():
+        probs = fast_tinyvit.window_softmax(short)
+        assert probs.dtype == torch.bfloat16
+        torch.testing.assert_close(probs, short.float().softmax(-1).bfloat16(), rtol=0, atol=0)
+        torch.testing.assert_close(fast_tinyvit.window_softmax(long), long.softmax(-1))
+        with torch.profiler.profile(record_shapes=True) as profile:
+            fast_tinyvit.window_softmax(short)
+            fast_tinyvit.window_softmax(long)
+    softmax_inputs = [e.input_shapes[0] for e in profile.events() if e.name == "aten::_softmax"]
+    assert softmax_inputs == [[6, 4, 49, 49], [2, 5, 196, 196]]
+    casts = [e for e in profile.events() if e.name == "aten::_to_copy"]
+    assert len(casts) == 2  # to float32 for the short rows and back; none for the long ones
+    short.requires_grad_(True)  # with gradients: the plain softmax
+    torch.testing.assert_close(fast_tinyvit.window_softmax(short), short.softmax(-1))
 
 
 def test_fused_linears_pay_where_the_cpu_has_avx512(monkeypatch):
