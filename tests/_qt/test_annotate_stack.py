@@ -10,7 +10,7 @@ import pytest
 from napari_samtune._qt.annotate import AnnotateWidget
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, EMBED_TASK, PROPAGATE_TASK
 from napari_samtune._qt.annotate_session import commit_note, plane_ranges, propagation_note
-from napari_samtune._qt.annotate_ui import SCOPE_STACK
+from napari_samtune._qt.annotate_ui import BATCHED_MODE, SCOPE_STACK
 from napari_samtune.core.synthetic import make_image
 
 N_PLANES = 4
@@ -111,6 +111,23 @@ def test_a_commit_off_the_plane_in_view_or_with_gaps_says_so(
     count = len(notifications)
     assert widget.commit() == [3]  # on the plane in view: nothing to add
     assert len(notifications) == count
+
+
+def test_batched_objects_on_different_planes_commit_as_different_objects(stack_widget, go_to_plane):
+    viewer, widget = stack_widget
+    widget.ui.mode_combo.setCurrentText(BATCHED_MODE)
+    layers = widget.session.layers
+    layers.points.add([[0, 30, 30], [0, 60, 60]])
+    go_to_plane(viewer, widget, 2)
+    layers.points.add([2, 48, 48])
+    ids = {plane: set(np.unique(layers.preview.data[plane]).tolist()) - {0} for plane in (0, 2)}
+    assert ids[0] and ids[2] and not ids[0] & ids[2]
+    assert min(ids[2]) > max(ids[0])  # above the other planes' (kept, not read: preview_tops)
+    committed = widget.commit()
+    annotations = widget.session.annotations
+    on_plane = [set(np.unique(annotations[plane]).tolist()) - {0} for plane in (0, 2)]
+    assert len(committed) == len(ids[0]) + len(ids[2])
+    assert on_plane[0] and on_plane[1] and not on_plane[0] & on_plane[1]
 
 
 def test_commit_notes_name_runs_of_planes():

@@ -46,6 +46,7 @@ from napari_samtune._qt.layer_names import (
     rename_layers,
     role_for,
 )
+from napari_samtune._qt.preview_tops import PreviewTops
 
 POSITIVE = "positive"
 NEGATIVE = "negative"
@@ -152,6 +153,7 @@ class PromptLayers:
         self.annotations = self._labels(name, ANNOTATIONS, opacity=0.5)
         self.preview = self._labels(name, PREVIEW, opacity=0.7)
         self.preview.colormap = _preview_colormap()
+        self._tops = PreviewTops.of(self.preview)  # None: a layer it did not make, read whole
         # per plane propagation reached; kept with the preview (picked again, an image finds
         # its preview layer and what propagated there: a correction refines, not replaces)
         self.propagated: dict[int, PropagatedPlane] = _PROPAGATED.setdefault(self.preview, {})
@@ -216,6 +218,8 @@ class PromptLayers:
             )
             layer = self._added(layer, name, suffix)
             self.annotations_created |= suffix == ANNOTATIONS
+            if suffix == PREVIEW:
+                PreviewTops.start(layer)
             return layer
         if layer.data.dtype != np.uint32:
             dtype = layer.data.dtype
@@ -340,7 +344,12 @@ class PromptLayers:
         """Show ``labels`` (uint32 (H, W), or None to empty it) as the preview of ``plane``."""
         target = self.preview_plane(plane)
         target[...] = 0 if labels is None else labels
+        self._wrote(plane, labels)
         self.preview.refresh()
+
+    def _wrote(self, plane: int | None, labels: np.ndarray | None) -> None:
+        if self._tops is not None:
+            self._tops.wrote(plane, labels)
 
     def ids_apart_from_other_planes(self, plane: int | None, labels: np.ndarray) -> np.ndarray:
         """``labels`` (uint32 (H, W), the objects of ``plane``) with ids above those of the
@@ -349,10 +358,13 @@ class PromptLayers:
         data = self.preview.data
         if plane is None or len(data) < 2 or not labels.any():
             return labels
-        highest = data.reshape(len(data), -1).max(axis=1)
-        highest[plane] = 0
-        offset = int(highest.max())
-        return np.where(labels > 0, labels + np.uint32(offset), 0).astype(np.uint32)
+        offset = None if self._tops is None else self._tops.highest_apart_from(plane)
+        if offset is None:  # not known: read every plane (see preview_tops)
+            highest = data.reshape(len(data), -1).max(axis=1)
+            highest[plane] = 0
+            offset = int(highest.max())
+        apart = np.zeros(labels.shape, np.uint32)  # (np.where took 12 ms for 2048 x 2048, this 2)
+        return np.add(labels, np.uint32(offset), out=apart, where=labels > 0, casting="unsafe")
 
     def clear_propagated(self, keep: int) -> None:
         """Empty the preview of the planes an earlier propagation filled, but plane ``keep``
@@ -360,6 +372,7 @@ class PromptLayers:
         for plane in [plane for plane in self.propagated if plane != keep]:
             del self.propagated[plane]
             self.preview_plane(plane)[...] = 0
+            self._wrote(plane, None)
         self.preview.refresh()
 
     def clear_preview(self) -> None:
@@ -370,6 +383,7 @@ class PromptLayers:
         self.propagated.clear()
         for plane in self.preview_planes():
             self.preview_plane(plane)[...] = 0
+            self._wrote(plane, None)
         self.preview.refresh()
 
     def preview_planes(self) -> list[int | None]:
