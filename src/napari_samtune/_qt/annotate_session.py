@@ -263,8 +263,12 @@ class AnnotationSession:
         self.apply_loaded(labels, record, labels_path, undoable)
         return count_objects(labels)
 
-    def apply_loaded(self, labels: np.ndarray, record: dict, labels_path, undoable: bool) -> None:
-        """:meth:`load` once ``labels`` and ``record`` are read from ``labels_path``."""
+    def apply_loaded(
+        self, labels: np.ndarray, record: dict, labels_path, undoable: bool, writes=None
+    ) -> None:
+        """:meth:`load` once ``labels`` and ``record`` are read from ``labels_path``;
+        ``writes``: what replacing the annotations changes, found by the reader beforehand
+        (else here)."""
         if labels.shape != self.axes.spatial_shape:
             raise ValueError(
                 f"{Path(labels_path).name!r} has shape {labels.shape!r} but image "
@@ -273,7 +277,10 @@ class AnnotationSession:
             )
         if undoable:
             entry = UndoEntry(records_before=self.records)
-            entry.remember_replacement(self.annotations, labels)
+            if writes is None:
+                entry.remember_replacement(self.annotations, labels)
+            else:
+                entry.writes = list(writes)
             self.undo_stack.push(entry)
         else:
             self.undo_stack.clear()
