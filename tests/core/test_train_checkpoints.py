@@ -81,3 +81,39 @@ def test_a_second_round_s_automatic_name_does_not_grow(model, expected):
     from napari_samtune.core.train_export import automatic_model_name
 
     assert automatic_model_name(model, datetime(2026, 12, 3, 11, 30)) == expected
+
+
+def test_a_best_checkpoint_damaged_before_the_export_leaves_the_latest_epoch_s_model(
+    tmp_path, monkeypatch
+):
+    """It failed the finished run: its model was neither exported nor registered."""
+    from napari_samtune.core import trainer_files
+    from napari_samtune.core.models import load_model
+
+    real = trainer_files.export_and_register
+
+    def damaging(checkpoint, *args):
+        if checkpoint.name == "best.pt":
+            checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # truncated on disk
+        return real(checkpoint, *args)
+
+    monkeypatch.setattr(trainer_files, "export_and_register", damaging)
+    data = make_dataset(2, shape=(64, 64), seed=0)
+    config = TrainConfig(
+        model="random:tiny",
+        epochs=2,
+        n_objects_per_batch=1,
+        min_samples_per_epoch=1,
+        n_iterative_prompts=0,
+        mixed_precision="no",
+        early_stopping=None,
+        val_fraction=0.5,
+    )
+    with pytest.warns(UserWarning, match="best.pt could not be read"):
+        finished = train(config, data, out_dir=tmp_path / "run", model_name="kept")
+    assert finished.best_epoch is not None and finished.registered_name == "kept"
+    assert "not those of the best" in finished.outcome_message()
+    last = read_checkpoint(finished.last_checkpoint_path)
+    model = load_model("kept", device="cpu").sam
+    for key, value in last["model_state"].items():
+        torch.testing.assert_close(model.state_dict()[key], value, msg=key)

@@ -212,6 +212,11 @@ def folder_problem(folder: str | os.PathLike) -> str | None:
     return None
 
 
+class UnreadableFile(ValueError):
+    """A file :func:`safe_torch_load` could not load safely (truncated, corrupt, another
+    format, or Python objects besides tensors)."""
+
+
 def safe_torch_load(path: str | os.PathLike, expected: str) -> object:
     """``torch.load(path, weights_only=True)`` on the CPU, with a ``ValueError`` that names
     the file and ``expected`` (what it should hold) when the file is not a safe PyTorch file:
@@ -228,20 +233,20 @@ def safe_torch_load(path: str | os.PathLike, expected: str) -> object:
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
         if found:
-            raise ValueError(
+            raise UnreadableFile(
                 f"{path} contains Python objects ({found.group(1)}) besides tensors, which "
                 f"safe loading (weights_only=True) refuses to run. Expected {expected}. "
                 "If you trust the file, re-save only its weights with torch.save(state_dict)"
             ) from None
-        raise ValueError(
+        raise UnreadableFile(
             f"{path} is not a PyTorch weights file (safe unpickling failed). Expected {expected}"
         ) from None
     except Exception as err:  # torch raises RuntimeError, EOFError, KeyError... on garbage
         raise _unreadable(path, err, expected) from None
 
 
-def _unreadable(path: str | os.PathLike, err: Exception, expected: str) -> ValueError:
-    return ValueError(
+def _unreadable(path: str | os.PathLike, err: Exception, expected: str) -> UnreadableFile:
+    return UnreadableFile(
         f"{path} is not a readable PyTorch weights file ({type(err).__name__}: "
         f"{first_line(str(err))}); "
         f"it may be truncated, corrupt or of another format. Expected {expected}"

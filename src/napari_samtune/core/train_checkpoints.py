@@ -125,8 +125,8 @@ def read_checkpoint(path: str | Path) -> dict:
     path = resolve_checkpoint(path)
     try:
         checkpoint = safe_torch_load(path, TRAINING_CHECKPOINT)
-    except ValueError as err:
-        raise ValueError(f"{err}{_whole_one_beside(path)}") from None
+    except ValueError as err:  # (an UnreadableFile stays one)
+        raise type(err)(f"{err}{_whole_one_beside(path)}") from None
     if isinstance(checkpoint, dict) and any(
         isinstance(key, str) and key.startswith("image_encoder.") for key in checkpoint
     ):  # a plain SAM state dict: what export writes (a run's model.pth) or a download

@@ -126,6 +126,8 @@ class TrainingFinished:
     # epochs_done; all steps_per_epoch of them: only its validation is left, which a resume
     # does first
     steps_per_epoch: int = 0
+    export_note: str = ""  # why the model holds other weights than the best epoch's ("": it
+    # does not)
 
     def outcome_message(self) -> str:
         """How the run ended, and where its model is, in one sentence."""
@@ -146,9 +148,10 @@ class TrainingFinished:
             if self.name_taken
             else ""
         )
+        note = f"; {self.export_note}" if self.export_note else ""
         return (
             f"training {how} after {self.trained_summary()}: model "
-            f"{self.registered_name!r}{taken} saved to {self.exported_model_path}"
+            f"{self.registered_name!r}{taken} saved to {self.exported_model_path}{note}"
         )
 
     def trained_summary(self) -> str:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from napari_samtune.core import distributed as ddp
-from napari_samtune.core.checkpoints import atomic_write
+from napari_samtune.core.checkpoints import UnreadableFile, atomic_write, first_line
 from napari_samtune.core.train_checkpoints import write_checkpoint
 from napari_samtune.core.train_events import TrainingFinished
 from napari_samtune.core.train_export import (
@@ -183,15 +184,14 @@ class TrainerFilesMixin:
         last, best = self.files.last, self.files.best
         trained = self.steps_done > 0 or p.epoch > self.start_epoch
         exported = name = None
+        export_note = ""
         if trained:  # on every rank: the checkpoint holds the epoch's loss of all of them
             self._sum_epoch_loss_over_ranks()
         if self.dist.is_main and trained:
             if self.stopped_by_user or not last.exists():
                 self._write_checkpoints(is_best=False)
             source = best if p.best_epoch >= 0 and best.exists() else last
-            exported, name = export_and_register(
-                source, self.out_dir, self.model_name, self._summary()
-            )
+            exported, name, export_note = self._export(source)
         ddp.barrier(self.dist)
         finished = TrainingFinished(
             best_epoch=p.best_epoch if p.best_epoch >= 0 else None,
@@ -210,6 +210,7 @@ class TrainerFilesMixin:
             name_taken=self.model_name if name and self.model_name not in (None, name) else None,
             steps_in_epoch=p.step_in_epoch,
             steps_per_epoch=self.steps_per_epoch,
+            export_note=export_note,
         )
         if self.dist.is_main and trained:  # an earlier summary names the registered model
             # its paths whole: read from another folder, relative ones would name nothing
@@ -218,6 +219,25 @@ class TrainerFilesMixin:
             }
             write_json(self.files.summary, summary)
         return finished
+
+    def _export(self, source: Path) -> tuple[Path, str, str]:
+        """Export and register ``source``: (model file, registered name, note). A best.pt
+        that cannot be read (damaged on disk since it was written) does not cost the run its
+        model: last.pt, whole, is exported instead, and the note says so."""
+        last, summary = self.files.last, self._summary()
+        try:
+            return (*export_and_register(source, self.out_dir, self.model_name, summary), "")
+        except UnreadableFile as err:
+            if source == last or not last.exists():
+                raise
+            note = (
+                f"{source} could not be read ({first_line(str(err))}), so the model holds the "
+                f"weights of the latest epoch ({last.name}), not those of the best (epoch "
+                f"{self.progress.best_epoch + 1})"
+            )
+        warnings.warn(note, stacklevel=2)
+        exported, name = export_and_register(last, self.out_dir, self.model_name, summary)
+        return exported, name, note
 
     def _sum_epoch_loss_over_ranks(self) -> None:
         """The loss sum and count of the epoch so far, of all ranks: rank 0's progress (the
