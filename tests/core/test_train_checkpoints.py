@@ -45,11 +45,11 @@ def test_an_exported_model_given_as_a_checkpoint_is_named_as_one(tmp_path):
         read_checkpoint(exported)
 
 
-def test_train_resumes_from_its_run_folder(tmp_path):
-    data = make_dataset(2, shape=(64, 64), seed=0)
-    config = TrainConfig(
+def _tiny_run(epochs: int) -> TrainConfig:
+    """A random tiny SAM, a patch per epoch, half the data to validate (so best.pt is kept)."""
+    return TrainConfig(
         model="random:tiny",
-        epochs=1,
+        epochs=epochs,
         n_objects_per_batch=1,
         min_samples_per_epoch=1,
         n_iterative_prompts=0,
@@ -57,6 +57,11 @@ def test_train_resumes_from_its_run_folder(tmp_path):
         early_stopping=None,
         val_fraction=0.5,
     )
+
+
+def test_train_resumes_from_its_run_folder(tmp_path):
+    data = make_dataset(2, shape=(64, 64), seed=0)
+    config = _tiny_run(epochs=1)
     first = train(config, data, out_dir=tmp_path / "run")
     twice = dataclasses.replace(config, epochs=2)
     resumed = train(twice, data, out_dir=tmp_path / "run", resume_from=tmp_path / "run")
@@ -99,16 +104,7 @@ def test_a_best_checkpoint_damaged_before_the_export_leaves_the_latest_epoch_s_m
 
     monkeypatch.setattr(trainer_files, "export_and_register", damaging)
     data = make_dataset(2, shape=(64, 64), seed=0)
-    config = TrainConfig(
-        model="random:tiny",
-        epochs=2,
-        n_objects_per_batch=1,
-        min_samples_per_epoch=1,
-        n_iterative_prompts=0,
-        mixed_precision="no",
-        early_stopping=None,
-        val_fraction=0.5,
-    )
+    config = _tiny_run(epochs=2)
     with pytest.warns(UserWarning, match="best.pt could not be read"):
         finished = train(config, data, out_dir=tmp_path / "run", model_name="kept")
     assert finished.best_epoch is not None and finished.registered_name == "kept"
