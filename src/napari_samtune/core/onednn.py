@@ -78,10 +78,10 @@ def linear_add(x: torch.Tensor, linear: torch.nn.Linear, residual: torch.Tensor)
     keeps in float32) stays float32 through the plain add.
     """
     if residual.dtype == torch.bfloat16 and bf16_fusable(x, linear) and fused_linears_pay():
-        bf16 = torch.bfloat16
-        bias = None if linear.bias is None else linear.bias.to(bf16)
-        weight = linear.weight.to(bf16)
-        return torch.ops.mkldnn._linear_pointwise.binary(x.to(bf16), residual, weight, bias, "add")
+        weight, bias = _bf16_parameters(linear)
+        return torch.ops.mkldnn._linear_pointwise.binary(
+            x.to(torch.bfloat16), residual, weight, bias, "add"
+        )
     if not fusable(x, linear):
         return residual + linear(x)
     if not fused_linears_pay():
@@ -113,12 +113,18 @@ def linear_gelu(x: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
     51 instead of 64 ms.
     """
     if bf16_fusable(x, linear) and fused_linears_pay():
-        bf16 = torch.bfloat16
-        bias = None if linear.bias is None else linear.bias.to(bf16)
-        weight = linear.weight.to(bf16)
-        return torch.ops.mkldnn._linear_pointwise(x.to(bf16), weight, bias, "gelu", [], "none")
+        weight, bias = _bf16_parameters(linear)
+        return torch.ops.mkldnn._linear_pointwise(
+            x.to(torch.bfloat16), weight, bias, "gelu", [], "none"
+        )
     if not fusable(x, linear):
         return F.gelu(linear(x))
     if not fused_linears_pay():
         return torch.ops.aten.gelu_(F.linear(x, linear.weight, linear.bias))
     return torch.ops.mkldnn._linear_pointwise(x, linear.weight, linear.bias, "gelu", [], "none")
+
+
+def _bf16_parameters(linear: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``linear``'s weight and bias (None if it has none) in bf16, for the bf16 kernels."""
+    bias = None if linear.bias is None else linear.bias.to(torch.bfloat16)
+    return linear.weight.to(torch.bfloat16), bias
