@@ -16,7 +16,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import QFileDialog
 
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, SAVE_TASK
-from napari_samtune._qt.label_edits import PixelWrite, UndoEntry
+from napari_samtune._qt.label_edits import UndoEntry
 from napari_samtune._qt.workers import user_message
 from napari_samtune.core.annotation_files import count_objects
 from napari_samtune.core.annotation_files import load_annotations as read_annotations
@@ -36,20 +36,19 @@ def read_for_loading(path: str | Path) -> tuple[np.ndarray, dict, int]:
 
 def read_to_replace(
     path: str | Path, annotations: np.ndarray
-) -> tuple[np.ndarray, dict, int, list[PixelWrite] | None]:
-    """:func:`read_for_loading`, and the pixels that replacing ``annotations`` with the
-    labels changes, which undo puts back (found here too: for 24 x 2048 x 2048 labels with
-    30% of pixels set, 0.3-1.8 s and 450 MB that the GUI thread spent). The annotations are
-    read while the GUI thread may edit them; such an edit stops the load (see ``_loaded``),
-    so what was read of them then is never used. None when the shapes differ (the load is
-    refused, saying so)."""
+) -> tuple[np.ndarray, dict, int, UndoEntry | None]:
+    """:func:`read_for_loading`, and the undo entry of replacing ``annotations`` with the
+    labels: the pixels that changes, which undo puts back (found here too: for 24 x 2048 x
+    2048 labels with 30% of pixels set, 0.3-1.8 s and 450 MB that the GUI thread spent). The
+    annotations are read while the GUI thread may edit them; such an edit stops the load
+    (see ``_loaded``), so what was read of them then is never used. None when the shapes
+    differ (the load is refused, saying so)."""
     labels, record, n_objects = read_for_loading(path)
-    writes = None
-    if annotations.shape == labels.shape:
-        entry = UndoEntry()
-        entry.remember_replacement(annotations, labels)
-        writes = entry.writes
-    return labels, record, n_objects, writes
+    if annotations.shape != labels.shape:
+        return labels, record, n_objects, None
+    replacement = UndoEntry()
+    replacement.remember_replacement(annotations, labels)
+    return labels, record, n_objects, replacement
 
 
 class AnnotateFileJobsMixin:
@@ -167,7 +166,7 @@ class AnnotateFileJobsMixin:
         return undo_stack.peek(), len(undo_stack), self._strokes
 
     def _loaded(
-        self, session, before: tuple, path, labels, record: dict, n_objects: int, writes
+        self, session, before: tuple, path, labels, record: dict, n_objects: int, replacement
     ) -> None:
         name = session.image_layer.name
         if self.session is not session:
@@ -184,7 +183,7 @@ class AnnotateFileJobsMixin:
             )
             return
         try:
-            session.apply_loaded(labels, record, path, undoable=True, writes=writes)
+            session.apply_loaded(labels, record, path, undoable=True, replacement=replacement)
         except ValueError as err:
             show_error(f"loading annotations failed: {user_message(err)}")
             return

@@ -264,11 +264,16 @@ class AnnotationSession:
         return count_objects(labels)
 
     def apply_loaded(
-        self, labels: np.ndarray, record: dict, labels_path, undoable: bool, writes=None
+        self,
+        labels: np.ndarray,
+        record: dict,
+        labels_path,
+        undoable: bool,
+        replacement: UndoEntry | None = None,
     ) -> None:
         """:meth:`load` once ``labels`` and ``record`` are read from ``labels_path``;
-        ``writes``: what replacing the annotations changes, found by the reader beforehand
-        (else here)."""
+        ``replacement``: the undo entry of the pixels replacing the annotations changes,
+        made by the reader beforehand (else here)."""
         if labels.shape != self.axes.spatial_shape:
             raise ValueError(
                 f"{Path(labels_path).name!r} has shape {labels.shape!r} but image "
@@ -276,11 +281,11 @@ class AnnotationSession:
                 "pick the annotations of this image"
             )
         if undoable:
-            entry = UndoEntry(records_before=self.records)
-            if writes is None:
+            entry = replacement
+            if entry is None:
+                entry = UndoEntry()
                 entry.remember_replacement(self.annotations, labels)
-            else:
-                entry.writes = list(writes)
+            entry.records_before = self.records
             self.undo_stack.push(entry)
         else:
             self.undo_stack.clear()
