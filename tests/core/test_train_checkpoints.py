@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -94,6 +95,7 @@ def test_a_best_checkpoint_damaged_before_the_export_leaves_the_latest_epoch_s_m
     """It failed the finished run: its model was neither exported nor registered."""
     from napari_samtune.core import trainer_files
     from napari_samtune.core.models import load_model
+    from napari_samtune.core.registry import user_models_dir
 
     real = trainer_files.export_and_register
 
@@ -109,6 +111,8 @@ def test_a_best_checkpoint_damaged_before_the_export_leaves_the_latest_epoch_s_m
         finished = train(config, data, out_dir=tmp_path / "run", model_name="kept")
     assert finished.best_epoch is not None and finished.registered_name == "kept"
     assert "not those of the best" in finished.outcome_message()
+    sidecar = json.loads((user_models_dir() / "kept.json").read_text())
+    assert "not those of the best" in json.dumps(sidecar)  # the model's record says so
     last = read_checkpoint(finished.last_checkpoint_path)
     model = load_model("kept", device="cpu").sam
     for key, value in last["model_state"].items():

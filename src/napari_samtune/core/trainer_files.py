@@ -236,6 +236,7 @@ class TrainerFilesMixin:
                 f"{self.progress.best_epoch + 1})"
             )
         warnings.warn(note, stacklevel=2)
+        summary["export_note"] = note  # the registered model's record says so too
         exported, name = export_and_register(last, self.out_dir, self.model_name, summary)
         return exported, name, note
 
