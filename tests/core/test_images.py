@@ -3,15 +3,9 @@ import warnings
 import numpy as np
 import pytest
 
-from napari_samtune.core import images
-from napari_samtune.core.images import (
-    HIGH_PERCENTILE,
-    LOW_PERCENTILE,
-    parse_channels,
-    plane_channel_axis,
-    rescale_to_uint8,
-    to_sam_rgb,
-)
+from napari_samtune.core import images, intensity
+from napari_samtune.core.images import parse_channels, plane_channel_axis, to_sam_rgb
+from napari_samtune.core.intensity import HIGH_PERCENTILE, LOW_PERCENTILE, rescale_to_uint8
 
 
 def test_uint8_grayscale_is_repeated_unchanged(rng):
@@ -68,8 +62,8 @@ def test_integer_images_rescale_by_histogram_exactly_as_by_sorting(rng, dtype, l
     for shape in [(1, 1), (3, 7), (97, 131)]:
         image = rng.integers(low, high, size=shape).astype(dtype)
         np.testing.assert_array_equal(rescale_to_uint8(image), _by_sorting(image))
-    wide = high - low > images.MAX_HISTOGRAM_BINS
-    assert (images._rescale_integers(image) is None) == wide  # which path was taken
+    wide = high - low > intensity.MAX_HISTOGRAM_BINS
+    assert (intensity._rescale_integers(image) is None) == wide  # which path was taken
     gamma = np.minimum(rng.gamma(2.0, 300.0, size=(120, 90)), 65535).astype(np.uint16)
     np.testing.assert_array_equal(rescale_to_uint8(gamma), _by_sorting(gamma))
 
