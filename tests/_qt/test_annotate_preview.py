@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_samtune._qt.annotate_session import behind_note
+from napari_samtune._qt.annotate_notes import behind_note
 
 
 def test_a_commit_waits_for_a_preview_behind_its_prompts(

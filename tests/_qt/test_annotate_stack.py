@@ -9,7 +9,12 @@ import pytest
 
 from napari_samtune._qt.annotate import AnnotateWidget
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, EMBED_TASK, PROPAGATE_TASK
-from napari_samtune._qt.annotate_session import commit_note, plane_ranges, propagation_note
+from napari_samtune._qt.annotate_notes import (
+    commit_note,
+    plane_ranges,
+    planes_phrase,
+    propagation_note,
+)
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, SCOPE_STACK
 from napari_samtune.core.synthetic import make_image
 
@@ -132,6 +137,7 @@ def test_batched_objects_on_different_planes_commit_as_different_objects(stack_w
 
 def test_commit_notes_name_runs_of_planes():
     assert plane_ranges([1, 2, 3, 7, 9, 10]) == "1-3, 7, 9-10"
+    assert planes_phrase([4]) == "plane 4" and planes_phrase([4, 5, 9]) == "planes 4-5, 9"
     assert commit_note([4, 5, 6], 5, one_object=True) == ""  # propagated through plane 5
     assert commit_note([None], None, one_object=True) == ""  # 2D
     assert commit_note([1, 3], 1, one_object=False) == ""  # batched: one object per prompt

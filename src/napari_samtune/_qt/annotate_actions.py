@@ -14,7 +14,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_samtune._qt import annotate_jobs as jobs
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, PROPAGATE_TASK
-from napari_samtune._qt.annotate_session import (
+from napari_samtune._qt.annotate_notes import (
     automatic_note,
     behind_note,
     commit_note,

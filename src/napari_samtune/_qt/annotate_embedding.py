@@ -14,7 +14,7 @@ from napari.utils.notifications import show_info, show_warning
 
 from napari_samtune._qt import annotate_jobs as jobs
 from napari_samtune._qt.annotate_jobs import EMBED_TASK, SEGMENTER_TASKS
-from napari_samtune._qt.annotate_session import plane_ranges
+from napari_samtune._qt.annotate_notes import planes_phrase
 
 
 class AnnotateEmbeddingMixin:
@@ -66,7 +66,7 @@ class AnnotateEmbeddingMixin:
             del layers.propagated[plane]
             layers.set_preview(plane, None)
         if planes:
-            where = ("plane " if len(planes) == 1 else "planes ") + plane_ranges(planes)
+            where = planes_phrase(planes)
             show_info(
                 f"cleared the propagated object on {where}: the model or the image changed "
                 "since it was propagated; propagate it again (or prompt those planes)"
@@ -236,5 +236,5 @@ def dropped_note(task: str, image: str, results: list, why: str) -> str:
     planes = sorted({r.plane for r in results if getattr(r, "plane", None) is not None})
     if not planes:
         return f"{task}: results discarded, {why} ({image!r})"
-    where = ("plane " if len(planes) == 1 else "planes ") + plane_ranges(planes)
+    where = planes_phrase(planes)
     return f"{task}: results discarded, {why} ({where} of {image!r})"

@@ -19,8 +19,8 @@ from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QFileDialog
 
 from napari_samtune._qt.annotate_jobs import SAVE_TASK
+from napari_samtune._qt.annotate_notes import found_where
 from napari_samtune._qt.annotate_restore import restore_pending
-from napari_samtune._qt.annotate_session import found_where
 from napari_samtune._qt.dock_life import main_window_of
 from napari_samtune._qt.workers import user_message
 from napari_samtune.core.annotation_files import (

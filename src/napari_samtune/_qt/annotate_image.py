@@ -14,8 +14,9 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_samtune._qt import layer_names
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, PROPAGATE_TASK
+from napari_samtune._qt.annotate_notes import found_where
 from napari_samtune._qt.annotate_restore import restore_pending
-from napari_samtune._qt.annotate_session import AnnotationSession, found_where
+from napari_samtune._qt.annotate_session import AnnotationSession
 from napari_samtune._qt.image_planes import channels_first_refusal, describe_image
 from napari_samtune._qt.layer_names import ImageMark, layers_of_image, rename_layers
 from napari_samtune._qt.prompt_layers import PromptLayers, layer_batch

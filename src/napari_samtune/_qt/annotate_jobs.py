@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_samtune._qt.annotate_session import plane_ranges
+from napari_samtune._qt.annotate_notes import planes_phrase
 from napari_samtune._qt.downloads import download_progress, fetch_model_file
 from napari_samtune._qt.image_planes import ImageAxes
 from napari_samtune._qt.propagate import PropagationConfig, iter_propagate
@@ -52,7 +52,7 @@ def skipped_note(task: str, image: str, skipped: Sequence[PlaneSkipped]) -> str:
     """What ``task`` (e.g. "automatic segmentation") of image ``image`` could not do: the
     planes of its ``skipped``, and why."""
     planes = sorted(result.plane for result in skipped)
-    where = ("plane " if len(planes) == 1 else "planes ") + plane_ranges(planes)
+    where = planes_phrase(planes)
     reasons = "; ".join(dict.fromkeys(result.reason for result in skipped))
     return f"{task} skipped {where} of {image!r}, the others are done: {reasons}"
 

@@ -1,0 +1,128 @@
+"""The messages the annotation widget shows about commits, propagation and automatic
+segmentation, and how they name planes ("planes 1-3, 7").
+
+Planes are numbered as napari's slider shows them, from 0; ``None`` is a 2D image's one
+plane.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from typing import Any
+
+
+def plane_ranges(planes: list[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3, 7"`` (sorted planes)."""
+    runs, start = [], planes[0]
+    for before, plane in pairwise(planes):
+        if plane != before + 1:
+            runs.append((start, before))
+            start = plane
+    runs.append((start, planes[-1]))
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def planes_phrase(planes: list[int]) -> str:
+    """``[4]`` -> ``"plane 4"``, ``[1, 2, 3, 7]`` -> ``"planes 1-3, 7"`` (sorted planes)."""
+    return ("plane " if len(planes) == 1 else "planes ") + plane_ranges(planes)
+
+
+def found_where(session: Any, planes: list[int | None]) -> str:
+    """ "the objects found on planes 0-2 of 'stack'" (or "in 'image'", 2D): what automatic
+    segmentation wrote on ``planes`` (sorted) of ``session``'s image."""
+    name = session.image_layer.name
+    if None in planes or not planes:
+        return f"the objects found in {name!r}"
+    where = planes_phrase(planes)
+    return f"the objects found on {where} of {name!r}"
+
+
+def commit_note(planes: list[int | None], in_view: int | None, one_object: bool) -> str:
+    """What a person should know about committing the preview on ``planes`` (sorted, from
+    ``preview_planes``) while viewing ``in_view``, as ``one_object`` or not (batched mode):
+    "" for the usual case, one plane in view or a run of neighbouring planes through it (an
+    object propagated through them)."""
+    if not planes or None in planes:
+        return ""
+    where = planes_phrase(planes)
+    if one_object and planes[-1] - planes[0] + 1 != len(planes):
+        return (
+            f"committed one object on {where}, with planes between them left empty: prompts "
+            "on separate planes make one object until committed; commit (C) after each "
+            "object to keep objects apart (U undoes this)"
+        )
+    if in_view not in planes:
+        return f"committed the preview on {where}, not on the plane in view ({in_view})"
+    return ""
+
+
+def covered_note(shown: int, committed: int) -> str:
+    """What became of the objects a commit did not write: of ``shown`` objects in the
+    preview, ``committed`` got pixels (with overwrite off, the others lay wholly on existing
+    objects; their prompts are cleared with the rest). "" when every object went in."""
+    if committed >= shown:
+        return ""
+    left = shown - committed
+    return (
+        f"committed {committed} of the {shown} objects in the preview: {left} lay wholly on "
+        f"existing objects and {'was' if left == 1 else 'were'} left out (overwrite is off); "
+        "to add them over those objects, tick overwrite and prompt them again"
+    )
+
+
+def behind_note(planes: list[int | None]) -> str:
+    """Why a commit waits: the preview of ``planes`` (sorted; ``[None]`` for a 2D image)
+    does not show their latest prompts yet."""
+    waits = (
+        "does not show your latest prompts (it waits for the model or an embedding, or "
+        "segmenting them failed)"
+    )
+    if planes == [None]:
+        return f"not committed yet: the preview {waits}; when it does, commit (C)"
+    where = planes_phrase(planes)
+    return (
+        f"not committed yet: the preview of {where} {waits}; view {where} until it does, "
+        "then commit (C)"
+    )
+
+
+def propagation_note(
+    start: int, reached: list[int], n_planes: int, max_area_ratio: float, max_planes: int
+) -> str:
+    """What propagation from plane ``start`` did: the planes it ``reached`` (any order), and
+    the planes where the stopping rule ended it (not the ends of the stack or the
+    ``max_planes`` limit). Planes are numbered as napari's slider shows them, from 0."""
+    stops = []
+    for step in (1, -1):  # the planes reached on a side run on from start, without a gap
+        beyond = start + step * (1 + sum((p - start) * step > 0 for p in reached))
+        if 0 <= beyond < n_planes and abs(beyond - start) <= max_planes:
+            stops.append(beyond)
+    rule = f"the object vanished or its area changed more than {max_area_ratio:g}×"
+    where = ("plane " if len(stops) == 1 else "planes ") + " and ".join(map(str, sorted(stops)))
+    if not reached:
+        return (
+            f"propagation reached no other plane: on {where} {rule}; raise 'stop at area "
+            "change ×' or prompt the object there yourself"
+        )
+    note = f"propagated the object from plane {start} through planes " + plane_ranges(
+        sorted([*reached, start])
+    )
+    if stops:
+        note += f"; it stopped at {where}, where {rule}"
+    return note + "; check them, then commit (C) to write the 3D object"
+
+
+def automatic_note(found: int, added: int, overwrite: bool) -> str:
+    """What automatic segmentation did: ``found`` objects, of which ``added`` got pixels
+    (without ``overwrite`` an object covered by existing ones gets none)."""
+    if found == 0:
+        return (
+            "automatic segmentation found no objects: lower 'min predicted IoU', 'min "
+            "stability' or 'min area' and run it again"
+        )
+    if added == found:
+        return f"automatic segmentation added {added} object{'' if added == 1 else 's'}"
+    return (
+        f"automatic segmentation added {added} of the {found} objects it found; the others "
+        "lie on existing objects" + ("" if overwrite else " (tick overwrite to replace them)")
+    )
