@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 import napari_samtune.cli as cli
-from napari_samtune.cli import in_option_terms
+from napari_samtune.cli import console, in_option_terms
 
 # Ctrl+C while torch is being imported (what building the parser does), sent for real:
 # the moment the import of torch begins.
@@ -168,7 +168,7 @@ def test_under_torchrun_the_first_worker_reports_for_all(
         waited = []
         monkeypatch.setattr(time, "sleep", waited.append)  # the first did not fail: say it
         assert cli.main(["export", "last.pt", "-o", "m.pth"]) == 2
-        assert capsys.readouterr().err == said and waited == [cli.WORKER_ERROR_WAIT_S]
+        assert capsys.readouterr().err == said and waited == [console.WORKER_ERROR_WAIT_S]
     monkeypatch.setattr(export, "run", interrupted)  # Ctrl+C reaches every worker at once
     assert cli.main(["export", "last.pt", "-o", "m.pth"]) == 130
     assert ("interrupted; checkpoints are in run/" in capsys.readouterr().err) == first

@@ -11,19 +11,22 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
-import logging
 import os
 import re
 import shlex
-import signal
 import sys
-import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 from napari_samtune import __version__
+from napari_samtune.cli.console import (
+    interrupted,
+    plain_warnings,
+    report_error,
+    stdout_closed,
+    torchrun_world_size,
+)
 
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "models",
@@ -281,104 +284,18 @@ def _main(argv: list[str] | None) -> int:
     try:  # building the parser imports the subcommands, and torch with them: seconds
         args = build_parser().parse_args(argv)
     except KeyboardInterrupt:
-        return _interrupted(_command_in(sys.argv[1:] if argv is None else argv))
+        return interrupted(_command_in(sys.argv[1:] if argv is None else argv))
     try:
         _check_single_process(args.command)
         return int(args.func(args) or 0)
     except BrokenPipeError:
-        return _stdout_closed()
+        return stdout_closed()
     except (ValueError, TypeError, OSError) as err:
         # User errors carry messages that name the problem and the fix: no traceback.
-        _report_error(f"samtune {args.command}: error: {err}")
+        report_error(f"samtune {args.command}: error: {err}")
         return 2
     except KeyboardInterrupt as err:
-        return _interrupted(args.command, str(err), terminated=isinstance(err, Terminated))
-
-
-@contextmanager
-def plain_warnings() -> Iterator[None]:
-    """Python warnings of the block as ``warning: ...`` lines on stderr, like the command's
-    own, each text once, and from the main process only.
-
-    Python's own form (``.../model_lookup.py:18: UserWarning: ...`` and the source line)
-    is for programmers, and it repeats a warning for each line of code that gives it: a
-    broken user model was reported twice by one ``samtune evaluate``. A warning from a
-    library other than this one keeps its category, which says where to look it up.
-    """
-    shown: set[str] = set()
-
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
-        text = str(message)
-        if not _is_own(filename) or category is not UserWarning:
-            text = f"{category.__name__}: {text}"
-        if text in shown or not is_main_process():
-            return
-        shown.add(text)
-        print(f"warning: {text}", file=sys.stderr, flush=True)
-
-    with warnings.catch_warnings(), _plain_log_lines():
-        warnings.showwarning = show
-        yield
-
-
-class _PlainLogLine(logging.Handler):
-    """A log record of WARNING and above as ``warning: ...`` (``error: ...``) on stderr,
-    from the main process only; another library's with its logger's name."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if not is_main_process():
-            return
-        where = "" if record.name.split(".")[0] == __name__.split(".")[0] else f"{record.name}: "
-        try:
-            text = f"{record.levelname.lower()}: {where}{record.getMessage()}"
-            print(text, file=sys.stderr, flush=True)
-        except Exception:
-            self.handleError(record)
-
-
-@contextmanager
-def _plain_log_lines() -> Iterator[None]:
-    """Log records (the core's notes, e.g. a downloaded file moved aside; tifffile's) as
-    :class:`_PlainLogLine` s while the command runs, where logging's last resort printed
-    the bare message; left alone when logging was set up (a program calling :func:`main`)."""
-    root = logging.getLogger()
-    if root.handlers:
-        yield
-        return
-    handler = _PlainLogLine(logging.WARNING)
-    root.addHandler(handler)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-
-
-def _is_own(filename: str) -> bool:
-    """Whether a warning was given in this package's code (its ``filename``)."""
-    package = Path(__file__).resolve().parent.parent
-    try:
-        return Path(filename).resolve().is_relative_to(package)
-    except (OSError, ValueError):
-        return False
-
-
-def _stdout_closed() -> int:
-    """The reader of stdout went away (``samtune presets | head -1``): stop without a word,
-    as other command-line tools do, with the shell's code of SIGPIPE, 141. (It was called
-    an error of the command, exit code 2, and Python complained again at exit, when it
-    flushed stdout into the closed pipe.)"""
-    try:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, ValueError):  # a stdout without a file descriptor (a test's capture)
-        pass
-    return 128 + getattr(signal, "SIGPIPE", 13)
-
-
-def torchrun_world_size() -> int:
-    """How many processes ``torchrun`` started for this command (``WORLD_SIZE``; 1 without
-    torchrun). Read without importing torch, which the CLI loads only when a command runs."""
-    world_size = os.environ.get("WORLD_SIZE", "1")
-    return int(world_size) if world_size.isdigit() else 1
+        return interrupted(args.command, str(err), terminated=isinstance(err, Terminated))
 
 
 def _check_single_process(command: str) -> None:
@@ -394,44 +311,9 @@ def _check_single_process(command: str) -> None:
     )
 
 
-# How long a torchrun worker other than the first waits before it reports an error.
-WORKER_ERROR_WAIT_S = 10.0
-
-
-def _report_error(message: str) -> None:
-    """Print ``message`` on stderr; in torchrun's other workers, only after a wait. Every
-    worker meets the same mistake: the first says it, exits, and torchrun then ends the
-    others in their wait. (Without it, a worker quicker than the first exited first, and
-    torchrun ended the first before it said anything.) An error of one worker alone is
-    still said, after the wait."""
-    if not is_main_process():
-        time.sleep(WORKER_ERROR_WAIT_S)
-    print(message, file=sys.stderr)
-
-
-def is_main_process() -> bool:
-    """False in the workers but the first of a ``torchrun`` job (env ``RANK``, else
-    ``LOCAL_RANK``, above 0): they train and exit alike, but say nothing."""
-    rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
-    try:
-        return int(rank) == 0
-    except ValueError:
-        return True
-
-
 def _command_in(argv: list[str]) -> str | None:
     """The subcommand named on a command line not parsed yet (None if there is none)."""
     return next((word for word in argv if word in SUBCOMMAND_MODULES), None)
-
-
-def _interrupted(command: str | None, note: str = "", terminated: bool = False) -> int:
-    """Ctrl+C (or SIGTERM, if ``terminated``): one line (with ``note``, e.g. what was
-    saved), from the main process only, and the shell's code 130 (143)."""
-    prefix = f"samtune {command}" if command else "samtune"
-    what = "terminated" if terminated else "interrupted"
-    if is_main_process():
-        print(f"{prefix}: {what}" + (f"; {note}" if note else ""), file=sys.stderr)
-    return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -22,13 +22,13 @@ from napari_samtune.cli import (
     SKIP_UNPAIRED_HELP,
     Terminated,
     add_channel_options,
-    is_main_process,
     model_argument,
     not_empty,
     option_wording,
     output_folder,
     read_annotated,
 )
+from napari_samtune.cli.console import is_main_process
 from napari_samtune.cli.train_report import aborted_note
 from napari_samtune.cli.train_report import memory_advice as _memory_advice
 from napari_samtune.cli.train_report import print_summary as _print_summary

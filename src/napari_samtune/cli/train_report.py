@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from napari_samtune.cli import torchrun_world_size
+from napari_samtune.cli.console import torchrun_world_size
 
 
 def memory_advice(err: BaseException) -> str:

@@ -8,7 +8,7 @@ import argparse
 import re
 from pathlib import Path
 
-from napari_samtune.cli import torchrun_world_size
+from napari_samtune.cli.console import torchrun_world_size
 
 
 def resume_checkpoint(resume: str) -> Path:
