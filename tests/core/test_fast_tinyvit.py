@@ -254,6 +254,18 @@ def test_windows_are_tinyvits_padded_windows_and_go_back(shape):
 
 
 @pytest.mark.parametrize("shape", [(2, 20, 18), (1, 14, 7), (1, 5, 9), (3, 7, 16)])
+def test_qkv_windows_are_the_split_windows_each_contiguous(shape):
+    window, n_heads, sizes = 7, 3, (2, 2, 5)
+    x = torch.randn(*shape, n_heads * sum(sizes))
+    fill = torch.randn(n_heads * sum(sizes))
+    parts = windows.qkv_windows(x, window, fill, n_heads, sizes)
+    expected = windows.to_windows(x, window, fill, n_heads).split(sizes, dim=3)
+    assert [p.shape for p in parts] == [e.shape for e in expected]
+    assert all(torch.equal(p, e) for p, e in zip(parts, expected, strict=True))
+    assert all(p.is_contiguous() for p in parts) and not expected[0].is_contiguous()
+
+
+@pytest.mark.parametrize("shape", [(2, 20, 18), (1, 14, 7), (1, 5, 9), (3, 7, 16)])
 def test_windows_with_gradients_give_the_padded_windows_gradients(shape):
     """The gradients of the x and fill that made the windows, against autograd through
     TinyViT's padded windows (to_windows) and through a crop (from_windows)."""
@@ -357,7 +369,10 @@ def test_fast_tinyvit_block_in_bf16_fuses_its_bf16_residual_adds(fused_linears):
         e for e in profile.events() if e.name == "aten::add" and x.numel() in _numels(e)
     ]
     assert fast.dtype == torch.bfloat16
-    assert names.count("mkldnn::_linear_pointwise") == (3 if fused_linears else 0), names
+    # q, k, v of the tokens and of the padding's zero token, the attention projection + add,
+    # fc1 + GELU, fc2 + add; no addmm, which copies its bias into every row first
+    assert names.count("mkldnn::_linear_pointwise") == (5 if fused_linears else 0), names
+    assert ("aten::addmm" in names) == (not fused_linears), names
     assert len(token_adds) == (0 if fused_linears else 2)  # else the two residual adds
     assert (fast.float() - reference).abs().max() <= 2 * (stock - reference).abs().max() + 1e-2
 

@@ -26,13 +26,14 @@ import torch.nn.functional as F
 
 from napari_samtune.core.onednn import (
     bf16_fusable,
+    bf16_linear,
     fusable,
     fusable_in_any_precision,
     is_gelu,
     linear_add,
     linear_gelu,
 )
-from napari_samtune.core.windows import from_windows_grad, to_windows_grad
+from napari_samtune.core.windows import from_windows_grad, qkv_windows, to_windows_grad
 
 
 @functools.cache
@@ -207,7 +208,7 @@ def _scaled_qkv(attn: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     if type(qkv) is not torch.nn.Linear:
         return qkv(x) * scale.to(x.dtype)
     bias = None if qkv.bias is None else qkv.bias * scale
-    return F.linear(x, qkv.weight * scale[:, None], bias)
+    return bf16_linear(x, qkv, qkv.weight * scale[:, None], bias)
 
 
 @functools.cache
@@ -221,7 +222,8 @@ def _fast_block_class() -> type:
         Without gradients (inference), window attention computes q, k, v for the image's
         own tokens only and pads the windows with the value every zero padding token has,
         instead of padding the image and projecting 20% more tokens (64 x 64 maps in 14 x 14 and
-        7 x 7 windows). Windows are cut and put back by one copy each, the output
+        7 x 7 windows). Windows are cut (q, k and v each into its own contiguous windows, which
+        the products read without copying) and put back by one copy each, the output
         projection runs on the image's tokens only, and each residual add is fused into the
         projection before it. The local convolution reads the tokens as a channels-last
         map: no transposed copies, and oneDNN's depthwise kernel is ~3x faster in that
@@ -249,8 +251,12 @@ def _fast_block_class() -> type:
             attn, window = self.attn, self.window_size
             qkv = _scaled_qkv(attn, attn.norm(image))
             fill = _scaled_qkv(attn, attn.norm(image.new_zeros(1, image.shape[-1])))[0]
-            windows = to_windows_grad(qkv, window, fill, attn.num_heads)
-            q, k, v = windows.split([attn.key_dim, attn.key_dim, attn.d], dim=3)
+            sizes = [attn.key_dim, attn.key_dim, attn.d]
+            if torch.is_grad_enabled():
+                windows = to_windows_grad(qkv, window, fill, attn.num_heads)
+                q, k, v = windows.split(sizes, dim=3)
+            else:  # each contiguous: the products then copy none of them
+                q, k, v = qkv_windows(qkv, window, fill, attn.num_heads, sizes)
             bias = attn.attention_biases[:, attn.attention_bias_idxs] if attn.training else attn.ab
             scores = torch.matmul(q, k.transpose(-1, -2))
             # in the scores' dtype: a float32 bias made the in-place add of bf16 scores

