@@ -24,6 +24,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from napari_samtune.core import onednn
 from napari_samtune.core.onednn import (
     bf16_fusable,
     bf16_linear,
@@ -33,6 +34,7 @@ from napari_samtune.core.onednn import (
     linear_add,
     linear_gelu,
 )
+from napari_samtune.core.weight_cache import kept
 from napari_samtune.core.windows import from_windows_grad, qkv_windows, to_windows_grad
 
 
@@ -47,16 +49,37 @@ def _fast_conv_bn_class() -> type:
         following GELU."""
 
         def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
-            """The convolution's weight and bias with the (eval-mode) norm folded in."""
+            """The convolution's weight and bias with the (eval-mode) norm folded in (kept
+            between calls without gradients: :func:`.weight_cache.kept`)."""
+            return kept(self, "folded", self._folded_from(), self._fold)
+
+        def _folded_from(self) -> tuple[torch.Tensor, ...]:
+            conv, norm = self.c, self.bn
+            return conv.weight, norm.weight, norm.bias, norm.running_mean, norm.running_var
+
+        def _fold(self) -> tuple[torch.Tensor, torch.Tensor]:
             conv, norm = self.c, self.bn
             scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
             weight = conv.weight * scale[:, None, None, None]
             return weight, norm.bias - norm.running_mean * scale
 
+        def _kernel_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+            """:meth:`folded` in ``dtype``, the weight channels-last, as oneDNN takes them."""
+
+            def prepare() -> tuple[torch.Tensor, torch.Tensor]:
+                weight, bias = self._fold()
+                weight = weight.to(dtype).contiguous(memory_format=torch.channels_last)
+                return weight, bias.to(dtype)
+
+            return kept(self, ("kernel", dtype), self._folded_from(), prepare)
+
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if self.training or self.bn.training:
                 return super().forward(x)
-            weight, bias = self.folded()
+            if bf16_fusable(x, self, self.bn):  # as autocast would, without its casts
+                x, (weight, bias) = x.to(torch.bfloat16), self._kernel_weights(torch.bfloat16)
+            else:
+                weight, bias = self.folded()
             conv = self.c
             return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
@@ -67,17 +90,12 @@ def _fast_conv_bn_class() -> type:
             in_bf16 = bf16_fusable(x, self, self.bn)
             if not (in_bf16 or fusable(x, self, self.bn)) or self.c.padding_mode != "zeros":
                 return F.gelu(self(x))
-            weight, bias = self.folded()
-            if in_bf16:
-                x, weight, bias = (
-                    x.to(torch.bfloat16),
-                    weight.to(torch.bfloat16),
-                    bias.to(torch.bfloat16),
-                )
+            dtype = torch.bfloat16 if in_bf16 else torch.float32
+            x, (weight, bias) = x.to(dtype), self._kernel_weights(dtype)
             conv = self.c
             return torch.ops.mkldnn._convolution_pointwise(
                 x,
-                weight.contiguous(memory_format=torch.channels_last),
+                weight,
                 bias,
                 list(conv.padding),
                 list(conv.stride),
@@ -132,13 +150,15 @@ def _fast_block_classes() -> dict[str, type]:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if not is_gelu(self.act) or not fusable_in_any_precision(x, self, self.act):
                 return super().forward(x)
-            return self.fc2(linear_gelu(self.norm(x), self.fc1))  # dropout: identity in eval
+            # dropout: identity in eval
+            return self.fc2(linear_gelu(self.norm(x), self.fc1, keep=True))
 
         def forward_residual(self, x: torch.Tensor) -> torch.Tensor:
             """``x + self(x)``, the add fused into the second linear layer where fusable."""
             if not is_gelu(self.act) or not fusable_in_any_precision(x, self, self.act):
                 return x + self(x)
-            return linear_add(linear_gelu(self.norm(x), self.fc1), self.fc2, x)
+            hidden = linear_gelu(self.norm(x), self.fc1, keep=True)
+            return linear_add(hidden, self.fc2, x, keep=True)
 
     return {
         cls.__mro__[1].__name__: cls
@@ -199,16 +219,55 @@ def window_softmax(scores: torch.Tensor) -> torch.Tensor:
 def _scaled_qkv(attn: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``attn.qkv(x)`` with the queries times ``attn.scale``: the product of the queries with
     the keys is then the scaled scores, one pass over every window's scores fewer (4-20 MB
-    per block). A plain linear layer takes the scale into its weights; another (a LoRA
-    adapter) has its output scaled."""
-    scale = x.new_ones(attn.num_heads, 2 * attn.key_dim + attn.d)
-    scale[:, : attn.key_dim] = attn.scale  # per head the output is [q, k, v]
-    scale = scale.view(-1)
+    per block). A plain linear layer takes the scale into its weights (kept between calls
+    without gradients); another (a LoRA adapter) has its output scaled."""
     qkv = attn.qkv
     if type(qkv) is not torch.nn.Linear:
-        return qkv(x) * scale.to(x.dtype)
-    bias = None if qkv.bias is None else qkv.bias * scale
-    return bf16_linear(x, qkv, qkv.weight * scale[:, None], bias)
+        return qkv(x) * _query_scale(attn, x)
+    in_bf16 = bf16_fusable(x, qkv) and onednn.fused_linears_pay()
+
+    def prepare() -> tuple[torch.Tensor, torch.Tensor | None]:
+        scale = _query_scale(attn, x)
+        weight, bias = qkv.weight * scale[:, None], qkv.bias
+        bias = None if bias is None else bias * scale
+        if in_bf16:  # as bf16_linear would cast them
+            weight, bias = weight.to(torch.bfloat16), bias if bias is None else bias.bfloat16()
+        return weight, bias
+
+    key = ("scaled qkv", x.dtype, in_bf16)
+    weight, bias = kept(attn, key, (qkv.weight, qkv.bias), prepare)
+    return bf16_linear(x, qkv, weight, bias)
+
+
+def _query_scale(attn: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(n_heads * (2 * key_dim + d),) factors in ``x``'s dtype: ``attn.scale`` for the
+    queries, 1 for the keys and values (per head the projection is [q, k, v])."""
+    scale = x.new_ones(attn.num_heads, 2 * attn.key_dim + attn.d)
+    scale[:, : attn.key_dim] = attn.scale
+    return scale.view(-1)
+
+
+def _padding_token(attn: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """(n_heads * (2 * key_dim + d),) the scaled q, k, v of a zero token, which TinyViT pads
+    its windows with (kept between calls without gradients where ``attn.qkv`` is a plain
+    linear layer; an adapter's weights are not followed)."""
+
+    def prepare() -> torch.Tensor:
+        return _scaled_qkv(attn, attn.norm(image.new_zeros(1, image.shape[-1])))[0]
+
+    qkv, norm = attn.qkv, attn.norm
+    if type(qkv) is not torch.nn.Linear:
+        return prepare()
+    key = ("padding token", image.dtype, torch.is_autocast_enabled("cpu"))
+    return kept(attn, key, (norm.weight, norm.bias, qkv.weight, qkv.bias), prepare)
+
+
+def _window_bias(attn: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """(n_heads, tokens, tokens) learned attention bias of ``attn``'s windows in ``dtype``
+    (in eval mode kept between calls without gradients)."""
+    if attn.training:
+        return attn.attention_biases[:, attn.attention_bias_idxs].to(dtype)
+    return kept(attn, ("window bias", dtype), (attn.ab,), lambda: attn.ab.to(dtype))
 
 
 @functools.cache
@@ -241,7 +300,7 @@ def _fast_block_class() -> type:
                 return super().forward(x)
             # With gradients the fused kernels step aside (linear_add, forward_residual).
             image = x.view(batch, height, width, channels)
-            x = linear_add(self._window_attention(image), self.attn.proj, image)
+            x = linear_add(self._window_attention(image), self.attn.proj, image, keep=True)
             local = self.local_conv(x.permute(0, 3, 1, 2))  # channels-last view of the map
             x = local.permute(0, 2, 3, 1).reshape(batch, n_tokens, channels)
             return self.mlp.forward_residual(x)  # (the mlp is a FastMlp: swapped with the block)
@@ -250,18 +309,17 @@ def _fast_block_class() -> type:
             """Window attention of (B, H, W, C) ``image`` before the output projection."""
             attn, window = self.attn, self.window_size
             qkv = _scaled_qkv(attn, attn.norm(image))
-            fill = _scaled_qkv(attn, attn.norm(image.new_zeros(1, image.shape[-1])))[0]
+            fill = _padding_token(attn, image)
             sizes = [attn.key_dim, attn.key_dim, attn.d]
             if torch.is_grad_enabled():
                 windows = to_windows_grad(qkv, window, fill, attn.num_heads)
                 q, k, v = windows.split(sizes, dim=3)
             else:  # each contiguous: the products then copy none of them
                 q, k, v = qkv_windows(qkv, window, fill, attn.num_heads, sizes)
-            bias = attn.attention_biases[:, attn.attention_bias_idxs] if attn.training else attn.ab
             scores = torch.matmul(q, k.transpose(-1, -2))
             # in the scores' dtype: a float32 bias made the in-place add of bf16 scores
             # convert them all (window attention of vit_t's encoder 5.3-7.4 -> 4.2-6.1 ms)
-            scores = scores.add_(bias.to(scores.dtype))
+            scores = scores.add_(_window_bias(attn, scores.dtype))
             out = window_softmax(scores) @ v
             return from_windows_grad(out, image.shape[1], image.shape[2], window)
 

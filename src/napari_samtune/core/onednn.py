@@ -14,6 +14,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from napari_samtune.core.weight_cache import kept
+
 
 @functools.cache
 def has_fused_ops() -> bool:
@@ -67,7 +69,9 @@ def fused_linears_pay() -> bool:
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
-def linear_add(x: torch.Tensor, linear: torch.nn.Linear, residual: torch.Tensor) -> torch.Tensor:
+def linear_add(
+    x: torch.Tensor, linear: torch.nn.Linear, residual: torch.Tensor, keep: bool = False
+) -> torch.Tensor:
     """``residual + linear(x)``: one oneDNN kernel where :func:`fusable` and
     :func:`fused_linears_pay`, else the add in place on the product where fusable.
 
@@ -75,10 +79,11 @@ def linear_add(x: torch.Tensor, linear: torch.nn.Linear, residual: torch.Tensor)
     too, where :func:`bf16_fusable` and fused linears pay: the sum is rounded once, and the
     add makes no pass of its own (a vit_t stage-2 block 16.2 -> 15.8 ms on a 2-core AVX-512
     BF16 EPYC, medians of 40 alternating calls). A float32 residual (ViT-B's, which autocast
-    keeps in float32) stays float32 through the plain add.
+    keeps in float32) stays float32 through the plain add. ``keep``: see
+    :func:`_bf16_parameters`.
     """
     if residual.dtype == torch.bfloat16 and bf16_fusable(x, linear) and fused_linears_pay():
-        weight, bias = _bf16_parameters(linear)
+        weight, bias = _bf16_parameters(linear, keep)
         return torch.ops.mkldnn._linear_pointwise.binary(
             x.to(torch.bfloat16), residual, weight, bias, "add"
         )
@@ -104,16 +109,16 @@ def fusable_in_any_precision(x: torch.Tensor, *modules: torch.nn.Module) -> bool
     return fusable(x, *modules) or bf16_fusable(x, *modules)
 
 
-def linear_gelu(x: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
+def linear_gelu(x: torch.Tensor, linear: torch.nn.Linear, keep: bool = False) -> torch.Tensor:
     """``gelu(linear(x))`` (exact GELU): one oneDNN kernel where :func:`fusable` and
     :func:`fused_linears_pay`, else the GELU in place on the product where fusable.
 
     Under bf16 autocast the fused kernel runs in bf16 where :func:`bf16_fusable` (and
     fused linears pay): on a 2-core AVX-512 BF16 EPYC, ViT-B's MLP layer with its GELU took
-    51 instead of 64 ms.
+    51 instead of 64 ms. ``keep``: see :func:`_bf16_parameters`.
     """
     if bf16_fusable(x, linear) and fused_linears_pay():
-        weight, bias = _bf16_parameters(linear)
+        weight, bias = _bf16_parameters(linear, keep)
         return torch.ops.mkldnn._linear_pointwise(
             x.to(torch.bfloat16), weight, bias, "gelu", [], "none"
         )
@@ -139,7 +144,20 @@ def bf16_linear(
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "none")
 
 
-def _bf16_parameters(linear: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``linear``'s weight and bias (None if it has none) in bf16, for the bf16 kernels."""
-    bias = None if linear.bias is None else linear.bias.to(torch.bfloat16)
-    return linear.weight.to(torch.bfloat16), bias
+def _bf16_parameters(
+    linear: torch.nn.Linear, keep: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``linear``'s weight and bias (None if it has none) in bf16, for the bf16 kernels.
+
+    With ``keep`` the bf16 copies stay on ``linear`` until its weights change
+    (:func:`.weight_cache.kept`): for small models (TinyViT's 10 MB), whose calls are short
+    enough for the casts to count; a large model's copies would hold its size again.
+    """
+
+    def cast() -> tuple[torch.Tensor, torch.Tensor | None]:
+        bias = None if linear.bias is None else linear.bias.to(torch.bfloat16)
+        return linear.weight.to(torch.bfloat16), bias
+
+    if not keep:
+        return cast()
+    return kept(linear, "bf16", (linear.weight, linear.bias), cast)
