@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import torch
 
 from napari_samtune.core.fast_encoder import use_fast_attention
+from napari_samtune.core.fast_neck import use_fast_layer_norm_2d
 from napari_samtune.core.fast_tinyvit import use_fast_tinyvit
 from napari_samtune.core.mask_upscaling import use_fast_upscaling
 
@@ -99,7 +100,9 @@ def use_fast_paths(model: torch.nn.Module) -> torch.nn.Module:
     """Switch every module of ``model`` that has a fast path to it, in place; returns ``model``.
 
     SAM ViT blocks and attention, TinyViT (blocks, attention, convolutions, MLPs; see
-    :mod:`~napari_samtune.core.fast_tinyvit`) and the decoder's 2x2 transposed convolutions.
+    :mod:`~napari_samtune.core.fast_tinyvit`), the encoders' neck norms
+    (:mod:`~napari_samtune.core.fast_neck`) and the decoder's 2x2 transposed convolutions.
     The state dict is unchanged and results are the stock ones up to rounding.
     """
-    return use_fast_upscaling(use_fast_tinyvit(use_fast_attention(model)))
+    model = use_fast_layer_norm_2d(use_fast_tinyvit(use_fast_attention(model)))
+    return use_fast_upscaling(model)
