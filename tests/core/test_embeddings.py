@@ -18,6 +18,7 @@ from napari_samtune.core.embeddings import (
     TileGrid,
     TilingConfig,
     default_cache_dir,
+    encoder_pixels,
 )
 from napari_samtune.core.images import to_sam_rgb
 from napari_samtune.core.predict import Segmenter
@@ -33,6 +34,22 @@ def count_encoder_calls(sam) -> list[int]:
 
     sam.image_encoder.register_forward_hook(hook)
     return calls
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (256, 100), (37, 256), (1, 1)])
+def test_encoder_pixels_are_sams_preprocessing_channels_last(tiny_sam, shape):
+    """One multiply-add into a zero-padded channels-last map: SAM's own normalisation and
+    padding of a channels-first copy, up to float32 rounding."""
+    size = tiny_sam.image_encoder.img_size
+    crop = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    stock = torch.as_tensor(crop).permute(2, 0, 1).contiguous()[None]
+    with torch.inference_mode():
+        expected = tiny_sam.preprocess(stock)
+        pixels = encoder_pixels(tiny_sam, crop)
+    assert pixels.shape == (1, 3, size, size) and pixels.dtype == torch.float32
+    assert pixels.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(pixels, expected, rtol=1e-6, atol=1e-6)
+    assert not pixels[..., shape[0] :, :].any() and not pixels[..., shape[1] :].any()
 
 
 @pytest.mark.parametrize("length", [257, 300, 449, 512, 700, 1000])
