@@ -10,32 +10,94 @@ windows, so per-head products read q, k and v as strided views.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
+
+
+@dataclass(frozen=True)
+class Part:
+    """Windows of a map that share how many of their tokens are the map's own: the full
+    windows, the partial last row of windows, the partial last column, or the corner."""
+
+    windows: tuple[slice, slice]  # which windows, in the (nH, nW) grid of windows
+    pixels: tuple[slice, slice]  # which rows and columns of the map they cover
+    grid: tuple[int, int]  # (windows high, windows wide)
+    tokens: tuple[int, int]  # the map's own tokens in each window: (rows, columns)
+
+
+def parts(height: int, width: int, window: int) -> list[Part]:
+    """The up to four :class:`Part` s of a (height, width) map in ``window`` windows."""
+    spans = []
+    for size in (height, width):
+        full = size // window
+        span = [(slice(0, full), slice(0, full * window), full, window)] if full else []
+        if size % window:
+            span.append((slice(full, full + 1), slice(full * window, size), 1, size % window))
+        spans.append(span)
+    return [
+        Part((rows[0], cols[0]), (rows[1], cols[1]), (rows[2], cols[2]), (rows[3], cols[3]))
+        for rows in spans[0]
+        for cols in spans[1]
+    ]
 
 
 def _window_parts(windows: torch.Tensor, image: torch.Tensor, window: int):
     """Matching views of windows (B, nH, nW, window, window, *F) and the image (B, H, W, *F).
 
-    The image is cut into up to four parts (full windows, the partial last row of windows,
-    the partial last column, the corner), each a plain strided view of both tensors, so
-    one copy per part moves it between the layouts without padding the image first.
+    The image is cut into up to four parts (:func:`parts`), each a plain strided view of both
+    tensors, so one copy per part moves it between the layouts without padding the image
+    first.
     """
     batch, height, width, *features = image.shape
-    spans = []
-    for size in (height, width):
-        full = size // window
-        span = [(slice(0, full), slice(0, full * window), window, full)] if full else []
-        if size % window:
-            span.append((slice(full, full + 1), slice(full * window, size), size % window, 1))
-        spans.append(span)
-    for win_rows, img_rows, n_rows, windows_high in spans[0]:
-        for win_cols, img_cols, n_cols, windows_wide in spans[1]:
-            part = image[:, img_rows, img_cols]
-            part = part.view(batch, windows_high, n_rows, windows_wide, n_cols, *features)
-            yield windows[:, win_rows, win_cols, :n_rows, :n_cols], part.transpose(2, 3)
+    for part in parts(height, width, window):
+        yield (
+            windows[(slice(None), *part.windows, *map(slice, part.tokens))],
+            _tokens_of(image, part),
+        )
+
+
+def _tokens_of(image: torch.Tensor, part: Part) -> torch.Tensor:
+    """(B, windows high, windows wide, rows, columns, *F) view of a :class:`Part` 's own tokens
+    in (B, H, W, *F) ``image``."""
+    batch, _, _, *features = image.shape
+    (high, wide), (rows, cols) = part.grid, part.tokens
+    region = image[(slice(None), *part.pixels)]
+    return region.view(batch, high, rows, wide, cols, *features).transpose(2, 3)
+
+
+def part_queries(x: torch.Tensor, part: Part) -> torch.Tensor:
+    """The queries of a :class:`Part` 's own tokens, no padding: (B, H, W, n_heads, E) map
+    ``x`` (any strides) -> contiguous (B * windows, n_heads, rows * columns, E)."""
+    tokens = _tokens_of(x, part)  # (B, high, wide, rows, cols, heads, E)
+    batch, high, wide, rows, cols, n_heads, per_head = tokens.shape
+    ordered = tokens.permute(0, 1, 2, 5, 3, 4, 6).contiguous()
+    return ordered.view(batch * high * wide, n_heads, rows * cols, per_head)
+
+
+def part_windows(x: torch.Tensor, part: Part, window: int, fill: torch.Tensor) -> torch.Tensor:
+    """A :class:`Part` 's whole windows (keys or values): (B, H, W, n_heads, E) map ``x`` (any
+    strides) -> contiguous (B * windows, n_heads, window**2, E), padded with ``fill``
+    (n_heads, E)."""
+    batch, _, _, n_heads, per_head = x.shape
+    (high, wide), (rows, cols) = part.grid, part.tokens
+    out = x.new_empty(batch, high, wide, n_heads, window, window, per_head)
+    tokens_last = out.permute(0, 1, 2, 4, 5, 3, 6)  # (B, high, wide, window, window, heads, E)
+    if rows < window:
+        tokens_last[:, :, :, rows:] = fill
+    if cols < window:
+        tokens_last[:, :, :, :rows, cols:] = fill
+    tokens_last[:, :, :, :rows, :cols] = _tokens_of(x, part)
+    return out.view(-1, n_heads, window * window, per_head)
+
+
+def put_part(out: torch.Tensor, part: Part, values: torch.Tensor) -> None:
+    """Write a :class:`Part` 's attention output (B * windows, n_heads, rows * columns, E),
+    as :func:`part_queries` ordered it, into (B, H, W, n_heads, E) ``out``."""
+    batch, _, _, n_heads, per_head = out.shape
+    (high, wide), (rows, cols) = part.grid, part.tokens
+    values = values.view(batch, high, wide, n_heads, rows, cols, per_head)
+    _tokens_of(out, part).copy_(values.permute(0, 1, 2, 4, 5, 3, 6))
 
 
 def to_windows(x: torch.Tensor, window: int, fill: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -48,27 +110,6 @@ def to_windows(x: torch.Tensor, window: int, fill: torch.Tensor, n_heads: int) -
     """
     batch, height, width, _ = x.shape
     return _cut(x.view(batch, height, width, n_heads, -1), window, fill.view(n_heads, -1))
-
-
-def qkv_windows(
-    qkv: torch.Tensor, window: int, fill: torch.Tensor, n_heads: int, sizes: Sequence[int]
-) -> list[torch.Tensor]:
-    """:func:`to_windows` of each part of every head's features, each part contiguous.
-
-    ``qkv`` (B, H, W, n_heads * sum(sizes)) holds per head the parts of ``sizes`` (q, k, v);
-    ``fill`` (n_heads * sum(sizes),) likewise. Returns one (B * nH * nW, n_heads, window**2,
-    size) tensor per part, the values :func:`to_windows` and a split would give. The batched
-    products then read q, k (transposed) and v as they are, where the split's strided views
-    made each product copy its operands first (vit_t's encoder 1.6% faster on a 2-core
-    AVX-512 BF16 EPYC; no gradient flows back through these copies).
-    """
-    batch, height, width, _ = qkv.shape
-    per_head, fill = qkv.view(batch, height, width, n_heads, -1), fill.view(n_heads, -1)
-    bounds = list(itertools.accumulate(sizes, initial=0))
-    return [
-        _cut(per_head[..., start:stop], window, fill[:, start:stop])
-        for start, stop in itertools.pairwise(bounds)
-    ]
 
 
 def _cut(x: torch.Tensor, window: int, fill: torch.Tensor) -> torch.Tensor:
