@@ -26,9 +26,6 @@ from contextlib import nullcontext
 from dataclasses import replace
 from unittest.mock import patch
 
-import napari_samtune  # noqa: F401  (first: torch's allocator options, read when it loads)
-
-# isort: split
 import numpy as np
 import torch
 

@@ -17,9 +17,6 @@ import platform
 import time
 from pathlib import Path
 
-import napari_samtune  # noqa: F401  (first: torch's allocator options, read when it loads)
-
-# isort: split
 import torch
 
 MIB = 2**20

@@ -45,9 +45,6 @@ import subprocess
 import sys
 import time
 
-import napari_samtune  # noqa: F401  (first: torch's allocator options, read when it loads)
-
-# isort: split
 import numpy as np
 import torch
 from bench_device import call_seconds, describe, resolve, synchronize

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,32 +23,6 @@ def _loaded_modules_after(statement: str) -> set[str]:
 def test_package_import_loads_neither_qt_nor_torch():
     loaded = _loaded_modules_after("import napari_samtune")
     assert not loaded & {*QT_MODULES, "torch"}
-
-
-HUGE_PAGES_PROBE = """
-import os, napari_samtune, torch
-big = torch.ones(64 << 20, dtype=torch.uint8)
-huge = [l.split()[1] for l in open("/proc/self/smaps_rollup") if l.startswith("AnonHugePages")]
-print(os.environ.get("THP_MEM_ALLOC_ENABLE"), huge[0])
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="transparent huge pages: Linux")
-@pytest.mark.parametrize("set_before", [None, "0"])
-def test_on_linux_the_package_asks_torch_for_huge_pages_unless_told_otherwise(set_before):
-    """Imported before torch, the package sets THP_MEM_ALLOC_ENABLE=1 (a value already set
-    stays), and where the kernel offers transparent huge pages torch's large tensors get
-    them."""
-    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    if set_before is not None:
-        env["THP_MEM_ALLOC_ENABLE"] = set_before
-    command = [sys.executable, "-c", HUGE_PAGES_PROBE]
-    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
-    setting, huge_kb = out.stdout.split()
-    assert setting == (set_before or "1")
-    offered = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    if offered.is_file() and "[never]" not in offered.read_text():
-        assert (int(huge_kb) >= 32 << 10) == (setting == "1"), out.stdout
 
 
 def test_core_and_cli_load_no_qt():
