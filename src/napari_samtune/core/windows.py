@@ -42,21 +42,6 @@ def parts(height: int, width: int, window: int) -> list[Part]:
     ]
 
 
-def _window_parts(windows: torch.Tensor, image: torch.Tensor, window: int):
-    """Matching views of windows (B, nH, nW, window, window, *F) and the image (B, H, W, *F).
-
-    The image is cut into up to four parts (:func:`parts`), each a plain strided view of both
-    tensors, so one copy per part moves it between the layouts without padding the image
-    first.
-    """
-    batch, height, width, *features = image.shape
-    for part in parts(height, width, window):
-        yield (
-            windows[(slice(None), *part.windows, *map(slice, part.tokens))],
-            _tokens_of(image, part),
-        )
-
-
 def _tokens_of(image: torch.Tensor, part: Part) -> torch.Tensor:
     """(B, windows high, windows wide, rows, columns, *F) view of a :class:`Part` 's own tokens
     in (B, H, W, *F) ``image``."""
@@ -80,15 +65,21 @@ def part_windows(x: torch.Tensor, part: Part, window: int, fill: torch.Tensor) -
     strides) -> contiguous (B * windows, n_heads, window**2, E), padded with ``fill``
     (n_heads, E)."""
     batch, _, _, n_heads, per_head = x.shape
-    (high, wide), (rows, cols) = part.grid, part.tokens
-    out = x.new_empty(batch, high, wide, n_heads, window, window, per_head)
-    tokens_last = out.permute(0, 1, 2, 4, 5, 3, 6)  # (B, high, wide, window, window, heads, E)
-    if rows < window:
-        tokens_last[:, :, :, rows:] = fill
-    if cols < window:
-        tokens_last[:, :, :, :rows, cols:] = fill
-    tokens_last[:, :, :, :rows, :cols] = _tokens_of(x, part)
+    out = x.new_empty(batch, *part.grid, n_heads, window, window, per_head)
+    _write_windows(out.permute(0, 1, 2, 4, 5, 3, 6), x, part, fill)
     return out.view(-1, n_heads, window * window, per_head)
+
+
+def _write_windows(windows: torch.Tensor, x: torch.Tensor, part: Part, fill: torch.Tensor) -> None:
+    """Write a :class:`Part` 's windows, (B, high, wide, window, window, n_heads, E) view
+    ``windows``: the map's own tokens from (B, H, W, n_heads, E) ``x``, the padding ``fill``
+    (n_heads, E)."""
+    window, (rows, cols) = windows.shape[3], part.tokens
+    if rows < window:
+        windows[:, :, :, rows:] = fill
+    if cols < window:
+        windows[:, :, :, :rows, cols:] = fill
+    windows[:, :, :, :rows, :cols] = _tokens_of(x, part)
 
 
 def put_part(out: torch.Tensor, part: Part, values: torch.Tensor) -> None:
@@ -109,23 +100,13 @@ def to_windows(x: torch.Tensor, window: int, fill: torch.Tensor, n_heads: int) -
     q, k and v as strided views (no copy).
     """
     batch, height, width, _ = x.shape
-    return _cut(x.view(batch, height, width, n_heads, -1), window, fill.view(n_heads, -1))
-
-
-def _cut(x: torch.Tensor, window: int, fill: torch.Tensor) -> torch.Tensor:
-    """(B, H, W, n_heads, E) map (any strides) -> (B * nH * nW, n_heads, window**2, E)
-    windows, padded with ``fill`` (n_heads, E)."""
-    batch, height, width, n_heads, per_head = x.shape
+    x, fill = x.view(batch, height, width, n_heads, -1), fill.view(n_heads, -1)
     n_high, n_wide = -(-height // window), -(-width // window)
-    out = x.new_empty(batch, n_high, n_wide, n_heads, window, window, per_head)
+    out = x.new_empty(batch, n_high, n_wide, n_heads, window, window, x.shape[-1])
     tokens_last = out.permute(0, 1, 2, 4, 5, 3, 6)  # (B, nH, nW, window, window, heads, E)
-    if height % window:
-        tokens_last[:, -1, :, height % window :] = fill
-    if width % window:
-        tokens_last[:, :, -1, :, width % window :] = fill
-    for window_part, image_part in _window_parts(tokens_last, x, window):
-        window_part.copy_(image_part)
-    return out.view(-1, n_heads, window * window, per_head)
+    for part in parts(height, width, window):
+        _write_windows(tokens_last[(slice(None), *part.windows)], x, part, fill)
+    return out.view(-1, n_heads, window * window, x.shape[-1])
 
 
 def from_windows(windows: torch.Tensor, height: int, width: int, window: int) -> torch.Tensor:
@@ -135,9 +116,11 @@ def from_windows(windows: torch.Tensor, height: int, width: int, window: int) ->
     n_high, n_wide = -(-height // window), -(-width // window)
     batch = n_windows // (n_high * n_wide)
     windows = windows.view(batch, n_high, n_wide, n_heads, window, window, per_head)
+    tokens_last = windows.permute(0, 1, 2, 4, 5, 3, 6)
     out = windows.new_empty(batch, height, width, n_heads, per_head)
-    for window_part, image_part in _window_parts(windows.permute(0, 1, 2, 4, 5, 3, 6), out, window):
-        image_part.copy_(window_part)
+    for part in parts(height, width, window):
+        own = (slice(None), *part.windows, *map(slice, part.tokens))
+        _tokens_of(out, part).copy_(tokens_last[own])
     return out.view(batch, height, width, n_heads * per_head)
 
 
