@@ -47,9 +47,3 @@ def kept(
     value = prepare()
     entries[key] = (tuple(tensors), stamp, value)
     return value
-
-
-def forget(module: torch.nn.Module) -> None:
-    """Drop what :func:`kept` holds for ``module`` and the modules inside it."""
-    for inner in module.modules():
-        inner.__dict__.pop(_ATTRIBUTE, None)
