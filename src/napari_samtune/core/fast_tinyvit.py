@@ -231,15 +231,14 @@ def _scaled_qkv(attn: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     qkv = attn.qkv
     if type(qkv) is not torch.nn.Linear:
         return qkv(x) * _query_scale(attn, x)
-    in_bf16 = bf16_fusable(x, qkv) and onednn.fused_linears_pay()
+    in_bf16 = onednn.bf16_kernels(x, qkv)
 
     def prepare() -> tuple[torch.Tensor, torch.Tensor | None]:
         scale = _query_scale(attn, x)
-        weight, bias = qkv.weight * scale[:, None], qkv.bias
-        bias = None if bias is None else bias * scale
-        if in_bf16:  # as bf16_linear would cast them
-            weight, bias = weight.to(torch.bfloat16), bias if bias is None else bias.bfloat16()
-        return weight, bias
+        weight = qkv.weight * scale[:, None]
+        bias = None if qkv.bias is None else qkv.bias * scale
+        dtype = torch.bfloat16 if in_bf16 else weight.dtype  # cast once, as bf16_linear would
+        return weight.to(dtype), None if bias is None else bias.to(dtype)
 
     key = ("scaled qkv", x.dtype, in_bf16)
     weight, bias = kept(attn, key, (qkv.weight, qkv.bias), prepare)

@@ -82,7 +82,7 @@ def linear_add(
     keeps in float32) stays float32 through the plain add. ``keep``: see
     :func:`_bf16_parameters`.
     """
-    if residual.dtype == torch.bfloat16 and bf16_fusable(x, linear) and fused_linears_pay():
+    if residual.dtype == torch.bfloat16 and bf16_kernels(x, linear):
         weight, bias = _bf16_parameters(linear, keep)
         return torch.ops.mkldnn._linear_pointwise.binary(
             x.to(torch.bfloat16), residual, weight, bias, "add"
@@ -104,6 +104,12 @@ def bf16_fusable(x: torch.Tensor, *modules: torch.nn.Module) -> bool:
     )
 
 
+def bf16_kernels(x: torch.Tensor, linear: torch.nn.Module) -> bool:
+    """Whether ``linear`` on ``x`` runs in oneDNN's fused bf16 linear kernels: where
+    :func:`bf16_fusable` and :func:`fused_linears_pay`."""
+    return bf16_fusable(x, linear) and fused_linears_pay()
+
+
 def fusable_in_any_precision(x: torch.Tensor, *modules: torch.nn.Module) -> bool:
     """:func:`fusable` (fp32) or :func:`bf16_fusable` (bf16 autocast)."""
     return fusable(x, *modules) or bf16_fusable(x, *modules)
@@ -117,7 +123,7 @@ def linear_gelu(x: torch.Tensor, linear: torch.nn.Linear, keep: bool = False) ->
     fused linears pay): on a 2-core AVX-512 BF16 EPYC, ViT-B's MLP layer with its GELU took
     51 instead of 64 ms. ``keep``: see :func:`_bf16_parameters`.
     """
-    if bf16_fusable(x, linear) and fused_linears_pay():
+    if bf16_kernels(x, linear):
         weight, bias = _bf16_parameters(linear, keep)
         return torch.ops.mkldnn._linear_pointwise(
             x.to(torch.bfloat16), weight, bias, "gelu", [], "none"
@@ -137,7 +143,7 @@ def bf16_linear(
     :func:`bf16_fusable` and :func:`fused_linears_pay`. The ``addmm`` autocast runs first
     copies the bias into every output row (0.2-0.5 ms a TinyViT block; vit_t's encoder
     about 1% faster without, on a 2-core AVX-512 BF16 EPYC). Elsewhere the plain linear."""
-    if not (bf16_fusable(x, linear) and fused_linears_pay()):
+    if not bf16_kernels(x, linear):
         return F.linear(x, weight, bias)
     bias = None if bias is None else bias.to(torch.bfloat16)
     x, weight = x.to(torch.bfloat16), weight.to(torch.bfloat16)
