@@ -8,6 +8,8 @@ import re
 import sys
 import time
 
+import pytest
+
 from napari_samtune.core.progress import progress_bar
 
 
@@ -38,14 +40,18 @@ def test_off_a_terminal_lines_are_throttled(capsys):
         "0/500",
         "500/500",
     ]
-    _run(500, leave=False)  # a bar that clears itself leaves no blank line behind
-    assert capsys.readouterr().err.splitlines()[-1].startswith("work:   0%")
+    # A bar that clears itself (an epoch's) wrote a "0/500" line and nothing more: work
+    # shorter than the log interval now leaves no line, and no blank one
+    _run(500, leave=False)
+    assert capsys.readouterr().err == ""
 
 
-def test_off_a_terminal_lines_are_the_log_interval_apart(capsys, monkeypatch):
+@pytest.mark.parametrize("leave", [True, False])
+def test_off_a_terminal_lines_are_the_log_interval_apart(capsys, monkeypatch, leave):
     """A step a second for 200 s (a fake clock), tqdm's monitor thread looking in as often
     as it likes: it used to force a redraw, so a line, 10 s after the last one, so lines
-    came 20 s apart instead of at least 30 s."""
+    came 20 s apart instead of at least 30 s. A bar that clears itself writes its first
+    line after 30 s, not at the start."""
     from tqdm import _monitor, std
 
     now = [0.0]
@@ -55,7 +61,7 @@ def test_off_a_terminal_lines_are_the_log_interval_apart(capsys, monkeypatch):
         std.tqdm.monitor.exit()
     monkeypatch.setattr(std.tqdm, "monitor", None)
     monkeypatch.setattr(std.tqdm, "monitor_interval", 0.001)  # real seconds between looks
-    bar = progress_bar(200, "work", unit="step", log_interval_s=30)
+    bar = progress_bar(200, "work", unit="step", leave=leave, log_interval_s=30)
     try:
         for _ in range(200):
             now[0] += 1
@@ -66,8 +72,18 @@ def test_off_a_terminal_lines_are_the_log_interval_apart(capsys, monkeypatch):
         bar.close()
         std.tqdm.monitor.exit()
     elapsed = [int(m) * 60 + int(s) for m, s in re.findall(r"\[(\d+):(\d+)<", "\n".join(lines))]
-    assert len(elapsed) == len(lines) and len(lines) >= 6  # 0, 30, 60, ... 180 s
+    assert len(elapsed) == len(lines) and len(lines) >= 6  # (0,) 30, 60, ... 180 s
     assert all(b - a >= 30 for a, b in itertools.pairwise(elapsed)), elapsed
+    assert (elapsed[0] == 0) if leave else (30 <= elapsed[0] <= 32), elapsed
+
+
+def test_off_a_terminal_the_log_interval_is_read_when_a_bar_is_made(capsys, monkeypatch):
+    from napari_samtune.core import progress
+
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0)
+    _run(3, leave=False)  # no delay, no throttling: every state
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split("|")[-1].split()[0] for line in lines] == [f"{i}/3" for i in range(4)]
 
 
 def test_on_a_terminal_the_bar_redraws_in_place(monkeypatch):

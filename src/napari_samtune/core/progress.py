@@ -42,15 +42,24 @@ def progress_bar(
     desc: str,
     unit: str = "it",
     leave: bool = True,
-    log_interval_s: float = LOG_INTERVAL_S,
+    log_interval_s: float | None = None,
     **options: Any,
 ):
     """A tqdm bar on stderr: in place on a terminal (or a notebook's widget), else a line
     per ``log_interval_s``.
 
-    ``options`` go to tqdm (e.g. ``unit_scale``). Returns the ``tqdm`` instance.
+    Off a terminal a bar that clears itself (``leave=False``, e.g. an epoch's, whose result
+    the caller writes as a line of its own) writes its first line only once
+    ``log_interval_s`` has passed: work shorter than that leaves no line behind, where a
+    "0/N" line at its start was all it logged.
+
+    ``log_interval_s`` None: :data:`LOG_INTERVAL_S`. ``options`` go to tqdm (e.g.
+    ``unit_scale``). Returns the ``tqdm`` instance.
     """
     from tqdm import autonotebook, std, tqdm
+
+    if log_interval_s is None:
+        log_interval_s = LOG_INTERVAL_S
 
     stream = sys.stderr
     if autonotebook.tqdm is not std.tqdm:  # a Jupyter kernel: its widget, not text
@@ -68,6 +77,7 @@ def progress_bar(
         file=_WholeLines(stream),
         mininterval=log_interval_s,
         miniters=1,
+        delay=0 if leave else log_interval_s,
         ascii=True,
         ncols=100,
         **options,
