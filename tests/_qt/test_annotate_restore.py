@@ -393,3 +393,43 @@ def test_saved_annotations_renamed_to_the_name_of_earlier_ones_move_those_aside(
     )
     reopened = _reopen(make_napari_viewer, nuclei_image[0], tmp_path, drain_jobs, name="dapi")
     np.testing.assert_array_equal(reopened.session.annotations, widget.session.annotations)
+
+
+def test_a_renamed_copy_of_an_image_is_told_where_its_annotations_are(
+    cells_with_one_saved_object, make_napari_viewer, tmp_path, notifications, drain_jobs
+):
+    """Autosave finds an image's annotations by its name: a copy of an annotated image
+    under another name (its file renamed or copied) started with nothing, and nothing said
+    that its annotations were there under the old name. It is told now; they are not
+    loaded unasked, and 'Load annotations…' goes on with them."""
+    viewer, _ = cells_with_one_saved_object(tmp_path)
+    cells0, cells1 = viewer.layers["cells0"].data, viewer.layers["cells1"].data
+    copy = _reopen(make_napari_viewer, cells0.copy(), tmp_path, drain_jobs, name="cells0 copy")
+    told = [n for n in notifications if "same image" in n]
+    assert len(told) == 1 and f"{tmp_path / 'cells0.labels.tif'} holds" in told[0]
+    assert "'cells0 copy'" in told[0] and "'Load annotations…'" in told[0]
+    assert not copy.session.annotations.any() and not copy.session.records
+    _reopen(make_napari_viewer, cells1.copy(), tmp_path, drain_jobs, name="cells1 copy")
+    assert len([n for n in notifications if "same image" in n]) == 1  # other pixels: nothing
+    copy.start_loading_annotations(tmp_path / "cells0.labels.tif")
+    drain_jobs(copy)
+    assert len(copy.session.records) == 1 and copy.session.annotations[10:20, 10:20].all()
+
+
+def test_a_namesake_of_another_plane_count_is_told_with_both_shapes(
+    make_napari_viewer, tmp_path, notifications, drain_jobs
+):
+    """A layer whose data was replaced by a stack of another plane count found its own
+    earlier annotations called "the annotations of another image named ...": now both
+    shapes are said, and that they may be this layer's from before."""
+    save_annotations(
+        tmp_path, "cells", np.ones((2, 32, 32), np.uint32), {"image_fingerprint": "earlier"}
+    )
+    before = (tmp_path / "cells.labels.tif").read_bytes()
+    stack = np.random.default_rng(0).random((4, 32, 32)).astype(np.float32)
+    _reopen(make_napari_viewer, stack, tmp_path, drain_jobs, name="cells")
+    said = [n for n in notifications if f"{tmp_path / 'cells.labels.tif'} holds" in n]
+    assert len(said) == 1, notifications
+    assert "(2 planes of 32 x 32 pixels there, 4 planes of 32 x 32 pixels here)" in said[0]
+    assert "or this layer's before its data was replaced" in said[0]
+    assert (tmp_path / "cells.labels.tif").read_bytes() == before  # kept, not restored over

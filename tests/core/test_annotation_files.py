@@ -153,3 +153,41 @@ def test_count_objects_of_a_random_stack_matches_unique():
     labels[2] = 0
     labels[4, :10] = 5000
     assert annotation_files.count_objects(labels) == np.count_nonzero(np.unique(labels))
+
+
+def test_same_image_saves_finds_an_image_s_annotations_under_other_names(tmp_path, monkeypatch):
+    """By the fingerprint their records name, newest first; not the excluded file (the
+    image's own name), not another image's, not labels of another shape (the same pixels
+    read with other axes), not where no record names one."""
+    import os
+
+    ones = np.ones((4, 4), np.uint32)
+    saved = {}
+    for age, (name, fingerprint, labels) in enumerate([
+        ("renamed", "abc", ones), ("copied", "abc", ones), ("other", "def", ones),
+        ("planes", "abc", np.ones((2, 4, 4), np.uint32)), ("own", "abc", ones),
+        ("no record", None, ones),
+    ]):  # fmt: skip
+        record = {} if fingerprint is None else {"image_fingerprint": fingerprint}
+        saved[name], prompts = annotation_files.save_annotations(tmp_path, name, labels, record)
+        os.utime(prompts, (1000 - age, 1000 - age))  # "renamed" newest
+    own = saved["own"]
+    found = annotation_files.same_image_saves(tmp_path, "abc", (4, 4), exclude=(own,))
+    assert found == [saved["renamed"], saved["copied"]]
+    assert annotation_files.same_image_saves(tmp_path, "abc", (2, 4, 4)) == [saved["planes"]]
+    assert annotation_files.same_image_saves(tmp_path / "none yet", "abc", (4, 4)) == []
+    monkeypatch.setattr(annotation_files, "SAME_IMAGE_SCAN_LIMIT", 1)  # the newest record only
+    assert annotation_files.same_image_saves(tmp_path, "abc", (4, 4)) == [saved["renamed"]]
+
+
+def test_same_image_saves_reads_a_record_whole_where_its_head_has_no_fingerprint(tmp_path):
+    labels, prompts = annotation_files.save_annotations(
+        tmp_path, "long", np.ones((4, 4), np.uint32), {"image_fingerprint": "abc"}
+    )
+    record = json.loads(prompts.read_text(encoding="utf-8"))
+    fingerprint = record.pop("image_fingerprint")
+    record["notes"] = "x" * 10_000  # the fingerprint beyond the first 4 KB
+    prompts.write_text(json.dumps({**record, "image_fingerprint": fingerprint}), "utf-8")
+    assert annotation_files.same_image_saves(tmp_path, "abc", (4, 4)) == [labels]
+    prompts.write_text("{not json", "utf-8")  # damaged: not offered
+    assert annotation_files.same_image_saves(tmp_path, "abc", (4, 4)) == []

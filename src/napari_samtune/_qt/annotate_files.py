@@ -26,6 +26,7 @@ from napari_samtune._qt.workers import user_message
 from napari_samtune.core.annotation_files import (
     annotation_paths,
     default_annotation_folder,
+    same_image_saves,
     save_annotations,
 )
 
@@ -87,12 +88,28 @@ class AnnotateFilesMixin:
             show_warning(self.session.namesake_note(annotation_paths(folder, name)[0], file_name))
         labels_path, _ = annotation_paths(folder, file_name)
         if not labels_path.is_file():
+            if labels:
+                self._say_same_image_saved(folder, labels_path)
             self._end_restore(self.session)  # (a layer waiting for a file not here: no more)
             return
         try:
             self._load_saved(labels_path, labels)
         except (ValueError, OSError) as err:
             self._restore_failed(labels_path, user_message(err), labels)
+
+    def _say_same_image_saved(self, folder: Path, own: Path) -> None:
+        """Nothing is saved under this image's name (``own``) in ``folder``: say where its
+        annotations are if they are saved there under another name (its file was renamed or
+        copied since). They are not loaded unasked: 'Load annotations…' goes on with them."""
+        session = self.session
+        found = same_image_saves(folder, session.fingerprint, session.axes.spatial_shape, (own,))
+        if found:
+            more = f" (and {len(found) - 1} more files)" if len(found) > 1 else ""
+            show_info(
+                f"no annotations of {session.image_name!r} are saved in {folder} under its "
+                f"name, but {found[0]}{more} holds annotations of this same image (the same "
+                "pixels), saved under another name: to go on with them, use 'Load annotations…'"
+            )
 
     def _load_saved(self, labels_path: Path, labels: bool) -> None:
         if not labels:

@@ -27,6 +27,7 @@ from napari_samtune.core.annotation_files import (
     load_record,
     save_annotations,
     save_name,
+    saved_shape,
     unreadable_reason,
 )
 from napari_samtune.core.label_files import image_fingerprint, namesake_name, saved_fingerprint
@@ -239,11 +240,13 @@ class AnnotationSession:
                 f"read as now ({self.axes.spatial_shape}) they are saved as "
                 f"{file_name!r}, so that neither is overwritten"
             )
+        saved, shape = saved_shape(taken), tuple(self.axes.spatial_shape)
+        shapes = f" ({_pixels(saved)} there, {_pixels(shape)} here)" if saved != shape else ""
         return (
-            f"{taken} holds the annotations of another image named "
-            f"{self.image_layer.name!r}; this image's are saved as {file_name!r} so "
-            "that neither is overwritten. To keep names apart, use one annotation folder per "
-            "experiment."
+            f"{taken} holds the annotations of other pixels named {self.image_layer.name!r}"
+            f"{shapes}: another image of that name, or this layer's before its data was "
+            f"replaced; this image's are saved as {file_name!r} so that neither is "
+            "overwritten. To keep names apart, use one annotation folder per experiment."
         )
 
     def document(self) -> dict:
@@ -305,3 +308,11 @@ class AnnotationSession:
         if including_empty_annotations and not annotations.data.any():
             if annotations in self.viewer.layers:
                 self.viewer.layers.remove(annotations)
+
+
+def _pixels(shape: tuple[int, ...] | None) -> str:
+    """``(5, 64, 64)`` -> "5 planes of 64 x 64 pixels", ``(64, 64)`` -> "64 x 64 pixels"."""
+    if shape is None:
+        return "an unknown shape"
+    plane = " x ".join(map(str, shape[-2:])) + " pixels"
+    return f"{shape[0]} planes of {plane}" if len(shape) == 3 else plane

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ import tifffile
 
 from napari_samtune.core.checkpoints import atomic_write, first_line
 from napari_samtune.core.label_files import (
+    LABELS_SUFFIX,
     PROMPTS_SUFFIX,
     labels_file_name,
     namesake_name,
@@ -46,6 +48,8 @@ from napari_samtune.core.tiff_files import read_label_tiff
 FORMAT = "napari-samtune-annotations"
 FORMAT_VERSION = 1
 ANNOTATIONS_ENV = "SAMTUNE_ANNOTATIONS_DIR"
+SAME_IMAGE_SCAN_LIMIT = 2000  # records looked at for an image's saves under other names
+_FINGERPRINT_FIELD = re.compile(r'"image_fingerprint":\s*"([0-9a-f]+)"')
 MAX_ID = int(np.iinfo(np.uint32).max)  # labels files are uint32
 
 
@@ -98,6 +102,48 @@ def _saved_shape(labels_path: Path) -> tuple[int, ...]:
     """The shape of the labels in a TIFF, from its header (the pixels are not read)."""
     with tifffile.TiffFile(labels_path) as tif:
         return tuple(tif.series[0].shape)
+
+
+def same_image_saves(
+    folder: str | Path, fingerprint: str, shape: tuple, exclude: tuple[Path, ...] = ()
+) -> list[Path]:
+    """Labels files in ``folder`` (but ``exclude``) saved for the image ``fingerprint``,
+    whose labels have ``shape``, newest first: an image's annotations saved under another
+    name (its file renamed or copied since), which autosave, finding files by name, does not
+    see. Of the :data:`SAME_IMAGE_SCAN_LIMIT` newest records at most (a folder shared by
+    many experiments), each read only as far as its fingerprint (near its start)."""
+    try:
+        records = [e for e in os.scandir(folder) if e.name.endswith(PROMPTS_SUFFIX)]
+    except OSError:  # no folder yet, or not readable: nothing saved there to offer
+        return []
+    records.sort(key=_modified, reverse=True)
+    found = []
+    for entry in records[:SAME_IMAGE_SCAN_LIMIT]:
+        labels = Path(folder) / (entry.name[: -len(PROMPTS_SUFFIX)] + LABELS_SUFFIX)
+        if labels in exclude or _record_fingerprint(entry.path, labels) != fingerprint:
+            continue
+        if saved_shape(labels) == tuple(shape):
+            found.append(labels)
+    return found
+
+
+def _modified(entry: os.DirEntry) -> float:
+    try:
+        return entry.stat().st_mtime
+    except OSError:  # removed meanwhile
+        return 0.0
+
+
+def _record_fingerprint(record_path: str, labels_path: Path) -> str | None:
+    """The fingerprint a record names, from its first 4 KB where it is (as every record
+    written here), else from the whole record."""
+    try:
+        with open(record_path, "rb") as file:
+            head = file.read(4096).decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    match = _FINGERPRINT_FIELD.search(head)
+    return match.group(1) if match else saved_fingerprint(labels_path)
 
 
 def save_name(folder: str | Path, image_name: str, fingerprint: str, shape: tuple) -> str:
