@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_samtune.core import onednn
+from napari_samtune.core.conv_strips import mbconv_strips
 from napari_samtune.core.onednn import (
     bf16_fusable,
     bf16_linear,
@@ -132,6 +133,10 @@ def _fast_block_classes() -> dict[str, type]:
             acts = (self.act1, self.act2, self.act3)
             if not all(map(is_gelu, acts)) or not fusable_in_any_precision(x, self, *acts):
                 return super().forward(x)
+            dtype = torch.bfloat16 if bf16_fusable(x, self) else torch.float32
+            by_strips = mbconv_strips(self, x, dtype)  # a large map: in the CPU's cache
+            if by_strips is not None:
+                return by_strips
             hidden = self.conv2.forward_gelu(self.conv1.forward_gelu(x))
             # (oneDNN fuses a residual add or a GELU after a convolution, not both)
             return F.gelu(self.conv3(hidden).add_(x))  # drop path: identity in eval
