@@ -95,6 +95,12 @@ def fused_conv_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
     return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
 
 
+def fused_conv_into_flop(other_shape, x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of oneDNN's convolution added into ``other`` in place (TinyViT's MBConv by strips,
+    :mod:`napari_samtune.core.conv_strips`), which takes the residual first."""
+    return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
+
+
 def fused_linear_flop(x_shape, *args, out_shape=None, **kwargs) -> int:
     """FLOPs of oneDNN's linear + activation or + residual add: 2 x in x out elements.
 
@@ -106,6 +112,7 @@ def fused_linear_flop(x_shape, *args, out_shape=None, **kwargs) -> int:
 UNLISTED_OP_FLOPS = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa_flop,
     torch.ops.mkldnn._convolution_pointwise: fused_conv_flop,
+    torch.ops.mkldnn._convolution_pointwise_: fused_conv_into_flop,
     torch.ops.mkldnn._linear_pointwise: fused_linear_flop,
 }
 

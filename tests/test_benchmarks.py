@@ -200,3 +200,37 @@ def test_encoder_variants_compute_the_stock_embedding(capsys, monkeypatch):
     encoder_variants.measure("tiny", torch.device("cpu"), rounds=1, calls=1)
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert [row.split(" | ")[0] for row in rows[1:]] == ["| " + name for name in found]
+
+
+def test_the_fast_tinyvit_flops_count_its_mbconv_strips(monkeypatch):
+    """The first stage's MBConv by strips adds its residual in an in-place oneDNN kernel,
+    which torch's counter does not list: the fast path's FLOPs lost that kernel's. Counted,
+    strips of 2 rows do the whole map's work plus their halo rows' widening."""
+    import bench_embedding
+
+    from napari_samtune.core import conv_strips
+    from napari_samtune.core.accelerate import autocast, use_fast_paths
+    from napari_samtune.core.architectures import TINY_TINYVIT, build_sam
+
+    torch.manual_seed(0)
+    encoder = use_fast_paths(build_sam(TINY_TINYVIT).eval()).image_encoder
+    widen = [block.conv1.c for block in encoder.layers[0].blocks]
+    side, rows = encoder.img_size // 4, 2
+    with autocast(torch.device("cpu"), torch.bfloat16):
+        monkeypatch.setattr(conv_strips, "STRIP_BYTES", 1 << 40)  # a strip holds the map
+        bench_embedding.encoder_flops(encoder)  # (the first call makes what later ones keep)
+        whole = bench_embedding.encoder_flops(encoder)
+        strip_bytes = rows * side * widen[0].out_channels * 2  # bf16
+        monkeypatch.setattr(conv_strips, "STRIP_BYTES", strip_bytes)
+        calls, by_strips = [], conv_strips.mbconv_by_strips
+        monkeypatch.setattr(
+            conv_strips, "mbconv_by_strips", lambda *a: calls.append(a[-1]) or by_strips(*a)
+        )
+        stripped = bench_embedding.encoder_flops(encoder)
+    rows_in = sum(min(s + rows + 1, side) - max(s - 1, 0) for s in range(0, side, rows))
+    halo = sum(2 * (rows_in - side) * side * c.in_channels * c.out_channels for c in widen)
+    # the mixing of the first and last strips makes one row more, dropped (the kernel pads
+    # both sides where only one is the image's edge)
+    edges = sum(2 * side * 2 * c.out_channels * 9 for c in widen)
+    assert calls == [rows] * len(widen) and halo > 0
+    assert stripped == whole + halo + edges
