@@ -126,3 +126,11 @@ def automatic_note(found: int, added: int, overwrite: bool) -> str:
         f"automatic segmentation added {added} of the {found} objects it found; the others "
         "lie on existing objects" + ("" if overwrite else " (tick overwrite to replace them)")
     )
+
+
+def shape_phrase(shape: tuple[int, ...] | None) -> str:
+    """``(5, 64, 64)`` -> "5 planes of 64 x 64 pixels", ``(64, 64)`` -> "64 x 64 pixels"."""
+    if shape is None:
+        return "an unknown shape"
+    plane = " x ".join(map(str, shape[-2:])) + " pixels"
+    return f"{shape[0]} planes of {plane}" if len(shape) == 3 else plane

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_samtune._qt.annotate_notes import shape_phrase
 from napari_samtune._qt.image_planes import ImageAxes
 from napari_samtune._qt.kept_prompts import snapshot_prompts
 from napari_samtune._qt.label_edits import Plane, UndoEntry, UndoStack, brush_past, write_objects
@@ -241,7 +242,8 @@ class AnnotationSession:
                 f"{file_name!r}, so that neither is overwritten"
             )
         saved, shape = saved_shape(taken), tuple(self.axes.spatial_shape)
-        shapes = f" ({_pixels(saved)} there, {_pixels(shape)} here)" if saved != shape else ""
+        there, here = shape_phrase(saved), shape_phrase(shape)
+        shapes = f" ({there} there, {here} here)" if saved != shape else ""
         return (
             f"{taken} holds the annotations of other pixels named {self.image_layer.name!r}"
             f"{shapes}: another image of that name, or this layer's before its data was "
@@ -308,11 +310,3 @@ class AnnotationSession:
         if including_empty_annotations and not annotations.data.any():
             if annotations in self.viewer.layers:
                 self.viewer.layers.remove(annotations)
-
-
-def _pixels(shape: tuple[int, ...] | None) -> str:
-    """``(5, 64, 64)`` -> "5 planes of 64 x 64 pixels", ``(64, 64)`` -> "64 x 64 pixels"."""
-    if shape is None:
-        return "an unknown shape"
-    plane = " x ".join(map(str, shape[-2:])) + " pixels"
-    return f"{shape[0]} planes of {plane}" if len(shape) == 3 else plane
