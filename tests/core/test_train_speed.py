@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from napari_samtune.core import train_step
@@ -97,6 +98,36 @@ def test_fast_decoding_does_far_less_work_per_prompt_pass():
         flops[name] = counter.get_total_flops()
     assert logits.shape == (2, 1, 256, 256)
     assert flops["fast"] < 0.7 * flops["stock"]  # measured: 0.65 with these 3 + 1 points
+
+
+class _BatchedProducts(TorchDispatchMode):
+    """Records the (shape, stride) pairs of the operands of every ``bmm``."""
+
+    def __init__(self):
+        super().__init__()
+        self.operands = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.bmm.default:
+            self.operands += [(tuple(a.shape), a.stride()) for a in args[:2]]
+        return func(*args, **(kwargs or {}))
+
+
+def test_one_objects_training_pass_gives_bmm_its_operands_as_they_are():
+    # torch.matmul re-views batch-1 operands with the batch stride of one row, which sent
+    # bf16 transposes down a slow oneDNN path (a frozen preset's step, 1 object: ~4%)
+    torch.manual_seed(0)
+    sam = build_sam(REAL_DECODER).train()
+    image = decoder_image(sam, torch.randn(1, 256, 64, 64))
+    points, labels = torch.rand(1, 2, 2) * 1024, torch.tensor([[1, 0]])
+    with _BatchedProducts() as recorded, torch.autocast("cpu", torch.bfloat16):
+        for multimask, mask_input in ((True, None), (False, torch.randn(1, 1, 256, 256))):
+            logits, iou = decode_prompts(sam, image, points, labels, None, mask_input, multimask)
+            (logits.float().sum() + iou.float().sum()).backward()
+    batch_one = [(shape, stride) for shape, stride in recorded.operands if shape[0] == 1]
+    assert len(batch_one) >= 12  # the mask products and the image -> token attentions
+    for shape, stride in batch_one:
+        assert stride[0] >= shape[1] * shape[2], (shape, stride)
 
 
 def test_channels_last_encoding_gives_the_stock_embedding():

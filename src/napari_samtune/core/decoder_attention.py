@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from napari_samtune.core.low_rank_decoder import attention_heads
+from napari_samtune.core.onednn import batched_matmul
 
 
 def tokens_to_image(attention, q_in, keys_pe, keys):
@@ -75,7 +76,7 @@ def add_mixed(residual, probs, values):
     """``residual + probs @ values``, the add fused into the product (except under autocast,
     which would round the float32 ``residual`` to the compute dtype)."""
     if torch.is_autocast_enabled(residual.device.type):
-        return residual + probs @ values
+        return residual + batched_matmul(probs, values)
     return torch.baddbmm(residual, probs, values)
 
 
@@ -122,4 +123,4 @@ def _batched_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a (n, X, K) @ b (n or 1, K, Y)``; a shared ``b`` is used once for all n, not copied."""
     if len(b) == 1 and len(a) > 1:
         return (a.reshape(1, -1, a.shape[-1]) @ b).view(len(a), -1, b.shape[-1])
-    return a @ b
+    return batched_matmul(a, b)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from napari_samtune.core.onednn import is_gelu
+from napari_samtune.core.onednn import batched_matmul, is_gelu
 
 
 class FastConvTranspose2x2(torch.nn.ConvTranspose2d):
@@ -125,7 +125,7 @@ def mask_product(hyper: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     comes out contiguous."""
     if torch.is_grad_enabled() and (hyper.requires_grad or x.requires_grad):
         return _MaskProduct.apply(hyper, x)
-    return hyper @ x.mT
+    return batched_matmul(hyper, x.mT)
 
 
 class _MaskProduct(torch.autograd.Function):
@@ -141,20 +141,20 @@ class _MaskProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hyper: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(hyper, x)
-        return hyper @ x.mT
+        return batched_matmul(hyper, x.mT)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         hyper, x = ctx.saved_tensors
         grad_hyper = grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_hyper = (grad @ x.to(grad.dtype)).to(hyper.dtype)
+            grad_hyper = batched_matmul(grad, x.to(grad.dtype)).to(hyper.dtype)
         if ctx.needs_input_grad[1]:
             weights = hyper.to(grad.dtype)
             if hyper.shape[1] == 1:  # an outer product: a broadcast multiply is ~3x faster
                 grad_x = grad.mT * weights
             else:
-                grad_x = grad.mT @ weights
+                grad_x = batched_matmul(grad.mT, weights)
             grad_x = grad_x.to(x.dtype)
         return grad_hyper, grad_x
 

@@ -55,6 +55,22 @@ def is_gelu(module: torch.nn.Module) -> bool:
     return type(module) is torch.nn.GELU and module.approximate == "none"
 
 
+def batched_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for (B, n, k) and (B, k, m) tensors, through ``torch.bmm``; other shapes
+    through ``torch.matmul``.
+
+    For B = 1 ``torch.matmul`` views its operands before its ``bmm`` and gives a transposed
+    one a batch stride (that of a single row) which oneDNN's bf16 kernel does not take for a
+    plain transpose. On a 2-core AVX-512 BF16 EPYC a mask product (1, 1, 32) @ (1, 65536,
+    32)^T took 1.7 ms through ``matmul`` and 0.21 ms through ``bmm``, a decoder attention's
+    (1, 72, 4096)^T @ (1, 72, 256) 0.80 against 0.39 ms; in float32 both ways took the same.
+    (The decoder for one object, a frozen-encoder preset's training step, met this case.)
+    """
+    if a.ndim == 3 and b.ndim == 3 and len(a) == len(b):
+        return torch.bmm(a, b)
+    return a @ b
+
+
 @functools.cache
 def fused_linears_pay() -> bool:
     """Whether oneDNN's fused linear kernels beat a plain product and an in-place op here.
