@@ -57,6 +57,16 @@ def test_propagation_follows_the_object_until_it_vanishes():
     assert [c["plane"] for c in segmenter.calls] == [5, 6, 7, 3, 2, 1]  # up, then down
 
 
+def test_propagation_keeps_out_of_planes_it_is_told_to_and_does_not_embed_them():
+    radii = [0, 7, 9, 10, 9, 7, 0]
+    truth = _ball_stack(radii)
+    segmenter = TruthSegmenter(truth)
+    start = truth[3] > 0
+    results = dict(iter_propagate(segmenter, segmenter.set_plane, 7, 3, start, keep_out={5}))
+    assert sorted(results) == [1, 2, 4]  # up to plane 4, down to where the object ends
+    assert [c["plane"] for c in segmenter.calls] == [4, 2, 1, 0]  # plane 5 never predicted
+
+
 def test_propagation_stops_at_a_large_area_change():
     radii = [10, 10, 10, 3, 3]  # area drops ~11x at plane 3
     truth = _ball_stack(radii)

@@ -273,6 +273,44 @@ def test_propagation_fills_neighbouring_planes_and_commits_one_3d_object(
     assert widget.session.records[0]["planes"] == reached
 
 
+def test_propagation_keeps_out_of_a_plane_with_another_objects_prompts(
+    stack_widget, qtbot, run_job, go_to_plane, notifications
+):
+    """It used to go through it: that plane's preview was replaced and its prompts were taken
+    for corrections of the propagated object."""
+    viewer, widget = stack_widget
+    go_to_plane(viewer, widget, 2)
+    layers = widget.session.layers
+    layers.points.add([2, 80.0, 15.0])  # another object, not committed
+    own = layers.preview.data[2].copy()
+    assert own.any()
+    layers = _propagate_a_box_from_plane_1(viewer, widget, run_job, go_to_plane)
+    assert 2 not in layers.propagated and 0 in layers.propagated
+    np.testing.assert_array_equal(layers.preview.data[2], own)
+    notes = [str(n.message) for n in notifications if "propagat" in str(n.message)]
+    assert "plane 2 holds another object's prompts, left as it was" in notes[-1]
+    assert notes[-1].startswith("propagated the object from plane 1 through planes 0-1")
+    go_to_plane(viewer, widget, 2)
+    np.testing.assert_array_equal(layers.preview.data[2], own)  # its own prompts alone
+
+
+def test_a_corrected_propagated_plane_is_propagated_through_again(
+    stack_widget, qtbot, run_job, go_to_plane, notifications
+):
+    viewer, widget = stack_widget
+    layers = _propagate_a_box_from_plane_1(viewer, widget, run_job, go_to_plane)
+    assert 2 in layers.propagated
+    go_to_plane(viewer, widget, 2)
+    widget.toggle_polarity()
+    row, col = np.argwhere(layers.preview.data[2] > 0)[0]
+    layers.points.add([2, row, col])  # a correction of the propagated object
+    go_to_plane(viewer, widget, 1)
+    run_job(widget, widget.propagate, PROPAGATE_TASK)
+    assert 2 in layers.propagated
+    notes = [str(n.message) for n in notifications if "propagat" in str(n.message)]
+    assert "another object" not in notes[-1]
+
+
 def test_propagation_needs_a_stack_and_an_object(stack_widget, notifications):
     _, widget = stack_widget
     assert widget.propagate() is None  # empty preview

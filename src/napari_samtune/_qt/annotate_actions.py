@@ -183,6 +183,7 @@ class AnnotateActionsMixin:
             return None
         config = PropagationConfig(max_area_ratio=self.ui.area_ratio_spin.value())
         session = self.session
+        keep_out = _other_objects_planes(session.layers, plane)
         session.layers.clear_propagated(keep=plane)  # this run says which planes it reaches
         self._job_session = session  # chosen again while it runs: see set_image_layer
         return self._start_segmenter_job(
@@ -191,6 +192,7 @@ class AnnotateActionsMixin:
             plane,
             preview > 0,
             config,
+            keep_out,
             on_yield=lambda result: self._show_propagated(result, session, plane, config),
             on_finish=lambda: setattr(self, "_job_session", None),
             keep_away=True,
@@ -206,7 +208,9 @@ class AnnotateActionsMixin:
         """Show ``result`` in the preview of ``session``, chosen or not."""
         if isinstance(result, jobs.PropagationEnd):  # the status line is gone with the job
             n_planes, ratio = session.axes.n_planes, config.max_area_ratio
-            note = propagation_note(start, list(result.planes), n_planes, ratio, config.max_planes)
+            note = propagation_note(
+                start, list(result.planes), n_planes, ratio, config.max_planes, result.kept_out
+            )
             if session is not self.session:
                 note += f" (in the preview of {session.image_layer.name!r}: pick it under Image)"
             show_info(note)
@@ -301,3 +305,15 @@ class AnnotateActionsMixin:
             labels_result=True,
             keep_away=True,  # planes found while another image is chosen are written too
         )
+
+
+def _other_objects_planes(layers, start: int) -> frozenset[int]:
+    """Planes other than ``start`` whose prompts segment an object of their own: not those
+    refining a plane an earlier propagation reached (a correction there is of that object,
+    and the new run's mask takes it). Propagation keeps out of them, which it used to enter,
+    replacing their preview and taking their prompts for corrections of its object."""
+    coords = [np.asarray(layers.points.data).reshape(-1, layers.ndim)[:, 0]]
+    coords += [np.asarray(vertices)[:1, 0] for vertices in layers.boxes.data]
+    candidates = set(np.rint(np.concatenate(coords)).astype(int).tolist())
+    candidates -= {start, *layers.propagated}
+    return frozenset(p for p in candidates if not layers.prompts(p).is_empty)

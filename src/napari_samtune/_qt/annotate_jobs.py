@@ -60,9 +60,11 @@ def skipped_note(task: str, image: str, skipped: Sequence[PlaneSkipped]) -> str:
 @dataclass(frozen=True)
 class PropagationEnd:
     """Propagation ran to its end (it was not stopped and did not fail): the planes it
-    reached, the start plane not among them."""
+    reached, the start plane not among them, and the planes it kept out of (their own
+    prompts) where it would have gone on."""
 
     planes: tuple[int, ...]
+    kept_out: tuple[int, ...] = ()
 
 
 Reporter = Callable[[TaskProgress], None]  # thread-safe progress sink (TaskRunner.report)
@@ -170,10 +172,11 @@ def iter_propagate_object(
     start_plane: int,
     start_mask: np.ndarray,
     config: PropagationConfig,
+    keep_out: frozenset[int] = frozenset(),
     image_name: str = "image",
 ) -> Iterator[TaskProgress | PlaneResult]:
-    """Carry one object's mask to neighbouring planes; yields a :class:`PlaneResult` for
-    each, then a :class:`PropagationEnd`."""
+    """Carry one object's mask to neighbouring planes, not into those of ``keep_out``;
+    yields a :class:`PlaneResult` for each plane reached, then a :class:`PropagationEnd`."""
     planes = iter_propagate(
         segmenter,
         lambda z: _set_plane(segmenter, axes, data, z, image_name=image_name),
@@ -181,13 +184,18 @@ def iter_propagate_object(
         start_plane,
         start_mask,
         config,
+        keep_out,
     )
     reached = []
     for plane, mask in planes:
         reached.append(plane)
         yield TaskProgress(len(reached), 0, f"propagated to plane {plane} ({len(reached)} reached)")
         yield PlaneResult(plane, mask.astype(np.uint32))
-    yield PropagationEnd(tuple(reached))
+    beyond = [
+        start_plane + step * (1 + sum((p - start_plane) * step > 0 for p in reached))
+        for step in (1, -1)
+    ]
+    yield PropagationEnd(tuple(reached), tuple(p for p in beyond if p in keep_out))
 
 
 def load_model_job(

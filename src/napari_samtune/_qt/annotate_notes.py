@@ -87,29 +87,44 @@ def behind_note(planes: list[int | None]) -> str:
 
 
 def propagation_note(
-    start: int, reached: list[int], n_planes: int, max_area_ratio: float, max_planes: int
+    start: int,
+    reached: list[int],
+    n_planes: int,
+    max_area_ratio: float,
+    max_planes: int,
+    kept_out: tuple[int, ...] = (),
 ) -> str:
-    """What propagation from plane ``start`` did: the planes it ``reached`` (any order), and
-    the planes where the stopping rule ended it (not the ends of the stack or the
-    ``max_planes`` limit). Planes are numbered as napari's slider shows them, from 0."""
+    """What propagation from plane ``start`` did: the planes it ``reached`` (any order), the
+    planes where the stopping rule ended it (not the ends of the stack or the ``max_planes``
+    limit), and those it ``kept_out`` of, which hold another object's prompts. Planes are
+    numbered as napari's slider shows them, from 0."""
     stops = []
     for step in (1, -1):  # the planes reached on a side run on from start, without a gap
         beyond = start + step * (1 + sum((p - start) * step > 0 for p in reached))
-        if 0 <= beyond < n_planes and abs(beyond - start) <= max_planes:
+        if 0 <= beyond < n_planes and abs(beyond - start) <= max_planes and beyond not in kept_out:
             stops.append(beyond)
     rule = f"the object vanished or its area changed more than {max_area_ratio:g}×"
     where = ("plane " if len(stops) == 1 else "planes ") + " and ".join(map(str, sorted(stops)))
-    if not reached:
-        return (
-            f"propagation reached no other plane: on {where} {rule}; raise 'stop at area "
-            "change ×' or prompt the object there yourself"
+    parts = []
+    if stops and not reached:
+        parts.append(
+            f"on {where} {rule}; raise 'stop at area change ×' or prompt the object there yourself"
         )
+    elif stops:
+        parts.append(f"it stopped at {where}, where {rule}")
+    if kept_out:
+        one = len(kept_out) == 1
+        parts.append(
+            f"{planes_phrase(sorted(kept_out))} {'holds' if one else 'hold'} another object's "
+            f"prompts, left as {'it was' if one else 'they were'}: commit or clear them to "
+            "propagate through"
+        )
+    if not reached:
+        return "propagation reached no other plane: " + "; ".join(parts)
     note = f"propagated the object from plane {start} through planes " + plane_ranges(
         sorted([*reached, start])
     )
-    if stops:
-        note += f"; it stopped at {where}, where {rule}"
-    return note + "; check them, then commit (C) to write the 3D object"
+    return "; ".join([note, *parts, "check them, then commit (C) to write the 3D object"])
 
 
 def automatic_note(found: int, added: int, overwrite: bool) -> str:

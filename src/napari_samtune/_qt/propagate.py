@@ -16,7 +16,7 @@ Coordinates go to SAM through :func:`napari_samtune.core.coords.napari_to_sam` o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,6 +98,7 @@ def iter_propagate(
     start_plane: int,
     start_mask: np.ndarray,
     config: PropagationConfig = PropagationConfig(),
+    keep_out: Collection[int] = (),
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(plane, mask)`` for every plane the object reaches (not the start plane).
 
@@ -108,6 +109,8 @@ def iter_propagate(
         start_plane: the plane where ``start_mask`` was drawn.
         start_mask: bool (H, W) mask of the object on ``start_plane``.
         config: stopping rule and box margin.
+        keep_out: planes not to enter (they hold another object's prompts): propagation
+            stops before them, leaving them as they are.
 
     Masks are bool (H, W). Planes above the start come first, in order, then those below.
     """
@@ -118,6 +121,8 @@ def iter_propagate(
         previous = start_mask
         plane = start_plane + step
         while 0 <= plane < n_planes and abs(plane - start_plane) <= config.max_planes:
+            if plane in keep_out:
+                break
             set_plane(plane)
             mask = _predict_from(segmenter, previous, config.box_margin)
             if not _keeps_going(int(previous.sum()), int(mask.sum()), config):
