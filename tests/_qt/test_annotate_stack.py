@@ -201,6 +201,15 @@ def test_the_propagation_note_says_where_it_went_and_why_it_stopped():
     assert propagation_note(0, [], 4, 2.0, 50).startswith(
         "propagation reached no other plane: on plane 1 the"
     )
+    held = "another object's prompts, left as"
+    assert propagation_note(4, [5, 3], 9, 2.0, 50, (2,)) == (
+        f"propagated the object from plane 4 through planes 3-5; it stopped at plane 6, where "
+        f"{rule}; plane 2 holds {held} it was: commit or clear them to propagate through" + done
+    )
+    assert propagation_note(1, [], 4, 2.0, 50, (0, 2)) == (
+        f"propagation reached no other plane: planes 0, 2 hold {held} they were: commit or "
+        "clear them to propagate through"
+    )
 
 
 def test_job_progress_numbers_planes_as_napari_slider_does_and_names_the_image():

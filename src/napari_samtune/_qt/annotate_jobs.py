@@ -18,7 +18,7 @@ import numpy as np
 from napari_samtune._qt.annotate_notes import planes_phrase
 from napari_samtune._qt.downloads import download_progress, fetch_model_file
 from napari_samtune._qt.image_planes import ImageAxes
-from napari_samtune._qt.propagate import PropagationConfig, iter_propagate
+from napari_samtune._qt.propagate import PropagationConfig, iter_propagate, planes_past
 from napari_samtune._qt.workers import TaskProgress, logged_notes
 from napari_samtune.core.automatic import AutoSegmentConfig
 from napari_samtune.core.models import LoadedModel, load_model
@@ -191,11 +191,8 @@ def iter_propagate_object(
         reached.append(plane)
         yield TaskProgress(len(reached), 0, f"propagated to plane {plane} ({len(reached)} reached)")
         yield PlaneResult(plane, mask.astype(np.uint32))
-    beyond = [
-        start_plane + step * (1 + sum((p - start_plane) * step > 0 for p in reached))
-        for step in (1, -1)
-    ]
-    yield PropagationEnd(tuple(reached), tuple(p for p in beyond if p in keep_out))
+    past = planes_past(start_plane, reached)
+    yield PropagationEnd(tuple(reached), tuple(p for p in past if p in keep_out))
 
 
 def load_model_job(

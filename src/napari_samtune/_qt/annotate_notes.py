@@ -10,6 +10,8 @@ from __future__ import annotations
 from itertools import pairwise
 from typing import Any
 
+from napari_samtune._qt.propagate import planes_past
+
 
 def plane_ranges(planes: list[int]) -> str:
     """``[1, 2, 3, 7]`` -> ``"1-3, 7"`` (sorted planes)."""
@@ -98,11 +100,11 @@ def propagation_note(
     planes where the stopping rule ended it (not the ends of the stack or the ``max_planes``
     limit), and those it ``kept_out`` of, which hold another object's prompts. Planes are
     numbered as napari's slider shows them, from 0."""
-    stops = []
-    for step in (1, -1):  # the planes reached on a side run on from start, without a gap
-        beyond = start + step * (1 + sum((p - start) * step > 0 for p in reached))
-        if 0 <= beyond < n_planes and abs(beyond - start) <= max_planes and beyond not in kept_out:
-            stops.append(beyond)
+    stops = [
+        plane
+        for plane in planes_past(start, reached)
+        if 0 <= plane < n_planes and abs(plane - start) <= max_planes and plane not in kept_out
+    ]
     rule = f"the object vanished or its area changed more than {max_area_ratio:g}×"
     where = ("plane " if len(stops) == 1 else "planes ") + " and ".join(map(str, sorted(stops)))
     parts = []

@@ -91,6 +91,13 @@ def _keeps_going(previous_area: int, area: int, config: PropagationConfig) -> bo
     return 1.0 / config.max_area_ratio <= ratio <= config.max_area_ratio
 
 
+def planes_past(start: int, reached: Collection[int]) -> tuple[int, int]:
+    """The planes just past the runs :func:`iter_propagate` reached from ``start`` (any
+    order), above and below: where it stopped, or the stack's ends (may lie outside it)."""
+    above, below = (sum((plane - start) * step > 0 for plane in reached) for step in (1, -1))
+    return start + above + 1, start - below - 1
+
+
 def iter_propagate(
     segmenter,
     set_plane: Callable[[int], None],
