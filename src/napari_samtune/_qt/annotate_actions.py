@@ -23,7 +23,7 @@ from napari_samtune._qt.annotate_notes import (
 )
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, SCOPE_STACK
 from napari_samtune._qt.kept_prompts import KeptPrompts, has_prompts, snapshot_prompts
-from napari_samtune._qt.prompt_layers import PlanePrompts, PropagatedPlane
+from napari_samtune._qt.prompt_layers import PlanePrompts, PropagatedPlane, planes_of
 from napari_samtune._qt.propagate import PropagationConfig, prompts_from_mask
 from napari_samtune.core.automatic import AutoSegmentConfig, default_auto_config
 
@@ -312,8 +312,7 @@ def _other_objects_planes(layers, start: int) -> frozenset[int]:
     refining a plane an earlier propagation reached (a correction there is of that object,
     and the new run's mask takes it). Propagation keeps out of them, which it used to enter,
     replacing their preview and taking their prompts for corrections of its object."""
-    coords = [np.asarray(layers.points.data).reshape(-1, layers.ndim)[:, 0]]
-    coords += [np.asarray(vertices)[:1, 0] for vertices in layers.boxes.data]
-    candidates = set(np.rint(np.concatenate(coords)).astype(int).tolist())
-    candidates -= {start, *layers.propagated}
+    coords = [np.asarray(layers.points.data).reshape(-1, layers.ndim)]
+    coords += [np.asarray(vertices)[:1] for vertices in layers.boxes.data]  # a box's plane
+    candidates = set(planes_of(np.concatenate(coords)).tolist()) - {start, *layers.propagated}
     return frozenset(p for p in candidates if not layers.prompts(p).is_empty)

@@ -94,11 +94,16 @@ class PropagatedPlane:
     prompts: PlanePrompts
 
 
+def planes_of(coords: np.ndarray) -> np.ndarray:
+    """The plane (int (N,)) of each row of a stack's (N, 3) ``coords``: the nearest."""
+    return np.rint(coords[:, 0]).astype(int)
+
+
 def _on_plane(coords: np.ndarray, plane: int | None) -> np.ndarray:
     """Mask of the rows of ``coords`` (N, ndim) that lie on ``plane`` (all when 2D)."""
     if plane is None or coords.shape[1] == 2:
         return np.ones(len(coords), dtype=bool)
-    return np.rint(coords[:, 0]).astype(int) == plane
+    return planes_of(coords) == plane
 
 
 def _as_uint32_labels(layer: Labels) -> np.ndarray:

@@ -4,7 +4,8 @@ Each fused call saves a pass over an activation map (TinyViT's early maps are 16
 ViT-B MLP's hidden layer 50 MB). The kernels have no backward and take fp32 as it comes, so
 they are used only where :func:`fusable` says so; elsewhere the helpers run the plain ops.
 Fused linear layers pay only on some CPUs (:func:`fused_linears_pay`); elsewhere the
-helpers apply the GELU or the add in place on the product.
+helpers apply the GELU or the add in place on the product. Batch-1 products go to
+``torch.bmm`` directly (:func:`batched_matmul`), which oneDNN runs on its fast path.
 """
 
 from __future__ import annotations
