@@ -18,6 +18,7 @@ from napari_samtune.core.embeddings import (
     TileGrid,
     TilingConfig,
     default_cache_dir,
+    embed_view,
     encoder_pixels,
 )
 from napari_samtune.core.images import to_sam_rgb
@@ -50,6 +51,20 @@ def test_encoder_pixels_are_sams_preprocessing_channels_last(tiny_sam, shape):
     assert pixels.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(pixels, expected, rtol=1e-6, atol=1e-6)
     assert not pixels[..., shape[0] :, :].any() and not pixels[..., shape[1] :].any()
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (256, 100)])
+def test_a_view_reaches_the_vit_blocks_as_a_contiguous_token_map(tiny_sam, shape):
+    """The patch embedding's (B, H, W, C) tokens are contiguous, for a full-size crop too
+    (whose pixels are a view of the crop with a batch stride the convolution misread as
+    channels-first): every residual add and layer norm then reads contiguous memory."""
+    tokens = []
+    tiny_sam.image_encoder.patch_embed.register_forward_hook(lambda m, i, out: tokens.append(out))
+    crop = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    grid = TileGrid.for_image(shape, tiny_sam.image_encoder.img_size, TilingConfig())
+    embed_view(tiny_sam, crop, grid.tiles[0])
+    assert tokens[0].shape[-1] == tiny_sam.image_encoder.patch_embed.proj.out_channels
+    assert tokens[0].is_contiguous()
 
 
 @pytest.mark.parametrize("length", [257, 300, 449, 512, 700, 1000])

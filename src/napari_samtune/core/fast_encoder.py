@@ -218,21 +218,40 @@ def use_stock_attention(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def channels_last(pixels: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) ``pixels`` channels-last in memory, with strides that say so to every kernel.
+
+    A batch of one made by a view (``x.permute(2, 0, 1)[None]``) has the batch stride C,
+    which ``is_contiguous(memory_format=torch.channels_last)`` ignores (a size-1 dimension)
+    but the convolutions' layout check reads: it took such pixels for channels-first, and
+    ViT-B's residual stream became a strided view of a channels-first map. The batch
+    stride of a batch of one addresses nothing, so setting it is free. (ViT-B at 1024 px in
+    bf16 on a 2-core AVX-512 BF16 EPYC: 3.52 -> 3.28 s, best of 14 alternating calls; its
+    layer norms and residual adds ran 3x slower on the strided view.)
+    """
+    pixels = pixels.contiguous(memory_format=torch.channels_last)
+    batch, channels, height, width = pixels.shape
+    if batch != 1:
+        return pixels
+    strides = (channels * height * width, 1, width * channels, channels)
+    return pixels.as_strided(pixels.shape, strides)
+
+
 def encode(sam: Sam, pixels: torch.Tensor, cuda_graph: bool = False) -> torch.Tensor:
     """Image embeddings (B, C, E, E) of preprocessed (B, 3, S, S) ``pixels``.
 
-    The pixels go in channels-last. SAM's ViT turns its patch convolution's (B, C, H, W)
-    output into (B, H, W, C) with a permute: from a channels-last convolution that view is
-    contiguous, else every residual add and layer norm of all blocks runs on strided
-    memory (ViT-B at 1024 px: 1.66 s -> 1.25 s in bf16 on a 2-core CPU). TinyViT's
-    convolutions also skip their layout conversions (vit_t about twice as fast on CPU).
-    Same result as the stock call. With ``cuda_graph``, CUDA inference replays the encoder
-    from a captured graph (:mod:`~napari_samtune.core.cuda_graphs`): on a fast GPU the
-    kernels' launches, not the kernels, took most of the time (H200, bf16: vit_t
+    The pixels go in channels-last (:func:`channels_last`). SAM's ViT turns its patch
+    convolution's (B, C, H, W) output into (B, H, W, C) with a permute: from a channels-last
+    convolution that view is contiguous, else every residual add and layer norm of all
+    blocks runs on strided memory (ViT-B at 1024 px: 1.66 s -> 1.25 s in bf16 on a 2-core
+    CPU). TinyViT's convolutions also skip their layout conversions (vit_t about twice as
+    fast on CPU). Same result as the stock call. With ``cuda_graph``, CUDA inference replays
+    the encoder from a captured graph (:mod:`~napari_samtune.core.cuda_graphs`): on a fast
+    GPU the kernels' launches, not the kernels, took most of the time (H200, bf16: vit_t
     12.0 -> 4.1 ms, vit_b 12.9 -> 7.8 ms). The graph keeps its activations' memory, so
     training (which measured its memory without it) does not ask for one.
     """
-    pixels = pixels.contiguous(memory_format=torch.channels_last)
+    pixels = channels_last(pixels)
     if cuda_graph and graphs_wanted(sam.image_encoder, pixels):
         return graphed_encoder_call(sam.image_encoder, pixels)
     return sam.image_encoder(pixels)
