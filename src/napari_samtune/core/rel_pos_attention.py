@@ -73,7 +73,9 @@ LOW_PRECISION_CHUNK_ELEMENTS = 1 << 20  # bf16 scores per piece of _product_piec
 
 def _product_pieces(q, k, v, rel_h, rel_w, scale: float) -> torch.Tensor:
     """:func:`bias_mask_attention` in bf16 (or fp16) by plain products, a piece at a time:
-    the scores' product, the bias added in place, the softmax in fp32, the product with v.
+    the scores' product, the bias added in place, the softmax, the product with v. (The
+    softmax of bf16 scores computes in fp32 and rounds once: ViT-B's global attention gave
+    the same bits as a softmax to fp32 and a cast, in 253 instead of 285 ms.)
 
     q, k and v are first copied once into head-major order (q times ``scale``, k
     transposed), so that each piece's products read contiguous operands instead of copying
@@ -92,7 +94,7 @@ def _product_pieces(q, k, v, rel_h, rel_w, scale: float) -> torch.Tensor:
             r = slice(start, start + rows)
             scores = torch.matmul(queries[head, :, r], keys_t[head])
             scores += _bias(rel_h[:, head, r], rel_w[:, head, r])
-            probabilities = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+            probabilities = torch.softmax(scores, dim=-1)
             torch.matmul(probabilities, values[head], out=out[head, :, r])
     return out.transpose(0, 1)
 
