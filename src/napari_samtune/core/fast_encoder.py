@@ -231,7 +231,7 @@ def channels_last(pixels: torch.Tensor) -> torch.Tensor:
     ViT-B's residual stream became a strided view of a channels-first map. The batch
     stride of a batch of one addresses nothing, so setting it is free. (ViT-B at 1024 px in
     bf16 on a 2-core AVX-512 BF16 EPYC: 3.52 -> 3.28 s, best of 14 alternating calls; its
-    layer norms and residual adds ran 3x slower on the strided view.)
+    layer norms and residual adds ran 2-3x slower on the strided view.)
     """
     pixels = pixels.contiguous(memory_format=torch.channels_last)
     batch, channels, height, width = pixels.shape
