@@ -90,3 +90,15 @@ def server():
     yield s
     s.httpd.shutdown()
     s.httpd.server_close()
+
+
+@pytest.fixture(params=[True, False], ids=["bf16-kernels", "no-bf16-kernels"])
+def bf16_kernels(request, monkeypatch):
+    """With oneDNN's bf16 kernels, where this CPU has them (AVX-512 or AVX-NE-CONVERT), and
+    without, as on an AVX2 CPU: there bf16 autocast keeps the stock modules."""
+    from napari_samtune.core import onednn
+
+    if request.param and not onednn.has_bf16_kernels():
+        pytest.skip("this CPU runs no oneDNN bf16 kernels (they need AVX-512 or AVX-NE-CONVERT)")
+    monkeypatch.setattr(onednn, "has_bf16_kernels", lambda: request.param)
+    return request.param

@@ -167,10 +167,12 @@ def test_fused_tinyvit_blocks_match_stock_in_fp32_inference(index, fused_linears
 
 
 @pytest.mark.parametrize("index", range(N_BLOCKS))
-def test_fused_tinyvit_blocks_in_bf16_are_as_close_as_stock_autocast(index, fused_linears):
+def test_fused_tinyvit_blocks_in_bf16_are_as_close_as_stock_autocast(
+    index, fused_linears, bf16_kernels
+):
     """Under bf16 autocast the convolutions + GELU are fused in bf16, and so is the MLP's
     linear + GELU where fused linears pay (not the residual adds): as close to fp32 as the
-    stock modules under autocast."""
+    stock modules under autocast. Without oneDNN's bf16 kernels nothing is fused."""
     block, x = _tinyvit_blocks()[index]
     _trained_like(block)
     with torch.inference_mode():
@@ -179,7 +181,9 @@ def test_fused_tinyvit_blocks_in_bf16_are_as_close_as_stock_autocast(index, fuse
             stock = block(x).float()
             use_fast_tinyvit(torch.nn.Sequential(block))
             fast, fused_ops = _fused_ops_run(block, x)
-    if index < 4:  # convolutions
+    if not bf16_kernels:
+        assert fused_ops == set()
+    elif index < 4:  # convolutions
         assert fused_ops == {"mkldnn::_convolution_pointwise"}
     else:
         assert fused_ops == ({"mkldnn::_linear_pointwise"} if fused_linears else set())
@@ -207,7 +211,8 @@ def test_only_the_exact_gelu_is_fused():
     assert not onednn.is_gelu(torch.nn.ReLU())
 
 
-def test_fusion_only_in_eval_inference_in_fp32_or_under_bf16_autocast():
+def test_fusion_only_in_eval_inference_in_fp32_or_under_bf16_autocast(monkeypatch):
+    monkeypatch.setattr(onednn, "has_bf16_kernels", lambda: True)
     conv = fast_tinyvit._fast_conv_bn_class()(4, 4)
     conv.eval()
     x = torch.randn(1, 4, 8, 8)
@@ -217,6 +222,9 @@ def test_fusion_only_in_eval_inference_in_fp32_or_under_bf16_autocast():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert not onednn.fusable(x, conv)
             assert onednn.bf16_fusable(x, conv)  # in bf16, as autocast would run it
+            monkeypatch.setattr(onednn, "has_bf16_kernels", lambda: False)  # an AVX2 CPU
+            assert not onednn.bf16_fusable(x, conv)
+            monkeypatch.setattr(onednn, "has_bf16_kernels", lambda: True)
         with torch.autocast("cpu", dtype=torch.float16):
             assert not onednn.bf16_fusable(x, conv)
         conv.train()
@@ -377,10 +385,11 @@ def test_fast_tinyvit_block_fuses_its_residual_adds(fused_linears):
         assert names.count("aten::add_") == 2 + 4, names
 
 
-def test_fast_tinyvit_block_in_bf16_fuses_its_bf16_residual_adds(fused_linears):
+def test_fast_tinyvit_block_in_bf16_fuses_its_bf16_residual_adds(fused_linears, bf16_kernels):
     """TinyViT's tokens are bf16 under autocast (the convolutions before the blocks make
-    them so): where fused linears pay, both residual adds go into the bf16 linear kernels,
-    and the block stays as close to fp32 as stock autocast."""
+    them so): where fused linears pay and oneDNN has bf16 kernels, both residual adds go
+    into the bf16 linear kernels, and the block stays as close to fp32 as stock autocast."""
+    fused = fused_linears and bf16_kernels
     block, x = _tinyvit_blocks()[5]
     _trained_like(block)
     x = x.bfloat16()
@@ -398,9 +407,9 @@ def test_fast_tinyvit_block_in_bf16_fuses_its_bf16_residual_adds(fused_linears):
     assert fast.dtype == torch.bfloat16
     # q, k, v of the tokens and of the padding's zero token, the attention projection + add,
     # fc1 + GELU, fc2 + add; no addmm, which copies its bias into every row first
-    assert names.count("mkldnn::_linear_pointwise") == (5 if fused_linears else 0), names
-    assert ("aten::addmm" in names) == (not fused_linears), names
-    assert len(token_adds) == (0 if fused_linears else 2)  # else the two residual adds
+    assert names.count("mkldnn::_linear_pointwise") == (5 if fused else 0), names
+    assert ("aten::addmm" in names) == (not fused), names
+    assert len(token_adds) == (0 if fused else 2)  # else the two residual adds
     assert (fast.float() - reference).abs().max() <= 2 * (stock - reference).abs().max() + 1e-2
 
 

@@ -27,6 +27,18 @@ def has_fused_ops() -> bool:
     )
 
 
+@functools.cache
+def has_bf16_kernels() -> bool:
+    """True where oneDNN runs its bf16 kernels on this CPU.
+
+    They need AVX-512 (BW, VL and DQ) or AVX-NE-CONVERT. On an AVX2-only CPU (a 2-core AMD
+    EPYC) a fused bf16 convolution raised "mkldnn_convolution: bf16 path needs the cpu
+    support avx_ne_convert or avx512bw, avx512vl and avx512dq". There, bf16 autocast keeps
+    the stock modules, whose plain products torch emulates in bf16.
+    """
+    return has_fused_ops() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def fusable(x: torch.Tensor, *modules: torch.nn.Module) -> bool:
     """Whether oneDNN's fused inference ops may replace ``modules`` on input ``x``.
 
@@ -113,9 +125,10 @@ def linear_add(
 
 def bf16_fusable(x: torch.Tensor, *modules: torch.nn.Module) -> bool:
     """Whether a fused kernel may run in bf16 in place of the bf16 product that CPU autocast
-    would run: autocast to bf16 on, no gradient, eval mode."""
+    would run: autocast to bf16 on, no gradient, eval mode, and :func:`has_bf16_kernels`."""
     return (
         _cpu_inference(x, modules)
+        and has_bf16_kernels()
         and torch.is_autocast_enabled("cpu")
         and torch.get_autocast_dtype("cpu") == torch.bfloat16
     )
