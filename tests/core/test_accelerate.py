@@ -1,3 +1,4 @@
+import warnings
 from functools import partial
 
 import pytest
@@ -195,6 +196,46 @@ def test_cpu_bf16_needs_the_instructions_and_a_measured_gain(monkeypatch, flags,
     monkeypatch.setattr(accelerate, "bf16_speedup", measured)
     assert cpu_has_fast_bf16() is expected
     assert autocast_dtype(torch.device("cpu"), "auto") is (torch.bfloat16 if expected else None)
+
+
+@pytest.mark.parametrize(
+    ("flags", "speedup", "why"),
+    [
+        ({"avx2"}, None, "no bf16 instructions"),  # emulated: never measured
+        ({"avx512_bf16"}, 0.55, "0.55x the fp32 speed"),
+        ({"avx512_bf16", "amx_bf16"}, 6.0, None),
+    ],
+)
+def test_bf16_asked_for_on_a_slow_cpu_warns_and_runs_in_bf16(monkeypatch, flags, speedup, why):
+    """Asked for by name, bf16 stays the choice; where the CPU computes it slowly a warning
+    says why and names the fix, for the Segmenter's precision and for training's."""
+    from napari_samtune.core.train_setup import resolve_precision
+
+    def measured():
+        assert speedup is not None, "bf16 was measured on a CPU without bf16 instructions"
+        return speedup
+
+    monkeypatch.setattr(accelerate, "_cpu_flags", lambda: flags)
+    monkeypatch.setattr(accelerate, "bf16_speedup", measured)
+    cpu = torch.device("cpu")
+    choices = {
+        torch.bfloat16: lambda: autocast_dtype(cpu, "bf16"),
+        "bf16": lambda: resolve_precision("bf16", cpu),
+    }
+    for expected, choose in choices.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert choose() == expected
+        messages = [str(w.message) for w in caught]
+        if why is None:
+            assert messages == []
+        else:
+            assert len(messages) == 1 and why in messages[0] and "'auto'" in messages[0]
+    with warnings.catch_warnings(record=True) as caught:  # "auto" picks fp32 there, silently
+        warnings.simplefilter("always")
+        autocast_dtype(cpu, "auto")
+        resolve_precision("auto", cpu)
+    assert caught == []
 
 
 def test_bf16_speedup_is_measured_and_cached():

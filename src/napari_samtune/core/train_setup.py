@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 from segment_anything.modeling import Sam
 
-from napari_samtune.core.accelerate import cpu_has_fast_bf16
+from napari_samtune.core.accelerate import cpu_has_fast_bf16, warn_if_cpu_bf16_is_slow
 from napari_samtune.core.architectures import SamArchitecture
 from napari_samtune.core.config_checks import MODEL_PARTS
 from napari_samtune.core.lora import apply_lora
@@ -40,6 +40,8 @@ def resolve_precision(mode: str, device: torch.device) -> str:
             "use 'bf16', 'no' or 'auto'"
         )
     if device.type == "cpu":
+        if mode == "bf16":
+            warn_if_cpu_bf16_is_slow()
         return "bf16" if mode == "bf16" or cpu_has_fast_bf16() else "no"
     if mode == "bf16":
         raise ValueError(f"mixed_precision='bf16' is not supported on {device.type!r}; use 'no'")
