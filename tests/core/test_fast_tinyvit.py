@@ -237,6 +237,19 @@ def test_fusion_only_in_eval_inference_in_fp32_or_under_bf16_autocast(monkeypatc
         assert not onednn.bf16_fusable(x, conv)
 
 
+@pytest.mark.parametrize(("supported", "expected"), [(None, False), (False, False), (True, True)])
+def test_bf16_kernels_are_asked_of_onednn(monkeypatch, supported, expected):
+    """oneDNN says whether it runs bf16 here (AVX-512 BW/VL/DQ or AVX-NE-CONVERT); a torch
+    build that cannot say gets the stock modules."""
+    if not onednn.has_fused_ops():
+        pytest.skip("this torch build has no oneDNN fused ops")
+    names = {"_convolution_pointwise": None, "_linear_pointwise": None}
+    if supported is not None:
+        names["_is_mkldnn_bf16_supported"] = lambda: supported
+    monkeypatch.setattr(torch.ops, "mkldnn", type("Ops", (), names))
+    assert onednn.has_bf16_kernels.__wrapped__() is expected
+
+
 def _stock_windows(x: torch.Tensor, window: int) -> torch.Tensor:
     """TinyViT's own partition: zero-pad (B, H, W, C) to whole windows, then cut."""
     batch, height, width, channels = x.shape

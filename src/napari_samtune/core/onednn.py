@@ -36,7 +36,9 @@ def has_bf16_kernels() -> bool:
     support avx_ne_convert or avx512bw, avx512vl and avx512dq". There, bf16 autocast keeps
     the stock modules, whose plain products torch emulates in bf16.
     """
-    return has_fused_ops() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    mkldnn = torch.ops.mkldnn
+    check = "_is_mkldnn_bf16_supported"  # (a build without it: the stock modules, to be safe)
+    return has_fused_ops() and hasattr(mkldnn, check) and bool(getattr(mkldnn, check)())
 
 
 def fusable(x: torch.Tensor, *modules: torch.nn.Module) -> bool:
