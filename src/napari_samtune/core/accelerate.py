@@ -55,7 +55,7 @@ def cpu_has_fast_bf16() -> bool:
     (:func:`bf16_speedup`, 60 ms there). CPUs without the flags are not measured: emulated bf16
     is ~100x slower.
     """
-    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"}) and bf16_speedup() >= BF16_MIN_SPEEDUP
+    return _has_bf16_instructions() and bf16_speedup() >= BF16_MIN_SPEEDUP
 
 
 def warn_if_cpu_bf16_is_slow() -> None:
@@ -65,7 +65,7 @@ def warn_if_cpu_bf16_is_slow() -> None:
     TFLOP/s against 0.17 in fp32); with the flags they may still be slower (a Xeon VM
     without AMX: half the fp32 rate). The run goes on in bf16, as asked.
     """
-    if not _cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+    if not _has_bf16_instructions():
         why = "it has no bf16 instructions (AVX-512 BF16 or AMX), so bf16 is emulated"
     elif bf16_speedup() < BF16_MIN_SPEEDUP:
         why = f"its bf16 matrix products run at {bf16_speedup():.2g}x the fp32 speed"
@@ -77,6 +77,11 @@ def warn_if_cpu_bf16_is_slow() -> None:
         UserWarning,
         stacklevel=3,
     )
+
+
+def _has_bf16_instructions() -> bool:
+    """AVX-512 BF16 or AMX in this CPU's flags (without them torch emulates bf16)."""
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def _cpu_flags() -> set[str]:

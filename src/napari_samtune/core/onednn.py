@@ -130,9 +130,9 @@ def bf16_fusable(x: torch.Tensor, *modules: torch.nn.Module) -> bool:
     would run: autocast to bf16 on, no gradient, eval mode, and :func:`has_bf16_kernels`."""
     return (
         _cpu_inference(x, modules)
-        and has_bf16_kernels()
         and torch.is_autocast_enabled("cpu")
         and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        and has_bf16_kernels()
     )
 
 
