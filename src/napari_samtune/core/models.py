@@ -31,8 +31,9 @@ from napari_samtune.core import registry
 from napari_samtune.core.architectures import (
     SamArchitecture,
     as_architecture,
-    build_sam,
     infer_architecture,
+    load_weights,
+    sam_to_load,
 )
 from napari_samtune.core.checkpoints import (
     CHECKPOINT_FORMAT,
@@ -156,7 +157,7 @@ def build_and_load(
     state: dict[str, torch.Tensor], architecture: SamArchitecture, source: str | Path
 ) -> Sam:
     """Build ``architecture`` and load ``state`` strictly; ValueError when they do not fit."""
-    sam = build_sam(architecture)
+    sam = sam_to_load(architecture)
     problems = _fit_problems(sam, state)
     if problems:
         raise ValueError(
@@ -165,7 +166,7 @@ def build_and_load(
             "or leave it out to infer it from the weights"
         )
     try:
-        sam.load_state_dict(state, strict=True)
+        load_weights(sam, state)
     except RuntimeError as err:
         raise ValueError(
             f"{source} could not be loaded into {architecture.name!r}: {err}"

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from segment_anything.modeling import Sam
 
-from napari_samtune.core.architectures import SamArchitecture, build_sam
+from napari_samtune.core.architectures import SamArchitecture, load_weights, sam_to_load
 from napari_samtune.core.checkpoints import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_FORMAT_VERSION,
@@ -214,12 +214,10 @@ def restore_model(checkpoint: dict) -> tuple[Sam, SamArchitecture]:
     arch = SamArchitecture.from_dict(checkpoint["architecture"])
     state = {**checkpoint["model_state"], **checkpoint["lora_state"]}
     if checkpoint["model_state_complete"]:
-        with torch.random.fork_rng(devices=[]):  # the weights are overwritten: keep the RNG
-            sam = build_sam(arch)
-            if config.lora_rank:
-                apply_lora(sam.image_encoder, config.lora_rank, config.lora_alpha)
-        sam.load_state_dict(state, strict=True)
-        return sam, arch
+        sam = sam_to_load(arch)
+        if config.lora_rank:
+            apply_lora(sam.image_encoder, config.lora_rank, config.lora_alpha)
+        return load_weights(sam, state), arch
     sam, base_arch, model_id = build_training_model(config)
     if checkpoint.get("base_model_id") not in (None, model_id):
         raise ValueError(
@@ -244,9 +242,7 @@ def export_model(checkpoint_path: str | Path, out_path: str | Path) -> tuple[Pat
 
     _check_export_path(Path(checkpoint_path), Path(out_path))
     sam, arch = restore_model(read_checkpoint(checkpoint_path))
-    with torch.random.fork_rng(devices=[]):
-        plain = build_sam(arch)
-    plain.load_state_dict(merged_state_dict(sam), strict=True)
+    plain = load_weights(sam_to_load(arch), merged_state_dict(sam))
     return export_sam_state_dict(plain, out_path), arch
 
 
