@@ -5,8 +5,9 @@ Runs ``bench_embedding.py`` (image-embedding time against the machine's limit an
 per step against a stock loop, frozen-encoder epoch ratios, peak memory against each preset's
 budget) one after the other, so that neither disturbs the other's timings; on the CPU then
 ``bench_decoder.py`` (the low-rank decoder and automatic segmentation against their plain
-versions). Run it on an otherwise idle machine: other jobs sharing the cores slow PyTorch's
-threads far more than their share.
+versions) and ``bench_load.py`` (loading a weights file against the official builder).
+Run it on an otherwise idle machine: other jobs sharing the cores slow PyTorch's threads far
+more than their share.
 
 Run: ``.venv/bin/python benchmarks/run_all.py [--quick] [--device cuda]``; on a lent GPU
 machine, ``bash benchmarks/gpu_check.sh`` (see there).
@@ -39,6 +40,7 @@ def main() -> None:
     run("bench_train.py", "--device", args.device, "--repeats", repeats)
     if args.device == "cpu":
         run("bench_decoder.py", "--auto-repeats", repeats)
+        run("bench_load.py", "--repeats", "2")
 
 
 if __name__ == "__main__":

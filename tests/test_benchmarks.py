@@ -15,6 +15,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 import bench_decoder  # noqa: E402
 import bench_device  # noqa: E402
+import bench_load  # noqa: E402
 import bench_train  # noqa: E402
 
 from napari_samtune.core.architectures import ARCHITECTURES  # noqa: E402
@@ -236,3 +237,21 @@ def test_the_fast_tinyvit_flops_count_its_mbconv_strips(monkeypatch):
     edges = sum(2 * side * 2 * c.out_channels * 9 for c in widen)
     assert calls == [rows] * len(widen) and halo > 0
     assert stripped == whole + halo + edges
+
+
+def test_the_load_benchmark_compares_loaders_that_give_the_same_model(tmp_path):
+    path = bench_load.write_weights("vit_t", tmp_path)
+    stock = bench_load.stock_loader("vit_t")(path).state_dict()
+    samtune = bench_load.samtune_loader("vit_t")(path).state_dict()
+    assert stock.keys() == samtune.keys()
+    for key, value in stock.items():
+        assert torch.equal(value, samtune[key]), key
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_load.py"), "--models", "vit_t", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| vit_t |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert float(cells[2]) > 0 and float(cells[3]) > 0 and float(cells[5]) > 0
