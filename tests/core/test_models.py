@@ -351,3 +351,41 @@ def test_a_user_model_is_hashed_once_until_its_file_changes(monkeypatch, tiny_ch
     load_model("stamped")
     load_model("stamped")
     assert hashed == [weights]  # checked again once, then stamped anew
+
+
+def _count_digests(monkeypatch) -> list:
+    from napari_samtune.core import models
+
+    digests, real = [], models.state_dict_digest
+    monkeypatch.setattr(models, "state_dict_digest", lambda s: digests.append(1) or real(s))
+    return digests
+
+
+def test_a_user_model_is_not_digested_again_at_load(monkeypatch, tiny_checkpoint):
+    weights = register_user_model(tiny_checkpoint, "recorded", TINY)
+    by_path = load_model(tiny_checkpoint, architecture=TINY).model_id
+    digests = _count_digests(monkeypatch)
+    loaded = load_model("recorded")
+    assert digests == []  # the id recorded at registration; the file matched its hash
+    assert loaded.model_id == by_path == load_model(weights, architecture=TINY).model_id
+    assert digests == [1]  # the same file by path is digested
+
+
+@pytest.mark.parametrize("recorded", [None, "file-sha256-" + "0" * 64, "weights-sha256-xyz"])
+def test_a_user_model_without_a_recorded_digest_is_digested_at_load(
+    monkeypatch, tiny_checkpoint, recorded
+):
+    import json
+
+    weights = register_user_model(tiny_checkpoint, "older", TINY)
+    sidecar = weights.with_suffix(".json")
+    data = json.loads(sidecar.read_text())
+    if recorded is None:  # sidecars from before ids were recorded
+        del data["model_id"]
+    else:
+        data["model_id"] = recorded
+    sidecar.write_text(json.dumps(data))
+    digests = _count_digests(monkeypatch)
+    loaded = load_model("older")
+    assert digests == [1]
+    assert loaded.model_id == load_model(tiny_checkpoint, architecture=TINY).model_id

