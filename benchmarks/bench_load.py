@@ -14,8 +14,8 @@ once; then fresh child processes, alternating, each load it once:
 Each child reports the load's wall time and its peak resident memory (``VmHWM``) above what
 the process held before the load. The file is read once before each child, so both find it
 in the page cache; the table shows the best of ``--repeats`` of each and the ratio stock /
-samtune. A fresh process meets fresh memory: on a VM whose first touch of a page is slow,
-that is what a user's first load of the session meets too.
+samtune. The stock load holds the model twice: on a VM that backs new memory slowly, the
+second copy costs far more than its read (as a user's load there would).
 
 Run: ``.venv/bin/python benchmarks/bench_load.py [--models vit_t vit_b vit_h] [--repeats 2]
 [--threads 2]``

@@ -256,10 +256,9 @@ class _WeightsOnMeta(TorchFunctionMode):
 def sam_to_load(arch: SamArchitecture | str) -> Sam:
     """A SAM of ``arch`` whose weights are placeholders without memory, for :func:`load_weights`.
 
-    Building SAM ViT-H the plain way took 2.3 s of random initialisation, and 24 s where
-    its 2.5 GB were fresh from the OS (a VM's first touch), and held a second copy of the
-    model while the loaded weights were copied in; this takes 0.07 s. The global random
-    state is left as it was.
+    Building SAM ViT-H the plain way took 3.7 s of random initialisation on a 2-core EPYC,
+    and loading into it held the model twice (on that VM the second 2.5 GB made the load
+    17-24 s); this takes 0.07 s. The global random state is left as it was.
     """
     with torch.random.fork_rng(devices=[]), _WeightsOnMeta():
         return build_sam(arch)
