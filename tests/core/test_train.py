@@ -365,6 +365,7 @@ def _count_encoder_calls(monkeypatch) -> list[int]:
 
 def test_a_frozen_encoder_runs_only_in_the_first_epoch(tmp_path, data, monkeypatch):
     calls = _count_encoder_calls(monkeypatch)
+    monkeypatch.setenv("SAMTUNE_EMBEDDING_CACHE_GB", "0")  # the in-memory cache alone (no disk)
     config = _config(epochs=3, freeze=("image_encoder",), min_samples_per_epoch=4)
     per_epoch, weights = [], {}
     for cache_size in (64, 0):

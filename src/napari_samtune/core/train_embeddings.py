@@ -1,18 +1,25 @@
-"""A bounded in-memory cache of image embeddings for training with a frozen encoder.
+"""Image embeddings kept for training with a frozen encoder: in memory and on disk.
 
 With the image encoder frozen, a training patch's embedding never changes, so
 it is computed once and reused in later epochs: those then cost only the
 prompt encoder and mask decoder. Keys identify the patch completely (split,
 image, crop corner, augmentation), which the sampler keeps fixed across epochs
 for a frozen encoder (``PatchSampler(vary_per_epoch=False)``).
+
+:class:`StoredEmbeddings` also keeps them on disk for later runs: train, annotate a few
+more images, train again, and the second run's first epoch runs the encoder on the new
+patches only.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 
 import torch
+
+from napari_samtune.core.embeddings import CACHE_FORMAT, EmbeddingCache
 
 
 class EmbeddingLRU:
@@ -64,3 +71,71 @@ class EmbeddingLRU:
         self._entries.move_to_end(key)
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
+
+
+class StoredEmbeddings:
+    """Frozen-encoder embeddings on disk, shared by training runs.
+
+    They live in the embeddings cache folder (with the Segmenter's, under its size limit
+    ``$SAMTUNE_EMBEDDING_CACHE_GB``; 0 keeps none), each under a key that hashes
+    everything that decides it: the pixels the encoder gets, the encoder's weights (the
+    base model's id), the precision, the fast paths, the device type and the torch
+    version. Hashing a 1024-pixel patch and writing its ViT-B embedding take about 15 ms,
+    reading it back 4 ms, against 6.5 s for the encoder on a 2-core CPU.
+    """
+
+    def __init__(
+        self,
+        encoder_id: str,
+        embedding_shape: tuple[int, ...],  # one patch's: (1, C, E, E)
+        output_dtype: torch.dtype,  # what the encoder gives in this precision
+        context: str,  # precision, fast paths, device type
+        cache: EmbeddingCache | None = None,
+    ) -> None:
+        self.cache = cache if cache is not None else EmbeddingCache()
+        self.embedding_shape, self.output_dtype = embedding_shape, output_dtype
+        self.context = f"{CACHE_FORMAT}|train|{encoder_id}|{context}|torch {torch.__version__}"
+        self.enabled = bool(encoder_id) and self.cache.max_bytes > 0
+        self.read = self.computed = 0
+
+    def key(self, pixels: torch.Tensor) -> str:
+        """The key of one patch's (3, S, S) float32 encoder input."""
+        array = pixels.detach().to("cpu").contiguous().numpy()
+        digest = hashlib.sha256(f"{self.context}|{array.shape}|{array.dtype}".encode())
+        digest.update(memoryview(array).cast("B"))
+        return digest.hexdigest()[:40]
+
+    def embeddings(
+        self, pixels: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """``compute(pixels)`` for (B, 3, S, S) ``pixels``: (B, C, E, E), read from disk
+        where stored (a damaged file is recomputed, with a warning), else computed and
+        stored."""
+        if not self.enabled:
+            return compute(pixels)
+        keys = [self.key(p) for p in pixels]
+        found = [self.cache.load(key, self.embedding_shape) for key in keys]
+        missing = [i for i, embedding in enumerate(found) if embedding is None]
+        self.read += len(keys) - len(missing)
+        self.computed += len(missing)
+        if missing:
+            computed = compute(pixels[missing])
+            for j, i in enumerate(missing):
+                found[i] = computed[j : j + 1]
+                self.cache.save(keys[i], found[i])
+        device = pixels.device
+        return torch.cat([e.to(device, self.output_dtype) for e in found])
+
+
+def stored_embeddings(config, encoder_id: str, arch, device: torch.device) -> StoredEmbeddings:
+    """The trainer's store, for its resolved ``config``: off unless the encoder is frozen and
+    its weights have an id (checkpoints written before base model ids were kept give none)."""
+    from napari_samtune.core.train_setup import AUTOCAST_DTYPES
+
+    size, precision = arch.embedding_size, config.mixed_precision
+    return StoredEmbeddings(
+        encoder_id if config.encoder_frozen else "",
+        (1, arch.prompt_embed_dim, size, size),
+        AUTOCAST_DTYPES.get(precision, torch.float32),
+        f"{precision}|fast paths {config.fast_attention}|{device.type}",
+    )

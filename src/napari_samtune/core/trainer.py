@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ from napari_samtune.core.train_checkpoints import (
     resolve_checkpoint,
     restore_model,
 )
-from napari_samtune.core.train_embeddings import EmbeddingLRU
+from napari_samtune.core.train_embeddings import EmbeddingLRU, stored_embeddings
 from napari_samtune.core.train_events import (
     EpochDone,
     StepDone,
@@ -173,6 +174,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
         self.val_patches = val_patches[self.dist.rank :: self.dist.world_size]
         self.has_validation = bool(val_patches)
         self.cache = EmbeddingLRU(c.embedding_cache_size if c.encoder_frozen else 0)
+        self.stored = stored_embeddings(c, self.base_model_id, self.arch, self.device)
         self.n_local = len(ddp.shard(np.arange(self.sampler.n_samples), self.dist))
         self.steps_per_epoch = steps_per_epoch(self.sampler.n_samples, self.dist.world_size, c)
 
@@ -297,7 +299,8 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
             with torch.no_grad(), autocast(self.precision, self.device):
                 return encode(self.sam, pixels)
 
-        return self.cache.get_many([(split, i.key) for i in inputs], inputs, compute)
+        keys, stored_or_computed = [(split, i.key) for i in inputs], self.stored.embeddings
+        return self.cache.get_many(keys, inputs, partial(stored_or_computed, compute=compute))
 
     def _is_cached(self, split: str, key: tuple) -> bool:
         """The frozen encoder's embedding of this patch is cached: its pixels are not needed."""
