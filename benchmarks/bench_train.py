@@ -29,7 +29,8 @@ a warm-up and not counted. Stock and fast children alternate, ``--repeats``
 times; the table shows the best (lowest) time of each. With a frozen encoder
 the fast child trains ``--epoch-samples`` samples per epoch for three epochs
 and reports the training time of each epoch (epoch start to its last step)
-and the whole epoch including its checkpoint. Peak memory is each child's
+and the whole epoch including its checkpoint, in an empty embeddings cache; then the first
+epoch of a second run, which reads the embeddings the first run stored. Peak memory is each child's
 ``VmHWM`` (peak resident set) from ``/proc/self/status``.
 
 With ``--device cuda`` the configurations are those of the 8, 16 and 32 GB GPU presets
