@@ -13,6 +13,28 @@ from napari_samtune.core.synthetic import make_dataset
 
 
 @pytest.fixture
+def frozen_tiny_config():
+    """``make(**changes)``: a short frozen-encoder TrainConfig of the tiny random model (fp32,
+    1 corrective click, 4 samples per epoch, no early stopping), with ``changes``."""
+    from napari_samtune.core.presets import TrainConfig
+
+    def make(**changes) -> TrainConfig:
+        settings = dict(
+            model="random:tiny",
+            epochs=1,
+            freeze=("image_encoder",),
+            n_objects_per_batch=2,
+            min_samples_per_epoch=4,
+            n_iterative_prompts=1,
+            mixed_precision="no",
+            early_stopping=None,
+        )
+        return TrainConfig(**{**settings, **changes})
+
+    return make
+
+
+@pytest.fixture
 def tiff_folders(tmp_path):
     """Three synthetic images in images/cell_<i>.tif, their labels in labels/cell_<i>_labels.tif."""
     for i, (image, labels) in enumerate(make_dataset(3, shape=(64, 80), seed=1)):

@@ -18,20 +18,6 @@ TRAIN = make_dataset(2, shape=(96, 112), seed=0)
 VAL = make_dataset(1, shape=(96, 96), seed=50)
 
 
-def _config(**changes) -> TrainConfig:
-    settings = dict(
-        model="random:tiny",
-        epochs=1,
-        freeze=("image_encoder",),
-        n_objects_per_batch=2,
-        min_samples_per_epoch=4,
-        n_iterative_prompts=1,
-        mixed_precision="no",
-        early_stopping=None,
-    )
-    return TrainConfig(**{**settings, **changes})
-
-
 @pytest.fixture
 def encoded(monkeypatch) -> list[int]:
     """Patches the trainer's encoder passes encode (one number per pass)."""
@@ -56,12 +42,14 @@ def _run(config: TrainConfig, out) -> tuple[list[float], dict]:
 
 
 @pytest.mark.parametrize("precision", ["no", "bf16"])
-def test_a_second_run_reads_the_embeddings_and_trains_alike(tmp_path, encoded, precision):
-    first = _run(_config(mixed_precision=precision), tmp_path / "first")
+def test_a_second_run_reads_the_embeddings_and_trains_alike(
+    tmp_path, encoded, precision, frozen_tiny_config
+):
+    first = _run(frozen_tiny_config(mixed_precision=precision), tmp_path / "first")
     assert sum(encoded) >= 2  # the training patches and the validation tile
     assert any(default_cache_dir().glob("*.pt"))
     encoded.clear()
-    second = _run(_config(mixed_precision=precision), tmp_path / "second")
+    second = _run(frozen_tiny_config(mixed_precision=precision), tmp_path / "second")
     assert encoded == []
     assert second == first  # the same losses step by step, the same validation metrics
 
@@ -77,8 +65,10 @@ def _weights_file(path, seed: int):
 @pytest.mark.parametrize(
     "change", ["other weights", "other precision", "stock paths"], ids=lambda c: c
 )
-def test_what_could_change_an_embedding_makes_it_another(tmp_path, encoded, monkeypatch, change):
-    base = _config(model=_weights_file(tmp_path / "a.pth", 0))
+def test_what_could_change_an_embedding_makes_it_another(
+    tmp_path, encoded, monkeypatch, change, frozen_tiny_config
+):
+    base = frozen_tiny_config(model=_weights_file(tmp_path / "a.pth", 0))
     changed = {
         "other weights": {"model": _weights_file(tmp_path / "b.pth", 1)},
         "other precision": {"mixed_precision": "bf16"},
@@ -86,38 +76,38 @@ def test_what_could_change_an_embedding_makes_it_another(tmp_path, encoded, monk
     }[change]
     _run(base, tmp_path / "first")
     encoded.clear()
-    _run(_config(**{**base.__dict__, **changed}), tmp_path / "second")
+    _run(frozen_tiny_config(**{**base.__dict__, **changed}), tmp_path / "second")
     with_store = sum(encoded)
     monkeypatch.setenv("SAMTUNE_CACHE_DIR", str(tmp_path / "empty cache"))
     encoded.clear()
-    _run(_config(**{**base.__dict__, **changed}), tmp_path / "third")
+    _run(frozen_tiny_config(**{**base.__dict__, **changed}), tmp_path / "third")
     assert with_store == sum(encoded) > 0  # nothing of the first run was read
 
 
-def test_an_unfrozen_encoder_stores_nothing(tmp_path):
-    _run(_config(freeze=()), tmp_path / "run")
+def test_an_unfrozen_encoder_stores_nothing(tmp_path, frozen_tiny_config):
+    _run(frozen_tiny_config(freeze=()), tmp_path / "run")
     assert not default_cache_dir().exists() or not any(default_cache_dir().glob("*.pt"))
 
 
-def test_a_cache_limit_of_zero_keeps_nothing(tmp_path, encoded, monkeypatch):
+def test_a_cache_limit_of_zero_keeps_nothing(tmp_path, encoded, monkeypatch, frozen_tiny_config):
     monkeypatch.setenv("SAMTUNE_EMBEDDING_CACHE_GB", "0")
-    _run(_config(), tmp_path / "first")
+    _run(frozen_tiny_config(), tmp_path / "first")
     passes = sum(encoded)
     encoded.clear()
-    _run(_config(), tmp_path / "second")
+    _run(frozen_tiny_config(), tmp_path / "second")
     assert sum(encoded) == passes
     assert not default_cache_dir().exists() or not any(default_cache_dir().glob("*.pt"))
 
 
-def test_a_damaged_stored_embedding_is_computed_again(tmp_path, encoded):
-    first = _run(_config(), tmp_path / "first")
+def test_a_damaged_stored_embedding_is_computed_again(tmp_path, encoded, frozen_tiny_config):
+    first = _run(frozen_tiny_config(), tmp_path / "first")
     passes = sum(encoded)
     for path in default_cache_dir().glob("*.pt"):
         path.write_bytes(b"not an embedding")
     encoded.clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        second = _run(_config(), tmp_path / "second")
+        second = _run(frozen_tiny_config(), tmp_path / "second")
     assert sum(encoded) == passes
     assert any("corrupt embedding cache file" in str(w.message) for w in caught)
     assert second == first

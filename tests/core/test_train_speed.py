@@ -16,7 +16,6 @@ from napari_samtune.core.data import ImageLabelPair, prepare_pair
 from napari_samtune.core.fast_decoder import decode_prompts, decoder_image
 from napari_samtune.core.fast_encoder import encode
 from napari_samtune.core.patches import PatchSampler
-from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.synthetic import make_dataset
 from napari_samtune.core.train import EpochDone, iter_train
 from napari_samtune.core.train_step import (
@@ -153,18 +152,9 @@ def _count_pixel_preparations(monkeypatch) -> list[int]:
     return calls
 
 
-def test_cached_epochs_neither_encode_nor_prepare_pixels(tmp_path, monkeypatch):
+def test_cached_epochs_neither_encode_nor_prepare_pixels(tmp_path, monkeypatch, frozen_tiny_config):
     calls = _count_pixel_preparations(monkeypatch)
-    config = TrainConfig(
-        model="random:tiny",
-        epochs=3,
-        freeze=("image_encoder",),
-        n_objects_per_batch=2,
-        min_samples_per_epoch=4,
-        n_iterative_prompts=1,
-        mixed_precision="no",
-        early_stopping=None,
-    )
+    config = frozen_tiny_config(epochs=3)
     train_data = make_dataset(2, shape=(96, 112), seed=0)
     val_data = make_dataset(1, shape=(96, 96), seed=50)
     counts = []
