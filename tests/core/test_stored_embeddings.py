@@ -135,3 +135,20 @@ def test_stored_embeddings_come_back_in_the_encoders_dtype_and_order(tmp_path):
         "weights-y", (1, 2, 3, 3), torch.bfloat16, "bf16", EmbeddingCache(tmp_path)
     )
     assert other.key(pixels[0]) != store.key(pixels[0])
+
+
+def test_a_disk_that_refuses_the_embeddings_warns_once_and_training_goes_on(
+    tmp_path, encoded, monkeypatch, frozen_tiny_config
+):
+    from napari_samtune.core import embeddings
+
+    def full_disk(payload, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(embeddings, "atomic_torch_save", full_disk)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        losses, _ = _run(frozen_tiny_config(), tmp_path / "run")
+    assert sum(encoded) >= 2 and len(losses) == 4
+    refused = [w for w in caught if "could not write the embedding cache" in str(w.message)]
+    assert len(refused) == 1

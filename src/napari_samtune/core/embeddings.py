@@ -345,8 +345,8 @@ class EmbeddingCache:
             pass
         return features
 
-    def save(self, key: str, features: torch.Tensor) -> None:
-        """Store features atomically; a failing disk only costs a warning."""
+    def save(self, key: str, features: torch.Tensor) -> bool:
+        """Store features atomically; a failing disk only costs a warning (and False)."""
         payload = {
             "format": CACHE_FORMAT,
             "format_version": CACHE_FORMAT_VERSION,
@@ -362,8 +362,9 @@ class EmbeddingCache:
                 RuntimeWarning,
                 stacklevel=2,
             )
-            return
+            return False
         self.evict()
+        return True
 
     def evict(self) -> list[Path]:
         """Delete the least recently used files until the cache fits ``max_bytes``, and the

@@ -96,6 +96,7 @@ class StoredEmbeddings:
         self.embedding_shape, self.output_dtype = embedding_shape, output_dtype
         self.context = f"{CACHE_FORMAT}|train|{encoder_id}|{context}|torch {torch.__version__}"
         self.enabled = bool(encoder_id) and self.cache.max_bytes > 0
+        self.writable = True
         self.read = self.computed = 0
 
     def key(self, pixels: torch.Tensor) -> str:
@@ -122,7 +123,8 @@ class StoredEmbeddings:
             computed = compute(pixels[missing])
             for j, i in enumerate(missing):
                 found[i] = computed[j : j + 1]
-                self.cache.save(keys[i], found[i])
+                if self.writable:  # a disk that refused one (full, read-only) warns once
+                    self.writable = self.cache.save(keys[i], found[i])
         device = pixels.device
         return torch.cat([e.to(device, self.output_dtype) for e in found])
 
