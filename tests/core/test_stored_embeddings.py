@@ -152,3 +152,15 @@ def test_a_disk_that_refuses_the_embeddings_warns_once_and_training_goes_on(
     assert sum(encoded) >= 2 and len(losses) == 4
     refused = [w for w in caught if "could not write the embedding cache" in str(w.message)]
     assert len(refused) == 1
+
+
+def test_a_resumed_run_reads_the_embeddings_its_first_session_stored(
+    tmp_path, encoded, frozen_tiny_config
+):
+    run = tmp_path / "run"
+    _run(frozen_tiny_config(epochs=1), run)
+    assert sum(encoded) >= 2
+    encoded.clear()
+    resumed = iter_train(frozen_tiny_config(epochs=2), TRAIN, VAL, out_dir=run, resume_from=run)
+    epochs = [e.epoch for e in resumed if isinstance(e, EpochDone)]
+    assert epochs == [1] and encoded == []
