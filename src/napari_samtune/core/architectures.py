@@ -257,8 +257,9 @@ def sam_to_load(arch: SamArchitecture | str) -> Sam:
     """A SAM of ``arch`` whose weights are placeholders without memory, for :func:`load_weights`.
 
     Building SAM ViT-H the plain way took 3.7 s of random initialisation on a 2-core EPYC,
-    and loading into it held the model twice (on that VM the second 2.5 GB made the load
-    17-24 s); this takes 0.07 s. The global random state is left as it was.
+    and loading into it held the model twice (the official builder's load: 5.5 s, and 17-24
+    s where the VM supplied the second 2.5 GB slowly); this takes 0.07 s. The global random
+    state is left as it was.
     """
     with torch.random.fork_rng(devices=[]), _WeightsOnMeta():
         return build_sam(arch)
