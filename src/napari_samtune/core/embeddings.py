@@ -280,7 +280,8 @@ def embed_tiles(
 
 
 def image_digest(image_rgb: np.ndarray) -> str:
-    """Content hash of a normalised (H, W, 3) uint8 image, shape included."""
+    """Content hash of a normalised (H, W, 3) uint8 image (or any array: the trainer's float32
+    encoder inputs), shape and dtype included."""
     digest = hashlib.sha256(repr((image_rgb.shape, str(image_rgb.dtype))).encode())
     digest.update(np.ascontiguousarray(image_rgb).data)
     return digest.hexdigest()

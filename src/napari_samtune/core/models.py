@@ -45,6 +45,7 @@ from napari_samtune.core.devices import resolve_device
 from napari_samtune.core.download import ProgressCallback, ensure_model_file
 from napari_samtune.core.model_lookup import get_model_spec
 from napari_samtune.core.registry import (
+    WEIGHTS_ID_PREFIX,
     ModelSpec,
     parse_hash,
     user_models_dir,
@@ -284,7 +285,7 @@ def load_model(
         # taken at registration (vit_h: 1.7 s saved per load)
         model_id = spec.weights_id
     else:
-        model_id = "weights-sha256-" + state_dict_digest(sam.state_dict())
+        model_id = WEIGHTS_ID_PREFIX + state_dict_digest(sam.state_dict())
     return LoadedModel(
         sam=sam.to(torch_device), architecture=arch, name=name, model_id=model_id, path=path
     )

@@ -92,6 +92,9 @@ def validate_model_name(name: str, parameter: str | None = None) -> str:
     return name
 
 
+WEIGHTS_ID_PREFIX = "weights-sha256-"  # model ids from the weights' digest (models.load_model)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One model users can pick by name: where its weights come from and what shape it has."""

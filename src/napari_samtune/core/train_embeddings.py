@@ -16,10 +16,15 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
-from napari_samtune.core.embeddings import CACHE_FORMAT, EmbeddingCache
+from napari_samtune.core.embeddings import CACHE_FORMAT, EmbeddingCache, image_digest
+
+if TYPE_CHECKING:
+    from napari_samtune.core.architectures import SamArchitecture
+    from napari_samtune.core.presets import TrainConfig
 
 
 class EmbeddingLRU:
@@ -97,14 +102,11 @@ class StoredEmbeddings:
         self.context = f"{CACHE_FORMAT}|train|{encoder_id}|{context}|torch {torch.__version__}"
         self.enabled = bool(encoder_id) and self.cache.max_bytes > 0
         self.writable = True
-        self.read = self.computed = 0
 
     def key(self, pixels: torch.Tensor) -> str:
         """The key of one patch's (3, S, S) float32 encoder input."""
-        array = pixels.detach().to("cpu").contiguous().numpy()
-        digest = hashlib.sha256(f"{self.context}|{array.shape}|{array.dtype}".encode())
-        digest.update(memoryview(array).cast("B"))
-        return digest.hexdigest()[:40]
+        text = f"{self.context}|{image_digest(pixels.detach().to('cpu').numpy())}"
+        return hashlib.sha256(text.encode()).hexdigest()[:40]
 
     def embeddings(
         self, pixels: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor]
@@ -117,8 +119,6 @@ class StoredEmbeddings:
         keys = [self.key(p) for p in pixels]
         found = [self.cache.load(key, self.embedding_shape) for key in keys]
         missing = [i for i, embedding in enumerate(found) if embedding is None]
-        self.read += len(keys) - len(missing)
-        self.computed += len(missing)
         if missing:
             computed = compute(pixels[missing])
             for j, i in enumerate(missing):
@@ -129,7 +129,9 @@ class StoredEmbeddings:
         return torch.cat([e.to(device, self.output_dtype) for e in found])
 
 
-def stored_embeddings(config, encoder_id: str, arch, device: torch.device) -> StoredEmbeddings:
+def stored_embeddings(
+    config: TrainConfig, encoder_id: str, arch: SamArchitecture, device: torch.device
+) -> StoredEmbeddings:
     """The trainer's store, for its resolved ``config``: off unless the encoder is frozen and
     its weights have an id (checkpoints written before base model ids were kept give none)."""
     from napari_samtune.core.train_setup import AUTOCAST_DTYPES

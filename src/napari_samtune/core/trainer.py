@@ -299,8 +299,8 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
             with torch.no_grad(), autocast(self.precision, self.device):
                 return encode(self.sam, pixels)
 
-        keys, stored_or_computed = [(split, i.key) for i in inputs], self.stored.embeddings
-        return self.cache.get_many(keys, inputs, partial(stored_or_computed, compute=compute))
+        keys = [(split, i.key) for i in inputs]
+        return self.cache.get_many(keys, inputs, partial(self.stored.embeddings, compute=compute))
 
     def _is_cached(self, split: str, key: tuple) -> bool:
         """The frozen encoder's embedding of this patch is cached: its pixels are not needed."""

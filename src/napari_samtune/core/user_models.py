@@ -20,6 +20,7 @@ from napari_samtune.core.checkpoints import atomic_write, remove_abandoned_write
 from napari_samtune.core.download import file_digest, stamp_path, write_stamp
 from napari_samtune.core.registry import (
     USER_SOURCE,
+    WEIGHTS_ID_PREFIX,
     ModelSpec,
     builtin_model,
     builtin_names,
@@ -61,9 +62,8 @@ def _spec_from_sidecar(path: Path) -> ModelSpec:
 def _weights_id(recorded: object) -> str | None:
     """The sidecar's ``model_id`` where it is a weights digest (what ``load_model`` computes
     for a file), else None: then the digest is computed at each load, as before."""
-    if isinstance(recorded, str) and re.fullmatch(r"weights-sha256-[0-9a-f]{64}", recorded):
-        return recorded
-    return None
+    digest = re.escape(WEIGHTS_ID_PREFIX) + "[0-9a-f]{64}"
+    return recorded if isinstance(recorded, str) and re.fullmatch(digest, recorded) else None
 
 
 def scan_user_models() -> tuple[list[ModelSpec], list[tuple[str, str]]]:

@@ -38,6 +38,7 @@ from napari_samtune.core.heap import tune_cpu_allocator
 from napari_samtune.core.images import as_pixels, check_some_pixel_finite, to_sam_rgb
 from napari_samtune.core.mask_windows import Window, upscaled_window
 from napari_samtune.core.models import state_dict_digest
+from napari_samtune.core.registry import WEIGHTS_ID_PREFIX
 
 DECODER_VIEWS_KEPT = 4  # views whose decoder tokens stay in memory between prompts
 
@@ -84,7 +85,7 @@ class ViewPredictor:
     def model_id(self) -> str:
         if self._model_id is None:
             # the id load_model gives user weights, so both paths share cache entries
-            self._model_id = "weights-sha256-" + state_dict_digest(self.model.state_dict())
+            self._model_id = WEIGHTS_ID_PREFIX + state_dict_digest(self.model.state_dict())
         return self._model_id
 
     @property
