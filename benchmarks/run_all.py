@@ -5,7 +5,8 @@ Runs ``bench_embedding.py`` (image-embedding time against the machine's limit an
 per step against a stock loop, frozen-encoder epoch ratios, peak memory against each preset's
 budget) one after the other, so that neither disturbs the other's timings; on the CPU then
 ``bench_decoder.py`` (the low-rank decoder and automatic segmentation against their plain
-versions) and ``bench_load.py`` (loading a weights file against the official builder).
+versions), ``bench_load.py`` (loading a weights file against the official builder) and
+``bench_cache.py`` (saving embeddings into a full cache).
 Run it on an otherwise idle machine: other jobs sharing the cores slow PyTorch's threads far
 more than their share.
 
@@ -41,6 +42,7 @@ def main() -> None:
     if args.device == "cpu":
         run("bench_decoder.py", "--auto-repeats", repeats)
         run("bench_load.py", "--repeats", "2")
+        run("bench_cache.py")
 
 
 if __name__ == "__main__":

@@ -255,3 +255,20 @@ def test_the_load_benchmark_compares_loaders_that_give_the_same_model(tmp_path):
     row = next(line for line in done.stdout.splitlines() if line.startswith("| vit_t |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert float(cells[2]) > 0 and float(cells[3]) > 0 and float(cells[5]) > 0
+
+
+def test_the_cache_benchmark_saves_and_reads_in_both_folders(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_cache.py"), "--files", "30", "--saves", "3"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows[1:]]  # (header)
+    assert [c[0] for c in cells] == ["0", "30"]
+    for scan, ours, ratio, read in (c[1:] for c in cells):
+        assert float(scan) > 0 and float(ours) > 0 and float(read) > 0
+        assert float(ratio.rstrip("x")) == pytest.approx(float(scan) / float(ours), rel=0.05)
+    assert list(tmp_path.iterdir()) == []  # the folders it made are gone

@@ -12,7 +12,7 @@ import tifffile
 
 import napari_samtune.cli
 from napari_samtune.cli import main
-from napari_samtune.core.embeddings import default_cache_dir
+from napari_samtune.core.embedding_cache import default_cache_dir
 from napari_samtune.core.predict import Segmenter
 from napari_samtune.core.synthetic import make_image
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 import warnings
 
 import numpy as np
@@ -12,12 +11,11 @@ import torch
 from segment_anything import SamPredictor
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from napari_samtune.core.embedding_cache import EmbeddingCache, default_cache_dir
 from napari_samtune.core.embeddings import (
     OVERVIEW,
-    EmbeddingCache,
     TileGrid,
     TilingConfig,
-    default_cache_dir,
     embed_view,
     encoder_pixels,
 )
@@ -230,46 +228,6 @@ def test_a_cache_file_with_wrong_shape_is_a_miss(tmp_path):
     with pytest.warns(RuntimeWarning, match="unexpected content"):
         assert cache.load("k", (1, 4, 3, 3)) is None
     assert cache.load("missing", (1,)) is None
-
-
-def test_saves_killed_half_way_do_not_pile_up_in_the_cache(tmp_path):
-    """A process killed while saving left ``.<key>.pt.*.tmp``, which eviction, counting only
-    ``*.pt``, never removed: the cache grew past its limit with each such kill."""
-    cache = EmbeddingCache(tmp_path, max_bytes=10**9)
-    abandoned, in_progress = tmp_path / ".old.pt.x1.tmp", tmp_path / ".new.pt.x2.tmp"
-    for path in (abandoned, in_progress):
-        path.write_bytes(b"\0" * 1000)
-    hours_ago = abandoned.stat().st_mtime - 2 * 3600
-    os.utime(abandoned, (hours_ago, hours_ago))
-    cache.save("a", torch.zeros(1, 8, 16, 16))
-    assert not abandoned.exists()
-    assert in_progress.exists()  # maybe another viewer's save, still being written
-    assert cache.path("a").is_file()
-
-
-def test_the_cache_keeps_the_most_recently_used_files_within_its_limit(tmp_path, monkeypatch):
-    features = torch.zeros(1, 8, 16, 16)  # 8 KiB of floats per file, plus the header
-    probe = EmbeddingCache(tmp_path / "probe", max_bytes=10**9)
-    probe.save("x", features)
-    size = probe.path("x").stat().st_size
-    cache = EmbeddingCache(tmp_path / "c", max_bytes=int(2.5 * size))
-    for i, key in enumerate(["a", "b"]):
-        cache.save(key, features)
-        os.utime(cache.path(key), ns=(10**18 + i, 10**18 + i))  # b used after a
-    assert cache.load("a", (1, 8, 16, 16)) is not None  # a is now the most recent
-    cache.save("c", features)  # over the limit: b, the least recently used, goes
-    assert sorted(p.stem for p in (tmp_path / "c").glob("*.pt")) == ["a", "c"]
-    assert cache.load("b", (1, 8, 16, 16)) is None
-
-    monkeypatch.setenv("SAMTUNE_EMBEDDING_CACHE_GB", "0.5")
-    assert EmbeddingCache(tmp_path).max_bytes == 2**29
-    monkeypatch.setenv("SAMTUNE_EMBEDDING_CACHE_GB", "0")
-    nothing = EmbeddingCache(tmp_path / "none")
-    nothing.save("a", features)
-    assert nothing.load("a", (1, 8, 16, 16)) is None
-    monkeypatch.setenv("SAMTUNE_EMBEDDING_CACHE_GB", "lots")
-    with pytest.warns(RuntimeWarning, match="'lots' is not a size in GB.*using 10"):
-        assert EmbeddingCache(tmp_path).max_bytes == 10 * 2**30
 
 
 def test_an_unwritable_cache_only_warns(tiny_sam, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from napari_samtune.core import trainer
-from napari_samtune.core.embeddings import EmbeddingCache, default_cache_dir
+from napari_samtune.core.embedding_cache import EmbeddingCache, default_cache_dir
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.synthetic import make_dataset
 from napari_samtune.core.train import EpochDone, StepDone, iter_train
@@ -139,12 +139,12 @@ def test_stored_embeddings_come_back_in_the_encoders_dtype_and_order(tmp_path):
 def test_a_disk_that_refuses_the_embeddings_warns_once_and_training_goes_on(
     tmp_path, encoded, monkeypatch, frozen_tiny_config
 ):
-    from napari_samtune.core import embeddings
+    from napari_samtune.core import embedding_cache
 
     def full_disk(payload, path):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(embeddings, "atomic_torch_save", full_disk)
+    monkeypatch.setattr(embedding_cache, "atomic_torch_save", full_disk)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         losses, _ = _run(frozen_tiny_config(), tmp_path / "run")

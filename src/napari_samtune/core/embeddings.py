@@ -15,19 +15,16 @@ Embeddings are cached on disk under a key that hashes the normalised image, its
 shape, the model id and the tile geometry, so opening the same image with the
 same model again costs no encoder pass. The cache keeps at most
 ``$SAMTUNE_EMBEDDING_CACHE_GB`` (default 10 GB): past that, the least recently used
-files go (ViT-B: 4 MB per 1024 px image or tile).
+files go (ViT-B: 4 MB per 1024 px image or tile); see :mod:`.embedding_cache`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import os
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,16 +34,11 @@ from torchvision.transforms.functional import resize, to_pil_image
 
 from napari_samtune.core.accelerate import autocast
 from napari_samtune.core.architectures import PATCH_SIZE
-from napari_samtune.core.checkpoints import atomic_torch_save, remove_abandoned_writes
+from napari_samtune.core.embedding_cache import CACHE_FORMAT, CACHE_FORMAT_VERSION
 from napari_samtune.core.fast_encoder import encode
-from napari_samtune.core.registry import cache_dir
 
-CACHE_FORMAT = "napari-samtune-embeddings"
-CACHE_FORMAT_VERSION = 1
 LOWRES_FACTOR = 4  # the mask decoder's low-res logits are 4x the embedding grid
 OVERVIEW = -1  # view index of the whole-image overview embedding
-CACHE_LIMIT_ENV = "SAMTUNE_EMBEDDING_CACHE_GB"
-DEFAULT_CACHE_LIMIT_GB = 10.0
 
 ProgressCallback = Callable[[int, int], None]  # (tiles done, tiles in total)
 
@@ -291,121 +283,3 @@ def embedding_key(image_hash: str, model_id: str, grid: TileGrid, view: str) -> 
     """Cache key of one image's embeddings; ``view`` is "tiles" or "overview"."""
     text = f"{CACHE_FORMAT}|{CACHE_FORMAT_VERSION}|{image_hash}|{model_id}|{grid.describe()}|{view}"
     return hashlib.sha256(text.encode()).hexdigest()[:40]
-
-
-def default_cache_dir() -> Path:
-    """The per-user embeddings folder: ``registry.cache_dir() / "embeddings"``."""
-    return cache_dir() / "embeddings"
-
-
-class EmbeddingCache:
-    """Embeddings on disk, one ``<key>.pt`` file per image and view.
-
-    Reading never crashes: a missing, unreadable or mismatching file is a miss
-    (with a warning for the latter two) and the caller recomputes.
-    """
-
-    def __init__(
-        self, directory: str | os.PathLike | None = None, max_bytes: int | None = None
-    ) -> None:
-        self.directory = Path(directory) if directory is not None else default_cache_dir()
-        self.max_bytes = cache_limit_bytes() if max_bytes is None else max_bytes
-
-    def path(self, key: str) -> Path:
-        return self.directory / f"{key}.pt"
-
-    def load(self, key: str, expected_shape: tuple[int, ...]) -> torch.Tensor | None:
-        """The cached float32 features for ``key``, or None on a miss."""
-        path = self.path(key)
-        if not path.is_file():
-            return None
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-            features = data["features"]
-            valid = (
-                data.get("format") == CACHE_FORMAT
-                and data.get("key") == key
-                and isinstance(features, torch.Tensor)
-                and tuple(features.shape) == tuple(expected_shape)
-                and features.dtype == torch.float32
-            )
-        except Exception as err:  # any unreadable file is a miss, never a crash
-            valid, reason = False, f"{type(err).__name__}: {err}"
-        else:
-            reason = "unexpected content"
-        if not valid:
-            warnings.warn(
-                f"ignoring corrupt embedding cache file {str(path)!r} ({reason}); recomputing",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return None
-        try:
-            os.utime(path)  # recently used: evicted last
-        except OSError:
-            pass
-        return features
-
-    def save(self, key: str, features: torch.Tensor) -> bool:
-        """Store features atomically; a failing disk only costs a warning (and False)."""
-        payload = {
-            "format": CACHE_FORMAT,
-            "format_version": CACHE_FORMAT_VERSION,
-            "key": key,
-            "features": features.detach().to("cpu", torch.float32).contiguous(),
-        }
-        try:
-            atomic_torch_save(payload, self.path(key))
-        except OSError as err:
-            warnings.warn(
-                f"could not write the embedding cache in {str(self.directory)!r} ({err}); "
-                "embeddings will be recomputed next time",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return False
-        self.evict()
-        return True
-
-    def evict(self) -> list[Path]:
-        """Delete the least recently used files until the cache fits ``max_bytes``, and the
-        half-written files of saves that never ended (a process killed while saving);
-        returns what was deleted."""
-        deleted = remove_abandoned_writes(self.directory, ".*.pt.*.tmp")  # (see there)
-        files = []
-        for path in self.directory.glob("*.pt"):
-            try:
-                info = path.stat()
-            except OSError:  # deleted meanwhile (another viewer evicting)
-                continue
-            files.append((info.st_mtime_ns, info.st_size, path))
-        total = sum(size for _, size, _ in files)
-        for _, size, path in sorted(files):
-            if total <= self.max_bytes:
-                break
-            try:
-                path.unlink(missing_ok=True)
-            except OSError:  # not ours to delete (permissions): keep going with the others
-                continue
-            total -= size
-            deleted.append(path)
-        return deleted
-
-
-def cache_limit_bytes() -> int:
-    """The embedding cache's size limit: ``$SAMTUNE_EMBEDDING_CACHE_GB`` (default 10)."""
-    text = os.environ.get(CACHE_LIMIT_ENV)
-    if text is not None:
-        try:
-            gigabytes = float(text)
-        except ValueError:
-            gigabytes = -1.0
-        if math.isfinite(gigabytes) and gigabytes >= 0:
-            return int(gigabytes * 2**30)
-        warnings.warn(
-            f"{CACHE_LIMIT_ENV}={text!r} is not a size in GB (e.g. 10, or 0 to keep nothing); "
-            f"using {DEFAULT_CACHE_LIMIT_GB:g}",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    return int(DEFAULT_CACHE_LIMIT_GB * 2**30)

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from napari_samtune.core.embeddings import CACHE_FORMAT, EmbeddingCache, image_digest
+from napari_samtune.core.embedding_cache import CACHE_FORMAT, EmbeddingCache
+from napari_samtune.core.embeddings import image_digest
 
 if TYPE_CHECKING:
     from napari_samtune.core.architectures import SamArchitecture

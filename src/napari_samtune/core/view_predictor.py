@@ -22,9 +22,9 @@ from segment_anything.modeling import Sam
 
 from napari_samtune.core.accelerate import autocast_dtype, use_fast_paths
 from napari_samtune.core.devices import resolve_device
+from napari_samtune.core.embedding_cache import EmbeddingCache
 from napari_samtune.core.embeddings import (
     OVERVIEW,
-    EmbeddingCache,
     ProgressCallback,
     Tile,
     TileGrid,

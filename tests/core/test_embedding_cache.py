@@ -1,0 +1,128 @@
+"""The embeddings cache on disk: atomic files, least-recently-used eviction, few scans."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from napari_samtune.core import embedding_cache
+from napari_samtune.core.embedding_cache import EmbeddingCache
+
+FEATURES = torch.zeros(1, 8, 16, 16)  # 8 KiB of floats per file, plus the header
+SHAPE = tuple(FEATURES.shape)
+
+
+@pytest.fixture
+def file_size(tmp_path) -> int:
+    """Bytes of one saved ``FEATURES`` file."""
+    probe = EmbeddingCache(tmp_path / "probe", max_bytes=10**9)
+    probe.save("x", FEATURES)
+    return probe.path("x").stat().st_size
+
+
+def count_scans(cache: EmbeddingCache, monkeypatch) -> list[int]:
+    """Count the folder scans (``evict`` calls) of ``cache``; returns the growing list."""
+    scans, real = [], cache.evict
+
+    def counting():
+        scans.append(1)
+        return real()
+
+    monkeypatch.setattr(cache, "evict", counting)
+    return scans
+
+
+def saved_keys(cache: EmbeddingCache) -> list[str]:
+    return sorted(p.stem for p in cache.directory.glob("*.pt"))
+
+
+def folder_bytes(cache: EmbeddingCache) -> int:
+    return sum(p.stat().st_size for p in cache.directory.glob("*.pt"))
+
+
+def test_saves_within_the_limit_scan_the_folder_once(tmp_path, monkeypatch):
+    """Every save used to read every file's size and time: 22 ms per save in a full cache
+    (2,500 files), more than the write itself."""
+    monkeypatch.setattr(embedding_cache, "RESCAN_SECONDS", 1e9)
+    cache = EmbeddingCache(tmp_path, max_bytes=10**9)
+    scans = count_scans(cache, monkeypatch)
+    for i in range(20):
+        assert cache.save(f"k{i:02d}", FEATURES)
+    assert len(scans) == 1  # the first save's: the running total starts from the folder
+    assert len(saved_keys(cache)) == 20
+
+
+def test_a_full_cache_stays_within_its_limit_and_evicts_in_batches(
+    tmp_path, monkeypatch, file_size
+):
+    monkeypatch.setattr(embedding_cache, "RESCAN_SECONDS", 1e9)
+    cache = EmbeddingCache(tmp_path, max_bytes=40 * file_size + file_size // 2)
+    kept = int(cache.max_bytes * embedding_cache.EVICT_TO) // file_size  # 38 files
+    scans = count_scans(cache, monkeypatch)
+    keys = [f"k{i:03d}" for i in range(120)]
+    for i, key in enumerate(keys):
+        cache.save(key, FEATURES)
+        os.utime(cache.path(key), ns=(10**18 + i, 10**18 + i))  # each saved after the last
+        assert folder_bytes(cache) <= cache.max_bytes
+    # Full, the cache scans every third save (41 files: evict to 38), not at every save.
+    assert 25 <= len(scans) <= 30
+    remaining = saved_keys(cache)
+    assert kept <= len(remaining) <= 40 and remaining == keys[-len(remaining) :]
+
+
+def test_another_process_saves_are_seen_at_the_next_rescan(tmp_path, monkeypatch, file_size):
+    mine = EmbeddingCache(tmp_path, max_bytes=int(4.5 * file_size))
+    mine.save("a", FEATURES)
+    other = EmbeddingCache(tmp_path, max_bytes=10**9)  # another viewer or training run
+    for key in "bcdef":
+        other.save(key, FEATURES)
+    monkeypatch.setattr(embedding_cache, "RESCAN_SECONDS", 1e9)
+    mine.save("g", FEATURES)  # two files by its own count: no scan
+    assert len(saved_keys(mine)) == 7
+    for i, key in enumerate("abcdefg"):  # used in this order
+        os.utime(mine.path(key), ns=(10**18 + i, 10**18 + i))
+    monkeypatch.setattr(embedding_cache, "RESCAN_SECONDS", 0.0)
+    mine.save("h", FEATURES)  # its count is stale: it scans and evicts the oldest
+    assert saved_keys(mine) == ["e", "f", "g", "h"]
+
+
+def test_saves_killed_half_way_do_not_pile_up_in_the_cache(tmp_path):
+    """A process killed while saving left ``.<key>.pt.*.tmp``, which eviction, counting only
+    ``*.pt``, never removed: the cache grew past its limit with each such kill."""
+    cache = EmbeddingCache(tmp_path, max_bytes=10**9)
+    abandoned, in_progress = tmp_path / ".old.pt.x1.tmp", tmp_path / ".new.pt.x2.tmp"
+    for path in (abandoned, in_progress):
+        path.write_bytes(b"\0" * 1000)
+    hours_ago = abandoned.stat().st_mtime - 2 * 3600
+    os.utime(abandoned, (hours_ago, hours_ago))
+    cache.save("a", torch.zeros(1, 8, 16, 16))
+    assert not abandoned.exists()
+    assert in_progress.exists()  # maybe another viewer's save, still being written
+    assert cache.path("a").is_file()
+
+
+def test_the_cache_keeps_the_most_recently_used_files_within_its_limit(tmp_path, monkeypatch):
+    features = torch.zeros(1, 8, 16, 16)  # 8 KiB of floats per file, plus the header
+    probe = EmbeddingCache(tmp_path / "probe", max_bytes=10**9)
+    probe.save("x", features)
+    size = probe.path("x").stat().st_size
+    cache = EmbeddingCache(tmp_path / "c", max_bytes=int(2.5 * size))
+    for i, key in enumerate(["a", "b"]):
+        cache.save(key, features)
+        os.utime(cache.path(key), ns=(10**18 + i, 10**18 + i))  # b used after a
+    assert cache.load("a", (1, 8, 16, 16)) is not None  # a is now the most recent
+    cache.save("c", features)  # over the limit: b, the least recently used, goes
+    assert sorted(p.stem for p in (tmp_path / "c").glob("*.pt")) == ["a", "c"]
+    assert cache.load("b", (1, 8, 16, 16)) is None
+
+    monkeypatch.setenv("SAMTUNE_EMBEDDING_CACHE_GB", "0.5")
+    assert EmbeddingCache(tmp_path).max_bytes == 2**29
+    monkeypatch.setenv("SAMTUNE_EMBEDDING_CACHE_GB", "0")
+    nothing = EmbeddingCache(tmp_path / "none")
+    nothing.save("a", features)
+    assert nothing.load("a", (1, 8, 16, 16)) is None
+    monkeypatch.setenv("SAMTUNE_EMBEDDING_CACHE_GB", "lots")
+    with pytest.warns(RuntimeWarning, match="'lots' is not a size in GB.*using 10"):
+        assert EmbeddingCache(tmp_path).max_bytes == 10 * 2**30
