@@ -36,6 +36,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "export",
     "evaluate",
     "demo",
+    "cache",
 )
 
 

@@ -142,6 +142,35 @@ class EmbeddingCache:
         self._bytes, self._scanned_at = total, time.monotonic()
         return deleted
 
+    def files(self) -> list[Path]:
+        """The cached embeddings' files (none if the folder does not exist)."""
+        return sorted(self.directory.glob("*.pt"))
+
+    def clear(self) -> tuple[int, int]:
+        """Delete every cached embedding, and the half-written files of saves that never
+        ended; embeddings are computed again when needed. Returns (files, bytes) deleted.
+        A file that cannot be deleted raises ``OSError`` naming it."""
+        n_files = n_bytes = 0
+        for path in self.files():
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:  # evicted meanwhile by another viewer or run
+                continue
+            except OSError as err:
+                message = (
+                    f"could not delete {str(path)!r} from the embeddings cache "
+                    f"({err.strerror or err}); {n_files} cached embeddings were deleted before "
+                    "it; delete the rest as the folder's owner, or set SAMTUNE_CACHE_DIR to a "
+                    "folder of your own"
+                )
+                builtin = type(err).__module__ == "builtins"  # PermissionError, ...
+                raise (type(err)(message) if builtin else OSError(message)) from err
+            n_files, n_bytes = n_files + 1, n_bytes + size
+        remove_abandoned_writes(self.directory, ".*.pt.*.tmp")
+        self._bytes = None  # the next save scans
+        return n_files, n_bytes
+
 
 def cache_limit_bytes() -> int:
     """The embedding cache's size limit: ``$SAMTUNE_EMBEDDING_CACHE_GB`` (default 10)."""
