@@ -39,12 +39,7 @@ def run(args: argparse.Namespace) -> int:
             f"{cache.directory}; they are computed again when needed"
         )
         return 0
-    sizes = []
-    for path in cache.files():
-        try:
-            sizes.append(path.stat().st_size)
-        except FileNotFoundError:  # evicted meanwhile
-            continue
+    sizes = [size for _, size, _ in cache.entries()]
     print(f"embeddings cache: {cache.directory}  (set SAMTUNE_CACHE_DIR to move it)")
     limit = (
         f"of the {size_text(cache.max_bytes)} limit" if cache.max_bytes else "(limit 0: none kept)"

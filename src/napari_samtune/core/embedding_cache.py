@@ -31,6 +31,7 @@ CACHE_FORMAT_VERSION = 1
 CACHE_LIMIT_ENV = "SAMTUNE_EMBEDDING_CACHE_GB"
 DEFAULT_CACHE_LIMIT_GB = 10.0
 RESCAN_SECONDS = 10.0  # a cache within its limit by this object's count is rescanned this often
+HALF_WRITTEN = ".*.pt.*.tmp"  # atomic_write's temporary files of the saves
 EVICT_TO = 0.95  # eviction leaves this fraction of the limit (5% of 10 GB: 125 ViT-B saves)
 
 
@@ -51,8 +52,8 @@ class EmbeddingCache:
     ) -> None:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
         self.max_bytes = cache_limit_bytes() if max_bytes is None else max_bytes
-        self._bytes: int | None = None  # the folder at the last scan, plus this object's saves
-        self._scanned_at = -math.inf  # time.monotonic() of the last scan
+        self._bytes = 0  # the folder at the last scan, plus this object's saves since
+        self._scanned_at = -math.inf  # time.monotonic() of the last scan: none yet
 
     def path(self, key: str) -> Path:
         return self.directory / f"{key}.pt"
@@ -109,10 +110,9 @@ class EmbeddingCache:
                 stacklevel=2,
             )
             return False
-        if self._bytes is not None:
-            self._bytes += size
+        self._bytes += size
         stale = time.monotonic() - self._scanned_at > RESCAN_SECONDS
-        if self._bytes is None or stale or self._bytes > self.max_bytes:
+        if stale or self._bytes > self.max_bytes:
             self.evict()
         return True
 
@@ -120,17 +120,11 @@ class EmbeddingCache:
         """Scan the folder; over ``max_bytes``, delete the least recently used files until
         :data:`EVICT_TO` of it is left. Also delete the half-written files of saves that
         never ended (a process killed while saving). Returns what was deleted."""
-        deleted = remove_abandoned_writes(self.directory, ".*.pt.*.tmp")  # (see there)
-        files = []
-        for path in self.directory.glob("*.pt"):
-            try:
-                info = path.stat()
-            except OSError:  # deleted meanwhile (another viewer evicting)
-                continue
-            files.append((info.st_mtime_ns, info.st_size, path))
+        deleted = remove_abandoned_writes(self.directory, HALF_WRITTEN)
+        files = self.entries()
         total = sum(size for _, size, _ in files)
         if total > self.max_bytes:
-            for _, size, path in sorted(files):
+            for _, size, path in files:
                 if total <= self.max_bytes * EVICT_TO:
                     break
                 try:
@@ -142,18 +136,25 @@ class EmbeddingCache:
         self._bytes, self._scanned_at = total, time.monotonic()
         return deleted
 
-    def files(self) -> list[Path]:
-        """The cached embeddings' files (none if the folder does not exist)."""
-        return sorted(self.directory.glob("*.pt"))
+    def entries(self) -> list[tuple[int, int, Path]]:
+        """(last use in ns, bytes, path) of each cached embedding's file, least recently
+        used first; none if the folder does not exist."""
+        files = []
+        for path in self.directory.glob("*.pt"):
+            try:
+                info = path.stat()
+            except OSError:  # deleted meanwhile (another viewer evicting)
+                continue
+            files.append((info.st_mtime_ns, info.st_size, path))
+        return sorted(files)
 
     def clear(self) -> tuple[int, int]:
         """Delete every cached embedding, and the half-written files of saves that never
         ended; embeddings are computed again when needed. Returns (files, bytes) deleted.
         A file that cannot be deleted raises ``OSError`` naming it."""
         n_files = n_bytes = 0
-        for path in self.files():
+        for _, size, path in self.entries():
             try:
-                size = path.stat().st_size
                 path.unlink()
             except FileNotFoundError:  # evicted meanwhile by another viewer or run
                 continue
@@ -167,9 +168,8 @@ class EmbeddingCache:
                 builtin = type(err).__module__ == "builtins"  # PermissionError, ...
                 raise (type(err)(message) if builtin else OSError(message)) from err
             n_files, n_bytes = n_files + 1, n_bytes + size
-        remove_abandoned_writes(self.directory, ".*.pt.*.tmp")
-        self._bytes = None  # the next save scans
-        return n_files, n_bytes
+        remove_abandoned_writes(self.directory, HALF_WRITTEN)
+        return n_files, n_bytes  # (a running total left too high only brings the next scan early)
 
 
 def cache_limit_bytes() -> int:
