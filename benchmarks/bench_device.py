@@ -68,10 +68,15 @@ def peak_memory_mb(device: torch.device | str) -> float:
         free, total = torch.cuda.mem_get_info(device)
         outside_allocator = max(0, total - free - torch.cuda.memory_reserved(device))
         return (torch.cuda.max_memory_reserved(device) + outside_allocator) / MIB
+    return process_status_mb("VmHWM")
+
+
+def process_status_mb(field: str) -> float:
+    """A memory ``field`` of this process's ``/proc/self/status`` (VmRSS, VmHWM), in MiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def memory_kind(device: torch.device | str) -> str:

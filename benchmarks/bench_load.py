@@ -32,13 +32,6 @@ import time
 from pathlib import Path
 
 
-def _status_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
 def stock_loader(name: str):
     if name == "vit_t":
         from mobile_sam import sam_model_registry
@@ -58,16 +51,17 @@ def samtune_loader(name: str):
 
 def child(kind: str, name: str, path: Path) -> dict:
     import torch
+    from bench_device import process_status_mb
 
     load = (stock_loader if kind == "stock" else samtune_loader)(name)
-    before = _status_mb("VmRSS")
+    before = process_status_mb("VmRSS")
     start = time.perf_counter()
     sam = load(path)
     seconds = time.perf_counter() - start
     # the model must be whole: every weight real and finite
     if any(t.is_meta or not torch.isfinite(t).all() for t in sam.state_dict().values()):
         raise RuntimeError(f"{kind} loaded {name} with missing or non-finite weights")
-    return {"seconds": seconds, "added_mb": _status_mb("VmHWM") - before}
+    return {"seconds": seconds, "added_mb": process_status_mb("VmHWM") - before}
 
 
 def write_weights(name: str, folder: Path) -> Path:
