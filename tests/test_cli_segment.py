@@ -620,6 +620,18 @@ def test_a_second_run_reuses_the_cached_embeddings(tmp_path, tiny_checkpoint, im
             r"column\(s\) \['x_min'\] appear more than once in the header",
         ),
         ("--boxes", "x_min,y_min,x_max,y_max\n50,5,10,20\n", "line 2: x_min > x_max"),
+        # napari's files kept every other column unread: the misspelt label made the
+        # negative point an object, and a shapes file's corners became one object each
+        (
+            "--points",
+            "index,axis-0,axis-1,lable\n0,105,141,1\n1,20,78,0\n",
+            r"column\(s\) \['lable'\] are not read .* index, axis-0, axis-1, label, object",
+        ),
+        (
+            "--points",
+            SHAPE_OUTSIDE,
+            "p.csv holds shapes .*, not points: each corner would become a point; pass it with --boxes",
+        ),
         ("--boxes", SPANNING_SHAPE, "give 2D shapes .* or, with --stack"),
         ("--boxes", SHAPE_OUTSIDE, "line 2: shape 0 lies outside the image of width 240"),
         ("--boxes", "x_min,y_min,x_max,y_max\n5,5,10,250\n", "line 2: .* lies outside"),
@@ -651,6 +663,30 @@ def test_the_readme_prompt_files_read_as_written(tmp_path):
     np.testing.assert_array_equal(points.labels, [1, 0])
     boxes = read_boxes_csv(write_csv(tmp_path / "b.csv", boxes_text), (200, 200))
     np.testing.assert_array_equal(boxes.boxes_xyxy, [[100, 60, 150, 118]])
+
+
+def test_an_image_named_with_glob_characters_is_that_image(
+    tmp_path, tiny_sam, tiny_checkpoint, image_file, capsys
+):
+    """``well[A1].tif`` was taken as a pattern that matched no file, and ``img*.tif`` as a
+    batch of one image that a prompt file cannot go with."""
+    path, image = image_file
+    points = write_csv(tmp_path / "p.csv", "x,y\n30,40\n200,150\n")
+    expected = reference(tiny_sam, image).predict_points_batched([[30, 40], [200, 150]])
+    for i, name in enumerate(("well[A1].tif", "img*star.tif")):
+        named = tmp_path / name
+        named.write_bytes(path.read_bytes())
+        out = tmp_path / f"{i}.tif"
+        assert segment(tiny_checkpoint, named, out, "--points", str(points)) == 0, (
+            capsys.readouterr()
+        )
+        np.testing.assert_array_equal(tifffile.imread(out), expected)
+    # a pattern is a batch, even of one image: it goes with --auto only
+    pattern = tmp_path / "image.t?f"
+    assert segment(tiny_checkpoint, pattern, tmp_path / "o.tif", "--points", str(points)) == 2
+    assert "a folder or pattern with a prompt file, which belongs to one image; give one" in (
+        capsys.readouterr().err
+    )
 
 
 def test_a_folder_as_prompt_file_is_named_a_folder(tmp_path, tiny_checkpoint, image_file, capsys):

@@ -10,7 +10,12 @@ import pytest
 import tifffile
 
 from napari_samtune.core.data import load_pairs
-from napari_samtune.core.label_files import image_fingerprint, match_files, pair_files
+from napari_samtune.core.label_files import (
+    expand_paths,
+    image_fingerprint,
+    match_files,
+    pair_files,
+)
 from napari_samtune.core.synthetic import make_dataset
 from napari_samtune.core.tiff_files import MAX_FLOAT_LABEL, float_labels_problem, read_tiff
 
@@ -302,3 +307,28 @@ def test_checking_float_labels_makes_no_copy_of_them():
         tracemalloc.stop()
     assert "fractions" in problem
     assert peak < labels.nbytes / 4, f"peak {peak} bytes for {labels.nbytes} bytes of labels"
+
+
+def test_an_existing_file_with_glob_characters_in_its_name_is_that_file(tmp_path):
+    """``well[A1].tif`` was taken as a pattern (matching ``wellA.tif``, ``well1.tif``) and
+    refused as matching no files, although it exists."""
+    _write(tmp_path / "g", "well[A1].tif", np.ones((4, 4), np.uint8))
+    _write(tmp_path / "g", "well[A1]_labels.tif", np.eye(4, dtype=np.uint8))
+    _write(tmp_path / "g", "wellA.tif", np.zeros((4, 4), np.uint8))
+    (pair,) = load_pairs(
+        tmp_path / "g" / "well[A1].tif", str(tmp_path / "g" / "well[A1]_labels.tif")
+    )
+    np.testing.assert_array_equal(pair.image, np.ones((4, 4), np.uint8))
+    np.testing.assert_array_equal(pair.labels > 0, np.eye(4, dtype=bool))
+    # a pattern that names no file is still a pattern
+    assert expand_paths(str(tmp_path / "g" / "well[A].tif"), "images") == [
+        tmp_path / "g" / "wellA.tif"
+    ]
+
+
+def test_arrays_given_for_files_are_refused_with_the_fix(tmp_path):
+    image, labels = np.ones((4, 4), np.uint8), np.eye(4, dtype=np.uint8)
+    with pytest.raises(TypeError, match=r"images must be a path.*got ndarray.*go to train\(\)"):
+        load_pairs(image, labels)
+    with pytest.raises(TypeError, match=r"images must be a path.*got list of ndarray:"):
+        match_files([image], [labels])

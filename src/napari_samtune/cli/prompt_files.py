@@ -12,8 +12,8 @@
   ``axis-0`` of a 3D napari points layer (without ``--stack`` a ``z`` column is refused,
   not ignored).
 
-Other named columns of the x/y and box files are refused (napari's files may carry the
-layer's features).
+Other named columns are refused, a napari points layer's other features too: a column
+not read (a misspelt ``lable``) would change the prompts without a word.
 
 Every mistake is a ``ValueError`` naming the file, the line and the fix.
 """
@@ -221,6 +221,11 @@ def _point_columns(path: Path, header: list[str], stacked: bool) -> tuple[str, s
     layer (in napari's order: plane, row, column)."""
     axes = [name for name in header if name.startswith("axis-")]
     if "x" not in header and axes:
+        if "shape-type" in header:
+            raise ValueError(
+                f"{path} holds shapes (a shapes layer saved from napari), not points: each "
+                "corner would become a point; pass it with --boxes"
+            )
         if axes not in (["axis-0", "axis-1"], ["axis-0", "axis-1", "axis-2"]):
             raise ValueError(
                 f"{path} holds points with columns {axes!r}; give 2D points (axis-0, axis-1) or, "
@@ -236,6 +241,7 @@ def _point_columns(path: Path, header: list[str], stacked: bool) -> tuple[str, s
                 f"{path} holds 2D points (axis-0, axis-1) and --stack needs each point's plane; "
                 "save the points layer of the stack (axis-0 = plane) or add a z column"
             )
+        _refuse_unknown(path, header, ("index", *axes, "label", "object"))
         return ("axis-1", "axis-2", "axis-0") if stacked else ("axis-0", "axis-1", None)
     _require(path, header, ("x", "y", PLANE_COLUMN) if stacked else ("x", "y"))
     _refuse_planes(path, header, stacked)

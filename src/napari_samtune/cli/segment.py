@@ -167,8 +167,13 @@ def _inputs(specs: list[Path]) -> tuple[list[Path], bool]:
     files, a folder or a glob: labels then go to a folder)."""
     from napari_samtune.core.label_files import expand_paths
 
-    batch = len(specs) > 1 or any(p.is_dir() or glob.has_magic(str(p)) for p in specs)
+    batch = len(specs) > 1 or any(p.is_dir() or _is_pattern(p) for p in specs)
     return (expand_paths([str(p) for p in specs], "images") if batch else specs), batch
+
+
+def _is_pattern(path: Path) -> bool:
+    """A glob pattern; an existing file named with ``[`` or ``*`` is that file."""
+    return glob.has_magic(str(path)) and not os.path.lexists(path)
 
 
 def _load_segmenter(args: argparse.Namespace):
@@ -343,9 +348,10 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
     from napari_samtune.core.label_files import is_label_file
 
     if not args.auto:
+        given = f"{len(files)} images were given" if len(files) > 1 else "a folder or pattern"
         raise ValueError(
-            f"{len(files)} images were given with a prompt file, which belongs to one image; "
-            "give one image with --points/--boxes, or segment several with --auto"
+            f"{given} with a prompt file, which belongs to one image; give one image's path "
+            "with --points/--boxes, or segment several with --auto"
         )
     out_dir = check_output_folder(args.output)
     if out_dir.suffix.lower() in (".tif", ".tiff") and not out_dir.is_dir():

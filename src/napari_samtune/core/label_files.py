@@ -97,7 +97,7 @@ def expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike], what: st
                 f"{what} '' is an empty path; give files, a folder or a glob pattern, or '.' "
                 "for the current folder"
             )
-        if glob.has_magic(text):
+        if glob.has_magic(text) and not os.path.lexists(text):  # well[A1].tif is a name
             files = sorted(Path(p) for p in glob.glob(text))
             if not files:
                 raise ValueError(f"{what} pattern {text!r} matches no files; check the pattern")
@@ -111,10 +111,28 @@ def expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike], what: st
         if not path.exists():
             raise FileNotFoundError(f"{what} path {text!r} does not exist; check the path")
         return [path]
+    if not isinstance(spec, Sequence) or not all(
+        isinstance(item, (str, os.PathLike)) for item in spec
+    ):
+        raise TypeError(
+            f"{what} must be a path, a folder, a glob pattern or a list of paths; got "
+            f"{_kind(spec)}: image and label arrays go to train() as "
+            "[(image, labels), ...] pairs (or ImageLabelPair), files to load_pairs/match_files"
+        )
     files = [f for item in spec for f in expand_paths(item, what)]
     if not files:
         raise ValueError(f"{what} is an empty list; give files, a folder or a glob pattern")
     return files
+
+
+def _kind(spec) -> str:
+    """``ndarray``, or ``list of ndarray``: what was given where paths were expected."""
+    if isinstance(spec, Sequence) and not isinstance(spec, str):
+        items = sorted(
+            {type(item).__name__ for item in spec if not isinstance(item, (str, os.PathLike))}
+        )
+        return f"{type(spec).__name__} of {', '.join(items)}"
+    return type(spec).__name__
 
 
 def _label_stem(path: Path) -> str | None:
