@@ -630,7 +630,7 @@ def test_a_second_run_reuses_the_cached_embeddings(tmp_path, tiny_checkpoint, im
         (
             "--points",
             SHAPE_OUTSIDE,
-            "p.csv holds shapes .*, not points: each corner would become a point; pass it with --boxes",
+            "p.csv holds shapes .*, not points: each corner would become a point; pass it with --b",
         ),
         ("--boxes", SPANNING_SHAPE, "give 2D shapes .* or, with --stack"),
         ("--boxes", SHAPE_OUTSIDE, "line 2: shape 0 lies outside the image of width 240"),
