@@ -109,7 +109,7 @@ def test_a_run_folder_exports_its_best_checkpoint_else_its_last(tmp_path, checkp
     for parameter in sam.parameters():
         parameter.data.fill_(0.5)
     best = write_checkpoint(checkpoint.with_name("best.pt"), sam, TINY, TrainConfig(), kind="best")
-    assert cli.main(["export", str(run), "-o", str(output)]) == 0
+    assert cli.main(["export", str(run), "-o", str(output), "--overwrite"]) == 0
     assert f"exported the tiny model of {best}: {output}" in capsys.readouterr().out
     exported = torch.load(output, weights_only=True)
     assert torch.equal(exported["mask_decoder.iou_token.weight"], sam.mask_decoder.iou_token.weight)
@@ -183,8 +183,14 @@ def test_an_existing_file_that_is_no_model_is_not_replaced(tmp_path, checkpoint,
     assert output.read_bytes() == b"II*\x00 the user's pixels"
 
 
-def test_a_model_exported_before_is_replaced(tmp_path, checkpoint):
+def test_a_model_file_is_replaced_only_with_overwrite(tmp_path, checkpoint, capsys):
+    """Another run's model.pth was replaced without a word."""
     output = tmp_path / "model.pth"
     torch.save({"old": torch.zeros(1)}, output)
-    assert cli.main(["export", str(checkpoint), "-o", str(output)]) == 0
+    before = output.read_bytes()
+    assert cli.main(["export", str(checkpoint), "-o", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert f"-o {output} exists already (a model file); pass --overwrite to replace it" in err
+    assert output.read_bytes() == before
+    assert cli.main(["export", str(checkpoint), "-o", str(output), "--overwrite"]) == 0
     build_sam(TINY).load_state_dict(torch.load(output, weights_only=True), strict=True)

@@ -29,6 +29,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "-o", "--output", type=output_file("model.pth"), required=True, help="model file to write"
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace -o if it is a model file already (never a checkpoint or another file)",
+    )
     parser.add_argument("--register", metavar="NAME", help="also register it as user model NAME")
     parser.set_defaults(func=run)
 
@@ -36,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     checkpoint = checkpoint_to_export(args.checkpoint)
     check_not_the_checkpoint(checkpoint, Path(args.output))
-    check_nothing_is_replaced(Path(args.output))
+    check_nothing_is_replaced(Path(args.output), args.overwrite)
     with option_wording({"model_name": "--register"}):
         return _export(checkpoint, args)
 
@@ -68,11 +73,12 @@ def check_not_the_checkpoint(checkpoint: Path, output: Path) -> None:
         )
 
 
-def check_nothing_is_replaced(output: Path) -> None:
+def check_nothing_is_replaced(output: Path, overwrite: bool = False) -> None:
     """``ValueError`` if writing ``output`` would destroy what the plain model cannot stand
     in for: a file that is no PyTorch file (an image, a table), a training checkpoint (of
     another run, or the best.pt beside a last.pt), or a registered user model's file (the
-    registry then finds its file changed)."""
+    registry then finds its file changed); or, without ``overwrite``, any existing model
+    file (another run's model.pth), as ``samtune segment`` replaces no labels file."""
     from napari_samtune.core.checkpoints import is_project_checkpoint
     from napari_samtune.core.registry import user_models_dir
 
@@ -93,6 +99,11 @@ def check_nothing_is_replaced(output: Path) -> None:
             f"-o {output} is a napari-samtune training checkpoint; the plain model would "
             "replace it, and its run could no longer be resumed or exported from it. Give "
             f"another file name, e.g. -o {_suggestion(output)}"
+        )
+    if output.is_file() and not overwrite:
+        raise ValueError(
+            f"-o {output} exists already (a model file); pass --overwrite to replace it, or "
+            f"give another name, e.g. -o {_suggestion(output)}"
         )
 
 
