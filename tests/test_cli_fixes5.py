@@ -49,6 +49,9 @@ def test_prompted_labels_into_a_folder_keep_a_namesake_s_labels(tmp_path, tiny_c
         (["--lr", "-1"], "--lr -1.0; use a positive number"),
         (["--model", "nope"], "--model nope is neither a model name"),
         (["--model", "random:bogus"], "unknown architecture 'bogus'"),
+        (["--preset", "nope"], "unknown preset 'nope'; choose one of"),
+        # the auto-detected preset here (a CPU one) does not train vit_b's encoder
+        (["--model", "vit_b", "--preset", "cpu-16gb"], "preset 'cpu-16gb' (CPU, 16 GB"),
     ],
 )
 def test_demo_mistakes_name_the_options_and_write_nothing(tmp_path, capsys, options, said):
@@ -60,3 +63,32 @@ def test_demo_mistakes_name_the_options_and_write_nothing(tmp_path, capsys, opti
     err = capsys.readouterr().err
     assert said in err and "=" not in err.split(said)[0]
     assert not out.exists()
+
+
+def test_a_demo_whose_model_cannot_be_downloaded_writes_no_data(tmp_path, capsys, monkeypatch):
+    """Offline, ``demo --model vit_t`` generated its images first, then failed to download
+    the model: every try left a new ``data-N`` folder."""
+    import urllib.error
+
+    import napari_samtune.core.fetch as fetch
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(fetch, "_request", offline)
+    out = tmp_path / "demo"
+    for _ in range(2):
+        assert main(["demo", "--quick", "--model", "vit_t", "--out", str(out)]) != 0
+        assert "could not download" in capsys.readouterr().err
+    assert not out.exists() or not any(out.glob("data*"))
+
+
+def test_the_demo_trains_with_the_preset_given():
+    """Its error for vit_b said to choose a preset measured for vit_b, which the demo had
+    no option for."""
+    from napari_samtune.core.demo import DemoConfig, finetune_config
+
+    config, reason = finetune_config(DemoConfig(model="vit_b", preset="cpu-8gb"))
+    assert (config.preset, config.freeze, config.model) == ("cpu-8gb", ("image_encoder",), "vit_b")
+    assert reason == "chosen as 'cpu-8gb'"
+    assert finetune_config(DemoConfig(model="nano", preset="a100"))[0].device == "cuda"

@@ -24,8 +24,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Run the whole napari-samtune loop offline on the packaged 'nano' model: generate "
             "sample images of a domain nano has not seen, evaluate nano on held-out images, "
-            "finetune it on 2 annotated images with the auto-detected preset, evaluate again "
-            "and write the comparison (CSV + PNG) to --out."
+            "finetune it on 2 annotated images with the auto-detected preset (or --preset), "
+            "evaluate again and write the comparison (CSV + PNG) to --out."
         ),
     )
     parser.add_argument("--out", type=output_folder, default="samtune-demo", help="output folder")
@@ -34,6 +34,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--model", type=model_argument, default="nano", help="the generalist to start from"
+    )
+    parser.add_argument(
+        "--preset",
+        default="auto",
+        help="resource preset: 'auto' (detected here; the default) or a key of 'samtune presets'",
     )
     parser.add_argument("--epochs", type=int, default=None, help="finetuning epochs")
     parser.add_argument("--samples", type=int, default=None, help="patches per epoch")
@@ -45,6 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 # The core's names of the demo's settings as the options that set them, for its messages.
 OPTION_NAMES = {
     "model": "--model",
+    "preset": "--preset",
     "epochs": "--epochs",
     "samples_per_epoch": "--samples",
     "learning_rate": "--lr",
@@ -56,7 +62,7 @@ def demo_config(args: argparse.Namespace) -> DemoConfig:
     """The :class:`DemoConfig` the options describe."""
     from napari_samtune.core.demo import DemoConfig  # torch loads only when a demo runs
 
-    config = DemoConfig(model=args.model, seed=args.seed)
+    config = DemoConfig(model=args.model, preset=args.preset, seed=args.seed)
     if args.quick:
         config = config.quick()
     changes = {

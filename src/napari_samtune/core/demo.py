@@ -50,6 +50,7 @@ class DemoConfig:
     """Size and settings of the demo; :meth:`quick` is the reduced version for tests."""
 
     model: str = "nano"  # the generalist to start from
+    preset: str = "auto"  # the resource preset's key; "auto": the one detected here
     n_train_images: int = 2  # annotated images to finetune on
     n_test_images: int = 6  # held-out images for before/after evaluation
     image_size: int = 256  # side of the generated square images, pixels
@@ -181,17 +182,17 @@ def make_demo_data(
 
 
 def finetune_config(config: DemoConfig) -> tuple[TrainConfig, str]:
-    """The auto-detected preset's settings for ``config.model``, sized for a short demo.
+    """The preset's settings (``config.preset``, by default the auto-detected one) for
+    ``config.model``, sized for a short demo.
 
     Returns ``(TrainConfig, reason)``: the preset decides the device, which parts
     train and the objects per patch; the demo sets epochs, samples per epoch, the
     learning rate (presets use 1e-5, tuned for the large pretrained models; nano
     needs a larger step to move in a few minutes) and turns early stopping off.
     """
-    from napari_samtune.core.presets import config_from_preset, detect_preset, measure_machine
+    from napari_samtune.core.presets import config_from_preset, resolve_preset
 
-    machine = measure_machine()
-    preset, reason = detect_preset(machine.gpu_memory_gb, machine.ram_gb, machine.n_cores)
+    preset, reason = resolve_preset(config.preset)
     overrides = {
         "epochs": config.epochs,
         "min_samples_per_epoch": config.samples_per_epoch,
@@ -274,14 +275,15 @@ def run_demo(
     from napari_samtune.core.models import load_model
 
     start, out_dir = time.perf_counter(), Path(out_dir)
+    train_config, reason = finetune_config(config)
+    # first: a model that cannot be downloaded left a new data folder at every try
+    base = load_model(config.model, device=train_config.device)
     data_dir, run_dir, comparison = _new_run_names(out_dir)
     train_pairs, test_pairs = make_demo_data(config, data_dir)
     log(
         f"generated {len(train_pairs)} training + {len(test_pairs)} held-out images of an unseen "
         f"domain (dark cells on a bright background) in {data_dir}"
     )
-    train_config, reason = finetune_config(config)
-    base = load_model(config.model, device=train_config.device)
     log(f"evaluating {config.model!r} on the held-out images ...")
     before = _evaluate(base, test_pairs, config, train_config.device)
     log(f"preset: {reason}")
