@@ -102,6 +102,38 @@ def test_user_models_can_be_removed(capsys, tiny_checkpoint):
     assert "'vit_b' is a built-in model, not a user model" in capsys.readouterr().err
 
 
+def test_a_file_that_cannot_be_deleted_is_named_with_the_fix(capsys, tiny_checkpoint, monkeypatch):
+    """On a read-only models folder --remove printed only "[Errno 30] Read-only file system"."""
+    import errno
+    from pathlib import Path
+
+    register_user_model(tiny_checkpoint, "drop", TINY)
+    unlink = Path.unlink
+
+    def read_only(path, *args, **kwargs):
+        if path.suffix in refused:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    refused = {".json", ".pt"}
+    assert main(["models", "--remove", "drop"]) == 2
+    err = capsys.readouterr().err
+    folder = user_models_dir()
+    assert (
+        f"could not delete {folder / 'drop.json'} (Read-only file system) while removing user "
+        f"model 'drop'; deleted before it: nothing. The user models folder {folder} must be "
+        "writable" in err
+    )
+    assert (folder / "drop.json").is_file() and (folder / "drop.pt").is_file()
+    refused = {".pt"}  # the description went, its weights could not
+    assert main(["models", "--remove", "drop"]) == 2
+    assert (
+        "drop.pt (Read-only file system) while removing user model 'drop'; deleted before "
+        "it: drop.json." in capsys.readouterr().err
+    )
+
+
 def test_a_name_that_cannot_be_removed_stops_the_list_before_any_removal(capsys, tiny_checkpoint):
     register_user_model(tiny_checkpoint, "first", TINY)
     assert main(["models", "--remove", "first", "typo"]) == 2

@@ -236,11 +236,25 @@ def remove_user_model(name: str) -> list[Path]:
     deleted = []
     for path in (sidecar, *sorted(weights)):
         if path.is_file():
-            path.unlink()
+            _delete(path, name, deleted)
             deleted.append(path)
         if path != sidecar:
             stamp_path(path).unlink(missing_ok=True)
     return deleted
+
+
+def _delete(path: Path, name: str, deleted: list[Path]) -> None:
+    """Delete a file of user model ``name``; an ``OSError`` naming it, what was deleted
+    before it and the fix (a read-only folder said only "[Errno 30] Read-only file system")."""
+    try:
+        path.unlink()
+    except OSError as err:
+        done = ", ".join(p.name for p in deleted) if deleted else "nothing"
+        raise OSError(
+            f"could not delete {path} ({err.strerror or err}) while removing user model "
+            f"{name!r}; deleted before it: {done}. The user models folder {path.parent} must "
+            "be writable: fix its permissions, or delete the files by hand"
+        ) from err
 
 
 def _weights_named_by(sidecar: Path) -> Path:
