@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import pytest
 import torch
@@ -125,4 +126,8 @@ def test_the_cache_keeps_the_most_recently_used_files_within_its_limit(tmp_path,
     assert nothing.load("a", (1, 8, 16, 16)) is None
     monkeypatch.setenv("SAMTUNE_EMBEDDING_CACHE_GB", "lots")
     with pytest.warns(RuntimeWarning, match="'lots' is not a size in GB.*using 10"):
+        assert EmbeddingCache(tmp_path).max_bytes == 10 * 2**30
+    monkeypatch.setenv("SAMTUNE_EMBEDDING_CACHE_GB", " ")  # set but empty: the default, unsaid
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         assert EmbeddingCache(tmp_path).max_bytes == 10 * 2**30

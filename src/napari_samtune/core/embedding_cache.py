@@ -173,9 +173,10 @@ class EmbeddingCache:
 
 
 def cache_limit_bytes() -> int:
-    """The embedding cache's size limit: ``$SAMTUNE_EMBEDDING_CACHE_GB`` (default 10)."""
-    text = os.environ.get(CACHE_LIMIT_ENV)
-    if text is not None:
+    """The embedding cache's size limit: ``$SAMTUNE_EMBEDDING_CACHE_GB`` (default 10; set
+    but empty, as ``VAR= cmd`` leaves it, is the default too)."""
+    text = os.environ.get(CACHE_LIMIT_ENV, "").strip()
+    if text:
         try:
             gigabytes = float(text)
         except ValueError:
