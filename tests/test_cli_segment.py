@@ -689,6 +689,19 @@ def test_an_image_named_with_glob_characters_is_that_image(
     )
 
 
+def test_automatic_segmentation_options_are_refused_with_a_prompt_file(
+    tmp_path, tiny_checkpoint, image_file, capsys
+):
+    points = write_csv(tmp_path / "p.csv", "x,y\n30,40\n")
+    options = ["--points", str(points), "--points-per-side", "8", "--min-area", "5"]
+    assert segment(tiny_checkpoint, image_file[0], tmp_path / "o.tif", *options) == 2
+    assert (
+        "--points-per-side and --min-area set automatic segmentation (--auto), which prompt "
+        "files do not use; remove it, or segment with --auto"
+    ) in capsys.readouterr().err
+    assert not (tmp_path / "o.tif").exists()
+
+
 def test_a_folder_as_prompt_file_is_named_a_folder(tmp_path, tiny_checkpoint, image_file, capsys):
     (tmp_path / "prompts").mkdir()
     options = ["--points", str(tmp_path / "prompts")]

@@ -236,7 +236,18 @@ def run(args: argparse.Namespace) -> int:
         return _run(args)
 
 
+AUTO_OPTIONS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "min_area")
+
+
 def _run(args: argparse.Namespace) -> int:
+    given = [
+        f"--{name.replace('_', '-')}" for name in AUTO_OPTIONS if getattr(args, name) is not None
+    ]
+    if given and not args.auto:  # it was ignored without a word
+        raise ValueError(
+            f"{' and '.join(given)} set automatic segmentation (--auto), which prompt files "
+            "do not use; remove it, or segment with --auto instead of --points/--boxes"
+        )
     output_text, args.output = args.output, Path(args.output)
     files, batch = _inputs(args.image)
     if not batch and not files[0].is_file():  # before -o, which is checked against it

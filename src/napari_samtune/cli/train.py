@@ -114,8 +114,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out",
         type=output_folder,
-        help="folder for checkpoints and the model (with --resume: the run's own folder unless "
-        "given)",
+        help="folder for checkpoints and the model: required, except with --resume (then "
+        "the run's own folder unless given)",
     )
     parser.add_argument(
         "--name",
