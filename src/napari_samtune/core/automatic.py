@@ -106,7 +106,7 @@ SMALL_INPUT_SIZE = 256  # models with at most this input size get NANO_AUTO_CONF
 def default_auto_config(img_size: int) -> AutoSegmentConfig:
     """The automatic-segmentation defaults for a model of input size ``img_size``: SAM's,
     or :data:`NANO_AUTO_CONFIG` for nano-sized models (nano and models finetuned from it),
-    with which SAM's thresholds keep no object at all."""
+    with which SAM's thresholds keep few objects (0-4 of 14-19 on sample images)."""
     if isinstance(img_size, (bool, np.bool_)) or not isinstance(img_size, (int, np.integer)):
         raise TypeError(
             f"img_size must be the model's input size in pixels, a whole number such as 1024 "

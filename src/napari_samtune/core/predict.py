@@ -226,7 +226,7 @@ class Segmenter(ViewPredictor):
 
         ``config`` defaults to :func:`~napari_samtune.core.automatic.default_auto_config`
         for this model's input size (SAM's settings, or looser ones for nano-sized models,
-        with which SAM's keep no object), as the widget and ``samtune segment --auto`` use.
+        with which SAM's keep few objects), as the widget and ``samtune segment --auto`` use.
         See :func:`napari_samtune.core.automatic.segment_automatic`.
         """
         from napari_samtune.core.automatic import default_auto_config, segment_automatic
