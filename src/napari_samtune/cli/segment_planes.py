@@ -91,11 +91,19 @@ class Planes:
             planes_first,
             to_sam_rgb,
         )
+        from napari_samtune.core.tiff_files import declared_channel_axis
 
         self.pixels = image  # as read: its fingerprint goes into the labels' record
         check_some_pixel_finite(image, str(path))
         self.image, self.stacked, self.channels = image, args.stack, args.channels
-        self.channel_axis = args.channel_axis
+        given = args.channel_axis  # else the one the file's metadata names (ImageJ's C)
+        declared = declared_channel_axis(path) if given is None and image.ndim > 2 else None
+        channel_axis = self.channel_axis = given if given is not None else declared
+        option = (
+            f"--channel-axis {given}"
+            if declared is None
+            else f"channels on axis {declared}, as {path}'s metadata says"
+        )
         self._to_rgb, self._first = to_sam_rgb, None
         if self.stacked:
             if image.ndim < 3 or _one_plane_with_axes_of_one_entry(image.shape):
@@ -109,15 +117,18 @@ class Planes:
                     f"{image.shape[-1]} channels last (RGB, RGBA...), not a stack: its "
                     f"planes would be {image.shape[1]}x{image.shape[2]} pixels; leave out --stack"
                 )
-            self.image, axis = planes_first(image, args.channel_axis)  # (C, Z, H, W) too
+            self.image, axis = planes_first(image, channel_axis)  # (C, Z, H, W) too
             try:
                 self.channel_axis = plane_channel_axis(axis, image.ndim)
             except ValueError as err:
-                raise ValueError(f"--stack --channel-axis {args.channel_axis}: {err}") from None
+                raise ValueError(f"--stack with {option}: {err}") from None
         try:
             first = self.rgb(0)
         except ValueError as err:
-            if args.channel_axis is not None or image.ndim < 3:
+            if declared is not None:
+                stack = "; pass --stack to segment each plane" if image.ndim > 3 else ""
+                raise ValueError(f"{option}: {err}{stack}") from None
+            if given is not None or image.ndim < 3:
                 raise  # the hints below are for an image given without channel options
             if not self.stacked:
                 raise _planes_or_channels(err, image.shape, args.channels) from None

@@ -39,7 +39,7 @@ from napari_samtune.core.label_files import (
     match_files,
     saved_fingerprint,
 )
-from napari_samtune.core.tiff_files import read_label_tiff, read_tiff
+from napari_samtune.core.tiff_files import declared_channel_axis, read_label_tiff, read_tiff
 
 
 @dataclass(frozen=True)
@@ -156,6 +156,9 @@ def read_match(
     ``empty_planes``, if given, receives the stacks' planes left out for having no object
     (see :func:`split_planes`).
 
+    Without ``channel_axis``, an image whose file names its channel axis (ImageJ
+    hyperstacks, OME-TIFF: :func:`.declared_channel_axis`) has its channels there.
+
     ``foreign``, if given, receives the names of the pairs whose labels were saved in napari
     for other pixels than their image's (:func:`foreign_labels_message`); they are read all
     the same, as the image may just have been opened differently there. Label files are
@@ -176,7 +179,8 @@ def read_match(
             foreign.append(f"{image_path.name} / {labels_path.name}")
         name = f"{image_path.name} / {labels_path.name}"
         labels = read_label_tiff(labels_path)
-        pairs += split_planes(image, labels, name, None, channel_axis, channels, empty_planes)
+        axis = channel_axis if channel_axis is not None else declared_channel_axis(image_path)
+        pairs += split_planes(image, labels, name, None, axis, channels, empty_planes)
     return pairs
 
 

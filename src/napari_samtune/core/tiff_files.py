@@ -37,6 +37,21 @@ def read_tiff(path: Path) -> np.ndarray:
     return pixels
 
 
+def declared_channel_axis(path: Path) -> int | None:
+    """The channel axis a TIFF file names in its metadata for the array :func:`read_tiff`
+    returns: its one axis ``C`` (ImageJ hyperstacks, OME-TIFF, tifffile's ``axes``), else
+    None. Samples (``S``) do not count: tifffile saves any (3, H, W) array, a stack of 3
+    planes too, as planar RGB, and (H, W, 3) is taken as RGB anyway."""
+    import tifffile
+
+    try:
+        with _tifffile_log(), tifffile.TiffFile(path) as tif:
+            axes = tif.series[0].axes
+    except Exception:  # unreadable: read_tiff says why
+        return None
+    return axes.index("C") if axes.count("C") == 1 else None
+
+
 @contextlib.contextmanager
 def _tifffile_log():
     """Collect what tifffile logs while reading (e.g. 'invalid offset to first page') for

@@ -1,0 +1,106 @@
+"""Channels named in a TIFF's metadata (ImageJ hyperstacks, OME-TIFF): an image with its
+channels first was refused as ambiguous although its file says which axis holds them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+import napari_samtune.cli
+from napari_samtune.cli import main
+from napari_samtune.core.data import load_pairs
+from napari_samtune.core.images import to_sam_rgb
+from napari_samtune.core.synthetic import make_image
+from napari_samtune.core.tiff_files import declared_channel_axis
+
+
+@pytest.fixture(autouse=True)
+def _segment_subcommand(monkeypatch):
+    monkeypatch.setattr(napari_samtune.cli, "SUBCOMMAND_MODULES", ("segment",))
+
+
+@pytest.fixture
+def channels():
+    """Three different channels (C, H, W) of one sample image, and its labels."""
+    image, labels = make_image((96, 112), seed=0)
+    return np.stack([image, image // 2, 255 - image]), labels
+
+
+def test_the_declared_channel_axis_is_axis_c(tmp_path, channels):
+    pixels, _ = channels
+    files = {
+        "imagej_cyx": (pixels, {"imagej": True, "metadata": {"axes": "CYX"}}, 0),
+        "imagej_zcyx": (np.stack([pixels] * 2), {"imagej": True, "metadata": {"axes": "ZCYX"}}, 1),
+        "ome_cyx.ome": (pixels, {"metadata": {"axes": "CYX"}}, 0),
+        "tifffile_yxc": (np.moveaxis(pixels[:2], 0, -1), {"metadata": {"axes": "YXC"}}, 2),
+        # no C: tifffile saves any (3, H, W) array as planar RGB (axes SYX), a 3-plane stack too
+        "plain_3": (pixels, {}, None),
+        "imagej_zyx": (pixels, {"imagej": True, "metadata": {"axes": "ZYX"}}, None),
+        "rgb": (np.moveaxis(pixels, 0, -1), {"photometric": "rgb"}, None),
+        "plane": (pixels[0], {}, None),
+    }
+    for name, (array, options, axis) in files.items():
+        path = tmp_path / f"{name}.tif"
+        tifffile.imwrite(path, array, **options)
+        assert tifffile.imread(path).shape == array.shape
+        assert declared_channel_axis(path) == axis, name
+    damaged = tmp_path / "damaged.tif"
+    damaged.write_bytes(b"II*\x00garbage")
+    assert declared_channel_axis(damaged) is None  # read_tiff names the problem
+
+
+def test_training_pairs_take_the_declared_channels(tmp_path, channels):
+    pixels, labels = channels
+    tifffile.imwrite(tmp_path / "a.tif", pixels, imagej=True, metadata={"axes": "CYX"})
+    tifffile.imwrite(tmp_path / "a_labels.tif", labels)
+    (pair,) = load_pairs(tmp_path / "a.tif", tmp_path / "a_labels.tif")
+    assert pair.channel_axis == 0
+    expected = to_sam_rgb(pixels, channel_axis=0)
+    np.testing.assert_array_equal(
+        to_sam_rgb(pair.image, pair.channel_axis, pair.channels), expected
+    )
+    # the same pixels without metadata: which axis holds channels is not known
+    tifffile.imwrite(tmp_path / "b.tif", pixels[:2])
+    tifffile.imwrite(tmp_path / "b_labels.tif", labels)
+    (plain,) = load_pairs(tmp_path / "b.tif", tmp_path / "b_labels.tif")
+    assert plain.channel_axis is None
+
+
+def segment(checkpoint, image, out, *options) -> int:
+    """``samtune segment`` with points (a random tiny model finds no object with --auto)."""
+    stacked = "--stack" in options
+    points = out.with_name("points.csv")
+    points.write_text("x,y,z\n30,40,0\n80,60,2\n" if stacked else "x,y\n30,40\n80,60\n")
+    args = ["segment", str(image), "--model", str(checkpoint), "-o", str(out), "--device", "cpu"]
+    return main([*args, "--points", str(points), "--no-progress", *options])
+
+
+def test_segment_takes_the_declared_channels(tmp_path, tiny_checkpoint, channels, capsys):
+    pixels, _ = channels
+    hyperstack, plain = tmp_path / "hyper.tif", tmp_path / "plain.tif"
+    tifffile.imwrite(hyperstack, pixels, imagej=True, metadata={"axes": "CYX"})
+    tifffile.imwrite(plain, pixels)
+    assert segment(tiny_checkpoint, hyperstack, tmp_path / "h.tif") == 0, capsys.readouterr()
+    assert segment(tiny_checkpoint, plain, tmp_path / "p.tif", "--channel-axis", "0") == 0
+    labels = tifffile.imread(tmp_path / "h.tif")
+    assert labels.max() > 0
+    np.testing.assert_array_equal(labels, tifffile.imread(tmp_path / "p.tif"))
+    assert segment(tiny_checkpoint, plain, tmp_path / "x.tif") == 2  # no metadata: ambiguous
+    assert "channel axis is ambiguous" in capsys.readouterr().err
+
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.stack([pixels[:2]] * 3), imagej=True, metadata={"axes": "ZCYX"})
+    assert segment(tiny_checkpoint, stack, tmp_path / "s.tif", "--stack") == 2
+    assert f"channels on axis 1, as {stack}'s metadata says: image has 2 channels; pass " in (
+        capsys.readouterr().err
+    )
+    assert segment(tiny_checkpoint, stack, tmp_path / "s.tif", "--stack", "--channels", "1") == 0
+    given = ("--stack", "--channels", "1", "--channel-axis", "1")
+    assert segment(tiny_checkpoint, stack, tmp_path / "g.tif", *given) == 0
+    labels = tifffile.imread(tmp_path / "s.tif")
+    assert labels.shape == (3, 96, 112) and labels.max() > 0
+    np.testing.assert_array_equal(labels, tifffile.imread(tmp_path / "g.tif"))
+    assert segment(tiny_checkpoint, stack, tmp_path / "n.tif", "--channels", "1") == 2
+    assert "metadata says: image has shape (3, 2, 96, 112)" in (err := capsys.readouterr().err)
+    assert err.rstrip().endswith("pass --stack to segment each plane")
