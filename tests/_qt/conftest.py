@@ -301,12 +301,13 @@ def finetune_on_cells(cells_viewer):
     CPU machine with 16 GB) beside a ``cells_viewer(n)``."""
     from napari_samtune._qt.train_widget import TrainWidget
     from napari_samtune.core.presets import MachineResources
+    from tests._qt.plugin_viewer import as_plugin_sees_it
 
     machine = MachineResources(gpu_memory_gb=None, ram_gb=16.0, n_cores=8, gpu_name=None)
 
     def make(n: int = 2):
         viewer = cells_viewer(n)
-        return viewer, TrainWidget(viewer, machine=machine)
+        return viewer, TrainWidget(as_plugin_sees_it(viewer), machine=machine)
 
     return make
 

@@ -18,6 +18,7 @@ from napari_samtune.core.predict import Segmenter
 from napari_samtune.core.presets import MachineResources
 from napari_samtune.core.synthetic import make_image
 from napari_samtune.core.user_models import register_user_model
+from tests._qt.plugin_viewer import as_plugin_sees_it
 
 WAIT_MS = 120_000
 SMALL_CPU = MachineResources(gpu_memory_gb=None, ram_gb=16.0, n_cores=8, gpu_name=None)
@@ -35,10 +36,10 @@ def loop(make_napari_viewer, qtbot, run_job, tmp_path):
 def _iter_docked(viewer, qtbot, run_job, tmp_path):
     """A fixture's body: docks the Annotate widget (on nano) and the Finetune widget in
     ``viewer``, yields (viewer, annotate, train), then waits for what still runs."""
-    annotate = AnnotateWidget(viewer)
+    annotate = AnnotateWidget(as_plugin_sees_it(viewer))
     annotate.ui.folder_edit.setText(str(tmp_path / "annotations"))
     viewer.window.add_dock_widget(annotate, name="Annotate with SAM")
-    train = TrainWidget(viewer, machine=SMALL_CPU)
+    train = TrainWidget(as_plugin_sees_it(viewer), machine=SMALL_CPU)
     train.settings.out_dir_edit.setText(str(tmp_path / "training"))
     viewer.window.add_dock_widget(train, name="Finetune SAM")
     annotate.select_model("nano")

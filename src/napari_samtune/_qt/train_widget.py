@@ -29,6 +29,7 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
+import napari
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
@@ -82,7 +83,9 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
     training_finished = Signal(object)  # TrainingFinished (also after Stop)
     run_ended = Signal()  # the worker ended: finished, stopped or failed
 
-    def __init__(self, viewer, machine: MachineResources | None = None, parent=None) -> None:
+    def __init__(
+        self, viewer: napari.viewer.Viewer, machine: MachineResources | None = None, parent=None
+    ) -> None:
         super().__init__(parent)
         self.viewer = viewer
         self.stop_event: threading.Event | None = None
