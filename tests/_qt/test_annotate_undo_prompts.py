@@ -108,3 +108,27 @@ def test_cleared_prompts_do_not_come_back_on_another_image(cells_viewer, tiny_sa
     drain_jobs(widget)
     assert not widget.undo()
     assert not len(widget.session.layers.points.data)
+
+
+def test_after_a_clear_a_loaded_file_is_what_undo_takes_back(
+    viewer_widget, tmp_path, nuclei_image, drain_jobs
+):
+    """U right after Shift+C brought the cleared prompts back even after a file was loaded
+    (whose note says U takes it back): the loaded objects stayed, and a second U was needed."""
+    import tifffile
+
+    _, widget = viewer_widget
+    layers = widget.session.layers
+    widget.ui.folder_edit.setText(str(tmp_path))
+    layers.points.add([128, 128])
+    widget.clear()
+    segmented = tmp_path / "nuclei_labels.tif"
+    tifffile.imwrite(segmented, nuclei_image[1])
+    assert widget.start_loading_annotations(segmented) is not None
+    drain_jobs(widget)
+    np.testing.assert_array_equal(widget.session.annotations, nuclei_image[1])
+    assert widget.undo()
+    assert not widget.session.annotations.any()  # the load is undone
+    assert not len(layers.points.data)  # and the clear stays
+    assert not widget.undo()  # its prompts do not come back later either
+    assert not len(layers.points.data)

@@ -114,6 +114,7 @@ class AnnotateWidget(
         # (session, a clear's KeptPrompts, or None: the prompts are those U put back) until
         # a prompt changes
         self._prompts_for_undo = None
+        self._undo_top_at_clear = None  # the undo stack's top when Shift+C cleared prompts
         self._image_keys_before: dict = {}  # key -> the annotated image layer's own binding
         self._restore_tasks: dict[int, str] = {}  # id(session) -> its restore's task name
         self._removing_own_layers = False  # removals the widget makes need no message

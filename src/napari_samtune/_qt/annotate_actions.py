@@ -75,6 +75,7 @@ class AnnotateActionsMixin:
         self.session.clear()  # (its prompt change events forget what U would put back)
         self._previews_behind.clear()
         self._prompts_for_undo = None if cleared is None else (self.session, cleared)
+        self._undo_top_at_clear = self.session.undo_stack.peek()  # a later change's entry: U's
 
     # -- commit / undo --------------------------------------------------------------------
     def commit(self) -> list[int]:
@@ -126,6 +127,12 @@ class AnnotateActionsMixin:
             return False
         memo, self._prompts_for_undo = self._prompts_for_undo, None
         mine = memo is not None and memo[0] is self.session  # no prompt changed since
+        if (
+            mine
+            and memo[1] is not None
+            and self._undo_top_at_clear is not (self.session.undo_stack.peek())
+        ):  # an automatic segmentation or a loaded file came after the clear: U undoes it
+            mine, memo = False, None
         if mine and memo[1] is not None:  # a clear's
             self._put_back(memo[1], "brought back the {} cleared")
             return True
