@@ -82,3 +82,15 @@ def test_the_annotation_widget_s_annotations_named_with_a_number_pair_with_their
     a_layers.annotations.name = "b annotations [2]"
     data.image_combo.setCurrentText("b")
     assert data.labels_combo.currentText() == "b annotations"
+
+
+def test_an_image_chosen_as_its_own_labels_is_refused(finetune_on_cells, add_pair):
+    """Its intensities were taken as instance ids, and a run trained on them unwarned."""
+    _viewer, widget = finetune_on_cells(1)
+    source = widget.train_data
+    assert not add_pair(source, "cells0", "cells0")
+    assert (
+        "'cells0' is chosen as both the image and its labels; choose the layer holding its "
+        "annotations" in source.pair_error.text()
+    )
+    assert add_pair(source, "cells0", "cells0 labels")

@@ -59,6 +59,12 @@ def pair_problem(pair: tuple[Image, Labels]) -> str:
     instead: the core's advice (``channel_axis`` and ``channels``; ``.astype``) is for
     scripts. Cheap enough for the main thread (:func:`~napari_samtune.core.data.check_pair`:
     nothing is normalised; the training worker prepares the data)."""
+    image, labels = pair
+    if labels == image:  # (== sees through the proxies napari hands a plugin)
+        return (
+            f"{image.name!r} is chosen as both the image and its labels; choose the layer "
+            "holding its annotations (a Labels layer of instance ids) as labels"
+        )
     try:
         for sample in layer_pairs(*pair):
             check_pair(sample)
