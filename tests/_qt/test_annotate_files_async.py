@@ -200,3 +200,36 @@ def test_a_failed_save_now_is_not_called_an_autosave(
     errors = [n for n in notifications if n.severity == "error"]
     assert errors and all("saving annotations failed" in n for n in errors)
     assert not any("autosave" in n for n in errors)
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_a_foreground_mask_loads_as_one_object_per_region(
+    viewer_widget, tmp_path, nuclei_image, drain_jobs, notifications, background
+):
+    """A 0/255 mask (Fiji's Convert to Mask) loaded as one object covering every cell."""
+    from scipy import ndimage
+
+    _viewer, widget = viewer_widget
+    widget.ui.folder_edit.setText(str(tmp_path))
+    cells = nuclei_image[1]
+    mask = tmp_path / "mask.tif"
+    tifffile.imwrite(mask, (cells > 0).astype(np.uint8) * 255)
+    regions, n_regions = ndimage.label(cells > 0, np.ones((3, 3), bool))
+    assert n_regions >= 5
+    if background:
+        assert widget.start_loading_annotations(mask) is not None
+        drain_jobs(widget)
+    else:
+        assert widget.load_annotations(mask) == n_regions
+    loaded = widget.session.annotations
+    np.testing.assert_array_equal(loaded, regions)
+    assert any(
+        f"gives one id to {n_regions} separate regions, as a foreground mask does: loaded them "
+        f"as {n_regions} objects, one id each" in note
+        for note in notifications
+    )
+    assert widget.undo() and not widget.session.annotations.any()
+    # instance labels load as they are
+    tifffile.imwrite(tmp_path / "cells.tif", cells)
+    assert widget.load_annotations(tmp_path / "cells.tif") is not None
+    np.testing.assert_array_equal(widget.session.annotations, cells)

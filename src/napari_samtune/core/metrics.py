@@ -87,20 +87,29 @@ def check_label_image(labels: np.ndarray, name: str) -> np.ndarray:
 MASK_REGIONS, MASK_REGION_AREA = 3, 16
 
 
+def mask_regions(labels: np.ndarray) -> int:
+    """How many separate regions (of at least MASK_REGION_AREA pixels) integer ``labels``
+    give their only id, where that makes them a foreground mask (MASK_REGIONS or more);
+    else 0. Labels of several ids cost no pass over their pixels beyond finding that."""
+    top = labels.max(initial=0)
+    if top == 0 or np.any((labels != 0) & (labels != top)):
+        return 0
+    from scipy import ndimage
+
+    regions, _ = ndimage.label(labels == top)
+    n_regions = int((np.bincount(regions.ravel())[1:] >= MASK_REGION_AREA).sum())
+    return n_regions if n_regions >= MASK_REGIONS else 0
+
+
 def check_not_a_mask(labels: np.ndarray, what: str) -> None:
     """``ValueError`` naming ``what`` (e.g. "labels of 'a.tif'") for integer labels (e.g.
     (H, W)) whose only id covers several separate regions: a foreground mask saved as integers (0/1,
     or 0/255 as Fiji's Convert to Mask saves it), which training and evaluation would take
     as one object. The regions are only counted for labels of a single id: other labels
     cost a pass over their pixels."""
-    top = labels.max(initial=0)
-    if top == 0 or np.any((labels != 0) & (labels != top)):
-        return
-    from scipy import ndimage
-
-    regions, _ = ndimage.label(labels == top)
-    n_regions = int((np.bincount(regions.ravel())[1:] >= MASK_REGION_AREA).sum())
-    if n_regions >= MASK_REGIONS:
+    n_regions = mask_regions(labels)
+    if n_regions:
+        top = labels.max()
         raise ValueError(
             f"{what} give the one id {int(top)} to {n_regions} separate regions: a foreground "
             "mask (e.g. 0/255 from Fiji's Convert to Mask), whose objects would count as one; "
