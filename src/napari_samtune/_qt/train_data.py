@@ -254,7 +254,14 @@ class PairSourceWidget(QWidget):
         self.sources_changed.emit()
 
     def _on_layer_removed(self, event) -> None:
-        self._pairs = [p for p in self._pairs if event.value not in p]
+        gone = [pair for pair in self._pairs if event.value in pair]
+        self._pairs = [pair for pair in self._pairs if event.value not in pair]
+        if gone:  # the list shrank unsaid: a run would train on fewer pairs than expected
+            names = ", ".join(f"{image.name} / {labels.name}" for image, labels in gone)
+            show_info(
+                f"layer {event.value.name!r} was removed, and with it the {self.title} "
+                f"pair(s) {names}"
+            )
         self._refresh_list()
         self.refresh_layer_choices()
 
