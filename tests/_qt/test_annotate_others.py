@@ -9,6 +9,7 @@ import threading
 import weakref
 
 import numpy as np
+import pytest
 import tifffile
 
 from napari_samtune._qt import annotate_jobs
@@ -199,6 +200,27 @@ def test_removing_an_image_edited_without_autosave_says_where_its_edits_are(
     assert "'cells0 annotations'" in said[0] and "Save now" in said[0]
     widget.ui.autosave_check.setChecked(True)  # nothing left to save: no error either
     drain_jobs(widget)
+
+
+@pytest.mark.parametrize("current", [True, False])
+def test_removing_the_annotations_of_an_image_edited_without_autosave_says_they_are_lost(
+    cells_with_one_saved_object, qtbot, drain_jobs, tmp_path, notifications, current
+):
+    """Its unsaved commits went with the layer unsaid: picked again, the image showed its
+    last save, and a later autosave wrote that over the file."""
+    viewer, widget = _cells_edited_without_autosave(
+        cells_with_one_saved_object, drain_jobs, tmp_path
+    )
+    if current:  # the image annotated now, else one chosen before (cells1 is chosen)
+        widget.ui.image_combo.setCurrentText("cells0")
+        drain_jobs(widget)
+    viewer.layers.remove("cells0 annotations")
+    qtbot.wait(10)
+    assert widget._not_autosaved == []
+    said = [n for n in notifications if "'cells0 annotations' was removed with edits" in n]
+    assert len(said) == 1 and said[0].severity == "warning", [str(n) for n in notifications]
+    assert "those edits are lost; picked again, it shows its last save, " in said[0]
+    assert str(tmp_path / "cells0.labels.tif") in said[0]
 
 
 def test_removing_an_image_and_its_annotations_edited_without_autosave_says_they_are_lost(

@@ -105,6 +105,7 @@ class AnnotateWidget(
         self._not_autosaved: list[AnnotationSession] = []
         # of those, the ones whose image was removed: said once the removal is over
         self._removed_not_autosaved: list[AnnotationSession] = []
+        self._removed_annotations: list[AnnotationSession] = []  # layers gone, images not
         # (session, planes) automatic segmentation wrote that its autosave has not saved yet
         self._automatic_unsaved: tuple[AnnotationSession, list] | None = None
         # the image a running automatic segmentation or propagation writes into

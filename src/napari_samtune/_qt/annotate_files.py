@@ -173,6 +173,28 @@ class AnnotateFilesMixin:
                 f"saved: {ending}. Tick autosave, or use Save now, before closing to keep them"
             )
 
+    def _say_removed_annotations(self) -> None:
+        """The annotations layers removed of images still there (an image removed with its
+        layers is said by the caller): their unsaved edits went with them."""
+        removed, self._removed_annotations = self._removed_annotations, []
+        images_gone = {id(s) for s in self._removed_not_autosaved}
+        for session in removed:
+            if id(session) in images_gone or not any(session is s for s in self._not_autosaved):
+                continue
+            self._forget_not_autosaved(session)
+            folder = self.annotation_folder()
+            labels_path, _ = annotation_paths(folder, session.file_name(folder))
+            saved = (
+                f"; picked again, it shows its last save, {labels_path}"
+                if (labels_path.is_file())
+                else ""
+            )
+            show_warning(
+                f"layer {session.layers.annotations.name!r} was removed with edits made with "
+                f"autosave unticked: those edits are lost{saved}. Keep autosave ticked, or use "
+                "Save now, to have them on disk"
+            )
+
     def _forget_removed_image(self, image_layer) -> bool:
         """Image ``image_layer`` was removed: its sessions edited with autosave unticked are
         no longer to be kept (nor the image with them); see
@@ -181,10 +203,19 @@ class AnnotateFilesMixin:
         self._removed_not_autosaved.extend(removed)
         return bool(removed)
 
+    def _note_removed_annotations(self, layer) -> bool:
+        """Annotations layer ``layer`` was removed: a session edited with autosave unticked
+        whose edits it held is told of (see :meth:`_say_removed_not_autosaved`); whether
+        there was one. (Picked again, the image restored its last save without a word.)"""
+        held = [kept for kept in self._not_autosaved if kept.layers.annotations == layer]
+        self._removed_annotations.extend(held)
+        return bool(held)
+
     def _say_removed_not_autosaved(self) -> None:
         """Once the layers removed together are gone, the sessions of the images removed go,
         and the person is told where their unsaved edits are, if anywhere (unless napari
         closed meanwhile, which said so: it removes the layers first)."""
+        self._say_removed_annotations()
         removed, self._removed_not_autosaved = self._removed_not_autosaved, []
         for session in [s for s in removed if any(s is kept for kept in self._not_autosaved)]:
             self._forget_not_autosaved(session)

@@ -81,7 +81,7 @@ class AnnotateImageMixin:
         self._unwatch_retired(layer)
         if self._removing_own_layers:
             return
-        if self._forget_removed_image(layer):
+        if self._forget_removed_image(layer) or self._note_removed_annotations(layer):
             self._say_removal_soon.start()
         session = self.session
         if session is not None and layer == session.image_layer:  # it cannot be picked again
