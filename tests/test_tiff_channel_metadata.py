@@ -12,7 +12,7 @@ from napari_samtune.cli import main
 from napari_samtune.core.data import load_pairs
 from napari_samtune.core.images import to_sam_rgb
 from napari_samtune.core.synthetic import make_image
-from napari_samtune.core.tiff_files import declared_channel_axis
+from napari_samtune.core.tiff_files import channel_axis_named, read_tiff_with_axes
 
 
 @pytest.fixture(autouse=True)
@@ -43,11 +43,15 @@ def test_the_declared_channel_axis_is_axis_c(tmp_path, channels):
     for name, (array, options, axis) in files.items():
         path = tmp_path / f"{name}.tif"
         tifffile.imwrite(path, array, **options)
-        assert tifffile.imread(path).shape == array.shape
-        assert declared_channel_axis(path) == axis, name
+        pixels, axes = read_tiff_with_axes(path)
+        np.testing.assert_array_equal(pixels, tifffile.imread(path))  # read as before
+        assert pixels.shape == array.shape
+        assert channel_axis_named(axes, pixels.ndim) == axis, name
+    assert channel_axis_named("CYX", 2) is None  # axes not of these pixels: none taken
     damaged = tmp_path / "damaged.tif"
     damaged.write_bytes(b"II*\x00garbage")
-    assert declared_channel_axis(damaged) is None  # read_tiff names the problem
+    with pytest.raises(ValueError, match="cannot read .*damaged.tif.* as a TIFF image"):
+        read_tiff_with_axes(damaged)
 
 
 def test_training_pairs_take_the_declared_channels(tmp_path, channels):

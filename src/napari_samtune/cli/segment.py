@@ -58,7 +58,7 @@ from napari_samtune.cli.segment_planes import (
     segment_planes,
 )
 from napari_samtune.core.label_files import labels_file_name
-from napari_samtune.core.tiff_files import TIFF_SUFFIXES, read_tiff
+from napari_samtune.core.tiff_files import TIFF_SUFFIXES, read_tiff_with_axes
 
 AUTO_OPTIONS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "min_area")
 # The core's parameter names as the options that set them, for its error messages.
@@ -130,11 +130,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def read_image(path: Path) -> np.ndarray:
-    """The pixels of a TIFF file."""
+def read_image(path: Path) -> tuple[np.ndarray, str]:
+    """The pixels of a TIFF file, and the axes the file names (:func:`read_tiff_with_axes`)."""
     if not path.is_file():
         raise ValueError(f"image {str(path)!r} does not exist")
-    return read_tiff(path)
+    return read_tiff_with_axes(path)
 
 
 def _report_empty(labels: np.ndarray, expected_ids, ids_from: str) -> None:
@@ -261,7 +261,7 @@ def _run(args: argparse.Namespace) -> int:
         output_text = str(args.output)
     check_output_file(output_text, example)
     _check_labels_name(args.output, files[0], example, args.overwrite)
-    planes = Planes(read_image(files[0]), files[0], args)
+    planes = Planes(*read_image(files[0]), files[0], args)
     n_planes = planes.count if args.stack else None
     # read prompts and settings before loading the model, so mistakes show up at once
     points = read_points_csv(args.points, planes.shape, n_planes) if args.points else None
@@ -341,7 +341,7 @@ def _output_for(image: Path, out_dir: Path) -> Path:
     if saved is None:
         return output
     try:
-        fingerprint = image_fingerprint(read_image(image))
+        fingerprint = image_fingerprint(read_image(image)[0])
     except ValueError:  # reported when the image is segmented
         return output
     if saved == fingerprint:
@@ -401,7 +401,7 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
         bar(0, len(todo))
         for done, image in enumerate(todo):
             try:
-                planes = Planes(read_image(image), image, args)
+                planes = Planes(*read_image(image), image, args)
                 labels = segment_planes(segmenter, planes, None, None, config, bars=False)
             except (ValueError, TypeError) as err:
                 failed += 1

@@ -84,20 +84,21 @@ def _segment_boxes(segmenter, prompts: BoxPrompts, rows: np.ndarray) -> np.ndarr
 class Planes:
     """The planes of the input image, normalised for SAM one at a time."""
 
-    def __init__(self, image: np.ndarray, path: Path, args: argparse.Namespace) -> None:
+    def __init__(self, image: np.ndarray, axes: str, path: Path, args: argparse.Namespace) -> None:
+        """``image`` as read from ``path``, with the ``axes`` the file names for it."""
         from napari_samtune.core.images import (
             check_some_pixel_finite,
             plane_channel_axis,
             planes_first,
             to_sam_rgb,
         )
-        from napari_samtune.core.tiff_files import declared_channel_axis
+        from napari_samtune.core.tiff_files import channel_axis_named
 
         self.pixels = image  # as read: its fingerprint goes into the labels' record
         check_some_pixel_finite(image, str(path))
         self.image, self.stacked, self.channels = image, args.stack, args.channels
         given = args.channel_axis  # else the one the file's metadata names (ImageJ's C)
-        declared = declared_channel_axis(path) if given is None and image.ndim > 2 else None
+        declared = channel_axis_named(axes, image.ndim) if given is None else None
         channel_axis = self.channel_axis = given if given is not None else declared
         option = (
             f"--channel-axis {given}"

@@ -39,7 +39,7 @@ from napari_samtune.core.label_files import (
     match_files,
     saved_fingerprint,
 )
-from napari_samtune.core.tiff_files import declared_channel_axis, read_label_tiff, read_tiff
+from napari_samtune.core.tiff_files import channel_axis_named, read_label_tiff, read_tiff_with_axes
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ def read_match(
     (see :func:`split_planes`).
 
     Without ``channel_axis``, an image whose file names its channel axis (ImageJ
-    hyperstacks, OME-TIFF: :func:`.declared_channel_axis`) has its channels there.
+    hyperstacks, OME-TIFF: :func:`.channel_axis_named`) has its channels there.
 
     ``foreign``, if given, receives the names of the pairs whose labels were saved in napari
     for other pixels than their image's (:func:`foreign_labels_message`); they are read all
@@ -172,14 +172,14 @@ def read_match(
         )
     pairs = []
     for image_path, labels_path in match.pairs:
-        image = read_tiff(image_path)
+        image, axes = read_tiff_with_axes(image_path)
         if image_path in match.namesakes:  # chosen by the pixels: never foreign
             labels_path = choose_namesake(image, image_path, match.namesakes[image_path])
         elif foreign is not None and _saved_for_other_pixels(labels_path, image):
             foreign.append(f"{image_path.name} / {labels_path.name}")
         name = f"{image_path.name} / {labels_path.name}"
         labels = read_label_tiff(labels_path)
-        axis = channel_axis if channel_axis is not None else declared_channel_axis(image_path)
+        axis = channel_axis if channel_axis is not None else channel_axis_named(axes, image.ndim)
         pairs += split_planes(image, labels, name, None, axis, channels, empty_planes)
     return pairs
 

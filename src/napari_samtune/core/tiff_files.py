@@ -16,15 +16,25 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 
 def read_tiff(path: Path) -> np.ndarray:
     """The pixels of a TIFF file; ``ValueError`` naming the file when it cannot be read."""
+    return read_tiff_with_axes(path)[0]
+
+
+def read_tiff_with_axes(path: Path) -> tuple[np.ndarray, str]:
+    """:func:`read_tiff`, and the axes the file names for those pixels (tifffile's: e.g.
+    "ZCYX" for an ImageJ hyperstack, "YX" for a plain plane), read from the same opening."""
     import tifffile
 
     if path.suffix.lower() not in TIFF_SUFFIXES:
         raise ValueError(f"file {str(path)!r} is not a TIFF file; save images as .tif")
+    pixels, axes = None, ""
     with _tifffile_log() as logged:
         try:
-            # every core: tifffile's default is half of them (one on a 2-core machine, where
-            # a zlib-compressed 60 x 2048 x 2048 labels stack took 2.8-3.4 s instead of 1.4-1.6)
-            pixels = tifffile.imread(path, maxworkers=os.cpu_count() or 1)
+            with tifffile.TiffFile(path) as tif:  # as tifffile.imread reads it
+                # every core: tifffile's default is half of them (one on a 2-core machine,
+                # where a zlib-compressed 60 x 2048 x 2048 labels stack took 2.8-3.4 s
+                # instead of 1.4-1.6)
+                pixels = tif.asarray(maxworkers=os.cpu_count() or 1)
+                axes = tif.series[0].axes
         except Exception as err:  # tifffile raises several types for files it cannot parse
             logged.append(str(err))
             pixels = None
@@ -34,22 +44,18 @@ def read_tiff(path: Path) -> np.ndarray:
             f"cannot read {str(path)!r} as a TIFF image ({why}); it may be truncated, damaged "
             "or still being written: save it again, or move it out of the folder"
         )
-    return pixels
+    return pixels, axes
 
 
-def declared_channel_axis(path: Path) -> int | None:
-    """The channel axis a TIFF file names in its metadata for the array :func:`read_tiff`
-    returns: its one axis ``C`` (ImageJ hyperstacks, OME-TIFF, tifffile's ``axes``), else
-    None. Samples (``S``) do not count: tifffile saves any (3, H, W) array, a stack of 3
-    planes too, as planar RGB, and (H, W, 3) is taken as RGB anyway."""
-    import tifffile
-
-    try:
-        with _tifffile_log(), tifffile.TiffFile(path) as tif:
-            axes = tif.series[0].axes
-    except Exception:  # unreadable: read_tiff says why
+def channel_axis_named(axes: str, ndim: int) -> int | None:
+    """The channel axis that a file's ``axes`` (:func:`read_tiff_with_axes`) name for its
+    ``ndim``-dimensional pixels: the one axis ``C`` (ImageJ hyperstacks, OME-TIFF,
+    tifffile's ``axes`` metadata), else None. Samples (``S``) do not count: tifffile saves
+    any (3, H, W) array, a stack of 3 planes too, as planar RGB, and (H, W, 3) is taken as
+    RGB anyway."""
+    if len(axes) != ndim or axes.count("C") != 1:
         return None
-    return axes.index("C") if axes.count("C") == 1 else None
+    return axes.index("C")
 
 
 @contextlib.contextmanager
