@@ -32,7 +32,6 @@ so an image of the same name from elsewhere is told apart: its labels go beside 
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import sys
 from dataclasses import replace
@@ -165,15 +164,10 @@ def _auto_config(args: argparse.Namespace, img_size: int | None = None):
 def _inputs(specs: list[Path]) -> tuple[list[Path], bool]:
     """The image files named on the command line, and whether they are a batch (several
     files, a folder or a glob: labels then go to a folder)."""
-    from napari_samtune.core.label_files import expand_paths
+    from napari_samtune.core.label_files import expand_paths, is_glob_pattern
 
-    batch = len(specs) > 1 or any(p.is_dir() or _is_pattern(p) for p in specs)
+    batch = len(specs) > 1 or any(p.is_dir() or is_glob_pattern(p) for p in specs)
     return (expand_paths([str(p) for p in specs], "images") if batch else specs), batch
-
-
-def _is_pattern(path: Path) -> bool:
-    """A glob pattern; an existing file named with ``[`` or ``*`` is that file."""
-    return glob.has_magic(str(path)) and not os.path.lexists(path)
 
 
 def _load_segmenter(args: argparse.Namespace):

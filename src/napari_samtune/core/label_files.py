@@ -88,6 +88,12 @@ def saved_fingerprint(labels_path: str | Path) -> str | None:
     return found if isinstance(found, str) else None
 
 
+def is_glob_pattern(text: str | os.PathLike) -> bool:
+    """Whether ``text`` is a glob pattern: it has ``*``, ``?`` or ``[`` and names no
+    existing file (``well[A1].tif`` that exists is that file)."""
+    return glob.has_magic(os.fspath(text)) and not os.path.lexists(text)
+
+
 def expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike], what: str) -> list[Path]:
     """Files named by a folder, a glob pattern, one file, or a list of any of these."""
     if isinstance(spec, (str, os.PathLike)):
@@ -97,7 +103,7 @@ def expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike], what: st
                 f"{what} '' is an empty path; give files, a folder or a glob pattern, or '.' "
                 "for the current folder"
             )
-        if glob.has_magic(text) and not os.path.lexists(text):  # well[A1].tif is a name
+        if is_glob_pattern(text):
             files = sorted(Path(p) for p in glob.glob(text))
             if not files:
                 raise ValueError(f"{what} pattern {text!r} matches no files; check the pattern")
@@ -127,7 +133,7 @@ def expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike], what: st
 
 def _kind(spec) -> str:
     """``ndarray``, or ``list of ndarray``: what was given where paths were expected."""
-    if isinstance(spec, Sequence) and not isinstance(spec, str):
+    if isinstance(spec, Sequence):  # (a str is a path: never here)
         items = sorted(
             {type(item).__name__ for item in spec if not isinstance(item, (str, os.PathLike))}
         )
