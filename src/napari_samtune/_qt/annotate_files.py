@@ -182,18 +182,19 @@ class AnnotateFilesMixin:
             if id(session) in images_gone or not any(session is s for s in self._not_autosaved):
                 continue
             self._forget_not_autosaved(session)
-            folder = self.annotation_folder()
-            labels_path, _ = annotation_paths(folder, session.file_name(folder))
-            saved = (
-                f"; picked again, it shows its last save, {labels_path}"
-                if (labels_path.is_file())
-                else ""
-            )
+            last = self._last_save(session)
+            saved = f"; picked again, it shows its last save, {last}" if last else ""
             show_warning(
                 f"layer {session.layers.annotations.name!r} was removed with edits made with "
                 f"autosave unticked: those edits are lost{saved}. Keep autosave ticked, or use "
                 "Save now, to have them on disk"
             )
+
+    def _last_save(self, session) -> Path | None:
+        """The labels file ``session``'s image was last saved to, if there is one."""
+        folder = self.annotation_folder()
+        labels_path, _ = annotation_paths(folder, session.file_name(folder))
+        return labels_path if labels_path.is_file() else None
 
     def _forget_removed_image(self, image_layer) -> bool:
         """Image ``image_layer`` was removed: its sessions edited with autosave unticked are
@@ -231,9 +232,8 @@ class AnnotateFilesMixin:
                     "that layer: File > Save Selected Layers)"
                 )
                 continue
-            folder = self.annotation_folder()
-            labels_path, _ = annotation_paths(folder, session.file_name(folder))
-            saved = f"; the last save is {labels_path}" if labels_path.is_file() else ""
+            last = self._last_save(session)
+            saved = f"; the last save is {last}" if last else ""
             show_warning(
                 f"{edits} and its annotations layer was removed too: those edits are lost"
                 f"{saved}. Keep autosave ticked to have every edit saved"
