@@ -230,13 +230,8 @@ def run(args: argparse.Namespace) -> int:
         return _run(args)
 
 
-AUTO_OPTIONS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "min_area")
-
-
 def _run(args: argparse.Namespace) -> int:
-    given = [
-        f"--{name.replace('_', '-')}" for name in AUTO_OPTIONS if getattr(args, name) is not None
-    ]
+    given = [OPTION_NAMES[name] for name in AUTO_OPTIONS if getattr(args, name) is not None]
     if given and not args.auto:  # it was ignored without a word
         raise ValueError(
             f"{' and '.join(given)} set automatic segmentation (--auto), which prompt files "
