@@ -127,15 +127,11 @@ class AnnotateActionsMixin:
             return False
         memo, self._prompts_for_undo = self._prompts_for_undo, None
         mine = memo is not None and memo[0] is self.session  # no prompt changed since
-        if (
-            mine
-            and memo[1] is not None
-            and self._undo_top_at_clear is not (self.session.undo_stack.peek())
-        ):  # an automatic segmentation or a loaded file came after the clear: U undoes it
-            mine, memo = False, None
         if mine and memo[1] is not None:  # a clear's
-            self._put_back(memo[1], "brought back the {} cleared")
-            return True
+            if self._undo_top_at_clear is self.session.undo_stack.peek():
+                self._put_back(memo[1], "brought back the {} cleared")
+                return True
+            mine, memo = False, None  # an automatic segmentation or a load came after it
         if self._job_writes_here(AUTO_TASK):
             show_info("wait for the automatic segmentation to finish, then undo it (U)")
             return False

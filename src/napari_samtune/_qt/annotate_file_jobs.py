@@ -35,23 +35,23 @@ def read_for_loading(path: str | Path) -> tuple[np.ndarray, dict, int]:
     return labels, record, count_objects(labels)
 
 
-def read_to_load(path: str | Path) -> tuple[np.ndarray, dict, int, int]:
-    """:func:`read_for_loading` for Load annotations…, and the regions of a foreground mask:
-    a file whose one id covers several separate regions (0/255 from Fiji's Convert to Mask)
-    gets one id per region (8-connected in a plane, 26 in a stack), which the last value
-    counts (0 for instance labels). Loaded as it was, it made one object of every cell."""
+def read_to_load(path: str | Path) -> tuple[np.ndarray, dict, int, bool]:
+    """:func:`read_for_loading` for Load annotations…, and whether the file was a
+    foreground mask: one id over several separate regions (0/255 from Fiji's Convert to
+    Mask), which then get one id each (8-connected in a plane, 26 in a stack). Loaded as it
+    was, it made one object of every cell."""
     labels, record, n_objects = read_for_loading(path)
-    if not mask_regions(labels):
-        return labels, record, n_objects, 0
+    if n_objects != 1 or not mask_regions(labels):  # (several ids: no mask, no pass more)
+        return labels, record, n_objects, False
     from scipy import ndimage
 
     split, n_regions = ndimage.label(labels != 0, np.ones((3,) * labels.ndim, bool))
-    return split.astype(np.uint32), record, n_regions, n_regions
+    return split.astype(np.uint32), record, n_regions, True
 
 
-def loaded_note(path, n_objects: int, mask_regions: int) -> str:
+def loaded_note(path, n_objects: int, was_mask: bool) -> str:
     """What Load annotations… says it did."""
-    if not mask_regions:
+    if not was_mask:
         return f"loaded {n_objects} objects from {path} (U brings back what they replaced)"
     return (
         f"{path} gives one id to {n_objects} separate regions, as a foreground mask does: "
@@ -61,19 +61,19 @@ def loaded_note(path, n_objects: int, mask_regions: int) -> str:
 
 def read_to_replace(
     path: str | Path, annotations: np.ndarray
-) -> tuple[np.ndarray, dict, int, int, UndoEntry | None]:
+) -> tuple[np.ndarray, dict, int, bool, UndoEntry | None]:
     """:func:`read_to_load`, and the undo entry of replacing ``annotations`` with the
     labels: the pixels that changes, which undo puts back (found here too: for 24 x 2048 x
     2048 labels with 30% of pixels set, 0.3-1.8 s and 450 MB that the GUI thread spent). The
     annotations are read while the GUI thread may edit them; such an edit stops the load
     (see ``_loaded``), so what was read of them then is never used. None when the shapes
     differ (the load is refused, saying so)."""
-    labels, record, n_objects, regions = read_to_load(path)
+    labels, record, n_objects, was_mask = read_to_load(path)
     if annotations.shape != labels.shape:
-        return labels, record, n_objects, regions, None
+        return labels, record, n_objects, was_mask, None
     replacement = UndoEntry()
     replacement.remember_replacement(annotations, labels)
-    return labels, record, n_objects, regions, replacement
+    return labels, record, n_objects, was_mask, replacement
 
 
 class AnnotateFileJobsMixin:
@@ -108,12 +108,12 @@ class AnnotateFileJobsMixin:
         if path is None:
             return None
         try:
-            labels, record, n_objects, regions = read_to_load(path)
+            labels, record, n_objects, was_mask = read_to_load(path)
             self.session.apply_loaded(labels, record, path, undoable=True)
         except (OSError, ValueError) as err:
             show_error(f"loading annotations failed: {user_message(err)}")
             return None
-        (show_warning if regions else show_info)(loaded_note(path, n_objects, regions))
+        (show_warning if was_mask else show_info)(loaded_note(path, n_objects, was_mask))
         self._autosave()  # else the image's autosave, restored next time, is what they replaced
         return n_objects
 
@@ -199,7 +199,7 @@ class AnnotateFileJobsMixin:
         labels,
         record: dict,
         n_objects: int,
-        regions: int,
+        was_mask: bool,
         replacement,
     ) -> None:
         name = session.image_layer.name
@@ -221,5 +221,5 @@ class AnnotateFileJobsMixin:
         except ValueError as err:
             show_error(f"loading annotations failed: {user_message(err)}")
             return
-        (show_warning if regions else show_info)(loaded_note(path, n_objects, regions))
+        (show_warning if was_mask else show_info)(loaded_note(path, n_objects, was_mask))
         self._autosave()  # else the image's autosave, restored next time, is what they replaced
