@@ -191,3 +191,24 @@ def test_same_image_saves_reads_a_record_whole_where_its_head_has_no_fingerprint
     assert annotation_files.same_image_saves(tmp_path, "abc", (4, 4)) == [labels]
     prompts.write_text("{not json", "utf-8")  # damaged: not offered
     assert annotation_files.same_image_saves(tmp_path, "abc", (4, 4)) == []
+
+
+LONG = "Experiment_2024-05-01_HeLa_H2B-GFP_" + "Position" * 26 + "_t001"  # 248 characters
+
+
+@pytest.mark.parametrize("name", [LONG, LONG + ".ome", "a" * 250 + ": 1/2"])
+def test_annotations_of_an_image_with_a_very_long_name_are_saved(tmp_path, name):
+    """A name longer than a file name may be (a microscope's export name, 248 characters)
+    raised "File name too long" at every save: it is cut, ending in a hash of the whole.
+    Its namesakes' files fit too, and names that fit are kept as they were."""
+    labels = np.zeros((20, 30), dtype=np.uint32)
+    labels[2:5, 3:9] = 1
+    labels_path, prompts_path = save_annotations(tmp_path, name, labels, {"image_fingerprint": "a"})
+    assert load_annotations(labels_path)[0].max() == 1
+    assert len(labels_path.name) < 255 and len(prompts_path.name) < 255
+    assert safe_stem(safe_stem(name)) == safe_stem(name)  # the cut name is kept as it is
+    namesake = save_name(tmp_path, name, "0123456789abcdef", (20, 30))
+    labels_path, prompts_path = save_annotations(tmp_path, name, labels, {}, namesake)
+    assert len(prompts_path.name) < 255 and "-0123456789abcdef" in prompts_path.name
+    assert safe_stem(LONG[:200]) == LONG[:200]
+    assert safe_stem(LONG) != safe_stem(LONG[:-1] + "2")  # the hash tells them apart

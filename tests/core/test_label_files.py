@@ -332,3 +332,23 @@ def test_arrays_given_for_files_are_refused_with_the_fix(tmp_path):
         load_pairs(image, labels)
     with pytest.raises(TypeError, match=r"images must be a path.*got list of ndarray:"):
         match_files([image], [labels])
+
+
+def test_images_with_very_long_names_pair_with_the_widget_s_and_their_own_label_files(tmp_path):
+    """The widget cuts a name longer than a file name may be (see safe_stem): the image
+    still pairs with that autosave, and with a label file named after it in full."""
+    from napari_samtune.core.label_files import labels_file_name, namesake_name
+
+    long = "HeLa_H2B-GFP_" + "Position" * 26 + "_t00"  # 225 characters
+    images = [f"{long}1.tif", f"{long}2.ome.tif", f"{long}3.tif"]
+    labels = [
+        labels_file_name(f"{long}1"),
+        labels_file_name(namesake_name(f"{long}2.ome", "0123456789abcdef")),
+        f"{long.lower()}3_masks.tif",  # too long for the widget to write, not to pair
+    ]
+    for image, label in zip(images, labels, strict=True):
+        _write(tmp_path / "images", image, np.zeros((4, 4), np.uint8))
+        _write(tmp_path / "labels", label, np.ones((4, 4), np.uint8))
+    match = match_files(tmp_path / "images", tmp_path / "labels")
+    assert [(i.name, lab.name) for i, lab in match.pairs] == list(zip(images, labels))
+    assert all(len(name) < 240 for name in labels[:2])

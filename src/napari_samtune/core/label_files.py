@@ -30,6 +30,10 @@ FINGERPRINT_SAMPLES = 1 << 20  # pixels hashed at most: an even sample of larger
 # an autosave of an image whose name was taken by another image's: <name>-<fingerprint>,
 # or <name>-<fingerprint>-<n> where the earlier ones could not be read back
 NAMESAKE_STEM = re.compile(r"^(.*)-[0-9a-f]{16}(?:-[0-9]+)?$")
+# Longest name in a file name stem: with ".ome", a namesake's "-<fingerprint>-<n>",
+# ".prompts.json" and atomic_write's temporary ".<name>.<8>.tmp" it stays under 255 bytes.
+# Longer names are cut to SHORT_NAME characters, the last NAME_HASH_DIGITS a hash.
+MAX_NAME, SHORT_NAME, NAME_HASH_DIGITS = 200, 180, 12
 # Label files are often named after their image plus one of these.
 LABEL_SUFFIXES = (
     *("_labels", "_label", "_masks", "_mask", "_seg", "_gt", "-labels", "-mask"),
@@ -39,9 +43,26 @@ LABEL_SUFFIXES = (
 
 def safe_stem(image_name: str) -> str:
     """A file-name-safe version of a layer or file name (letters, digits, ``._-``; any run
-    of other characters becomes ``_``), e.g. ``"cell 1"`` -> ``"cell_1"``."""
+    of other characters becomes ``_``), e.g. ``"cell 1"`` -> ``"cell_1"``; a name longer
+    than :data:`MAX_NAME` characters is cut (:func:`_within_limit`)."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", image_name).strip("._")
-    return stem or "image"
+    return _within_limit(stem or "image")
+
+
+def _within_limit(stem: str) -> str:
+    """``stem`` whose name part (without a namesake's ``-<fingerprint>`` and an OME
+    ``.ome``, which stay) is cut to :data:`SHORT_NAME` characters where it is longer than
+    :data:`MAX_NAME`, ending in a hash of the whole, so that the files named after it fit
+    the usual limit of 255 bytes (a microscope's export names can be longer). The hash is
+    of the name in lower case, as pairing compares names."""
+    namesake = NAMESAKE_STEM.match(stem)
+    base = namesake.group(1) if namesake else stem
+    ome = ".ome" if base.lower().endswith(".ome") else ""
+    name = base[: len(base) - len(ome)]
+    if len(name) <= MAX_NAME:
+        return stem
+    digest = hashlib.sha256(name.lower().encode()).hexdigest()[:NAME_HASH_DIGITS]
+    return f"{name[: SHORT_NAME - NAME_HASH_DIGITS - 1]}_{digest}{ome}{stem[len(base) :]}"
 
 
 def labels_file_name(image_name: str) -> str:
