@@ -107,3 +107,43 @@ def test_a_run_s_results_dropped_as_a_layer_of_its_image_went_say_so(
     assert dropped, notifications
     assert "another image was chosen" not in dropped[0]
     assert "layer 'stack annotations' was removed while it ran" in dropped[0]
+
+
+def test_removing_the_image_of_a_running_automatic_run_stops_it_without_errors(
+    stack_widget, hold_planes, qtbot, drain_jobs, notifications, monkeypatch
+):
+    """The image of an automatic run over all planes was removed while it ran: every plane it
+    found later raised an AttributeError (the session kept only the image's name), one per
+    plane, and the run went on over the whole stack. Now its results are dropped with one
+    note and it stops."""
+    from napari_samtune._qt import annotate_jobs
+
+    found, real = [], annotate_jobs.iter_segment_automatically
+
+    def counted(*args, **kwargs):
+        for item in real(*args, **kwargs):
+            found.extend([item.plane] if isinstance(item, annotate_jobs.PlaneResult) else [])
+            yield item
+
+    monkeypatch.setattr(annotate_jobs, "iter_segment_automatically", counted)
+    gate = hold_planes()
+    viewer, widget = stack_widget
+    widget.ui.iou_spin.setValue(0.0)  # a random model's scores are meaningless: keep all
+    widget.ui.stability_spin.setValue(0.0)
+    widget.ui.points_per_side_spin.setValue(4)
+    widget.ui.auto_scope_combo.setCurrentText("all planes")
+    annotations = widget.session.layers.annotations
+    try:
+        assert widget.segment_automatically() is not None
+        qtbot.waitUntil(lambda: annotations.data[0].any(), timeout=WAIT_MS)
+        viewer.layers.remove("stack")
+        gate.release()  # the second plane reaches the widget
+        qtbot.waitUntil(lambda: len(found) == 2, timeout=WAIT_MS)
+    finally:
+        gate.open()
+    drain_jobs(widget)
+    assert found == [0, 1]  # the third plane was not segmented
+    dropped = [n for n in notifications if "results discarded" in n]
+    assert len(dropped) == 1, notifications
+    assert "layer 'stack' was removed while it ran (plane 1 of 'stack')" in dropped[0]
+    assert not annotations.data[1:].any()

@@ -15,6 +15,7 @@ from napari.utils.notifications import show_info, show_warning
 from napari_samtune._qt import annotate_jobs as jobs
 from napari_samtune._qt.annotate_jobs import EMBED_TASK, SEGMENTER_TASKS
 from napari_samtune._qt.annotate_notes import planes_phrase
+from napari_samtune._qt.annotate_session import RemovedImage
 
 
 class AnnotateEmbeddingMixin:
@@ -153,6 +154,8 @@ class AnnotateEmbeddingMixin:
         dropped: dict[str, list] = {}  # why -> the planes (or other results) dropped for it
 
         def still_valid(any_model: bool) -> bool:
+            if isinstance(session.image_layer, RemovedImage):
+                return False  # removed from the viewer: its pixels are gone
             same_image = session.axes == axes and session.image_layer.data is data()
             same_model = any_model or self.segmenter is segmenter
             now = self.session
@@ -174,6 +177,8 @@ class AnnotateEmbeddingMixin:
                     callback(value)  # only other images were chosen meanwhile
                 elif is_result:
                     dropped.setdefault(self._why_dropped(session), []).append(value)
+                    if isinstance(session.image_layer, RemovedImage):
+                        self.runner.cancel(name)  # its next results would go too
 
             return guarded
 
