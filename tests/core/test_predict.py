@@ -278,6 +278,33 @@ def test_decoding_with_a_minimum_iou_keeps_exactly_the_prompts_that_reach_it(
     assert none_low.shape == (0, 3, *low.shape[-2:]) and none_iou.shape == (0, 3)
 
 
+@pytest.mark.parametrize("low_rank", [False, True])
+def test_decoding_the_best_candidate_only_gives_the_full_decodes_best(
+    sensitive_sam, image, low_rank, monkeypatch
+):
+    """``best_only`` makes one mask per prompt, that of the highest predicted IoU: the one a
+    full decode of the three candidates picks (the predictions and batched points use it)."""
+    if low_rank:
+        monkeypatch.setattr(fast_decoder, "LOW_RANK_MIN_TOKENS", 0)
+    # the IoUs are features of the IoU token, which rank the candidates by the prompt
+    sensitive_sam.mask_decoder.iou_prediction_head = torch.nn.Identity()
+    segmenter = Segmenter(sensitive_sam, model_id="tiny", use_disk_cache=False, precision="fp32")
+    segmenter.set_image(image)
+    points = np.random.default_rng(1).uniform(0, 200, size=(12, 1, 2))
+    labels = np.ones((12, 1), dtype=np.int64)
+    low, iou = segmenter.decode(0, points, labels, multimask=True)
+    best = torch.argmax(iou, dim=1)
+    assert len(set(best.tolist())) > 1  # the candidates picked differ from prompt to prompt
+    best_low, best_iou = segmenter.decode(0, points, labels, multimask=True, best_only=True)
+    rows = torch.arange(len(points))
+    torch.testing.assert_close(best_iou, iou[rows, best, None])
+    torch.testing.assert_close(best_low, low[rows, best, None], rtol=0, atol=1e-5)
+    k = int(torch.nonzero(best)[0, 0])  # a prompt whose best candidate is not the first
+    prediction = segmenter.predict(points[k], multimask=True)
+    assert prediction.score == pytest.approx(float(iou[k, best[k]]), abs=1e-5)
+    np.testing.assert_allclose(prediction.low_res_logits, low[k, best[k], None], atol=1e-5)
+
+
 def test_prepared_prompts_project_a_single_tile_image_once_and_set_image_does_not(
     tiny_sam, image, monkeypatch
 ):

@@ -148,6 +148,12 @@ class DecodedPrompts:
     projection: Projection | None  # the low-rank form's first upscaling projection
     side: int  # E, the side of the embedding grid
 
+    def best(self) -> DecodedPrompts:
+        """These prompts with only their mask of the highest predicted IoU (k = 1)."""
+        rows = torch.arange(len(self.iou), device=self.iou.device)
+        best = torch.argmax(self.iou, dim=1)
+        return replace(self, iou=self.iou[rows, best, None], hyper=self.hyper[rows, best, None])
+
     def logits(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Low-res logits (m, k, 4E, 4E) of the prompts ``rows`` (an index; default all)."""
         tokens, hyper = self.image_tokens, self.hyper

@@ -131,15 +131,15 @@ class Segmenter(ViewPredictor):
             box,
             self._mask_input_for(view, mask_input),
             multimask,
+            best_only=True,
         )
-        best = int(torch.argmax(iou[0]))
-        logits = low[0, best : best + 1]
+        logits = low[0]
         (window,) = self.upscale_windows(view, logits)
         mask = np.zeros(shape, dtype=bool)
         window.above(self.model.mask_threshold, out=mask[window.region])
         self._last_view = view
         logits = logits.float().cpu().numpy()
-        return Prediction(mask, float(iou[0, best]), logits, view, self._image_hash)
+        return Prediction(mask, float(iou[0, 0]), logits, view, self._image_hash)
 
     def _mask_input_for(
         self, view: int, mask_input: np.ndarray | Prediction | None
@@ -193,9 +193,9 @@ class Segmenter(ViewPredictor):
         painter = LabelPainter(self.image_shape, self.model.mask_threshold)
         for view, chunk in self._batches_by_view(views):
             labels = np.ones((len(chunk), 1), dtype=np.int64)
-            low, iou = self.decode(view, points[chunk][:, None], labels, multimask=multimask)
-            best = low[torch.arange(len(chunk)), torch.argmax(iou, dim=1)]
-            painter.paint(self.upscale_windows(view, best), chunk + 1)
+            points_in = points[chunk][:, None]
+            low, _ = self.decode(view, points_in, labels, multimask=multimask, best_only=True)
+            painter.paint(self.upscale_windows(view, low[:, 0]), chunk + 1)
         return painter.labels
 
     def _batches_by_view(self, views: np.ndarray):

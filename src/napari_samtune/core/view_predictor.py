@@ -203,6 +203,7 @@ class ViewPredictor:
         mask_input: torch.Tensor | None = None,
         multimask: bool = False,
         min_iou: float | None = None,
+        best_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt encoder + mask decoder on one view for a batch of B prompts.
 
@@ -214,6 +215,8 @@ class ViewPredictor:
             multimask: three candidates per prompt instead of one.
             min_iou: return only the prompts with a mask whose predicted IoU reaches this
                 (their masks alone are upscaled: most of a pass's work).
+            best_only: of the candidates, only the one with the highest predicted IoU per
+                prompt (M = 1; only its mask is made).
 
         Returns:
             low-res logits (B, M, L, L) float32 and predicted IoU (B, M), M = 3 or 1; with
@@ -234,6 +237,8 @@ class ViewPredictor:
             decoded = decode_until_masks(
                 self.model, image, coords, labels, boxes, mask_input, multimask
             )
+            if best_only:
+                decoded = decoded.best()
             iou = decoded.iou.float()
             if min_iou is None:
                 return decoded.logits().float(), iou
