@@ -350,5 +350,5 @@ def test_images_with_very_long_names_pair_with_the_widget_s_and_their_own_label_
         _write(tmp_path / "images", image, np.zeros((4, 4), np.uint8))
         _write(tmp_path / "labels", label, np.ones((4, 4), np.uint8))
     match = match_files(tmp_path / "images", tmp_path / "labels")
-    assert [(i.name, lab.name) for i, lab in match.pairs] == list(zip(images, labels))
+    assert [(i.name, lab.name) for i, lab in match.pairs] == list(zip(images, labels, strict=True))
     assert all(len(name) < 240 for name in labels[:2])
