@@ -84,6 +84,14 @@ def test_train_export_and_resume_from_the_command_line(tmp_path, folders, capsys
     assert cli.main([*argv, *FAST]) == 2  # the same --out again
     err = capsys.readouterr().err
     assert f"--out {out} already holds a training run; continue it with --resume" in err
+    exported = tmp_path / "exported"  # a model exported there: kept, the run refused
+    exported.mkdir()
+    (exported / "model.pth").write_bytes((out / "model.pth").read_bytes())
+    assert cli.main([*argv[:-2], "--out", str(exported), "--epochs", "1", *FAST]) == 2
+    assert f"--out {exported} already holds model.pth, which a new run would replace" in (
+        capsys.readouterr().err
+    )
+    assert (exported / "model.pth").read_bytes() == (out / "model.pth").read_bytes()
     assert cli.main([*resume[:-2], "--out", str(out), "--epochs", "2", "--no-progress"]) == 2
     assert "has done 2 epoch(s) and the run's epochs are 2: nothing is left" in (
         capsys.readouterr().err

@@ -304,6 +304,24 @@ def test_resuming_with_another_model_setup_is_refused(tmp_path, data):
     assert (tmp_path / "file").read_text() == "not a folder"
 
 
+def test_a_new_run_never_replaces_a_model_kept_in_its_folder(tmp_path, data):
+    """A model exported into a folder (or a run's best.pt kept there) was replaced without a
+    word by a new run given that folder: only last.pt, metrics and summary were looked for."""
+    quick = _config(epochs=1, min_samples_per_epoch=1)
+    first = train(quick, *data, out_dir=tmp_path / "a")
+    kept = tmp_path / "kept"
+    (kept / "checkpoints").mkdir(parents=True)
+    shutil.copyfile(first.exported_model_path, kept / "model.pth")
+    with pytest.raises(ValueError, match=r"kept' already holds model.pth, which a new run would"):
+        train(quick, *data, out_dir=kept)
+    shutil.copyfile(first.best_checkpoint_path, kept / "checkpoints" / "best.pt")
+    (kept / "model.pth").unlink()
+    with pytest.raises(ValueError, match="already holds checkpoints/best.pt, which a new run"):
+        train(quick, *data, out_dir=kept)
+    assert (kept / "checkpoints" / "best.pt").read_bytes() == first.best_checkpoint_path.read_bytes()
+    assert sorted(p.name for p in kept.rglob("*")) == ["best.pt", "checkpoints"]
+
+
 def test_a_run_never_writes_into_another_runs_folder(tmp_path, data):
     """Resuming run a into run b's folder would mix their checkpoints, metrics and model."""
     quick = _config(epochs=1, min_samples_per_epoch=1)

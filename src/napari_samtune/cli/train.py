@@ -205,6 +205,7 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
         unexported_note,
     )
     from napari_samtune.core.train_export import RunFiles
+    from napari_samtune.core.trainer_files import models_replaced
 
     if args.resume:
         if args.model:
@@ -230,12 +231,14 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
             )
         check_resumable(checkpoint, config, args.resume)  # as training would, before the data
         return config, f"settings of {args.resume}"
-    last = RunFiles(Path(args.out)).last
-    if last.exists():  # the core would refuse too, naming its Python argument
+    files = RunFiles(Path(args.out))
+    if files.last.exists():  # the core would refuse too, naming its Python argument
         raise ValueError(
-            f"--out {args.out} already holds a training run; continue it with --resume {last} "
-            "(and --epochs N for more epochs), or choose another --out folder"
+            f"--out {args.out} already holds a training run; continue it with --resume "
+            f"{files.last} (and --epochs N for more epochs), or choose another --out folder"
         )
+    if models_replaced(files):  # an exported model.pth, a kept best.pt: before the data
+        raise ValueError(f"--out {args.out} {models_replaced(files)}")
     if not args.model:
         raise ValueError("--model is required: a model name, a weights file or random:<arch>")
     preset, reason = choose_preset(args.preset or "auto")

@@ -31,11 +31,16 @@ class TrainerFilesMixin:
 
     def _check_out_dir(self, resume_from: str | Path | None) -> None:
         """A run writes into its own folder or an unused one, never over another run's
-        checkpoints, metrics or registered model (which would mix the two runs)."""
+        checkpoints, metrics or registered model (which would mix the two runs), nor over a
+        model file a user keeps there (an exported ``model.pth``, a kept ``best.pt``)."""
         files = self.files
-        found = [f.name for f in (files.last, files.metrics, files.summary) if f.exists()]
+        run_files = (files.last, files.metrics, files.summary, files.best, files.model)
+        found = [_relative(f, self.out_dir) for f in run_files if f.exists()]
         if not found or (resume_from is not None and _same_file(resume_from, files.last)):
             return
+        replaced = models_replaced(files)
+        if resume_from is None and replaced and not (files.last.exists() or files.metrics.exists()):
+            raise ValueError(f"out_dir {str(self.out_dir)!r} {replaced}")  # no run: model files
         if resume_from is None:
             continue_it = (
                 f"continue it with resume_from={str(files.last)!r}"
@@ -263,3 +268,21 @@ class TrainerFilesMixin:
 
 def _same_file(a: str | Path, b: Path) -> bool:
     return b.exists() and Path(a).exists() and os.path.samefile(a, b)
+
+
+def _relative(path: Path, folder: Path) -> str:
+    """``path`` as named inside ``folder`` (``checkpoints/best.pt``)."""
+    return path.relative_to(folder).as_posix()
+
+
+def models_replaced(files: RunFiles) -> str:
+    """What a new run in ``files``' folder would replace of the model files there (an
+    exported ``model.pth``, a ``checkpoints/best.pt`` kept), as the end of a refusal;
+    "" when there are none."""
+    found = [_relative(f, files.folder) for f in (files.best, files.model) if f.exists()]
+    if not found:
+        return ""
+    return (
+        f"already holds {' and '.join(found)}, which a new run would replace: choose a new "
+        "folder, or move them away first"
+    )
