@@ -318,7 +318,9 @@ def test_a_new_run_never_replaces_a_model_kept_in_its_folder(tmp_path, data):
     (kept / "model.pth").unlink()
     with pytest.raises(ValueError, match="already holds checkpoints/best.pt, which a new run"):
         train(quick, *data, out_dir=kept)
-    assert (kept / "checkpoints" / "best.pt").read_bytes() == first.best_checkpoint_path.read_bytes()
+    assert (
+        kept / "checkpoints" / "best.pt"
+    ).read_bytes() == first.best_checkpoint_path.read_bytes()
     assert sorted(p.name for p in kept.rglob("*")) == ["best.pt", "checkpoints"]
 
 
@@ -846,3 +848,45 @@ def test_a_stop_in_an_epochs_last_step_says_so_and_the_resume_validates_that_epo
     assert [json.loads(line)["epoch"] for line in metrics] == [0, 1, 2]
     a, b = _weights(straight.last_checkpoint_path), _weights(finished.last_checkpoint_path)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _held_out(checkpoint_path) -> tuple[list[str], list[str]]:
+    summary = torch.load(checkpoint_path, weights_only=True)["data_summary"]
+    return summary["val_images"], summary["train_images"]
+
+
+def test_a_resumed_run_holds_out_the_images_its_checkpoint_held_out(tmp_path):
+    """The held-out split was drawn anew on resume: with another seed, or once images were
+    added, an image trained on became the validation image, and the best epoch was chosen
+    by scores on other images, without a word. The checkpoint's split is now kept; where
+    its images are gone, the run says so and chooses its best epoch anew."""
+    from napari_samtune.core.data import ImageLabelPair
+    from napari_samtune.core.validation_split import split_validation
+
+    pairs = [
+        ImageLabelPair(image, labels, f"cell_{i}.tif")
+        for i, (image, labels) in enumerate(make_dataset(4, shape=(96, 96), seed=0))
+    ]
+    quick = _config(epochs=1, min_samples_per_epoch=2, val_fraction=0.3)
+    out = tmp_path / "a"
+
+    def resume(epochs: int, data, **changes):
+        config = dataclasses.replace(quick, epochs=epochs, **changes)
+        events = list(iter_train(config, data, None, out, resume_from=out))
+        return events[0].notes, _held_out(events[-1].last_checkpoint_path), events[-1]
+
+    first = train(quick, pairs[:3], None, out_dir=out)
+    held, trained = _held_out(first.last_checkpoint_path)
+    assert len(held) == 1 and len(trained) == 2
+    drawn = split_validation([0, 1, 2], 0.3, quick.seed)[1]
+    seed = next(s for s in range(1, 100) if split_validation([0, 1, 2], 0.3, s)[1] != drawn)
+    notes, split, _ = resume(2, pairs[:3], seed=seed)
+    assert split == (held, trained) and not any("validation" in n for n in notes)
+    notes, (val, train_now), _ = resume(3, pairs)  # an image added: it trains
+    assert val == held and sorted(train_now) == sorted([*trained, "cell_3.tif"])
+    assert not any("validation" in n for n in notes)
+    without = [pair for pair in pairs if pair.name != held[0]]
+    notes, (val, _), finished = resume(4, without)
+    assert held[0] not in val
+    assert any("validation images changed" in n and "chosen anew" in n for n in notes), notes
+    assert finished.best_epoch == 3  # the only epoch scored on these images

@@ -106,6 +106,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
             resume_from = resolve_checkpoint(resume_from)
         checkpoint = read_checkpoint(resume_from) if resume_from is not None else None
         self._check_out_dir(resume_from)
+        self._keep_validation_split(checkpoint)
         self.resume_from = resume_from
         self._setup_model(config, checkpoint, resume_from)
         self._setup_data()
@@ -124,6 +125,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
         ``self.duplicates`` (see :func:`drop_duplicates`)."""
         train_images, self.left_out, self.duplicates = _prepare(train_data, "training")
         self.val_repeats = self.val_same_images = ()
+        self.held_out_of = None  # the images validation was split from (see below)
         val_data = None if val_data is None else _listed(val_data)
         if val_data is not None and len(val_data):
             val_images, left_out, duplicates = _prepare(val_data, "validation")
@@ -132,6 +134,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
             self.val_repeats = repeated_pairs(val_images, train_images)
             self.val_same_images = same_images(val_images, train_images)
             return train_images, val_images
+        self.held_out_of = train_images
         return split_validation(train_images, config.val_fraction, config.seed)
 
     def _setup_model(self, config: TrainConfig, checkpoint: dict | None, path) -> None:

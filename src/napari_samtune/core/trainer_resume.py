@@ -42,6 +42,7 @@ class TrainerResumeMixin:
             self.progress.epoch_loss_sum, self.progress.epoch_loss_count = 0.0, 0
         torch.set_rng_state(checkpoint["rng_state"]["torch"])
         self._restart_best_for(bool(checkpoint.get("data_summary", {}).get("val_images", ())))
+        self._restart_best_for_new_validation()
         saved = TrainConfig.from_dict(checkpoint["config"])
         if not self._restart_epoch_for(checkpoint.get("data_summary", {}), saved):
             self._continue_epoch_in_new_steps(saved)
@@ -58,6 +59,42 @@ class TrainerResumeMixin:
                 f"the run's best epoch ({p.best_epoch + 1}) was chosen by {before}, and this "
                 f"session by {self._metric_name()}: its best epoch is chosen anew"
             )
+        p.best_metric, p.best_epoch, p.epochs_without_improvement = -math.inf, -1, 0
+
+    def _keep_validation_split(self, checkpoint: dict | None) -> None:
+        """A run resumed with its validation held out of its training images holds out the
+        images its checkpoint did, whatever the seed now and with any images added since
+        (they train): its epochs are then scored on the same images, and its best epoch
+        stays comparable. Where those images are not all there any more, or the only image
+        was split in two, the split stays as drawn and ``validation_changed`` says how."""
+        self.validation_changed = ""
+        if checkpoint is None or self.held_out_of is None:
+            return
+        summary = checkpoint.get("data_summary", {})
+        before, trained = list(summary.get("val_images", ())), summary.get("train_images", ())
+        now = [image.name for image in self.val_images]
+        if not before or set(before) == set(now):  # none before: _restart_best_for says so
+            return
+        images = self.held_out_of
+        names = [image.name for image in images]
+        split_one = bool(set(before) & set(trained))  # the part of an image held out
+        if not split_one and len(set(names)) == len(names) and set(before) < set(names):
+            self.train_images = [image for image in images if image.name not in before]
+            self.val_images = [image for image in images if image.name in before]
+            return
+        self.validation_changed = f"held out {before}, and now {now}"
+
+    def _restart_best_for_new_validation(self) -> None:
+        """The run's validation images changed (see :meth:`_keep_validation_split`): its
+        best epoch was scored on other images, so the best epoch is chosen anew."""
+        p = self.progress
+        if not self.validation_changed or not self.has_validation or p.best_epoch < 0:
+            return
+        self.notes.append(
+            f"the run's validation images changed (it {self.validation_changed}): its best "
+            f"epoch ({p.best_epoch + 1}) was scored on other images, so the best epoch is "
+            "chosen anew"
+        )
         p.best_metric, p.best_epoch, p.epochs_without_improvement = -math.inf, -1, 0
 
     def _restart_epoch_for(self, summary: dict, saved: TrainConfig) -> bool:
