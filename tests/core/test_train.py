@@ -890,3 +890,40 @@ def test_a_resumed_run_holds_out_the_images_its_checkpoint_held_out(tmp_path):
     assert held[0] not in val
     assert any("validation images changed" in n and "chosen anew" in n for n in notes), notes
     assert finished.best_epoch == 3  # the only epoch scored on these images
+
+
+def _without_run_id(path) -> None:
+    """``path`` as a checkpoint written before runs had ids."""
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["run_id"]
+    torch.save(checkpoint, path)
+
+
+def test_a_run_never_continues_beside_the_best_checkpoint_of_another_run(tmp_path, data):
+    """A last.pt of run b restored into run a's folder was continued there, and a's best.pt
+    exported at the end as b's model (even of another architecture), without a word."""
+    quick = _config(epochs=1, min_samples_per_epoch=1)
+    a = train(quick, *data, out_dir=tmp_path / "a")
+    b = train(dataclasses.replace(quick, seed=5), *data, out_dir=tmp_path / "b")
+    a_last, a_best = a.last_checkpoint_path, a.best_checkpoint_path
+    kept_last, kept_best = a_last.read_bytes(), a_best.read_bytes()
+    shutil.copyfile(b.last_checkpoint_path, a_last)
+    with pytest.raises(ValueError, match=r"best.pt' is of another training run than .*Move best"):
+        train(_config(epochs=2), *data, tmp_path / "a", resume_from=tmp_path / "a")
+    with pytest.raises(ValueError, match="is of another training run"):  # nor carried away
+        train(_config(epochs=2), *data, tmp_path / "c", resume_from=a_last)
+    assert a_best.read_bytes() == kept_best and not (tmp_path / "c" / "checkpoints").exists()
+    # checkpoints written before runs had ids: told apart by their model and base model
+    _without_run_id(a_last)
+    _without_run_id(a_best)
+    with pytest.raises(ValueError, match=r"another training run .*finetuned from another base"):
+        train(_config(epochs=2), *data, tmp_path / "a", resume_from=a_last)
+    a_last.write_bytes(kept_last)
+    _without_run_id(a_last)
+    assert train(_config(epochs=2), *data, tmp_path / "a", resume_from=a_last).epochs_done == 2
+    resumed = train(_config(epochs=2), *data, tmp_path / "d", resume_from=b.last_checkpoint_path)
+    assert resumed.epochs_done == 2  # b's own best carried into a new folder
+    from napari_samtune.core.trainer_files import _how_other
+
+    other = _how_other((None, {"name": "tiny"}, "x"), (None, {"name": "nano"}, "x"))
+    assert other == "a tiny model, not nano"

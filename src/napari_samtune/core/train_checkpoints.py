@@ -13,8 +13,9 @@ resuming), ``optimizer_state``, ``scheduler_state``, ``scaler_state``,
 ``config`` (``asdict(TrainConfig)``), ``preset``, ``epoch`` (the epoch in
 progress), ``step`` (optimizer steps so far), ``step_in_epoch``,
 ``best_metric``, ``progress`` (counters and timings), ``versions``,
-``data_summary``, ``base_model_id``, ``rng_state``, ``epoch_record`` (the metrics.jsonl
-record of the last epoch done, or None).
+``data_summary``, ``base_model_id``, ``run_id`` (the same in every checkpoint of a run and
+its continuations), ``rng_state``, ``epoch_record`` (the metrics.jsonl record of the last
+epoch done, or None).
 """
 
 from __future__ import annotations

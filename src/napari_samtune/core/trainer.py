@@ -108,6 +108,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
         self._check_out_dir(resume_from)
         self._keep_validation_split(checkpoint)
         self.resume_from = resume_from
+        self._identify_run(checkpoint)
         self._setup_model(config, checkpoint, resume_from)
         self._setup_data()
         self._setup_optimizer(checkpoint)

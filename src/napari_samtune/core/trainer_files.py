@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -56,6 +57,36 @@ class TrainerFilesMixin:
             f"than resume_from={str(resume_from)!r}; continuing that run there would mix the two "
             "runs' checkpoints and metrics: continue it in its own folder or in a new one"
         )
+
+    def _identify_run(self, checkpoint: dict | None) -> None:
+        """The run's id (a new run's, or the one its checkpoint carries), saved in every
+        checkpoint. The best.pt beside the checkpoint a run resumes from, which it keeps
+        (or carries into a new folder) and exports unless it beats it, must be of the same
+        run: one of another run (a backup's last.pt restored into the wrong run's folder)
+        was exported as this run's best model, even of another architecture, unsaid."""
+        self.run_id = (checkpoint or {}).get("run_id") or uuid.uuid4().hex
+        if checkpoint is None:
+            return
+        best_path = self.resume_from.with_name("best.pt")
+        try:  # mapped, not read: it may be GBs
+            best = torch.load(best_path, map_location="cpu", weights_only=True, mmap=True)
+            theirs = (best.get("run_id"), best["architecture"], best.get("base_model_id", ""))
+        except Exception:  # none, or damaged: this run's next best replaces it
+            return
+        ours = (checkpoint.get("run_id"), checkpoint["architecture"], self._base_id(checkpoint))
+        both_named = theirs[0] is not None and ours[0] is not None
+        if (theirs[0] == ours[0]) if both_named else (theirs[1:] == ours[1:]):
+            return
+        raise ValueError(
+            f"{str(best_path)!r} is of another training run than {str(self.resume_from)!r} "
+            f"({_how_other(theirs, ours)}): continuing would keep it as this run's best "
+            f"epoch and export it as its model. Move {best_path.name} out of "
+            f"{str(best_path.parent)!r}, or continue the run it belongs to from its own last.pt"
+        )
+
+    @staticmethod
+    def _base_id(checkpoint: dict) -> str:
+        return checkpoint.get("base_model_id", "")
 
     def _carry_over_best(self) -> None:
         """A run resumed into a new folder starts with the best checkpoint of the old one."""
@@ -170,6 +201,7 @@ class TrainerFilesMixin:
             "best_metric": p.best_metric,
             "progress": asdict(p) | {"elapsed_s": self._elapsed()},
             "base_model_id": self.base_model_id,
+            "run_id": self.run_id,
             "epoch_record": self.epoch_record,
             "data_summary": data_summary(
                 self.train_images,
@@ -286,3 +318,12 @@ def models_replaced(files: RunFiles) -> str:
         f"already holds {' and '.join(found)}, which a new run would replace: choose a new "
         "folder, or move them away first"
     )
+
+
+def _how_other(theirs: tuple, ours: tuple) -> str:
+    """How two checkpoints' (run id, architecture, base model id) differ, in words."""
+    if theirs[1] != ours[1]:
+        return f"a {theirs[1].get('name', 'other')} model, not {ours[1].get('name', 'this')}"
+    if theirs[2] != ours[2]:
+        return "finetuned from another base model"
+    return "another run id"
