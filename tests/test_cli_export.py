@@ -194,3 +194,21 @@ def test_a_model_file_is_replaced_only_with_overwrite(tmp_path, checkpoint, caps
     assert output.read_bytes() == before
     assert cli.main(["export", str(checkpoint), "-o", str(output), "--overwrite"]) == 0
     build_sam(TINY).load_state_dict(torch.load(output, weights_only=True), strict=True)
+
+
+def test_a_checkpoint_whose_base_model_is_gone_says_to_put_it_back(tmp_path, capsys):
+    """A frozen-encoder run's checkpoints hold only the trained weights: its base model
+    moved away, export named it an unknown model, listed every model registered, and
+    suggested exporting last.pt, which needs the base model just as much."""
+    config = TrainConfig(model=str(tmp_path / "base.pth"), checkpoint_trainable_only=True)
+    folder = tmp_path / "run" / "checkpoints"
+    for name in ("best.pt", "last.pt"):
+        write_checkpoint(folder / name, build_sam(TINY), TINY, config)
+    torch.save(build_sam(TINY).state_dict(), tmp_path / "run" / "model.pth")
+    assert cli.main(["export", str(tmp_path / "run"), "-o", str(tmp_path / "e.pth")]) == 2
+    err = capsys.readouterr().err
+    assert "holds only the weights its run trained, which complete its base model" in err
+    assert f"weights file '{tmp_path / 'base.pth'}' does not exist" in err
+    assert "put the base model back as the run had it" in err
+    assert f"{tmp_path / 'run' / 'model.pth'}, is whole and needs none" in err
+    assert "exported instead" not in err and not (tmp_path / "e.pth").exists()

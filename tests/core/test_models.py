@@ -212,10 +212,15 @@ def test_unknown_name_or_missing_file(tmp_path, tiny_checkpoint):
     register_user_model(tiny_checkpoint, "mine", TINY)  # listed, as train and evaluate do
     with pytest.raises(ValueError, match=r"; yours: \['mine'\]\) nor an existing file"):
         load_model("vit_q")
-    with pytest.raises(ValueError, match="nor an existing file"):
+    # a path names no model: no list of them (which grows with every run)
+    with pytest.raises(ValueError, match=r"^weights file '.*absent.pth' does not exist$"):
         load_model(tmp_path / "absent.pth")
     with pytest.raises(ValueError, match="is a folder"):
         load_model(tmp_path)
+    for i in range(13):
+        register_user_model(tiny_checkpoint, f"mine-{i:02d}", TINY)
+    with pytest.raises(ValueError, match=r"'mine-11'\] and 2 more \('samtune models' lists"):
+        load_model("vit_q")
 
 
 def test_registered_builtin_file_uses_the_published_hash_as_id(monkeypatch, tiny_checkpoint):

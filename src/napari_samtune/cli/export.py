@@ -129,17 +129,30 @@ def _last_instead(checkpoint: Path, output: Path) -> str:
     )
 
 
+def _exported_before(checkpoint: Path) -> str:
+    """For a checkpoint in a run's folder, the whole model the run exported when it ended,
+    which needs no base model."""
+    from napari_samtune.core.train_export import RunFiles
+
+    model = RunFiles(checkpoint.parent.parent).model
+    if checkpoint.parent.name != "checkpoints" or not model.is_file():
+        return ""
+    return f". The model the run exported when it ended, {model}, is whole and needs none"
+
+
 def _suggestion(checkpoint: Path) -> Path:
     return checkpoint.with_name(f"{checkpoint.stem}-model.pth")
 
 
 def _export(checkpoint: Path, args: argparse.Namespace) -> int:
-    from napari_samtune.core.train_checkpoints import export_model
+    from napari_samtune.core.train_checkpoints import BaseModelUnavailable, export_model
     from napari_samtune.core.train_export import check_registration
 
     name = check_registration(args.register) if args.register else None  # before writing
     try:
         exported, arch = export_model(checkpoint, args.output)
+    except BaseModelUnavailable as err:  # last.pt needs it too
+        raise ValueError(f"{checkpoint}: {err}{_exported_before(checkpoint)}") from None
     except ValueError as err:  # a damaged best.pt: the run's last.pt may still be whole
         raise ValueError(f"{err}{_last_instead(checkpoint, args.output)}") from None
     print(f"exported the {arch.name} model of {checkpoint}: {exported}")

@@ -112,11 +112,8 @@ def _completed_on_base(checkpoint: dict, path: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path} holds only some of a model's weights. Expected {EXPECTED}")
     try:
         sam, _ = restore_model(checkpoint)
-    except (OSError, ValueError) as err:
-        raise ValueError(
-            f"{path} holds only the weights its run trained, which complete the base model "
-            f"the run started from, and that cannot be loaded: {err}"
-        ) from None
+    except (OSError, ValueError) as err:  # BaseModelUnavailable says what is needed
+        raise ValueError(f"{path}: {err}") from None
     return merged_state_dict(sam)
 
 
@@ -209,14 +206,24 @@ def _resolve_source(
     return path, path.stem, None
 
 
+SHOWN_USER_MODELS = 12  # of the user's models, named in an error; `samtune models` lists all
+
+
 def neither_model_nor_file(name_or_path: str | os.PathLike) -> ValueError:
     """The error for a model that is neither a registered name nor an existing file: it
-    names the built-in models and the user's."""
+    names the built-in models and (some of) the user's; for a path (a name with a folder
+    in it, which no registered name has) only that the file does not exist."""
+    if Path(name_or_path).parent != Path(".") or str(name_or_path).startswith("~"):
+        return ValueError(f"weights file {str(name_or_path)!r} does not exist")
     names = [spec.name for spec in registry.BUILTIN_MODELS]
     yours = [spec.name for spec in list_user_models()]
+    more = len(yours) - SHOWN_USER_MODELS
+    listed = f"yours: {yours[:SHOWN_USER_MODELS]!r}" + (
+        f" and {more} more ('samtune models' lists them)" if more > 0 else ""
+    )
     return ValueError(
         f"{str(name_or_path)!r} is neither a model name (built-in: {names!r}; "
-        + (f"yours: {yours!r}" if yours else "none of yours is registered")
+        + (listed if yours else "none of yours is registered")
         + ") nor an existing file"
     )
 

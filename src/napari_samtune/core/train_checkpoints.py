@@ -209,8 +209,23 @@ def check_resumable(checkpoint: dict, config: TrainConfig, path: str | Path) -> 
         )
 
 
+class BaseModelUnavailable(ValueError):
+    """A checkpoint of only the weights its run trained, whose base model cannot be loaded as
+    the run had it (gone, moved, unregistered, or replaced by other weights)."""
+
+
+BASE_MODEL_FIX = (
+    "put the base model back as the run had it (the file at that path, or registered again "
+    "under that name, with the same weights), then try again; runs that must outlive their "
+    "base model write whole checkpoints (samtune train --whole-checkpoints)"
+)
+
+
 def restore_model(checkpoint: dict) -> tuple[Sam, SamArchitecture]:
-    """The training model (LoRA adapters unmerged) of a checkpoint, on the CPU."""
+    """The training model (LoRA adapters unmerged) of a checkpoint, on the CPU.
+
+    :class:`BaseModelUnavailable` where the checkpoint holds only the trained weights and
+    its base model cannot be loaded as it was."""
     config = TrainConfig.from_dict(checkpoint["config"])
     arch = SamArchitecture.from_dict(checkpoint["architecture"])
     state = {**checkpoint["model_state"], **checkpoint["lora_state"]}
@@ -219,12 +234,20 @@ def restore_model(checkpoint: dict) -> tuple[Sam, SamArchitecture]:
         if config.lora_rank:
             apply_lora(sam.image_encoder, config.lora_rank, config.lora_alpha)
         return load_weights(sam, state), arch
-    sam, base_arch, model_id = build_training_model(config)
+    only_trained = (
+        "this checkpoint holds only the weights its run trained, which complete its base "
+        f"model {config.model!r}"
+    )
+    try:
+        sam, base_arch, model_id = build_training_model(config)
+    except (OSError, ValueError) as err:
+        raise BaseModelUnavailable(
+            f"{only_trained}, and that cannot be loaded now: {err}. To fix: {BASE_MODEL_FIX}"
+        ) from None
     if checkpoint.get("base_model_id") not in (None, model_id):
-        raise ValueError(
-            f"this checkpoint holds only the trained weights; it needs base model "
-            f"{config.model!r} as it was ({checkpoint['base_model_id']}), but that model now "
-            f"has different weights ({model_id})"
+        raise BaseModelUnavailable(
+            f"{only_trained} as it was ({checkpoint['base_model_id']}), but that model now "
+            f"has different weights ({model_id}). To fix: {BASE_MODEL_FIX}"
         )
     unexpected = sam.load_state_dict(state, strict=False).unexpected_keys
     if unexpected or base_arch != arch:
