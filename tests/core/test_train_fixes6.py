@@ -80,5 +80,5 @@ def test_a_run_on_a_weights_file_named_relatively_exports_and_resumes_from_elsew
     assert again.epochs_done == 4
     # as a model, best.pt needs the weights file it completes: gone, the error says so
     tiny_checkpoint.rename(tiny_checkpoint.with_name("moved.pth"))
-    with pytest.raises(ValueError, match=r"best.pt: this checkpoint holds only the weights its run trained, wh"):
+    with pytest.raises(ValueError, match=r"best.pt: this checkpoint holds only the weights it"):
         load_model(finished.best_checkpoint_path)
