@@ -132,6 +132,37 @@ def test_a_python_run_into_a_folder_another_process_trains_in_is_refused(tmp_pat
     assert not (run / TRAINING_LOCK_NAME).exists()  # released
 
 
+def test_continuing_a_run_still_in_its_first_epoch_says_it_is_training(tmp_path):
+    """Resumed (or exported) while it still trained its first epoch, a run's folder was
+    called "a folder without a training checkpoint ... of a run that trained at least one
+    step", not in use; after its first checkpoint, the lock said so."""
+    import subprocess
+    import sys
+
+    from napari_samtune.core.checkpoints import training_process
+    from napari_samtune.core.train_checkpoints import resolve_checkpoint
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from napari_samtune.core.checkpoints import "
+         f"training_lock\nwith training_lock({str(run)!r}):\n print('held', flush=True)\n"
+         " sys.stdin.readline()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert training_process(run) == str(holder.pid)
+        with pytest.raises(
+            FileNotFoundError, match=rf"a run still training \(process {holder.pid}"
+        ):
+            resolve_checkpoint(run)
+    finally:
+        holder.communicate("\n", timeout=60)
+    assert training_process(run) is None
+    with pytest.raises(FileNotFoundError, match="is a folder without a training checkpoint"):
+        resolve_checkpoint(tmp_path)
+
+
 @pytest.mark.parametrize("size", [5000, 0.5])
 def test_a_truncated_checkpoint_is_named_whatever_torch_says_of_it(tmp_path, size):
     """Cut to its first 5000 bytes, a checkpoint made torch's zip reader raise a bare

@@ -274,6 +274,24 @@ def training_lock(out_dir: Path) -> Iterator[None]:
             out_dir.rmdir()
 
 
+def training_process(out_dir: str | os.PathLike) -> str | None:
+    """The process id of another process's run training in ``out_dir`` (holding its
+    :func:`training_lock`), or None where none does (or the system offers no locks)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
+    try:
+        lock = open(Path(out_dir) / TRAINING_LOCK_NAME, encoding="utf-8")  # noqa: SIM115
+    except OSError:  # no lock file: no run there
+        return None
+    with lock:
+        held = try_lock(fcntl, lock)
+        if held is not False:  # free (the lock ends as the file closes), or no locks
+            return None
+        return lock.read().strip() or "?"
+
+
 _held_folders: list[Path] = []  # folders this process holds the training lock of
 _held_folders_lock = threading.Lock()
 

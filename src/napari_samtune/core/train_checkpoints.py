@@ -34,6 +34,7 @@ from napari_samtune.core.checkpoints import (
     atomic_torch_save,
     is_project_checkpoint,
     safe_torch_load,
+    training_process,
 )
 from napari_samtune.core.lora import adapter_state_dict, apply_lora, merged_state_dict
 from napari_samtune.core.model_source import recorded_model
@@ -107,6 +108,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
                 f"exist (the run ended before it wrote one), but {str(best)!r} holds the "
                 f"weights of its best epoch: samtune export {best} -o model.pth makes a model "
                 "of them, which a new run in another folder can finetune further"
+            )
+        running = training_process(RunFiles.named_by(path).folder)
+        if not last.is_file() and running is not None:
+            raise FileNotFoundError(
+                f"{str(path)!r} is the folder of a run still training (process {running}), "
+                f"which has not written its first checkpoint yet ({str(last)!r}); wait for it "
+                "to finish, or stop it (it then writes one)"
             )
         if not last.is_file():
             raise FileNotFoundError(
