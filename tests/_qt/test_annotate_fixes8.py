@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tifffile
 
 from tests._qt.test_annotate_layout import _dock
@@ -36,3 +37,22 @@ def test_an_image_with_a_very_long_name_is_annotated_and_its_commits_saved(
     # the image opened again restores them
     other = _reopen(make_napari_viewer, nuclei_image[0], tmp_path, drain_jobs, name=LONG)
     np.testing.assert_array_equal(other.session.annotations, tifffile.imread(path))
+
+
+def test_an_image_with_a_trailing_axis_of_one_is_refused_with_the_fix(
+    make_napari_viewer, drain_jobs, tiny_sam, nuclei_image, notifications
+):
+    """A 2D image saved as (H, W, 1) was refused as having "no 2D planes to segment",
+    which a person with a 2D image cannot act on: the axis of length 1 is named, and how to
+    open the image without it."""
+    from napari_samtune._qt.image_planes import describe_image
+
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei_image[0][..., None], name="hw1")
+    widget = _dock(viewer, drain_jobs, tiny_sam)
+    assert widget.session is None
+    refusal = [n for n in notifications if "no 2D planes to segment" in n]
+    assert refusal and "axis 2 has length 1" in refusal[0], notifications
+    assert "of shape (256, 256)" in refusal[0] and "squeeze()" in refusal[0]
+    with pytest.raises(ValueError, match=r"planes to segment$"):  # no axis of one: no hint
+        describe_image((1, 1))

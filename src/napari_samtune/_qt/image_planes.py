@@ -106,7 +106,16 @@ def describe_image(
         raise ValueError(f"channels={channels!r} needs 'channels on first axis'")
     axes = ImageAxes(shape, rgb, channels_first, channels)
     if min(axes.spatial_shape[-2:]) < 2:
-        raise ValueError(f"image of shape {shape!r} has no 2D planes to segment")
+        ones = [axis for axis in range(ndim) if shape[axis] == 1]
+        squeezed = tuple(size for size in shape if size != 1)
+        hint = (
+            f": its axis {ones[-1]} has length 1 (a channel or plane of one, as some exports "
+            f"save a 2D image); open it without that axis, of shape {squeezed!r} (in napari's "
+            "console: viewer.add_image(data.squeeze()))"
+            if ones and len(squeezed) >= 2 and min(squeezed[-2:]) >= 2
+            else ""
+        )
+        raise ValueError(f"image of shape {shape!r} has no 2D planes to segment{hint}")
     return axes
 
 
