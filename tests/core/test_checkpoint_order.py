@@ -70,6 +70,10 @@ def test_a_disk_full_at_the_first_last_checkpoint_says_where_the_best_weights_ar
     assert not last.exists() and not (run / "model.pth").exists()
     assert load_model(best).sam is not None  # what the message promises
     monkeypatch.setattr(torch, "save", real_save)  # space freed: training again works
+    with pytest.raises(ValueError, match="already holds checkpoints/best.pt, which a new run"):
+        train(config, data, out_dir=run)  # not over those weights
+    assert "once best.pt is moved out of it" in message
+    best.rename(tmp_path / "kept.pt")
     assert train(config, data, out_dir=run).epochs_done == 2
 
 

@@ -923,6 +923,10 @@ def test_a_run_never_continues_beside_the_best_checkpoint_of_another_run(tmp_pat
     assert train(_config(epochs=2), *data, tmp_path / "a", resume_from=a_last).epochs_done == 2
     resumed = train(_config(epochs=2), *data, tmp_path / "d", resume_from=b.last_checkpoint_path)
     assert resumed.epochs_done == 2  # b's own best carried into a new folder
+    (tmp_path / "e" / "checkpoints").mkdir(parents=True)  # a folder holding a's best only
+    shutil.copyfile(a_best, tmp_path / "e" / "checkpoints" / "best.pt")
+    with pytest.raises(ValueError, match=r"e/checkpoints/best.pt' is of another training run"):
+        train(_config(epochs=2), *data, tmp_path / "e", resume_from=b.last_checkpoint_path)
     from napari_samtune.core.trainer_files import _how_other
 
     other = _how_other((None, {"name": "tiny"}, "x"), (None, {"name": "nano"}, "x"))

@@ -39,6 +39,8 @@ class TrainerFilesMixin:
         found = [_relative(f, self.out_dir) for f in run_files if f.exists()]
         if not found or (resume_from is not None and _same_file(resume_from, files.last)):
             return
+        if resume_from is not None and found == [_relative(files.best, self.out_dir)]:
+            return  # carried over when it was resumed here before: see _identify_run
         replaced = models_replaced(files)
         if resume_from is None and replaced and not (files.last.exists() or files.metrics.exists()):
             raise ValueError(f"out_dir {str(self.out_dir)!r} {replaced}")  # no run: model files
@@ -67,7 +69,12 @@ class TrainerFilesMixin:
         self.run_id = (checkpoint or {}).get("run_id") or uuid.uuid4().hex
         if checkpoint is None:
             return
-        best_path = self.resume_from.with_name("best.pt")
+        for best_path in (self.resume_from.with_name("best.pt"), self.files.best):
+            self._check_same_run(best_path, checkpoint)
+
+    def _check_same_run(self, best_path: Path, checkpoint: dict) -> None:
+        """``ValueError`` if the best.pt at ``best_path`` is of another run than
+        ``checkpoint`` (see :meth:`_identify_run`)."""
         try:  # mapped, not read: it may be GBs
             best = torch.load(best_path, map_location="cpu", weights_only=True, mmap=True)
             theirs = (best.get("run_id"), best["architecture"], best.get("base_model_id", ""))
@@ -188,8 +195,9 @@ class TrainerFilesMixin:
                 "there: free space and continue from it again"
             )
         return (
-            "Without a last.pt the run cannot be continued: free space and train again (copy "
-            "best.pt elsewhere first to keep it, as training in this folder writes a new one)"
+            "Without a last.pt the run cannot be continued: free space and train again, in "
+            "another folder or in this one once best.pt is moved out of it (a new run there "
+            "would replace it)"
         )
 
     def _checkpoint_fields(self) -> dict:
