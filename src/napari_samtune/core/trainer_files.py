@@ -62,14 +62,16 @@ class TrainerFilesMixin:
 
     def _identify_run(self, checkpoint: dict | None) -> None:
         """The run's id (a new run's, or the one its checkpoint carries), saved in every
-        checkpoint. The best.pt beside the checkpoint a run resumes from, which it keeps
-        (or carries into a new folder) and exports unless it beats it, must be of the same
-        run: one of another run (a backup's last.pt restored into the wrong run's folder)
-        was exported as this run's best model, even of another architecture, unsaid."""
+        checkpoint. A best.pt the resumed run keeps (beside the checkpoint it resumes from,
+        carried into a new folder, or there already) and exports as its model unless a
+        later epoch beats it must be of the same run: one of another run (a backup's
+        last.pt restored into the wrong run's folder) was exported as this run's best
+        model, even of another architecture, unsaid."""
         self.run_id = (checkpoint or {}).get("run_id") or uuid.uuid4().hex
         if checkpoint is None:
             return
-        for best_path in (self.resume_from.with_name("best.pt"), self.files.best):
+        kept = {self.resume_from.with_name("best.pt").resolve(), self.files.best.resolve()}
+        for best_path in sorted(kept):
             self._check_same_run(best_path, checkpoint)
 
     def _check_same_run(self, best_path: Path, checkpoint: dict) -> None:
@@ -80,7 +82,8 @@ class TrainerFilesMixin:
             theirs = (best.get("run_id"), best["architecture"], best.get("base_model_id", ""))
         except Exception:  # none, or damaged: this run's next best replaces it
             return
-        ours = (checkpoint.get("run_id"), checkpoint["architecture"], self._base_id(checkpoint))
+        ours = (checkpoint.get("run_id"), checkpoint["architecture"])
+        ours += (checkpoint.get("base_model_id", ""),)
         both_named = theirs[0] is not None and ours[0] is not None
         if (theirs[0] == ours[0]) if both_named else (theirs[1:] == ours[1:]):
             return
@@ -90,10 +93,6 @@ class TrainerFilesMixin:
             f"epoch and export it as its model. Move {best_path.name} out of "
             f"{str(best_path.parent)!r}, or continue the run it belongs to from its own last.pt"
         )
-
-    @staticmethod
-    def _base_id(checkpoint: dict) -> str:
-        return checkpoint.get("base_model_id", "")
 
     def _carry_over_best(self) -> None:
         """A run resumed into a new folder starts with the best checkpoint of the old one."""
