@@ -24,6 +24,17 @@ def _saved(path) -> int:
     return int((tifffile.imread(path) == 7).sum())
 
 
+def _segment_all_planes_until_the_first(widget, qtbot) -> None:
+    """Start automatic segmentation of every plane; return once plane 0 is annotated."""
+    widget.ui.iou_spin.setValue(0.0)  # a random model's scores are meaningless: keep all
+    widget.ui.stability_spin.setValue(0.0)
+    widget.ui.points_per_side_spin.setValue(4)
+    widget.ui.auto_scope_combo.setCurrentText("all planes")
+    assert widget.segment_automatically() is not None
+    annotations = widget.session.layers.annotations
+    qtbot.waitUntil(lambda: annotations.data[0].any(), timeout=WAIT_MS)
+
+
 def test_napari_undo_and_redo_of_a_brush_stroke_are_autosaved(
     viewer_widget, qtbot, drain_jobs, tmp_path
 ):
@@ -91,14 +102,8 @@ def test_a_run_s_results_dropped_as_a_layer_of_its_image_went_say_so(
     test_automatic_planes_found_after_a_prompt_layer_went_are_kept.)"""
     gate = hold_planes()
     viewer, widget = stack_widget
-    widget.ui.iou_spin.setValue(0.0)  # a random model's scores are meaningless: keep all
-    widget.ui.stability_spin.setValue(0.0)
-    widget.ui.points_per_side_spin.setValue(4)
-    widget.ui.auto_scope_combo.setCurrentText("all planes")
-    annotations = widget.session.layers.annotations
     try:
-        assert widget.segment_automatically() is not None
-        qtbot.waitUntil(lambda: annotations.data[0].any(), timeout=WAIT_MS)
+        _segment_all_planes_until_the_first(widget, qtbot)
         viewer.layers.remove("stack annotations")
     finally:
         gate.open()
@@ -128,14 +133,9 @@ def test_removing_the_image_of_a_running_automatic_run_stops_it_without_errors(
     monkeypatch.setattr(annotate_jobs, "iter_segment_automatically", counted)
     gate = hold_planes()
     viewer, widget = stack_widget
-    widget.ui.iou_spin.setValue(0.0)  # a random model's scores are meaningless: keep all
-    widget.ui.stability_spin.setValue(0.0)
-    widget.ui.points_per_side_spin.setValue(4)
-    widget.ui.auto_scope_combo.setCurrentText("all planes")
     annotations = widget.session.layers.annotations
     try:
-        assert widget.segment_automatically() is not None
-        qtbot.waitUntil(lambda: annotations.data[0].any(), timeout=WAIT_MS)
+        _segment_all_planes_until_the_first(widget, qtbot)
         viewer.layers.remove("stack")
         gate.release()  # the second plane reaches the widget
         qtbot.waitUntil(lambda: len(found) == 2, timeout=WAIT_MS)

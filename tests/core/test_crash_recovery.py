@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -99,17 +102,10 @@ def test_the_temporary_files_of_a_killed_run_go_when_its_folder_is_locked_again(
         assert [path.exists() for path in stale + mine] == [False, False, True, True]
 
 
-def test_a_python_run_into_a_folder_another_process_trains_in_is_refused(tmp_path):
-    """train() from Python took no lock (only the command line and the widget did): a run
-    into the folder of a run in another process wrote over that run's checkpoints. Under
-    the caller's own lock (as the command line holds it) it runs; a killed run's
-    temporary files go when it takes the lock itself."""
-    import subprocess
-    import sys
-
-    from napari_samtune.core.checkpoints import TRAINING_LOCK_NAME, training_lock
-
-    data, run = make_dataset(2, shape=(64, 64), seed=0), tmp_path / "run"
+@contextmanager
+def _trained_in_another_process(run):
+    """A process holding ``run``'s training lock, as a run training there does; yields its
+    id, and ends it after."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys; from napari_samtune.core.checkpoints import "
          f"training_lock\nwith training_lock({str(run)!r}):\n print('held', flush=True)\n"
@@ -118,11 +114,23 @@ def test_a_python_run_into_a_folder_another_process_trains_in_is_refused(tmp_pat
     )  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "held"
+        yield holder.pid
+    finally:
+        holder.communicate("\n", timeout=60)
+
+
+def test_a_python_run_into_a_folder_another_process_trains_in_is_refused(tmp_path):
+    """train() from Python took no lock (only the command line and the widget did): a run
+    into the folder of a run in another process wrote over that run's checkpoints. Under
+    the caller's own lock (as the command line holds it) it runs; a killed run's
+    temporary files go when it takes the lock itself."""
+    from napari_samtune.core.checkpoints import TRAINING_LOCK_NAME, training_lock
+
+    data, run = make_dataset(2, shape=(64, 64), seed=0), tmp_path / "run"
+    with _trained_in_another_process(run):
         with pytest.raises(ValueError, match=r"in use by another training run \(process \d+"):
             train(dataclasses.replace(CONFIG, epochs=1), data, out_dir=run)
         assert not (run / "checkpoints").exists()  # nothing of the other run's overwritten
-    finally:
-        holder.communicate("\n", timeout=60)
     with training_lock(run):  # as the command line holds it around train()
         assert train(dataclasses.replace(CONFIG, epochs=1), data, out_dir=run).epochs_done == 1
     stale = run / "checkpoints" / ".last.pt.ab_3x9q1.tmp"
@@ -136,28 +144,14 @@ def test_continuing_a_run_still_in_its_first_epoch_says_it_is_training(tmp_path)
     """Resumed (or exported) while it still trained its first epoch, a run's folder was
     called "a folder without a training checkpoint ... of a run that trained at least one
     step", not in use; after its first checkpoint, the lock said so."""
-    import subprocess
-    import sys
-
     from napari_samtune.core.checkpoints import training_process
     from napari_samtune.core.train_checkpoints import resolve_checkpoint
 
     run = tmp_path / "run"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from napari_samtune.core.checkpoints import "
-         f"training_lock\nwith training_lock({str(run)!r}):\n print('held', flush=True)\n"
-         " sys.stdin.readline()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        assert training_process(run) == str(holder.pid)
-        with pytest.raises(
-            FileNotFoundError, match=rf"a run still training \(process {holder.pid}"
-        ):
+    with _trained_in_another_process(run) as pid:
+        assert training_process(run) == str(pid)
+        with pytest.raises(FileNotFoundError, match=rf"a run still training \(process {pid}"):
             resolve_checkpoint(run)
-    finally:
-        holder.communicate("\n", timeout=60)
     assert training_process(run) is None
     with pytest.raises(FileNotFoundError, match="is a folder without a training checkpoint"):
         resolve_checkpoint(tmp_path)
