@@ -259,12 +259,11 @@ class AnnotationSession:
             "prompts": self.layers.prompts_record(),
         }
 
-    def load(self, labels_path: str | Path, undoable: bool = False) -> int:
-        """Replace the annotations with a saved file; returns the number of objects in it.
-        ``undoable``: the person chose the file, and undo brings back what it replaced
-        (else the undo history goes: the image's own autosave, restored when it opens)."""
+    def load(self, labels_path: str | Path) -> int:
+        """Replace the annotations with a saved file (the image's own autosave, restored
+        when it opens: the undo history goes); returns the number of objects in it."""
         labels, record = load_annotations(labels_path)
-        self.apply_loaded(labels, record, labels_path, undoable)
+        self.apply_loaded(labels, record, labels_path, undoable=False)
         return count_objects(labels)
 
     def apply_loaded(
@@ -275,9 +274,10 @@ class AnnotationSession:
         undoable: bool,
         replacement: UndoEntry | None = None,
     ) -> None:
-        """:meth:`load` once ``labels`` and ``record`` are read from ``labels_path``;
-        ``replacement``: the undo entry of the pixels replacing the annotations changes,
-        made by the reader beforehand (else here)."""
+        """Replace the annotations with ``labels`` and ``record`` read from ``labels_path``.
+        ``undoable``: the person chose the file (Load annotations…), and undo brings back
+        what it replaced; ``replacement``: the undo entry of the pixels that changes, made by
+        the reader beforehand (else here)."""
         if labels.shape != self.axes.spatial_shape:
             raise ValueError(
                 f"{Path(labels_path).name!r} has shape {labels.shape!r} but image "

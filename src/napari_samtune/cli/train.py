@@ -237,8 +237,9 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
             f"--out {args.out} already holds a training run; continue it with --resume "
             f"{files.last} (and --epochs N for more epochs), or choose another --out folder"
         )
-    if models_replaced(files):  # an exported model.pth, a kept best.pt: before the data
-        raise ValueError(f"--out {args.out} {models_replaced(files)}")
+    replaced = models_replaced(files)  # an exported model.pth, a kept best.pt
+    if replaced:  # before the data is read
+        raise ValueError(f"--out {args.out} {replaced}")
     if not args.model:
         raise ValueError("--model is required: a model name, a weights file or random:<arch>")
     preset, reason = choose_preset(args.preset or "auto")

@@ -109,8 +109,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
                 f"weights of its best epoch: samtune export {best} -o model.pth makes a model "
                 "of them, which a new run in another folder can finetune further"
             )
-        running = training_process(RunFiles.named_by(path).folder)
-        if not last.is_file() and running is not None:
+        running = None if last.is_file() else training_process(RunFiles.named_by(path).folder)
+        if running is not None:
             raise FileNotFoundError(
                 f"{str(path)!r} is the folder of a run still training (process {running}), "
                 f"which has not written its first checkpoint yet ({str(last)!r}); wait for it "
