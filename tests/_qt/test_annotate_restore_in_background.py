@@ -7,6 +7,8 @@ The tests of ``test_annotate_restore`` run here again with every restore in the 
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import tifffile
@@ -20,6 +22,22 @@ from tests._qt.test_annotate_restore import *  # noqa: F403 (run again in the ba
 @pytest.fixture(autouse=True)
 def _restores_in_background(monkeypatch):
     monkeypatch.setattr(annotate_restore, "BACKGROUND_RESTORE_PIXELS", 0)
+
+
+@pytest.fixture
+def restore_gate(monkeypatch):
+    """An event the restores' reads wait for (request it before ``restoring``): a read may
+    not end before the test has done what it must do first (in one run of CI it ended, and
+    was applied, before the panel closed)."""
+    gate, real = threading.Event(), annotate_restore.read_or_problem
+
+    def held(*args, **kwargs):
+        assert gate.wait(timeout=60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(annotate_restore, "read_or_problem", held)
+    yield gate
+    gate.set()
 
 
 @pytest.fixture
@@ -39,7 +57,7 @@ def restoring(cells_with_one_saved_object, cells_viewer, tmp_path):
 
 
 def test_edits_wait_for_the_restore_and_say_so(
-    restoring, tmp_path, tiny_sam, drain_jobs, notifications
+    restore_gate, restoring, tmp_path, tiny_sam, drain_jobs, notifications
 ):
     _, widget, saved = restoring
     widget.set_model(tiny_sam, "tiny", "tiny-test")
@@ -51,6 +69,7 @@ def test_edits_wait_for_the_restore_and_say_so(
     assert widget.start_loading_annotations(tmp_path / "cells0.labels.tif") is None
     waiting = [n for n in notifications if "are being restored" in n]
     assert len(waiting) == 4 and "commit once they are in" in waiting[0]
+    restore_gate.set()
     drain_jobs(widget)
     np.testing.assert_array_equal(annotations.data, saved)
     assert annotations.editable and RESTORE_PENDING_KEY not in annotations.metadata
@@ -74,11 +93,12 @@ def test_another_image_picked_meanwhile_gets_the_restore_all_the_same(restoring,
 
 
 def test_a_restore_cut_short_by_closing_the_panel_comes_back_with_the_next_one(
-    restoring, tmp_path, drain_jobs, notifications, monkeypatch
+    restore_gate, restoring, tmp_path, drain_jobs, notifications, monkeypatch
 ):
     viewer, widget, saved = restoring
     annotations = widget.session.layers.annotations
     widget.shut_down()
+    restore_gate.set()  # the read ends after the panel closed
     drain_jobs(widget)
     assert not annotations.data.any() and not annotations.editable  # locked, still marked
     assert any("was not restored from" in n and "stays locked" in n for n in notifications)
