@@ -21,7 +21,9 @@ def _propagation_released_plane_by_plane(monkeypatch) -> threading.Semaphore:
     before it ends, until the semaphore is released."""
     gate = threading.Semaphore(0)
 
-    def gated(segmenter, axes, data, start_plane, start_mask, config, keep_out, image_name=""):
+    def gated(
+        segmenter, axes, data, start_plane, start_mask, config, keep_out, image_name="", stop=None
+    ):
         for plane in (1, 2):
             assert gate.acquire(timeout=WAIT_MS / 1000)
             labels = np.zeros(axes.spatial_shape[-2:], np.uint32)

@@ -22,7 +22,9 @@ def _propagation_held(monkeypatch) -> threading.Event:
     """Propagation 'reaches' plane 1 (a square), then waits until the event is set."""
     gate = threading.Event()
 
-    def gated(segmenter, axes, data, start_plane, start_mask, config, keep_out, image_name=""):
+    def gated(
+        segmenter, axes, data, start_plane, start_mask, config, keep_out, image_name="", stop=None
+    ):
         labels = np.zeros(axes.spatial_shape[-2:], np.uint32)
         labels[30:50, 30:50] = 1
         yield annotate_jobs.PlaneResult(1, labels)

@@ -8,6 +8,7 @@ job computed for an earlier one are recognised and dropped (or, for objects foun
 
 from __future__ import annotations
 
+import threading
 import weakref
 
 from napari.utils.notifications import show_info, show_warning
@@ -187,6 +188,7 @@ class AnnotateEmbeddingMixin:
                 show_info(dropped_note(name, session.image_layer.name, results, why))
             self._after_segmenter_job(on_finish)
 
+        stop = threading.Event()  # set by runner.cancel: checked between tiles and batches
         return self.runner.start(
             name,
             job,
@@ -195,10 +197,12 @@ class AnnotateEmbeddingMixin:
             session.image_layer.data,
             *args,
             image_name=session.image_layer.name,
+            stop=stop,
             on_return=current(on_return),
             on_yield=current(on_yield, is_result=True),
             on_error=on_error,
             on_finish=finish,
+            cancel_event=stop,
         )
 
     def _why_dropped(self, session) -> str:

@@ -70,6 +70,28 @@ class PropagationEnd:
 Reporter = Callable[[TaskProgress], None]  # thread-safe progress sink (TaskRunner.report)
 
 
+class JobStopped(Exception):
+    """A job's ``stop`` event was set (the panel or the viewer closed, or its image went):
+    raised between two tiles or batches of points, so that the job ends within one of
+    them, not after the whole plane (a thread still running as Python exits ends in
+    warnings about deleted Qt objects)."""
+
+
+def _stop_checked(
+    stop: threading.Event | None, progress: Callable[[int, int], None] | None = None
+) -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` callback for the core that raises :class:`JobStopped`
+    once ``stop`` is set, and otherwise passes on to ``progress``."""
+
+    def checked(done: int, total: int) -> None:
+        if stop is not None and stop.is_set():
+            raise JobStopped
+        if progress is not None:
+            progress(done, total)
+
+    return checked
+
+
 def _where(axes: ImageAxes, plane: int | None, image_name: str) -> str:
     """The image by its layer's name, or its plane as napari's slider shows it: "plane
     <index>/<last index> of '<name>'" (another image may be chosen while a job runs)."""
@@ -85,6 +107,7 @@ def _set_plane(
     plane: int | None,
     report: Reporter | None = None,
     image_name: str = "image",
+    stop: threading.Event | None = None,
 ) -> None:
     where = _where(axes, plane, image_name)
 
@@ -95,7 +118,7 @@ def _set_plane(
     image = axes.plane(data, plane or 0)
     segmenter.set_image(
         image,
-        progress=tiles_done,
+        progress=_stop_checked(stop, tiles_done),
         # a plane named as the slider shows it, a 2D image by its layer
         image_name=f"image layer {image_name!r}" if plane is None else where,
         **axes.segmenter_channel_args(),
@@ -109,20 +132,27 @@ def iter_embed_planes(
     planes: Sequence[int | None],
     report: Reporter,
     image_name: str = "image",
+    stop: threading.Event | None = None,
 ) -> Iterator[TaskProgress | PlaneSkipped]:
     """Embed ``planes`` one after the other (cached on disk); returns the last plane
     embedded. Running through several, a plane that cannot be embedded (a padding plane
     without a finite pixel) is a :class:`PlaneSkipped` and the others are embedded; the
-    first error is raised when none could be."""
+    first error is raised when none could be. Once ``stop`` is set, it ends after the
+    tile in work, returning None."""
     embedded, first_error = None, None
     for done, plane in enumerate(planes):
         if len(planes) == 1:  # one plane: show its tiles
-            _set_plane(segmenter, axes, data, plane, report, image_name)
+            try:
+                _set_plane(segmenter, axes, data, plane, report, image_name, stop)
+            except JobStopped:
+                return None
             embedded = (plane,)
             continue
         yield TaskProgress(done, len(planes), f"embedding {_where(axes, plane, image_name)}")
         try:
-            _set_plane(segmenter, axes, data, plane, image_name=image_name)
+            _set_plane(segmenter, axes, data, plane, image_name=image_name, stop=stop)
+        except JobStopped:
+            return None
         except ValueError as err:
             first_error = first_error or err
             yield PlaneSkipped(plane, str(err))
@@ -142,15 +172,19 @@ def iter_segment_automatically(
     config: AutoSegmentConfig,
     report: Reporter,
     image_name: str = "image",
+    stop: threading.Event | None = None,
 ) -> Iterator[TaskProgress | PlaneResult | PlaneSkipped]:
     """Automatic segmentation of each plane; yields a :class:`PlaneResult` per plane, or,
     running through several, a :class:`PlaneSkipped` for one that cannot be segmented (a
-    padding plane without a finite pixel must not cost the planes after it)."""
+    padding plane without a finite pixel must not cost the planes after it). Once ``stop``
+    is set, it ends after the batch of points in work, returning None."""
     for done, plane in enumerate(planes):
         where = _where(axes, plane, image_name)
         yield TaskProgress(done, len(planes), f"segmenting {where} automatically…")
         try:
-            _set_plane(segmenter, axes, data, plane, image_name=image_name)
+            _set_plane(segmenter, axes, data, plane, image_name=image_name, stop=stop)
+        except JobStopped:
+            return None
         except ValueError as err:
             if len(planes) == 1:
                 raise
@@ -160,7 +194,11 @@ def iter_segment_automatically(
         def steps(step: int, total: int, where: str = where) -> None:
             report(TaskProgress(step, total, f"segmenting {where}: {step}/{total}"))
 
-        labels = segmenter.segment_all(config, progress=steps if len(planes) == 1 else None)
+        shown = steps if len(planes) == 1 else None
+        try:
+            labels = segmenter.segment_all(config, progress=_stop_checked(stop, shown))
+        except JobStopped:
+            return None
         yield PlaneResult(plane, np.asarray(labels, dtype=np.uint32))
     return planes[-1] if planes else None
 
@@ -174,12 +212,14 @@ def iter_propagate_object(
     config: PropagationConfig,
     keep_out: frozenset[int] = frozenset(),
     image_name: str = "image",
+    stop: threading.Event | None = None,
 ) -> Iterator[TaskProgress | PlaneResult]:
     """Carry one object's mask to neighbouring planes, not into those of ``keep_out``;
-    yields a :class:`PlaneResult` for each plane reached, then a :class:`PropagationEnd`."""
+    yields a :class:`PlaneResult` for each plane reached, then a :class:`PropagationEnd`.
+    Once ``stop`` is set, it ends after the tile in work (yielding no end)."""
     planes = iter_propagate(
         segmenter,
-        lambda z: _set_plane(segmenter, axes, data, z, image_name=image_name),
+        lambda z: _set_plane(segmenter, axes, data, z, image_name=image_name, stop=stop),
         axes.n_planes,
         start_plane,
         start_mask,
@@ -187,10 +227,15 @@ def iter_propagate_object(
         keep_out,
     )
     reached = []
-    for plane, mask in planes:
-        reached.append(plane)
-        yield TaskProgress(len(reached), 0, f"propagated to plane {plane} ({len(reached)} reached)")
-        yield PlaneResult(plane, mask.astype(np.uint32))
+    try:
+        for plane, mask in planes:
+            reached.append(plane)
+            yield TaskProgress(
+                len(reached), 0, f"propagated to plane {plane} ({len(reached)} reached)"
+            )
+            yield PlaneResult(plane, mask.astype(np.uint32))
+    except JobStopped:
+        return
     past = planes_past(start_plane, reached)
     yield PropagationEnd(tuple(reached), tuple(p for p in past if p in keep_out))
 
