@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 
@@ -13,14 +14,22 @@ from napari_samtune.core.embedding_cache import EmbeddingCache
 
 FEATURES = torch.zeros(1, 8, 16, 16)  # 8 KiB of floats per file, plus the header
 SHAPE = tuple(FEATURES.shape)
+NAMES: dict[str, str] = {}  # hex_key's keys -> the names the tests gave them
+
+
+def hex_key(name: str) -> str:
+    """A cache key (40 hex digits, as embedding_key makes them) for a name a test reads."""
+    key = hashlib.sha1(name.encode()).hexdigest()
+    NAMES[key] = name
+    return key
 
 
 @pytest.fixture
 def file_size(tmp_path) -> int:
     """Bytes of one saved ``FEATURES`` file."""
     probe = EmbeddingCache(tmp_path / "probe", max_bytes=10**9)
-    probe.save("x", FEATURES)
-    return probe.path("x").stat().st_size
+    probe.save(hex_key("x"), FEATURES)
+    return probe.path(hex_key("x")).stat().st_size
 
 
 def count_scans(cache: EmbeddingCache, monkeypatch) -> list[int]:
@@ -36,7 +45,8 @@ def count_scans(cache: EmbeddingCache, monkeypatch) -> list[int]:
 
 
 def saved_keys(cache: EmbeddingCache) -> list[str]:
-    return sorted(p.stem for p in cache.directory.glob("*.pt"))
+    """The names (see hex_key) of the embeddings in the cache's folder, sorted."""
+    return sorted(NAMES[p.stem] for p in cache.directory.glob("*.pt"))
 
 
 def folder_bytes(cache: EmbeddingCache) -> int:
@@ -50,7 +60,7 @@ def test_saves_within_the_limit_scan_the_folder_once(tmp_path, monkeypatch):
     cache = EmbeddingCache(tmp_path, max_bytes=10**9)
     scans = count_scans(cache, monkeypatch)
     for i in range(20):
-        assert cache.save(f"k{i:02d}", FEATURES)
+        assert cache.save(hex_key(f"k{i:02d}"), FEATURES)
     assert len(scans) == 1  # the first save's: the running total starts from the folder
     assert len(saved_keys(cache)) == 20
 
@@ -64,8 +74,8 @@ def test_a_full_cache_stays_within_its_limit_and_evicts_in_batches(
     scans = count_scans(cache, monkeypatch)
     keys = [f"k{i:03d}" for i in range(120)]
     for i, key in enumerate(keys):
-        cache.save(key, FEATURES)
-        os.utime(cache.path(key), ns=(10**18 + i, 10**18 + i))  # each saved after the last
+        cache.save(hex_key(key), FEATURES)
+        os.utime(cache.path(hex_key(key)), ns=(10**18 + i, 10**18 + i))  # each saved after the last
         assert folder_bytes(cache) <= cache.max_bytes
     # Full, the cache scans every third save (41 files: evict to 38), not at every save.
     assert 25 <= len(scans) <= 30
@@ -75,17 +85,17 @@ def test_a_full_cache_stays_within_its_limit_and_evicts_in_batches(
 
 def test_another_process_saves_are_seen_at_the_next_rescan(tmp_path, monkeypatch, file_size):
     mine = EmbeddingCache(tmp_path, max_bytes=int(4.5 * file_size))
-    mine.save("a", FEATURES)
+    mine.save(hex_key("a"), FEATURES)
     other = EmbeddingCache(tmp_path, max_bytes=10**9)  # another viewer or training run
     for key in "bcdef":
-        other.save(key, FEATURES)
+        other.save(hex_key(key), FEATURES)
     monkeypatch.setattr(embedding_cache, "RESCAN_SECONDS", 1e9)
-    mine.save("g", FEATURES)  # two files by its own count: no scan
+    mine.save(hex_key("g"), FEATURES)  # two files by its own count: no scan
     assert len(saved_keys(mine)) == 7
     for i, key in enumerate("abcdefg"):  # used in this order
-        os.utime(mine.path(key), ns=(10**18 + i, 10**18 + i))
+        os.utime(mine.path(hex_key(key)), ns=(10**18 + i, 10**18 + i))
     monkeypatch.setattr(embedding_cache, "RESCAN_SECONDS", 0.0)
-    mine.save("h", FEATURES)  # its count is stale: it scans and evicts the oldest
+    mine.save(hex_key("h"), FEATURES)  # its count is stale: it scans and evicts the oldest
     assert saved_keys(mine) == ["e", "f", "g", "h"]
 
 
@@ -98,32 +108,32 @@ def test_saves_killed_half_way_do_not_pile_up_in_the_cache(tmp_path):
         path.write_bytes(b"\0" * 1000)
     hours_ago = abandoned.stat().st_mtime - 2 * 3600
     os.utime(abandoned, (hours_ago, hours_ago))
-    cache.save("a", torch.zeros(1, 8, 16, 16))
+    cache.save(hex_key("a"), torch.zeros(1, 8, 16, 16))
     assert not abandoned.exists()
     assert in_progress.exists()  # maybe another viewer's save, still being written
-    assert cache.path("a").is_file()
+    assert cache.path(hex_key("a")).is_file()
 
 
 def test_the_cache_keeps_the_most_recently_used_files_within_its_limit(tmp_path, monkeypatch):
     features = torch.zeros(1, 8, 16, 16)  # 8 KiB of floats per file, plus the header
     probe = EmbeddingCache(tmp_path / "probe", max_bytes=10**9)
-    probe.save("x", features)
-    size = probe.path("x").stat().st_size
+    probe.save(hex_key("x"), features)
+    size = probe.path(hex_key("x")).stat().st_size
     cache = EmbeddingCache(tmp_path / "c", max_bytes=int(2.5 * size))
     for i, key in enumerate(["a", "b"]):
-        cache.save(key, features)
-        os.utime(cache.path(key), ns=(10**18 + i, 10**18 + i))  # b used after a
-    assert cache.load("a", (1, 8, 16, 16)) is not None  # a is now the most recent
-    cache.save("c", features)  # over the limit: b, the least recently used, goes
-    assert sorted(p.stem for p in (tmp_path / "c").glob("*.pt")) == ["a", "c"]
-    assert cache.load("b", (1, 8, 16, 16)) is None
+        cache.save(hex_key(key), features)
+        os.utime(cache.path(hex_key(key)), ns=(10**18 + i, 10**18 + i))  # b used after a
+    assert cache.load(hex_key("a"), (1, 8, 16, 16)) is not None  # a is now the most recent
+    cache.save(hex_key("c"), features)  # over the limit: b, the least recently used, goes
+    assert saved_keys(cache) == ["a", "c"]
+    assert cache.load(hex_key("b"), (1, 8, 16, 16)) is None
 
     monkeypatch.setenv("SAMTUNE_EMBEDDING_CACHE_GB", "0.5")
     assert EmbeddingCache(tmp_path).max_bytes == 2**29
     monkeypatch.setenv("SAMTUNE_EMBEDDING_CACHE_GB", "0")
     nothing = EmbeddingCache(tmp_path / "none")
-    nothing.save("a", features)
-    assert nothing.load("a", (1, 8, 16, 16)) is None
+    nothing.save(hex_key("a"), features)
+    assert nothing.load(hex_key("a"), (1, 8, 16, 16)) is None
     monkeypatch.setenv("SAMTUNE_EMBEDDING_CACHE_GB", "lots")
     with pytest.warns(RuntimeWarning, match="'lots' is not a size in GB.*using 10"):
         assert EmbeddingCache(tmp_path).max_bytes == 10 * 2**30
@@ -131,3 +141,33 @@ def test_the_cache_keeps_the_most_recently_used_files_within_its_limit(tmp_path,
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert EmbeddingCache(tmp_path).max_bytes == 10 * 2**30
+
+
+def test_eviction_deletes_only_the_cache_s_own_files(tmp_path, file_size):
+    """``Segmenter(cache_dir=folder)`` with a model file in that folder: going over the limit
+    deleted the model, since every ``*.pt`` counted as an embedding."""
+    model = tmp_path / "my_finetuned_model.pt"
+    model.write_bytes(b"\0" * 10 * file_size)  # alone over the limit
+    cache = EmbeddingCache(tmp_path, max_bytes=int(3.5 * file_size))
+    for name in "abcde":
+        cache.save(hex_key(name), FEATURES)
+    assert model.stat().st_size == 10 * file_size
+    embeddings = [p for p in tmp_path.glob("*.pt") if p != model]
+    assert len(embeddings) == 3 and cache.path(hex_key("e")) in embeddings
+
+
+def test_an_embedding_deleted_while_it_is_read_is_a_quiet_miss(tmp_path, monkeypatch):
+    """Cleared by another process between the check and the read, it was reported as a
+    corrupt file."""
+    cache = EmbeddingCache(tmp_path, max_bytes=10**9)
+    cache.save(hex_key("a"), FEATURES)
+    real_load = torch.load
+
+    def load_after_a_clear(path, *args, **kwargs):
+        os.unlink(path)
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load_after_a_clear)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cache.load(hex_key("a"), SHAPE) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -28,10 +29,23 @@ def size_text(n_bytes: int) -> str:
     return f"{n_bytes / 2**30:.2f} GB"
 
 
+def _check_folder(directory: Path) -> None:
+    """Refuse an embeddings folder that is, or lies under, a file: nothing can be cached
+    there, which a count of 0 embeddings would hide."""
+    existing = next((p for p in (directory, *directory.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ValueError(
+            f"the embeddings cache folder {str(directory)!r} cannot be made: "
+            f"{str(existing)!r} is a file, so no embedding is kept; set SAMTUNE_CACHE_DIR "
+            "to a folder, or move that file away"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from napari_samtune.core.embedding_cache import CACHE_LIMIT_ENV, EmbeddingCache
 
     cache = EmbeddingCache()
+    _check_folder(cache.directory)
     if args.clear:
         n_files, n_bytes = cache.clear()
         print(

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import stat
 import time
 import warnings
 from pathlib import Path
@@ -33,6 +35,9 @@ DEFAULT_CACHE_LIMIT_GB = 10.0
 RESCAN_SECONDS = 10.0  # a cache within its limit by this object's count is rescanned this often
 HALF_WRITTEN = ".*.pt.*.tmp"  # atomic_write's temporary files of the saves
 EVICT_TO = 0.95  # eviction leaves this fraction of the limit (5% of 10 GB: 125 ViT-B saves)
+# the name of a file the cache writes: embedding_key's 40 hex digits; any other file in its
+# folder (a model kept there, a folder passed as cache_dir by mistake) is never deleted
+ENTRY_NAME = re.compile(r"[0-9a-f]{40}\.pt")
 
 
 def default_cache_dir() -> Path:
@@ -73,6 +78,8 @@ class EmbeddingCache:
                 and tuple(features.shape) == tuple(expected_shape)
                 and features.dtype == torch.float32
             )
+        except FileNotFoundError:  # evicted or cleared meanwhile by another process
+            return None
         except Exception as err:  # any unreadable file is a miss, never a crash
             valid, reason = False, f"{type(err).__name__}: {err}"
         else:
@@ -138,14 +145,18 @@ class EmbeddingCache:
 
     def entries(self) -> list[tuple[int, int, Path]]:
         """(last use in ns, bytes, path) of each cached embedding's file, least recently
-        used first; none if the folder does not exist."""
+        used first; none if the folder does not exist. Only files named as the cache
+        names them (:data:`ENTRY_NAME`) count: eviction and :meth:`clear` delete these."""
         files = []
         for path in self.directory.glob("*.pt"):
+            if not ENTRY_NAME.fullmatch(path.name):
+                continue
             try:
                 info = path.stat()
             except OSError:  # deleted meanwhile (another viewer evicting)
                 continue
-            files.append((info.st_mtime_ns, info.st_size, path))
+            if stat.S_ISREG(info.st_mode):
+                files.append((info.st_mtime_ns, info.st_size, path))
         return sorted(files)
 
     def clear(self) -> tuple[int, int]:
