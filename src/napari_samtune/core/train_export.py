@@ -61,6 +61,9 @@ class RunFiles:
         return self.folder / EXPORT_FILENAME
 
 
+REGISTRATION_TRIES = 5  # names tried when others keep taking the free one first
+
+
 def _name_taken(name: str) -> bool:
     from napari_samtune.core.registry import BUILTIN_MODELS, user_models_dir
 
@@ -126,13 +129,19 @@ def export_and_register(
     (``mine-2``) rather than fail the finished run, and the name returned says so.
     """
     from napari_samtune.core.train_checkpoints import export_model
-    from napari_samtune.core.user_models import register_user_model
+    from napari_samtune.core.user_models import ModelNameTaken, register_user_model
 
     exported, arch = export_model(checkpoint, RunFiles(out_dir).model)
     earlier = earlier_registration(out_dir)
     if model_name is not None and model_name != earlier and _name_taken(model_name):
         model_name = unique_model_name(model_name)
     name = model_name or earlier or unique_model_name(out_dir.name)
+    for _ in range(REGISTRATION_TRIES - 1):
+        try:
+            register_user_model(exported, name, arch, metadata, overwrite=name == earlier)
+            return exported, name
+        except ModelNameTaken:  # taken meanwhile by a registration finishing first
+            name = unique_model_name(name)
     register_user_model(exported, name, arch, metadata, overwrite=name == earlier)
     return exported, name
 

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from napari_samtune.core.architectures import ARCHITECTURES, SamArchitecture, as_architecture
 from napari_samtune.core.checkpoints import atomic_write, remove_abandoned_writes
@@ -29,8 +33,17 @@ from napari_samtune.core.registry import (
     validate_model_name,
 )
 
+if TYPE_CHECKING:
+    from napari_samtune.core.models import LoadedModel
+
 SIDECAR_FORMAT = "napari-samtune-user-model"
 SIDECAR_FORMAT_VERSION = 1
+REGISTRATION_LOCK_NAME = ".samtune-register.lock"  # held while a registration writes
+_registering = threading.Lock()  # the same within this process (napari's training threads)
+
+
+class ModelNameTaken(ValueError):
+    """A user model of that name exists, and replacing it was not asked for."""
 
 
 def _spec_from_sidecar(path: Path) -> ModelSpec:
@@ -158,6 +171,20 @@ def register_user_model(
             f"metadata must be JSON-serialisable (str, numbers, lists, dicts): {err}"
         ) from None
     loaded = models.load_model(Path(state_dict_path), architecture=architecture)
+    details = {  # the sidecar's fields that say where the weights came from
+        "registered_from": str(Path(state_dict_path).resolve()),
+        "description": str((metadata or {}).get("description", "")),
+        "metadata": metadata_json,
+    }
+    with _registration_locked():
+        _check_new_name(name, overwrite)  # again: another process may have taken it since
+        return _store(loaded, name, architecture, details)
+
+
+def _store(loaded: LoadedModel, name: str, architecture: SamArchitecture, details: dict) -> Path:
+    """Write user model ``name``'s weights, sidecar (with ``details``) and stamp."""
+    from napari_samtune.core import models
+
     # what a registration killed mid-write left (a model's size each), before writing more
     remove_abandoned_writes(user_models_dir(), ".*.tmp")
     sidecar_path = user_models_dir() / f"{name}.json"
@@ -174,10 +201,8 @@ def register_user_model(
         "file_hash": file_hash,
         "file_size": weights_path.stat().st_size,
         "model_id": loaded.model_id,
-        "registered_from": str(Path(state_dict_path).resolve()),
         "registered_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "description": str((metadata or {}).get("description", "")),
-        "metadata": metadata_json,
+        **details,
     }
     _write_json_atomically(sidecar_path, sidecar)
     write_stamp(weights_path, file_hash)  # just hashed: listing and loading need not hash again
@@ -185,6 +210,43 @@ def register_user_model(
         replaced.unlink(missing_ok=True)
         stamp_path(replaced).unlink(missing_ok=True)
     return weights_path
+
+
+@contextmanager
+def _registration_locked() -> Iterator[None]:
+    """Hold the user-models folder while one registration checks its name and writes: two
+    at once (two runs finishing, two scripts) both took a free name, and the later one's
+    files replaced the other's model without a word. Waits for another process's
+    registration; where the system offers no locks (Windows, some network file systems),
+    only this process's registrations are kept apart."""
+    with _registering:
+        lock = _open_registration_lock()
+        if lock is None:
+            yield
+            return
+        with lock:
+            import fcntl
+
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # waits (a registration takes seconds)
+            except OSError:  # no locks on this file system
+                pass
+            yield  # closing the file frees the lock
+
+
+def _open_registration_lock():
+    """The user-models folder's lock file, opened; None on Windows (no ``fcntl``) or where
+    it cannot be made (a folder not writable: writing the model says so)."""
+    try:
+        import fcntl  # noqa: F401 (only its presence)
+    except ImportError:
+        return None
+    folder = user_models_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return open(folder / REGISTRATION_LOCK_NAME, "a+", encoding="utf-8")  # noqa: SIM115
+    except OSError:
+        return None
 
 
 def _new_weights_path(name: str, replaced: Path | None) -> Path:
@@ -296,7 +358,7 @@ def _check_new_name(name: str, overwrite: bool) -> None:
             f"e.g. {name + '_finetuned'!r}"
         )
     if (user_models_dir() / f"{name}.json").exists() and not overwrite:
-        raise ValueError(
+        raise ModelNameTaken(
             f"a user model named {name!r} already exists in {user_models_dir()}; "
             "pass overwrite=True to replace it or pick another name"
         )

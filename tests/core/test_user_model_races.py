@@ -1,0 +1,113 @@
+"""Registrations of user models at the same time (two runs finishing, two scripts): both
+took a free name, and the later one's files replaced the other's model without a word."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+from napari_samtune.core import models, train_checkpoints
+from napari_samtune.core.architectures import TINY, build_sam
+from napari_samtune.core.registry import user_models_dir
+from napari_samtune.core.train_export import export_and_register
+from napari_samtune.core.user_models import (
+    REGISTRATION_LOCK_NAME,
+    ModelNameTaken,
+    register_user_model,
+)
+
+
+@pytest.fixture
+def two_weights(tmp_path):
+    """Two different tiny SAM state dicts on disk."""
+    paths = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        path = tmp_path / f"tiny{seed}.pth"
+        torch.save(build_sam(TINY).state_dict(), path)
+        paths.append(path)
+    return paths
+
+
+def _registered_from(name: str) -> str:
+    sidecar = json.loads((user_models_dir() / f"{name}.json").read_text())
+    return sidecar["registered_from"]
+
+
+def _taken_while_loading(monkeypatch, name: str, weights) -> None:
+    """Another registration of ``name`` finishes while the next one loads its weights (its
+    slow step, before it writes)."""
+    real_load, done = models.load_model, []
+
+    def load_model(*args, **kwargs):
+        loaded = real_load(*args, **kwargs)
+        if not done:
+            done.append(True)
+            register_user_model(weights, name, TINY)
+        return loaded
+
+    monkeypatch.setattr(models, "load_model", load_model)
+
+
+def test_a_name_taken_while_the_weights_load_is_refused_and_the_other_model_kept(
+    two_weights, monkeypatch
+):
+    first, second = two_weights
+    _taken_while_loading(monkeypatch, "cells", first)
+    with pytest.raises(ModelNameTaken, match="a user model named 'cells' already exists"):
+        register_user_model(second, "cells", TINY)
+    assert _registered_from("cells") == str(first.resolve())
+    assert models.load_model("cells").model_id == models.load_model(first).model_id
+
+
+def test_a_finished_run_whose_name_was_just_taken_registers_as_the_next_free_name(
+    two_weights, monkeypatch, tmp_path
+):
+    first, second = two_weights
+    monkeypatch.setattr(train_checkpoints, "export_model", lambda checkpoint, to: (second, TINY))
+    _taken_while_loading(monkeypatch, "cells", first)
+    exported, name = export_and_register(tmp_path / "last.pt", tmp_path / "run", "cells", {})
+    assert (exported, name) == (second, "cells-2")
+    assert _registered_from("cells") == str(first.resolve())
+    assert _registered_from("cells-2") == str(second.resolve())
+
+
+HOLD_THE_LOCK = """
+import fcntl, sys
+with open(sys.argv[1], "a+") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no fcntl locks on Windows")
+def test_a_registration_waits_for_another_process_s(two_weights):
+    """The lock is what keeps processes apart: held elsewhere, a registration waits."""
+    user_models_dir().mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_LOCK, str(user_models_dir() / REGISTRATION_LOCK_NAME)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        registration = threading.Thread(
+            target=register_user_model, args=(two_weights[0], "cells", TINY)
+        )
+        registration.start()
+        time.sleep(1.5)  # loading the tiny weights takes well under a second
+        assert registration.is_alive()
+        assert not (user_models_dir() / "cells.json").exists()
+    finally:
+        holder.communicate("", timeout=30)
+    registration.join(30)
+    assert not registration.is_alive()
+    assert _registered_from("cells") == str(two_weights[0].resolve())
