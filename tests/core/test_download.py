@@ -59,6 +59,7 @@ def test_corrupt_download_raises_and_leaves_nothing(server, tmp_path):
     with pytest.raises(DownloadError, match="published hash") as info:
         download_file(server.url("/w.pt"), folder / "w.pt", XXH128, progress=lambda *a: None)
     assert str(folder / "w.pt") in str(info.value)
+    assert "If it happens again, the server sends another file" in str(info.value)
     assert _leftovers(folder) == []
 
 

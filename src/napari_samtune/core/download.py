@@ -18,6 +18,7 @@ the size and hash recorded for them (:func:`local_weights_problem`).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from pathlib import Path
@@ -29,10 +30,11 @@ from napari_samtune.core.fetch import (
     DEFAULT_TIMEOUT,
     DownloadError,
     ProgressCallback,
+    drop_leftover_partials,
     fetch,
     new_hasher,
 )
-from napari_samtune.core.registry import ModelSpec, parse_hash
+from napari_samtune.core.registry import ModelSpec, models_cache_dir, parse_hash
 
 WRONG_HASH_SUFFIX = ".wrong-hash"  # a file with the wrong hash is moved to <name><suffix>[-n]
 
@@ -101,12 +103,52 @@ def is_verified(path: str | Path, file_hash: str) -> bool:
     return path.is_file() and mismatched_digest(path, file_hash) is None
 
 
-def _move_aside(dest: Path, expected_hash: str, found: str) -> str:
-    """Move the file at ``dest`` (which has digest ``found``) out of the way of a download, to
-    the first free ``<name>.wrong-hash[-n]`` next to it; returns the sentence that says so."""
+_PRESENT = "present"  # _present_or_mismatch: the file is there, with the hash asked for
+
+
+def _file_identity(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, modification time) of the file at ``path``; None where there is none."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def _present_or_mismatch(
+    dest: Path, expected_hash: str | None
+) -> str | tuple[str, tuple[int, int, int]] | None:
+    """:data:`_PRESENT` when ``dest`` holds the file (any file without ``expected_hash``),
+    None when nothing is there, else (the digest it has, its identity) for moving it aside.
+
+    Hashing a large file takes seconds, in which another download may put the published
+    file in place, or move this one aside: a file that changed while it was hashed is
+    looked at again, so that a good file is never moved aside (it was, with a message
+    naming the other file's hash) and a vanished one is no error."""
+    while True:
+        identity = _file_identity(dest)
+        if identity is None or not dest.is_file():
+            return None
+        if expected_hash is None:
+            return _PRESENT
+        try:
+            found = mismatched_digest(dest, expected_hash)
+        except FileNotFoundError:  # moved aside meanwhile by another download
+            continue
+        if found is None:
+            return _PRESENT
+        if _file_identity(dest) == identity:
+            return found, identity
+
+
+def _move_aside(dest: Path, expected_hash: str, found: str, identity: tuple) -> str:
+    """Move the file at ``dest`` (which has digest ``found``; ``identity`` as
+    :func:`_file_identity` gives it) out of the way of a download, to the first free
+    ``<name>.wrong-hash[-n]`` next to it; returns the sentence that says so, or '' when
+    another download moved it first."""
     algorithm, expected = parse_hash(expected_hash)
     what = (
-        f"{dest} ({dest.stat().st_size} bytes) has {algorithm} {found}, not the published "
+        f"{dest} ({identity[1]} bytes) has {algorithm} {found}, not the published "
         f"{expected}: it is not the published file (an unfinished download, or a web page "
         "saved in its place?)"
     )
@@ -117,6 +159,8 @@ def _move_aside(dest: Path, expected_hash: str, found: str) -> str:
     aside = dest.with_name(first_free(dest.name + WRONG_HASH_SUFFIX, taken))
     try:
         dest.rename(aside)
+    except FileNotFoundError:
+        return ""
     except OSError as err:
         raise DownloadError(
             f"{what}; it could not be moved aside to {aside} to make room for the download "
@@ -156,12 +200,11 @@ def download_file(
     dest = Path(dest)
     if expected_hash is not None:
         parse_hash(expected_hash)  # a malformed hash is a ValueError before any network use
-    moved = ""
-    if dest.is_file():
-        found = None if expected_hash is None else mismatched_digest(dest, expected_hash)
-        if found is None:
-            return dest
-        moved = _move_aside(dest, expected_hash, found)
+    found = _present_or_mismatch(dest, expected_hash)
+    if found is _PRESENT:
+        drop_leftover_partials(dest)
+        return dest
+    moved = "" if found is None else _move_aside(dest, expected_hash, *found)
     try:
         stamp_path(dest).unlink(missing_ok=True)
     except OSError as err:  # e.g. SAMTUNE_CACHE_DIR is a file: said as a failed write is
@@ -180,6 +223,7 @@ def download_file(
         _log.warning("%s; the published file was downloaded from %s in its place", moved, url)
     if expected_hash is not None:
         write_stamp(dest, expected_hash)  # fetch checked the hash of what arrived
+    drop_leftover_partials(dest)
     return dest
 
 
@@ -252,7 +296,12 @@ def ensure_model_file(
         return _local_model_file(spec)
     path = spec.local_path()
     if download:
-        return download_file(spec.url, path, spec.file_hash, progress)
+        try:
+            return download_file(spec.url, path, spec.file_hash, progress)
+        except OSError as err:
+            if err.errno not in _FOLDER_ERRNOS:
+                raise
+            raise _with_cache_folder_hint(err) from err
     found = None
     if path.is_file() and spec.file_hash is not None:
         found = mismatched_digest(path, spec.file_hash)
@@ -271,6 +320,26 @@ def ensure_model_file(
         f"model {spec.name!r} is not downloaded ({path} {problem}) and downloading is off. "
         f"Allow downloading{replace}, or download {spec.url} in a browser and save it as {path}"
     )
+
+
+# a download's folder cannot take it: read-only, not a folder, full (write_error's errnos)
+_FOLDER_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in ("EROFS", "EACCES", "EPERM", "EEXIST", "ENOTDIR", "ENOSPC", "EDQUOT")
+    if hasattr(errno, name)
+)
+
+
+def _with_cache_folder_hint(err: OSError) -> OSError:
+    """``err`` (same type and errno) saying how to download the models elsewhere: its
+    "choose another folder" did not say how."""
+    hint = (
+        f"downloaded models are kept in {models_cache_dir()}; to keep them elsewhere, set "
+        "SAMTUNE_CACHE_DIR to a folder you can write to (they go into its 'models' folder)"
+    )
+    worded = type(err)(f"{err}. {hint}")
+    worded.errno = err.errno
+    return worded
 
 
 def download_status(spec: ModelSpec) -> Literal["verified", "present", "missing"]:

@@ -23,6 +23,7 @@ keeps no partial file.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import http.client
 import os
@@ -36,7 +37,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from napari_samtune import __version__
-from napari_samtune.core.checkpoints import same_file, try_lock, write_error
+from napari_samtune.core.checkpoints import (
+    ABANDONED_WRITE_SECONDS,
+    remove_abandoned_writes,
+    same_file,
+    try_lock,
+    write_error,
+)
 from napari_samtune.core.registry import parse_hash
 
 ProgressCallback = Callable[[int, "int | None"], None]  # (bytes_done, bytes_total or None)
@@ -173,7 +180,9 @@ def _stream(
 ) -> None:
     done = start
     _call_progress(report, done, total)
-    while chunk := response.read(CHUNK_SIZE):
+    # read1: what has arrived, up to a chunk; read() waited for a whole MB, so a slow link
+    # showed no progress, and a stop or timeout lost what had arrived of the chunk
+    while chunk := response.read1(CHUNK_SIZE):
         with _disk_errors(out):
             out.write(chunk)
         hasher.update(chunk)
@@ -236,6 +245,28 @@ def _claim_partial(dest: Path) -> tuple[BinaryIO, Path, bool]:
             private = part.with_name(f"{part.name}-{secrets.token_hex(4)}")
             return _open_new(private, dest, "xb"), private, False
         # else the download holding it just put it in place: open the new partial file
+
+
+def drop_leftover_partials(dest: Path, max_age_s: float = ABANDONED_WRITE_SECONDS) -> None:
+    """Delete what unfinished downloads of ``dest`` left that nothing will resume: its
+    partial file once ``dest`` is in place (saved by hand, or by another download) and no
+    download holds it; the private files of downloads that ran beside another, once
+    untouched for ``max_age_s`` (a running one writes every second; a killed one leaves
+    them, up to a model's size each)."""
+    remove_abandoned_writes(dest.parent, f"{glob.escape(partial_path(dest).name)}-*", max_age_s)
+    part = partial_path(dest)
+    if not (dest.is_file() and part.is_file()):
+        return
+    try:
+        import fcntl
+    except ImportError:  # no locks: another download may be writing it
+        return
+    try:
+        with open(part, "ab") as out:
+            if try_lock(fcntl, out) and same_file(out, part):
+                part.unlink()
+    except OSError:  # gone meanwhile, or not ours to delete
+        pass
 
 
 def _failure_reason(err: Exception) -> str:
@@ -351,12 +382,19 @@ def _check_digest(digest: str, file_hash: str | None, url: str, dest: Path, star
     algorithm, expected = parse_hash(file_hash)
     if digest == expected:
         return
-    resumed = f" (resumed at byte {start} of an earlier download)" if start else ""
+    if start:  # the earlier part may be what was wrong: starting afresh may succeed
+        resumed = f" (resumed at byte {start} of an earlier download)"
+        advice = "The next download starts from zero: try again"
+    else:
+        resumed = ""
+        advice = (
+            "If it happens again, the server sends another file (a login or error page?) "
+            "or the file changed there"
+        )
     raise _NotPlaced(
         DownloadError(
             f"the file downloaded from {url}{resumed} has {algorithm} {digest}, but the "
-            f"published hash is {expected}: it is corrupt or was changed on the server, so "
-            f"it was not kept and the next download starts from zero. Try again later; "
+            f"published hash is {expected}: it is corrupt, so it was not kept. {advice}. "
             f"{_manual_hint(url, dest)}"
         )
     )
