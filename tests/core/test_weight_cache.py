@@ -107,3 +107,26 @@ def test_a_fast_tinyvit_given_new_weights_uses_them(precision, monkeypatch):
     torch.testing.assert_close(
         _embedding(sam, pixels, precision), _embedding(trained, pixels, precision), rtol=0, atol=0
     )
+
+
+def test_a_segmenter_made_after_weights_changed_through_data_uses_them(monkeypatch):
+    """``p.data.copy_(q)`` bumps no version counter: a Segmenter made for the model after such
+    a change embedded with a mix of the old kept weights and the new ones (and cached that
+    embedding under the new model id)."""
+    from napari_samtune.core.predict import Segmenter
+
+    monkeypatch.setattr(onednn, "fused_linears_pay", lambda: True)  # every kept path, any CPU
+    sam, other = _fast_tiny_tinyvit(0), _fast_tiny_tinyvit(1)
+    image = (torch.rand(1024, 1024) * 255).to(torch.uint8).numpy()
+    first = Segmenter(sam, model_id="first", use_disk_cache=False)
+    first.set_image(image)
+    pairs = zip(
+        [*sam.parameters(), *sam.buffers()], [*other.parameters(), *other.buffers()], strict=True
+    )
+    for mine, theirs in pairs:
+        mine.data.copy_(theirs.data)
+    again = Segmenter(sam, model_id="second", use_disk_cache=False)
+    again.set_image(image)
+    reference = Segmenter(other, model_id="reference", use_disk_cache=False)
+    reference.set_image(image)
+    torch.testing.assert_close(again.features(0), reference.features(0), rtol=0, atol=0)

@@ -39,6 +39,7 @@ from napari_samtune.core.images import as_pixels, check_some_pixel_finite, to_sa
 from napari_samtune.core.mask_windows import Window, upscaled_window
 from napari_samtune.core.models import state_dict_digest
 from napari_samtune.core.registry import WEIGHTS_ID_PREFIX
+from napari_samtune.core.weight_cache import forget_kept
 
 DECODER_VIEWS_KEPT = 4  # views whose decoder tokens stay in memory between prompts
 
@@ -67,6 +68,7 @@ class ViewPredictor:
             )
         target = model.device if device is None else resolve_device(device)
         self.model = use_fast_paths(model.to(target).eval())
+        forget_kept(self.model)  # weights changed through .data since would go unseen
         self.compute_dtype = autocast_dtype(self.model.device, precision)
         if self.model.device.type == "cpu":
             tune_cpu_allocator()

@@ -47,3 +47,12 @@ def kept(
     value = prepare()
     entries[key] = (tuple(tensors), stamp, value)
     return value
+
+
+def forget_kept(model: torch.nn.Module) -> None:
+    """Drop every result :func:`kept` holds on ``model``'s modules; they are made again at
+    their next use. Weights changed through ``.data`` (``p.data.copy_(q)``) bump no version
+    counter, so a kept result would outlive them: a Segmenter made for a model starts
+    afresh, as one made for new weights must."""
+    for module in model.modules():
+        module.__dict__.pop(_ATTRIBUTE, None)
