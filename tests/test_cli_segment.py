@@ -929,8 +929,7 @@ def test_a_bad_image_in_a_batch_does_not_stop_the_others(
     (tmp_path / "broken.tif").write_text("not a tiff")
     (tmp_path / "image_labels.tif").write_bytes(path.read_bytes())  # named as labels: left out
     out = tmp_path / "out"
-    inputs = [tmp_path / "broken.tif", path, tmp_path / "image_labels.tif"]
-    code = segment(tiny_checkpoint, inputs, out, *AUTO)
+    code = segment(tiny_checkpoint, [tmp_path], out, *AUTO)  # (files given by name all count)
     assert code == 1
     assert sorted(p.name for p in out.iterdir()) == ["image.labels.tif", "image.prompts.json"]
     captured = capsys.readouterr()

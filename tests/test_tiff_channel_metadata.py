@@ -96,8 +96,9 @@ def test_segment_takes_the_declared_channels(tmp_path, tiny_checkpoint, channels
     stack = tmp_path / "stack.tif"
     tifffile.imwrite(stack, np.stack([pixels[:2]] * 3), imagej=True, metadata={"axes": "ZCYX"})
     assert segment(tiny_checkpoint, stack, tmp_path / "s.tif", "--stack") == 2
-    assert f"channels on axis 1, as {stack}'s metadata says: image has 2 channels; pass " in (
-        capsys.readouterr().err
+    assert (
+        f"channels on axis 1, as {stack}'s metadata says: image has 2 channels (0..1); pass "
+        in (capsys.readouterr().err)
     )
     assert segment(tiny_checkpoint, stack, tmp_path / "s.tif", "--stack", "--channels", "1") == 0
     given = ("--stack", "--channels", "1", "--channel-axis", "1")

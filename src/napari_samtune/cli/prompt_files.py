@@ -70,11 +70,18 @@ def _read_table(path: Path) -> tuple[list[str], Rows]:
         raise ValueError(f"prompt file {str(path)!r} is a folder; give the CSV file in it")
     if not path.is_file():
         raise ValueError(f"prompt file {str(path)!r} does not exist")
-    with path.open(newline="", encoding="utf-8-sig") as handle:  # Excel writes a BOM
-        reader = csv.DictReader(handle)
-        header = [name.strip().lower() for name in reader.fieldnames or []]
-        reader.fieldnames = header
-        rows = [(reader.line_num, row) for row in reader]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:  # Excel writes a BOM
+            reader = csv.DictReader(handle)
+            header = [name.strip().lower() for name in reader.fieldnames or []]
+            reader.fieldnames = header
+            rows = [(reader.line_num, row) for row in reader]
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"prompt file {str(path)!r} is not UTF-8 text (byte {err.start} is "
+            f"{err.object[err.start : err.start + 1]!r}): give a CSV file of prompts, "
+            "saved as UTF-8 (Excel: 'CSV UTF-8'; napari's File > Save Selected Layers as .csv)"
+        ) from None
     _refuse_repeated(path, header)
     for line, row in rows:
         # values beyond the header's columns would be ignored (empty ones, a trailing comma, are)

@@ -359,10 +359,15 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
             f"-o {str(out_dir)!r} names a TIFF file, but a folder, a glob or several images "
             f"write one labels file each into a folder; give a folder, e.g. {out_dir.stem}"
         )
-    labelled = [f for f in files if is_label_file(f)]  # e.g. earlier outputs in the same folder
+    named = {spec for spec in args.image if spec.is_file()}  # given by name: never left out
+    # e.g. earlier outputs in the same folder
+    labelled = [f for f in files if is_label_file(f) and f not in named]
     if labelled:
-        print(f"leaving out {len(labelled)} file(s) named as labels, e.g. {labelled[0].name}")
-    images = [f for f in files if not is_label_file(f)]
+        print(
+            f"leaving out {len(labelled)} file(s) named as labels, e.g. {labelled[0].name} "
+            "(name an image to segment it all the same)"
+        )
+    images = [f for f in files if f not in labelled]
     outputs = {f: _output_for(f, out_dir) for f in images}
     by_output: dict[Path, list[str]] = {}
     for image, output in outputs.items():

@@ -112,12 +112,8 @@ class Planes:
                     f"--stack: {path} has shape {image.shape!r}, a single 2D plane; "
                     "leave out --stack"
                 )
-            if image.ndim == 3 and image.shape[-1] <= 4:  # each plane a few pixels wide
-                raise ValueError(
-                    f"--stack: {path} has shape {image.shape!r}, an image with "
-                    f"{image.shape[-1]} channels last (RGB, RGBA...), not a stack: its "
-                    f"planes would be {image.shape[1]}x{image.shape[2]} pixels; leave out --stack"
-                )
+            _refuse_thin_planes(path, image.shape)
+            _refuse_planes_on_two_axes(path, axes, image.shape)
             self.image, axis = planes_first(image, channel_axis)  # (C, Z, H, W) too
             try:
                 self.channel_axis = plane_channel_axis(axis, image.ndim)
@@ -128,6 +124,7 @@ class Planes:
         except ValueError as err:
             if declared is not None:
                 stack = "; pass --stack to segment each plane" if image.ndim > 3 else ""
+                stack = "" if self.stacked else stack
                 raise ValueError(f"{option}: {err}{stack}") from None
             if given is not None or image.ndim < 3:
                 raise  # the hints below are for an image given without channel options
@@ -173,6 +170,43 @@ def _one_plane_with_axes_of_one_entry(shape: tuple[int, ...]) -> bool:
     one plane, which is segmented as it should be."""
     longer = [axis for axis, size in enumerate(shape) if size > 1]
     return len(longer) == 2 and longer != [len(shape) - 2, len(shape) - 1]
+
+
+THINNEST_PLANE = 16  # pixels: a stack whose planes would be thinner is read the wrong way
+
+
+def _refuse_thin_planes(path: Path, shape: tuple[int, ...]) -> None:
+    """--stack reads (Z, H, W): a (H, W, C) image or a stack saved planes last (as MATLAB
+    saves them) would be segmented as H slivers a few pixels wide, without a word."""
+    if len(shape) != 3 or shape[-1] >= min(THINNEST_PLANE, shape[0]):
+        return
+    if shape[-1] <= 4:
+        raise ValueError(
+            f"--stack: {path} has shape {shape!r}, an image with {shape[-1]} channels last "
+            f"(RGB, RGBA...), not a stack: its planes would be {shape[1]}x{shape[2]} pixels; "
+            "leave out --stack"
+        )
+    raise ValueError(
+        f"--stack: {path} has shape {shape!r}: its planes would be {shape[1]}x{shape[2]} "
+        f"pixels, so its {shape[-1]} planes are probably on the last axis; --stack needs "
+        "them first (Z, H, W): save it again with the planes first, e.g. in Python "
+        "tifffile.imwrite(out, numpy.moveaxis(image, -1, 0))"
+    )
+
+
+def _refuse_planes_on_two_axes(path: Path, axes: str, shape: tuple[int, ...]) -> None:
+    """A hyperstack of time points and z planes (ImageJ's TZCYX): --stack goes through
+    planes along one axis; taken as channels, one of the two lost its planes."""
+    if len(axes) != len(shape):
+        return
+    # named ones only: tifffile calls the axes of an array saved without metadata Q
+    along = [axis for axis, size in zip(axes, shape, strict=True) if axis in "TZ" and size > 1]
+    if len(along) > 1:
+        raise ValueError(
+            f"--stack: {path} has axes {axes} (shape {shape!r}), planes along "
+            f"{' and '.join(along)}; --stack segments planes along one axis: save each "
+            f"{along[0]} (e.g. each time point) as its own file and segment those"
+        )
 
 
 def _stack_channels_unclear(path: Path, shape: tuple[int, ...]) -> ValueError:

@@ -216,9 +216,10 @@ def _select_channels(
             return image[..., :3]
         if n_channels == 1:
             return image[..., 0]
+        three = " or channels=[0, 1, 2] to use three of them as RGB" if n_channels > 2 else ""
         raise ValueError(
-            f"image has {n_channels} channels; pass channels=[i] to use one of them "
-            "or channels=[i, j, k] to use three as RGB"
+            f"image has {n_channels} channels (0..{n_channels - 1}); pass channels=[0] to "
+            f"use one of them (here the first){three}"
         )
     if len(chosen) not in (1, 3) or any(not 0 <= c < n_channels for c in chosen):
         raise ValueError(

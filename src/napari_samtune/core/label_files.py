@@ -131,7 +131,7 @@ def expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike], what: st
             return files
         path = Path(text)
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in TIFF_SUFFIXES)
+            files = sorted(p for p in path.iterdir() if _listed(p))
             if not files:
                 raise ValueError(f"{what} folder {text!r} contains no .tif/.tiff files")
             return files
@@ -150,6 +150,13 @@ def expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike], what: st
     if not files:
         raise ValueError(f"{what} is an empty list; give files, a folder or a glob pattern")
     return files
+
+
+def _listed(path: Path) -> bool:
+    """Whether a folder's entry ``path`` is one of its TIFF files: not a folder, and not
+    hidden (the ``._name.tif`` that macOS copies beside each file onto other disks hold no
+    image, and clashed with the images' names)."""
+    return path.suffix.lower() in TIFF_SUFFIXES and not path.name.startswith(".") and path.is_file()
 
 
 def _kind(spec) -> str:

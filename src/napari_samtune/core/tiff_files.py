@@ -26,18 +26,22 @@ def read_tiff_with_axes(path: Path) -> tuple[np.ndarray, str]:
 
     if path.suffix.lower() not in TIFF_SUFFIXES:
         raise ValueError(f"file {str(path)!r} is not a TIFF file; save images as .tif")
-    pixels, axes = None, ""
+    pixels, axes, shapes = None, "", []
     with _tifffile_log() as logged:
         try:
             with tifffile.TiffFile(path) as tif:  # as tifffile.imread reads it
-                # every core: tifffile's default is half of them (one on a 2-core machine,
-                # where a zlib-compressed 60 x 2048 x 2048 labels stack took 2.8-3.4 s
-                # instead of 1.4-1.6)
-                pixels = tif.asarray(maxworkers=os.cpu_count() or 1)
-                axes = tif.series[0].axes
+                shapes = [tuple(series.shape) for series in tif.series]
+                if len(shapes) == 1:
+                    # every core: tifffile's default is half of them (one on a 2-core
+                    # machine, where a zlib-compressed 60 x 2048 x 2048 labels stack took
+                    # 2.8-3.4 s instead of 1.4-1.6)
+                    pixels = tif.asarray(maxworkers=os.cpu_count() or 1)
+                    axes = tif.series[0].axes
         except Exception as err:  # tifffile raises several types for files it cannot parse
             logged.append(str(err))
             pixels = None
+    if len(shapes) > 1:
+        raise ValueError(several_series_problem(path, shapes))
     if pixels is None or not pixels.size:  # a damaged file may read as no pixels at all
         why = "; ".join(logged) or "it holds no pixels"
         raise ValueError(
@@ -45,6 +49,20 @@ def read_tiff_with_axes(path: Path) -> tuple[np.ndarray, str]:
             "or still being written: save it again, or move it out of the folder"
         )
     return pixels, axes
+
+
+def several_series_problem(path: Path, shapes: list[tuple[int, ...]]) -> str:
+    """Why a TIFF file of several series (``shapes``: stage positions of an OME-TIFF, pages
+    of different sizes) is refused: only the first used to be read, the others were
+    dropped without a word."""
+    listed = ", ".join("x".join(map(str, shape)) for shape in shapes[:4])
+    more = f" and {len(shapes) - 4} more" if len(shapes) > 4 else ""
+    return (
+        f"{str(path)!r} holds {len(shapes)} images of their own (series: {listed}{more}), "
+        "e.g. the stage positions of a multi-position acquisition; save each as its own "
+        "file, e.g. in Python: for i, s in enumerate(tifffile.TiffFile(path).series): "
+        "tifffile.imwrite(f'position{i}.tif', s.asarray())"
+    )
 
 
 def channel_axis_named(axes: str, ndim: int) -> int | None:
