@@ -14,8 +14,12 @@ others' next exchange with it fails: :func:`peer_failures_explained` says so as 
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +30,10 @@ import torch.distributed as dist
 from torch import nn
 
 from napari_samtune.core.checkpoints import first_line
+
+_log = logging.getLogger(__name__)
+JOIN_POLL_SECONDS = 0.2  # how often the main thread wakes (to run signal handlers) while joining
+PER_PROCESS_SETTINGS = ("device", "embedding_cache_size")  # may differ between processes
 
 # How torch.distributed's backends word an exchange with a process that is gone.
 PEER_LOST_SIGNS = (
@@ -67,7 +75,7 @@ def context_from_env(device_type: str) -> DistributedContext:
     Args:
         device_type: "cuda" (NCCL backend) or anything else (gloo).
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = _world_size_from_env()
     if world_size <= 1:
         return DistributedContext()
     if not dist.is_available():
@@ -77,11 +85,96 @@ def context_from_env(device_type: str) -> DistributedContext:
         )
     owns = False
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        _check_launcher(world_size)
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if backend == "gloo":
+            _join_heeding_signals(backend)
+        else:  # (the joining thread would not be the one whose CUDA device is set)
+            dist.init_process_group(backend=backend)
         owns = True
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     return DistributedContext(
         dist.get_rank(), dist.get_world_size(), local_rank, dist.get_backend(), owns
+    )
+
+
+def _world_size_from_env() -> int:
+    text = os.environ.get("WORLD_SIZE", "1").strip() or "1"
+    if not text.isdigit():
+        raise ValueError(
+            f"WORLD_SIZE={text!r} is not a number of processes; torchrun sets it for the "
+            "processes it starts: unset it to train in one process"
+        )
+    return int(text)
+
+
+def _check_launcher(world_size: int) -> None:
+    """Refuse what joining could only wait for: torchrun's variables set by hand, without
+    the address of the process that gathers the others (the error came from deep in
+    torch.distributed, after all the data had been read). Set by hand with an address,
+    say that this process waits for the others."""
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    if missing:
+        raise ValueError(
+            f"WORLD_SIZE={world_size} asks for {world_size} training processes, but "
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: start "
+            f"the run with torchrun (e.g. torchrun --nproc-per-node {world_size} -m "
+            "napari_samtune.cli train ...), which sets them, or unset WORLD_SIZE to train in "
+            "one process"
+        )
+    if not os.environ.get("TORCHELASTIC_RUN_ID"):  # not started by torchrun
+        _log.warning(
+            "waiting for the %d processes of WORLD_SIZE=%d to join at %s:%s (not started by "
+            "torchrun: unset WORLD_SIZE to train in one process)",
+            world_size,
+            world_size,
+            os.environ["MASTER_ADDR"],
+            os.environ["MASTER_PORT"],
+        )
+
+
+def _join_heeding_signals(backend: str) -> None:
+    """``init_process_group`` in a helper thread: it waits in C++ (up to 30 minutes) for
+    processes that may never come (one whose data failed to load, a launch gone wrong),
+    and a waiting main thread runs no Python signal handler, so Ctrl+C and SIGTERM did
+    nothing. Here the main thread waits, and such a signal ends the process."""
+    failure: list[BaseException] = []
+
+    def join() -> None:
+        try:
+            dist.init_process_group(backend=backend)
+        except BaseException as err:  # handed to the main thread
+            failure.append(err)
+
+    joining = threading.Thread(target=join, name="samtune-join-process-group", daemon=True)
+    joining.start()
+    while joining.is_alive():
+        joining.join(JOIN_POLL_SECONDS)
+    if failure:
+        raise failure[0]
+
+
+def check_same_settings(ctx: DistributedContext, device: torch.device, settings: dict) -> None:
+    """Refuse a run whose processes chose different settings: ``--preset auto`` picks one
+    per machine (its memory, its processes), and machines of a cluster differ; DDP then
+    failed with "DDP expects same model across all ranks" (a frozen encoder on one
+    machine), or ranks took different numbers of steps. Compared by a 20-bit digest (whose
+    squares, summed over up to 8192 processes, stay exact in float64)."""
+    if not ctx.enabled:
+        return
+    shared = {k: v for k, v in settings.items() if k not in PER_PROCESS_SETTINGS}
+    text = json.dumps(shared, sort_keys=True, default=str)
+    digest = float(int(hashlib.sha256(text.encode()).hexdigest()[:5], 16))
+    sums = all_reduce_sum(np.array([digest, digest * digest]), ctx, device)
+    if sums[0] == ctx.world_size * digest and sums[1] == ctx.world_size * digest * digest:
+        return
+    mine = settings.get("preset") or "given options"
+    raise ValueError(
+        f"the {ctx.world_size} processes of this run chose different training settings "
+        f"(this one: {mine}, batch size {settings.get('batch_size')}, frozen "
+        f"{list(settings.get('freeze', ())) or 'nothing'}): the automatic preset is chosen "
+        "by each machine's memory; pass the same --preset (and options) to every process, "
+        f"e.g. --preset {settings.get('preset') or 'cpu-16gb'}"
     )
 
 

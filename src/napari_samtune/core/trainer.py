@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 
@@ -101,7 +101,20 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
         self.train_images, self.val_images = self._prepare_data(config, train_data, val_data)
         device = resolve_device(config.device)
         self.dist = ddp.context_from_env(device.type)
+        try:  # a process failing here leaves the group (gloo's threads aborted the exit)
+            self._set_up(config, device, resume_from)
+        except BaseException:
+            ddp.shutdown(self.dist)
+            raise
+        self.run_start = time.perf_counter()
+        self.step_seconds, self.val_seconds = [], []
+        self.stopped_by_user = self.stopped_early = False
+        self.steps_done, self.start_epoch = 0, self.progress.epoch  # of this session
+
+    def _set_up(self, config: TrainConfig, device: torch.device, resume_from) -> None:
+        """Everything after joining the process group: device, checkpoint, model, data."""
         self.device = ddp.device_for(self.dist, device)
+        ddp.check_same_settings(self.dist, self.device, asdict(config))
         if resume_from is not None:  # a run's folder means its checkpoints/last.pt
             resume_from = resolve_checkpoint(resume_from)
         checkpoint = read_checkpoint(resume_from) if resume_from is not None else None
@@ -113,10 +126,6 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
         self._setup_data()
         self._setup_optimizer(checkpoint)
         self._adopt_newer_best(checkpoint)
-        self.run_start = time.perf_counter()
-        self.step_seconds, self.val_seconds = [], []
-        self.stopped_by_user = self.stopped_early = False
-        self.steps_done, self.start_epoch = 0, self.progress.epoch  # of this session
 
     def _prepare_data(self, config: TrainConfig, train_data: TrainData, val_data: TrainData | None):
         """Training and validation images; pairs without objects go to ``self.left_out``,
