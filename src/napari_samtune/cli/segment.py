@@ -269,7 +269,8 @@ def _run(args: argparse.Namespace) -> int:
         _report_empty(labels, range(1, len(boxes) + 1), boxes.ids_from)
     made = _made_by(args, model_name, config)
     n_objects = _write_labels(args.output, labels, files[0], planes.pixels, made)
-    where = f" in {planes.count} planes" if args.stack else ""
+    found_in = int(labels.reshape(len(labels), -1).any(1).sum()) if args.stack else 0
+    where = f" in {found_in} of {planes.count} planes" if args.stack else ""
     print(
         f"{_objects(n_objects)}{where} written to {args.output} ({_using(segmenter, model_name)})"
     )
