@@ -275,6 +275,23 @@ def test_a_crashed_run_says_what_is_saved(tmp_path, folders, capsys, monkeypatch
     assert "samtune train: out of memory: choose a --preset for less memory" in err
 
 
+def test_the_note_of_a_run_stopped_under_torchrun_continues_it_under_torchrun(
+    tmp_path, monkeypatch
+):
+    """It offered a single-process ``samtune train --resume`` for a 2 x 4-process run."""
+    from napari_samtune.cli.train_report import aborted_note
+
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.pt").write_bytes(b"not read: no training state in it")
+    assert "continue it with: samtune train --resume" in aborted_note(out)
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    note = aborted_note(out)
+    assert "continue it with: torchrun --nproc-per-node 4 ... -m napari_samtune.cli train " in note
+    assert f"--resume {out} --out {out}" in note
+
+
 def test_a_refused_resume_does_not_call_the_other_run_unfinished(tmp_path, folders, capsys):
     """``--resume A --out B`` with B holding a finished run B is refused; before the refusal
     it said "the run did not finish; its checkpoints are on disk: B/..." and offered to

@@ -4,6 +4,7 @@ instead)."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -42,12 +43,22 @@ def aborted_note(out: Path, resumed: str | None = None) -> str:
     folder = shlex.quote(str(out))
     note = (
         f"the run did not finish; its checkpoints are on disk: {saved}; continue it with: "
-        f"samtune train --resume {folder} --out {folder} --images ... --labels ..."
+        f"{_train_command()} --resume {folder} --out {folder} --images ... --labels ..."
     )
     if files.best.is_file():
         best = shlex.quote(str(files.best))
         note += f", or export its best model so far: samtune export {best} -o model.pth"
     return note
+
+
+def _train_command() -> str:
+    """How the run is started again: as it was, under torchrun when it ran there."""
+    world_size = torchrun_world_size()
+    if world_size <= 1:
+        return "samtune train"
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")  # processes per machine
+    per_node = local if local.isdigit() else world_size
+    return f"torchrun --nproc-per-node {per_node} ... -m napari_samtune.cli train"
 
 
 def _best_only_note(best: Path, out: Path, resumed: str | None) -> str:
@@ -58,7 +69,7 @@ def _best_only_note(best: Path, out: Path, resumed: str | None) -> str:
         return ""
     export = f"samtune export {shlex.quote(str(best))} -o model.pth"
     if resumed is not None and Path(resumed).is_file():
-        again = f"samtune train --resume {shlex.quote(resumed)} --out {shlex.quote(str(out))}"
+        again = f"{_train_command()} --resume {shlex.quote(resumed)} --out {shlex.quote(str(out))}"
         return (
             f"the run did not finish and wrote no last.pt in {out}; continue it from the "
             f"checkpoint it resumed from: {again} --images ... --labels ..., or export the "
