@@ -138,3 +138,15 @@ def test_the_channels_hint_gives_what_the_option_takes(tmp_path, tiny_checkpoint
     assert "pass --channels 0 to use one of them (here the first)" in err
     assert "[i]" not in err
     assert segment(tiny_checkpoint, [path], tmp_path / "o.tif", *AUTO, "--channels", "0") == 0
+
+
+def test_a_prompt_file_without_a_header_row_is_told_so(tmp_path, tiny_checkpoint, capsys):
+    """It said "column(s) ['10'] appear more than once in the header"."""
+    image = tmp_path / "image.tif"
+    tifffile.imwrite(image, _plane(1))
+    points = tmp_path / "points.csv"
+    points.write_text("10,10\n20,20\n")
+    assert segment(tiny_checkpoint, [image], tmp_path / "o.tif", "--points", str(points)) == 2
+    err = capsys.readouterr().err
+    assert "its first line 10,10 holds numbers, not column names" in err
+    assert "add one as its first line, e.g. x,y" in err and "more than once" not in err

@@ -82,12 +82,26 @@ def _read_table(path: Path) -> tuple[list[str], Rows]:
             f"{err.object[err.start : err.start + 1]!r}): give a CSV file of prompts, "
             "saved as UTF-8 (Excel: 'CSV UTF-8'; napari's File > Save Selected Layers as .csv)"
         ) from None
+    if header and all(_is_number(name) for name in header):
+        raise ValueError(
+            f"{path}: its first line {','.join(header)} holds numbers, not column names: "
+            "the file has no header row; add one as its first line, e.g. x,y for points "
+            "(x_min,y_min,x_max,y_max for boxes)"
+        )
     _refuse_repeated(path, header)
     for line, row in rows:
         # values beyond the header's columns would be ignored (empty ones, a trailing comma, are)
         if any(value.strip() for value in row.get(None, [])):
             _too_many_values(path, line, header, row)
     return header, rows
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _refuse_repeated(path: Path, header: list[str]) -> None:
