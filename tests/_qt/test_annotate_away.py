@@ -165,3 +165,29 @@ def test_unsaved_edits_are_kept_when_a_prompt_layer_of_their_image_was_removed(
     assert [record["ids"] for record in widget.session.records] == [[1], [2]]
     assert widget.undo()
     assert not (widget.session.annotations == 2).any()
+
+
+@pytest.mark.parametrize("answer", ["Cancel", "Save", "Discard"])
+def test_a_person_closing_napari_with_unsaved_edits_is_asked_to_save_them(
+    two_images, qtbot, monkeypatch, close_blocker, tmp_path, answer
+):
+    """The window closed at once, with only a warning in it: the edits were lost."""
+    from qtpy.QtWidgets import QMessageBox
+
+    viewer, widget = two_images
+    window = viewer.window._qt_window
+    closes = close_blocker(window)  # the widget's filter, installed by the edit, comes first
+    before = tifffile.imread(tmp_path / "cells0.labels.tif")
+    _edit_without_autosave(widget, qtbot)
+    edited = viewer.layers["cells0 annotations"].data.copy()
+    asked = []
+    button = getattr(QMessageBox.StandardButton, answer)
+    monkeypatch.setattr(QMessageBox, "question", lambda *args: asked.append(args[2]) or button)
+    window.close(quit_app=False, confirm_need=False)  # napari's menu, a person's close
+    assert len(asked) == 1 and "'cells0'" in asked[0]
+    saved = tifffile.imread(tmp_path / "cells0.labels.tif")
+    np.testing.assert_array_equal(saved, edited if answer == "Save" else before)
+    assert closes.count == (0 if answer == "Cancel" else 1)  # Cancel: napari stays open
+    if answer == "Cancel":  # asked again at the next close, still unsaved
+        window.close(quit_app=False, confirm_need=False)
+        assert len(asked) == 2

@@ -21,7 +21,8 @@ from qtpy.QtWidgets import QFileDialog
 from napari_samtune._qt.annotate_jobs import SAVE_TASK
 from napari_samtune._qt.annotate_notes import found_where
 from napari_samtune._qt.annotate_restore import restore_pending
-from napari_samtune._qt.dock_life import main_window_of
+from napari_samtune._qt.dock_life import closed_by_code, main_window_of
+from napari_samtune._qt.unsaved_close import settle_unsaved
 from napari_samtune._qt.workers import user_message
 from napari_samtune.core.annotation_files import (
     annotation_paths,
@@ -366,6 +367,13 @@ class AnnotateFilesMixin:
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)
         if event.type() == QEvent.Type.Close:  # the viewer's window
+            if self._not_autosaved and not closed_by_code(event, watched):  # a person: ask
+                self.flush_autosave()
+                folder = self.annotation_folder()
+                close, self._not_autosaved = settle_unsaved(self, self._not_autosaved, folder)
+                if not close:
+                    event.ignore()
+                    return True
             self.flush_autosave()
             self._save_automatic_so_far()
             self._say_not_autosaved("napari closes")

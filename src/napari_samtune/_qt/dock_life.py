@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from qtpy.QtCore import QEvent, QObject
+from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtWidgets import QMainWindow, QWidget
 
 
@@ -41,3 +41,22 @@ def on_removed(widget: QWidget, callback: Callable[[], None]) -> None:
     button on a dock (``remove_dock_widget``) un-parents the widget and sends it no close
     event, so a widget that binds keys or runs work would otherwise go on unseen."""
     _RemovalWatcher(widget, callback)
+
+
+def closed_by_code(event: QEvent, window: QObject) -> bool:
+    """Whether ``event``, a close of napari's ``window``, comes from ``Viewer.close()`` (a
+    script, which cannot wait or be asked) rather than a person (the window's button, or
+    napari's menu and keys, whose close events are not spontaneous either)."""
+    return not event.spontaneous() and _viewer_closed_already(window)
+
+
+def _viewer_closed_already(window: QObject) -> bool:
+    """Whether the canvas of napari's ``window`` was closed before the window:
+    ``Viewer.close()`` does so, and tears everything down right after; napari's menu and
+    keys close the window (a close event that is not spontaneous either) with it open."""
+    central = window.centralWidget() if isinstance(window, QMainWindow) else None
+    layout = central.layout() if central is not None else None
+    canvas = layout.itemAt(0).widget() if layout is not None and layout.count() else None
+    if canvas is None:  # not napari's layout: taken as a close by code, which waits
+        return True
+    return canvas.isHidden() and canvas.testAttribute(Qt.WidgetAttribute.WA_WState_ExplicitShowHide)

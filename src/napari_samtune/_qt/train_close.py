@@ -12,10 +12,10 @@ its ``runner``, ``stop``, ``is_running``, ``status_label`` and ``_on_run_ended``
 
 from __future__ import annotations
 
-from qtpy.QtCore import QEvent, QObject, Qt, QTimer
-from qtpy.QtWidgets import QMainWindow, QMessageBox, QWidget
+from qtpy.QtCore import QEvent, QObject, QTimer
+from qtpy.QtWidgets import QMessageBox, QWidget
 
-from napari_samtune._qt.dock_life import main_window_of
+from napari_samtune._qt.dock_life import closed_by_code, main_window_of
 from napari_samtune._qt.train_run import TRAIN_TASK
 
 
@@ -37,7 +37,7 @@ class TrainCloseMixin:
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)
         if event.type() != QEvent.Type.Close or not self.is_running:
             return super().eventFilter(watched, event)
-        if not event.spontaneous() and _viewer_closed_already(watched):
+        if closed_by_code(event, watched):
             self.finish_now()  # napari.Viewer.close(), a script: it cannot wait
             return False
         if self.close_after_run(ask=True):  # a person: asked, then closed once saved
@@ -78,15 +78,3 @@ class TrainCloseMixin:
         window, self._close_when_ended = self._close_when_ended, None
         if window is not None:
             QTimer.singleShot(0, window.close)
-
-
-def _viewer_closed_already(window: QObject) -> bool:
-    """Whether the canvas of napari's ``window`` was closed before the window:
-    ``Viewer.close()`` does so, and tears everything down right after; napari's menu and
-    keys close the window (a close event that is not spontaneous either) with it open."""
-    central = window.centralWidget() if isinstance(window, QMainWindow) else None
-    layout = central.layout() if central is not None else None
-    canvas = layout.itemAt(0).widget() if layout is not None and layout.count() else None
-    if canvas is None:  # not napari's layout: taken as a close by code, which waits
-        return True
-    return canvas.isHidden() and canvas.testAttribute(Qt.WidgetAttribute.WA_WState_ExplicitShowHide)
