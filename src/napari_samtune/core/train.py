@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from napari_samtune.core import distributed as ddp
@@ -91,14 +91,42 @@ def iter_train(
             ddp.shutdown(trainer.dist)
 
 
-def _folder_held(trainer: Trainer) -> AbstractContextManager:
+@contextmanager
+def _folder_held(trainer: Trainer) -> Iterator[None]:
     """The run folder's training lock (rank 0's), unless this process holds it already
     (the command line and the training widget take it first): a run of another process
-    into the folder is refused instead of writing over this one's checkpoints."""
+    into the folder is refused instead of writing over this one's checkpoints; and so is
+    a second run of this process (a notebook's training thread started twice), which the
+    lock held by this process let in: two runs wrote one folder, one model lost unsaid."""
     out_dir = trainer.out_dir
-    if not trainer.dist.is_main or holds_training_lock(out_dir):
-        return nullcontext()
-    return training_lock(out_dir)
+    if not trainer.dist.is_main:
+        yield
+        return
+    lock = nullcontext() if holds_training_lock(out_dir) else training_lock(out_dir)
+    with lock, _one_run_at_a_time(out_dir):
+        yield
+
+
+_running_in: set[Path] = set()  # folders a run of this process trains in
+_running_in_lock = threading.Lock()
+
+
+@contextmanager
+def _one_run_at_a_time(out_dir: Path) -> Iterator[None]:
+    key = Path(out_dir).resolve()
+    with _running_in_lock:
+        if key in _running_in:
+            raise ValueError(
+                f"out_dir {str(out_dir)!r} is in use by another training run of this process "
+                "(another thread), which is still going; wait for it to finish, or choose "
+                "another folder"
+            )
+        _running_in.add(key)
+    try:
+        yield
+    finally:
+        with _running_in_lock:
+            _running_in.discard(key)
 
 
 def _check_stop_event(stop_event: object) -> None:
