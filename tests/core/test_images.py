@@ -308,3 +308,22 @@ def test_non_finite_pixels_leave_the_finite_ones_scaled_as_on_their_own(rng, fil
         rgb = to_sam_rgb(holed)
     np.testing.assert_array_equal(rgb[~holes, 0], rescale_to_uint8(image[~holes]))
     assert (rgb[holes] == shade).all()
+
+
+def test_a_fourth_channel_that_varies_is_said_to_be_left_out():
+    """A 4-channel fluorescence image (H, W, 4) with its signal in channel 3 was read as
+    RGBA and the channel dropped unsaid: SAM saw black."""
+    import warnings
+
+    from napari_samtune.core.images import to_sam_rgb
+
+    image = np.zeros((32, 40, 4), np.uint16)
+    image[8:20, 10:30, 3] = 1000
+    with pytest.warns(UserWarning, match=r"4th channel .* is not used, yet it varies"):
+        rgb = to_sam_rgb(image)
+    assert rgb.shape == (32, 40, 3) and not rgb.any()
+    assert to_sam_rgb(image, channels=[3]).max() == 255  # what the warning says to pass
+    image[..., 3] = 7  # an alpha channel that holds nothing: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        to_sam_rgb(image)

@@ -18,6 +18,7 @@ The one documented rule (used identically at inference and in training):
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -212,6 +213,15 @@ def _select_channels(
     image = np.moveaxis(image, channel_axis, -1)
     n_channels = image.shape[-1]
     if chosen is None:
+        if n_channels == 4 and np.ptp(image[..., 3]) > 0:
+            warnings.warn(
+                f"image of shape {image.shape!r} is taken as RGBA, so its 4th channel "
+                "(axis -1, index 3) is not used, yet it varies: if it holds a channel of "
+                "its own (4-channel fluorescence), pass channels=[3] (or three indices) to "
+                "choose what SAM sees",
+                UserWarning,
+                stacklevel=3,
+            )
         if n_channels in (3, 4):  # RGB, or RGBA whose alpha carries no content
             return image[..., :3]
         if n_channels == 1:
