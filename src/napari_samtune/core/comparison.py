@@ -60,12 +60,25 @@ def _by_model(results: object) -> Mapping[str, Any]:
     """``results`` as {model: metrics}, from a mapping or a list of (model, metrics) pairs
     (which raised "'list' object has no attribute 'items'")."""
     if isinstance(results, Mapping):
-        return results
+        return _without_repeats(list(results.items()))
     pairs = list(results) if isinstance(results, (list, tuple)) else None
     if pairs is None or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
         raise TypeError(
             f"results is a {type(results).__name__}; pass {{model name: metrics}}, e.g. "
             "{'vit_b': evaluation}, or a list of (model name, metrics) pairs"
+        )
+    return _without_repeats([(model, metrics) for model, metrics in pairs])
+
+
+def _without_repeats(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """``pairs`` as a dict; a model named twice (as written: ``1`` and ``"1"`` too) kept
+    only its last results, the table's other row dropped without a word."""
+    names = [str(model) for model, _ in pairs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(
+            f"model name(s) {repeated!r} appear more than once in results; give each model's "
+            "results a name of its own, e.g. 'nano' and 'nano finetuned'"
         )
     return dict(pairs)
 

@@ -12,6 +12,8 @@ EDGE = 0.5  # the image extends half a pixel beyond the outermost pixel centres
 
 
 def _as_float_array(value: object, name: str) -> np.ndarray:
+    detach = getattr(value, "detach", None)  # a tensor that tracks gradients: numpy refuses it
+    value = detach().cpu() if callable(detach) else value
     try:
         array = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as err:

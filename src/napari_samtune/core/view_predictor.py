@@ -72,6 +72,11 @@ class ViewPredictor:
         self.compute_dtype = autocast_dtype(self.model.device, precision)
         if self.model.device.type == "cpu":
             tune_cpu_allocator()
+        if tiling is not None and not isinstance(tiling, TilingConfig):
+            raise TypeError(
+                f"tiling={tiling!r} is a {type(tiling).__name__}; pass a TilingConfig, e.g. "
+                "TilingConfig(overlap_fraction=0.25), or None for the default"
+            )
         self.tiling = tiling if tiling is not None else TilingConfig()
         self.cache = EmbeddingCache(cache_dir) if use_disk_cache else None
         self._model_id = model_id

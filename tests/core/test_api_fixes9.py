@@ -1,0 +1,51 @@
+"""Python API mistakes a notebook user made, each once told with torch's or numpy's words,
+or not at all."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_samtune.core.comparison import compare_models
+from napari_samtune.core.embeddings import TilingConfig
+from napari_samtune.core.predict import Segmenter
+from napari_samtune.core.synthetic import make_image
+
+METRICS = {"box_iou": 0.5, "point_iou": 0.4}
+
+
+@pytest.mark.parametrize(
+    "results",
+    [
+        [("nano", METRICS), ("nano", {"box_iou": 0.9, "point_iou": 0.7})],
+        {1: METRICS, "1": METRICS},
+    ],
+)
+def test_results_of_two_models_under_one_name_are_refused(tmp_path, results):
+    """One row was written, the other model's results dropped unsaid."""
+    with pytest.raises(ValueError, match=r"model name\(s\) \['.*'\] appear more than once"):
+        compare_models(results, tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("tiling", [0.25, {"overlap_fraction": 0.25}])
+def test_a_tiling_that_is_no_tiling_config_is_refused_at_once(tiny_sam, tiling):
+    """Accepted, it failed at the first large image with "'float' object has no attribute
+    'overlap_fraction'"."""
+    with pytest.raises(TypeError, match=r"pass a TilingConfig, e\.g\. TilingConfig\("):
+        Segmenter(tiny_sam, model_id="t", use_disk_cache=False, tiling=tiling)
+    Segmenter(tiny_sam, model_id="t", use_disk_cache=False, tiling=TilingConfig(0.5))
+
+
+def test_prompts_as_tensors_that_track_gradients_are_taken(tiny_sam):
+    """numpy refused them: "Can't call numpy() on Tensor that requires grad"."""
+    segmenter = Segmenter(tiny_sam, model_id="t", use_disk_cache=False)
+    segmenter.set_image(make_image((96, 96), seed=0)[0])
+    points = torch.tensor([[40.0, 50.0]], requires_grad=True)
+    box = torch.tensor([20.0, 30.0, 60.0, 70.0], requires_grad=True)
+    from_tensors = segmenter.predict(points_xy=points, point_labels=[1], box_xyxy=box)
+    from_arrays = segmenter.predict(
+        points_xy=np.array([[40.0, 50.0]]), point_labels=[1], box_xyxy=[20, 30, 60, 70]
+    )
+    np.testing.assert_array_equal(from_tensors.mask, from_arrays.mask)
