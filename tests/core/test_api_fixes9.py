@@ -49,3 +49,20 @@ def test_prompts_as_tensors_that_track_gradients_are_taken(tiny_sam):
         points_xy=np.array([[40.0, 50.0]]), point_labels=[1], box_xyxy=[20, 30, 60, 70]
     )
     np.testing.assert_array_equal(from_tensors.mask, from_arrays.mask)
+
+
+def test_a_channel_error_of_a_tuple_pair_says_how_to_give_its_channels(tmp_path):
+    """It said "pass channel_axis (e.g. 0 or -1) and channels", which train() has not."""
+    from napari_samtune.core.data_checks import ChannelError
+    from napari_samtune.core.presets import TrainConfig
+    from napari_samtune.core.train import train
+
+    image, labels = make_image((64, 64), seed=0)
+    two_channels = np.stack([image, image // 2])
+    with pytest.raises(ChannelError) as info:
+        train(TrainConfig(model="random:tiny"), [(two_channels, labels)], out_dir=tmp_path)
+    message = str(info.value)
+    assert "channel_axis" in message
+    assert "give that pair as ImageLabelPair(image, labels, channel_axis=..., channels=...)" in (
+        message
+    )

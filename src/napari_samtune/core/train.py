@@ -27,6 +27,7 @@ from pathlib import Path
 from napari_samtune.core import distributed as ddp
 from napari_samtune.core.checkpoints import holds_training_lock, training_lock
 from napari_samtune.core.presets import TrainConfig
+from napari_samtune.core.run_data import TrainData
 from napari_samtune.core.train_events import (
     EpochDone,
     StepDone,
@@ -34,7 +35,7 @@ from napari_samtune.core.train_events import (
     TrainingFinished,
     TrainingStarted,
 )
-from napari_samtune.core.trainer import TrainData, Trainer
+from napari_samtune.core.trainer import Trainer
 
 __all__ = [
     "EpochDone",

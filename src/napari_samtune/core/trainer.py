@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, replace
 from functools import partial
@@ -25,18 +25,12 @@ from napari_samtune.core import distributed as ddp
 from napari_samtune.core.accelerate import use_fast_paths
 from napari_samtune.core.checkpoints import check_output_folder
 from napari_samtune.core.config_checks import check_lora_rank
-from napari_samtune.core.data import (
-    ImageLabelPair,
-    PreparedImage,
-    as_pairs,
-    prepare_annotated,
-)
-from napari_samtune.core.duplicate_pairs import drop_duplicates
 from napari_samtune.core.fast_encoder import encode
 from napari_samtune.core.heap import keep_freed_memory
 from napari_samtune.core.model_source import recorded_model
 from napari_samtune.core.patches import PatchSampler, tile_patches
 from napari_samtune.core.presets import TrainConfig
+from napari_samtune.core.run_data import TrainData, listed, prepare_run_data
 from napari_samtune.core.train_checkpoints import (
     check_resumable,
     read_checkpoint,
@@ -74,8 +68,6 @@ from napari_samtune.core.train_step import (
 from napari_samtune.core.trainer_files import TrainerFilesMixin
 from napari_samtune.core.trainer_resume import TrainerResumeMixin, steps_per_epoch
 from napari_samtune.core.validation_split import repeated_pairs, same_images, split_validation
-
-TrainData = Sequence[ImageLabelPair | tuple[np.ndarray, np.ndarray] | PreparedImage]
 
 
 class Trainer(TrainerResumeMixin, TrainerFilesMixin):
@@ -133,12 +125,12 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
         those with a training image's pixels but other labels to ``self.val_same_images``;
         a pair that repeats another of the same data is left out before any split, named in
         ``self.duplicates`` (see :func:`drop_duplicates`)."""
-        train_images, self.left_out, self.duplicates = _prepare(train_data, "training")
+        train_images, self.left_out, self.duplicates = prepare_run_data(train_data, "training")
         self.val_repeats = self.val_same_images = ()
         self.held_out_of = None  # the images validation was split from (see below)
-        val_data = None if val_data is None else _listed(val_data)
+        val_data = None if val_data is None else listed(val_data)
         if val_data is not None and len(val_data):
-            val_images, left_out, duplicates = _prepare(val_data, "validation")
+            val_images, left_out, duplicates = prepare_run_data(val_data, "validation")
             self.left_out += left_out
             self.duplicates += duplicates
             self.val_repeats = repeated_pairs(val_images, train_images)
@@ -386,29 +378,6 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
         )
         set_train_mode(self.sam, self.config)
         return metrics_from_sums(ddp.all_reduce_sum(sums, self.dist, self.device))
-
-
-def _prepare(data: TrainData, what: str):
-    """:func:`prepare_annotated` and :func:`drop_duplicates`: (images, names left out for
-    having no object, (left out, kept) names of repeats); errors say which data
-    ("validation data: ..."). Images the caller prepared are used as they are, less repeats."""
-    data = _listed(data)
-    try:
-        if len(data) and all(isinstance(item, PreparedImage) for item in data):
-            images, left_out = list(data), ()
-        else:
-            images, left_out = prepare_annotated(as_pairs(data), what)
-        kept, duplicates = drop_duplicates(images)
-    except (ValueError, TypeError) as err:
-        raise type(err)(f"{what} data: {err}") from None
-    return kept, left_out, duplicates
-
-
-def _listed(data: TrainData) -> TrainData:
-    """Pairs given as an iterator (a generator, ``zip(images, labels)``) as a list: they
-    were refused with "object of type 'zip' has no len()". Sequences and what is not an
-    iterator (an array, one pair) stay as they are, for :func:`as_pairs` to check."""
-    return list(data) if isinstance(data, Iterator) else data
 
 
 def _calmer(learning_rate: float) -> float:

@@ -1,0 +1,45 @@
+"""The data of a training run: pairs (or images prepared by the caller) checked and
+prepared, repeated pairs left out, errors saying which data ("validation data: ...")."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from napari_samtune.core.data import ImageLabelPair, PreparedImage, as_pairs, prepare_annotated
+from napari_samtune.core.data_checks import ChannelError
+from napari_samtune.core.duplicate_pairs import drop_duplicates
+
+TrainData = Sequence[ImageLabelPair | tuple[np.ndarray, np.ndarray] | PreparedImage]
+
+# channel_axis and channels, which the core's channel errors name, go with each pair
+TUPLE_CHANNELS_HINT = (
+    "; an (image, labels) tuple has no place for them: give that pair as "
+    "ImageLabelPair(image, labels, channel_axis=..., channels=...)"
+)
+
+
+def prepare_run_data(data: TrainData, what: str):
+    """:func:`prepare_annotated` and :func:`drop_duplicates`: (images, names left out for
+    having no object, (left out, kept) names of repeats); errors say which data
+    ("validation data: ..."). Images the caller prepared are used as they are, less repeats."""
+    data = listed(data)
+    try:
+        if len(data) and all(isinstance(item, PreparedImage) for item in data):
+            images, left_out = list(data), ()
+        else:
+            images, left_out = prepare_annotated(as_pairs(data), what)
+        kept, duplicates = drop_duplicates(images)
+    except (ValueError, TypeError) as err:
+        tuples = any(isinstance(item, (tuple, list)) for item in data)
+        how = TUPLE_CHANNELS_HINT if isinstance(err, ChannelError) and tuples else ""
+        raise type(err)(f"{what} data: {err}{how}") from None
+    return kept, left_out, duplicates
+
+
+def listed(data: TrainData) -> TrainData:
+    """Pairs given as an iterator (a generator, ``zip(images, labels)``) as a list: they
+    were refused with "object of type 'zip' has no len()". Sequences and what is not an
+    iterator (an array, one pair) stay as they are, for :func:`as_pairs` to check."""
+    return list(data) if isinstance(data, Iterator) else data
