@@ -154,3 +154,24 @@ def test_a_download_folder_that_cannot_be_written_says_how_to_move_it(monkeypatc
     assert info.value.errno in (errno.ENOTDIR, errno.EEXIST)
     assert "set SAMTUNE_CACHE_DIR to a folder you can write to" in str(info.value)
     assert str(a_file / "models") in str(info.value)
+
+
+def test_a_file_that_keeps_changing_is_moved_aside_after_a_few_looks(server, tmp_path, monkeypatch):
+    """A file still being written by hand changes at every look: the download does not wait
+    for it for ever, it moves it aside as it was last seen."""
+    server.files["/w.pt"] = PAYLOAD
+    dest = tmp_path / "w.pt"
+    dest.write_bytes(WRONG)
+    real, looks = download.mismatched_digest, []
+
+    def hashed_while_written(path, file_hash):
+        found = real(path, file_hash)
+        looks.append(found)
+        with open(path, "ab") as out:  # written to meanwhile
+            out.write(b"x")
+        return found
+
+    monkeypatch.setattr(download, "mismatched_digest", hashed_while_written)
+    assert download_file(server.url("/w.pt"), dest, SHA256) == dest
+    assert len(looks) == download.LOOKS_AT_A_CHANGING_FILE
+    assert dest.read_bytes() == PAYLOAD and (tmp_path / "w.pt.wrong-hash").is_file()

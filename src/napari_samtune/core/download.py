@@ -104,6 +104,7 @@ def is_verified(path: str | Path, file_hash: str) -> bool:
 
 
 _PRESENT = "present"  # _present_or_mismatch: the file is there, with the hash asked for
+LOOKS_AT_A_CHANGING_FILE = 5  # hashings of a file that changes meanwhile, before moving it
 
 
 def _file_identity(path: Path) -> tuple[int, int, int] | None:
@@ -124,8 +125,10 @@ def _present_or_mismatch(
     Hashing a large file takes seconds, in which another download may put the published
     file in place, or move this one aside: a file that changed while it was hashed is
     looked at again, so that a good file is never moved aside (it was, with a message
-    naming the other file's hash) and a vanished one is no error."""
-    while True:
+    naming the other file's hash) and a vanished one is no error. A file that keeps
+    changing (still being written) is taken as it was at the last look."""
+    found = None
+    for _ in range(LOOKS_AT_A_CHANGING_FILE):
         identity = _file_identity(dest)
         if identity is None or not dest.is_file():
             return None
@@ -138,7 +141,8 @@ def _present_or_mismatch(
         if found is None:
             return _PRESENT
         if _file_identity(dest) == identity:
-            return found, identity
+            break
+    return None if found is None else (found, identity)
 
 
 def _move_aside(dest: Path, expected_hash: str, found: str, identity: tuple) -> str:
