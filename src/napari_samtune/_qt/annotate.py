@@ -35,7 +35,7 @@ from napari_samtune._qt.annotate_ui import BATCHED_MODE, AnnotateControls
 from napari_samtune._qt.dock_life import on_removed
 from napari_samtune._qt.prompt_layers import PlanePrompts
 from napari_samtune._qt.workers import TaskRunner, user_message
-from napari_samtune.core.annotation_files import default_annotation_folder
+from napari_samtune.core.annotation_files import starting_annotation_folder
 from napari_samtune.core.coords import napari_to_sam
 from napari_samtune.core.predict import Segmenter
 
@@ -119,7 +119,7 @@ class AnnotateWidget(
         self._image_keys_before: dict = {}  # key -> the annotated image layer's own binding
         self._restore_tasks: dict[int, str] = {}  # id(session) -> its restore's task name
         self._removing_own_layers = False  # removals the widget makes need no message
-        self.ui.folder_edit.setText(str(default_annotation_folder()))
+        self.ui.folder_edit.setText(str(starting_annotation_folder()))
         self._shut_down = False
         # Layers removed together (select all + delete, layers.clear()) go one by one:
         # choosing the next image after each would build, then remove, its layers.

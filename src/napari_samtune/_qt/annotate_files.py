@@ -30,6 +30,7 @@ from napari_samtune.core.annotation_files import (
     same_image_saves,
     save_annotations,
 )
+from napari_samtune.core.user_settings import ANNOTATION_FOLDER, write_setting
 
 # napari's undo and redo of a brush, fill or eraser stroke on a Labels layer (its class keys)
 HISTORY_KEYS = {
@@ -63,7 +64,8 @@ class AnnotateFilesMixin:
         """Another folder: this image's annotations saved there come back, as when the image
         is first annotated, rather than the next autosave writing over them; annotations
         made already stay, and the user is told what the next save replaces (or, when their
-        autosave failed, they are saved there now)."""
+        autosave failed, they are saved there now). The folder is the next session's too."""
+        write_setting(ANNOTATION_FOLDER, str(self.annotation_folder()))
         if self.session is None:
             return
         if not self.session.annotations.any():

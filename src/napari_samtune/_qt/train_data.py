@@ -43,7 +43,7 @@ from napari_samtune._qt.train_folders import (
 )
 from napari_samtune._qt.train_run import annotation_widgets
 from napari_samtune._qt.workers import TaskRunner, user_message
-from napari_samtune.core.annotation_files import default_annotation_folder
+from napari_samtune.core.annotation_files import starting_annotation_folder
 from napari_samtune.core.data import ImageLabelPair, empty_planes_message
 from napari_samtune.core.images import parse_channels
 from napari_samtune.core.label_files import LABEL_SUFFIXES, match_files
@@ -280,7 +280,7 @@ class PairSourceWidget(QWidget):
         """Labels from where the annotation widget autosaves (the docked widget's folder);
         an empty image folder becomes the folder of the file being annotated there."""
         docked = annotation_widgets(self.viewer)
-        folder = docked[0].annotation_folder() if docked else default_annotation_folder()
+        folder = docked[0].annotation_folder() if docked else starting_annotation_folder()
         self.labels_dir_edit.setText(str(folder))
         image = docked[0].image_layer if docked else None
         source = getattr(getattr(image, "source", None), "path", None)

@@ -60,6 +60,19 @@ def default_annotation_folder() -> Path:
     return Path(env).expanduser() if env else user_models_dir().parent / "annotations"
 
 
+def starting_annotation_folder() -> Path:
+    """Where the annotation widget starts: ``$SAMTUNE_ANNOTATIONS_DIR`` when set, else the
+    folder chosen in the widget's last session, if it is still there (chosen by hand, it was
+    forgotten at the next start, and the annotations saved there looked lost), else
+    :func:`default_annotation_folder`."""
+    from napari_samtune.core.user_settings import ANNOTATION_FOLDER, read_setting
+
+    chosen = None if os.environ.get(ANNOTATIONS_ENV) else read_setting(ANNOTATION_FOLDER)
+    if chosen and Path(chosen).is_dir():
+        return Path(chosen)
+    return default_annotation_folder()
+
+
 def annotation_paths(folder: str | Path, image_name: str) -> tuple[Path, Path]:
     """The labels TIFF and prompts JSON paths for ``image_name`` in ``folder``."""
     folder = Path(folder)

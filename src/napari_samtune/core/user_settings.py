@@ -1,0 +1,47 @@
+"""Choices a person made in the widgets, kept for the next napari session: a small JSON
+file, ``settings.json``, beside the user models folder. A setting is a convenience: one that
+cannot be read is taken as unset, one that cannot be written is left (nothing is said)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from napari_samtune.core.checkpoints import atomic_write
+from napari_samtune.core.registry import user_models_dir
+
+SETTINGS_NAME = "settings.json"
+ANNOTATION_FOLDER = "annotation_folder"  # the folder last chosen in the annotation widget
+
+
+def settings_path() -> Path:
+    """``settings.json`` next to :func:`~napari_samtune.core.registry.user_models_dir`."""
+    return user_models_dir().parent / SETTINGS_NAME
+
+
+def _read_all() -> dict:
+    try:
+        data = json.loads(settings_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def read_setting(key: str) -> str | None:
+    """The text kept under ``key``, or None (never set, or the file unreadable)."""
+    value = _read_all().get(key)
+    return value if isinstance(value, str) else None
+
+
+def write_setting(key: str, value: str) -> bool:
+    """Keep ``value`` under ``key`` (the file written atomically); False where it cannot be
+    written (a read-only folder)."""
+    data = {**_read_all(), key: value}
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    path = settings_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    except OSError:
+        return False
+    return True
