@@ -185,11 +185,13 @@ def _load_segmenter(args: argparse.Namespace):
     return segmenter, loaded.name
 
 
-def _write_labels(path: Path, labels: np.ndarray, image: Path, pixels, made: dict) -> int:
+def _write_labels(
+    path: Path, labels: np.ndarray, image: Path, pixels, made: dict
+) -> tuple[int, int]:
     """Write labels atomically, with the annotation widget's record next to them
     (``<name>.prompts.json``: the fingerprint of the image's ``pixels``, so that an image of
     the same name elsewhere is told apart, and ``made``: how the objects were made). Returns
-    the number of objects."""
+    the number of objects and of the stack's planes that hold some (0 for a 2D image)."""
     from napari_samtune.core.annotation_files import write_annotations
     from napari_samtune.core.label_files import image_fingerprint
 
@@ -203,7 +205,7 @@ def _write_labels(path: Path, labels: np.ndarray, image: Path, pixels, made: dic
         "prompts": {"points": [], "point_labels": [], "boxes": []},
     }
     write_annotations(path, image.stem, labels, record)
-    return len(ids)
+    return len(ids), len(planes)
 
 
 def _made_by(args: argparse.Namespace, model_name: str, config) -> dict:
@@ -268,8 +270,7 @@ def _run(args: argparse.Namespace) -> int:
     elif boxes is not None:
         _report_empty(labels, range(1, len(boxes) + 1), boxes.ids_from)
     made = _made_by(args, model_name, config)
-    n_objects = _write_labels(args.output, labels, files[0], planes.pixels, made)
-    found_in = int(labels.reshape(len(labels), -1).any(1).sum()) if args.stack else 0
+    n_objects, found_in = _write_labels(args.output, labels, files[0], planes.pixels, made)
     where = f" in {found_in} of {planes.count} planes" if args.stack else ""
     print(
         f"{_objects(n_objects)}{where} written to {args.output} ({_using(segmenter, model_name)})"
@@ -403,7 +404,7 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
                 why = in_option_terms(str(err), OPTION_NAMES)
                 tqdm.write(f"{image}: not segmented: {why}", file=sys.stderr)
             else:
-                n_objects = _write_labels(outputs[image], labels, image, planes.pixels, made)
+                n_objects, _ = _write_labels(outputs[image], labels, image, planes.pixels, made)
                 renamed = outputs[image].name != labels_file_name(image.stem)
                 why = " (its own name there holds another image's labels)" if renamed else ""
                 tqdm.write(f"{image.name}: {_objects(n_objects)} -> {outputs[image]}{why}")
