@@ -13,6 +13,26 @@ from napari_samtune.core.synthetic import make_dataset
 
 
 @pytest.fixture
+def short_tiny_config():
+    """``make(**changes)``: a TrainConfig of the tiny random model for a run of seconds (one
+    epoch of 2 samples, 1 object each, no corrective clicks, fp32), with ``changes``."""
+    from napari_samtune.core.presets import TrainConfig
+
+    def make(**changes) -> TrainConfig:
+        settings = dict(
+            model="random:tiny",
+            epochs=1,
+            n_objects_per_batch=1,
+            min_samples_per_epoch=2,
+            n_iterative_prompts=0,
+            mixed_precision="no",
+        )
+        return TrainConfig(**{**settings, **changes})
+
+    return make
+
+
+@pytest.fixture
 def frozen_tiny_config():
     """``make(**changes)``: a short frozen-encoder TrainConfig of the tiny random model (fp32,
     1 corrective click, 4 samples per epoch, no early stopping), with ``changes``."""

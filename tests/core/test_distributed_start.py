@@ -16,7 +16,6 @@ import torch
 import torch.multiprocessing as mp
 
 from napari_samtune.core import distributed as ddp
-from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.synthetic import make_dataset
 
 
@@ -105,18 +104,10 @@ def _worker(rank: int, port: int, configs, data, out_dir, results):
     (results / f"rank{rank}.txt").write_text(said)
 
 
-def test_processes_that_chose_different_presets_are_refused_saying_so(tmp_path):
+def test_processes_that_chose_different_presets_are_refused_saying_so(tmp_path, short_tiny_config):
     """--preset auto on machines of different memory: one froze the image encoder, and DDP
     failed with "DDP expects same model across all ranks" tracebacks."""
-    whole = TrainConfig(
-        model="random:tiny",
-        epochs=1,
-        n_objects_per_batch=1,
-        min_samples_per_epoch=2,
-        n_iterative_prompts=0,
-        mixed_precision="no",
-        preset="cpu-16gb",
-    )
+    whole = short_tiny_config(preset="cpu-16gb")
     frozen = replace(whole, freeze=("image_encoder",), preset="cpu-8gb")
     data = make_dataset(2, shape=(64, 64), seed=0), make_dataset(1, shape=(64, 64), seed=9)
     args = (_free_port(), (whole, frozen), data, tmp_path / "run", tmp_path)

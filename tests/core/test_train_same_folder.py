@@ -5,33 +5,25 @@ from __future__ import annotations
 
 import pytest
 
-from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.synthetic import make_dataset
 from napari_samtune.core.train import iter_train, train
 
-CONFIG = TrainConfig(
-    model="random:tiny",
-    epochs=1,
-    n_objects_per_batch=1,
-    min_samples_per_epoch=2,
-    n_iterative_prompts=0,
-    mixed_precision="no",
-)
 
-
-def test_a_second_run_of_the_process_into_a_folder_in_use_is_refused(tmp_path):
+def test_a_second_run_of_the_process_into_a_folder_in_use_is_refused(tmp_path, short_tiny_config):
+    config = short_tiny_config()
     data = make_dataset(2, shape=(64, 64), seed=0), make_dataset(1, shape=(64, 64), seed=9)
     out = tmp_path / "run"
-    first = iter_train(CONFIG, *data, out)
+    first = iter_train(config, *data, out)
     next(first)  # started: the run holds the folder while it trains
     with pytest.raises(ValueError, match="in use by another training run of this process"):
-        train(CONFIG, *data, out)
+        train(config, *data, out)
     events = list(first)  # the first run goes on, alone
     assert events[-1].exported_model_path == out / "model.pth"
     assert (out / "model.pth").is_file()
 
 
-def test_runs_one_after_the_other_into_new_folders_are_not_refused(tmp_path):
+def test_runs_one_after_the_other_into_new_folders_are_not_refused(tmp_path, short_tiny_config):
+    config = short_tiny_config()
     data = make_dataset(2, shape=(64, 64), seed=0), make_dataset(1, shape=(64, 64), seed=9)
     for name in ("a", "b"):
-        assert train(CONFIG, *data, tmp_path / name).exported_model_path.is_file()
+        assert train(config, *data, tmp_path / name).exported_model_path.is_file()

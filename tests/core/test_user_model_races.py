@@ -87,9 +87,9 @@ with open(sys.argv[1], "a+") as lock:
 """
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="no fcntl locks on Windows")
 def test_a_registration_waits_for_another_process_s(two_weights):
     """The lock is what keeps processes apart: held elsewhere, a registration waits."""
+    pytest.importorskip("fcntl")  # Windows has no such locks: processes are not kept apart
     user_models_dir().mkdir(parents=True, exist_ok=True)
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_THE_LOCK, str(user_models_dir() / REGISTRATION_LOCK_NAME)],
