@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from napari_samtune.core.checkpoints import atomic_write
 from napari_samtune.core.registry import user_models_dir
+from napari_samtune.core.train_export import write_json
 
 SETTINGS_NAME = "settings.json"
 ANNOTATION_FOLDER = "annotation_folder"  # the folder last chosen in the annotation widget
@@ -36,12 +36,8 @@ def read_setting(key: str) -> str | None:
 def write_setting(key: str, value: str) -> bool:
     """Keep ``value`` under ``key`` (the file written atomically); False where it cannot be
     written (a read-only folder)."""
-    data = {**_read_all(), key: value}
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    path = settings_path()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        write_json(settings_path(), {**_read_all(), key: value})
     except OSError:
         return False
     return True
