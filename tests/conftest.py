@@ -36,6 +36,18 @@ def tiny_sam():
 
 
 @pytest.fixture
+def sensitive_sam(tiny_sam):
+    """The tiny model with a deterministically perturbed decoder: its masks are non-trivial
+    and move with the prompts, so a coordinate or tile mistake changes them."""
+    generator = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        tiny_sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(8)
+        for parameter in tiny_sam.mask_decoder.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    return tiny_sam
+
+
+@pytest.fixture
 def tiny_checkpoint(tmp_path, tiny_sam):
     """A plain SAM state dict of the tiny model saved to disk, as the official code saves them."""
     path = tmp_path / "tiny_sam.pth"

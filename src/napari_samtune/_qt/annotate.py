@@ -36,7 +36,7 @@ from napari_samtune._qt.dock_life import on_removed
 from napari_samtune._qt.prompt_layers import PlanePrompts
 from napari_samtune._qt.workers import TaskRunner, user_message
 from napari_samtune.core.annotation_files import starting_annotation_folder
-from napari_samtune.core.coords import napari_to_sam
+from napari_samtune.core.made_views import EmbeddingNeeded
 from napari_samtune.core.predict import Segmenter
 
 TRANSPOSED_HINT = (
@@ -90,7 +90,7 @@ class AnnotateWidget(
         self.session: AnnotationSession | None = None
         self._generation = 0  # bumped when model, image or channels change
         self._embedded: tuple[int, int | None] | None = None  # (generation, plane)
-        self._failed_embedding: tuple[int, int | None] | None = None  # not retried at once
+        self._failed_embedding: tuple | None = None  # (generation, plane[, views]): not retried
         # planes whose preview lags their prompts (it waits for a model or an embedding)
         self._previews_behind: set[int | None] = set()
         self._autosave_again: list[AnnotationSession] = []  # saved once the running save ends
@@ -302,7 +302,10 @@ class AnnotateWidget(
                 )
             return False
         try:
-            labels = self._predict(prompts)
+            with self.segmenter.no_encoder_passes():  # those run in the background
+                labels = self._predict(prompts)
+        except EmbeddingNeeded as needed:  # a prompt in no tile of a large image
+            return self._embed_views(plane, needed.views)
         except (ValueError, TypeError, RuntimeError) as err:
             show_error(f"segmentation failed: {user_message(err)}")
             return False
@@ -323,49 +326,6 @@ class AnnotateWidget(
                 self._hint(hint)
             else:
                 self._hinted.discard(hint)  # said again the next time it happens
-
-    def _predict(self, prompts: PlanePrompts) -> np.ndarray:
-        """uint32 (H, W) preview labels from one plane's prompts (napari -> SAM coordinates)."""
-        boxes_xyxy = napari_to_sam(prompts.boxes_rc.reshape(-1, 2, 2)).reshape(-1, 4)
-        points_xy = napari_to_sam(prompts.points_rc)
-        if self.ui.mode_combo.currentText() == BATCHED_MODE:
-            negatives_xy = points_xy[~prompts.positive]
-            if len(negatives_xy):
-                return self._predict_each(boxes_xyxy, points_xy[prompts.positive], negatives_xy)
-            return self._predict_batched(boxes_xyxy, points_xy[prompts.positive])
-        single_point = len(points_xy) == 1 and len(boxes_xyxy) == 0
-        prediction = self.segmenter.predict(
-            points_xy=points_xy if len(points_xy) else None,
-            point_labels=prompts.positive.astype(np.int64) if len(points_xy) else None,
-            box_xyxy=boxes_xyxy[-1] if len(boxes_xyxy) else None,  # the newest box
-            multimask=single_point,  # one click is ambiguous: take SAM's best of three
-        )
-        return prediction.mask.astype(np.uint32)
-
-    def _predict_batched(self, boxes_xyxy: np.ndarray, points_xy: np.ndarray) -> np.ndarray:
-        labels = np.zeros(self.segmenter.image_shape, dtype=np.uint32)
-        if len(boxes_xyxy):
-            labels = self.segmenter.predict_boxes(boxes_xyxy)
-        if len(points_xy):
-            by_point = self.segmenter.predict_points_batched(points_xy)
-            free = (by_point > 0) & (labels == 0)
-            labels[free] = by_point[free] + len(boxes_xyxy)
-        return labels
-
-    def _predict_each(
-        self, boxes_xyxy: np.ndarray, points_xy: np.ndarray, negatives_xy: np.ndarray
-    ) -> np.ndarray:
-        """Batched mode with negative points: each box and each positive point is prompted
-        with every negative point too (they mark background for all objects, as in
-        ``samtune segment``); ids and overlaps as in :meth:`_predict_batched`."""
-        labels = np.zeros(self.segmenter.image_shape, dtype=np.uint32)
-        background = np.zeros(len(negatives_xy), dtype=np.int64)
-        prompts = [(negatives_xy, background, box) for box in boxes_xyxy]
-        prompts += [(np.vstack([p, negatives_xy]), np.r_[1, background], None) for p in points_xy]
-        for object_id, (points, point_labels, box) in enumerate(prompts, start=1):
-            mask = self.segmenter.predict(points, point_labels, box, multimask=False).mask
-            labels[mask & (labels == 0)] = object_id
-        return labels
 
     def _viewing_planes(self) -> bool:
         """Whether the view shows a stack's planes (rows and columns): seen along another

@@ -11,16 +11,21 @@ from __future__ import annotations
 import threading
 import weakref
 
+import numpy as np
 from napari.utils.notifications import show_info, show_warning
 
 from napari_samtune._qt import annotate_jobs as jobs
 from napari_samtune._qt.annotate_jobs import EMBED_TASK, SEGMENTER_TASKS
 from napari_samtune._qt.annotate_notes import planes_phrase
 from napari_samtune._qt.annotate_session import RemovedImage
+from napari_samtune._qt.annotate_ui import BATCHED_MODE
+from napari_samtune._qt.prompt_layers import PlanePrompts
+from napari_samtune.core.coords import napari_to_sam
 
 
 class AnnotateEmbeddingMixin:
-    """Embedding the plane in view (or all planes) and running Segmenter jobs."""
+    """Embedding the plane in view (or all planes), predicting from prompts and running
+    Segmenter jobs."""
 
     @property
     def current_plane(self) -> int | None:
@@ -122,6 +127,72 @@ class AnnotateEmbeddingMixin:
             on_yield=skipped.append,
             on_finish=done,
         )
+
+    def _embed_views(self, plane: int | None, views: tuple) -> bool:
+        """Embed in the background the views (:class:`~napari_samtune.core.embeddings.Tile`)
+        that the prompts of ``plane`` need; its preview follows when they are ready. Views
+        whose embedding failed are not tried again until the model, image or channels
+        change. Returns False: the preview waits."""
+        attempt = (self._generation, plane, views)
+        if self._failed_embedding == attempt or self.segmenter_busy():
+            return False
+
+        def failed(error: BaseException) -> None:
+            self._failed_embedding = attempt
+
+        self._start_segmenter_job(
+            EMBED_TASK,
+            jobs.embed_views_job,
+            plane,
+            views,
+            self.runner.report,
+            on_return=self._on_embedded,
+            on_error=failed,
+        )
+        return False
+
+    def _predict(self, prompts: PlanePrompts) -> np.ndarray:
+        """uint32 (H, W) preview labels from one plane's prompts (napari -> SAM coordinates)."""
+        boxes_xyxy = napari_to_sam(prompts.boxes_rc.reshape(-1, 2, 2)).reshape(-1, 4)
+        points_xy = napari_to_sam(prompts.points_rc)
+        if self.ui.mode_combo.currentText() == BATCHED_MODE:
+            negatives_xy = points_xy[~prompts.positive]
+            if len(negatives_xy):
+                return self._predict_each(boxes_xyxy, points_xy[prompts.positive], negatives_xy)
+            return self._predict_batched(boxes_xyxy, points_xy[prompts.positive])
+        single_point = len(points_xy) == 1 and len(boxes_xyxy) == 0
+        prediction = self.segmenter.predict(
+            points_xy=points_xy if len(points_xy) else None,
+            point_labels=prompts.positive.astype(np.int64) if len(points_xy) else None,
+            box_xyxy=boxes_xyxy[-1] if len(boxes_xyxy) else None,  # the newest box
+            multimask=single_point,  # one click is ambiguous: take SAM's best of three
+        )
+        return prediction.mask.astype(np.uint32)
+
+    def _predict_batched(self, boxes_xyxy: np.ndarray, points_xy: np.ndarray) -> np.ndarray:
+        labels = np.zeros(self.segmenter.image_shape, dtype=np.uint32)
+        if len(boxes_xyxy):
+            labels = self.segmenter.predict_boxes(boxes_xyxy)
+        if len(points_xy):
+            by_point = self.segmenter.predict_points_batched(points_xy)
+            free = (by_point > 0) & (labels == 0)
+            labels[free] = by_point[free] + len(boxes_xyxy)
+        return labels
+
+    def _predict_each(
+        self, boxes_xyxy: np.ndarray, points_xy: np.ndarray, negatives_xy: np.ndarray
+    ) -> np.ndarray:
+        """Batched mode with negative points: each box and each positive point is prompted
+        with every negative point too (they mark background for all objects, as in
+        ``samtune segment``); ids and overlaps as in :meth:`_predict_batched`."""
+        labels = np.zeros(self.segmenter.image_shape, dtype=np.uint32)
+        background = np.zeros(len(negatives_xy), dtype=np.int64)
+        prompts = [(negatives_xy, background, box) for box in boxes_xyxy]
+        prompts += [(np.vstack([p, negatives_xy]), np.r_[1, background], None) for p in points_xy]
+        for object_id, (points, point_labels, box) in enumerate(prompts, start=1):
+            mask = self.segmenter.predict(points, point_labels, box, multimask=False).mask
+            labels[mask & (labels == 0)] = object_id
+        return labels
 
     def _on_embedded(self, plane) -> None:
         self._embedded = (self._generation, plane)

@@ -21,6 +21,7 @@ from napari_samtune._qt.image_planes import ImageAxes
 from napari_samtune._qt.propagate import PropagationConfig, iter_propagate, planes_past
 from napari_samtune._qt.workers import TaskProgress, logged_notes
 from napari_samtune.core.automatic import AutoSegmentConfig
+from napari_samtune.core.embeddings import Tile
 from napari_samtune.core.models import LoadedModel, load_model
 
 LOAD_TASK = "loading model"
@@ -162,6 +163,33 @@ def iter_embed_planes(
         raise first_error
     segmenter.prepare_prompts()  # the plane the user prompts next: not at the first click
     return embedded[0]
+
+
+def embed_views_job(
+    segmenter,
+    axes: ImageAxes,
+    data,
+    plane: int | None,
+    views: Sequence[Tile],
+    report: Reporter,
+    image_name: str = "image",
+    stop: threading.Event | None = None,
+) -> int | None:
+    """Embed views of ``plane`` that its prompts need (a prompt in no tile of a large image
+    gets a view centred on it, see :meth:`.ViewPredictor.view_for`), so that the preview
+    does not freeze the viewer for encoder passes; returns the plane, or None when
+    ``stop`` was set."""
+    where = _where(axes, plane, image_name)
+
+    def views_done(done: int, total: int) -> None:
+        report(TaskProgress(done, total, f"embedding {where}: view {done}/{total} of a prompt"))
+
+    try:
+        _set_plane(segmenter, axes, data, plane, image_name=image_name, stop=stop)
+        segmenter.embed_views(views, progress=_stop_checked(stop, views_done))
+    except JobStopped:
+        return None
+    return plane
 
 
 def iter_segment_automatically(

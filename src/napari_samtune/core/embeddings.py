@@ -6,9 +6,11 @@ longest side resized to ``img_size``, padded, normalised by the pixel mean/std.
 
 A larger image is cut into a grid of ``img_size`` x ``img_size`` tiles that
 overlap by ``TilingConfig.overlap_fraction`` of a tile; each tile is embedded at
-full resolution (scale 1). A whole-image "overview" embedding (the image
-downscaled to ``img_size``) is computed only on demand, for prompts that fit in
-no tile.
+full resolution (scale 1). A prompt that fits in no tile gets a view of its own, embedded
+on demand: centred on the prompt, ``img_size`` wide (scale 1) or, for a prompt larger
+than that, :data:`VIEW_CONTEXT` times its extent (see :func:`centred_view`). Only a prompt
+that needs (nearly) the whole image is answered on the whole-image "overview" (the image
+downscaled to ``img_size``), which is much coarser for a large image with small tiles.
 
 Coordinates: image pixels, (x, y) = (column, row), pixel centres at integers.
 Embeddings are cached on disk under a key that hashes the normalised image, its
@@ -39,6 +41,7 @@ from napari_samtune.core.fast_encoder import encode
 
 LOWRES_FACTOR = 4  # the mask decoder's low-res logits are 4x the embedding grid
 OVERVIEW = -1  # view index of the whole-image overview embedding
+VIEW_CONTEXT = 1.25  # a view made for a prompt larger than a tile: this times its extent
 
 ProgressCallback = Callable[[int, int], None]  # (tiles done, tiles in total)
 
@@ -189,24 +192,13 @@ class TileGrid:
         Tile sides that lie on the image border do not count (nothing is cut
         there). Negative when a coordinate lies outside the tile. Shape (n_tiles,).
         """
-        coords = np.asarray(coords_xy, dtype=np.float64).reshape(-1, 2)
-        height, width = self.image_shape
-        out = np.full(len(self.tiles), np.inf)
-        for i, t in enumerate(self.tiles):
-            lo_x = t.x0 - 0.5 if t.x0 > 0 else -np.inf
-            hi_x = t.x0 + t.width - 0.5 if t.x0 + t.width < width else np.inf
-            lo_y = t.y0 - 0.5 if t.y0 > 0 else -np.inf
-            hi_y = t.y0 + t.height - 0.5 if t.y0 + t.height < height else np.inf
-            x, y = coords[:, 0], coords[:, 1]
-            dist = np.minimum.reduce([x - lo_x, hi_x - x, y - lo_y, hi_y - y])
-            out[i] = dist.min(initial=np.inf)
-        return out
+        return np.array([tile_margin(t, self.image_shape, coords_xy) for t in self.tiles])
 
     def choose_tile(self, coords_xy: np.ndarray) -> int:
         """The tile where the prompt coordinates (points, box corners) are most central.
 
-        Returns ``OVERVIEW`` when no single tile contains them all (e.g. a box
-        larger than a tile): such prompts are answered on the whole-image overview.
+        Returns ``OVERVIEW`` when no single tile contains them all (e.g. a box across
+        tiles): :meth:`.ViewPredictor.view_for` then gives them a view of their own.
         """
         margins = self.margins(coords_xy)
         best = int(np.argmax(margins))
@@ -215,6 +207,53 @@ class TileGrid:
     def describe(self) -> str:
         """A stable text form of the geometry, part of the cache key."""
         return f"{self.image_shape}|{self.img_size}|y{self.y_starts}|x{self.x_starts}"
+
+
+def tile_margin(tile: Tile, image_shape: tuple[int, int], coords_xy: np.ndarray) -> float:
+    """Smallest distance of (..., 2) image (x, y) coordinates to ``tile``'s interior borders.
+
+    Sides on the border of the (H, W) image do not count (nothing is cut there); negative
+    when a coordinate lies outside the tile, inf when it has no interior border.
+    """
+    coords = np.asarray(coords_xy, dtype=np.float64).reshape(-1, 2)
+    height, width = image_shape
+    lo_x = tile.x0 - 0.5 if tile.x0 > 0 else -np.inf
+    hi_x = tile.x0 + tile.width - 0.5 if tile.x0 + tile.width < width else np.inf
+    lo_y = tile.y0 - 0.5 if tile.y0 > 0 else -np.inf
+    hi_y = tile.y0 + tile.height - 0.5 if tile.y0 + tile.height < height else np.inf
+    x, y = coords[:, 0], coords[:, 1]
+    return float(np.minimum.reduce([x - lo_x, hi_x - x, y - lo_y, hi_y - y]).min(initial=np.inf))
+
+
+def centred_view(coords_xy: np.ndarray, image_shape: tuple[int, int], img_size: int) -> Tile:
+    """A view of the (H, W) image for prompt coordinates that fit in no tile.
+
+    Centred on the coordinates' bounding box (shifted inside the image), ``img_size``
+    pixels wide where the box is smaller than that (full resolution, as a tile), else
+    :data:`VIEW_CONTEXT` times the box's longer side (downscaled to ``img_size``), and no
+    larger than the image. Where it covers the whole image it is the overview.
+
+    Its start is rounded to 1/8 of ``img_size`` and its side up to 1/4: prompts close to
+    each other share a view (one encoder pass), and a prompt's view does not depend on the
+    prompts before it. The box stays over 1/30 of the side away from the view's edges.
+    """
+    coords = np.asarray(coords_xy, dtype=np.float64).reshape(-1, 2)
+    (x_lo, y_lo), (x_hi, y_hi) = coords.min(axis=0), coords.max(axis=0)
+    step = max(img_size // 8, 1)
+    extent = max(x_hi - x_lo, y_hi - y_lo) + 1
+    side = max(img_size, math.ceil(extent * VIEW_CONTEXT / (2 * step)) * 2 * step)
+    height, width = (int(s) for s in image_shape)
+    rows, cols = min(side, height), min(side, width)
+    y0 = _start_around((y_lo + y_hi) / 2, rows, height, step)
+    x0 = _start_around((x_lo + x_hi) / 2, cols, width, step)
+    return Tile(y0, x0, rows, cols, img_size)
+
+
+def _start_around(centre: float, size: int, length: int, step: int) -> int:
+    """First pixel of ``size`` pixels centred on ``centre`` (to a multiple of ``step``),
+    kept inside ``length`` pixels."""
+    start = round((centre - (size - 1) / 2) / step) * step
+    return int(min(max(start, 0), length - size))
 
 
 def embed_view(
@@ -280,6 +319,12 @@ def image_digest(image_rgb: np.ndarray) -> str:
 
 
 def embedding_key(image_hash: str, model_id: str, grid: TileGrid, view: str) -> str:
-    """Cache key of one image's embeddings; ``view`` is "tiles" or "overview"."""
+    """Cache key of one image's embeddings; ``view`` is "tiles", "overview" or a view made
+    for a prompt (:func:`view_name`)."""
     text = f"{CACHE_FORMAT}|{CACHE_FORMAT_VERSION}|{image_hash}|{model_id}|{grid.describe()}|{view}"
     return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def view_name(tile: Tile) -> str:
+    """The cache key's name of a view made for a prompt: its place and size."""
+    return f"view|{tile.y0}|{tile.x0}|{tile.height}|{tile.width}"

@@ -45,7 +45,7 @@ class Prediction:
     mask: np.ndarray  # bool (H, W) at the original image resolution
     score: float  # the decoder's predicted IoU of ``mask``
     low_res_logits: np.ndarray  # float32 (1, L, L), L = img_size / 4; feed back as mask_input
-    tile: int  # view that answered: tile index, or -1 for the whole-image overview
+    tile: int  # view that answered: tile index, view made for the prompt, or -1 (overview)
     image_digest: str = ""  # of the image it was predicted on; a mask_input must match
 
 
@@ -123,7 +123,8 @@ class Segmenter(ViewPredictor):
             multimask = box is None and points is not None and len(points) == 1
         _check_multimask(multimask, "True, False or None (SAM's choice per prompt)")
         corners = [c for c in (points, None if box is None else box.reshape(2, 2)) if c is not None]
-        view = self.grid.choose_tile(np.concatenate(corners))
+        view = self.view_for(np.concatenate(corners))
+        self.require_embedded([view])
         low, iou = self.decode(
             view,
             None if points is None else points[None],
@@ -156,11 +157,11 @@ class Segmenter(ViewPredictor):
             source, logits = mask_input.tile, mask_input.low_res_logits
         else:
             source, logits = self._last_view, mask_input
-        side = self.grid.view(view).lowres_size
+        side = self.view_tile(view).lowres_size
         logits = torch.as_tensor(check_mask_input(logits, side), device=self.model.device)[None]
         if source == view:
             return logits
-        return reproject_logits(logits, self.grid.view(source), self.grid.view(view))
+        return reproject_logits(logits, self.view_tile(source), self.view_tile(view))
 
     def predict_boxes(self, boxes_xyxy: np.ndarray) -> np.ndarray:
         """One object per box; returns uint32 (H, W) labels, box ``i`` -> id ``i + 1``.
@@ -172,7 +173,8 @@ class Segmenter(ViewPredictor):
         if _no_prompts(boxes_xyxy, 4):
             return np.zeros(self.image_shape, dtype=np.uint32)
         boxes = check_boxes(boxes_xyxy, self.image_shape, "boxes_xyxy")
-        views = np.array([self.grid.choose_tile(b.reshape(2, 2)) for b in boxes])
+        views = np.array([self.view_for(b.reshape(2, 2)) for b in boxes])
+        self.require_embedded(views.tolist())
         painter = LabelPainter(self.image_shape, self.model.mask_threshold)
         for view, chunk in self._batches_by_view(views):
             low, _ = self.decode(view, boxes_xyxy=boxes[chunk])
@@ -189,7 +191,8 @@ class Segmenter(ViewPredictor):
         if _no_prompts(points_xy, 2):
             return np.zeros(self.image_shape, dtype=np.uint32)
         points = check_points(points_xy, self.image_shape)
-        views = np.array([self.grid.choose_tile(p) for p in points])
+        views = np.array([self.view_for(p) for p in points])
+        self.require_embedded(views.tolist())
         painter = LabelPainter(self.image_shape, self.model.mask_threshold)
         for view, chunk in self._batches_by_view(views):
             labels = np.ones((len(chunk), 1), dtype=np.int64)
