@@ -116,6 +116,7 @@ class AnnotateModelMixin:
                 return
             model, weights = result
             self.set_model(model.sam, model.name, model.model_id, weights)
+            picker.remember(source)  # chosen first in the next napari session
             self._check_loaded_weights()  # registered anew while it loaded
 
         def failed(_exc) -> None:

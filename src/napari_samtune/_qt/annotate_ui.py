@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (
 
 from napari_samtune._qt.model_picker import ModelPickerWidget
 from napari_samtune.core.automatic import AutoSegmentConfig
+from napari_samtune.core.user_settings import ANNOTATE_MODEL
 
 SINGLE_MODE = "one object from all prompts"
 BATCHED_MODE = "one object per box / positive point"
@@ -65,7 +66,7 @@ class AnnotateControls:
     def _model_group(self) -> QGroupBox:
         group = QGroupBox("Model")
         layout = QVBoxLayout(group)
-        self.model_picker = ModelPickerWidget()
+        self.model_picker = ModelPickerWidget(remembered_as=ANNOTATE_MODEL)
         self.load_button = QPushButton("Load model")
         self.cancel_load_button = QPushButton("Cancel")
         self.cancel_load_button.setToolTip(

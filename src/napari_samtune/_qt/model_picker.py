@@ -3,7 +3,8 @@
 The list comes from :func:`napari_samtune.core.model_lookup.list_models` (official SAM,
 MobileSAM, micro-sam generalists, then the user's own finetuned models); the last
 entry lets the user choose a weights file instead. Loading is left to the owner
-widget, which runs it in a background worker.
+widget, which runs it in a background worker. An owner that names a setting has its last
+model used (:meth:`ModelPickerWidget.remember`) chosen first in the next napari session.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from napari_samtune.core.devices import DEVICE_CHOICES
 from napari_samtune.core.download import download_status
 from napari_samtune.core.model_lookup import list_models
 from napari_samtune.core.registry import ModelSpec
+from napari_samtune.core.user_settings import read_setting, write_setting
 
 FILE_ENTRY = "checkpoint file…"
 DEFAULT_MODEL = "vit_t_lm"  # micro-sam's light-microscopy generalist: small, fast on a CPU
@@ -44,8 +46,9 @@ class ModelPickerWidget(QWidget):
     selection_changed = Signal()
     file_chosen = Signal()  # Browse… chose a file, perhaps the same one again (to read anew)
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, parent: QWidget | None = None, remembered_as: str | None = None) -> None:
         super().__init__(parent)
+        self._setting = remembered_as  # the user setting keeping the last model used
         self.model_combo = QComboBox()
         self.refresh_button = QPushButton("↻")
         self.refresh_button.setToolTip("Refresh the list (finetuned models appear here)")
@@ -61,8 +64,29 @@ class ModelPickerWidget(QWidget):
         self.refresh_button.clicked.connect(self.refresh_models)
         self.browse_button.clicked.connect(self._browse)
         self.refresh_models()
-        if self.model_combo.findData(DEFAULT_MODEL) >= 0:
-            self.select_model(DEFAULT_MODEL)
+        self._select_first_choice()
+
+    def _select_first_choice(self) -> None:
+        """The model last used here (:meth:`remember`) where it is still there (a user model
+        not removed, a file not moved), else :data:`DEFAULT_MODEL`."""
+        kept = read_setting(self._setting) if self._setting is not None else None
+        for name in (kept, DEFAULT_MODEL):
+            if name is None:
+                continue
+            try:
+                self.select_model(name)
+            except ValueError:
+                continue
+            return
+
+    def remember(self, source: str | Path) -> None:
+        """Keep ``source`` (a registry name or a weights file) as the model chosen first in
+        the next napari session; only for a picker created with ``remembered_as``."""
+        if self._setting is None:
+            return
+        if str(source) not in self.model_names() and Path(source).is_file():
+            source = Path(source).resolve()  # the file, wherever napari starts next
+        write_setting(self._setting, str(source))
 
     def _build_layout(self) -> None:
         layout = QFormLayout(self)

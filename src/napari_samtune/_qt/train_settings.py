@@ -55,6 +55,7 @@ from napari_samtune.core.presets import (
     measure_machine,
 )
 from napari_samtune.core.registry import user_models_dir
+from napari_samtune.core.user_settings import FINETUNE_MODEL
 
 READ_TASK = "reading model file"
 
@@ -121,7 +122,7 @@ class TrainSettingsWidget(QWidget):
         self.preset_combo.setToolTip(self.detect_reason)
         self.preset_label = QLabel("")
         self.preset_label.setWordWrap(True)
-        self.model_picker = ModelPickerWidget()
+        self.model_picker = ModelPickerWidget(remembered_as=FINETUNE_MODEL)
         self.read_bar, self.read_label = QProgressBar(), QLabel("")
         self.settings_error = error_label()
         form = QFormLayout()

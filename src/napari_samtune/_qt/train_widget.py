@@ -227,6 +227,8 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
 
     def _train(self, request: TrainRequest, resume: Path | None):
         """Start the run's worker; returns it."""
+        if resume is None:  # chosen first in the next napari session (a continued run's is its)
+            self.settings.model_picker.remember(request.config.model)
         self.stop_event = threading.Event()
         self.result = self.started = None
         self.steps_seen = 0  # training steps of this run the widget was told of

@@ -12,6 +12,8 @@ from napari_samtune.core.train_export import write_json
 
 SETTINGS_NAME = "settings.json"
 ANNOTATION_FOLDER = "annotation_folder"  # the folder last chosen in the annotation widget
+ANNOTATE_MODEL = "annotate_model"  # the model the annotation widget last loaded
+FINETUNE_MODEL = "finetune_model"  # the model the Finetune widget last started a run from
 
 
 def settings_path() -> Path:
