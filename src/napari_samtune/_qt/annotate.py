@@ -48,6 +48,10 @@ VOLUME_HINT = (
     "volume, not on the plane the slider shows; switch the viewer to 2D to prompt (its 2D/3D "
     "button, or Ctrl+Y)"
 )
+OFF_STACK_HINT = (
+    "the slider is past the planes of {!r} (another layer reaches further, or this one is "
+    "translated): move it onto the image's planes to prompt or segment the plane in view"
+)
 
 OUTSIDE_HINT = (
     "a prompt outside the image is left out: SAM sees only the image's pixels, so click or "
@@ -254,6 +258,11 @@ class AnnotateWidget(
         if isinstance(action, str) and action.endswith("ing"):
             return  # adding / changing / removing: the final event follows
         self._prompts_for_undo = None  # U puts back a clear's prompts only right after it
+        if self.session is not None and not self._viewing_planes():
+            self._hint(self._planes_hint())  # a click there has no plane to be segmented on
+            self._previews_behind.add(self.current_plane)  # segmented once planes show
+            return
+        self._keep_propagation_out()
         self.update_preview()
 
     def update_preview(self, clear_if_empty: bool = True) -> bool:
@@ -265,21 +274,20 @@ class AnnotateWidget(
         if self.session is None:
             return False
         plane = self.current_plane
+        if not self._viewing_planes():  # 3D, or planes seen along another axis: previews
+            return plane not in self._previews_behind  # stay (C refused them after a job)
         up_to_date = self._compute_preview(plane, clear_if_empty)
         (self._previews_behind.discard if up_to_date else self._previews_behind.add)(plane)
         return up_to_date
 
     def _compute_preview(self, plane: int | None, clear_if_empty: bool) -> bool:
-        if not self._viewing_planes():
-            self._hint(self._planes_hint())
-            return False
         layers = self.session.layers
         prompts = layers.prompts(plane)
         propagated = layers.propagated.get(plane)
+        if propagated is not None and prompts.is_empty:  # uncorrected: propagation's own mask
+            layers.set_preview(plane, propagated.labels)  # in batched mode too (it was erased)
+            return True
         if propagated is not None and self.ui.mode_combo.currentText() != BATCHED_MODE:
-            if prompts.is_empty:  # uncorrected: propagation's own mask
-                layers.set_preview(plane, propagated.labels)
-                return True
             prompts = prompts.after(propagated.prompts)  # corrected: refine it
         self._hint_left_out(prompts)
         if not (len(prompts.boxes_rc) or prompts.positive.any()):
@@ -328,17 +336,23 @@ class AnnotateWidget(
                 self._hinted.discard(hint)  # said again the next time it happens
 
     def _viewing_planes(self) -> bool:
-        """Whether the view shows a stack's planes (rows and columns): seen along another
-        axis (the dims order transposed) or as a volume (the 3D view) a click has no plane
-        to be segmented on."""
+        """Whether the view shows a plane of the stack (rows and columns): seen along another
+        axis (the dims order transposed), as a volume (the 3D view) or with the slider past
+        its planes, a click has no plane to be segmented on."""
         if not self.session.axes.is_stack:
             return True
         dims = self.viewer.dims
-        return dims.ndisplay == 2 and set(dims.order[-2:]) == {dims.ndim - 2, dims.ndim - 1}
+        rows_and_columns = set(dims.order[-2:]) == {dims.ndim - 2, dims.ndim - 1}
+        return dims.ndisplay == 2 and rows_and_columns and self.session.shows_plane(dims.point)
 
     def _planes_hint(self) -> str:
         """Why a stack's view has no plane to segment on, and how to show one."""
-        return VOLUME_HINT if self.viewer.dims.ndisplay != 2 else TRANSPOSED_HINT
+        dims = self.viewer.dims
+        if dims.ndisplay != 2:
+            return VOLUME_HINT
+        if not self.session.shows_plane(dims.point):
+            return OFF_STACK_HINT.format(self.session.image_layer.name)
+        return TRANSPOSED_HINT
 
     def _on_dims_order(self, event=None) -> None:
         """The dims order or the 2D/3D view changed: the hints are said again after the next

@@ -90,6 +90,8 @@ class AnnotateEmbeddingMixin:
         every job for ever, until the view moves or the model, image or channels change."""
         if self.segmenter is None or self.session is None or self.segmenter_busy():
             return None
+        if not self.session.shows_plane(self.viewer.dims.point):  # the slider past its planes
+            return None
         plane = self.current_plane
         attempt = (self._generation, plane)
         if self.is_embedded(plane) or self._failed_embedding == attempt:

@@ -10,7 +10,7 @@ Segmenter: the widget makes no predictions until it has finished.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -238,11 +238,12 @@ def iter_propagate_object(
     start_plane: int,
     start_mask: np.ndarray,
     config: PropagationConfig,
-    keep_out: frozenset[int] = frozenset(),
+    keep_out: Collection[int] = frozenset(),
     image_name: str = "image",
     stop: threading.Event | None = None,
 ) -> Iterator[TaskProgress | PlaneResult]:
-    """Carry one object's mask to neighbouring planes, not into those of ``keep_out``;
+    """Carry one object's mask to neighbouring planes, not into those of ``keep_out`` (a
+    set the main thread adds planes to while it runs, prompted meanwhile);
     yields a :class:`PlaneResult` for each plane reached, then a :class:`PropagationEnd`.
     Once ``stop`` is set, it ends after the tile in work (yielding no end)."""
     planes = iter_propagate(

@@ -74,6 +74,14 @@ class AnnotationSession:
         z = self.layers.preview.world_to_data(world_point)[0]
         return int(np.clip(np.rint(z), 0, self.axes.n_planes - 1))
 
+    def shows_plane(self, world_point) -> bool:
+        """Whether ``world_point`` lies on a plane of the stack (napari shows none of it past
+        its planes, and :meth:`plane_at` gives the nearest, which the widget acted on)."""
+        if not self.axes.is_stack:
+            return True
+        z = self.layers.preview.world_to_data(world_point)[0]
+        return -0.5 <= z < self.axes.n_planes - 0.5
+
     # -- edits ----------------------------------------------------------------------------
     def commit(self, overwrite: bool, source: str, model_name: str) -> list[int]:
         """Write the preview (every plane) as new objects; clear prompts and preview.

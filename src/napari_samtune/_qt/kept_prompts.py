@@ -4,12 +4,14 @@ Clearing (Shift+C) takes every point (with its positive / negative label) and bo
 image at once, and so does a commit: a slip of the key lost many clicks, and U reverted a
 commit's pixels without its prompts, so a wrong object had to be clicked again from the
 start. The prompts a commit used are kept in its undo entry, those a clear took by the
-widget until a prompt is added or removed.
+widget until a prompt is added or removed. With them go the planes a propagation reached
+(their masks and prompts): U after committing a propagated object brought back its start
+plane only, and C then wrote a one-plane object.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -24,6 +26,9 @@ class KeptPrompts:
     point_features: pd.DataFrame
     boxes: tuple[np.ndarray, ...]
     box_types: tuple[str, ...]
+    propagated: dict = field(default_factory=dict)  # plane -> PropagatedPlane
+    previews: dict = field(default_factory=dict)  # plane -> its preview then, uint32 (H, W)
+    starts: frozenset[int] = frozenset()  # the planes propagation started from
 
     @property
     def n_prompts(self) -> int:
@@ -31,7 +36,12 @@ class KeptPrompts:
 
     def put_back(self, layers) -> None:
         """Make them the prompts of ``layers`` (a :class:`~.prompt_layers.PromptLayers`),
-        replacing any there; the widget recomputes the preview from them."""
+        replacing any there, and the planes a propagation had reached; the widget recomputes
+        the preview from them."""
+        for plane, propagated in self.propagated.items():  # before the prompts, which the
+            layers.propagated[plane] = propagated  # preview of the plane in view refines
+            layers.set_preview(plane, self.previews[plane])
+        layers.propagated.starts |= self.starts
         layers.clear_prompts()
         if len(self.points):
             layers.points.data = self.points
@@ -46,13 +56,17 @@ def snapshot_prompts(layers) -> KeptPrompts | None:
     are now; None when there are none."""
     points = np.array(layers.points.data, dtype=np.float64).reshape(-1, layers.ndim)
     boxes = tuple(np.array(vertices, dtype=np.float64) for vertices in layers.boxes.data)
-    if not len(points) and not boxes:
+    propagated = dict(layers.propagated)
+    if not len(points) and not boxes and not propagated:
         return None
     return KeptPrompts(
         points=points,
         point_features=layers.points.features.copy(),
         boxes=boxes,
         box_types=tuple(layers.boxes.shape_type),
+        propagated=propagated,
+        previews={plane: layers.preview_plane(plane).copy() for plane in propagated},
+        starts=frozenset(layers.propagated.starts),
     )
 
 

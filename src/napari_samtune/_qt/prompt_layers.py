@@ -47,6 +47,7 @@ from napari_samtune._qt.layer_names import (
     role_for,
 )
 from napari_samtune._qt.preview_tops import PreviewTops
+from napari_samtune._qt.propagated_planes import PropagatedPlanes
 
 POSITIVE = "positive"
 NEGATIVE = "negative"
@@ -82,16 +83,6 @@ class PlanePrompts:
             np.concatenate([earlier.boxes_rc, self.boxes_rc]),
             self.n_outside,
         )
-
-
-@dataclass(frozen=True)
-class PropagatedPlane:
-    """What propagation made on a plane: its mask (uint32 (H, W)), shown while the plane has
-    no prompts of its own, and prompts that stand for it (its box and most interior point),
-    which a correction there (a negative click) refines instead of replacing the mask."""
-
-    labels: np.ndarray
-    prompts: PlanePrompts
 
 
 def planes_of(coords: np.ndarray) -> np.ndarray:
@@ -161,7 +152,7 @@ class PromptLayers:
         self._tops = PreviewTops.of(self.preview)  # None: a layer it did not make, read whole
         # per plane propagation reached; kept with the preview (picked again, an image finds
         # its preview layer and what propagated there: a correction refines, not replaces)
-        self.propagated: dict[int, PropagatedPlane] = _PROPAGATED.setdefault(self.preview, {})
+        self.propagated = _PROPAGATED.setdefault(self.preview, PropagatedPlanes())
         self.boxes = self._box_layer(name)
         self.points = self._point_layer(name)
         self.place_like(image_layer)  # layers kept from before may sit elsewhere
