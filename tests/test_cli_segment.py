@@ -904,7 +904,8 @@ def test_images_of_the_same_name_from_two_folders_keep_their_own_labels(
         assert record["image_fingerprint"] == image_fingerprint(pixels[experiment])
         assert record["image"] == "Image_001" and record["shape"] == [96, 128]
         (made,) = record["objects"]
-        assert made["source"] == "automatic" and made["model"] == "tiny_sam"
+        assert made["source"] == "automatic"
+        assert made["model"] == str(tiny_checkpoint.resolve())  # not every export's "model"
         assert made["ids"] == [int(i) for i in np.unique(labels) if i]
         assert made["settings"]["points_per_side"] == 4
 

@@ -171,9 +171,10 @@ def _inputs(specs: list[Path]) -> tuple[list[Path], bool]:
 
 
 def _load_segmenter(args: argparse.Namespace):
-    """The Segmenter of ``--model`` on ``--device``, and the model's name."""
+    """The Segmenter of ``--model`` on ``--device``, and the model's name: a weights file's
+    full path (every run's export is a ``model.pth``: its stem told them apart in no record)."""
     from napari_samtune.core.devices import resolve_device
-    from napari_samtune.core.models import load_model
+    from napari_samtune.core.models import is_registered_name, load_model
     from napari_samtune.core.predict import Segmenter
 
     device = resolve_device(args.device)
@@ -182,7 +183,8 @@ def _load_segmenter(args: argparse.Namespace):
     segmenter = Segmenter(
         loaded.sam, model_id=loaded.model_id, device=device, use_disk_cache=not args.no_cache
     )
-    return segmenter, loaded.name
+    by_file = loaded.path is not None and not is_registered_name(str(args.model))
+    return segmenter, str(loaded.path.resolve()) if by_file else loaded.name
 
 
 def _write_labels(

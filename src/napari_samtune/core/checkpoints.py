@@ -31,6 +31,17 @@ CHECKPOINT_FORMAT = "napari-samtune-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
 
 
+def check_format_version(checkpoint: dict, path: str | os.PathLike) -> None:
+    """``ValueError`` for a project checkpoint of a format newer than this version reads
+    (its new keys would be ignored, and a resumed run would write it back without them)."""
+    version = checkpoint.get("format_version", CHECKPOINT_FORMAT_VERSION)
+    if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
+        raise ValueError(
+            f"{path} is a napari-samtune checkpoint of format_version {version!r}; this "
+            f"version reads up to {CHECKPOINT_FORMAT_VERSION}: update napari-samtune"
+        )
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` and atomically move the result to ``path``.
 

@@ -37,8 +37,8 @@ from napari_samtune.core.architectures import (
 )
 from napari_samtune.core.checkpoints import (
     CHECKPOINT_FORMAT,
-    CHECKPOINT_FORMAT_VERSION,
     atomic_torch_save,
+    check_format_version,
     safe_torch_load,
 )
 from napari_samtune.core.devices import resolve_device
@@ -72,12 +72,7 @@ def _unwrap_checkpoint(obj: object, path: Path) -> tuple[object, SamArchitecture
     if not isinstance(obj, dict):
         raise ValueError(f"{path} holds a {type(obj).__name__}. Expected {EXPECTED}")
     if obj.get("format") == CHECKPOINT_FORMAT:
-        version = obj.get("format_version", CHECKPOINT_FORMAT_VERSION)
-        if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
-            raise ValueError(
-                f"{path} is a napari-samtune checkpoint of format_version {version!r}; this "
-                f"version reads up to {CHECKPOINT_FORMAT_VERSION}: update napari-samtune"
-            )
+        check_format_version(obj, path)
         try:
             architecture = SamArchitecture.from_dict(obj["architecture"])
         except (KeyError, TypeError, ValueError) as err:

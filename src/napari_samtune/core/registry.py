@@ -92,6 +92,21 @@ def validate_model_name(name: str, parameter: str | None = None) -> str:
     return name
 
 
+WEIGHT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")  # of weights files
+
+
+def refuse_file_like_name(name: str, parameter: str = "name") -> None:
+    """``ValueError`` for a new model name ending like a weights file (``cells.pth``): the
+    name would be taken before a file of that name, so ``--model cells.pth`` loaded the
+    registered model while the file beside it held newer weights, unsaid."""
+    if name.lower().endswith(WEIGHT_SUFFIXES):
+        raise ValueError(
+            f"{parameter}={name!r} ends like a weights file, and a file named so would be "
+            f"passed over for the model: name it without the suffix, e.g. "
+            f"{name.rsplit('.', 1)[0]!r}"
+        )
+
+
 WEIGHTS_ID_PREFIX = "weights-sha256-"  # model ids from the weights' digest (models.load_model)
 
 

@@ -13,7 +13,9 @@ resuming), ``optimizer_state``, ``scheduler_state``, ``scaler_state``,
 ``config`` (``asdict(TrainConfig)``), ``preset``, ``epoch`` (the epoch in
 progress), ``step`` (optimizer steps so far), ``step_in_epoch``,
 ``best_metric``, ``progress`` (counters and timings), ``versions``,
-``data_summary``, ``base_model_id``, ``run_id`` (the same in every checkpoint of a run and
+``data_summary``, ``base_model_id``, ``base_parts_digest`` (with ``checkpoint_trainable_only``:
+of the weights taken from the base model, see :func:`base_parts_digest`), ``run_id`` (the
+same in every checkpoint of a run and
 its continuations), ``rng_state``, ``epoch_record`` (the metrics.jsonl record of the last
 epoch done, or None).
 """
@@ -32,6 +34,7 @@ from napari_samtune.core.checkpoints import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_FORMAT_VERSION,
     atomic_torch_save,
+    check_format_version,
     is_project_checkpoint,
     safe_torch_load,
     training_process,
@@ -74,6 +77,18 @@ def model_states(sam: Sam, trainable_only: bool) -> tuple[dict, dict, bool]:
         state, lora = merged_state_dict(sam), adapter_state_dict(sam, with_base=True)
     cpu = {k: v.detach().cpu().clone() for k, v in state.items()}
     return cpu, {k: v.detach().cpu().clone() for k, v in lora.items()}, not trainable_only
+
+
+def base_parts_digest(sam: Sam) -> str:
+    """Digest of the weights of a training model that a checkpoint holding only the trained
+    ones (``checkpoint_trainable_only``) takes from the base model: all but the parameters
+    that train. A checkpoint is completed on its base model when these are the same, also
+    if the base model's other weights changed since (registered anew by a continued run,
+    say), which refused the checkpoint though its completion was exact."""
+    from napari_samtune.core.models import state_dict_digest
+
+    trained = {name for name, parameter in sam.named_parameters() if parameter.requires_grad}
+    return state_dict_digest({k: v for k, v in sam.state_dict().items() if k not in trained})
 
 
 def write_checkpoint(path: Path, sam: Sam, arch: SamArchitecture, config: TrainConfig, **extra):
@@ -148,6 +163,7 @@ def read_checkpoint(path: str | Path) -> dict:
         raise ValueError(
             f"{str(path)!r} is not a napari-samtune checkpoint; expected {TRAINING_CHECKPOINT}"
         )
+    check_format_version(checkpoint, repr(str(path)))  # export and resume read it too
     if "config" not in checkpoint or "lora_state" not in checkpoint:
         raise ValueError(
             f"{str(path)!r} is a napari-samtune model checkpoint, not a training checkpoint; "
@@ -224,8 +240,10 @@ class BaseModelUnavailable(ValueError):
 
 BASE_MODEL_FIX = (
     "put the base model back as the run had it (the file at that path, or registered again "
-    "under that name, with the same weights), then try again; runs that must outlive their "
-    "base model write whole checkpoints (samtune train --whole-checkpoints)"
+    "under that name, with the same weights), then try again; or use the run's model.pth, "
+    "where it has one, which holds every weight (finetune it further with --model "
+    "RUN/model.pth); runs that must outlive their base model write whole checkpoints "
+    "(samtune train --whole-checkpoints)"
 )
 
 
@@ -252,10 +270,16 @@ def restore_model(checkpoint: dict) -> tuple[Sam, SamArchitecture]:
         raise BaseModelUnavailable(
             f"{only_trained}, and that cannot be loaded now: {err}. To fix: {BASE_MODEL_FIX}"
         ) from None
-    if checkpoint.get("base_model_id") not in (None, model_id):
+    recorded = checkpoint.get("base_parts_digest")
+    if recorded is not None:  # its parts taken from the base: the rest may have changed
+        as_it_was = base_parts_digest(sam) == recorded
+    else:  # a checkpoint from before the parts were recorded
+        as_it_was = checkpoint.get("base_model_id") in (None, model_id)
+    if not as_it_was:
         raise BaseModelUnavailable(
-            f"{only_trained} as it was ({checkpoint['base_model_id']}), but that model now "
-            f"has different weights ({model_id}). To fix: {BASE_MODEL_FIX}"
+            f"{only_trained} as it was ({checkpoint.get('base_model_id')}), but that model "
+            f"now has different weights ({model_id}) in the parts this checkpoint takes from "
+            f"it. To fix: {BASE_MODEL_FIX}"
         )
     unexpected = sam.load_state_dict(state, strict=False).unexpected_keys
     if unexpected or base_arch != arch:

@@ -90,11 +90,13 @@ def check_registration(name: str | None, resumed_run: Path | None = None) -> str
 def check_model_name(name: str | None, resumed_run: Path | None = None) -> str | None:
     """Refuse, before training starts, a model name that registration would refuse later;
     a run being resumed (its folder ``resumed_run``) may name the model it registered."""
-    from napari_samtune.core.registry import validate_model_name
+    from napari_samtune.core.registry import refuse_file_like_name, validate_model_name
 
     if name is None:
         return None
     validate_model_name(name, "model_name")
+    if not _name_taken(name):
+        refuse_file_like_name(name, "model_name")
     if _name_taken(name) and (resumed_run is None or name != earlier_registration(resumed_run)):
         raise ValueError(
             f"model_name={name!r} is already a built-in or registered model; pick another name"

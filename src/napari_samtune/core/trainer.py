@@ -32,6 +32,7 @@ from napari_samtune.core.patches import PatchSampler, tile_patches
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.run_data import TrainData, listed, prepare_run_data
 from napari_samtune.core.train_checkpoints import (
+    base_parts_digest,
     check_resumable,
     read_checkpoint,
     resolve_checkpoint,
@@ -143,10 +144,13 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
         if checkpoint is None:
             sam, arch, self.base_model_id = build_training_model(config)
             check_lora_rank(config.lora_rank, arch)  # configs not made by config_from_preset
+            parts = base_parts_digest(sam) if config.checkpoint_trainable_only else None
         else:
             check_resumable(checkpoint, config, path)
             sam, arch = restore_model(checkpoint)
             self.base_model_id = checkpoint.get("base_model_id", "")
+            parts = checkpoint.get("base_parts_digest")
+        self.base_parts = {} if parts is None else {"base_parts_digest": parts}
         self.precision = resolve_precision(config.mixed_precision, self.device)
         self.config = replace(
             config,

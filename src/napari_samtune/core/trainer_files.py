@@ -208,6 +208,7 @@ class TrainerFilesMixin:
             "best_metric": p.best_metric,
             "progress": asdict(p) | {"elapsed_s": self._elapsed()},
             "base_model_id": self.base_model_id,
+            **self.base_parts,
             "run_id": self.run_id,
             "epoch_record": self.epoch_record,
             "data_summary": data_summary(

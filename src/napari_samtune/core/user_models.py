@@ -29,6 +29,7 @@ from napari_samtune.core.registry import (
     builtin_model,
     builtin_names,
     is_model_name,
+    refuse_file_like_name,
     user_models_dir,
     validate_model_name,
 )
@@ -357,7 +358,10 @@ def _check_new_name(name: str, overwrite: bool) -> None:
             f"name={name!r} is a built-in model or architecture name; pick another name, "
             f"e.g. {name + '_finetuned'!r}"
         )
-    if (user_models_dir() / f"{name}.json").exists() and not overwrite:
+    registered = (user_models_dir() / f"{name}.json").exists()
+    if not registered:  # one registered before keeps its name (continued runs replace it)
+        refuse_file_like_name(name)
+    if registered and not overwrite:
         raise ModelNameTaken(
             f"a user model named {name!r} already exists in {user_models_dir()}; "
             "pass overwrite=True to replace it or pick another name"

@@ -1,0 +1,84 @@
+"""Model files between runs and versions: checkpoints of a newer format, names that look
+like weights files, and checkpoints holding only the trained weights whose base model was
+registered anew."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_samtune.core.architectures import TINY, build_sam
+from napari_samtune.core.synthetic import make_dataset
+from napari_samtune.core.train import train
+from napari_samtune.core.train_checkpoints import (
+    BaseModelUnavailable,
+    export_model,
+    read_checkpoint,
+)
+from napari_samtune.core.train_export import check_model_name
+from napari_samtune.core.user_models import register_user_model
+
+DATA = make_dataset(2, shape=(64, 64), seed=0), make_dataset(1, shape=(64, 64), seed=9)
+
+
+def test_export_and_resume_refuse_a_checkpoint_of_a_newer_format(tmp_path, short_tiny_config):
+    """load_model refused it, but export wrote it out and a resumed run rewrote it as
+    format 1, without the newer keys."""
+    train(short_tiny_config(), *DATA, tmp_path / "run")
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    checkpoint = torch.load(last, weights_only=True)
+    checkpoint["format_version"] = 2
+    torch.save(checkpoint, last)
+    with pytest.raises(ValueError, match="format_version 2.*update napari-samtune"):
+        read_checkpoint(last)
+    with pytest.raises(ValueError, match="format_version 2"):
+        export_model(last, tmp_path / "out.pth")
+    assert not (tmp_path / "out.pth").exists()
+    config = short_tiny_config(epochs=2)
+    with pytest.raises(ValueError, match="format_version 2"):
+        train(config, *DATA, tmp_path / "run", resume_from=tmp_path / "run")
+    assert torch.load(last, weights_only=True)["format_version"] == 2  # left as it was
+
+
+@pytest.mark.parametrize("name", ["cells.pth", "cells.PT", "nuclei.ckpt", "x.safetensors"])
+def test_a_new_model_name_ending_like_a_weights_file_is_refused(tiny_checkpoint, name):
+    """``--model cells.pth`` loaded the registered model, not the newer file of that name."""
+    with pytest.raises(ValueError, match="ends like a weights file"):
+        register_user_model(tiny_checkpoint, name, TINY)
+    with pytest.raises(ValueError, match="model_name=.* ends like a weights file"):
+        check_model_name(name)
+    assert check_model_name("cells.v2") == "cells.v2"  # a dot elsewhere is fine
+
+
+def _save(sam, path):
+    torch.save(sam.state_dict(), path)
+    return path
+
+
+def test_a_frozen_encoder_run_survives_its_base_registered_anew_with_the_same_encoder(
+    tmp_path, short_tiny_config, tiny_sam
+):
+    """A continued run of the base model (its decoder trained on) made this run's checkpoints,
+    which take only the frozen encoder from it, unusable: exact completion was refused."""
+    register_user_model(_save(tiny_sam, tmp_path / "base.pth"), "base", TINY)
+    config = short_tiny_config(
+        model="base", freeze=("image_encoder",), checkpoint_trainable_only=True
+    )
+    run = tmp_path / "run"
+    train(config, *DATA, run)
+    before, _ = export_model(run, tmp_path / "before.pth")
+    with torch.no_grad():  # the base's decoder trained on; its encoder as it was
+        for parameter in tiny_sam.mask_decoder.parameters():
+            parameter.add_(0.1)
+    register_user_model(_save(tiny_sam, tmp_path / "base2.pth"), "base", TINY, overwrite=True)
+    after, _ = export_model(run, tmp_path / "after.pth")
+    first, second = torch.load(before, weights_only=True), torch.load(after, weights_only=True)
+    assert first.keys() == second.keys()
+    for key in first:
+        torch.testing.assert_close(first[key], second[key], rtol=0, atol=0)
+    torch.manual_seed(5)  # now the encoder is another one: completing it would be wrong
+    register_user_model(
+        _save(build_sam(TINY), tmp_path / "base3.pth"), "base", TINY, overwrite=True
+    )
+    with pytest.raises(BaseModelUnavailable, match="parts this checkpoint takes.*model.pth"):
+        export_model(run, tmp_path / "wrong.pth")
