@@ -11,7 +11,7 @@ Conventions used throughout:
   (IoU > 0.5 means the pair shares more than half of each object, and disjoint
   objects cannot both do that), so the matches are simply the pairs above the
   threshold. For ``t < 0.5`` the number of matches is maximised with
-  :func:`scipy.optimize.linear_sum_assignment` (optimal, not greedy).
+  a maximum bipartite matching of the pairs above it (optimal, not greedy).
 * Segmentation accuracy ``SA(t) = TP / (TP + FP + FN)``; mSA is its mean over
   the thresholds 0.50, 0.55, ..., 0.95 (:data:`IOU_THRESHOLDS`). Precision
   ``TP / (TP + FP)``, recall ``TP / (TP + FN)`` and F1 ``2 TP / (2 TP + FP + FN)``
@@ -118,20 +118,28 @@ def check_not_a_mask(labels: np.ndarray, what: str) -> None:
         )
 
 
-def iou_matrix(
-    labels: np.ndarray, prediction: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """IoU of every ground-truth object with every predicted object, from one overlap table.
+@dataclass(frozen=True)
+class Overlaps:
+    """The IoU of every pair of a ground-truth and a predicted object that share a pixel
+    (all other pairs have IoU 0), as parallel arrays: pair ``k`` is ground-truth object
+    ``gt_ids[gt_index[k]]`` and predicted object ``pred_ids[pred_index[k]]``."""
+
+    iou: np.ndarray  # float64 (n_pairs,)
+    gt_index: np.ndarray  # int64 (n_pairs,), rows of gt_ids
+    pred_index: np.ndarray  # int64 (n_pairs,), rows of pred_ids
+    gt_ids: np.ndarray  # the ground truth's ids, ascending, background excluded
+    pred_ids: np.ndarray  # the prediction's ids, ascending, background excluded
+
+
+def overlaps(labels: np.ndarray, prediction: np.ndarray) -> Overlaps:
+    """The overlapping pairs of ground-truth and predicted objects, with their IoU.
 
     Args:
         labels: ground-truth instance labels, integer array of any shape.
         prediction: predicted instance labels, same shape.
 
-    Returns:
-        ``(iou, gt_ids, pred_ids)``: float64 ``iou`` of shape (n_gt, n_pred), row ``i``
-        for object ``gt_ids[i]`` and column ``j`` for ``pred_ids[j]`` (ids sorted
-        ascending, background excluded). Time is linear in the number of pixels;
-        memory is that of the (n_gt + 1, n_pred + 1) table.
+    Time and memory are linear in the number of pixels (and pairs): a dense table of
+    every pair took 3.3 GB and 73 s for 10,000 objects in 2000 x 2000 px.
     """
     labels = check_label_image(labels, "labels")
     prediction = check_label_image(prediction, "prediction")
@@ -142,31 +150,50 @@ def iou_matrix(
         )
     gt_ids, gt_index = _index_instances(labels)
     pred_ids, pred_index = _index_instances(prediction)
-    n_rows, n_cols = len(gt_ids) + 1, len(pred_ids) + 1
-    # Contingency table: pixels per (gt, prediction) index pair; row/column 0 is background.
-    pair = gt_index * n_cols + pred_index
-    table = np.bincount(pair, minlength=n_rows * n_cols).reshape(n_rows, n_cols)
-    intersection = table[1:, 1:].astype(np.float64)
-    gt_sizes, pred_sizes = table.sum(axis=1)[1:], table.sum(axis=0)[1:]
-    union = gt_sizes[:, None] + pred_sizes[None, :] - intersection  # > 0: objects are non-empty
-    return intersection / union, gt_ids, pred_ids
+    gt_sizes = np.bincount(gt_index, minlength=len(gt_ids) + 1)[1:]
+    pred_sizes = np.bincount(pred_index, minlength=len(pred_ids) + 1)[1:]
+    both = (gt_index > 0) & (pred_index > 0)
+    n_cols = len(pred_ids) + 1
+    pairs, intersection = np.unique(gt_index[both] * n_cols + pred_index[both], return_counts=True)
+    rows, cols = pairs // n_cols - 1, pairs % n_cols - 1
+    union = gt_sizes[rows] + pred_sizes[cols] - intersection  # > 0: objects are non-empty
+    return Overlaps(intersection / union, rows, cols, gt_ids, pred_ids)
 
 
-def _n_matches(iou: np.ndarray, threshold: float) -> int:
+def iou_matrix(
+    labels: np.ndarray, prediction: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IoU of every ground-truth object with every predicted object, as a dense table.
+
+    Returns:
+        ``(iou, gt_ids, pred_ids)``: float64 ``iou`` of shape (n_gt, n_pred), row ``i``
+        for object ``gt_ids[i]`` and column ``j`` for ``pred_ids[j]`` (ids sorted
+        ascending, background excluded). Its memory grows with n_gt x n_pred: the scores
+        use :func:`overlaps`.
+    """
+    found = overlaps(labels, prediction)
+    iou = np.zeros((len(found.gt_ids), len(found.pred_ids)))
+    iou[found.gt_index, found.pred_index] = found.iou
+    return iou, found.gt_ids, found.pred_ids
+
+
+def _n_matches(found: Overlaps, threshold: float) -> int:
     """Largest number of one-to-one (gt, prediction) pairs with IoU > threshold."""
-    hits = iou > threshold
-    if threshold >= 0.5:  # each row and column holds at most one hit (see module docstring)
+    hits = found.iou > threshold
+    if threshold >= 0.5:  # each object is in at most one hit (see module docstring)
         return int(hits.sum())
-    rows, cols = hits.any(axis=1), hits.any(axis=0)
-    candidates = hits[rows][:, cols]
-    if candidates.size == 0:
+    if not hits.any():
         return 0
     # imported here: the label checks above are imported with the training data, and
-    # scipy.optimize takes 0.17 s to import
-    from scipy.optimize import linear_sum_assignment
+    # scipy takes 0.17 s to import
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import maximum_bipartite_matching
 
-    row_index, col_index = linear_sum_assignment(candidates, maximize=True)
-    return int(candidates[row_index, col_index].sum())
+    shape = (len(found.gt_ids), len(found.pred_ids))
+    graph = csr_matrix(
+        (np.ones(int(hits.sum())), (found.gt_index[hits], found.pred_index[hits])), shape
+    )
+    return int((maximum_bipartite_matching(graph, perm_type="column") >= 0).sum())
 
 
 def match_counts(
@@ -187,11 +214,11 @@ def match_counts(
     thresholds = [float(t) for t in thresholds]
     if not thresholds or any(not 0.0 <= t < 1.0 for t in thresholds):
         raise ValueError(f"thresholds={thresholds!r}; give one or more IoU values in [0, 1)")
-    iou, gt_ids, pred_ids = iou_matrix(labels, prediction)
+    found = overlaps(labels, prediction)
     counts = np.zeros((len(thresholds), 3), dtype=np.int64)
     for row, threshold in enumerate(thresholds):
-        n_tp = _n_matches(iou, threshold)
-        counts[row] = (n_tp, len(pred_ids) - n_tp, len(gt_ids) - n_tp)
+        n_tp = _n_matches(found, threshold)
+        counts[row] = (n_tp, len(found.pred_ids) - n_tp, len(found.gt_ids) - n_tp)
     return counts
 
 
