@@ -36,8 +36,11 @@ def _by_sorting(image: np.ndarray) -> np.ndarray:
     """The documented rule, spelled out with np.percentile (the float path, in float64)."""
     data = image.astype(np.float64)
     low, high = np.percentile(data, [LOW_PERCENTILE, HIGH_PERCENTILE])
-    if high <= low:
-        low, high = float(data.min()), float(data.max())
+    if high <= low:  # one value but for a few pixels: by those few
+        rest = data[data != low]
+        if rest.size:
+            rest_low, rest_high = np.percentile(rest, intensity.REST_PERCENTILES)
+            low, high = min(low, rest_low), max(high, rest_high)
     if high <= low:
         return np.zeros(image.shape, np.uint8)
     return np.clip(np.rint((data - low) * (255.0 / (high - low))), 0, 255).astype(np.uint8)
@@ -66,6 +69,22 @@ def test_integer_images_rescale_by_histogram_exactly_as_by_sorting(rng, dtype, l
     assert (intensity._rescale_integers(image) is None) == wide  # which path was taken
     gamma = np.minimum(rng.gamma(2.0, 300.0, size=(120, 90)), 65535).astype(np.uint16)
     np.testing.assert_array_equal(rescale_to_uint8(gamma), _by_sorting(gamma))
+    sparse = np.where(rng.random((120, 90)) < 0.005, gamma, 3).astype(dtype)  # flat but 0.5%
+    np.testing.assert_array_equal(rescale_to_uint8(sparse), _by_sorting(sparse))
+
+
+def test_a_few_hot_pixels_do_not_darken_the_sparse_cells_of_a_flat_background():
+    """3 hot pixels scaled the cells of a background-subtracted image (0.12% of it) to 4 of
+    255, the image's full range: nothing was found in it, unsaid."""
+    image = np.zeros((512, 512), np.uint16)
+    image[100:110, 100:110] = 1000
+    image[300:310, 200:211] = 1200
+    image[400:410, 50:60] = 1100
+    image[5, 5] = image[6, 500] = image[500, 7] = 65535
+    for pixels in (image, image.astype(np.float32)):  # the histogram and the sorting paths
+        scaled = rescale_to_uint8(pixels)
+        assert scaled[105, 105] > 200 and scaled[305, 205] == 255
+        assert scaled[0, 0] == 0 and scaled[5, 5] == 255
 
 
 def _ramp(rng) -> np.ndarray:

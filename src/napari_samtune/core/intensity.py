@@ -1,4 +1,5 @@
-"""Intensity rescaling: any real image to uint8 by its 1st..99.8th percentile.
+"""Intensity rescaling: any real image to uint8 by its 1st..99.8th percentile (an image of
+one value at both by the pixels of other values, see :data:`REST_PERCENTILES`).
 
 Segmentation and training rescale the same way (:mod:`.images` applies it to every image
 that is not uint8), so 16-bit microscopy data works without being converted first. Integer
@@ -11,6 +12,9 @@ import numpy as np
 
 LOW_PERCENTILE = 1.0
 HIGH_PERCENTILE = 99.8
+# an image of one value but for a few pixels is scaled by those few, from their 1st to their
+# 99th percentile: a few hot pixels are a larger share of them (see _range_of_the_rest)
+REST_PERCENTILES = (1.0, 99.0)
 
 
 def rescale_to_uint8(image: np.ndarray) -> np.ndarray:
@@ -32,9 +36,22 @@ def rescale_to_uint8(image: np.ndarray) -> np.ndarray:
         return np.zeros(image.shape, dtype=np.uint8)
     # finite is a copy already: partitioned in place, without a second one
     low, high = np.percentile(finite, [LOW_PERCENTILE, HIGH_PERCENTILE], overwrite_input=True)
-    if high <= low:  # flat image, or nearly so: fall back to the full range
-        low, high = finite.min(), finite.max()
+    if high <= low:  # one value but for a few pixels
+        low, high = _range_of_the_rest(finite, low)
     return _scale(data, low, high)
+
+
+def _range_of_the_rest(values: np.ndarray, flat: float) -> tuple[float, float]:
+    """The range to scale by for an image that is the value ``flat`` at its 1st and 99.8th
+    percentile: :data:`REST_PERCENTILES` of the pixels of other values, widened to hold
+    ``flat``. The image's full range, taken before, let 3 hot pixels (65535) of a sparse
+    image (cells of 1000-1200 on 0, 0.12% of it) scale its cells to 4 of 255: nothing was
+    found in it. An image of one value is ``(flat, flat)`` (it scales to zeros)."""
+    rest = values[values != flat]
+    if rest.size == 0:
+        return flat, flat
+    low, high = np.percentile(rest, REST_PERCENTILES)
+    return min(flat, low), max(flat, high)
 
 
 def check_rescalable(dtype: np.dtype) -> None:
@@ -105,10 +122,24 @@ def _rescale_integers(image: np.ndarray) -> np.ndarray | None:
         _order_statistic_lerp(cumulative, q, first) for q in (LOW_PERCENTILE, HIGH_PERCENTILE)
     )
     values = np.arange(first, first + span, dtype=np.int64).astype(np.float64)
-    if high <= low:  # as above: the full range, the image's smallest to largest value
-        low, high = values[0], values[-1]
+    if high <= low:  # as above: by the pixels of other values
+        low, high = _integer_range_of_the_rest(cumulative, first, low)
     table = _scale(values, low, high)
     return table[offsets].reshape(image.shape)
+
+
+def _integer_range_of_the_rest(
+    cumulative: np.ndarray, first: int, flat: np.float64
+) -> tuple[np.float64, np.float64]:
+    """:func:`_range_of_the_rest` from the cumulative counts of an integer image whose
+    smallest value is ``first``."""
+    counts = np.diff(cumulative, prepend=0)
+    counts[int(flat) - first] = 0
+    if not counts.any():
+        return flat, flat
+    rest = np.cumsum(counts)
+    low, high = (_order_statistic_lerp(rest, q, first) for q in REST_PERCENTILES)
+    return min(flat, low), max(flat, high)
 
 
 def _order_statistic_lerp(cumulative: np.ndarray, percentile: float, first: int) -> np.float64:
