@@ -292,3 +292,25 @@ def test_a_user_model_with_nothing_recorded_is_not_called_checked(capsys, tiny_c
     sidecar.write_text(json.dumps({**data, "file_hash": None, "file_size": None}))
     assert main(["models"]) == 0
     assert _table_rows(capsys.readouterr().out)["bare"][3:5] == ["yes", "(unchecked)"]
+
+
+def test_a_user_model_whose_name_a_built_in_model_takes_later_can_be_kept_and_removed(
+    capsys, monkeypatch, tiny_checkpoint
+):
+    """A later version's new built-in model of a user model's name made it unloadable, its
+    removal was refused as a built-in's, and renaming the files, as told, did not help."""
+    from napari_samtune.core.models import load_model
+
+    register_user_model(tiny_checkpoint, "histo", TINY)
+    later = ModelSpec("histo", "vit_b", "histo.pt", "https://example.invalid/histo.pt")
+    monkeypatch.setattr(registry, "BUILTIN_MODELS", (*registry.BUILTIN_MODELS, later))
+    assert main(["models"]) == 0
+    told = capsys.readouterr().out
+    weights = re.search(r"register '([^']+)' under another name", told).group(1)
+    assert "samtune models --remove histo" in told
+    register_user_model(weights, "my_histo", TINY)  # as told
+    assert load_model("my_histo").architecture == TINY
+    assert main(["models", "--remove", "histo"]) == 0
+    assert not (user_models_dir() / "histo.json").exists()
+    assert registry.builtin_model("histo") is later  # the built-in one stays
+    assert load_model("my_histo").architecture == TINY  # its weights file is its own

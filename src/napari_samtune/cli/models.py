@@ -103,7 +103,7 @@ def _check_removable(names: list[str]) -> None:
         try:
             registry.validate_model_name(name)
             sidecar = user_models_dir() / f"{name}.json"
-            if registry.builtin_model(name) is None and sidecar.is_file():
+            if sidecar.is_file():  # also one named so before a built-in model was
                 continue
             remove_user_model(name)  # refuses such a name, before deleting anything
         except ValueError as err:

@@ -66,8 +66,13 @@ def _spec_from_sidecar(path: Path) -> ModelSpec:
     )
     if spec.name != path.stem:
         raise ValueError(f"it describes model {spec.name!r} but is named {path.name!r}")
-    if spec.name in builtin_names():
-        raise ValueError(f"{spec.name!r} is the name of a built-in model; rename the files")
+    if spec.name in builtin_names():  # given to a built-in model since it was registered
+        raise ValueError(
+            f"{spec.name!r} is now the name of a built-in model, which takes it: to keep these "
+            f"weights, register {str(spec.local_path())!r} under another name (Python: "
+            f"register_user_model(path, 'new_name', {spec.architecture!r})), then "
+            f"'samtune models --remove {spec.name}' removes this description"
+        )
     if not spec.local_path().is_file():
         raise ValueError(f"its weights file {spec.local_path()} is missing")
     return spec
@@ -288,9 +293,9 @@ def remove_user_model(name: str) -> list[Path]:
     (``a.json`` as ``b.json``) still names ``a.pt``, model ``a``'s weights.
     """
     validate_model_name(name)
-    _refuse_builtin_removal(name)
     sidecar = user_models_dir() / f"{name}.json"
-    if not sidecar.is_file():
+    if not sidecar.is_file():  # a user model named so before a built-in one: removable
+        _refuse_builtin_removal(name)
         users = [spec.name for spec in list_user_models()]
         which = f"the user models are {users!r}" if users else "there are no user models"
         raise ValueError(f"no user model named {name!r}; {which}")
