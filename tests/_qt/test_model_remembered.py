@@ -7,7 +7,11 @@ from napari_samtune._qt.annotate_jobs import LOAD_TASK
 from napari_samtune._qt.model_picker import DEFAULT_MODEL, FILE_ENTRY, ModelPickerWidget
 from napari_samtune.core.architectures import TINY
 from napari_samtune.core.user_models import register_user_model, remove_user_model
-from napari_samtune.core.user_settings import ANNOTATE_MODEL, FINETUNE_MODEL
+from napari_samtune.core.user_settings import (
+    ANNOTATE_MODEL,
+    FINETUNE_MODEL,
+    default_output_folder,
+)
 
 WAIT_MS = 120_000
 
@@ -70,3 +74,20 @@ def test_finetune_offers_the_model_its_last_run_started_from(
     assert ModelPickerWidget(remembered_as=FINETUNE_MODEL).model_source() == tiny_checkpoint
     # the two docks keep their own: the annotation dock has loaded nothing
     assert ModelPickerWidget(remembered_as=ANNOTATE_MODEL).model_source() == DEFAULT_MODEL
+
+
+def test_finetune_starts_in_the_output_folder_of_its_last_run(
+    finetune_on_cells, add_pair, use_tiny_model, qtbot, tmp_path
+):
+    """Runs went to the default folder again after a restart; Continue… looked there."""
+    _, widget = finetune_on_cells(n=1)
+    use_tiny_model(widget, epochs=1)
+    widget.settings.out_dir_edit.setText(str(tmp_path / "my runs"))
+    assert add_pair(widget.train_data, "cells0", "cells0 labels")
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.start() is not None
+    _, later = finetune_on_cells(n=1)  # the next napari session
+    assert later.settings.output_folder() == tmp_path / "my runs"
+    (tmp_path / "my runs").rename(tmp_path / "moved")  # gone since: the default again
+    _, after_move = finetune_on_cells(n=1)
+    assert after_move.settings.output_folder() == default_output_folder()

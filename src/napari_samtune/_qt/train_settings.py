@@ -54,15 +54,13 @@ from napari_samtune.core.presets import (
     get_preset,
     measure_machine,
 )
-from napari_samtune.core.registry import user_models_dir
-from napari_samtune.core.user_settings import FINETUNE_MODEL
+from napari_samtune.core.user_settings import (
+    FINETUNE_MODEL,
+    default_output_folder,
+    starting_output_folder,
+)
 
 READ_TASK = "reading model file"
-
-
-def default_output_folder() -> Path:
-    """Training runs go next to the user models folder: ``<user data>/training``."""
-    return user_models_dir().parent / "training"
 
 
 def _spin(low: int, high: int, special: str = "") -> QSpinBox:
@@ -146,7 +144,7 @@ class TrainSettingsWidget(QWidget):
         self.early_spin = _spin(0, 100000, "never")
         self.early_spin.setSuffix(" epochs")
         self.early_spin.setToolTip("stop after this many epochs without a better validation IoU")
-        self.out_dir_edit = QLineEdit(str(default_output_folder()))
+        self.out_dir_edit = QLineEdit(str(starting_output_folder()))
         self.out_dir_button = QPushButton("…")
         self.name_edit = QLineEdit()
         self.name_edit.setPlaceholderText("automatic: <model>-finetuned-<date>")

@@ -68,6 +68,7 @@ from napari_samtune.core.checkpoints import check_output_folder, training_lock
 from napari_samtune.core.presets import MachineResources, TrainConfig
 from napari_samtune.core.train import TrainingFinished, TrainingStarted
 from napari_samtune.core.train_export import check_model_name, check_registration
+from napari_samtune.core.user_settings import FINETUNE_FOLDER, write_setting
 
 
 class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidget):
@@ -229,6 +230,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
         """Start the run's worker; returns it."""
         if resume is None:  # chosen first in the next napari session (a continued run's is its)
             self.settings.model_picker.remember(request.config.model)
+            write_setting(FINETUNE_FOLDER, str(request.out_dir.parent.resolve()))
         self.stop_event = threading.Event()
         self.result = self.started = None
         self.steps_seen = 0  # training steps of this run the widget was told of

@@ -65,12 +65,10 @@ def starting_annotation_folder() -> Path:
     folder chosen in the widget's last session, if it is still there (chosen by hand, it was
     forgotten at the next start, and the annotations saved there looked lost), else
     :func:`default_annotation_folder`."""
-    from napari_samtune.core.user_settings import ANNOTATION_FOLDER, read_setting
+    from napari_samtune.core.user_settings import ANNOTATION_FOLDER, kept_folder
 
-    chosen = None if os.environ.get(ANNOTATIONS_ENV) else read_setting(ANNOTATION_FOLDER)
-    if chosen and Path(chosen).is_dir():
-        return Path(chosen)
-    return default_annotation_folder()
+    chosen = None if os.environ.get(ANNOTATIONS_ENV) else kept_folder(ANNOTATION_FOLDER)
+    return chosen or default_annotation_folder()
 
 
 def annotation_paths(folder: str | Path, image_name: str) -> tuple[Path, Path]:

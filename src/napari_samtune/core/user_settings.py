@@ -14,6 +14,7 @@ SETTINGS_NAME = "settings.json"
 ANNOTATION_FOLDER = "annotation_folder"  # the folder last chosen in the annotation widget
 ANNOTATE_MODEL = "annotate_model"  # the model the annotation widget last loaded
 FINETUNE_MODEL = "finetune_model"  # the model the Finetune widget last started a run from
+FINETUNE_FOLDER = "finetune_folder"  # the output folder of the Finetune widget's last run
 
 
 def settings_path() -> Path:
@@ -43,3 +44,22 @@ def write_setting(key: str, value: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def kept_folder(key: str) -> Path | None:
+    """The folder kept under ``key`` where it still exists, else None (never kept, or
+    moved or deleted since)."""
+    kept = read_setting(key)
+    return Path(kept) if kept and Path(kept).is_dir() else None
+
+
+def default_output_folder() -> Path:
+    """Where the Finetune widget puts runs at first: ``<user data>/training``, next to the
+    user models folder."""
+    return user_models_dir().parent / "training"
+
+
+def starting_output_folder() -> Path:
+    """The last run's output folder where it still exists (after a restart runs went to the
+    default again, and Continue… looked there), else :func:`default_output_folder`."""
+    return kept_folder(FINETUNE_FOLDER) or default_output_folder()
