@@ -381,6 +381,34 @@ def test_validation_split_by_image_and_within_a_single_image():
     assert np.array_equal(val_part.rgb, single.rgb[150:])
 
 
+def _stack(n_planes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    pairs = make_dataset(n_planes, shape=(48, 48), seed=seed)
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def test_the_planes_of_one_stack_are_not_split_between_training_and_validation():
+    """Plane 3 of a stack validated while its planes 2 and 4 trained: validation scored
+    planes that look like the training ones."""
+    stack = prepare_pairs(split_planes(*_stack(10, seed=0), "cells.tif"))
+    train, val = split_validation(stack, 0.2, seed=0)
+    assert [im.name for im in val] == ["cells.tif plane 8", "cells.tif plane 9"]  # a block
+    assert [im.name for im in train] == [f"cells.tif plane {i}" for i in range(8)]
+    for seed in range(5):  # several stacks: whole ones
+        stacks = [split_planes(*_stack(4, seed=s), f"s{s}.tif") for s in range(5)]
+        images = prepare_pairs([pair for planes in stacks for pair in planes])
+        train, val = split_validation(images, 0.2, seed=seed)
+        assert {im.group for im in train}.isdisjoint({im.group for im in val})
+        assert len(val) == 4 and len(train) == 16
+
+
+def test_a_large_stack_beside_single_images_is_not_all_held_out():
+    stack = split_planes(*_stack(12, seed=0), "big.tif")
+    images = prepare_pairs([*stack, *as_pairs(make_dataset(2, shape=(48, 48), seed=50))])
+    for seed in range(6):
+        train, val = split_validation(images, 0.2, seed=seed)
+        assert len(val) <= 3 and all(im.group != "big.tif" for im in val)
+
+
 def test_a_single_image_without_objects_in_the_held_out_part_is_refused():
     labels = np.zeros((100, 50), np.uint16)
     labels[10:30, 10:30] = 1

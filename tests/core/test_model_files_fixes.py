@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from napari_samtune.core.architectures import TINY, build_sam
-from napari_samtune.core.synthetic import make_dataset
+from napari_samtune.core.synthetic import make_dataset, make_image
 from napari_samtune.core.train import train
 from napari_samtune.core.train_checkpoints import (
     BaseModelUnavailable,
@@ -82,3 +82,27 @@ def test_a_frozen_encoder_run_survives_its_base_registered_anew_with_the_same_en
     )
     with pytest.raises(BaseModelUnavailable, match="parts this checkpoint takes.*model.pth"):
         export_model(run, tmp_path / "wrong.pth")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_run_that_held_out_part_of_its_only_image_keeps_that_part_when_continued(
+    tmp_path, short_tiny_config, seed
+):
+    """Continued with a second image, it validated on the whole of the first one (its held-out
+    part had the same name), rows the first session had trained on, and kept the best epoch
+    scored on the part."""
+    from napari_samtune.core.data import ImageLabelPair
+
+    a = ImageLabelPair(*make_image((128, 128), seed=0), name="A")
+    b = ImageLabelPair(*make_image((128, 128), seed=1), name="B")
+    run = tmp_path / "run"
+    train(short_tiny_config(seed=seed, val_fraction=0.1), [a], out_dir=run)
+    train(
+        short_tiny_config(seed=seed, val_fraction=0.1, epochs=2),
+        [a, b],
+        out_dir=run,
+        resume_from=run,
+    )
+    summary = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["data_summary"]
+    assert sorted(summary["train_images"]) == ["A", "B"]  # A's top part trains, as before
+    assert list(summary["val_images"]) == ["A"]  # its bottom rows alone: the same part

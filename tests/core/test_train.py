@@ -7,6 +7,7 @@ import json
 import shutil
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -878,8 +879,9 @@ def test_a_resumed_run_holds_out_the_images_its_checkpoint_held_out(tmp_path):
     first = train(quick, pairs[:3], None, out_dir=out)
     held, trained = _held_out(first.last_checkpoint_path)
     assert len(held) == 1 and len(trained) == 2
-    drawn = split_validation([0, 1, 2], 0.3, quick.seed)[1]
-    seed = next(s for s in range(1, 100) if split_validation([0, 1, 2], 0.3, s)[1] != drawn)
+    images = [SimpleNamespace(group=str(i)) for i in range(3)]  # stand-ins: three images
+    drawn = split_validation(images, 0.3, quick.seed)[1]
+    seed = next(s for s in range(1, 100) if split_validation(images, 0.3, s)[1] != drawn)
     notes, split, _ = resume(2, pairs[:3], seed=seed)
     assert split == (held, trained) and not any("validation" in n for n in notes)
     notes, (val, train_now), _ = resume(3, pairs)  # an image added: it trains

@@ -51,6 +51,7 @@ class ImageLabelPair:
     name: str = "image"  # shown in error messages: a file name or a layer name
     channel_axis: int | None = None  # passed to to_sam_rgb
     channels: tuple[int, ...] | None = None  # passed to to_sam_rgb
+    source: str = ""  # the stack a plane was cut from (held out for validation as a whole)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,12 @@ class PreparedImage:
     name: str  # as in ImageLabelPair
     object_slices: tuple[tuple[slice, slice], ...]  # bounding box of ids 1..N (index id - 1)
     object_areas: np.ndarray  # (N,) int64 pixel counts of ids 1..N
+    source: str = ""  # as in ImageLabelPair
+
+    @property
+    def group(self) -> str:
+        """What validation holds out together: the stack of a plane, else the image."""
+        return self.source or self.name
 
 
 def _is_stack(image: np.ndarray, labels: np.ndarray, rgb: bool | None) -> bool:
@@ -113,7 +120,8 @@ def split_planes(
     if left_out is not None and len(planes) < labels.shape[0] and labels.any():
         left_out.append(f"{name}: {labels.shape[0] - len(planes)} of {labels.shape[0]} planes")
     return [
-        ImageLabelPair(image[i], labels[i], f"{name} plane {i}", axis, channels) for i in planes
+        ImageLabelPair(image[i], labels[i], f"{name} plane {i}", axis, channels, source=name)
+        for i in planes
     ]
 
 
@@ -247,7 +255,7 @@ def _with_arrays(pair: ImageLabelPair) -> ImageLabelPair:
 def prepare_pair(pair: ImageLabelPair) -> PreparedImage:
     """Check one pair and normalise it; errors name the pair and say how to fix it."""
     rgb, labels = normalise_pair(pair)
-    return index_objects(rgb, labels, pair.name)
+    return index_objects(rgb, labels, pair.name, pair.source)
 
 
 def normalise_pair(pair: ImageLabelPair) -> tuple[np.ndarray, np.ndarray]:
@@ -321,7 +329,9 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
     return dense
 
 
-def index_objects(rgb: np.ndarray, labels: np.ndarray, name: str) -> PreparedImage:
+def index_objects(
+    rgb: np.ndarray, labels: np.ndarray, name: str, source: str = ""
+) -> PreparedImage:
     """Relabel to ids 1..N and locate the objects; refuse labels without any object."""
     dense = _relabel(labels)
     n_objects = int(dense.max())
@@ -329,7 +339,7 @@ def index_objects(rgb: np.ndarray, labels: np.ndarray, name: str) -> PreparedIma
         raise _no_objects(name)
     areas = np.bincount(dense.ravel(), minlength=n_objects + 1)[1:].astype(np.int64)
     slices = tuple(ndimage.find_objects(dense, max_label=n_objects))
-    return PreparedImage(rgb, dense, name, slices, areas)
+    return PreparedImage(rgb, dense, name, slices, areas, source)
 
 
 def prepare_pairs(pairs: Sequence[ImageLabelPair]) -> list[PreparedImage]:

@@ -14,6 +14,7 @@ import torch
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train_events import Progress
 from napari_samtune.core.train_setup import make_optimizer
+from napari_samtune.core.validation_split import _split_one_image
 
 
 class TrainerResumeMixin:
@@ -73,16 +74,36 @@ class TrainerResumeMixin:
         summary = checkpoint.get("data_summary", {})
         before, trained = list(summary.get("val_images", ())), summary.get("train_images", ())
         now = [image.name for image in self.val_images]
-        if not before or set(before) == set(now):  # none before: _restart_best_for says so
-            return
         images = self.held_out_of
         names = [image.name for image in images]
         split_one = bool(set(before) & set(trained))  # the part of an image held out
+        if not before or (set(before) == set(now) and not (split_one and len(images) > 1)):
+            return  # none before (_restart_best_for says so), or the same
+        fraction = checkpoint.get("config", {}).get("val_fraction")
+        if split_one and self._hold_out_the_same_part(before, fraction):
+            return
         if not split_one and len(set(names)) == len(names) and set(before) < set(names):
             self.train_images = [image for image in images if image.name not in before]
             self.val_images = [image for image in images if image.name in before]
             return
         self.validation_changed = f"held out {before}, and now {now}"
+
+    def _hold_out_the_same_part(self, before: list[str], fraction: float | None) -> bool:
+        """A run that held out part of its only image, resumed with more images: that part
+        stays held out (the whole image was, then, part of it trained on before), the rest
+        of it trains with the others (``fraction``: the run's ``val_fraction``, which drew
+        the part). False where the image is not there as one."""
+        images = self.held_out_of
+        named = [image for image in images if image.name in before]
+        if len(before) != 1 or len(named) != 1 or not isinstance(fraction, float):
+            return False
+        try:
+            (top,), (part,) = _split_one_image(named[0], fraction)
+        except ValueError:  # its shape or objects changed: no longer the part it was
+            return False
+        self.train_images = [top if image is named[0] else image for image in images]
+        self.val_images = [part]
+        return True
 
     def _restart_best_for_new_validation(self) -> None:
         """The run's validation images changed (see :meth:`_keep_validation_split`): its

@@ -3,6 +3,7 @@ part of it), and validation pairs that repeat a training pair."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -56,19 +57,39 @@ def split_validation(
 ) -> tuple[list[PreparedImage], list[PreparedImage]]:
     """Hold out ``val_fraction`` of the images (at least one) for validation.
 
-    With a single image, its last ``val_fraction`` along the longer axis is held
-    out instead, so one annotated image is enough to train and validate.
+    The planes of a stack go together (:attr:`~.PreparedImage.group`): neighbouring planes
+    look alike, so validating on planes between training planes scored fitting (one stack's
+    plane 3 validated while its planes 2 and 4 trained). With several stacks or images,
+    whole ones are held out; with the planes of one stack only, its last planes; with a
+    single image, its last ``val_fraction`` along the longer axis, so one annotated image
+    is enough to train and validate.
     """
     images = list(images)
     if val_fraction <= 0:
         return images, []
-    if len(images) >= 2:
-        n_val = min(len(images) - 1, max(1, round(val_fraction * len(images))))
-        order = np.random.default_rng([seed, 7]).permutation(len(images))
-        val_set = set(order[:n_val].tolist())
-        train = [im for i, im in enumerate(images) if i not in val_set]
-        return train, [im for i, im in enumerate(images) if i in val_set]
+    n_val = min(len(images) - 1, max(1, round(val_fraction * len(images))))
+    sizes = Counter(image.group for image in images)
+    if len(sizes) >= 2:
+        held_out = _held_out_groups(list(sizes), sizes, n_val, seed)
+        train = [im for im in images if im.group not in held_out]
+        return train, [im for im in images if im.group in held_out]
+    if len(images) >= 2:  # the planes of one stack, in their order
+        return images[:-n_val], images[-n_val:]
     return _split_one_image(images[0], val_fraction)
+
+
+def _held_out_groups(groups: list[str], sizes: Counter, n_val: int, seed: int) -> set[str]:
+    """Groups in a seeded random order, each held out while the images held out stay within
+    ``n_val`` (a stack of many planes would leave little to train on), and one left to
+    train; where none fits, the smallest. For images of their own (groups of one), the
+    first ``n_val`` in that order, as before stacks were grouped."""
+    order = [groups[i] for i in np.random.default_rng([seed, 7]).permutation(len(groups))]
+    held_out, n_held = set(), 0
+    for group in order:
+        if n_held + sizes[group] <= n_val and len(held_out) < len(groups) - 1:
+            held_out.add(group)
+            n_held += sizes[group]
+    return held_out or {min(order, key=lambda group: sizes[group])}
 
 
 def _split_one_image(image: PreparedImage, val_fraction: float) -> tuple[list, list]:
@@ -87,7 +108,9 @@ def _split_one_image(image: PreparedImage, val_fraction: float) -> tuple[list, l
         index = (region, slice(None)) if axis == 0 else (slice(None), region)
         where = f"{'rows' if axis == 0 else 'columns'} {region.start}..{region.stop - 1}"
         try:
-            parts.append(index_objects(image.rgb[index], image.labels[index], image.name))
+            parts.append(
+                index_objects(image.rgb[index], image.labels[index], image.name, image.source)
+            )
         except ValueError:
             raise EmptyPartError(image.name, where, name) from None
     return [parts[0]], [parts[1]]
