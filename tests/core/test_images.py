@@ -272,6 +272,16 @@ def test_planes_first_turns_channels_first_stacks_into_planes_of_channels():
     assert images.planes_first(yx, 0)[0] is yx
 
 
+def test_as_many_channels_as_planes_without_an_axis_named_is_refused():
+    """(C, Z, H, W) with C == Z was read as (Z, C, H, W) unsaid: labels plane z trained on
+    plane 1 of channel z."""
+    square = np.zeros((3, 3, 4, 5))
+    with pytest.raises(ValueError, match="channels may come first.*channel_axis=0 or"):
+        images.planes_first(square, None, [1], n_planes=3)
+    assert images.planes_first(square, 0, [1], n_planes=3)[1] == 1  # named: no guess
+    assert images.planes_first(square, 1, [1], n_planes=3) == (square, 1)
+
+
 @pytest.mark.parametrize("one", [1, np.int64(1), (1,), [1], np.array([1])])
 def test_one_channel_may_be_given_as_an_int(rng, one):
     image = rng.integers(0, 256, size=(16, 16, 5), dtype=np.uint8)

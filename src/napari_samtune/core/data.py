@@ -112,7 +112,10 @@ def split_planes(
     if rgb is None and (channel_axis is not None or channels is not None):
         rgb = True
     if labels.ndim == 3:
-        image, channel_axis = planes_first(image, channel_axis, channels, labels.shape[0])
+        try:
+            image, channel_axis = planes_first(image, channel_axis, channels, labels.shape[0])
+        except ValueError as err:
+            raise ValueError(f"{name!r}: {err}") from None
     if not _is_stack(image, labels, rgb):
         return [ImageLabelPair(image, labels, name, channel_axis, channels)]
     axis = plane_channel_axis(channel_axis, image.ndim)

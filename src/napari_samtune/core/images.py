@@ -250,11 +250,21 @@ def planes_first(
     them, as a (Z, C, H, W) view and the channel axis counted in it (1); any other image and
     axis as they are. Channels come first when ``channel_axis`` is 0, or, with ``channels``
     chosen and no axis, when axis 1 alone has ``n_planes`` entries (the labels' planes);
-    given ``n_planes``, axis 1 must have as many."""
+    given ``n_planes``, axis 1 must have as many. ``ValueError`` where both axes have them
+    and no axis is given (it was read as planes first unsaid, C == Z)."""
     if image.ndim != 4 or n_planes not in (None, image.shape[1]):
         return image, channel_axis
     asked = channel_axis in (0, -4)
-    guessed = channel_axis is None and channels is not None and n_planes not in (None, len(image))
+    chosen = channel_axis is None and channels is not None and n_planes is not None
+    if chosen and n_planes == len(image):  # (C, Z, ...) and (Z, C, ...) both fit the labels
+        raise ValueError(
+            f"image of shape {image.shape!r} has {n_planes} entries on its first two axes, "
+            "as many as its labels have planes: its channels may come first (C, Z, H, W) "
+            "or second (Z, C, H, W); say which with channel_axis=0 or channel_axis=1 "
+            "(--channel-axis 0 or 1, or save it with its axes named, as ImageJ and "
+            "OME-TIFF do)"
+        )
+    guessed = chosen and n_planes != len(image)
     return (np.moveaxis(image, 0, 1), 1) if asked or guessed else (image, channel_axis)
 
 
