@@ -153,9 +153,9 @@ class AnnotateFilesMixin:
                 self._autosave(session)
 
     def _remember_not_autosaved(self, session) -> None:
-        """``session`` was edited with autosave unticked: keep it, to resume it when its
-        image is chosen again, save it when autosave is ticked again, and say so if napari
-        closes first."""
+        """``session`` was edited with autosave unticked (or its autosave failed): keep it,
+        to resume it when its image is chosen again, save it when autosave is ticked again,
+        and say so if napari closes first."""
         if not any(kept is session for kept in self._not_autosaved):
             self._not_autosaved.append(session)
         window = main_window_of(self)
@@ -172,8 +172,9 @@ class AnnotateFilesMixin:
         if sessions:
             names = ", ".join(repr(session.image_layer.name) for session in sessions)
             show_warning(
-                f"the annotations of {names} were edited with autosave unticked and are not "
-                f"saved: {ending}. Tick autosave, or use Save now, before closing to keep them"
+                f"the annotations of {names} are not saved (edited with autosave unticked, or "
+                f"their last save failed): {ending}. Use Save now (with autosave ticked, into a "
+                "folder you can write to) before closing to keep them"
             )
 
     def _say_removed_annotations(self) -> None:
@@ -333,9 +334,7 @@ class AnnotateFilesMixin:
                 session, paths[0]
             ),
             on_error=lambda _exc: (
-                self._save_now_failed(session)
-                if announce
-                else setattr(self, "_save_failed", session)
+                self._save_now_failed(session) if announce else self._autosave_failed(session)
             ),
             on_finish=self._autosave_next,
             quiet=True,  # the status line keeps what was committed
@@ -366,6 +365,16 @@ class AnnotateFilesMixin:
             self._save_failed = None
             show_info(f"saved annotations to {labels_path}")
         self.annotations_saved.emit(str(labels_path))
+        if self.ui.autosave_check.isChecked():  # those whose save failed: the disk may
+            for unsaved in list(self._not_autosaved):  # have room again, try them next
+                self._autosave(unsaved)
+
+    def _autosave_failed(self, session) -> None:
+        """The runner said why. ``session`` counts as unsaved until a save of it succeeds:
+        closing napari asks, and the next successful save tries it again (the window
+        closed at once, and the commit was on no disk, unsaid)."""
+        self._save_failed = session
+        self._remember_not_autosaved(session)
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)
         if event.type() == QEvent.Type.Close:  # the viewer's window

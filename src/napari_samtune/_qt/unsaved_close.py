@@ -19,8 +19,8 @@ def settle_unsaved(parent: QWidget, sessions: list, folder) -> tuple[bool, list]
     answer = QMessageBox.question(
         parent,
         "Annotations not saved",
-        f"The annotations of {names} were edited with autosave unticked and are not saved. "
-        "Save them before napari closes?",
+        f"The annotations of {names} are not saved (edited with autosave unticked, or their "
+        "last save failed). Save them before napari closes?",
         buttons.Save | buttons.Discard | buttons.Cancel,
         buttons.Save,
     )

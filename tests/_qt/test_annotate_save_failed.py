@@ -1,0 +1,93 @@
+"""An autosave that failed (a full disk, a read-only folder): the commit counts as unsaved,
+so closing napari asks, and the next successful save tries it again."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_samtune._qt import annotate_files
+
+WAIT_MS = 30_000
+
+
+@pytest.fixture
+def failing_saves(monkeypatch):
+    """``failing_saves(True)``: the widget's background saves fail as on a full disk."""
+    real = annotate_files.save_annotations
+
+    def set_failing(failing: bool) -> None:
+        def save(*args, **kwargs):
+            if failing:
+                raise OSError(28, "No space left on device")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(annotate_files, "save_annotations", save)
+
+    return set_failing
+
+
+@pytest.fixture
+def committed_once(cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path):
+    """A docked widget on "cells0" (of two images) saving to ``tmp_path``, object 1 saved."""
+    from napari_samtune._qt.annotate import AnnotateWidget
+
+    viewer = cells_viewer(2)
+    widget = AnnotateWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.ui.folder_edit.setText(str(tmp_path))
+    widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    widget.session.layers.preview.data[5:15, 5:15] = 1
+    with qtbot.waitSignal(widget.annotations_saved, timeout=WAIT_MS):
+        assert widget.commit() == [1]
+    drain_jobs(widget)
+    return viewer, widget
+
+
+def _commit_object_2(widget, drain_jobs) -> None:
+    widget.session.layers.preview.data[30:40, 30:40] = 1
+    assert widget.commit() == [2]
+    drain_jobs(widget)
+
+
+def test_closing_napari_after_a_failed_autosave_asks_to_save(
+    committed_once, failing_saves, drain_jobs, monkeypatch, close_blocker, tmp_path, notifications
+):
+    """The window closed at once: the commit whose save had failed was on no disk."""
+    from qtpy.QtWidgets import QMessageBox
+
+    viewer, widget = committed_once
+    window = viewer.window._qt_window
+    closes = close_blocker(window)  # the widget's filter, installed again by the save, first
+    failing_saves(True)
+    _commit_object_2(widget, drain_jobs)
+    assert any("No space left on device" in n for n in notifications)
+    assert 2 not in tifffile.imread(tmp_path / "cells0.labels.tif")
+    asked = []
+    save = QMessageBox.StandardButton.Save
+    monkeypatch.setattr(QMessageBox, "question", lambda *args: asked.append(args[2]) or save)
+    window.close(quit_app=False, confirm_need=False)  # napari's menu, a person's close
+    assert len(asked) == 1 and "'cells0'" in asked[0] and "last save failed" in asked[0]
+    assert closes.count == 1
+    assert 2 in tifffile.imread(tmp_path / "cells0.labels.tif")  # saved (the disk has room)
+
+
+def test_a_failed_autosave_is_tried_again_after_the_next_save_succeeds(
+    committed_once, failing_saves, drain_jobs, tmp_path
+):
+    """Its image left for another, whose saves worked once the disk had room: the first
+    image's last commit stayed unsaved, unsaid."""
+    _, widget = committed_once
+    failing_saves(True)
+    _commit_object_2(widget, drain_jobs)
+    failing_saves(False)  # room again
+    widget.ui.image_combo.setCurrentText("cells1")
+    drain_jobs(widget)
+    widget.session.layers.preview.data[5:15, 5:15] = 1
+    assert widget.commit() == [1]
+    drain_jobs(widget)
+    saved = tifffile.imread(tmp_path / "cells0.labels.tif")
+    assert set(np.unique(saved)) == {0, 1, 2}
+    assert not widget._not_autosaved
