@@ -1,5 +1,6 @@
-"""An autosave that failed (a full disk, a read-only folder): the commit counts as unsaved,
-so closing napari asks, and the next successful save tries it again."""
+"""Saves that could lose annotations: an autosave that failed (a full disk, a read-only
+folder) counts as unsaved, so closing napari asks, and the next successful save tries it
+again; a labels file another program changed meanwhile is saved beside, not over."""
 
 from __future__ import annotations
 
@@ -91,3 +92,33 @@ def test_a_failed_autosave_is_tried_again_after_the_next_save_succeeds(
     saved = tifffile.imread(tmp_path / "cells0.labels.tif")
     assert set(np.unique(saved)) == {0, 1, 2}
     assert not widget._not_autosaved
+
+
+def test_a_labels_file_changed_by_another_program_is_not_overwritten(
+    committed_once, drain_jobs, tmp_path, notifications
+):
+    """A second napari (or Fiji, a script) wrote the image's labels file meanwhile: the next
+    commit's save replaced it, and that program's objects were gone, unsaid."""
+    import os
+
+    from napari_samtune.core.annotation_files import load_annotations
+
+    _, widget = committed_once
+    path = tmp_path / "cells0.labels.tif"
+    theirs = tifffile.imread(path)
+    theirs[40:50, 5:15] = 9  # another program's object
+    tifffile.imwrite(path, theirs)
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a later write
+    _commit_object_2(widget, drain_jobs)
+    np.testing.assert_array_equal(tifffile.imread(path), theirs)  # theirs, as they left it
+    note = [n for n in notifications if "changed by another program" in n][-1]
+    beside = next(p for p in tmp_path.glob("cells0-*.labels.tif"))
+    assert beside.name in note
+    ours, record = load_annotations(beside)
+    assert set(np.unique(ours)) == {0, 1, 2} and len(record["objects"]) == 2
+    widget.session.layers.preview.data[60:62, 60:62] = 1
+    assert widget.commit() == [3]
+    drain_jobs(widget)
+    assert 3 in tifffile.imread(beside)  # the saves go on beside it, said once
+    assert len([n for n in notifications if "changed by another program" in n]) == 1

@@ -319,6 +319,9 @@ class AnnotateFilesMixin:
         where it saved (see AnnotateFileJobsMixin), not quiet as an autosave."""
         self._autosave_again = [s for s in self._autosave_again if s is not session]
         folder = self.annotation_folder()
+        file_name, note = session.name_to_save(folder)  # beside a file changed meanwhile
+        if note:
+            show_warning(note)
         window = main_window_of(self)
         if window is not None:  # see eventFilter (installing it again changes nothing)
             window.installEventFilter(self)
@@ -329,7 +332,7 @@ class AnnotateFilesMixin:
             session.image_layer.name,
             self._snapshot(session),  # the worker must not read labels being edited
             session.document(),
-            session.file_name(folder),
+            file_name,
             on_return=lambda paths: (self._saved_now if announce else self._autosaved)(
                 session, paths[0]
             ),
@@ -361,6 +364,7 @@ class AnnotateFilesMixin:
             self._autosave(self._autosave_again[0])
 
     def _autosaved(self, session, labels_path: Path) -> None:
+        session.disk.note(labels_path)
         if self._save_failed is session:  # the error was said: so is that it is over
             self._save_failed = None
             show_info(f"saved annotations to {labels_path}")

@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from napari.utils.notifications import show_warning
 
 from napari_samtune._qt.annotate_notes import shape_phrase
+from napari_samtune._qt.disk_states import DiskStates
 from napari_samtune._qt.image_planes import ImageAxes
 from napari_samtune._qt.kept_prompts import snapshot_prompts
 from napari_samtune._qt.label_edits import Plane, UndoEntry, UndoStack, brush_past, write_objects
@@ -54,6 +56,7 @@ class AnnotationSession:
         self.records: list[dict] = []  # one per committed object (or automatic run)
         self.undo_stack = UndoStack()
         self._file_names: dict[tuple[Path, str], str] = {}  # see file_name
+        self.disk = DiskStates()  # of the labels files read or written (see name_to_save)
         self.image_name = image_layer.name  # until follow_rename takes the new one
 
     def let_go_of_image(self) -> None:
@@ -168,8 +171,12 @@ class AnnotationSession:
     def save(self, folder: str | Path, labels: np.ndarray | None = None) -> tuple[Path, Path]:
         """Write labels (default: the annotations) and records to ``folder``, atomically."""
         labels = self.annotations if labels is None else labels
-        name = self.image_layer.name
-        return save_annotations(folder, name, labels, self.document(), self.file_name(folder))
+        file_name, note = self.name_to_save(folder)
+        if note:
+            show_warning(note)
+        paths = save_annotations(folder, self.image_layer.name, labels, self.document(), file_name)
+        self.disk.note(paths[0])
+        return paths
 
     def file_name(self, folder: str | Path) -> str:
         """The name of this image's annotations in ``folder``: the image's own, unless
@@ -179,6 +186,25 @@ class AnnotationSession:
         if key not in self._file_names:
             self._file_names[key] = save_name(*key, self.fingerprint, self.axes.spatial_shape)
         return self._file_names[key]
+
+    def name_to_save(self, folder: str | Path) -> tuple[str, str]:
+        """:meth:`file_name`, unless that file changed on disk since this session read or
+        wrote it (another napari, Fiji, a script): its next save replaced those annotations
+        unsaid. Then saves go beside it (:meth:`divert_saves`), and the note says so."""
+        file_name = self.file_name(folder)
+        taken = annotation_paths(folder, file_name)[0]
+        if not self.disk.changed(taken):
+            return file_name, ""
+        for attempt in range(1, 100):
+            moved = self.divert_saves(folder, attempt)
+            path = annotation_paths(folder, moved)[0]
+            if not path.exists() or (path in self.disk and not self.disk.changed(path)):
+                break
+        return moved, (
+            f"{taken} was changed by another program (or napari) since this one saved or "
+            f"read it; the annotations of {self.image_layer.name!r} are saved beside it as "
+            f"{path.name}, so neither is lost: compare them (Load annotations…)"
+        )
 
     def divert_saves(self, folder: str | Path, attempt: int = 1) -> str:
         """Save this image's annotations in ``folder`` as ``<name>-<fingerprint>`` from now
@@ -303,6 +329,7 @@ class AnnotationSession:
             self.undo_stack.clear()
         self.annotations[...] = labels
         self.records = list(record.get("objects", []))
+        self.disk.note(labels_path)
         self.layers.annotations.refresh()
         brush_past(self.layers.annotations, int(labels.max(initial=0)))
 

@@ -1,0 +1,41 @@
+"""What the annotation files of an image were on disk when this napari last read or wrote
+them, to notice a file changed since by another program (a second napari, Fiji, a script,
+``samtune segment --overwrite``): the next save would have replaced its annotations unsaid."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _state(path: Path) -> tuple[int, int, int] | None:
+    """(modification time in ns, size, inode) of ``path``, or None where it is not there."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_mtime_ns, status.st_size, status.st_ino
+
+
+class DiskStates:
+    """The state of each labels file as last read or written here, by path."""
+
+    def __init__(self) -> None:
+        self._seen: dict[Path, tuple[int, int, int]] = {}
+
+    def note(self, path: str | Path) -> None:
+        """``path`` was just read or written here: that is its state now."""
+        state = _state(Path(path))
+        if state is None:
+            self._seen.pop(Path(path), None)
+        else:
+            self._seen[Path(path)] = state
+
+    def __contains__(self, path: object) -> bool:
+        return isinstance(path, str | Path) and Path(path) in self._seen
+
+    def changed(self, path: str | Path) -> bool:
+        """Whether ``path``, read or written here before, is now another file (written or
+        replaced since); False for one never seen here or gone (a save makes it anew)."""
+        seen, now = self._seen.get(Path(path)), _state(Path(path))
+        return seen is not None and now is not None and now != seen
