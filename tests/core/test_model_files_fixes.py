@@ -4,6 +4,9 @@ registered anew."""
 
 from __future__ import annotations
 
+import re
+import shlex
+
 import pytest
 import torch
 
@@ -106,3 +109,46 @@ def test_a_run_that_held_out_part_of_its_only_image_keeps_that_part_when_continu
     summary = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["data_summary"]
     assert sorted(summary["train_images"]) == ["A", "B"]  # A's top part trains, as before
     assert list(summary["val_images"]) == ["A"]  # its bottom rows alone: the same part
+
+
+def _run_killed_before_its_summary(tmp_path, short_tiny_config):
+    """A finished run whose summary.json is gone: a kill after its model was exported and
+    registered, before the summary named it."""
+    run = tmp_path / "run"
+    finished = train(short_tiny_config(), *DATA, run, model_name="mine")
+    assert finished.registered_name == "mine"
+    (run / "summary.json").unlink()
+    return run
+
+
+def test_a_run_killed_after_registering_says_so_and_continues_its_own_model(
+    tmp_path, short_tiny_config
+):
+    """Its resume said the model was neither exported nor registered, offering a command
+    that failed ("model.pth exists"), and a continued run registered a second model."""
+    from napari_samtune.core.train_checkpoints import unexported_note
+    from napari_samtune.core.user_models import list_user_models
+
+    run = _run_killed_before_its_summary(tmp_path, short_tiny_config)
+    note = unexported_note(run / "checkpoints" / "last.pt")
+    assert "registering it as 'mine'" in note and "there to use" in note
+    continued = train(short_tiny_config(epochs=2), *DATA, run, resume_from=run)
+    assert continued.registered_name == "mine"
+    assert [spec.name for spec in list_user_models()] == ["mine"]
+
+
+def test_a_run_exported_but_not_registered_offers_a_command_that_works(tmp_path, short_tiny_config):
+    from napari_samtune.cli import main
+    from napari_samtune.cli.train_report import aborted_note
+    from napari_samtune.core.train_checkpoints import unexported_note
+    from napari_samtune.core.user_models import list_user_models, remove_user_model
+
+    run = _run_killed_before_its_summary(tmp_path, short_tiny_config)
+    remove_user_model("mine")  # its registration failed (a full models folder)
+    assert (run / "model.pth").is_file()
+    for note in (unexported_note(run / "checkpoints" / "last.pt"), aborted_note(run)):
+        assert "--overwrite --register" in note
+    assert "exported to" in aborted_note(run) and "not registered" in aborted_note(run)
+    command = re.search(r"samtune export (.*?) registers", aborted_note(run)).group(1)
+    assert main(["export", *shlex.split(command)]) == 0  # as told: it works
+    assert [spec.name for spec in list_user_models()] == ["run"]

@@ -36,9 +36,16 @@ def aborted_note(out: Path, resumed: str | None = None) -> str:
     if _training_done(files.last):  # stopped while exporting: a resume has nothing to train
         source = shlex.quote(str(files.best if files.best.is_file() else files.last))
         name = unique_model_name(out.name)  # as training names it, or the next free name
+        model = shlex.quote(str(files.model))
+        if files.model.is_file():  # exported: its registration failed (a full models folder)
+            return (
+                f"its training is done and its model exported to {model}, but not registered:"
+                f" samtune export {source} -o {model} --overwrite --register {name} registers "
+                f"it (its checkpoints: {saved})"
+            )
         return (
             f"its training is done, but its model was not exported: samtune export {source} "
-            f"-o {shlex.quote(str(files.model))} --register {name} (its checkpoints: {saved})"
+            f"-o {model} --register {name} (its checkpoints: {saved})"
         )
     folder = shlex.quote(str(out))
     note = (

@@ -193,13 +193,22 @@ def _whole_one_beside(path: Path) -> str:
 def unexported_note(path: Path) -> str:
     """For the checkpoint of a run that was killed after its last epoch, before its model
     was exported and registered (summary.json is written after both): how to have it."""
+    from napari_samtune.core.train_export import earlier_registration
+
     run = RunFiles.named_by(path.parent)
     if path.parent != run.checkpoints or run.summary.exists():
         return ""
+    registered = earlier_registration(run.checkpoints.parent) if run.model.is_file() else None
+    if registered is not None:
+        return (
+            f". The run ended after exporting its model ({run.model}) and registering it as "
+            f"{registered!r}, before writing {run.summary.name}: the model is there to use"
+        )
     source = run.best if is_project_checkpoint(run.best) else path
+    overwrite = " --overwrite" if run.model.exists() else ""  # exported, not registered
     return (
         f". The run ended before its model was exported and registered ({run.summary} is "
-        f"missing): samtune export {source} -o {run.model} --register NAME does that"
+        f"missing): samtune export {source} -o {run.model}{overwrite} --register NAME does that"
     )
 
 

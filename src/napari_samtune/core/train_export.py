@@ -160,8 +160,25 @@ def earlier_registration(out_dir: Path) -> str | None:
         sidecar = json.loads((user_models_dir() / f"{name}.json").read_text())
         source = Path(sidecar["registered_from"])
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        return _registered_from(RunFiles(out_dir).model.resolve(), user_models_dir())
     return name if source == RunFiles(out_dir).model.resolve() else None
+
+
+def _registered_from(model: Path, folder: Path) -> str | None:
+    """The user model registered from ``model`` (a run's model.pth), looked up in the
+    descriptions in ``folder``: a run killed after registering its model, before its
+    summary.json named it, registered a second model when resumed."""
+    from napari_samtune.core.registry import validate_model_name
+
+    names = []
+    for sidecar in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(sidecar.read_text(encoding="utf-8"))
+            if Path(data["registered_from"]) == model:
+                names.append(validate_model_name(data["name"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return names[0] if len(names) == 1 else None
 
 
 def _jsonable(value):
