@@ -212,3 +212,26 @@ def test_annotations_of_an_image_with_a_very_long_name_are_saved(tmp_path, name)
     assert len(prompts_path.name) < 255 and "-0123456789abcdef" in prompts_path.name
     assert safe_stem(LONG[:200]) == LONG[:200]
     assert safe_stem(LONG) != safe_stem(LONG[:-1] + "2")  # the hash tells them apart
+
+
+def test_a_save_deletes_the_files_a_killed_save_left_half_written(tmp_path):
+    """A save killed mid-write left ``.<name>.labels.tif.<random>.tmp``, hidden and as large
+    as the labels, in the annotation folder for ever."""
+    import os
+    import time
+
+    from napari_samtune.core.annotation_files import save_annotations
+
+    labels = np.zeros((16, 16), np.uint32)
+    labels[2:6, 2:6] = 1
+    stale = tmp_path / ".cells.labels.tif.k3j2h1.tmp"
+    young = tmp_path / ".cells.prompts.json.a1b2c3.tmp"  # perhaps another save going on
+    other = tmp_path / ".nuclei.labels.tif.x9y8z7.tmp"  # another image's: left to its saves
+    for path in (stale, young, other):
+        path.write_bytes(b"half")
+    hour_ago = time.time() - 2 * 3600
+    for path in (stale, other):
+        os.utime(path, (hour_ago, hour_ago))
+    save_annotations(tmp_path, "cells", labels, {"objects": []})
+    assert not stale.exists()
+    assert young.exists() and other.exists()

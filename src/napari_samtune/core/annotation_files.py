@@ -24,6 +24,7 @@ own (:func:`napari_samtune.core.label_files.choose_namesake`).
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from napari_samtune.core.checkpoints import atomic_write, first_line
+from napari_samtune.core.checkpoints import atomic_write, first_line, remove_abandoned_writes
 from napari_samtune.core.label_files import (
     LABELS_SUFFIX,
     PROMPTS_SUFFIX,
@@ -214,6 +215,9 @@ def write_annotations(
     data = labels.astype(np.uint32, copy=False)
     atomic_write(labels_path, lambda tmp: tifffile.imwrite(tmp, data, compression="zlib"))
     atomic_write(prompts_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    for path in (labels_path, prompts_path):  # left by a save killed mid-write (hidden, as
+        # large as the labels: they stayed for ever); a younger one may be a save going on
+        remove_abandoned_writes(path.parent, f".{glob.escape(path.name)}.*.tmp")
     return labels_path, prompts_path
 
 
