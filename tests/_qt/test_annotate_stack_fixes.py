@@ -172,3 +172,29 @@ def test_the_slider_past_the_stack_is_no_plane_to_act_on(stack_widget, notificat
     widget.session.layers.points.add([6, 48.0, 48.0])
     assert not widget.session.layers.preview.data.any()
     assert not widget.session.annotations.any()
+
+
+def test_automatic_segmentation_of_a_stack_saves_its_planes_as_it_goes(
+    stack_widget, hold_planes, qtbot, drain_jobs, monkeypatch, tmp_path
+):
+    """Saved only at the end of the run: a crash after hours of planes lost all of them."""
+    import tifffile
+
+    from napari_samtune._qt import annotate_actions
+    from napari_samtune._qt.annotate_ui import SCOPE_STACK
+
+    _, widget = stack_widget
+    monkeypatch.setattr(annotate_actions, "AUTOMATIC_SAVE_S", 0.0)  # at every plane
+    widget.ui.auto_scope_combo.setCurrentText(SCOPE_STACK)
+    widget.ui.points_per_side_spin.setValue(4)
+    widget.ui.iou_spin.setValue(0.0)
+    widget.ui.stability_spin.setValue(0.0)
+    gate = hold_planes()
+    assert widget.segment_automatically() is not None
+    saved = tmp_path / "stack.labels.tif"
+    qtbot.waitUntil(lambda: saved.is_file() and tifffile.imread(saved)[0].any(), timeout=WAIT_MS)
+    assert widget.runner.is_running()  # held after a plane: the run goes on
+    assert not tifffile.imread(saved)[2].any()
+    gate.open()
+    drain_jobs(widget)
+    assert all(plane.any() for plane in tifffile.imread(saved))

@@ -7,6 +7,7 @@ A mixin of :class:`~napari_samtune._qt.annotate.AnnotateWidget` (it uses the wid
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -27,6 +28,8 @@ from napari_samtune._qt.prompt_layers import PlanePrompts, planes_of
 from napari_samtune._qt.propagate import PropagationConfig, planes_past, prompts_from_mask
 from napari_samtune._qt.propagated_planes import PropagatedPlane
 from napari_samtune.core.automatic import AutoSegmentConfig, default_auto_config
+
+AUTOMATIC_SAVE_S = 60.0  # automatic segmentation of a stack saves its planes this often
 
 
 class AnnotateActionsMixin:
@@ -295,6 +298,8 @@ class AnnotateActionsMixin:
         written: list[int | None] = []
         skipped: list[jobs.PlaneSkipped] = []
 
+        saved_at = [time.monotonic()]
+
         def write(result) -> None:  # by the model that started, also if another is chosen
             if isinstance(result, jobs.PlaneSkipped):
                 skipped.append(result)
@@ -305,6 +310,9 @@ class AnnotateActionsMixin:
             written.append(result.plane)
             self._automatic_unsaved = (session, written)  # saved if the image goes first
             self.ui.status_label.setText(f"automatic: {len(ids)} objects")
+            if time.monotonic() - saved_at[0] >= AUTOMATIC_SAVE_S:  # not only at the end:
+                saved_at[0] = time.monotonic()  # a crash lost every plane of a long run
+                self._autosave(session)
 
         def done() -> None:
             self._job_session = None
