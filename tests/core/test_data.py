@@ -97,6 +97,15 @@ def test_each_image_pairs_with_the_autosave_of_its_pixels_among_namesakes(tmp_pa
         load_pairs(tmp_path / "exp1", annotations)
 
 
+def _n_pieces(labels: np.ndarray) -> int:
+    """The connected pieces of a plane's objects: what a plane of a stack trains on (objects
+    of synthetic images can be cut in pieces by the ones drawn before them)."""
+    from scipy import ndimage
+
+    connected = ndimage.generate_binary_structure(2, 2)
+    return sum(ndimage.label(labels == i, connected)[1] for i in np.unique(labels) if i)
+
+
 def test_stack_files_give_one_pair_per_annotated_plane(tmp_path):
     """A z-stack annotated in the widget (its autosave is a labels stack) trains from files."""
     (image, labels), (image2, labels2) = make_dataset(2, shape=(48, 40), seed=3)
@@ -116,7 +125,7 @@ def test_stack_files_give_one_pair_per_annotated_plane(tmp_path):
     assert np.array_equal(pairs[1].image, image) and np.array_equal(pairs[1].labels, labels2)
     assert pairs[2].image.shape == (48, 40, 3) and np.array_equal(pairs[2].labels, labels)
     assert [prepare_pair(p).labels.max() for p in pairs] == [
-        len(np.unique(lab)) - 1 for lab in (labels, labels2, labels)
+        _n_pieces(lab) for lab in (labels, labels2, labels)
     ]
 
 
@@ -305,7 +314,7 @@ def test_in_memory_stacks_give_one_pair_per_annotated_plane_as_files_do():
     pairs = as_pairs([(stack, labels_stack)])
     assert [p.name for p in pairs] == ["pair 0 plane 0", "pair 0 plane 2"]
     assert np.array_equal(pairs[1].image, image) and np.array_equal(pairs[1].labels, labels2)
-    assert [prepare_pair(p).labels.max() for p in pairs] == [labels.max(), labels2.max()]
+    assert [prepare_pair(p).labels.max() for p in pairs] == [_n_pieces(labels), _n_pieces(labels2)]
 
 
 def test_one_pair_not_in_a_list_is_told_how_to_pass_it():
@@ -432,3 +441,20 @@ def test_a_single_one_pixel_image_cannot_be_split_and_says_what_to_do_instead():
     (image,) = prepare_pairs([ImageLabelPair(dot * 0, dot, "dot")])
     with pytest.raises(ValueError, match="'dot' is the only image.*pass validation data or set"):
         split_validation([image], 0.2, seed=0)
+
+
+def test_an_object_in_pieces_on_a_plane_of_3d_labels_trains_as_one_object_per_piece():
+    """A U-shaped 3D cell cut by a plane into its two arms was one object: its box spanned
+    both arms, and a click on one was taught to segment the other."""
+    image = make_image((48, 48), seed=3)[0]
+    plane = np.zeros((48, 48), np.uint16)
+    plane[5:20, 5:15] = 4  # one 3D object, in two pieces on this plane
+    plane[5:20, 30:40] = 4
+    plane[30:40, 10:20] = 9
+    plane[40:44, 20:24] = 9  # touches object 9's piece only diagonally at (39, 19)/(40, 20)
+    planes = split_planes(np.stack([image, image]), np.stack([plane, plane]), "cells.tif")
+    prepared = prepare_pair(planes[0])
+    assert prepared.object_areas.size == 3  # the arms apart; the diagonal touch holds
+    assert sorted(prepared.object_areas.tolist()) == [116, 150, 150]
+    flat = prepare_pair(ImageLabelPair(image, plane, "flat.tif"))  # a 2D image: as drawn
+    assert flat.object_areas.size == 2

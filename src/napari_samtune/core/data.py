@@ -258,7 +258,29 @@ def _with_arrays(pair: ImageLabelPair) -> ImageLabelPair:
 def prepare_pair(pair: ImageLabelPair) -> PreparedImage:
     """Check one pair and normalise it; errors name the pair and say how to fix it."""
     rgb, labels = normalise_pair(pair)
+    if pair.source:  # a plane of 3D labels
+        labels = pieces_apart(labels)
     return index_objects(rgb, labels, pair.name, pair.source)
+
+
+def pieces_apart(labels: np.ndarray) -> np.ndarray:
+    """(H, W) labels whose objects are each one connected piece (diagonal neighbours
+    connect): an object in several pieces gets an id per piece, uint32 ids 1..N. A plane
+    cut from 3D labels holds a 3D object's cross-section, which is in pieces where the
+    object bends (a U-shaped cell's two arms): trained as one object, its box spanned both,
+    and a click on one arm was taught to segment the other too."""
+    dense = _relabel(labels)
+    out = np.zeros(dense.shape, np.uint32)
+    connected = ndimage.generate_binary_structure(2, 2)
+    next_id = 1
+    for object_id, window in enumerate(ndimage.find_objects(dense), start=1):
+        if window is None:
+            continue
+        pieces, n_pieces = ndimage.label(dense[window] == object_id, connected)
+        inside = pieces > 0
+        out[window][inside] = pieces[inside] + (next_id - 1)
+        next_id += n_pieces
+    return out
 
 
 def normalise_pair(pair: ImageLabelPair) -> tuple[np.ndarray, np.ndarray]:
