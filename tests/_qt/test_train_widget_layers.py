@@ -136,3 +136,23 @@ def test_a_pair_snapshot_copies_only_the_annotated_planes(make_napari_viewer):
     assert not np.shares_memory(pair.image, stack) and not np.shares_memory(pair.labels, labels)
     stack[7] = 0  # later edits of the layers do not change the snapshot
     assert pair.image.any()
+
+
+def test_validation_folders_without_channels_of_their_own_take_the_training_ones(
+    finetune_on_cells, tmp_path
+):
+    """Left empty, validation read the files' 3 channels as RGB while channel 1 alone
+    trained: the best epoch was chosen on other pixels, unsaid."""
+    _, widget = finetune_on_cells(n=1)
+    train, val = widget.train_data, widget.val_data
+    for source in (train, val):
+        source.image_dir_edit.setText(str(tmp_path / "images"))
+        source.labels_dir_edit.setText(str(tmp_path / "labels"))
+    train.channels_edit.setText("1")
+    assert val.folder_source().channels == (1,)
+    assert "training" in val.channels_edit.placeholderText()
+    val.channels_edit.setText("0")  # its own, where given
+    assert val.folder_source().channels == (0,)
+    train.channels_edit.setText("")
+    val.channels_edit.setText("")
+    assert val.folder_source().channels is None

@@ -95,6 +95,7 @@ class PairSourceWidget(QWidget):
         self.required = required
         self._pairs: list[tuple[Image, Labels | Image]] = []
         self._folder_check: FolderCheck | None = None  # the latest finished folder check
+        self.channels_like: PairSourceWidget | None = None  # whose channels an empty field takes
         self._build()
         self.folder_runner = TaskRunner(self.folder_progress, self.folder_status)
         self.add_button.clicked.connect(self.add_current_pair)
@@ -298,11 +299,21 @@ class PairSourceWidget(QWidget):
         images, labels = self.image_dir_edit.text().strip(), self.labels_dir_edit.text().strip()
         if not images and not labels:
             return None
+        text = self.channels_edit.text()
+        if not text.strip() and self.channels_like is not None:  # validation: as training's
+            text = self.channels_like.channels_edit.text()
         try:
-            channels = parse_channels(self.channels_edit.text())
+            channels = parse_channels(text)
         except ValueError as err:
             raise ValueError(f"channels: {err}") from None
         return FolderSource(Path(images).expanduser(), Path(labels).expanduser(), channels)
+
+    def take_channels_of(self, other: PairSourceWidget) -> None:
+        """An empty channels field takes ``other``'s channels (validation folders those of
+        the training folders: left empty, validation scored the RGB composite of files
+        whose channel 1 alone trained, unsaid)."""
+        self.channels_like = other
+        self.channels_edit.setPlaceholderText(f"empty: as the {other.title} folders")
 
     def check_folders(self) -> bool | None:
         """Check the folders: at once that both are set and their files pair by name, then

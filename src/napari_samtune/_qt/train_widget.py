@@ -100,6 +100,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
         self._queued: tuple[Path | None] | None = None  # a Start waiting for folder checks
         self.train_data = PairSourceWidget(viewer, "training", required=True)
         self.val_data = PairSourceWidget(viewer, "validation")
+        self.val_data.take_channels_of(self.train_data)
         self.settings = TrainSettingsWidget(machine)
         self.plot = TrainingPlotWidget()
         self._build_layout()
