@@ -4,6 +4,7 @@ follow a person renaming the layers in the viewer."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from napari_samtune._qt.train_widget import TrainWidget
 from napari_samtune.core.presets import MachineResources
@@ -156,3 +157,22 @@ def test_validation_folders_without_channels_of_their_own_take_the_training_ones
     train.channels_edit.setText("")
     val.channels_edit.setText("")
     assert val.folder_source().channels is None
+
+
+@pytest.mark.parametrize(
+    ("image_shape", "labels_shape", "axis"),
+    [((6, 2, 32, 32), (6, 32, 32), 1), ((32, 32, 2), (32, 32), 2)],
+    ids=["ZCYX stack", "YXC image"],
+)
+def test_a_channel_axis_beside_the_labels_is_named_as_channels(image_shape, labels_shape, axis):
+    """A (Z, C, Y, X) stack with its (Z, Y, X) labels was told to pair with labels of shape
+    (6, 6, 32, 32); a 2-channel (Y, X, C) image was called a stack of 32 planes."""
+    from napari.layers import Image, Labels
+
+    from napari_samtune._qt.layer_pairs import pair_problem
+
+    image = Image(np.zeros(image_shape, np.uint8), name="confocal")
+    labels = Labels(np.ones(labels_shape, np.uint8), name="confocal labels")
+    problem = pair_problem((image, labels))
+    assert f"2 channels on axis {axis}" in problem and "planes" not in problem
+    assert f"take(1, axis={axis})" in problem

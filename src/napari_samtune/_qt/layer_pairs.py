@@ -127,6 +127,16 @@ def _extra_axes_problem(image: Image, labels, extra: int) -> str:
             "layer and choose Split Stack to split it along its first axis (one stack per "
             "time point, say), then pair a part with labels painted on it"
         )
+    beside = [i for i in range(len(shape)) if shape[:i] + shape[i + 1 :] == labels_shape]
+    if extra == 1 and not image.rgb and beside and 0 not in beside:
+        axis = beside[-1]
+        return (
+            f"image layer {image.name!r} {shape!r} has {shape[axis]} channels on axis {axis} "
+            f"beside labels layer {labels.name!r} {labels_shape!r}: a pair takes an image of "
+            "the labels' shape; give one channel a layer of its own (in the console: "
+            f"viewer.add_image(viewer.layers[{image.name!r}].data.take(1, axis={axis}))), or "
+            "train from the files in TIFF folders with their channels field"
+        )
     if extra == 1 and (image.rgb or shape[0] > MAX_CHANNELS):
         return (
             f"image layer {image.name!r} is a stack of {shape[0]} planes {shape!r}, and labels "
