@@ -30,20 +30,10 @@ def failing_saves(monkeypatch):
 
 
 @pytest.fixture
-def committed_once(cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path):
+def committed_once(cells_with_one_saved_object, tmp_path):
     """A docked widget on "cells0" (of two images) saving to ``tmp_path``, object 1 saved."""
-    from napari_samtune._qt.annotate import AnnotateWidget
-
-    viewer = cells_viewer(2)
-    widget = AnnotateWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.ui.folder_edit.setText(str(tmp_path))
-    widget.set_model(tiny_sam, "tiny", "tiny-test")
-    drain_jobs(widget)
-    widget.session.layers.preview.data[5:15, 5:15] = 1
-    with qtbot.waitSignal(widget.annotations_saved, timeout=WAIT_MS):
-        assert widget.commit() == [1]
-    drain_jobs(widget)
+    viewer, widget = cells_with_one_saved_object(tmp_path)
+    viewer.window.add_dock_widget(widget)  # its window's close is what asks
     return viewer, widget
 
 
