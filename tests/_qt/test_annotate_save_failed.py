@@ -112,3 +112,32 @@ def test_a_labels_file_changed_by_another_program_is_not_overwritten(
     drain_jobs(widget)
     assert 3 in tifffile.imread(beside)  # the saves go on beside it, said once
     assert len([n for n in notifications if "changed by another program" in n]) == 1
+
+
+def test_ctrl_z_after_a_commit_does_not_put_an_older_stroke_back_over_it(
+    committed_once, drain_jobs, tmp_path
+):
+    """Commits write the annotations outside napari's undo history: Ctrl+Z after a commit
+    undid the eraser stroke before it, writing object 1 back over object 2 (and saved that)."""
+    from napari.utils.key_bindings import coerce_keybinding
+
+    from napari_samtune._qt.annotate_files import HISTORY_KEYS
+
+    _, widget = committed_once
+    layer = widget.session.layers.annotations
+    layer.brush_size = 5
+    layer.paint((15, 15), 0)  # an eraser stroke inside object 1
+    drain_jobs(widget)
+    hole = (layer.data[10:20, 10:20] == 0).copy()
+    assert hole.any()
+    widget.session.layers.preview.data[12:18, 12:18] = 1  # object 2 across the hole
+    assert widget.commit() == [2]
+    drain_jobs(widget)
+    two = layer.data == 2
+    undo_key = next(key for key, name in HISTORY_KEYS.items() if name == "undo")
+    layer.keymap[coerce_keybinding(undo_key)](layer)  # Ctrl+Z on the annotations layer
+    drain_jobs(widget)
+    np.testing.assert_array_equal(layer.data == 2, two)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "cells0.labels.tif") == 2, two)
+    assert widget.undo()  # U still takes the commit back
+    assert not (layer.data == 2).any()

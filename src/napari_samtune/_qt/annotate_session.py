@@ -144,7 +144,7 @@ class AnnotationSession:
         entry.records.append(record)
         if group is None:
             self.undo_stack.push(entry)
-        self.layers.annotations.refresh()
+        self._annotations_written()
         brush_past(self.layers.annotations, max(ids))
         return ids
 
@@ -159,8 +159,19 @@ class AnnotationSession:
         self.records = [record for record in self.records if id(record) not in undone]
         if entry.records_before is not None:  # a file loaded: the records it replaced
             self.records = entry.records_before
-        self.layers.annotations.refresh()
+        self._annotations_written()
         return entry
+
+    def _annotations_written(self) -> None:
+        """The annotations changed by a write of the widget's (a commit, an undo, automatic
+        segmentation, a loaded file), which napari's undo history of the layer does not
+        hold: its strokes from before are dropped, else Ctrl+Z put a stroke's old pixels
+        back over the objects written since (and the autosave wrote that)."""
+        annotations = self.layers.annotations
+        reset = getattr(annotations, "_reset_history", None)  # napari's own, since 0.4
+        if reset is not None:
+            reset()
+        annotations.refresh()
 
     def clear(self) -> None:
         """Remove every prompt and empty the preview."""
@@ -330,7 +341,7 @@ class AnnotationSession:
         self.annotations[...] = labels
         self.records = list(record.get("objects", []))
         self.disk.note(labels_path)
-        self.layers.annotations.refresh()
+        self._annotations_written()
         brush_past(self.layers.annotations, int(labels.max(initial=0)))
 
     def load_records(self, labels_path: str | Path) -> None:
