@@ -141,3 +141,39 @@ def test_ctrl_z_after_a_commit_does_not_put_an_older_stroke_back_over_it(
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "cells0.labels.tif") == 2, two)
     assert widget.undo()  # U still takes the commit back
     assert not (layer.data == 2).any()
+
+
+@pytest.mark.parametrize("same", [False, True])
+def test_an_annotations_layer_kept_from_another_copy_is_saved_beside_the_newer_file(
+    cells_viewer, tiny_sam, drain_jobs, tmp_path, notifications, monkeypatch, same
+):
+    """Labels saved with napari's File > Save, opened again later as '<image> annotations':
+    the panel went on with them, and its next save replaced the newer autosave's objects."""
+    from napari_samtune._qt.annotate import AnnotateWidget
+    from napari_samtune.core.annotation_files import load_annotations, save_annotations
+
+    viewer = cells_viewer(1)
+    newer = np.zeros((64, 64), np.uint32)
+    for i in range(5):
+        newer[2 + 12 * i : 10 + 12 * i, 2:10] = i + 1
+    records = [{"ids": [i + 1], "source": "interactive"} for i in range(5)]
+    save_annotations(tmp_path, "cells0", newer, {"objects": records})
+    older = newer if same else np.where(newer <= 3, newer, 0)
+    viewer.add_labels(older.copy(), name="cells0 annotations")
+    monkeypatch.setenv("SAMTUNE_ANNOTATIONS_DIR", str(tmp_path))  # the next napari session's
+    widget = AnnotateWidget(viewer)
+    widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    told = [n for n in notifications if "holds other annotations than" in n]
+    assert len(told) == (0 if same else 1)
+    assert len(widget.session.records) == (5 if same else 0)
+    widget.session.layers.preview.data[50:60, 40:50] = 1
+    assert widget.commit() == [6 if same else 4]
+    drain_jobs(widget)
+    saved, _ = load_annotations(tmp_path / "cells0.labels.tif")
+    if same:  # the layer held the file's objects: it goes on saving there
+        assert set(np.unique(saved)) == set(range(7))
+        return
+    np.testing.assert_array_equal(saved, newer)  # the newer file, as it was
+    beside = next(tmp_path.glob("cells0-*.labels.tif"))
+    assert set(np.unique(load_annotations(beside)[0])) == {0, 1, 2, 3, 4}

@@ -152,7 +152,7 @@ class AnnotateFileJobsMixin:
         return self._start_save(session, announce=True)
 
     def _saved_now(self, session, labels_path: Path) -> None:
-        session.disk.note(labels_path)
+        session.saved_to(labels_path)
         if self._save_failed is session:
             self._save_failed = None
         self.annotations_saved.emit(str(labels_path))

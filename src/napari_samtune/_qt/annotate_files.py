@@ -115,8 +115,18 @@ class AnnotateFilesMixin:
             )
 
     def _load_saved(self, labels_path: Path, labels: bool) -> None:
-        if not labels:
-            self.session.load_records(labels_path)
+        if not labels:  # the annotations layer was kept: it holds the labels
+            if self.session.holds_saved(labels_path):
+                self.session.load_records(labels_path)
+                self.session.saved_to(labels_path)
+                return
+            self.session.disk.note_foreign(labels_path)  # its saves go beside the file
+            show_warning(
+                f"layer {self.session.layers.annotations.name!r} holds other annotations than "
+                f"{labels_path} (opened from another copy, or edited since): its saves go "
+                "beside that file, which is left as it is; to go on with the file instead, "
+                "use 'Load annotations…'"
+            )
             return
         if self._restores_in_background():
             self._start_restore(labels_path)
@@ -364,7 +374,7 @@ class AnnotateFilesMixin:
             self._autosave(self._autosave_again[0])
 
     def _autosaved(self, session, labels_path: Path) -> None:
-        session.disk.note(labels_path)
+        session.saved_to(labels_path)
         if self._save_failed is session:  # the error was said: so is that it is over
             self._save_failed = None
             show_info(f"saved annotations to {labels_path}")

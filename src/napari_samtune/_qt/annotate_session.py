@@ -35,6 +35,8 @@ from napari_samtune.core.annotation_files import (
 )
 from napari_samtune.core.label_files import image_fingerprint, namesake_name, saved_fingerprint
 
+SAVED_FILE_KEY = "samtune_saved_file"  # annotations layer metadata: [path, its state]
+
 
 class RemovedImage:
     """Stands for the image of a session after the image was removed from the viewer: its
@@ -186,7 +188,7 @@ class AnnotationSession:
         if note:
             show_warning(note)
         paths = save_annotations(folder, self.image_layer.name, labels, self.document(), file_name)
-        self.disk.note(paths[0])
+        self.saved_to(paths[0])
         return paths
 
     def file_name(self, folder: str | Path) -> str:
@@ -197,6 +199,31 @@ class AnnotationSession:
         if key not in self._file_names:
             self._file_names[key] = save_name(*key, self.fingerprint, self.axes.spatial_shape)
         return self._file_names[key]
+
+    def saved_to(self, labels_path: str | Path) -> None:
+        """``labels_path`` was just written (or read) with this session's annotations: its
+        state is noted, also on the annotations layer, so that a panel opened again on the
+        layer knows that file holds what the layer holds (:meth:`holds_saved`)."""
+        self.disk.note(labels_path)
+        state = self.disk.state(labels_path)
+        kept = None if state is None else [str(Path(labels_path)), list(state)]
+        self.layers.annotations.metadata[SAVED_FILE_KEY] = kept
+
+    def holds_saved(self, labels_path: Path) -> bool:
+        """Whether the annotations layer, kept from before, holds what ``labels_path`` holds:
+        saved there by the panel (the file unchanged since), or equal to it. A layer opened
+        from an older copy (napari's File > Save, then Open) continued, and its next save
+        replaced the newer file's objects, unsaid."""
+        kept = self.layers.annotations.metadata.get(SAVED_FILE_KEY)
+        state = DiskStates()
+        state.note(labels_path)
+        if kept == [str(labels_path), list(state.state(labels_path) or ())]:
+            return True
+        try:
+            labels = load_annotations(labels_path)[0]
+        except (OSError, ValueError):
+            return False
+        return labels.shape == self.annotations.shape and np.array_equal(labels, self.annotations)
 
     def name_to_save(self, folder: str | Path) -> tuple[str, str]:
         """:meth:`file_name`, unless that file changed on disk since this session read or
@@ -340,7 +367,7 @@ class AnnotationSession:
             self.undo_stack.clear()
         self.annotations[...] = labels
         self.records = list(record.get("objects", []))
-        self.disk.note(labels_path)
+        self.saved_to(labels_path)
         self._annotations_written()
         brush_past(self.layers.annotations, int(labels.max(initial=0)))
 

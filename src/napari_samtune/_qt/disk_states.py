@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+FOREIGN = (-1, -1, -1)  # the state of a file whose annotations are not this session's
+
 
 def _state(path: Path) -> tuple[int, int, int] | None:
     """(modification time in ns, size, inode) of ``path``, or None where it is not there."""
@@ -30,6 +32,15 @@ class DiskStates:
             self._seen.pop(Path(path), None)
         else:
             self._seen[Path(path)] = state
+
+    def state(self, path: str | Path) -> tuple[int, int, int] | None:
+        """The state noted for ``path`` (None: never noted)."""
+        return self._seen.get(Path(path))
+
+    def note_foreign(self, path: str | Path) -> None:
+        """``path`` holds annotations other than this session's (an annotations layer kept
+        from a file opened in napari, or edited since): a save beside it, not over it."""
+        self._seen[Path(path)] = FOREIGN
 
     def __contains__(self, path: object) -> bool:
         return isinstance(path, str | Path) and Path(path) in self._seen
