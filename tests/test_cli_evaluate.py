@@ -336,3 +336,42 @@ def test_a_run_folder_given_as_a_model_names_its_model_file(tmp_path, annotated_
     (run / "model.pth").unlink()
     with pytest.raises(ValueError, match=r"inside it \(a \.pth or \.pt file\)"):
         load_model(run)
+
+
+@pytest.mark.parametrize("how", ["broken weights", "Ctrl+C"])
+def test_models_evaluated_before_a_later_one_fails_keep_their_results(
+    tmp_path, annotated_folder, capsys, monkeypatch, how
+):
+    """A later model whose weights do not load, or Ctrl+C during it: the earlier models'
+    results (hours for a large model) were neither written nor printed."""
+    from napari_samtune.core import demo
+
+    images, labels = annotated_folder
+    first = _save_tiny(tmp_path / "first.pth", 0)
+    second = _save_tiny(tmp_path / "second.pth", 1)
+    if how == "broken weights":  # its architecture reads; its weights do not load
+        state = torch.load(second, weights_only=True)
+        key = next(k for k in state if k.endswith("weight") and state[k].ndim == 2)
+        state[key] = state[key][:, :-1]
+        torch.save(state, second)
+    else:
+        real, calls = demo.model_metrics, []
+
+        def interrupted_second(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(demo, "model_metrics", interrupted_second)
+    out = tmp_path / "eval"
+    code = cli.main([
+        "evaluate", "--images", str(images), "--labels", str(labels), "--model", str(first),
+        "--model", str(second), "--out", str(out), "--clicks", "1", "--points-per-side", "4",
+    ])  # fmt: skip
+    assert code != 0
+    with open(out / "evaluation.csv") as file:
+        assert [r["model"] for r in csv.DictReader(file)] == ["first"]
+    captured = capsys.readouterr()
+    assert "| first |" in captured.out
+    assert "evaluation stopped before 'second'" in captured.err

@@ -244,7 +244,6 @@ def _check_repeated(models: list[str]) -> None:
 def _run(args: argparse.Namespace) -> int:
     from napari_samtune.core.demo import model_metrics
     from napari_samtune.core.devices import resolve_device
-    from napari_samtune.core.evaluate import compare_models
     from napari_samtune.core.models import load_model
 
     _check_options(args)
@@ -256,16 +255,44 @@ def _run(args: argparse.Namespace) -> int:
     images, labels = _normalised(pairs)  # all checked before any model is loaded
     check_models(args.model, not args.no_progress)
     results = {}
-    for name, model in zip(_unique_names(args.model), args.model, strict=True):
-        loaded = load_model(model, device=device)  # downloaded by check_models
-        print(f"evaluating {name} on {len(images)} images ...", file=sys.stderr, flush=True)
-        auto = auto_config_for(loaded.architecture.img_size, args)
-        with optional_bar(not args.no_progress, f"evaluating {name}", "image") as bar:
-            (bar or no_progress)(0, len(images))
-            results[name] = model_metrics(
-                loaded.sam, loaded.model_id, images, labels, auto, args.clicks,
-                args.max_objects, device, progress=bar,
-            )  # fmt: skip
+    names = _unique_names(args.model)
+    try:
+        for name, model in zip(names, args.model, strict=True):
+            loaded = load_model(model, device=device)  # downloaded by check_models
+            print(f"evaluating {name} on {len(images)} images ...", file=sys.stderr, flush=True)
+            auto = auto_config_for(loaded.architecture.img_size, args)
+            with optional_bar(not args.no_progress, f"evaluating {name}", "image") as bar:
+                (bar or no_progress)(0, len(images))
+                results[name] = model_metrics(
+                    loaded.sam, loaded.model_id, images, labels, auto, args.clicks,
+                    args.max_objects, device, progress=bar,
+                )  # fmt: skip
+    except (Exception, KeyboardInterrupt):
+        _keep_finished(results, names, args)  # then the error or the interrupt is said
+        raise
+    _report(results, args)
+    return 0
+
+
+def _keep_finished(results: dict, names: list[str], args: argparse.Namespace) -> None:
+    """A model failed to load or evaluate, or Ctrl+C came, after others were evaluated:
+    their results are written and printed (the models not done named), not thrown away
+    (minutes to hours of a large model's work)."""
+    if not results:
+        return
+    missing = [name for name in names if name not in results]
+    print(
+        f"evaluation stopped before {', '.join(map(repr, missing))}; the results of "
+        f"{', '.join(map(repr, results))} are kept:",
+        file=sys.stderr,
+    )
+    _report(results, args)
+
+
+def _report(results: dict, args: argparse.Namespace) -> None:
+    """Write the comparison files and print the table and the click curves."""
+    from napari_samtune.core.evaluate import compare_models
+
     files = compare_models(results, args.out, "evaluation")  # a rerun: evaluation-2, ...
     print(format_table(results))
     print(f"iterative prompting (IoU after 0..{args.clicks} clicks):")
@@ -275,4 +302,3 @@ def _run(args: argparse.Namespace) -> int:
         ]
         print(f"  {name}: " + " ".join(f"{v:.3f}" for v in curve))
     print(f"wrote {files.csv_path} and {files.png_path}")
-    return 0
