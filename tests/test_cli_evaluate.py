@@ -375,3 +375,17 @@ def test_models_evaluated_before_a_later_one_fails_keep_their_results(
     captured = capsys.readouterr()
     assert "| first |" in captured.out
     assert "evaluation stopped before 'second'" in captured.err
+
+
+def test_the_planes_of_a_stack_score_an_object_per_piece_as_training_takes_them(tmp_path):
+    """A 3D object in two pieces on a plane was one object in evaluate and two in training:
+    the validation curve and evaluate scored the same stack differently."""
+    from napari_samtune.cli.evaluate import _normalised
+    from napari_samtune.core.data import split_planes
+
+    image = make_dataset(1, (48, 48), seed=3)[0][0]
+    plane = np.zeros((48, 48), np.uint16)
+    plane[5:20, 5:15] = plane[5:20, 30:40] = 4  # one object, two pieces
+    pairs = split_planes(np.stack([image, image]), np.stack([plane, plane]), "cells.tif")
+    _, labels = _normalised(pairs)
+    assert [len(np.unique(label)) - 1 for label in labels] == [2, 2]

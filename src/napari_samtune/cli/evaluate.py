@@ -150,14 +150,18 @@ def _normalised(pairs: list) -> tuple[list, list]:
 
     Pairs without any object (an empty field of view, or an image not annotated yet)
     are left out and named, as in training; ``ValueError`` naming them if none is left.
+    The planes of stacks score each piece of an object as an object, as training does
+    (:func:`~napari_samtune.core.data.pieces_apart`).
     """
-    from napari_samtune.core.data import normalise_pair
+    from napari_samtune.core.data import normalise_pair, pieces_apart
     from napari_samtune.core.label_files import describe_names
 
     images, labels, left_out = [], [], []
     for index, pair in enumerate(pairs):
         pairs[index] = None
         image, label = normalise_pair(pair)
+        if pair.source:  # a plane of 3D labels: an object per piece, as training takes it
+            label = pieces_apart(label)
         if not label.any():
             left_out.append(pair.name)
             continue
