@@ -4,6 +4,7 @@ and view, each with the test that found it."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from napari_samtune._qt.annotate import AnnotateWidget
 from napari_samtune._qt.annotate_ui import SCOPE_PLANE, SCOPE_STACK
@@ -199,6 +200,39 @@ def test_an_image_renamed_while_the_panel_was_closed_takes_its_layers_and_files_
     widget.session.layers.preview.data[30:40, 30:40] = 1
     assert widget.commit() == [2]  # the objects so far kept, the next id after them
     drain_jobs(widget)
+    viewer.layers.clear()
+    drain_jobs(widget)
+
+
+@pytest.mark.parametrize("renamed", ["to another image's", "one of them"])
+def test_layers_a_person_renamed_are_not_taken_for_an_image_renamed(
+    make_napari_viewer, drain_jobs, tiny_sam, tmp_path, monkeypatch, renamed
+):
+    """Renamed by hand after another image ('other points'), the panel's layers were taken,
+    on reopening, for an image renamed from 'other': the person's own 'other annotations'
+    was renamed 'cells annotations', unsaid. One helper layer renamed ('my points') was
+    named back."""
+    monkeypatch.setenv("SAMTUNE_ANNOTATIONS_DIR", str(tmp_path))
+    viewer = make_napari_viewer()
+    pixels = np.random.default_rng(3).integers(0, 255, (64, 64), np.uint8)
+    viewer.add_image(pixels, name="other")
+    viewer.add_labels(np.zeros((64, 64), np.uint32), name="other annotations")  # the person's
+    viewer.add_image(pixels[::-1].copy(), name="cells")
+    widget = _dock(viewer, drain_jobs, tiny_sam)
+    widget.ui.image_combo.setCurrentText("cells")
+    drain_jobs(widget)
+    if renamed == "one of them":
+        viewer.layers["cells points"].name = "my points"
+    else:
+        viewer.layers["cells annotations"].name = "other annotations (cells)"
+        viewer.layers["cells points"].name = "other points"
+    viewer.window.remove_dock_widget(widget)
+    widget = _dock(viewer, drain_jobs, tiny_sam)
+    widget.ui.image_combo.setCurrentText("cells")
+    drain_jobs(widget)
+    names = {layer.name for layer in viewer.layers}
+    assert "other annotations" in names  # the person's, as named
+    assert ("my points" if renamed == "one of them" else "other points") in names
     viewer.layers.clear()
     drain_jobs(widget)
 

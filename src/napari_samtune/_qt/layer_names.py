@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from napari.layers import Labels
+from napari.layers import Image, Labels
 
 # the four layers' names: the image's name and these
 ANNOTATIONS, PREVIEW, BOXES, POINTS = " annotations", " current object", " boxes", " points"
@@ -152,10 +152,16 @@ def earlier_image_name(viewer, image_layer, image: ImageMark) -> str | None:
     """The name ``image_layer`` had when the widget made the layers marked with it (see
     :func:`marked_role`) that are named after another name: the image was renamed while
     the Annotate panel was closed, so they (and its saved annotations) did not follow it.
-    None where they are named after its name, or there are none."""
+    None where they are named after its name, or there are none, where they disagree, or
+    where another image has that name: then a person renamed them (a Labels layer of the
+    person's own, named after that other image, was renamed for this one)."""
+    names = set()
     for layer in viewer.layers:
         role = marked_role(layer, image)
         name = strip_taken_number(layer.name)
-        if role and name.endswith(role) and name[: -len(role)] != image_layer.name:
-            return name[: -len(role)]
-    return None
+        if role and name.endswith(role):
+            names.add(name[: -len(role)])
+    images = {other.name for other in viewer.layers if isinstance(other, Image)}
+    if len(names) != 1 or image_layer.name in names or names & images:
+        return None
+    return names.pop()
