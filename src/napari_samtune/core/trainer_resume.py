@@ -80,7 +80,7 @@ class TrainerResumeMixin:
         if not before or (set(before) == set(now) and not (split_one and len(images) > 1)):
             return  # none before (_restart_best_for says so), or the same
         fraction = checkpoint.get("config", {}).get("val_fraction")
-        if split_one and self._hold_out_the_same_part(before, fraction):
+        if split_one and now and self._hold_out_the_same_part(before, fraction):
             return
         if not split_one and len(set(names)) == len(names) and set(before) < set(names):
             self.train_images = [image for image in images if image.name not in before]
