@@ -12,7 +12,7 @@ import numpy as np
 from napari.utils.notifications import show_warning
 
 from napari_samtune._qt.annotate_notes import shape_phrase
-from napari_samtune._qt.disk_states import DiskStates
+from napari_samtune._qt.disk_states import DiskStates, file_state
 from napari_samtune._qt.image_planes import ImageAxes
 from napari_samtune._qt.kept_prompts import snapshot_prompts
 from napari_samtune._qt.label_edits import Plane, UndoEntry, UndoStack, brush_past, write_objects
@@ -215,9 +215,7 @@ class AnnotationSession:
         from an older copy (napari's File > Save, then Open) continued, and its next save
         replaced the newer file's objects, unsaid."""
         kept = self.layers.annotations.metadata.get(SAVED_FILE_KEY)
-        state = DiskStates()
-        state.note(labels_path)
-        if kept == [str(labels_path), list(state.state(labels_path) or ())]:
+        if kept == [str(labels_path), list(file_state(labels_path) or ())]:
             return True
         try:
             labels = load_annotations(labels_path)[0]

@@ -10,10 +10,10 @@ from pathlib import Path
 FOREIGN = (-1, -1, -1)  # the state of a file whose annotations are not this session's
 
 
-def _state(path: Path) -> tuple[int, int, int] | None:
+def file_state(path: str | Path) -> tuple[int, int, int] | None:
     """(modification time in ns, size, inode) of ``path``, or None where it is not there."""
     try:
-        status = os.stat(path)
+        status = os.stat(Path(path))
     except OSError:
         return None
     return status.st_mtime_ns, status.st_size, status.st_ino
@@ -27,7 +27,7 @@ class DiskStates:
 
     def note(self, path: str | Path) -> None:
         """``path`` was just read or written here: that is its state now."""
-        state = _state(Path(path))
+        state = file_state(path)
         if state is None:
             self._seen.pop(Path(path), None)
         else:
@@ -48,5 +48,5 @@ class DiskStates:
     def changed(self, path: str | Path) -> bool:
         """Whether ``path``, read or written here before, is now another file (written or
         replaced since); False for one never seen here or gone (a save makes it anew)."""
-        seen, now = self._seen.get(Path(path)), _state(Path(path))
+        seen, now = self._seen.get(Path(path)), file_state(path)
         return seen is not None and now is not None and now != seen

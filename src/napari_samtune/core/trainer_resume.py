@@ -14,7 +14,7 @@ import torch
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train_events import Progress
 from napari_samtune.core.train_setup import make_optimizer
-from napari_samtune.core.validation_split import _split_one_image
+from napari_samtune.core.validation_split import split_one_image
 
 
 class TrainerResumeMixin:
@@ -98,7 +98,7 @@ class TrainerResumeMixin:
         if len(before) != 1 or len(named) != 1 or not isinstance(fraction, float):
             return False
         try:
-            (top,), (part,) = _split_one_image(named[0], fraction)
+            (top,), (part,) = split_one_image(named[0], fraction)
         except ValueError:  # its shape or objects changed: no longer the part it was
             return False
         self.train_images = [top if image is named[0] else image for image in images]

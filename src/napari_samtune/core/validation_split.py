@@ -75,7 +75,7 @@ def split_validation(
         return train, [im for im in images if im.group in held_out]
     if len(images) >= 2:  # the planes of one stack, in their order
         return images[:-n_val], images[-n_val:]
-    return _split_one_image(images[0], val_fraction)
+    return split_one_image(images[0], val_fraction)
 
 
 def _held_out_groups(groups: list[str], sizes: Counter, n_val: int, seed: int) -> set[str]:
@@ -92,7 +92,9 @@ def _held_out_groups(groups: list[str], sizes: Counter, n_val: int, seed: int) -
     return held_out or {min(order, key=lambda group: sizes[group])}
 
 
-def _split_one_image(image: PreparedImage, val_fraction: float) -> tuple[list, list]:
+def split_one_image(image: PreparedImage, val_fraction: float) -> tuple[list, list]:
+    """([training part], [validation part]) of one image: its last ``val_fraction`` along
+    the longer axis held out (a resumed run holds out the same part again)."""
     axis = 0 if image.labels.shape[0] >= image.labels.shape[1] else 1
     length = image.labels.shape[axis]
     if length < 2:
