@@ -43,3 +43,15 @@ def listed(data: TrainData) -> TrainData:
     were refused with "object of type 'zip' has no len()". Sequences and what is not an
     iterator (an array, one pair) stay as they are, for :func:`as_pairs` to check."""
     return list(data) if isinstance(data, Iterator) else data
+
+
+def blank_images(images: Sequence[PreparedImage]) -> tuple[str, ...]:
+    """Names of the prepared images whose SAM input is one value everywhere: an empty
+    channel, a layer not loaded yet, a black frame. Their objects cannot be seen, so
+    training on them teaches the model to draw masks on nothing."""
+    return tuple(image.name for image in images if _one_value(image.rgb))
+
+
+def _one_value(rgb: np.ndarray) -> bool:
+    first = rgb.reshape(-1)[:1]
+    return bool(rgb.size) and bool(np.all(rgb == first[0]))

@@ -31,6 +31,7 @@ class TrainingStarted:
     val_repeats: tuple[str, ...] = ()  # validation pairs equal to a training pair
     val_same_images: tuple[str, ...] = ()  # validation pairs of a training image, other labels
     notes: tuple[str, ...] = ()  # what else the person training should know (shown as warnings)
+    blank: tuple[str, ...] = ()  # pairs (training or validation) whose image is one value
 
     def left_out_message(self) -> str:
         """``"left out 2 pair(s) without any object (labels all 0): a, b"``; "" if none."""
@@ -68,11 +69,24 @@ class TrainingStarted:
             "validation data for a held-out split"
         )
 
+    def blank_message(self) -> str:
+        """The warning that some images are blank (one value everywhere), with the fix; ""
+        if none is."""
+        if not self.blank:
+            return ""
+        return (
+            f"{len(self.blank)} pair(s) have an image of one value everywhere (blank): "
+            f"{describe_names(self.blank)}; SAM sees none of their objects, so the model is "
+            "taught to draw masks on nothing: check that the right image (and channel) is "
+            "paired with these labels"
+        )
+
     def data_warnings(self) -> list[str]:
-        """The warnings about the data (:meth:`duplicates_message`,
+        """The warnings about the data (:meth:`blank_message`, :meth:`duplicates_message`,
         :meth:`val_repeats_message`, :meth:`val_same_images_message`) that apply, for a front
         end to show."""
         messages = (
+            self.blank_message(),
             self.duplicates_message(),
             self.val_repeats_message(),
             self.val_same_images_message(),

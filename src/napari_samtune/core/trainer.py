@@ -30,7 +30,7 @@ from napari_samtune.core.heap import keep_freed_memory
 from napari_samtune.core.model_source import recorded_model
 from napari_samtune.core.patches import PatchSampler, tile_patches
 from napari_samtune.core.presets import TrainConfig
-from napari_samtune.core.run_data import TrainData, listed, prepare_run_data
+from napari_samtune.core.run_data import TrainData, blank_images, listed, prepare_run_data
 from napari_samtune.core.train_checkpoints import (
     base_parts_digest,
     check_resumable,
@@ -217,6 +217,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
             val_repeats=self.val_repeats,
             val_same_images=self.val_same_images,
             notes=tuple(self.notes),
+            blank=blank_images([*self.train_images, *self.val_images]),
         )
 
     def _train_epoch(self) -> Iterator[StepDone]:
