@@ -638,7 +638,7 @@ def test_adam_runs_fused_and_steps_like_the_plain_loop():
 
 def test_validation_iou_and_dice_count_pixels_as_a_torch_reduction(rng):
     """Validation counts mask pixels with numpy on the CPU (17x faster): same numbers."""
-    from napari_samtune.core.train_step import _iou_dice
+    from napari_samtune.core.train_validation import _iou_dice
 
     masks = torch.as_tensor(rng.random((5, 40, 60)) < 0.4)
     truth = torch.as_tensor(rng.random((5, 60, 40)) < 0.3).transpose(1, 2)  # a strided view

@@ -16,8 +16,6 @@ at the patch's own resolution, upsampling logits as inference does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,13 +33,11 @@ from napari_samtune.core.patches import TrainingPatch
 from napari_samtune.core.prompts import (
     bounding_box,
     corrective_points,
-    interior_point,
     jitter_box,
     sample_points,
 )
 
 LOWRES_FACTOR = 4  # the decoder's low-res logits have 4x the embedding grid's side
-VAL_CHUNK = 32  # objects decoded at once during validation
 
 
 @dataclass(frozen=True)
@@ -81,9 +77,25 @@ def prepare_input(
     input_size = ResizeLongestSide.get_preprocess_shape(height, width, img_size)
     pixels = _pixels(sam, patch.rgb, input_size, device) if with_pixels else None
     object_ids = np.asarray(object_ids, dtype=patch.labels.dtype)
-    masks = patch.labels[None] == object_ids[:, None, None]
+    if object_ids.size == 0:  # the patch's frame only (validation makes masks chunk by chunk)
+        side = img_size // LOWRES_FACTOR
+        targets = torch.zeros((0, 1, side, side), device=device)
+        return PatchInput(
+            patch.key,
+            pixels,
+            input_size,
+            (height, width),
+            masks_of(patch.labels, object_ids),
+            targets,
+        )
+    masks = masks_of(patch.labels, object_ids)
     targets = lowres_targets(patch.labels, object_ids, input_size, img_size, device)
     return PatchInput(patch.key, pixels, input_size, (height, width), masks, targets)
+
+
+def masks_of(labels: np.ndarray, object_ids: np.ndarray) -> np.ndarray:
+    """bool (n, h, w): the objects ``object_ids`` of (h, w) ``labels``."""
+    return labels[None] == np.asarray(object_ids, dtype=labels.dtype)[:, None, None]
 
 
 def lowres_targets(
@@ -259,104 +271,3 @@ class SamTrainingStep(nn.Module):
 def _decoder(sam: Sam, embedding: torch.Tensor, fast: bool):
     """The decode function and what it takes as the image: fast tokens or the stock embedding."""
     return (decode_prompts, decoder_image(sam, embedding)) if fast else (decode, embedding)
-
-
-def _iou_dice(masks: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-object IoU and Dice of bool (n, h, w) masks against bool (n, h, w) truth."""
-    intersection, predicted, actual = map(_pixel_counts, (masks & truth, masks, truth))
-    total = predicted + actual
-    return intersection / (total - intersection).clamp(min=1), 2 * intersection / total.clamp(min=1)
-
-
-def _pixel_counts(masks: torch.Tensor) -> torch.Tensor:
-    """float32 (n,): the True pixels of each bool (n, h, w) mask. On the CPU through numpy's
-    count_nonzero, mask by mask: 5 ms where torch's sum of bools took 85 ms for 18 masks of
-    1024 x 1024 (a third of a validation patch's time)."""
-    if masks.device.type != "cpu":
-        return masks.sum(dim=(-2, -1)).float()
-    return torch.tensor([np.count_nonzero(m) for m in masks.numpy()], dtype=torch.float32)
-
-
-@torch.no_grad()
-def validation_sums(
-    sam: Sam, embedding: torch.Tensor, inp: PatchInput, fast: bool = True
-) -> np.ndarray:
-    """Box- and point-prompt quality of every object of a validation patch.
-
-    Box prompts are the objects' exact boxes (single mask output); point prompts
-    one positive click at each object's interior centre, answered with three
-    candidates of which the one with the highest predicted IoU is kept (how a
-    single click is answered at inference).
-
-    Returns:
-        float64 (5,): sums of IoU (box), IoU (point), Dice (box), Dice (point), and
-        the number of objects; sums, so they add up across patches and ranks.
-    """
-    shape, size = inp.original_size, inp.input_size
-    boxes = np.stack([bounding_box(m) for m in inp.masks])
-    points = np.stack([interior_point(m) for m in inp.masks])[:, None]
-    boxes = to_input_frame(boxes.reshape(-1, 2, 2), shape, size).reshape(-1, 4)
-    points = to_input_frame(points, shape, size)
-    sums = np.zeros(5)
-    device = embedding.device
-    run, image = _decoder(sam, embedding, fast)
-    for start in range(0, len(inp.masks), VAL_CHUNK):
-        part = slice(start, start + VAL_CHUNK)
-        truth = torch.as_tensor(inp.masks[part], device=device)
-        box = torch.as_tensor(boxes[part], dtype=torch.float32, device=device)
-        logits, _ = run(sam, image, None, None, box, None, False)
-        box_iou, box_dice = _iou_dice(_upsample(sam, logits, inp)[:, 0], truth)
-        point = torch.as_tensor(points[part], dtype=torch.float32, device=device)
-        ones = torch.ones(point.shape[:2], dtype=torch.int64, device=device)
-        logits, scores = run(sam, image, point, ones, None, None, True)
-        chosen = logits[torch.arange(len(point), device=device), scores.argmax(dim=1)]
-        point_iou, point_dice = _iou_dice(_upsample(sam, chosen[:, None], inp)[:, 0], truth)
-        sums += [t.sum().item() for t in (box_iou, point_iou, box_dice, point_dice)] + [len(truth)]
-    return sums
-
-
-def validate_patches(
-    sam: Sam,
-    patches: Sequence[TrainingPatch],
-    device: torch.device,
-    frozen_embeddings: Callable[[list[PatchInput]], torch.Tensor | None],
-    autocast: Callable[[], AbstractContextManager],
-    fast: bool = True,
-    is_cached: Callable[[tuple], bool] = lambda key: False,
-) -> np.ndarray:
-    """:func:`validation_sums` over ``patches``, every object of each (model in eval mode).
-
-    ``frozen_embeddings(inputs)`` returns cached embeddings, or None to run the encoder;
-    ``is_cached(patch.key)`` says whether it has the patch's embedding (no pixels needed).
-    """
-    sums = np.zeros(5)
-    with torch.no_grad():
-        for patch in patches:
-            pixels = not is_cached(patch.key)
-            inp = prepare_input(sam, patch, patch.object_ids, device, with_pixels=pixels)
-            with autocast():
-                embedding = frozen_embeddings([inp])
-                if embedding is None:
-                    embedding = encode(sam, inp.pixels[None])
-                sums += validation_sums(sam, embedding, inp, fast)
-    return sums
-
-
-def metrics_from_sums(sums: np.ndarray) -> dict[str, float]:
-    """Mean IoU / Dice per prompt kind from :func:`validation_sums` totals; val_iou averages
-    the box and point IoU (the number that picks the best epoch)."""
-    iou_box, iou_point, dice_box, dice_point, n = (float(v) for v in sums)
-    n = max(n, 1.0)
-    metrics = {
-        "val_iou_box": iou_box / n,
-        "val_iou_point": iou_point / n,
-        "val_dice_box": dice_box / n,
-        "val_dice_point": dice_point / n,
-    }
-    metrics["val_iou"] = (metrics["val_iou_box"] + metrics["val_iou_point"]) / 2
-    return metrics
-
-
-def _upsample(sam: Sam, logits: torch.Tensor, inp: PatchInput) -> torch.Tensor:
-    """Low-res logits -> bool masks at the patch's resolution (``Sam.postprocess_masks``)."""
-    return sam.postprocess_masks(logits.float(), inp.input_size, inp.original_size) > 0

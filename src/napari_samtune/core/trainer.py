@@ -61,11 +61,10 @@ from napari_samtune.core.train_setup import (
 )
 from napari_samtune.core.train_step import (
     SamTrainingStep,
-    metrics_from_sums,
     prepare_input,
-    validate_patches,
     with_first_prompts,
 )
+from napari_samtune.core.train_validation import metrics_from_sums, validate_patches
 from napari_samtune.core.trainer_files import TrainerFilesMixin
 from napari_samtune.core.trainer_resume import TrainerResumeMixin, steps_per_epoch
 from napari_samtune.core.validation_split import repeated_pairs, same_images, split_validation
