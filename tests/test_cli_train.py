@@ -981,3 +981,22 @@ def test_a_resume_of_a_killed_run_says_what_its_saved_weights_offer(tmp_path, fo
     assert "holds a run that cannot be continued" in err
     assert f"samtune export {best} -o model.pth" in err
     assert best.is_file()
+
+
+def test_settings_changed_on_resume_are_held_to_the_runs_preset(tmp_path, folders, capsys):
+    """--resume with --n-objects 1000 trained 8000 objects per step on cpu-16gb unchecked."""
+    images, labels = folders
+    assert cli.main(_tiny_run(folders, tmp_path / "run", 1)) == 0
+    resume = ["train", "--resume", str(tmp_path / "run"), "--epochs", "2", "--no-progress"]
+    resume += ["--images", images, "--labels", labels, "--out", str(tmp_path / "more")]
+    assert cli.main([*resume, "--n-objects", "1000", "--batch-size", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "--n-objects 1000 x --batch-size 8 = 8000 objects per step is far above" in err
+    assert "preset 'cpu-16gb'" in err and not (tmp_path / "more").exists()
+    assert cli.main([*resume, "--n-objects", "1000", "--force"]) == 0
+
+    forced = [*_tiny_run(folders, tmp_path / "forced", 1), "--n-objects", "500", "--force"]
+    assert cli.main(forced) == 0  # a run forced past its preset resumes as it was
+    again = ["train", "--resume", str(tmp_path / "forced"), "--epochs", "2", "--no-progress"]
+    again += ["--images", images, "--labels", labels, "--out", str(tmp_path / "forced-2")]
+    assert cli.main(again) == 0

@@ -191,7 +191,7 @@ def choose_preset(key: str) -> tuple[object, str]:
     """The preset named ``key``, or the one auto-detection picks, with the reason."""
     from napari_samtune.core.presets import get_preset, resolve_preset
 
-    if key != "auto":
+    if key.strip().lower() != "auto":
         return get_preset(key), f"chosen with --preset {key}"
     return resolve_preset(key)
 
@@ -218,7 +218,10 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
         args.resume = str(resume_checkpoint(args.resume))
         checkpoint = read_checkpoint(args.resume)
         overrides = overrides_from(args)
-        config = replace(TrainConfig.from_dict(checkpoint["config"]), **overrides)
+        saved = TrainConfig.from_dict(checkpoint["config"])
+        config = replace(saved, **overrides)
+        if not args.force:
+            check_resumed_fits(checkpoint, saved, config)
         if "device" not in overrides:
             config = replace(config, device=resumed_device(config.device))
             check_saved_device(config.device, args.resume)
@@ -248,6 +251,21 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
         _check_preset_device(preset.device, args.preset or "auto")
     config = config_from_preset(preset, args.model, check=not args.force, **overrides)
     return config, f"preset {preset.name} ({preset.key}): {reason}"
+
+
+def check_resumed_fits(checkpoint: dict, saved: TrainConfig, config: TrainConfig) -> None:
+    """Settings changed on resume are held to the run's preset as a new run's are (a run
+    that was forced past its preset is left as it was)."""
+    from napari_samtune.core.architectures import SamArchitecture
+    from napari_samtune.core.presets import check_fits, get_preset
+
+    try:
+        preset = get_preset(saved.preset or "")
+        arch = SamArchitecture.from_dict(checkpoint["architecture"])
+        check_fits(preset, arch, saved)
+    except (ValueError, KeyError, TypeError):  # no preset recorded, or forced past it
+        return
+    check_fits(preset, arch, config)
 
 
 def _check_preset_device(device: str, preset: str) -> None:

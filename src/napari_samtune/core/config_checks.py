@@ -37,6 +37,9 @@ _FLAGS = ("fast_attention", "checkpoint_trainable_only")
 _OPTIONAL = ("patch_size", "lora_alpha", "early_stopping")  # None allowed
 
 
+MAX_SEED = 2**63 - 1  # the largest seed every generator the run seeds (torch, numpy) takes
+
+
 def check_train_config(config: TrainConfig) -> None:
     """Check every field of ``config``; lists from JSON and numpy numbers become plain values."""
     if not isinstance(config.freeze, (list, tuple)) or not all(
@@ -56,8 +59,8 @@ def check_train_config(config: TrainConfig) -> None:
         raise ValueError(f"model={config.model!r}; give a model name or a weights file path")
     if not 0 < config.learning_rate < math.inf:
         raise ValueError(f"learning_rate={config.learning_rate!r}; use a positive number")
-    if config.seed < 0:
-        raise ValueError(f"seed={config.seed!r}; use a whole number >= 0")
+    if not 0 <= config.seed <= MAX_SEED:  # torch.manual_seed overflowed past 2**64 - 1
+        raise ValueError(f"seed={config.seed!r}; use a whole number from 0 to {MAX_SEED}")
     if config.patch_size is not None and config.patch_size < 32:
         raise ValueError(f"patch_size={config.patch_size!r}; use at least 32 pixels, or None")
     _check_parts(config)

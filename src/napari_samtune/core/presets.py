@@ -33,6 +33,8 @@ from napari_samtune.core.config_checks import (
     check_override_names,
     check_train_config,
 )
+from napari_samtune.core.machine import MachineResources as MachineResources
+from napari_samtune.core.machine import measure_machine as measure_machine
 
 # GPU / RAM sizes are nominal ("32 GB") while machines report a little less (31.7 GiB).
 MEMORY_TOLERANCE = 0.9
@@ -137,36 +139,11 @@ del M
 def get_preset(key: str) -> ResourcePreset:
     """The preset called ``key`` (its short key, or its full name, case-insensitive)."""
     for preset in PRESETS:
-        if key.lower() in (preset.key, preset.name.lower()):
+        if key.strip().lower() in (preset.key, preset.name.lower()):
             return preset
     raise ValueError(
         f"unknown preset {key!r}; choose one of {[p.key for p in PRESETS]!r} or 'auto'"
     )
-
-
-@dataclass(frozen=True)
-class MachineResources:
-    """What :func:`measure_machine` found."""
-
-    gpu_memory_gb: float | None  # total memory of GPU 0 in GiB; None without a CUDA GPU
-    ram_gb: float  # physical memory in GiB
-    n_cores: int  # logical CPU cores
-    gpu_name: str | None  # e.g. "NVIDIA A100-SXM4-80GB"
-
-
-def measure_machine() -> MachineResources:
-    """Measure GPU memory (CUDA device 0), RAM and CPU cores of this machine."""
-    import torch
-
-    gpu_memory = gpu_name = None
-    if torch.cuda.is_available():
-        _, total = torch.cuda.mem_get_info(0)
-        gpu_memory, gpu_name = total / 2**30, torch.cuda.get_device_name(0)
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): assume the smallest
-        ram = PRESETS[0].memory_gb
-    return MachineResources(gpu_memory, float(ram), os.cpu_count() or 1, gpu_name)
 
 
 def detect_preset(
@@ -279,11 +256,12 @@ def resolve_preset(key: str) -> tuple[ResourcePreset, str]:
     """The preset named ``key``, or for "auto" the one :func:`detect_preset` picks on this
     machine for each of its training processes (``torchrun``'s ``LOCAL_WORLD_SIZE``); with
     a line saying why."""
-    if key.lower() != "auto":
+    if key.strip().lower() != "auto":
         return get_preset(key), f"chosen as {key!r}"
     found = measure_machine()
     n_processes = _processes_on_this_machine()
-    return detect_preset(found.gpu_memory_gb, found.ram_gb, found.n_cores, n_processes)
+    preset, reason = detect_preset(found.gpu_memory_gb, found.ram_gb, found.n_cores, n_processes)
+    return preset, f"{reason}; {found.note}" if found.note else reason
 
 
 def _processes_on_this_machine() -> int:
