@@ -36,6 +36,7 @@ from napari_samtune._qt.dock_life import on_removed
 from napari_samtune._qt.prompt_layers import PlanePrompts
 from napari_samtune._qt.workers import TaskRunner, user_message
 from napari_samtune.core.annotation_files import starting_annotation_folder
+from napari_samtune.core.click_chain import ClickChain
 from napari_samtune.core.made_views import EmbeddingNeeded
 from napari_samtune.core.predict import Segmenter
 
@@ -88,6 +89,7 @@ class AnnotateWidget(
         self.ui = AnnotateControls(self)
         self.runner = TaskRunner(self.ui.progress_bar, self.ui.status_label)
         self.segmenter: Segmenter | None = None
+        self.click_chain = ClickChain()  # the current object's clicks, each refining the last
         self.model_name: str | None = None
         self._loaded_weights: LoadedWeights | None = None  # the user model loaded by name
         self._older_than: str | None = None  # the hash of the new weights its name holds

@@ -162,12 +162,11 @@ class AnnotateEmbeddingMixin:
             if len(negatives_xy):
                 return self._predict_each(boxes_xyxy, points_xy[prompts.positive], negatives_xy)
             return self._predict_batched(boxes_xyxy, points_xy[prompts.positive])
-        single_point = len(points_xy) == 1 and len(boxes_xyxy) == 0
-        prediction = self.segmenter.predict(
-            points_xy=points_xy if len(points_xy) else None,
-            point_labels=prompts.positive.astype(np.int64) if len(points_xy) else None,
-            box_xyxy=boxes_xyxy[-1] if len(boxes_xyxy) else None,  # the newest box
-            multimask=single_point,  # one click is ambiguous: take SAM's best of three
+        prediction = self.click_chain.predict(  # each click refines the mask before it
+            self.segmenter,
+            points_xy if len(points_xy) else None,
+            prompts.positive.astype(np.int64) if len(points_xy) else None,
+            boxes_xyxy[-1] if len(boxes_xyxy) else None,  # the newest box
         )
         return prediction.mask.astype(np.uint32)
 

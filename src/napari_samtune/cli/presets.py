@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     )
     found = measure_machine()
     gpu = f"{found.gpu_name}, {found.gpu_memory_gb:.1f} GB" if found.gpu_name else "none"
-    print(f"\nthis machine: GPU {gpu}; RAM {found.ram_gb:.1f} GB; {found.n_cores} CPU cores")
+    note = f" ({found.note})" if found.note else ""
+    print(f"\nthis machine: GPU {gpu}{note}; RAM {found.ram_gb:.1f} GB; {found.n_cores} CPU cores")
     preset, reason = detect_preset(found.gpu_memory_gb, found.ram_gb, found.n_cores)
     print(f"--preset auto chooses {preset.key!r}: {reason}")
     return 0

@@ -120,6 +120,11 @@ class ViewPredictor:
         return self._grid
 
     @property
+    def image_digest(self) -> str | None:
+        """Content digest of the current image (None before :meth:`set_image`)."""
+        return self._image_hash
+
+    @property
     def image_shape(self) -> tuple[int, int]:
         """(H, W) of the current image."""
         return self.grid.image_shape

@@ -1,0 +1,41 @@
+"""In the widget, each click of an object refines the mask of the clicks before it (fed
+back as mask_input, as SAM trains): corrective clicks used to be answered all at once."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_samtune.core.predict import Segmenter
+from napari_samtune.core.synthetic import make_image
+
+CLICKS_RC = [(30.0, 40.0), (52.0, 60.0), (70.0, 25.0)]  # napari (row, col)
+
+
+def test_the_preview_of_several_clicks_feeds_each_mask_to_the_next(
+    make_napari_viewer, qtbot, sensitive_sam, drain_jobs
+):
+    from napari_samtune._qt.annotate import AnnotateWidget
+
+    image = make_image((96, 112), seed=4)[0]
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="cells")
+    widget = AnnotateWidget(viewer)
+    with qtbot.waitSignal(widget.embedding_ready, timeout=30_000):
+        widget.set_model(sensitive_sam, "tiny", "tiny-sensitive")
+    drain_jobs(widget)
+    reference = Segmenter(sensitive_sam, model_id="ref", use_disk_cache=False, precision="fp32")
+    reference.set_image(image)
+    points = widget.session.layers.points
+    previous = None
+    for k, click in enumerate(CLICKS_RC, start=1):
+        points.add(click)
+        assert widget.update_preview()
+        xy = np.array(CLICKS_RC[:k])[:, ::-1]
+        previous = reference.predict(
+            xy, np.ones(k, np.int64), mask_input=previous, multimask=None if k == 1 else False
+        )
+        np.testing.assert_array_equal(widget.session.layers.preview.data > 0, previous.mask)
+    at_once = reference.predict(np.array(CLICKS_RC)[:, ::-1], np.ones(3, np.int64))
+    assert not np.array_equal(previous.low_res_logits, at_once.low_res_logits)
+    assert widget.commit() == [1]
+    np.testing.assert_array_equal(viewer.layers["cells annotations"].data == 1, previous.mask)

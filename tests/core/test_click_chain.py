@@ -1,0 +1,104 @@
+"""An object's clicks are answered as SAM learns them: each click with the mask of the clicks
+before it as mask_input, kept so that a new click costs one decoder pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_samtune.core.click_chain import ClickChain
+from napari_samtune.core.predict import Segmenter
+from napari_samtune.core.synthetic import make_image
+
+POINTS = np.array([[40.0, 30.0], [60.0, 52.0], [25.0, 70.0], [80.0, 20.0]])  # (x, y)
+LABELS = np.array([1, 0, 1, 0])
+
+
+@pytest.fixture
+def segmenter(sensitive_sam):
+    segmenter = Segmenter(sensitive_sam, model_id="s", use_disk_cache=False, precision="fp32")
+    segmenter.set_image(make_image((96, 112), seed=4)[0])
+    return segmenter
+
+
+class _Counting:
+    """Counts the Segmenter's predict calls."""
+
+    def __init__(self, segmenter, monkeypatch):
+        self.calls = 0
+        predict = segmenter.predict
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return predict(*args, **kwargs)
+
+        monkeypatch.setattr(segmenter, "predict", counted)
+
+
+def _by_hand(segmenter, points, labels, box=None):
+    previous = None
+    if box is not None:
+        previous = segmenter.predict(box_xyxy=box)
+    for k in range(1, len(points) + 1):
+        previous = segmenter.predict(
+            points[:k],
+            labels[:k],
+            box,
+            mask_input=previous,
+            multimask=None if previous is None else False,
+        )
+    return previous
+
+
+def test_each_click_refines_the_mask_of_the_clicks_before_it(segmenter):
+    chained = ClickChain().predict(segmenter, POINTS, LABELS)
+    expected = _by_hand(segmenter, POINTS, LABELS)
+    np.testing.assert_array_equal(chained.mask, expected.mask)
+    np.testing.assert_array_equal(chained.low_res_logits, expected.low_res_logits)
+    at_once = segmenter.predict(POINTS, LABELS, multimask=False)  # the widget's old answer
+    assert not np.array_equal(chained.low_res_logits, at_once.low_res_logits)
+    box = np.array([10.0, 12.0, 90.0, 80.0])
+    with_box = ClickChain().predict(segmenter, POINTS[:2], LABELS[:2], box)
+    np.testing.assert_array_equal(
+        with_box.mask, _by_hand(segmenter, POINTS[:2], LABELS[:2], box).mask
+    )
+
+
+def test_a_new_click_costs_one_pass_and_a_changed_one_recomputes_from_there(segmenter, monkeypatch):
+    chain, counter = ClickChain(), _Counting(segmenter, monkeypatch)
+    chain.predict(segmenter, POINTS[:3], LABELS[:3])
+    assert counter.calls == 3
+    chain.predict(segmenter, POINTS, LABELS)  # one click more
+    assert counter.calls == 4
+    moved = POINTS.copy()
+    moved[1] += 5  # the second click moved: clicks 2, 3 and 4 again
+    result = chain.predict(segmenter, moved, LABELS)
+    assert counter.calls == 7
+    np.testing.assert_array_equal(result.mask, _by_hand(segmenter, moved, LABELS).mask)
+    counter.calls = 7  # less the calls made by hand
+    flipped = LABELS.copy()
+    flipped[3] = 1  # T on the last click
+    chain.predict(segmenter, moved, flipped)
+    assert counter.calls == 8
+    chain.predict(segmenter, moved[:2], flipped[:2])  # clicks deleted: nothing to compute
+    assert counter.calls == 8
+
+
+def test_another_image_or_model_starts_the_chain_again(segmenter, sensitive_sam, monkeypatch):
+    chain = ClickChain()
+    first = chain.predict(segmenter, POINTS[:2], LABELS[:2])
+    other_image = make_image((96, 112), seed=5)[0]
+    segmenter.set_image(other_image)
+    again = chain.predict(segmenter, POINTS[:2], LABELS[:2])
+    np.testing.assert_array_equal(again.mask, _by_hand(segmenter, POINTS[:2], LABELS[:2]).mask)
+    assert again.image_digest != first.image_digest
+    other = Segmenter(sensitive_sam, model_id="t", use_disk_cache=False, precision="fp32")
+    other.set_image(other_image)
+    counter = _Counting(other, monkeypatch)
+    chain.predict(other, POINTS[:2], LABELS[:2])  # the same image in another Segmenter
+    assert counter.calls == 2
+
+
+def test_a_chain_needs_a_prompt(segmenter):
+    with pytest.raises(ValueError, match="a click chain needs a prompt"):
+        ClickChain().predict(segmenter, None, None)
