@@ -55,6 +55,35 @@ def test_names_pair_as_the_annotation_widget_writes_them(tmp_path):
     ]
 
 
+def test_names_in_any_script_pair_by_their_own_letters(tmp_path):
+    """Only ASCII was kept: 日本.tif paired with 中国_labels.tif (both "image"), and 細胞A /
+    試料A were refused as one name ("a"); an NFD name (macOS) pairs with its NFC labels."""
+    for name in ("日本.tif", "細胞A.tif", "試料A.tif", "Zelle ä.tif", "-x.tif", "cafe\u0301.tif"):
+        _write(tmp_path / "images", name, np.zeros((4, 4), np.uint8))
+    labels = ("中国_labels.tif", "細胞A_labels.tif", "試料A_labels.tif", "Zelle_ä.labels.tif")
+    for name in (*labels, "x_mask.tif", "caf\u00e9_mask.tif"):
+        _write(tmp_path / "labels", name, np.ones((4, 4), np.uint8))
+    found = match_files(tmp_path / "images", tmp_path / "labels")
+    assert sorted((i.name, lab.name) for i, lab in found.pairs) == [
+        ("-x.tif", "x_mask.tif"),
+        ("Zelle ä.tif", "Zelle_ä.labels.tif"),
+        ("cafe\u0301.tif", "caf\u00e9_mask.tif"),
+        ("細胞A.tif", "細胞A_labels.tif"),
+        ("試料A.tif", "試料A_labels.tif"),
+    ]
+    assert found.lonely_images == ("日本.tif",) and found.lonely_labels == ("中国_labels.tif",)
+
+
+def test_file_names_made_from_long_names_in_any_script_fit_255_bytes():
+    from napari_samtune.core.label_files import labels_file_name, safe_stem
+
+    for name in ("日" * 120, "é" * 150, "a" * 300):
+        made = labels_file_name(name)
+        assert len(made.encode()) < 255 - len(".prompts.json") and made.startswith(name[:10])
+    assert safe_stem("日" * 120) != safe_stem("日" * 121)
+    assert (safe_stem("🙂"), safe_stem("--help"), safe_stem("a b")) == ("image", "help", "a_b")
+
+
 def test_two_images_of_one_pairing_name_are_refused_not_given_one_label_file(tmp_path):
     """cell 1.tif and cell_1.tif pair by the same name: training one on the other's labels
     (same size, so no later check notices) would be silently wrong."""

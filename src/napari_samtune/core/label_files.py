@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +31,9 @@ FINGERPRINT_SAMPLES = 1 << 20  # pixels hashed at most: an even sample of larger
 # an autosave of an image whose name was taken by another image's: <name>-<fingerprint>,
 # or <name>-<fingerprint>-<n> where the earlier ones could not be read back
 NAMESAKE_STEM = re.compile(r"^(.*)-[0-9a-f]{16}(?:-[0-9]+)?$")
-# Longest name in a file name stem: with ".ome", a namesake's "-<fingerprint>-<n>",
+# Longest name (UTF-8 bytes) in a file name stem: with ".ome", a namesake's "-<fingerprint>-<n>",
 # ".prompts.json" and atomic_write's temporary ".<name>.<8>.tmp" it stays under 255 bytes.
-# Longer names are cut to SHORT_NAME characters, the last NAME_HASH_DIGITS a hash.
+# Longer names are cut to SHORT_NAME bytes, the last NAME_HASH_DIGITS a hash.
 MAX_NAME, SHORT_NAME, NAME_HASH_DIGITS = 200, 180, 12
 # Label files are often named after their image plus one of these.
 LABEL_SUFFIXES = (
@@ -42,27 +43,33 @@ LABEL_SUFFIXES = (
 
 
 def safe_stem(image_name: str) -> str:
-    """A file-name-safe version of a layer or file name (letters, digits, ``._-``; any run
-    of other characters becomes ``_``), e.g. ``"cell 1"`` -> ``"cell_1"``; a name longer
-    than :data:`MAX_NAME` characters is cut (:func:`_within_limit`)."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", image_name).strip("._")
+    """A file-name-safe version of a layer or file name: letters and digits of any script,
+    ``._-``; any run of other characters becomes ``_`` (``"cell 1"`` -> ``"cell_1"``,
+    ``"Zelle ä"`` -> ``"Zelle_ä"``). Unicode is composed first (NFC: macOS names files
+    decomposed), and the name does not begin with ``-`` (read as an option by commands).
+    A name longer than :data:`MAX_NAME` bytes is cut (:func:`_within_limit`). Only ASCII
+    was kept before, so ``日本`` and ``中国`` were both "image", and paired with each
+    other's labels."""
+    composed = unicodedata.normalize("NFC", image_name)
+    stem = re.sub(r"[^\w.-]+", "_", composed).lstrip("-._").rstrip("._")
     return _within_limit(stem or "image")
 
 
 def _within_limit(stem: str) -> str:
     """``stem`` whose name part (without a namesake's ``-<fingerprint>`` and an OME
-    ``.ome``, which stay) is cut to :data:`SHORT_NAME` characters where it is longer than
-    :data:`MAX_NAME`, ending in a hash of the whole, so that the files named after it fit
-    the usual limit of 255 bytes (a microscope's export names can be longer). The hash is
-    of the name in lower case, as pairing compares names."""
+    ``.ome``, which stay) is cut to :data:`SHORT_NAME` bytes (UTF-8) where it is longer
+    than :data:`MAX_NAME`, ending in a hash of the whole, so that the files named after it
+    fit the usual limit of 255 bytes (a microscope's export names can be longer). The hash
+    is of the name in lower case, as pairing compares names."""
     namesake = NAMESAKE_STEM.match(stem)
     base = namesake.group(1) if namesake else stem
     ome = ".ome" if base.lower().endswith(".ome") else ""
     name = base[: len(base) - len(ome)]
-    if len(name) <= MAX_NAME:
+    if len(name.encode()) <= MAX_NAME:
         return stem
     digest = hashlib.sha256(name.lower().encode()).hexdigest()[:NAME_HASH_DIGITS]
-    return f"{name[: SHORT_NAME - NAME_HASH_DIGITS - 1]}_{digest}{ome}{stem[len(base) :]}"
+    kept = name.encode()[: SHORT_NAME - NAME_HASH_DIGITS - 1].decode(errors="ignore")
+    return f"{kept}_{digest}{ome}{stem[len(base) :]}"
 
 
 def labels_file_name(image_name: str) -> str:
