@@ -59,7 +59,7 @@ def check_output_file(text: str, example: str, hint: str = "") -> Path:
 
     if text == "":  # Path('') is the current folder
         raise ValueError(f"'' is an empty path; give a file name, e.g. {example}{hint}")
-    path = Path(text)
+    path = Path(text).expanduser()  # as input paths are: '~/x' was ./~/x
     if path.is_dir() or str(text).endswith(("/", os.sep)):
         verb = "is" if path.is_dir() else "names"
         raise ValueError(

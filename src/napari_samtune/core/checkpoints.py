@@ -173,14 +173,15 @@ def check_output_folder(path: str | os.PathLike, what: str = "") -> Path:
     """``path`` as a Path; ``ValueError`` if it names an existing file or cannot be made or
     written to (see :func:`folder_problem`; a missing folder is fine: it is created when
     written to). ``what`` names it in the message, e.g. "out_dir". ``''`` (a script's unset
-    variable) is refused: Path('') is the current folder, which would be written unsaid."""
+    variable) is refused: Path('') is the current folder, which would be written unsaid.
+    A leading ``~`` is the home folder, as in input paths."""
     named = f"{what} " if what else ""
     if path == "":
         raise ValueError(
             f"{named}'' is an empty path; give a folder (created if missing), or '.' for the "
             "current folder"
         )
-    path = Path(path)
+    path = Path(path).expanduser()  # '~/run' (quoted, or from Python) was ./~/run
     if path.exists() and not path.is_dir():
         raise ValueError(
             f"{named}{str(path)!r} is a file; give a folder (created if missing), "

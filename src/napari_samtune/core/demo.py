@@ -274,7 +274,7 @@ def run_demo(
     from napari_samtune.core.comparison import compare_models
     from napari_samtune.core.models import load_model
 
-    start, out_dir = time.perf_counter(), Path(out_dir)
+    start, out_dir = time.perf_counter(), Path(out_dir).expanduser()
     train_config, reason = finetune_config(config)
     # first: a model that cannot be downloaded left a new data folder at every try
     base = load_model(config.model, device=train_config.device)

@@ -114,7 +114,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     ``out_dir`` of :func:`~napari_samtune.core.train.train`, or its ``checkpoints`` folder) its
     ``checkpoints/last.pt``, the checkpoint a run resumes from, as ``samtune train --resume``
     and the panel's Continue… take it. ``FileNotFoundError`` when there is no such file."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_dir():
         last, best = RunFiles.named_by(path).last, RunFiles.named_by(path).best
         if not last.is_file() and is_project_checkpoint(best):  # killed in its first epoch

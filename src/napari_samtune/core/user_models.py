@@ -176,9 +176,10 @@ def register_user_model(
         raise TypeError(
             f"metadata must be JSON-serialisable (str, numbers, lists, dicts): {err}"
         ) from None
-    loaded = models.load_model(Path(state_dict_path), architecture=architecture)
+    state_dict_path = Path(state_dict_path).expanduser().resolve()  # one path for both
+    loaded = models.load_model(state_dict_path, architecture=architecture)
     details = {  # the sidecar's fields that say where the weights came from
-        "registered_from": str(Path(state_dict_path).resolve()),
+        "registered_from": str(state_dict_path),
         "description": str((metadata or {}).get("description", "")),
         "metadata": metadata_json,
     }
