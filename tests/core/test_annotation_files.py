@@ -86,6 +86,32 @@ def test_a_failed_save_keeps_the_previous_files(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_a_record_that_cannot_be_written_leaves_the_labels_as_they_were(tmp_path, monkeypatch):
+    """A disk that filled between the labels and their record left new labels beside the
+    old record; now both are kept as they were, and no temporary file stays."""
+    import errno
+    from pathlib import Path
+
+    labels = np.ones((8, 8), dtype=np.uint32)
+    labels_path, prompts_path = save_annotations(tmp_path, "img", labels, {"objects": []})
+    write_text = Path.write_text
+
+    def full(path, *args, **kwargs):
+        if ".prompts.json." in path.name:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return write_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError, match="no space left on the device"):
+        save_annotations(tmp_path, "img", labels * 2, {"objects": [{"id": 1}]})
+    np.testing.assert_array_equal(tifffile.imread(labels_path), labels)
+    assert json.loads(prompts_path.read_text())["objects"] == []
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    with pytest.raises(OSError):
+        save_annotations(tmp_path, "new", labels, {"objects": []})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.labels.tif", "img.prompts.json"]
+
+
 def test_loading_checks_the_files(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_annotations(tmp_path / "missing.labels.tif")

@@ -213,8 +213,15 @@ def write_annotations(
         )
     text = json.dumps(document, indent=1)  # first: a record that cannot be saved changes nothing
     data = labels.astype(np.uint32, copy=False)
-    atomic_write(labels_path, lambda tmp: tifffile.imwrite(tmp, data, compression="zlib"))
-    atomic_write(prompts_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+    def labels_then_record(tmp: Path) -> None:
+        tifffile.imwrite(tmp, data, compression="zlib")
+        # the record goes in once its labels are written, and they follow it at once: a disk
+        # that filled between the two left new labels beside the old record (or none), which
+        # the next run took for another image's, or refused as "exists"
+        atomic_write(prompts_path, lambda record: record.write_text(text, encoding="utf-8"))
+
+    atomic_write(labels_path, labels_then_record)
     for path in (labels_path, prompts_path):  # left by a save killed mid-write (hidden, as
         # large as the labels: they stayed for ever); a younger one may be a save going on
         remove_abandoned_writes(path.parent, f".{glob.escape(path.name)}.*.tmp")
