@@ -32,11 +32,17 @@ NAPARI_FIRST = textwrap.dedent(
 )
 
 
+PACKAGE_FIRST = "import napari_samtune._qt.layer_names\n" + NAPARI_FIRST
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
-def test_the_annotate_dock_opens_in_a_running_napari():
+@pytest.mark.parametrize("script", [NAPARI_FIRST, PACKAGE_FIRST], ids=["napari", "package"])
+def test_the_annotate_dock_opens_in_a_running_napari(script):
+    """ "package": a light module of this package imported before the viewer, whose canvas
+    then loads libLLVM: the guard, run at that first import, found none and did nothing."""
     env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
     done = subprocess.run(
-        [sys.executable, "-c", NAPARI_FIRST], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "opened AnnotateWidget" in done.stdout

@@ -13,6 +13,10 @@ While a job that uses the Segmenter runs, predictions wait for it.
 
 from __future__ import annotations
 
+from napari_samtune._qt.llvm_guard import keep_triton_away
+
+keep_triton_away()  # again, before torch's extras: a viewer made since may have loaded libLLVM
+
 import functools
 import weakref
 
@@ -34,6 +38,7 @@ from napari_samtune._qt.annotate_session import AnnotationSession
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, AnnotateControls
 from napari_samtune._qt.dock_life import on_removed
 from napari_samtune._qt.prompt_layers import PlanePrompts
+from napari_samtune._qt.proxies import unproxied
 from napari_samtune._qt.workers import TaskRunner, user_message
 from napari_samtune.core.annotation_files import starting_annotation_folder
 from napari_samtune.core.click_chain import ClickChain
@@ -367,9 +372,3 @@ class AnnotateWidget(
         if message not in self._hinted:
             self._hinted.add(message)
             show_info(message)
-
-
-def unproxied(layer):
-    """The layer itself where napari hands a plugin a proxy of it (a weak reference to a
-    proxy made for one call would die at once)."""
-    return getattr(layer, "__wrapped__", layer)

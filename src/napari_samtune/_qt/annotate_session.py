@@ -17,6 +17,7 @@ from napari_samtune._qt.image_planes import ImageAxes
 from napari_samtune._qt.kept_prompts import snapshot_prompts
 from napari_samtune._qt.label_edits import Plane, UndoEntry, UndoStack, brush_past, write_objects
 from napari_samtune._qt.prompt_layers import PromptLayers
+from napari_samtune._qt.proxies import unproxied
 from napari_samtune._qt.saved_renames import (
     follow_saved_rename,
     holds_earlier,
@@ -170,7 +171,9 @@ class AnnotationSession:
         hold: its strokes from before are dropped, else Ctrl+Z put a stroke's old pixels
         back over the objects written since (and the autosave wrote that)."""
         annotations = self.layers.annotations
-        reset = getattr(annotations, "_reset_history", None)  # napari's own, since 0.4
+        # napari's own, since 0.4; on the layer itself: through the proxy napari hands a
+        # plugin opened from its menu, a private name warned at every commit
+        reset = getattr(unproxied(annotations), "_reset_history", None)
         if reset is not None:
             reset()
         annotations.refresh()

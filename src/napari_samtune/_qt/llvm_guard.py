@@ -26,7 +26,11 @@ def mesa_llvm_loaded(maps_path: str = "/proc/self/maps") -> bool:
 
 def keep_triton_away() -> bool:
     """Make ``import triton`` fail cleanly (``ImportError``, which torch takes for "not
-    installed") where a ``libLLVM`` is loaded and triton is not yet; returns whether it did."""
+    installed") where a ``libLLVM`` is loaded and triton is not yet; returns whether it did.
+
+    Called as this package is first imported, and again as each dock widget's module is: a
+    script that imported a light module of the package before making its viewer (whose
+    canvas loads Mesa's libLLVM) crashed when it then opened a widget."""
     if "triton" in sys.modules or not sys.platform.startswith("linux"):
         return False  # loaded already (no crash then), or no /proc/self/maps to read
     if not mesa_llvm_loaded():

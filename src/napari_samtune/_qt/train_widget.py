@@ -25,6 +25,10 @@ The widget never modifies a layer: the worker trains on copies of their data.
 
 from __future__ import annotations
 
+from napari_samtune._qt.llvm_guard import keep_triton_away
+
+keep_triton_away()  # again, before torch's extras: a viewer made since may have loaded libLLVM
+
 import threading
 from dataclasses import replace
 from pathlib import Path
