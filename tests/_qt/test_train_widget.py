@@ -679,3 +679,18 @@ def test_the_labels_offered_pair_with_the_image_chosen(make_napari_viewer):
     data.labels_combo.activated.emit(data.labels_combo.currentIndex())  # a person's choice
     viewer.add_labels(labels, name="more labels")
     assert data.labels_combo.currentText() == "cells annotations"  # kept
+
+
+def test_a_closed_panel_stops_following_the_viewer_s_layers(qtbot, docked, notifications):
+    """A closed panel kept its connections: it re-ranked its pairs at every layer added and
+    told of pairs removed ("... was removed, and with it the training pair(s) ...")."""
+    viewer, _, widget = docked
+    events = viewer.layers.events
+    before = [len(e.callbacks) for e in (events.inserted, events.removed, events.renamed)]
+    viewer.window.remove_dock_widget(widget)  # the panel's close button
+    widget.close()  # and a close event after it: nothing is disconnected twice
+    after = [len(e.callbacks) for e in (events.inserted, events.removed, events.renamed)]
+    assert [b - a for b, a in zip(before, after, strict=True)] == [2, 2, 2]  # training, validation
+    notifications.clear()
+    viewer.layers.remove("cells0 labels")
+    assert not any("training pair" in m for m in notifications)

@@ -110,6 +110,17 @@ class PairSourceWidget(QWidget):
         viewer.layers.events.renamed.connect(self._on_layer_renamed)
         self.refresh_layer_choices()
 
+    def shut_down(self) -> None:
+        """Stop following the viewer's layers (the panel was closed): a closed panel kept
+        re-ranking its pairs at every layer added or renamed, and told of pairs removed."""
+        events = self.viewer.layers.events
+        for event, callback in (
+            (events.inserted, self.refresh_layer_choices),
+            (events.removed, self._on_layer_removed),
+            (events.renamed, self._on_layer_renamed),
+        ):
+            event.disconnect(callback)
+
     def _build(self) -> None:
         self.image_combo, self.labels_combo = QComboBox(), QComboBox()
         self.image_combo.currentTextChanged.connect(self._suggest_labels)

@@ -132,6 +132,11 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
                 f"its checkpoint and model in {self.run_folder}"
             )
         self.stop()
+        self._stop_following_layers()
+
+    def _stop_following_layers(self) -> None:
+        for source in (self.train_data, self.val_data):
+            source.shut_down()
 
     def _build_layout(self) -> None:
         """What to train on and with scrolls; the run's controls and plot stay in view."""
@@ -378,6 +383,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
         self.stop()  # a run in progress saves its checkpoint and exports
+        self._stop_following_layers()
         super().closeEvent(event)
 
 
