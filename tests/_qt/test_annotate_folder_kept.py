@@ -49,3 +49,37 @@ def test_a_settings_file_that_cannot_be_read_or_written_is_no_error(tmp_path):
     settings_path().mkdir()  # a folder where the file goes: cannot be written
     assert not write_setting("annotation_folder", "x")
     assert read_setting("annotation_folder") is None
+
+
+def test_a_project_s_own_settings_json_beside_the_models_is_never_written_over(
+    tmp_path, monkeypatch
+):
+    """$SAMTUNE_MODELS_DIR=<project>/models: <project>/settings.json was replaced."""
+    import json
+
+    project = tmp_path / "project"
+    monkeypatch.setenv("SAMTUNE_MODELS_DIR", str(project / "models"))
+    project.mkdir()
+    theirs = '[{"experiment": "E12", "exposure_ms": 40}]'
+    (project / "settings.json").write_text(theirs)
+    assert write_setting("annotate_model", "nano")
+    assert (project / "settings.json").read_text() == theirs
+    assert read_setting("annotate_model") == "nano"
+    assert settings_path() == project / "napari-samtune-settings.json"
+    settings_path().write_text('{"window": "large"}')  # someone else's file of that name
+    assert not write_setting("annotate_model", "vit_b")
+    assert json.loads(settings_path().read_text()) == {"window": "large"}
+
+
+def test_settings_kept_by_an_earlier_version_are_still_read(tmp_path, monkeypatch):
+    project = tmp_path / "p"
+    monkeypatch.setenv("SAMTUNE_MODELS_DIR", str(project / "models"))
+    project.mkdir()
+    (project / "settings.json").write_text('{"annotate_model": "vit_b_lm"}')
+    assert read_setting("annotate_model") == "vit_b_lm"
+    assert write_setting("finetune_model", "nano")  # into the new file, with the earlier ones
+    assert (read_setting("annotate_model"), read_setting("finetune_model")) == ("vit_b_lm", "nano")
+    assert (project / "settings.json").read_text() == '{"annotate_model": "vit_b_lm"}'
+    (project / "settings.json").write_text('{"annotate_model": "x", "theirs": 1}')
+    settings_path().unlink()
+    assert read_setting("annotate_model") is None  # not only ours: not read

@@ -1,6 +1,13 @@
 """Choices a person made in the widgets, kept for the next napari session: a small JSON
-file, ``settings.json``, beside the user models folder. A setting is a convenience: one that
-cannot be read is taken as unset, one that cannot be written is left (nothing is said)."""
+file, ``napari-samtune-settings.json``, beside the user models folder. A setting is a
+convenience: one that cannot be read is taken as unset, one that cannot be written is left
+(nothing is said).
+
+The file is marked as this package's (``"format"``), and a file without the mark is never
+written over: with ``$SAMTUNE_MODELS_DIR`` set to ``<project>/models``, the file used to be
+``<project>/settings.json``, and a project's own ``settings.json`` there was replaced. Such
+a file written by earlier versions (only this package's keys) is still read.
+"""
 
 from __future__ import annotations
 
@@ -10,24 +17,49 @@ from pathlib import Path
 from napari_samtune.core.registry import user_models_dir
 from napari_samtune.core.train_export import write_json
 
-SETTINGS_NAME = "settings.json"
+SETTINGS_NAME = "napari-samtune-settings.json"
+EARLIER_SETTINGS_NAME = "settings.json"  # before 2026-12-06: read when it holds only ours
+SETTINGS_FORMAT = "napari-samtune settings"
 ANNOTATION_FOLDER = "annotation_folder"  # the folder last chosen in the annotation widget
 ANNOTATE_MODEL = "annotate_model"  # the model the annotation widget last loaded
 FINETUNE_MODEL = "finetune_model"  # the model the Finetune widget last started a run from
 FINETUNE_FOLDER = "finetune_folder"  # the output folder of the Finetune widget's last run
+KEYS = frozenset({ANNOTATION_FOLDER, ANNOTATE_MODEL, FINETUNE_MODEL, FINETUNE_FOLDER})
 
 
 def settings_path() -> Path:
-    """``settings.json`` next to :func:`~napari_samtune.core.registry.user_models_dir`."""
+    """``napari-samtune-settings.json`` next to
+    :func:`~napari_samtune.core.registry.user_models_dir`."""
     return user_models_dir().parent / SETTINGS_NAME
 
 
-def _read_all() -> dict:
+def _read(path: Path) -> dict | None:
+    """The JSON object in ``path``; None where there is none (missing, unreadable, other)."""
     try:
-        data = json.loads(settings_path().read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _read_all() -> dict:
+    """This package's settings: the marked file's, else those of an earlier version's
+    ``settings.json`` that holds nothing but this package's keys."""
+    ours = _read(settings_path())
+    if ours is not None and ours.get("format") == SETTINGS_FORMAT:
+        return {key: value for key, value in ours.items() if key != "format"}
+    earlier = _read(settings_path().with_name(EARLIER_SETTINGS_NAME))
+    return earlier if earlier and set(earlier) <= KEYS else {}
+
+
+def _is_foreign(path: Path) -> bool:
+    """Whether ``path`` holds JSON that is not this package's settings (a damaged file,
+    which cannot be anyone's data, is replaced)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return not (isinstance(data, dict) and data.get("format") == SETTINGS_FORMAT)
 
 
 def read_setting(key: str) -> str | None:
@@ -38,9 +70,12 @@ def read_setting(key: str) -> str | None:
 
 def write_setting(key: str, value: str) -> bool:
     """Keep ``value`` under ``key`` (the file written atomically); False where it cannot be
-    written (a read-only folder)."""
+    written (a read-only folder) or where a file of that name is not this package's."""
+    path = settings_path()
+    if _is_foreign(path):
+        return False
     try:
-        write_json(settings_path(), {**_read_all(), key: value})
+        write_json(path, {"format": SETTINGS_FORMAT, **_read_all(), key: value})
     except OSError:
         return False
     return True
