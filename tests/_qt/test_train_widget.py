@@ -681,6 +681,26 @@ def test_the_labels_offered_pair_with_the_image_chosen(make_napari_viewer):
     assert data.labels_combo.currentText() == "cells annotations"  # kept
 
 
+def test_napari_s_numbered_copies_are_offered_each_other(make_napari_viewer):
+    """A sample opened twice: "cells [1]" was offered "cells labels" (neither candidate began
+    with "cells [1]", so the first won), another image's outlines of the same shape."""
+    viewer = make_napari_viewer()
+    widget = TrainWidget(viewer, machine=SMALL_CPU)
+    data = widget.train_data
+    for seed in (1, 2):
+        image, labels = make_image((64, 64), seed=seed)
+        viewer.add_image(image, name="cells")  # napari names the second "cells [1]"
+        viewer.add_labels(labels, name="cells labels")
+    viewer.add_labels(make_image((64, 64), seed=3)[1], name="cells2 labels")
+    assert [layer.name for layer in viewer.layers][:4] == [
+        "cells", "cells labels", "cells [1]", "cells labels [1]"
+    ]  # fmt: skip
+    data.image_combo.setCurrentText("cells [1]")
+    assert data.labels_combo.currentText() == "cells labels [1]"
+    data.image_combo.setCurrentText("cells")
+    assert data.labels_combo.currentText() == "cells labels"
+
+
 def test_a_closed_panel_stops_following_the_viewer_s_layers(qtbot, docked, notifications):
     """A closed panel kept its connections: it re-ranked its pairs at every layer added and
     told of pairs removed ("... was removed, and with it the training pair(s) ...")."""

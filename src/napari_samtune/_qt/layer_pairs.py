@@ -172,8 +172,22 @@ def pairing_rank(image: Image, labels, viewer) -> tuple[bool, ...]:
         not _another_image_s(labels, image, viewer),
         isinstance(labels, Labels),
         bool(np.any(labels.data)),
-        labels.name.startswith(image.name),
+        *_name_rank(image.name, labels.name),
     )
+
+
+def _name_rank(image_name: str, labels_name: str) -> tuple[bool, bool, bool, bool]:
+    """(begins with the image's name, named after the image less napari's " [n]", that
+    name then a separator, the same " [n]"):
+    napari's copies "cells [1]" and "cells labels [1]" pair with each other, not with
+    "cells labels", which "cells [1]" was offered (both start with "cells", neither with
+    "cells [1]"); "cells labels" goes before "cells2 labels" for "cells"."""
+    image_base, labels_base = strip_taken_number(image_name), strip_taken_number(labels_name)
+    named = labels_base.startswith(image_base)
+    rest = labels_base[len(image_base) :]
+    whole = named and (rest == "" or not rest[0].isalnum())
+    same_number = image_name[len(image_base) :] == labels_name[len(labels_base) :]
+    return labels_name.startswith(image_name), named, whole, named and same_number
 
 
 def _another_image_s(layer, image: Image, viewer) -> bool:
