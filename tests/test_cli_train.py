@@ -533,11 +533,11 @@ def test_only_the_main_process_says_it_is_stopping(capsys):
     import signal
     import threading
 
-    from napari_samtune.cli.train import _stop_on_ctrl_c
+    from napari_samtune.cli.train import stop_on_ctrl_c
 
     for verbose in (False, True):
         stop = threading.Event()
-        previous = _stop_on_ctrl_c(stop, verbose)
+        previous = stop_on_ctrl_c(stop, verbose)
         try:
             signal.raise_signal(signal.SIGINT)
         finally:

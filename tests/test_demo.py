@@ -45,3 +45,54 @@ def test_a_new_demo_in_the_same_folder_replaces_neither_data_nor_run_nor_compari
     assert _new_run_names(tmp_path) == names("-4")
     (tmp_path / "data-4").mkdir()  # images of another seed, or someone's own data folder
     assert _new_run_names(tmp_path) == names("-5")
+
+
+def test_a_gpu_preset_without_cuda_and_a_read_only_models_folder_write_nothing(
+    tmp_path, capsys, monkeypatch
+):
+    """--preset a100 on a CPU machine said "device='cuda' ...; use device='cpu'", an option
+    the demo does not have; a models folder that cannot be written was found only after the
+    images were written and nano evaluated (every try left a data-N folder)."""
+    from napari_samtune.core import checkpoints, devices
+    from napari_samtune.core.registry import user_models_dir
+
+    out = tmp_path / "demo"
+    monkeypatch.setattr(devices, "cuda_available", lambda: False)
+    assert cli.main(["demo", "--quick", "--out", str(out), "--preset", "a100"]) == 2
+    err = capsys.readouterr().err
+    assert "preset 'a100' trains on cuda, but CUDA is not available here" in err
+    assert "leave the preset out" in err and "device=" not in err and not out.exists()
+    real = checkpoints.folder_problem
+    models = user_models_dir()
+
+    def read_only(folder):
+        return "cannot be written: read-only" if folder == models else real(folder)
+
+    monkeypatch.setattr(checkpoints, "folder_problem", read_only)
+    assert cli.main(["demo", "--quick", "--out", str(out)]) == 2
+    assert "the user models folder" in capsys.readouterr().err and not out.exists()
+
+
+def test_ctrl_c_stops_the_finetuning_and_the_demo_goes_on_with_the_model_so_far(
+    tmp_path, monkeypatch
+):
+    """The first Ctrl+C threw the run away ("samtune demo: interrupted"); now the run
+    stops after its step, exports, and the demo compares that model."""
+    import signal
+
+    from napari_samtune.cli import demo as cli_demo
+    from napari_samtune.core.demo import DemoConfig
+
+    printed = []
+
+    def log(line: str) -> None:
+        printed.append(line)
+        if line.strip().startswith("epoch 1/"):
+            signal.raise_signal(signal.SIGINT)  # what Ctrl+C sends
+
+    monkeypatch.setattr("builtins.print", lambda line="", **kwargs: log(str(line)))
+    result = cli_demo._run_demo(DemoConfig().quick(), str(tmp_path / "demo"))
+    epochs = [line for line in printed if line.strip().startswith("epoch ")]
+    assert len(epochs) < DemoConfig().quick().epochs
+    assert result.model_path.is_file() and result.after["box_iou"] > 0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back

@@ -101,6 +101,7 @@ def test_worker_errors_become_messages_with_a_fix():
 
     offline = user_message(urllib.error.URLError("Name or service not known"))
     assert "offline" in offline and "checkpoint file" in offline
+    assert "the built-in nano (no download)" in offline  # what works offline, by name
     assert "Check the path" in user_message(FileNotFoundError("no file /x.pth"))
     assert "cpu device" in user_message(RuntimeError("CUDA out of memory. Tried to allocate"))
     assert user_message(ValueError("channels=[5] is invalid; pick 0..2")) == (

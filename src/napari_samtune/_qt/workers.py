@@ -107,8 +107,8 @@ def user_message(exc: BaseException, memory_advice: str = MEMORY_ADVICE) -> str:
     if isinstance(exc, _OFFLINE_ERRORS) or isinstance(exc.__cause__, _OFFLINE_ERRORS):
         return (
             f"download failed ({text}). You seem to be offline or the server is unreachable: "
-            "connect to the internet, or pick a model that is already downloaded or a "
-            "checkpoint file."
+            "connect to the internet, or pick a model that is already downloaded, the "
+            "built-in nano (no download), or a checkpoint file."
         )
     if isinstance(exc, FileNotFoundError):
         return f"{text}. Check the path, or pick another file or model."

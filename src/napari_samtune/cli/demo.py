@@ -8,6 +8,8 @@ finetunes on 2 annotated images, and shows held-out metrics before and after
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -74,12 +76,12 @@ def demo_config(args: argparse.Namespace) -> DemoConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_samtune.core.demo import finetune_config, format_table, run_demo
+    from napari_samtune.core.demo import finetune_config, format_table
 
     with option_wording(OPTION_NAMES):
         config = demo_config(args)
         finetune_config(config)  # the model and the preset, before images are written
-        result = run_demo(config, args.out, log=lambda line: print(line, flush=True))
+        result = _run_demo(config, args.out)
     rows = {config.model: result.before, f"{config.model} finetuned": result.after}
     print()
     print(f"held-out images ({config.n_test_images}), before and after finetuning:")
@@ -92,3 +94,18 @@ def run(args: argparse.Namespace) -> int:
         f"{result.total_seconds / 60:.1f} min"
     )
     return 0
+
+
+def _run_demo(config, out: str):
+    """The demo with Ctrl+C as in ``samtune train``: the first stops the finetuning after
+    its step, and the demo goes on with the model as trained so far (it was thrown away,
+    unsaid); the second aborts."""
+    from napari_samtune.cli.train import stop_on_ctrl_c
+    from napari_samtune.core.demo import run_demo
+
+    stop = threading.Event()
+    previous = stop_on_ctrl_c(stop)
+    try:
+        return run_demo(config, out, log=lambda line: print(line, flush=True), stop_event=stop)
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -332,7 +332,7 @@ def _download_model(model: str, show: bool) -> None:
 def _train(config, train_pairs, val_pairs, args: argparse.Namespace, verbose: bool):
     """Train with Ctrl+C and SIGTERM handled; the ``TrainingFinished`` event."""
     stop, started = threading.Event(), threading.Event()
-    previous = _stop_on_ctrl_c(stop, verbose), signal.signal(signal.SIGTERM, _terminate)
+    previous = stop_on_ctrl_c(stop, verbose), signal.signal(signal.SIGTERM, _terminate)
     try:
         return _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose, started)
     except KeyboardInterrupt as err:  # the second Ctrl+C, or SIGTERM: what is saved, what next
@@ -351,7 +351,7 @@ def _train(config, train_pairs, val_pairs, args: argparse.Namespace, verbose: bo
         signal.signal(signal.SIGTERM, previous[1])
 
 
-def _stop_on_ctrl_c(stop: threading.Event, verbose: bool):
+def stop_on_ctrl_c(stop: threading.Event, verbose: bool = True):
     """The first Ctrl+C stops after the step (said by the main process only: torchrun hands
     it to every worker); the second aborts. Returns the handler it replaces."""
 

@@ -190,9 +190,16 @@ def finetune_config(config: DemoConfig) -> tuple[TrainConfig, str]:
     learning rate (presets use 1e-5, tuned for the large pretrained models; nano
     needs a larger step to move in a few minutes) and turns early stopping off.
     """
+    from napari_samtune.core.devices import cuda_available
     from napari_samtune.core.presets import config_from_preset, resolve_preset
 
     preset, reason = resolve_preset(config.preset)
+    if preset.device == "cuda" and not cuda_available():  # the core's advice names device=
+        raise ValueError(
+            f"preset {preset.key!r} trains on cuda, but CUDA is not available here (no "
+            "NVIDIA GPU, no driver, or a CPU-only torch build); leave the preset out (the "
+            "one detected here) or choose a CPU preset ('samtune presets' lists them)"
+        )
     overrides = {
         "epochs": config.epochs,
         "min_samples_per_epoch": config.samples_per_epoch,
@@ -273,9 +280,11 @@ def run_demo(
 
     from napari_samtune.core.comparison import compare_models
     from napari_samtune.core.models import load_model
+    from napari_samtune.core.train_export import check_registration
 
     start, out_dir = time.perf_counter(), Path(out_dir).expanduser()
     train_config, reason = finetune_config(config)
+    check_registration(None)  # a read-only models folder: before the data and the evaluation
     # first: a model that cannot be downloaded left a new data folder at every try
     base = load_model(config.model, device=train_config.device)
     data_dir, run_dir, comparison = _new_run_names(out_dir)
