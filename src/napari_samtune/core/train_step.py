@@ -28,7 +28,7 @@ from torch import nn
 
 from napari_samtune.core.fast_decoder import decode_prompts, decoder_image
 from napari_samtune.core.fast_encoder import encode
-from napari_samtune.core.losses import sam_loss
+from napari_samtune.core.losses import hard_truth, sam_loss
 from napari_samtune.core.patches import TrainingPatch
 from napari_samtune.core.prompts import (
     bounding_box,
@@ -208,7 +208,7 @@ def _next_click(logits: torch.Tensor, inp: PatchInput) -> tuple[torch.Tensor, to
     """Corrective points (n, 1, 2) in the input frame and labels (n, 1) from low-res errors."""
     rows, cols = _lowres_valid(inp)
     prediction = (logits[:, 0, :rows, :cols] > 0).cpu().numpy()
-    truth = (inp.targets[:, 0, :rows, :cols] > 0.5).cpu().numpy()
+    truth = hard_truth(inp.targets[:, 0, :rows, :cols]).cpu().numpy()
     points, labels = corrective_points(prediction, truth)
     points = points * LOWRES_FACTOR + (LOWRES_FACTOR - 1) / 2  # low-res pixel -> its centre
     device = logits.device
