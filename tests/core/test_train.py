@@ -677,6 +677,27 @@ def test_a_diverging_run_stops_before_nan_reaches_the_weights(tmp_path, data):
     assert steps and all(e.learning_rate == 1e-4 for e in steps)  # not the checkpoint's 3e-3
 
 
+def test_a_checkpoint_whose_weights_diverged_already_is_not_blamed_on_the_new_rate(tmp_path, data):
+    """Resuming weights that were finite but wrecked failed at the first step with
+    "learning_rate=1e-05 is too high ... resume from the last one", over and over."""
+    first = train(_config(epochs=1), *data, out_dir=tmp_path / "run")
+    checkpoint = torch.load(first.last_checkpoint_path, weights_only=True)
+    for name, tensor in checkpoint["model_state"].items():
+        if name.startswith("mask_decoder.") and tensor.is_floating_point():
+            tensor.mul_(1e30)  # finite, and the forward pass overflows
+    torch.save(checkpoint, first.last_checkpoint_path)
+    with pytest.raises(ValueError, match="diverged at the first step resumed from") as err:
+        train(
+            _config(epochs=2, learning_rate=1e-5),
+            *data,
+            tmp_path / "run",
+            resume_from=tmp_path / "run",
+        )
+    said = str(err.value)
+    assert "the weights in that checkpoint had diverged already" in said
+    assert "train again from the start (the base model)" in said and "is too high" not in said
+
+
 def test_the_learning_rate_suggested_after_divergence_is_one_finetuning_takes():
     """A tenth of 1e8, the advice for --lr 1e8, diverged again."""
     from napari_samtune.core.trainer import _calmer

@@ -275,10 +275,19 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
         if not ddp.any_rank(not math.isfinite(loss), self.dist, self.device):
             return
         lr, files = self._lr(), self.files
+        if self.resume_from is not None and self.steps_done == 0:
+            raise ValueError(
+                f"training diverged at the first step resumed from {str(self.resume_from)!r}: "
+                f"the loss became {loss} before any step of this session, so the weights in "
+                "that checkpoint had diverged already (finite, but useless) and no learning "
+                "rate helps them; train again from the start (the base model) with a lower "
+                f"learning_rate, e.g. {_calmer(lr):g}"
+            )
         earlier = [str(f) for f in (files.best, files.last) if f.exists()]
         saved = (
             f"; the checkpoints written before are kept ({', '.join(earlier)}): resume from "
-            "the last one with a lower learning_rate"
+            "the last one with a lower learning_rate (if that diverges at its first step, its "
+            "weights had diverged already: train again from the start)"
             if earlier
             else ""
         )
