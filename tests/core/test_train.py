@@ -698,6 +698,30 @@ def test_a_checkpoint_whose_weights_diverged_already_is_not_blamed_on_the_new_ra
     assert "train again from the start (the base model)" in said and "is too high" not in said
 
 
+def test_an_fp16_run_that_diverges_stops_after_a_few_skipped_steps(tmp_path, data, monkeypatch):
+    """fp16 checked no loss: the gradient scaler skipped every step of a diverged run to its
+    last epoch, which reported a NaN loss. The scaler is made here for the CPU, as a GPU
+    run makes it for CUDA."""
+    from napari_samtune.core import trainer_resume
+    from napari_samtune.core.trainer import FP16_NONFINITE_STEPS
+
+    setup = trainer_resume.TrainerResumeMixin._setup_optimizer
+
+    def with_scaler(self, checkpoint):
+        setup(self, checkpoint)
+        self.scaler = torch.amp.GradScaler("cpu")
+
+    monkeypatch.setattr(trainer_resume.TrainerResumeMixin, "_setup_optimizer", with_scaler)
+    steps = []
+    wild = _config(epochs=4, learning_rate=1e38, min_samples_per_epoch=6)
+    with pytest.raises(ValueError, match=r"training diverged at epoch \d+, step \d+: the loss"):
+        for event in iter_train(wild, *data, out_dir=tmp_path / "run"):
+            steps += [event] if type(event).__name__ == "StepDone" else []
+    nonfinite = [e for e in steps if not np.isfinite(e.loss)]
+    assert len(nonfinite) == FP16_NONFINITE_STEPS - 1  # the last raised instead of stepping
+    assert len(steps) < 4 * 6
+
+
 def test_the_learning_rate_suggested_after_divergence_is_one_finetuning_takes():
     """A tenth of 1e8, the advice for --lr 1e8, diverged again."""
     from napari_samtune.core.trainer import _calmer

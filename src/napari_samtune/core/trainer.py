@@ -69,6 +69,10 @@ from napari_samtune.core.trainer_files import TrainerFilesMixin
 from napari_samtune.core.trainer_resume import TrainerResumeMixin, steps_per_epoch
 from napari_samtune.core.validation_split import repeated_pairs, same_images, split_validation
 
+# fp16: steps in a row whose loss is not finite before the run counts as diverged (the
+# scaler skips such steps; a few in a row happen while it lowers its scale)
+FP16_NONFINITE_STEPS = 5
+
 
 class Trainer(TrainerResumeMixin, TrainerFilesMixin):
     """The state of one run; :meth:`run` is the generator behind :func:`iter_train`."""
@@ -102,6 +106,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
         self.step_seconds, self.val_seconds = [], []
         self.stopped_by_user = self.stopped_early = False
         self.steps_done, self.start_epoch = 0, self.progress.epoch  # of this session
+        self.nonfinite_in_a_row = 0  # fp16: steps of non-finite loss the scaler skipped
 
     def _set_up(self, config: TrainConfig, device: torch.device, resume_from) -> None:
         """Everything after joining the process group: device, checkpoint, model, data."""
@@ -262,12 +267,22 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             total += loss.item()
         if self.scaler:  # fp16: the scaler skips steps whose gradients overflowed
+            self._count_skipped(total, epoch)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self._refuse_divergence(total, epoch)
             self.optimizer.step()
         return total / len(micro_batches)
+
+    def _count_skipped(self, loss: float, epoch: int) -> None:
+        """fp16: a step of non-finite loss is skipped by the scaler (an overflow now and
+        then is its job); :data:`FP16_NONFINITE_STEPS` in a row is a run that diverged, which
+        went on skipping every step to its last epoch, reporting a NaN loss."""
+        nonfinite = ddp.any_rank(not math.isfinite(loss), self.dist, self.device)
+        self.nonfinite_in_a_row = self.nonfinite_in_a_row + 1 if nonfinite else 0
+        if self.nonfinite_in_a_row >= FP16_NONFINITE_STEPS:
+            self._refuse_divergence(loss, epoch)
 
     def _refuse_divergence(self, loss: float, epoch: int) -> None:
         """Stop before a non-finite loss (on any rank) reaches the weights: the run has
