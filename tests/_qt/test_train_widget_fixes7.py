@@ -64,7 +64,7 @@ def test_continue_names_the_settings_it_keeps_when_they_could_not_start_a_run(
     settings = widget.settings
     settings.epochs_spin.setValue(2)
     settings.objects_spin.setValue(10000)  # more than the preset fits: Start refuses it
-    assert "n_objects_per_batch=10000" in _start_refusal(widget)
+    assert "'objects per batch' 10000 per step" in _start_refusal(widget)
     notifications.clear()
     with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
         assert widget.continue_run(folder) is not None

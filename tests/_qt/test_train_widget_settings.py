@@ -95,3 +95,32 @@ def test_advanced_settings_typed_while_the_weights_file_is_read_are_kept(
     assert (config.epochs, config.learning_rate) == (7, 3e-4)
     settings.model_picker.select_model("vit_t_lm")  # a model chosen after: its own values
     assert settings.epochs_spin.value() != 7 and settings.lr_edit.text() != "0.0003"
+
+
+def test_refusals_name_the_widget_s_fields_not_the_core_s(make_napari_viewer):
+    """ "patch_size=16; ... or None" (the field shows 0), "lower n_objects_per_batch or
+    batch_size" (no such field), "freeze=()": the widget's fields are named now."""
+    import pytest
+
+    widget = TrainWidget(make_napari_viewer(), machine=SMALL_CPU)
+    settings = widget.settings
+    settings.model_picker.select_model("vit_b")
+    settings.preset_combo.setCurrentIndex(settings.preset_combo.findData("cpu-8gb"))
+    settings.patch_spin.setValue(16)
+    with pytest.raises(ValueError) as err:
+        settings.build_config()
+    assert str(err.value).startswith("'patch size' 16; use at least 32 pixels, or 0 (the model")
+    settings.patch_spin.setValue(0)
+    settings.objects_spin.setValue(1000)
+    with pytest.raises(ValueError) as err:
+        settings.build_config()
+    said = str(err.value)
+    assert said.startswith("'objects per batch' 1000 per step is far above what preset 'cpu-8gb'")
+    assert "lower 'objects per batch', or" in said and "batch_size" not in said
+    settings.objects_spin.setValue(1)
+    settings.freeze_checks["image_encoder"].setChecked(False)
+    with pytest.raises(ValueError) as err:
+        settings.build_config()
+    said = str(err.value)
+    assert "but 'freeze' (nothing ticked); tick 'image encoder' under 'freeze'" in said
+    assert "freeze=" not in said

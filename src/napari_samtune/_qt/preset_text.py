@@ -1,8 +1,11 @@
 """The line under the Finetune widget's preset choice: what a resource preset does with
 the chosen model on the chosen device (what trains, objects per batch, expected memory).
-Plain text from the core's presets, and the names of the model parts shown in the widget."""
+Plain text from the core's presets, the names of the model parts shown in the widget, and
+the core's messages in the widget's words (:func:`in_field_terms`)."""
 
 from __future__ import annotations
+
+import re
 
 from napari_samtune.core.architectures import SamArchitecture
 from napari_samtune.core.presets import ResourcePreset
@@ -28,3 +31,49 @@ def describe_preset(preset: ResourcePreset, model: str, arch: SamArchitecture, d
         f"{model} ({arch.name}) on {device}: {trains}, {setting.n_objects_per_batch} "
         f"objects per batch{batch}; {expected}"
     )
+
+
+# the TrainConfig fields the Finetune widget sets, by the label of their field
+FIELD_LABELS = {
+    "n_objects_per_batch": "objects per batch", "min_samples_per_epoch": "patches per epoch",
+    "learning_rate": "learning rate", "patch_size": "patch size", "lora_rank": "LoRA rank",
+    "early_stopping": "early stopping", "epochs": "epochs", "freeze": "freeze",
+}  # fmt: skip
+# what a field shows for None
+NONE_SHOWN = {"patch_size": "0 (the model's input size)", "early_stopping": "0 (never stop)"}
+
+
+def in_field_terms(message: str) -> str:
+    """A core message about a ``TrainConfig`` in the Finetune widget's words: the field
+    names as the labels shown (``n_objects_per_batch=11`` -> ``'objects per batch' 11``),
+    None as the field shows it (``patch_size=None`` -> ``'patch size' 0 (the model's input
+    size)``) and the parts to freeze as their ticks. Names inside quotes or paths are left."""
+    # the preset sets the batch size (1 but on GPUs), which the widget does not show
+    message = re.sub(r" x batch_size=1 = \d+ objects per step", " per step", message)
+    message = message.replace(" or batch_size,", ",")
+    message = re.sub(
+        r"add '(\w+)' to freeze",
+        lambda found: f"tick '{PART_LABELS.get(found.group(1), found.group(1))}' under 'freeze'",
+        message,
+    )
+    for name, label in FIELD_LABELS.items():
+        key, before = re.escape(name), message
+        message = re.sub(
+            rf"(?<![\w/\\.-]){key}=('[^']*'|\([^()]*\)|[^\s;,]+)",
+            lambda found, name=name, label=label: f"'{label}' {_shown(name, found.group(1))}",
+            message,
+        )
+        if "_" in name:
+            message = re.sub(rf"(?<![\w'\"/\\.-]){key}(?![\w'\"/\\-]|\.\w)", f"'{label}'", message)
+        if message != before and name in NONE_SHOWN:
+            message = re.sub(r"\bNone\b", NONE_SHOWN[name], message)
+    return message
+
+
+def _shown(name: str, value: str) -> str:
+    if value == "None":
+        return NONE_SHOWN.get(name, "0")
+    if name == "freeze":
+        parts = [PART_LABELS.get(part, part) for part in re.findall(r"'(\w+)'", value)]
+        return f"({', '.join(parts)} ticked)" if parts else "(nothing ticked)"
+    return value

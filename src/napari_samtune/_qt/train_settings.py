@@ -38,7 +38,7 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from napari_samtune._qt.model_picker import ModelPickerWidget
-from napari_samtune._qt.preset_text import PART_LABELS, describe_preset
+from napari_samtune._qt.preset_text import PART_LABELS, describe_preset, in_field_terms
 from napari_samtune._qt.train_data import error_label, show_problem
 from napari_samtune._qt.workers import TaskRunner, user_message
 from napari_samtune.core.architectures import SamArchitecture
@@ -373,9 +373,12 @@ class TrainSettingsWidget(QWidget):
         problem = self._architecture_problem()
         if problem:
             raise ValueError(problem)
-        return config_from_preset(
-            self.preset, self.model_text(), self.architecture(), **self.overrides()
-        )
+        try:
+            return config_from_preset(
+                self.preset, self.model_text(), self.architecture(), **self.overrides()
+            )
+        except (ValueError, TypeError) as err:  # the core's words are its field names
+            raise type(err)(in_field_terms(str(err))) from None
 
     def model_name(self) -> str:
         """The name the new model gets: the field's text, else ``<model>-finetuned-<time>``."""
