@@ -87,6 +87,54 @@ def test_a_frozen_encoder_run_survives_its_base_registered_anew_with_the_same_en
         export_model(run, tmp_path / "wrong.pth")
 
 
+def test_a_base_registered_anew_with_another_encoder_is_refused_for_a_frozen_encoder_run(
+    tmp_path, short_tiny_config, tiny_sam
+):
+    """The digest was taken before the encoder was frozen, so it held the buffers only: a
+    base re-registered with another encoder (same buffers) completed the run's checkpoint
+    with it, and export shipped a decoder trained on other embeddings."""
+    register_user_model(_save(tiny_sam, tmp_path / "base.pth"), "base", TINY)
+    config = short_tiny_config(
+        model="base", freeze=("image_encoder",), checkpoint_trainable_only=True
+    )
+    run = tmp_path / "run"
+    train(config, *DATA, run)
+    with torch.no_grad():
+        for parameter in tiny_sam.image_encoder.parameters():
+            parameter.mul_(1.5)  # another encoder; every buffer as it was
+    register_user_model(_save(tiny_sam, tmp_path / "base2.pth"), "base", TINY, overwrite=True)
+    with pytest.raises(BaseModelUnavailable, match="parts this checkpoint takes"):
+        export_model(run, tmp_path / "wrong.pth")
+    assert not (tmp_path / "wrong.pth").exists()
+
+
+def test_a_checkpoint_with_the_digest_of_2026_12_05_is_held_to_its_base_model_s_id(
+    tmp_path, short_tiny_config, tiny_sam
+):
+    """That digest left out every parameter: such checkpoints complete on the base model
+    while it has the weights they were trained from, and are refused once it does not."""
+    from napari_samtune.core.train_checkpoints import _digest_without
+
+    register_user_model(_save(tiny_sam, tmp_path / "base.pth"), "base", TINY)
+    config = short_tiny_config(
+        model="base", freeze=("image_encoder",), checkpoint_trainable_only=True
+    )
+    run = tmp_path / "run"
+    train(config, *DATA, run)
+    last = run / "checkpoints" / "last.pt"
+    checkpoint = torch.load(last, weights_only=True)
+    everything = {name for name, _ in tiny_sam.named_parameters()}
+    checkpoint["base_parts_digest"] = _digest_without(tiny_sam, everything)
+    torch.save(checkpoint, last)
+    export_model(last, tmp_path / "ok.pth")
+    with torch.no_grad():
+        for parameter in tiny_sam.mask_decoder.parameters():
+            parameter.add_(0.1)
+    register_user_model(_save(tiny_sam, tmp_path / "base2.pth"), "base", TINY, overwrite=True)
+    with pytest.raises(BaseModelUnavailable, match="parts this checkpoint takes"):
+        export_model(last, tmp_path / "not.pth")
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_a_run_that_held_out_part_of_its_only_image_keeps_that_part_when_continued(
     tmp_path, short_tiny_config, seed

@@ -43,7 +43,7 @@ from napari_samtune.core.lora import adapter_state_dict, apply_lora, merged_stat
 from napari_samtune.core.model_source import recorded_model
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train_export import RunFiles
-from napari_samtune.core.train_setup import build_training_model
+from napari_samtune.core.train_setup import build_training_model, trainable_names
 
 TRAINING_CHECKPOINT = "a training checkpoint: the best.pt or last.pt that training writes"
 
@@ -79,16 +79,31 @@ def model_states(sam: Sam, trainable_only: bool) -> tuple[dict, dict, bool]:
     return cpu, {k: v.detach().cpu().clone() for k, v in lora.items()}, not trainable_only
 
 
-def base_parts_digest(sam: Sam) -> str:
+def base_parts_digest(sam: Sam, config: TrainConfig) -> str:
     """Digest of the weights of a training model that a checkpoint holding only the trained
     ones (``checkpoint_trainable_only``) takes from the base model: all but the parameters
-    that train. A checkpoint is completed on its base model when these are the same, also
-    if the base model's other weights changed since (registered anew by a continued run,
-    say), which refused the checkpoint though its completion was exact."""
+    that train per ``config``. A checkpoint is completed on its base model when these are
+    the same, also if the base model's other weights changed since (registered anew by a
+    continued run, say), which refused the checkpoint though its completion was exact."""
+    return _digest_without(sam, trainable_names(sam, config))
+
+
+def _digest_without(sam: Sam, left_out: set[str]) -> str:
     from napari_samtune.core.models import state_dict_digest
 
-    trained = {name for name, parameter in sam.named_parameters() if parameter.requires_grad}
-    return state_dict_digest({k: v for k, v in sam.state_dict().items() if k not in trained})
+    return state_dict_digest({k: v for k, v in sam.state_dict().items() if k not in left_out})
+
+
+def _recorded_parts_match(checkpoint: dict, sam: Sam, config: TrainConfig, model_id: str) -> bool:
+    """Whether the base model ``sam`` (content id ``model_id``) still has the weights the
+    checkpoint takes from it. The digest of 2026-12-05 was taken before the frozen parts
+    were marked, so it left out every parameter (only the buffers): such a checkpoint, as
+    one from before digests, is held to the base model's id."""
+    recorded = checkpoint.get("base_parts_digest")
+    everything = {name for name, _ in sam.named_parameters()}
+    if recorded is None or recorded == _digest_without(sam, everything):
+        return checkpoint.get("base_model_id") in (None, model_id)
+    return base_parts_digest(sam, config) == recorded
 
 
 def write_checkpoint(path: Path, sam: Sam, arch: SamArchitecture, config: TrainConfig, **extra):
@@ -279,12 +294,7 @@ def restore_model(checkpoint: dict) -> tuple[Sam, SamArchitecture]:
         raise BaseModelUnavailable(
             f"{only_trained}, and that cannot be loaded now: {err}. To fix: {BASE_MODEL_FIX}"
         ) from None
-    recorded = checkpoint.get("base_parts_digest")
-    if recorded is not None:  # its parts taken from the base: the rest may have changed
-        as_it_was = base_parts_digest(sam) == recorded
-    else:  # a checkpoint from before the parts were recorded
-        as_it_was = checkpoint.get("base_model_id") in (None, model_id)
-    if not as_it_was:
+    if not _recorded_parts_match(checkpoint, sam, config, model_id):
         raise BaseModelUnavailable(
             f"{only_trained} as it was ({checkpoint.get('base_model_id')}), but that model "
             f"now has different weights ({model_id}) in the parts this checkpoint takes from "

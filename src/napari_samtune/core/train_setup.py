@@ -74,13 +74,24 @@ def frozen_modules(sam: Sam, config: TrainConfig) -> list[torch.nn.Module]:
     return [getattr(sam, part) for part in MODEL_PARTS if part in names]
 
 
+def trainable_names(sam: Sam, config: TrainConfig) -> set[str]:
+    """Names of the parameters that train per ``config``: those of the parts not frozen,
+    and with LoRA only its adapters of the image encoder."""
+
+    def trains(name: str) -> bool:
+        part = name.split(".", 1)[0]
+        if config.lora_rank and part == "image_encoder":
+            return name.endswith(("lora_a", "lora_b"))
+        return part in MODEL_PARTS and part not in config.freeze
+
+    return {name for name, _ in sam.named_parameters() if trains(name)}
+
+
 def set_trainable(sam: Sam, config: TrainConfig) -> list[torch.nn.Parameter]:
     """Mark what trains per ``config``; returns the trainable parameters in a fixed order."""
-    for part in MODEL_PARTS:
-        getattr(sam, part).requires_grad_(part not in config.freeze)
-    if config.lora_rank:
-        for name, param in sam.image_encoder.named_parameters():
-            param.requires_grad_(name.endswith(("lora_a", "lora_b")))
+    names = trainable_names(sam, config)
+    for name, param in sam.named_parameters():
+        param.requires_grad_(name in names)
     return [p for p in sam.parameters() if p.requires_grad]
 
 

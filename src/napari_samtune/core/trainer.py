@@ -148,7 +148,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
         if checkpoint is None:
             sam, arch, self.base_model_id = build_training_model(config)
             check_lora_rank(config.lora_rank, arch)  # configs not made by config_from_preset
-            parts = base_parts_digest(sam) if config.checkpoint_trainable_only else None
+            parts = base_parts_digest(sam, config) if config.checkpoint_trainable_only else None
         else:
             check_resumable(checkpoint, config, path)
             sam, arch = restore_model(checkpoint)
