@@ -177,3 +177,32 @@ def test_an_annotations_layer_kept_from_another_copy_is_saved_beside_the_newer_f
     np.testing.assert_array_equal(saved, newer)  # the newer file, as it was
     beside = next(tmp_path.glob("cells0-*.labels.tif"))
     assert set(np.unique(load_annotations(beside)[0])) == {0, 1, 2, 3, 4}
+
+
+def test_a_labels_file_written_since_the_image_was_found_unsaved_is_not_overwritten(
+    cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path, notifications, monkeypatch
+):
+    """Nothing was saved when the image was first annotated; then a second napari (or
+    ``samtune segment``) wrote its labels file: the first commit replaced it unsaid, as a
+    file this session had never seen counted as its own."""
+    from napari_samtune._qt.annotate import AnnotateWidget
+    from napari_samtune.core.annotation_files import load_annotations, save_annotations
+
+    monkeypatch.setenv("SAMTUNE_ANNOTATIONS_DIR", str(tmp_path))
+    viewer = cells_viewer(2)
+    widget = AnnotateWidget(viewer)
+    widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    assert not (tmp_path / "cells0.labels.tif").exists()
+    theirs = np.zeros((64, 64), np.uint32)
+    theirs[40:50, 5:15] = 1  # the other napari's object
+    save_annotations(tmp_path, "cells0", theirs, {"objects": []})
+    widget.session.layers.preview.data[10:20, 10:20] = 1
+    with qtbot.waitSignal(widget.annotations_saved, timeout=WAIT_MS):
+        assert widget.commit() == [1]
+    drain_jobs(widget)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "cells0.labels.tif"), theirs)
+    beside = next(tmp_path.glob("cells0-*.labels.tif"))
+    assert any("changed by another program" in n and beside.name in n for n in notifications)
+    ours, _ = load_annotations(beside)
+    assert ours[15, 15] == 1 and ours[45, 10] == 0

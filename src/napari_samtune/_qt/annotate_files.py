@@ -79,8 +79,10 @@ class AnnotateFilesMixin:
                 f"the next save replaces them with layer {self.session.layers.annotations.name!r}"
                 ". To go on with the saved ones instead, use 'Load annotations…'"
             )
-        elif self._save_failed is self.session:  # on no disk yet: the error said to do this
-            self._autosave()
+        else:
+            self.session.disk.note_absent(labels_path)
+            if self._save_failed is self.session:  # on no disk yet: the error said to do this
+                self._autosave()
 
     def _restore_autosave(self, labels: bool = True) -> None:
         """Load this image's autosave: the labels and their object records, or (``labels``
@@ -91,6 +93,7 @@ class AnnotateFilesMixin:
             show_warning(self.session.namesake_note(annotation_paths(folder, name)[0], file_name))
         labels_path, _ = annotation_paths(folder, file_name)
         if not labels_path.is_file():
+            self.session.disk.note_absent(labels_path)  # one there later is not this one's
             if labels:
                 self._say_same_image_saved(folder, labels_path)
             self._end_restore(self.session)  # (a layer waiting for a file not here: no more)

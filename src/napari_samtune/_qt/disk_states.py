@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 FOREIGN = (-1, -1, -1)  # the state of a file whose annotations are not this session's
+ABSENT = (-2, -2, -2)  # the state of a file looked for here and not found
 
 
 def file_state(path: str | Path) -> tuple[int, int, int] | None:
@@ -42,11 +43,19 @@ class DiskStates:
         from a file opened in napari, or edited since): a save beside it, not over it."""
         self._seen[Path(path)] = FOREIGN
 
+    def note_absent(self, path: str | Path) -> None:
+        """``path`` was looked for here (the image's annotations, when it was first
+        annotated) and is not there: a file there later was written by someone else (a
+        second napari, ``samtune segment``), which the next save replaced unsaid."""
+        if file_state(path) is None:
+            self._seen[Path(path)] = ABSENT
+
     def __contains__(self, path: object) -> bool:
         return isinstance(path, str | Path) and Path(path) in self._seen
 
     def changed(self, path: str | Path) -> bool:
-        """Whether ``path``, read or written here before, is now another file (written or
-        replaced since); False for one never seen here or gone (a save makes it anew)."""
+        """Whether ``path``, read or written here before (or found absent), is now another
+        file (written or replaced since); False for one never seen here or gone (a save
+        makes it anew)."""
         seen, now = self._seen.get(Path(path)), file_state(path)
         return seen is not None and now is not None and now != seen
