@@ -368,11 +368,12 @@ def test_a_negative_click_on_a_propagated_plane_refines_its_mask(
     row, col = np.argwhere(propagated > 0)[0]
     layers.points.add([plane, row, col])
     assert layers.preview.data[plane].any()
-    (prompt,) = calls
+    prompt = calls[-1]  # the clicks one by one, each refining the mask before it
     assert list(prompt["point_labels"]) == [1, 0]  # the propagated object's point, the click
-    assert prompt["box_xyxy"] is not None  # and its box
+    assert prompt["box_xyxy"] is not None and prompt["mask_input"] is not None  # and its box
+    n_calls = len(calls)
     layers.points.data = layers.points.data[:-1]  # the click taken back: propagation's mask
-    assert len(calls) == 1
+    assert len(calls) == n_calls
     np.testing.assert_array_equal(layers.preview.data[plane], propagated)
     layers.points.add([plane, row, col])
     assert widget.commit() == [1]  # still one 3D object

@@ -61,9 +61,9 @@ class ClickChain:
             else:
                 kept = []  # a changed click: everything after it is computed again
                 previous = segmenter.predict(
-                    points[:k] if k else None,
-                    labels[:k] if k else None,
-                    box,
+                    points_xy=points[:k] if k else None,
+                    point_labels=labels[:k] if k else None,
+                    box_xyxy=box,
                     mask_input=previous,
                     multimask=None if previous is None else False,
                 )
