@@ -972,3 +972,33 @@ def test_prompts_are_required(tmp_path, tiny_checkpoint, image_file):
     path, _ = image_file
     with pytest.raises(SystemExit):
         main(["segment", str(path), "--model", str(tiny_checkpoint), "-o", str(tmp_path / "o")])
+
+
+def test_labels_saved_while_a_batch_runs_are_not_replaced(
+    tmp_path, tiny_checkpoint, capsys, monkeypatch
+):
+    """A person corrected and saved an image's labels in napari while `segment --auto` went
+    through the folder: its result for that image replaced them, unsaid."""
+    from napari_samtune.cli import segment as segment_module
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        tifffile.imwrite(images / f"cell_{i}.tif", make_image((96, 128), seed=i)[0])
+    out = tmp_path / "labels"
+    corrected = np.full((96, 128), 7, np.uint32)
+    real, calls = segment_module.segment_planes, []
+
+    def while_a_person_saves(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # cell_1 is being segmented: its labels are saved meanwhile
+            out.mkdir(exist_ok=True)
+            tifffile.imwrite(out / "cell_1.labels.tif", corrected)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(segment_module, "segment_planes", while_a_person_saves)
+    assert segment(tiny_checkpoint, images, out, *AUTO) == 1
+    np.testing.assert_array_equal(tifffile.imread(out / "cell_1.labels.tif"), corrected)
+    assert (out / "cell_0.labels.tif").exists()
+    said = capsys.readouterr().err
+    assert "cell_1.tif: not written:" in said and "was saved meanwhile" in said

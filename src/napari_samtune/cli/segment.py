@@ -342,6 +342,12 @@ def _output_for(image: Path, out_dir: Path) -> Path:
     return out_dir / labels_file_name(namesake_name(image.stem, fingerprint))
 
 
+# an image's labels written by someone else (the annotation widget) while it was segmented
+_APPEARED = (
+    "{} was saved meanwhile (by the annotation widget?) and is kept; --overwrite replaces it"
+)
+
+
 def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
     """--auto on several images: ``<image>.labels.tif`` each in the output folder. Images
     whose labels exist are skipped unless --overwrite (a rerun after a stop goes on where it
@@ -406,6 +412,12 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
                 why = in_option_terms(str(err), OPTION_NAMES)
                 tqdm.write(f"{image}: not segmented: {why}", file=sys.stderr)
             else:
+                if not args.overwrite and outputs[image].exists():  # saved meanwhile: kept
+                    failed += 1
+                    said = f"{image.name}: not written: {_APPEARED.format(outputs[image])}"
+                    tqdm.write(said, file=sys.stderr)
+                    bar(done + 1, len(todo))
+                    continue
                 n_objects, _ = _write_labels(outputs[image], labels, image, planes.pixels, made)
                 renamed = outputs[image].name != labels_file_name(image.stem)
                 why = " (its own name there holds another image's labels)" if renamed else ""
