@@ -171,3 +171,21 @@ def test_an_embedding_deleted_while_it_is_read_is_a_quiet_miss(tmp_path, monkeyp
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert cache.load(hex_key("a"), SHAPE) is None
+
+
+def test_a_file_evicted_by_another_process_right_after_its_save_is_no_failed_write(
+    tmp_path, monkeypatch
+):
+    """Two processes on one small cache: the other evicted the file just written, and this
+    one warned "could not write the embedding cache", though the write had worked."""
+    cache = EmbeddingCache(tmp_path, max_bytes=10**9)
+    real = embedding_cache.atomic_torch_save
+
+    def saved_then_evicted(payload, path):
+        real(payload, path)
+        os.remove(path)  # the other process's eviction
+
+    monkeypatch.setattr(embedding_cache, "atomic_torch_save", saved_then_evicted)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cache.save(hex_key("gone"), FEATURES)

@@ -108,7 +108,6 @@ class EmbeddingCache:
         path = self.path(key)
         try:
             atomic_torch_save(payload, path)
-            size = path.stat().st_size
         except OSError as err:
             warnings.warn(
                 f"could not write the embedding cache in {str(self.directory)!r} ({err}); "
@@ -117,7 +116,12 @@ class EmbeddingCache:
                 stacklevel=2,
             )
             return False
-        self._bytes += size
+        try:
+            self._bytes += path.stat().st_size
+        except (
+            OSError
+        ):  # evicted at once by another process sharing the cache: written all the same
+            pass
         stale = time.monotonic() - self._scanned_at > RESCAN_SECONDS
         if stale or self._bytes > self.max_bytes:
             self.evict()
