@@ -47,6 +47,24 @@ def test_files_pair_by_name_from_folders_globs_and_lists(tiff_folders):
     assert loaded[0].name == "cell_0.tif / cell_0_labels.tif"
 
 
+def test_two_saves_for_one_image_s_pixels_are_refused_naming_both(tmp_path):
+    """A save diverted beside a file changed meanwhile (two napari windows): training took
+    the first of the two and left the other's objects out, unsaid."""
+    from napari_samtune.core.annotation_files import save_annotations
+    from napari_samtune.core.label_files import image_fingerprint
+
+    (image, labels), _ = make_dataset(2, (48, 64), seed=7)
+    _write(tmp_path / "images", "img.tif", image)
+    fingerprint = image_fingerprint(image)
+    record = {"image_fingerprint": fingerprint, "objects": []}
+    save_annotations(tmp_path / "annotations", "img", labels, record)
+    save_annotations(tmp_path / "annotations", f"img-{fingerprint}", labels, record)
+    with pytest.raises(ValueError, match="were all saved for the pixels of 'img.tif'") as err:
+        load_pairs(tmp_path / "images", tmp_path / "annotations")
+    assert "img.labels.tif" in str(err.value) and f"img-{fingerprint}.labels.tif" in str(err.value)
+    assert "keep the one to train on" in str(err.value)
+
+
 def test_each_image_pairs_with_the_autosave_of_its_pixels_among_namesakes(tmp_path):
     """Image_001.tif of two experiments, annotated in one autosave folder: the second one's
     annotations are Image_001-<fingerprint>.labels.tif, and each image trains on its own."""

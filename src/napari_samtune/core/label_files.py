@@ -391,11 +391,19 @@ def _is_namesake(path: Path) -> bool:
 def choose_namesake(image: np.ndarray, image_path: Path, candidates: Sequence[Path]) -> Path:
     """Of the autosaves named after one image, those of namesakes among them (images of the
     same name from other experiments), the one saved for ``image``'s pixels; else the one
-    without a fingerprint (e.g. ``samtune segment``'s). ``ValueError`` when none is."""
+    without a fingerprint (e.g. ``samtune segment``'s). ``ValueError`` when none is, and
+    when several were saved for these pixels (one was trained on, the others left unsaid)."""
     fingerprint = image_fingerprint(image)
     saved = {path: saved_fingerprint(path) for path in candidates}
     mine = [path for path, found in saved.items() if found == fingerprint]
     unrecorded = [path for path, found in saved.items() if found is None]
+    if len(mine) > 1:  # a save diverted beside a file changed meanwhile: which is meant?
+        raise ValueError(
+            f"the annotation files {describe_names([p.name for p in mine])} were all saved for "
+            f"the pixels of {image_path.name!r} (two napari windows, or a file changed by "
+            "another program while it was annotated); keep the one to train on and move the "
+            "others out of the folder (compare them in napari with 'Load annotations…')"
+        )
     if mine or len(unrecorded) == 1:
         return (mine or unrecorded)[0]
     raise ValueError(
