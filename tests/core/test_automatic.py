@@ -182,6 +182,20 @@ def test_painting_drops_small_and_mostly_covered_objects():
     assert np.all(labels[40:50, 40:50] == 3) and not labels[30:34, 30:34].any()
 
 
+def test_an_object_keeps_no_specks_of_its_mask_around_better_objects():
+    """What a mask kept around better objects painted first came out in pieces: specks
+    far from its body, which stretched its box (training boxes) up to 5x."""
+    first = np.zeros((20, 60), dtype=bool)
+    first[:, 2:38] = True  # a better object, painted first
+    second = np.ones((20, 60), dtype=bool)  # its free pixels: cols 0-1 (40 px), 38-59 (440)
+    config = AutoSegmentConfig(min_area=50, max_overlap=0.7)
+    labels = paint((20, 60), [(0, 0, first), (0, 0, second)], config)
+    assert (labels == 1).sum() == 720
+    assert not labels[:, :2].any()  # the 40 px strip beyond the first: dropped
+    assert (labels[:, 38:] == 2).all() and (labels == 2).sum() == 440
+    assert AutoSegmentConfig().min_area > 1  # on by default
+
+
 @pytest.mark.parametrize("field", ["points_per_side", "box_nms_thresh", "max_overlap", "min_area"])
 def test_config_rejects_impossible_values(field):
     with pytest.raises(ValueError, match=f"{field}=-1"):
