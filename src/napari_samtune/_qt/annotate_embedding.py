@@ -186,14 +186,7 @@ class AnnotateEmbeddingMixin:
         """Batched mode with negative points: each box and each positive point is prompted
         with every negative point too (they mark background for all objects, as in
         ``samtune segment``); ids and overlaps as in :meth:`_predict_batched`."""
-        labels = np.zeros(self.segmenter.image_shape, dtype=np.uint32)
-        background = np.zeros(len(negatives_xy), dtype=np.int64)
-        prompts = [(negatives_xy, background, box) for box in boxes_xyxy]
-        prompts += [(np.vstack([p, negatives_xy]), np.r_[1, background], None) for p in points_xy]
-        for object_id, (points, point_labels, box) in enumerate(prompts, start=1):
-            mask = self.segmenter.predict(points, point_labels, box, multimask=False).mask
-            labels[mask & (labels == 0)] = object_id
-        return labels
+        return self.segmenter.predict_with_negatives(boxes_xyxy, points_xy, negatives_xy)
 
     def _on_embedded(self, plane) -> None:
         self._embedded = (self._generation, plane)

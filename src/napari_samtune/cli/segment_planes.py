@@ -65,15 +65,11 @@ def _segment_points(segmenter, prompts: PointPrompts, rows: np.ndarray) -> np.nd
 def _with_shared_negatives(
     segmenter, points: np.ndarray, positive: np.ndarray, ids: np.ndarray
 ) -> np.ndarray:
-    """One object per positive point, each prompted with every negative point too."""
-    negatives = points[~positive]
-    labels = np.zeros(segmenter.image_shape, dtype=np.uint32)
-    for point, object_id in zip(points[positive], ids[positive], strict=True):
-        prompt = np.concatenate([point[None], negatives])
-        point_labels = np.r_[1, np.zeros(len(negatives), dtype=np.int64)]
-        mask = segmenter.predict(prompt, point_labels, multimask=False).mask
-        labels[mask & (labels == 0)] = object_id  # earlier objects keep overlaps
-    return labels
+    """One object per positive point, each prompted with every negative point too (where
+    objects overlap, the larger logit wins)."""
+    none = np.zeros((0, 4))
+    labels = segmenter.predict_with_negatives(none, points[positive], points[~positive])
+    return _renumber(labels, ids[positive])
 
 
 def _segment_boxes(segmenter, prompts: BoxPrompts, rows: np.ndarray) -> np.ndarray:

@@ -201,6 +201,32 @@ class Segmenter(ViewPredictor):
             painter.paint(self.upscale_windows(view, low[:, 0]), chunk + 1)
         return painter.labels
 
+    def predict_with_negatives(
+        self, boxes_xyxy: np.ndarray, points_xy: np.ndarray, negatives_xy: np.ndarray
+    ) -> np.ndarray:
+        """One object per box and per positive point, each prompted with every negative
+        point too (they mark background for all); uint32 (H, W) labels, boxes first: box
+        ``i`` -> id ``i + 1``, point ``j`` -> id ``len(boxes) + j + 1``. Where objects
+        overlap the larger logit wins, as in :meth:`predict_boxes` (the first prompt took
+        every pixel it shared with a later one)."""
+        boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+        points = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+        if len(points):
+            points = check_points(points, self.image_shape)
+        negatives = check_points(negatives_xy, self.image_shape)
+        background = np.zeros(len(negatives), dtype=np.int64)
+        prompts = [(negatives, background, box) for box in boxes]
+        prompts += [(np.vstack([p, negatives]), np.r_[1, background], None) for p in points]
+        painter = LabelPainter(self.image_shape, self.model.mask_threshold)
+        for object_id, (prompt_xy, labels, box) in enumerate(prompts, start=1):
+            box = None if box is None else check_boxes(box, self.image_shape, single=True)
+            corners = prompt_xy if box is None else np.vstack([prompt_xy, box.reshape(2, 2)])
+            view = self.view_for(corners)
+            self.require_embedded([view])
+            low, _ = self.decode(view, prompt_xy[None], labels[None], box, best_only=True)
+            painter.paint(self.upscale_windows(view, low[:, 0]), [object_id])
+        return painter.labels
+
     def _batches_by_view(self, views: np.ndarray):
         """Yield (view, prompt indices) in chunks of ``batch_size``, grouped by view; with the
         allocator set for batch work meanwhile where there is more than one chunk (for one,
