@@ -135,6 +135,31 @@ def test_a_checkpoint_with_the_digest_of_2026_12_05_is_held_to_its_base_model_s_
         export_model(last, tmp_path / "not.pth")
 
 
+def test_a_run_of_trained_weights_only_may_go_on_writing_whole_checkpoints(
+    tmp_path, short_tiny_config, tiny_sam
+):
+    """--whole-checkpoints on resume was refused as "a different model setup", so a run could
+    not be made to outlive its base model."""
+    register_user_model(_save(tiny_sam, tmp_path / "base.pth"), "base", TINY)
+    config = short_tiny_config(
+        model="base", freeze=("image_encoder",), checkpoint_trainable_only=True
+    )
+    run = tmp_path / "run"
+    train(config, *DATA, run)
+    assert not read_checkpoint(run / "checkpoints" / "last.pt")["model_state_complete"]
+    whole = short_tiny_config(
+        model="base", freeze=("image_encoder",), checkpoint_trainable_only=False, epochs=2
+    )
+    train(whole, *DATA, tmp_path / "more", resume_from=run)
+    last = tmp_path / "more" / "checkpoints" / "last.pt"
+    assert read_checkpoint(last)["model_state_complete"]
+    torch.manual_seed(5)  # the base gone as it was: the whole checkpoint still exports
+    register_user_model(
+        _save(build_sam(TINY), tmp_path / "other.pth"), "base", TINY, overwrite=True
+    )
+    export_model(last, tmp_path / "exported.pth")
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_a_run_that_held_out_part_of_its_only_image_keeps_that_part_when_continued(
     tmp_path, short_tiny_config, seed

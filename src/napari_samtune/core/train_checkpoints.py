@@ -48,7 +48,9 @@ from napari_samtune.core.train_setup import build_training_model, trainable_name
 TRAINING_CHECKPOINT = "a training checkpoint: the best.pt or last.pt that training writes"
 
 # Fields that change the model's structure or weights' meaning: a resume must keep them.
-RESUME_MUST_MATCH = ("model", "lora_rank", "lora_alpha", "freeze", "checkpoint_trainable_only")
+# what a resumed run must keep; how its checkpoints are written may change (--whole-checkpoints
+# for a run that must outlive its base model was refused as "a different model setup")
+RESUME_MUST_MATCH = ("model", "lora_rank", "lora_alpha", "freeze")
 
 
 def versions() -> dict[str, str]:
