@@ -80,8 +80,18 @@ def test_a_new_click_costs_one_pass_and_a_changed_one_recomputes_from_there(segm
     flipped[3] = 1  # T on the last click
     chain.predict(segmenter, moved, flipped)
     assert counter.calls == 8
-    chain.predict(segmenter, moved[:2], flipped[:2])  # clicks deleted: nothing to compute
-    assert counter.calls == 8
+    result = chain.predict(segmenter, moved[:2], flipped[:2])  # clicks deleted: the new
+    assert counter.calls == 9  # last step decoded again, for its mask alone
+    counter.calls = 9
+    np.testing.assert_array_equal(result.mask, _by_hand(segmenter, moved[:2], flipped[:2]).mask)
+
+
+def test_only_the_last_step_keeps_its_full_size_mask(segmenter):
+    """Each step's (H, W) mask was kept: 16 MB a click for a 4096 x 4096 image."""
+    chain = ClickChain()
+    chain.predict(segmenter, POINTS, LABELS)
+    masks = [prediction.mask.size for _, prediction in chain._steps]
+    assert masks[:-1] == [0, 0, 0] and masks[-1] == 96 * 112
 
 
 def test_another_image_or_model_starts_the_chain_again(segmenter, sensitive_sam, monkeypatch):

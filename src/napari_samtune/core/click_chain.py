@@ -15,6 +15,7 @@ the mask depends only on the clicks and their order, never on the edits that led
 from __future__ import annotations
 
 import weakref
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -52,28 +53,44 @@ class ClickChain:
         owner = (weakref.ref(segmenter), segmenter.image_digest)
         kept = self._steps if self._owner is not None and _same(owner, self._owner) else []
         first = 0 if box is not None else 1
-        steps, previous = [], None
+        steps: list[tuple[bytes, Prediction]] = []
         for k in range(first, len(points) + 1):
-            key = _step_key(points[:k], labels[:k], box)
-            step = k - first
-            if step < len(kept) and kept[step][0] == key:
-                previous = kept[step][1]
-            else:
-                kept = []  # a changed click: everything after it is computed again
-                previous = segmenter.predict(
-                    points_xy=points[:k] if k else None,
-                    point_labels=labels[:k] if k else None,
-                    box_xyxy=box,
-                    mask_input=previous,
-                    multimask=None if previous is None else False,
-                )
-            steps.append((key, previous))
-        self._owner, self._steps = owner, steps
-        return previous
+            key, step = _step_key(points[:k], labels[:k], box), k - first
+            last = k == len(points)
+            if step < len(kept) and kept[step][0] == key and (not last or _has_mask(kept[step])):
+                steps.append(kept[step])
+                continue
+            kept = []  # a changed click: everything after it is computed again
+            previous = steps[-1][1] if steps else None
+            prediction = segmenter.predict(
+                points_xy=points[:k] if k else None,
+                point_labels=labels[:k] if k else None,
+                box_xyxy=box,
+                mask_input=previous,
+                multimask=None if previous is None else False,
+            )
+            steps.append((key, prediction))
+        # the steps before the last keep what the next click needs, not their (H, W) masks
+        # (16 MB each for a 4096 x 4096 image); a step that becomes the last again (its
+        # click deleted) is decoded again for its mask
+        self._owner = owner
+        self._steps = [(key, _without_mask(p)) for key, p in steps[:-1]] + steps[-1:]
+        return steps[-1][1]
 
     def clear(self) -> None:
         """Forget the kept steps (they are also dropped when the image or model changes)."""
         self._owner, self._steps = None, []
+
+
+_NO_MASK = np.zeros((0, 0), dtype=bool)
+
+
+def _without_mask(prediction: Prediction) -> Prediction:
+    return replace(prediction, mask=_NO_MASK)
+
+
+def _has_mask(step: tuple[bytes, Prediction]) -> bool:
+    return step[1].mask is not _NO_MASK
 
 
 def _same(owner: tuple, other: tuple) -> bool:
