@@ -7,19 +7,8 @@ import numpy as np
 import pytest
 
 from napari_samtune.core.data import ImageLabelPair
-from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.synthetic import make_dataset
 from napari_samtune.core.train import iter_train, train
-
-CONFIG = TrainConfig(
-    model="random:tiny",
-    epochs=1,
-    n_objects_per_batch=2,
-    min_samples_per_epoch=2,
-    n_iterative_prompts=1,
-    mixed_precision="no",
-    early_stopping=None,
-)
 
 
 @pytest.fixture(scope="module")
@@ -27,39 +16,45 @@ def pairs():
     return make_dataset(2, shape=(96, 112), seed=3)
 
 
-def _started(train_pairs, val_pairs, folder):
-    events = iter_train(CONFIG, train_pairs, val_pairs, folder)
-    started = next(events)
-    events.close()
-    return started
+@pytest.fixture
+def started(short_tiny_config, tmp_path):
+    """``started(train_pairs, val_pairs)``: the TrainingStarted event of a run on them."""
+
+    def first_event(train_pairs, val_pairs):
+        events = iter_train(short_tiny_config(), train_pairs, val_pairs, tmp_path / "run")
+        event = next(events)
+        events.close()
+        return event
+
+    return first_event
 
 
-def test_a_black_frame_and_an_empty_channel_are_named(tmp_path, pairs):
+def test_a_black_frame_and_an_empty_channel_are_named(started, pairs):
     (image, labels), (other, other_labels) = pairs
     black = ImageLabelPair(np.zeros_like(image), labels, "black.tif")
     two_channels = np.stack([other, np.full_like(other, 7)], axis=-1)  # channel 1 is flat
     empty_channel = ImageLabelPair(two_channels, other_labels, "c1.tif", -1, (1,))
-    started = _started([black, ImageLabelPair(image, labels, "ok.tif")], [empty_channel], tmp_path)
-    assert started.blank == ("black.tif", "c1.tif")
-    message = started.blank_message()
+    event = started([black, ImageLabelPair(image, labels, "ok.tif")], [empty_channel])
+    assert event.blank == ("black.tif", "c1.tif")
+    message = event.blank_message()
     assert message.startswith("2 pair(s) have an image of one value everywhere (blank)")
     assert "black.tif" in message and "c1.tif" in message and "ok.tif" not in message
     assert "check that the right image (and channel)" in message
-    assert message in started.data_warnings()
+    assert message in event.data_warnings()
 
 
-def test_images_with_any_contrast_are_not_warned_about(tmp_path, pairs):
+def test_images_with_any_contrast_are_not_warned_about(started, pairs):
     image, labels = pairs[0]
     faint = np.zeros_like(image)
     faint[labels > 0] = 1  # the objects one grey level above a black background
-    started = _started([ImageLabelPair(faint, labels, "faint.tif"), pairs[1]], None, tmp_path)
-    assert started.blank == () and started.blank_message() == ""
-    assert started.data_warnings() == []
+    event = started([ImageLabelPair(faint, labels, "faint.tif"), pairs[1]], None)
+    assert event.blank == () and event.blank_message() == ""
+    assert event.data_warnings() == []
 
 
-def test_train_warns_a_script_about_a_blank_image(tmp_path, pairs):
+def test_train_warns_a_script_about_a_blank_image(tmp_path, pairs, short_tiny_config):
     image, labels = pairs[0]
     blank = ImageLabelPair(np.full_like(image, 200), labels, "flat.tif")
-    config = TrainConfig(**{**CONFIG.__dict__, "val_fraction": 0.0})
+    config = short_tiny_config(val_fraction=0.0)
     with pytest.warns(UserWarning, match=r"flat\.tif; SAM sees none of their objects"):
         train(config, [blank, pairs[1]], None, tmp_path / "run")

@@ -9,20 +9,8 @@ import torch
 from napari_samtune.cli import check_output_file
 from napari_samtune.core.checkpoints import check_output_folder
 from napari_samtune.core.models import load_model
-from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.synthetic import make_dataset
 from napari_samtune.core.train import train
-
-CONFIG = TrainConfig(
-    model="random:tiny",
-    epochs=1,
-    n_objects_per_batch=2,
-    min_samples_per_epoch=2,
-    n_iterative_prompts=1,
-    mixed_precision="no",
-    early_stopping=None,
-    val_fraction=0.0,
-)
 
 
 @pytest.fixture
@@ -34,19 +22,18 @@ def home(tmp_path, monkeypatch):
     return home
 
 
-def test_a_run_into_tilde_trains_and_registers_in_the_home_folder(home, tmp_path):
-    finished = train(CONFIG, make_dataset(2, shape=(64, 64), seed=1), out_dir="~/run2")
+def test_a_run_into_tilde_trains_and_registers_in_the_home_folder(
+    home, tmp_path, short_tiny_config
+):
+    data = make_dataset(2, shape=(64, 64), seed=1)
+    finished = train(short_tiny_config(val_fraction=0.0), data, out_dir="~/run2")
     assert finished.exported_model_path == home / "run2" / "model.pth"
     assert not (tmp_path / "~").exists()
     registered = load_model(finished.registered_name).sam.state_dict()
     exported = torch.load(home / "run2" / "model.pth", weights_only=True)
     assert all(torch.equal(registered[k], exported[k]) for k in exported)
-    resumed = train(
-        TrainConfig(**{**CONFIG.__dict__, "epochs": 2}),
-        make_dataset(2, shape=(64, 64), seed=1),
-        out_dir="~/run3",
-        resume_from="~/run2",
-    )
+    config = short_tiny_config(val_fraction=0.0, epochs=2)
+    resumed = train(config, data, out_dir="~/run3", resume_from="~/run2")
     assert resumed.epochs_done == 2 and not (tmp_path / "~").exists()
 
 
