@@ -83,10 +83,13 @@ def test_a_demo_whose_model_cannot_be_downloaded_writes_no_data(tmp_path, capsys
     assert not out.exists() or not any(out.glob("data*"))
 
 
-def test_the_demo_trains_with_the_preset_given():
+def test_the_demo_trains_with_the_preset_given(monkeypatch):
     """Its error for vit_b said to choose a preset measured for vit_b, which the demo had
     no option for."""
+    from napari_samtune.core import devices
     from napari_samtune.core.demo import DemoConfig, finetune_config
+
+    monkeypatch.setattr(devices, "cuda_available", lambda: True)  # as on a GPU machine
 
     config, reason = finetune_config(DemoConfig(model="vit_b", preset="cpu-8gb"))
     assert (config.preset, config.freeze, config.model) == ("cpu-8gb", ("image_encoder",), "vit_b")
