@@ -84,6 +84,18 @@ def test_file_names_made_from_long_names_in_any_script_fit_255_bytes():
     assert (safe_stem("🙂"), safe_stem("--help"), safe_stem("a b")) == ("image", "help", "a_b")
 
 
+def test_label_files_of_names_that_differ_only_in_case_say_how_names_compare(tmp_path):
+    """A.tif / A_labels.tif and a.tif / a_labels.tif were told "keep one label file per
+    image", though each image had one: the names compare equal, which it did not say."""
+    for name in ("A.tif", "a.tif"):
+        _write(tmp_path / "images", name, np.zeros((4, 4), np.uint8))
+        _write(tmp_path / "labels", name.replace(".tif", "_labels.tif"), np.ones((4, 4), np.uint8))
+    with pytest.raises(ValueError, match="both pair with image name 'a'") as err:
+        match_files(tmp_path / "images", tmp_path / "labels")
+    assert "names are compared ignoring case and extension" in str(err.value)
+    assert "rename one image and its label file" in str(err.value)
+
+
 def test_two_images_of_one_pairing_name_are_refused_not_given_one_label_file(tmp_path):
     """cell 1.tif and cell_1.tif pair by the same name: training one on the other's labels
     (same size, so no later check notices) would be silently wrong."""

@@ -358,7 +358,9 @@ def _two_label_files(key: str, files: list[Path]) -> str:
         )
     return (
         f"label files {files[0].name!r} and {files[1].name!r} both pair with image name "
-        f"{key!r}; keep one label file per image"
+        f"{key!r}, as names are compared ignoring case and extension, with spaces and symbols "
+        "read as '_'; keep one label file per image, or, for two images whose names differ "
+        "only so, rename one image and its label file"
     )
 
 
