@@ -1000,3 +1000,19 @@ def test_settings_changed_on_resume_are_held_to_the_runs_preset(tmp_path, folder
     again = ["train", "--resume", str(tmp_path / "forced"), "--epochs", "2", "--no-progress"]
     again += ["--images", images, "--labels", labels, "--out", str(tmp_path / "forced-2")]
     assert cli.main(again) == 0
+
+
+def test_a_resume_that_changes_what_trains_says_to_leave_the_option_out(tmp_path, folders, capsys):
+    """--freeze image_encoder on a LoRA run's resume said "set --lora-rank 0", which resume
+    then refused as a different setup."""
+    images, labels = folders
+    assert cli.main([*_tiny_run(folders, tmp_path / "run", 1), "--lora-rank", "2"]) == 0
+    resume = ["train", "--resume", str(tmp_path / "run"), "--epochs", "2", "--no-progress"]
+    resume += ["--images", images, "--labels", labels, "--out", str(tmp_path / "more")]
+    assert cli.main([*resume, "--freeze", "image_encoder"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume continues the run's model setup (--freeze none); leave out --freeze" in err
+    assert "--lora-rank 0" not in err
+    assert cli.main([*resume, "--lora-rank", "4"]) == 2
+    assert "(--lora-rank 2); leave out --lora-rank" in capsys.readouterr().err
+    assert cli.main([*resume, "--lora-rank", "2"]) == 0  # the same: fine

@@ -22,6 +22,7 @@ from napari_samtune.cli import (
     SKIP_UNPAIRED_HELP,
     Terminated,
     add_channel_options,
+    in_option_terms,
     model_argument,
     not_empty,
     option_wording,
@@ -219,6 +220,7 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
         checkpoint = read_checkpoint(args.resume)
         overrides = overrides_from(args)
         saved = TrainConfig.from_dict(checkpoint["config"])
+        _keep_model_setup(saved, overrides)
         config = replace(saved, **overrides)
         if not args.force:
             check_resumed_fits(checkpoint, saved, config)
@@ -251,6 +253,20 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
         _check_preset_device(preset.device, args.preset or "auto")
     config = config_from_preset(preset, args.model, check=not args.force, **overrides)
     return config, f"preset {preset.name} ({preset.key}): {reason}"
+
+
+def _keep_model_setup(saved: TrainConfig, overrides: dict) -> None:
+    """A resumed run keeps what trains: --freeze or --lora-rank changed on resume was first
+    checked as a new setup ("LoRA with a frozen encoder: set --lora-rank 0"), advice that
+    resume then refused."""
+    for field in ("freeze", "lora_rank", "lora_alpha"):
+        if field in overrides and overrides[field] != getattr(saved, field):
+            kept = in_option_terms(f"{field}={getattr(saved, field)!r}", OPTION_NAMES)
+            raise ValueError(
+                f"--resume continues the run's model setup ({kept}); leave out "
+                f"{OPTION_NAMES[field]}, or start a new run (--model RUN/model.pth) to "
+                "train other parts"
+            )
 
 
 def check_resumed_fits(checkpoint: dict, saved: TrainConfig, config: TrainConfig) -> None:
