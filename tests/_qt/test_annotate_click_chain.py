@@ -39,3 +39,37 @@ def test_the_preview_of_several_clicks_feeds_each_mask_to_the_next(
     assert not np.array_equal(previous.low_res_logits, at_once.low_res_logits)
     assert widget.commit() == [1]
     np.testing.assert_array_equal(viewer.layers["cells annotations"].data == 1, previous.mask)
+
+
+def test_u_puts_the_clicks_back_without_segmenting_each_step_again(
+    make_napari_viewer, qtbot, sensitive_sam, drain_jobs
+):
+    """The commit's removal of the prompts segmented the box left alone, and U segmented
+    every layer event of the way back (points without their labels, no boxes yet), each
+    replacing the chain's steps: 41 decoder passes for 21 clicks."""
+    from napari_samtune._qt.annotate import AnnotateWidget
+
+    image = make_image((96, 112), seed=4)[0]
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="cells")
+    widget = AnnotateWidget(viewer)
+    with qtbot.waitSignal(widget.embedding_ready, timeout=30_000):
+        widget.set_model(sensitive_sam, "tiny", "tiny-sensitive")
+    drain_jobs(widget)
+    points = widget.session.layers.points
+    widget.session.layers.boxes.add_rectangles(np.array([[20.0, 30.0], [80.0, 90.0]]))
+    for click in CLICKS_RC:
+        points.add(click)
+    widget.toggle_polarity()
+    points.add((60.0, 80.0))  # a negative click: its label must come back too
+    assert widget.update_preview()
+    before = widget.session.layers.preview.data.copy()
+    assert widget.commit() == [1]
+    drain_jobs(widget)
+    calls = []
+    predict = widget.segmenter.predict
+    widget.segmenter.predict = lambda **prompt: calls.append(prompt) or predict(**prompt)
+    assert widget.undo()
+    assert calls == []  # the chain still holds every step
+    np.testing.assert_array_equal(widget.session.layers.preview.data, before)
+    assert list(widget.session.layers.points.features["label"])[-1] == "negative"

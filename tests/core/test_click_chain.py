@@ -112,3 +112,55 @@ def test_another_image_or_model_starts_the_chain_again(segmenter, sensitive_sam,
 def test_a_chain_needs_a_prompt(segmenter):
     with pytest.raises(ValueError, match="a click chain needs a prompt"):
         ClickChain().predict(segmenter, None, None)
+
+
+def test_a_mask_input_of_a_made_view_survives_the_image_set_again(sensitive_sam):
+    """Made views are numbered anew when an image is set again: the Prediction's view
+    number put its logits in another view's frame (a mask 199 px off), or in none
+    (IndexError)."""
+    first, other = make_image((640, 640), seed=1)[0], make_image((640, 640), seed=2)[0]
+    xy = np.array([[128.0, 128.0], [300.0, 128.0], [330.0, 200.0]])
+
+    def fresh():
+        made = Segmenter(sensitive_sam, model_id="x", use_disk_cache=False, precision="fp32")
+        made.set_image(first)
+        return made
+
+    reference = fresh()
+    step = reference.predict(xy[:2], np.ones(2, np.int64), multimask=False)
+    want = reference.predict(xy, np.ones(3, np.int64), mask_input=step, multimask=False)
+    segmenter = fresh()
+    kept = segmenter.predict(xy[:2], np.ones(2, np.int64), multimask=False)
+    segmenter.set_image(other)
+    segmenter.set_image(first)
+    got = segmenter.predict(xy, np.ones(3, np.int64), mask_input=kept, multimask=False)
+    np.testing.assert_array_equal(got.mask, want.mask)
+    np.testing.assert_array_equal(got.low_res_logits, want.low_res_logits)
+
+
+class _NeedsAViewOnce:
+    """A Segmenter whose third step must wait (its view to be embedded) the first time."""
+
+    def __init__(self, segmenter):
+        self.segmenter, self.calls, self.waited = segmenter, 0, False
+        self.image_digest = segmenter.image_digest
+
+    def predict(self, **prompt):
+        self.calls += 1
+        if len(prompt["points_xy"]) == 3 and not self.waited:
+            self.waited = True
+            raise LookupError("embed the view first")  # as EmbeddingNeeded does
+        return self.segmenter.predict(**prompt)
+
+
+def test_a_step_that_must_wait_keeps_the_steps_before_it(segmenter):
+    """The steps were kept only once the chain ended: each view to embed sent it back to its
+    first step, whose views were evicted meanwhile on a large image, without end."""
+    waiting = _NeedsAViewOnce(segmenter)
+    chain = ClickChain()
+    with pytest.raises(LookupError):
+        chain.predict(waiting, POINTS, LABELS)
+    assert waiting.calls == 3
+    result = chain.predict(waiting, POINTS, LABELS)  # once the view is there
+    assert waiting.calls == 5  # steps 3 and 4 only
+    np.testing.assert_array_equal(result.mask, _by_hand(segmenter, POINTS, LABELS).mask)

@@ -126,6 +126,7 @@ class AnnotateWidget(
         # (session, a clear's KeptPrompts, or None: the prompts are those U put back) until
         # a prompt changes
         self._prompts_for_undo = None
+        self._in_flux = False  # prompts being replaced in several events (_prompts_in_flux)
         self._undo_top_at_clear = None  # the undo stack's top when Shift+C cleared prompts
         self._image_keys_before: dict = {}  # key -> the annotated image layer's own binding
         self._restore_tasks: dict[int, str] = {}  # id(session) -> its restore's task name
@@ -264,6 +265,8 @@ class AnnotateWidget(
         action = getattr(getattr(event, "action", None), "value", getattr(event, "action", None))
         if isinstance(action, str) and action.endswith("ing"):
             return  # adding / changing / removing: the final event follows
+        if self._in_flux:
+            return  # prompts replaced in several events: one preview once all are in place
         self._prompts_for_undo = None  # U puts back a clear's prompts only right after it
         if self.session is not None and not self._viewing_planes():
             self._hint(self._planes_hint())  # a click there has no plane to be segmented on

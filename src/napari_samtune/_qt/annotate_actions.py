@@ -8,6 +8,7 @@ A mixin of :class:`~napari_samtune._qt.annotate.AnnotateWidget` (it uses the wid
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -77,7 +78,9 @@ class AnnotateActionsMixin:
             show_info("wait for the propagation to finish, then clear its preview (Shift+C)")
             return
         cleared = snapshot_prompts(self.session.layers)
-        self.session.clear()  # (its prompt change events forget what U would put back)
+        with self._prompts_in_flux():
+            self.session.clear()
+        self._keep_propagation_out()
         self._previews_behind.clear()
         self._prompts_for_undo = None if cleared is None else (self.session, cleared)
         self._undo_top_at_clear = self.session.undo_stack.peek()  # a later change's entry: U's
@@ -100,7 +103,10 @@ class AnnotateActionsMixin:
         overwrite = self.ui.overwrite_check.isChecked()
         planes = self.session.layers.preview_planes()
         shown = self._preview_objects(planes)
-        ids = self.session.commit(overwrite, source, self.model_name or "")
+        with self._prompts_in_flux():
+            ids = self.session.commit(overwrite, source, self.model_name or "")
+        self._prompts_for_undo = None  # U undoes the commit, not a clear before it
+        self._keep_propagation_out()
         if not ids:
             show_info(
                 "nothing to commit: the preview is empty"
@@ -155,9 +161,24 @@ class AnnotateActionsMixin:
         self._autosave()
         return True
 
+    @contextmanager
+    def _prompts_in_flux(self):
+        """Prompts replaced in several layer events (U putting them back, a commit or
+        Shift+C removing them): each state of the way (points without their labels, no
+        boxes yet, a box without its points) was segmented, and replaced the click chain's
+        steps, so the prompts' own were computed again (41 decoder passes for 21 clicks
+        after U). The caller updates the preview once they are all in place."""
+        self._in_flux = True
+        try:
+            yield
+        finally:
+            self._in_flux = False
+
     def _put_back(self, kept: KeptPrompts, said: str) -> None:
-        kept.put_back(self.session.layers)  # (forgets the memo: set after)
-        self.update_preview()  # the points' data event came before their labels were set
+        with self._prompts_in_flux():
+            kept.put_back(self.session.layers)
+        self._keep_propagation_out()
+        self.update_preview()
         self._prompts_for_undo = (self.session, None)  # the layers hold what U put back
         n = kept.n_prompts
         self.ui.status_label.setText(said.format(f"{n} prompt{'s' * (n != 1)}"))

@@ -55,27 +55,39 @@ class ClickChain:
         kept = self._steps if self._owner is not None and _same(owner, self._owner) else []
         first = 0 if box is not None else 1
         steps: list[tuple[bytes, Prediction]] = []
-        for k in range(first, len(points) + 1):
-            key, step = _step_key(points[:k], labels[:k], box), k - first
-            last = k == len(points)
-            if step < len(kept) and kept[step][0] == key and (not last or _has_mask(kept[step])):
-                steps.append(kept[step])
-                continue
-            kept = []  # a changed click: everything after it is computed again
-            previous = steps[-1][1] if steps else None
-            prediction = segmenter.predict(
-                points_xy=points[:k] if k else None,
-                point_labels=labels[:k] if k else None,
-                box_xyxy=box,
-                mask_input=previous,
-                multimask=None if previous is None else False,
-            )
-            steps.append((key, prediction))
-        # the steps before the last keep what the next click needs, not their (H, W) masks
-        # (16 MB each for a 4096 x 4096 image); a step that becomes the last again (its
-        # click deleted) is decoded again for its mask
-        self._owner = owner
-        self._steps = [(key, _without_mask(p)) for key, p in steps[:-1]] + steps[-1:]
+        try:
+            for k in range(first, len(points) + 1):
+                key, step = _step_key(points[:k], labels[:k], box), k - first
+                last = k == len(points)
+                if (
+                    step < len(kept)
+                    and kept[step][0] == key
+                    and (not last or _has_mask(kept[step]))
+                ):
+                    steps.append(kept[step])
+                    continue
+                kept = []  # a changed click: everything after it is computed again
+                previous = steps[-1][1] if steps else None
+                prediction = segmenter.predict(
+                    points_xy=points[:k] if k else None,
+                    point_labels=labels[:k] if k else None,
+                    box_xyxy=box,
+                    mask_input=previous,
+                    multimask=None if previous is None else False,
+                )
+                steps.append((key, prediction))
+        finally:
+            # kept also when a step cannot be answered yet (its view is to be embedded,
+            # :class:`~.made_views.EmbeddingNeeded`): the next call goes on from that step,
+            # where it went back to the first, whose views were evicted meanwhile: a long
+            # chain on a large image embedded view after view and never came to its end
+            self._owner = owner
+            # the steps before the last keep what the next click needs, not their (H, W)
+            # masks (16 MB each for a 4096 x 4096 image); a step that becomes the last again
+            # (its click deleted) is decoded again for its mask
+            done = len(steps) == len(points) + 1 - first
+            earlier = steps[:-1] if done else steps
+            self._steps = [(key, _without_mask(p)) for key, p in earlier] + steps[len(earlier) :]
         return steps[-1][1]
 
     def clear(self) -> None:

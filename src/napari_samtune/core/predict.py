@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from napari_samtune.core.embeddings import ProgressCallback
+from napari_samtune.core.embeddings import ProgressCallback, Tile
 from napari_samtune.core.heap import keep_freed_memory
 from napari_samtune.core.mask_windows import LabelPainter, reproject_logits
 from napari_samtune.core.prompt_checks import (
@@ -47,6 +47,9 @@ class Prediction:
     low_res_logits: np.ndarray  # float32 (1, L, L), L = img_size / 4; feed back as mask_input
     tile: int  # view that answered: tile index, view made for the prompt, or -1 (overview)
     image_digest: str = ""  # of the image it was predicted on; a mask_input must match
+    # the rectangle that view saw: the made views are numbered anew when an image is set
+    # again, so the number alone put a mask_input in another view's frame, or none
+    view: Tile | None = None
 
 
 def _check_multimask(multimask: object, allowed: str) -> None:
@@ -140,7 +143,9 @@ class Segmenter(ViewPredictor):
         window.above(self.model.mask_threshold, out=mask[window.region])
         self._last_view = view
         logits = logits.float().cpu().numpy()
-        return Prediction(mask, float(iou[0, 0]), logits, view, self._image_hash)
+        return Prediction(
+            mask, float(iou[0, 0]), logits, view, self._image_hash, self.view_tile(view)
+        )
 
     def _mask_input_for(
         self, view: int, mask_input: np.ndarray | Prediction | None
@@ -154,14 +159,17 @@ class Segmenter(ViewPredictor):
                     "mask_input is a Prediction of another image (set_image was called "
                     "since); refine a Prediction of the current image, or pass None"
                 )
-            source, logits = mask_input.tile, mask_input.low_res_logits
+            source = mask_input.view or self.view_tile(mask_input.tile)
+            logits = mask_input.low_res_logits
         else:
-            source, logits = self._last_view, mask_input
-        side = self.view_tile(view).lowres_size
-        logits = torch.as_tensor(check_mask_input(logits, side), device=self.model.device)[None]
-        if source == view:
+            source, logits = self.view_tile(self._last_view), mask_input
+        target = self.view_tile(view)
+        logits = torch.as_tensor(
+            check_mask_input(logits, target.lowres_size), device=self.model.device
+        )[None]
+        if source == target:
             return logits
-        return reproject_logits(logits, self.view_tile(source), self.view_tile(view))
+        return reproject_logits(logits, source, target)
 
     def predict_boxes(self, boxes_xyxy: np.ndarray) -> np.ndarray:
         """One object per box; returns uint32 (H, W) labels, box ``i`` -> id ``i + 1``.
