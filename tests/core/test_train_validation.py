@@ -10,7 +10,7 @@ import torch
 
 from napari_samtune.core.patches import TrainingPatch
 from napari_samtune.core.prompts import bounding_box, interior_point
-from napari_samtune.core.train_step import _decoder, prepare_input, to_input_frame
+from napari_samtune.core.train_step import decoder_for, prepare_input, to_input_frame
 from napari_samtune.core.train_validation import (
     VAL_CHUNK,
     _iou_dice,
@@ -52,7 +52,7 @@ def _reference_sums(sam, patch: TrainingPatch) -> np.ndarray:
     """The sums computed the straightforward way: every object's full mask at once."""
     inp = prepare_input(sam, patch, patch.object_ids, torch.device("cpu"))
     embedding = sam.image_encoder(inp.pixels[None])
-    run, image = _decoder(sam, embedding, True)
+    run, image = decoder_for(sam, embedding, True)
     shape, size = inp.original_size, inp.input_size
     boxes = np.stack([bounding_box(m) for m in inp.masks])
     points = np.stack([interior_point(m) for m in inp.masks])[:, None]

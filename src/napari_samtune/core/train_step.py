@@ -77,19 +77,12 @@ def prepare_input(
     input_size = ResizeLongestSide.get_preprocess_shape(height, width, img_size)
     pixels = _pixels(sam, patch.rgb, input_size, device) if with_pixels else None
     object_ids = np.asarray(object_ids, dtype=patch.labels.dtype)
+    masks = masks_of(patch.labels, object_ids)
     if object_ids.size == 0:  # the patch's frame only (validation makes masks chunk by chunk)
         side = img_size // LOWRES_FACTOR
         targets = torch.zeros((0, 1, side, side), device=device)
-        return PatchInput(
-            patch.key,
-            pixels,
-            input_size,
-            (height, width),
-            masks_of(patch.labels, object_ids),
-            targets,
-        )
-    masks = masks_of(patch.labels, object_ids)
-    targets = lowres_targets(patch.labels, object_ids, input_size, img_size, device)
+    else:
+        targets = lowres_targets(patch.labels, object_ids, input_size, img_size, device)
     return PatchInput(patch.key, pixels, input_size, (height, width), masks, targets)
 
 
@@ -255,7 +248,7 @@ class SamTrainingStep(nn.Module):
     def _patch_loss(self, embedding: torch.Tensor, inp: PatchInput) -> torch.Tensor:
         points, labels, mask_input = inp.points, inp.point_labels, None
         multimask, total = inp.multimask, 0.0
-        run, image = _decoder(self.sam, embedding, self.fast)  # image: once for all passes
+        run, image = decoder_for(self.sam, embedding, self.fast)  # image: once for all passes
         for iteration in range(1 + self.n_iterative_prompts):
             logits, iou = run(self.sam, image, points, labels, inp.boxes, mask_input, multimask)
             loss, best = sam_loss(logits, iou, inp.targets, self.mask_loss)
@@ -268,6 +261,6 @@ class SamTrainingStep(nn.Module):
         return total / (1 + self.n_iterative_prompts)
 
 
-def _decoder(sam: Sam, embedding: torch.Tensor, fast: bool):
+def decoder_for(sam: Sam, embedding: torch.Tensor, fast: bool):
     """The decode function and what it takes as the image: fast tokens or the stock embedding."""
     return (decode_prompts, decoder_image(sam, embedding)) if fast else (decode, embedding)

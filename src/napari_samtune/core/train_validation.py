@@ -21,7 +21,7 @@ from napari_samtune.core.patches import TrainingPatch
 from napari_samtune.core.prompts import bounding_box, interior_point
 from napari_samtune.core.train_step import (
     PatchInput,
-    _decoder,
+    decoder_for,
     masks_of,
     prepare_input,
     to_input_frame,
@@ -30,11 +30,15 @@ from napari_samtune.core.train_step import (
 VAL_CHUNK = 32  # objects decoded at once during validation
 
 
-def object_prompts(labels: np.ndarray, object_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def object_prompts(
+    labels: np.ndarray, object_ids: np.ndarray, found: list | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact XYXY boxes (n, 4) and interior (x, y) points (n, 2), float64, patch frame, of
-    the objects ``object_ids`` of (h, w) ``labels``; each from the object's own crop."""
+    the objects ``object_ids`` of (h, w) ``labels``; each from the object's own crop
+    (``found``: ``ndimage.find_objects(labels)``, where the caller has it already)."""
     boxes, points = np.zeros((len(object_ids), 4)), np.zeros((len(object_ids), 2))
-    found = ndimage.find_objects(labels, max_label=int(np.max(object_ids, initial=0)))
+    if found is None:
+        found = ndimage.find_objects(labels, max_label=int(np.max(object_ids, initial=0)))
     for k, object_id in enumerate(np.asarray(object_ids).tolist()):
         crop = found[object_id - 1]
         if crop is None:
@@ -70,10 +74,11 @@ def validation_sums(
     shape, size = inp.original_size, inp.input_size
     sums = np.zeros(5)
     device = embedding.device
-    run, image = _decoder(sam, embedding, fast)
+    run, image = decoder_for(sam, embedding, fast)
+    found = ndimage.find_objects(labels, max_label=int(np.max(object_ids, initial=0)))
     for start in range(0, len(object_ids), VAL_CHUNK):
         ids = object_ids[start : start + VAL_CHUNK]
-        boxes, points = object_prompts(labels, ids)
+        boxes, points = object_prompts(labels, ids, found)
         boxes = to_input_frame(boxes.reshape(-1, 2, 2), shape, size).reshape(-1, 4)
         points = to_input_frame(points[:, None], shape, size)
         truth = torch.as_tensor(masks_of(labels, ids), device=device)
