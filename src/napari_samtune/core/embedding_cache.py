@@ -116,11 +116,9 @@ class EmbeddingCache:
                 stacklevel=2,
             )
             return False
-        try:
+        try:  # evicted at once by another process sharing the cache: written all the same
             self._bytes += path.stat().st_size
-        except (
-            OSError
-        ):  # evicted at once by another process sharing the cache: written all the same
+        except OSError:
             pass
         stale = time.monotonic() - self._scanned_at > RESCAN_SECONDS
         if stale or self._bytes > self.max_bytes:
