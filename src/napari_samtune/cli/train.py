@@ -259,7 +259,9 @@ def _keep_model_setup(saved: TrainConfig, overrides: dict) -> None:
     """A resumed run keeps what trains: --freeze or --lora-rank changed on resume was first
     checked as a new setup ("LoRA with a frozen encoder: set --lora-rank 0"), advice that
     resume then refused."""
-    for field in ("freeze", "lora_rank", "lora_alpha"):
+    from napari_samtune.core.train_checkpoints import RESUME_MUST_MATCH
+
+    for field in RESUME_MUST_MATCH:
         if field in overrides and overrides[field] != getattr(saved, field):
             kept = in_option_terms(f"{field}={getattr(saved, field)!r}", OPTION_NAMES)
             raise ValueError(
