@@ -90,10 +90,6 @@ class ClickChain:
             self._steps = [(key, _without_mask(p)) for key, p in earlier] + steps[len(earlier) :]
         return steps[-1][1]
 
-    def clear(self) -> None:
-        """Forget the kept steps (they are also dropped when the image or model changes)."""
-        self._owner, self._steps = None, []
-
 
 _NO_MASK = np.zeros((0, 0), dtype=bool)
 
