@@ -350,3 +350,21 @@ def use_tiny_model(qtbot, tiny_checkpoint):
         settings.freeze_checks["image_encoder"].setChecked(True)
 
     return use
+
+
+@pytest.fixture
+def sensitive_widget(make_napari_viewer, qtbot, sensitive_sam, drain_jobs):
+    """``sensitive_widget(image, name)``: ``(viewer, widget)``, the Annotate widget on the
+    image, with the ``sensitive_sam`` model loaded and its embedding computed."""
+    from napari_samtune._qt.annotate import AnnotateWidget
+
+    def make(image, name: str):
+        viewer = make_napari_viewer()
+        viewer.add_image(image, name=name)
+        widget = AnnotateWidget(viewer)
+        with qtbot.waitSignal(widget.embedding_ready, timeout=WAIT_MS):
+            widget.set_model(sensitive_sam, "tiny", "tiny-sensitive")
+        drain_jobs(widget)
+        return viewer, widget
+
+    return make

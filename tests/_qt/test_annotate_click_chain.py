@@ -11,18 +11,9 @@ from napari_samtune.core.synthetic import make_image
 CLICKS_RC = [(30.0, 40.0), (52.0, 60.0), (70.0, 25.0)]  # napari (row, col)
 
 
-def test_the_preview_of_several_clicks_feeds_each_mask_to_the_next(
-    make_napari_viewer, qtbot, sensitive_sam, drain_jobs
-):
-    from napari_samtune._qt.annotate import AnnotateWidget
-
+def test_the_preview_of_several_clicks_feeds_each_mask_to_the_next(sensitive_widget, sensitive_sam):
     image = make_image((96, 112), seed=4)[0]
-    viewer = make_napari_viewer()
-    viewer.add_image(image, name="cells")
-    widget = AnnotateWidget(viewer)
-    with qtbot.waitSignal(widget.embedding_ready, timeout=30_000):
-        widget.set_model(sensitive_sam, "tiny", "tiny-sensitive")
-    drain_jobs(widget)
+    viewer, widget = sensitive_widget(image, "cells")
     reference = Segmenter(sensitive_sam, model_id="ref", use_disk_cache=False, precision="fp32")
     reference.set_image(image)
     points = widget.session.layers.points
@@ -41,21 +32,12 @@ def test_the_preview_of_several_clicks_feeds_each_mask_to_the_next(
     np.testing.assert_array_equal(viewer.layers["cells annotations"].data == 1, previous.mask)
 
 
-def test_u_puts_the_clicks_back_without_segmenting_each_step_again(
-    make_napari_viewer, qtbot, sensitive_sam, drain_jobs
-):
+def test_u_puts_the_clicks_back_without_segmenting_each_step_again(sensitive_widget, drain_jobs):
     """The commit's removal of the prompts segmented the box left alone, and U segmented
     every layer event of the way back (points without their labels, no boxes yet), each
     replacing the chain's steps: 41 decoder passes for 21 clicks."""
-    from napari_samtune._qt.annotate import AnnotateWidget
-
     image = make_image((96, 112), seed=4)[0]
-    viewer = make_napari_viewer()
-    viewer.add_image(image, name="cells")
-    widget = AnnotateWidget(viewer)
-    with qtbot.waitSignal(widget.embedding_ready, timeout=30_000):
-        widget.set_model(sensitive_sam, "tiny", "tiny-sensitive")
-    drain_jobs(widget)
+    viewer, widget = sensitive_widget(image, "cells")
     points = widget.session.layers.points
     widget.session.layers.boxes.add_rectangles(np.array([[20.0, 30.0], [80.0, 90.0]]))
     for click in CLICKS_RC:

@@ -14,17 +14,10 @@ BOX_RC = np.array([[150.0, 120.0], [150.0, 300.0], [300.0, 300.0], [300.0, 120.0
 
 
 def test_a_box_in_no_tile_is_embedded_in_the_background_then_previewed(
-    make_napari_viewer, qtbot, sensitive_sam, drain_jobs
+    sensitive_widget, sensitive_sam, drain_jobs
 ):
-    from napari_samtune._qt.annotate import AnnotateWidget
-
     image = make_image((512, 700), seed=7)[0]
-    viewer = make_napari_viewer()
-    viewer.add_image(image, name="large")
-    widget = AnnotateWidget(viewer)
-    with qtbot.waitSignal(widget.embedding_ready, timeout=30_000):
-        widget.set_model(sensitive_sam, "tiny", "tiny-sensitive")
-    drain_jobs(widget)
+    _, widget = sensitive_widget(image, "large")
     main = threading.current_thread()
     on_main = []
     sensitive_sam.image_encoder.register_forward_hook(
