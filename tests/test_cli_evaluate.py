@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -65,9 +66,34 @@ def test_evaluate_writes_one_row_per_model_with_all_metrics(tmp_path, annotated_
     with open(out / "evaluation-2.csv") as file:
         assert [r["model"] for r in csv.DictReader(file)] == ["second"]
     assert (out / "evaluation-2.png").is_file()
-    assert f"wrote {out / 'evaluation-2.csv'} and {out / 'evaluation-2.png'}" in (
-        capsys.readouterr().out
+    written = (
+        f"{out / 'evaluation-2.csv'}, {out / 'evaluation-2.png'} and {out / 'evaluation-2.json'}"
     )
+    assert f"wrote {written}" in capsys.readouterr().out
+
+
+def test_the_settings_of_an_evaluation_are_written_beside_its_table(tmp_path, annotated_folder):
+    """A CSV row alone could not be told apart from one measured with other clicks, other
+    data or other weights of the same file name."""
+    images, labels = annotated_folder
+    first = _save_tiny(tmp_path / "first.pth", 0)
+    out = tmp_path / "eval"
+    args = ["evaluate", "--images", str(images), "--labels", str(labels), "--model", str(first),
+            "--out", str(out), "--points-per-side", "4", "--device", "cpu"]  # fmt: skip
+    assert cli.main([*args, "--clicks", "2", "--max-objects", "3"]) == 0
+    settings = json.loads((out / "evaluation.json").read_text())
+    assert settings["corrective_clicks"] == 2 and settings["max_objects_per_image"] == 3
+    assert settings["images"] == [str(images.absolute())]
+    assert sorted(settings["pairs"]) == ["img0.tif / img0_labels.tif", "img1.tif / img1_labels.tif"]
+    model = settings["models"]["first"]
+    assert model["file"] == str(first.absolute()) and model["architecture"] == "tiny"
+    assert model["automatic"]["points_per_side"] == 4
+    assert settings["device"] == "cpu" and settings["versions"]["torch"] == torch.__version__
+    _save_tiny(first, 1)  # other weights, same file: the record tells them apart
+    assert cli.main([*args, "--clicks", "1"]) == 0
+    again = json.loads((out / "evaluation-2.json").read_text())
+    assert again["corrective_clicks"] == 1 and again["max_objects_per_image"] is None
+    assert again["models"]["first"]["model_id"] != model["model_id"]
 
 
 def test_evaluate_scores_a_perfect_segmenter_higher_than_random(tmp_path, annotated_folder):
@@ -372,6 +398,7 @@ def test_models_evaluated_before_a_later_one_fails_keep_their_results(
     assert code != 0
     with open(out / "evaluation.csv") as file:
         assert [r["model"] for r in csv.DictReader(file)] == ["first"]
+    assert list(json.loads((out / "evaluation.json").read_text())["models"]) == ["first"]
     captured = capsys.readouterr()
     assert "| first |" in captured.out
     assert "evaluation stopped before 'second'" in captured.err
@@ -387,5 +414,5 @@ def test_the_planes_of_a_stack_score_an_object_per_piece_as_training_takes_them(
     plane = np.zeros((48, 48), np.uint16)
     plane[5:20, 5:15] = plane[5:20, 30:40] = 4  # one object, two pieces
     pairs = split_planes(np.stack([image, image]), np.stack([plane, plane]), "cells.tif")
-    _, labels = _normalised(pairs)
+    _, labels, _ = _normalised(pairs)
     assert [len(np.unique(label)) - 1 for label in labels] == [2, 2]

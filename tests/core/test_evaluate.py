@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -338,6 +339,25 @@ def test_a_second_comparison_of_the_same_name_keeps_the_first(tmp_path):
     assert _read_csv(second.csv_path)[0]["model"] == "b"
     replaced = compare_models({"d": {"msa": 1.0}}, tmp_path, name="cmp", overwrite=True)
     assert replaced.csv_path == first.csv_path and _read_csv(first.csv_path)[0]["model"] == "d"
+
+
+def test_the_settings_of_a_comparison_go_beside_it_and_take_its_name(tmp_path):
+    files = compare_models({"a": {"msa": 0.5}}, tmp_path, "cmp", settings={"data": tmp_path})
+    assert files.settings_path == tmp_path / "cmp.json"
+    assert json.loads(files.settings_path.read_text()) == {"data": str(tmp_path)}
+    assert compare_models({"b": {"msa": 0.5}}, tmp_path, "lone").settings_path is None
+    (tmp_path / "lone.csv").unlink()
+    (tmp_path / "lone.png").unlink()
+    (tmp_path / "solo.json").write_text("{}")  # a lone settings file takes its name too
+    assert compare_models({"c": {"msa": 0.5}}, tmp_path, "solo").csv_path.name == "solo-2.csv"
+
+
+def test_settings_that_are_not_json_write_nothing(tmp_path):
+    with pytest.raises(TypeError, match="settings must be JSON data"):
+        compare_models({"a": {"msa": 0.5}}, tmp_path, "cmp", settings={"clicks": object()})
+    with pytest.raises(TypeError, match="settings must be JSON data"):
+        compare_models({"a": {"msa": 0.5}}, tmp_path, "cmp", settings={"iou": float("nan")})
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_compare_models_takes_evaluation_objects(tmp_path):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -144,9 +144,9 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def _normalised(pairs: list) -> tuple[list, list]:
-    """The SAM-ready (H, W, 3) uint8 images and the labels of the pairs with objects,
-    checked; each pair's own pixels are let go (taken out of ``pairs``) once normalised.
+def _normalised(pairs: list) -> tuple[list, list, list[str]]:
+    """The SAM-ready (H, W, 3) uint8 images, the labels and the names of the pairs with
+    objects, checked; each pair's own pixels are let go (taken out of ``pairs``) once normalised.
 
     Pairs without any object (an empty field of view, or an image not annotated yet)
     are left out and named, as in training; ``ValueError`` naming them if none is left.
@@ -156,7 +156,7 @@ def _normalised(pairs: list) -> tuple[list, list]:
     from napari_samtune.core.data import normalise_pair, pieces_apart
     from napari_samtune.core.label_files import describe_names
 
-    images, labels, left_out = [], [], []
+    images, labels, names, left_out = [], [], [], []
     for index, pair in enumerate(pairs):
         pairs[index] = None
         image, label = normalise_pair(pair)
@@ -167,6 +167,7 @@ def _normalised(pairs: list) -> tuple[list, list]:
             continue
         images.append(image)
         labels.append(label)
+        names.append(pair.name)
     if not images:
         raise ValueError(
             f"evaluation data: none of the {len(left_out)} pair(s) has any object (their "
@@ -178,7 +179,7 @@ def _normalised(pairs: list) -> tuple[list, list]:
             f"evaluation data: left out {len(left_out)} pair(s) without any object (labels "
             f"all 0): {describe_names(left_out)}"
         )
-    return images, labels
+    return images, labels, names
 
 
 def check_models(models: list[str], show_progress: bool = True) -> None:
@@ -256,15 +257,17 @@ def _run(args: argparse.Namespace) -> int:
     pairs = read_annotated(
         args.images, args.labels, "evaluation", args.skip_unpaired, True, channels
     )
-    images, labels = _normalised(pairs)  # all checked before any model is loaded
+    images, labels, used = _normalised(pairs)  # all checked before any model is loaded
     check_models(args.model, not args.no_progress)
     results = {}
     names = _unique_names(args.model)
+    measured = {"device": device, "pairs": used, "models": {}}
     try:
         for name, model in zip(names, args.model, strict=True):
             loaded = load_model(model, device=device)  # downloaded by check_models
             print(f"evaluating {name} on {len(images)} images ...", file=sys.stderr, flush=True)
             auto = auto_config_for(loaded.architecture.img_size, args)
+            measured["models"][name] = _model_record(model, loaded, auto)
             with optional_bar(not args.no_progress, f"evaluating {name}", "image") as bar:
                 (bar or no_progress)(0, len(images))
                 results[name] = model_metrics(
@@ -272,13 +275,15 @@ def _run(args: argparse.Namespace) -> int:
                     args.max_objects, device, progress=bar,
                 )  # fmt: skip
     except (Exception, KeyboardInterrupt):
-        _keep_finished(results, names, args)  # then the error or the interrupt is said
+        _keep_finished(results, names, args, measured)  # then the error or interrupt is said
         raise
-    _report(results, args)
+    _report(results, args, measured)
     return 0
 
 
-def _keep_finished(results: dict, names: list[str], args: argparse.Namespace) -> None:
+def _keep_finished(
+    results: dict, names: list[str], args: argparse.Namespace, measured: dict
+) -> None:
     """A model failed to load or evaluate, or Ctrl+C came, after others were evaluated:
     their results are written and printed (the models not done named), not thrown away
     (minutes to hours of a large model's work)."""
@@ -290,14 +295,15 @@ def _keep_finished(results: dict, names: list[str], args: argparse.Namespace) ->
         f"{', '.join(map(repr, results))} are kept:",
         file=sys.stderr,
     )
-    _report(results, args)
+    _report(results, args, measured)
 
 
-def _report(results: dict, args: argparse.Namespace) -> None:
+def _report(results: dict, args: argparse.Namespace, measured: dict) -> None:
     """Write the comparison files and print the table and the click curves."""
     from napari_samtune.core.evaluate import compare_models
 
-    files = compare_models(results, args.out, "evaluation")  # a rerun: evaluation-2, ...
+    settings = evaluation_settings(args, measured, list(results))
+    files = compare_models(results, args.out, "evaluation", settings=settings)  # or -2, ...
     print(format_table(results))
     print(f"iterative prompting (IoU after 0..{args.clicks} clicks):")
     for name, metrics in results.items():
@@ -305,4 +311,46 @@ def _report(results: dict, args: argparse.Namespace) -> None:
             metrics[f"iou_after_{k}_clicks"] for k in range(1, args.clicks + 1)
         ]
         print(f"  {name}: " + " ".join(f"{v:.3f}" for v in curve))
-    print(f"wrote {files.csv_path} and {files.png_path}")
+    print(f"wrote {files.csv_path}, {files.png_path} and {files.settings_path}")
+
+
+def _model_record(model: str, loaded, auto: AutoSegmentConfig) -> dict:
+    """What identifies an evaluated model and how its automatic segmentation was set."""
+    return {
+        "given": model,
+        "model_id": loaded.model_id,  # the weights' content id: same id, same weights
+        "file": None if loaded.path is None else str(Path(loaded.path).absolute()),
+        "architecture": loaded.architecture.name,
+        "automatic": asdict(auto),
+    }
+
+
+def evaluation_settings(args: argparse.Namespace, measured: dict, names: list[str]) -> dict:
+    """How ``samtune evaluate`` measured the models in ``names`` (those with results; the
+    device, pairs and models' records in ``measured``), for
+    ``evaluation.json`` beside the table: the data, the models' weights, the prompts and
+    the versions, so that a row can be told apart from one measured otherwise."""
+    import platform
+    from datetime import datetime, timezone
+    from importlib.metadata import version
+
+    import torch
+
+    return {
+        "command": "samtune evaluate",
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "images": [str(Path(p).absolute()) for p in args.images],
+        "labels": [str(Path(p).absolute()) for p in args.labels],
+        "pairs": measured["pairs"],
+        "channel_axis": args.channel_axis,
+        "channels": None if args.channels is None else list(args.channels),
+        "corrective_clicks": args.clicks,
+        "max_objects_per_image": args.max_objects,
+        "device": measured["device"],
+        "models": {name: measured["models"][name] for name in names},
+        "versions": {
+            "napari-samtune": version("napari-samtune"),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+    }

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from collections.abc import Mapping
@@ -18,6 +19,9 @@ from typing import Any
 import numpy as np
 
 from napari_samtune.core.checkpoints import atomic_write, check_output_folder, first_free
+
+# The files of one comparison: a free name is one that none of them has.
+OUTPUT_SUFFIXES = (".csv", ".png", ".json")
 
 # Metrics drawn in the comparison chart: (summary key, axis label).
 CHART_METRICS: tuple[tuple[str, str], ...] = (
@@ -34,6 +38,7 @@ class ComparisonFiles:
 
     csv_path: Path  # one row per model, one column per metric
     png_path: Path  # grouped bar chart of CHART_METRICS
+    settings_path: Path | None = None  # how the metrics were measured, when given
 
 
 def _metric_dict(name: str, metrics: Any) -> dict[str, float]:
@@ -129,6 +134,7 @@ def compare_models(
     output_dir: str | Path,
     name: str = "model_comparison",
     overwrite: bool = False,
+    settings: Mapping[str, Any] | None = None,
 ) -> ComparisonFiles:
     """Write a CSV of every model's metrics and a grouped bar chart (mSA, SA50, box/point IoU).
 
@@ -143,6 +149,9 @@ def compare_models(
             ``<name>.csv`` or ``<name>.png`` is there already (an earlier comparison), the
             first free ``<name>-2``, ``<name>-3``, ... is used, unless ``overwrite``; the
             returned paths say which.
+        settings: how the metrics were measured (data, models, prompts, versions), written
+            as ``<name>.json`` beside the table: a CSV row alone cannot be reproduced or
+            told apart from a row measured with other settings.
     """
     if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
         raise ValueError(
@@ -165,8 +174,32 @@ def compare_models(
     if not overwrite:
         name = first_free(
             name,
-            lambda stem: any((output_dir / f"{stem}{ext}").exists() for ext in (".csv", ".png")),
+            lambda stem: any((output_dir / f"{stem}{ext}").exists() for ext in OUTPUT_SUFFIXES),
+        )
+    settings_path = None
+    if settings is not None:  # first: settings that are not JSON write no table either
+        text = _settings_json(settings)
+        settings_path = atomic_write(
+            output_dir / f"{name}.json", lambda tmp: tmp.write_text(text, encoding="utf-8")
         )
     csv_path = atomic_write(output_dir / f"{name}.csv", lambda tmp: _write_csv(tmp, table, columns))
     png_path = atomic_write(output_dir / f"{name}.png", lambda tmp: _write_chart(tmp, table, chart))
-    return ComparisonFiles(csv_path, png_path)
+    return ComparisonFiles(csv_path, png_path, settings_path)
+
+
+def _settings_json(settings: Mapping[str, Any]) -> str:
+    """``settings`` as indented JSON (paths as strings); ``TypeError`` naming what is not."""
+    if not isinstance(settings, Mapping):
+        raise TypeError(f"settings is a {type(settings).__name__}; pass a dict or None")
+    try:
+        return json.dumps(settings, indent=2, default=_path_text, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"settings must be JSON data (str, numbers, lists, dicts, paths): {err}"
+        ) from None
+
+
+def _path_text(value: object) -> str:
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{type(value).__name__} {value!r} is not JSON data")
