@@ -69,6 +69,8 @@ def test_train_export_and_resume_from_the_command_line(tmp_path, folders, capsys
     assert "warning: 3 of 3 validation pair(s) are also training pairs" in err
     assert f"exported model: {out / 'model.pth'}" in printed
     assert "time to best epoch" in printed and "registered model: run" in printed
+    assert re.search(r"^before training: val_iou_box=\d\.\d{4} .*val_iou=\d", printed, re.M)
+    assert re.search(r"^best val_iou \d\.\d{4} at epoch \d \(\d\.\d{4} before", printed, re.M)
     saved = json.loads((out / "config.json").read_text())
     assert (saved["epochs"], saved["freeze"], saved["preset"]) == (2, ["image_encoder"], "cpu-16gb")
     assert (saved["n_objects_per_batch"], saved["learning_rate"]) == (2, 3e-3)

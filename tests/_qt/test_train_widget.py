@@ -109,9 +109,9 @@ def test_train_two_epochs_then_annotate_with_the_new_model(qtbot, docked, notifi
     assert "epoch 1/2" in epochs_seen[0][1] and "ETA" in epochs_seen[0][1]
     plot = widget.plot
     assert plot.epochs == [1, 2] and len(plot.step_losses) == 2 * steps
-    assert len(plot.metric_values) == 2 and all(np.isfinite(plot.metric_values))
+    assert plot.metric_epochs == [0, 1, 2] and all(np.isfinite(plot.metric_values))
     assert [len(line.get_xdata()) for line in plot.loss_axes.lines] == [2 * steps, 2]
-    assert len(plot.metric_axes.lines[0].get_ydata()) == 2
+    assert len(plot.metric_axes.lines[0].get_ydata()) == 3  # from the score before training
 
     result = finished.args[0]
     assert not result.stopped_by_user and result.epochs_done == 2
@@ -129,6 +129,26 @@ def test_train_two_epochs_then_annotate_with_the_new_model(qtbot, docked, notifi
     for name, data in before.items():  # the user's layers are untouched
         np.testing.assert_array_equal(viewer.layers[name].data, data)
     assert max_lag < 0.2, f"the event loop was blocked for {max_lag * 1000:.0f} ms"
+
+
+def test_a_model_no_better_than_before_training_is_said_to_be(
+    qtbot, docked, notifications, monkeypatch
+):
+    from napari_samtune.core.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", lambda self, batches, epoch: 0.5)
+    _, _, widget = docked
+    formats = []
+    widget.training_started.connect(lambda _e: formats.append(widget.progress_bar.format()))
+    with qtbot.waitSignal(widget.training_finished, timeout=WAIT_MS) as finished:
+        widget.start()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=WAIT_MS)
+    result = finished.args[0]
+    assert formats == ["scoring the model before training on 1 validation image(s)"]
+    assert widget.plot.metric_epochs[0] == 0
+    assert widget.plot.metric_values[0] == result.start_metric == result.best_metric
+    assert f"val_iou {result.start_metric:.3f} before training" in widget.result_label.text()
+    assert any("scores no better on the validation images" in m for m in notifications)
 
 
 def test_stop_mid_run_leaves_a_loadable_model(qtbot, docked, tmp_path, notifications):

@@ -81,9 +81,9 @@ def test_events_arrive_in_order_and_the_export_is_usable(tmp_path, data):
 
     events = list(iter_train(_config(), *data, out_dir=tmp_path / "run1"))
     kinds = [type(e).__name__ for e in events]
-    assert kinds == ["TrainingStarted"] + (["StepDone"] * 3 + ["EpochDone"]) * 2 + [
-        "TrainingFinished"
-    ]
+    assert kinds == ["TrainingStarted", "StartValidated"] + (
+        ["StepDone"] * 3 + ["EpochDone"]
+    ) * 2 + ["TrainingFinished"]
     started, finished = events[0], events[-1]
     assert isinstance(started, TrainingStarted) and isinstance(finished, TrainingFinished)
     assert (started.config.patch_size, started.config.device) == (256, "cpu")
@@ -141,6 +141,8 @@ def test_stop_and_resume_continue_exactly(tmp_path, data, interruption):
     a, b = _weights(straight.last_checkpoint_path), _weights(resumed.last_checkpoint_path)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], _weights(first.last_checkpoint_path)[k]) for k in a)
+    # the score before training, measured by the first session, is the resumed run's too
+    assert 0 <= straight.start_metric == first.start_metric == resumed.start_metric
 
 
 def test_a_run_resumed_in_its_folder_updates_its_registered_model(tmp_path, data):

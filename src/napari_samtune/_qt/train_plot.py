@@ -101,6 +101,13 @@ class TrainingPlotWidget(QWidget):
                 self.best_epoch = epoch
         self._update()
 
+    def add_start(self, metric: float) -> None:
+        """The validation IoU of the model before training, drawn at epoch 0: where the
+        epochs' curve starts from."""
+        self.metric_epochs.insert(0, 0)
+        self.metric_values.insert(0, float(metric))
+        self._update()
+
     def _update(self) -> None:
         lines = self._lines
         lines["steps"].set_data(self.step_x, self.step_losses)

@@ -23,7 +23,13 @@ from napari_samtune._qt.train_run import (
 )
 from napari_samtune._qt.workers import user_message
 from napari_samtune.core.fetch import DownloadStopped
-from napari_samtune.core.train import EpochDone, StepDone, TrainingFinished, TrainingStarted
+from napari_samtune.core.train import (
+    EpochDone,
+    StartValidated,
+    StepDone,
+    TrainingFinished,
+    TrainingStarted,
+)
 from napari_samtune.core.train_export import RunFiles
 
 
@@ -46,6 +52,8 @@ class TrainProgressMixin:
             self._on_epoch(event)
         elif isinstance(event, TrainingStarted):
             self._on_started(event)
+        elif isinstance(event, StartValidated):
+            self._on_start_validated(event)
         elif isinstance(event, TrainingFinished):
             self._on_finished(event)
 
@@ -56,6 +64,10 @@ class TrainProgressMixin:
         self.progress_bar.setRange(0, max(total, 1))
         self.progress_bar.setValue(0)
         self.progress_bar.setFormat(f"epoch {event.start_epoch + 1}/{event.config.epochs}")
+        if event.validates_start:
+            self.progress_bar.setFormat(
+                f"scoring the model before training on {event.n_val} validation image(s)"
+            )
         if not (self.stop_event and self.stop_event.is_set()):  # keep saying it is stopping
             self.status_label.setText(
                 f"training on {event.device}: {event.n_train} training and {event.n_val} "
@@ -69,6 +81,15 @@ class TrainProgressMixin:
         for note in event.notes:
             show_warning(note)
         self.training_started.emit(event)
+
+    def _on_start_validated(self, event: StartValidated) -> None:
+        self.plot.add_start(event.metric)
+        if self.started is not None:
+            self.progress_bar.setFormat(f"epoch 1/{self.started.config.epochs}")
+        if not (self.stop_event and self.stop_event.is_set()):
+            self.status_label.setText(
+                f"validation IoU before training: {event.metric:.3f} (what the epochs must beat)"
+            )
 
     def _show_new_run(self, epochs: int) -> None:
         """The last run's plot and result line give way to this run's, once it has begun:
@@ -126,6 +147,8 @@ class TrainProgressMixin:
         message = event.outcome_message() + where
         self.result_label.setText(message)
         show_info(message)
+        if event.no_better_message():
+            show_warning(event.no_better_message())
         self.training_finished.emit(event)
 
     def _on_error(self, error: BaseException) -> None:

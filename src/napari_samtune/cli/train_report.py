@@ -4,6 +4,7 @@ instead)."""
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import sys
@@ -111,15 +112,22 @@ def print_summary(finished) -> None:
     elif finished.stopped_early:
         print("stopped early: no improvement")
     if finished.best_epoch is not None:  # none when stopped within the first epoch
+        before = (
+            f" ({finished.start_metric:.4f} before training)"
+            if math.isfinite(finished.start_metric)
+            else ""
+        )
         print(
             f"best {finished.metric_name} {finished.best_metric:.4f} at epoch "
-            f"{finished.best_epoch + 1}"
+            f"{finished.best_epoch + 1}{before}"
         )
         print(f"time to best epoch: {finished.time_to_best_s:.1f} s")
     print(f"total training time: {finished.total_time_s:.1f} s")
     print(f"last checkpoint: {finished.last_checkpoint_path}")
     print(f"registered model: {finished.registered_name}")
     print(f"exported model: {finished.exported_model_path}")
+    if finished.no_better_message():
+        print(f"warning: {finished.no_better_message()}", file=sys.stderr, flush=True)
     if finished.stopped_by_user and torchrun_world_size() > 1:
         print(TORCHRUN_STOP_NOTE, file=sys.stderr, flush=True)
 

@@ -1,7 +1,8 @@
 """Finetune SAM on annotated images: a generator of training events.
 
 :func:`iter_train` runs a whole training and yields small frozen events
-(:class:`TrainingStarted`, :class:`StepDone` after every optimizer step,
+(:class:`TrainingStarted`, :class:`StartValidated` (a fresh run with validation data
+scores the model it starts from), :class:`StepDone` after every optimizer step,
 :class:`EpochDone` with validation metrics and checkpoint, :class:`TrainingFinished`);
 :func:`train` drains it for scripts and the command line, and the napari
 widget wraps the same generator in a thread worker. Stopping is cooperative:
@@ -30,6 +31,7 @@ from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.run_data import TrainData
 from napari_samtune.core.train_events import (
     EpochDone,
+    StartValidated,
     StepDone,
     TrainEvent,
     TrainingFinished,
@@ -39,6 +41,7 @@ from napari_samtune.core.trainer import Trainer
 
 __all__ = [
     "EpochDone",
+    "StartValidated",
     "StepDone",
     "TrainData",
     "TrainEvent",
@@ -170,6 +173,8 @@ def train(
         if isinstance(event, TrainingStarted) and ddp.is_main_process():
             for message in event.data_warnings():
                 warnings.warn(message, UserWarning, stacklevel=2)
+        if isinstance(event, TrainingFinished) and event.no_better_message():
+            warnings.warn(event.no_better_message(), UserWarning, stacklevel=2)
         finished = event
     return finished
 
@@ -197,10 +202,18 @@ def with_progress(
                     shown.close()
                     shown = None
                 print(epoch_line(event, epochs), flush=True)
+            elif isinstance(event, StartValidated):
+                print(start_line(event), flush=True)
             yield event
     finally:
         if shown is not None:
             shown.close()
+
+
+def start_line(event: StartValidated) -> str:
+    """One line for the model the run starts from: its validation metrics, time."""
+    values = " ".join(f"{k}={v:.4f}" for k, v in event.val_metrics.items())
+    return f"before training: {values} {event.seconds:.1f}s"
 
 
 def epoch_line(event: EpochDone, epochs: int) -> str:

@@ -32,6 +32,7 @@ class TrainingStarted:
     val_same_images: tuple[str, ...] = ()  # validation pairs of a training image, other labels
     notes: tuple[str, ...] = ()  # what else the person training should know (shown as warnings)
     blank: tuple[str, ...] = ()  # pairs (training or validation) whose image is one value
+    validates_start: bool = False  # StartValidated comes next: the starting model is scored
 
     def left_out_message(self) -> str:
         """``"left out 2 pair(s) without any object (labels all 0): a, b"``; "" if none."""
@@ -105,6 +106,16 @@ class StepDone:
 
 
 @dataclass(frozen=True)
+class StartValidated:
+    """The model a fresh run starts from, scored on the validation images before its first
+    step: what its epochs have to beat."""
+
+    val_metrics: dict[str, float]  # as EpochDone.val_metrics
+    metric: float  # val_iou
+    seconds: float  # wall time of the validation
+
+
+@dataclass(frozen=True)
 class EpochDone:
     epoch: int  # 0-based epoch just finished
     train_loss: float  # mean training loss of the epoch, all ranks
@@ -142,6 +153,8 @@ class TrainingFinished:
     steps_per_epoch: int = 0
     export_note: str = ""  # why the model holds other weights than the best epoch's ("": it
     # does not)
+    start_metric: float = math.nan  # val_iou of the model before the run's first step (NaN:
+    # not measured: no validation data, or a run begun by an older version)
 
     def outcome_message(self) -> str:
         """How the run ended, and where its model is, in one sentence."""
@@ -165,7 +178,33 @@ class TrainingFinished:
         note = f"; {self.export_note}" if self.export_note else ""
         return (
             f"training {how} after {self.trained_summary()}: model "
-            f"{self.registered_name!r}{taken} saved to {self.exported_model_path}{note}"
+            f"{self.registered_name!r}{taken} saved to {self.exported_model_path}"
+            f"{self._gain()}{note}"
+        )
+
+    def _gain(self) -> str:
+        """``" (val_iou 0.412 before training, 0.705 at its best epoch)"``; "" unmeasured."""
+        if not (math.isfinite(self.start_metric) and self.best_epoch is not None):
+            return ""
+        return (
+            f" ({self.metric_name} {self.start_metric:.3f} before training, "
+            f"{self.best_metric:.3f} at its best epoch)"
+        )
+
+    def no_better_message(self) -> str:
+        """The warning that the saved model scores no better on the validation images than
+        the model the run started from, with what to do; "" when it scores better (or
+        either was not measured)."""
+        if not self._gain() or self.exported_model_path is None:
+            return ""
+        if self.best_metric > self.start_metric:
+            return ""
+        return (
+            f"the finetuned model {self.registered_name!r} scores no better on the validation "
+            f"images than the model it started from ({self.metric_name} "
+            f"{self.best_metric:.3f} at its best epoch, {self.start_metric:.3f} before "
+            "training): keep using that one; to gain from finetuning, annotate more images, "
+            "or train longer or with a lower learning rate"
         )
 
     def trained_summary(self) -> str:
@@ -185,7 +224,7 @@ class TrainingFinished:
         return f"{epochs} and {steps}" if n else steps
 
 
-TrainEvent = TrainingStarted | StepDone | EpochDone | TrainingFinished
+TrainEvent = TrainingStarted | StartValidated | StepDone | EpochDone | TrainingFinished
 
 
 @dataclass
@@ -202,3 +241,4 @@ class Progress:
     epoch_loss_count: int = 0
     elapsed_s: float = 0.0  # training time of earlier sessions (resume)
     time_to_best_s: float = 0.0
+    start_metric: float = math.nan  # val_iou before the first step (NaN: not measured)

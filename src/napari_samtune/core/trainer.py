@@ -41,6 +41,7 @@ from napari_samtune.core.train_checkpoints import (
 from napari_samtune.core.train_embeddings import EmbeddingLRU, stored_embeddings
 from napari_samtune.core.train_events import (
     EpochDone,
+    StartValidated,
     StepDone,
     TrainEvent,
     TrainingStarted,
@@ -195,7 +196,10 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
         self._restore_metrics()
         on_cpu_fast = self.config.fast_attention and self.device.type == "cpu"
         with keep_freed_memory() if on_cpu_fast else nullcontext():
-            yield self._started()
+            validates_start = self._validates_start()
+            yield self._started(validates_start)
+            if validates_start:
+                yield self._validate_start()
             while self.progress.epoch < self.config.epochs:
                 yield from self._train_epoch()
                 if self.stopped_by_user:
@@ -205,7 +209,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
                     break
             yield self._finish()
 
-    def _started(self) -> TrainingStarted:
+    def _started(self, validates_start: bool) -> TrainingStarted:
         return TrainingStarted(
             config=self.config,
             n_train=len(self.train_images),
@@ -222,7 +226,23 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
             val_same_images=self.val_same_images,
             notes=tuple(self.notes),
             blank=blank_images([*self.train_images, *self.val_images]),
+            validates_start=validates_start,
         )
+
+    def _validates_start(self) -> bool:
+        """A fresh run with validation data scores the model it starts from first (a stop
+        pressed while loading skips it): what its epochs must beat to be worth using."""
+        p = self.progress
+        fresh = p.global_step == 0 and p.epoch == 0 and math.isnan(p.start_metric)
+        return fresh and self.has_validation and not self._stop_requested()
+
+    def _validate_start(self) -> StartValidated:
+        start = time.perf_counter()
+        metrics = self._validate()
+        seconds = time.perf_counter() - start
+        self.val_seconds.append(seconds)  # the epochs' validations take as long: the ETA
+        self.progress.start_metric = metrics["val_iou"]
+        return StartValidated(metrics, metrics["val_iou"], seconds)
 
     def _train_epoch(self) -> Iterator[StepDone]:
         epoch = self.progress.epoch

@@ -256,6 +256,7 @@ class TrainerFilesMixin:
             steps_in_epoch=p.step_in_epoch,
             steps_per_epoch=self.steps_per_epoch,
             export_note=export_note,
+            start_metric=p.start_metric,
         )
         if self.dist.is_main and trained:  # an earlier summary names the registered model
             # its paths whole: read from another folder, relative ones would name nothing

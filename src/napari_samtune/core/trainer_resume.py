@@ -61,6 +61,7 @@ class TrainerResumeMixin:
                 f"session by {self._metric_name()}: its best epoch is chosen anew"
             )
         p.best_metric, p.best_epoch, p.epochs_without_improvement = -math.inf, -1, 0
+        p.start_metric = math.nan  # of another metric, or of none
 
     def _keep_validation_split(self, checkpoint: dict | None) -> None:
         """A run resumed with its validation held out of its training images holds out the
@@ -117,6 +118,7 @@ class TrainerResumeMixin:
             "chosen anew"
         )
         p.best_metric, p.best_epoch, p.epochs_without_improvement = -math.inf, -1, 0
+        p.start_metric = math.nan  # scored on the other images
 
     def _restart_epoch_for(self, summary: dict, saved: TrainConfig) -> bool:
         """A run stopped mid-epoch with another number of processes, or another number of

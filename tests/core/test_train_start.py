@@ -1,0 +1,120 @@
+"""A fresh run with validation data scores the model it starts from before its first step,
+and says whether the model it saved does better: a finetuned model that scores no better
+than its base was registered without a word."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+
+import pytest
+
+from napari_samtune.core.presets import TrainConfig
+from napari_samtune.core.synthetic import SyntheticStyle, make_dataset
+from napari_samtune.core.train import (
+    EpochDone,
+    StartValidated,
+    StepDone,
+    TrainingStarted,
+    iter_train,
+    train,
+)
+from napari_samtune.core.trainer import Trainer
+
+ONE_OBJECT = SyntheticStyle(n_objects=(1, 1), radius=(20.0, 36.0), noise=0.02)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_dataset(3, shape=(96, 112), seed=0), make_dataset(1, shape=(96, 96), seed=50)
+
+
+def _config(**changes) -> TrainConfig:
+    base = TrainConfig(
+        model="random:tiny",
+        epochs=2,
+        learning_rate=3e-3,
+        n_objects_per_batch=2,
+        min_samples_per_epoch=3,
+        n_iterative_prompts=1,
+        mixed_precision="no",
+        early_stopping=None,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+@pytest.fixture
+def steps_change_nothing(monkeypatch):
+    """Optimizer steps that leave the weights as they are: a run that cannot improve."""
+    monkeypatch.setattr(Trainer, "_optimizer_step", lambda self, batches, epoch: 0.5)
+
+
+def test_the_starting_model_is_scored_as_the_epochs_are(tmp_path, data, steps_change_nothing):
+    events = list(iter_train(_config(epochs=1), *data, out_dir=tmp_path / "run"))
+    started, start = events[0], events[1]
+    assert isinstance(started, TrainingStarted) and started.validates_start
+    assert isinstance(start, StartValidated) and start.seconds > 0
+    (epoch,) = [e for e in events if isinstance(e, EpochDone)]
+    assert start.val_metrics == epoch.val_metrics  # same weights, same validation
+    assert start.metric == start.val_metrics["val_iou"] == events[-1].start_metric
+
+
+def test_a_model_no_better_than_its_start_is_said_to_be(tmp_path, data, steps_change_nothing):
+    with pytest.warns(UserWarning, match="scores no better on the validation images") as said:
+        finished = train(_config(epochs=1), *data, out_dir=tmp_path / "run")
+    assert finished.registered_name == "run"  # kept: the user decides
+    message = str(said[0].message)
+    assert f"val_iou {finished.best_metric:.3f} at its best epoch" in message
+    assert "annotate more images" in message
+    before = f"val_iou {finished.start_metric:.3f} before training"
+    assert before in finished.outcome_message()
+
+
+def test_a_model_that_learned_is_not_warned_about(tmp_path):
+    train_data = make_dataset(4, shape=(128, 128), style=ONE_OBJECT, seed=0)
+    val_data = make_dataset(2, shape=(128, 128), style=ONE_OBJECT, seed=100)
+    config = _config(epochs=3, n_objects_per_batch=1, min_samples_per_epoch=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning at all
+        finished = train(config, train_data, val_data, out_dir=tmp_path / "learn")
+    assert finished.best_metric > finished.start_metric + 0.1
+    assert finished.no_better_message() == ""
+    assert "before training" in finished.outcome_message()
+
+
+def test_without_validation_data_nothing_is_scored_first(tmp_path, data):
+    config = _config(epochs=1, val_fraction=0.0)
+    events = list(iter_train(config, data[0], out_dir=tmp_path / "run"))
+    assert not events[0].validates_start
+    assert isinstance(events[1], StepDone)
+    finished = events[-1]
+    assert math.isnan(finished.start_metric) and "before training" not in (
+        finished.outcome_message()
+    )
+
+
+def test_a_stop_before_the_start_skips_its_scoring(tmp_path, data):
+    import threading
+
+    stop = threading.Event()
+    stop.set()
+    events = list(iter_train(_config(), *data, out_dir=tmp_path / "run", stop_event=stop))
+    assert [type(e).__name__ for e in events] == ["TrainingStarted", "TrainingFinished"]
+
+
+def test_a_resume_that_drops_validation_forgets_the_start_score(tmp_path, data):
+    """The start was scored by val_iou; without validation data the best is chosen by the
+    training loss, which the start's score cannot be compared with."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # whether one epoch beat the start does not matter
+        first = train(_config(epochs=1), *data, out_dir=tmp_path / "run")
+    assert math.isfinite(first.start_metric)
+    resumed = train(
+        _config(epochs=2, val_fraction=0.0),
+        data[0],
+        out_dir=tmp_path / "run",
+        resume_from=first.last_checkpoint_path,
+    )
+    assert resumed.metric_name == "negative train loss" and math.isnan(resumed.start_metric)
+    assert resumed.no_better_message() == ""
