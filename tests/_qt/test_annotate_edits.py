@@ -63,6 +63,43 @@ def test_undo_leaves_brush_strokes_made_after_the_commit(viewer_widget, drain_jo
     assert widget.session.records == []
 
 
+def test_an_object_deleted_by_hand_keeps_its_id_from_the_next_commit(viewer_widget, drain_jobs):
+    """Its id went to the next object, and the saved record of the deleted object's prompt
+    then described the new one."""
+    _, widget = viewer_widget
+    session = widget.session
+    shape = session.annotations.shape
+    squares = [np.zeros(shape, np.uint32) for _ in range(3)]
+    for k, square in enumerate(squares):
+        square[10 + 60 * k : 50 + 60 * k, 10:50] = 1
+    assert session.add_labels({None: squares[0]}, False, "test", "m") == [1]
+    assert session.add_labels({None: squares[1]}, False, "test", "m") == [2]
+    session.layers.annotations.fill((80, 20), 0)  # the bucket, with 0: object 2 deleted
+    assert not (session.annotations == 2).any()
+    assert session.add_labels({None: squares[2]}, False, "test", "m") == [3]
+    assert [record["ids"] for record in session.records] == [[1], [2], [3]]
+    np.testing.assert_array_equal(session.annotations == 3, squares[2] == 1)
+
+
+def test_undo_of_an_overwrite_leaves_an_object_relabelled_by_hand_whole(viewer_widget, drain_jobs):
+    """Undoing a write over half of an object relabelled by hand since put that half back
+    under its old id: one object with two ids, saved so."""
+    _, widget = viewer_widget
+    session = widget.session
+    shape = session.annotations.shape
+    first, second = np.zeros(shape, np.uint32), np.zeros(shape, np.uint32)
+    first[10:50, 10:50] = 1
+    second[30:70, 10:50] = 1  # the lower half of the first, and below it
+    assert session.add_labels({None: first}, False, "test", "m") == [1]
+    assert session.add_labels({None: second}, True, "test", "m") == [2]
+    session.layers.annotations.fill((15, 15), 7)  # the rest of object 1, relabelled
+    assert widget.undo()
+    drain_jobs(widget)
+    after = session.annotations
+    assert (after[10:30, 10:50] == 7).all() and (after[30:50, 10:50] == 0).all()
+    assert set(np.unique(after)) == {0, 7}
+
+
 def test_a_commit_while_automatic_segmentation_runs_undoes_on_its_own(
     viewer_widget, drain_jobs, gated_automatic, notifications
 ):

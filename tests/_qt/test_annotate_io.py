@@ -46,6 +46,66 @@ def test_undo_reverts_only_pixels_that_still_hold_what_the_edit_wrote():
     np.testing.assert_array_equal(labels, expected)
 
 
+def _cover_half_of_object_3():
+    """Labels with object 3 on the top rows; an undoable edit that covered half of it."""
+    labels = np.zeros((6, 6), dtype=np.uint32)
+    labels[0:2, :] = 3
+    objects = np.zeros((6, 6), dtype=np.uint32)
+    objects[0:4, 0:3] = 1
+    entry = UndoEntry()
+    assert write_objects(labels, {None: objects}, overwrite=True, entry=entry) == [4]
+    entry.note_survivors(labels)
+    return labels, entry
+
+
+@pytest.mark.parametrize("by_hand", [0, 7])  # deleted; relabelled (the fill bucket)
+def test_undo_does_not_bring_back_an_object_removed_by_hand_since(by_hand):
+    """Undo put the covered half back as object 3 beside the object the person had
+    relabelled (one object, two ids), or brought back one they had deleted."""
+    labels, entry = _cover_half_of_object_3()
+    labels[labels == 3] = by_hand
+    entry.restore(labels)
+    assert not (labels == 3).any() and not (labels == 4).any()
+    assert (labels[0:2, 3:] == by_hand).all() and (labels[0:2, 0:3] == 0).all()
+
+
+def test_undo_brings_back_an_object_the_edit_covered_whole_or_left_alone():
+    labels, entry = _cover_half_of_object_3()
+    entry.restore(labels)
+    assert (labels[0:2, :] == 3).all() and labels[2:].max() == 0
+    labels = np.zeros((6, 6), dtype=np.uint32)
+    labels[0, 0:2] = 2
+    entry = UndoEntry()
+    write_objects(labels, {None: np.ones((6, 6), np.uint32)}, overwrite=True, entry=entry)
+    entry.note_survivors(labels)
+    assert not (labels == 2).any()
+    entry.restore(labels)
+    assert (labels[0, 0:2] == 2).all() and labels.sum() == 4
+
+
+def test_undoing_a_loaded_file_brings_back_every_object_it_replaced():
+    before = np.arange(36, dtype=np.uint32).reshape(6, 6)  # 35 objects: ids compared sorted
+    loaded = np.zeros((6, 6), dtype=np.uint32)
+    loaded[:3] = 50
+    entry = UndoEntry()
+    entry.remember_replacement(before, loaded)
+    labels = loaded.copy()
+    entry.note_survivors(labels)
+    entry.restore(labels)
+    np.testing.assert_array_equal(labels, before)
+
+
+def test_new_objects_never_take_an_id_given_before():
+    labels = np.zeros((6, 6), dtype=np.uint32)
+    labels[0, 0] = 2
+    objects = np.zeros((6, 6), dtype=np.uint32)
+    objects[3, 3] = 1
+    assert write_objects(labels, {None: objects}, used_before=5) == [6]
+    assert write_objects(
+        labels, {None: objects.T * 0 + np.eye(6, dtype=np.uint32)}, 0, None, 2
+    ) == [7]
+
+
 def test_undo_stack_keeps_the_latest_edits():
     stack = UndoStack(depth=2)
     entries = [UndoEntry() for _ in range(3)]

@@ -126,6 +126,7 @@ class AnnotationSession:
         """Finish a group: it becomes the latest undo step (commits made while it ran come
         before it), unless it wrote nothing."""
         if entry.writes:
+            entry.note_survivors(self.annotations)
             self.undo_stack.push(entry)
 
     def _write(
@@ -138,7 +139,7 @@ class AnnotationSession:
         group: UndoEntry | None = None,
     ) -> list[int]:
         entry = UndoEntry() if group is None else group
-        ids = write_objects(self.annotations, objects, overwrite, entry)
+        ids = write_objects(self.annotations, objects, overwrite, entry, self._top_recorded())
         if not ids:
             return []
         planes = sorted({p for p in entry.planes if p is not None and p in objects})
@@ -146,10 +147,16 @@ class AnnotationSession:
         self.records.append(record)
         entry.records.append(record)
         if group is None:
+            entry.note_survivors(self.annotations)
             self.undo_stack.push(entry)
         self._annotations_written()
         brush_past(self.layers.annotations, max(ids))
         return ids
+
+    def _top_recorded(self) -> int:
+        """The largest id the records give an object (one deleted by hand since included)."""
+        ids = [i for record in self.records for i in record.get("ids", ()) if isinstance(i, int)]
+        return max(ids, default=0)
 
     def undo(self) -> UndoEntry | None:
         """Revert the last commit, automatic segmentation or loaded file; returns its entry
@@ -367,6 +374,8 @@ class AnnotationSession:
         else:
             self.undo_stack.clear()
         self.annotations[...] = labels
+        if undoable:
+            entry.note_survivors(self.annotations)
         self.records = list(record.get("objects", []))
         self.saved_to(labels_path)
         self._annotations_written()

@@ -35,13 +35,16 @@ class UndoEntry:
 
     Undo reverts only the pixels the edit wrote that still hold what it wrote: a brush
     stroke or another commit made since (automatic segmentation runs in the background
-    while the user commits) keeps its pixels.
+    while the user commits) keeps its pixels. An object the edit covered in part, deleted
+    or relabelled by hand since, is not brought back: its covered pixels become background
+    (see :meth:`note_survivors`).
     """
 
     writes: list[PixelWrite] = field(default_factory=list)
     records: list[dict] = field(default_factory=list)  # object records the edit appended
     records_before: list[dict] | None = None  # all of them, when the edit replaced them
     prompts: object = None  # a commit's KeptPrompts, which undoing it puts back
+    survivors: frozenset[int] = frozenset()  # ids it covered in part, still there after it
 
     @property
     def planes(self) -> list[Plane]:
@@ -63,14 +66,37 @@ class UndoEntry:
             if where.any():
                 self.remember(plane, where, before[where], after[where])
 
+    def note_survivors(self, labels: np.ndarray) -> None:
+        """Call once the edit is written: the ids it wrote over that ``labels`` still holds.
+        One of them gone at undo was deleted or relabelled since (by hand), so undo must not
+        bring it back; one the edit covered whole is put back."""
+        covered = np.unique(np.concatenate([w.before for w in self.writes] or [[0]]))
+        self.survivors = frozenset(present_ids(labels, covered[covered != 0]))
+
     def restore(self, labels: np.ndarray) -> None:
         """Put back the ids the edit replaced (in place), newest write first, where the
-        pixels still hold what it wrote."""
+        pixels still hold what it wrote; those of an object gone since become 0."""
+        gone = sorted(self.survivors - present_ids(labels, sorted(self.survivors)))
         for write in reversed(self.writes):
             flat = plane_view(labels, write.plane).flat
             now = flat[write.where]
             unchanged = now == write.after
-            flat[write.where[unchanged]] = write.before[unchanged]
+            back = write.before[unchanged]
+            if gone:
+                back = np.where(np.isin(back, gone), 0, back).astype(back.dtype)
+            flat[write.where[unchanged]] = back
+
+
+# Up to this many ids, present_ids compares the labels with each; more sort them once.
+FEW_IDS = 16
+
+
+def present_ids(labels: np.ndarray, ids) -> set[int]:
+    """Those of ``ids`` that ``labels`` holds somewhere."""
+    ids = [int(i) for i in ids]
+    if len(ids) <= FEW_IDS:
+        return {i for i in ids if (labels == i).any()}
+    return set(ids) & {int(i) for i in np.unique(labels)}
 
 
 class UndoStack:
@@ -104,9 +130,11 @@ def write_objects(
     objects_by_plane: Mapping[Plane, np.ndarray],
     overwrite: bool = False,
     entry: UndoEntry | None = None,
+    used_before: int = 0,
 ) -> list[int]:
-    """Write objects into ``labels`` (in place) as new ids ``max + 1, max + 2, ...`` (or,
-    where those would not fit the dtype, the lowest ids not in use).
+    """Write objects into ``labels`` (in place) as new ids ``top + 1, top + 2, ...``, where
+    ``top`` is the largest id in ``labels`` or ``used_before`` (or, where those would not
+    fit the dtype, the lowest ids not in use).
 
     Args:
         labels: uint32 (H, W) or (Z, H, W) instance labels.
@@ -116,6 +144,9 @@ def write_objects(
         overwrite: whether objects may replace pixels of existing objects; if not,
             they only fill background.
         entry: undo entry that remembers the pixels written and what they held.
+        used_before: the largest id ever given an object of these labels (an object
+            deleted since included): its id is not given to a new one, whose record
+            would then be mistaken for the deleted object's.
 
     Returns:
         The new ids that received at least one pixel, ascending.
@@ -126,7 +157,7 @@ def write_objects(
     if len(ids) == 0:
         return []
     lut = np.zeros(int(ids.max()) + 1, dtype=labels.dtype)
-    lut[ids] = _new_ids(labels, len(ids))
+    lut[ids] = _new_ids(labels, len(ids), used_before)
     written: set[int] = set()
     for plane, objects in objects_by_plane.items():
         target = plane_view(labels, plane)
@@ -143,10 +174,11 @@ def write_objects(
     return sorted(written)
 
 
-def _new_ids(labels: np.ndarray, count: int) -> np.ndarray:
-    """``count`` ids for new objects, ascending: ``max + 1, ...``; where those pass the
-    largest id the dtype holds (labels from another tool may use it), the lowest unused."""
-    first = int(labels.max(initial=0)) + 1
+def _new_ids(labels: np.ndarray, count: int, used_before: int = 0) -> np.ndarray:
+    """``count`` ids for new objects, ascending: ``max(max, used_before) + 1, ...``; where
+    those pass the largest id the dtype holds (labels from another tool may use it), the
+    lowest unused."""
+    first = max(int(labels.max(initial=0)), int(used_before)) + 1
     if first + count - 1 <= np.iinfo(labels.dtype).max:
         return np.arange(first, first + count, dtype=labels.dtype)
     used = np.unique(labels)
