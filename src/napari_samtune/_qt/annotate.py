@@ -231,6 +231,11 @@ class AnnotateWidget(
             "prompts, or select a layer of the image annotated now"
         )
 
+    def unsaved_images(self) -> list[str]:
+        """The images whose annotations have edits not in the annotation folder (made with
+        autosave unticked, or their last save failed)."""
+        return [session.image_layer.name for session in self._not_autosaved]
+
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
         self.shut_down()
         super().closeEvent(event)

@@ -339,6 +339,29 @@ def flush_autosaves(viewer) -> None:
         widget.flush_autosave()
 
 
+def unsaved_annotations_message(viewer, request: TrainRequest) -> str:
+    """The warning that a docked annotation widget holds edits not saved to a labels folder
+    this run reads (its autosave folder, e.g. through *autosaves*): the run trains on the
+    last save, not on what the viewer shows; "" when there are none."""
+    folders = [f.labels for f in (request.train_folders, request.val_folders) if f is not None]
+    read = {_resolved(folder) for folder in folders if Path(folder).is_dir()}
+    for widget in annotation_widgets(viewer):
+        names = widget.unsaved_images()
+        folder = _resolved(widget.annotation_folder())
+        if names and folder in read:
+            return (
+                f"the annotations of {', '.join(map(repr, names))} have edits not saved to "
+                f"{folder} (autosave unticked, or a save failed): this run trains on their "
+                "last save there; to train on the edits, stop, press Save now in the "
+                "annotation widget and start again"
+            )
+    return ""
+
+
+def _resolved(folder) -> Path:
+    return Path(folder).expanduser().resolve()
+
+
 def offer_model(viewer, name: str, use_it: bool) -> int:
     """Refresh the model lists of the docked annotation widgets; select + load ``name``
     when ``use_it``. A widget that keeps an older copy of ``name`` (a continued run

@@ -65,6 +65,7 @@ from napari_samtune._qt.train_run import (
     flush_autosaves,
     iter_training_job,
     run_folder,
+    unsaved_annotations_message,
 )
 from napari_samtune._qt.train_settings import READ_TASK, TrainSettingsWidget
 from napari_samtune._qt.workers import TaskRunner
@@ -238,6 +239,9 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
 
     def _train(self, request: TrainRequest, resume: Path | None):
         """Start the run's worker; returns it."""
+        unsaved = unsaved_annotations_message(self.viewer, request)
+        if unsaved:
+            show_warning(unsaved)
         if resume is None:  # chosen first in the next napari session (a continued run's is its)
             self.settings.model_picker.remember(request.config.model)
             write_setting(FINETUNE_FOLDER, str(request.out_dir.parent.resolve()))

@@ -1,0 +1,77 @@
+"""A run that reads the annotation widget's folder while the widget holds edits not saved
+there (autosave unticked) trained on the last save without a word."""
+
+from __future__ import annotations
+
+import numpy as np
+import tifffile
+
+from napari_samtune._qt import train_widget as train_widget_module
+from napari_samtune._qt.annotate import AnnotateWidget
+from napari_samtune._qt.train_folders import FolderSource
+from napari_samtune._qt.train_run import TrainRequest, unsaved_annotations_message
+from napari_samtune._qt.train_widget import TrainWidget
+from napari_samtune.core.presets import MachineResources, TrainConfig
+
+WAIT_MS = 30_000
+SMALL_CPU = MachineResources(gpu_memory_gb=None, ram_gb=16.0, n_cores=8, gpu_name=None)
+
+
+def _edited_without_autosave(viewer, qtbot, tiny_sam, drain_jobs, folder) -> AnnotateWidget:
+    """The docked widget on "cells0": object 1 autosaved to ``folder``, then object 2
+    committed with autosave unticked."""
+    widget = AnnotateWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.ui.folder_edit.setText(str(folder))
+    widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    widget.session.layers.preview.data[5:15, 5:15] = 1
+    with qtbot.waitSignal(widget.annotations_saved, timeout=WAIT_MS):
+        assert widget.commit() == [1]
+    drain_jobs(widget)
+    widget.ui.autosave_check.setChecked(False)
+    widget.session.layers.preview.data[25:35, 25:35] = 1
+    assert widget.commit() == [2]
+    drain_jobs(widget)
+    return widget
+
+
+def _request(labels_folder, images_folder) -> TrainRequest:
+    folders = FolderSource(images_folder, labels_folder)
+    config = TrainConfig(model="random:tiny")
+    return TrainRequest(config, (), folders, (), None, images_folder / "run", None)
+
+
+def test_edits_not_saved_to_the_folder_a_run_reads_are_named_at_start(
+    cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path, notifications, monkeypatch
+):
+    viewer = cells_viewer(2)
+    images = tmp_path / "images"
+    images.mkdir()
+    tifffile.imwrite(images / "cells0.tif", viewer.layers["cells0"].data)
+    folder = tmp_path / "annotations"
+    annotate = _edited_without_autosave(viewer, qtbot, tiny_sam, drain_jobs, folder)
+    assert annotate.unsaved_images() == ["cells0"]
+    message = unsaved_annotations_message(viewer, _request(folder, images))
+    assert "the annotations of 'cells0' have edits not saved to" in message
+    assert str(folder.resolve()) in message and "Save now" in message
+    assert unsaved_annotations_message(viewer, _request(tmp_path / "elsewhere", images)) == ""
+
+    started = []
+    monkeypatch.setattr(  # the run itself is not what this test is about
+        train_widget_module, "iter_training_job", lambda *args: iter(started.append(1) or ())
+    )
+    widget = TrainWidget(viewer, machine=SMALL_CPU)
+    viewer.window.add_dock_widget(widget)
+    widget._train(_request(folder, images), None)
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=WAIT_MS)
+    assert started == [1]
+    assert any("have edits not saved to" in n for n in notifications)
+
+    with qtbot.waitSignal(annotate.annotations_saved, timeout=WAIT_MS):
+        annotate.start_save_now()
+    drain_jobs(annotate)
+    assert annotate.unsaved_images() == []
+    assert unsaved_annotations_message(viewer, _request(folder, images)) == ""
+    saved = tifffile.imread(next(folder.glob("*.labels.tif")))
+    np.testing.assert_array_equal(np.unique(saved), [0, 1, 2])
