@@ -115,13 +115,13 @@ def test_a_labels_file_changed_by_another_program_is_not_overwritten(
 
 
 def test_ctrl_z_after_a_commit_does_not_put_an_older_stroke_back_over_it(
-    committed_once, drain_jobs, tmp_path
+    committed_once, drain_jobs, tmp_path, notifications
 ):
     """Commits write the annotations outside napari's undo history: Ctrl+Z after a commit
     undid the eraser stroke before it, writing object 1 back over object 2 (and saved that)."""
     from napari.utils.key_bindings import coerce_keybinding
 
-    from napari_samtune._qt.annotate_files import HISTORY_KEYS
+    from napari_samtune._qt.history_keys import HISTORY_KEYS
 
     _, widget = committed_once
     layer = widget.session.layers.annotations
@@ -137,6 +137,7 @@ def test_ctrl_z_after_a_commit_does_not_put_an_older_stroke_back_over_it(
     undo_key = next(key for key, name in HISTORY_KEYS.items() if name == "undo")
     layer.keymap[coerce_keybinding(undo_key)](layer)  # Ctrl+Z on the annotations layer
     drain_jobs(widget)
+    assert any("Ctrl+Z: no brush stroke of" in n and "U undoes" in n for n in notifications)
     np.testing.assert_array_equal(layer.data == 2, two)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "cells0.labels.tif") == 2, two)
     assert widget.undo()  # U still takes the commit back

@@ -13,7 +13,6 @@ import weakref
 from pathlib import Path
 
 import numpy as np
-from app_model.types import KeyCode, KeyMod
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QFileDialog
@@ -22,6 +21,7 @@ from napari_samtune._qt.annotate_jobs import SAVE_TASK
 from napari_samtune._qt.annotate_notes import found_where
 from napari_samtune._qt.annotate_restore import restore_pending
 from napari_samtune._qt.dock_life import closed_by_code, main_window_of
+from napari_samtune._qt.history_keys import bind_history_keys
 from napari_samtune._qt.unsaved_close import settle_unsaved
 from napari_samtune._qt.workers import user_message
 from napari_samtune.core.annotation_files import (
@@ -31,12 +31,6 @@ from napari_samtune.core.annotation_files import (
     save_annotations,
 )
 from napari_samtune.core.user_settings import ANNOTATION_FOLDER, write_setting
-
-# napari's undo and redo of a brush, fill or eraser stroke on a Labels layer (its class keys)
-HISTORY_KEYS = {
-    KeyMod.CtrlCmd | KeyCode.KeyZ: "undo",
-    KeyMod.CtrlCmd | KeyMod.Shift | KeyCode.KeyZ: "redo",
-}
 
 
 class AnnotateFilesMixin:
@@ -264,19 +258,15 @@ class AnnotateFilesMixin:
         QTimer.singleShot(0, self._autosave)
 
     def _bind_history_keys(self, annotations) -> None:
-        """napari's Ctrl+Z and Ctrl+Shift+Z on the annotations layer undo and redo a stroke
-        without a paint event: the same keys here do so and autosave it like the stroke (else
-        the file keeps the stroke undone, and restores it when the image is annotated again).
-        They hold the widget weakly and undo also once the panel is closed."""
+        """napari's Ctrl+Z and Ctrl+Shift+Z on the annotations layer, autosaved like a
+        stroke (see :func:`~napari_samtune._qt.history_keys.bind_history_keys`)."""
         widget = weakref.ref(self)
 
-        def step(layer, name: str) -> None:
-            getattr(layer, name)()
+        def stepped(layer) -> None:
             if widget() is not None:
                 widget()._on_history_step(layer)
 
-        for key, name in HISTORY_KEYS.items():
-            annotations.bind_key(key, lambda layer, name=name: step(layer, name), overwrite=True)
+        bind_history_keys(annotations, stepped)
 
     def _on_history_step(self, layer) -> None:
         """An undo or redo on ``layer``: autosaved as a stroke there would be."""
