@@ -175,6 +175,8 @@ class AnnotateWidget(
         ui.undo_button.clicked.connect(self.undo)
         ui.propagate_button.clicked.connect(self.propagate)
         ui.auto_button.clicked.connect(self.segment_automatically)
+        ui.stop_button.clicked.connect(self.stop_jobs)
+        self.runner.task_finished.connect(lambda _name=None: self._show_stoppable())
         ui.folder_button.clicked.connect(self._choose_folder)
         ui.folder_edit.editingFinished.connect(self._on_folder_edited)
         ui.save_button.clicked.connect(lambda: self.start_save_now())

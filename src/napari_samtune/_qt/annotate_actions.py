@@ -343,6 +343,12 @@ class AnnotateActionsMixin:
                 show_info(automatic_note(int(found), int(added), overwrite))
             if skipped:
                 show_warning(jobs.skipped_note(AUTO_TASK, session.image_layer.name, skipped))
+            if len(planes) > 1 and len(written) + len(skipped) < len(planes):
+                show_info(
+                    f"automatic segmentation of {session.image_layer.name!r} ended after "
+                    f"{len(written) + len(skipped)} of {len(planes)} planes; the objects "
+                    "found are kept (U undoes them all)"
+                )
             if session is self.session:
                 self._automatic_unsaved = None
                 if group.writes:  # a run that failed or found nothing leaves the files be

@@ -254,7 +254,7 @@ class AnnotateEmbeddingMixin:
             self._after_segmenter_job(on_finish)
 
         stop = threading.Event()  # set by runner.cancel: checked between tiles and batches
-        return self.runner.start(
+        worker = self.runner.start(
             name,
             job,
             self.segmenter,
@@ -268,6 +268,24 @@ class AnnotateEmbeddingMixin:
             on_error=on_error,
             on_finish=finish,
             cancel_event=stop,
+        )
+        self._show_stoppable()
+        return worker
+
+    def stop_jobs(self) -> None:
+        """Stop: the automatic segmentation, propagation or embedding running ends after
+        the tile or batch in work; the planes it finished are kept (automatic objects
+        written and saved, propagated planes in the preview to commit)."""
+        running = [name for name in SEGMENTER_TASKS if self.runner.is_running(name)]
+        for name in running:
+            self.runner.cancel(name)
+        if running:
+            self.ui.status_label.setText(f"stopping {' and '.join(running)}…")
+        self.ui.stop_button.setEnabled(False)
+
+    def _show_stoppable(self) -> None:
+        self.ui.stop_button.setEnabled(
+            any(self.runner.is_running(name) for name in SEGMENTER_TASKS)
         )
 
     def _why_dropped(self, session) -> str:

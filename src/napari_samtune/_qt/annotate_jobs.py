@@ -219,12 +219,17 @@ def iter_segment_automatically(
             yield PlaneSkipped(plane, str(err))
             continue
 
-        def steps(step: int, total: int, where: str = where) -> None:
-            report(TaskProgress(step, total, f"segmenting {where}: {step}/{total}"))
+        def steps(step: int, total: int, where: str = where, done: int = done) -> None:
+            if len(planes) == 1:
+                report(TaskProgress(step, total, f"segmenting {where}: {step}/{total}"))
+                return
+            # the bar moves within each plane too (a plane may take minutes): every plane
+            # has as many batches of points
+            of_all = f"segmenting {where} ({done + 1} of {len(planes)}): {step}/{total}"
+            report(TaskProgress(done * total + step, len(planes) * total, of_all))
 
-        shown = steps if len(planes) == 1 else None
         try:
-            labels = segmenter.segment_all(config, progress=_stop_checked(stop, shown))
+            labels = segmenter.segment_all(config, progress=_stop_checked(stop, steps))
         except JobStopped:
             return None
         yield PlaneResult(plane, np.asarray(labels, dtype=np.uint32))

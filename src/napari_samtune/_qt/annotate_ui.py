@@ -57,9 +57,15 @@ class AnnotateControls:
         layout.addWidget(self._automatic_group())
         layout.addWidget(self._files_group())
         self.progress_bar = QProgressBar()
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip(
+            "Stop the automatic segmentation, propagation or embedding running in the "
+            "background after the tile or batch in work; what it finished is kept"
+        )
+        self.stop_button.setEnabled(False)  # while one of those runs
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
-        layout.addWidget(self.progress_bar)
+        layout.addLayout(_row(self.progress_bar, self.stop_button))
         layout.addWidget(self.status_label)
         layout.addStretch(1)
 
