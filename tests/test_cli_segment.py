@@ -301,11 +301,19 @@ def test_a_stack_is_segmented_plane_by_plane_from_3d_prompts(
         assert not labels[:2].any()
 
 
-def test_auto_on_a_stack_gives_ids_unique_across_planes(tmp_path, tiny_checkpoint, stack_file):
+def test_auto_on_a_stack_gives_ids_unique_across_planes(
+    tmp_path, tiny_checkpoint, stack_file, capsys, monkeypatch
+):
+    from napari_samtune.core import progress
+
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.0)  # a log line at once, off a terminal
     path, stack = stack_file
     out = tmp_path / "auto.tif"
     options = ["--points-per-side", "4", "--pred-iou-thresh", "-1", "--stability-score-thresh"]
     assert segment(tiny_checkpoint, path, out, "--stack", "--auto", *options, "0") == 0
+    bars = capsys.readouterr().err  # a plane of --auto may take minutes: its own bars too
+    assert "segmenting planes" in bars and "segmenting plane 2" in bars
+    assert "embedding plane 2" in bars
     labels = tifffile.imread(out)
     ids = [set(np.unique(plane[plane > 0]).tolist()) for plane in labels]
     assert labels.shape == (3, 120, 160) and all(ids)

@@ -15,14 +15,15 @@ from napari_samtune.cli.prompt_files import BoxPrompts, PointPrompts
 class Progress:
     """A progress bar created on the first ``(done, total)`` call."""
 
-    def __init__(self, description: str, unit: str) -> None:
+    def __init__(self, description: str, unit: str, leave: bool = True) -> None:
         self.description, self.unit, self.bar = description, unit, None
+        self.leave = leave  # False: the bar goes once done (a plane's, under the planes' bar)
 
     def __call__(self, done: int, total: int) -> None:
         from napari_samtune.core.progress import progress_bar
 
         if self.bar is None:
-            self.bar = progress_bar(total, self.description, self.unit)
+            self.bar = progress_bar(total, self.description, self.unit, leave=self.leave)
         self.bar.update(done - self.bar.n)
 
     def __enter__(self) -> Progress:
@@ -216,9 +217,9 @@ def _stack_channels_unclear(path: Path, shape: tuple[int, ...]) -> ValueError:
     )
 
 
-def optional_bar(show: bool, description: str, unit: str):
+def optional_bar(show: bool, description: str, unit: str, leave: bool = True):
     """A :class:`Progress` bar, or (when not ``show``) a context that gives ``None``."""
-    return Progress(description, unit) if show else contextlib.nullcontext()
+    return Progress(description, unit, leave) if show else contextlib.nullcontext()
 
 
 def no_progress(done: int, total: int | None) -> None:
@@ -241,7 +242,8 @@ def segment_planes(
 ) -> np.ndarray:
     """uint32 labels, (H, W) or (planes, H, W): each prompted plane (every plane with
     ``--auto``, ids made unique across the stack) is embedded and segmented in turn;
-    ``bars``: show progress bars (planes of a stack, else embedding and segmenting)."""
+    ``bars``: show progress bars (embedding and segmenting, and for a stack its planes:
+    a plane of ``--auto`` may take minutes, and the planes' bar moved only between them)."""
     labels = np.zeros((planes.count, *planes.shape), dtype=np.uint32)
     prompts = points if points is not None else boxes
     if prompts is not None:
@@ -250,16 +252,17 @@ def segment_planes(
         segment_rows = _segment_points if points is not None else _segment_boxes
     else:
         todo = list(range(planes.count))
-    one_plane, offset = bars and not planes.stacked, 0
-    with optional_bar(bars and planes.stacked, "segmenting planes", "plane") as plane_bar:
+    offset, stacked = 0, planes.stacked
+    with optional_bar(bars and stacked, "segmenting planes", "plane") as plane_bar:
         for done, index in enumerate(todo):
-            with optional_bar(one_plane, "embedding", "tile") as bar:
+            of = f" plane {index}" if stacked else ""
+            with optional_bar(bars, f"embedding{of}", "tile", not stacked) as bar:
                 segmenter.set_image(planes.rgb(index), progress=bar)
             if prompts is not None:
                 rows = np.flatnonzero(row_planes == index)
                 labels[index] = segment_rows(segmenter, prompts, rows)
             else:
-                with optional_bar(one_plane, "segmenting", "batch") as bar:
+                with optional_bar(bars, f"segmenting{of}", "batch", not stacked) as bar:
                     found = segmenter.segment_all(config, progress=bar)
                 labels[index] = np.where(found > 0, found + offset, 0)
                 offset = max(offset, int(labels[index].max()))
