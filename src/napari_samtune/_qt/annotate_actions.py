@@ -25,6 +25,7 @@ from napari_samtune._qt.annotate_notes import (
 )
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, SCOPE_STACK
 from napari_samtune._qt.kept_prompts import KeptPrompts, has_prompts, snapshot_prompts
+from napari_samtune._qt.label_edits import ids_in
 from napari_samtune._qt.prompt_layers import PlanePrompts, planes_of
 from napari_samtune._qt.propagate import PropagationConfig, planes_past, prompts_from_mask
 from napari_samtune._qt.propagated_planes import PropagatedPlane
@@ -127,7 +128,7 @@ class AnnotateActionsMixin:
         """How many objects the preview of ``planes`` shows (an id on several planes is one
         object, as a commit writes it)."""
         layers = self.session.layers
-        ids = set().union(*(np.unique(layers.preview_plane(plane)).tolist() for plane in planes))
+        ids = set().union(*(ids_in(layers.preview_plane(plane)).tolist() for plane in planes))
         return len(ids - {0})
 
     def undo(self) -> bool:
