@@ -110,7 +110,8 @@ def test_embedding_benchmark_alternates_children_and_keeps_the_best(monkeypatch,
         if kind == "stock":
             return {"seconds": next(stock_s)}
         seconds = next(fast_s)
-        return {"seconds": seconds, "fp32_seconds": 2 * seconds, "min_iou": seconds / 5,
+        return {"seconds": seconds, "encoder_seconds": seconds, "fp32_seconds": 2 * seconds,
+                "min_iou": seconds / 5,
                 "prompt_ms": seconds, "precision": "bfloat16"}  # fmt: skip
 
     peaks = iter(
@@ -133,6 +134,41 @@ def test_embedding_benchmark_alternates_children_and_keeps_the_best(monkeypatch,
     assert fast["vit_t"]["seconds"] == 4.0
     assert fast["vit_t"]["prompt_ms"] == 4.0 and fast["vit_t"]["min_iou"] == 0.8  # over all runs
     assert ratios["vit_t"] == [2.5, 1.6]  # each adjacent pair
+
+
+def test_the_fast_embedding_time_holds_what_a_first_prompt_would_pay(monkeypatch):
+    """The decoder's image tokens are projected once per image (prepare_prompts); left out
+    of the fast time, they went to the first prompt, which the prompt latency skips."""
+    import bench_embedding
+    import numpy as np
+
+    from napari_samtune.core.predict import Segmenter
+
+    prepared, real = [], Segmenter.prepare_prompts
+    monkeypatch.setattr(
+        Segmenter, "prepare_prompts", lambda self: (prepared.append(1), real(self))[1]
+    )
+    image = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    boxes = np.array([[10, 10, 60, 70], [40, 30, 120, 100]])
+    measured = bench_embedding.measure_fast("tiny", image, boxes, 2, torch.device("cpu"))
+    assert len(prepared) == 3  # the warm-up and both timed calls
+    assert measured["seconds"] > 0 and measured["encoder_seconds"] > 0
+    assert 0.98 <= measured["min_iou"] <= 1.0  # fp32 here: the fast modules match stock SAM
+
+
+def test_the_fast_masks_are_held_to_stock_sam_s(monkeypatch):
+    """The reference masks were the fast modules' own (in fp32): equal by construction."""
+    import bench_embedding
+    import numpy as np
+
+    stock = bench_embedding.stock_box_masks
+    image = np.random.default_rng(1).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    boxes = np.array([[10, 10, 60, 70]])
+    masks = stock("tiny", image, boxes, torch.device("cpu"))
+    assert len(masks) == 1 and masks[0].shape == (128, 128) and masks[0].dtype == bool
+    monkeypatch.setattr(bench_embedding, "stock_box_masks", lambda *a: [~m for m in masks])
+    measured = bench_embedding.measure_fast("tiny", image, boxes, 1, torch.device("cpu"))
+    assert measured["min_iou"] < 0.5  # the inverted "stock" masks, compared
 
 
 def test_decoder_benchmark_compares_equal_outputs_and_labels(capsys):
