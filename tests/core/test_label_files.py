@@ -41,6 +41,22 @@ def test_images_and_labels_may_share_a_folder(tiff_folders, tmp_path):
         pair_files(str(images / "*_mask.tif"), images)
 
 
+def test_a_label_file_named_twice_pairs_once(tiff_folders, tmp_path, monkeypatch):
+    """A folder and a file in it, overlapping globs, or a relative and a whole path: the one
+    file was refused as two label files of one image, with the advice to rename one."""
+    images, labels = tiff_folders
+    names = [(f"cell_{i}.tif", f"cell_{i}_labels.tif") for i in range(3)]
+    monkeypatch.chdir(tmp_path)
+    for twice in (
+        [labels, labels / "cell_0_labels.tif"],
+        [str(labels / "cell_?_labels.tif"), str(labels / "cell_0*")],
+        ["labels", labels.absolute()],
+    ):
+        match = match_files(images, twice)
+        assert [(i.name, lab.name) for i, lab in match.pairs] == names, twice
+        assert not match.unpaired_message()
+
+
 def test_names_pair_as_the_annotation_widget_writes_them(tmp_path):
     """The widget saves the labels of "cell 1" as cell_1.labels.tif (file-name-safe)."""
     for name in ("cell 1.tif", "plate#2 (a).tif", "cell_3.tif"):

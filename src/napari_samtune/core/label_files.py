@@ -281,6 +281,7 @@ def match_files(
     image_files, label_files = _split_shared(
         expand_paths(images, "images"), expand_paths(labels, "labels")
     )
+    label_files = _each_file_once(label_files)  # a file named twice: pairs once
     one_each = len(image_files) == 1 and len(label_files) == 1
     if one_each and _names_a_file(images) and _names_a_file(labels):
         _check_not_swapped(image_files[0], label_files[0])
@@ -329,6 +330,20 @@ def _names_a_file(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> bool
         return len(spec) == 1 and _names_a_file(spec[0])
     text = os.fspath(spec)
     return not glob.has_magic(text) and not Path(text).is_dir()
+
+
+def _each_file_once(files: list[Path]) -> list[Path]:
+    """``files`` without a second name of a file named before (a folder and a file in it,
+    two overlapping globs, a relative and a whole path): as two label files of one image,
+    it was refused with the advice to rename one image and its labels."""
+    seen: set[Path] = set()
+    kept = []
+    for f in files:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            kept.append(f)
+    return kept
 
 
 def _group_labels(label_files: list[Path]) -> dict[str, list[Path]]:
