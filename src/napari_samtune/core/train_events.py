@@ -33,6 +33,7 @@ class TrainingStarted:
     notes: tuple[str, ...] = ()  # what else the person training should know (shown as warnings)
     blank: tuple[str, ...] = ()  # pairs (training or validation) whose image is one value
     validates_start: bool = False  # StartValidated comes next: the starting model is scored
+    image_like: tuple[str, ...] = ()  # pairs whose labels look like an image (swapped?)
 
     def left_out_message(self) -> str:
         """``"left out 2 pair(s) without any object (labels all 0): a, b"``; "" if none."""
@@ -82,11 +83,24 @@ class TrainingStarted:
             "paired with these labels"
         )
 
+    def image_like_message(self) -> str:
+        """The warning that some labels look like images (images and labels swapped?), with
+        the fix; "" if none does."""
+        if not self.image_like:
+            return ""
+        return (
+            f"{len(self.image_like)} pair(s) have labels that look like an image (most "
+            f"neighbouring pixels in different objects): {describe_names(self.image_like)}; "
+            "were images and labels swapped? Check which files are given as images and "
+            "which as labels (instance labels hold one id per object, 0 for background)"
+        )
+
     def data_warnings(self) -> list[str]:
         """The warnings about the data (:meth:`blank_message`, :meth:`duplicates_message`,
         :meth:`val_repeats_message`, :meth:`val_same_images_message`) that apply, for a front
         end to show."""
         messages = (
+            self.image_like_message(),
             self.blank_message(),
             self.duplicates_message(),
             self.val_repeats_message(),

@@ -30,7 +30,13 @@ from napari_samtune.core.heap import keep_freed_memory
 from napari_samtune.core.model_source import recorded_model
 from napari_samtune.core.patches import PatchSampler, tile_patches
 from napari_samtune.core.presets import TrainConfig
-from napari_samtune.core.run_data import TrainData, blank_images, listed, prepare_run_data
+from napari_samtune.core.run_data import (
+    TrainData,
+    blank_images,
+    image_like_labels,
+    listed,
+    prepare_run_data,
+)
 from napari_samtune.core.train_checkpoints import (
     base_parts_digest,
     check_resumable,
@@ -227,6 +233,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
             notes=tuple(self.notes),
             blank=blank_images([*self.train_images, *self.val_images]),
             validates_start=validates_start,
+            image_like=image_like_labels([*self.train_images, *self.val_images]),
         )
 
     def _validates_start(self) -> bool:
