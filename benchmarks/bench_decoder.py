@@ -8,13 +8,16 @@ per-pair ratios):
   points (one mask each) and 64 points (three masks each, as automatic segmentation decodes
   them): the Segmenter's low-rank path against the plain fused decoder on the same projected
   first layer, with the largest logit difference relative to the largest logit;
-* automatic segmentation: the Segmenter's, which upscales only the masks of points with a
-  candidate above the predicted-IoU threshold, against one that upscales every point's masks,
-  and whether their labels are equal.
+* automatic segmentation (with the packaged nano model's trained weights, ``--auto-model``,
+  and its automatic settings: random weights find no object, and two empty label images are
+  equal whatever the paths do): the Segmenter's, which upscales only the masks of points with
+  a candidate above the predicted-IoU threshold, against one that upscales every point's
+  masks, and whether their labels are equal.
 
 Batches of points run with the batch allocator settings, as the Segmenter runs them.
 
-Run: ``.venv/bin/python benchmarks/bench_decoder.py [--model random:vit_t] [--size 1024]``
+Run: ``.venv/bin/python benchmarks/bench_decoder.py [--model random:vit_t] [--auto-model nano]
+[--size 1024]``
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import numpy as np
 import torch
 
 from napari_samtune.core import fast_decoder
+from napari_samtune.core.automatic import default_auto_config
 from napari_samtune.core.fast_decoder import decode_prompts, decoder_image
 from napari_samtune.core.heap import keep_freed_memory
 from napari_samtune.core.model_source import load_base_model
@@ -106,7 +110,7 @@ def automatic_row(segmenter: Segmenter, repeats: int) -> dict:
         if name == "old":
             segmenter.decode = every_point
         try:
-            labels[name] = segmenter.segment_all()
+            labels[name] = segmenter.segment_all(default_auto_config(segmenter.img_size))
         finally:
             vars(segmenter).pop("decode", None)
 
@@ -134,8 +138,9 @@ def print_tables(segmenter, model: str, size: int, decode: list[dict], automatic
             f"{row['ratio']:.2f} | {row['max_rel_diff']:.1e} |"
         )
     if automatic is not None:
+        print(f"\nautomatic segmentation with {automatic['model']}")
         print(
-            "\n| automatic segmentation | every point s | confident points s | ratio | "
+            "| automatic segmentation | every point s | confident points s | ratio | "
             "objects | same labels |"
         )
         print("|---|---|---|---|---|---|")
@@ -143,6 +148,8 @@ def print_tables(segmenter, model: str, size: int, decode: list[dict], automatic
             f"| {size} px | {automatic['old_s']:.2f} | {automatic['new_s']:.2f} | "
             f"{automatic['ratio']:.2f} | {automatic['objects']} | {automatic['equal']} |"
         )
+        if automatic["objects"] == 0:
+            print("no object found: equal labels say nothing here (use trained weights)")
 
 
 def main() -> None:
@@ -151,10 +158,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024, help="side of the synthetic image")
     parser.add_argument("--repeats", type=int, default=15, help="decoding pairs per case")
     parser.add_argument("--auto-repeats", type=int, default=2, help="automatic segmentation pairs")
+    parser.add_argument(
+        "--auto-model", default="nano", help="automatic segmentation's model (trained weights)"
+    )
     args = parser.parse_args()
     segmenter = make_segmenter(args.model, args.size)
     decode = decode_rows(segmenter, args.repeats)
-    automatic = automatic_row(segmenter, args.auto_repeats) if args.auto_repeats else None
+    automatic = None
+    if args.auto_repeats:
+        auto_segmenter = make_segmenter(args.auto_model, args.size)
+        automatic = {**automatic_row(auto_segmenter, args.auto_repeats), "model": args.auto_model}
     print_tables(segmenter, args.model, args.size, decode, automatic)
 
 

@@ -406,9 +406,21 @@ def print_steps(results, args) -> None:
                 ratio = f"{stock / fast:.1f}x/{stock / cached:.0f}x"
             else:
                 text, ratio = f"{fast:.2f}", f"{stock / fast:.2f}x"
-            target = "" if runs[0]["cached_step_s"] else f">= {TARGET_SPEEDUP}x"
+            verdict = _step_verdict(stock / fast, bool(runs[0]["cached_step_s"]))
             print(f"{name:<13} {_config(name).preset:<9} {variant:<17} {stock:>7.2f} {text:>14} "
-                  f"{ratio:>9}  {target}")  # fmt: skip
+                  f"{ratio:>9}  {verdict}")  # fmt: skip
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
+
+
+def _step_verdict(speedup: float, frozen: bool) -> str:
+    """The speed-up target (full finetuning) with its verdict; a frozen encoder's target is
+    its epochs' ratio (see print_epochs)."""
+    if frozen:
+        return f"epochs after the first >= {TARGET_EPOCH_RATIO:.0f}x faster: see below"
+    return f">= {TARGET_SPEEDUP}x: {_verdict(speedup >= TARGET_SPEEDUP)}"
 
 
 def print_epochs(results, args) -> None:
@@ -427,9 +439,13 @@ def print_epochs(results, args) -> None:
             later = min(min(r["epoch_train_s"][1:]) for r in runs)
             first_w = min(r["epoch_total_s"][0] for r in runs)
             later_w = min(min(r["epoch_total_s"][1:]) for r in runs)
-            print(f"  best: first {first:.2f} s, later {later:.2f} s: {first / later:.1f}x "
-                  f"(whole epochs {first_w:.2f} / {later_w:.2f} s: {first_w / later_w:.1f}x); "
-                  f"target {TARGET_EPOCH_RATIO:.0f}x")  # fmt: skip
+            # judged on whole epochs (validation and checkpoint included): what a person
+            # waits for; the training steps alone are printed beside them
+            ratio = first_w / later_w
+            print(f"  best: whole epochs {first_w:.2f} / {later_w:.2f} s: {ratio:.1f}x "
+                  f"(training steps alone {first:.2f} / {later:.2f} s: {first / later:.1f}x); "
+                  f"target >= {TARGET_EPOCH_RATIO:.0f}x on whole epochs: "
+                  f"{_verdict(ratio >= TARGET_EPOCH_RATIO)}")  # fmt: skip
             reruns = [r["rerun_first_epoch_s"] for r in runs if r.get("rerun_first_epoch_s")]
             if reruns:
                 print(f"  a second run's first epoch, reading the embeddings the first stored: "
@@ -446,11 +462,12 @@ def print_memory(results, args) -> None:
 
     from napari_samtune.core.presets import get_preset
 
-    print(f"\n{memory_kind(args.device)}, MiB, max over runs; budget: the preset's GB x 1000")
+    # presets' sizes are GiB, as the machine's memory is measured (core/machine.py)
+    print(f"\n{memory_kind(args.device)}, MiB, max over runs; budget: the preset's GiB in MiB")
     print(f"{'configuration':<13} {'budget':>8} {'stock':>8} " + " ".join(
         f"{v:>17}" for v in args.variants))  # fmt: skip
     for name in args.only:
-        budget = get_preset(_config(name).preset).memory_gb * 1000
+        budget = get_preset(_config(name).preset).memory_gb * 1024
         peaks = [max(r["peak_mb"] for r in results[(k, name)]) for k in args.variants]
         stock = max(r["peak_mb"] for r in results[("stock", name)])
         fits = "fits" if max(peaks) <= budget else "OVER BUDGET"

@@ -178,12 +178,15 @@ def test_decoder_benchmark_compares_equal_outputs_and_labels(capsys):
     for row in decode:
         assert row["max_rel_diff"] < 1e-5  # the low-rank and plain decoders agree
         assert row["new_s"] > 0 and row["old_s"] > 0 and row["ratio"] > 0
-    automatic = bench_decoder.automatic_row(segmenter, repeats=1)
-    assert automatic["equal"]  # skipping unconfident points changes no label
-    assert "decode" not in vars(segmenter)  # the full-decode stand-in is removed again
+    trained = bench_decoder.make_segmenter("nano", 256)  # random weights find no object
+    automatic = bench_decoder.automatic_row(trained, repeats=1)
+    assert automatic["objects"] > 0 and automatic["equal"]  # skipping unconfident points
+    assert "decode" not in vars(trained)  # the full-decode stand-in is removed again
+    automatic["model"] = "nano"
     bench_decoder.print_tables(segmenter, "random:tiny", 256, decode, automatic)
     out = capsys.readouterr().out
     assert "does not use the low-rank decoder" in out and "| 64 points x 3 masks |" in out
+    assert "automatic segmentation with nano" in out and "no object found" not in out
 
 
 def test_the_stock_loop_prepares_the_same_input_the_straightforward_way():
@@ -310,3 +313,35 @@ def test_the_cache_benchmark_saves_and_reads_in_both_folders(tmp_path):
         low, high = (scan - 0.05) / (ours + 0.05), (scan + 0.05) / max(ours - 0.05, 1e-9)
         assert low - 0.005 <= float(ratio.rstrip("x")) <= high + 0.005
     assert list(tmp_path.iterdir()) == []  # the folders it made are gone
+
+
+def test_the_training_benchmark_says_which_targets_are_met(monkeypatch, capsys):
+    """Its targets were printed bare ("target 20x") where a run missed them."""
+    from types import SimpleNamespace
+
+    def run(step, cached=(), train=(), total=(), peak=1000.0):
+        return {"step_s": list(step), "cached_step_s": list(cached), "epoch_train_s": list(train),
+                "epoch_total_s": list(total), "peak_mb": peak}  # fmt: skip
+
+    results = {
+        ("stock", "vit_b_all"): [run([3.0])],
+        ("fast", "vit_b_all"): [run([2.5], peak=13000.0)],  # 1.2x: missed
+        ("stock", "vit_t_all"): [run([2.0])],
+        ("fast", "vit_t_all"): [run([1.0])],  # 2x: met
+        ("stock", "vit_t_frozen"): [run([1.0])],
+        ("fast", "vit_t_frozen"): [run([0.9], [0.1], [10.0, 0.4], [10.5, 0.7])],  # 15x: missed
+    }
+    args = SimpleNamespace(only=["vit_b_all", "vit_t_all", "vit_t_frozen"], variants=["fast"],
+                           repeats=1, steps=1, epoch_samples=10, device="cpu")  # fmt: skip
+    monkeypatch.setattr(bench_train, "frozen_step_flops", lambda name: (4e9, 1e9))
+    bench_train.print_steps(results, args)
+    bench_train.print_epochs(results, args)
+    bench_train.print_memory(results, args)
+    lines = capsys.readouterr().out.splitlines()
+    row = {name: next(line for line in lines if line.startswith(name)) for name in args.only}
+    assert row["vit_b_all"].endswith(">= 1.5x: NOT met")
+    assert row["vit_t_all"].endswith(">= 1.5x: met")
+    assert "see below" in row["vit_t_frozen"]
+    assert any("15.0x" in line and "on whole epochs: NOT met" in line for line in lines)
+    memory = [line for line in lines if line.startswith("vit_b_all")][-1].split()
+    assert memory[1] == "32768" and memory[-1] == "fits"  # cpu-32gb: 32 GiB
