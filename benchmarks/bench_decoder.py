@@ -153,7 +153,7 @@ def print_tables(segmenter, model: str, size: int, decode: list[dict], automatic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--model", default="random:vit_t", help="registry name or random:<arch>")
     parser.add_argument("--size", type=int, default=1024, help="side of the synthetic image")
     parser.add_argument("--repeats", type=int, default=15, help="decoding pairs per case")

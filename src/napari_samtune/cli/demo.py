@@ -32,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=output_folder, default="samtune-demo", help="output folder")
     parser.add_argument(
-        "--quick", action="store_true", help="a shorter demo (about 20 s on a 2-core CPU)"
+        "--quick", action="store_true", help="a shorter demo (about 15-20 s on a 2-core CPU)"
     )
     parser.add_argument(
         "--model", type=model_argument, default="nano", help="the generalist to start from"
