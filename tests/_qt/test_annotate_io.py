@@ -95,6 +95,37 @@ def test_undoing_a_loaded_file_brings_back_every_object_it_replaced():
     np.testing.assert_array_equal(labels, before)
 
 
+def test_undoing_a_loaded_file_whose_object_of_the_same_id_was_deleted_restores_the_old():
+    """The file's own object 1 made the old object 1 look still there after the load; with
+    the file's object deleted by hand, undo wrote 0 where the old object 1 was."""
+    before = np.zeros((6, 6), dtype=np.uint32)
+    before[0:2, 0:2] = 1
+    loaded = np.zeros((6, 6), dtype=np.uint32)
+    loaded[4:6, 4:6] = 1
+    entry = UndoEntry()
+    entry.remember_replacement(before, loaded)
+    labels = loaded.copy()
+    entry.note_survivors(labels)
+    labels[labels == 1] = 0  # the loaded object deleted by hand
+    entry.restore(labels)
+    np.testing.assert_array_equal(labels, before)
+
+
+def test_undo_does_not_bring_back_a_3d_object_erased_by_hand_from_one_plane():
+    """Object 1 on planes 0 and 1; an edit covered part of it on plane 0, whose rest was
+    erased by hand: still on plane 1, it counted as there, and came back on plane 0."""
+    labels = np.zeros((2, 6, 6), dtype=np.uint32)
+    labels[:, 0:4, 0:4] = 1
+    objects = np.zeros((6, 6), dtype=np.uint32)
+    objects[0:2, 0:4] = 1
+    entry = UndoEntry()
+    assert write_objects(labels, {0: objects}, overwrite=True, entry=entry) == [2]
+    entry.note_survivors(labels)
+    labels[0][labels[0] == 1] = 0  # erased on plane 0
+    entry.restore(labels)
+    assert not labels[0].any() and (labels[1, 0:4, 0:4] == 1).all()
+
+
 def test_new_objects_never_take_an_id_given_before():
     labels = np.zeros((6, 6), dtype=np.uint32)
     labels[0, 0] = 2

@@ -44,7 +44,7 @@ class UndoEntry:
     records: list[dict] = field(default_factory=list)  # object records the edit appended
     records_before: list[dict] | None = None  # all of them, when the edit replaced them
     prompts: object = None  # a commit's KeptPrompts, which undoing it puts back
-    survivors: frozenset[int] = frozenset()  # ids it covered in part, still there after it
+    survivors: frozenset[tuple[Plane, int]] = frozenset()  # (plane, id) it covered in part
 
     @property
     def planes(self) -> list[Plane]:
@@ -67,24 +67,64 @@ class UndoEntry:
                 self.remember(plane, where, before[where], after[where])
 
     def note_survivors(self, labels: np.ndarray) -> None:
-        """Call once the edit is written: the ids it wrote over that ``labels`` still holds.
-        One of them gone at undo was deleted or relabelled since (by hand), so undo must not
-        bring it back; one the edit covered whole is put back."""
-        covered = np.unique(np.concatenate([w.before for w in self.writes] or [[0]]))
-        self.survivors = frozenset(present_ids(labels, covered[covered != 0]))
+        """Call once the edit is written: per plane, the ids it wrote over that still have
+        pixels there outside what it wrote. One of them gone there at undo was deleted or
+        relabelled since (by hand), so undo must not bring it back there; one the edit
+        covered whole on a plane (a loaded file's other objects, whatever their ids) is put
+        back."""
+        found = set()
+        for plane, (written, covered) in self._by_plane().items():
+            if covered.size:
+                left = ids_outside(plane_view(labels, plane), written)
+                found |= {(plane, int(i)) for i in covered if int(i) in left}
+        self.survivors = frozenset(found)
 
     def restore(self, labels: np.ndarray) -> None:
         """Put back the ids the edit replaced (in place), newest write first, where the
-        pixels still hold what it wrote; those of an object gone since become 0."""
-        gone = sorted(self.survivors - present_ids(labels, sorted(self.survivors)))
+        pixels still hold what it wrote; those of an object gone since from a plane become
+        0 there."""
+        gone = self._gone(labels)
         for write in reversed(self.writes):
             flat = plane_view(labels, write.plane).flat
             now = flat[write.where]
             unchanged = now == write.after
             back = write.before[unchanged]
-            if gone:
-                back = np.where(np.isin(back, gone), 0, back).astype(back.dtype)
+            if write.plane in gone:
+                back = np.where(np.isin(back, gone[write.plane]), 0, back).astype(back.dtype)
             flat[write.where[unchanged]] = back
+
+    def _gone(self, labels: np.ndarray) -> dict[Plane, list[int]]:
+        """Per plane, the survivors (see :meth:`note_survivors`) without pixels there now
+        outside what the edit wrote."""
+        written = {plane: where for plane, (where, _) in self._by_plane().items()}
+        gone: dict[Plane, list[int]] = {}
+        for plane in {plane for plane, _ in self.survivors}:
+            left = ids_outside(plane_view(labels, plane), written[plane])
+            dead = [i for p, i in self.survivors if p == plane and i not in left]
+            if dead:
+                gone[plane] = dead
+        return gone
+
+    def _by_plane(self) -> dict[Plane, tuple[np.ndarray, np.ndarray]]:
+        """Per plane the edit wrote: the flat positions it wrote, and the ids (not 0) that
+        those held before it."""
+        positions: dict[Plane, list[np.ndarray]] = {}
+        covered: dict[Plane, list[np.ndarray]] = {}
+        for write in self.writes:
+            positions.setdefault(write.plane, []).append(write.where)
+            covered.setdefault(write.plane, []).append(write.before)
+        planes = {}
+        for plane, where in positions.items():
+            ids = ids_in(np.concatenate(covered[plane]))
+            planes[plane] = (np.concatenate(where), ids[ids != 0])
+        return planes
+
+
+def ids_outside(plane: np.ndarray, written: np.ndarray) -> set[int]:
+    """The ids (0 among them) of the (H, W) ``plane`` outside the flat positions ``written``."""
+    keep = np.ones(plane.size, dtype=bool)
+    keep[written] = False
+    return {int(i) for i in ids_in(plane.reshape(-1)[keep])}
 
 
 # Up to this id, ids_in counts the ids of labels (a table of this many entries at most).
@@ -100,18 +140,6 @@ def ids_in(labels: np.ndarray) -> np.ndarray:
     if labels.size and top <= MAX_COUNTED_ID and labels.dtype.kind in "ub":
         return np.flatnonzero(np.bincount(labels.ravel())).astype(labels.dtype)
     return np.unique(labels)
-
-
-# Up to this many ids, present_ids compares the labels with each; more sort them once.
-FEW_IDS = 16
-
-
-def present_ids(labels: np.ndarray, ids) -> set[int]:
-    """Those of ``ids`` that ``labels`` holds somewhere."""
-    ids = [int(i) for i in ids]
-    if len(ids) <= FEW_IDS:
-        return {i for i in ids if (labels == i).any()}
-    return set(ids) & {int(i) for i in np.unique(labels)}
 
 
 class UndoStack:
