@@ -81,6 +81,18 @@ def test_an_object_deleted_by_hand_keeps_its_id_from_the_next_commit(viewer_widg
     np.testing.assert_array_equal(session.annotations == 3, squares[2] == 1)
 
 
+@pytest.mark.parametrize("odd", [{"ids": None}, {"ids": 5}, "x", None, {"ids": ["7", True, 4]}])
+def test_records_of_other_shapes_do_not_stop_commits(viewer_widget, drain_jobs, odd):
+    """A prompts file edited by hand (or by another tool) made every later commit raise."""
+    _, widget = viewer_widget
+    session = widget.session
+    session.records = [odd]
+    square = np.zeros(session.annotations.shape, np.uint32)
+    square[10:30, 10:30] = 1
+    expected = 5 if isinstance(odd, dict) and odd["ids"] == ["7", True, 4] else 1
+    assert session.add_labels({None: square}, False, "test", "m") == [expected]
+
+
 def test_undo_of_an_overwrite_leaves_an_object_relabelled_by_hand_whole(viewer_widget, drain_jobs):
     """Undoing a write over half of an object relabelled by hand since put that half back
     under its old id: one object with two ids, saved so."""

@@ -154,8 +154,15 @@ class AnnotationSession:
         return ids
 
     def _top_recorded(self) -> int:
-        """The largest id the records give an object (one deleted by hand since included)."""
-        ids = [i for record in self.records for i in record.get("ids", ()) if isinstance(i, int)]
+        """The largest id the records give an object (one deleted by hand since included);
+        records of other shapes (a file edited by hand or by another tool) are passed over."""
+        ids = [
+            i
+            for record in self.records
+            if isinstance(record, dict) and isinstance(record.get("ids"), list)
+            for i in record["ids"]
+            if isinstance(i, int) and not isinstance(i, bool)
+        ]
         return max(ids, default=0)
 
     def undo(self) -> UndoEntry | None:
