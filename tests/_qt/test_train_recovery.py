@@ -310,12 +310,13 @@ def test_a_run_holds_its_folder_until_it_ends(qtbot, widget):
     widget.settings.epochs_spin.setValue(50)
     with qtbot.waitSignal(widget.training_started, timeout=WAIT_MS):
         assert widget.start() is not None
+    folder = widget.run_folder
     with pytest.raises(ValueError, match="is in use by another training run"):
-        with training_lock(widget.run_folder):
+        with training_lock(folder):
             pass
     with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
         widget.stop()
-    with training_lock(widget.run_folder):  # free once the run has ended
+    with training_lock(folder):  # free once the run has ended
         pass
 
 

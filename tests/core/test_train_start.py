@@ -118,3 +118,29 @@ def test_a_resume_that_drops_validation_forgets_the_start_score(tmp_path, data):
     )
     assert resumed.metric_name == "negative train loss" and math.isnan(resumed.start_metric)
     assert resumed.no_better_message() == ""
+
+
+def test_stop_during_the_start_s_scoring_ends_it_at_once(tmp_path, monkeypatch):
+    """Stop waited for the whole validation (minutes for vit_b on a CPU), then threw the
+    score away."""
+    import threading
+
+    from napari_samtune.core import train_validation
+
+    stop, scored = threading.Event(), []
+    real = train_validation.validation_sums
+
+    def one_patch_then_stop(*args, **kwargs):
+        scored.append(1)
+        stop.set()  # pressed while the first patch was scored
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_validation, "validation_sums", one_patch_then_stop)
+    val_data = make_dataset(4, shape=(96, 96), seed=60)
+    events = list(
+        iter_train(_config(), make_dataset(2, shape=(96, 96), seed=0), val_data,
+                   out_dir=tmp_path / "run", stop_event=stop)
+    )  # fmt: skip
+    assert scored == [1]  # not the other 3 patches
+    assert [type(e).__name__ for e in events] == ["TrainingStarted", "TrainingFinished"]
+    assert events[-1].stopped_by_user and events[-1].steps_done == 0

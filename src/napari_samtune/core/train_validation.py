@@ -102,16 +102,20 @@ def validate_patches(
     autocast: Callable[[], AbstractContextManager],
     fast: bool = True,
     is_cached: Callable[[tuple], bool] = lambda key: False,
-) -> np.ndarray:
+    stop: Callable[[], bool] | None = None,
+) -> np.ndarray | None:
     """:func:`validation_sums` over ``patches``, every object of each (model in eval mode).
 
     ``frozen_embeddings(inputs)`` returns cached embeddings, or None to run the encoder;
     ``is_cached(patch.key)`` says whether it has the patch's embedding (no pixels needed).
+    ``stop()``, asked before each patch, ends the validation: then None is returned.
     """
     sums = np.zeros(5)
     no_objects = np.zeros(0, dtype=np.int64)
     with torch.no_grad():
         for patch in patches:
+            if stop is not None and stop():
+                return None
             pixels = not is_cached(patch.key)
             inp = prepare_input(sam, patch, no_objects, device, with_pixels=pixels)
             with autocast():

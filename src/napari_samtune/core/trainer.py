@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, replace
 from functools import partial
@@ -204,8 +204,9 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
         with keep_freed_memory() if on_cpu_fast else nullcontext():
             validates_start = self._validates_start()
             yield self._started(validates_start)
-            if validates_start:
-                yield self._validate_start()
+            start = self._validate_start() if validates_start else None
+            if start is not None:
+                yield start
             while self.progress.epoch < self.config.epochs:
                 yield from self._train_epoch()
                 if self.stopped_by_user:
@@ -243,9 +244,17 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
         fresh = p.global_step == 0 and p.epoch == 0 and math.isnan(p.start_metric)
         return fresh and self.has_validation and not self._stop_requested()
 
-    def _validate_start(self) -> StartValidated:
+    def _validate_start(self) -> StartValidated | None:
+        """The starting model's score; None when Stop came first (it would wait for the
+        whole validation: minutes for a large model on a CPU). Under torchrun the ranks
+        validate shards of their own sizes, so they cannot stop together: they finish it."""
         start = time.perf_counter()
-        metrics = self._validate()
+        stop = self.stop_event
+        stop_check = stop.is_set if stop is not None and not self.dist.enabled else None
+        metrics = self._validate(stop_check)
+        if metrics is None:
+            self.stopped_by_user = True
+            return None
         seconds = time.perf_counter() - start
         self.val_seconds.append(seconds)  # the epochs' validations take as long: the ETA
         self.progress.start_metric = metrics["val_iou"]
@@ -418,7 +427,9 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
     def _elapsed(self) -> float:
         return self.progress.elapsed_s + time.perf_counter() - self.run_start
 
-    def _validate(self) -> dict[str, float]:
+    def _validate(self, stop: Callable[[], bool] | None = None) -> dict[str, float] | None:
+        """The validation metrics ({} without validation data); None when ``stop()`` ended
+        it early."""
         if not self.has_validation:
             return {}
         self.sam.eval()
@@ -430,8 +441,11 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin):
             lambda: autocast(self.precision, self.device),
             self.config.fast_attention,
             lambda key: self._is_cached("val", key),
+            stop,
         )
         set_train_mode(self.sam, self.config)
+        if sums is None:
+            return None
         return metrics_from_sums(ddp.all_reduce_sum(sums, self.dist, self.device))
 
 
