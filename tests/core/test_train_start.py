@@ -144,3 +144,25 @@ def test_stop_during_the_start_s_scoring_ends_it_at_once(tmp_path, monkeypatch):
     assert scored == [1]  # not the other 3 patches
     assert [type(e).__name__ for e in events] == ["TrainingStarted", "TrainingFinished"]
     assert events[-1].stopped_by_user and events[-1].steps_done == 0
+
+
+def test_a_resume_on_other_validation_images_forgets_the_start_score(tmp_path, data):
+    """Its 'before training' score, of other images, was compared with this session's."""
+    import threading
+
+    stop = threading.Event()
+    first = None
+    for event in iter_train(_config(), *data, out_dir=tmp_path / "run", stop_event=stop):
+        if isinstance(event, StepDone):
+            stop.set()  # within epoch 1: no epoch scored yet
+        first = event
+    assert math.isfinite(first.start_metric) and first.best_epoch is None
+    other_val = make_dataset(1, shape=(96, 96), seed=77)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        same = train(_config(), *data, out_dir=tmp_path / "again", resume_from=tmp_path / "run")
+        resumed = train(
+            _config(), data[0], other_val, out_dir=tmp_path / "run", resume_from=tmp_path / "run"
+        )
+    assert math.isnan(resumed.start_metric) and "before training" not in resumed.outcome_message()
+    assert same.start_metric == first.start_metric  # the same images: kept

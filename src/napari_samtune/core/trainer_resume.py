@@ -13,6 +13,7 @@ import torch
 
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train_events import Progress
+from napari_samtune.core.train_export import validation_fingerprint
 from napari_samtune.core.train_setup import make_optimizer
 from napari_samtune.core.validation_split import split_one_image
 
@@ -44,6 +45,7 @@ class TrainerResumeMixin:
         torch.set_rng_state(checkpoint["rng_state"]["torch"])
         self._restart_best_for(bool(checkpoint.get("data_summary", {}).get("val_images", ())))
         self._restart_best_for_new_validation()
+        self._forget_start_score_of_other_images(checkpoint.get("data_summary", {}))
         saved = TrainConfig.from_dict(checkpoint["config"])
         if not self._restart_epoch_for(checkpoint.get("data_summary", {}), saved):
             self._continue_epoch_in_new_steps(saved)
@@ -105,6 +107,19 @@ class TrainerResumeMixin:
         self.train_images = [top if image is named[0] else image for image in images]
         self.val_images = [part]
         return True
+
+    def _forget_start_score_of_other_images(self, summary: dict) -> None:
+        """The starting model's score (see ``Progress.start_metric``) was measured on the
+        validation images the checkpoint names; resumed on others (given anew, or a held-out
+        image gone), it cannot be compared with this session's epochs."""
+        if "val_fingerprints" in summary:
+            now = sorted(validation_fingerprint(image) for image in self.val_images)
+            other = summary["val_fingerprints"] != now
+        else:  # a checkpoint written before they were kept: by their names
+            now = sorted(image.name for image in self.val_images)
+            other = sorted(summary.get("val_images", ())) != now
+        if other:
+            self.progress.start_metric = math.nan
 
     def _restart_best_for_new_validation(self) -> None:
         """The run's validation images changed (see :meth:`_keep_validation_split`): its
