@@ -48,6 +48,17 @@ def test_dense_touching_objects_are_labels_not_an_image():
     assert edge_share(image) > IMAGE_LIKE_EDGES
 
 
+def test_a_background_subtracted_image_read_as_labels_is_named_too(pairs):
+    """Its background of zeros (80 % of the pixels) diluted the share below the threshold."""
+    image, labels = pairs[0]
+    rng = np.random.default_rng(0)
+    cells = np.isin(labels, np.unique(labels[labels > 0])[::4])  # a quarter of the objects
+    subtracted = np.where(cells, rng.integers(100, 4000, labels.shape), 0).astype(np.uint16)
+    assert (subtracted == 0).mean() > 0.5
+    assert edge_share(subtracted) > IMAGE_LIKE_EDGES
+    assert edge_share(labels) < 0.05  # the labels themselves: objects apart
+
+
 def test_the_command_line_warns_about_swapped_folders(tmp_path, pairs, capsys):
     images, labels = tmp_path / "images", tmp_path / "labels"
     images.mkdir()
