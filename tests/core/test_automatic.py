@@ -280,3 +280,29 @@ def test_rasterised_masks_are_the_upscaled_masks_cut_to_their_boxes(tiny_sam):
         assert (row, col) == (rows[0], cols[0])
         np.testing.assert_array_equal(crop, full[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])
     assert masks[2][2].size == 0
+
+
+class _WithoutFloat64(torch.Tensor):
+    """A CPU tensor that acts as one on a device without float64 (Apple's MPS): converting
+    it to float64 before moving it to the CPU raises as MPS does."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.double:
+            raise TypeError("Cannot convert a MPS Tensor to float64 dtype")
+        if func is torch.Tensor.cpu:
+            return args[0].as_subclass(torch.Tensor)
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_low_res_boxes_leave_the_device_before_float64():
+    """Automatic segmentation raised on Apple GPUs: its boxes became float64 on the device."""
+    from napari_samtune.core.automatic import lowres_boxes
+
+    (tile,) = TileGrid.for_image((256, 256), 256, TilingConfig()).tiles
+    masks = torch.zeros(2, 64, 64, dtype=torch.bool)
+    masks[0, 4:10, 6:20] = True
+    masks[1, 30:40, 30:35] = True
+    boxes = lowres_boxes(tile, masks.as_subclass(_WithoutFloat64))
+    torch.testing.assert_close(boxes, lowres_boxes(tile, masks))
+    assert boxes[0].tolist() == [24.0, 16.0, 79.0, 39.0]

@@ -149,7 +149,8 @@ def point_grid(tile: Tile, points_per_side: int) -> np.ndarray:
 def lowres_boxes(tile: Tile, masks: torch.Tensor) -> torch.Tensor:
     """XYXY image-pixel boxes of (n, L, L) bool low-res masks of ``tile``."""
     factor = tile.img_size / masks.shape[-1]
-    boxes = batched_mask_to_box(masks).double().cpu().numpy().reshape(-1, 2, 2)
+    # to the CPU first: MPS (Apple GPUs) has no float64
+    boxes = batched_mask_to_box(masks).cpu().double().numpy().reshape(-1, 2, 2)
     boxes[:, 1] += 1  # the far edge of the last low-res pixel
     corners = tile.from_input_frame(boxes * factor)
     corners[:, 1] -= 1  # back to the last covered pixel (inclusive)
