@@ -431,3 +431,19 @@ def test_model_metrics_embeds_each_image_once(tiny_sam, monkeypatch):
     apart = {**prompts.summary(), **evaluate_instances(labels, predictions).summary()}
     assert metrics == pytest.approx(apart)
     assert predictions[1].any()  # the empty field of view counts too (its false positives)
+
+
+def test_model_names_in_any_script_are_written_whatever_the_system_s_encoding(
+    tmp_path, monkeypatch
+):
+    """On Windows (cp1252 by default) 'α-tubulin' raised after every model was evaluated."""
+    import builtins
+
+    from napari_samtune.core import comparison
+
+    def windows_open(*args, **kwargs):
+        return builtins.open(*args, **{"encoding": "cp1252", **kwargs})
+
+    monkeypatch.setattr(comparison, "open", windows_open, raising=False)
+    files = compare_models({"α-tubulin 細胞": {"msa": 0.5}}, tmp_path, "cmp")
+    assert _read_csv(files.csv_path)[0]["model"] == "α-tubulin 細胞"

@@ -89,7 +89,7 @@ def _without_repeats(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
 
 
 def _write_csv(path: Path, table: dict[str, dict[str, float]], columns: list[str]) -> None:
-    with open(path, "w", newline="") as file:
+    with open(path, "w", newline="", encoding="utf-8") as file:  # names in any script
         writer = csv.writer(file)
         writer.writerow(["model", *columns])
         for model, metrics in table.items():

@@ -155,9 +155,9 @@ def earlier_registration(out_dir: Path) -> str | None:
     from napari_samtune.core.registry import user_models_dir, validate_model_name
 
     try:
-        summary = json.loads(RunFiles(out_dir).summary.read_text())
+        summary = json.loads(RunFiles(out_dir).summary.read_text(encoding="utf-8"))
         name = validate_model_name(summary["registered_name"])
-        sidecar = json.loads((user_models_dir() / f"{name}.json").read_text())
+        sidecar = json.loads((user_models_dir() / f"{name}.json").read_text(encoding="utf-8"))
         source = Path(sidecar["registered_from"])
     except (OSError, ValueError, KeyError, TypeError):
         return _registered_from(RunFiles(out_dir).model.resolve(), user_models_dir())
