@@ -130,3 +130,30 @@ def test_a_seed_torch_cannot_take_is_refused_up_front():
         with pytest.raises(ValueError, match=rf"seed={seed}; use a whole number from 0 to "):
             config_from_preset("cpu-16gb", "random:tiny", seed=seed)
     assert TrainConfig().seed <= MAX_SEED
+
+
+def test_windows_reads_its_ram_instead_of_assuming_8_gb(monkeypatch):
+    """Without os.sysconf (Windows) every machine was taken for an 8 GB one (cpu-8gb)."""
+    import ctypes
+
+    seen = []
+
+    def global_memory_status_ex(reference):
+        status = reference._obj
+        seen.append(status.dwLength)
+        status.ullTotalPhys = 16 * 2**30
+        return 1
+
+    kernel32 = SimpleNamespace(GlobalMemoryStatusEx=global_memory_status_ex)
+    monkeypatch.setattr(ctypes, "windll", SimpleNamespace(kernel32=kernel32), raising=False)
+    monkeypatch.delattr(os, "sysconf")
+    assert ram_gb() == 16.0
+    assert seen == [64]  # sizeof(MEMORYSTATUSEX), which Windows checks
+    monkeypatch.setattr(machine, "windows_physical_memory", lambda: None)
+    assert ram_gb() == machine.SMALLEST_RAM_GB  # unreadable: the smallest preset's
+
+
+def test_windows_memory_is_not_read_elsewhere():
+    from napari_samtune.core.machine import windows_physical_memory
+
+    assert windows_physical_memory() is None  # no ctypes.windll here

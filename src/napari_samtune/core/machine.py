@@ -67,11 +67,48 @@ def ram_gb(proc_cgroup: Path = PROC_CGROUP, cgroup_root: Path = CGROUP_ROOT) -> 
     """GiB of memory this process may use: the physical memory, or a cgroup limit below it."""
     try:
         physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return SMALLEST_RAM_GB
+    except (AttributeError, ValueError, OSError):  # no sysconf: Windows
+        physical = windows_physical_memory()
+        return physical / 2**30 if physical else SMALLEST_RAM_GB
     limits = [*cgroup_values(proc_cgroup, cgroup_root, "memory", "memory.limit_in_bytes")]
     limits += cgroup_values(proc_cgroup, cgroup_root, "", "memory.max")
     return min([physical, *limits]) / 2**30
+
+
+def windows_physical_memory() -> int | None:
+    """Bytes of physical memory from Windows' ``GlobalMemoryStatusEx``; None elsewhere or
+    where it fails. (Every Windows laptop was taken for an 8 GB one: ``cpu-8gb``.)"""
+    import ctypes
+
+    class MemoryStatus(ctypes.Structure):
+        _fields_ = [  # MEMORYSTATUSEX
+            ("dwLength", ctypes.c_uint32),
+            ("dwMemoryLoad", ctypes.c_uint32),
+            *((name, ctypes.c_uint64) for name in _MEMORY_STATUS_SIZES),
+        ]
+
+    windll = getattr(ctypes, "windll", None)
+    if windll is None:
+        return None
+    status = MemoryStatus()
+    status.dwLength = ctypes.sizeof(MemoryStatus)
+    try:
+        if not windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):
+            return None
+    except (AttributeError, OSError):
+        return None
+    return int(status.ullTotalPhys) or None
+
+
+_MEMORY_STATUS_SIZES = (
+    "ullTotalPhys",
+    "ullAvailPhys",
+    "ullTotalPageFile",
+    "ullAvailPageFile",
+    "ullTotalVirtual",
+    "ullAvailVirtual",
+    "ullAvailExtendedVirtual",
+)
 
 
 def usable_cores(proc_cgroup: Path = PROC_CGROUP, cgroup_root: Path = CGROUP_ROOT) -> int:
