@@ -97,3 +97,36 @@ def test_the_bar_of_a_whole_stack_run_moves_within_each_plane(stack_widget, drai
     assert done == sorted(done) and done[-1] == 3 * per_plane
     assert any(0 < d % per_plane for d in done)  # between two planes' ends
     assert "plane 1/2 of 'stack' (2 of 3)" in " ".join(r.message for r in within)
+
+
+def test_stop_during_an_embedding_does_not_start_it_again(
+    stack_widget, qtbot, drain_jobs, monkeypatch
+):
+    """The embedding of the plane in view, stopped, began again at once when it ended."""
+    gate, started = threading.Event(), []
+    real = annotate_jobs.iter_embed_planes
+
+    def held(segmenter, axes, data, planes, report, image_name="image", stop=None):
+        started.append(list(planes))
+        if len(started) == 1:
+            assert gate.wait(WAIT_MS / 1000)
+            if stop.is_set():
+                return None
+        return (yield from real(segmenter, axes, data, planes, report, image_name, stop))
+
+    monkeypatch.setattr(annotate_jobs, "iter_embed_planes", held)
+    viewer, widget = stack_widget
+    try:
+        viewer.dims.set_current_step(0, 1)  # plane 1, not embedded yet
+        qtbot.waitUntil(lambda: started == [[1]], timeout=WAIT_MS)
+        assert widget.ui.stop_button.isEnabled()
+        widget.ui.stop_button.click()
+    finally:
+        gate.set()
+    qtbot.waitUntil(lambda: not widget.runner.is_running(), timeout=WAIT_MS)
+    qtbot.wait(200)
+    assert started == [[1]] and not widget.is_embedded(1)
+    assert widget.ui.status_label.text() == "stopped"
+    widget.session.layers.points.add([1, 40, 40])  # a click on plane 1 asks for it
+    drain_jobs(widget)
+    assert started == [[1], [1]] and widget.is_embedded(1)

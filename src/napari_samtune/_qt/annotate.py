@@ -102,6 +102,7 @@ class AnnotateWidget(
         self._generation = 0  # bumped when model, image or channels change
         self._embedded: tuple[int, int | None] | None = None  # (generation, plane)
         self._failed_embedding: tuple | None = None  # (generation, plane[, views]): not retried
+        self._stopped = False  # Stop pressed: the job's end starts no embedding
         # planes whose preview lags their prompts (it waits for a model or an embedding)
         self._previews_behind: set[int | None] = set()
         self._autosave_again: list[AnnotationSession] = []  # saved once the running save ends

@@ -281,6 +281,7 @@ class AnnotateEmbeddingMixin:
             self.runner.cancel(name)
         if running:
             self.ui.status_label.setText(f"stopping {' and '.join(running)}…")
+            self._stopped = True  # nothing starts again on its own when it ends
         self.ui.stop_button.setEnabled(False)
 
     def _show_stoppable(self) -> None:
@@ -309,6 +310,10 @@ class AnnotateEmbeddingMixin:
     def _after_segmenter_job(self, on_finish=None) -> None:
         if on_finish is not None:
             on_finish()
+        stopped, self._stopped = self._stopped, False
+        if stopped:  # Stop: the plane in view is embedded when a click or the view asks
+            self.ui.status_label.setText("stopped")
+            return
         if self._ensure_embedding() is None and self.is_embedded(self.current_plane):
             self.update_preview(clear_if_empty=False)
 
