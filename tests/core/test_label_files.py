@@ -409,3 +409,29 @@ def test_images_with_very_long_names_pair_with_the_widget_s_and_their_own_label_
     match = match_files(tmp_path / "images", tmp_path / "labels")
     assert [(i.name, lab.name) for i, lab in match.pairs] == list(zip(images, labels, strict=True))
     assert all(len(name) < 240 for name in labels[:2])
+
+
+def test_names_windows_keeps_for_devices_are_not_file_names(tmp_path):
+    """An image named 'aux' (a channel) or 'NUL' was saved as aux.labels.tif, which Windows
+    takes for a device, whatever follows the dot."""
+    from napari_samtune.core.label_files import labels_file_name, safe_stem
+
+    assert [safe_stem(n) for n in ("aux", "NUL.ome", "com1", "console", "con 1")] == [
+        "aux_", "NUL_.ome", "com1_", "console", "con_1"
+    ]  # fmt: skip
+    assert labels_file_name("aux") == "aux_.labels.tif"
+    _write(tmp_path / "img", "aux.tif", np.zeros((8, 8), np.uint8))
+    for saved in ("aux_.labels.tif", "aux.labels.tif"):  # this version's, and one from elsewhere
+        labels = tmp_path / saved.replace(".", "-")
+        _write(labels, saved, np.ones((8, 8), np.uint16))
+        assert [(i.name, lab.name) for i, lab in pair_files(tmp_path / "img", labels)] == [
+            ("aux.tif", saved)
+        ]
+
+
+def test_device_names_are_refused_as_model_names():
+    from napari_samtune.core.registry import validate_model_name
+
+    with pytest.raises(ValueError, match="not a name Windows keeps for a device"):
+        validate_model_name("con", "model_name")
+    assert validate_model_name("con2") == "con2"

@@ -52,7 +52,28 @@ def safe_stem(image_name: str) -> str:
     other's labels."""
     composed = unicodedata.normalize("NFC", image_name)
     stem = re.sub(r"[^\w.-]+", "_", composed).lstrip("-._").rstrip("._")
-    return _within_limit(stem or "image")
+    return _within_limit(not_a_device(stem or "image"))
+
+
+# Names Windows keeps for devices, whatever follows their first dot ("NUL.txt" is NUL).
+WINDOWS_DEVICES = frozenset(
+    ["CON", "PRN", "AUX", "NUL", *(f"{port}{i}" for port in ("COM", "LPT") for i in range(1, 10))]
+)
+
+
+def is_device_name(name: str) -> bool:
+    """Whether Windows takes a file of this name for a device (``aux.labels.tif``)."""
+    return name.split(".", 1)[0].upper() in WINDOWS_DEVICES
+
+
+def not_a_device(stem: str) -> str:
+    """``stem`` with ``_`` after its first part where Windows would take a file of that name
+    for a device: an image named ``aux`` (a channel) is saved as ``aux_.labels.tif``, which
+    pairs with it, as ``aux.labels.tif`` (written elsewhere) still does."""
+    if not is_device_name(stem):
+        return stem
+    first, dot, rest = stem.partition(".")
+    return f"{first}_{dot}{rest}"
 
 
 def _within_limit(stem: str) -> str:

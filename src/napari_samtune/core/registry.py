@@ -23,6 +23,7 @@ from pathlib import Path
 import platformdirs
 
 from napari_samtune.core.architectures import ARCHITECTURES, SamArchitecture
+from napari_samtune.core.label_files import is_device_name
 
 APP_NAME = "napari-samtune"
 USER_SOURCE = "user"
@@ -76,8 +77,13 @@ def parse_hash(file_hash: str) -> tuple[str, str]:
 
 
 def is_model_name(name: object) -> bool:
-    """Whether ``name`` is usable as a model name and a file name."""
-    return isinstance(name, str) and _NAME_PATTERN.fullmatch(name) is not None
+    """Whether ``name`` is usable as a model name and a file name (on Windows too: not a
+    device's name such as ``con``, whose ``con.pt`` Windows takes for the console)."""
+    return (
+        isinstance(name, str)
+        and _NAME_PATTERN.fullmatch(name) is not None
+        and not is_device_name(name)
+    )
 
 
 def validate_model_name(name: str, parameter: str | None = None) -> str:
@@ -87,7 +93,8 @@ def validate_model_name(name: str, parameter: str | None = None) -> str:
         subject = f"{parameter}={name!r}" if parameter else f"model name {name!r}"
         raise ValueError(
             f"{subject} is not allowed: use 1-100 letters, digits, '_', '-' or '.', "
-            "starting with a letter or digit (no spaces or path separators)"
+            "starting with a letter or digit (no spaces or path separators), and not a name "
+            "Windows keeps for a device (CON, PRN, AUX, NUL, COM1-9, LPT1-9)"
         )
     return name
 
