@@ -705,7 +705,7 @@ def test_an_fp16_run_that_diverges_stops_after_a_few_skipped_steps(tmp_path, dat
     last epoch, which reported a NaN loss. The scaler is made here for the CPU, as a GPU
     run makes it for CUDA."""
     from napari_samtune.core import trainer_resume
-    from napari_samtune.core.trainer import FP16_NONFINITE_STEPS
+    from napari_samtune.core.trainer_divergence import FP16_NONFINITE_STEPS
 
     setup = trainer_resume.TrainerResumeMixin._setup_optimizer
 
@@ -726,7 +726,7 @@ def test_an_fp16_run_that_diverges_stops_after_a_few_skipped_steps(tmp_path, dat
 
 def test_the_learning_rate_suggested_after_divergence_is_one_finetuning_takes():
     """A tenth of 1e8, the advice for --lr 1e8, diverged again."""
-    from napari_samtune.core.trainer import _calmer
+    from napari_samtune.core.trainer_divergence import _calmer
 
     assert [_calmer(lr) for lr in (1e8, 1e-2, 1e-3, 5e-5)] == pytest.approx(
         [1e-4, 1e-4, 1e-4, 5e-6]
