@@ -120,7 +120,7 @@ def _finished(stopped_by_user: bool) -> SimpleNamespace:
         exported_model_path=Path("run/model.pth"), stopped_by_user=stopped_by_user,
         stopped_early=False, best_epoch=None, total_time_s=1.0, registered_name="run",
         last_checkpoint_path=Path("run/checkpoints/last.pt"),
-        trained_summary=lambda: "1 of 6 steps of epoch 1",
+        trained_summary=lambda: "1 of 6 steps of epoch 1", no_better_message=lambda: "",
     )  # fmt: skip
 
 

@@ -23,7 +23,7 @@ def test_a_disk_full_at_the_best_checkpoint_leaves_last_naming_the_best_on_disk(
     last.pt written before it said epoch 2 was the best, while best.pt still held epoch 1:
     the resumed run then exported epoch 1's weights as the model of epoch 2's score."""
     monkeypatch.setattr(  # every epoch improves on the one before
-        Trainer, "_validate", lambda self: {"val_iou": 0.1 * (self.progress.epoch + 1)}
+        Trainer, "_validate", lambda self, stop=None: {"val_iou": 0.1 * (self.progress.epoch + 1)}
     )
     real, writes = trainer_files.write_checkpoint, []
 
