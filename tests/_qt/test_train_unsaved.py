@@ -7,7 +7,6 @@ import numpy as np
 import tifffile
 
 from napari_samtune._qt import train_widget as train_widget_module
-from napari_samtune._qt.annotate import AnnotateWidget
 from napari_samtune._qt.train_folders import FolderSource
 from napari_samtune._qt.train_run import TrainRequest, unsaved_annotations_message
 from napari_samtune._qt.train_widget import TrainWidget
@@ -17,23 +16,16 @@ WAIT_MS = 30_000
 SMALL_CPU = MachineResources(gpu_memory_gb=None, ram_gb=16.0, n_cores=8, gpu_name=None)
 
 
-def _edited_without_autosave(viewer, qtbot, tiny_sam, drain_jobs, folder) -> AnnotateWidget:
-    """The docked widget on "cells0": object 1 autosaved to ``folder``, then object 2
-    committed with autosave unticked."""
-    widget = AnnotateWidget(viewer)
+def _edited_without_autosave(saved_once, drain_jobs, folder):
+    """``(viewer, docked widget on "cells0")``: object 1 autosaved to ``folder``, then
+    object 2 committed with autosave unticked."""
+    viewer, widget = saved_once(folder)
     viewer.window.add_dock_widget(widget)
-    widget.ui.folder_edit.setText(str(folder))
-    widget.set_model(tiny_sam, "tiny", "tiny-test")
-    drain_jobs(widget)
-    widget.session.layers.preview.data[5:15, 5:15] = 1
-    with qtbot.waitSignal(widget.annotations_saved, timeout=WAIT_MS):
-        assert widget.commit() == [1]
-    drain_jobs(widget)
     widget.ui.autosave_check.setChecked(False)
     widget.session.layers.preview.data[25:35, 25:35] = 1
     assert widget.commit() == [2]
     drain_jobs(widget)
-    return widget
+    return viewer, widget
 
 
 def _request(labels_folder, images_folder) -> TrainRequest:
@@ -43,14 +35,13 @@ def _request(labels_folder, images_folder) -> TrainRequest:
 
 
 def test_edits_not_saved_to_the_folder_a_run_reads_are_named_at_start(
-    cells_viewer, qtbot, tiny_sam, drain_jobs, tmp_path, notifications, monkeypatch
+    cells_with_one_saved_object, qtbot, drain_jobs, tmp_path, notifications, monkeypatch
 ):
-    viewer = cells_viewer(2)
+    folder = tmp_path / "annotations"
+    viewer, annotate = _edited_without_autosave(cells_with_one_saved_object, drain_jobs, folder)
     images = tmp_path / "images"
     images.mkdir()
     tifffile.imwrite(images / "cells0.tif", viewer.layers["cells0"].data)
-    folder = tmp_path / "annotations"
-    annotate = _edited_without_autosave(viewer, qtbot, tiny_sam, drain_jobs, folder)
     assert annotate.unsaved_images() == ["cells0"]
     message = unsaved_annotations_message(viewer, _request(folder, images))
     assert "the annotations of 'cells0' have edits not saved to" in message

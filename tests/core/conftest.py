@@ -12,6 +12,12 @@ import tifffile
 from napari_samtune.core.synthetic import make_dataset
 
 
+@pytest.fixture(scope="module")
+def data():
+    """(training pairs, validation pairs): three and one small generated images."""
+    return make_dataset(3, shape=(96, 112), seed=0), make_dataset(1, shape=(96, 96), seed=50)
+
+
 @pytest.fixture
 def short_tiny_config():
     """``make(**changes)``: a TrainConfig of the tiny random model for a run of seconds (one

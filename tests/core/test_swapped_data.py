@@ -12,7 +12,7 @@ import napari_samtune.cli as cli
 from napari_samtune.core.data import ImageLabelPair
 from napari_samtune.core.run_data import IMAGE_LIKE_EDGES, edge_share
 from napari_samtune.core.synthetic import make_dataset
-from napari_samtune.core.train import iter_train
+from tests.core.test_duplicate_pairs import _started
 
 
 @pytest.fixture(scope="module")
@@ -20,19 +20,10 @@ def pairs():
     return make_dataset(2, shape=(96, 112), seed=3)
 
 
-def _started(config, train_pairs, folder):
-    events = iter_train(config, train_pairs, None, folder)
-    event = next(events)
-    events.close()
-    return event
-
-
-def test_labels_that_look_like_an_image_are_named(short_tiny_config, tmp_path, pairs):
+def test_labels_that_look_like_an_image_are_named(tmp_path, pairs):
     (image, labels), (other, other_labels) = pairs
     swapped = ImageLabelPair(other_labels.astype(np.uint8), other, "swapped.tif")
-    event = _started(
-        short_tiny_config(), [ImageLabelPair(image, labels, "ok.tif"), swapped], tmp_path / "r"
-    )
+    event = _started([ImageLabelPair(image, labels, "ok.tif"), swapped], None, tmp_path / "r")
     assert event.image_like == ("swapped.tif",)
     message = event.image_like_message()
     assert "were images and labels swapped?" in message and "ok.tif" not in message

@@ -38,11 +38,6 @@ from napari_samtune.core.train_embeddings import EmbeddingLRU
 ONE_OBJECT = SyntheticStyle(n_objects=(1, 1), radius=(20.0, 36.0), noise=0.02)
 
 
-@pytest.fixture(scope="module")
-def data():
-    return make_dataset(3, shape=(96, 112), seed=0), make_dataset(1, shape=(96, 96), seed=50)
-
-
 def _config(**changes) -> TrainConfig:
     base = TrainConfig(
         model="random:tiny",

@@ -4,14 +4,12 @@ than its base was registered without a word."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 
 import pytest
 
-from napari_samtune.core.presets import TrainConfig
-from napari_samtune.core.synthetic import SyntheticStyle, make_dataset
+from napari_samtune.core.synthetic import make_dataset
 from napari_samtune.core.train import (
     EpochDone,
     StartValidated,
@@ -21,27 +19,7 @@ from napari_samtune.core.train import (
     train,
 )
 from napari_samtune.core.trainer import Trainer
-
-ONE_OBJECT = SyntheticStyle(n_objects=(1, 1), radius=(20.0, 36.0), noise=0.02)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return make_dataset(3, shape=(96, 112), seed=0), make_dataset(1, shape=(96, 96), seed=50)
-
-
-def _config(**changes) -> TrainConfig:
-    base = TrainConfig(
-        model="random:tiny",
-        epochs=2,
-        learning_rate=3e-3,
-        n_objects_per_batch=2,
-        min_samples_per_epoch=3,
-        n_iterative_prompts=1,
-        mixed_precision="no",
-        early_stopping=None,
-    )
-    return dataclasses.replace(base, **changes)
+from tests.core.test_train import ONE_OBJECT, _config
 
 
 @pytest.fixture
