@@ -14,83 +14,24 @@ import glob
 import hashlib
 import json
 import os
-import re
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from napari_samtune.core.file_names import NAMESAKE_STEM, safe_stem
 from napari_samtune.core.tiff_files import TIFF_SUFFIXES
 
 LABELS_STEM_SUFFIX = ".labels"  # what the file stem ends in (a label suffix for pairing)
 LABELS_SUFFIX = LABELS_STEM_SUFFIX + ".tif"
 PROMPTS_SUFFIX = ".prompts.json"  # the annotation widget's record next to <name>.labels.tif
 FINGERPRINT_SAMPLES = 1 << 20  # pixels hashed at most: an even sample of larger images
-# an autosave of an image whose name was taken by another image's: <name>-<fingerprint>,
-# or <name>-<fingerprint>-<n> where the earlier ones could not be read back
-NAMESAKE_STEM = re.compile(r"^(.*)-[0-9a-f]{16}(?:-[0-9]+)?$")
-# Longest name (UTF-8 bytes) in a file name stem: with ".ome", a namesake's "-<fingerprint>-<n>",
-# ".prompts.json" and atomic_write's temporary ".<name>.<8>.tmp" it stays under 255 bytes.
-# Longer names are cut to SHORT_NAME bytes, the last NAME_HASH_DIGITS a hash.
-MAX_NAME, SHORT_NAME, NAME_HASH_DIGITS = 200, 180, 12
 # Label files are often named after their image plus one of these.
 LABEL_SUFFIXES = (
     *("_labels", "_label", "_masks", "_mask", "_seg", "_gt", "-labels", "-mask"),
     LABELS_STEM_SUFFIX,  # what the annotation widget autosaves: <image>.labels.tif
 )
-
-
-def safe_stem(image_name: str) -> str:
-    """A file-name-safe version of a layer or file name: letters and digits of any script,
-    ``._-``; any run of other characters becomes ``_`` (``"cell 1"`` -> ``"cell_1"``,
-    ``"Zelle ä"`` -> ``"Zelle_ä"``). Unicode is composed first (NFC: macOS names files
-    decomposed), and the name does not begin with ``-`` (read as an option by commands).
-    A name longer than :data:`MAX_NAME` bytes is cut (:func:`_within_limit`). Only ASCII
-    was kept before, so ``日本`` and ``中国`` were both "image", and paired with each
-    other's labels."""
-    composed = unicodedata.normalize("NFC", image_name)
-    stem = re.sub(r"[^\w.-]+", "_", composed).lstrip("-._").rstrip("._")
-    return _within_limit(not_a_device(stem or "image"))
-
-
-# Names Windows keeps for devices, whatever follows their first dot ("NUL.txt" is NUL).
-WINDOWS_DEVICES = frozenset(
-    ["CON", "PRN", "AUX", "NUL", *(f"{port}{i}" for port in ("COM", "LPT") for i in range(1, 10))]
-)
-
-
-def is_device_name(name: str) -> bool:
-    """Whether Windows takes a file of this name for a device (``aux.labels.tif``)."""
-    return name.split(".", 1)[0].upper() in WINDOWS_DEVICES
-
-
-def not_a_device(stem: str) -> str:
-    """``stem`` with ``_`` after its first part where Windows would take a file of that name
-    for a device: an image named ``aux`` (a channel) is saved as ``aux_.labels.tif``, which
-    pairs with it, as ``aux.labels.tif`` (written elsewhere) still does."""
-    if not is_device_name(stem):
-        return stem
-    first, dot, rest = stem.partition(".")
-    return f"{first}_{dot}{rest}"
-
-
-def _within_limit(stem: str) -> str:
-    """``stem`` whose name part (without a namesake's ``-<fingerprint>`` and an OME
-    ``.ome``, which stay) is cut to :data:`SHORT_NAME` bytes (UTF-8) where it is longer
-    than :data:`MAX_NAME`, ending in a hash of the whole, so that the files named after it
-    fit the usual limit of 255 bytes (a microscope's export names can be longer). The hash
-    is of the name in lower case, as pairing compares names."""
-    namesake = NAMESAKE_STEM.match(stem)
-    base = namesake.group(1) if namesake else stem
-    ome = ".ome" if base.lower().endswith(".ome") else ""
-    name = base[: len(base) - len(ome)]
-    if len(name.encode()) <= MAX_NAME:
-        return stem
-    digest = hashlib.sha256(name.lower().encode()).hexdigest()[:NAME_HASH_DIGITS]
-    kept = name.encode()[: SHORT_NAME - NAME_HASH_DIGITS - 1].decode(errors="ignore")
-    return f"{kept}_{digest}{ome}{stem[len(base) :]}"
 
 
 def labels_file_name(image_name: str) -> str:

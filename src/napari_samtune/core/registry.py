@@ -23,7 +23,7 @@ from pathlib import Path
 import platformdirs
 
 from napari_samtune.core.architectures import ARCHITECTURES, SamArchitecture
-from napari_samtune.core.label_files import is_device_name
+from napari_samtune.core.file_names import is_device_name
 
 APP_NAME = "napari-samtune"
 USER_SOURCE = "user"
