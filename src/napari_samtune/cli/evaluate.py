@@ -332,9 +332,8 @@ def evaluation_settings(args: argparse.Namespace, measured: dict, names: list[st
     the versions, so that a row can be told apart from one measured otherwise."""
     import platform
     from datetime import datetime, timezone
-    from importlib.metadata import version
 
-    import torch
+    from napari_samtune.core.train_checkpoints import versions
 
     return {
         "command": "samtune evaluate",
@@ -348,9 +347,5 @@ def evaluation_settings(args: argparse.Namespace, measured: dict, names: list[st
         "max_objects_per_image": args.max_objects,
         "device": measured["device"],
         "models": {name: measured["models"][name] for name in names},
-        "versions": {
-            "napari-samtune": version("napari-samtune"),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": {**versions(), "python": platform.python_version()},  # as checkpoints
     }

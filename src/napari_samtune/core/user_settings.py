@@ -33,33 +33,33 @@ def settings_path() -> Path:
     return user_models_dir().parent / SETTINGS_NAME
 
 
-def _read(path: Path) -> dict | None:
-    """The JSON object in ``path``; None where there is none (missing, unreadable, other)."""
+def _json(path: Path) -> object:
+    """The JSON in ``path``; None where there is none (missing, unreadable, not JSON)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
 
 
 def _read_all() -> dict:
     """This package's settings: the marked file's, else those of an earlier version's
     ``settings.json`` that holds nothing but this package's keys."""
-    ours = _read(settings_path())
-    if ours is not None and ours.get("format") == SETTINGS_FORMAT:
+    ours = _json(settings_path())
+    if _is_ours(ours):
         return {key: value for key, value in ours.items() if key != "format"}
-    earlier = _read(settings_path().with_name(EARLIER_SETTINGS_NAME))
-    return earlier if earlier and set(earlier) <= KEYS else {}
+    earlier = _json(settings_path().with_name(EARLIER_SETTINGS_NAME))
+    return earlier if isinstance(earlier, dict) and earlier and set(earlier) <= KEYS else {}
+
+
+def _is_ours(data: object) -> bool:
+    return isinstance(data, dict) and data.get("format") == SETTINGS_FORMAT
 
 
 def _is_foreign(path: Path) -> bool:
     """Whether ``path`` holds JSON that is not this package's settings (a damaged file,
     which cannot be anyone's data, is replaced)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return not (isinstance(data, dict) and data.get("format") == SETTINGS_FORMAT)
+    data = _json(path)
+    return data is not None and not _is_ours(data)
 
 
 def read_setting(key: str) -> str | None:
