@@ -261,9 +261,6 @@ def data_summary(
         "val_images": [im.name for im in val_images],
         "left_out": list(left_out),
         "duplicates": [list(names) for names in duplicates],
-        # what the validation images are, not only their names ("pair 0"): a resume on
-        # others forgets the score of the starting model (see Progress.start_metric)
-        "val_fingerprints": sorted(validation_fingerprint(im) for im in val_images),
         "n_train_objects": int(sum(im.object_areas.size for im in train_images)),
         "n_val_objects": int(sum(im.object_areas.size for im in val_images)),
         "samples_per_epoch": samples_per_epoch,

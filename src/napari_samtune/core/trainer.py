@@ -56,6 +56,7 @@ from napari_samtune.core.train_export import (
     check_registration,
     metrics_record,
     record_epoch,
+    validation_fingerprint,
 )
 from napari_samtune.core.train_setup import (
     autocast,
@@ -190,6 +191,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
         val_patches = tile_patches(self.val_images, c.patch_size, c.min_object_area)
         self.val_patches = val_patches[self.dist.rank :: self.dist.world_size]
         self.has_validation = bool(val_patches)
+        self.val_fingerprints = sorted(validation_fingerprint(im) for im in self.val_images)
         self.cache = EmbeddingLRU(c.embedding_cache_size if c.encoder_frozen else 0)
         self.stored = stored_embeddings(c, self.base_model_id, self.arch, self.device)
         self.n_local = len(ddp.shard(np.arange(self.sampler.n_samples), self.dist))

@@ -211,14 +211,19 @@ class TrainerFilesMixin:
             **self.base_parts,
             "run_id": self.run_id,
             "epoch_record": self.epoch_record,
-            "data_summary": data_summary(
-                self.train_images,
-                self.val_images,
-                self.sampler.n_samples,
-                self.dist.world_size,
-                self.left_out,
-                self.duplicates,
-            ),
+            "data_summary": {
+                **data_summary(
+                    self.train_images,
+                    self.val_images,
+                    self.sampler.n_samples,
+                    self.dist.world_size,
+                    self.left_out,
+                    self.duplicates,
+                ),
+                # what the validation images are, not only their names ("pair 0"): resumed
+                # on others, a run forgets its starting model's score
+                "val_fingerprints": self.val_fingerprints,
+            },
         }
 
     def _finish(self) -> TrainingFinished:

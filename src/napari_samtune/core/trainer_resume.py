@@ -13,7 +13,6 @@ import torch
 
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train_events import Progress
-from napari_samtune.core.train_export import validation_fingerprint
 from napari_samtune.core.train_setup import make_optimizer
 from napari_samtune.core.validation_split import split_one_image
 
@@ -113,8 +112,7 @@ class TrainerResumeMixin:
         validation images the checkpoint names; resumed on others (given anew, or a held-out
         image gone), it cannot be compared with this session's epochs."""
         if "val_fingerprints" in summary:
-            now = sorted(validation_fingerprint(image) for image in self.val_images)
-            other = summary["val_fingerprints"] != now
+            other = summary["val_fingerprints"] != self.val_fingerprints
         else:  # a checkpoint written before they were kept: by their names
             now = sorted(image.name for image in self.val_images)
             other = sorted(summary.get("val_images", ())) != now
