@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_samtune.cli.prompt_files import BoxPrompts, PointPrompts
+from napari_samtune.core.prompt_checks import check_boxes
 
 
 class Progress:
@@ -71,6 +72,26 @@ def _with_shared_negatives(
     none = np.zeros((0, 4))
     labels = segmenter.predict_with_negatives(none, points[positive], points[~positive])
     return _renumber(labels, ids[positive])
+
+
+def _prompt_views(
+    segmenter, points: PointPrompts | None, boxes: BoxPrompts | None, rows: np.ndarray
+) -> list:
+    """The views (tiles, or views made for prompts in no tile) the prompts in ``rows`` are
+    decoded on, as :func:`_segment_points` and :func:`_segment_boxes` prompt them: embedded
+    first with a bar, and no others (a few boxes on a large image need only their tiles)."""
+    if boxes is not None:
+        clipped = check_boxes(boxes.boxes_xyxy[rows], segmenter.image_shape)
+        corners = [box.reshape(2, 2) for box in clipped]
+    elif points.objects is not None:
+        objects = points.objects[rows]
+        corners = [points.points_xy[rows][objects == i] for i in dict.fromkeys(objects.tolist())]
+    else:
+        xy, positive = points.points_xy[rows], points.labels[rows] == 1
+        negatives = xy[~positive]
+        corners = [np.vstack([point[None], negatives]) for point in xy[positive]]
+    views = dict.fromkeys(segmenter.view_for(c) for c in corners)
+    return [segmenter.view_tile(view) for view in views]
 
 
 def _segment_boxes(segmenter, prompts: BoxPrompts, rows: np.ndarray) -> np.ndarray:
@@ -256,12 +277,16 @@ def segment_planes(
     with optional_bar(bars and stacked, "segmenting planes", "plane") as plane_bar:
         for done, index in enumerate(todo):
             of = f" plane {index}" if stacked else ""
-            with optional_bar(bars, f"embedding{of}", "tile", not stacked) as bar:
-                segmenter.set_image(planes.rgb(index), progress=bar)
             if prompts is not None:
                 rows = np.flatnonzero(row_planes == index)
+                segmenter.set_image(planes.rgb(index), embed=False)
+                views = _prompt_views(segmenter, points, boxes, rows)
+                with optional_bar(bars, f"embedding{of}", "view", not stacked) as bar:
+                    segmenter.embed_views(views, progress=bar)
                 labels[index] = segment_rows(segmenter, prompts, rows)
             else:
+                with optional_bar(bars, f"embedding{of}", "tile", not stacked) as bar:
+                    segmenter.set_image(planes.rgb(index), progress=bar)
                 with optional_bar(bars, f"segmenting{of}", "batch", not stacked) as bar:
                     found = segmenter.segment_all(config, progress=bar)
                 labels[index] = np.where(found > 0, found + offset, 0)

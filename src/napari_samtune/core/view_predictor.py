@@ -3,7 +3,8 @@
 A view is one tile of the image's :class:`~napari_samtune.core.embeddings.TileGrid` (index
 0 .. n_tiles - 1), a view made for a prompt that fits in no tile (index n_tiles and up, see
 :meth:`ViewPredictor.view_for`) or the whole-image overview (-1). :class:`ViewPredictor`
-embeds an image's tiles once (cached on disk), the other views when a prompt needs them,
+embeds an image's tiles once (cached on disk; with ``set_image(..., embed=False)`` each when
+a prompt first needs it), the other views when a prompt needs them,
 decodes batches of prompts on a view and upscales the masks to the view's pixels. Turning
 masks into objects is up to :class:`~napari_samtune.core.predict.Segmenter`, built on it.
 
@@ -88,7 +89,8 @@ class ViewPredictor:
         self._rgb: np.ndarray | None = None
         self._image_hash: str | None = None
         self._grid: TileGrid | None = None
-        self._features: torch.Tensor | None = None
+        self._features: torch.Tensor | None = None  # all tiles' (None: see _tile_features)
+        self._tile_features: dict[int, torch.Tensor] = {}
         self._overview: torch.Tensor | None = None
         self._last_view = 0
         self._decoder_images: dict[int, DecoderImage] = {}
@@ -136,6 +138,7 @@ class ViewPredictor:
         channels: Sequence[int] | None = None,
         progress: ProgressCallback | None = None,
         image_name: str = "image",
+        embed: bool = True,
     ) -> None:
         """Normalise and embed an image (or load its embeddings from the cache).
 
@@ -144,6 +147,9 @@ class ViewPredictor:
             channel_axis, channels: passed to ``to_sam_rgb``.
             progress: called as ``progress(tiles_done, n_tiles)`` while embedding.
             image_name: what errors call the image (e.g. "plane 3/9", "image layer 'x'").
+            embed: False embeds no tile now (unless the cache holds them all): each is
+                embedded, and cached on its own, when a prompt first needs it, e.g. for a
+                few prompts on a large image (see :meth:`embed_views`).
 
         Raises:
             TypeError: for a file name (str or path) instead of the pixels.
@@ -162,15 +168,20 @@ class ViewPredictor:
         grid = TileGrid.for_image(rgb.shape[:2], self.img_size, self.tiling)
         digest = image_digest(rgb)
         if digest == self._image_hash and grid == self._grid:
-            return  # the same image again: its embeddings are already in memory
+            if self._features is not None or not embed:
+                return  # the same image again: its embeddings are already in memory
         key = embedding_key(digest, self._embedding_id, grid, "tiles")
-        features = self._load_or_embed(key, rgb, grid.tiles, progress)
+        if embed:
+            features = self._load_or_embed(key, rgb, grid.tiles, progress)
+        else:
+            features = self._cached(key, grid.tiles, progress)
         # kept for the overview, embedded later, so not the caller's memory, which it may
         # reuse: uint8 RGB (an array, or a tensor's memory) passes through to_sam_rgb as it is
         if not isinstance(image, np.ndarray) or np.may_share_memory(rgb, image):
             rgb = rgb.copy()
         self._rgb, self._image_hash, self._grid = rgb, digest, grid
         self._features, self._overview, self._last_view = features, None, 0
+        self._tile_features = {}
         self._decoder_images, self._made_views = {}, MadeViews()
 
     def prepare_prompts(self) -> None:
@@ -187,17 +198,25 @@ class ViewPredictor:
         tiles: tuple[Tile, ...],
         progress: ProgressCallback | None,
     ) -> torch.Tensor:
-        encoder = self.model.prompt_encoder
-        expected = (len(tiles), encoder.embed_dim, *encoder.image_embedding_size)
-        cached = self.cache.load(key, expected) if self.cache is not None else None
+        cached = self._cached(key, tiles, progress)
         if cached is not None:
-            if progress is not None:
-                progress(len(tiles), len(tiles))
-            return cached.to(self.model.device)
+            return cached
         features = embed_tiles(self.model, rgb, tiles, progress, self.compute_dtype)
         if self.cache is not None:
             self.cache.save(key, features)
         return features
+
+    def _cached(
+        self, key: str, tiles: tuple[Tile, ...], progress: ProgressCallback | None
+    ) -> torch.Tensor | None:
+        encoder = self.model.prompt_encoder
+        expected = (len(tiles), encoder.embed_dim, *encoder.image_embedding_size)
+        cached = self.cache.load(key, expected) if self.cache is not None else None
+        if cached is None:
+            return None
+        if progress is not None:
+            progress(len(tiles), len(tiles))
+        return cached.to(self.model.device)
 
     def view_tile(self, view: int) -> Tile:
         """The rectangle of the image that ``view`` (tile, made view or overview) sees."""
@@ -248,7 +267,9 @@ class ViewPredictor:
         if view == OVERVIEW:
             return self._overview is not None
         n_tiles = len(self.grid.tiles)
-        return view < n_tiles or self._made_views.has_features(view - n_tiles)
+        if view < n_tiles:
+            return self._features is not None or view in self._tile_features
+        return self._made_views.has_features(view - n_tiles)
 
     def embed_views(self, views: Sequence[Tile], progress: ProgressCallback | None = None) -> None:
         """Embed views of the current image (those an :class:`EmbeddingNeeded` named; cached
@@ -256,10 +277,12 @@ class ViewPredictor:
         for done, tile in enumerate(views):
             if progress is not None:
                 progress(done, len(views))
-            if tile == self.grid.overview:
+            if tile in self.grid.tiles:  # one that set_image(..., embed=False) left
+                self.features(self.grid.tiles.index(tile))
+            elif tile == self.grid.overview:
                 self.features(OVERVIEW)
-                continue
-            self.features(len(self.grid.tiles) + self._made_views.number(tile))
+            else:
+                self.features(len(self.grid.tiles) + self._made_views.number(tile))
         if progress is not None:
             progress(len(views), len(views))
 
@@ -267,9 +290,15 @@ class ViewPredictor:
         """(1, C, E, E) embedding of ``view``: a tile's, or (computed on demand) the overview's
         (-1) or a made view's."""
         n_tiles = len(self.grid.tiles)
-        if 0 <= view < n_tiles:
-            return self._require_features()[view : view + 1]
+        if 0 <= view < n_tiles and self._features is not None:
+            return self._features[view : view + 1]
         self.require_embedded([view])
+        if 0 <= view < n_tiles:
+            if view not in self._tile_features:
+                tile = self.grid.tiles[view]
+                name = "tiles" if n_tiles == 1 else view_name(tile)  # one: the image's entry
+                self._tile_features[view] = self._embed_view(name, tile)
+            return self._tile_features[view]
         if view == OVERVIEW:
             if self._overview is None:
                 self._overview = self._embed_view("overview", self.grid.overview)
@@ -284,11 +313,6 @@ class ViewPredictor:
     def _embed_view(self, name: str, tile: Tile) -> torch.Tensor:
         key = embedding_key(self._image_hash, self._embedding_id, self.grid, name)
         return self._load_or_embed(key, self._rgb, (tile,), None)
-
-    def _require_features(self) -> torch.Tensor:
-        if self._features is None:
-            raise RuntimeError("no image is set; call Segmenter.set_image(image) first")
-        return self._features
 
     def decode(
         self,
