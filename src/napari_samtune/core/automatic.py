@@ -38,6 +38,7 @@ from segment_anything.utils.amg import (
 from torchvision.ops import batched_nms
 
 from napari_samtune.core.embeddings import ProgressCallback, Tile, TileGrid
+from napari_samtune.core.progress import check_callback
 
 if TYPE_CHECKING:
     from napari_samtune.core.predict import Segmenter
@@ -325,6 +326,7 @@ def segment_automatic(
         (in order of decreasing predicted IoU).
     """
     _check_config(config)
+    check_callback(progress, "progress", "progress(batches_done, n_batches)")
     grid = segmenter.grid
     n_tiles = len(grid.tiles)
     n_batches, done = n_tiles * batches_per_tile(config), 0

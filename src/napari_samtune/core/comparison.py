@@ -108,7 +108,12 @@ def _write_chart(path: Path, table: dict[str, dict[str, float]], chart: list[tup
     positions = np.arange(len(chart))
     for i, (model, metrics) in enumerate(table.items()):
         heights = [metrics.get(key, math.nan) for key, _ in chart]
-        axes.bar(positions + (i - (len(table) - 1) / 2) * width, heights, width, label=model)
+        axes.bar(
+            positions + (i - (len(table) - 1) / 2) * width,
+            heights,
+            width,
+            label=_legend_text(model),
+        )
     axes.set_xticks(positions, [label for _, label in chart])
     axes.set_ylim(0, 1)
     axes.set_ylabel("score")
@@ -127,6 +132,13 @@ def _check_output_dir(output_dir: str | os.PathLike) -> Path:
             "folder (created if missing)"
         )
     return output_dir
+
+
+def _legend_text(model: str) -> str:
+    """``model`` as matplotlib shows it in a legend: a leading "_" hid the entry, and text
+    between two "$" came out as math ("cost $5 $x" as "cost 5x")."""
+    text = model.replace("$", r"\$")
+    return "\u200b" + text if text.startswith("_") else text
 
 
 def compare_models(
@@ -184,6 +196,8 @@ def compare_models(
         )
     csv_path = atomic_write(output_dir / f"{name}.csv", lambda tmp: _write_csv(tmp, table, columns))
     png_path = atomic_write(output_dir / f"{name}.png", lambda tmp: _write_chart(tmp, table, chart))
+    if settings_path is None:  # an overwritten comparison's settings are not this one's
+        (output_dir / f"{name}.json").unlink(missing_ok=True)
     return ComparisonFiles(csv_path, png_path, settings_path)
 
 

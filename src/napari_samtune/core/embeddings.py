@@ -53,6 +53,12 @@ class TilingConfig:
     overlap_fraction: float = 0.25  # overlap of neighbouring tiles, as a fraction of a tile side
 
     def __post_init__(self) -> None:
+        fraction = self.overlap_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+            raise TypeError(
+                f"overlap_fraction={fraction!r} is a {type(fraction).__name__}; pass a number "
+                "between 0 and 0.75 (e.g. 0.25)"
+            )
         if not 0.0 <= self.overlap_fraction <= 0.75:
             raise ValueError(
                 f"overlap_fraction={self.overlap_fraction!r}; use a fraction of the tile side "

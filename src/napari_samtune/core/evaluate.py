@@ -40,6 +40,7 @@ from napari_samtune.core.comparison import ComparisonFiles as ComparisonFiles
 from napari_samtune.core.comparison import compare_models as compare_models
 from napari_samtune.core.coords import napari_to_sam
 from napari_samtune.core.metrics import check_label_image, check_not_a_mask
+from napari_samtune.core.progress import check_callback
 from napari_samtune.core.prompts import PADDING, corrective_point, interior_point
 
 
@@ -276,6 +277,7 @@ def evaluate_prompts(
             without objects too), while its embedding is set: e.g. to segment it
             automatically as well without embedding it a second time.
     """
+    check_callback(each_image, "each_image", "each_image(index)")
     images, labels = _as_list(images, "images"), _as_list(labels, "labels")
     _check_prompt_inputs(images, labels, n_corrective_clicks)
     n_corrective_clicks = int(n_corrective_clicks)

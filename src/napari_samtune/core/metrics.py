@@ -25,7 +25,7 @@ Conventions used throughout:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -312,6 +312,11 @@ def evaluate_instances(
             with the same shape.
     """
     for name, given in (("labels", labels), ("predictions", predictions)):
+        if isinstance(given, (str, bytes, os.PathLike)) or not isinstance(given, Iterable):
+            raise TypeError(
+                f"{name} is a {type(given).__name__}; pass a list of label images, one per "
+                "image (read files first, e.g. with tifffile.imread)"
+            )
         if isinstance(given, np.ndarray) and given.ndim < 3:  # else scored row by row
             raise ValueError(
                 f"{name} is an array of shape {given.shape!r}, not label images; pass one "

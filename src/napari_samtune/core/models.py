@@ -19,6 +19,7 @@ naming the file and what was expected.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -127,7 +128,26 @@ def read_sam_state_dict(
         raise ValueError(
             f"{path}: entries {not_tensors[:3]!r} are not tensors. Expected {EXPECTED}"
         )
+    _refuse_non_finite(state, path)
     return _strip_wrapper_prefixes(state), architecture
+
+
+def _refuse_non_finite(state: dict[str, torch.Tensor], path: Path) -> None:
+    """NaN or infinite weights (a diverged run's, a damaged file's) segment nothing and
+    train nowhere, without an error of their own. A float32 sum per tensor finds them:
+    0.1-0.2 s for vit_b's 94 M weights on 2 cores, where ``isfinite`` took 2.4-2.8 s."""
+    floats = [(name, t) for name, t in state.items() if t.is_floating_point() and t.numel()]
+    if not floats:
+        return
+    sums = torch.stack([t.float().sum() for _, t in floats]).tolist()
+    bad = [name for (name, _), total in zip(floats, sums, strict=True) if not math.isfinite(total)]
+    if bad:
+        raise ValueError(
+            f"{path}: its weights are not all finite numbers ({len(bad)} tensor(s) hold NaN "
+            f"or infinite values, e.g. {bad[0]!r}), as a training run that diverged or a "
+            "damaged file leaves them, and would segment nothing; load another file (a run's "
+            "best.pt keeps its best epoch) or the model it was trained from"
+        )
 
 
 def _fit_problems(sam: Sam, state: dict[str, torch.Tensor]) -> list[str]:
@@ -301,6 +321,10 @@ def export_sam_state_dict(sam: Sam, path: str | Path) -> Path:
     """
     if not isinstance(sam, Sam):
         raise TypeError(f"sam must be a segment_anything Sam model, got {type(sam).__name__}")
+    if not isinstance(path, (str, os.PathLike)) or str(path) in ("", "."):
+        raise ValueError(  # Path('') is the current folder: "could not write ."
+            f"path={path!r} names no file; give the weights file to write, e.g. 'model.pth'"
+        )
     state = OrderedDict((k, v.detach().cpu()) for k, v in sam.state_dict().items())
     return atomic_torch_save(state, path)
 
@@ -312,6 +336,10 @@ def folder_not_weights(folder: Path) -> str:
 
     exported = folder / EXPORT_FILENAME
     found = [exported] if exported.is_file() else sorted(folder.glob("*.pt*"))
-    weights = [path for path in found if path.suffix in (".pth", ".pt") and path.is_file()]
+    weights = [
+        path
+        for path in found
+        if path.suffix in (".pth", ".pt") and path.is_file() and path.stat().st_size > 0
+    ]
     example = f", e.g. {weights[0]}" if weights else " (a .pth or .pt file)"
     return f"a folder; give the weights file inside it{example}"

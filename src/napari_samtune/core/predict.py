@@ -216,22 +216,26 @@ class Segmenter(ViewPredictor):
         point too (they mark background for all); uint32 (H, W) labels, boxes first: box
         ``i`` -> id ``i + 1``, point ``j`` -> id ``len(boxes) + j + 1``. Where objects
         overlap the larger logit wins, as in :meth:`predict_boxes` (the first prompt took
-        every pixel it shared with a later one)."""
-        boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
-        points = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
-        if len(points):
-            points = check_points(points, self.image_shape)
-        negatives = check_points(negatives_xy, self.image_shape)
+        every pixel it shared with a later one). Each of the three may be empty ((0, 4),
+        (0, 2)): without negatives, boxes give :meth:`predict_boxes`' objects."""
+        shape = self.image_shape
+        boxes = np.zeros((0, 4)) if _no_prompts(boxes_xyxy, 4) else check_boxes(boxes_xyxy, shape)
+        points = np.zeros((0, 2)) if _no_prompts(points_xy, 2) else check_points(points_xy, shape)
+        negatives = (
+            np.zeros((0, 2))
+            if _no_prompts(negatives_xy, 2)
+            else check_points(negatives_xy, shape, "negatives_xy")
+        )
         background = np.zeros(len(negatives), dtype=np.int64)
         prompts = [(negatives, background, box) for box in boxes]
         prompts += [(np.vstack([p, negatives]), np.r_[1, background], None) for p in points]
         painter = LabelPainter(self.image_shape, self.model.mask_threshold)
         for object_id, (prompt_xy, labels, box) in enumerate(prompts, start=1):
-            box = None if box is None else check_boxes(box, self.image_shape, single=True)
             corners = prompt_xy if box is None else np.vstack([prompt_xy, box.reshape(2, 2)])
             view = self.view_for(corners)
             self.require_embedded([view])
-            low, _ = self.decode(view, prompt_xy[None], labels[None], box, best_only=True)
+            points_in, labels_in = (prompt_xy[None], labels[None]) if len(labels) else (None, None)
+            low, _ = self.decode(view, points_in, labels_in, box, best_only=True)
             painter.paint(self.upscale_windows(view, low[:, 0]), [object_id])
         return painter.labels
 

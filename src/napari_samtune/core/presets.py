@@ -138,6 +138,12 @@ del M
 
 def get_preset(key: str) -> ResourcePreset:
     """The preset called ``key`` (its short key, or its full name, case-insensitive)."""
+    _check_key(key)
+    if key.strip().lower() == "auto":
+        raise ValueError(
+            "get_preset('auto'): 'auto' picks a preset for this machine; call "
+            "resolve_preset('auto') (or config_from_preset('auto', model)) for it"
+        )
     for preset in PRESETS:
         if key.strip().lower() in (preset.key, preset.name.lower()):
             return preset
@@ -256,12 +262,21 @@ def resolve_preset(key: str) -> tuple[ResourcePreset, str]:
     """The preset named ``key``, or for "auto" the one :func:`detect_preset` picks on this
     machine for each of its training processes (``torchrun``'s ``LOCAL_WORLD_SIZE``); with
     a line saying why."""
+    _check_key(key)
     if key.strip().lower() != "auto":
         return get_preset(key), f"chosen as {key!r}"
     found = measure_machine()
     n_processes = _processes_on_this_machine()
     preset, reason = detect_preset(found.gpu_memory_gb, found.ram_gb, found.n_cores, n_processes)
     return preset, f"{reason}; {found.note}" if found.note else reason
+
+
+def _check_key(key: object) -> None:
+    if not isinstance(key, str):
+        raise TypeError(
+            f"preset={key!r} is a {type(key).__name__}; pass a preset key such as "
+            f"{PRESETS[0].key!r} (one of {[p.key for p in PRESETS]!r}) or 'auto'"
+        )
 
 
 def _processes_on_this_machine() -> int:
@@ -300,6 +315,13 @@ def config_from_preset(
             "for this machine's, or a ResourcePreset"
         )
     model = os.fspath(model) if isinstance(model, os.PathLike) else model
+    if not isinstance(model, str):
+        # None: e.g. TrainingFinished.registered_name of a run stopped early
+        stopped = "; a training run stopped before its first step registered none"
+        raise TypeError(
+            f"model={model!r} names no model: give a model name (see 'samtune models'), a "
+            f"weights file or 'random:<architecture>'{stopped if model is None else ''}"
+        )
     if architecture is None:
         from napari_samtune.core.model_source import architecture_of
 

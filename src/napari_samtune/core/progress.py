@@ -82,3 +82,14 @@ def progress_bar(
         ncols=100,
         **options,
     )
+
+
+def check_callback(value: object, name: str, called_as: str) -> None:
+    """``TypeError`` up front for a ``name`` callback that is neither callable nor None:
+    ``progress=True`` (as ``train`` takes it) failed as "'bool' object is not callable"
+    only after the first tile or batch was done."""
+    if value is not None and not callable(value):
+        raise TypeError(
+            f"{name}={value!r} is a {type(value).__name__}, not a function; pass one called "
+            f"as {called_as}, or None"
+        )

@@ -3,7 +3,8 @@ prepared, repeated pairs left out, errors saying which data ("validation data: .
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -24,7 +25,7 @@ def prepare_run_data(data: TrainData, what: str):
     """:func:`prepare_annotated` and :func:`drop_duplicates`: (images, names left out for
     having no object, (left out, kept) names of repeats); errors say which data
     ("validation data: ..."). Images the caller prepared are used as they are, less repeats."""
-    data = listed(data)
+    data = listed(data, what)
     try:
         if len(data) and all(isinstance(item, PreparedImage) for item in data):
             images, left_out = list(data), ()
@@ -32,16 +33,37 @@ def prepare_run_data(data: TrainData, what: str):
             images, left_out = prepare_annotated(as_pairs(data), what)
         kept, duplicates = drop_duplicates(images)
     except (ValueError, TypeError) as err:
-        tuples = any(isinstance(item, (tuple, list)) for item in data)
+        tuples = isinstance(data, Sequence) and any(isinstance(i, (tuple, list)) for i in data)
         how = TUPLE_CHANNELS_HINT if isinstance(err, ChannelError) and tuples else ""
         raise type(err)(f"{what} data: {err}{how}") from None
     return kept, left_out, duplicates
 
 
-def listed(data: TrainData) -> TrainData:
+def _refuse_not_pairs(data: object, what: str) -> None:
+    """A folder or file name given as the data was read as its characters ("data[0] is a
+    str" named the first one); None or a number failed on its len()."""
+    read_first = (
+        "read files first with napari_samtune.core.data.load_pairs(images, labels), e.g. "
+        "load_pairs('images/', 'labels/')"
+    )
+    if isinstance(data, (str, bytes, os.PathLike)):
+        raise TypeError(
+            f"{what} data is the path {os.fsdecode(data)!r}, not (image, labels) pairs; "
+            + read_first
+        )
+    if not isinstance(data, (Iterable, ImageLabelPair)):
+        raise TypeError(
+            f"{what} data is {data!r} ({type(data).__name__}); pass a list of (image, "
+            f"labels) pairs, e.g. [(image, labels)], or {read_first}"
+        )
+
+
+def listed(data: TrainData, what: str) -> TrainData:
     """Pairs given as an iterator (a generator, ``zip(images, labels)``) as a list: they
     were refused with "object of type 'zip' has no len()". Sequences and what is not an
-    iterator (an array, one pair) stay as they are, for :func:`as_pairs` to check."""
+    iterator (an array, one pair) stay as they are, for :func:`as_pairs` to check; paths,
+    None and numbers are refused (``what``: "training" or "validation")."""
+    _refuse_not_pairs(data, what)
     return list(data) if isinstance(data, Iterator) else data
 
 

@@ -138,7 +138,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
         train_images, self.left_out, self.duplicates = prepare_run_data(train_data, "training")
         self.val_repeats = self.val_same_images = ()
         self.held_out_of = None  # the images validation was split from (see below)
-        val_data = None if val_data is None else listed(val_data)
+        val_data = None if val_data is None else listed(val_data, "validation")
         if val_data is not None and len(val_data):
             val_images, left_out, duplicates = prepare_run_data(val_data, "validation")
             self.left_out += left_out

@@ -44,6 +44,7 @@ from napari_samtune.core.images import as_pixels, check_some_pixel_finite, to_sa
 from napari_samtune.core.made_views import EmbeddingNeeded, MadeViews
 from napari_samtune.core.mask_windows import Window, upscaled_window
 from napari_samtune.core.models import state_dict_digest
+from napari_samtune.core.progress import check_callback
 from napari_samtune.core.registry import WEIGHTS_ID_PREFIX
 from napari_samtune.core.weight_cache import forget_kept
 
@@ -71,6 +72,11 @@ class ViewPredictor:
             raise TypeError(
                 f"model is a {type(model).__name__!r}; expected a segment_anything Sam model "
                 "(load one with napari_samtune.core.models.load_model(name).sam)"
+            )
+        if model_id is not None and (not isinstance(model_id, str) or not model_id.strip()):
+            raise TypeError(  # it keys the disk cache: 5 or "" would be every model's id
+                f"model_id={model_id!r}; pass the weights' id as a non-empty string (e.g. "
+                "load_model(...).model_id), or None to take a digest of the weights"
             )
         target = model.device if device is None else resolve_device(device)
         self.model = use_fast_paths(model.to(target).eval())
@@ -162,6 +168,7 @@ class ViewPredictor:
                 f"{image_name} is the file name {str(image)!r}, not its pixels; read the file "
                 f"first, e.g. set_image(tifffile.imread({str(image)!r}))"
             )
+        check_callback(progress, "progress", "progress(tiles_done, n_tiles)")
         pixels = as_pixels(image)  # read once: a dask or zarr array is not read twice
         check_some_pixel_finite(pixels, image_name)
         rgb = to_sam_rgb(pixels, channel_axis, channels)
@@ -274,6 +281,7 @@ class ViewPredictor:
     def embed_views(self, views: Sequence[Tile], progress: ProgressCallback | None = None) -> None:
         """Embed views of the current image (those an :class:`EmbeddingNeeded` named; cached
         on disk), so that prompts inside :meth:`no_encoder_passes` can use them."""
+        check_callback(progress, "progress", "progress(views_done, n_views)")
         for done, tile in enumerate(views):
             if progress is not None:
                 progress(done, len(views))
