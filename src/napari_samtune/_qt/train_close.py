@@ -49,6 +49,7 @@ class TrainCloseMixin:
         """Stop the run and close the viewer's window when it has written its checkpoint and
         exported the model; the viewer stays usable meanwhile. ``ask``: let the person keep
         the window and the run instead. Returns whether the window will close."""
+        window = self._watched_window or main_window_of(self)  # the run's end forgets it
         if ask and self._close_when_ended is None:
             answer = QMessageBox.question(
                 self,
@@ -59,7 +60,11 @@ class TrainCloseMixin:
             )
             if answer != QMessageBox.StandardButton.Yes:
                 return False
-        self._close_when_ended = self._watched_window or main_window_of(self)
+        if not self.is_running:  # it ended while the person was asked: saved and exported
+            if window is not None:
+                QTimer.singleShot(0, window.close)
+            return True
+        self._close_when_ended = window
         self.stop()
         return True
 

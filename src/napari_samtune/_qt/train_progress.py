@@ -59,7 +59,7 @@ class TrainProgressMixin:
 
     def _on_started(self, event: TrainingStarted) -> None:
         self.started = event
-        self._show_new_run(event.config.epochs)
+        self._show_new_run(event)
         total = (event.config.epochs - event.start_epoch) * event.steps_per_epoch
         self.progress_bar.setRange(0, max(total, 1))
         self.progress_bar.setValue(0)
@@ -91,10 +91,13 @@ class TrainProgressMixin:
                 f"validation IoU before training: {event.metric:.3f} (what the epochs must beat)"
             )
 
-    def _show_new_run(self, epochs: int) -> None:
+    def _show_new_run(self, event: TrainingStarted) -> None:
         """The last run's plot and result line give way to this run's, once it has begun:
-        a run refused before (its folder in use, its data) leaves them in view."""
-        self.plot.clear(max_epochs=epochs)
+        a run refused before (its folder in use, its data) leaves them in view. A continued
+        run's plot starts with its epochs so far, and the score before its first step."""
+        self.plot.clear(max_epochs=event.config.epochs)
+        if math.isfinite(event.start_metric) and not event.validates_start:
+            self.plot.add_start(event.start_metric)
         for past in self.history:  # a continued run's epochs so far
             self.plot.add_epoch(past.epoch + 1, past.train_loss, past.val_iou, past.is_best)
         self.result_label.setText("")

@@ -99,6 +99,7 @@ class TrainSettingsWidget(QWidget):
         # on it alone, so another model of it (e.g. a finetuned one) keeps what was typed
         self._filled_for: SamArchitecture | None = None
         self._before_read: dict | None = None  # the advanced fields when a file's read began
+        self._read_again = False  # another file was chosen during a read: read it after
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(self._build_main())
@@ -205,7 +206,9 @@ class TrainSettingsWidget(QWidget):
 
     def _read_architecture(self, path: Path) -> None:
         if self.runner.is_running(READ_TASK):  # look again once the current read ends
-            self.runner.worker(READ_TASK).finished.connect(self._on_model_changed)
+            # (by a flag: the read's thread may have ended already, its signals still
+            # queued, and a connection to its worker now would never be called)
+            self._read_again = True
             return
         from napari_samtune.core.model_source import architecture_of
 
@@ -223,8 +226,24 @@ class TrainSettingsWidget(QWidget):
             self._on_model_changed()
 
         self.runner.start(
-            READ_TASK, architecture_of, str(path), on_return=remember, on_error=failed
+            READ_TASK,
+            architecture_of,
+            str(path),
+            on_return=remember,
+            on_error=failed,
+            on_finish=self._after_read,
         )
+
+    def _after_read(self) -> None:
+        """A read ended: read the file chosen meanwhile, if one was (before the runner says
+        the task finished, so that a queued Start goes on waiting for it)."""
+        if self._read_again:
+            self._read_again = False
+            self._on_model_changed(retry=True)
+
+    def model_being_read(self) -> bool:
+        """Whether the chosen model's file is being read, or waits for a read to end."""
+        return self.runner.is_running(READ_TASK) or self._read_again
 
     def apply_defaults(self, _index=None) -> None:
         """Fill the advanced fields with the preset's values for the chosen model."""

@@ -67,7 +67,7 @@ from napari_samtune._qt.train_run import (
     run_folder,
     unsaved_annotations_message,
 )
-from napari_samtune._qt.train_settings import READ_TASK, TrainSettingsWidget
+from napari_samtune._qt.train_settings import TrainSettingsWidget
 from napari_samtune._qt.workers import TaskRunner
 from napari_samtune.core.checkpoints import check_output_folder, training_lock
 from napari_samtune.core.presets import MachineResources, TrainConfig
@@ -246,6 +246,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
             self.settings.model_picker.remember(request.config.model)
             write_setting(FINETUNE_FOLDER, str(request.out_dir.parent.resolve()))
         self.stop_event = threading.Event()
+        self._close_when_ended = None  # a close asked for during an earlier run is not this one's
         self.result = self.started = None
         self.steps_seen = 0  # training steps of this run the widget was told of
         self._run_before, self.run_folder = self.run_folder, request.out_dir
@@ -281,7 +282,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
         """What a Start (or Continue) waits for, e.g. "checking the data folders", or "";
         starts the check of every folder not checked yet."""
         waiting = ["checking the data folders"] if self._folders_being_checked() else []
-        if resume is None and self.settings.runner.is_running(READ_TASK):  # sets the defaults
+        if resume is None and self.settings.model_being_read():  # sets the defaults
             waiting.insert(0, "reading the model file")
         return " and ".join(waiting)
 

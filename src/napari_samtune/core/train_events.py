@@ -34,6 +34,9 @@ class TrainingStarted:
     blank: tuple[str, ...] = ()  # pairs (training or validation) whose image is one value
     validates_start: bool = False  # StartValidated comes next: the starting model is scored
     image_like: tuple[str, ...] = ()  # pairs whose labels look like an image (swapped?)
+    # val_iou of the model the run started from, kept by a resumed run (NaN: not scored yet,
+    # or on other validation images; a fresh run's comes with StartValidated)
+    start_metric: float = math.nan
 
     def left_out_message(self) -> str:
         """``"left out 2 pair(s) without any object (labels all 0): a, b"``; "" if none."""

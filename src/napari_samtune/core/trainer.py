@@ -234,6 +234,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
             blank=blank_images([*self.train_images, *self.val_images]),
             validates_start=validates_start,
             image_like=image_like_labels([*self.train_images, *self.val_images]),
+            start_metric=self.progress.start_metric,
         )
 
     def _validates_start(self) -> bool:

@@ -1,0 +1,137 @@
+"""The Finetune widget's state across transitions: a run that ends while the person is asked
+whether to close, Continue… of a run scored before training, and a model chosen while
+another model file is read."""
+
+from __future__ import annotations
+
+import time
+
+from qtpy.QtWidgets import QMessageBox
+
+from tests._qt.test_train_widget import WAIT_MS, docked, viewer  # noqa: F401 (fixtures)
+
+
+def _run_ends_while_asked(qtbot, widget, monkeypatch) -> None:
+    """Answer the close question with Yes only after the run (started here) has ended, as
+    a person who takes a moment to answer does."""
+
+    def question(*args):
+        qtbot.waitUntil(lambda: not widget.is_running, timeout=WAIT_MS)
+        return QMessageBox.StandardButton.Yes
+
+    monkeypatch.setattr(QMessageBox, "question", question)
+    widget.use_model_check.setChecked(False)
+    with qtbot.waitSignal(widget.training_started, timeout=WAIT_MS):
+        assert widget.start() is not None
+
+
+def test_a_run_that_ends_while_the_person_is_asked_closes_the_window_then(
+    qtbot,
+    docked,
+    monkeypatch,
+    close_blocker,  # noqa: F811
+):
+    """The window stayed open for good ("closing once the model is saved…"): the run's end
+    had come and gone inside the question's event loop."""
+    napari_viewer, _, widget = docked
+    closes = close_blocker(napari_viewer.window._qt_window)
+    _run_ends_while_asked(qtbot, widget, monkeypatch)
+    assert widget.close_after_run(ask=True)
+    assert widget.result is not None and widget.result.exported_model_path.is_file()
+    qtbot.waitUntil(lambda: closes.count == 1, timeout=WAIT_MS)
+    assert widget._close_when_ended is None
+
+
+def test_a_close_left_pending_does_not_close_the_window_after_a_later_run(
+    qtbot,
+    docked,
+    monkeypatch,
+    close_blocker,  # noqa: F811
+):
+    """A close asked for during one run closed napari's window, unasked, when the next run
+    ended."""
+    napari_viewer, _, widget = docked
+    closes = close_blocker(napari_viewer.window._qt_window)
+    widget._close_when_ended = napari_viewer.window._qt_window  # as an earlier run's close left it
+    widget.use_model_check.setChecked(False)
+    widget.settings.epochs_spin.setValue(1)
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.start() is not None
+    qtbot.wait(300)
+    assert closes.count == 0
+
+
+def test_continue_keeps_the_score_before_training_in_the_plot(
+    qtbot,
+    docked,
+    add_pair,
+    tmp_path,  # noqa: F811
+):
+    """A continued run's plot began at epoch 1: the point at epoch 0 went, while the result
+    line went on quoting it."""
+    _, _, widget = docked
+    widget.separate_val_check.setChecked(True)
+    assert add_pair(widget.val_data, "cells2", "cells2 labels")
+    widget.use_model_check.setChecked(False)
+    widget.settings.epochs_spin.setValue(1)
+    widget.settings.out_dir_edit.setText(str(tmp_path / "runs"))
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.start() is not None
+    start = widget.result.start_metric
+    assert widget.plot.metric_epochs == [0, 1] and widget.plot.metric_values[0] == start
+
+    widget.settings.epochs_spin.setValue(2)
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.continue_run(widget.run_folder) is not None
+    assert widget.result.start_metric == start
+    assert widget.plot.metric_epochs == [0, 1, 2]
+    assert widget.plot.metric_values[0] == start
+
+
+def _two_copies(tiny_checkpoint, tmp_path):
+    first, second = tmp_path / "model_a.pth", tmp_path / "model_b.pth"
+    first.write_bytes(tiny_checkpoint.read_bytes())
+    second.write_bytes(tiny_checkpoint.read_bytes())
+    return first, second
+
+
+def test_a_file_chosen_as_the_last_read_ends_is_read(
+    qtbot, finetune_on_cells, tiny_checkpoint, tmp_path
+):
+    """Chosen after the read's thread had ended but before its end was handled, the file
+    was never read: "reading model_b.pth…" for good, and Start refused."""
+    _, widget = finetune_on_cells(2)
+    settings = widget.settings
+    first, second = _two_copies(tiny_checkpoint, tmp_path)
+    settings.model_picker.select_model(str(first))
+    assert settings.model_being_read()
+    time.sleep(1.0)  # the main thread busy while the read's thread ends
+    settings.model_picker.select_model(str(second))
+    qtbot.waitUntil(lambda: settings.architecture() is not None, timeout=WAIT_MS)
+    assert not settings.model_being_read()
+    assert "reading" not in settings.preset_label.text()
+
+
+def test_a_start_waiting_for_a_read_waits_for_the_model_chosen_meanwhile(
+    qtbot, finetune_on_cells, add_pair, tiny_checkpoint, tmp_path, monkeypatch, notifications
+):
+    """Start pressed while model A was read, then model B chosen: when A's read ended the
+    Start was refused with "cannot start training: reading model_b.pth…"."""
+    from napari_samtune.core import model_source
+
+    _, widget = finetune_on_cells(2)
+    for i in range(2):
+        assert add_pair(widget.train_data, f"cells{i}", f"cells{i} labels")
+    widget.use_model_check.setChecked(False)
+    widget.settings.out_dir_edit.setText(str(tmp_path / "runs"))
+    first, second = _two_copies(tiny_checkpoint, tmp_path)
+    read = model_source.architecture_of
+    monkeypatch.setattr(model_source, "architecture_of", lambda path: time.sleep(0.5) or read(path))
+    widget.settings.model_picker.select_model(str(first))
+    assert widget.start() is None  # queued: the file is read
+    widget.settings.model_picker.select_model(str(second))
+    qtbot.waitUntil(lambda: widget.started is not None, timeout=WAIT_MS)
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        widget.stop()  # the file's preset chose its epochs: this test needs none of them
+    assert widget.started.config.model == str(second)
+    assert not [n for n in notifications if n.severity == "error"]
