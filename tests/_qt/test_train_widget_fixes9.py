@@ -8,7 +8,10 @@ import time
 
 from qtpy.QtWidgets import QMessageBox
 
-from tests._qt.test_train_widget import WAIT_MS, docked, viewer  # noqa: F401 (fixtures)
+from tests._qt import test_train_widget
+from tests._qt.test_train_widget import WAIT_MS
+
+docked, viewer = test_train_widget.docked, test_train_widget.viewer  # its fixtures
 
 
 def _run_ends_while_asked(qtbot, widget, monkeypatch) -> None:
@@ -29,7 +32,7 @@ def test_a_run_that_ends_while_the_person_is_asked_closes_the_window_then(
     qtbot,
     docked,
     monkeypatch,
-    close_blocker,  # noqa: F811
+    close_blocker,
 ):
     """The window stayed open for good ("closing once the model is saved…"): the run's end
     had come and gone inside the question's event loop."""
@@ -46,7 +49,7 @@ def test_a_close_left_pending_does_not_close_the_window_after_a_later_run(
     qtbot,
     docked,
     monkeypatch,
-    close_blocker,  # noqa: F811
+    close_blocker,
 ):
     """A close asked for during one run closed napari's window, unasked, when the next run
     ended."""
@@ -65,7 +68,7 @@ def test_continue_keeps_the_score_before_training_in_the_plot(
     qtbot,
     docked,
     add_pair,
-    tmp_path,  # noqa: F811
+    tmp_path,
 ):
     """A continued run's plot began at epoch 1: the point at epoch 0 went, while the result
     line went on quoting it."""
@@ -107,8 +110,8 @@ def test_a_file_chosen_as_the_last_read_ends_is_read(
     assert settings.model_being_read()
     time.sleep(1.0)  # the main thread busy while the read's thread ends
     settings.model_picker.select_model(str(second))
-    qtbot.waitUntil(lambda: settings.architecture() is not None, timeout=WAIT_MS)
-    assert not settings.model_being_read()
+    qtbot.waitUntil(lambda: not settings.model_being_read(), timeout=WAIT_MS)
+    assert settings.architecture() is not None
     assert "reading" not in settings.preset_label.text()
 
 

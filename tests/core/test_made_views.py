@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from segment_anything import SamPredictor
 
-from napari_samtune.core import made_views, view_predictor
+from napari_samtune.core import made_views, view_decoding
 from napari_samtune.core.embeddings import (
     OVERVIEW,
     Tile,
@@ -130,7 +130,7 @@ def test_made_views_come_from_the_disk_cache_the_next_time(sensitive_sam, image,
 
 def test_a_made_view_dropped_from_memory_is_embedded_again(sensitive_sam, image, monkeypatch):
     monkeypatch.setattr(made_views, "MADE_VIEWS_KEPT", 1)
-    monkeypatch.setattr(view_predictor, "DECODER_VIEWS_KEPT", 1)
+    monkeypatch.setattr(view_decoding, "DECODER_VIEWS_KEPT", 1)
     segmenter = segmenter_for(sensitive_sam, image, use_disk_cache=False)
     first = segmenter.predict(box_xyxy=ACROSS)
     other = segmenter.predict(box_xyxy=np.array([400.0, 20.0, 560.0, 100.0]))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from segment_anything import SamPredictor
 
-from napari_samtune.core import fast_decoder, view_predictor
+from napari_samtune.core import fast_decoder, view_decoding
 from napari_samtune.core.embeddings import OVERVIEW, TileGrid, TilingConfig
 from napari_samtune.core.images import to_sam_rgb
 from napari_samtune.core.mask_windows import BACKGROUND_LOGIT, Window, reproject_logits
@@ -300,9 +300,9 @@ def test_prepared_prompts_project_a_single_tile_image_once_and_set_image_does_no
     widget's embedding worker), not at the first prompt and not for every image set (the
     widget sets every plane of a stack to embed them all); later prompts reuse them."""
     calls = []
-    real = view_predictor.decoder_image
+    real = view_decoding.decoder_image
     monkeypatch.setattr(
-        view_predictor, "decoder_image", lambda *a, **k: calls.append(1) or real(*a, **k)
+        view_decoding, "decoder_image", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
     segmenter = Segmenter(tiny_sam, model_id="tiny", use_disk_cache=False)
     segmenter.set_image(image)
@@ -424,7 +424,7 @@ def test_fp16_masks_match_fp32(sensitive_sam, image):
 
 def test_decoder_tokens_are_kept_for_a_few_tiles_only(tiny_sam):
     """Prompting all over a many-tile image keeps a bounded cache and the same answers."""
-    from napari_samtune.core.view_predictor import DECODER_VIEWS_KEPT
+    from napari_samtune.core.view_decoding import DECODER_VIEWS_KEPT
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, size=(900, 900), dtype=np.uint8)
