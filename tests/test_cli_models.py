@@ -158,8 +158,9 @@ def test_removing_a_copied_description_keeps_the_weights_of_the_model_it_names(
     capsys, tiny_checkpoint
 ):
     """``a.json``/``a.pt`` copied by hand as ``b.json``/``b.pt``: b is listed as broken (its
-    description names model 'a' and a.pt) with ``--remove b`` as the fix, which used to
-    delete a.pt, model a's weights, and leave b.pt."""
+    description names model 'a' and a.pt). ``--remove b`` used to delete a.pt, model a's
+    weights; it deletes only b.json now and says that b.pt, which b.json does not name,
+    stays. The fix offered is the rename that makes b a model of its own with b.pt."""
     from napari_samtune.core.models import load_model
 
     folder = user_models_dir()
@@ -167,12 +168,17 @@ def test_removing_a_copied_description_keeps_the_weights_of_the_model_it_names(
     for suffix in (".json", ".pt"):
         (folder / f"b{suffix}").write_bytes((folder / f"a{suffix}").read_bytes())
     assert main(["models"]) == 0
-    assert "unregister them with: samtune models --remove b" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "b: keep its weights (b.pt) under the file's name with: samtune models " in out
+    assert "--rename b b" in out and "--remove b" not in out
     assert main(["models", "--remove", "b"]) == 0
-    assert "removed user model 'b' (b.json, b.pt)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "removed user model 'b' (b.json)\n" in out
+    assert f"kept {folder / 'b.pt'} (b.json does not name it)" in out
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
         "a.json",
         "a.pt",
+        "b.pt",
     ]
     load_model("a")
 
@@ -294,11 +300,11 @@ def test_a_user_model_with_nothing_recorded_is_not_called_checked(capsys, tiny_c
     assert _table_rows(capsys.readouterr().out)["bare"][3:5] == ["yes", "(unchecked)"]
 
 
-def test_a_user_model_whose_name_a_built_in_model_takes_later_can_be_kept_and_removed(
+def test_a_user_model_whose_name_a_built_in_model_takes_later_is_kept_by_renaming_it(
     capsys, monkeypatch, tiny_checkpoint
 ):
-    """A later version's new built-in model of a user model's name made it unloadable, its
-    removal was refused as a built-in's, and renaming the files, as told, did not help."""
+    """A later version's new built-in model of a user model's name made it unloadable; the
+    fix told was to register its weights anew by hand, then remove it: --rename does both."""
     from napari_samtune.core.models import load_model
 
     register_user_model(tiny_checkpoint, "histo", TINY)
@@ -306,11 +312,64 @@ def test_a_user_model_whose_name_a_built_in_model_takes_later_can_be_kept_and_re
     monkeypatch.setattr(registry, "BUILTIN_MODELS", (*registry.BUILTIN_MODELS, later))
     assert main(["models"]) == 0
     told = capsys.readouterr().out
-    weights = re.search(r"register '([^']+)' under another name", told).group(1)
-    assert "samtune models --remove histo" in told
-    register_user_model(weights, "my_histo", TINY)  # as told
+    assert "keep its weights under another name with: samtune models --rename histo NEW" in told
+    assert "--remove histo" not in told
+    assert main(["models", "--rename", "histo", "my_histo"]) == 0  # as told
+    assert "renamed user model 'histo' to 'my_histo'" in capsys.readouterr().out
     assert load_model("my_histo").architecture == TINY
-    assert main(["models", "--remove", "histo"]) == 0
     assert not (user_models_dir() / "histo.json").exists()
     assert registry.builtin_model("histo") is later  # the built-in one stays
-    assert load_model("my_histo").architecture == TINY  # its weights file is its own
+    assert main(["models"]) == 0 and "broken" not in capsys.readouterr().out
+
+
+def test_files_renamed_by_hand_are_offered_a_rename_that_keeps_the_weights(capsys, tiny_checkpoint):
+    """cells_v1.json/.pt renamed by hand to cells_best.*: the fix told was 'samtune models
+    --remove cells_best', which deleted cells_best.pt, the only copy of the weights."""
+    from napari_samtune.core.models import load_model
+
+    folder = user_models_dir()
+    register_user_model(tiny_checkpoint, "cells_v1", TINY)
+    for suffix in (".json", ".pt"):
+        (folder / f"cells_v1{suffix}").rename(folder / f"cells_best{suffix}")
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "it describes model 'cells_v1' but is named 'cells_best.json'" in out
+    assert "samtune models --rename cells_best cells_best" in out and "--remove" not in out
+    assert main(["models", "--rename", "cells_best", "cells_best"]) == 0  # as told
+    assert "mended user model 'cells_best'" in capsys.readouterr().out
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert _table_rows(out)["cells_best"][3] == "yes" and "broken" not in out
+    load_model("cells_best")
+
+
+def test_removing_a_description_renamed_by_hand_keeps_the_weights(capsys, tiny_checkpoint):
+    folder = user_models_dir()
+    register_user_model(tiny_checkpoint, "cells_v1", TINY)
+    for suffix in (".json", ".pt"):
+        (folder / f"cells_v1{suffix}").rename(folder / f"cells_best{suffix}")
+    weights = (folder / "cells_best.pt").read_bytes()
+    assert main(["models", "--remove", "cells_best"]) == 0
+    out = capsys.readouterr().out
+    assert "removed user model 'cells_best' (cells_best.json)\n" in out
+    assert f"kept {folder / 'cells_best.pt'} (cells_best.json does not name it)" in out
+    assert (folder / "cells_best.pt").read_bytes() == weights
+
+
+def test_user_models_are_renamed_and_a_taken_name_is_refused(capsys, tiny_checkpoint):
+    from napari_samtune.core.models import load_model
+
+    register_user_model(tiny_checkpoint, "cells_v1", TINY)
+    register_user_model(tiny_checkpoint, "other", TINY)
+    assert main(["models", "--rename", "cells_v1", "cells_v2"]) == 0
+    assert "renamed user model 'cells_v1' to 'cells_v2' (cells_v2.json, cells_v2.pt)" in (
+        capsys.readouterr().out
+    )
+    load_model("cells_v2")
+    assert main(["models", "--rename", "cells_v2", "other"]) == 2
+    assert "new_name='other' is taken by another user model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["models", "--rename", "cells_v2", "x", "--remove", "other"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert (user_models_dir() / "cells_v2.json").is_file()
+    assert (user_models_dir() / "other.json").is_file()

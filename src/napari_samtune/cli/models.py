@@ -13,6 +13,7 @@ from napari_samtune.core import registry
 from napari_samtune.core.checkpoints import folder_problem
 from napari_samtune.core.download import download_status, local_weights_problem
 from napari_samtune.core.registry import ModelSpec, models_cache_dir, user_models_dir
+from napari_samtune.core.user_model_rename import rename_fix
 from napari_samtune.core.user_models import scan_user_models
 
 COLUMNS = ("name", "architecture", "source", "downloaded", "path")
@@ -28,11 +29,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "architecture, source, and whether the weights are on this computer."
         ),
     )
-    parser.add_argument(
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument(
         "--remove",
         nargs="+",
         metavar="NAME",
-        help="unregister these user models and delete their files (built-in models stay)",
+        help="unregister these user models and delete the weights files their descriptions "
+        "name (built-in models and any other file stay)",
+    )
+    action.add_argument(
+        "--rename",
+        nargs=2,
+        metavar=("OLD", "NEW"),
+        help="give user model OLD the name NEW (its description and weights file are renamed; "
+        "the weights stay as they are); --rename NAME NAME mends files renamed by hand",
     )
     parser.set_defaults(func=run)
 
@@ -82,10 +92,13 @@ def _print_problems(broken: list[tuple[str, str]], damaged: dict[str, str]) -> N
         print(f"\nbroken user models, offered nowhere ({len(broken)}):")
         for name, reason in broken:
             print(f"  {name}: {reason}")
-    if broken or damaged:
-        names = " ".join([*damaged, *(name for name, _ in broken)])
-        print(f"unregister them with: samtune models --remove {names}")
-        if broken:
+    renames = {name: fix for name, _ in broken if (fix := rename_fix(name)) is not None}
+    for name, fix in renames.items():  # removing these deleted their only weights
+        print(f"{name}: {fix}")
+    removable = [*damaged, *(name for name, _ in broken if name not in renames)]
+    if removable:
+        print(f"unregister them with: samtune models --remove {' '.join(removable)}")
+        if len(broken) > len(renames):
             print("(or restore the files of the broken ones)")
         if damaged:
             print(
@@ -110,14 +123,35 @@ def _check_removable(names: list[str]) -> None:
             raise ValueError(f"{err}; nothing was removed") from None
 
 
+def _remove(names: list[str]) -> None:
+    from napari_samtune.core.user_models import remove_user_model, weights_kept_on_removal
+
+    _check_removable(names)
+    for name in names:
+        kept = weights_kept_on_removal(name)
+        deleted = remove_user_model(name)
+        print(f"removed user model {name!r} ({', '.join(p.name for p in deleted)})")
+        for path, why in kept:
+            print(f"  kept {path} ({why}); delete it by hand if it is not needed")
+
+
+def _rename(old: str, new: str) -> None:
+    from napari_samtune.core.user_model_rename import rename_user_model
+
+    weights = rename_user_model(old, new)
+    if old == new:
+        print(f"mended user model {new!r}: {new}.json describes it, with weights {weights.name}")
+    else:
+        print(f"renamed user model {old!r} to {new!r} ({new}.json, {weights.name})")
+    print(f"use it as --model {new}; its weights and embedding caches are unchanged")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.remove:
-        from napari_samtune.core.user_models import remove_user_model
-
-        _check_removable(list(dict.fromkeys(args.remove)))
-        for name in dict.fromkeys(args.remove):
-            deleted = remove_user_model(name)
-            print(f"removed user model {name!r} ({', '.join(p.name for p in deleted)})")
+        _remove(list(dict.fromkeys(args.remove)))
+        return 0
+    if args.rename:
+        _rename(*args.rename)
         return 0
     user_specs, broken = scan_user_models()
     damaged = _damaged_user_models(user_specs)

@@ -67,12 +67,7 @@ def _spec_from_sidecar(path: Path) -> ModelSpec:
     if spec.name != path.stem:
         raise ValueError(f"it describes model {spec.name!r} but is named {path.name!r}")
     if spec.name in builtin_names():  # given to a built-in model since it was registered
-        raise ValueError(
-            f"{spec.name!r} is now the name of a built-in model, which takes it: to keep these "
-            f"weights, register {str(spec.local_path())!r} under another name (Python: "
-            f"register_user_model(path, 'new_name', {spec.architecture!r})), then "
-            f"'samtune models --remove {spec.name}' removes this description"
-        )
+        raise ValueError(f"{spec.name!r} is now the name of a built-in model, which takes it")
     if not spec.local_path().is_file():
         raise ValueError(f"its weights file {spec.local_path()} is missing")
     return spec
@@ -116,7 +111,10 @@ def list_user_models() -> list[ModelSpec]:
 
 def broken_user_model_fix(name: str) -> str:
     """What to do about user model ``name`` whose files are missing or unreadable."""
-    return f"restore its files, or unregister it with: samtune models --remove {name}"
+    from napari_samtune.core.user_model_rename import rename_fix  # it imports this module
+
+    renaming = rename_fix(name)
+    return renaming or f"restore its files, or unregister it with: samtune models --remove {name}"
 
 
 def damaged_user_model_fix(name: str) -> str:
@@ -289,9 +287,11 @@ def remove_user_model(name: str) -> list[Path]:
     """Unregister user model ``name`` and delete its files; returns the deleted paths.
 
     The description goes first, so a failure part-way leaves no half-listed model.
-    The weights file's verification stamp goes too (not in the returned list). A weights
-    file that another description names stays: a description copied or renamed by hand
-    (``a.json`` as ``b.json``) still names ``a.pt``, model ``a``'s weights.
+    The weights file's verification stamp goes too (not in the returned list). Only the
+    weights file the description names is deleted, and not where another description
+    names it: a description copied or renamed by hand (``a.json`` as ``b.json``) still
+    names ``a.pt``, model ``a``'s weights, and ``b.pt`` beside it may be their only copy
+    (:func:`weights_kept_on_removal` says which files stay).
     """
     validate_model_name(name)
     sidecar = user_models_dir() / f"{name}.json"
@@ -300,8 +300,7 @@ def remove_user_model(name: str) -> list[Path]:
         users = [spec.name for spec in list_user_models()]
         which = f"the user models are {users!r}" if users else "there are no user models"
         raise ValueError(f"no user model named {name!r}; {which}")
-    own = {_weights_named_by(sidecar), *_own_weights(name)}
-    weights = own - _weights_in_use(besides=sidecar)
+    weights = {_named_weights(sidecar)} - {None} - _weights_in_use(besides=sidecar)
     deleted = []
     for path in (sidecar, *sorted(weights)):
         if path.is_file():
@@ -326,14 +325,33 @@ def _delete(path: Path, name: str, deleted: list[Path]) -> None:
         ) from err
 
 
-def _weights_named_by(sidecar: Path) -> Path:
-    """The weights file that user model description ``sidecar`` names (for a broken one
-    that names none, its usual ``<name>.pt``)."""
+def weights_kept_on_removal(name: str) -> list[tuple[Path, str]]:
+    """The weights files of user model ``name`` that :func:`remove_user_model` leaves, each
+    with why: named by another description, or ``<name>.pt``/``.pth`` not named by its own."""
+    sidecar = user_models_dir() / f"{name}.json"
+    named, others = _named_weights(sidecar), _weights_in_use(besides=sidecar)
+    kept = []
+    for path in sorted({named, *_own_weights(name)} - {None}):
+        if path in others and path.is_file():
+            kept.append((path, "another model's description names it"))
+        elif path != named and path.is_file():
+            kept.append((path, f"{sidecar.name} does not name it"))
+    return kept
+
+
+def _named_weights(sidecar: Path) -> Path | None:
+    """The weights file that description ``sidecar`` names; None where it names none."""
     try:
         filename = json.loads(sidecar.read_text(encoding="utf-8"))["filename"]
         return user_models_dir() / Path(str(filename)).name
     except (OSError, ValueError, TypeError, KeyError):
-        return sidecar.with_suffix(".pt")
+        return None
+
+
+def _weights_named_by(sidecar: Path) -> Path:
+    """The weights file that user model description ``sidecar`` names (for a broken one
+    that names none, its usual ``<name>.pt``, kept from being written over)."""
+    return _named_weights(sidecar) or sidecar.with_suffix(".pt")
 
 
 def _refuse_builtin_removal(name: str) -> None:
