@@ -138,3 +138,28 @@ def test_a_start_waiting_for_a_read_waits_for_the_model_chosen_meanwhile(
         widget.stop()  # the file's preset chose its epochs: this test needs none of them
     assert widget.started.config.model == str(second)
     assert not [n for n in notifications if n.severity == "error"]
+
+
+def test_two_widgets_started_at_once_get_folders_of_their_own(
+    qtbot, finetune_on_cells, add_pair, use_tiny_model, tmp_path, notifications
+):
+    """The second Start, before the first run's worker made its folder, chose the same one
+    and was refused: "... is in use by another training run (process <this napari>)"."""
+    from napari_samtune._qt.train_widget import TrainWidget
+    from napari_samtune.core.presets import MachineResources
+
+    viewer, first = finetune_on_cells(2)
+    machine = MachineResources(gpu_memory_gb=None, ram_gb=16.0, n_cores=8, gpu_name=None)
+    second = TrainWidget(viewer, machine=machine)
+    for widget in (first, second):
+        for i in range(2):
+            assert add_pair(widget.train_data, f"cells{i}", f"cells{i} labels")
+        use_tiny_model(widget, epochs=1)
+        widget.use_model_check.setChecked(False)
+        widget.settings.out_dir_edit.setText(str(tmp_path / "runs"))
+    assert first.start() is not None and second.start() is not None
+    qtbot.waitUntil(lambda: not first.is_running and not second.is_running, timeout=WAIT_MS)
+    assert first.run_folder != second.run_folder
+    assert first.result.exported_model_path.is_file()
+    assert second.result.exported_model_path.is_file()
+    assert not [n for n in notifications if n.severity == "error"]

@@ -153,12 +153,20 @@ def held_out_message(err: EmptyPartError) -> str:
     )
 
 
+# the folders of the runs Finetune widgets of this napari have started and not yet seen end:
+# a second widget's Start, before the first run's worker made its folder, chose the same one
+RUN_FOLDERS_IN_USE: set[Path] = set()
+
+
 def run_folder(output_folder: Path, model_name: str) -> Path:
     """A folder for a new run under ``output_folder`` that no earlier run has used (nor a
-    file of the same name: the run could not make its folder there)."""
+    file of the same name: the run could not make its folder there), nor a run of this
+    napari going on (:data:`RUN_FOLDERS_IN_USE`)."""
 
     def used(name: str) -> bool:
         folder = output_folder / name
+        if folder.resolve() in RUN_FOLDERS_IN_USE:
+            return True
         return folder.exists() and (not folder.is_dir() or any(folder.iterdir()))
 
     return output_folder / first_free(model_name, used)

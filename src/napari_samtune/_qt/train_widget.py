@@ -58,6 +58,7 @@ from napari_samtune._qt.train_plot import TrainingPlotWidget
 from napari_samtune._qt.train_progress import TRAIN_MEMORY_ADVICE, TrainProgressMixin
 from napari_samtune._qt.train_request import REPEAT_TASK, TrainRequestMixin, check_field
 from napari_samtune._qt.train_run import (
+    RUN_FOLDERS_IN_USE,
     TRAIN_TASK,
     PastEpoch,
     TrainRequest,
@@ -96,6 +97,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
         self.viewer = viewer
         self.stop_event: threading.Event | None = None
         self.run_folder: Path | None = None  # of the running (or last) run
+        self._folder_in_use: Path | None = None  # run_folder while its run goes on
         self._run_before: Path | None = None  # the last run's, while a run may be refused
         self.started: TrainingStarted | None = None  # the running (or last) run
         self.steps_seen = 0
@@ -250,6 +252,8 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
         self.result = self.started = None
         self.steps_seen = 0  # training steps of this run the widget was told of
         self._run_before, self.run_folder = self.run_folder, request.out_dir
+        self._folder_in_use = request.out_dir.resolve()  # a refused run forgets run_folder
+        RUN_FOLDERS_IN_USE.add(self._folder_in_use)
         self.history = request.history  # plotted, as the last run's goes, when training starts
         self.progress_bar.setFormat("%p%")  # a download's percent, not the last run's epoch
         self._set_running(True)
@@ -377,6 +381,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
         self.setup_area.widget().setEnabled(not running)  # a run keeps the settings it began with
 
     def _on_run_ended(self) -> None:
+        RUN_FOLDERS_IN_USE.discard(self._folder_in_use)
         if self.run_folder is not None and not self.run_folder.is_dir():  # nothing was made
             self._forget_run_folder()
         self._show_download_notes()  # a download that failed or was stopped
