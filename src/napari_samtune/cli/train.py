@@ -259,7 +259,7 @@ def _keep_model_setup(saved: TrainConfig, overrides: dict) -> None:
     """A resumed run keeps what trains: --freeze or --lora-rank changed on resume was first
     checked as a new setup ("LoRA with a frozen encoder: set --lora-rank 0"), advice that
     resume then refused."""
-    from napari_samtune.core.train_checkpoints import RESUME_MUST_MATCH
+    from napari_samtune.core.checkpoint_fields import RESUME_MUST_MATCH
 
     for field in RESUME_MUST_MATCH:
         if field in overrides and overrides[field] != getattr(saved, field):

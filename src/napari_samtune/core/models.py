@@ -74,17 +74,27 @@ def _unwrap_checkpoint(obj: object, path: Path) -> tuple[object, SamArchitecture
         raise ValueError(f"{path} holds a {type(obj).__name__}. Expected {EXPECTED}")
     if obj.get("format") == CHECKPOINT_FORMAT:
         check_format_version(obj, path)
+        if "architecture" not in obj:
+            raise ValueError(f"{path} has no 'architecture' entry. Expected {EXPECTED}")
         try:
             architecture = SamArchitecture.from_dict(obj["architecture"])
-        except (KeyError, TypeError, ValueError) as err:
+        except (TypeError, ValueError) as err:
             raise ValueError(f"{path} has a broken 'architecture' entry: {err}") from None
-        if obj.get("model_state_complete") is False:  # checkpoint_trainable_only
+        # checkpoint_trainable_only, or a training checkpoint that lost the flag saying so
+        if obj.get("model_state_complete") is False or _lost_completeness(obj):
             return _completed_on_base(obj, path), architecture
         return obj.get("model_state"), architecture
     for key in ("model_state", "model", "state_dict"):
         if isinstance(obj.get(key), dict):
             return obj[key], None
     return obj, None
+
+
+def _lost_completeness(checkpoint: dict) -> bool:
+    """A training checkpoint without ``model_state_complete``: its weights were loaded as a
+    whole model, and a trained-only one's were refused as "does not fit architecture"."""
+    training = "config" in checkpoint and "lora_state" in checkpoint
+    return training and not isinstance(checkpoint.get("model_state_complete"), bool)
 
 
 def _strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -101,13 +111,17 @@ def _strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.T
 def _completed_on_base(checkpoint: dict, path: Path) -> dict[str, torch.Tensor]:
     """The whole SAM state dict of a training checkpoint that holds only the weights its
     run trained (``checkpoint_trainable_only``): the run's base model with them loaded."""
+    from napari_samtune.core.checkpoint_fields import DamagedCheckpoint, check_model_fields
     from napari_samtune.core.lora import merged_state_dict
     from napari_samtune.core.train_checkpoints import restore_model
 
     if "config" not in checkpoint or "lora_state" not in checkpoint:
         raise ValueError(f"{path} holds only some of a model's weights. Expected {EXPECTED}")
+    check_model_fields(checkpoint, path)  # as reading it to export or resume does
     try:
-        sam, _ = restore_model(checkpoint)
+        sam, _ = restore_model(checkpoint, path)
+    except DamagedCheckpoint:  # names the file, and what to use instead
+        raise
     except (OSError, ValueError) as err:  # BaseModelUnavailable says what is needed
         raise ValueError(f"{path}: {err}") from None
     return merged_state_dict(sam)
@@ -150,9 +164,11 @@ def _refuse_non_finite(state: dict[str, torch.Tensor], path: Path) -> None:
         )
 
 
-def _fit_problems(sam: Sam, state: dict[str, torch.Tensor]) -> list[str]:
+def fit_problems(sam: Sam, state: dict[str, torch.Tensor], partial: bool = False) -> list[str]:
+    """How ``state`` does not fit ``sam``: keys missing (unless ``partial``: some of its
+    weights only), unexpected, or of another shape; [] where it fits."""
     expected = sam.state_dict()
-    missing = [k for k in expected if k not in state]
+    missing = [] if partial else [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     resized = [
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
@@ -171,7 +187,7 @@ def build_and_load(
 ) -> Sam:
     """Build ``architecture`` and load ``state`` strictly; ValueError when they do not fit."""
     sam = sam_to_load(architecture)
-    problems = _fit_problems(sam, state)
+    problems = fit_problems(sam, state)
     if problems:
         raise ValueError(
             f"{source} does not fit architecture {architecture.name!r}: {'; '.join(problems)}. "

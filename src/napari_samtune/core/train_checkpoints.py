@@ -30,6 +30,13 @@ import torch
 from segment_anything.modeling import Sam
 
 from napari_samtune.core.architectures import SamArchitecture, load_weights, sam_to_load
+from napari_samtune.core.checkpoint_fields import (
+    RESUME_MUST_MATCH,
+    check_model_fields,
+    check_resume_fields,
+    damaged,
+    whole_one_beside,
+)
 from napari_samtune.core.checkpoints import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_FORMAT_VERSION,
@@ -46,11 +53,6 @@ from napari_samtune.core.train_export import RunFiles
 from napari_samtune.core.train_setup import build_training_model, trainable_names
 
 TRAINING_CHECKPOINT = "a training checkpoint: the best.pt or last.pt that training writes"
-
-# Fields that change the model's structure or weights' meaning: a resume must keep them.
-# what a resumed run must keep; how its checkpoints are written may change (--whole-checkpoints
-# for a run that must outlive its base model was refused as "a different model setup")
-RESUME_MUST_MATCH = ("model", "lora_rank", "lora_alpha", "freeze")
 
 
 def versions() -> dict[str, str]:
@@ -167,7 +169,7 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         checkpoint = safe_torch_load(path, TRAINING_CHECKPOINT)
     except ValueError as err:  # (an UnreadableFile stays one)
-        raise type(err)(f"{err}{_whole_one_beside(path)}") from None
+        raise type(err)(f"{err}{whole_one_beside(path)}") from None
     if isinstance(checkpoint, dict) and any(
         isinstance(key, str) and key.startswith("image_encoder.") for key in checkpoint
     ):  # a plain SAM state dict: what export writes (a run's model.pth) or a download
@@ -186,25 +188,8 @@ def read_checkpoint(path: str | Path) -> dict:
             f"{str(path)!r} is a napari-samtune model checkpoint, not a training checkpoint; "
             "to finetune it further pass it as the model instead"
         )
+    check_model_fields(checkpoint, path)  # export, resume and the run's files index them
     return checkpoint
-
-
-def _whole_one_beside(path: Path) -> str:
-    """For a run's damaged last.pt or best.pt, what the other one beside it still offers:
-    else a run's folder, which holds the run, refuses a new run and points back here."""
-    others = {"last.pt": "best.pt", "best.pt": "last.pt"}
-    if path.name not in others:
-        return ""
-    beside = path.with_name(others[path.name])
-    if not is_project_checkpoint(beside):
-        return ""
-    offers = (
-        f". {beside} beside it loads: samtune export {beside} -o model.pth makes a model "
-        "of its weights, which a new run in another folder can finetune further"
-    )
-    if path.name == "last.pt":
-        return offers + "; the run itself continues only from a whole last.pt (from a backup)"
-    return offers + " (the weights of the run's latest epoch, not of its best)"
 
 
 def unexported_note(path: Path) -> str:
@@ -239,6 +224,7 @@ def check_resumable(checkpoint: dict, config: TrainConfig, path: str | Path) -> 
             f"{str(path)!r} holds weights only ({checkpoint.get('kind', '?')!r} checkpoint); "
             f"resume from {resumable}"
         )
+    check_resume_fields(checkpoint, path)
     done = int(checkpoint.get("epoch", 0))
     if done >= config.epochs:
         raise ValueError(
@@ -273,11 +259,15 @@ BASE_MODEL_FIX = (
 )
 
 
-def restore_model(checkpoint: dict) -> tuple[Sam, SamArchitecture]:
-    """The training model (LoRA adapters unmerged) of a checkpoint, on the CPU.
+def restore_model(
+    checkpoint: dict, path: str | Path = "the checkpoint"
+) -> tuple[Sam, SamArchitecture]:
+    """The training model (LoRA adapters unmerged) of a checkpoint (read from ``path``, which
+    errors name, and checked by :func:`check_model_fields`), on the CPU.
 
     :class:`BaseModelUnavailable` where the checkpoint holds only the trained weights and
-    its base model cannot be loaded as it was."""
+    its base model cannot be loaded as it was; ``DamagedCheckpoint`` where its weights do
+    not fit its recorded architecture."""
     config = TrainConfig.from_dict(checkpoint["config"])
     arch = SamArchitecture.from_dict(checkpoint["architecture"])
     state = {**checkpoint["model_state"], **checkpoint["lora_state"]}
@@ -285,7 +275,44 @@ def restore_model(checkpoint: dict) -> tuple[Sam, SamArchitecture]:
         sam = sam_to_load(arch)
         if config.lora_rank:
             apply_lora(sam.image_encoder, config.lora_rank, config.lora_alpha)
+        _check_weights_fit(sam, state, arch, path, partial=False)
         return load_weights(sam, state), arch
+    sam, base_arch = _base_model_of(checkpoint, config, path)
+    if base_arch != arch:  # the base's weights are the ones recorded: the entry is wrong
+        ours, theirs = arch.to_dict(), base_arch.to_dict()
+        differ = ", ".join(f"{k} {v!r} vs {theirs[k]!r}" for k, v in ours.items() if v != theirs[k])
+        raise damaged(
+            path,
+            f"its 'architecture' entry is not that of its base model {config.model!r}, "
+            f"whose weights it was trained with ({differ})",
+        )
+    _check_weights_fit(sam, state, arch, path, partial=True)
+    sam.load_state_dict(state, strict=False)
+    return sam, arch
+
+
+def _check_weights_fit(
+    sam: Sam, state: dict, arch: SamArchitecture, path: str | Path, partial: bool
+) -> None:
+    """``DamagedCheckpoint`` where ``state`` does not fit ``sam`` (built as ``arch``, the
+    checkpoint's architecture entry), checked before loading: torch's RuntimeError dumps
+    every tensor and names neither the file nor what to do."""
+    from napari_samtune.core.models import fit_problems
+
+    problems = fit_problems(sam, state, partial=partial)
+    if problems:
+        raise damaged(
+            path,
+            f"its weights do not fit its 'architecture' entry ({arch.name!r}: "
+            f"{'; '.join(problems)}): one of the two was changed or lost",
+        )
+
+
+def _base_model_of(
+    checkpoint: dict, config: TrainConfig, path: str | Path
+) -> tuple[Sam, SamArchitecture]:
+    """(model, architecture) of the base model a checkpoint of only the weights its run
+    trained completes on, checked to have the weights it takes from it."""
     only_trained = (
         "this checkpoint holds only the weights its run trained, which complete its base "
         f"model {config.model!r}"
@@ -296,16 +323,22 @@ def restore_model(checkpoint: dict) -> tuple[Sam, SamArchitecture]:
         raise BaseModelUnavailable(
             f"{only_trained}, and that cannot be loaded now: {err}. To fix: {BASE_MODEL_FIX}"
         ) from None
-    if not _recorded_parts_match(checkpoint, sam, config, model_id):
-        raise BaseModelUnavailable(
-            f"{only_trained} as it was ({checkpoint.get('base_model_id')}), but that model "
-            f"now has different weights ({model_id}) in the parts this checkpoint takes from "
-            f"it. To fix: {BASE_MODEL_FIX}"
+    if _recorded_parts_match(checkpoint, sam, config, model_id):
+        return sam, base_arch
+    # The very model it was trained from: the checkpoint's record is wrong, not the base
+    # (this read "as it was (X), but that model now has different weights (X)").
+    if checkpoint.get("base_model_id") == model_id:
+        raise damaged(
+            path,
+            f"the parts it takes from its base model {config.model!r} ({model_id}, the "
+            "model it was trained from) do not match its 'base_parts_digest', taken over "
+            "the parts its 'config' leaves untrained: one of those entries was changed",
         )
-    unexpected = sam.load_state_dict(state, strict=False).unexpected_keys
-    if unexpected or base_arch != arch:
-        raise ValueError(f"checkpoint weights do not fit base model {config.model!r}")
-    return sam, arch
+    raise BaseModelUnavailable(
+        f"{only_trained} as it was ({checkpoint.get('base_model_id')}), but that model "
+        f"now has different weights ({model_id}) in the parts this checkpoint takes from "
+        f"it. To fix: {BASE_MODEL_FIX}"
+    )
 
 
 def export_model(checkpoint_path: str | Path, out_path: str | Path) -> tuple[Path, SamArchitecture]:
@@ -318,7 +351,7 @@ def export_model(checkpoint_path: str | Path, out_path: str | Path) -> tuple[Pat
     from napari_samtune.core.models import export_sam_state_dict
 
     _check_export_path(Path(checkpoint_path), Path(out_path))
-    sam, arch = restore_model(read_checkpoint(checkpoint_path))
+    sam, arch = restore_model(read_checkpoint(checkpoint_path), checkpoint_path)
     plain = load_weights(sam_to_load(arch), merged_state_dict(sam))
     return export_sam_state_dict(plain, out_path), arch
 

@@ -156,7 +156,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
             parts = base_parts_digest(sam, config) if config.checkpoint_trainable_only else None
         else:
             check_resumable(checkpoint, config, path)
-            sam, arch = restore_model(checkpoint)
+            sam, arch = restore_model(checkpoint, path)
             self.base_model_id = checkpoint.get("base_model_id", "")
             parts = checkpoint.get("base_parts_digest")
         self.base_parts = {} if parts is None else {"base_parts_digest": parts}

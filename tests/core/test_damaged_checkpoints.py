@@ -1,0 +1,200 @@
+"""A training checkpoint that lost a field, or one of another napari-samtune version, is
+refused naming the file, the field and what to use instead: export, resume and loading it
+as a model ended in a bare KeyError, or torch's state-dict dump, from deep in the restore."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import pytest
+import tifffile
+import torch
+
+import napari_samtune.cli as cli
+from napari_samtune.core.models import load_model
+from napari_samtune.core.presets import TrainConfig
+from napari_samtune.core.synthetic import make_dataset
+from napari_samtune.core.train import train
+from napari_samtune.core.train_checkpoints import export_model
+
+DATA = make_dataset(2, shape=(64, 64), seed=0)
+CONFIG = TrainConfig(
+    model="random:tiny", epochs=1, n_objects_per_batch=1, min_samples_per_epoch=1,
+    n_iterative_prompts=0, mixed_precision="no", early_stopping=None, val_fraction=0.5,
+)  # fmt: skip
+SETUPS = {
+    "whole": CONFIG,  # every weight in each checkpoint
+    "frozen": dataclasses.replace(  # only the trained ones: completed on the base model
+        CONFIG, freeze=("image_encoder",), checkpoint_trainable_only=True
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A one-epoch run of each setup (last.pt and best.pt), trained once for the module."""
+    folder = tmp_path_factory.mktemp("runs")
+    for name, config in SETUPS.items():
+        train(config, DATA, out_dir=folder / name)
+    return folder
+
+
+def _damaged_run(runs, tmp_path, setup: str, field: str, value=None, which="last.pt"):
+    """A copy of the ``setup`` run whose ``which`` checkpoint lacks ``field`` ("top" or
+    "top.nested"), or has it set to ``value``; the checkpoint's path."""
+    run = shutil.copytree(runs / setup, tmp_path / "run")
+    path = run / "checkpoints" / which
+    checkpoint = torch.load(path, weights_only=True)
+    *parents, key = field.split(".")
+    entry = checkpoint
+    for parent in parents:
+        entry = entry[parent]
+    if value is None:
+        del entry[key]
+    else:
+        entry[key] = value
+    torch.save(checkpoint, path)
+    return path
+
+
+def _resume(path, setup: str):
+    config = dataclasses.replace(SETUPS[setup], epochs=2)
+    return train(config, DATA, out_dir=path.parent.parent, resume_from=path.parent.parent)
+
+
+@pytest.mark.parametrize("setup", ["whole", "frozen"])
+@pytest.mark.parametrize("field", ["architecture", "model_state", "model_state_complete"])
+def test_a_checkpoint_without_its_model_fields_is_refused_naming_them(runs, tmp_path, setup, field):
+    path = _damaged_run(runs, tmp_path, setup, field)
+    named = f"'{path}' is a damaged training checkpoint: it has no {field!r} entry"
+    beside = f". {path.with_name('best.pt')} beside it loads: samtune export"
+    for use in (
+        lambda: export_model(path, tmp_path / "model.pth"),
+        lambda: _resume(path, setup),
+    ):
+        with pytest.raises(ValueError) as raised:
+            use()
+        assert str(raised.value).startswith(named) and beside in str(raised.value)
+    assert not (tmp_path / "model.pth").exists()
+
+
+@pytest.mark.parametrize("field", ["model_state", "model_state_complete", "config.freeze"])
+def test_a_trained_only_checkpoint_that_lost_a_field_is_refused_as_a_model(runs, tmp_path, field):
+    """Without model_state, segment --model last.pt ended in a KeyError; without the flag,
+    it was taken for a whole model ("does not fit architecture 'tiny': 38 missing")."""
+    path = _damaged_run(runs, tmp_path, "frozen", field)
+    with pytest.raises(ValueError, match=f"^'{path}' is a damaged training checkpoint: it"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("setup", ["whole", "frozen"])
+@pytest.mark.parametrize(
+    ("field", "said"),
+    [
+        ("progress", "its 'progress' entry is missing"),
+        ("progress.epoch", "its 'progress' entry has no ['epoch']"),  # resumed from epoch 0
+        ("rng_state", "its 'rng_state' entry is missing"),
+        ("rng_state.torch", "its 'rng_state' entry has no torch random state"),
+        ("scheduler_state", "its 'scheduler_state' entry is missing"),
+    ],
+)
+def test_a_checkpoint_without_its_resume_fields_is_refused_and_still_exports(
+    runs, tmp_path, setup, field, said
+):
+    path = _damaged_run(runs, tmp_path, setup, field)
+    with pytest.raises(ValueError) as raised:
+        _resume(path, setup)
+    message = str(raised.value)
+    assert message.startswith(f"'{path}' is a damaged training checkpoint: {said}")
+    assert f"cannot be continued from it. samtune export {path} -o model.pth" in message
+    export_model(path, tmp_path / "model.pth")  # its weights are whole
+
+
+@pytest.mark.parametrize(
+    ("setup", "said"),
+    [
+        ("whole", "its weights do not fit its 'architecture' entry ('tiny': "),
+        ("frozen", "its 'architecture' entry is not that of its base model 'random:tiny'"),
+    ],
+)
+@pytest.mark.parametrize("field", ["architecture.window_size", "architecture.depth"])
+def test_a_checkpoint_with_a_lost_architecture_field_is_refused_naming_it(
+    runs, tmp_path, setup, said, field
+):
+    """Its architecture then takes a default: torch's "Error(s) in loading state_dict ...
+    size mismatch" came out as it was (a RuntimeError: a traceback in the CLI)."""
+    path = _damaged_run(runs, tmp_path, setup, field)
+    path.with_name("best.pt").unlink()  # no other checkpoint: the run's model, a new run
+    for use in (
+        lambda: export_model(path, tmp_path / "model.pth"),
+        lambda: _resume(path, setup),
+    ):
+        with pytest.raises(ValueError) as raised:
+            use()
+        message = str(raised.value)
+        assert message.startswith(f"'{path}' is a damaged training checkpoint: {said}")
+        assert message.endswith("Use the run's model.pth where it has one (exported when the "
+                                "run ended), or start a new run")  # fmt: skip
+
+
+@pytest.mark.parametrize("setup", ["whole", "frozen"])
+def test_a_checkpoint_of_a_newer_version_s_config_is_named_with_the_fix(runs, tmp_path, setup):
+    """A config field this version does not know was refused as "unknown training config
+    fields ['patch_overlap']", naming neither the file nor what to do."""
+    path = _damaged_run(runs, tmp_path, setup, "config.patch_overlap", 0.25)
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["versions"]["napari_samtune"] = "9.0.0"
+    torch.save(checkpoint, path)
+    uses = [lambda: export_model(path, tmp_path / "model.pth"), lambda: _resume(path, setup)]
+    if setup == "frozen":  # a whole one loads as a model in any version: its weights are plain
+        uses.append(lambda: load_model(path))
+    for use in uses:
+        with pytest.raises(ValueError) as raised:
+            use()
+        assert str(raised.value).startswith(
+            f"'{path}' was written by napari-samtune 9.0.0 (config fields ['patch_overlap'] "
+            "unknown to napari-samtune "
+        )
+        assert str(raised.value).endswith("update napari-samtune, or use the run's model.pth, "
+                                          "which any version loads")  # fmt: skip
+
+
+def test_a_trained_only_checkpoint_with_a_wrong_digest_is_not_said_to_have_a_new_base(
+    runs, tmp_path
+):
+    """Its base model unchanged, the message read "as it was (random:tiny-seed0), but that
+    model now has different weights (random:tiny-seed0)"."""
+    path = _damaged_run(runs, tmp_path, "frozen", "base_parts_digest", "0" * 64)
+    with pytest.raises(ValueError) as raised:
+        export_model(path, tmp_path / "model.pth")
+    message = str(raised.value)
+    assert message.startswith(f"'{path}' is a damaged training checkpoint: the parts it takes")
+    assert "now has different weights" not in message
+
+
+def test_the_cli_says_what_is_damaged_rather_than_a_traceback(runs, tmp_path, capsys):
+    path = _damaged_run(runs, tmp_path, "whole", "progress")
+    run, images, labels = path.parent.parent, tmp_path / "images", tmp_path / "labels"
+    images.mkdir(), labels.mkdir()
+    for i, (image, label) in enumerate(DATA):
+        tifffile.imwrite(images / f"{i}.tif", image), tifffile.imwrite(labels / f"{i}.tif", label)
+    resume = ["train", "--resume", str(run), "--epochs", "2", "--no-progress", "--images"]
+    resume += [str(images), "--labels", str(labels)]
+    assert cli.main(resume) == 2
+    assert f"error: '{path}' is a damaged training checkpoint: its 'progress'" in (
+        capsys.readouterr().err
+    )
+    del_architecture = _damaged_run(runs, tmp_path / "other", "whole", "architecture")
+    export = ["export", str(del_architecture), "-o", str(tmp_path / "model.pth")]
+    assert cli.main(export) == 2
+    assert "is a damaged training checkpoint: it has no 'architecture' entry" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_checkpoint_without_its_architecture_is_said_so_as_a_model(runs, tmp_path):
+    """It was called "a broken 'architecture' entry: 'architecture'" (a KeyError's text)."""
+    path = _damaged_run(runs, tmp_path, "whole", "architecture")
+    with pytest.raises(ValueError, match=f"^{path} has no 'architecture' entry. Expected SAM"):
+        load_model(path)
