@@ -198,3 +198,17 @@ def test_a_checkpoint_without_its_architecture_is_said_so_as_a_model(runs, tmp_p
     path = _damaged_run(runs, tmp_path, "whole", "architecture")
     with pytest.raises(ValueError, match=f"^{path} has no 'architecture' entry. Expected SAM"):
         load_model(path)
+
+
+def test_whole_weights_whose_config_lost_the_model_setup_export_but_do_not_resume(runs, tmp_path):
+    """A resume compares the model setup with the run's (a default freeze read as "a
+    different model setup"); whole weights need none of it to be a model."""
+    path = _damaged_run(runs, tmp_path, "whole", "config.freeze")
+    with pytest.raises(ValueError) as raised:
+        _resume(path, "whole")
+    assert str(raised.value).startswith(
+        f"'{path}' is a damaged training checkpoint: its 'config' entry has no ['freeze'], "
+        f"so its run cannot be continued from it. samtune export {path} -o model.pth"
+    )
+    export_model(path, tmp_path / "model.pth")
+    assert load_model(path).architecture.name == "tiny"

@@ -21,10 +21,11 @@ from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train_events import Progress
 
 # Fields that change the model's structure or weights' meaning: a resume must keep them,
-# and a checkpoint's config without one of them cannot rebuild its model (a default put in
-# its place completed a frozen-encoder checkpoint on other parts of its base model).
-# How its checkpoints are written may change (--whole-checkpoints for a run that must
-# outlive its base model was refused as "a different model setup").
+# so a resume, or a checkpoint of only the trained weights, needs them in its config (a
+# default put in their place completed a frozen-encoder checkpoint on other parts of its
+# base model); whole weights export without them. How its checkpoints are written may
+# change (--whole-checkpoints for a run that must outlive its base model was refused as
+# "a different model setup").
 RESUME_MUST_MATCH = ("model", "lora_rank", "lora_alpha", "freeze")
 
 # Where a resumed run stands; the other Progress fields have defaults that hold for them.
@@ -89,13 +90,14 @@ def check_model_fields(checkpoint: dict, path: str | Path) -> TrainConfig:
         state = checkpoint[field]
         if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
             raise damaged(path, f"its {field!r} entry holds other things than named tensors")
-    return check_config(checkpoint, path)
+    needed = () if checkpoint["model_state_complete"] else RESUME_MUST_MATCH
+    return check_config(checkpoint, path, needed)
 
 
-def check_config(checkpoint: dict, path: str | Path) -> TrainConfig:
+def check_config(checkpoint: dict, path: str | Path, needed: tuple[str, ...]) -> TrainConfig:
     """The checkpoint's training config; a ``ValueError`` naming ``path`` for fields this
-    version does not know (a newer version's), one it cannot rebuild the model without,
-    or a value it refuses."""
+    version does not know (a newer version's), a field of ``needed`` missing, or a value
+    it refuses."""
     saved = checkpoint["config"]
     unknown = sorted(set(saved) - {f.name for f in fields(TrainConfig)}, key=str)
     if unknown:
@@ -110,7 +112,7 @@ def check_config(checkpoint: dict, path: str | Path) -> TrainConfig:
             f"napari-samtune {ours}): update napari-samtune, or use the run's model.pth, "
             "which any version loads"
         )
-    lost = [field for field in RESUME_MUST_MATCH if field not in saved]
+    lost = [field for field in needed if field not in saved]
     if lost:
         raise damaged(path, f"its 'config' entry has no {lost!r}, which its model needs")
     try:
@@ -121,9 +123,11 @@ def check_config(checkpoint: dict, path: str | Path) -> TrainConfig:
 
 def check_resume_fields(checkpoint: dict, path: str | Path) -> None:
     """``ValueError`` naming ``path`` unless a checkpoint with optimizer state holds the rest
-    a run continues from: the scheduler's state, where the run stands, the random state.
-    Its weights may still be whole, so the error says how to make a model of them."""
-    problem = _resume_problem(checkpoint)
+    a run continues from: its model setup (config), the scheduler's state, where the run
+    stands, the random state. Its weights may still be whole, so the error says how to
+    make a model of them."""
+    lost = [field for field in RESUME_MUST_MATCH if field not in checkpoint["config"]]
+    problem = f"its 'config' entry has no {lost!r}" if lost else _resume_problem(checkpoint)
     if problem:
         raise DamagedCheckpoint(
             f"{str(path)!r} is a damaged training checkpoint: {problem}, so its run cannot "
