@@ -98,7 +98,14 @@ class AnnotateActionsMixin:
         if self._waits_for_restore("commit"):
             return []
         if self._previews_behind:  # it would write a mask without the latest prompts
-            show_info(behind_note(sorted(self._previews_behind)))
+            if self._ensure_embedding() is not None:  # nothing was coming: Stop ended it
+                show_info(
+                    "not committed yet: the preview does not show your latest prompts (their "
+                    "embedding was stopped); embedding the image for them now: commit (C) "
+                    "once the preview shows them"
+                )
+            else:
+                show_info(behind_note(sorted(self._previews_behind)))
             return []
         source = "batched" if self.ui.mode_combo.currentText() == BATCHED_MODE else "interactive"
         overwrite = self.ui.overwrite_check.isChecked()
@@ -345,10 +352,14 @@ class AnnotateActionsMixin:
             if skipped:
                 show_warning(jobs.skipped_note(AUTO_TASK, session.image_layer.name, skipped))
             if len(planes) > 1 and len(written) + len(skipped) < len(planes):
+                kept = (  # U would undo an earlier commit where the run added nothing
+                    "the objects found are kept (U undoes them all)"
+                    if group.writes
+                    else "nothing was added"
+                )
                 show_info(
                     f"automatic segmentation of {session.image_layer.name!r} ended after "
-                    f"{len(written) + len(skipped)} of {len(planes)} planes; the objects "
-                    "found are kept (U undoes them all)"
+                    f"{len(written) + len(skipped)} of {len(planes)} planes; {kept}"
                 )
             if session is self.session:
                 self._automatic_unsaved = None

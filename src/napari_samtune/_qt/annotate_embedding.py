@@ -237,7 +237,15 @@ class AnnotateEmbeddingMixin:
             def guarded(value):
                 if callback is None:
                     return
-                if session is self.session and (keep_stale or generation == self._generation):
+                if (
+                    keep_stale
+                    and session is self.session
+                    and session.image_layer.data is not data()
+                ):
+                    # objects found in the pixels before: the rest of the run is moot too
+                    dropped.setdefault("the image got new pixels while it ran", []).append(value)
+                    self.runner.cancel(name)
+                elif session is self.session and (keep_stale or generation == self._generation):
                     callback(value)
                 elif is_result and keep_away and still_valid(keep_stale):
                     callback(value)  # only other images were chosen meanwhile
@@ -311,8 +319,10 @@ class AnnotateEmbeddingMixin:
         if on_finish is not None:
             on_finish()
         stopped, self._stopped = self._stopped, False
-        if stopped:  # Stop: the plane in view is embedded when a click or the view asks
+        if stopped:  # Stop: the plane in view is embedded when a click, C or the view asks
             self.ui.status_label.setText("stopped")
+            if self.is_embedded(self.current_plane):  # it was, before Stop took effect:
+                self.update_preview(clear_if_empty=False)  # prompts clicked meanwhile
             return
         if self._ensure_embedding() is None and self.is_embedded(self.current_plane):
             self.update_preview(clear_if_empty=False)

@@ -109,7 +109,10 @@ class AnnotateModelMixin:
         notes: list[str] = []  # shown however the job ends: a file moved aside stays so
         stop = threading.Event()  # Cancel, or the panel closed
 
+        answered = []  # a cancelled (quit) worker returns nothing: see ended()
+
         def loaded(result) -> None:
+            answered.append(True)
             _show_notes(notes)
             if stop.is_set():  # loaded before it saw Cancel: not wanted now
                 self.ui.model_label.setText(f"{self._model_text()} ({source}: cancelled)")
@@ -120,9 +123,16 @@ class AnnotateModelMixin:
             self._check_loaded_weights()  # registered anew while it loaded
 
         def failed(_exc) -> None:
+            answered.append(True)
             _show_notes(notes)
             stopped = f" ({source}: cancelled; Load model resumes the download)"
             self.ui.model_label.setText(self._model_text() + (stopped if stop.is_set() else ""))
+
+        def ended() -> None:
+            self.ui.cancel_load_button.setEnabled(False)
+            if not answered:  # Cancel quit the worker, whose result superqt then drops:
+                _show_notes(notes)  # "loading <model>…" stayed for good
+                self.ui.model_label.setText(f"{self._model_text()} ({source}: cancelled)")
 
         self.ui.cancel_load_button.setEnabled(True)
         return self.runner.start(
@@ -135,7 +145,7 @@ class AnnotateModelMixin:
             stop,
             on_return=loaded,
             on_error=failed,
-            on_finish=lambda: self.ui.cancel_load_button.setEnabled(False),
+            on_finish=ended,
             cancel_event=stop,
         )
 

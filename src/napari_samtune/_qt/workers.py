@@ -330,9 +330,14 @@ class TaskRunner:
         self._cancels.pop(name, None)
         quiet = name in self._quiet
         self._quiet.discard(name)
-        if self._shown and not quiet and self._workers.keys() <= self._quiet:
+        if not self._shown or quiet:
+            return
+        shown = [task for task in self._workers if task not in self._quiet]
+        if not shown:
             self.progress_bar.setVisible(False)
             self.status_label.setText("")
+        else:  # the ended task's last words ("loading model…") stayed while another ran
+            self._show_progress(TaskProgress(0, 0, f"{shown[-1]}…"))
 
     def _on_widgets_destroyed(self, _obj=None) -> None:
         """The viewer closed with tasks running: they are asked to stop, and their late
