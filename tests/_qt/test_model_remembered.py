@@ -91,3 +91,23 @@ def test_finetune_starts_in_the_output_folder_of_its_last_run(
     (tmp_path / "my runs").rename(tmp_path / "moved")  # gone since: the default again
     _, after_move = finetune_on_cells(n=1)
     assert after_move.settings.output_folder() == default_output_folder()
+
+
+def test_a_model_renamed_since_is_offered_under_its_new_name(qtbot, tiny_checkpoint, notifications):
+    """After `samtune models --rename cells cells_v2` the remembered 'cells' fell back to
+    the default model (a download), and ↻ warned it had been removed."""
+    from napari_samtune.core.user_model_rename import rename_user_model
+
+    register_user_model(tiny_checkpoint, "cells", TINY)
+    picker = ModelPickerWidget(remembered_as=ANNOTATE_MODEL)
+    qtbot.addWidget(picker)
+    picker.select_model("cells")
+    picker.remember("cells")
+    rename_user_model("cells", "cells_v2")
+    picker.refresh_models()
+    assert picker.model_source() == "cells_v2"
+    assert any("'cells' was renamed 'cells_v2'" in n for n in notifications)
+    assert not [n for n in notifications if n.severity == "warning"]
+    later = ModelPickerWidget(remembered_as=ANNOTATE_MODEL)  # the next napari session
+    qtbot.addWidget(later)
+    assert later.model_source() == "cells_v2"

@@ -53,7 +53,7 @@ def test_renaming_moves_both_files_and_keeps_the_weights_id_hash_and_stamp(tiny_
     assert load_model("cells_v2").model_id == before  # embedding caches still match
     assert [s.name for s in list_user_models()] == ["cells_v2"]
     data = json.loads((user_models_dir() / "cells_v2.json").read_text())
-    assert data["name"] == "cells_v2" and data["renamed_from"] == "cells_v1"
+    assert data["name"] == "cells_v2" and data["former_names"] == ["cells_v1"]
 
 
 @pytest.mark.parametrize(

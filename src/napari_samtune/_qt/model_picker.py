@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from napari.utils.notifications import show_warning
+from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox,
@@ -27,6 +27,7 @@ from napari_samtune.core.devices import DEVICE_CHOICES
 from napari_samtune.core.download import download_status
 from napari_samtune.core.model_lookup import list_models
 from napari_samtune.core.registry import ModelSpec
+from napari_samtune.core.user_model_rename import renamed_to
 from napari_samtune.core.user_settings import read_setting, write_setting
 
 FILE_ENTRY = "checkpoint file…"
@@ -70,7 +71,7 @@ class ModelPickerWidget(QWidget):
         """The model last used here (:meth:`remember`) where it is still there (a user model
         not removed, a file not moved), else :data:`DEFAULT_MODEL`."""
         kept = read_setting(self._setting) if self._setting is not None else None
-        for name in (kept, DEFAULT_MODEL):
+        for name in (kept, renamed_to(kept), DEFAULT_MODEL):  # renamed since: its new name
             if name is None:
                 continue
             try:
@@ -113,9 +114,15 @@ class ModelPickerWidget(QWidget):
             )
         self.model_combo.addItem(FILE_ENTRY, FILE_ENTRY)
         index = self.model_combo.findData(current)
+        renamed = renamed_to(current) if index < 0 else None
+        if renamed is not None and self.model_combo.findData(renamed) >= 0:
+            index = self.model_combo.findData(renamed)
+            show_info(f"user model {current!r} was renamed {renamed!r}; it stays chosen")
         self.model_combo.setCurrentIndex(max(index, 0))
         self.model_combo.blockSignals(False)
-        if index < 0:  # a new list, or the chosen model is gone
+        if renamed is not None and index >= 0:
+            self._on_selection()  # the same weights under another name
+        elif index < 0:  # a new list, or the chosen model is gone
             if current is not None:  # e.g. removed by `samtune models rm`: not silently
                 show_warning(
                     f"model {current!r} is no longer in the model list (removed?); "

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -54,7 +55,7 @@ class TilingConfig:
 
     def __post_init__(self) -> None:
         fraction = self.overlap_fraction
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+        if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real):  # np.float32 too
             raise TypeError(
                 f"overlap_fraction={fraction!r} is a {type(fraction).__name__}; pass a number "
                 "between 0 and 0.75 (e.g. 0.25)"

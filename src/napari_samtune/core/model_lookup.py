@@ -25,5 +25,10 @@ def get_model_spec(name: str) -> ModelSpec:
         spec = user_model_spec(name)
     if spec is not None:
         return spec
+    from napari_samtune.core.user_model_rename import renamed_note
+
     choices = [spec.name for spec in list_models()]
-    raise ValueError(f"unknown model {name!r}; choose one of {choices!r} or give a file path")
+    raise ValueError(
+        f"unknown model {name!r}; choose one of {choices!r} or give a file path"
+        + renamed_note(name)
+    )

@@ -41,10 +41,12 @@ def architecture_of(model: str) -> SamArchitecture:
         return model_lookup.get_model_spec(model).resolve_architecture()
     path = Path(model).expanduser()
     if not path.is_file():
+        from napari_samtune.core.user_model_rename import renamed_note
+
         names = [spec.name for spec in model_lookup.list_models()]
         raise ValueError(
             f"model={model!r} is neither a model name ({names!r}), a weights file, nor "
-            f"'{RANDOM_PREFIX}<architecture>'"
+            f"'{RANDOM_PREFIX}<architecture>'{renamed_note(model)}"
         )
     state, stored = models.read_sam_state_dict(path)
     if stored is not None:

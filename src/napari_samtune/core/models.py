@@ -154,7 +154,12 @@ def _refuse_non_finite(state: dict[str, torch.Tensor], path: Path) -> None:
     if not floats:
         return
     sums = torch.stack([t.float().sum() for _, t in floats]).tolist()
-    bad = [name for (name, _), total in zip(floats, sums, strict=True) if not math.isfinite(total)]
+    # a sum of finite but huge weights (3e38) overflows too: those tensors are checked whole
+    bad = [
+        name
+        for (name, t), total in zip(floats, sums, strict=True)
+        if not math.isfinite(total) and not bool(torch.isfinite(t).all())
+    ]
     if bad:
         raise ValueError(
             f"{path}: its weights are not all finite numbers ({len(bad)} tensor(s) hold NaN "
@@ -252,10 +257,13 @@ def neither_model_nor_file(name_or_path: str | os.PathLike) -> ValueError:
     listed = f"yours: {yours[:SHOWN_USER_MODELS]!r}" + (
         f" and {more} more ('samtune models' lists them)" if more > 0 else ""
     )
+    from napari_samtune.core.user_model_rename import renamed_note
+
     return ValueError(
         f"{str(name_or_path)!r} is neither a model name (built-in: {names!r}; "
         + (listed if yours else "none of yours is registered")
         + ") nor an existing file"
+        + renamed_note(str(name_or_path))
     )
 
 

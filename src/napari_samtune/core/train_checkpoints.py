@@ -48,9 +48,11 @@ from napari_samtune.core.checkpoints import (
 )
 from napari_samtune.core.lora import adapter_state_dict, apply_lora, merged_state_dict
 from napari_samtune.core.model_source import recorded_model
+from napari_samtune.core.models import is_registered_name
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train_export import RunFiles
 from napari_samtune.core.train_setup import build_training_model, trainable_names
+from napari_samtune.core.user_model_rename import renamed_to
 
 TRAINING_CHECKPOINT = "a training checkpoint: the best.pt or last.pt that training writes"
 
@@ -317,6 +319,9 @@ def _base_model_of(
         "this checkpoint holds only the weights its run trained, which complete its base "
         f"model {config.model!r}"
     )
+    renamed = None if is_registered_name(config.model) else renamed_to(config.model)
+    if renamed is not None:  # samtune models --rename: the same weights (checked below)
+        config = replace(config, model=renamed)
     try:
         sam, base_arch, model_id = build_training_model(config)
     except (OSError, ValueError) as err:

@@ -82,6 +82,33 @@ def rename_fix(name: str) -> str | None:
     )
 
 
+def renamed_to(name: str) -> str | None:
+    """The name user model ``name`` has now where it was renamed (``samtune models
+    --rename``), else None: runs trained from it, and the widgets' remembered model, still
+    call it by its former name."""
+    if not isinstance(name, str) or not name:
+        return None
+    folder = user_models_dir()
+    for sidecar in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        try:
+            data = json.loads(sidecar.read_text(encoding="utf-8"))
+            former, current = data.get("former_names", []), data["name"]
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            continue
+        if isinstance(former, list) and name in former and current == sidecar.stem != name:
+            return current
+    return None
+
+
+def renamed_note(name: object) -> str:
+    """``"; user model 'a' was renamed 'b' ..."`` for an error about unknown model ``name``
+    where it was renamed, else ""."""
+    new = renamed_to(name) if isinstance(name, str) else None
+    if new is None:
+        return ""
+    return f"; user model {name!r} was renamed {new!r} (samtune models --rename): use {new!r}"
+
+
 def _read_description(sidecar: Path, old_name: str) -> dict:
     """The description of user model ``old_name``; ValueError where there is none."""
     if not sidecar.is_file() and old_name in builtin_names():
@@ -174,8 +201,9 @@ def _move(sidecar: Path, data: dict, weights: Path, target: Path, new_name: str)
     """Write the new description, move the weights and stamp, delete the old description."""
     new_sidecar = sidecar.with_name(f"{new_name}.json")
     described = {**data, "name": new_name, "filename": target.name}
-    if data.get("name") != new_name:
-        described["renamed_from"] = data.get("name")
+    if data.get("name") != new_name:  # what runs trained from it and settings call it
+        former = [*data.get("former_names", []), data.get("name")]
+        described["former_names"] = [name for name in former if isinstance(name, str)]
     _write_json_atomically(new_sidecar, described)
     if target != weights:
         try:
