@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
+import torch
 
 import napari_samtune.cli
 from napari_samtune.cli import main
@@ -145,3 +146,25 @@ def test_samtune_segment_embeds_only_the_tiles_its_prompts_are_in(
     expected = np.zeros_like(by_points)
     expected[by_points == 1], expected[by_points == 2] = 1, 3  # ids: the rows' numbers
     np.testing.assert_array_equal(tifffile.imread(out / "p.tif"), expected)
+
+
+def test_embedding_whole_reads_the_tiles_embedded_one_at_a_time_before(
+    tiny_sam, image, embedded_tiles
+):
+    """A later set_image of the whole image (the annotation widget, after `samtune segment
+    --boxes`) embedded every tile again; now the tiles cached one at a time are read, the
+    others embedded, with the embeddings of a whole embedding."""
+    lazy = segmenter(tiny_sam)
+    lazy.set_image(image, embed=False)
+    lazy.predict_boxes(np.vstack([IN_FIRST_TILE, IN_LAST_TILE]))
+    assert embedded_tiles[0] == 2
+    whole = segmenter(tiny_sam)
+    whole.set_image(image)
+    n_tiles = len(whole.grid.tiles)
+    assert embedded_tiles[0] == n_tiles  # the other tiles only
+    reference = segmenter(tiny_sam, use_disk_cache=False)
+    reference.set_image(image)
+    for view in range(n_tiles):
+        torch.testing.assert_close(whole.features(view), reference.features(view))
+    segmenter(tiny_sam).set_image(image)  # cached whole now
+    assert embedded_tiles[0] == n_tiles + n_tiles  # the reference's own, no more

@@ -176,7 +176,9 @@ class ViewPredictor(ViewDecodingMixin):
                 return  # the same image again: its embeddings are already in memory
         key = embedding_key(digest, self._embedding_id, grid, "tiles")
         if embed:
-            features = self._load_or_embed(key, rgb, grid.tiles, progress)
+            features = self._cached(key, grid.tiles, progress)
+            if features is None:
+                features = self._embed_tiles_left(key, rgb, digest, grid, progress)
         else:
             features = self._cached(key, grid.tiles, progress)
         # kept for the overview, embedded later, so not the caller's memory, which it may
@@ -208,6 +210,33 @@ class ViewPredictor(ViewDecodingMixin):
         features = embed_tiles(self.model, rgb, tiles, progress, self.compute_dtype)
         if self.cache is not None:
             self.cache.save(key, features)
+        return features
+
+    def _embed_tiles_left(
+        self,
+        key: str,
+        rgb: np.ndarray,
+        digest: str,
+        grid: TileGrid,
+        progress: ProgressCallback | None,
+    ) -> torch.Tensor:
+        """Every tile's embedding, cached under ``key``: those :meth:`set_image` with
+        ``embed=False`` cached one at a time (``samtune segment --boxes``, say) are read,
+        the others embedded; the annotation widget embedded the whole image again."""
+        tiles = grid.tiles
+        if self.cache is None or len(tiles) == 1:
+            return self._load_or_embed(key, rgb, tiles, progress)
+        own = [embedding_key(digest, self._embedding_id, grid, view_name(t)) for t in tiles]
+        parts = [self._cached(own[i], (tile,), None) for i, tile in enumerate(tiles)]
+        left = [i for i, part in enumerate(parts) if part is None]
+        if left:
+            new = embed_tiles(
+                self.model, rgb, tuple(tiles[i] for i in left), progress, self.compute_dtype
+            )
+            for i, features in zip(left, new.split(1), strict=True):
+                parts[i] = features
+        features = torch.cat(parts)
+        self.cache.save(key, features)
         return features
 
     def _cached(
