@@ -49,6 +49,7 @@ from napari_samtune.cli import (
     option_wording,
 )
 from napari_samtune.cli.prompt_files import read_boxes_csv, read_points_csv
+from napari_samtune.cli.segment_files import check_labels_name, output_for, read_image
 from napari_samtune.cli.segment_planes import (
     Planes,
     download_bar,
@@ -57,7 +58,6 @@ from napari_samtune.cli.segment_planes import (
     segment_planes,
 )
 from napari_samtune.core.label_files import labels_file_name
-from napari_samtune.core.tiff_files import TIFF_SUFFIXES, read_tiff_with_axes
 
 AUTO_OPTIONS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "min_area")
 # The core's parameter names as the options that set them, for its error messages.
@@ -127,13 +127,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     auto.add_argument("--stability-score-thresh", type=float, help="minimum stability score")
     auto.add_argument("--min-area", type=int, help="smallest object kept, in pixels")
     parser.set_defaults(func=run)
-
-
-def read_image(path: Path) -> tuple[np.ndarray, str]:
-    """The pixels of a TIFF file, and the axes the file names (:func:`read_tiff_with_axes`)."""
-    if not path.is_file():
-        raise ValueError(f"image {str(path)!r} does not exist")
-    return read_tiff_with_axes(path)
 
 
 def _report_empty(labels: np.ndarray, expected_ids, ids_from: str) -> None:
@@ -250,10 +243,10 @@ def _run(args: argparse.Namespace) -> int:
     if batch or (into_folder and args.auto):  # one image into a folder: as one of several
         return _run_batch(args, files)
     if into_folder:  # a prompt file's objects: under the name the widget and train pair
-        args.output = _output_for(files[0], args.output)  # beside a namesake's labels
+        args.output = output_for(files[0], args.output)  # beside a namesake's labels
         output_text = str(args.output)
     check_output_file(output_text, example)
-    _check_labels_name(args.output, files[0], example, args.overwrite)
+    check_labels_name(args.output, files[0], example, args.overwrite)
     planes = Planes(*read_image(files[0]), files[0], args)
     n_planes = planes.count if args.stack else None
     # read prompts and settings before loading the model, so mistakes show up at once
@@ -278,68 +271,6 @@ def _run(args: argparse.Namespace) -> int:
         f"{_objects(n_objects)}{where} written to {args.output} ({_using(segmenter, model_name)})"
     )
     return 0
-
-
-def _check_labels_name(output: Path, image: Path, example: str, overwrite: bool) -> None:
-    """``-o`` must name a TIFF file (what is written, and what training pairs) other than
-    the image itself, which would be lost, and not existing unless ``overwrite``."""
-    if output.suffix.lower() not in TIFF_SUFFIXES:
-        folder = f", or, for a folder, write it with a trailing /: {output}/"
-        folder = "" if output.suffix else folder  # no suffix: perhaps a folder meant
-        raise ValueError(
-            f"-o {str(output)!r} does not end in .tif: labels are written as a TIFF file; "
-            f"give e.g. {output.with_name(example)}{folder}"
-        )
-    if output.resolve() == image.resolve():
-        raise ValueError(
-            f"-o {str(output)!r} is the input image: writing the labels there would destroy "
-            f"it; give another name, e.g. {output.with_name(example)}"
-        )
-    if output.exists() and not overwrite:  # labels corrected since would be lost
-        raise ValueError(
-            f"-o {str(output)!r} exists already; pass --overwrite to replace it, or give "
-            "another name"
-        )
-    _check_record_free(output)
-
-
-def _check_record_free(output: Path) -> None:
-    """Refuse an ``-o`` whose record (``<name>.prompts.json``) is that of the annotation
-    widget's labels beside it: ``cell.tif`` and ``cell.labels.tif`` share
-    ``cell.prompts.json``, and writing it would lose their prompts and image fingerprint
-    (the widget, batch reruns and training would then take them for another image's)."""
-    from napari_samtune.core.label_files import LABELS_SUFFIX, PROMPTS_SUFFIX, prompts_path_for
-
-    record = prompts_path_for(output)
-    owner = record.with_name(record.name[: -len(PROMPTS_SUFFIX)] + LABELS_SUFFIX)
-    if output.name == owner.name or not (record.is_file() and owner.is_file()):
-        return
-    raise ValueError(
-        f"-o {str(output)!r} would write its record to {str(record)!r}, which is the record "
-        f"of the labels {str(owner)!r} (their prompts and image fingerprint would be lost); "
-        f"give another name, e.g. {output.with_name(output.stem + '-cli' + output.suffix)}, "
-        f"or -o {str(owner)!r} --overwrite to replace those labels"
-    )
-
-
-def _output_for(image: Path, out_dir: Path) -> Path:
-    """``<image>.labels.tif`` in ``out_dir``, or, where that file was saved in napari for
-    another image of the same name (its record's fingerprint), ``<image>-<fingerprint>``
-    as the annotation widget names it: a namesake's annotations are never skipped as done
-    nor overwritten."""
-    from napari_samtune.core.label_files import image_fingerprint, namesake_name, saved_fingerprint
-
-    output = out_dir / labels_file_name(image.stem)
-    saved = saved_fingerprint(output) if output.is_file() else None
-    if saved is None:
-        return output
-    try:
-        fingerprint = image_fingerprint(read_image(image)[0])
-    except ValueError:  # reported when the image is segmented
-        return output
-    if saved == fingerprint:
-        return output
-    return out_dir / labels_file_name(namesake_name(image.stem, fingerprint))
 
 
 # an image's labels written by someone else (the annotation widget) while it was segmented
@@ -378,7 +309,7 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
             "(name an image to segment it all the same)"
         )
     images = [f for f in files if f not in labelled]
-    outputs = {f: _output_for(f, out_dir) for f in images}
+    outputs = {f: output_for(f, out_dir) for f in images}
     by_output: dict[Path, list[str]] = {}
     for image, output in outputs.items():
         by_output.setdefault(output, []).append(str(image))

@@ -1,0 +1,81 @@
+"""The files ``samtune segment`` reads and writes: the image, ``-o``'s name checked against
+the image and the annotation widget's files, and each image's labels file in a folder.
+Qt-free, used by :mod:`napari_samtune.cli.segment`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from napari_samtune.core.label_files import labels_file_name
+from napari_samtune.core.tiff_files import TIFF_SUFFIXES, read_tiff_with_axes
+
+
+def read_image(path: Path) -> tuple[np.ndarray, str]:
+    """The pixels of a TIFF file, and the axes the file names (:func:`read_tiff_with_axes`)."""
+    if not path.is_file():
+        raise ValueError(f"image {str(path)!r} does not exist")
+    return read_tiff_with_axes(path)
+
+
+def check_labels_name(output: Path, image: Path, example: str, overwrite: bool) -> None:
+    """``-o`` must name a TIFF file (what is written, and what training pairs) other than
+    the image itself, which would be lost, and not existing unless ``overwrite``."""
+    if output.suffix.lower() not in TIFF_SUFFIXES:
+        folder = f", or, for a folder, write it with a trailing /: {output}/"
+        folder = "" if output.suffix else folder  # no suffix: perhaps a folder meant
+        raise ValueError(
+            f"-o {str(output)!r} does not end in .tif: labels are written as a TIFF file; "
+            f"give e.g. {output.with_name(example)}{folder}"
+        )
+    if output.resolve() == image.resolve():
+        raise ValueError(
+            f"-o {str(output)!r} is the input image: writing the labels there would destroy "
+            f"it; give another name, e.g. {output.with_name(example)}"
+        )
+    if output.exists() and not overwrite:  # labels corrected since would be lost
+        raise ValueError(
+            f"-o {str(output)!r} exists already; pass --overwrite to replace it, or give "
+            "another name"
+        )
+    check_record_free(output)
+
+
+def check_record_free(output: Path) -> None:
+    """Refuse an ``-o`` whose record (``<name>.prompts.json``) is that of the annotation
+    widget's labels beside it: ``cell.tif`` and ``cell.labels.tif`` share
+    ``cell.prompts.json``, and writing it would lose their prompts and image fingerprint
+    (the widget, batch reruns and training would then take them for another image's)."""
+    from napari_samtune.core.label_files import LABELS_SUFFIX, PROMPTS_SUFFIX, prompts_path_for
+
+    record = prompts_path_for(output)
+    owner = record.with_name(record.name[: -len(PROMPTS_SUFFIX)] + LABELS_SUFFIX)
+    if output.name == owner.name or not (record.is_file() and owner.is_file()):
+        return
+    raise ValueError(
+        f"-o {str(output)!r} would write its record to {str(record)!r}, which is the record "
+        f"of the labels {str(owner)!r} (their prompts and image fingerprint would be lost); "
+        f"give another name, e.g. {output.with_name(output.stem + '-cli' + output.suffix)}, "
+        f"or -o {str(owner)!r} --overwrite to replace those labels"
+    )
+
+
+def output_for(image: Path, out_dir: Path) -> Path:
+    """``<image>.labels.tif`` in ``out_dir``, or, where that file was saved in napari for
+    another image of the same name (its record's fingerprint), ``<image>-<fingerprint>``
+    as the annotation widget names it: a namesake's annotations are never skipped as done
+    nor overwritten."""
+    from napari_samtune.core.label_files import image_fingerprint, namesake_name, saved_fingerprint
+
+    output = out_dir / labels_file_name(image.stem)
+    saved = saved_fingerprint(output) if output.is_file() else None
+    if saved is None:
+        return output
+    try:
+        fingerprint = image_fingerprint(read_image(image)[0])
+    except ValueError:  # reported when the image is segmented
+        return output
+    if saved == fingerprint:
+        return output
+    return out_dir / labels_file_name(namesake_name(image.stem, fingerprint))
