@@ -18,10 +18,10 @@ import tifffile
 from napari_samtune._qt.train_run import TRAIN_TASK, past_epochs
 from napari_samtune._qt.train_settings import READ_TASK
 from napari_samtune._qt.train_widget import TrainWidget
-from napari_samtune.core.checkpoints import TRAINING_LOCK_NAME, training_lock
 from napari_samtune.core.config_checks import MODEL_PARTS
 from napari_samtune.core.presets import MachineResources, TrainConfig
 from napari_samtune.core.registry import user_models_dir
+from napari_samtune.core.run_lock import TRAINING_LOCK_NAME, training_lock
 
 WAIT_MS = 120_000
 SMALL_CPU = MachineResources(gpu_memory_gb=None, ram_gb=16.0, n_cores=8, gpu_name=None)

@@ -10,7 +10,7 @@ import numpy as np
 import tifffile
 
 import napari_samtune._qt.train_widget as train_widget
-from napari_samtune.core.checkpoints import training_lock
+from napari_samtune.core.run_lock import training_lock
 from napari_samtune.core.synthetic import make_image
 from tests._qt.test_train_widget_fixes3 import _run_once, _two_pairs_one_epoch
 from tests._qt.test_train_widget_start import only_image_without_held_out_objects

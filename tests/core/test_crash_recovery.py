@@ -90,7 +90,7 @@ def test_an_epoch_trained_again_replaces_its_metrics_line(tmp_path):
 def test_the_temporary_files_of_a_killed_run_go_when_its_folder_is_locked_again(tmp_path):
     """A kill while a checkpoint is written leaves atomic_write's temporary file, as large
     as the checkpoint; each kill left one more, for good. Other files stay."""
-    from napari_samtune.core.checkpoints import training_lock
+    from napari_samtune.core.run_lock import training_lock
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -107,7 +107,7 @@ def _trained_in_another_process(run):
     """A process holding ``run``'s training lock, as a run training there does; yields its
     id, and ends it after."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from napari_samtune.core.checkpoints import "
+        [sys.executable, "-c", "import sys; from napari_samtune.core.run_lock import "
          f"training_lock\nwith training_lock({str(run)!r}):\n print('held', flush=True)\n"
          " sys.stdin.readline()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -124,7 +124,7 @@ def test_a_python_run_into_a_folder_another_process_trains_in_is_refused(tmp_pat
     into the folder of a run in another process wrote over that run's checkpoints. Under
     the caller's own lock (as the command line holds it) it runs; a killed run's
     temporary files go when it takes the lock itself."""
-    from napari_samtune.core.checkpoints import TRAINING_LOCK_NAME, training_lock
+    from napari_samtune.core.run_lock import TRAINING_LOCK_NAME, training_lock
 
     data, run = make_dataset(2, shape=(64, 64), seed=0), tmp_path / "run"
     with _trained_in_another_process(run):
@@ -144,7 +144,7 @@ def test_continuing_a_run_still_in_its_first_epoch_says_it_is_training(tmp_path)
     """Resumed (or exported) while it still trained its first epoch, a run's folder was
     called "a folder without a training checkpoint ... of a run that trained at least one
     step", not in use; after its first checkpoint, the lock said so."""
-    from napari_samtune.core.checkpoints import training_process
+    from napari_samtune.core.run_lock import training_process
     from napari_samtune.core.train_checkpoints import resolve_checkpoint
 
     run = tmp_path / "run"

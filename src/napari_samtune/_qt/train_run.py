@@ -28,9 +28,10 @@ from napari_samtune._qt.downloads import Reporter, fetch_model_file
 from napari_samtune._qt.preset_text import PART_LABELS
 from napari_samtune._qt.train_folders import FolderSource, load_folder_pairs
 from napari_samtune._qt.workers import TaskRefused, logged_notes, user_message
-from napari_samtune.core.checkpoints import first_free, folder_problem, training_lock
+from napari_samtune.core.checkpoints import first_free, folder_problem
 from napari_samtune.core.data import ImageLabelPair, prepare_pairs
 from napari_samtune.core.presets import TrainConfig
+from napari_samtune.core.run_lock import training_lock
 from napari_samtune.core.train import TrainEvent, iter_train
 from napari_samtune.core.train_export import RunFiles
 from napari_samtune.core.validation_split import EmptyPartError, split_validation

@@ -70,8 +70,9 @@ from napari_samtune._qt.train_run import (
 )
 from napari_samtune._qt.train_settings import TrainSettingsWidget
 from napari_samtune._qt.workers import TaskRunner
-from napari_samtune.core.checkpoints import check_output_folder, training_lock
+from napari_samtune.core.checkpoints import check_output_folder
 from napari_samtune.core.presets import MachineResources, TrainConfig
+from napari_samtune.core.run_lock import training_lock
 from napari_samtune.core.train import TrainingFinished, TrainingStarted
 from napari_samtune.core.train_export import check_model_name, check_registration
 from napari_samtune.core.user_settings import FINETUNE_FOLDER, write_setting

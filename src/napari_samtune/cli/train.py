@@ -304,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from napari_samtune.core.checkpoints import training_lock
+    from napari_samtune.core.run_lock import training_lock
     from napari_samtune.core.train_export import check_registration
 
     args.out = out_folder(args)

@@ -40,11 +40,10 @@ from napari_samtune import __version__
 from napari_samtune.core.checkpoints import (
     ABANDONED_WRITE_SECONDS,
     remove_abandoned_writes,
-    same_file,
-    try_lock,
     write_error,
 )
 from napari_samtune.core.registry import parse_hash
+from napari_samtune.core.run_lock import same_file, try_lock
 
 ProgressCallback = Callable[[int, "int | None"], None]  # (bytes_done, bytes_total or None)
 CHUNK_SIZE = 1 << 20  # bytes read per step: big enough for speed, small enough for progress

@@ -26,9 +26,9 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from napari_samtune.core import distributed as ddp
-from napari_samtune.core.checkpoints import holds_training_lock, training_lock
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.run_data import TrainData
+from napari_samtune.core.run_lock import holds_training_lock, training_lock
 from napari_samtune.core.train_events import (
     EpochDone,
     StartValidated,

@@ -44,12 +44,12 @@ from napari_samtune.core.checkpoints import (
     check_format_version,
     is_project_checkpoint,
     safe_torch_load,
-    training_process,
 )
 from napari_samtune.core.lora import adapter_state_dict, apply_lora, merged_state_dict
 from napari_samtune.core.model_source import recorded_model
 from napari_samtune.core.models import is_registered_name
 from napari_samtune.core.presets import TrainConfig
+from napari_samtune.core.run_lock import training_process
 from napari_samtune.core.train_export import RunFiles
 from napari_samtune.core.train_setup import build_training_model, trainable_names
 from napari_samtune.core.user_model_rename import renamed_to
