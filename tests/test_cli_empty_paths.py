@@ -10,7 +10,7 @@ import tifffile
 
 from napari_samtune.cli import main
 from napari_samtune.core.checkpoints import check_output_folder
-from napari_samtune.core.label_files import expand_paths
+from napari_samtune.core.file_lists import expand_paths
 from napari_samtune.core.synthetic import make_image
 
 

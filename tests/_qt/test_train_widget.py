@@ -462,7 +462,8 @@ def test_multichannel_folders_train_on_the_channels_typed(qtbot, viewer, tmp_pat
     data.labels_dir_edit.setText(str(labels))
     assert not _checked(qtbot, data)
     assert "image of 'c0.tif / c0.tif': image has shape (96, 96, 2)" in data.folder_error.text()
-    assert "(the channels field, e.g. 1 or 0,1,2)" in data.folder_error.text()
+    assert "ambiguous; fill in the channels field" in data.folder_error.text()
+    assert "channel_axis" not in data.folder_error.text()  # the panel has no such field
 
     data.channels_edit.setText("first")
     assert not _checked(qtbot, data)

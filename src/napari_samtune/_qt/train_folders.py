@@ -29,7 +29,14 @@ from napari_samtune.core.data import (
 )
 from napari_samtune.core.data_checks import ChannelError
 from napari_samtune.core.duplicate_pairs import drop_duplicates, duplicates_message
-from napari_samtune.core.label_files import expand_paths, match_files
+from napari_samtune.core.file_lists import expand_paths
+from napari_samtune.core.images import CHANNELS_FIX
+from napari_samtune.core.label_files import match_files
+
+WIDGET_CHANNELS_FIX = (
+    "fill in the channels field: one channel index for a gray image (e.g. 1), or three for "
+    "RGB (e.g. 0,1,2)"
+)
 
 
 @dataclass(frozen=True)
@@ -83,8 +90,7 @@ def check_folder_pairs(
         kept, duplicates = drop_duplicates(prepared)  # with other labels: refused here, early
         images = tuple(map(image_digest, kept))
     except ChannelError as err:
-        problem = f"{title} folders: {err} (the channels field, e.g. 1 or 0,1,2)"
-        return FolderCheck(signature, problem, "")
+        return FolderCheck(signature, f"{title} folders: {_in_widget_terms(err)}", "")
     except (ValueError, TypeError, OSError) as err:
         return FolderCheck(signature, f"{title} folders: {err}", "")
     notes = [match.left_out_message(), foreign_labels_message(foreign) if foreign else ""]
@@ -104,3 +110,12 @@ def load_folder_pairs(source: FolderSource | None) -> list[ImageLabelPair]:
     if source is None:
         return []
     return read_match(match_files(source.images, source.labels), None, None, source.channels)
+
+
+def _in_widget_terms(err: ChannelError) -> str:
+    """A channel problem worded for the panel, whose fix is its channels field (the axis
+    follows from the channels chosen): "pass channel_axis" named no field it has."""
+    text = str(err)
+    if CHANNELS_FIX in text:
+        return text.replace(CHANNELS_FIX, WIDGET_CHANNELS_FIX)
+    return f"{text} (the channels field, e.g. 1 or 0,1,2)"

@@ -157,7 +157,7 @@ def _auto_config(args: argparse.Namespace, img_size: int | None = None):
 def _inputs(specs: list[Path]) -> tuple[list[Path], bool]:
     """The image files named on the command line, and whether they are a batch (several
     files, a folder or a glob: labels then go to a folder)."""
-    from napari_samtune.core.label_files import expand_paths, is_glob_pattern
+    from napari_samtune.core.file_lists import expand_paths, is_glob_pattern
 
     batch = len(specs) > 1 or any(p.is_dir() or is_glob_pattern(p) for p in specs)
     return (expand_paths([str(p) for p in specs], "images") if batch else specs), batch

@@ -25,6 +25,9 @@ import numpy as np
 
 from napari_samtune.core.intensity import check_rescalable, rescale_to_uint8
 
+# how a script or command fixes an ambiguous channel axis; front ends word it their way
+CHANNELS_FIX = "pass channel_axis (e.g. 0 or -1) and channels (one index, or three for RGB)"
+
 
 def as_pixels(image: object) -> np.ndarray:
     """``image`` as a numpy array; a torch tensor on a GPU, one that tracks gradients or one of
@@ -72,10 +75,7 @@ def _guess_channel_axis(shape: tuple[int, ...], chosen: bool) -> int:
     short = [axis for axis in (0, -1) if shape[axis] <= MAX_GUESSED_CHANNELS]
     if chosen and len(short) == 1:
         return short[0]
-    raise ValueError(
-        f"image has shape {shape!r} and its channel axis is ambiguous; "
-        "pass channel_axis (e.g. 0 or -1) and channels (one index, or three for RGB)"
-    )
+    raise ValueError(f"image has shape {shape!r} and its channel axis is ambiguous; {CHANNELS_FIX}")
 
 
 def parse_channels(text: str) -> tuple[int, ...] | None:

@@ -5,7 +5,7 @@ The annotation widget autosaves the labels of an image layer named ``name`` as
 images the same way, so the widget restores them for correcting; training pairs
 them with their images (:func:`match_files`, which compares names through
 :func:`safe_stem` as well). Files come as a folder, a glob pattern, a file, or a
-list of these (:func:`expand_paths`).
+list of these (:func:`~napari_samtune.core.file_lists.expand_paths`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_samtune.core.file_lists import expand_paths, skipped_entries
 from napari_samtune.core.file_names import NAMESAKE_STEM, safe_stem
-from napari_samtune.core.tiff_files import TIFF_SUFFIXES
 
 LABELS_STEM_SUFFIX = ".labels"  # what the file stem ends in (a label suffix for pairing)
 LABELS_SUFFIX = LABELS_STEM_SUFFIX + ".tif"
@@ -78,66 +78,6 @@ def saved_fingerprint(labels_path: str | Path) -> str | None:
     return found if isinstance(found, str) else None
 
 
-def is_glob_pattern(text: str | os.PathLike) -> bool:
-    """Whether ``text`` is a glob pattern: it has ``*``, ``?`` or ``[`` and names no
-    existing file (``well[A1].tif`` that exists is that file)."""
-    return glob.has_magic(os.fspath(text)) and not os.path.lexists(text)
-
-
-def expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike], what: str) -> list[Path]:
-    """Files named by a folder, a glob pattern, one file, or a list of any of these."""
-    if isinstance(spec, (str, os.PathLike)):
-        text = os.fspath(spec)
-        if text == "":  # Path('') is the current folder: every file there, unsaid
-            raise ValueError(
-                f"{what} '' is an empty path; give files, a folder or a glob pattern, or '.' "
-                "for the current folder"
-            )
-        if is_glob_pattern(text):
-            files = sorted(Path(p) for p in glob.glob(text))
-            if not files:
-                raise ValueError(f"{what} pattern {text!r} matches no files; check the pattern")
-            return files
-        path = Path(text)
-        if path.is_dir():
-            files = sorted(p for p in path.iterdir() if _listed(p))
-            if not files:
-                raise ValueError(f"{what} folder {text!r} contains no .tif/.tiff files")
-            return files
-        if not path.exists():
-            raise FileNotFoundError(f"{what} path {text!r} does not exist; check the path")
-        return [path]
-    if not isinstance(spec, Sequence) or not all(
-        isinstance(item, (str, os.PathLike)) for item in spec
-    ):
-        raise TypeError(
-            f"{what} must be a path, a folder, a glob pattern or a list of paths; got "
-            f"{_kind(spec)}: image and label arrays go to train() as "
-            "[(image, labels), ...] pairs (or ImageLabelPair), files to load_pairs/match_files"
-        )
-    files = [f for item in spec for f in expand_paths(item, what)]
-    if not files:
-        raise ValueError(f"{what} is an empty list; give files, a folder or a glob pattern")
-    return files
-
-
-def _listed(path: Path) -> bool:
-    """Whether a folder's entry ``path`` is one of its TIFF files: not a folder, and not
-    hidden (the ``._name.tif`` that macOS copies beside each file onto other disks hold no
-    image, and clashed with the images' names)."""
-    return path.suffix.lower() in TIFF_SUFFIXES and not path.name.startswith(".") and path.is_file()
-
-
-def _kind(spec) -> str:
-    """``ndarray``, or ``list of ndarray``: what was given where paths were expected."""
-    if isinstance(spec, Sequence):  # (a str is a path: never here)
-        items = sorted(
-            {type(item).__name__ for item in spec if not isinstance(item, (str, os.PathLike))}
-        )
-        return f"{type(spec).__name__} of {', '.join(items)}"
-    return type(spec).__name__
-
-
 def _label_stem(path: Path) -> str | None:
     """The image name a label file is named after (lower case), None if not named as labels;
     a namesake's autosave ``<name>-<fingerprint>.labels.tif`` is named after ``<name>``."""
@@ -183,6 +123,8 @@ class FileMatch:
     # image file -> its autosave and those of namesakes (<name>-<fingerprint>.labels.tif),
     # for images that have several or only a namesake's; the pixels decide (choose_namesake)
     namesakes: dict[Path, tuple[Path, ...]] = field(default_factory=dict)
+    # what the folders given hold besides TIFF files: subfolders ("name/"), other files
+    skipped: tuple[str, ...] = ()
 
     def unpaired_message(self) -> str:
         """Why the files do not all pair, with the fix; "" when they do."""
@@ -215,6 +157,12 @@ class FileMatch:
             )
             if names
         ]
+        if self.skipped:  # a person may think those were read too
+            parts.append(
+                f"{len(self.skipped)} entr{'y' if len(self.skipped) == 1 else 'ies'} of the "
+                f"folders that are not TIFF files (subfolders are not searched: give a pattern "
+                f"such as folder/*/*.tif for theirs): {describe_names(self.skipped)}"
+            )
         return f"left out {' and '.join(parts)}" if parts else ""
 
 
@@ -263,6 +211,14 @@ def match_files(
         tuple(f.name for f in image_files if f not in used),
         tuple(f.name for f in label_files if f not in used),
         namesakes,
+        tuple(
+            dict.fromkeys(
+                [
+                    *skipped_entries(images, (PROMPTS_SUFFIX,)),
+                    *skipped_entries(labels, (PROMPTS_SUFFIX,)),
+                ]
+            )
+        ),
     )
     if not pairs or (strict and match.unpaired_message()):
         raise ValueError(match.unpaired_message())

@@ -37,6 +37,12 @@ def read_tiff_with_axes(path: Path) -> tuple[np.ndarray, str]:
                     # 2.8-3.4 s instead of 1.4-1.6)
                     pixels = tif.asarray(maxworkers=os.cpu_count() or 1)
                     axes = tif.series[0].axes
+        except PermissionError as err:  # was told "damaged ...: save it again"
+            raise ValueError(
+                f"cannot read {str(path)!r}: no permission to read it ({err.strerror}); "
+                "give yourself read access (e.g. chmod u+r, or ask its owner), or move it out "
+                "of the folder"
+            ) from None
         except Exception as err:  # tifffile raises several types for files it cannot parse
             logged.append(str(err))
             pixels = None

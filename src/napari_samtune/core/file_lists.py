@@ -1,0 +1,108 @@
+"""The files a folder, a glob pattern, a file or a list of these names (training data,
+``samtune segment``'s images), and what a folder holds that is not read (subfolders, files
+that are not TIFF), for the person to be told."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from napari_samtune.core.tiff_files import TIFF_SUFFIXES
+
+
+def is_glob_pattern(text: str | os.PathLike) -> bool:
+    """Whether ``text`` is a glob pattern: it has ``*``, ``?`` or ``[`` and names no
+    existing file (``well[A1].tif`` that exists is that file)."""
+    return glob.has_magic(os.fspath(text)) and not os.path.lexists(text)
+
+
+def expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike], what: str) -> list[Path]:
+    """Files named by a folder, a glob pattern, one file, or a list of any of these."""
+    if isinstance(spec, (str, os.PathLike)):
+        text = os.fspath(spec)
+        if text == "":  # Path('') is the current folder: every file there, unsaid
+            raise ValueError(
+                f"{what} '' is an empty path; give files, a folder or a glob pattern, or '.' "
+                "for the current folder"
+            )
+        if is_glob_pattern(text):
+            files = sorted(Path(p) for p in glob.glob(text))
+            if not files:
+                raise ValueError(f"{what} pattern {text!r} matches no files; check the pattern")
+            return files
+        path = Path(text)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if _listed(p))
+            if not files:
+                raise ValueError(
+                    f"{what} folder {text!r} contains no .tif/.tiff files{_below(path)}"
+                )
+            return files
+        if not path.exists():
+            raise FileNotFoundError(f"{what} path {text!r} does not exist; check the path")
+        return [path]
+    if not isinstance(spec, Sequence) or not all(
+        isinstance(item, (str, os.PathLike)) for item in spec
+    ):
+        raise TypeError(
+            f"{what} must be a path, a folder, a glob pattern or a list of paths; got "
+            f"{_kind(spec)}: image and label arrays go to train() as "
+            "[(image, labels), ...] pairs (or ImageLabelPair), files to load_pairs/match_files"
+        )
+    files = [f for item in spec for f in expand_paths(item, what)]
+    if not files:
+        raise ValueError(f"{what} is an empty list; give files, a folder or a glob pattern")
+    return files
+
+
+def _listed(path: Path) -> bool:
+    """Whether a folder's entry ``path`` is one of its TIFF files: not a folder, and not
+    hidden (the ``._name.tif`` that macOS copies beside each file onto other disks hold no
+    image, and clashed with the images' names)."""
+    return path.suffix.lower() in TIFF_SUFFIXES and not path.name.startswith(".") and path.is_file()
+
+
+def _kind(spec) -> str:
+    """``ndarray``, or ``list of ndarray``: what was given where paths were expected."""
+    if isinstance(spec, Sequence):  # (a str is a path: never here)
+        items = sorted(
+            {type(item).__name__ for item in spec if not isinstance(item, (str, os.PathLike))}
+        )
+        return f"{type(spec).__name__} of {', '.join(items)}"
+    return type(spec).__name__
+
+
+def skipped_entries(
+    spec: str | os.PathLike | Sequence[str | os.PathLike], companions: tuple[str, ...] = ()
+) -> tuple[str, ...]:
+    """The entries of the folders in ``spec`` that :func:`expand_paths` does not read:
+    subfolders (``"name/"``; they are not searched) and files that are not TIFF, but for
+    hidden ones and those ending in one of ``companions`` (the annotation widget's records
+    beside its labels). They were left out without a word: a person may train on fewer
+    images than they think."""
+    specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    found: dict[str, None] = {}
+    for item in specs:
+        if not isinstance(item, (str, os.PathLike)) or is_glob_pattern(item):
+            continue
+        path = Path(item)
+        if path.is_dir():
+            for entry in sorted(path.iterdir()):
+                quiet = entry.name.startswith(".") or entry.name.endswith(companions)
+                if not quiet and not _listed(entry):
+                    found[entry.name + ("/" if entry.is_dir() else "")] = None
+    return tuple(found)
+
+
+def _below(folder: Path) -> str:
+    """For a folder without TIFF files: the subfolders that hold them, and the pattern."""
+    subfolders = [p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    holding = [p for p in subfolders if any(_listed(f) for f in p.iterdir())]
+    if not holding:
+        return ""
+    return (
+        f"; subfolders are not searched, and {holding[0].name}/ holds some: give a pattern "
+        f"such as {str(folder / '*' / '*.tif')!r}, or each subfolder"
+    )
