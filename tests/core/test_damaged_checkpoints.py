@@ -212,3 +212,23 @@ def test_whole_weights_whose_config_lost_the_model_setup_export_but_do_not_resum
     )
     export_model(path, tmp_path / "model.pth")
     assert load_model(path).architecture.name == "tiny"
+
+
+@pytest.mark.parametrize("setup", ["whole", "frozen"])
+def test_an_optimizer_state_that_does_not_fit_the_run_is_refused_naming_the_file(
+    runs, tmp_path, setup
+):
+    """Torch's "loaded state dict contains a parameter group that doesn't match the size of
+    optimizer's group" named no file and no way out."""
+    path = _damaged_run(runs, tmp_path, setup, "optimizer_state.param_groups")
+    checkpoint = torch.load(path, weights_only=True)
+    real = torch.load(runs / setup / "checkpoints" / "last.pt", weights_only=True)
+    groups = real["optimizer_state"]["param_groups"]
+    checkpoint["optimizer_state"]["param_groups"] = [{**groups[0], "params": [0]}]
+    torch.save(checkpoint, path)
+    with pytest.raises(ValueError) as raised:
+        _resume(path, setup)
+    message = str(raised.value)
+    assert message.startswith(f"'{path}' is a damaged training checkpoint: its optimizer")
+    assert f"samtune export {path} -o model.pth" in message
+    export_model(path, tmp_path / "model.pth")  # its weights still make a model

@@ -129,11 +129,17 @@ def check_resume_fields(checkpoint: dict, path: str | Path) -> None:
     lost = [field for field in RESUME_MUST_MATCH if field not in checkpoint["config"]]
     problem = f"its 'config' entry has no {lost!r}" if lost else _resume_problem(checkpoint)
     if problem:
-        raise DamagedCheckpoint(
-            f"{str(path)!r} is a damaged training checkpoint: {problem}, so its run cannot "
-            f"be continued from it. samtune export {path} -o model.pth makes a model of its "
-            "weights, which a new run in another folder can finetune further"
-        )
+        raise not_resumable(path, problem)
+
+
+def not_resumable(path: str | Path, problem: str) -> DamagedCheckpoint:
+    """The error for a checkpoint at ``path`` whose run cannot go on (``problem``: what is
+    wrong with it), saying how to make a model of its weights instead."""
+    return DamagedCheckpoint(
+        f"{str(path)!r} is a damaged training checkpoint: {problem}, so its run cannot be "
+        f"continued from it. samtune export {path} -o model.pth makes a model of its weights, "
+        "which a new run in another folder can finetune further"
+    )
 
 
 def _resume_problem(checkpoint: dict) -> str:

@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from napari_samtune.core.checkpoint_fields import not_resumable
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train_events import Progress
 from napari_samtune.core.train_setup import make_optimizer
@@ -28,8 +29,16 @@ class TrainerResumeMixin:
         self.epoch_record = checkpoint.get("epoch_record") if checkpoint else None
         if checkpoint is None:
             return
-        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
-        self.scheduler.load_state_dict(checkpoint["scheduler_state"])
+        try:  # torch's words ("loaded state dict contains a parameter group that doesn't
+            # match the size of optimizer's group") named no file
+            self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+            self.scheduler.load_state_dict(checkpoint["scheduler_state"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise not_resumable(
+                self.resume_from,
+                f"its optimizer or scheduler state does not fit the parameters its run trains "
+                f"({type(err).__name__}: {err})",
+            ) from None
         # Its state holds the settings it was made with; the config's apply, as it says
         self.scheduler.patience = self.config.scheduler_patience
         self.scheduler.factor = self.config.scheduler_factor
