@@ -74,7 +74,6 @@ def test_a_file_without_read_permission_is_not_called_damaged(tmp_path, monkeypa
 def test_the_panel_names_its_channels_field_for_an_ambiguous_channel_axis(folders):
     """It said "pass channel_axis (e.g. 0 or -1) and channels", which the panel has no
     field for; its channels field alone fixes it."""
-    pytest.importorskip("qtpy")
     from napari_samtune._qt.train_folders import FolderSource, check_folder_pairs
 
     images, labels = folders

@@ -71,7 +71,9 @@ class ModelPickerWidget(QWidget):
         """The model last used here (:meth:`remember`) where it is still there (a user model
         not removed, a file not moved), else :data:`DEFAULT_MODEL`."""
         kept = read_setting(self._setting) if self._setting is not None else None
-        for name in (kept, renamed_to(kept), DEFAULT_MODEL):  # renamed since: its new name
+        # renamed since: its new name, looked up (every description read) only then
+        for choose in (lambda: kept, lambda: renamed_to(kept), lambda: DEFAULT_MODEL):
+            name = choose()
             if name is None:
                 continue
             try:

@@ -175,12 +175,9 @@ class ViewPredictor(ViewDecodingMixin):
             if self._features is not None or not embed:
                 return  # the same image again: its embeddings are already in memory
         key = embedding_key(digest, self._embedding_id, grid, "tiles")
-        if embed:
-            features = self._cached(key, grid.tiles, progress)
-            if features is None:
-                features = self._embed_tiles_left(key, rgb, digest, grid, progress)
-        else:
-            features = self._cached(key, grid.tiles, progress)
+        features = self._cached(key, grid.tiles, progress)
+        if features is None and embed:
+            features = self._embed_tiles_left(key, rgb, digest, grid, progress)
         # kept for the overview, embedded later, so not the caller's memory, which it may
         # reuse: uint8 RGB (an array, or a tensor's memory) passes through to_sam_rgb as it is
         if not isinstance(image, np.ndarray) or np.may_share_memory(rgb, image):
@@ -224,19 +221,25 @@ class ViewPredictor(ViewDecodingMixin):
         ``embed=False`` cached one at a time (``samtune segment --boxes``, say) are read,
         the others embedded; the annotation widget embedded the whole image again."""
         tiles = grid.tiles
-        if self.cache is None or len(tiles) == 1:
-            return self._load_or_embed(key, rgb, tiles, progress)
-        own = [embedding_key(digest, self._embedding_id, grid, view_name(t)) for t in tiles]
-        parts = [self._cached(own[i], (tile,), None) for i, tile in enumerate(tiles)]
+        lookup = self.cache is not None and len(tiles) > 1  # one tile: its entry is key's
+        parts = [
+            self._cached(embedding_key(digest, self._embedding_id, grid, view_name(t)), (t,), None)
+            if lookup
+            else None
+            for t in tiles
+        ]
         left = [i for i, part in enumerate(parts) if part is None]
-        if left:
-            new = embed_tiles(
-                self.model, rgb, tuple(tiles[i] for i in left), progress, self.compute_dtype
-            )
-            for i, features in zip(left, new.split(1), strict=True):
-                parts[i] = features
-        features = torch.cat(parts)
-        self.cache.save(key, features)
+        if len(left) == len(tiles):  # none was cached on its own
+            features = embed_tiles(self.model, rgb, tiles, progress, self.compute_dtype)
+        else:
+            if left:
+                todo = tuple(tiles[i] for i in left)
+                new = embed_tiles(self.model, rgb, todo, progress, self.compute_dtype)
+                for i, tile_features in zip(left, new.split(1), strict=True):
+                    parts[i] = tile_features
+            features = torch.cat(parts)
+        if self.cache is not None:
+            self.cache.save(key, features)
         return features
 
     def _cached(
