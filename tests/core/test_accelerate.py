@@ -109,12 +109,19 @@ def test_the_bias_mask_in_bf16_is_as_close_to_fp32_as_the_folded_kernel(monkeypa
         assert mask <= max(1.5 * folded, 0.01 * ref.abs().max().item()), errors
 
 
-@pytest.mark.parametrize("speedup", [6.0, 2.6])  # an AMX Xeon's bf16, an AVX-512 BF16 EPYC's
-def test_kernel_choice_follows_precision_device_and_gradient(monkeypatch, speedup):
+@pytest.mark.parametrize(
+    ("speedup", "amx"),
+    # an AMX Xeon's bf16; two AVX-512 BF16 EPYCs' (no AMX: torch's CPU flash attention ran
+    # at a quarter of the bf16 peak on the faster one); AMX products measured slow
+    [(6.0, True), (2.6, False), (4.2, False), (2.6, True)],
+)
+def test_kernel_choice_follows_precision_device_and_gradient(monkeypatch, speedup, amx):
     monkeypatch.setattr(accelerate, "bf16_speedup", lambda: speedup)
+    monkeypatch.setattr(accelerate, "has_amx", lambda: amx)
     fp32, bf16 = torch.zeros(1, 1, 4, 8), torch.zeros(1, 1, 4, 8, dtype=torch.bfloat16)
     pick = fast_encoder._pick_kernel
-    if speedup < fast_encoder.FOLD_MIN_BF16_SPEEDUP:  # the bias mask, but for small windows
+    if not amx or speedup < fast_encoder.FOLD_MIN_BF16_SPEEDUP:  # the bias mask, but for
+        # small windows
         with torch.enable_grad():
             assert {pick(x, n) for x in (fp32, bf16) for n in (196, 4096)} == {"bias_mask"}
         with torch.no_grad():
@@ -508,3 +515,9 @@ def test_low_precision_and_small_images_keep_the_plain_image_tokens(monkeypatch)
         with autocast(torch.device("cpu"), torch.bfloat16):
             image = decoder_image(sam, embedding, project_first_layer=True)
     assert image.first_layer is not None and image.first_layer.low_rank is None
+
+
+@pytest.mark.parametrize(("flags", "expected"), [({"avx512_bf16"}, False), ({"amx_bf16"}, True)])
+def test_amx_is_read_from_the_cpu_flags(monkeypatch, flags, expected):
+    monkeypatch.setattr(accelerate, "_cpu_flags", lambda: flags | {"avx2"})
+    assert accelerate.has_amx.__wrapped__() is expected

@@ -84,6 +84,13 @@ def _has_bf16_instructions() -> bool:
     return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
+@functools.cache
+def has_amx() -> bool:
+    """AMX bf16 tiles in this CPU's flags: torch's CPU flash-attention kernel packs bf16
+    operands for them, and runs slowly without (see ``fast_encoder._pick_kernel``)."""
+    return "amx_bf16" in _cpu_flags()
+
+
 def _cpu_flags() -> set[str]:
     """The feature flags of /proc/cpuinfo (empty where there is none, e.g. macOS)."""
     try:

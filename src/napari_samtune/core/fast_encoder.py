@@ -47,16 +47,18 @@ def _rel_pos_codes(size_h: int, size_w: int, dtype: torch.dtype, device: torch.d
 
 SMALL_WINDOW = 256  # windows of at most this many tokens skip SDPA when no gradient is taken
 # Folding the bias into q and k makes the score products 3x wider (ViT-B: 64 -> 192); on a CPU
-# that pays where bf16 products are this many times faster than fp32. Measured: an AMX Xeon
-# (6x) ran folded fastest, an AVX-512 BF16 EPYC (2.6x) ran the bias mask 1.4x faster.
+# that pays only where torch's CPU flash-attention kernel runs bf16 fast: with AMX tiles, and
+# bf16 products at least this many times faster than fp32. Measured: an AMX Xeon (6x) ran
+# folded fastest; two AMD EPYCs with AVX-512 BF16 and no AMX ran the bias mask faster, at 2.6x
+# (1.4x faster) and at 4.2x (4.6x faster: the SDPA kernel ran at a quarter of the bf16 peak).
 FOLD_MIN_BF16_SPEEDUP = 4.0
 
 
 def _cpu_products_cheap() -> bool:
-    """Whether this CPU's bf16 matrix products are fast enough for the folded kernels."""
-    from napari_samtune.core.accelerate import bf16_speedup  # (accelerate imports this module)
+    """Whether this CPU runs the folded kernels' wide bf16 attention products fast."""
+    from napari_samtune.core import accelerate  # (accelerate imports this module)
 
-    return bf16_speedup() >= FOLD_MIN_BF16_SPEEDUP
+    return accelerate.has_amx() and accelerate.bf16_speedup() >= FOLD_MIN_BF16_SPEEDUP
 
 
 def _pick_kernel(q: torch.Tensor, n_tokens: int) -> str:
@@ -69,13 +71,15 @@ def _pick_kernel(q: torch.Tensor, n_tokens: int) -> str:
       (:mod:`~napari_samtune.core.rel_pos_attention`), with its own backward pass. In fp32 on
       CPU matrix products are the bottleneck and folding makes ViT-B's global attention
       products 3x wider: 1.3 -> 0.85 s per global block without a gradient, and about
-      6 -> 4 s forward + backward, on a 2-core AVX2 CPU. Also in bf16 on CPUs whose bf16
-      products are less than :data:`FOLD_MIN_BF16_SPEEDUP` times faster than fp32: on a
-      2-core AMD EPYC with AVX-512 BF16 (2.6x) the ViT-B encoder took 4.6 s instead of 6.5 s
-      folded, and a global block's forward + backward 2.0 s instead of 3.5 s. Small windows
-      without a gradient fold there too: ViT-B's windowed attention (25 windows of 14 x 14
-      tokens, 12 heads) took 19 ms folded and 31-32 ms with the bias mask in bf16 (in fp32
-      35 against 31 ms).
+      6 -> 4 s forward + backward, on a 2-core AVX2 CPU. Also in bf16 on CPUs without AMX
+      (:func:`_cpu_products_cheap`): on a 2-core AMD EPYC with AVX-512 BF16 whose bf16
+      products ran 2.6x faster than fp32, the ViT-B encoder took 4.6 s instead of 6.5 s
+      folded, and a global block's forward + backward 2.0 s instead of 3.5 s; on one whose
+      products ran 4.2x faster, a global block took 0.17 s instead of 0.78 s without a
+      gradient and 0.50 s instead of 1.86 s with one (windowed blocks' 25 windows: 0.06
+      instead of 0.11 s with one). Small windows without a gradient fold there too: ViT-B's
+      windowed attention (25 windows of 14 x 14 tokens, 12 heads) took 19 ms folded and 31-32
+      ms with the bias mask in bf16 (in fp32 35 against 31 ms).
     """
     small_window = n_tokens <= SMALL_WINDOW and not torch.is_grad_enabled()
     if q.device.type == "cpu" and (
