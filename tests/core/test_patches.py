@@ -113,3 +113,17 @@ def test_objects_in_a_crop_are_the_ids_with_enough_pixels(min_area):
         expected = ids[(ids != 0) & (counts >= min_area)]
         got = _objects_in(crop, min_area)
         assert got.dtype == np.uint32 and np.array_equal(got, expected)
+
+
+def test_a_patch_rotates_its_pixels_on_first_use_as_its_labels():
+    prepared = prepare_pairs(as_pairs(make_dataset(1, shape=(120, 96), seed=3)))
+    sampler = PatchSampler(prepared, 64, 1, 8, seed=0)
+    for index in range(8):
+        patch = sampler.patch(index, 0)
+        assert "rgb" not in vars(patch)  # nothing rotated yet
+        _, row, col, aug = patch.key
+        crop = prepared[0].rgb[row : row + 64, col : col + 64]
+        assert np.array_equal(patch.rgb, augment(crop, aug))
+        assert patch.rgb.flags.c_contiguous and patch.rgb is patch.rgb  # made once
+        crop_labels = prepared[0].labels[row : row + 64, col : col + 64]
+        assert np.array_equal(patch.labels, augment(crop_labels, aug))

@@ -10,7 +10,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from napari_samtune.core import train_step
+from napari_samtune.core import patches, train_step
 from napari_samtune.core.architectures import TINY, TINY_TINYVIT, build_sam
 from napari_samtune.core.data import ImageLabelPair, prepare_pair
 from napari_samtune.core.fast_decoder import decode_prompts, decoder_image
@@ -163,3 +163,22 @@ def test_cached_epochs_neither_encode_nor_prepare_pixels(tmp_path, monkeypatch, 
             counts.append(calls[0])
     per_epoch = np.diff([0, *counts]).tolist()
     assert per_epoch[0] >= 4 and per_epoch[1:] == [0, 0]  # training patches + validation tiles
+
+
+def test_cached_epochs_do_not_augment_pixels(tmp_path, monkeypatch, frozen_tiny_config):
+    """A patch's pixels are rotated only where they are encoded: in the first epoch."""
+    rotated = [0]
+    original = patches.augment
+
+    def counting(array, aug):
+        rotated[0] += array.ndim == 3  # pixels (labels are 2-d)
+        return original(array, aug)
+
+    monkeypatch.setattr(patches, "augment", counting)
+    config = frozen_tiny_config(epochs=3)
+    counts = []
+    for event in iter_train(config, make_dataset(2, shape=(96, 112), seed=0), out_dir=tmp_path):
+        if isinstance(event, EpochDone):
+            counts.append(rotated[0])
+    per_epoch = np.diff([0, *counts]).tolist()
+    assert per_epoch[0] >= 2 and per_epoch[1:] == [0, 0], per_epoch
