@@ -4,6 +4,8 @@ same masks as embedding every tile first."""
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 import pytest
 import tifffile
@@ -136,7 +138,8 @@ def test_samtune_segment_embeds_only_the_tiles_its_prompts_are_in(
     # in no tile, a view made for both
     assert embedded_tiles[0] == 3
 
-    reference = segmenter(tiny_sam, use_disk_cache=False)
+    # the precision samtune segment takes: "auto" (bf16 where the CPU runs it faster)
+    reference = Segmenter(tiny_sam, model_id="tiny", use_disk_cache=False)
     reference.set_image(image)
     boxes = np.array([[20.0, 30, 90, 100], [30, 40, 80, 90]])
     np.testing.assert_array_equal(tifffile.imread(out / "b.tif"), reference.predict_boxes(boxes))
@@ -168,3 +171,41 @@ def test_embedding_whole_reads_the_tiles_embedded_one_at_a_time_before(
         torch.testing.assert_close(whole.features(view), reference.features(view))
     segmenter(tiny_sam).set_image(image)  # cached whole now
     assert embedded_tiles[0] == n_tiles + n_tiles  # the reference's own, no more
+
+
+def test_the_tiles_own_entries_go_once_the_whole_image_is_cached(tiny_sam, image, embedded_tiles):
+    """The tiles embedded one at a time were kept in the cache beside the whole image's
+    entry, which holds them too: twice the space until evicted."""
+    lazy = segmenter(tiny_sam)
+    lazy.set_image(image, embed=False)
+    lazy.predict_boxes(np.vstack([IN_FIRST_TILE, IN_LAST_TILE]))
+    cache = lazy.cache
+    tile_sizes = sorted(size for _, size, _ in cache.entries())
+    assert len(tile_sizes) == 2
+    whole = segmenter(tiny_sam)
+    whole.set_image(image)
+    (entry,) = cache.entries()  # the whole image's only
+    assert entry[1] > 2 * tile_sizes[-1]
+    again = segmenter(tiny_sam)
+    again.set_image(image, embed=False)  # reads the whole entry: nothing embedded
+    again.predict_boxes(IN_LAST_TILE)
+    assert embedded_tiles[0] == len(whole.grid.tiles)
+
+
+def test_a_tile_entry_that_cannot_be_deleted_stays(tiny_sam, image, monkeypatch):
+    lazy = segmenter(tiny_sam)
+    lazy.set_image(image, embed=False)
+    lazy.predict_boxes(IN_FIRST_TILE)
+    ((_, _, tile_path),) = lazy.cache.entries()
+    real_unlink = pathlib.Path.unlink
+
+    def unlink(path, *args, **kwargs):
+        if path == tile_path:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "unlink", unlink)
+    whole = segmenter(tiny_sam)
+    whole.set_image(image)  # the whole entry is written all the same, without a word
+    assert tile_path in [path for _, _, path in lazy.cache.entries()]
+    assert len(lazy.cache.entries()) == 2

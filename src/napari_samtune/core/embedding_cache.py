@@ -125,6 +125,18 @@ class EmbeddingCache:
             self.evict()
         return True
 
+    def remove(self, key: str) -> bool:
+        """Delete ``key``'s entry (an entry another now holds); whether a file was deleted.
+        A file that cannot be deleted stays, to be evicted in its turn."""
+        path = self.path(key)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except OSError:  # gone already (evicted meanwhile), or not ours to delete
+            return False
+        self._bytes = max(0, self._bytes - size)
+        return True
+
     def evict(self) -> list[Path]:
         """Scan the folder; over ``max_bytes``, delete the least recently used files until
         :data:`EVICT_TO` of it is left. Also delete the half-written files of saves that

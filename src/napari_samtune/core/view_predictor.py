@@ -219,14 +219,15 @@ class ViewPredictor(ViewDecodingMixin):
     ) -> torch.Tensor:
         """Every tile's embedding, cached under ``key``: those :meth:`set_image` with
         ``embed=False`` cached one at a time (``samtune segment --boxes``, say) are read,
-        the others embedded; the annotation widget embedded the whole image again."""
+        the others embedded; the annotation widget embedded the whole image again. Once the
+        whole image's entry is written, the tiles' own entries are deleted: a later
+        :meth:`set_image` reads the whole entry, and the tiles took their space twice."""
         tiles = grid.tiles
         lookup = self.cache is not None and len(tiles) > 1  # one tile: its entry is key's
+        tile_keys = [embedding_key(digest, self._embedding_id, grid, view_name(t)) for t in tiles]
         parts = [
-            self._cached(embedding_key(digest, self._embedding_id, grid, view_name(t)), (t,), None)
-            if lookup
-            else None
-            for t in tiles
+            self._cached(tile_key, (tile,), None) if lookup else None
+            for tile_key, tile in zip(tile_keys, tiles, strict=True)
         ]
         left = [i for i, part in enumerate(parts) if part is None]
         if len(left) == len(tiles):  # none was cached on its own
@@ -238,8 +239,10 @@ class ViewPredictor(ViewDecodingMixin):
                 for i, tile_features in zip(left, new.split(1), strict=True):
                     parts[i] = tile_features
             features = torch.cat(parts)
-        if self.cache is not None:
-            self.cache.save(key, features)
+        if self.cache is not None and self.cache.save(key, features):
+            for i, tile_key in enumerate(tile_keys):
+                if i not in left:
+                    self.cache.remove(tile_key)
         return features
 
     def _cached(
