@@ -22,6 +22,7 @@ from napari_samtune.core.losses import dice_loss, mask_iou, sam_loss
 from napari_samtune.core.model_source import load_base_model
 from napari_samtune.core.models import load_model
 from napari_samtune.core.presets import TrainConfig
+from napari_samtune.core.registry import user_models_dir
 from napari_samtune.core.synthetic import SyntheticStyle, make_dataset
 from napari_samtune.core.train import (
     EpochDone,
@@ -975,3 +976,52 @@ def test_a_run_never_continues_beside_the_best_checkpoint_of_another_run(tmp_pat
 
     other = _how_other((None, {"name": "tiny"}, "x"), (None, {"name": "nano"}, "x"))
     assert other == "a tiny model, not nano"
+
+
+@pytest.mark.parametrize(
+    ("first_machine", "second_machine", "expected"),
+    [("bf16", "no", "no"), ("fp16", "no", "no"), ("no", "bf16", "bf16")],
+    ids=["bf16-cpu-then-avx2", "older-gpu-then-cpu", "avx2-then-bf16-cpu"],
+)
+def test_auto_precision_is_chosen_again_where_a_run_continues(
+    tmp_path, data, monkeypatch, first_machine, second_machine, expected
+):
+    """A run started with "auto" recorded the precision its machine chose: continued on a
+    CPU where bf16 is emulated it kept bf16 (with a warning, at a fraction of the speed),
+    and one begun on a GPU without bf16 (fp16) could not continue on a CPU at all."""
+    machine = {"auto": first_machine}
+
+    def resolve(mode, device):
+        return machine["auto"] if mode == "auto" else mode
+
+    monkeypatch.setattr(trainer_module, "resolve_precision", resolve)
+    if first_machine == "fp16":
+        _fp16_like_an_older_gpu(monkeypatch)
+        monkeypatch.setattr(trainer_module, "resolve_precision", resolve)
+    config = _config(epochs=1, mixed_precision="auto")
+    events = list(iter_train(config, *data, out_dir=tmp_path / "first"))
+    assert events[0].config.mixed_precision == first_machine  # what this machine runs
+    last = events[-1].last_checkpoint_path
+    run = last.parent.parent
+    assert json.loads((run / "config.json").read_text())["mixed_precision"] == "auto"
+    assert read_checkpoint(last)["config"]["mixed_precision"] == "auto"
+    sidecar = user_models_dir() / f"{events[-1].registered_name}.json"
+    metadata = json.loads(sidecar.read_text())["metadata"]
+    assert (
+        metadata["precision"] == first_machine and metadata["config"]["mixed_precision"] == "auto"
+    )
+
+    machine["auto"] = second_machine  # the same run continued on another machine
+    saved = TrainConfig.from_dict(read_checkpoint(last)["config"])
+    resumed = list(
+        iter_train(dataclasses.replace(saved, epochs=2), *data, out_dir=run, resume_from=last)
+    )
+    assert resumed[0].config.mixed_precision == expected
+    assert isinstance(resumed[-1], TrainingFinished) and resumed[-1].epochs_done == 2
+
+
+def test_a_precision_asked_by_name_is_recorded_as_asked(tmp_path, data):
+    config = _config(epochs=1, mixed_precision="bf16")
+    events = list(iter_train(config, *data, out_dir=tmp_path / "bf16"))
+    run = events[-1].last_checkpoint_path.parent.parent
+    assert json.loads((run / "config.json").read_text())["mixed_precision"] == "bf16"

@@ -161,6 +161,8 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
             parts = checkpoint.get("base_parts_digest")
         self.base_parts = {} if parts is None else {"base_parts_digest": parts}
         self.precision = resolve_precision(config.mixed_precision, self.device)
+        # what was asked ("auto"): a run continued on another machine chooses again there
+        self.precision_asked = config.mixed_precision
         self.config = replace(
             config,
             model=recorded_model(config.model),

@@ -9,13 +9,14 @@ import os
 import shutil
 import uuid
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
 from napari_samtune.core import distributed as ddp
 from napari_samtune.core.checkpoints import UnreadableFile, atomic_write, first_line
+from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train_checkpoints import write_checkpoint
 from napari_samtune.core.train_events import TrainingFinished
 from napari_samtune.core.train_export import (
@@ -144,12 +145,12 @@ class TrainerFilesMixin:
             return None
         # with the first checkpoint, not at the start: a run stopped before its first step
         # leaves nothing, and a resumed one stopped at once keeps its earlier config
-        write_json(self.files.config, asdict(self.config))
+        write_json(self.files.config, asdict(self.saved_config))
         self._carry_over_best()
         common = self._checkpoint_fields()
         if is_best:
             write_checkpoint(
-                self.files.best, self.sam, self.arch, self.config,
+                self.files.best, self.sam, self.arch, self.saved_config,
                 kind="best", **common,
             )  # fmt: skip
         try:
@@ -157,7 +158,7 @@ class TrainerFilesMixin:
                 self.files.last,
                 self.sam,
                 self.arch,
-                self.config,
+                self.saved_config,
                 kind="last",
                 optimizer_state=self.optimizer.state_dict(),
                 scheduler_state=self.scheduler.state_dict(),
@@ -198,6 +199,13 @@ class TrainerFilesMixin:
             "another folder or in this one once best.pt is moved out of it (a new run there "
             "would replace it)"
         )
+
+    @property
+    def saved_config(self) -> TrainConfig:
+        """The run's config as its files record it: the precision as asked, e.g. "auto",
+        which a run continued on another machine resolves there (bf16 on one CPU, float32
+        on another, fp16 on an older GPU), not the one resolved on this machine."""
+        return replace(self.config, mixed_precision=self.precision_asked)
 
     def _checkpoint_fields(self) -> dict:
         p = self.progress
@@ -308,7 +316,8 @@ class TrainerFilesMixin:
             "best_epoch": p.best_epoch,
             "best_metric": p.best_metric,
             "metric": self._metric_name(),
-            "config": asdict(self.config),
+            "config": asdict(self.saved_config),
+            "precision": self.precision,  # the one chosen here ("no": float32)
         }
 
 
