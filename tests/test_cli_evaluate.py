@@ -416,3 +416,30 @@ def test_the_planes_of_a_stack_score_an_object_per_piece_as_training_takes_them(
     pairs = split_planes(np.stack([image, image]), np.stack([plane, plane]), "cells.tif")
     _, labels, _ = _normalised(pairs)
     assert [len(np.unique(label)) - 1 for label in labels] == [2, 2]
+
+
+@pytest.mark.parametrize(("fast_bf16", "expected"), [(True, "bfloat16"), (False, "float32")])
+def test_the_settings_name_the_precision_the_encoder_ran_in(
+    tmp_path, annotated_folder, monkeypatch, fast_bf16, expected
+):
+    """Scores in bf16 differ a little from float32's: the record says which was measured."""
+    from napari_samtune.core import accelerate, view_predictor
+
+    monkeypatch.setattr(accelerate, "cpu_has_fast_bf16", lambda: fast_bf16)
+    used = []
+    real_init = view_predictor.ViewPredictor.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        used.append(str(self.compute_dtype or torch.float32).removeprefix("torch."))
+
+    monkeypatch.setattr(view_predictor.ViewPredictor, "__init__", init)
+    images, labels = annotated_folder
+    first = _save_tiny(tmp_path / "first.pth", 0)
+    out = tmp_path / "eval"
+    args = ["evaluate", "--images", str(images), "--labels", str(labels), "--model", str(first),
+            "--out", str(out), "--points-per-side", "4", "--device", "cpu"]  # fmt: skip
+    assert cli.main([*args, "--clicks", "1"]) == 0
+    model = json.loads((out / "evaluation.json").read_text())["models"]["first"]
+    assert used and set(used) == {expected}
+    assert model["encoder_precision"] == expected

@@ -3,6 +3,8 @@ or not at all."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -66,3 +68,14 @@ def test_a_channel_error_of_a_tuple_pair_says_how_to_give_its_channels(tmp_path)
     assert "give that pair as ImageLabelPair(image, labels, channel_axis=..., channels=...)" in (
         message
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_model_cast_to_low_precision_is_refused_naming_the_precision_option(tiny_sam, dtype):
+    """Its encoder ran; the first prompt failed in the prompt encoder with torch's "expected
+    m1 and m2 to have the same dtype"."""
+    cast = copy.deepcopy(tiny_sam).to(dtype)
+    with pytest.raises(
+        TypeError, match=r"weights are (bfloat16|float16).*sam\.float\(\).*precision='bf16'"
+    ):
+        Segmenter(cast, model_id="cast", use_disk_cache=False)

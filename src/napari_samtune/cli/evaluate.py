@@ -267,7 +267,7 @@ def _run(args: argparse.Namespace) -> int:
             loaded = load_model(model, device=device)  # downloaded by check_models
             print(f"evaluating {name} on {len(images)} images ...", file=sys.stderr, flush=True)
             auto = auto_config_for(loaded.architecture.img_size, args)
-            measured["models"][name] = _model_record(model, loaded, auto)
+            measured["models"][name] = _model_record(model, loaded, auto, device)
             with optional_bar(not args.no_progress, f"evaluating {name}", "image") as bar:
                 (bar or no_progress)(0, len(images))
                 results[name] = model_metrics(
@@ -314,14 +314,22 @@ def _report(results: dict, args: argparse.Namespace, measured: dict) -> None:
     print(f"wrote {files.csv_path}, {files.png_path} and {files.settings_path}")
 
 
-def _model_record(model: str, loaded, auto: AutoSegmentConfig) -> dict:
-    """What identifies an evaluated model and how its automatic segmentation was set."""
+def _model_record(model: str, loaded, auto: AutoSegmentConfig, device: str) -> dict:
+    """What identifies an evaluated model, how its automatic segmentation was set and the
+    precision its encoder ran in ("auto": bf16 on CPUs that compute it faster, whose
+    scores differ a little from float32's)."""
+    import torch
+
+    from napari_samtune.core.accelerate import autocast_dtype
+
+    dtype = autocast_dtype(torch.device(device), "auto")
     return {
         "given": model,
         "model_id": loaded.model_id,  # the weights' content id: same id, same weights
         "file": None if loaded.path is None else str(Path(loaded.path).absolute()),
         "architecture": loaded.architecture.name,
         "automatic": asdict(auto),
+        "encoder_precision": str(dtype or torch.float32).removeprefix("torch."),
     }
 
 

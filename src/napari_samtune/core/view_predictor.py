@@ -75,6 +75,7 @@ class ViewPredictor(ViewDecodingMixin):
                 f"model_id={model_id!r}; pass the weights' id as a non-empty string (e.g. "
                 "load_model(...).model_id), or None to take a digest of the weights"
             )
+        _check_float32_weights(model)
         target = model.device if device is None else resolve_device(device)
         self.model = use_fast_paths(model.to(target).eval())
         forget_kept(self.model)  # weights changed through .data since would go unseen
@@ -353,3 +354,18 @@ class ViewPredictor(ViewDecodingMixin):
     def _embed_view(self, name: str, tile: Tile) -> torch.Tensor:
         key = embedding_key(self._image_hash, self._embedding_id, self.grid, name)
         return self._load_or_embed(key, self._rgb, (tile,), None)
+
+
+def _check_float32_weights(model: Sam) -> None:
+    """Refuse a model whose weights were cast (``sam.to(torch.bfloat16)``, ``.half()``): its
+    encoder ran, and the first prompt failed in the prompt encoder with torch's "expected m1
+    and m2 to have the same dtype". The Segmenter keeps float32 weights and computes in
+    bf16 where it pays (``precision``)."""
+    cast = next((p for p in model.parameters() if p.dtype != torch.float32), None)
+    if cast is not None:
+        dtype = str(cast.dtype).removeprefix("torch.")
+        raise TypeError(
+            f"the model's weights are {dtype}; give the model in float32 (e.g. "
+            f"sam.float()) and choose the computing precision with precision='bf16' (or "
+            "'auto', which picks bf16 where this machine computes it faster)"
+        )
