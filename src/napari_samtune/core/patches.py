@@ -12,7 +12,6 @@ Coordinates: arrays are (row, col); a crop is addressed by its top-left corner
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,12 +32,14 @@ class TrainingPatch:
     labels: np.ndarray  # (h, w) uint32 instance ids as in the source image, augmented
     object_ids: np.ndarray  # (K,) ids whose area in the patch is >= the minimum
 
-    @functools.cached_property
+    @property
     def rgb(self) -> np.ndarray:
-        """(h, w, 3) uint8 augmented pixels, made on first use: a patch whose frozen-encoder
-        embedding is cached never needs them (rotating a 1024 px patch took 4 ms of each
-        cached training step)."""
-        return augment(self.crop_rgb, self.key[3])
+        """(h, w, 3) uint8 augmented pixels, made when asked for: a patch whose
+        frozen-encoder embedding is cached never needs them (rotating a 1024 px patch took 4
+        ms of each cached training step). Not augmented (validation tiles), the crop itself:
+        the tiles a run keeps hold no copies of their images' pixels."""
+        aug = self.key[3]
+        return self.crop_rgb if aug == 0 else augment(self.crop_rgb, aug)
 
 
 def augment(array: np.ndarray, aug: int) -> np.ndarray:
