@@ -76,6 +76,18 @@ def test_a_model_cast_to_low_precision_is_refused_naming_the_precision_option(ti
     m1 and m2 to have the same dtype"."""
     cast = copy.deepcopy(tiny_sam).to(dtype)
     with pytest.raises(
-        TypeError, match=r"weights are (bfloat16|float16).*sam\.float\(\).*precision='bf16'"
+        TypeError, match=r"decoder weights are (bfloat16|float16).*sam\.float\(\).*precision='bf16'"
     ):
         Segmenter(cast, model_id="cast", use_disk_cache=False)
+
+
+@pytest.mark.filterwarnings("ignore:precision 'bf16' was asked for")  # where bf16 is emulated
+def test_a_model_whose_image_encoder_alone_is_cast_to_bf16_still_segments(tiny_sam, bf16_kernels):
+    """Casting the image encoder alone halves its weights' memory; the decoder stays float32
+    and gets float32 embeddings (refused by the first version of the check above)."""
+    model = copy.deepcopy(tiny_sam)
+    model.image_encoder.to(torch.bfloat16)
+    segmenter = Segmenter(model, model_id="encoder-bf16", use_disk_cache=False, precision="bf16")
+    segmenter.set_image(make_image((96, 112), seed=4)[0])
+    prediction = segmenter.predict(np.array([[50.0, 40.0]]), np.array([1]))
+    assert prediction.mask.shape == (96, 112) and prediction.low_res_logits.dtype == np.float32

@@ -357,15 +357,19 @@ class ViewPredictor(ViewDecodingMixin):
 
 
 def _check_float32_weights(model: Sam) -> None:
-    """Refuse a model whose weights were cast (``sam.to(torch.bfloat16)``, ``.half()``): its
-    encoder ran, and the first prompt failed in the prompt encoder with torch's "expected m1
-    and m2 to have the same dtype". The Segmenter keeps float32 weights and computes in
-    bf16 where it pays (``precision``)."""
-    cast = next((p for p in model.parameters() if p.dtype != torch.float32), None)
+    """Refuse a model whose prompt encoder or mask decoder weights were cast
+    (``sam.to(torch.bfloat16)``, ``.half()``): its encoder ran, and the first prompt failed in
+    the prompt encoder with torch's "expected m1 and m2 to have the same dtype". The
+    Segmenter decodes in float32 and computes the image encoder in bf16 where it pays
+    (``precision``). An image encoder cast on its own (half the memory of its weights)
+    still runs: its embeddings come out float32."""
+    decoding = (model.prompt_encoder, model.mask_decoder)
+    cast = next((p for m in decoding for p in m.parameters() if p.dtype != torch.float32), None)
     if cast is not None:
         dtype = str(cast.dtype).removeprefix("torch.")
         raise TypeError(
-            f"the model's weights are {dtype}; give the model in float32 (e.g. "
-            f"sam.float()) and choose the computing precision with precision='bf16' (or "
-            "'auto', which picks bf16 where this machine computes it faster)"
+            f"the model's prompt encoder or mask decoder weights are {dtype}; give the model "
+            "in float32 (e.g. sam.float()) and choose the computing precision with "
+            "precision='bf16' (or 'auto', which picks bf16 where this machine computes it "
+            "faster)"
         )
