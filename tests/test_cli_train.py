@@ -1018,3 +1018,31 @@ def test_a_resume_that_changes_what_trains_says_to_leave_the_option_out(tmp_path
     assert cli.main([*resume, "--lora-rank", "4"]) == 2
     assert "(--lora-rank 2); leave out --lora-rank" in capsys.readouterr().err
     assert cli.main([*resume, "--lora-rank", "2"]) == 0  # the same: fine
+
+
+def _as_an_older_version_recorded(out, precision: str) -> None:
+    """Write ``precision`` into a run's config.json and last.pt, as versions before
+    2026-12-06 did after resolving "auto" (fp16 on an older GPU)."""
+    config = out / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "mixed_precision": precision}))
+    last = out / "checkpoints" / "last.pt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    checkpoint["config"]["mixed_precision"] = precision
+    torch.save(checkpoint, last)
+
+
+def test_an_older_run_that_recorded_fp16_continues_on_a_cpu(tmp_path, folders, capsys):
+    """It could not be continued here: "--mixed-precision fp16 needs a CUDA GPU", naming a
+    flag never given."""
+    images, labels = folders
+    out = tmp_path / "run"
+    assert cli.main(_tiny_run(folders, out, 1)) == 0
+    _as_an_older_version_recorded(out, "fp16")
+    resume = ["train", "--images", images, "--labels", labels, "--no-progress", "--resume"]
+    assert cli.main([*resume, str(out), "--epochs", "2"]) == 0
+    assert json.loads((out / "summary.json").read_text())["epochs_done"] == 2
+    assert json.loads((out / "config.json").read_text())["mixed_precision"] == "auto"
+    capsys.readouterr()
+    _as_an_older_version_recorded(out, "fp16")  # asked for by name: refused, as before
+    assert cli.main([*resume, str(out), "--epochs", "3", "--mixed-precision", "fp16"]) == 2
+    assert "--mixed-precision fp16 needs a CUDA GPU" in capsys.readouterr().err

@@ -34,6 +34,7 @@ from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.run_lock import training_lock
 from napari_samtune.core.train import TrainEvent, iter_train
 from napari_samtune.core.train_export import RunFiles
+from napari_samtune.core.train_setup import continued_precision
 from napari_samtune.core.validation_split import EmptyPartError, split_validation
 
 TRAIN_TASK = "training"  # the TaskRunner name of a training run
@@ -202,7 +203,9 @@ def continued_config(
             f"the run in {str(folder)!r} has done {len(history)} epochs; set epochs above "
             "that to continue it"
         )
-    return replace(config, epochs=epochs, device=device), files.last, history
+    precision = continued_precision(config.mixed_precision, device)  # the widget sets none
+    continued = replace(config, epochs=epochs, device=device, mixed_precision=precision)
+    return continued, files.last, history
 
 
 def _check_base_weights(folder: Path, config: TrainConfig) -> None:

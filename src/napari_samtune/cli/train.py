@@ -206,6 +206,7 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
         unexported_note,
     )
     from napari_samtune.core.train_export import RunFiles
+    from napari_samtune.core.train_setup import continued_precision
     from napari_samtune.core.trainer_files import models_replaced
 
     if args.resume:
@@ -227,6 +228,9 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
         if "device" not in overrides:
             config = replace(config, device=resumed_device(config.device))
             check_saved_device(config.device, args.resume)
+        if "mixed_precision" not in overrides:  # an older run's resolved "fp16" on a CPU
+            precision = continued_precision(config.mixed_precision, config.device)
+            config = replace(config, mixed_precision=precision)
         done = int(checkpoint.get("epoch", 0))  # epochs completed before the resume
         if config.epochs <= done:
             raise ValueError(

@@ -48,6 +48,25 @@ def resolve_precision(mode: str, device: torch.device) -> str:
     return "no"
 
 
+def continued_precision(recorded: str, device: str | torch.device) -> str:
+    """The precision to continue a run with on ``device`` (what ``--device`` or the widget
+    names) when none is asked for: the one its files record. Runs written before
+    2026-12-06 recorded the precision their machine resolved from "auto": "fp16" (an older
+    GPU), which no CPU runs, and "bf16", which a CPU without native bf16 emulates at a
+    fraction of the speed; either continues with "auto" where it would fail or crawl."""
+    from napari_samtune.core.devices import resolve_device
+
+    try:
+        kind = resolve_device(device).type
+    except ValueError:  # a device this machine lacks: training says so, naming the fix
+        return recorded
+    if recorded == "fp16" and kind != "cuda":
+        return "auto"
+    if recorded == "bf16" and kind == "cpu" and not cpu_has_fast_bf16():
+        return "auto"
+    return recorded
+
+
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """The autocast context for a resolved precision ("no": a no-op)."""
     if precision == "no":
