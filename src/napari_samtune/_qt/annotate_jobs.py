@@ -20,6 +20,7 @@ from napari_samtune._qt.downloads import download_progress, fetch_model_file
 from napari_samtune._qt.image_planes import ImageAxes
 from napari_samtune._qt.propagate import PropagationConfig, iter_propagate, planes_past
 from napari_samtune._qt.workers import TaskProgress, logged_notes
+from napari_samtune.core.accelerate import cpu_has_fast_bf16
 from napari_samtune.core.automatic import AutoSegmentConfig
 from napari_samtune.core.embeddings import Tile
 from napari_samtune.core.models import LoadedModel, load_model
@@ -282,4 +283,9 @@ def load_model_job(
     says besides (a damaged cached file moved aside) is appended to ``notes``."""
     with logged_notes("napari_samtune.core.download", notes):
         fetch_model_file(source, report, stop)
-        return load_model(source, device=device, progress=download_progress(source, report, stop))
+        loaded = load_model(source, device=device, progress=download_progress(source, report, stop))
+    if next(loaded.sam.parameters()).device.type == "cpu":
+        # here, not in the Segmenter the viewer's thread builds: on a CPU with bf16
+        # instructions the first call times bf16 against fp32 products (0.1-0.2 s, once)
+        cpu_has_fast_bf16()
+    return loaded
