@@ -231,19 +231,17 @@ class ViewPredictor(ViewDecodingMixin):
             for tile_key, tile in zip(tile_keys, tiles, strict=True)
         ]
         left = [i for i, part in enumerate(parts) if part is None]
-        if len(left) == len(tiles):  # none was cached on its own
-            features = embed_tiles(self.model, rgb, tiles, progress, self.compute_dtype)
-        else:
-            if left:
-                todo = tuple(tiles[i] for i in left)
-                new = embed_tiles(self.model, rgb, todo, progress, self.compute_dtype)
-                for i, tile_features in zip(left, new.split(1), strict=True):
-                    parts[i] = tile_features
-            features = torch.cat(parts)
+        if left:
+            new = embed_tiles(
+                self.model, rgb, tuple(tiles[i] for i in left), progress, self.compute_dtype
+            )
+            for i, tile_features in zip(left, new.split(1), strict=True):
+                parts[i] = tile_features
+        # none cached on its own: the new ones as they are (a large image's, not copied)
+        features = new if len(left) == len(tiles) else torch.cat(parts)
         if self.cache is not None and self.cache.save(key, features):
-            for i, tile_key in enumerate(tile_keys):
-                if i not in left:
-                    self.cache.remove(tile_key)
+            for i in set(range(len(tiles))).difference(left):
+                self.cache.remove(tile_keys[i])
         return features
 
     def _cached(
