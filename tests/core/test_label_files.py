@@ -10,12 +10,8 @@ import pytest
 import tifffile
 
 from napari_samtune.core.data import load_pairs
-from napari_samtune.core.label_files import (
-    expand_paths,
-    image_fingerprint,
-    match_files,
-    pair_files,
-)
+from napari_samtune.core.file_lists import expand_paths
+from napari_samtune.core.label_files import image_fingerprint, match_files, pair_files
 from napari_samtune.core.synthetic import make_dataset
 from napari_samtune.core.tiff_files import MAX_FLOAT_LABEL, float_labels_problem, read_tiff
 

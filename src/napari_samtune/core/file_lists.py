@@ -20,6 +20,24 @@ def is_glob_pattern(text: str | os.PathLike) -> bool:
 
 def expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike], what: str) -> list[Path]:
     """Files named by a folder, a glob pattern, one file, or a list of any of these."""
+    return _expand(spec, what, (), None)
+
+
+def list_files(
+    spec: str | os.PathLike | Sequence[str | os.PathLike], what: str, companions: tuple[str, ...]
+) -> tuple[list[Path], tuple[str, ...]]:
+    """:func:`expand_paths` 's files, and the entries of the folders in ``spec`` it does not
+    read, each folder listed once: subfolders (``"name/"``; they are not searched) and files
+    that are not TIFF, but for hidden ones and those ending in one of ``companions`` (the
+    annotation widget's records beside its labels). They were left out without a word: a
+    person may train on fewer images than they think."""
+    skipped: dict[str, None] = {}
+    return _expand(spec, what, companions, skipped), tuple(skipped)
+
+
+def _expand(spec, what: str, companions: tuple[str, ...], skipped: dict | None) -> list[Path]:
+    """:func:`expand_paths`; the entries a folder holds besides its files go to ``skipped``
+    (unless None), those ending in ``companions`` but for."""
     if isinstance(spec, (str, os.PathLike)):
         text = os.fspath(spec)
         if text == "":  # Path('') is the current folder: every file there, unsaid
@@ -34,7 +52,7 @@ def expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike], what: st
             return files
         path = Path(text)
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if _listed(p))
+            files = _folder_files(path, companions, skipped)
             if not files:
                 raise ValueError(
                     f"{what} folder {text!r} contains no .tif/.tiff files{_below(path)}"
@@ -51,9 +69,22 @@ def expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike], what: st
             f"{_kind(spec)}: image and label arrays go to train() as "
             "[(image, labels), ...] pairs (or ImageLabelPair), files to load_pairs/match_files"
         )
-    files = [f for item in spec for f in expand_paths(item, what)]
+    files = [f for item in spec for f in _expand(item, what, companions, skipped)]
     if not files:
         raise ValueError(f"{what} is an empty list; give files, a folder or a glob pattern")
+    return files
+
+
+def _folder_files(folder: Path, companions: tuple[str, ...], skipped: dict | None) -> list[Path]:
+    """The TIFF files of ``folder``, sorted; what else it holds goes to ``skipped``."""
+    files = []
+    for entry in sorted(folder.iterdir()):
+        if _listed(entry):
+            files.append(entry)
+        elif skipped is not None and not (
+            entry.name.startswith(".") or entry.name.endswith(companions)
+        ):
+            skipped[entry.name + ("/" if entry.is_dir() else "")] = None
     return files
 
 
@@ -72,28 +103,6 @@ def _kind(spec) -> str:
         )
         return f"{type(spec).__name__} of {', '.join(items)}"
     return type(spec).__name__
-
-
-def skipped_entries(
-    spec: str | os.PathLike | Sequence[str | os.PathLike], companions: tuple[str, ...] = ()
-) -> tuple[str, ...]:
-    """The entries of the folders in ``spec`` that :func:`expand_paths` does not read:
-    subfolders (``"name/"``; they are not searched) and files that are not TIFF, but for
-    hidden ones and those ending in one of ``companions`` (the annotation widget's records
-    beside its labels). They were left out without a word: a person may train on fewer
-    images than they think."""
-    specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
-    found: dict[str, None] = {}
-    for item in specs:
-        if not isinstance(item, (str, os.PathLike)) or is_glob_pattern(item):
-            continue
-        path = Path(item)
-        if path.is_dir():
-            for entry in sorted(path.iterdir()):
-                quiet = entry.name.startswith(".") or entry.name.endswith(companions)
-                if not quiet and not _listed(entry):
-                    found[entry.name + ("/" if entry.is_dir() else "")] = None
-    return tuple(found)
 
 
 def _below(folder: Path) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_samtune.core.file_lists import expand_paths, skipped_entries
+from napari_samtune.core.file_lists import list_files
 from napari_samtune.core.file_names import NAMESAKE_STEM, safe_stem
 
 LABELS_STEM_SUFFIX = ".labels"  # what the file stem ends in (a label suffix for pairing)
@@ -188,9 +188,9 @@ def match_files(
     see :attr:`FileMatch.namesakes`); with ``strict``, also listing every file without a
     partner.
     """
-    image_files, label_files = _split_shared(
-        expand_paths(images, "images"), expand_paths(labels, "labels")
-    )
+    image_list, images_skipped = list_files(images, "images", (PROMPTS_SUFFIX,))
+    label_list, labels_skipped = list_files(labels, "labels", (PROMPTS_SUFFIX,))
+    image_files, label_files = _split_shared(image_list, label_list)
     label_files = _each_file_once(label_files)  # a file named twice: pairs once
     one_each = len(image_files) == 1 and len(label_files) == 1
     if one_each and _names_a_file(images) and _names_a_file(labels):
@@ -211,14 +211,7 @@ def match_files(
         tuple(f.name for f in image_files if f not in used),
         tuple(f.name for f in label_files if f not in used),
         namesakes,
-        tuple(
-            dict.fromkeys(
-                [
-                    *skipped_entries(images, (PROMPTS_SUFFIX,)),
-                    *skipped_entries(labels, (PROMPTS_SUFFIX,)),
-                ]
-            )
-        ),
+        tuple(dict.fromkeys([*images_skipped, *labels_skipped])),
     )
     if not pairs or (strict and match.unpaired_message()):
         raise ValueError(match.unpaired_message())
