@@ -24,9 +24,7 @@ def test_a_recorded_precision_this_device_cannot_run_well_becomes_auto(
     monkeypatch, recorded, device, fast_bf16, expected
 ):
     monkeypatch.setattr(train_setup, "cpu_has_fast_bf16", lambda: fast_bf16)
-    monkeypatch.setattr(
-        "napari_samtune.core.devices.resolve_device", lambda name: torch.device(name)
-    )
+    monkeypatch.setattr(train_setup, "resolve_device", lambda name: torch.device(name))
     assert train_setup.continued_precision(recorded, device) == expected
 
 
@@ -34,5 +32,5 @@ def test_a_device_this_machine_lacks_keeps_the_recorded_precision(monkeypatch):
     def lacking(name):
         raise ValueError(f"{name} is not here")
 
-    monkeypatch.setattr("napari_samtune.core.devices.resolve_device", lacking)
+    monkeypatch.setattr(train_setup, "resolve_device", lacking)
     assert train_setup.continued_precision("fp16", "cuda:3") == "fp16"

@@ -11,6 +11,7 @@ from segment_anything.modeling import Sam
 from napari_samtune.core.accelerate import cpu_has_fast_bf16, warn_if_cpu_bf16_is_slow
 from napari_samtune.core.architectures import SamArchitecture
 from napari_samtune.core.config_checks import MODEL_PARTS
+from napari_samtune.core.devices import resolve_device
 from napari_samtune.core.lora import apply_lora
 from napari_samtune.core.model_source import load_base_model
 from napari_samtune.core.presets import TrainConfig
@@ -54,8 +55,6 @@ def continued_precision(recorded: str, device: str | torch.device) -> str:
     2026-12-06 recorded the precision their machine resolved from "auto": "fp16" (an older
     GPU), which no CPU runs, and "bf16", which a CPU without native bf16 emulates at a
     fraction of the speed; either continues with "auto" where it would fail or crawl."""
-    from napari_samtune.core.devices import resolve_device
-
     try:
         kind = resolve_device(device).type
     except ValueError:  # a device this machine lacks: training says so, naming the fix
