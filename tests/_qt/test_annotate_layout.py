@@ -192,3 +192,37 @@ def test_prompt_layers_stay_on_top_of_a_sample_opened_later(
     assert names[-3:] == [layers.preview.name, layers.boxes.name, layers.points.name]
     viewer.layers.clear()
     drain_jobs(widget)
+
+
+def test_an_image_picked_again_sets_nothing_on_its_layers_where_they_are(
+    make_napari_viewer, drain_jobs, tiny_sam
+):
+    """Each placement or colormap set redraws a layer (a 4096 x 4096 image's labels: 30-50 ms
+    each): picked again, an image whose layers sit where it is sets none of them, and one
+    moved meanwhile moves them."""
+    viewer = make_napari_viewer()
+    first = viewer.add_image(np.zeros((64, 64), np.uint8), name="a", scale=(2, 3))
+    viewer.add_image(np.zeros((64, 64), np.uint8), name="b")
+    widget = _dock(viewer, drain_jobs, tiny_sam)
+    widget.ui.image_combo.setCurrentText("a")
+    drain_jobs(widget)
+    layers = widget.session.layers.layers
+    widget.ui.image_combo.setCurrentText("b")
+    drain_jobs(widget)
+    changes = []
+    for layer in layers:
+        for name in ("scale", "translate", "rotate", "shear", "affine"):
+            getattr(layer.events, name).connect(
+                lambda e, n=name, lay=layer: changes.append((lay, n))
+            )
+    layers[2].events.colormap.connect(lambda e: changes.append((layers[2], "colormap")))
+    widget.ui.image_combo.setCurrentText("a")
+    drain_jobs(widget)
+    assert widget.session.layers.layers == layers
+    assert changes == []
+    widget.ui.image_combo.setCurrentText("b")
+    first.translate = (5, 7)
+    widget.ui.image_combo.setCurrentText("a")
+    drain_jobs(widget)
+    assert {name for _, name in changes} == {"affine"}
+    _assert_on_the_image(widget, first, (40, 20))

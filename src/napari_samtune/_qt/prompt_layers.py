@@ -46,6 +46,7 @@ from napari_samtune._qt.layer_names import (
     rename_layers,
     role_for,
 )
+from napari_samtune._qt.layer_placement import place_layer, same_colormap, spatial_affine
 from napari_samtune._qt.preview_tops import PreviewTops
 from napari_samtune._qt.propagated_planes import PropagatedPlanes
 
@@ -110,20 +111,6 @@ def _as_uint32_labels(layer: Labels) -> np.ndarray:
     return data.astype(np.uint32)
 
 
-def spatial_affine(image_layer, ndim: int) -> np.ndarray:
-    """The image's data -> world transform on its last ``ndim`` (spatial) axes, as an
-    ``(ndim + 1, ndim + 1)`` matrix: scale, translate, rotate, shear and affine together.
-    Measured through the public ``data_to_world`` (the transform is affine)."""
-    full = image_layer.ndim  # without the colour axis of an RGB image
-    origin = np.asarray(image_layer.data_to_world(np.zeros(full)), dtype=float)
-    axes = [np.asarray(image_layer.data_to_world(unit), dtype=float) for unit in np.eye(full)]
-    linear = np.stack(axes, axis=1) - origin[:, None]
-    matrix = np.eye(ndim + 1)
-    matrix[:ndim, :ndim] = linear[-ndim:, -ndim:]
-    matrix[:ndim, ndim] = origin[-ndim:]
-    return matrix
-
-
 def _preview_colormap() -> DirectLabelColormap:
     """Magenta and violet by turns: a preview never looks like a committed object."""
     colors = {i: PREVIEW_COLORS[i % 2] for i in range(1, 1024)}
@@ -147,8 +134,7 @@ class PromptLayers:
         self._placement = {"affine": spatial_affine(image_layer, self.ndim)}
         self.annotations_created = False
         self.annotations = self._labels(name, ANNOTATIONS, opacity=0.5)
-        self.preview = self._labels(name, PREVIEW, opacity=0.7)
-        self.preview.colormap = _preview_colormap()
+        self.preview = self._labels(name, PREVIEW, opacity=0.7, colormap=_preview_colormap())
         self._tops = PreviewTops.of(self.preview)  # None: a layer it did not make, read whole
         # per plane propagation reached; kept with the preview (picked again, an image finds
         # its preview layer and what propagated there: a correction refines, not replaces)
@@ -161,11 +147,8 @@ class PromptLayers:
         """Put the four layers where the image is (its scale, translation, rotation, shear
         and affine on the spatial axes), so that a click lands on the pixel under it."""
         affine = spatial_affine(image_layer, self.ndim)
-        identity = np.eye(self.ndim)
         for layer in self.layers:
-            layer.scale, layer.translate = np.ones(self.ndim), np.zeros(self.ndim)
-            layer.rotate, layer.shear = identity, np.zeros(self.ndim * (self.ndim - 1) // 2)
-            layer.affine = affine
+            place_layer(layer, self.ndim, affine)
 
     # -- creation ----------------------------------------------------------------------
     def _existing(self, name: str, suffix: str, kind: type):
@@ -205,13 +188,14 @@ class PromptLayers:
             )
         return layer
 
-    def _labels(self, name: str, suffix: str, opacity: float) -> Labels:
+    def _labels(self, name: str, suffix: str, opacity: float, colormap=None) -> Labels:
+        """The image's labels layer for ``suffix``: one found (given ``colormap``, if any),
+        else a new one of zeros."""
         layer = self._existing(name, suffix, Labels)
         if layer is None:
             data = np.zeros(self.axes.spatial_shape, dtype=np.uint32)
-            layer = self.viewer.add_labels(
-                data, name=name + suffix, opacity=opacity, **self._placement
-            )
+            style = {"opacity": opacity} | ({} if colormap is None else {"colormap": colormap})
+            layer = self.viewer.add_labels(data, name=name + suffix, **style, **self._placement)
             layer = self._added(layer, name, suffix)
             self.annotations_created |= suffix == ANNOTATIONS
             if suffix == PREVIEW:
@@ -226,6 +210,8 @@ class PromptLayers:
             )
         # a person's "<image> annotations" is this image's now: not another's given the name
         layer.metadata[OWN_IMAGE_KEY] = self.image.as_metadata()
+        if colormap is not None and not same_colormap(layer.colormap, colormap):
+            layer.colormap = colormap  # (it redraws the layer: not when it has these colours)
         return layer
 
     def _point_layer(self, name: str) -> Points:
