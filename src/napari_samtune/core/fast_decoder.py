@@ -34,6 +34,7 @@ from napari_samtune.core.low_rank_decoder import (
     second_keys,
 )
 from napari_samtune.core.mask_upscaling import layer_norm, transposed_conv_weight, upscaled_masks
+from napari_samtune.core.weight_cache import kept
 
 # The mask decoder runs once per prompt pass on (n objects, N = E*E image tokens, C channels):
 # stock code repeats the image embedding n times, flattens it in every pass and projects all
@@ -102,7 +103,7 @@ def decoder_image(
     dtype = torch.get_autocast_dtype(device.type)
     dtype = dtype if torch.is_autocast_enabled(device.type) else torch.float32
     with torch.autocast(device.type, enabled=False):
-        pe = sam.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2).float().contiguous()
+        pe = dense_pe(sam.prompt_encoder)
         tokens = embedding.flatten(2).transpose(1, 2).float().contiguous()
         first = None
         if project_first_layer:
@@ -117,6 +118,21 @@ def decoder_image(
                 low_rank = LowRankImage.of(sam.mask_decoder, keys, pe)
                 first = replace(first, low_rank=low_rank)
     return DecoderImage(tokens, pe, embedding.shape[-1], dtype, first)
+
+
+def dense_pe(prompt_encoder) -> torch.Tensor:
+    """The prompt encoder's dense positional encoding as float32 (1, E*E, C) tokens, the same
+    for every image: kept while its Gaussian matrix stays (:func:`.weight_cache.kept`; made
+    outside inference mode, so that what is computed from it can be kept too)."""
+    gaussian = prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
+
+    def make() -> torch.Tensor:
+        with torch.inference_mode(False):
+            pe = prompt_encoder.get_dense_pe()
+            return pe.flatten(2).transpose(1, 2).float().contiguous()
+
+    key = ("dense_pe", tuple(prompt_encoder.image_embedding_size))
+    return kept(prompt_encoder, key, [gaussian], make)
 
 
 def _first_layer_image(layer, keys: torch.Tensor, key_pe: torch.Tensor, dtype) -> FirstLayerImage:
