@@ -7,6 +7,8 @@ from napari_samtune.core import onednn
 from napari_samtune.core.accelerate import use_fast_paths
 from napari_samtune.core.architectures import TINY_TINYVIT, build_sam
 from napari_samtune.core.fast_encoder import encode
+from napari_samtune.core.presets import TrainConfig
+from napari_samtune.core.train_setup import make_optimizer
 from napari_samtune.core.weight_cache import kept
 
 
@@ -130,3 +132,21 @@ def test_a_segmenter_made_after_weights_changed_through_data_uses_them(monkeypat
     reference = Segmenter(other, model_id="reference", use_disk_cache=False)
     reference.set_image(image)
     torch.testing.assert_close(again.features(0), reference.features(0), rtol=0, atol=0)
+
+
+def test_a_kept_result_follows_a_step_of_the_fused_optimizer_training_uses():
+    """PyTorch's fused Adam writes the weights without bumping their version counters: a
+    Segmenter kept over a model finetuned in the same process decoded new images with the
+    old weights' positional projections."""
+    linear = torch.nn.Linear(4, 3)
+    doubled = Doubled(linear)
+    optimizer, _ = make_optimizer(list(linear.parameters()), TrainConfig(learning_rate=0.1))
+    assert optimizer.defaults["fused"] is True
+    with torch.no_grad():
+        before = doubled.kept()
+    linear.weight.grad, linear.bias.grad = torch.ones(3, 4), torch.ones(3)
+    optimizer.step()
+    with torch.no_grad():
+        after = doubled.kept()
+    assert doubled.calls == 2 and not torch.equal(after, before)
+    assert torch.equal(after, linear.weight.detach() * 2)

@@ -140,10 +140,20 @@ def make_optimizer(
     """
     fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
     optimizer = torch.optim.Adam(params, lr=config.learning_rate, fused=fused or None)
+    if fused:
+        optimizer.register_step_post_hook(_count_fused_step)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=config.scheduler_factor, patience=config.scheduler_patience
     )
     return optimizer, scheduler
+
+
+def _count_fused_step(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+    """A fused step writes the parameters without bumping their version counters, by which
+    results computed from them once (:func:`.weight_cache.kept`: a Segmenter over a model
+    finetuned in the same process) see that they changed: bump them."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    torch.autograd.graph.increment_version(params)
 
 
 def iter_chunks(items: list, size: int) -> Iterator[list]:

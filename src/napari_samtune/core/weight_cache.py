@@ -29,10 +29,11 @@ def kept(
 
     A kept result is made again when one of ``tensors`` was replaced (by identity: the
     entry holds them, so a freed tensor's id cannot come back), changed in place (its
-    version counter: an optimizer step, ``load_state_dict``), or moved (device, dtype, data
-    pointer). Where gradients are enabled ``prepare()`` runs every call, as its result must
-    carry them; so does it for inference tensors, whose changes have no version counter.
-    The state dict is unchanged.
+    version counter: an optimizer step, ``load_state_dict``; PyTorch's fused optimizers bump
+    none, so :func:`.train_setup.make_optimizer` bumps them after each of its steps), or
+    moved (device, dtype, data pointer). Where gradients are enabled ``prepare()`` runs every
+    call, as its result must carry them; so does it for inference tensors, whose changes
+    have no version counter. The state dict is unchanged.
     """
     present = [t for t in tensors if t is not None]
     if torch.is_grad_enabled() or any(t.is_inference() for t in present):
