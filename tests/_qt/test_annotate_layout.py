@@ -226,3 +226,17 @@ def test_an_image_picked_again_sets_nothing_on_its_layers_where_they_are(
     drain_jobs(widget)
     assert {name for _, name in changes} == {"affine"}
     _assert_on_the_image(widget, first, (40, 20))
+
+
+def test_the_layers_take_the_units_of_the_image(make_napari_viewer, drain_jobs, tiny_sam):
+    """An image in micrometres: layers in pixels beside it made napari warn that the layers'
+    units are inconsistent and draw none of them."""
+    viewer = make_napari_viewer()
+    image = viewer.add_image(
+        np.zeros((64, 64), np.uint8), name="im", scale=(0.5, 0.5), units=("um", "um")
+    )
+    widget = _dock(viewer, drain_jobs, tiny_sam)
+    assert {tuple(layer.units) for layer in widget.session.layers.layers} == {tuple(image.units)}
+    image.units = ("nm", "nm")
+    assert {tuple(layer.units) for layer in widget.session.layers.layers} == {tuple(image.units)}
+    _assert_on_the_image(widget, image, (40, 20))

@@ -24,7 +24,7 @@ from napari_samtune._qt.saved_renames import follow_unkept_rename, taken_notes
 from napari_samtune._qt.workers import user_message
 from napari_samtune.core.label_files import image_fingerprint
 
-PLACEMENT_EVENTS = ("scale", "translate", "rotate", "shear", "affine")
+PLACEMENT_EVENTS = ("scale", "translate", "rotate", "shear", "affine", "units")
 
 
 class AnnotateImageMixin:
@@ -300,7 +300,9 @@ class AnnotateImageMixin:
         pixels (a filter, or the console, setting ``layer.data``), follow its name, and
         let the widget's keys act with the image's layer selected."""
         for name in PLACEMENT_EVENTS:
-            emitter = getattr(layer.events, name)
+            emitter = getattr(layer.events, name, None)  # (no "units" before napari 0.6)
+            if emitter is None:
+                continue
             (emitter.connect if connect else emitter.disconnect)(self._on_image_moved)
         (layer.events.data.connect if connect else layer.events.data.disconnect)(
             self._on_image_data

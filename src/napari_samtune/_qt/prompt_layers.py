@@ -46,7 +46,12 @@ from napari_samtune._qt.layer_names import (
     rename_layers,
     role_for,
 )
-from napari_samtune._qt.layer_placement import place_layer, same_colormap, spatial_affine
+from napari_samtune._qt.layer_placement import (
+    place_layer,
+    same_colormap,
+    spatial_affine,
+    spatial_units,
+)
 from napari_samtune._qt.preview_tops import PreviewTops
 from napari_samtune._qt.propagated_planes import PropagatedPlanes
 
@@ -131,7 +136,10 @@ class PromptLayers:
         self.ndim = len(axes.spatial_shape)
         name = image_layer.name
         # new layers start where the image is (else the view's ranges jump meanwhile)
-        self._placement = {"affine": spatial_affine(image_layer, self.ndim)}
+        units = spatial_units(image_layer, self.ndim)
+        self._placement = {"affine": spatial_affine(image_layer, self.ndim)} | (
+            {} if units is None else {"units": units}
+        )
         self.annotations_created = False
         self.annotations = self._labels(name, ANNOTATIONS, opacity=0.5)
         self.preview = self._labels(name, PREVIEW, opacity=0.7, colormap=_preview_colormap())
@@ -146,9 +154,12 @@ class PromptLayers:
     def place_like(self, image_layer) -> None:
         """Put the four layers where the image is (its scale, translation, rotation, shear
         and affine on the spatial axes), so that a click lands on the pixel under it."""
-        affine = spatial_affine(image_layer, self.ndim)
+        affine, units = (
+            spatial_affine(image_layer, self.ndim),
+            spatial_units(image_layer, self.ndim),
+        )
         for layer in self.layers:
-            place_layer(layer, self.ndim, affine)
+            place_layer(layer, self.ndim, affine, units)
 
     # -- creation ----------------------------------------------------------------------
     def _existing(self, name: str, suffix: str, kind: type):
