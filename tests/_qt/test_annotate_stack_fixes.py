@@ -198,3 +198,24 @@ def test_automatic_segmentation_of_a_stack_saves_its_planes_as_it_goes(
     gate.open()
     drain_jobs(widget)
     assert all(plane.any() for plane in tifffile.imread(saved))
+
+
+def test_undoing_a_propagated_commit_redraws_its_planes_previews_once(
+    propagated_from_1, monkeypatch
+):
+    """Each redraw re-slices the whole preview: an object propagated through 30 planes of
+    2048 x 2048 redrew 31 times when undone (0.4 s with the viewer frozen)."""
+    _, widget = propagated_from_1
+    layers = widget.session.layers
+    preview = layers.preview.data.copy()
+    assert widget.commit() == [1]
+    kept = widget.session.undo_stack.peek().prompts
+    redraws, before_prompts = [], []
+    monkeypatch.setattr(layers.preview, "refresh", lambda *a, **k: redraws.append(a))
+    clear_prompts = layers.clear_prompts
+    monkeypatch.setattr(
+        layers, "clear_prompts", lambda: (before_prompts.append(len(redraws)), clear_prompts())
+    )
+    kept.put_back(layers)  # the planes' previews, then the prompts (which redraw the plane in view)
+    assert sorted(layers.propagated) == [0, 2] and before_prompts == [1]
+    np.testing.assert_array_equal(layers.preview.data[[0, 2]] > 0, preview[[0, 2]] > 0)

@@ -40,7 +40,8 @@ class KeptPrompts:
         the preview from them."""
         for plane, propagated in self.propagated.items():  # before the prompts, which the
             layers.propagated[plane] = propagated  # preview of the plane in view refines
-            layers.set_preview(plane, self.previews[plane])
+        if self.propagated:
+            layers.set_previews({plane: self.previews[plane] for plane in self.propagated})
         layers.propagated.starts |= self.starts
         layers.clear_prompts()
         if len(self.points):

@@ -73,9 +73,9 @@ class UndoEntry:
         covered whole on a plane (a loaded file's other objects, whatever their ids) is put
         back."""
         found = set()
-        for plane, (written, covered) in self._by_plane().items():
+        for plane, covered in self._covered_by_plane().items():
             if covered.size:
-                left = ids_outside(plane_view(labels, plane), written)
+                left = ids_outside(plane_view(labels, plane), self._written(plane))
                 found |= {(plane, int(i)) for i in covered if int(i) in left}
         self.survivors = frozenset(found)
 
@@ -95,29 +95,33 @@ class UndoEntry:
 
     def _gone(self, labels: np.ndarray) -> dict[Plane, list[int]]:
         """Per plane, the survivors (see :meth:`note_survivors`) without pixels there now
-        outside what the edit wrote."""
-        written = {plane: where for plane, (where, _) in self._by_plane().items()}
+        outside what the edit wrote. Only their planes are read: an automatic segmentation
+        of a 30 x 2048 x 2048 stack into empty planes has none, and counting the ids of all
+        it wrote took 1.5 s of its undo."""
         gone: dict[Plane, list[int]] = {}
         for plane in {plane for plane, _ in self.survivors}:
-            left = ids_outside(plane_view(labels, plane), written[plane])
+            left = ids_outside(plane_view(labels, plane), self._written(plane))
             dead = [i for p, i in self.survivors if p == plane and i not in left]
             if dead:
                 gone[plane] = dead
         return gone
 
-    def _by_plane(self) -> dict[Plane, tuple[np.ndarray, np.ndarray]]:
-        """Per plane the edit wrote: the flat positions it wrote, and the ids (not 0) that
-        those held before it."""
-        positions: dict[Plane, list[np.ndarray]] = {}
-        covered: dict[Plane, list[np.ndarray]] = {}
+    def _written(self, plane: Plane) -> np.ndarray:
+        """The flat positions the edit wrote on ``plane``."""
+        return np.concatenate([w.where for w in self.writes if w.plane == plane])
+
+    def _covered_by_plane(self) -> dict[Plane, np.ndarray]:
+        """Per plane the edit wrote, the ids (not 0) that its pixels held before; writes over
+        background only are not counted (automatic segmentation into empty planes: 2.5 s
+        for a 30 x 2048 x 2048 stack when they were)."""
+        parts: dict[Plane, list[np.ndarray]] = {}
         for write in self.writes:
-            positions.setdefault(write.plane, []).append(write.where)
-            covered.setdefault(write.plane, []).append(write.before)
-        planes = {}
-        for plane, where in positions.items():
-            ids = ids_in(np.concatenate(covered[plane]))
-            planes[plane] = (np.concatenate(where), ids[ids != 0])
-        return planes
+            parts.setdefault(write.plane, []).extend([write.before] if write.before.any() else [])
+        covered = {}
+        for plane, before in parts.items():
+            ids = ids_in(np.concatenate(before)) if before else np.zeros(0, np.int64)
+            covered[plane] = ids[ids != 0]
+        return covered
 
 
 def ids_outside(plane: np.ndarray, written: np.ndarray) -> set[int]:

@@ -335,9 +335,16 @@ class PromptLayers:
 
     def set_preview(self, plane: int | None, labels: np.ndarray | None) -> None:
         """Show ``labels`` (uint32 (H, W), or None to empty it) as the preview of ``plane``."""
-        target = self.preview_plane(plane)
-        target[...] = 0 if labels is None else labels
-        self._wrote(plane, labels)
+        self.set_previews({plane: labels})
+
+    def set_previews(self, planes: dict) -> None:
+        """:meth:`set_preview` of each plane -> labels of ``planes``, redrawn once (an undo
+        putting back an object propagated through 30 planes of 2048 x 2048 redrew 31 times:
+        0.4 s)."""
+        for plane, labels in planes.items():
+            target = self.preview_plane(plane)
+            target[...] = 0 if labels is None else labels
+            self._wrote(plane, labels)
         self.preview.refresh()
 
     def _wrote(self, plane: int | None, labels: np.ndarray | None) -> None:
