@@ -152,8 +152,9 @@ def _count_fused_step(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
     """A fused step writes the parameters without bumping their version counters, by which
     results computed from them once (:func:`.weight_cache.kept`: a Segmenter over a model
     finetuned in the same process) see that they changed: bump them."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    torch.autograd.graph.increment_version(params)
+    for group in optimizer.param_groups:
+        for param in group["params"]:  # one by one: older torch takes one tensor
+            torch.autograd.graph.increment_version(param)
 
 
 def iter_chunks(items: list, size: int) -> Iterator[list]:
