@@ -219,3 +219,21 @@ def test_undoing_a_propagated_commit_redraws_its_planes_previews_once(
     kept.put_back(layers)  # the planes' previews, then the prompts (which redraw the plane in view)
     assert sorted(layers.propagated) == [0, 2] and before_prompts == [1]
     np.testing.assert_array_equal(layers.preview.data[[0, 2]] > 0, preview[[0, 2]] > 0)
+
+
+def test_a_commit_keeps_the_propagated_masks_for_undo_instead_of_copies(propagated_from_1):
+    """Each undo step kept a copy of every propagated plane's preview: 16 MB per 2048 x 2048
+    plane (0.5 GB and 1 s per commit of an object through 29 planes). A plane corrected
+    since keeps what it showed."""
+    _, widget = propagated_from_1
+    layers = widget.session.layers
+    corrected = layers.preview.data[2].copy()
+    corrected[0, 0] = corrected.max()  # as if a correction there had grown it
+    layers.set_preview(2, corrected)
+    assert widget.commit() == [1]
+    kept = widget.session.undo_stack.peek().prompts
+    assert kept.previews[0] is kept.propagated[0].labels
+    assert kept.previews[2] is not kept.propagated[2].labels
+    np.testing.assert_array_equal(kept.previews[2], corrected)
+    assert widget.undo()
+    np.testing.assert_array_equal(layers.preview.data[2] > 0, corrected > 0)

@@ -66,9 +66,17 @@ def snapshot_prompts(layers) -> KeptPrompts | None:
         boxes=boxes,
         box_types=tuple(layers.boxes.shape_type),
         propagated=propagated,
-        previews={plane: layers.preview_plane(plane).copy() for plane in propagated},
+        previews={plane: _preview_of(layers, plane, made) for plane, made in propagated.items()},
         starts=frozenset(layers.propagated.starts),
     )
+
+
+def _preview_of(layers, plane: int, made) -> np.ndarray:
+    """What the preview of ``plane`` shows now, where propagation ``made`` it: a plane not
+    corrected since shows ``made.labels``, which is kept instead of a copy (an object through
+    29 planes of 2048 x 2048: 1 s at each commit, and 0.5 GB per undo step)."""
+    shown = layers.preview_plane(plane)
+    return made.labels if np.array_equal(shown, made.labels) else shown.copy()
 
 
 def has_prompts(layers) -> bool:
