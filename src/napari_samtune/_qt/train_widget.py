@@ -228,7 +228,8 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
         if self.is_running or self._comparing is not None:
             show_warning("training is already running: stop it (or wait) before starting again")
             return None
-        flush_autosaves(self.viewer)  # else the folder checked and read lacks the last commit
+        # else the folder checked and read lacks the last commit
+        flush_autosaves(self.viewer, self._labels_folders())
         waiting = self._checks_running(resume)
         if waiting:  # reading the files here would freeze the viewer
             self._queued = (resume,)
@@ -364,6 +365,16 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
             config, tuple(train_pairs), train_folders, tuple(val_pairs), val_folders,
             out_dir, model_name, last, tuple(history),
         )  # fmt: skip
+
+    def _labels_folders(self) -> list[Path] | None:
+        """The labels folders the run would read; None when a source's fields are not
+        usable (Start then refuses them)."""
+        sources = [self.train_data, *([self.val_data] if self._separate_val() else [])]
+        try:
+            folders = [source.folder_source() for source in sources]
+        except ValueError:
+            return None
+        return [folder.labels for folder in folders if folder is not None]
 
     def _separate_val(self) -> bool:
         return self.separate_val_check.isChecked()
