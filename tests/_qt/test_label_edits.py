@@ -44,3 +44,18 @@ def test_undo_puts_back_what_it_covered_and_leaves_an_object_deleted_since_gone(
     expected = before.copy()
     expected[0][expected[0] == 3] = 0
     np.testing.assert_array_equal(labels, expected)
+
+
+def test_an_undo_step_keeps_where_it_wrote_in_one_bit_per_pixel():
+    """Flat int64 positions took 8 bytes per pixel written: 0.6 GB in each undo step of an
+    automatic segmentation of 30 planes of 2048 x 2048 (20 steps are kept)."""
+    objects = np.zeros((256, 256), np.uint32)
+    objects[8:240, 8:240] = np.arange(1, 233)[:, None]  # most of the plane, as automatic
+    labels, entry = np.zeros((2, 256, 256), np.uint32), UndoEntry()
+    label_edits.write_objects(labels, {0: objects, 1: objects}, False, entry)
+    for write in entry.writes:
+        arrays = [value for value in vars(write).values() if isinstance(value, np.ndarray)]
+        ids = write.before.nbytes + write.after.nbytes
+        assert sum(a.nbytes for a in arrays) - ids <= 256 * 256 // 8
+    entry.restore(labels)
+    assert not labels.any()

@@ -21,12 +21,23 @@ def plane_view(labels: np.ndarray, plane: Plane) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PixelWrite:
-    """The pixels one write changed on one plane: where, and their ids before and after."""
+    """The pixels one write changed on one plane: where, and their ids before and after.
+
+    Where is kept as a bit-packed mask: flat int64 indices took 8 bytes per pixel written,
+    0.6 GB in each undo step of an automatic segmentation of 30 planes of 2048 x 2048.
+    """
 
     plane: Plane
-    where: np.ndarray  # flat indices into the (H, W) plane: memory grows with what is written
-    before: np.ndarray  # ids of the pixels at ``where`` before the write
+    packed: np.ndarray  # the bool (H, W) mask of the pixels written, 1 bit per pixel
+    shape: tuple[int, int]  # (H, W)
+    before: np.ndarray  # ids of the pixels written (in row-major order) before the write
     after: np.ndarray  # ids written there
+
+    @property
+    def where(self) -> np.ndarray:
+        """The bool (H, W) mask of the pixels written (a new array)."""
+        count = self.shape[0] * self.shape[1]
+        return np.unpackbits(self.packed, count=count).view(bool).reshape(self.shape)
 
 
 @dataclass
@@ -54,7 +65,9 @@ class UndoEntry:
     def remember(self, plane: Plane, where: np.ndarray, before: np.ndarray, after) -> None:
         """Record that ``after`` was written at ``where`` (bool (H, W)) of ``plane`` over
         ``before``."""
-        self.writes.append(PixelWrite(plane, np.flatnonzero(where), before, np.asarray(after)))
+        where = np.asarray(where, dtype=bool)
+        packed = np.packbits(where, axis=None)
+        self.writes.append(PixelWrite(plane, packed, where.shape, before, np.asarray(after)))
 
     def remember_replacement(self, labels: np.ndarray, new: np.ndarray) -> None:
         """Record that ``new`` (of the shape of ``labels``) is about to replace ``labels``
@@ -85,13 +98,13 @@ class UndoEntry:
         0 there."""
         gone = self._gone(labels)
         for write in reversed(self.writes):
-            flat = plane_view(labels, write.plane).flat
-            now = flat[write.where]
-            unchanged = now == write.after
+            target, where = plane_view(labels, write.plane), write.where
+            unchanged = target[where] == write.after
             back = write.before[unchanged]
             if write.plane in gone:
                 back = np.where(np.isin(back, gone[write.plane]), 0, back).astype(back.dtype)
-            flat[write.where[unchanged]] = back
+            where[where] = unchanged  # the pixels that still hold what it wrote
+            target[where] = back
 
     def _gone(self, labels: np.ndarray) -> dict[Plane, list[int]]:
         """Per plane, the survivors (see :meth:`note_survivors`) without pixels there now
@@ -107,8 +120,8 @@ class UndoEntry:
         return gone
 
     def _written(self, plane: Plane) -> np.ndarray:
-        """The flat positions the edit wrote on ``plane``."""
-        return np.concatenate([w.where for w in self.writes if w.plane == plane])
+        """The bool (H, W) mask of the pixels the edit wrote on ``plane``."""
+        return np.logical_or.reduce([w.where for w in self.writes if w.plane == plane])
 
     def _covered_by_plane(self) -> dict[Plane, np.ndarray]:
         """Per plane the edit wrote, the ids (not 0) that its pixels held before; writes over
@@ -125,10 +138,8 @@ class UndoEntry:
 
 
 def ids_outside(plane: np.ndarray, written: np.ndarray) -> set[int]:
-    """The ids (0 among them) of the (H, W) ``plane`` outside the flat positions ``written``."""
-    keep = np.ones(plane.size, dtype=bool)
-    keep[written] = False
-    return {int(i) for i in ids_in(plane.reshape(-1)[keep])}
+    """The ids (0 among them) of the (H, W) ``plane`` outside the bool (H, W) ``written``."""
+    return {int(i) for i in ids_in(plane[~written])}
 
 
 # Up to this id, ids_in counts the ids of labels (a table of this many entries at most).
