@@ -9,6 +9,7 @@ gives the coarsest level.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 import numpy as np
@@ -160,20 +161,34 @@ def is_preview_layer(layer) -> bool:
     return marked or _annotation_layer_owner(layer.name)[1] == PREVIEW
 
 
-def pairing_rank(image: Image, labels, viewer) -> tuple[bool, ...]:
-    """How well ``labels`` (a Labels or Image layer of ``viewer``) pairs with ``image``, as a
-    sort key: of its (spatial) shape, not the annotation widget's layer of another image
-    (its objects outline that image), a Labels layer, holding objects, named after the
-    image."""
+def best_labels_for(image: Image, candidates: list, viewer):
+    """The layer of ``candidates`` (Labels or Image layers of ``viewer``) that pairs best with
+    ``image``, the first of equals; None when there are none. The criteria, in turn: of its
+    (spatial) shape, not the annotation widget's layer of another image (its objects outline
+    that image), a Labels layer, holding objects, named after the image.
+
+    Each criterion is read only for the layers best by those before it: whether a layer
+    holds objects is a pass over its pixels and the image's fingerprint one over the image's
+    (picking an image with the Train panel open ranked every layer for both sources: 0.36 s
+    beside a 30 x 2048 x 2048 stack and a 4096 x 4096 image).
+    """
     spatial = {image.data.shape, image.data.shape[:-1], image.data.shape[1:]}
-    shape_fits = labels.data.shape in spatial
-    return (
-        shape_fits,
-        not _another_image_s(labels, image, viewer),
-        isinstance(labels, Labels),
-        bool(np.any(labels.data)),
-        *_name_rank(image.name, labels.name),
+    fingerprint = functools.cache(lambda: image_fingerprint(image.data))
+    criteria = (
+        lambda layer: layer.data.shape in spatial,
+        lambda layer: not _another_image_s(layer, image, viewer, fingerprint),
+        lambda layer: isinstance(layer, Labels),
+        lambda layer: bool(np.any(layer.data)),
+        lambda layer: _name_rank(image.name, layer.name),
     )
+    best = list(candidates)
+    for criterion in criteria:
+        if len(best) <= 1:
+            break
+        ranks = [criterion(layer) for layer in best]
+        top = max(ranks)
+        best = [layer for layer, rank in zip(best, ranks, strict=True) if rank == top]
+    return best[0] if best else None
 
 
 def _name_rank(image_name: str, labels_name: str) -> tuple[bool, bool, bool, bool]:
@@ -190,14 +205,14 @@ def _name_rank(image_name: str, labels_name: str) -> tuple[bool, bool, bool, boo
     return labels_name.startswith(image_name), named, whole, named and same_number
 
 
-def _another_image_s(layer, image: Image, viewer) -> bool:
+def _another_image_s(layer, image: Image, viewer, fingerprint) -> bool:
     """Whether ``layer`` is the annotation widget's layer of an image other than ``image``:
     marked for another (see :class:`ImageMark`), or, unmarked, named after another as the
     widget names its annotations and preview ("<image> annotations", "... [1]"). The
-    image's fingerprint (9 ms for 4096 x 4096) is taken for marked layers only: this runs
-    for every candidate pair whenever the layer list changes."""
+    image's fingerprint (9 ms for 4096 x 4096; ``fingerprint()`` gives it) is taken for
+    marked layers only: this runs for candidate pairs whenever the layer list changes."""
     if isinstance(layer.metadata.get(OWN_IMAGE_KEY), dict):
-        return not ImageMark.of(image, image_fingerprint(image.data)).owns(layer, viewer)
+        return not ImageMark.of(image, fingerprint()).owns(layer, viewer)
     owner, _ = _annotation_layer_owner(layer.name)
     return owner is not None and owner != image.name
 

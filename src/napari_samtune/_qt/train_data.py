@@ -34,7 +34,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_samtune._qt.layer_pairs import is_preview_layer, layer_pairs, pair_problem, pairing_rank
+from napari_samtune._qt.layer_pairs import (
+    best_labels_for,
+    is_preview_layer,
+    layer_pairs,
+    pair_problem,
+)
 from napari_samtune._qt.train_folders import (
     FolderCheck,
     FolderSource,
@@ -216,12 +221,9 @@ class PairSourceWidget(QWidget):
             return
         image, combo = self.viewer.layers[name], self.labels_combo
         others = [combo.itemText(i) for i in range(combo.count()) if combo.itemText(i) != name]
-        if others:
-            best = max(
-                others,
-                key=lambda other: pairing_rank(image, self.viewer.layers[other], self.viewer),
-            )
-            combo.setCurrentText(best)
+        best = best_labels_for(image, [self.viewer.layers[o] for o in others], self.viewer)
+        if best is not None:
+            combo.setCurrentText(best.name)
 
     def add_current_pair(self) -> bool:
         """Add the pair chosen in the two combo boxes if the core accepts it; returns success."""
