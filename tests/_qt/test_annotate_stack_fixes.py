@@ -237,3 +237,22 @@ def test_a_commit_keeps_the_propagated_masks_for_undo_instead_of_copies(propagat
     np.testing.assert_array_equal(kept.previews[2], corrected)
     assert widget.undo()
     np.testing.assert_array_equal(layers.preview.data[2] > 0, corrected > 0)
+
+
+def test_propagation_redraws_the_preview_only_for_the_plane_in_view(
+    stack_widget, run_job, go_to, monkeypatch
+):
+    """Each plane reached redrew the plane in view (30-50 ms for 2048 x 2048); napari reads
+    the others' pixels when they come into view."""
+    viewer, widget = stack_widget
+    go_to(viewer, widget, 1)
+    layers = widget.session.layers
+    layers.boxes.add_rectangles(on_plane(1))
+    widget.ui.area_ratio_spin.setValue(20.0)
+    redraws, refresh = [], layers.preview.refresh
+    monkeypatch.setattr(layers.preview, "refresh", lambda *a: (redraws.append(1), refresh(*a)))
+    monkeypatch.setattr(widget, "update_preview", lambda *a, **k: None)  # the end's own
+    run_job(widget, widget.propagate, PROPAGATE_TASK)
+    assert sorted(layers.propagated) == [0, 2] and redraws == []
+    go_to(viewer, widget, 2)
+    np.testing.assert_array_equal(layers.preview._slice.image.raw, layers.propagated[2].labels)

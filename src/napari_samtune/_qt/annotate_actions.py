@@ -277,7 +277,10 @@ class AnnotateActionsMixin:
         if _past_kept_out(result.plane, start, keep_out):
             return
         layers = session.layers
-        layers.set_preview(result.plane, result.labels)
+        # another image's layers, the 3D view or planes along another axis may show it
+        shown = session is not self.session or not self._viewing_planes()
+        shown = shown or result.plane == self.current_plane
+        layers.set_preview(result.plane, result.labels, redraw=shown)
         point_rc, box_rc = prompts_from_mask(result.labels > 0, box_margin=0.0)
         prompts = PlanePrompts(point_rc[None], np.ones(1, bool), box_rc[None])
         layers.propagated[result.plane] = PropagatedPlane(result.labels, prompts)
