@@ -19,6 +19,7 @@ keep_triton_away()  # again, before torch's extras: a viewer made since may have
 
 import functools
 import weakref
+from pathlib import Path
 
 import napari
 import numpy as np
@@ -107,6 +108,7 @@ class AnnotateWidget(
         self._previews_behind: set[int | None] = set()
         self._autosave_again: list[AnnotationSession] = []  # saved once the running save ends
         self._save_buffer: np.ndarray | None = None  # the labels the last autosave wrote
+        self._save_folder: Path | None = None  # where the last background save began to write
         self._save_now_waiting: AnnotationSession | None = None  # Save now, after that save
         self._strokes = 0  # brush, fill and eraser strokes on the annotations, ever
         # annotations layer of an image no longer chosen -> (its session, the autosave on

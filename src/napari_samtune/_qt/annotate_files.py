@@ -41,6 +41,12 @@ class AnnotateFilesMixin:
         text = self.ui.folder_edit.text().strip()
         return Path(text).expanduser() if text else default_annotation_folder()
 
+    def save_folders(self) -> set[Path]:
+        """The folders its saves write: the folder field's, and that of a background save
+        begun before the field changed, while it runs."""
+        running = self.runner.is_running(SAVE_TASK) and self._save_folder is not None
+        return {self.annotation_folder(), *([self._save_folder] if running else [])}
+
     def _choose_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(
             self, "Annotation folder", self.ui.folder_edit.text()
@@ -321,7 +327,7 @@ class AnnotateFilesMixin:
         """Start the background save of ``session``; ``announce``: Save now, which says
         where it saved (see AnnotateFileJobsMixin), not quiet as an autosave."""
         self._autosave_again = [s for s in self._autosave_again if s is not session]
-        folder = self.annotation_folder()
+        folder = self._save_folder = self.annotation_folder()
         file_name, note = session.name_to_save(folder)  # beside a file changed meanwhile
         if note:
             show_warning(note)

@@ -353,15 +353,17 @@ def flush_autosaves(viewer, labels_folders: list | None = None) -> None:
     layer pairs). None, or a glob among them: every widget."""
     read = _folders_read(labels_folders)
     for widget in annotation_widgets(viewer):
-        if read is None or _resolved(widget.annotation_folder()) in read:
+        if read is None or {_resolved(f) for f in widget.save_folders()} & read:
             widget.flush_autosave()
 
 
 def _folders_read(labels_folders: list | None) -> set[Path] | None:
-    """The resolved folders of ``labels_folders``; None when it is None or holds a glob."""
+    """The resolved folders of ``labels_folders`` (of a file named there, its folder); None
+    when it is None or holds a glob."""
     if labels_folders is None or any(set(str(f)) & set("*?[") for f in labels_folders):
         return None
-    return {_resolved(folder) for folder in labels_folders}
+    paths = [_resolved(folder) for folder in labels_folders]
+    return {path if path.is_dir() else path.parent for path in paths}
 
 
 def unsaved_annotations_message(viewer, request: TrainRequest) -> str:
