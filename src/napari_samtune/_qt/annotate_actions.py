@@ -109,10 +109,12 @@ class AnnotateActionsMixin:
             return []
         source = "batched" if self.ui.mode_combo.currentText() == BATCHED_MODE else "interactive"
         overwrite = self.ui.overwrite_check.isChecked()
-        planes = self.session.layers.preview_planes()
-        shown = self._preview_objects(planes)
+        layers = self.session.layers
+        planes = layers.preview_planes()
+        present = [ids_in(layers.preview_plane(plane)) for plane in planes]  # read once
+        shown = len(set().union(*(ids.tolist() for ids in present)) - {0})
         with self._prompts_in_flux():
-            ids = self.session.commit(overwrite, source, self.model_name or "")
+            ids = self.session.commit(overwrite, source, self.model_name or "", planes, present)
         self._prompts_for_undo = None  # U undoes the commit, not a clear before it
         self._keep_propagation_out()
         if not ids:
@@ -130,13 +132,6 @@ class AnnotateActionsMixin:
             show_info(note)
         self._autosave()
         return ids
-
-    def _preview_objects(self, planes: list[int | None]) -> int:
-        """How many objects the preview of ``planes`` shows (an id on several planes is one
-        object, as a commit writes it)."""
-        layers = self.session.layers
-        ids = set().union(*(ids_in(layers.preview_plane(plane)).tolist() for plane in planes))
-        return len(ids - {0})
 
     def undo(self) -> bool:
         """Step back (U): right after a clear, bring its prompts back; else revert the last

@@ -89,19 +89,29 @@ class AnnotationSession:
         return -0.5 <= z < self.axes.n_planes - 0.5
 
     # -- edits ----------------------------------------------------------------------------
-    def commit(self, overwrite: bool, source: str, model_name: str) -> list[int]:
+    def commit(
+        self,
+        overwrite: bool,
+        source: str,
+        model_name: str,
+        planes: list | None = None,
+        present: list[np.ndarray] | None = None,
+    ) -> list[int]:
         """Write the preview (every plane) as new objects; clear prompts and preview.
 
         Returns the new ids (empty when the preview was empty or fully blocked by
-        existing objects and ``overwrite`` is off; then nothing changes).
+        existing objects and ``overwrite`` is off; then nothing changes). ``planes`` (those
+        the preview shows) and ``present`` (the ids on each of them), where the caller has
+        them: reading a 30 x 2048 x 2048 preview for each took ~0.1 s.
         """
-        planes = self.layers.preview_planes()
+        planes = self.layers.preview_planes() if planes is None else planes
         objects = {plane: self.layers.preview_plane(plane) for plane in planes}
         kept = snapshot_prompts(self.layers)
-        ids = self._write(objects, overwrite, source, model_name, self.layers.prompts_record())
+        prompts = self.layers.prompts_record()
+        ids = self._write(objects, overwrite, source, model_name, prompts, present=present)
         if ids:
             self.undo_stack.peek().prompts = kept  # undone, they come back
-            self.clear()
+            self.clear(planes)
         return ids
 
     def add_labels(
@@ -116,7 +126,7 @@ class AnnotationSession:
 
         With ``group`` (from :meth:`begin_group`) several calls undo as one step.
         """
-        return self._write(objects_by_plane, overwrite, source, model_name, {}, group)
+        return self._write(objects_by_plane, overwrite, source, model_name, {}, group=group)
 
     def begin_group(self) -> UndoEntry:
         """Start an edit made of several writes that one undo reverts together."""
@@ -137,9 +147,11 @@ class AnnotationSession:
         model_name: str,
         prompts: dict,
         group: UndoEntry | None = None,
+        present: list[np.ndarray] | None = None,
     ) -> list[int]:
         entry = UndoEntry() if group is None else group
-        ids = write_objects(self.annotations, objects, overwrite, entry, self._top_recorded())
+        top = self._top_recorded()
+        ids = write_objects(self.annotations, objects, overwrite, entry, top, present)
         if not ids:
             return []
         planes = sorted({p for p in entry.planes if p is not None and p in objects})
@@ -192,10 +204,10 @@ class AnnotationSession:
             reset()
         annotations.refresh()
 
-    def clear(self) -> None:
-        """Remove every prompt and empty the preview."""
+    def clear(self, planes: list | None = None) -> None:
+        """Remove every prompt and empty the preview (``planes``: those it shows, if known)."""
         self.layers.clear_prompts()
-        self.layers.clear_preview()
+        self.layers.clear_preview(planes)
 
     # -- files ----------------------------------------------------------------------------
     def save(self, folder: str | Path, labels: np.ndarray | None = None) -> tuple[Path, Path]:

@@ -189,6 +189,7 @@ def write_objects(
     overwrite: bool = False,
     entry: UndoEntry | None = None,
     used_before: int = 0,
+    present: list[np.ndarray] | None = None,
 ) -> list[int]:
     """Write objects into ``labels`` (in place) as new ids ``top + 1, top + 2, ...``, where
     ``top`` is the largest id in ``labels`` or ``used_before`` (or, where those would not
@@ -205,11 +206,14 @@ def write_objects(
         used_before: the largest id ever given an object of these labels (an object
             deleted since included): its id is not given to a new one, whose record
             would then be mistaken for the deleted object's.
+        present: the ids on each plane of ``objects_by_plane`` (:func:`ids_in`), where
+            the caller has counted them.
 
     Returns:
         The new ids that received at least one pixel, ascending.
     """
-    present = [ids_in(objects) for objects in objects_by_plane.values()]
+    if present is None:
+        present = [ids_in(objects) for objects in objects_by_plane.values()]
     ids = np.unique(np.concatenate(present or [np.zeros(0, np.uint32)]))
     ids = ids[ids != 0]
     if len(ids) == 0:

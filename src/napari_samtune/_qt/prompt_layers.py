@@ -383,13 +383,14 @@ class PromptLayers:
         if planes:
             self.preview.refresh()
 
-    def clear_preview(self) -> None:
+    def clear_preview(self, planes: list | None = None) -> None:
         """Empty the preview on every plane: those that show something, as writing zeros
         over the others (at every commit) got memory for planes never used (napari's new
         labels are zeros the system gives when first written), a second for 60 x 2048 x
-        2048, and the writing took longer than finding them."""
+        2048, and the writing took longer than finding them. ``planes``: those, where the
+        caller knows them."""
         self.propagated.clear()
-        for plane in self.preview_planes():
+        for plane in self.preview_planes() if planes is None else planes:
             self.preview_plane(plane)[...] = 0
             self._wrote(plane, None)
         self.preview.refresh()
