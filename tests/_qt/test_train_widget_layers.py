@@ -227,3 +227,24 @@ class _CountingNumpy:
 
     def __getattr__(self, name):
         return getattr(np, name)
+
+
+def test_validation_folders_of_the_training_images_are_named_as_they_are_typed(
+    finetune_on_cells, tmp_path
+):
+    """Validating on the training images was said only at Start, once the run had read
+    them."""
+    _, widget = finetune_on_cells(n=1)
+    train, val = widget.train_data, widget.val_data
+    (tmp_path / "images").mkdir(), (tmp_path / "labels").mkdir(), (tmp_path / "other").mkdir()
+    train.image_dir_edit.setText(str(tmp_path / "images"))
+    train.labels_dir_edit.setText(str(tmp_path / "labels"))
+    val.image_dir_edit.setText(str(tmp_path / "other" / ".." / "images"))
+    val.labels_dir_edit.setText(str(tmp_path / "labels"))
+    val._on_folders_edited()
+    assert "these are the training images" in val.folder_note.text()
+    val.image_dir_edit.setText(str(tmp_path / "other"))
+    val._on_folders_edited()
+    assert "training images" not in val.folder_note.text()
+    train._on_folders_edited()
+    assert "these are" not in train.folder_note.text()

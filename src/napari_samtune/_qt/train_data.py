@@ -386,7 +386,23 @@ class PairSourceWidget(QWidget):
 
     def _show_folder_check(self, problem: str = "", note: str = "") -> None:
         show_problem(self.folder_error, problem)
-        show_problem(self.folder_note, note)
+        show_problem(self.folder_note, "\n".join(filter(None, [self._same_images_note(), note])))
+
+    def _same_images_note(self) -> str:
+        """For validation folders whose images are the training folders' (see
+        :meth:`take_channels_of`): said as they are typed, where the run said it only at
+        Start, once its data was read."""
+        other = self.channels_like
+        mine, theirs = self.image_dir_edit.text().strip(), None
+        if other is not None:
+            theirs = other.image_dir_edit.text().strip()
+        if not mine or not theirs or _resolved(mine) != _resolved(theirs):
+            return ""
+        return (
+            f"these are the {other.title} images: validating on images the model trains on "
+            "scores fitting, not new images; choose other images, or untick the separate "
+            f"{self.title} data to hold out part of the {other.title} images"
+        )
 
     # -- everything -----------------------------------------------------------------------
     def is_empty(self) -> bool:
@@ -424,6 +440,10 @@ class PairSourceWidget(QWidget):
         if empty:
             show_info(f"{self.title} data: {empty_planes_message(empty)}")
         return pairs, self.folder_source()
+
+
+def _resolved(folder: str) -> Path:
+    return Path(folder).expanduser().resolve()
 
 
 def _row(*widgets: QWidget) -> QHBoxLayout:
