@@ -248,3 +248,28 @@ def test_validation_folders_of_the_training_images_are_named_as_they_are_typed(
     assert "training images" not in val.folder_note.text()
     train._on_folders_edited()
     assert "these are" not in train.folder_note.text()
+
+
+def test_the_note_on_shared_images_follows_the_training_folders(finetune_on_cells, tmp_path):
+    """Set (or changed) after the validation folders, the training folders left the note
+    missing (or stale); an unreadable path raised instead of the folder error showing."""
+    _, widget = finetune_on_cells(n=1)
+    train, val = widget.train_data, widget.val_data
+    for name in ("images", "labels", "other"):
+        (tmp_path / name).mkdir()
+    val.image_dir_edit.setText(str(tmp_path / "images"))
+    val.labels_dir_edit.setText(str(tmp_path / "labels"))
+    val._on_folders_edited()
+    assert "training images" not in val.folder_note.text()
+    train.image_dir_edit.setText(str(tmp_path / "images"))
+    train.labels_dir_edit.setText(str(tmp_path / "labels"))
+    train._on_folders_edited()
+    assert "these are the training images" in val.folder_note.text()
+    train.image_dir_edit.setText(str(tmp_path / "other"))
+    train._on_folders_edited()
+    assert "training images" not in val.folder_note.text()
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    val.image_dir_edit.setText(str(loop))
+    val._on_folders_edited()
+    assert val.folder_error.text().startswith("validation folders:")

@@ -101,6 +101,7 @@ class PairSourceWidget(QWidget):
         self._pairs: list[tuple[Image, Labels | Image]] = []
         self._folder_check: FolderCheck | None = None  # the latest finished folder check
         self.channels_like: PairSourceWidget | None = None  # whose channels an empty field takes
+        self._folder_messages = ("", "")  # the folder check's problem and note shown
         self._build()
         self.folder_runner = TaskRunner(self.folder_progress, self.folder_status)
         self.add_button.clicked.connect(self.add_current_pair)
@@ -327,6 +328,7 @@ class PairSourceWidget(QWidget):
         whose channel 1 alone trained, unsaid)."""
         self.channels_like = other
         self.channels_edit.setPlaceholderText(f"empty: as the {other.title} folders")
+        other.sources_changed.connect(self._other_folders_changed)
 
     def check_folders(self) -> bool | None:
         """Check the folders: at once that both are set and their files pair by name, then
@@ -385,8 +387,14 @@ class PairSourceWidget(QWidget):
             self.folders_checked.emit()
 
     def _show_folder_check(self, problem: str = "", note: str = "") -> None:
+        self._folder_messages = (problem, note)
         show_problem(self.folder_error, problem)
         show_problem(self.folder_note, "\n".join(filter(None, [self._same_images_note(), note])))
+
+    def _other_folders_changed(self) -> None:
+        """The folders of the source :meth:`take_channels_of` took changed: the note on
+        images they share is said again (or no more)."""
+        self._show_folder_check(*self._folder_messages)
 
     def _same_images_note(self) -> str:
         """For validation folders whose images are the training folders' (see
@@ -396,7 +404,10 @@ class PairSourceWidget(QWidget):
         mine, theirs = self.image_dir_edit.text().strip(), None
         if other is not None:
             theirs = other.image_dir_edit.text().strip()
-        if not mine or not theirs or _resolved(mine) != _resolved(theirs):
+        try:
+            if not mine or not theirs or _resolved(mine) != _resolved(theirs):
+                return ""
+        except (RuntimeError, OSError, ValueError):  # ~nobody, a symlink loop: said elsewhere
             return ""
         return (
             f"these are the {other.title} images: validating on images the model trains on "
