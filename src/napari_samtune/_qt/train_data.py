@@ -45,6 +45,7 @@ from napari_samtune._qt.train_folders import (
     FolderSource,
     check_folder_pairs,
     folder_signature,
+    shared_images_note,
 )
 from napari_samtune._qt.train_run import annotation_widgets
 from napari_samtune._qt.workers import TaskRunner, user_message
@@ -401,19 +402,10 @@ class PairSourceWidget(QWidget):
         :meth:`take_channels_of`): said as they are typed, where the run said it only at
         Start, once its data was read."""
         other = self.channels_like
-        mine, theirs = self.image_dir_edit.text().strip(), None
-        if other is not None:
-            theirs = other.image_dir_edit.text().strip()
-        try:
-            if not mine or not theirs or _resolved(mine) != _resolved(theirs):
-                return ""
-        except (RuntimeError, OSError, ValueError):  # ~nobody, a symlink loop: said elsewhere
+        if other is None:
             return ""
-        return (
-            f"these are the {other.title} images: validating on images the model trains on "
-            "scores fitting, not new images; choose other images, or untick the separate "
-            f"{self.title} data to hold out part of the {other.title} images"
-        )
+        mine, theirs = (s.image_dir_edit.text() for s in (self, other))
+        return shared_images_note(mine, theirs, self.title, other.title)
 
     # -- everything -----------------------------------------------------------------------
     def is_empty(self) -> bool:
@@ -451,10 +443,6 @@ class PairSourceWidget(QWidget):
         if empty:
             show_info(f"{self.title} data: {empty_planes_message(empty)}")
         return pairs, self.folder_source()
-
-
-def _resolved(folder: str) -> Path:
-    return Path(folder).expanduser().resolve()
 
 
 def _row(*widgets: QWidget) -> QHBoxLayout:

@@ -119,3 +119,26 @@ def _in_widget_terms(err: ChannelError) -> str:
     if CHANNELS_FIX in text:
         return text.replace(CHANNELS_FIX, WIDGET_CHANNELS_FIX)
     return f"{text} (the channels field, e.g. 1 or 0,1,2)"
+
+
+def shared_images_note(folder: str, other: str, title: str, other_title: str) -> str:
+    """What to say when image folder ``folder`` (of the ``title`` data, e.g. "validation")
+    is the ``other_title`` data's; "" when it is not, or a path cannot be resolved (an
+    unknown ``~user``, a symlink loop: the folder check says what is wrong)."""
+    try:
+        same = (
+            bool(folder.strip()) and bool(other.strip()) and _resolved(folder) == _resolved(other)
+        )
+    except (RuntimeError, OSError, ValueError):
+        return ""
+    if not same:
+        return ""
+    return (
+        f"these are the {other_title} images: validating on images the model trains on "
+        "scores fitting, not new images; choose other images, or untick the separate "
+        f"{title} data to hold out part of the {other_title} images"
+    )
+
+
+def _resolved(folder: str) -> Path:
+    return Path(folder.strip()).expanduser().resolve()
