@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from napari_samtune._qt.annotate import AnnotateWidget
-from napari_samtune._qt.annotate_jobs import EMBED_TASK
+from napari_samtune._qt.annotate_jobs import EMBED_TASK, LOAD_TASK
 from napari_samtune._qt.annotate_ui import SCOPE_STACK
 from napari_samtune.core import view_predictor
 from napari_samtune.core.synthetic import make_image
@@ -154,8 +154,10 @@ def test_the_status_line_names_the_job_still_running_when_another_ends(
     assert entered.wait(10)  # embedding with the tiny model, held
     widget.select_model("nano")
     widget.load_model()
-    qtbot.waitUntil(lambda: widget.model_name == "nano", timeout=WAIT_MS)
-    assert widget.runner.is_running(EMBED_TASK)
+    # the load's end, not only its result: the worker emits "finished" after "returned",
+    # and under load the status line was read in between
+    qtbot.waitUntil(lambda: not widget.runner.is_running(LOAD_TASK), timeout=WAIT_MS)
+    assert widget.model_name == "nano" and widget.runner.is_running(EMBED_TASK)
     assert widget.ui.status_label.text() == f"{EMBED_TASK}…"
     gate.set()
     qtbot.waitUntil(lambda: not widget.runner.is_running(), timeout=WAIT_MS)
