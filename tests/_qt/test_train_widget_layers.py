@@ -229,6 +229,13 @@ class _CountingNumpy:
         return getattr(np, name)
 
 
+def _edit_folders(source, images, labels) -> None:
+    """Type ``images`` and ``labels`` into ``source``'s folder fields, as a person does."""
+    source.image_dir_edit.setText(str(images))
+    source.labels_dir_edit.setText(str(labels))
+    source._on_folders_edited()
+
+
 def test_validation_folders_of_the_training_images_are_named_as_they_are_typed(
     finetune_on_cells, tmp_path
 ):
@@ -236,17 +243,13 @@ def test_validation_folders_of_the_training_images_are_named_as_they_are_typed(
     them."""
     _, widget = finetune_on_cells(n=1)
     train, val = widget.train_data, widget.val_data
-    (tmp_path / "images").mkdir(), (tmp_path / "labels").mkdir(), (tmp_path / "other").mkdir()
-    train.image_dir_edit.setText(str(tmp_path / "images"))
-    train.labels_dir_edit.setText(str(tmp_path / "labels"))
-    val.image_dir_edit.setText(str(tmp_path / "other" / ".." / "images"))
-    val.labels_dir_edit.setText(str(tmp_path / "labels"))
-    val._on_folders_edited()
+    for name in ("images", "labels", "other"):
+        (tmp_path / name).mkdir()
+    _edit_folders(train, tmp_path / "images", tmp_path / "labels")
+    _edit_folders(val, tmp_path / "other" / ".." / "images", tmp_path / "labels")
     assert "these are the training images" in val.folder_note.text()
-    val.image_dir_edit.setText(str(tmp_path / "other"))
-    val._on_folders_edited()
+    _edit_folders(val, tmp_path / "other", tmp_path / "labels")
     assert "training images" not in val.folder_note.text()
-    train._on_folders_edited()
     assert "these are" not in train.folder_note.text()
 
 
@@ -257,19 +260,13 @@ def test_the_note_on_shared_images_follows_the_training_folders(finetune_on_cell
     train, val = widget.train_data, widget.val_data
     for name in ("images", "labels", "other"):
         (tmp_path / name).mkdir()
-    val.image_dir_edit.setText(str(tmp_path / "images"))
-    val.labels_dir_edit.setText(str(tmp_path / "labels"))
-    val._on_folders_edited()
+    _edit_folders(val, tmp_path / "images", tmp_path / "labels")
     assert "training images" not in val.folder_note.text()
-    train.image_dir_edit.setText(str(tmp_path / "images"))
-    train.labels_dir_edit.setText(str(tmp_path / "labels"))
-    train._on_folders_edited()
+    _edit_folders(train, tmp_path / "images", tmp_path / "labels")
     assert "these are the training images" in val.folder_note.text()
-    train.image_dir_edit.setText(str(tmp_path / "other"))
-    train._on_folders_edited()
+    _edit_folders(train, tmp_path / "other", tmp_path / "labels")
     assert "training images" not in val.folder_note.text()
     loop = tmp_path / "loop"
     loop.symlink_to(loop)
-    val.image_dir_edit.setText(str(loop))
-    val._on_folders_edited()
+    _edit_folders(val, loop, tmp_path / "labels")
     assert val.folder_error.text().startswith("validation folders:")
