@@ -127,7 +127,9 @@ def shared_images_note(folder: str, other: str, title: str, other_title: str) ->
     unknown ``~user``, a symlink loop: the folder check says what is wrong)."""
     try:
         same = (
-            bool(folder.strip()) and bool(other.strip()) and _resolved(folder) == _resolved(other)
+            bool(folder.strip())
+            and bool(other.strip())
+            and resolved_folder(folder) == resolved_folder(other)
         )
     except (RuntimeError, OSError, ValueError):
         return ""
@@ -140,5 +142,6 @@ def shared_images_note(folder: str, other: str, title: str, other_title: str) ->
     )
 
 
-def _resolved(folder: str) -> Path:
-    return Path(folder.strip()).expanduser().resolve()
+def resolved_folder(folder: str | Path) -> Path:
+    """``folder`` as typed in a field (spaces around it, ``~``), absolute and resolved."""
+    return Path(str(folder).strip()).expanduser().resolve()

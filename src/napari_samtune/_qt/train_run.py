@@ -26,7 +26,7 @@ from napari.utils.notifications import show_info
 
 from napari_samtune._qt.downloads import Reporter, fetch_model_file
 from napari_samtune._qt.preset_text import PART_LABELS
-from napari_samtune._qt.train_folders import FolderSource, load_folder_pairs
+from napari_samtune._qt.train_folders import FolderSource, load_folder_pairs, resolved_folder
 from napari_samtune._qt.workers import TaskRefused, logged_notes, user_message
 from napari_samtune.core.checkpoints import first_free, folder_problem
 from napari_samtune.core.data import ImageLabelPair, prepare_pairs
@@ -353,7 +353,7 @@ def flush_autosaves(viewer, labels_folders: list | None = None) -> None:
     layer pairs). None, or a glob among them: every widget."""
     read = _folders_read(labels_folders)
     for widget in annotation_widgets(viewer):
-        if read is None or {_resolved(f) for f in widget.save_folders()} & read:
+        if read is None or {resolved_folder(f) for f in widget.save_folders()} & read:
             widget.flush_autosave()
 
 
@@ -362,7 +362,7 @@ def _folders_read(labels_folders: list | None) -> set[Path] | None:
     when it is None or holds a glob."""
     if labels_folders is None or any(set(str(f)) & set("*?[") for f in labels_folders):
         return None
-    paths = [_resolved(folder) for folder in labels_folders]
+    paths = [resolved_folder(folder) for folder in labels_folders]
     return {path if path.is_dir() else path.parent for path in paths}
 
 
@@ -371,10 +371,10 @@ def unsaved_annotations_message(viewer, request: TrainRequest) -> str:
     this run reads (its autosave folder, e.g. through *autosaves*): the run trains on the
     last save, not on what the viewer shows; "" when there are none."""
     folders = [f.labels for f in (request.train_folders, request.val_folders) if f is not None]
-    read = {_resolved(folder) for folder in folders if Path(folder).is_dir()}
+    read = {resolved_folder(folder) for folder in folders if Path(folder).is_dir()}
     for widget in annotation_widgets(viewer):
         names = widget.unsaved_images()
-        folder = _resolved(widget.annotation_folder())
+        folder = resolved_folder(widget.annotation_folder())
         if names and folder in read:
             return (
                 f"the annotations of {', '.join(map(repr, names))} have edits not saved to "
@@ -383,10 +383,6 @@ def unsaved_annotations_message(viewer, request: TrainRequest) -> str:
                 "annotation widget and start again"
             )
     return ""
-
-
-def _resolved(folder) -> Path:
-    return Path(folder).expanduser().resolve()
 
 
 def offer_model(viewer, name: str, use_it: bool) -> int:
