@@ -47,6 +47,8 @@ def test_edits_not_saved_to_the_folder_a_run_reads_are_named_at_start(
     assert "the annotations of 'cells0' have edits not saved to" in message
     assert str(folder.resolve()) in message and "Save now" in message
     assert unsaved_annotations_message(viewer, _request(tmp_path / "elsewhere", images)) == ""
+    saved = next(folder.glob("*.tif"))  # a labels field may name one file of the folder
+    assert "have edits not saved to" in unsaved_annotations_message(viewer, _request(saved, images))
 
     started = []
     monkeypatch.setattr(  # the run itself is not what this test is about

@@ -371,11 +371,11 @@ def unsaved_annotations_message(viewer, request: TrainRequest) -> str:
     this run reads (its autosave folder, e.g. through *autosaves*): the run trains on the
     last save, not on what the viewer shows; "" when there are none."""
     folders = [f.labels for f in (request.train_folders, request.val_folders) if f is not None]
-    read = {resolved_folder(folder) for folder in folders if Path(folder).is_dir()}
+    read = _folders_read(folders)  # None: a glob, which may match any folder
     for widget in annotation_widgets(viewer):
         names = widget.unsaved_images()
         folder = resolved_folder(widget.annotation_folder())
-        if names and folder in read:
+        if names and (read is None or folder in read):
             return (
                 f"the annotations of {', '.join(map(repr, names))} have edits not saved to "
                 f"{folder} (autosave unticked, or a save failed): this run trains on their "
