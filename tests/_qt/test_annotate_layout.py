@@ -240,3 +240,45 @@ def test_the_layers_take_the_units_of_the_image(make_napari_viewer, drain_jobs, 
     image.units = ("nm", "nm")
     assert {tuple(layer.units) for layer in widget.session.layers.layers} == {tuple(image.units)}
     _assert_on_the_image(widget, image, (40, 20))
+
+
+def _show_plane(viewer, image, plane: int) -> None:
+    """Move the slider to where napari's 2D view shows ``plane`` of ``image``."""
+    for step in range(int(viewer.dims.nsteps[0])):
+        viewer.dims.set_current_step(0, step)
+        if round(float(image._data_slice.point[0])) == plane:  # what napari slices
+            return
+    raise AssertionError(f"no slider step shows plane {plane}")
+
+
+def test_a_click_on_a_sheared_stack_segments_the_plane_and_pixel_shown(
+    make_napari_viewer, drain_jobs, tiny_sam, notifications
+):
+    """A light-sheet stack deskewed by a shear across planes and rows: napari shows its
+    planes unsheared at the slider's plane. The panel named the plane through the whole
+    transform (plane 0, or off the stack: clicks did nothing) and napari put clicks off
+    the plane shown."""
+    viewer = make_napari_viewer()
+    pixels = np.random.default_rng(4).integers(0, 255, (6, 64, 64), dtype=np.uint8)
+    image = viewer.add_image(
+        pixels, name="sk", shear=(0.5, 0.0, 0.0), translate=(2.0, 5.0, 7.0), scale=(2, 1, 1)
+    )
+    widget = _dock(viewer, drain_jobs, tiny_sam)
+    _show_plane(viewer, image, 3)
+    assert widget.current_plane == 3
+    world = np.asarray(image.data_to_world((3, 40, 20)))  # its rows and columns as shown
+    world[0] = viewer.dims.point[0]
+    points = widget.session.layers.points
+    _click(points, tuple(world), [1, 2])
+    assert round(points.data[-1][0]) == 3  # (the slider's step may sit between planes)
+    np.testing.assert_allclose(points.data[-1][1:], (40, 20), atol=1e-6)
+    drain_jobs(widget)
+    preview = widget.session.layers.preview.data
+    assert preview[3].any() and not np.delete(preview, 3, axis=0).any()
+    assert not any("past the planes" in str(n.message) for n in notifications)
+    labels = widget.session.layers.annotations.affine.affine_matrix
+    assert labels[0, 1] != 0  # the labels are sheared with the image (its 3D view)
+    image.shear = (0.0, 0.0, 0.0)  # deskewed no more: the prompt layers follow
+    _assert_on_the_image(widget, image, (3, 40, 20))
+    viewer.layers.clear()
+    drain_jobs(widget)

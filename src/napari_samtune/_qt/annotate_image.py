@@ -19,6 +19,7 @@ from napari_samtune._qt.annotate_restore import restore_pending
 from napari_samtune._qt.annotate_session import AnnotationSession
 from napari_samtune._qt.image_planes import channels_first_refusal, describe_image
 from napari_samtune._qt.layer_names import ImageMark, layers_of_image, rename_layers
+from napari_samtune._qt.layer_placement import sliced_point
 from napari_samtune._qt.prompt_layers import PromptLayers, layer_batch
 from napari_samtune._qt.saved_renames import follow_unkept_rename, taken_notes
 from napari_samtune._qt.workers import user_message
@@ -142,7 +143,7 @@ class AnnotateImageMixin:
     def _channel_shown(self, layer, n_channels: int) -> int:
         """The channel the viewer's slider shows (napari starts it mid-axis), so that SAM
         segments what the user sees."""
-        shown = layer.world_to_data(self.viewer.dims.point)[0]
+        shown = sliced_point(layer, self.viewer.dims.point)[0]
         return int(min(max(round(float(shown)), 0), n_channels - 1))
 
     @property

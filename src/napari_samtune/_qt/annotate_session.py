@@ -16,6 +16,7 @@ from napari_samtune._qt.disk_states import DiskStates, file_state
 from napari_samtune._qt.image_planes import ImageAxes
 from napari_samtune._qt.kept_prompts import snapshot_prompts
 from napari_samtune._qt.label_edits import Plane, UndoEntry, UndoStack, brush_past, write_objects
+from napari_samtune._qt.layer_placement import sliced_point
 from napari_samtune._qt.prompt_layers import PromptLayers
 from napari_samtune._qt.proxies import unproxied
 from napari_samtune._qt.saved_renames import (
@@ -77,7 +78,7 @@ class AnnotationSession:
         """The plane index shown at ``world_point`` (viewer.dims.point), None for 2D."""
         if not self.axes.is_stack:
             return None
-        z = self.layers.preview.world_to_data(world_point)[0]
+        z = sliced_point(self.layers.preview, world_point)[0]
         return int(np.clip(np.rint(z), 0, self.axes.n_planes - 1))
 
     def shows_plane(self, world_point) -> bool:
@@ -85,7 +86,7 @@ class AnnotationSession:
         its planes, and :meth:`plane_at` gives the nearest, which the widget acted on)."""
         if not self.axes.is_stack:
             return True
-        z = self.layers.preview.world_to_data(world_point)[0]
+        z = sliced_point(self.layers.preview, world_point)[0]
         return -0.5 <= z < self.axes.n_planes - 0.5
 
     # -- edits ----------------------------------------------------------------------------

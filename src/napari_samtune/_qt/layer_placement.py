@@ -7,18 +7,60 @@ import numpy as np
 from napari.utils.colormaps import DirectLabelColormap
 
 
+def _data_to_world_matrix(layer) -> np.ndarray:
+    """``layer``'s data -> world transform as an ``(ndim + 1, ndim + 1)`` matrix: scale,
+    translate, rotate, shear and affine together. Measured through the public
+    ``data_to_world`` (the transform is affine)."""
+    full = layer.ndim  # without the colour axis of an RGB image
+    origin = np.asarray(layer.data_to_world(np.zeros(full)), dtype=float)
+    axes = [np.asarray(layer.data_to_world(unit), dtype=float) for unit in np.eye(full)]
+    matrix = np.eye(full + 1)
+    matrix[:full, :full] = np.stack(axes, axis=1) - origin[:, None]
+    matrix[:full, full] = origin
+    return matrix
+
+
 def spatial_affine(image_layer, ndim: int) -> np.ndarray:
     """The image's data -> world transform on its last ``ndim`` (spatial) axes, as an
-    ``(ndim + 1, ndim + 1)`` matrix: scale, translate, rotate, shear and affine together.
-    Measured through the public ``data_to_world`` (the transform is affine)."""
-    full = image_layer.ndim  # without the colour axis of an RGB image
-    origin = np.asarray(image_layer.data_to_world(np.zeros(full)), dtype=float)
-    axes = [np.asarray(image_layer.data_to_world(unit), dtype=float) for unit in np.eye(full)]
-    linear = np.stack(axes, axis=1) - origin[:, None]
+    ``(ndim + 1, ndim + 1)`` matrix."""
+    full = _data_to_world_matrix(image_layer)
     matrix = np.eye(ndim + 1)
-    matrix[:ndim, :ndim] = linear[-ndim:, -ndim:]
-    matrix[:ndim, ndim] = origin[-ndim:]
+    matrix[:ndim, :ndim] = full[-ndim - 1 : -1, -ndim - 1 : -1]
+    matrix[:ndim, ndim] = full[-ndim - 1 : -1, -1]
     return matrix
+
+
+def sliced_point(layer, world_point) -> np.ndarray:
+    """Where napari's view of ``layer``'s rows and columns (its last two axes) slices it at
+    ``world_point`` (``viewer.dims.point``): the data coordinates on its other axes, e.g.
+    ``[plane]``. napari slices with the world -> data transform restricted to those axes, and
+    draws the rows and columns without what a shear or rotation adds across them; the
+    whole transform (``world_to_data``) names another plane where the stack is sheared."""
+    inverse = np.linalg.inv(_data_to_world_matrix(layer))
+    ndim, sliced = layer.ndim, layer.ndim - 2
+    point = np.asarray(world_point, dtype=float)[-ndim:]
+    point = np.concatenate([np.zeros(ndim - len(point)), point])[:sliced]
+    return inverse[:sliced, :sliced] @ point + inverse[:sliced, -1]
+
+
+def prompt_affine(affine: np.ndarray) -> np.ndarray:
+    """Where a stack's prompt layers go when its labels are placed by ``affine``: where
+    napari's 2D view shows its planes. napari's clicks land through the whole transform,
+    so where the plane axis is sheared or rotated into the rows and columns (a deskewed
+    light-sheet stack) a click on the plane shown would land on another plane, off the
+    rows and columns under it: the prompt layers keep the rows and columns part of
+    ``affine`` and put each plane where napari's slider shows it (see :func:`sliced_point`).
+    Unchanged for a 2D image or a stack without such terms."""
+    ndim = len(affine) - 1
+    across = np.concatenate([affine[0, 1:ndim], affine[1:ndim, 0]])
+    inverse = np.linalg.inv(affine)
+    if ndim == 2 or not across.any() or inverse[0, 0] == 0:  # (0: napari shows one plane)
+        return affine
+    placed = np.eye(ndim + 1)
+    placed[1:, 1:] = affine[1:, 1:]
+    placed[0, 0] = 1 / inverse[0, 0]  # the plane at world w: inverse[0, 0] * w + inverse[0, -1]
+    placed[0, ndim] = -inverse[0, ndim] / inverse[0, 0]
+    return placed
 
 
 def spatial_units(image_layer, ndim: int) -> tuple | None:

@@ -48,6 +48,7 @@ from napari_samtune._qt.layer_names import (
 )
 from napari_samtune._qt.layer_placement import (
     place_layer,
+    prompt_affine,
     same_colormap,
     spatial_affine,
     spatial_units,
@@ -137,9 +138,9 @@ class PromptLayers:
         name = image_layer.name
         # new layers start where the image is (else the view's ranges jump meanwhile)
         units = spatial_units(image_layer, self.ndim)
-        self._placement = {"affine": spatial_affine(image_layer, self.ndim)} | (
-            {} if units is None else {"units": units}
-        )
+        affine = spatial_affine(image_layer, self.ndim)
+        self._placement = {"affine": affine} | ({} if units is None else {"units": units})
+        self._prompt_placement = self._placement | {"affine": prompt_affine(affine)}
         self.annotations_created = False
         self.annotations = self._labels(name, ANNOTATIONS, opacity=0.5)
         self.preview = self._labels(name, PREVIEW, opacity=0.7, colormap=_preview_colormap())
@@ -153,12 +154,15 @@ class PromptLayers:
 
     def place_like(self, image_layer) -> None:
         """Put the four layers where the image is (its scale, translation, rotation, shear
-        and affine on the spatial axes), so that a click lands on the pixel under it."""
+        and affine on the spatial axes), so that a click lands on the pixel under it (on a
+        sheared stack's prompt layers, the pixel napari's 2D view shows: :func:`prompt_affine`)."""
         affine, units = (
             spatial_affine(image_layer, self.ndim),
             spatial_units(image_layer, self.ndim),
         )
-        for layer in self.layers:
+        for layer in (self.points, self.boxes):
+            place_layer(layer, self.ndim, prompt_affine(affine), units)
+        for layer in (self.preview, self.annotations):
             place_layer(layer, self.ndim, affine, units)
 
     # -- creation ----------------------------------------------------------------------
@@ -239,7 +243,7 @@ class PromptLayers:
                 face_color_cycle=POINT_COLORS,
                 border_color="white",
                 size=8,
-                **self._placement,
+                **self._prompt_placement,
             )
             layer = self._added(layer, name, POINTS)
         layer.mode = "add"
@@ -254,7 +258,7 @@ class PromptLayers:
                 edge_color="#ffd000",
                 face_color="transparent",
                 edge_width=2,
-                **self._placement,
+                **self._prompt_placement,
             )
             layer = self._added(layer, name, BOXES)
         return layer
