@@ -251,19 +251,21 @@ def _show_plane(viewer, image, plane: int) -> None:
     raise AssertionError(f"no slider step shows plane {plane}")
 
 
-def test_a_click_on_a_sheared_stack_segments_the_plane_and_pixel_shown(
+def test_a_click_or_stroke_on_a_sheared_stack_lands_on_the_plane_and_pixel_shown(
     make_napari_viewer, drain_jobs, tiny_sam, notifications
 ):
     """A light-sheet stack deskewed by a shear across planes and rows: napari shows its
-    planes unsheared at the slider's plane. The panel named the plane through the whole
-    transform (plane 0, or off the stack: clicks did nothing) and napari put clicks off
-    the plane shown."""
+    planes unsheared at the slider's plane, but clicks and brush strokes land through a
+    layer's whole transform. The panel named the plane through it too (plane 0, or off the
+    stack: clicks did nothing), napari put clicks off the plane shown, and strokes on the
+    annotations on another plane or none."""
     viewer = make_napari_viewer()
     pixels = np.random.default_rng(4).integers(0, 255, (6, 64, 64), dtype=np.uint8)
     image = viewer.add_image(
         pixels, name="sk", shear=(0.5, 0.0, 0.0), translate=(2.0, 5.0, 7.0), scale=(2, 1, 1)
     )
     widget = _dock(viewer, drain_jobs, tiny_sam)
+    assert any("sheared or rotated across its planes" in str(n.message) for n in notifications)
     _show_plane(viewer, image, 3)
     assert widget.current_plane == 3
     world = np.asarray(image.data_to_world((3, 40, 20)))  # its rows and columns as shown
@@ -276,9 +278,13 @@ def test_a_click_on_a_sheared_stack_segments_the_plane_and_pixel_shown(
     preview = widget.session.layers.preview.data
     assert preview[3].any() and not np.delete(preview, 3, axis=0).any()
     assert not any("past the planes" in str(n.message) for n in notifications)
-    labels = widget.session.layers.annotations.affine.affine_matrix
-    assert labels[0, 1] != 0  # the labels are sheared with the image (its 3D view)
-    image.shear = (0.0, 0.0, 0.0)  # deskewed no more: the prompt layers follow
+
+    annotations = widget.session.layers.annotations
+    annotations.mode, annotations.selected_label, annotations.brush_size = "paint", 7, 1
+    _click(annotations, tuple(world), [1, 2])
+    assert annotations.data[3, 40, 20] == 7 and (annotations.data == 7).sum() == 1
+
+    image.shear = (0.0, 0.0, 0.0)  # deskewed no more: the layers follow
     _assert_on_the_image(widget, image, (3, 40, 20))
     viewer.layers.clear()
     drain_jobs(widget)

@@ -25,6 +25,11 @@ from napari_samtune._qt.saved_renames import follow_unkept_rename, taken_notes
 from napari_samtune._qt.workers import user_message
 from napari_samtune.core.label_files import image_fingerprint
 
+SHEARED_NOTE = (
+    "{!r} is sheared or rotated across its planes: napari's 2D view shows each plane without "
+    "that, and its annotation layers sit as the 2D view shows them, so clicks and brush "
+    "strokes land on the plane and pixels shown; in the 3D view they are not sheared"
+)
 PLACEMENT_EVENTS = ("scale", "translate", "rotate", "shear", "affine", "units")
 
 
@@ -200,6 +205,8 @@ class AnnotateImageMixin:
             self._bind_keys(helper, layer)
         self._set_positive_mode(self.ui.positive_check.isChecked())
         self.viewer.layers.selection.active = self.session.layers.points
+        if self.session.layers.sheared:
+            show_info(SHEARED_NOTE.format(layer.name))
         self._invalidate_embedding()
         if resumed is None and not self._take_over_not_autosaved(self.session):
             # (a resumed session holds its records already, and newer ones)
@@ -377,7 +384,10 @@ class AnnotateImageMixin:
 
     def _on_image_moved(self, event=None) -> None:
         if self.session is not None:
-            self.session.layers.place_like(self.session.image_layer)
+            layers, was_sheared = self.session.layers, self.session.layers.sheared
+            layers.place_like(self.session.image_layer)
+            if layers.sheared and not was_sheared:
+                show_info(SHEARED_NOTE.format(self.session.image_layer.name))
 
     def _on_image_data(self, event=None) -> None:
         before = self.session

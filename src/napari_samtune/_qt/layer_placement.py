@@ -43,24 +43,33 @@ def sliced_point(layer, world_point) -> np.ndarray:
     return inverse[:sliced, :sliced] @ point + inverse[:sliced, -1]
 
 
-def prompt_affine(affine: np.ndarray) -> np.ndarray:
-    """Where a stack's prompt layers go when its labels are placed by ``affine``: where
-    napari's 2D view shows its planes. napari's clicks land through the whole transform,
-    so where the plane axis is sheared or rotated into the rows and columns (a deskewed
-    light-sheet stack) a click on the plane shown would land on another plane, off the
-    rows and columns under it: the prompt layers keep the rows and columns part of
-    ``affine`` and put each plane where napari's slider shows it (see :func:`sliced_point`).
-    Unchanged for a 2D image or a stack without such terms."""
-    ndim = len(affine) - 1
-    across = np.concatenate([affine[0, 1:ndim], affine[1:ndim, 0]])
-    inverse = np.linalg.inv(affine)
-    if ndim == 2 or not across.any() or inverse[0, 0] == 0:  # (0: napari shows one plane)
+def plane_view_affine(affine: np.ndarray) -> np.ndarray:
+    """Where the Annotate panel's layers of a stack placed by ``affine`` go: where napari's
+    2D view shows its planes. napari's clicks and brush strokes land through a layer's whole
+    transform, so where the plane axis is sheared or rotated into the rows and columns (a
+    deskewed light-sheet stack) a click or stroke on the plane shown would land on another
+    plane, or off the stack, and off the rows and columns under it. So the layers keep the
+    rows and columns part of ``affine`` and put each plane where napari's slider shows it
+    (see :func:`sliced_point`); only the 3D view shows them without that shear. Unchanged
+    for a 2D image or a stack without such terms."""
+    if not sheared_across_planes(affine):
         return affine
+    ndim = len(affine) - 1
+    inverse = np.linalg.inv(affine)
     placed = np.eye(ndim + 1)
     placed[1:, 1:] = affine[1:, 1:]
     placed[0, 0] = 1 / inverse[0, 0]  # the plane at world w: inverse[0, 0] * w + inverse[0, -1]
     placed[0, ndim] = -inverse[0, ndim] / inverse[0, 0]
     return placed
+
+
+def sheared_across_planes(affine: np.ndarray) -> bool:
+    """Whether a stack placed by ``affine`` is sheared or rotated across its planes and
+    rows or columns (so that :func:`plane_view_affine` moves its layers). False for 2D and
+    where napari's slider would show one plane only (then nothing is gained)."""
+    ndim = len(affine) - 1
+    across = np.concatenate([affine[0, 1:ndim], affine[1:ndim, 0]])
+    return ndim == 3 and bool(across.any()) and np.linalg.inv(affine)[0, 0] != 0
 
 
 def spatial_units(image_layer, ndim: int) -> tuple | None:

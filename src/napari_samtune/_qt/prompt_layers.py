@@ -48,8 +48,9 @@ from napari_samtune._qt.layer_names import (
 )
 from napari_samtune._qt.layer_placement import (
     place_layer,
-    prompt_affine,
+    plane_view_affine,
     same_colormap,
+    sheared_across_planes,
     spatial_affine,
     spatial_units,
 )
@@ -139,8 +140,9 @@ class PromptLayers:
         # new layers start where the image is (else the view's ranges jump meanwhile)
         units = spatial_units(image_layer, self.ndim)
         affine = spatial_affine(image_layer, self.ndim)
+        self.sheared = sheared_across_planes(affine)  # see place_like
+        affine = plane_view_affine(affine)
         self._placement = {"affine": affine} | ({} if units is None else {"units": units})
-        self._prompt_placement = self._placement | {"affine": prompt_affine(affine)}
         self.annotations_created = False
         self.annotations = self._labels(name, ANNOTATIONS, opacity=0.5)
         self.preview = self._labels(name, PREVIEW, opacity=0.7, colormap=_preview_colormap())
@@ -154,15 +156,16 @@ class PromptLayers:
 
     def place_like(self, image_layer) -> None:
         """Put the four layers where the image is (its scale, translation, rotation, shear
-        and affine on the spatial axes), so that a click lands on the pixel under it (on a
-        sheared stack's prompt layers, the pixel napari's 2D view shows: :func:`prompt_affine`)."""
+        and affine on the spatial axes), so that a click or stroke lands on the pixel under
+        it (a stack sheared across its planes: the pixel napari's 2D view shows, see
+        :func:`plane_view_affine`, and ``sheared`` says so)."""
         affine, units = (
             spatial_affine(image_layer, self.ndim),
             spatial_units(image_layer, self.ndim),
         )
-        for layer in (self.points, self.boxes):
-            place_layer(layer, self.ndim, prompt_affine(affine), units)
-        for layer in (self.preview, self.annotations):
+        self.sheared = sheared_across_planes(affine)
+        affine = plane_view_affine(affine)
+        for layer in self.layers:
             place_layer(layer, self.ndim, affine, units)
 
     # -- creation ----------------------------------------------------------------------
@@ -243,7 +246,7 @@ class PromptLayers:
                 face_color_cycle=POINT_COLORS,
                 border_color="white",
                 size=8,
-                **self._prompt_placement,
+                **self._placement,
             )
             layer = self._added(layer, name, POINTS)
         layer.mode = "add"
@@ -258,7 +261,7 @@ class PromptLayers:
                 edge_color="#ffd000",
                 face_color="transparent",
                 edge_width=2,
-                **self._prompt_placement,
+                **self._placement,
             )
             layer = self._added(layer, name, BOXES)
         return layer
