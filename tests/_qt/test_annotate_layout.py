@@ -288,3 +288,15 @@ def test_a_click_or_stroke_on_a_sheared_stack_lands_on_the_plane_and_pixel_shown
     _assert_on_the_image(widget, image, (3, 40, 20))
     viewer.layers.clear()
     drain_jobs(widget)
+
+
+def test_a_stack_seen_edge_on_keeps_its_placement(make_napari_viewer, drain_jobs, tiny_sam):
+    """Rotated 90 degrees out of its planes (napari's cos is 6e-17, not 0), the layers were
+    placed with planes 4.5e15 apart: napari's slider overflowed while they were added."""
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((5, 48, 48), np.uint8), name="edge", rotate=(0, 90, 0))
+    widget = _dock(viewer, drain_jobs, tiny_sam)
+    assert not widget.session.layers.sheared
+    _assert_on_the_image(widget, image, (2, 30, 10))
+    viewer.layers.clear()
+    drain_jobs(widget)

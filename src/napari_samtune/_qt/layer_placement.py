@@ -66,10 +66,18 @@ def plane_view_affine(affine: np.ndarray) -> np.ndarray:
 def sheared_across_planes(affine: np.ndarray) -> bool:
     """Whether a stack placed by ``affine`` is sheared or rotated across its planes and
     rows or columns (so that :func:`plane_view_affine` moves its layers). False for 2D and
-    where napari's slider would show one plane only (then nothing is gained)."""
+    where napari's slider would show one plane only, or nearly (a stack seen edge on: then
+    nothing is gained)."""
     ndim = len(affine) - 1
-    across = np.concatenate([affine[0, 1:ndim], affine[1:ndim, 0]])
-    return ndim == 3 and bool(across.any()) and np.linalg.inv(affine)[0, 0] != 0
+    if ndim != 3:
+        return False
+    linear = affine[:ndim, :ndim]
+    tolerance = 1e-9 * np.abs(linear).max()  # napari's cos(90 degrees) is 6e-17, not 0
+    across = np.concatenate([linear[0, 1:], linear[1:, 0]])
+    # napari's slider puts planes 1 / inverse[0, 0] apart: ~1 / cos of a rotation out of
+    # them (rotated 90 degrees, 4.5e15 apart, and napari's slider overflowed)
+    facing = np.abs(np.linalg.inv(linear)[0, 0]) * np.abs(linear).max()
+    return bool((np.abs(across) > tolerance).any()) and facing > 1e-6
 
 
 def spatial_units(image_layer, ndim: int) -> tuple | None:
