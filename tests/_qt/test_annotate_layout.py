@@ -7,6 +7,7 @@ import numpy as np
 import tifffile
 
 from napari_samtune._qt.annotate import AnnotateWidget
+from napari_samtune._qt.layer_placement import plane_view_affine, spatial_affine
 
 WAIT_MS = 30_000
 
@@ -298,5 +299,43 @@ def test_a_stack_seen_edge_on_keeps_its_placement(make_napari_viewer, drain_jobs
     widget = _dock(viewer, drain_jobs, tiny_sam)
     assert not widget.session.layers.sheared
     _assert_on_the_image(widget, image, (2, 30, 10))
+    viewer.layers.clear()
+    drain_jobs(widget)
+
+
+def test_an_image_moved_while_another_was_annotated_keeps_its_layers_on_it(
+    make_napari_viewer, drain_jobs, tiny_sam, notifications
+):
+    """Its edits unsaved (autosave off), the image's session is kept and resumed when it is
+    picked again: its layers stayed where the image was, so clicks and strokes landed on
+    another plane. The sheared-stack note is said once per image."""
+    viewer = make_napari_viewer()
+    pixels = np.random.default_rng(5).integers(0, 255, (6, 64, 64), dtype=np.uint8)
+    image = viewer.add_image(pixels, name="sk", translate=(2.0, 5.0, 7.0))
+    viewer.add_image(pixels[0], name="flat")
+    widget = _dock(viewer, drain_jobs, tiny_sam)
+    widget.ui.image_combo.setCurrentText("sk")
+    drain_jobs(widget)
+    widget.ui.autosave_check.setChecked(False)
+    widget.session.layers.preview.data[1, 10:20, 10:20] = 1
+    widget.commit()
+    drain_jobs(widget)
+    session = widget.session
+    widget.ui.image_combo.setCurrentText("flat")
+    image.scale, image.shear = (2, 1, 1), (0.5, 0.0, 0.0)
+    widget.ui.image_combo.setCurrentText("sk")
+    drain_jobs(widget)
+    assert widget.session is session  # resumed
+    wanted = plane_view_affine(spatial_affine(image, 3))
+    for layer in session.layers.layers:
+        np.testing.assert_allclose(layer.affine.affine_matrix, wanted, err_msg=layer.name)
+    _show_plane(viewer, image, 3)
+    assert widget.current_plane == 3
+    widget.ui.image_combo.setCurrentText("flat")
+    widget.ui.image_combo.setCurrentText("sk")
+    drain_jobs(widget)
+    said = [n for n in notifications if "sheared or rotated across its planes" in str(n.message)]
+    assert len(said) == 1
+    widget.ui.autosave_check.setChecked(True)
     viewer.layers.clear()
     drain_jobs(widget)

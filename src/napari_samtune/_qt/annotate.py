@@ -126,6 +126,7 @@ class AnnotateWidget(
         self._job_session: AnnotationSession | None = None
         self._save_failed: AnnotationSession | None = None  # whose last autosave failed
         self._hinted: set[str] = set()
+        self._sheared_said: weakref.WeakSet = weakref.WeakSet()  # images told SHEARED_NOTE
         # (session, a clear's KeptPrompts, or None: the prompts are those U put back) until
         # a prompt changes
         self._prompts_for_undo = None

@@ -21,6 +21,7 @@ from napari_samtune._qt.image_planes import channels_first_refusal, describe_ima
 from napari_samtune._qt.layer_names import ImageMark, layers_of_image, rename_layers
 from napari_samtune._qt.layer_placement import sliced_point
 from napari_samtune._qt.prompt_layers import PromptLayers, layer_batch
+from napari_samtune._qt.proxies import unproxied
 from napari_samtune._qt.saved_renames import follow_unkept_rename, taken_notes
 from napari_samtune._qt.workers import user_message
 from napari_samtune.core.label_files import image_fingerprint
@@ -195,6 +196,8 @@ class AnnotateImageMixin:
             if (earlier := layer_names.earlier_image_name(self.viewer, layer, mark)) is not None:
                 self._follow_unkept_rename(layer, earlier)
         self.session = resumed or AnnotationSession(self.viewer, layer, axes)
+        if resumed is not None:  # its layers sit where the image was when it was left
+            resumed.layers.place_like(layer)
         self._follow_image(layer, connect=True)
         for prompt_layer in (self.session.layers.points, self.session.layers.boxes):
             prompt_layer.events.data.connect(self._on_prompts_changed)
@@ -205,8 +208,7 @@ class AnnotateImageMixin:
             self._bind_keys(helper, layer)
         self._set_positive_mode(self.ui.positive_check.isChecked())
         self.viewer.layers.selection.active = self.session.layers.points
-        if self.session.layers.sheared:
-            show_info(SHEARED_NOTE.format(layer.name))
+        self._say_if_sheared(layer)
         self._invalidate_embedding()
         if resumed is None and not self._take_over_not_autosaved(self.session):
             # (a resumed session holds its records already, and newer ones)
@@ -384,10 +386,15 @@ class AnnotateImageMixin:
 
     def _on_image_moved(self, event=None) -> None:
         if self.session is not None:
-            layers, was_sheared = self.session.layers, self.session.layers.sheared
-            layers.place_like(self.session.image_layer)
-            if layers.sheared and not was_sheared:
-                show_info(SHEARED_NOTE.format(self.session.image_layer.name))
+            self.session.layers.place_like(self.session.image_layer)
+            self._say_if_sheared(self.session.image_layer)
+
+    def _say_if_sheared(self, layer) -> None:
+        """Say SHEARED_NOTE the first time the panel places ``layer``'s layers sheared."""
+        layer = unproxied(layer)
+        if self.session.layers.sheared and layer not in self._sheared_said:
+            self._sheared_said.add(layer)
+            show_info(SHEARED_NOTE.format(layer.name))
 
     def _on_image_data(self, event=None) -> None:
         before = self.session
