@@ -70,6 +70,18 @@ def test_nano_beats_random_weights_on_held_out_images():
     assert nano >= MIN_NANO_BOX_IOU, nano
 
 
+def test_corrective_clicks_improve_nano_s_masks_on_held_out_images():
+    """The first packaged weights, trained with one corrective click, got worse with more
+    (IoU 0.543 after 3 clicks against 0.642 from one point on 8 held-out varied images);
+    the packaged ones went on training with three. Here (6 other images, 8 objects each):
+    0.80 from one point, 0.84 after 3 clicks; the first weights gave 0.76 and 0.72."""
+    pairs = make_varied_dataset(6, seed=31_337)
+    segmenter = Segmenter(load_model("nano").sam, use_disk_cache=False)
+    images, labels = [p[0] for p in pairs], [p[1] for p in pairs]
+    summary = evaluate_prompts(segmenter, images, labels, 3, max_objects_per_image=8).summary()
+    assert summary["iou_after_3_clicks"] >= summary["point_iou"] + 0.01, summary
+
+
 def test_a_packaged_spec_refuses_a_url_and_lives_in_the_package():
     from napari_samtune.core.registry import ModelSpec, packaged_weights_dir
 

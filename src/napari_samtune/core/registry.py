@@ -176,7 +176,7 @@ _BIOIMAGEIO_URL = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io/"
 _MICRO_SAM = "micro-sam generalist"
 
 # sha256 of weights/nano.pth; `benchmarks/train_nano.py --install` rewrites the next line.
-NANO_SHA256 = "sha256:0f2c709a0447ac7eb5bd7dbfe64dbc16ff39e9116839371318a7d8de575fc100"
+NANO_SHA256 = "sha256:7e22a4e09afdf2e458f933fb9fd730c81f29ed20b48d4150da60cef3c6928c4e"
 
 # Hashes and addresses as published by the SAM / MobileSAM authors and by micro-sam
 # (micro_sam/v1/util.py, models()). The test architecture "tiny" is deliberately absent.
