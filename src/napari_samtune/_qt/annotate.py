@@ -29,6 +29,7 @@ from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QWidget
 
 from napari_samtune._qt.annotate_actions import AnnotateActionsMixin
+from napari_samtune._qt.annotate_channels import AnnotateChannelsMixin
 from napari_samtune._qt.annotate_embedding import AnnotateEmbeddingMixin
 from napari_samtune._qt.annotate_file_jobs import AnnotateFileJobsMixin
 from napari_samtune._qt.annotate_files import AnnotateFilesMixin
@@ -77,6 +78,7 @@ NEGATIVE_ONLY_HINT = (
 class AnnotateWidget(
     AnnotateModelMixin,
     AnnotateImageMixin,
+    AnnotateChannelsMixin,
     AnnotateEmbeddingMixin,
     AnnotateActionsMixin,
     AnnotateFilesMixin,

@@ -10,16 +10,15 @@ scaled, rotated or given new pixels.
 from __future__ import annotations
 
 from napari.layers import Image
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_info
 
 from napari_samtune._qt import layer_names
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, PROPAGATE_TASK
 from napari_samtune._qt.annotate_notes import found_where
 from napari_samtune._qt.annotate_restore import restore_pending
 from napari_samtune._qt.annotate_session import AnnotationSession
-from napari_samtune._qt.image_planes import channels_first_refusal, describe_image
+from napari_samtune._qt.image_planes import describe_image
 from napari_samtune._qt.layer_names import ImageMark, layers_of_image, rename_layers
-from napari_samtune._qt.layer_placement import sliced_point
 from napari_samtune._qt.prompt_layers import PromptLayers, layer_batch
 from napari_samtune._qt.proxies import unproxied
 from napari_samtune._qt.saved_renames import follow_unkept_rename, taken_notes
@@ -114,43 +113,6 @@ class AnnotateImageMixin:
         if note is not None and len(self.viewer.layers):
             show_info(note)
         self._say_removed_not_autosaved()  # also when no layer is left: they are lost
-
-    def _on_channels_first(self, checked: bool) -> None:
-        refusal = channels_first_refusal(self.image_layer) if checked else ""
-        if refusal:  # the image stays annotated as it was
-            check = self.ui.channels_first_check
-            check.blockSignals(True)
-            check.setChecked(False)
-            check.blockSignals(False)
-            show_warning(refusal)
-            return
-        self._fill_channels()
-        self._on_image_choice()
-
-    def _fill_channels(self) -> None:
-        """Offer the channels of the chosen image (when 'channels on first axis' is on)."""
-        combo, checked = self.ui.channel_combo, self.ui.channels_first_check.isChecked()
-        layer = self.image_layer
-        has_channels = layer is not None and not channels_first_refusal(layer)
-        n_channels = layer.data.shape[0] if (checked and has_channels) else 0
-        if combo.count() == n_channels + (n_channels >= 3) and combo.isEnabled() == checked:
-            return  # same channel count: keep the user's choice
-        combo.blockSignals(True)
-        combo.clear()
-        for channel in range(n_channels):
-            combo.addItem(f"channel {channel}", (channel,))
-        if n_channels >= 3:
-            combo.addItem("channels 0, 1, 2 as RGB", (0, 1, 2))
-        if n_channels:
-            combo.setCurrentIndex(self._channel_shown(layer, n_channels))
-        combo.setEnabled(checked)
-        combo.blockSignals(False)
-
-    def _channel_shown(self, layer, n_channels: int) -> int:
-        """The channel the viewer's slider shows (napari starts it mid-axis), so that SAM
-        segments what the user sees."""
-        shown = sliced_point(layer, self.viewer.dims.point)[0]
-        return int(min(max(round(float(shown)), 0), n_channels - 1))
 
     @property
     def image_layer(self):
