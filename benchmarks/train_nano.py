@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import threading
 import time
 from collections import OrderedDict
@@ -110,6 +111,30 @@ def install_weights(model_path: Path, target: Path = PACKAGED) -> str:
     atomic_torch_save(half, target)
     target.chmod(0o644)  # a package file, readable by everyone
     return file_digest(target, "sha256")
+
+
+def keep_earlier(target: Path = PACKAGED, registry: Path = REGISTRY) -> Path | None:
+    """Keep the weights about to be replaced beside them as ``nano-<hash>.pth`` and list them
+    in the registry's ``EARLIER_NANO``: a checkpoint holding only the weights its run trained
+    on them (a frozen-encoder run in progress) is still completed on them. The kept path."""
+    from napari_samtune.core.download import file_digest
+
+    if not target.exists():
+        return None
+    digest = file_digest(target, "sha256")
+    kept = target.with_name(f"nano-{digest[:8]}.pth")
+    shutil.copyfile(target, kept)
+    kept.chmod(0o644)
+    entry = f'    ("{kept.name}", "sha256:{digest}"),  # noqa: E501\n'
+    text = registry.read_text(encoding="utf-8")
+    if entry not in text:
+        text, count = re.subn(
+            r"^EARLIER_NANO: .* = \(\n", lambda m: m.group(0) + entry, text, flags=re.M
+        )
+        if count != 1:
+            raise ValueError(f"{registry} has no single 'EARLIER_NANO: ... = (' line")
+        registry.write_text(text, encoding="utf-8")
+    return kept
 
 
 def record_hash(digest: str, registry: Path = REGISTRY) -> None:
@@ -206,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"finished: {finished}")
     print(f"wall time {(time.perf_counter() - start) / 60:.1f} min")
     if args.install and finished is not None and finished.exported_model_path is not None:
+        kept = keep_earlier()
+        print(f"kept the replaced weights as {kept}")
         digest = install_weights(finished.exported_model_path)
         record_hash(digest)
         print(f"installed {PACKAGED} ({PACKAGED.stat().st_size / 1e6:.1f} MB) sha256:{digest}")

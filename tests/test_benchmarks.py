@@ -345,3 +345,28 @@ def test_the_training_benchmark_says_which_targets_are_met(monkeypatch, capsys):
     assert any("15.0x" in line and "on whole epochs: NOT met" in line for line in lines)
     memory = [line for line in lines if line.startswith("vit_b_all")][-1].split()
     assert memory[1] == "32768" and memory[-1] == "fits"  # cpu-32gb: 32 GiB
+
+
+def test_installing_nano_keeps_the_replaced_weights_listed_for_their_runs(tmp_path):
+    """``train_nano.py --install`` replaced the packaged weights only: the frozen-encoder
+    runs begun on them could no longer be completed (registry.EARLIER_NANO)."""
+    import train_nano
+
+    from napari_samtune.core.download import file_digest
+
+    registry_file = tmp_path / "registry.py"
+    source = (BENCHMARKS.parent / "src/napari_samtune/core/registry.py").read_text()
+    registry_file.write_text(source)
+    target = tmp_path / "nano.pth"
+    target.write_bytes(b"the weights shipped so far")
+    digest = file_digest(target, "sha256")
+    kept = train_nano.keep_earlier(target, registry_file)
+    assert kept == tmp_path / f"nano-{digest[:8]}.pth" and kept.read_bytes() == target.read_bytes()
+    namespace: dict = {}
+    text = registry_file.read_text()
+    start = text.index("EARLIER_NANO:")
+    exec(text[start : text.index(")  # fmt: skip", start) + 1], namespace)  # the tuple alone
+    assert namespace["EARLIER_NANO"][0] == (kept.name, f"sha256:{digest}")
+    assert len(namespace["EARLIER_NANO"]) == 2  # the one listed before stays
+    train_nano.keep_earlier(target, registry_file)  # again: listed once
+    assert registry_file.read_text() == text

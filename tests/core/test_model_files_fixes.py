@@ -225,3 +225,49 @@ def test_a_run_exported_but_not_registered_offers_a_command_that_works(tmp_path,
     command = re.search(r"samtune export (.*?) registers", aborted_note(run)).group(1)
     assert main(["export", *shlex.split(command)]) == 0  # as told: it works
     assert [spec.name for spec in list_user_models()] == ["run"]
+
+
+def test_a_frozen_run_from_nano_completes_after_the_package_ships_other_nano_weights(
+    tmp_path, monkeypatch, short_tiny_config
+):
+    """A frozen-encoder run's checkpoints hold only its trained weights and take the rest
+    from nano. When the package replaced nano's weights, they could not be completed,
+    exported or resumed, and the fix the error named could not be carried out (the file
+    is the package's; 'nano' cannot be registered): the earlier weights are kept."""
+    from dataclasses import replace
+
+    from napari_samtune.core import registry
+    from napari_samtune.core.architectures import NANO
+    from napari_samtune.core.download import file_digest
+
+    config = short_tiny_config(
+        model="nano", freeze=("image_encoder",), checkpoint_trainable_only=True
+    )
+    run = tmp_path / "run"
+    train(config, *DATA, run)
+    before, _ = export_model(run, tmp_path / "before.pth")
+    # the next version of the package: other nano weights, the ones the run began on kept
+    nano = registry.builtin_model("nano")
+    shipped = tmp_path / "weights"
+    shipped.mkdir()
+    torch.manual_seed(3)
+    _save(build_sam(NANO), shipped / "nano.pth")
+    kept = shipped / "nano-earlier.pth"
+    kept.write_bytes(nano.local_path().read_bytes())
+    newer = replace(nano, file_hash=f"sha256:{file_digest(shipped / 'nano.pth', 'sha256')}")
+    monkeypatch.setattr(registry, "packaged_weights_dir", lambda: shipped)
+    others = [spec for spec in registry.BUILTIN_MODELS if spec.name != "nano"]
+    monkeypatch.setattr(registry, "BUILTIN_MODELS", (*others, newer))
+    monkeypatch.setattr(registry, "EARLIER_NANO", ())
+    with pytest.raises(BaseModelUnavailable, match="now has different weights"):
+        export_model(run, tmp_path / "lost.pth")
+    monkeypatch.setattr(registry, "EARLIER_NANO", ((kept.name, nano.file_hash),))
+    after, _ = export_model(run, tmp_path / "after.pth")
+    first, second = torch.load(before, weights_only=True), torch.load(after, weights_only=True)
+    for key in first:
+        torch.testing.assert_close(first[key], second[key], rtol=0, atol=0)
+    train(short_tiny_config(**{**config.__dict__, "epochs": 2}), *DATA, run, resume_from=run)
+    assert read_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
+    kept.write_bytes(kept.read_bytes()[:-10] + b"0123456789")  # damaged: refused, not used
+    with pytest.raises(ValueError, match="do not match their recorded sha256"):
+        export_model(run, tmp_path / "damaged.pth")

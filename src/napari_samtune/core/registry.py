@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import platformdirs
@@ -178,6 +178,13 @@ _MICRO_SAM = "micro-sam generalist"
 # sha256 of weights/nano.pth; `benchmarks/train_nano.py --install` rewrites the next line.
 NANO_SHA256 = "sha256:7e22a4e09afdf2e458f933fb9fd730c81f29ed20b48d4150da60cef3c6928c4e"
 
+# Nano's earlier packaged weights (file in weights/, sha256), kept so that a checkpoint holding
+# only the weights its run trained (checkpoint_trainable_only) on them is still completed
+# once the package ships others; `benchmarks/train_nano.py --install` adds a line.
+EARLIER_NANO: tuple[tuple[str, str], ...] = (
+    ("nano-0f2c709a.pth", "sha256:0f2c709a0447ac7eb5bd7dbfe64dbc16ff39e9116839371318a7d8de575fc100"),  # noqa: E501
+)  # fmt: skip
+
 # Hashes and addresses as published by the SAM / MobileSAM authors and by micro-sam
 # (micro_sam/v1/util.py, models()). The test architecture "tiny" is deliberately absent.
 BUILTIN_MODELS: tuple[ModelSpec, ...] = (
@@ -252,6 +259,20 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
 def builtin_model(name: str) -> ModelSpec | None:
     """The built-in model called ``name``, or None."""
     return next((spec for spec in BUILTIN_MODELS if spec.name == name), None)
+
+
+def earlier_packaged(name: str, model_id: str | None) -> ModelSpec | None:
+    """The weights an earlier version of the package shipped as built-in model ``name``
+    whose model id (``file-sha256-<hex>``, as a run records its base) is ``model_id``, or
+    None: a checkpoint of only the weights its run trained on them is completed on them."""
+    current = builtin_model(name)
+    if current is None or not current.packaged or name != "nano":
+        return None
+    for filename, file_hash in EARLIER_NANO:
+        algorithm, digest = parse_hash(file_hash)
+        if model_id == f"file-{algorithm}-{digest}":
+            return replace(current, filename=filename, file_hash=file_hash)
+    return None
 
 
 def builtin_names() -> set[str]:

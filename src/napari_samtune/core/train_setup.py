@@ -73,12 +73,15 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
 
 
-def build_training_model(config: TrainConfig) -> tuple[Sam, SamArchitecture, str]:
-    """Load ``config.model`` and add LoRA adapters if asked: ``(sam, architecture, model_id)``.
+def build_training_model(
+    config: TrainConfig, base: tuple[Sam, SamArchitecture, str] | None = None
+) -> tuple[Sam, SamArchitecture, str]:
+    """Load ``config.model`` (or take ``base``, as :func:`load_base_model` returns it) and
+    add LoRA adapters if asked: ``(sam, architecture, model_id)``.
 
     Adapters are initialised from a generator seeded with ``config.seed``.
     """
-    sam, arch, model_id = load_base_model(config.model, seed=config.seed)
+    sam, arch, model_id = load_base_model(config.model, seed=config.seed) if base is None else base
     if config.lora_rank:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed + 1)
