@@ -128,3 +128,28 @@ def test_continue_of_trained_weights_only_whose_base_file_has_gone_is_refused(
     with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
         assert widget.continue_run(folder) is not None
     assert widget.result is not None and widget.result.epochs_done == 2
+
+
+def test_continue_of_a_run_whose_base_has_other_weights_says_what_continue_needs(
+    qtbot, finetune_on_cells, add_pair, use_tiny_model, tiny_checkpoint, tmp_path, monkeypatch
+):
+    """Its base weights file replaced by other weights, Continue… of a run of trained weights
+    only fails in the worker, and the result line then said "Continue… goes on from there",
+    which fails the same way: it says now that Continue… needs what the error names."""
+    import torch
+
+    from napari_samtune.core.architectures import TINY, build_sam
+
+    widget = _two_pairs_one_epoch(finetune_on_cells, add_pair, use_tiny_model)
+    folder, weights = _run_from_own_weights(
+        qtbot, widget, tiny_checkpoint, tmp_path, monkeypatch, trainable_only=True
+    )
+    torch.manual_seed(11)
+    torch.save(build_sam(TINY).state_dict(), weights)  # another encoder under that name
+    widget.settings.epochs_spin.setValue(2)
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.continue_run(folder) is not None
+    shown = widget.result_label.text()
+    assert shown.startswith("training failed") and "different weights" in shown
+    assert shown.endswith("Continue… goes on from there once what is named above is fixed")
+    assert str(folder) in shown

@@ -30,6 +30,7 @@ from napari_samtune.core.train import (
     TrainingFinished,
     TrainingStarted,
 )
+from napari_samtune.core.train_checkpoints import BaseModelUnavailable
 from napari_samtune.core.train_export import RunFiles
 
 
@@ -172,7 +173,9 @@ class TrainProgressMixin:
             self.result_label.setText(f"stopped before training began: {error}")
             return
         text = f"training failed: {user_message(error, TRAIN_MEMORY_ADVICE)}"
-        self.result_label.setText(text + self._what_is_kept())
+        # (a continued run whose base model has other weights now fails the same way again)
+        continues = not isinstance(error, BaseModelUnavailable)
+        self.result_label.setText(text + self._what_is_kept(continues))
 
     def _forget_run_folder(self) -> None:
         """The run was refused, or made no folder: the run folder (where Continue…'s dialog
@@ -180,17 +183,19 @@ class TrainProgressMixin:
         before = self._run_before
         self.run_folder = before if before is not None and before.is_dir() else None
 
-    def _what_is_kept(self) -> str:
+    def _what_is_kept(self, continues: bool = True) -> str:
         """Where a failed run's weights are, so that nothing looks lost: last.pt, which
-        Continue… goes on from, else best.pt (the disk filled between the first epoch's two
-        checkpoints), which the model lists read as a checkpoint file."""
+        Continue… goes on from (once the failure named is fixed, where ``continues`` is
+        False), else best.pt (the disk filled between the first epoch's two checkpoints),
+        which the model lists read as a checkpoint file."""
         if self.run_folder is None:
             return ""
         files = RunFiles(self.run_folder)
         if files.last.is_file():
+            after = "" if continues else " once what is named above is fixed"
             return (
                 f"\nthe checkpoint of its last finished epoch is in {self.run_folder}: "
-                "Continue… goes on from there"
+                f"Continue… goes on from there{after}"
             )
         if files.best.is_file():
             return (
