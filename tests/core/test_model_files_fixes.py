@@ -227,47 +227,69 @@ def test_a_run_exported_but_not_registered_offers_a_command_that_works(tmp_path,
     assert [spec.name for spec in list_user_models()] == ["run"]
 
 
-def test_a_frozen_run_from_nano_completes_after_the_package_ships_other_nano_weights(
+def _export_same(run, tmp_path, before) -> None:
+    after, _ = export_model(run, tmp_path / f"{run.name}-after.pth")
+    first, second = torch.load(before, weights_only=True), torch.load(after, weights_only=True)
+    for key in first:
+        torch.testing.assert_close(first[key], second[key], rtol=0, atol=0)
+
+
+def test_frozen_runs_from_nano_complete_after_the_package_ships_other_nano_weights(
     tmp_path, monkeypatch, short_tiny_config
 ):
     """A frozen-encoder run's checkpoints hold only its trained weights and take the rest
     from nano. When the package replaced nano's weights, they could not be completed,
     exported or resumed, and the fix the error named could not be carried out (the file
-    is the package's; 'nano' cannot be registered): the earlier weights are kept."""
+    is the package's; 'nano' cannot be registered): the earlier weights are kept. A run
+    given the packaged file's path is completed as well."""
     from dataclasses import replace
 
     from napari_samtune.core import registry
     from napari_samtune.core.architectures import NANO
+    from napari_samtune.core.checkpoint_fields import DamagedCheckpoint
     from napari_samtune.core.download import file_digest
 
-    config = short_tiny_config(
-        model="nano", freeze=("image_encoder",), checkpoint_trainable_only=True
-    )
-    run = tmp_path / "run"
-    train(config, *DATA, run)
-    before, _ = export_model(run, tmp_path / "before.pth")
-    # the next version of the package: other nano weights, the ones the run began on kept
     nano = registry.builtin_model("nano")
     shipped = tmp_path / "weights"
     shipped.mkdir()
+    (shipped / "nano.pth").write_bytes(nano.local_path().read_bytes())
+    monkeypatch.setattr(registry, "packaged_weights_dir", lambda: shipped)
+    runs, before = {}, {}
+    for name, model in (("by-name", "nano"), ("by-path", str(shipped / "nano.pth"))):
+        config = short_tiny_config(
+            model=model, freeze=("image_encoder",), checkpoint_trainable_only=True
+        )
+        runs[name] = tmp_path / name
+        train(config, *DATA, runs[name])
+        before[name], _ = export_model(runs[name], tmp_path / f"{name}-before.pth")
+    # the next version of the package: other nano weights, the ones the runs began on kept
+    kept = shipped / "nano-earlier.pth"
+    (shipped / "nano.pth").rename(kept)
     torch.manual_seed(3)
     _save(build_sam(NANO), shipped / "nano.pth")
-    kept = shipped / "nano-earlier.pth"
-    kept.write_bytes(nano.local_path().read_bytes())
     newer = replace(nano, file_hash=f"sha256:{file_digest(shipped / 'nano.pth', 'sha256')}")
-    monkeypatch.setattr(registry, "packaged_weights_dir", lambda: shipped)
     others = [spec for spec in registry.BUILTIN_MODELS if spec.name != "nano"]
     monkeypatch.setattr(registry, "BUILTIN_MODELS", (*others, newer))
     monkeypatch.setattr(registry, "EARLIER_NANO", ())
-    with pytest.raises(BaseModelUnavailable, match="now has different weights"):
-        export_model(run, tmp_path / "lost.pth")
+    for run in runs.values():
+        with pytest.raises(BaseModelUnavailable, match="now has different weights"):
+            export_model(run, tmp_path / "lost.pth")
     monkeypatch.setattr(registry, "EARLIER_NANO", ((kept.name, nano.file_hash),))
-    after, _ = export_model(run, tmp_path / "after.pth")
-    first, second = torch.load(before, weights_only=True), torch.load(after, weights_only=True)
-    for key in first:
-        torch.testing.assert_close(first[key], second[key], rtol=0, atol=0)
-    train(short_tiny_config(**{**config.__dict__, "epochs": 2}), *DATA, run, resume_from=run)
-    assert read_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
-    kept.write_bytes(kept.read_bytes()[:-10] + b"0123456789")  # damaged: refused, not used
-    with pytest.raises(ValueError, match="do not match their recorded sha256"):
-        export_model(run, tmp_path / "damaged.pth")
+    for name, run in runs.items():
+        _export_same(run, tmp_path, before[name])
+    resumed = short_tiny_config(
+        model="nano", freeze=("image_encoder",), checkpoint_trainable_only=True, epochs=2
+    )
+    train(resumed, *DATA, runs["by-name"], resume_from=runs["by-name"])
+    last = runs["by-name"] / "checkpoints" / "last.pt"
+    assert read_checkpoint(last)["epoch"] == 2
+    export_model(last, tmp_path / "resumed.pth")  # and it completes again
+
+    checkpoint = torch.load(last, weights_only=True)
+    checkpoint["base_parts_digest"] = "0" * 64  # changed: damaged, not "put nano back"
+    torch.save(checkpoint, tmp_path / "changed.pt")
+    with pytest.raises(DamagedCheckpoint, match="as the package shipped it when the run began"):
+        export_model(tmp_path / "changed.pt", tmp_path / "changed.pth")
+    kept.write_bytes(kept.read_bytes()[:-10] + b"0123456789")  # damaged file: refused
+    with pytest.raises(BaseModelUnavailable, match="kept as .*nano-earlier.pth.*reinstall"):
+        export_model(runs["by-name"], tmp_path / "damaged.pth")

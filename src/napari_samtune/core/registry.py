@@ -261,18 +261,22 @@ def builtin_model(name: str) -> ModelSpec | None:
     return next((spec for spec in BUILTIN_MODELS if spec.name == name), None)
 
 
-def earlier_packaged(name: str, model_id: str | None) -> ModelSpec | None:
-    """The weights an earlier version of the package shipped as built-in model ``name``
-    whose model id (``file-sha256-<hex>``, as a run records its base) is ``model_id``, or
-    None: a checkpoint of only the weights its run trained on them is completed on them."""
-    current = builtin_model(name)
-    if current is None or not current.packaged or name != "nano":
-        return None
-    for filename, file_hash in EARLIER_NANO:
-        algorithm, digest = parse_hash(file_hash)
-        if model_id == f"file-{algorithm}-{digest}":
-            return replace(current, filename=filename, file_hash=file_hash)
-    return None
+def earlier_packaged(model: str) -> list[ModelSpec]:
+    """The weights earlier versions of the package shipped as nano (:data:`EARLIER_NANO`),
+    where ``model`` (a run's base, as its config names it) is nano: its name, or the path of
+    its packaged file; else []."""
+    current = builtin_model("nano")
+    if current is None or not current.packaged:
+        return []
+    if model != "nano":
+        try:
+            if Path(model).resolve() != current.local_path().resolve():
+                return []
+        except (OSError, ValueError):  # not a path this system can resolve
+            return []
+    return [
+        replace(current, filename=name, file_hash=file_hash) for name, file_hash in EARLIER_NANO
+    ]
 
 
 def builtin_names() -> set[str]:

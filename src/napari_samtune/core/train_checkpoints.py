@@ -293,25 +293,6 @@ def restore_model(
     return sam, arch
 
 
-def _earlier_packaged_base(checkpoint: dict, config: TrainConfig):
-    """(model, architecture) of the base as an earlier version of the package shipped it
-    (:func:`napari_samtune.core.registry.earlier_packaged`), where the run began on those
-    weights and they still have what the checkpoint takes from them; else None."""
-    from napari_samtune.core.download import ensure_model_file
-    from napari_samtune.core.models import load_model
-    from napari_samtune.core.registry import earlier_packaged, parse_hash
-
-    spec = earlier_packaged(config.model, checkpoint.get("base_model_id"))
-    if spec is None:
-        return None
-    algorithm, digest = parse_hash(spec.file_hash)
-    loaded = load_model(ensure_model_file(spec), architecture=spec.resolve_architecture())
-    model_id = f"file-{algorithm}-{digest}"
-    base = (loaded.sam, loaded.architecture, model_id)
-    sam, arch, _ = build_training_model(config, base=base)
-    return (sam, arch) if _recorded_parts_match(checkpoint, sam, config, model_id) else None
-
-
 def _check_weights_fit(
     sam: Sam, state: dict, arch: SamArchitecture, path: str | Path, partial: bool
 ) -> None:
@@ -349,7 +330,9 @@ def _base_model_of(
         ) from None
     if _recorded_parts_match(checkpoint, sam, config, model_id):
         return sam, base_arch
-    earlier = _earlier_packaged_base(checkpoint, config)
+    from napari_samtune.core.earlier_nano import earlier_nano_base
+
+    earlier = earlier_nano_base(checkpoint, config, path)
     if earlier is not None:  # nano as the package shipped it when the run began
         return earlier
     # The very model it was trained from: the checkpoint's record is wrong, not the base
