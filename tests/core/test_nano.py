@@ -139,3 +139,13 @@ def test_bf16_fast_path_masks_match_fp32_masks_with_trained_weights(offline):
         for a, b in zip(masks["fp32"], masks["bf16"], strict=True)
     ]
     assert len(ious) >= 5 and min(ious) >= 0.98
+
+
+def test_the_package_s_weights_folder_given_as_a_model_names_nano_pth():
+    """It named the earlier weights kept beside nano.pth (sorted first)."""
+    from napari_samtune.core.registry import packaged_weights_dir
+
+    folder = packaged_weights_dir()
+    assert (folder / "nano-0f2c709a.pth").is_file()
+    with pytest.raises(ValueError, match=r"e\.g\. .*[/\\]nano\.pth$"):
+        load_model(folder)

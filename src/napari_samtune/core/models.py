@@ -355,11 +355,13 @@ def export_sam_state_dict(sam: Sam, path: str | Path) -> Path:
 
 def folder_not_weights(folder: Path) -> str:
     """Why a folder given as a model is not one, naming the file in it to give instead: a
-    training run's exported model, else its first weights file."""
+    training run's exported model, else its weights file of the shortest name (the package's
+    own folder: nano.pth, not the earlier weights kept beside it)."""
     from napari_samtune.core.train_export import EXPORT_FILENAME
 
     exported = folder / EXPORT_FILENAME
-    found = [exported] if exported.is_file() else sorted(folder.glob("*.pt*"))
+    by_name = sorted(folder.glob("*.pt*"), key=lambda path: (len(path.name), path.name))
+    found = [exported] if exported.is_file() else by_name
     weights = [
         path
         for path in found
