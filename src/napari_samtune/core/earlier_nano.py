@@ -14,7 +14,12 @@ from segment_anything.modeling import Sam
 
 from napari_samtune.core.architectures import SamArchitecture
 from napari_samtune.core.presets import TrainConfig
-from napari_samtune.core.registry import WEIGHTS_ID_PREFIX, ModelSpec, earlier_packaged, parse_hash
+from napari_samtune.core.registry import (
+    WEIGHTS_ID_PREFIX,
+    ModelSpec,
+    earlier_packaged,
+    file_model_id,
+)
 
 EARLIER_FIX = (
     "reinstall napari-samtune (the file ships with it); or use the run's model.pth, where "
@@ -34,11 +39,11 @@ def earlier_nano_base(
 
     recorded = checkpoint.get("base_model_id") or ""
     for spec in earlier_packaged(config.model):
-        by_file = recorded == _file_id(spec)
+        by_file = recorded == file_model_id(spec.file_hash)
         if not (by_file or recorded.startswith(WEIGHTS_ID_PREFIX)):
             continue
         loaded = _load(spec, config, must=by_file)
-        if loaded is None or recorded not in (_file_id(spec), loaded.model_id):
+        if loaded is None or recorded not in (file_model_id(spec.file_hash), loaded.model_id):
             continue
         sam, arch, _ = build_training_model(
             config, base=(loaded.sam, loaded.architecture, recorded)
@@ -53,11 +58,6 @@ def earlier_nano_base(
             "those entries was changed",
         )
     return None
-
-
-def _file_id(spec: ModelSpec) -> str:
-    algorithm, digest = parse_hash(spec.file_hash)
-    return f"file-{algorithm}-{digest}"
 
 
 def _load(spec: ModelSpec, config: TrainConfig, must: bool):

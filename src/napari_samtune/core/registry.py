@@ -76,6 +76,13 @@ def parse_hash(file_hash: str) -> tuple[str, str]:
     return algorithm, digest
 
 
+def file_model_id(file_hash: str) -> str:
+    """The model id of a built-in model's weights, from their published hash:
+    ``file-<algorithm>-<hex>`` (what a run records as its base, ``base_model_id``)."""
+    algorithm, digest = parse_hash(file_hash)
+    return f"file-{algorithm}-{digest}"
+
+
 def is_model_name(name: object) -> bool:
     """Whether ``name`` is usable as a model name and a file name (on Windows too: not a
     device's name such as ``con``, whose ``con.pt`` Windows takes for the console)."""
