@@ -48,7 +48,7 @@ from napari_samtune.core.model_lookup import get_model_spec
 from napari_samtune.core.registry import (
     WEIGHTS_ID_PREFIX,
     ModelSpec,
-    parse_hash,
+    file_model_id,
     user_models_dir,
     validate_model_name,
 )
@@ -324,8 +324,7 @@ def load_model(
     sam = build_and_load(state, arch, path)
     del state
     if spec is not None and spec.file_hash is not None and not spec.is_user_model:
-        algorithm, digest = parse_hash(spec.file_hash)
-        model_id = f"file-{algorithm}-{digest}"
+        model_id = file_model_id(spec.file_hash)
     elif spec is not None and spec.weights_id is not None and spec.file_hash is not None:
         # the file matched its registered hash (ensure_model_file): its digest is the one
         # taken at registration (vit_h: 1.7 s saved per load)
@@ -360,8 +359,11 @@ def folder_not_weights(folder: Path) -> str:
     from napari_samtune.core.train_export import EXPORT_FILENAME
 
     exported = folder / EXPORT_FILENAME
-    by_name = sorted(folder.glob("*.pt*"), key=lambda path: (len(path.name), path.name))
-    found = [exported] if exported.is_file() else by_name
+    found = (
+        [exported]
+        if exported.is_file()
+        else sorted(folder.glob("*.pt*"), key=lambda path: (len(path.name), path.name))
+    )
     weights = [
         path
         for path in found
