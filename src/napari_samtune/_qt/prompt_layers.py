@@ -138,10 +138,7 @@ class PromptLayers:
         self.ndim = len(axes.spatial_shape)
         name = image_layer.name
         # new layers start where the image is (else the view's ranges jump meanwhile)
-        units = spatial_units(image_layer, self.ndim)
-        affine = spatial_affine(image_layer, self.ndim)
-        self.sheared = sheared_across_planes(affine)  # see place_like
-        affine = plane_view_affine(affine)
+        affine, units = self._placement_of(image_layer)
         self._placement = {"affine": affine} | ({} if units is None else {"units": units})
         self.annotations_created = False
         self.annotations = self._labels(name, ANNOTATIONS, opacity=0.5)
@@ -159,14 +156,15 @@ class PromptLayers:
         and affine on the spatial axes), so that a click or stroke lands on the pixel under
         it (a stack sheared across its planes: the pixel napari's 2D view shows, see
         :func:`plane_view_affine`, and ``sheared`` says so)."""
-        affine, units = (
-            spatial_affine(image_layer, self.ndim),
-            spatial_units(image_layer, self.ndim),
-        )
-        self.sheared = sheared_across_planes(affine)
-        affine = plane_view_affine(affine)
+        affine, units = self._placement_of(image_layer)
         for layer in self.layers:
             place_layer(layer, self.ndim, affine, units)
+
+    def _placement_of(self, image_layer) -> tuple[np.ndarray, tuple | None]:
+        """The affine and units of the four layers of ``image_layer``; sets ``sheared``."""
+        affine = spatial_affine(image_layer, self.ndim)
+        self.sheared = sheared_across_planes(affine)
+        return plane_view_affine(affine), spatial_units(image_layer, self.ndim)
 
     # -- creation ----------------------------------------------------------------------
     def _existing(self, name: str, suffix: str, kind: type):
