@@ -4,6 +4,8 @@ name it; plus two false refusals of the argument checks added with it."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -67,3 +69,27 @@ def test_huge_but_finite_weights_still_load(tmp_path, tiny_sam):
         tiny_sam.mask_decoder.iou_prediction_head.layers[0].weight[0, :4] = 3e38
     path = export_sam_state_dict(tiny_sam, tmp_path / "huge.pth")
     assert load_model(path).sam.mask_decoder.iou_prediction_head.layers[0].weight.max() > 1e38
+
+
+def test_a_renamed_model_updated_by_its_continued_run_keeps_its_former_names(tmp_path):
+    """A continued run registers its model anew under the name it has now; that dropped the
+    rename record, so the widgets' remembered model (the former name) fell back to the
+    default and the Annotate panel said the model was removed."""
+    image, labels = make_image((128, 128), seed=0)
+    data = [(image, labels.astype(np.uint32))]
+    config = TrainConfig(
+        model="random:tiny", epochs=1, min_samples_per_epoch=2, n_objects_per_batch=2,
+        early_stopping=None,
+    )  # fmt: skip
+    first = train(config, data, out_dir=tmp_path / "run", model_name="round1")
+    rename_user_model("round1", "cells")
+    resumed = train(
+        dataclasses.replace(config, epochs=2),
+        data,
+        out_dir=tmp_path / "run",
+        resume_from=first.last_checkpoint_path,
+    )
+    assert resumed.registered_name == "cells"
+    assert renamed_to("round1") == "cells"
+    rename_user_model("cells", "cells_v2")  # and on through later renames
+    assert renamed_to("round1") == renamed_to("cells") == "cells_v2"

@@ -194,6 +194,9 @@ def _store(loaded: LoadedModel, name: str, architecture: SamArchitecture, detail
     remove_abandoned_writes(user_models_dir(), ".*.tmp")
     sidecar_path = user_models_dir() / f"{name}.json"
     replaced = _weights_named_by(sidecar_path) if sidecar_path.is_file() else None
+    # a model registered anew under its name (a continued run) keeps the names it had:
+    # runs trained from it and the widgets' remembered model still call it by them
+    former = _former_names(sidecar_path) if replaced is not None else []
     weights_path = _new_weights_path(name, replaced)
     models.export_sam_state_dict(loaded.sam, weights_path)
     file_hash = "sha256:" + file_digest(weights_path, "sha256")
@@ -208,6 +211,7 @@ def _store(loaded: LoadedModel, name: str, architecture: SamArchitecture, detail
         "model_id": loaded.model_id,
         "registered_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **details,
+        **({"former_names": former} if former else {}),
     }
     _write_json_atomically(sidecar_path, sidecar)
     write_stamp(weights_path, file_hash)  # just hashed: listing and loading need not hash again
@@ -215,6 +219,16 @@ def _store(loaded: LoadedModel, name: str, architecture: SamArchitecture, detail
         replaced.unlink(missing_ok=True)
         stamp_path(replaced).unlink(missing_ok=True)
     return weights_path
+
+
+def _former_names(sidecar_path: Path) -> list[str]:
+    """The names a user model had before ``samtune models --rename`` gave it its own, as
+    its description records them; none where it cannot be read."""
+    try:
+        former = json.loads(sidecar_path.read_text(encoding="utf-8")).get("former_names", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [name for name in former if isinstance(name, str)] if isinstance(former, list) else []
 
 
 @contextmanager
