@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import tifffile
 
-from napari_samtune._qt.train_run import TRAIN_TASK, past_epochs
+from napari_samtune._qt.continued_runs import past_epochs
+from napari_samtune._qt.train_run import TRAIN_TASK
 from napari_samtune._qt.train_settings import READ_TASK
 from napari_samtune._qt.train_widget import TrainWidget
 from napari_samtune.core.config_checks import MODEL_PARTS

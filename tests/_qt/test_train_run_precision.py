@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from napari_samtune._qt.train_run import continued_config
+from napari_samtune._qt.continued_runs import continued_config
 from napari_samtune.core import train_setup
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.synthetic import make_dataset

@@ -14,27 +14,24 @@ same viewer, so a finished model can be offered there at once.
 
 from __future__ import annotations
 
-import json
-import math
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from napari.utils.notifications import show_info
 
+from napari_samtune._qt.continued_runs import PastEpoch
 from napari_samtune._qt.downloads import Reporter, fetch_model_file
 from napari_samtune._qt.preset_text import PART_LABELS
 from napari_samtune._qt.train_folders import FolderSource, load_folder_pairs, resolved_folder
 from napari_samtune._qt.workers import TaskRefused, logged_notes, user_message
-from napari_samtune.core.checkpoints import first_free, folder_problem
+from napari_samtune.core.checkpoints import first_free
 from napari_samtune.core.data import ImageLabelPair, prepare_pairs
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.run_lock import training_lock
 from napari_samtune.core.train import TrainEvent, iter_train
-from napari_samtune.core.train_export import RunFiles
-from napari_samtune.core.train_setup import continued_precision
 from napari_samtune.core.validation_split import EmptyPartError, split_validation
 
 TRAIN_TASK = "training"  # the TaskRunner name of a training run
@@ -61,16 +58,6 @@ class TrainRequest:
     model_name: str | None  # user-model name to register under; None: the resumed run's
     resume_from: Path | None = None  # a run's last.pt to continue from
     history: tuple[PastEpoch, ...] = ()  # the continued run's epochs, for the plot
-
-
-@dataclass(frozen=True)
-class PastEpoch:
-    """What the plot shows of an epoch of a run on disk (a line of its metrics.jsonl)."""
-
-    epoch: int  # 0-based
-    train_loss: float  # NaN when the run wrote none (a diverged loss is saved as null)
-    val_iou: float | None  # None without validation data
-    is_best: bool
 
 
 class RunFolderInUse(ValueError, TaskRefused):
@@ -174,55 +161,6 @@ def run_folder(output_folder: Path, model_name: str) -> Path:
     return output_folder / first_free(model_name, used)
 
 
-def continued_config(
-    folder: Path, epochs: int, device: str
-) -> tuple[TrainConfig, Path, list[PastEpoch]]:
-    """The config to continue the run in ``folder`` until ``epochs`` on ``device`` (the
-    run's own device may be another machine's), its last.pt and its epochs so far.
-
-    The run's own config.json is read (not the checkpoint, which may be gigabytes); the
-    core still checks the checkpoint against it. Raises ``ValueError`` naming the fix.
-    """
-    files = RunFiles(folder)
-    if not files.last.is_file() or not files.config.is_file():
-        raise ValueError(
-            f"{str(folder)!r} holds no training run to continue (no config.json and "
-            "checkpoints/last.pt); choose the folder of a run made by Start or samtune train"
-        )
-    problem = folder_problem(folder)  # a colleague's run on a read-only share, say
-    if problem:
-        raise ValueError(
-            f"the run in {str(folder)!r} cannot be continued in its folder, which {problem}: "
-            "copy the folder to one you can write in and continue the copy"
-        )
-    config = _read_config(files.config)
-    _check_base_weights(folder, config)
-    history = past_epochs(folder)  # one record per completed epoch
-    if epochs <= len(history):
-        raise ValueError(
-            f"the run in {str(folder)!r} has done {len(history)} epochs; set epochs above "
-            "that to continue it"
-        )
-    precision = continued_precision(config.mixed_precision, device)  # the widget sets none
-    continued = replace(config, epochs=epochs, device=device, mixed_precision=precision)
-    return continued, files.last, history
-
-
-def _check_base_weights(folder: Path, config: TrainConfig) -> None:
-    """``ValueError`` naming the file and the fix when the run in ``folder`` saved only its
-    trained weights (``checkpoint_trainable_only``) and the weights file it started from,
-    on which a continued run is rebuilt, is gone; a whole checkpoint needs no file."""
-    base = Path(config.model)  # a weights file chosen by path: recorded absolute
-    if not config.checkpoint_trainable_only or not base.is_absolute() or base.is_file():
-        return
-    raise ValueError(
-        f"the run in {str(folder)!r} saved only its trained weights, which are continued on "
-        f"the weights file it started from, {str(base)!r}, and that file does not exist any "
-        "more: put it back there (moved or renamed, or a copy of it), or press Start for a "
-        "new run"
-    )
-
-
 def settings_kept_message(run: TrainConfig, here: TrainConfig) -> str:
     """What to tell a person who continues the run whose config is ``run`` with the widget's
     settings (``here``, the config Start would use): the :data:`KEPT_BY_CONTINUE` settings
@@ -253,83 +191,6 @@ def _setting(field: str, value) -> str:
     if value is None:
         return {"patch_size": "model input size", "early_stopping": "never"}.get(field, "none")
     return "no LoRA" if field == "lora_rank" and value == 0 else str(value)
-
-
-def _read_config(path: Path) -> TrainConfig:
-    """A run's config.json; ``ValueError`` naming the file and the field when it is damaged."""
-    data = _read_json(path)
-    try:
-        return TrainConfig.from_dict(data)
-    except (ValueError, TypeError) as err:
-        raise ValueError(
-            f"{str(path)!r} holds a training config that cannot be used: {err}; correct that "
-            "field (or restore the file the run wrote), or continue another run"
-        ) from None
-
-
-def past_epochs(folder: Path) -> list[PastEpoch]:
-    """The epochs recorded in the run's metrics.jsonl, oldest first; empty lines (the file
-    saved in an editor) are skipped, and a line that is not JSON (a crash while writing it,
-    before writes were atomic) ends the list. ``ValueError`` naming the file and the
-    fix for a line that training did not write; no file: no epochs."""
-    metrics = RunFiles(folder).metrics
-    if not metrics.exists():
-        return []
-    fix = "restore the file the run wrote, or delete it to continue without the plot of "
-    fix += "the earlier epochs"
-    try:
-        lines = metrics.read_text(encoding="utf-8").splitlines()
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read {str(metrics)!r} ({err}); {fix}") from None
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            break
-        try:
-            records.append(_past_epoch(record))
-        except (ValueError, TypeError) as err:
-            raise ValueError(
-                f"line {number} of {str(metrics)!r} is not an epoch record of training "
-                f"({err}); {fix}"
-            ) from None
-    return records
-
-
-def _past_epoch(record) -> PastEpoch:
-    """One metrics.jsonl record (``EpochDone`` fields, NaN written as null)."""
-    if not isinstance(record, dict):
-        raise ValueError(f"it holds {json.dumps(record)}, not a record")
-    missing = [key for key in ("epoch", "train_loss", "is_best") if key not in record]
-    if missing:
-        raise ValueError(f"it has no {' and no '.join(map(repr, missing))}")
-    epoch, metrics = record["epoch"], record.get("val_metrics") or {}
-    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
-        raise ValueError(f"epoch={epoch!r} is not an epoch number")
-    if not isinstance(metrics, dict):
-        raise ValueError(f"val_metrics={metrics!r} is not a record of metrics")
-    loss, val_iou = _number(record, "train_loss"), _number(metrics, "val_iou")
-    return PastEpoch(epoch, math.nan if loss is None else loss, val_iou, record["is_best"] is True)
-
-
-def _number(record: dict, key: str) -> float | None:
-    value = record.get(key)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise ValueError(f"{key}={value!r} is not a number")
-    return None if value is None else float(value)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read {str(path)!r}: {err}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{str(path)!r} is not a training run's JSON record")
-    return data
 
 
 def annotation_widgets(viewer) -> list:

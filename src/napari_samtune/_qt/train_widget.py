@@ -50,6 +50,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_samtune._qt.continued_runs import PastEpoch, continued_config
 from napari_samtune._qt.dock_life import on_removed
 from napari_samtune._qt.train_close import TrainCloseMixin
 from napari_samtune._qt.train_continue import kept_settings_warning
@@ -60,9 +61,7 @@ from napari_samtune._qt.train_request import REPEAT_TASK, TrainRequestMixin, che
 from napari_samtune._qt.train_run import (
     RUN_FOLDERS_IN_USE,
     TRAIN_TASK,
-    PastEpoch,
     TrainRequest,
-    continued_config,
     flush_autosaves,
     iter_training_job,
     run_folder,
