@@ -10,6 +10,7 @@ import tifffile
 import napari_samtune.cli
 from napari_samtune.cli import main
 from napari_samtune.core.data import load_pairs
+from napari_samtune.core.data_checks import check_channels
 from napari_samtune.core.images import to_sam_rgb
 from napari_samtune.core.synthetic import make_image
 from napari_samtune.core.tiff_files import channel_axis_named, read_tiff_with_axes
@@ -109,3 +110,49 @@ def test_segment_takes_the_declared_channels(tmp_path, tiny_checkpoint, channels
     assert segment(tiny_checkpoint, stack, tmp_path / "n.tif", "--channels", "1") == 2
     assert "metadata says: image has shape (3, 2, 96, 112)" in (err := capsys.readouterr().err)
     assert err.rstrip().endswith("pass --stack to segment each plane")
+
+
+def test_a_stack_of_named_axes_whose_planes_differ_from_its_labels_says_so(tmp_path, channels):
+    """A (Z=3, C=2) hyperstack with a labels stack of 2 planes was called "3 channels first,
+    then 2 planes; pass channel_axis 0", and following that trained on z-plane 0's two
+    channels as if they were planes, without a word."""
+    pixels, labels = channels
+    image = tmp_path / "zcyx.tif"
+    tifffile.imwrite(image, np.stack([pixels[:2]] * 3), imagej=True, metadata={"axes": "ZCYX"})
+    tifffile.imwrite(tmp_path / "zcyx_labels.tif", np.stack([labels] * 2))
+    (pair,) = load_pairs(image, tmp_path / "zcyx_labels.tif")  # planes differ: not split
+    with pytest.raises(ValueError, match="channel") as refused:
+        check_channels(pair)  # as every command checks its pairs before a model is loaded
+    said = str(refused.value)
+    assert (
+        "with its channels on axis 1 (given, or named by its file), is a stack of 3 planes" in said
+    )
+    assert "labels (2, 96, 112) have 2; give one labels plane per image plane" in said
+    assert "channels first" not in said and "channel_axis 0" not in said
+    with pytest.warns(UserWarning, match=r"channel axis 0 is used as given, but the file names "
+                      r"axis 1 as its channels \(its axes are ZCYX\)"):  # fmt: skip
+        pairs = load_pairs(image, tmp_path / "zcyx_labels.tif", channel_axis=0, channels=0)
+    assert len(pairs) == 2  # the person's choice stands
+
+
+def test_a_given_channel_axis_the_file_agrees_with_is_not_warned_about(tmp_path, channels):
+    import warnings
+
+    pixels, labels = channels
+    tifffile.imwrite(tmp_path / "a.tif", pixels, imagej=True, metadata={"axes": "CYX"})
+    tifffile.imwrite(tmp_path / "a_labels.tif", labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for axis in (0, -3):
+            (pair,) = load_pairs(tmp_path / "a.tif", tmp_path / "a_labels.tif", axis, 0)
+            assert pair.channel_axis == axis
+
+
+def test_segment_warns_where_the_channel_axis_given_is_not_the_files(
+    tmp_path, tiny_checkpoint, channels, capsys
+):
+    pixels, _ = channels
+    hyperstack = tmp_path / "hyper.tif"
+    tifffile.imwrite(hyperstack, pixels, imagej=True, metadata={"axes": "CYX"})
+    assert segment(tiny_checkpoint, hyperstack, tmp_path / "h.tif", "--channel-axis", "-1") == 2
+    assert "channel axis -1 is used as given, but the file names axis 0" in capsys.readouterr().err

@@ -110,14 +110,14 @@ class Planes:
             planes_first,
             to_sam_rgb,
         )
-        from napari_samtune.core.tiff_files import channel_axis_named
+        from napari_samtune.core.tiff_files import channel_axis_for
 
         self.pixels = image  # as read: its fingerprint goes into the labels' record
         check_some_pixel_finite(image, str(path))
         self.image, self.stacked, self.channels = image, args.stack, args.channels
         given = args.channel_axis  # else the one the file's metadata names (ImageJ's C)
-        declared = channel_axis_named(axes, image.ndim) if given is None else None
-        channel_axis = self.channel_axis = given if given is not None else declared
+        channel_axis = self.channel_axis = channel_axis_for(axes, image.ndim, given, str(path))
+        declared = channel_axis if given is None else None
         option = (
             f"--channel-axis {given}"
             if declared is None

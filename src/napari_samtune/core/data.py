@@ -39,7 +39,7 @@ from napari_samtune.core.label_files import (
     match_files,
     saved_fingerprint,
 )
-from napari_samtune.core.tiff_files import channel_axis_named, read_label_tiff, read_tiff_with_axes
+from napari_samtune.core.tiff_files import channel_axis_for, read_label_tiff, read_tiff_with_axes
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,8 @@ def read_match(
     (see :func:`split_planes`).
 
     Without ``channel_axis``, an image whose file names its channel axis (ImageJ
-    hyperstacks, OME-TIFF: :func:`.channel_axis_named`) has its channels there.
+    hyperstacks, OME-TIFF: :func:`.channel_axis_for`) has its channels there; a
+    ``channel_axis`` other than the one it names is used with a warning.
 
     ``foreign``, if given, receives the names of the pairs whose labels were saved in napari
     for other pixels than their image's (:func:`foreign_labels_message`); they are read all
@@ -190,7 +191,7 @@ def read_match(
             foreign.append(f"{image_path.name} / {labels_path.name}")
         name = f"{image_path.name} / {labels_path.name}"
         labels = read_label_tiff(labels_path)
-        axis = channel_axis if channel_axis is not None else channel_axis_named(axes, image.ndim)
+        axis = channel_axis_for(axes, image.ndim, channel_axis, str(image_path))
         pairs += split_planes(image, labels, name, None, axis, channels, empty_planes)
     return pairs
 

@@ -89,13 +89,14 @@ def check_channels(pair: ImageLabelPair) -> None:
                 f"{image.shape[0]} planes needs a labels stack of as many planes (empty where "
                 "not annotated); a multichannel image needs channel_axis 0 and channels"
             )
-        if image.ndim == 4 and labels.ndim == 3 and image.shape[0] == labels.shape[0]:
+        guess = image.ndim == 4 and labels.ndim == 3 and pair.channel_axis is None
+        if guess and image.shape[0] == labels.shape[0]:
             raise ValueError(
                 f"image has shape {image.shape!r}: {image.shape[0]} planes with a channel axis "
                 "SAM cannot guess; pass channel_axis (counted in the stack, e.g. 1 or -1) and "
                 "channels (one index, or three for RGB)"
             )
-        if image.ndim == 4 and labels.ndim == 3 and image.shape[1] == labels.shape[0]:
+        if guess and image.shape[1] == labels.shape[0]:
             raise ValueError(
                 f"image has shape {image.shape!r} and its labels {labels.shape!r}: "
                 f"{image.shape[0]} channels first, then {labels.shape[0]} planes; pass "
@@ -135,8 +136,25 @@ def _check_gray_stack(image: np.ndarray, labels: np.ndarray, pair: ImageLabelPai
 
 
 def _check_planes(image: np.ndarray, labels: np.ndarray, pair: ImageLabelPair) -> None:
-    """A stack whose labels stack has another number of planes (the planes' shape fits)."""
-    if labels.ndim == 3 and image.ndim in (3, 4) and image.shape[0] != labels.shape[0]:
+    """A stack whose labels stack has another number of planes (the planes' shape fits);
+    of a (Z, C, H, W) or (C, Z, H, W) stack whose channel axis is given (or named by its
+    file), the planes are the axis beside it."""
+    shape = image.shape
+    if image.ndim == 4 and labels.ndim == 3 and pair.channel_axis is not None:
+        try:
+            axis = range(4)[pair.channel_axis]
+        except (IndexError, TypeError):  # select_channels names a bad axis
+            return
+        shape = shape[:axis] + shape[axis + 1 :]
+        if shape[1:] == labels.shape[1:] and shape[0] != labels.shape[0]:
+            raise ValueError(
+                f"{pair.name!r}: the image, of shape {image.shape!r} with its channels on axis "
+                f"{axis} (given, or named by its file), is a stack of {shape[0]} planes, and "
+                f"its labels {labels.shape!r} have {labels.shape[0]}; give one labels plane "
+                "per image plane (empty where not annotated)"
+            )
+        return
+    if labels.ndim == 3 and image.ndim in (3, 4) and shape[0] != labels.shape[0]:
         if image.shape[1:3] == labels.shape[1:]:
             raise ValueError(
                 f"{pair.name!r}: the image stack has {image.shape[0]} planes and its labels "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,26 @@ def channel_axis_named(axes: str, ndim: int) -> int | None:
     if len(axes) != ndim or axes.count("C") != 1:
         return None
     return axes.index("C")
+
+
+def channel_axis_for(axes: str, ndim: int, given: int | None, name: str) -> int | None:
+    """The channel axis of a file's ``ndim``-dimensional pixels: ``given`` (the caller's
+    choice), else the one its ``axes`` name (:func:`channel_axis_named`). A given axis other
+    than the one the file names is used, with a warning naming both: the file's metadata may
+    be wrong, but more often the axis was guessed (a (Z, C, H, W) stack read as (C, Z, ...)
+    trained on each plane's channels as if they were planes, without a word)."""
+    named = channel_axis_named(axes, ndim)
+    if given is None or named is None or not isinstance(given, int) or not -ndim <= given < ndim:
+        return named if given is None else given
+    if given % ndim != named:
+        warnings.warn(
+            f"{name}: channel axis {given} is used as given, but the file names axis {named} "
+            f"as its channels (its axes are {axes}); leave out the channel axis to use the "
+            "file's",
+            UserWarning,
+            stacklevel=2,
+        )
+    return given
 
 
 @contextlib.contextmanager
