@@ -431,3 +431,20 @@ def test_device_names_are_refused_as_model_names():
     with pytest.raises(ValueError, match="not a name Windows keeps for a device"):
         validate_model_name("con", "model_name")
     assert validate_model_name("con2") == "con2"
+
+
+def test_a_sound_tiff_too_large_for_free_memory_is_not_called_damaged(tiff_folders, monkeypatch):
+    """A 6.7 GiB image on a machine short of memory was "truncated, damaged or still being
+    written: save it again, or move it out of the folder"."""
+    images, labels = tiff_folders
+
+    def out_of_memory(self, *args, **kwargs):
+        raise MemoryError("Unable to allocate 6.71 GiB for an array")  # as numpy says it
+
+    monkeypatch.setattr(tifffile.TiffFile, "asarray", out_of_memory)
+    with pytest.raises(ValueError) as refused:
+        load_pairs(images, labels)
+    said = str(refused.value)
+    assert "cell_" in said and "do not fit in the memory this machine has free" in said
+    assert re.search(r"its pixels \(\d+ x \d+ uint8, 0\.0 GiB\)", said)
+    assert "damaged" not in said and "crop, bin or split the image" in said

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import warnings
 from pathlib import Path
@@ -27,12 +28,13 @@ def read_tiff_with_axes(path: Path) -> tuple[np.ndarray, str]:
 
     if path.suffix.lower() not in TIFF_SUFFIXES:
         raise ValueError(f"file {str(path)!r} is not a TIFF file; save images as .tif")
-    pixels, axes, shapes = None, "", []
+    pixels, axes, shapes, dtype = None, "", [], None
     with _tifffile_log() as logged:
         try:
             with tifffile.TiffFile(path) as tif:  # as tifffile.imread reads it
                 shapes = [tuple(series.shape) for series in tif.series]
                 if len(shapes) == 1:
+                    dtype = np.dtype(tif.series[0].dtype)
                     # every core: tifffile's default is half of them (one on a 2-core
                     # machine, where a zlib-compressed 60 x 2048 x 2048 labels stack took
                     # 2.8-3.4 s instead of 1.4-1.6)
@@ -44,6 +46,8 @@ def read_tiff_with_axes(path: Path) -> tuple[np.ndarray, str]:
                 "give yourself read access (e.g. chmod u+r, or ask its owner), or move it out "
                 "of the folder"
             ) from None
+        except MemoryError:  # was told "it may be damaged: save it again"
+            raise ValueError(too_large_problem(path, shapes, dtype)) from None
         except Exception as err:  # tifffile raises several types for files it cannot parse
             logged.append(str(err))
             pixels = None
@@ -56,6 +60,20 @@ def read_tiff_with_axes(path: Path) -> tuple[np.ndarray, str]:
             "or still being written: save it again, or move it out of the folder"
         )
     return pixels, axes
+
+
+def too_large_problem(path: Path, shapes: list[tuple[int, ...]], dtype: np.dtype | None) -> str:
+    """Why a sound TIFF file whose pixels do not fit in this machine's free memory is not
+    read, and what to do (``shapes``: its series' shapes, where they were read)."""
+    size = ""
+    if len(shapes) == 1 and dtype is not None:
+        gib = math.prod(shapes[0]) * dtype.itemsize / 2**30
+        size = f" ({' x '.join(map(str, shapes[0]))} {dtype.name}, {gib:.1f} GiB)"
+    return (
+        f"cannot read {str(path)!r}: its pixels{size} do not fit in the memory this machine "
+        "has free; crop, bin or split the image (in Fiji, say) into parts that fit, or use a "
+        "machine with more memory"
+    )
 
 
 def several_series_problem(path: Path, shapes: list[tuple[int, ...]]) -> str:
