@@ -156,3 +156,18 @@ def test_segment_warns_where_the_channel_axis_given_is_not_the_files(
     tifffile.imwrite(hyperstack, pixels, imagej=True, metadata={"axes": "CYX"})
     assert segment(tiny_checkpoint, hyperstack, tmp_path / "h.tif", "--channel-axis", "-1") == 2
     assert "channel axis -1 is used as given, but the file names axis 0" in capsys.readouterr().err
+
+
+def test_segment_calls_a_stack_whose_file_names_its_planes_a_stack(
+    tmp_path, tiny_checkpoint, channels, capsys
+):
+    """It was "its channel axis is ambiguous", with channel options to choose from."""
+    pixels, _ = channels
+    for axes, kind in (("ZYX", "z-stack"), ("TYX", "time series")):
+        stack = tmp_path / f"{axes}.tif"
+        tifffile.imwrite(stack, pixels, imagej=True, metadata={"axes": axes})
+        assert segment(tiny_checkpoint, stack, tmp_path / "o.tif") == 2
+        said = capsys.readouterr().err
+        assert f"a {kind} of 3 planes as its file names its axes ({axes}); pass --stack" in said
+        assert "ambiguous" not in said and "--channel-axis" not in said
+    assert segment(tiny_checkpoint, stack, tmp_path / "o.tif", "--stack") == 0

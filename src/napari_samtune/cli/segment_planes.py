@@ -147,7 +147,7 @@ class Planes:
             if given is not None or image.ndim < 3:
                 raise  # the hints below are for an image given without channel options
             if not self.stacked:
-                raise _planes_or_channels(err, image.shape, args.channels) from None
+                raise _planes_or_channels(err, image.shape, args.channels, axes) from None
             if args.channels is None and image.ndim == 4:
                 raise _stack_channels_unclear(path, image.shape) from None
             raise
@@ -164,11 +164,18 @@ class Planes:
 
 
 def _planes_or_channels(
-    err: ValueError, shape: tuple[int, ...], channels: tuple[int, ...] | None
+    err: ValueError, shape: tuple[int, ...], channels: tuple[int, ...] | None, axes: str = ""
 ) -> ValueError:
     """The core's refusal of an image of more axes than a plane, with both ways on: planes
     (``--stack``) or channels. Without ``--channels`` it is the core's ambiguous channel
-    axis, whose own advice names the options again: given once here, with their values."""
+    axis, whose own advice names the options again: given once here, with their values. A
+    file that names its first axis Z or T (ImageJ, OME-TIFF) is a stack: only ``--stack``."""
+    if len(axes) == len(shape) == 3 and axes[0] in "ZT" and axes[1:] == "YX":
+        kind = "z-stack" if axes[0] == "Z" else "time series"
+        return ValueError(
+            f"image has shape {shape!r}, a {kind} of {shape[0]} planes as its file names its "
+            f"axes ({axes}); pass --stack to segment each plane"
+        )
     ambiguous = channels is None and "channel axis is ambiguous" in str(err)
     problem = f"image has shape {shape!r} and its channel axis is ambiguous" if ambiguous else err
     channel_options = (
