@@ -172,3 +172,32 @@ def test_continue_with_its_use_unticked_leaves_the_dock_saying_its_copy_is_older
     assert annotate.segmenter.model_id == old_id and annotate.model_name == name
     assert "older" in annotate.ui.model_label.text()
     assert any(name in n and "Load model" in n for n in notifications)
+
+
+def test_load_model_of_a_user_model_removed_meanwhile_says_so_and_loads_nothing(
+    on_my_tiny, notifications
+):
+    """It started the load and failed with the core's "is neither a model name ... nor an
+    existing file", the removed model still offered; the Finetune dock's says to refresh."""
+    from napari_samtune.core.user_models import remove_user_model
+
+    _, widget = on_my_tiny
+    remove_user_model("my_tiny")
+    assert widget.load_model() is None
+    assert not widget.runner.is_running(LOAD_TASK)
+    said = [n for n in notifications if "'my_tiny' is no longer in the model list" in n]
+    assert len(said) == 1 and "choose the model to use" in said[0]
+    assert "my_tiny" not in widget.ui.model_picker.model_names()
+    assert widget.model_name == "my_tiny"  # the copy in use stays until another is loaded
+
+
+def test_load_model_of_a_user_model_renamed_meanwhile_loads_it_by_its_new_name(
+    on_my_tiny, run_job, notifications
+):
+    from napari_samtune.core.user_model_rename import rename_user_model
+
+    _, widget = on_my_tiny
+    rename_user_model("my_tiny", "cells")
+    run_job(widget, widget.load_model, LOAD_TASK)
+    assert widget.model_name == "cells"
+    assert any("'my_tiny' was renamed 'cells'; it stays chosen" in n for n in notifications)

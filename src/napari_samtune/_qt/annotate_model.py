@@ -98,9 +98,11 @@ class AnnotateModelMixin:
         """Load the chosen model in the background; returns the worker, or None."""
         picker = self.ui.model_picker
         try:
-            source = picker.model_source()
+            source = picker.listed_source()
         except ValueError as err:
             show_error(str(err))
+            return None
+        if source is None:  # removed since the list was read: the picker said so
             return None
         if self.runner.is_running(LOAD_TASK):
             show_info("a model is already loading; wait for it to finish")

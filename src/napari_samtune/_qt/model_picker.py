@@ -134,6 +134,18 @@ class ModelPickerWidget(QWidget):
             self._on_selection()
         # else the choice is the same: owners keep what they set for it (no signal)
 
+    def listed_source(self) -> str | Path | None:
+        """:meth:`model_source`, re-reading the list first where the chosen name has left the
+        registry since (``samtune models --remove`` or ``--rename``, a script): a renamed
+        model stays chosen under its new name; a removed one is said, and None returned.
+        ``ValueError`` as :meth:`model_source`."""
+        source = self.model_source()
+        if not isinstance(source, str) or source in {spec.name for spec in list_models()}:
+            return source
+        self.refresh_models()  # says which, and what is chosen now
+        new = renamed_to(source)
+        return new if new is not None and self.model_source() == new else None
+
     def model_names(self) -> list[str]:
         """The registry names offered (without the checkpoint-file entry)."""
         names = [self.model_combo.itemData(i) for i in range(self.model_combo.count())]
