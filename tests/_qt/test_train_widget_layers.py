@@ -270,3 +270,48 @@ def test_the_note_on_shared_images_follows_the_training_folders(finetune_on_cell
     loop.symlink_to(loop)
     _edit_folders(val, loop, tmp_path / "labels")
     assert val.folder_error.text().startswith("validation folders:")
+
+
+def test_start_leaves_the_copy_of_the_layers_planes_to_the_worker(
+    make_napari_viewer, tmp_path, monkeypatch
+):
+    """Start copied every annotated plane on the main thread: a 40 x 2048 x 2048 stack
+    annotated on every plane froze the viewer for 1.3-7.9 s. The request views the layers;
+    the worker trains on copies that what is painted later cannot change."""
+    import threading
+    import tracemalloc
+
+    from napari_samtune._qt import train_run
+    from napari_samtune._qt.train_run import TrainRequest, iter_training_job
+    from napari_samtune.core.presets import TrainConfig
+
+    viewer = make_napari_viewer()
+    widget = TrainWidget(viewer, machine=SMALL_CPU)
+    stack = np.random.default_rng(0).integers(0, 4000, (40, 256, 256)).astype(np.uint16)
+    labels = np.zeros(stack.shape, np.uint32)
+    labels[:, 20:60, 20:60] = 1  # every plane annotated: all 40 are trained on
+    viewer.add_image(stack, name="stack")
+    viewer.add_labels(labels, name="stack labels")
+    assert widget.train_data.add_current_pair()
+    tracemalloc.start()
+    pairs, _ = widget.train_data.snapshot()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(pairs) == 40 and peak < 1e6  # the planes to copy are 7.9 MB
+    assert all(np.shares_memory(pair.labels, labels) for pair in pairs)
+
+    trained_on = []
+
+    def iter_train(config, train_data, *args, **kwargs):
+        labels[3] = 0  # painted over once the run began
+        trained_on.extend(train_data)
+        yield from ()
+
+    monkeypatch.setattr(train_run, "iter_train", iter_train)
+    monkeypatch.setattr(train_run, "fetch_model_file", lambda *args: None)
+    config = TrainConfig(model="random:tiny", epochs=1, mixed_precision="no")
+    request = TrainRequest(config, tuple(pairs), None, (), None, tmp_path / "run", "m")
+    list(iter_training_job(request, threading.Event(), lambda _progress: None, []))
+    assert len(trained_on) == 40 and trained_on[3].labels.any()
+    assert not any(np.shares_memory(pair.labels, labels) for pair in trained_on)
+    assert not any(np.shares_memory(pair.image, stack) for pair in trained_on)

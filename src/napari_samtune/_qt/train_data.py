@@ -436,10 +436,11 @@ class PairSourceWidget(QWidget):
         return [self.pair_error, self.list_error, self.folder_error]
 
     def snapshot(self) -> tuple[list[ImageLabelPair], FolderSource | None]:
-        """Copies of the layer pairs' data, and the folders (read by the worker); the planes
-        of stacks without objects are left out, with a note."""
+        """The layer pairs' planes with objects, viewing the layers' arrays (the training
+        worker copies them as it begins: :func:`.layer_pairs.copied`), and the folders (read
+        by the worker); the planes of stacks without objects are left out, with a note."""
         empty: list[str] = []
-        pairs = [p for pair in self._pairs for p in layer_pairs(*pair, True, empty)]
+        pairs = [p for pair in self._pairs for p in layer_pairs(*pair, False, empty)]
         if empty:
             show_info(f"{self.title} data: {empty_planes_message(empty)}")
         return pairs, self.folder_source()

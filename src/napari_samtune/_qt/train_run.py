@@ -6,7 +6,9 @@ line writes into it meanwhile), checks the part held out of a single training im
 downloads the model if needed (with progress, and stopped by Stop), reads the TIFF
 folders (slow preparing and file reading stay off the main thread), then yields the
 core's training events from :func:`napari_samtune.core.train.iter_train` unchanged. It
-receives copies of the layer data, never layers.
+receives the layers' planes, never layers, and copies them before anything else: what is
+painted after the run began is not in it (a stroke painted while its plane is copied may be
+in part).
 
 :func:`annotation_widgets` finds the "Annotate with SAM" widgets docked in the
 same viewer, so a finished model can be offered there at once.
@@ -24,6 +26,7 @@ from napari.utils.notifications import show_info
 
 from napari_samtune._qt.continued_runs import PastEpoch
 from napari_samtune._qt.downloads import Reporter, fetch_model_file
+from napari_samtune._qt.layer_pairs import copied
 from napari_samtune._qt.preset_text import PART_LABELS
 from napari_samtune._qt.train_folders import FolderSource, load_folder_pairs, resolved_folder
 from napari_samtune._qt.workers import TaskRefused, logged_notes, user_message
@@ -50,7 +53,7 @@ class TrainRequest:
     """Everything one training run needs, fixed when Start is pressed."""
 
     config: TrainConfig  # checked by the core
-    train_pairs: tuple[ImageLabelPair, ...]  # copies of the chosen layers' data
+    train_pairs: tuple[ImageLabelPair, ...]  # the chosen layers' planes (the worker copies them)
     train_folders: FolderSource | None  # TIFF folders, read by the worker
     val_pairs: tuple[ImageLabelPair, ...]  # empty: held out automatically ...
     val_folders: FolderSource | None  # ... unless folders are given
@@ -91,8 +94,10 @@ def iter_training_job(
             held.enter_context(training_lock(request.out_dir))
         except ValueError as err:  # told apart from training's errors: nothing began
             raise RunFolderInUse(str(err)) from None
-        train_data = [*request.train_pairs, *load_folder_pairs(request.train_folders)]
-        val_data = [*request.val_pairs, *load_folder_pairs(request.val_folders)]
+        # the layers' planes, copied here (not at Start, where the viewer froze meanwhile):
+        # what is painted from now on is not in the run
+        train_data = [*copied(request.train_pairs), *load_folder_pairs(request.train_folders)]
+        val_data = [*copied(request.val_pairs), *load_folder_pairs(request.val_folders)]
         train_data = held_out_checked(train_data, bool(val_data), request.config)
         with logged_notes("napari_samtune.core.download", notes):
             try:
