@@ -5,6 +5,7 @@ had to be clicked again from the start)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from napari.utils.key_bindings import KeymapHandler
 
 from napari_samtune._qt.prompt_layers import POINT_COLORS
@@ -132,3 +133,36 @@ def test_after_a_clear_a_loaded_file_is_what_undo_takes_back(
     assert not len(layers.points.data)  # and the clear stays
     assert not widget.undo()  # its prompts do not come back later either
     assert not len(layers.points.data)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["one object", "batched"])
+def test_undo_of_a_commit_on_several_planes_brings_back_every_plane_s_preview(
+    stack_widget, drain_jobs, batched
+):
+    """Prompted on planes 0 and 2, committed from plane 2, then U: plane 0's points came
+    back but not its preview, and C again wrote the object without plane 0 (in batched
+    mode, one object fewer) and cleared plane 0's prompts, without a word."""
+    from napari_samtune._qt.annotate_ui import BATCHED_MODE
+
+    viewer, widget = stack_widget
+    if batched:
+        widget.ui.mode_combo.setCurrentText(BATCHED_MODE)
+    layers = widget.session.layers
+    layers.points.add([0, 48, 48])
+    drain_jobs(widget)
+    viewer.dims.set_current_step(0, 2)
+    drain_jobs(widget)
+    layers.points.add([2, 48, 48])
+    drain_jobs(widget)
+    shown = [int(layers.preview.data[plane].astype(bool).sum()) for plane in range(3)]
+    assert shown[0] and shown[2]  # the tiny model's masks of both planes
+    first = widget.commit()
+    drain_jobs(widget)
+    written = (widget.session.annotations > 0).copy()
+    assert widget.undo()
+    drain_jobs(widget)
+    assert [int(layers.preview.data[plane].astype(bool).sum()) for plane in range(3)] == shown
+    again = widget.commit()
+    drain_jobs(widget)
+    assert len(again) == len(first)
+    np.testing.assert_array_equal(widget.session.annotations > 0, written)

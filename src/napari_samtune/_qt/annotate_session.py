@@ -107,7 +107,7 @@ class AnnotationSession:
         """
         planes = self.layers.preview_planes() if planes is None else planes
         objects = {plane: self.layers.preview_plane(plane) for plane in planes}
-        kept = snapshot_prompts(self.layers)
+        kept = snapshot_prompts(self.layers, planes)
         prompts = self.layers.prompts_record()
         ids = self._write(objects, overwrite, source, model_name, prompts, present=present)
         if ids:

@@ -27,7 +27,7 @@ class KeptPrompts:
     boxes: tuple[np.ndarray, ...]
     box_types: tuple[str, ...]
     propagated: dict = field(default_factory=dict)  # plane -> PropagatedPlane
-    previews: dict = field(default_factory=dict)  # plane -> its preview then, uint32 (H, W)
+    previews: dict = field(default_factory=dict)  # plane shown -> its preview, uint32 (H, W)
     starts: frozenset[int] = frozenset()  # the planes propagation started from
 
     @property
@@ -36,12 +36,12 @@ class KeptPrompts:
 
     def put_back(self, layers) -> None:
         """Make them the prompts of ``layers`` (a :class:`~.prompt_layers.PromptLayers`),
-        replacing any there, and the planes a propagation had reached; the widget recomputes
-        the preview from them."""
+        replacing any there, with the planes a propagation had reached and the preview of
+        every plane that showed one; the widget recomputes the plane in view from them."""
         for plane, propagated in self.propagated.items():  # before the prompts, which the
             layers.propagated[plane] = propagated  # preview of the plane in view refines
-        if self.propagated:
-            layers.set_previews({plane: self.previews[plane] for plane in self.propagated})
+        if self.previews:  # the planes out of view: only the one in view is recomputed
+            layers.set_previews(dict(self.previews))
         layers.propagated.starts |= self.starts
         layers.clear_prompts()
         if len(self.points):
@@ -52,31 +52,38 @@ class KeptPrompts:
             layers.boxes.add(list(self.boxes), shape_type=list(self.box_types))
 
 
-def snapshot_prompts(layers) -> KeptPrompts | None:
+def snapshot_prompts(layers, shown: list | None = None) -> KeptPrompts | None:
     """The points and boxes of ``layers`` (a :class:`~.prompt_layers.PromptLayers`) as they
-    are now; None when there are none."""
+    are now, with the preview of each plane that shows one (``shown``, where the caller has
+    them: :meth:`~.prompt_layers.PromptLayers.preview_planes`); None when there are none.
+
+    Of a stack prompted on several planes only the plane in view got its preview back: a
+    commit after U wrote the object without the others, and cleared their prompts."""
     points = np.array(layers.points.data, dtype=np.float64).reshape(-1, layers.ndim)
     boxes = tuple(np.array(vertices, dtype=np.float64) for vertices in layers.boxes.data)
     propagated = dict(layers.propagated)
     if not len(points) and not boxes and not propagated:
         return None
+    shown = layers.preview_planes() if shown is None else shown
     return KeptPrompts(
         points=points,
         point_features=layers.points.features.copy(),
         boxes=boxes,
         box_types=tuple(layers.boxes.shape_type),
         propagated=propagated,
-        previews={plane: _preview_of(layers, plane, made) for plane, made in propagated.items()},
+        previews={plane: _preview_of(layers, plane, propagated.get(plane)) for plane in shown},
         starts=frozenset(layers.propagated.starts),
     )
 
 
-def _preview_of(layers, plane: int, made) -> np.ndarray:
-    """What the preview of ``plane`` shows now, where propagation ``made`` it: a plane not
-    corrected since shows ``made.labels``, which is kept instead of a copy (an object through
+def _preview_of(layers, plane: int | None, made) -> np.ndarray:
+    """A copy of what the preview of ``plane`` shows now; where propagation ``made`` it and
+    it was not corrected since, ``made.labels``, kept instead of a copy (an object through
     29 planes of 2048 x 2048: 1 s at each commit, and 0.5 GB per undo step)."""
     shown = layers.preview_plane(plane)
-    return made.labels if np.array_equal(shown, made.labels) else shown.copy()
+    if made is not None and np.array_equal(shown, made.labels):
+        return made.labels
+    return shown.copy()
 
 
 def has_prompts(layers) -> bool:
