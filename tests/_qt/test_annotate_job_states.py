@@ -161,3 +161,22 @@ def test_the_status_line_names_the_job_still_running_when_another_ends(
     assert widget.ui.status_label.text() == f"{EMBED_TASK}…"
     gate.set()
     qtbot.waitUntil(lambda: not widget.runner.is_running(), timeout=WAIT_MS)
+
+
+def test_a_stack_run_ended_away_from_its_session_does_not_offer_u(
+    qtbot, make_napari_viewer, hold_planes, tmp_path, notifications
+):
+    """Its annotations layer removed after the first plane, the run ended with "the objects
+    found are kept (U undoes them all)", and U then had nothing to undo: the session the
+    objects were written in was no longer the one annotated."""
+    gate = hold_planes()
+    viewer, _, widget = _stack_with_nano(qtbot, make_napari_viewer, tmp_path, 3)
+    widget.ui.auto_scope_combo.setCurrentText(SCOPE_STACK)
+    session = widget.session
+    widget.segment_automatically()
+    qtbot.waitUntil(lambda: session.annotations[0].any(), timeout=WAIT_MS)
+    viewer.layers.remove("stack annotations")
+    gate.open()
+    qtbot.waitUntil(lambda: not widget.runner.is_running(), timeout=WAIT_MS)
+    ended = [n for n in notifications if "ended after 1 of 3 planes" in n]
+    assert len(ended) == 1 and ended[0].endswith("; the objects found are kept"), ended

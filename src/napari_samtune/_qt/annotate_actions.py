@@ -350,11 +350,9 @@ class AnnotateActionsMixin:
             if skipped:
                 show_warning(jobs.skipped_note(AUTO_TASK, session.image_layer.name, skipped))
             if len(planes) > 1 and len(written) + len(skipped) < len(planes):
-                kept = (  # U would undo an earlier commit where the run added nothing
-                    "the objects found are kept (U undoes them all)"
-                    if group.writes
-                    else "nothing was added"
-                )
+                kept = "the objects found are kept" if group.writes else "nothing was added"
+                if group.writes and session is self.session:  # (else U is not theirs)
+                    kept += " (U undoes them all)"  # (where nothing was, an earlier commit)
                 show_info(
                     f"automatic segmentation of {session.image_layer.name!r} ended after "
                     f"{len(written) + len(skipped)} of {len(planes)} planes; {kept}"
