@@ -159,6 +159,11 @@ def test_undo_of_a_commit_on_several_planes_brings_back_every_plane_s_preview(
     first = widget.commit()
     drain_jobs(widget)
     written = (widget.session.annotations > 0).copy()
+    kept = widget.session.undo_stack.peek().prompts.previews  # each plane's objects' box
+    for plane, crop in kept.items():
+        rows, cols = np.nonzero(written[plane])
+        box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        assert crop.pixels.size == box  # (the tiny model's masks span their planes)
     assert widget.undo()
     drain_jobs(widget)
     assert [int(layers.preview.data[plane].astype(bool).sum()) for plane in range(3)] == shown
@@ -166,3 +171,14 @@ def test_undo_of_a_commit_on_several_planes_brings_back_every_plane_s_preview(
     drain_jobs(widget)
     assert len(again) == len(first)
     np.testing.assert_array_equal(widget.session.annotations > 0, written)
+
+
+def test_a_kept_preview_is_the_box_around_its_objects():
+    from napari_samtune._qt.kept_prompts import Crop, _full
+
+    plane = np.zeros((4096, 4096), np.uint32)
+    plane[100:140, 2000:2030], plane[120:180, 2010:2020] = 3, 4
+    crop = Crop.of(plane)
+    assert crop.pixels.shape == (80, 30) and not np.shares_memory(crop.pixels, plane)
+    np.testing.assert_array_equal(_full(crop, plane.shape), plane)
+    np.testing.assert_array_equal(_full(Crop.of(0 * plane[:8, :8]), (8, 8)), 0)
