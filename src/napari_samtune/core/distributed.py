@@ -158,15 +158,11 @@ def check_same_settings(ctx: DistributedContext, device: torch.device, settings:
     """Refuse a run whose processes chose different settings: ``--preset auto`` picks one
     per machine (its memory, its processes), and machines of a cluster differ; DDP then
     failed with "DDP expects same model across all ranks" (a frozen encoder on one
-    machine), or ranks took different numbers of steps. Compared by a 20-bit digest (whose
-    squares, summed over up to 8192 processes, stay exact in float64)."""
+    machine), or ranks took different numbers of steps."""
     if not ctx.enabled:
         return
     shared = {k: v for k, v in settings.items() if k not in PER_PROCESS_SETTINGS}
-    text = json.dumps(shared, sort_keys=True, default=str)
-    digest = float(int(hashlib.sha256(text.encode()).hexdigest()[:5], 16))
-    sums = all_reduce_sum(np.array([digest, digest * digest]), ctx, device)
-    if sums[0] == ctx.world_size * digest and sums[1] == ctx.world_size * digest * digest:
+    if _same_on_every_rank(shared, ctx, device):
         return
     mine = settings.get("preset") or "given options"
     raise ValueError(
@@ -176,6 +172,36 @@ def check_same_settings(ctx: DistributedContext, device: torch.device, settings:
         "by each machine's memory; pass the same --preset (and options) to every process, "
         f"e.g. --preset {settings.get('preset') or 'cpu-16gb'}"
     )
+
+
+def check_same_data(ctx: DistributedContext, device: torch.device, train, val) -> None:
+    """Refuse a run whose processes were given different training or validation images
+    (each machine reads its own copy of the files): with a file more, one process took
+    more steps per epoch, and the others waited for it in DDP's collectives until gloo's
+    timeout (30 minutes), deaf to SIGTERM. ``train`` and ``val``: this process's
+    :class:`~napari_samtune.core.data.PreparedImage` s, compared by name, size and number
+    of objects."""
+    if not ctx.enabled:
+        return
+    summary = [[(image.name, image.labels.shape, len(image.object_areas)) for image in part]
+               for part in (train, val)]  # fmt: skip
+    if _same_on_every_rank(summary, ctx, device):
+        return
+    raise ValueError(
+        f"the {ctx.world_size} processes of this run were given different data (this one: "
+        f"{len(train)} training and {len(val)} validation images): give every process the "
+        "same --images and --labels (and validation folders), with the same files on each "
+        "machine"
+    )
+
+
+def _same_on_every_rank(value, ctx: DistributedContext, device: torch.device) -> bool:
+    """Whether ``value`` (JSON-able) is the same on every rank, compared by a 20-bit digest
+    (whose squares, summed over up to 8192 processes, stay exact in float64)."""
+    text = json.dumps(value, sort_keys=True, default=str)
+    digest = float(int(hashlib.sha256(text.encode()).hexdigest()[:5], 16))
+    sums = all_reduce_sum(np.array([digest, digest * digest]), ctx, device)
+    return sums[0] == ctx.world_size * digest and sums[1] == ctx.world_size * digest * digest
 
 
 def is_main_process() -> bool:

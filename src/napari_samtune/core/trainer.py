@@ -117,6 +117,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
         """Everything after joining the process group: device, checkpoint, model, data."""
         self.device = ddp.device_for(self.dist, device)
         ddp.check_same_settings(self.dist, self.device, asdict(config))
+        ddp.check_same_data(self.dist, self.device, self.train_images, self.val_images)
         if resume_from is not None:  # a run's folder means its checkpoints/last.pt
             resume_from = resolve_checkpoint(resume_from)
         checkpoint = read_checkpoint(resume_from) if resume_from is not None else None
