@@ -514,6 +514,35 @@ def test_sigterm_aborts_saying_what_is_saved_and_exits_143(tmp_path, folders, ca
     assert signal.getsignal(signal.SIGINT) is before[1]
 
 
+def test_sigterm_under_torchrun_explains_torchrun_s_own_error(
+    tmp_path, folders, capsys, monkeypatch
+):
+    """torchrun then ends with a SignalException traceback and exit code 1 of its own, which
+    a batch job saw unexplained (Ctrl+C had its note)."""
+    import signal
+
+    import napari_samtune.cli.train as cli_train
+    from napari_samtune.core import train
+
+    _signals_after(monkeypatch, train.EpochDone, "SIGTERM")
+    monkeypatch.setattr(cli_train, "torchrun_world_size", lambda: 2)  # as rank 0 of 2 sees it
+    images, labels = folders
+    argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
+    argv += ["--labels", labels, "--epochs", "3", "--early-stopping", "0", *FAST]
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        assert cli.main([*argv, "--out", str(tmp_path / "run")]) == 143
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    err = capsys.readouterr().err
+    assert err.startswith("samtune train: terminated; the run did not finish")
+    assert err.rstrip().endswith(
+        "note: torchrun passed the SIGTERM on to this run, which ended with the checkpoints "
+        "above; torchrun itself now reports the signal as an error of its own (a "
+        "SignalException traceback and exit code 1, not this run's 143)"
+    )
+
+
 def test_a_stop_in_the_first_epoch_reports_no_best_epoch(tmp_path, folders, capsys, monkeypatch):
     """The summary said "time to best epoch: 0.0 s" of an epoch that never ended."""
     from napari_samtune.core import train

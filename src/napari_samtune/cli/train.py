@@ -29,8 +29,8 @@ from napari_samtune.cli import (
     output_folder,
     read_annotated,
 )
-from napari_samtune.cli.console import is_main_process
-from napari_samtune.cli.train_report import aborted_note
+from napari_samtune.cli.console import is_main_process, torchrun_world_size
+from napari_samtune.cli.train_report import TORCHRUN_TERM_NOTE, aborted_note
 from napari_samtune.cli.train_report import memory_advice as _memory_advice
 from napari_samtune.cli.train_report import print_summary as _print_summary
 from napari_samtune.cli.train_resume import (
@@ -358,7 +358,10 @@ def _train(config, train_pairs, val_pairs, args: argparse.Namespace, verbose: bo
     try:
         return _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose, started)
     except KeyboardInterrupt as err:  # the second Ctrl+C, or SIGTERM: what is saved, what next
-        raise type(err)(aborted_note(Path(args.out), args.resume) if verbose else "") from None
+        note = aborted_note(Path(args.out), args.resume) if verbose else ""
+        if note and isinstance(err, Terminated) and torchrun_world_size() > 1:
+            note += f"\n{TORCHRUN_TERM_NOTE}"
+        raise type(err)(note) from None
     except Exception as err:  # a crash (out of memory, a full disk): its error, what is saved
         if verbose:
             # Before the start, --out's checkpoints may be another run's that the core

@@ -140,3 +140,10 @@ TORCHRUN_STOP_NOTE = (
     "checkpoint written; torchrun itself now reports the Ctrl+C as an error of its own "
     "(a SignalException traceback and exit code 1)"
 )
+# SIGTERM (a batch job's time limit) likewise: the run ends at once with its exit code 143,
+# and torchrun then reports the signal as a SignalException and exits 1 of its own
+TORCHRUN_TERM_NOTE = (
+    "note: torchrun passed the SIGTERM on to this run, which ended with the checkpoints above; "
+    "torchrun itself now reports the signal as an error of its own (a SignalException "
+    "traceback and exit code 1, not this run's 143)"
+)
