@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_samtune.core.architectures import TINY
+from napari_samtune.core.architectures import TINY, build_sam
 from napari_samtune.core.embeddings import TilingConfig
 from napari_samtune.core.model_lookup import get_model_spec
 from napari_samtune.core.models import export_sam_state_dict, load_model
@@ -93,3 +93,21 @@ def test_a_renamed_model_updated_by_its_continued_run_keeps_its_former_names(tmp
     assert renamed_to("round1") == "cells"
     rename_user_model("cells", "cells_v2")  # and on through later renames
     assert renamed_to("round1") == renamed_to("cells") == "cells_v2"
+
+
+def test_other_weights_registered_over_a_renamed_model_do_not_take_its_former_names(
+    tiny_checkpoint, tmp_path
+):
+    """Only a continued run's weights are the same model: a script's overwrite of 'cells'
+    with other weights made 'round1' (a run's base, a remembered choice) lead to them."""
+    torch.manual_seed(1)
+    other = tmp_path / "other.pth"
+    torch.save(build_sam(TINY).state_dict(), other)
+    register_user_model(tiny_checkpoint, "round1", TINY)
+    rename_user_model("round1", "cells")
+    register_user_model(other, "cells", TINY, overwrite=True)
+    assert renamed_to("round1") is None
+    register_user_model(tiny_checkpoint, "again", TINY)
+    rename_user_model("again", "cells2")
+    register_user_model(other, "cells2", TINY, overwrite=True, keep_former_names=True)
+    assert renamed_to("again") == "cells2"

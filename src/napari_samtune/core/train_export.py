@@ -120,6 +120,13 @@ def automatic_model_name(base: str, when: datetime) -> str:
     return f"{_FINETUNED_SUFFIX.sub('', base)}-finetuned-{when:%Y%m%d-%H%M}"
 
 
+def _anew(name: str, earlier: str | None) -> dict:
+    """How a run registers its model under ``name``: a continued run's registration
+    (``earlier``) replaces its own model, which keeps the names it was renamed from."""
+    again = name == earlier
+    return {"overwrite": again, "keep_former_names": again}
+
+
 def export_and_register(
     checkpoint: Path, out_dir: Path, model_name: str | None, metadata: dict
 ) -> tuple[Path, str]:
@@ -140,11 +147,11 @@ def export_and_register(
     name = model_name or earlier or unique_model_name(out_dir.name)
     for _ in range(REGISTRATION_TRIES - 1):
         try:
-            register_user_model(exported, name, arch, metadata, overwrite=name == earlier)
+            register_user_model(exported, name, arch, metadata, **_anew(name, earlier))
             return exported, name
         except ModelNameTaken:  # taken meanwhile by a registration finishing first
             name = unique_model_name(name)
-    register_user_model(exported, name, arch, metadata, overwrite=name == earlier)
+    register_user_model(exported, name, arch, metadata, **_anew(name, earlier))
     return exported, name
 
 

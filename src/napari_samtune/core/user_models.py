@@ -147,6 +147,7 @@ def register_user_model(
     metadata: dict | None = None,
     *,
     overwrite: bool = False,
+    keep_former_names: bool = False,
 ) -> Path:
     """Store SAM weights as user model ``name`` and return the path of its weights file.
 
@@ -156,7 +157,10 @@ def register_user_model(
     it) exactly. The folder gets ``<name>.pt`` (a plain SAM state dict,
     written atomically), ``<name>.json`` (architecture, metadata, the file's size and
     sha256 hash) and the verification stamp of the new file. Built-in
-    names are refused; an existing user model is replaced only with ``overwrite=True``.
+    names are refused; an existing user model is replaced only with ``overwrite=True``,
+    keeping the names ``samtune models --rename`` took from it with ``keep_former_names``
+    (new weights of the same model: a continued run's; other weights under its name do not
+    answer to them).
     Afterwards ``load_model(name)`` works and :func:`.model_lookup.list_models` lists it.
     """
     # models imports this module (through model_lookup): import late
@@ -183,11 +187,14 @@ def register_user_model(
     }
     with _registration_locked():
         _check_new_name(name, overwrite)  # again: another process may have taken it since
-        return _store(loaded, name, architecture, details)
+        return _store(loaded, name, architecture, details, keep_former_names)
 
 
-def _store(loaded: LoadedModel, name: str, architecture: SamArchitecture, details: dict) -> Path:
-    """Write user model ``name``'s weights, sidecar (with ``details``) and stamp."""
+def _store(
+    loaded: LoadedModel, name: str, architecture: SamArchitecture, details: dict, keep_names: bool
+) -> Path:
+    """Write user model ``name``'s weights, sidecar (with ``details``, and the former names
+    of the one it replaces where ``keep_names``) and stamp."""
     from napari_samtune.core import models
 
     # what a registration killed mid-write left (a model's size each), before writing more
@@ -196,7 +203,7 @@ def _store(loaded: LoadedModel, name: str, architecture: SamArchitecture, detail
     replaced = _weights_named_by(sidecar_path) if sidecar_path.is_file() else None
     # a model registered anew under its name (a continued run) keeps the names it had:
     # runs trained from it and the widgets' remembered model still call it by them
-    former = _former_names(sidecar_path) if replaced is not None else []
+    former = _former_names(sidecar_path) if replaced is not None and keep_names else []
     weights_path = _new_weights_path(name, replaced)
     models.export_sam_state_dict(loaded.sam, weights_path)
     file_hash = "sha256:" + file_digest(weights_path, "sha256")
