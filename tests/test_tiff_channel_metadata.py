@@ -39,6 +39,12 @@ def test_the_declared_channel_axis_is_axis_c(tmp_path, channels):
         "plain_3": (pixels, {}, None),
         "imagej_zyx": (pixels, {"imagej": True, "metadata": {"axes": "ZYX"}}, None),
         "rgb": (np.moveaxis(pixels, 0, -1), {"photometric": "rgb"}, None),
+        # ImageJ calls the planes of an RGB stack channels (axes CYXS): the samples are
+        "imagej_rgb_stack": (
+            np.stack([np.moveaxis(pixels, 0, -1)] * 2),
+            {"imagej": True, "photometric": "rgb"},
+            None,
+        ),
         "plane": (pixels[0], {}, None),
     }
     for name, (array, options, axis) in files.items():
@@ -171,3 +177,19 @@ def test_segment_calls_a_stack_whose_file_names_its_planes_a_stack(
         assert f"a {kind} of 3 planes as its file names its axes ({axes}); pass --stack" in said
         assert "ambiguous" not in said and "--channel-axis" not in said
     assert segment(tiny_checkpoint, stack, tmp_path / "o.tif", "--stack") == 0
+
+
+def test_a_folder_of_files_naming_another_channel_axis_is_warned_about_once(tmp_path, channels):
+    pixels, labels = channels
+    for folder in ("images", "labels"):
+        (tmp_path / folder).mkdir()
+    for name in ("a", "b", "c"):
+        tifffile.imwrite(tmp_path / "images" / f"{name}.tif", pixels, imagej=True,
+                         metadata={"axes": "CYX"})  # fmt: skip
+        tifffile.imwrite(tmp_path / "labels" / f"{name}.tif", labels)
+    with pytest.warns(UserWarning) as warned:
+        pairs = load_pairs(tmp_path / "images", tmp_path / "labels", channel_axis=-1, channels=0)
+    said = [str(w.message) for w in warned if "is used as given" in str(w.message)]
+    assert len(said) == 1
+    assert "a.tif (and 2 more files): channel axis -1 is used as given" in said[0]
+    assert len(pairs) == 3

@@ -15,6 +15,7 @@ Coordinates: arrays are (row, col).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -39,7 +40,13 @@ from napari_samtune.core.label_files import (
     match_files,
     saved_fingerprint,
 )
-from napari_samtune.core.tiff_files import channel_axis_for, read_label_tiff, read_tiff_with_axes
+from napari_samtune.core.tiff_files import (
+    channel_axis_named,
+    given_axis_note,
+    named_otherwise,
+    read_label_tiff,
+    read_tiff_with_axes,
+)
 
 
 @dataclass(frozen=True)
@@ -168,7 +175,7 @@ def read_match(
     (see :func:`split_planes`).
 
     Without ``channel_axis``, an image whose file names its channel axis (ImageJ
-    hyperstacks, OME-TIFF: :func:`.channel_axis_for`) has its channels there; a
+    hyperstacks, OME-TIFF: :func:`.channel_axis_named`) has its channels there; a
     ``channel_axis`` other than the one it names is used with a warning.
 
     ``foreign``, if given, receives the names of the pairs whose labels were saved in napari
@@ -182,7 +189,7 @@ def read_match(
             f"{type(match).__name__} {match!r:.80}: pass match_files(images, labels), or "
             "read the files with load_pairs(images, labels)"
         )
-    pairs = []
+    pairs, contradicted = [], []  # files whose metadata name another channel axis
     for image_path, labels_path in match.pairs:
         image, axes = read_tiff_with_axes(image_path)
         if image_path in match.namesakes:  # chosen by the pixels: never foreign
@@ -191,8 +198,12 @@ def read_match(
             foreign.append(f"{image_path.name} / {labels_path.name}")
         name = f"{image_path.name} / {labels_path.name}"
         labels = read_label_tiff(labels_path)
-        axis = channel_axis_for(axes, image.ndim, channel_axis, str(image_path))
+        axis = channel_axis if channel_axis is not None else channel_axis_named(axes, image.ndim)
+        named = named_otherwise(axes, image.ndim, channel_axis)
+        contradicted += [] if named is None else [(str(image_path), named, axes)]
         pairs += split_planes(image, labels, name, None, axis, channels, empty_planes)
+    if contradicted:  # one warning for a folder of them
+        warnings.warn(given_axis_note(channel_axis, contradicted), UserWarning, stacklevel=2)
     return pairs
 
 

@@ -96,8 +96,8 @@ def channel_axis_named(axes: str, ndim: int) -> int | None:
     tifffile's ``axes`` metadata), else None. Samples (``S``) do not count: tifffile saves
     any (3, H, W) array, a stack of 3 planes too, as planar RGB, and (H, W, 3) is taken as
     RGB anyway."""
-    if len(axes) != ndim or axes.count("C") != 1:
-        return None
+    if len(axes) != ndim or axes.count("C") != 1 or "S" in axes:
+        return None  # with samples, they are the colours: ImageJ's C of an RGB stack its planes
     return axes.index("C")
 
 
@@ -107,18 +107,31 @@ def channel_axis_for(axes: str, ndim: int, given: int | None, name: str) -> int 
     than the one the file names is used, with a warning naming both: the file's metadata may
     be wrong, but more often the axis was guessed (a (Z, C, H, W) stack read as (C, Z, ...)
     trained on each plane's channels as if they were planes, without a word)."""
-    named = channel_axis_named(axes, ndim)
-    if given is None or named is None or not isinstance(given, int) or not -ndim <= given < ndim:
-        return named if given is None else given
-    if given % ndim != named:
-        warnings.warn(
-            f"{name}: channel axis {given} is used as given, but the file names axis {named} "
-            f"as its channels (its axes are {axes}); leave out the channel axis to use the "
-            "file's",
-            UserWarning,
-            stacklevel=2,
-        )
+    if given is None:
+        return channel_axis_named(axes, ndim)
+    named = named_otherwise(axes, ndim, given)
+    if named is not None:
+        warnings.warn(given_axis_note(given, [(name, named, axes)]), UserWarning, stacklevel=2)
     return given
+
+
+def named_otherwise(axes: str, ndim: int, given: int | None) -> int | None:
+    """The channel axis a file's ``axes`` name where it is not the ``given`` one, else None."""
+    named = channel_axis_named(axes, ndim)
+    if named is None or not isinstance(given, int) or not -ndim <= given < ndim:
+        return None
+    return named if given % ndim != named else None
+
+
+def given_axis_note(given: int, files: list[tuple[str, int, str]]) -> str:
+    """The warning for ``files`` ((name, axis named, axes) each) whose metadata name another
+    channel axis than ``given``, one line for a folder of them."""
+    name, named, axes = files[0]
+    more = f" (and {len(files) - 1} more files)" if len(files) > 1 else ""
+    return (
+        f"{name}{more}: channel axis {given} is used as given, but the file names axis {named} "
+        f"as its channels (its axes are {axes}); leave out the channel axis to use the file's"
+    )
 
 
 @contextlib.contextmanager
