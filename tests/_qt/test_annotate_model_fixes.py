@@ -201,3 +201,22 @@ def test_load_model_of_a_user_model_renamed_meanwhile_loads_it_by_its_new_name(
     run_job(widget, widget.load_model, LOAD_TASK)
     assert widget.model_name == "cells"
     assert any("'my_tiny' was renamed 'cells'; it stays chosen" in n for n in notifications)
+
+
+def test_load_model_of_a_broken_user_model_says_its_fix_and_keeps_it_chosen(
+    on_my_tiny, notifications
+):
+    """Its weights file moved away (a share not mounted), the model is left out of the
+    list: a9a0692 called it "no longer in the model list (removed?)" and chose another,
+    which the next Load model would have downloaded."""
+    from napari_samtune.core.user_models import user_models_dir
+
+    _, widget = on_my_tiny
+    (weights,) = user_models_dir().glob("my_tiny*.pt")
+    weights.rename(weights.with_suffix(".moved"))
+    with pytest.warns(UserWarning):  # the list's own note of the broken model
+        assert widget.load_model() is None
+    assert widget.ui.model_picker.model_combo.currentData() == "my_tiny"
+    said = [n for n in notifications if "my_tiny" in n]
+    assert not any("no longer in the model list" in n for n in said)
+    assert any("is broken" in n and "samtune models --remove my_tiny" in n for n in said)

@@ -28,6 +28,7 @@ from napari_samtune.core.download import download_status
 from napari_samtune.core.model_lookup import list_models
 from napari_samtune.core.registry import ModelSpec
 from napari_samtune.core.user_model_rename import renamed_to
+from napari_samtune.core.user_models import user_model_spec
 from napari_samtune.core.user_settings import read_setting, write_setting
 
 FILE_ENTRY = "checkpoint file…"
@@ -138,10 +139,13 @@ class ModelPickerWidget(QWidget):
         """:meth:`model_source`, re-reading the list first where the chosen name has left the
         registry since (``samtune models --remove`` or ``--rename``, a script): a renamed
         model stays chosen under its new name; a removed one is said, and None returned.
-        ``ValueError`` as :meth:`model_source`."""
+        ``ValueError`` as :meth:`model_source`, and for a user model that is broken (its
+        weights file gone, say: the list leaves it out), saying its fix; it stays chosen."""
         source = self.model_source()
         if not isinstance(source, str) or source in {spec.name for spec in list_models()}:
             return source
+        if user_model_spec(source) is not None:  # broken: ValueError with its fix, kept
+            return source  # (registered meanwhile by another window or a script)
         self.refresh_models()  # says which, and what is chosen now
         new = renamed_to(source)
         return new if new is not None and self.model_source() == new else None
