@@ -57,6 +57,7 @@ def test_undoing_a_commit_brings_its_prompts_and_preview_back(viewer_widget):
     preview = layers.preview.data.copy()
     assert widget.commit() == [1]
     assert not len(layers.points.data) and not layers.preview.data.any()
+    assert widget.session.undo_stack.peek().prompts.previews == {}  # U recomputes the plane
     assert widget.undo()
     assert not widget.session.annotations.any()
     np.testing.assert_array_equal(layers.points.data, [[128, 128], [20, 20]])

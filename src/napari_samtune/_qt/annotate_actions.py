@@ -78,9 +78,10 @@ class AnnotateActionsMixin:
         if self._job_writes_here(PROPAGATE_TASK):
             show_info("wait for the propagation to finish, then clear its preview (Shift+C)")
             return
-        cleared = snapshot_prompts(self.session.layers)
+        shown = self.session.layers.preview_planes()  # read once for both
+        cleared = snapshot_prompts(self.session.layers, shown)
         with self._prompts_in_flux():
-            self.session.clear()
+            self.session.clear(shown)
         self._keep_propagation_out()
         self._previews_behind.clear()
         self._prompts_for_undo = None if cleared is None else (self.session, cleared)

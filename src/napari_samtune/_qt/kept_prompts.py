@@ -73,7 +73,11 @@ def snapshot_prompts(layers, shown: list | None = None) -> KeptPrompts | None:
         boxes=boxes,
         box_types=tuple(layers.boxes.shape_type),
         propagated=propagated,
-        previews={plane: _preview_of(layers, plane, propagated.get(plane)) for plane in shown},
+        previews={  # a 2D image's only plane is the one in view, which U recomputes
+            plane: _preview_of(layers, plane, propagated.get(plane))
+            for plane in shown
+            if plane is not None
+        },
         starts=frozenset(layers.propagated.starts),
     )
 
