@@ -4,8 +4,9 @@
 field. A request (see :class:`~napari_samtune._qt.train_run.TrainRequest`) whose data holds
 layer pairs and folders is compared first, in a worker, for layer pairs that repeat a
 folder image (:mod:`napari_samtune._qt.train_repeats`): one with other labels is refused
-before the model is loaded, a repeat noted under the folders; the run then trains on the
-very copies compared.
+before the model is loaded, a repeat noted under the folders. The run copies the layers'
+planes as it begins, after the comparison: the core compares what it trains on again, as
+a stroke painted in between may have changed it.
 """
 
 from __future__ import annotations
