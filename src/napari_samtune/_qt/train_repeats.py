@@ -5,11 +5,10 @@ The core leaves out such a repeat, or refuses it when its labels differ
 downloaded) the model. The folder check (:func:`~napari_samtune._qt.train_folders.
 check_folder_pairs`) already prepares every folder pair in a worker: it keeps an
 :class:`ImageDigest` of each image it keeps, a few bytes, so that after Start the layer
-pairs (the layers' planes, copied by the run as it begins) are prepared and compared in
-a worker too, in milliseconds per
-image, without reading the folders again. Digests stand for the core's exact comparison:
-equal normalised pixels, and labels with the same objects whatever their ids. Nothing
-here touches a widget.
+pairs (the layers' planes, copied by the run as it begins) are prepared and compared in a
+worker too, in milliseconds per image, without reading the folders again. Digests stand
+for the core's exact comparison: equal normalised pixels, and labels with the same objects
+whatever their ids. Nothing here touches a widget.
 """
 
 from __future__ import annotations
