@@ -175,11 +175,11 @@ def test_undo_of_a_commit_on_several_planes_brings_back_every_plane_s_preview(
 
 
 def test_a_kept_preview_is_the_box_around_its_objects():
-    from napari_samtune._qt.kept_prompts import Crop, _full
+    from napari_samtune._qt.kept_prompts import Crop, whole_plane
 
     plane = np.zeros((4096, 4096), np.uint32)
     plane[100:140, 2000:2030], plane[120:180, 2010:2020] = 3, 4
     crop = Crop.of(plane)
     assert crop.pixels.shape == (80, 30) and not np.shares_memory(crop.pixels, plane)
-    np.testing.assert_array_equal(_full(crop, plane.shape), plane)
-    np.testing.assert_array_equal(_full(Crop.of(0 * plane[:8, :8]), (8, 8)), 0)
+    np.testing.assert_array_equal(whole_plane(crop, plane.shape), plane)
+    np.testing.assert_array_equal(whole_plane(Crop.of(0 * plane[:8, :8]), (8, 8)), 0)

@@ -42,7 +42,7 @@ class KeptPrompts:
             layers.propagated[plane] = propagated  # preview of the plane in view refines
         if self.previews:  # the planes out of view: only the one in view is recomputed
             shape = layers.axes.spatial_shape[-2:]
-            previews = {plane: _full(kept, shape) for plane, kept in self.previews.items()}
+            previews = {plane: whole_plane(kept, shape) for plane, kept in self.previews.items()}
             layers.set_previews(previews)
         layers.propagated.starts |= self.starts
         layers.clear_prompts()
@@ -110,7 +110,7 @@ class Crop:
         return cls(rows, cols, plane[rows, cols].copy())
 
 
-def _full(kept: np.ndarray | Crop, shape: tuple[int, int]) -> np.ndarray:
+def whole_plane(kept: np.ndarray | Crop, shape: tuple[int, int]) -> np.ndarray:
     """A kept preview (:func:`_preview_of`) as a whole (H, W) plane."""
     if not isinstance(kept, Crop):
         return kept
