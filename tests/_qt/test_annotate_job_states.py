@@ -54,19 +54,32 @@ def _stack_with_nano(qtbot, make_napari_viewer, tmp_path, n_planes: int):
     return viewer, layer, widget
 
 
-def test_objects_found_in_pixels_replaced_meanwhile_are_not_written(
-    qtbot, make_napari_viewer, hold_planes, tmp_path, notifications
-):
-    """The run went on writing the objects of the old pixels onto the planes of the new."""
+def _stack_run_changed_after_plane_0(qtbot, make_napari_viewer, hold_planes, tmp_path, change):
+    """Automatic segmentation of a 3-plane stack, held after plane 0 for ``change(viewer,
+    image layer)``, then run to its end; the widget and the session it ran on."""
     gate = hold_planes()
-    _, layer, widget = _stack_with_nano(qtbot, make_napari_viewer, tmp_path, 3)
+    viewer, layer, widget = _stack_with_nano(qtbot, make_napari_viewer, tmp_path, 3)
     widget.ui.auto_scope_combo.setCurrentText(SCOPE_STACK)
     session = widget.session
     widget.segment_automatically()
     qtbot.waitUntil(lambda: session.annotations[0].any(), timeout=WAIT_MS)
-    layer.data = np.zeros_like(layer.data)  # another acquisition, a filter...
+    change(viewer, layer)
     gate.open()
     qtbot.waitUntil(lambda: not widget.runner.is_running(), timeout=WAIT_MS)
+    return widget, session
+
+
+def test_objects_found_in_pixels_replaced_meanwhile_are_not_written(
+    qtbot, make_napari_viewer, hold_planes, tmp_path, notifications
+):
+    """The run went on writing the objects of the old pixels onto the planes of the new."""
+
+    def replace_pixels(viewer, layer):
+        layer.data = np.zeros_like(layer.data)  # another acquisition, a filter...
+
+    widget, session = _stack_run_changed_after_plane_0(
+        qtbot, make_napari_viewer, hold_planes, tmp_path, replace_pixels
+    )
     assert widget.session is session
     assert not session.annotations[1:].any()
     assert any("the image got new pixels while it ran" in n for n in notifications)
@@ -169,14 +182,9 @@ def test_a_stack_run_ended_away_from_its_session_does_not_offer_u(
     """Its annotations layer removed after the first plane, the run ended with "the objects
     found are kept (U undoes them all)", and U then had nothing to undo: the session the
     objects were written in was no longer the one annotated."""
-    gate = hold_planes()
-    viewer, _, widget = _stack_with_nano(qtbot, make_napari_viewer, tmp_path, 3)
-    widget.ui.auto_scope_combo.setCurrentText(SCOPE_STACK)
-    session = widget.session
-    widget.segment_automatically()
-    qtbot.waitUntil(lambda: session.annotations[0].any(), timeout=WAIT_MS)
-    viewer.layers.remove("stack annotations")
-    gate.open()
-    qtbot.waitUntil(lambda: not widget.runner.is_running(), timeout=WAIT_MS)
+    _stack_run_changed_after_plane_0(
+        qtbot, make_napari_viewer, hold_planes, tmp_path,
+        lambda viewer, _: viewer.layers.remove("stack annotations"),
+    )  # fmt: skip
     ended = [n for n in notifications if "ended after 1 of 3 planes" in n]
     assert len(ended) == 1 and ended[0].endswith("; the objects found are kept"), ended
