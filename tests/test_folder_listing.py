@@ -45,6 +45,25 @@ def test_subfolders_and_other_files_of_the_folders_are_named(folders):
     assert "c.png, sub/" in message and "folder/*/*.tif" in message
 
 
+def test_a_pattern_lists_the_tiff_files_it_matches_as_a_folder_does(folders):
+    """``imgs/*`` called the annotation widget's records, a text file and a subfolder
+    "images without a label file (not annotated yet?)"."""
+    images, _ = folders
+    _pair(images, images, "a")  # images and their labels in one folder, as autosaves are
+    (images / "a.prompts.json").write_text("{}")
+    (images / "notes.txt").write_text("stained on Monday")
+    (images / "old").mkdir()
+    pattern = str(images / "*")
+    match = match_files(pattern, pattern)
+    assert [(image.name, labels.name) for image, labels in match.pairs] == [
+        ("a.tif", "a_labels.tif")
+    ]
+    assert match.skipped == ("notes.txt", "old/")
+    assert "without a label file" not in match.left_out_message()
+    with pytest.raises(ValueError, match=r"matches no \.tif/\.tiff files \(it matches notes"):
+        expand_paths(str(images / "*.txt"), "images")
+
+
 def test_a_folder_whose_images_are_all_in_subfolders_says_how_to_give_them(folders):
     images, labels = folders
     (images / "exp1").mkdir()

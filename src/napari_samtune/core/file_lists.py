@@ -46,9 +46,18 @@ def _expand(spec, what: str, companions: tuple[str, ...], skipped: dict | None) 
                 "for the current folder"
             )
         if is_glob_pattern(text):
-            files = sorted(Path(p) for p in glob.glob(text))
-            if not files:
+            matched = sorted(Path(p) for p in glob.glob(text))
+            if not matched:
                 raise ValueError(f"{what} pattern {text!r} matches no files; check the pattern")
+            # as a folder's: its TIFF files (the annotation widget's records, notes, folders
+            # were listed as images without a label file)
+            files = _listed_files(matched, companions, skipped)
+            if not files:
+                others = ", ".join(path.name for path in matched[:3])
+                raise ValueError(
+                    f"{what} pattern {text!r} matches no .tif/.tiff files (it matches "
+                    f"{others}{', ...' if len(matched) > 3 else ''}); check the pattern"
+                )
             return files
         path = Path(text)
         if path.is_dir():
@@ -77,8 +86,14 @@ def _expand(spec, what: str, companions: tuple[str, ...], skipped: dict | None) 
 
 def _folder_files(folder: Path, companions: tuple[str, ...], skipped: dict | None) -> list[Path]:
     """The TIFF files of ``folder``, sorted; what else it holds goes to ``skipped``."""
+    return _listed_files(sorted(folder.iterdir()), companions, skipped)
+
+
+def _listed_files(entries: list[Path], companions: tuple[str, ...], skipped: dict | None):
+    """The TIFF files of ``entries``; the others go to ``skipped``, but for hidden ones and
+    those ending in ``companions``."""
     files = []
-    for entry in sorted(folder.iterdir()):
+    for entry in entries:
         if _listed(entry):
             files.append(entry)
         elif skipped is not None and not (
