@@ -102,3 +102,24 @@ def test_the_panel_names_its_channels_field_for_an_ambiguous_channel_axis(folder
     assert "channel_axis" not in refused.problem
     fixed = check_folder_pairs(FolderSource(images, labels, (1,)), "training", lambda p: None)
     assert fixed.problem == ""
+
+
+def test_the_panel_s_channels_apply_to_the_multichannel_files_only(folders):
+    """A folder of gray and multichannel files could not be trained on (each channels value
+    was refused by one file or another), nor gray validation folders beside multichannel
+    training ones, whose channels an empty field takes: "give no channels for it"."""
+    from napari_samtune._qt.train_folders import (
+        FolderSource,
+        check_folder_pairs,
+        load_folder_pairs,
+    )
+
+    images, labels = folders
+    gray = make_image((64, 64), seed=4)[0]
+    _pair(images, labels, "gray", image=gray)
+    _pair(images, labels, "two", image=np.stack([gray, 255 - gray], axis=-1))
+    source = FolderSource(images, labels, (1,))
+    assert check_folder_pairs(source, "training", lambda progress: None).problem == ""
+    gray_pair, two = load_folder_pairs(source)
+    assert gray_pair.image.shape == (64, 64) and gray_pair.channels is None
+    assert two.image.shape == (64, 64, 2) and two.channels == (1,)
