@@ -14,7 +14,7 @@ elsewhere): the files without a partner are left out and named in the check's no
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from napari_samtune._qt.train_repeats import ImageDigest, image_digest
@@ -81,7 +81,7 @@ def check_folder_pairs(
         return FolderCheck((), f"{title} folders: {err}", "")
     try:
         match, foreign, empty_planes = match_files(source.images, source.labels), [], []
-        pairs = _read(match, source, foreign, empty_planes)
+        pairs = read_match(match, foreign, None, source.channels, empty_planes)
 
         def progress(done: int, total: int) -> None:
             report(TaskProgress(done, total, f"checking the {title} folders: {done}/{total}"))
@@ -109,19 +109,7 @@ def load_folder_pairs(source: FolderSource | None) -> list[ImageLabelPair]:
     without a partner; [] for None."""
     if source is None:
         return []
-    return _read(match_files(source.images, source.labels), source)
-
-
-def _read(match, source: FolderSource, foreign=None, empty_planes=None) -> list[ImageLabelPair]:
-    """The pairs of ``match`` (:func:`~napari_samtune.core.data.read_match`), the channels
-    chosen applying to the multichannel images only, as the field says: a 2D gray image is
-    used as it is. A folder mixing gray and multichannel files
-    could not be trained on at all (each channels value was refused by one file or another),
-    nor gray validation folders beside multichannel training ones, whose channels an empty
-    field takes."""
-    pairs = read_match(match, foreign, None, source.channels, empty_planes)
-    gray = [pair.image.ndim == 2 and pair.channels is not None for pair in pairs]
-    return [replace(p, channels=None) if g else p for p, g in zip(pairs, gray, strict=True)]
+    return read_match(match_files(source.images, source.labels), None, None, source.channels)
 
 
 def _in_widget_terms(err: ChannelError) -> str:
