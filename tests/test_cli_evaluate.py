@@ -330,6 +330,39 @@ def test_a_model_given_twice_is_refused_before_any_evaluation(
     assert evaluations == []  # it was evaluated twice, as tiny and tiny#2
 
 
+def test_a_model_given_by_name_and_by_its_file_is_refused_as_given_twice(
+    tmp_path, annotated_folder, capsys, evaluations
+):
+    """The user model 'cells' and its weights file were evaluated twice, one row each."""
+    from napari_samtune.core.model_lookup import get_model_spec
+    from napari_samtune.core.user_models import register_user_model
+
+    images, labels = annotated_folder
+    register_user_model(_save_tiny(tmp_path / "tiny.pth", 0), "cells", TINY)
+    weights = get_model_spec("cells").local_path()
+    argv = ["evaluate", "--images", str(images), "--labels", str(labels), "--clicks", "0"]
+    twice = ["--model", "cells", "--model", str(weights), "--points-per-side", "2"]
+    assert cli.main([*argv, *twice, "--out", str(tmp_path / "eval")]) == 2
+    assert f"--model {weights} is given twice (as 'cells' before)" in capsys.readouterr().err
+    assert evaluations == []
+
+
+def test_a_model_name_with_a_dot_keeps_it_in_its_row_name(tmp_path):
+    """'cells.v2' and 'cells' were rows 'cells' and 'cells#2': the first model's scores
+    under the second one's name."""
+    from napari_samtune.cli.evaluate import _unique_names
+    from napari_samtune.core.user_models import register_user_model
+
+    weights = _save_tiny(tmp_path / "tiny.pth", 0)
+    for name in ("cells.v2", "cells"):
+        register_user_model(weights, name, TINY)
+    assert _unique_names(["cells.v2", "cells", "run/cells.v3.pth"]) == [
+        "cells.v2",
+        "cells",
+        "cells.v3",
+    ]
+
+
 def test_row_names_tell_files_of_the_same_name_apart():
     """run1/best.pth and run2/best.pth were rows 'best' and 'best#2': which run is which?"""
     from napari_samtune.cli.evaluate import _unique_names

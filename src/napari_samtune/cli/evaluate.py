@@ -119,14 +119,18 @@ def _unique_names(models: list[str]) -> list[str]:
     files of the same stem apart (``run1/best``, ``run2/best``; two runs' checkpoints
     ``run1/checkpoints/best``, ``run2/checkpoints/best``); names still repeated get ``#2``,
     ``#3``."""
-    tails = [Path(m).with_suffix("").parts if Path(m).suffix else (m,) for m in models]
+    known = _model_names()  # a name may hold a dot ('cells.v2'): it is no file's suffix
+    files = [m not in known and bool(Path(m).suffix) for m in models]
+    tails = [
+        Path(m).with_suffix("").parts if f else (m,) for m, f in zip(models, files, strict=True)
+    ]
     names: list[str] = []
     for index, parts in enumerate(tails):
         rivals = [t for i, t in enumerate(tails) if i != index and t[-1] == parts[-1]]
         depth = 1
         while depth < len(parts) and any(t[-depth:] == parts[-depth:] for t in rivals):
             depth += 1
-        name = Path(*parts[-depth:]).as_posix() if Path(models[index]).suffix else parts[0]
+        name = Path(*parts[-depth:]).as_posix() if files[index] else parts[0]
         candidate, n = name, 1
         while candidate in names:
             n += 1
@@ -231,12 +235,14 @@ def _check_options(args: argparse.Namespace) -> None:
 
 
 def _check_repeated(models: list[str]) -> None:
-    """Refuse a ``--model`` given twice (a name, or a file by any path): it would be
-    evaluated twice, taking as long again, for a second row of the same scores."""
+    """Refuse a ``--model`` given twice (a name, a file by any path, or a model's name and
+    its file): it would be evaluated twice, taking as long again, for a second row of the
+    same scores."""
     first_given: dict[str, str] = {}
+    known = _model_names()
     for model in models:
-        path = Path(model).expanduser()
-        key = str(path.resolve()) if path.is_file() else model
+        path = _model_file(model) if model in known else Path(model).expanduser()
+        key = str(path.resolve()) if path is not None and path.is_file() else model
         if key in first_given:
             again = "" if first_given[key] == model else f" (as {first_given[key]!r} before)"
             raise ValueError(
@@ -244,6 +250,24 @@ def _check_repeated(models: list[str]) -> None:
                 "leave out the repeat"
             )
         first_given[key] = model
+
+
+def _model_names() -> set[str]:
+    """The names of the built-in and the user models (a name is resolved before a file)."""
+    from napari_samtune.core.model_lookup import list_models
+
+    return {spec.name for spec in list_models()}
+
+
+def _model_file(name: str) -> Path | None:
+    """The weights file model ``name`` is read from, where it is here: the same model given
+    by name and by its file's path is one model."""
+    from napari_samtune.core.model_lookup import get_model_spec
+
+    try:
+        return get_model_spec(name).local_path()
+    except ValueError:
+        return None
 
 
 def _run(args: argparse.Namespace) -> int:
