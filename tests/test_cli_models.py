@@ -202,6 +202,24 @@ def test_broken_user_models_are_listed_with_the_fix(capsys, tiny_checkpoint):
     assert main(["models"]) == 0 and "broken" not in capsys.readouterr().out
 
 
+def test_other_json_files_in_the_models_folder_are_no_models_and_are_kept(
+    capsys, tiny_checkpoint
+):
+    """``samtune evaluate --out`` into the folder wrote evaluation.json, and a person's
+    notes.json: both were "broken user models", and --remove, as advised, deleted them."""
+    register_user_model(tiny_checkpoint, "keep", TINY)
+    notes = user_models_dir() / "notes.json"
+    notes.write_text('{"stained": "Monday"}')
+    (user_models_dir() / "evaluation.json").write_text('{"format": "samtune-evaluation"}')
+    assert main(["models"]) == 0
+    assert "broken" not in capsys.readouterr().out
+    assert main(["models", "--remove", "notes"]) == 2
+    assert "holds other data than a user model's description" in capsys.readouterr().err
+    assert notes.read_text() == '{"stained": "Monday"}'
+    assert main(["models", "--rename", "keep", "notes"]) == 2
+    assert "is a file of other data than a user model's description" in capsys.readouterr().err
+
+
 def test_damaged_user_models_are_named_with_the_fix(capsys, tiny_checkpoint):
     """A user model whose file was overwritten used to be listed as fine ("yes")."""
     register_user_model(tiny_checkpoint, "keep", TINY)

@@ -28,6 +28,7 @@ from napari_samtune.core.user_models import (
     _registration_locked,
     _weights_in_use,
     _write_json_atomically,
+    is_other_json,
 )
 
 
@@ -144,7 +145,13 @@ def _check_rename(old_name: str, new_name: str, data: dict) -> None:
         if data.get("name") == old_name:
             raise ValueError(f"new_name={new_name!r} is already that user model's name")
         return  # mending a description renamed by hand
-    if (user_models_dir() / f"{new_name}.json").exists():
+    taken = user_models_dir() / f"{new_name}.json"
+    if taken.exists() and is_other_json(taken):
+        raise ValueError(
+            f"new_name={new_name!r}: {taken} is a file of other data than a user model's "
+            "description; move it away or pick another name"
+        )
+    if taken.exists():
         raise ValueError(
             f"new_name={new_name!r} is taken by another user model in {user_models_dir()}; "
             f"pick another name, or remove that one first (samtune models --remove {new_name})"

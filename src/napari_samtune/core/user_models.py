@@ -83,19 +83,34 @@ def _weights_id(recorded: object) -> str | None:
 def scan_user_models() -> tuple[list[ModelSpec], list[tuple[str, str]]]:
     """The user models described by ``<name>.json`` sidecars, and ``(name, reason)`` for
     each sidecar that is broken (unreadable, or its weights file is gone). A ``.json`` file
-    that no model can be named after ('my notes.json') is no sidecar and is left alone."""
+    that no model can be named after ('my notes.json'), or that holds other data
+    (:func:`is_other_json`), is no sidecar and is left alone."""
     folder = user_models_dir()
     if not folder.is_dir():
         return [], []
     specs, broken = [], []
     # registering never writes such a file and --remove could not take its name
     sidecars = [path for path in folder.glob("*.json") if is_model_name(path.stem)]
-    for sidecar in sorted(sidecars):
+    for sidecar in sorted(path for path in sidecars if not is_other_json(path)):
         try:
             specs.append(_spec_from_sidecar(sidecar))
         except (OSError, ValueError, TypeError, KeyError) as err:
             broken.append((sidecar.stem, f"{sidecar}: {err}"))
     return specs, broken
+
+
+def is_other_json(path: Path) -> bool:
+    """Whether ``path`` holds JSON that is no user model's description: no sidecar's format
+    and no weights file named (``samtune evaluate --out`` into the folder wrote an
+    evaluation.json, which was listed as a broken model, and ``samtune models --remove``
+    deleted it). Unreadable JSON may be a description half written: not "other"."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return not isinstance(data, dict) or (
+        data.get("format") != SIDECAR_FORMAT and "filename" not in data
+    )
 
 
 def list_user_models() -> list[ModelSpec]:
@@ -316,6 +331,11 @@ def remove_user_model(name: str) -> list[Path]:
     """
     validate_model_name(name)
     sidecar = user_models_dir() / f"{name}.json"
+    if sidecar.is_file() and is_other_json(sidecar):
+        raise ValueError(
+            f"{sidecar} holds other data than a user model's description; no user model is "
+            f"named {name!r}, and the file is left as it is"
+        )
     if not sidecar.is_file():  # a user model named so before a built-in one: removable
         _refuse_builtin_removal(name)
         users = [spec.name for spec in list_user_models()]
