@@ -202,9 +202,7 @@ def test_broken_user_models_are_listed_with_the_fix(capsys, tiny_checkpoint):
     assert main(["models"]) == 0 and "broken" not in capsys.readouterr().out
 
 
-def test_other_json_files_in_the_models_folder_are_no_models_and_are_kept(
-    capsys, tiny_checkpoint
-):
+def test_other_json_files_in_the_models_folder_are_no_models_and_are_kept(capsys, tiny_checkpoint):
     """``samtune evaluate --out`` into the folder wrote evaluation.json, and a person's
     notes.json: both were "broken user models", and --remove, as advised, deleted them."""
     register_user_model(tiny_checkpoint, "keep", TINY)

@@ -175,3 +175,30 @@ def test_a_file_that_keeps_changing_is_moved_aside_after_a_few_looks(server, tmp
     assert download_file(server.url("/w.pt"), dest, SHA256) == dest
     assert len(looks) == download.LOOKS_AT_A_CHANGING_FILE
     assert dest.read_bytes() == PAYLOAD and (tmp_path / "w.pt.wrong-hash").is_file()
+
+
+def test_a_disk_that_fills_during_a_download_says_how_to_move_the_models(
+    server, tmp_path, monkeypatch
+):
+    """A read-only folder got "set SAMTUNE_CACHE_DIR to a folder you can write to"; a full
+    disk did not: the download's error dropped the write's errno."""
+    from pathlib import Path
+
+    from napari_samtune.core import fetch
+    from napari_samtune.core.checkpoints import write_error
+
+    server.files["/w.pt"] = PAYLOAD
+    spec = ModelSpec(
+        name="w", architecture="vit_b", filename="w.pt", url=server.url("/w.pt"),
+        file_hash=SHA256, source="official SAM",
+    )  # fmt: skip
+    monkeypatch.setenv("SAMTUNE_CACHE_DIR", str(tmp_path / "cache"))
+
+    def full(response, out, *args):
+        raise write_error(Path(out.name), OSError(errno.ENOSPC, "No space left", out.name))
+
+    monkeypatch.setattr(fetch, "_stream", full)
+    with pytest.raises(OSError) as info:
+        ensure_model_file(spec)
+    assert info.value.errno == errno.ENOSPC
+    assert "set SAMTUNE_CACHE_DIR to a folder you can write to" in str(info.value)

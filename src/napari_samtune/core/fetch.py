@@ -320,9 +320,10 @@ def _download_errors(url: str, dest: Path, part: Path, keep: bool) -> Iterator[N
     except (OSError, http.client.HTTPException) as err:
         kept = _keep_or_drop(part, keep)
         reason = _failure_reason(err)
-        raise DownloadError(
-            f"could not download {url}: {reason}{kept}. {_manual_hint(url, dest)}"
-        ) from err
+        hint = _manual_hint(url, dest)
+        error = DownloadError(f"could not download {url}: {reason}{kept}. {hint}")
+        error.errno = getattr(err, "errno", None)  # a full disk's: the caller says where to go
+        raise error from err
     except KeyboardInterrupt as stop:  # the same object goes on, saying what was kept
         kept = _keep_or_drop(part, keep)
         if kept:
