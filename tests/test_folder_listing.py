@@ -123,3 +123,29 @@ def test_the_panel_s_channels_apply_to_the_multichannel_files_only(folders):
     gray_pair, two = load_folder_pairs(source)
     assert gray_pair.image.shape == (64, 64) and gray_pair.channels is None
     assert two.image.shape == (64, 64, 2) and two.channels == (1,)
+
+
+def test_channels_given_for_gray_files_alone_are_still_refused(folders, tmp_path):
+    """With no multichannel file to take them, channels were meant for other data: 48ce1cd
+    let ``--channels 7`` through for a folder of gray files. Validation folders whose empty
+    field takes the training folders' channels use their gray files as they are."""
+    from napari_samtune._qt.train_folders import FolderSource, check_folder_pairs
+
+    images, labels = folders
+    _pair(images, labels, "gray", image=make_image((64, 64), seed=4)[0])
+    given = check_folder_pairs(FolderSource(images, labels, (7,)), "training", lambda p: None)
+    assert "channels=(7,) was given but the image is 2D grayscale" in given.problem
+    taken = FolderSource(images, labels, (7,), channels_taken=True)
+    assert check_folder_pairs(taken, "validation", lambda p: None).problem == ""
+
+
+def test_a_channel_axis_given_for_multichannel_files_passes_a_gray_one_beside_them(folders):
+    from napari_samtune.core.data import load_pairs
+
+    images, labels = folders
+    gray = make_image((64, 64), seed=4)[0]
+    _pair(images, labels, "cyx", image=np.stack([gray, 255 - gray]))
+    _pair(images, labels, "gray", image=gray)
+    cyx, gray_pair = load_pairs(images, labels, channel_axis=0, channels=1)
+    assert (cyx.channel_axis, cyx.channels) == (0, (1,))
+    assert (gray_pair.channel_axis, gray_pair.channels) == (None, None)

@@ -315,13 +315,14 @@ class PairSourceWidget(QWidget):
         if not images and not labels:
             return None
         text = self.channels_edit.text()
-        if not text.strip() and self.channels_like is not None:  # validation: as training's
-            text = self.channels_like.channels_edit.text()
+        taken = not text.strip() and self.channels_like is not None  # validation: training's
+        text = self.channels_like.channels_edit.text() if taken else text
         try:
             channels = parse_channels(text)
         except ValueError as err:
             raise ValueError(f"channels: {err}") from None
-        return FolderSource(Path(images).expanduser(), Path(labels).expanduser(), channels)
+        images, labels = Path(images).expanduser(), Path(labels).expanduser()
+        return FolderSource(images, labels, channels, channels_taken=taken)
 
     def take_channels_of(self, other: PairSourceWidget) -> None:
         """An empty channels field takes ``other``'s channels (validation folders those of

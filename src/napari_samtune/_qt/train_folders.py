@@ -24,6 +24,7 @@ from napari_samtune.core.data import (
     describe_names,
     empty_planes_message,
     foreign_labels_message,
+    gray_as_is,
     prepare_annotated,
     read_match,
 )
@@ -46,6 +47,7 @@ class FolderSource:
     images: Path  # folder (or glob) of image TIFFs
     labels: Path  # folder (or glob) of label TIFFs
     channels: tuple[int, ...] | None = None  # of multichannel images: one (gray) or three (RGB)
+    channels_taken: bool = False  # the training folders' (validation's field left empty)
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ def check_folder_pairs(
         return FolderCheck((), f"{title} folders: {err}", "")
     try:
         match, foreign, empty_planes = match_files(source.images, source.labels), [], []
-        pairs = read_match(match, foreign, None, source.channels, empty_planes)
+        pairs = _read(match, source, foreign, empty_planes)
 
         def progress(done: int, total: int) -> None:
             report(TaskProgress(done, total, f"checking the {title} folders: {done}/{total}"))
@@ -109,7 +111,15 @@ def load_folder_pairs(source: FolderSource | None) -> list[ImageLabelPair]:
     without a partner; [] for None."""
     if source is None:
         return []
-    return read_match(match_files(source.images, source.labels), None, None, source.channels)
+    return _read(match_files(source.images, source.labels), source)
+
+
+def _read(match, source: FolderSource, foreign=None, empty_planes=None) -> list[ImageLabelPair]:
+    """The pairs of ``match``; of validation folders all gray beside multichannel training
+    ones, whose channels their empty field takes, with no channels (``read_match`` keeps them
+    where no image has channels, to be refused)."""
+    pairs = read_match(match, foreign, None, source.channels, empty_planes)
+    return gray_as_is(pairs) if source.channels_taken else pairs
 
 
 def _in_widget_terms(err: ChannelError) -> str:

@@ -174,7 +174,8 @@ def read_match(
     ``empty_planes``, if given, receives the stacks' planes left out for having no object
     (see :func:`split_planes`).
 
-    ``channels`` apply to the multichannel images: a 2D gray one is used as it is. Without
+    ``channels`` apply to the multichannel images: a 2D gray one beside them is used as it
+    is (:func:`gray_as_is`). Without
     ``channel_axis``, an image whose file names its channel axis (ImageJ
     hyperstacks, OME-TIFF: :func:`.channel_axis_named`) has its channels there; a
     ``channel_axis`` other than the one it names is used with a warning.
@@ -202,13 +203,18 @@ def read_match(
         axis = channel_axis if channel_axis is not None else channel_axis_named(axes, image.ndim)
         named = named_otherwise(axes, image.ndim, channel_axis)
         contradicted += [] if named is None else [(str(image_path), named, axes)]
-        planes = split_planes(image, labels, name, None, axis, channels, empty_planes)
-        # channels are the multichannel files' choice: a 2D gray file beside them is used as
-        # it is (a folder mixing them was refused whatever the channels)
-        pairs += [replace(p, channels=None) if p.image.ndim == 2 else p for p in planes]
+        pairs += split_planes(image, labels, name, None, axis, channels, empty_planes)
     if contradicted:  # one warning for a folder of them
         warnings.warn(given_axis_note(channel_axis, contradicted), UserWarning, stacklevel=2)
-    return pairs
+    return gray_as_is(pairs) if any(p.image.ndim > 2 for p in pairs) else pairs
+
+
+def gray_as_is(pairs: list[ImageLabelPair]) -> list[ImageLabelPair]:
+    """``pairs`` whose 2D gray images take no channels: those chosen are the multichannel
+    files' (a folder mixing them was refused whatever the channels). Data of gray images
+    alone keeps them, to be refused: they were meant for other files."""
+    gray = dict(channels=None, channel_axis=None)
+    return [replace(p, **gray) if p.image.ndim == 2 else p for p in pairs]
 
 
 def _saved_for_other_pixels(labels_path, image: np.ndarray) -> bool:
