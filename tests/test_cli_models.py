@@ -216,6 +216,12 @@ def test_other_json_files_in_the_models_folder_are_no_models_and_are_kept(capsys
     assert notes.read_text() == '{"stained": "Monday"}'
     assert main(["models", "--rename", "keep", "notes"]) == 2
     assert "is a file of other data than a user model's description" in capsys.readouterr().err
+    for overwrite in (False, True):  # a model registered under its name wrote over it
+        with pytest.raises(ValueError, match="holds other data than a user model's desc"):
+            register_user_model(tiny_checkpoint, "notes", TINY, overwrite=overwrite)
+    assert notes.read_text() == '{"stained": "Monday"}'
+    with pytest.raises(ValueError, match="unknown model 'notes'"):  # not "broken: --remove"
+        get_model_spec("notes")
 
 
 def test_damaged_user_models_are_named_with_the_fix(capsys, tiny_checkpoint):

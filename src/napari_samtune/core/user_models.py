@@ -145,8 +145,8 @@ def user_model_spec(name: str) -> ModelSpec | None:
     """User model ``name`` as its sidecar describes it; None when there is no sidecar of
     that name, ValueError (saying the fix) when the model is broken."""
     sidecar = user_models_dir() / f"{name}.json"
-    if not (is_model_name(name) and sidecar.is_file()):
-        return None
+    if not (is_model_name(name) and sidecar.is_file()) or is_other_json(sidecar):
+        return None  # (a file of other data there names no model: 'unknown model')
     try:
         return _spec_from_sidecar(sidecar)
     except (OSError, ValueError, TypeError, KeyError) as err:
@@ -423,7 +423,13 @@ def _check_new_name(name: str, overwrite: bool) -> None:
             f"name={name!r} is a built-in model or architecture name; pick another name, "
             f"e.g. {name + '_finetuned'!r}"
         )
-    registered = (user_models_dir() / f"{name}.json").exists()
+    sidecar = user_models_dir() / f"{name}.json"
+    if sidecar.is_file() and is_other_json(sidecar):  # not even with overwrite: it is not ours
+        raise ModelNameTaken(
+            f"name={name!r}: {sidecar} holds other data than a user model's description; "
+            "move that file away or pick another name"
+        )
+    registered = sidecar.exists()
     if not registered:  # one registered before keeps its name (continued runs replace it)
         refuse_file_like_name(name)
     if registered and not overwrite:
