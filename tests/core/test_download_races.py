@@ -202,3 +202,26 @@ def test_a_disk_that_fills_during_a_download_says_how_to_move_the_models(
         ensure_model_file(spec)
     assert info.value.errno == errno.ENOSPC
     assert "set SAMTUNE_CACHE_DIR to a folder you can write to" in str(info.value)
+
+
+def test_a_tls_failure_gets_no_download_folder_hint(server, tmp_path, monkeypatch):
+    """An SSL error's errno 1 reads as EPERM: with 5694848 a broken TLS record was told to
+    move the models folder."""
+    import ssl
+
+    from napari_samtune.core import fetch
+
+    server.files["/w.pt"] = PAYLOAD
+    spec = ModelSpec(
+        name="w", architecture="vit_b", filename="w.pt", url=server.url("/w.pt"),
+        file_hash=SHA256, source="official SAM",
+    )  # fmt: skip
+    monkeypatch.setenv("SAMTUNE_CACHE_DIR", str(tmp_path / "cache"))
+
+    def bad_record(*args):
+        raise ssl.SSLError(1, "[SSL: DECRYPTION_FAILED_OR_BAD_RECORD_MAC] bad record mac")
+
+    monkeypatch.setattr(fetch, "_stream", bad_record)
+    with pytest.raises(DownloadError) as info:
+        ensure_model_file(spec)
+    assert "bad record mac" in str(info.value) and "SAMTUNE_CACHE_DIR" not in str(info.value)

@@ -29,6 +29,7 @@ import http.client
 import os
 import re
 import secrets
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -322,7 +323,9 @@ def _download_errors(url: str, dest: Path, part: Path, keep: bool) -> Iterator[N
         reason = _failure_reason(err)
         hint = _manual_hint(url, dest)
         error = DownloadError(f"could not download {url}: {reason}{kept}. {hint}")
-        error.errno = getattr(err, "errno", None)  # a full disk's: the caller says where to go
+        # a full disk's errno, for the caller to say where else the models can go; not the
+        # network's (an SSL error's 1 reads as EPERM)
+        error.errno = None if isinstance(err, ssl.SSLError) else getattr(err, "errno", None)
         raise error from err
     except KeyboardInterrupt as stop:  # the same object goes on, saying what was kept
         kept = _keep_or_drop(part, keep)
