@@ -350,13 +350,20 @@ def test_a_model_given_by_name_and_by_its_file_is_refused_as_given_twice(
 def test_a_model_name_with_a_dot_keeps_it_in_its_row_name(tmp_path):
     """'cells.v2' and 'cells' were rows 'cells' and 'cells#2': the first model's scores
     under the second one's name."""
+    import warnings
+
     from napari_samtune.cli.evaluate import _unique_names
+    from napari_samtune.core.registry import user_models_dir
     from napari_samtune.core.user_models import register_user_model
 
     weights = _save_tiny(tmp_path / "tiny.pth", 0)
-    for name in ("cells.v2", "cells"):
+    for name in ("cells.v2", "cells", "lost"):
         register_user_model(weights, name, TINY)
-    assert _unique_names(["cells.v2", "cells", "run/cells.v3.pth"]) == [
+    next(user_models_dir().glob("lost*.pt")).unlink()  # a broken model, not evaluated
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # its warning comes where it is used, not here
+        names = _unique_names(["cells.v2", "cells", "run/cells.v3.pth"])
+    assert names == [
         "cells.v2",
         "cells",
         "cells.v3",

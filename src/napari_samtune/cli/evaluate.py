@@ -253,10 +253,12 @@ def _check_repeated(models: list[str]) -> None:
 
 
 def _model_names() -> set[str]:
-    """The names of the built-in and the user models (a name is resolved before a file)."""
-    from napari_samtune.core.model_lookup import list_models
+    """The names of the built-in and the user models (a name is resolved before a file);
+    a broken user model is left out without a warning, which the models evaluated give."""
+    from napari_samtune.core.registry import builtin_names
+    from napari_samtune.core.user_models import scan_user_models
 
-    return {spec.name for spec in list_models()}
+    return builtin_names() | {spec.name for spec in scan_user_models()[0]}
 
 
 def _model_file(name: str) -> Path | None:
