@@ -60,8 +60,11 @@ def test_a_pattern_lists_the_tiff_files_it_matches_as_a_folder_does(folders):
     ]
     assert match.skipped == ("notes.txt", "old/")
     assert "without a label file" not in match.left_out_message()
-    with pytest.raises(ValueError, match=r"matches no \.tif/\.tiff files \(it matches notes"):
+    with pytest.raises(ValueError, match=r"matches no \.tif/\.tiff files to read \(it matches no"):
         expand_paths(str(images / "*.txt"), "images")
+    tifffile.imwrite(images / ".x.tif", np.zeros((8, 8), np.uint8))  # macOS's ._ copies, say
+    with pytest.raises(ValueError, match=r"it matches \.x\.tif; hidden files are not read\)"):
+        expand_paths(str(images / ".x*.tif"), "images")
 
 
 def test_a_folder_whose_images_are_all_in_subfolders_says_how_to_give_them(folders):

@@ -54,9 +54,11 @@ def _expand(spec, what: str, companions: tuple[str, ...], skipped: dict | None) 
             files = _listed_files(matched, companions, skipped)
             if not files:
                 others = ", ".join(path.name for path in matched[:3])
+                hidden = all(path.name.startswith(".") for path in matched)
                 raise ValueError(
-                    f"{what} pattern {text!r} matches no .tif/.tiff files (it matches "
-                    f"{others}{', ...' if len(matched) > 3 else ''}); check the pattern"
+                    f"{what} pattern {text!r} matches no .tif/.tiff files to read (it matches "
+                    f"{others}{', ...' if len(matched) > 3 else ''}"
+                    f"{'; hidden files are not read' if hidden else ''}); check the pattern"
                 )
             return files
         path = Path(text)
