@@ -177,6 +177,16 @@ def test_a_file_that_keeps_changing_is_moved_aside_after_a_few_looks(server, tmp
     assert dest.read_bytes() == PAYLOAD and (tmp_path / "w.pt.wrong-hash").is_file()
 
 
+def _served(server, tmp_path, monkeypatch) -> ModelSpec:
+    """A model the local server serves, downloaded into a cache folder of ``tmp_path``."""
+    server.files["/w.pt"] = PAYLOAD
+    monkeypatch.setenv("SAMTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    return ModelSpec(
+        name="w", architecture="vit_b", filename="w.pt", url=server.url("/w.pt"),
+        file_hash=SHA256, source="official SAM",
+    )  # fmt: skip
+
+
 def test_a_disk_that_fills_during_a_download_says_how_to_move_the_models(
     server, tmp_path, monkeypatch
 ):
@@ -187,12 +197,7 @@ def test_a_disk_that_fills_during_a_download_says_how_to_move_the_models(
     from napari_samtune.core import fetch
     from napari_samtune.core.checkpoints import write_error
 
-    server.files["/w.pt"] = PAYLOAD
-    spec = ModelSpec(
-        name="w", architecture="vit_b", filename="w.pt", url=server.url("/w.pt"),
-        file_hash=SHA256, source="official SAM",
-    )  # fmt: skip
-    monkeypatch.setenv("SAMTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    spec = _served(server, tmp_path, monkeypatch)
 
     def full(response, out, *args):
         raise write_error(Path(out.name), OSError(errno.ENOSPC, "No space left", out.name))
@@ -211,12 +216,7 @@ def test_a_tls_failure_gets_no_download_folder_hint(server, tmp_path, monkeypatc
 
     from napari_samtune.core import fetch
 
-    server.files["/w.pt"] = PAYLOAD
-    spec = ModelSpec(
-        name="w", architecture="vit_b", filename="w.pt", url=server.url("/w.pt"),
-        file_hash=SHA256, source="official SAM",
-    )  # fmt: skip
-    monkeypatch.setenv("SAMTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    spec = _served(server, tmp_path, monkeypatch)
 
     def bad_record(*args):
         raise ssl.SSLError(1, "[SSL: DECRYPTION_FAILED_OR_BAD_RECORD_MAC] bad record mac")
