@@ -175,10 +175,9 @@ def read_match(
     (see :func:`split_planes`).
 
     ``channels`` apply to the multichannel images: a 2D gray one beside them is used as it
-    is (:func:`gray_as_is`). Without
-    ``channel_axis``, an image whose file names its channel axis (ImageJ
-    hyperstacks, OME-TIFF: :func:`.channel_axis_named`) has its channels there; a
-    ``channel_axis`` other than the one it names is used with a warning.
+    is (:func:`gray_as_is`). Without ``channel_axis``, an image whose file names its channel
+    axis (ImageJ hyperstacks, OME-TIFF: :func:`.channel_axis_named`) has its channels there;
+    a ``channel_axis`` other than the one it names is used with a warning.
 
     ``foreign``, if given, receives the names of the pairs whose labels were saved in napari
     for other pixels than their image's (:func:`foreign_labels_message`); they are read all
