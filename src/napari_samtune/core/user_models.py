@@ -91,11 +91,12 @@ def scan_user_models() -> tuple[list[ModelSpec], list[tuple[str, str]]]:
     specs, broken = [], []
     # registering never writes such a file and --remove could not take its name
     sidecars = [path for path in folder.glob("*.json") if is_model_name(path.stem)]
-    for sidecar in sorted(path for path in sidecars if not is_other_json(path)):
+    for sidecar in sorted(sidecars):
         try:
             specs.append(_spec_from_sidecar(sidecar))
         except (OSError, ValueError, TypeError, KeyError) as err:
-            broken.append((sidecar.stem, f"{sidecar}: {err}"))
+            if not is_other_json(sidecar):  # (read again only here: no sidecar of ours)
+                broken.append((sidecar.stem, f"{sidecar}: {err}"))
     return specs, broken
 
 
@@ -145,11 +146,13 @@ def user_model_spec(name: str) -> ModelSpec | None:
     """User model ``name`` as its sidecar describes it; None when there is no sidecar of
     that name, ValueError (saying the fix) when the model is broken."""
     sidecar = user_models_dir() / f"{name}.json"
-    if not (is_model_name(name) and sidecar.is_file()) or is_other_json(sidecar):
-        return None  # (a file of other data there names no model: 'unknown model')
+    if not (is_model_name(name) and sidecar.is_file()):
+        return None
     try:
         return _spec_from_sidecar(sidecar)
     except (OSError, ValueError, TypeError, KeyError) as err:
+        if is_other_json(sidecar):  # a file of other data names no model: 'unknown model'
+            return None
         raise ValueError(
             f"user model {name!r} is broken ({sidecar}): {err}; {broken_user_model_fix(name)}"
         ) from err
