@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
 from napari_samtune.core.devices import DEVICE_CHOICES
 from napari_samtune.core.download import download_status
 from napari_samtune.core.model_lookup import list_models
-from napari_samtune.core.registry import ModelSpec
+from napari_samtune.core.registry import ModelSpec, builtin_model
 from napari_samtune.core.user_model_rename import renamed_to
 from napari_samtune.core.user_models import user_model_spec
 from napari_samtune.core.user_settings import read_setting, write_setting
@@ -142,10 +142,10 @@ class ModelPickerWidget(QWidget):
         ``ValueError`` as :meth:`model_source`, and for a user model that is broken (its
         weights file gone, say: the list leaves it out), saying its fix; it stays chosen."""
         source = self.model_source()
-        if not isinstance(source, str) or source in {spec.name for spec in list_models()}:
+        if not isinstance(source, str) or builtin_model(source) is not None:
             return source
         if user_model_spec(source) is not None:  # broken: ValueError with its fix, kept
-            return source  # (registered meanwhile by another window or a script)
+            return source
         self.refresh_models()  # says which, and what is chosen now
         new = renamed_to(source)
         return new if new is not None and self.model_source() == new else None
