@@ -114,12 +114,12 @@ def auto_config_for(img_size: int, args: argparse.Namespace) -> AutoSegmentConfi
     return replace(config, **{k: v for k, v in changes.items() if v is not None})
 
 
-def _unique_names(models: list[str]) -> list[str]:
+def _unique_names(models: list[str], known: set[str] | None = None) -> list[str]:
     """Row names: the model argument, or a file's stem with as many of its folders as tell
     files of the same stem apart (``run1/best``, ``run2/best``; two runs' checkpoints
     ``run1/checkpoints/best``, ``run2/checkpoints/best``); names still repeated get ``#2``,
-    ``#3``."""
-    known = _model_names()  # a name may hold a dot ('cells.v2'): it is no file's suffix
+    ``#3``. ``known``: the model names (:func:`_model_names`), where the caller has them."""
+    known = _model_names() if known is None else known  # 'cells.v2': a name, not a suffix
     files = [m not in known and bool(Path(m).suffix) for m in models]
     tails = [
         Path(m).with_suffix("").parts if f else (m,) for m, f in zip(models, files, strict=True)
@@ -222,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
         return _run(args)
 
 
-def _check_options(args: argparse.Namespace) -> None:
+def _check_options(args: argparse.Namespace, known: set[str]) -> None:
     if args.clicks < 0:
         raise ValueError(f"--clicks {args.clicks!r}; use 0 or more corrective clicks")
     if args.max_objects is not None and args.max_objects < 1:
@@ -231,15 +231,14 @@ def _check_options(args: argparse.Namespace) -> None:
             "every object"
         )
     auto_config_for(1024, args)  # the automatic settings' own checks
-    _check_repeated(args.model)
+    _check_repeated(args.model, known)
 
 
-def _check_repeated(models: list[str]) -> None:
+def _check_repeated(models: list[str], known: set[str]) -> None:
     """Refuse a ``--model`` given twice (a name, a file by any path, or a model's name and
     its file): it would be evaluated twice, taking as long again, for a second row of the
     same scores."""
     first_given: dict[str, str] = {}
-    known = _model_names()
     for model in models:
         path = _model_file(model) if model in known else Path(model).expanduser()
         key = str(path.resolve()) if path is not None and path.is_file() else model
@@ -277,7 +276,8 @@ def _run(args: argparse.Namespace) -> int:
     from napari_samtune.core.devices import resolve_device
     from napari_samtune.core.models import load_model
 
-    _check_options(args)
+    known = _model_names()  # read once, for the repeats and the row names
+    _check_options(args, known)
     device = str(resolve_device(args.device))
     channels = (args.channel_axis, args.channels)
     pairs = read_annotated(
@@ -286,7 +286,7 @@ def _run(args: argparse.Namespace) -> int:
     images, labels, used = _normalised(pairs)  # all checked before any model is loaded
     check_models(args.model, not args.no_progress)
     results = {}
-    names = _unique_names(args.model)
+    names = _unique_names(args.model, known)
     measured = {"device": device, "pairs": used, "models": {}}
     try:
         for name, model in zip(names, args.model, strict=True):
