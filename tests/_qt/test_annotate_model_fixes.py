@@ -179,7 +179,7 @@ def test_load_model_of_a_user_model_removed_meanwhile_says_so_and_loads_nothing(
 ):
     """It started the load and failed with the core's "is neither a model name ... nor an
     existing file", the removed model still offered; the Finetune dock's says to refresh."""
-    from napari_samtune.core.user_models import remove_user_model
+    from napari_samtune.core.user_model_removal import remove_user_model
 
     _, widget = on_my_tiny
     remove_user_model("my_tiny")

@@ -6,7 +6,8 @@ from __future__ import annotations
 from napari_samtune._qt.annotate_jobs import LOAD_TASK
 from napari_samtune._qt.model_picker import DEFAULT_MODEL, FILE_ENTRY, ModelPickerWidget
 from napari_samtune.core.architectures import TINY
-from napari_samtune.core.user_models import register_user_model, remove_user_model
+from napari_samtune.core.user_model_removal import remove_user_model
+from napari_samtune.core.user_models import register_user_model
 from napari_samtune.core.user_settings import (
     ANNOTATE_MODEL,
     FINETUNE_MODEL,

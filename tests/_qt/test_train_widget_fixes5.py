@@ -81,7 +81,7 @@ def test_a_chosen_user_model_gone_from_the_list_is_not_replaced_silently(
     """The user model chosen, removed meanwhile (``samtune models rm``), was replaced by the
     list's first model at the next refresh (↻, or after a run) without a word: Start would
     train that one."""
-    from napari_samtune.core.user_models import remove_user_model
+    from napari_samtune.core.user_model_removal import remove_user_model
 
     widget = _two_pairs_one_epoch(finetune_on_cells, add_pair, use_tiny_model)
     widget.settings.name_edit.setText("mine")

@@ -214,7 +214,8 @@ def test_a_run_exported_but_not_registered_offers_a_command_that_works(tmp_path,
     from napari_samtune.cli import main
     from napari_samtune.cli.train_report import aborted_note
     from napari_samtune.core.train_checkpoints import unexported_note
-    from napari_samtune.core.user_models import list_user_models, remove_user_model
+    from napari_samtune.core.user_model_removal import remove_user_model
+    from napari_samtune.core.user_models import list_user_models
 
     run = _run_killed_before_its_summary(tmp_path, short_tiny_config)
     remove_user_model("mine")  # its registration failed (a full models folder)

@@ -14,6 +14,7 @@ from napari_samtune.core.registry import (
     parse_hash,
     user_models_dir,
 )
+from napari_samtune.core.user_model_removal import remove_user_model
 from napari_samtune.core.user_models import list_user_models, register_user_model
 
 EXPECTED_BUILTINS = {
@@ -219,7 +220,7 @@ def test_replacing_a_user_model_keeps_it_whole_until_the_new_one_is_described(
     assert sorted(p.name for p in user_models_dir().glob("mine.*")) == ["mine.json", "mine.pt"]
     assert torch.equal(load_model("mine").sam.mask_decoder.iou_token.weight, bias(tiny_checkpoint))
     register_user_model(newer, "mine", TINY, overwrite=True)
-    assert [p.name for p in user_models.remove_user_model("mine")] == ["mine.json", "mine.pth"]
+    assert [p.name for p in remove_user_model("mine")] == ["mine.json", "mine.pth"]
     assert not list(user_models_dir().glob("mine*"))
 
 
@@ -304,7 +305,6 @@ def test_sidecars_from_before_sizes_were_recorded_still_load(tiny_checkpoint):
 def test_builtin_models_are_not_removed_and_the_message_fits_each(name):
     """'nano' used to be told to delete its file from the download cache, where it never is."""
     from napari_samtune.core.registry import models_cache_dir
-    from napari_samtune.core.user_models import remove_user_model
 
     with pytest.raises(ValueError) as info:
         remove_user_model(name)

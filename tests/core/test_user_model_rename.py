@@ -15,13 +15,12 @@ from napari_samtune.core.download import is_verified, local_weights_problem, sta
 from napari_samtune.core.model_lookup import get_model_spec
 from napari_samtune.core.models import load_model
 from napari_samtune.core.registry import user_models_dir
+from napari_samtune.core.user_model_removal import remove_user_model, weights_kept_on_removal
 from napari_samtune.core.user_model_rename import rename_user_model
 from napari_samtune.core.user_models import (
     broken_user_model_fix,
     list_user_models,
     register_user_model,
-    remove_user_model,
-    weights_kept_on_removal,
 )
 
 

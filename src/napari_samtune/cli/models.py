@@ -110,7 +110,7 @@ def _print_problems(broken: list[tuple[str, str]], damaged: dict[str, str]) -> N
 def _check_removable(names: list[str]) -> None:
     """Refuse the list before any model is removed when a name in it cannot be (a typo, a
     built-in model): such a name used to stop the command after the ones before it went."""
-    from napari_samtune.core.user_models import remove_user_model
+    from napari_samtune.core.user_model_removal import remove_user_model
 
     for name in names:
         try:
@@ -124,7 +124,10 @@ def _check_removable(names: list[str]) -> None:
 
 
 def _remove(names: list[str]) -> None:
-    from napari_samtune.core.user_models import remove_user_model, weights_kept_on_removal
+    from napari_samtune.core.user_model_removal import (
+        remove_user_model,
+        weights_kept_on_removal,
+    )
 
     _check_removable(names)
     for name in names:
