@@ -59,9 +59,11 @@ def _check_multimask(multimask: object, allowed: str) -> None:
 
 
 def _no_prompts(prompts: object, width: int) -> bool:
-    """``prompts`` is an empty (0, ``width``) array or list: a batch of nothing to segment,
-    which was refused as not of shape (N, ``width``), e.g. for an image where a detector
-    found nothing."""
+    """``prompts`` is None or an empty (0, ``width``) array or list: a batch of nothing to
+    segment, which was refused as not of shape (N, ``width``), e.g. for an image where a
+    detector found nothing (None, :meth:`Segmenter.predict`'s "none", was called NaN)."""
+    if prompts is None:
+        return True
     try:
         shape = np.shape(prompts)
     except (TypeError, ValueError):  # ragged lists: for the checks to name
@@ -106,9 +108,9 @@ class Segmenter(ViewPredictor):
         """One object from points and/or a box.
 
         Args:
-            points_xy: (N, 2) image (x, y) points.
+            points_xy: (N, 2) image (x, y) points; None or empty ((0, 2), []): none.
             point_labels: (N,) 1 = positive, 0 = negative; default all positive.
-            box_xyxy: (4,) XYXY box; clipped to the image.
+            box_xyxy: (4,) XYXY box; clipped to the image; None or empty: none.
             mask_input: a previous :class:`Prediction` (or its ``low_res_logits``; a bare
                 array is taken to come from the previous ``predict`` call) to refine.
             multimask: decode three candidates and return the one with the highest
@@ -117,8 +119,11 @@ class Segmenter(ViewPredictor):
                 ``samtune segment`` do.
         """
         shape = self.image_shape
+        if _no_prompts(points_xy, 2) and _no_prompts(point_labels, 1):  # [] beside a box
+            points_xy = point_labels = None
         points = None if points_xy is None else check_points(points_xy, shape)
         labels = check_point_labels(point_labels, None if points is None else len(points))
+        box_xyxy = None if _no_prompts(box_xyxy, 4) else box_xyxy
         box = None if box_xyxy is None else check_boxes(box_xyxy, shape, "box_xyxy", single=True)
         if points is None and box is None:
             raise ValueError("predict needs a prompt: pass points_xy and/or box_xyxy")

@@ -12,6 +12,8 @@ EDGE = 0.5  # the image extends half a pixel beyond the outermost pixel centres
 
 
 def _as_float_array(value: object, name: str) -> np.ndarray:
+    if value is None:  # numpy makes it NaN, and the message then spoke of NaN values
+        raise TypeError(f"{name} is None; pass an array of numbers")
     detach = getattr(value, "detach", None)  # a tensor that tracks gradients: numpy refuses it
     value = detach().cpu() if callable(detach) else value
     try:
