@@ -233,3 +233,29 @@ def test_a_foreground_mask_loads_as_one_object_per_region(
     tifffile.imwrite(tmp_path / "cells.tif", cells)
     assert widget.load_annotations(tmp_path / "cells.tif") is not None
     np.testing.assert_array_equal(widget.session.annotations, cells)
+
+
+def test_commits_queued_behind_a_running_autosave_go_into_its_file_when_napari_closes(
+    viewer_widget, monkeypatch, tmp_path, notifications
+):
+    # Closing napari waited for the running autosave but dropped its result, so the panel
+    # took the file its own save had just written for another program's edit: the later
+    # commits went into a second file beside it, with a warning, and the image opened
+    # again showed only the objects of the first.
+    from napari_samtune._qt import annotate_files
+
+    _viewer, widget = viewer_widget
+    widget.ui.folder_edit.setText(str(tmp_path))
+    widget._use_folder()
+    release, ran = threading.Event(), []
+    monkeypatch.setattr(
+        annotate_files, "save_annotations", _held(annotate_files.save_annotations, release, ran)
+    )
+    _commit(widget, np.s_[5:15, 5:15])  # its autosave is held
+    latest = _commit(widget, np.s_[40:50, 40:50])  # waits for it
+    release.set()
+    widget.flush_autosave()  # what closing the viewer does
+    assert len(ran) == 1  # the held autosave; the second commit is saved on closing
+    assert sorted(p.name for p in tmp_path.glob("*.tif")) == ["nuclei.labels.tif"]
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "nuclei.labels.tif"), latest)
+    assert not [n for n in notifications if "changed by another program" in n]

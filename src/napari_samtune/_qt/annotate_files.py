@@ -334,9 +334,11 @@ class AnnotateFilesMixin:
         window = main_window_of(self)
         if window is not None:  # see eventFilter (installing it again changes nothing)
             window.installEventFilter(self)
+        self._written = None
         return self.runner.start(
             SAVE_TASK,
-            save_annotations,
+            self._save_in_worker,
+            session,
             folder,
             session.image_layer.name,
             self._snapshot(session),  # the worker must not read labels being edited
@@ -351,6 +353,13 @@ class AnnotateFilesMixin:
             on_finish=self._autosave_next,
             quiet=True,  # the status line keeps what was committed
         )
+
+    def _save_in_worker(self, session, *args) -> tuple[Path, Path]:
+        """``save_annotations(*args)`` for ``session``, noting what it wrote for
+        :meth:`flush_autosave`, which cannot wait for the event loop to bring the result."""
+        paths = save_annotations(*args)
+        self._written = (session, paths[0])
+        return paths
 
     def _snapshot(self, session) -> np.ndarray:
         """A copy of ``session``'s annotations for a background save, made into the array
@@ -410,7 +419,11 @@ class AnnotateFilesMixin:
         if not self.runner.is_running(SAVE_TASK):
             return
         self.runner.wait(SAVE_TASK)
-        self.runner.forget(SAVE_TASK)
+        self.runner.forget(SAVE_TASK)  # its result too: note the file it wrote as this
+        # session's, or the saves below take it for another program's edit and go beside it
+        if self._written is not None:
+            session, labels_path = self._written
+            session.saved_to(labels_path)
         waiting, self._autosave_again = self._autosave_again, []
         if self._save_now_waiting is not None:  # pressed while that save ran
             waiting = [self._save_now_waiting, *waiting]
