@@ -52,7 +52,7 @@ class TrainerResumeMixin:
             self.progress.epoch_loss_sum, self.progress.epoch_loss_count = 0.0, 0
         torch.set_rng_state(checkpoint["rng_state"]["torch"])
         self._restart_best_for(bool(checkpoint.get("data_summary", {}).get("val_images", ())))
-        self._restart_best_for_new_validation()
+        self._restart_best_for_new_validation(checkpoint.get("data_summary", {}))
         self._forget_start_score_of_other_images(checkpoint.get("data_summary", {}))
         saved = TrainConfig.from_dict(checkpoint["config"])
         if not self._restart_epoch_for(checkpoint.get("data_summary", {}), saved):
@@ -128,19 +128,37 @@ class TrainerResumeMixin:
         if other:
             self.progress.start_metric = math.nan
 
-    def _restart_best_for_new_validation(self) -> None:
-        """The run's validation images changed (see :meth:`_keep_validation_split`): its
-        best epoch was scored on other images, so the best epoch is chosen anew."""
+    def _restart_best_for_new_validation(self, summary: dict) -> None:
+        """The run's validation images changed (see :meth:`_keep_validation_split`, and
+        :meth:`_other_validation` for images given anew, or of the same names with other
+        pixels or labels): its best epoch was scored on other images, so the best epoch is
+        chosen anew (it was kept, and exported instead of every epoch on the new data)."""
         p = self.progress
-        if not self.validation_changed or not self.has_validation or p.best_epoch < 0:
+        if not self.has_validation or p.best_epoch < 0:
+            return
+        changed = self.validation_changed or self._other_validation(summary)
+        if not changed:
             return
         self.notes.append(
-            f"the run's validation images changed (it {self.validation_changed}): its best "
+            f"the run's validation images changed (it {changed}): its best "
             f"epoch ({p.best_epoch + 1}) was scored on other images, so the best epoch is "
             "chosen anew"
         )
         p.best_metric, p.best_epoch, p.epochs_without_improvement = -math.inf, -1, 0
         p.start_metric = math.nan  # scored on the other images
+
+    def _other_validation(self, summary: dict) -> str:
+        """How this session's validation images differ from those the checkpoint's
+        ``summary`` names, by their pixels and labels where it kept their fingerprints (file
+        names repeat across experiments: c0.tif); "" where they are the same."""
+        before = sorted(summary.get("val_images", ()))
+        now = sorted(image.name for image in self.val_images)
+        if before != now:
+            return f"validated on {before}, and now on {now}"
+        fingerprints = summary.get("val_fingerprints")
+        if fingerprints is not None and fingerprints != self.val_fingerprints:
+            return f"validated on {before}, whose pixels or labels are others now"
+        return ""
 
     def _restart_epoch_for(self, summary: dict, saved: TrainConfig) -> bool:
         """A run stopped mid-epoch with another number of processes, or another number of
