@@ -64,7 +64,7 @@ OVERRIDES: tuple[tuple[str, str, type, str], ...] = (
     ("device", "--device", str, "auto, cpu, cuda, cuda:1, ..."),
     ("val_fraction", "--val-fraction", float, "held out when no validation data is given"),
     ("embedding_cache_size", "--embedding-cache", int, "frozen encoder: embeddings kept"),
-    ("min_object_area", "--min-object-area", int, "smaller objects (pixels) are skipped"),
+    ("min_object_area", "--min-object-area", int, "pixels; smaller objects skipped beside larger"),
     ("box_jitter", "--box-jitter", float, "box noise, fraction of the box side"),
     ("scheduler_patience", "--scheduler-patience", int, "epochs before the LR is reduced"),
     ("scheduler_factor", "--scheduler-factor", float, "LR multiplier per reduction"),

@@ -228,7 +228,7 @@ class TrainConfig:
     val_fraction: float = 0.1  # held out for validation when no validation data is given
     embedding_cache_size: int = 128  # frozen encoder: embeddings kept (LRU); 4 MB each at 1024 px
     checkpoint_trainable_only: bool = False  # checkpoints hold only the trained weights
-    min_object_area: int = 16  # objects smaller than this in a patch (pixels) are not trained on
+    min_object_area: int = 16  # smaller objects in a patch (pixels): not trained on, unless all are
     box_jitter: float = 0.1  # box corners move by up to this fraction of the box side
     scheduler_patience: int = 3  # ReduceLROnPlateau: epochs without improvement before a cut
     scheduler_factor: float = 0.5  # ReduceLROnPlateau: learning rate multiplier per cut
