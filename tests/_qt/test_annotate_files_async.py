@@ -259,3 +259,28 @@ def test_commits_queued_behind_a_running_autosave_go_into_its_file_when_napari_c
     assert sorted(p.name for p in tmp_path.glob("*.tif")) == ["nuclei.labels.tif"]
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "nuclei.labels.tif"), latest)
     assert not [n for n in notifications if "changed by another program" in n]
+
+
+def test_an_image_renamed_right_after_quick_commits_keeps_one_file_of_them_all(
+    viewer_widget, monkeypatch, tmp_path, notifications, qtbot, drain_jobs
+):
+    # The rename waited for the running autosave as closing does (see above): the commits
+    # after it went to the new name with a warning, and the first save's file stayed
+    # under the old name, holding fewer objects.
+    from napari_samtune._qt import annotate_files
+
+    viewer, widget = viewer_widget
+    widget.ui.folder_edit.setText(str(tmp_path))
+    widget._use_folder()
+    release, ran = threading.Event(), []
+    monkeypatch.setattr(
+        annotate_files, "save_annotations", _held(annotate_files.save_annotations, release, ran)
+    )
+    _commit(widget, np.s_[5:15, 5:15])
+    latest = _commit(widget, np.s_[40:50, 40:50])
+    release.set()
+    viewer.layers["nuclei"].name = "renamed"
+    drain_jobs(widget)
+    assert sorted(p.name for p in tmp_path.glob("*.tif")) == ["renamed.labels.tif"]
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "renamed.labels.tif"), latest)
+    assert not [n for n in notifications if "changed by another program" in n]
