@@ -20,7 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from napari_samtune import __version__
-from napari_samtune.cli.console import (
+from napari_samtune.cli.console import (  # Terminated: also napari_samtune.cli's
+    Terminated,
     interrupted,
     plain_warnings,
     report_error,
@@ -268,11 +269,6 @@ def build_parser() -> argparse.ArgumentParser:
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(f"{__name__}.{name}").add_parser(subparsers)
     return parser
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a batch job's time limit, ``kill``, torchrun stopping its workers), raised
-    like Ctrl+C so the same clean-up runs; the command exits with the shell's code 143."""
 
 
 def main(argv: list[str] | None = None) -> int:

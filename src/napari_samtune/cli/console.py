@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -137,3 +138,27 @@ def interrupted(command: str | None, note: str = "", terminated: bool = False) -
     if is_main_process():
         print(f"{prefix}: {what}" + (f"; {note}" if note else ""), file=sys.stderr)
     return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch job's time limit, ``kill``, torchrun stopping its workers), raised
+    like Ctrl+C so the same clean-up runs; the command exits with the shell's code 143."""
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` in the block (outside the main thread, which
+    alone gets signals, nothing changes): a batch then says how far it got and exits with
+    143, where SIGTERM ended it without a word."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -48,6 +48,7 @@ from napari_samtune.cli import (
     not_empty,
     option_wording,
 )
+from napari_samtune.cli.console import sigterm_interrupts
 from napari_samtune.cli.prompt_files import read_boxes_csv, read_points_csv
 from napari_samtune.cli.segment_files import check_labels_name, output_for, read_image
 from napari_samtune.cli.segment_planes import (
@@ -283,7 +284,6 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
     """--auto on several images: ``<image>.labels.tif`` each in the output folder. Images
     whose labels exist are skipped unless --overwrite (a rerun after a stop goes on where it
     stopped and never replaces corrected labels); one bad image does not stop the others."""
-    from tqdm import tqdm
 
     from napari_samtune.core.checkpoints import check_output_folder
     from napari_samtune.core.label_files import is_label_file
@@ -309,6 +309,12 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
             "(name an image to segment it all the same)"
         )
     images = [f for f in files if f not in labelled]
+    if not images:  # the labels folder given by mistake; images named *_mask, *_seg, ...
+        raise ValueError(
+            f"all {len(labelled)} TIFF file(s) given are named as labels (e.g. "
+            f"{labelled[0].name}), which --auto leaves out, so there is nothing to segment; "
+            "give the images' folder, or name an image file to segment it all the same"
+        )
     outputs = {f: output_for(f, out_dir) for f in images}
     by_output: dict[Path, list[str]] = {}
     for image, output in outputs.items():
@@ -330,6 +336,27 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
         return 0
     segmenter, model_name = _load_segmenter(args)
     config = _auto_config(args, segmenter.img_size)
+    written = []  # the images whose labels are written
+    try:
+        with sigterm_interrupts():
+            failed = _segment_each(args, segmenter, model_name, config, todo, outputs, written)
+    except KeyboardInterrupt as err:  # Ctrl+C, or SIGTERM (a batch job's time limit)
+        raise type(err)(
+            f"{len(written)} of {len(todo)} images segmented into {out_dir}; the same command "
+            "segments the rest (images whose labels are there are skipped)"
+        ) from None
+    using = _using(segmenter, model_name)
+    print(f"{len(todo) - failed} of {len(todo)} images segmented into {out_dir} ({using})")
+    if failed:
+        print(f"{failed} image(s) failed; see the messages above", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _segment_each(args, segmenter, model_name, config, todo, outputs, written) -> int:
+    """Segment and write the images ``todo``, appending each written one to ``written``;
+    returns how many failed."""
+    from tqdm import tqdm
+
     made, failed = _made_by(args, model_name, config), 0
     with optional_bar(not args.no_progress, "segmenting images", "image") as bar:
         bar = bar or no_progress
@@ -350,12 +377,9 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
                     bar(done + 1, len(todo))
                     continue
                 n_objects, _ = _write_labels(outputs[image], labels, image, planes.pixels, made)
+                written.append(image)
                 renamed = outputs[image].name != labels_file_name(image.stem)
                 why = " (its own name there holds another image's labels)" if renamed else ""
                 tqdm.write(f"{image.name}: {_objects(n_objects)} -> {outputs[image]}{why}")
             bar(done + 1, len(todo))
-    using = _using(segmenter, model_name)
-    print(f"{len(todo) - failed} of {len(todo)} images segmented into {out_dir} ({using})")
-    if failed:
-        print(f"{failed} image(s) failed; see the messages above", file=sys.stderr)
-    return 1 if failed else 0
+    return failed

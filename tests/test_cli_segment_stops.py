@@ -1,0 +1,82 @@
+"""``samtune segment --auto`` over several images: stopped by Ctrl+C or SIGTERM, and given
+nothing but label files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import tifffile
+
+import napari_samtune.cli
+from napari_samtune.cli import main
+from napari_samtune.core.synthetic import make_image
+
+AUTO = ["--auto", "--points-per-side", "4", "--pred-iou-thresh", "-1", "--no-progress"]
+
+# Runs samtune segment, sending itself ``signal`` as the second image is segmented.
+SIGNALLED_AT_THE_SECOND_IMAGE = """
+import os, signal, sys
+import napari_samtune.cli.segment as segment
+real, calls = segment.segment_planes, []
+def segment_planes(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+        os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+    return real(*args, **kwargs)
+segment.segment_planes = segment_planes
+from napari_samtune.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _images(folder, n: int) -> None:
+    folder.mkdir()
+    for i in range(n):
+        tifffile.imwrite(folder / f"cell_{i}.tif", make_image((64, 80), seed=i)[0])
+
+
+@pytest.mark.parametrize(
+    ("name", "code", "said"), [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")]
+)
+def test_a_stopped_batch_says_how_far_it_got_and_that_the_same_command_goes_on(
+    tmp_path, tiny_checkpoint, name, code, said
+):
+    # Ctrl+C said only "samtune segment: interrupted"; SIGTERM (a batch job's time limit)
+    # killed the process without a word.
+    _images(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    argv = ["segment", str(tmp_path / "in"), "--model", str(tiny_checkpoint), "-o", str(out)]
+    stopped = subprocess.run(
+        [sys.executable, "-c", SIGNALLED_AT_THE_SECOND_IMAGE, name, *argv, *AUTO],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
+    )
+    assert stopped.returncode == code, stopped.stderr
+    assert (
+        f"samtune segment: {said}; 1 of 3 images segmented into {out}; the same command "
+        "segments the rest (images whose labels are there are skipped)"
+    ) in stopped.stderr
+    assert sorted(p.name for p in out.glob("*.tif")) == ["cell_0.labels.tif"]
+
+
+def test_a_folder_of_label_files_only_is_an_error_not_a_success(
+    tmp_path, tiny_checkpoint, monkeypatch, capsys
+):
+    # The labels folder given by mistake printed "leaving out 1 file(s) named as labels"
+    # and exited 0, having segmented nothing.
+    monkeypatch.setattr(napari_samtune.cli, "SUBCOMMAND_MODULES", ("segment",))
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    for i in range(2):
+        tifffile.imwrite(folder / f"cell_{i}_labels.tif", make_image((64, 80), seed=i)[1])
+    argv = ["segment", str(folder), "--model", str(tiny_checkpoint), "-o", str(tmp_path / "o")]
+    assert main([*argv, *AUTO]) == 2
+    err = capsys.readouterr().err
+    assert "all 2 TIFF file(s) given are named as labels (e.g. cell_0_labels.tif)" in err
+    assert "give the images' folder, or name an image file to segment it all the same" in err
+    assert not (tmp_path / "o").exists()
