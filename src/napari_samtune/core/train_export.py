@@ -155,6 +155,22 @@ def export_and_register(
     return exported, name
 
 
+def name_asked_before(checkpoint: dict, out_dir: Path) -> str | None:
+    """The model name a run was started with (its ``checkpoint``'s), where it registered no
+    model yet: crashed or killed before its first export, it was registered under its
+    folder's name when resumed. None where it registered one (a resume updates that), or
+    was given no name."""
+    from napari_samtune.core.registry import validate_model_name
+
+    name = checkpoint.get("model_name")
+    if not isinstance(name, str) or earlier_registration(out_dir) is not None:
+        return None
+    try:
+        return validate_model_name(name)
+    except ValueError:
+        return None
+
+
 def earlier_registration(out_dir: Path) -> str | None:
     """The user model that an earlier session of this run (before a resume) registered from
     ``out_dir / model.pth``, if it is still registered from there: a resumed run updates its

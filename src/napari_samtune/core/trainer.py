@@ -55,6 +55,7 @@ from napari_samtune.core.train_events import (
 from napari_samtune.core.train_export import (
     check_registration,
     metrics_record,
+    name_asked_before,
     record_epoch,
     validation_fingerprint,
 )
@@ -121,6 +122,8 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
         if resume_from is not None:  # a run's folder means its checkpoints/last.pt
             resume_from = resolve_checkpoint(resume_from)
         checkpoint = read_checkpoint(resume_from) if resume_from is not None else None
+        if checkpoint is not None and self.model_name is None:
+            self.model_name = name_asked_before(checkpoint, self.out_dir)
         self._check_out_dir(resume_from)
         self._keep_validation_split(checkpoint)
         self.resume_from = resume_from

@@ -218,6 +218,7 @@ class TrainerFilesMixin:
             "base_model_id": self.base_model_id,
             **self.base_parts,
             "run_id": self.run_id,
+            "model_name": self.model_name,  # asked for: registered under it when resumed
             "epoch_record": self.epoch_record,
             "data_summary": {
                 **data_summary(

@@ -1,0 +1,52 @@
+"""A run that crashed before it registered its model registers it, when resumed, under the
+name it was started with: it took its folder's name (the widget's Continue… and ``samtune
+train --resume`` pass no name; none was recorded)."""
+
+from __future__ import annotations
+
+import pytest
+
+from napari_samtune.core import trainer_files
+from napari_samtune.core.synthetic import make_dataset
+from napari_samtune.core.train import train
+from napari_samtune.core.user_models import list_user_models, register_user_model
+
+DATA = make_dataset(2, shape=(64, 64), seed=0), make_dataset(1, shape=(64, 64), seed=9)
+
+
+def _crashed_at_its_export(tmp_path, config, monkeypatch, name: str):
+    """A run into ``tmp_path / "run"`` named ``name`` whose export failed (a full disk)."""
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(trainer_files, "export_and_register", full_disk)
+        with pytest.raises(OSError, match="No space left"):
+            train(config, *DATA, tmp_path / "run", model_name=name)
+    assert list_user_models() == []
+    return tmp_path / "run"
+
+
+def test_a_run_resumed_after_a_crash_registers_the_name_it_was_given(
+    tmp_path, short_tiny_config, monkeypatch
+):
+    run = _crashed_at_its_export(tmp_path, short_tiny_config(), monkeypatch, "mine")
+    continued = train(short_tiny_config(epochs=2), *DATA, run, resume_from=run)
+    assert continued.registered_name == "mine" and continued.name_taken is None
+    assert [spec.name for spec in list_user_models()] == ["mine"]
+
+
+def test_a_name_taken_meanwhile_gets_a_free_variant_and_says_so(
+    tmp_path, short_tiny_config, monkeypatch, tiny_checkpoint
+):
+    run = _crashed_at_its_export(tmp_path, short_tiny_config(), monkeypatch, "mine")
+    register_user_model(tiny_checkpoint, "mine", "tiny")  # another model took the name
+    continued = train(short_tiny_config(epochs=2), *DATA, run, resume_from=run)
+    assert continued.registered_name == "mine-2" and continued.name_taken == "mine"
+
+
+def test_a_name_given_on_resume_wins(tmp_path, short_tiny_config, monkeypatch):
+    run = _crashed_at_its_export(tmp_path, short_tiny_config(), monkeypatch, "mine")
+    continued = train(short_tiny_config(epochs=2), *DATA, run, resume_from=run, model_name="b")
+    assert continued.registered_name == "b"
