@@ -282,6 +282,22 @@ def test_continue_into_a_folder_another_run_is_training_in_is_refused(
     assert not widget.stop_button.isEnabled()
 
 
+def test_continue_into_a_run_still_in_its_first_epoch_says_it_is_in_use(
+    qtbot, widget, tmp_path, notifications
+):
+    """A run in its first epoch has written no last.pt yet: Continue… into it said the
+    folder "holds no training run to continue" (made by Start, it is one, and running)."""
+    assert _add_pair(widget, 0)
+    folder = _run_folder(tmp_path, asdict(TrainConfig(model="random:tiny", epochs=1)), "")
+    (folder / "checkpoints" / "last.pt").unlink()
+    widget.settings.epochs_spin.setValue(3)
+    with training_lock(folder):  # the run training there
+        assert widget.continue_run(folder) is None
+    shown = widget.settings.settings_error.text()
+    assert "is in use by another training run" in shown, shown
+    assert not any("holds no training run" in m for m in notifications)
+
+
 def test_a_folder_taken_after_the_start_was_checked_is_refused_by_the_run(
     qtbot, widget, tmp_path, monkeypatch, notifications
 ):

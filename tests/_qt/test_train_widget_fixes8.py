@@ -153,3 +153,6 @@ def test_continue_of_a_run_whose_base_has_other_weights_says_what_continue_needs
     assert shown.startswith("training failed") and "different weights" in shown
     assert shown.endswith("Continue… goes on from there once what is named above is fixed")
     assert str(folder) in shown
+    # its fix in the panel's terms: no command-line options the panel does not have
+    assert "press Continue… again" in shown and "Browse… to RUN/model.pth" in shown
+    assert "--model" not in shown and "--whole-checkpoints" not in shown

@@ -27,6 +27,7 @@ from napari.utils.notifications import show_info
 from napari_samtune._qt.continued_runs import PastEpoch
 from napari_samtune._qt.downloads import Reporter, fetch_model_file
 from napari_samtune._qt.layer_pairs import copied
+from napari_samtune._qt.model_picker import FILE_ENTRY
 from napari_samtune._qt.preset_text import PART_LABELS
 from napari_samtune._qt.train_folders import FolderSource, load_folder_pairs, resolved_folder
 from napari_samtune._qt.workers import TaskRefused, logged_notes, user_message
@@ -35,9 +36,17 @@ from napari_samtune.core.data import ImageLabelPair, prepare_pairs
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.run_lock import training_lock
 from napari_samtune.core.train import TrainEvent, iter_train
+from napari_samtune.core.train_checkpoints import BASE_MODEL_FIX, BaseModelUnavailable
 from napari_samtune.core.validation_split import EmptyPartError, split_validation
 
 TRAIN_TASK = "training"  # the TaskRunner name of a training run
+# BASE_MODEL_FIX in the panel's terms (no --model, no --whole-checkpoints here)
+PANEL_BASE_MODEL_FIX = (
+    "put the base model back as the run had it (the file at that path, or registered again "
+    "under that name, with the same weights), then press Continue… again; or, where the "
+    "run has a model.pth (it holds every weight), finetune that further: choose "
+    f"'{FILE_ENTRY}' as the model, Browse… to RUN/model.pth, and press Start"
+)
 
 # The settings the widget shows that a continued run keeps as they were (it takes the
 # epochs, learning rate and device set), by ``TrainConfig`` field, named as in the widget.
@@ -116,6 +125,9 @@ def iter_training_job(
             )
         except EmptyPartError as err:  # a split held_out_checked could not check
             raise HeldOutPartEmpty(held_out_message(err)) from None
+        except BaseModelUnavailable as err:  # its fix was in the command line's terms
+            fix = str(err).replace(BASE_MODEL_FIX, PANEL_BASE_MODEL_FIX)
+            raise BaseModelUnavailable(fix) from None
 
 
 def held_out_checked(train_data: list, has_val: bool, config: TrainConfig) -> list:

@@ -342,13 +342,14 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
                 model_name = check_field("new model name", check_model_name, name)
                 check_output_folder(self.settings.output_folder(), "output folder")
                 out_dir, last = run_folder(self.settings.output_folder(), model_name), None
-            else:
+                _check_not_in_use(out_dir)
+            else:  # a run in its first epoch has no last.pt yet: not "holds no run"
+                _check_not_in_use(resume)
                 epochs, device = self.settings.epochs_spin.value(), self.settings.device()
                 config, last, history = continued_config(resume, int(epochs), device)
                 # as a diverged run is told to: continue it with a lower learning rate
                 config = replace(config, learning_rate=self.settings.learning_rate())
                 out_dir, model_name = resume, None  # the run's folder and registered name
-            _check_not_in_use(out_dir)
         except (ValueError, TypeError) as err:
             self.settings.show_start_problem(str(err))
             problems.append(str(err))
