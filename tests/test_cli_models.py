@@ -389,9 +389,17 @@ def test_user_models_are_renamed_and_a_taken_name_is_refused(capsys, tiny_checkp
     )
     load_model("cells_v2")
     assert main(["models", "--rename", "cells_v2", "other"]) == 2
-    assert "new_name='other' is taken by another user model" in capsys.readouterr().err
+    assert "--rename NEW other is taken by another user model" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["models", "--rename", "cells_v2", "x", "--remove", "other"])
     assert "not allowed with argument" in capsys.readouterr().err
     assert (user_models_dir() / "cells_v2.json").is_file()
     assert (user_models_dir() / "other.json").is_file()
+
+
+def test_rename_refusals_name_the_command_line_arguments(capsys, tiny_checkpoint):
+    """They named the Python parameter: "new_name='réseau' is not allowed"."""
+    register_user_model(tiny_checkpoint, "keep", TINY)
+    assert main(["models", "--rename", "keep", "réseau"]) == 2
+    err = capsys.readouterr().err
+    assert "--rename NEW 'réseau' is not allowed" in err and "new_name" not in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +86,8 @@ def test_train_export_and_resume_from_the_command_line(tmp_path, folders, capsys
     # mistakes name the command-line options that fix them
     assert cli.main([*argv, *FAST]) == 2  # the same --out again
     err = capsys.readouterr().err
-    assert f"--out {out} already holds a training run; continue it with --resume" in err
+    again = f"samtune train --resume {out} --images {images} --labels {labels} --epochs N"
+    assert f"--out {out} already holds a training run; continue it with: {again} (" in err
     exported = tmp_path / "exported"  # a model exported there: kept, the run refused
     exported.mkdir()
     (exported / "model.pth").write_bytes((out / "model.pth").read_bytes())
@@ -121,6 +123,10 @@ def test_train_export_and_resume_from_the_command_line(tmp_path, folders, capsys
         load_model("mine").sam.state_dict()["mask_decoder.iou_token.weight"],
         state["mask_decoder.iou_token.weight"],
     )
+    # the command --out's refusal gave works as said (it named last.pt alone: refused for
+    # lacking --images, and with the options given then for its --model)
+    assert cli.main([*shlex.split(again.replace(" N", " 3"))[1:], "--no-progress"]) == 0
+    assert json.loads((out / "summary.json").read_text())["epochs_done"] == 3
 
 
 def test_a_resume_may_name_the_model_its_run_registered(tmp_path, folders, capsys):

@@ -139,9 +139,11 @@ def _remove(names: list[str]) -> None:
 
 
 def _rename(old: str, new: str) -> None:
+    from napari_samtune.cli import option_wording
     from napari_samtune.core.user_model_rename import rename_user_model
 
-    weights = rename_user_model(old, new)
+    with option_wording({"old_name": "--rename OLD", "new_name": "--rename NEW"}):
+        weights = rename_user_model(old, new)
     if old == new:
         print(f"mended user model {new!r}: {new}.json describes it, with weights {weights.name}")
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 import threading
@@ -242,9 +243,14 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
         return config, f"settings of {args.resume}"
     files = RunFiles(Path(args.out))
     if files.last.exists():  # the core would refuse too, naming its Python argument
+        # the whole command, quoted: "--resume <folder>" alone was refused for lacking
+        # --images, and with the options given here for its --model
+        data = ["--images", *map(str, args.images), "--labels", *map(str, args.labels)]
+        again = shlex.join(["samtune", "train", "--resume", str(args.out), *data])
         raise ValueError(
-            f"--out {args.out} already holds a training run; continue it with --resume "
-            f"{files.last} (and --epochs N for more epochs), or choose another --out folder"
+            f"--out {shlex.quote(str(args.out))} already holds a training run; continue it "
+            f"with: {again} --epochs N (N above the epochs it has done; its model and "
+            "settings are the run's), or choose another --out folder"
         )
     replaced = models_replaced(files)  # an exported model.pth, a kept best.pt
     if replaced:  # before the data is read
