@@ -65,7 +65,7 @@ def test_a_disk_full_at_the_first_last_checkpoint_says_where_the_best_weights_ar
     message = str(raised.value)
     assert raised.value.errno == errno.ENOSPC
     assert message.startswith(f"could not write {last}: no space left on the device")
-    assert f"The weights of epoch 1 are saved in {best}: load_model reads it" in message
+    assert f"The weights of epoch 1 are saved in {best}: it is a model as it is" in message
     assert "free space and train again" in message
     assert not last.exists() and not (run / "model.pth").exists()
     assert load_model(best).sam is not None  # what the message promises

@@ -80,7 +80,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         help="model name or weights file (repeatable)",
     )
-    parser.add_argument("--out", type=output_folder, default="samtune-evaluation", help="folder")
+    parser.add_argument(
+        "--out",
+        type=output_folder,
+        default="samtune-evaluation",
+        help="folder of the table and chart (default: ./samtune-evaluation)",
+    )
     parser.add_argument("--clicks", type=int, default=7, help="corrective clicks after the point")
     parser.add_argument(
         "--max-objects", type=int, default=None, help="evaluate at most this many per image"

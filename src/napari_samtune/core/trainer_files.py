@@ -178,8 +178,9 @@ class TrainerFilesMixin:
             return err
         message = (
             f"{err}. The weights of epoch {self.progress.best_epoch + 1} are saved in {best}: "
-            "load_model reads it as a model, samtune export makes a model file of it. "
-            + self._without_last()
+            "it is a model as it is (give its path as the model: load_model, samtune's "
+            "--model, the panel's checkpoint file), and samtune export makes a model file "
+            "of it. " + self._without_last()
         )
         builtin = type(err).__module__ == "builtins"
         worded = type(err)(message) if builtin else OSError(message)
