@@ -267,7 +267,7 @@ def test_commit_autosaves_labels_and_prompts(viewer_widget, qtbot, tmp_path, dra
 def test_commits_still_being_saved_reach_the_disk_when_the_image_goes(
     viewer_widget, monkeypatch, tmp_path, drain_jobs, close_blocker, ending
 ):
-    import napari_samtune._qt.annotate_files as files
+    import napari_samtune._qt.annotate_saves as files
 
     real_save = files.save_annotations
 

@@ -33,7 +33,7 @@ def _commit(widget, where) -> np.ndarray:
 def test_save_now_writes_in_a_worker(
     viewer_widget, monkeypatch, tmp_path, drain_jobs, notifications
 ):
-    from napari_samtune._qt import annotate_files
+    from napari_samtune._qt import annotate_saves
 
     _viewer, widget = viewer_widget
     widget.ui.folder_edit.setText(str(tmp_path))
@@ -41,7 +41,7 @@ def test_save_now_writes_in_a_worker(
     committed = _commit(widget, np.s_[5:15, 5:15])
     release, ran = threading.Event(), []
     monkeypatch.setattr(
-        annotate_files, "save_annotations", _held(annotate_files.save_annotations, release, ran)
+        annotate_saves, "save_annotations", _held(annotate_saves.save_annotations, release, ran)
     )
     widget.ui.save_button.click()  # returns while the writer is held
     assert widget.runner.is_running(SAVE_TASK)
@@ -60,13 +60,13 @@ def test_save_now_writes_in_a_worker(
 def test_save_now_pressed_while_an_autosave_writes_lands_after_it(
     viewer_widget, monkeypatch, tmp_path, drain_jobs, notifications
 ):
-    from napari_samtune._qt import annotate_files
+    from napari_samtune._qt import annotate_saves
 
     _viewer, widget = viewer_widget
     widget.ui.folder_edit.setText(str(tmp_path))
     release, ran = threading.Event(), []
     monkeypatch.setattr(
-        annotate_files, "save_annotations", _held(annotate_files.save_annotations, release, ran)
+        annotate_saves, "save_annotations", _held(annotate_saves.save_annotations, release, ran)
     )
     _commit(widget, np.s_[5:15, 5:15])  # its autosave is held
     latest = _commit(widget, np.s_[40:50, 40:50])
@@ -79,13 +79,13 @@ def test_save_now_pressed_while_an_autosave_writes_lands_after_it(
 
 
 def test_save_now_waiting_is_written_when_napari_closes(viewer_widget, monkeypatch, tmp_path):
-    from napari_samtune._qt import annotate_files
+    from napari_samtune._qt import annotate_saves
 
     _viewer, widget = viewer_widget
     widget.ui.folder_edit.setText(str(tmp_path))
     release, ran = threading.Event(), []
     monkeypatch.setattr(
-        annotate_files, "save_annotations", _held(annotate_files.save_annotations, release, ran)
+        annotate_saves, "save_annotations", _held(annotate_saves.save_annotations, release, ran)
     )
     _commit(widget, np.s_[5:15, 5:15])
     widget.ui.autosave_check.setChecked(False)
@@ -242,14 +242,14 @@ def test_commits_queued_behind_a_running_autosave_go_into_its_file_when_napari_c
     # took the file its own save had just written for another program's edit: the later
     # commits went into a second file beside it, with a warning, and the image opened
     # again showed only the objects of the first.
-    from napari_samtune._qt import annotate_files
+    from napari_samtune._qt import annotate_saves
 
     _viewer, widget = viewer_widget
     widget.ui.folder_edit.setText(str(tmp_path))
     widget._use_folder()
     release, ran = threading.Event(), []
     monkeypatch.setattr(
-        annotate_files, "save_annotations", _held(annotate_files.save_annotations, release, ran)
+        annotate_saves, "save_annotations", _held(annotate_saves.save_annotations, release, ran)
     )
     _commit(widget, np.s_[5:15, 5:15])  # its autosave is held
     latest = _commit(widget, np.s_[40:50, 40:50])  # waits for it
@@ -267,14 +267,14 @@ def test_an_image_renamed_right_after_quick_commits_keeps_one_file_of_them_all(
     # The rename waited for the running autosave as closing does (see above): the commits
     # after it went to the new name with a warning, and the first save's file stayed
     # under the old name, holding fewer objects.
-    from napari_samtune._qt import annotate_files
+    from napari_samtune._qt import annotate_saves
 
     viewer, widget = viewer_widget
     widget.ui.folder_edit.setText(str(tmp_path))
     widget._use_folder()
     release, ran = threading.Event(), []
     monkeypatch.setattr(
-        annotate_files, "save_annotations", _held(annotate_files.save_annotations, release, ran)
+        annotate_saves, "save_annotations", _held(annotate_saves.save_annotations, release, ran)
     )
     _commit(widget, np.s_[5:15, 5:15])
     latest = _commit(widget, np.s_[40:50, 40:50])

@@ -103,7 +103,7 @@ def test_save_now_is_not_overwritten_by_an_older_autosave_still_running(
 ):
     """Autosave unticked while an autosave was writing, one more commit, Save now: the
     older background save ended last and its file replaced the newer one."""
-    import napari_samtune._qt.annotate_files as files
+    import napari_samtune._qt.annotate_saves as files
 
     gate, real_save = threading.Event(), files.save_annotations
 

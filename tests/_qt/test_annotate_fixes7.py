@@ -139,19 +139,19 @@ def test_autosaves_copy_the_annotations_into_the_last_ones_memory(
 
     import tifffile
 
-    from napari_samtune._qt import annotate_files
+    from napari_samtune._qt import annotate_saves
 
     _viewer, widget = viewer_widget
     widget.ui.folder_edit.setText(str(tmp_path))
     written, release = [], threading.Event()
-    real = annotate_files.save_annotations
+    real = annotate_saves.save_annotations
 
     def held(folder, name, labels, *args):
         release.wait(30)
         written.append((labels, labels.copy()))
         return real(folder, name, labels, *args)
 
-    monkeypatch.setattr(annotate_files, "save_annotations", held)
+    monkeypatch.setattr(annotate_saves, "save_annotations", held)
     layers = widget.session.layers
     states = []
     for where in (np.s_[5:15, 5:15], np.s_[40:50, 40:50], np.s_[80:90, 5:15]):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_samtune._qt import annotate_files
+from napari_samtune._qt import annotate_saves
 
 WAIT_MS = 30_000
 
@@ -16,7 +16,7 @@ WAIT_MS = 30_000
 @pytest.fixture
 def failing_saves(monkeypatch):
     """``failing_saves(True)``: the widget's background saves fail as on a full disk."""
-    real = annotate_files.save_annotations
+    real = annotate_saves.save_annotations
 
     def set_failing(failing: bool) -> None:
         def save(*args, **kwargs):
@@ -24,7 +24,7 @@ def failing_saves(monkeypatch):
                 raise OSError(28, "No space left on device")
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(annotate_files, "save_annotations", save)
+        monkeypatch.setattr(annotate_saves, "save_annotations", save)
 
     return set_failing
 

@@ -70,7 +70,7 @@ def test_a_run_on_the_autosave_folder_reads_the_object_painted_just_before_start
 
     import tifffile
 
-    from napari_samtune._qt import annotate_files, train_run
+    from napari_samtune._qt import annotate_saves, train_run
 
     viewer, annotate, train = docks
     (tmp_path / "images").mkdir()
@@ -82,7 +82,7 @@ def test_a_run_on_the_autosave_folder_reads_the_object_painted_just_before_start
     data.use_autosave_folder()
     qtbot.waitUntil(lambda: not data.folder_runner.is_running(), timeout=WAIT_MS)
     small_settings(train, qtbot, "nano")
-    real_save, real_load, read = annotate_files.save_annotations, train_run.load_folder_pairs, []
+    real_save, real_load, read = annotate_saves.save_annotations, train_run.load_folder_pairs, []
 
     def slow_save(*args):
         time.sleep(0.5)
@@ -93,7 +93,7 @@ def test_a_run_on_the_autosave_folder_reads_the_object_painted_just_before_start
         read.extend(pairs)
         return pairs
 
-    monkeypatch.setattr(annotate_files, "save_annotations", slow_save)
+    monkeypatch.setattr(annotate_saves, "save_annotations", slow_save)
     monkeypatch.setattr(train_run, "load_folder_pairs", recorded)
     viewer.layers["cells1 annotations"].paint((80, 80), 77)
     qtbot.waitUntil(lambda: annotate.runner.is_running(SAVE_TASK))  # saved in the background

@@ -49,21 +49,21 @@ def test_start_waits_for_a_save_begun_before_the_annotation_folder_changed(
 ):
     """The save of the last commit into a/ still ran when the panel's folder became b/: a
     run on a/ started without it."""
-    from napari_samtune._qt import annotate_files
+    from napari_samtune._qt import annotate_saves
 
     viewer, widget = viewer_widget
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
     widget.ui.folder_edit.setText(str(a))
     started, release = threading.Event(), threading.Event()
-    real_save = annotate_files.save_annotations
+    real_save = annotate_saves.save_annotations
 
     def slow_save(*args):
         started.set()
         release.wait(10)
         return real_save(*args)
 
-    monkeypatch.setattr(annotate_files, "save_annotations", slow_save)
+    monkeypatch.setattr(annotate_saves, "save_annotations", slow_save)
     widget.session.layers.preview.data[5:15, 5:15] = 1
     assert widget.commit()  # its autosave into a/ starts
     committed = widget.session.annotations.copy()

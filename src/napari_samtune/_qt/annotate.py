@@ -36,6 +36,7 @@ from napari_samtune._qt.annotate_files import AnnotateFilesMixin
 from napari_samtune._qt.annotate_image import AnnotateImageMixin
 from napari_samtune._qt.annotate_model import AnnotateModelMixin, LoadedWeights
 from napari_samtune._qt.annotate_restore import AnnotateRestoreMixin
+from napari_samtune._qt.annotate_saves import AnnotateSavesMixin
 from napari_samtune._qt.annotate_session import AnnotationSession
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, AnnotateControls
 from napari_samtune._qt.dock_life import on_removed
@@ -82,6 +83,7 @@ class AnnotateWidget(
     AnnotateEmbeddingMixin,
     AnnotateActionsMixin,
     AnnotateFilesMixin,
+    AnnotateSavesMixin,
     AnnotateFileJobsMixin,
     AnnotateRestoreMixin,
     QWidget,

@@ -1,5 +1,6 @@
 """What the annotation widget's buttons and keys do: commit, clear, undo, polarity,
-propagation through planes, automatic segmentation (saving and loading: annotate_files).
+propagation through planes, automatic segmentation (saving and loading: annotate_files,
+annotate_saves).
 
 A mixin of :class:`~napari_samtune._qt.annotate.AnnotateWidget` (it uses the widget's
 ``ui``, ``runner``, ``session`` and ``segmenter``), kept apart so each module stays short.

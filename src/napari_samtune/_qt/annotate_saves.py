@@ -1,0 +1,179 @@
+"""The annotation widget's background saves: autosave after every commit and stroke (one
+save at a time, later requests coalesced), and the saves still owed when the viewer closes,
+an image goes or is renamed, which wait for the running one without the event loop.
+
+A mixin of :class:`~napari_samtune._qt.annotate.AnnotateWidget` (it uses the widget's
+``ui``, ``runner`` and ``session`` and :class:`~napari_samtune._qt.annotate_files.
+AnnotateFilesMixin`), kept apart so each module stays short.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QEvent, QObject
+
+from napari_samtune._qt.annotate_jobs import SAVE_TASK
+from napari_samtune._qt.annotate_notes import found_where
+from napari_samtune._qt.annotate_restore import restore_pending
+from napari_samtune._qt.dock_life import closed_by_code, main_window_of
+from napari_samtune._qt.unsaved_close import settle_unsaved
+from napari_samtune._qt.workers import user_message
+from napari_samtune.core.annotation_files import save_annotations
+
+
+class AnnotateSavesMixin:
+    """Background saves of the annotations (see the module)."""
+
+    def _autosave(self, session=None):
+        """Save a snapshot of ``session`` (default: the image annotated now) in the
+        background, atomically; coalesces overlapping requests."""
+        session = self.session if session is None else session
+        if session is None or restore_pending(session.layers.annotations):
+            return None  # (nothing of the person's yet: the file holds the annotations)
+        if not self.ui.autosave_check.isChecked():
+            self._remember_not_autosaved(session)
+            return None
+        self._forget_not_autosaved(session)  # saved now, or after the save that runs
+        if self.runner.is_running(SAVE_TASK):
+            if not any(waiting is session for waiting in self._autosave_again):
+                self._autosave_again.append(session)
+            return None
+        return self._start_save(session)
+
+    def _start_save(self, session, announce: bool = False):
+        """Start the background save of ``session``; ``announce``: Save now, which says
+        where it saved (see AnnotateFileJobsMixin), not quiet as an autosave."""
+        self._autosave_again = [s for s in self._autosave_again if s is not session]
+        folder = self._save_folder = self.annotation_folder()
+        file_name, note = session.name_to_save(folder)  # beside a file changed meanwhile
+        if note:
+            show_warning(note)
+        window = main_window_of(self)
+        if window is not None:  # see eventFilter (installing it again changes nothing)
+            window.installEventFilter(self)
+        self._written = None
+        return self.runner.start(
+            SAVE_TASK,
+            self._save_in_worker,
+            session,
+            folder,
+            session.image_layer.name,
+            self._snapshot(session),  # the worker must not read labels being edited
+            session.document(),
+            file_name,
+            on_return=lambda paths: (self._saved_now if announce else self._autosaved)(
+                session, paths[0]
+            ),
+            on_error=lambda _exc: (
+                self._save_now_failed(session) if announce else self._autosave_failed(session)
+            ),
+            on_finish=self._autosave_next,
+            quiet=True,  # the status line keeps what was committed
+        )
+
+    def _save_in_worker(self, session, *args) -> tuple[Path, Path]:
+        """``save_annotations(*args)`` for ``session``, noting what it wrote for
+        :meth:`flush_autosave`, which cannot wait for the event loop to bring the result."""
+        paths = save_annotations(*args)
+        self._written = (session, paths[0])
+        return paths
+
+    def _snapshot(self, session) -> np.ndarray:
+        """A copy of ``session``'s annotations for a background save, made into the array
+        the last one wrote (it is done: saves run one at a time), not a new one: a new copy
+        of a large stack (60 x 2048 x 2048) took over a second on the GUI thread, at every
+        commit and brush stroke, to get its memory; into memory in use, 60 ms."""
+        labels, buffer = session.annotations, self._save_buffer
+        if buffer is None or buffer.shape != labels.shape or buffer.dtype != labels.dtype:
+            buffer = self._save_buffer = np.empty_like(labels)
+        np.copyto(buffer, labels)
+        return buffer
+
+    def _autosave_next(self) -> None:
+        """A save ended: Save now, pressed while it ran, or else save the next image whose
+        edits came while it ran, if any."""
+        if self._save_now_waiting is not None:
+            session, self._save_now_waiting = self._save_now_waiting, None
+            self._start_save(session, announce=True)
+        elif self._autosave_again:
+            self._autosave(self._autosave_again[0])
+
+    def _autosaved(self, session, labels_path: Path) -> None:
+        session.saved_to(labels_path)
+        if self._save_failed is session:  # the error was said: so is that it is over
+            self._save_failed = None
+            show_info(f"saved annotations to {labels_path}")
+        self.annotations_saved.emit(str(labels_path))
+        if self.ui.autosave_check.isChecked():  # those whose save failed: the disk may
+            for unsaved in list(self._not_autosaved):  # have room again, try them next
+                self._autosave(unsaved)
+
+    def _autosave_failed(self, session) -> None:
+        """The runner said why. ``session`` counts as unsaved until a save of it succeeds:
+        closing napari asks, and the next successful save tries it again (the window
+        closed at once, and the commit was on no disk, unsaid)."""
+        self._save_failed = session
+        self._remember_not_autosaved(session)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)
+        if event.type() == QEvent.Type.Close:  # the viewer's window
+            if self._not_autosaved and not closed_by_code(event, watched):  # a person: ask
+                self.flush_autosave()
+                folder = self.annotation_folder()
+                close, self._not_autosaved = settle_unsaved(self, self._not_autosaved, folder)
+                if not close:
+                    event.ignore()
+                    return True
+            self.flush_autosave()
+            self._save_automatic_so_far()
+            self._say_not_autosaved("napari closes")
+        return super().eventFilter(watched, event)
+
+    def flush_autosave(self) -> None:
+        """Before the viewer closes: wait for a running background save (without the event
+        loop, which a closing window may not get back), then write the commits that came
+        after it, which would otherwise be lost."""
+        if not self.runner.is_running(SAVE_TASK):
+            return
+        self.runner.wait(SAVE_TASK)
+        self.runner.forget(SAVE_TASK)  # its result too: note the file it wrote as this
+        # session's, or the saves below take it for another program's edit and go beside it
+        if self._written is not None:
+            session, labels_path = self._written
+            session.saved_to(labels_path)
+        waiting, self._autosave_again = self._autosave_again, []
+        if self._save_now_waiting is not None:  # pressed while that save ran
+            waiting = [self._save_now_waiting, *waiting]
+            self._save_now_waiting = None
+        for session in waiting:
+            try:
+                session.save(self.annotation_folder())
+            except (OSError, ValueError) as err:
+                show_error(f"saving failed: {user_message(err)}")
+
+    def _save_automatic_so_far(self) -> None:
+        """Save the planes a running automatic segmentation has written, as its image goes
+        (another image chosen, the panel or the viewer closed): the autosave at the end of
+        the run would not save them (a closed viewer runs nothing more), and the image,
+        chosen again, would get its records from a file without them."""
+        if self._automatic_unsaved is None:
+            return
+        (session, planes), self._automatic_unsaved = self._automatic_unsaved, None
+        self._save_left_behind(session, planes)
+
+    def _save_left_behind(self, session, planes: list[int | None]) -> None:
+        """Save the annotations of ``session``, an image no longer chosen (or the viewer
+        closing), that automatic segmentation wrote on ``planes``."""
+        if not self.ui.autosave_check.isChecked():
+            self._remember_not_autosaved(session)
+            return
+        what = found_where(session, planes)
+        try:
+            labels_path, _ = session.save(self.annotation_folder())
+        except (OSError, ValueError) as err:
+            show_error(f"saving {what} failed: {user_message(err)}")
+            return
+        show_info(f"{what} are kept and saved to {labels_path}")
