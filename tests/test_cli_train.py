@@ -543,10 +543,52 @@ def test_sigterm_under_torchrun_explains_torchrun_s_own_error(
     err = capsys.readouterr().err
     assert err.startswith("samtune train: terminated; the run did not finish")
     assert err.rstrip().endswith(
-        "note: torchrun passed the SIGTERM on to this run, which ended with the checkpoints "
-        "above; torchrun itself now reports the signal as an error of its own (a "
-        "SignalException traceback and exit code 1, not this run's 143)"
+        "note: torchrun sent this process SIGTERM, as it does when the job is stopped (a time "
+        "limit, kill) and when another process of the run failed (its error is above then); "
+        "the run ended with the checkpoints above; torchrun itself now reports the signal as "
+        "an error of its own (a SignalException traceback and exit code 1, not this run's 143)"
     )
+
+
+def test_a_sigterm_while_a_peer_s_failure_is_reported_leaves_the_report_whole(
+    tmp_path, folders, capsys, monkeypatch
+):
+    """Another process of a torchrun run failed after an epoch: torchrun sends this one
+    SIGTERM at once, and landing while the failure was reported it left a bare "samtune
+    train: terminated", without the checkpoints left or the command that continues."""
+    import signal
+
+    import napari_samtune.cli.train as cli_train
+    from napari_samtune.core import train
+    from napari_samtune.core.distributed import PeerLostError
+
+    real_train, real_note = train.iter_train, cli_train.aborted_note
+
+    def peer_lost(*args, **kwargs):
+        for event in real_train(*args, **kwargs):
+            yield event
+            if isinstance(event, train.EpochDone):
+                raise PeerLostError("another process of this run failed")
+
+    def note_under_sigterm(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)  # torchrun's, as the other process exits
+        return real_note(*args, **kwargs)
+
+    monkeypatch.setattr(train, "iter_train", peer_lost)
+    monkeypatch.setattr(cli_train, "aborted_note", note_under_sigterm)
+    images, labels = folders
+    argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
+    argv += ["--labels", labels, "--epochs", "3", *FAST, "--out", str(tmp_path / "run")]
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        assert cli.main(argv) == 2
+        assert signal.getsignal(signal.SIGTERM) is before  # not left ignored
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    err = capsys.readouterr().err
+    assert "samtune train: the run did not finish; its checkpoints are on disk" in err, err
+    assert "samtune train: error: another process of this run failed" in err
+    assert "terminated" not in err
 
 
 def test_a_stop_in_the_first_epoch_reports_no_best_epoch(tmp_path, folders, capsys, monkeypatch):

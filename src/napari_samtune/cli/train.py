@@ -364,11 +364,15 @@ def _train(config, train_pairs, val_pairs, args: argparse.Namespace, verbose: bo
     try:
         return _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose, started)
     except KeyboardInterrupt as err:  # the second Ctrl+C, or SIGTERM: what is saved, what next
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # see below
         note = aborted_note(Path(args.out), args.resume) if verbose else ""
         if note and isinstance(err, Terminated) and torchrun_world_size() > 1:
             note += f"\n{TORCHRUN_TERM_NOTE}"
         raise type(err)(note) from None
     except Exception as err:  # a crash (out of memory, a full disk): its error, what is saved
+        # torchrun sends SIGTERM as soon as another process fails: raised while this was
+        # said, it left a bare "terminated" instead (the run ends here anyway)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if verbose:
             # Before the start, --out's checkpoints may be another run's that the core
             # refused to mix with this one: they are not this run's to report.

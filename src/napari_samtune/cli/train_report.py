@@ -143,7 +143,8 @@ TORCHRUN_STOP_NOTE = (
 # SIGTERM (a batch job's time limit) likewise: the run ends at once with its exit code 143,
 # and torchrun then reports the signal as a SignalException and exits 1 of its own
 TORCHRUN_TERM_NOTE = (
-    "note: torchrun passed the SIGTERM on to this run, which ended with the checkpoints above; "
-    "torchrun itself now reports the signal as an error of its own (a SignalException "
-    "traceback and exit code 1, not this run's 143)"
+    "note: torchrun sent this process SIGTERM, as it does when the job is stopped (a time "
+    "limit, kill) and when another process of the run failed (its error is above then); the "
+    "run ended with the checkpoints above; torchrun itself now reports the signal as an "
+    "error of its own (a SignalException traceback and exit code 1, not this run's 143)"
 )
