@@ -389,6 +389,27 @@ def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path, folders, capsys,
     assert cli.main(argv[:-2] + ["--out", str(tmp_path / "other")]) == 0  # after it: fine
 
 
+def test_a_folder_in_use_is_named_by_the_option_that_gave_it(tmp_path, folders, capsys):
+    """A --resume of a run still training was told its "--out" was in use, and a new run
+    into that folder to continue it with --resume, which was refused the same way."""
+    from napari_samtune.core.run_lock import training_lock
+
+    out = tmp_path / "run"
+    argv = _tiny_run(folders, out, 1)
+    assert cli.main(argv) == 0
+    images, labels = folders
+    resume = ["train", "--resume", str(out), "--images", images, "--labels", labels]
+    with training_lock(out):  # as the run training there holds it
+        assert cli.main([*resume, "--epochs", "2", "--no-progress"]) == 2
+        said = capsys.readouterr().err
+        assert f"--resume {str(out)!r} is in use by another training run (process " in said
+        assert cli.main(argv) == 2
+        said = capsys.readouterr().err
+        assert f"--out {str(out)!r} is in use by another training run" in said
+        assert "already holds a training run" not in said
+    assert cli.main([*resume, "--epochs", "2", "--no-progress"]) == 0  # once it is done
+
+
 def test_an_abort_after_the_last_epoch_offers_the_export_not_a_resume(
     tmp_path, folders, capsys, monkeypatch
 ):

@@ -317,7 +317,9 @@ def _run(args: argparse.Namespace) -> int:
     from napari_samtune.core.run_lock import training_lock
     from napari_samtune.core.train_export import check_registration
 
-    args.out = out_folder(args)
+    given_out, args.out = args.out, out_folder(args)
+    if is_main_process():  # held by a run still going: said first, in the options' words
+        _check_not_in_use(Path(args.out), "--out" if given_out is not None else "--resume")
     resumed_run = Path(args.out) if args.resume else None
     check_registration(args.name, resumed_run)  # as training would, before the data is read
     config, origin = make_config(args)
@@ -337,6 +339,17 @@ def _run(args: argparse.Namespace) -> int:
     if verbose:
         _print_summary(finished)
     return 0
+
+
+def _check_not_in_use(out: Path, option: str) -> None:
+    """Refuse a folder another run is training in, naming ``option``, the one that gave it
+    (a resume was told its --out was in use, and a new run into a running run's folder to
+    continue that run with --resume, which was refused for the same reason)."""
+    from napari_samtune.core.run_lock import in_use_message, training_process
+
+    holder = training_process(out)
+    if holder is not None:
+        raise ValueError(in_use_message(out, holder, option))
 
 
 def _download_model(model: str, show: bool) -> None:

@@ -54,6 +54,14 @@ def training_process(out_dir: str | os.PathLike) -> str | None:
         return lock.read().strip() or "?"
 
 
+def in_use_message(out_dir: Path, holder: str, name: str = "out_dir") -> str:
+    """What refuses folder ``out_dir`` (given as ``name``) that process ``holder`` trains in."""
+    return (
+        f"{name} {str(out_dir)!r} is in use by another training run (process {holder}), "
+        "which is still going; wait for it to finish, or choose another folder"
+    )
+
+
 _held_folders: list[Path] = []  # folders this process holds the training lock of
 _held_folders_lock = threading.Lock()
 
@@ -99,11 +107,7 @@ def _locked(path: Path, out: Path) -> Iterator[None]:
     with lock:
         if held is False:
             lock.seek(0)
-            holder = lock.read().strip() or "?"
-            raise ValueError(
-                f"out_dir {str(out)!r} is in use by another training run (process {holder}), "
-                "which is still going; wait for it to finish, or choose another folder"
-            )
+            raise ValueError(in_use_message(out, lock.read().strip() or "?"))
         if held is None:  # this file system has no locks
             yield
             return
