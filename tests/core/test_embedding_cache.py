@@ -189,3 +189,43 @@ def test_a_file_evicted_by_another_process_right_after_its_save_is_no_failed_wri
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert cache.save(hex_key("gone"), FEATURES)
+
+
+def test_an_embedding_whose_numbers_are_damaged_is_a_miss_with_a_warning(tmp_path):
+    """Bytes of the features zeroed on disk (a crash, a bad disk) were read back as an
+    embedding: empty masks, and training on them blamed its learning rate."""
+    cache = EmbeddingCache(tmp_path, max_bytes=10**9)
+    features = torch.arange(float(FEATURES.numel())).reshape(SHAPE) / 7
+    cache.save(hex_key("a"), features)
+    path = cache.path(hex_key("a"))
+    assert torch.equal(cache.load(hex_key("a"), SHAPE), features)
+    data = bytearray(path.read_bytes())
+    start = data.find(features.numpy().tobytes()[:64])
+    assert start > 0
+    data[start + 400 : start + 800] = bytes(400)
+    path.write_bytes(bytes(data))
+    with pytest.warns(RuntimeWarning, match="its numbers are damaged: their checksum differs"):
+        assert cache.load(hex_key("a"), SHAPE) is None
+
+
+def test_an_unreadable_entry_is_said_in_one_line_without_torch_s_advice(tmp_path):
+    """The warning quoted torch's whole error: "Re-running torch.load with weights_only set
+    to False will likely succeed, but it can result in arbitrary code execution ..."."""
+    cache = EmbeddingCache(tmp_path, max_bytes=10**9)
+    cache.path(hex_key("a")).write_bytes(b"garbage\n")
+    with pytest.warns(RuntimeWarning) as said:
+        assert cache.load(hex_key("a"), SHAPE) is None
+    text = str(said[0].message)
+    assert text.startswith("ignoring corrupt embedding cache file") and "\n" not in text
+    assert "weights_only" not in text
+
+
+def test_an_entry_written_before_the_checksum_is_recomputed_without_a_warning(tmp_path):
+    cache = EmbeddingCache(tmp_path, max_bytes=10**9)
+    old = {"format": embedding_cache.CACHE_FORMAT, "format_version": 1, "key": hex_key("a")}
+    torch.save({**old, "features": FEATURES}, cache.path(hex_key("a")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cache.load(hex_key("a"), SHAPE) is None
+    assert cache.save(hex_key("a"), FEATURES)  # written anew, with its checksum
+    assert torch.equal(cache.load(hex_key("a"), SHAPE), FEATURES)
