@@ -6,6 +6,7 @@ import functools
 import hashlib
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 import tifffile
+import torch
 
 import napari_samtune.cli as cli
 from napari_samtune.core import registry
@@ -217,3 +219,27 @@ def test_evaluate_no_progress_shows_no_bar(annotated, downloadable_model, tmp_pa
     out, err = capsys.readouterr()
     assert err == "evaluating fetched on 1 images ...\n"
     assert "| fetched |" in out
+
+
+def test_no_progress_holds_for_the_base_model_a_checkpoint_downloads(
+    annotated, downloadable_model, tmp_path, capsys
+):
+    """A checkpoint of trained weights only, its base model not downloaded (another
+    machine, a cleared cache): the base's download drew a bar whatever --no-progress said."""
+    images, labels = annotated
+    argv = ["train", "--preset", "cpu-16gb", "--model", "fetched", "--images", images]
+    argv += ["--labels", labels, "--epochs", "1", "--min-samples", "1", "--n-objects", "1"]
+    argv += ["--mixed-precision", "no", "--iterative-prompts", "0", "--no-progress"]
+    argv += ["--freeze", "image_encoder", "--out", str(tmp_path / "run")]
+    assert cli.main(argv) == 0
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    state = torch.load(best, weights_only=True)["model_state"]  # the trained weights only
+    assert state and not any(key.startswith("image_encoder.") for key in state)
+    capsys.readouterr()
+    shutil.rmtree(downloadable_model.local_path().parent)
+    argv = ["segment", f"{images}/a.tif", "-o", str(tmp_path / "a_labels.tif"), "--model"]
+    argv += [str(best), "--auto", "--points-per-side", "4", "--no-progress"]
+    assert cli.main(argv) == 0
+    assert downloadable_model.local_path().is_file()  # downloaded again, quietly
+    out, err = capsys.readouterr()
+    assert err == "" and "written to" in out

@@ -22,6 +22,7 @@ import hashlib
 import math
 import os
 from collections import OrderedDict
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -317,6 +318,22 @@ def load_model(
     weights get the same id whatever file layout they came in (a user model's, whose file
     matched its registered hash, as its registration recorded it).
     """
+    progress = _load_progress.get() if progress is None else progress
+    token = _load_progress.set(progress)
+    try:
+        return _load(name_or_path, device, download, architecture, progress)
+    finally:
+        _load_progress.reset(token)
+
+
+# The progress callback of the load_model call under way: a checkpoint of trained weights
+# only loads its base model (restore_model -> load_base_model -> load_model), whose download
+# then follows it, not a bar of its own (drawn whatever --no-progress said).
+_load_progress: ContextVar[ProgressCallback | None] = ContextVar("load_progress", default=None)
+
+
+def _load(name_or_path, device, download: bool, architecture, progress) -> LoadedModel:
+    """:func:`load_model`, its progress callback decided."""
     torch_device = resolve_device(device)
     path, name, spec = _resolve_source(name_or_path, download, progress)
     state, stored = read_sam_state_dict(path)
