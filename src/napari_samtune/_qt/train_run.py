@@ -37,7 +37,11 @@ from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.run_lock import training_lock
 from napari_samtune.core.train import TrainEvent, iter_train
 from napari_samtune.core.train_checkpoints import BASE_MODEL_FIX, BaseModelUnavailable
-from napari_samtune.core.validation_split import EmptyPartError, split_validation
+from napari_samtune.core.validation_split import (
+    EmptyPartError,
+    others_without_objects,
+    split_validation,
+)
 
 TRAIN_TASK = "training"  # the TaskRunner name of a training run
 # BASE_MODEL_FIX in the panel's terms (no --model, no --whole-checkpoints here)
@@ -152,7 +156,8 @@ def held_out_checked(train_data: list, has_val: bool, config: TrainConfig) -> li
 def held_out_message(err: EmptyPartError) -> str:
     """The core's :class:`EmptyPartError` in the widget's terms (it has no val_fraction)."""
     return (
-        f"{err.image!r} is the only training image, so part of it is held out for "
+        f"{err.image!r} is the only training image{others_without_objects(err.left_out)}, "
+        "so part of it is held out for "
         f"validation, and its {err.where} (the {err.part} part) hold no object: annotate "
         "an object there, add another annotated image, or tick 'separate validation "
         "data' and choose validation data"

@@ -77,7 +77,12 @@ from napari_samtune.core.train_validation import metrics_from_sums, validate_pat
 from napari_samtune.core.trainer_divergence import TrainerDivergenceMixin
 from napari_samtune.core.trainer_files import TrainerFilesMixin
 from napari_samtune.core.trainer_resume import TrainerResumeMixin, steps_per_epoch
-from napari_samtune.core.validation_split import repeated_pairs, same_images, split_validation
+from napari_samtune.core.validation_split import (
+    EmptyPartError,
+    repeated_pairs,
+    same_images,
+    split_validation,
+)
 
 
 class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
@@ -151,7 +156,10 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
             self.val_same_images = same_images(val_images, train_images)
             return train_images, val_images
         self.held_out_of = train_images
-        return split_validation(train_images, config.val_fraction, config.seed)
+        try:
+            return split_validation(train_images, config.val_fraction, config.seed)
+        except EmptyPartError as err:  # the pairs left out are not said before training
+            raise EmptyPartError(err.image, err.where, err.part, self.left_out) from None
 
     def _setup_model(self, config: TrainConfig, checkpoint: dict | None, path) -> None:
         if checkpoint is None:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from napari_samtune.core.data import PreparedImage, index_objects
-from napari_samtune.core.label_files import image_fingerprint
+from napari_samtune.core.label_files import describe_names, image_fingerprint
 
 
 def repeated_pairs(images: Sequence[PreparedImage], seen: Sequence[PreparedImage]) -> tuple:
@@ -41,15 +41,27 @@ def _fingerprints(image: PreparedImage) -> tuple[str, str]:
 class EmptyPartError(ValueError):
     """One part of the only training image, held out for validation or left for training,
     has no object: ``image`` (its name), ``where`` (e.g. "rows 86..95") and ``part``
-    ("training" or "validation") say which."""
+    ("training" or "validation") say which; ``left_out``: the pairs given beside it, left
+    out for having no object (the message called it the only image of two given)."""
 
-    def __init__(self, image: str, where: str, part: str) -> None:
+    def __init__(self, image: str, where: str, part: str, left_out: Sequence[str] = ()) -> None:
         super().__init__(
-            f"{image!r} is the only image, so its {where} were held out for {part}, but that "
-            "part has no objects; pass validation data, annotate objects there, or set "
-            "val_fraction=0"
+            f"{image!r} is the only image{others_without_objects(left_out)}, so its {where} "
+            f"were held out for {part}, but that part has no objects; pass validation data, "
+            "annotate objects there, or set val_fraction=0"
         )
         self.image, self.where, self.part = image, where, part
+        self.left_out = tuple(left_out)
+
+
+def others_without_objects(left_out: Sequence[str]) -> str:
+    """ " with objects (the N other pair(s) ... left out: names)", or "" for none."""
+    if not left_out:
+        return ""
+    return (
+        f" with objects (the {len(left_out)} other pair(s) given have none and are left "
+        f"out: {describe_names(list(left_out))})"
+    )
 
 
 def split_validation(
