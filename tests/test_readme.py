@@ -55,3 +55,4 @@ def test_the_python_examples_run(tmp_path, monkeypatch):
         "c1.tif / c1.labels.tif", "c3.tif / c3.labels.tif"
     ]  # fmt: skip
     assert namespace["match"].lonely_images == ("c0.tif", "c2.tif")
+    assert namespace["foreign"] == []  # plain label files: saved for no other pixels
