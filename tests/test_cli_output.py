@@ -243,3 +243,13 @@ def test_no_progress_holds_for_the_base_model_a_checkpoint_downloads(
     assert downloadable_model.local_path().is_file()  # downloaded again, quietly
     out, err = capsys.readouterr()
     assert err == "" and "written to" in out
+
+
+def test_the_download_bar_counts_in_scaled_bytes():
+    """It showed raw counts ("501703/501703 ... 487782776.94B/s"): 10 digits for vit_h."""
+    from napari_samtune.cli.segment_planes import Progress
+
+    with Progress("downloading model", "B") as progress:
+        progress(501703, 501703)
+        shown = str(progress.bar)
+    assert "490k/490k" in shown and "501703" not in shown, shown

@@ -24,7 +24,8 @@ class Progress:
         from napari_samtune.core.progress import progress_bar
 
         if self.bar is None:
-            self.bar = progress_bar(total, self.description, self.unit, leave=self.leave)
+            scale = {"unit_scale": True, "unit_divisor": 1024} if self.unit == "B" else {}
+            self.bar = progress_bar(total, self.description, self.unit, self.leave, **scale)
         self.bar.update(done - self.bar.n)
 
     def __enter__(self) -> Progress:
