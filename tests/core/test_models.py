@@ -394,3 +394,18 @@ def test_a_user_model_without_a_recorded_digest_is_digested_at_load(
     loaded = load_model("older")
     assert digests == [1]
     assert loaded.model_id == load_model(tiny_checkpoint, architecture=TINY).model_id
+
+
+def test_weights_with_extra_decoder_keys_are_said_to_be_no_sam_layout_read_here(tmp_path, tiny_sam):
+    """A SAM-HQ-like file (extra decoder weights), its architecture inferred: the error
+    advised passing architecture=..., which no command has and which would not help."""
+    state = tiny_sam.state_dict()
+    state["mask_decoder.hf_token.weight"] = torch.zeros(1, 32)
+    path = tmp_path / "hq_like.pt"
+    torch.save(state, path)
+    with pytest.raises(ValueError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert "does not fit architecture 'tiny', the one its weights or its record name" in message
+    assert "mask_decoder.hf_token.weight" in message and "SAM-HQ" in message
+    assert "architecture=" not in message

@@ -189,16 +189,28 @@ def fit_problems(sam: Sam, state: dict[str, torch.Tensor], partial: bool = False
 
 
 def build_and_load(
-    state: dict[str, torch.Tensor], architecture: SamArchitecture, source: str | Path
+    state: dict[str, torch.Tensor],
+    architecture: SamArchitecture,
+    source: str | Path,
+    given: bool = True,
 ) -> Sam:
-    """Build ``architecture`` and load ``state`` strictly; ValueError when they do not fit."""
+    """Build ``architecture`` and load ``state`` strictly; ValueError when they do not fit.
+    ``given``: the architecture was asked for (else recorded or inferred: the weights are
+    then no SAM of a layout this reads, and there is no architecture to pass instead)."""
     sam = sam_to_load(architecture)
     problems = fit_problems(sam, state)
-    if problems:
+    if problems and given:
         raise ValueError(
             f"{source} does not fit architecture {architecture.name!r}: {'; '.join(problems)}. "
             "Pass the architecture the weights were trained with (architecture=...), "
             "or leave it out to infer it from the weights"
+        )
+    if problems:
+        raise ValueError(
+            f"{source} does not fit architecture {architecture.name!r}, the one its weights "
+            f"or its record name: {'; '.join(problems)}. It is no Segment Anything model of "
+            "a layout napari-samtune reads (SAM-HQ, for one, adds weights to the decoder), "
+            "or it is damaged; use the plain SAM weights (e.g. an exported model.pth)"
         )
     try:
         load_weights(sam, state)
@@ -338,7 +350,7 @@ def _load(name_or_path, device, download: bool, architecture, progress) -> Loade
     path, name, spec = _resolve_source(name_or_path, download, progress)
     state, stored = read_sam_state_dict(path)
     arch = _pick_architecture(architecture, stored, spec, state, path)
-    sam = build_and_load(state, arch, path)
+    sam = build_and_load(state, arch, path, given=architecture is not None)
     del state
     if spec is not None and spec.file_hash is not None and not spec.is_user_model:
         model_id = file_model_id(spec.file_hash)
