@@ -230,3 +230,29 @@ def test_user_model_without_its_file_is_a_clear_error():
     with pytest.raises(FileNotFoundError, match="weights of user model 'mine' are missing") as info:
         ensure_model_file(spec)
     assert "samtune models --remove mine" in str(info.value)
+
+
+def test_a_wrong_file_in_a_read_only_cache_names_another_cache_folder(server, monkeypatch):
+    """It said "Move or delete it yourself, then try again", which a read-only folder does
+    not allow (nor would the download be written there), without the SAMTUNE_CACHE_DIR
+    hint that a read-only cache without such a file gets."""
+    import errno
+    from pathlib import Path
+
+    spec = _spec(server)
+    path = spec.local_path()
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"<html>\n")
+
+    def read_only(self, target):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "rename", read_only)
+    with pytest.raises(DownloadError) as info:
+        ensure_model_file(spec, progress=lambda *a: None)
+    message = str(info.value)
+    assert info.value.errno == errno.EROFS
+    assert "could not be moved aside" in message and "Move or delete it yourself" not in message
+    assert "The folder cannot be written, so the download could not go there either" in message
+    assert "set SAMTUNE_CACHE_DIR to a folder you can write to" in message
+    assert path.read_bytes() == b"<html>\n"

@@ -166,10 +166,18 @@ def _move_aside(dest: Path, expected_hash: str, found: str, identity: tuple) -> 
     except FileNotFoundError:
         return ""
     except OSError as err:
-        raise DownloadError(
+        unwritable = err.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+        fix = (  # a read-only folder: nobody moves it, nor could the download go there
+            "The folder cannot be written, so the download could not go there either"
+            if unwritable
+            else "Move or delete it yourself, then try again"
+        )
+        error = DownloadError(
             f"{what}; it could not be moved aside to {aside} to make room for the download "
-            f"({err}). Move or delete it yourself, then try again"
-        ) from err
+            f"({err}). {fix}"
+        )
+        error.errno = err.errno  # the caller's hint of another cache folder follows it
+        raise error from err
     stamp_path(dest).unlink(missing_ok=True)
     return f"{what}, so it was moved to {aside}"
 
