@@ -235,17 +235,12 @@ def test_a_foreground_mask_loads_as_one_object_per_region(
     np.testing.assert_array_equal(widget.session.annotations, cells)
 
 
-def test_commits_queued_behind_a_running_autosave_go_into_its_file_when_napari_closes(
-    viewer_widget, monkeypatch, tmp_path, notifications
-):
-    # Closing napari waited for the running autosave but dropped its result, so the panel
-    # took the file its own save had just written for another program's edit: the later
-    # commits went into a second file beside it, with a warning, and the image opened
-    # again showed only the objects of the first.
+def _two_commits_the_first_saving(widget, monkeypatch, folder) -> tuple[np.ndarray, list]:
+    """Two commits into ``folder``, the second while the first's autosave runs (held until
+    both are made): the annotations then, and the list of the saves' threads."""
     from napari_samtune._qt import annotate_saves
 
-    _viewer, widget = viewer_widget
-    widget.ui.folder_edit.setText(str(tmp_path))
+    widget.ui.folder_edit.setText(str(folder))
     widget._use_folder()
     release, ran = threading.Event(), []
     monkeypatch.setattr(
@@ -254,6 +249,18 @@ def test_commits_queued_behind_a_running_autosave_go_into_its_file_when_napari_c
     _commit(widget, np.s_[5:15, 5:15])  # its autosave is held
     latest = _commit(widget, np.s_[40:50, 40:50])  # waits for it
     release.set()
+    return latest, ran
+
+
+def test_commits_queued_behind_a_running_autosave_go_into_its_file_when_napari_closes(
+    viewer_widget, monkeypatch, tmp_path, notifications
+):
+    # Closing napari waited for the running autosave but dropped its result, so the panel
+    # took the file its own save had just written for another program's edit: the later
+    # commits went into a second file beside it, with a warning, and the image opened
+    # again showed only the objects of the first.
+    _viewer, widget = viewer_widget
+    latest, ran = _two_commits_the_first_saving(widget, monkeypatch, tmp_path)
     widget.flush_autosave()  # what closing the viewer does
     assert len(ran) == 1  # the held autosave; the second commit is saved on closing
     assert sorted(p.name for p in tmp_path.glob("*.tif")) == ["nuclei.labels.tif"]
@@ -262,23 +269,13 @@ def test_commits_queued_behind_a_running_autosave_go_into_its_file_when_napari_c
 
 
 def test_an_image_renamed_right_after_quick_commits_keeps_one_file_of_them_all(
-    viewer_widget, monkeypatch, tmp_path, notifications, qtbot, drain_jobs
+    viewer_widget, monkeypatch, tmp_path, notifications, drain_jobs
 ):
     # The rename waited for the running autosave as closing does (see above): the commits
     # after it went to the new name with a warning, and the first save's file stayed
     # under the old name, holding fewer objects.
-    from napari_samtune._qt import annotate_saves
-
     viewer, widget = viewer_widget
-    widget.ui.folder_edit.setText(str(tmp_path))
-    widget._use_folder()
-    release, ran = threading.Event(), []
-    monkeypatch.setattr(
-        annotate_saves, "save_annotations", _held(annotate_saves.save_annotations, release, ran)
-    )
-    _commit(widget, np.s_[5:15, 5:15])
-    latest = _commit(widget, np.s_[40:50, 40:50])
-    release.set()
+    latest, _ = _two_commits_the_first_saving(widget, monkeypatch, tmp_path)
     viewer.layers["nuclei"].name = "renamed"
     drain_jobs(widget)
     assert sorted(p.name for p in tmp_path.glob("*.tif")) == ["renamed.labels.tif"]

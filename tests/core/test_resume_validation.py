@@ -7,21 +7,18 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from napari_samtune.core.data import ImageLabelPair
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.synthetic import make_dataset
 from napari_samtune.core.train import iter_train, train
 
-CONFIG = TrainConfig(
-    model="random:tiny",
-    epochs=1,
-    learning_rate=3e-3,
-    n_objects_per_batch=2,
-    min_samples_per_epoch=2,
-    n_iterative_prompts=0,
-    mixed_precision="no",
-    early_stopping=None,
-)
+
+@pytest.fixture
+def config(short_tiny_config) -> TrainConfig:
+    """One epoch of the tiny model, 2 objects a patch, never stopped early."""
+    return short_tiny_config(n_objects_per_batch=2, learning_rate=3e-3, early_stopping=None)
 
 
 def _pairs(seed: int, names: list[str]) -> list[ImageLabelPair]:
@@ -32,32 +29,32 @@ def _pairs(seed: int, names: list[str]) -> list[ImageLabelPair]:
     ]
 
 
-def _resume(out, epochs: int, train_pairs, val_pairs):
-    config = dataclasses.replace(CONFIG, epochs=epochs)
+def _resume(config, out, epochs: int, train_pairs, val_pairs):
+    config = dataclasses.replace(config, epochs=epochs)
     events = list(iter_train(config, train_pairs, val_pairs, out, resume_from=out))
     return events[0].notes, events[-1]
 
 
-def test_validation_images_of_the_same_names_but_other_pixels_restart_the_best(tmp_path):
+def test_validation_images_of_the_same_names_but_other_pixels_restart_the_best(tmp_path, config):
     train_pairs, val_pairs = _pairs(0, ["t0.tif", "t1.tif"]), _pairs(1, ["c0.tif"])
     out = tmp_path / "run"
-    assert train(CONFIG, train_pairs, val_pairs, out_dir=out).best_epoch == 0
-    notes, finished = _resume(out, 2, train_pairs, val_pairs)  # the same images: kept
+    assert train(config, train_pairs, val_pairs, out_dir=out).best_epoch == 0
+    notes, finished = _resume(config, out, 2, train_pairs, val_pairs)  # the same images: kept
     assert not any("validation" in note for note in notes), notes
     best = finished.best_epoch
     other = _pairs(7, ["c0.tif"])  # another experiment's c0.tif
-    notes, finished = _resume(out, 3, train_pairs, other)
+    notes, finished = _resume(config, out, 3, train_pairs, other)
     changed = [note for note in notes if "validation images changed" in note]
     assert changed and "whose pixels or labels are others now" in changed[0], notes
     assert f"best epoch ({best + 1})" in changed[0] and "chosen anew" in changed[0]
     assert finished.best_epoch == 2  # the only epoch scored on these images
 
 
-def test_validation_images_given_anew_under_other_names_restart_the_best(tmp_path):
+def test_validation_images_given_anew_under_other_names_restart_the_best(tmp_path, config):
     train_pairs = _pairs(0, ["t0.tif", "t1.tif"])
     out = tmp_path / "run"
-    train(CONFIG, train_pairs, _pairs(1, ["c0.tif"]), out_dir=out)
-    notes, finished = _resume(out, 2, train_pairs, _pairs(1, ["renamed.tif"]))
+    train(config, train_pairs, _pairs(1, ["c0.tif"]), out_dir=out)
+    notes, finished = _resume(config, out, 2, train_pairs, _pairs(1, ["renamed.tif"]))
     changed = [note for note in notes if "validation images changed" in note]
     assert changed, notes
     assert "validated on ['c0.tif'], and now on ['renamed.tif']" in changed[0]
