@@ -1,5 +1,5 @@
 """What the annotation widget does with files: the annotation folder, what is autosaved and
-when (the saves themselves are :mod:`~napari_samtune._qt.annotate_saves`'), and restoring an
+when (the saves themselves: :mod:`~napari_samtune._qt.annotate_saves`), and restoring an
 image's autosave when it is annotated again.
 
 A mixin of :class:`~napari_samtune._qt.annotate.AnnotateWidget` (it uses the widget's
