@@ -3,6 +3,8 @@ the device."""
 
 from __future__ import annotations
 
+import pytest
+
 from napari_samtune._qt.train_widget import TrainWidget
 from napari_samtune.core.presets import MachineResources
 
@@ -124,3 +126,38 @@ def test_refusals_name_the_widget_s_fields_not_the_core_s(make_napari_viewer):
     said = str(err.value)
     assert "but 'freeze' (nothing ticked); tick 'image encoder' under 'freeze'" in said
     assert "freeze=" not in said
+
+
+def test_a_gpu_preset_without_cuda_is_refused_with_the_panel_s_fix(
+    make_napari_viewer, use_tiny_model, monkeypatch
+):
+    """Start was accepted and the run failed: "device='cuda' but CUDA is not available ...;
+    use device='cpu' or 'auto'", though the device field said auto already."""
+    from napari_samtune.core import devices
+
+    monkeypatch.setattr(devices, "cuda_available", lambda: False)
+    widget = TrainWidget(make_napari_viewer(), machine=SMALL_CPU)
+    settings = widget.settings
+    use_tiny_model(widget, epochs=1)
+    settings.preset_combo.setCurrentIndex(settings.preset_combo.findData("gtx1080"))
+    with pytest.raises(
+        ValueError, match="the preset GTX 1080 trains on cuda, but CUDA is not"
+    ) as info:
+        settings.build_config()
+    assert "set the device to cpu to train with its settings on the CPU" in str(info.value)
+    settings.model_picker.device_combo.setCurrentText("cuda")
+    with pytest.raises(ValueError, match="the device is cuda, but CUDA is not available"):
+        settings.build_config()
+    settings.model_picker.device_combo.setCurrentText("cpu")
+    assert settings.build_config().device == "cpu"  # the GPU preset's settings, on the CPU
+
+
+def test_a_gpu_that_could_not_be_read_is_named_in_the_detected_preset_s_reason(
+    make_napari_viewer,
+):
+    """The reason said "no CUDA GPU found", and the panel showed the note nowhere."""
+    note = "the GPU could not be read (CUDA error: busy), so it is not counted"
+    busy = MachineResources(None, 16.0, 8, None, note)
+    widget = TrainWidget(make_napari_viewer(), machine=busy)
+    assert widget.settings.detect_reason.startswith(note + "; CPU with 16.0 GB RAM")
+    assert "no CUDA GPU found" not in widget.settings.detect_reason

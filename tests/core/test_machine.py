@@ -97,7 +97,22 @@ def test_a_busy_gpu_is_left_out_with_a_note_instead_of_a_crash(monkeypatch):
     assert found.gpu_memory_gb is None and found.gpu_name is None
     assert found.note.startswith("the GPU could not be read (CUDA error: all CUDA-capable")
     preset, reason = presets.resolve_preset("auto")
-    assert preset.device == "cpu" and reason.endswith(found.note)
+    # it began "no CUDA GPU found" and ended saying the GPU could not be read
+    assert preset.device == "cpu" and reason.startswith(found.note + "; CPU with ")
+    assert "no CUDA GPU found" not in reason
+
+
+def test_a_v1_cpu_quota_bounds_the_cores(tmp_path, monkeypatch):
+    """Docker --cpus=2 on cgroup v1 counted every core of the host."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    lines = ["4:memory:/job", "1:cpu,cpuacct:/job"]
+    quota = {"cpu,cpuacct/job/cpu.cfs_quota_us": "200000"}
+    quota["cpu,cpuacct/job/cpu.cfs_period_us"] = "100000"
+    proc, root = _cgroups(tmp_path, lines, quota)
+    assert usable_cores(proc, root) == 2
+    unlimited = {**quota, "cpu,cpuacct/job/cpu.cfs_quota_us": "-1"}
+    proc, root = _cgroups(tmp_path / "u", lines, unlimited)
+    assert usable_cores(proc, root) == 16
 
 
 def test_torchrun_processes_measure_the_smallest_of_their_gpus(monkeypatch):

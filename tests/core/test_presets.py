@@ -270,3 +270,16 @@ def test_a_preset_config_for_a_broken_user_model_says_what_is_wrong_with_it(tiny
     message = str(caught.value)
     assert "user model 'nuclei_v1' is broken" in message, message
     assert "weights file" in message and "samtune models --remove nuclei_v1" in message
+
+
+@pytest.mark.parametrize(
+    ("changes", "said"),
+    [
+        ({"scheduler_patience": -1}, r"^scheduler_patience=-1; use a whole number >= 0$"),
+        ({"scheduler_factor": 1.5}, r"^scheduler_factor=1.5; use a factor in \(0, 1\)"),
+    ],
+)
+def test_a_bad_scheduler_setting_is_named_alone(changes, said):
+    """Patience -1 was told "scheduler_factor 0.5 must lie in (0, 1) and ..." too."""
+    with pytest.raises(ValueError, match=said):
+        config_from_preset("cpu-8gb", "nano", **changes)

@@ -50,7 +50,7 @@ from napari_samtune.core.presets import (
     ResourcePreset,
     TrainConfig,
     config_from_preset,
-    detect_preset,
+    detect_on,
     get_preset,
     measure_machine,
 )
@@ -90,9 +90,7 @@ class TrainSettingsWidget(QWidget):
     def __init__(self, machine: MachineResources | None = None, parent=None) -> None:
         super().__init__(parent)
         machine = machine or measure_machine()
-        self.detected, self.detect_reason = detect_preset(
-            machine.gpu_memory_gb, machine.ram_gb, machine.n_cores
-        )
+        self.detected, self.detect_reason = detect_on(machine)  # with its note (a busy GPU)
         self._architectures: dict[str, SamArchitecture] = {}  # weights file -> architecture
         self._read_error: tuple[str, str] | None = None  # (file, why it cannot be used)
         # the architecture the advanced fields were filled for: the preset's values depend
@@ -389,7 +387,7 @@ class TrainSettingsWidget(QWidget):
 
     def build_config(self) -> TrainConfig:
         """The run's config (the core's checks included); ValueError/TypeError when refused."""
-        problem = self._architecture_problem()
+        problem = self._architecture_problem() or self._device_problem()
         if problem:
             raise ValueError(problem)
         try:
@@ -398,6 +396,21 @@ class TrainSettingsWidget(QWidget):
             )
         except (ValueError, TypeError) as err:  # the core's words are its field names
             raise type(err)(in_field_terms(str(err))) from None
+
+    def _device_problem(self) -> str:
+        """A GPU preset (or device cuda) on a machine without CUDA: the run was started and
+        failed, saying to use device 'auto', which the picker said already."""
+        from napari_samtune.core.devices import cuda_available
+
+        if self.device() != "cuda" or cuda_available():
+            return ""
+        why = "CUDA is not available here (no NVIDIA GPU, no driver, or a CPU-only torch build)"
+        if self.model_picker.device() == "auto":  # the preset's device
+            return (
+                f"the preset {self.preset.name} trains on cuda, but {why}; set the device to "
+                "cpu to train with its settings on the CPU, or choose a CPU preset"
+            )
+        return f"the device is cuda, but {why}; choose cpu (or auto with a CPU preset)"
 
     def model_name(self) -> str:
         """The name the new model gets: the field's text, else ``<model>-finetuned-<time>``."""

@@ -49,7 +49,7 @@ def format_table(rows: list[tuple[str, ...]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_samtune.core.presets import detect_preset, measure_machine
+    from napari_samtune.core.presets import detect_on, measure_machine
 
     print(format_table([row for preset in PRESETS for row in preset_rows(preset)]))
     first = PRESETS[0]
@@ -62,6 +62,6 @@ def run(args: argparse.Namespace) -> int:
     gpu = f"{found.gpu_name}, {found.gpu_memory_gb:.1f} GB" if found.gpu_name else "none"
     note = f" ({found.note})" if found.note else ""
     print(f"\nthis machine: GPU {gpu}{note}; RAM {found.ram_gb:.1f} GB; {found.n_cores} CPU cores")
-    preset, reason = detect_preset(found.gpu_memory_gb, found.ram_gb, found.n_cores)
+    preset, reason = detect_on(found)
     print(f"--preset auto chooses {preset.key!r}: {reason}")
     return 0

@@ -125,10 +125,13 @@ def _check_choices(config: TrainConfig) -> None:
         raise ValueError(f"val_fraction={config.val_fraction!r}; use a fraction in [0, 1)")
     if not 0.0 <= config.box_jitter < 1.0:
         raise ValueError(f"box_jitter={config.box_jitter!r}; use a fraction in [0, 1)")
-    if not 0.0 < config.scheduler_factor < 1.0 or config.scheduler_patience < 0:
+    if not 0.0 < config.scheduler_factor < 1.0:  # each on its own: a good one was blamed too
         raise ValueError(
-            f"scheduler_factor={config.scheduler_factor!r} must lie in (0, 1) and "
-            f"scheduler_patience={config.scheduler_patience!r} must be >= 0"
+            f"scheduler_factor={config.scheduler_factor!r}; use a factor in (0, 1), e.g. 0.5"
+        )
+    if config.scheduler_patience < 0:
+        raise ValueError(
+            f"scheduler_patience={config.scheduler_patience!r}; use a whole number >= 0"
         )
 
 

@@ -119,9 +119,19 @@ def usable_cores(proc_cgroup: Path = PROC_CGROUP, cgroup_root: Path = CGROUP_ROO
         cores = os.cpu_count() or 1
     for path in cgroup_files(proc_cgroup, cgroup_root, "", "cpu.max"):
         quota, _, period = _read(path).partition(" ")
-        if quota.isdigit() and period.strip().isdigit() and int(period) > 0:
-            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+        cores = min(cores, _quota_cores(quota, period.strip()))
+    for path in cgroup_files(proc_cgroup, cgroup_root, "cpu", "cpu.cfs_quota_us"):  # v1
+        period = _read(path.with_name("cpu.cfs_period_us"))
+        cores = min(cores, _quota_cores(_read(path), period))
     return max(1, cores)
+
+
+def _quota_cores(quota: str, period: str) -> int | float:
+    """Cores a CPU quota of ``quota`` per ``period`` microseconds allows; inf for none
+    ("max" in v2, -1 in v1, or numbers that cannot be read)."""
+    if not (quota.isdigit() and period.isdigit() and int(period) > 0):
+        return math.inf
+    return max(1, math.ceil(int(quota) / int(period)))
 
 
 def cgroup_files(proc_cgroup: Path, cgroup_root: Path, controller: str, name: str) -> list[Path]:
@@ -138,12 +148,17 @@ def cgroup_files(proc_cgroup: Path, cgroup_root: Path, controller: str, name: st
         names = controllers.split(",") if controllers else []
         if (controller and controller not in names) or (not controller and names):
             continue
-        base = cgroup_root / controller if controller else cgroup_root
+        # v1 mounts a hierarchy by its controllers' joined names ("cpu,cpuacct"), mostly
+        # with a link of each name to it
+        bases = [cgroup_root]
+        if controller:
+            bases = [cgroup_root / controller, cgroup_root / controllers]
         parts = Path(group.strip() or "/").parts[1:]
-        for depth in range(len(parts), -1, -1):
-            path = base.joinpath(*parts[:depth], name)
-            if path.is_file() and path not in found:
-                found.append(path)
+        for base in bases:
+            for depth in range(len(parts), -1, -1):
+                path = base.joinpath(*parts[:depth], name)
+                if path.is_file() and path.resolve() not in [p.resolve() for p in found]:
+                    found.append(path)
     return found
 
 

@@ -152,6 +152,9 @@ def get_preset(key: str) -> ResourcePreset:
     )
 
 
+NO_GPU = "no CUDA GPU found; "  # how detect_preset's reason begins without a GPU
+
+
 def detect_preset(
     gpu_memory_gb: float | None, ram_gb: float, n_cores: int, n_processes: int = 1
 ) -> tuple[ResourcePreset, str]:
@@ -183,7 +186,7 @@ def detect_preset(
             f"({gpu_presets[0].name}, {gpu_presets[0].memory_gb:g} GB); "
         )
     else:
-        gpu_note = "no CUDA GPU found; "
+        gpu_note = NO_GPU
     reason = f"{gpu_note}CPU with {ram_gb:.1f} GB RAM and {n_cores} cores"
     if n_processes > 1:
         ram_gb, n_cores = ram_gb / n_processes, max(1, n_cores // n_processes)
@@ -265,10 +268,19 @@ def resolve_preset(key: str) -> tuple[ResourcePreset, str]:
     _check_key(key)
     if key.strip().lower() != "auto":
         return get_preset(key), f"chosen as {key!r}"
-    found = measure_machine()
-    n_processes = _processes_on_this_machine()
+    return detect_on(measure_machine(), _processes_on_this_machine())
+
+
+def detect_on(found: MachineResources, n_processes: int = 1) -> tuple[ResourcePreset, str]:
+    """:func:`detect_preset` for what :func:`measure_machine` ``found``, its note in the
+    reason: a GPU that could not be read (busy, in exclusive use) is said to be so, where
+    the reason said "no CUDA GPU found" and then that the GPU could not be read."""
     preset, reason = detect_preset(found.gpu_memory_gb, found.ram_gb, found.n_cores, n_processes)
-    return preset, f"{reason}; {found.note}" if found.note else reason
+    if not found.note:
+        return preset, reason
+    if found.gpu_memory_gb is None and reason.startswith(NO_GPU):
+        return preset, f"{found.note}; {reason.removeprefix(NO_GPU)}"
+    return preset, f"{reason}; {found.note}"
 
 
 def _check_key(key: object) -> None:
