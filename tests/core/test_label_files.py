@@ -448,3 +448,28 @@ def test_a_sound_tiff_too_large_for_free_memory_is_not_called_damaged(tiff_folde
     assert "cell_" in said and "do not fit in the memory this machine has free" in said
     assert re.search(r"its pixels \(\d+ x \d+ uint8, 0\.0 GiB\)", said)
     assert "damaged" not in said and "crop, bin or split the image" in said
+
+
+class _Lazy:
+    """An array not in memory (as dask's and zarr's): shape, dtype and ``__array__``."""
+
+    def __init__(self, pixels: np.ndarray) -> None:
+        self.pixels, self.shape, self.dtype, self.reads = pixels, pixels.shape, pixels.dtype, 0
+
+    def __array__(self, dtype=None, copy=None):
+        self.reads += 1
+        return self.pixels
+
+
+def test_a_lazy_image_is_told_apart_by_its_pixels_as_in_memory(monkeypatch):
+    """Lazy images were hashed by shape and dtype alone: another image of that name and
+    shape had its annotations restored, and written into; the same pixels opened lazily
+    were told they were other pixels."""
+    from napari_samtune.core import label_files
+
+    one, other = (np.random.default_rng(s).integers(0, 255, (3, 40, 50), np.uint8) for s in (1, 2))
+    assert image_fingerprint(_Lazy(one)) == image_fingerprint(one)
+    assert image_fingerprint(_Lazy(one)) != image_fingerprint(_Lazy(other))
+    monkeypatch.setattr(label_files, "LAZY_FINGERPRINT_BYTES", one.nbytes - 1)
+    large = _Lazy(one)  # too large to read here: its shape and dtype only
+    assert image_fingerprint(large) == image_fingerprint(_Lazy(other)) and large.reads == 0

@@ -27,6 +27,7 @@ LABELS_STEM_SUFFIX = ".labels"  # what the file stem ends in (a label suffix for
 LABELS_SUFFIX = LABELS_STEM_SUFFIX + ".tif"
 PROMPTS_SUFFIX = ".prompts.json"  # the annotation widget's record next to <name>.labels.tif
 FINGERPRINT_SAMPLES = 1 << 20  # pixels hashed at most: an even sample of larger images
+LAZY_FINGERPRINT_BYTES = 64 << 20  # lazy (dask, zarr) images up to this size are read
 # Label files are often named after their image plus one of these.
 LABEL_SUFFIXES = (
     *("_labels", "_label", "_masks", "_mask", "_seg", "_gt", "-labels", "-mask"),
@@ -58,13 +59,27 @@ def prompts_path_for(labels_path: str | Path) -> Path:
 
 def image_fingerprint(data) -> str:
     """A 16-digit hex hash of an image's shape, dtype and pixels (at most
-    FINGERPRINT_SAMPLES of them, evenly spaced: milliseconds for any size). Arrays that
-    are not in memory (dask, zarr) are not read: their shape and dtype are hashed."""
+    FINGERPRINT_SAMPLES of them, evenly spaced: milliseconds for any size). Arrays not in
+    memory (dask, zarr) of up to :data:`LAZY_FINGERPRINT_BYTES` are read, and hash as
+    the same pixels in memory do; of larger ones only the shape and dtype are hashed
+    (their samples would read every chunk). Lazy images hashed by shape alone had other
+    images' annotations of that name restored, and written into."""
     digest = hashlib.blake2b(repr((tuple(data.shape), str(data.dtype))).encode(), digest_size=8)
+    if not isinstance(data, np.ndarray):
+        data = _read_if_small(data)
     if isinstance(data, np.ndarray) and data.size:
         step = max(1, data.size // FINGERPRINT_SAMPLES)
         digest.update(np.ascontiguousarray(data.flat[::step]))  # no copy of the whole image
     return digest.hexdigest()
+
+
+def _read_if_small(data):
+    """A lazy array as a numpy array, where it is small enough to read here; else itself."""
+    try:
+        size = int(np.prod(data.shape)) * np.dtype(data.dtype).itemsize
+        return np.asarray(data) if 0 < size <= LAZY_FINGERPRINT_BYTES else data
+    except (TypeError, ValueError, OSError, MemoryError):  # unreadable: told by shape
+        return data
 
 
 def saved_fingerprint(labels_path: str | Path) -> str | None:
