@@ -339,3 +339,31 @@ def test_an_image_moved_while_another_was_annotated_keeps_its_layers_on_it(
     widget.ui.autosave_check.setChecked(True)
     viewer.layers.clear()
     drain_jobs(widget)
+
+
+def test_channels_on_the_first_axis_is_chosen_per_image(make_napari_viewer, drain_jobs, tiny_sam):
+    """Ticked for a (C, H, W) image, it stayed on for the z-stack chosen next, read as
+    channels without a word (a click on plane 3 segmented channel 1, the object written
+    across the stack), and refused 2D and RGB images until unticked by hand."""
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    viewer.add_image(rng.integers(0, 255, (3, 64, 64), dtype=np.uint8), name="chw")
+    viewer.add_image(rng.integers(0, 255, (5, 64, 64), dtype=np.uint8), name="zstack")
+    viewer.add_image(rng.integers(0, 255, (64, 64), dtype=np.uint8), name="flat")
+    widget = _dock(viewer, drain_jobs, tiny_sam)
+    check = widget.ui.channels_first_check
+    widget.ui.image_combo.setCurrentText("chw")
+    drain_jobs(widget)
+    check.setChecked(True)
+    drain_jobs(widget)
+    assert widget.session.annotations.shape == (64, 64)  # channels
+    widget.ui.image_combo.setCurrentText("zstack")
+    drain_jobs(widget)
+    assert not check.isChecked() and widget.session.annotations.shape == (5, 64, 64)
+    widget.ui.image_combo.setCurrentText("flat")
+    drain_jobs(widget)
+    assert widget.session is not None and widget.session.annotations.shape == (64, 64)
+    widget.ui.image_combo.setCurrentText("chw")  # its own choice comes back
+    drain_jobs(widget)
+    assert check.isChecked() and widget.session.annotations.shape == (64, 64)
+    assert widget.ui.channel_combo.isEnabled()

@@ -132,6 +132,8 @@ class AnnotateWidget(
         self._save_failed: AnnotationSession | None = None  # whose last autosave failed
         self._hinted: set[str] = set()
         self._sheared_said: weakref.WeakSet = weakref.WeakSet()  # images told SHEARED_NOTE
+        # image layer -> 'channels on first axis' as chosen for it (off where never ticked)
+        self._channels_first_of: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         # (session, a clear's KeptPrompts, or None: the prompts are those U put back) until
         # a prompt changes
         self._prompts_for_undo = None

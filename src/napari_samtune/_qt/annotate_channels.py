@@ -6,6 +6,7 @@ from napari.utils.notifications import show_warning
 
 from napari_samtune._qt.image_planes import channels_first_refusal
 from napari_samtune._qt.layer_placement import sliced_point
+from napari_samtune._qt.proxies import unproxied
 
 
 class AnnotateChannelsMixin:
@@ -20,8 +21,21 @@ class AnnotateChannelsMixin:
             check.blockSignals(False)
             show_warning(refusal)
             return
+        if self.image_layer is not None:
+            self._channels_first_of[unproxied(self.image_layer)] = checked
         self._fill_channels()
         self._on_image_choice()
+
+    def _tick_as_chosen_for(self, layer) -> None:
+        """Set 'channels on first axis' as it was chosen for ``layer`` (off for an image
+        never ticked): one image's tick read a z-stack chosen next as channels, unsaid, and
+        refused 2D and RGB images until it was unticked by hand."""
+        check = self.ui.channels_first_check
+        wanted = self._channels_first_of.get(unproxied(layer), False)
+        if check.isChecked() != wanted:
+            check.blockSignals(True)
+            check.setChecked(wanted)
+            check.blockSignals(False)
 
     def _fill_channels(self) -> None:
         """Offer the channels of the chosen image (when 'channels on first axis' is on)."""

@@ -125,6 +125,8 @@ class AnnotateImageMixin:
         if layer is None:
             self._detach()
             return
+        if self.session is None or self.session.image_layer != layer:  # another image
+            self._tick_as_chosen_for(layer)
         self._fill_channels()
         try:
             self.set_image_layer(layer)
