@@ -178,11 +178,19 @@ def test_image_layouts(shape, rgb, channels_first, channels, spatial, n_planes):
         ((2, 40, 50), False, True, (5,), "invalid for 2 channels"),
         ((40, 50, 3), True, True, None, "untick 'channels on first axis'"),
         ((40, 50), False, False, (0,), "needs 'channels on first axis'"),
+        # (H, W, C): annotated as 40 planes of 50 x 2 pixels, without a word
+        ((40, 50, 2), False, False, None, r"2 channels on its last axis.*channel_axis=-1"),
+        ((64, 64, 5), False, False, None, r"shows as 64 planes of 64 x 5 pixels"),
     ],
 )
 def test_unsupported_layouts_say_how_to_fix_them(shape, rgb, channels_first, channels, message):
     with pytest.raises(ValueError, match=message):
         describe_image(shape, rgb, channels_first, channels)
+
+
+def test_stacks_of_few_or_narrow_planes_are_still_stacks():
+    for shape in [(5, 64, 64), (3, 40, 50), (40, 50, 20), (16, 16, 8)]:
+        assert describe_image(shape).spatial_shape == shape
 
 
 def test_worker_errors_become_messages_with_a_fix():

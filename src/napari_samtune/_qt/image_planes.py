@@ -95,6 +95,13 @@ def describe_image(
             "(Z, H, W). If the first axis holds channels, tick 'channels on first axis'; "
             "for a time series of stacks, open one time point as its own layer"
         )
+    if not (rgb or channels_first) and ndim == 3 and _channels_last(shape):
+        raise ValueError(
+            f"image of shape {shape!r} seems to hold {shape[-1]} channels on its last axis, "
+            f"which napari shows as {shape[0]} planes of {shape[1]} x {shape[2]} pixels; open "
+            "it with its channels as layers (viewer.add_image(data, channel_axis=-1)), or "
+            "with them first (np.moveaxis(data, -1, 0)) and tick 'channels on first axis'"
+        )
     if channels_first:
         channels = tuple(channels) if channels is not None else (0,)
         if len(channels) not in (1, 3) or any(not 0 <= c < shape[0] for c in channels):
@@ -117,6 +124,15 @@ def describe_image(
         )
         raise ValueError(f"image of shape {shape!r} has no 2D planes to segment{hint}")
     return axes
+
+
+def _channels_last(shape: tuple[int, ...]) -> bool:
+    """A non-RGB (H, W, C) layout: a last axis short enough for channels (as the core reads
+    files: :data:`~napari_samtune.core.images.MAX_GUESSED_CHANNELS`) beside two at least 4x
+    longer. Such an image was annotated as H planes of W x C pixels, without a word."""
+    from napari_samtune.core.images import MAX_GUESSED_CHANNELS
+
+    return shape[-1] <= MAX_GUESSED_CHANNELS and 4 * shape[-1] <= min(shape[0], shape[1])
 
 
 def channels_first_refusal(layer) -> str:
