@@ -132,7 +132,7 @@ def _channels_last(shape: tuple[int, ...]) -> bool:
     longer. Such an image was annotated as H planes of W x C pixels, without a word."""
     from napari_samtune.core.images import MAX_GUESSED_CHANNELS
 
-    return shape[-1] <= MAX_GUESSED_CHANNELS and 4 * shape[-1] <= min(shape[0], shape[1])
+    return 2 <= shape[-1] <= MAX_GUESSED_CHANNELS and 4 * shape[-1] <= min(shape[0], shape[1])
 
 
 def channels_first_refusal(layer) -> str:

@@ -387,15 +387,19 @@ class TrainSettingsWidget(QWidget):
 
     def build_config(self) -> TrainConfig:
         """The run's config (the core's checks included); ValueError/TypeError when refused."""
-        problem = self._architecture_problem() or self._device_problem()
+        problem = self._architecture_problem()
         if problem:
             raise ValueError(problem)
         try:
-            return config_from_preset(
+            config = config_from_preset(
                 self.preset, self.model_text(), self.architecture(), **self.overrides()
             )
         except (ValueError, TypeError) as err:  # the core's words are its field names
             raise type(err)(in_field_terms(str(err))) from None
+        problem = self._device_problem()  # after the settings' own problems
+        if problem:
+            raise ValueError(problem)
+        return config
 
     def _device_problem(self) -> str:
         """A GPU preset (or device cuda) on a machine without CUDA: the run was started and
