@@ -321,6 +321,43 @@ def test_a_folder_taken_after_the_start_was_checked_is_refused_by_the_run(
     assert widget.continue_button.isEnabled() and not widget.stop_button.isEnabled()
 
 
+def test_start_on_a_full_disk_is_no_traceback_but_a_failed_run_naming_the_fix(
+    qtbot, widget, monkeypatch
+):
+    """Start's check of the folder took the run's lock, writing into the folder: on a full
+    disk "OSError: [Errno 28] No space left on device" raised out of Start, with no path.
+    The check only reads now; the run itself says where the disk is full."""
+    from napari_samtune.core import run_lock
+
+    real = run_lock._write_holder
+    monkeypatch.setattr(run_lock, "_write_holder", lambda lock, path: real(_FullFile(), path))
+    assert _add_pair(widget, 0)
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.start() is not None  # no exception out of the button's handler
+    shown = widget.result_label.text()
+    assert shown.startswith("training failed: could not write ") and ".samtune-train.lock" in shown
+    assert "no space left on the device holding" in shown, shown
+    assert widget.start_button.isEnabled()
+
+
+class _FullFile:
+    """An open file on a full disk: writing raises ENOSPC."""
+
+    def seek(self, offset: int) -> None:
+        pass
+
+    def truncate(self) -> None:
+        pass
+
+    def write(self, text: str) -> int:
+        import errno
+
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def flush(self) -> None:
+        pass
+
+
 def test_a_run_holds_its_folder_until_it_ends(qtbot, widget):
     """A ``samtune train`` into the folder of a run the widget is training is refused."""
     assert _add_pair(widget, 0)

@@ -71,7 +71,7 @@ from napari_samtune._qt.train_settings import TrainSettingsWidget
 from napari_samtune._qt.workers import TaskRunner
 from napari_samtune.core.checkpoints import check_output_folder
 from napari_samtune.core.presets import MachineResources, TrainConfig
-from napari_samtune.core.run_lock import training_lock
+from napari_samtune.core.run_lock import in_use_message, training_process
 from napari_samtune.core.train import TrainingFinished, TrainingStarted
 from napari_samtune.core.train_export import check_model_name, check_registration
 from napari_samtune.core.user_settings import FINETUNE_FOLDER, write_setting
@@ -420,6 +420,9 @@ def _group(title: str, *widgets: QWidget) -> QGroupBox:
 def _check_not_in_use(out_dir: Path) -> None:
     """``ValueError`` when another run (another window, ``samtune train``) holds ``out_dir``.
     The run's worker takes the folder for the whole run; asked here first, a refused Start
-    or Continue… leaves the plot, the result line and the run folder of the run before."""
-    with training_lock(out_dir):
-        pass
+    or Continue… leaves the plot, the result line and the run folder of the run before.
+    Only read: taking the lock here wrote into the folder, and on a full disk that raised
+    out of Start as a traceback."""
+    holder = training_process(out_dir)
+    if holder is not None:
+        raise ValueError(in_use_message(out_dir, holder))

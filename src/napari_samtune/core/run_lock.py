@@ -54,6 +54,20 @@ def training_process(out_dir: str | os.PathLike) -> str | None:
         return lock.read().strip() or "?"
 
 
+def _write_holder(lock, path: Path) -> None:
+    """Write this process's id into the held lock file ``path``; an ``OSError`` naming it and
+    the fix (a full disk said only "[Errno 28] No space left on device")."""
+    from napari_samtune.core.checkpoints import write_error
+
+    try:
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+    except OSError as err:
+        raise write_error(path, err) from err
+
+
 def in_use_message(out_dir: Path, holder: str, name: str = "out_dir") -> str:
     """What refuses folder ``out_dir`` (given as ``name``) that process ``holder`` trains in."""
     return (
@@ -112,10 +126,7 @@ def _locked(path: Path, out: Path) -> Iterator[None]:
             yield
             return
         try:
-            lock.seek(0)
-            lock.truncate()
-            lock.write(f"{os.getpid()}\n")
-            lock.flush()
+            _write_holder(lock, path)
             remove_unfinished_writes(out)
             yield
         finally:
