@@ -46,6 +46,7 @@ def test_edits_not_saved_to_the_folder_a_run_reads_are_named_at_start(
     message = unsaved_annotations_message(viewer, _request(folder, images))
     assert "the annotations of 'cells0' have edits not saved to" in message
     assert str(folder.resolve()) in message and "Save now" in message
+    assert "leaves out an image never saved there" in message  # (it spoke of a last save)
     assert unsaved_annotations_message(viewer, _request(tmp_path / "elsewhere", images)) == ""
     saved = next(folder.glob("*.tif"))  # a labels field may name one file of the folder
     assert "have edits not saved to" in unsaved_annotations_message(viewer, _request(saved, images))

@@ -212,12 +212,15 @@ def test_matching_leaves_out_the_files_without_a_partner_and_names_them(tiff_fol
     assert match.lonely_labels == ("other.labels.tif",)
     assert match.left_out_message() == (
         "left out 6 image(s) without a label file (not annotated yet?): cell_2.tif, cell_3.tif, "
-        "cell_4.tif and 3 more and 1 label file(s) without an image: other.labels.tif"
-    )
+        "cell_4.tif and 3 more and 1 label file(s) without an image: other.labels.tif (napari "
+        "saves an image's annotations under its layer's name: to pair a file renamed so with "
+        "its image, rename the file or the layer back)"
+    )  # (an image layer renamed after annotating left its image out, "not annotated yet?")
     with pytest.raises(ValueError, match=re.escape(match.unpaired_message())):
         pair_files(images, labels)  # strict: every file pairs
     complete = match_files(images / "cell_[01].tif", labels)
     assert complete.lonely_images == () and complete.lonely_labels == ("other.labels.tif",)
+    assert "rename the file" not in complete.left_out_message()  # no image it could be
     only_images = match_files(images / "cell_[01].tif", labels / "cell_*")
     assert only_images.left_out_message() == "" and only_images.unpaired_message() == ""
 

@@ -262,8 +262,8 @@ def unsaved_annotations_message(viewer, request: TrainRequest) -> str:
             return (
                 f"the annotations of {', '.join(map(repr, names))} have edits not saved to "
                 f"{folder} (autosave unticked, or a save failed): this run trains on their "
-                "last save there; to train on the edits, stop, press Save now in the "
-                "annotation widget and start again"
+                "last save there, and leaves out an image never saved there; to train on the "
+                "edits, stop, press Save now in the annotation widget and start again"
             )
     return ""
 

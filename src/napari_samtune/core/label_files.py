@@ -172,6 +172,11 @@ class FileMatch:
             )
             if names
         ]
+        if self.lonely_images and any(_is_autosave(Path(name)) for name in self.lonely_labels):
+            parts[-1] += (  # an image layer renamed in napari saves under its new name
+                " (napari saves an image's annotations under its layer's name: to pair a "
+                "file renamed so with its image, rename the file or the layer back)"
+            )
         if self.skipped:  # a person may think those were read too
             parts.append(
                 f"{len(self.skipped)} entr{'y' if len(self.skipped) == 1 else 'ies'} of the "
