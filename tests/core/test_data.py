@@ -15,6 +15,7 @@ from napari_samtune.core.data import (
     as_pairs,
     foreign_labels_message,
     load_pairs,
+    namesakes_message,
     prepare_annotated,
     prepare_pair,
     prepare_pairs,
@@ -92,6 +93,14 @@ def test_each_image_pairs_with_the_autosave_of_its_pixels_among_namesakes(tmp_pa
         assert len(pairs) == 2
         np.testing.assert_array_equal(pairs[0].labels, labels)
     assert pairs[0].name == f"Image_001.tif / Image_001-{image_fingerprint(second)}.labels.tif"
+    # the autosave of the other experiment's image is left out, and now said to be
+    left: list[str] = []
+    read_match(match_files(tmp_path / "exp2", annotations), namesakes_left=left)
+    assert left == ["Image_001.labels.tif"]
+    assert namesakes_message(left) == (
+        "left out 1 label file(s) saved for other images of the same name (told apart by "
+        "their pixels): Image_001.labels.tif"
+    )
 
     (annotations / "Image_001.prompts.json").write_text(
         json.dumps({"image_fingerprint": "0123456789abcdef"})

@@ -25,6 +25,7 @@ from napari_samtune.core.data import (
     empty_planes_message,
     foreign_labels_message,
     gray_as_is,
+    namesakes_message,
     prepare_annotated,
     read_match,
 )
@@ -83,7 +84,8 @@ def check_folder_pairs(
         return FolderCheck((), f"{title} folders: {err}", "")
     try:
         match, foreign, empty_planes = match_files(source.images, source.labels), [], []
-        pairs = _read(match, source, foreign, empty_planes)
+        namesakes: list[str] = []
+        pairs = _read(match, source, foreign, empty_planes, namesakes)
 
         def progress(done: int, total: int) -> None:
             report(TaskProgress(done, total, f"checking the {title} folders: {done}/{total}"))
@@ -95,7 +97,8 @@ def check_folder_pairs(
         return FolderCheck(signature, f"{title} folders: {_in_widget_terms(err)}", "")
     except (ValueError, TypeError, OSError) as err:
         return FolderCheck(signature, f"{title} folders: {err}", "")
-    notes = [match.left_out_message(), foreign_labels_message(foreign) if foreign else ""]
+    notes = [match.left_out_message(), namesakes_message(namesakes) if namesakes else ""]
+    notes.append(foreign_labels_message(foreign) if foreign else "")
     notes.append(empty_planes_message(empty_planes) if empty_planes else "")
     if left_out:
         notes.append(
@@ -114,11 +117,13 @@ def load_folder_pairs(source: FolderSource | None) -> list[ImageLabelPair]:
     return _read(match_files(source.images, source.labels), source)
 
 
-def _read(match, source: FolderSource, foreign=None, empty_planes=None) -> list[ImageLabelPair]:
+def _read(
+    match, source: FolderSource, foreign=None, empty_planes=None, namesakes=None
+) -> list[ImageLabelPair]:
     """The pairs of ``match``; of validation folders all gray beside multichannel training
     ones, whose channels their empty field takes, with no channels (``read_match`` keeps them
     where no image has channels, to be refused)."""
-    pairs = read_match(match, foreign, None, source.channels, empty_planes)
+    pairs = read_match(match, foreign, None, source.channels, empty_planes, namesakes)
     return gray_as_is(pairs) if source.channels_taken else pairs
 
 

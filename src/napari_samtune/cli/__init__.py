@@ -163,6 +163,7 @@ def read_annotated(
     from napari_samtune.core.data import (
         empty_planes_message,
         foreign_labels_message,
+        namesakes_message,
         read_match,
     )
     from napari_samtune.core.data_checks import ChannelError, check_channels
@@ -178,7 +179,10 @@ def read_annotated(
         print(f"{what} data: {match.left_out_message()}")
     foreign: list[str] = []
     empty_planes: list[str] = []
-    pairs = read_match(match, foreign, *channels, empty_planes)
+    namesakes: list[str] = []
+    pairs = read_match(match, foreign, *channels, empty_planes, namesakes)
+    if namesakes and verbose:
+        print(f"{what} data: {namesakes_message(namesakes)}")
     if foreign and verbose:
         print(f"warning: {what} data: {foreign_labels_message(foreign)}", file=sys.stderr)
     if empty_planes and verbose:

@@ -168,9 +168,11 @@ def read_match(
     channel_axis: int | None = None,
     channels: int | Sequence[int] | None = None,
     empty_planes: list[str] | None = None,
+    namesakes_left: list[str] | None = None,
 ) -> list[ImageLabelPair]:
     """Read the pairs of :func:`match_files`, as in :func:`load_pairs`; an image with
-    autosaves of namesakes gets the one saved for its pixels (:func:`choose_namesake`).
+    autosaves of namesakes gets the one saved for its pixels (:func:`choose_namesake`), and
+    ``namesakes_left``, if given, receives the names of the others (:func:`namesakes_message`).
     ``empty_planes``, if given, receives the stacks' planes left out for having no object
     (see :func:`split_planes`).
 
@@ -195,6 +197,8 @@ def read_match(
         image, axes = read_tiff_with_axes(image_path)
         if image_path in match.namesakes:  # chosen by the pixels: never foreign
             labels_path = choose_namesake(image, image_path, match.namesakes[image_path])
+            if namesakes_left is not None:
+                namesakes_left += [p.name for p in match.namesakes[image_path] if p != labels_path]
         elif foreign is not None and _saved_for_other_pixels(labels_path, image):
             foreign.append(f"{image_path.name} / {labels_path.name}")
         name = f"{image_path.name} / {labels_path.name}"
@@ -225,6 +229,15 @@ def empty_planes_message(stacks: Sequence[str]) -> str:
     """The note on the planes of stacks left out for having no object (see split_planes)."""
     return (
         f"left out the planes without objects of {len(stacks)} stack(s): {describe_names(stacks)}"
+    )
+
+
+def namesakes_message(names: Sequence[str]) -> str:
+    """The note on the autosaves left out for having been saved for other images of their
+    images' names (see :func:`read_match`): they were left out without a word."""
+    return (
+        f"left out {len(names)} label file(s) saved for other images of the same name (told "
+        f"apart by their pixels): {describe_names(list(names))}"
     )
 
 
