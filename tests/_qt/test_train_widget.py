@@ -416,7 +416,9 @@ def test_autosaves_train_the_images_annotated_so_far(qtbot, viewer, tmp_path):
     assert _checked(qtbot, data) and not data.folder_error.isVisibleTo(widget)
     assert data.folder_note.text() == (
         "left out 1 image(s) without a label file (not annotated yet?): cell 1.tif and 1 label "
-        "file(s) without an image: elsewhere.labels.tif"
+        "file(s) without an image: elsewhere.labels.tif (napari saves an image's annotations "
+        "under its layer's name: to pair a file renamed so with its image, rename the file or "
+        "the layer back)"
     )
     tifffile.imwrite(images / "cell 2.tif", viewer.layers["cells1"].data)  # another image now
     assert _checked(qtbot, data)
