@@ -15,8 +15,12 @@ def test_a_second_run_of_the_process_into_a_folder_in_use_is_refused(tmp_path, s
     out = tmp_path / "run"
     first = iter_train(config, *data, out)
     next(first)  # started: the run holds the folder while it trains
-    with pytest.raises(ValueError, match="in use by another training run of this process"):
+    with pytest.raises(ValueError, match="in use by another training run of this process") as info:
         train(config, *data, out)
+    # a generator left before its end is the same process's: "another thread, wait for it to
+    # finish" was all it said, and no thread was to wait for
+    assert "an iter_train generator left before its end" in str(info.value)
+    assert "call its close()" in str(info.value)
     events = list(first)  # the first run goes on, alone
     assert events[-1].exported_model_path == out / "model.pth"
     assert (out / "model.pth").is_file()

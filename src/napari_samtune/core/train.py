@@ -121,9 +121,11 @@ def _one_run_at_a_time(out_dir: Path) -> Iterator[None]:
     with _running_in_lock:
         if key in _running_in:
             raise ValueError(
-                f"out_dir {str(out_dir)!r} is in use by another training run of this process "
-                "(another thread), which is still going; wait for it to finish, or choose "
-                "another folder"
+                f"out_dir {str(out_dir)!r} is in use by another training run of this process: "
+                "another thread's, which is still going (wait for it to finish), or an "
+                "iter_train generator left before its end, as by a break out of its loop, "
+                "which holds the folder until it is closed (call its close(), or delete it); "
+                "or choose another folder"
             )
         _running_in.add(key)
     try:

@@ -22,6 +22,7 @@ epoch done, or None).
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, replace
 from importlib import metadata
 from pathlib import Path
@@ -194,14 +195,18 @@ def read_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
-def unexported_note(path: Path) -> str:
+def unexported_note(path: Path, epochs_done: int | None = None) -> str:
     """For the checkpoint of a run that was killed after its last epoch, before its model
-    was exported and registered (summary.json is written after both): how to have it."""
+    was exported and registered (summary.json is written after both): how to have it. With
+    ``epochs_done``, the checkpoint's, also for a resumed session stopped so: the summary
+    and model of an earlier session are there, older than the checkpoint."""
     from napari_samtune.core.train_export import earlier_registration
 
     run = RunFiles.named_by(path.parent)
-    if path.parent != run.checkpoints or run.summary.exists():
+    if path.parent != run.checkpoints:
         return ""
+    if run.summary.exists():
+        return _older_export_note(run, epochs_done)
     registered = earlier_registration(run.checkpoints.parent) if run.model.is_file() else None
     if registered is not None:
         return (
@@ -213,6 +218,26 @@ def unexported_note(path: Path) -> str:
     return (
         f". The run ended before its model was exported and registered ({run.summary} is "
         f"missing): samtune export {source} -o {run.model}{overwrite} --register NAME does that"
+    )
+
+
+def _older_export_note(run: RunFiles, epochs_done: int | None) -> str:
+    """How to export the weights of a run whose summary (and model.pth, and registered
+    model) are of fewer epochs than ``epochs_done``: a resumed session stopped between its
+    last epoch and its export; "" where they are not older, or cannot be read."""
+    try:
+        summary = json.loads(run.summary.read_text(encoding="utf-8"))
+        exported_after = int(summary["epochs_done"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    if epochs_done is None or exported_after >= epochs_done:
+        return ""
+    source = run.best if is_project_checkpoint(run.best) else run.last
+    return (
+        f". Its {run.model.name} (and the model it registered) are of its first "
+        f"{exported_after} epoch(s): the session that trained on to epoch {epochs_done} "
+        f"ended before exporting. samtune export {source} -o {run.model} --overwrite "
+        "exports its newer weights (add --register NEW_NAME to use them by name)"
     )
 
 
@@ -232,7 +257,7 @@ def check_resumable(checkpoint: dict, config: TrainConfig, path: str | Path) -> 
         raise ValueError(
             f"{str(path)!r} has done {done} epoch(s) and epochs={config.epochs}, so there is "
             f"nothing left to train; set epochs above {done} to continue the run"
-            + unexported_note(Path(path))
+            + unexported_note(Path(path), done)
         )
     saved = TrainConfig.from_dict(checkpoint["config"])
     # a weights file named relative to another working directory is the same model
