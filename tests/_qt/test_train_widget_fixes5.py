@@ -40,7 +40,7 @@ def test_a_run_folder_taken_before_the_worker_holds_it_is_notified_as_not_starte
     qtbot, finetune_on_cells, add_pair, use_tiny_model, tmp_path, notifications, monkeypatch
 ):
     """Another run took the folder between Start's check and the worker's hold on it."""
-    monkeypatch.setattr(train_widget, "_check_not_in_use", lambda out_dir: None)  # too late
+    monkeypatch.setattr(train_widget, "check_not_in_use", lambda out_dir: None)  # too late
     widget = _two_pairs_one_epoch(finetune_on_cells, add_pair, use_tiny_model)
     runs = tmp_path / "runs"
     widget.settings.out_dir_edit.setText(str(runs))

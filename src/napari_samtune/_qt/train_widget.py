@@ -71,7 +71,7 @@ from napari_samtune._qt.train_settings import TrainSettingsWidget
 from napari_samtune._qt.workers import TaskRunner
 from napari_samtune.core.checkpoints import check_output_folder
 from napari_samtune.core.presets import MachineResources, TrainConfig
-from napari_samtune.core.run_lock import in_use_message, training_process
+from napari_samtune.core.run_lock import check_not_in_use
 from napari_samtune.core.train import TrainingFinished, TrainingStarted
 from napari_samtune.core.train_export import check_model_name, check_registration
 from napari_samtune.core.user_settings import FINETUNE_FOLDER, write_setting
@@ -342,9 +342,9 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
                 model_name = check_field("new model name", check_model_name, name)
                 check_output_folder(self.settings.output_folder(), "output folder")
                 out_dir, last = run_folder(self.settings.output_folder(), model_name), None
-                _check_not_in_use(out_dir)
+                check_not_in_use(out_dir)
             else:  # a run in its first epoch has no last.pt yet: not "holds no run"
-                _check_not_in_use(resume)
+                check_not_in_use(resume)
                 epochs, device = self.settings.epochs_spin.value(), self.settings.device()
                 config, last, history = continued_config(resume, int(epochs), device)
                 # as a diverged run is told to: continue it with a lower learning rate
@@ -415,14 +415,3 @@ def _group(title: str, *widgets: QWidget) -> QGroupBox:
     for widget in widgets:
         layout.addWidget(widget)
     return group
-
-
-def _check_not_in_use(out_dir: Path) -> None:
-    """``ValueError`` when another run (another window, ``samtune train``) holds ``out_dir``.
-    The run's worker takes the folder for the whole run; asked here first, a refused Start
-    or Continue… leaves the plot, the result line and the run folder of the run before.
-    Only read: taking the lock here wrote into the folder, and on a full disk that raised
-    out of Start as a traceback."""
-    holder = training_process(out_dir)
-    if holder is not None:
-        raise ValueError(in_use_message(out_dir, holder))

@@ -30,7 +30,11 @@ from napari_samtune.cli import (
     output_folder,
     read_annotated,
 )
-from napari_samtune.cli.console import is_main_process, torchrun_world_size
+from napari_samtune.cli.console import (
+    is_main_process,
+    sigterm_interrupts,
+    torchrun_world_size,
+)
 from napari_samtune.cli.train_report import TORCHRUN_TERM_NOTE, aborted_note
 from napari_samtune.cli.train_report import memory_advice as _memory_advice
 from napari_samtune.cli.train_report import print_summary as _print_summary
@@ -314,12 +318,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from napari_samtune.core.run_lock import training_lock
+    from napari_samtune.core.run_lock import check_not_in_use, training_lock
     from napari_samtune.core.train_export import check_registration
 
     given_out, args.out = args.out, out_folder(args)
-    if is_main_process():  # held by a run still going: said first, in the options' words
-        _check_not_in_use(Path(args.out), "--out" if given_out is not None else "--resume")
+    # held by a run still going: said first, naming the option that gave the folder (a
+    # resume was told its --out was in use; a new run there, to continue with --resume)
+    if is_main_process():
+        check_not_in_use(Path(args.out), "--out" if given_out is not None else "--resume")
     resumed_run = Path(args.out) if args.resume else None
     check_registration(args.name, resumed_run)  # as training would, before the data is read
     config, origin = make_config(args)
@@ -341,17 +347,6 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_not_in_use(out: Path, option: str) -> None:
-    """Refuse a folder another run is training in, naming ``option``, the one that gave it
-    (a resume was told its --out was in use, and a new run into a running run's folder to
-    continue that run with --resume, which was refused for the same reason)."""
-    from napari_samtune.core.run_lock import in_use_message, training_process
-
-    holder = training_process(out)
-    if holder is not None:
-        raise ValueError(in_use_message(out, holder, option))
-
-
 def _download_model(model: str, show: bool) -> None:
     """Download ``model``, a built-in one not on this computer yet, before training loads
     it, with a progress bar only if ``show``. (Loaded by training, its download drew a bar
@@ -371,9 +366,21 @@ def _download_model(model: str, show: bool) -> None:
 
 
 def _train(config, train_pairs, val_pairs, args: argparse.Namespace, verbose: bool):
-    """Train with Ctrl+C and SIGTERM handled; the ``TrainingFinished`` event."""
-    stop, started = threading.Event(), threading.Event()
-    previous = stop_on_ctrl_c(stop, verbose), signal.signal(signal.SIGTERM, _terminate)
+    """Train with Ctrl+C and SIGTERM handled (SIGTERM aborts at once, as a second Ctrl+C
+    does: a batch job's time limit may leave no time to finish the step); the
+    ``TrainingFinished`` event."""
+    stop = threading.Event()
+    previous = stop_on_ctrl_c(stop, verbose)
+    try:
+        with sigterm_interrupts():  # what the handlers below set is undone as it ends
+            return _train_reporting(config, train_pairs, val_pairs, args, stop, verbose)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _train_reporting(config, train_pairs, val_pairs, args, stop, verbose: bool):
+    """:func:`_train_with_progress`, saying what is saved when it is aborted or fails."""
+    started = threading.Event()
     try:
         return _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose, started)
     except KeyboardInterrupt as err:  # the second Ctrl+C, or SIGTERM: what is saved, what next
@@ -394,9 +401,6 @@ def _train(config, train_pairs, val_pairs, args: argparse.Namespace, verbose: bo
                 if line:
                     print(f"samtune train: {line}", file=sys.stderr, flush=True)
         raise
-    finally:
-        signal.signal(signal.SIGINT, previous[0])
-        signal.signal(signal.SIGTERM, previous[1])
 
 
 def stop_on_ctrl_c(stop: threading.Event, verbose: bool = True):
@@ -411,12 +415,6 @@ def stop_on_ctrl_c(stop: threading.Event, verbose: bool = True):
             print("\nstopping after this step (Ctrl+C again to abort) ...", file=sys.stderr)
 
     return signal.signal(signal.SIGINT, handler)
-
-
-def _terminate(signum, frame):
-    """SIGTERM (a batch job's time limit, ``kill``) aborts at once, as a second Ctrl+C does:
-    there may be no time to finish the step."""
-    raise Terminated
 
 
 def _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose, started):

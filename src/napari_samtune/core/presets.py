@@ -152,11 +152,12 @@ def get_preset(key: str) -> ResourcePreset:
     )
 
 
-NO_GPU = "no CUDA GPU found; "  # how detect_preset's reason begins without a GPU
-
-
 def detect_preset(
-    gpu_memory_gb: float | None, ram_gb: float, n_cores: int, n_processes: int = 1
+    gpu_memory_gb: float | None,
+    ram_gb: float,
+    n_cores: int,
+    n_processes: int = 1,
+    gpu_problem: str = "",
 ) -> tuple[ResourcePreset, str]:
     """Choose the largest preset that fits the measured resources, and say why.
 
@@ -166,6 +167,8 @@ def detect_preset(
         n_cores: number of CPU cores.
         n_processes: training processes on this machine (``torchrun --nproc-per-node``):
             each has a GPU of its own, but on the CPU they share the RAM and cores.
+        gpu_problem: why a GPU there is not counted (busy, in exclusive use), said instead
+            of "no CUDA GPU found" (:attr:`MachineResources.note`).
 
     Returns:
         ``(preset, reason)``; a GPU preset whenever the GPU has at least the
@@ -186,7 +189,7 @@ def detect_preset(
             f"({gpu_presets[0].name}, {gpu_presets[0].memory_gb:g} GB); "
         )
     else:
-        gpu_note = NO_GPU
+        gpu_note = f"{gpu_problem}; " if gpu_problem else "no CUDA GPU found; "
     reason = f"{gpu_note}CPU with {ram_gb:.1f} GB RAM and {n_cores} cores"
     if n_processes > 1:
         ram_gb, n_cores = ram_gb / n_processes, max(1, n_cores // n_processes)
@@ -272,15 +275,12 @@ def resolve_preset(key: str) -> tuple[ResourcePreset, str]:
 
 
 def detect_on(found: MachineResources, n_processes: int = 1) -> tuple[ResourcePreset, str]:
-    """:func:`detect_preset` for what :func:`measure_machine` ``found``, its note in the
-    reason: a GPU that could not be read (busy, in exclusive use) is said to be so, where
-    the reason said "no CUDA GPU found" and then that the GPU could not be read."""
-    preset, reason = detect_preset(found.gpu_memory_gb, found.ram_gb, found.n_cores, n_processes)
-    if not found.note:
-        return preset, reason
-    if found.gpu_memory_gb is None and reason.startswith(NO_GPU):
-        return preset, f"{found.note}; {reason.removeprefix(NO_GPU)}"
-    return preset, f"{reason}; {found.note}"
+    """:func:`detect_preset` for what :func:`measure_machine` ``found``: a GPU that could
+    not be read is said to be so, where the reason said "no CUDA GPU found" and then, at its
+    end, that the GPU could not be read."""
+    return detect_preset(
+        found.gpu_memory_gb, found.ram_gb, found.n_cores, n_processes, gpu_problem=found.note
+    )
 
 
 def _check_key(key: object) -> None:

@@ -68,6 +68,15 @@ def _write_holder(lock, path: Path) -> None:
         raise write_error(path, err) from err
 
 
+def check_not_in_use(out_dir: Path, name: str = "out_dir") -> None:
+    """``ValueError`` when another run holds ``out_dir`` (given as ``name``): asked before a
+    run begins, only reading, so that a refusal writes nothing (taking the lock wrote the
+    holder's id, and on a full disk that write failed instead)."""
+    holder = training_process(out_dir)
+    if holder is not None:
+        raise ValueError(in_use_message(out_dir, holder, name))
+
+
 def in_use_message(out_dir: Path, holder: str, name: str = "out_dir") -> str:
     """What refuses folder ``out_dir`` (given as ``name``) that process ``holder`` trains in."""
     return (
