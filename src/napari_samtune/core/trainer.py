@@ -136,6 +136,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
         self._setup_model(config, checkpoint, resume_from)
         self._setup_data()
         self._setup_optimizer(checkpoint)
+        self._check_disk_space()
         self._adopt_newer_best(checkpoint)
 
     def _prepare_data(self, config: TrainConfig, train_data: TrainData, val_data: TrainData | None):

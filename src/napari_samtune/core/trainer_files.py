@@ -5,6 +5,7 @@ the registration and ``summary.json``. A mixin of :class:`~napari_samtune.core.t
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import uuid
@@ -130,6 +131,24 @@ class TrainerFilesMixin:
             p = self.progress
             p.best_metric, p.best_epoch = metric, int(done["best_epoch"])
             p.time_to_best_s, p.epochs_without_improvement = float(done["time_to_best_s"]), 0
+
+    def _check_disk_space(self) -> None:
+        """Refuse a run whose checkpoints and model do not fit on their disks, before it
+        trains: it failed at its first checkpoint, an epoch later. Rank 0 writes them."""
+        from napari_samtune.core.disk_space import run_needs, space_problem
+        from napari_samtune.core.registry import user_models_dir
+
+        problem = None
+        if self.dist.is_main:
+            models = user_models_dir()
+            needs = run_needs(self.sam, self.config.checkpoint_trainable_only, self.out_dir, models)
+            fixes = {self.out_dir: "train into a folder", models: "set SAMTUNE_MODELS_DIR to one"}
+            problem = space_problem(needs, fixes)
+        if ddp.any_rank(problem is not None, self.dist, self.device):
+            refused = OSError(problem or "the first process of this run has no room for its "
+                              "checkpoints and model: see its message")  # fmt: skip
+            refused.errno = errno.ENOSPC
+            raise refused
 
     @property
     def files(self) -> RunFiles:
