@@ -15,6 +15,7 @@ that has objects (:func:`napari_samtune.core.data.split_planes`, as for TIFF fil
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from napari.layers import Image, Labels
@@ -102,6 +103,7 @@ class PairSourceWidget(QWidget):
         self._pairs: list[tuple[Image, Labels | Image]] = []
         self._folder_check: FolderCheck | None = None  # the latest finished folder check
         self.channels_like: PairSourceWidget | None = None  # whose channels an empty field takes
+        self.run_going_on: Callable[[], bool] = lambda: False  # the panel's: a run reads a copy
         self._folder_messages = ("", "")  # the folder check's problem and note shown
         self._build()
         self.folder_runner = TaskRunner(self.folder_progress, self.folder_status)
@@ -274,9 +276,15 @@ class PairSourceWidget(QWidget):
         self._pairs = [pair for pair in self._pairs if event.value not in pair]
         if gone:  # the list shrank unsaid: a run would train on fewer pairs than expected
             names = ", ".join(f"{image.name} / {labels.name}" for image, labels in gone)
+            going_on = (
+                "; the run in progress goes on with the data it started with, and the next "
+                "run trains without them"
+                if self.run_going_on()
+                else ""
+            )
             show_info(
                 f"layer {event.value.name!r} was removed, and with it the {self.title} "
-                f"pair(s) {names}"
+                f"pair(s) {names}{going_on}"
             )
         self._refresh_list()
         self.refresh_layer_choices()

@@ -19,6 +19,7 @@ from napari_samtune._qt.train_run import (
     HeldOutPartEmpty,
     ModelNotDownloaded,
     RunFolderInUse,
+    docked_widgets,
     offer_model,
 )
 from napari_samtune._qt.workers import user_message
@@ -139,7 +140,8 @@ class TrainProgressMixin:
             show_info(event.outcome_message())
             self.training_finished.emit(event)
             return
-        self.settings.model_picker.refresh_models()  # to finetune it further
+        for panel in {self, *docked_widgets(self.viewer, type(self))}:  # to finetune it further
+            panel.settings.model_picker.refresh_models()  # (a panel opened after Start too)
         try:
             n_widgets = offer_model(
                 self.viewer, event.registered_name, self.use_model_check.isChecked()

@@ -219,12 +219,17 @@ def annotation_widgets(viewer) -> list:
     """The annotation widgets (``AnnotateWidget``) docked in ``viewer``'s window."""
     from napari_samtune._qt.annotate import AnnotateWidget
 
+    return docked_widgets(viewer, AnnotateWidget)
+
+
+def docked_widgets(viewer, kind: type) -> list:
+    """The widgets of class ``kind`` docked in ``viewer``'s window."""
     window = getattr(viewer, "window", None)
     try:
         docked = list(window.dock_widgets.values())
     except (AttributeError, RuntimeError):  # no window (headless viewer) or closing
         return []
-    return [widget for widget in docked if isinstance(widget, AnnotateWidget)]
+    return [widget for widget in docked if isinstance(widget, kind)]
 
 
 def flush_autosaves(viewer, labels_folders: list | None = None) -> None:

@@ -117,6 +117,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
         self.stop_button.clicked.connect(self.stop)
         self.separate_val_check.toggled.connect(self._on_separate_validation)
         for source in (self.train_data, self.val_data):
+            source.run_going_on = lambda: self.is_running
             source.folders_checked.connect(self._launch_queued)
             source.folders_checked.connect(self._update_start_error)
             source.sources_changed.connect(self._update_start_error)
