@@ -119,6 +119,7 @@ class AnnotateWidget(
         # annotations layer of an image no longer chosen -> (its session, the autosave on
         # brush strokes)
         self._retired_painting: dict = {}
+        self._retired_moves: dict = {}  # the same layers -> (image, what places them on it)
         # images edited with autosave unticked and not saved since: kept (their labels,
         # records and undo) while others are annotated, resumed when chosen again
         self._not_autosaved: list[AnnotationSession] = []

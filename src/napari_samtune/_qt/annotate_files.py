@@ -19,6 +19,7 @@ from qtpy.QtWidgets import QFileDialog
 from napari_samtune._qt.annotate_jobs import SAVE_TASK
 from napari_samtune._qt.dock_life import main_window_of
 from napari_samtune._qt.history_keys import bind_history_keys
+from napari_samtune._qt.layer_placement import follow_placement
 from napari_samtune._qt.workers import user_message
 from napari_samtune.core.annotation_files import (
     annotation_paths,
@@ -282,7 +283,8 @@ class AnnotateFilesMixin:
     def _watch_retired(self, session) -> None:
         """``session``'s image is no longer chosen, but its annotations layer stays in the
         viewer, where a person may still correct it with the brush: autosave those strokes
-        to that image's file too (until the image is chosen again or the layer goes)."""
+        to that image's file too, and keep its layers on the image where it is moved (until
+        the image is chosen again or the layer goes)."""
         layer = session.layers.annotations
         if layer not in self.viewer.layers or self._shut_down:
             return
@@ -290,14 +292,21 @@ class AnnotateFilesMixin:
         def painted(_event=None) -> None:
             QTimer.singleShot(0, lambda: self._autosave(session))
 
+        def moved(_event=None) -> None:  # the brush must paint the pixels under it
+            session.layers.place_like(session.image_layer)
+
         self._unwatch_retired(layer)
         layer.events.paint.connect(painted)
+        follow_placement(session.image_layer, moved, connect=True)
         self._retired_painting[layer] = (session, painted)
+        self._retired_moves[layer] = (session.image_layer, moved)  # the layer it follows
 
     def _unwatch_retired(self, layer=None) -> None:
-        """Stop autosaving the strokes on ``layer`` (every retired layer when None)."""
+        """Stop autosaving the strokes on ``layer`` (every retired layer when None), and
+        placing it where its image is moved."""
         layers = list(self._retired_painting) if layer is None else [layer]
         for retired in layers:
             _, painted = self._retired_painting.pop(retired, (None, None))
             if painted is not None:
                 retired.events.paint.disconnect(painted)
+                follow_placement(*self._retired_moves.pop(retired), connect=False)

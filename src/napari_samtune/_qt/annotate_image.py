@@ -19,6 +19,7 @@ from napari_samtune._qt.annotate_restore import restore_pending
 from napari_samtune._qt.annotate_session import AnnotationSession
 from napari_samtune._qt.image_planes import describe_image
 from napari_samtune._qt.layer_names import ImageMark, layers_of_image, rename_layers
+from napari_samtune._qt.layer_placement import follow_placement
 from napari_samtune._qt.prompt_layers import PromptLayers, layer_batch
 from napari_samtune._qt.proxies import unproxied
 from napari_samtune._qt.saved_renames import follow_unkept_rename, taken_notes
@@ -30,7 +31,6 @@ SHEARED_NOTE = (
     "that, and its annotation layers sit as the 2D view shows them, so clicks and brush "
     "strokes land on the plane and pixels shown; in the 3D view they are not sheared"
 )
-PLACEMENT_EVENTS = ("scale", "translate", "rotate", "shear", "affine", "units")
 
 
 class AnnotateImageMixin:
@@ -273,11 +273,7 @@ class AnnotateImageMixin:
         """Keep the layers on the image when it is moved, scaled or rotated, notice new
         pixels (a filter, or the console, setting ``layer.data``), follow its name, and
         let the widget's keys act with the image's layer selected."""
-        for name in PLACEMENT_EVENTS:
-            emitter = getattr(layer.events, name, None)  # (no "units" before napari 0.6)
-            if emitter is None:
-                continue
-            (emitter.connect if connect else emitter.disconnect)(self._on_image_moved)
+        follow_placement(layer, self._on_image_moved, connect)
         (layer.events.data.connect if connect else layer.events.data.disconnect)(
             self._on_image_data
         )

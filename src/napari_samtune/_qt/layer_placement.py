@@ -6,6 +6,19 @@ from __future__ import annotations
 import numpy as np
 from napari.utils.colormaps import DirectLabelColormap
 
+# the events of a layer that move it in the world
+PLACEMENT_EVENTS = ("scale", "translate", "rotate", "shear", "affine", "units")
+
+
+def follow_placement(layer, callback, connect: bool) -> None:
+    """Connect ``callback`` to (or disconnect it from) ``layer``'s moves, scalings and
+    rotations: each of :data:`PLACEMENT_EVENTS` it has (no "units" before napari 0.6). A
+    stand-in for a removed image has none."""
+    for name in PLACEMENT_EVENTS:
+        emitter = getattr(getattr(layer, "events", None), name, None)
+        if emitter is not None:
+            (emitter.connect if connect else emitter.disconnect)(callback)
+
 
 def _data_to_world_matrix(layer) -> np.ndarray:
     """``layer``'s data -> world transform as an ``(ndim + 1, ndim + 1)`` matrix: scale,
