@@ -6,6 +6,7 @@ epoch, scored on the old images, was exported instead of any epoch on the new da
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
@@ -59,3 +60,24 @@ def test_validation_images_given_anew_under_other_names_restart_the_best(tmp_pat
     assert changed, notes
     assert "validated on ['c0.tif'], and now on ['renamed.tif']" in changed[0]
     assert finished.best_epoch == 1
+
+
+def test_validation_tiles_of_another_patch_size_restart_the_best(tmp_path, config):
+    """The validation images are scored in tiles of the patch size: resumed with another
+    one, other objects are scored (the same weights scored 0.54 and then 0.60), and that
+    score was taken as a new best epoch, and exported, with no word."""
+    train_pairs, val_pairs = _pairs(0, ["t0.tif", "t1.tif"]), _pairs(1, ["c0.tif"])
+    out = tmp_path / "run"
+    train(config, train_pairs, val_pairs, out_dir=out)
+    notes, finished = _resume(config, out, 2, train_pairs, val_pairs)
+    assert not any("tiles" in note for note in notes), notes
+    best = finished.best_epoch
+    config = dataclasses.replace(config, patch_size=48, learning_rate=1e-12)
+    notes, finished = _resume(config, out, 3, train_pairs, val_pairs)
+    assert [note for note in notes if "tiles" in note] == [
+        "the run's validation images are cut into other tiles now (patch_size 256 before, 48 "
+        f"now): its best epoch ({best + 1}) was scored on other objects, so the best epoch is "
+        "chosen anew"
+    ]
+    assert finished.best_epoch == 2  # the only epoch scored in these tiles
+    assert math.isnan(finished.start_metric)  # the model before training: in the old tiles

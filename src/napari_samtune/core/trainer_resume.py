@@ -52,8 +52,9 @@ class TrainerResumeMixin:
             self.progress.epoch_loss_sum, self.progress.epoch_loss_count = 0.0, 0
         torch.set_rng_state(checkpoint["rng_state"]["torch"])
         self._restart_best_for(bool(checkpoint.get("data_summary", {}).get("val_images", ())))
-        self._restart_best_for_new_validation(checkpoint.get("data_summary", {}))
-        self._forget_start_score_of_other_images(checkpoint.get("data_summary", {}))
+        summary, saved_settings = checkpoint.get("data_summary", {}), checkpoint["config"]
+        self._restart_best_for_new_validation(summary, saved_settings)
+        self._forget_start_score_of_other_images(summary, saved_settings)
         saved = TrainConfig.from_dict(checkpoint["config"])
         if not self._restart_epoch_for(checkpoint.get("data_summary", {}), saved):
             self._continue_epoch_in_new_steps(saved)
@@ -116,36 +117,54 @@ class TrainerResumeMixin:
         self.val_images = [part]
         return True
 
-    def _forget_start_score_of_other_images(self, summary: dict) -> None:
+    def _forget_start_score_of_other_images(self, summary: dict, saved: dict) -> None:
         """The starting model's score (see ``Progress.start_metric``) was measured on the
-        validation images the checkpoint names; resumed on others (given anew, or a held-out
-        image gone), it cannot be compared with this session's epochs."""
+        validation images the checkpoint names, in the tiles of its settings ``saved``;
+        resumed on others (given anew, or a held-out image gone), or tiled otherwise, it
+        cannot be compared with this session's epochs."""
         if "val_fingerprints" in summary:
             other = summary["val_fingerprints"] != self.val_fingerprints
         else:  # a checkpoint written before they were kept: by their names
             now = sorted(image.name for image in self.val_images)
             other = sorted(summary.get("val_images", ())) != now
-        if other:
+        if other or self._other_tiles(saved):
             self.progress.start_metric = math.nan
 
-    def _restart_best_for_new_validation(self, summary: dict) -> None:
+    def _restart_best_for_new_validation(self, summary: dict, saved: dict) -> None:
         """The run's validation images changed (see :meth:`_keep_validation_split`, and
         :meth:`_other_validation` for images given anew, or of the same names with other
-        pixels or labels): its best epoch was scored on other images, so the best epoch is
-        chosen anew (it was kept, and exported instead of every epoch on the new data)."""
+        pixels or labels), or their tiles did (:meth:`_other_tiles`): its best epoch was
+        scored on other objects, so the best epoch is chosen anew (it was kept, and
+        exported instead of every epoch on the new data)."""
         p = self.progress
         if not self.has_validation or p.best_epoch < 0:
             return
         changed = self.validation_changed or self._other_validation(summary)
-        if not changed:
+        tiles = self._other_tiles(saved)
+        if changed:
+            what = f"the run's validation images changed (it {changed})"
+        elif tiles:
+            what = f"the run's validation images are cut into other tiles now ({tiles})"
+        else:
             return
         self.notes.append(
-            f"the run's validation images changed (it {changed}): its best "
-            f"epoch ({p.best_epoch + 1}) was scored on other images, so the best epoch is "
-            "chosen anew"
+            f"{what}: its best epoch ({p.best_epoch + 1}) was scored on other objects, so the "
+            "best epoch is chosen anew"
         )
         p.best_metric, p.best_epoch, p.epochs_without_improvement = -math.inf, -1, 0
         p.start_metric = math.nan  # scored on the other images
+
+    def _other_tiles(self, saved: dict) -> str:
+        """How this session's settings cut the validation images into the tiles it scores
+        otherwise than the checkpoint's settings ``saved`` did: a patch size or smallest
+        object area changed scores other objects (48-pixel tiles of the same images scored
+        0.60 where 112-pixel ones scored 0.54); "" where they are the same."""
+        changes = [
+            f"{name} {saved[name]} before, {getattr(self.config, name)} now"
+            for name in ("patch_size", "min_object_area")
+            if saved.get(name) not in (None, getattr(self.config, name))
+        ]
+        return "; ".join(changes)
 
     def _other_validation(self, summary: dict) -> str:
         """How this session's validation images differ from those the checkpoint's
