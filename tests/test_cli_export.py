@@ -59,6 +59,15 @@ def test_a_taken_register_name_is_refused_before_writing(tmp_path, checkpoint, c
     assert not output.exists()
 
 
+def test_an_empty_register_name_is_refused_before_writing(tmp_path, checkpoint, capsys):
+    """``--register "$NAME"`` with NAME unset exported, registered nothing, and exited 0."""
+    output = tmp_path / "model.pth"
+    assert cli.main(["export", str(checkpoint), "-o", str(output), "--register", ""]) == 2
+    err = capsys.readouterr().err
+    assert "--register '' is not allowed" in err
+    assert not output.exists()
+
+
 def _other_run(tmp_path, kind):
     """The checkpoint of another run, which an export must not replace."""
     folder = tmp_path / "other" / "checkpoints"

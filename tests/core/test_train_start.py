@@ -8,7 +8,9 @@ import math
 import warnings
 
 import pytest
+import torch
 
+from napari_samtune.core.architectures import TINY, build_sam
 from napari_samtune.core.synthetic import make_dataset
 from napari_samtune.core.train import (
     EpochDone,
@@ -38,13 +40,30 @@ def test_the_starting_model_is_scored_as_the_epochs_are(tmp_path, data, steps_ch
     assert start.metric == start.val_metrics["val_iou"] == events[-1].start_metric
 
 
-def test_a_model_no_better_than_its_start_is_said_to_be(tmp_path, data, steps_change_nothing):
+@pytest.mark.parametrize("start", ["model file", "random weights"])
+def test_a_model_no_better_than_its_start_is_said_to_be(
+    tmp_path, data, steps_change_nothing, start
+):
+    """Finetuned from a model, the advice is to keep using that one; from random weights
+    (``random:tiny``), which are no model to keep using, to train on."""
+    model = "random:tiny"
+    if start == "model file":
+        model = str(tmp_path / "tiny.pth")
+        torch.save(build_sam(TINY).state_dict(), model)
     with pytest.warns(UserWarning, match="scores no better on the validation images") as said:
-        finished = train(_config(epochs=1), *data, out_dir=tmp_path / "run")
+        finished = train(_config(epochs=1, model=model), *data, out_dir=tmp_path / "run")
     assert finished.registered_name == "run"  # kept: the user decides
     message = str(said[0].message)
     assert f"val_iou {finished.best_metric:.3f} at its best epoch" in message
-    assert "annotate more images" in message
+    if start == "model file":
+        assert "than the model it started from" in message
+        assert "keep using that one; to gain from finetuning, annotate more images" in message
+    else:
+        assert "than the random weights it started from" in message
+        assert "keep using" not in message
+        assert message.endswith(
+            "train it longer, on more annotated images, or finetune a pretrained model instead"
+        )
     before = f"val_iou {finished.start_metric:.3f} before training"
     assert before in finished.outcome_message()
 

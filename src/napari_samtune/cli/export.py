@@ -148,7 +148,8 @@ def _export(checkpoint: Path, args: argparse.Namespace) -> int:
     from napari_samtune.core.train_checkpoints import BaseModelUnavailable, export_model
     from napari_samtune.core.train_export import check_registration
 
-    name = check_registration(args.register) if args.register else None  # before writing
+    # before writing; "" too: a script's unset $NAME registered nothing, unsaid
+    name = check_registration(args.register) if args.register is not None else None
     try:
         exported, arch = export_model(checkpoint, args.output)
     except BaseModelUnavailable as err:  # last.pt needs it too

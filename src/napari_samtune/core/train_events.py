@@ -172,6 +172,7 @@ class TrainingFinished:
     # does not)
     start_metric: float = math.nan  # val_iou of the model before the run's first step (NaN:
     # not measured: no validation data, or a run begun by an older version)
+    from_random: bool = False  # the run started from random weights ("random:<arch>")
 
     def outcome_message(self) -> str:
         """How the run ended, and where its model is, in one sentence."""
@@ -216,12 +217,21 @@ class TrainingFinished:
             return ""
         if self.best_metric > self.start_metric:
             return ""
+        scores = (
+            f"({self.metric_name} {self.best_metric:.3f} at its best epoch, "
+            f"{self.start_metric:.3f} before training)"
+        )
+        if self.from_random:  # no model to keep using
+            return (
+                f"the model {self.registered_name!r} scores no better on the validation images "
+                f"than the random weights it started from {scores}: train it longer, on more "
+                "annotated images, or finetune a pretrained model instead"
+            )
         return (
             f"the finetuned model {self.registered_name!r} scores no better on the validation "
-            f"images than the model it started from ({self.metric_name} "
-            f"{self.best_metric:.3f} at its best epoch, {self.start_metric:.3f} before "
-            "training): keep using that one; to gain from finetuning, annotate more images, "
-            "or train longer or with a lower learning rate"
+            f"images than the model it started from {scores}: keep using that one; to gain "
+            "from finetuning, annotate more images, or train longer or with a lower learning "
+            "rate"
         )
 
     def trained_summary(self) -> str:

@@ -291,6 +291,7 @@ class TrainerFilesMixin:
             steps_per_epoch=self.steps_per_epoch,
             export_note=export_note,
             start_metric=p.start_metric,
+            from_random=self.config.model.startswith("random:"),
         )
         if self.dist.is_main and trained:  # an earlier summary names the registered model
             # its paths whole: read from another folder, relative ones would name nothing
