@@ -15,6 +15,7 @@ from napari_samtune.core.embeddings import TilingConfig
 from napari_samtune.core.model_lookup import get_model_spec
 from napari_samtune.core.models import export_sam_state_dict, load_model
 from napari_samtune.core.presets import TrainConfig
+from napari_samtune.core.registry import user_models_dir
 from napari_samtune.core.synthetic import make_image
 from napari_samtune.core.train import train
 from napari_samtune.core.train_checkpoints import export_model
@@ -93,6 +94,31 @@ def test_a_renamed_model_updated_by_its_continued_run_keeps_its_former_names(tmp
     assert renamed_to("round1") == "cells"
     rename_user_model("cells", "cells_v2")  # and on through later renames
     assert renamed_to("round1") == renamed_to("cells") == "cells_v2"
+
+
+def test_a_renamed_run_model_whose_old_name_was_given_again_is_updated_by_its_resume(
+    tmp_path, tiny_checkpoint
+):
+    """The run's summary names 'round1', registered now from another file: the resume
+    registered a third model, 'round1-2', and left 'cells' with the old weights."""
+    image, labels = make_image((128, 128), seed=0)
+    data = [(image, labels.astype(np.uint32))]
+    config = TrainConfig(
+        model="random:tiny", epochs=1, min_samples_per_epoch=2, n_objects_per_batch=2,
+        early_stopping=None,
+    )  # fmt: skip
+    first = train(config, data, out_dir=tmp_path / "run", model_name="round1")
+    rename_user_model("round1", "cells")
+    register_user_model(tiny_checkpoint, "round1", TINY)  # the name given to another model
+    resumed = train(
+        dataclasses.replace(config, epochs=2), data, out_dir=tmp_path / "run",
+        resume_from=first.last_checkpoint_path,
+    )  # fmt: skip
+    assert resumed.registered_name == "cells"
+    exported = torch.load(tmp_path / "run" / "model.pth", weights_only=True)
+    for name, weights in load_model("cells").sam.state_dict().items():
+        torch.testing.assert_close(weights, exported[name])
+    assert {path.stem for path in user_models_dir().glob("*.json")} == {"cells", "round1"}
 
 
 def test_other_weights_registered_over_a_renamed_model_do_not_take_its_former_names(

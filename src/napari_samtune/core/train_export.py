@@ -183,8 +183,12 @@ def earlier_registration(out_dir: Path) -> str | None:
         sidecar = json.loads((user_models_dir() / f"{name}.json").read_text(encoding="utf-8"))
         source = Path(sidecar["registered_from"])
     except (OSError, ValueError, KeyError, TypeError):
-        return _registered_from(RunFiles(out_dir).model.resolve(), user_models_dir())
-    return name if source == RunFiles(out_dir).model.resolve() else None
+        source = None
+    model = RunFiles(out_dir).model.resolve()
+    if source == model:
+        return name
+    # renamed (models --rename), maybe with its old name given to another model since
+    return _registered_from(model, user_models_dir())
 
 
 def _registered_from(model: Path, folder: Path) -> str | None:
