@@ -253,3 +253,19 @@ def test_the_download_bar_counts_in_scaled_bytes():
         progress(501703, 501703)
         shown = str(progress.bar)
     assert "490k/490k" in shown and "501703" not in shown, shown
+
+
+def test_segment_and_evaluate_write_their_results_with_stderr_closed(
+    annotated, downloadable_model, tmp_path, monkeypatch
+):
+    """``2>&-``: sys.stderr is None, and the first progress bar's write failed with an
+    AttributeError that could not be reported: exit 1, no labels, no evaluation."""
+    images, labels = annotated
+    monkeypatch.setattr(sys, "stderr", None)
+    segment = ["segment", f"{images}/a.tif", "-o", str(tmp_path / "a_labels.tif")]
+    assert cli.main([*segment, "--model", "fetched", "--auto", "--points-per-side", "4"]) == 0
+    assert tifffile.imread(tmp_path / "a_labels.tif").shape == (64, 64)
+    evaluate = ["evaluate", "--images", images, "--labels", labels, "--model", "fetched"]
+    evaluate += ["--out", str(tmp_path / "eval"), "--clicks", "0", "--points-per-side", "4"]
+    assert cli.main(evaluate) == 0
+    assert (tmp_path / "eval" / "evaluation.csv").is_file()

@@ -62,6 +62,8 @@ def progress_bar(
         log_interval_s = LOG_INTERVAL_S
 
     stream = sys.stderr
+    if stream is None:  # closed (2>&-): nowhere to show it; the work goes on
+        return tqdm(total=total, desc=desc, unit=unit, leave=leave, disable=True, **options)
     if autonotebook.tqdm is not std.tqdm:  # a Jupyter kernel: its widget, not text
         return autonotebook.tqdm(total=total, desc=desc, unit=unit, leave=leave, **options)
     if _is_terminal(stream):
