@@ -4,6 +4,9 @@ prompt files saved in another encoding."""
 
 from __future__ import annotations
 
+import os
+import threading
+
 import numpy as np
 import pytest
 import tifffile
@@ -150,3 +153,44 @@ def test_a_prompt_file_without_a_header_row_is_told_so(tmp_path, tiny_checkpoint
     err = capsys.readouterr().err
     assert "its first line 10,10 holds numbers, not column names" in err
     assert "add one as its first line, e.g. x,y" in err and "more than once" not in err
+
+
+def test_quoted_home_paths_are_read_from_the_home_folder(
+    tmp_path, tiny_checkpoint, monkeypatch, capsys
+):
+    """'~/x' (quoted, so the shell left it) was expanded for -o and --model, but an image or
+    prompt file so named "does not exist"."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    tifffile.imwrite(tmp_path / "a.tif", _plane(0))
+    (tmp_path / "points.csv").write_text("x,y\n30,30\n")
+    image, points = "~/a.tif", "~/points.csv"
+    assert segment(tiny_checkpoint, [image], "~/a_labels.tif", "--points", points) == 0
+    assert tifffile.imread(tmp_path / "a_labels.tif").shape == (64, 80)
+    assert segment(tiny_checkpoint, ["~/*.tif"], "~/out/", *AUTO) == 0  # a glob too
+    assert (tmp_path / "out" / "a.labels.tif").is_file()
+
+
+def test_a_prompt_file_from_a_pipe_is_read(tmp_path, tiny_checkpoint):
+    """``--points <(...)`` (a pipe, /dev/fd/63) "does not exist"."""
+    tifffile.imwrite(tmp_path / "a.tif", _plane(0))
+    fifo = tmp_path / "points.pipe"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_text, args=("x,y\n30,30\n",))
+    writer.start()
+    try:
+        code = segment(
+            tiny_checkpoint, [tmp_path / "a.tif"], tmp_path / "o.tif", "--points", str(fifo)
+        )
+    finally:
+        if writer.is_alive():  # not read: the writer waits for a reader
+            fifo.read_text()
+        writer.join()
+    assert code == 0
+    assert tifffile.imread(tmp_path / "o.tif").max() >= 1
+
+
+def test_an_image_that_is_not_a_regular_file_is_named_so(tmp_path, tiny_checkpoint, capsys):
+    assert segment(tiny_checkpoint, ["/dev/null"], tmp_path / "o.tif", *AUTO) == 2
+    err = capsys.readouterr().err
+    assert "image '/dev/null' is not a regular file (a pipe or a device)" in err
+    assert "does not exist" not in err

@@ -60,7 +60,7 @@ def check_output_file(text: str, example: str, hint: str = "") -> Path:
 
     if text == "":  # Path('') is the current folder
         raise ValueError(f"'' is an empty path; give a file name, e.g. {example}{hint}")
-    path = Path(text).expanduser()  # as input paths are: '~/x' was ./~/x
+    path = Path(text).expanduser()  # as input paths are (not_empty): '~/x' was ./~/x
     if path.is_dir() or str(text).endswith(("/", os.sep)):
         verb = "is" if path.is_dir() else "names"
         raise ValueError(
@@ -87,12 +87,13 @@ def output_file(example: str) -> Callable[[str], Path]:
 
 def not_empty(text: str) -> str:
     """argparse ``type`` of a path: ``''`` (``"$IMAGE"`` with the variable unset) is refused,
-    as Path('') is the current folder, which would be read or written unsaid."""
+    as Path('') is the current folder, which would be read or written unsaid; a leading
+    ``~`` (quoted, so the shell left it) is the home folder, as for output paths."""
     if text == "":
         raise argparse.ArgumentTypeError(
             "'' is an empty path; give a file or folder, or '.' for the current folder"
         )
-    return text
+    return os.path.expanduser(text)
 
 
 def given_path(text: str) -> Path:

@@ -68,7 +68,7 @@ def _read_table(path: Path) -> tuple[list[str], Rows]:
     """The lower-cased header and the data rows of a CSV prompt file."""
     if path.is_dir():
         raise ValueError(f"prompt file {str(path)!r} is a folder; give the CSV file in it")
-    if not path.is_file():
+    if not path.exists():  # a pipe is read too: --points <(...), /dev/stdin
         raise ValueError(f"prompt file {str(path)!r} does not exist")
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:  # Excel writes a BOM

@@ -50,7 +50,12 @@ from napari_samtune.cli import (
 )
 from napari_samtune.cli.console import sigterm_interrupts
 from napari_samtune.cli.prompt_files import read_boxes_csv, read_points_csv
-from napari_samtune.cli.segment_files import check_labels_name, output_for, read_image
+from napari_samtune.cli.segment_files import (
+    check_image_file,
+    check_labels_name,
+    output_for,
+    read_image,
+)
 from napari_samtune.cli.segment_planes import (
     Planes,
     download_bar,
@@ -237,8 +242,8 @@ def _run(args: argparse.Namespace) -> int:
         )
     output_text, args.output = args.output, Path(args.output)
     files, batch = _inputs(args.image)
-    if not batch and not files[0].is_file():  # before -o, which is checked against it
-        raise ValueError(f"image {str(files[0])!r} does not exist")
+    if not batch:  # before -o, which is checked against it
+        check_image_file(files[0])
     example = labels_file_name(files[0].stem)
     into_folder = args.output.is_dir() or output_text.endswith(("/", os.sep))
     if batch or (into_folder and args.auto):  # one image into a folder: as one of several

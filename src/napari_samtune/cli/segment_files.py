@@ -14,9 +14,20 @@ from napari_samtune.core.tiff_files import TIFF_SUFFIXES, read_tiff_with_axes
 
 def read_image(path: Path) -> tuple[np.ndarray, str]:
     """The pixels of a TIFF file, and the axes the file names (:func:`read_tiff_with_axes`)."""
-    if not path.is_file():
-        raise ValueError(f"image {str(path)!r} does not exist")
+    check_image_file(path)
     return read_tiff_with_axes(path)
+
+
+def check_image_file(path: Path) -> None:
+    """Refuse an image ``path`` that is no file: missing, or a pipe or device (a TIFF is read
+    by seeking in it), which was said not to exist."""
+    if not path.exists():
+        raise ValueError(f"image {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ValueError(
+            f"image {str(path)!r} is not a regular file (a pipe or a device); save the image "
+            "as a TIFF file and give that"
+        )
 
 
 def check_labels_name(output: Path, image: Path, example: str, overwrite: bool) -> None:
