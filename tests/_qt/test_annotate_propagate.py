@@ -101,3 +101,18 @@ def test_bad_settings_and_empty_masks_are_refused():
         PropagationConfig(max_area_ratio=1.0)
     with pytest.raises(ValueError, match="empty"):
         list(iter_propagate(None, print, 3, 1, np.zeros((4, 4), dtype=bool)))
+
+
+def test_a_speck_beside_the_mask_does_not_widen_the_next_plane_s_box():
+    """SAM's mask with one stray pixel on a neighbour: the box took the neighbour in on the
+    next plane, and each plane after merged more cells, while the note said it propagated."""
+    mask = np.zeros((96, 96), dtype=bool)
+    mask[20:41, 60:81] = True
+    clean_point, clean_box = prompts_from_mask(mask, box_margin=0.0)
+    mask[72, 57] = True  # the speck
+    point_rc, box_rc = prompts_from_mask(mask, box_margin=0.0)
+    np.testing.assert_allclose(box_rc, clean_box)
+    np.testing.assert_allclose(point_rc, clean_point)
+    mask[60:80, 10:22] = True  # a real second piece (a cell cut in two): kept
+    _, box_rc = prompts_from_mask(mask, box_margin=0.0)
+    np.testing.assert_allclose(box_rc, [20, 10, 79, 80])

@@ -3,10 +3,10 @@
 Qt-free. The rule, applied plane by plane, first upwards (z + 1, z + 2, ...) and then
 downwards (z - 1, ...), always starting again from the user's mask on plane z:
 
-1. Prompt SAM on the next plane with the previous plane's mask: its bounding box, grown by
-   ``box_margin`` of its size on every side (objects drift and grow between planes), as a
-   box prompt, plus its most interior pixel (the maximum of the distance transform) as a
-   positive point.
+1. Prompt SAM on the next plane with the previous plane's mask, without its specks (pieces
+   of less than a tenth of its largest): its bounding box, grown by ``box_margin`` of its
+   size on every side (objects drift and grow between planes), as a box prompt, plus its
+   most interior pixel (the maximum of the distance transform) as a positive point.
 2. Stop in that direction when the new mask vanishes (fewer than ``min_area`` pixels), when
    its area changes by more than ``max_area_ratio`` (either way) relative to the previous
    plane, or after ``max_planes`` planes. The plane that triggered a stop is not kept.
@@ -55,13 +55,31 @@ def prompts_from_mask(mask: np.ndarray, box_margin: float = 0.1) -> tuple[np.nda
     rows, cols = np.nonzero(mask)
     if len(rows) == 0:
         raise ValueError("mask is empty; draw or segment the object on this plane first")
-    low = np.array([rows.min(), cols.min()], dtype=np.float64)
-    high = np.array([rows.max(), cols.max()], dtype=np.float64)
-    point_rc = low + _most_interior(mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1])
+    offset = np.array([rows.min(), cols.min()])
+    crop = _without_specks(mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1])
+    rows, cols = np.nonzero(crop)
+    low = offset + np.array([rows.min(), cols.min()], dtype=np.float64)
+    high = offset + np.array([rows.max(), cols.max()], dtype=np.float64)
+    point_rc = low + _most_interior(crop[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1])
     margin = box_margin * (high - low + 1)
     low = np.maximum(low - margin, 0)
     high = np.minimum(high + margin, np.array(mask.shape) - 1)
     return point_rc, np.concatenate([low, high])
+
+
+SPECK_FRACTION = 0.1  # pieces of a mask smaller than this part of its largest: specks
+
+
+def _without_specks(crop: np.ndarray) -> np.ndarray:
+    """``crop`` (bool (h, w)) without its pieces smaller than :data:`SPECK_FRACTION` of its
+    largest (8-connected): SAM often adds a stray pixel or two on a neighbour, and the box
+    around them took in the neighbours on the next plane, and on each plane after, wider."""
+    pieces, n_pieces = ndimage.label(crop, structure=np.ones((3, 3)))
+    if n_pieces < 2:
+        return crop
+    areas = np.bincount(pieces.ravel())
+    areas[0] = 0  # the background
+    return np.isin(pieces, np.flatnonzero(areas >= SPECK_FRACTION * areas.max()))
 
 
 def _most_interior(crop: np.ndarray) -> np.ndarray:
