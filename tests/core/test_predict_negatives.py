@@ -43,3 +43,33 @@ def test_each_object_is_its_own_prompt_with_every_negative(segmenter):
     np.testing.assert_array_equal(labels == 1, alone)
     with pytest.raises(ValueError):
         segmenter.predict_with_negatives(BOXES, np.array([[500.0, 5.0]]), NEGATIVE)
+
+
+def test_a_negative_point_far_away_on_a_large_image_leaves_an_object_alone(sensitive_sam):
+    """Every negative point joined every object's prompt, and the view answering it was
+    stretched over both, downscaled: a cell at one corner of a 1536 px image lost its
+    detail to a negative at the opposite corner (nano: IoU 0.84 -> 0.32). A negative in
+    the object's view still joins its prompt."""
+    segmenter = Segmenter(sensitive_sam, model_id="s", use_disk_cache=False, precision="fp32")
+    image = np.zeros((1024, 1024), np.float32)
+    image[:256, :256] = make_image((256, 256), seed=4)[0]
+    segmenter.set_image(image)
+    positive = np.array([[100.0, 100.0]])
+    far, near = np.array([[1000.0, 990.0]]), np.array([[130.0, 110.0]])
+    decoded = []
+    real_decode = segmenter.decode
+
+    def recording(view, points, labels, box, **options):
+        decoded.append((view, None if points is None else points[0].tolist()))
+        return real_decode(view, points, labels, box, **options)
+
+    segmenter.decode = recording
+    alone = segmenter.predict_with_negatives(np.zeros((0, 4)), positive, np.zeros((0, 2)))
+    with_far = segmenter.predict_with_negatives(np.zeros((0, 4)), positive, far)
+    np.testing.assert_array_equal(with_far, alone)
+    assert decoded[0] == decoded[1] == (decoded[0][0], [[100.0, 100.0]])
+    segmenter.predict_with_negatives(np.zeros((0, 4)), positive, np.vstack([far, near]))
+    assert decoded[2] == (decoded[0][0], [[100.0, 100.0], [130.0, 110.0]])
+    box = np.array([[60.0, 60.0, 140.0, 140.0]])
+    segmenter.predict_with_negatives(box, np.zeros((0, 2)), np.vstack([far, near]))
+    assert decoded[3] == (decoded[0][0], [[130.0, 110.0]])

@@ -89,8 +89,8 @@ def _prompt_views(
         corners = [points.points_xy[rows][objects == i] for i in dict.fromkeys(objects.tolist())]
     else:
         xy, positive = points.points_xy[rows], points.labels[rows] == 1
-        negatives = xy[~positive]
-        corners = [np.vstack([point[None], negatives]) for point in xy[positive]]
+        near = [segmenter.within_view_of(point[None], xy[~positive]) for point in xy[positive]]
+        corners = [np.vstack([point[None], n]) for point, n in zip(xy[positive], near, strict=True)]
     views = dict.fromkeys(segmenter.view_for(c) for c in corners)
     return [segmenter.view_tile(view) for view in views]
 

@@ -217,8 +217,10 @@ class Segmenter(ViewPredictor):
     def predict_with_negatives(
         self, boxes_xyxy: np.ndarray, points_xy: np.ndarray, negatives_xy: np.ndarray
     ) -> np.ndarray:
-        """One object per box and per positive point, each prompted with every negative
-        point too (they mark background for all); uint32 (H, W) labels, boxes first: box
+        """One object per box and per positive point, each prompted with the negative points
+        in its view too (they mark background for all; on a large image, those in another
+        part of it are not the object's, see :meth:`within_view_of`); uint32 (H, W) labels,
+        boxes first: box
         ``i`` -> id ``i + 1``, point ``j`` -> id ``len(boxes) + j + 1``. Where objects
         overlap the larger logit wins, as in :meth:`predict_boxes` (the first prompt took
         every pixel it shared with a later one). Each of the three may be empty ((0, 4),
@@ -231,11 +233,12 @@ class Segmenter(ViewPredictor):
             if _no_prompts(negatives_xy, 2)
             else check_points(negatives_xy, shape, "negatives_xy")
         )
-        background = np.zeros(len(negatives), dtype=np.int64)
-        prompts = [(negatives, background, box) for box in boxes]
-        prompts += [(np.vstack([p, negatives]), np.r_[1, background], None) for p in points]
+        objects = [(np.zeros((0, 2)), box) for box in boxes] + [(p[None], None) for p in points]
         painter = LabelPainter(self.image_shape, self.model.mask_threshold)
-        for object_id, (prompt_xy, labels, box) in enumerate(prompts, start=1):
+        for object_id, (positive, box) in enumerate(objects, start=1):
+            near = self.within_view_of(positive if box is None else box.reshape(2, 2), negatives)
+            prompt_xy = np.vstack([positive, near])
+            labels = np.r_[np.ones(len(positive)), np.zeros(len(near))].astype(np.int64)
             corners = prompt_xy if box is None else np.vstack([prompt_xy, box.reshape(2, 2)])
             view = self.view_for(corners)
             self.require_embedded([view])

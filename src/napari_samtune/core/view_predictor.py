@@ -278,6 +278,18 @@ class ViewPredictor(ViewDecodingMixin):
             return OVERVIEW
         return len(self.grid.tiles) + self._made_views.number(wanted)
 
+    def within_view_of(self, coords_xy: np.ndarray, others_xy: np.ndarray) -> np.ndarray:
+        """Those of ``others_xy`` ((n, 2) image x, y) inside the view that answers
+        ``coords_xy`` on its own: the negative points that belong in an object's prompt.
+        A negative far away (another part of a large image) made the view span both,
+        downscaled: nano's IoU of a cell on a 1536 px image fell from 0.84 to 0.32."""
+        others = np.asarray(others_xy, dtype=np.float64).reshape(-1, 2)
+        tile = self.view_tile(self.view_for(coords_xy))
+        x, y = others[:, 0], others[:, 1]
+        inside = (x >= tile.x0) & (x <= tile.x0 + tile.width)
+        inside &= (y >= tile.y0) & (y <= tile.y0 + tile.height)
+        return others[inside]
+
     @contextmanager
     def no_encoder_passes(self) -> Iterator[None]:
         """Inside it, a prompt that needs a view not embedded yet raises
