@@ -287,10 +287,14 @@ BASE_MODEL_FIX = (
 
 
 def restore_model(
-    checkpoint: dict, path: str | Path = "the checkpoint"
+    checkpoint: dict, path: str | Path = "the checkpoint", base: Sam | None = None
 ) -> tuple[Sam, SamArchitecture]:
     """The training model (LoRA adapters unmerged) of a checkpoint (read from ``path``, which
     errors name, and checked by :func:`check_model_fields`), on the CPU.
+
+    ``base``: the model that completes a checkpoint of only the trained weights, instead of
+    its base model loaded anew (a run exporting at its end: its own model, whose other
+    weights are the base's, also where that was removed or replaced while it trained).
 
     :class:`BaseModelUnavailable` where the checkpoint holds only the trained weights and
     its base model cannot be loaded as it was; ``DamagedCheckpoint`` where its weights do
@@ -304,7 +308,10 @@ def restore_model(
             apply_lora(sam.image_encoder, config.lora_rank, config.lora_alpha)
         _check_weights_fit(sam, state, arch, path, partial=False)
         return load_weights(sam, state), arch
-    sam, base_arch = _base_model_of(checkpoint, config, path)
+    if base is not None:
+        sam, base_arch = _copy_of(base, arch, config), arch
+    else:
+        sam, base_arch = _base_model_of(checkpoint, config, path)
     if base_arch != arch:  # the base's weights are the ones recorded: the entry is wrong
         ours, theirs = arch.to_dict(), base_arch.to_dict()
         differ = ", ".join(f"{k} {v!r} vs {theirs[k]!r}" for k, v in ours.items() if v != theirs[k])
@@ -316,6 +323,14 @@ def restore_model(
     _check_weights_fit(sam, state, arch, path, partial=True)
     sam.load_state_dict(state, strict=False)
     return sam, arch
+
+
+def _copy_of(model: Sam, arch: SamArchitecture, config: TrainConfig) -> Sam:
+    """A CPU copy of a training ``model`` (of ``arch``, with the LoRA adapters of ``config``)."""
+    sam = sam_to_load(arch)
+    if config.lora_rank:
+        apply_lora(sam.image_encoder, config.lora_rank, config.lora_alpha)
+    return load_weights(sam, {k: v.detach().cpu() for k, v in model.state_dict().items()})
 
 
 def _check_weights_fit(
@@ -376,17 +391,20 @@ def _base_model_of(
     )
 
 
-def export_model(checkpoint_path: str | Path, out_path: str | Path) -> tuple[Path, SamArchitecture]:
+def export_model(
+    checkpoint_path: str | Path, out_path: str | Path, base: Sam | None = None
+) -> tuple[Path, SamArchitecture]:
     """Write the checkpoint's model as a plain SAM state dict (LoRA merged).
 
     The file loads with strict loading into an unmodified ``segment_anything``
     model of the checkpoint's architecture (checked here before writing). ``out_path`` is a
     file name; a folder, or a training checkpoint (the one exported included), is refused.
+    ``base``: see :func:`restore_model`.
     """
     from napari_samtune.core.models import export_sam_state_dict
 
     _check_export_path(Path(checkpoint_path), Path(out_path))
-    sam, arch = restore_model(read_checkpoint(checkpoint_path), checkpoint_path)
+    sam, arch = restore_model(read_checkpoint(checkpoint_path), checkpoint_path, base)
     plain = load_weights(sam_to_load(arch), merged_state_dict(sam))
     return export_sam_state_dict(plain, out_path), arch
 

@@ -128,7 +128,7 @@ def _anew(name: str, earlier: str | None) -> dict:
 
 
 def export_and_register(
-    checkpoint: Path, out_dir: Path, model_name: str | None, metadata: dict
+    checkpoint: Path, out_dir: Path, model_name: str | None, metadata: dict, base=None
 ) -> tuple[Path, str]:
     """Export ``checkpoint`` to ``out_dir / model.pth`` and register it as a user model.
 
@@ -136,11 +136,13 @@ def export_and_register(
     ``model_name`` was checked before training; taken since by another model (another
     window's run, a script), the model is registered under a free variant of it
     (``mine-2``) rather than fail the finished run, and the name returned says so.
+    ``base``: the run's own model, which completes a checkpoint of only the trained weights
+    (see :func:`~napari_samtune.core.train_checkpoints.restore_model`).
     """
     from napari_samtune.core.train_checkpoints import export_model
     from napari_samtune.core.user_models import ModelNameTaken, register_user_model
 
-    exported, arch = export_model(checkpoint, RunFiles(out_dir).model)
+    exported, arch = export_model(checkpoint, RunFiles(out_dir).model, base)
     earlier = earlier_registration(out_dir)
     if model_name is not None and model_name != earlier and _name_taken(model_name):
         model_name = unique_model_name(model_name)

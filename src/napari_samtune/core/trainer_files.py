@@ -306,8 +306,11 @@ class TrainerFilesMixin:
         that cannot be read (damaged on disk since it was written) does not cost the run its
         model: last.pt, whole, is exported instead, and the note says so."""
         last, summary = self.files.last, self._summary()
+        # its weights that did not train are the base model's, also where that was removed
+        # or replaced while it trained (the export then failed, and the run's model was lost)
+        base = self.sam
         try:
-            return (*export_and_register(source, self.out_dir, self.model_name, summary), "")
+            return (*export_and_register(source, self.out_dir, self.model_name, summary, base), "")
         except UnreadableFile as err:
             if source == last or not last.exists():
                 raise
@@ -318,7 +321,7 @@ class TrainerFilesMixin:
             )
         warnings.warn(note, stacklevel=2)
         summary["export_note"] = note  # the registered model's record says so too
-        exported, name = export_and_register(last, self.out_dir, self.model_name, summary)
+        exported, name = export_and_register(last, self.out_dir, self.model_name, summary, base)
         return exported, name, note
 
     def _sum_epoch_loss_over_ranks(self) -> None:
