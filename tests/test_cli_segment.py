@@ -736,6 +736,31 @@ def test_existing_labels_are_replaced_only_with_overwrite(
     assert not np.array_equal(tifffile.imread(out), corrected)
 
 
+def test_labels_saved_while_the_image_was_segmented_are_kept(
+    tmp_path, tiny_checkpoint, image_file, monkeypatch, capsys
+):
+    """-o was checked only at the start: labels the annotation widget (or another run)
+    saved there meanwhile were replaced without --overwrite."""
+    from napari_samtune.cli import segment as segment_command
+
+    out = tmp_path / "image.labels.tif"
+    corrected = np.full((200, 240), 7, np.uint32)
+    real = segment_command.segment_planes
+
+    def saved_meanwhile(*args, **kwargs):
+        labels = real(*args, **kwargs)
+        tifffile.imwrite(out, corrected)
+        return labels
+
+    monkeypatch.setattr(segment_command, "segment_planes", saved_meanwhile)
+    assert segment(tiny_checkpoint, image_file[0], out, *AUTO) == 1
+    err = capsys.readouterr().err
+    assert f"not written: {out} was saved meanwhile (by the annotation widget?) and is kept" in err
+    np.testing.assert_array_equal(tifffile.imread(out), corrected)
+    assert segment(tiny_checkpoint, image_file[0], out, *AUTO, "--overwrite") == 0
+    assert not np.array_equal(tifffile.imread(out), corrected)
+
+
 def test_labels_named_beside_the_widget_s_keep_their_record(
     tmp_path, tiny_checkpoint, image_file, capsys
 ):

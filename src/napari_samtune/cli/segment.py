@@ -271,6 +271,9 @@ def _run(args: argparse.Namespace) -> int:
     elif boxes is not None:
         _report_empty(labels, range(1, len(boxes) + 1), boxes.ids_from)
     made = _made_by(args, model_name, config)
+    if not args.overwrite and args.output.exists():  # checked at the start: saved meanwhile
+        print(f"not written: {_APPEARED.format(args.output)}", file=sys.stderr)
+        return 1
     n_objects, found_in = _write_labels(args.output, labels, files[0], planes.pixels, made)
     where = f" in {found_in} of {planes.count} planes" if args.stack else ""
     print(
