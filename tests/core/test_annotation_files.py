@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from napari_samtune.core.annotation_files import (
     safe_stem,
     save_annotations,
     save_name,
+    write_annotations,
 )
 from napari_samtune.core.data import load_pairs, prepare_pairs
 from napari_samtune.core.synthetic import make_dataset
@@ -262,3 +265,36 @@ def test_a_save_deletes_the_files_a_killed_save_left_half_written(tmp_path):
     save_annotations(tmp_path, "cells", labels, {"objects": []})
     assert not stale.exists()
     assert young.exists() and other.exists()
+
+
+def test_two_saves_of_one_labels_file_at_once_leave_a_matching_record(tmp_path, monkeypatch):
+    """The widget's autosave and a samtune segment (or two processes) saving one file: the
+    first wrote its record, the second its record and labels, then the first its labels:
+    the labels of one beside the record of the other."""
+    real_write, first_record_written = annotation_files.atomic_write, []
+    done = threading.Event()
+
+    def slow_first(path, write):
+        result = real_write(path, write)
+        if path.name.endswith(".prompts.json") and not first_record_written:
+            first_record_written.append(path)
+            done.wait(timeout=1.0)  # the second save's turn, unless it waits for this one
+        return result
+
+    monkeypatch.setattr(annotation_files, "atomic_write", slow_first)
+    path = tmp_path / "a.labels.tif"
+
+    def save(k: int) -> None:
+        write_annotations(path, "a", np.full((8, 8), k, np.uint32), {"who": k})
+
+    first = threading.Thread(target=save, args=(1,))
+    first.start()
+    deadline = time.monotonic() + 10
+    while not first_record_written and time.monotonic() < deadline:
+        time.sleep(0.001)
+    second = threading.Thread(target=lambda: (save(2), done.set()))
+    second.start()
+    first.join()
+    second.join()
+    labels, record = load_annotations(path)
+    assert int(labels[0, 0]) == record["who"] == 2  # the later save, whole

@@ -28,6 +28,8 @@ import glob
 import json
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -221,11 +223,36 @@ def write_annotations(
         # the next run took for another image's, or refused as "exists"
         atomic_write(prompts_path, lambda record: record.write_text(text, encoding="utf-8"))
 
-    atomic_write(labels_path, labels_then_record)
+    with folder_locked(labels_path.parent):  # another save of the pair waits for this one
+        atomic_write(labels_path, labels_then_record)
     for path in (labels_path, prompts_path):  # left by a save killed mid-write (hidden, as
         # large as the labels: they stayed for ever); a younger one may be a save going on
         remove_abandoned_writes(path.parent, f".{glob.escape(path.name)}.*.tmp")
     return labels_path, prompts_path
+
+
+@contextmanager
+def folder_locked(folder: Path) -> Iterator[None]:
+    """Hold ``folder`` (an flock on the folder itself: no file left in it) while a labels
+    file and its record are written: two saves of one file at once (the widget's autosave
+    and samtune segment, two processes) left the labels of one beside the record of the
+    other, 48 times in 150. Unlocked where the folder does not exist yet (nothing else
+    writes there) or cannot be locked (Windows, some network disks)."""
+    try:
+        import fcntl
+
+        handle = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:  # ENOLCK, EOPNOTSUPP: as without
+            pass
+        yield
+    finally:
+        os.close(handle)  # and the lock with it
 
 
 def load_annotations(labels_path: str | Path) -> tuple[np.ndarray, dict]:
