@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 from napari_samtune import __version__
 from napari_samtune.cli.console import (  # Terminated: also napari_samtune.cli's
@@ -154,12 +155,14 @@ def read_annotated(
     skip_unpaired: bool,
     verbose: bool = True,
     channels: tuple[int | None, tuple[int, ...] | None] = (None, None),
+    notes: TextIO | None = None,
 ) -> list:
     """The ``ImageLabelPair`` s of ``--images``/``--labels`` (``what`` names them: "training").
 
     Every file must pair unless ``skip_unpaired`` (``--skip-unpaired``): then the files
-    without a partner are left out and, if ``verbose``, listed on stdout. ``channels`` is
-    (``--channel-axis``, ``--channels``); every image is checked to have them.
+    without a partner are left out and, if ``verbose``, listed on ``notes`` (None: stdout,
+    a training run's log; ``samtune evaluate`` keeps its stdout for the results). ``channels``
+    is (``--channel-axis``, ``--channels``); every image is checked to have them.
     """
     from napari_samtune.core.data import (
         empty_planes_message,
@@ -177,17 +180,17 @@ def read_annotated(
             f"{len(match.pairs)} pair(s) found"
         )
     if match.left_out_message() and verbose:
-        print(f"{what} data: {match.left_out_message()}")
+        print(f"{what} data: {match.left_out_message()}", file=notes)
     foreign: list[str] = []
     empty_planes: list[str] = []
     namesakes: list[str] = []
     pairs = read_match(match, foreign, *channels, empty_planes, namesakes)
     if namesakes and verbose:
-        print(f"{what} data: {namesakes_message(namesakes)}")
+        print(f"{what} data: {namesakes_message(namesakes)}", file=notes)
     if foreign and verbose:
         print(f"warning: {what} data: {foreign_labels_message(foreign)}", file=sys.stderr)
     if empty_planes and verbose:
-        print(f"{what} data: {empty_planes_message(empty_planes)}")
+        print(f"{what} data: {empty_planes_message(empty_planes)}", file=notes)
     for pair in pairs:  # all files, before a model is loaded or a run folder is made
         try:
             check_channels(pair)

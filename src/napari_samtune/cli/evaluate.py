@@ -24,6 +24,7 @@ from napari_samtune.cli import (
     output_folder,
     read_annotated,
 )
+from napari_samtune.cli.console import sigterm_interrupts
 from napari_samtune.cli.segment_planes import download_bar, no_progress, optional_bar
 
 if TYPE_CHECKING:
@@ -186,7 +187,8 @@ def _normalised(pairs: list) -> tuple[list, list, list[str]]:
     if left_out:
         print(
             f"evaluation data: left out {len(left_out)} pair(s) without any object (labels "
-            f"all 0): {describe_names(left_out)}"
+            f"all 0): {describe_names(left_out)}",
+            file=sys.stderr,  # stdout holds the results alone (> scores.md)
         )
     return images, labels, names
 
@@ -277,39 +279,46 @@ def _model_file(name: str) -> Path | None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from napari_samtune.core.demo import model_metrics
     from napari_samtune.core.devices import resolve_device
-    from napari_samtune.core.models import load_model
 
     known = _model_names()  # read once, for the repeats and the row names
     _check_options(args, known)
     device = str(resolve_device(args.device))
     channels = (args.channel_axis, args.channels)
     pairs = read_annotated(
-        args.images, args.labels, "evaluation", args.skip_unpaired, True, channels
+        args.images, args.labels, "evaluation", args.skip_unpaired, True, channels, sys.stderr
     )
     images, labels, used = _normalised(pairs)  # all checked before any model is loaded
     check_models(args.model, not args.no_progress)
     results = {}
     names = _unique_names(args.model, known)
     measured = {"device": device, "pairs": used, "models": {}}
-    try:
-        for name, model in zip(names, args.model, strict=True):
-            loaded = load_model(model, device=device)  # downloaded by check_models
-            print(f"evaluating {name} on {len(images)} images ...", file=sys.stderr, flush=True)
-            auto = auto_config_for(loaded.architecture.img_size, args)
-            measured["models"][name] = _model_record(model, loaded, auto, device)
-            with optional_bar(not args.no_progress, f"evaluating {name}", "image") as bar:
-                (bar or no_progress)(0, len(images))
-                results[name] = model_metrics(
-                    loaded.sam, loaded.model_id, images, labels, auto, args.clicks,
-                    args.max_objects, device, progress=bar,
-                )  # fmt: skip
+    try:  # SIGTERM (a batch job's time limit) as Ctrl+C: the models done are kept
+        with sigterm_interrupts():
+            for name, model in zip(names, args.model, strict=True):
+                results[name] = _evaluate(name, model, images, labels, args, device, measured)
     except (Exception, KeyboardInterrupt):
         _keep_finished(results, names, args, measured)  # then the error or interrupt is said
         raise
     _report(results, args, measured)
     return 0
+
+
+def _evaluate(name, model, images, labels, args, device, measured) -> dict:
+    """The metrics of ``model`` (shown as ``name``); its settings go to ``measured``."""
+    from napari_samtune.core.demo import model_metrics
+    from napari_samtune.core.models import load_model
+
+    loaded = load_model(model, device=device)  # downloaded by check_models
+    print(f"evaluating {name} on {len(images)} images ...", file=sys.stderr, flush=True)
+    auto = auto_config_for(loaded.architecture.img_size, args)
+    measured["models"][name] = _model_record(model, loaded, auto, device)
+    with optional_bar(not args.no_progress, f"evaluating {name}", "image") as bar:
+        (bar or no_progress)(0, len(images))
+        return model_metrics(
+            loaded.sam, loaded.model_id, images, labels, auto, args.clicks,
+            args.max_objects, device, progress=bar,
+        )  # fmt: skip
 
 
 def _keep_finished(
