@@ -351,6 +351,29 @@ def test_a_model_given_by_name_and_by_its_file_is_refused_as_given_twice(
     assert evaluations == []
 
 
+def test_a_registered_model_and_the_file_it_was_registered_from_are_refused_as_the_same(
+    tmp_path, annotated_folder, capsys, evaluations
+):
+    """A run's registered model and its model.pth (the registered one is a copy): both were
+    evaluated, two rows of the same scores, one of them named 'model'."""
+    from napari_samtune.core.user_models import register_user_model
+
+    images, labels = annotated_folder
+    (tmp_path / "run").mkdir()
+    exported = _save_tiny(tmp_path / "run" / "model.pth", 0)
+    register_user_model(exported, "run", TINY)
+    other = _save_tiny(tmp_path / "other.pth", 1)
+    argv = ["evaluate", "--images", str(images), "--labels", str(labels), "--clicks", "0"]
+    argv += ["--points-per-side", "2", "--no-progress", "--out", str(tmp_path / "eval")]
+    models = ["--model", "run", "--model", str(exported), "--model", str(other)]
+    assert cli.main([*argv, *models]) == 0
+    out, err = capsys.readouterr()
+    assert f"--model {exported} holds the same weights as run, evaluated already: left out" in err
+    assert len(evaluations) == 2
+    with open(tmp_path / "eval" / "evaluation.csv") as file:
+        assert [row["model"] for row in csv.DictReader(file)] == ["run", "other"]
+
+
 def test_a_model_name_with_a_dot_keeps_it_in_its_row_name(tmp_path):
     """'cells.v2' and 'cells' were rows 'cells' and 'cells#2': the first model's scores
     under the second one's name."""

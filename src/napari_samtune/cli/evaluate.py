@@ -296,7 +296,9 @@ def _run(args: argparse.Namespace) -> int:
     try:  # SIGTERM (a batch job's time limit) as Ctrl+C: the models done are kept
         with sigterm_interrupts():
             for name, model in zip(names, args.model, strict=True):
-                results[name] = _evaluate(name, model, images, labels, args, device, measured)
+                metrics = _evaluate(name, model, images, labels, args, device, measured)
+                if metrics is not None:
+                    results[name] = metrics
     except (Exception, KeyboardInterrupt):
         _keep_finished(results, names, args, measured)  # then the error or interrupt is said
         raise
@@ -304,12 +306,21 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(name, model, images, labels, args, device, measured) -> dict:
-    """The metrics of ``model`` (shown as ``name``); its settings go to ``measured``."""
+def _evaluate(name, model, images, labels, args, device, measured) -> dict | None:
+    """The metrics of ``model`` (shown as ``name``); its settings go to ``measured``. None
+    for weights evaluated already under another name (a run's registered model and its
+    model.pth, a copy: the same scores twice, as long again)."""
     from napari_samtune.core.demo import model_metrics
     from napari_samtune.core.models import load_model
 
     loaded = load_model(model, device=device)  # downloaded by check_models
+    same = [n for n, record in measured["models"].items() if record["model_id"] == loaded.model_id]
+    if same:
+        print(
+            f"--model {model} holds the same weights as {same[0]}, evaluated already: left out",
+            file=sys.stderr,
+        )
+        return None
     print(f"evaluating {name} on {len(images)} images ...", file=sys.stderr, flush=True)
     auto = auto_config_for(loaded.architecture.img_size, args)
     measured["models"][name] = _model_record(model, loaded, auto, device)
