@@ -512,3 +512,18 @@ def test_the_settings_name_the_precision_the_encoder_ran_in(
     model = json.loads((out / "evaluation.json").read_text())["models"]["first"]
     assert used and set(used) == {expected}
     assert model["encoder_precision"] == expected
+
+
+def test_a_model_file_name_of_no_utf8_is_evaluated_and_written(tmp_path, annotated_folder, capsys):
+    """A Latin-1 file name (``m\\xe9.pth``, read as ``m\\udce9``): the whole evaluation ran,
+    then writing its CSV failed ('surrogates not allowed'), and its results were lost."""
+    images, labels = annotated_folder
+    model = os.fsdecode(os.fsencode(str(tmp_path)) + b"/m\xe9.pth")
+    _save_tiny(model, 0)
+    argv = ["evaluate", "--images", str(images), "--labels", str(labels), "--model", model]
+    argv += ["--clicks", "0", "--points-per-side", "2", "--no-progress"]
+    assert cli.main([*argv, "--out", str(tmp_path / "eval")]) == 0
+    with open(tmp_path / "eval" / "evaluation.csv", encoding="utf-8") as file:
+        assert [row["model"] for row in csv.DictReader(file)] == ["m\ufffd"]
+    assert (tmp_path / "eval" / "evaluation.png").is_file()
+    assert "| m\ufffd |" in capsys.readouterr().out

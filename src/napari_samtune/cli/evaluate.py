@@ -136,13 +136,20 @@ def _unique_names(models: list[str], known: set[str] | None = None) -> list[str]
         depth = 1
         while depth < len(parts) and any(t[-depth:] == parts[-depth:] for t in rivals):
             depth += 1
-        name = Path(*parts[-depth:]).as_posix() if files[index] else parts[0]
+        name = _printable(Path(*parts[-depth:]).as_posix() if files[index] else parts[0])
         candidate, n = name, 1
         while candidate in names:
             n += 1
             candidate = f"{name}#{n}"
         names.append(candidate)
     return names
+
+
+def _printable(name: str) -> str:
+    """``name`` with the bytes of a file name that are no UTF-8 (Python's surrogates, e.g.
+    ``m\udce9`` of a Latin-1 ``mé.pth``) as U+FFFD: the CSV, the chart and stdout, all
+    UTF-8, failed at the end of the evaluation and lost its results."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
