@@ -269,3 +269,24 @@ def test_segment_and_evaluate_write_their_results_with_stderr_closed(
     evaluate += ["--out", str(tmp_path / "eval"), "--clicks", "0", "--points-per-side", "4"]
     assert cli.main(evaluate) == 0
     assert (tmp_path / "eval" / "evaluation.csv").is_file()
+
+
+@pytest.mark.parametrize("world_size", [None, "1", "2"])
+def test_a_rank_left_set_without_torchrun_is_the_main_process(monkeypatch, capsys, world_size):
+    """RANK=1 exported by a scheduler, one process: samtune printed nothing (a finished
+    train's result neither), and its errors came after the workers' 10 s wait."""
+    from napari_samtune.cli import console
+    from napari_samtune.core import distributed
+
+    monkeypatch.setenv("RANK", "1")
+    if world_size is None:
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("WORLD_SIZE", world_size)
+    alone = world_size != "2"
+    assert console.is_main_process() is alone
+    assert distributed.is_main_process() is alone
+    if alone:
+        monkeypatch.setattr(console.time, "sleep", lambda s: pytest.fail("waited as a worker"))
+        console.report_error("samtune segment: error: x")
+        assert capsys.readouterr().err == "samtune segment: error: x\n"

@@ -122,7 +122,11 @@ def report_error(message: str) -> None:
 
 def is_main_process() -> bool:
     """False in the workers but the first of a ``torchrun`` job (env ``RANK``, else
-    ``LOCAL_RANK``, above 0): they train and exit alike, but say nothing."""
+    ``LOCAL_RANK``, above 0): they train and exit alike, but say nothing. A process alone
+    (no ``WORLD_SIZE`` above 1) is the main one whatever ``RANK`` a scheduler left set: it
+    printed nothing, and its errors came 10 s late."""
+    if torchrun_world_size() <= 1:
+        return True
     rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
     try:
         return int(rank) == 0

@@ -206,7 +206,11 @@ def _same_on_every_rank(value, ctx: DistributedContext, device: torch.device) ->
 
 def is_main_process() -> bool:
     """Whether this process is the first of a ``torchrun`` job (env ``RANK``, else
-    ``LOCAL_RANK``, is 0) or runs alone; known before the process group is joined."""
+    ``LOCAL_RANK``, is 0) or runs alone (``WORLD_SIZE`` unset or 1, whatever ``RANK`` a
+    scheduler left set); known before the process group is joined."""
+    size = os.environ.get("WORLD_SIZE", "1").strip()
+    if not size.isdigit() or int(size) <= 1:
+        return True
     rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
     return not rank.isdigit() or int(rank) == 0
 
