@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 
 import pytest
 import torch
@@ -221,3 +222,28 @@ def test_a_checkpoint_whose_base_model_is_gone_says_to_put_it_back(tmp_path, cap
     assert "put the base model back as the run had it" in err
     assert f"{tmp_path / 'run' / 'model.pth'}, is whole and needs none" in err
     assert "exported instead" not in err and not (tmp_path / "e.pth").exists()
+
+
+def test_a_register_name_taken_during_the_export_gives_the_command_to_register_it(
+    tmp_path, checkpoint, capsys, monkeypatch
+):
+    """Another registration of the name, finishing while the model was exported, was told
+    to "pass overwrite=True", an argument of the Python function."""
+    from napari_samtune.core import user_models
+
+    real = user_models.register_user_model
+
+    def taken_meanwhile(path, name, *args, **kwargs):
+        real(path, name, *args, **kwargs)  # the other registration, first
+        return real(path, name, *args, **kwargs)
+
+    monkeypatch.setattr(user_models, "register_user_model", taken_meanwhile)
+    output = tmp_path / "model.pth"
+    assert cli.main(["export", str(checkpoint), "-o", str(output), "--register", "dup"]) == 2
+    err = capsys.readouterr().err
+    assert "overwrite=True" not in err
+    assert f"--register dup was taken by another model while {checkpoint} was exported" in err
+    command = err.split("with samtune ")[1].strip().replace("NAME", "mine")
+    monkeypatch.setattr(user_models, "register_user_model", real)
+    assert cli.main(shlex.split(command)) == 0
+    assert "registered as 'mine'" in capsys.readouterr().out

@@ -1144,3 +1144,30 @@ def test_an_older_run_that_recorded_fp16_continues_on_a_cpu(tmp_path, folders, c
     _as_an_older_version_recorded(out, "fp16")  # asked for by name: refused, as before
     assert cli.main([*resume, str(out), "--epochs", "3", "--mixed-precision", "fp16"]) == 2
     assert "--mixed-precision fp16 needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_a_name_taken_while_the_run_trained_is_said_with_its_new_name(
+    tmp_path, folders, capsys, monkeypatch, tiny_checkpoint
+):
+    """Another run registered '--name shared' first: this one printed only 'registered
+    model: shared-2', the reason left out."""
+    from napari_samtune.core import train_export, trainer
+    from napari_samtune.core.user_models import register_user_model
+
+    free_then = lambda name, resumed=None: name  # noqa: E731
+    monkeypatch.setattr(train_export, "check_registration", free_then)
+    monkeypatch.setattr(trainer, "check_registration", free_then)
+    register_user_model(tiny_checkpoint, "shared", TINY)  # taken meanwhile
+    assert cli.main([*_tiny_run(folders, tmp_path / "run", 1), "--name", "shared"]) == 0
+    assert (
+        "registered model: shared-2 (the name 'shared' was taken by another model meanwhile)"
+        in capsys.readouterr().out
+    )
+
+
+def test_a_run_into_the_current_folder_is_named_after_it(tmp_path, folders, capsys, monkeypatch):
+    """--out . registered the model as 'finetuned' (Path('.').name is '')."""
+    (tmp_path / "cells-round2").mkdir()
+    monkeypatch.chdir(tmp_path / "cells-round2")
+    assert cli.main(_tiny_run(folders, ".", 1)) == 0
+    assert "registered model: cells-round2\n" in capsys.readouterr().out

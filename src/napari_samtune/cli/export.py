@@ -158,8 +158,16 @@ def _export(checkpoint: Path, args: argparse.Namespace) -> int:
         raise ValueError(f"{err}{_last_instead(checkpoint, args.output)}") from None
     print(f"exported the {arch.name} model of {checkpoint}: {exported}")
     if name:
-        from napari_samtune.core.user_models import register_user_model
+        from napari_samtune.core.user_models import ModelNameTaken, register_user_model
 
-        path = register_user_model(exported, name, arch, {"exported_from": str(checkpoint)})
+        try:
+            path = register_user_model(exported, name, arch, {"exported_from": str(checkpoint)})
+        except ModelNameTaken:  # checked above: another registration finished meanwhile
+            raise ValueError(
+                f"--register {name} was taken by another model while {checkpoint} was "
+                f"exported; the model is in {exported}: register it under another name "
+                f"with samtune export {shlex.quote(str(checkpoint))} -o "
+                f"{shlex.quote(str(exported))} --overwrite --register NAME"
+            ) from None
         print(f"registered as {name!r}: {path}")
     return 0

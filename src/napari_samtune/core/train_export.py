@@ -146,7 +146,7 @@ def export_and_register(
     earlier = earlier_registration(out_dir)
     if model_name is not None and model_name != earlier and _name_taken(model_name):
         model_name = unique_model_name(model_name)
-    name = model_name or earlier or unique_model_name(out_dir.name)
+    name = model_name or earlier or unique_model_name(out_dir.resolve().name)  # "." too
     for _ in range(REGISTRATION_TRIES - 1):
         try:
             register_user_model(exported, name, arch, metadata, **_anew(name, earlier))
