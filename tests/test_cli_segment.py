@@ -339,6 +339,12 @@ def test_auto_on_a_stack_gives_ids_unique_across_planes(
             "--channel-axis -3: .*axis of planes",
         ),
         (("--stack",), SPANNING_SHAPE, r"shape 0 spans planes \[0.0, 1.0\]; draw each box"),
+        (  # its negative point alone on plane 1 was a prompt there: a neighbour segmented
+            ("--stack",),
+            "x,y,label,object,z\n10,10,1,1,0\n30,30,0,1,1\n",
+            "line 3: object 1 has only negative points on plane 1; give it a positive point "
+            "\\(label 1\\) on the object on plane 1",
+        ),
     ],
 )
 def test_stack_mistakes_are_named(

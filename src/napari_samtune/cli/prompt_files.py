@@ -316,12 +316,16 @@ def _check_positive_points(path: Path, prompts: PointPrompts, lines: list[int]) 
                 "object to segment"
             )
         return
-    for object_id in dict.fromkeys(prompts.objects.tolist()):
-        rows = np.flatnonzero(prompts.objects == object_id)
+    planes = np.zeros(len(prompts), np.int64) if prompts.planes is None else prompts.planes
+    # each plane is segmented on its own: an object's negative points alone on one plane
+    # were a prompt there, which made a spurious object of a neighbour
+    for object_id, plane in dict.fromkeys(zip(prompts.objects.tolist(), planes.tolist())):
+        rows = np.flatnonzero((prompts.objects == object_id) & (planes == plane))
         if not prompts.labels[rows].any():
+            where = f" on plane {plane}" if prompts.planes is not None else ""
             raise ValueError(
-                f"{path}, line {lines[rows[0]]}: object {object_id} has only negative points; "
-                "give it a positive point (label 1) on the object"
+                f"{path}, line {lines[rows[0]]}: object {object_id} has only negative "
+                f"points{where}; give it a positive point (label 1) on the object{where}"
             )
 
 
