@@ -319,7 +319,8 @@ def _check_positive_points(path: Path, prompts: PointPrompts, lines: list[int]) 
     planes = np.zeros(len(prompts), np.int64) if prompts.planes is None else prompts.planes
     # each plane is segmented on its own: an object's negative points alone on one plane
     # were a prompt there, which made a spurious object of a neighbour
-    for object_id, plane in dict.fromkeys(zip(prompts.objects.tolist(), planes.tolist())):
+    pairs = zip(prompts.objects.tolist(), planes.tolist(), strict=True)
+    for object_id, plane in dict.fromkeys(pairs):
         rows = np.flatnonzero((prompts.objects == object_id) & (planes == plane))
         if not prompts.labels[rows].any():
             where = f" on plane {plane}" if prompts.planes is not None else ""
