@@ -18,6 +18,7 @@ from napari_samtune.core.automatic import (
     AutoSegmentConfig,
     Candidates,
     filter_candidates,
+    nms,
     owned_by_tile,
     paint,
     rasterise,
@@ -153,17 +154,32 @@ def test_filters_keep_only_confident_stable_non_empty_masks():
     assert kept.boxes.tolist() == [[224.0, 80.0, 239.0, 95.0]]
 
 
-def test_each_centre_is_owned_by_exactly_one_tile():
+def test_each_centre_is_owned_by_a_tile_and_those_by_the_boundary_by_both():
     grid = TileGrid.for_image((256, 448), 256, TilingConfig())
-    centres = np.array([[10.0, 5.0], [223.0, 100.0], [224.0, 100.0], [240.0, 7.0], [440.0, 250.0]])
+    centres = np.array(
+        [[10.0, 5.0], [220.0, 100.0], [223.0, 100.0], [224.0, 100.0], [240.0, 7.0], [440.0, 250.0]]
+    )
     boxes = torch.tensor(np.concatenate([centres - 3, centres + 3], axis=1), dtype=torch.float32)
     candidates = Candidates(
-        torch.zeros(5, dtype=torch.int64), torch.zeros(5, 4, 4), torch.ones(5), boxes
+        torch.zeros(6, dtype=torch.int64), torch.zeros(6, 4, 4), torch.ones(6), boxes
     )
     left = owned_by_tile(candidates, grid, 0).boxes[:, 0] + 3
     right = owned_by_tile(candidates, grid, 1).boxes[:, 0] + 3
-    assert left.tolist() == [10.0, 223.0]  # the inner boundary is x = 223.5
-    assert right.tolist() == [224.0, 240.0, 440.0]
+    assert left.tolist() == [10.0, 220.0, 223.0, 224.0]  # the inner boundary is x = 223.5
+    assert right.tolist() == [223.0, 224.0, 240.0, 440.0]
+
+
+def test_an_object_on_the_boundary_found_a_pixel_off_by_each_tile_is_kept_once():
+    """Each tile's box of the same cell had its centre half a pixel on the other tile's
+    side of the boundary, and neither kept it: the cell was missing from the labels."""
+    grid = TileGrid.for_image((256, 448), 256, TilingConfig())
+    boxes = torch.tensor([[210.0, 90.0, 238.0, 118.0], [209.0, 90.0, 237.0, 118.0]])  # x 224, 223
+    candidates = Candidates(
+        torch.tensor([0, 1]), torch.zeros(2, 4, 4), torch.tensor([0.9, 0.95]), boxes
+    )
+    parts = [owned_by_tile(candidates.select(candidates.views == v), grid, v) for v in (0, 1)]
+    kept = nms(Candidates.concat(parts), AutoSegmentConfig().box_nms_thresh)
+    assert len(kept) == 1 and kept.views.tolist() == [1]  # the better one
 
 
 def test_painting_drops_small_and_mostly_covered_objects():
