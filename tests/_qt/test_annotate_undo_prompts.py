@@ -183,3 +183,35 @@ def test_a_kept_preview_is_the_box_around_its_objects():
     assert crop.pixels.shape == (80, 30) and not np.shares_memory(crop.pixels, plane)
     np.testing.assert_array_equal(whole_plane(crop, plane.shape), plane)
     np.testing.assert_array_equal(whole_plane(Crop.of(0 * plane[:8, :8]), (8, 8)), 0)
+
+
+def test_a_second_undo_leaves_no_preview_of_the_first_undone_commit_on_another_plane(
+    stack_widget, drain_jobs
+):
+    """Object 1 committed on plane 0, object 2 on plane 2; U, then U again from plane 0: its
+    point came back, but plane 2 still showed object 2's preview (out of view, never
+    redone), and C merged it into object 1 on planes 0 and 2."""
+    viewer, widget = stack_widget
+    layers = widget.session.layers
+    layers.points.add([0, 30, 30])
+    drain_jobs(widget)
+    first = widget.commit()
+    drain_jobs(widget)
+    viewer.dims.set_current_step(0, 2)
+    drain_jobs(widget)
+    layers.points.add([2, 60, 60])
+    drain_jobs(widget)
+    widget.commit()
+    drain_jobs(widget)
+    assert widget.undo()  # object 2: its point and plane 2's preview come back
+    drain_jobs(widget)
+    assert 2 in layers.preview_planes()
+    viewer.dims.set_current_step(0, 0)
+    drain_jobs(widget)
+    assert widget.undo()  # object 1
+    drain_jobs(widget)
+    np.testing.assert_array_equal(layers.points.data, [[0, 30, 30]])
+    assert layers.preview_planes() == [0]
+    assert widget.commit() == first
+    drain_jobs(widget)
+    assert not widget.session.annotations[2].any()

@@ -38,12 +38,16 @@ class KeptPrompts:
         """Make them the prompts of ``layers`` (a :class:`~.prompt_layers.PromptLayers`),
         replacing any there, with the planes a propagation had reached and the preview of
         every plane that showed one; the widget recomputes the plane in view from them."""
+        # the previews of planes it holds nothing for go: out of view, they stayed (another
+        # object's, a second U put back), and the next commit merged them into this object
+        stale = {plane: None for plane in layers.preview_planes() if plane not in self.previews}
+        layers.propagated.clear()
         for plane, propagated in self.propagated.items():  # before the prompts, which the
             layers.propagated[plane] = propagated  # preview of the plane in view refines
-        if self.previews:  # the planes out of view: only the one in view is recomputed
+        if self.previews or stale:  # the planes out of view: only the one in view is redone
             shape = layers.axes.spatial_shape[-2:]
             previews = {plane: whole_plane(kept, shape) for plane, kept in self.previews.items()}
-            layers.set_previews(previews)
+            layers.set_previews({**stale, **previews})
         layers.propagated.starts |= self.starts
         layers.clear_prompts()
         if len(self.points):
