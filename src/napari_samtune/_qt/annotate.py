@@ -204,7 +204,7 @@ class AnnotateWidget(
         hold the image weakly: removed, it is freed though its layers stay."""
         image = None if image_layer is None else weakref.ref(unproxied(image_layer))
         for key, action in self._key_actions().items():
-            act = action
+            act = functools.partial(self._act_unless_other_image, action)
             if image is not None:
                 act = functools.partial(self._act_on, image, provider, action)
             provider.bind_key(key, lambda _provider, act=act: act(), overwrite=True)
@@ -243,6 +243,25 @@ class AnnotateWidget(
             f"layer {helper.name!r} belongs to image {image_layer.name!r}, not to the image "
             f"annotated now ({now}): pick {image_layer.name!r} under Image to act on its "
             "prompts, or select a layer of the image annotated now"
+        )
+
+    def _act_unless_other_image(self, action) -> None:
+        """A key the viewer got: the selected layer has no binding of its own. With another
+        image selected than the one annotated, it would act on that one (U undid its last
+        commit) while the person meant the image selected: said instead, as on that image's
+        prompt layers."""
+        selected = self.viewer.layers.selection.active
+        if not isinstance(selected, Image) or self.session is None:
+            action()
+            return
+        if unproxied(selected) == unproxied(self.session.image_layer):
+            action()
+            return
+        annotated = self.session.image_layer.name
+        show_info(
+            f"image {selected.name!r} is selected, not the image annotated now "
+            f"({annotated!r}): pick {selected.name!r} under Image to annotate it, or select "
+            f"a layer of {annotated!r}"
         )
 
     def unsaved_images(self) -> list[str]:

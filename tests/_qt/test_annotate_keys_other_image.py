@@ -1,0 +1,45 @@
+"""The widget's keys with another image selected than the one annotated."""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.utils.key_bindings import KeymapHandler
+
+
+def _press(key: str, layer, viewer) -> None:
+    keys = KeymapHandler()
+    keys.keymap_providers = [layer, viewer]  # what napari asks while the layer is selected
+    keys.press_key(key)
+    keys.release_key(key)
+
+
+def test_u_with_another_image_selected_undoes_nothing_and_says_why(
+    cells_viewer, tiny_sam, drain_jobs, notifications
+):
+    """cells0 annotated before, cells1 now: U with cells0's image layer selected undid
+    cells1's last commit, without a word (no redo), where cells0's other layers refuse."""
+    from napari_samtune._qt.annotate import AnnotateWidget
+
+    viewer = cells_viewer(2)
+    widget = AnnotateWidget(viewer)
+    widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    widget.ui.image_combo.setCurrentText("cells1")
+    drain_jobs(widget)
+    widget.session.layers.points.add([32, 32])
+    drain_jobs(widget)
+    assert widget.commit() == [1]
+    drain_jobs(widget)
+    committed = widget.session.annotations.copy()
+    viewer.layers.selection.active = viewer.layers["cells0"]
+    for key in ("U", "Shift-C", "T"):
+        _press(key, viewer.layers["cells0"], viewer)
+    np.testing.assert_array_equal(widget.session.annotations, committed)
+    assert notifications[-1] == (
+        "image 'cells0' is selected, not the image annotated now ('cells1'): pick 'cells0' "
+        "under Image to annotate it, or select a layer of 'cells1'"
+    )
+    own = viewer.add_labels(np.zeros((64, 64), np.uint32), name="mine")  # a layer of no image
+    viewer.layers.selection.active = own
+    _press("U", own, viewer)
+    assert not widget.session.annotations.any()  # acts on the image annotated now
