@@ -83,7 +83,9 @@ def test_undo_steps_back_through_commits_with_their_prompts(viewer_widget):
     assert not len(layers.boxes.data)
 
 
-def test_prompts_of_the_persons_own_stay_when_a_commit_is_undone(viewer_widget):
+def test_prompts_of_the_persons_own_stay_when_a_commit_is_undone(viewer_widget, notifications):
+    """...and U says that the commit's prompts were not put back: the object was gone, its
+    prompts did not come back, and nothing said why (after a propagation, a 3D object)."""
     _, widget = viewer_widget
     layers = widget.session.layers
     layers.points.add([128, 128])
@@ -95,6 +97,10 @@ def test_prompts_of_the_persons_own_stay_when_a_commit_is_undone(viewer_widget):
     assert widget.undo()
     assert widget.session.annotations.max() == 0
     np.testing.assert_array_equal(layers.points.data, [[200, 60]])  # not replaced
+    assert notifications[-1] == (
+        "undid the last commit; its prompts were not put back, as the prompts on the layers "
+        "now (another object's) stay: commit (C) or clear (Shift+C) them"
+    )
 
 
 def test_cleared_prompts_do_not_come_back_on_another_image(cells_viewer, tiny_sam, drain_jobs):

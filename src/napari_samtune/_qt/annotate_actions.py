@@ -163,6 +163,13 @@ class AnnotateActionsMixin:
             self._put_back(entry.prompts, "undid the last commit; its {} are back")
         elif mine:  # the layers still hold what U put back
             self._prompts_for_undo = memo
+        elif entry.prompts is not None:  # the person's prompts stay: said, it looked lost
+            said = (
+                "undid the last commit; its prompts were not put back, as the prompts on the "
+                "layers now (another object's) stay: commit (C) or clear (Shift+C) them"
+            )
+            self.ui.status_label.setText(said)
+            show_info(said)
         self._autosave()
         return True
 
