@@ -22,6 +22,7 @@ from napari_samtune._qt.annotate_notes import (
     behind_note,
     commit_note,
     covered_note,
+    planes_left_note,
     propagation_note,
 )
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, SCOPE_STACK
@@ -128,6 +129,7 @@ class AnnotateActionsMixin:
         self.ui.status_label.setText(f"committed object(s) {ids}")
         notes = [
             covered_note(shown, len(ids)),
+            planes_left_note(planes, self._planes_written(planes, ids)),
             commit_note(planes, self.current_plane, one_object=source == "interactive"),
         ]
         for note in filter(None, notes):
@@ -172,6 +174,13 @@ class AnnotateActionsMixin:
             show_info(said)
         self._autosave()
         return True
+
+    def _planes_written(self, planes: list, ids: list[int]) -> list:
+        """Of the preview's ``planes``, those where the commit's ``ids`` got pixels."""
+        if planes == [None]:
+            return planes
+        annotations = self.session.annotations
+        return [plane for plane in planes if np.isin(annotations[plane], ids).any()]
 
     @contextmanager
     def _prompts_in_flux(self):

@@ -72,6 +72,21 @@ def covered_note(shown: int, committed: int) -> str:
     )
 
 
+def planes_left_note(planes: list, written: list) -> str:
+    """The planes of a commit's preview (``planes``) where it wrote nothing (not in
+    ``written``): there the object lay wholly on existing objects, and the 3D object went
+    in with a gap, unsaid. "" when it went in on every plane."""
+    left = [plane for plane in planes if plane not in written]
+    if not left or not written:  # nothing written at all: said as such
+        return ""
+    which = ", ".join(str(plane) for plane in left)
+    return (
+        f"plane{'s' * (len(left) > 1)} {which} of the object left out: it lay wholly on "
+        "existing objects there (overwrite is off); to add it there, tick overwrite, view "
+        "the plane and prompt it again"
+    )
+
+
 def behind_note(planes: list[int | None]) -> str:
     """Why a commit waits: the preview of ``planes`` (sorted; ``[None]`` for a 2D image)
     does not show their latest prompts yet."""

@@ -1,4 +1,5 @@
-"""The widget's keys with another image selected than the one annotated."""
+"""The widget's keys with another image selected than the one annotated; a commit that leaves
+out a plane of its object."""
 
 from __future__ import annotations
 
@@ -43,3 +44,25 @@ def test_u_with_another_image_selected_undoes_nothing_and_says_why(
     viewer.layers.selection.active = own
     _press("U", own, viewer)
     assert not widget.session.annotations.any()  # acts on the image annotated now
+
+
+def test_a_commit_that_leaves_out_a_plane_of_its_object_says_which(
+    stack_widget, drain_jobs, notifications
+):
+    """A propagated object lying wholly on an existing object on one plane: the commit wrote
+    the others and left that plane out, the 3D object split by a gap, without a word."""
+    viewer, widget = stack_widget
+    preview = widget.session.layers.preview
+    preview.data[1, 10:30, 10:30] = 1
+    assert widget.commit() == [1]
+    drain_jobs(widget)
+    preview.data[:, 12:28, 12:28] = 1  # planes 0-2; plane 1 inside object 1
+    preview.refresh()
+    assert widget.commit() == [2]
+    drain_jobs(widget)
+    annotations = widget.session.annotations
+    assert [bool((annotations[z] == 2).any()) for z in range(3)] == [True, False, True]
+    assert (
+        "plane 1 of the object left out: it lay wholly on existing objects there (overwrite "
+        "is off); to add it there, tick overwrite, view the plane and prompt it again"
+    ) in notifications
