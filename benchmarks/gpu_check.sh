@@ -11,7 +11,7 @@
 #   bash benchmarks/gpu_check.sh                  # train, embedding, checks, demo, large
 #   bash benchmarks/gpu_check.sh train demo       # only these stages
 #
-# Without stage names it runs ALL of them (about 15 minutes): on a short lease, name the
+# Without stage names it runs all but variants (about 15 minutes): on a short lease, name the
 # stages still missing. The first lease (an H200, 15 minutes) measured the checks, part of
 # the embedding rounds and most training steps, but no memory table (docs/gpu/), so the
 # training stage now runs first, with more time.
