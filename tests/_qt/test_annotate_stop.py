@@ -47,10 +47,10 @@ def test_stop_ends_a_whole_stack_run_and_keeps_the_planes_done(
 
 
 def test_stop_ends_a_propagation_and_keeps_the_planes_reached(
-    stack_widget, qtbot, drain_jobs, monkeypatch
+    stack_widget, qtbot, drain_jobs, monkeypatch, notifications
 ):
     """Propagation 'reaches' plane 1, then waits; as the real one does between tiles, it
-    ends once its stop event is set."""
+    ends once its stop event is set, and says which planes it reached (it said "stopped")."""
     gate = threading.Event()
 
     def propagation(segmenter, axes, data, start, mask, config, keep_out, image_name, stop):
@@ -77,6 +77,10 @@ def test_stop_ends_a_propagation_and_keeps_the_planes_reached(
     drain_jobs(widget)
     assert widget.session.layers.preview_planes() == [0, 1]
     assert not widget.ui.stop_button.isEnabled()
+    assert (
+        "propagation from plane 0 stopped; it reached plane 1, kept in the preview: commit (C) "
+        "to write the 3D object, or propagate again to go on"
+    ) in notifications
     assert widget.commit() == [1]
 
 

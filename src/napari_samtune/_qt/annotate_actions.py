@@ -24,6 +24,7 @@ from napari_samtune._qt.annotate_notes import (
     covered_note,
     planes_left_note,
     propagation_note,
+    stopped_propagation_note,
 )
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, SCOPE_STACK
 from napari_samtune._qt.kept_prompts import KeptPrompts, has_prompts, snapshot_prompts
@@ -243,8 +244,17 @@ class AnnotateActionsMixin:
         self._job_session = session  # chosen again while it runs: see set_image_layer
         self._propagation = (session, plane, keep_out)
 
+        ended = []  # a PropagationEnd, which a stopped run does not send
+
+        def show(result) -> None:
+            if isinstance(result, jobs.PropagationEnd):
+                ended.append(result)
+            self._show_propagated(result, session, plane, config, keep_out)
+
         def finish() -> None:
             self._job_session = self._propagation = None
+            if self._stopped and not ended:  # Stop said only "stopped"
+                show_info(stopped_propagation_note(plane, sorted(set(propagated) - {plane})))
 
         return self._start_segmenter_job(
             PROPAGATE_TASK,
@@ -253,7 +263,7 @@ class AnnotateActionsMixin:
             preview > 0,
             config,
             keep_out,  # read by the worker before each plane
-            on_yield=lambda result: self._show_propagated(result, session, plane, config, keep_out),
+            on_yield=show,
             on_finish=finish,
             keep_away=True,
         )

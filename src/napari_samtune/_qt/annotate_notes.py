@@ -103,6 +103,17 @@ def behind_note(planes: list[int | None]) -> str:
     )
 
 
+def stopped_propagation_note(start: int, reached: list[int]) -> str:
+    """What a propagation from plane ``start`` that Stop ended had done: the planes it
+    ``reached`` (sorted), which stay in the preview."""
+    if not reached:
+        return f"propagation from plane {start} stopped before it reached another plane"
+    return (
+        f"propagation from plane {start} stopped; it reached {planes_phrase(reached)}, kept in "
+        "the preview: commit (C) to write the 3D object, or propagate again to go on"
+    )
+
+
 def propagation_note(
     start: int,
     reached: list[int],
