@@ -602,6 +602,17 @@ def test_a_second_run_reuses_the_cached_embeddings(tmp_path, tiny_checkpoint, im
         ("--points", "x,y,label\n", "has a header but no rows"),
         ("--points", "", "p.csv is empty; its first line must name the columns: x,y, then"),
         ("--points", "x;y\n1;2\n", "p.csv: its header 'x;y' is not separated by commas; save"),
+        (  # German Excel: its decimal commas split the rows; it was told to write 12.5
+            "--points",
+            "x;y\n40,5;30\n",
+            "p.csv: its header 'x;y' is not separated by commas; save the file as "
+            "comma-separated values with decimal points",
+        ),
+        (
+            "--points",
+            "# clicked in Fiji\nx,y\n40,30\n",
+            "p.csv: its first line '# clicked in fiji' is a comment; remove the comment lines",
+        ),
         ("--points", "x,y\n12,5,30,5\n", r"line 2: 4 values \(12,5,30,5\) for the 2 columns"),
         (
             "--points",

@@ -89,11 +89,28 @@ def _read_table(path: Path) -> tuple[list[str], Rows]:
             "(x_min,y_min,x_max,y_max for boxes)"
         )
     _refuse_repeated(path, header)
+    _refuse_foreign_header(path, header)  # before its rows: they then split in other ways
     for line, row in rows:
         # values beyond the header's columns would be ignored (empty ones, a trailing comma, are)
         if any(value.strip() for value in row.get(None, [])):
             _too_many_values(path, line, header, row)
     return header, rows
+
+
+def _refuse_foreign_header(path: Path, header: list[str]) -> None:
+    """A first line that names no columns the way a CSV file does: a comment (``# ...``),
+    or columns separated by ``;`` (Excel in German or French, whose decimal commas then
+    split the rows' numbers, and which was told to write 12.5 or add column names)."""
+    if header and header[0].startswith("#"):
+        raise ValueError(
+            f"{path}: its first line {','.join(header)!r} is a comment; remove the comment "
+            "lines: the first line must name the columns, e.g. x,y for points"
+        )
+    if len(header) == 1 and any(sep in header[0] for sep in ";\t"):
+        raise ValueError(
+            f"{path}: its header {header[0]!r} is not separated by commas; save the file as "
+            "comma-separated values with decimal points (12.5), e.g. x,y for points"
+        )
 
 
 def _is_number(text: str) -> bool:
@@ -129,11 +146,6 @@ def _require(path: Path, header: list[str], columns: tuple[str, ...]) -> None:
         raise ValueError(
             f"{path} is empty; its first line must name the columns: {','.join(columns)}, "
             "then one prompt per line"
-        )
-    if len(header) == 1 and any(sep in header[0] for sep in ";\t"):
-        raise ValueError(
-            f"{path}: its header {header[0]!r} is not separated by commas; save the file as "
-            f"comma-separated values: {','.join(columns)}"
         )
     missing = [name for name in columns if name not in header]
     if missing:
