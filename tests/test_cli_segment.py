@@ -576,7 +576,12 @@ def test_a_second_run_reuses_the_cached_embeddings(tmp_path, tiny_checkpoint, im
     ("option", "text", "message"),
     [
         ("--points", "col,row\n1,2\n", r"p.csv: missing column\(s\) \['x', 'y'\]"),
-        ("--points", "index,axis-0,axis-1,axis-2\n0,1,2,3\n", "3D points.*pass --stack"),
+        (
+            "--points",
+            "index,axis-0,axis-1,axis-2\n0,1,2,3\n1,4,5,6\n",
+            r"holds 3D points on 2 planes \(axis-0: 1, 4\), as napari saves them for a stack; "
+            "pass --stack for a stack, or, for this 2D image, save the points of one plane",
+        ),
         ("--points", "axis-0,axis-1,axis-2,axis-3\n0,1,2,3\n", "2D points .* or, with --stack"),
         ("--points", "x,y,label\n1,2,1\nabc,3,1\n", "p.csv, line 3: column 'x' is 'abc', not a"),
         ("--points", "x,y,label\n1,2,1\n300,3,1\n", r"p.csv, line 3: \(x=300, y=3\) lies outside"),
@@ -660,7 +665,7 @@ def test_a_second_run_reuses_the_cached_embeddings(tmp_path, tiny_checkpoint, im
             SHAPE_OUTSIDE,
             "p.csv holds shapes .*, not points: each corner would become a point; pass it with --b",
         ),
-        ("--boxes", SPANNING_SHAPE, "give 2D shapes .* or, with --stack"),
+        ("--boxes", SPANNING_SHAPE, "holds 3D shapes on 2 planes .*pass --stack for a stack"),
         ("--boxes", SHAPE_OUTSIDE, "line 2: shape 0 lies outside the image of width 240"),
         ("--boxes", "x_min,y_min,x_max,y_max\n5,5,10,250\n", "line 2: .* lies outside"),
     ],
@@ -1055,3 +1060,23 @@ def test_labels_saved_while_a_batch_runs_are_not_replaced(
     assert (out / "cell_0.labels.tif").exists()
     said = capsys.readouterr().err
     assert "cell_1.tif: not written:" in said and "was saved meanwhile" in said
+
+
+def test_3d_prompts_on_one_plane_segment_a_2d_image(tmp_path, tiny_checkpoint, image_file):
+    """A 2D image annotated in a viewer that also held a stack: napari saved its layers 3D.
+    Without --stack they were refused with "pass --stack", and with it the image was 2D."""
+    path, _ = image_file
+    flat = write_csv(tmp_path / "flat.csv", "index,axis-0,axis-1\n0,50,60\n")
+    deep = write_csv(tmp_path / "deep.csv", "index,axis-0,axis-1,axis-2\n0,3,50,60\n")
+    assert segment(tiny_checkpoint, path, tmp_path / "flat.tif", "--points", str(flat)) == 0
+    assert segment(tiny_checkpoint, path, tmp_path / "deep.tif", "--points", str(deep)) == 0
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "deep.tif"), tifffile.imread(tmp_path / "flat.tif")
+    )
+    corners = "".join(f"0,rectangle,{k},2,{r},{c}\n" for k, (r, c) in enumerate(
+        [(40, 50), (40, 90), (80, 90), (80, 50)]
+    ))  # fmt: skip
+    shapes = write_csv(
+        tmp_path / "s.csv", "index,shape-type,vertex-index,axis-0,axis-1,axis-2\n" + corners
+    )
+    assert segment(tiny_checkpoint, path, tmp_path / "box.tif", "--boxes", str(shapes)) == 0

@@ -249,7 +249,23 @@ def _check_inside(
         )
 
 
-def _point_columns(path: Path, header: list[str], stacked: bool) -> tuple[str, str, str | None]:
+def _on_one_plane(path: Path, rows: Rows, what: str) -> None:
+    """3D prompts (``axis-0`` = plane) for a 2D image: napari saves a layer so when the
+    viewer also holds a stack. Taken as 2D where they all lie on one plane; else refused
+    (it said to pass --stack, which the 2D image then refused)."""
+    planes = sorted({_number(path, line, row, "axis-0") for line, row in rows})
+    if len(planes) > 1:
+        shown = ", ".join(f"{plane:g}" for plane in planes[:5])
+        raise ValueError(
+            f"{path} holds 3D {what} on {len(planes)} planes (axis-0: {shown}), as napari "
+            "saves them for a stack; pass --stack for a stack, or, for this 2D image, save "
+            f"the {what} of one plane"
+        )
+
+
+def _point_columns(
+    path: Path, header: list[str], stacked: bool, rows: Rows
+) -> tuple[str, str, str | None]:
     """The row, column and plane columns: ``y,x[,z]``, or the ``axis-*`` of a napari points
     layer (in napari's order: plane, row, column)."""
     axes = [name for name in header if name.startswith("axis-")]
@@ -265,10 +281,9 @@ def _point_columns(path: Path, header: list[str], stacked: bool) -> tuple[str, s
                 "with --stack, 3D points (axis-0 = plane, axis-1, axis-2)"
             )
         if len(axes) == 3 and not stacked:
-            raise ValueError(
-                f"{path} holds 3D points (axis-0..axis-2), as napari saves them for a stack; "
-                "pass --stack to segment each plane of the stack"
-            )
+            _on_one_plane(path, rows, "points")
+            _refuse_unknown(path, header, ("index", *axes, "label", "object"))
+            return "axis-1", "axis-2", None
         if len(axes) == 2 and stacked:
             raise ValueError(
                 f"{path} holds 2D points (axis-0, axis-1) and --stack needs each point's plane; "
@@ -288,7 +303,7 @@ def read_points_csv(
     """Read and check a points file (see the module docstring) for (H, W) planes;
     ``n_planes`` is the number of planes of a stack (``--stack``), else ``None``."""
     header, rows = _read_table(path)
-    row_column, col_column, plane_column = _point_columns(path, header, n_planes is not None)
+    row_column, col_column, plane_column = _point_columns(path, header, n_planes is not None, rows)
     _require_rows(path, rows)
     has_labels, has_objects = "label" in header, "object" in header
     points, labels, objects, planes = [], [], [], []
@@ -380,6 +395,10 @@ def _napari_shapes(
     boxes layer; shape ``i`` (in file order) becomes object ``i + 1``."""
     axes = [name for name in header if name.startswith("axis-")]
     expected = ["axis-0", "axis-1", "axis-2"] if n_planes is not None else ["axis-0", "axis-1"]
+    if n_planes is None and axes == ["axis-0", "axis-1", "axis-2"]:  # of a 2D image's plane
+        _require_rows(path, rows)
+        _on_one_plane(path, rows, "shapes")
+        expected = axes
     if axes != expected:
         raise ValueError(
             f"{path} holds shapes with columns {axes!r}; give 2D shapes (axis-0, axis-1) or, "
