@@ -160,13 +160,20 @@ def test_an_object_column_groups_points_into_one_prompt(
     tmp_path, tiny_sam, tiny_checkpoint, image_file
 ):
     path, image = image_file
-    text = "x,y,label,object\n30,40,1,5\n50,60,0,5\n200,150,1,2\n"
+    """An object's points are answered click by click from its first positive one, in file
+    order, as the widget answers clicks (all at once, nano's IoU with 3 corrective clicks
+    was 0.765 where the widget's was 0.882)."""
+    from napari_samtune.core.click_chain import ClickChain
+
+    path, image = image_file
+    text = "x,y,label,object\n50,60,0,5\n30,40,1,5\n200,150,1,2\n40,45,1,5\n"
     points = write_csv(tmp_path / "p.csv", text)
     out = tmp_path / "labels.tif"
     assert segment(tiny_checkpoint, path, out, "--points", str(points)) == 0
     labels = tifffile.imread(out)
     segmenter = reference(tiny_sam, image)
-    first = segmenter.predict([[30, 40], [50, 60]], [1, 0]).mask
+    clicks = np.array([[30.0, 40], [50, 60], [40, 45]])
+    first = ClickChain().predict(segmenter, clicks, np.array([1, 0, 1])).mask
     second = segmenter.predict([[200, 150]], multimask=True).mask
     assert first.any()
     np.testing.assert_array_equal(labels == 5, first)

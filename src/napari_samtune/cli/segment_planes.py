@@ -53,14 +53,17 @@ def _segment_points(segmenter, prompts: PointPrompts, rows: np.ndarray) -> np.nd
         if positive.all():
             return _renumber(segmenter.predict_points_batched(points), rows + 1)
         return _with_shared_negatives(segmenter, points, positive, rows + 1)
+    from napari_samtune.core.click_chain import ClickChain
+
     objects = prompts.objects[rows]
     labels = np.zeros(segmenter.image_shape, dtype=np.uint32)
     for object_id in dict.fromkeys(objects.tolist()):  # in order of appearance
-        of_object = objects == object_id
-        single_click = of_object.sum() == 1
-        prediction = segmenter.predict(
-            points[of_object], point_labels[of_object], multimask=single_click
-        )
+        # click by click, as the widget answers them and SAM is trained (all at once: nano's
+        # IoU 0.765 where 0.882 with 3 corrective clicks), from its first positive point
+        order = np.flatnonzero(objects == object_id)
+        first = order[point_labels[order] == 1][0]
+        order = np.r_[first, order[order != first]]
+        prediction = ClickChain().predict(segmenter, points[order], point_labels[order])
         labels[prediction.mask & (labels == 0)] = object_id  # earlier objects keep overlaps
     return labels
 
