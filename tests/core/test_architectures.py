@@ -39,6 +39,19 @@ def test_foreign_weights_are_rejected_by_name():
         infer_architecture({"fc.weight": torch.zeros(2, 2)})
 
 
+def test_a_damaged_attention_tensor_is_said_to_be_a_damaged_file():
+    """A wrong-shaped rel_pos tensor was reported as a setting to fix: "embed_dim=... must
+    be divisible by num_heads=..." (the sizes are read off the tensors)."""
+    state = build_sam(TINY).state_dict()
+    state["image_encoder.blocks.0.attn.rel_pos_h"] = torch.zeros(3, 3)  # 32 // 3 heads
+    with pytest.raises(ValueError) as refused:
+        infer_architecture(state)
+    message = str(refused.value)
+    assert message.startswith("these Segment Anything weights have tensor shapes that make no")
+    assert message.endswith("the file is damaged, or was changed after it was saved; export or "
+                            "download it again")  # fmt: skip
+
+
 def test_tiny_model_runs_end_to_end():
     model = build_sam(TINY)
     with torch.no_grad():

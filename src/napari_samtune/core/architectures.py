@@ -335,6 +335,12 @@ def infer_architecture(state_dict: dict[str, torch.Tensor]) -> SamArchitecture:
             f"these Segment Anything weights are incomplete: {err.args[0]!r} is missing (a "
             "damaged file, or only some parts of a model saved?)"
         ) from None
+    except ValueError as err:  # sizes no architecture has: said as a setting to change
+        raise ValueError(
+            f"these Segment Anything weights have tensor shapes that make no SAM architecture "
+            f"({err}): the file is damaged, or was changed after it was saved; export or "
+            "download it again"
+        ) from None
     for known in ARCHITECTURES.values():
         if replace(known, name="custom") == inferred:
             return known
