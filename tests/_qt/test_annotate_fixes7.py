@@ -32,6 +32,11 @@ def test_a_stack_in_the_3d_view_says_to_switch_to_2d_to_prompt(
     drain_jobs(widget)
     assert len(widget.session.layers.points.data) == 1
     assert any("switch the viewer to 2D" in n for n in notifications)
+    assert widget.commit() == []  # it said "view plane 3 until it does", plane 3 in view
+    assert notifications[-1].startswith(
+        "not committed yet: the preview does not show your latest prompts, and the 3D view "
+        "makes none; switch the viewer to 2D"
+    )
     viewer.dims.ndisplay = 2
     viewer.dims.set_current_step(0, 3)  # the click's plane
     drain_jobs(widget)

@@ -108,6 +108,12 @@ class AnnotateActionsMixin:
                     "embedding was stopped); embedding the image for them now: commit (C) "
                     "once the preview shows them"
                 )
+            elif self.viewer.dims.ndisplay == 3:  # no preview is made in 3D: viewing won't do
+                show_info(
+                    "not committed yet: the preview does not show your latest prompts, and "
+                    "the 3D view makes none; switch the viewer to 2D (its 2D/3D button, or "
+                    "Ctrl+Y), then commit (C) once the preview shows them"
+                )
             else:
                 show_info(behind_note(sorted(self._previews_behind)))
             return []
