@@ -171,3 +171,18 @@ def test_removal_deletes_only_the_weights_its_description_names(tiny_checkpoint)
     assert weights_kept_on_removal("cells_best") == [(kept, "cells_best.json does not name it")]
     assert remove_user_model("cells_best") == [user_models_dir() / "cells_best.json"]
     assert _files() == ["cells_best.pt"]
+
+
+def test_a_case_only_rename_on_a_case_insensitive_disk_renames_the_model(tiny_checkpoint):
+    """On macOS or Windows ``Cells.json`` is ``cells.json``: the rename was refused as
+    taken by another model, advising ``--remove Cells``, which deleted its only
+    description. Simulated here with a hard link (one file, two names)."""
+    register_user_model(tiny_checkpoint, "cells", TINY)
+    before = load_model("cells").model_id
+    folder = user_models_dir()
+    os.link(folder / "cells.json", folder / "Cells.json")
+    assert rename_user_model("cells", "Cells") == folder / "Cells.pt"
+    assert not (folder / "cells.json").exists()
+    assert load_model("Cells").model_id == before
+    data = json.loads((folder / "Cells.json").read_text())
+    assert data["name"] == "Cells" and data["filename"] == "Cells.pt"

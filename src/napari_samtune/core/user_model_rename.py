@@ -29,6 +29,7 @@ from napari_samtune.core.user_models import (
     _weights_in_use,
     _write_json_atomically,
     is_other_json,
+    one_file,
 )
 
 
@@ -146,6 +147,11 @@ def _check_rename(old_name: str, new_name: str, data: dict) -> None:
             raise ValueError(f"new_name={new_name!r} is already that user model's name")
         return  # mending a description renamed by hand
     taken = user_models_dir() / f"{new_name}.json"
+    sidecar = user_models_dir() / f"{old_name}.json"
+    # a case-only rename on macOS or Windows: Cells.json is cells.json, which was refused
+    # as another model's, advising to remove it (the model's only description)
+    if one_file(taken, sidecar):
+        return
     if taken.exists() and is_other_json(taken):
         raise ValueError(
             f"new_name={new_name!r}: {taken} is a file of other data than a user model's "
@@ -195,6 +201,9 @@ def _target_weights(old_name: str, new_name: str, weights: Path) -> Path:
     own = _own_weights(new_name)
     if weights in own or new_name == old_name:
         return weights
+    for path in own:  # the same file under another case (a case-insensitive disk)
+        if one_file(path, weights):
+            return path
     for path in own:
         if not path.exists():
             return path
@@ -227,5 +236,5 @@ def _move(sidecar: Path, data: dict, weights: Path, target: Path, new_name: str)
             os.replace(stamp_path(weights), stamp_path(target))
         except OSError:
             pass  # only costs hashing the file at its next check
-    if new_sidecar != sidecar:
+    if new_sidecar != sidecar and not one_file(new_sidecar, sidecar):
         sidecar.unlink()

@@ -10,6 +10,7 @@ its sidecar is written, and gone when it is deleted.
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import warnings
@@ -316,9 +317,23 @@ def _own_weights(name: str) -> list[Path]:
 
 
 def _weights_in_use(besides: Path | None = None) -> set[Path]:
-    """The weights files the model descriptions name, but description ``besides``."""
+    """The weights files the model descriptions name, but description ``besides`` (under
+    any of its names: ``Cells.json`` is ``cells.json`` on a case-insensitive disk)."""
     sidecars = user_models_dir().glob("*.json")
-    return {_weights_named_by(sidecar) for sidecar in sidecars if sidecar != besides}
+    return {
+        _weights_named_by(sidecar)
+        for sidecar in sidecars
+        if besides is None or not (sidecar == besides or one_file(sidecar, besides))
+    }
+
+
+def one_file(path: Path, other: Path) -> bool:
+    """Whether ``path`` and ``other`` are one file (two names of it: another case on macOS
+    or Windows, a hard link)."""
+    try:
+        return os.path.samefile(path, other)
+    except OSError:
+        return False
 
 
 def _named_weights(sidecar: Path) -> Path | None:
