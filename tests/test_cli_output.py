@@ -123,6 +123,7 @@ def _finished(stopped_by_user: bool) -> SimpleNamespace:
         stopped_early=False, best_epoch=None, total_time_s=1.0, registered_name="run",
         last_checkpoint_path=Path("run/checkpoints/last.pt"),
         trained_summary=lambda: "1 of 6 steps of epoch 1", no_better_message=lambda: "",
+        name_taken=None,
     )  # fmt: skip
 
 
@@ -290,3 +291,18 @@ def test_a_rank_left_set_without_torchrun_is_the_main_process(monkeypatch, capsy
         monkeypatch.setattr(console.time, "sleep", lambda s: pytest.fail("waited as a worker"))
         console.report_error("samtune segment: error: x")
         assert capsys.readouterr().err == "samtune segment: error: x\n"
+
+
+def test_commands_to_paste_are_quoted_for_the_system_s_shell(monkeypatch):
+    """POSIX single quotes around a Windows path are part of the path in cmd.exe."""
+    from napari_samtune.cli import console
+
+    words = ["samtune", "train", "--resume", r"C:\Users\ana\my runs\cells", "--out", "x y"]
+    assert console.shell_join(words) == (
+        r"samtune train --resume 'C:\Users\ana\my runs\cells' --out 'x y'"
+    )
+    monkeypatch.setattr(console, "_on_windows", lambda: True)
+    assert console.shell_join(words) == (
+        r'samtune train --resume "C:\Users\ana\my runs\cells" --out "x y"'
+    )
+    assert console.shell_quote(r"C:\runs\cells") == r"C:\runs\cells"  # no quotes needed

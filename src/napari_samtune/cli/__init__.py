@@ -13,7 +13,6 @@ import ast
 import importlib
 import os
 import re
-import shlex
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from napari_samtune.cli.console import (  # Terminated: also napari_samtune.cli'
     interrupted,
     plain_warnings,
     report_error,
+    shell_quote,
     stdout_closed,
     torchrun_world_size,
 )
@@ -246,9 +246,9 @@ def _typed(option: str, value: str) -> str:
     if isinstance(parsed, (tuple, list)) and option in COMMA_LISTS:
         return f"{option} {','.join(map(str, parsed)) or 'none'}"
     if isinstance(parsed, (tuple, list)):
-        return " ".join(f"{option} {shlex.quote(str(v))}" for v in parsed) or f"{option} none"
+        return " ".join(f"{option} {shell_quote(str(v))}" for v in parsed) or f"{option} none"
     if isinstance(parsed, str):
-        return f"{option} {shlex.quote(parsed)}"
+        return f"{option} {shell_quote(parsed)}"
     return f"{option} {value}"
 
 

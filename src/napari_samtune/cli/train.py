@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import signal
 import sys
 import threading
@@ -32,6 +31,8 @@ from napari_samtune.cli import (
 )
 from napari_samtune.cli.console import (
     is_main_process,
+    shell_join,
+    shell_quote,
     sigterm_interrupts,
     torchrun_world_size,
 )
@@ -250,9 +251,9 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
         # the whole command, quoted: "--resume <folder>" alone was refused for lacking
         # --images, and with the options given here for its --model
         data = ["--images", *map(str, args.images), "--labels", *map(str, args.labels)]
-        again = shlex.join(["samtune", "train", "--resume", str(args.out), *data])
+        again = shell_join(["samtune", "train", "--resume", str(args.out), *data])
         raise ValueError(
-            f"--out {shlex.quote(str(args.out))} already holds a training run; continue it "
+            f"--out {shell_quote(str(args.out))} already holds a training run; continue it "
             f"with: {again} --epochs N (N above the epochs it has done; its model and "
             "settings are the run's), or choose another --out folder"
         )
