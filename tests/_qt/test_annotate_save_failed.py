@@ -207,3 +207,28 @@ def test_a_labels_file_written_since_the_image_was_found_unsaved_is_not_overwrit
     assert any("changed by another program" in n and beside.name in n for n in notifications)
     ours, _ = load_annotations(beside)
     assert ours[15, 15] == 1 and ours[45, 10] == 0
+
+
+def test_a_save_failing_again_the_same_way_is_said_once(
+    committed_once, failing_saves, drain_jobs, notifications
+):
+    """A folder that cannot be written popped up the same error at every commit and brush
+    stroke; once a save works, a later failure is said again."""
+    _, widget = committed_once
+    failing_saves(True)
+    _commit_object_2(widget, drain_jobs)
+    widget.session.layers.preview.data[45:55, 45:55] = 1
+    assert widget.commit() == [3]
+    drain_jobs(widget)
+    said = [n for n in notifications if "No space left on device" in n]
+    assert len(said) == 1
+    assert widget.ui.status_label.text().endswith("No space left on device (again)")
+    failing_saves(False)
+    widget.session.layers.preview.data[2:8, 2:8] = 1
+    assert widget.commit() == [4]
+    drain_jobs(widget)
+    failing_saves(True)
+    widget.session.layers.preview.data[58:62, 58:62] = 1
+    assert widget.commit() == [5]
+    drain_jobs(widget)
+    assert len([n for n in notifications if "No space left on device" in n]) == 2

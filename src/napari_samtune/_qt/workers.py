@@ -203,6 +203,8 @@ class TaskRunner:
         self._ended: dict[str, threading.Event] = {}  # task name -> set when its thread ends
         self._cancels: dict[str, threading.Event] = {}  # task name -> set to ask it to stop
         self._quiet: set[str] = set()  # tasks that leave the bar and the label alone
+        # a quiet task's error said, by task, until it succeeds: said again, only in the label
+        self._said_errors: dict[str, str] = {}
         self._relay = _ProgressRelay()
         self._relay.progressed.connect(self._show_progress)
         # Emitted on the main thread once a task has finished (returned or failed) and
@@ -289,6 +291,7 @@ class TaskRunner:
 
             return guarded
 
+        connect(worker.returned, current(lambda _value: self._said_errors.pop(name, None)))
         if on_return is not None:
             connect(worker.returned, current(on_return))
         if hasattr(worker, "yielded"):
@@ -380,9 +383,21 @@ class TaskRunner:
         elif isinstance(exc, TaskRefused):
             show_error(f"{name} not started: {user_message(exc, memory_advice)}")
         else:
-            show_error(f"{name} failed: {user_message(exc, memory_advice)}")
+            self._say_failure(name, f"{name} failed: {user_message(exc, memory_advice)}")
         if on_error is not None:
             on_error(exc)
+
+    def _say_failure(self, name: str, message: str) -> None:
+        """Notify ``message``; for a quiet task (a background save) that failed so before
+        and has not succeeded since, only in the label: a folder that cannot be written
+        popped up the same error at every commit and brush stroke."""
+        if name in self._quiet and self._said_errors.get(name) == message:
+            if self._shown:
+                self.status_label.setText(f"{message} (again)")
+            return
+        if name in self._quiet:
+            self._said_errors[name] = message
+        show_error(message)
 
     def _on_finish(self, name: str, on_finish: Callable[[], None] | None) -> None:
         self.forget(name)  # ended: the bookkeeping is the same
