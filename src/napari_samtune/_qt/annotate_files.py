@@ -299,7 +299,8 @@ class AnnotateFilesMixin:
         layer.events.paint.connect(painted)
         follow_placement(session.image_layer, moved, connect=True)
         self._retired_painting[layer] = (session, painted)
-        self._retired_moves[layer] = (session.image_layer, moved)  # the layer it follows
+        # the image it follows, weakly: a removed image is freed though its layers stay
+        self._retired_moves[layer] = (weakref.ref(session.image_layer), moved)
 
     def _unwatch_retired(self, layer=None) -> None:
         """Stop autosaving the strokes on ``layer`` (every retired layer when None), and
@@ -309,4 +310,6 @@ class AnnotateFilesMixin:
             _, painted = self._retired_painting.pop(retired, (None, None))
             if painted is not None:
                 retired.events.paint.disconnect(painted)
-                follow_placement(*self._retired_moves.pop(retired), connect=False)
+                image, moved = self._retired_moves.pop(retired)
+                if image() is not None:
+                    follow_placement(image(), moved, connect=False)
