@@ -154,6 +154,8 @@ def test_under_torchrun_the_first_worker_reports_for_all(
             monkeypatch.delenv(name, raising=False)
         else:
             monkeypatch.setenv(name, value)
+    monkeypatch.setenv("WORLD_SIZE", "3")  # as torchrun sets it in each worker
+    monkeypatch.setattr(cli, "_check_single_process", lambda command: None)  # export: one
     monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ("export",))
     monkeypatch.setattr(export, "run", mistaken)
     monkeypatch.setattr(time, "sleep", ended_by_torchrun)

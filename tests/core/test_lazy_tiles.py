@@ -134,9 +134,10 @@ def test_samtune_segment_embeds_only_the_tiles_its_prompts_are_in(
     assert main([*args, "--boxes", str(tmp_path / "boxes.csv"), "-o", str(out / "b.tif")]) == 0
     assert embedded_tiles[0] == 1
     assert main([*args, "--points", str(tmp_path / "points.csv"), "-o", str(out / "p.tif")]) == 0
-    # the point at (650, 450) with the negative (600, 420): the last tile; (40, 60) with it:
-    # in no tile, a view made for both
-    assert embedded_tiles[0] == 3
+    # the point at (650, 450) with the negative (600, 420): the last tile; (40, 60) without
+    # it (far away, in another tile): the first tile, embedded (and cached) for the boxes;
+    # with it, a view made for both was embedded too, downscaled
+    assert embedded_tiles[0] == 2
 
     # the precision samtune segment takes: "auto" (bf16 where the CPU runs it faster)
     reference = Segmenter(tiny_sam, model_id="tiny", use_disk_cache=False)

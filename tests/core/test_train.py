@@ -273,8 +273,12 @@ def test_train_from_python_shows_progress_in_the_first_torchrun_process_only(
     tmp_path, data, capsys, monkeypatch
 ):
     """A script calling train(progress=True) under torchrun printed every bar and epoch
-    line once per process."""
-    monkeypatch.setenv("RANK", "1")  # as torchrun sets it in its second process
+    line once per process. (Each run here trains alone: no process group is joined.)"""
+    from napari_samtune.core import distributed
+
+    monkeypatch.setattr(distributed, "_world_size_from_env", lambda: 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")  # as torchrun sets them in its second process
     train(_config(epochs=1), *data, out_dir=tmp_path / "second", progress=True)
     assert capsys.readouterr() == ("", "")
     monkeypatch.setenv("RANK", "0")
