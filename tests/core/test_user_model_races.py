@@ -70,7 +70,8 @@ def test_a_finished_run_whose_name_was_just_taken_registers_as_the_next_free_nam
     two_weights, monkeypatch, tmp_path
 ):
     first, second = two_weights
-    monkeypatch.setattr(train_checkpoints, "export_model", lambda checkpoint, to, base=None: (second, TINY))
+    exported_as_second = lambda checkpoint, to, base=None: (second, TINY)  # noqa: E731
+    monkeypatch.setattr(train_checkpoints, "export_model", exported_as_second)
     _taken_while_loading(monkeypatch, "cells", first)
     exported, name = export_and_register(tmp_path / "last.pt", tmp_path / "run", "cells", {})
     assert (exported, name) == (second, "cells-2")
