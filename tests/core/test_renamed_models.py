@@ -72,18 +72,25 @@ def test_huge_but_finite_weights_still_load(tmp_path, tiny_sam):
     assert load_model(path).sam.mask_decoder.iou_prediction_head.layers[0].weight.max() > 1e38
 
 
-def test_a_renamed_model_updated_by_its_continued_run_keeps_its_former_names(tmp_path):
-    """A continued run registers its model anew under the name it has now; that dropped the
-    rename record, so the widgets' remembered model (the former name) fell back to the
-    default and the Annotate panel said the model was removed."""
+def _run_renamed(tmp_path, name: str, new_name: str):
+    """``(config, data, finished)``: a one-epoch tiny run registered as ``name``, then its
+    model renamed ``new_name``."""
     image, labels = make_image((128, 128), seed=0)
     data = [(image, labels.astype(np.uint32))]
     config = TrainConfig(
         model="random:tiny", epochs=1, min_samples_per_epoch=2, n_objects_per_batch=2,
         early_stopping=None,
     )  # fmt: skip
-    first = train(config, data, out_dir=tmp_path / "run", model_name="round1")
-    rename_user_model("round1", "cells")
+    first = train(config, data, out_dir=tmp_path / "run", model_name=name)
+    rename_user_model(name, new_name)
+    return config, data, first
+
+
+def test_a_renamed_model_updated_by_its_continued_run_keeps_its_former_names(tmp_path):
+    """A continued run registers its model anew under the name it has now; that dropped the
+    rename record, so the widgets' remembered model (the former name) fell back to the
+    default and the Annotate panel said the model was removed."""
+    config, data, first = _run_renamed(tmp_path, "round1", "cells")
     resumed = train(
         dataclasses.replace(config, epochs=2),
         data,
@@ -101,14 +108,7 @@ def test_a_renamed_run_model_whose_old_name_was_given_again_is_updated_by_its_re
 ):
     """The run's summary names 'round1', registered now from another file: the resume
     registered a third model, 'round1-2', and left 'cells' with the old weights."""
-    image, labels = make_image((128, 128), seed=0)
-    data = [(image, labels.astype(np.uint32))]
-    config = TrainConfig(
-        model="random:tiny", epochs=1, min_samples_per_epoch=2, n_objects_per_batch=2,
-        early_stopping=None,
-    )  # fmt: skip
-    first = train(config, data, out_dir=tmp_path / "run", model_name="round1")
-    rename_user_model("round1", "cells")
+    config, data, first = _run_renamed(tmp_path, "round1", "cells")
     register_user_model(tiny_checkpoint, "round1", TINY)  # the name given to another model
     resumed = train(
         dataclasses.replace(config, epochs=2), data, out_dir=tmp_path / "run",
