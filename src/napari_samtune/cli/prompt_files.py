@@ -21,12 +21,18 @@ Every mistake is a ``ValueError`` naming the file, the line and the fix.
 from __future__ import annotations
 
 import contextlib
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from napari_samtune.cli.prompt_tables import (
+    Rows,
+    read_table,
+    refuse_unknown,
+    require,
+    require_rows,
+)
 from napari_samtune.core.annotation_files import MAX_ID
 from napari_samtune.core.coords import napari_to_sam
 from napari_samtune.core.prompt_checks import check_boxes
@@ -61,113 +67,6 @@ class BoxPrompts:
         return len(self.boxes_xyxy)
 
 
-Rows = list[tuple[int, dict[str, str]]]  # (line number, {column: text}) per data row
-
-
-def _read_table(path: Path) -> tuple[list[str], Rows]:
-    """The lower-cased header and the data rows of a CSV prompt file."""
-    if path.is_dir():
-        raise ValueError(f"prompt file {str(path)!r} is a folder; give the CSV file in it")
-    if not path.exists():  # a pipe is read too: --points <(...), /dev/stdin
-        raise ValueError(f"prompt file {str(path)!r} does not exist")
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:  # Excel writes a BOM
-            reader = csv.DictReader(handle)
-            header = [name.strip().lower() for name in reader.fieldnames or []]
-            reader.fieldnames = header
-            rows = [(reader.line_num, row) for row in reader]
-    except UnicodeDecodeError as err:
-        raise ValueError(
-            f"prompt file {str(path)!r} is not UTF-8 text (byte {err.start} is "
-            f"{err.object[err.start : err.start + 1]!r}): give a CSV file of prompts, "
-            "saved as UTF-8 (Excel: 'CSV UTF-8'; napari's File > Save Selected Layers as .csv)"
-        ) from None
-    if header and all(_is_number(name) for name in header):
-        raise ValueError(
-            f"{path}: its first line {','.join(header)} holds numbers, not column names: "
-            "the file has no header row; add one as its first line, e.g. x,y for points "
-            "(x_min,y_min,x_max,y_max for boxes)"
-        )
-    _refuse_repeated(path, header)
-    _refuse_foreign_header(path, header)  # before its rows: they then split in other ways
-    for line, row in rows:
-        # values beyond the header's columns would be ignored (empty ones, a trailing comma, are)
-        if any(value.strip() for value in row.get(None, [])):
-            _too_many_values(path, line, header, row)
-    return header, rows
-
-
-def _refuse_foreign_header(path: Path, header: list[str]) -> None:
-    """A first line that names no columns the way a CSV file does: a comment (``# ...``),
-    or columns separated by ``;`` (Excel in German or French, whose decimal commas then
-    split the rows' numbers, and which was told to write 12.5 or add column names)."""
-    if header and header[0].startswith("#"):
-        raise ValueError(
-            f"{path}: its first line {','.join(header)!r} is a comment; remove the comment "
-            "lines: the first line must name the columns, e.g. x,y for points"
-        )
-    if len(header) == 1 and any(sep in header[0] for sep in ";\t"):
-        raise ValueError(
-            f"{path}: its header {header[0]!r} is not separated by commas; save the file as "
-            "comma-separated values with decimal points (12.5), e.g. x,y for points"
-        )
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _refuse_repeated(path: Path, header: list[str]) -> None:
-    """A column named twice (``x,y,x``; case and spaces do not count) kept only its last
-    value: the other was dropped without a word. Unnamed columns may repeat."""
-    repeated = sorted({name for name in header if name and header.count(name) > 1})
-    if repeated:
-        raise ValueError(
-            f"{path}: column(s) {repeated!r} appear more than once in the header {header!r}; "
-            "name each column once (remove or rename the repeats)"
-        )
-
-
-def _too_many_values(path: Path, line: int, header: list[str], row: dict) -> None:
-    values = [*(row[name] for name in header), *row[None]]
-    raise ValueError(
-        f"{path}, line {line}: {len(values)} values ({','.join(values)}) for the "
-        f"{len(header)} columns of the header {header!r}; a decimal comma (12,5) splits a "
-        "number in two: write 12.5, or add the missing column names to the first line"
-    )
-
-
-def _require(path: Path, header: list[str], columns: tuple[str, ...]) -> None:
-    if not header:
-        raise ValueError(
-            f"{path} is empty; its first line must name the columns: {','.join(columns)}, "
-            "then one prompt per line"
-        )
-    missing = [name for name in columns if name not in header]
-    if missing:
-        raise ValueError(
-            f"{path}: missing column(s) {missing!r} (header is {header!r}); the first line "
-            f"must name the columns: {','.join(columns)}"
-        )
-
-
-def _refuse_unknown(path: Path, header: list[str], known: tuple[str, ...]) -> None:
-    """A column not read would be dropped without a word: ``lable`` (a typo) made every
-    point positive, and a comment after the header named no column at all. Unnamed columns
-    (the index pandas writes) are left alone."""
-    unknown = [name for name in header if name and name not in known]
-    if unknown:
-        raise ValueError(
-            f"{path}: column(s) {unknown!r} are not read (header is {header!r}); the columns "
-            f"are {', '.join(known)}: correct a misspelt name, and remove other columns and "
-            "comments"
-        )
-
-
 def _refuse_planes(path: Path, header: list[str], stacked: bool) -> None:
     """A plane column without ``--stack`` would be ignored: prompts meant for several planes
     would all be put on the one 2D image."""
@@ -177,11 +76,6 @@ def _refuse_planes(path: Path, header: list[str], stacked: bool) -> None:
             "the image is segmented as one 2D plane; pass --stack to segment each plane of a "
             f"stack, or remove the {PLANE_COLUMN!r} column"
         )
-
-
-def _require_rows(path: Path, rows: Rows) -> None:
-    if not rows:
-        raise ValueError(f"{path} has a header but no rows; add one prompt per line")
 
 
 # What a column that is no number should hold, where it is not a pixel coordinate.
@@ -282,18 +176,18 @@ def _point_columns(
             )
         if len(axes) == 3 and not stacked:
             _on_one_plane(path, rows, "points")
-            _refuse_unknown(path, header, ("index", *axes, "label", "object"))
+            refuse_unknown(path, header, ("index", *axes, "label", "object"))
             return "axis-1", "axis-2", None
         if len(axes) == 2 and stacked:
             raise ValueError(
                 f"{path} holds 2D points (axis-0, axis-1) and --stack needs each point's plane; "
                 "save the points layer of the stack (axis-0 = plane) or add a z column"
             )
-        _refuse_unknown(path, header, ("index", *axes, "label", "object"))
+        refuse_unknown(path, header, ("index", *axes, "label", "object"))
         return ("axis-1", "axis-2", "axis-0") if stacked else ("axis-0", "axis-1", None)
-    _require(path, header, ("x", "y", PLANE_COLUMN) if stacked else ("x", "y"))
+    require(path, header, ("x", "y", PLANE_COLUMN) if stacked else ("x", "y"))
     _refuse_planes(path, header, stacked)
-    _refuse_unknown(path, header, ("x", "y", "label", "object", PLANE_COLUMN))
+    refuse_unknown(path, header, ("x", "y", "label", "object", PLANE_COLUMN))
     return "y", "x", (PLANE_COLUMN if stacked else None)
 
 
@@ -302,9 +196,9 @@ def read_points_csv(
 ) -> PointPrompts:
     """Read and check a points file (see the module docstring) for (H, W) planes;
     ``n_planes`` is the number of planes of a stack (``--stack``), else ``None``."""
-    header, rows = _read_table(path)
+    header, rows = read_table(path)
     row_column, col_column, plane_column = _point_columns(path, header, n_planes is not None, rows)
-    _require_rows(path, rows)
+    require_rows(path, rows)
     has_labels, has_objects = "label" in header, "object" in header
     points, labels, objects, planes = [], [], [], []
     for line, row in rows:
@@ -361,13 +255,13 @@ def read_boxes_csv(
     path: Path, image_shape: tuple[int, int], n_planes: int | None = None
 ) -> BoxPrompts:
     """Read and check a boxes file for (H, W) planes (``n_planes``: as for points)."""
-    header, rows = _read_table(path)
+    header, rows = read_table(path)
     if "shape-type" in header:
         return _napari_shapes(path, header, rows, image_shape, n_planes)
-    _require(path, header, (*BOX_COLUMNS, PLANE_COLUMN) if n_planes is not None else BOX_COLUMNS)
+    require(path, header, (*BOX_COLUMNS, PLANE_COLUMN) if n_planes is not None else BOX_COLUMNS)
     _refuse_planes(path, header, n_planes is not None)
-    _refuse_unknown(path, header, (*BOX_COLUMNS, PLANE_COLUMN))
-    _require_rows(path, rows)
+    refuse_unknown(path, header, (*BOX_COLUMNS, PLANE_COLUMN))
+    require_rows(path, rows)
     boxes, planes = [], []
     for line, row in rows:
         x_min, y_min, x_max, y_max = (_number(path, line, row, name) for name in BOX_COLUMNS)
@@ -396,7 +290,7 @@ def _napari_shapes(
     axes = [name for name in header if name.startswith("axis-")]
     expected = ["axis-0", "axis-1", "axis-2"] if n_planes is not None else ["axis-0", "axis-1"]
     if n_planes is None and axes == ["axis-0", "axis-1", "axis-2"]:  # of a 2D image's plane
-        _require_rows(path, rows)
+        require_rows(path, rows)
         _on_one_plane(path, rows, "shapes")
         expected = axes
     if axes != expected:
@@ -404,8 +298,8 @@ def _napari_shapes(
             f"{path} holds shapes with columns {axes!r}; give 2D shapes (axis-0, axis-1) or, "
             "with --stack, the shapes layer of the stack (axis-0 = plane)"
         )
-    _require(path, header, ("index",))
-    _require_rows(path, rows)
+    require(path, header, ("index",))
+    require_rows(path, rows)
     shapes: dict[float, list[tuple[int, list[float]]]] = {}  # index -> (line, vertex) rows
     for line, row in rows:
         vertex = [_number(path, line, row, name) for name in expected]
