@@ -35,6 +35,7 @@ from napari_samtune._qt.annotate_file_jobs import AnnotateFileJobsMixin
 from napari_samtune._qt.annotate_files import AnnotateFilesMixin
 from napari_samtune._qt.annotate_image import AnnotateImageMixin
 from napari_samtune._qt.annotate_model import AnnotateModelMixin, LoadedWeights
+from napari_samtune._qt.annotate_propagation import AnnotatePropagationMixin
 from napari_samtune._qt.annotate_restore import AnnotateRestoreMixin
 from napari_samtune._qt.annotate_saves import AnnotateSavesMixin
 from napari_samtune._qt.annotate_session import AnnotationSession
@@ -82,6 +83,7 @@ class AnnotateWidget(
     AnnotateChannelsMixin,
     AnnotateEmbeddingMixin,
     AnnotateActionsMixin,
+    AnnotatePropagationMixin,
     AnnotateFilesMixin,
     AnnotateSavesMixin,
     AnnotateFileJobsMixin,
