@@ -47,8 +47,10 @@ def run_needs(
     model = tensor_bytes(sam.state_dict().values())
     checkpoints = out_dir / "checkpoints"
     there = [checkpoints / "best.pt", checkpoints / "last.pt", out_dir / "model.pth"]
-    written = weights + 2 * (weights + moments) + model
-    return {out_dir: max(0, written - sum(_size(f) for f in there)), models_dir: model}
+    written = max(0, weights + 2 * (weights + moments) + model - sum(_size(f) for f in there))
+    if Path(out_dir).absolute() == Path(models_dir).absolute():  # one folder: both there
+        return {out_dir: written + model}
+    return {out_dir: written, models_dir: model}
 
 
 def _size(path: Path) -> int:
