@@ -83,3 +83,15 @@ def test_an_unreadable_free_space_refuses_nothing(monkeypatch, tmp_path):
 
     monkeypatch.setattr(disk_space, "disk_of", unreadable)
     assert space_problem({tmp_path: 2**60}, {tmp_path: "train into a folder"}) is None
+
+
+def test_a_run_into_the_user_models_folder_needs_the_room_of_both_there(tmp_path):
+    """Its own need (checkpoints, model.pth) was replaced by the registered copy's alone."""
+    from napari_samtune.core.architectures import TINY, build_sam
+    from napari_samtune.core.disk_space import run_needs, tensor_bytes
+
+    sam = build_sam(TINY)
+    apart = run_needs(sam, False, tmp_path / "run", tmp_path / "models")
+    together = run_needs(sam, False, tmp_path / "models", tmp_path / "models")
+    assert together == {tmp_path / "models": sum(apart.values())}
+    assert apart[tmp_path / "models"] == tensor_bytes(sam.state_dict().values())
