@@ -3,6 +3,8 @@ go on from it, not "holds no training run" and another folder to choose."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from napari_samtune._qt.continued_runs import continued_config
@@ -52,3 +54,22 @@ def test_a_run_without_its_config_is_sent_to_the_command_line_that_reads_its_che
 
 def test_a_folder_without_either_is_still_no_run(tmp_path):
     assert "holds no training run to continue" in _refusal(tmp_path)
+
+
+def test_a_run_branched_into_its_folder_counts_the_epochs_of_its_checkpoint(tmp_path):
+    """``--resume RUN --out BRANCH`` writes only the new epochs into BRANCH's metrics: the
+    panel counted its lines, said "has done 1 epochs; set epochs above that" after 3, and
+    the run then failed as having nothing left to train."""
+    config = TrainConfig(
+        model="random:tiny", epochs=2, min_samples_per_epoch=2, n_objects_per_batch=1,
+        n_iterative_prompts=0, mixed_precision="no", early_stopping=None,
+    )  # fmt: skip
+    data = make_dataset(2, shape=(80, 96), seed=3)
+    first = train(config, data, out_dir=tmp_path / "run")
+    branch = tmp_path / "branch"
+    train(replace(config, epochs=3), data, out_dir=branch, resume_from=first.last_checkpoint_path)
+    assert len(RunFiles(branch).metrics.read_text().splitlines()) == 1
+    with pytest.raises(ValueError, match="has done 3 epochs; set epochs above that"):
+        continued_config(branch, 3, "cpu")
+    continued, _, history = continued_config(branch, 4, "cpu")
+    assert continued.epochs == 4 and [past.epoch for past in history] == [2]

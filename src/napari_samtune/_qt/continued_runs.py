@@ -44,15 +44,29 @@ def continued_config(
         )
     config = _read_config(files.config)
     _check_base_weights(folder, config)
-    history = past_epochs(folder)  # one record per completed epoch
-    if epochs <= len(history):
+    history = past_epochs(folder)  # one record per completed epoch of this folder
+    done = epochs_done(files, history)
+    if epochs <= done:
         raise ValueError(
-            f"the run in {str(folder)!r} has done {len(history)} epochs; set epochs above "
-            "that to continue it"
+            f"the run in {str(folder)!r} has done {done} epochs; set epochs above that to "
+            "continue it"
         )
     precision = continued_precision(config.mixed_precision, device)  # the widget sets none
     continued = replace(config, epochs=epochs, device=device, mixed_precision=precision)
     return continued, files.last, history
+
+
+def epochs_done(files: RunFiles, history: list[PastEpoch]) -> int:
+    """The epochs the run of ``files`` has done: its last epoch's number, and its
+    summary.json's count, not only the lines of its metrics.jsonl (a run branched into its
+    folder with ``--resume ... --out`` wrote only its new epochs there: one line after 5
+    epochs, and "set epochs above 1" then failed as nothing left to train)."""
+    done = max([len(history), *(past.epoch + 1 for past in history)])
+    try:
+        summary = json.loads(files.summary.read_text(encoding="utf-8"))
+        return max(done, int(summary["epochs_done"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return done
 
 
 def _missing_run_files(files: RunFiles) -> str:
