@@ -137,6 +137,27 @@ def test_red_messages_clear_once_their_cause_is_fixed(qtbot, widget):
     assert widget.result.epochs_done == 2
 
 
+def test_a_run_continued_with_a_gpu_preset_chosen_on_a_cpu_machine_trains_on_the_cpu(
+    qtbot, widget, monkeypatch
+):
+    """The run keeps its own preset, but its device came from the one chosen in the panel:
+    an A100's cuda on a machine without CUDA, and the run failed saying to use device
+    'auto', which the picker said already."""
+    from napari_samtune.core import devices
+
+    monkeypatch.setattr(devices, "cuda_available", lambda: False)
+    assert _add_pair(widget, 0)
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.start() is not None
+    combo = widget.settings.preset_combo
+    combo.setCurrentIndex([combo.itemText(i) for i in range(combo.count())].index("A100"))
+    assert widget.settings.device() == "cuda"  # the chosen preset's
+    widget.settings.epochs_spin.setValue(2)
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.continue_run(widget.run_folder) is not None
+    assert widget.result is not None and widget.result.epochs_done == 2
+
+
 def test_separate_validation_ticked_but_not_added_is_refused(qtbot, widget, notifications):
     """A pair chosen in the validation combo boxes but never added trained on a held-out
     share of the training data instead, without a word."""

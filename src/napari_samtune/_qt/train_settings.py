@@ -396,12 +396,12 @@ class TrainSettingsWidget(QWidget):
             )
         except (ValueError, TypeError) as err:  # the core's words are its field names
             raise type(err)(in_field_terms(str(err))) from None
-        problem = self._device_problem()  # after the settings' own problems
+        problem = self.device_problem()  # after the settings' own problems
         if problem:
             raise ValueError(problem)
         return config
 
-    def _device_problem(self) -> str:
+    def device_problem(self) -> str:
         """A GPU preset (or device cuda) on a machine without CUDA: the run was started and
         failed, saying to use device 'auto', which the picker said already."""
         from napari_samtune.core.devices import cuda_available

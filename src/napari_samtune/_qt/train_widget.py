@@ -346,7 +346,12 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
                 check_not_in_use(out_dir)
             else:  # a run in its first epoch has no last.pt yet: not "holds no run"
                 check_not_in_use(resume)
-                epochs, device = self.settings.epochs_spin.value(), self.settings.device()
+                # the run keeps its own preset: "auto" is the device this machine has, not
+                # that of the preset chosen here (an A100's cuda on a CPU-only machine)
+                device = self.settings.model_picker.device()
+                if device != "auto" and self.settings.device_problem():
+                    raise ValueError(self.settings.device_problem())
+                epochs = self.settings.epochs_spin.value()
                 config, last, history = continued_config(resume, int(epochs), device)
                 # as a diverged run is told to: continue it with a lower learning rate
                 config = replace(config, learning_rate=self.settings.learning_rate())
