@@ -66,3 +66,20 @@ def test_a_commit_that_leaves_out_a_plane_of_its_object_says_which(
         "plane 1 of the object left out: it lay wholly on existing objects there (overwrite "
         "is off); to add it there, tick overwrite, view the plane and prompt it again"
     ) in notifications
+
+
+def test_batched_overlaps_go_to_the_box_with_negative_points_too(sensitive_widget):
+    """Without negative points a box's object kept the pixels a point's object shared with
+    it; with one (in an empty corner) the larger logit won, and the point's object took
+    half the box's cell."""
+    from napari_samtune.core.synthetic import make_image
+
+    _, widget = sensitive_widget(make_image((160, 160), seed=2)[0], "cells")
+    box, point, corner = np.array([[60.0, 60, 140, 140]]), np.array([[100.0, 100]]), [[5.0, 5]]
+    predict = widget.segmenter.predict_with_negatives
+    labels = widget._predict_each(box, point, np.array(corner))
+    by_box = predict(box, np.zeros((0, 2)), np.array(corner)) > 0
+    by_point = predict(np.zeros((0, 4)), point, np.array(corner)) > 0
+    assert (by_box & by_point).any()  # an overlap to decide
+    np.testing.assert_array_equal(labels == 1, by_box)
+    np.testing.assert_array_equal(labels == 2, by_point & ~by_box)

@@ -171,22 +171,31 @@ class AnnotateEmbeddingMixin:
         return prediction.mask.astype(np.uint32)
 
     def _predict_batched(self, boxes_xyxy: np.ndarray, points_xy: np.ndarray) -> np.ndarray:
+        """Batched mode: box ``i`` is object ``i + 1``, then the points; where a box's object
+        and a point's overlap, the box's keeps the pixels (among boxes, and among points,
+        the larger logit wins)."""
         labels = np.zeros(self.segmenter.image_shape, dtype=np.uint32)
         if len(boxes_xyxy):
             labels = self.segmenter.predict_boxes(boxes_xyxy)
         if len(points_xy):
             by_point = self.segmenter.predict_points_batched(points_xy)
-            free = (by_point > 0) & (labels == 0)
-            labels[free] = by_point[free] + len(boxes_xyxy)
+            _boxes_first(labels, by_point, len(boxes_xyxy))
         return labels
 
     def _predict_each(
         self, boxes_xyxy: np.ndarray, points_xy: np.ndarray, negatives_xy: np.ndarray
     ) -> np.ndarray:
         """Batched mode with negative points: each box and each positive point is prompted
-        with every negative point too (they mark background for all objects, as in
-        ``samtune segment``); ids and overlaps as in :meth:`_predict_batched`."""
-        return self.segmenter.predict_with_negatives(boxes_xyxy, points_xy, negatives_xy)
+        with the negative points in its view too (they mark background for all objects, as
+        in ``samtune segment``); ids and overlaps as in :meth:`_predict_batched` (a negative
+        point far from both took half a box's object for a point's)."""
+        none = np.zeros((0, 2))
+        predict = self.segmenter.predict_with_negatives
+        labels = predict(boxes_xyxy, none, negatives_xy)
+        if len(points_xy):
+            by_point = predict(np.zeros((0, 4)), points_xy, negatives_xy)
+            _boxes_first(labels, by_point, len(boxes_xyxy))
+        return labels
 
     def _on_embedded(self, plane) -> None:
         self._embedded = (self._generation, plane)
@@ -345,3 +354,10 @@ def dropped_note(task: str, image: str, results: list, why: str) -> str:
         return f"{task}: results discarded, {why} ({image!r})"
     where = planes_phrase(planes)
     return f"{task}: results discarded, {why} ({where} of {image!r})"
+
+
+def _boxes_first(labels: np.ndarray, by_point: np.ndarray, n_boxes: int) -> None:
+    """Paint the points' objects ``by_point`` (ids from 1) into ``labels`` (the boxes'
+    objects) as ids after the boxes', where no box's object is."""
+    free = (by_point > 0) & (labels == 0)
+    labels[free] = by_point[free] + n_boxes
