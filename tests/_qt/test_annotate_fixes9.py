@@ -83,3 +83,28 @@ def test_batched_overlaps_go_to_the_box_with_negative_points_too(sensitive_widge
     assert (by_box & by_point).any()  # an overlap to decide
     np.testing.assert_array_equal(labels == 1, by_box)
     np.testing.assert_array_equal(labels == 2, by_point & ~by_box)
+
+
+def test_a_mode_change_on_a_stack_leaves_no_plane_of_the_other_mode_to_commit(
+    stack_widget, drain_jobs, notifications
+):
+    """Only the plane in view was segmented again: C then wrote plane 0's two batched
+    objects as they were, recorded as one-object mode's work."""
+    from napari_samtune._qt.annotate_ui import BATCHED_MODE, SINGLE_MODE
+
+    viewer, widget = stack_widget
+    layers = widget.session.layers
+    widget.ui.mode_combo.setCurrentText(BATCHED_MODE)
+    layers.points.add([[0, 30, 30], [0, 60, 60]])
+    drain_jobs(widget)
+    viewer.dims.set_current_step(0, 2)
+    drain_jobs(widget)
+    layers.points.add([2, 48, 48])
+    drain_jobs(widget)
+    widget.ui.mode_combo.setCurrentText(SINGLE_MODE)
+    drain_jobs(widget)
+    assert widget.commit() == []
+    assert "the preview of plane 0 does not show your latest prompts" in notifications[-1]
+    viewer.dims.set_current_step(0, 0)  # viewed: segmented as one object
+    drain_jobs(widget)
+    assert len(widget.commit()) == 1

@@ -182,7 +182,7 @@ class AnnotateWidget(
         ui.channels_first_check.toggled.connect(self._on_channels_first)
         ui.channel_combo.currentIndexChanged.connect(self._on_image_choice)
         ui.embed_all_button.clicked.connect(self.embed_all_planes)
-        ui.mode_combo.currentIndexChanged.connect(lambda _: self.update_preview())
+        ui.mode_combo.currentIndexChanged.connect(lambda _: self._on_mode_changed())
         ui.positive_check.toggled.connect(self._on_positive_toggled)
         ui.commit_button.clicked.connect(self.commit)
         ui.clear_button.clicked.connect(self.clear)
@@ -313,6 +313,17 @@ class AnnotateWidget(
             self._previews_behind.add(self.current_plane)  # segmented once planes show
             return
         self._keep_propagation_out()
+        self.update_preview()
+
+    def _on_mode_changed(self) -> None:
+        """One object or batched: every plane's preview was made in the other mode. Only
+        the plane in view is segmented again now; the others lag their prompts until
+        viewed (C refuses them, saying so), as a commit mixed both modes."""
+        if self.session is not None:
+            layers = self.session.layers
+            for plane in layers.preview_planes():
+                if not layers.prompts(plane).is_empty:
+                    self._previews_behind.add(plane)
         self.update_preview()
 
     def update_preview(self, clear_if_empty: bool = True) -> bool:
