@@ -32,7 +32,9 @@ def run(script: str, *args: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--quick", action="store_true", help="one repeat of the embedding and training benchmarks (about half the time)"
+        "--quick",
+        action="store_true",
+        help="one repeat of the embedding and training benchmarks (about half the time)",
     )
     parser.add_argument("--device", default="cpu", help="cpu (CPU presets) or cuda (GPU presets)")
     args = parser.parse_args()
