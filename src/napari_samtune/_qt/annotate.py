@@ -317,12 +317,14 @@ class AnnotateWidget(
 
     def _on_mode_changed(self) -> None:
         """One object or batched: every plane's preview was made in the other mode. Only
-        the plane in view is segmented again now; the others lag their prompts until
-        viewed (C refuses them, saying so), as a commit mixed both modes."""
-        if self.session is not None:
+        the plane in view is segmented again now; the others with several boxes or positive
+        points lag their prompts until viewed (C refuses them, saying so): a commit mixed
+        both modes."""
+        if self.session is not None:  # one box or point is one object in both modes
             layers = self.session.layers
             for plane in layers.preview_planes():
-                if not layers.prompts(plane).is_empty:
+                prompts = layers.prompts(plane)
+                if int(prompts.positive.sum()) + len(prompts.boxes_rc) > 1:
                     self._previews_behind.add(plane)
         self.update_preview()
 
