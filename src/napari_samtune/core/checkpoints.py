@@ -281,3 +281,12 @@ def remove_abandoned_writes(
         except OSError:  # gone meanwhile, or not ours to delete
             continue
     return deleted
+
+
+def one_file(path: str | os.PathLike, other: str | os.PathLike) -> bool:
+    """Whether ``path`` and ``other`` are one file (two names of it: another case on macOS
+    or Windows, a hard link, a relative and a whole path); False where either is missing."""
+    try:
+        return os.path.samefile(path, other)
+    except OSError:
+        return False

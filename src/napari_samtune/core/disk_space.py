@@ -28,14 +28,6 @@ def tensor_bytes(tensors: Iterable) -> int:
     return sum(t.numel() * t.element_size() + FILE_BYTES_PER_TENSOR for t in tensors)
 
 
-def checkpoint_bytes(sam: nn.Module, trainable_only: bool) -> tuple[int, int]:
-    """``(weights, optimizer state)``: the bytes of a checkpoint's model state (the trained
-    weights only, or the whole model's) and of Adam's moments in last.pt."""
-    trained = [p for p in sam.parameters() if p.requires_grad]
-    weights = tensor_bytes(trained) if trainable_only else tensor_bytes(sam.state_dict().values())
-    return weights, ADAM_MOMENTS * tensor_bytes(trained)
-
-
 def run_needs(
     sam: nn.Module, trainable_only: bool, out_dir: Path, models_dir: Path
 ) -> dict[Path, int]:
@@ -43,8 +35,10 @@ def run_needs(
     holds best.pt, last.pt, the next last.pt being written, and model.pth (the files of an
     earlier session of a resumed run count as there already), and ``models_dir`` the
     registered copy of model.pth."""
-    weights, moments = checkpoint_bytes(sam, trainable_only)
     model = tensor_bytes(sam.state_dict().values())
+    trained = tensor_bytes(p for p in sam.parameters() if p.requires_grad)
+    weights = trained if trainable_only else model  # a checkpoint's model state
+    moments = ADAM_MOMENTS * trained  # last.pt's optimizer state
     checkpoints = out_dir / "checkpoints"
     there = [checkpoints / "best.pt", checkpoints / "last.pt", out_dir / "model.pth"]
     written = max(0, weights + 2 * (weights + moments) + model - sum(_size(f) for f in there))

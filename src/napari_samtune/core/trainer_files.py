@@ -6,7 +6,6 @@ the registration and ``summary.json``. A mixin of :class:`~napari_samtune.core.t
 from __future__ import annotations
 
 import errno
-import os
 import shutil
 import uuid
 import warnings
@@ -16,7 +15,7 @@ from pathlib import Path
 import torch
 
 from napari_samtune.core import distributed as ddp
-from napari_samtune.core.checkpoints import UnreadableFile, atomic_write, first_line
+from napari_samtune.core.checkpoints import UnreadableFile, atomic_write, first_line, one_file
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train_checkpoints import write_checkpoint
 from napari_samtune.core.train_events import TrainingFinished
@@ -39,7 +38,7 @@ class TrainerFilesMixin:
         files = self.files
         run_files = (files.last, files.metrics, files.summary, files.best, files.model)
         found = [_relative(f, self.out_dir) for f in run_files if f.exists()]
-        if not found or (resume_from is not None and _same_file(resume_from, files.last)):
+        if not found or (resume_from is not None and one_file(resume_from, files.last)):
             return
         if resume_from is not None and found == [_relative(files.best, self.out_dir)]:
             return  # carried over when it was resumed here before: see _identify_run
@@ -109,7 +108,7 @@ class TrainerFilesMixin:
         last epoch if a kill came between that checkpoint and the line, and loses a line
         left unfinished (see :func:`record_epoch`)."""
         resumed = self.resume_from
-        if self.dist.is_main and resumed is not None and _same_file(resumed, self.files.last):
+        if self.dist.is_main and resumed is not None and one_file(resumed, self.files.last):
             record_epoch(self.files.metrics, self.epoch_record)
 
     def _adopt_newer_best(self, checkpoint: dict | None) -> None:
@@ -118,7 +117,7 @@ class TrainerFilesMixin:
         epoch, scoring lower (other settings, a GPU's nondeterminism), left best.pt holding
         weights of a score the summary did not name, exported as the model of the best
         epoch it named; the run's best is now best.pt's. Mapped, not read: it may be GBs."""
-        if checkpoint is None or not _same_file(self.resume_from, self.files.last):
+        if checkpoint is None or not one_file(self.resume_from, self.files.last):
             return
         try:
             best = torch.load(self.files.best, map_location="cpu", weights_only=True, mmap=True)
@@ -344,10 +343,6 @@ class TrainerFilesMixin:
             "config": asdict(self.saved_config),
             "precision": self.precision,  # the one chosen here ("no": float32)
         }
-
-
-def _same_file(a: str | Path, b: Path) -> bool:
-    return b.exists() and Path(a).exists() and os.path.samefile(a, b)
 
 
 def _relative(path: Path, folder: Path) -> str:

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from napari_samtune.core.architectures import ARCHITECTURES
+from napari_samtune.core.checkpoints import one_file
 from napari_samtune.core.download import mismatched_digest, stamp_path
 from napari_samtune.core.registry import (
     builtin_names,
@@ -29,7 +30,6 @@ from napari_samtune.core.user_models import (
     _weights_in_use,
     _write_json_atomically,
     is_other_json,
-    one_file,
 )
 
 

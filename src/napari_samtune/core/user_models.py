@@ -10,7 +10,6 @@ its sidecar is written, and gone when it is deleted.
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 import warnings
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from napari_samtune.core.architectures import ARCHITECTURES, SamArchitecture, as_architecture
-from napari_samtune.core.checkpoints import atomic_write, remove_abandoned_writes
+from napari_samtune.core.checkpoints import atomic_write, one_file, remove_abandoned_writes
 from napari_samtune.core.download import file_digest, stamp_path, write_stamp
 from napari_samtune.core.registry import (
     USER_SOURCE,
@@ -325,15 +324,6 @@ def _weights_in_use(besides: Path | None = None) -> set[Path]:
         for sidecar in sidecars
         if besides is None or not (sidecar == besides or one_file(sidecar, besides))
     }
-
-
-def one_file(path: Path, other: Path) -> bool:
-    """Whether ``path`` and ``other`` are one file (two names of it: another case on macOS
-    or Windows, a hard link)."""
-    try:
-        return os.path.samefile(path, other)
-    except OSError:
-        return False
 
 
 def _named_weights(sidecar: Path) -> Path | None:
