@@ -195,7 +195,10 @@ def with_progress(
             if isinstance(event, StepDone) and bar:
                 if shown is None:
                     desc = f"epoch {event.epoch + 1}/{epochs}"
-                    shown = progress_bar(event.steps_per_epoch, desc, unit="step", leave=False)
+                    shown = progress_bar(
+                        event.steps_per_epoch, desc, unit="step", leave=False,
+                        initial=event.step - 1,  # a resumed epoch's steps done before
+                    )  # fmt: skip
                 postfix = {"loss": f"{event.loss:.4f}", "lr": f"{event.learning_rate:.2g}"}
                 shown.set_postfix(postfix, refresh=False)  # drawn by update, when it redraws
                 shown.update(1)

@@ -12,7 +12,8 @@ dict with LoRA merged, so ``load_model`` reads it as a model; with
 resuming), ``optimizer_state``, ``scheduler_state``, ``scaler_state``,
 ``config`` (``asdict(TrainConfig)``), ``preset``, ``epoch`` (the epoch in
 progress), ``step`` (optimizer steps so far), ``step_in_epoch``,
-``best_metric``, ``progress`` (counters and timings), ``versions``,
+``best_metric``, ``progress`` (counters and timings), ``epoch_elapsed_s`` (the epoch's
+wall time so far, stopped mid-epoch; 0 at an epoch's end), ``versions``,
 ``data_summary``, ``base_model_id``, ``base_parts_digest`` (with ``checkpoint_trainable_only``:
 of the weights taken from the base model, see :func:`base_parts_digest`), ``run_id`` (the
 same in every checkpoint of a run and

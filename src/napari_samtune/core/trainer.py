@@ -108,12 +108,13 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
         self.train_images, self.val_images = self._prepare_data(config, train_data, val_data)
         device = resolve_device(config.device)
         self.dist = ddp.context_from_env(device.type)
+        self.epoch_carried_s = 0.0  # the epoch's time in the session(s) before a resume
         try:  # a process failing here leaves the group (gloo's threads aborted the exit)
             self._set_up(config, device, resume_from)
         except BaseException:
             ddp.shutdown(self.dist)
             raise
-        self.run_start = time.perf_counter()
+        self.run_start = self.epoch_start = time.perf_counter()
         self.step_seconds, self.val_seconds = [], []
         self.stopped_by_user = self.stopped_early = False
         self.steps_done, self.start_epoch = 0, self.progress.epoch  # of this session
@@ -388,8 +389,9 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
         self.stopped_early = flat and p.epoch < self.config.epochs  # the last epoch ends anyway
         event = EpochDone(
             epoch, train_loss, val_metrics, metric, self._metric_name(), self._lr(), None,
-            is_best, p.best_metric, self._eta(), time.perf_counter() - self.epoch_start,
+            is_best, p.best_metric, self._eta(), self._epoch_seconds(),
         )  # fmt: skip
+        self.epoch_carried_s = 0.0
         # last.pt holds the epoch's line too: killed before the line is written, the
         # resumed run writes it (see _restore_metrics)
         self.epoch_record = metrics_record(event)
@@ -400,6 +402,10 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
 
     def _metric_name(self) -> str:
         return "val_iou" if self.has_validation else "negative train loss"
+
+    def _epoch_seconds(self) -> float:
+        """Wall time of the epoch in progress, with its part before a resume."""
+        return self.epoch_carried_s + time.perf_counter() - self.epoch_start
 
     def _elapsed(self) -> float:
         return self.progress.elapsed_s + time.perf_counter() - self.run_start

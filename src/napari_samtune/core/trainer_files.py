@@ -234,6 +234,8 @@ class TrainerFilesMixin:
             "step_in_epoch": p.step_in_epoch,
             "best_metric": p.best_metric,
             "progress": asdict(p) | {"elapsed_s": self._elapsed()},
+            # outside "progress", whose keys older versions take as Progress fields
+            "epoch_elapsed_s": self._epoch_seconds() if p.step_in_epoch else 0.0,
             "base_model_id": self.base_model_id,
             **self.base_parts,
             "run_id": self.run_id,

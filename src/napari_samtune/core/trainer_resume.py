@@ -58,6 +58,8 @@ class TrainerResumeMixin:
         saved = TrainConfig.from_dict(checkpoint["config"])
         if not self._restart_epoch_for(checkpoint.get("data_summary", {}), saved):
             self._continue_epoch_in_new_steps(saved)
+        if self.progress.step_in_epoch:  # checkpoints before 2026-12-07 lack the epoch's time
+            self.epoch_carried_s = float(checkpoint.get("epoch_elapsed_s", 0.0))
 
     def _restart_best_for(self, had_validation: bool) -> None:
         """A run resumed with validation data where it had none, or without where it had:
