@@ -34,7 +34,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n-val", type=int, default=2, help="validation images (best epoch)")
     parser.add_argument("--n-test", type=int, default=4, help="held-out test images")
     parser.add_argument("--out", type=Path, default=None, help="run folders (default: temp)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("sizes", "n_val", "n_test"):  # the best epoch and the scores need images
+        values = getattr(args, name)
+        if min(values if isinstance(values, list) else [values]) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, not {values!r}")
+    return args
 
 
 def held_out_iou(model_path: Path, test_pairs) -> dict[str, float]:
@@ -72,7 +77,21 @@ def one_run(args, preset, start: str, train_pairs, val_pairs, test_pairs, out: P
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="samtune-resource-study-"))
-    os.environ.setdefault("SAMTUNE_MODELS_DIR", str(out / "user-models"))
+    # the runs register their models: in the study's folder, never among the user's own
+    before = os.environ.get("SAMTUNE_MODELS_DIR")
+    os.environ["SAMTUNE_MODELS_DIR"] = str(out / "user-models")
+    try:
+        study(args, out)
+    finally:
+        if before is None:
+            del os.environ["SAMTUNE_MODELS_DIR"]
+        else:
+            os.environ["SAMTUNE_MODELS_DIR"] = before
+    return 0
+
+
+def study(args, out: Path) -> None:
+    """Every run of the study, its table on stdout."""
     from napari_samtune.core.presets import get_preset
     from napari_samtune.core.synthetic import DARK_CELLS, make_dataset
 
@@ -98,7 +117,6 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     print(f"\n{(time.perf_counter() - start_time) / 60:.1f} min in total; runs in {out}")
-    return 0
 
 
 if __name__ == "__main__":

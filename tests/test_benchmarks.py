@@ -3,6 +3,7 @@ so their shared code paths are checked here, on the CPU)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -370,3 +371,31 @@ def test_installing_nano_keeps_the_replaced_weights_listed_for_their_runs(tmp_pa
     assert len(namespace["EARLIER_NANO"]) == 2  # the one listed before stays
     train_nano.keep_earlier(target, registry_file)  # again: listed once
     assert registry_file.read_text() == text
+
+
+def test_the_resource_study_keeps_its_models_out_of_the_users_folder(tmp_path, monkeypatch, capsys):
+    import resource_study
+
+    mine = tmp_path / "my-models"
+    monkeypatch.setenv("SAMTUNE_MODELS_DIR", str(mine))
+    folders = []
+
+    def run(args, preset, start, train_pairs, val_pairs, test_pairs, out):
+        folders.append(os.environ["SAMTUNE_MODELS_DIR"])  # where train() registers
+        return {"best_epoch": 0, "time_to_best_s": 1.0, "box_iou": 0.5, "point_iou": 0.4}
+
+    monkeypatch.setattr(resource_study, "one_run", run)
+    argv = ["--presets", "cpu-8gb", "--sizes", "1", "--starts", "nano", "--n-val", "1"]
+    assert resource_study.main([*argv, "--n-test", "1", "--out", str(tmp_path / "study")]) == 0
+    assert folders == [str(tmp_path / "study" / "user-models")]
+    assert os.environ["SAMTUNE_MODELS_DIR"] == str(mine)  # given back
+    assert "| cpu-8gb | nano | 1 | 1/8 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["--n-val", "0"], ["--n-test", "0"], ["--sizes", "1", "0"]])
+def test_the_resource_study_refuses_a_study_without_images(argv, capsys):
+    import resource_study
+
+    with pytest.raises(SystemExit):
+        resource_study.parse_args(argv)
+    assert "must be at least 1" in capsys.readouterr().err
