@@ -186,3 +186,22 @@ def test_a_case_only_rename_on_a_case_insensitive_disk_renames_the_model(tiny_ch
     assert load_model("Cells").model_id == before
     data = json.loads((folder / "Cells.json").read_text())
     assert data["name"] == "Cells" and data["filename"] == "Cells.pt"
+
+
+def test_a_name_only_in_another_case_than_a_models_is_refused(tiny_checkpoint):
+    # on macOS and Windows Run1B.pt and run1b.pt are one file: the second replaced the first
+    from napari_samtune.core.train_export import check_model_name, unique_model_name
+
+    register_user_model(tiny_checkpoint, "Run1B", TINY)
+    with pytest.raises(user_models.ModelNameTaken, match="'Run1B' differs from 'run1b' only"):
+        register_user_model(tiny_checkpoint, "run1b", TINY)
+    with pytest.raises(user_models.ModelNameTaken, match="only in case"):
+        register_user_model(tiny_checkpoint, "run1b", TINY, overwrite=True)
+    with pytest.raises(ValueError, match="already a built-in or registered model"):
+        check_model_name("RUN1B")  # a run's --model-name, refused before it trains
+    assert unique_model_name("run1b") == "run1b-2"  # a run folder's name
+    register_user_model(tiny_checkpoint, "cells", TINY)
+    with pytest.raises(ValueError, match="only in case"):
+        rename_user_model("cells", "RUN1b")
+    rename_user_model("Run1B", "run1b")  # the model itself in another case
+    assert sorted(s.name for s in list_user_models()) == ["cells", "run1b"]

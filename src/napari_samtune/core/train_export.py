@@ -66,9 +66,11 @@ REGISTRATION_TRIES = 5  # names tried when others keep taking the free one first
 
 def _name_taken(name: str) -> bool:
     from napari_samtune.core.registry import BUILTIN_MODELS, user_models_dir
+    from napari_samtune.core.user_models import case_twin
 
     builtin = {spec.name for spec in BUILTIN_MODELS} | set(ARCHITECTURES)
-    return name in builtin or (user_models_dir() / f"{name}.json").exists()
+    registered = (user_models_dir() / f"{name}.json").exists()
+    return name in builtin or registered or case_twin(name) is not None
 
 
 def check_registration(name: str | None, resumed_run: Path | None = None) -> str | None:

@@ -29,6 +29,8 @@ from napari_samtune.core.user_models import (
     _registration_locked,
     _weights_in_use,
     _write_json_atomically,
+    case_twin,
+    case_twin_problem,
     is_other_json,
 )
 
@@ -152,6 +154,9 @@ def _check_rename(old_name: str, new_name: str, data: dict) -> None:
     # as another model's, advising to remove it (the model's only description)
     if one_file(taken, sidecar):
         return
+    twin = case_twin(new_name, besides=old_name)
+    if twin is not None:
+        raise ValueError(f"new_name={new_name!r}: {case_twin_problem(new_name, twin)}")
     if taken.exists() and is_other_json(taken):
         raise ValueError(
             f"new_name={new_name!r}: {taken} is a file of other data than a user model's "

@@ -341,6 +341,28 @@ def _weights_named_by(sidecar: Path) -> Path:
     return _named_weights(sidecar) or sidecar.with_suffix(".pt")
 
 
+def case_twin(name: str, besides: str | None = None) -> str | None:
+    """The user model, other than ``besides``, whose name is ``name`` in another case
+    (``Run1B`` for ``run1b``): on macOS and Windows the two would share their files."""
+    folder = user_models_dir()
+    try:
+        stems = [path.stem for path in folder.glob("*.json")]  # as the disk spells them
+    except OSError:
+        return None
+    for stem in stems:
+        if stem not in (name, besides) and stem.casefold() == name.casefold():
+            if not is_other_json(folder / f"{stem}.json"):
+                return stem
+    return None
+
+
+def case_twin_problem(name: str, twin: str) -> str:
+    return (
+        f"user model {twin!r} differs from {name!r} only in case, and on macOS and Windows "
+        "the two would be one file; pick another name"
+    )
+
+
 def _check_new_name(name: str, overwrite: bool) -> None:
     validate_model_name(name)
     if name in builtin_names() or name in ARCHITECTURES:
@@ -348,6 +370,9 @@ def _check_new_name(name: str, overwrite: bool) -> None:
             f"name={name!r} is a built-in model or architecture name; pick another name, "
             f"e.g. {name + '_finetuned'!r}"
         )
+    twin = case_twin(name)
+    if twin is not None:  # not even with overwrite: it is another model
+        raise ModelNameTaken(f"name={name!r}: {case_twin_problem(name, twin)}")
     sidecar = user_models_dir() / f"{name}.json"
     if sidecar.is_file() and is_other_json(sidecar):  # not even with overwrite: it is not ours
         raise ModelNameTaken(
