@@ -16,6 +16,8 @@ from pathlib import Path
 
 from torch import nn
 
+from napari_samtune.core.lora import adapter_state_dict
+
 # Adam's two moments per trained weight (exp_avg, exp_avg_sq), as large as the weight
 ADAM_MOMENTS = 2
 # what torch.save adds per tensor (its zip entry, aligned to 64 bytes, and its key): a
@@ -37,7 +39,11 @@ def run_needs(
     registered copy of model.pth."""
     model = tensor_bytes(sam.state_dict().values())
     trained = tensor_bytes(p for p in sam.parameters() if p.requires_grad)
-    weights = trained if trainable_only else model  # a checkpoint's model state
+    # a whole checkpoint holds the LoRA layers' base weights twice: merged in its model
+    # state, and as they are beside the adapters (vit_b's qkv: a quarter of its weights)
+    bases = tensor_bytes(adapter_state_dict(sam, with_base=True).values())
+    bases -= tensor_bytes(adapter_state_dict(sam, with_base=False).values())
+    weights = trained if trainable_only else model + bases  # a checkpoint's model state
     moments = ADAM_MOMENTS * trained  # last.pt's optimizer state
     checkpoints = out_dir / "checkpoints"
     there = [checkpoints / "best.pt", checkpoints / "last.pt", out_dir / "model.pth"]
