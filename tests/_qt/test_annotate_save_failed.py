@@ -232,3 +232,27 @@ def test_a_save_failing_again_the_same_way_is_said_once(
     assert widget.commit() == [5]
     drain_jobs(widget)
     assert len([n for n in notifications if "No space left on device" in n]) == 2
+
+
+def test_a_failed_save_now_with_autosave_ticked_keeps_the_edits_unsaved(
+    committed_once, failing_saves, drain_jobs, monkeypatch, close_blocker, notifications
+):
+    """Save now forgot the failed autosave before it saved, and remembered its own failure
+    only with autosave unticked: napari then closed unasked, the commit on no disk. Its
+    error, the autosave's said before, was not said either."""
+    from qtpy.QtWidgets import QMessageBox
+
+    viewer, widget = committed_once
+    assert widget.ui.autosave_check.isChecked()
+    closes = close_blocker(viewer.window._qt_window)
+    failing_saves(True)
+    _commit_object_2(widget, drain_jobs)
+    widget.start_save_now()
+    drain_jobs(widget)
+    assert len([n for n in notifications if "No space left on device" in n]) == 2
+    asked = []
+    cancel = QMessageBox.StandardButton.Cancel
+    monkeypatch.setattr(QMessageBox, "question", lambda *args: asked.append(args[2]) or cancel)
+    viewer.window._qt_window.close(quit_app=False, confirm_need=False)
+    assert len(asked) == 1 and "'cells0'" in asked[0]
+    assert closes.count == 0  # cancelled: napari stays open with the edits

@@ -145,6 +145,7 @@ class AnnotateFileJobsMixin:
         if self._waits_for_restore("save"):
             return None
         self._forget_not_autosaved(session)  # kept again if this save fails (see below)
+        self.runner.say_next_failure(SAVE_TASK)  # asked for: said, even if autosaves failed so
         self.ui.status_label.setText(f"saving the annotations of {session.image_layer.name!r}…")
         if self.runner.is_running(SAVE_TASK):
             self._save_now_waiting = session  # see _autosave_next and flush_autosave
@@ -160,12 +161,11 @@ class AnnotateFileJobsMixin:
         show_info(f"saved annotations to {labels_path}")
 
     def _save_now_failed(self, session) -> None:
-        """The runner said why; with autosave unticked the edits are still unsaved, and
-        closing napari must say so."""
+        """The runner said why; the edits are still unsaved, and closing napari must say so
+        (with autosave ticked too: the window closed unasked, the edits on no disk)."""
         self._save_failed = session
         self.ui.status_label.setText("saving failed")
-        if not self.ui.autosave_check.isChecked():
-            self._remember_not_autosaved(session)
+        self._remember_not_autosaved(session)
 
     def start_loading_annotations(self, path: str | Path | None = None):
         """:meth:`load_annotations` with the file read in a worker; what it read replaces

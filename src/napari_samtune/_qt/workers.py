@@ -387,6 +387,11 @@ class TaskRunner:
         if on_error is not None:
             on_error(exc)
 
+    def say_next_failure(self, name: str) -> None:
+        """Notify the next failure of quiet task ``name`` even if it failed so before: a
+        run a person asked for (Save now) is told how it ended."""
+        self._said_errors.pop(name, None)
+
     def _say_failure(self, name: str, message: str) -> None:
         """Notify ``message``; for a quiet task (a background save) that failed so before
         and has not succeeded since, only in the label: a folder that cannot be written
