@@ -433,3 +433,26 @@ def test_a_namesake_of_another_plane_count_is_told_with_both_shapes(
     assert "(2 planes of 32 x 32 pixels there, 4 planes of 32 x 32 pixels here)" in said[0]
     assert "or this layer's before its data was replaced" in said[0]
     assert (tmp_path / "cells.labels.tif").read_bytes() == before  # kept, not restored over
+
+
+def test_work_saved_beside_a_damaged_autosave_is_named_once_that_one_reads_again(
+    viewer_widget, make_napari_viewer, tmp_path, nuclei_image, notifications, drain_jobs
+):
+    """Moving the damaged record away, as its error advised, made the own-name labels read
+    again: they were restored, and the later work saved beside them was never mentioned."""
+    _, widget = viewer_widget
+    widget.ui.folder_edit.setText(str(tmp_path))
+    _commit_at(widget, drain_jobs, [128, 128])
+    model = widget.segmenter.model
+    _reopen(make_napari_viewer, nuclei_image[0], tmp_path, drain_jobs, model)
+    assert not any("same pixels" in n for n in notifications)  # nothing saved beside
+    (tmp_path / "nuclei.prompts.json").write_text("damaged", encoding="utf-8")
+    later = _reopen(make_napari_viewer, nuclei_image[0], tmp_path, drain_jobs, model)
+    _commit_at(later, drain_jobs, [40, 200])
+    (diverted,) = tmp_path.glob("nuclei-*.labels.tif")
+    (tmp_path / "nuclei.prompts.json").unlink()  # moved away, as the error said
+    count = len(notifications)
+    again = _reopen(make_napari_viewer, nuclei_image[0], tmp_path, drain_jobs, model)
+    assert set(np.unique(again.session.annotations)) == {0, 1}  # the older file's
+    said = [n for n in notifications[count:] if str(diverted) in n]
+    assert len(said) == 1 and "Load annotations" in said[0] and said[0].severity == "warning"

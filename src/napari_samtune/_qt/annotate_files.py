@@ -98,6 +98,9 @@ class AnnotateFilesMixin:
             self._load_saved(labels_path, labels)
         except (ValueError, OSError) as err:
             self._restore_failed(labels_path, user_message(err), labels)
+            return
+        if labels:
+            self._say_newer_same_image_saves(folder, labels_path)
 
     def _say_same_image_saved(self, folder: Path, own: Path) -> None:
         """Nothing is saved under this image's name (``own``) in ``folder``: say where its
@@ -111,6 +114,25 @@ class AnnotateFilesMixin:
                 f"no annotations of {session.image_name!r} are saved in {folder} under its "
                 f"name, but {found[0]}{more} holds annotations of this same image (the same "
                 "pixels), saved under another name: to go on with them, use 'Load annotations…'"
+            )
+
+    def _say_newer_same_image_saves(self, folder: Path, own: Path) -> None:
+        """Say where annotations of this image saved after ``own`` under another name are:
+        those saved beside ``own`` while it could not be read, or of a copy of the image."""
+        session = self.session
+        try:
+            since = own.stat().st_mtime
+        except OSError:
+            return
+        found = same_image_saves(
+            folder, session.fingerprint, session.axes.spatial_shape, (own,), newer_than=since
+        )
+        if found:
+            more = f" (and {len(found) - 1} more files)" if len(found) > 1 else ""
+            show_warning(
+                f"{found[0]}{more} holds annotations of this same image (the same pixels) "
+                f"saved after {own.name} under another name, e.g. while {own.name} could not "
+                "be read: to go on with them instead, use 'Load annotations…'"
             )
 
     def _load_saved(self, labels_path: Path, labels: bool) -> None:

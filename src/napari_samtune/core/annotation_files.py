@@ -119,17 +119,24 @@ def _saved_shape(labels_path: Path) -> tuple[int, ...]:
 
 
 def same_image_saves(
-    folder: str | Path, fingerprint: str, shape: tuple, exclude: tuple[Path, ...] = ()
+    folder: str | Path,
+    fingerprint: str,
+    shape: tuple,
+    exclude: tuple[Path, ...] = (),
+    newer_than: float | None = None,
 ) -> list[Path]:
     """Labels files in ``folder`` (but ``exclude``) saved for the image ``fingerprint``,
     whose labels have ``shape``, newest first: an image's annotations saved under another
     name (its file renamed or copied since), which autosave, finding files by name, does not
     see. Of the :data:`SAME_IMAGE_SCAN_LIMIT` newest records at most (a folder shared by
-    many experiments), each read only as far as its fingerprint (near its start)."""
+    many experiments), each read only as far as its fingerprint (near its start); with
+    ``newer_than`` (a modification time), of the records written since only."""
     try:
         records = [e for e in os.scandir(folder) if e.name.endswith(PROMPTS_SUFFIX)]
     except OSError:  # no folder yet, or not readable: nothing saved there to offer
         return []
+    if newer_than is not None:
+        records = [e for e in records if _modified(e) > newer_than]
     records.sort(key=_modified, reverse=True)
     found = []
     for entry in records[:SAME_IMAGE_SCAN_LIMIT]:
