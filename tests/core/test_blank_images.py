@@ -35,12 +35,22 @@ def test_a_black_frame_and_an_empty_channel_are_named(started, pairs):
     two_channels = np.stack([other, np.full_like(other, 7)], axis=-1)  # channel 1 is flat
     empty_channel = ImageLabelPair(two_channels, other_labels, "c1.tif", -1, (1,))
     event = started([black, ImageLabelPair(image, labels, "ok.tif")], [empty_channel])
-    assert event.blank == ("black.tif", "c1.tif")
+    assert event.blank == ("black.tif",) and event.blank_validation == ("c1.tif",)
     message = event.blank_message()
-    assert message.startswith("2 pair(s) have an image of one value everywhere (blank)")
-    assert "black.tif" in message and "c1.tif" in message and "ok.tif" not in message
-    assert "check that the right image (and channel)" in message
+    assert message.startswith(
+        "1 training pair(s) have an image of one value everywhere (blank): black.tif; SAM "
+        "sees none of their objects"
+    )  # a validation image is not trained on: it was said to teach masks on nothing
+    assert "1 of 1 validation pair(s) have a blank image: c1.tif; they score 0" in message
+    assert "ok.tif" not in message and "check that the right image (and channel)" in message
     assert message in event.data_warnings()
+
+
+def test_a_blank_image_split_in_two_is_named_once_per_part(started, pairs):
+    """One image, its last rows held out: its two parts were counted as 2 blank pairs."""
+    image, labels = pairs[0]
+    event = started([ImageLabelPair(np.zeros_like(image), labels, "black.tif")], None)
+    assert event.n_val == 1 and event.blank == event.blank_validation == ("black.tif",)
 
 
 def test_images_with_any_contrast_are_not_warned_about(started, pairs):

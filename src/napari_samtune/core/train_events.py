@@ -31,12 +31,13 @@ class TrainingStarted:
     val_repeats: tuple[str, ...] = ()  # validation pairs equal to a training pair
     val_same_images: tuple[str, ...] = ()  # validation pairs of a training image, other labels
     notes: tuple[str, ...] = ()  # what else the person training should know (shown as warnings)
-    blank: tuple[str, ...] = ()  # pairs (training or validation) whose image is one value
+    blank: tuple[str, ...] = ()  # training pairs whose image is one value everywhere
     validates_start: bool = False  # StartValidated comes next: the starting model is scored
     image_like: tuple[str, ...] = ()  # pairs whose labels look like an image (swapped?)
     # val_iou of the model the run started from, kept by a resumed run (NaN: not scored yet,
     # or on other validation images; a fresh run's comes with StartValidated)
     start_metric: float = math.nan
+    blank_validation: tuple[str, ...] = ()  # validation pairs whose image is one value
 
     def left_out_message(self) -> str:
         """``"left out 2 pair(s) without any object (labels all 0): a, b"``; "" if none."""
@@ -77,13 +78,23 @@ class TrainingStarted:
     def blank_message(self) -> str:
         """The warning that some images are blank (one value everywhere), with the fix; ""
         if none is."""
-        if not self.blank:
+        parts = []
+        if self.blank:
+            parts.append(
+                f"{len(self.blank)} training pair(s) have an image of one value everywhere "
+                f"(blank): {describe_names(self.blank)}; SAM sees none of their objects, so the "
+                "model is taught to draw masks on nothing"
+            )
+        if self.blank_validation:
+            parts.append(
+                f"{len(self.blank_validation)} of {self.n_val} validation pair(s) have a blank "
+                f"image: {describe_names(self.blank_validation)}; they score 0 whatever the "
+                "model, and cannot tell its epochs apart"
+            )
+        if not parts:
             return ""
-        return (
-            f"{len(self.blank)} pair(s) have an image of one value everywhere (blank): "
-            f"{describe_names(self.blank)}; SAM sees none of their objects, so the model is "
-            "taught to draw masks on nothing: check that the right image (and channel) is "
-            "paired with these labels"
+        return "; ".join(parts) + (
+            ": check that the right image (and channel) is paired with these labels"
         )
 
     def image_like_message(self) -> str:

@@ -247,10 +247,12 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
             val_repeats=self.val_repeats,
             val_same_images=self.val_same_images,
             notes=tuple(self.notes),
-            blank=blank_images([*self.train_images, *self.val_images]),
+            # the parts of one image split in two go by one name: said once
+            blank=_once(blank_images(self.train_images)),
             validates_start=validates_start,
-            image_like=image_like_labels([*self.train_images, *self.val_images]),
+            image_like=_once(image_like_labels([*self.train_images, *self.val_images])),
             start_metric=self.progress.start_metric,
+            blank_validation=_once(blank_images(self.val_images)),
         )
 
     def _validates_start(self) -> bool:
@@ -430,3 +432,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
         if sums is None:
             return None
         return metrics_from_sums(ddp.all_reduce_sum(sums, self.dist, self.device))
+
+
+def _once(names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(names))
