@@ -527,3 +527,23 @@ def test_a_model_file_name_of_no_utf8_is_evaluated_and_written(tmp_path, annotat
         assert [row["model"] for row in csv.DictReader(file)] == ["m\ufffd"]
     assert (tmp_path / "eval" / "evaluation.png").is_file()
     assert "| m\ufffd |" in capsys.readouterr().out
+
+
+def test_pairs_with_a_blank_image_are_left_out_and_named(
+    tmp_path, annotated_folder, capsys, evaluations
+):
+    """They scored 0 whatever the model, dragging every mean down without a word."""
+    images, labels = annotated_folder
+    tifffile.imwrite(images / "img1.tif", np.full((96, 96), 500, np.uint16))
+    model = str(_save_tiny(tmp_path / "tiny.pth", 0))
+    code = cli.main([
+        "evaluate", "--images", str(images), "--labels", str(labels), "--model", model,
+        "--out", str(tmp_path / "eval"), "--clicks", "0", "--points-per-side", "4",
+    ])  # fmt: skip
+    assert code == 0
+    err = capsys.readouterr().err
+    assert (
+        "evaluation data: left out 1 pair(s) whose image is one value everywhere (blank), "
+        "which score 0 whatever the model: img1.tif / img1_labels.tif"
+    ) in err
+    assert "evaluating tiny on 1 images" in err and len(evaluations) == 1

@@ -1087,3 +1087,18 @@ def test_3d_prompts_on_one_plane_segment_a_2d_image(tmp_path, tiny_checkpoint, i
         tmp_path / "s.csv", "index,shape-type,vertex-index,axis-0,axis-1,axis-2\n" + corners
     )
     assert segment(tiny_checkpoint, path, tmp_path / "box.tif", "--boxes", str(shapes)) == 0
+
+
+@pytest.mark.parametrize("options", [["--auto"], ["--points", "POINTS"]])
+def test_a_blank_image_is_refused_by_name(tmp_path, tiny_checkpoint, capsys, options):
+    """Its prompted objects came out empty with advice to try boxes or a finetuned model;
+    --auto wrote 0 objects unexplained; a flat alpha channel gave made-up masks."""
+    path = tmp_path / "flat.tif"
+    tifffile.imwrite(path, np.full((2, 96, 96), 255, np.uint8), photometric="minisblack")
+    (tmp_path / "points.csv").write_text("x,y,label\n40,40,1\n", encoding="utf-8")
+    options = [str(tmp_path / "points.csv") if o == "POINTS" else o for o in options]
+    channel = ["--channel-axis", "0", "--channels", "1"]
+    assert segment(tiny_checkpoint, path, tmp_path / "out.tif", *options, *channel) == 2
+    err = capsys.readouterr().err
+    assert f"{path} is one value everywhere (blank) as SAM sees it" in err
+    assert "the channel chosen (--channels)" in err and not (tmp_path / "out.tif").exists()

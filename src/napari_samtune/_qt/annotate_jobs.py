@@ -23,6 +23,7 @@ from napari_samtune._qt.workers import TaskProgress, logged_notes
 from napari_samtune.core.accelerate import cpu_has_fast_bf16
 from napari_samtune.core.automatic import AutoSegmentConfig
 from napari_samtune.core.embeddings import Tile
+from napari_samtune.core.images import blank_problem
 from napari_samtune.core.models import LoadedModel, load_model
 
 LOAD_TASK = "loading model"
@@ -212,6 +213,8 @@ def iter_segment_automatically(
         yield TaskProgress(done, len(planes), f"segmenting {where} automatically…")
         try:
             _set_plane(segmenter, axes, data, plane, image_name=image_name, stop=stop)
+            if segmenter.image_is_blank:  # "no objects: lower the thresholds" was said
+                raise ValueError(blank_problem(where))
         except JobStopped:
             return None
         except ValueError as err:

@@ -166,14 +166,16 @@ def _normalised(pairs: list) -> tuple[list, list, list[str]]:
     objects, checked; each pair's own pixels are let go (taken out of ``pairs``) once normalised.
 
     Pairs without any object (an empty field of view, or an image not annotated yet)
-    are left out and named, as in training; ``ValueError`` naming them if none is left.
+    are left out and named, as in training, and so are blank images (one value everywhere:
+    they score 0 whatever the model); ``ValueError`` naming them if none is left.
     The planes of stacks score each piece of an object as an object, as training does
     (:func:`~napari_samtune.core.data.pieces_apart`).
     """
     from napari_samtune.core.data import normalise_pair, pieces_apart
+    from napari_samtune.core.images import is_blank
     from napari_samtune.core.label_files import describe_names
 
-    images, labels, names, left_out = [], [], [], []
+    images, labels, names, left_out, blank = [], [], [], [], []
     for index, pair in enumerate(pairs):
         pairs[index] = None
         image, label = normalise_pair(pair)
@@ -182,9 +184,21 @@ def _normalised(pairs: list) -> tuple[list, list, list[str]]:
         if not label.any():
             left_out.append(pair.name)
             continue
+        if is_blank(image):
+            blank.append(pair.name)
+            continue
         images.append(image)
         labels.append(label)
         names.append(pair.name)
+    if blank:
+        print(
+            f"evaluation data: left out {len(blank)} pair(s) whose image is one value "
+            f"everywhere (blank), which score 0 whatever the model: {describe_names(blank)}; "
+            "check that they are the right files, and the channels chosen",
+            file=sys.stderr,
+        )
+    if not images and blank:
+        raise ValueError("evaluation data: every pair with objects has a blank image")
     if not images:
         raise ValueError(
             f"evaluation data: none of the {len(left_out)} pair(s) has any object (their "

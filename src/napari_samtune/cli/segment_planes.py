@@ -109,7 +109,9 @@ class Planes:
     def __init__(self, image: np.ndarray, axes: str, path: Path, args: argparse.Namespace) -> None:
         """``image`` as read from ``path``, with the ``axes`` the file names for it."""
         from napari_samtune.core.images import (
+            blank_problem,
             check_some_pixel_finite,
+            is_blank,
             plane_channel_axis,
             planes_first,
             to_sam_rgb,
@@ -155,6 +157,8 @@ class Planes:
             if args.channels is None and image.ndim == 4:
                 raise _stack_channels_unclear(path, image.shape) from None
             raise
+        if not self.stacked and is_blank(first):  # a stack may hold empty planes
+            raise ValueError(blank_problem(str(path)) + " (--channels)")
         self._first = first  # normalised once: it is the first plane segmented
         self.shape: tuple[int, int] = first.shape[:2]
         self.count = self.image.shape[0] if self.stacked else 1

@@ -53,6 +53,24 @@ def check_some_pixel_finite(image: np.ndarray, name: str) -> None:
         )
 
 
+def is_blank(rgb: np.ndarray) -> bool:
+    """Whether SAM's input ``rgb`` is one value everywhere: a black frame, an empty or
+    flat channel (an alpha channel chosen as the image)."""
+    if not rgb.size:
+        return False
+    first = rgb.reshape(-1)[0]
+    sample = rgb[::61, ::67] if rgb.ndim >= 2 else rgb  # most images tell at once
+    return bool(np.all(sample == first)) and bool(np.all(rgb == first))
+
+
+def blank_problem(name: str) -> str:
+    """Why an image that :func:`is_blank` cannot be segmented, with the fix."""
+    return (
+        f"{name} is one value everywhere (blank) as SAM sees it, so any mask of it would be "
+        "made up; check that it is the right file, and the channel chosen"
+    )
+
+
 MAX_GUESSED_CHANNELS = 16  # with channels chosen, an end axis this short holds them
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from napari_samtune.core.data import ImageLabelPair, PreparedImage, as_pairs, prepare_annotated
 from napari_samtune.core.data_checks import ChannelError
 from napari_samtune.core.duplicate_pairs import drop_duplicates
+from napari_samtune.core.images import is_blank
 
 TrainData = Sequence[ImageLabelPair | tuple[np.ndarray, np.ndarray] | PreparedImage]
 
@@ -71,7 +72,7 @@ def blank_images(images: Sequence[PreparedImage]) -> tuple[str, ...]:
     """Names of the prepared images whose SAM input is one value everywhere: an empty
     channel, a layer not loaded yet, a black frame. Their objects cannot be seen, so
     training on them teaches the model to draw masks on nothing."""
-    return tuple(image.name for image in images if _one_value(image.rgb))
+    return tuple(image.name for image in images if is_blank(image.rgb))
 
 
 # Of the pairs of neighbouring pixels that both lie in objects, the share in two objects of
@@ -100,8 +101,3 @@ def edge_share(labels: np.ndarray) -> float:
         counts.append((int(np.count_nonzero(inside & (a != b))), int(np.count_nonzero(inside))))
     differing, pairs = (sum(c) for c in zip(*counts, strict=True))
     return differing / pairs if pairs else 0.0
-
-
-def _one_value(rgb: np.ndarray) -> bool:
-    first = rgb.reshape(-1)[:1]
-    return bool(rgb.size) and bool(np.all(rgb == first[0]))

@@ -39,7 +39,7 @@ from napari_samtune.core.embeddings import (
 )
 from napari_samtune.core.fast_decoder import DecoderImage
 from napari_samtune.core.heap import tune_cpu_allocator
-from napari_samtune.core.images import as_pixels, check_some_pixel_finite, to_sam_rgb
+from napari_samtune.core.images import as_pixels, check_some_pixel_finite, is_blank, to_sam_rgb
 from napari_samtune.core.made_views import EmbeddingNeeded, MadeViews
 from napari_samtune.core.models import state_dict_digest
 from napari_samtune.core.progress import check_callback
@@ -187,6 +187,12 @@ class ViewPredictor(ViewDecodingMixin):
         self._features, self._overview, self._last_view = features, None, 0
         self._tile_features = {}
         self._decoder_images, self._made_views = {}, MadeViews()
+
+    @property
+    def image_is_blank(self) -> bool:
+        """Whether the image set is one value everywhere as SAM sees it (a black frame, a
+        flat channel): any mask of it would be made up."""
+        return self._rgb is not None and is_blank(self._rgb)
 
     def prepare_prompts(self) -> None:
         """Project a single-tile image's decoder tokens now (55-90 ms on 2 cores with the
