@@ -150,7 +150,7 @@ def test_a_name_that_cannot_be_removed_stops_the_list_before_any_removal(capsys,
         capsys.readouterr().err
     )
     assert main(["models", "--remove", "../x"]) == 2
-    assert "is not allowed: use 1-100 letters" in (err := capsys.readouterr().err)
+    assert "is not allowed: use 1-100 ASCII letters" in (err := capsys.readouterr().err)
     assert err.rstrip().endswith("nothing was removed")
 
 

@@ -691,7 +691,7 @@ def test_resume_from_a_folder_without_a_checkpoint_names_the_expected_file(
             "which --freeze also lists; remove 'image_encoder' from --freeze or set --lora-rank 0",
         ),
         (["--name", "nano"], "--name nano is already a built-in or registered model"),
-        (["--name", "bad/name"], "--name bad/name is not allowed: use 1-100 letters"),
+        (["--name", "bad/name"], "--name bad/name is not allowed: use 1-100 ASCII letters"),
         (
             ["--freeze", "none", "--freeze", "image_encoder"],
             "--freeze none trains every part, but --freeze image_encoder freezes it",

@@ -118,6 +118,12 @@ def test_bad_model_names_are_rejected(name):
         ModelSpec(name, "tiny", "f.pt")
 
 
+def test_a_name_with_letters_beyond_ascii_is_refused_saying_which_letters_go():
+    """'zellé' was refused with "use letters, digits, ..." although é is a letter."""
+    with pytest.raises(ValueError, match=r"use 1-100 ASCII letters \(a-z, A-Z\), digits"):
+        ModelSpec("zellé", "tiny", "f.pt")
+
+
 def test_spec_validation_names_the_problem():
     with pytest.raises(ValueError, match="architecture='vit_z'"):
         ModelSpec("m", "vit_z", "m.pt")

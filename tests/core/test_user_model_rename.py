@@ -197,7 +197,7 @@ def test_a_name_only_in_another_case_than_a_models_is_refused(tiny_checkpoint):
         register_user_model(tiny_checkpoint, "run1b", TINY)
     with pytest.raises(user_models.ModelNameTaken, match="only in case"):
         register_user_model(tiny_checkpoint, "run1b", TINY, overwrite=True)
-    with pytest.raises(ValueError, match="already a built-in or registered model"):
+    with pytest.raises(ValueError, match="'Run1B' differs from 'RUN1B' only in case"):
         check_model_name("RUN1B")  # a run's --model-name, refused before it trains
     assert unique_model_name("run1b") == "run1b-2"  # a run folder's name
     register_user_model(tiny_checkpoint, "cells", TINY)

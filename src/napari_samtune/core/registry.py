@@ -99,9 +99,10 @@ def validate_model_name(name: str, parameter: str | None = None) -> str:
     if not is_model_name(name):
         subject = f"{parameter}={name!r}" if parameter else f"model name {name!r}"
         raise ValueError(
-            f"{subject} is not allowed: use 1-100 letters, digits, '_', '-' or '.', "
-            "starting with a letter or digit (no spaces or path separators), and not a name "
-            "Windows keeps for a device (CON, PRN, AUX, NUL, COM1-9, LPT1-9)"
+            f"{subject} is not allowed: use 1-100 ASCII letters (a-z, A-Z), digits, "
+            "'_', '-' or '.', starting with a letter or digit (no spaces or path "
+            "separators), and not a name Windows keeps for a device (CON, PRN, AUX, NUL, "
+            "COM1-9, LPT1-9)"
         )
     return name
 

@@ -92,7 +92,11 @@ def check_registration(name: str | None, resumed_run: Path | None = None) -> str
 def check_model_name(name: str | None, resumed_run: Path | None = None) -> str | None:
     """Refuse, before training starts, a model name that registration would refuse later;
     a run being resumed (its folder ``resumed_run``) may name the model it registered."""
-    from napari_samtune.core.registry import refuse_file_like_name, validate_model_name
+    from napari_samtune.core.registry import (
+        refuse_file_like_name,
+        user_models_dir,
+        validate_model_name,
+    )
 
     if name is None:
         return None
@@ -100,6 +104,11 @@ def check_model_name(name: str | None, resumed_run: Path | None = None) -> str |
     if not _name_taken(name):
         refuse_file_like_name(name, "model_name")
     if _name_taken(name) and (resumed_run is None or name != earlier_registration(resumed_run)):
+        from napari_samtune.core.user_models import case_twin, case_twin_problem
+
+        twin = case_twin(name)
+        if twin is not None and not (user_models_dir() / f"{name}.json").exists():
+            raise ValueError(f"model_name={name!r}: {case_twin_problem(name, twin)}")
         raise ValueError(
             f"model_name={name!r} is already a built-in or registered model; pick another name"
         )
