@@ -219,3 +219,27 @@ def test_load_model_of_a_broken_user_model_says_its_fix_and_keeps_it_chosen(
     said = [n for n in notifications if "my_tiny" in n]
     assert not any("no longer in the model list" in n for n in said)
     assert any("is broken" in n and "samtune models --remove my_tiny" in n for n in said)
+
+
+def test_refreshing_the_list_keeps_a_broken_user_model_chosen_and_says_its_fix(
+    on_my_tiny, notifications
+):
+    """↻ called it "no longer in the model list (removed?)" and chose vit_t, whose Load model
+    went to download it; the Finetune dock's settings went back to the preset's with it."""
+    from napari_samtune.core.user_models import user_models_dir
+
+    _, widget = on_my_tiny
+    picker = widget.ui.model_picker
+    (weights,) = user_models_dir().glob("my_tiny*.pt")
+    weights.rename(weights.with_suffix(".moved"))
+    changes = []
+    picker.selection_changed.connect(lambda: changes.append(picker.model_source()))
+    picker.refresh_button.click()
+    assert picker.model_source() == "my_tiny" and changes == []
+    assert picker.model_combo.currentText() == "my_tiny  (broken)"
+    said = [n for n in notifications if "my_tiny" in n]
+    assert not any("no longer in the model list" in n for n in said)
+    assert any("is broken" in n and "samtune models --remove my_tiny" in n for n in said)
+    weights.with_suffix(".moved").rename(weights)  # the share mounted again
+    picker.refresh_button.click()
+    assert picker.model_combo.currentText().startswith("my_tiny  (user")

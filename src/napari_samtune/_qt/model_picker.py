@@ -117,6 +117,12 @@ class ModelPickerWidget(QWidget):
             )
         self.model_combo.addItem(FILE_ENTRY, FILE_ENTRY)
         index = self.model_combo.findData(current)
+        broken = _broken(current) if index < 0 else None
+        if broken is not None:  # weights moved away (a share not mounted): still the choice
+            index = self.model_combo.count() - 1  # before the checkpoint-file entry
+            self.model_combo.insertItem(index, f"{current}  (broken)", current)
+            self.model_combo.setItemData(index, broken, Qt.ToolTipRole)
+            show_warning(broken)
         renamed = renamed_to(current) if index < 0 else None
         if renamed is not None and self.model_combo.findData(renamed) >= 0:
             index = self.model_combo.findData(renamed)
@@ -193,3 +199,16 @@ class ModelPickerWidget(QWidget):
         if path:
             self.path_edit.setText(path)
             self.file_chosen.emit()
+
+
+def _broken(name: object) -> str | None:
+    """Why user model ``name`` cannot be used and its fix, where it is registered but broken
+    (its weights file gone or unreadable: :func:`.model_lookup.list_models` leaves it out);
+    None for a model removed, or never registered."""
+    if not isinstance(name, str) or name == FILE_ENTRY:
+        return None
+    try:
+        user_model_spec(name)
+    except ValueError as err:
+        return str(err)
+    return None
