@@ -9,8 +9,14 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 def is_out_of_memory(err: BaseException) -> bool:
     """Whether ``err`` says memory ran out: Python's MemoryError, or torch's CPU and CUDA
-    allocation failures (RuntimeErrors, or torch.OutOfMemoryError, saying so)."""
-    return isinstance(err, MemoryError) or "out of memory" in str(err).lower()
+    allocation failures (RuntimeErrors, or torch.OutOfMemoryError, saying so: "CUDA out of
+    memory", and on the CPU "DefaultCPUAllocator: can't allocate memory", as under
+    ``ulimit -v`` or a node that does not overcommit)."""
+    text = str(err).lower()
+    return isinstance(err, MemoryError) or any(s in text for s in _OUT_OF_MEMORY)
+
+
+_OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "cannot allocate memory")
 
 
 def cuda_available() -> bool:
