@@ -283,3 +283,24 @@ def test_a_bad_scheduler_setting_is_named_alone(changes, said):
     """Patience -1 was told "scheduler_factor 0.5 must lie in (0, 1) and ..." too."""
     with pytest.raises(ValueError, match=said):
         config_from_preset("cpu-8gb", "nano", **changes)
+
+
+def test_auto_detection_sizes_the_preset_for_the_device_trained_on(monkeypatch):
+    """--device cpu on an A100 machine got the A100's settings (40 objects x 2 patches of
+    vit_b, everything trained) for 31 GB of RAM; --device cuda:1 the settings of GPU 0."""
+    from napari_samtune.core import presets
+
+    gpus = {None: 79.2, 0: 79.2, 1: 7.9}
+    measured = []
+
+    def measure(gpu_index=None):
+        measured.append(gpu_index)
+        return presets.MachineResources(gpus[gpu_index], 31.0, 16, "a GPU")
+
+    monkeypatch.setattr(presets, "measure_machine", measure)
+    assert presets.resolve_preset("auto")[0].key == "a100"
+    preset, reason = presets.resolve_preset("auto", "cpu")
+    assert preset.key == "cpu-32gb" and "training on cpu, the GPU (a GPU) is not counted" in reason
+    assert presets.resolve_preset("auto", "cuda:1")[0].key == "gtx1080"
+    assert presets.resolve_preset("auto", "cuda")[0].key == "a100"
+    assert measured == [None, None, 1, None]

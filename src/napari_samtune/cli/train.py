@@ -194,13 +194,14 @@ def overrides_from(args: argparse.Namespace) -> dict:
     return overrides
 
 
-def choose_preset(key: str) -> tuple[object, str]:
-    """The preset named ``key``, or the one auto-detection picks, with the reason."""
+def choose_preset(key: str, device: str | None = None) -> tuple[object, str]:
+    """The preset named ``key``, or the one auto-detection picks for ``device`` (--device),
+    with the reason."""
     from napari_samtune.core.presets import get_preset, resolve_preset
 
     if key.strip().lower() != "auto":
         return get_preset(key), f"chosen with --preset {key}"
-    return resolve_preset(key)
+    return resolve_preset(key, device)
 
 
 def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
@@ -262,7 +263,7 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
         raise ValueError(f"--out {args.out} {replaced}")
     if not args.model:
         raise ValueError("--model is required: a model name, a weights file or random:<arch>")
-    preset, reason = choose_preset(args.preset or "auto")
+    preset, reason = choose_preset(args.preset or "auto", args.device)
     overrides = overrides_from(args)
     if "device" not in overrides:
         _check_preset_device(preset.device, args.preset or "auto")

@@ -33,18 +33,22 @@ class MachineResources:
     note: str = ""  # what the numbers left out ("GPU 0 could not be read: ..."), or ""
 
 
-def measure_machine() -> MachineResources:
-    """Measure the GPU memory, RAM and CPU cores this process may use."""
-    gpu_memory, gpu_name, note = _gpu()
+def measure_machine(gpu_index: int | None = None) -> MachineResources:
+    """Measure the GPU memory, RAM and CPU cores this process may use; of GPU ``gpu_index``
+    (``cuda:1``) where given, else of the GPUs training uses (:func:`_training_gpus`)."""
+    gpu_memory, gpu_name, note = _gpu(gpu_index)
     return MachineResources(gpu_memory, ram_gb(), usable_cores(), gpu_name, note)
 
 
-def _gpu() -> tuple[float | None, str | None, str]:
+def _gpu(gpu_index: int | None = None) -> tuple[float | None, str | None, str]:
     import torch
 
     if not torch.cuda.is_available():
         return None, None, ""
-    indices = _training_gpus(torch.cuda.device_count())
+    count = torch.cuda.device_count()
+    indices = _training_gpus(count) if gpu_index is None else [gpu_index]
+    if any(index >= count for index in indices):
+        return None, None, f"there is no GPU cuda:{max(indices)} ({count} found)"
     try:
         found = [torch.cuda.get_device_properties(i) for i in indices]
     except (RuntimeError, AssertionError) as err:  # busy, exclusive, lost: train on the CPU

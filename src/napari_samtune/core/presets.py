@@ -264,14 +264,28 @@ class TrainConfig:
         return cls(**data)
 
 
-def resolve_preset(key: str) -> tuple[ResourcePreset, str]:
+def resolve_preset(key: str, device: str | None = None) -> tuple[ResourcePreset, str]:
     """The preset named ``key``, or for "auto" the one :func:`detect_preset` picks on this
     machine for each of its training processes (``torchrun``'s ``LOCAL_WORLD_SIZE``); with
-    a line saying why."""
+    a line saying why. ``device`` (e.g. "cpu", "cuda:1"; None or "auto": the default) is
+    the one the run trains on: "cpu" gets a CPU preset whatever GPU there is (it got the
+    GPU's, an A100's settings on the CPU), "cuda:1" one for that GPU's memory."""
     _check_key(key)
     if key.strip().lower() != "auto":
         return get_preset(key), f"chosen as {key!r}"
-    return detect_on(measure_machine(), _processes_on_this_machine())
+    index = _gpu_index(device)
+    found = measure_machine() if index is None else measure_machine(index)
+    kind = (device or "auto").split(":")[0].strip().lower()
+    if kind not in ("auto", "cuda") and found.gpu_memory_gb is not None:
+        not_counted = f"training on {device}, the GPU ({found.gpu_name}) is not counted"
+        found = replace(found, gpu_memory_gb=None, gpu_name=None, note=not_counted)
+    return detect_on(found, _processes_on_this_machine())
+
+
+def _gpu_index(device: str | None) -> int | None:
+    """The index of a GPU named as "cuda:N", else None."""
+    kind, _, index = (device or "").strip().lower().partition(":")
+    return int(index) if kind == "cuda" and index.isdigit() else None
 
 
 def detect_on(found: MachineResources, n_processes: int = 1) -> tuple[ResourcePreset, str]:
