@@ -404,11 +404,11 @@ class TrainSettingsWidget(QWidget):
     def device_problem(self) -> str:
         """A GPU preset (or device cuda) on a machine without CUDA: the run was started and
         failed, saying to use device 'auto', which the picker said already."""
-        from napari_samtune.core.devices import cuda_available
+        from napari_samtune.core.devices import cuda_available, why_no_cuda
 
         if self.device() != "cuda" or cuda_available():
             return ""
-        why = "CUDA is not available here (no NVIDIA GPU, no driver, or a CPU-only torch build)"
+        why = f"CUDA is not available here {why_no_cuda()}"
         if self.model_picker.device() == "auto":  # the preset's device
             return (
                 f"the preset {self.preset.name} trains on cuda, but {why}; set the device to "

@@ -304,12 +304,12 @@ def check_resumed_fits(checkpoint: dict, saved: TrainConfig, config: TrainConfig
 
 def _check_preset_device(device: str, preset: str) -> None:
     """A GPU preset chosen on a machine without CUDA: say so in the words typed."""
-    from napari_samtune.core.devices import cuda_available
+    from napari_samtune.core.devices import cuda_available, why_no_cuda
 
     if device == "cuda" and not cuda_available():
         raise ValueError(
-            f"--preset {preset} trains on cuda, but CUDA is not available here (no NVIDIA "
-            "GPU, no driver, or a CPU-only torch build); add --device cpu to train with its "
+            f"--preset {preset} trains on cuda, but CUDA is not available here "
+            f"{why_no_cuda()}; add --device cpu to train with its "
             "settings on the CPU, or choose a CPU preset ('samtune presets' lists them)"
         )
 

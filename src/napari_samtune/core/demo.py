@@ -190,14 +190,14 @@ def finetune_config(config: DemoConfig) -> tuple[TrainConfig, str]:
     learning rate (presets use 1e-5, tuned for the large pretrained models; nano
     needs a larger step to move in a few minutes) and turns early stopping off.
     """
-    from napari_samtune.core.devices import cuda_available
+    from napari_samtune.core.devices import cuda_available, why_no_cuda
     from napari_samtune.core.presets import config_from_preset, resolve_preset
 
     preset, reason = resolve_preset(config.preset)
     if preset.device == "cuda" and not cuda_available():  # the core's advice names device=
         raise ValueError(
-            f"preset {preset.key!r} trains on cuda, but CUDA is not available here (no "
-            "NVIDIA GPU, no driver, or a CPU-only torch build); leave the preset out (the "
+            f"preset {preset.key!r} trains on cuda, but CUDA is not available here "
+            f"{why_no_cuda()}; leave the preset out (the "
             "one detected here) or choose a CPU preset ('samtune presets' lists them)"
         )
     overrides = {

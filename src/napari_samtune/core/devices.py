@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
@@ -64,11 +66,23 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     raise ValueError(f"device={name!r} is not supported; choose one of {DEVICE_CHOICES!r}")
 
 
+def why_no_cuda() -> str:
+    """Why CUDA may not be available, in parentheses: CUDA_VISIBLE_DEVICES first where it is
+    set (empty or -1 hides every GPU, and installing torch again was the advice)."""
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if hidden is not None:
+        return (
+            f"(CUDA_VISIBLE_DEVICES is {hidden!r}: unset it if it hides the GPUs from this "
+            "process; else there is no NVIDIA GPU, no driver, or a CPU-only torch build)"
+        )
+    return "(no NVIDIA GPU, no driver, or a CPU-only torch build)"
+
+
 def _checked_cuda(device: torch.device, name: str) -> torch.device:
     if not cuda_available():
         raise ValueError(
-            f"device={name!r} but CUDA is not available (no NVIDIA GPU, no driver, or a CPU-only "
-            "torch build); use device='cpu' or 'auto', or install a CUDA build of torch"
+            f"device={name!r} but CUDA is not available {why_no_cuda()}; use device='cpu' or "
+            "'auto', or install a CUDA build of torch"
         )
     count = torch.cuda.device_count()
     if device.index is not None and device.index >= count:
