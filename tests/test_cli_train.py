@@ -1171,3 +1171,19 @@ def test_a_run_into_the_current_folder_is_named_after_it(tmp_path, folders, caps
     monkeypatch.chdir(tmp_path / "cells-round2")
     assert cli.main(_tiny_run(folders, ".", 1)) == 0
     assert "registered model: cells-round2\n" in capsys.readouterr().out
+
+
+def test_a_preset_for_more_ram_than_the_machine_has_is_warned_about(
+    tmp_path, folders, capsys, monkeypatch
+):
+    """--preset cpu-64gb on a 23.5 GB machine trained without a word."""
+    from napari_samtune.core import presets
+
+    machine = presets.MachineResources(None, 23.5, 2, None)
+    monkeypatch.setattr(presets, "measure_machine", lambda gpu_index=None: machine)
+    images, labels = folders
+    argv = ["train", "--preset", "cpu-64gb", "--model", "random:tiny", "--images", images]
+    argv += ["--labels", labels, "--epochs", "1", "--out", str(tmp_path / "x"), *FAST]
+    assert cli.main([*argv, "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: preset cpu-64gb is for 64 GB and this machine has 23.5 GB RAM" in err

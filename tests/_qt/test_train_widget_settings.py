@@ -161,3 +161,18 @@ def test_a_gpu_that_could_not_be_read_is_named_in_the_detected_preset_s_reason(
     widget = TrainWidget(make_napari_viewer(), machine=busy)
     assert widget.settings.detect_reason.startswith(note + "; CPU with 16.0 GB RAM")
     assert "no CUDA GPU found" not in widget.settings.detect_reason
+
+
+def test_the_preset_line_warns_of_a_preset_for_more_memory_than_the_machine_has(
+    make_napari_viewer,
+):
+    """It was said in the combo's tooltip alone; the line promised the preset's memory."""
+    small = MachineResources(gpu_memory_gb=None, ram_gb=12.0, n_cores=2, gpu_name=None)
+    settings = TrainWidget(make_napari_viewer(), machine=small).settings
+    line = settings.preset_label.text
+    assert settings.preset.key == "cpu-8gb" and "Warning" not in line()
+    settings.preset_combo.setCurrentIndex(settings.preset_combo.findData("cpu-64gb"))
+    assert line().endswith(
+        "Warning: preset cpu-64gb is for 64 GB and this machine has 12.0 GB RAM: training "
+        "may run out of memory; 'samtune presets' shows the preset detected here"
+    )

@@ -304,3 +304,16 @@ def test_auto_detection_sizes_the_preset_for_the_device_trained_on(monkeypatch):
     assert presets.resolve_preset("auto", "cuda:1")[0].key == "gtx1080"
     assert presets.resolve_preset("auto", "cuda")[0].key == "a100"
     assert measured == [None, None, 1, None]
+
+
+def test_a_preset_for_more_memory_than_the_machine_has_is_said():
+    from napari_samtune.core.presets import MachineResources, get_preset, memory_short
+
+    machine = MachineResources(8.0, 23.5, 2, "GTX 1080")
+    assert memory_short(get_preset("cpu-16gb"), machine, "cpu") == ""
+    short = memory_short(get_preset("cpu-64gb"), machine, "cpu")
+    assert short.startswith("preset cpu-64gb is for 64 GB and this machine has 23.5 GB RAM")
+    assert "GPU memory" in memory_short(get_preset("v100"), machine, "cuda:0")
+    assert memory_short(get_preset("gtx1080"), machine, "cuda") == ""
+    # a GPU preset trained on the CPU (as its refusal without CUDA advises) is held to RAM
+    assert "23.5 GB RAM" in memory_short(get_preset("a100"), machine, "cpu")

@@ -53,6 +53,7 @@ from napari_samtune.core.presets import (
     detect_on,
     get_preset,
     measure_machine,
+    memory_short,
 )
 from napari_samtune.core.user_settings import (
     FINETUNE_MODEL,
@@ -89,7 +90,7 @@ class TrainSettingsWidget(QWidget):
 
     def __init__(self, machine: MachineResources | None = None, parent=None) -> None:
         super().__init__(parent)
-        machine = machine or measure_machine()
+        machine = self.machine = machine or measure_machine()
         self.detected, self.detect_reason = detect_on(machine)  # with its note (a busy GPU)
         self._architectures: dict[str, SamArchitecture] = {}  # weights file -> architecture
         self._read_error: tuple[str, str] | None = None  # (file, why it cannot be used)
@@ -257,7 +258,9 @@ class TrainSettingsWidget(QWidget):
         arch, preset = self.architecture(), self.preset
         try:
             shown = Path(self.model_text()).name if self._file() else self.model_text()
-            self.preset_label.setText(describe_preset(preset, shown, arch, self.device()))
+            line = describe_preset(preset, shown, arch, self.device())
+            short = memory_short(preset, self.machine, self.device())  # in the line, not a tip
+            self.preset_label.setText(f"{line}. Warning: {short}" if short else line)
             base = config_from_preset(preset, self.model_text(), arch, check=False)
         except ValueError as err:
             self._show_settings_problem(str(err))

@@ -204,6 +204,15 @@ def choose_preset(key: str, device: str | None = None) -> tuple[object, str]:
     return resolve_preset(key, device)
 
 
+def preset_memory_short(config: TrainConfig) -> str:
+    """:func:`.presets.memory_short` of the run's preset on the device it trains on."""
+    from napari_samtune.core.presets import get_preset, measure_machine, memory_short
+
+    preset = get_preset(config.preset)
+    device = preset.device if config.device == "auto" else config.device
+    return memory_short(preset, measure_machine(), device)
+
+
 def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     """The run's config and a line saying where its settings came from."""
     from napari_samtune.core.presets import config_from_preset
@@ -342,6 +351,10 @@ def _run(args: argparse.Namespace) -> int:
     _download_model(config.model, show=verbose and not args.no_progress)
     if verbose:
         print(origin)
+        if args.preset and args.preset.strip().lower() != "auto":  # auto: it fits
+            short = preset_memory_short(config)
+            if short:
+                print(f"warning: {short}", file=sys.stderr)
     with training_lock(Path(args.out)) if verbose else nullcontext():  # torchrun: rank 0's
         finished = _train(config, train_pairs, val_pairs, args, verbose)
     if verbose:

@@ -282,6 +282,22 @@ def resolve_preset(key: str, device: str | None = None) -> tuple[ResourcePreset,
     return detect_on(found, _processes_on_this_machine())
 
 
+def memory_short(preset: ResourcePreset, found: MachineResources, device: str) -> str:
+    """Where ``preset`` is for more memory than this machine ``found`` has on ``device``
+    (the device trained on: its GPU's memory, else the RAM), a sentence saying so; "" where
+    it fits, or where that memory is unknown (no GPU: another check says so)."""
+    on_gpu = device.split(":")[0] == "cuda"
+    have = found.gpu_memory_gb if on_gpu else found.ram_gb
+    if have is None or preset.memory_gb * MEMORY_TOLERANCE <= have:
+        return ""
+    what = "GPU memory" if on_gpu else "RAM"
+    return (
+        f"preset {preset.key} is for {preset.memory_gb:g} GB and this machine has {have:.1f} "
+        f"GB {what}: training may run out of memory; 'samtune presets' shows the preset "
+        "detected here"
+    )
+
+
 def _gpu_index(device: str | None) -> int | None:
     """The index of a GPU named as "cuda:N", else None."""
     kind, _, index = (device or "").strip().lower().partition(":")
