@@ -180,6 +180,8 @@ def test_stop_mid_run_leaves_a_loadable_model(qtbot, docked, tmp_path, notificat
         assert widget.status_label.text().endswith("saving and exporting the model…")
     result = finished.args[0]
     assert result.stopped_by_user and result.epochs_done < 50
+    bar = widget.progress_bar.format()  # a stopped run's time to go was left shown
+    assert bar.startswith("epoch ") and " · step " in bar and "ETA" not in bar
     loaded = load_model(result.exported_model_path)
     assert loaded.architecture.name == "tiny"
     assert load_model(result.registered_name).model_id == loaded.model_id

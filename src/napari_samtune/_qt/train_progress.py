@@ -135,6 +135,8 @@ class TrainProgressMixin:
 
     def _on_finished(self, event: TrainingFinished) -> None:
         self.result = event
+        # a run that stopped (Stop, early stopping) left its last step's time to go shown
+        self.progress_bar.setFormat(self.progress_bar.format().split(" · ETA ")[0])
         if event.registered_name is None:  # e.g. stopped before any step: nothing to offer
             self.result_label.setText(event.outcome_message())
             show_info(event.outcome_message())

@@ -184,8 +184,8 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
         layout.addWidget(_group("Training data", self.train_data))
         self.separate_val_check = QCheckBox("separate validation data")
         self.val_hint = QLabel(
-            f"without it, {TrainConfig().val_fraction:.0%} of the training images are held out "
-            "for validation (of a single image: that share of its area)"
+            f"without it, {TrainConfig().val_fraction:.0%} of the training images (at least "
+            "one) are held out for validation (of a single image: that share of its area)"
         )
         self.val_hint.setWordWrap(True)
         layout.addWidget(
