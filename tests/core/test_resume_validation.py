@@ -62,6 +62,19 @@ def test_validation_images_given_anew_under_other_names_restart_the_best(tmp_pat
     assert finished.best_epoch == 1
 
 
+def test_validation_given_apart_then_held_out_is_not_said_to_have_been_held_out(tmp_path, config):
+    """Resumed without its validation images, the run holds out some of its training ones:
+    the note said it had "held out" the images given apart before."""
+    train_pairs = _pairs(0, ["t0.tif", "t1.tif", "t2.tif"])
+    out = tmp_path / "run"
+    train(config, train_pairs, _pairs(1, ["c0.tif"]), out_dir=out)
+    notes, _ = _resume(config, out, 2, train_pairs, None)
+    changed = [note for note in notes if "validation images changed" in note]
+    assert changed, notes
+    assert "it validated on ['c0.tif'], and now on ['t" in changed[0]
+    assert "held out of the training images" in changed[0] and "held out ['c0" not in changed[0]
+
+
 def test_validation_tiles_of_another_patch_size_restart_the_best(tmp_path, config):
     """The validation images are scored in tiles of the patch size: resumed with another
     one, other objects are scored (the same weights scored 0.54 and then 0.60), and that

@@ -253,6 +253,7 @@ class TrainerFilesMixin:
                 # what the validation images are, not only their names ("pair 0"): resumed
                 # on others, a run forgets its starting model's score
                 "val_fingerprints": self.val_fingerprints,
+                "val_held_out": self.held_out_of is not None,  # else given apart
             },
         }
 

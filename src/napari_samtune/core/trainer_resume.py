@@ -93,6 +93,11 @@ class TrainerResumeMixin:
         split_one = bool(set(before) & set(trained))  # the part of an image held out
         if not before or (set(before) == set(now) and not (split_one and len(images) > 1)):
             return  # none before (_restart_best_for says so), or the same
+        if summary.get("val_held_out") is False:  # given apart before: none to hold out again
+            self.validation_changed = (
+                f"validated on {before}, and now on {now}, held out of the training images"
+            )
+            return
         fraction = checkpoint.get("config", {}).get("val_fraction")
         if split_one and now and self._hold_out_the_same_part(before, fraction):
             return
