@@ -243,3 +243,23 @@ def test_refreshing_the_list_keeps_a_broken_user_model_chosen_and_says_its_fix(
     weights.with_suffix(".moved").rename(weights)  # the share mounted again
     picker.refresh_button.click()
     assert picker.model_combo.currentText().startswith("my_tiny  (user")
+
+
+def test_a_model_in_use_renamed_elsewhere_is_followed_under_its_new_name(
+    on_my_tiny, other_checkpoint, notifications
+):
+    """After `samtune models --rename`, the dock kept the old name: other weights then
+    registered under the new name went unnoticed, and commits were recorded as made by a
+    model of the old name."""
+    from napari_samtune.core.user_model_removal import remove_user_model
+    from napari_samtune.core.user_model_rename import rename_user_model
+
+    _, widget = on_my_tiny
+    rename_user_model("my_tiny", "cells")
+    widget.ui.model_picker.refresh_button.click()
+    assert widget.model_name == "cells" and widget.ui.model_label.text().startswith("cells on")
+    remove_user_model("cells")
+    register_user_model(other_checkpoint, "cells", TINY)
+    widget.ui.model_picker.refresh_button.click()
+    assert any("user model 'cells' was registered anew" in n for n in notifications)
+    assert "older" in widget.ui.model_label.text()

@@ -6,7 +6,7 @@ says, while the picker and the label still name it: the dock says so."""
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from napari.utils.notifications import show_error, show_info, show_warning
@@ -15,6 +15,7 @@ from napari_samtune._qt import annotate_jobs as jobs
 from napari_samtune._qt.annotate_jobs import LOAD_TASK
 from napari_samtune.core.models import LoadedModel
 from napari_samtune.core.predict import Segmenter
+from napari_samtune.core.user_model_rename import renamed_to
 from napari_samtune.core.user_models import user_model_spec
 
 
@@ -79,8 +80,16 @@ class AnnotateModelMixin:
 
     def _check_loaded_weights(self) -> None:
         """Mark the model in use, and say once, when its name now holds other weights: it
-        stays in use (the person may not want the new ones) until Load model."""
+        stays in use (the person may not want the new ones) until Load model. A model
+        renamed since it loaded is followed under its new name (its name's weights, replaced
+        after the rename, went unnoticed, and its commits were recorded under the old name)."""
         weights = self._loaded_weights
+        if weights is not None and LoadedWeights.of(weights.name) is None:
+            new_name = renamed_to(weights.name)
+            if new_name is not None:
+                weights = self._loaded_weights = replace(weights, name=new_name)
+                self.model_name = new_name
+                self.ui.model_label.setText(self._model_text())
         newer = None if weights is None else weights.replaced_by()
         if newer == self._older_than:
             return
