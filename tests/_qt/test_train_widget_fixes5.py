@@ -95,3 +95,23 @@ def test_a_chosen_user_model_gone_from_the_list_is_not_replaced_silently(
     (warning,) = [w for w in warnings if "no longer in the model list" in w]  # said once
     assert "model 'mine' is no longer in the model list" in warning
     assert repr(widget.settings.model_text()) in warning
+
+
+def test_a_chosen_user_model_renamed_meanwhile_trains_under_its_new_name(
+    qtbot, finetune_on_cells, add_pair, use_tiny_model, tmp_path, notifications
+):
+    """Start was refused as an unknown model where Annotate's Load model went on with the
+    new name."""
+    from napari_samtune.core.user_model_rename import rename_user_model
+
+    widget = _two_pairs_one_epoch(finetune_on_cells, add_pair, use_tiny_model)
+    widget.settings.name_edit.setText("mine")
+    _run_once(qtbot, widget, tmp_path / "runs")
+    widget.settings.model_picker.select_model("mine")
+    rename_user_model("mine", "cells_v1")
+    widget.settings.name_edit.setText("")
+    with qtbot.waitSignal(widget.training_started, timeout=WAIT_MS) as started:
+        widget.start()
+    assert started.args[0].config.model == "cells_v1"
+    assert any("'mine' was renamed 'cells_v1'; it stays chosen" in n for n in notifications)
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=WAIT_MS)

@@ -236,10 +236,21 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
             self._set_queued(waiting)
             return None
         self._queued = None
+        if resume is None and not self._model_still_listed():
+            return None
         request = self._request(resume)
         if request is None or self._compare_repeats(request, resume):  # trains after it
             return None
         return self._train(request, resume)
+
+    def _model_still_listed(self) -> bool:
+        """The chosen user model renamed since the list was read (``samtune models
+        --rename``) stays chosen under its new name, as Annotate's Load model takes it (Start
+        was refused as an unknown model); False, said, where it was removed."""
+        try:
+            return self.settings.model_picker.listed_source() is not None
+        except ValueError:  # no file chosen, a broken model: the settings' check says why
+            return True
 
     def _train(self, request: TrainRequest, resume: Path | None):
         """Start the run's worker; returns it."""
