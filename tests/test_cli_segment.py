@@ -506,7 +506,7 @@ def test_option_errors_name_the_options_as_typed(
     tmp_path, tiny_checkpoint, capsys, options, shape, message
 ):
     path = tmp_path / "image.tif"
-    tifffile.imwrite(path, np.zeros(shape))
+    tifffile.imwrite(path, np.random.default_rng(0).random(shape))  # not blank: refused
     assert segment(tiny_checkpoint, path, tmp_path / "o.tif", "--auto", *options) == 2
     err = capsys.readouterr().err
     assert message in err

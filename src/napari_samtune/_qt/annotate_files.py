@@ -127,7 +127,9 @@ class AnnotateFilesMixin:
         found = same_image_saves(
             folder, session.fingerprint, session.axes.spatial_shape, (own,), newer_than=since
         )
-        if found:
+        said = session.disk.said_newer_saves  # once: a restore in the background, then
+        if found and found[0] not in said:  # the folder set, restores again
+            said.add(found[0])
             more = f" (and {len(found) - 1} more files)" if len(found) > 1 else ""
             show_warning(
                 f"{found[0]}{more} holds annotations of this same image (the same pixels) "

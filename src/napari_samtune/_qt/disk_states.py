@@ -25,6 +25,8 @@ class DiskStates:
 
     def __init__(self) -> None:
         self._seen: dict[Path, tuple[int, int, int]] = {}
+        # files of the same image saved under another name, and newer, that were named
+        self.said_newer_saves: set[Path] = set()
 
     def note(self, path: str | Path) -> None:
         """``path`` was just read or written here: that is its state now."""
