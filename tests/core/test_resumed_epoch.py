@@ -46,3 +46,22 @@ def test_a_resumed_epochs_time_includes_its_part_before_the_stop(tmp_path, data,
     assert [e.step for e in resumed if isinstance(e, StepDone)] == [3, 4]
     (epoch,) = [e for e in resumed if isinstance(e, EpochDone)]
     assert 3600 <= epoch.epoch_seconds < 3600 + 600  # the hour, and this session's part
+
+
+def test_a_runs_total_time_is_what_its_last_checkpoint_counts(tmp_path, data):
+    """The summary counted the export after the last checkpoint too, which a resumed
+    session does not count on from: its total then went down."""
+    config = TrainConfig(
+        model="random:tiny", epochs=1, n_objects_per_batch=1, min_samples_per_epoch=2,
+        n_iterative_prompts=0, mixed_precision="no", early_stopping=None,
+    )  # fmt: skip
+    (finished,) = [e for e in iter_train(config, *data, out_dir=tmp_path / "run")][-1:]
+    checkpoint = torch.load(finished.last_checkpoint_path, map_location="cpu", weights_only=True)
+    assert finished.total_time_s == checkpoint["progress"]["elapsed_s"] > 0
+    resumed = list(
+        iter_train(
+            dataclasses.replace(config, epochs=2), *data, out_dir=tmp_path / "run",
+            resume_from=finished.last_checkpoint_path,
+        )
+    )[-1]  # fmt: skip
+    assert resumed.total_time_s > finished.total_time_s

@@ -109,6 +109,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
         device = resolve_device(config.device)
         self.dist = ddp.context_from_env(device.type)
         self.epoch_carried_s = 0.0  # the epoch's time in the session(s) before a resume
+        self.checkpoint_elapsed_s: float | None = None  # the run's time at its last checkpoint
         try:  # a process failing here leaves the group (gloo's threads aborted the exit)
             self._set_up(config, device, resume_from)
         except BaseException:

@@ -226,14 +226,23 @@ class TrainerFilesMixin:
         on another, fp16 on an older GPU), not the one resolved on this machine."""
         return replace(self.config, mixed_precision=self.precision_asked)
 
+    def _total_time_s(self) -> float:
+        """The run's training time over all sessions, as its last checkpoint of this session
+        counts it (what a resumed session goes on from)."""
+        counted = self.checkpoint_elapsed_s
+        return self._elapsed() if counted is None else counted
+
     def _checkpoint_fields(self) -> dict:
         p = self.progress
+        # the total a resumed session counts on from: the summary's too (export time after
+        # the last checkpoint counted there made a resumed run's total go down)
+        self.checkpoint_elapsed_s = self._elapsed()
         return {
             "epoch": p.epoch,
             "step": p.global_step,
             "step_in_epoch": p.step_in_epoch,
             "best_metric": p.best_metric,
-            "progress": asdict(p) | {"elapsed_s": self._elapsed()},
+            "progress": asdict(p) | {"elapsed_s": self.checkpoint_elapsed_s},
             # outside "progress", whose keys older versions take as Progress fields
             "epoch_elapsed_s": self._epoch_seconds() if p.step_in_epoch else 0.0,
             "base_model_id": self.base_model_id,
@@ -279,7 +288,7 @@ class TrainerFilesMixin:
             best_metric=p.best_metric,
             metric_name=self._metric_name(),
             time_to_best_s=p.time_to_best_s,
-            total_time_s=self._elapsed(),
+            total_time_s=self._total_time_s(),
             epochs_done=p.epoch,
             best_checkpoint_path=best if self.dist.is_main and best.exists() else None,
             last_checkpoint_path=last if self.dist.is_main and last.exists() else None,
