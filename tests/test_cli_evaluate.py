@@ -544,6 +544,6 @@ def test_pairs_with_a_blank_image_are_left_out_and_named(
     err = capsys.readouterr().err
     assert (
         "evaluation data: left out 1 pair(s) whose image is one value everywhere (blank), "
-        "which score 0 whatever the model: img1.tif / img1_labels.tif"
+        "which no model can segment: img1.tif / img1_labels.tif"
     ) in err
     assert "evaluating tiny on 1 images" in err and len(evaluations) == 1

@@ -1187,3 +1187,21 @@ def test_a_preset_for_more_ram_than_the_machine_has_is_warned_about(
     assert cli.main([*argv, "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "warning: preset cpu-64gb is for 64 GB and this machine has 23.5 GB RAM" in err
+
+
+def test_the_preset_memory_warning_measures_the_gpu_trained_on(monkeypatch):
+    """--device cuda:1 was held to GPU 0's memory: no warning for a 16 GB GPU 1 under an
+    80 GB GPU 0, and a false one the other way round."""
+    from types import SimpleNamespace
+
+    from napari_samtune.cli.train import preset_memory_short
+    from napari_samtune.core import presets
+
+    gpus = {None: 80.0, 0: 80.0, 1: 16.0}
+    monkeypatch.setattr(
+        presets, "measure_machine",
+        lambda gpu_index=None: presets.MachineResources(gpus[gpu_index], 64.0, 8, "a GPU"),
+    )  # fmt: skip
+    assert preset_memory_short(SimpleNamespace(preset="a100", device="cuda")) == ""
+    short = preset_memory_short(SimpleNamespace(preset="a100", device="cuda:1"))
+    assert "this machine has 16.0 GB GPU memory" in short

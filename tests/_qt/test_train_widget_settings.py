@@ -171,6 +171,10 @@ def test_the_preset_line_warns_of_a_preset_for_more_memory_than_the_machine_has(
     settings = TrainWidget(make_napari_viewer(), machine=small).settings
     line = settings.preset_label.text
     assert settings.preset.key == "cpu-8gb" and "Warning" not in line()
+    smaller = MachineResources(gpu_memory_gb=None, ram_gb=5.0, n_cores=2, gpu_name=None)
+    detected = TrainWidget(make_napari_viewer(), machine=smaller).settings
+    assert detected.preset.key == "cpu-8gb"  # the smallest, detected: no advice to switch
+    assert "Warning" not in detected.preset_label.text()
     settings.preset_combo.setCurrentIndex(settings.preset_combo.findData("cpu-64gb"))
     assert line().endswith(
         "Warning: preset cpu-64gb is for 64 GB and this machine has 12.0 GB RAM: training "

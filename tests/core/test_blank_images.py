@@ -41,7 +41,7 @@ def test_a_black_frame_and_an_empty_channel_are_named(started, pairs):
         "1 training pair(s) have an image of one value everywhere (blank): black.tif; SAM "
         "sees none of their objects"
     )  # a validation image is not trained on: it was said to teach masks on nothing
-    assert "1 of 1 validation pair(s) have a blank image: c1.tif; they score 0" in message
+    assert "1 of 1 validation pair(s) have a blank image: c1.tif; no model can segment" in message
     assert "ok.tif" not in message and "check that the right image (and channel)" in message
     assert message in event.data_warnings()
 

@@ -205,3 +205,23 @@ def test_a_name_only_in_another_case_than_a_models_is_refused(tiny_checkpoint):
         rename_user_model("cells", "RUN1b")
     rename_user_model("Run1B", "run1b")  # the model itself in another case
     assert sorted(s.name for s in list_user_models()) == ["cells", "run1b"]
+
+
+def test_a_case_twin_is_named_as_such_on_a_disk_that_ignores_case(tiny_checkpoint, monkeypatch):
+    """On macOS and Windows run1b.json "exists" where Run1B.json does: the run's name check
+    said 'already a built-in or registered model', naming no model listed."""
+    from pathlib import Path
+
+    from napari_samtune.core.train_export import check_model_name
+
+    register_user_model(tiny_checkpoint, "Run1B", TINY)
+    folder, exists = user_models_dir(), Path.exists
+
+    def ignoring_case(path):
+        if path.parent == folder:
+            return any(p.name.lower() == path.name.lower() for p in folder.iterdir())
+        return exists(path)
+
+    monkeypatch.setattr(Path, "exists", ignoring_case)
+    with pytest.raises(ValueError, match="'Run1B' differs from 'run1b' only in case"):
+        check_model_name("run1b")

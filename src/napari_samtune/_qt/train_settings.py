@@ -260,6 +260,8 @@ class TrainSettingsWidget(QWidget):
             shown = Path(self.model_text()).name if self._file() else self.model_text()
             line = describe_preset(preset, shown, arch, self.device())
             short = memory_short(preset, self.machine, self.device())  # in the line, not a tip
+            if preset.key == self.detected.key and self.device() == preset.device:
+                short = ""  # the smallest, on a machine with less: the tooltip says so
             self.preset_label.setText(f"{line}. Warning: {short}" if short else line)
             base = config_from_preset(preset, self.model_text(), arch, check=False)
         except ValueError as err:

@@ -167,7 +167,7 @@ def _normalised(pairs: list) -> tuple[list, list, list[str]]:
 
     Pairs without any object (an empty field of view, or an image not annotated yet)
     are left out and named, as in training, and so are blank images (one value everywhere:
-    they score 0 whatever the model); ``ValueError`` naming them if none is left.
+    no model can segment them); ``ValueError`` naming them if none is left.
     The planes of stacks score each piece of an object as an object, as training does
     (:func:`~napari_samtune.core.data.pieces_apart`).
     """
@@ -193,7 +193,7 @@ def _normalised(pairs: list) -> tuple[list, list, list[str]]:
     if blank:
         print(
             f"evaluation data: left out {len(blank)} pair(s) whose image is one value "
-            f"everywhere (blank), which score 0 whatever the model: {describe_names(blank)}; "
+            f"everywhere (blank), which no model can segment: {describe_names(blank)}; "
             "check that they are the right files, and the channels chosen",
             file=sys.stderr,
         )

@@ -273,7 +273,7 @@ def resolve_preset(key: str, device: str | None = None) -> tuple[ResourcePreset,
     _check_key(key)
     if key.strip().lower() != "auto":
         return get_preset(key), f"chosen as {key!r}"
-    index = _gpu_index(device)
+    index = gpu_index(device)
     found = measure_machine() if index is None else measure_machine(index)
     kind = (device or "auto").split(":")[0].strip().lower()
     if kind not in ("auto", "cuda") and found.gpu_memory_gb is not None:
@@ -298,7 +298,7 @@ def memory_short(preset: ResourcePreset, found: MachineResources, device: str) -
     )
 
 
-def _gpu_index(device: str | None) -> int | None:
+def gpu_index(device: str | None) -> int | None:
     """The index of a GPU named as "cuda:N", else None."""
     kind, _, index = (device or "").strip().lower().partition(":")
     return int(index) if kind == "cuda" and index.isdigit() else None

@@ -88,8 +88,8 @@ class TrainingStarted:
         if self.blank_validation:
             parts.append(
                 f"{len(self.blank_validation)} of {self.n_val} validation pair(s) have a blank "
-                f"image: {describe_names(self.blank_validation)}; they score 0 whatever the "
-                "model, and cannot tell its epochs apart"
+                f"image: {describe_names(self.blank_validation)}; no model can segment them, "
+                "so their scores cannot tell its epochs apart"
             )
         if not parts:
             return ""

@@ -106,8 +106,9 @@ def check_model_name(name: str | None, resumed_run: Path | None = None) -> str |
     if _name_taken(name) and (resumed_run is None or name != earlier_registration(resumed_run)):
         from napari_samtune.core.user_models import case_twin, case_twin_problem
 
-        twin = case_twin(name)
-        if twin is not None and not (user_models_dir() / f"{name}.json").exists():
+        twin = case_twin(name)  # by the names listed: on macOS, Run1B.json "exists" as run1b's
+        listed = {path.stem for path in user_models_dir().glob("*.json")}
+        if twin is not None and name not in listed:
             raise ValueError(f"model_name={name!r}: {case_twin_problem(name, twin)}")
         raise ValueError(
             f"model_name={name!r} is already a built-in or registered model; pick another name"
