@@ -174,6 +174,11 @@ def check_output_folder(path: str | os.PathLike, what: str = "") -> Path:
     variable) is refused: Path('') is the current folder, which would be written unsaid.
     A leading ``~`` is the home folder, as in input paths."""
     named = f"{what} " if what else ""
+    if not isinstance(path, (str, os.PathLike)):  # pathlib's own error named no argument
+        raise TypeError(
+            f"{what or 'folder'}={path!r} is a {type(path).__name__}; give a folder path "
+            "(str or pathlib.Path, created if missing)"
+        )
     if path == "":
         raise ValueError(
             f"{named}'' is an empty path; give a folder (created if missing), or '.' for the "

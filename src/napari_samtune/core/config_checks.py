@@ -12,6 +12,7 @@ import difflib
 import math
 import numbers
 import os
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from napari_samtune.core.presets import TrainConfig
 
 MODEL_PARTS: tuple[str, ...] = ("image_encoder", "prompt_encoder", "mask_decoder")
+# the device names resolve_device takes (whether the machine has one is the run's check)
+DEVICE_NAME = re.compile(r"auto|cpu(:0)?|cuda(:\d+)?|mps(:0)?")
 MIXED_PRECISION_MODES: tuple[str, ...] = ("auto", "bf16", "fp16", "no")
 MASK_LOSSES: tuple[str, ...] = ("dice_bce", "dice_focal")
 NO_FREEZE = "none"  # the command line's word for "freeze nothing"; never a config value
@@ -40,6 +43,14 @@ _OPTIONAL = ("patch_size", "lora_alpha", "early_stopping")  # None allowed
 MAX_SEED = 2**63 - 1  # the largest seed every generator the run seeds (torch, numpy) takes
 
 
+def _check_device_name(device: object) -> None:
+    if not isinstance(device, str) or not DEVICE_NAME.fullmatch(device.strip().lower()):
+        raise ValueError(
+            f"device={device!r} is not a device; choose one of 'auto', 'cpu', 'cuda', "
+            "'cuda:N' or 'mps'"
+        )
+
+
 def check_train_config(config: TrainConfig) -> None:
     """Check every field of ``config``; lists from JSON and numpy numbers become plain values."""
     if not isinstance(config.freeze, (list, tuple)) or not all(
@@ -53,6 +64,7 @@ def check_train_config(config: TrainConfig) -> None:
     if isinstance(config.model, os.PathLike):  # a weights file as load_model takes it
         object.__setattr__(config, "model", os.fspath(config.model))
     _check_types(config)
+    _check_device_name(config.device)  # "gpu" passed here and failed when the run started
     _check_positive(config, ("epochs", "n_objects_per_batch", "batch_size"))
     _check_positive(config, ("min_samples_per_epoch", "grad_accumulation", "min_object_area"))
     if not config.model or not isinstance(config.model, str):

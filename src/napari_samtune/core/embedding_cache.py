@@ -62,7 +62,9 @@ class EmbeddingCache:
     def __init__(
         self, directory: str | os.PathLike | None = None, max_bytes: int | None = None
     ) -> None:
-        self.directory = Path(directory) if directory is not None else default_cache_dir()
+        # "~/cache" as the shell means it (a folder named "~" was made in the current one)
+        given = Path(directory).expanduser() if directory is not None else None
+        self.directory = given if given is not None else default_cache_dir()
         self.max_bytes = cache_limit_bytes() if max_bytes is None else max_bytes
         self._bytes = 0  # the folder at the last scan, plus this object's saves since
         self._scanned_at = -math.inf  # time.monotonic() of the last scan: none yet

@@ -39,7 +39,7 @@ def _expand(spec, what: str, companions: tuple[str, ...], skipped: dict | None) 
     """:func:`expand_paths`; the entries a folder holds besides its files go to ``skipped``
     (unless None), those ending in ``companions`` but for."""
     if isinstance(spec, (str, os.PathLike)):
-        text = os.fspath(spec)
+        text = os.path.expanduser(os.fspath(spec))  # "~/data" as the shell means it
         if text == "":  # Path('') is the current folder: every file there, unsaid
             raise ValueError(
                 f"{what} '' is an empty path; give files, a folder or a glob pattern, or '.' "

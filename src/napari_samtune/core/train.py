@@ -72,7 +72,8 @@ def iter_train(
             image planes (one pair per plane with objects); or :class:`PreparedImage` s,
             prepared by the caller (e.g. to check them first), used as they are. A list or
             tuple, or an iterator (a generator, ``zip(images, labels)``) read into a list first.
-        val_data: validation pairs, given as ``train_data``; None holds out
+        val_data: validation pairs, given as ``train_data``; None (or an empty list, as a
+            front end with no validation data chosen passes) holds out
             ``config.val_fraction`` of the training images (of the one image's area, with a
             single image).
         out_dir: folder for config, checkpoints, metrics and the exported model.

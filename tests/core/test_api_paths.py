@@ -1,0 +1,45 @@
+"""The Python API takes paths as a shell does (``~`` is the home folder) and names its
+arguments when given the wrong kind of value."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_samtune.core.data import load_pairs
+from napari_samtune.core.embedding_cache import EmbeddingCache
+from napari_samtune.core.presets import config_from_preset
+from napari_samtune.core.train import train
+
+
+def test_a_cache_folder_under_home_is_not_made_in_the_current_folder(tmp_path, monkeypatch):
+    """Segmenter(cache_dir="~/cache") wrote ./~/cache/<key>.pt."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert EmbeddingCache("~/cache").directory == tmp_path / "home" / "cache"
+
+
+def test_data_folders_under_home_are_found(tmp_path, monkeypatch):
+    """load_pairs("~/data/images", ...) said the folders did not exist."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for kind in ("images", "labels"):
+        (tmp_path / "data" / kind).mkdir(parents=True)
+    labels = np.zeros((32, 32), np.uint16)
+    labels[8:16, 8:16] = 1
+    tifffile.imwrite(tmp_path / "data" / "images" / "a.tif", np.eye(32, dtype=np.uint8))
+    tifffile.imwrite(tmp_path / "data" / "labels" / "a.tif", labels)
+    (pair,) = load_pairs("~/data/images", "~/data/labels")
+    assert pair.labels.max() == 1
+
+
+@pytest.mark.parametrize("out_dir", [None, 5])
+def test_an_out_dir_of_another_kind_is_named(tmp_path, out_dir, short_tiny_config, data):
+    with pytest.raises(TypeError, match=rf"out_dir={out_dir!r} is a \w+; give a folder path"):
+        train(short_tiny_config(), *data, out_dir=out_dir)
+
+
+def test_a_device_name_no_machine_has_is_refused_when_the_config_is_made():
+    with pytest.raises(ValueError, match="device='gpu' is not a device; choose one of"):
+        config_from_preset("cpu-8gb", "random:tiny", device="gpu")
+    assert config_from_preset("cpu-8gb", "random:tiny", device="cuda:1").device == "cuda:1"
