@@ -180,3 +180,32 @@ def test_the_preset_line_warns_of_a_preset_for_more_memory_than_the_machine_has(
         "Warning: preset cpu-64gb is for 64 GB and this machine has 12.0 GB RAM: training "
         "may run out of memory; 'samtune presets' shows the preset detected here"
     )
+
+
+def test_the_preset_line_of_a_gpu_preset_without_cuda_says_so_at_once(
+    make_napari_viewer, monkeypatch
+):
+    """It described a CUDA run on a machine without CUDA; Start then refused it."""
+    from napari_samtune.core import devices
+
+    monkeypatch.setattr(devices, "cuda_available", lambda: False)
+    settings = TrainWidget(make_napari_viewer(), machine=SMALL_CPU).settings
+    settings.preset_combo.setCurrentIndex(settings.preset_combo.findData("gtx1080"))
+    line = settings.preset_label.text()
+    assert " on cuda: " in line and "Warning: the preset GTX 1080 trains on cuda, but" in line
+    settings.model_picker.device_combo.setCurrentText("cpu")
+    assert "Warning" not in settings.preset_label.text()
+
+
+def test_the_lora_and_frozen_encoder_refusal_names_the_ticks():
+    """It said "remove 'image_encoder' from freeze", a list the panel does not show."""
+    from napari_samtune._qt.preset_text import in_field_terms
+
+    core = (
+        "lora_rank=4 trains adapters inside the image encoder, which freeze also lists; "
+        "remove 'image_encoder' from freeze or set lora_rank=0"
+    )
+    assert in_field_terms(core) == (
+        "'LoRA rank' 4 trains adapters inside the image encoder, which is ticked under "
+        "'freeze'; untick 'image encoder' under 'freeze' or set 'LoRA rank' 0"
+    )

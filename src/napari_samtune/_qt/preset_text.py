@@ -51,9 +51,18 @@ def in_field_terms(message: str) -> str:
     # the preset sets the batch size (1 but on GPUs), which the widget does not show
     message = re.sub(r" x batch_size=1 = \d+ objects per step", " per step", message)
     message = message.replace(" or batch_size,", ",")
+    for verb, tick in ((r"add '(\w+)' to", "tick"), (r"remove '(\w+)' from", "untick")):
+        message = re.sub(
+            rf"{verb} freeze",
+            lambda found, tick=tick: (
+                f"{tick} '{PART_LABELS.get(found.group(1), found.group(1))}' under 'freeze'"
+            ),
+            message,
+        )
+    # the part named as ticked, where the core says the list holds it
     message = re.sub(
-        r"add '(\w+)' to freeze",
-        lambda found: f"tick '{PART_LABELS.get(found.group(1), found.group(1))}' under 'freeze'",
+        r"inside the (image encoder|prompt encoder|mask decoder), which freeze also lists",
+        r"inside the \1, which is ticked under 'freeze'",
         message,
     )
     for name, label in FIELD_LABELS.items():

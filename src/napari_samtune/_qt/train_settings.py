@@ -262,6 +262,7 @@ class TrainSettingsWidget(QWidget):
             short = memory_short(preset, self.machine, self.device())  # in the line, not a tip
             if preset.key == self.detected.key and self.device() == preset.device:
                 short = ""  # the smallest, on a machine with less: the tooltip says so
+            short = self.device_problem() or short  # a GPU preset here without CUDA: at once
             self.preset_label.setText(f"{line}. Warning: {short}" if short else line)
             base = config_from_preset(preset, self.model_text(), arch, check=False)
         except ValueError as err:
