@@ -203,8 +203,9 @@ def test_a_failed_save_now_is_not_called_an_autosave(
 
 
 @pytest.mark.parametrize("background", [True, False])
+@pytest.mark.parametrize("as_bool", [False, True])
 def test_a_foreground_mask_loads_as_one_object_per_region(
-    viewer_widget, tmp_path, nuclei_image, drain_jobs, notifications, background
+    viewer_widget, tmp_path, nuclei_image, drain_jobs, notifications, background, as_bool
 ):
     """A 0/255 mask (Fiji's Convert to Mask) loaded as one object covering every cell."""
     from scipy import ndimage
@@ -213,7 +214,8 @@ def test_a_foreground_mask_loads_as_one_object_per_region(
     widget.ui.folder_edit.setText(str(tmp_path))
     cells = nuclei_image[1]
     mask = tmp_path / "mask.tif"
-    tifffile.imwrite(mask, (cells > 0).astype(np.uint8) * 255)
+    # 0/255 as Fiji saves it, or a bool image (it was refused as "bool data")
+    tifffile.imwrite(mask, cells > 0 if as_bool else (cells > 0).astype(np.uint8) * 255)
     regions, n_regions = ndimage.label(cells > 0, np.ones((3, 3), bool))
     assert n_regions >= 5
     if background:

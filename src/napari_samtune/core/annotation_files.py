@@ -46,7 +46,7 @@ from napari_samtune.core.label_files import (
     saved_fingerprint,
 )
 from napari_samtune.core.registry import user_models_dir
-from napari_samtune.core.tiff_files import read_label_tiff
+from napari_samtune.core.tiff_files import float_labels_problem, read_label_tiff
 
 FORMAT = "napari-samtune-annotations"
 FORMAT_VERSION = 1
@@ -274,15 +274,30 @@ def load_annotations(labels_path: str | Path) -> tuple[np.ndarray, dict]:
     if not labels_path.is_file():
         raise FileNotFoundError(f"no annotation file at {str(labels_path)!r}")
     labels = read_label_tiff(labels_path)
-    if not np.issubdtype(labels.dtype, np.integer) or labels.min(initial=0) < 0:
+    if labels.dtype == bool:  # a foreground mask as a bool image saves it: one id, 1
+        labels = labels.view(np.uint8)
+    problem = _not_labels(labels)
+    if problem:
         raise ValueError(
-            f"{labels_path.name!r} holds {labels.dtype} data; annotations must be "
-            "non-negative integer instance labels"
+            f"{labels_path.name!r} holds {labels.dtype} data that are not instance labels: "
+            f"{problem}"
         )
     if _beyond_uint32(labels):  # uint32 would wrap them onto other ids
         ids, inverse = np.unique(labels, return_inverse=True)
         labels = inverse.reshape(labels.shape) + (0 if ids[0] == 0 else 1)  # 0 stays 0
     return labels.astype(np.uint32, copy=False), load_record(labels_path)
+
+
+def _not_labels(labels: np.ndarray) -> str:
+    """Why ``labels`` read from a file are not instance labels, or ""."""
+    if np.issubdtype(labels.dtype, np.floating):  # read_label_tiff kept them: say why
+        return float_labels_problem(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        return "annotations are whole-number ids, 0 for the background"
+    lowest = labels.min(initial=0)
+    if lowest < 0:
+        return f"they hold negative ids (the lowest is {lowest}); use ids >= 0"
+    return ""
 
 
 COUNT_BY_BINS_UP_TO = 1 << 20  # highest id counted by bins (8 MB of them per plane)
