@@ -119,8 +119,9 @@ def test_red_messages_clear_once_their_cause_is_fixed(qtbot, widget):
     widget.settings.name_edit.setText("bad/name")
     assert not widget.settings.advanced.isExpanded()
     assert widget.start() is None and "'bad/name' is not allowed" in settings_error.text()
-    # named, and in view: the message shows under the model picker, the field in Advanced
-    assert settings_error.text().startswith("new model name: ")
+    # named once, and in view: the message shows under the model picker, the field in
+    # Advanced (it said "new model name: model_name='bad/name'")
+    assert settings_error.text().startswith("new model name 'bad/name' is not allowed")
     assert widget.settings.advanced.isExpanded()
     widget.settings.name_edit.setText("good_name")
     with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):

@@ -11,6 +11,7 @@ a stroke painted in between may have changed it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -99,5 +100,6 @@ def check_field(field: str, check: Callable[[str], str], value: str) -> str:
     advanced settings are shown under the model picker."""
     try:
         return check(value)
-    except ValueError as err:
-        raise ValueError(f"{field}: {err}") from None
+    except ValueError as err:  # the core's name for it given once, as the field's label
+        said = re.sub(r"^\w+=('[^']*'|\S+)", r"\1", str(err))
+        raise ValueError(f"{field} {said}") from None

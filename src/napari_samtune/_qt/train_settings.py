@@ -137,6 +137,10 @@ class TrainSettingsWidget(QWidget):
         self.lr_edit = QLineEdit()
         self.objects_spin = _spin(1, 10000)
         self.samples_spin = _spin(1, 1000000)
+        self.samples_spin.setToolTip(
+            "at least this many training patches per epoch (images are sampled again to "
+            "reach it); an epoch has one patch per image where there are more images"
+        )
         self.patch_spin = _spin(0, 8192, "model input size")
         self.patch_spin.setSingleStep(64)
         self.freeze_checks = {part: QCheckBox(PART_LABELS[part]) for part in MODEL_PARTS}
