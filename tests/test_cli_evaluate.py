@@ -266,12 +266,22 @@ def test_labels_without_objects_are_refused_up_front_naming_the_files(
     assert evaluations == []
 
 
+@pytest.mark.parametrize(
+    ("folder", "name", "pixels", "said"),
+    [
+        ("labels", "img1_labels.tif", 0, "without any object (labels all 0)"),
+        ("images", "img1.tif", 500, "whose image is one value everywhere (blank), which no "
+         "model can segment"),  # it scored 0 and dragged every mean down, unsaid
+    ],
+)  # fmt: skip
 def test_pairs_without_objects_are_left_out_and_named(
-    tmp_path, annotated_folder, capsys, evaluations
+    tmp_path, annotated_folder, capsys, evaluations, folder, name, pixels, said
 ):
-    """As in training: an empty field of view, or an image whose labels are not done yet."""
+    """As in training: an empty field of view, or an image whose labels are not done yet;
+    or a blank image."""
     images, labels = annotated_folder
-    tifffile.imwrite(labels / "img1_labels.tif", np.zeros((96, 96), np.uint16))
+    where = {"images": images, "labels": labels}[folder]
+    tifffile.imwrite(where / name, np.full((96, 96), pixels, np.uint16))
     model = str(_save_tiny(tmp_path / "tiny.pth", 0))
     code = cli.main([
         "evaluate", "--images", str(images), "--labels", str(labels), "--model", model,
@@ -280,8 +290,7 @@ def test_pairs_without_objects_are_left_out_and_named(
     assert code == 0
     out, err = capsys.readouterr()
     assert (
-        "evaluation data: left out 1 pair(s) without any object (labels all 0): "
-        "img1.tif / img1_labels.tif"
+        f"evaluation data: left out 1 pair(s) {said}: img1.tif / img1_labels.tif"
     ) in err  # stdout keeps only the results (> scores.md)
     assert "left out" not in out
     assert "evaluating tiny on 1 images" in err
@@ -527,23 +536,3 @@ def test_a_model_file_name_of_no_utf8_is_evaluated_and_written(tmp_path, annotat
         assert [row["model"] for row in csv.DictReader(file)] == ["m\ufffd"]
     assert (tmp_path / "eval" / "evaluation.png").is_file()
     assert "| m\ufffd |" in capsys.readouterr().out
-
-
-def test_pairs_with_a_blank_image_are_left_out_and_named(
-    tmp_path, annotated_folder, capsys, evaluations
-):
-    """They scored 0 whatever the model, dragging every mean down without a word."""
-    images, labels = annotated_folder
-    tifffile.imwrite(images / "img1.tif", np.full((96, 96), 500, np.uint16))
-    model = str(_save_tiny(tmp_path / "tiny.pth", 0))
-    code = cli.main([
-        "evaluate", "--images", str(images), "--labels", str(labels), "--model", model,
-        "--out", str(tmp_path / "eval"), "--clicks", "0", "--points-per-side", "4",
-    ])  # fmt: skip
-    assert code == 0
-    err = capsys.readouterr().err
-    assert (
-        "evaluation data: left out 1 pair(s) whose image is one value everywhere (blank), "
-        "which no model can segment: img1.tif / img1_labels.tif"
-    ) in err
-    assert "evaluating tiny on 1 images" in err and len(evaluations) == 1
