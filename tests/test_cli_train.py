@@ -810,7 +810,7 @@ def test_unpaired_files_are_reported_or_left_out_on_request(tmp_path, folders, c
     (Path(labels) / "s2_mask.prompts.json").write_text(json.dumps(record))
     assert cli.main([*argv, "--skip-unpaired", "--epochs", "1", *FAST]) == 0
     out, err = capsys.readouterr()
-    assert "warning: training data: the labels of 1 pair(s) were saved in napari for other" in err
+    assert "warning: training data: the labels of 1 pair(s) were saved (by napari-samtune" in err
     assert "pixels than their image's: s2.tif / s2_mask.tif" in err
     assert (
         "training data: left out 1 image(s) without a label file (not annotated yet?): s1.tif"

@@ -424,7 +424,7 @@ def test_autosaves_train_the_images_annotated_so_far(qtbot, viewer, tmp_path):
     )
     tifffile.imwrite(images / "cell 2.tif", viewer.layers["cells1"].data)  # another image now
     assert _checked(qtbot, data)
-    assert "the labels of 1 pair(s) were saved in napari for other" in data.folder_note.text()
+    assert "the labels of 1 pair(s) were saved (by napari-samtune" in data.folder_note.text()
     tifffile.imwrite(images / "cell 2.tif", viewer.layers["cells2"].data)
     pairs = load_folder_pairs(data.folder_source())
     assert [p.name for p in pairs] == [

@@ -111,7 +111,7 @@ def test_each_image_pairs_with_the_autosave_of_its_pixels_among_namesakes(tmp_pa
     (annotations / f"Image_001-{image_fingerprint(second)}.labels.tif").rename(tmp_path / "x.tif")
     assert len(read_match(match_files(tmp_path / "exp2", annotations), foreign)) == 2
     assert foreign == ["Image_001.tif / Image_001.labels.tif"]
-    assert "saved in napari for other pixels than their image's" in foreign_labels_message(foreign)
+    assert "samtune segment) for other pixels than their image's" in foreign_labels_message(foreign)
     (tmp_path / "x.tif").rename(annotations / f"Image_001-{image_fingerprint(second)}.labels.tif")
     (annotations / "Image_001.labels.tif").unlink()  # only exp2's: not exp1's image's either
     with pytest.raises(ValueError, match=r"Image_001-[0-9a-f]{16}.labels.tif pair with 'Image"):

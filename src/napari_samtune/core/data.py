@@ -244,9 +244,10 @@ def namesakes_message(names: Sequence[str]) -> str:
 def foreign_labels_message(names: Sequence[str]) -> str:
     """The warning about pairs whose labels were saved for other pixels (see read_match)."""
     return (
-        f"the labels of {len(names)} pair(s) were saved in napari for other pixels than their "
-        f"image's: {describe_names(names)}; another image of the same name, or the image "
-        "opened differently there? Check that they belong together"
+        f"the labels of {len(names)} pair(s) were saved (by napari-samtune: the Annotate "
+        f"panel or samtune segment) for other pixels than their image's: "
+        f"{describe_names(names)}; another image of the same name, or the image read "
+        "differently there? Check that they belong together"
     )
 
 
