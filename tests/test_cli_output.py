@@ -296,12 +296,13 @@ def test_a_rank_left_set_without_torchrun_is_the_main_process(monkeypatch, capsy
 def test_commands_to_paste_are_quoted_for_the_system_s_shell(monkeypatch):
     """POSIX single quotes around a Windows path are part of the path in cmd.exe."""
     from napari_samtune.cli import console
+    from napari_samtune.core import shell_words
 
     words = ["samtune", "train", "--resume", r"C:\Users\ana\my runs\cells", "--out", "x y"]
     assert console.shell_join(words) == (
         r"samtune train --resume 'C:\Users\ana\my runs\cells' --out 'x y'"
     )
-    monkeypatch.setattr(console, "_on_windows", lambda: True)
+    monkeypatch.setattr(shell_words, "_on_windows", lambda: True)
     assert console.shell_join(words) == (
         r'samtune train --resume "C:\Users\ana\my runs\cells" --out "x y"'
     )

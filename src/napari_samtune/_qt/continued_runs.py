@@ -10,6 +10,7 @@ from pathlib import Path
 
 from napari_samtune.core.checkpoints import folder_problem
 from napari_samtune.core.presets import TrainConfig
+from napari_samtune.core.shell_words import shell_path
 from napari_samtune.core.train_export import RunFiles
 from napari_samtune.core.train_setup import continued_precision
 
@@ -83,7 +84,7 @@ def _missing_run_files(files: RunFiles) -> str:
         return (
             f"the run in {folder!r} has lost its config.json, the settings Continue… reads; "
             f"continue it from a terminal, which reads them from its checkpoint: samtune "
-            f"train --resume {folder} --images ... --labels ... (its training data)"
+            f"train --resume {shell_path(folder)} --images ... --labels ... (its training data)"
         )
     what = f"the run in {folder!r} cannot be continued: its last checkpoint ({files.last}), "
     what += "which Continue… resumes from, is missing"
@@ -96,8 +97,8 @@ def _missing_run_files(files: RunFiles) -> str:
     if files.best.is_file():
         return (
             f"{what}; {files.best} holds the weights of its best epoch: samtune export "
-            f"{files.best} -o model.pth makes a model of them, which Start can finetune "
-            "further in a new run"
+            f"{shell_path(files.best)} -o model.pth makes a model of them, which Start can "
+            "finetune further in a new run"
         )
     return f"{what}, and so is its best one; choose the folder of another run"
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -19,6 +17,9 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from napari_samtune.core.shell_words import shell_path as shell_path  # for cli modules
+from napari_samtune.core.shell_words import shell_quote
 
 
 @contextmanager
@@ -98,18 +99,6 @@ def stdout_closed() -> int:
     except (OSError, ValueError):  # a stdout without a file descriptor (a test's capture)
         pass
     return 128 + getattr(signal, "SIGPIPE", 13)
-
-
-def shell_quote(text: str) -> str:
-    """``text`` as a word of a command to paste in this system's shell: POSIX quotes
-    (``'C:\\runs'``) are no quotes in Windows' cmd.exe, which took them as part of the path."""
-    if _on_windows():
-        return subprocess.list2cmdline([text])
-    return shlex.quote(text)
-
-
-def _on_windows() -> bool:
-    return os.name == "nt"
 
 
 def shell_join(words: list[str]) -> str:

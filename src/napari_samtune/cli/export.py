@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from napari_samtune.cli import not_empty, option_wording, output_file
-from napari_samtune.cli.console import shell_quote
+from napari_samtune.cli.console import shell_path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -125,7 +125,7 @@ def _last_instead(checkpoint: Path, output: Path) -> str:
         return ""
     return (
         f"; the run's last checkpoint (the model of its last epoch, not its best) can be "
-        f"exported instead: samtune export {shell_quote(str(last))} -o {shell_quote(str(output))}"
+        f"exported instead: samtune export {shell_path(last)} -o {shell_path(output)}"
     )
 
 
@@ -166,8 +166,8 @@ def _export(checkpoint: Path, args: argparse.Namespace) -> int:
             raise ValueError(
                 f"--register {name} was taken by another model while {checkpoint} was "
                 f"exported; the model is in {exported}: register it under another name "
-                f"with samtune export {shell_quote(str(checkpoint))} -o "
-                f"{shell_quote(str(exported))} --overwrite --register NAME"
+                f"with samtune export {shell_path(checkpoint)} -o "
+                f"{shell_path(exported)} --overwrite --register NAME"
             ) from None
         print(f"registered as {name!r}: {path}")
     return 0

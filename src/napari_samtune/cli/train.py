@@ -31,8 +31,7 @@ from napari_samtune.cli import (
 )
 from napari_samtune.cli.console import (
     is_main_process,
-    shell_join,
-    shell_quote,
+    shell_path,
     sigterm_interrupts,
     torchrun_world_size,
 )
@@ -262,10 +261,10 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     if files.last.exists():  # the core would refuse too, naming its Python argument
         # the whole command, quoted: "--resume <folder>" alone was refused for lacking
         # --images, and with the options given here for its --model
-        data = ["--images", *map(str, args.images), "--labels", *map(str, args.labels)]
-        again = shell_join(["samtune", "train", "--resume", str(args.out), *data])
+        images, labels = (" ".join(map(shell_path, paths)) for paths in (args.images, args.labels))
+        again = f"samtune train --resume {shell_path(args.out)} --images {images} --labels {labels}"
         raise ValueError(
-            f"--out {shell_quote(str(args.out))} already holds a training run; continue it "
+            f"--out {shell_path(args.out)} already holds a training run; continue it "
             f"with: {again} --epochs N (N above the epochs it has done; its model and "
             "settings are the run's), or choose another --out folder"
         )

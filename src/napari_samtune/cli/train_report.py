@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from napari_samtune.cli.console import shell_quote, torchrun_world_size
+from napari_samtune.cli.console import shell_path, torchrun_world_size
 
 
 def memory_advice(err: BaseException) -> str:
@@ -34,9 +34,9 @@ def aborted_note(out: Path, resumed: str | None = None) -> str:
         return _best_only_note(files.best, out, resumed)
     saved = ", ".join(str(p) for p in (files.last, files.best) if p.is_file())
     if _training_done(files.last):  # stopped while exporting: a resume has nothing to train
-        source = shell_quote(str(files.best if files.best.is_file() else files.last))
+        source = shell_path(files.best if files.best.is_file() else files.last)
         name = unique_model_name(out.name)  # as training names it, or the next free name
-        model = shell_quote(str(files.model))
+        model = shell_path(files.model)
         if files.model.is_file():  # exported: its registration failed (a full models folder)
             return (
                 f"its training is done and its model exported to {model}, but not registered:"
@@ -47,13 +47,13 @@ def aborted_note(out: Path, resumed: str | None = None) -> str:
             f"its training is done, but its model was not exported: samtune export {source} "
             f"-o {model} --register {name} (its checkpoints: {saved})"
         )
-    folder = shell_quote(str(out))
+    folder = shell_path(out)
     note = (
         f"the run did not finish; its checkpoints are on disk: {saved}; continue it with: "
         f"{_train_command()} --resume {folder} --out {folder} --images ... --labels ..."
     )
     if files.best.is_file():
-        best = shell_quote(str(files.best))
+        best = shell_path(files.best)
         note += f", or export its best model so far: samtune export {best} -o model.pth"
     return note
 
@@ -74,9 +74,9 @@ def _best_only_note(best: Path, out: Path, resumed: str | None) -> str:
     but the checkpoint it resumed from, if any; "" without best.pt."""
     if not best.is_file():
         return ""
-    export = f"samtune export {shell_quote(str(best))} -o model.pth"
+    export = f"samtune export {shell_path(best)} -o model.pth"
     if resumed is not None and Path(resumed).is_file():
-        again = f"{_train_command()} --resume {shell_quote(resumed)} --out {shell_quote(str(out))}"
+        again = f"{_train_command()} --resume {shell_path(resumed)} --out {shell_path(out)}"
         return (
             f"the run did not finish and wrote no last.pt in {out}; continue it from the "
             f"checkpoint it resumed from: {again} --images ... --labels ..., or export the "

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from napari_samtune.cli.console import torchrun_world_size
+from napari_samtune.core.shell_words import shell_path
 
 
 def resume_checkpoint(resume: str) -> Path:
@@ -71,8 +72,8 @@ def _check_copied_checkpoint(resume: str, checkpoint: Path) -> None:
     if checkpoint == run.model and run.last.is_file():
         raise ValueError(
             f"--resume {resume} is the run's exported model, not a training checkpoint; to "
-            f"continue the run give its folder: --resume {checkpoint.parent} (it resumes "
-            f"from {run.last})"
+            f"continue the run give its folder: --resume {shell_path(checkpoint.parent)} (it "
+            f"resumes from {run.last})"
         )
     read_checkpoint(checkpoint)  # one that does not exist, or is no checkpoint, is said so
 

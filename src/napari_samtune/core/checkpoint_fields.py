@@ -18,6 +18,7 @@ import torch
 from napari_samtune.core.architectures import SamArchitecture
 from napari_samtune.core.checkpoints import is_project_checkpoint
 from napari_samtune.core.presets import TrainConfig
+from napari_samtune.core.shell_words import shell_path
 from napari_samtune.core.train_events import Progress
 
 # Fields that change the model's structure or weights' meaning: a resume must keep them,
@@ -47,7 +48,8 @@ def whole_one_beside(path: Path) -> str:
     if not is_project_checkpoint(beside):
         return ""
     offers = (
-        f". {beside} beside it loads: samtune export {beside} -o model.pth makes a model "
+        f". {beside} beside it loads: samtune export {shell_path(beside)} -o model.pth makes a "
+        "model "
         "of its weights, which a new run in another folder can finetune further"
     )
     if path.name == "last.pt":
@@ -137,7 +139,8 @@ def not_resumable(path: str | Path, problem: str) -> DamagedCheckpoint:
     wrong with it), saying how to make a model of its weights instead."""
     return DamagedCheckpoint(
         f"{str(path)!r} is a damaged training checkpoint: {problem}, so its run cannot be "
-        f"continued from it. samtune export {path} -o model.pth makes a model of its weights, "
+        f"continued from it. samtune export {shell_path(path)} -o model.pth makes a model of its "
+        "weights, "
         "which a new run in another folder can finetune further"
     )
 

@@ -52,6 +52,7 @@ from napari_samtune.core.model_source import recorded_model
 from napari_samtune.core.models import is_registered_name
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.run_lock import training_process
+from napari_samtune.core.shell_words import shell_path
 from napari_samtune.core.train_export import RunFiles
 from napari_samtune.core.train_setup import build_training_model, trainable_names
 from napari_samtune.core.user_model_rename import renamed_to
@@ -144,8 +145,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
             raise FileNotFoundError(
                 f"{str(path)!r} holds a run that cannot be continued: {str(last)!r} does not "
                 f"exist (the run ended before it wrote one), but {str(best)!r} holds the "
-                f"weights of its best epoch: samtune export {best} -o model.pth makes a model "
-                "of them, which a new run in another folder can finetune further"
+                f"weights of its best epoch: samtune export {shell_path(best)} -o model.pth "
+                "makes a model of them, which a new run in another folder can finetune further"
             )
         running = None if last.is_file() else training_process(RunFiles.named_by(path).folder)
         if running is not None:
@@ -218,7 +219,8 @@ def unexported_note(path: Path, epochs_done: int | None = None) -> str:
     overwrite = " --overwrite" if run.model.exists() else ""  # exported, not registered
     return (
         f". The run ended before its model was exported and registered ({run.summary} is "
-        f"missing): samtune export {source} -o {run.model}{overwrite} --register NAME does that"
+        f"missing): samtune export {shell_path(source)} -o {shell_path(run.model)}{overwrite} "
+        "--register NAME does that"
     )
 
 
@@ -237,7 +239,8 @@ def _older_export_note(run: RunFiles, epochs_done: int | None) -> str:
     return (
         f". Its {run.model.name} (and the model it registered) are of its first "
         f"{exported_after} epoch(s): the session that trained on to epoch {epochs_done} "
-        f"ended before exporting. samtune export {source} -o {run.model} --overwrite "
+        f"ended before exporting. samtune export {shell_path(source)} -o {shell_path(run.model)} "
+        "--overwrite "
         "exports its newer weights (add --register NEW_NAME to use them by name)"
     )
 
