@@ -1029,7 +1029,7 @@ def test_batch_mistakes_are_named_before_any_work(
     assert segment(tiny_checkpoint, tmp_path, tmp_path / "out", *options) == 2
     assert message in capsys.readouterr().err
     assert segment(tiny_checkpoint, [path, other], tmp_path / "out", *AUTO) == 2
-    assert "have the same name" in capsys.readouterr().err
+    assert "would have the same labels file name (image.labels.tif)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

@@ -83,3 +83,18 @@ def test_settings_kept_by_an_earlier_version_are_still_read(tmp_path, monkeypatc
     (project / "settings.json").write_text('{"annotate_model": "x", "theirs": 1}')
     settings_path().unlink()
     assert read_setting("annotate_model") is None  # not only ours: not read
+
+
+def test_a_relative_folder_typed_is_kept_as_the_folder_it_named(
+    make_napari_viewer, tmp_path, monkeypatch
+):
+    """ "annotations" typed in project A was the next session's own "annotations" folder
+    wherever it began (project B's), saved into and restored from there."""
+    monkeypatch.delenv("SAMTUNE_ANNOTATIONS_DIR", raising=False)
+    for project in ("A", "B"):
+        (tmp_path / project / "annotations").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "A")
+    _type_folder(AnnotateWidget(make_napari_viewer()), "annotations")
+    monkeypatch.chdir(tmp_path / "B")
+    again = AnnotateWidget(make_napari_viewer())
+    assert again.annotation_folder().resolve() == tmp_path / "A" / "annotations"

@@ -61,7 +61,8 @@ class AnnotateFilesMixin:
         is first annotated, rather than the next autosave writing over them; annotations
         made already stay, and the user is told what the next save replaces (or, when their
         autosave failed, they are saved there now). The folder is the next session's too."""
-        write_setting(ANNOTATION_FOLDER, str(self.annotation_folder()))
+        # absolute: "annotations" typed here was the next session's own folder where it began
+        write_setting(ANNOTATION_FOLDER, str(self.annotation_folder().resolve()))
         if self.session is None:
             return
         if not self.session.annotations.any():

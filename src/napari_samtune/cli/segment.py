@@ -330,8 +330,10 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
     clashes = [names for names in by_output.values() if len(names) > 1]
     if clashes:
         raise ValueError(
-            f"images {clashes[0]!r} have the same name, so their labels would overwrite each "
-            "other in the output folder; segment them into separate folders"
+            f"images {clashes[0]!r} would have the same labels file name "
+            f"({next(o for o, n in by_output.items() if n == clashes[0]).name}), so their "
+            "labels would overwrite each other in the output folder; segment them into "
+            "separate folders"
         )
     _auto_config(args)  # the options are checked first, even when nothing is left to do
     todo = [f for f in images if args.overwrite or not outputs[f].exists()]
