@@ -476,3 +476,20 @@ def test_a_lazy_image_is_told_apart_by_its_pixels_as_in_memory(monkeypatch):
     monkeypatch.setattr(label_files, "LAZY_FINGERPRINT_BYTES", one.nbytes - 1)
     large = _Lazy(one)  # too large to read here: its shape and dtype only
     assert image_fingerprint(large) == image_fingerprint(_Lazy(other)) and large.reads == 0
+
+
+def test_label_files_beside_their_images_are_no_images_when_labels_come_from_elsewhere(
+    tmp_path,
+):
+    """A dataset with its ground truth beside the images, and labels from samtune segment
+    in another folder: train and evaluate refused it (images without labels, rename them)."""
+    (image, labels), *_ = make_dataset(1, (32, 32), seed=0)
+    _write(tmp_path / "data", "img0.tif", image)
+    _write(tmp_path / "data", "img0_labels.tif", labels)
+    _write(tmp_path / "seg", "img0.labels.tif", labels)
+    match = match_files(tmp_path / "data", tmp_path / "seg", strict=True)
+    assert [(i.name, lab.name) for i, lab in match.pairs] == [("img0.tif", "img0.labels.tif")]
+    assert match.left_out_message() == (
+        "left out 1 file(s) among the images named as the labels of images beside them: "
+        "img0_labels.tif"
+    )

@@ -140,6 +140,9 @@ class FileMatch:
     namesakes: dict[Path, tuple[Path, ...]] = field(default_factory=dict)
     # what the folders given hold besides TIFF files: subfolders ("name/"), other files
     skipped: tuple[str, ...] = ()
+    # files of the images named as the labels of images beside them (a dataset's own
+    # cell_1_labels.tif next to cell_1.tif, labels given from elsewhere): not images
+    labels_beside: tuple[str, ...] = ()
 
     def unpaired_message(self) -> str:
         """Why the files do not all pair, with the fix; "" when they do."""
@@ -177,6 +180,11 @@ class FileMatch:
                 " (napari saves an image's annotations under its layer's name: to pair a "
                 "file renamed so with its image, rename the file or the layer back)"
             )
+        if self.labels_beside:
+            parts.append(
+                f"{len(self.labels_beside)} file(s) among the images named as the labels of "
+                f"images beside them: {describe_names(self.labels_beside)}"
+            )
         if self.skipped:  # a person may think those were read too
             parts.append(
                 f"{len(self.skipped)} entr{'y' if len(self.skipped) == 1 else 'ies'} of the "
@@ -211,6 +219,7 @@ def match_files(
     image_list, images_skipped = list_files(images, "images", (PROMPTS_SUFFIX,))
     label_list, labels_skipped = list_files(labels, "labels", (PROMPTS_SUFFIX,))
     image_files, label_files = _split_shared(image_list, label_list)
+    image_files, beside = _without_labels_beside(image_files)
     label_files = _each_file_once(label_files)  # a file named twice: pairs once
     one_each = len(image_files) == 1 and len(label_files) == 1
     if one_each and _names_a_file(images) and _names_a_file(labels):
@@ -232,6 +241,7 @@ def match_files(
         tuple(f.name for f in label_files if f not in used),
         namesakes,
         tuple(dict.fromkeys([*images_skipped, *labels_skipped])),
+        tuple(f.name for f in beside),
     )
     if not pairs or (strict and match.unpaired_message()):
         raise ValueError(match.unpaired_message())
@@ -369,6 +379,15 @@ def pair_files(
     """The pairs of :func:`match_files` when every file pairs (``strict``); else
     ``ValueError`` listing every file without a partner."""
     return match_files(images, labels, strict=True).pairs
+
+
+def _without_labels_beside(image_files: list[Path]) -> tuple[list[Path], list[Path]]:
+    """The image files but those named as the labels of another image file among them
+    (``cell_1_labels.tif`` beside ``cell_1.tif``), and those: train and evaluate refused
+    the folder as holding images without labels, advising to rename them."""
+    keys = {_pairing_key(f, as_labels=False) for f in image_files if not is_label_file(f)}
+    beside = [f for f in image_files if is_label_file(f) and _pairing_key(f, True) in keys]
+    return [f for f in image_files if f not in beside], beside
 
 
 def _split_shared(image_files: list[Path], label_files: list[Path]) -> tuple[list, list]:
