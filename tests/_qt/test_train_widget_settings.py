@@ -197,15 +197,14 @@ def test_the_preset_line_of_a_gpu_preset_without_cuda_says_so_at_once(
     assert "Warning" not in settings.preset_label.text()
 
 
-def test_the_lora_and_frozen_encoder_refusal_names_the_ticks():
+def test_the_lora_and_frozen_encoder_refusal_names_the_ticks(make_napari_viewer):
     """It said "remove 'image_encoder' from freeze", a list the panel does not show."""
-    from napari_samtune._qt.preset_text import in_field_terms
-
-    core = (
-        "lora_rank=4 trains adapters inside the image encoder, which freeze also lists; "
-        "remove 'image_encoder' from freeze or set lora_rank=0"
-    )
-    assert in_field_terms(core) == (
+    settings = TrainWidget(make_napari_viewer(), machine=SMALL_CPU).settings
+    settings.freeze_checks["image_encoder"].setChecked(True)
+    settings.lora_spin.setValue(4)
+    with pytest.raises(ValueError) as refused:
+        settings.build_config()
+    assert str(refused.value) == (
         "'LoRA rank' 4 trains adapters inside the image encoder, which is ticked under "
         "'freeze'; untick 'image encoder' under 'freeze' or set 'LoRA rank' 0"
     )

@@ -18,6 +18,8 @@ def test_a_cache_folder_under_home_is_not_made_in_the_current_folder(tmp_path, m
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
     assert EmbeddingCache("~/cache").directory == tmp_path / "home" / "cache"
+    # "~name" of no user stays a relative folder's name (pathlib raised RuntimeError)
+    assert EmbeddingCache("~no_such_user_xyz").directory.name == "~no_such_user_xyz"
 
 
 def test_data_folders_under_home_are_found(tmp_path, monkeypatch):
@@ -31,6 +33,11 @@ def test_data_folders_under_home_are_found(tmp_path, monkeypatch):
     tifffile.imwrite(tmp_path / "data" / "labels" / "a.tif", labels)
     (pair,) = load_pairs("~/data/images", "~/data/labels")
     assert pair.labels.max() == 1
+    # one image and another image's labels in folders under ~: refused by name as they
+    # are elsewhere (the ~ folders were taken for files named, which pair whatever names)
+    (tmp_path / "data" / "labels" / "a.tif").rename(tmp_path / "data" / "labels" / "b.tif")
+    with pytest.raises(ValueError, match="could not pair files by name"):
+        load_pairs("~/data/images", "~/data/labels")
 
 
 @pytest.mark.parametrize("out_dir", [None, 5])
@@ -40,6 +47,11 @@ def test_an_out_dir_of_another_kind_is_named(tmp_path, out_dir, short_tiny_confi
 
 
 def test_a_device_name_no_machine_has_is_refused_when_the_config_is_made():
+    import torch
+
     with pytest.raises(ValueError, match="device='gpu' is not a device; choose one of"):
         config_from_preset("cpu-8gb", "random:tiny", device="gpu")
-    assert config_from_preset("cpu-8gb", "random:tiny", device="cuda:1").device == "cuda:1"
+    for device in ("cuda:1", "cpu:1"):  # as resolve_device takes them
+        assert config_from_preset("cpu-8gb", "random:tiny", device=device).device == device
+    with pytest.raises(TypeError, match="give the device as a string, e.g. 'cpu'"):
+        config_from_preset("cpu-8gb", "random:tiny", device=torch.device("cpu"))

@@ -139,7 +139,7 @@ class TrainSettingsWidget(QWidget):
         self.samples_spin = _spin(1, 1000000)
         self.samples_spin.setToolTip(
             "at least this many training patches per epoch (images are sampled again to "
-            "reach it); an epoch has one patch per image where there are more images"
+            "reach it); an epoch has one patch per annotated image plane where there are more"
         )
         self.patch_spin = _spin(0, 8192, "model input size")
         self.patch_spin.setSingleStep(64)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 MODEL_PARTS: tuple[str, ...] = ("image_encoder", "prompt_encoder", "mask_decoder")
 # the device names resolve_device takes (whether the machine has one is the run's check)
-DEVICE_NAME = re.compile(r"auto|cpu(:0)?|cuda(:\d+)?|mps(:0)?")
+DEVICE_NAME = re.compile(r"auto|(cpu|cuda|mps)(:\d+)?")
 MIXED_PRECISION_MODES: tuple[str, ...] = ("auto", "bf16", "fp16", "no")
 MASK_LOSSES: tuple[str, ...] = ("dice_bce", "dice_focal")
 NO_FREEZE = "none"  # the command line's word for "freeze nothing"; never a config value
@@ -44,7 +44,12 @@ MAX_SEED = 2**63 - 1  # the largest seed every generator the run seeds (torch, n
 
 
 def _check_device_name(device: object) -> None:
-    if not isinstance(device, str) or not DEVICE_NAME.fullmatch(device.strip().lower()):
+    if not isinstance(device, str):  # a torch.device: the config is saved as JSON
+        raise TypeError(
+            f"device={device!r} is a {type(device).__name__}; give the device as a string, "
+            f"e.g. {str(device)!r}"
+        )
+    if not DEVICE_NAME.fullmatch(device.strip().lower()):
         raise ValueError(
             f"device={device!r} is not a device; choose one of 'auto', 'cpu', 'cuda', "
             "'cuda:N' or 'mps'"

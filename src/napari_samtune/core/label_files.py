@@ -269,7 +269,7 @@ def _names_a_file(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> bool
     (the only image annotated so far, another image's labels) still pairs by name."""
     if not isinstance(spec, (str, os.PathLike)):
         return len(spec) == 1 and _names_a_file(spec[0])
-    text = os.fspath(spec)
+    text = os.path.expanduser(os.fspath(spec))  # as the files were listed: "~/imgs" a folder
     return not glob.has_magic(text) and not Path(text).is_dir()
 
 
