@@ -1205,3 +1205,34 @@ def test_the_preset_memory_warning_measures_the_gpu_trained_on(monkeypatch):
     assert preset_memory_short(SimpleNamespace(preset="a100", device="cuda")) == ""
     short = preset_memory_short(SimpleNamespace(preset="a100", device="cuda:1"))
     assert "this machine has 16.0 GB GPU memory" in short
+
+
+def test_the_resume_advised_for_a_taken_out_repeats_the_data_options_given(
+    tmp_path, folders, capsys
+):
+    """It gave --images and --labels only: run as advised, the resume held out validation
+    images of its own instead of the --val-images given, and chose its best epoch anew."""
+    images, labels = folders
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
+    argv += ["--labels", labels, "--val-images", images, "--val-labels", labels, "--skip-unpaired"]
+    argv += ["--epochs", "1", "--out", str(out), *FAST, "--no-progress"]
+    assert cli.main(argv) == 0
+    assert cli.main(argv) == 2  # the same --out again
+    err = capsys.readouterr().err
+    again = (
+        f"samtune train --resume {out} --images {images} --labels {labels} --val-images "
+        f"{images} --val-labels {labels} --skip-unpaired --epochs N"
+    )
+    assert f"continue it with: {again} (" in err
+
+
+@pytest.mark.parametrize("resumed", [False, True])
+def test_the_memory_advice_names_what_the_run_can_change(resumed):
+    """It advised a smaller --patch-size (patches are resized up to the model's input: the
+    same memory) and, to a resumed run, --preset and --freeze, which --resume refuses."""
+    from napari_samtune.cli.train_report import memory_advice
+
+    advice = memory_advice(RuntimeError("CUDA out of memory"), resumed=resumed)
+    assert "--patch-size" not in advice and "--batch-size" in advice
+    assert ("--preset" in advice and "--freeze" in advice) is not resumed

@@ -176,7 +176,8 @@ class TrainProgressMixin:
         if isinstance(error, DownloadStopped):  # Stop during the model's download
             self.result_label.setText(f"stopped before training began: {error}")
             return
-        text = f"training failed: {user_message(error, TRAIN_MEMORY_ADVICE)}"
+        advice = CONTINUE_MEMORY_ADVICE if self._continuing else TRAIN_MEMORY_ADVICE
+        text = f"training failed: {user_message(error, advice)}"
         # (a continued run whose base model has other weights now fails the same way again)
         continues = not isinstance(error, BaseModelUnavailable)
         self.result_label.setText(text + self._what_is_kept(continues))
@@ -210,7 +211,13 @@ class TrainProgressMixin:
 
 
 # what a run that ran out of memory can ask for instead (the Advanced settings' fields)
+# (not the patch size: smaller patches are resized up to the model's input, the same memory)
 TRAIN_MEMORY_ADVICE = (
-    "choose a preset for less memory, or in Advanced settings fewer objects per batch, a "
-    "smaller patch size or a frozen image encoder"
+    "choose a preset for less memory, or in Advanced settings fewer objects per batch or a "
+    "frozen image encoder"
+)
+# a continued run keeps its preset, objects per batch and what it trains
+CONTINUE_MEMORY_ADVICE = (
+    "continue it on a device with more memory, or start a new run from its model with a "
+    "preset for less memory"
 )

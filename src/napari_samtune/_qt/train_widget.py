@@ -56,7 +56,11 @@ from napari_samtune._qt.train_close import TrainCloseMixin
 from napari_samtune._qt.train_continue import kept_settings_warning
 from napari_samtune._qt.train_data import PairSourceWidget, error_label, show_problem
 from napari_samtune._qt.train_plot import TrainingPlotWidget
-from napari_samtune._qt.train_progress import TRAIN_MEMORY_ADVICE, TrainProgressMixin
+from napari_samtune._qt.train_progress import (
+    CONTINUE_MEMORY_ADVICE,
+    TRAIN_MEMORY_ADVICE,
+    TrainProgressMixin,
+)
 from napari_samtune._qt.train_request import REPEAT_TASK, TrainRequestMixin, check_field
 from napari_samtune._qt.train_run import (
     RUN_FOLDERS_IN_USE,
@@ -101,6 +105,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
         self._run_before: Path | None = None  # the last run's, while a run may be refused
         self.started: TrainingStarted | None = None  # the running (or last) run
         self.steps_seen = 0
+        self._continuing = False  # the run in progress continues an earlier one
         self.download_notes: list[str] = []  # the worker's, of the model's download
         self.result: TrainingFinished | None = None  # the last finished run
         self.history: tuple[PastEpoch, ...] = ()  # the epochs before it of a continued run
@@ -261,6 +266,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
             self.settings.model_picker.remember(request.config.model)
             write_setting(FINETUNE_FOLDER, str(request.out_dir.parent.resolve()))
         self.stop_event = threading.Event()
+        self._continuing = resume is not None  # its memory advice: it keeps its settings
         self._close_when_ended = None  # a close asked for during an earlier run is not this one's
         self.result = self.started = None
         self.steps_seen = 0  # training steps of this run the widget was told of
@@ -281,7 +287,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
             on_yield=self._on_event,
             on_error=self._on_error,
             on_finish=self._on_run_ended,
-            memory_advice=TRAIN_MEMORY_ADVICE,
+            memory_advice=CONTINUE_MEMORY_ADVICE if self._continuing else TRAIN_MEMORY_ADVICE,
             cancel_event=self.stop_event,
         )
         self.status_label.setText(f"loading {request.config.model} and preparing the data…")

@@ -261,8 +261,7 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     if files.last.exists():  # the core would refuse too, naming its Python argument
         # the whole command, quoted: "--resume <folder>" alone was refused for lacking
         # --images, and with the options given here for its --model
-        images, labels = (" ".join(map(shell_path, paths)) for paths in (args.images, args.labels))
-        again = f"samtune train --resume {shell_path(args.out)} --images {images} --labels {labels}"
+        again = f"samtune train --resume {shell_path(args.out)} {_data_options(args)}"
         raise ValueError(
             f"--out {shell_path(args.out)} already holds a training run; continue it "
             f"with: {again} --epochs N (N above the epochs it has done; its model and "
@@ -279,6 +278,22 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
         _check_preset_device(preset.device, args.preset or "auto")
     config = config_from_preset(preset, args.model, check=not args.force, **overrides)
     return config, f"preset {preset.name} ({preset.key}): {reason}"
+
+
+def _data_options(args: argparse.Namespace) -> str:
+    """The data options given, to repeat in a command advised (a resume without the
+    --val-images given held out validation images of its own, its best epoch chosen anew)."""
+    words = []
+    for option, paths in (("--images", args.images), ("--labels", args.labels)):
+        words += [option, *map(shell_path, paths)]
+    for option, paths in (("--val-images", args.val_images), ("--val-labels", args.val_labels)):
+        words += [option, *map(shell_path, paths)] if paths else []
+    words += ["--skip-unpaired"] if args.skip_unpaired else []
+    if args.channel_axis is not None:
+        words += ["--channel-axis", str(args.channel_axis)]
+    if args.channels is not None:
+        words += ["--channels", ",".join(map(str, args.channels))]
+    return " ".join(words)
 
 
 def _keep_model_setup(saved: TrainConfig, overrides: dict) -> None:
@@ -413,7 +428,7 @@ def _train_reporting(config, train_pairs, val_pairs, args, stop, verbose: bool):
             # Before the start, --out's checkpoints may be another run's that the core
             # refused to mix with this one: they are not this run's to report.
             saved = aborted_note(Path(args.out), args.resume) if started.is_set() else ""
-            for line in (saved, _memory_advice(err)):
+            for line in (saved, _memory_advice(err, resumed=bool(args.resume))):
                 if line:
                     print(f"samtune train: {line}", file=sys.stderr, flush=True)
         raise

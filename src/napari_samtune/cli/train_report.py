@@ -12,15 +12,19 @@ from pathlib import Path
 from napari_samtune.cli.console import shell_path, torchrun_world_size
 
 
-def memory_advice(err: BaseException) -> str:
-    """What a run out of memory can ask for instead; "" for other errors."""
+def memory_advice(err: BaseException, resumed: bool = False) -> str:
+    """What a run out of memory can ask for instead; "" for other errors. A ``resumed`` run
+    keeps its preset and what it trains (--resume refuses --preset and --freeze). The patch
+    size is not named: smaller patches are resized up to the model's input, the same memory."""
     from napari_samtune.core.devices import is_out_of_memory
 
     if not is_out_of_memory(err):
         return ""
+    if resumed:
+        return "out of memory: resume with fewer --n-objects or a smaller --batch-size"
     return (
         "out of memory: choose a --preset for less memory (samtune presets), or fewer "
-        "--n-objects, a smaller --patch-size or --freeze image_encoder"
+        "--n-objects, a smaller --batch-size or --freeze image_encoder"
     )
 
 
