@@ -1102,3 +1102,17 @@ def test_a_blank_image_is_refused_by_name(tmp_path, tiny_checkpoint, capsys, opt
     err = capsys.readouterr().err
     assert f"{path} is one value everywhere (blank) as SAM sees it" in err
     assert "the channel chosen (--channels)" in err and not (tmp_path / "out.tif").exists()
+
+
+def test_a_napari_points_file_of_one_plane_takes_a_z_column_added(tmp_path):
+    """--stack refused it advising "add a z column", and refused it again once added."""
+    from napari_samtune.cli.prompt_files import read_points_csv
+
+    path = tmp_path / "points.csv"
+    path.write_text("index,axis-0,axis-1,z\n0,20,30,1\n1,5,6,0\n", encoding="utf-8")
+    points = read_points_csv(path, (64, 64), n_planes=2)
+    assert points.planes.tolist() == [1, 0]
+    assert points.points_xy.tolist() == [[30, 20], [6, 5]]
+    path.write_text("index,axis-0,axis-1\n0,20,30\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="or add a z column"):
+        read_points_csv(path, (64, 64), n_planes=2)

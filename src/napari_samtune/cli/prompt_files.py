@@ -178,10 +178,14 @@ def _point_columns(
             _on_one_plane(path, rows, "points")
             refuse_unknown(path, header, ("index", *axes, "label", "object"))
             return "axis-1", "axis-2", None
+        if len(axes) == 2 and stacked and PLANE_COLUMN in header:  # a z column added
+            refuse_unknown(path, header, ("index", *axes, "label", "object", PLANE_COLUMN))
+            return "axis-0", "axis-1", PLANE_COLUMN
         if len(axes) == 2 and stacked:
             raise ValueError(
                 f"{path} holds 2D points (axis-0, axis-1) and --stack needs each point's plane; "
-                "save the points layer of the stack (axis-0 = plane) or add a z column"
+                f"save the points layer of the stack (axis-0 = plane) or add a "
+                f"{PLANE_COLUMN} column"
             )
         refuse_unknown(path, header, ("index", *axes, "label", "object"))
         return ("axis-1", "axis-2", "axis-0") if stacked else ("axis-0", "axis-1", None)
