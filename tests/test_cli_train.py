@@ -1093,6 +1093,9 @@ def test_settings_changed_on_resume_are_held_to_the_runs_preset(tmp_path, folder
     err = capsys.readouterr().err
     assert "--n-objects 1000 x --batch-size 8 = 8000 objects per step is far above" in err
     assert "preset 'cpu-16gb'" in err and not (tmp_path / "more").exists()
+    # a preset with more memory is no choice on resume (it refuses --preset)
+    assert "choose a preset" not in err
+    assert "(the run keeps its preset cpu-16gb), or add --force" in err
     assert cli.main([*resume, "--n-objects", "1000", "--force"]) == 0
 
     forced = [*_tiny_run(folders, tmp_path / "forced", 1), "--n-objects", "500", "--force"]

@@ -324,7 +324,12 @@ def check_resumed_fits(checkpoint: dict, saved: TrainConfig, config: TrainConfig
         check_fits(preset, arch, saved)
     except (ValueError, KeyError, TypeError):  # no preset recorded, or forced past it
         return
-    check_fits(preset, arch, config)
+    try:
+        check_fits(preset, arch, config)
+    except ValueError as err:  # a resumed run keeps its preset: that advice cannot be taken
+        said = str(err).replace(", or choose a preset with more memory", "")
+        kept = f" (the run keeps its preset {preset.key}), or add --force"
+        raise ValueError(said + kept) from None
 
 
 def _check_preset_device(device: str, preset: str) -> None:
