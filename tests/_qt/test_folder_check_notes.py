@@ -32,3 +32,25 @@ def test_the_note_names_the_namesakes_autosaves_left_out(tmp_path):
     assert check.problem == ""
     assert "left out 1 label file(s) saved for other images of the same name" in check.note
     assert "Image_001.labels.tif" in check.note
+
+
+def test_images_whose_channels_and_planes_cannot_be_told_apart_are_worded_for_the_panel(
+    tmp_path,
+):
+    """It advised channel_axis=0 or 1 (--channel-axis), which the panel has no field for."""
+    import numpy as np
+    import tifffile
+
+    from napari_samtune._qt.train_folders import FolderSource, check_folder_pairs
+
+    for kind in ("img", "lab"):
+        (tmp_path / kind).mkdir()
+    labels = np.zeros((3, 64, 64), np.uint16)
+    labels[:, 10:30, 10:30] = 1
+    tifffile.imwrite(tmp_path / "img" / "a.tif", np.zeros((3, 3, 64, 64), np.uint8))
+    tifffile.imwrite(tmp_path / "lab" / "a.tif", labels)
+    source = FolderSource(tmp_path / "img", tmp_path / "lab", channels=(1,))
+    problem = check_folder_pairs(source, "training", lambda progress: None).problem
+    assert "channels may come first (C, Z, H, W) or second (Z, C, H, W)" in problem
+    assert "the panel cannot say which (samtune train can: --channel-axis 0 or 1)" in problem
+    assert "channel_axis=" not in problem

@@ -32,7 +32,7 @@ from napari_samtune.core.data import (
 from napari_samtune.core.data_checks import ChannelError
 from napari_samtune.core.duplicate_pairs import drop_duplicates, duplicates_message
 from napari_samtune.core.file_lists import expand_paths
-from napari_samtune.core.images import CHANNELS_FIX
+from napari_samtune.core.images import CHANNELS_FIX, SAY_CHANNEL_AXIS
 from napari_samtune.core.label_files import match_files
 
 WIDGET_CHANNELS_FIX = (
@@ -96,7 +96,7 @@ def check_folder_pairs(
     except ChannelError as err:
         return FolderCheck(signature, f"{title} folders: {_in_widget_terms(err)}", "")
     except (ValueError, TypeError, OSError) as err:
-        return FolderCheck(signature, f"{title} folders: {err}", "")
+        return FolderCheck(signature, f"{title} folders: {_axis_unsaid(str(err))}", "")
     notes = [match.left_out_message(), namesakes_message(namesakes) if namesakes else ""]
     notes.append(foreign_labels_message(foreign) if foreign else "")
     notes.append(empty_planes_message(empty_planes) if empty_planes else "")
@@ -125,6 +125,14 @@ def _read(
     where no image has channels, to be refused)."""
     pairs = read_match(match, foreign, None, source.channels, empty_planes, namesakes)
     return gray_as_is(pairs) if source.channels_taken else pairs
+
+
+def _axis_unsaid(text: str) -> str:
+    """A core message asking for a channel axis, which the panel has no field for."""
+    return text.replace(
+        SAY_CHANNEL_AXIS,
+        "the panel cannot say which (samtune train can: --channel-axis 0 or 1)",
+    )
 
 
 def _in_widget_terms(err: ChannelError) -> str:

@@ -71,6 +71,7 @@ def blank_problem(name: str) -> str:
     )
 
 
+SAY_CHANNEL_AXIS = "say which with channel_axis=0 or 1"  # the panel words it otherwise
 MAX_GUESSED_CHANNELS = 16  # with channels chosen, an end axis this short holds them
 
 
@@ -278,9 +279,8 @@ def planes_first(
         raise ValueError(
             f"image of shape {image.shape!r} has {n_planes} entries on its first two axes, "
             "as many as its labels have planes: its channels may come first (C, Z, H, W) "
-            "or second (Z, C, H, W); say which with channel_axis=0 or channel_axis=1 "
-            "(--channel-axis 0 or 1, or save it with its axes named, as ImageJ and "
-            "OME-TIFF do)"
+            f"or second (Z, C, H, W); {SAY_CHANNEL_AXIS}, or save it with its axes named, as "
+            "ImageJ and OME-TIFF do"
         )
     guessed = chosen and n_planes != len(image)
     return (np.moveaxis(image, 0, 1), 1) if asked or guessed else (image, channel_axis)
