@@ -1116,3 +1116,6 @@ def test_a_napari_points_file_of_one_plane_takes_a_z_column_added(tmp_path):
     path.write_text("index,axis-0,axis-1\n0,20,30\n", encoding="utf-8")
     with pytest.raises(ValueError, match="or add a z column"):
         read_points_csv(path, (64, 64), n_planes=2)
+    path.write_text("index,axis-0,axis-1,z\n0,20,30,1\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="pass --stack"):  # not "a misspelt name"
+        read_points_csv(path, (64, 64))

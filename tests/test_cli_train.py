@@ -280,7 +280,8 @@ def test_a_crashed_run_says_what_is_saved(tmp_path, folders, capsys, monkeypatch
     err = capsys.readouterr().err
     assert err.startswith("samtune train: the run did not finish; its checkpoints are on disk")
     assert f"samtune train --resume {out} --out {out} --images ... --labels ..." in err
-    assert "samtune train: out of memory: choose a --preset for less memory" in err
+    # its last.pt is resumed from, which keeps the preset: advice a resume can take
+    assert "samtune train: out of memory: resume with fewer --n-objects" in err
 
 
 def test_the_note_of_a_run_stopped_under_torchrun_continues_it_under_torchrun(
@@ -1238,4 +1239,35 @@ def test_the_memory_advice_names_what_the_run_can_change(resumed):
 
     advice = memory_advice(RuntimeError("CUDA out of memory"), resumed=resumed)
     assert "--patch-size" not in advice and "--batch-size" in advice
-    assert ("--preset" in advice and "--freeze" in advice) is not resumed
+    if resumed:  # only what a resume takes, or a new run elsewhere
+        assert "--freeze" not in advice and "resume with fewer --n-objects" in advice
+        assert "start a new run in another --out with a --preset" in advice
+    else:
+        assert "choose a --preset" in advice and "--freeze image_encoder" in advice
+
+
+def test_a_new_run_out_of_memory_after_its_first_checkpoint_is_advised_as_a_resume(
+    tmp_path, folders, capsys, monkeypatch
+):
+    """Told to continue with --resume and to choose another --preset or --freeze, each of
+    which the resume (or the same --out) refused."""
+    from napari_samtune.core import train
+
+    real = train.iter_train
+
+    def out_of_memory_after_the_first_epoch(*args, **kwargs):
+        for event in real(*args, **kwargs):
+            yield event
+            if isinstance(event, train.EpochDone):
+                raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(train, "iter_train", out_of_memory_after_the_first_epoch)
+    images, labels = folders
+    argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
+    argv += ["--labels", labels, "--epochs", "3", "--out", str(tmp_path / "run"), *FAST]
+    with pytest.raises(RuntimeError):
+        cli.main([*argv, "--no-progress"])
+    err = capsys.readouterr().err
+    assert "continue it with: samtune train --resume" in err
+    assert "out of memory: resume with fewer --n-objects or a smaller --batch-size" in err
+    assert "choose a --preset" not in err

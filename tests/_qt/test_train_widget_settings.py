@@ -208,3 +208,19 @@ def test_the_lora_and_frozen_encoder_refusal_names_the_ticks(make_napari_viewer)
         "'LoRA rank' 4 trains adapters inside the image encoder, which is ticked under "
         "'freeze'; untick 'image encoder' under 'freeze' or set 'LoRA rank' 0"
     )
+
+
+def test_the_memory_advice_of_a_run_to_continue_names_what_continue_can_change(
+    make_napari_viewer, tmp_path
+):
+    """Continue… keeps the preset, objects per batch and what trains: advising those for a
+    run with a checkpoint (continued, or stopped after its first epoch) left no way on."""
+    from napari_samtune._qt.train_progress import CONTINUE_MEMORY_ADVICE, TRAIN_MEMORY_ADVICE
+
+    widget = TrainWidget(make_napari_viewer(), machine=SMALL_CPU)
+    assert widget.memory_advice() == TRAIN_MEMORY_ADVICE and "patch" not in TRAIN_MEMORY_ADVICE
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.pt").write_bytes(b"")
+    widget.run_folder = tmp_path / "run"
+    assert widget.memory_advice() == CONTINUE_MEMORY_ADVICE
+    assert "device with more memory" in CONTINUE_MEMORY_ADVICE

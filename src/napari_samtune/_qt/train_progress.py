@@ -159,6 +159,12 @@ class TrainProgressMixin:
             show_warning(event.no_better_message())
         self.training_finished.emit(event)
 
+    def memory_advice(self) -> str:
+        """What a run out of memory can change: a continued one, or one with a checkpoint
+        to continue from, keeps its preset and settings (Continue… takes none of them)."""
+        resumable = self.run_folder is not None and RunFiles(self.run_folder).last.is_file()
+        return CONTINUE_MEMORY_ADVICE if self._continuing or resumable else TRAIN_MEMORY_ADVICE
+
     def _on_error(self, error: BaseException) -> None:
         """The run failed (the runner has notified the user); keep the reason in view, and
         say where its last checkpoint is, if an epoch ended: nothing up to it is lost. A
@@ -176,8 +182,7 @@ class TrainProgressMixin:
         if isinstance(error, DownloadStopped):  # Stop during the model's download
             self.result_label.setText(f"stopped before training began: {error}")
             return
-        advice = CONTINUE_MEMORY_ADVICE if self._continuing else TRAIN_MEMORY_ADVICE
-        text = f"training failed: {user_message(error, advice)}"
+        text = f"training failed: {user_message(error, self.memory_advice())}"
         # (a continued run whose base model has other weights now fails the same way again)
         continues = not isinstance(error, BaseModelUnavailable)
         self.result_label.setText(text + self._what_is_kept(continues))

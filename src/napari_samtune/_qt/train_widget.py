@@ -56,11 +56,7 @@ from napari_samtune._qt.train_close import TrainCloseMixin
 from napari_samtune._qt.train_continue import kept_settings_warning
 from napari_samtune._qt.train_data import PairSourceWidget, error_label, show_problem
 from napari_samtune._qt.train_plot import TrainingPlotWidget
-from napari_samtune._qt.train_progress import (
-    CONTINUE_MEMORY_ADVICE,
-    TRAIN_MEMORY_ADVICE,
-    TrainProgressMixin,
-)
+from napari_samtune._qt.train_progress import TrainProgressMixin
 from napari_samtune._qt.train_request import REPEAT_TASK, TrainRequestMixin, check_field
 from napari_samtune._qt.train_run import (
     RUN_FOLDERS_IN_USE,
@@ -287,7 +283,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
             on_yield=self._on_event,
             on_error=self._on_error,
             on_finish=self._on_run_ended,
-            memory_advice=CONTINUE_MEMORY_ADVICE if self._continuing else TRAIN_MEMORY_ADVICE,
+            memory_advice=self.memory_advice,
             cancel_event=self.stop_event,
         )
         self.status_label.setText(f"loading {request.config.model} and preparing the data…")

@@ -232,7 +232,7 @@ class TaskRunner:
         on_yield: Callable[[Any], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
         on_finish: Callable[[], None] | None = None,
-        memory_advice: str = MEMORY_ADVICE,
+        memory_advice: str | Callable[[], str] = MEMORY_ADVICE,
         quiet: bool = False,
         cancel_event: threading.Event | None = None,
         **kwargs: Any,
@@ -374,10 +374,12 @@ class TaskRunner:
         name: str,
         exc: BaseException,
         on_error: Callable[[BaseException], None] | None,
-        memory_advice: str,
+        memory_advice: str | Callable[[], str],
     ) -> None:
         if isinstance(exc, _GeneratorFailed):
             exc = exc.error
+        if callable(memory_advice):  # what the task can do depends on where it stopped
+            memory_advice = memory_advice()
         if _is_stopped_download(exc):
             show_info(f"{name} stopped: {exc}")
         elif isinstance(exc, TaskRefused):

@@ -187,6 +187,7 @@ def _point_columns(
                 f"save the points layer of the stack (axis-0 = plane) or add a "
                 f"{PLANE_COLUMN} column"
             )
+        _refuse_planes(path, header, stacked)  # a z column added, without --stack
         refuse_unknown(path, header, ("index", *axes, "label", "object"))
         return ("axis-1", "axis-2", "axis-0") if stacked else ("axis-0", "axis-1", None)
     require(path, header, ("x", "y", PLANE_COLUMN) if stacked else ("x", "y"))

@@ -433,7 +433,10 @@ def _train_reporting(config, train_pairs, val_pairs, args, stop, verbose: bool):
             # Before the start, --out's checkpoints may be another run's that the core
             # refused to mix with this one: they are not this run's to report.
             saved = aborted_note(Path(args.out), args.resume) if started.is_set() else ""
-            for line in (saved, _memory_advice(err, resumed=bool(args.resume))):
+            from napari_samtune.core.train_export import RunFiles
+
+            resumable = bool(args.resume) or RunFiles(Path(args.out)).last.is_file()
+            for line in (saved, _memory_advice(err, resumed=resumable)):
                 if line:
                     print(f"samtune train: {line}", file=sys.stderr, flush=True)
         raise

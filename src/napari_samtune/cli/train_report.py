@@ -13,15 +13,19 @@ from napari_samtune.cli.console import shell_path, torchrun_world_size
 
 
 def memory_advice(err: BaseException, resumed: bool = False) -> str:
-    """What a run out of memory can ask for instead; "" for other errors. A ``resumed`` run
-    keeps its preset and what it trains (--resume refuses --preset and --freeze). The patch
-    size is not named: smaller patches are resized up to the model's input, the same memory."""
+    """What a run out of memory can ask for instead; "" for other errors. A ``resumed`` run,
+    or one whose folder holds a checkpoint to resume from, keeps its preset and what it
+    trains (--resume refuses --preset and --freeze). The patch size is not named: smaller
+    patches are resized up to the model's input, the same memory."""
     from napari_samtune.core.devices import is_out_of_memory
 
     if not is_out_of_memory(err):
         return ""
     if resumed:
-        return "out of memory: resume with fewer --n-objects or a smaller --batch-size"
+        return (
+            "out of memory: resume with fewer --n-objects or a smaller --batch-size, or start "
+            "a new run in another --out with a --preset for less memory"
+        )
     return (
         "out of memory: choose a --preset for less memory (samtune presets), or fewer "
         "--n-objects, a smaller --batch-size or --freeze image_encoder"
@@ -54,7 +58,8 @@ def aborted_note(out: Path, resumed: str | None = None) -> str:
     folder = shell_path(out)
     note = (
         f"the run did not finish; its checkpoints are on disk: {saved}; continue it with: "
-        f"{_train_command()} --resume {folder} --out {folder} --images ... --labels ..."
+        f"{_train_command()} --resume {folder} --out {folder} --images ... --labels ... "
+        "(and its --val-images and --val-labels, if it had them)"
     )
     if files.best.is_file():
         best = shell_path(files.best)
