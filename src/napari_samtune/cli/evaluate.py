@@ -25,7 +25,7 @@ from napari_samtune.cli import (
     read_annotated,
 )
 from napari_samtune.cli.console import sigterm_interrupts
-from napari_samtune.cli.segment_planes import download_bar, no_progress, optional_bar
+from napari_samtune.cli.segment_planes import download_bar, optional_bar
 
 if TYPE_CHECKING:
     from napari_samtune.core.automatic import AutoSegmentConfig
@@ -345,8 +345,8 @@ def _evaluate(name, model, images, labels, args, device, measured) -> dict | Non
     print(f"evaluating {name} on {len(images)} images ...", file=sys.stderr, flush=True)
     auto = auto_config_for(loaded.architecture.img_size, args)
     measured["models"][name] = _model_record(model, loaded, auto, device)
-    with optional_bar(not args.no_progress, f"evaluating {name}", "image") as bar:
-        (bar or no_progress)(0, len(images))
+    # steps: each object's prompts and each image's automatic segmentation
+    with optional_bar(not args.no_progress, f"evaluating {name}", "step") as bar:
         return model_metrics(
             loaded.sam, loaded.model_id, images, labels, auto, args.clicks,
             args.max_objects, device, progress=bar,

@@ -259,6 +259,7 @@ def evaluate_prompts(
     channel_axis: int | None = None,
     channels: Sequence[int] | None = None,
     each_image: Callable[[int], None] | None = None,
+    each_object: Callable[[], None] | None = None,
 ) -> PromptEvaluation:
     """Box, point and iterative-prompting scores of every object (see module docstring).
 
@@ -276,8 +277,11 @@ def evaluate_prompts(
         each_image: called as ``each_image(index)`` after every image's prompts (images
             without objects too), while its embedding is set: e.g. to segment it
             automatically as well without embedding it a second time.
+        each_object: called as ``each_object()`` after every object's prompts (progress
+            within an image of thousands of objects).
     """
     check_callback(each_image, "each_image", "each_image(index)")
+    check_callback(each_object, "each_object", "each_object()")
     images, labels = _as_list(images, "images"), _as_list(labels, "labels")
     _check_prompt_inputs(images, labels, n_corrective_clicks)
     n_corrective_clicks = int(n_corrective_clicks)
@@ -292,10 +296,12 @@ def evaluate_prompts(
         if object_ids.size == 0 and each_image is None:
             continue
         segmenter.set_image(image, channel_axis=channel_axis, channels=channels)
-        results += [
-            _evaluate_object(segmenter, image_labels, object_id, index, n_corrective_clicks)
-            for object_id in object_ids
-        ]
+        for object_id in object_ids:
+            results.append(
+                _evaluate_object(segmenter, image_labels, object_id, index, n_corrective_clicks)
+            )
+            if each_object is not None:
+                each_object()
         if each_image is not None:
             each_image(index)
     if not results:
