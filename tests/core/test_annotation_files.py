@@ -120,7 +120,7 @@ def test_loading_checks_the_files(tmp_path):
         load_annotations(tmp_path / "missing.labels.tif")
     floats = tmp_path / "floats.labels.tif"
     tifffile.imwrite(floats, np.full((4, 4), 0.5, dtype=np.float32))  # a probability map
-    with pytest.raises(ValueError, match="'floats.labels.tif' holds float32 data.*integer"):
+    with pytest.raises(ValueError, match="'floats.labels.tif' holds float32 data.*fractions"):
         load_annotations(floats)
     whole = np.arange(16, dtype=np.float32).reshape(4, 4)  # labels as ImageJ may save them
     tifffile.imwrite(floats, whole)
