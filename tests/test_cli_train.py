@@ -13,7 +13,7 @@ import tifffile
 import torch
 
 import napari_samtune.cli as cli
-from napari_samtune.cli.train import OVERRIDES, overrides_from
+from napari_samtune.cli.train_config import OVERRIDES, overrides_from
 from napari_samtune.core.architectures import TINY, build_sam
 from napari_samtune.core.presets import PRESETS, TrainConfig
 from napari_samtune.core.synthetic import make_dataset
@@ -1198,7 +1198,7 @@ def test_the_preset_memory_warning_measures_the_gpu_trained_on(monkeypatch):
     80 GB GPU 0, and a false one the other way round."""
     from types import SimpleNamespace
 
-    from napari_samtune.cli.train import preset_memory_short
+    from napari_samtune.cli.train_config import preset_memory_short
     from napari_samtune.core import presets
 
     gpus = {None: 80.0, 0: 80.0, 1: 16.0}
