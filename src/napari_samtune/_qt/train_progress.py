@@ -163,7 +163,7 @@ class TrainProgressMixin:
         """What a run out of memory can change: a continued one, or one with a checkpoint
         to continue from, keeps its preset and settings (Continue… takes none of them)."""
         resumable = self.run_folder is not None and RunFiles(self.run_folder).last.is_file()
-        return CONTINUE_MEMORY_ADVICE if self._continuing or resumable else TRAIN_MEMORY_ADVICE
+        return CONTINUE_MEMORY_ADVICE if resumable else TRAIN_MEMORY_ADVICE
 
     def _on_error(self, error: BaseException) -> None:
         """The run failed (the runner has notified the user); keep the reason in view, and

@@ -101,7 +101,6 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
         self._run_before: Path | None = None  # the last run's, while a run may be refused
         self.started: TrainingStarted | None = None  # the running (or last) run
         self.steps_seen = 0
-        self._continuing = False  # the run in progress continues an earlier one
         self.download_notes: list[str] = []  # the worker's, of the model's download
         self.result: TrainingFinished | None = None  # the last finished run
         self.history: tuple[PastEpoch, ...] = ()  # the epochs before it of a continued run
@@ -262,7 +261,6 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
             self.settings.model_picker.remember(request.config.model)
             write_setting(FINETUNE_FOLDER, str(request.out_dir.parent.resolve()))
         self.stop_event = threading.Event()
-        self._continuing = resume is not None  # its memory advice: it keeps its settings
         self._close_when_ended = None  # a close asked for during an earlier run is not this one's
         self.result = self.started = None
         self.steps_seen = 0  # training steps of this run the widget was told of

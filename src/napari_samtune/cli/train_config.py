@@ -92,13 +92,11 @@ def choose_preset(key: str, device: str | None = None) -> tuple[object, str]:
 
 def preset_memory_short(config: TrainConfig) -> str:
     """:func:`.presets.memory_short` of the run's preset on the device it trains on."""
-    from napari_samtune.core.presets import get_preset, gpu_index, measure_machine, memory_short
+    from napari_samtune.core.presets import get_preset, machine_for, memory_short
 
     preset = get_preset(config.preset)
     device = preset.device if config.device == "auto" else config.device
-    index = gpu_index(device)  # the GPU trained on (cuda:1), not GPU 0
-    found = measure_machine() if index is None else measure_machine(index)
-    return memory_short(preset, found, device)
+    return memory_short(preset, machine_for(device), device)
 
 
 def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:

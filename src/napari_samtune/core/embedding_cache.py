@@ -63,8 +63,11 @@ class EmbeddingCache:
         self, directory: str | os.PathLike | None = None, max_bytes: int | None = None
     ) -> None:
         # "~/cache" as the shell means it (a folder named "~" was made in the current one)
-        given = None if directory is None else Path(os.path.expanduser(os.fspath(directory)))
-        self.directory = given if given is not None else default_cache_dir()
+        self.directory = (
+            default_cache_dir()
+            if directory is None
+            else Path(os.path.expanduser(os.fspath(directory)))
+        )
         self.max_bytes = cache_limit_bytes() if max_bytes is None else max_bytes
         self._bytes = 0  # the folder at the last scan, plus this object's saves since
         self._scanned_at = -math.inf  # time.monotonic() of the last scan: none yet

@@ -273,13 +273,19 @@ def resolve_preset(key: str, device: str | None = None) -> tuple[ResourcePreset,
     _check_key(key)
     if key.strip().lower() != "auto":
         return get_preset(key), f"chosen as {key!r}"
+    return detect_on(machine_for(device), _processes_on_this_machine())
+
+
+def machine_for(device: str | None) -> MachineResources:
+    """What :func:`measure_machine` finds for training on ``device``: the GPU it names
+    (``cuda:1``, not GPU 0), or none counted for one off the GPU ("cpu")."""
     index = gpu_index(device)
     found = measure_machine() if index is None else measure_machine(index)
     kind = (device or "auto").split(":")[0].strip().lower()
     if kind not in ("auto", "cuda") and found.gpu_memory_gb is not None:
         not_counted = f"training on {device}, the GPU ({found.gpu_name}) is not counted"
         found = replace(found, gpu_memory_gb=None, gpu_name=None, note=not_counted)
-    return detect_on(found, _processes_on_this_machine())
+    return found
 
 
 def memory_short(preset: ResourcePreset, found: MachineResources, device: str) -> str:

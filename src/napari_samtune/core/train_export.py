@@ -101,9 +101,10 @@ def check_model_name(name: str | None, resumed_run: Path | None = None) -> str |
     if name is None:
         return None
     validate_model_name(name, "model_name")
-    if not _name_taken(name):
+    taken = _name_taken(name)  # (it lists the models folder)
+    if not taken:
         refuse_file_like_name(name, "model_name")
-    if _name_taken(name) and (resumed_run is None or name != earlier_registration(resumed_run)):
+    if taken and (resumed_run is None or name != earlier_registration(resumed_run)):
         from napari_samtune.core.user_models import case_twin, case_twin_problem
 
         twin = case_twin(name)  # by the names listed: on macOS, Run1B.json "exists" as run1b's
