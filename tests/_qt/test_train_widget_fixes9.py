@@ -163,3 +163,41 @@ def test_two_widgets_started_at_once_get_folders_of_their_own(
     assert first.result.exported_model_path.is_file()
     assert second.result.exported_model_path.is_file()
     assert not [n for n in notifications if n.severity == "error"]
+
+
+def test_continue_on_other_validation_images_stars_no_epoch_scored_on_the_old_ones(
+    qtbot,
+    docked,
+    add_pair,
+    tmp_path,
+):
+    """Continued with other validation images, the run chooses its best epoch anew, but the
+    plot kept starring the epoch its metrics.jsonl had starred: until a new epoch was scored
+    (forever, for a run stopped before one), the star marked a score on other objects."""
+    viewer, _, widget = docked
+    widget.separate_val_check.setChecked(True)
+    assert add_pair(widget.val_data, "cells2", "cells2 labels")
+    widget.use_model_check.setChecked(False)
+    widget.settings.epochs_spin.setValue(1)
+    widget.settings.out_dir_edit.setText(str(tmp_path / "runs"))
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.start() is not None
+    assert widget.plot.best_epoch == 1
+    stars: list = []  # the plot's star as each run starts, before any new epoch is scored
+    widget.training_started.connect(lambda _: stars.append(widget.plot.best_epoch))
+
+    widget.settings.epochs_spin.setValue(2)  # the same validation image: its best stays
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.continue_run(widget.run_folder) is not None
+
+    image, labels = viewer.layers["cells2"].data, viewer.layers["cells2 labels"].data
+    viewer.add_image(image[::-1].copy(), name="other")
+    viewer.add_labels(labels[::-1].copy(), name="other labels")
+    widget.val_data.pair_list.setCurrentRow(0)
+    widget.val_data.remove_selected_pair()
+    assert add_pair(widget.val_data, "other", "other labels")
+    widget.settings.epochs_spin.setValue(3)
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.continue_run(widget.run_folder) is not None
+    assert stars == [1, None]
+    assert widget.plot.best_epoch == 3 and widget.result.best_epoch == 2  # chosen anew

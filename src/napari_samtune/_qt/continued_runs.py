@@ -22,7 +22,6 @@ class PastEpoch:
     epoch: int  # 0-based
     train_loss: float  # NaN when the run wrote none (a diverged loss is saved as null)
     val_iou: float | None  # None without validation data
-    is_best: bool
 
 
 def continued_config(
@@ -166,7 +165,7 @@ def _past_epoch(record) -> PastEpoch:
     """One metrics.jsonl record (``EpochDone`` fields, NaN written as null)."""
     if not isinstance(record, dict):
         raise ValueError(f"it holds {json.dumps(record)}, not a record")
-    missing = [key for key in ("epoch", "train_loss", "is_best") if key not in record]
+    missing = [key for key in ("epoch", "train_loss") if key not in record]
     if missing:
         raise ValueError(f"it has no {' and no '.join(map(repr, missing))}")
     epoch, metrics = record["epoch"], record.get("val_metrics") or {}
@@ -175,7 +174,7 @@ def _past_epoch(record) -> PastEpoch:
     if not isinstance(metrics, dict):
         raise ValueError(f"val_metrics={metrics!r} is not a record of metrics")
     loss, val_iou = _number(record, "train_loss"), _number(metrics, "val_iou")
-    return PastEpoch(epoch, math.nan if loss is None else loss, val_iou, record["is_best"] is True)
+    return PastEpoch(epoch, math.nan if loss is None else loss, val_iou)
 
 
 def _number(record: dict, key: str) -> float | None:

@@ -96,12 +96,15 @@ class TrainProgressMixin:
     def _show_new_run(self, event: TrainingStarted) -> None:
         """The last run's plot and result line give way to this run's, once it has begun:
         a run refused before (its folder in use, its data) leaves them in view. A continued
-        run's plot starts with its epochs so far, and the score before its first step."""
+        run's plot starts with its epochs so far, and the score before its first step; its
+        best epoch is the trainer's (none where the validation images changed: its best was
+        scored on others), not the last one its metrics.jsonl starred."""
         self.plot.clear(max_epochs=event.config.epochs)
         if math.isfinite(event.start_metric) and not event.validates_start:
             self.plot.add_start(event.start_metric)
         for past in self.history:  # a continued run's epochs so far
-            self.plot.add_epoch(past.epoch + 1, past.train_loss, past.val_iou, past.is_best)
+            is_best = past.epoch == event.best_epoch
+            self.plot.add_epoch(past.epoch + 1, past.train_loss, past.val_iou, is_best)
         self.result_label.setText("")
 
     def _show_download_notes(self) -> None:

@@ -38,6 +38,9 @@ class TrainingStarted:
     # or on other validation images; a fresh run's comes with StartValidated)
     start_metric: float = math.nan
     blank_validation: tuple[str, ...] = ()  # validation pairs whose image is one value
+    # a resumed run's best epoch so far (0-based); -1 for none, or chosen anew on new
+    # validation images (the plot stars it, not the epoch its metrics.jsonl starred last)
+    best_epoch: int = -1
 
     def left_out_message(self) -> str:
         """``"left out 2 pair(s) without any object (labels all 0): a, b"``; "" if none."""

@@ -254,6 +254,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
             image_like=_once(image_like_labels([*self.train_images, *self.val_images])),
             start_metric=self.progress.start_metric,
             blank_validation=_once(blank_images(self.val_images)),
+            best_epoch=self.progress.best_epoch,
         )
 
     def _validates_start(self) -> bool:
