@@ -74,12 +74,15 @@ class _Server:
     """Serves ``files`` (path -> bytes) on 127.0.0.1; ``short`` paths promise more bytes than
     they send, ``cut_once[path]`` bytes of the next answer for ``path`` are sent before the
     connection drops; with ``accepts_ranges`` a ``Range: bytes=N-`` gets a 206 (416 when N is
-    past the end), else every answer is a 200 with the whole file."""
+    past the end), else every answer is a 200 with the whole file; ``stalls[path]`` bytes of
+    an answer are sent, then nothing until the test ends (a server that stopped sending)."""
 
     def __init__(self):
         self.files: dict[str, bytes] = {}
         self.short: set[str] = set()
         self.cut_once: dict[str, int] = {}
+        self.stalls: dict[str, int] = {}
+        self.released = threading.Event()  # set as the test ends: stalled answers drop
         self.accepts_ranges = False
         self.requests: list[str] = []
         self.range_headers: list[str | None] = []  # the Range header of each request
@@ -112,6 +115,11 @@ class _Server:
                 sent = rest[: len(rest) // 2] if self.path in server.short else rest
                 sent = sent[: server.cut_once.pop(self.path, len(sent))]
                 server.answers.append((status, len(sent)))  # before the client can go on
+                if self.path in server.stalls:
+                    self.wfile.write(sent[: server.stalls[self.path]])
+                    self.wfile.flush()
+                    server.released.wait(120)
+                    return
                 self.wfile.write(sent)
 
             def log_message(self, *args):
@@ -136,6 +144,7 @@ def server():
     s = _Server()
     s.thread.start()
     yield s
+    s.released.set()
     s.httpd.shutdown()
     s.httpd.server_close()
 

@@ -2,6 +2,7 @@
 a real HTTP server on 127.0.0.1, see conftest.py)."""
 
 import hashlib
+import time
 
 import pytest
 
@@ -219,3 +220,35 @@ def test_download_stopped_without_a_hash_keeps_nothing(server, tmp_path):
         )
     assert _leftovers(tmp_path) == [] and "kept" not in str(info.value)
     assert "was stopped" in str(info.value)
+
+
+def test_cancel_stops_a_download_whose_server_stopped_sending_at_once(server, tmp_path):
+    """A server that sent part of the file and then nothing: Cancel (the progress callback
+    raising) waited for the next bytes, so the whole socket timeout (60 s), and the load
+    then failed as "offline". The callback is now called while nothing arrives."""
+    server.files["/w.pt"] = PAYLOAD
+    server.stalls["/w.pt"] = 300_000
+    dest, calls = tmp_path / "w.pt", []
+    started = time.monotonic()
+
+    def cancel_after_a_second(done, total):
+        calls.append(done)
+        if time.monotonic() - started > 1:
+            raise DownloadStopped("cancelled")
+
+    with pytest.raises(DownloadStopped) as info:
+        download_file(server.url("/w.pt"), dest, SHA256, cancel_after_a_second, timeout=60)
+    assert time.monotonic() - started < 30  # not the minute of the socket's timeout
+    assert calls[-1] == 300_000 and calls.count(300_000) > 2  # called again while waiting
+    assert partial_path(dest).read_bytes() == PAYLOAD[:300_000]
+    assert "300000 bytes received are kept" in str(info.value)
+
+
+def test_a_server_that_stopped_sending_still_times_out(server, tmp_path):
+    server.files["/w.pt"] = PAYLOAD
+    server.stalls["/w.pt"] = 1000
+    dest = tmp_path / "w.pt"
+    with pytest.raises(DownloadError, match="timed out") as info:
+        download_file(server.url("/w.pt"), dest, SHA256, lambda *a: None, timeout=1)
+    assert "1000 bytes received are kept" in str(info.value)
+    assert partial_path(dest).read_bytes() == PAYLOAD[:1000]
