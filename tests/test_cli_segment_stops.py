@@ -80,3 +80,32 @@ def test_a_folder_of_label_files_only_is_an_error_not_a_success(
     assert "all 2 TIFF file(s) given are named as labels (e.g. cell_0_labels.tif)" in err
     assert "give the images' folder, or name an image file to segment it all the same" in err
     assert not (tmp_path / "o").exists()
+
+
+# Runs samtune segment, sending itself SIGTERM while its model loads (a download, say).
+TERMINATED_WHILE_THE_MODEL_LOADS = """
+import os, signal, sys
+import napari_samtune.core.models as models
+def load_model(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    raise AssertionError("SIGTERM went unhandled")
+models.load_model = load_model
+from napari_samtune.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_while_the_model_loads_is_said(tmp_path, tiny_checkpoint):
+    """SIGTERM while the model was downloaded ended the command without a word (the
+    download's Ctrl+C says what it kept); only the images' segmenting was covered."""
+    _images(tmp_path / "in", 1)
+    argv = ["segment", str(tmp_path / "in"), "--model", "nano", "-o", str(tmp_path / "out")]
+    stopped = subprocess.run(
+        [sys.executable, "-c", TERMINATED_WHILE_THE_MODEL_LOADS, *argv, *AUTO],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
+    )
+    assert stopped.returncode == 143, stopped.stderr
+    assert stopped.stderr.strip().endswith("samtune segment: terminated"), stopped.stderr

@@ -26,6 +26,7 @@ from napari_samtune.cli.console import (  # Terminated: also napari_samtune.cli'
     plain_warnings,
     report_error,
     shell_quote,
+    sigterm_interrupts,
     stdout_closed,
     torchrun_world_size,
 )
@@ -290,9 +291,10 @@ def _main(argv: list[str] | None) -> int:
         args = build_parser().parse_args(argv)
     except KeyboardInterrupt:
         return interrupted(_command_in(sys.argv[1:] if argv is None else argv))
-    try:
+    try:  # SIGTERM anywhere (a model's download, say) is said, as Ctrl+C is, not silent
         _check_single_process(args.command)
-        return int(args.func(args) or 0)
+        with sigterm_interrupts():
+            return int(args.func(args) or 0)
     except BrokenPipeError:
         return stdout_closed()
     except (ValueError, TypeError, OSError) as err:
