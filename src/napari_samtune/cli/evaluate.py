@@ -172,6 +172,7 @@ def _normalised(pairs: list) -> tuple[list, list, list[str]]:
     (:func:`~napari_samtune.core.data.pieces_apart`).
     """
     from napari_samtune.core.data import normalise_pair, pieces_apart
+    from napari_samtune.core.duplicate_pairs import drop_repeats, duplicates_message
     from napari_samtune.core.images import is_blank
     from napari_samtune.core.label_files import describe_names
 
@@ -190,6 +191,13 @@ def _normalised(pairs: list) -> tuple[list, list, list[str]]:
         images.append(image)
         labels.append(label)
         names.append(pair.name)
+    try:  # an image given twice was scored twice: double weight in every mean
+        images, labels, names, repeats = drop_repeats(images, labels, names)
+    except ValueError as err:  # the same image with other labels
+        raise ValueError(f"evaluation data: {err}") from None
+    if repeats:
+        said = duplicates_message(repeats, "so each image is scored once")
+        print(f"evaluation data: {said}", file=sys.stderr)
     if blank:
         print(
             f"evaluation data: left out {len(blank)} pair(s) whose image is one value "
@@ -218,13 +226,13 @@ def check_models(models: list[str], show_progress: bool = True) -> None:
     """Refuse, before any model is evaluated, a ``--model`` that is neither a model name
     nor a file; download (and check) the built-in weights not downloaded yet.
 
-    Every file but the first is also read, as its loading would fail only after the
-    models before it were evaluated; the first is loaded right away anyway.
+    Every file but the first is also loaded, as its loading would fail only after the
+    models before it were evaluated (weights that miss a key, say); the first is loaded
+    right away anyway.
     """
     from napari_samtune.core.download import ensure_model_file
     from napari_samtune.core.model_lookup import get_model_spec
-    from napari_samtune.core.model_source import architecture_of
-    from napari_samtune.core.models import folder_not_weights, neither_model_nor_file
+    from napari_samtune.core.models import folder_not_weights, load_model, neither_model_nor_file
 
     for index, model in enumerate(models):
         try:
@@ -237,7 +245,7 @@ def check_models(models: list[str], show_progress: bool = True) -> None:
                 if not path.is_file():
                     raise neither_model_nor_file(model) from None
                 if index:
-                    architecture_of(model)
+                    load_model(model, device="cpu")
             else:
                 with download_bar(show_progress) as progress:
                     ensure_model_file(spec, progress=progress)
@@ -332,10 +340,11 @@ def _evaluate(name, model, images, labels, args, device, measured) -> dict | Non
     for weights evaluated already under another name (a run's registered model and its
     model.pth, a copy: the same scores twice, as long again)."""
     from napari_samtune.core.demo import model_metrics
-    from napari_samtune.core.models import load_model
+    from napari_samtune.core.models import load_model, weights_id
 
     loaded = load_model(model, device=device)  # downloaded by check_models
-    same = [n for n, record in measured["models"].items() if record["model_id"] == loaded.model_id]
+    weights = weights_id(loaded)  # a built-in and a copy of its file: the same weights
+    same = [n for n, record in measured["models"].items() if record["weights_id"] == weights]
     if same:
         print(
             f"--model {model} holds the same weights as {same[0]}, evaluated already: left out",
@@ -344,7 +353,7 @@ def _evaluate(name, model, images, labels, args, device, measured) -> dict | Non
         return None
     print(f"evaluating {name} on {len(images)} images ...", file=sys.stderr, flush=True)
     auto = auto_config_for(loaded.architecture.img_size, args)
-    measured["models"][name] = _model_record(model, loaded, auto, device)
+    measured["models"][name] = _model_record(model, loaded, weights, auto, device)
     # steps: each object's prompts and each image's automatic segmentation
     with optional_bar(not args.no_progress, f"evaluating {name}", "step") as bar:
         return model_metrics(
@@ -386,7 +395,7 @@ def _report(results: dict, args: argparse.Namespace, measured: dict) -> None:
     print(f"wrote {files.csv_path}, {files.png_path} and {files.settings_path}")
 
 
-def _model_record(model: str, loaded, auto: AutoSegmentConfig, device: str) -> dict:
+def _model_record(model: str, loaded, weights: str, auto: AutoSegmentConfig, device: str) -> dict:
     """What identifies an evaluated model, how its automatic segmentation was set and the
     precision its encoder ran in ("auto": bf16 on CPUs that compute it faster, whose
     scores differ a little from float32's)."""
@@ -397,7 +406,8 @@ def _model_record(model: str, loaded, auto: AutoSegmentConfig, device: str) -> d
     dtype = autocast_dtype(torch.device(device), "auto")
     return {
         "given": model,
-        "model_id": loaded.model_id,  # the weights' content id: same id, same weights
+        "model_id": loaded.model_id,  # its embeddings' cache key: a built-in's file hash
+        "weights_id": weights,  # the weights' content id: same id, same weights
         "file": None if loaded.path is None else str(Path(loaded.path).absolute()),
         "architecture": loaded.architecture.name,
         "automatic": asdict(auto),

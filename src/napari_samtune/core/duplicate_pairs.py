@@ -14,11 +14,21 @@ that differ.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
 from napari_samtune.core.data import PreparedImage
 from napari_samtune.core.label_files import describe_names, image_fingerprint
+
+
+class _Scored(NamedTuple):
+    rgb: np.ndarray
+    labels: np.ndarray
+    name: str
+
+
+_Pair = TypeVar("_Pair", PreparedImage, _Scored)  # an image with its labels and name
 
 
 class DuplicateImageError(ValueError):
@@ -35,8 +45,8 @@ def conflict_message(later: str, earlier: str) -> str:
 
 
 def drop_duplicates(
-    images: Sequence[PreparedImage],
-) -> tuple[list[PreparedImage], tuple[tuple[str, str], ...]]:
+    images: Sequence[_Pair],
+) -> tuple[list[_Pair], tuple[tuple[str, str], ...]]:
     """``images`` without the repeats of an earlier image, and the ``(left out, kept)`` names
     of each repeat. A repeat whose objects differ raises :class:`DuplicateImageError`."""
     kept: list[PreparedImage] = []
@@ -55,6 +65,17 @@ def drop_duplicates(
     return kept, tuple(dropped)
 
 
+def drop_repeats(
+    images: list[np.ndarray], labels: list[np.ndarray], names: list[str]
+) -> tuple[list[np.ndarray], list[np.ndarray], list[str], tuple[tuple[str, str], ...]]:
+    """:func:`drop_duplicates` for SAM-ready ``images`` with their ``labels`` and ``names``
+    (``samtune evaluate``'s pairs, whose repeats were scored twice, weighing double in every
+    mean): the three lists without the repeats, and the ``(left out, kept)`` names."""
+    pairs = [_Scored(*pair) for pair in zip(images, labels, names, strict=True)]
+    kept, dropped = drop_duplicates(pairs)
+    return [p.rgb for p in kept], [p.labels for p in kept], [p.name for p in kept], dropped
+
+
 def same_objects(labels: np.ndarray, other: np.ndarray) -> bool:
     """Whether two (H, W) label images hold the same objects, whatever their ids: ids that
     map one to one (0, background, to 0)."""
@@ -69,13 +90,16 @@ def same_objects(labels: np.ndarray, other: np.ndarray) -> bool:
     return len(joint) == len(np.unique(a)) == len(np.unique(b))
 
 
-def duplicates_message(duplicates: Sequence[tuple[str, str]]) -> str:
-    """The warning that repeats were left out, naming each with the pair it repeats; "" if
-    there were none."""
+def duplicates_message(
+    duplicates: Sequence[tuple[str, str]],
+    so: str = "so each image trains once and no copy of a training image validates",
+) -> str:
+    """The warning that repeats were left out, naming each with the pair it repeats and
+    what leaving them out does (``so``); "" if there were none."""
     if not duplicates:
         return ""
     named = describe_names([f"{later!r} (same as {earlier!r})" for later, earlier in duplicates])
     return (
         f"left out {len(duplicates)} pair(s) that repeat another pair (same image and labels), "
-        f"so each image trains once and no copy of a training image validates: {named}"
+        f"{so}: {named}"
     )

@@ -232,6 +232,15 @@ def state_dict_digest(state: dict[str, torch.Tensor]) -> str:
     return hasher.hexdigest()
 
 
+def weights_id(loaded: LoadedModel) -> str:
+    """The id of ``loaded``'s weights by their content, whatever their source: a built-in's
+    ``model_id`` is its published file hash, so a copy of its file (whose id is the weights'
+    digest) had another id for the same weights."""
+    if loaded.model_id.startswith(WEIGHTS_ID_PREFIX):
+        return loaded.model_id
+    return WEIGHTS_ID_PREFIX + state_dict_digest(loaded.sam.state_dict())
+
+
 def _resolve_source(
     name_or_path: str | os.PathLike, download: bool, progress: ProgressCallback | None
 ) -> tuple[Path, str, ModelSpec | None]:
