@@ -809,6 +809,30 @@ def test_labels_named_beside_the_widget_s_keep_their_record(
     assert segment(tiny_checkpoint, path, tmp_path / "out" / "image-cli.tif", *AUTO) == 0
 
 
+@pytest.mark.parametrize("images", ["one image", "a folder"])
+def test_labels_written_into_a_folder_keep_the_record_of_an_o_beside_them(
+    tmp_path, tiny_checkpoint, image_file, capsys, images
+):
+    """The other way round: ``-o out/image.tif``, then the image (or its folder) segmented
+    into ``out/``: its ``image.labels.tif`` rewrote the record of ``out/image.tif``."""
+    path, _ = image_file
+    (tmp_path / "out").mkdir()
+    boxes = write_csv(tmp_path / "b.csv", "x_min,y_min,x_max,y_max\n10,10,60,70\n")
+    assert (
+        segment(tiny_checkpoint, path, tmp_path / "out" / "image.tif", "--boxes", str(boxes)) == 0
+    )
+    record = tmp_path / "out" / "image.prompts.json"
+    saved = record.read_bytes()
+    given = path if images == "one image" else path.parent
+    assert segment(tiny_checkpoint, given, tmp_path / "out", *AUTO) == 2
+    err = capsys.readouterr().err
+    assert f"which is the record of the labels {str(tmp_path / 'out' / 'image.tif')!r}" in err
+    assert "write into another folder, or move image.tif and image.prompts.json out of" in err
+    assert record.read_bytes() == saved and not (tmp_path / "out" / "image.labels.tif").exists()
+    (tmp_path / "out2").mkdir()
+    assert segment(tiny_checkpoint, given, tmp_path / "out2", *AUTO) == 0  # elsewhere: fine
+
+
 def test_a_missing_image_is_a_clear_error(tmp_path, tiny_checkpoint, capsys):
     code = segment(tiny_checkpoint, tmp_path / "nope.tif", tmp_path / "o.tif", "--auto")
     assert code == 2

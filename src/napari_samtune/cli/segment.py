@@ -53,6 +53,7 @@ from napari_samtune.cli.prompt_files import read_boxes_csv, read_points_csv
 from napari_samtune.cli.segment_files import (
     check_image_file,
     check_labels_name,
+    check_record_free,
     output_for,
     read_image,
 )
@@ -335,6 +336,8 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
             "labels would overwrite each other in the output folder; segment them into "
             "separate folders"
         )
+    for image, output in outputs.items():  # an -o's labels there share their record
+        check_record_free(output, image)
     _auto_config(args)  # the options are checked first, even when nothing is left to do
     todo = [f for f in images if args.overwrite or not outputs[f].exists()]
     if len(todo) < len(images):

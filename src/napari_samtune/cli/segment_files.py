@@ -50,19 +50,32 @@ def check_labels_name(output: Path, image: Path, example: str, overwrite: bool) 
             f"-o {str(output)!r} exists already; pass --overwrite to replace it, or give "
             "another name"
         )
-    check_record_free(output)
+    check_record_free(output, image)
 
 
-def check_record_free(output: Path) -> None:
-    """Refuse an ``-o`` whose record (``<name>.prompts.json``) is that of the annotation
-    widget's labels beside it: ``cell.tif`` and ``cell.labels.tif`` share
-    ``cell.prompts.json``, and writing it would lose their prompts and image fingerprint
-    (the widget, batch reruns and training would then take them for another image's)."""
+def check_record_free(output: Path, image: Path) -> None:
+    """Refuse labels ``output`` of ``image`` whose record (``<name>.prompts.json``) is that
+    of other labels beside it: ``cell.tif`` (an ``-o``) and ``cell.labels.tif`` (the
+    annotation widget's, a folder's output) share ``cell.prompts.json``, and writing it
+    would lose their prompts and image fingerprint (the widget, batch reruns and training
+    would then take them for another image's)."""
     from napari_samtune.core.label_files import LABELS_SUFFIX, PROMPTS_SUFFIX, prompts_path_for
 
     record = prompts_path_for(output)
-    owner = record.with_name(record.name[: -len(PROMPTS_SUFFIX)] + LABELS_SUFFIX)
-    if output.name == owner.name or not (record.is_file() and owner.is_file()):
+    stem = record.name[: -len(PROMPTS_SUFFIX)]
+    owner = record.with_name(stem + LABELS_SUFFIX)
+    if output.name == owner.name:  # a folder's output: an -o's labels beside it?
+        others = [record.with_name(stem + suffix) for suffix in TIFF_SUFFIXES]
+        owner = next((o for o in others if o.is_file() and o.resolve() != image.resolve()), None)
+        if owner is None or output.exists() or not record.is_file():  # output's own record
+            return
+        raise ValueError(
+            f"{image.name}'s labels {str(output)!r} would write their record to "
+            f"{str(record)!r}, which is the record of the labels {str(owner)!r} (written "
+            "with -o; their prompts and image fingerprint would be lost); write into another "
+            f"folder, or move {owner.name} and {record.name} out of {str(output.parent)!r}"
+        )
+    if not (record.is_file() and owner.is_file()):
         return
     raise ValueError(
         f"-o {str(output)!r} would write its record to {str(record)!r}, which is the record "
