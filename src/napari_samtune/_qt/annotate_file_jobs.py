@@ -38,15 +38,38 @@ def read_for_loading(path: str | Path) -> tuple[np.ndarray, dict, int]:
 def read_to_load(path: str | Path) -> tuple[np.ndarray, dict, int, bool]:
     """:func:`read_for_loading` for Load annotations…, and whether the file was a
     foreground mask: one id over several separate regions (0/255 from Fiji's Convert to
-    Mask), which then get one id each (8-connected in a plane, 26 in a stack). Loaded as it
+    Mask), in the whole or, for a stack, in a plane, as training judges its planes. Its
+    regions then get one id each (8-connected in a plane, 26 in a stack). Loaded as it
     was, it made one object of every cell."""
     labels, record, n_objects = read_for_loading(path)
-    if n_objects != 1 or not mask_regions(labels):  # (several ids: no mask, no pass more)
+    if n_objects != 1 or not _is_mask(labels):  # (several ids: no mask, no pass more)
         return labels, record, n_objects, False
+    split, n_regions = _regions(labels != 0)
+    return split, record, n_regions, True
+
+
+def _is_mask(labels: np.ndarray) -> bool:
+    """A stack whose cells touch from plane to plane (moving cells of a time series) is one
+    region in 3D, yet each of its planes a mask that training refuses."""
+    return bool(mask_regions(labels)) or (
+        labels.ndim == 3 and any(mask_regions(plane) for plane in labels)
+    )
+
+
+def _regions(foreground: np.ndarray) -> tuple[np.ndarray, int]:
+    """One id per region of ``foreground``: per 3D region of a stack, unless that leaves a
+    plane with one id over separate regions (which training refuses as a mask): then per
+    region of each plane, numbered on from the planes before."""
     from scipy import ndimage
 
-    split, n_regions = ndimage.label(labels != 0, np.ones((3,) * labels.ndim, bool))
-    return split.astype(np.uint32), record, n_regions, True
+    split, n_regions = ndimage.label(foreground, np.ones((3,) * foreground.ndim, bool))
+    if foreground.ndim == 3 and any(mask_regions(plane) for plane in split):
+        n_regions = 0
+        for index, plane in enumerate(foreground):
+            split[index], found = ndimage.label(plane, np.ones((3, 3), bool))
+            split[index][split[index] > 0] += n_regions
+            n_regions += found
+    return split.astype(np.uint32), n_regions
 
 
 def loaded_note(path, n_objects: int, was_mask: bool) -> str:
