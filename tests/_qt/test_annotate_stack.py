@@ -204,7 +204,9 @@ def test_the_propagation_note_says_where_it_went_and_why_it_stopped():
     held = "another object's prompts, left as"
     assert propagation_note(4, [5, 3], 9, 2.0, 50, (2,)) == (
         f"propagated the object from plane 4 through planes 3-5; it stopped at plane 6, where "
-        f"{rule}; plane 2 holds {held} it was: commit or clear them to propagate through" + done
+        f"{rule}; plane 2 holds {held} it was: commit or clear them to propagate through"
+        + done
+        + " (alone: the other object's prompts stay for a commit of their own)"
     )
     assert propagation_note(1, [], 4, 2.0, 50, (0, 2)) == (
         f"propagation reached no other plane: planes 0, 2 hold {held} they were: commit or "
@@ -301,6 +303,39 @@ def test_propagation_keeps_out_of_a_plane_with_another_objects_prompts(
     assert notes[-1].startswith("propagated the object from plane 1 through planes 0-1")
     go_to_plane(viewer, widget, 2)
     np.testing.assert_array_equal(layers.preview.data[2], own)  # its own prompts alone
+
+
+def test_commit_after_a_propagation_kept_out_of_a_plane_writes_the_two_objects_apart(
+    stack_widget, qtbot, run_job, go_to_plane, notifications
+):
+    """The note said plane 2 "holds another object's prompts" and to commit them; C then
+    wrote them into the propagated object: one id over both objects, unsaid."""
+    viewer, widget = stack_widget
+    go_to_plane(viewer, widget, 2)
+    layers = widget.session.layers
+    layers.points.add([2, 80.0, 15.0])  # another object, not committed
+    other = layers.preview.data[2].copy()
+    layers = _propagate_a_box_from_plane_1(viewer, widget, run_job, go_to_plane)
+    reached = [plane for plane in layers.preview_planes() if plane != 2]
+    note = [n for n in notifications if n.startswith("propagated the object")][-1]
+    assert note.endswith("(alone: the other object's prompts stay for a commit of their own)")
+    assert widget.commit() == [1]
+    annotations = widget.session.annotations
+    assert all((annotations[plane] == 1).any() for plane in reached)
+    assert not annotations[2].any()  # the other object: not written into it
+    np.testing.assert_array_equal(layers.preview.data[2], other)  # still there, as are
+    assert [p[0] for p in layers.points.data] == [2.0]  # its prompts
+    assert layers.preview_planes() == [2] and not layers.propagated
+    assert any(
+        "committed the propagated object alone: plane 2 holds another object's prompts, left "
+        "for a commit of its own (C again)" in n
+        for n in notifications
+    )
+    go_to_plane(viewer, widget, 2)
+    assert widget.commit() == [2]
+    np.testing.assert_array_equal(annotations[2] == 2, other > 0)
+    assert widget.undo() and not (annotations == 2).any()
+    assert widget.undo() and not annotations.any()
 
 
 def test_a_corrected_propagated_plane_is_propagated_through_again(

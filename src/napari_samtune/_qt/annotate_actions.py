@@ -18,6 +18,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from napari_samtune._qt import annotate_jobs as jobs
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, PROPAGATE_TASK
 from napari_samtune._qt.annotate_notes import (
+    apart_note,
     automatic_note,
     behind_note,
     commit_note,
@@ -114,11 +115,14 @@ class AnnotateActionsMixin:
         source = "batched" if self.ui.mode_combo.currentText() == BATCHED_MODE else "interactive"
         overwrite = self.ui.overwrite_check.isChecked()
         layers = self.session.layers
-        planes = layers.preview_planes()
+        apart = self._other_objects_beside_propagated()  # left for a commit of their own
+        planes = [plane for plane in layers.preview_planes() if plane not in apart]
         present = [ids_in(layers.preview_plane(plane)) for plane in planes]  # read once
         shown = len(set().union(*(ids.tolist() for ids in present)) - {0})
         with self._prompts_in_flux():
-            ids = self.session.commit(overwrite, source, self.model_name or "", planes, present)
+            ids = self.session.commit(
+                overwrite, source, self.model_name or "", planes, present, alone=bool(apart)
+            )
         self._prompts_for_undo = None  # U undoes the commit, not a clear before it
         self._keep_propagation_out()
         if not ids:
@@ -129,6 +133,7 @@ class AnnotateActionsMixin:
             return []
         self.ui.status_label.setText(f"committed object(s) {ids}")
         notes = [
+            apart_note(sorted(apart)),
             covered_note(shown, len(ids)),
             planes_left_note(planes, self._planes_written(planes, ids)),
             commit_note(planes, self.current_plane, one_object=source == "interactive"),

@@ -114,6 +114,19 @@ def stopped_propagation_note(start: int, reached: list[int]) -> str:
     )
 
 
+def apart_note(apart: list[int]) -> str:
+    """What commit left of the preview beside a propagated object: the planes (sorted) of
+    another object's prompts; "" for none."""
+    if not apart:
+        return ""
+    one = len(apart) == 1
+    return (
+        f"committed the propagated object alone: {planes_phrase(apart)} "
+        f"{'holds' if one else 'hold'} another object's prompts, left for a commit of "
+        f"{'its' if one else 'their'} own (C again)"
+    )
+
+
 def propagation_note(
     start: int,
     reached: list[int],
@@ -152,7 +165,10 @@ def propagation_note(
     note = f"propagated the object from plane {start} through planes " + plane_ranges(
         sorted([*reached, start])
     )
-    return "; ".join([note, *parts, "check them, then commit (C) to write the 3D object"])
+    commit = "check them, then commit (C) to write the 3D object"
+    if kept_out:
+        commit += " (alone: the other object's prompts stay for a commit of their own)"
+    return "; ".join([note, *parts, commit])
 
 
 def automatic_note(found: int, added: int, overwrite: bool) -> str:

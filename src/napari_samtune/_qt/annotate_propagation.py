@@ -95,6 +95,15 @@ class AnnotatePropagationMixin:
             session, start, keep_out = self._propagation
             keep_out.update(_other_objects_planes(session.layers, start))
 
+    def _other_objects_beside_propagated(self) -> set[int]:
+        """The planes of another object's prompts beside a propagated object in the preview
+        (those its propagation kept out of, or prompted since), which commit leaves for a
+        commit of their own: C wrote them into the propagated object, as one."""
+        propagated = self.session.layers.propagated
+        if not propagated or not propagated.starts:
+            return set()
+        return _other_objects_planes(self.session.layers, min(propagated.starts))
+
     def _show_propagated(
         self,
         result: jobs.PlaneResult | jobs.PropagationEnd,

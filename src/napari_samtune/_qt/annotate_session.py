@@ -97,22 +97,29 @@ class AnnotationSession:
         model_name: str,
         planes: list | None = None,
         present: list[np.ndarray] | None = None,
+        alone: bool = False,
     ) -> list[int]:
         """Write the preview (every plane) as new objects; clear prompts and preview.
 
         Returns the new ids (empty when the preview was empty or fully blocked by
         existing objects and ``overwrite`` is off; then nothing changes). ``planes`` (those
         the preview shows) and ``present`` (the ids on each of them), where the caller has
-        them: reading a 30 x 2048 x 2048 preview for each took ~0.1 s.
+        them: reading a 30 x 2048 x 2048 preview for each took ~0.1 s. ``alone``: ``planes``
+        are some of those the preview shows (a propagated object's), whose prompts and
+        preview alone are written and cleared; the others stay (another object's).
         """
         planes = self.layers.preview_planes() if planes is None else planes
         objects = {plane: self.layers.preview_plane(plane) for plane in planes}
-        kept = snapshot_prompts(self.layers, planes)
+        kept = snapshot_prompts(self.layers, self.layers.preview_planes() if alone else planes)
         prompts = self.layers.prompts_record()
         ids = self._write(objects, overwrite, source, model_name, prompts, present=present)
         if ids:
             self.undo_stack.peek().prompts = kept  # undone, they come back
-            self.clear(planes)
+            if alone:
+                self.layers.clear_prompts(planes)
+                self.layers.clear_preview(planes)
+            else:
+                self.clear(planes)
         return ids
 
     def add_labels(

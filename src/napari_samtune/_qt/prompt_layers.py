@@ -325,12 +325,22 @@ class PromptLayers:
             "boxes": [np.asarray(v).tolist() for v in self.boxes.data],
         }
 
-    def clear_prompts(self) -> None:
-        """Remove every point and box."""
-        if len(self.points.data):
-            self.points.data = np.zeros((0, self.ndim))
-        if len(self.boxes.data):
-            self.boxes.data = []
+    def clear_prompts(self, planes: list[int] | None = None) -> None:
+        """Remove every point and box, or those on ``planes`` of a stack."""
+        if planes is None:
+            if len(self.points.data):
+                self.points.data = np.zeros((0, self.ndim))
+            if len(self.boxes.data):
+                self.boxes.data = []
+            return
+        points = np.asarray(self.points.data).reshape(-1, self.ndim)
+        for layer, on in (
+            (self.points, np.isin(planes_of(points), planes)),
+            (self.boxes, [int(planes_of(np.asarray(v)[:1])[0]) in planes for v in self.boxes.data]),
+        ):
+            if np.any(on):  # removed as napari does: a point's polarity goes with it
+                layer.selected_data = set(np.flatnonzero(on).tolist())
+                layer.remove_selected()
 
     # -- preview ------------------------------------------------------------------------------
     def preview_plane(self, plane: int | None) -> np.ndarray:
