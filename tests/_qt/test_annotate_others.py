@@ -238,3 +238,31 @@ def test_removing_an_image_and_its_annotations_edited_without_autosave_says_they
     said = [n for n in notifications if "'cells0'" in n and "not saved" in n]
     assert len(said) == 1 and said[0].severity == "warning"
     assert "lost" in said[0] and str(tmp_path / "cells0.labels.tif") in said[0]
+
+
+def test_a_panel_opened_again_saves_where_the_layers_it_goes_on_with_were_saved(
+    cells_with_one_saved_object, tiny_sam, drain_jobs, tmp_path, monkeypatch, notifications
+):
+    """Opened again, the panel started in $SAMTUNE_ANNOTATIONS_DIR's folder (or the one
+    last chosen in another window) and saved the annotations it went on with there, unsaid:
+    the folder they were saved in kept the older copy."""
+    from napari_samtune._qt.annotate import AnnotateWidget
+
+    saved_in, elsewhere = tmp_path / "chosen", tmp_path / "elsewhere"
+    viewer, widget = cells_with_one_saved_object(saved_in)
+    widget.shut_down()
+    monkeypatch.setenv("SAMTUNE_ANNOTATIONS_DIR", str(elsewhere))
+    reopened = AnnotateWidget(viewer)
+    assert reopened.annotation_folder() == saved_in
+    assert any(
+        f"the annotations in this viewer were saved in {saved_in}, so this panel saves there "
+        f"(not in {elsewhere})" in note
+        for note in notifications
+    )
+    reopened.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(reopened)
+    reopened.session.layers.preview.data[30:40, 30:40] = 1
+    assert reopened.commit() == [2]
+    drain_jobs(reopened)
+    assert set(np.unique(tifffile.imread(saved_in / "cells0.labels.tif"))) == {0, 1, 2}
+    assert not elsewhere.exists()

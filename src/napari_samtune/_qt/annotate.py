@@ -32,7 +32,7 @@ from napari_samtune._qt.annotate_actions import AnnotateActionsMixin
 from napari_samtune._qt.annotate_channels import AnnotateChannelsMixin
 from napari_samtune._qt.annotate_embedding import AnnotateEmbeddingMixin
 from napari_samtune._qt.annotate_file_jobs import AnnotateFileJobsMixin
-from napari_samtune._qt.annotate_files import AnnotateFilesMixin
+from napari_samtune._qt.annotate_files import AnnotateFilesMixin, starting_folder
 from napari_samtune._qt.annotate_image import AnnotateImageMixin
 from napari_samtune._qt.annotate_model import AnnotateModelMixin, LoadedWeights
 from napari_samtune._qt.annotate_propagation import AnnotatePropagationMixin
@@ -44,7 +44,6 @@ from napari_samtune._qt.dock_life import on_removed
 from napari_samtune._qt.prompt_layers import PlanePrompts
 from napari_samtune._qt.proxies import unproxied
 from napari_samtune._qt.workers import TaskRunner, user_message
-from napari_samtune.core.annotation_files import starting_annotation_folder
 from napari_samtune.core.click_chain import ClickChain
 from napari_samtune.core.made_views import EmbeddingNeeded
 from napari_samtune.core.predict import Segmenter
@@ -145,7 +144,7 @@ class AnnotateWidget(
         self._image_keys_before: dict = {}  # key -> the annotated image layer's own binding
         self._restore_tasks: dict[int, str] = {}  # id(session) -> its restore's task name
         self._removing_own_layers = False  # removals the widget makes need no message
-        self.ui.folder_edit.setText(str(starting_annotation_folder()))
+        self.ui.folder_edit.setText(str(starting_folder(viewer)))
         self._shut_down = False
         # Layers removed together (select all + delete, layers.clear()) go one by one:
         # choosing the next image after each would build, then remove, its layers.

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import itertools
 import weakref
+from collections import Counter
 from pathlib import Path
 
+from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog
 
 from napari_samtune._qt.annotate_jobs import SAVE_TASK
+from napari_samtune._qt.annotate_session import SAVED_FILE_KEY
 from napari_samtune._qt.dock_life import main_window_of
 from napari_samtune._qt.history_keys import bind_history_keys
 from napari_samtune._qt.layer_placement import follow_placement
@@ -25,8 +28,30 @@ from napari_samtune.core.annotation_files import (
     annotation_paths,
     default_annotation_folder,
     same_image_saves,
+    starting_annotation_folder,
 )
 from napari_samtune.core.user_settings import ANNOTATION_FOLDER, write_setting
+
+
+def starting_folder(viewer) -> Path:
+    """Where a panel opened on ``viewer`` saves at first: where the annotations layers in it
+    were saved (by a panel closed since: opened again, it started in the setting's folder,
+    or $SAMTUNE_ANNOTATIONS_DIR's, the last chosen in any window, and saved the layers it
+    went on with there, unsaid), said; else :func:`starting_annotation_folder`."""
+    start = starting_annotation_folder()
+    saved = Counter(
+        Path(kept[0]).parent
+        for layer in viewer.layers
+        if isinstance(layer, Labels) and (kept := layer.metadata.get(SAVED_FILE_KEY))
+    )
+    if not saved or start.resolve() in {folder.resolve() for folder in saved}:
+        return start
+    folder = saved.most_common(1)[0][0]
+    show_info(
+        f"the annotations in this viewer were saved in {folder}, so this panel saves there "
+        f"(not in {start}); choose another folder above to save elsewhere"
+    )
+    return folder
 
 
 class AnnotateFilesMixin:
