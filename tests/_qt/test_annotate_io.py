@@ -207,3 +207,14 @@ def test_worker_errors_become_messages_with_a_fix():
         "channels=[5] is invalid; pick 0..2"
     )
     assert user_message(KeyError("x")).startswith("KeyError")
+
+
+def test_a_new_id_past_the_largest_uint32_id_is_none_given_before():
+    """With the dtype's largest id in use, a new object took the lowest free id: that of a
+    deleted object, whose record then listed it twice (taken for the new object's)."""
+    labels = np.zeros((32, 32), np.uint32)
+    labels[0:4, 0:4], labels[20:24, 20:24] = 1, np.iinfo(np.uint32).max  # 2 and 3 deleted
+    new = np.zeros((32, 32), np.uint32)
+    new[10:14, 10:14], new[10:14, 0:4] = 1, 2
+    assert write_objects(labels.copy(), {None: new}, used_before=3) == [4, 5]
+    assert write_objects(labels.copy(), {None: new}) == [2, 3]  # none given before: the lowest

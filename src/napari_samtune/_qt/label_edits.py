@@ -239,12 +239,19 @@ def write_objects(
 def _new_ids(labels: np.ndarray, count: int, used_before: int = 0) -> np.ndarray:
     """``count`` ids for new objects, ascending: ``max(max, used_before) + 1, ...``; where
     those pass the largest id the dtype holds (labels from another tool may use it), the
-    lowest unused."""
+    lowest unused past ``used_before`` (a deleted object's id, reused, had its record taken
+    for the new object's), then below it."""
     first = max(int(labels.max(initial=0)), int(used_before)) + 1
-    if first + count - 1 <= np.iinfo(labels.dtype).max:
+    top = int(np.iinfo(labels.dtype).max)
+    if first + count - 1 <= top:
         return np.arange(first, first + count, dtype=labels.dtype)
-    used = np.unique(labels)
-    return np.setdiff1d(np.arange(1, count + len(used) + 1), used)[:count].astype(labels.dtype)
+    used = np.unique(labels).astype(np.int64)
+    past = int(used_before) + 1
+    free = np.setdiff1d(np.arange(past, min(past + count + len(used), top + 1)), used)[:count]
+    if len(free) < count:
+        below = np.setdiff1d(np.arange(1, count + len(used) + 1), used)
+        free = np.concatenate([free, below[: count - len(free)]])
+    return np.sort(free).astype(labels.dtype)
 
 
 def brush_past(layer, top: int) -> None:
