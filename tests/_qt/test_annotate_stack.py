@@ -319,10 +319,16 @@ def test_commit_after_a_propagation_kept_out_of_a_plane_writes_the_two_objects_a
     reached = [plane for plane in layers.preview_planes() if plane != 2]
     note = [n for n in notifications if n.startswith("propagated the object")][-1]
     assert note.endswith("(alone: the other object's prompts stay for a commit of their own)")
+    before = layers.preview_planes(), len(layers.boxes.data)
+    assert widget.commit() == [1]
+    assert widget.undo()  # the object's box and planes come back, beside the other's prompts
+    assert (layers.preview_planes(), len(layers.boxes.data)) == before
     assert widget.commit() == [1]
     annotations = widget.session.annotations
     assert all((annotations[plane] == 1).any() for plane in reached)
     assert not annotations[2].any()  # the other object: not written into it
+    record = widget.session.records[-1]
+    assert record["planes"] == reached and not record["points"]  # its box alone
     np.testing.assert_array_equal(layers.preview.data[2], other)  # still there, as are
     assert [p[0] for p in layers.points.data] == [2.0]  # its prompts
     assert layers.preview_planes() == [2] and not layers.propagated

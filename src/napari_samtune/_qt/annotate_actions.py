@@ -123,7 +123,9 @@ class AnnotateActionsMixin:
             ids = self.session.commit(
                 overwrite, source, self.model_name or "", planes, present, alone=bool(apart)
             )
-        self._prompts_for_undo = None  # U undoes the commit, not a clear before it
+        # U undoes the commit, not a clear before it; the prompts left by a commit of a
+        # propagated object alone are in its snapshot: U puts them back with its own
+        self._prompts_for_undo = (self.session, None) if apart else None
         self._keep_propagation_out()
         if not ids:
             show_info(

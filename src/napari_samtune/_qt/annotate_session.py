@@ -111,7 +111,7 @@ class AnnotationSession:
         planes = self.layers.preview_planes() if planes is None else planes
         objects = {plane: self.layers.preview_plane(plane) for plane in planes}
         kept = snapshot_prompts(self.layers, self.layers.preview_planes() if alone else planes)
-        prompts = self.layers.prompts_record()
+        prompts = self.layers.prompts_record(planes if alone else None)
         ids = self._write(objects, overwrite, source, model_name, prompts, present=present)
         if ids:
             self.undo_stack.peek().prompts = kept  # undone, they come back

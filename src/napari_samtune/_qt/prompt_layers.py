@@ -316,13 +316,20 @@ class PromptLayers:
             n_outside=n_outside,
         )
 
-    def prompts_record(self) -> dict:
-        """All current prompts as JSON-ready lists (napari layer coordinates)."""
-        labels = list(self.points.features["label"].astype(str)) if len(self.points.data) else []
+    def prompts_record(self, planes: list[int] | None = None) -> dict:
+        """The current prompts (those on ``planes`` of a stack, if given) as JSON-ready lists
+        (napari layer coordinates)."""
+        points = np.asarray(self.points.data).reshape(-1, self.ndim)
+        labels = self.points.features["label"].astype(str) if len(points) else np.array([])
+        on_points, on_boxes = self._on_planes(planes)
         return {
-            "points": np.asarray(self.points.data).reshape(-1, self.ndim).tolist(),
-            "point_labels": labels,
-            "boxes": [np.asarray(v).tolist() for v in self.boxes.data],
+            "points": points[on_points].tolist(),
+            "point_labels": list(labels[on_points]) if len(points) else [],
+            "boxes": [
+                np.asarray(box).tolist()
+                for box, on in zip(self.boxes.data, on_boxes, strict=True)
+                if on
+            ],
         }
 
     def clear_prompts(self, planes: list[int] | None = None) -> None:
@@ -333,14 +340,18 @@ class PromptLayers:
             if len(self.boxes.data):
                 self.boxes.data = []
             return
-        points = np.asarray(self.points.data).reshape(-1, self.ndim)
-        for layer, on in (
-            (self.points, np.isin(planes_of(points), planes)),
-            (self.boxes, [int(planes_of(np.asarray(v)[:1])[0]) in planes for v in self.boxes.data]),
-        ):
+        for layer, on in zip((self.points, self.boxes), self._on_planes(planes), strict=True):
             if np.any(on):  # removed as napari does: a point's polarity goes with it
                 layer.selected_data = set(np.flatnonzero(on).tolist())
                 layer.remove_selected()
+
+    def _on_planes(self, planes: list[int] | None) -> tuple[np.ndarray, np.ndarray]:
+        """Which points and which boxes lie on ``planes`` (all, for None)."""
+        points = np.asarray(self.points.data).reshape(-1, self.ndim)
+        if planes is None:
+            return np.ones(len(points), bool), np.ones(len(self.boxes.data), bool)
+        boxes = [int(planes_of(np.asarray(v)[:1])[0]) in planes for v in self.boxes.data]
+        return np.isin(planes_of(points), planes), np.array(boxes, bool)
 
     # -- preview ------------------------------------------------------------------------------
     def preview_plane(self, plane: int | None) -> np.ndarray:
