@@ -161,6 +161,39 @@ def test_new_pixels_of_the_image_are_what_sam_sees(
     drain_jobs(widget)
 
 
+def test_annotations_of_replaced_pixels_are_saved_as_those_pixels(
+    make_napari_viewer, qtbot, drain_jobs, tiny_sam, tmp_path, notifications
+):
+    """After ``layer.data = new pixels`` (same shape), saves kept the old pixels' fingerprint:
+    opened again, the new pixels restored nothing (another image's, saved beside), and the
+    old ones restored the annotations made on the new."""
+    import json
+
+    from napari_samtune._qt.layer_names import OWN_IMAGE_KEY
+    from napari_samtune.core.label_files import image_fingerprint
+
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(3)
+    image = viewer.add_image(rng.integers(0, 255, (64, 64), dtype=np.uint8), name="im")
+    widget = _dock(viewer, drain_jobs, tiny_sam)
+    widget.ui.folder_edit.setText(str(tmp_path))
+    image.data = rng.integers(0, 255, (64, 64), dtype=np.uint8)
+    drain_jobs(widget)
+    _commit_square(widget, qtbot, drain_jobs, (slice(10, 20), slice(10, 20)))
+    new = image_fingerprint(image.data)
+    assert json.loads((tmp_path / "im.prompts.json").read_text())["image_fingerprint"] == new
+    marks = [layer.metadata[OWN_IMAGE_KEY]["fingerprint"] for layer in widget.session.layers.layers]
+    assert marks == [new] * 4
+
+    said = len(notifications)
+    image.data = np.zeros((2, 2, 64, 64), np.uint8)  # pixels it cannot annotate: refused
+    drain_jobs(widget)
+    assert widget.session is None
+    assert not any("has new pixels" in str(n.message) for n in notifications[said:])
+    viewer.layers.clear()
+    drain_jobs(widget)
+
+
 def test_a_transposed_stack_view_says_why_clicks_do_nothing(
     make_napari_viewer, drain_jobs, tiny_sam, notifications
 ):

@@ -361,6 +361,10 @@ class AnnotateImageMixin:
         if before is None:
             return
         self._on_image_choice()  # same shape: a new embedding; else new layers as well
+        if self.session is None:  # pixels it cannot annotate: the error said why
+            return
+        if self.session is before:
+            before.pixels_replaced()
         what = (
             "its annotations stay"
             if self.session is before

@@ -358,6 +358,14 @@ class AnnotationSession:
             "overwritten. To keep names apart, use one annotation folder per experiment."
         )
 
+    def pixels_replaced(self) -> None:
+        """The image layer's data was replaced by pixels of the same shape, whose
+        annotations these are now: saves record their fingerprint. They named the old pixels:
+        opened again, the new ones restored nothing (saved beside as another image's), and
+        the old ones restored annotations of the new."""
+        self.fingerprint = image_fingerprint(self.image_layer.data)
+        self.layers.mark_image(self.fingerprint)
+
     def document(self) -> dict:
         """The JSON record saved next to the labels: objects, current prompts, fingerprint."""
         return {

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import weakref
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -263,6 +263,13 @@ class PromptLayers:
             )
             layer = self._added(layer, name, BOXES)
         return layer
+
+    def mark_image(self, fingerprint: str) -> None:
+        """The image's pixels have ``fingerprint`` now: its layers say so, by which the image
+        opened again (a new layer) finds them."""
+        self.image = replace(self.image, fingerprint=fingerprint)
+        for layer in self.layers:
+            layer.metadata[OWN_IMAGE_KEY] = self.image.as_metadata()
 
     @property
     def layers(self) -> tuple:
