@@ -34,10 +34,11 @@ def settings_path() -> Path:
 
 
 def _json(path: Path) -> object:
-    """The JSON in ``path``; None where there is none (missing, unreadable, not JSON)."""
+    """The JSON in ``path``; None where there is none (missing, unreadable, not JSON, or
+    nested past the parser's depth: a panel then failed to open)."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 
