@@ -69,3 +69,18 @@ def test_edits_not_saved_to_the_folder_a_run_reads_are_named_at_start(
     assert unsaved_annotations_message(viewer, _request(folder, images)) == ""
     saved = tifffile.imread(next(folder.glob("*.labels.tif")))
     np.testing.assert_array_equal(np.unique(saved), [0, 1, 2])
+
+
+def test_edits_held_in_another_napari_window_are_named_at_start(
+    cells_with_one_saved_object, make_napari_viewer, drain_jobs, tmp_path
+):
+    """Two napari windows, the Annotate panel in one, Finetune in the other on the folder it
+    saves to (its autosaves button takes the folder last chosen): Start there looked at its
+    own window only, and trained on the last save of the other's edits, unsaid."""
+    folder = tmp_path / "annotations"
+    _edited_without_autosave(cells_with_one_saved_object, drain_jobs, folder)
+    images = tmp_path / "images"
+    images.mkdir()
+    other = make_napari_viewer()
+    message = unsaved_annotations_message(other, _request(folder, images))
+    assert "the annotations of 'cells0' have edits not saved to" in message

@@ -76,6 +76,11 @@ NEGATIVE_ONLY_HINT = (
 )
 
 
+# The Annotate panels not closed, of every napari window of this process: a run started in
+# one window reads the folders another window's panel saves to as much.
+OPEN_PANELS: weakref.WeakSet = weakref.WeakSet()
+
+
 class AnnotateWidget(
     AnnotateModelMixin,
     AnnotateImageMixin,
@@ -144,6 +149,7 @@ class AnnotateWidget(
         self._image_keys_before: dict = {}  # key -> the annotated image layer's own binding
         self._restore_tasks: dict[int, str] = {}  # id(session) -> its restore's task name
         self._removing_own_layers = False  # removals the widget makes need no message
+        OPEN_PANELS.add(self)
         self.ui.folder_edit.setText(str(starting_folder(viewer)))
         self._shut_down = False
         # Layers removed together (select all + delete, layers.clear()) go one by one:
@@ -280,6 +286,7 @@ class AnnotateWidget(
         if self._shut_down:
             return
         self._shut_down = True
+        OPEN_PANELS.discard(self)
         self._attach_soon.stop()
         helpers = list(self.session.layers.layers) if self.session is not None else []
         self._detach()

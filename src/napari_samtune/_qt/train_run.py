@@ -25,6 +25,7 @@ from pathlib import Path
 from napari.utils.notifications import show_info
 
 from napari_samtune._qt.continued_runs import PastEpoch
+from napari_samtune._qt.dock_life import main_window_of
 from napari_samtune._qt.downloads import Reporter, fetch_model_file
 from napari_samtune._qt.layer_pairs import copied
 from napari_samtune._qt.model_picker import FILE_ENTRY
@@ -222,6 +223,23 @@ def annotation_widgets(viewer) -> list:
     return docked_widgets(viewer, AnnotateWidget)
 
 
+def annotation_panels(viewer) -> list:
+    """The annotation widgets docked in ``viewer``'s window, then those docked in napari's
+    other windows of this process: a run reads the folder another window's panel saves to
+    as much (Start in one window trained on the last save of the other's edits, unsaid)."""
+    from napari_samtune._qt.annotate import OPEN_PANELS
+
+    own = annotation_widgets(viewer)
+    return own + [panel for panel in list(OPEN_PANELS) if panel not in own and _docked(panel)]
+
+
+def _docked(widget) -> bool:
+    try:
+        return main_window_of(widget) is not None
+    except RuntimeError:  # its window was deleted
+        return False
+
+
 def docked_widgets(viewer, kind: type) -> list:
     """The widgets of class ``kind`` docked in ``viewer``'s window."""
     window = getattr(viewer, "window", None)
@@ -240,7 +258,7 @@ def flush_autosaves(viewer, labels_folders: list | None = None) -> None:
     waited for (a 30 x 2048 x 2048 stack's save held the viewer 1.8 s at Start of a run on
     layer pairs). None, or a glob among them: every widget."""
     read = _folders_read(labels_folders)
-    for widget in annotation_widgets(viewer):
+    for widget in annotation_panels(viewer):
         if read is None or {resolved_folder(f) for f in widget.save_folders()} & read:
             widget.flush_autosave()
 
@@ -260,7 +278,7 @@ def unsaved_annotations_message(viewer, request: TrainRequest) -> str:
     last save, not on what the viewer shows; "" when there are none."""
     folders = [f.labels for f in (request.train_folders, request.val_folders) if f is not None]
     read = _folders_read(folders)  # None: a glob, which may match any folder
-    for widget in annotation_widgets(viewer):
+    for widget in annotation_panels(viewer):
         names = widget.unsaved_images()
         folder = resolved_folder(widget.annotation_folder())
         if names and (read is None or folder in read):
