@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 
 from napari_samtune.core.architectures import TINY, build_sam
+from napari_samtune.core.synthetic import make_dataset
 
 # The tests run tiny models, for which thread start-up costs more than it gains; one thread
 # also keeps timings stable when the machine is shared.
@@ -86,3 +88,15 @@ def disk_full_at_last_pt(monkeypatch):
         return real_save
 
     return fill
+
+
+@pytest.fixture
+def annotated_folder(tmp_path):
+    """Two small generated images and their labels as TIFF files."""
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for i, (image, label) in enumerate(make_dataset(2, (96, 96), seed=3)):
+        tifffile.imwrite(images / f"img{i}.tif", image)
+        tifffile.imwrite(labels / f"img{i}_labels.tif", label)
+    return images, labels

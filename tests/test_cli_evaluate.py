@@ -17,18 +17,6 @@ from napari_samtune.core.architectures import TINY, build_sam
 from napari_samtune.core.synthetic import make_dataset
 
 
-@pytest.fixture
-def annotated_folder(tmp_path):
-    """Two small generated images and their labels as TIFF files."""
-    images, labels = tmp_path / "images", tmp_path / "labels"
-    images.mkdir()
-    labels.mkdir()
-    for i, (image, label) in enumerate(make_dataset(2, (96, 96), seed=3)):
-        tifffile.imwrite(images / f"img{i}.tif", image)
-        tifffile.imwrite(labels / f"img{i}_labels.tif", label)
-    return images, labels
-
-
 def _save_tiny(path, seed):
     torch.manual_seed(seed)
     torch.save(build_sam(TINY).state_dict(), path)

@@ -64,6 +64,17 @@ def test_a_close_left_pending_does_not_close_the_window_after_a_later_run(
     assert closes.count == 0
 
 
+def _one_epoch_validated_on_cells2(qtbot, widget, add_pair, tmp_path) -> None:
+    """A run of one epoch, validated on the pair cells2 given apart, into tmp_path/runs."""
+    widget.separate_val_check.setChecked(True)
+    assert add_pair(widget.val_data, "cells2", "cells2 labels")
+    widget.use_model_check.setChecked(False)
+    widget.settings.epochs_spin.setValue(1)
+    widget.settings.out_dir_edit.setText(str(tmp_path / "runs"))
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.start() is not None
+
+
 def test_continue_keeps_the_score_before_training_in_the_plot(
     qtbot,
     docked,
@@ -73,13 +84,7 @@ def test_continue_keeps_the_score_before_training_in_the_plot(
     """A continued run's plot began at epoch 1: the point at epoch 0 went, while the result
     line went on quoting it."""
     _, _, widget = docked
-    widget.separate_val_check.setChecked(True)
-    assert add_pair(widget.val_data, "cells2", "cells2 labels")
-    widget.use_model_check.setChecked(False)
-    widget.settings.epochs_spin.setValue(1)
-    widget.settings.out_dir_edit.setText(str(tmp_path / "runs"))
-    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
-        assert widget.start() is not None
+    _one_epoch_validated_on_cells2(qtbot, widget, add_pair, tmp_path)
     start = widget.result.start_metric
     assert widget.plot.metric_epochs == [0, 1] and widget.plot.metric_values[0] == start
 
@@ -175,13 +180,7 @@ def test_continue_on_other_validation_images_stars_no_epoch_scored_on_the_old_on
     plot kept starring the epoch its metrics.jsonl had starred: until a new epoch was scored
     (forever, for a run stopped before one), the star marked a score on other objects."""
     viewer, _, widget = docked
-    widget.separate_val_check.setChecked(True)
-    assert add_pair(widget.val_data, "cells2", "cells2 labels")
-    widget.use_model_check.setChecked(False)
-    widget.settings.epochs_spin.setValue(1)
-    widget.settings.out_dir_edit.setText(str(tmp_path / "runs"))
-    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
-        assert widget.start() is not None
+    _one_epoch_validated_on_cells2(qtbot, widget, add_pair, tmp_path)
     assert widget.plot.best_epoch == 1
     stars: list = []  # the plot's star as each run starts, before any new epoch is scored
     widget.training_started.connect(lambda _: stars.append(widget.plot.best_epoch))
