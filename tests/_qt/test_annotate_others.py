@@ -255,7 +255,7 @@ def test_a_panel_opened_again_saves_where_the_layers_it_goes_on_with_were_saved(
     reopened = AnnotateWidget(viewer)
     assert reopened.annotation_folder() == saved_in
     assert any(
-        f"the annotations in this viewer were saved in {saved_in}, so this panel saves there "
+        f"the annotations of 'cells0' were saved in {saved_in}, so this panel saves there "
         f"(not in {elsewhere})" in note
         for note in notifications
     )
@@ -266,3 +266,20 @@ def test_a_panel_opened_again_saves_where_the_layers_it_goes_on_with_were_saved(
     drain_jobs(reopened)
     assert set(np.unique(tifffile.imread(saved_in / "cells0.labels.tif"))) == {0, 1, 2}
     assert not elsewhere.exists()
+
+
+def test_a_panel_opened_again_on_an_image_never_saved_keeps_its_starting_folder(
+    cells_with_one_saved_object, drain_jobs, tmp_path, monkeypatch, notifications
+):
+    """Another image's folder is not this image's: the panel took the folder most
+    annotations layers of the viewer were saved in, and split an image's saves in two."""
+    from napari_samtune._qt.annotate import AnnotateWidget
+
+    viewer, widget = cells_with_one_saved_object(tmp_path / "chosen")  # cells0 saved there
+    widget.shut_down()
+    viewer.layers.move(viewer.layers.index("cells1"), 0)  # the panel opens on cells1
+    monkeypatch.setenv("SAMTUNE_ANNOTATIONS_DIR", str(tmp_path / "elsewhere"))
+    reopened = AnnotateWidget(viewer)
+    assert reopened.annotation_folder() == tmp_path / "elsewhere"
+    assert not any("so this panel saves there" in note for note in notifications)
+    drain_jobs(reopened)

@@ -181,6 +181,32 @@ def test_embed_all_planes_caches_every_plane(
     go_to_plane(viewer, widget, 2)  # served from the disk cache
 
 
+def test_u_after_a_commit_of_a_propagated_object_that_wrote_nothing_keeps_the_prompts(
+    stack_widget, qtbot, run_job, go_to_plane, notifications, drain_jobs
+):
+    """A commit of the propagated object alone that wrote nothing (existing objects cover
+    it, overwrite unticked) still let the next U take the prompts on the layers for what a
+    U had put back: it replaced them with the commit before's."""
+    viewer, widget = stack_widget
+    layers = widget.session.layers
+    go_to_plane(viewer, widget, 3)
+    layers.points.add([3, 50.0, 50.0])
+    layers.preview.data[:] = 0
+    layers.preview.data[3] = 1
+    assert widget.commit() == [1]
+    widget.session.annotations[:] = 1  # object 1 now covers everything (as if brushed)
+    go_to_plane(viewer, widget, 2)
+    layers.points.add([2, 80.0, 15.0])  # another object's prompt, not committed
+    layers = _propagate_a_box_from_plane_1(viewer, widget, run_job, go_to_plane)
+    points, n_boxes = np.array(layers.points.data), len(layers.boxes.data)
+    widget.ui.overwrite_check.setChecked(False)
+    assert widget.commit() == []
+    assert widget.undo()
+    drain_jobs(widget)
+    np.testing.assert_array_equal(np.array(layers.points.data), points)
+    assert len(layers.boxes.data) == n_boxes
+
+
 def test_the_propagation_note_says_where_it_went_and_why_it_stopped():
     rule = "the object vanished or its area changed more than 2×"
     assert propagation_note(4, [5, 3, 6, 2], 9, 2.0, 50) == (

@@ -150,7 +150,9 @@ class AnnotateWidget(
         self._restore_tasks: dict[int, str] = {}  # id(session) -> its restore's task name
         self._removing_own_layers = False  # removals the widget makes need no message
         OPEN_PANELS.add(self)
-        self.ui.folder_edit.setText(str(starting_folder(viewer)))
+        # the image the panel opens on: the first (see _refresh_image_choices)
+        first = next(iter(self._image_layers()), None)
+        self.ui.folder_edit.setText(str(starting_folder(viewer, first)))
         self._shut_down = False
         # Layers removed together (select all + delete, layers.clear()) go one by one:
         # choosing the next image after each would build, then remove, its layers.

@@ -125,7 +125,7 @@ class AnnotateActionsMixin:
             )
         # U undoes the commit, not a clear before it; the prompts left by a commit of a
         # propagated object alone are in its snapshot: U puts them back with its own
-        self._prompts_for_undo = (self.session, None) if apart else None
+        self._prompts_for_undo = (self.session, None) if apart and ids else None
         self._keep_propagation_out()
         if not ids:
             show_info(

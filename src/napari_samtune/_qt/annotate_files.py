@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import weakref
-from collections import Counter
 from pathlib import Path
 
 from napari.layers import Labels
@@ -22,6 +21,7 @@ from napari_samtune._qt.annotate_jobs import SAVE_TASK
 from napari_samtune._qt.annotate_session import SAVED_FILE_KEY
 from napari_samtune._qt.dock_life import main_window_of
 from napari_samtune._qt.history_keys import bind_history_keys
+from napari_samtune._qt.layer_names import ANNOTATIONS, OWN_IMAGE_KEY, OWN_LAYER_KEY
 from napari_samtune._qt.layer_placement import follow_placement
 from napari_samtune._qt.workers import user_message
 from napari_samtune.core.annotation_files import (
@@ -33,23 +33,31 @@ from napari_samtune.core.annotation_files import (
 from napari_samtune.core.user_settings import ANNOTATION_FOLDER, write_setting
 
 
-def starting_folder(viewer) -> Path:
-    """Where a panel opened on ``viewer`` saves at first: where the annotations layers in it
-    were saved (by a panel closed since: opened again, it started in the setting's folder,
-    or $SAMTUNE_ANNOTATIONS_DIR's, the last chosen in any window, and saved the layers it
-    went on with there, unsaid), said; else :func:`starting_annotation_folder`."""
+def starting_folder(viewer, image_layer) -> Path:
+    """Where a panel opened on ``viewer`` to annotate ``image_layer`` saves at first: where
+    that image's annotations layer in the viewer was saved (by a panel closed since: opened
+    again, it started in the setting's folder, or $SAMTUNE_ANNOTATIONS_DIR's, the last
+    chosen in any window, and saved the annotations it went on with there, unsaid), said;
+    else :func:`starting_annotation_folder`."""
     start = starting_annotation_folder()
-    saved = Counter(
-        Path(kept[0]).parent
-        for layer in viewer.layers
-        if isinstance(layer, Labels) and (kept := layer.metadata.get(SAVED_FILE_KEY))
+    image_id = str(getattr(image_layer, "unique_id", "") or "")
+    kept = next(
+        (
+            layer.metadata[SAVED_FILE_KEY]
+            for layer in viewer.layers
+            if isinstance(layer, Labels)
+            and layer.metadata.get(OWN_LAYER_KEY) == ANNOTATIONS
+            and (layer.metadata.get(OWN_IMAGE_KEY) or {}).get("image layer") == image_id
+            and layer.metadata.get(SAVED_FILE_KEY)
+        ),
+        None,
     )
-    if not saved or start.resolve() in {folder.resolve() for folder in saved}:
+    folder = Path(kept[0]).parent if image_id and kept else start
+    if folder.resolve() == start.resolve():
         return start
-    folder = saved.most_common(1)[0][0]
     show_info(
-        f"the annotations in this viewer were saved in {folder}, so this panel saves there "
-        f"(not in {start}); choose another folder above to save elsewhere"
+        f"the annotations of {image_layer.name!r} were saved in {folder}, so this panel saves "
+        f"there (not in {start}); choose another folder above to save elsewhere"
     )
     return folder
 

@@ -193,7 +193,7 @@ def write_objects(
 ) -> list[int]:
     """Write objects into ``labels`` (in place) as new ids ``top + 1, top + 2, ...``, where
     ``top`` is the largest id in ``labels`` or ``used_before`` (or, where those would not
-    fit the dtype, the lowest ids not in use).
+    fit the dtype, the lowest ids not in use past ``used_before``, then below it).
 
     Args:
         labels: uint32 (H, W) or (Z, H, W) instance labels.
