@@ -132,8 +132,11 @@ def test_the_cache_keeps_the_most_recently_used_files_within_its_limit(tmp_path,
     assert EmbeddingCache(tmp_path).max_bytes == 2**29
     monkeypatch.setenv("SAMTUNE_EMBEDDING_CACHE_GB", "0")
     nothing = EmbeddingCache(tmp_path / "none")
-    nothing.save(hex_key("a"), features)
+    assert not nothing.save(hex_key("a"), features)
     assert nothing.load(hex_key("a"), (1, 8, 16, 16)) is None
+    kept = saved_keys(cache)
+    assert not EmbeddingCache(tmp_path).save(hex_key("d"), features)  # the others' stay
+    assert saved_keys(cache) == kept == ["a", "c"]
     monkeypatch.setenv("SAMTUNE_EMBEDDING_CACHE_GB", "lots")
     with pytest.warns(RuntimeWarning, match="'lots' is not a size in GB.*using 10"):
         assert EmbeddingCache(tmp_path).max_bytes == 10 * 2**30

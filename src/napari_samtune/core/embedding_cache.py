@@ -2,7 +2,9 @@
 
 The annotation widgets, ``samtune segment`` and frozen-encoder training share one folder
 (:func:`default_cache_dir`) and one limit, ``$SAMTUNE_EMBEDDING_CACHE_GB`` (default 10 GB;
-0 keeps nothing). Past the limit the least recently used files go.
+0 keeps nothing new, and deletes nothing: training with it had kept the folder as it was,
+while a prompt's save went over the limit and emptied it). Past the limit the least recently
+used files go.
 
 Finding them means reading every file's size and time: 22 ms for the 2,500 files a full
 cache holds (ViT-B's 4 MB embeddings), more than a save's own write. So a cache object
@@ -113,7 +115,10 @@ class EmbeddingCache:
         return features
 
     def save(self, key: str, features: torch.Tensor) -> bool:
-        """Store features atomically; a failing disk only costs a warning (and False)."""
+        """Store features atomically; a failing disk only costs a warning (and False), a
+        limit of 0 nothing (False)."""
+        if self.max_bytes <= 0:
+            return False
         features = features.detach().to("cpu", torch.float32).contiguous()
         payload = {
             "format": CACHE_FORMAT,
