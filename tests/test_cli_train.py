@@ -567,8 +567,9 @@ def test_sigterm_under_torchrun_explains_torchrun_s_own_error(
     assert err.rstrip().endswith(
         "note: torchrun sent this process SIGTERM, as it does when the job is stopped (a time "
         "limit, kill) and when another process of the run failed (its error is above then); "
-        "the run ended with the checkpoints above; torchrun itself now reports the signal as "
-        "an error of its own (a SignalException traceback and exit code 1, not this run's 143)"
+        "the run ended with the checkpoints above, if any; torchrun itself now reports the "
+        "signal as an error of its own (a SignalException traceback and exit code 1, not this "
+        "run's 143)"
     )
 
 

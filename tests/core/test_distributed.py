@@ -254,28 +254,37 @@ if not torch.distributed.is_available():  # pragma: no cover - builds without di
     pytestmark = pytest.mark.skip(reason="torch.distributed is not available in this build")
 
 
-def _data_worker(rank: int, port: int, config: TrainConfig, data, out_dir, results):
-    """Rank 1 reads one image fewer (its machine's copy of the folder lacks a file)."""
+def _data_worker(rank: int, port: int, config: TrainConfig, data, out_dir, results, how):
+    """Rank 1 reads one image fewer (its machine's copy of the folder lacks a file), or an
+    image of one pixel more than rank 0's."""
     _join(rank, 2, port)
     from napari_samtune.core.train import iter_train
 
-    train = data[0] if rank == 0 else data[0][1:]
+    train = data[0]
+    if rank == 1 and how == "a file fewer":
+        train = train[1:]
+    elif rank == 1:
+        image, labels = train[0]
+        image = image.copy()
+        image[0, 0] = image[0, 0] + 50
+        train = [(image, labels), *train[1:]]
     try:
         list(iter_train(config, train, data[1], out_dir))
     except Exception as err:  # recorded for the test; the process then exits
         (results / f"rank{rank}.txt").write_text(f"{type(err).__name__}: {err}")
 
 
-def test_processes_given_different_data_are_refused_before_training(tmp_path):
+@pytest.mark.parametrize("how", ["a file fewer", "other pixels"])
+def test_processes_given_different_data_are_refused_before_training(tmp_path, how):
     """Each machine reads its own copy of the data: with a file more, a process took more
     steps per epoch, and the others waited for it in DDP until gloo's 30-minute timeout,
-    deaf to SIGTERM."""
+    deaf to SIGTERM; with other pixels under the same names, each trained on its own."""
     config = TrainConfig(
         model="random:tiny", epochs=1, n_objects_per_batch=1, min_samples_per_epoch=1,
         n_iterative_prompts=0, mixed_precision="no",
     )  # fmt: skip
     data = make_dataset(3, shape=(64, 64), seed=0), make_dataset(1, shape=(64, 64), seed=9)
-    args = (_free_port(), config, data, tmp_path / "run", tmp_path)
+    args = (_free_port(), config, data, tmp_path / "run", tmp_path, how)
     processes = mp.spawn(_data_worker, args=args, nprocs=2, join=False)
     deadline = time.monotonic() + 120  # before the check, they hung in DDP
     while not processes.join(timeout=max(deadline - time.monotonic(), 0.1)):
@@ -283,7 +292,7 @@ def test_processes_given_different_data_are_refused_before_training(tmp_path):
             for process in processes.processes:
                 process.kill()
             pytest.fail("the processes given different data hung instead of being refused")
-    for rank, n_images in ((0, 3), (1, 2)):
+    for rank, n_images in ((0, 3), (1, 2 if how == "a file fewer" else 3)):
         said = (tmp_path / f"rank{rank}.txt").read_text()
         assert said.startswith("ValueError: the 2 processes of this run were given different ")
         assert f"(this one: {n_images} training and 1 validation images)" in said

@@ -15,7 +15,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import TextIO
 
@@ -23,6 +23,7 @@ from napari_samtune import __version__
 from napari_samtune.cli.console import (  # Terminated: also napari_samtune.cli's
     Terminated,
     interrupted,
+    is_main_process,
     plain_warnings,
     report_error,
     shell_quote,
@@ -288,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     try:  # building the parser imports the subcommands, and torch with them: seconds
-        args = build_parser().parse_args(argv)
+        with _quiet_unless_main():  # torchrun's processes: a mistake (or --help) said once
+            args = build_parser().parse_args(argv)
     except KeyboardInterrupt:
         return interrupted(_command_in(sys.argv[1:] if argv is None else argv))
     try:  # SIGTERM anywhere (a model's download, say) is said, as Ctrl+C is, not silent
@@ -303,6 +305,16 @@ def _main(argv: list[str] | None) -> int:
         return 2
     except KeyboardInterrupt as err:
         return interrupted(args.command, str(err), terminated=isinstance(err, Terminated))
+
+
+@contextmanager
+def _quiet_unless_main() -> Iterator[None]:
+    """Nothing printed in the block but by the main process (see :func:`is_main_process`)."""
+    if is_main_process():
+        yield
+        return
+    with open(os.devnull, "w") as sink, redirect_stdout(sink), redirect_stderr(sink):
+        yield
 
 
 def _check_single_process(command: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -219,24 +220,32 @@ def _train_reporting(config, train_pairs, val_pairs, args, stop, verbose: bool):
     except KeyboardInterrupt as err:  # the second Ctrl+C, or SIGTERM: what is saved, what next
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # see below
         note = aborted_note(Path(args.out), args.resume) if verbose else ""
-        if note and isinstance(err, Terminated) and torchrun_world_size() > 1:
-            note += f"\n{TORCHRUN_TERM_NOTE}"
+        if verbose and isinstance(err, Terminated) and torchrun_world_size() > 1:
+            # before a checkpoint too: torchrun's traceback follows a bare "terminated"
+            note = f"{note}\n{TORCHRUN_TERM_NOTE}" if note else TORCHRUN_TERM_NOTE
         raise type(err)(note) from None
     except Exception as err:  # a crash (out of memory, a full disk): its error, what is saved
         # torchrun sends SIGTERM as soon as another process fails: raised while this was
         # said, it left a bare "terminated" instead (the run ends here anyway)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        from napari_samtune.core.train_export import RunFiles
+
+        resumable = bool(args.resume) or RunFiles(Path(args.out)).last.is_file()
+        advice = _memory_advice(err, resumed=resumable)
         if verbose:
             # Before the start, --out's checkpoints may be another run's that the core
             # refused to mix with this one: they are not this run's to report.
             saved = aborted_note(Path(args.out), args.resume) if started.is_set() else ""
-            from napari_samtune.core.train_export import RunFiles
-
-            resumable = bool(args.resume) or RunFiles(Path(args.out)).last.is_file()
-            for line in (saved, _memory_advice(err, resumed=resumable)):
+            for line in (saved, advice):
                 if line:
                     print(f"samtune train: {line}", file=sys.stderr, flush=True)
+        elif advice:  # another process ran out of memory: its error alone is printed
+            print(f"samtune train (process {_rank()}): {advice}", file=sys.stderr, flush=True)
         raise
+
+
+def _rank() -> str:
+    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "?"))
 
 
 def stop_on_ctrl_c(stop: threading.Event, verbose: bool = True):

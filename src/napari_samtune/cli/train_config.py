@@ -5,6 +5,7 @@ commands its messages advise, with the options as typed."""
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from napari_samtune.cli import (
 from napari_samtune.cli.console import (
     shell_path,
 )
+from napari_samtune.cli.train_report import train_command
 from napari_samtune.cli.train_resume import (
     check_saved_device,
     resume_checkpoint,
@@ -146,9 +148,16 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     if files.last.exists():  # the core would refuse too, naming its Python argument
         # the whole command, quoted: "--resume <folder>" alone was refused for lacking
         # --images, and with the options given here for its --model
-        again = f"samtune train --resume {shell_path(args.out)} {_data_options(args)}"
+        again = f"{train_command()} --resume {shell_path(args.out)} {_data_options(args)}"
+        restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") not in ("", "0")
+        why = (  # torchrun --max-restarts runs the same command again after a failure
+            "torchrun restarted this run's processes after a failure, and a restart runs "
+            "the command that started the run, which cannot continue it: "
+            if restarted
+            else ""
+        )
         raise ValueError(
-            f"--out {shell_path(args.out)} already holds a training run; continue it "
+            f"{why}--out {shell_path(args.out)} already holds a training run; continue it "
             f"with: {again} --epochs N (N above the epochs it has done; its model and "
             "settings are the run's), or choose another --out folder"
         )

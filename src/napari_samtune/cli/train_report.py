@@ -58,7 +58,7 @@ def aborted_note(out: Path, resumed: str | None = None) -> str:
     folder = shell_path(out)
     note = (
         f"the run did not finish; its checkpoints are on disk: {saved}; continue it with: "
-        f"{_train_command()} --resume {folder} --out {folder} --images ... --labels ... "
+        f"{train_command()} --resume {folder} --out {folder} --images ... --labels ... "
         "(and its --val-images and --val-labels, if it had them)"
     )
     if files.best.is_file():
@@ -67,7 +67,7 @@ def aborted_note(out: Path, resumed: str | None = None) -> str:
     return note
 
 
-def _train_command() -> str:
+def train_command() -> str:
     """How the run is started again: as it was, under torchrun when it ran there."""
     world_size = torchrun_world_size()
     if world_size <= 1:
@@ -85,7 +85,7 @@ def _best_only_note(best: Path, out: Path, resumed: str | None) -> str:
         return ""
     export = f"samtune export {shell_path(best)} -o model.pth"
     if resumed is not None and Path(resumed).is_file():
-        again = f"{_train_command()} --resume {shell_path(resumed)} --out {shell_path(out)}"
+        again = f"{train_command()} --resume {shell_path(resumed)} --out {shell_path(out)}"
         return (
             f"the run did not finish and wrote no last.pt in {out}; continue it from the "
             f"checkpoint it resumed from: {again} --images ... --labels ..., or export the "
@@ -154,6 +154,6 @@ TORCHRUN_STOP_NOTE = (
 TORCHRUN_TERM_NOTE = (
     "note: torchrun sent this process SIGTERM, as it does when the job is stopped (a time "
     "limit, kill) and when another process of the run failed (its error is above then); the "
-    "run ended with the checkpoints above; torchrun itself now reports the signal as an "
+    "run ended with the checkpoints above, if any; torchrun itself now reports the signal as an "
     "error of its own (a SignalException traceback and exit code 1, not this run's 143)"
 )

@@ -178,13 +178,22 @@ def check_same_data(ctx: DistributedContext, device: torch.device, train, val) -
     """Refuse a run whose processes were given different training or validation images
     (each machine reads its own copy of the files): with a file more, one process took
     more steps per epoch, and the others waited for it in DDP's collectives until gloo's
-    timeout (30 minutes), deaf to SIGTERM. ``train`` and ``val``: this process's
-    :class:`~napari_samtune.core.data.PreparedImage` s, compared by name, size and number
-    of objects."""
+    timeout (30 minutes), deaf to SIGTERM; with other pixels or labels of the same names,
+    each trained on its own data, unsaid. ``train`` and ``val``: this process's
+    :class:`~napari_samtune.core.data.PreparedImage` s, compared by name, size, number of
+    objects and fingerprints of the pixels and labels (milliseconds each)."""
     if not ctx.enabled:
         return
-    summary = [[(image.name, image.labels.shape, len(image.object_areas)) for image in part]
-               for part in (train, val)]  # fmt: skip
+    from napari_samtune.core.label_files import image_fingerprint
+
+    summary = [
+        [
+            (image.name, image.labels.shape, len(image.object_areas))
+            + (image_fingerprint(image.rgb), image_fingerprint(image.labels))
+            for image in part
+        ]
+        for part in (train, val)
+    ]
     if _same_on_every_rank(summary, ctx, device):
         return
     raise ValueError(
