@@ -12,6 +12,7 @@ import torch
 import torch.multiprocessing as mp
 
 from napari_samtune.core import distributed as ddp
+from napari_samtune.core.architectures import TINY, build_sam
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.synthetic import make_dataset
 
@@ -297,3 +298,18 @@ def test_processes_given_different_data_are_refused_before_training(tmp_path, ho
         assert said.startswith("ValueError: the 2 processes of this run were given different ")
         assert f"(this one: {n_images} training and 1 validation images)" in said
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_neck_s_first_weight_takes_the_strides_of_its_gradient():
+    """DDP compares a gradient's strides with its bucket's (the weight's) as they are: the
+    neck's 1 x 1 convolution takes the tokens channels-last, its gradient comes with
+    channels-last strides, and every run training the encoder warned "Grad strides do not
+    match bucket view strides"."""
+    sam = build_sam(TINY)
+    conv = sam.image_encoder.neck[0]
+    before = conv.weight.detach().clone()
+    ddp.strides_as_gradients(sam)
+    tokens = torch.randn(1, 8, 8, conv.in_channels)  # (N, H, W, C), as the ViT's blocks give
+    conv(tokens.permute(0, 3, 1, 2)).sum().backward()
+    assert conv.weight.grad.stride() == conv.weight.stride() != before.stride()
+    assert torch.equal(conv.weight, before)

@@ -304,6 +304,23 @@ def any_rank(flag: bool, ctx: DistributedContext, device: torch.device) -> bool:
     return bool(all_reduce_sum(np.array([float(flag)]), ctx, device)[0] > 0)
 
 
+def strides_as_gradients(sam: nn.Module) -> None:
+    """Give the weight of the image encoder's neck's first convolution (1 x 1) the strides
+    its gradient comes with: it takes the encoder's tokens channels-last, and so does its
+    gradient. Both layouts are contiguous (the kernel is 1 x 1), but DDP compares strides
+    as they are and warned that "Grad strides do not match bucket view strides" in every
+    run that trains the encoder. Other weights keep their layouts."""
+    neck = getattr(getattr(sam, "image_encoder", None), "neck", None)
+    first = neck[0] if isinstance(neck, nn.Sequential) and len(neck) else None
+    if isinstance(first, nn.Conv2d) and first.kernel_size == (1, 1):
+        weight = first.weight.data  # (contiguous() keeps a 1 x 1 kernel's strides as they are)
+        n_in = weight.shape[1]
+        strided = torch.empty_strided(
+            weight.shape, (n_in, 1, n_in, n_in), dtype=weight.dtype, device=weight.device
+        )
+        first.weight.data = strided.copy_(weight)
+
+
 def wrap_module(
     module: nn.Module, ctx: DistributedContext, device: torch.device, may_leave_unused: bool
 ) -> nn.Module:

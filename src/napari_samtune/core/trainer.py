@@ -193,6 +193,8 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
         c = self.config
         step = SamTrainingStep(self.sam, c.n_iterative_prompts, c.mask_loss, c.fast_attention)
         unused = may_leave_parameters_unused(self.sam)
+        if self.dist.enabled:
+            ddp.strides_as_gradients(self.sam)
         self.step_module = ddp.wrap_module(step, self.dist, self.device, unused)
 
     def _setup_data(self) -> None:
