@@ -109,4 +109,4 @@ def test_a_cache_file_that_cannot_be_deleted_is_named(capsys, monkeypatch):
 def test_a_zero_limit_is_shown_as_keeping_none(capsys, monkeypatch):
     monkeypatch.setenv("SAMTUNE_EMBEDDING_CACHE_GB", "0")
     assert main(["cache"]) == 0
-    assert "0 embeddings, 0.0 MB (limit 0: none kept)" in capsys.readouterr().out
+    assert "0 embeddings, 0.0 MB (limit 0: nothing new kept)" in capsys.readouterr().out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import io
 import os
 import re
 import sys
@@ -289,8 +290,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     try:  # building the parser imports the subcommands, and torch with them: seconds
-        with _quiet_unless_main():  # torchrun's processes: a mistake (or --help) said once
-            args = build_parser().parse_args(argv)
+        args = _parse(argv)
     except KeyboardInterrupt:
         return interrupted(_command_in(sys.argv[1:] if argv is None else argv))
     try:  # SIGTERM anywhere (a model's download, say) is said, as Ctrl+C is, not silent
@@ -307,14 +307,21 @@ def _main(argv: list[str] | None) -> int:
         return interrupted(args.command, str(err), terminated=isinstance(err, Terminated))
 
 
-@contextmanager
-def _quiet_unless_main() -> Iterator[None]:
-    """Nothing printed in the block but by the main process (see :func:`is_main_process`)."""
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line parsed. torchrun's other processes keep what argparse says (a
+    mistake, --help) and say a mistake only after :func:`report_error`'s wait, in which
+    torchrun ends them once the first has said it: each said it, three times with 3."""
+    parser = build_parser()
     if is_main_process():
-        yield
-        return
-    with open(os.devnull, "w") as sink, redirect_stdout(sink), redirect_stderr(sink):
-        yield
+        return parser.parse_args(argv)
+    said = io.StringIO()
+    try:
+        with redirect_stdout(said), redirect_stderr(said):
+            return parser.parse_args(argv)
+    except SystemExit as exit_:
+        if exit_.code:
+            report_error(said.getvalue().rstrip("\n"))
+        raise
 
 
 def _check_single_process(command: str) -> None:

@@ -56,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
     sizes = [size for _, size, _ in cache.entries()]
     print(f"embeddings cache: {cache.directory}  (set SAMTUNE_CACHE_DIR to move it)")
     limit = (
-        f"of the {size_text(cache.max_bytes)} limit" if cache.max_bytes else "(limit 0: none kept)"
+        f"of the {size_text(cache.max_bytes)} limit"
+        if cache.max_bytes
+        else "(limit 0: nothing new kept)"
     )
     print(
         f"{len(sizes)} embeddings, {size_text(sum(sizes))} {limit}; set {CACHE_LIMIT_ENV} to "

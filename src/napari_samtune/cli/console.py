@@ -125,7 +125,8 @@ def report_error(message: str) -> None:
     still said, after the wait."""
     if not is_main_process():
         time.sleep(WORKER_ERROR_WAIT_S)
-    print(message, file=sys.stderr)
+    sys.stderr.write(f"{message}\n")  # one write: another process's lines go between lines
+    sys.stderr.flush()
 
 
 def is_main_process() -> bool:

@@ -31,6 +31,7 @@ from napari_samtune.cli import (
 )
 from napari_samtune.cli.console import (
     is_main_process,
+    report_error,
     sigterm_interrupts,
     torchrun_world_size,
 )
@@ -239,8 +240,9 @@ def _train_reporting(config, train_pairs, val_pairs, args, stop, verbose: bool):
             for line in (saved, advice):
                 if line:
                     print(f"samtune train: {line}", file=sys.stderr, flush=True)
-        elif advice:  # another process ran out of memory: its error alone is printed
-            print(f"samtune train (process {_rank()}): {advice}", file=sys.stderr, flush=True)
+        elif advice:  # said by the first process if it ran out too, else here after a wait
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # torchrun ends the wait
+            report_error(f"samtune train (process {_rank()}): {advice}")
         raise
 
 

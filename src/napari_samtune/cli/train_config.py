@@ -113,6 +113,7 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     from napari_samtune.core.train_setup import continued_precision
     from napari_samtune.core.trainer_files import models_replaced
 
+    _refuse_a_restart(args)
     if args.resume:
         if args.model:
             raise ValueError("--resume continues with the checkpoint's model; leave out --model")
@@ -148,18 +149,10 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     if files.last.exists():  # the core would refuse too, naming its Python argument
         # the whole command, quoted: "--resume <folder>" alone was refused for lacking
         # --images, and with the options given here for its --model
-        again = f"{train_command()} --resume {shell_path(args.out)} {_data_options(args)}"
-        restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") not in ("", "0")
-        why = (  # torchrun --max-restarts runs the same command again after a failure
-            "torchrun restarted this run's processes after a failure, and a restart runs "
-            "the command that started the run, which cannot continue it: "
-            if restarted
-            else ""
-        )
         raise ValueError(
-            f"{why}--out {shell_path(args.out)} already holds a training run; continue it "
-            f"with: {again} --epochs N (N above the epochs it has done; its model and "
-            "settings are the run's), or choose another --out folder"
+            f"--out {shell_path(args.out)} already holds a training run; continue it "
+            f"with: {_continue_command(args)} --epochs N (N above the epochs it has done; its "
+            "model and settings are the run's), or choose another --out folder"
         )
     replaced = models_replaced(files)  # an exported model.pth, a kept best.pt
     if replaced:  # before the data is read
@@ -172,6 +165,36 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
         _check_preset_device(preset.device, args.preset or "auto")
     config = config_from_preset(preset, args.model, check=not args.force, **overrides)
     return config, f"preset {preset.name} ({preset.key}): {reason}"
+
+
+def _continue_command(args: argparse.Namespace) -> str:
+    """The command that continues the run in ``--out`` (all but its --epochs), quoted: with
+    "--resume <folder>" alone it was refused for lacking --images, and with the options
+    given here for its --model."""
+    return f"{train_command()} --resume {shell_path(args.out)} {_data_options(args)}"
+
+
+def _refuse_a_restart(args: argparse.Namespace) -> None:
+    """torchrun --max-restarts runs the command that started the run again after a failure;
+    where the run's checkpoints are in --out by then, that command cannot continue it (a
+    new run's --out is taken; a resume into another folder finds a run of its own there,
+    "another training run"): said, with the command that continues it. A resume in its
+    own folder goes on from its newest checkpoint."""
+    if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0").strip() in ("", "0"):
+        return
+    from napari_samtune.core.train_export import RunFiles
+
+    out = Path(args.out)
+    if not RunFiles(out).last.exists():
+        return
+    if args.resume and resume_checkpoint(args.resume).resolve() == RunFiles(out).last.resolve():
+        return
+    raise ValueError(
+        "torchrun restarted this run's processes after a failure, and a restart runs the "
+        f"command that started the run, which cannot continue it: its checkpoints are in "
+        f"--out {shell_path(args.out)}; continue it with: {_continue_command(args)} "
+        "--epochs N (N above the epochs it has done)"
+    )
 
 
 def _data_options(args: argparse.Namespace) -> str:

@@ -244,7 +244,7 @@ def cache_limit_bytes() -> int:
         if math.isfinite(gigabytes) and gigabytes >= 0:
             return int(gigabytes * 2**30)
         warnings.warn(
-            f"{CACHE_LIMIT_ENV}={text!r} is not a size in GB (e.g. 10, or 0 to keep nothing); "
+            f"{CACHE_LIMIT_ENV}={text!r} is not a size in GB (e.g. 10, or 0 to store nothing new); "
             f"using {DEFAULT_CACHE_LIMIT_GB:g}",
             RuntimeWarning,
             stacklevel=2,
