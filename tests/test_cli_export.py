@@ -247,3 +247,35 @@ def test_a_register_name_taken_during_the_export_gives_the_command_to_register_i
     monkeypatch.setattr(user_models, "register_user_model", real)
     assert cli.main(shlex.split(command)) == 0
     assert "registered as 'mine'" in capsys.readouterr().out
+
+
+def test_exporting_over_the_base_model_its_checkpoint_completes_is_refused(tmp_path, capsys):
+    """``-o base.pth --overwrite``, the finetuned model in place of the model it came from,
+    replaced the base that the run's checkpoints of only its trained weights complete: the
+    run could no longer be exported or resumed, and the fix named (put the base back as
+    it was) had no copy left."""
+    base = tmp_path / "base.pth"
+    torch.save(build_sam(TINY).state_dict(), base)
+    config = TrainConfig(model=str(base), checkpoint_trainable_only=True)
+    last = write_checkpoint(
+        tmp_path / "run" / "checkpoints" / "last.pt", build_sam(TINY), TINY, config
+    )
+    before = base.read_bytes()
+    assert cli.main(["export", str(last), "-o", str(base), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert f"-o {base} is the file of the base model that {last} completes" in err
+    assert base.read_bytes() == before
+    assert cli.main(["export", str(last), "-o", str(tmp_path / "elsewhere.pth")]) == 0
+
+
+def test_the_folder_suggested_for_a_model_is_outside_the_user_models_folder(
+    tmp_path, checkpoint, capsys, monkeypatch
+):
+    """Run from inside the user models folder, the suggestion was the path just refused."""
+    from napari_samtune.core.registry import user_models_dir
+
+    user_models_dir().mkdir(parents=True, exist_ok=True)
+    monkeypatch.chdir(user_models_dir())
+    assert cli.main(["export", str(checkpoint), "-o", "y.pth"]) == 2
+    err = capsys.readouterr().err
+    assert f"e.g. -o {user_models_dir().resolve().parent / 'y.pth'}, and add --register" in err

@@ -41,6 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     checkpoint = checkpoint_to_export(args.checkpoint)
     check_not_the_checkpoint(checkpoint, Path(args.output))
+    check_not_the_base(checkpoint, Path(args.output))
     check_nothing_is_replaced(Path(args.output), args.overwrite)
     with option_wording({"model_name": "--register"}):
         return _export(checkpoint, args)
@@ -73,6 +74,45 @@ def check_not_the_checkpoint(checkpoint: Path, output: Path) -> None:
         )
 
 
+def check_not_the_base(checkpoint: Path, output: Path) -> None:
+    """``ValueError`` if ``output`` is the file of the base model that ``checkpoint``, of
+    only the weights its run trained, completes: replaced by the model exported (with
+    --overwrite), the run could no longer be exported or resumed, and the fix then named
+    (put the base model back as it was) had no copy left to do it with."""
+    import torch
+
+    if not output.is_file():
+        return
+    try:  # mapped: only the entries read are read
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # export says what is wrong with it
+        return
+    if not isinstance(saved, dict) or saved.get("model_state_complete", True):
+        return
+    base = _model_file(str((saved.get("config") or {}).get("model", "")))
+    if base is not None and base.is_file() and os.path.samefile(base, output):
+        raise ValueError(
+            f"-o {output} is the file of the base model that {checkpoint} completes (it "
+            "holds only the weights its run trained): replaced, the run could no longer be "
+            f"exported or resumed. Give another file name, e.g. -o {_suggestion(output)}"
+        )
+
+
+def _model_file(model: str) -> Path | None:
+    """The file of ``model`` (a registered name or a path); None where there is none."""
+    from napari_samtune.core.model_lookup import get_model_spec
+    from napari_samtune.core.models import is_registered_name
+
+    if not model or model.startswith("random:"):
+        return None
+    if is_registered_name(model):
+        try:
+            return get_model_spec(model).local_path()
+        except (OSError, ValueError):
+            return None
+    return Path(model).expanduser()
+
+
 def check_nothing_is_replaced(output: Path, overwrite: bool = False) -> None:
     """``ValueError`` if writing ``output`` would destroy what the plain model cannot stand
     in for: a file that is no PyTorch file (an image, a table), a training checkpoint (of
@@ -84,10 +124,13 @@ def check_nothing_is_replaced(output: Path, overwrite: bool = False) -> None:
 
     models = user_models_dir().resolve()
     if output.resolve().is_relative_to(models):
+        here = not Path.cwd().resolve().is_relative_to(models)
+        elsewhere = Path(output.name) if here else models.parent / output.name
         raise ValueError(
             f"-o {output} is in the user models folder ({models}), whose files belong to "
             "the models registered there ('samtune models' lists them); write the model "
-            f"elsewhere, e.g. -o {output.name}, and add --register NAME to register it"
+            f"elsewhere, e.g. -o {shell_path(elsewhere)}, and add --register NAME to "
+            "register it"
         )
     if output.is_file() and not _is_torch_file(output):
         raise ValueError(
