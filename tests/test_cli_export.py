@@ -249,23 +249,47 @@ def test_a_register_name_taken_during_the_export_gives_the_command_to_register_i
     assert "registered as 'mine'" in capsys.readouterr().out
 
 
-def test_exporting_over_the_base_model_its_checkpoint_completes_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("exported", ["last.pt", "the run's whole best.pt"])
+def test_exporting_over_the_base_model_its_lora_checkpoint_completes_is_refused(
+    tmp_path, capsys, exported
+):
     """``-o base.pth --overwrite``, the finetuned model in place of the model it came from,
-    replaced the base that the run's checkpoints of only its trained weights complete: the
-    run could no longer be exported or resumed, and the fix named (put the base back as
-    it was) had no copy left."""
+    replaced the base that the run's checkpoints of only its trained weights complete, its
+    LoRA adapters merged into the encoder: the run could no longer be exported or resumed,
+    and the fix named (put the base back as it was) had no copy left. Its best.pt whole
+    (``--whole-checkpoints`` at first) passed the check, its last.pt then broken."""
+    from napari_samtune.core.lora import apply_lora
+
+    base = tmp_path / "base.pth"
+    torch.save(build_sam(TINY).state_dict(), base)
+    lora = TrainConfig(model=str(base), checkpoint_trainable_only=True, lora_rank=2)
+    sam = build_sam(TINY)
+    apply_lora(sam.image_encoder, 2)
+    folder = tmp_path / "run" / "checkpoints"
+    last = write_checkpoint(folder / "last.pt", sam, TINY, lora)
+    if exported != "last.pt":
+        whole = TrainConfig(model=str(base), lora_rank=2, checkpoint_trainable_only=False)
+        write_checkpoint(folder / "best.pt", sam, TINY, whole)
+    given = last if exported == "last.pt" else tmp_path / "run"
+    before = base.read_bytes()
+    assert cli.main(["export", str(given), "-o", str(base), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert f"-o {base} is the file of the base model that {last} completes" in err
+    assert base.read_bytes() == before
+    assert cli.main(["export", str(given), "-o", str(tmp_path / "elsewhere.pth")]) == 0
+
+
+def test_a_base_model_that_a_run_without_lora_exports_as_it_was_may_be_replaced(tmp_path):
+    """Without LoRA the parts a checkpoint takes from its base are exported as they are:
+    the run goes on from the model written over its base."""
     base = tmp_path / "base.pth"
     torch.save(build_sam(TINY).state_dict(), base)
     config = TrainConfig(model=str(base), checkpoint_trainable_only=True)
     last = write_checkpoint(
         tmp_path / "run" / "checkpoints" / "last.pt", build_sam(TINY), TINY, config
     )
-    before = base.read_bytes()
-    assert cli.main(["export", str(last), "-o", str(base), "--overwrite"]) == 2
-    err = capsys.readouterr().err
-    assert f"-o {base} is the file of the base model that {last} completes" in err
-    assert base.read_bytes() == before
-    assert cli.main(["export", str(last), "-o", str(tmp_path / "elsewhere.pth")]) == 0
+    assert cli.main(["export", str(last), "-o", str(base), "--overwrite"]) == 0
+    assert cli.main(["export", str(last), "-o", str(tmp_path / "again.pth")]) == 0
 
 
 def test_the_folder_suggested_for_a_model_is_outside_the_user_models_folder(

@@ -75,27 +75,41 @@ def check_not_the_checkpoint(checkpoint: Path, output: Path) -> None:
 
 
 def check_not_the_base(checkpoint: Path, output: Path) -> None:
-    """``ValueError`` if ``output`` is the file of the base model that ``checkpoint``, of
-    only the weights its run trained, completes: replaced by the model exported (with
-    --overwrite), the run could no longer be exported or resumed, and the fix then named
-    (put the base model back as it was) had no copy left to do it with."""
-    import torch
-
+    """``ValueError`` if ``output`` is the file of the base model that ``checkpoint``, or
+    another checkpoint of its run, completes where the model exported differs from it in
+    the parts taken from it (LoRA adapters merged into its encoder): replaced by that
+    model (with --overwrite), the run could no longer be exported or resumed, and the fix
+    then named (put the base model back as it was) had no copy left. A run that trained
+    parts of the model without LoRA exports the base's other parts as they are."""
     if not output.is_file():
         return
+    run = [checkpoint]
+    if checkpoint.parent.name == "checkpoints":  # its run's best.pt and last.pt alike
+        run += [checkpoint.with_name(name) for name in ("best.pt", "last.pt")]
+    for path in dict.fromkeys(p for p in run if p.is_file()):
+        base = _lora_base_file(path)
+        if base is not None and base.is_file() and os.path.samefile(base, output):
+            raise ValueError(
+                f"-o {output} is the file of the base model that {path} completes (it holds "
+                "only the weights its run trained, and LoRA adapters that change that "
+                "model's encoder once merged): replaced, the run could no longer be "
+                f"exported or resumed. Give another file name, e.g. -o {_suggestion(output)}"
+            )
+
+
+def _lora_base_file(checkpoint: Path) -> Path | None:
+    """The base model file a checkpoint of only its trained weights, with LoRA adapters,
+    completes; None for any other checkpoint (or one that cannot be read: export says)."""
+    import torch
+
     try:  # mapped: only the entries read are read
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # export says what is wrong with it
-        return
+    except Exception:
+        return None
     if not isinstance(saved, dict) or saved.get("model_state_complete", True):
-        return
-    base = _model_file(str((saved.get("config") or {}).get("model", "")))
-    if base is not None and base.is_file() and os.path.samefile(base, output):
-        raise ValueError(
-            f"-o {output} is the file of the base model that {checkpoint} completes (it "
-            "holds only the weights its run trained): replaced, the run could no longer be "
-            f"exported or resumed. Give another file name, e.g. -o {_suggestion(output)}"
-        )
+        return None
+    config = saved.get("config") or {}
+    return _model_file(str(config.get("model", ""))) if config.get("lora_rank") else None
 
 
 def _model_file(model: str) -> Path | None:
