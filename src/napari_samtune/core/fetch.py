@@ -27,12 +27,9 @@ import glob
 import hashlib
 import http.client
 import os
-import queue
 import re
 import secrets
-import socket
 import ssl
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -41,6 +38,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from napari_samtune import __version__
+from napari_samtune.core.arriving import arriving
 from napari_samtune.core.checkpoints import (
     ABANDONED_WRITE_SECONDS,
     remove_abandoned_writes,
@@ -52,7 +50,6 @@ from napari_samtune.core.run_lock import same_file, try_lock
 ProgressCallback = Callable[[int, "int | None"], None]  # (bytes_done, bytes_total or None)
 CHUNK_SIZE = 1 << 20  # bytes read per step: big enough for speed, small enough for progress
 DEFAULT_TIMEOUT = 60.0  # seconds without data before a download is abandoned
-WAIT_CHECK_SECONDS = 0.25  # how often a download waiting for data calls its progress callback
 PARTIAL_SUFFIX = ".part"  # an unfinished download of <name> is kept as .<name><suffix>
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+|\*)")
@@ -184,7 +181,9 @@ def _stream(
 ) -> None:
     done = start
     _call_progress(report, done, total)
-    with closing(_arriving(response, lambda: _call_progress(report, done, total))) as chunks:
+    with closing(
+        arriving(response, CHUNK_SIZE, lambda: _call_progress(report, done, total))
+    ) as chunks:
         for chunk in chunks:
             with _disk_errors(out):
                 out.write(chunk)
@@ -193,61 +192,6 @@ def _stream(
             _call_progress(report, done, total)
     if total is not None and done != total:
         raise DownloadError(f"the connection closed after {done} of {total} bytes")
-
-
-def _arriving(response: http.client.HTTPResponse, waiting: Callable[[], None]) -> Iterator[bytes]:
-    """The body of ``response`` as it arrives, read on a thread of its own, calling
-    ``waiting`` every :data:`WAIT_CHECK_SECONDS` while nothing does: a server that stopped
-    sending held a widget's Cancel (raised by the progress callback) and Ctrl+C for the
-    whole socket timeout, a minute, which then failed the cancelled load as "offline".
-    The reader's errors (that timeout, a dropped connection) are raised here as they were."""
-    arrived: queue.Queue = queue.Queue(maxsize=4)
-
-    def read() -> None:
-        try:
-            # read1: what has arrived, up to a chunk; read() waited for a whole MB, so a slow
-            # link showed no progress, and a stop or timeout lost what had arrived of it
-            while chunk := response.read1(CHUNK_SIZE):
-                arrived.put(chunk)
-            arrived.put(b"")
-        except BaseException as err:  # raised in the downloading thread
-            arrived.put(err)
-
-    reader = threading.Thread(target=read, name="samtune-download", daemon=True)
-    reader.start()
-    try:
-        while True:
-            try:
-                item = arrived.get(timeout=WAIT_CHECK_SECONDS)
-            except queue.Empty:
-                waiting()
-                continue
-            if isinstance(item, BaseException):
-                raise item
-            if not item:
-                return
-            yield item
-    finally:
-        _end_reading(response, reader, arrived)
-
-
-def _end_reading(
-    response: http.client.HTTPResponse, reader: threading.Thread, arrived: queue.Queue
-) -> None:
-    """Stop a reader that is still waiting for data (a cancel, Ctrl+C, a failed write): the
-    connection is shut down, which ends its read, and what it read meanwhile is dropped."""
-    if reader.is_alive():
-        try:  # a duplicate of the socket's descriptor: shutting it down ends the connection
-            with socket.socket(fileno=os.dup(response.fileno())) as connection:
-                connection.shutdown(socket.SHUT_RDWR)
-        except (OSError, ValueError, AttributeError):  # closed: the read ends on its own
-            pass
-    while reader.is_alive():
-        try:  # a reader blocked on a full queue goes on to its end
-            arrived.get(timeout=WAIT_CHECK_SECONDS)
-        except queue.Empty:
-            pass
-    reader.join()
 
 
 def _download_into(
