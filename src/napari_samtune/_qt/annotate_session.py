@@ -115,11 +115,8 @@ class AnnotationSession:
         ids = self._write(objects, overwrite, source, model_name, prompts, present=present)
         if ids:
             self.undo_stack.peek().prompts = kept  # undone, they come back
-            if alone:
-                self.layers.clear_prompts(planes)
-                self.layers.clear_preview(planes)
-            else:
-                self.clear(planes)
+            self.layers.clear_prompts(planes if alone else None)
+            self.layers.clear_preview(planes)
         return ids
 
     def add_labels(

@@ -136,11 +136,16 @@ def is_main_process() -> bool:
     printed nothing, and its errors came 10 s late."""
     if torchrun_world_size() <= 1:
         return True
-    rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
     try:
-        return int(rank) == 0
+        return int(torchrun_rank()) == 0
     except ValueError:
         return True
+
+
+def torchrun_rank() -> str:
+    """This process's rank as torchrun gives it (env ``RANK``, else ``LOCAL_RANK``; "0"
+    where neither is set)."""
+    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
 
 
 def interrupted(command: str | None, note: str = "", terminated: bool = False) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import threading
@@ -33,6 +32,7 @@ from napari_samtune.cli.console import (
     is_main_process,
     report_error,
     sigterm_interrupts,
+    torchrun_rank,
     torchrun_world_size,
 )
 
@@ -242,12 +242,8 @@ def _train_reporting(config, train_pairs, val_pairs, args, stop, verbose: bool):
                     print(f"samtune train: {line}", file=sys.stderr, flush=True)
         elif advice:  # said by the first process if it ran out too, else here after a wait
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # torchrun ends the wait
-            report_error(f"samtune train (process {_rank()}): {advice}")
+            report_error(f"samtune train (process {torchrun_rank()}): {advice}")
         raise
-
-
-def _rank() -> str:
-    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "?"))
 
 
 def stop_on_ctrl_c(stop: threading.Event, verbose: bool = True):

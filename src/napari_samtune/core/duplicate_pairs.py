@@ -49,8 +49,8 @@ def drop_duplicates(
 ) -> tuple[list[_Pair], tuple[tuple[str, str], ...]]:
     """``images`` without the repeats of an earlier image, and the ``(left out, kept)`` names
     of each repeat. A repeat whose objects differ raises :class:`DuplicateImageError`."""
-    kept: list[PreparedImage] = []
-    by_fingerprint: dict[str, list[PreparedImage]] = {}
+    kept: list[_Pair] = []
+    by_fingerprint: dict[str, list[_Pair]] = {}
     dropped = []
     for image in images:
         candidates = by_fingerprint.setdefault(image_fingerprint(image.rgb), [])
