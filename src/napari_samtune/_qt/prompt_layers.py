@@ -331,7 +331,7 @@ class PromptLayers:
         on_points, on_boxes = self._on_planes(planes)
         return {
             "points": points[on_points].tolist(),
-            "point_labels": list(labels[on_points]) if len(points) else [],
+            "point_labels": [str(label) for label in labels[on_points]],
             "boxes": [
                 np.asarray(box).tolist()
                 for box, on in zip(self.boxes.data, on_boxes, strict=True)

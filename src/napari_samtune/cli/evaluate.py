@@ -274,9 +274,11 @@ def _check_repeated(models: list[str], known: set[str]) -> None:
     """Refuse a ``--model`` given twice (a name, a file by any path, or a model's name and
     its file): it would be evaluated twice, taking as long again, for a second row of the
     same scores."""
+    from napari_samtune.core.model_lookup import model_file
+
     first_given: dict[str, str] = {}
     for model in models:
-        path = _model_file(model) if model in known else Path(model).expanduser()
+        path = model_file(model) if model in known else Path(model).expanduser()
         key = str(path.resolve()) if path is not None and path.is_file() else model
         if key in first_given:
             again = "" if first_given[key] == model else f" (as {first_given[key]!r} before)"
@@ -294,17 +296,6 @@ def _model_names() -> set[str]:
     from napari_samtune.core.user_models import scan_user_models
 
     return builtin_names() | {spec.name for spec in scan_user_models()[0]}
-
-
-def _model_file(name: str) -> Path | None:
-    """The weights file model ``name`` is read from, where it is here: the same model given
-    by name and by its file's path is one model."""
-    from napari_samtune.core.model_lookup import get_model_spec
-
-    try:
-        return get_model_spec(name).local_path()
-    except ValueError:
-        return None
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -109,22 +109,9 @@ def _lora_base_file(checkpoint: Path) -> Path | None:
     if not isinstance(saved, dict) or saved.get("model_state_complete", True):
         return None
     config = saved.get("config") or {}
-    return _model_file(str(config.get("model", ""))) if config.get("lora_rank") else None
+    from napari_samtune.core.model_lookup import model_file
 
-
-def _model_file(model: str) -> Path | None:
-    """The file of ``model`` (a registered name or a path); None where there is none."""
-    from napari_samtune.core.model_lookup import get_model_spec
-    from napari_samtune.core.models import is_registered_name
-
-    if not model or model.startswith("random:"):
-        return None
-    if is_registered_name(model):
-        try:
-            return get_model_spec(model).local_path()
-        except (OSError, ValueError):
-            return None
-    return Path(model).expanduser()
+    return model_file(str(config.get("model", ""))) if config.get("lora_rank") else None
 
 
 def check_nothing_is_replaced(output: Path, overwrite: bool = False) -> None:

@@ -7,6 +7,8 @@ the imports go one way.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from napari_samtune.core import registry
 from napari_samtune.core.registry import ModelSpec, builtin_model
 from napari_samtune.core.user_models import list_user_models, user_model_spec
@@ -32,3 +34,19 @@ def get_model_spec(name: str) -> ModelSpec:
         f"unknown model {name!r}; choose one of {choices!r} or give a file path"
         + renamed_note(name)
     )
+
+
+def model_file(model: str) -> Path | None:
+    """The weights file ``model``, a model's name or a file's path, is read from; None for
+    "", ``random:<arch>`` and a name whose entry cannot be read."""
+    from napari_samtune.core.model_source import RANDOM_PREFIX
+    from napari_samtune.core.models import is_registered_name
+
+    if not model or model.startswith(RANDOM_PREFIX):
+        return None
+    if is_registered_name(model):
+        try:
+            return get_model_spec(model).local_path()
+        except (OSError, ValueError):
+            return None
+    return Path(model).expanduser()
