@@ -298,12 +298,16 @@ def test_commands_to_paste_are_quoted_for_the_system_s_shell(monkeypatch):
     from napari_samtune.cli import console
     from napari_samtune.core import shell_words
 
-    words = ["samtune", "train", "--resume", r"C:\Users\ana\my runs\cells", "--out", "x y"]
-    assert console.shell_join(words) == (
-        r"samtune train --resume 'C:\Users\ana\my runs\cells' --out 'x y'"
-    )
+    path = r"C:\Users\ana\my runs\cells"
+    assert [console.shell_quote(word) for word in (path, "x y", "train")] == [
+        r"'C:\Users\ana\my runs\cells'",
+        "'x y'",
+        "train",
+    ]
     monkeypatch.setattr(shell_words, "_on_windows", lambda: True)
-    assert console.shell_join(words) == (
-        r'samtune train --resume "C:\Users\ana\my runs\cells" --out "x y"'
-    )
+    assert [console.shell_quote(word) for word in (path, "x y", "train")] == [
+        r'"C:\Users\ana\my runs\cells"',
+        '"x y"',
+        "train",
+    ]
     assert console.shell_quote(r"C:\runs\cells") == r"C:\runs\cells"  # no quotes needed

@@ -317,3 +317,16 @@ def test_a_preset_for_more_memory_than_the_machine_has_is_said():
     assert memory_short(get_preset("gtx1080"), machine, "cuda") == ""
     # a GPU preset trained on the CPU (as its refusal without CUDA advises) is held to RAM
     assert "23.5 GB RAM" in memory_short(get_preset("a100"), machine, "cpu")
+
+
+def test_the_device_trained_on_is_read_alike_however_it_is_written(monkeypatch):
+    """machine_for, memory_short and gpu_index each read the device their own way: " cuda:1"
+    had its GPU measured, then its preset compared with the RAM."""
+    from napari_samtune.core import presets
+
+    found = presets.MachineResources(gpu_memory_gb=8.0, ram_gb=64.0, n_cores=8, gpu_name="g")
+    big = presets.get_preset("a100")
+    for device in ("cuda:1", " cuda:1", "CUDA:1"):
+        assert presets.gpu_index(device) == 1
+        assert "GB GPU memory" in presets.memory_short(big, found, device)
+    assert "GB RAM" in presets.memory_short(big, replace(found, ram_gb=4.0), " CPU")

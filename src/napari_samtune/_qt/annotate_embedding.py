@@ -200,8 +200,7 @@ class AnnotateEmbeddingMixin:
     def _on_embedded(self, plane) -> None:
         self._embedded = (self._generation, plane)
         if self.segmenter is not None and self.segmenter.image_is_blank:  # previews stay empty
-            name = self.session.image_layer.name
-            where = f"image {name!r}" if plane is None else f"plane {plane} of {name!r}"
+            where = jobs.place_of(self.session.axes, plane, self.session.image_layer.name)
             show_warning(
                 f"{where} is one value everywhere (blank) as SAM sees it, so prompts on it "
                 "give no masks; check the image, and the channel chosen"

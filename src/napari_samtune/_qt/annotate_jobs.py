@@ -95,7 +95,7 @@ def _stop_checked(
     return checked
 
 
-def _where(axes: ImageAxes, plane: int | None, image_name: str) -> str:
+def place_of(axes: ImageAxes, plane: int | None, image_name: str) -> str:
     """The image by its layer's name, or its plane as napari's slider shows it: "plane
     <index>/<last index> of '<name>'" (another image may be chosen while a job runs)."""
     if plane is None:
@@ -112,7 +112,7 @@ def _set_plane(
     image_name: str = "image",
     stop: threading.Event | None = None,
 ) -> None:
-    where = _where(axes, plane, image_name)
+    where = place_of(axes, plane, image_name)
 
     def tiles_done(done: int, total: int) -> None:
         if report is not None:
@@ -151,7 +151,7 @@ def iter_embed_planes(
                 return None
             embedded = (plane,)
             continue
-        yield TaskProgress(done, len(planes), f"embedding {_where(axes, plane, image_name)}")
+        yield TaskProgress(done, len(planes), f"embedding {place_of(axes, plane, image_name)}")
         try:
             _set_plane(segmenter, axes, data, plane, image_name=image_name, stop=stop)
         except JobStopped:
@@ -181,7 +181,7 @@ def embed_views_job(
     gets a view centred on it, see :meth:`.ViewPredictor.view_for`), so that the preview
     does not freeze the viewer for encoder passes; returns the plane, or None when
     ``stop`` was set."""
-    where = _where(axes, plane, image_name)
+    where = place_of(axes, plane, image_name)
 
     def views_done(done: int, total: int) -> None:
         report(TaskProgress(done, total, f"embedding {where}: view {done}/{total} of a prompt"))
@@ -209,7 +209,7 @@ def iter_segment_automatically(
     padding plane without a finite pixel must not cost the planes after it). Once ``stop``
     is set, it ends after the batch of points in work, returning None."""
     for done, plane in enumerate(planes):
-        where = _where(axes, plane, image_name)
+        where = place_of(axes, plane, image_name)
         yield TaskProgress(done, len(planes), f"segmenting {where} automatically…")
         try:
             _set_plane(segmenter, axes, data, plane, image_name=image_name, stop=stop)

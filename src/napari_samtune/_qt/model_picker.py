@@ -205,7 +205,7 @@ def _broken(name: object) -> str | None:
     """Why user model ``name`` cannot be used and its fix, where it is registered but broken
     (its weights file gone or unreadable: :func:`.model_lookup.list_models` leaves it out);
     None for a model removed, or never registered."""
-    if not isinstance(name, str) or name == FILE_ENTRY:
+    if not isinstance(name, str):
         return None
     try:
         user_model_spec(name)

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from napari_samtune.core.shell_words import shell_path as shell_path  # for cli modules
-from napari_samtune.core.shell_words import shell_quote
+from napari_samtune.core.shell_words import shell_quote as shell_quote  # for cli modules
 
 
 @contextmanager
@@ -99,11 +99,6 @@ def stdout_closed() -> int:
     except (OSError, ValueError):  # a stdout without a file descriptor (a test's capture)
         pass
     return 128 + getattr(signal, "SIGPIPE", 13)
-
-
-def shell_join(words: list[str]) -> str:
-    """``words`` as a command to paste in this system's shell (see :func:`shell_quote`)."""
-    return " ".join(shell_quote(word) for word in words)
 
 
 def torchrun_world_size() -> int:

@@ -328,11 +328,11 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
     by_output: dict[Path, list[str]] = {}
     for image, output in outputs.items():
         by_output.setdefault(output, []).append(str(image))
-    clashes = [names for names in by_output.values() if len(names) > 1]
+    clashes = [(output, names) for output, names in by_output.items() if len(names) > 1]
     if clashes:
+        output, names = clashes[0]
         raise ValueError(
-            f"images {clashes[0]!r} would have the same labels file name "
-            f"({next(o for o, n in by_output.items() if n == clashes[0]).name}), so their "
+            f"images {names!r} would have the same labels file name ({output.name}), so their "
             "labels would overwrite each other in the output folder; segment them into "
             "separate folders"
         )

@@ -35,8 +35,6 @@ from napari_samtune.cli.console import (
     torchrun_rank,
     torchrun_world_size,
 )
-
-# (TrainConfig field, option, type, help): the overrides of a preset's settings.
 from napari_samtune.cli.train_config import (
     NONE_MEANS,
     OPTION_NAMES,

@@ -281,8 +281,7 @@ def machine_for(device: str | None) -> MachineResources:
     (``cuda:1``, not GPU 0), or none counted for one off the GPU ("cpu")."""
     index = gpu_index(device)
     found = measure_machine() if index is None else measure_machine(index)
-    kind = (device or "auto").split(":")[0].strip().lower()
-    if kind not in ("auto", "cuda") and found.gpu_memory_gb is not None:
+    if device_kind(device) not in ("auto", "cuda") and found.gpu_memory_gb is not None:
         not_counted = f"training on {device}, the GPU ({found.gpu_name}) is not counted"
         found = replace(found, gpu_memory_gb=None, gpu_name=None, note=not_counted)
     return found
@@ -292,7 +291,7 @@ def memory_short(preset: ResourcePreset, found: MachineResources, device: str) -
     """Where ``preset`` is for more memory than this machine ``found`` has on ``device``
     (the device trained on: its GPU's memory, else the RAM), a sentence saying so; "" where
     it fits, or where that memory is unknown (no GPU: another check says so)."""
-    on_gpu = device.split(":")[0] == "cuda"
+    on_gpu = device_kind(device) == "cuda"
     have = found.gpu_memory_gb if on_gpu else found.ram_gb
     if have is None or preset.memory_gb * MEMORY_TOLERANCE <= have:
         return ""
@@ -304,10 +303,16 @@ def memory_short(preset: ResourcePreset, found: MachineResources, device: str) -
     )
 
 
+def device_kind(device: str | None) -> str:
+    """ "cuda" of "cuda:1", "cpu" of "cpu", "auto" of None: read alike by what sizes a
+    preset for a device (``memory_short`` compared " cuda:1" with the RAM)."""
+    return (device or "auto").partition(":")[0].strip().lower()
+
+
 def gpu_index(device: str | None) -> int | None:
     """The index of a GPU named as "cuda:N", else None."""
-    kind, _, index = (device or "").strip().lower().partition(":")
-    return int(index) if kind == "cuda" and index.isdigit() else None
+    index = (device or "").partition(":")[2].strip()
+    return int(index) if device_kind(device) == "cuda" and index.isdigit() else None
 
 
 def detect_on(found: MachineResources, n_processes: int = 1) -> tuple[ResourcePreset, str]:
