@@ -71,8 +71,9 @@ def listed(data: TrainData, what: str) -> TrainData:
 def blank_images(images: Sequence[PreparedImage]) -> tuple[str, ...]:
     """Names of the prepared images whose SAM input is one value everywhere: an empty
     channel, a layer not loaded yet, a black frame. Their objects cannot be seen, so
-    training on them teaches the model to draw masks on nothing."""
-    return tuple(image.name for image in images if is_blank(image.rgb))
+    training on them teaches the model to draw masks on nothing. Each name once: the parts
+    of an image split in two go by one name."""
+    return tuple(dict.fromkeys(image.name for image in images if is_blank(image.rgb)))
 
 
 # Of the pairs of neighbouring pixels that both lie in objects, the share in two objects of
@@ -86,8 +87,9 @@ def image_like_labels(images: Sequence[PreparedImage]) -> tuple[str, ...]:
     """Names of the prepared images whose labels look like an image: most neighbouring
     pixels inside objects carry different ids. Images and labels swapped (``--images
     labels/ --labels images/`` with the same file names) trained a useless model without a
-    word."""
-    return tuple(image.name for image in images if edge_share(image.labels) > IMAGE_LIKE_EDGES)
+    word. Each name once (see :func:`blank_images`)."""
+    like = (image.name for image in images if edge_share(image.labels) > IMAGE_LIKE_EDGES)
+    return tuple(dict.fromkeys(like))
 
 
 def edge_share(labels: np.ndarray) -> float:

@@ -250,12 +250,11 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
             val_repeats=self.val_repeats,
             val_same_images=self.val_same_images,
             notes=tuple(self.notes),
-            # the parts of one image split in two go by one name: said once
-            blank=_once(blank_images(self.train_images)),
+            blank=blank_images(self.train_images),
             validates_start=validates_start,
-            image_like=_once(image_like_labels([*self.train_images, *self.val_images])),
+            image_like=image_like_labels([*self.train_images, *self.val_images]),
             start_metric=self.progress.start_metric,
-            blank_validation=_once(blank_images(self.val_images)),
+            blank_validation=blank_images(self.val_images),
             best_epoch=self.progress.best_epoch,
         )
 
@@ -436,7 +435,3 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
         if sums is None:
             return None
         return metrics_from_sums(ddp.all_reduce_sum(sums, self.dist, self.device))
-
-
-def _once(names: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(names))
