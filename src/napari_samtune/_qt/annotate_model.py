@@ -40,12 +40,6 @@ class LoadedWeights:
             return None
         return cls(source, spec.file_hash)
 
-    def replaced_by(self) -> str | None:
-        """The hash of the weights the name holds now, when they are others than these;
-        None when they are the same, or the model is gone (the picker says so)."""
-        now = LoadedWeights.of(self.name)
-        return None if now is None or now == self else now.file_hash
-
 
 def older_weights_message(name: str) -> str:
     return (
@@ -84,13 +78,16 @@ class AnnotateModelMixin:
         renamed since it loaded is followed under its new name (its name's weights, replaced
         after the rename, went unnoticed, and its commits were recorded under the old name)."""
         weights = self._loaded_weights
-        if weights is not None and LoadedWeights.of(weights.name) is None:
+        now = None if weights is None else LoadedWeights.of(weights.name)  # its record, read once
+        if weights is not None and now is None:
             new_name = renamed_to(weights.name)
             if new_name is not None:
                 weights = self._loaded_weights = replace(weights, name=new_name)
-                self.model_name = new_name
-                self.ui.model_label.setText(self._model_text())
-        newer = None if weights is None else weights.replaced_by()
+                self.model_name, now = new_name, LoadedWeights.of(new_name)
+                if not self.runner.is_running(LOAD_TASK):  # else the load's end sets it
+                    self.ui.model_label.setText(self._model_text())
+        # the hash of the weights the name holds now, where they are others than these
+        newer = None if now is None or now == weights else now.file_hash
         if newer == self._older_than:
             return
         self._older_than = newer
