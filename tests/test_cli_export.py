@@ -170,15 +170,22 @@ def test_an_unwritable_models_folder_stops_only_an_export_that_registers(
 def test_a_damaged_best_checkpoint_names_the_last_one_to_export_instead(
     tmp_path, checkpoint, capsys
 ):
-    """``export RUN`` with a truncated best.pt named only the damage, not the whole last.pt."""
+    """``export RUN`` with a truncated best.pt named only the damage, not the whole last.pt;
+    then it named the last.pt twice, in two wordings; a best.pt replaced by another
+    program's PyTorch file named it not at all."""
     best = checkpoint.with_name("best.pt")
-    best.write_bytes(checkpoint.read_bytes()[:500])
     output = tmp_path / "model.pth"
-    assert cli.main(["export", str(checkpoint.parent.parent), "-o", str(output)]) == 2
-    err = capsys.readouterr().err
-    assert f"{best} is not a readable PyTorch weights file" in err
-    assert f"exported instead: samtune export {checkpoint} -o {output}" in err
-    assert not output.exists()
+    for damage in (checkpoint.read_bytes()[:500], None):
+        if damage is None:
+            torch.save({"format": "another program's"}, best)
+        else:
+            best.write_bytes(damage)
+        assert cli.main(["export", str(checkpoint.parent.parent), "-o", str(output)]) == 2
+        err = capsys.readouterr().err
+        assert str(best) in err  # the damaged file is named
+        assert err.count(f"samtune export {checkpoint} -o ") == 1
+        assert err.count(str(checkpoint)) == 2  # once as the file, once in the command
+        assert not output.exists()
     assert cli.main(["export", str(checkpoint), "-o", str(output)]) == 0  # as it says
 
 

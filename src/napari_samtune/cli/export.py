@@ -162,17 +162,6 @@ def _is_torch_file(path: Path) -> bool:
     return not start or start.startswith(TORCH_FILE_STARTS)
 
 
-def _last_instead(checkpoint: Path, output: Path) -> str:
-    """For a best.pt that cannot be exported, the last.pt beside it to export instead."""
-    last = checkpoint.with_name("last.pt")
-    if checkpoint.name != "best.pt" or not last.is_file():
-        return ""
-    return (
-        f"; the run's last checkpoint (the model of its last epoch, not its best) can be "
-        f"exported instead: samtune export {shell_path(last)} -o {shell_path(output)}"
-    )
-
-
 def _exported_before(checkpoint: Path) -> str:
     """For a checkpoint in a run's folder, the whole model the run exported when it ended,
     which needs no base model."""
@@ -198,8 +187,6 @@ def _export(checkpoint: Path, args: argparse.Namespace) -> int:
         exported, arch = export_model(checkpoint, args.output)
     except BaseModelUnavailable as err:  # last.pt needs it too
         raise ValueError(f"{checkpoint}: {err}{_exported_before(checkpoint)}") from None
-    except ValueError as err:  # a damaged best.pt: the run's last.pt may still be whole
-        raise ValueError(f"{err}{_last_instead(checkpoint, args.output)}") from None
     print(f"exported the {arch.name} model of {checkpoint}: {exported}")
     if name:
         from napari_samtune.core.user_models import ModelNameTaken, register_user_model

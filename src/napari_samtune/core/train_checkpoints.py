@@ -186,6 +186,7 @@ def read_checkpoint(path: str | Path) -> dict:
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{str(path)!r} is not a napari-samtune checkpoint; expected {TRAINING_CHECKPOINT}"
+            + whole_one_beside(path)
         )
     check_format_version(checkpoint, repr(str(path)))  # export and resume read it too
     if "config" not in checkpoint or "lora_state" not in checkpoint:
