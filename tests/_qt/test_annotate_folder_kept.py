@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from napari_samtune._qt.annotate import AnnotateWidget
 from napari_samtune.core.annotation_files import default_annotation_folder
 from napari_samtune.core.user_settings import read_setting, settings_path, write_setting
@@ -67,7 +69,10 @@ def test_a_project_s_own_settings_json_beside_the_models_is_never_written_over(
     assert read_setting("annotate_model") == "nano"
     assert settings_path() == project / "napari-samtune-settings.json"
     settings_path().write_text('{"window": "large"}')  # someone else's file of that name
-    assert not write_setting("annotate_model", "vit_b")
+    with pytest.warns(UserWarning, match="is not napari-samtune's settings") as said:
+        assert not write_setting("annotate_model", "vit_b")
+        assert not write_setting("finetune_model", "nano")  # said once: not at every choice
+    assert len(said) == 1 and str(settings_path()) in str(said[0].message)
     assert json.loads(settings_path().read_text()) == {"window": "large"}
 
 

@@ -1,10 +1,11 @@
 """Choices a person made in the widgets, kept for the next napari session: a small JSON
 file, ``napari-samtune-settings.json``, beside the user models folder. A setting is a
 convenience: one that cannot be read is taken as unset, one that cannot be written is left
-(nothing is said).
+(nothing is said, but for the case below).
 
 The file is marked as this package's (``"format"``), and a file without the mark is never
-written over: with ``$SAMTUNE_MODELS_DIR`` set to ``<project>/models``, the file used to be
+written over (a warning, once per file and process, says why choices are not kept then):
+with ``$SAMTUNE_MODELS_DIR`` set to ``<project>/models``, the file used to be
 ``<project>/settings.json``, and a project's own ``settings.json`` there was replaced. Such
 a file written by earlier versions (only this package's keys) is still read.
 """
@@ -12,6 +13,7 @@ a file written by earlier versions (only this package's keys) is still read.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 from napari_samtune.core.registry import user_models_dir
@@ -25,6 +27,7 @@ ANNOTATE_MODEL = "annotate_model"  # the model the annotation widget last loaded
 FINETUNE_MODEL = "finetune_model"  # the model the Finetune widget last started a run from
 FINETUNE_FOLDER = "finetune_folder"  # the output folder of the Finetune widget's last run
 KEYS = frozenset({ANNOTATION_FOLDER, ANNOTATE_MODEL, FINETUNE_MODEL, FINETUNE_FOLDER})
+_FOREIGN_SAID: set[Path] = set()  # the files of others whose keeping out was said
 
 
 def settings_path() -> Path:
@@ -74,6 +77,14 @@ def write_setting(key: str, value: str) -> bool:
     written (a read-only folder) or where a file of that name is not this package's."""
     path = settings_path()
     if _is_foreign(path):
+        if path not in _FOREIGN_SAID:
+            _FOREIGN_SAID.add(path)
+            warnings.warn(
+                f"{path} holds JSON that is not napari-samtune's settings, so it is left "
+                "as it is and the widgets' choices (models, folders) are not remembered "
+                "for the next session; move that file elsewhere to have them kept",
+                stacklevel=2,
+            )
         return False
     try:
         write_json(path, {"format": SETTINGS_FORMAT, **_read_all(), key: value})
