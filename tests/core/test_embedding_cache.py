@@ -232,3 +232,23 @@ def test_an_entry_written_before_the_checksum_is_recomputed_without_a_warning(tm
         assert cache.load(hex_key("a"), SHAPE) is None
     assert cache.save(hex_key("a"), FEATURES)  # written anew, with its checksum
     assert torch.equal(cache.load(hex_key("a"), SHAPE), FEATURES)
+
+
+@pytest.mark.parametrize("kept", [0, 10, 0.5])
+def test_an_empty_or_cut_entry_is_said_to_be_so(tmp_path, kept):
+    """An entry cut short (a full disk, a killed process on a file system without atomic
+    renames) was said to be ignored because of "EOFError: " or of "PytorchStreamReader
+    failed reading zip archive: failed finding central directory. This is an internal miniz
+    error", which tells a user nothing."""
+    cache = EmbeddingCache(tmp_path, max_bytes=10**9)
+    cache.save(hex_key("a"), FEATURES)
+    path = cache.path(hex_key("a"))
+    whole = path.read_bytes()
+    path.write_bytes(whole[: int(kept * len(whole)) if kept < 1 else kept])
+    with pytest.warns(RuntimeWarning) as said:
+        assert cache.load(hex_key("a"), SHAPE) is None
+    text = str(said[0].message)
+    expected = "the file is empty" if kept == 0 else "the file is cut short or not the cache's"
+    assert expected in text and "Error" not in text and "miniz" not in text
+    assert cache.save(hex_key("a"), FEATURES)  # written whole again
+    assert torch.equal(cache.load(hex_key("a"), SHAPE), FEATURES)

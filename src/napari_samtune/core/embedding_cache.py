@@ -17,6 +17,7 @@ instead of 24.6 ms at the median (3.4 ms into an empty folder with a scan at eve
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -100,7 +101,7 @@ class EmbeddingCache:
         except FileNotFoundError:  # evicted or cleared meanwhile by another process
             return None
         except Exception as err:  # any unreadable file is a miss, never a crash
-            valid, reason = False, _unreadable(err)
+            valid, reason = False, _unreadable(err, path)
         if not valid:
             warnings.warn(
                 f"ignoring corrupt embedding cache file {str(path)!r} ({reason}); recomputing",
@@ -219,9 +220,21 @@ class EmbeddingCache:
         return n_files, n_bytes  # (a running total left too high only brings the next scan early)
 
 
-def _unreadable(err: Exception) -> str:
-    """Why an entry could not be read, in a line: torch's pickle errors explain its
-    ``weights_only`` default and advise loading without it, which is not for the cache."""
+def _unreadable(err: Exception, path: Path) -> str:
+    """Why an entry could not be read, in a line: an empty or cut file as such (torch says
+    "EOFError: ", "[Errno 22] Invalid argument" or "failed finding central directory. This
+    is an internal miniz error"),
+    and no pickle error's advice to load without ``weights_only``, which is not for the
+    cache."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = None
+    if size == 0:
+        return "the file is empty: its writing was cut short"
+    cut = isinstance(err, EOFError) or "PytorchStreamReader" in str(err)
+    if cut or (isinstance(err, OSError) and err.errno == errno.EINVAL):  # a seek past its end
+        return f"the file is cut short or not the cache's ({size} bytes)"
     if "weights_only" in str(err):
         return f"{type(err).__name__}: not a file the cache wrote"
     return f"{type(err).__name__}: {first_line(str(err))}"
