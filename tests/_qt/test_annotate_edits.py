@@ -175,7 +175,8 @@ def test_propagation_results_of_a_replaced_model_are_dropped_with_a_message(
     drain_jobs(widget)
     np.testing.assert_array_equal(widget.session.layers.preview.data, shown)  # none shown
     messages = [str(n.message) for n in notifications]
-    assert any("results discarded, the model or channels changed" in m for m in messages)
+    # stopped (it ran to its last plane first, the new model's previews waiting for it)
+    assert any("stopped the propagation running with the model before" in m for m in messages)
 
 
 def test_back_on_an_image_its_object_records_are_kept(

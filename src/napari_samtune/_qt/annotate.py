@@ -41,6 +41,7 @@ from napari_samtune._qt.annotate_saves import AnnotateSavesMixin
 from napari_samtune._qt.annotate_session import AnnotationSession
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, AnnotateControls
 from napari_samtune._qt.dock_life import on_removed
+from napari_samtune._qt.preview_basis import next_basis
 from napari_samtune._qt.prompt_layers import PlanePrompts
 from napari_samtune._qt.proxies import unproxied
 from napari_samtune._qt.workers import TaskRunner, user_message
@@ -116,6 +117,9 @@ class AnnotateWidget(
         self._stopped = False  # Stop pressed: the job's end starts no embedding
         # planes whose preview lags their prompts (it waits for a model or an embedding)
         self._previews_behind: set[int | None] = set()
+        self._preview_basis = next_basis()  # what previews are made under now (preview_basis)
+        # preview layer of an image no longer chosen -> the planes lagging when it was left
+        self._behind_left: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._autosave_again: list[AnnotationSession] = []  # saved once the running save ends
         self._save_buffer: np.ndarray | None = None  # the labels the last autosave wrote
         self._written: tuple | None = None  # (session, labels file) the running save wrote

@@ -15,10 +15,11 @@ import numpy as np
 from napari.utils.notifications import show_info, show_warning
 
 from napari_samtune._qt import annotate_jobs as jobs
-from napari_samtune._qt.annotate_jobs import EMBED_TASK, SEGMENTER_TASKS
+from napari_samtune._qt.annotate_jobs import EMBED_TASK, PROPAGATE_TASK, SEGMENTER_TASKS
 from napari_samtune._qt.annotate_notes import planes_phrase
 from napari_samtune._qt.annotate_session import RemovedImage
 from napari_samtune._qt.annotate_ui import BATCHED_MODE
+from napari_samtune._qt.preview_basis import made_under, next_basis, record_made_under
 from napari_samtune._qt.prompt_layers import PlanePrompts
 from napari_samtune.core.coords import napari_to_sam
 
@@ -54,14 +55,38 @@ class AnnotateEmbeddingMixin:
     def _previews_went_stale(self) -> None:
         """Another model, other channels or new pixels: the previews segmented from prompts
         show what the model saw before, so they lag their prompts (commit refuses them,
-        saying so) until they are segmented again, when their plane's embedding is ready."""
+        saying so) until they are segmented again, when their plane's embedding is ready.
+        Those of the images not chosen now are found so when chosen again."""
+        self._preview_basis = next_basis()
+        self._current_previews_stale()
+
+    def _current_previews_stale(self) -> None:
+        """The chosen image's previews were made under an earlier model, channels or pixels
+        (see :meth:`_previews_went_stale`)."""
         if self.session is None:
             return
         layers = self.session.layers
+        record_made_under(layers.preview, self._preview_basis)
         self._drop_uncorrected_propagation()
         for plane in layers.preview_planes():
             if not layers.prompts(plane).is_empty:
                 self._previews_behind.add(plane)
+
+    def _take_up_previews(self) -> None:
+        """The image just chosen: its previews lag where they lagged when it was left, and
+        all of them where they were made under another model, channels or pixels (chosen
+        again after a model was loaded for another image, they were committed as the new
+        model's work)."""
+        layers = self.session.layers
+        shown = layers.preview_planes()
+        self._previews_behind |= self._behind_left.pop(layers.preview, frozenset()) & set(shown)
+        if shown and made_under(layers.preview) != self._preview_basis:
+            self._current_previews_stale()
+        record_made_under(layers.preview, self._preview_basis)
+
+    def _leave_previews(self) -> None:
+        """The image is left: the planes whose preview lags are kept for its return."""
+        self._behind_left[self.session.layers.preview] = frozenset(self._previews_behind)
 
     def _drop_uncorrected_propagation(self) -> None:
         """Empty the planes whose preview is a finished propagation's own mask, made with
@@ -306,6 +331,20 @@ class AnnotateEmbeddingMixin:
             self.ui.status_label.setText(f"stopping {' and '.join(running)}…")
             self._stopped = True  # nothing starts again on its own when it ends
         self.ui.stop_button.setEnabled(False)
+
+    def _stop_jobs_of_the_model_before(self) -> None:
+        """Another model was loaded: stop the embedding and the propagation running with
+        the one before, whose results are dropped (its embeddings are of no use to the new
+        model, and propagated planes are cleared): they ran to their last plane first, and
+        the new model's previews waited for them (minutes on a large stack), unsaid. A
+        running automatic segmentation goes on: the objects it finds are kept."""
+        for name in (EMBED_TASK, PROPAGATE_TASK):  # (one at a time: they share the model)
+            if self.runner.is_running(name):
+                self.runner.cancel(name)
+                show_info(
+                    f"stopped the {name} running with the model before, whose results "
+                    f"{self.model_name} cannot use; it takes over once that stops"
+                )
 
     def _show_stoppable(self) -> None:
         self.ui.stop_button.setEnabled(

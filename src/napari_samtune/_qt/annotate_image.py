@@ -174,6 +174,7 @@ class AnnotateImageMixin:
         self.viewer.layers.selection.active = self.session.layers.points
         self._say_if_sheared(layer)
         self._invalidate_embedding()
+        self._take_up_previews()
         if resumed is None and not self._take_over_not_autosaved(self.session):
             # (a resumed session holds its records already, and newer ones)
             annotations = self.session.layers.annotations
@@ -384,6 +385,7 @@ class AnnotateImageMixin:
         self.session.layers.annotations.events.paint.disconnect(self._on_painted)
         self._watch_retired(self.session)
         self._follow_image(self.session.image_layer, connect=False)
+        self._leave_previews()
         self.session = None
         self._previews_behind.clear()
         self._invalidate_embedding()

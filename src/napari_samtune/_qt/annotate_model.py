@@ -179,6 +179,7 @@ class AnnotateModelMixin:
         self._invalidate_embedding()
         self._previews_went_stale()
         self.ui.model_label.setText(self._model_text())
+        self._stop_jobs_of_the_model_before()
         self._ensure_embedding()
 
     def _model_text(self) -> str:

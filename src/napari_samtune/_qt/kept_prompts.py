@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from napari_samtune._qt import preview_basis
+
 
 @dataclass(frozen=True)
 class KeptPrompts:
@@ -29,6 +31,7 @@ class KeptPrompts:
     propagated: dict = field(default_factory=dict)  # plane -> PropagatedPlane
     previews: dict = field(default_factory=dict)  # plane shown -> its preview (_preview_of)
     starts: frozenset[int] = frozenset()  # the planes propagation started from
+    made_under: int | None = None  # what the previews were made under (preview_basis)
 
     @property
     def n_prompts(self) -> int:
@@ -83,6 +86,7 @@ def snapshot_prompts(layers, shown: list | None = None) -> KeptPrompts | None:
             if plane is not None
         },
         starts=frozenset(layers.propagated.starts),
+        made_under=preview_basis.made_under(layers.preview),
     )
 
 
