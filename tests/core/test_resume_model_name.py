@@ -50,3 +50,25 @@ def test_a_name_given_on_resume_wins(tmp_path, short_tiny_config, monkeypatch):
     run = _crashed_at_its_export(tmp_path, short_tiny_config(), monkeypatch, "mine")
     continued = train(short_tiny_config(epochs=2), *DATA, run, resume_from=run, model_name="b")
     assert continued.registered_name == "b"
+
+
+def test_a_new_run_where_a_run_was_moved_away_leaves_that_run_s_model_registered(
+    tmp_path, short_tiny_config
+):
+    """A run archived (moved away) and a new one started in its folder: the new run, named
+    after the folder as the first was, replaced the first run's registered model with its
+    own weights, unsaid (it took the model for its own, registered from that model.pth)."""
+    first = train(short_tiny_config(), *DATA, tmp_path / "run")
+    assert first.registered_name == "run"
+    kept = {s.name: s.weights_id for s in list_user_models()}["run"]
+    (tmp_path / "run").rename(tmp_path / "run-archived")
+    other = make_dataset(2, shape=(64, 64), seed=5), DATA[1]  # other images: other weights
+    second = train(short_tiny_config(), *other, tmp_path / "run")
+    assert second.registered_name == "run-2"
+    assert {s.name: s.weights_id for s in list_user_models()}["run-2"] != kept
+    assert {s.name: s.weights_id for s in list_user_models()}["run"] == kept
+    assert sorted(s.name for s in list_user_models()) == ["run", "run-2"]
+    run = tmp_path / "run"
+    continued = train(short_tiny_config(epochs=2), *other, run, resume_from=run)
+    assert continued.registered_name == "run-2"  # a resumed run still updates its own
+    assert sorted(s.name for s in list_user_models()) == ["run", "run-2"]

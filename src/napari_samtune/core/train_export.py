@@ -156,7 +156,7 @@ def export_and_register(
     from napari_samtune.core.user_models import ModelNameTaken, register_user_model
 
     exported, arch = export_model(checkpoint, RunFiles(out_dir).model, base)
-    earlier = earlier_registration(out_dir)
+    earlier = earlier_registration(out_dir, metadata.get("run_id"))
     if model_name is not None and model_name != earlier and _name_taken(model_name):
         model_name = unique_model_name(model_name)
     name = model_name or earlier or unique_model_name(out_dir.resolve().name)  # "." too
@@ -178,7 +178,8 @@ def name_asked_before(checkpoint: dict, out_dir: Path) -> str | None:
     from napari_samtune.core.registry import validate_model_name
 
     name = checkpoint.get("model_name")
-    if not isinstance(name, str) or earlier_registration(out_dir) is not None:
+    registered = earlier_registration(out_dir, checkpoint.get("run_id"))
+    if not isinstance(name, str) or registered is not None:
         return None
     try:
         return validate_model_name(name)
@@ -186,10 +187,12 @@ def name_asked_before(checkpoint: dict, out_dir: Path) -> str | None:
         return None
 
 
-def earlier_registration(out_dir: Path) -> str | None:
+def earlier_registration(out_dir: Path, run_id: str | None = None) -> str | None:
     """The user model that an earlier session of this run (before a resume) registered from
     ``out_dir / model.pth``, if it is still registered from there: a resumed run updates its
-    model instead of adding a second one."""
+    model instead of adding a second one. With ``run_id`` (the run's, see
+    :mod:`~napari_samtune.core.train_checkpoints`), only a model registered by that run:
+    a new run in the folder of a run moved away replaced the model that run registered."""
     from napari_samtune.core.registry import user_models_dir, validate_model_name
 
     try:
@@ -197,30 +200,39 @@ def earlier_registration(out_dir: Path) -> str | None:
         name = validate_model_name(summary["registered_name"])
         sidecar = json.loads((user_models_dir() / f"{name}.json").read_text(encoding="utf-8"))
         source = Path(sidecar["registered_from"])
+        theirs = _run_of(sidecar)
     except (OSError, ValueError, KeyError, TypeError):
-        source = None
+        source = theirs = None
     model = RunFiles(out_dir).model.resolve()
-    if source == model:
+    # the run's summary beside it: registered by this run (or by a version without ids)
+    if source == model and (theirs is None or run_id is None or theirs == run_id):
         return name
     # renamed (models --rename), maybe with its old name given to another model since
-    return _registered_from(model, user_models_dir())
+    return _registered_from(model, user_models_dir(), run_id)
 
 
-def _registered_from(model: Path, folder: Path) -> str | None:
-    """The user model registered from ``model`` (a run's model.pth), looked up in the
-    descriptions in ``folder``: a run killed after registering its model, before its
-    summary.json named it, registered a second model when resumed."""
+def _registered_from(model: Path, folder: Path, run_id: str | None) -> str | None:
+    """The user model registered from ``model`` (a run's model.pth) by the run ``run_id``
+    (any run: None), looked up in the descriptions in ``folder``: a run killed after
+    registering its model, before its summary.json named it, registered a second model
+    when resumed."""
     from napari_samtune.core.registry import validate_model_name
 
     names = []
     for sidecar in sorted(folder.glob("*.json")):
         try:
             data = json.loads(sidecar.read_text(encoding="utf-8"))
-            if Path(data["registered_from"]) == model:
+            if Path(data["registered_from"]) == model and run_id in (None, _run_of(data)):
                 names.append(validate_model_name(data["name"]))
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return names[0] if len(names) == 1 else None
+
+
+def _run_of(sidecar: dict) -> str | None:
+    """The id of the run that registered a user model (its description's), if it says."""
+    run_id = (sidecar.get("metadata") or {}).get("run_id")
+    return run_id if isinstance(run_id, str) else None
 
 
 def _jsonable(value):

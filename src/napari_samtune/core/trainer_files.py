@@ -354,6 +354,7 @@ class TrainerFilesMixin:
             "metric": self._metric_name(),
             "config": asdict(self.saved_config),
             "precision": self.precision,  # the one chosen here ("no": float32)
+            "run_id": self.run_id,  # which run registered it (a later one in the folder: not)
         }
 
 
