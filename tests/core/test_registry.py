@@ -242,6 +242,15 @@ def test_register_refuses_unserialisable_metadata(tiny_checkpoint):
         register_user_model(tiny_checkpoint, "meta", TINY, {"when": object()})
 
 
+def test_infinite_numbers_in_metadata_are_written_as_null(tiny_checkpoint):
+    """A run stopped in its first epoch registered "best_metric": -Infinity, which is not
+    JSON: strict readers of the model's description (jq, JavaScript) refused it."""
+    register_user_model(tiny_checkpoint, "early", TINY, {"best_metric": float("-inf")})
+    text = (user_models_dir() / "early.json").read_text()
+    assert "Infinity" not in text
+    assert json.loads(text)["metadata"]["best_metric"] is None
+
+
 def test_broken_sidecars_warn_and_are_skipped(tiny_checkpoint):
     register_user_model(tiny_checkpoint, "good", TINY)
     folder = user_models_dir()

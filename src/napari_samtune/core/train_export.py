@@ -235,26 +235,26 @@ def _run_of(sidecar: dict) -> str | None:
     return run_id if isinstance(run_id, str) else None
 
 
-def _jsonable(value):
+def jsonable(value):
     """JSON without NaN/Infinity (not JSON): they become null; paths become strings."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return str(value) if isinstance(value, Path) else value
 
 
 def write_json(path: Path, data: dict) -> Path:
     """Write ``data`` as indented JSON, atomically (the folder is created)."""
-    text = json.dumps(_jsonable(data), indent=2) + "\n"
+    text = json.dumps(jsonable(data), indent=2) + "\n"
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def metrics_record(event) -> dict:
     """An ``EpochDone`` event as its metrics.jsonl record (the checkpoint path left out)."""
-    return _jsonable({k: v for k, v in asdict(event).items() if k != "checkpoint_path"})
+    return jsonable({k: v for k, v in asdict(event).items() if k != "checkpoint_path"})
 
 
 def record_epoch(path: Path, record: dict | None) -> None:

@@ -189,8 +189,10 @@ def register_user_model(
     architecture = as_architecture(architecture)
     if metadata is not None and not isinstance(metadata, dict):
         raise TypeError(f"metadata={metadata!r} must be a dict or None")
-    try:
-        metadata_json = json.loads(json.dumps(metadata or {}))
+    from napari_samtune.core.train_export import jsonable
+
+    try:  # an infinite or NaN number (a run stopped before its first score) as null
+        metadata_json = json.loads(json.dumps(jsonable(metadata or {}), allow_nan=False))
     except (TypeError, ValueError) as err:
         raise TypeError(
             f"metadata must be JSON-serialisable (str, numbers, lists, dicts): {err}"
