@@ -31,7 +31,8 @@ def _failing_with(monkeypatch, err: BaseException) -> None:
 
 def _report(tmp_path, verbose: bool):
     args = SimpleNamespace(out=str(tmp_path / "run"), resume=None)
-    cli_train._train_reporting(None, [], None, args, threading.Event(), verbose)
+    config = SimpleNamespace(epochs=3)
+    cli_train._train_reporting(config, [], None, args, threading.Event(), verbose)
 
 
 def test_a_mistake_on_the_command_line_is_said_by_another_process_only_after_a_wait(

@@ -243,7 +243,7 @@ def test_an_aborted_run_says_what_is_saved_and_resumes_from_its_folder(
     assert stopping == "stopping after this step (Ctrl+C again to abort) ..."
     assert interrupted.startswith("samtune train: interrupted; the run did not finish")
     assert f"its checkpoints are on disk: {last}, {best}" in err
-    assert f"samtune train --resume {out} --out {out} --images ... --labels ..." in err
+    assert f"samtune train --resume {out} --out {out} --epochs 3 --images ... --labels ..." in err
     assert f"samtune export {best} -o model.pth" in err
 
     monkeypatch.setattr(train, "iter_train", real)
@@ -279,7 +279,7 @@ def test_a_crashed_run_says_what_is_saved(tmp_path, folders, capsys, monkeypatch
         cli.main([*argv, "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err
     assert err.startswith("samtune train: the run did not finish; its checkpoints are on disk")
-    assert f"samtune train --resume {out} --out {out} --images ... --labels ..." in err
+    assert f"samtune train --resume {out} --out {out} --epochs 3 --images ... --labels ..." in err
     # its last.pt is resumed from, which keeps the preset: advice a resume can take
     assert "samtune train: out of memory: resume with fewer --n-objects" in err
 
@@ -538,8 +538,38 @@ def test_sigterm_aborts_saying_what_is_saved_and_exits_143(tmp_path, folders, ca
     last, best = out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt"
     assert err.startswith("samtune train: terminated; the run did not finish")
     assert f"its checkpoints are on disk: {last}, {best}" in err
-    assert f"samtune train --resume {out} --out {out} --images ... --labels ..." in err
+    assert f"samtune train --resume {out} --out {out} --epochs 3 --images ... --labels ..." in err
     assert signal.getsignal(signal.SIGINT) is before[1]
+
+
+def test_a_resumed_run_terminated_before_its_first_checkpoint_is_not_called_done(
+    tmp_path, folders, capsys, monkeypatch
+):
+    """A run of 1 epoch resumed for 3, terminated before the resumed session wrote a
+    checkpoint: last.pt (of 1 epoch of 1) made it "training done", with a command that
+    registered the model (registered already) a second time, under the folder's name."""
+    import signal
+
+    from napari_samtune.core import train
+
+    images, labels = folders
+    out = tmp_path / "run"
+    argv = ["train", "--images", images, "--labels", labels, *FAST, "--no-progress"]
+    first = [*argv, "--preset", "cpu-16gb", "--model", "random:tiny", "--epochs", "1"]
+    first += ["--name", "first"]
+    assert cli.main([*first, "--out", str(out)]) == 0
+    capsys.readouterr()
+    _signals_after(monkeypatch, train.TrainingStarted, "SIGTERM")
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        resumed = [*argv, "--epochs", "3", "--resume", str(out), "--out", str(out)]
+        assert cli.main(resumed) == 143
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    err = capsys.readouterr().err
+    assert "training is done" not in err and "--register" not in err
+    assert "the run did not finish" in err
+    assert f"samtune train --resume {out} --out {out} --epochs 3 --images ..." in err
 
 
 def test_sigterm_under_torchrun_explains_torchrun_s_own_error(

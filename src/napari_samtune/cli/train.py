@@ -218,7 +218,7 @@ def _train_reporting(config, train_pairs, val_pairs, args, stop, verbose: bool):
         return _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose, started)
     except KeyboardInterrupt as err:  # the second Ctrl+C, or SIGTERM: what is saved, what next
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # see below
-        note = aborted_note(Path(args.out), args.resume) if verbose else ""
+        note = aborted_note(Path(args.out), args.resume, config.epochs) if verbose else ""
         if verbose and isinstance(err, Terminated) and torchrun_world_size() > 1:
             # before a checkpoint too: torchrun's traceback follows a bare "terminated"
             note = f"{note}\n{TORCHRUN_TERM_NOTE}" if note else TORCHRUN_TERM_NOTE
@@ -234,7 +234,9 @@ def _train_reporting(config, train_pairs, val_pairs, args, stop, verbose: bool):
         if verbose:
             # Before the start, --out's checkpoints may be another run's that the core
             # refused to mix with this one: they are not this run's to report.
-            saved = aborted_note(Path(args.out), args.resume) if started.is_set() else ""
+            saved = ""
+            if started.is_set():
+                saved = aborted_note(Path(args.out), args.resume, config.epochs)
             for line in (saved, advice):
                 if line:
                     print(f"samtune train: {line}", file=sys.stderr, flush=True)

@@ -32,16 +32,18 @@ def memory_advice(err: BaseException, resumed: bool = False) -> str:
     )
 
 
-def aborted_note(out: Path, resumed: str | None = None) -> str:
+def aborted_note(out: Path, resumed: str | None = None, epochs: int | None = None) -> str:
     """What an aborted run left in ``out`` and how to continue it; "" with no checkpoint.
-    ``resumed``: the checkpoint the run resumed from."""
+    ``resumed``: the checkpoint the run resumed from; ``epochs``: the epochs it was to train
+    (a resumed run's last.pt, before its first checkpoint, holds the fewer of the session
+    before: the run was called done, and its model not registered)."""
     from napari_samtune.core.train_export import RunFiles, unique_model_name
 
     files = RunFiles(out)
     if not files.last.is_file():
         return _best_only_note(files.best, out, resumed)
     saved = ", ".join(str(p) for p in (files.last, files.best) if p.is_file())
-    if _training_done(files.last):  # stopped while exporting: a resume has nothing to train
+    if _training_done(files.last, epochs):  # stopped while exporting: nothing left to train
         source = shell_path(files.best if files.best.is_file() else files.last)
         name = unique_model_name(out.name)  # as training names it, or the next free name
         model = shell_path(files.model)
@@ -56,9 +58,10 @@ def aborted_note(out: Path, resumed: str | None = None) -> str:
             f"-o {model} --register {name} (its checkpoints: {saved})"
         )
     folder = shell_path(out)
+    more = f" --epochs {epochs}" if epochs is not None else ""
     note = (
         f"the run did not finish; its checkpoints are on disk: {saved}; continue it with: "
-        f"{train_command()} --resume {folder} --out {folder} --images ... --labels ... "
+        f"{train_command()} --resume {folder} --out {folder}{more} --images ... --labels ... "
         "(and its --val-images and --val-labels, if it had them)"
     )
     if files.best.is_file():
@@ -98,14 +101,15 @@ def _best_only_note(best: Path, out: Path, resumed: str | None) -> str:
     )
 
 
-def _training_done(last: Path) -> bool:
-    """Whether checkpoint ``last`` has trained all its run's epochs (mapped, not read: it
-    may be GBs); False when that cannot be told."""
+def _training_done(last: Path, epochs: int | None = None) -> bool:
+    """Whether checkpoint ``last`` has trained all ``epochs`` (by default its own run's),
+    mapped, not read: it may be GBs; False when that cannot be told."""
     import torch
 
     try:
         checkpoint = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
-        return int(checkpoint["epoch"]) >= int(checkpoint["config"]["epochs"])
+        target = int(checkpoint["config"]["epochs"]) if epochs is None else epochs
+        return int(checkpoint["epoch"]) >= target
     except Exception:  # a damaged file: the note names it, as before
         return False
 
