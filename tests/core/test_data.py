@@ -101,6 +101,13 @@ def test_each_image_pairs_with_the_autosave_of_its_pixels_among_namesakes(tmp_pa
         "left out 1 label file(s) saved for other images of the same name (told apart by "
         "their pixels): Image_001.labels.tif"
     )
+    # both experiments' images given together: each takes its own, and none is left out
+    # (each was said to be left out, having been passed over by the other image)
+    same_name = [tmp_path / folder / "Image_001.tif" for folder in ("exp1", "exp2")]
+    both = match_files(same_name, annotations)
+    left = []
+    pairs = read_match(both, namesakes_left=left)
+    assert len(pairs) == 2 and left == []
 
     (annotations / "Image_001.prompts.json").write_text(
         json.dumps({"image_fingerprint": "0123456789abcdef"})

@@ -193,12 +193,13 @@ def read_match(
             "read the files with load_pairs(images, labels)"
         )
     pairs, contradicted = [], []  # files whose metadata name another channel axis
+    chosen, passed_over = set(), {}  # namesakes' label files taken, and those another took
     for image_path, labels_path in match.pairs:
         image, axes = read_tiff_with_axes(image_path)
         if image_path in match.namesakes:  # chosen by the pixels: never foreign
             labels_path = choose_namesake(image, image_path, match.namesakes[image_path])
-            if namesakes_left is not None:
-                namesakes_left += [p.name for p in match.namesakes[image_path] if p != labels_path]
+            chosen.add(labels_path)
+            passed_over.update((p, None) for p in match.namesakes[image_path])
         elif foreign is not None and _saved_for_other_pixels(labels_path, image):
             foreign.append(f"{image_path.name} / {labels_path.name}")
         name = f"{image_path.name} / {labels_path.name}"
@@ -207,6 +208,8 @@ def read_match(
         named = named_otherwise(axes, image.ndim, channel_axis)
         contradicted += [] if named is None else [(str(image_path), named, axes)]
         pairs += split_planes(image, labels, name, None, axis, channels, empty_planes)
+    if namesakes_left is not None:  # those no image took (two namesakes given: neither)
+        namesakes_left += [p.name for p in passed_over if p not in chosen]
     if contradicted:  # one warning for a folder of them
         warnings.warn(given_axis_note(channel_axis, contradicted), UserWarning, stacklevel=2)
     return gray_as_is(pairs) if any(p.image.ndim > 2 for p in pairs) else pairs
