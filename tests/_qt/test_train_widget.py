@@ -263,6 +263,48 @@ def test_closing_the_panel_mid_run_stops_the_run_and_saves_its_model(qtbot, dock
     assert any("panel was closed: training stops after this step" in m for m in notifications)
 
 
+def test_closing_the_panel_before_the_first_step_promises_nothing_saved(
+    qtbot, docked, notifications, monkeypatch
+):
+    """Closed while the run loaded its model, the panel said the run "saves its checkpoint
+    and model in <folder>", then that it saved nothing; the folder never came. A person
+    closing the window was told the same by the question asked."""
+    import threading
+
+    from qtpy.QtWidgets import QMessageBox
+
+    from napari_samtune._qt import train_run
+    from napari_samtune.core.train import TrainingStarted
+
+    real, first_step = train_run.iter_train, threading.Event()
+
+    def held_before_the_first_step(*args, **kwargs):
+        for event in real(*args, **kwargs):
+            yield event
+            if isinstance(event, TrainingStarted):
+                assert first_step.wait(WAIT_MS / 1000)
+
+    monkeypatch.setattr(train_run, "iter_train", held_before_the_first_step)
+    viewer, _, widget = docked
+    widget.use_model_check.setChecked(False)
+    asked = []
+    monkeypatch.setattr(
+        QMessageBox, "question", lambda *a: asked.append(a[2]) or QMessageBox.StandardButton.No
+    )
+    with qtbot.waitSignal(widget.training_started, timeout=WAIT_MS):
+        widget.start()
+    try:
+        assert not widget.close_after_run(ask=True)
+        viewer.window.remove_dock_widget(widget)
+    finally:
+        first_step.set()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=WAIT_MS)
+    said = [m for m in notifications if "panel was closed" in m]
+    assert said and "saves nothing new" in said[0] and "checkpoint" not in said[0]
+    assert "nothing new is saved" in asked[0] and "checkpoint is written" not in asked[0]
+    assert widget.result.exported_model_path is None
+
+
 def test_a_person_closing_the_viewer_is_asked_and_the_window_closes_after_export(
     qtbot, docked, monkeypatch, close_blocker
 ):

@@ -157,7 +157,7 @@ def test_a_layer_pair_repeated_in_the_folders_is_noted_under_them_before_the_run
 
 
 def test_stop_while_the_layer_pairs_are_compared_cancels_the_start(
-    finetune_on_cells, add_pair, use_tiny_model, qtbot, tmp_path, monkeypatch
+    finetune_on_cells, add_pair, use_tiny_model, qtbot, tmp_path, monkeypatch, notifications
 ):
     """Stop cancels a Start waiting on the comparing as on the folder check; a later
     Start compares again and trains."""
@@ -179,6 +179,8 @@ def test_stop_while_the_layer_pairs_are_compared_cancels_the_start(
     qtbot.waitUntil(lambda: widget._comparing is not None, timeout=WAIT_MS)
     assert "comparing the layer pairs with the folders" in widget.status_label.text()
     assert "Stop cancels" in widget.status_label.text() and widget.stop_button.isEnabled()
+    assert widget.start() is None  # a second Start: refused, not as "training is running"
+    assert "is comparing the layer pairs with the folders" in notifications[-1]
     widget.stop()
     assert widget.status_label.text() == "start cancelled; training did not begin"
     assert widget.start_button.isEnabled() and not widget.stop_button.isEnabled()

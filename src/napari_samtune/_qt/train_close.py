@@ -51,11 +51,16 @@ class TrainCloseMixin:
         the window and the run instead. Returns whether the window will close."""
         window = self._watched_window or main_window_of(self)  # the run's end forgets it
         if ask and self._close_when_ended is None:
+            saved = (
+                "The current step finishes, then a checkpoint is written and the model "
+                "exported (this may take a minute)."
+                if self.steps_seen
+                else "It has trained no step yet, so nothing new is saved."
+            )
             answer = QMessageBox.question(
                 self,
                 "Training is running",
-                "Stop training and close? The current step finishes, then a checkpoint is "
-                "written and the model exported (this may take a minute).",
+                f"Stop training and close? {saved}",
                 QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
             )
             if answer != QMessageBox.StandardButton.Yes:

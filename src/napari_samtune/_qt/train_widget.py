@@ -130,10 +130,15 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
     def _on_panel_closed(self) -> None:
         """The panel's close button (napari sends no close event): a run stops after its
         step and saves its checkpoint and model, as with Stop; a waiting start is dropped."""
-        if self.is_running:
+        if self.is_running and self.steps_seen:
             show_info(
                 "the Finetune SAM panel was closed: training stops after this step and saves "
                 f"its checkpoint and model in {self.run_folder}"
+            )
+        elif self.is_running:  # the model loading or the data read: no step to save yet
+            show_info(
+                "the Finetune SAM panel was closed before the run's first training step: it "
+                "stops, and saves nothing new"
             )
         self.stop()
         self._stop_following_layers()
@@ -225,7 +230,13 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
             self.continue_run(folder)
 
     def _launch(self, resume: Path | None):
-        if self.is_running or self._comparing is not None:
+        if self._comparing is not None:  # a Start before this one, not yet training
+            show_warning(
+                "the run started before is comparing the layer pairs with the folders; it "
+                "trains then: stop it (Stop) to start another instead"
+            )
+            return None
+        if self.is_running:
             show_warning("training is already running: stop it (or wait) before starting again")
             return None
         # else the folder checked and read lacks the last commit
