@@ -108,6 +108,24 @@ def test_label_files_of_names_that_differ_only_in_case_say_how_names_compare(tmp
     assert "rename one image and its label file" in str(err.value)
 
 
+def test_two_experiments_of_the_same_file_names_are_named_by_folder(tmp_path):
+    """A/img/c0.tif with A/lab/c0.tif beside B/img/c0.tif with B/lab/c0.tif: refused as
+    "label files 'c0.tif' and 'c0.tif' both pair ...", with advice (keep one label file
+    per image; rename images whose names differ only so) that fitted neither."""
+    for experiment in ("A", "B"):
+        (tmp_path / experiment).mkdir()
+        _write(tmp_path / experiment / "img", "c0.tif", np.zeros((4, 4), np.uint8))
+        _write(tmp_path / experiment / "lab", "c0.tif", np.ones((4, 4), np.uint8))
+    images = [tmp_path / e / "img" for e in ("A", "B")]
+    with pytest.raises(ValueError) as err:
+        match_files(images, [tmp_path / e / "lab" for e in ("A", "B")])
+    said = str(err.value)
+    assert str(tmp_path / "A" / "lab" / "c0.tif") in said
+    assert str(tmp_path / "B" / "lab" / "c0.tif") in said
+    assert "same name in two folders" in said and "one experiment's folders at a time" in said
+    assert "keep one label file per image" not in said
+
+
 def test_two_images_of_one_pairing_name_are_refused_not_given_one_label_file(tmp_path):
     """cell 1.tif and cell_1.tif pair by the same name: training one on the other's labels
     (same size, so no later check notices) would be silently wrong."""

@@ -312,8 +312,18 @@ def _two_label_files(key: str, files: list[Path]) -> str:
             f"{named[0]!r} as its labels; keep one label file per image, e.g. move the "
             "images out of the labels folder"
         )
+    first, second = files[:2]
+    if first.parent != second.parent and first.stem.lower() == second.stem.lower():
+        return (
+            f"label files {str(first)!r} and {str(second)!r} have the same name in two "
+            f"folders, and labels pair with images by name alone (image name {key!r}): "
+            "images of two experiments named alike cannot be told apart in one run; train "
+            "on one experiment's folders at a time, or rename one experiment's images and "
+            "label files alike (e.g. with a prefix)"
+        )
+    shown = (f.name for f in (first, second)) if first.parent == second.parent else files
     return (
-        f"label files {files[0].name!r} and {files[1].name!r} both pair with image name "
+        f"label files {' and '.join(repr(str(f)) for f in shown)} both pair with image name "
         f"{key!r}, as names are compared ignoring case and extension, with spaces and symbols "
         "read as '_'; keep one label file per image, or, for two images whose names differ "
         "only so, rename one image and its label file"
