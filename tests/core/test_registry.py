@@ -219,9 +219,13 @@ def test_replacing_a_user_model_keeps_it_whole_until_the_new_one_is_described(
     assert torch.equal(loaded.sam.mask_decoder.iou_token.weight, bias(tiny_checkpoint))
 
     monkeypatch.setattr(user_models, "_write_json_atomically", write_description)
-    second = register_user_model(newer, "mine", TINY, overwrite=True)
+    # what the registration cut short wrote is named by no model: left as it is, and said
+    with pytest.warns(UserWarning, match="mine.pth is named by no user model"):
+        second = register_user_model(newer, "mine", TINY, overwrite=True)
     assert torch.equal(load_model("mine").sam.mask_decoder.iou_token.weight, bias(newer))
-    assert sorted(p.name for p in user_models_dir().glob("mine.*")) == ["mine.json", "mine.pth"]
+    assert second.name == "mine-2.pt"
+    (user_models_dir() / "mine.pth").unlink()  # deleted by hand, as the warning leaves it
+    assert sorted(p.name for p in user_models_dir().glob("mine*")) == ["mine-2.pt", "mine.json"]
     assert register_user_model(tiny_checkpoint, "mine", TINY, overwrite=True) == first != second
     assert sorted(p.name for p in user_models_dir().glob("mine.*")) == ["mine.json", "mine.pt"]
     assert torch.equal(load_model("mine").sam.mask_decoder.iou_token.weight, bias(tiny_checkpoint))
@@ -249,6 +253,23 @@ def test_infinite_numbers_in_metadata_are_written_as_null(tiny_checkpoint):
     text = (user_models_dir() / "early.json").read_text()
     assert "Infinity" not in text
     assert json.loads(text)["metadata"]["best_metric"] is None
+
+
+def test_a_weights_file_no_model_names_is_not_written_over(tiny_checkpoint):
+    """``<name>.pt`` named by no description (what ``models --remove`` kept, saying so, or
+    a file put there by hand) was replaced by the next model registered under that name."""
+    folder = user_models_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    for stray in ("mine.pt", "mine.pth"):
+        (folder / stray).write_bytes(b"the only copy of older weights")
+    with pytest.warns(UserWarning, match="is named by no user model") as said:
+        path = register_user_model(tiny_checkpoint, "mine", TINY)
+    assert path.name == "mine-2.pt" and len(said) == 2
+    for stray in ("mine.pt", "mine.pth"):
+        assert (folder / stray).read_bytes() == b"the only copy of older weights"
+    assert get_model_spec("mine").filename == "mine-2.pt"
+    assert [p.name for p in remove_user_model("mine")] == ["mine.json", "mine-2.pt"]
+    assert (folder / "mine.pt").is_file()
 
 
 def test_broken_sidecars_warn_and_are_skipped(tiny_checkpoint):

@@ -9,6 +9,7 @@ its sidecar is written, and gone when it is deleted.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import threading
@@ -297,19 +298,31 @@ def _open_registration_lock():
 def _new_weights_path(name: str, replaced: Path | None) -> Path:
     """Where user model ``name``'s new weights go: ``<name>.pt``, or ``<name>.pth`` when
     they replace the weights in that file, so that the model's description names whole
-    weights at every moment (the old file until the new description is written). A file
-    that another description names (copied by hand) is never written over; no model's own
-    ``<other>.pt`` is ever a ``.pth``."""
-    in_use = _weights_in_use()
-    candidates = _own_weights(name)
-    for path in candidates:
-        if path != replaced and path not in in_use:
-            return path
-    raise ValueError(
-        f"cannot store user model {name!r}: {candidates[0]} and {candidates[1]} both hold "
-        "weights that model descriptions in that folder name; remove the model(s) that "
-        "share these files ('samtune models' lists them) or pick another name"
-    )
+    weights at every moment (the old file until the new description is written). No file
+    there is written over: one that another description names (copied by hand), nor one
+    that none names (the weights ``samtune models --remove`` kept, a file put there by
+    hand: replaced unsaid, they were lost), which is said; the weights then go to
+    ``<name>-2.pt`` (or the next free name). No model's own ``<other>.pt`` is a ``.pth``."""
+    in_use, strays = _weights_in_use(), []
+
+    def free(path: Path) -> bool:
+        if path == replaced or path in in_use:
+            return False
+        if path.exists():
+            strays.append(path)
+            return False
+        return True
+
+    numbered = (user_models_dir() / f"{name}-{n}.pt" for n in itertools.count(2))
+    path = next(filter(free, itertools.chain(_own_weights(name), numbered)))
+    for stray in strays:
+        warnings.warn(
+            f"{stray} is named by no user model (weights kept by 'samtune models --remove', "
+            "a registration cut short, or a file put there by hand), so it is left as it "
+            f"is; {name!r} is stored in {path.name}",
+            stacklevel=4,
+        )
+    return path
 
 
 def _own_weights(name: str) -> list[Path]:
