@@ -88,6 +88,45 @@ def test_a_model_offered_for_use_loads_without_calling_the_old_copy_older(
     assert "older" not in widget.ui.model_label.text()
 
 
+def test_the_same_weights_registered_anew_are_not_called_newer(
+    on_my_tiny, tiny_checkpoint, notifications
+):
+    """A continued run whose best epoch stayed the same registers the same weights again;
+    written anew, their file's bytes (and hash) differ, and the dock called its copy older."""
+    viewer, widget = on_my_tiny
+    before = (widget.ui.model_picker.model_combo.count(), widget.segmenter.model_id)
+    register_user_model(tiny_checkpoint, "my_tiny", TINY, overwrite=True)
+    widget.ui.model_picker.refresh_button.click()
+    assert offer_model(viewer, "my_tiny", use_it=False) == 1
+    assert not _older_notices(notifications)
+    assert "older" not in widget.ui.model_label.text()
+    assert widget.segmenter.model_id == before[1]
+
+
+def test_a_model_offered_for_use_leaves_a_propagated_object_to_commit(
+    stack_widget, tiny_checkpoint, notifications
+):
+    """A run ending in the background loaded its model into the dock, which cleared the
+    propagated object the person was checking (or stopped the propagation running)."""
+    from napari_samtune._qt.prompt_layers import PlanePrompts
+    from napari_samtune._qt.propagated_planes import PropagatedPlane
+
+    viewer, widget = stack_widget
+    viewer.window.add_dock_widget(widget)  # offered to the docked annotation widgets
+    layers = widget.session.layers
+    mask = np.zeros((96, 96), dtype=np.uint32)
+    mask[30:50, 30:50] = 1
+    stands_for = PlanePrompts(np.array([[40.0, 40.0]]), np.array([True]), np.zeros((0, 4)))
+    layers.propagated[1] = PropagatedPlane(mask, stands_for)
+    layers.set_preview(1, mask, redraw=False)
+    register_user_model(tiny_checkpoint, "my_tiny", TINY)
+    assert offer_model(viewer, "my_tiny", use_it=True) == 1
+    assert not widget.runner.is_running(LOAD_TASK) and widget.model_name == "tiny"
+    assert layers.preview_planes() == [1] and 1 in layers.propagated
+    assert "'my_tiny' was not loaded for annotation" in notifications[-1]
+    assert widget.commit() == [1]  # the propagated object, as the model before made it
+
+
 def test_a_file_named_like_a_user_model_is_not_that_model(
     viewer_widget, tiny_checkpoint, other_checkpoint, run_job, tmp_path, notifications
 ):

@@ -88,6 +88,14 @@ class AnnotateEmbeddingMixin:
         """The image is left: the planes whose preview lags are kept for its return."""
         self._behind_left[self.session.layers.preview] = frozenset(self._previews_behind)
 
+    def holds_propagation(self) -> bool:
+        """Whether another model would clear propagated planes not committed nor corrected
+        (see :meth:`_drop_uncorrected_propagation`) or stop a propagation running."""
+        if self.runner.is_running(PROPAGATE_TASK):
+            return True
+        layers = None if self.session is None else self.session.layers
+        return layers is not None and any(layers.prompts(p).is_empty for p in layers.propagated)
+
     def _drop_uncorrected_propagation(self) -> None:
         """Empty the planes whose preview is a finished propagation's own mask, made with
         the model or pixels before: committed, it would be recorded as the new model's work.

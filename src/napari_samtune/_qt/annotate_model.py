@@ -21,10 +21,13 @@ from napari_samtune.core.user_models import user_model_spec
 
 @dataclass(frozen=True)
 class LoadedWeights:
-    """The user model a dock loaded by name, and the hash of its weights file then."""
+    """The user model a dock loaded by name, and which weights its name held then."""
 
     name: str  # the user model's registry name
-    file_hash: str  # "sha256:<hex>", as its description gave it when the load began
+    # the digest of its weights (of the tensors: the same weights exported again make other
+    # file bytes, and were called other weights), else its file's hash, as its description
+    # gave it when the load began
+    weights: str
 
     @classmethod
     def of(cls, source: str | Path) -> LoadedWeights | None:
@@ -38,7 +41,7 @@ class LoadedWeights:
             return None
         if spec is None or spec.file_hash is None:
             return None
-        return cls(source, spec.file_hash)
+        return cls(source, spec.weights_id or spec.file_hash)
 
 
 def older_weights_message(name: str) -> str:
@@ -86,8 +89,8 @@ class AnnotateModelMixin:
                 self.model_name, now = new_name, LoadedWeights.of(new_name)
                 if not self.runner.is_running(LOAD_TASK):  # else the load's end sets it
                     self.ui.model_label.setText(self._model_text())
-        # the hash of the weights the name holds now, where they are others than these
-        newer = None if now is None or now == weights else now.file_hash
+        # the weights the name holds now, where they are others than these
+        newer = None if now is None or now == weights else now.weights
         if newer == self._older_than:
             return
         self._older_than = newer

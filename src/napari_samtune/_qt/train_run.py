@@ -302,14 +302,22 @@ def offer_model(viewer, name: str, use_it: bool) -> int:
 
     widgets = annotation_widgets(viewer)
     for widget in widgets:
-        loads_it = use_it and not widget.runner.is_running(LOAD_TASK)
+        loading, propagated = widget.runner.is_running(LOAD_TASK), widget.holds_propagation()
+        loads_it = use_it and not loading and not propagated
         widget.refresh_models(say_if_older=not loads_it)  # its older copy is replaced now
         if not use_it:
             continue
-        if widget.runner.is_running(LOAD_TASK):  # it would refuse: its picker must name
+        if loading:  # it would refuse: its picker must name
             show_info(  # the model that load puts in use, not this one
                 f"the annotation widget is loading another model; to annotate with {name!r}, "
                 "choose it there and press Load model"
+            )
+            continue
+        if propagated:  # a run ending in the background cleared the person's work
+            show_info(
+                f"{name!r} was not loaded for annotation: another model would clear the "
+                "propagated object waiting to be committed (or stop the propagation running); "
+                f"commit it (C) first, then choose {name!r} there and press Load model"
             )
             continue
         widget.select_model(name)
