@@ -40,6 +40,21 @@ def test_save_and_load_round_trip(tmp_path):
     assert loaded_record["shape"] == [3, 20, 30] and loaded_record["image"] == "my image: 1/2"
 
 
+@pytest.mark.parametrize("planes", [3, 4, 20])
+def test_a_stack_s_labels_are_saved_one_gray_page_per_plane(tmp_path, planes):
+    """A stack of 3 or 4 planes was saved as one RGB (RGBA) page of 32-bit samples, which
+    Pillow could not open and Fiji would read as colour channels, not planes."""
+    labels = np.zeros((planes, 16, 24), dtype=np.uint32)
+    labels[:, 2:6, 3:9] = np.arange(1, planes + 1)[:, None, None]
+    labels_path, _ = save_annotations(tmp_path, "stack", labels, {})
+    with tifffile.TiffFile(labels_path) as tiff:
+        assert len(tiff.pages) == planes
+        page = tiff.pages[0]
+        assert page.photometric == tifffile.PHOTOMETRIC.MINISBLACK
+        assert page.samplesperpixel == 1 and page.shape == (16, 24)
+    np.testing.assert_array_equal(load_annotations(labels_path)[0], labels)
+
+
 def test_annotations_of_a_namesake_are_never_saved_over(tmp_path):
     labels = np.zeros((20, 30), dtype=np.uint32)
     labels[2:5, 3:9] = 1

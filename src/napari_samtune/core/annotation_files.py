@@ -224,7 +224,9 @@ def write_annotations(
     data = labels.astype(np.uint32, copy=False)
 
     def labels_then_record(tmp: Path) -> None:
-        tifffile.imwrite(tmp, data, compression="zlib")
+        # one gray page per plane: without it, tifffile stores (3, H, W) and (4, H, W)
+        # stacks as one RGB(A) page, which Pillow and Fiji read as colour, not as planes
+        tifffile.imwrite(tmp, data, compression="zlib", photometric="minisblack")
         # the record goes in once its labels are written, and they follow it at once: a disk
         # that filled between the two left new labels beside the old record (or none), which
         # the next run took for another image's, or refused as "exists"
