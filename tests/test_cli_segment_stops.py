@@ -64,6 +64,38 @@ def test_a_stopped_batch_says_how_far_it_got_and_that_the_same_command_goes_on(
     assert sorted(p.name for p in out.glob("*.tif")) == ["cell_0.labels.tif"]
 
 
+def test_a_stopped_batch_with_overwrite_names_the_images_not_reached(
+    tmp_path, tiny_checkpoint, monkeypatch
+):
+    """With --overwrite, "the same command segments the rest (images whose labels are there
+    are skipped)" was wrong both ways: the same command redid every image, and without
+    --overwrite the images not reached kept their earlier labels, unsaid."""
+    monkeypatch.setattr(napari_samtune.cli, "SUBCOMMAND_MODULES", ("segment",))
+    _images(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    argv = ["segment", str(tmp_path / "in"), "--model", str(tiny_checkpoint), "-o", str(out)]
+    assert main([*argv, *AUTO]) == 0
+    earlier = (out / "cell_2.labels.tif").stat().st_mtime_ns
+    stopped = subprocess.run(
+        [sys.executable, "-c", SIGNALLED_AT_THE_SECOND_IMAGE, "SIGTERM", *argv, *AUTO]
+        + ["--overwrite"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
+    )
+    assert stopped.returncode == 143, stopped.stderr
+    assert "skipped" not in stopped.stderr
+    rest = [tmp_path / "in" / f"cell_{i}.tif" for i in (1, 2)]
+    assert (
+        f"samtune segment: terminated; 1 of 3 images segmented into {out}; the 2 not reached "
+        "keep any labels they had there before, and the same command (--overwrite) would "
+        "segment every image again; to segment just those, give only them, with --overwrite "
+        f"as before: {rest[0]} {rest[1]}"
+    ) in stopped.stderr
+    assert (out / "cell_2.labels.tif").stat().st_mtime_ns == earlier  # the earlier labels
+
+
 def test_a_folder_of_label_files_only_is_an_error_not_a_success(
     tmp_path, tiny_checkpoint, monkeypatch, capsys
 ):

@@ -354,15 +354,33 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
         with sigterm_interrupts():
             failed = _segment_each(args, segmenter, model_name, config, todo, outputs, written)
     except KeyboardInterrupt as err:  # Ctrl+C, or SIGTERM (a batch job's time limit)
-        raise type(err)(
-            f"{len(written)} of {len(todo)} images segmented into {out_dir}; the same command "
-            "segments the rest (images whose labels are there are skipped)"
-        ) from None
+        done = f"{len(written)} of {len(todo)} images segmented into {out_dir}"
+        raise type(err)(f"{done}; {_how_to_go_on(args, todo, written)}") from None
     using = _using(segmenter, model_name)
     print(f"{len(todo) - failed} of {len(todo)} images segmented into {out_dir} ({using})")
     if failed:
         print(f"{failed} image(s) failed; see the messages above", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _how_to_go_on(args, todo: list[Path], written: list[Path]) -> str:
+    """How a stopped batch goes on: the same command skips the images whose labels are
+    written; with --overwrite it redid them all, and without it, it kept the earlier labels
+    of those it had not reached (said to do as the first): these are named, to give alone."""
+    if not args.overwrite:
+        return "the same command segments the rest (images whose labels are there are skipped)"
+    from napari_samtune.core.shell_words import shell_path
+
+    rest = [f for f in todo if f not in written]
+    shown = " ".join(shell_path(f) for f in rest[:MAX_NAMED]) + (" ..." * (len(rest) > MAX_NAMED))
+    return (
+        f"the {len(rest)} not reached keep any labels they had there before, and the same "
+        "command (--overwrite) would segment every image again; to segment just those, give "
+        f"only them, with --overwrite as before: {shown}"
+    )
+
+
+MAX_NAMED = 20  # images named in the note of a stopped batch
 
 
 def _segment_each(args, segmenter, model_name, config, todo, outputs, written) -> int:
