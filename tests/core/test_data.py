@@ -233,6 +233,26 @@ def test_channels_given_for_a_grayscale_stack_are_named_not_its_labels(tmp_path)
     assert len(prepare_pairs(load_pairs(tmp_path / "images", tmp_path / "labels"))) == 3
 
 
+def test_a_grayscale_stack_beside_multichannel_files_is_used_as_it_is(tmp_path):
+    """A folder of (H, W, 3) images and a gray (Z, H, W) stack, --channels 1: refused with
+    "give no --channel-axis or channels for it", which a command with one --channels for
+    every file cannot do (2D gray files there were used as they are)."""
+    image, labels = make_image((32, 40), seed=4)
+    _write(tmp_path / "images", "rgb.tif", np.stack([image, image // 2, image], axis=-1))
+    _write(tmp_path / "labels", "rgb_labels.tif", labels)
+    _write(tmp_path / "images", "z3.tif", np.stack([image] * 3))
+    _write(tmp_path / "labels", "z3_labels.tif", np.stack([labels] * 3))
+    pairs = load_pairs(tmp_path / "images", tmp_path / "labels", channels=[1])
+    assert [(p.name, p.channels) for p in pairs] == [
+        ("rgb.tif / rgb_labels.tif", (1,)),
+        *[(f"z3.tif / z3_labels.tif plane {i}", None) for i in range(3)],
+    ]
+    prepared = prepare_pairs(pairs)
+    as_is, channel_1 = (prepare_pair(ImageLabelPair(i, labels)).rgb for i in (image, image // 2))
+    np.testing.assert_array_equal(prepared[1].rgb, as_is)  # the plane, as it is
+    np.testing.assert_array_equal(prepared[0].rgb, channel_1)
+
+
 def test_label_files_of_whole_floats_are_labels_and_other_floats_are_named(tmp_path):
     image, labels = make_image((32, 40), seed=6)
     with_fraction = labels.astype(np.float32)

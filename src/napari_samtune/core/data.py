@@ -192,7 +192,7 @@ def read_match(
             f"{type(match).__name__} {match!r:.80}: pass match_files(images, labels), or "
             "read the files with load_pairs(images, labels)"
         )
-    pairs, contradicted = [], []  # files whose metadata name another channel axis
+    groups, contradicted = [], []  # files whose metadata name another channel axis
     chosen, passed_over = set(), {}  # namesakes' label files taken, and those another took
     for image_path, labels_path in match.pairs:
         image, axes = read_tiff_with_axes(image_path)
@@ -207,12 +207,42 @@ def read_match(
         axis = channel_axis if channel_axis is not None else channel_axis_named(axes, image.ndim)
         named = named_otherwise(axes, image.ndim, channel_axis)
         contradicted += [] if named is None else [(str(image_path), named, axes)]
-        pairs += split_planes(image, labels, name, None, axis, channels, empty_planes)
+        if (axis is not None or channels is not None) and _gray_stack(image, labels):
+            groups.append((image, labels, name, axis))  # split once the others are known
+            continue
+        groups.append(split_planes(image, labels, name, None, axis, channels, empty_planes))
+    pairs = _with_gray_stacks(groups, channels, empty_planes)
     if namesakes_left is not None:  # those no image took (two namesakes given: neither)
         namesakes_left += [p.name for p in passed_over if p not in chosen]
     if contradicted:  # one warning for a folder of them
         warnings.warn(given_axis_note(channel_axis, contradicted), UserWarning, stacklevel=2)
     return gray_as_is(pairs) if any(p.image.ndim > 2 for p in pairs) else pairs
+
+
+def _gray_stack(image: np.ndarray, labels) -> bool:
+    """(planes, H, W) pixels with labels of that shape: a grayscale stack (the labels of a
+    2D image with channels have its height and width alone)."""
+    labels = np.asarray(labels)
+    return image.ndim == 3 and labels.ndim == 3 and image.shape == labels.shape
+
+
+def _with_gray_stacks(groups: list, channels, empty_planes) -> list[ImageLabelPair]:
+    """The pairs of ``groups`` (each file's pairs, or a grayscale stack's (image, labels,
+    name, axis)), the planes of the stacks taking no channels beside multichannel files
+    (the channels chosen are theirs: such a folder was refused, with advice to give a
+    stack no channels that a command has no way to follow); alone, they keep them, to be
+    refused as 2D gray images are (:func:`gray_as_is`)."""
+    split = [group for group in groups if isinstance(group, list)]
+    multichannel = any(p.image.ndim > 2 for pairs in split for p in pairs)
+    pairs = []
+    for group in groups:
+        if isinstance(group, list):
+            pairs += group
+            continue
+        image, labels, name, axis = group
+        taken = (None, None) if multichannel else (axis, channels)
+        pairs += split_planes(image, labels, name, None, *taken, empty_planes)
+    return pairs
 
 
 def gray_as_is(pairs: list[ImageLabelPair]) -> list[ImageLabelPair]:
