@@ -253,6 +253,22 @@ def test_a_grayscale_stack_beside_multichannel_files_is_used_as_it_is(tmp_path):
     np.testing.assert_array_equal(prepared[0].rgb, channel_1)
 
 
+def test_a_stack_named_so_by_its_file_with_one_plane_of_labels_is_called_a_stack(tmp_path):
+    """An ImageJ z-stack (axes ZYX) with 2D labels was "an image whose channel axis is
+    ambiguous: pass channel_axis and channels", which would have scored a plane as a
+    channel."""
+    image, labels = make_image((32, 40), seed=4)
+    (tmp_path / "images").mkdir()
+    stack = np.stack([image] * 3)
+    tifffile.imwrite(tmp_path / "images" / "z3.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+    _write(tmp_path / "labels", "z3_labels.tif", labels)
+    with pytest.raises(ValueError) as err:
+        prepare_pairs(load_pairs(tmp_path / "images", tmp_path / "labels"))
+    said = str(err.value)
+    assert "the image is a stack of 3 planes (its file names its axes ZYX)" in said
+    assert "labels are one plane (32, 40)" in said and "channel" not in said
+
+
 def test_label_files_of_whole_floats_are_labels_and_other_floats_are_named(tmp_path):
     image, labels = make_image((32, 40), seed=6)
     with_fraction = labels.astype(np.float32)

@@ -207,6 +207,7 @@ def read_match(
         axis = channel_axis if channel_axis is not None else channel_axis_named(axes, image.ndim)
         named = named_otherwise(axes, image.ndim, channel_axis)
         contradicted += [] if named is None else [(str(image_path), named, axes)]
+        _check_planes_named(image, np.asarray(labels), axes, axis, name)
         if (axis is not None or channels is not None) and _gray_stack(image, labels):
             groups.append((image, labels, name, axis))  # split once the others are known
             continue
@@ -217,6 +218,20 @@ def read_match(
     if contradicted:  # one warning for a folder of them
         warnings.warn(given_axis_note(channel_axis, contradicted), UserWarning, stacklevel=2)
     return gray_as_is(pairs) if any(p.image.ndim > 2 for p in pairs) else pairs
+
+
+def _check_planes_named(image: np.ndarray, labels: np.ndarray, axes: str, axis, name) -> None:
+    """``ValueError`` for a stack whose file names its planes (``axes`` "ZYX", "TYX") with
+    labels of one plane: it was called an image whose channel axis is ambiguous, and the
+    advice (a channel axis, and channels) would have scored one plane as a channel."""
+    if image.ndim != 3 or labels.ndim != 2 or axis is not None or len(axes) != 3:
+        return
+    if axes[0] in "ZT" and axes[1:] == "YX":
+        raise ValueError(
+            f"{name!r}: the image is a stack of {image.shape[0]} planes (its file names its "
+            f"axes {axes}), but its labels are one plane {labels.shape!r}; give labels of as "
+            f"many planes, {image.shape!r}, or the one plane they annotate as the image"
+        )
 
 
 def _gray_stack(image: np.ndarray, labels) -> bool:
