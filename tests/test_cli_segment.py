@@ -422,6 +422,19 @@ def test_a_stack_with_unclear_channels_names_the_axis_counted_in_the_stack(
     assert not (tmp_path / "o.tif").exists()
 
 
+def test_channels_given_for_a_grayscale_stack_call_it_a_stack(
+    tmp_path, tiny_checkpoint, stack_file, capsys
+):
+    """--stack --channels 1 on a gray (Z, H, W) stack: "the image is 2D grayscale"."""
+    path, _ = stack_file
+    points = write_csv(tmp_path / "p.csv", "x,y,z\n40,30,0\n")
+    argv = ["--stack", "--channels", "1", "--points", str(points)]
+    assert segment(tiny_checkpoint, path, tmp_path / "o.tif", *argv) == 2
+    err = capsys.readouterr().err
+    assert "grayscale planes, with no channels to choose from" in err and "2D" not in err
+    assert "segment it without --channels" in err
+
+
 def test_an_image_without_a_finite_pixel_is_refused(tmp_path, tiny_checkpoint, capsys):
     """An all-NaN export was "segmented" into "0 objects written", exit 0."""
     path = tmp_path / "nan.tif"

@@ -156,6 +156,13 @@ class Planes:
                 raise _planes_or_channels(err, image.shape, args.channels, axes) from None
             if args.channels is None and image.ndim == 4:
                 raise _stack_channels_unclear(path, image.shape) from None
+            if self.image.ndim == 3:  # its planes were called "2D grayscale": a stack's are
+                raise ValueError(
+                    f"--stack with --channels: {path} has shape {image.shape!r}, a stack of "
+                    f"{image.shape[0]} grayscale planes, with no channels to choose from; "
+                    "segment it without --channels (a folder mixing it with multichannel "
+                    "images takes a run for each)"
+                ) from None
             raise
         if not self.stacked and is_blank(first):  # a stack may hold empty planes
             raise ValueError(blank_problem(str(path)) + " (--channels)")
