@@ -183,8 +183,10 @@ def test_a_damaged_best_checkpoint_names_the_last_one_to_export_instead(
         assert cli.main(["export", str(checkpoint.parent.parent), "-o", str(output)]) == 2
         err = capsys.readouterr().err
         assert str(best) in err  # the damaged file is named
-        assert err.count(f"samtune export {checkpoint} -o ") == 1
+        # with the -o given (it said -o model.pth, and how to train further)
+        assert err.count(f"samtune export {checkpoint} -o {output} exports its weights") == 1
         assert err.count(str(checkpoint)) == 2  # once as the file, once in the command
+        assert "finetune" not in err
         assert not output.exists()
     assert cli.main(["export", str(checkpoint), "-o", str(output)]) == 0  # as it says
 

@@ -10,6 +10,9 @@ model); :func:`check_resume_fields` where a resume is checked.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import fields
 from pathlib import Path
 
@@ -38,6 +41,21 @@ class DamagedCheckpoint(ValueError):
     the file and says what to use instead."""
 
 
+_EXPORTING_TO: ContextVar[Path | None] = ContextVar("exporting_to", default=None)
+
+
+@contextmanager
+def exporting_to(output: Path) -> Iterator[None]:
+    """While a checkpoint is read to be exported to ``output``: the advice for a damaged
+    one exports the other beside it there (it wrote to ./model.pth, with advice on
+    training further that the export did not ask for)."""
+    token = _EXPORTING_TO.set(output)
+    try:
+        yield
+    finally:
+        _EXPORTING_TO.reset(token)
+
+
 def whole_one_beside(path: Path) -> str:
     """For a run's damaged last.pt or best.pt, what the other one beside it still offers:
     else a run's folder, which holds the run, refuses a new run and points back here."""
@@ -47,6 +65,13 @@ def whole_one_beside(path: Path) -> str:
     beside = path.with_name(others[path.name])
     if not is_project_checkpoint(beside):
         return ""
+    output = _EXPORTING_TO.get()
+    if output is not None:
+        which = "latest epoch, not of its best" if path.name == "best.pt" else "best epoch"
+        return (
+            f". {beside} beside it loads: samtune export {shell_path(beside)} -o "
+            f"{shell_path(output)} exports its weights instead (those of the run's {which})"
+        )
     offers = (
         f". {beside} beside it loads: samtune export {shell_path(beside)} -o model.pth makes a "
         "model "
