@@ -148,3 +148,32 @@ def test_an_image_s_propagated_planes_are_cleared_when_chosen_after_another_mode
     assert layers.preview_planes() == [] and not layers.propagated
     assert any("cleared the propagated object on planes 1-2" in n for n in notifications)
     assert widget.commit() == [] and not widget.session.annotations.any()
+
+
+def test_new_pixels_of_another_image_leave_this_image_s_propagated_planes(
+    stack_widget, notifications, drain_jobs
+):
+    """Only another model makes every image's previews stale: new pixels of the image
+    chosen meanwhile cleared this one's propagated object too, as "the model or the image
+    changed since it was propagated"."""
+    from napari_samtune._qt.prompt_layers import PlanePrompts
+    from napari_samtune._qt.propagated_planes import PropagatedPlane
+
+    viewer, widget = stack_widget
+    other = viewer.add_image(np.zeros((96, 96), dtype=np.float32) + 0.5, name="other image")
+    layers = widget.session.layers
+    mask = np.zeros((96, 96), dtype=np.uint32)
+    mask[30:50, 30:50] = 1
+    stands_for = PlanePrompts(np.array([[40.0, 40.0]]), np.array([True]), np.zeros((0, 4)))
+    for plane in (1, 2):
+        layers.propagated[plane] = PropagatedPlane(mask, stands_for)
+        layers.set_preview(plane, mask, redraw=False)
+    widget.ui.image_combo.setCurrentText("other image")
+    drain_jobs(widget)
+    other.data = np.zeros((96, 96), dtype=np.float32) + 0.25  # a filter applied to it
+    drain_jobs(widget)
+    widget.ui.image_combo.setCurrentText("stack")
+    layers = widget.session.layers
+    assert layers.preview_planes() == [1, 2] and sorted(layers.propagated) == [1, 2]
+    assert not any("cleared the propagated object" in n for n in notifications)
+    assert widget.commit() == [1]

@@ -207,7 +207,7 @@ class AnnotateActionsMixin:
         with self._prompts_in_flux():
             kept.put_back(self.session.layers)
         if kept.made_under != self._preview_basis:  # the previews of another model's
-            self._current_previews_stale()  # (the plane in view is segmented again below)
+            self._previews_went_stale()  # (the plane in view is segmented again below)
         self._keep_propagation_out()
         self.update_preview()
         self._prompts_for_undo = (self.session, None)  # the layers hold what U put back

@@ -56,13 +56,8 @@ class AnnotateEmbeddingMixin:
         """Another model, other channels or new pixels: the previews segmented from prompts
         show what the model saw before, so they lag their prompts (commit refuses them,
         saying so) until they are segmented again, when their plane's embedding is ready.
-        Those of the images not chosen now are found so when chosen again."""
-        self._preview_basis = next_basis()
-        self._current_previews_stale()
-
-    def _current_previews_stale(self) -> None:
-        """The chosen image's previews were made under an earlier model, channels or pixels
-        (see :meth:`_previews_went_stale`)."""
+        After another model (:meth:`_another_model`) those of the images not chosen now are
+        found so when chosen again."""
         if self.session is None:
             return
         layers = self.session.layers
@@ -71,6 +66,13 @@ class AnnotateEmbeddingMixin:
         for plane in layers.preview_planes():
             if not layers.prompts(plane).is_empty:
                 self._previews_behind.add(plane)
+
+    def _another_model(self) -> None:
+        """Every image's previews were made by the model before: the chosen image's lag
+        their prompts now, the others' once chosen (other channels or pixels are one
+        image's, and go through :meth:`_previews_went_stale` alone)."""
+        self._preview_basis = next_basis()
+        self._previews_went_stale()
 
     def _take_up_previews(self) -> None:
         """The image just chosen: its previews lag where they lagged when it was left, and
@@ -81,7 +83,7 @@ class AnnotateEmbeddingMixin:
         shown = layers.preview_planes()
         self._previews_behind |= self._behind_left.pop(layers.preview, frozenset()) & set(shown)
         if shown and made_under(layers.preview) != self._preview_basis:
-            self._current_previews_stale()
+            self._previews_went_stale()
         record_made_under(layers.preview, self._preview_basis)
 
     def _leave_previews(self) -> None:

@@ -180,7 +180,7 @@ class AnnotateModelMixin:
         self.model_name = name
         self._use_auto_defaults_of(self.segmenter.img_size)
         self._invalidate_embedding()
-        self._previews_went_stale()
+        self._another_model()
         self.ui.model_label.setText(self._model_text())
         self._stop_jobs_of_the_model_before()
         self._ensure_embedding()
