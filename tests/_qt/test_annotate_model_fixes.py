@@ -120,10 +120,14 @@ def test_a_model_offered_for_use_leaves_a_propagated_object_to_commit(
     layers.propagated[1] = PropagatedPlane(mask, stands_for)
     layers.set_preview(1, mask, redraw=False)
     register_user_model(tiny_checkpoint, "my_tiny", TINY)
-    assert offer_model(viewer, "my_tiny", use_it=True) == 1
-    assert not widget.runner.is_running(LOAD_TASK) and widget.model_name == "tiny"
+    viewer.add_image(np.zeros((96, 96), dtype=np.float32), name="other image")
+    for chosen in ("other image", "stack"):  # the stack left (cleared when chosen again)
+        widget.ui.image_combo.setCurrentText(chosen)
+        assert offer_model(viewer, "my_tiny", use_it=True) == 1
+        assert not widget.runner.is_running(LOAD_TASK) and widget.model_name == "tiny"
+        assert "'my_tiny' was not loaded for annotation" in notifications[-1]
+    layers = widget.session.layers
     assert layers.preview_planes() == [1] and 1 in layers.propagated
-    assert "'my_tiny' was not loaded for annotation" in notifications[-1]
     assert widget.commit() == [1]  # the propagated object, as the model before made it
 
 

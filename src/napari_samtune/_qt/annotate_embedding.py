@@ -20,7 +20,7 @@ from napari_samtune._qt.annotate_notes import planes_phrase
 from napari_samtune._qt.annotate_session import RemovedImage
 from napari_samtune._qt.annotate_ui import BATCHED_MODE
 from napari_samtune._qt.preview_basis import made_under, next_basis, record_made_under
-from napari_samtune._qt.prompt_layers import PlanePrompts
+from napari_samtune._qt.prompt_layers import PlanePrompts, propagated_in
 from napari_samtune.core.coords import napari_to_sam
 
 
@@ -92,8 +92,12 @@ class AnnotateEmbeddingMixin:
 
     def holds_propagation(self) -> bool:
         """Whether another model would clear propagated planes not committed nor corrected
-        (see :meth:`_drop_uncorrected_propagation`) or stop a propagation running."""
+        (see :meth:`_drop_uncorrected_propagation`), of the chosen image or, once chosen
+        again, of another one, or stop a propagation running."""
         if self.runner.is_running(PROPAGATE_TASK):
+            return True
+        left = [p for p in self._behind_left if p in self.viewer.layers]  # images left
+        if any(propagated_in(preview) for preview in left):
             return True
         layers = None if self.session is None else self.session.layers
         return layers is not None and any(layers.prompts(p).is_empty for p in layers.propagated)

@@ -127,6 +127,11 @@ def _preview_colormap() -> DirectLabelColormap:
 _PROPAGATED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # preview -> planes
 
 
+def propagated_in(preview) -> dict:
+    """The planes propagation reached in preview layer ``preview`` (empty where none)."""
+    return _PROPAGATED.get(preview, {})
+
+
 class PromptLayers:
     """Creates (or reuses: see :func:`role_for`) the prompt, preview and annotation layers of
     one image."""
