@@ -208,7 +208,7 @@ def test_u_after_a_commit_of_a_propagated_object_that_wrote_nothing_keeps_the_pr
 
 
 def test_the_propagation_note_says_where_it_went_and_why_it_stopped():
-    rule = "the object vanished or its area changed more than 2×"
+    rule = "the object vanished or its area changed more than 2× from the plane before"
     assert propagation_note(4, [5, 3, 6, 2], 9, 2.0, 50) == (
         f"propagated the object from plane 4 through planes 2-6; it stopped at planes 1 and 7, "
         f"where {rule}; check them, then commit (C) to write the 3D object"
@@ -222,7 +222,8 @@ def test_the_propagation_note_says_where_it_went_and_why_it_stopped():
     assert propagation_note(5, [3, 4, 6, 7], 20, 2.0, 2).endswith("planes 3-7" + done)  # limit
     assert propagation_note(1, [], 4, 2.5, 50) == (
         "propagation reached no other plane: on planes 0 and 2 the object vanished or its area "
-        "changed more than 2.5×; raise 'stop at area change ×' or prompt the object there yourself"
+        "changed more than 2.5× from the plane before; raise 'stop at area change ×' or prompt "
+        "the object there yourself"
     )
     assert propagation_note(0, [], 4, 2.0, 50).startswith(
         "propagation reached no other plane: on plane 1 the"

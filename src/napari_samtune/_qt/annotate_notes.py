@@ -144,7 +144,10 @@ def propagation_note(
         for plane in planes_past(start, reached)
         if 0 <= plane < n_planes and abs(plane - start) <= max_planes and plane not in kept_out
     ]
-    rule = f"the object vanished or its area changed more than {max_area_ratio:g}×"
+    rule = (
+        f"the object vanished or its area changed more than {max_area_ratio:g}× from the "
+        "plane before"
+    )
     where = ("plane " if len(stops) == 1 else "planes ") + " and ".join(map(str, sorted(stops)))
     parts = []
     if stops and not reached:

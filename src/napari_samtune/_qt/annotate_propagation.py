@@ -29,7 +29,8 @@ class AnnotatePropagationMixin:
         """Carry the preview object of the plane in view through the neighbouring planes.
 
         Uses each plane's mask (bounding box + most interior point) to prompt the next;
-        stops where the object vanishes or its area changes more than the chosen factor.
+        stops where the object vanishes or its area changes more than the chosen factor from
+        the plane before.
         Results land in the preview of the image, also while another one is chosen (they
         are there when it is chosen again); commit (C) writes the 3D object. Returns the
         worker.

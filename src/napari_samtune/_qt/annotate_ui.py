@@ -130,7 +130,8 @@ class AnnotateControls:
         self.area_ratio_spin = _spin(1.1, 20.0, 2.0, 0.1)
         self.area_ratio_spin.setToolTip(
             "Propagation stops at a plane where the object's area grows or shrinks by more "
-            "than this factor, or where it vanishes"
+            "than this factor from the plane before, or where it vanishes (a slow drift "
+            "through many planes passes: check the planes reached)"
         )
         self.propagate_button = QPushButton("Propagate object through planes")
         form.addRow("stop at area change ×", self.area_ratio_spin)
