@@ -72,3 +72,32 @@ def test_a_new_run_where_a_run_was_moved_away_leaves_that_run_s_model_registered
     continued = train(short_tiny_config(epochs=2), *other, run, resume_from=run)
     assert continued.registered_name == "run-2"  # a resumed run still updates its own
     assert sorted(s.name for s in list_user_models()) == ["run", "run-2"]
+
+
+def test_a_run_killed_before_registering_is_not_told_the_moved_run_s_model_is_its_own(
+    tmp_path, short_tiny_config, monkeypatch
+):
+    """The note for a run exported but not registered (killed between the two), in the
+    folder of a run moved away, said it had registered its model as the moved run's name,
+    "the model is there to use": the new run's model was never registered."""
+    import torch
+
+    from napari_samtune.core import user_models
+    from napari_samtune.core.train_checkpoints import unexported_note
+
+    train(short_tiny_config(), *DATA, tmp_path / "run")
+    (tmp_path / "run").rename(tmp_path / "run-archived")
+
+    def killed(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(user_models, "register_user_model", killed)
+        with pytest.raises(OSError, match="No space left"):
+            train(short_tiny_config(), *DATA, tmp_path / "run")
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    assert (tmp_path / "run" / "model.pth").is_file()
+    run_id = torch.load(last, weights_only=True, mmap=True)["run_id"]
+    note = unexported_note(last, 1, run_id)
+    assert "registering it as 'run'" not in note
+    assert "ended before its model was exported and registered" in note

@@ -141,7 +141,8 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
             raise ValueError(
                 f"{args.resume} has done {done} epoch(s) and the run's epochs are "
                 f"{config.epochs}: nothing is left to train; pass --epochs above {done}"
-                + unexported_note(Path(args.resume), done)  # killed before its export
+                # killed before its export
+                + unexported_note(Path(args.resume), done, checkpoint.get("run_id"))
             )
         check_resumable(checkpoint, config, args.resume)  # as training would, before the data
         return config, f"settings of {args.resume}"

@@ -199,7 +199,7 @@ def read_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
-def unexported_note(path: Path, epochs_done: int | None = None) -> str:
+def unexported_note(path: Path, epochs_done: int | None = None, run_id: str | None = None) -> str:
     """For the checkpoint of a run that was killed after its last epoch, before its model
     was exported and registered (summary.json is written after both): how to have it. With
     ``epochs_done``, the checkpoint's, also for a resumed session stopped so: the summary
@@ -211,7 +211,9 @@ def unexported_note(path: Path, epochs_done: int | None = None) -> str:
         return ""
     if run.summary.exists():
         return _older_export_note(run, epochs_done)
-    registered = earlier_registration(run.checkpoints.parent) if run.model.is_file() else None
+    registered = None
+    if run.model.is_file():  # registered by this run (``run_id``), not one moved away
+        registered = earlier_registration(run.checkpoints.parent, run_id)
     if registered is not None:
         return (
             f". The run ended after exporting its model ({run.model}) and registering it as "
@@ -263,7 +265,7 @@ def check_resumable(checkpoint: dict, config: TrainConfig, path: str | Path) -> 
         raise ValueError(
             f"{str(path)!r} has done {done} epoch(s) and epochs={config.epochs}, so there is "
             f"nothing left to train; set epochs above {done} to continue the run"
-            + unexported_note(Path(path), done)
+            + unexported_note(Path(path), done, checkpoint.get("run_id"))
         )
     saved = TrainConfig.from_dict(checkpoint["config"])
     # a weights file named relative to another working directory is the same model

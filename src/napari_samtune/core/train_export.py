@@ -191,8 +191,10 @@ def earlier_registration(out_dir: Path, run_id: str | None = None) -> str | None
     """The user model that an earlier session of this run (before a resume) registered from
     ``out_dir / model.pth``, if it is still registered from there: a resumed run updates its
     model instead of adding a second one. With ``run_id`` (the run's, see
-    :mod:`~napari_samtune.core.train_checkpoints`), only a model registered by that run:
-    a new run in the folder of a run moved away replaced the model that run registered."""
+    :mod:`~napari_samtune.core.train_checkpoints`), not a model another run registered (a
+    new run in the folder of a run moved away replaced the model that run registered);
+    one whose description names no run (registered by an earlier version) may be this
+    run's, as before."""
     from napari_samtune.core.registry import user_models_dir, validate_model_name
 
     try:
@@ -204,8 +206,7 @@ def earlier_registration(out_dir: Path, run_id: str | None = None) -> str | None
     except (OSError, ValueError, KeyError, TypeError):
         source = theirs = None
     model = RunFiles(out_dir).model.resolve()
-    # the run's summary beside it: registered by this run (or by a version without ids)
-    if source == model and (theirs is None or run_id is None or theirs == run_id):
+    if source == model and _same_run(theirs, run_id):
         return name
     # renamed (models --rename), maybe with its old name given to another model since
     return _registered_from(model, user_models_dir(), run_id)
@@ -213,7 +214,7 @@ def earlier_registration(out_dir: Path, run_id: str | None = None) -> str | None
 
 def _registered_from(model: Path, folder: Path, run_id: str | None) -> str | None:
     """The user model registered from ``model`` (a run's model.pth) by the run ``run_id``
-    (any run: None), looked up in the descriptions in ``folder``: a run killed after
+    (see :func:`_same_run`), looked up in the descriptions in ``folder``: a run killed after
     registering its model, before its summary.json named it, registered a second model
     when resumed."""
     from napari_samtune.core.registry import validate_model_name
@@ -222,11 +223,17 @@ def _registered_from(model: Path, folder: Path, run_id: str | None) -> str | Non
     for sidecar in sorted(folder.glob("*.json")):
         try:
             data = json.loads(sidecar.read_text(encoding="utf-8"))
-            if Path(data["registered_from"]) == model and run_id in (None, _run_of(data)):
+            if Path(data["registered_from"]) == model and _same_run(_run_of(data), run_id):
                 names.append(validate_model_name(data["name"]))
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return names[0] if len(names) == 1 else None
+
+
+def _same_run(theirs: str | None, run_id: str | None) -> bool:
+    """Whether a model registered by run ``theirs`` may be run ``run_id``'s: the same id,
+    or either unknown (any run asked for, or a model registered before runs had ids)."""
+    return None in (theirs, run_id) or theirs == run_id
 
 
 def _run_of(sidecar: dict) -> str | None:
