@@ -162,8 +162,8 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
         raise ValueError("--model is required: a model name, a weights file or random:<arch>")
     preset, reason = choose_preset(args.preset or "auto", args.device)
     overrides = overrides_from(args)
-    if "device" not in overrides:
-        _check_preset_device(preset.device, args.preset or "auto")
+    if overrides.get("device", "auto") == "auto":  # --device auto is the default: checked
+        _check_preset_device(preset.device, args.preset or "auto")  # (A100 sizes on a CPU)
     config = config_from_preset(preset, args.model, check=not args.force, **overrides)
     return config, f"preset {preset.name} ({preset.key}): {reason}"
 
