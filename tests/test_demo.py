@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 
+import pytest
+
 import napari_samtune.cli as cli
 
 # The quick demo (3 held-out images, 4 short epochs) raised box IoU from 0.20 to 0.59 in our
@@ -96,3 +98,27 @@ def test_ctrl_c_stops_the_finetuning_and_the_demo_goes_on_with_the_model_so_far(
     assert len(epochs) < DemoConfig().quick().epochs
     assert result.model_path.is_file() and result.after["box_iou"] > 0
     assert signal.getsignal(signal.SIGINT) is before  # given back
+
+
+def test_a_preset_of_more_memory_than_the_machine_has_is_said_to_be(tmp_path, monkeypatch):
+    """``samtune demo --preset cpu-64gb`` on a 24 GB machine trained without the warning
+    that ``samtune train`` and the README give."""
+    from dataclasses import replace
+
+    from napari_samtune.core import presets, train
+    from napari_samtune.core.demo import DemoConfig, run_demo
+    from napari_samtune.core.machine import MachineResources
+
+    small = MachineResources(gpu_memory_gb=None, ram_gb=16.0, n_cores=2, gpu_name=None)
+    monkeypatch.setattr(presets, "machine_for", lambda device: small)
+
+    def not_trained_here(*args, **kwargs):
+        raise RuntimeError("the test stops before training")
+
+    monkeypatch.setattr(train, "iter_train", not_trained_here)
+    said = []
+    config = replace(DemoConfig().quick(), preset="cpu-64gb")
+    with pytest.raises(RuntimeError, match="the test stops before training"):
+        run_demo(config, tmp_path / "demo", log=said.append)
+    warning = "warning: preset cpu-64gb is for 64 GB and this machine has 16"
+    assert any(line.startswith(warning) for line in said), said

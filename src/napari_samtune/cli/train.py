@@ -40,7 +40,6 @@ from napari_samtune.cli.train_config import (
     OPTION_NAMES,
     OVERRIDES,
     make_config,
-    preset_memory_short,
 )
 from napari_samtune.cli.train_report import TORCHRUN_TERM_NOTE, aborted_note
 from napari_samtune.cli.train_report import memory_advice as _memory_advice
@@ -170,6 +169,8 @@ def _run(args: argparse.Namespace) -> int:
     if verbose:
         print(origin)
         if args.preset and args.preset.strip().lower() != "auto":  # auto: it fits
+            from napari_samtune.core.presets import preset_memory_short
+
             short = preset_memory_short(config)
             if short:
                 print(f"warning: {short}", file=sys.stderr)

@@ -92,15 +92,6 @@ def choose_preset(key: str, device: str | None = None) -> tuple[object, str]:
     return resolve_preset(key, device)
 
 
-def preset_memory_short(config: TrainConfig) -> str:
-    """:func:`.presets.memory_short` of the run's preset on the device it trains on."""
-    from napari_samtune.core.presets import get_preset, machine_for, memory_short
-
-    preset = get_preset(config.preset)
-    device = preset.device if config.device == "auto" else config.device
-    return memory_short(preset, machine_for(device), device)
-
-
 def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     """The run's config and a line saying where its settings came from."""
     from napari_samtune.core.presets import config_from_preset

@@ -307,6 +307,11 @@ def run_demo(
     log(f"evaluating {config.model!r} on the held-out images ...")
     before = _evaluate(base, test_pairs, config, train_config.device)
     log(f"preset: {reason}")
+    from napari_samtune.core.presets import preset_memory_short
+
+    short = preset_memory_short(train_config)  # a preset of more memory than here has
+    if short:
+        log(f"warning: {short}")
     log(f"finetuning {config.model!r} on {len(train_pairs)} images with: {train_config}")
     tune_start = time.perf_counter()
     finished = _finetune(train_config, train_pairs, run_dir, stop_event, log)

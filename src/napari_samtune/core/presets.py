@@ -303,6 +303,14 @@ def memory_short(preset: ResourcePreset, found: MachineResources, device: str) -
     )
 
 
+def preset_memory_short(config) -> str:
+    """:func:`memory_short` of a run's preset (a :class:`TrainConfig`'s) on the device it
+    trains on: "" where it fits, as the one detected here always does."""
+    preset = get_preset(config.preset)
+    device = preset.device if config.device == "auto" else config.device
+    return memory_short(preset, machine_for(device), device)
+
+
 def device_kind(device: str | None) -> str:
     """ "cuda" of "cuda:1", "cpu" of "cpu", "auto" of None: read alike by what sizes a
     preset for a device (``memory_short`` compared " cuda:1" with the RAM)."""
