@@ -700,6 +700,29 @@ def test_a_gpu_preset_without_cuda_names_the_preset_and_the_fix(
         assert not (tmp_path / "x").exists()
 
 
+def test_a_detected_preset_without_a_setting_for_the_model_says_which_one_it_takes(
+    tmp_path, monkeypatch
+):
+    """``samtune train --model vit_b_lm`` on a 24 GB machine: "preset 'cpu-16gb' cannot fit
+    model 'vit_b'", a preset the person never chose, with presets to choose that do not
+    fit the machine."""
+    from napari_samtune.cli import build_parser
+    from napari_samtune.cli.train_config import make_config
+    from napari_samtune.core import presets
+
+    machine = presets.MachineResources(None, 23.5, 2, None)
+    monkeypatch.setattr(presets, "measure_machine", lambda gpu_index=None: machine)
+    argv = ["train", "--model", "random:vit_b", "--images", "i", "--labels", "l"]
+    argv += ["--out", str(tmp_path)]
+    config, origin = make_config(build_parser().parse_args(argv))
+    assert config.preset == "cpu-8gb"
+    note = "cpu-16gb, detected here, has no setting measured for vit_b, so that of cpu-8gb"
+    assert note in origin
+    named = build_parser().parse_args([*argv, "--preset", "cpu-16gb"])
+    with pytest.raises(ValueError, match="cannot fit model 'vit_b'"):  # chosen: refused
+        make_config(named)
+
+
 def test_resume_from_a_folder_without_a_checkpoint_names_the_expected_file(
     tmp_path, folders, capsys
 ):

@@ -224,3 +224,20 @@ def test_the_memory_advice_of_a_run_to_continue_names_what_continue_can_change(
     widget.run_folder = tmp_path / "run"
     assert widget.memory_advice() == CONTINUE_MEMORY_ADVICE
     assert "device with more memory" in CONTINUE_MEMORY_ADVICE
+
+
+def test_the_detected_preset_takes_a_smaller_one_s_setting_for_a_model_it_has_none_for(
+    make_napari_viewer,
+):
+    """vit_b with cpu-16gb "(detected)": refused in red ("cannot fit model 'vit_b'"), the
+    presets to choose instead including some that do not fit the machine; cpu-8gb's vit_b
+    setting fits, and is used, saying so."""
+    widget = TrainWidget(make_napari_viewer(), machine=SMALL_CPU)
+    settings = widget.settings
+    settings.model_picker.select_model("vit_b")
+    assert settings.preset.key == "cpu-16gb" and settings.preset is settings.detected
+    line = settings.preset_label.text()
+    assert "cpu-16gb, detected here, has no setting measured for vit_b, so that of cpu-8gb" in line
+    assert not settings.settings_error.isVisible() or not settings.settings_error.text()
+    config = settings.build_config()
+    assert config.preset == "cpu-8gb" and "image_encoder" in config.freeze

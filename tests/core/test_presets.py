@@ -330,3 +330,27 @@ def test_the_device_trained_on_is_read_alike_however_it_is_written(monkeypatch):
         assert presets.gpu_index(device) == 1
         assert "GB GPU memory" in presets.memory_short(big, found, device)
     assert "GB RAM" in presets.memory_short(big, replace(found, ram_gb=4.0), " CPU")
+
+
+def test_a_detected_preset_without_a_setting_for_the_model_takes_a_smaller_one_s(monkeypatch):
+    """On a 16-31 GB machine without a GPU, cpu-16gb (measured with vit_t alone) is detected,
+    and every vit_b model was refused, the README's own config_from_preset("auto", ...,
+    "vit_b_lm") too, though cpu-8gb's vit_b setting fits there. A preset chosen by name is
+    still refused, and says so."""
+    from napari_samtune.core import presets
+
+    machine = presets.MachineResources(None, 23.5, 2, None)
+    monkeypatch.setattr(presets, "measure_machine", lambda gpu_index=None: machine)
+    assert presets.resolve_preset("auto")[0].key == "cpu-16gb"
+    config = config_from_preset("auto", "random:vit_b")
+    assert config.preset == "cpu-8gb" and "image_encoder" in config.freeze
+    assert config_from_preset("auto", "random:vit_t").preset == "cpu-16gb"  # its own setting
+    preset, note = presets.for_model(get_preset("cpu-16gb"), presets.ARCHITECTURES["vit_b"])
+    assert preset.key == "cpu-8gb"
+    assert note == (
+        "cpu-16gb, detected here, has no setting measured for vit_b, so that of cpu-8gb, the "
+        "largest preset below it that has one, is used"
+    )
+    with pytest.raises(ValueError, match="cannot fit model 'vit_b'"):
+        config_from_preset("cpu-16gb", "random:vit_b")
+    assert presets.for_model(get_preset("cpu-8gb"), presets.ARCHITECTURES["vit_h"])[1] == ""

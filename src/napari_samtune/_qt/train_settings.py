@@ -51,6 +51,7 @@ from napari_samtune.core.presets import (
     TrainConfig,
     config_from_preset,
     detect_on,
+    for_model,
     get_preset,
     measure_machine,
     memory_short,
@@ -176,6 +177,14 @@ class TrainSettingsWidget(QWidget):
     def preset(self) -> ResourcePreset:
         return get_preset(self.preset_combo.currentData())
 
+    def preset_for(self, arch: SamArchitecture | None) -> tuple[ResourcePreset, str]:
+        """The preset chosen, for ``arch``: the detected one steps down to the largest with a
+        setting for it (:func:`~napari_samtune.core.presets.for_model`), with a note."""
+        preset = self.preset
+        if arch is None or preset is not self.detected:
+            return preset, ""
+        return for_model(preset, arch)
+
     def model_text(self) -> str:
         """The model as ``TrainConfig.model`` takes it: a registry name or a file path."""
         return str(self.model_picker.model_source())
@@ -259,12 +268,14 @@ class TrainSettingsWidget(QWidget):
         if problem:
             self._show_settings_problem(problem)
             return
-        arch, preset = self.architecture(), self.preset
+        arch = self.architecture()
+        preset, note = self.preset_for(arch)
         try:
             shown = Path(self.model_text()).name if self._file() else self.model_text()
             line = describe_preset(preset, shown, arch, self.device())
+            line = f"{line} ({note})" if note else line
             short = memory_short(preset, self.machine, self.device())  # in the line, not a tip
-            if preset.key == self.detected.key and self.device() == preset.device:
+            if self.preset is self.detected and self.device() == preset.device:
                 short = ""  # the smallest, on a machine with less: the tooltip says so
             short = self.device_problem() or short  # a GPU preset here without CUDA: at once
             self.preset_label.setText(f"{line}. Warning: {short}" if short else line)
@@ -401,8 +412,9 @@ class TrainSettingsWidget(QWidget):
         if problem:
             raise ValueError(problem)
         try:
+            arch = self.architecture()
             config = config_from_preset(
-                self.preset, self.model_text(), self.architecture(), **self.overrides()
+                self.preset_for(arch)[0], self.model_text(), arch, **self.overrides()
             )
         except (ValueError, TypeError) as err:  # the core's words are its field names
             raise type(err)(in_field_terms(str(err))) from None

@@ -105,6 +105,29 @@ def _fits(preset: ResourcePreset, size: float) -> bool:
     return any(size <= approx_encoder_params(ARCHITECTURES[m]) * 1.05 for m in preset.models)
 
 
+def for_model(preset: ResourcePreset, arch: SamArchitecture) -> tuple[ResourcePreset, str]:
+    """A detected ``preset`` for ``arch``: itself, or where it has no setting for ``arch``
+    the largest preset of its device and no more memory that has one (cpu-16gb, measured
+    with vit_t alone, refused vit_b on the machines it is detected on, though cpu-8gb's
+    setting fits there), with a note saying so; ``preset`` again where none has one
+    (:meth:`ResourcePreset.setting_for` then says why). Not for a preset chosen by name."""
+    size = approx_encoder_params(arch)
+    if _fits(preset, size):
+        return preset, ""
+    smaller = [
+        p
+        for p in PRESETS
+        if p.device == preset.device and p.memory_gb <= preset.memory_gb and _fits(p, size)
+    ]
+    if not smaller:
+        return preset, ""
+    chosen = max(smaller, key=lambda p: p.memory_gb)
+    return chosen, (
+        f"{preset.key}, detected here, has no setting measured for {arch.name}, so that of "
+        f"{chosen.key}, the largest preset below it that has one, is used"
+    )
+
+
 def _cpu(key: str, memory: int, cores: int, *settings: ModelSetting) -> ResourcePreset:
     name = f"CPU, {memory} GB, {cores} cores"
     return ResourcePreset(key, name, "cpu", float(memory), cores, settings)
@@ -368,6 +391,7 @@ def config_from_preset(
     Unless overridden, ``checkpoint_trainable_only`` is on when the image encoder is frozen:
     checkpoints then hold the trained weights, which complete the base model when loaded.
     """
+    detected = isinstance(preset, str) and preset.strip().lower() == "auto"
     if isinstance(preset, str):
         preset = resolve_preset(preset)[0]
     if not isinstance(preset, ResourcePreset):
@@ -388,6 +412,8 @@ def config_from_preset(
 
         architecture = architecture_of(model)
     architecture = as_architecture(architecture)
+    if detected:
+        preset, _ = for_model(preset, architecture)
     setting = preset.setting_for(architecture)
     base = TrainConfig(
         model=model,
