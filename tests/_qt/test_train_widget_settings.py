@@ -241,3 +241,18 @@ def test_the_detected_preset_takes_a_smaller_one_s_setting_for_a_model_it_has_no
     assert not settings.settings_error.isVisible() or not settings.settings_error.text()
     config = settings.build_config()
     assert config.preset == "cpu-8gb" and "image_encoder" in config.freeze
+
+
+def test_device_mps_without_apple_s_mps_is_refused_at_once(make_napari_viewer, monkeypatch):
+    """mps is listed on every system: chosen on Linux, Start launched a run that failed in
+    the background ("device='mps' but Apple MPS is not available here")."""
+    from napari_samtune.core import devices
+
+    monkeypatch.setattr(devices, "mps_available", lambda: False)
+    widget = TrainWidget(make_napari_viewer(), machine=SMALL_CPU)
+    settings = widget.settings
+    settings.model_picker.select_model("vit_t")
+    settings.model_picker.device_combo.setCurrentText("mps")
+    assert "the device is mps, but Apple MPS is not available here" in settings.preset_label.text()
+    with pytest.raises(ValueError, match="choose cpu or auto"):
+        settings.build_config()

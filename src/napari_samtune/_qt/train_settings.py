@@ -424,10 +424,12 @@ class TrainSettingsWidget(QWidget):
         return config
 
     def device_problem(self) -> str:
-        """A GPU preset (or device cuda) on a machine without CUDA: the run was started and
-        failed, saying to use device 'auto', which the picker said already."""
-        from napari_samtune.core.devices import cuda_available, why_no_cuda
+        """A GPU preset (or device cuda) on a machine without CUDA, or device mps without
+        Apple's MPS: the run was started and failed in the background."""
+        from napari_samtune.core.devices import cuda_available, mps_available, why_no_cuda
 
+        if self.device() == "mps" and not mps_available():  # listed on every system
+            return "the device is mps, but Apple MPS is not available here; choose cpu or auto"
         if self.device() != "cuda" or cuda_available():
             return ""
         why = f"CUDA is not available here {why_no_cuda()}"
