@@ -178,7 +178,7 @@ def test_the_preset_line_warns_of_a_preset_for_more_memory_than_the_machine_has(
     settings.preset_combo.setCurrentIndex(settings.preset_combo.findData("cpu-64gb"))
     assert line().endswith(
         "Warning: preset cpu-64gb is for 64 GB and this machine has 12.0 GB RAM: training "
-        "may run out of memory; 'samtune presets' shows the preset detected here"
+        "may run out of memory; cpu-8gb is the preset detected for its RAM"
     )
 
 

@@ -315,8 +315,14 @@ def test_a_preset_for_more_memory_than_the_machine_has_is_said():
     assert short.startswith("preset cpu-64gb is for 64 GB and this machine has 23.5 GB RAM")
     assert "GPU memory" in memory_short(get_preset("v100"), machine, "cuda:0")
     assert memory_short(get_preset("gtx1080"), machine, "cuda") == ""
-    # a GPU preset trained on the CPU (as its refusal without CUDA advises) is held to RAM
-    assert "23.5 GB RAM" in memory_short(get_preset("a100"), machine, "cpu")
+    # a GPU preset trained on the CPU (as its refusal without CUDA advises) is held to RAM,
+    # and the preset named is the RAM's ('samtune presets' named the GPU's, the A100 here)
+    big_gpu = MachineResources(79.2, 23.5, 2, "A100")
+    short = memory_short(get_preset("a100"), big_gpu, "cpu")
+    assert "23.5 GB RAM" in short and short.endswith("cpu-16gb is the preset detected for its RAM")
+    assert memory_short(get_preset("v100"), machine, "cuda").endswith(
+        "gtx1080 is the preset detected for its GPU"
+    )
 
 
 def test_the_device_trained_on_is_read_alike_however_it_is_written(monkeypatch):

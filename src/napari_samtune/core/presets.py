@@ -319,10 +319,13 @@ def memory_short(preset: ResourcePreset, found: MachineResources, device: str) -
     if have is None or preset.memory_gb * MEMORY_TOLERANCE <= have:
         return ""
     what = "GPU memory" if on_gpu else "RAM"
+    # the one detected for the device trained on ('samtune presets' shows the machine's: on
+    # a GPU machine training on the CPU, the GPU preset warned about)
+    fits = detect_on(found if on_gpu else replace(found, gpu_memory_gb=None, note=""))[0]
     return (
         f"preset {preset.key} is for {preset.memory_gb:g} GB and this machine has {have:.1f} "
-        f"GB {what}: training may run out of memory; 'samtune presets' shows the preset "
-        "detected here"
+        f"GB {what}: training may run out of memory; {fits.key} is the preset detected for "
+        f"{'its GPU' if on_gpu else 'its RAM'}"
     )
 
 
