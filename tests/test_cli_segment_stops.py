@@ -88,7 +88,7 @@ def test_a_stopped_batch_with_overwrite_names_the_images_not_reached(
     assert "skipped" not in stopped.stderr
     rest = [tmp_path / "in" / f"cell_{i}.tif" for i in (1, 2)]
     assert (
-        f"samtune segment: terminated; 1 of 3 images segmented into {out}; the 2 not reached "
+        f"samtune segment: terminated; 1 of 3 images segmented into {out}; the 2 not segmented "
         "keep any labels they had there before, and the same command (--overwrite) would "
         "segment every image again; to segment just those, give only them, with --overwrite "
         f"as before: {rest[0]} {rest[1]}"
@@ -141,3 +141,17 @@ def test_sigterm_while_the_model_loads_is_said(tmp_path, tiny_checkpoint):
     )
     assert stopped.returncode == 143, stopped.stderr
     assert stopped.stderr.strip().endswith("samtune segment: terminated"), stopped.stderr
+
+
+def test_a_stopped_batch_with_many_images_left_lists_them_in_a_file(tmp_path):
+    """Past 20 images the note named 20 and "...", and still said to give "only them"."""
+    from argparse import Namespace
+
+    from napari_samtune.cli.segment import MAX_NAMED, _how_to_go_on
+
+    todo = [tmp_path / "in" / f"cell {i}.tif" for i in range(MAX_NAMED + 5)]
+    note = _how_to_go_on(Namespace(overwrite=True), todo, todo[:2], tmp_path)
+    listed = tmp_path / "not-segmented.txt"
+    assert f"the {MAX_NAMED + 3} not segmented keep any labels they had there before" in note
+    assert note.endswith(f"they are listed in {listed}, one per line")
+    assert listed.read_text(encoding="utf-8").splitlines() == [str(f) for f in todo[2:]]

@@ -355,7 +355,7 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
             failed = _segment_each(args, segmenter, model_name, config, todo, outputs, written)
     except KeyboardInterrupt as err:  # Ctrl+C, or SIGTERM (a batch job's time limit)
         done = f"{len(written)} of {len(todo)} images segmented into {out_dir}"
-        raise type(err)(f"{done}; {_how_to_go_on(args, todo, written)}") from None
+        raise type(err)(f"{done}; {_how_to_go_on(args, todo, written, out_dir)}") from None
     using = _using(segmenter, model_name)
     print(f"{len(todo) - failed} of {len(todo)} images segmented into {out_dir} ({using})")
     if failed:
@@ -363,24 +363,32 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
     return 1 if failed else 0
 
 
-def _how_to_go_on(args, todo: list[Path], written: list[Path]) -> str:
+def _how_to_go_on(args, todo: list[Path], written: list[Path], out_dir: Path) -> str:
     """How a stopped batch goes on: the same command skips the images whose labels are
     written; with --overwrite it redid them all, and without it, it kept the earlier labels
-    of those it had not reached (said to do as the first): these are named, to give alone."""
+    of those not segmented (said to do as the first): these are named, to give alone (more
+    than :data:`MAX_NAMED`: listed in a file in ``out_dir``, one per line)."""
     if not args.overwrite:
         return "the same command segments the rest (images whose labels are there are skipped)"
     from napari_samtune.core.shell_words import shell_path
 
     rest = [f for f in todo if f not in written]
-    shown = " ".join(shell_path(f) for f in rest[:MAX_NAMED]) + (" ..." * (len(rest) > MAX_NAMED))
-    return (
-        f"the {len(rest)} not reached keep any labels they had there before, and the same "
+    said = (
+        f"the {len(rest)} not segmented keep any labels they had there before, and the same "
         "command (--overwrite) would segment every image again; to segment just those, give "
-        f"only them, with --overwrite as before: {shown}"
+        "only them, with --overwrite as before"
     )
+    if len(rest) <= MAX_NAMED:
+        return f"{said}: {' '.join(shell_path(f) for f in rest)}"
+    listed = out_dir / "not-segmented.txt"
+    try:
+        listed.write_text("".join(f"{f}\n" for f in rest), encoding="utf-8")
+    except OSError as err:
+        return f"{said} (the list could not be written to {listed}: {err.strerror or err})"
+    return f"{said}; they are listed in {shell_path(listed)}, one per line"
 
 
-MAX_NAMED = 20  # images named in the note of a stopped batch
+MAX_NAMED = 20  # images named in the note of a stopped batch; more go into a file
 
 
 def _segment_each(args, segmenter, model_name, config, todo, outputs, written) -> int:
