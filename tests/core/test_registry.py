@@ -265,6 +265,7 @@ def test_a_weights_file_no_model_names_is_not_written_over(tiny_checkpoint):
     with pytest.warns(UserWarning, match="is named by no user model") as said:
         path = register_user_model(tiny_checkpoint, "mine", TINY)
     assert path.name == "mine-2.pt" and len(said) == 2
+    assert "Delete mine.pt by hand if it is not needed" in str(said[0].message)
     for stray in ("mine.pt", "mine.pth"):
         assert (folder / stray).read_bytes() == b"the only copy of older weights"
     assert get_model_spec("mine").filename == "mine-2.pt"

@@ -302,7 +302,8 @@ def _new_weights_path(name: str, replaced: Path | None) -> Path:
     there is written over: one that another description names (copied by hand), nor one
     that none names (the weights ``samtune models --remove`` kept, a file put there by
     hand: replaced unsaid, they were lost), which is said; the weights then go to
-    ``<name>-2.pt`` (or the next free name). No model's own ``<other>.pt`` is a ``.pth``."""
+    ``<name>-2.pt`` (or the next free name; a model named ``<name>-2`` then stores its own
+    in ``<name>-2.pth``)."""
     in_use, strays = _weights_in_use(), []
 
     def free(path: Path) -> bool:
@@ -319,7 +320,8 @@ def _new_weights_path(name: str, replaced: Path | None) -> Path:
         warnings.warn(
             f"{stray} is named by no user model (weights kept by 'samtune models --remove', "
             "a registration cut short, or a file put there by hand), so it is left as it "
-            f"is; {name!r} is stored in {path.name}",
+            f"is; {name!r} is stored in {path.name}. Delete {stray.name} by hand if it is "
+            "not needed",
             stacklevel=4,
         )
     return path
