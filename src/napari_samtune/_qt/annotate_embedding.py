@@ -352,12 +352,18 @@ class AnnotateEmbeddingMixin:
         model, and propagated planes are cleared): they ran to their last plane first, and
         the new model's previews waited for them (minutes on a large stack), unsaid. A
         running automatic segmentation goes on: the objects it finds are kept."""
-        for name in (EMBED_TASK, PROPAGATE_TASK):  # (one at a time: they share the model)
+        new = self.model_name
+        then = {  # what to do with the new model (one job at a time: they share the model)
+            EMBED_TASK: f"{new} embeds the plane in view once it ends (Embed all planes, the "
+            "others)",
+            PROPAGATE_TASK: f"propagate the object again to have {new} carry it",
+        }
+        for name, next_step in then.items():
             if self.runner.is_running(name):
                 self.runner.cancel(name)
                 show_info(
-                    f"stopped the {name} running with the model before, whose results "
-                    f"{self.model_name} cannot use; it takes over once that stops"
+                    f"stopped the {name} running with the model before (its results are of "
+                    f"no use to {new}); {next_step}"
                 )
 
     def _show_stoppable(self) -> None:
