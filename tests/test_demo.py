@@ -122,3 +122,16 @@ def test_a_preset_of_more_memory_than_the_machine_has_is_said_to_be(tmp_path, mo
         run_demo(config, tmp_path / "demo", log=said.append)
     warning = "warning: preset cpu-64gb is for 64 GB and this machine has 16"
     assert any(line.startswith(warning) for line in said), said
+
+
+def test_the_detected_preset_takes_a_smaller_one_s_setting_for_the_demo_s_model(monkeypatch):
+    """``samtune demo --model vit_b`` on a 24 GB machine: refused by cpu-16gb, detected."""
+    from dataclasses import replace
+
+    from napari_samtune.core import presets
+    from napari_samtune.core.demo import DemoConfig, finetune_config
+
+    machine = presets.MachineResources(None, 23.5, 2, None)
+    monkeypatch.setattr(presets, "measure_machine", lambda gpu_index=None: machine)
+    config, reason = finetune_config(replace(DemoConfig(), model="random:vit_b"))
+    assert config.preset == "cpu-8gb" and "cpu-16gb, detected here, has no setting" in reason

@@ -155,13 +155,10 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     overrides = overrides_from(args)
     if overrides.get("device", "auto") == "auto":  # --device auto is the default: checked
         _check_preset_device(preset.device, args.preset or "auto")  # (A100 sizes on a CPU)
-    if (args.preset or "auto").strip().lower() == "auto":
-        from napari_samtune.core.architectures import as_architecture
-        from napari_samtune.core.model_source import architecture_of
-        from napari_samtune.core.presets import for_model
+    if (args.preset or "auto").strip().lower() == "auto":  # a smaller one's for its model
+        from napari_samtune.core.presets import detected_for
 
-        preset, note = for_model(preset, as_architecture(architecture_of(args.model)))
-        reason += f"; {note}" if note else ""
+        preset, reason = detected_for(preset, reason, args.model)
     config = config_from_preset(preset, args.model, check=not args.force, **overrides)
     return config, f"preset {preset.name} ({preset.key}): {reason}"
 

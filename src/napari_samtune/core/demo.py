@@ -221,6 +221,10 @@ def finetune_config(config: DemoConfig) -> tuple[TrainConfig, str]:
         overrides["learning_rate"] = config.learning_rate
     if config.n_iterative_prompts is not None:
         overrides["n_iterative_prompts"] = config.n_iterative_prompts
+    if config.preset.strip().lower() == "auto":  # detected: a smaller one's for its model
+        from napari_samtune.core.presets import detected_for
+
+        preset, reason = detected_for(preset, reason, config.model)
     return config_from_preset(preset, config.model, **overrides), reason
 
 

@@ -89,6 +89,15 @@ class ResourcePreset:
         )
 
 
+def detected_for(preset: ResourcePreset, reason: str, model: str) -> tuple[ResourcePreset, str]:
+    """A detected ``preset`` and the ``reason`` it was, for ``model`` (a name or weights
+    file): :func:`for_model`, its note added to the reason."""
+    from napari_samtune.core.model_source import architecture_of
+
+    preset, note = for_model(preset, as_architecture(architecture_of(model)))
+    return preset, f"{reason}; {note}" if note else reason
+
+
 def approx_encoder_params(arch: SamArchitecture) -> float:
     """Rough parameter count of the image encoder (12 d^2 per transformer block)."""
     if arch.encoder == "tiny_vit":
