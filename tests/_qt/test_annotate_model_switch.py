@@ -95,6 +95,26 @@ def test_previews_that_undo_puts_back_after_a_model_change_lag_their_prompts(
     assert not written.any() if kept_by == "commit" else np.array_equal(written, committed)
 
 
+@pytest.mark.parametrize("kept_by", ["commit", "clear"])
+def test_previews_that_undo_puts_back_after_new_pixels_lag_their_prompts(
+    stack_widget, drain_jobs, kept_by
+):
+    """As after another model: the previews U put back were made from the pixels before."""
+    viewer, widget = stack_widget
+    _prompt_planes_out_of_view(viewer, widget)
+    if kept_by == "commit":
+        assert widget.commit() == [1]
+    else:
+        widget.clear()
+    stack = viewer.layers["stack"]
+    stack.data = stack.data[::-1].copy()  # a filter, or the console: same shape
+    drain_jobs(widget)
+    assert widget.undo()
+    drain_jobs(widget)
+    assert {1, 2} <= widget._previews_behind
+    assert widget.commit() == []
+
+
 def test_loading_a_model_stops_the_embedding_of_every_plane_with_the_one_before(
     stack_widget, monkeypatch, qtbot, notifications, drain_jobs
 ):

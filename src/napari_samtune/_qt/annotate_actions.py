@@ -28,6 +28,7 @@ from napari_samtune._qt.annotate_notes import (
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, SCOPE_STACK
 from napari_samtune._qt.kept_prompts import KeptPrompts, has_prompts, snapshot_prompts
 from napari_samtune._qt.label_edits import ids_in
+from napari_samtune._qt.preview_basis import made_under
 from napari_samtune.core.automatic import AutoSegmentConfig, default_auto_config
 
 AUTOMATIC_SAVE_S = 60.0  # automatic segmentation of a stack saves its planes this often
@@ -206,8 +207,8 @@ class AnnotateActionsMixin:
     def _put_back(self, kept: KeptPrompts, said: str) -> None:
         with self._prompts_in_flux():
             kept.put_back(self.session.layers)
-        if kept.made_under != self._preview_basis:  # the previews of another model's
-            self._previews_went_stale()  # (the plane in view is segmented again below)
+        if kept.made_under != made_under(self.session.layers.preview):  # another model's,
+            self._previews_went_stale()  # or pixels' (the plane in view is redone below)
         self._keep_propagation_out()
         self.update_preview()
         self._prompts_for_undo = (self.session, None)  # the layers hold what U put back

@@ -61,7 +61,8 @@ class AnnotateEmbeddingMixin:
         if self.session is None:
             return
         layers = self.session.layers
-        record_made_under(layers.preview, self._preview_basis)
+        # the model's number, and one of this image's pixels and channels: U compares both
+        record_made_under(layers.preview, (self._preview_basis, next_basis()))
         self._drop_uncorrected_propagation()
         for plane in layers.preview_planes():
             if not layers.prompts(plane).is_empty:
@@ -82,9 +83,12 @@ class AnnotateEmbeddingMixin:
         layers = self.session.layers
         shown = layers.preview_planes()
         self._previews_behind |= self._behind_left.pop(layers.preview, frozenset()) & set(shown)
-        if shown and made_under(layers.preview) != self._preview_basis:
-            self._previews_went_stale()
-        record_made_under(layers.preview, self._preview_basis)
+        made = made_under(layers.preview)  # (model, pixels and channels), or None: new layers
+        if made is None or made[0] != self._preview_basis:
+            if shown:
+                self._previews_went_stale()  # (records the pair)
+            else:
+                record_made_under(layers.preview, (self._preview_basis, next_basis()))
 
     def _leave_previews(self) -> None:
         """The image is left: the planes whose preview lags are kept for its return."""

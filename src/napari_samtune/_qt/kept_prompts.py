@@ -31,7 +31,7 @@ class KeptPrompts:
     propagated: dict = field(default_factory=dict)  # plane -> PropagatedPlane
     previews: dict = field(default_factory=dict)  # plane shown -> its preview (_preview_of)
     starts: frozenset[int] = frozenset()  # the planes propagation started from
-    made_under: int | None = None  # what the previews were made under (preview_basis)
+    made_under: tuple | None = None  # what the previews were made under (preview_basis)
 
     @property
     def n_prompts(self) -> int:
