@@ -178,13 +178,15 @@ def _suggestion(checkpoint: Path) -> Path:
 
 
 def _export(checkpoint: Path, args: argparse.Namespace) -> int:
+    from napari_samtune.core.checkpoint_fields import exporting_to
     from napari_samtune.core.train_checkpoints import BaseModelUnavailable, export_model
     from napari_samtune.core.train_export import check_registration
 
     # before writing; "" too: a script's unset $NAME registered nothing, unsaid
     name = check_registration(args.register) if args.register is not None else None
     try:
-        exported, arch = export_model(checkpoint, args.output)
+        with exporting_to(Path(args.output)):  # a damaged checkpoint's advice names -o
+            exported, arch = export_model(checkpoint, args.output)
     except BaseModelUnavailable as err:  # last.pt needs it too
         raise ValueError(f"{checkpoint}: {err}{_exported_before(checkpoint)}") from None
     print(f"exported the {arch.name} model of {checkpoint}: {exported}")

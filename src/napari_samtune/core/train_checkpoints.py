@@ -37,7 +37,6 @@ from napari_samtune.core.checkpoint_fields import (
     check_model_fields,
     check_resume_fields,
     damaged,
-    exporting_to,
     whole_one_beside,
 )
 from napari_samtune.core.checkpoints import (
@@ -412,8 +411,7 @@ def export_model(
     from napari_samtune.core.models import export_sam_state_dict
 
     _check_export_path(Path(checkpoint_path), Path(out_path))
-    with exporting_to(Path(out_path)):  # a damaged checkpoint's advice names out_path
-        sam, arch = restore_model(read_checkpoint(checkpoint_path), checkpoint_path, base)
+    sam, arch = restore_model(read_checkpoint(checkpoint_path), checkpoint_path, base)
     plain = load_weights(sam_to_load(arch), merged_state_dict(sam))
     return export_sam_state_dict(plain, out_path), arch
 
