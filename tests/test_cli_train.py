@@ -691,7 +691,7 @@ def test_a_gpu_preset_without_cuda_names_the_preset_and_the_fix(
     images, labels = folders
     argv = ["train", "--preset", "a100", "--model", "random:tiny", "--images", images]
     argv += ["--labels", labels, "--out", str(tmp_path / "x"), *FAST]
-    for device in ([], ["--device", "auto"]):
+    for device in ([], ["--device", "auto"], ["--device", "AUTO"]):
         assert cli.main([*argv, *device]) == 2
         err = capsys.readouterr().err
         assert "--preset a100 trains on cuda, but CUDA is not available here" in err

@@ -94,7 +94,7 @@ def choose_preset(key: str, device: str | None = None) -> tuple[object, str]:
 
 def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     """The run's config and a line saying where its settings came from."""
-    from napari_samtune.core.presets import config_from_preset
+    from napari_samtune.core.presets import config_from_preset, device_kind
     from napari_samtune.core.train_checkpoints import (
         check_resumable,
         read_checkpoint,
@@ -153,7 +153,7 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
         raise ValueError("--model is required: a model name, a weights file or random:<arch>")
     preset, reason = choose_preset(args.preset or "auto", args.device)
     overrides = overrides_from(args)
-    if overrides.get("device", "auto") == "auto":  # --device auto is the default: checked
+    if device_kind(overrides.get("device")) == "auto":  # the default, given or not: checked
         _check_preset_device(preset.device, args.preset or "auto")  # (A100 sizes on a CPU)
     if (args.preset or "auto").strip().lower() == "auto":  # a smaller one's for its model
         from napari_samtune.core.presets import detected_for

@@ -342,7 +342,7 @@ def preset_memory_short(config) -> str:
     """:func:`memory_short` of a run's preset (a :class:`TrainConfig`'s) on the device it
     trains on: "" where it fits, as the one detected here always does."""
     preset = get_preset(config.preset)
-    device = preset.device if config.device == "auto" else config.device
+    device = preset.device if device_kind(config.device) == "auto" else config.device
     return memory_short(preset, machine_for(device), device)
 
 
