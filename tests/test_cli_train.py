@@ -1263,8 +1263,9 @@ def test_the_preset_memory_warning_measures_the_gpu_trained_on(monkeypatch):
         presets, "measure_machine",
         lambda gpu_index=None: presets.MachineResources(gpus[gpu_index], 64.0, 8, "a GPU"),
     )  # fmt: skip
-    assert preset_memory_short(SimpleNamespace(preset="a100", device="cuda")) == ""
-    short = preset_memory_short(SimpleNamespace(preset="a100", device="cuda:1"))
+    run = SimpleNamespace(preset="a100", device="cuda", model="random:vit_t")
+    assert preset_memory_short(run) == ""
+    short = preset_memory_short(SimpleNamespace(**{**vars(run), "device": "cuda:1"}))
     assert "this machine has 16.0 GB GPU memory" in short
 
 

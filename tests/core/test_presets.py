@@ -307,6 +307,7 @@ def test_auto_detection_sizes_the_preset_for_the_device_trained_on(monkeypatch):
 
 
 def test_a_preset_for_more_memory_than_the_machine_has_is_said():
+    from napari_samtune.core import presets
     from napari_samtune.core.presets import MachineResources, get_preset, memory_short
 
     machine = MachineResources(8.0, 23.5, 2, "GTX 1080")
@@ -323,6 +324,16 @@ def test_a_preset_for_more_memory_than_the_machine_has_is_said():
     assert memory_short(get_preset("v100"), machine, "cuda").endswith(
         "gtx1080 is the preset detected for its GPU"
     )
+    # for the model: cpu-16gb has no setting for vit_b (the preset named refused it); a GPU
+    # smaller than every GPU preset's: no CPU preset named as "detected for its GPU"
+    vit_b, vit_h = presets.ARCHITECTURES["vit_b"], presets.ARCHITECTURES["vit_h"]
+    short = memory_short(get_preset("cpu-64gb"), machine, "cpu", vit_b)
+    assert short.endswith("cpu-8gb is the preset detected for its RAM")
+    short = memory_short(get_preset("cpu-64gb"), machine, "cpu", vit_h)
+    assert short.endswith("no preset measured for vit_h fits it")
+    small_gpu = MachineResources(6.0, 23.5, 2, "a small GPU")
+    short = memory_short(get_preset("v100"), small_gpu, "cuda")
+    assert short.endswith("no GPU preset fits its 6.0 GB: train on the CPU (device cpu)")
 
 
 def test_the_device_trained_on_is_read_alike_however_it_is_written(monkeypatch):

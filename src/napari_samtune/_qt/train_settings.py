@@ -274,7 +274,7 @@ class TrainSettingsWidget(QWidget):
             shown = Path(self.model_text()).name if self._file() else self.model_text()
             line = describe_preset(preset, shown, arch, self.device())
             line = f"{line} ({note})" if note else line
-            short = memory_short(preset, self.machine, self.device())  # in the line, not a tip
+            short = memory_short(preset, self.machine, self.device(), arch)  # in the line
             if self.preset is self.detected and self.device() == preset.device:
                 short = ""  # the smallest, on a machine with less: the tooltip says so
             short = self.device_problem() or short  # a GPU preset here without CUDA: at once

@@ -319,31 +319,52 @@ def machine_for(device: str | None) -> MachineResources:
     return found
 
 
-def memory_short(preset: ResourcePreset, found: MachineResources, device: str) -> str:
+def memory_short(
+    preset: ResourcePreset,
+    found: MachineResources,
+    device: str,
+    arch: SamArchitecture | None = None,
+) -> str:
     """Where ``preset`` is for more memory than this machine ``found`` has on ``device``
-    (the device trained on: its GPU's memory, else the RAM), a sentence saying so; "" where
-    it fits, or where that memory is unknown (no GPU: another check says so)."""
+    (the device trained on: its GPU's memory, else the RAM), a sentence saying so, with the
+    preset to choose instead for model ``arch`` (any model: None); "" where it fits, or
+    where that memory is unknown (no GPU: another check says so)."""
     on_gpu = device_kind(device) == "cuda"
     have = found.gpu_memory_gb if on_gpu else found.ram_gb
     if have is None or preset.memory_gb * MEMORY_TOLERANCE <= have:
         return ""
     what = "GPU memory" if on_gpu else "RAM"
-    # the one detected for the device trained on ('samtune presets' shows the machine's: on
-    # a GPU machine training on the CPU, the GPU preset warned about)
-    fits = detect_on(found if on_gpu else replace(found, gpu_memory_gb=None, note=""))[0]
-    return (
+    short = (
         f"preset {preset.key} is for {preset.memory_gb:g} GB and this machine has {have:.1f} "
-        f"GB {what}: training may run out of memory; {fits.key} is the preset detected for "
-        f"{'its GPU' if on_gpu else 'its RAM'}"
+        f"GB {what}: training may run out of memory"
     )
+    return f"{short}; {_instead(found, on_gpu, have, arch)}"
+
+
+def _instead(found: MachineResources, on_gpu: bool, have: float, arch) -> str:
+    """The preset detected for the device trained on and the model ('samtune presets' named
+    the machine's: on a GPU machine training on the CPU, the GPU preset warned about)."""
+    fits = detect_on(found if on_gpu else replace(found, gpu_memory_gb=None, note=""))[0]
+    if on_gpu and fits.device != "cuda":
+        return f"no GPU preset fits its {have:.1f} GB: train on the CPU (device cpu)"
+    if arch is not None:
+        fits = for_model(fits, arch)[0]
+        if not _fits(fits, approx_encoder_params(arch)):
+            return f"no preset measured for {arch.name} fits it"
+    return f"{fits.key} is the preset detected for {'its GPU' if on_gpu else 'its RAM'}"
 
 
 def preset_memory_short(config) -> str:
     """:func:`memory_short` of a run's preset (a :class:`TrainConfig`'s) on the device it
     trains on: "" where it fits, as the one detected here always does."""
+    from napari_samtune.core.model_source import architecture_of
+
     preset = get_preset(config.preset)
     device = preset.device if device_kind(config.device) == "auto" else config.device
-    return memory_short(preset, machine_for(device), device)
+    found = machine_for(device)
+    if not memory_short(preset, found, device):  # fits: the model (a file, say) is not read
+        return ""
+    return memory_short(preset, found, device, as_architecture(architecture_of(config.model)))
 
 
 def device_kind(device: str | None) -> str:
