@@ -256,3 +256,63 @@ def test_a_failed_save_now_with_autosave_ticked_keeps_the_edits_unsaved(
     viewer.window._qt_window.close(quit_app=False, confirm_need=False)
     assert len(asked) == 1 and "'cells0'" in asked[0]
     assert closes.count == 0  # cancelled: napari stays open with the edits
+
+
+@pytest.fixture
+def slow_failing_saves(monkeypatch):
+    """The widget's background saves fail (a full disk) after a while: still running when
+    the test goes on. Returns a gate: ``gate.set()`` lets the running save end."""
+    import threading
+
+    gate = threading.Event()
+
+    def save(*args, **kwargs):
+        assert gate.wait(WAIT_MS / 1000)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(annotate_saves, "save_annotations", save)
+    yield gate
+    gate.set()
+
+
+def test_a_save_failing_while_napari_closes_is_asked_about(
+    committed_once, slow_failing_saves, monkeypatch, close_blocker, tmp_path, notifications
+):
+    """The save waited for at the close failed there: the window closed unasked and the
+    commit was on no disk, unsaid (the failed save's callbacks were dropped)."""
+    import threading
+
+    from qtpy.QtWidgets import QMessageBox
+
+    viewer, widget = committed_once
+    window = viewer.window._qt_window
+    closes = close_blocker(window)
+    widget.session.layers.preview.data[30:40, 30:40] = 1
+    assert widget.commit() == [2]  # its save starts, and waits
+    threading.Timer(0.3, slow_failing_saves.set).start()  # it fails while the close waits
+    asked, cancel = [], QMessageBox.StandardButton.Cancel
+    monkeypatch.setattr(QMessageBox, "question", lambda *args: asked.append(args[2]) or cancel)
+    window.close(quit_app=False, confirm_need=False)  # napari's menu, a person's close
+    assert any("saving failed" in n and "No space left" in n for n in notifications)
+    assert len(asked) == 1 and "'cells0'" in asked[0]
+    assert closes.count == 0  # Cancel: the close stopped there, napari stays open
+    assert widget.session in widget._not_autosaved
+    assert 2 not in tifffile.imread(tmp_path / "cells0.labels.tif")
+
+
+def test_a_save_failing_as_its_image_is_left_is_kept_unsaved(
+    committed_once, slow_failing_saves, drain_jobs, notifications, monkeypatch
+):
+    """Another image chosen while the save ran: it failed unsaid, the image's commit was
+    not among the unsaved (nothing asked at closing), and no later save tried it again."""
+    import threading
+
+    _, widget = committed_once
+    session = widget.session
+    widget.session.layers.preview.data[30:40, 30:40] = 1
+    assert widget.commit() == [2]
+    threading.Timer(0.3, slow_failing_saves.set).start()
+    widget.ui.image_combo.setCurrentText("cells1")  # waits for the save, which fails
+    drain_jobs(widget)
+    assert any("saving failed" in n and "No space left" in n for n in notifications)
+    assert session in widget._not_autosaved

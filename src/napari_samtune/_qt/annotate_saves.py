@@ -75,9 +75,14 @@ class AnnotateSavesMixin:
         )
 
     def _save_in_worker(self, session, *args) -> tuple[Path, Path]:
-        """``save_annotations(*args)`` for ``session``, noting what it wrote for
-        :meth:`flush_autosave`, which cannot wait for the event loop to bring the result."""
-        paths = save_annotations(*args)
+        """``save_annotations(*args)`` for ``session``, noting what it wrote (or why it
+        could not) for :meth:`flush_autosave`, which cannot wait for the event loop to bring
+        the result."""
+        try:
+            paths = save_annotations(*args)
+        except Exception as err:
+            self._written = (session, err)
+            raise
         self._written = (session, paths[0])
         return paths
 
@@ -120,8 +125,8 @@ class AnnotateSavesMixin:
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)
         if event.type() == QEvent.Type.Close:  # the viewer's window
+            self.flush_autosave()  # first: a save failing there joins the unsaved, asked of
             if self._not_autosaved and not closed_by_code(event, watched):  # a person: ask
-                self.flush_autosave()
                 folder = self.annotation_folder()
                 close, self._not_autosaved = settle_unsaved(self, self._not_autosaved, folder)
                 if not close:
@@ -142,8 +147,12 @@ class AnnotateSavesMixin:
         self.runner.forget(SAVE_TASK)  # its result too: note the file it wrote as this
         # session's, or the saves below take it for another program's edit and go beside it
         if self._written is not None:
-            session, labels_path = self._written
-            session.saved_to(labels_path)
+            session, outcome = self._written
+            if isinstance(outcome, BaseException):  # its callbacks are gone: said here, and
+                show_error(f"saving failed: {user_message(outcome)}")  # kept unsaved (the
+                self._autosave_failed(session)  # window closed unasked, the commit lost)
+            else:
+                session.saved_to(outcome)
         waiting, self._autosave_again = self._autosave_again, []
         if self._save_now_waiting is not None:  # pressed while that save ran
             waiting = [self._save_now_waiting, *waiting]
@@ -153,6 +162,7 @@ class AnnotateSavesMixin:
                 session.save(self.annotation_folder())
             except (OSError, ValueError) as err:
                 show_error(f"saving failed: {user_message(err)}")
+                self._autosave_failed(session)
 
     def _save_automatic_so_far(self) -> None:
         """Save the planes a running automatic segmentation has written, as its image goes
