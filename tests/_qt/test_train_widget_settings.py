@@ -256,3 +256,20 @@ def test_device_mps_without_apple_s_mps_is_refused_at_once(make_napari_viewer, m
     assert "the device is mps, but Apple MPS is not available here" in settings.preset_label.text()
     with pytest.raises(ValueError, match="choose cpu or auto"):
         settings.build_config()
+
+
+def test_continue_compares_a_detected_preset_s_step_down_with_the_run_s(make_napari_viewer):
+    """A vit_b run (cpu-8gb's setting, cpu-16gb detected) continued with objects per batch
+    beyond the preset (Start would refuse): "preset (cpu-8gb; cpu-16gb set here)", which
+    Continue… keeps, though nothing of the preset was changed."""
+    from dataclasses import replace
+
+    from napari_samtune._qt.train_continue import kept_settings_warning
+
+    settings = TrainWidget(make_napari_viewer(), machine=SMALL_CPU).settings
+    settings.model_picker.select_model("vit_b")
+    run = settings.build_config()
+    assert run.preset == "cpu-8gb"
+    settings.objects_spin.setValue(1000)  # refused by Start: compared as shown
+    warning = kept_settings_warning(settings, replace(run, n_objects_per_batch=1))
+    assert "preset" not in warning and "objects per batch" in warning

@@ -41,4 +41,5 @@ def _as_shown(settings: TrainSettingsWidget, run: TrainConfig) -> TrainConfig:
     """``run`` with the settings Continue… keeps as the widget shows them, unchecked against
     the preset and the model; ``ValueError``/``TypeError`` when they make no config."""
     shown = {k: v for k, v in settings.overrides().items() if k in KEPT_BY_CONTINUE}
-    return replace(run, model=settings.model_text(), preset=settings.preset.key, **shown)
+    preset = settings.preset_for(settings.architecture())[0]  # a detected one's step down
+    return replace(run, model=settings.model_text(), preset=preset.key, **shown)
