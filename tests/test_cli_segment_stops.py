@@ -153,5 +153,9 @@ def test_a_stopped_batch_with_many_images_left_lists_them_in_a_file(tmp_path):
     note = _how_to_go_on(Namespace(overwrite=True), todo, todo[:2], tmp_path)
     listed = tmp_path / "not-segmented.txt"
     assert f"the {MAX_NAMED + 3} not segmented keep any labels they had there before" in note
-    assert note.endswith(f"they are listed in {listed}, one per line")
+    assert note.endswith(f"give them as @{listed} (a file listing them, one per line)")
     assert listed.read_text(encoding="utf-8").splitlines() == [str(f) for f in todo[2:]]
+    from napari_samtune.cli import build_parser  # the command takes them as said
+
+    argv = ["segment", f"@{listed}", "--model", "nano", "--auto", "-o", str(tmp_path)]
+    assert build_parser().parse_args(argv).image == todo[2:]

@@ -82,13 +82,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="segment an image from point/box CSV prompts, or automatically",
         description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        fromfile_prefix_chars="@",  # @list: the images a stopped batch lists, one per line
     )
     parser.add_argument(
         "image",
         type=given_path,
         nargs="+",
         help="TIFF image: 2D, RGB, multichannel or a stack; with --auto also several files, a "
-        "folder or a glob (their labels go to the -o folder)",
+        "folder or a glob (their labels go to the -o folder), or @FILE: those FILE lists, "
+        "one per line",
     )
     parser.add_argument(
         "--model",
@@ -385,7 +387,7 @@ def _how_to_go_on(args, todo: list[Path], written: list[Path], out_dir: Path) ->
         listed.write_text("".join(f"{f}\n" for f in rest), encoding="utf-8")
     except OSError as err:
         return f"{said} (the list could not be written to {listed}: {err.strerror or err})"
-    return f"{said}; they are listed in {shell_path(listed)}, one per line"
+    return f"{said}: give them as @{shell_path(listed)} (a file listing them, one per line)"
 
 
 MAX_NAMED = 20  # images named in the note of a stopped batch; more go into a file
