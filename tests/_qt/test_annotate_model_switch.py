@@ -135,7 +135,8 @@ def test_loading_a_model_stops_the_embedding_of_every_plane_with_the_one_before(
     assert widget.embed_all_planes() is not None
     qtbot.waitUntil(lambda: len(calls) == 1, timeout=WAIT_MS)
     widget.set_model(_other_model(), "other", "other-test")
-    assert any("stopped the embedding running with the model before" in n for n in notifications)
+    said = "stopped the embedding running with the model before; 'other' embeds the plane in view"
+    assert any(said in n for n in notifications)
     gate.release(100)
     drain_jobs(widget)
     assert [plane for segmenter, plane in calls if segmenter is before] == [0]

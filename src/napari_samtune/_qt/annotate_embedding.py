@@ -357,18 +357,14 @@ class AnnotateEmbeddingMixin:
         the new model's previews waited for them (minutes on a large stack), unsaid. A
         running automatic segmentation goes on: the objects it finds are kept."""
         new = self.model_name
-        then = {  # what to do with the new model (one job at a time: they share the model)
-            EMBED_TASK: f"{new} embeds the plane in view once it ends (Embed all planes, the "
-            "others)",
-            PROPAGATE_TASK: f"propagate the object again to have {new} carry it",
+        then = {  # what the new model does next (one job at a time: they share the model)
+            EMBED_TASK: f"{new!r} embeds the plane in view next",
+            PROPAGATE_TASK: f"propagate the object again with {new!r}",
         }
         for name, next_step in then.items():
             if self.runner.is_running(name):
                 self.runner.cancel(name)
-                show_info(
-                    f"stopped the {name} running with the model before (its results are of "
-                    f"no use to {new}); {next_step}"
-                )
+                show_info(f"stopped the {name} running with the model before; {next_step}")
 
     def _show_stoppable(self) -> None:
         self.ui.stop_button.setEnabled(
