@@ -125,7 +125,8 @@ def test_a_model_offered_for_use_leaves_a_propagated_object_to_commit(
         widget.ui.image_combo.setCurrentText(chosen)
         assert offer_model(viewer, "my_tiny", use_it=True) == 1
         assert not widget.runner.is_running(LOAD_TASK) and widget.model_name == "tiny"
-        assert "'my_tiny' was not loaded for annotation" in notifications[-1]
+        said = notifications[-1]
+        assert "'my_tiny' was not loaded for annotation" in said and "of 'stack'" in said
     layers = widget.session.layers
     assert layers.preview_planes() == [1] and 1 in layers.propagated
     assert widget.commit() == [1]  # the propagated object, as the model before made it

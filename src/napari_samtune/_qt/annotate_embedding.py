@@ -82,7 +82,8 @@ class AnnotateEmbeddingMixin:
         model's work)."""
         layers = self.session.layers
         shown = layers.preview_planes()
-        self._previews_behind |= self._behind_left.pop(layers.preview, frozenset()) & set(shown)
+        behind, _ = self._behind_left.pop(layers.preview, (frozenset(), ""))
+        self._previews_behind |= behind & set(shown)
         made = made_under(layers.preview)  # (model, pixels and channels), or None: new layers
         if made is None or made[0] != self._preview_basis:
             if shown:
@@ -92,19 +93,23 @@ class AnnotateEmbeddingMixin:
 
     def _leave_previews(self) -> None:
         """The image is left: the planes whose preview lags are kept for its return."""
-        self._behind_left[self.session.layers.preview] = frozenset(self._previews_behind)
+        image = self.session.image_layer.name
+        self._behind_left[self.session.layers.preview] = (frozenset(self._previews_behind), image)
 
-    def holds_propagation(self) -> bool:
-        """Whether another model would clear propagated planes not committed nor corrected
-        (see :meth:`_drop_uncorrected_propagation`), of the chosen image or, once chosen
-        again, of another one, or stop a propagation running."""
-        if self.runner.is_running(PROPAGATE_TASK):
-            return True
-        left = [p for p in self._behind_left if p in self.viewer.layers]  # images left
-        if any(propagated_in(preview) for preview in left):
-            return True
+    def held_propagation(self) -> list[str]:
+        """The images whose propagated planes, not committed nor corrected (see
+        :meth:`_drop_uncorrected_propagation`), another model would clear (the chosen one's
+        now, another's once chosen again), or where a propagation runs that it would stop."""
+        held = []
+        if self.runner.is_running(PROPAGATE_TASK) and self._job_session is not None:
+            held.append(self._job_session.image_layer.name)
+        for preview, (_, image) in list(self._behind_left.items()):  # the images left
+            if preview in self.viewer.layers and propagated_in(preview):
+                held.append(image)
         layers = None if self.session is None else self.session.layers
-        return layers is not None and any(layers.prompts(p).is_empty for p in layers.propagated)
+        if layers is not None and any(layers.prompts(p).is_empty for p in layers.propagated):
+            held.append(self.session.image_layer.name)
+        return list(dict.fromkeys(held))
 
     def _drop_uncorrected_propagation(self) -> None:
         """Empty the planes whose preview is a finished propagation's own mask, made with

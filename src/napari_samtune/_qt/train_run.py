@@ -302,7 +302,7 @@ def offer_model(viewer, name: str, use_it: bool) -> int:
 
     widgets = annotation_widgets(viewer)
     for widget in widgets:
-        loading, propagated = widget.runner.is_running(LOAD_TASK), widget.holds_propagation()
+        loading, propagated = widget.runner.is_running(LOAD_TASK), widget.held_propagation()
         loads_it = use_it and not loading and not propagated
         widget.refresh_models(say_if_older=not loads_it)  # its older copy is replaced now
         if not use_it:
@@ -314,10 +314,12 @@ def offer_model(viewer, name: str, use_it: bool) -> int:
             )
             continue
         if propagated:  # a run ending in the background cleared the person's work
+            images = " and ".join(map(repr, propagated))
             show_info(
                 f"{name!r} was not loaded for annotation: another model would clear the "
-                "propagated object waiting to be committed (or stop the propagation running); "
-                f"commit it (C) first, then choose {name!r} there and press Load model"
+                f"propagated object of {images} waiting to be committed (or stop the "
+                f"propagation running); commit it (C) first, then choose {name!r} there and "
+                "press Load model"
             )
             continue
         widget.select_model(name)
