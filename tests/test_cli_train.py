@@ -51,12 +51,21 @@ def _tiny_run(folders, out, epochs: int) -> list[str]:
     return [*argv, "--labels", labels, "--epochs", str(epochs), *FAST, "--out", str(out)]
 
 
-def test_presets_prints_the_table_and_the_automatic_choice(capsys):
+def test_presets_prints_the_table_and_the_automatic_choice(capsys, monkeypatch):
     assert cli.main(["presets"]) == 0
     out = capsys.readouterr().out
     assert all(p.key in out for p in PRESETS)
     assert "all but image_encoder" in out and "vit_h" in out
     assert "--preset auto chooses" in out and "RAM" in out
+    from napari_samtune.core import presets  # a 24 GB machine: cpu-16gb, without vit_b
+
+    machine = presets.MachineResources(None, 23.5, 2, None)
+    monkeypatch.setattr(presets, "measure_machine", lambda gpu_index=None: machine)
+    assert cli.main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "--preset auto chooses 'cpu-16gb'" in out
+    assert "  for vit_b: cpu-8gb's setting (cpu-16gb has none for it)" in out
+    assert "for vit_t" not in out and "for vit_h" not in out
 
 
 def test_train_export_and_resume_from_the_command_line(tmp_path, folders, capsys):

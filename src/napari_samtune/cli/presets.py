@@ -49,7 +49,8 @@ def format_table(rows: list[tuple[str, ...]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_samtune.core.presets import detect_on, measure_machine
+    from napari_samtune.core.architectures import ARCHITECTURES
+    from napari_samtune.core.presets import detect_on, for_model, measure_machine
 
     print(format_table([row for preset in PRESETS for row in preset_rows(preset)]))
     first = PRESETS[0]
@@ -64,4 +65,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nthis machine: GPU {gpu}{note}; RAM {found.ram_gb:.1f} GB; {found.n_cores} CPU cores")
     preset, reason = detect_on(found)
     print(f"--preset auto chooses {preset.key!r}: {reason}")
+    for name in ("vit_t", "vit_b", "vit_l", "vit_h"):  # the models it has no row for
+        instead, _ = for_model(preset, ARCHITECTURES[name])
+        if instead is not preset:
+            print(f"  for {name}: {instead.key}'s setting ({preset.key} has none for it)")
     return 0
