@@ -101,3 +101,23 @@ def test_a_run_killed_before_registering_is_not_told_the_moved_run_s_model_is_it
     note = unexported_note(last, 1, run_id)
     assert "registering it as 'run'" not in note
     assert "ended before its model was exported and registered" in note
+
+
+def test_a_new_run_leaves_a_model_registered_before_runs_had_ids(tmp_path, short_tiny_config):
+    """A model registered by an earlier version (no run id in its description) counted as
+    any run's: a new run in the folder it was registered from replaced it, unsaid."""
+    import json
+
+    from napari_samtune.core.registry import user_models_dir
+
+    train(short_tiny_config(), *DATA, tmp_path / "run", model_name="mine")
+    sidecar = user_models_dir() / "mine.json"
+    described = json.loads(sidecar.read_text())
+    del described["metadata"]["run_id"]
+    sidecar.write_text(json.dumps(described))
+    kept = {s.name: s.weights_id for s in list_user_models()}["mine"]
+    (tmp_path / "run").rename(tmp_path / "run-archived")
+    other = make_dataset(2, shape=(64, 64), seed=5), DATA[1]
+    second = train(short_tiny_config(), *other, tmp_path / "run")
+    assert second.registered_name == "run"
+    assert {s.name: s.weights_id for s in list_user_models()}["mine"] == kept

@@ -141,7 +141,12 @@ def _anew(name: str, earlier: str | None) -> dict:
 
 
 def export_and_register(
-    checkpoint: Path, out_dir: Path, model_name: str | None, metadata: dict, base=None
+    checkpoint: Path,
+    out_dir: Path,
+    model_name: str | None,
+    metadata: dict,
+    base=None,
+    resumed: bool = True,
 ) -> tuple[Path, str]:
     """Export ``checkpoint`` to ``out_dir / model.pth`` and register it as a user model.
 
@@ -150,13 +155,15 @@ def export_and_register(
     window's run, a script), the model is registered under a free variant of it
     (``mine-2``) rather than fail the finished run, and the name returned says so.
     ``base``: the run's own model, which completes a checkpoint of only the trained weights
-    (see :func:`~napari_samtune.core.train_checkpoints.restore_model`).
+    (see :func:`~napari_samtune.core.train_checkpoints.restore_model`). A run not
+    ``resumed`` registered nothing before: a model registered from its folder's model.pth
+    is another run's (moved away), also one registered before runs had ids.
     """
     from napari_samtune.core.train_checkpoints import export_model
     from napari_samtune.core.user_models import ModelNameTaken, register_user_model
 
     exported, arch = export_model(checkpoint, RunFiles(out_dir).model, base)
-    earlier = earlier_registration(out_dir, metadata.get("run_id"))
+    earlier = earlier_registration(out_dir, metadata.get("run_id")) if resumed else None
     if model_name is not None and model_name != earlier and _name_taken(model_name):
         model_name = unique_model_name(model_name)
     name = model_name or earlier or unique_model_name(out_dir.resolve().name)  # "." too

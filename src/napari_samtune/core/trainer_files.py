@@ -317,11 +317,18 @@ class TrainerFilesMixin:
         that cannot be read (damaged on disk since it was written) does not cost the run its
         model: last.pt, whole, is exported instead, and the note says so."""
         last, summary = self.files.last, self._summary()
-        # its weights that did not train are the base model's, also where that was removed
-        # or replaced while it trained (the export then failed, and the run's model was lost)
-        base = self.sam
+
+        def export(checkpoint: Path) -> tuple[Path, str]:
+            # its weights that did not train are the base model's (self.sam), also where that
+            # was removed or replaced while it trained (the export failed, the model lost);
+            # a new run owns no earlier registration (a moved run's, from this folder)
+            resumed = self.resume_from is not None
+            return export_and_register(
+                checkpoint, self.out_dir, self.model_name, summary, self.sam, resumed
+            )
+
         try:
-            return (*export_and_register(source, self.out_dir, self.model_name, summary, base), "")
+            return (*export(source), "")
         except UnreadableFile as err:
             if source == last or not last.exists():
                 raise
@@ -332,7 +339,7 @@ class TrainerFilesMixin:
             )
         warnings.warn(note, stacklevel=2)
         summary["export_note"] = note  # the registered model's record says so too
-        exported, name = export_and_register(last, self.out_dir, self.model_name, summary, base)
+        exported, name = export(last)
         return exported, name, note
 
     def _sum_epoch_loss_over_ranks(self) -> None:
