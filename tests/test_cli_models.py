@@ -174,7 +174,8 @@ def test_removing_a_copied_description_keeps_the_weights_of_the_model_it_names(
     assert main(["models", "--remove", "b"]) == 0
     out = capsys.readouterr().out
     assert "removed user model 'b' (b.json)\n" in out
-    assert f"kept {folder / 'b.pt'} (b.json does not name it)" in out
+    by_hand = "delete it by hand if not needed"
+    assert f"kept {folder / 'b.pt'} (b.json does not name it; {by_hand})" in out
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
         "a.json",
         "a.pt",
@@ -374,7 +375,8 @@ def test_removing_a_description_renamed_by_hand_keeps_the_weights(capsys, tiny_c
     assert main(["models", "--remove", "cells_best"]) == 0
     out = capsys.readouterr().out
     assert "removed user model 'cells_best' (cells_best.json)\n" in out
-    assert f"kept {folder / 'cells_best.pt'} (cells_best.json does not name it)" in out
+    by_hand = "delete it by hand if not needed"
+    assert f"kept {folder / 'cells_best.pt'} (cells_best.json does not name it; {by_hand})" in out
     assert (folder / "cells_best.pt").read_bytes() == weights
 
 
@@ -403,3 +405,25 @@ def test_rename_refusals_name_the_command_line_arguments(capsys, tiny_checkpoint
     assert main(["models", "--rename", "keep", "réseau"]) == 2
     err = capsys.readouterr().err
     assert "--rename NEW 'réseau' is not allowed" in err and "new_name" not in err
+
+
+def test_removing_a_model_does_not_offer_another_model_s_file_for_deletion(tiny_checkpoint, capsys):
+    """Model "mine" stored in mine-2.pt (mine.pt(h) were stray files), then model "mine-2"
+    removed: "kept mine-2.pt (another model's description names it); delete it by hand if it
+    is not needed", which would have broken "mine"."""
+    from napari_samtune.core.registry import user_models_dir
+    from napari_samtune.core.user_models import register_user_model
+
+    folder = user_models_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    for stray in ("mine.pt", "mine.pth"):
+        (folder / stray).write_bytes(b"stray")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert register_user_model(tiny_checkpoint, "mine", TINY).name == "mine-2.pt"
+    assert register_user_model(tiny_checkpoint, "mine-2", TINY).name == "mine-2.pth"
+    capsys.readouterr()
+    assert main(["models", "--remove", "mine-2"]) == 0
+    out = capsys.readouterr().out
+    assert "mine-2.pt " not in out and "delete" not in out
+    assert (folder / "mine-2.pt").is_file()

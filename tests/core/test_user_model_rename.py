@@ -168,7 +168,9 @@ def test_removal_deletes_only_the_weights_its_description_names(tiny_checkpoint)
     register_user_model(tiny_checkpoint, "cells_v1", TINY)
     _hand_rename("cells_v1", "cells_best")  # cells_best.json names cells_v1.pt, gone
     kept = user_models_dir() / "cells_best.pt"
-    assert weights_kept_on_removal("cells_best") == [(kept, "cells_best.json does not name it")]
+    assert weights_kept_on_removal("cells_best") == [
+        (kept, "cells_best.json does not name it; delete it by hand if not needed")
+    ]
     assert remove_user_model("cells_best") == [user_models_dir() / "cells_best.json"]
     assert _files() == ["cells_best.pt"]
 

@@ -135,7 +135,7 @@ def _remove(names: list[str]) -> None:
         deleted = remove_user_model(name)
         print(f"removed user model {name!r} ({', '.join(p.name for p in deleted)})")
         for path, why in kept:
-            print(f"  kept {path} ({why}); delete it by hand if it is not needed")
+            print(f"  kept {path} ({why})")
 
 
 def _rename(old: str, new: str) -> None:

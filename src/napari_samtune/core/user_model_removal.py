@@ -66,15 +66,20 @@ def _delete(path: Path, name: str, deleted: list[Path]) -> None:
 
 def weights_kept_on_removal(name: str) -> list[tuple[Path, str]]:
     """The weights files of user model ``name`` that :func:`remove_user_model` leaves, each
-    with why: named by another description, or ``<name>.pt``/``.pth`` not named by its own."""
+    with why (and what to do): its own, named by another description too (kept for that
+    model), or ``<name>.pt``/``.pth`` named by no description (to delete by hand if not
+    needed). Another model's file that is named like ``name``'s (``mine-2.pt`` of model
+    "mine") is not ``name``'s: it was listed, to be deleted by hand, which broke "mine"."""
     sidecar = user_models_dir() / f"{name}.json"
     named, others = _named_weights(sidecar), _weights_in_use(besides=sidecar)
     kept = []
     for path in sorted({named, *_own_weights(name)} - {None}):
-        if path in others and path.is_file():
-            kept.append((path, "another model's description names it"))
-        elif path != named and path.is_file():
-            kept.append((path, f"{sidecar.name} does not name it"))
+        if not path.is_file() or (path in others and path != named):
+            continue
+        if path in others:
+            kept.append((path, "another model's description names it too: kept for it"))
+        elif path != named:
+            kept.append((path, f"{sidecar.name} does not name it; delete it by hand if not needed"))
     return kept
 
 
