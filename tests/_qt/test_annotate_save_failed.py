@@ -259,9 +259,10 @@ def test_a_failed_save_now_with_autosave_ticked_keeps_the_edits_unsaved(
 
 
 @pytest.fixture
-def slow_failing_saves(monkeypatch):
-    """The widget's background saves fail (a full disk) after a while: still running when
-    the test goes on. Returns a gate: ``gate.set()`` lets the running save end."""
+def failing_when_waited_for(monkeypatch):
+    """``failing_when_waited_for(widget)``: the widget's background saves run until the
+    widget waits for them (napari closing, another image chosen), then fail as on a full
+    disk: the failure comes while it waits, whatever the timing."""
     import threading
 
     gate = threading.Event()
@@ -271,48 +272,78 @@ def slow_failing_saves(monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(annotate_saves, "save_annotations", save)
-    yield gate
+
+    def hold(widget) -> None:
+        real_wait = widget.runner.wait
+
+        def wait(name: str) -> None:
+            gate.set()
+            real_wait(name)
+
+        monkeypatch.setattr(widget.runner, "wait", wait)
+
+    yield hold
     gate.set()
 
 
 def test_a_save_failing_while_napari_closes_is_asked_about(
-    committed_once, slow_failing_saves, monkeypatch, close_blocker, tmp_path, notifications
+    committed_once, failing_when_waited_for, monkeypatch, close_blocker, tmp_path, notifications
 ):
     """The save waited for at the close failed there: the window closed unasked and the
     commit was on no disk, unsaid (the failed save's callbacks were dropped)."""
-    import threading
-
     from qtpy.QtWidgets import QMessageBox
 
     viewer, widget = committed_once
+    failing_when_waited_for(widget)
     window = viewer.window._qt_window
     closes = close_blocker(window)
     widget.session.layers.preview.data[30:40, 30:40] = 1
-    assert widget.commit() == [2]  # its save starts, and waits
-    threading.Timer(0.3, slow_failing_saves.set).start()  # it fails while the close waits
+    assert widget.commit() == [2]  # its save starts, and fails once the close waits for it
     asked, cancel = [], QMessageBox.StandardButton.Cancel
     monkeypatch.setattr(QMessageBox, "question", lambda *args: asked.append(args[2]) or cancel)
     window.close(quit_app=False, confirm_need=False)  # napari's menu, a person's close
-    assert any("saving failed" in n and "No space left" in n for n in notifications)
+    said = "saving annotations failed: [Errno 28] No space left on device"
+    assert any(said in n for n in notifications), notifications
     assert len(asked) == 1 and "'cells0'" in asked[0]
     assert closes.count == 0  # Cancel: the close stopped there, napari stays open
     assert widget.session in widget._not_autosaved
     assert 2 not in tifffile.imread(tmp_path / "cells0.labels.tif")
 
 
-def test_a_save_failing_as_its_image_is_left_is_kept_unsaved(
-    committed_once, slow_failing_saves, drain_jobs, notifications, monkeypatch
-):
+def test_a_save_failing_as_its_image_is_left_is_kept_unsaved_and_saved_later(
+    committed_once, failing_saves, failing_when_waited_for, drain_jobs, notifications, tmp_path
+):  # (failing_saves first: what it restores is the real save)
     """Another image chosen while the save ran: it failed unsaid, the image's commit was
     not among the unsaved (nothing asked at closing), and no later save tried it again."""
-    import threading
-
     _, widget = committed_once
+    failing_when_waited_for(widget)
     session = widget.session
     widget.session.layers.preview.data[30:40, 30:40] = 1
     assert widget.commit() == [2]
-    threading.Timer(0.3, slow_failing_saves.set).start()
     widget.ui.image_combo.setCurrentText("cells1")  # waits for the save, which fails
     drain_jobs(widget)
-    assert any("saving failed" in n and "No space left" in n for n in notifications)
+    assert any("saving annotations failed" in n and "No space left" in n for n in notifications)
     assert session in widget._not_autosaved
+    failing_saves(False)  # room again: the next save saves it too
+    widget.session.layers.preview.data[5:15, 5:15] = 1
+    assert widget.commit() == [1]
+    drain_jobs(widget)
+    assert 2 in tifffile.imread(tmp_path / "cells0.labels.tif")
+    assert session not in widget._not_autosaved
+
+
+def test_a_save_failing_before_its_layers_are_put_away_is_not_left_unsaved(
+    committed_once, failing_when_waited_for, drain_jobs, notifications
+):
+    """New pixels of another shape: the annotations so far are saved and put away; the
+    background save that failed in the wait before left the session counted unsaved (closing
+    asked of it, a later save wrote the old layout again)."""
+    viewer, widget = committed_once
+    failing_when_waited_for(widget)
+    session = widget.session
+    widget.session.layers.preview.data[30:40, 30:40] = 1
+    assert widget.commit() == [2]
+    viewer.layers["cells0"].data = np.zeros((80, 80), dtype=np.float32)  # another shape
+    drain_jobs(widget)
+    assert any("saved and put away" in n for n in notifications), notifications
+    assert session not in widget._not_autosaved

@@ -266,6 +266,8 @@ class AnnotateImageMixin:
                 f"{annotations.name!r}"
             )
             return False
+        self._forget_not_autosaved(session)  # saved whole (a save failing before, in the
+        # flush above, had counted it unsaved again: napari asked at closing, unneeded)
         if automatic is not None:
             show_info(f"{found_where(session, automatic[1])} are kept and saved to {labels_path}")
         return True

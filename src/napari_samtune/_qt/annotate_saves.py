@@ -59,6 +59,7 @@ class AnnotateSavesMixin:
             SAVE_TASK,
             self._save_in_worker,
             session,
+            announce,
             folder,
             session.image_layer.name,
             self._snapshot(session),  # the worker must not read labels being edited
@@ -74,16 +75,16 @@ class AnnotateSavesMixin:
             quiet=True,  # the status line keeps what was committed
         )
 
-    def _save_in_worker(self, session, *args) -> tuple[Path, Path]:
-        """``save_annotations(*args)`` for ``session``, noting what it wrote (or why it
-        could not) for :meth:`flush_autosave`, which cannot wait for the event loop to bring
-        the result."""
+    def _save_in_worker(self, session, announce: bool, *args) -> tuple[Path, Path]:
+        """``save_annotations(*args)`` for ``session`` (Save now: ``announce``), noting what
+        it wrote (or why it could not) for :meth:`flush_autosave`, which cannot wait for the
+        event loop to bring the result."""
         try:
             paths = save_annotations(*args)
         except Exception as err:
-            self._written = (session, err)
+            self._written = (session, err, announce)
             raise
-        self._written = (session, paths[0])
+        self._written = (session, paths[0], announce)
         return paths
 
     def _snapshot(self, session) -> np.ndarray:
@@ -147,10 +148,11 @@ class AnnotateSavesMixin:
         self.runner.forget(SAVE_TASK)  # its result too: note the file it wrote as this
         # session's, or the saves below take it for another program's edit and go beside it
         if self._written is not None:
-            session, outcome = self._written
+            session, outcome, announce = self._written
             if isinstance(outcome, BaseException):  # its callbacks are gone: said here, and
-                show_error(f"saving failed: {user_message(outcome)}")  # kept unsaved (the
-                self._autosave_failed(session)  # window closed unasked, the commit lost)
+                # kept unsaved (the window closed unasked, the commit on no disk)
+                show_error(f"{SAVE_TASK} failed: {user_message(outcome)}")
+                (self._save_now_failed if announce else self._autosave_failed)(session)
             else:
                 session.saved_to(outcome)
         waiting, self._autosave_again = self._autosave_again, []
