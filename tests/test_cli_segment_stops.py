@@ -143,19 +143,24 @@ def test_sigterm_while_the_model_loads_is_said(tmp_path, tiny_checkpoint):
     assert stopped.stderr.strip().endswith("samtune segment: terminated"), stopped.stderr
 
 
-def test_a_stopped_batch_with_many_images_left_lists_them_in_a_file(tmp_path):
+def test_a_stopped_batch_with_many_images_left_lists_them_in_a_file(tmp_path, monkeypatch):
     """Past 20 images the note named 20 and "...", and still said to give "only them"."""
     from argparse import Namespace
+    from pathlib import Path
 
     from napari_samtune.cli.segment import MAX_NAMED, _how_to_go_on
 
-    todo = [tmp_path / "in" / f"cell {i}.tif" for i in range(MAX_NAMED + 5)]
+    todo = [Path("in") / f"cell {i}.tif" for i in range(MAX_NAMED + 5)]  # as given: relative
+    monkeypatch.chdir(tmp_path)
     note = _how_to_go_on(Namespace(overwrite=True), todo, todo[:2], tmp_path)
     listed = tmp_path / "not-segmented.txt"
     assert f"the {MAX_NAMED + 3} not segmented keep any labels they had there before" in note
     assert note.endswith(f"give them as @{listed} (a file listing them, one per line)")
-    assert listed.read_text(encoding="utf-8").splitlines() == [str(f) for f in todo[2:]]
+    whole = [tmp_path / f for f in todo[2:]]  # whole paths: the list is read from anywhere
+    assert listed.read_text(encoding="utf-8").splitlines() == [str(f) for f in whole]
     from napari_samtune.cli import build_parser  # the command takes them as said
 
+    with listed.open("a", encoding="utf-8") as file:
+        file.write("\n")  # a blank last line, as editors leave one
     argv = ["segment", f"@{listed}", "--model", "nano", "--auto", "-o", str(tmp_path)]
-    assert build_parser().parse_args(argv).image == todo[2:]
+    assert build_parser().parse_args(argv).image == whole

@@ -84,13 +84,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         fromfile_prefix_chars="@",  # @list: the images a stopped batch lists, one per line
     )
+    parser.convert_arg_line_to_args = _listed  # blank lines (an editor's last) are no path
     parser.add_argument(
         "image",
         type=given_path,
         nargs="+",
         help="TIFF image: 2D, RGB, multichannel or a stack; with --auto also several files, a "
         "folder or a glob (their labels go to the -o folder), or @FILE: those FILE lists, "
-        "one per line",
+        "one per line (a path that starts with @ is given as ./@name)",
     )
     parser.add_argument(
         "--model",
@@ -365,6 +366,11 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
     return 1 if failed else 0
 
 
+def _listed(line: str) -> list[str]:
+    """The argument a line of an @FILE list gives: none for a blank line."""
+    return [line] if line.strip() else []
+
+
 def _how_to_go_on(args, todo: list[Path], written: list[Path], out_dir: Path) -> str:
     """How a stopped batch goes on: the same command skips the images whose labels are
     written; with --overwrite it redid them all, and without it, it kept the earlier labels
@@ -384,7 +390,8 @@ def _how_to_go_on(args, todo: list[Path], written: list[Path], out_dir: Path) ->
         return f"{said}: {' '.join(shell_path(f) for f in rest)}"
     listed = out_dir / "not-segmented.txt"
     try:
-        listed.write_text("".join(f"{f}\n" for f in rest), encoding="utf-8")
+        # whole paths: read from anywhere, and none begins with @ (another list) or -
+        listed.write_text("".join(f"{f.absolute()}\n" for f in rest), encoding="utf-8")
     except OSError as err:
         return f"{said} (the list could not be written to {listed}: {err.strerror or err})"
     return f"{said}: give them as @{shell_path(listed)} (a file listing them, one per line)"
