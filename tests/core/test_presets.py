@@ -330,7 +330,7 @@ def test_a_preset_for_more_memory_than_the_machine_has_is_said():
     short = memory_short(get_preset("cpu-64gb"), machine, "cpu", vit_b)
     assert short.endswith("cpu-8gb is the preset detected for its RAM")
     short = memory_short(get_preset("cpu-64gb"), machine, "cpu", vit_h)
-    assert short.endswith("no preset measured for vit_h fits it")
+    assert short.endswith("no preset measured for vit_h fits it: choose a smaller model")
     small_gpu = MachineResources(6.0, 23.5, 2, "a small GPU")
     short = memory_short(get_preset("v100"), small_gpu, "cuda")
     assert short.endswith("no GPU preset fits its 6.0 GB: train on the CPU (device cpu)")

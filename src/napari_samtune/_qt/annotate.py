@@ -119,7 +119,7 @@ class AnnotateWidget(
         self._previews_behind: set[int | None] = set()
         self._preview_basis = next_basis()  # what previews are made under now (preview_basis)
         # preview layer of an image no longer chosen -> (the planes lagging when it was left,
-        # the image's name)
+        # the image layer, held weakly)
         self._behind_left: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._autosave_again: list[AnnotationSession] = []  # saved once the running save ends
         self._save_buffer: np.ndarray | None = None  # the labels the last autosave wrote

@@ -93,7 +93,7 @@ class AnnotateEmbeddingMixin:
 
     def _leave_previews(self) -> None:
         """The image is left: the planes whose preview lags are kept for its return."""
-        image = self.session.image_layer.name
+        image = held_weakly(self.session.image_layer)  # its name when asked (renamed since)
         self._behind_left[self.session.layers.preview] = (frozenset(self._previews_behind), image)
 
     def held_propagation(self) -> list[str]:
@@ -104,8 +104,8 @@ class AnnotateEmbeddingMixin:
         if self.runner.is_running(PROPAGATE_TASK) and self._job_session is not None:
             held.append(self._job_session.image_layer.name)
         for preview, (_, image) in list(self._behind_left.items()):  # the images left
-            if preview in self.viewer.layers and propagated_in(preview):
-                held.append(image)
+            if preview in self.viewer.layers and propagated_in(preview) and image() is not None:
+                held.append(image().name)
         layers = None if self.session is None else self.session.layers
         if layers is not None and any(layers.prompts(p).is_empty for p in layers.propagated):
             held.append(self.session.image_layer.name)

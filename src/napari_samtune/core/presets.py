@@ -350,7 +350,7 @@ def _instead(found: MachineResources, on_gpu: bool, have: float, arch) -> str:
     if arch is not None:
         fits = for_model(fits, arch)[0]
         if not _fits(fits, approx_encoder_params(arch)):
-            return f"no preset measured for {arch.name} fits it"
+            return f"no preset measured for {arch.name} fits it: choose a smaller model"
     return f"{fits.key} is the preset detected for {'its GPU' if on_gpu else 'its RAM'}"
 
 
