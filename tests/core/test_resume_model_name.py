@@ -121,3 +121,23 @@ def test_a_new_run_leaves_a_model_registered_before_runs_had_ids(tmp_path, short
     second = train(short_tiny_config(), *other, tmp_path / "run")
     assert second.registered_name == "run"
     assert {s.name: s.weights_id for s in list_user_models()}["mine"] == kept
+
+
+def test_a_run_resumed_in_its_moved_folder_updates_the_model_it_registered(
+    tmp_path, short_tiny_config
+):
+    """The README says a resume updates the run's registered model: moved to another
+    folder, the run registered a second model under the new folder's name."""
+    train(short_tiny_config(), *DATA, tmp_path / "run")
+    (tmp_path / "run").rename(tmp_path / "moved")
+    moved = tmp_path / "moved"
+    continued = train(short_tiny_config(epochs=2), *DATA, moved, resume_from=moved)
+    assert continued.registered_name == "run"
+    assert [s.name for s in list_user_models()] == ["run"]
+    import shutil
+
+    (tmp_path / "copy").mkdir()  # a copy of the run, resumed, is a run of its own
+    shutil.copytree(moved, tmp_path / "copy" / "run")
+    copy = tmp_path / "copy" / "run"
+    again = train(short_tiny_config(epochs=3), *DATA, copy, resume_from=copy)
+    assert again.registered_name != "run"

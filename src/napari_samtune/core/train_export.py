@@ -215,6 +215,8 @@ def earlier_registration(out_dir: Path, run_id: str | None = None) -> str | None
     model = RunFiles(out_dir).model.resolve()
     if source == model and _same_run(theirs, run_id):
         return name
+    if run_id is not None and theirs == run_id and source is not None and not source.exists():
+        return name  # this run's, its folder moved since (a copy would find its model.pth)
     # renamed (models --rename), maybe with its old name given to another model since
     return _registered_from(model, user_models_dir(), run_id)
 
