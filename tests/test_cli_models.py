@@ -176,6 +176,7 @@ def test_removing_a_copied_description_keeps_the_weights_of_the_model_it_names(
     assert "removed user model 'b' (b.json)\n" in out
     by_hand = "delete it by hand if not needed"
     assert f"kept {folder / 'b.pt'} (b.json does not name it; {by_hand})" in out
+    assert f"kept {folder / 'a.pt'} (another model uses it too: kept for that model)" in out
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
         "a.json",
         "a.pt",

@@ -198,3 +198,24 @@ def test_new_pixels_of_another_image_leave_this_image_s_propagated_planes(
     assert layers.preview_planes() == [1, 2] and sorted(layers.propagated) == [1, 2]
     assert not any("cleared the propagated object" in n for n in notifications)
     assert widget.commit() == [1]
+
+
+def test_an_image_left_with_a_propagated_object_is_named_as_it_is_called_now(
+    stack_widget, drain_jobs
+):
+    from napari_samtune._qt.prompt_layers import PlanePrompts
+    from napari_samtune._qt.propagated_planes import PropagatedPlane
+
+    viewer, widget = stack_widget
+    viewer.add_image(np.zeros((96, 96), dtype=np.float32) + 0.5, name="other image")
+    mask = np.zeros((96, 96), dtype=np.uint32)
+    mask[30:50, 30:50] = 1
+    stands_for = PlanePrompts(np.array([[40.0, 40.0]]), np.array([True]), np.zeros((0, 4)))
+    widget.session.layers.propagated[1] = PropagatedPlane(mask, stands_for)
+    widget.session.layers.set_preview(1, mask, redraw=False)
+    widget.ui.image_combo.setCurrentText("other image")
+    drain_jobs(widget)
+    assert widget.held_propagation() == ["stack"]
+    viewer.layers["stack"].name = "stack renamed"
+    drain_jobs(widget)
+    assert widget.held_propagation() == ["stack renamed"]

@@ -347,3 +347,27 @@ def test_a_save_failing_before_its_layers_are_put_away_is_not_left_unsaved(
     drain_jobs(widget)
     assert any("saved and put away" in n for n in notifications), notifications
     assert session not in widget._not_autosaved
+
+
+def test_a_session_put_away_when_both_saves_fail_is_not_left_unsaved(
+    committed_once, failing_when_waited_for, drain_jobs, notifications, monkeypatch
+):
+    """Its layer stays as a layer of its own, renamed, and says so; the session counted
+    unsaved by the failed background save made closing ask of it, and a later save wrote
+    the old layout again."""
+    from napari_samtune._qt.annotate_session import AnnotationSession
+
+    viewer, widget = committed_once
+    failing_when_waited_for(widget)
+    session = widget.session
+
+    def full_disk(self, folder, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    widget.session.layers.preview.data[30:40, 30:40] = 1
+    assert widget.commit() == [2]
+    monkeypatch.setattr(AnnotationSession, "save", full_disk)
+    viewer.layers["cells0"].data = np.zeros((80, 80), dtype=np.float32)  # another shape
+    drain_jobs(widget)
+    assert any("the annotations stay as layer" in n for n in notifications), notifications
+    assert session not in widget._not_autosaved

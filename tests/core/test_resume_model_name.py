@@ -141,3 +141,28 @@ def test_a_run_resumed_in_its_moved_folder_updates_the_model_it_registered(
     copy = tmp_path / "copy" / "run"
     again = train(short_tiny_config(epochs=3), *DATA, copy, resume_from=copy)
     assert again.registered_name != "run"
+
+
+def test_a_run_resumed_into_a_new_folder_leaves_a_model_registered_from_it(
+    tmp_path, short_tiny_config
+):
+    """A run continued into another folder registered nothing from there before: a model
+    registered from that folder before runs had ids (its run moved away) was replaced."""
+    import json
+
+    from napari_samtune.core.registry import user_models_dir
+
+    train(short_tiny_config(), *DATA, tmp_path / "there", model_name="mine")
+    sidecar = user_models_dir() / "mine.json"
+    described = json.loads(sidecar.read_text())
+    del described["metadata"]["run_id"]
+    sidecar.write_text(json.dumps(described))
+    kept = {s.name: s.weights_id for s in list_user_models()}["mine"]
+    (tmp_path / "there").rename(tmp_path / "archived")
+    other = make_dataset(2, shape=(64, 64), seed=5), DATA[1]
+    train(short_tiny_config(), *other, tmp_path / "first", model_name="other")
+    continued = train(
+        short_tiny_config(epochs=2), *other, tmp_path / "there", resume_from=tmp_path / "first"
+    )
+    assert continued.registered_name not in ("mine", None)
+    assert {s.name: s.weights_id for s in list_user_models()}["mine"] == kept

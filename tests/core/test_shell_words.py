@@ -14,10 +14,11 @@ from napari_samtune.core.shell_words import shell_path
 from napari_samtune.core.train_checkpoints import resolve_checkpoint
 
 
-@pytest.mark.parametrize("path", ["killed run é's/x", "-ab", "plain"])
+@pytest.mark.parametrize("path", ["killed run é's/x", "-ab", "plain", "@x.tif"])
 def test_a_path_pastes_as_one_word_that_is_no_option(path):
+    """``@x.tif`` too: ``samtune segment`` reads ``@FILE`` as a list of images."""
     (word,) = shlex.split(shell_path(path))
-    assert not word.startswith("-") and word.endswith(path.lstrip("-"))
+    assert not word.startswith(("-", "@")) and word.endswith(path.lstrip("-"))
 
 
 def test_the_export_advised_for_a_run_without_last_pt_pastes(tmp_path):

@@ -82,7 +82,7 @@ class AnnotateEmbeddingMixin:
         model's work)."""
         layers = self.session.layers
         shown = layers.preview_planes()
-        behind, _ = self._behind_left.pop(layers.preview, (frozenset(), ""))
+        behind, *_ = self._behind_left.pop(layers.preview, (frozenset(),))
         self._previews_behind |= behind & set(shown)
         made = made_under(layers.preview)  # (model, pixels and channels), or None: new layers
         if made is None or made[0] != self._preview_basis:
@@ -93,8 +93,9 @@ class AnnotateEmbeddingMixin:
 
     def _leave_previews(self) -> None:
         """The image is left: the planes whose preview lags are kept for its return."""
-        image = held_weakly(self.session.image_layer)  # its name when asked (renamed since)
-        self._behind_left[self.session.layers.preview] = (frozenset(self._previews_behind), image)
+        layer = self.session.image_layer  # its name when asked (renamed since), else this one
+        left = (frozenset(self._previews_behind), held_weakly(layer), layer.name)
+        self._behind_left[self.session.layers.preview] = left
 
     def held_propagation(self) -> list[str]:
         """The images whose propagated planes, not committed nor corrected (see
@@ -103,9 +104,9 @@ class AnnotateEmbeddingMixin:
         held = []
         if self.runner.is_running(PROPAGATE_TASK) and self._job_session is not None:
             held.append(self._job_session.image_layer.name)
-        for preview, (_, image) in list(self._behind_left.items()):  # the images left
-            if preview in self.viewer.layers and propagated_in(preview) and image() is not None:
-                held.append(image().name)
+        for preview, (_, image, name) in list(self._behind_left.items()):  # the images left
+            if preview in self.viewer.layers and propagated_in(preview):
+                held.append(name if image() is None else image().name)
         layers = None if self.session is None else self.session.layers
         if layers is not None and any(layers.prompts(p).is_empty for p in layers.propagated):
             held.append(self.session.image_layer.name)

@@ -257,6 +257,9 @@ class AnnotateImageMixin:
         if not (annotations.data.any() and annotations in self.viewer.layers):
             return False
         self.flush_autosave()
+        # saved here, or kept as a layer of its own: a save failing in the flush above
+        # counted it unsaved again (closing asked of it; a later save wrote the old layout)
+        self._forget_not_autosaved(session)
         try:
             labels_path, _ = session.save(self.annotation_folder())
         except (OSError, ValueError) as err:
@@ -266,8 +269,6 @@ class AnnotateImageMixin:
                 f"{annotations.name!r}"
             )
             return False
-        self._forget_not_autosaved(session)  # saved whole (a save failing before, in the
-        # flush above, had counted it unsaved again: napari asked at closing, unneeded)
         if automatic is not None:
             show_info(f"{found_where(session, automatic[1])} are kept and saved to {labels_path}")
         return True

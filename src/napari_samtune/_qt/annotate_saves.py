@@ -155,16 +155,17 @@ class AnnotateSavesMixin:
                 (self._save_now_failed if announce else self._autosave_failed)(session)
             else:
                 session.saved_to(outcome)
-        waiting, self._autosave_again = self._autosave_again, []
+        waiting = [(session, False) for session in self._autosave_again]
+        self._autosave_again = []
         if self._save_now_waiting is not None:  # pressed while that save ran
-            waiting = [self._save_now_waiting, *waiting]
+            waiting = [(self._save_now_waiting, True), *waiting]
             self._save_now_waiting = None
-        for session in waiting:
+        for session, announce in waiting:
             try:
                 session.save(self.annotation_folder())
             except (OSError, ValueError) as err:
-                show_error(f"saving failed: {user_message(err)}")
-                self._autosave_failed(session)
+                show_error(f"{SAVE_TASK} failed: {user_message(err)}")
+                (self._save_now_failed if announce else self._autosave_failed)(session)
 
     def _save_automatic_so_far(self) -> None:
         """Save the planes a running automatic segmentation has written, as its image goes

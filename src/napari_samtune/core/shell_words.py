@@ -23,7 +23,8 @@ def _on_windows() -> bool:
 
 
 def shell_path(path: str | os.PathLike) -> str:
-    """:func:`shell_quote` of a path, a relative one starting with ``-`` as ``./-run``: the
-    command read ``--resume -ab`` as an option without its value."""
+    """:func:`shell_quote` of a path, a relative one starting with ``-`` or ``@`` as
+    ``./-run``: the command read ``--resume -ab`` as an option without its value, and
+    ``samtune segment @x.tif`` as a list of images in ``x.tif``."""
     text = os.fspath(path)
-    return shell_quote(f".{os.sep}{text}" if text.startswith("-") else text)
+    return shell_quote(f".{os.sep}{text}" if text.startswith(("-", "@")) else text)

@@ -322,7 +322,7 @@ class TrainerFilesMixin:
             # its weights that did not train are the base model's (self.sam), also where that
             # was removed or replaced while it trained (the export failed, the model lost);
             # a new run owns no earlier registration (a moved run's, from this folder)
-            resumed = self.resume_from is not None
+            resumed = self.resume_from is not None and one_file(self.resume_from, self.files.last)
             return export_and_register(
                 checkpoint, self.out_dir, self.model_name, summary, self.sam, resumed
             )

@@ -77,7 +77,7 @@ def weights_kept_on_removal(name: str) -> list[tuple[Path, str]]:
         if not path.is_file() or (path in others and path != named):
             continue
         if path in others:
-            kept.append((path, "another model's description names it too: kept for it"))
+            kept.append((path, "another model uses it too: kept for that model"))
         elif path != named:
             kept.append((path, f"{sidecar.name} does not name it; delete it by hand if not needed"))
     return kept
