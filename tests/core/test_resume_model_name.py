@@ -103,20 +103,26 @@ def test_a_run_killed_before_registering_is_not_told_the_moved_run_s_model_is_it
     assert "ended before its model was exported and registered" in note
 
 
-def test_a_new_run_leaves_a_model_registered_before_runs_had_ids(tmp_path, short_tiny_config):
-    """A model registered by an earlier version (no run id in its description) counted as
-    any run's: a new run in the folder it was registered from replaced it, unsaid."""
+def _registered_before_run_ids_then_moved(folder, short_tiny_config) -> str:
+    """A run in ``folder`` registering "mine" as an earlier version did (no run id in its
+    description), then moved away; the weights id of "mine"."""
     import json
 
     from napari_samtune.core.registry import user_models_dir
 
-    train(short_tiny_config(), *DATA, tmp_path / "run", model_name="mine")
+    train(short_tiny_config(), *DATA, folder, model_name="mine")
     sidecar = user_models_dir() / "mine.json"
     described = json.loads(sidecar.read_text())
     del described["metadata"]["run_id"]
     sidecar.write_text(json.dumps(described))
-    kept = {s.name: s.weights_id for s in list_user_models()}["mine"]
-    (tmp_path / "run").rename(tmp_path / "run-archived")
+    folder.rename(folder.with_name(f"{folder.name}-archived"))
+    return {s.name: s.weights_id for s in list_user_models()}["mine"]
+
+
+def test_a_new_run_leaves_a_model_registered_before_runs_had_ids(tmp_path, short_tiny_config):
+    """A model registered by an earlier version (no run id in its description) counted as
+    any run's: a new run in the folder it was registered from replaced it, unsaid."""
+    kept = _registered_before_run_ids_then_moved(tmp_path / "run", short_tiny_config)
     other = make_dataset(2, shape=(64, 64), seed=5), DATA[1]
     second = train(short_tiny_config(), *other, tmp_path / "run")
     assert second.registered_name == "run"
@@ -148,17 +154,7 @@ def test_a_run_resumed_into_a_new_folder_leaves_a_model_registered_from_it(
 ):
     """A run continued into another folder registered nothing from there before: a model
     registered from that folder before runs had ids (its run moved away) was replaced."""
-    import json
-
-    from napari_samtune.core.registry import user_models_dir
-
-    train(short_tiny_config(), *DATA, tmp_path / "there", model_name="mine")
-    sidecar = user_models_dir() / "mine.json"
-    described = json.loads(sidecar.read_text())
-    del described["metadata"]["run_id"]
-    sidecar.write_text(json.dumps(described))
-    kept = {s.name: s.weights_id for s in list_user_models()}["mine"]
-    (tmp_path / "there").rename(tmp_path / "archived")
+    kept = _registered_before_run_ids_then_moved(tmp_path / "there", short_tiny_config)
     other = make_dataset(2, shape=(64, 64), seed=5), DATA[1]
     train(short_tiny_config(), *other, tmp_path / "first", model_name="other")
     continued = train(
