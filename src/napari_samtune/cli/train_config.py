@@ -82,14 +82,15 @@ def overrides_from(args: argparse.Namespace) -> dict:
     return overrides
 
 
-def choose_preset(key: str, device: str | None = None) -> tuple[object, str]:
-    """The preset named ``key``, or the one auto-detection picks for ``device`` (--device),
-    with the reason."""
+def choose_preset(key: str, device: str | None, model: str) -> tuple[object, str]:
+    """The preset named ``key``, or the one auto-detection picks for ``device`` (--device)
+    and ``model`` (--model), with the reason."""
+    from napari_samtune.core.model_source import architecture_of
     from napari_samtune.core.presets import get_preset, resolve_preset
 
     if key.strip().lower() != "auto":
         return get_preset(key), f"chosen with --preset {key}"
-    return resolve_preset(key, device)
+    return resolve_preset(key, device, architecture_of(model))
 
 
 def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
@@ -151,14 +152,10 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
         raise ValueError(f"--out {args.out} {replaced}")
     if not args.model:
         raise ValueError("--model is required: a model name, a weights file or random:<arch>")
-    preset, reason = choose_preset(args.preset or "auto", args.device)
+    preset, reason = choose_preset(args.preset or "auto", args.device, args.model)
     overrides = overrides_from(args)
     if device_kind(overrides.get("device")) == "auto":  # the default, given or not: checked
         _check_preset_device(preset.device, args.preset or "auto")  # (A100 sizes on a CPU)
-    if (args.preset or "auto").strip().lower() == "auto":  # a smaller one's for its model
-        from napari_samtune.core.presets import detected_for
-
-        preset, reason = detected_for(preset, reason, args.model)
     config = config_from_preset(preset, args.model, check=not args.force, **overrides)
     return config, f"preset {preset.name} ({preset.key}): {reason}"
 

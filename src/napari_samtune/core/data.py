@@ -207,7 +207,7 @@ def read_match(
         axis = channel_axis if channel_axis is not None else channel_axis_named(axes, image.ndim)
         named = named_otherwise(axes, image.ndim, channel_axis)
         contradicted += [] if named is None else [(str(image_path), named, axes)]
-        _check_planes_named(image, np.asarray(labels), axes, axis, name)
+        _check_planes_named(image, labels, axes, axis, name)
         if (axis is not None or channels is not None) and _gray_stack(image, labels):
             groups.append((image, labels, name, axis))  # split once the others are known
             continue
@@ -234,10 +234,9 @@ def _check_planes_named(image: np.ndarray, labels: np.ndarray, axes: str, axis, 
         )
 
 
-def _gray_stack(image: np.ndarray, labels) -> bool:
+def _gray_stack(image: np.ndarray, labels: np.ndarray) -> bool:
     """(planes, H, W) pixels with labels of that shape: a grayscale stack (the labels of a
     2D image with channels have its height and width alone)."""
-    labels = np.asarray(labels)
     return image.ndim == 3 and labels.ndim == 3 and image.shape == labels.shape
 
 

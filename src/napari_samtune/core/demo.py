@@ -202,9 +202,10 @@ def finetune_config(config: DemoConfig) -> tuple[TrainConfig, str]:
     needs a larger step to move in a few minutes) and turns early stopping off.
     """
     from napari_samtune.core.devices import cuda_available, why_no_cuda
+    from napari_samtune.core.model_source import architecture_of
     from napari_samtune.core.presets import config_from_preset, resolve_preset
 
-    preset, reason = resolve_preset(config.preset)
+    preset, reason = resolve_preset(config.preset, arch=architecture_of(config.model))
     if preset.device == "cuda" and not cuda_available():  # the core's advice names device=
         raise ValueError(
             f"preset {preset.key!r} trains on cuda, but CUDA is not available here "
@@ -221,10 +222,6 @@ def finetune_config(config: DemoConfig) -> tuple[TrainConfig, str]:
         overrides["learning_rate"] = config.learning_rate
     if config.n_iterative_prompts is not None:
         overrides["n_iterative_prompts"] = config.n_iterative_prompts
-    if config.preset.strip().lower() == "auto":  # detected: a smaller one's for its model
-        from napari_samtune.core.presets import detected_for
-
-        preset, reason = detected_for(preset, reason, config.model)
     return config_from_preset(preset, config.model, **overrides), reason
 
 

@@ -89,15 +89,6 @@ class ResourcePreset:
         )
 
 
-def detected_for(preset: ResourcePreset, reason: str, model: str) -> tuple[ResourcePreset, str]:
-    """A detected ``preset`` and the ``reason`` it was, for ``model`` (a name or weights
-    file): :func:`for_model`, its note added to the reason."""
-    from napari_samtune.core.model_source import architecture_of
-
-    preset, note = for_model(preset, as_architecture(architecture_of(model)))
-    return preset, f"{reason}; {note}" if note else reason
-
-
 def approx_encoder_params(arch: SamArchitecture) -> float:
     """Rough parameter count of the image encoder (12 d^2 per transformer block)."""
     if arch.encoder == "tiny_vit":
@@ -296,16 +287,24 @@ class TrainConfig:
         return cls(**data)
 
 
-def resolve_preset(key: str, device: str | None = None) -> tuple[ResourcePreset, str]:
+def resolve_preset(
+    key: str, device: str | None = None, arch: SamArchitecture | None = None
+) -> tuple[ResourcePreset, str]:
     """The preset named ``key``, or for "auto" the one :func:`detect_preset` picks on this
     machine for each of its training processes (``torchrun``'s ``LOCAL_WORLD_SIZE``); with
     a line saying why. ``device`` (e.g. "cpu", "cuda:1"; None or "auto": the default) is
     the one the run trains on: "cpu" gets a CPU preset whatever GPU there is (it got the
-    GPU's, an A100's settings on the CPU), "cuda:1" one for that GPU's memory."""
+    GPU's, an A100's settings on the CPU), "cuda:1" one for that GPU's memory. With the
+    model's ``arch``, a detected preset without a setting for it steps down
+    (:func:`for_model`), and the line says so."""
     _check_key(key)
     if key.strip().lower() != "auto":
         return get_preset(key), f"chosen as {key!r}"
-    return detect_on(machine_for(device), _processes_on_this_machine())
+    preset, reason = detect_on(machine_for(device), _processes_on_this_machine())
+    if arch is None:
+        return preset, reason
+    preset, note = for_model(preset, as_architecture(arch))
+    return preset, f"{reason}; {note}" if note else reason
 
 
 def machine_for(device: str | None) -> MachineResources:
@@ -424,10 +423,7 @@ def config_from_preset(
     Unless overridden, ``checkpoint_trainable_only`` is on when the image encoder is frozen:
     checkpoints then hold the trained weights, which complete the base model when loaded.
     """
-    detected = isinstance(preset, str) and preset.strip().lower() == "auto"
-    if isinstance(preset, str):
-        preset = resolve_preset(preset)[0]
-    if not isinstance(preset, ResourcePreset):
+    if not isinstance(preset, (str, ResourcePreset)):
         raise TypeError(
             f"preset={preset!r}; pass a preset key such as 'cpu-16gb' (see PRESETS), 'auto' "
             "for this machine's, or a ResourcePreset"
@@ -445,8 +441,8 @@ def config_from_preset(
 
         architecture = architecture_of(model)
     architecture = as_architecture(architecture)
-    if detected:
-        preset, _ = for_model(preset, architecture)
+    if isinstance(preset, str):  # "auto": detected for this model (see resolve_preset)
+        preset = resolve_preset(preset, arch=architecture)[0]
     setting = preset.setting_for(architecture)
     base = TrainConfig(
         model=model,
