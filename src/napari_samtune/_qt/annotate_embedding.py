@@ -81,15 +81,17 @@ class AnnotateEmbeddingMixin:
         again after a model was loaded for another image, they were committed as the new
         model's work)."""
         layers = self.session.layers
-        shown = layers.preview_planes()
         behind, *_ = self._behind_left.pop(layers.preview, (frozenset(),))
-        self._previews_behind |= behind & set(shown)
         made = made_under(layers.preview)  # (model, pixels and channels), or None: new layers
-        if made is None or made[0] != self._preview_basis:
-            if shown:
-                self._previews_went_stale()  # (records the pair)
-            else:
-                record_made_under(layers.preview, (self._preview_basis, next_basis()))
+        stale = made is None or made[0] != self._preview_basis
+        if not (behind or stale):  # nothing to check: the preview (a whole stack) unread
+            return
+        shown = layers.preview_planes()
+        self._previews_behind |= behind & set(shown)
+        if stale and shown:
+            self._previews_went_stale()  # (records the pair)
+        elif stale:
+            record_made_under(layers.preview, (self._preview_basis, next_basis()))
 
     def _leave_previews(self) -> None:
         """The image is left: the planes whose preview lags are kept for its return."""
