@@ -371,3 +371,54 @@ def test_a_session_put_away_when_both_saves_fail_is_not_left_unsaved(
     drain_jobs(widget)
     assert any("the annotations stay as layer" in n for n in notifications), notifications
     assert session not in widget._not_autosaved
+
+
+def _written_by_another_napari_first(monkeypatch, path, theirs, release=None):
+    """The widget's background saves find ``path`` written by another napari (``theirs``)
+    between choosing it and writing: that save, once ``release`` is set, lands first."""
+    from napari_samtune.core.annotation_files import write_annotations
+
+    real, landed = annotate_saves.save_annotations, []
+
+    def save(*args, **kwargs):
+        if release is not None:
+            release.wait(30)
+        if not landed:
+            landed.append(write_annotations(path, "cells0", theirs, {"objects": []}))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(annotate_saves, "save_annotations", save)
+    return landed
+
+
+@pytest.mark.parametrize("waited", [False, True], ids=["in the background", "as napari closes"])
+def test_a_labels_file_another_napari_saved_as_this_save_began_is_kept(
+    committed_once, drain_jobs, tmp_path, notifications, monkeypatch, waited
+):
+    """Two napari windows saving one image name: the other's save landed after this one
+    chose the file (unchanged then) and before it wrote, and was replaced unsaid. The save
+    is now made again beside it, also while napari closes and waits for it."""
+    import threading
+
+    from napari_samtune.core.annotation_files import load_annotations
+
+    _, widget = committed_once
+    path = tmp_path / "cells0.labels.tif"
+    theirs = np.zeros((64, 64), np.uint32)
+    theirs[40:50, 5:15] = 7
+    release = threading.Event() if waited else None
+    landed = _written_by_another_napari_first(monkeypatch, path, theirs, release)
+    widget.session.layers.preview.data[30:40, 30:40] = 1
+    assert widget.commit() == [2]
+    if waited:
+        release.set()
+        widget.flush_autosave()  # what napari's close runs
+    drain_jobs(widget)
+    assert landed
+    np.testing.assert_array_equal(tifffile.imread(path), theirs)  # theirs, as they left it
+    beside = next(tmp_path.glob("cells0-*.labels.tif"))
+    ours, record = load_annotations(beside)
+    assert set(np.unique(ours)) == {0, 1, 2} and len(record["objects"]) == 2
+    assert any("changed by another program" in n and beside.name in n for n in notifications)
+    assert not any("failed" in n for n in notifications)
+    assert not widget._not_autosaved

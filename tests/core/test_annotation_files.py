@@ -13,11 +13,14 @@ import tifffile
 
 from napari_samtune.core import annotation_files
 from napari_samtune.core.annotation_files import (
+    ChangedMeanwhile,
     annotation_paths,
+    file_state,
     load_annotations,
     safe_stem,
     save_annotations,
     save_name,
+    unchanged_since,
     write_annotations,
 )
 from napari_samtune.core.data import load_pairs, prepare_pairs
@@ -313,3 +316,25 @@ def test_two_saves_of_one_labels_file_at_once_leave_a_matching_record(tmp_path, 
     second.join()
     labels, record = load_annotations(path)
     assert int(labels[0, 0]) == record["who"] == 2  # the later save, whole
+
+
+def test_a_save_finding_its_file_written_since_it_was_chosen_writes_nothing(tmp_path):
+    """Two napari windows saving one image name: the other's save landed between this
+    save's choice of the file and its write, and was replaced unsaid."""
+    ours = np.full((8, 8), 1, np.uint32)
+    path, record_path = save_annotations(tmp_path, "a", ours, {"who": "us"})
+    chosen = unchanged_since(file_state(path))
+    theirs = np.full((8, 8), 2, np.uint32)
+    write_annotations(path, "a", theirs, {"who": "them"})  # the other window's save
+    with pytest.raises(ChangedMeanwhile) as raised:
+        save_annotations(tmp_path, "a", ours + 2, {"who": "us"}, before_write=chosen)
+    assert raised.value.labels_path == path and "nothing was saved over it" in str(raised.value)
+    labels, record = load_annotations(path)
+    np.testing.assert_array_equal(labels, theirs)
+    assert record["who"] == "them"
+    # unchanged since it was chosen (or absent, as chosen): written
+    save_annotations(tmp_path, "a", ours + 2, {}, before_write=unchanged_since(file_state(path)))
+    assert int(load_annotations(path)[0][0, 0]) == 3
+    save_annotations(tmp_path, "b", ours, {}, before_write=unchanged_since(None))
+    with pytest.raises(ChangedMeanwhile):  # "absent" no longer holds
+        save_annotations(tmp_path, "b", ours, {}, before_write=unchanged_since(None))

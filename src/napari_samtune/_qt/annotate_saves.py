@@ -9,10 +9,11 @@ AnnotateFilesMixin`), kept apart so each module stays short.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent, QObject
 
 from napari_samtune._qt.annotate_jobs import SAVE_TASK
@@ -21,7 +22,14 @@ from napari_samtune._qt.annotate_restore import restore_pending
 from napari_samtune._qt.dock_life import closed_by_code, main_window_of
 from napari_samtune._qt.unsaved_close import settle_unsaved
 from napari_samtune._qt.workers import user_message
-from napari_samtune.core.annotation_files import save_annotations
+from napari_samtune.core.annotation_files import ChangedMeanwhile, save_annotations
+
+
+@dataclass(frozen=True)
+class _SaveAgain:
+    """What a background save returns where its file was written meanwhile by another."""
+
+    labels_path: Path  # that file, kept as the other program left it
 
 
 class AnnotateSavesMixin:
@@ -48,9 +56,7 @@ class AnnotateSavesMixin:
         where it saved (see AnnotateFileJobsMixin), not quiet as an autosave."""
         self._autosave_again = [s for s in self._autosave_again if s is not session]
         folder = self._save_folder = self.annotation_folder()
-        file_name, note = session.name_to_save(folder)  # beside a file changed meanwhile
-        if note:
-            show_warning(note)
+        file_name, before_write = session.target_to_save(folder)  # beside a file changed
         window = main_window_of(self)
         if window is not None:  # see eventFilter (installing it again changes nothing)
             window.installEventFilter(self)
@@ -65,9 +71,8 @@ class AnnotateSavesMixin:
             self._snapshot(session),  # the worker must not read labels being edited
             session.document(),
             file_name,
-            on_return=lambda paths: (self._saved_now if announce else self._autosaved)(
-                session, paths[0]
-            ),
+            before_write,
+            on_return=lambda outcome: self._save_returned(session, announce, outcome),
             on_error=lambda _exc: (
                 self._save_now_failed(session) if announce else self._autosave_failed(session)
             ),
@@ -75,17 +80,36 @@ class AnnotateSavesMixin:
             quiet=True,  # the status line keeps what was committed
         )
 
-    def _save_in_worker(self, session, announce: bool, *args) -> tuple[Path, Path]:
+    def _save_in_worker(self, session, announce: bool, *args) -> tuple[Path, Path] | _SaveAgain:
         """``save_annotations(*args)`` for ``session`` (Save now: ``announce``), noting what
         it wrote (or why it could not) for :meth:`flush_autosave`, which cannot wait for the
         event loop to bring the result."""
         try:
             paths = save_annotations(*args)
+        except ChangedMeanwhile as err:  # not a failure: saved again, beside that file
+            self._written = (session, err, announce)
+            return _SaveAgain(err.labels_path)  # (a worker raises an exception it returns)
         except Exception as err:
             self._written = (session, err, announce)
             raise
         self._written = (session, paths[0], announce)
         return paths
+
+    def _save_returned(self, session, announce: bool, outcome) -> None:
+        if isinstance(outcome, _SaveAgain):
+            self._save_again(session, announce, outcome.labels_path)
+        else:
+            (self._saved_now if announce else self._autosaved)(session, outcome[0])
+
+    def _save_again(self, session, announce: bool, labels_path: Path) -> None:
+        """Another napari (or ``samtune segment``) wrote ``labels_path`` just as the save of
+        ``session`` began: nothing was written over it; the save runs again, beside it, once
+        this one has ended (:meth:`_autosave_next`), and says where."""
+        session.written_meanwhile(labels_path)
+        if announce and self._save_now_waiting in (None, session):
+            self._save_now_waiting = session
+        elif not any(waiting is session for waiting in self._autosave_again):
+            self._autosave_again.insert(0, session)
 
     def _snapshot(self, session) -> np.ndarray:
         """A copy of ``session``'s annotations for a background save, made into the array
@@ -149,7 +173,9 @@ class AnnotateSavesMixin:
         # session's, or the saves below take it for another program's edit and go beside it
         if self._written is not None:
             session, outcome, announce = self._written
-            if isinstance(outcome, BaseException):  # its callbacks are gone: said here, and
+            if isinstance(outcome, ChangedMeanwhile):  # saved below, beside that file
+                self._save_again(session, announce, outcome.labels_path)
+            elif isinstance(outcome, BaseException):  # its callbacks are gone: said here, and
                 # kept unsaved (the window closed unasked, the commit on no disk)
                 show_error(f"{SAVE_TASK} failed: {user_message(outcome)}")
                 (self._save_now_failed if announce else self._autosave_failed)(session)

@@ -6,6 +6,7 @@ for a 2D image; coordinates are napari layer data coordinates (image pixels).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from napari_samtune._qt.saved_renames import (
     taken_notes,
 )
 from napari_samtune.core.annotation_files import (
+    ChangedMeanwhile,
     annotation_paths,
     count_objects,
     load_annotations,
@@ -33,11 +35,13 @@ from napari_samtune.core.annotation_files import (
     save_annotations,
     save_name,
     saved_shape,
+    unchanged_since,
     unreadable_reason,
 )
 from napari_samtune.core.label_files import image_fingerprint, namesake_name, saved_fingerprint
 
 SAVED_FILE_KEY = "samtune_saved_file"  # annotations layer metadata: [path, its state]
+SAVE_ATTEMPTS = 3  # a save that finds its file written meanwhile goes beside it: this often
 
 
 class RemovedImage:
@@ -218,12 +222,35 @@ class AnnotationSession:
     def save(self, folder: str | Path, labels: np.ndarray | None = None) -> tuple[Path, Path]:
         """Write labels (default: the annotations) and records to ``folder``, atomically."""
         labels = self.annotations if labels is None else labels
+        for attempt in range(1, SAVE_ATTEMPTS + 1):
+            file_name, before_write = self.target_to_save(folder)
+            try:
+                paths = save_annotations(
+                    folder, self.image_layer.name, labels, self.document(), file_name, before_write
+                )
+                break
+            except ChangedMeanwhile as err:  # the next attempt goes beside that file
+                self.written_meanwhile(err.labels_path)
+                if attempt == SAVE_ATTEMPTS:
+                    raise
+        self.saved_to(paths[0])
+        return paths
+
+    def target_to_save(self, folder: str | Path) -> tuple[str, Callable[[Path], None]]:
+        """:meth:`name_to_save` (its note shown), and the check for the save to run under
+        the folder's lock: that file is still as it is now. Another napari's save of the
+        same name could otherwise land between this choice and this save, and be replaced
+        unsaid."""
         file_name, note = self.name_to_save(folder)
         if note:
             show_warning(note)
-        paths = save_annotations(folder, self.image_layer.name, labels, self.document(), file_name)
-        self.saved_to(paths[0])
-        return paths
+        state = file_state(annotation_paths(folder, file_name)[0])
+        return file_name, unchanged_since(state)
+
+    def written_meanwhile(self, labels_path: Path) -> None:
+        """``labels_path`` was written by another program between choosing it and saving:
+        it holds annotations not this session's, and the next save goes beside it."""
+        self.disk.note_foreign(labels_path)
 
     def file_name(self, folder: str | Path) -> str:
         """The name of this image's annotations in ``folder``: the image's own, unless

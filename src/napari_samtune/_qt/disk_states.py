@@ -4,20 +4,12 @@ them, to notice a file changed since by another program (a second napari, Fiji, 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from napari_samtune.core.annotation_files import file_state
 
 FOREIGN = (-1, -1, -1)  # the state of a file whose annotations are not this session's
 ABSENT = (-2, -2, -2)  # the state of a file looked for here and not found
-
-
-def file_state(path: str | Path) -> tuple[int, int, int] | None:
-    """(modification time in ns, size, inode) of ``path``, or None where it is not there."""
-    try:
-        status = os.stat(Path(path))
-    except OSError:
-        return None
-    return status.st_mtime_ns, status.st_size, status.st_ino
 
 
 class DiskStates:

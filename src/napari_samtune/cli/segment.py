@@ -191,13 +191,20 @@ def _load_segmenter(args: argparse.Namespace):
 
 
 def _write_labels(
-    path: Path, labels: np.ndarray, image: Path, pixels, made: dict
-) -> tuple[int, int]:
+    path: Path, labels: np.ndarray, image: Path, pixels, made: dict, overwrite: bool
+) -> tuple[int, int] | None:
     """Write labels atomically, with the annotation widget's record next to them
     (``<name>.prompts.json``: the fingerprint of the image's ``pixels``, so that an image of
     the same name elsewhere is told apart, and ``made``: how the objects were made). Returns
-    the number of objects and of the stack's planes that hold some (0 for a 2D image)."""
-    from napari_samtune.core.annotation_files import write_annotations
+    the number of objects and of the stack's planes that hold some (0 for a 2D image).
+
+    Unless ``overwrite``, writes nothing where ``path`` exists (saved since the batch began,
+    by the annotation widget?), as checked under the folder's lock, and returns None."""
+    from napari_samtune.core.annotation_files import (
+        ChangedMeanwhile,
+        unchanged_since,
+        write_annotations,
+    )
     from napari_samtune.core.label_files import image_fingerprint
 
     ids = np.unique(labels)
@@ -209,7 +216,12 @@ def _write_labels(
         "objects": [objects],  # one run made them all (an empty one says so too)
         "prompts": {"points": [], "point_labels": [], "boxes": []},
     }
-    write_annotations(path, image.stem, labels, record)
+    try:
+        write_annotations(
+            path, image.stem, labels, record, None if overwrite else unchanged_since(None)
+        )
+    except ChangedMeanwhile:
+        return None
     return len(ids), len(planes)
 
 
@@ -275,10 +287,11 @@ def _run(args: argparse.Namespace) -> int:
     elif boxes is not None:
         _report_empty(labels, range(1, len(boxes) + 1), boxes.ids_from)
     made = _made_by(args, model_name, config)
-    if not args.overwrite and args.output.exists():  # checked at the start: saved meanwhile
+    counts = _write_labels(args.output, labels, files[0], planes.pixels, made, args.overwrite)
+    if counts is None:  # checked at the start: saved meanwhile
         print(f"not written: {_APPEARED.format(args.output)}", file=sys.stderr)
         return 1
-    n_objects, found_in = _write_labels(args.output, labels, files[0], planes.pixels, made)
+    n_objects, found_in = counts
     where = f" in {found_in} of {planes.count} planes" if args.stack else ""
     print(
         f"{_objects(n_objects)}{where} written to {args.output} ({_using(segmenter, model_name)})"
@@ -418,13 +431,16 @@ def _segment_each(args, segmenter, model_name, config, todo, outputs, written) -
                 why = in_option_terms(str(err), OPTION_NAMES)
                 tqdm.write(f"{image}: not segmented: {why}", file=sys.stderr)
             else:
-                if not args.overwrite and outputs[image].exists():  # saved meanwhile: kept
+                counts = _write_labels(
+                    outputs[image], labels, image, planes.pixels, made, args.overwrite
+                )
+                if counts is None:  # saved meanwhile: kept
                     failed += 1
                     said = f"{image.name}: not written: {_APPEARED.format(outputs[image])}"
                     tqdm.write(said, file=sys.stderr)
                     bar(done + 1, len(todo))
                     continue
-                n_objects, _ = _write_labels(outputs[image], labels, image, planes.pixels, made)
+                n_objects, _ = counts
                 written.append(image)
                 renamed = outputs[image].name != labels_file_name(image.stem)
                 why = " (its own name there holds another image's labels)" if renamed else ""

@@ -28,7 +28,7 @@ import glob
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -54,6 +54,38 @@ ANNOTATIONS_ENV = "SAMTUNE_ANNOTATIONS_DIR"
 SAME_IMAGE_SCAN_LIMIT = 2000  # records looked at for an image's saves under other names
 _FINGERPRINT_FIELD = re.compile(r'"image_fingerprint":\s*"([0-9a-f]+)"')
 MAX_ID = int(np.iinfo(np.uint32).max)  # labels files are uint32
+
+
+class ChangedMeanwhile(OSError):
+    """The labels file was written by someone else (a second napari, ``samtune segment``)
+    between choosing it for a save and the save itself: nothing was written."""
+
+    def __init__(self, labels_path: Path) -> None:
+        super().__init__(
+            f"{labels_path} was written by another program (or napari) just as this save "
+            "began; nothing was saved over it: save again"
+        )
+        self.labels_path = labels_path
+
+
+def file_state(path: str | Path) -> tuple[int, int, int] | None:
+    """(modification time in ns, size, inode) of ``path``, or None where it is not there."""
+    try:
+        status = os.stat(Path(path))
+    except OSError:
+        return None
+    return status.st_mtime_ns, status.st_size, status.st_ino
+
+
+def unchanged_since(state: tuple[int, int, int] | None) -> Callable[[Path], None]:
+    """A ``before_write`` check for :func:`write_annotations`: the labels file must still be
+    in ``state`` (:func:`file_state`, None: absent), as it was when the save chose it."""
+
+    def check(labels_path: Path) -> None:
+        if file_state(labels_path) != state:
+            raise ChangedMeanwhile(labels_path)
+
+    return check
 
 
 def default_annotation_folder() -> Path:
@@ -182,23 +214,32 @@ def save_annotations(
     labels: np.ndarray,
     record: dict,
     file_name: str | None = None,
+    before_write: Callable[[Path], None] | None = None,
 ) -> tuple[Path, Path]:
     """Atomically write ``labels`` (integer (H, W) or (Z, H, W)) and ``record`` (JSON-ready)
     as the annotations of ``image_name``, under ``file_name`` (default: ``image_name``; see
-    :func:`save_name`).
+    :func:`save_name`); ``before_write`` as in :func:`write_annotations`.
 
     Returns the paths of the TIFF and the JSON file.
     """
     labels_path, _ = annotation_paths(folder, file_name or image_name)
-    return write_annotations(labels_path, image_name, labels, record)
+    return write_annotations(labels_path, image_name, labels, record, before_write)
 
 
 def write_annotations(
-    labels_path: str | Path, image_name: str, labels: np.ndarray, record: dict
+    labels_path: str | Path,
+    image_name: str,
+    labels: np.ndarray,
+    record: dict,
+    before_write: Callable[[Path], None] | None = None,
 ) -> tuple[Path, Path]:
     """Atomically write ``labels`` (integer (H, W) or (Z, H, W)) to ``labels_path`` and
     ``record`` (JSON-ready; the format, ``image_name`` and the shape added) next to it, to
-    :func:`napari_samtune.core.label_files.prompts_path_for`. Returns both paths."""
+    :func:`napari_samtune.core.label_files.prompts_path_for`. Returns both paths.
+
+    ``before_write(labels_path)`` runs while the folder is locked against other saves, just
+    before writing (e.g. :func:`unchanged_since`); what it raises leaves both files as they
+    were."""
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer) or labels.ndim not in (2, 3):
         raise ValueError(
@@ -233,6 +274,8 @@ def write_annotations(
         atomic_write(prompts_path, lambda record: record.write_text(text, encoding="utf-8"))
 
     with folder_locked(labels_path.parent):  # another save of the pair waits for this one
+        if before_write is not None:
+            before_write(labels_path)
         atomic_write(labels_path, labels_then_record)
     for path in (labels_path, prompts_path):  # left by a save killed mid-write (hidden, as
         # large as the labels: they stayed for ever); a younger one may be a save going on
