@@ -191,3 +191,44 @@ def test_a_person_closing_napari_with_unsaved_edits_is_asked_to_save_them(
     if answer == "Cancel":  # asked again at the next close, still unsaved
         window.close(quit_app=False, confirm_need=False)
         assert len(asked) == 2
+
+
+def test_an_autosaved_image_chosen_again_keeps_its_undo(two_images, qtbot, drain_jobs, tmp_path):
+    """With autosave ticked, cells0 committed, cells1 chosen, then cells0 again: U said
+    "nothing to undo" (a new session read the records back from the file, without the
+    undo), as the README promised undo across images only with autosave unticked."""
+    import tifffile
+
+    viewer, widget = two_images
+    widget.ui.autosave_check.setChecked(True)
+    cells0 = widget.session
+    widget.session.layers.preview.data[5:15, 45:60] = 1
+    assert widget.commit() == [2]
+    drain_jobs(widget)
+    for name in ("cells1", "cells0"):
+        widget.ui.image_combo.setCurrentText(name)
+        drain_jobs(widget)
+    assert widget.session is cells0
+    assert [record["ids"] for record in widget.session.records] == [[1], [2]]
+    assert widget.undo()  # object 2's commit, and the save of that
+    drain_jobs(widget)
+    assert not (widget.session.annotations == 2).any()
+    assert not (tifffile.imread(tmp_path / "cells0.labels.tif") == 2).any()
+    assert widget.undo() and not widget.session.annotations.any()  # then object 1's
+
+
+def test_an_autosaved_image_with_new_pixels_meanwhile_starts_afresh(two_images, qtbot, drain_jobs):
+    """Its pixels replaced while another image was chosen: not the session that annotated
+    the old ones (its fingerprint names other pixels), but a new one, as for new pixels."""
+    from napari_samtune.core.label_files import image_fingerprint
+
+    viewer, widget = two_images
+    widget.ui.autosave_check.setChecked(True)
+    cells0 = widget.session
+    widget.ui.image_combo.setCurrentText("cells1")
+    drain_jobs(widget)
+    viewer.layers["cells0"].data = viewer.layers["cells0"].data[::-1].copy()
+    widget.ui.image_combo.setCurrentText("cells0")
+    drain_jobs(widget)
+    assert widget.session is not cells0
+    assert widget.session.fingerprint == image_fingerprint(viewer.layers["cells0"].data)

@@ -187,15 +187,18 @@ class AnnotateImageMixin:
         """The session of image ``layer`` when the image is chosen again (another one was
         chosen meanwhile) while automatic segmentation or propagation still writes into it
         (annotated on, it gets the planes the run finds from now on, and their records), or
-        after it was edited with autosave unticked (its records and undo are on no disk).
-        A running automatic segmentation's session whose prompt or preview layer was
-        removed gets them anew.
+        after it was edited with autosave unticked (its records and undo are on no disk),
+        or after it was autosaved, its layers left in the viewer (its undo is on no disk
+        either) and its pixels as they were. A running automatic segmentation's session
+        whose prompt or preview layer was removed gets them anew.
         None when the image's layers (the job's: its annotations) are no longer there, or
         it has another name or layout now (it gets a new session; the run's later planes
         are discarded)."""
         running = self.runner.is_running(AUTO_TASK) or self.runner.is_running(PROPAGATE_TASK)
         kept = ([self._job_session] if running else []) + self._not_autosaved
         session = next((s for s in kept if s is not None and s.image_layer == layer), None)
+        if session is None:
+            session = self._autosaved_to_resume(layer)
         if session is None:
             return None
         if session.axes.spatial_shape != axes.spatial_shape:
@@ -210,6 +213,16 @@ class AnnotateImageMixin:
                 return None
             session.layers = PromptLayers(self.viewer, layer, axes, session.fingerprint)
         session.axes = session.layers.axes = axes  # the channels may differ
+        return session
+
+    def _autosaved_to_resume(self, layer) -> AnnotationSession | None:
+        """The session of image ``layer`` left with its layers in the viewer (watched for
+        brush strokes, autosaved), while the image's pixels are those it annotated: chosen
+        again, a new session read the records back from the file but lost the undo."""
+        left = (s for s, _ in self._retired_painting.values() if s.image_layer == layer)
+        session = next(left, None)
+        if session is None or session.fingerprint != image_fingerprint(layer.data):
+            return None  # (new pixels meanwhile: a new session, as for a new image)
         return session
 
     def _take_over_not_autosaved(self, session: AnnotationSession) -> bool:
