@@ -589,3 +589,46 @@ def test_the_plugin_menu_opens_the_widget_on_a_public_viewer_proxy(
     viewer.layers.remove("nuclei points")  # the user deletes a helper layer
     assert widget.session is None
     drain_jobs(widget)
+
+
+def test_automatic_objects_lying_on_annotated_ones_are_not_added_as_rims(
+    viewer_widget, run_job, notifications, monkeypatch
+):
+    """Without overwrite, automatic objects were written into the free pixels whatever was
+    left of them: a cell annotated a little smaller by hand came back as a new object, its
+    rim, and specks under 'min area' stayed; the note said all were added. Now the rule
+    that paints automatic objects around better ones applies to the annotations too."""
+    from napari_samtune._qt import annotate_jobs
+
+    _, widget = viewer_widget
+    shape = widget.session.annotations.shape
+    found = np.zeros(shape, np.uint32)
+    found[10:30, 10:30] = 1  # a cell annotated smaller by hand: its rim is left
+    found[40:60, 10:30] = 2  # a cell no one annotated
+    found[40:60, 50:70] = 3  # all but one pixel annotated: a speck is left
+    widget.session.annotations[12:28, 12:28] = 9
+    widget.session.annotations[40:50, 50:70] = 9
+    widget.session.annotations[51:60, 50:70] = 9
+    widget.session.annotations[50, 51:70] = 9
+    found[70:90, 10:30] = 4  # half annotated: kept, less a speck left free among them
+    widget.session.annotations[70:80, 10:30] = 9
+    widget.session.annotations[70, 10] = 0
+
+    def run(segmenter, axes, data, planes, config, report, **kwargs):
+        yield annotate_jobs.PlaneResult(None, found.copy())
+
+    monkeypatch.setattr(annotate_jobs, "iter_segment_automatically", run)
+    widget.ui.min_area_spin.setValue(5)
+    run_job(widget, widget.segment_automatically, AUTO_TASK)
+    labels = widget.session.annotations
+    assert set(np.unique(labels[10:30, 10:30])) == {0, 9}  # no rim object
+    assert set(np.unique(labels[40:60, 50:70])) == {0, 9}  # no speck object
+    new = [i for i in np.unique(labels) if i not in (0, 9)]
+    assert len(new) == 2 and (labels[40:60, 10:30] == new[0]).all()  # object 2 whole
+    assert (labels[80:90, 10:30] == new[1]).all() and labels[70, 10] == 0
+    assert notifications[-1] == (
+        "automatic segmentation added 2 of the 4 objects it found; the others lie on "
+        "existing objects (tick overwrite to replace them)"
+    )
+    record = widget.session.records[-1]
+    assert record["source"] == "automatic" and record["settings"]["min_area"] == 5

@@ -117,7 +117,8 @@ def test_a_commit_while_automatic_segmentation_runs_undoes_on_its_own(
 ):
     _, widget = viewer_widget
     keep_every_automatic_object(widget)
-    widget.session.layers.points.add([128, 128])  # previewed before the job holds the model
+    # a small object: the random model's automatic one, found where it lies, is then kept
+    widget.session.layers.preview.data[5:15, 5:15] = 1
     assert widget.segment_automatically() is not None
     assert widget.commit() == [1]
     committed = widget.session.annotations == 1

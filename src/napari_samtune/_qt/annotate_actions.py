@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
@@ -29,7 +29,7 @@ from napari_samtune._qt.annotate_ui import BATCHED_MODE, SCOPE_STACK
 from napari_samtune._qt.kept_prompts import KeptPrompts, has_prompts, snapshot_prompts
 from napari_samtune._qt.label_edits import ids_in
 from napari_samtune._qt.preview_basis import made_under
-from napari_samtune.core.automatic import AutoSegmentConfig, default_auto_config
+from napari_samtune.core.automatic import AutoSegmentConfig, around_taken, default_auto_config
 
 AUTOMATIC_SAVE_S = 60.0  # automatic segmentation of a stack saves its planes this often
 
@@ -256,6 +256,8 @@ class AnnotateActionsMixin:
         planes = list(range(axes.n_planes)) if whole_stack else [self.current_plane]
         session, group = self.session, self.session.begin_group()
         overwrite, model_name = self.ui.overwrite_check.isChecked(), self.model_name
+        config = self.auto_config()
+        how = {"settings": asdict(config)}  # in the record, as samtune segment --auto's
         counts: list[tuple[int, int]] = []  # per plane written: (objects found, objects added)
         written: list[int | None] = []
         skipped: list[jobs.PlaneSkipped] = []
@@ -266,8 +268,13 @@ class AnnotateActionsMixin:
             if isinstance(result, jobs.PlaneSkipped):
                 skipped.append(result)
                 return
-            objects = {result.plane: result.labels}
-            ids = session.add_labels(objects, overwrite, "automatic", model_name, group)
+            labels = result.labels
+            if not overwrite:  # kept around the objects there as around better ones
+                there = session.annotations
+                there = there if result.plane is None else there[result.plane]
+                labels = around_taken(labels, there != 0, config)
+            objects = {result.plane: labels}
+            ids = session.add_labels(objects, overwrite, "automatic", model_name, group, how)
             counts.append((len(np.unique(result.labels[result.labels > 0])), len(ids)))
             written.append(result.plane)
             self._automatic_unsaved = (session, written)  # saved if the image goes first
@@ -304,7 +311,7 @@ class AnnotateActionsMixin:
             AUTO_TASK,
             jobs.iter_segment_automatically,
             planes,
-            self.auto_config(),
+            config,
             self.runner.report,
             on_yield=write,
             on_return=self._on_embedded,

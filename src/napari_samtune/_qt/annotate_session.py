@@ -130,12 +130,14 @@ class AnnotationSession:
         source: str,
         model_name: str,
         group: UndoEntry | None = None,
+        how: dict | None = None,
     ) -> list[int]:
         """Write a whole label image per plane (automatic segmentation) as new objects.
 
-        With ``group`` (from :meth:`begin_group`) several calls undo as one step.
+        With ``group`` (from :meth:`begin_group`) several calls undo as one step. ``how``:
+        more fields of their record (JSON-ready; the settings that found them).
         """
-        return self._write(objects_by_plane, overwrite, source, model_name, {}, group=group)
+        return self._write(objects_by_plane, overwrite, source, model_name, how or {}, group)
 
     def begin_group(self) -> UndoEntry:
         """Start an edit made of several writes that one undo reverts together."""

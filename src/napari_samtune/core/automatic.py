@@ -275,17 +275,37 @@ def paint(
     labels = np.zeros(shape, dtype=np.uint32)
     next_id = 1
     for row, col, crop in masks:
-        area = int(crop.sum())
-        if area == 0:
-            continue
         region = labels[row : row + crop.shape[0], col : col + crop.shape[1]]
-        free = without_specks(crop & (region == 0), config.min_area)
-        n_free = int(free.sum())
-        if n_free < max(config.min_area, 1) or (area - n_free) > config.max_overlap * area:
-            continue
-        region[free] = next_id
-        next_id += 1
+        free = _part_kept(crop, region != 0, config)
+        if free is not None:
+            region[free] = next_id
+            next_id += 1
     return labels
+
+
+def around_taken(labels: np.ndarray, taken: np.ndarray, config: AutoSegmentConfig) -> np.ndarray:
+    """Objects ``labels`` (integer, as :func:`paint` made them) painted by :func:`paint`'s
+    rule around the pixels ``taken`` (bool, e.g. existing annotations): each keeps its free
+    part less the specks under ``min_area``, and is dropped where more than ``max_overlap``
+    of it is taken or less than ``min_area`` is left. Returns new labels (same ids)."""
+    out = np.zeros_like(labels)
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is not None:
+            free = _part_kept(labels[box] == index, taken[box], config)
+            if free is not None:
+                out[box][free] = index
+    return out
+
+
+def _part_kept(mask: np.ndarray, taken: np.ndarray, config: AutoSegmentConfig):
+    """What an object ``mask`` keeps around the ``taken`` pixels (same shape), or None when
+    it is dropped: more than ``max_overlap`` of it taken, or under ``min_area`` left."""
+    area = int(mask.sum())
+    free = without_specks(mask & ~taken, config.min_area)
+    n_free = int(free.sum())
+    if area == 0 or n_free < max(config.min_area, 1) or area - n_free > config.max_overlap * area:
+        return None
+    return free
 
 
 def without_specks(mask: np.ndarray, min_area: int) -> np.ndarray:
