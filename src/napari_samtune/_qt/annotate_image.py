@@ -218,10 +218,13 @@ class AnnotateImageMixin:
     def _autosaved_to_resume(self, layer) -> AnnotationSession | None:
         """The session of image ``layer`` left with its layers in the viewer (watched for
         brush strokes, autosaved), while the image's pixels are those it annotated: chosen
-        again, a new session read the records back from the file but lost the undo."""
+        again, a new session read the records back from the file but lost the undo. None
+        while its annotations still wait for their file (a new session reads it again)."""
         left = (s for s, _ in self._retired_painting.values() if s.image_layer == layer)
         session = next(left, None)
-        if session is None or session.fingerprint != image_fingerprint(layer.data):
+        if session is None or restore_pending(session.layers.annotations):
+            return None
+        if session.fingerprint != image_fingerprint(layer.data):
             return None  # (new pixels meanwhile: a new session, as for a new image)
         return session
 
