@@ -214,8 +214,11 @@ def test_continue_with_its_use_unticked_leaves_the_dock_saying_its_copy_is_older
         assert train.continue_run(train.run_folder) is not None
     assert train.result.registered_name == name and train.result.epochs_done == 2
     assert annotate.segmenter.model_id == old_id and annotate.model_name == name
-    assert "older" in annotate.ui.model_label.text()
-    assert any(name in n and "Load model" in n for n in notifications)
+    # whether epoch 2 did better depends on the CPU's arithmetic (bf16 where it runs fast);
+    # where it did not, the model registered anew holds the same weights: not "older"
+    newer = train.result.best_epoch == 1
+    assert ("older" in annotate.ui.model_label.text()) == newer
+    assert any(name in n and "Load model" in n for n in notifications) == newer
 
 
 def test_load_model_of_a_user_model_removed_meanwhile_says_so_and_loads_nothing(
