@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from napari_samtune.cli.train_report import aborted_note
 from napari_samtune.core.models import load_model
 from napari_samtune.core.presets import TrainConfig, config_from_preset
 from napari_samtune.core.synthetic import make_dataset
@@ -82,3 +83,24 @@ def test_a_run_on_a_weights_file_named_relatively_exports_and_resumes_from_elsew
     tiny_checkpoint.rename(tiny_checkpoint.with_name("moved.pth"))
     with pytest.raises(ValueError, match=r"best.pt: this checkpoint holds only the weights it"):
         load_model(finished.best_checkpoint_path)
+
+
+def test_a_run_that_stopped_early_is_not_resumed_for_one_more_flat_epoch(tmp_path, data):
+    # Resumed (as "the run did not finish" advises after a kill during its export), a run
+    # that had stopped early trained one more epoch, stopped early again, and rewrote its
+    # checkpoints; with nothing left to train it is told so, with how to go on.
+    config = _config(epochs=4, learning_rate=1e-12, early_stopping=1)
+    run = tmp_path / "flat"
+    finished = train(config, *data, out_dir=run)
+    assert finished.stopped_early and finished.epochs_done == 2
+    last = (run / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(ValueError) as refused:
+        train(config, *data, out_dir=run, resume_from=run)
+    message = str(refused.value)
+    assert "stopped early after 2 epoch(s)" in message and "nothing left to train" in message
+    assert "set early_stopping above 1" in message
+    assert (run / "checkpoints" / "last.pt").read_bytes() == last
+    (run / "model.pth").unlink()  # as if stopped (SIGTERM) while exporting: said done
+    assert "its training is done, but its model was not exported" in aborted_note(run)
+    more = train(replace(config, early_stopping=3), *data, out_dir=run, resume_from=run)
+    assert more.epochs_done == 4  # more patience: it goes on

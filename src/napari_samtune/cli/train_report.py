@@ -102,14 +102,16 @@ def _best_only_note(best: Path, out: Path, resumed: str | None) -> str:
 
 
 def _training_done(last: Path, epochs: int | None = None) -> bool:
-    """Whether checkpoint ``last`` has trained all ``epochs`` (by default its own run's),
-    mapped, not read: it may be GBs; False when that cannot be told."""
+    """Whether checkpoint ``last`` has trained all ``epochs`` (by default its own run's), or
+    stopped early; mapped, not read: it may be GBs; False when that cannot be told."""
     import torch
 
     try:
         checkpoint = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
         target = int(checkpoint["config"]["epochs"]) if epochs is None else epochs
-        return int(checkpoint["epoch"]) >= target
+        patience = checkpoint["config"].get("early_stopping")
+        flat = int(checkpoint.get("progress", {}).get("epochs_without_improvement", 0))
+        return int(checkpoint["epoch"]) >= target or (patience is not None and flat >= patience)
     except Exception:  # a damaged file: the note names it, as before
         return False
 

@@ -266,6 +266,14 @@ def check_resumable(checkpoint: dict, config: TrainConfig, path: str | Path) -> 
             f"nothing left to train; set epochs above {done} to continue the run"
             + unexported_note(Path(path), done, checkpoint.get("run_id"))
         )
+    flat = int(checkpoint.get("progress", {}).get("epochs_without_improvement", 0))
+    if config.early_stopping is not None and flat >= config.early_stopping:
+        raise ValueError(  # it would stop again, one epoch later
+            f"{str(path)!r} stopped early after {done} epoch(s), its best not bettered in "
+            f"the last {flat} (early_stopping={config.early_stopping}), so there is nothing "
+            f"left to train; set early_stopping above {flat}, or to None, to continue the run"
+            + unexported_note(Path(path), done, checkpoint.get("run_id"))
+        )
     saved = TrainConfig.from_dict(checkpoint["config"])
     # a weights file named relative to another working directory is the same model
     saved = replace(saved, model=recorded_model(saved.model))
