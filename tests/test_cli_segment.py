@@ -1156,3 +1156,18 @@ def test_a_napari_points_file_of_one_plane_takes_a_z_column_added(tmp_path):
     path.write_text("index,axis-0,axis-1,z\n0,20,30,1\n", encoding="utf-8")
     with pytest.raises(ValueError, match="pass --stack"):  # not "a misspelt name"
         read_points_csv(path, (64, 64))
+
+
+def test_the_warning_about_a_varying_fourth_channel_names_the_option(
+    tmp_path, tiny_checkpoint, capsys
+):
+    """It told the command line to "pass channels=[3]", a Python parameter."""
+    rgba = np.random.default_rng(0).integers(0, 255, (96, 96, 4), np.uint8)
+    path = tmp_path / "rgba.tif"
+    tifffile.imwrite(path, rgba, photometric="rgb", extrasamples=["unassalpha"])
+    (tmp_path / "points.csv").write_text("x,y,label\n40,40,1\n", encoding="utf-8")
+    points = str(tmp_path / "points.csv")
+    assert segment(tiny_checkpoint, path, tmp_path / "out.tif", "--points", points) == 0
+    err = capsys.readouterr().err
+    assert "taken as RGBA" in err and "pass --channels 3 (or three indices)" in err
+    assert "channels=[3]" not in err

@@ -284,8 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``samtune`` console script; returns the exit code."""
-    with plain_warnings():
+    with plain_warnings(lambda text: in_option_terms(text, IMAGE_OPTIONS)):
         return _main(argv)
+
+
+# the options of the commands that read images, which the core's warnings about them name
+IMAGE_OPTIONS = {"channel_axis": "--channel-axis", "channels": "--channels"}
 
 
 def _main(argv: list[str] | None) -> int:

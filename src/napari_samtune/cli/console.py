@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,9 +23,10 @@ from napari_samtune.core.shell_words import shell_quote as shell_quote  # for cl
 
 
 @contextmanager
-def plain_warnings() -> Iterator[None]:
+def plain_warnings(worded: Callable[[str], str] = str) -> Iterator[None]:
     """Python warnings of the block as ``warning: ...`` lines on stderr, like the command's
-    own, each text once, and from the main process only.
+    own, each text once, and from the main process only; this package's ``worded`` (its
+    parameter names as the command's options).
 
     Python's own form (``.../model_lookup.py:18: UserWarning: ...`` and the source line)
     is for programmers, and it repeats a warning for each line of code that gives it: a
@@ -38,6 +39,8 @@ def plain_warnings() -> Iterator[None]:
         text = str(message)
         if not _is_own(filename) or category is not UserWarning:
             text = f"{category.__name__}: {text}"
+        else:
+            text = worded(text)
         if text in shown or not is_main_process():
             return
         shown.add(text)
