@@ -224,9 +224,18 @@ def _store(
     # a model registered anew under its name (a continued run) keeps the names it had:
     # runs trained from it and the widgets' remembered model still call it by them
     former = _former_names(sidecar_path) if replaced is not None and keep_names else []
-    weights_path = _new_weights_path(name, replaced)
+    weights_path, strays = _new_weights_path(name, replaced)
     models.export_sam_state_dict(loaded.sam, weights_path)
+    weights_path = _onto_own_stray(weights_path, strays)
     file_hash = "sha256:" + file_digest(weights_path, "sha256")
+    for stray in strays:
+        warnings.warn(
+            f"{stray} is named by no user model (weights kept by 'samtune models --remove', "
+            "a registration cut short, or a file put there by hand), so it is left as it "
+            f"is; {name!r} is stored in {weights_path.name}. Delete {stray.name} by hand if "
+            "it is not needed",
+            stacklevel=3,
+        )
     sidecar = {
         "format": SIDECAR_FORMAT,
         "format_version": SIDECAR_FORMAT_VERSION,
@@ -303,7 +312,7 @@ def _new_weights_path(name: str, replaced: Path | None) -> Path:
     that none names (the weights ``samtune models --remove`` kept, a file put there by
     hand: replaced unsaid, they were lost), which is said; the weights then go to
     ``<name>-2.pt`` (or the next free name; a model named ``<name>-2`` then stores its own
-    in ``<name>-2.pth``)."""
+    in ``<name>-2.pth``). Returns the path and those files."""
     in_use, strays = _weights_in_use(), []
 
     def free(path: Path) -> bool:
@@ -316,15 +325,42 @@ def _new_weights_path(name: str, replaced: Path | None) -> Path:
 
     numbered = (user_models_dir() / f"{name}-{n}.pt" for n in itertools.count(2))
     path = next(filter(free, itertools.chain(_own_weights(name), numbered)))
+    return path, strays
+
+
+def _onto_own_stray(weights_path: Path, strays: list[Path]) -> Path:
+    """``weights_path``, or the stray file (of ``strays``, then dropped from them) that holds
+    the very same weights, moved over by them: a registration of the same model killed
+    between its weights and its description (a run's end, ``samtune export --register``)
+    left them, and registering again kept two copies and asked to delete one by hand.
+    (By the tensors: torch writes a file's name into it, so the bytes differ.)"""
+    ours = None
     for stray in strays:
-        warnings.warn(
-            f"{stray} is named by no user model (weights kept by 'samtune models --remove', "
-            "a registration cut short, or a file put there by hand), so it is left as it "
-            f"is; {name!r} is stored in {path.name}. Delete {stray.name} by hand if it is "
-            "not needed",
-            stacklevel=4,
-        )
-    return path
+        theirs = _weights_digest(stray)
+        if theirs is None:
+            continue
+        ours = ours or _weights_digest(weights_path)
+        if theirs == ours:
+            weights_path.replace(stray)
+            strays.remove(stray)
+            return stray
+    return weights_path
+
+
+def _weights_digest(path: Path) -> str | None:
+    """The digest of the state dict in ``path`` (mapped, not read whole), or None where the
+    file holds none."""
+    import torch
+
+    from napari_samtune.core.models import state_dict_digest
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a PyTorch file, or cut short: not these weights
+        return None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return None
+    return state_dict_digest(state)
 
 
 def _own_weights(name: str) -> list[Path]:
