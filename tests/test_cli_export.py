@@ -312,3 +312,25 @@ def test_the_folder_suggested_for_a_model_is_outside_the_user_models_folder(
     assert cli.main(["export", str(checkpoint), "-o", "y.pth"]) == 2
     err = capsys.readouterr().err
     assert f"e.g. -o {user_models_dir().resolve().parent / 'y.pth'}, and add --register" in err
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_exporting_a_run_deletes_what_a_killed_run_left_half_written(
+    tmp_path, checkpoint, training
+):
+    """A run killed while writing last.pt left a hidden temporary file as large as it;
+    only a run resumed in the folder deleted it, and export (the advice after a kill) left
+    it for good. Not while a run trains there: it may be that run's write."""
+    from napari_samtune.core.run_lock import training_lock
+
+    run = checkpoint.parent.parent
+    left = checkpoint.parent / ".last.pt.k1ll3d_x.tmp"
+    out = ["export", str(run), "-o", str(tmp_path / "model.pth")]
+    if training:
+        with training_lock(run):  # a run trains in it now, writing last.pt
+            left.write_bytes(b"half a checkpoint")
+            assert cli.main(out) == 0
+    else:
+        left.write_bytes(b"half a checkpoint")
+        assert cli.main(out) == 0
+    assert left.exists() is training and (tmp_path / "model.pth").is_file()

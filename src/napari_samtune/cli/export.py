@@ -190,6 +190,7 @@ def _export(checkpoint: Path, args: argparse.Namespace) -> int:
     except BaseModelUnavailable as err:  # last.pt needs it too
         raise ValueError(f"{checkpoint}: {err}{_exported_before(checkpoint)}") from None
     print(f"exported the {arch.name} model of {checkpoint}: {exported}")
+    _tidy_run_of(checkpoint)
     if name:
         from napari_samtune.core.user_models import ModelNameTaken, register_user_model
 
@@ -204,3 +205,18 @@ def _export(checkpoint: Path, args: argparse.Namespace) -> int:
             ) from None
         print(f"registered as {name!r}: {path}")
     return 0
+
+
+def _tidy_run_of(checkpoint: Path) -> None:
+    """Delete the temporary files a killed run left in the run folder of ``checkpoint``
+    (hidden, each as large as a checkpoint), unless a run trains there now: after a kill,
+    export is the advice, and only a run resumed in the folder deleted them."""
+    from contextlib import suppress
+
+    from napari_samtune.core.run_lock import training_lock
+    from napari_samtune.core.train_export import RunFiles
+
+    run = RunFiles.named_by(checkpoint.parent)
+    if checkpoint.parent == run.checkpoints:
+        with suppress(ValueError, OSError), training_lock(run.checkpoints.parent):
+            pass  # taking the lock deletes them (see run_lock.remove_unfinished_writes)
