@@ -81,7 +81,7 @@ def test_another_process_s_other_errors_are_left_to_its_traceback(
 def test_sigterm_before_the_first_checkpoint_explains_torchrun_s_traceback(tmp_path, monkeypatch):
     """Before any checkpoint the last line was a bare "samtune train: terminated", above
     torchrun's SignalException traceback."""
-    monkeypatch.setattr(cli_train, "torchrun_world_size", lambda: 2)
+    monkeypatch.setattr(cli_train, "started_by_torchrun", lambda: True)
     _failing_with(monkeypatch, Terminated())
     with pytest.raises(Terminated) as info:
         _report(tmp_path, verbose=True)
@@ -127,3 +127,17 @@ def test_a_restart_of_a_run_resumed_in_its_own_folder_goes_on(tmp_path, monkeypa
     args.out = str(tmp_path)  # a new run's command, restarted
     with pytest.raises(ValueError, match="torchrun restarted"):
         _refuse_a_restart(args)
+
+
+def test_only_a_process_torchrun_started_is_told_torchrun_sent_sigterm(monkeypatch):
+    """Started with WORLD_SIZE and the address set by hand (or by a batch system's own
+    launcher), a SIGTERM was said to come from torchrun, which "now reports the signal"."""
+    from napari_samtune.cli.console import started_by_torchrun
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert not started_by_torchrun()
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # torchrun's, also without rendezvous
+    assert started_by_torchrun()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not started_by_torchrun()

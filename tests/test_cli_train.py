@@ -592,7 +592,7 @@ def test_sigterm_under_torchrun_explains_torchrun_s_own_error(
     from napari_samtune.core import train
 
     _signals_after(monkeypatch, train.EpochDone, "SIGTERM")
-    monkeypatch.setattr(cli_train, "torchrun_world_size", lambda: 2)  # as rank 0 of 2 sees it
+    monkeypatch.setattr(cli_train, "started_by_torchrun", lambda: True)  # as rank 0 of 2 sees it
     images, labels = folders
     argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]
     argv += ["--labels", labels, "--epochs", "3", "--early-stopping", "0", *FAST]
@@ -1104,7 +1104,7 @@ def test_a_gpu_index_under_torchrun_is_refused_in_the_options_typed(
     monkeypatch.setattr(devices, "cuda_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_device", lambda index: None)
-    monkeypatch.setattr(ddp, "context_from_env", lambda _: ddp.DistributedContext(0, 2, 0))
+    monkeypatch.setattr(ddp, "context_from_env", lambda *_: ddp.DistributedContext(0, 2, 0))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     images, labels = folders
     argv = ["train", "--preset", "cpu-16gb", "--model", "random:tiny", "--images", images]

@@ -118,3 +118,47 @@ def test_processes_that_chose_different_presets_are_refused_saying_so(tmp_path, 
         assert f"(this one: {preset}, batch size 1" in said
         assert "pass the same --preset (and options) to every process" in said
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+WAITS_FOR_CTRL_C = """
+import os, sys, threading
+os.environ.update(WORLD_SIZE="2", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                  MASTER_PORT=sys.argv[1])
+from napari_samtune.cli.train import stop_on_ctrl_c
+from napari_samtune.core import distributed
+stop = threading.Event()
+stop_on_ctrl_c(stop)  # as samtune train does: the first Ctrl+C stops after the step
+print("joining", flush=True)
+try:
+    distributed.context_from_env("cpu", stop)
+except KeyboardInterrupt as err:
+    print(f"ended: {err}", flush=True)
+    sys.exit(130)
+print("joined", flush=True)
+"""
+
+
+def test_one_ctrl_c_ends_a_process_waiting_for_the_others_to_join():
+    """It said "stopping after this step (Ctrl+C again to abort)" and went on waiting (up
+    to gloo's 30 minutes): no step runs yet. Under torchrun, torchrun killed it after its
+    own 30 s, unexplained."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(WAITS_FOR_CTRL_C), str(_free_port())],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout.readline().strip() == "joining"
+        try:
+            process.wait(timeout=2)  # it waits for a second process that never comes
+        except subprocess.TimeoutExpired:
+            pass
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 130
+        assert "ended: stopped while waiting for the other processes to join" in (
+            process.stdout.read()
+        )
+    finally:
+        process.kill()
+        process.wait()

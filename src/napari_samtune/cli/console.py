@@ -111,6 +111,12 @@ def torchrun_world_size() -> int:
     return int(world_size) if world_size.isdigit() else 1
 
 
+def started_by_torchrun() -> bool:
+    """Whether torchrun started this process, with others (not ``WORLD_SIZE`` set by hand,
+    or a batch system's own launcher: no torchrun then sends SIGTERM or reports one)."""
+    return torchrun_world_size() > 1 and bool(os.environ.get("TORCHELASTIC_RUN_ID"))
+
+
 # How long a torchrun worker other than the first waits before it reports an error.
 WORKER_ERROR_WAIT_S = 10.0
 

@@ -32,8 +32,8 @@ from napari_samtune.cli.console import (
     is_main_process,
     report_error,
     sigterm_interrupts,
+    started_by_torchrun,
     torchrun_rank,
-    torchrun_world_size,
 )
 from napari_samtune.cli.train_config import (
     NONE_MEANS,
@@ -220,7 +220,7 @@ def _train_reporting(config, train_pairs, val_pairs, args, stop, verbose: bool):
     except KeyboardInterrupt as err:  # the second Ctrl+C, or SIGTERM: what is saved, what next
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # see below
         note = aborted_note(Path(args.out), args.resume, config.epochs) if verbose else ""
-        if verbose and isinstance(err, Terminated) and torchrun_world_size() > 1:
+        if verbose and isinstance(err, Terminated) and started_by_torchrun():
             # before a checkpoint too: torchrun's traceback follows a bare "terminated"
             note = f"{note}\n{TORCHRUN_TERM_NOTE}" if note else TORCHRUN_TERM_NOTE
         raise type(err)(note) from None

@@ -69,11 +69,13 @@ class DistributedContext:
         return self.rank == 0
 
 
-def context_from_env(device_type: str) -> DistributedContext:
+def context_from_env(device_type: str, stop: threading.Event | None = None) -> DistributedContext:
     """Join the process group that ``torchrun`` describes in the environment, if any.
 
     Args:
         device_type: "cuda" (NCCL backend) or anything else (gloo).
+        stop: the run's stop event (Ctrl+C): set while the other processes are awaited
+            (gloo), it ends the wait with a ``KeyboardInterrupt``.
     """
     world_size = _world_size_from_env()
     if world_size <= 1:
@@ -88,7 +90,7 @@ def context_from_env(device_type: str) -> DistributedContext:
         _check_launcher(world_size)
         backend = "nccl" if device_type == "cuda" else "gloo"
         if backend == "gloo":
-            _join_heeding_signals(backend)
+            _join_heeding_signals(backend, stop)
         else:  # (the joining thread would not be the one whose CUDA device is set)
             dist.init_process_group(backend=backend)
         owns = True
@@ -133,11 +135,13 @@ def _check_launcher(world_size: int) -> None:
         )
 
 
-def _join_heeding_signals(backend: str) -> None:
+def _join_heeding_signals(backend: str, stop: threading.Event | None = None) -> None:
     """``init_process_group`` in a helper thread: it waits in C++ (up to 30 minutes) for
     processes that may never come (one whose data failed to load, a launch gone wrong),
     and a waiting main thread runs no Python signal handler, so Ctrl+C and SIGTERM did
-    nothing. Here the main thread waits, and such a signal ends the process."""
+    nothing. Here the main thread waits, and such a signal ends the process: SIGTERM
+    raises, and Ctrl+C sets ``stop`` (it would stop the run after its step, and no step
+    runs yet), which ends the wait."""
     failure: list[BaseException] = []
 
     def join() -> None:
@@ -150,6 +154,8 @@ def _join_heeding_signals(backend: str) -> None:
     joining.start()
     while joining.is_alive():
         joining.join(JOIN_POLL_SECONDS)
+        if stop is not None and stop.is_set() and joining.is_alive():
+            raise KeyboardInterrupt("stopped while waiting for the other processes to join")
     if failure:
         raise failure[0]
 

@@ -107,7 +107,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
         self.model_name = check_registration(model_name, resumed_run)
         self.train_images, self.val_images = self._prepare_data(config, train_data, val_data)
         device = resolve_device(config.device)
-        self.dist = ddp.context_from_env(device.type)
+        self.dist = ddp.context_from_env(device.type, stop_event)
         self.epoch_carried_s = 0.0  # the epoch's time in the session(s) before a resume
         self.checkpoint_elapsed_s: float | None = None  # the run's time at its last checkpoint
         try:  # a process failing here leaves the group (gloo's threads aborted the exit)
