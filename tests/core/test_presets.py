@@ -371,3 +371,33 @@ def test_a_detected_preset_without_a_setting_for_the_model_takes_a_smaller_one_s
     with pytest.raises(ValueError, match="cannot fit model 'vit_b'"):
         config_from_preset("cpu-16gb", "random:vit_b")
     assert presets.for_model(get_preset("cpu-8gb"), presets.ARCHITECTURES["vit_h"])[1] == ""
+
+
+def test_the_memory_check_of_a_preset_shares_the_ram_among_torchrun_s_processes(monkeypatch):
+    """Under ``torchrun --nproc-per-node 2``, cpu-16gb passed on 23.6 GB of RAM (11.8 GB for
+    each process), and a100 on the CPU was sent to cpu-16gb, which detection there does not
+    pick (cpu-8gb: it shares the RAM among the processes)."""
+    from napari_samtune.core import presets
+    from napari_samtune.core.presets import (
+        MachineResources,
+        TrainConfig,
+        get_preset,
+        memory_short,
+        preset_memory_short,
+    )
+
+    machine = MachineResources(None, 23.6, 2, None)
+    assert memory_short(get_preset("cpu-16gb"), machine, "cpu") == ""
+    short = memory_short(get_preset("cpu-16gb"), machine, "cpu", n_processes=2)
+    assert short.startswith(
+        "preset cpu-16gb is for 16 GB and this machine has 23.6 GB RAM for 2 training "
+        "processes (11.8 GB each): training may run out of memory"
+    )
+    assert short.endswith("cpu-8gb is the preset detected for its RAM")
+    monkeypatch.setattr(presets, "measure_machine", lambda *index: machine)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    run = TrainConfig(preset="a100", device="cpu", model="random:tiny")
+    assert "(11.8 GB each)" in preset_memory_short(run)
+    assert presets.resolve_preset("auto", "cpu")[0].key == "cpu-8gb"  # what it names
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert "each" not in preset_memory_short(run)

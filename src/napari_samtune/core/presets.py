@@ -323,20 +323,27 @@ def memory_short(
     found: MachineResources,
     device: str,
     arch: SamArchitecture | None = None,
+    n_processes: int = 1,
 ) -> str:
     """Where ``preset`` is for more memory than this machine ``found`` has on ``device``
-    (the device trained on: its GPU's memory, else the RAM), a sentence saying so, with the
-    preset to choose instead for model ``arch`` (any model: None); "" where it fits, or
-    where that memory is unknown (no GPU: another check says so)."""
+    (the device trained on: its GPU's memory, else the RAM, shared by its ``n_processes``
+    training processes), a sentence saying so, with the preset to choose instead for model
+    ``arch`` (any model: None); "" where it fits, or where that memory is unknown (no GPU:
+    another check says so)."""
     on_gpu = device_kind(device) == "cuda"
     have = found.gpu_memory_gb if on_gpu else found.ram_gb
-    if have is None or preset.memory_gb * MEMORY_TOLERANCE <= have:
+    if have is None:
         return ""
     what = "GPU memory" if on_gpu else "RAM"
-    short = (
-        f"preset {preset.key} is for {preset.memory_gb:g} GB and this machine has {have:.1f} "
-        f"GB {what}: training may run out of memory"
-    )
+    has = f"this machine has {have:.1f} GB {what}"
+    if not on_gpu and n_processes > 1:  # (each process has a GPU of its own)
+        have = have / n_processes
+        has += f" for {n_processes} training processes ({have:.1f} GB each)"
+        found = replace(found, ram_gb=have)
+    if preset.memory_gb * MEMORY_TOLERANCE <= have:
+        return ""
+    short = f"preset {preset.key} is for {preset.memory_gb:g} GB and {has}"
+    short += ": training may run out of memory"
     return f"{short}; {_instead(found, on_gpu, have, arch)}"
 
 
@@ -360,10 +367,11 @@ def preset_memory_short(config) -> str:
 
     preset = get_preset(config.preset)
     device = preset.device if device_kind(config.device) == "auto" else config.device
-    found = machine_for(device)
-    if not memory_short(preset, found, device):  # fits: the model (a file, say) is not read
-        return ""
-    return memory_short(preset, found, device, as_architecture(architecture_of(config.model)))
+    found, processes = machine_for(device), _processes_on_this_machine()
+    if not memory_short(preset, found, device, n_processes=processes):  # fits: the model (a
+        return ""  # file, say) is not read
+    arch = as_architecture(architecture_of(config.model))
+    return memory_short(preset, found, device, arch, processes)
 
 
 def device_kind(device: str | None) -> str:
