@@ -14,6 +14,7 @@ import json
 import signal
 import sys
 import threading
+import time
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -247,13 +248,23 @@ def _train_reporting(config, train_pairs, val_pairs, args, stop, verbose: bool):
         raise
 
 
+# Under torchrun a terminal's Ctrl+C reaches each worker twice: from the terminal, and as
+# torchrun's copy of it a moment later, which counted as the second Ctrl+C and aborted the
+# run (no model exported); a second Ctrl+C this soon after the first is taken for that copy.
+TORCHRUN_COPY_S = 1.0
+
+
 def stop_on_ctrl_c(stop: threading.Event, verbose: bool = True):
     """The first Ctrl+C stops after the step (said by the main process only: torchrun hands
     it to every worker); the second aborts. Returns the handler it replaces."""
+    first = []
 
     def handler(signum, frame):
         if stop.is_set():
+            if started_by_torchrun() and time.monotonic() - first[0] < TORCHRUN_COPY_S:
+                return
             raise KeyboardInterrupt
+        first.append(time.monotonic())
         stop.set()
         if verbose:
             print("\nstopping after this step (Ctrl+C again to abort) ...", file=sys.stderr)
