@@ -115,9 +115,27 @@ def test_processes_that_chose_different_presets_are_refused_saying_so(tmp_path, 
     first, second = ((tmp_path / f"rank{r}.txt").read_text() for r in range(2))
     for said, preset in ((first, "cpu-16gb"), (second, "cpu-8gb")):
         assert said.startswith("ValueError: the 2 processes of this run chose different")
-        assert f"(this one: {preset}, batch size 1" in said
-        assert "pass the same --preset (and options) to every process" in said
+        assert "freeze=() in process 0, freeze=('image_encoder',) in process 1" in said
+        assert "preset='cpu-16gb' in process 0, preset='cpu-8gb' in process 1" in said
+        assert (
+            f"pass the same --preset (and options) to every process, e.g. --preset {preset}" in said
+        )
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_processes_given_different_options_are_told_which(tmp_path, short_tiny_config):
+    """Only a digest was compared: the refusal named the preset, batch size and frozen
+    parts, the same in both, and never the learning rate that differed."""
+    config = short_tiny_config(preset="cpu-16gb")
+    other = replace(config, learning_rate=config.learning_rate * 10)
+    data = make_dataset(2, shape=(64, 64), seed=0), make_dataset(1, shape=(64, 64), seed=9)
+    args = (_free_port(), (config, other), data, tmp_path / "run", tmp_path)
+    mp.spawn(_worker, args=args, nprocs=2, join=True)
+    for rank in range(2):
+        said = (tmp_path / f"rank{rank}.txt").read_text()
+        assert f"(learning_rate={config.learning_rate!r} in process 0, " in said
+        assert f"learning_rate={other.learning_rate!r} in process 1)" in said
+        assert said.endswith("pass the same options to every process")
 
 
 WAITS_FOR_CTRL_C = """

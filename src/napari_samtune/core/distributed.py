@@ -170,13 +170,24 @@ def check_same_settings(ctx: DistributedContext, device: torch.device, settings:
     shared = {k: v for k, v in settings.items() if k not in PER_PROCESS_SETTINGS}
     if _same_on_every_rank(shared, ctx, device):
         return
-    mine = settings.get("preset") or "given options"
+    every: list = [None] * ctx.world_size  # (every rank gets here: the check is collective)
+    dist.all_gather_object(every, shared)
+    names = sorted({k for k in shared if any(other.get(k) != shared[k] for other in every)})
+    differ = "; ".join(
+        ", ".join(
+            f"{name}={other.get(name)!r} in process {rank}" for rank, other in enumerate(every)
+        )
+        for name in names
+    )
+    why = "pass the same options to every process"
+    if "preset" in names:
+        why = (
+            "the automatic preset is chosen by each machine's memory; pass the same --preset "
+            f"(and options) to every process, e.g. --preset {settings.get('preset')}"
+        )
     raise ValueError(
         f"the {ctx.world_size} processes of this run chose different training settings "
-        f"(this one: {mine}, batch size {settings.get('batch_size')}, frozen "
-        f"{list(settings.get('freeze', ())) or 'nothing'}): the automatic preset is chosen "
-        "by each machine's memory; pass the same --preset (and options) to every process, "
-        f"e.g. --preset {settings.get('preset') or 'cpu-16gb'}"
+        f"({differ}): {why}"
     )
 
 
