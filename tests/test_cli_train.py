@@ -605,10 +605,10 @@ def test_sigterm_under_torchrun_explains_torchrun_s_own_error(
     assert err.startswith("samtune train: terminated; the run did not finish")
     assert err.rstrip().endswith(
         "note: torchrun sent this process SIGTERM, as it does when the job is stopped (a time "
-        "limit, kill) and when another process of the run failed (its error is above then); "
-        "the run ended with the checkpoints above, if any; torchrun itself now reports the "
-        "signal as an error of its own (a SignalException traceback and exit code 1, not this "
-        "run's 143)"
+        "limit, kill, a second Ctrl+C) and when another process of the run failed (its error "
+        "is above then); the run ended with the checkpoints above, if any; torchrun itself now "
+        "reports the signal as an error of its own (a SignalException traceback and exit code "
+        "1, not this run's 143)"
     )
 
 
@@ -1338,30 +1338,3 @@ def test_a_new_run_out_of_memory_after_its_first_checkpoint_is_advised_as_a_resu
     assert "continue it with: samtune train --resume" in err
     assert "out of memory: resume with fewer --n-objects or a smaller --batch-size" in err
     assert "choose a --preset" not in err
-
-
-@pytest.mark.parametrize("torchrun", [False, True])
-def test_torchrun_s_copy_of_a_ctrl_c_does_not_abort_the_run(monkeypatch, torchrun):
-    """A terminal's Ctrl+C reaches each torchrun worker, and torchrun's copy of it follows:
-    that copy counted as the second Ctrl+C and aborted the run, nothing exported."""
-    import signal
-    import threading
-
-    import napari_samtune.cli.train as cli_train
-
-    clock = [100.0]
-    monkeypatch.setattr(cli_train.time, "monotonic", lambda: clock[0])
-    monkeypatch.setattr(cli_train, "started_by_torchrun", lambda: torchrun)
-    stop = threading.Event()
-    previous = cli_train.stop_on_ctrl_c(stop, verbose=False)
-    try:
-        signal.raise_signal(signal.SIGINT)  # the terminal's
-        assert stop.is_set()
-        clock[0] += 0.05
-        if torchrun:
-            signal.raise_signal(signal.SIGINT)  # torchrun's copy: still stopping
-            clock[0] += 2.0  # a person's second Ctrl+C
-        with pytest.raises(KeyboardInterrupt):
-            signal.raise_signal(signal.SIGINT)
-    finally:
-        signal.signal(signal.SIGINT, previous)

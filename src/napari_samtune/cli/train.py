@@ -14,7 +14,6 @@ import json
 import signal
 import sys
 import threading
-import time
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -220,7 +219,7 @@ def _train_reporting(config, train_pairs, val_pairs, args, stop, verbose: bool):
         return _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose, started)
     except KeyboardInterrupt as err:  # the second Ctrl+C, or SIGTERM: what is saved, what next
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # see below
-        note = aborted_note(Path(args.out), args.resume, config.epochs) if verbose else ""
+        note = aborted_note(Path(args.out), args.resume, config) if verbose else ""
         if verbose and isinstance(err, Terminated) and started_by_torchrun():
             # before a checkpoint too: torchrun's traceback follows a bare "terminated"
             note = f"{note}\n{TORCHRUN_TERM_NOTE}" if note else TORCHRUN_TERM_NOTE
@@ -238,7 +237,7 @@ def _train_reporting(config, train_pairs, val_pairs, args, stop, verbose: bool):
             # refused to mix with this one: they are not this run's to report.
             saved = ""
             if started.is_set():
-                saved = aborted_note(Path(args.out), args.resume, config.epochs)
+                saved = aborted_note(Path(args.out), args.resume, config)
             for line in (saved, advice):
                 if line:
                     print(f"samtune train: {line}", file=sys.stderr, flush=True)
@@ -248,23 +247,13 @@ def _train_reporting(config, train_pairs, val_pairs, args, stop, verbose: bool):
         raise
 
 
-# Under torchrun a terminal's Ctrl+C reaches each worker twice: from the terminal, and as
-# torchrun's copy of it a moment later, which counted as the second Ctrl+C and aborted the
-# run (no model exported); a second Ctrl+C this soon after the first is taken for that copy.
-TORCHRUN_COPY_S = 1.0
-
-
 def stop_on_ctrl_c(stop: threading.Event, verbose: bool = True):
     """The first Ctrl+C stops after the step (said by the main process only: torchrun hands
     it to every worker); the second aborts. Returns the handler it replaces."""
-    first = []
 
     def handler(signum, frame):
         if stop.is_set():
-            if started_by_torchrun() and time.monotonic() - first[0] < TORCHRUN_COPY_S:
-                return
             raise KeyboardInterrupt
-        first.append(time.monotonic())
         stop.set()
         if verbose:
             print("\nstopping after this step (Ctrl+C again to abort) ...", file=sys.stderr)

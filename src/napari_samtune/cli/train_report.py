@@ -32,18 +32,20 @@ def memory_advice(err: BaseException, resumed: bool = False) -> str:
     )
 
 
-def aborted_note(out: Path, resumed: str | None = None, epochs: int | None = None) -> str:
+def aborted_note(out: Path, resumed: str | None = None, session=None) -> str:
     """What an aborted run left in ``out`` and how to continue it; "" with no checkpoint.
-    ``resumed``: the checkpoint the run resumed from; ``epochs``: the epochs it was to train
-    (a resumed run's last.pt, before its first checkpoint, holds the fewer of the session
-    before: the run was called done, and its model not registered)."""
+    ``resumed``: the checkpoint the run resumed from; ``session``: the run's
+    :class:`~napari_samtune.core.presets.TrainConfig`, whose epochs and early stopping count
+    (a resumed run's last.pt, before its first checkpoint, holds those of the session
+    before: fewer epochs, or less patience, and the run was called done, its model not
+    registered)."""
     from napari_samtune.core.train_export import RunFiles, unique_model_name
 
     files = RunFiles(out)
     if not files.last.is_file():
         return _best_only_note(files.best, out, resumed)
     saved = ", ".join(str(p) for p in (files.last, files.best) if p.is_file())
-    if _training_done(files.last, epochs):  # stopped while exporting: nothing left to train
+    if _training_done(files.last, session):  # stopped while exporting: nothing left to train
         source = shell_path(files.best if files.best.is_file() else files.last)
         name = unique_model_name(out.name)  # as training names it, or the next free name
         model = shell_path(files.model)
@@ -58,7 +60,7 @@ def aborted_note(out: Path, resumed: str | None = None, epochs: int | None = Non
             f"-o {model} --register {name} (its checkpoints: {saved})"
         )
     folder = shell_path(out)
-    more = f" --epochs {epochs}" if epochs is not None else ""
+    more = f" --epochs {session.epochs}" if session is not None else ""
     note = (
         f"the run did not finish; its checkpoints are on disk: {saved}; continue it with: "
         f"{train_command()} --resume {folder} --out {folder}{more} --images ... --labels ... "
@@ -101,15 +103,17 @@ def _best_only_note(best: Path, out: Path, resumed: str | None) -> str:
     )
 
 
-def _training_done(last: Path, epochs: int | None = None) -> bool:
-    """Whether checkpoint ``last`` has trained all ``epochs`` (by default its own run's), or
-    stopped early; mapped, not read: it may be GBs; False when that cannot be told."""
+def _training_done(last: Path, session=None) -> bool:
+    """Whether checkpoint ``last`` has trained all the epochs of the run's ``session`` (a
+    ``TrainConfig``; by default its own), or stopped early by its patience; mapped, not
+    read: it may be GBs; False when that cannot be told."""
     import torch
 
     try:
         checkpoint = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
-        target = int(checkpoint["config"]["epochs"]) if epochs is None else epochs
-        patience = checkpoint["config"].get("early_stopping")
+        saved = checkpoint["config"]
+        target = int(saved["epochs"]) if session is None else session.epochs
+        patience = saved.get("early_stopping") if session is None else session.early_stopping
         flat = int(checkpoint.get("progress", {}).get("epochs_without_improvement", 0))
         return int(checkpoint["epoch"]) >= target or (patience is not None and flat >= patience)
     except Exception:  # a damaged file: the note names it, as before
@@ -159,7 +163,8 @@ TORCHRUN_STOP_NOTE = (
 # and torchrun then reports the signal as a SignalException and exits 1 of its own
 TORCHRUN_TERM_NOTE = (
     "note: torchrun sent this process SIGTERM, as it does when the job is stopped (a time "
-    "limit, kill) and when another process of the run failed (its error is above then); the "
-    "run ended with the checkpoints above, if any; torchrun itself now reports the signal as an "
-    "error of its own (a SignalException traceback and exit code 1, not this run's 143)"
+    "limit, kill, a second Ctrl+C) and when another process of the run failed (its error is "
+    "above then); the run ended with the checkpoints above, if any; torchrun itself now "
+    "reports the signal as an error of its own (a SignalException traceback and exit code 1, "
+    "not this run's 143)"
 )
