@@ -102,5 +102,19 @@ def test_a_run_that_stopped_early_is_not_resumed_for_one_more_flat_epoch(tmp_pat
     assert (run / "checkpoints" / "last.pt").read_bytes() == last
     (run / "model.pth").unlink()  # as if stopped (SIGTERM) while exporting: said done
     assert "its training is done, but its model was not exported" in aborted_note(run)
+    # unless this session has more patience (aborted before its first checkpoint)
+    assert "the run did not finish" in aborted_note(
+        run, str(run), replace(config, early_stopping=3)
+    )
     more = train(replace(config, early_stopping=3), *data, out_dir=run, resume_from=run)
     assert more.epochs_done == 4  # more patience: it goes on
+
+
+def test_a_run_that_stopped_early_resumed_with_its_best_chosen_anew_trains_on(tmp_path, data):
+    # given no validation images now (or other ones), its best epoch is chosen anew, its
+    # patience with it: not refused as stopped early
+    config = _config(epochs=4, learning_rate=1e-12, early_stopping=1)
+    run = tmp_path / "flat"
+    assert train(config, *data, out_dir=run).stopped_early
+    resumed = train(config, data[0], out_dir=run, resume_from=run)
+    assert resumed.epochs_done == 4

@@ -248,6 +248,23 @@ def _older_export_note(run: RunFiles, epochs_done: int | None) -> str:
     )
 
 
+def check_not_stopped_early(
+    checkpoint: dict, patience: int | None, flat: int, path: str | Path
+) -> None:
+    """Refuse to resume a run that stopped early: with its best not bettered in the last
+    ``flat`` epochs (as resumed: a best chosen anew counts from 0) and ``patience`` (the
+    session's early stopping), it would train one more epoch and stop again."""
+    if patience is None or flat < patience:
+        return
+    done = int(checkpoint.get("epoch", 0))
+    raise ValueError(
+        f"{str(path)!r} stopped early after {done} epoch(s), its best not bettered in the "
+        f"last {flat} (early_stopping={patience}), so there is nothing left to train; set "
+        f"early_stopping above {flat}, or to None, to continue the run"
+        + unexported_note(Path(path), done, checkpoint.get("run_id"))
+    )
+
+
 def check_resumable(checkpoint: dict, config: TrainConfig, path: str | Path) -> None:
     """Refuse to resume with a config that changes the model or lacks optimizer state."""
     if "optimizer_state" not in checkpoint:
@@ -264,14 +281,6 @@ def check_resumable(checkpoint: dict, config: TrainConfig, path: str | Path) -> 
         raise ValueError(
             f"{str(path)!r} has done {done} epoch(s) and epochs={config.epochs}, so there is "
             f"nothing left to train; set epochs above {done} to continue the run"
-            + unexported_note(Path(path), done, checkpoint.get("run_id"))
-        )
-    flat = int(checkpoint.get("progress", {}).get("epochs_without_improvement", 0))
-    if config.early_stopping is not None and flat >= config.early_stopping:
-        raise ValueError(  # it would stop again, one epoch later
-            f"{str(path)!r} stopped early after {done} epoch(s), its best not bettered in "
-            f"the last {flat} (early_stopping={config.early_stopping}), so there is nothing "
-            f"left to train; set early_stopping above {flat}, or to None, to continue the run"
             + unexported_note(Path(path), done, checkpoint.get("run_id"))
         )
     saved = TrainConfig.from_dict(checkpoint["config"])

@@ -13,6 +13,7 @@ import torch
 
 from napari_samtune.core.checkpoint_fields import not_resumable
 from napari_samtune.core.presets import TrainConfig
+from napari_samtune.core.train_checkpoints import check_not_stopped_early
 from napari_samtune.core.train_events import Progress
 from napari_samtune.core.train_setup import make_optimizer
 from napari_samtune.core.validation_split import split_one_image
@@ -60,6 +61,8 @@ class TrainerResumeMixin:
             self._continue_epoch_in_new_steps(saved)
         if self.progress.step_in_epoch:  # checkpoints before 2026-12-07 lack the epoch's time
             self.epoch_carried_s = float(checkpoint.get("epoch_elapsed_s", 0.0))
+        flat = self.progress.epochs_without_improvement  # 0 where the best is chosen anew
+        check_not_stopped_early(checkpoint, self.config.early_stopping, flat, self.resume_from)
 
     def _restart_best_for(self, had_validation: bool) -> None:
         """A run resumed with validation data where it had none, or without where it had:
