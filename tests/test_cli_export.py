@@ -320,17 +320,25 @@ def test_exporting_a_run_deletes_what_a_killed_run_left_half_written(
 ):
     """A run killed while writing last.pt left a hidden temporary file as large as it;
     only a run resumed in the folder deleted it, and export (the advice after a kill) left
-    it for good. Not while a run trains there: it may be that run's write."""
+    it for good. Not while a run trains there, nor a young one: another export of the run
+    may be writing its model.pth."""
     from napari_samtune.core.run_lock import training_lock
 
     run = checkpoint.parent.parent
-    left = checkpoint.parent / ".last.pt.k1ll3d_x.tmp"
+    left, young = checkpoint.parent / ".last.pt.k1ll3d_x.tmp", run / ".model.pth.wr1t1ng_.tmp"
     out = ["export", str(run), "-o", str(tmp_path / "model.pth")]
+
+    def leave() -> None:
+        left.write_bytes(b"half a checkpoint")
+        os.utime(left, (left.stat().st_atime - 7200, left.stat().st_mtime - 7200))
+        young.write_bytes(b"a model being written")
+
     if training:
         with training_lock(run):  # a run trains in it now, writing last.pt
-            left.write_bytes(b"half a checkpoint")
+            leave()
             assert cli.main(out) == 0
     else:
-        left.write_bytes(b"half a checkpoint")
+        leave()
         assert cli.main(out) == 0
-    assert left.exists() is training and (tmp_path / "model.pth").is_file()
+    assert left.exists() is training and young.exists()
+    assert (tmp_path / "model.pth").is_file()

@@ -210,13 +210,12 @@ def _export(checkpoint: Path, args: argparse.Namespace) -> int:
 def _tidy_run_of(checkpoint: Path) -> None:
     """Delete the temporary files a killed run left in the run folder of ``checkpoint``
     (hidden, each as large as a checkpoint), unless a run trains there now: after a kill,
-    export is the advice, and only a run resumed in the folder deleted them."""
-    from contextlib import suppress
-
-    from napari_samtune.core.run_lock import training_lock
+    export is the advice, and only a run resumed in the folder deleted them. Only those
+    untouched for an hour: another export of the run may be writing its model.pth."""
+    from napari_samtune.core.checkpoints import ABANDONED_WRITE_SECONDS
+    from napari_samtune.core.run_lock import remove_unfinished_writes, training_process
     from napari_samtune.core.train_export import RunFiles
 
     run = RunFiles.named_by(checkpoint.parent)
-    if checkpoint.parent == run.checkpoints:
-        with suppress(ValueError, OSError), training_lock(run.checkpoints.parent):
-            pass  # taking the lock deletes them (see run_lock.remove_unfinished_writes)
+    if checkpoint.parent == run.checkpoints and training_process(run.checkpoints.parent) is None:
+        remove_unfinished_writes(run.checkpoints.parent, ABANDONED_WRITE_SECONDS)

@@ -11,6 +11,7 @@ import errno
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -149,21 +150,30 @@ _UNFINISHED = re.compile(
 )
 
 
-def remove_unfinished_writes(out_dir: Path) -> list[Path]:
+def remove_unfinished_writes(out_dir: Path, min_age_s: float = 0.0) -> list[Path]:
     """Delete the temporary files of writes that a killed run left in ``out_dir`` and its
     checkpoints folder (a kill skips their clean-up): each as large as the file it was to
     become, a last.pt's with optimizer state several GB, never used again. Only while this
-    process holds the folder's training lock, when no other run can be writing them."""
+    process holds the folder's training lock, when no other run can be writing them; or
+    those untouched for ``min_age_s`` (``samtune export``, which writes model.pth there
+    without the lock, may be writing a younger one)."""
     found = [
         path
         for folder in (out_dir, out_dir / "checkpoints")
         if folder.is_dir()
         for path in folder.iterdir()
-        if _UNFINISHED.fullmatch(path.name) and path.is_file()
+        if _UNFINISHED.fullmatch(path.name) and path.is_file() and _age_s(path) >= min_age_s
     ]
     for path in found:
         path.unlink(missing_ok=True)
     return found
+
+
+def _age_s(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:  # gone meanwhile
+        return -1.0
 
 
 def try_lock(fcntl, lock) -> bool | None:
