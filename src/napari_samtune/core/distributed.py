@@ -183,7 +183,7 @@ def check_same_settings(ctx: DistributedContext, device: torch.device, settings:
     if "preset" in names:
         why = (
             "the automatic preset is chosen by each machine's memory; pass the same --preset "
-            f"(and options) to every process, e.g. --preset {settings.get('preset')}"
+            f"(and options) to every process, e.g. --preset {settings.get('preset') or 'cpu-16gb'}"
         )
     raise ValueError(
         f"the {ctx.world_size} processes of this run chose different training settings "
