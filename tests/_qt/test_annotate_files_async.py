@@ -283,3 +283,30 @@ def test_an_image_renamed_right_after_quick_commits_keeps_one_file_of_them_all(
     assert sorted(p.name for p in tmp_path.glob("*.tif")) == ["renamed.labels.tif"]
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "renamed.labels.tif"), latest)
     assert not [n for n in notifications if "changed by another program" in n]
+
+
+def test_saving_now_from_a_script_while_an_autosave_writes_is_not_put_beside(
+    viewer_widget, monkeypatch, tmp_path, drain_jobs, notifications
+):
+    """``save_annotations()`` waited for the autosave that was writing, but not for its
+    callback to note the file as this session's: the file was taken for another program's,
+    and the save went to ``<name>-<fingerprint>`` with a warning, the image's annotations
+    split over two files."""
+    from napari_samtune._qt import annotate_saves
+
+    _viewer, widget = viewer_widget
+    widget.ui.folder_edit.setText(str(tmp_path))
+    _commit(widget, np.s_[5:15, 5:15])
+    drain_jobs(widget)  # saved once: the file is this session's
+    release, ran = threading.Event(), []
+    monkeypatch.setattr(
+        annotate_saves, "save_annotations", _held(annotate_saves.save_annotations, release, ran)
+    )
+    committed = _commit(widget, np.s_[40:50, 40:50])  # its autosave is held
+    assert widget.runner.is_running(SAVE_TASK)
+    release.set()
+    assert widget.save_annotations() == tmp_path / "nuclei.labels.tif"
+    drain_jobs(widget)
+    assert sorted(p.name for p in tmp_path.glob("*.labels.tif")) == ["nuclei.labels.tif"]
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "nuclei.labels.tif"), committed)
+    assert not any("changed by another program" in n for n in notifications)

@@ -112,8 +112,9 @@ class AnnotateFileJobsMixin:
             return None
         folder = self.annotation_folder() if folder in (None, False) else Path(folder)
         # a background save still writing an older snapshot would otherwise land after this
-        # one and replace it (its callbacks still run, later: they only report)
-        self.runner.wait(SAVE_TASK)
+        # one and replace it; its file is noted as this session's (waited for alone, it was
+        # taken for another program's, and this save went beside it)
+        self.flush_autosave()
         try:
             labels_path, _ = self.session.save(folder)
         except (OSError, ValueError) as err:
