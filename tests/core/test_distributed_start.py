@@ -59,22 +59,28 @@ print("joined", flush=True)
 """
 
 
-def test_sigterm_ends_a_process_waiting_for_the_others_to_join():
-    """The wait is in C++ (30 minutes for gloo), where Python runs no signal handler:
-    SIGTERM and Ctrl+C did nothing until then."""
+def _waiting_to_join(script: str) -> subprocess.Popen:
+    """``script`` in a process of its own, once it waits for a second that never comes."""
     process = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(WAITS_ALONE), str(_free_port())],
+        [sys.executable, "-c", textwrap.dedent(script), str(_free_port())],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    assert process.stdout.readline().strip() == "joining"
     try:
-        assert process.stdout.readline().strip() == "joining"
-        try:
-            process.wait(timeout=2)  # it waits for a second process that never comes
-        except subprocess.TimeoutExpired:
-            pass
-        assert process.poll() is None
+        process.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        pass
+    assert process.poll() is None
+    return process
+
+
+def test_sigterm_ends_a_process_waiting_for_the_others_to_join():
+    """The wait is in C++ (30 minutes for gloo), where Python runs no signal handler:
+    SIGTERM and Ctrl+C did nothing until then."""
+    process = _waiting_to_join(WAITS_ALONE)
+    try:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 143
         err = process.stderr.read()
@@ -160,18 +166,8 @@ def test_one_ctrl_c_ends_a_process_waiting_for_the_others_to_join():
     """It said "stopping after this step (Ctrl+C again to abort)" and went on waiting (up
     to gloo's 30 minutes): no step runs yet. Under torchrun, torchrun killed it after its
     own 30 s, unexplained."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(WAITS_FOR_CTRL_C), str(_free_port())],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = _waiting_to_join(WAITS_FOR_CTRL_C)
     try:
-        assert process.stdout.readline().strip() == "joining"
-        try:
-            process.wait(timeout=2)  # it waits for a second process that never comes
-        except subprocess.TimeoutExpired:
-            pass
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 130
         assert "ended: stopped while waiting for the other processes to join" in (
