@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from napari_samtune.core import user_model_rename, user_models
+from napari_samtune.core import user_model_rename, user_model_weights, user_models
 from napari_samtune.core.architectures import TINY, build_sam
 from napari_samtune.core.download import is_verified, local_weights_problem, stamp_path
 from napari_samtune.core.model_lookup import get_model_spec
@@ -34,7 +34,7 @@ def _hand_rename(old: str, new: str) -> None:
 
 
 def _every_weights_file_is_described() -> bool:
-    named = {user_models._weights_named_by(p) for p in user_models_dir().glob("*.json")}
+    named = {user_model_weights.weights_named_by(p) for p in user_models_dir().glob("*.json")}
     weights = [p for p in user_models_dir().glob("*.pt*") if not p.name.startswith(".")]
     return len(weights) == 1 and weights[0] in named
 

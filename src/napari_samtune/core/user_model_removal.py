@@ -8,10 +8,12 @@ from pathlib import Path
 from napari_samtune.core.architectures import ARCHITECTURES
 from napari_samtune.core.download import stamp_path
 from napari_samtune.core.registry import builtin_model, user_models_dir, validate_model_name
+from napari_samtune.core.user_model_weights import (
+    named_weights,
+    own_weights,
+    weights_in_use,
+)
 from napari_samtune.core.user_models import (
-    _named_weights,
-    _own_weights,
-    _weights_in_use,
     is_other_json,
     list_user_models,
 )
@@ -39,7 +41,7 @@ def remove_user_model(name: str) -> list[Path]:
         users = [spec.name for spec in list_user_models()]
         which = f"the user models are {users!r}" if users else "there are no user models"
         raise ValueError(f"no user model named {name!r}; {which}")
-    weights = {_named_weights(sidecar)} - {None} - _weights_in_use(besides=sidecar)
+    weights = {named_weights(sidecar)} - {None} - weights_in_use(besides=sidecar)
     deleted = []
     for path in (sidecar, *sorted(weights)):
         if path.is_file():
@@ -71,9 +73,9 @@ def weights_kept_on_removal(name: str) -> list[tuple[Path, str]]:
     needed). Another model's file that is named like ``name``'s (``mine-2.pt`` of model
     "mine") is not ``name``'s: it was listed, to be deleted by hand, which broke "mine"."""
     sidecar = user_models_dir() / f"{name}.json"
-    named, others = _named_weights(sidecar), _weights_in_use(besides=sidecar)
+    named, others = named_weights(sidecar), weights_in_use(besides=sidecar)
     kept = []
-    for path in sorted({named, *_own_weights(name)} - {None}):
+    for path in sorted({named, *own_weights(name)} - {None}):
         if not path.is_file() or (path in others and path != named):
             continue
         if path in others:

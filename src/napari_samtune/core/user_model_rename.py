@@ -23,11 +23,13 @@ from napari_samtune.core.registry import (
     user_models_dir,
     validate_model_name,
 )
+from napari_samtune.core.user_model_weights import (
+    own_weights,
+    weights_in_use,
+)
 from napari_samtune.core.user_models import (
     SIDECAR_FORMAT,
-    _own_weights,
     _registration_locked,
-    _weights_in_use,
     _write_json_atomically,
     case_twin,
     case_twin_problem,
@@ -71,11 +73,11 @@ def rename_fix(name: str) -> str | None:
         return None
     if name in builtin_names():
         return f"keep its weights under another name with: samtune models --rename {name} NEW"
-    others = _weights_in_use(besides=sidecar)
+    others = weights_in_use(besides=sidecar)
     size = data.get("file_size")
     found = [  # cheap: the rename itself checks the hash of what it takes
         path
-        for path in (named, *_own_weights(name))
+        for path in (named, *own_weights(name))
         if path.is_file() and path not in others and size in (None, path.stat().st_size)
     ]
     if described == name or not found:
@@ -175,10 +177,10 @@ def _current_weights(sidecar: Path, data: dict) -> Path:
     and no other description's, else ``<name>.pt``/``.pth`` renamed or copied with it by hand
     where it holds the recorded weights (hash, else size)."""
     named = user_models_dir() / Path(data["filename"]).name
-    others = _weights_in_use(besides=sidecar)
+    others = weights_in_use(besides=sidecar)
     if named.is_file() and named not in others:
         return named
-    for path in _own_weights(sidecar.stem):
+    for path in own_weights(sidecar.stem):
         if path.is_file() and path not in others and _holds_recorded_weights(path, data):
             return path
     whose = "another model's description names it" if named in others else "it is missing"
@@ -203,7 +205,7 @@ def _target_weights(old_name: str, new_name: str, weights: Path) -> Path:
     """Where the weights go: nowhere where the file already bears the new name, or when
     mending in place (a rewritten description is one atomic step, a move is another);
     else the first of ``<new_name>.pt``/``.pth`` that is no file yet."""
-    own = _own_weights(new_name)
+    own = own_weights(new_name)
     if weights in own or new_name == old_name:
         return weights
     for path in own:  # the same file under another case (a case-insensitive disk)

@@ -9,7 +9,6 @@ its sidecar is written, and gone when it is deleted.
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import threading
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from napari_samtune.core.architectures import ARCHITECTURES, SamArchitecture, as_architecture
-from napari_samtune.core.checkpoints import atomic_write, one_file, remove_abandoned_writes
+from napari_samtune.core.checkpoints import atomic_write, remove_abandoned_writes
 from napari_samtune.core.download import file_digest, stamp_path, write_stamp
 from napari_samtune.core.registry import (
     USER_SOURCE,
@@ -32,6 +31,12 @@ from napari_samtune.core.registry import (
     refuse_file_like_name,
     user_models_dir,
     validate_model_name,
+)
+from napari_samtune.core.user_model_weights import (
+    new_weights_path,
+    onto_own_stray,
+    weights_in_use,
+    weights_named_by,
 )
 
 if TYPE_CHECKING:
@@ -220,13 +225,13 @@ def _store(
     # what a registration killed mid-write left (a model's size each), before writing more
     remove_abandoned_writes(user_models_dir(), ".*.tmp")
     sidecar_path = user_models_dir() / f"{name}.json"
-    replaced = _weights_named_by(sidecar_path) if sidecar_path.is_file() else None
+    replaced = weights_named_by(sidecar_path) if sidecar_path.is_file() else None
     # a model registered anew under its name (a continued run) keeps the names it had:
     # runs trained from it and the widgets' remembered model still call it by them
     former = _former_names(sidecar_path) if replaced is not None and keep_names else []
-    weights_path, strays = _new_weights_path(name, replaced)
+    weights_path, strays = new_weights_path(name, replaced)
     models.export_sam_state_dict(loaded.sam, weights_path)
-    weights_path = _onto_own_stray(weights_path, strays)
+    weights_path = onto_own_stray(weights_path, strays)
     file_hash = "sha256:" + file_digest(weights_path, "sha256")
     for stray in strays:
         warnings.warn(
@@ -251,7 +256,7 @@ def _store(
     }
     _write_json_atomically(sidecar_path, sidecar)
     write_stamp(weights_path, file_hash)  # just hashed: listing and loading need not hash again
-    if replaced is not None and replaced != weights_path and replaced not in _weights_in_use():
+    if replaced is not None and replaced != weights_path and replaced not in weights_in_use():
         replaced.unlink(missing_ok=True)
         stamp_path(replaced).unlink(missing_ok=True)
     return weights_path
@@ -302,96 +307,6 @@ def _open_registration_lock():
         return open(folder / REGISTRATION_LOCK_NAME, "a+", encoding="utf-8")  # noqa: SIM115
     except OSError:
         return None
-
-
-def _new_weights_path(name: str, replaced: Path | None) -> Path:
-    """Where user model ``name``'s new weights go: ``<name>.pt``, or ``<name>.pth`` when
-    they replace the weights in that file, so that the model's description names whole
-    weights at every moment (the old file until the new description is written). No file
-    there is written over: one that another description names (copied by hand), nor one
-    that none names (the weights ``samtune models --remove`` kept, a file put there by
-    hand: replaced unsaid, they were lost), which is said; the weights then go to
-    ``<name>-2.pt`` (or the next free name; a model named ``<name>-2`` then stores its own
-    in ``<name>-2.pth``). Returns the path and those files."""
-    in_use, strays = _weights_in_use(), []
-
-    def free(path: Path) -> bool:
-        if path == replaced or path in in_use:
-            return False
-        if path.exists():
-            strays.append(path)
-            return False
-        return True
-
-    numbered = (user_models_dir() / f"{name}-{n}.pt" for n in itertools.count(2))
-    path = next(filter(free, itertools.chain(_own_weights(name), numbered)))
-    return path, strays
-
-
-def _onto_own_stray(weights_path: Path, strays: list[Path]) -> Path:
-    """``weights_path``, or the stray file (of ``strays``, then dropped from them) that holds
-    the very same weights, moved over by them: a registration of the same model killed
-    between its weights and its description (a run's end, ``samtune export --register``)
-    left them, and registering again kept two copies and asked to delete one by hand.
-    (By the tensors: torch writes a file's name into it, so the bytes differ.)"""
-    ours = None
-    for stray in strays:
-        theirs = _weights_digest(stray)
-        if theirs is None:
-            continue
-        ours = ours or _weights_digest(weights_path)
-        if theirs == ours:
-            weights_path.replace(stray)
-            strays.remove(stray)
-            return stray
-    return weights_path
-
-
-def _weights_digest(path: Path) -> str | None:
-    """The digest of the state dict in ``path`` (mapped, not read whole), or None where the
-    file holds none."""
-    import torch
-
-    from napari_samtune.core.models import state_dict_digest
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not a PyTorch file, or cut short: not these weights
-        return None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        return None
-    return state_dict_digest(state)
-
-
-def _own_weights(name: str) -> list[Path]:
-    """The two files user model ``name``'s weights alternate between as it is replaced."""
-    return [user_models_dir() / f"{name}{suffix}" for suffix in (".pt", ".pth")]
-
-
-def _weights_in_use(besides: Path | None = None) -> set[Path]:
-    """The weights files the model descriptions name, but description ``besides`` (under
-    any of its names: ``Cells.json`` is ``cells.json`` on a case-insensitive disk)."""
-    sidecars = user_models_dir().glob("*.json")
-    return {
-        _weights_named_by(sidecar)
-        for sidecar in sidecars
-        if besides is None or not (sidecar == besides or one_file(sidecar, besides))
-    }
-
-
-def _named_weights(sidecar: Path) -> Path | None:
-    """The weights file that description ``sidecar`` names; None where it names none."""
-    try:
-        filename = json.loads(sidecar.read_text(encoding="utf-8"))["filename"]
-        return user_models_dir() / Path(str(filename)).name
-    except (OSError, ValueError, TypeError, KeyError):
-        return None
-
-
-def _weights_named_by(sidecar: Path) -> Path:
-    """The weights file that user model description ``sidecar`` names (for a broken one
-    that names none, its usual ``<name>.pt``, kept from being written over)."""
-    return _named_weights(sidecar) or sidecar.with_suffix(".pt")
 
 
 def case_twin(name: str, besides: str | None = None) -> str | None:
