@@ -232,3 +232,34 @@ def test_an_optimizer_state_that_does_not_fit_the_run_is_refused_naming_the_file
     assert message.startswith(f"'{path}' is a damaged training checkpoint: its optimizer")
     assert f"samtune export {path} -o model.pth" in message
     export_model(path, tmp_path / "model.pth")  # its weights still make a model
+
+
+def _with_changed_weights(path) -> None:
+    """64 bytes inside the largest record of ``path`` changed, its zip layout intact: the
+    damage a disk or a copy can do, which torch.load does not see."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        largest = max(archive.infolist(), key=lambda info: info.file_size)
+        offset = largest.header_offset + 30 + len(largest.filename.encode()) + 64
+    data = bytearray(path.read_bytes())
+    assert data[offset : offset + 64] != b"\x7f" * 64
+    data[offset : offset + 64] = b"\x7f" * 64  # large float32 values
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("which", ["last.pt", "best.pt"])
+def test_weights_changed_on_disk_are_refused_naming_the_file(runs, tmp_path, which):
+    """A checkpoint whose weights a disk or copy error changed exported weights of 1e28
+    without a word, and its resume ended in "training diverged ... lower --lr"."""
+    run = shutil.copytree(runs / "whole", tmp_path / "run")
+    path = run / "checkpoints" / which
+    _with_changed_weights(path)
+    with pytest.raises(ValueError) as refused:
+        export_model(path, tmp_path / "model.pth")
+    message = str(refused.value)
+    assert f"{path} is damaged: its record" in message
+    assert "does not match the checksum written with it" in message
+    other = "best.pt" if which == "last.pt" else "last.pt"
+    assert other in message  # the whole one beside it
+    assert not (tmp_path / "model.pth").exists()

@@ -44,6 +44,7 @@ from napari_samtune.core.checkpoints import (
     CHECKPOINT_FORMAT_VERSION,
     atomic_torch_save,
     check_format_version,
+    check_records,
     is_project_checkpoint,
     safe_torch_load,
 )
@@ -173,6 +174,7 @@ def read_checkpoint(path: str | Path) -> dict:
     path = resolve_checkpoint(path)
     try:
         checkpoint = safe_torch_load(path, TRAINING_CHECKPOINT)
+        check_records(path, TRAINING_CHECKPOINT)  # (read at resume and export only)
     except ValueError as err:  # (an UnreadableFile stays one)
         raise type(err)(f"{err}{whole_one_beside(path)}") from None
     if isinstance(checkpoint, dict) and any(
