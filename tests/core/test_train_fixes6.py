@@ -102,10 +102,12 @@ def test_a_run_that_stopped_early_is_not_resumed_for_one_more_flat_epoch(tmp_pat
     assert (run / "checkpoints" / "last.pt").read_bytes() == last
     (run / "model.pth").unlink()  # as if stopped (SIGTERM) while exporting: said done
     assert "its training is done, but its model was not exported" in aborted_note(run)
-    # unless this session has more patience (aborted before its first checkpoint)
-    assert "the run did not finish" in aborted_note(
-        run, str(run), replace(config, early_stopping=3)
-    )
+    # unless this session has more patience, or (resumed at epoch 2 with new validation
+    # images, its best chosen anew) it was aborted before a checkpoint of its own
+    more_patient = replace(config, early_stopping=3)
+    assert "the run did not finish" in aborted_note(run, str(run), more_patient)
+    assert "the run did not finish" in aborted_note(run, str(run), config, 2)
+    assert "its training is done" in aborted_note(run, None, config, 0)  # the session's own
     more = train(replace(config, early_stopping=3), *data, out_dir=run, resume_from=run)
     assert more.epochs_done == 4  # more patience: it goes on
 

@@ -214,12 +214,12 @@ def _train(config, train_pairs, val_pairs, args: argparse.Namespace, verbose: bo
 
 def _train_reporting(config, train_pairs, val_pairs, args, stop, verbose: bool):
     """:func:`_train_with_progress`, saying what is saved when it is aborted or fails."""
-    started = threading.Event()
+    started: list[int] = []  # the epoch training started at, once it has
     try:
         return _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose, started)
     except KeyboardInterrupt as err:  # the second Ctrl+C, or SIGTERM: what is saved, what next
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # see below
-        note = aborted_note(Path(args.out), args.resume, config) if verbose else ""
+        note = aborted_note(Path(args.out), args.resume, config, *started) if verbose else ""
         if verbose and isinstance(err, Terminated) and started_by_torchrun():
             # before a checkpoint too: torchrun's traceback follows a bare "terminated"
             note = f"{note}\n{TORCHRUN_TERM_NOTE}" if note else TORCHRUN_TERM_NOTE
@@ -236,8 +236,8 @@ def _train_reporting(config, train_pairs, val_pairs, args, stop, verbose: bool):
             # Before the start, --out's checkpoints may be another run's that the core
             # refused to mix with this one: they are not this run's to report.
             saved = ""
-            if started.is_set():
-                saved = aborted_note(Path(args.out), args.resume, config)
+            if started:
+                saved = aborted_note(Path(args.out), args.resume, config, *started)
             for line in (saved, advice):
                 if line:
                     print(f"samtune train: {line}", file=sys.stderr, flush=True)
@@ -262,8 +262,8 @@ def stop_on_ctrl_c(stop: threading.Event, verbose: bool = True):
 
 
 def _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose, started):
-    """Drain the training events, printing them if ``verbose``; ``started`` is set once
-    training has started (its model loaded, ``--out`` taken)."""
+    """Drain the training events, printing them if ``verbose``; ``started`` gets the epoch
+    training started at, once it has (its model loaded, ``--out`` taken)."""
     from napari_samtune.core.train import TrainingStarted, iter_train, with_progress
 
     finished = None
@@ -274,7 +274,7 @@ def _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose, st
         events = with_progress(events, config.epochs, bar=not args.no_progress)
     for event in events:
         if isinstance(event, TrainingStarted):
-            started.set()
+            started.append(event.start_epoch)
             if verbose:
                 print("effective config:\n" + json.dumps(asdict(event.config), indent=2))
                 print(

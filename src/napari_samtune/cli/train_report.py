@@ -32,20 +32,22 @@ def memory_advice(err: BaseException, resumed: bool = False) -> str:
     )
 
 
-def aborted_note(out: Path, resumed: str | None = None, session=None) -> str:
+def aborted_note(
+    out: Path, resumed: str | None = None, session=None, first_epoch: int | None = None
+) -> str:
     """What an aborted run left in ``out`` and how to continue it; "" with no checkpoint.
     ``resumed``: the checkpoint the run resumed from; ``session``: the run's
     :class:`~napari_samtune.core.presets.TrainConfig`, whose epochs and early stopping count
     (a resumed run's last.pt, before its first checkpoint, holds those of the session
     before: fewer epochs, or less patience, and the run was called done, its model not
-    registered)."""
+    registered); ``first_epoch``: the epoch the session started training at."""
     from napari_samtune.core.train_export import RunFiles, unique_model_name
 
     files = RunFiles(out)
     if not files.last.is_file():
         return _best_only_note(files.best, out, resumed)
     saved = ", ".join(str(p) for p in (files.last, files.best) if p.is_file())
-    if _training_done(files.last, session):  # stopped while exporting: nothing left to train
+    if _training_done(files.last, session, first_epoch):  # stopped while exporting
         source = shell_path(files.best if files.best.is_file() else files.last)
         name = unique_model_name(out.name)  # as training names it, or the next free name
         model = shell_path(files.model)
@@ -103,10 +105,12 @@ def _best_only_note(best: Path, out: Path, resumed: str | None) -> str:
     )
 
 
-def _training_done(last: Path, session=None) -> bool:
+def _training_done(last: Path, session=None, first_epoch: int | None = None) -> bool:
     """Whether checkpoint ``last`` has trained all the epochs of the run's ``session`` (a
-    ``TrainConfig``; by default its own), or stopped early by its patience; mapped, not
-    read: it may be GBs; False when that cannot be told."""
+    ``TrainConfig``; by default its own), or stopped early by its patience: only in a
+    checkpoint written after ``first_epoch``, where the session started (one from before
+    was resumed, so its patience was not spent, or its best epoch was chosen anew). Mapped,
+    not read: it may be GBs; False when that cannot be told."""
     import torch
 
     try:
@@ -115,7 +119,9 @@ def _training_done(last: Path, session=None) -> bool:
         target = int(saved["epochs"]) if session is None else session.epochs
         patience = saved.get("early_stopping") if session is None else session.early_stopping
         flat = int(checkpoint.get("progress", {}).get("epochs_without_improvement", 0))
-        return int(checkpoint["epoch"]) >= target or (patience is not None and flat >= patience)
+        epoch = int(checkpoint["epoch"])
+        written_here = first_epoch is None or epoch > first_epoch
+        return epoch >= target or (written_here and patience is not None and flat >= patience)
     except Exception:  # a damaged file: the note names it, as before
         return False
 
