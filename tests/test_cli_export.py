@@ -320,8 +320,8 @@ def test_exporting_a_run_deletes_what_a_killed_run_left_half_written(
 ):
     """A run killed while writing last.pt left a hidden temporary file as large as it;
     only a run resumed in the folder deleted it, and export (the advice after a kill) left
-    it for good. Not while a run trains there, nor a young one: another export of the run
-    may be writing its model.pth."""
+    it for good. Not while a run trains there, nor a young model.pth's: another export of
+    the run may be writing it."""
     from napari_samtune.core.run_lock import training_lock
 
     run = checkpoint.parent.parent
@@ -329,9 +329,8 @@ def test_exporting_a_run_deletes_what_a_killed_run_left_half_written(
     out = ["export", str(run), "-o", str(tmp_path / "model.pth")]
 
     def leave() -> None:
-        left.write_bytes(b"half a checkpoint")
-        os.utime(left, (left.stat().st_atime - 7200, left.stat().st_mtime - 7200))
-        young.write_bytes(b"a model being written")
+        left.write_bytes(b"half a checkpoint")  # a run's: written under the run's lock
+        young.write_bytes(b"a model being written")  # an export's: without it
 
     if training:
         with training_lock(run):  # a run trains in it now, writing last.pt
@@ -342,3 +341,20 @@ def test_exporting_a_run_deletes_what_a_killed_run_left_half_written(
         assert cli.main(out) == 0
     assert left.exists() is training and young.exists()
     assert (tmp_path / "model.pth").is_file()
+
+
+def test_a_run_folder_it_may_not_tidy_leaves_the_export_and_its_registration_whole(
+    tmp_path, checkpoint, monkeypatch, capsys
+):
+    """A run folder on a read-only disk (an archive), with a killed run's file in it: the
+    export was written, then the command failed and registered nothing."""
+    from napari_samtune.core import run_lock
+
+    def not_allowed(*args):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(run_lock, "remove_unfinished_writes", not_allowed)
+    output = tmp_path / "model.pth"
+    argv = ["export", str(checkpoint.parent.parent), "-o", str(output), "--register", "kept"]
+    assert cli.main(argv) == 0
+    assert output.is_file() and "registered as 'kept'" in capsys.readouterr().out

@@ -210,12 +210,16 @@ def _export(checkpoint: Path, args: argparse.Namespace) -> int:
 def _tidy_run_of(checkpoint: Path) -> None:
     """Delete the temporary files a killed run left in the run folder of ``checkpoint``
     (hidden, each as large as a checkpoint), unless a run trains there now: after a kill,
-    export is the advice, and only a run resumed in the folder deleted them. Only those
-    untouched for an hour: another export of the run may be writing its model.pth."""
+    export is the advice, and only a run resumed in the folder deleted them. model.pth's
+    only when untouched for an hour: another export of the run may be writing it. A
+    folder it may not change (an archive, another user's) is left as it is."""
+    from contextlib import suppress
+
     from napari_samtune.core.checkpoints import ABANDONED_WRITE_SECONDS
     from napari_samtune.core.run_lock import remove_unfinished_writes, training_process
     from napari_samtune.core.train_export import RunFiles
 
     run = RunFiles.named_by(checkpoint.parent)
     if checkpoint.parent == run.checkpoints and training_process(run.checkpoints.parent) is None:
-        remove_unfinished_writes(run.checkpoints.parent, ABANDONED_WRITE_SECONDS)
+        with suppress(OSError):  # the export (and its registration) stands
+            remove_unfinished_writes(run.checkpoints.parent, ABANDONED_WRITE_SECONDS)

@@ -150,19 +150,21 @@ _UNFINISHED = re.compile(
 )
 
 
-def remove_unfinished_writes(out_dir: Path, min_age_s: float = 0.0) -> list[Path]:
+def remove_unfinished_writes(out_dir: Path, export_age_s: float = 0.0) -> list[Path]:
     """Delete the temporary files of writes that a killed run left in ``out_dir`` and its
     checkpoints folder (a kill skips their clean-up): each as large as the file it was to
-    become, a last.pt's with optimizer state several GB, never used again. Only while this
-    process holds the folder's training lock, when no other run can be writing them; or
-    those untouched for ``min_age_s`` (``samtune export``, which writes model.pth there
-    without the lock, may be writing a younger one)."""
+    become, a last.pt's with optimizer state several GB, never used again. Only where no
+    other run can be writing them (this process holds the folder's training lock, or no
+    process does); model.pth's only when untouched for ``export_age_s`` (``samtune export``
+    writes it there without the lock, and may be writing a younger one)."""
     found = [
         path
         for folder in (out_dir, out_dir / "checkpoints")
         if folder.is_dir()
         for path in folder.iterdir()
-        if _UNFINISHED.fullmatch(path.name) and path.is_file() and _age_s(path) >= min_age_s
+        if _UNFINISHED.fullmatch(path.name)
+        and path.is_file()
+        and (not path.name.startswith(".model.pth.") or _age_s(path) >= export_age_s)
     ]
     for path in found:
         path.unlink(missing_ok=True)
