@@ -401,3 +401,19 @@ def test_the_memory_check_of_a_preset_shares_the_ram_among_torchrun_s_processes(
     assert presets.resolve_preset("auto", "cpu")[0].key == "cpu-8gb"  # what it names
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     assert "each" not in preset_memory_short(run)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_the_smallest_preset_is_not_named_instead_of_itself(processes):
+    """cpu-8gb on 6 GB for each process was warned about, "cpu-8gb is the preset detected
+    for its RAM": the advice named the preset it warned about."""
+    from napari_samtune.core.presets import MachineResources, get_preset, memory_short
+
+    machine = MachineResources(None, 6.0 * processes, 2, None)
+    short = memory_short(get_preset("cpu-8gb"), machine, "cpu", n_processes=processes)
+    assert short.endswith(
+        "cpu-8gb is the smallest preset for it: free memory (close other programs)"
+        + (", start fewer training processes on it" if processes > 1 else "")
+        + ", or train a smaller model or fewer objects per patch"
+    )
+    assert "detected" not in short

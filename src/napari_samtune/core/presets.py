@@ -344,12 +344,16 @@ def memory_short(
         return ""
     short = f"preset {preset.key} is for {preset.memory_gb:g} GB and {has}"
     short += ": training may run out of memory"
-    return f"{short}; {_instead(found, on_gpu, have, arch)}"
+    return f"{short}; {_instead(preset, found, on_gpu, have, arch, n_processes)}"
 
 
-def _instead(found: MachineResources, on_gpu: bool, have: float, arch) -> str:
+def _instead(
+    preset: ResourcePreset, found: MachineResources, on_gpu: bool, have: float, arch, n: int
+) -> str:
     """The preset detected for the device trained on and the model ('samtune presets' named
-    the machine's: on a GPU machine training on the CPU, the GPU preset warned about)."""
+    the machine's: on a GPU machine training on the CPU, the GPU preset warned about), or
+    what to do where that is ``preset`` itself (the smallest of its kind; ``n`` training
+    processes share the RAM)."""
     fits = detect_on(found if on_gpu else replace(found, gpu_memory_gb=None, note=""))[0]
     if on_gpu and fits.device != "cuda":
         return f"no GPU preset fits its {have:.1f} GB: train on the CPU (device cpu)"
@@ -357,6 +361,12 @@ def _instead(found: MachineResources, on_gpu: bool, have: float, arch) -> str:
         fits = for_model(fits, arch)[0]
         if not _fits(fits, approx_encoder_params(arch)):
             return f"no preset measured for {arch.name} fits it: choose a smaller model"
+    if fits.key == preset.key:  # it was named as what to choose instead of itself
+        fewer = ", start fewer training processes on it" if not on_gpu and n > 1 else ""
+        return (
+            f"{preset.key} is the smallest preset for it: free memory (close other "
+            f"programs){fewer}, or train a smaller model or fewer objects per patch"
+        )
     return f"{fits.key} is the preset detected for {'its GPU' if on_gpu else 'its RAM'}"
 
 
