@@ -282,3 +282,24 @@ def test_a_kill_between_a_best_and_a_last_checkpoint_keeps_best_pt_and_the_summa
     best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
     assert (finished.best_epoch, finished.best_metric) == (1, 0.5)
     assert (best["epoch"], best["best_metric"]) == (2, 0.5)
+
+
+def test_a_run_taking_its_folder_keeps_an_export_s_model_being_written(tmp_path):
+    """samtune export writes the run's model.pth without the run's lock: a run resumed in
+    the folder meanwhile deleted its temporary file, and the export's rename failed. A
+    killed export's (an hour old) still goes."""
+    import os
+
+    from napari_samtune.core.run_lock import training_lock
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    writing, killed = run / ".model.pth.wr1t1ng_.tmp", run / ".model.pth.k1ll3d_x.tmp"
+    checkpoint = run / "checkpoints" / ".last.pt.k1ll3d_x.tmp"
+    for path in (writing, killed, checkpoint):
+        path.write_bytes(b"part of a file")
+    stat = killed.stat()
+    os.utime(killed, (stat.st_atime - 7200, stat.st_mtime - 7200))
+    with training_lock(run):
+        pass
+    assert writing.exists() and not killed.exists() and not checkpoint.exists()

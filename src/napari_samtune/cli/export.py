@@ -215,11 +215,10 @@ def _tidy_run_of(checkpoint: Path) -> None:
     folder it may not change (an archive, another user's) is left as it is."""
     from contextlib import suppress
 
-    from napari_samtune.core.checkpoints import ABANDONED_WRITE_SECONDS
     from napari_samtune.core.run_lock import remove_unfinished_writes, training_process
     from napari_samtune.core.train_export import RunFiles
 
     run = RunFiles.named_by(checkpoint.parent)
     if checkpoint.parent == run.checkpoints and training_process(run.checkpoints.parent) is None:
         with suppress(OSError):  # the export (and its registration) stands
-            remove_unfinished_writes(run.checkpoints.parent, ABANDONED_WRITE_SECONDS)
+            remove_unfinished_writes(run.checkpoints.parent)

@@ -150,13 +150,19 @@ _UNFINISHED = re.compile(
 )
 
 
-def remove_unfinished_writes(out_dir: Path, export_age_s: float = 0.0) -> list[Path]:
+# model.pth's temporary file this old was left by a killed export (as checkpoints'
+# ABANDONED_WRITE_SECONDS; not imported: this module loads without torch)
+EXPORT_WRITE_AGE_S = 3600.0
+
+
+def remove_unfinished_writes(out_dir: Path, export_age_s: float = EXPORT_WRITE_AGE_S) -> list[Path]:
     """Delete the temporary files of writes that a killed run left in ``out_dir`` and its
     checkpoints folder (a kill skips their clean-up): each as large as the file it was to
     become, a last.pt's with optimizer state several GB, never used again. Only where no
     other run can be writing them (this process holds the folder's training lock, or no
     process does); model.pth's only when untouched for ``export_age_s`` (``samtune export``
-    writes it there without the lock, and may be writing a younger one)."""
+    writes it there without the lock, and may be writing a younger one, also as a run
+    resumed there takes the lock)."""
     found = [
         path
         for folder in (out_dir, out_dir / "checkpoints")
