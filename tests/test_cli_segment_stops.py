@@ -164,3 +164,34 @@ def test_a_stopped_batch_with_many_images_left_lists_them_in_a_file(tmp_path, mo
         file.write("\n")  # a blank last line, as editors leave one
     argv = ["segment", f"@{listed}", "--model", "nano", "--auto", "-o", str(tmp_path)]
     assert build_parser().parse_args(argv).image == whole
+
+
+def test_the_list_of_a_stopped_batch_is_crossed_off_as_its_images_are_segmented(tmp_path):
+    """Given back as @FILE and all segmented, not-segmented.txt stayed, naming them as not
+    segmented (and samtune evaluate of the folder left it out by name)."""
+    from pathlib import Path
+
+    from napari_samtune.cli.segment import _cross_off
+
+    images = [tmp_path / f"cell_{i}.tif" for i in range(3)]
+    listed = tmp_path / "not-segmented.txt"
+    listed.write_text("".join(f"{f}\n" for f in images) + "\n", encoding="utf-8")
+    _cross_off(listed, [Path(images[0])])
+    assert listed.read_text(encoding="utf-8").splitlines() == [str(f) for f in images[1:]]
+    _cross_off(listed, images[1:])
+    assert not listed.exists()
+    _cross_off(listed, images)  # none there: nothing to do
+
+
+def test_a_batch_given_its_list_back_deletes_it_once_done(tmp_path, tiny_checkpoint, capsys):
+    from napari_samtune.cli import main
+
+    _images(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    listed = out / "not-segmented.txt"
+    listed.write_text("".join(f"{f}\n" for f in sorted((tmp_path / "in").iterdir())))
+    argv = ["segment", f"@{listed}", "--model", str(tiny_checkpoint), "-o", str(out), *AUTO]
+    assert main([*argv, "--overwrite"]) == 0
+    assert not listed.exists() and len(list(out.glob("*.labels.tif"))) == 2
+    assert f"{listed}: deleted: every image listed is segmented" in capsys.readouterr().out

@@ -374,6 +374,7 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
         raise type(err)(f"{done}; {_how_to_go_on(args, todo, written, out_dir)}") from None
     using = _using(segmenter, model_name)
     print(f"{len(todo) - failed} of {len(todo)} images segmented into {out_dir} ({using})")
+    _cross_off(out_dir / NOT_SEGMENTED, written)
     if failed:
         print(f"{failed} image(s) failed; see the messages above", file=sys.stderr)
     return 1 if failed else 0
@@ -401,7 +402,7 @@ def _how_to_go_on(args, todo: list[Path], written: list[Path], out_dir: Path) ->
     )
     if len(rest) <= MAX_NAMED:
         return f"{said}: {' '.join(shell_path(f) for f in rest)}"
-    listed = out_dir / "not-segmented.txt"
+    listed = out_dir / NOT_SEGMENTED
     try:
         # whole paths: read from anywhere, and none begins with @ (another list) or -
         listed.write_text("".join(f"{f.absolute()}\n" for f in rest), encoding="utf-8")
@@ -411,6 +412,30 @@ def _how_to_go_on(args, todo: list[Path], written: list[Path], out_dir: Path) ->
 
 
 MAX_NAMED = 20  # images named in the note of a stopped batch; more go into a file
+NOT_SEGMENTED = "not-segmented.txt"  # that file, in the output folder
+
+
+def _cross_off(listed: Path, written: list[Path]) -> None:
+    """Take the images this batch segmented off a stopped batch's list ``listed``, and
+    delete it once none is left: given back (``@FILE``) and all done, it stayed, naming
+    them as not segmented (and ``samtune evaluate`` of the folder left it out by name)."""
+    try:
+        lines = listed.read_text(encoding="utf-8").splitlines()
+    except OSError:  # none (the usual case), or not readable: nothing to cross off
+        return
+    done = {str(image.absolute()) for image in written}
+    rest = [line for line in lines if line.strip() and line not in done]
+    if len(rest) == len([line for line in lines if line.strip()]):
+        return
+    try:
+        if rest:
+            listed.write_text("".join(f"{line}\n" for line in rest), encoding="utf-8")
+        else:
+            listed.unlink()
+    except OSError:
+        return
+    left = f"{len(rest)} listed still" if rest else "deleted: every image listed is segmented"
+    print(f"{listed}: {left}")
 
 
 def _segment_each(args, segmenter, model_name, config, todo, outputs, written) -> int:
