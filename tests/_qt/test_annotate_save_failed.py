@@ -276,9 +276,9 @@ def failing_when_waited_for(monkeypatch):
     def hold(widget) -> None:
         real_wait = widget.runner.wait
 
-        def wait(name: str) -> None:
+        def wait(name: str) -> bool:
             gate.set()
-            real_wait(name)
+            return real_wait(name)
 
         monkeypatch.setattr(widget.runner, "wait", wait)
 
@@ -421,4 +421,28 @@ def test_a_labels_file_another_napari_saved_as_this_save_began_is_kept(
     assert set(np.unique(ours)) == {0, 1, 2} and len(record["objects"]) == 2
     assert any("changed by another program" in n and beside.name in n for n in notifications)
     assert not any("failed" in n for n in notifications)
+    assert not widget._not_autosaved
+
+
+def test_another_image_chosen_in_the_turn_a_save_began_does_not_hang(
+    committed_once, qtbot, tmp_path
+):
+    """A commit and another image chosen in one turn of the event loop (a script, napari's
+    console): the image switch waited for the commit's save, which superqt hands to a
+    thread only at the loop's next turn, for ever. The save is now made there and then."""
+    from qtpy.QtCore import QTimer
+
+    _, widget = committed_once
+    done = []
+
+    def in_one_turn() -> None:
+        widget.session.layers.preview.data[30:40, 30:40] = 1
+        assert widget.commit() == [2]
+        widget.ui.image_combo.setCurrentText("cells1")
+        done.append(widget.session.image_layer.name)
+
+    QTimer.singleShot(0, in_one_turn)
+    qtbot.waitUntil(lambda: bool(done), timeout=WAIT_MS)
+    assert done == ["cells1"]
+    assert set(np.unique(tifffile.imread(tmp_path / "cells0.labels.tif"))) == {0, 1, 2}
     assert not widget._not_autosaved

@@ -135,3 +135,26 @@ def test_a_finished_task_lets_go_of_its_worker_and_its_arguments(qtbot, make_nap
             assert image_ref() is None and worker_ref() is None
     finally:
         gc.enable()
+
+
+def test_a_task_waited_for_in_the_turn_it_started_is_called_off(qtbot, make_napari_viewer):
+    """Started while the event loop runs, superqt hands the worker to a thread only at the
+    loop's next turn: a wait in the same turn (a window closing) waited for ever."""
+    from qtpy.QtCore import QTimer
+
+    make_napari_viewer()
+    runner = TaskRunner(QProgressBar(), QLabel())
+    ran, waited = [], []
+
+    def in_one_turn() -> None:
+        runner.start("queued", lambda: ran.append(1))
+        waited.append(runner.wait("queued"))
+        runner.forget("queued")
+        runner.start("begun", lambda: ran.append(2))
+
+    QTimer.singleShot(0, in_one_turn)
+    qtbot.waitUntil(lambda: bool(waited) and not runner.is_running(), timeout=10_000)
+    qtbot.wait(100)
+    assert waited == [False] and ran == [2]  # called off: the caller does its work
+    runner.start("direct", lambda: ran.append(3))  # outside the event loop: it runs
+    assert runner.wait("direct") and ran == [2, 3]

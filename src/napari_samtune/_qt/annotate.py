@@ -123,7 +123,8 @@ class AnnotateWidget(
         self._behind_left: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._autosave_again: list[AnnotationSession] = []  # saved once the running save ends
         self._save_buffer: np.ndarray | None = None  # the labels the last autosave wrote
-        self._written: tuple | None = None  # (session, labels file) the running save wrote
+        self._written: tuple | None = None  # (session, outcome, announce) of the running save
+        self._saving: tuple | None = None  # (session, announce) of the save started last
         self._save_folder: Path | None = None  # where the last background save began to write
         self._save_now_waiting: AnnotationSession | None = None  # Save now, after that save
         self._strokes = 0  # brush, fill and eraser strokes on the annotations, ever

@@ -60,7 +60,7 @@ class AnnotateSavesMixin:
         window = main_window_of(self)
         if window is not None:  # see eventFilter (installing it again changes nothing)
             window.installEventFilter(self)
-        self._written = None
+        self._written, self._saving = None, (session, announce)
         return self.runner.start(
             SAVE_TASK,
             self._save_in_worker,
@@ -106,6 +106,10 @@ class AnnotateSavesMixin:
         ``session`` began: nothing was written over it; the save runs again, beside it, once
         this one has ended (:meth:`_autosave_next`), and says where."""
         session.written_meanwhile(labels_path)
+        self._save_next(session, announce)
+
+    def _save_next(self, session, announce: bool) -> None:
+        """Save ``session`` once the save that runs has ended (Save now: ``announce``)."""
         if announce and self._save_now_waiting in (None, session):
             self._save_now_waiting = session
         elif not any(waiting is session for waiting in self._autosave_again):
@@ -168,10 +172,12 @@ class AnnotateSavesMixin:
         after it, which would otherwise be lost."""
         if not self.runner.is_running(SAVE_TASK):
             return
-        self.runner.wait(SAVE_TASK)
+        began = self.runner.wait(SAVE_TASK)
         self.runner.forget(SAVE_TASK)  # its result too: note the file it wrote as this
         # session's, or the saves below take it for another program's edit and go beside it
-        if self._written is not None:
+        if not began:  # started in this turn of the event loop: saved below instead
+            self._save_next(*self._saving)
+        elif self._written is not None:
             session, outcome, announce = self._written
             if isinstance(outcome, ChangedMeanwhile):  # saved below, beside that file
                 self._save_again(session, announce, outcome.labels_path)

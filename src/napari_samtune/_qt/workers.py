@@ -27,7 +27,7 @@ from typing import Any
 
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import QObject, Qt, QThread, QTimer, Signal
 from qtpy.QtWidgets import QLabel, QProgressBar
 
 
@@ -181,6 +181,45 @@ def _release(connections: list[tuple[Any, Callable]], drop_status: Callable[[], 
     drop_status()
 
 
+class _Launch:
+    """Whether a task's function has begun in its thread, or was called off before: superqt
+    hands a worker started while the event loop runs to the thread pool only at the loop's
+    next turn, so a wait in the same turn (a window closing) waited for ever."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.began = False
+        self.called_off = False
+        self.queued = False  # till the event loop's next turn, no thread has it
+
+    def queue(self) -> None:
+        """Its worker was started while the event loop runs: queued till the next turn."""
+        self.queued = True
+        QTimer.singleShot(1, self._handed)  # after superqt's own 1 ms timer
+
+    def _handed(self) -> None:
+        self.queued = False
+
+    def call_off(self) -> bool:
+        """Call the function off if no thread has it yet; whether it was called off."""
+        with self.lock:
+            self.called_off = self.queued and not self.began
+            return self.called_off
+
+    def guard(self, func: Callable) -> Callable:
+        """``func``, run unless called off first (it then returns None)."""
+
+        @functools.wraps(func)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with self.lock:
+                if self.called_off:
+                    return None
+                self.began = True
+            return func(*args, **kwargs)
+
+        return run
+
+
 class TaskRunner:
     """Starts thread workers, shows their progress in a bar and label, reports failures.
 
@@ -202,6 +241,7 @@ class TaskRunner:
         self._workers: dict[str, Any] = {}  # task name -> running worker
         self._ended: dict[str, threading.Event] = {}  # task name -> set when its thread ends
         self._cancels: dict[str, threading.Event] = {}  # task name -> set to ask it to stop
+        self._launches: dict[str, _Launch] = {}  # plain functions' tasks, until they end
         self._quiet: set[str] = set()  # tasks that leave the bar and the label alone
         # a quiet task's error said, by task, until it succeeds: said again, only in the label
         self._said_errors: dict[str, str] = {}
@@ -250,13 +290,19 @@ class TaskRunner:
         """
         if name in self._workers:
             raise RuntimeError(f"{name} is still running; wait for it to finish")
+        launch = None
         if inspect.isgeneratorfunction(func):
             func = _runtime_errors_reported(func)
+        else:
+            launch = _Launch()
+            func = launch.guard(func)
         worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True, **kwargs)
         self._drop_generic_error_relay(worker)
 
         ended = self._connect(name, worker, on_return, on_yield, on_error, on_finish, memory_advice)
         self._workers[name], self._ended[name] = worker, ended
+        if launch is not None:
+            self._launches[name] = launch
         if cancel_event is not None:
             self._cancels[name] = cancel_event
         if quiet:
@@ -264,6 +310,8 @@ class TaskRunner:
         else:
             self._show_progress(TaskProgress(0, 0, f"{name}…"))
         worker.start()
+        if launch is not None and QThread.currentThread().loopLevel():  # as superqt tells
+            launch.queue()
         return worker
 
     def _connect(
@@ -318,12 +366,18 @@ class TaskRunner:
             except (TypeError, RuntimeError):  # this napari version did not connect it
                 pass
 
-    def wait(self, name: str) -> None:
+    def wait(self, name: str) -> bool:
         """Block until task ``name`` has ended, without running the event loop (for a
-        window that is closing and cannot wait for one)."""
+        window that is closing and cannot wait for one). A plain function's task that has
+        not begun, started in this turn of the event loop (which hands it to a thread only
+        at the next), is called off instead: returns False, and the caller does its work."""
+        launch = self._launches.get(name)
+        if launch is not None and launch.call_off():
+            return False
         ended = self._ended.get(name)
         if ended is not None:
             ended.wait()
+        return True
 
     def forget(self, name: str) -> None:
         """Drop task ``name``: none of its callbacks runs any more (their queued signals
@@ -331,6 +385,7 @@ class TaskRunner:
         self._workers.pop(name, None)
         self._ended.pop(name, None)
         self._cancels.pop(name, None)
+        self._launches.pop(name, None)
         quiet = name in self._quiet
         self._quiet.discard(name)
         if not self._shown or quiet:
