@@ -232,3 +232,41 @@ def test_an_autosaved_image_with_new_pixels_meanwhile_starts_afresh(two_images, 
     drain_jobs(widget)
     assert widget.session is not cells0
     assert widget.session.fingerprint == image_fingerprint(viewer.layers["cells0"].data)
+
+
+@pytest.mark.parametrize("edit", ["commit", "brush while away"])
+def test_a_folder_chosen_while_an_image_was_away_keeps_that_image_s_file_there(
+    two_images, qtbot, drain_jobs, tmp_path, notifications, edit
+):
+    """Another folder chosen while cells1 was annotated, holding a cells0 file of its own:
+    cells0, chosen again (its session resumed) or corrected with the brush while away,
+    saved over that file without a word; a session that never read a file keeps it."""
+    import tifffile
+
+    from napari_samtune.core.annotation_files import load_annotations, save_annotations
+
+    viewer, widget = two_images
+    widget.ui.autosave_check.setChecked(True)
+    widget.ui.image_combo.setCurrentText("cells1")
+    drain_jobs(widget)
+    other = tmp_path / "B"
+    other.mkdir()
+    theirs = np.zeros((64, 64), np.uint32)
+    theirs[40:50, 5:15] = 42
+    save_annotations(other, "cells0", theirs, {"objects": []})
+    widget.ui.folder_edit.setText(str(other))
+    widget._use_folder()
+    drain_jobs(widget)
+    if edit == "commit":
+        widget.ui.image_combo.setCurrentText("cells0")
+        drain_jobs(widget)
+        widget.session.layers.preview.data[5:15, 45:60] = 1
+        assert widget.commit()
+    else:
+        viewer.layers["cells0 annotations"].paint((10, 50), 7)
+        qtbot.wait(10)
+    drain_jobs(widget)
+    np.testing.assert_array_equal(tifffile.imread(other / "cells0.labels.tif"), theirs)
+    (beside,) = other.glob("cells0-*.labels.tif")
+    assert 1 in load_annotations(beside)[0]  # cells0's first object, with the new edit
+    assert any(beside.name in n for n in notifications)

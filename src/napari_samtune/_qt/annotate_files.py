@@ -96,6 +96,9 @@ class AnnotateFilesMixin:
         autosave failed, they are saved there now). The folder is the next session's too."""
         # absolute: "annotations" typed here was the next session's own folder where it began
         write_setting(ANNOTATION_FOLDER, str(self.annotation_folder().resolve()))
+        for kept in self._sessions_kept():  # images not chosen now, which save there too
+            if kept is not self.session:
+                self._not_over_unread(kept, self.annotation_folder())
         if self.session is None:
             return
         if not self.session.annotations.any():
@@ -113,6 +116,19 @@ class AnnotateFilesMixin:
             self.session.disk.note_absent(labels_path)
             if self._save_failed is self.session:  # on no disk yet: the error said to do this
                 self._autosave()
+
+    @staticmethod
+    def _not_over_unread(session, folder: Path) -> None:
+        """``session``'s file in ``folder``, chosen while its image was not: one there holds
+        annotations it never read, which its next save (a brush stroke, or the image chosen
+        again: its session resumed) replaced unsaid; its saves go beside it."""
+        labels_path, _ = annotation_paths(folder, session.file_name(folder))
+        if labels_path in session.disk:
+            return
+        if labels_path.exists():
+            session.disk.note_foreign(labels_path)
+        else:
+            session.disk.note_absent(labels_path)
 
     def _restore_autosave(self, labels: bool = True) -> None:
         """Load this image's autosave: the labels and their object records, or (``labels``
