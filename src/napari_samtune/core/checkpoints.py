@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from napari_samtune.core.run_lock import ABANDONED_WRITE_SECONDS
+
 CHECKPOINT_FORMAT = "napari-samtune-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
 
@@ -284,9 +286,6 @@ def _unreadable(path: str | os.PathLike, err: Exception, expected: str) -> Unrea
         f"{first_line(str(err))}); "
         f"it may be truncated, corrupt or of another format. Expected {expected}"
     )
-
-
-ABANDONED_WRITE_SECONDS = 3600  # a write left half-done this long ago was killed
 
 
 def remove_abandoned_writes(

@@ -150,12 +150,14 @@ _UNFINISHED = re.compile(
 )
 
 
-# model.pth's temporary file this old was left by a killed export (as checkpoints'
-# ABANDONED_WRITE_SECONDS; not imported: this module loads without torch)
-EXPORT_WRITE_AGE_S = 3600.0
+# a write left half-done this long ago was killed (here, not in core.checkpoints, which
+# uses it too: this module loads without torch)
+ABANDONED_WRITE_SECONDS = 3600
 
 
-def remove_unfinished_writes(out_dir: Path, export_age_s: float = EXPORT_WRITE_AGE_S) -> list[Path]:
+def remove_unfinished_writes(
+    out_dir: Path, export_age_s: float = ABANDONED_WRITE_SECONDS
+) -> list[Path]:
     """Delete the temporary files of writes that a killed run left in ``out_dir`` and its
     checkpoints folder (a kill skips their clean-up): each as large as the file it was to
     become, a last.pt's with optimizer state several GB, never used again. Only where no
