@@ -420,12 +420,12 @@ def _cross_off(listed: Path, written: list[Path]) -> None:
     delete it once none is left: given back (``@FILE``) and all done, it stayed, naming
     them as not segmented (and ``samtune evaluate`` of the folder left it out by name)."""
     try:
-        lines = listed.read_text(encoding="utf-8").splitlines()
+        lines = [line for line in listed.read_text(encoding="utf-8").splitlines() if line.strip()]
     except OSError:  # none (the usual case), or not readable: nothing to cross off
         return
     done = {str(image.absolute()) for image in written}
-    rest = [line for line in lines if line.strip() and line not in done]
-    if len(rest) == len([line for line in lines if line.strip()]):
+    rest = [line for line in lines if line not in done]
+    if len(rest) == len(lines):
         return
     try:
         if rest:
