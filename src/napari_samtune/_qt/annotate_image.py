@@ -197,7 +197,8 @@ class AnnotateImageMixin:
         running = self.runner.is_running(AUTO_TASK) or self.runner.is_running(PROPAGATE_TASK)
         kept = ([self._job_session] if running else []) + self._not_autosaved
         session = next((s for s in kept if s is not None and s.image_layer == layer), None)
-        if session is None:
+        autosaved = session is None
+        if autosaved:
             session = self._autosaved_to_resume(layer)
         if session is None:
             return None
@@ -212,20 +213,21 @@ class AnnotateImageMixin:
             if not (automatic and self._annotations_there(session)):
                 return None
             session.layers = PromptLayers(self.viewer, layer, axes, session.fingerprint)
+        if autosaved and session.fingerprint != image_fingerprint(layer.data):
+            return None  # new pixels meanwhile: a new session, as for a new image (hashed
+            # last: a large stack takes a second, and a new session hashes it again)
         session.axes = session.layers.axes = axes  # the channels may differ
         return session
 
     def _autosaved_to_resume(self, layer) -> AnnotationSession | None:
         """The session of image ``layer`` left with its layers in the viewer (watched for
-        brush strokes, autosaved), while the image's pixels are those it annotated: chosen
-        again, a new session read the records back from the file but lost the undo. None
-        while its annotations still wait for their file (a new session reads it again)."""
+        brush strokes, autosaved): chosen again, a new session read the records back from
+        the file but lost the undo. None while its annotations still wait for their file (a
+        new session reads it again)."""
         left = (s for s, _ in self._retired_painting.values() if s.image_layer == layer)
         session = next(left, None)
         if session is None or restore_pending(session.layers.annotations):
             return None
-        if session.fingerprint != image_fingerprint(layer.data):
-            return None  # (new pixels meanwhile: a new session, as for a new image)
         return session
 
     def _take_over_not_autosaved(self, session: AnnotationSession) -> bool:
