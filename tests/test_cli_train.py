@@ -51,6 +51,49 @@ def _tiny_run(folders, out, epochs: int) -> list[str]:
     return [*argv, "--labels", labels, "--epochs", str(epochs), *FAST, "--out", str(out)]
 
 
+def test_a_resume_reads_and_checks_the_checkpoint_whole_once(tmp_path, folders, monkeypatch):
+    """The command line's look at a resumed checkpoint's settings maps it; the trainer's read
+    is the one whole read and checksum pass (a GB checkpoint was read and summed twice)."""
+    import zipfile
+
+    out = tmp_path / "run"
+    assert cli.main(_tiny_run(folders, out, 1)) == 0
+    last = out / "checkpoints" / "last.pt"
+    whole_reads, checked = [], []
+    load, testzip = torch.load, zipfile.ZipFile.testzip
+
+    def counted_load(path, *args, **kwargs):
+        if Path(path) == last and not kwargs.get("mmap"):
+            whole_reads.append(path)
+        return load(path, *args, **kwargs)
+
+    def counted_testzip(archive):
+        checked.append(archive.filename)
+        return testzip(archive)
+
+    monkeypatch.setattr(torch, "load", counted_load)
+    monkeypatch.setattr(zipfile.ZipFile, "testzip", counted_testzip)
+    images, labels = folders
+    resume = ["train", "--resume", str(out), "--epochs", "2", "--images", images]
+    assert cli.main([*resume, "--labels", labels, "--no-progress"]) == 0
+    assert len(whole_reads) == 1 and [Path(f) for f in checked].count(last) == 1
+
+    # damage found by the checksum still stops the resume, before an epoch is trained
+    data = bytearray(last.read_bytes())
+    with zipfile.ZipFile(last) as archive:
+        largest = max(archive.infolist(), key=lambda info: info.file_size)
+        header = largest.header_offset  # the local header's name and extra field lengths
+        start = header + 30 + int.from_bytes(data[header + 26 : header + 28], "little")
+        start += int.from_bytes(data[header + 28 : header + 30], "little")
+    data[start : start + 16] = (
+        b"\x7f" * 16 if data[start : start + 16] != b"\x7f" * 16 else bytes(16)
+    )
+    last.write_bytes(bytes(data))
+    resume[resume.index("2")] = "3"
+    assert cli.main([*resume, "--labels", labels, "--no-progress"]) == 2
+    assert json.loads((out / "summary.json").read_text())["epochs_done"] == 2
+
+
 def test_presets_prints_the_table_and_the_automatic_choice(capsys, monkeypatch):
     assert cli.main(["presets"]) == 0
     out = capsys.readouterr().out

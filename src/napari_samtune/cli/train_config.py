@@ -115,7 +115,7 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
                 "settings to change as options, e.g. --batch-size)"
             )
         args.resume = str(resume_checkpoint(args.resume))
-        checkpoint = read_checkpoint(args.resume)
+        checkpoint = read_checkpoint(args.resume, settings_only=True)  # the trainer's is whole
         overrides = overrides_from(args)
         saved = TrainConfig.from_dict(checkpoint["config"])
         _keep_model_setup(saved, overrides)

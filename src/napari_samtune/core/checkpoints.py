@@ -234,14 +234,16 @@ class UnreadableFile(ValueError):
     format, or Python objects besides tensors)."""
 
 
-def safe_torch_load(path: str | os.PathLike, expected: str) -> object:
+def safe_torch_load(path: str | os.PathLike, expected: str, mmap: bool = False) -> object:
     """``torch.load(path, weights_only=True)`` on the CPU, with a ``ValueError`` that names
     the file and ``expected`` (what it should hold) when the file is not a safe PyTorch file:
-    text, garbage, a truncated download, or a pickle that needs code to load."""
+    text, garbage, a truncated download, or a pickle that needs code to load. ``mmap``: the
+    tensors are mapped, read only where used (torch's zip format only; others are read)."""
     try:
         with warnings.catch_warnings():  # torch's note on old pickle protocols is noise here
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            mmap = mmap and zipfile.is_zipfile(path)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except OSError as err:
         if err.filename is not None:  # opening it failed: not found, not allowed, ...
             raise

@@ -168,13 +168,19 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def read_checkpoint(path: str | Path) -> dict:
+def read_checkpoint(path: str | Path, settings_only: bool = False) -> dict:
     """Load a training checkpoint safely, from a file or a run's folder (its last.pt, see
-    :func:`resolve_checkpoint`); ``ValueError`` when it is not one."""
+    :func:`resolve_checkpoint`); ``ValueError`` when it is not one.
+
+    ``settings_only``: for a look at its settings before the trainer reads it whole (the
+    command line's checks of a resume): its tensors are mapped, not read, and the records'
+    checksums are left to that read (a GB checkpoint was read and summed twice).
+    """
     path = resolve_checkpoint(path)
     try:
-        checkpoint = safe_torch_load(path, TRAINING_CHECKPOINT)
-        check_records(path, TRAINING_CHECKPOINT)  # (read at resume and export only)
+        checkpoint = safe_torch_load(path, TRAINING_CHECKPOINT, mmap=settings_only)
+        if not settings_only:
+            check_records(path, TRAINING_CHECKPOINT)  # (read at resume and export only)
     except ValueError as err:  # (an UnreadableFile stays one)
         raise type(err)(f"{err}{whole_one_beside(path)}") from None
     if isinstance(checkpoint, dict) and any(
