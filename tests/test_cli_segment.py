@@ -308,6 +308,32 @@ def test_a_stack_is_segmented_plane_by_plane_from_3d_prompts(
         assert not labels[:2].any()
 
 
+def test_a_blank_plane_of_a_stack_is_left_empty_and_named(
+    tmp_path, tiny_checkpoint, stack_file, capsys
+):
+    """Prompts on a blank plane were said to have "come out empty ... try a box", and
+    --auto kept whatever the model made up there; the widget names the blank plane."""
+    path, stack = stack_file
+    stack = stack.copy()
+    stack[1] = 700
+    tifffile.imwrite(path, stack)
+    points = napari_points_file(tmp_path / "p.csv", [[1, 50, 60], [2, 30, 40]], ["positive"] * 2)
+    out = tmp_path / "points.tif"
+    assert segment(tiny_checkpoint, path, out, "--stack", "--points", str(points)) == 0
+    err = capsys.readouterr().err
+    assert "note: plane 1 is left empty, with the 1 prompt there: one value everywhere" in err
+    assert "ids 1," not in err and "(ids 1 " not in err  # row 1, on plane 1: not "empty"
+    assert not tifffile.imread(out)[1].any()
+
+    keep_all = ["--points-per-side", "4", "--pred-iou-thresh", "-1", "--stability-score-thresh"]
+    assert (
+        segment(tiny_checkpoint, path, out, "--stack", "--auto", *keep_all, "0", "--overwrite") == 0
+    )
+    assert "note: plane 1 is left empty: one value everywhere" in capsys.readouterr().err
+    labels = tifffile.imread(out)
+    assert labels[0].any() and not labels[1].any() and labels[2].any()
+
+
 def test_auto_on_a_stack_gives_ids_unique_across_planes(
     tmp_path, tiny_checkpoint, stack_file, capsys, monkeypatch
 ):

@@ -278,14 +278,20 @@ def _run(args: argparse.Namespace) -> int:
     segmenter, model_name = _load_segmenter(args)
     if args.auto:
         config = _auto_config(args, segmenter.img_size)
-    labels = segment_planes(segmenter, planes, points, boxes, config, not args.no_progress)
-    if points is not None:
-        if points.objects is None:
-            _report_empty(labels, np.flatnonzero(points.labels == 1) + 1, "data rows")
+    labels, blank = segment_planes(segmenter, planes, points, boxes, config, not args.no_progress)
+    prompts = points if points is not None else boxes
+    if prompts is not None:  # those on blank planes were said to be left out
+        seen = (
+            np.ones(len(prompts), bool)
+            if prompts.planes is None
+            else ~np.isin(prompts.planes, blank)
+        )
+        if boxes is not None:
+            _report_empty(labels, np.flatnonzero(seen) + 1, boxes.ids_from)
+        elif points.objects is None:
+            _report_empty(labels, np.flatnonzero(seen & (points.labels == 1)) + 1, "data rows")
         else:
-            _report_empty(labels, points.objects, "'object' column")
-    elif boxes is not None:
-        _report_empty(labels, range(1, len(boxes) + 1), boxes.ids_from)
+            _report_empty(labels, points.objects[seen], "'object' column")
     made = _made_by(args, model_name, config)
     counts = _write_labels(args.output, labels, files[0], planes.pixels, made, args.overwrite)
     if counts is None:  # checked at the start: saved meanwhile
@@ -450,7 +456,7 @@ def _segment_each(args, segmenter, model_name, config, todo, outputs, written) -
         for done, image in enumerate(todo):
             try:
                 planes = Planes(*read_image(image), image, args)
-                labels = segment_planes(segmenter, planes, None, None, config, bars=False)
+                labels, _ = segment_planes(segmenter, planes, None, None, config, bars=False)
             except (ValueError, TypeError) as err:
                 failed += 1
                 why = in_option_terms(str(err), OPTION_NAMES)

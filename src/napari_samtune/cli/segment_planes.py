@@ -282,12 +282,19 @@ def segment_planes(
     boxes: BoxPrompts | None,
     config,
     bars: bool = True,
-) -> np.ndarray:
+) -> tuple[np.ndarray, list[int]]:
     """uint32 labels, (H, W) or (planes, H, W): each prompted plane (every plane with
     ``--auto``, ids made unique across the stack) is embedded and segmented in turn;
     ``bars``: show progress bars (embedding and segmenting, and for a stack its planes:
-    a plane of ``--auto`` may take minutes, and the planes' bar moved only between them)."""
+    a plane of ``--auto`` may take minutes, and the planes' bar moved only between them).
+
+    Also the planes left empty because they are blank (one value everywhere as SAM sees
+    them: any mask there would be made up, as the widget says), said on stderr.
+    """
+    from napari_samtune.core.images import is_blank
+
     labels = np.zeros((planes.count, *planes.shape), dtype=np.uint32)
+    blank: list[int] = []
     prompts = points if points is not None else boxes
     if prompts is not None:
         row_planes = np.zeros(len(prompts), np.int64) if prompts.planes is None else prompts.planes
@@ -299,20 +306,49 @@ def segment_planes(
     with optional_bar(bars and stacked, "segmenting planes", "plane") as plane_bar:
         for done, index in enumerate(todo):
             of = f" plane {index}" if stacked else ""
-            if prompts is not None:
+            rgb = planes.rgb(index)
+            if is_blank(rgb):  # (a single image that is blank is refused when read)
+                blank.append(index)
+            elif prompts is not None:
                 rows = np.flatnonzero(row_planes == index)
-                segmenter.set_image(planes.rgb(index), embed=False)
+                segmenter.set_image(rgb, embed=False)
                 views = _prompt_views(segmenter, points, boxes, rows)
                 with optional_bar(bars, f"embedding{of}", "view", not stacked) as bar:
                     segmenter.embed_views(views, progress=bar)
                 labels[index] = segment_rows(segmenter, prompts, rows)
             else:
                 with optional_bar(bars, f"embedding{of}", "tile", not stacked) as bar:
-                    segmenter.set_image(planes.rgb(index), progress=bar)
+                    segmenter.set_image(rgb, progress=bar)
                 with optional_bar(bars, f"segmenting{of}", "batch", not stacked) as bar:
                     found = segmenter.segment_all(config, progress=bar)
                 labels[index] = np.where(found > 0, found + offset, 0)
                 offset = max(offset, int(labels[index].max()))
             if plane_bar is not None:
                 plane_bar(done + 1, len(todo))
-    return labels if planes.stacked else labels[0]
+    if blank:
+        _say_blank(blank, None if prompts is None else row_planes)
+    return (labels if planes.stacked else labels[0]), blank
+
+
+def _say_blank(blank: list[int], row_planes: np.ndarray | None) -> None:
+    """The note that the planes ``blank`` are left empty (with the prompts on them, where
+    the rows' planes ``row_planes`` are given)."""
+    import sys
+
+    from tqdm import tqdm
+
+    from napari_samtune.core.label_files import describe_names
+
+    names = describe_names([str(i) for i in blank], limit=10)
+    them = "it" if len(blank) == 1 else "them"
+    prompted = ""
+    if row_planes is not None:
+        n = int(np.isin(row_planes, blank).sum())
+        prompted = f", with the {n} prompt{'s' if n != 1 else ''} there"
+    tqdm.write(
+        f"note: plane{'s' if len(blank) > 1 else ''} {names} {'are' if len(blank) > 1 else 'is'} "
+        f"left empty{prompted}: one value "
+        f"everywhere (blank) as SAM sees {them}, so any mask there would be made up; check "
+        "the stack, and the channel chosen",
+        file=sys.stderr,
+    )
