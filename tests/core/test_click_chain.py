@@ -50,6 +50,23 @@ def _by_hand(segmenter, points, labels, box=None):
     return previous
 
 
+def test_negative_clicks_before_the_first_positive_come_after_it(segmenter):
+    """A negative click alone marks only background: its made-up mask, fed back to every
+    later click, took nano's IoU on two clicks from 0.59 to 0.24 in the panel."""
+    negative_first = np.array([[60.0, 52.0], [40.0, 30.0], [80.0, 20.0], [25.0, 70.0]])
+    labels = np.array([0, 1, 0, 1])
+    chained = ClickChain().predict(segmenter, negative_first, labels)
+    order = [1, 0, 2, 3]  # the first positive, then the others as clicked
+    expected = _by_hand(segmenter, negative_first[order], labels[order])
+    np.testing.assert_array_equal(chained.low_res_logits, expected.low_res_logits)
+    as_clicked = _by_hand(segmenter, negative_first, labels)  # the negative click first
+    assert not np.array_equal(as_clicked.low_res_logits, expected.low_res_logits)
+    box = np.array([10.0, 12.0, 90.0, 80.0])  # after a box, clicks stay in their order
+    with_box = ClickChain().predict(segmenter, negative_first[:2], labels[:2], box)
+    by_hand = _by_hand(segmenter, negative_first[:2], labels[:2], box)
+    np.testing.assert_array_equal(with_box.low_res_logits, by_hand.low_res_logits)
+
+
 def test_each_click_refines_the_mask_of_the_clicks_before_it(segmenter):
     chained = ClickChain().predict(segmenter, POINTS, LABELS)
     expected = _by_hand(segmenter, POINTS, LABELS)

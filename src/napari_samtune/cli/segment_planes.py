@@ -61,8 +61,6 @@ def _segment_points(segmenter, prompts: PointPrompts, rows: np.ndarray) -> np.nd
         # click by click, as the widget answers them and SAM is trained (all at once: nano's
         # IoU 0.765 where 0.882 with 3 corrective clicks), from its first positive point
         order = np.flatnonzero(objects == object_id)
-        first = order[point_labels[order] == 1][0]
-        order = np.r_[first, order[order != first]]
         prediction = ClickChain().predict(segmenter, points[order], point_labels[order])
         labels[prediction.mask & (labels == 0)] = object_id  # earlier objects keep overlaps
     return labels

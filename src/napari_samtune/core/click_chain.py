@@ -43,12 +43,21 @@ class ClickChain:
     ) -> Prediction:
         """The mask of (N, 2) image (x, y) ``points_xy`` in the order given (labels 1 / 0),
         with an XYXY ``box_xyxy`` if any. The first step is the box alone, or else the first
-        click alone (three candidates, the best kept: one click is ambiguous); each further
-        click is decoded with every click so far and the step before's mask as input."""
+        positive click alone (three candidates, the best kept: one click is ambiguous); each
+        further click is decoded with every click so far and the step before's mask as input.
+
+        Negative clicks before the first positive one (without a box) come right after it:
+        a negative click alone marks only background, and its made-up mask fed back to every
+        later step took nano's IoU on two clicks from 0.59 to 0.24.
+        """
         points = np.zeros((0, 2)) if points_xy is None else np.asarray(points_xy, np.float64)
         labels = np.ones(len(points), np.int64) if point_labels is None else point_labels
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
         box = None if box_xyxy is None else np.asarray(box_xyxy, dtype=np.float64).reshape(4)
+        positive = np.flatnonzero(labels == 1)
+        if box is None and len(positive) and positive[0] > 0:
+            order = np.r_[positive[0], np.delete(np.arange(len(labels)), positive[0])]
+            points, labels = points[order], labels[order]
         if len(points) == 0 and box is None:
             raise ValueError("a click chain needs a prompt: pass points_xy and/or box_xyxy")
         owner = (weakref.ref(segmenter), segmenter.image_digest)
