@@ -198,7 +198,8 @@ class EmbeddingCache:
 
     def clear(self) -> tuple[int, int]:
         """Delete every cached embedding, and the half-written files of saves that never
-        ended; embeddings are computed again when needed. Returns (files, bytes) deleted.
+        ended (those over an hour old: a younger one may be another process's save in
+        progress); embeddings are computed again when needed. Returns (files, bytes) deleted.
         A file that cannot be deleted raises ``OSError`` naming it."""
         n_files = n_bytes = 0
         for _, size, path in self.entries():
