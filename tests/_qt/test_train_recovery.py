@@ -296,7 +296,9 @@ def test_continue_into_a_folder_another_run_is_training_in_is_refused(
     assert widget.result_label.text() == "the run before's result"
     assert widget.run_folder != folder  # Continue…'s dialog still opens where it did
     shown = widget.settings.settings_error.text()
-    assert "is in use by another training run" in shown and "choose another folder" in shown
+    assert shown.startswith(f"the run {str(folder)!r} is in use by another training run (process ")
+    assert ": this napari, another Finetune panel)" in shown
+    assert shown.endswith("still going; wait for it to finish, then continue it")
     assert widget.start_error.isVisibleTo(widget)
     assert any("is in use by another training run" in m for m in notifications)
     assert "training failed" not in widget.result_label.text()  # it never began
@@ -327,7 +329,7 @@ def test_a_folder_taken_after_the_start_was_checked_is_refused_by_the_run(
     hold on it refuses it then, shown as a refused Start, not as a failed run."""
     import napari_samtune._qt.train_widget as train_widget
 
-    monkeypatch.setattr(train_widget, "check_not_in_use", lambda out_dir: None)  # too late
+    monkeypatch.setattr(train_widget, "check_not_in_use", lambda *args: None)  # too late
     assert _add_pair(widget, 0)
     folder = _run_folder(tmp_path, asdict(TrainConfig(model="random:tiny", epochs=1)), GOOD_RECORD)
     before = _contents(folder)

@@ -136,6 +136,42 @@ def test_a_layer_pair_in_the_folders_with_other_labels_is_refused_before_the_run
     assert any("same image with different labels" in e for e in _errors(notifications))
 
 
+def test_two_layer_pairs_of_one_image_with_other_labels_are_refused_at_start(
+    finetune_on_cells, add_pair, use_tiny_model, monkeypatch, notifications, qtbot
+):
+    """A layer duplicated and annotated apart: Start began the run, which failed once the
+    worker had loaded (or downloaded: offline, only the download error was said) the model,
+    as "training failed"; refused at Start now, in red under the pair list."""
+    import numpy as np
+
+    import napari_samtune._qt.train_widget as train_widget
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("the run's worker began")
+
+    monkeypatch.setattr(train_widget, "iter_training_job", no_run)
+    viewer, widget = finetune_on_cells(n=2)
+    labels = viewer.layers["cells0 labels"].data
+    viewer.add_image(viewer.layers["cells0"].data.copy(), name="copy")
+    viewer.add_labels(np.where(labels == labels.max(), 0, labels), name="copy labels")
+    for image in ("cells0", "cells1", "copy"):
+        assert add_pair(widget.train_data, image, f"{image} labels")
+    use_tiny_model(widget, epochs=1)
+    assert widget.start() is None
+    assert widget.train_data.list_error.text().startswith(
+        "training data: 'copy / copy labels' and 'cells0 / cells0 labels' are the same image "
+        "with different labels"
+    )
+    assert widget.start_error.text() and not widget.is_running
+    assert any("same image with different labels" in e for e in _errors(notifications))
+
+    viewer.layers["copy labels"].data = labels.copy()  # the same objects: the run leaves it out
+    monkeypatch.undo()
+    with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
+        assert widget.start() is not None
+    assert widget.started.duplicates == (("copy / copy labels", "cells0 / cells0 labels"),)
+
+
 def test_a_layer_pair_repeated_in_the_folders_is_noted_under_them_before_the_run(
     finetune_on_cells, add_pair, use_tiny_model, qtbot, tmp_path
 ):

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_samtune.core.data import ImageLabelPair, PreparedImage, prepare_pair
-from napari_samtune.core.duplicate_pairs import conflict_message, duplicates_message
+from napari_samtune.core.duplicate_pairs import conflict_message, duplicates_message, same_objects
+from napari_samtune.core.label_files import image_fingerprint
 
 
 @dataclass(frozen=True)
@@ -92,3 +93,33 @@ def compare_with_folders(
             return RepeatCheck(conflict_message(folder.name, layer.name), "")
         repeats.append((folder.name, layer.name))
     return RepeatCheck("", duplicates_message(repeats))
+
+
+def layer_pairs_conflict(pairs: Sequence[ImageLabelPair]) -> str:
+    """The core's refusal of two of ``pairs`` that are one image with labels of other objects
+    (a layer duplicated, or chosen twice, and annotated apart), found at Start rather than
+    once the worker had loaded (or downloaded) the model; "" if none.
+
+    Milliseconds, on the main thread: only pairs whose pixels in memory share a fingerprint
+    are prepared and compared as the core compares them. Lazy images are left to the run.
+    """
+    candidates: dict[tuple, list[ImageLabelPair]] = {}
+    for pair in pairs:
+        if isinstance(pair.image, np.ndarray):
+            key = (image_fingerprint(pair.image), pair.channel_axis, pair.channels)
+            candidates.setdefault(key, []).append(pair)
+    for group in candidates.values():
+        if len(group) < 2:
+            continue
+        prepared = []
+        for pair in group:
+            try:
+                prepared.append(prepare_pair(pair))
+            except (ValueError, TypeError):  # no object (left out), or refused by Start's checks
+                continue
+        for k, image in enumerate(prepared):
+            for earlier in prepared[:k]:
+                same_image = np.array_equal(earlier.rgb, image.rgb)
+                if same_image and not same_objects(earlier.labels, image.labels):
+                    return conflict_message(image.name, earlier.name)
+    return ""

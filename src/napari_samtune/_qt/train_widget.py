@@ -57,6 +57,7 @@ from napari_samtune._qt.train_continue import kept_settings_warning
 from napari_samtune._qt.train_data import PairSourceWidget, error_label, show_problem
 from napari_samtune._qt.train_plot import TrainingPlotWidget
 from napari_samtune._qt.train_progress import TrainProgressMixin
+from napari_samtune._qt.train_repeats import layer_pairs_conflict
 from napari_samtune._qt.train_request import REPEAT_TASK, TrainRequestMixin, check_field
 from napari_samtune._qt.train_run import (
     RUN_FOLDERS_IN_USE,
@@ -75,6 +76,8 @@ from napari_samtune.core.run_lock import check_not_in_use
 from napari_samtune.core.train import TrainingFinished, TrainingStarted
 from napari_samtune.core.train_export import check_model_name, check_registration
 from napari_samtune.core.user_settings import FINETUNE_FOLDER, write_setting
+
+ANOTHER_PANEL = "this napari, another Finetune panel"  # a run holding a folder here
 
 
 class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidget):
@@ -365,9 +368,11 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
                 model_name = check_field("new model name", check_model_name, name)
                 check_output_folder(self.settings.output_folder(), "output folder")
                 out_dir, last = run_folder(self.settings.output_folder(), model_name), None
-                check_not_in_use(out_dir)
+                fix = "wait for it to finish, or give the new model another name"
+                check_not_in_use(out_dir, "the new run's folder", fix, ANOTHER_PANEL)
             else:  # a run in its first epoch has no last.pt yet: not "holds no run"
-                check_not_in_use(resume)
+                fix = "wait for it to finish, then continue it"
+                check_not_in_use(resume, "the run", fix, ANOTHER_PANEL)
                 # the run keeps its own preset: "auto" is the device this machine has, not
                 # that of the preset chosen here (an A100's cuda on a CPU-only machine)
                 device = self.settings.model_picker.device()
@@ -388,6 +393,12 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
             return None
         train_pairs, train_folders = self.train_data.snapshot()
         val_pairs, val_folders = self.val_data.snapshot() if self._separate_val() else ([], None)
+        for source, pairs in ((self.train_data, train_pairs), (self.val_data, val_pairs)):
+            conflict = layer_pairs_conflict(pairs)
+            if conflict:
+                show_problem(source.list_error, f"{source.title} data: {conflict}")
+                self._refuse(source.list_error.text())
+                return None
         show_problem(self.start_error, "")  # an earlier Start's refusal is out of date
         return TrainRequest(
             config, tuple(train_pairs), train_folders, tuple(val_pairs), val_folders,

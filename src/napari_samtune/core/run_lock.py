@@ -69,20 +69,30 @@ def _write_holder(lock, path: Path) -> None:
         raise write_error(path, err) from err
 
 
-def check_not_in_use(out_dir: Path, name: str = "out_dir") -> None:
-    """``ValueError`` when another run holds ``out_dir`` (given as ``name``): asked before a
-    run begins, only reading, so that a refusal writes nothing (taking the lock wrote the
+CHOOSE_ANOTHER = "wait for it to finish, or choose another folder"
+
+
+def check_not_in_use(
+    out_dir: Path, name: str = "out_dir", fix: str = CHOOSE_ANOTHER, here: str = ""
+) -> None:
+    """``ValueError`` when another run holds ``out_dir`` (given as ``name``; ``fix``: what
+    to do; ``here``: who that is when it is this process, e.g. another panel): asked before
+    a run begins, only reading, so that a refusal writes nothing (taking the lock wrote the
     holder's id, and on a full disk that write failed instead)."""
     holder = training_process(out_dir)
     if holder is not None:
-        raise ValueError(in_use_message(out_dir, holder, name))
+        if here and holder == str(os.getpid()):
+            holder = f"{holder}: {here}"
+        raise ValueError(in_use_message(out_dir, holder, name, fix))
 
 
-def in_use_message(out_dir: Path, holder: str, name: str = "out_dir") -> str:
+def in_use_message(
+    out_dir: Path, holder: str, name: str = "out_dir", fix: str = CHOOSE_ANOTHER
+) -> str:
     """What refuses folder ``out_dir`` (given as ``name``) that process ``holder`` trains in."""
     return (
         f"{name} {str(out_dir)!r} is in use by another training run (process {holder}), "
-        "which is still going; wait for it to finish, or choose another folder"
+        f"which is still going; {fix}"
     )
 
 
