@@ -98,14 +98,21 @@ def test_a_box_may_end_on_the_images_far_edges_and_is_clipped(
     expected = reference(tiny_sam, image).predict_boxes(read.boxes_xyxy)
     np.testing.assert_array_equal(tifffile.imread(out), expected)
 
-    for row, corner in (
-        ("0,0,240.5,200", "x=240.5, y=200"),  # beyond the far edge
-        ("0,0,240,201", "x=240, y=201"),
-        ("240,0,240,10", "x=240, y=0"),  # the near corner on the far edge: no pixel inside
-        ("-1,0,20,20", "x=-1, y=0"),
+    # a box past the edges is clipped to the image, as the widget and napari's shapes files
+    # have it (a detector's boxes, one drawn past the border): it was refused
+    past = "x_min,y_min,x_max,y_max\n-20,-20,30,30\n0,0,240.5,201\n"
+    read = read_boxes_csv(write_csv(tmp_path / "past.csv", past), (200, 240))
+    np.testing.assert_array_equal(read.boxes_xyxy, [[-0.5, -0.5, 30, 30], [0, 0, 239.5, 199.5]])
+    for row in (
+        "240,0,240,10",  # the near corner on the far edge: no pixel inside
+        "-30,0,-1,20",
+        "0,200,20,220",
     ):
         text = f"x_min,y_min,x_max,y_max\n{row}\n"
-        with pytest.raises(ValueError, match=rf"line 2: \({corner}\) lies outside the image of"):
+        shown = ", ".join(row.split(","))
+        with pytest.raises(
+            ValueError, match=rf"line 2: the box \({shown}\) lies outside the image"
+        ):
             read_boxes_csv(write_csv(tmp_path / "bad.csv", text), (200, 240))
 
 
@@ -713,7 +720,7 @@ def test_a_second_run_reuses_the_cached_embeddings(tmp_path, tiny_checkpoint, im
         ),
         ("--boxes", SPANNING_SHAPE, "holds 3D shapes on 2 planes .*pass --stack for a stack"),
         ("--boxes", SHAPE_OUTSIDE, "line 2: shape 0 lies outside the image of width 240"),
-        ("--boxes", "x_min,y_min,x_max,y_max\n5,5,10,250\n", "line 2: .* lies outside"),
+        ("--boxes", "x_min,y_min,x_max,y_max\n5,205,10,250\n", "line 2: .* lies outside"),
     ],
 )
 def test_bad_prompt_files_name_the_file_line_and_fix(

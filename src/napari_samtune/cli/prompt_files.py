@@ -126,20 +126,31 @@ def _point_label(path: Path, line: int, row: dict) -> int:
     )
 
 
-def _check_inside(
-    path: Path, line: int, x: float, y: float, shape: tuple[int, int], far_corner: bool = False
-) -> None:
-    """(x, y) must lie on the image: pixel centres at integers, so x in [-0.5, W - 0.5]. A
-    box's ``far_corner`` may also lie on the far edges as pixel-edge coordinates put them
-    (x = W, y = H: ``0,0,W,H`` is the whole image); the box is clipped to the image."""
+def _check_inside(path: Path, line: int, x: float, y: float, shape: tuple[int, int]) -> None:
+    """(x, y) must lie on the image: pixel centres at integers, so x in [-0.5, W - 0.5]."""
     height, width = shape
-    x_top, y_top = (width, height) if far_corner else (width - 0.5, height - 0.5)
-    if not (-0.5 <= x <= x_top and -0.5 <= y <= y_top):
-        edges = f"; x_max and y_max may reach {width} and {height}" if far_corner else ""
+    if not (-0.5 <= x <= width - 0.5 and -0.5 <= y <= height - 0.5):
         raise ValueError(
             f"{path}, line {line}: (x={x:g}, y={y:g}) lies outside the image of width {width} "
             f"and height {height}; x is the column (0..{width - 1}), y the row "
-            f"(0..{height - 1}){edges}"
+            f"(0..{height - 1})"
+        )
+
+
+def _check_overlap(
+    path: Path, line: int, box: tuple[float, float, float, float], shape: tuple[int, int]
+) -> None:
+    """A box must cover some of the image; the parts beyond its edges are clipped off, as
+    the annotation widget and napari's shapes files have them (a detector's boxes, one drawn
+    past the border). Its far corner may lie on the far edges as pixel-edge coordinates put
+    them (x = W, y = H: ``0,0,W,H`` is the whole image)."""
+    height, width = shape
+    x_min, y_min, x_max, y_max = box
+    if x_max < -0.5 or y_max < -0.5 or x_min > width - 0.5 or y_min > height - 0.5:
+        raise ValueError(
+            f"{path}, line {line}: the box ({x_min:g}, {y_min:g}, {x_max:g}, {y_max:g}) lies "
+            f"outside the image of width {width} and height {height}; x is the column "
+            f"(0..{width - 1}), y the row (0..{height - 1})"
         )
 
 
@@ -275,8 +286,7 @@ def read_boxes_csv(
                 f"{path}, line {line}: x_min > x_max or y_min > y_max in "
                 f"({x_min:g}, {y_min:g}, {x_max:g}, {y_max:g}); swap the corners"
             )
-        _check_inside(path, line, x_min, y_min, image_shape)
-        _check_inside(path, line, x_max, y_max, image_shape, far_corner=True)
+        _check_overlap(path, line, (x_min, y_min, x_max, y_max), image_shape)
         if n_planes is not None:
             planes.append(_plane(path, line, row, PLANE_COLUMN, n_planes))
         boxes.append((x_min, y_min, x_max, y_max))
