@@ -61,8 +61,16 @@ def test_downloaded_and_user_models_are_marked(capsys, monkeypatch, tiny_checkpo
     assert rows["fetched"][3:] == ["yes", str(models_cache_dir() / "fetched.pt")]
     assert rows["waiting"][3] == "no"
     mine = ["tiny", "user", "yes", str(user_models_dir() / "my_nuclei.pt")]
-    assert rows["my_nuclei"][1:5] == mine  # no "(not verified yet)": checked at every load
+    assert rows["my_nuclei"][1:5] == mine  # not "unverified": checked at every load
     assert "no user models registered yet" not in out
+    assert "unverified:" not in out
+
+    # a file put there by hand, 10 bytes of it: not called downloaded ("yes") unhashed
+    (models_cache_dir() / "waiting.pt").write_bytes(bytes(10))
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert _table_rows(out)["waiting"][3] == "unverified"
+    assert "unverified: a file put there by hand" in out and "downloaded again" in out
 
 
 def test_a_models_folder_that_cannot_be_made_is_named_not_called_empty(

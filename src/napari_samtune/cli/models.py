@@ -17,7 +17,12 @@ from napari_samtune.core.user_model_rename import rename_fix
 from napari_samtune.core.user_models import scan_user_models
 
 COLUMNS = ("name", "architecture", "source", "downloaded", "path")
-_STATUS_TEXT = {"verified": "yes", "present": "yes (not verified yet)", "missing": "no"}
+_STATUS_TEXT = {"verified": "yes", "present": "unverified", "missing": "no"}
+_UNVERIFIED_NOTE = (
+    "unverified: a file put there by hand, copied, or not used since it came; its hash is "
+    "checked when it is first used, and a file that does not match (a truncated or damaged "
+    "copy) is set aside and downloaded again"
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -161,8 +166,11 @@ def run(args: argparse.Namespace) -> int:
     user_specs, broken = scan_user_models()
     damaged = _damaged_user_models(user_specs)
     specs = [*registry.BUILTIN_MODELS, *user_specs]
-    print(format_table([_row(spec, damaged) for spec in specs]))
+    rows = [_row(spec, damaged) for spec in specs]
+    print(format_table(rows))
     print()
+    if any(row[3] == _STATUS_TEXT["present"] for row in rows):
+        print(_UNVERIFIED_NOTE)
     print(f"download cache: {models_cache_dir()}  (set SAMTUNE_CACHE_DIR to move it)")
     print(f"user models:    {user_models_dir()}  (set SAMTUNE_MODELS_DIR to move it)")
     if user_specs:
