@@ -90,8 +90,14 @@ def test_renaming_never_writes_over_a_file_of_the_new_name(tiny_checkpoint):
     register_user_model(tiny_checkpoint, "c", TINY)
     stray = user_models_dir() / "b.pt"
     stray.write_bytes(b"someone's file")
-    assert rename_user_model("a", "b") == user_models_dir() / "b.pth"
-    assert stray.read_bytes() == b"someone's file"
+    with pytest.warns(UserWarning, match=r"b.pt is named by no user model") as said:
+        assert rename_user_model("a", "b") == user_models_dir() / "b.pth"
+    assert "'b' is stored in b.pth. Delete b.pt by hand" in str(said[0].message)  # as at
+    assert stray.read_bytes() == b"someone's file"  # registration; a rename said nothing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a plain rename warns of nothing
+        rename_user_model("c", "e")
+        rename_user_model("e", "c")
     load_model("b")
     (user_models_dir() / "d.pt").write_bytes(b"1")
     (user_models_dir() / "d.pth").write_bytes(b"2")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 from napari_samtune.core.architectures import ARCHITECTURES
@@ -25,6 +26,7 @@ from napari_samtune.core.registry import (
 )
 from napari_samtune.core.user_model_weights import (
     own_weights,
+    stray_note,
     weights_in_use,
 )
 from napari_samtune.core.user_models import (
@@ -58,6 +60,10 @@ def rename_user_model(old_name: str, new_name: str) -> Path:
         weights = _current_weights(sidecar, data)
         target = _target_weights(old_name, new_name, weights)
         _move(sidecar, data, weights, target, new_name)
+        in_use = weights_in_use()
+        for stray in own_weights(new_name):  # a file of the new name there already
+            if stray != target and stray.exists() and stray not in in_use:
+                warnings.warn(stray_note(stray, new_name, target), stacklevel=2)
         return target
 
 

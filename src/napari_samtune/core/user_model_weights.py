@@ -101,3 +101,14 @@ def weights_named_by(sidecar: Path) -> Path:
     """The weights file that user model description ``sidecar`` names (for a broken one
     that names none, its usual ``<name>.pt``, kept from being written over)."""
     return named_weights(sidecar) or sidecar.with_suffix(".pt")
+
+
+def stray_note(stray: Path, name: str, stored: Path) -> str:
+    """The warning that file ``stray``, named by no user model, was left as it is beside
+    user model ``name``'s weights ``stored``."""
+    return (
+        f"{stray} is named by no user model (weights kept by 'samtune models --remove', "
+        "a registration cut short, or a file put there by hand), so it is left as it "
+        f"is; {name!r} is stored in {stored.name}. Delete {stray.name} by hand if "
+        "it is not needed"
+    )

@@ -35,6 +35,7 @@ from napari_samtune.core.registry import (
 from napari_samtune.core.user_model_weights import (
     new_weights_path,
     onto_own_stray,
+    stray_note,
     weights_in_use,
     weights_named_by,
 )
@@ -234,13 +235,7 @@ def _store(
     weights_path = onto_own_stray(weights_path, strays)
     file_hash = "sha256:" + file_digest(weights_path, "sha256")
     for stray in strays:
-        warnings.warn(
-            f"{stray} is named by no user model (weights kept by 'samtune models --remove', "
-            "a registration cut short, or a file put there by hand), so it is left as it "
-            f"is; {name!r} is stored in {weights_path.name}. Delete {stray.name} by hand if "
-            "it is not needed",
-            stacklevel=3,
-        )
+        warnings.warn(stray_note(stray, name, weights_path), stacklevel=3)
     sidecar = {
         "format": SIDECAR_FORMAT,
         "format_version": SIDECAR_FORMAT_VERSION,
