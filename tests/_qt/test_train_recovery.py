@@ -327,9 +327,10 @@ def test_a_folder_taken_after_the_start_was_checked_is_refused_by_the_run(
 ):
     """Another run may take the folder between Continue…'s check and the run: the run's own
     hold on it refuses it then, shown as a refused Start, not as a failed run."""
-    import napari_samtune._qt.train_widget as train_widget
 
-    monkeypatch.setattr(train_widget, "check_not_in_use", lambda *args: None)  # too late
+    import napari_samtune._qt.train_request as train_request
+
+    monkeypatch.setattr(train_request, "check_not_in_use", lambda *args: None)  # too late
     assert _add_pair(widget, 0)
     folder = _run_folder(tmp_path, asdict(TrainConfig(model="random:tiny", epochs=1)), GOOD_RECORD)
     before = _contents(folder)

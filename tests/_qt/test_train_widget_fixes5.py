@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import tifffile
 
-import napari_samtune._qt.train_widget as train_widget
+import napari_samtune._qt.train_request as train_request
 from napari_samtune.core.run_lock import training_lock
 from napari_samtune.core.synthetic import make_image
 from tests._qt.test_train_widget_fixes3 import _run_once, _two_pairs_one_epoch
@@ -40,12 +40,12 @@ def test_a_run_folder_taken_before_the_worker_holds_it_is_notified_as_not_starte
     qtbot, finetune_on_cells, add_pair, use_tiny_model, tmp_path, notifications, monkeypatch
 ):
     """Another run took the folder between Start's check and the worker's hold on it."""
-    monkeypatch.setattr(train_widget, "check_not_in_use", lambda out_dir: None)  # too late
+    monkeypatch.setattr(train_request, "check_not_in_use", lambda *args: None)  # too late
     widget = _two_pairs_one_epoch(finetune_on_cells, add_pair, use_tiny_model)
     runs = tmp_path / "runs"
     widget.settings.out_dir_edit.setText(str(runs))
     (runs / "mine").mkdir(parents=True)
-    monkeypatch.setattr(train_widget, "run_folder", lambda output_folder, name: runs / "mine")
+    monkeypatch.setattr(train_request, "run_folder", lambda output_folder, name: runs / "mine")
     with training_lock(runs / "mine"):
         with qtbot.waitSignal(widget.run_ended, timeout=WAIT_MS):
             assert widget.start() is not None

@@ -30,7 +30,6 @@ from napari_samtune._qt.llvm_guard import keep_triton_away
 keep_triton_away()  # again, before torch's extras: a viewer made since may have loaded libLLVM
 
 import threading
-from dataclasses import replace
 from pathlib import Path
 
 import napari
@@ -50,34 +49,27 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_samtune._qt.continued_runs import PastEpoch, continued_config
+from napari_samtune._qt.continued_runs import PastEpoch
 from napari_samtune._qt.dock_life import on_removed
 from napari_samtune._qt.train_close import TrainCloseMixin
 from napari_samtune._qt.train_continue import kept_settings_warning
 from napari_samtune._qt.train_data import PairSourceWidget, error_label, show_problem
 from napari_samtune._qt.train_plot import TrainingPlotWidget
 from napari_samtune._qt.train_progress import TrainProgressMixin
-from napari_samtune._qt.train_repeats import layer_pairs_conflict
-from napari_samtune._qt.train_request import REPEAT_TASK, TrainRequestMixin, check_field
+from napari_samtune._qt.train_request import REPEAT_TASK, TrainRequestMixin
 from napari_samtune._qt.train_run import (
     RUN_FOLDERS_IN_USE,
     TRAIN_TASK,
     TrainRequest,
     flush_autosaves,
     iter_training_job,
-    run_folder,
     unsaved_annotations_message,
 )
 from napari_samtune._qt.train_settings import TrainSettingsWidget
 from napari_samtune._qt.workers import TaskRunner
-from napari_samtune.core.checkpoints import check_output_folder
 from napari_samtune.core.presets import MachineResources, TrainConfig
-from napari_samtune.core.run_lock import check_not_in_use
 from napari_samtune.core.train import TrainingFinished, TrainingStarted
-from napari_samtune.core.train_export import check_model_name, check_registration
 from napari_samtune.core.user_settings import FINETUNE_FOLDER, write_setting
-
-ANOTHER_PANEL = "this napari, another Finetune panel"  # a run holding a folder here
 
 
 class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidget):
@@ -354,56 +346,6 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
             self.status_label.setText("stopping after this step: saving and exporting the model…")
         else:  # the model loading or the data read: the run ends before its first step
             self.status_label.setText("stopping before the first training step: nothing to save")
-
-    def _request(self, resume: Path | None) -> TrainRequest | None:
-        """Everything for a new run, or to continue the run in ``resume``; None after
-        showing what is wrong (in red, and notified)."""
-        problems = self._data_problems()
-        history = []
-        try:
-            if resume is None:
-                config = self.settings.build_config()
-                check_registration(None)  # the user-models folder: not about the name
-                name = self.settings.model_name()
-                model_name = check_field("new model name", check_model_name, name)
-                check_output_folder(self.settings.output_folder(), "output folder")
-                out_dir, last = run_folder(self.settings.output_folder(), model_name), None
-                fix = "wait for it to finish, or give the new model another name"
-                check_not_in_use(out_dir, "the new run's folder", fix, ANOTHER_PANEL)
-            else:  # a run in its first epoch has no last.pt yet: not "holds no run"
-                fix = "wait for it to finish, then continue it"
-                check_not_in_use(resume, "the run", fix, ANOTHER_PANEL)
-                # the run keeps its own preset: "auto" is the device this machine has, not
-                # that of the preset chosen here (an A100's cuda on a CPU-only machine)
-                device = self.settings.model_picker.device()
-                if device != "auto" and self.settings.device_problem():
-                    raise ValueError(self.settings.device_problem())
-                epochs = self.settings.epochs_spin.value()
-                config, last, history = continued_config(resume, int(epochs), device)
-                # as a diverged run is told to: continue it with a lower learning rate
-                config = replace(config, learning_rate=self.settings.learning_rate())
-                out_dir, model_name = resume, None  # the run's folder and registered name
-        except (ValueError, TypeError) as err:
-            self.settings.show_start_problem(str(err))
-            problems.append(str(err))
-        else:  # an earlier Start's complaint is out of date; the model's own stays
-            self.settings.show_model_problem()
-        if problems:
-            self._refuse(problems[0])
-            return None
-        train_pairs, train_folders = self.train_data.snapshot()
-        val_pairs, val_folders = self.val_data.snapshot() if self._separate_val() else ([], None)
-        for source, pairs in ((self.train_data, train_pairs), (self.val_data, val_pairs)):
-            conflict = layer_pairs_conflict(pairs)
-            if conflict:
-                show_problem(source.list_error, f"{source.title} data: {conflict}")
-                self._refuse(source.list_error.text())
-                return None
-        show_problem(self.start_error, "")  # an earlier Start's refusal is out of date
-        return TrainRequest(
-            config, tuple(train_pairs), train_folders, tuple(val_pairs), val_folders,
-            out_dir, model_name, last, tuple(history),
-        )  # fmt: skip
 
     def _labels_folders(self) -> list[Path] | None:
         """The labels folders the run would read; None when a source's fields are not
