@@ -9,6 +9,7 @@ import dataclasses
 import math
 
 import pytest
+import torch
 
 from napari_samtune.core.data import ImageLabelPair
 from napari_samtune.core.presets import TrainConfig
@@ -94,3 +95,26 @@ def test_validation_tiles_of_another_patch_size_restart_the_best(tmp_path, confi
     ]
     assert finished.best_epoch == 2  # the only epoch scored in these tiles
     assert math.isnan(finished.start_metric)  # the model before training: in the old tiles
+
+
+def test_a_plane_annotated_since_in_a_held_out_stack_is_held_out_with_it(tmp_path, config):
+    """Resumed with a plane of a held-out stack annotated since, the run trained on it while
+    its neighbouring planes validated, without a word: a stack is held out whole."""
+    planes = make_dataset(9, shape=(96, 96), seed=3)
+
+    def plane(k: int, i: int) -> ImageLabelPair:  # plane i of stack k
+        return ImageLabelPair(*planes[3 * k + i], f"s{k}.tif plane {i}", source=f"s{k}.tif")
+
+    pairs = [plane(k, i) for k in range(3) for i in (0, 2)]  # their planes 1 not annotated
+    out = tmp_path / "run"
+    config = dataclasses.replace(config, val_fraction=0.3)
+    first = train(config, pairs, None, out_dir=out)
+    held = torch.load(first.last_checkpoint_path, weights_only=True)["data_summary"]["val_images"]
+    assert len(held) == 2 and held[0][:2] == held[1][:2]  # one stack, whole
+    added = [plane(int(held[0][1]), 1)]
+    notes, finished = _resume(config, out, 2, [*pairs, *added], None)
+    summary = torch.load(finished.last_checkpoint_path, weights_only=True)["data_summary"]
+    assert sorted(summary["val_images"]) == sorted([*held, added[0].name])
+    assert added[0].name not in summary["train_images"]
+    changed = [note for note in notes if "validation images changed" in note]
+    assert changed and "of the stacks it held out: a stack is held out whole" in changed[0]

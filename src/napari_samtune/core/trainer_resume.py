@@ -82,9 +82,11 @@ class TrainerResumeMixin:
     def _keep_validation_split(self, checkpoint: dict | None) -> None:
         """A run resumed with its validation held out of its training images holds out the
         images its checkpoint did, whatever the seed now and with any images added since
-        (they train): its epochs are then scored on the same images, and its best epoch
-        stays comparable. Where those images are not all there any more, or the only image
-        was split in two, the split stays as drawn and ``validation_changed`` says how."""
+        (they train, but for new planes of a held-out stack: held out with it, which
+        changes the validation): its epochs are then scored on the same images, and its
+        best epoch stays comparable. Where those images are not all there any more, or the
+        only image was split in two, the split stays as drawn and ``validation_changed``
+        says how."""
         self.validation_changed = ""
         if checkpoint is None or self.held_out_of is None:
             return
@@ -105,8 +107,17 @@ class TrainerResumeMixin:
         if split_one and now and self._hold_out_the_same_part(before, fraction):
             return
         if not split_one and len(set(names)) == len(names) and set(before) < set(names):
-            self.train_images = [image for image in images if image.name not in before]
-            self.val_images = [image for image in images if image.name in before]
+            # a plane annotated since in a held-out stack is held out with it (trained on,
+            # its neighbours validated it)
+            groups = {image.group for image in images if image.name in before}
+            self.train_images = [image for image in images if image.group not in groups]
+            self.val_images = [image for image in images if image.group in groups]
+            joined = [image.name for image in self.val_images if image.name not in before]
+            if joined:
+                self.validation_changed = (
+                    f"held out {before}, and now also {joined}, of the stacks it held out: a "
+                    "stack is held out whole"
+                )
             return
         self.validation_changed = f"held out {before}, and now {now}"
 
