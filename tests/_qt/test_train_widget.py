@@ -523,6 +523,31 @@ def test_multichannel_folders_train_on_the_channels_typed(qtbot, viewer, tmp_pat
     assert not _checked(qtbot, data) and "channels=(2,) is invalid" in data.folder_error.text()
 
 
+def test_a_stack_with_channels_in_folders_is_told_to_fill_in_the_channels_field(
+    qtbot, viewer, tmp_path
+):
+    """A (Z, C, H, W) stack's channel axis cannot be guessed: the panel said "pass
+    channel_axis (counted in the stack ...)", a field it does not have; the channels field
+    alone reads it."""
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir(), labels.mkdir()
+    cells = viewer.layers["cells0"].data
+    noise = np.random.default_rng(0).integers(0, 256, cells.shape, dtype=cells.dtype)
+    planes = np.stack([np.stack([cells, noise])] * 3)  # (3, 2, H, W)
+    tifffile.imwrite(images / "zc.tif", planes)
+    tifffile.imwrite(labels / "zc.tif", np.stack([viewer.layers["cells0 labels"].data] * 3))
+    widget = TrainWidget(viewer, machine=SMALL_CPU)
+    data = widget.train_data
+    data.image_dir_edit.setText(str(images))
+    data.labels_dir_edit.setText(str(labels))
+    assert not _checked(qtbot, data)
+    said = data.folder_error.text()
+    assert "3 planes with a channel axis SAM cannot guess; fill in the channels field" in said
+    assert "channel_axis" not in said
+    data.channels_edit.setText("0")
+    assert _checked(qtbot, data) and not data.folder_error.isVisibleTo(widget)
+
+
 def _checked(qtbot, data) -> bool:
     """``data.check()``, after waiting for the background check of its folders."""
     result = data.check()

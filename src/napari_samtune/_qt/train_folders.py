@@ -32,7 +32,7 @@ from napari_samtune.core.data import (
 from napari_samtune.core.data_checks import ChannelError
 from napari_samtune.core.duplicate_pairs import drop_duplicates, duplicates_message
 from napari_samtune.core.file_lists import expand_paths
-from napari_samtune.core.images import CHANNELS_FIX, SAY_CHANNEL_AXIS
+from napari_samtune.core.images import CHANNELS_FIX, SAY_CHANNEL_AXIS, STACK_CHANNELS_FIX
 from napari_samtune.core.label_files import match_files
 
 WIDGET_CHANNELS_FIX = (
@@ -139,8 +139,9 @@ def _in_widget_terms(err: ChannelError) -> str:
     """A channel problem worded for the panel, whose fix is its channels field (the axis
     follows from the channels chosen): "pass channel_axis" named no field it has."""
     text = str(err)
-    if CHANNELS_FIX in text:
-        return text.replace(CHANNELS_FIX, WIDGET_CHANNELS_FIX)
+    for fix in (CHANNELS_FIX, STACK_CHANNELS_FIX):
+        if fix in text:
+            return text.replace(fix, WIDGET_CHANNELS_FIX)
     return f"{text} (the channels field, e.g. 1 or 0,1,2)"
 
 

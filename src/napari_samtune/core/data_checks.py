@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_samtune.core.images import select_channels
+from napari_samtune.core.images import STACK_CHANNELS_FIX, select_channels
 from napari_samtune.core.metrics import check_not_a_mask
 from napari_samtune.core.tiff_files import float_labels_problem
 
@@ -93,8 +93,7 @@ def check_channels(pair: ImageLabelPair) -> None:
         if guess and image.shape[0] == labels.shape[0]:
             raise ValueError(
                 f"image has shape {image.shape!r}: {image.shape[0]} planes with a channel axis "
-                "SAM cannot guess; pass channel_axis (counted in the stack, e.g. 1 or -1) and "
-                "channels (one index, or three for RGB)"
+                f"SAM cannot guess; {STACK_CHANNELS_FIX}"
             )
         if guess and image.shape[1] == labels.shape[0]:
             raise ValueError(

@@ -27,6 +27,11 @@ from napari_samtune.core.intensity import check_rescalable, rescale_to_uint8
 
 # how a script or command fixes an ambiguous channel axis; front ends word it their way
 CHANNELS_FIX = "pass channel_axis (e.g. 0 or -1) and channels (one index, or three for RGB)"
+# a stack with channels: the panel words it with its channels field (the axis follows)
+STACK_CHANNELS_FIX = (
+    "pass channel_axis (counted in the stack, e.g. 1 or -1) and channels (one index, or "
+    "three for RGB)"
+)
 
 
 def as_pixels(image: object) -> np.ndarray:
