@@ -368,3 +368,21 @@ def sensitive_widget(make_napari_viewer, qtbot, sensitive_sam, drain_jobs):
         return viewer, widget
 
     return make
+
+
+@pytest.fixture
+def better_each_epoch(monkeypatch):
+    """Runs validate as they do, but score each epoch better than the one before and than
+    the model before training (the tiny model's own scores depend on the CPU's rounding,
+    bf16 where it runs fast): the last epoch is the best, and the model is taken as
+    better, whose weights the Finetune panel then loads for annotation."""
+    from napari_samtune.core.trainer import Trainer
+
+    real_validate = Trainer._validate
+
+    def scored(self, *args):
+        metrics = real_validate(self, *args)
+        assert metrics, "the run validates"
+        return {**metrics, "val_iou": 0.5 + 0.1 * (self.progress.epoch + 1)}
+
+    monkeypatch.setattr(Trainer, "_validate", scored)

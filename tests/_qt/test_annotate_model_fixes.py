@@ -182,24 +182,14 @@ def test_a_batched_commit_of_every_object_shown_says_nothing_more(viewer_widget,
 
 
 def test_continue_with_its_use_unticked_leaves_the_dock_saying_its_copy_is_older(
-    qtbot, cells_viewer, use_tiny_model, tmp_path, run_job, notifications, monkeypatch
+    qtbot, cells_viewer, use_tiny_model, tmp_path, run_job, notifications, better_each_epoch
 ):
     """The whole story in the Finetune widget: a run's model loaded in the Annotate dock,
-    then Continue… with 'use in Annotate' unticked registers it anew under its name."""
+    then Continue… with 'use in Annotate' unticked registers it anew under its name (epoch
+    2, scored best, is newer than the dock's copy)."""
     from napari_samtune._qt.annotate import AnnotateWidget
     from napari_samtune._qt.train_widget import TrainWidget
     from napari_samtune.core.presets import MachineResources
-    from napari_samtune.core.trainer import Trainer
-
-    real_validate = Trainer._validate
-
-    def better_each_epoch(self, *args):  # epoch 2 is the best whatever the CPU's rounding
-        # (bf16 where it runs fast): its weights are registered anew, newer than the dock's
-        metrics = real_validate(self, *args)
-        assert metrics, "the run validates on a part of cells0"
-        return {**metrics, "val_iou": 0.1 * (self.progress.epoch + 1)}
-
-    monkeypatch.setattr(Trainer, "_validate", better_each_epoch)
 
     wait_ms = 120_000
     viewer = cells_viewer()

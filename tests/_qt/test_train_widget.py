@@ -9,6 +9,7 @@ bad data is flagged before Start, and worker errors reach the user.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -80,7 +81,9 @@ class LagProbe:
         return max(self.lags)
 
 
-def test_train_two_epochs_then_annotate_with_the_new_model(qtbot, docked, notifications):
+def test_train_two_epochs_then_annotate_with_the_new_model(
+    qtbot, docked, notifications, better_each_epoch
+):
     viewer, annotate, widget = docked
     widget.separate_val_check.setChecked(True)
     widget.val_data.image_combo.setCurrentText("cells2")
@@ -137,7 +140,7 @@ def test_a_model_no_better_than_before_training_is_said_to_be(
     from napari_samtune.core.trainer import Trainer
 
     monkeypatch.setattr(Trainer, "_optimizer_step", lambda self, batches, epoch: 0.5)
-    _, _, widget = docked
+    _, annotate, widget = docked
     formats = []
     widget.training_started.connect(lambda _e: formats.append(widget.progress_bar.format()))
     with qtbot.waitSignal(widget.training_finished, timeout=WAIT_MS) as finished:
@@ -149,6 +152,36 @@ def test_a_model_no_better_than_before_training_is_said_to_be(
     assert widget.plot.metric_values[0] == result.start_metric == result.best_metric
     assert f"val_iou {result.start_metric:.3f} before training" in widget.result_label.text()
     assert any("scores no better on the validation images" in m for m in notifications)
+    # the warning says to keep using the model it started from: it was loaded in its place
+    qtbot.waitUntil(lambda: not annotate.runner.is_running(), timeout=WAIT_MS)
+    assert annotate.model_name != result.registered_name
+    assert result.registered_name in annotate.ui.model_picker.model_names()
+    assert widget.result_label.text().endswith(
+        "added to the annotation widget's model list; not loaded there, as it scores no "
+        "better than the model it started from: to try it, choose it there and press Load model"
+    )
+
+
+def test_a_model_never_validated_is_not_loaded_for_annotation_in_place_of_one():
+    """A run stopped in its first epoch has no validated epoch: nothing says its model is
+    better than the one annotating, which it replaced."""
+    import math
+    from pathlib import Path
+
+    from napari_samtune._qt.train_progress import _not_to_use
+    from napari_samtune.core.train import TrainingFinished
+
+    ended = TrainingFinished(
+        best_epoch=1, best_metric=0.7, metric_name="val_iou", time_to_best_s=1.0,
+        total_time_s=2.0, epochs_done=2, best_checkpoint_path=Path("best.pt"),
+        last_checkpoint_path=Path("last.pt"), exported_model_path=Path("model.pth"),
+        registered_name="mine", stopped_early=False, stopped_by_user=False, steps_done=4,
+        start_metric=0.5,
+    )  # fmt: skip
+    assert _not_to_use(ended) == ""
+    stopped = dataclasses.replace(ended, best_epoch=None, best_metric=math.nan, epochs_done=0)
+    assert "never validated" in _not_to_use(stopped)
+    assert "no better" in _not_to_use(dataclasses.replace(ended, best_metric=0.5))
 
 
 def test_stop_mid_run_leaves_a_loadable_model(qtbot, docked, tmp_path, notifications):

@@ -147,14 +147,18 @@ class TrainProgressMixin:
             return
         for panel in {self, *docked_widgets(self.viewer, type(self))}:  # to finetune it further
             panel.settings.model_picker.refresh_models()  # (a panel opened after Start too)
+        asked, kept_because = self.use_model_check.isChecked(), _not_to_use(event)
         try:
-            n_widgets = offer_model(
-                self.viewer, event.registered_name, self.use_model_check.isChecked()
-            )
+            n_widgets = offer_model(self.viewer, event.registered_name, asked and not kept_because)
         except (ValueError, RuntimeError) as err:  # e.g. the annotation widget is closing
             show_error(f"could not offer the new model to the annotation widget: {err}")
             n_widgets = 0
         where = " and added to the annotation widget's model list" if n_widgets else ""
+        if n_widgets and asked and kept_because:  # the warning said "keep using that one"
+            where += (
+                f"; not loaded there, as {kept_because}: to try it, choose it there and press "
+                "Load model"
+            )
         message = event.outcome_message() + where
         self.result_label.setText(message)
         show_info(message)
@@ -229,3 +233,14 @@ CONTINUE_MEMORY_ADVICE = (
     "continue it on a device with more memory, or start a new run from its model with a "
     "preset for less memory"
 )
+
+
+def _not_to_use(event: TrainingFinished) -> str:
+    """Why the finished run's model is not loaded for annotation in place of the model in
+    use, though "use it" is ticked ("" where it is): it scores no better on the validation
+    images than the model it started from, or it completed no epoch (never validated)."""
+    if event.no_better_message():
+        return "it scores no better than the model it started from"
+    if event.best_epoch is None:
+        return "it stopped before its first epoch ended, so it was never validated"
+    return ""
