@@ -44,3 +44,28 @@ def test_a_base_model_gone_during_a_frozen_encoder_run_does_not_cost_its_model(
     if change == "removed":  # exported later, a checkpoint still needs its base
         with pytest.raises(BaseModelUnavailable):
             export_model(finished.best_checkpoint_path, tmp_path / "again.pth")
+
+
+def test_a_run_of_whole_checkpoints_is_not_resumed_into_ones_that_need_its_base(
+    tmp_path, tiny_checkpoint, data, frozen_tiny_config
+):
+    """Whole checkpoints need no base model, which may then be removed; resumed with
+    trained-weights-only checkpoints, the run wrote ones that needed it, and could neither
+    resume nor export again."""
+    import dataclasses
+
+    from napari_samtune.core.train import train
+
+    register_user_model(tiny_checkpoint, "base", TINY)
+    config = frozen_tiny_config(model="base", epochs=1, checkpoint_trainable_only=False)
+    first = train(config, *data, out_dir=tmp_path / "run")
+    remove_user_model("base")
+    before = first.last_checkpoint_path.read_bytes()
+    switched = dataclasses.replace(config, epochs=2, checkpoint_trainable_only=True)
+    with pytest.raises(ValueError, match=r"holds every weight of its run, which needs no base"):
+        train(switched, *data, out_dir=tmp_path / "run", resume_from=tmp_path / "run")
+    assert first.last_checkpoint_path.read_bytes() == before
+    resumed = train(dataclasses.replace(switched, checkpoint_trainable_only=False), *data,
+                    out_dir=tmp_path / "run", resume_from=tmp_path / "run")  # fmt: skip
+    assert resumed.epochs_done == 2
+    export_model(resumed.last_checkpoint_path, tmp_path / "again.pth")  # whole: no base needed

@@ -62,6 +62,7 @@ OPTION_NAMES: dict[str, str] = {
     "resume_from": "--resume",
     "channel_axis": "--channel-axis",
     "channels": "--channels",
+    "checkpoint_trainable_only": "--trainable-only",
 }
 # What to type where the core's message offers None, which a command line cannot give.
 NONE_MEANS: dict[str, str] = {

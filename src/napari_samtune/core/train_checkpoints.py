@@ -302,6 +302,15 @@ def check_resumable(checkpoint: dict, config: TrainConfig, path: str | Path) -> 
             f"cannot resume {str(path)!r} with a different model setup ({pairs}); keep these "
             "settings as they were, or start a new run"
         )
+    if config.checkpoint_trainable_only and checkpoint["model_state_complete"]:
+        # its next checkpoints would need a base model it never needed: one removed since
+        # (as whole checkpoints allow) left a run that could neither resume nor export
+        raise ValueError(
+            f"{str(path)!r} holds every weight of its run, which needs no base model; its "
+            "next checkpoints, of trained weights only (checkpoint_trainable_only), would "
+            f"need {saved.model!r} to complete them: leave checkpoint_trainable_only out (the "
+            "run keeps whole checkpoints), or start a new run from the run's model.pth"
+        )
 
 
 class BaseModelUnavailable(ValueError):
