@@ -118,3 +118,27 @@ def test_a_plane_annotated_since_in_a_held_out_stack_is_held_out_with_it(tmp_pat
     assert added[0].name not in summary["train_images"]
     changed = [note for note in notes if "validation images changed" in note]
     assert changed and "of the stacks it held out: a stack is held out whole" in changed[0]
+
+
+def test_a_val_fraction_given_anew_on_resume_holds_out_as_it_draws(tmp_path, config):
+    """--val-fraction on resume was recorded as the run's, while the checkpoint's split was
+    kept: 0 still validated on the image held out, 0.6 on one image where a new run holds
+    out two."""
+    pairs = _pairs(0, ["t0.tif", "t1.tif", "t2.tif", "t3.tif"])
+    out = tmp_path / "run"
+    config = dataclasses.replace(config, val_fraction=0.25)
+    first = train(config, pairs, None, out_dir=out)
+    held = torch.load(first.last_checkpoint_path, weights_only=True)["data_summary"]["val_images"]
+    assert len(held) == 1
+    more = dataclasses.replace(config, val_fraction=0.6)
+    notes, finished = _resume(more, out, 2, pairs, None)
+    summary = torch.load(finished.last_checkpoint_path, weights_only=True)["data_summary"]
+    assert len(summary["val_images"]) == 2 and len(summary["train_images"]) == 2
+    changed = [note for note in notes if "validation images changed" in note]
+    assert changed and f"held out {held} at val_fraction=0.25, and now" in changed[0], notes
+    assert "at val_fraction=0.6" in changed[0] and "chosen anew" in changed[0]
+    none = dataclasses.replace(config, val_fraction=0.0)
+    notes, finished = _resume(none, out, 3, pairs, None)
+    summary = torch.load(finished.last_checkpoint_path, weights_only=True)["data_summary"]
+    assert summary["val_images"] == [] and len(summary["train_images"]) == 4
+    assert any("this session by negative train loss" in note for note in notes), notes

@@ -132,7 +132,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
         if checkpoint is not None and self.model_name is None:
             self.model_name = name_asked_before(checkpoint, self.out_dir)
         self._check_out_dir(resume_from)
-        self._keep_validation_split(checkpoint)
+        self._keep_validation_split(checkpoint, config.val_fraction)
         self.resume_from = resume_from
         self._identify_run(checkpoint)
         self._setup_model(config, checkpoint, resume_from)

@@ -79,14 +79,14 @@ class TrainerResumeMixin:
         p.best_metric, p.best_epoch, p.epochs_without_improvement = -math.inf, -1, 0
         p.start_metric = math.nan  # of another metric, or of none
 
-    def _keep_validation_split(self, checkpoint: dict | None) -> None:
+    def _keep_validation_split(self, checkpoint: dict | None, val_fraction: float) -> None:
         """A run resumed with its validation held out of its training images holds out the
         images its checkpoint did, whatever the seed now and with any images added since
         (they train, but for new planes of a held-out stack: held out with it, which
         changes the validation): its epochs are then scored on the same images, and its
         best epoch stays comparable. Where those images are not all there any more, or the
         only image was split in two, the split stays as drawn and ``validation_changed``
-        says how."""
+        says how. A ``val_fraction`` other than the run's holds out as drawn with it."""
         self.validation_changed = ""
         if checkpoint is None or self.held_out_of is None:
             return
@@ -104,6 +104,15 @@ class TrainerResumeMixin:
             )
             return
         fraction = checkpoint.get("config", {}).get("val_fraction")
+        if isinstance(fraction, float) and fraction != val_fraction:
+            # asked for anew (it was kept, unsaid, though the config said otherwise): the
+            # split drawn with it stands; none held out now is said as validation dropped
+            if now:
+                self.validation_changed = (
+                    f"held out {before} at val_fraction={fraction}, and now {now} at "
+                    f"val_fraction={val_fraction}"
+                )
+            return
         if split_one and now and self._hold_out_the_same_part(before, fraction):
             return
         if not split_one and len(set(names)) == len(names) and set(before) < set(names):
