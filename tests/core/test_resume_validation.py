@@ -142,3 +142,18 @@ def test_a_val_fraction_given_anew_on_resume_holds_out_as_it_draws(tmp_path, con
     summary = torch.load(finished.last_checkpoint_path, weights_only=True)["data_summary"]
     assert summary["val_images"] == [] and len(summary["train_images"]) == 4
     assert any("this session by negative train loss" in note for note in notes), notes
+
+
+def test_train_issues_the_run_s_notes_and_the_pairs_left_out_as_warnings(tmp_path, config):
+    """``samtune train`` prints them; a script calling train() heard of neither."""
+    import numpy as np
+
+    train_pairs = _pairs(0, ["t0.tif", "t1.tif"])
+    image = train_pairs[0].image
+    empty = ImageLabelPair(image, np.zeros(image.shape[:2], np.uint16), "empty.tif")
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match=r"left out 1 pair\(s\) without any object.*empty.tif"):
+        train(config, [*train_pairs, empty], _pairs(1, ["c0.tif"]), out_dir=out)
+    again = dataclasses.replace(config, epochs=2)
+    with pytest.warns(UserWarning, match=r"validation images changed .*chosen anew"):
+        train(again, train_pairs, _pairs(1, ["renamed.tif"]), out_dir=out, resume_from=out)

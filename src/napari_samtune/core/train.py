@@ -165,8 +165,9 @@ def train(
     ``progress``: show a bar per epoch and a line of metrics after each (stderr / stdout);
     under ``torchrun``, in the first process only (the others train alike). What the run
     says about its data (:meth:`TrainingStarted.data_warnings`: pairs given twice, validation
-    that repeats training) is issued as :class:`UserWarning` s, which a script would not
-    see otherwise.
+    that repeats training; the pairs without objects left out) and its notes (a resume's
+    validation changed, its best epoch chosen anew) are issued as :class:`UserWarning` s,
+    which a script would not see otherwise, as ``samtune train`` prints them.
     """
     finished = None
     events = iter_train(config, train_data, val_data, out_dir, stop_event, resume_from, model_name)
@@ -174,7 +175,8 @@ def train(
         events = with_progress(events, config.epochs)
     for event in events:
         if isinstance(event, TrainingStarted) and ddp.is_main_process():
-            for message in event.data_warnings():
+            said = [event.left_out_message(), *event.data_warnings(), *event.notes]
+            for message in filter(None, said):
                 warnings.warn(message, UserWarning, stacklevel=2)
         if isinstance(event, TrainingFinished) and event.no_better_message():
             warnings.warn(event.no_better_message(), UserWarning, stacklevel=2)
