@@ -1208,8 +1208,12 @@ def test_settings_changed_on_resume_are_held_to_the_runs_preset(tmp_path, folder
     assert "(the run keeps its preset cpu-16gb), or add --force" in err
     assert cli.main([*resume, "--n-objects", "1000", "--force"]) == 0
 
-    forced = [*_tiny_run(folders, tmp_path / "forced", 1), "--n-objects", "500", "--force"]
-    assert cli.main(forced) == 0  # a run forced past its preset resumes as it was
+    forced = [*_tiny_run(folders, tmp_path / "forced", 1), "--n-objects", "500"]
+    assert cli.main(forced) == 2  # a new run is told of --force too (it was on resume only)
+    assert "or choose a preset with more memory, or add --force to train so anyway" in (
+        capsys.readouterr().err
+    )
+    assert cli.main([*forced, "--force"]) == 0  # a run forced past its preset resumes as it was
     again = ["train", "--resume", str(tmp_path / "forced"), "--epochs", "2", "--no-progress"]
     again += ["--images", images, "--labels", labels, "--out", str(tmp_path / "forced-2")]
     assert cli.main(again) == 0

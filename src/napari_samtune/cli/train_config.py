@@ -24,7 +24,7 @@ from napari_samtune.cli.train_resume import (
 from napari_samtune.core.config_checks import (
     freeze_from_choices,
 )
-from napari_samtune.core.presets import TrainConfig
+from napari_samtune.core.presets import MORE_MEMORY, TrainConfig
 
 # (TrainConfig field, option, type, help): the overrides of a preset's settings.
 
@@ -157,7 +157,12 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     overrides = overrides_from(args)
     if device_kind(overrides.get("device")) == "auto":  # the default, given or not: checked
         _check_preset_device(preset.device, args.preset or "auto")  # (A100 sizes on a CPU)
-    config = config_from_preset(preset, args.model, check=not args.force, **overrides)
+    try:
+        config = config_from_preset(preset, args.model, check=not args.force, **overrides)
+    except ValueError as err:  # beyond the preset: it may still fit this machine's memory
+        if str(err).endswith(MORE_MEMORY):
+            raise ValueError(f"{err}, or add --force to train so anyway") from None
+        raise
     return config, f"preset {preset.name} ({preset.key}): {reason}"
 
 
@@ -238,7 +243,7 @@ def check_resumed_fits(checkpoint: dict, saved: TrainConfig, config: TrainConfig
     try:
         check_fits(preset, arch, config)
     except ValueError as err:  # a resumed run keeps its preset: that advice cannot be taken
-        said = str(err).replace(", or choose a preset with more memory", "")
+        said = str(err).replace(f", or {MORE_MEMORY}", "").replace(f" or {MORE_MEMORY}", "")
         kept = f" (the run keeps its preset {preset.key}), or add --force"
         raise ValueError(said + kept) from None
 

@@ -506,6 +506,9 @@ def _check_lora_in_frozen_encoder(
     )
 
 
+MORE_MEMORY = "choose a preset with more memory"  # how a refusal of check_fits ends
+
+
 def check_fits(preset: ResourcePreset, arch: SamArchitecture, config: TrainConfig) -> None:
     """Raise ``ValueError`` when ``config`` asks for clearly more memory than ``preset``'s
     setting for ``arch`` (see :meth:`ResourcePreset.setting_for`) fits."""
@@ -524,11 +527,10 @@ def check_fits(preset: ResourcePreset, arch: SamArchitecture, config: TrainConfi
             f"n_objects_per_batch={config.n_objects_per_batch!r} x batch_size="
             f"{config.batch_size!r} = {asked} objects per step is far above what preset "
             f"{preset.key!r} fits for {subject} ({measured}){row}; lower n_objects_per_batch "
-            "or batch_size, or choose a preset with more memory"
+            f"or batch_size, or {MORE_MEMORY}"
         )
     if "image_encoder" in setting.freeze and not config.encoder_frozen:
         raise ValueError(
             f"preset {preset.key!r} fits {subject} only with the image encoder frozen{row}, "
-            f"but freeze={config.freeze!r}; add 'image_encoder' to freeze or choose a preset "
-            "with more memory"
+            f"but freeze={config.freeze!r}; add 'image_encoder' to freeze or {MORE_MEMORY}"
         )
