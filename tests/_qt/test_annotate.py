@@ -117,7 +117,7 @@ def test_commit_writes_the_preview_as_max_plus_one(viewer_widget):
     assert widget.commit() == []  # nothing left to commit
 
 
-def test_commit_respects_other_objects_unless_overwrite(viewer_widget):
+def test_commit_respects_other_objects_unless_overwrite(viewer_widget, notifications):
     _, widget = viewer_widget
     layers = widget.session.layers
     layers.points.add([128, 128])
@@ -125,9 +125,26 @@ def test_commit_respects_other_objects_unless_overwrite(viewer_widget):
     layers.annotations.data[preview] = 3  # the preview lies entirely on object 3
     assert widget.commit() == []
     assert len(layers.points.data) == 1  # nothing happened: prompts stay
+    assert notifications[-1] == (
+        "nothing to commit: the preview covers only existing objects (tick overwrite to "
+        "replace them)"
+    )
     widget.ui.overwrite_check.setChecked(True)
     assert widget.commit() == [4]
     np.testing.assert_array_equal(widget.session.annotations == 4, preview)
+
+
+def test_an_empty_preview_is_not_called_covered_by_other_objects(viewer_widget, notifications):
+    """With nothing annotated, "the preview is empty or covers only existing objects (tick
+    overwrite)" sent a person to a box that could not help."""
+    _, widget = viewer_widget
+    layers = widget.session.layers
+    layers.points.add([128, 128])
+    layers.preview.data = np.zeros_like(layers.preview.data)  # the model found nothing
+    assert widget.commit() == []
+    said = str(notifications[-1])
+    assert said.startswith("nothing to commit: the preview is empty (the model found no object")
+    assert "overwrite" not in said
 
 
 def test_undo_restores_the_labels(viewer_widget):

@@ -128,10 +128,13 @@ class AnnotateActionsMixin:
         # propagated object alone are in its snapshot: U puts them back with its own
         self._prompts_for_undo = (self.session, None) if apart and ids else None
         self._keep_propagation_out()
-        if not ids:
+        if not ids:  # the preview empty: the model found nothing at the prompts
+            covered = " (tick overwrite to replace them)" if shown and not overwrite else ""
             show_info(
-                "nothing to commit: the preview is empty"
-                + ("" if overwrite else " or covers only existing objects (tick overwrite)")
+                "nothing to commit: the preview covers only existing objects" + covered
+                if shown
+                else "nothing to commit: the preview is empty (the model found no object at "
+                "these prompts): try a box, more points, or another model"
             )
             return []
         self.ui.status_label.setText(f"committed object(s) {ids}")
