@@ -1047,6 +1047,7 @@ def test_images_of_the_same_name_from_two_folders_keep_their_own_labels(
 
 def test_prompted_labels_record_their_prompts_file(tmp_path, tiny_checkpoint, image_file):
     from napari_samtune.core.annotation_files import load_annotations
+    from napari_samtune.core.models import load_model
 
     path, _ = image_file
     boxes = write_csv(tmp_path / "b.csv", "x_min,y_min,x_max,y_max\n10,10,60,70\n")
@@ -1056,6 +1057,7 @@ def test_prompted_labels_record_their_prompts_file(tmp_path, tiny_checkpoint, im
     (made,) = record["objects"]
     assert made["source"] == "boxes file" and made["prompts_file"] == str(boxes)
     assert record["image"] == "image" and record["format"] == "napari-samtune-annotations"
+    assert made["weights_id"] == load_model(str(tiny_checkpoint)).model_id  # beside its name
 
 
 def test_a_bad_image_in_a_batch_does_not_stop_the_others(

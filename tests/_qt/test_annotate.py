@@ -278,6 +278,8 @@ def test_commit_autosaves_labels_and_prompts(viewer_widget, qtbot, tmp_path, dra
     assert record["objects"][0]["ids"] == [1]
     assert record["objects"][0]["points"] == [[128.0, 128.0]]
     assert record["objects"][0]["point_labels"] == ["positive"]
+    # the weights beside the name: a continued run registers other weights under it
+    assert record["objects"][0]["weights_id"] == widget.segmenter.model_id
 
 
 @pytest.mark.parametrize("ending", ["close the viewer", "remove the image layer", "close event"])
@@ -649,3 +651,4 @@ def test_automatic_objects_lying_on_annotated_ones_are_not_added_as_rims(
     )
     record = widget.session.records[-1]
     assert record["source"] == "automatic" and record["settings"]["min_area"] == 5
+    assert record["weights_id"] == widget.segmenter.model_id

@@ -122,8 +122,9 @@ class AnnotateActionsMixin:
         shown = len(set().union(*(ids.tolist() for ids in present)) - {0})
         with self._prompts_in_flux():
             ids = self.session.commit(
-                overwrite, source, self.model_name or "", planes, present, alone=bool(apart)
-            )
+                overwrite, source, self.model_name or "", planes, present, alone=bool(apart),
+                weights_id=self.segmenter.model_id,
+            )  # fmt: skip
         # U undoes the commit, not a clear before it; the prompts left by a commit of a
         # propagated object alone are in its snapshot: U puts them back with its own
         self._prompts_for_undo = (self.session, None) if apart and ids else None
@@ -260,7 +261,8 @@ class AnnotateActionsMixin:
         session, group = self.session, self.session.begin_group()
         overwrite, model_name = self.ui.overwrite_check.isChecked(), self.model_name
         config = self.auto_config()
-        how = {"settings": asdict(config)}  # in the record, as samtune segment --auto's
+        # in the record, as samtune segment --auto's: the model's weights beside its name
+        how = {"weights_id": self.segmenter.model_id, "settings": asdict(config)}
         counts: list[tuple[int, int]] = []  # per plane written: (objects found, objects added)
         written: list[int | None] = []
         skipped: list[jobs.PlaneSkipped] = []

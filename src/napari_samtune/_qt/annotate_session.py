@@ -102,6 +102,7 @@ class AnnotationSession:
         planes: list | None = None,
         present: list[np.ndarray] | None = None,
         alone: bool = False,
+        weights_id: str | None = None,
     ) -> list[int]:
         """Write the preview (every plane) as new objects; clear prompts and preview.
 
@@ -111,11 +112,15 @@ class AnnotationSession:
         them: reading a 30 x 2048 x 2048 preview for each took ~0.1 s. ``alone``: ``planes``
         are some of those the preview shows (a propagated object's), whose prompts and
         preview alone are written and cleared; the others stay (another object's).
+        ``weights_id``: the model's weights (:attr:`.Segmenter.model_id`), recorded beside its
+        name, which a continued run gives other weights.
         """
         planes = self.layers.preview_planes() if planes is None else planes
         objects = {plane: self.layers.preview_plane(plane) for plane in planes}
         kept = snapshot_prompts(self.layers, self.layers.preview_planes() if alone else planes)
         prompts = self.layers.prompts_record(planes if alone else None)
+        if weights_id is not None:
+            prompts = {"weights_id": weights_id, **prompts}
         ids = self._write(objects, overwrite, source, model_name, prompts, present=present)
         if ids:
             self.undo_stack.peek().prompts = kept  # undone, they come back

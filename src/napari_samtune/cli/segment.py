@@ -225,15 +225,17 @@ def _write_labels(
     return len(ids), len(planes)
 
 
-def _made_by(args: argparse.Namespace, model_name: str, config) -> dict:
-    """How ``samtune segment`` made the objects, for the labels' record."""
+def _made_by(args: argparse.Namespace, model_name: str, config, weights_id: str) -> dict:
+    """How ``samtune segment`` made the objects, for the labels' record: the model by its
+    name and its weights (a continued run gives a name other weights)."""
     from dataclasses import asdict
 
+    model = {"model": model_name, "weights_id": weights_id}
     if args.auto:
-        return {"source": "automatic", "model": model_name, "settings": asdict(config)}
+        return {"source": "automatic", **model, "settings": asdict(config)}
     prompts = args.points if args.points is not None else args.boxes
     kind = "points" if args.points is not None else "boxes"
-    return {"source": f"{kind} file", "model": model_name, "prompts_file": str(prompts)}
+    return {"source": f"{kind} file", **model, "prompts_file": str(prompts)}
 
 
 def _using(segmenter, model_name: str) -> str:
@@ -292,7 +294,7 @@ def _run(args: argparse.Namespace) -> int:
             _report_empty(labels, np.flatnonzero(seen & (points.labels == 1)) + 1, "data rows")
         else:
             _report_empty(labels, points.objects[seen], "'object' column")
-    made = _made_by(args, model_name, config)
+    made = _made_by(args, model_name, config, segmenter.model_id)
     counts = _write_labels(args.output, labels, files[0], planes.pixels, made, args.overwrite)
     if counts is None:  # checked at the start: saved meanwhile
         print(f"not written: {_APPEARED.format(args.output)}", file=sys.stderr)
@@ -449,7 +451,7 @@ def _segment_each(args, segmenter, model_name, config, todo, outputs, written) -
     returns how many failed."""
     from tqdm import tqdm
 
-    made, failed = _made_by(args, model_name, config), 0
+    made, failed = _made_by(args, model_name, config, segmenter.model_id), 0
     with optional_bar(not args.no_progress, "segmenting images", "image") as bar:
         bar = bar or no_progress
         bar(0, len(todo))

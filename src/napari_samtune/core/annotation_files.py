@@ -7,8 +7,9 @@ files, so either's output opens in the other and pairs for training. For an imag
 * ``<name>.labels.tif``: uint32 instance labels, (H, W) or (Z, H, W), zlib-compressed
   (named by :mod:`napari_samtune.core.label_files`);
 * ``<name>.prompts.json``: ``{"format": FORMAT, "format_version": 1, "image": name,
-  "shape": [...], "objects": [{"ids", "planes", "source", "model", "points",
-  "point_labels", "boxes"}, ...], "prompts": {"points", "point_labels", "boxes"}}``
+  "shape": [...], "objects": [{"ids", "planes", "source", "model", "weights_id",
+  "points", "point_labels", "boxes"}, ...], "prompts": {"points", "point_labels",
+  "boxes"}}``
   with coordinates in napari layer order, (row, col) or (plane, row, col).
 
 Both files are written atomically (temporary file + rename), so a crash during a save
