@@ -123,7 +123,7 @@ class AnnotateActionsMixin:
         with self._prompts_in_flux():
             ids = self.session.commit(
                 overwrite, source, self.model_name or "", planes, present, alone=bool(apart),
-                weights_id=self.segmenter.model_id,
+                weights_id=None if self.segmenter is None else self.segmenter.model_id,
             )  # fmt: skip
         # U undoes the commit, not a clear before it; the prompts left by a commit of a
         # propagated object alone are in its snapshot: U puts them back with its own
