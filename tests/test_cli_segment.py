@@ -107,6 +107,9 @@ def test_a_box_may_end_on_the_images_far_edges_and_is_clipped(
         "240,0,240,10",  # the near corner on the far edge: no pixel inside
         "-30,0,-1,20",
         "0,200,20,220",
+        "-30,0,-0.5,20",  # touching an edge from outside: clipped, a line
+        "239.5,0,260,10",
+        "0,-9,20,-0.5",
     ):
         text = f"x_min,y_min,x_max,y_max\n{row}\n"
         shown = ", ".join(row.split(","))

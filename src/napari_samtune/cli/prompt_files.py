@@ -146,7 +146,14 @@ def _check_overlap(
     them (x = W, y = H: ``0,0,W,H`` is the whole image)."""
     height, width = shape
     x_min, y_min, x_max, y_max = box
-    if x_max < -0.5 or y_max < -0.5 or x_min > width - 0.5 or y_min > height - 0.5:
+    # only touching an edge from outside covers no pixel: clipped, it would be a line
+    wide, tall = x_min < x_max, y_min < y_max
+    if (
+        (x_max <= -0.5 if wide else x_max < -0.5)
+        or (y_max <= -0.5 if tall else y_max < -0.5)
+        or (x_min >= width - 0.5 if wide else x_min > width - 0.5)
+        or (y_min >= height - 0.5 if tall else y_min > height - 0.5)
+    ):
         raise ValueError(
             f"{path}, line {line}: the box ({x_min:g}, {y_min:g}, {x_max:g}, {y_max:g}) lies "
             f"outside the image of width {width} and height {height}; x is the column "
