@@ -331,7 +331,7 @@ def test_a_blank_plane_of_a_stack_is_left_empty_and_named(
     out = tmp_path / "points.tif"
     assert segment(tiny_checkpoint, path, out, "--stack", "--points", str(points)) == 0
     err = capsys.readouterr().err
-    assert "note: plane 1 is left empty, with the 1 prompt there: one value everywhere" in err
+    assert "note: plane 1 is left empty, with the 1 prompt there: it is one value everywhere" in err
     assert "ids 1," not in err and "(ids 1 " not in err  # row 1, on plane 1: not "empty"
     assert not tifffile.imread(out)[1].any()
 
@@ -339,9 +339,14 @@ def test_a_blank_plane_of_a_stack_is_left_empty_and_named(
     assert (
         segment(tiny_checkpoint, path, out, "--stack", "--auto", *keep_all, "0", "--overwrite") == 0
     )
-    assert "note: plane 1 is left empty: one value everywhere" in capsys.readouterr().err
+    assert "note: plane 1 is left empty: it is one value everywhere" in capsys.readouterr().err
     labels = tifffile.imread(out)
     assert labels[0].any() and not labels[1].any() and labels[2].any()
+    copy = tmp_path / "copy.tif"  # of several images, the note names its image
+    copy.write_bytes(path.read_bytes())
+    options = ["--stack", "--auto", *keep_all, "0", "--no-progress"]
+    assert segment(tiny_checkpoint, [path, copy], tmp_path / "all", *options) == 0
+    assert "note: copy.tif: plane 1 is left empty: it is one value" in capsys.readouterr().err
 
 
 def test_auto_on_a_stack_gives_ids_unique_across_planes(

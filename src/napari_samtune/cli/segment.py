@@ -458,7 +458,9 @@ def _segment_each(args, segmenter, model_name, config, todo, outputs, written) -
         for done, image in enumerate(todo):
             try:
                 planes = Planes(*read_image(image), image, args)
-                labels, _ = segment_planes(segmenter, planes, None, None, config, bars=False)
+                labels, _ = segment_planes(
+                    segmenter, planes, None, None, config, bars=False, name=image.name
+                )
             except (ValueError, TypeError) as err:
                 failed += 1
                 why = in_option_terms(str(err), OPTION_NAMES)

@@ -280,6 +280,7 @@ def segment_planes(
     boxes: BoxPrompts | None,
     config,
     bars: bool = True,
+    name: str = "",
 ) -> tuple[np.ndarray, list[int]]:
     """uint32 labels, (H, W) or (planes, H, W): each prompted plane (every plane with
     ``--auto``, ids made unique across the stack) is embedded and segmented in turn;
@@ -287,7 +288,8 @@ def segment_planes(
     a plane of ``--auto`` may take minutes, and the planes' bar moved only between them).
 
     Also the planes left empty because they are blank (one value everywhere as SAM sees
-    them: any mask there would be made up, as the widget says), said on stderr.
+    them: any mask there would be made up, as the widget says), said on stderr (of the
+    image ``name``, where several are segmented).
     """
     from napari_samtune.core.images import is_blank
 
@@ -324,29 +326,29 @@ def segment_planes(
             if plane_bar is not None:
                 plane_bar(done + 1, len(todo))
     if blank:
-        _say_blank(blank, None if prompts is None else row_planes)
+        _say_blank(blank, None if prompts is None else row_planes, name)
     return (labels if planes.stacked else labels[0]), blank
 
 
-def _say_blank(blank: list[int], row_planes: np.ndarray | None) -> None:
-    """The note that the planes ``blank`` are left empty (with the prompts on them, where
-    the rows' planes ``row_planes`` are given)."""
+def _say_blank(blank: list[int], row_planes: np.ndarray | None, name: str = "") -> None:
+    """The note that the planes ``blank`` (of image ``name``) are left empty, with the
+    prompts on them where the rows' planes ``row_planes`` are given."""
     import sys
 
     from tqdm import tqdm
 
+    from napari_samtune.core.images import blank_problem
     from napari_samtune.core.label_files import describe_names
 
-    names = describe_names([str(i) for i in blank], limit=10)
-    them = "it" if len(blank) == 1 else "them"
+    planes = describe_names([str(i) for i in blank], limit=10)
     prompted = ""
     if row_planes is not None:
         n = int(np.isin(row_planes, blank).sum())
         prompted = f", with the {n} prompt{'s' if n != 1 else ''} there"
+    of = f"{name}: " if name else ""
+    each = "it" if len(blank) == 1 else "each"
     tqdm.write(
-        f"note: plane{'s' if len(blank) > 1 else ''} {names} {'are' if len(blank) > 1 else 'is'} "
-        f"left empty{prompted}: one value "
-        f"everywhere (blank) as SAM sees {them}, so any mask there would be made up; check "
-        "the stack, and the channel chosen",
+        f"note: {of}plane{'s' if len(blank) > 1 else ''} {planes} "
+        f"{'are' if len(blank) > 1 else 'is'} left empty{prompted}: " + blank_problem(each),
         file=sys.stderr,
     )
