@@ -340,7 +340,9 @@ def test_a_folder_taken_after_the_start_was_checked_is_refused_by_the_run(
             assert widget.continue_run(folder) is not None
     assert _contents(folder) == before
     assert widget.run_folder is None  # as when refused before the run: not this run's folder
-    assert "is in use by another training run" in widget.settings.settings_error.text()
+    shown = widget.settings.settings_error.text()  # in the panel's words, as before Start
+    assert shown.startswith(f"the run {str(folder)!r} is in use by another training run (process ")
+    assert ": this napari, another Finetune panel)" in shown and "then continue it" in shown
     assert widget.start_error.isVisibleTo(widget)
     assert "training failed" not in widget.result_label.text()
     assert widget.continue_button.isEnabled() and not widget.stop_button.isEnabled()

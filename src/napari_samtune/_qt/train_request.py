@@ -27,13 +27,17 @@ from napari_samtune._qt.train_repeats import (
     compare_with_folders,
     layer_pairs_conflict,
 )
-from napari_samtune._qt.train_run import TrainRequest, run_folder
+from napari_samtune._qt.train_run import (
+    CONTINUED_RUN_IN_USE,
+    NEW_RUN_IN_USE,
+    TrainRequest,
+    run_folder,
+)
 from napari_samtune.core.checkpoints import check_output_folder
 from napari_samtune.core.run_lock import check_not_in_use
 from napari_samtune.core.train_export import check_model_name, check_registration
 
 REPEAT_TASK = "comparing the layer pairs with the folders"
-ANOTHER_PANEL = "this napari, another Finetune panel"  # a run holding a folder here
 
 
 class TrainRequestMixin:
@@ -54,11 +58,9 @@ class TrainRequestMixin:
                 model_name = check_field("new model name", check_model_name, name)
                 check_output_folder(self.settings.output_folder(), "output folder")
                 out_dir, last = run_folder(self.settings.output_folder(), model_name), None
-                fix = "wait for it to finish, or give the new model another name"
-                check_not_in_use(out_dir, "the new run's folder", fix, ANOTHER_PANEL)
+                check_not_in_use(out_dir, NEW_RUN_IN_USE)
             else:  # a run in its first epoch has no last.pt yet: not "holds no run"
-                fix = "wait for it to finish, then continue it"
-                check_not_in_use(resume, "the run", fix, ANOTHER_PANEL)
+                check_not_in_use(resume, CONTINUED_RUN_IN_USE)
                 # the run keeps its own preset: "auto" is the device this machine has, not
                 # that of the preset chosen here (an A100's cuda on a CPU-only machine)
                 device = self.settings.model_picker.device()

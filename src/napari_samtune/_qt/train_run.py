@@ -35,7 +35,7 @@ from napari_samtune._qt.workers import TaskRefused, logged_notes, user_message
 from napari_samtune.core.checkpoints import first_free
 from napari_samtune.core.data import ImageLabelPair, prepare_pairs
 from napari_samtune.core.presets import TrainConfig
-from napari_samtune.core.run_lock import training_lock
+from napari_samtune.core.run_lock import InUseWords, training_lock
 from napari_samtune.core.train import TrainEvent, iter_train
 from napari_samtune.core.train_checkpoints import BASE_MODEL_FIX, BaseModelUnavailable
 from napari_samtune.core.validation_split import (
@@ -60,6 +60,18 @@ KEPT_BY_CONTINUE = {
     "min_samples_per_epoch": "patches per epoch", "patch_size": "patch size",
     "freeze": "freeze", "lora_rank": "LoRA rank", "early_stopping": "early stopping",
 }  # fmt: skip
+
+
+# a run folder in use (by another panel of this napari, another window, samtune train):
+# refused in the words of the panel, before Start and by the run's hold on it
+ANOTHER_PANEL = "this napari, another Finetune panel"
+NEW_RUN_IN_USE = InUseWords(
+    "the new run's folder", "wait for it to finish, or give the new model another name",
+    ANOTHER_PANEL,
+)  # fmt: skip
+CONTINUED_RUN_IN_USE = InUseWords(
+    "the run", "wait for it to finish, then continue it", ANOTHER_PANEL
+)
 
 
 @dataclass(frozen=True)
@@ -105,7 +117,8 @@ def iter_training_job(
     Problems of the data are told before the download (which may take minutes)."""
     with ExitStack() as held:
         try:
-            held.enter_context(training_lock(request.out_dir))
+            words = NEW_RUN_IN_USE if request.resume_from is None else CONTINUED_RUN_IN_USE
+            held.enter_context(training_lock(request.out_dir, words))
         except ValueError as err:  # told apart from training's errors: nothing began
             raise RunFolderInUse(str(err)) from None
         # the layers' planes, copied here (not at Start, where the viewer froze meanwhile):

@@ -146,14 +146,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from napari_samtune.core.run_lock import check_not_in_use, training_lock
+    from napari_samtune.core.run_lock import InUseWords, check_not_in_use, training_lock
     from napari_samtune.core.train_export import check_registration
 
     given_out, args.out = args.out, out_folder(args)
     # held by a run still going: said first, naming the option that gave the folder (a
     # resume was told its --out was in use; a new run there, to continue with --resume)
     if is_main_process():
-        check_not_in_use(Path(args.out), "--out" if given_out is not None else "--resume")
+        check_not_in_use(
+            Path(args.out), InUseWords("--out" if given_out is not None else "--resume")
+        )
     resumed_run = Path(args.out) if args.resume else None
     check_registration(args.name, resumed_run)  # as training would, before the data is read
     config, origin = make_config(args)

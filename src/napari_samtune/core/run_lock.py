@@ -14,23 +14,34 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 TRAINING_LOCK_NAME = ".samtune-train.lock"  # in a run's folder while it trains: its process id
 
 
+@dataclass(frozen=True)
+class InUseWords:
+    """How a refusal of a folder another run trains in words it, for who reads it."""
+
+    name: str = "out_dir"  # what gave the folder: an option, a field
+    fix: str = "wait for it to finish, or choose another folder"  # what to do
+    here: str = ""  # who the holder is when it is this process (another panel); "": unsaid
+
+
 @contextmanager
-def training_lock(out_dir: Path) -> Iterator[None]:
+def training_lock(out_dir: Path, words: InUseWords = InUseWords()) -> Iterator[None]:
     """Hold ``out_dir`` for the training run in this process: a second run into it (another
     terminal, a job started twice, a resume while the run still trains) is refused with a
     ``ValueError``, instead of writing over this run's checkpoints and model. An
     advisory lock, freed when the run ends or its process dies; where the system offers
-    none (Windows, some network file systems), runs are not kept apart."""
+    none (Windows, some network file systems), runs are not kept apart. ``words``: how
+    the refusal names the folder and the fix."""
     out_dir = Path(out_dir)
     made = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        with _locked(out_dir / TRAINING_LOCK_NAME, out_dir), _held_here(out_dir):
+        with _locked(out_dir / TRAINING_LOCK_NAME, out_dir, words), _held_here(out_dir):
             yield
     finally:  # a run refused, failed or stopped before its first step leaves nothing
         if made and out_dir.is_dir() and not any(out_dir.iterdir()):
@@ -69,30 +80,22 @@ def _write_holder(lock, path: Path) -> None:
         raise write_error(path, err) from err
 
 
-CHOOSE_ANOTHER = "wait for it to finish, or choose another folder"
-
-
-def check_not_in_use(
-    out_dir: Path, name: str = "out_dir", fix: str = CHOOSE_ANOTHER, here: str = ""
-) -> None:
-    """``ValueError`` when another run holds ``out_dir`` (given as ``name``; ``fix``: what
-    to do; ``here``: who that is when it is this process, e.g. another panel): asked before
-    a run begins, only reading, so that a refusal writes nothing (taking the lock wrote the
-    holder's id, and on a full disk that write failed instead)."""
+def check_not_in_use(out_dir: Path, words: InUseWords = InUseWords()) -> None:
+    """``ValueError`` when another run holds ``out_dir``: asked before a run begins, only
+    reading, so that a refusal writes nothing (taking the lock wrote the holder's id, and
+    on a full disk that write failed instead)."""
     holder = training_process(out_dir)
     if holder is not None:
-        if here and holder == str(os.getpid()):
-            holder = f"{holder}: {here}"
-        raise ValueError(in_use_message(out_dir, holder, name, fix))
+        raise ValueError(in_use_message(out_dir, holder, words))
 
 
-def in_use_message(
-    out_dir: Path, holder: str, name: str = "out_dir", fix: str = CHOOSE_ANOTHER
-) -> str:
-    """What refuses folder ``out_dir`` (given as ``name``) that process ``holder`` trains in."""
+def in_use_message(out_dir: Path, holder: str, words: InUseWords = InUseWords()) -> str:
+    """What refuses folder ``out_dir`` that process ``holder`` trains in."""
+    if words.here and holder == str(os.getpid()):
+        holder = f"{holder}: {words.here}"
     return (
-        f"{name} {str(out_dir)!r} is in use by another training run (process {holder}), "
-        f"which is still going; {fix}"
+        f"{words.name} {str(out_dir)!r} is in use by another training run (process "
+        f"{holder}), which is still going; {words.fix}"
     )
 
 
@@ -121,7 +124,7 @@ def holds_training_lock(out_dir: str | os.PathLike) -> bool:
 
 
 @contextmanager
-def _locked(path: Path, out: Path) -> Iterator[None]:
+def _locked(path: Path, out: Path, words: InUseWords) -> Iterator[None]:
     """An exclusive lock on ``path`` (created) holding this process's id, removed after."""
     try:
         import fcntl
@@ -141,7 +144,7 @@ def _locked(path: Path, out: Path) -> Iterator[None]:
     with lock:
         if held is False:
             lock.seek(0)
-            raise ValueError(in_use_message(out, lock.read().strip() or "?"))
+            raise ValueError(in_use_message(out, lock.read().strip() or "?", words))
         if held is None:  # this file system has no locks
             yield
             return
