@@ -162,9 +162,9 @@ def test_a_model_no_better_than_before_training_is_said_to_be(
     )
 
 
-def test_a_model_never_validated_is_not_loaded_for_annotation_in_place_of_one():
-    """A run stopped in its first epoch has no validated epoch: nothing says its model is
-    better than the one annotating, which it replaced."""
+def test_why_a_finished_model_is_not_loaded_for_annotation():
+    """A run stopped in its first epoch completed none, and one that scores no better than
+    its start is worse to annotate with than the model in use (which it replaced)."""
     import math
     from pathlib import Path
 
@@ -180,8 +180,11 @@ def test_a_model_never_validated_is_not_loaded_for_annotation_in_place_of_one():
     )  # fmt: skip
     assert _not_to_use(ended) == ""
     stopped = dataclasses.replace(ended, best_epoch=None, best_metric=math.nan, epochs_done=0)
-    assert "never validated" in _not_to_use(stopped)
-    assert "no better" in _not_to_use(dataclasses.replace(ended, best_metric=0.5))
+    assert _not_to_use(stopped) == "it completed no epoch"
+    worse = dataclasses.replace(ended, best_metric=0.5)
+    assert _not_to_use(worse) == "it scores no better than the model it started from"
+    random = dataclasses.replace(worse, from_random=True)
+    assert _not_to_use(random) == "it scores no better than the random weights it started from"
 
 
 def test_stop_mid_run_leaves_a_loadable_model(qtbot, docked, tmp_path, notifications):

@@ -238,9 +238,10 @@ CONTINUE_MEMORY_ADVICE = (
 def _not_to_use(event: TrainingFinished) -> str:
     """Why the finished run's model is not loaded for annotation in place of the model in
     use, though "use it" is ticked ("" where it is): it scores no better on the validation
-    images than the model it started from, or it completed no epoch (never validated)."""
+    images than the model (or random weights) it started from, or it completed no epoch."""
     if event.no_better_message():
-        return "it scores no better than the model it started from"
+        start = "the random weights" if event.from_random else "the model"
+        return f"it scores no better than {start} it started from"
     if event.best_epoch is None:
-        return "it stopped before its first epoch ended, so it was never validated"
+        return "it completed no epoch"
     return ""
