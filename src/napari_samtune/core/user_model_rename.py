@@ -25,6 +25,7 @@ from napari_samtune.core.registry import (
     validate_model_name,
 )
 from napari_samtune.core.user_model_weights import (
+    is_stray,
     own_weights,
     stray_note,
     weights_in_use,
@@ -62,7 +63,7 @@ def rename_user_model(old_name: str, new_name: str) -> Path:
         _move(sidecar, data, weights, target, new_name)
         in_use = weights_in_use()
         for stray in own_weights(new_name):  # a file of the new name there already
-            if stray != target and stray.exists() and stray not in in_use:
+            if stray != target and is_stray(stray, in_use):
                 warnings.warn(stray_note(stray, new_name, target), stacklevel=2)
         return target
 

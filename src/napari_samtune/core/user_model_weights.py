@@ -27,7 +27,7 @@ def new_weights_path(name: str, replaced: Path | None) -> tuple[Path, list[Path]
     def free(path: Path) -> bool:
         if path == replaced or path in in_use:
             return False
-        if path.exists():
+        if is_stray(path, in_use):
             strays.append(path)
             return False
         return True
@@ -35,6 +35,12 @@ def new_weights_path(name: str, replaced: Path | None) -> tuple[Path, list[Path]
     numbered = (user_models_dir() / f"{name}-{n}.pt" for n in itertools.count(2))
     path = next(filter(free, itertools.chain(own_weights(name), numbered)))
     return path, strays
+
+
+def is_stray(path: Path, in_use: set[Path]) -> bool:
+    """Whether ``path`` is a file in the user models folder that no description names
+    (``in_use``: :func:`weights_in_use`): never written over, and said where left."""
+    return path not in in_use and path.exists()
 
 
 def onto_own_stray(weights_path: Path, strays: list[Path]) -> Path:
