@@ -380,6 +380,7 @@ def test_auto_on_a_stack_gives_ids_unique_across_planes(
         ((), "x,y\n1,2\n", "channel axis is ambiguous.*For a z-stack .* pass --stack"),
         (("--stack",), "x,y\n1,2\n", r"missing column\(s\) \['z'\]"),
         (("--stack",), "x,y,z\n1,2,3\n", "line 2: plane .z. is 3; the image has 3 planes"),
+        (("--stack",), "x,y,z\n1,2,1.5\n", "plane .z. is 1.5; .* 0..2: give a whole number"),
         (("--stack",), "index,axis-0,axis-1\n0,1,2\n", "2D points .* --stack needs each point"),
         (
             ("--stack", "--channel-axis", "-3"),

@@ -108,7 +108,7 @@ def _plane_index(path: Path, line: int, value: float, name: str, n_planes: int) 
     if value != int(value) or not 0 <= value < n_planes:
         raise ValueError(
             f"{path}, line {line}: plane ({name}) is {value:g}; the image has {n_planes} "
-            f"planes, numbered 0..{n_planes - 1}"
+            f"planes, numbered 0..{n_planes - 1}: give a whole number among them"
         )
     return int(value)
 
