@@ -127,6 +127,10 @@ def test_one_label_image_given_for_the_set_is_refused_not_scored_row_by_row():
         evaluate_instances([labels], prediction)
     stacked = evaluate_instances(labels[None], prediction[None]).summary()
     assert stacked == evaluate_instances([labels], [prediction]).summary()
+    # as a torch tensor (dask is alike) it was still scored row by row, unsaid
+    as_tensor = torch.from_numpy(labels.astype(np.int64))
+    with pytest.raises(ValueError, match=r"labels is an array of shape \(48, 48\)"):
+        evaluate_instances(as_tensor, torch.from_numpy(prediction.astype(np.int64)))
 
 
 def test_a_weights_file_as_a_path_is_a_model_to_finetune(tmp_path, tiny_checkpoint):

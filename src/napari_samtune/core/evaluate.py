@@ -214,10 +214,10 @@ def _as_list(items: Iterable[np.ndarray], name: str) -> list[np.ndarray]:
             f"{name} is a {type(items).__name__}; pass a list of arrays, one per image "
             "(read files first, e.g. with tifffile.imread)"
         )
-    if isinstance(items, np.ndarray) and items.ndim < 3:  # one image, not one per image
+    if getattr(items, "ndim", 3) < 3:  # one image (numpy, torch, dask), not one per image
         raise ValueError(
-            f"{name} is an array of shape {items.shape!r}, not a list of them; pass one entry "
-            "per image, e.g. [image] and [labels] for one"
+            f"{name} is an array of shape {tuple(items.shape)!r}, not a list of them; pass "
+            "one entry per image, e.g. [image] and [labels] for one"
         )
     return list(items)
 

@@ -317,9 +317,9 @@ def evaluate_instances(
                 f"{name} is a {type(given).__name__}; pass a list of label images, one per "
                 "image (read files first, e.g. with tifffile.imread)"
             )
-        if isinstance(given, np.ndarray) and given.ndim < 3:  # else scored row by row
+        if getattr(given, "ndim", 3) < 3:  # an array of any kind: else scored row by row
             raise ValueError(
-                f"{name} is an array of shape {given.shape!r}, not label images; pass one "
+                f"{name} is an array of shape {tuple(given.shape)!r}, not label images; pass one "
                 "entry per image, e.g. evaluate_instances([labels], [prediction]) for one"
             )
     labels, predictions = list(labels), list(predictions)
