@@ -394,6 +394,11 @@ def test_one_pair_not_in_a_list_is_told_how_to_pass_it():
             as_pairs(one)
     with pytest.raises(ValueError, match=r"to train on one pair, pass \[pair\]"):
         as_pairs(ImageLabelPair(image, labels))
+    # given to a run, it stopped at "object of type 'ImageLabelPair' has no len()"
+    from napari_samtune.core.run_data import prepare_run_data
+
+    with pytest.raises(ValueError, match=r"training data: .*to train on one pair, pass \[pair\]"):
+        prepare_run_data(ImageLabelPair(image, labels), "training")
 
 
 def test_pairs_without_objects_are_left_out_and_other_problems_still_refused():

@@ -28,7 +28,8 @@ def prepare_run_data(data: TrainData, what: str):
     ("validation data: ..."). Images the caller prepared are used as they are, less repeats."""
     data = listed(data, what)
     try:
-        if len(data) and all(isinstance(item, PreparedImage) for item in data):
+        prepared = isinstance(data, Sequence) and len(data) > 0  # (a lone pair: as_pairs says)
+        if prepared and all(isinstance(item, PreparedImage) for item in data):
             images, left_out = list(data), ()
         else:
             images, left_out = prepare_annotated(as_pairs(data), what)
