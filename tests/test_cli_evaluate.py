@@ -440,6 +440,8 @@ def test_models_evaluated_before_a_later_one_fails_keep_their_results(
     images, labels = annotated_folder
     first = _save_tiny(tmp_path / "first.pth", 0)
     second = _save_tiny(tmp_path / "second.pth", 1)
+    copy = tmp_path / "copy.pth"  # left out as first's weights: done, not "stopped before"
+    copy.write_bytes(first.read_bytes())
     real, calls = demo.model_metrics, []
 
     def interrupted_second(*args, **kwargs):
@@ -456,7 +458,8 @@ def test_models_evaluated_before_a_later_one_fails_keep_their_results(
     out = tmp_path / "eval"
     code = cli.main([
         "evaluate", "--images", str(images), "--labels", str(labels), "--model", str(first),
-        "--model", str(second), "--out", str(out), "--clicks", "1", "--points-per-side", "4",
+        "--model", str(copy), "--model", str(second), "--out", str(out), "--clicks", "1",
+        "--points-per-side", "4",
     ])  # fmt: skip
     assert code == {"an error": 2, "Ctrl+C": 130, "SIGTERM": 143}[how]
     with open(out / "evaluation.csv") as file:
@@ -464,7 +467,7 @@ def test_models_evaluated_before_a_later_one_fails_keep_their_results(
     assert list(json.loads((out / "evaluation.json").read_text())["models"]) == ["first"]
     captured = capsys.readouterr()
     assert "| first |" in captured.out
-    assert "evaluation stopped before 'second'" in captured.err
+    assert "evaluation stopped before 'second'; the results of 'first' are kept" in captured.err
 
 
 def test_the_planes_of_a_stack_score_an_object_per_piece_as_training_takes_them(tmp_path):

@@ -310,7 +310,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     images, labels, used = _normalised(pairs)  # all checked before any model is loaded
     check_models(args.model, not args.no_progress)
-    results = {}
+    results, done = {}, []  # done: evaluated, or left out as the weights of one that was
     names = _unique_names(args.model, known)
     measured = {"device": device, "pairs": used, "models": {}}
     try:  # SIGTERM (a batch job's time limit) as Ctrl+C: the models done are kept
@@ -319,8 +319,10 @@ def _run(args: argparse.Namespace) -> int:
                 metrics = _evaluate(name, model, images, labels, args, device, measured)
                 if metrics is not None:
                     results[name] = metrics
+                done.append(name)
     except (Exception, KeyboardInterrupt):
-        _keep_finished(results, names, args, measured)  # then the error or interrupt is said
+        missing = [name for name in names if name not in done]
+        _keep_finished(results, missing, args, measured)  # then the error or interrupt is said
         raise
     _report(results, args, measured)
     return 0
@@ -354,14 +356,13 @@ def _evaluate(name, model, images, labels, args, device, measured) -> dict | Non
 
 
 def _keep_finished(
-    results: dict, names: list[str], args: argparse.Namespace, measured: dict
+    results: dict, missing: list[str], args: argparse.Namespace, measured: dict
 ) -> None:
     """A model failed to load or evaluate, or Ctrl+C came, after others were evaluated:
-    their results are written and printed (the models not done named), not thrown away
-    (minutes to hours of a large model's work)."""
+    their results are written and printed (the models ``missing``, not done, named), not
+    thrown away (minutes to hours of a large model's work)."""
     if not results:
         return
-    missing = [name for name in names if name not in results]
     print(
         f"evaluation stopped before {', '.join(map(repr, missing))}; the results of "
         f"{', '.join(map(repr, results))} are kept:",
