@@ -119,9 +119,12 @@ def test_evaluate_leaves_out_unpaired_files_on_request(tmp_path, annotated_folde
     argv = ["evaluate", "--images", str(images), "--labels", str(labels), "--model", str(model)]
     argv += ["--out", str(tmp_path / "eval"), "--clicks", "0", "--points-per-side", "4"]
     assert cli.main(argv) == 2
-    assert "images without labels ['not_annotated.tif']" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "images without labels ['not_annotated.tif']" in said
+    assert "labels without images" not in said  # none: "[]" read as a fault
     assert cli.main([*argv, "--skip-unpaired"]) == 0
     out, err = capsys.readouterr()
+    assert "iterative prompting" not in out  # --clicks 0: no "IoU after 0..0 clicks"
     assert "evaluation data: left out 1 image(s) without a label file" in err  # not a result
     assert "evaluating tiny on 2 images" in err and "evaluating" not in out
     assert "left out" not in out

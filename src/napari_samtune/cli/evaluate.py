@@ -378,8 +378,9 @@ def _report(results: dict, args: argparse.Namespace, measured: dict) -> None:
     settings = evaluation_settings(args, measured, list(results))
     files = compare_models(results, args.out, "evaluation", settings=settings)  # or -2, ...
     print(format_table(results))
-    print(f"iterative prompting (IoU after 0..{args.clicks} clicks):")
-    for name, metrics in results.items():
+    if args.clicks:  # (without corrective clicks the curve is the table's point IoU alone)
+        print(f"iterative prompting (IoU after 0..{args.clicks} clicks):")
+    for name, metrics in results.items() if args.clicks else ():
         curve = [metrics["point_iou"]] + [
             metrics[f"iou_after_{k}_clicks"] for k in range(1, args.clicks + 1)
         ]

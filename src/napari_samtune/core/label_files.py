@@ -148,10 +148,15 @@ class FileMatch:
         """Why the files do not all pair, with the fix; "" when they do."""
         if not self.lonely_images and not self.lonely_labels:
             return ""
-        unpaired = (
-            f"could not pair files by name: images without labels {list(self.lonely_images)!r}, "
-            f"labels without images {list(self.lonely_labels)!r}"
-        )
+        sides = [
+            f"{what} {list(names)!r}"
+            for names, what in (
+                (self.lonely_images, "images without labels"),
+                (self.lonely_labels, "labels without images"),
+            )
+            if names  # (an empty side named as "[]" read as a fault)
+        ]
+        unpaired = f"could not pair files by name: {', '.join(sides)}"
         named_as_labels = [is_label_file(Path(name)) for name in self.lonely_images]
         named_as_images = [not is_label_file(Path(name)) for name in self.lonely_labels]
         if named_as_labels and all(named_as_labels) and named_as_images and all(named_as_images):
