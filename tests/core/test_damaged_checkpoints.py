@@ -234,7 +234,7 @@ def test_an_optimizer_state_that_does_not_fit_the_run_is_refused_naming_the_file
     export_model(path, tmp_path / "model.pth")  # its weights still make a model
 
 
-def _with_changed_weights(path) -> None:
+def _with_changed_weights(path, written: bytes = b"\x7f" * 64) -> None:
     """64 bytes inside the largest record of ``path`` changed, its zip layout intact: the
     damage a disk or a copy can do, which torch.load does not see."""
     import zipfile
@@ -243,8 +243,8 @@ def _with_changed_weights(path) -> None:
         largest = max(archive.infolist(), key=lambda info: info.file_size)
         offset = largest.header_offset + 30 + len(largest.filename.encode()) + 64
     data = bytearray(path.read_bytes())
-    assert data[offset : offset + 64] != b"\x7f" * 64
-    data[offset : offset + 64] = b"\x7f" * 64  # large float32 values
+    assert data[offset : offset + 64] != written
+    data[offset : offset + 64] = written  # by default large float32 values
     path.write_bytes(bytes(data))
 
 
@@ -263,3 +263,18 @@ def test_weights_changed_on_disk_are_refused_naming_the_file(runs, tmp_path, whi
     other = "best.pt" if which == "last.pt" else "last.pt"
     assert other in message  # the whole one beside it
     assert not (tmp_path / "model.pth").exists()
+
+
+def test_a_weights_file_given_by_path_with_changed_bytes_is_refused(runs, tmp_path):
+    """A model given by path has no known hash: bytes a disk or copy error changed (small,
+    finite weights, so no other check sees them) loaded as a model of other weights, with
+    an id of its own and nothing said. Its records' checksums find them."""
+    from napari_samtune.core.models import export_sam_state_dict
+
+    path = export_sam_state_dict(load_model(runs / "whole" / "checkpoints" / "last.pt").sam,
+                                 tmp_path / "model.pth")  # fmt: skip
+    load_model(path)  # whole, it loads
+    _with_changed_weights(path, b"\x01" * 64)  # float32 2.4e-38: finite and small
+    with pytest.raises(ValueError) as refused:
+        load_model(path)
+    assert f"{path} is damaged: its record" in str(refused.value)

@@ -41,6 +41,7 @@ from napari_samtune.core.checkpoints import (
     CHECKPOINT_FORMAT,
     atomic_torch_save,
     check_format_version,
+    check_records,
     safe_torch_load,
 )
 from napari_samtune.core.devices import resolve_device
@@ -358,6 +359,8 @@ def _load(name_or_path, device, download: bool, architecture, progress) -> Loade
     torch_device = resolve_device(device)
     path, name, spec = _resolve_source(name_or_path, download, progress)
     state, stored = read_sam_state_dict(path)
+    if spec is None:  # a file given by path: no hash of it is known, its records' CRCs are
+        check_records(path, EXPECTED)
     arch = _pick_architecture(architecture, stored, spec, state, path)
     sam = build_and_load(state, arch, path, given=architecture is not None)
     del state
