@@ -19,7 +19,7 @@ from napari_samtune._qt.train_run import (
     HeldOutPartEmpty,
     ModelNotDownloaded,
     RunFolderInUse,
-    docked_widgets,
+    finetune_panels,
     offer_model,
 )
 from napari_samtune._qt.workers import user_message
@@ -145,8 +145,8 @@ class TrainProgressMixin:
             show_info(event.outcome_message())
             self.training_finished.emit(event)
             return
-        for panel in {self, *docked_widgets(self.viewer, type(self))}:  # to finetune it further
-            panel.settings.model_picker.refresh_models()  # (a panel opened after Start too)
+        for panel in {self, *finetune_panels(self.viewer)}:  # to finetune it further (in
+            panel.settings.model_picker.refresh_models()  # every window; opened after Start)
         asked, kept_because = self.use_model_check.isChecked(), _not_to_use(event)
         try:
             n_widgets = offer_model(self.viewer, event.registered_name, asked and not kept_because)

@@ -17,6 +17,7 @@ same viewer, so a finished model can be offered there at once.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -65,6 +66,9 @@ KEPT_BY_CONTINUE = {
 # a run folder in use (by another panel of this napari, another window, samtune train):
 # refused in the words of the panel, before Start and by the run's hold on it
 ANOTHER_PANEL = "this napari, another Finetune panel"
+# every Finetune panel of this process (napari's windows each dock their own): a model one
+# of them trains is offered in all of them to finetune further
+FINETUNE_PANELS: weakref.WeakSet = weakref.WeakSet()
 NEW_RUN_IN_USE = InUseWords(
     "the new run's folder", "wait for it to finish, or give the new model another name",
     ANOTHER_PANEL,
@@ -246,6 +250,13 @@ def annotation_panels(viewer) -> list:
     return own + [panel for panel in list(OPEN_PANELS) if panel not in own and _docked(panel)]
 
 
+def finetune_panels(viewer) -> list:
+    """The Finetune panels docked in napari's windows of this process, ``viewer``'s first."""
+    docked = [panel for panel in list(FINETUNE_PANELS) if _docked(panel)]
+    own = [panel for panel in docked if panel.viewer is viewer]
+    return own + [panel for panel in docked if panel not in own]
+
+
 def _docked(widget) -> bool:
     try:
         return main_window_of(widget) is not None
@@ -309,11 +320,16 @@ def offer_model(viewer, name: str, use_it: bool) -> int:
     when ``use_it``. A widget that keeps an older copy of ``name`` (a continued run
     registers anew under the same name) says so, and that Load model takes the new one.
 
-    Returns how many annotation widgets were updated.
+    The annotation widgets of napari's other windows list it too (it is not loaded there:
+    that window's person may be annotating with another model).
+
+    Returns how many annotation widgets of ``viewer``'s window were updated.
     """
     from napari_samtune._qt.annotate_jobs import LOAD_TASK
 
     widgets = annotation_widgets(viewer)
+    for widget in annotation_panels(viewer)[len(widgets) :]:
+        widget.refresh_models()
     for widget in widgets:
         loading, propagated = widget.runner.is_running(LOAD_TASK), widget.held_propagation()
         loads_it = use_it and not loading and not propagated

@@ -58,6 +58,7 @@ from napari_samtune._qt.train_plot import TrainingPlotWidget
 from napari_samtune._qt.train_progress import TrainProgressMixin
 from napari_samtune._qt.train_request import REPEAT_TASK, TrainRequestMixin
 from napari_samtune._qt.train_run import (
+    FINETUNE_PANELS,
     RUN_FOLDERS_IN_USE,
     TRAIN_TASK,
     TrainRequest,
@@ -90,6 +91,7 @@ class TrainWidget(TrainProgressMixin, TrainCloseMixin, TrainRequestMixin, QWidge
     ) -> None:
         super().__init__(parent)
         self.viewer = viewer
+        FINETUNE_PANELS.add(self)
         self.stop_event: threading.Event | None = None
         self.run_folder: Path | None = None  # of the running (or last) run
         self._folder_in_use: Path | None = None  # run_folder while its run goes on
