@@ -845,4 +845,5 @@ def test_a_closed_panel_stops_following_the_viewer_s_layers(qtbot, docked, notif
     assert [b - a for b, a in zip(before, after, strict=True)] == [2, 2, 2]  # training, validation
     notifications.clear()
     viewer.layers.remove("cells0 labels")
+    qtbot.wait(50)  # removals are told once the layers removed together are gone
     assert not any("training pair" in m for m in notifications)

@@ -35,6 +35,7 @@ def test_a_layer_removed_during_a_run_says_the_run_goes_on(qtbot, docked, notifi
     with qtbot.waitSignal(widget.training_started, timeout=WAIT_MS):
         assert widget.start() is not None
     napari_viewer.layers.remove("cells0 labels")
+    qtbot.waitUntil(lambda: any("was removed" in n for n in notifications), timeout=WAIT_MS)
     removed = [n for n in notifications if "was removed" in n]
     assert removed == [
         "layer 'cells0 labels' was removed, and with it the training pair(s) cells0 / cells0 "
@@ -44,6 +45,20 @@ def test_a_layer_removed_during_a_run_says_the_run_goes_on(qtbot, docked, notifi
     qtbot.waitUntil(lambda: not widget.is_running, timeout=WAIT_MS)
     assert widget.result is not None and widget.result.epochs_done == 2
     napari_viewer.layers.remove("cells1 labels")
+    qtbot.waitUntil(lambda: "cells1 labels' was removed" in notifications[-1], timeout=WAIT_MS)
     assert notifications[-1] == (
         "layer 'cells1 labels' was removed, and with it the training pair(s) cells1 / cells1 labels"
     )
+
+
+def test_closing_the_viewer_tells_of_no_pair_removed(qtbot, docked, notifications):
+    """``viewer.close()`` removes every layer before the window goes: the closing viewer
+    told of each pair removed with them, mid-run adding that the run goes on."""
+    napari_viewer, _, widget = docked
+    widget.use_model_check.setChecked(False)
+    with qtbot.waitSignal(widget.training_started, timeout=WAIT_MS):
+        assert widget.start() is not None
+    napari_viewer.layers.clear()  # as viewer.close() does first
+    qtbot.wait(50)
+    assert not [n for n in notifications if "was removed" in n]
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=WAIT_MS)

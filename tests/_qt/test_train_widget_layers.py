@@ -99,7 +99,9 @@ def test_an_image_chosen_as_its_own_labels_is_refused(finetune_on_cells, add_pai
     assert add_pair(source, "cells0", "cells0 labels")
 
 
-def test_removing_a_paired_layer_says_which_pairs_went(finetune_on_cells, add_pair, notifications):
+def test_removing_a_paired_layer_says_which_pairs_went(
+    qtbot, finetune_on_cells, add_pair, notifications
+):
     viewer, widget = finetune_on_cells(2)
     source = widget.train_data
     assert add_pair(source, "cells0", "cells0 labels") and add_pair(
@@ -107,6 +109,7 @@ def test_removing_a_paired_layer_says_which_pairs_went(finetune_on_cells, add_pa
     )
     viewer.layers.remove("cells1 labels")
     assert [(i.name, lab.name) for i, lab in source.layer_pairs] == [("cells0", "cells0 labels")]
+    qtbot.waitUntil(lambda: any("was removed" in note for note in notifications))
     assert any(
         "layer 'cells1 labels' was removed, and with it the training pair(s) cells1 / cells1 "
         "labels" in note

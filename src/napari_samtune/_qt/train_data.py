@@ -20,7 +20,7 @@ from pathlib import Path
 
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_info
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -105,6 +105,9 @@ class PairSourceWidget(QWidget):
         self.channels_like: PairSourceWidget | None = None  # whose channels an empty field takes
         self.run_going_on: Callable[[], bool] = lambda: False  # the panel's: a run reads a copy
         self._folder_messages = ("", "")  # the folder check's problem and note shown
+        self._removal_notes: list[str] = []  # pairs gone with removed layers, said soon
+        self._say_removals_soon = QTimer(self, singleShot=True, interval=0)
+        self._say_removals_soon.timeout.connect(self._say_removals)
         self._build()
         self.folder_runner = TaskRunner(self.folder_progress, self.folder_status)
         self.add_button.clicked.connect(self.add_current_pair)
@@ -282,12 +285,22 @@ class PairSourceWidget(QWidget):
                 if self.run_going_on()
                 else ""
             )
-            show_info(
+            self._removal_notes.append(
                 f"layer {event.value.name!r} was removed, and with it the {self.title} "
                 f"pair(s) {names}{going_on}"
             )
+            self._say_removals_soon.start()
         self._refresh_list()
         self.refresh_layer_choices()
+
+    def _say_removals(self) -> None:
+        """Once the layers removed together are gone, say which pairs went with them; not
+        when no layer is left (``viewer.close()`` removes every layer first: the closing
+        viewer told of each pair, mid-run as if the run went on)."""
+        notes, self._removal_notes = self._removal_notes, []
+        if len(self.viewer.layers):
+            for note in notes:
+                show_info(note)
 
     def _on_layer_renamed(self, event=None) -> None:
         self._refresh_list()
