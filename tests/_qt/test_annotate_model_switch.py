@@ -219,3 +219,38 @@ def test_an_image_left_with_a_propagated_object_is_named_as_it_is_called_now(
     viewer.layers["stack"].name = "stack renamed"
     drain_jobs(widget)
     assert widget.held_propagation() == ["stack renamed"]
+
+
+@pytest.mark.parametrize("chosen", ["the stack", "another image"])
+def test_removing_a_stack_stops_the_embedding_of_its_planes(
+    stack_widget, monkeypatch, qtbot, notifications, drain_jobs, chosen
+):
+    """Embed all planes, then the stack removed (chosen or not): the job embedded every
+    plane of an image no longer there, while the image chosen next waited for it."""
+    from napari_samtune._qt import annotate_jobs
+
+    viewer, widget = stack_widget
+    viewer.add_image(np.zeros((96, 96), dtype=np.float32) + 0.5, name="other image")
+    widget.ui.image_combo.setCurrentText("stack")
+    stack = widget.session.image_layer
+    gate, planes, real = threading.Semaphore(0), [], annotate_jobs._set_plane
+
+    def gated(segmenter, axes, data, plane, *args, **kwargs):
+        planes.append(plane)
+        assert gate.acquire(timeout=WAIT_MS / 1000)
+        return real(segmenter, axes, data, plane, *args, **kwargs)
+
+    monkeypatch.setattr(annotate_jobs, "_set_plane", gated)
+    assert widget.embed_all_planes() is not None
+    qtbot.waitUntil(lambda: len(planes) == 1, timeout=WAIT_MS)
+    if chosen == "another image":
+        widget.ui.image_combo.setCurrentText("other image")
+    viewer.layers.remove(stack)
+    assert any(
+        "stopped embedding the planes of 'stack': the image was removed" in n
+        for n in notifications
+    )
+    gate.release(100)
+    drain_jobs(widget)
+    assert planes == [0, None]  # the stack's first plane, then the other (2D) image
+    assert widget.session is not None and widget.session.image_layer.name == "other image"

@@ -166,8 +166,10 @@ class AnnotateEmbeddingMixin:
             return None
         planes = list(range(self.session.axes.n_planes)) if self.session.axes.is_stack else [None]
         skipped, image = [], self.session.image_layer.name
+        self._embedding_all = weakref.ref(self.session)
 
         def done() -> None:  # a padding plane without pixels does not stop the others
+            self._embedding_all = lambda: None
             if skipped:
                 show_warning(jobs.skipped_note(EMBED_TASK, image, skipped))
 
@@ -180,6 +182,20 @@ class AnnotateEmbeddingMixin:
             on_yield=skipped.append,
             on_finish=done,
         )
+
+    def stop_embedding_removed(self, layer) -> None:
+        """``layer`` was removed: stop Embed all planes where it embeds that image. It went
+        on to the last plane of a stack no longer there, while the image chosen next waited
+        for it (minutes with a large model)."""
+        session = self._embedding_all()
+        if session is None or session.image_layer is not layer:
+            return
+        if self.runner.is_running(EMBED_TASK):
+            self.runner.cancel(EMBED_TASK)
+            show_info(
+                f"stopped embedding the planes of {layer.name!r}: the image was removed (the "
+                "planes embedded so far stay in the embedding cache)"
+            )
 
     def _embed_views(self, plane: int | None, views: tuple) -> bool:
         """Embed in the background the views (:class:`~napari_samtune.core.embeddings.Tile`)

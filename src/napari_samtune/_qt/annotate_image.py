@@ -87,6 +87,7 @@ class AnnotateImageMixin:
         self._unwatch_retired(layer)
         if self._removing_own_layers:
             return
+        self.stop_embedding_removed(layer)
         if self._forget_removed_image(layer) or self._note_removed_annotations(layer):
             self._say_removal_soon.start()
         session = self.session
