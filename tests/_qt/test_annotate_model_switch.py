@@ -247,8 +247,7 @@ def test_removing_a_stack_stops_the_embedding_of_its_planes(
         widget.ui.image_combo.setCurrentText("other image")
     viewer.layers.remove(stack)
     assert any(
-        "stopped embedding the planes of 'stack': the image was removed" in n
-        for n in notifications
+        "stopped embedding the planes of 'stack': the image was removed" in n for n in notifications
     )
     gate.release(100)
     drain_jobs(widget)
