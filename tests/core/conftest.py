@@ -75,13 +75,16 @@ class _Server:
     they send, ``cut_once[path]`` bytes of the next answer for ``path`` are sent before the
     connection drops; with ``accepts_ranges`` a ``Range: bytes=N-`` gets a 206 (416 when N is
     past the end), else every answer is a 200 with the whole file; ``stalls[path]`` bytes of
-    an answer are sent, then nothing until the test ends (a server that stopped sending)."""
+    an answer are sent, then nothing until the test ends (a server that stopped sending);
+    ``silent`` paths get no answer at all until the test ends (a server that took the
+    connection, then hung)."""
 
     def __init__(self):
         self.files: dict[str, bytes] = {}
         self.short: set[str] = set()
         self.cut_once: dict[str, int] = {}
         self.stalls: dict[str, int] = {}
+        self.silent: set[str] = set()
         self.released = threading.Event()  # set as the test ends: stalled answers drop
         self.accepts_ranges = False
         self.requests: list[str] = []
@@ -93,6 +96,9 @@ class _Server:
             def do_GET(self):
                 server.requests.append(self.path)
                 server.range_headers.append(self.headers.get("Range"))
+                if self.path in server.silent:
+                    server.released.wait(120)
+                    return
                 body = server.files.get(self.path)
                 if body is None:
                     self.send_error(404, "Not Found")

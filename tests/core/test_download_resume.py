@@ -19,7 +19,10 @@ def _leftovers(folder):
 
 
 def _download(server, dest, calls=None):
-    report = (lambda d, t: calls.append((d, t))) if calls is not None else (lambda *a: None)
+    def report(done, total):
+        if calls is not None and total is not None:  # (not while the answer is awaited)
+            calls.append((done, total))
+
     return download_file(server.url("/w.pt"), dest, SHA256, progress=report)
 
 
@@ -252,3 +255,34 @@ def test_a_server_that_stopped_sending_still_times_out(server, tmp_path):
         download_file(server.url("/w.pt"), dest, SHA256, lambda *a: None, timeout=1)
     assert "1000 bytes received are kept" in str(info.value)
     assert partial_path(dest).read_bytes() == PAYLOAD[:1000]
+
+
+def test_cancel_stops_a_download_whose_server_never_answers_at_once(server, tmp_path):
+    """A server that took the connection but sent no answer: Cancel (the progress callback
+    raising) waited for the socket timeout (a minute; napari's window closed, its process
+    then hung as long), and the cancelled load then failed as "offline". The callback is
+    now called while the answer is awaited, with the bytes kept and no total yet."""
+    server.files["/w.pt"] = PAYLOAD
+    server.silent.add("/w.pt")
+    dest, calls = tmp_path / "w.pt", []
+    partial_path(dest).write_bytes(PAYLOAD[:1000])  # kept from an earlier try
+    started = time.monotonic()
+
+    def cancel_after_a_second(done, total):
+        calls.append((done, total))
+        if time.monotonic() - started > 1:
+            raise DownloadStopped("cancelled")
+
+    with pytest.raises(DownloadStopped) as info:
+        download_file(server.url("/w.pt"), dest, SHA256, cancel_after_a_second, timeout=60)
+    assert time.monotonic() - started < 10  # not the minute of the socket's timeout
+    assert len(calls) > 2 and set(calls) == {(1000, None)}
+    assert partial_path(dest).read_bytes() == PAYLOAD[:1000]  # still there to resume
+    assert "1000 bytes received are kept" in str(info.value)
+
+
+def test_a_server_that_never_answers_still_times_out(server, tmp_path):
+    server.files["/w.pt"] = PAYLOAD
+    server.silent.add("/w.pt")
+    with pytest.raises(DownloadError, match="timed out"):
+        download_file(server.url("/w.pt"), tmp_path / "w.pt", SHA256, lambda *a: None, timeout=1)

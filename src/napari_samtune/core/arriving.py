@@ -1,5 +1,5 @@
-"""A download's body as it arrives, read on a thread of its own so that the one downloading
-can stop it while no data comes (:func:`arriving`)."""
+"""A download's answer and body as they arrive, each awaited on a thread of its own so that
+the one downloading can stop it while no data comes (:func:`answered`, :func:`arriving`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,53 @@ import queue
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 WAIT_CHECK_SECONDS = 0.25  # how often a download waiting for data calls its progress callback
+
+Answer = TypeVar("Answer")
+
+
+def answered(request: Callable[[], Answer], waiting: Callable[[], None]) -> Answer:
+    """``request()`` (connecting, sending the request, reading the server's answer) run on a
+    thread of its own, calling ``waiting`` every :data:`WAIT_CHECK_SECONDS` until it returns:
+    a server that took the connection but did not answer held a widget's Cancel (raised by
+    ``waiting``) for the whole socket timeout, a minute, and failed the cancelled load as
+    "offline". Where ``waiting`` raises (or Ctrl+C comes), the request is left to end on its
+    thread (its socket timeout at the latest) and an answer it gets then is closed. Its
+    errors are raised here as they were."""
+    arrived: queue.Queue = queue.Queue(maxsize=1)
+    lock, given_up = threading.Lock(), []
+
+    def run() -> None:
+        try:
+            answer = request()
+        except BaseException as err:  # raised in the downloading thread
+            answer = err
+        with lock:
+            if given_up and not isinstance(answer, BaseException):
+                answer.close()
+            elif not given_up:
+                arrived.put(answer)
+
+    threading.Thread(target=run, name="samtune-download-request", daemon=True).start()
+    try:
+        while True:
+            try:
+                answer = arrived.get(timeout=WAIT_CHECK_SECONDS)
+            except queue.Empty:
+                waiting()
+                continue
+            if isinstance(answer, BaseException):
+                raise answer
+            return answer
+    except BaseException:
+        with lock:
+            given_up.append(True)
+            late = None if arrived.empty() else arrived.get_nowait()
+        if late is not None and not isinstance(late, BaseException):
+            late.close()
+        raise
 
 
 def arriving(

@@ -198,7 +198,8 @@ def download_file(
     (``-2``, ``-3``... when taken) and downloaded afresh; the move is logged (a plain
     line on stderr unless logging is configured), or said in the error if that fails.
     ``progress(bytes_done, bytes_total)`` is called as data arrives (``bytes_total``
-    is None when the server does not say); without it a tqdm bar is shown on stderr;
+    is None when the server does not say), and every quarter second while none does (with
+    ``bytes_total`` None until the server answers); without it a tqdm bar is shown on stderr;
     a callback that raises cancels the download (its exception propagates, nothing is
     kept), unless it raises :class:`~napari_samtune.core.fetch.DownloadStopped` ("stop
     for now": what arrived is kept as after a network failure). Raises

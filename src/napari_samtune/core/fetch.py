@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from napari_samtune import __version__
-from napari_samtune.core.arriving import arriving
+from napari_samtune.core.arriving import answered, arriving
 from napari_samtune.core.checkpoints import (
     ABANDONED_WRITE_SECONDS,
     remove_abandoned_writes,
@@ -207,7 +207,12 @@ def _download_into(
     at its end when ``resume``; returns the hex digest of the whole file and the byte the
     transfer resumed at (0: from the start)."""
     offset = os.fstat(out.fileno()).st_size if resume else 0
-    response, start = _open_from(url, offset, timeout)
+
+    def waiting() -> None:  # for the server's answer: the total is not known yet
+        if progress is not None:
+            _call_progress(progress, offset, None)
+
+    response, start = answered(lambda: _open_from(url, offset, timeout), waiting)
     with response:
         out.truncate(start)  # a restart empties the partial file; appending goes on from here
         hasher = new_hasher(parse_hash(file_hash)[0] if file_hash else "sha256")
