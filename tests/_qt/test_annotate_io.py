@@ -201,6 +201,13 @@ def test_worker_errors_become_messages_with_a_fix():
     offline = user_message(urllib.error.URLError("Name or service not known"))
     assert "offline" in offline and "checkpoint file" in offline
     assert "the built-in nano (no download)" in offline  # what works offline, by name
+    from napari_samtune.core.fetch import DownloadError
+
+    answered = DownloadError("could not download http://x/nano.pth: the server answered HTTP 404")
+    answered.__cause__ = urllib.error.HTTPError("http://x/nano.pth", 404, "Not Found", {}, None)
+    said = user_message(answered)  # the server was reached: not "offline"
+    assert "offline" not in said and "connect to the internet" not in said
+    assert "server was reached but did not send the file" in said and "HTTP 404" in said
     assert "Check the path" in user_message(FileNotFoundError("no file /x.pth"))
     assert "cpu device" in user_message(RuntimeError("CUDA out of memory. Tried to allocate"))
     assert user_message(ValueError("channels=[5] is invalid; pick 0..2")) == (

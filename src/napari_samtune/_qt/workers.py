@@ -104,6 +104,12 @@ def user_message(exc: BaseException, memory_advice: str = MEMORY_ADVICE) -> str:
     """A one-paragraph explanation of ``exc`` for a notification, ending with the fix
     (for running out of memory: ``memory_advice``, what the task can do with less)."""
     text = str(exc) or type(exc).__name__
+    if any(isinstance(e, urllib.error.HTTPError) for e in (exc, exc.__cause__)):  # (URLErrors)
+        return (  # the server answered, without the file
+            f"download failed ({text}). The server was reached but did not send the file: "
+            "try again later, or pick a model that is already downloaded, the built-in nano "
+            "(no download), or a checkpoint file."
+        )
     if isinstance(exc, _OFFLINE_ERRORS) or isinstance(exc.__cause__, _OFFLINE_ERRORS):
         return (
             f"download failed ({text}). You seem to be offline or the server is unreachable: "
