@@ -358,3 +358,15 @@ def test_a_run_folder_it_may_not_tidy_leaves_the_export_and_its_registration_who
     argv = ["export", str(checkpoint.parent.parent), "-o", str(output), "--register", "kept"]
     assert cli.main(argv) == 0
     assert output.is_file() and "registered as 'kept'" in capsys.readouterr().out
+
+
+def test_exporting_onto_a_pipe_is_refused_and_leaves_it(tmp_path, checkpoint, capsys):
+    """-o a device or pipe (the export's rename put a 7 MB file in place of /dev/null, run
+    as root) was replaced by the model, --overwrite or not: ``is_file`` is False for them,
+    so no guard looked."""
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    assert cli.main(["export", str(checkpoint), "-o", str(pipe), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert f"{pipe} is not a file but a device, pipe or socket" in err
+    assert pipe.is_fifo() and not list(tmp_path.glob(".pipe.*"))

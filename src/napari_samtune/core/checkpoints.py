@@ -45,13 +45,18 @@ def check_format_version(checkpoint: dict, path: str | os.PathLike) -> None:
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` and atomically move the result to ``path``.
 
-    The temporary file lives in the destination folder (same file system), so
-    the final ``os.replace`` is atomic; on any error the temporary file is removed
-    and ``path`` is left as it was. An ``OSError`` of making the folder or writing the
-    file (a full disk, a read-only folder) is raised as one that names ``path``, not the
-    temporary file, and says what to do.
+    The temporary file lives in the destination folder (same file system), so the final
+    ``os.replace`` is atomic; on any error the temporary file is removed and ``path`` is
+    left as it was (``ValueError`` where it is a device, pipe or socket). An ``OSError`` of
+    making the folder or writing the file (a full disk, a read-only folder) is raised as
+    one that names ``path``, not the temporary file, and says what to do.
     """
     path = Path(path)
+    if path.exists() and not (path.is_file() or path.is_dir()):  # (a folder: replace fails)
+        raise ValueError(  # the rename put a file in place of /dev/null, run as root
+            f"{path} is not a file but a device, pipe or socket, which writing there would "
+            "replace; give a file name of its own"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
