@@ -278,3 +278,17 @@ def test_a_weights_file_given_by_path_with_changed_bytes_is_refused(runs, tmp_pa
     with pytest.raises(ValueError) as refused:
         load_model(path)
     assert f"{path} is damaged: its record" in str(refused.value)
+
+
+def test_with_both_checkpoints_damaged_neither_is_said_to_load(runs, tmp_path):
+    """best.pt and last.pt both damaged: each error said the other "beside it loads", and
+    the export it advised then sent the person back to the first."""
+    run = shutil.copytree(runs / "whole", tmp_path / "run")
+    for name in ("best.pt", "last.pt"):
+        _with_changed_weights(run / "checkpoints" / name)
+    for name in ("best.pt", "last.pt"):
+        with pytest.raises(ValueError) as refused:
+            export_model(run / "checkpoints" / name, tmp_path / "model.pth")
+        message = str(refused.value)
+        assert "is damaged: its record" in message and "beside it loads" not in message
+        assert "Use the run's model.pth where it has one" in message

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from napari_samtune.core.architectures import SamArchitecture
-from napari_samtune.core.checkpoints import is_project_checkpoint
+from napari_samtune.core.checkpoints import UnreadableFile, check_records, is_project_checkpoint
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.shell_words import shell_path
 from napari_samtune.core.train_events import Progress
@@ -65,6 +65,10 @@ def whole_one_beside(path: Path) -> str:
     beside = path.with_name(others[path.name])
     if not is_project_checkpoint(beside):
         return ""
+    try:  # both damaged, each was said to load "beside" the other
+        check_records(beside, "a training checkpoint")
+    except UnreadableFile:
+        return ""
     output = _EXPORTING_TO.get()
     if output is not None:
         which = "latest epoch, not of its best" if path.name == "best.pt" else "best epoch"
@@ -82,14 +86,21 @@ def whole_one_beside(path: Path) -> str:
     return offers + " (the weights of the run's latest epoch, not of its best)"
 
 
-def damaged(path: str | Path, what: str) -> DamagedCheckpoint:
-    """The error for a checkpoint at ``path`` whose model cannot be rebuilt (``what``:
-    which field, and how it is broken), with what to use instead."""
-    instead = whole_one_beside(Path(path)) or (
+def instead_of(path: str | Path) -> str:
+    """What to use instead of the damaged checkpoint ``path``: the whole one beside it, else
+    the run's exported model."""
+    return whole_one_beside(Path(path)) or (
         ". Use the run's model.pth where it has one (exported when the run ended), or "
         "start a new run"
     )
-    return DamagedCheckpoint(f"{str(path)!r} is a damaged training checkpoint: {what}{instead}")
+
+
+def damaged(path: str | Path, what: str) -> DamagedCheckpoint:
+    """The error for a checkpoint at ``path`` whose model cannot be rebuilt (``what``:
+    which field, and how it is broken), with what to use instead."""
+    return DamagedCheckpoint(
+        f"{str(path)!r} is a damaged training checkpoint: {what}{instead_of(path)}"
+    )
 
 
 def check_model_fields(checkpoint: dict, path: str | Path) -> TrainConfig:

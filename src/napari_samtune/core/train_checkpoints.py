@@ -37,6 +37,7 @@ from napari_samtune.core.checkpoint_fields import (
     check_model_fields,
     check_resume_fields,
     damaged,
+    instead_of,
     whole_one_beside,
 )
 from napari_samtune.core.checkpoints import (
@@ -182,7 +183,8 @@ def read_checkpoint(path: str | Path, settings_only: bool = False) -> dict:
         if not settings_only:
             check_records(path, TRAINING_CHECKPOINT)  # (read at resume and export only)
     except ValueError as err:  # (an UnreadableFile stays one)
-        raise type(err)(f"{err}{whole_one_beside(path)}") from None
+        instead = instead_of(path) if path.name in ("last.pt", "best.pt") else ""
+        raise type(err)(f"{err}{instead}") from None
     if isinstance(checkpoint, dict) and any(
         isinstance(key, str) and key.startswith("image_encoder.") for key in checkpoint
     ):  # a plain SAM state dict: what export writes (a run's model.pth) or a download
