@@ -195,3 +195,31 @@ def test_a_batch_given_its_list_back_deletes_it_once_done(tmp_path, tiny_checkpo
     assert main([*argv, "--overwrite"]) == 0
     assert not listed.exists() and len(list(out.glob("*.labels.tif"))) == 2
     assert f"{listed}: deleted: every image listed is segmented" in capsys.readouterr().out
+
+
+def test_a_batch_given_its_list_back_and_stopped_again_crosses_off_what_it_did(
+    tmp_path, tiny_checkpoint, monkeypatch, capsys
+):
+    """Stopped a second time, the list kept naming the images that run had segmented;
+    given back later with --overwrite, it would redo them (over corrections made since)."""
+    import napari_samtune.cli.segment as segment
+
+    _images(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    out.mkdir()
+    images = sorted((tmp_path / "in").iterdir())
+    listed = out / "not-segmented.txt"
+    listed.write_text("".join(f"{f}\n" for f in images))
+    real, calls = segment.segment_planes, []
+
+    def stopped_at_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(segment, "segment_planes", stopped_at_the_second)
+    argv = ["segment", f"@{listed}", "--model", str(tiny_checkpoint), "-o", str(out), *AUTO]
+    assert main([*argv, "--overwrite"]) == 130
+    assert listed.read_text(encoding="utf-8").splitlines() == [str(f) for f in images[1:]]
+    assert "1 of 3 images segmented" in capsys.readouterr().err

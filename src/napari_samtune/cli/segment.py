@@ -378,6 +378,7 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
         with sigterm_interrupts():
             failed = _segment_each(args, segmenter, model_name, config, todo, outputs, written)
     except KeyboardInterrupt as err:  # Ctrl+C, or SIGTERM (a batch job's time limit)
+        _cross_off(out_dir / NOT_SEGMENTED, written)  # given back, it would redo them
         done = f"{len(written)} of {len(todo)} images segmented into {out_dir}"
         raise type(err)(f"{done}; {_how_to_go_on(args, todo, written, out_dir)}") from None
     using = _using(segmenter, model_name)
