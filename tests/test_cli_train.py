@@ -1385,3 +1385,20 @@ def test_a_new_run_out_of_memory_after_its_first_checkpoint_is_advised_as_a_resu
     assert "continue it with: samtune train --resume" in err
     assert "out of memory: resume with fewer --n-objects or a smaller --batch-size" in err
     assert "choose a --preset" not in err
+
+
+def test_a_run_registered_under_a_variant_of_its_folder_s_name_says_why(
+    tmp_path, folders, capsys
+):
+    """No --name, and the folder's name names another model: the run registered my_run-2
+    and said only "registered model: my_run-2", while --model my_run loaded the other."""
+    images, labels = folders
+    argv = ["train", "--model", "random:tiny", "--images", images, "--labels", labels]
+    argv += ["--epochs", "1", "--freeze", "image_encoder", *FAST]
+    assert cli.main([*argv, "--out", str(tmp_path / "first" / "my_run")]) == 0
+    assert "registered model: my_run\n" in capsys.readouterr().out
+    assert cli.main([*argv, "--out", str(tmp_path / "second" / "my_run")]) == 0
+    assert (
+        "registered model: my_run-2 (the run folder's name 'my_run' names another model); "
+        "--name gives it a name of your own\n"
+    ) in capsys.readouterr().out

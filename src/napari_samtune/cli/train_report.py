@@ -148,8 +148,8 @@ def print_summary(finished) -> None:
         print(f"time to best epoch: {finished.time_to_best_s:.1f} s")
     print(f"total training time: {finished.total_time_s:.1f} s")
     print(f"last checkpoint: {finished.last_checkpoint_path}")
-    taken = f" (the name {finished.name_taken!r} was taken by another model meanwhile)"
-    print(f"registered model: {finished.registered_name}{taken if finished.name_taken else ''}")
+    choose = "; --name gives it a name of your own" if finished.folder_name_taken else ""
+    print(f"registered model: {finished.registered_name}{finished.name_note()}{choose}")
     print(f"exported model: {finished.exported_model_path}")
     if finished.no_better_message():
         print(f"warning: {finished.no_better_message()}", file=sys.stderr, flush=True)

@@ -178,6 +178,8 @@ class TrainingFinished:
     steps_done: int  # optimizer steps of this session; 0: stopped before any, nothing saved
     name_taken: str | None = None  # the model name asked for, taken by another model while
     # the run trained: registered_name is a free variant of it
+    folder_name_taken: str | None = None  # no name asked for: the run folder's name, which
+    # names another model, so registered_name is a free variant of it
     steps_in_epoch: int = 0  # stopped mid-epoch: the steps done of the epoch after
     # epochs_done; all steps_per_epoch of them: only its validation is left, which a resume
     # does first
@@ -187,6 +189,14 @@ class TrainingFinished:
     start_metric: float = math.nan  # val_iou of the model before the run's first step (NaN:
     # not measured: no validation data, or a run begun by an older version)
     from_random: bool = False  # the run started from random weights ("random:<arch>")
+
+    def name_note(self) -> str:
+        """Why ``registered_name`` is not the name asked for or the folder's: "" where it is."""
+        if self.name_taken:
+            return f" (the name {self.name_taken!r} was taken by another model meanwhile)"
+        if self.folder_name_taken:
+            return f" (the run folder's name {self.folder_name_taken!r} names another model)"
+        return ""
 
     def outcome_message(self) -> str:
         """How the run ended, and where its model is, in one sentence."""
@@ -202,15 +212,10 @@ class TrainingFinished:
             if self.steps_done == 0:
                 return f"training {how} before any training step; no model saved"
             return f"training {how}; no model was exported"
-        taken = (
-            f" (the name {self.name_taken!r} was taken by another model meanwhile)"
-            if self.name_taken
-            else ""
-        )
         note = f"; {self.export_note}" if self.export_note else ""
         return (
             f"training {how} after {self.trained_summary()}: model "
-            f"{self.registered_name!r}{taken} saved to {self.exported_model_path}"
+            f"{self.registered_name!r}{self.name_note()} saved to {self.exported_model_path}"
             f"{self._gain()}{note}"
         )
 

@@ -6,6 +6,7 @@ the registration and ``summary.json``. A mixin of :class:`~napari_samtune.core.t
 from __future__ import annotations
 
 import errno
+import re
 import shutil
 import uuid
 import warnings
@@ -298,6 +299,7 @@ class TrainerFilesMixin:
             stopped_by_user=self.stopped_by_user,
             steps_done=self.steps_done,
             name_taken=self.model_name if name and self.model_name not in (None, name) else None,
+            folder_name_taken=self._folder_name_taken(name),
             steps_in_epoch=p.step_in_epoch,
             steps_per_epoch=self.steps_per_epoch,
             export_note=export_note,
@@ -311,6 +313,15 @@ class TrainerFilesMixin:
             }
             write_json(self.files.summary, summary)
         return finished
+
+    def _folder_name_taken(self, name: str | None) -> str | None:
+        """The run folder's name where no name was asked for and the model was registered
+        under a free variant of it (``my_run-2``): another model has it, which ``--model
+        my_run`` then loads, so the person is told."""
+        folder = self.out_dir.resolve().name
+        if self.model_name is not None or name is None:
+            return None
+        return folder if re.fullmatch(rf"{re.escape(folder)}-\d+", name) else None
 
     def _export(self, source: Path) -> tuple[Path, str, str]:
         """Export and register ``source``: (model file, registered name, note). A best.pt
