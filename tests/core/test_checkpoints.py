@@ -212,3 +212,17 @@ def test_a_truncated_weights_file_is_named_without_torch_s_text_cut_mid_word(tmp
     assert "cut.pt is not a readable PyTorch weights file" in message
     quoted = re.search(r"\((\w+: .*)\); it may be truncated", message).group(1)
     assert quoted.endswith((".", "…")) or len(quoted) < 150, quoted  # torch's was cut at 150
+
+
+def test_a_folder_that_cannot_be_made_names_the_one_it_was_to_go_in(tmp_path):
+    """The folder not made was named as the one that 'cannot be written to' (models/ under a
+    read-only cache folder), though it does not exist: the cache folder refused it."""
+    from napari_samtune.core.checkpoints import write_error
+
+    target = tmp_path / "models" / "sub" / "w.pt"
+    refused = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "models"))
+    message = str(write_error(target, refused))
+    assert message == (
+        f"could not write {target}: folder {tmp_path} cannot be written to (Permission "
+        "denied); choose a folder you can write to"
+    )

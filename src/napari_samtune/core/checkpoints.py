@@ -104,6 +104,8 @@ def write_error(path: Path, err: OSError) -> OSError:
     folder = path.parent
     if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         reason = err.strerror or "not writable"
+        # a folder that could not be made: the existing one it was to go in refused it
+        folder = next((p for p in (folder, *folder.parents) if p.exists()), folder)
         fix = f"folder {folder} cannot be written to ({reason}); choose a folder you can write to"
     elif err.errno in (errno.EEXIST, errno.ENOTDIR):
         blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), folder)
