@@ -1387,9 +1387,7 @@ def test_a_new_run_out_of_memory_after_its_first_checkpoint_is_advised_as_a_resu
     assert "choose a --preset" not in err
 
 
-def test_a_run_registered_under_a_variant_of_its_folder_s_name_says_why(
-    tmp_path, folders, capsys
-):
+def test_a_run_registered_under_a_variant_of_its_folder_s_name_says_why(tmp_path, folders, capsys):
     """No --name, and the folder's name names another model: the run registered my_run-2
     and said only "registered model: my_run-2", while --model my_run loaded the other."""
     images, labels = folders
