@@ -112,3 +112,25 @@ def test_a_model_renamed_since_is_offered_under_its_new_name(qtbot, tiny_checkpo
     later = ModelPickerWidget(remembered_as=ANNOTATE_MODEL)  # the next napari session
     qtbot.addWidget(later)
     assert later.model_source() == "cells_v2"
+
+
+def test_the_picker_s_tooltip_says_what_a_built_in_s_file_is(qtbot):
+    """A file of the wrong hash in a built-in's place, and the packaged nano, were both
+    described as "present", where ``samtune models`` says "unverified" and "packaged"."""
+    from qtpy.QtCore import Qt
+
+    from napari_samtune.core.registry import builtin_model
+
+    stray = builtin_model("vit_t").local_path()
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"ten bytes!")
+    picker = ModelPickerWidget()
+    qtbot.addWidget(picker)
+
+    def tooltip(name: str) -> str:
+        return picker.model_combo.itemData(picker.model_combo.findData(name), Qt.ToolTipRole)
+
+    assert "not verified yet: its hash is checked when it is used" in tooltip("vit_t")
+    assert tooltip("nano").endswith("; packaged")
+    assert tooltip("vit_h").endswith("; downloads on first use")
+    assert "present" not in tooltip("vit_t") + tooltip("nano")

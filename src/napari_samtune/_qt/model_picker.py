@@ -38,7 +38,14 @@ WEIGHT_FILES = "SAM weights (*.pth *.pt *.ckpt *.bin);;All files (*)"
 
 def _describe(spec: ModelSpec) -> str:
     status = "user model" if spec.is_user_model else download_status(spec)
-    status = {"missing": "downloads on first use", "verified": "downloaded"}.get(status, status)
+    if spec.packaged:  # (a file of the package: nothing to download)
+        status = "packaged"
+    status = {
+        "missing": "downloads on first use",
+        "verified": "downloaded",
+        "present": "a file is there, not verified yet: its hash is checked when it is used "
+        "(a file that does not match is set aside and downloaded again)",
+    }.get(status, status)
     return f"{spec.description or spec.name}\nsource: {spec.source}; {status}"
 
 
