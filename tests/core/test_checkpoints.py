@@ -136,6 +136,9 @@ def test_output_folders_that_cannot_be_made_or_written_are_refused(tmp_path, mon
         f"{str(tmp_path / 'afile')!r} is a file; give a folder (created if missing)"
     )
     assert check_output_folder(tmp_path / "new" / "run") == tmp_path / "new" / "run"
+    with pytest.raises(ValueError) as raised:  # the folder suggested is beside the file
+        check_output_folder(tmp_path / "afile", "out_dir")
+    assert str(raised.value).endswith(f"e.g. {tmp_path / 'afile-out'}")
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)
     with pytest.raises(ValueError, match=f"{str(tmp_path)!r} is read-only or not yours to write"):
         check_output_folder(tmp_path / "new" / "run", "out_dir")

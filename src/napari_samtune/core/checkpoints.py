@@ -197,7 +197,7 @@ def check_output_folder(path: str | os.PathLike, what: str = "") -> Path:
     if path.exists() and not path.is_dir():
         raise ValueError(
             f"{named}{str(path)!r} is a file; give a folder (created if missing), "
-            f"e.g. {path.stem}-out"
+            f"e.g. {path.with_name(f'{path.stem}-out')}"  # beside it, where it was meant
         )
     problem = folder_problem(path)
     if problem:
