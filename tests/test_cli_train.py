@@ -295,7 +295,8 @@ def test_an_aborted_run_says_what_is_saved_and_resumes_from_its_folder(
     assert stopping == "stopping after this step (Ctrl+C again to abort) ..."
     assert interrupted.startswith("samtune train: interrupted; the run did not finish")
     assert f"its checkpoints are on disk: {last}, {best}" in err
-    assert f"samtune train --resume {out} --out {out} --epochs 3 --images ... --labels ..." in err
+    data = f"--images {images} --labels {labels}"  # as given, to continue it as it ran
+    assert f"samtune train --resume {out} --out {out} --epochs 3 {data}" in err
     assert f"samtune export {best} -o model.pth" in err
 
     monkeypatch.setattr(train, "iter_train", real)
@@ -331,7 +332,8 @@ def test_a_crashed_run_says_what_is_saved(tmp_path, folders, capsys, monkeypatch
         cli.main([*argv, "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err
     assert err.startswith("samtune train: the run did not finish; its checkpoints are on disk")
-    assert f"samtune train --resume {out} --out {out} --epochs 3 --images ... --labels ..." in err
+    data = f"--images {images} --labels {labels}"  # as given, to continue it as it ran
+    assert f"samtune train --resume {out} --out {out} --epochs 3 {data}" in err
     # its last.pt is resumed from, which keeps the preset: advice a resume can take
     assert "samtune train: out of memory: resume with fewer --n-objects" in err
 
@@ -538,7 +540,9 @@ def test_an_abort_before_a_resumed_run_s_first_last_checkpoint_offers_its_source
     assert cli.main(resume) == 143
     err = capsys.readouterr().err
     assert "cannot be continued" not in err
-    assert f"samtune train --resume {source} --out {second} --images ... --labels ..." in err
+    assert (
+        f"samtune train --resume {source} --out {second} --images {images} --labels {labels}" in err
+    )
     assert f"samtune export {second / 'checkpoints' / 'best.pt'} -o model.pth" in err
     monkeypatch.setattr(torch, "save", real_save)
     assert cli.main(resume) == 0
@@ -590,7 +594,8 @@ def test_sigterm_aborts_saying_what_is_saved_and_exits_143(tmp_path, folders, ca
     last, best = out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt"
     assert err.startswith("samtune train: terminated; the run did not finish")
     assert f"its checkpoints are on disk: {last}, {best}" in err
-    assert f"samtune train --resume {out} --out {out} --epochs 3 --images ... --labels ..." in err
+    data = f"--images {images} --labels {labels}"  # as given, to continue it as it ran
+    assert f"samtune train --resume {out} --out {out} --epochs 3 {data}" in err
     assert signal.getsignal(signal.SIGINT) is before[1]
 
 
@@ -621,7 +626,10 @@ def test_a_resumed_run_terminated_before_its_first_checkpoint_is_not_called_done
     err = capsys.readouterr().err
     assert "training is done" not in err and "--register" not in err
     assert "the run did not finish" in err
-    assert f"samtune train --resume {out} --out {out} --epochs 3 --images ..." in err
+    assert (
+        f"samtune train --resume {out} --out {out} --epochs 3 --images {images} --labels {labels}"
+        in err
+    )
 
 
 def test_sigterm_under_torchrun_explains_torchrun_s_own_error(

@@ -39,6 +39,7 @@ from napari_samtune.cli.train_config import (
     NONE_MEANS,
     OPTION_NAMES,
     OVERRIDES,
+    data_options,
     make_config,
 )
 from napari_samtune.cli.train_report import TORCHRUN_TERM_NOTE, aborted_note
@@ -214,6 +215,12 @@ def _train(config, train_pairs, val_pairs, args: argparse.Namespace, verbose: bo
         signal.signal(signal.SIGINT, previous)
 
 
+def _aborted_note(args: argparse.Namespace, config, started: list[int]) -> str:
+    """:func:`aborted_note` of this run, its continue command with the data options given."""
+    first_epoch = started[0] if started else None
+    return aborted_note(Path(args.out), args.resume, config, first_epoch, data_options(args))
+
+
 def _train_reporting(config, train_pairs, val_pairs, args, stop, verbose: bool):
     """:func:`_train_with_progress`, saying what is saved when it is aborted or fails."""
     started: list[int] = []  # the epoch training started at, once it has
@@ -221,7 +228,7 @@ def _train_reporting(config, train_pairs, val_pairs, args, stop, verbose: bool):
         return _train_with_progress(config, train_pairs, val_pairs, args, stop, verbose, started)
     except KeyboardInterrupt as err:  # the second Ctrl+C, or SIGTERM: what is saved, what next
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # see below
-        note = aborted_note(Path(args.out), args.resume, config, *started) if verbose else ""
+        note = _aborted_note(args, config, started) if verbose else ""
         if verbose and isinstance(err, Terminated) and started_by_torchrun():
             # before a checkpoint too: torchrun's traceback follows a bare "terminated"
             note = f"{note}\n{TORCHRUN_TERM_NOTE}" if note else TORCHRUN_TERM_NOTE
@@ -239,7 +246,7 @@ def _train_reporting(config, train_pairs, val_pairs, args, stop, verbose: bool):
             # refused to mix with this one: they are not this run's to report.
             saved = ""
             if started:
-                saved = aborted_note(Path(args.out), args.resume, config, *started)
+                saved = _aborted_note(args, config, started)
             for line in (saved, advice):
                 if line:
                     print(f"samtune train: {line}", file=sys.stderr, flush=True)

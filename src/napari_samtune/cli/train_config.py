@@ -170,7 +170,7 @@ def _continue_command(args: argparse.Namespace) -> str:
     """The command that continues the run in ``--out`` (all but its --epochs), quoted: with
     "--resume <folder>" alone it was refused for lacking --images, and with the options
     given here for its --model."""
-    return f"{train_command()} --resume {shell_path(args.out)} {_data_options(args)}"
+    return f"{train_command()} --resume {shell_path(args.out)} {data_options(args)}"
 
 
 def _refuse_a_restart(args: argparse.Namespace) -> None:
@@ -196,7 +196,7 @@ def _refuse_a_restart(args: argparse.Namespace) -> None:
     )
 
 
-def _data_options(args: argparse.Namespace) -> str:
+def data_options(args: argparse.Namespace) -> str:
     """The data options given, to repeat in a command advised (a resume without the
     --val-images given held out validation images of its own, its best epoch chosen anew)."""
     words = []

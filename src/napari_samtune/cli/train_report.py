@@ -33,19 +33,27 @@ def memory_advice(err: BaseException, resumed: bool = False) -> str:
 
 
 def aborted_note(
-    out: Path, resumed: str | None = None, session=None, first_epoch: int | None = None
+    out: Path,
+    resumed: str | None = None,
+    session=None,
+    first_epoch: int | None = None,
+    data: str | None = None,
 ) -> str:
     """What an aborted run left in ``out`` and how to continue it; "" with no checkpoint.
     ``resumed``: the checkpoint the run resumed from; ``session``: the run's
     :class:`~napari_samtune.core.presets.TrainConfig`, whose epochs and early stopping count
     (a resumed run's last.pt, before its first checkpoint, holds those of the session
     before: fewer epochs, or less patience, and the run was called done, its model not
-    registered); ``first_epoch``: the epoch the session started training at."""
+    registered); ``first_epoch``: the epoch the session started training at; ``data``: the
+    run's data options, quoted, for the command that continues it (else placeholders)."""
     from napari_samtune.core.train_export import RunFiles, unique_model_name
 
     files = RunFiles(out)
+    data = data or (
+        "--images ... --labels ... (and its --val-images and --val-labels, if it had them)"
+    )
     if not files.last.is_file():
-        return _best_only_note(files.best, out, resumed)
+        return _best_only_note(files.best, out, resumed, data)
     saved = ", ".join(str(p) for p in (files.last, files.best) if p.is_file())
     if _training_done(files.last, session, first_epoch):  # stopped while exporting
         source = shell_path(files.best if files.best.is_file() else files.last)
@@ -65,8 +73,7 @@ def aborted_note(
     more = f" --epochs {session.epochs}" if session is not None else ""
     note = (
         f"the run did not finish; its checkpoints are on disk: {saved}; continue it with: "
-        f"{train_command()} --resume {folder} --out {folder}{more} --images ... --labels ... "
-        "(and its --val-images and --val-labels, if it had them)"
+        f"{train_command()} --resume {folder} --out {folder}{more} {data}"
     )
     if files.best.is_file():
         best = shell_path(files.best)
@@ -84,7 +91,7 @@ def train_command() -> str:
     return f"torchrun --nproc-per-node {per_node} ... -m napari_samtune.cli train"
 
 
-def _best_only_note(best: Path, out: Path, resumed: str | None) -> str:
+def _best_only_note(best: Path, out: Path, resumed: str | None, data: str) -> str:
     """The note for a run stopped between the best.pt and the last.pt of its first epoch in
     ``out`` (a full disk, an abort): usable weights, and nothing to continue from in ``out``
     but the checkpoint it resumed from, if any; "" without best.pt."""
@@ -95,7 +102,7 @@ def _best_only_note(best: Path, out: Path, resumed: str | None) -> str:
         again = f"{train_command()} --resume {shell_path(resumed)} --out {shell_path(out)}"
         return (
             f"the run did not finish and wrote no last.pt in {out}; continue it from the "
-            f"checkpoint it resumed from: {again} --images ... --labels ..., or export the "
+            f"checkpoint it resumed from: {again} {data}, or export the "
             f"weights of its best epoch so far: {export}"
         )
     return (
