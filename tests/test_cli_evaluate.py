@@ -528,3 +528,12 @@ def test_a_model_file_name_of_no_utf8_is_evaluated_and_written(tmp_path, annotat
         assert [row["model"] for row in csv.DictReader(file)] == ["m\ufffd"]
     assert (tmp_path / "eval" / "evaluation.png").is_file()
     assert "| m\ufffd |" in capsys.readouterr().out
+
+
+def test_the_help_says_the_defaults_of_clicks_and_the_automatic_settings(capsys):
+    """--clicks (7) and the automatic settings (per model size) showed no default."""
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "corrective clicks after the point (default: 7)" in shown
+    assert "defaults as in SAM, or for nano-sized models 24 points per side" in shown

@@ -87,13 +87,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="samtune-evaluation",
         help="folder of the table and chart (default: ./samtune-evaluation)",
     )
-    parser.add_argument("--clicks", type=int, default=7, help="corrective clicks after the point")
+    parser.add_argument(
+        "--clicks", type=int, default=7, help="corrective clicks after the point (default: 7)"
+    )
     parser.add_argument(
         "--max-objects", type=int, default=None, help="evaluate at most this many per image"
     )
-    parser.add_argument("--points-per-side", type=int, default=None, help="automatic grid")
-    parser.add_argument("--pred-iou-thresh", type=float, default=None, help="automatic filter")
-    parser.add_argument(
+    auto = parser.add_argument_group(
+        "automatic segmentation (defaults as in SAM, or for nano-sized models 24 points per "
+        "side, predicted IoU 0.4, stability 0.9, as samtune segment)"
+    )
+    auto.add_argument("--points-per-side", type=int, default=None, help="automatic grid")
+    auto.add_argument("--pred-iou-thresh", type=float, default=None, help="automatic filter")
+    auto.add_argument(
         "--stability-score-thresh",
         "--stability-thresh",  # its first name, kept for scripts written with it
         dest="stability_thresh",
