@@ -529,6 +529,7 @@ def test_wrong_dimensionality_is_an_error_notification(make_napari_viewer, notif
     assert widget.session is None
     errors = [str(n.message) for n in notifications if n.severity == "error"]
     assert any("cannot annotate '4d'" in m and "channels on first axis" in m for m in errors)
+    assert any("(Z, C, H, W), open the image with its channels as layers" in m for m in errors)
     widget.ui.channels_first_check.setChecked(True)  # (C, Z, H, W): now it is a stack
     assert widget.session is not None and widget.session.axes.spatial_shape == (3, 32, 32)
 

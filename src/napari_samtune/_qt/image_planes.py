@@ -90,10 +90,17 @@ def describe_image(
             "untick 'channels on first axis' for a 2D image"
         )
     if not (rgb or channels_first) and ndim not in (2, 3):
+        second = (
+            " If the second axis holds them (Z, C, H, W), open the image with its channels as "
+            "layers (viewer.add_image(data, channel_axis=1)), or with them first "
+            "(np.moveaxis(data, 1, 0)) and tick 'channels on first axis';"
+            if ndim == 4
+            else ""
+        )
         raise ValueError(
             f"image of shape {shape!r} has {ndim} dimensions; expected (H, W) or a stack "
-            "(Z, H, W). If the first axis holds channels, tick 'channels on first axis'; "
-            "for a time series of stacks, open one time point as its own layer"
+            "(Z, H, W). If the first axis holds channels, tick 'channels on first axis'."
+            f"{second} For a time series of stacks, open one time point as its own layer"
         )
     if not (rgb or channels_first) and ndim == 3 and _channels_last(shape):
         raise ValueError(
