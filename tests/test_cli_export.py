@@ -215,7 +215,7 @@ def test_a_model_file_is_replaced_only_with_overwrite(tmp_path, checkpoint, caps
     build_sam(TINY).load_state_dict(torch.load(output, weights_only=True), strict=True)
 
 
-def test_a_checkpoint_whose_base_model_is_gone_says_to_put_it_back(tmp_path, capsys):
+def test_a_checkpoint_whose_base_model_is_gone_says_to_put_it_back(tmp_path, capsys, monkeypatch):
     """A frozen-encoder run's checkpoints hold only the trained weights: its base model
     moved away, export named it an unknown model, listed every model registered, and
     suggested exporting last.pt, which needs the base model just as much."""
@@ -231,6 +231,9 @@ def test_a_checkpoint_whose_base_model_is_gone_says_to_put_it_back(tmp_path, cap
     assert "put the base model back as the run had it" in err
     assert f"{tmp_path / 'run' / 'model.pth'}, is whole and needs none" in err
     assert "exported instead" not in err and not (tmp_path / "e.pth").exists()
+    monkeypatch.chdir(folder)  # the checkpoint named in its own folder: the same advice
+    assert cli.main(["export", "last.pt", "-o", str(tmp_path / "e.pth")]) == 2
+    assert f"{tmp_path / 'run' / 'model.pth'}, is whole and needs none" in capsys.readouterr().err
 
 
 def test_a_register_name_taken_during_the_export_gives_the_command_to_register_it(

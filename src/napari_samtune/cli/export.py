@@ -167,8 +167,9 @@ def _exported_before(checkpoint: Path) -> str:
     which needs no base model."""
     from napari_samtune.core.train_export import RunFiles
 
-    model = RunFiles(checkpoint.parent.parent).model
-    if checkpoint.parent.name != "checkpoints" or not model.is_file():
+    folder = checkpoint.resolve().parent  # 'last.pt' given in its folder: '.' named none
+    model = RunFiles(folder.parent).model
+    if folder.name != "checkpoints" or not model.is_file():
         return ""
     return f". The model the run exported when it ended, {model}, is whole and needs none"
 
