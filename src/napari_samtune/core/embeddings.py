@@ -256,6 +256,25 @@ def centred_view(coords_xy: np.ndarray, image_shape: tuple[int, int], img_size: 
     return Tile(y0, x0, rows, cols, img_size)
 
 
+def reaches_inner_edge(
+    tile: Tile, image_shape: tuple[int, int], logits: torch.Tensor, threshold: float
+) -> bool:
+    """Whether the mask of (L, L) low-res ``logits`` decoded on ``tile`` reaches one of the
+    tile's edges that lie inside the (H, W) image: the object may go on past it, into the
+    next tile, where this tile's mask cannot follow."""
+    cell = tile.img_size // tile.lowres_size  # input pixels per low-res pixel
+    rows, cols = (-(-side // cell) for side in tile.input_size)
+    inside = logits[:rows, :cols] > threshold
+    height, width = image_shape
+    edges = (
+        (tile.y0 > 0, inside[0]),
+        (tile.y0 + tile.height < height, inside[-1]),
+        (tile.x0 > 0, inside[:, 0]),
+        (tile.x0 + tile.width < width, inside[:, -1]),
+    )
+    return any(inner and bool(line.any()) for inner, line in edges)
+
+
 def _start_around(centre: float, size: int, length: int, step: int) -> int:
     """First pixel of ``size`` pixels centred on ``centre`` (to a multiple of ``step``),
     kept inside ``length`` pixels."""

@@ -131,17 +131,26 @@ class Segmenter(ViewPredictor):
             multimask = box is None and points is not None and len(points) == 1
         _check_multimask(multimask, "True, False or None (SAM's choice per prompt)")
         corners = [c for c in (points, None if box is None else box.reshape(2, 2)) if c is not None]
-        view = self.view_for(np.concatenate(corners))
-        self.require_embedded([view])
-        low, iou = self.decode(
-            view,
-            None if points is None else points[None],
-            None if labels is None else labels[None],
-            box,
-            self._mask_input_for(view, mask_input),
-            multimask,
-            best_only=True,
-        )
+        coords = np.concatenate(corners)
+
+        def decoded(view: int) -> tuple[torch.Tensor, torch.Tensor]:
+            self.require_embedded([view])
+            return self.decode(
+                view,
+                None if points is None else points[None],
+                None if labels is None else labels[None],
+                box,
+                self._mask_input_for(view, mask_input),
+                multimask,
+                best_only=True,
+            )
+
+        view = self.view_for(coords)
+        low, iou = decoded(view)
+        wider = self.view_past_cut(view, coords, low[0, 0])
+        if wider is not None:  # cut at the tile's edge: again, on a view centred on it
+            view = wider
+            low, iou = decoded(view)
         logits = low[0]
         (window,) = self.upscale_windows(view, logits)
         mask = np.zeros(shape, dtype=bool)
@@ -204,14 +213,23 @@ class Segmenter(ViewPredictor):
         if _no_prompts(points_xy, 2):
             return np.zeros(self.image_shape, dtype=np.uint32)
         points = check_points(points_xy, self.image_shape)
-        views = np.array([self.view_for(p) for p in points])
-        self.require_embedded(views.tolist())
         painter = LabelPainter(self.image_shape, self.model.mask_threshold)
-        for view, chunk in self._batches_by_view(views):
-            labels = np.ones((len(chunk), 1), dtype=np.int64)
-            points_in = points[chunk][:, None]
-            low, _ = self.decode(view, points_in, labels, multimask=multimask, best_only=True)
-            painter.paint(self.upscale_windows(view, low[:, 0]), chunk + 1)
+        objects = np.arange(len(points))
+        views = np.array([self.view_for(p) for p in points])
+        while len(objects):  # then those cut at a tile's edge, on views centred on them
+            self.require_embedded(views.tolist())
+            again: list[tuple[int, int]] = []  # (object, its view centred on it)
+            for view, chunk in self._batches_by_view(views):
+                ids, labels = objects[chunk], np.ones((len(chunk), 1), dtype=np.int64)
+                low, _ = self.decode(view, points[ids][:, None], labels, multimask=multimask,
+                                     best_only=True)  # fmt: skip
+                wider = [self.view_past_cut(view, points[i], low[j, 0]) for j, i in enumerate(ids)]
+                kept = np.flatnonzero([other is None for other in wider])
+                if len(kept):
+                    painter.paint(self.upscale_windows(view, low[kept, 0]), ids[kept] + 1)
+                again += [(i, v) for i, v in zip(ids, wider, strict=True) if v is not None]
+            objects = np.array([i for i, _ in again], dtype=np.int64)
+            views = np.array([v for _, v in again], dtype=np.int64)
         return painter.labels
 
     def predict_with_negatives(
@@ -240,14 +258,17 @@ class Segmenter(ViewPredictor):
             prompt_xy = np.vstack([positive, near])
             labels = np.r_[np.ones(len(positive)), np.zeros(len(near))].astype(np.int64)
             corners = prompt_xy if box is None else np.vstack([prompt_xy, box.reshape(2, 2)])
-            view = self.view_for(corners)
-            self.require_embedded([view])
             points_in, labels_in = (prompt_xy[None], labels[None]) if len(labels) else (None, None)
             # a lone point is ambiguous: the best of three, as predict_points_batched (0.96
             # and 0.67 there, 0.41 and 0.23 as one mask, once a far negative chose this path)
             lone = box is None and len(labels) == 1
-            low, _ = self.decode(view, points_in, labels_in, box, multimask=lone, best_only=True)
-            painter.paint(self.upscale_windows(view, low[:, 0]), [object_id])
+            view, decoded_on = self.view_for(corners), None
+            while view is not None:  # again on a view centred on it, where cut at an edge
+                self.require_embedded([view])
+                low, _ = self.decode(view, points_in, labels_in, box, multimask=lone,
+                                     best_only=True)  # fmt: skip
+                view, decoded_on = self.view_past_cut(view, corners, low[0, 0]), view
+            painter.paint(self.upscale_windows(decoded_on, low[:, 0]), [object_id])
         return painter.labels
 
     def _batches_by_view(self, views: np.ndarray):

@@ -35,6 +35,7 @@ from napari_samtune.core.embeddings import (
     embed_tiles,
     embedding_key,
     image_digest,
+    reaches_inner_edge,
     view_name,
 )
 from napari_samtune.core.fast_decoder import DecoderImage
@@ -277,12 +278,27 @@ class ViewPredictor(ViewDecodingMixin):
         on views made for them (as on crops around them).
         """
         tile = self.grid.choose_tile(coords_xy)
-        if tile != OVERVIEW:
-            return tile
+        return tile if tile != OVERVIEW else self._centred_on(coords_xy)
+
+    def _centred_on(self, coords_xy: np.ndarray) -> int:
         wanted = centred_view(coords_xy, self.image_shape, self.img_size)
         if wanted == self.grid.overview:
             return OVERVIEW
         return len(self.grid.tiles) + self._made_views.number(wanted)
+
+    def view_past_cut(self, view: int, coords_xy: np.ndarray, logits: torch.Tensor) -> int | None:
+        """Where the mask of (L, L) ``logits``, decoded on tile ``view`` for a prompt at
+        ``coords_xy``, reaches an edge of the tile inside the image, the view centred on the
+        prompt, to decode it again; else None. A click 30 px from a seam (in the tile where
+        it was most central) gave nano a disc of radius 50 cut at the tile's edge: IoU
+        0.75-0.86, 0.97 at a tile's centre."""
+        if not 0 <= view < len(self.grid.tiles):  # made for the prompt already, or the overview
+            return None
+        tile = self.view_tile(view)
+        if not reaches_inner_edge(tile, self.image_shape, logits, self.model.mask_threshold):
+            return None
+        centred = self._centred_on(coords_xy)
+        return None if self.view_tile(centred) == tile else centred
 
     def within_view_of(self, coords_xy: np.ndarray, others_xy: np.ndarray) -> np.ndarray:
         """Those of ``others_xy`` ((n, 2) image x, y) inside the view that answers
