@@ -472,3 +472,22 @@ def test_a_plane_without_a_finite_pixel_is_told_and_the_others_still_embed(
     assert "Traceback" not in errors[0] and widget.embedded_plane is False  # none held
     go_to_plane(viewer, widget, 2)
     assert widget.embedded_plane == 2
+
+
+def test_embedding_all_planes_moves_the_bar_within_each_plane(tiny_sam, tmp_path):
+    """Through several planes the bar moved only from plane to plane: a large model's
+    plane of many tiles (minutes on a CPU) showed no progress meanwhile."""
+    from napari_samtune._qt.annotate_jobs import iter_embed_planes
+    from napari_samtune._qt.image_planes import describe_image
+    from napari_samtune.core.predict import Segmenter
+    from napari_samtune.core.synthetic import make_image
+
+    data = np.stack([make_image((300, 300), seed=s)[0] for s in range(3)])  # 4 tiles each
+    segmenter = Segmenter(tiny_sam, model_id="tiny", use_disk_cache=False)
+    reports = []
+    job = iter_embed_planes(segmenter, describe_image(data.shape), data, [0, 1, 2], reports.append)
+    for _ in job:
+        pass
+    tiles = [(r.done, r.total) for r in reports]
+    assert tiles == [(plane * 4 + tile, 12) for plane in range(3) for tile in range(1, 5)]
+    assert reports[5].message.endswith(": tile 2/4") and "plane 1" in reports[5].message

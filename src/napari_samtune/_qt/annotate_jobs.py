@@ -111,12 +111,17 @@ def _set_plane(
     report: Reporter | None = None,
     image_name: str = "image",
     stop: threading.Event | None = None,
+    of_planes: tuple[int, int] = (0, 1),
 ) -> None:
+    """Embed ``plane``, its tiles reported as part of ``of_planes``: (planes done before
+    it, planes in all) of a run through several."""
     where = place_of(axes, plane, image_name)
+    before, planes = of_planes
 
     def tiles_done(done: int, total: int) -> None:
         if report is not None:
-            report(TaskProgress(done, total, f"embedding {where}: tile {done}/{total}"))
+            message = f"embedding {where}: tile {done}/{total}"
+            report(TaskProgress(before * total + done, planes * total, message))
 
     image = axes.plane(data, plane or 0)
     segmenter.set_image(
@@ -152,8 +157,8 @@ def iter_embed_planes(
             embedded = (plane,)
             continue
         yield TaskProgress(done, len(planes), f"embedding {place_of(axes, plane, image_name)}")
-        try:
-            _set_plane(segmenter, axes, data, plane, image_name=image_name, stop=stop)
+        try:  # its tiles move the bar within the plane (a large model's took minutes)
+            _set_plane(segmenter, axes, data, plane, report, image_name, stop, (done, len(planes)))
         except JobStopped:
             return None
         except ValueError as err:
