@@ -311,3 +311,7 @@ def test_commands_to_paste_are_quoted_for_the_system_s_shell(monkeypatch):
         "train",
     ]
     assert console.shell_quote(r"C:\runs\cells") == r"C:\runs\cells"  # no quotes needed
+    # '&' ended the command in cmd.exe (and PowerShell refused it), ';' and ',' in PowerShell
+    for path in (r"C:\R&D\run", r"C:\x;y\run", r"C:\a,b", r"C:\(old)\run", r"C:\100%\run"):
+        assert console.shell_quote(path) == f'"{path}"'
+    assert console.shell_quote('say "hi"\\') == r'"say \"hi\"\\"'  # as Windows splits it
