@@ -315,3 +315,18 @@ def test_commands_to_paste_are_quoted_for_the_system_s_shell(monkeypatch):
     for path in (r"C:\R&D\run", r"C:\x;y\run", r"C:\a,b", r"C:\(old)\run", r"C:\100%\run"):
         assert console.shell_quote(path) == f'"{path}"'
     assert console.shell_quote('say "hi"\\') == r'"say \"hi\"\\"'  # as Windows splits it
+
+
+def test_a_path_the_console_cannot_encode_is_printed_escaped(tmp_path):
+    """Windows writes a redirected stdout in cp1252: a path such as 細胞 failed a finished
+    command ("'charmap' codec can't encode", exit 2) after its files were written."""
+    folder = tmp_path / "細胞"
+    env = {**os.environ, "SAMTUNE_CACHE_DIR": str(folder), "PYTHONIOENCODING": "cp1252"}
+    done = subprocess.run(
+        [sys.executable, "-m", "napari_samtune.cli", "cache"],
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"{tmp_path}/\\u7d30\\u80de/embeddings".encode() in done.stdout

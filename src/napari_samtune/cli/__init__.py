@@ -284,8 +284,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``samtune`` console script; returns the exit code."""
+    _printable_anywhere()
     with plain_warnings(lambda text: in_option_terms(text, IMAGE_OPTIONS)):
         return _main(argv)
+
+
+def _printable_anywhere() -> None:
+    """Letters the console's encoding lacks are printed as escapes: Windows writes a
+    redirected stdout in cp1252, where a path such as 細胞.tif failed a finished command
+    ('charmap' codec can't encode) after its files were written, and stopped a batch."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)  # (pytest's capture has none)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # closed, or not a text stream of its own
+                pass
 
 
 # the options of the commands that read images, which the core's warnings about them name
