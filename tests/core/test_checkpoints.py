@@ -33,7 +33,10 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model.pth"]  # no temp file left
 
 
-def test_atomic_write_gives_ordinary_file_permissions(tmp_path):
+def test_atomic_write_gives_ordinary_file_permissions(tmp_path, monkeypatch):
+    from napari_samtune.core import checkpoints
+
+    monkeypatch.setattr(checkpoints, "_UMASK", [])  # read anew, under this test's umask
     old = os.umask(0o022)
     try:
         path = atomic_write(tmp_path / "a.txt", lambda tmp: tmp.write_text("x"))
@@ -229,3 +232,17 @@ def test_a_folder_that_cannot_be_made_names_the_one_it_was_to_go_in(tmp_path):
         f"could not write {target}: folder {tmp_path} cannot be written to (Permission "
         "denied); choose a folder you can write to"
     )
+
+
+def test_the_umask_is_read_once_not_at_every_save(tmp_path, monkeypatch):
+    """Reading the umask sets it to 0 for a moment: saves on two threads at once (autosave,
+    training, the embedding cache) could leave it 0 for good, and every later file
+    writable by all. It is read once."""
+    from napari_samtune.core import checkpoints
+
+    monkeypatch.setattr(checkpoints, "_UMASK", [])
+    calls, real = [], os.umask
+    monkeypatch.setattr(os, "umask", lambda mask: calls.append(mask) or real(mask))
+    for name in ("a", "b", "c"):
+        atomic_write(tmp_path / name, lambda tmp: tmp.write_text("x"))
+    assert len(calls) == 2  # set to 0 and put back, once

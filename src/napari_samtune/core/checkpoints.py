@@ -16,6 +16,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 import zipfile
@@ -121,10 +122,20 @@ def write_error(path: Path, err: OSError) -> OSError:
     return worded
 
 
+_UMASK: list[int] = []  # the process's umask, once read
+_UMASK_LOCK = threading.Lock()
+
+
 def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """The process's umask, read once: reading it sets it (``os.umask``), and two threads
+    saving at once (autosave, training, the embedding cache) could leave it 0 for good,
+    every later file and folder writable by all."""
+    with _UMASK_LOCK:
+        if not _UMASK:
+            mask = os.umask(0)
+            os.umask(mask)
+            _UMASK.append(mask)
+        return _UMASK[0]
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
