@@ -310,3 +310,20 @@ def test_saving_now_from_a_script_while_an_autosave_writes_is_not_put_beside(
     assert sorted(p.name for p in tmp_path.glob("*.labels.tif")) == ["nuclei.labels.tif"]
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "nuclei.labels.tif"), committed)
     assert not any("changed by another program" in n for n in notifications)
+
+
+@pytest.mark.parametrize("extra", ["(H, W, 1)", "(1, H, W)"])
+def test_labels_of_one_axis_more_of_length_one_load(
+    viewer_widget, tmp_path, nuclei_image, drain_jobs, notifications, extra
+):
+    """(H, W, 1), a common TIFF export, and (1, H, W) labels, which training and evaluate
+    read, were refused as "has shape ... pick the annotations of this image"."""
+    _viewer, widget = viewer_widget
+    widget.ui.folder_edit.setText(str(tmp_path / "annotations"))
+    labels = nuclei_image[1]
+    path = tmp_path / "nuclei_labels.tif"
+    tifffile.imwrite(path, labels[..., None] if extra == "(H, W, 1)" else labels[None])
+    assert widget.start_loading_annotations(path) is not None
+    drain_jobs(widget)
+    np.testing.assert_array_equal(widget.session.annotations, labels)
+    assert widget.load_annotations(path) == np.count_nonzero(np.unique(labels))  # at once too

@@ -21,7 +21,7 @@ def test_a_mask_stack_whose_cells_touch_across_planes_loads_one_object_per_regio
     _squares(stack[1], [8, 32, 56], width=20)  # each overlaps two of the plane before
     _squares(stack[2], [20, 44, 68])
     tifffile.imwrite(tmp_path / "mask.tif", stack)
-    labels, _, n_objects, was_mask = read_to_load(tmp_path / "mask.tif")
+    labels, _, n_objects, was_mask = read_to_load(tmp_path / "mask.tif", stack.shape)
     assert was_mask and n_objects == 9
     assert sorted(np.unique(labels))[1:] == list(range(1, 10))
     for z, plane in enumerate(labels):
@@ -35,6 +35,6 @@ def test_a_mask_stack_of_cells_apart_keeps_one_id_per_cell_through_the_planes(tm
     for plane in stack:
         _squares(plane, [0, 30, 60])  # the same cells on every plane: 3 objects in 3D
     tifffile.imwrite(tmp_path / "mask.tif", stack)
-    labels, _, n_objects, was_mask = read_to_load(tmp_path / "mask.tif")
+    labels, _, n_objects, was_mask = read_to_load(tmp_path / "mask.tif", stack.shape)
     assert was_mask and n_objects == 3
     assert all(np.array_equal(plane, labels[0]) for plane in labels)

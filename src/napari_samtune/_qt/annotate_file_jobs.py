@@ -35,13 +35,20 @@ def read_for_loading(path: str | Path) -> tuple[np.ndarray, dict, int]:
     return labels, record, count_objects(labels)
 
 
-def read_to_load(path: str | Path) -> tuple[np.ndarray, dict, int, bool]:
-    """:func:`read_for_loading` for Load annotations…, and whether the file was a
-    foreground mask: one id over several separate regions (0/255 from Fiji's Convert to
-    Mask), in the whole or, for a stack, in a plane, as training judges its planes. Its
-    regions then get one id each (8-connected in a plane, 26 in a stack). Loaded as it
-    was, it made one object of every cell."""
+def read_to_load(path: str | Path, shape: tuple[int, ...]) -> tuple[np.ndarray, dict, int, bool]:
+    """:func:`read_for_loading` for Load annotations… into annotations of ``shape``, and
+    whether the file was a foreground mask: one id over several separate regions (0/255
+    from Fiji's Convert to Mask), in the whole or, for a stack, in a plane, as training
+    judges its planes. Its regions then get one id each (8-connected in a plane, 26 in a
+    stack). Loaded as it was, it made one object of every cell. Labels of one axis more,
+    of length 1 ((H, W, 1), a common TIFF export, or (1, H, W)), are read without it, as
+    training reads them; they were refused as another image's."""
     labels, record, n_objects = read_for_loading(path)
+    for axis in (-1, 0):
+        if labels.ndim == len(shape) + 1 and labels.shape[axis] == 1:
+            if np.squeeze(labels, axis).shape == tuple(shape):
+                labels = np.squeeze(labels, axis)
+                break
     if n_objects != 1 or not _is_mask(labels):  # (several ids: no mask, no pass more)
         return labels, record, n_objects, False
     split, n_regions = _regions(labels != 0)
@@ -91,7 +98,7 @@ def read_to_replace(
     annotations are read while the GUI thread may edit them; such an edit stops the load
     (see ``_loaded``), so what was read of them then is never used. None when the shapes
     differ (the load is refused, saying so)."""
-    labels, record, n_objects, was_mask = read_to_load(path)
+    labels, record, n_objects, was_mask = read_to_load(path, annotations.shape)
     if annotations.shape != labels.shape:
         return labels, record, n_objects, was_mask, None
     replacement = UndoEntry()
@@ -132,7 +139,8 @@ class AnnotateFileJobsMixin:
         if path is None:
             return None
         try:
-            labels, record, n_objects, was_mask = read_to_load(path)
+            shape = self.session.axes.spatial_shape
+            labels, record, n_objects, was_mask = read_to_load(path, shape)
             self.session.apply_loaded(labels, record, path, undoable=True)
         except (OSError, ValueError) as err:
             show_error(f"loading annotations failed: {user_message(err)}")
