@@ -313,7 +313,8 @@ def load_annotations(labels_path: str | Path) -> tuple[np.ndarray, dict]:
 
     Returns:
         labels: uint32 array (H, W) or (Z, H, W); a file from another tool with ids beyond
-            uint32 has its objects renumbered 1, 2, ... in the order of their ids.
+            uint32 has those objects given the lowest ids free, in the order of their ids
+            (the other objects keep theirs).
         record: the saved JSON document, or ``{}``.
     """
     labels_path = Path(labels_path)
@@ -329,9 +330,21 @@ def load_annotations(labels_path: str | Path) -> tuple[np.ndarray, dict]:
             f"{problem}"
         )
     if _beyond_uint32(labels):  # uint32 would wrap them onto other ids
-        ids, inverse = np.unique(labels, return_inverse=True)
-        labels = inverse.reshape(labels.shape) + (0 if ids[0] == 0 else 1)  # 0 stays 0
+        labels = _with_free_ids(labels)
     return labels.astype(np.uint32, copy=False), load_record(labels_path)
+
+
+def _with_free_ids(labels: np.ndarray) -> np.ndarray:
+    """``labels`` whose ids beyond uint32 get the lowest ids free, in the order of their
+    ids; the others keep theirs (all were renumbered 1, 2, ..., unsaid: 7 and 12 of a file
+    with one id of 2**33 were loaded as 1 and 2)."""
+    ids = np.unique(labels)
+    small, big = ids[ids <= MAX_ID], ids[ids > MAX_ID]
+    free = np.setdiff1d(np.arange(1, len(ids) + 1, dtype=np.int64), small)[: len(big)]
+    beyond = labels > MAX_ID
+    kept = np.where(beyond, 0, labels).astype(np.uint32)
+    kept[beyond] = free[np.searchsorted(big, labels[beyond])]
+    return kept
 
 
 def _not_labels(labels: np.ndarray) -> str:
