@@ -13,7 +13,12 @@ from napari_samtune.core.data import load_pairs
 from napari_samtune.core.file_lists import expand_paths
 from napari_samtune.core.label_files import image_fingerprint, match_files, pair_files
 from napari_samtune.core.synthetic import make_dataset
-from napari_samtune.core.tiff_files import MAX_FLOAT_LABEL, float_labels_problem, read_tiff
+from napari_samtune.core.tiff_files import (
+    MAX_FLOAT_LABEL,
+    float_labels_problem,
+    max_float_label,
+    read_tiff,
+)
 
 
 def _write(folder, name, array):
@@ -355,7 +360,7 @@ def test_float_labels_are_told_apart_as_before(dtype):
     assert float_labels_problem(ids) == "" and float_labels_problem(ids[:, ::2]) == ""
     assert float_labels_problem(np.zeros((0, 3), dtype)) == ""
     expected = {np.nan: "NaN or infinite", -np.inf: "NaN or infinite", 0.5: "fractions"}
-    expected[-1.0] = f"outside 0..{MAX_FLOAT_LABEL}"
+    expected[-1.0] = f"outside 0..{max_float_label(np.dtype(dtype))}, the ids {np.dtype(dtype)}"
     for value, words in expected.items():
         for index in (0, -1):
             bad = ids.copy()
@@ -511,3 +516,14 @@ def test_label_files_beside_their_images_are_no_images_when_labels_come_from_els
         "left out 1 file(s) among the images named as the labels of images beside them: "
         "img0_labels.tif"
     )
+
+
+def test_float64_labels_hold_ids_up_to_uint32_s_largest():
+    """Whole-number float64 labels above 2^24 (exact up to 2^53) were refused with float32's
+    limit, as if inexact, and no fix."""
+    assert [max_float_label(np.dtype(t)) for t in ("float16", "float32", "float64")] == [
+        2048, MAX_FLOAT_LABEL, 2**32 - 1,
+    ]  # fmt: skip
+    big = np.array([[0, 2**30 + 7], [5, 2**24 + 1]], np.float64)
+    assert float_labels_problem(big) == ""
+    assert "save the labels as whole numbers" in float_labels_problem(big.astype(np.float32) * 300)

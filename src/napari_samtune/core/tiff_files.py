@@ -151,12 +151,21 @@ def _tifffile_log():
 
 
 MAX_FLOAT_LABEL = 1 << 24  # float32 holds every whole number up to here exactly
+MAX_UINT32 = (1 << 32) - 1
+
+
+def max_float_label(dtype: np.dtype) -> int:
+    """The largest id float labels of ``dtype`` hold exactly, as uint32 takes them: 2^24
+    for float32 (float64 labels were held to it too, refused above it as if inexact), 2048
+    for float16, 2^32 - 1 for float64."""
+    return min(1 << (np.finfo(dtype).nmant + 1), MAX_UINT32)
 
 
 def read_label_tiff(path: Path) -> np.ndarray:
     """The instance labels of a TIFF file (:func:`read_tiff`): floats holding only whole
-    numbers 0..2^24 (ImageJ saves some label images as 32-bit) come as uint32; anything
-    else as saved, for the checks to name (:func:`float_labels_problem`)."""
+    numbers their type holds exactly (:func:`max_float_label`; ImageJ saves some label
+    images as 32-bit) come as uint32; anything else as saved, for the checks to name
+    (:func:`float_labels_problem`)."""
     labels = read_tiff(path)
     if np.issubdtype(labels.dtype, np.floating) and not float_labels_problem(labels):
         return labels.astype(np.uint32)
@@ -164,8 +173,8 @@ def read_label_tiff(path: Path) -> np.ndarray:
 
 
 def float_labels_problem(labels: np.ndarray) -> str:
-    """Why float ``labels`` (any shape) are not instance ids (whole numbers 0..2^24), for a
-    message; "" when they are (an empty array included).
+    """Why float ``labels`` (any shape) are not instance ids (whole numbers 0 up to
+    :func:`max_float_label`), for a message; "" when they are (an empty array included).
 
     Two reductions and a pass in chunks that stops at the first fraction, without a
     temporary of the array's size: 15 ms for 4096 x 4096 float32 labels, where np.mod took
@@ -177,8 +186,12 @@ def float_labels_problem(labels: np.ndarray) -> str:
         return "they hold NaN or infinite values: an image or a measurement, not labels?"
     if _has_fraction(labels):
         return "these values have fractions: a probability map or an image, not labels?"
-    if low < 0 or float(high) > MAX_FLOAT_LABEL:  # float16 cannot hold the bound
-        return f"they hold values outside 0..{MAX_FLOAT_LABEL}, the ids floats hold exactly"
+    bound = max_float_label(labels.dtype)
+    if low < 0 or float(high) > bound:
+        return (
+            f"they hold values outside 0..{bound}, the ids {labels.dtype} holds exactly; "
+            "save the labels as whole numbers (e.g. labels.astype('uint32'))"
+        )
     return ""
 
 
