@@ -1408,3 +1408,25 @@ def test_a_run_registered_under_a_variant_of_its_folder_s_name_says_why(tmp_path
         "registered model: my_run-2 (the run folder's name 'my_run' names another model); "
         "--name gives it a name of your own\n"
     ) in capsys.readouterr().out
+
+
+def test_lora_on_a_preset_that_freezes_the_encoder_is_advised_without_a_circle(
+    tmp_path, folders, capsys
+):
+    """Each refusal's advice led to the next refusal: 'give --freeze none and skip the
+    preset's memory checks' (no --force named), then 'add image_encoder to --freeze',
+    then 'remove image_encoder from --freeze'; and --lora-alpha 0 was told to pass None."""
+    images, labels = folders
+    argv = ["train", "--model", "random:vit_b", "--preset", "cpu-8gb", "--images", images]
+    argv += ["--labels", labels, "--out", str(tmp_path / "run"), "--lora-rank", "4", *FAST]
+    assert cli.main(argv) == 2
+    said = capsys.readouterr().err
+    assert said.rstrip().endswith("or give --freeze none and add --force")
+    assert cli.main([*argv, "--freeze", "none"]) == 2
+    said = capsys.readouterr().err
+    assert "add 'image_encoder' to --freeze" not in said and "leave --lora-rank out" in said
+    alpha = ["train", "--model", "nano", "--images", images, "--labels", labels, "--out"]
+    alpha += [str(tmp_path / "run"), "--lora-rank", "4", "--lora-alpha", "0", *FAST]
+    assert cli.main(alpha) == 2
+    said = capsys.readouterr().err
+    assert "or leave --lora-alpha out (it then equals --lora-rank)" in said and "None" not in said

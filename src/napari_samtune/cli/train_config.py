@@ -24,7 +24,7 @@ from napari_samtune.cli.train_resume import (
 from napari_samtune.core.config_checks import (
     freeze_from_choices,
 )
-from napari_samtune.core.presets import MORE_MEMORY, TrainConfig
+from napari_samtune.core.presets import MORE_MEMORY, SKIP_CHECKS, TrainConfig
 
 # (TrainConfig field, option, type, help): the overrides of a preset's settings.
 
@@ -160,8 +160,11 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     try:
         config = config_from_preset(preset, args.model, check=not args.force, **overrides)
     except ValueError as err:  # beyond the preset: it may still fit this machine's memory
-        if str(err).endswith(MORE_MEMORY):
-            raise ValueError(f"{err}, or add --force to train so anyway") from None
+        said = str(err).replace(SKIP_CHECKS, "add --force")
+        if said.endswith(MORE_MEMORY):
+            raise ValueError(f"{said}, or add --force to train so anyway") from None
+        if said != str(err):
+            raise ValueError(said) from None
         raise
     return config, f"preset {preset.name} ({preset.key}): {reason}"
 

@@ -104,7 +104,8 @@ def _check_lora(config: TrainConfig) -> None:
         return
     if not 0 < config.lora_alpha < math.inf:
         raise ValueError(
-            f"lora_alpha={config.lora_alpha!r}; use a positive number, or None (lora_rank)"
+            f"lora_alpha={config.lora_alpha!r}; use a positive number, or leave lora_alpha "
+            "out (it then equals lora_rank)"
         )
     if not config.lora_rank:
         raise ValueError(

@@ -500,13 +500,13 @@ def _check_lora_in_frozen_encoder(
     raise ValueError(
         f"lora_rank={overrides['lora_rank']!r} trains adapters inside the image encoder, "
         f"which preset {preset.key!r} keeps frozen for {arch.name} (freeze={setting.freeze!r}) "
-        "to fit its memory; training adapters backpropagates through the encoder: choose a "
-        "preset with more memory, or give freeze=() and skip the preset's memory checks, or "
-        "leave lora_rank out"
+        f"to fit its memory; training adapters backpropagates through the encoder: {MORE_MEMORY}"
+        f", or leave lora_rank out, or give freeze=() and {SKIP_CHECKS}"
     )
 
 
 MORE_MEMORY = "choose a preset with more memory"  # how a refusal of check_fits ends
+SKIP_CHECKS = "skip the preset's memory checks (check=False)"  # the command line: --force
 
 
 def check_fits(preset: ResourcePreset, arch: SamArchitecture, config: TrainConfig) -> None:
@@ -530,7 +530,10 @@ def check_fits(preset: ResourcePreset, arch: SamArchitecture, config: TrainConfi
             f"or batch_size, or {MORE_MEMORY}"
         )
     if "image_encoder" in setting.freeze and not config.encoder_frozen:
+        fix = (  # LoRA's adapters are in the encoder: freezing it is no fix for them
+            "leave lora_rank out" if config.lora_rank else "add 'image_encoder' to freeze"
+        )
         raise ValueError(
             f"preset {preset.key!r} fits {subject} only with the image encoder frozen{row}, "
-            f"but freeze={config.freeze!r}; add 'image_encoder' to freeze or {MORE_MEMORY}"
+            f"but freeze={config.freeze!r}; {fix} or {MORE_MEMORY}"
         )
