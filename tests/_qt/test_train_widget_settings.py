@@ -273,3 +273,19 @@ def test_continue_compares_a_detected_preset_s_step_down_with_the_run_s(make_nap
     settings.objects_spin.setValue(1000)  # refused by Start: compared as shown
     warning = kept_settings_warning(settings, replace(run, n_objects_per_batch=1))
     assert "preset" not in warning and "objects per batch" in warning
+
+
+def test_lora_on_a_preset_that_freezes_the_encoder_is_not_told_to_freeze_it(
+    make_napari_viewer,
+):
+    """With the encoder unticked for LoRA, the preset's memory refusal said to tick it
+    again, which LoRA's own refusal then said to untick."""
+    settings = TrainWidget(make_napari_viewer(), machine=SMALL_CPU).settings
+    settings.preset_combo.setCurrentIndex(settings.preset_combo.findData("cpu-8gb"))
+    settings.model_picker.select_model("vit_b")
+    settings.lora_spin.setValue(4)
+    settings.freeze_checks["image_encoder"].setChecked(False)
+    with pytest.raises(ValueError) as refused:
+        settings.build_config()
+    assert "tick 'image encoder'" not in str(refused.value)
+    assert "leave 'LoRA rank' out or choose a preset with more memory" in str(refused.value)
