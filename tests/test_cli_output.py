@@ -123,7 +123,7 @@ def _finished(stopped_by_user: bool) -> SimpleNamespace:
         stopped_early=False, best_epoch=None, total_time_s=1.0, registered_name="run",
         last_checkpoint_path=Path("run/checkpoints/last.pt"),
         trained_summary=lambda: "1 of 6 steps of epoch 1", no_better_message=lambda: "",
-        name_taken=None,
+        name_taken=None, folder_name_taken=None, name_note=lambda: "",
     )  # fmt: skip
 
 

@@ -1424,7 +1424,7 @@ def test_lora_on_a_preset_that_freezes_the_encoder_is_advised_without_a_circle(
     assert said.rstrip().endswith("or give --freeze none and add --force")
     assert cli.main([*argv, "--freeze", "none"]) == 2
     said = capsys.readouterr().err
-    assert "add 'image_encoder' to --freeze" not in said and "leave --lora-rank out" in said
+    assert "set --lora-rank 0 and add 'image_encoder' to --freeze or choose" in said
     alpha = ["train", "--model", "nano", "--images", images, "--labels", labels, "--out"]
     alpha += [str(tmp_path / "run"), "--lora-rank", "4", "--lora-alpha", "0", *FAST]
     assert cli.main(alpha) == 2

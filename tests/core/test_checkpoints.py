@@ -246,3 +246,28 @@ def test_the_umask_is_read_once_not_at_every_save(tmp_path, monkeypatch):
     for name in ("a", "b", "c"):
         atomic_write(tmp_path / name, lambda tmp: tmp.write_text("x"))
     assert len(calls) == 2  # set to 0 and put back, once
+
+
+def test_a_write_under_a_folder_that_cannot_be_entered_is_worded(tmp_path, monkeypatch):
+    """Path.exists raises PermissionError where a folder above cannot be entered (another
+    user's): the device check before the write, and the error's search for the folder
+    that refused, raised it bare instead of 'folder ... cannot be written to'."""
+    locked = tmp_path / "locked"
+    real_stat, real_mkdir = os.stat, os.mkdir
+
+    def refused(real):
+        def call(path, *args, **kwargs):
+            if str(path).startswith(str(locked)):
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real(path, *args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(os, "stat", refused(real_stat))
+    monkeypatch.setattr(os, "mkdir", refused(real_mkdir))
+    with pytest.raises(PermissionError) as raised:
+        atomic_write(locked / "run" / "model.pth", lambda tmp: tmp.write_text("x"))
+    assert str(raised.value) == (
+        f"could not write {locked / 'run' / 'model.pth'}: folder {tmp_path} cannot be written "
+        "to (Permission denied); choose a folder you can write to"
+    )

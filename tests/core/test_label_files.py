@@ -360,7 +360,8 @@ def test_float_labels_are_told_apart_as_before(dtype):
     assert float_labels_problem(ids) == "" and float_labels_problem(ids[:, ::2]) == ""
     assert float_labels_problem(np.zeros((0, 3), dtype)) == ""
     expected = {np.nan: "NaN or infinite", -np.inf: "NaN or infinite", 0.5: "fractions"}
-    expected[-1.0] = f"outside 0..{max_float_label(np.dtype(dtype))}, the ids {np.dtype(dtype)}"
+    bound, name = max_float_label(np.dtype(dtype)), np.dtype(dtype)
+    expected[-1.0] = f"outside 0..{bound}, the ids read from {name} labels"
     for value, words in expected.items():
         for index in (0, -1):
             bad = ids.copy()

@@ -142,7 +142,8 @@ class AnnotateWidget(
         self._automatic_unsaved: tuple[AnnotationSession, list] | None = None
         # the image a running automatic segmentation or propagation writes into
         self._job_session: AnnotationSession | None = None
-        self._embedding_all = lambda: None  # (weakly) the session Embed all planes embeds
+        # (weakly) the session Embed all planes embeds, and its worker
+        self._embedding_all = (lambda: None, lambda: None)
         self._save_failed: AnnotationSession | None = None  # whose last autosave failed
         self._hinted: set[str] = set()
         self._sheared_said: weakref.WeakSet = weakref.WeakSet()  # images told SHEARED_NOTE

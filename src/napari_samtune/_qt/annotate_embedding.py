@@ -165,15 +165,13 @@ class AnnotateEmbeddingMixin:
         if not self._ready_for_job("embed all planes"):
             return None
         planes = list(range(self.session.axes.n_planes)) if self.session.axes.is_stack else [None]
-        skipped, image = [], self.session.image_layer.name
-        self._embedding_all = weakref.ref(self.session)
+        skipped, image, session = [], self.session.image_layer.name, self.session
 
         def done() -> None:  # a padding plane without pixels does not stop the others
-            self._embedding_all = lambda: None
             if skipped:
                 show_warning(jobs.skipped_note(EMBED_TASK, image, skipped))
 
-        return self._start_segmenter_job(
+        worker = self._start_segmenter_job(
             EMBED_TASK,
             jobs.iter_embed_planes,
             planes,
@@ -182,15 +180,18 @@ class AnnotateEmbeddingMixin:
             on_yield=skipped.append,
             on_finish=done,
         )
+        self._embedding_all = (weakref.ref(session), weakref.ref(worker))
+        return worker
 
     def stop_embedding_removed(self, layer) -> None:
         """``layer`` was removed: stop Embed all planes where it embeds that image. It went
         on to the last plane of a stack no longer there, while the image chosen next waited
         for it (minutes with a large model)."""
-        session = self._embedding_all()
+        session, worker = (ref() for ref in self._embedding_all)
         if session is None or session.image_layer is not layer:
             return
-        if self.runner.is_running(EMBED_TASK):
+        running = self.runner.worker(EMBED_TASK)  # (another embedding may run by now)
+        if running is not None and running is worker:
             self.runner.cancel(EMBED_TASK)
             show_info(
                 f"stopped embedding the planes of {layer.name!r}: the image was removed (the "

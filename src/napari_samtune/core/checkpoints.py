@@ -53,7 +53,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     one that names ``path``, not the temporary file, and says what to do.
     """
     path = Path(path)
-    if path.exists() and not (path.is_file() or path.is_dir()):  # (a folder: replace fails)
+    # (os.path's, which say False where a folder above cannot be entered: Path.exists
+    # raised PermissionError there, before the worded error below; a folder: replace fails)
+    if os.path.exists(path) and not (os.path.isfile(path) or os.path.isdir(path)):
         raise ValueError(  # the rename put a file in place of /dev/null, run as root
             f"{path} is not a file but a device, pipe or socket, which writing there would "
             "replace; give a file name of its own"
@@ -106,7 +108,7 @@ def write_error(path: Path, err: OSError) -> OSError:
     if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         reason = err.strerror or "not writable"
         # a folder that could not be made: the existing one it was to go in refused it
-        folder = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+        folder = next((p for p in (folder, *folder.parents) if os.path.exists(p)), folder)
         fix = f"folder {folder} cannot be written to ({reason}); choose a folder you can write to"
     elif err.errno in (errno.EEXIST, errno.ENOTDIR):
         blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), folder)

@@ -501,7 +501,7 @@ def _check_lora_in_frozen_encoder(
         f"lora_rank={overrides['lora_rank']!r} trains adapters inside the image encoder, "
         f"which preset {preset.key!r} keeps frozen for {arch.name} (freeze={setting.freeze!r}) "
         f"to fit its memory; training adapters backpropagates through the encoder: {MORE_MEMORY}"
-        f", or leave lora_rank out, or give freeze=() and {SKIP_CHECKS}"
+        f", or set lora_rank=0, or give freeze=() and {SKIP_CHECKS}"
     )
 
 
@@ -530,9 +530,8 @@ def check_fits(preset: ResourcePreset, arch: SamArchitecture, config: TrainConfi
             f"or batch_size, or {MORE_MEMORY}"
         )
     if "image_encoder" in setting.freeze and not config.encoder_frozen:
-        fix = (  # LoRA's adapters are in the encoder: freezing it is no fix for them
-            "leave lora_rank out" if config.lora_rank else "add 'image_encoder' to freeze"
-        )
+        fix = "add 'image_encoder' to freeze"  # LoRA's adapters train inside it: no LoRA
+        fix = f"set lora_rank=0 and {fix}" if config.lora_rank else fix
         raise ValueError(
             f"preset {preset.key!r} fits {subject} only with the image encoder frozen{row}, "
             f"but freeze={config.freeze!r}; {fix} or {MORE_MEMORY}"

@@ -9,7 +9,8 @@ import os
 import shlex
 
 # what cmd.exe or PowerShell read as more than a letter in a bare word: C:\R&D ran "C:\R"
-# and then "D" in cmd, and PowerShell refused it; ';' ended a PowerShell command there
+# and then "D" in cmd, and PowerShell refused it; ';' ended a PowerShell command there.
+# (Quotes do not stop cmd's %NAME% or PowerShell's $name: paths rarely hold them.)
 _WINDOWS_SPECIAL = frozenset(" \t\"&|<>^;,()%$'`@{}")
 
 

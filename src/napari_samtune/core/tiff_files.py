@@ -189,8 +189,9 @@ def float_labels_problem(labels: np.ndarray) -> str:
     bound = max_float_label(labels.dtype)
     if low < 0 or float(high) > bound:
         return (
-            f"they hold values outside 0..{bound}, the ids {labels.dtype} holds exactly; "
-            "save the labels as whole numbers (e.g. labels.astype('uint32'))"
+            f"they hold values outside 0..{bound}, the ids read from {labels.dtype} labels "
+            "(whole numbers it holds exactly, as uint32 takes them); save the labels as "
+            "whole numbers (e.g. labels.astype('uint32'))"
         )
     return ""
 
