@@ -30,7 +30,8 @@ def _failing_with(monkeypatch, err: BaseException) -> None:
 
 
 def _report(tmp_path, verbose: bool):
-    args = SimpleNamespace(out=str(tmp_path / "run"), resume=None)
+    args = cli.build_parser().parse_args(["train", "--images", "i", "--labels", "l"])
+    args.out = str(tmp_path / "run")  # a new run's command
     config = SimpleNamespace(epochs=3)
     cli_train._train_reporting(config, [], None, args, threading.Event(), verbose)
 
