@@ -1408,6 +1408,11 @@ def test_a_run_registered_under_a_variant_of_its_folder_s_name_says_why(tmp_path
         "registered model: my_run-2 (the run folder's name 'my_run' names another model); "
         "--name gives it a name of your own\n"
     ) in capsys.readouterr().out
+    for folder in ("first", "second"):  # a name of the folder's letters outside a name's
+        assert cli.main([*argv, "--out", str(tmp_path / folder / "run_細胞")]) == 0
+    assert "registered model: run___-2 (the run folder's name 'run___' names" in (
+        capsys.readouterr().out
+    )
 
 
 def test_lora_on_a_preset_that_freezes_the_encoder_is_advised_without_a_circle(

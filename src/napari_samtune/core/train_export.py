@@ -119,8 +119,13 @@ def check_model_name(name: str | None, resumed_run: Path | None = None) -> str |
 
 def unique_model_name(base: str) -> str:
     """A free user-model name derived from ``base`` (e.g. the run folder's name)."""
-    stem = re.sub(r"[^A-Za-z0-9_.\-]", "_", base).lstrip("._-")[:90] or "finetuned"
-    return first_free(stem, _name_taken)
+    return first_free(model_stem(base), _name_taken)
+
+
+def model_stem(base: str) -> str:
+    """The model name ``base`` (e.g. the run folder's name) gives, before a free variant of
+    it is taken: its letters outside a name's (``run_細胞``: ``run___``) as ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", base).lstrip("._-")[:90] or "finetuned"
 
 
 # the automatic name of a finetuned model, which a further round replaces (-2: made unique)

@@ -24,6 +24,7 @@ from napari_samtune.core.train_export import (
     RunFiles,
     data_summary,
     export_and_register,
+    model_stem,
     record_epoch,
     write_json,
 )
@@ -318,7 +319,7 @@ class TrainerFilesMixin:
         """The run folder's name where no name was asked for and the model was registered
         under a free variant of it (``my_run-2``): another model has it, which ``--model
         my_run`` then loads, so the person is told."""
-        folder = self.out_dir.resolve().name
+        folder = model_stem(self.out_dir.resolve().name)
         if self.model_name is not None or name is None:
             return None
         return folder if re.fullmatch(rf"{re.escape(folder)}-\d+", name) else None
