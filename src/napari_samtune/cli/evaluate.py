@@ -91,7 +91,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--clicks", type=int, default=7, help="corrective clicks after the point (default: 7)"
     )
     parser.add_argument(
-        "--max-objects", type=int, default=None, help="evaluate at most this many per image"
+        "--max-objects",
+        type=int,
+        default=None,
+        help="prompt at most this many objects per image (automatic scores take all)",
     )
     auto = parser.add_argument_group(
         "automatic segmentation (defaults as in SAM, or for nano-sized models 24 points per "
