@@ -155,15 +155,19 @@ class AnnotateSavesMixin:
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt name)
         if event.type() == QEvent.Type.Close:  # the viewer's window
             self.flush_autosave()  # first: a save failing there joins the unsaved, asked of
+            discarded = []
             if self._not_autosaved and not closed_by_code(event, watched):  # a person: ask
                 folder = self.annotation_folder()
-                close, self._not_autosaved = settle_unsaved(self, self._not_autosaved, folder)
+                close, discarded = settle_unsaved(self, self._not_autosaved, folder)
                 if not close:
+                    self._not_autosaved = discarded  # (all, or those whose save failed)
                     event.ignore()
                     return True
             self.flush_autosave()
             self._save_automatic_so_far()
-            self._say_not_autosaved("napari closes")
+            if not discarded:  # Discard: kept unsaved, unsaid: napari's own question may
+                # keep the window open, and the next close asks again (they were lost)
+                self._say_not_autosaved("the window closes")
         return super().eventFilter(watched, event)
 
     def flush_autosave(self) -> None:
