@@ -77,7 +77,7 @@ class _Server:
     past the end), else every answer is a 200 with the whole file; ``stalls[path]`` bytes of
     an answer are sent, then nothing until the test ends (a server that stopped sending);
     ``silent`` paths get no answer at all until the test ends (a server that took the
-    connection, then hung)."""
+    connection, then hung), ``delays[path]`` seconds pass before a path's answer."""
 
     def __init__(self):
         self.files: dict[str, bytes] = {}
@@ -85,6 +85,7 @@ class _Server:
         self.cut_once: dict[str, int] = {}
         self.stalls: dict[str, int] = {}
         self.silent: set[str] = set()
+        self.delays: dict[str, float] = {}  # seconds before the answer to a path
         self.released = threading.Event()  # set as the test ends: stalled answers drop
         self.accepts_ranges = False
         self.requests: list[str] = []
@@ -99,6 +100,7 @@ class _Server:
                 if self.path in server.silent:
                     server.released.wait(120)
                     return
+                server.released.wait(server.delays.get(self.path, 0))
                 body = server.files.get(self.path)
                 if body is None:
                     self.send_error(404, "Not Found")

@@ -286,3 +286,34 @@ def test_a_server_that_never_answers_still_times_out(server, tmp_path):
     server.silent.add("/w.pt")
     with pytest.raises(DownloadError, match="timed out"):
         download_file(server.url("/w.pt"), tmp_path / "w.pt", SHA256, lambda *a: None, timeout=1)
+
+
+@pytest.mark.parametrize("when", ["before the answer", "as it comes"])
+def test_an_answer_after_a_stop_is_closed_and_the_kept_bytes_stay(server, tmp_path, when):
+    """The answer came after the wait was given up: closing it failed ('tuple' object has
+    no attribute 'close'), in its thread (napari showed the error) or, as the stop met the
+    answer, in place of the stop, which then deleted the bytes kept for the next download."""
+    import threading
+
+    server.files["/w.pt"] = PAYLOAD
+    server.delays["/w.pt"] = 0.6
+    dest = tmp_path / "w.pt"
+    partial_path(dest).write_bytes(PAYLOAD[:1000])
+    failures, hook = [], threading.excepthook
+    threading.excepthook = failures.append
+    started = time.monotonic()
+
+    def stop(done, total):
+        if when == "as it comes" and time.monotonic() - started > 0.3:
+            time.sleep(0.6)  # a slow callback (or Ctrl+C) while the answer arrives
+        if time.monotonic() - started > 0.3:
+            raise DownloadStopped("cancelled")
+
+    try:
+        with pytest.raises(DownloadStopped):
+            download_file(server.url("/w.pt"), dest, SHA256, stop, timeout=10)
+        time.sleep(1.0)  # the answer has come to the thread left waiting for it
+    finally:
+        threading.excepthook = hook
+    assert failures == []
+    assert partial_path(dest).read_bytes() == PAYLOAD[:1000]  # kept for the next one

@@ -16,14 +16,18 @@ WAIT_CHECK_SECONDS = 0.25  # how often a download waiting for data calls its pro
 Answer = TypeVar("Answer")
 
 
-def answered(request: Callable[[], Answer], waiting: Callable[[], None]) -> Answer:
+def answered(
+    request: Callable[[], Answer],
+    waiting: Callable[[], None],
+    discard: Callable[[Answer], None],
+) -> Answer:
     """``request()`` (connecting, sending the request, reading the server's answer) run on a
     thread of its own, calling ``waiting`` every :data:`WAIT_CHECK_SECONDS` until it returns:
     a server that took the connection but did not answer held a widget's Cancel (raised by
     ``waiting``) for the whole socket timeout, a minute, and failed the cancelled load as
     "offline". Where ``waiting`` raises (or Ctrl+C comes), the request is left to end on its
-    thread (its socket timeout at the latest) and an answer it gets then is closed. Its
-    errors are raised here as they were."""
+    thread (its socket timeout at the latest), and an answer it gets then is given to
+    ``discard`` (to close its connection). Its errors are raised here as they were."""
     arrived: queue.Queue = queue.Queue(maxsize=1)
     lock, given_up = threading.Lock(), []
 
@@ -34,7 +38,7 @@ def answered(request: Callable[[], Answer], waiting: Callable[[], None]) -> Answ
             answer = err
         with lock:
             if given_up and not isinstance(answer, BaseException):
-                answer.close()
+                discard(answer)
             elif not given_up:
                 arrived.put(answer)
 
@@ -54,7 +58,7 @@ def answered(request: Callable[[], Answer], waiting: Callable[[], None]) -> Answ
             given_up.append(True)
             late = None if arrived.empty() else arrived.get_nowait()
         if late is not None and not isinstance(late, BaseException):
-            late.close()
+            discard(late)
         raise
 
 

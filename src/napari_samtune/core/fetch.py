@@ -212,7 +212,9 @@ def _download_into(
         if progress is not None:
             _call_progress(progress, offset, None)
 
-    response, start = answered(lambda: _open_from(url, offset, timeout), waiting)
+    response, start = answered(
+        lambda: _open_from(url, offset, timeout), waiting, lambda opened: opened[0].close()
+    )
     with response:
         out.truncate(start)  # a restart empties the partial file; appending goes on from here
         hasher = new_hasher(parse_hash(file_hash)[0] if file_hash else "sha256")
