@@ -274,3 +274,33 @@ def test_a_folder_chosen_while_an_image_was_away_keeps_that_image_s_file_there(
     (beside,) = other.glob("cells0-*.labels.tif")
     assert 1 in load_annotations(beside)[0]  # cells0's first object, with the new edit
     assert any(beside.name in n for n in notifications)
+
+
+@pytest.mark.parametrize("image", ["cells0", "cells1"], ids=["an older save", "no save"])
+def test_a_panel_opened_again_on_edits_left_unsaved_saves_them(
+    two_images, qtbot, drain_jobs, tmp_path, image
+):
+    """The panel closed with edits made with autosave unticked (their layers stay); opened
+    again, it went on with the layer unsaid: nothing counted as unsaved, and closing napari
+    lost them; where an older save matched the layer's file state, they were never saved."""
+    from napari_samtune._qt.annotate import AnnotateWidget
+
+    viewer, widget = two_images
+    widget.ui.image_combo.setCurrentText(image)
+    drain_jobs(widget)
+    if image == "cells1":
+        widget.session.layers.preview.data[5:15, 45:60] = 1
+        assert widget.commit() == [1]
+    else:
+        _edit_without_autosave(widget, qtbot)
+    edited = widget.session.annotations.copy()
+    viewer.window.remove_dock_widget(widget)  # the panel's close button
+    reopened = AnnotateWidget(viewer)
+    reopened.ui.folder_edit.setText(str(tmp_path))
+    reopened.ui.image_combo.setCurrentText(image)
+    drain_jobs(reopened)
+    assert reopened.ui.autosave_check.isChecked()
+    saved = tifffile.imread(tmp_path / f"{image}.labels.tif")
+    np.testing.assert_array_equal(saved, edited)
+    record = json.loads((tmp_path / f"{image}.prompts.json").read_text(encoding="utf-8"))
+    assert len(record["objects"]) == (2 if image == "cells0" else 1)

@@ -300,6 +300,8 @@ class AnnotateWidget(
         self._attach_soon.stop()
         helpers = list(self.session.layers.layers) if self.session is not None else []
         self._detach()
+        for session in self._not_autosaved:  # a panel opened again goes on with them
+            session.left_unsaved()
         self._say_not_autosaved("the panel closed; their annotations layers stay in the viewer")
         self._say_restores_dropped()
         self._unwatch_retired()

@@ -18,7 +18,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog
 
 from napari_samtune._qt.annotate_jobs import SAVE_TASK
-from napari_samtune._qt.annotate_session import SAVED_FILE_KEY
+from napari_samtune._qt.annotate_session import SAVED_FILE_KEY, UNSAVED_KEY
 from napari_samtune._qt.dock_life import main_window_of
 from napari_samtune._qt.history_keys import bind_history_keys
 from napari_samtune._qt.layer_names import ANNOTATIONS, OWN_IMAGE_KEY, OWN_LAYER_KEY
@@ -151,6 +151,26 @@ class AnnotateFilesMixin:
             return
         if labels:
             self._say_newer_same_image_saves(folder, labels_path)
+
+    def _take_up_unsaved_edits(self) -> None:
+        """The annotations layer holds edits that a panel closed before had not saved
+        (autosave unticked): they count as unsaved here too, with their records, and
+        autosave (ticked) saves them. They were continued unsaid, and lost when napari
+        closed (no question), or when the layer matched an older save, never saved."""
+        session = self.session
+        layer = session.layers.annotations
+        records = layer.metadata.pop(UNSAVED_KEY, None)
+        if records is None:
+            return
+        session.records = list(records)
+        self._remember_not_autosaved(session)
+        if self.ui.autosave_check.isChecked():
+            self._autosave(session)
+            return
+        show_info(
+            f"{layer.name!r} holds edits not saved when the panel closed before: Save now, "
+            "or tick autosave, to keep them"
+        )
 
     def _say_same_image_saved(self, folder: Path, own: Path) -> None:
         """Nothing is saved under this image's name (``own``) in ``folder``: say where its

@@ -182,6 +182,7 @@ class AnnotateImageMixin:
             self._restore_autosave(
                 labels=self.session.layers.annotations_created or restore_pending(annotations)
             )
+            self._take_up_unsaved_edits()
         self._ensure_embedding()
 
     def _session_to_resume(self, layer, axes) -> AnnotationSession | None:

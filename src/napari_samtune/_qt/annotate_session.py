@@ -41,6 +41,8 @@ from napari_samtune.core.annotation_files import (
 from napari_samtune.core.label_files import image_fingerprint, namesake_name, saved_fingerprint
 
 SAVED_FILE_KEY = "samtune_saved_file"  # annotations layer metadata: [path, its state]
+# annotations layer metadata: the records of edits a closed panel left unsaved in the layer
+UNSAVED_KEY = "samtune_unsaved_records"
 SAVE_ATTEMPTS = 3  # a save that finds its file written meanwhile goes beside it: this often
 
 
@@ -276,6 +278,13 @@ class AnnotationSession:
         state = self.disk.state(labels_path)
         kept = None if state is None else [str(Path(labels_path)), list(state)]
         self.layers.annotations.metadata[SAVED_FILE_KEY] = kept
+
+    def left_unsaved(self) -> None:
+        """The panel closes with this session's edits not saved (autosave unticked): its
+        annotations layer, which stays, keeps their records, for a panel opened again on it
+        to count them as unsaved (it went on with them unsaid, and they were lost when
+        napari closed)."""
+        self.layers.annotations.metadata[UNSAVED_KEY] = list(self.records)
 
     def holds_saved(self, labels_path: Path) -> bool:
         """Whether the annotations layer, kept from before, holds what ``labels_path`` holds:
