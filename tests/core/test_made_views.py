@@ -149,3 +149,24 @@ def test_a_refinement_leaving_a_made_view_uses_its_mask_reprojected(sensitive_sa
     assert refined.tile < len(segmenter.grid.tiles)
     plain = segmenter.predict(**click, multimask=False)
     assert not np.array_equal(refined.low_res_logits, plain.low_res_logits)
+
+
+def test_more_boxes_in_no_tile_than_views_kept_are_answered_after_one_embedding(tiny_sam):
+    """12 boxes that fit in no tile: embedding their 12 views kept only the last 8, so the
+    next try asked for the first 4 again, and so on: the annotation panel, embedding what
+    each try asked for, went round without end."""
+    image = make_image((1000, 1000), seed=2)[0]
+    segmenter = segmenter_for(tiny_sam, image, use_disk_cache=False)
+    corners = [(x, y) for y in (100, 290, 480) for x in (100, 290, 480, 660)]  # across seams
+    boxes = np.array([[x, y, x + 180, y + 180] for x, y in corners], dtype=float)
+    assert all(segmenter.view_for(b.reshape(2, 2)) >= len(segmenter.grid.tiles) for b in boxes)
+    asked = []
+    while len(asked) < 3:  # as the annotation panel asks: embed what is needed, again
+        try:
+            with segmenter.no_encoder_passes():
+                segmenter.predict_boxes(boxes)
+            break
+        except EmbeddingNeeded as needed:
+            asked.append(len(needed.views))
+            segmenter.embed_views(needed.views)
+    assert asked == [12]

@@ -28,12 +28,19 @@ class EmbeddingNeeded(Exception):
 class MadeViews:
     """The views made for one image's prompts, by number (0, 1, ... in the order they were
     first asked for; kept while the image is), and the embeddings of the last
-    :data:`MADE_VIEWS_KEPT` used (the others are embedded again, or read from the disk
-    cache, when asked for)."""
+    :data:`MADE_VIEWS_KEPT` used, or more (:meth:`make_room`); the others are embedded
+    again, or read from the disk cache, when asked for."""
 
     def __init__(self) -> None:
         self.tiles: list[Tile] = []
         self._features: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self._room = MADE_VIEWS_KEPT  # embeddings kept
+
+    def make_room(self, n_views: int) -> None:
+        """Keep at least ``n_views`` embeddings: the views one request needs at once (more
+        than 8 boxes that fit in no tile), which were dropped in turn as the later ones
+        were embedded, and asked for again without end by the annotation panel."""
+        self._room = max(self._room, n_views)
 
     def number(self, tile: Tile) -> int:
         """``tile``'s number (a new one for a view not made before)."""
@@ -52,6 +59,6 @@ class MadeViews:
         return self._features[number]
 
     def keep(self, number: int, features: torch.Tensor) -> None:
-        if len(self._features) >= MADE_VIEWS_KEPT:
+        if len(self._features) >= self._room:
             self._features.popitem(last=False)  # the least recently used
         self._features[number] = features

@@ -347,6 +347,8 @@ class ViewPredictor(ViewDecodingMixin):
         """Embed views of the current image (those an :class:`EmbeddingNeeded` named; cached
         on disk), so that prompts inside :meth:`no_encoder_passes` can use them."""
         check_callback(progress, "progress", "progress(views_done, n_views)")
+        made = [tile for tile in views if tile not in self.grid.tiles]
+        self._made_views.make_room(len(made))  # all of them are needed at once
         for done, tile in enumerate(views):
             if progress is not None:
                 progress(done, len(views))
