@@ -25,7 +25,6 @@ import torch
 
 from napari_samtune.core.embeddings import ProgressCallback, Tile
 from napari_samtune.core.heap import keep_freed_memory
-from napari_samtune.core.made_views import MADE_VIEWS_KEPT
 from napari_samtune.core.mask_windows import LabelPainter, reproject_logits
 from napari_samtune.core.prompt_checks import (
     check_boxes,
@@ -57,27 +56,6 @@ def _check_multimask(multimask: object, allowed: str) -> None:
     """``TypeError`` for a multimask that is no bool: "no" would be read as True."""
     if not isinstance(multimask, (bool, np.bool_)):
         raise TypeError(f"multimask={multimask!r}; pass {allowed}")
-
-
-# Made views decoded again for the points of one batched call, at most: more than the
-# Segmenter keeps (MADE_VIEWS_KEPT) were evicted by those embedded after them, and the
-# widget, embedding what each try needed, went round without end; the others keep the mask
-# of their tile.
-RECENTRED_PER_CALL = MADE_VIEWS_KEPT // 2
-
-
-def _within_kept(wider: list, taken: set) -> list:
-    """``wider`` (a view per object, or None) with views past the first
-    :data:`RECENTRED_PER_CALL` of a call (those in ``taken`` and new ones) as None."""
-    taken = set(taken)
-    kept = []
-    for view in wider:
-        if view is not None and view not in taken and len(taken) >= RECENTRED_PER_CALL:
-            view = None
-        if view is not None:
-            taken.add(view)
-        kept.append(view)
-    return kept
 
 
 def _no_prompts(prompts: object, width: int) -> bool:
@@ -249,7 +227,6 @@ class Segmenter(ViewPredictor):
                     None if again_on_made_views else self.view_past_cut(view, points[i], low[j, 0])
                     for j, i in enumerate(ids)
                 ]
-                wider = _within_kept(wider, {v for _, v in again})
                 kept = np.flatnonzero([other is None for other in wider])
                 if len(kept):
                     painter.paint(self.upscale_windows(view, low[kept, 0]), ids[kept] + 1)
@@ -284,12 +261,12 @@ class Segmenter(ViewPredictor):
             prompt_xy = np.vstack([positive, near])
             labels = np.r_[np.ones(len(positive)), np.zeros(len(near))].astype(np.int64)
             corners = prompt_xy if box is None else np.vstack([prompt_xy, box.reshape(2, 2)])
+            view = self.view_for(corners)
+            self.require_embedded([view])
             points_in, labels_in = (prompt_xy[None], labels[None]) if len(labels) else (None, None)
             # a lone point is ambiguous: the best of three, as predict_points_batched (0.96
             # and 0.67 there, 0.41 and 0.23 as one mask, once a far negative chose this path)
             lone = box is None and len(labels) == 1
-            view = self.view_for(corners)
-            self.require_embedded([view])
             low, _ = self.decode(view, points_in, labels_in, box, multimask=lone, best_only=True)
             painter.paint(self.upscale_windows(view, low[:, 0]), [object_id])
         return painter.labels
