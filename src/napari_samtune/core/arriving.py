@@ -44,15 +44,7 @@ def answered(
 
     threading.Thread(target=run, name="samtune-download-request", daemon=True).start()
     try:
-        while True:
-            try:
-                answer = arrived.get(timeout=WAIT_CHECK_SECONDS)
-            except queue.Empty:
-                waiting()
-                continue
-            if isinstance(answer, BaseException):
-                raise answer
-            return answer
+        return _awaited(arrived, waiting)
     except BaseException:
         with lock:
             given_up.append(True)
@@ -86,19 +78,24 @@ def arriving(
     reader = threading.Thread(target=read, name="samtune-download", daemon=True)
     reader.start()
     try:
-        while True:
-            try:
-                item = arrived.get(timeout=WAIT_CHECK_SECONDS)
-            except queue.Empty:
-                waiting()
-                continue
-            if isinstance(item, BaseException):
-                raise item
-            if not item:
-                return
+        while item := _awaited(arrived, waiting):
             yield item
     finally:
         _end_reading(response, reader, arrived)
+
+
+def _awaited(arrived: queue.Queue, waiting: Callable[[], None]):
+    """The next item of ``arrived``, calling ``waiting`` every :data:`WAIT_CHECK_SECONDS`
+    until it comes; an exception put there (the other thread's) is raised here."""
+    while True:
+        try:
+            item = arrived.get(timeout=WAIT_CHECK_SECONDS)
+        except queue.Empty:
+            waiting()
+            continue
+        if isinstance(item, BaseException):
+            raise item
+        return item
 
 
 def _end_reading(
