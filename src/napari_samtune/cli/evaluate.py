@@ -389,11 +389,11 @@ def _report(results: dict, args: argparse.Namespace, measured: dict) -> None:
     print(format_table(results))
     if args.clicks:  # (without corrective clicks the curve is the table's point IoU alone)
         print(f"iterative prompting (IoU after 0..{args.clicks} clicks):")
-    for name, metrics in results.items() if args.clicks else ():
-        curve = [metrics["point_iou"]] + [
-            metrics[f"iou_after_{k}_clicks"] for k in range(1, args.clicks + 1)
-        ]
-        print(f"  {name}: " + " ".join(f"{v:.3f}" for v in curve))
+        for name, metrics in results.items():
+            curve = [metrics["point_iou"]] + [
+                metrics[f"iou_after_{k}_clicks"] for k in range(1, args.clicks + 1)
+            ]
+            print(f"  {name}: " + " ".join(f"{v:.3f}" for v in curve))
     print(f"wrote {files.csv_path}, {files.png_path} and {files.settings_path}")
 
 

@@ -150,15 +150,11 @@ def _tifffile_log():
         logger.propagate = propagate
 
 
-MAX_FLOAT_LABEL = 1 << 24  # float32 holds every whole number up to here exactly
-MAX_UINT32 = (1 << 32) - 1
-
-
 def max_float_label(dtype: np.dtype) -> int:
     """The largest id float labels of ``dtype`` hold exactly, as uint32 takes them: 2^24
     for float32 (float64 labels were held to it too, refused above it as if inexact), 2048
     for float16, 2^32 - 1 for float64."""
-    return min(1 << (np.finfo(dtype).nmant + 1), MAX_UINT32)
+    return min(1 << (np.finfo(dtype).nmant + 1), int(np.iinfo(np.uint32).max))
 
 
 def read_label_tiff(path: Path) -> np.ndarray:

@@ -319,9 +319,9 @@ class TrainerFilesMixin:
         """The run folder's name where no name was asked for and the model was registered
         under a free variant of it (``my_run-2``): another model has it, which ``--model
         my_run`` then loads, so the person is told."""
-        folder = model_stem(self.out_dir.resolve().name)
         if self.model_name is not None or name is None:
             return None
+        folder = model_stem(self.out_dir.resolve().name)
         return folder if re.fullmatch(rf"{re.escape(folder)}-\d+", name) else None
 
     def _export(self, source: Path) -> tuple[Path, str, str]:
