@@ -33,12 +33,15 @@ class _TrickleServer:
         self.payload, self.delay = payload, SLOW_S
         self.ranges: list[str | None] = []
         self.dropped = threading.Event()
+        self.answering = threading.Event()  # cleared: a request is taken and not answered
+        self.answering.set()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 header = self.headers.get("Range")
                 server.ranges.append(header)
+                server.answering.wait(WAIT_MS / 1000)
                 match = re.fullmatch(r"bytes=(\d+)-", header or "")
                 start = int(match[1]) if match else 0
                 self.send_response(206 if match else 200)
@@ -81,6 +84,7 @@ def served_model(monkeypatch, tiny_checkpoint):
     monkeypatch.setattr(fetch, "CHUNK_SIZE", PIECE)  # progress after every piece
     yield server, registry.models_cache_dir() / "tiny_pub.pt"
     server.delay = 0  # a download left running (a failed test) ends at once
+    server.answering.set()
     server.httpd.shutdown()
     server.httpd.server_close()
 
@@ -149,6 +153,24 @@ def test_annotate_cancel_stops_the_download_and_the_next_load_resumes(
     drain_jobs(widget)
     assert server.ranges[-1] == f"bytes={kept}-"
     assert widget.model_name == "tiny_pub" and cached.read_bytes() == server.payload
+
+
+def test_a_cancel_before_any_byte_arrived_promises_no_resume(
+    qtbot, viewer_widget, served_model, drain_jobs
+):
+    """The label said "Load model resumes the download" after every cancelled load, also
+    where nothing had arrived and nothing was kept."""
+    server, cached = served_model
+    server.answering.clear()
+    _, widget = viewer_widget
+    widget.refresh_models()
+    widget.select_model("tiny_pub")
+    widget.load_model()
+    qtbot.waitUntil(lambda: len(server.ranges) == 1, timeout=WAIT_MS)
+    widget.ui.cancel_load_button.click()
+    drain_jobs(widget)
+    assert _kept_bytes(cached) == 0 and widget.model_name == "tiny"
+    assert widget.ui.model_label.text().endswith("(tiny_pub: cancelled)")
 
 
 def _stopped_keeping_a_part(qtbot, served_model, ended) -> None:

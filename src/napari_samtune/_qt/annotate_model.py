@@ -13,6 +13,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_samtune._qt import annotate_jobs as jobs
 from napari_samtune._qt.annotate_jobs import LOAD_TASK
+from napari_samtune.core.fetch import DownloadStopped
 from napari_samtune.core.models import LoadedModel
 from napari_samtune.core.predict import Segmenter
 from napari_samtune.core.user_model_rename import renamed_to
@@ -133,10 +134,13 @@ class AnnotateModelMixin:
             picker.remember(source)  # chosen first in the next napari session
             self._check_loaded_weights()  # registered anew while it loaded
 
-        def failed(_exc) -> None:
+        def failed(exc) -> None:
             answered.append(True)
             _show_notes(notes)
-            stopped = f" ({source}: cancelled; Load model resumes the download)"
+            resumes = isinstance(exc, DownloadStopped) and exc.kept_bytes > 0
+            stopped = (
+                f" ({source}: cancelled{'; Load model resumes the download' if resumes else ''})"
+            )
             self.ui.model_label.setText(self._model_text() + (stopped if stop.is_set() else ""))
 
         def ended() -> None:

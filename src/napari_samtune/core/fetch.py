@@ -62,7 +62,9 @@ class DownloadError(OSError):
 class DownloadStopped(Exception):
     """Raised by a progress callback to stop a download and keep what arrived for the next
     download to resume (where the published hash is known); :func:`fetch` raises it on
-    with its message saying what was kept and where."""
+    with its message saying what was kept and where, and ``kept_bytes`` how many."""
+
+    kept_bytes = 0  # received and kept in the partial file for the next download
 
 
 class _ProgressCallbackFailed(Exception):
@@ -323,6 +325,7 @@ def _download_errors(url: str, dest: Path, part: Path, keep: bool) -> Iterator[N
             part.unlink(missing_ok=True)
             raise error from None
         _say_what_was_kept(error, url, _keep_or_drop(part, keep))
+        error.kept_bytes = part.stat().st_size if part.is_file() else 0
         raise error from None
     except _NotPlaced as failed:
         part.unlink(missing_ok=True)
