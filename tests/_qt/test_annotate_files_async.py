@@ -327,3 +327,30 @@ def test_labels_of_one_axis_more_of_length_one_load(
     drain_jobs(widget)
     np.testing.assert_array_equal(widget.session.annotations, labels)
     assert widget.load_annotations(path) == np.count_nonzero(np.unique(labels))  # at once too
+
+
+def test_another_image_s_annotations_load_with_a_warning_naming_it(
+    viewer_widget, tmp_path, nuclei_image, drain_jobs, notifications
+):
+    """An autosave of another image of the same shape (a namesake's, picked in the file
+    dialog by mistake) loaded unsaid, though its record names that image and its pixels."""
+    from napari_samtune.core.annotation_files import save_annotations
+    from napari_samtune.core.label_files import image_fingerprint
+
+    _viewer, widget = viewer_widget
+    widget.ui.folder_edit.setText(str(tmp_path / "annotations"))
+    labels = nuclei_image[1]
+    other = {"image_fingerprint": image_fingerprint(nuclei_image[0][::-1]), "objects": []}
+    theirs, _ = save_annotations(tmp_path / "elsewhere", "cells_07", labels, other)
+    assert widget.start_loading_annotations(theirs) is not None
+    drain_jobs(widget)
+    np.testing.assert_array_equal(widget.session.annotations, labels)  # loaded, as asked
+    said = [n for n in notifications if f"from {theirs}" in n]
+    assert len(said) == 1 and said[0].severity == "warning"
+    assert "saved for image 'cells_07' (other pixels), not for 'nuclei'" in said[0]
+    own = {"image_fingerprint": widget.session.fingerprint, "objects": []}
+    mine, _ = save_annotations(tmp_path / "elsewhere", "nuclei", labels[::-1], own)
+    notifications.clear()
+    assert widget.load_annotations(mine) is not None  # its own: no warning
+    said = [n for n in notifications if f"from {mine}" in n]
+    assert len(said) == 1 and said[0].severity == "info" and "record" not in said[0]

@@ -89,6 +89,31 @@ def loaded_note(path, n_objects: int, was_mask: bool) -> str:
     )
 
 
+def other_image(record: dict, fingerprint: str) -> str | None:
+    """Which other image a loaded file's record says its annotations were saved for
+    (another image's autosave, e.g. a namesake's, loaded by mistake), or None: the record
+    names this image's pixels, or no image (a label TIFF of another program)."""
+    saved_for = record.get("image_fingerprint")
+    if not saved_for or saved_for == fingerprint:
+        return None
+    name = record.get("image")
+    return f"image {name!r} (other pixels)" if name else "an image with other pixels"
+
+
+def say_loaded(session, path, record: dict, n_objects: int, was_mask: bool) -> None:
+    """Say what Load annotations… did: a warning where the file was a foreground mask or
+    another image's annotations (loaded as asked, said: an autosave of another image of the
+    same shape went in unsaid, though its record names that image)."""
+    note = loaded_note(path, n_objects, was_mask)
+    other = other_image(record, session.fingerprint)
+    if other is not None:
+        note += (
+            f". Its record says they were saved for {other}, not for "
+            f"{session.image_layer.name!r}: if that was not meant, U undoes the load"
+        )
+    (show_warning if was_mask or other else show_info)(note)
+
+
 def read_to_replace(
     path: str | Path, annotations: np.ndarray
 ) -> tuple[np.ndarray, dict, int, bool, UndoEntry | None]:
@@ -145,7 +170,7 @@ class AnnotateFileJobsMixin:
         except (OSError, ValueError) as err:
             show_error(f"loading annotations failed: {user_message(err)}")
             return None
-        (show_warning if was_mask else show_info)(loaded_note(path, n_objects, was_mask))
+        say_loaded(self.session, path, record, n_objects, was_mask)
         self._autosave()  # else the image's autosave, restored next time, is what they replaced
         return n_objects
 
@@ -254,5 +279,5 @@ class AnnotateFileJobsMixin:
         except ValueError as err:
             show_error(f"loading annotations failed: {user_message(err)}")
             return
-        (show_warning if was_mask else show_info)(loaded_note(path, n_objects, was_mask))
+        say_loaded(session, path, record, n_objects, was_mask)
         self._autosave()  # else the image's autosave, restored next time, is what they replaced
