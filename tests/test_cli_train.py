@@ -1320,7 +1320,7 @@ def test_the_preset_memory_warning_measures_the_gpu_trained_on(monkeypatch):
     from types import SimpleNamespace
 
     from napari_samtune.core import presets
-    from napari_samtune.core.presets import preset_memory_short
+    from napari_samtune.core.preset_memory import preset_memory_short
 
     gpus = {None: 80.0, 0: 80.0, 1: 16.0}
     monkeypatch.setattr(

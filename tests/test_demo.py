@@ -105,12 +105,12 @@ def test_a_preset_of_more_memory_than_the_machine_has_is_said_to_be(tmp_path, mo
     that ``samtune train`` and the README give."""
     from dataclasses import replace
 
-    from napari_samtune.core import presets, train
+    from napari_samtune.core import preset_memory, train
     from napari_samtune.core.demo import DemoConfig, run_demo
     from napari_samtune.core.machine import MachineResources
 
     small = MachineResources(gpu_memory_gb=None, ram_gb=16.0, n_cores=2, gpu_name=None)
-    monkeypatch.setattr(presets, "machine_for", lambda device: small)
+    monkeypatch.setattr(preset_memory, "machine_for", lambda device: small)
 
     def not_trained_here(*args, **kwargs):
         raise RuntimeError("the test stops before training")

@@ -308,7 +308,8 @@ def test_auto_detection_sizes_the_preset_for_the_device_trained_on(monkeypatch):
 
 def test_a_preset_for_more_memory_than_the_machine_has_is_said():
     from napari_samtune.core import presets
-    from napari_samtune.core.presets import MachineResources, get_preset, memory_short
+    from napari_samtune.core.preset_memory import memory_short
+    from napari_samtune.core.presets import MachineResources, get_preset
 
     machine = MachineResources(8.0, 23.5, 2, "GTX 1080")
     assert memory_short(get_preset("cpu-16gb"), machine, "cpu") == ""
@@ -339,14 +340,14 @@ def test_a_preset_for_more_memory_than_the_machine_has_is_said():
 def test_the_device_trained_on_is_read_alike_however_it_is_written(monkeypatch):
     """machine_for, memory_short and gpu_index each read the device their own way: " cuda:1"
     had its GPU measured, then its preset compared with the RAM."""
-    from napari_samtune.core import presets
+    from napari_samtune.core import preset_memory, presets
 
     found = presets.MachineResources(gpu_memory_gb=8.0, ram_gb=64.0, n_cores=8, gpu_name="g")
     big = presets.get_preset("a100")
     for device in ("cuda:1", " cuda:1", "CUDA:1"):
         assert presets.gpu_index(device) == 1
-        assert "GB GPU memory" in presets.memory_short(big, found, device)
-    assert "GB RAM" in presets.memory_short(big, replace(found, ram_gb=4.0), " CPU")
+        assert "GB GPU memory" in preset_memory.memory_short(big, found, device)
+    assert "GB RAM" in preset_memory.memory_short(big, replace(found, ram_gb=4.0), " CPU")
 
 
 def test_a_detected_preset_without_a_setting_for_the_model_takes_a_smaller_one_s(monkeypatch):
@@ -378,13 +379,8 @@ def test_the_memory_check_of_a_preset_shares_the_ram_among_torchrun_s_processes(
     each process), and a100 on the CPU was sent to cpu-16gb, which detection there does not
     pick (cpu-8gb: it shares the RAM among the processes)."""
     from napari_samtune.core import presets
-    from napari_samtune.core.presets import (
-        MachineResources,
-        TrainConfig,
-        get_preset,
-        memory_short,
-        preset_memory_short,
-    )
+    from napari_samtune.core.preset_memory import memory_short, preset_memory_short
+    from napari_samtune.core.presets import MachineResources, TrainConfig, get_preset
 
     machine = MachineResources(None, 23.6, 2, None)
     assert memory_short(get_preset("cpu-16gb"), machine, "cpu") == ""
@@ -407,7 +403,8 @@ def test_the_memory_check_of_a_preset_shares_the_ram_among_torchrun_s_processes(
 def test_the_smallest_preset_is_not_named_instead_of_itself(processes):
     """cpu-8gb on 6 GB for each process was warned about, "cpu-8gb is the preset detected
     for its RAM": the advice named the preset it warned about."""
-    from napari_samtune.core.presets import MachineResources, get_preset, memory_short
+    from napari_samtune.core.preset_memory import memory_short
+    from napari_samtune.core.presets import MachineResources, get_preset
 
     machine = MachineResources(None, 6.0 * processes, 2, None)
     short = memory_short(get_preset("cpu-8gb"), machine, "cpu", n_processes=processes)

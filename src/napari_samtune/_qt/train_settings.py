@@ -44,6 +44,7 @@ from napari_samtune._qt.workers import TaskRunner, user_message
 from napari_samtune.core.architectures import SamArchitecture
 from napari_samtune.core.config_checks import MODEL_PARTS
 from napari_samtune.core.model_lookup import get_model_spec
+from napari_samtune.core.preset_memory import memory_short
 from napari_samtune.core.presets import (
     PRESETS,
     MachineResources,
@@ -54,7 +55,6 @@ from napari_samtune.core.presets import (
     for_model,
     get_preset,
     measure_machine,
-    memory_short,
 )
 from napari_samtune.core.user_settings import (
     FINETUNE_MODEL,

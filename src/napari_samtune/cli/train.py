@@ -172,7 +172,7 @@ def _run(args: argparse.Namespace) -> int:
     if verbose:
         print(origin)
         if args.preset and args.preset.strip().lower() != "auto":  # auto: it fits
-            from napari_samtune.core.presets import preset_memory_short
+            from napari_samtune.core.preset_memory import preset_memory_short
 
             short = preset_memory_short(config)
             if short:

@@ -308,7 +308,7 @@ def run_demo(
     log(f"evaluating {config.model!r} on the held-out images ...")
     before = _evaluate(base, test_pairs, config, train_config.device)
     log(f"preset: {reason}")
-    from napari_samtune.core.presets import preset_memory_short
+    from napari_samtune.core.preset_memory import preset_memory_short
 
     short = preset_memory_short(train_config)  # a preset of more memory than here has
     if short:

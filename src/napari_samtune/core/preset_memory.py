@@ -1,0 +1,88 @@
+"""Whether a resource preset fits the memory of the machine and device trained on, and
+what to choose instead where it does not: the warnings of ``samtune train``, the demo and
+the Finetune panel. Presets themselves are in :mod:`napari_samtune.core.presets`."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from napari_samtune.core.architectures import SamArchitecture, as_architecture
+from napari_samtune.core.machine import MachineResources
+from napari_samtune.core.presets import (
+    MEMORY_TOLERANCE,
+    ResourcePreset,
+    approx_encoder_params,
+    detect_on,
+    device_kind,
+    fits_encoder_size,
+    for_model,
+    get_preset,
+    machine_for,
+    processes_on_this_machine,
+)
+
+
+def memory_short(
+    preset: ResourcePreset,
+    found: MachineResources,
+    device: str,
+    arch: SamArchitecture | None = None,
+    n_processes: int = 1,
+) -> str:
+    """Where ``preset`` is for more memory than this machine ``found`` has on ``device``
+    (the device trained on: its GPU's memory, else the RAM, shared by its ``n_processes``
+    training processes), a sentence saying so, with the preset to choose instead for model
+    ``arch`` (any model: None); "" where it fits, or where that memory is unknown (no GPU:
+    another check says so)."""
+    on_gpu = device_kind(device) == "cuda"
+    have = found.gpu_memory_gb if on_gpu else found.ram_gb
+    if have is None:
+        return ""
+    what = "GPU memory" if on_gpu else "RAM"
+    has = f"this machine has {have:.1f} GB {what}"
+    if not on_gpu and n_processes > 1:  # (each process has a GPU of its own)
+        have = have / n_processes
+        has += f" for {n_processes} training processes ({have:.1f} GB each)"
+        found = replace(found, ram_gb=have)
+    if preset.memory_gb * MEMORY_TOLERANCE <= have:
+        return ""
+    short = f"preset {preset.key} is for {preset.memory_gb:g} GB and {has}"
+    short += ": training may run out of memory"
+    return f"{short}; {_instead(preset, found, on_gpu, have, arch, n_processes)}"
+
+
+def _instead(
+    preset: ResourcePreset, found: MachineResources, on_gpu: bool, have: float, arch, n: int
+) -> str:
+    """The preset detected for the device trained on and the model ('samtune presets' named
+    the machine's: on a GPU machine training on the CPU, the GPU preset warned about), or
+    what to do where that is ``preset`` itself (the smallest of its kind; ``n`` training
+    processes share the RAM)."""
+    fits = detect_on(found if on_gpu else replace(found, gpu_memory_gb=None, note=""))[0]
+    if on_gpu and fits.device != "cuda":
+        return f"no GPU preset fits its {have:.1f} GB: train on the CPU (device cpu)"
+    if arch is not None:
+        fits = for_model(fits, arch)[0]
+        if not fits_encoder_size(fits, approx_encoder_params(arch)):
+            return f"no preset measured for {arch.name} fits it: choose a smaller model"
+    if fits.key == preset.key:  # it was named as what to choose instead of itself
+        fewer = ", start fewer training processes on it" if not on_gpu and n > 1 else ""
+        return (
+            f"{preset.key} is the smallest preset for it: free memory (close other "
+            f"programs){fewer}, or train a smaller model or fewer objects per patch"
+        )
+    return f"{fits.key} is the preset detected for {'its GPU' if on_gpu else 'its RAM'}"
+
+
+def preset_memory_short(config) -> str:
+    """:func:`memory_short` of a run's preset (a :class:`TrainConfig`'s) on the device it
+    trains on: "" where it fits, as the one detected here always does."""
+    from napari_samtune.core.model_source import architecture_of
+
+    preset = get_preset(config.preset)
+    device = preset.device if device_kind(config.device) == "auto" else config.device
+    found, processes = machine_for(device), processes_on_this_machine()
+    if not memory_short(preset, found, device, n_processes=processes):  # fits: the model (a
+        return ""  # file, say) is not read
+    arch = as_architecture(architecture_of(config.model))
+    return memory_short(preset, found, device, arch, processes)
