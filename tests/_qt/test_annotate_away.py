@@ -304,3 +304,24 @@ def test_a_panel_opened_again_on_edits_left_unsaved_saves_them(
     np.testing.assert_array_equal(saved, edited)
     record = json.loads((tmp_path / f"{image}.prompts.json").read_text(encoding="utf-8"))
     assert len(record["objects"]) == (2 if image == "cells0" else 1)
+
+
+def test_a_stroke_then_another_image_in_the_same_turn_is_saved_to_the_painted_image(
+    two_images, qtbot, drain_jobs, tmp_path
+):
+    """A stroke's autosave ran once the event loop turned, on the image chosen by then:
+    with another image picked in the same turn (a script), the stroke was never saved and
+    an empty annotations file was written for the other image."""
+    viewer, widget = two_images
+    widget.ui.autosave_check.setChecked(True)
+    drain_jobs(widget)
+    layer = widget.session.layers.annotations
+    layer.brush_size = 5
+    layer.paint((50, 10), 9)
+    widget.ui.image_combo.setCurrentText("cells1")
+    qtbot.wait(10)
+    drain_jobs(widget)
+    saved = tifffile.imread(tmp_path / "cells0.labels.tif")
+    np.testing.assert_array_equal(saved, viewer.layers["cells0 annotations"].data)
+    assert (saved == 9).any()
+    assert not (tmp_path / "cells1.labels.tif").exists()

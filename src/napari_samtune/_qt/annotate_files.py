@@ -349,9 +349,12 @@ class AnnotateFilesMixin:
     def _on_painted(self, event=None) -> None:
         """A brush, fill or eraser stroke on the annotations (a person correcting them) is
         autosaved like a commit: once control is back in the event loop, as napari reports
-        the stroke before it writes it into the data."""
+        the stroke before it writes it into the data. The painted image's session is
+        saved: by then another image may be chosen (in the same turn, by a script), and
+        the stroke went unsaved while an empty file was written for that one."""
         self._strokes += 1  # see AnnotateFileJobsMixin._edit_state
-        QTimer.singleShot(0, self._autosave)
+        session = self.session
+        QTimer.singleShot(0, lambda: None if self._shut_down else self._autosave(session))
 
     def _bind_history_keys(self, annotations) -> None:
         """napari's Ctrl+Z and Ctrl+Shift+Z on the annotations layer, autosaved like a
