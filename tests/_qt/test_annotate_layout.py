@@ -258,7 +258,7 @@ def test_an_image_picked_again_sets_nothing_on_its_layers_where_they_are(
     first.translate = (5, 7)
     widget.ui.image_combo.setCurrentText("a")
     drain_jobs(widget)
-    assert {name for _, name in changes} == {"affine"}
+    assert {name for _, name in changes} == {"translate"}  # only scaled and moved: as it is
     _assert_on_the_image(widget, first, (40, 20))
 
 
@@ -400,3 +400,28 @@ def test_channels_on_the_first_axis_is_chosen_per_image(make_napari_viewer, drai
     drain_jobs(widget)
     assert check.isChecked() and widget.session.annotations.shape == (64, 64)
     assert widget.ui.channel_combo.isEnabled()
+
+
+def test_a_stack_moved_by_half_a_plane_is_annotated_on_the_plane_it_shows(
+    make_napari_viewer, drain_jobs, tiny_sam
+):
+    """A second channel offset by half a plane (0.35 at 0.7 per plane): each slider stop
+    falls half-way between its planes. The panel's layers, placed by a matrix measured
+    from the image, showed the plane after the image's, and clicks were segmented there."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((6, 64, 64), np.uint8), name="ch1", scale=(0.7, 1, 1))
+    data = np.stack([np.full((64, 64), 10 * plane, np.uint8) for plane in range(6)])
+    data[:, 20:30, 20:30] = 255  # (no plane blank)
+    image = viewer.add_image(data, name="ch2", scale=(0.7, 1, 1), translate=(0.35, 0, 0))
+    widget = _dock(viewer, drain_jobs, tiny_sam)
+    widget.ui.image_combo.setCurrentText("ch2")
+    drain_jobs(widget)
+    annotations = widget.session.layers.annotations
+    annotations.data[...] = np.arange(1, 7, dtype=np.uint32)[:, None, None]  # plane z: z + 1
+    for step in range(int(viewer.dims.nsteps[0])):
+        viewer.dims.set_current_step(0, step)
+        plane = round(float(image._data_slice.point[0]))  # the plane napari shows
+        if not 0 <= plane < 6:
+            continue
+        assert widget.current_plane == plane, step
+        assert round(float(annotations._data_slice.point[0])) == plane, step

@@ -48,12 +48,15 @@ def sliced_point(layer, world_point) -> np.ndarray:
     ``world_point`` (``viewer.dims.point``): the data coordinates on its other axes, e.g.
     ``[plane]``. napari slices with the world -> data transform restricted to those axes, and
     draws the rows and columns without what a shear or rotation adds across them; the
-    whole transform (``world_to_data``) names another plane where the stack is sheared."""
-    inverse = np.linalg.inv(_data_to_world_matrix(layer))
+    whole transform names another plane where the stack is sheared. With the rows and
+    columns set to 0 the whole transform gives the restricted one's numbers exactly: a plane
+    measured from a matrix of our own was 1.5 where napari's was 1.4999999999999998 (a
+    stack moved by half a plane), and the panel acted on the plane after the one shown."""
     ndim, sliced = layer.ndim, layer.ndim - 2
     point = np.asarray(world_point, dtype=float)[-ndim:]
-    point = np.concatenate([np.zeros(ndim - len(point)), point])[:sliced]
-    return inverse[:sliced, :sliced] @ point + inverse[:sliced, -1]
+    point = np.concatenate([np.zeros(ndim - len(point)), point])
+    point[sliced:] = 0.0
+    return np.asarray(layer.world_to_data(point), dtype=float)[:sliced]
 
 
 def plane_view_affine(affine: np.ndarray) -> np.ndarray:
@@ -100,24 +103,51 @@ def spatial_units(image_layer, ndim: int) -> tuple | None:
     return None if units is None else tuple(units)[-ndim:]
 
 
-def place_layer(layer, ndim: int, affine: np.ndarray, units: tuple | None = None) -> None:
+def plain_placement(image_layer, ndim: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The scale and translation of the image's last ``ndim`` (spatial) axes where it is
+    only scaled and moved (no rotation, shear or affine), else None. Its layers placed by
+    the same numbers slice as it does: placed by a matrix measured from it, they showed
+    the plane after the image's where a stack was moved by half a plane (0.35 at 0.7 per
+    plane: napari's 1.4999999999999998 against 1.5)."""
+    full = image_layer.ndim
+    plain = (
+        np.array_equal(image_layer.rotate, np.eye(full))
+        and not np.any(image_layer.shear)
+        and np.array_equal(image_layer.affine.affine_matrix, np.eye(full + 1))
+    )
+    if not plain:
+        return None
+    scale = np.asarray(image_layer.scale, dtype=float)[-ndim:]
+    return scale, np.asarray(image_layer.translate, dtype=float)[-ndim:]
+
+
+def place_layer(
+    layer,
+    ndim: int,
+    affine: np.ndarray,
+    units: tuple | None = None,
+    plain: tuple[np.ndarray, np.ndarray] | None = None,
+) -> None:
     """Give ``layer`` the ``(ndim + 1, ndim + 1)`` ``affine`` and a plain scale, translation,
-    rotation and shear, setting only what differs: each change redraws the layer (for a
-    4096 x 4096 labels layer 30-50 ms), and picking an image again used to set all five on
+    rotation and shear, or (``plain``, see :func:`plain_placement`) that scale and
+    translation and no affine, setting only what differs: each change redraws the layer (for
+    a 4096 x 4096 labels layer 30-50 ms), and picking an image again used to set all five on
     each of its four layers (0.7 s with the viewer frozen). ``units`` (the image's, e.g.
     micrometres): else napari warns that the layers' units are inconsistent and ignores
     them all."""
     if units is not None and tuple(layer.units) != units:
         layer.units = units
-    plain = {
-        "scale": np.ones(ndim),
-        "translate": np.zeros(ndim),
+    scale, translate = plain if plain is not None else (np.ones(ndim), np.zeros(ndim))
+    wanted = {
+        "scale": scale,
+        "translate": translate,
         "rotate": np.eye(ndim),
         "shear": np.zeros(ndim * (ndim - 1) // 2),
     }
-    for name, value in plain.items():
+    for name, value in wanted.items():
         if not np.array_equal(getattr(layer, name), value):
             setattr(layer, name, value)
+    affine = np.eye(ndim + 1) if plain is not None else affine
     if not np.array_equal(layer.affine.affine_matrix, affine):
         layer.affine = affine
 

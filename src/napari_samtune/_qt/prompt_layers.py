@@ -48,6 +48,7 @@ from napari_samtune._qt.layer_names import (
 )
 from napari_samtune._qt.layer_placement import (
     place_layer,
+    plain_placement,
     plane_view_affine,
     same_colormap,
     sheared_across_planes,
@@ -162,8 +163,9 @@ class PromptLayers:
         it (a stack sheared across its planes: the pixel napari's 2D view shows, see
         :func:`plane_view_affine`, and ``sheared`` says so)."""
         affine, units = self._placement_of(image_layer)
+        plain = plain_placement(image_layer, self.ndim)
         for layer in self.layers:
-            place_layer(layer, self.ndim, affine, units)
+            place_layer(layer, self.ndim, affine, units, plain)
 
     def _placement_of(self, image_layer) -> tuple[np.ndarray, tuple | None]:
         """The affine and units of the four layers of ``image_layer``; sets ``sheared``."""
