@@ -55,6 +55,11 @@ def read_tiff_with_axes(path: Path) -> tuple[np.ndarray, str]:
         raise ValueError(several_series_problem(path, shapes))
     if pixels is None or not pixels.size:  # a damaged file may read as no pixels at all
         why = "; ".join(logged) or "it holds no pixels"
+        if "requires the 'imagecodecs' package" in why:  # a sound file: not "damaged"
+            raise ValueError(
+                f"cannot read {str(path)!r}: its compression needs the package imagecodecs "
+                f"({why}); install it (pip install imagecodecs) or save the file uncompressed"
+            )
         raise ValueError(
             f"cannot read {str(path)!r} as a TIFF image ({why}); it may be truncated, damaged "
             "or still being written: save it again, or move it out of the folder"
