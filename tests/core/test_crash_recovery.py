@@ -303,3 +303,32 @@ def test_a_run_taking_its_folder_keeps_an_export_s_model_being_written(tmp_path)
     with training_lock(run):
         pass
     assert writing.exists() and not killed.exists() and not checkpoint.exists()
+
+
+def test_a_file_deleted_by_another_process_during_a_write_is_not_called_a_device(tmp_path):
+    """``samtune cache --clear`` deleting an embedding while it was saved again: between an
+    exists and an isfile check the file was gone, and the save failed with "is not a file
+    but a device, pipe or socket" (a ValueError, past the cache's warning-only OSError)."""
+    import threading
+
+    from napari_samtune.core.checkpoints import atomic_write
+
+    path = tmp_path / "embedding.pt"
+    stop, errors = threading.Event(), []
+
+    def delete() -> None:
+        while not stop.is_set():
+            path.unlink(missing_ok=True)
+
+    deleter = threading.Thread(target=delete)
+    deleter.start()
+    try:
+        for _ in range(3000):
+            try:
+                atomic_write(path, lambda tmp: tmp.write_bytes(b"x"))
+            except ValueError as err:
+                errors.append(err)
+    finally:
+        stop.set()
+        deleter.join()
+    assert errors == []

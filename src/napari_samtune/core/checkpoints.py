@@ -15,6 +15,7 @@ import os
 import pickle
 import re
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -43,6 +44,18 @@ def check_format_version(checkpoint: dict, path: str | os.PathLike) -> None:
         )
 
 
+def _is_special_file(path: Path) -> bool:
+    """Whether ``path`` is a device, pipe or socket: one ``stat``, so a file deleted by
+    another process meanwhile (``samtune cache --clear``) is missing, not "a device" (as
+    it was between an exists and an isfile check). False where it cannot be looked at (a
+    folder above that cannot be entered: the worded error of the write says so)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` and atomically move the result to ``path``.
 
@@ -53,9 +66,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     one that names ``path``, not the temporary file, and says what to do.
     """
     path = Path(path)
-    # (os.path's, which say False where a folder above cannot be entered: Path.exists
-    # raised PermissionError there, before the worded error below; a folder: replace fails)
-    if os.path.exists(path) and not (os.path.isfile(path) or os.path.isdir(path)):
+    if _is_special_file(path):
         raise ValueError(  # the rename put a file in place of /dev/null, run as root
             f"{path} is not a file but a device, pipe or socket, which writing there would "
             "replace; give a file name of its own"
