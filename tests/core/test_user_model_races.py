@@ -112,3 +112,29 @@ def test_a_registration_waits_for_another_process_s(two_weights):
     registration.join(30)
     assert not registration.is_alive()
     assert _registered_from("cells") == str(two_weights[0].resolve())
+
+
+def test_a_model_registered_anew_while_it_is_listed_is_not_called_broken(two_weights, monkeypatch):
+    """A listing read a model's description, then its re-registration (a continued run)
+    wrote the new one and deleted the old weights: the model was listed as broken, with
+    "unregister it with: samtune models --remove"."""
+    from napari_samtune.core import user_models
+
+    first, second = two_weights
+    register_user_model(first, "hot", TINY)
+    sidecar = user_models_dir() / "hot.json"
+    old_text = sidecar.read_text()
+    real_read_text, reads = type(sidecar).read_text, []
+
+    def read_text(path, *args, **kwargs):
+        if path == sidecar and not reads:  # read just before the registration below
+            reads.append(path)
+            register_user_model(second, "hot", TINY, overwrite=True)
+            return old_text
+        return real_read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(type(sidecar), "read_text", read_text)
+    specs, broken = user_models.scan_user_models()
+    assert reads and broken == []
+    assert [spec.name for spec in specs] == ["hot"]
+    assert specs[0].local_path().is_file()

@@ -53,7 +53,11 @@ class ModelNameTaken(ValueError):
     """A user model of that name exists, and replacing it was not asked for."""
 
 
-def _spec_from_sidecar(path: Path) -> ModelSpec:
+def _spec_from_sidecar(path: Path, again: bool = True) -> ModelSpec:
+    """The model a sidecar describes; ``ValueError`` etc. where it is broken. A model
+    registered anew meanwhile (a continued run) writes its new description, then deletes
+    the weights the old one named: a description read just before that is read ``again``
+    (listings called such a model broken, "unregister it with samtune models --remove")."""
     data = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
         raise ValueError(f"not a napari-samtune user model description (format {SIDECAR_FORMAT!r})")
@@ -75,6 +79,8 @@ def _spec_from_sidecar(path: Path) -> ModelSpec:
     if spec.name in builtin_names():  # given to a built-in model since it was registered
         raise ValueError(f"{spec.name!r} is now the name of a built-in model, which takes it")
     if not spec.local_path().is_file():
+        if again:
+            return _spec_from_sidecar(path, again=False)
         raise ValueError(f"its weights file {spec.local_path()} is missing")
     return spec
 
