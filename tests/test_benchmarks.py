@@ -112,7 +112,7 @@ def test_embedding_benchmark_alternates_children_and_keeps_the_best(monkeypatch,
             return {"seconds": next(stock_s)}
         seconds = next(fast_s)
         return {"seconds": seconds, "encoder_seconds": seconds, "fp32_seconds": 2 * seconds,
-                "min_iou": seconds / 5,
+                "min_iou": seconds / 5, "flops": 3e9,
                 "prompt_ms": seconds, "precision": "bfloat16"}  # fmt: skip
 
     peaks = iter(
@@ -127,7 +127,9 @@ def test_embedding_benchmark_alternates_children_and_keeps_the_best(monkeypatch,
     monkeypatch.setattr(bench_embedding, "measure_peaks", fake_peaks)
     stock, fast, ratios, best_peaks = bench_embedding.collect(["vit_t"], 2, torch.device("cpu"))
     printed = capsys.readouterr().out
-    assert "vit_t: stock 10 s, fast 4 s (bfloat16; in fp32 8 s), stock/fast 2.50" in printed
+    assert (
+        "vit_t: stock 10 s, fast 4 s (bfloat16, 3 GFLOPs; in fp32 8 s), stock/fast 2.50" in printed
+    )
     # alternating: drift slows both alike; a peak reading per round
     assert calls == ["peaks", "stock", "fast", "peaks", "stock", "fast"]
     assert best_peaks == {torch.bfloat16: 0.02, torch.float32: 0.1}  # the best of each
@@ -135,6 +137,18 @@ def test_embedding_benchmark_alternates_children_and_keeps_the_best(monkeypatch,
     assert fast["vit_t"]["seconds"] == 4.0
     assert fast["vit_t"]["prompt_ms"] == 4.0 and fast["vit_t"]["min_iou"] == 0.8  # over all runs
     assert ratios["vit_t"] == [2.5, 1.6]  # each adjacent pair
+
+
+def test_a_fast_path_below_the_limit_is_not_called_met(capsys):
+    """A --quick run on a busy machine read a low peak and called 0.63 x the limit "met"."""
+    import bench_embedding
+
+    fast = {"seconds": 1.0, "min_iou": 0.99, "prompt_ms": 10.0}
+    bench_embedding.print_targets("vit_b", 2e12, 5.0, fast, 1.0)  # limit 2 s
+    below = capsys.readouterr().out
+    assert "fast / limit = 0.5 (target <= 1.6): NOT judged" in below and ": met" in below
+    bench_embedding.print_targets("vit_b", 0.8e12, 5.0, fast, 1.0)  # limit 0.8 s
+    assert "fast / limit = 1.25 (target <= 1.6): met" in capsys.readouterr().out
 
 
 def test_the_fast_embedding_time_holds_what_a_first_prompt_would_pay(monkeypatch):
@@ -154,6 +168,7 @@ def test_the_fast_embedding_time_holds_what_a_first_prompt_would_pay(monkeypatch
     measured = bench_embedding.measure_fast("tiny", image, boxes, 2, torch.device("cpu"))
     assert len(prepared) == 3  # the warm-up and both timed calls
     assert measured["seconds"] > 0 and measured["encoder_seconds"] > 0
+    assert measured["flops"] > 0  # counted on the modules this process timed
     assert 0.98 <= measured["min_iou"] <= 1.0  # fp32 here: the fast modules match stock SAM
 
 
