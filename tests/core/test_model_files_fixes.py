@@ -210,6 +210,19 @@ def test_a_run_killed_after_registering_says_so_and_continues_its_own_model(
     assert [spec.name for spec in list_user_models()] == ["mine"]
 
 
+def test_a_run_registered_before_its_summary_failed_is_not_called_unregistered(
+    tmp_path, short_tiny_config
+):
+    """summary.json could not be written (a full disk) after the model was registered:
+    ``samtune train`` said "not registered" and advised registering a copy (run-2)."""
+    from napari_samtune.cli.train_report import aborted_note
+
+    run = _run_killed_before_its_summary(tmp_path, short_tiny_config)
+    note = aborted_note(run)
+    assert "exported to" in note and "registered as 'mine'" in note
+    assert "--register" not in note and "not registered" not in note
+
+
 def test_a_run_exported_but_not_registered_offers_a_command_that_works(tmp_path, short_tiny_config):
     from napari_samtune.cli import main
     from napari_samtune.cli.train_report import aborted_note

@@ -32,6 +32,33 @@ def memory_advice(err: BaseException, resumed: bool = False) -> str:
     )
 
 
+def _registered_after_export(out: Path) -> str | None:
+    """The user model registered from ``out``'s model.pth since that file was written (of
+    several registered from that path over time, the one described after it): a run whose
+    summary.json could not be written (a full disk) was called "not registered", and the
+    command advised registered a copy."""
+    import json
+
+    from napari_samtune.core.registry import user_models_dir
+    from napari_samtune.core.train_export import RunFiles
+
+    model = RunFiles(out).model.resolve()
+    try:
+        exported = model.stat().st_mtime
+        sidecars = sorted(user_models_dir().glob("*.json"))
+    except OSError:
+        return None
+    names = []
+    for sidecar in sidecars:
+        try:
+            data = json.loads(sidecar.read_text(encoding="utf-8"))
+            if Path(data["registered_from"]) == model and sidecar.stat().st_mtime >= exported:
+                names.append(str(data["name"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return names[0] if len(names) == 1 else None
+
+
 def aborted_note(
     out: Path,
     resumed: str | None = None,
@@ -59,6 +86,13 @@ def aborted_note(
         source = shell_path(files.best if files.best.is_file() else files.last)
         name = unique_model_name(out.name)  # as training names it, or the next free name
         model = shell_path(files.model)
+        registered = _registered_after_export(out) if files.model.is_file() else None
+        if registered is not None:  # what failed came after (its summary.json: a full disk)
+            return (
+                f"its training is done, its model exported to {model} and registered as "
+                f"{registered!r} (samtune models lists it): nothing is left to redo; only its "
+                f"files after that failed (its checkpoints: {saved})"
+            )
         if files.model.is_file():  # exported: its registration failed (a full models folder)
             return (
                 f"its training is done and its model exported to {model}, but not registered:"
