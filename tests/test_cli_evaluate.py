@@ -537,3 +537,28 @@ def test_the_help_says_the_defaults_of_clicks_and_the_automatic_settings(capsys)
     shown = " ".join(capsys.readouterr().out.split())
     assert "corrective clicks after the point (default: 7)" in shown
     assert "defaults as in SAM, or for nano-sized models 24 points per side" in shown
+
+
+def test_the_scores_are_printed_when_their_files_cannot_be_written(
+    tmp_path, annotated_folder, capsys, monkeypatch
+):
+    """A full disk under --out failed the comparison files, and the table of a whole run's
+    scores was never printed."""
+    import errno
+
+    from napari_samtune.core import evaluate
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(evaluate, "compare_models", full_disk)
+    images, labels = annotated_folder
+    model = _save_tiny(tmp_path / "first.pth", 0)
+    code = cli.main([
+        "evaluate", "--images", str(images), "--labels", str(labels), "--model", str(model),
+        "--out", str(tmp_path / "eval"), "--clicks", "1", "--max-objects", "2",
+        "--points-per-side", "4",
+    ])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code != 0 and "space" in captured.err
+    assert "| first |" in captured.out and "IoU after 0..1 clicks" in captured.out

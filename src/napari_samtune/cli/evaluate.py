@@ -385,7 +385,7 @@ def _report(results: dict, args: argparse.Namespace, measured: dict) -> None:
     from napari_samtune.core.evaluate import compare_models
 
     settings = evaluation_settings(args, measured, list(results))
-    files = compare_models(results, args.out, "evaluation", settings=settings)  # or -2, ...
+    # printed first: a full disk failed the files, and the scores of the whole run were lost
     print(format_table(results))
     if args.clicks:  # (without corrective clicks the curve is the table's point IoU alone)
         print(f"iterative prompting (IoU after 0..{args.clicks} clicks):")
@@ -394,6 +394,8 @@ def _report(results: dict, args: argparse.Namespace, measured: dict) -> None:
                 metrics[f"iou_after_{k}_clicks"] for k in range(1, args.clicks + 1)
             ]
             print(f"  {name}: " + " ".join(f"{v:.3f}" for v in curve))
+    sys.stdout.flush()
+    files = compare_models(results, args.out, "evaluation", settings=settings)  # or -2, ...
     print(f"wrote {files.csv_path}, {files.png_path} and {files.settings_path}")
 
 
