@@ -135,3 +135,30 @@ def test_the_detected_preset_takes_a_smaller_one_s_setting_for_the_demo_s_model(
     monkeypatch.setattr(presets, "measure_machine", lambda gpu_index=None: machine)
     config, reason = finetune_config(replace(DemoConfig(), model="random:vit_b"))
     assert config.preset == "cpu-8gb" and "cpu-16gb, detected here, has no setting" in reason
+
+
+def test_a_full_disk_at_the_comparison_still_says_the_scores_and_the_model(tmp_path, monkeypatch):
+    """The comparison files could not be written (a full disk): the demo ended with the
+    write error alone, its before/after scores and its registered model unsaid."""
+    import errno
+    import threading
+
+    from napari_samtune.core import comparison
+    from napari_samtune.core.demo import DemoConfig, run_demo
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(comparison, "compare_models", full_disk)
+    stop, said = threading.Event(), []
+
+    def log(line: str) -> None:
+        said.append(line)
+        if line.strip().startswith("epoch 1/"):
+            stop.set()  # the model of one epoch is enough here
+
+    with pytest.raises(OSError):
+        run_demo(DemoConfig().quick(), tmp_path / "demo", log=log, stop_event=stop)
+    table = [line for line in said if "before and after finetuning" in line]
+    assert table and "| nano finetuned |" in table[0]
+    assert any(line.startswith("finetuned model: ") for line in said)

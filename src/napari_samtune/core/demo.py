@@ -323,7 +323,14 @@ def run_demo(
     log("evaluating the finetuned model on the held-out images ...")
     after = _evaluate(tuned, test_pairs, config, train_config.device)
     names = (config.model, f"{config.model} finetuned")
-    files = compare_models({names[0]: before, names[1]: after}, out_dir, comparison)
+    try:
+        files = compare_models({names[0]: before, names[1]: after}, out_dir, comparison)
+    except OSError:  # a full disk: the scores and the model were not said, as if lost
+        scores = format_table({names[0]: before, names[1]: after})
+        log(f"held-out images, before and after finetuning:\n{scores}")
+        model = finished.exported_model_path
+        log(f"finetuned model: {model} (load_model({finished.registered_name!r}))")
+        raise
     return DemoResult(
         before=before, after=after, train_config=asdict(train_config), preset_reason=reason,
         finetune_seconds=finetune_seconds, total_seconds=time.perf_counter() - start,
