@@ -75,6 +75,8 @@ def test_a_full_models_folder_on_its_own_disk_names_samtune_models_dir(monkeypat
         "disk with more room"
     )
     assert space_problem({out: 9 * 2**30, models: 2 * 2**20}, fixes) is None
+    close = space_problem({out: 5 * 2**30, models: 3 * 2**20 + 1000}, fixes)
+    assert f"has {3 * 2**20:,} bytes free" in close and f"about {3 * 2**20 + 1000:,} bytes" in close
 
 
 def test_an_unreadable_free_space_refuses_nothing(monkeypatch, tmp_path):
@@ -114,3 +116,19 @@ def test_a_lora_runs_whole_checkpoints_count_their_base_weights_twice(
     train(short_tiny_config(lora_rank=4), data[0], data[1], out_dir=tmp_path / "run")
     written = _written_at_the_fullest(tmp_path / "run", models)
     assert 0.95 * written <= needs[0] <= 1.05 * written
+
+
+def test_a_resumed_run_needs_room_for_a_last_checkpoint_as_large_as_its_own(
+    tmp_path, data, short_tiny_config
+):
+    """The room of the next last.pt was its tensors' count less what the files there take:
+    below the size of the last.pt on disk (its pickled config and history), so a resumed run
+    found to fit by that much trained an epoch, then failed writing its checkpoint."""
+    from napari_samtune.core.disk_space import run_needs
+    from napari_samtune.core.models import load_model
+
+    run = tmp_path / "run"
+    train(short_tiny_config(epochs=1), data[0], data[1], out_dir=run)
+    sam = load_model(str(run / "model.pth")).sam
+    needed = run_needs(sam, False, run, tmp_path / "models")[run]
+    assert needed >= (run / "checkpoints" / "last.pt").stat().st_size

@@ -23,6 +23,8 @@ ADAM_MOMENTS = 2
 # what torch.save adds per tensor (its zip entry, aligned to 64 bytes, and its key): a
 # tenth of a small model's file
 FILE_BYTES_PER_TENSOR = 256
+# a checkpoint's next version, against the one on disk (its history grows by an epoch)
+NEXT_CHECKPOINT_GROWTH = 1.01
 
 
 def tensor_bytes(tensors: Iterable) -> int:
@@ -46,8 +48,17 @@ def run_needs(
     weights = trained if trainable_only else model + bases  # a checkpoint's model state
     moments = ADAM_MOMENTS * trained  # last.pt's optimizer state
     checkpoints = out_dir / "checkpoints"
-    there = [checkpoints / "best.pt", checkpoints / "last.pt", out_dir / "model.pth"]
-    written = max(0, weights + 2 * (weights + moments) + model - sum(_size(f) for f in there))
+    best, last, exported = (
+        _size(f) for f in (checkpoints / "best.pt", checkpoints / "last.pt", out_dir / "model.pth")
+    )
+    # the next last.pt of a resumed run: as large as the one there, which says its size
+    # better than its tensors do (its pickled config and history: nano's 0.4 % more, and a
+    # run estimated to fit by that much failed writing it), and a little more (its history)
+    next_last = max(weights + moments, int(last * NEXT_CHECKPOINT_GROWTH))
+    written = (
+        max(0, weights - best) + max(0, weights + moments - last) + next_last
+        + max(0, model - exported)
+    )  # fmt: skip
     if Path(out_dir).absolute() == Path(models_dir).absolute():  # one folder: both there
         return {out_dir: written + model}
     return {out_dir: written, models_dir: model}
@@ -77,9 +88,12 @@ def space_problem(needs: dict[Path, int], fixes: dict[Path, str]) -> str | None:
         if need > free:
             where = " and ".join(str(f) for f in folders)
             other = " or ".join(fixes[f] for f in folders)
+            has, needs = _gb(free), _gb(need)
+            if has == needs:  # "has 21 MB free, and this run needs about 21 MB"
+                has, needs = f"{free:,} bytes", f"{need:,} bytes"
             return (
-                f"the disk holding {where} has {_gb(free)} free, and this run needs about "
-                f"{_gb(need)} there for its checkpoints and model; free space on it, or "
+                f"the disk holding {where} has {has} free, and this run needs about "
+                f"{needs} there for its checkpoints and model; free space on it, or "
                 f"{other} on a disk with more room"
             )
     return None
