@@ -193,3 +193,20 @@ def test_a_folder_of_files_naming_another_channel_axis_is_warned_about_once(tmp_
     assert len(said) == 1
     assert "a.tif (and 2 more files): channel axis -1 is used as given" in said[0]
     assert len(pairs) == 3
+
+
+def test_a_stack_whose_file_calls_its_planes_channels_trains_as_a_stack(tmp_path):
+    """``tifffile.imwrite(path, stack, imagej=True)`` names the first axis of any 3D array
+    C: with labels of a plane for each, it was refused ("no channels to choose from; give
+    no --channel-axis"), though nobody had given one."""
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir(), labels.mkdir()
+    planes = [make_image((64, 64), seed=seed) for seed in range(3)]
+    stack = np.stack([image for image, _ in planes])
+    tifffile.imwrite(images / "s.tif", stack, imagej=True)
+    tifffile.imwrite(labels / "s.tif", np.stack([label for _, label in planes]))
+    assert read_tiff_with_axes(images / "s.tif")[1] == "CYX"
+    with pytest.warns(UserWarning, match="names its first axis C .* read as a stack of planes"):
+        pairs = load_pairs(images, labels)
+    assert len(pairs) == 3 and all(pair.image.shape == (64, 64) for pair in pairs)
+    np.testing.assert_array_equal(pairs[1].image, stack[1])

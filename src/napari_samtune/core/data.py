@@ -44,6 +44,7 @@ from napari_samtune.core.tiff_files import (
     channel_axis_named,
     given_axis_note,
     named_otherwise,
+    planes_named_channels_note,
     read_label_tiff,
     read_tiff_with_axes,
 )
@@ -193,6 +194,7 @@ def read_match(
             "read the files with load_pairs(images, labels)"
         )
     groups, contradicted = [], []  # files whose metadata name another channel axis
+    planes_named_channels: list[str] = []  # stacks whose files call their planes channels
     chosen, passed_over = set(), {}  # namesakes' label files taken, and those another took
     for image_path, labels_path in match.pairs:
         image, axes = read_tiff_with_axes(image_path)
@@ -205,6 +207,9 @@ def read_match(
         name = f"{image_path.name} / {labels_path.name}"
         labels = read_label_tiff(labels_path)
         axis = channel_axis if channel_axis is not None else channel_axis_named(axes, image.ndim)
+        if channel_axis is None and axis is not None and _gray_stack(image, labels):
+            axis = None  # labels of a plane per "channel": the planes of a stack
+            planes_named_channels.append(image_path.name)
         named = named_otherwise(axes, image.ndim, channel_axis)
         contradicted += [] if named is None else [(str(image_path), named, axes)]
         _check_planes_named(image, labels, axes, axis, name)
@@ -217,6 +222,8 @@ def read_match(
         namesakes_left += [p.name for p in passed_over if p not in chosen]
     if contradicted:  # one warning for a folder of them
         warnings.warn(given_axis_note(channel_axis, contradicted), UserWarning, stacklevel=2)
+    if planes_named_channels:
+        warnings.warn(planes_named_channels_note(planes_named_channels), UserWarning, stacklevel=2)
     return gray_as_is(pairs) if any(p.image.ndim > 2 for p in pairs) else pairs
 
 

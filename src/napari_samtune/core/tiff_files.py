@@ -128,6 +128,20 @@ def named_otherwise(axes: str, ndim: int, given: int | None) -> int | None:
     return named if given % ndim != named else None
 
 
+def planes_named_channels_note(names: list[str]) -> str:
+    """What is said of stacks whose files name their first axis C (channels) while their
+    labels have a plane for each: read as stacks of planes. tifffile's ``imwrite(...,
+    imagej=True)`` names the first axis of any 3D array so; such stacks were refused, with
+    advice about a channel axis nobody had given."""
+    files = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (
+        f"{files}: the file names its first axis C (channels), but its labels have a plane "
+        "for each: read as a stack of planes (tifffile.imwrite(..., imagej=True) calls the "
+        "planes of any 3D array channels; save with metadata={'axes': 'ZYX'} to name them "
+        "planes)"
+    )
+
+
 def given_axis_note(given: int, files: list[tuple[str, int, str]]) -> str:
     """The warning for ``files`` ((name, axis named, axes) each) whose metadata name another
     channel axis than ``given``, one line for a folder of them."""
