@@ -157,3 +157,21 @@ def test_train_issues_the_run_s_notes_and_the_pairs_left_out_as_warnings(tmp_pat
     again = dataclasses.replace(config, epochs=2)
     with pytest.warns(UserWarning, match=r"validation images changed .*chosen anew"):
         train(again, train_pairs, _pairs(1, ["renamed.tif"]), out_dir=out, resume_from=out)
+
+
+def test_a_held_out_image_drawn_from_those_trained_on_is_said_to_flatter(tmp_path, config):
+    """Resumed without the image it held out, the run held out one it had trained on: the
+    note said only that the validation images changed, and the best epoch was then chosen
+    by how well the model fit its own training data."""
+    pairs = _pairs(0, ["a.tif", "b.tif", "c.tif"])
+    out = tmp_path / "run"
+    train(config, pairs, None, out_dir=out)
+    held_out = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["data_summary"]
+    (gone,) = held_out["val_images"]
+    left = [pair for pair in pairs if pair.name != gone]
+    notes, _ = _resume(config, out, 2, left, None)
+    changed = [note for note in notes if "validation images changed" in note]
+    assert changed and "trained in its earlier epochs, so its scores flatter" in changed[0], notes
+    kept = [pair for pair in pairs if pair.name != gone] + [p for p in pairs if p.name == gone]
+    notes, _ = _resume(config, out, 3, kept, None)  # the same images again: nothing said
+    assert not any("flatter" in note for note in notes), notes

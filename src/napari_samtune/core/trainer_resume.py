@@ -101,7 +101,7 @@ class TrainerResumeMixin:
         if summary.get("val_held_out") is False:  # given apart before: none to hold out again
             self.validation_changed = (
                 f"validated on {before}, and now on {now}, held out of the training images"
-            )
+            ) + _trained_on(now, trained)
             return
         fraction = checkpoint.get("config", {}).get("val_fraction")
         if isinstance(fraction, float) and fraction != val_fraction:
@@ -111,7 +111,7 @@ class TrainerResumeMixin:
                 self.validation_changed = (
                     f"held out {before} at val_fraction={fraction}, and now {now} at "
                     f"val_fraction={val_fraction}"
-                )
+                ) + _trained_on(now, trained)
             return
         if split_one and now and self._hold_out_the_same_part(before, fraction):
             return
@@ -128,7 +128,7 @@ class TrainerResumeMixin:
                     "stack is held out whole"
                 )
             return
-        self.validation_changed = f"held out {before}, and now {now}"
+        self.validation_changed = f"held out {before}, and now {now}" + _trained_on(now, trained)
 
     def _hold_out_the_same_part(self, before: list[str], fraction: float | None) -> bool:
         """A run that held out part of its only image, resumed with more images: that part
@@ -273,3 +273,16 @@ def steps_per_epoch(n_samples: int, world_size: int, config: TrainConfig) -> int
     """Optimizer steps of each of ``world_size`` processes in an epoch (see :func:`ddp.shard`)."""
     n_local = math.ceil(n_samples / world_size)
     return math.ceil(math.ceil(n_local / config.batch_size) / config.grad_accumulation)
+
+
+def _trained_on(now: list[str], trained) -> str:
+    """The clause saying which of the images held out ``now`` the run ``trained`` on before
+    (a held-out image removed since: another one was drawn, its scores flattering the model
+    it had trained, unsaid), or ""."""
+    seen = [name for name in now if name in set(trained)]
+    if not seen:
+        return ""
+    return (
+        f"; {seen} trained in its earlier epochs, so its scores flatter the model: give the "
+        "images it held out back, or start a new run on these"
+    )
