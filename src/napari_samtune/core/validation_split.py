@@ -45,9 +45,10 @@ class EmptyPartError(ValueError):
     out for having no object (the message called it the only image of two given)."""
 
     def __init__(self, image: str, where: str, part: str, left_out: Sequence[str] = ()) -> None:
+        kept = "held out for validation" if part == "validation" else "kept for training"
         super().__init__(
             f"{image!r} is the only image{others_without_objects(left_out)}, so its {where} "
-            f"were held out for {part}, but that part has no objects; pass validation data, "
+            f"were {kept}, but that part has no objects; pass validation data, "
             "annotate objects there, or set val_fraction=0"
         )
         self.image, self.where, self.part = image, where, part
