@@ -839,10 +839,33 @@ def test_labels_saved_while_the_image_was_segmented_are_kept(
     monkeypatch.setattr(segment_command, "segment_planes", saved_meanwhile)
     assert segment(tiny_checkpoint, image_file[0], out, *AUTO) == 1
     err = capsys.readouterr().err
-    assert f"not written: {out} was saved meanwhile (by the annotation widget?) and is kept" in err
+    assert (
+        f"not written: {out} was saved meanwhile (by the annotation widget or another run?)" in err
+    )
     np.testing.assert_array_equal(tifffile.imread(out), corrected)
     assert segment(tiny_checkpoint, image_file[0], out, *AUTO, "--overwrite") == 0
     assert not np.array_equal(tifffile.imread(out), corrected)
+
+
+def test_the_same_labels_written_meanwhile_by_another_run_count_as_done(
+    tmp_path, tiny_checkpoint, image_file, monkeypatch, capsys
+):
+    """Two `samtune segment --auto` runs of one folder at once: each found the other's file
+    written meanwhile, called every image failed ("by the annotation widget?") and exited 1,
+    though the files held what it had made."""
+    from napari_samtune.cli import segment as segment_command
+
+    out = tmp_path / "image.labels.tif"
+    real = segment_command.segment_planes
+
+    def the_other_run_writes_the_same(*args, **kwargs):
+        labels, rest = real(*args, **kwargs)
+        tifffile.imwrite(out, labels)
+        return labels, rest
+
+    monkeypatch.setattr(segment_command, "segment_planes", the_other_run_writes_the_same)
+    assert segment(tiny_checkpoint, image_file[0], out, *AUTO) == 0
+    assert "not written" not in capsys.readouterr().err
 
 
 def test_labels_named_beside_the_widget_s_keep_their_record(

@@ -15,7 +15,7 @@ def test_the_panel_says_it_in_its_own_terms():
 
 
 def test_the_part_kept_for_training_is_not_called_held_out():
-    """"rows 0..114 were held out for training": they were kept for it."""
+    """ "rows 0..114 were held out for training": they were kept for it."""
     error = str(EmptyPartError("a.tif", "rows 0..114", "training"))
     assert "rows 0..114 were kept for training, but that part has no objects" in error
     assert "held out for training" not in error

@@ -221,8 +221,20 @@ def _write_labels(
             path, image.stem, labels, record, None if overwrite else unchanged_since(None)
         )
     except ChangedMeanwhile:
-        return None
+        # the same labels, written by another samtune segment run on this image: done (both
+        # runs of a folder in parallel failed every image, "saved by the annotation widget?")
+        return (len(ids), len(planes)) if _holds(path, labels) else None
     return len(ids), len(planes)
+
+
+def _holds(path: Path, labels: np.ndarray) -> bool:
+    """Whether the labels file ``path`` holds ``labels`` (read as training reads it)."""
+    from napari_samtune.core.tiff_files import read_label_tiff
+
+    try:
+        return bool(np.array_equal(read_label_tiff(path), labels))
+    except (OSError, ValueError):
+        return False
 
 
 def _made_by(args: argparse.Namespace, model_name: str, config, weights_id: str) -> dict:
@@ -309,7 +321,8 @@ def _run(args: argparse.Namespace) -> int:
 
 # an image's labels written by someone else (the annotation widget) while it was segmented
 _APPEARED = (
-    "{} was saved meanwhile (by the annotation widget?) and is kept; --overwrite replaces it"
+    "{} was saved meanwhile (by the annotation widget or another run?) with other labels, and "
+    "is kept; --overwrite replaces it"
 )
 
 
