@@ -138,3 +138,20 @@ def test_a_model_registered_anew_while_it_is_listed_is_not_called_broken(two_wei
     assert reads and broken == []
     assert [spec.name for spec in specs] == ["hot"]
     assert specs[0].local_path().is_file()
+
+
+def test_a_removal_waits_for_a_registration_that_writes(two_weights):
+    """Removal did not take the registration lock: beside a registration of the same name
+    it said "no user model named 'hot'; the user models are ['hot']"."""
+    from napari_samtune.core import user_models
+    from napari_samtune.core.user_model_removal import remove_user_model
+
+    register_user_model(two_weights[0], "hot", TINY)
+    removed = []
+    with user_models._registration_locked():  # another registration is writing
+        remover = threading.Thread(target=lambda: removed.append(remove_user_model("hot")))
+        remover.start()
+        time.sleep(0.3)
+        assert remover.is_alive() and not removed  # waits for it
+    remover.join(10)
+    assert removed and not (user_models_dir() / "hot.json").exists()

@@ -14,6 +14,7 @@ from napari_samtune.core.user_model_weights import (
     weights_in_use,
 )
 from napari_samtune.core.user_models import (
+    _registration_locked,
     is_other_json,
     list_user_models,
 )
@@ -30,6 +31,11 @@ def remove_user_model(name: str) -> list[Path]:
     (:func:`weights_kept_on_removal` says which files stay).
     """
     validate_model_name(name)
+    with _registration_locked():  # a registration meanwhile: "no user model named 'a'; the
+        return _remove(name)  # user models are ['a']"
+
+
+def _remove(name: str) -> list[Path]:
     sidecar = user_models_dir() / f"{name}.json"
     if sidecar.is_file() and is_other_json(sidecar):
         raise ValueError(
