@@ -491,3 +491,11 @@ def test_embedding_all_planes_moves_the_bar_within_each_plane(tiny_sam, tmp_path
     tiles = [(r.done, r.total) for r in reports]
     assert tiles == [(plane * 4 + tile, 12) for plane in range(3) for tile in range(1, 5)]
     assert reports[5].message.endswith(": tile 2/4") and "plane 1" in reports[5].message
+
+
+def test_a_line_of_pixels_is_refused_with_what_a_plane_needs():
+    """A (1, 64) image was refused as having "no 2D planes to segment", nothing more."""
+    from napari_samtune._qt.image_planes import describe_image
+
+    with pytest.raises(ValueError, match="at least 2 rows and 2 columns"):
+        describe_image((1, 64))

@@ -127,7 +127,8 @@ def describe_image(
             f"save a 2D image); open it without that axis, of shape {squeezed!r} (in napari's "
             "console: viewer.add_image(data.squeeze()))"
             if ones and len(squeezed) >= 2 and min(squeezed[-2:]) >= 2
-            else ""
+            else ": its planes need at least 2 rows and 2 columns (a line of pixels holds no "
+            "object to outline); pick an image layer of a 2D image or a stack"
         )
         raise ValueError(f"image of shape {shape!r} has no 2D planes to segment{hint}")
     return axes

@@ -74,6 +74,10 @@ def _no_prompts(prompts: object, width: int) -> bool:
 class Segmenter(ViewPredictor):
     """Segment one image at a time from point and box prompts.
 
+    It holds one current image (as ``SamPredictor`` does): threads that segment different
+    images at once need a Segmenter each (they may share the model); one shared Segmenter
+    answers a thread's prompts on whichever image another thread set last.
+
     Args:
         model: a ``segment_anything.modeling.Sam`` (moved to ``device``, set to eval).
             Its weights must not change while this Segmenter is used.
