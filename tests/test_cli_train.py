@@ -1391,7 +1391,8 @@ def test_a_new_run_out_of_memory_after_its_first_checkpoint_is_advised_as_a_resu
         cli.main([*argv, "--no-progress"])
     err = capsys.readouterr().err
     assert "continue it with: samtune train --resume" in err
-    assert "out of memory: resume with fewer --n-objects or a smaller --batch-size" in err
+    assert "out of memory: resume with fewer --n-objects, or start a new run" in err
+    assert "--batch-size" not in err  # it is 1 already
     assert "choose a --preset" not in err
 
 
@@ -1435,3 +1436,26 @@ def test_lora_on_a_preset_that_freezes_the_encoder_is_advised_without_a_circle(
     assert cli.main(alpha) == 2
     said = capsys.readouterr().err
     assert "or leave --lora-alpha out (it then equals --lora-rank)" in said and "None" not in said
+
+
+def test_the_memory_advice_names_only_what_the_run_can_still_lower():
+    """On cpu-8gb's setting the advice named a smaller preset, fewer --n-objects, a smaller
+    --batch-size and --freeze image_encoder: none of them possible. Windows' CPU allocator
+    says "not enough memory", which got no advice at all."""
+    from dataclasses import replace
+
+    from napari_samtune.cli.train_report import memory_advice
+    from napari_samtune.core.preset_memory import NOTHING_SMALLER
+    from napari_samtune.core.presets import TrainConfig
+
+    windows = RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 8 bytes.")
+    smallest = replace(TrainConfig(), preset="cpu-8gb", n_objects_per_batch=1, batch_size=1,
+                       freeze=("image_encoder",))  # fmt: skip
+    assert memory_advice(windows, config=smallest) == f"out of memory: {NOTHING_SMALLER}"
+    assert memory_advice(windows, resumed=True, config=smallest).endswith(NOTHING_SMALLER)
+    more = replace(smallest, preset="cpu-16gb", n_objects_per_batch=4, freeze=())
+    assert memory_advice(windows, config=more) == (
+        "out of memory: choose a --preset for less memory (samtune presets), fewer "
+        "--n-objects or --freeze image_encoder"
+    )
+    assert memory_advice(RuntimeError("shape mismatch"), config=more) == ""

@@ -215,15 +215,37 @@ def test_the_memory_advice_of_a_run_to_continue_names_what_continue_can_change(
 ):
     """Continue… keeps the preset, objects per batch and what trains: advising those for a
     run with a checkpoint (continued, or stopped after its first epoch) left no way on."""
-    from napari_samtune._qt.train_progress import CONTINUE_MEMORY_ADVICE, TRAIN_MEMORY_ADVICE
+    from napari_samtune._qt.train_progress import CONTINUE_MEMORY_ADVICE
 
     widget = TrainWidget(make_napari_viewer(), machine=SMALL_CPU)
-    assert widget.memory_advice() == TRAIN_MEMORY_ADVICE and "patch" not in TRAIN_MEMORY_ADVICE
+    advice = widget.memory_advice()
+    assert advice == (
+        "choose a preset for less memory, or in Advanced settings fewer objects per batch or a "
+        "frozen image encoder"
+    )
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "last.pt").write_bytes(b"")
     widget.run_folder = tmp_path / "run"
     assert widget.memory_advice() == CONTINUE_MEMORY_ADVICE
     assert "device with more memory" in CONTINUE_MEMORY_ADVICE
+
+
+def test_the_memory_advice_names_only_what_the_run_can_still_lower(make_napari_viewer):
+    """On cpu-8gb's setting (1 object, the encoder frozen, the smallest preset) the advice
+    named all three."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from napari_samtune.core.preset_memory import NOTHING_SMALLER
+    from napari_samtune.core.presets import TrainConfig
+
+    widget = TrainWidget(make_napari_viewer(), machine=SMALL_CPU)
+    smallest = replace(TrainConfig(), preset="cpu-8gb", n_objects_per_batch=1, batch_size=1,
+                       freeze=("image_encoder",))  # fmt: skip
+    widget.started = SimpleNamespace(config=smallest)
+    assert widget.memory_advice() == NOTHING_SMALLER
+    widget.started = SimpleNamespace(config=replace(smallest, n_objects_per_batch=3))
+    assert widget.memory_advice() == "in Advanced settings fewer objects per batch"
 
 
 def test_the_detected_preset_takes_a_smaller_one_s_setting_for_a_model_it_has_none_for(

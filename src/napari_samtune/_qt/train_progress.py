@@ -24,6 +24,7 @@ from napari_samtune._qt.train_run import (
 )
 from napari_samtune._qt.workers import user_message
 from napari_samtune.core.fetch import DownloadStopped
+from napari_samtune.core.preset_memory import NOTHING_SMALLER, smaller_settings
 from napari_samtune.core.train import (
     EpochDone,
     StartValidated,
@@ -170,7 +171,19 @@ class TrainProgressMixin:
         """What a run out of memory can change: a continued one, or one with a checkpoint
         to continue from, keeps its preset and settings (Continue… takes none of them)."""
         resumable = self.run_folder is not None and RunFiles(self.run_folder).last.is_file()
-        return CONTINUE_MEMORY_ADVICE if resumable else TRAIN_MEMORY_ADVICE
+        room = smaller_settings(None if self.started is None else self.started.config)
+        if resumable:
+            if "preset" in room or "freeze" in room:
+                return CONTINUE_MEMORY_ADVICE
+            return "continue it on a device with more memory; " + NOTHING_SMALLER
+        advanced = [
+            text
+            for key, text in (("objects", "fewer objects per batch"), ("freeze", FROZEN_ADVICE))
+            if key in room
+        ]
+        ways = ["choose a preset for less memory"] if "preset" in room else []
+        ways += [f"in Advanced settings {' or '.join(advanced)}"] if advanced else []
+        return ", or ".join(ways) if ways else NOTHING_SMALLER
 
     def _on_error(self, error: BaseException) -> None:
         """The run failed (the runner has notified the user); keep the reason in view, and
@@ -222,12 +235,10 @@ class TrainProgressMixin:
         return ""
 
 
-# what a run that ran out of memory can ask for instead (the Advanced settings' fields)
-# (not the patch size: smaller patches are resized up to the model's input, the same memory)
-TRAIN_MEMORY_ADVICE = (
-    "choose a preset for less memory, or in Advanced settings fewer objects per batch or a "
-    "frozen image encoder"
-)
+# what a run that ran out of memory can ask for instead (the Advanced settings' fields),
+# where its settings can still go down (not the patch size: smaller patches are resized up
+# to the model's input, the same memory)
+FROZEN_ADVICE = "a frozen image encoder"
 # a continued run keeps its preset, objects per batch and what it trains
 CONTINUE_MEMORY_ADVICE = (
     "continue it on a device with more memory, or start a new run from its model with a "

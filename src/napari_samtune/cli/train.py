@@ -240,7 +240,7 @@ def _train_reporting(config, train_pairs, val_pairs, args, stop, verbose: bool):
         from napari_samtune.core.train_export import RunFiles
 
         resumable = bool(args.resume) or RunFiles(Path(args.out)).last.is_file()
-        advice = _memory_advice(err, resumed=resumable)
+        advice = _memory_advice(err, resumed=resumable, config=config)
         if verbose:
             # Before the start, --out's checkpoints may be another run's that the core
             # refused to mix with this one: they are not this run's to report.

@@ -12,24 +12,37 @@ from pathlib import Path
 from napari_samtune.cli.console import shell_path, torchrun_world_size
 
 
-def memory_advice(err: BaseException, resumed: bool = False) -> str:
+def memory_advice(err: BaseException, resumed: bool = False, config=None) -> str:
     """What a run out of memory can ask for instead; "" for other errors. A ``resumed`` run,
     or one whose folder holds a checkpoint to resume from, keeps its preset and what it
-    trains (--resume refuses --preset and --freeze). The patch size is not named: smaller
-    patches are resized up to the model's input, the same memory."""
+    trains (--resume refuses --preset and --freeze). Only what ``config`` (the run's) can
+    still lower is named. The patch size is not named: smaller patches are resized up to
+    the model's input, the same memory."""
     from napari_samtune.core.devices import is_out_of_memory
+    from napari_samtune.core.preset_memory import NOTHING_SMALLER, smaller_settings
 
     if not is_out_of_memory(err):
         return ""
+    room = smaller_settings(config)
+    lower = [
+        text
+        for key, text in (("objects", "fewer --n-objects"), ("batch", "a smaller --batch-size"))
+        if key in room
+    ]
     if resumed:
-        return (
-            "out of memory: resume with fewer --n-objects or a smaller --batch-size, or start "
-            "a new run in another --out with a --preset for less memory"
-        )
-    return (
-        "out of memory: choose a --preset for less memory (samtune presets), or fewer "
-        "--n-objects, a smaller --batch-size or --freeze image_encoder"
-    )
+        ways = [f"resume with {' or '.join(lower)}"] if lower else []
+        if "preset" in room or "freeze" in room:
+            ways.append("start a new run in another --out with a --preset for less memory")
+    else:
+        ways = ["choose a --preset for less memory (samtune presets)"] if "preset" in room else []
+        ways += lower + (["--freeze image_encoder"] if "freeze" in room else [])
+    if not ways:
+        return f"out of memory: {NOTHING_SMALLER}"
+    return f"out of memory: {', or '.join(ways) if resumed else _or_list(ways)}"
+
+
+def _or_list(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
 
 
 def _registered_after_export(out: Path) -> str | None:

@@ -18,7 +18,13 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, MemoryError) or any(s in text for s in _OUT_OF_MEMORY)
 
 
-_OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "cannot allocate memory")
+# (Windows' CPU allocator: "DefaultCPUAllocator: not enough memory: you tried to allocate")
+_OUT_OF_MEMORY = (
+    "out of memory",
+    "can't allocate memory",
+    "cannot allocate memory",
+    "not enough memory",
+)
 
 
 def cuda_available() -> bool:

@@ -10,6 +10,7 @@ from napari_samtune.core.architectures import SamArchitecture, as_architecture
 from napari_samtune.core.machine import MachineResources
 from napari_samtune.core.presets import (
     MEMORY_TOLERANCE,
+    PRESETS,
     ResourcePreset,
     approx_encoder_params,
     detect_on,
@@ -86,3 +87,35 @@ def preset_memory_short(config) -> str:
         return ""  # file, say) is not read
     arch = as_architecture(architecture_of(config.model))
     return memory_short(preset, found, device, arch, processes)
+
+
+def smaller_settings(config) -> set[str]:
+    """What a run's :class:`~napari_samtune.core.presets.TrainConfig` (None: unknown) can
+    still lower where it ran out of memory: "preset" (one for less memory on its device),
+    "objects" and "batch" (above 1), "freeze" (the image encoder trains). On cpu-8gb's
+    setting (1 object, batch 1, encoder frozen) the advice named all four, none possible."""
+    unknown = {"preset", "objects", "batch", "freeze"}
+    if config is None:
+        return unknown
+    room = set()
+    try:
+        preset = get_preset(config.preset)
+    except (AttributeError, ValueError, TypeError):  # a config of its own: say them all
+        return unknown
+    if any(p.device == preset.device and p.memory_gb < preset.memory_gb for p in PRESETS):
+        room.add("preset")
+    if config.n_objects_per_batch > 1:
+        room.add("objects")
+    if config.batch_size > 1:
+        room.add("batch")
+    if not config.encoder_frozen:
+        room.add("freeze")
+    return room
+
+
+# where nothing is left to lower
+NOTHING_SMALLER = (
+    "its settings are already the smallest (1 object, batch size 1, the image encoder frozen, "
+    "the smallest preset): free memory (close other programs), or train a smaller model "
+    "(vit_t) or on a GPU"
+)
