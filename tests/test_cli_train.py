@@ -1459,3 +1459,18 @@ def test_the_memory_advice_names_only_what_the_run_can_still_lower():
         "--n-objects or --freeze image_encoder"
     )
     assert memory_advice(RuntimeError("shape mismatch"), config=more) == ""
+
+
+def test_a_run_without_validation_says_its_best_epoch_by_training_loss(capsys):
+    """It said "best negative train loss -0.9094 at epoch 1"."""
+    from types import SimpleNamespace
+
+    from napari_samtune.cli.train_report import _best_line
+
+    finished = SimpleNamespace(metric_name="negative train loss", best_metric=-0.9094,
+                               best_epoch=0)  # fmt: skip
+    line = _best_line(finished, "")
+    assert line.startswith("best epoch 1 by training loss 0.9094 (no validation images")
+    assert "negative" not in line
+    scored = SimpleNamespace(metric_name="val_iou", best_metric=0.5, best_epoch=2)
+    assert _best_line(scored, "") == "best val_iou 0.5000 at epoch 3"

@@ -180,6 +180,18 @@ def _training_done(last: Path, session=None, first_epoch: int | None = None) -> 
         return False
 
 
+def _best_line(finished, before: str) -> str:
+    """The best epoch and its score; without validation images, by the training loss (it
+    was "best negative train loss -0.9094", which a microscopist could not read)."""
+    epoch = finished.best_epoch + 1
+    if finished.metric_name != "negative train loss":
+        return f"best {finished.metric_name} {finished.best_metric:.4f} at epoch {epoch}{before}"
+    return (
+        f"best epoch {epoch} by training loss {-finished.best_metric:.4f} (no validation "
+        "images: --val-images and --val-labels, or --val-fraction above 0, give some)"
+    )
+
+
 def print_summary(finished) -> None:
     """The summary of a finished (or stopped) run on stdout, from its ``TrainingFinished``."""
     if finished.exported_model_path is None:  # stopped before the first step
@@ -195,10 +207,7 @@ def print_summary(finished) -> None:
             if math.isfinite(finished.start_metric)
             else ""
         )
-        print(
-            f"best {finished.metric_name} {finished.best_metric:.4f} at epoch "
-            f"{finished.best_epoch + 1}{before}"
-        )
+        print(_best_line(finished, before))
         print(f"time to best epoch: {finished.time_to_best_s:.1f} s")
     print(f"total training time: {finished.total_time_s:.1f} s")
     print(f"last checkpoint: {finished.last_checkpoint_path}")
