@@ -1,9 +1,12 @@
+import re
+
 import pytest
 import torch
 
 from napari_samtune.core.architectures import (
     ARCHITECTURES,
     TINY,
+    VIT_B,
     SamArchitecture,
     build_sam,
     infer_architecture,
@@ -65,3 +68,26 @@ def test_dict_round_trip_and_validation():
         SamArchitecture(name="bad", embed_dim=10, num_heads=3)
     with pytest.raises(ValueError, match="unknown architecture fields"):
         SamArchitecture.from_dict({"name": "x", "colour": "red"})
+
+
+@pytest.mark.parametrize(
+    ("fields", "told"),
+    [
+        ({"img_size": 16_000_000}, "img_size=16000000: each must lie in 1..4096"),
+        ({"img_size": 256.0}, "img_size=256.0: expected whole numbers"),
+        ({"depth": True}, "depth=True: expected whole numbers"),
+        ({"tinyvit_depths": (2, -1, 6, 2)}, "each must lie in 1..256"),
+    ],
+)
+def test_a_shape_out_of_range_is_refused_before_anything_is_built(fields, told):
+    """A description or checkpoint naming img_size 16000000 had the model built (a 512 TB
+    allocation: a raw traceback) before its weights were compared with it."""
+    with pytest.raises(ValueError, match=re.escape(told)):
+        SamArchitecture(**{**VIT_B.__dict__, **fields})
+
+
+def test_an_architecture_that_is_no_mapping_is_a_value_error():
+    """A description's "architecture": [] took down every command that listed the models
+    (AttributeError: 'list' object has no attribute 'items'), the Annotate panel too."""
+    with pytest.raises(ValueError, match="an architecture is a mapping of its fields"):
+        SamArchitecture.from_dict([])

@@ -30,6 +30,27 @@ PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
 
+MAX_WIDTH = 16384  # a channel width, far above vit_h's 1280 (and the decoder's 2048)
+MAX_COUNT = 256  # blocks, heads, a window's side, the entries of a tuple field
+# the largest value of each size field; an image side of 4096 is 4x SAM's 1024
+_SIZE_LIMITS = {
+    "img_size": 4096,
+    "embed_dim": MAX_WIDTH,
+    "depth": MAX_COUNT,
+    "num_heads": MAX_COUNT,
+    "global_attn_indexes": MAX_COUNT,
+    "window_size": MAX_COUNT,
+    "tinyvit_embed_dims": MAX_WIDTH,
+    "tinyvit_depths": MAX_COUNT,
+    "tinyvit_num_heads": MAX_COUNT,
+    "tinyvit_window_sizes": MAX_COUNT,
+    "prompt_embed_dim": MAX_WIDTH,
+    "decoder_mlp_dim": MAX_WIDTH,
+    "decoder_num_heads": MAX_COUNT,
+    "iou_head_hidden_dim": MAX_WIDTH,
+}
+
+
 @dataclass(frozen=True)
 class SamArchitecture:
     """The shape of a SAM model: enough to build it with random weights."""
@@ -53,6 +74,7 @@ class SamArchitecture:
     extra: dict = field(default_factory=dict, compare=False, hash=False)  # free-form notes
 
     def __post_init__(self) -> None:
+        self._check_sizes()
         if self.encoder not in ("vit", "tiny_vit"):
             raise ValueError(f"encoder={self.encoder!r}; expected 'vit' or 'tiny_vit'")
         if self.img_size % PATCH_SIZE:
@@ -65,6 +87,22 @@ class SamArchitecture:
             raise ValueError(
                 f"global_attn_indexes={self.global_attn_indexes!r} must lie in 0..{self.depth - 1}"
             )
+
+    def _check_sizes(self) -> None:
+        """``ValueError`` for a size that is no whole number in its range: a description or
+        checkpoint naming img_size 16000000 had the model built (a 512 TB allocation) before
+        its weights were compared with it, and 256.0 passed as a size."""
+        for name, largest in _SIZE_LIMITS.items():
+            value = getattr(self, name)
+            values = value if isinstance(value, tuple) else (value,)
+            low = 0 if name == "global_attn_indexes" else 1
+            if isinstance(value, tuple) and len(value) > MAX_COUNT:
+                raise ValueError(f"{name} has {len(value)} entries; at most {MAX_COUNT} fit")
+            for item in values:
+                if isinstance(item, bool) or not isinstance(item, int):
+                    raise ValueError(f"{name}={value!r}: expected whole numbers")
+                if not low <= item <= largest:
+                    raise ValueError(f"{name}={value!r}: each must lie in {low}..{largest}")
 
     @property
     def embedding_size(self) -> int:
@@ -81,7 +119,11 @@ class SamArchitecture:
 
     @classmethod
     def from_dict(cls, data: dict) -> SamArchitecture:
-        """Inverse of :meth:`to_dict`; unknown keys raise a ``ValueError``."""
+        """Inverse of :meth:`to_dict`; unknown keys, or other data than a mapping (a file's
+        ``[]``, which took down every command that listed the models), raise a
+        ``ValueError``."""
+        if not isinstance(data, dict):
+            raise ValueError(f"an architecture is a mapping of its fields, not {data!r:.60}")
         known = set(cls.__dataclass_fields__) - {"extra"}
         unknown = set(data) - known
         if unknown:
