@@ -155,3 +155,23 @@ def test_a_removal_waits_for_a_registration_that_writes(two_weights):
         assert remover.is_alive() and not removed  # waits for it
     remover.join(10)
     assert removed and not (user_models_dir() / "hot.json").exists()
+
+
+def test_a_description_naming_another_description_removes_and_moves_nothing_else(
+    two_weights,
+):
+    """A description naming "run1.json" as its weights: --remove deleted model run1's
+    description with it, and --rename moved that description to <new>.pt."""
+    from napari_samtune.core.user_model_removal import remove_user_model
+    from napari_samtune.core.user_models import scan_user_models
+
+    register_user_model(two_weights[0], "run1", TINY)
+    folder = user_models_dir()
+    evil = json.loads((folder / "run1.json").read_text())
+    evil.update(name="evil", filename="run1.json")
+    (folder / "evil.json").write_text(json.dumps(evil))
+    specs, broken = scan_user_models()
+    assert [spec.name for spec in specs] == ["run1"]
+    assert broken and broken[0][0] == "evil" and "no weights file" in broken[0][1]
+    assert remove_user_model("evil") == [folder / "evil.json"]
+    assert (folder / "run1.json").is_file() and (folder / "run1.pt").is_file()

@@ -25,6 +25,7 @@ from napari_samtune.core.registry import (
     validate_model_name,
 )
 from napari_samtune.core.user_model_weights import (
+    WEIGHTS_SUFFIXES,
     is_stray,
     own_weights,
     stray_note,
@@ -185,7 +186,7 @@ def _current_weights(sidecar: Path, data: dict) -> Path:
     where it holds the recorded weights (hash, else size)."""
     named = user_models_dir() / Path(data["filename"]).name
     others = weights_in_use(besides=sidecar)
-    if named.is_file() and named not in others:
+    if named.is_file() and named not in others and named.suffix in WEIGHTS_SUFFIXES:
         return named
     for path in own_weights(sidecar.stem):
         if path.is_file() and path not in others and _holds_recorded_weights(path, data):

@@ -12,6 +12,9 @@ from pathlib import Path
 from napari_samtune.core.checkpoints import one_file
 from napari_samtune.core.registry import user_models_dir
 
+# the files a description may name as its weights (registering writes .pt)
+WEIGHTS_SUFFIXES = (".pt", ".pth")
+
 
 def new_weights_path(name: str, replaced: Path | None) -> tuple[Path, list[Path]]:
     """Where user model ``name``'s new weights go: ``<name>.pt``, or ``<name>.pth`` when
@@ -80,7 +83,7 @@ def weights_digest(path: Path) -> str | None:
 
 def own_weights(name: str) -> list[Path]:
     """The two files user model ``name``'s weights alternate between as it is replaced."""
-    return [user_models_dir() / f"{name}{suffix}" for suffix in (".pt", ".pth")]
+    return [user_models_dir() / f"{name}{suffix}" for suffix in WEIGHTS_SUFFIXES]
 
 
 def weights_in_use(besides: Path | None = None) -> set[Path]:
@@ -95,12 +98,15 @@ def weights_in_use(besides: Path | None = None) -> set[Path]:
 
 
 def named_weights(sidecar: Path) -> Path | None:
-    """The weights file that description ``sidecar`` names; None where it names none."""
+    """The weights file that description ``sidecar`` names; None where it names none, or a
+    file of another kind: a description naming another model's description had
+    ``samtune models --remove`` delete that one (and --rename move it)."""
     try:
         filename = json.loads(sidecar.read_text(encoding="utf-8"))["filename"]
-        return user_models_dir() / Path(str(filename)).name
+        named = user_models_dir() / Path(str(filename)).name
     except (OSError, ValueError, TypeError, KeyError):
         return None
+    return named if named.suffix in WEIGHTS_SUFFIXES else None
 
 
 def weights_named_by(sidecar: Path) -> Path:
