@@ -340,3 +340,16 @@ def test_a_save_finding_its_file_written_since_it_was_chosen_writes_nothing(tmp_
     save_annotations(tmp_path, "b", ours, {}, before_write=unchanged_since(None))
     with pytest.raises(ChangedMeanwhile):  # "absent" no longer holds
         save_annotations(tmp_path, "b", ours, {}, before_write=unchanged_since(None))
+
+
+@pytest.mark.parametrize("objects", [5, "abc", None, [1, 2]])
+def test_a_record_whose_objects_are_no_list_of_records_is_refused(tmp_path, objects):
+    """ "objects": 5 in a prompts.json: the Annotate panel replaced the labels with the file's,
+    then failed on the records (a TypeError, no message and no autosave), and "abc" became
+    the records ['a', 'b', 'c'], written back at the next save."""
+    labels = np.zeros((8, 8), np.uint32)
+    labels_path, prompts_path = annotation_files.save_annotations(tmp_path, "im", labels, {})
+    record = json.loads(prompts_path.read_text())
+    prompts_path.write_text(json.dumps({**record, "objects": objects}))
+    with pytest.raises(ValueError, match="holds objects of the wrong kind.*move it away"):
+        annotation_files.load_annotations(labels_path)

@@ -403,4 +403,11 @@ def load_record(labels_path: str | Path) -> dict:
             f"{prompts_path.name!r} is not a napari-samtune annotation record "
             f"(format {found!r}); move it away to load the labels alone"
         )
+    objects = record.get("objects", [])
+    if not isinstance(objects, list) or not all(isinstance(o, dict) for o in objects):
+        # (the panel replaced the labels, then failed on them: no message, no autosave)
+        raise ValueError(
+            f"{prompts_path.name!r} holds objects of the wrong kind ({objects!r:.60}: a list "
+            "of records expected); move it away to load the labels alone"
+        )
     return record
