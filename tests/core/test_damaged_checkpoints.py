@@ -292,3 +292,19 @@ def test_with_both_checkpoints_damaged_neither_is_said_to_load(runs, tmp_path):
         message = str(refused.value)
         assert "is damaged: its record" in message and "beside it loads" not in message
         assert "Use the run's model.pth where it has one" in message
+
+
+@pytest.mark.parametrize("epoch", ["x", -1, 1.5])
+def test_an_epoch_that_is_no_count_is_refused_naming_the_file(runs, tmp_path, capsys, epoch):
+    """It said "invalid literal for int() with base 10: 'x'", naming neither the file nor a
+    fix."""
+    path = _damaged_run(runs, tmp_path, "whole", "epoch", epoch)
+    run, images, labels = path.parent.parent, tmp_path / "images", tmp_path / "labels"
+    images.mkdir(), labels.mkdir()
+    for i, (image, label) in enumerate(DATA):
+        tifffile.imwrite(images / f"{i}.tif", image), tifffile.imwrite(labels / f"{i}.tif", label)
+    resume = ["train", "--resume", str(run), "--epochs", "2", "--no-progress", "--images"]
+    resume += [str(images), "--labels", str(labels)]
+    assert cli.main(resume) == 2
+    err = capsys.readouterr().err
+    assert f"'{path}' is a damaged training checkpoint: its 'epoch' entry is {epoch!r}" in err

@@ -96,6 +96,7 @@ def choose_preset(key: str, device: str | None, model: str) -> tuple[object, str
 
 def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     """The run's config and a line saying where its settings came from."""
+    from napari_samtune.core.checkpoint_fields import epochs_done
     from napari_samtune.core.presets import config_from_preset, device_kind
     from napari_samtune.core.train_checkpoints import (
         check_resumable,
@@ -129,7 +130,7 @@ def make_config(args: argparse.Namespace) -> tuple[TrainConfig, str]:
         if "mixed_precision" not in overrides:  # an older run's resolved "fp16" on a CPU
             precision = continued_precision(config.mixed_precision, config.device)
             config = replace(config, mixed_precision=precision)
-        done = int(checkpoint.get("epoch", 0))  # epochs completed before the resume
+        done = epochs_done(checkpoint, args.resume)  # epochs completed before the resume
         if config.epochs <= done:
             raise ValueError(
                 f"{args.resume} has done {done} epoch(s) and the run's epochs are "

@@ -181,11 +181,29 @@ def not_resumable(path: str | Path, problem: str) -> DamagedCheckpoint:
     )
 
 
+def epochs_done(checkpoint: dict, path: str | Path) -> int:
+    """The epochs a run's ``checkpoint`` (read from ``path``) has done; ``DamagedCheckpoint``
+    where that is no count ("invalid literal for int() with base 10: 'x'" named no file)."""
+    problem = _epoch_problem(checkpoint)
+    if problem:
+        raise not_resumable(path, problem)
+    return checkpoint.get("epoch", 0)
+
+
+def _epoch_problem(checkpoint: dict) -> str:
+    epoch = checkpoint.get("epoch", 0)  # (the epochs done: where the run goes on)
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        return f"its 'epoch' entry is {epoch!r:.40}, not a count of epochs"
+    return ""
+
+
 def _resume_problem(checkpoint: dict) -> str:
     """What a resume lacks in ``checkpoint``, or ''."""
     for field in ("optimizer_state", "scheduler_state", "progress", "rng_state"):
         if not isinstance(checkpoint.get(field), dict):
             return f"its {field!r} entry is missing or not a dict"
+    if _epoch_problem(checkpoint):
+        return _epoch_problem(checkpoint)
     progress = checkpoint["progress"]
     lost = [field for field in PROGRESS_MUST_HAVE if field not in progress]
     if lost:  # a default put in its place resumed the run from its first epoch, unsaid
