@@ -260,6 +260,7 @@ def test_weights_changed_on_disk_are_refused_naming_the_file(runs, tmp_path, whi
     message = str(refused.value)
     assert f"{path} is damaged: its record" in message
     assert "does not match the checksum written with it" in message
+    assert "Expected a training checkpoint" not in message  # it is one, damaged
     other = "best.pt" if which == "last.pt" else "last.pt"
     assert other in message  # the whole one beside it
     assert not (tmp_path / "model.pth").exists()

@@ -66,7 +66,7 @@ def whole_one_beside(path: Path) -> str:
     if not is_project_checkpoint(beside):
         return ""
     try:  # both damaged, each was said to load "beside" the other
-        check_records(beside, "a training checkpoint")
+        check_records(beside)
     except UnreadableFile:
         return ""
     output = _EXPORTING_TO.get()

@@ -181,7 +181,7 @@ def read_checkpoint(path: str | Path, settings_only: bool = False) -> dict:
     try:
         checkpoint = safe_torch_load(path, TRAINING_CHECKPOINT, mmap=settings_only)
         if not settings_only:
-            check_records(path, TRAINING_CHECKPOINT)  # (read at resume and export only)
+            check_records(path)  # (read at resume and export only)
     except ValueError as err:  # (an UnreadableFile stays one)
         instead = instead_of(path) if path.name in ("last.pt", "best.pt") else ""
         raise type(err)(f"{err}{instead}") from None
