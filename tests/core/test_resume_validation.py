@@ -175,3 +175,15 @@ def test_a_held_out_image_drawn_from_those_trained_on_is_said_to_flatter(tmp_pat
     kept = [pair for pair in pairs if pair.name != gone] + [p for p in pairs if p.name == gone]
     notes, _ = _resume(config, out, 3, kept, None)  # the same images again: nothing said
     assert not any("flatter" in note for note in notes), notes
+
+
+def test_a_validation_pair_left_out_is_named_as_one(tmp_path, config):
+    """An empty validation pair named like a training one was said as "left out ...:
+    t0.tif", as if the training t0.tif (with objects) had been left out."""
+    import numpy as np
+
+    train_pairs = _pairs(0, ["t0.tif", "t1.tif"])
+    image = train_pairs[0].image
+    empty = ImageLabelPair(image, np.zeros(image.shape[:2], np.uint16), "t0.tif")
+    with pytest.warns(UserWarning, match=r"without any object .*: t0.tif \(validation\)"):
+        train(config, train_pairs, [*_pairs(1, ["c0.tif"]), empty], out_dir=tmp_path / "run")

@@ -153,7 +153,8 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
         val_data = None if val_data is None else listed(val_data, "validation")
         if val_data is not None and len(val_data):
             val_images, left_out, duplicates = prepare_run_data(val_data, "validation")
-            self.left_out += left_out
+            # named as validation pairs: "img0.tif / img0.tif" was taken for the training one
+            self.left_out += tuple(f"{name} (validation)" for name in left_out)
             self.duplicates += duplicates
             self.val_repeats = repeated_pairs(val_images, train_images)
             self.val_same_images = same_images(val_images, train_images)
