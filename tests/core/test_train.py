@@ -539,7 +539,7 @@ def test_pairs_without_objects_are_left_out_and_named(tmp_path, data):
         iter_train(config, [*train_pairs, empty_train], [empty_val, *val_pairs], tmp_path / "r")
     )
     started, finished = events[0], events[-1]
-    assert started.left_out == ("empty field.tif", "not annotated yet.tif")
+    assert started.left_out == ("empty field.tif", "not annotated yet.tif (validation)")
     assert (started.n_train, started.n_val, finished.epochs_done) == (3, 1, 1)
     summary = read_checkpoint(finished.last_checkpoint_path)["data_summary"]
     assert summary["left_out"] == list(started.left_out)
