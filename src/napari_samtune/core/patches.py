@@ -161,16 +161,27 @@ def tile_patches(
 def _image_tiles(
     image: PreparedImage, image_index: int, patch_size: int, min_object_area: int
 ) -> list[TrainingPatch]:
+    """The image's tiles, each with the objects it holds most of: an object is scored once,
+    in the tile with most of it (whole where one holds it whole). Scored in every tile it
+    reached, a 300 px image's 20 objects counted as 67, 19 of them cut pieces."""
     height, width = image.labels.shape
     h, w = min(height, patch_size), min(width, patch_size)
+    corners = [(row, col) for row in _tile_starts(height, h) for col in _tile_starts(width, w)]
+    n_ids = int(image.object_areas.size) + 1
+    counts = np.stack([
+        np.bincount(image.labels[row : row + h, col : col + w].ravel(), minlength=n_ids)
+        for row, col in corners
+    ])  # fmt: skip
+    counts[:, 0] = 0  # background
+    best = counts.argmax(axis=0)  # the tile with most of each object (the first, if tied)
     tiles = []
-    for row in _tile_starts(height, h):
-        for col in _tile_starts(width, w):
+    for index, (row, col) in enumerate(corners):
+        mine = (best == index) & (counts[index] >= max(min_object_area, 1))
+        object_ids = np.flatnonzero(mine).astype(np.uint32)
+        if object_ids.size:
             labels = image.labels[row : row + h, col : col + w]
-            object_ids = _objects_in(labels, min_object_area)
-            if object_ids.size:
-                rgb = image.rgb[row : row + h, col : col + w]
-                tiles.append(TrainingPatch((image_index, row, col, 0), rgb, labels, object_ids))
+            rgb = image.rgb[row : row + h, col : col + w]
+            tiles.append(TrainingPatch((image_index, row, col, 0), rgb, labels, object_ids))
     return tiles
 
 
