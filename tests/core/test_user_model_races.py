@@ -173,5 +173,12 @@ def test_a_description_naming_another_description_removes_and_moves_nothing_else
     specs, broken = scan_user_models()
     assert [spec.name for spec in specs] == ["run1"]
     assert broken and broken[0][0] == "evil" and "no weights file" in broken[0][1]
+    from napari_samtune.core.user_model_rename import rename_fix, rename_user_model
+
+    evil["name"] = "other"  # as if renamed by hand: the listing offered to keep "its weights"
+    (folder / "evil.json").write_text(json.dumps(evil))
+    assert rename_fix("evil") is None
+    with pytest.raises(ValueError, match=r"run1.json \(it is no weights file"):
+        rename_user_model("evil", "evil2")
     assert remove_user_model("evil") == [folder / "evil.json"]
     assert (folder / "run1.json").is_file() and (folder / "run1.pt").is_file()

@@ -86,7 +86,10 @@ def rename_fix(name: str) -> str | None:
     found = [  # cheap: the rename itself checks the hash of what it takes
         path
         for path in (named, *own_weights(name))
-        if path.is_file() and path not in others and size in (None, path.stat().st_size)
+        if path.is_file()
+        and path not in others
+        and path.suffix in WEIGHTS_SUFFIXES  # (another model's description is no weights)
+        and size in (None, path.stat().st_size)
     ]
     if described == name or not found:
         return None
@@ -191,7 +194,12 @@ def _current_weights(sidecar: Path, data: dict) -> Path:
     for path in own_weights(sidecar.stem):
         if path.is_file() and path not in others and _holds_recorded_weights(path, data):
             return path
-    whose = "another model's description names it" if named in others else "it is missing"
+    if named in others:
+        whose = "another model's description names it"
+    elif named.suffix not in WEIGHTS_SUFFIXES:
+        whose = "it is no weights file (.pt)"
+    else:
+        whose = "it is missing"
     raise ValueError(
         f"user model {sidecar.stem!r} cannot be renamed: its description {sidecar.name} names "
         f"the weights file {named} ({whose}), and no {sidecar.stem}.pt or .pth beside it holds "
