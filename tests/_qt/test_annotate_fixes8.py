@@ -54,5 +54,5 @@ def test_an_image_with_a_trailing_axis_of_one_is_refused_with_the_fix(
     refusal = [n for n in notifications if "no 2D planes to segment" in n]
     assert refusal and "axis 2 has length 1" in refusal[0], notifications
     assert "of shape (256, 256)" in refusal[0] and "squeeze()" in refusal[0]
-    with pytest.raises(ValueError, match=r"planes to segment$"):  # no axis of one: no hint
-        describe_image((1, 1))
+    with pytest.raises(ValueError, match=r"planes to segment: its planes need at least 2"):
+        describe_image((1, 1))  # no axis of one to leave out: what a plane needs
