@@ -1362,8 +1362,9 @@ def test_the_memory_advice_names_what_the_run_can_change(resumed):
     advice = memory_advice(RuntimeError("CUDA out of memory"), resumed=resumed)
     assert "--patch-size" not in advice and "--batch-size" in advice
     if resumed:  # only what a resume takes, or a new run elsewhere
-        assert "--freeze" not in advice and "resume with fewer --n-objects" in advice
-        assert "start a new run in another --out with a --preset" in advice
+        resume, anew = advice.split("start a new run in another --out with ")
+        assert "--freeze" not in resume and "resume with fewer --n-objects" in resume
+        assert anew.startswith("a --preset") and "--freeze image_encoder" in anew
     else:
         assert "choose a --preset" in advice and "--freeze image_encoder" in advice
 
@@ -1445,14 +1446,15 @@ def test_the_memory_advice_names_only_what_the_run_can_still_lower():
     from dataclasses import replace
 
     from napari_samtune.cli.train_report import memory_advice
-    from napari_samtune.core.preset_memory import NOTHING_SMALLER
     from napari_samtune.core.presets import TrainConfig
 
     windows = RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 8 bytes.")
-    smallest = replace(TrainConfig(), preset="cpu-8gb", n_objects_per_batch=1, batch_size=1,
-                       freeze=("image_encoder",))  # fmt: skip
-    assert memory_advice(windows, config=smallest) == f"out of memory: {NOTHING_SMALLER}"
-    assert memory_advice(windows, resumed=True, config=smallest).endswith(NOTHING_SMALLER)
+    smallest = replace(TrainConfig(), model="vit_t", preset="cpu-8gb", n_objects_per_batch=1,
+                       batch_size=1, freeze=("image_encoder",))  # fmt: skip
+    told = memory_advice(windows, config=smallest)
+    assert told.startswith("out of memory: its settings are already the smallest")
+    assert told.endswith("free memory (close other programs) or train on a GPU")  # it is vit_t
+    assert "smallest" in memory_advice(windows, resumed=True, config=smallest)
     more = replace(smallest, preset="cpu-16gb", n_objects_per_batch=4, freeze=())
     assert memory_advice(windows, config=more) == (
         "out of memory: choose a --preset for less memory (samtune presets), fewer "
@@ -1461,16 +1463,25 @@ def test_the_memory_advice_names_only_what_the_run_can_still_lower():
     assert memory_advice(RuntimeError("shape mismatch"), config=more) == ""
 
 
-def test_a_run_without_validation_says_its_best_epoch_by_training_loss(capsys):
-    """It said "best negative train loss -0.9094 at epoch 1"."""
-    from types import SimpleNamespace
+def test_the_memory_advice_names_no_preset_without_a_setting_for_the_model():
+    """vit_h on the a100 was told to choose a smaller preset (none is measured for vit_h);
+    a LoRA run was told to freeze the encoder, which its adapters are refused in; a run to
+    continue whose only way was freezing was told to choose a smaller preset."""
+    from dataclasses import replace
 
-    from napari_samtune.cli.train_report import _best_line
+    from napari_samtune.cli.train_report import memory_advice
+    from napari_samtune.core.presets import TrainConfig
 
-    finished = SimpleNamespace(metric_name="negative train loss", best_metric=-0.9094,
-                               best_epoch=0)  # fmt: skip
-    line = _best_line(finished, "")
-    assert line.startswith("best epoch 1 by training loss 0.9094 (no validation images")
-    assert "negative" not in line
-    scored = SimpleNamespace(metric_name="val_iou", best_metric=0.5, best_epoch=2)
-    assert _best_line(scored, "") == "best val_iou 0.5000 at epoch 3"
+    oom = MemoryError()
+    vit_h = replace(TrainConfig(), model="vit_h", preset="a100", n_objects_per_batch=1,
+                    batch_size=1, freeze=("image_encoder",))  # fmt: skip
+    told = memory_advice(oom, config=vit_h)
+    assert "--preset" not in told and "train a smaller model (vit_t)" in told
+    assert "on a GPU" not in told  # it is on one
+    lora = replace(vit_h, model="vit_t", preset="gtx1080", freeze=(), lora_rank=4)
+    assert memory_advice(oom, config=lora) == (
+        "out of memory: choose --lora-rank 0 --freeze image_encoder"
+    )
+    assert memory_advice(oom, resumed=True, config=lora) == (
+        "out of memory: start a new run in another --out with --lora-rank 0 --freeze image_encoder"
+    )

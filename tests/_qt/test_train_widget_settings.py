@@ -215,19 +215,19 @@ def test_the_memory_advice_of_a_run_to_continue_names_what_continue_can_change(
 ):
     """Continue… keeps the preset, objects per batch and what trains: advising those for a
     run with a checkpoint (continued, or stopped after its first epoch) left no way on."""
-    from napari_samtune._qt.train_progress import CONTINUE_MEMORY_ADVICE
-
     widget = TrainWidget(make_napari_viewer(), machine=SMALL_CPU)
     advice = widget.memory_advice()
     assert advice == (
-        "choose a preset for less memory, or in Advanced settings fewer objects per batch or a "
-        "frozen image encoder"
+        "choose a preset for less memory, or in Advanced settings choose fewer objects per "
+        "batch or a frozen image encoder"
     )
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "last.pt").write_bytes(b"")
     widget.run_folder = tmp_path / "run"
-    assert widget.memory_advice() == CONTINUE_MEMORY_ADVICE
-    assert "device with more memory" in CONTINUE_MEMORY_ADVICE
+    assert widget.memory_advice() == (
+        "continue it on a device with more memory, or start a new run from its model with a "
+        "preset for less memory or a frozen image encoder"
+    )
 
 
 def test_the_memory_advice_names_only_what_the_run_can_still_lower(make_napari_viewer):
@@ -236,16 +236,21 @@ def test_the_memory_advice_names_only_what_the_run_can_still_lower(make_napari_v
     from dataclasses import replace
     from types import SimpleNamespace
 
-    from napari_samtune.core.preset_memory import NOTHING_SMALLER
     from napari_samtune.core.presets import TrainConfig
 
     widget = TrainWidget(make_napari_viewer(), machine=SMALL_CPU)
-    smallest = replace(TrainConfig(), preset="cpu-8gb", n_objects_per_batch=1, batch_size=1,
-                       freeze=("image_encoder",))  # fmt: skip
+    smallest = replace(TrainConfig(), model="vit_b", preset="cpu-8gb", n_objects_per_batch=1,
+                       batch_size=1, freeze=("image_encoder",))  # fmt: skip
     widget.started = SimpleNamespace(config=smallest)
-    assert widget.memory_advice() == NOTHING_SMALLER
+    assert widget.memory_advice().startswith("its settings are already the smallest")
+    assert "train a smaller model (vit_t)" in widget.memory_advice()
     widget.started = SimpleNamespace(config=replace(smallest, n_objects_per_batch=3))
-    assert widget.memory_advice() == "in Advanced settings fewer objects per batch"
+    assert widget.memory_advice() == "in Advanced settings choose fewer objects per batch"
+    lora = replace(smallest, freeze=(), lora_rank=4)
+    widget.started = SimpleNamespace(config=lora)
+    assert widget.memory_advice() == (
+        "in Advanced settings choose LoRA rank 0 and a frozen image encoder"
+    )
 
 
 def test_the_detected_preset_takes_a_smaller_one_s_setting_for_a_model_it_has_none_for(

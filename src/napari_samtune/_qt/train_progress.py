@@ -24,7 +24,11 @@ from napari_samtune._qt.train_run import (
 )
 from napari_samtune._qt.workers import user_message
 from napari_samtune.core.fetch import DownloadStopped
-from napari_samtune.core.preset_memory import NOTHING_SMALLER, smaller_settings
+from napari_samtune.core.preset_memory import (
+    nothing_smaller,
+    smaller_settings,
+    trains_adapters,
+)
 from napari_samtune.core.train import (
     EpochDone,
     StartValidated,
@@ -171,19 +175,22 @@ class TrainProgressMixin:
         """What a run out of memory can change: a continued one, or one with a checkpoint
         to continue from, keeps its preset and settings (Continue… takes none of them)."""
         resumable = self.run_folder is not None and RunFiles(self.run_folder).last.is_file()
-        room = smaller_settings(None if self.started is None else self.started.config)
+        config = None if self.started is None else self.started.config
+        room = smaller_settings(config)
+        frozen = f"LoRA rank 0 and {FROZEN_ADVICE}" if trains_adapters(config) else FROZEN_ADVICE
         if resumable:
-            if "preset" in room or "freeze" in room:
-                return CONTINUE_MEMORY_ADVICE
-            return "continue it on a device with more memory; " + NOTHING_SMALLER
-        advanced = [
-            text
-            for key, text in (("objects", "fewer objects per batch"), ("freeze", FROZEN_ADVICE))
-            if key in room
-        ]
+            anew = ["a preset for less memory"] if "preset" in room else []
+            anew += [frozen] if "freeze" in room else []
+            if anew:
+                return f"{CONTINUE_MEMORY_ADVICE}, or start a new run from its model with " + (
+                    " or ".join(anew)
+                )
+            return f"{CONTINUE_MEMORY_ADVICE}; {nothing_smaller(config)}"
+        advanced = ["fewer objects per batch"] if "objects" in room else []
+        advanced += [frozen] if "freeze" in room else []
         ways = ["choose a preset for less memory"] if "preset" in room else []
-        ways += [f"in Advanced settings {' or '.join(advanced)}"] if advanced else []
-        return ", or ".join(ways) if ways else NOTHING_SMALLER
+        ways += [f"in Advanced settings choose {' or '.join(advanced)}"] if advanced else []
+        return ", or ".join(ways) if ways else nothing_smaller(config)
 
     def _on_error(self, error: BaseException) -> None:
         """The run failed (the runner has notified the user); keep the reason in view, and
@@ -240,10 +247,7 @@ class TrainProgressMixin:
 # to the model's input, the same memory)
 FROZEN_ADVICE = "a frozen image encoder"
 # a continued run keeps its preset, objects per batch and what it trains
-CONTINUE_MEMORY_ADVICE = (
-    "continue it on a device with more memory, or start a new run from its model with a "
-    "preset for less memory"
-)
+CONTINUE_MEMORY_ADVICE = "continue it on a device with more memory"
 
 
 def _not_to_use(event: TrainingFinished) -> str:

@@ -15,11 +15,15 @@ from napari_samtune.cli.console import shell_path, torchrun_world_size
 def memory_advice(err: BaseException, resumed: bool = False, config=None) -> str:
     """What a run out of memory can ask for instead; "" for other errors. A ``resumed`` run,
     or one whose folder holds a checkpoint to resume from, keeps its preset and what it
-    trains (--resume refuses --preset and --freeze). Only what ``config`` (the run's) can
-    still lower is named. The patch size is not named: smaller patches are resized up to
-    the model's input, the same memory."""
+    trains (--resume refuses --preset and --freeze): those need a new run. Only what
+    ``config`` (the run's) can still lower is named. The patch size is not named: smaller
+    patches are resized up to the model's input, the same memory."""
     from napari_samtune.core.devices import is_out_of_memory
-    from napari_samtune.core.preset_memory import NOTHING_SMALLER, smaller_settings
+    from napari_samtune.core.preset_memory import (
+        nothing_smaller,
+        smaller_settings,
+        trains_adapters,
+    )
 
     if not is_out_of_memory(err):
         return ""
@@ -29,16 +33,18 @@ def memory_advice(err: BaseException, resumed: bool = False, config=None) -> str
         for key, text in (("objects", "fewer --n-objects"), ("batch", "a smaller --batch-size"))
         if key in room
     ]
+    anew = ["a --preset for less memory (samtune presets)"] if "preset" in room else []
+    if "freeze" in room:
+        lora = "--lora-rank 0 " if trains_adapters(config) else ""
+        anew.append(f"{lora}--freeze image_encoder")
     if resumed:
         ways = [f"resume with {' or '.join(lower)}"] if lower else []
-        if "preset" in room or "freeze" in room:
-            ways.append("start a new run in another --out with a --preset for less memory")
+        if anew:
+            ways.append(f"start a new run in another --out with {' or '.join(anew)}")
+        told = ", or ".join(ways)
     else:
-        ways = ["choose a --preset for less memory (samtune presets)"] if "preset" in room else []
-        ways += lower + (["--freeze image_encoder"] if "freeze" in room else [])
-    if not ways:
-        return f"out of memory: {NOTHING_SMALLER}"
-    return f"out of memory: {', or '.join(ways) if resumed else _or_list(ways)}"
+        told = f"choose {_or_list(anew[:1] + lower + anew[1:])}" if anew or lower else ""
+    return f"out of memory: {told or nothing_smaller(config)}"
 
 
 def _or_list(items: list[str]) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from napari_samtune.core.architectures import SamArchitecture, as_architecture
+from napari_samtune.core.architectures import ARCHITECTURES, SamArchitecture, as_architecture
 from napari_samtune.core.machine import MachineResources
 from napari_samtune.core.presets import (
     MEMORY_TOLERANCE,
@@ -91,19 +91,19 @@ def preset_memory_short(config) -> str:
 
 def smaller_settings(config) -> set[str]:
     """What a run's :class:`~napari_samtune.core.presets.TrainConfig` (None: unknown) can
-    still lower where it ran out of memory: "preset" (one for less memory on its device),
-    "objects" and "batch" (above 1), "freeze" (the image encoder trains). On cpu-8gb's
-    setting (1 object, batch 1, encoder frozen) the advice named all four, none possible."""
+    still lower where it ran out of memory: "preset" (one for less memory on its device
+    that has a setting for its model), "objects" and "batch" (above 1), "freeze" (the image
+    encoder trains). On cpu-8gb's setting (1 object, batch 1, encoder frozen) the advice
+    named all four, none possible; for vit_h on the a100 it named a smaller preset, which
+    none measured for vit_h is."""
     unknown = {"preset", "objects", "batch", "freeze"}
     if config is None:
         return unknown
-    room = set()
     try:
         preset = get_preset(config.preset)
     except (AttributeError, ValueError, TypeError):  # a config of its own: say them all
         return unknown
-    if any(p.device == preset.device and p.memory_gb < preset.memory_gb for p in PRESETS):
-        room.add("preset")
+    room = {"preset"} if _smaller_preset_for(preset, _architecture(config)) else set()
     if config.n_objects_per_batch > 1:
         room.add("objects")
     if config.batch_size > 1:
@@ -113,9 +113,51 @@ def smaller_settings(config) -> set[str]:
     return room
 
 
-# where nothing is left to lower
-NOTHING_SMALLER = (
-    "its settings are already the smallest (1 object, batch size 1, the image encoder frozen, "
-    "the smallest preset): free memory (close other programs), or train a smaller model "
-    "(vit_t) or on a GPU"
-)
+def _architecture(config) -> SamArchitecture | None:
+    """The run's model's architecture, or None where it cannot be told (then any fits)."""
+    from napari_samtune.core.model_source import architecture_of
+
+    try:
+        return as_architecture(architecture_of(config.model))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def _smaller_preset_for(preset: ResourcePreset, arch: SamArchitecture | None) -> bool:
+    """Whether a preset for less memory than ``preset``, on its device, has a setting for
+    ``arch`` (any model: None)."""
+    for other in PRESETS:
+        if other.device != preset.device or other.memory_gb >= preset.memory_gb:
+            continue
+        if arch is None or fits_encoder_size(other, approx_encoder_params(arch)):
+            return True
+    return False
+
+
+def nothing_smaller(config) -> str:
+    """What is left where nothing of ``config`` (a TrainConfig, or None) can be lowered:
+    a smaller model or a GPU only where the run has neither."""
+    ways = ["free memory (close other programs)"]
+    arch = None if config is None else _architecture(config)
+    vit_t = approx_encoder_params(ARCHITECTURES["vit_t"])
+    if arch is None or approx_encoder_params(arch) > vit_t * 1.05:
+        ways.append("train a smaller model (vit_t)")
+    try:
+        on_gpu = get_preset(config.preset).device == "cuda"
+    except (AttributeError, ValueError, TypeError):
+        on_gpu = False
+    if not on_gpu:
+        ways.append("train on a GPU")
+    listed = ways[0] if len(ways) == 1 else f"{', '.join(ways[:-1])} or {ways[-1]}"
+    return (
+        "its settings are already the smallest (1 object, batch size 1, the image encoder "
+        f"frozen, the smallest preset for its model): {listed}"
+    )
+
+
+def trains_adapters(config) -> bool:
+    """Whether the run (a TrainConfig, or None) trains LoRA adapters in the image encoder:
+    freezing it is then refused unless LoRA's rank is set to 0 too (the advice "--freeze
+    image_encoder" alone was refused: "lora_rank=4 trains adapters inside the image
+    encoder")."""
+    return bool(getattr(config, "lora_rank", 0))
