@@ -173,15 +173,19 @@ def test_a_trained_only_checkpoint_with_a_wrong_digest_is_not_said_to_have_a_new
     assert "now has different weights" not in message
 
 
-def test_the_cli_says_what_is_damaged_rather_than_a_traceback(runs, tmp_path, capsys):
-    path = _damaged_run(runs, tmp_path, "whole", "progress")
-    run, images, labels = path.parent.parent, tmp_path / "images", tmp_path / "labels"
+def _cli_resume(path, tmp_path) -> list[str]:
+    """``samtune train --resume`` of the run of checkpoint ``path``, on DATA in TIFF files."""
+    images, labels = tmp_path / "images", tmp_path / "labels"
     images.mkdir(), labels.mkdir()
     for i, (image, label) in enumerate(DATA):
         tifffile.imwrite(images / f"{i}.tif", image), tifffile.imwrite(labels / f"{i}.tif", label)
-    resume = ["train", "--resume", str(run), "--epochs", "2", "--no-progress", "--images"]
-    resume += [str(images), "--labels", str(labels)]
-    assert cli.main(resume) == 2
+    resume = ["train", "--resume", str(path.parent.parent), "--epochs", "2", "--no-progress"]
+    return resume + ["--images", str(images), "--labels", str(labels)]
+
+
+def test_the_cli_says_what_is_damaged_rather_than_a_traceback(runs, tmp_path, capsys):
+    path = _damaged_run(runs, tmp_path, "whole", "progress")
+    assert cli.main(_cli_resume(path, tmp_path)) == 2
     assert f"error: '{path}' is a damaged training checkpoint: its 'progress'" in (
         capsys.readouterr().err
     )
@@ -300,12 +304,6 @@ def test_an_epoch_that_is_no_count_is_refused_naming_the_file(runs, tmp_path, ca
     """It said "invalid literal for int() with base 10: 'x'", naming neither the file nor a
     fix."""
     path = _damaged_run(runs, tmp_path, "whole", "epoch", epoch)
-    run, images, labels = path.parent.parent, tmp_path / "images", tmp_path / "labels"
-    images.mkdir(), labels.mkdir()
-    for i, (image, label) in enumerate(DATA):
-        tifffile.imwrite(images / f"{i}.tif", image), tifffile.imwrite(labels / f"{i}.tif", label)
-    resume = ["train", "--resume", str(run), "--epochs", "2", "--no-progress", "--images"]
-    resume += [str(images), "--labels", str(labels)]
-    assert cli.main(resume) == 2
+    assert cli.main(_cli_resume(path, tmp_path)) == 2
     err = capsys.readouterr().err
     assert f"'{path}' is a damaged training checkpoint: its 'epoch' entry is {epoch!r}" in err
