@@ -533,3 +533,21 @@ def test_an_object_in_pieces_on_a_plane_of_3d_labels_trains_as_one_object_per_pi
     assert sorted(prepared.object_areas.tolist()) == [116, 150, 150]
     flat = prepare_pair(ImageLabelPair(image, plane, "flat.tif"))  # a 2D image: as drawn
     assert flat.object_areas.size == 2
+
+
+def test_objects_the_cut_of_a_single_image_splits_are_not_validated():
+    """Their part above the cut trained: 6 of a 128 px image's 8 held-out objects were such
+    pieces, and scoring them flattered the model. Where all are cut, they stay."""
+    labels = np.zeros((100, 40), np.uint16)
+    labels[70:85, 5:15] = 1  # across the cut at row 80
+    labels[88:98, 20:30] = 2  # below it, whole
+    labels[10:20, 5:15] = 3  # above it
+    rgb = np.zeros((100, 40), np.uint8)
+    (image,) = prepare_pairs([ImageLabelPair(rgb, labels, "one.tif")])
+    (train,), (val,) = split_validation([image], 0.2, seed=0)
+    assert val.labels.shape == (20, 40) and val.object_areas.tolist() == [100]  # object 2
+    assert train.object_areas.size == 2  # 3, and 1's part above the cut
+    labels[88:98, 20:30] = 0  # only the cut object held out: scored as before
+    (image,) = prepare_pairs([ImageLabelPair(rgb, labels, "one.tif")])
+    (_,), (val,) = split_validation([image], 0.2, seed=0)
+    assert val.object_areas.tolist() == [50]
