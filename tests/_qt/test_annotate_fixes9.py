@@ -108,3 +108,57 @@ def test_a_mode_change_on_a_stack_leaves_no_plane_of_the_other_mode_to_commit(
     viewer.dims.set_current_step(0, 0)  # viewed: segmented as one object
     drain_jobs(widget)
     assert len(widget.commit()) == 1
+
+
+def test_keys_on_an_earlier_image_s_layers_after_the_panel_reopened_act_on_nothing(
+    cells_viewer, tiny_sam, drain_jobs, notifications
+):
+    """cells1 annotated, the panel closed and opened again on cells0: U on "cells1 points"
+    (no keys of its own any more) undid cells0's last commit, unsaid; with the old panel's
+    keys left on that layer, C did nothing and said nothing."""
+    from napari_samtune._qt.annotate import AnnotateWidget
+
+    viewer = cells_viewer(2)
+    first = AnnotateWidget(viewer)
+    first.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(first)
+    for name in ("cells1", "cells0", "cells1"):
+        first.ui.image_combo.setCurrentText(name)
+        drain_jobs(first)
+    first.shut_down()
+    widget = AnnotateWidget(viewer)
+    widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    widget.ui.image_combo.setCurrentText("cells0")
+    drain_jobs(widget)
+    widget.session.layers.points.add([32, 32])
+    drain_jobs(widget)
+    assert widget.commit() == [1]
+    drain_jobs(widget)
+    committed = widget.session.annotations.copy()
+    other = viewer.layers["cells1 points"]
+    viewer.layers.selection.active = other
+    for key in ("U", "C"):
+        notifications.clear()
+        _press(key, other, viewer)
+        np.testing.assert_array_equal(widget.session.annotations, committed)
+        assert notifications and notifications[-1].startswith(
+            "layer 'cells1 points' belongs to image 'cells1', not to the image annotated now"
+        )
+
+
+def test_ctrl_z_on_the_annotations_is_napari_s_again_once_the_panel_closes(
+    cells_viewer, tiny_sam, drain_jobs, notifications
+):
+    """It still said "...; U undoes its last commit", and U no longer did anything."""
+    from napari_samtune._qt.annotate import AnnotateWidget
+
+    viewer = cells_viewer(1)
+    widget = AnnotateWidget(viewer)
+    widget.set_model(tiny_sam, "tiny", "tiny-test")
+    drain_jobs(widget)
+    annotations = widget.session.layers.annotations
+    widget.shut_down()
+    notifications.clear()
+    _press("Control-Z", annotations, viewer)
+    assert not any("U undoes" in n for n in notifications)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from napari.layers import Image
+from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QWidget
@@ -41,6 +41,8 @@ from napari_samtune._qt.annotate_saves import AnnotateSavesMixin
 from napari_samtune._qt.annotate_session import AnnotationSession
 from napari_samtune._qt.annotate_ui import BATCHED_MODE, AnnotateControls
 from napari_samtune._qt.dock_life import on_removed
+from napari_samtune._qt.history_keys import unbind_history_keys
+from napari_samtune._qt.layer_names import OWN_IMAGE_KEY
 from napari_samtune._qt.preview_basis import next_basis
 from napari_samtune._qt.prompt_layers import PlanePrompts
 from napari_samtune._qt.proxies import unproxied
@@ -162,6 +164,7 @@ class AnnotateWidget(
         first = next(iter(self._image_layers()), None)
         self.ui.folder_edit.setText(str(starting_folder(viewer, first)))
         self._shut_down = False
+        self._keyed_layers = weakref.WeakSet()  # the helper layers its keys are bound on
         # Layers removed together (select all + delete, layers.clear()) go one by one:
         # choosing the next image after each would build, then remove, its layers.
         self._attach_soon = QTimer(self, singleShot=True, interval=0)
@@ -268,6 +271,8 @@ class AnnotateWidget(
         commit) while the person meant the image selected: said instead, as on that image's
         prompt layers."""
         selected = self.viewer.layers.selection.active
+        if self.session is not None and self._another_images_layer(selected):
+            return
         if not isinstance(selected, Image) or self.session is None:
             action()
             return
@@ -280,6 +285,30 @@ class AnnotateWidget(
             f"({annotated!r}): pick {selected.name!r} under Image to annotate it, or select "
             f"a layer of {annotated!r}"
         )
+
+    def _another_images_layer(self, selected) -> bool:
+        """Whether ``selected`` is a layer the widget made for another image than the one
+        annotated now (said so): a panel closed and opened again has no keys on those, and
+        U there undid the annotated image's last commit."""
+        mark = getattr(selected, "metadata", {}).get(OWN_IMAGE_KEY)
+        own = str(getattr(unproxied(self.session.image_layer), "unique_id", "") or "")
+        if not isinstance(mark, dict) or not own or mark.get("image layer") == own:
+            return False
+        image = next(
+            (
+                layer.name
+                for layer in self.viewer.layers
+                if str(getattr(layer, "unique_id", "")) == mark.get("image layer")
+            ),
+            "another image",
+        )
+        annotated = self.session.image_layer.name
+        show_info(
+            f"layer {selected.name!r} belongs to image {image!r}, not to the image annotated "
+            f"now ({annotated!r}): pick {image!r} under Image to act on its prompts, or select "
+            f"a layer of {annotated!r}"
+        )
+        return True
 
     def unsaved_images(self) -> list[str]:
         """The images whose annotations have edits not in the annotation folder (made with
@@ -299,15 +328,18 @@ class AnnotateWidget(
         OPEN_PANELS.discard(self)
         self._attach_soon.stop()
         helpers = list(self.session.layers.layers) if self.session is not None else []
+        helpers += [layer for layer in self._keyed_layers if layer not in helpers]
         self._detach()
         for session in self._not_autosaved:  # a panel opened again goes on with them
             session.left_unsaved()
         self._say_not_autosaved("the panel closed; their annotations layers stay in the viewer")
         self._say_restores_dropped()
         self._unwatch_retired()
-        for provider in [self.viewer, *helpers]:
+        for provider in [self.viewer, *helpers]:  # every image's layers it bound keys on
             for key in self._key_actions():
                 provider.bind_key(key, None, overwrite=True)
+            if isinstance(provider, Labels):
+                unbind_history_keys(provider)
         events = self.viewer.layers.events
         events.inserted.disconnect(self._on_layer_inserted)
         events.removed.disconnect(self._on_layer_removed)

@@ -171,6 +171,7 @@ class AnnotateImageMixin:
         self._bind_history_keys(self.session.layers.annotations)
         for helper in self.session.layers.layers:
             self._bind_keys(helper, layer)
+            self._keyed_layers.add(unproxied(helper))  # unbound when the panel closes
         self._set_positive_mode(self.ui.positive_check.isChecked())
         self.viewer.layers.selection.active = self.session.layers.points
         self._say_if_sheared(layer)

@@ -43,3 +43,10 @@ def bind_history_keys(annotations, stepped: Callable[[object], None]) -> None:
 
     for key, name in HISTORY_KEYS.items():
         annotations.bind_key(key, lambda layer, name=name: step(layer, name), overwrite=True)
+
+
+def unbind_history_keys(annotations) -> None:
+    """napari's own Ctrl+Z and Ctrl+Shift+Z on ``annotations`` again (the panel closed: the
+    message pointed to U, which no longer worked)."""
+    for key in HISTORY_KEYS:
+        annotations.bind_key(key, None, overwrite=True)
