@@ -162,3 +162,14 @@ def test_ctrl_z_on_the_annotations_is_napari_s_again_once_the_panel_closes(
     notifications.clear()
     _press("Control-Z", annotations, viewer)
     assert not any("U undoes" in n for n in notifications)
+
+
+def test_c_without_prompts_asks_for_them_rather_than_blaming_the_model(
+    viewer_widget, drain_jobs, notifications
+):
+    """It said "the model found no object at these prompts: try ... another model"."""
+    _viewer, widget = viewer_widget
+    assert widget.commit() == []
+    assert notifications[-1] == (
+        "nothing to commit: no prompts yet; click an object or draw a box first"
+    )

@@ -120,6 +120,7 @@ class AnnotateActionsMixin:
         planes = [plane for plane in layers.preview_planes() if plane not in apart]
         present = [ids_in(layers.preview_plane(plane)) for plane in planes]  # read once
         shown = len(set().union(*(ids.tolist() for ids in present)) - {0})
+        prompted = has_prompts(layers)
         with self._prompts_in_flux():
             ids = self.session.commit(
                 overwrite, source, self.model_name or "", planes, present, alone=bool(apart),
@@ -131,12 +132,16 @@ class AnnotateActionsMixin:
         self._keep_propagation_out()
         if not ids:  # the preview empty: the model found nothing at the prompts
             covered = " (tick overwrite to replace them)" if shown and not overwrite else ""
-            show_info(
-                "nothing to commit: the preview covers only existing objects" + covered
-                if shown
-                else "nothing to commit: the preview is empty (the model found no object at "
-                "these prompts): try a box, more points, or another model"
-            )
+            if shown:
+                said = "nothing to commit: the preview covers only existing objects" + covered
+            elif not prompted:  # it blamed the model for prompts nobody had given
+                said = "nothing to commit: no prompts yet; click an object or draw a box first"
+            else:
+                said = (
+                    "nothing to commit: the preview is empty (the model found no object at "
+                    "these prompts): try a box, more points, or another model"
+                )
+            show_info(said)
             return []
         self.ui.status_label.setText(f"committed object(s) {ids}")
         notes = [
