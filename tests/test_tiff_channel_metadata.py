@@ -210,3 +210,23 @@ def test_a_stack_whose_file_calls_its_planes_channels_trains_as_a_stack(tmp_path
         pairs = load_pairs(images, labels)
     assert len(pairs) == 3 and all(pair.image.shape == (64, 64) for pair in pairs)
     np.testing.assert_array_equal(pairs[1].image, stack[1])
+
+
+def test_segment_stack_reads_a_file_calling_its_planes_channels_as_planes(
+    tmp_path, tiny_checkpoint, channels, capsys
+):
+    """tifffile.imwrite(..., imagej=True) names any 3D array CYX: training read it as a
+    stack, while segment --stack refused it, asking for a channel axis it does not have."""
+    pixels, _ = channels
+    stack, named = tmp_path / "ij.tif", tmp_path / "zyx.tif"
+    tifffile.imwrite(stack, pixels, imagej=True)
+    tifffile.imwrite(named, pixels, imagej=True, metadata={"axes": "ZYX"})
+    assert read_tiff_with_axes(stack)[1] == "CYX"
+    assert segment(tiny_checkpoint, stack, tmp_path / "a.tif", "--stack") == 0
+    assert "ij.tif: the file names its first axis C (channels); with --stack it is read as " in (
+        capsys.readouterr().err
+    )
+    assert segment(tiny_checkpoint, named, tmp_path / "b.tif", "--stack") == 0
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "a.tif"), tifffile.imread(tmp_path / "b.tif")
+    )

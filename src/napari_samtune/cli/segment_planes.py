@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,17 @@ class Planes:
         self.image, self.stacked, self.channels = image, args.stack, args.channels
         given = args.channel_axis  # else the one the file's metadata names (ImageJ's C)
         channel_axis = self.channel_axis = channel_axis_for(axes, image.ndim, given, str(path))
+        if args.stack and given is None and image.ndim == 3 and channel_axis == 0:
+            # the only axis besides the rows and columns: the planes --stack asks for
+            # (tifffile.imwrite(..., imagej=True) names that of any 3D array C); refused,
+            # with advice to give a channel axis the file does not have
+            warnings.warn(
+                f"{path.name}: the file names its first axis C (channels); with --stack it is "
+                "read as the planes (save it with metadata={'axes': 'ZYX'} to name them so)",
+                UserWarning,
+                stacklevel=2,
+            )
+            channel_axis = self.channel_axis = None
         declared = channel_axis if given is None else None
         option = (
             f"--channel-axis {given}"
