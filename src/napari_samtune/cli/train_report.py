@@ -109,8 +109,9 @@ def aborted_note(
         if registered is not None:  # what failed came after (its summary.json: a full disk)
             return (
                 f"its training is done, its model exported to {model} and registered as "
-                f"{registered!r} (samtune models lists it): nothing is left to redo; only its "
-                f"files after that failed (its checkpoints: {saved})"
+                f"{registered!r} (samtune models lists it): nothing is left to redo; only a "
+                f"file written after that failed, as said below (its checkpoints are whole: "
+                f"{saved})"
             )
         if files.model.is_file():  # exported: its registration failed (a full models folder)
             return (

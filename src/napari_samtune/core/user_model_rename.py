@@ -197,7 +197,7 @@ def _current_weights(sidecar: Path, data: dict) -> Path:
     if named in others:
         whose = "another model's description names it"
     elif named.suffix not in WEIGHTS_SUFFIXES:
-        whose = "it is no weights file (.pt)"
+        whose = "it is no weights file (.pt or .pth)"
     else:
         whose = "it is missing"
     raise ValueError(

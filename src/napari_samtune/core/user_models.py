@@ -79,7 +79,7 @@ def _spec_from_sidecar(path: Path, again: bool = True) -> ModelSpec:
     if spec.name in builtin_names():  # given to a built-in model since it was registered
         raise ValueError(f"{spec.name!r} is now the name of a built-in model, which takes it")
     if spec.local_path().suffix not in (".pt", ".pth"):  # another model's description, say
-        raise ValueError(f"it names {spec.filename!r}, which is no weights file (.pt)")
+        raise ValueError(f"it names {spec.filename!r}, which is no weights file (.pt or .pth)")
     if not spec.local_path().is_file():
         if again:
             return _spec_from_sidecar(path, again=False)
