@@ -1238,3 +1238,18 @@ def test_the_warning_about_a_varying_fourth_channel_names_the_option(
     err = capsys.readouterr().err
     assert "taken as RGBA" in err and "pass --channels 3 (or three indices)" in err
     assert "channels=[3]" not in err
+
+
+def test_a_file_given_twice_is_segmented_once(tmp_path, tiny_checkpoint, capsys):
+    """Overlapping globs, or a file and its folder: it was segmented and counted twice; a
+    relative and an absolute path to it were refused as two images with one labels name."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        tifffile.imwrite(images / f"cell_{i}.tif", make_image((64, 64), seed=i)[0])
+    given = [str(images / "cell_[0-1].tif"), str(images / "cell_[1-2].tif"), str(images)]
+    out = tmp_path / "labels"
+    assert segment(tiny_checkpoint, given, out, *AUTO) == 0
+    printed = capsys.readouterr().out
+    assert "file(s) given more than once are segmented once" in printed
+    assert printed.count("cell_1.tif:") == 1 and "3 of 3 images segmented" in printed

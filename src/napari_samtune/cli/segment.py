@@ -326,6 +326,18 @@ _APPEARED = (
 )
 
 
+def _once_each(files: list[Path]) -> list[Path]:
+    """``files`` without repeats of one file (overlapping globs, a file and its folder, a
+    relative and an absolute path), said: such a file was segmented and counted twice, or
+    refused as two images that "would have the same labels file name"."""
+    seen: dict[Path, Path] = {}
+    for path in files:
+        seen.setdefault(path.resolve(), path)
+    if len(seen) < len(files):
+        print(f"{len(files) - len(seen)} file(s) given more than once are segmented once")
+    return list(seen.values())
+
+
 def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
     """--auto on several images: ``<image>.labels.tif`` each in the output folder. Images
     whose labels exist are skipped unless --overwrite (a rerun after a stop goes on where it
@@ -340,6 +352,7 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
             f"{given} with a prompt file, which belongs to one image; give one image's path "
             "with --points/--boxes, or segment several with --auto"
         )
+    files = _once_each(files)
     out_dir = check_output_folder(args.output)
     if out_dir.suffix.lower() in (".tif", ".tiff") and not out_dir.is_dir():
         raise ValueError(
