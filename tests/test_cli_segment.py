@@ -1253,3 +1253,19 @@ def test_a_file_given_twice_is_segmented_once(tmp_path, tiny_checkpoint, capsys)
     printed = capsys.readouterr().out
     assert "file(s) given more than once are segmented once" in printed
     assert printed.count("cell_1.tif:") == 1 and "3 of 3 images segmented" in printed
+
+
+def test_a_folder_s_rgba_warnings_name_each_image(tmp_path, tiny_checkpoint, capsys):
+    """Two 4-channel images of one shape in a folder: one warning, naming neither."""
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        rgba = rng.integers(0, 255, (64, 64, 4), np.uint8)
+        tifffile.imwrite(
+            images / f"{name}.tif", rgba, photometric="rgb", extrasamples=["unassalpha"]
+        )
+    assert segment(tiny_checkpoint, images, tmp_path / "out", *AUTO) == 0
+    err = capsys.readouterr().err
+    assert "warning: a.tif: image of shape (64, 64, 4) is taken as RGBA" in err
+    assert "warning: b.tif: image of shape (64, 64, 4) is taken as RGBA" in err

@@ -551,3 +551,16 @@ def test_objects_the_cut_of_a_single_image_splits_are_not_validated():
     (image,) = prepare_pairs([ImageLabelPair(rgb, labels, "one.tif")])
     (_,), (val,) = split_validation([image], 0.2, seed=0)
     assert val.object_areas.tolist() == [50]
+
+
+def test_a_training_pair_s_warnings_name_its_file(tmp_path):
+    """A folder's 4-channel images were warned about without a name."""
+    import warnings
+
+    rgba = np.random.default_rng(0).integers(0, 255, (48, 48, 4), np.uint8)
+    labels = np.zeros((48, 48), np.uint16)
+    labels[10:20, 10:20] = 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepare_pairs([ImageLabelPair(rgba, labels, "four.tif")])
+    assert any(str(w.message).startswith("four.tif: image of shape") for w in caught)

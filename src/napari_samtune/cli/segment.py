@@ -64,6 +64,7 @@ from napari_samtune.cli.segment_planes import (
     optional_bar,
     segment_planes,
 )
+from napari_samtune.core.images import warnings_named
 from napari_samtune.core.label_files import labels_file_name
 
 AUTO_OPTIONS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "min_area")
@@ -484,10 +485,11 @@ def _segment_each(args, segmenter, model_name, config, todo, outputs, written) -
         bar(0, len(todo))
         for done, image in enumerate(todo):
             try:
-                planes = Planes(*read_image(image), image, args)
-                labels, _ = segment_planes(
-                    segmenter, planes, None, None, config, bars=False, name=image.name
-                )
+                with warnings_named(image.name):  # which of the folder's images it was
+                    planes = Planes(*read_image(image), image, args)
+                    labels, _ = segment_planes(
+                        segmenter, planes, None, None, config, bars=False, name=image.name
+                    )
             except (ValueError, TypeError) as err:
                 failed += 1
                 why = in_option_terms(str(err), OPTION_NAMES)

@@ -31,6 +31,7 @@ from napari_samtune.core.images import (
     plane_to_sam_rgb,
     planes_first,
     sam_plane,
+    warnings_named,
 )
 from napari_samtune.core.label_files import (
     FileMatch,
@@ -345,8 +346,10 @@ def _with_arrays(pair: ImageLabelPair) -> ImageLabelPair:
 
 
 def prepare_pair(pair: ImageLabelPair) -> PreparedImage:
-    """Check one pair and normalise it; errors name the pair and say how to fix it."""
-    rgb, labels = normalise_pair(pair)
+    """Check one pair and normalise it; errors name the pair and say how to fix it, and so
+    do warnings (a stack's planes by the stack's name, said once)."""
+    with warnings_named(pair.source or pair.name):
+        rgb, labels = normalise_pair(pair)
     if pair.source:  # a plane of 3D labels
         labels = pieces_apart(labels)
     return index_objects(rgb, labels, pair.name, pair.source)

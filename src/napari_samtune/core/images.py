@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -357,3 +358,17 @@ def sam_plane(
     plane = select_channels(image, channel_axis, channels)
     check_rescalable(plane.dtype)
     return plane
+
+
+@contextmanager
+def warnings_named(name: str) -> Iterator[None]:
+    """The warnings raised inside, issued again with ``name`` (an image file's) in front:
+    of a folder of images, "image of shape (64, 64, 4) is taken as RGBA, ..." named none,
+    and images of one shape were said once for all."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        warnings.warn_explicit(
+            f"{name}: {warning.message}", warning.category, warning.filename, warning.lineno
+        )
