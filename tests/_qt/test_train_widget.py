@@ -691,7 +691,7 @@ def test_a_torch_error_mid_run_is_reported_and_start_works_again(
     assert "training failed: out of memory (CUDA out of memory" in widget.result_label.text()
     assert "Continue…" not in widget.result_label.text()  # no epoch ended: no checkpoint
     assert any(m.startswith("training failed: out of memory") for m in notifications)
-    advice = "choose a preset for less memory, or in Advanced settings fewer objects per batch"
+    advice = "choose a preset for less memory, or in Advanced settings choose fewer objects"
     assert advice in widget.result_label.text()  # not "a smaller image", as for prompting
     assert any(advice in m for m in notifications)
 
