@@ -14,23 +14,30 @@ def _press(key: str, layer, viewer) -> None:
     keys.release_key(key)
 
 
-def test_u_with_another_image_selected_undoes_nothing_and_says_why(
-    cells_viewer, tiny_sam, drain_jobs, notifications
-):
-    """cells0 annotated before, cells1 now: U with cells0's image layer selected undid
-    cells1's last commit, without a word (no redo), where cells0's other layers refuse."""
+def _committed_on(viewer, image: str, tiny_sam, drain_jobs):
+    """An Annotate panel on ``viewer`` that committed object 1 on ``image`` (a point)."""
     from napari_samtune._qt.annotate import AnnotateWidget
 
-    viewer = cells_viewer(2)
     widget = AnnotateWidget(viewer)
     widget.set_model(tiny_sam, "tiny", "tiny-test")
     drain_jobs(widget)
-    widget.ui.image_combo.setCurrentText("cells1")
+    widget.ui.image_combo.setCurrentText(image)
     drain_jobs(widget)
     widget.session.layers.points.add([32, 32])
     drain_jobs(widget)
     assert widget.commit() == [1]
     drain_jobs(widget)
+    return widget
+
+
+def test_u_with_another_image_selected_undoes_nothing_and_says_why(
+    cells_viewer, tiny_sam, drain_jobs, notifications
+):
+    """cells0 annotated before, cells1 now: U with cells0's image layer selected undid
+    cells1's last commit, without a word (no redo), where cells0's other layers refuse."""
+
+    viewer = cells_viewer(2)
+    widget = _committed_on(viewer, "cells1", tiny_sam, drain_jobs)
     committed = widget.session.annotations.copy()
     viewer.layers.selection.active = viewer.layers["cells0"]
     for key in ("U", "Shift-C", "T"):
@@ -126,15 +133,7 @@ def test_keys_on_an_earlier_image_s_layers_after_the_panel_reopened_act_on_nothi
         first.ui.image_combo.setCurrentText(name)
         drain_jobs(first)
     first.shut_down()
-    widget = AnnotateWidget(viewer)
-    widget.set_model(tiny_sam, "tiny", "tiny-test")
-    drain_jobs(widget)
-    widget.ui.image_combo.setCurrentText("cells0")
-    drain_jobs(widget)
-    widget.session.layers.points.add([32, 32])
-    drain_jobs(widget)
-    assert widget.commit() == [1]
-    drain_jobs(widget)
+    widget = _committed_on(viewer, "cells0", tiny_sam, drain_jobs)
     committed = widget.session.annotations.copy()
     other = viewer.layers["cells1 points"]
     viewer.layers.selection.active = other
