@@ -202,8 +202,9 @@ def _resume_problem(checkpoint: dict) -> str:
     for field in ("optimizer_state", "scheduler_state", "progress", "rng_state"):
         if not isinstance(checkpoint.get(field), dict):
             return f"its {field!r} entry is missing or not a dict"
-    if _epoch_problem(checkpoint):
-        return _epoch_problem(checkpoint)
+    epoch_problem = _epoch_problem(checkpoint)
+    if epoch_problem:
+        return epoch_problem
     progress = checkpoint["progress"]
     lost = [field for field in PROGRESS_MUST_HAVE if field not in progress]
     if lost:  # a default put in its place resumed the run from its first epoch, unsaid

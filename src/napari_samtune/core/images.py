@@ -21,6 +21,7 @@ import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import numpy as np
 
@@ -33,6 +34,10 @@ STACK_CHANNELS_FIX = (
     "pass channel_axis (counted in the stack, e.g. 1 or -1) and channels (one index, or "
     "three for RGB)"
 )
+
+
+# the image file a warning is about, where a caller says (see warnings_named)
+_IMAGE_NAME: ContextVar[str] = ContextVar("image_name", default="")
 
 
 def as_pixels(image: object) -> np.ndarray:
@@ -240,10 +245,10 @@ def _select_channels(
     if chosen is None:
         if n_channels == 4 and np.ptp(image[..., 3]) > 0:
             warnings.warn(
-                f"image of shape {image.shape!r} is taken as RGBA, so its 4th channel "
-                "(axis -1, index 3) is not used, yet it varies: if it holds a channel of "
-                "its own (4-channel fluorescence), pass channels=[3] (or three indices) to "
-                "choose what SAM sees",
+                f"{_IMAGE_NAME.get()}image of shape {image.shape!r} is taken as RGBA, so its "
+                "4th channel (axis -1, index 3) is not used, yet it varies: if it holds a "
+                "channel of its own (4-channel fluorescence), pass channels=[3] (or three "
+                "indices) to choose what SAM sees",
                 UserWarning,
                 stacklevel=3,
             )
@@ -362,13 +367,13 @@ def sam_plane(
 
 @contextmanager
 def warnings_named(name: str) -> Iterator[None]:
-    """The warnings raised inside, issued again with ``name`` (an image file's) in front:
+    """Inside it, this module's warnings about an image name ``name`` (its file's) in front:
     of a folder of images, "image of shape (64, 64, 4) is taken as RGBA, ..." named none,
-    and images of one shape were said once for all."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    and images of one shape were said once for all. A context variable, not
+    ``warnings.catch_warnings``, whose process-wide filters a worker thread would have
+    changed under the GUI thread's warnings."""
+    token = _IMAGE_NAME.set(f"{name}: ")
+    try:
         yield
-    for warning in caught:
-        warnings.warn_explicit(
-            f"{name}: {warning.message}", warning.category, warning.filename, warning.lineno
-        )
+    finally:
+        _IMAGE_NAME.reset(token)
