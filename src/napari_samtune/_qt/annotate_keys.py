@@ -64,12 +64,7 @@ class AnnotateKeysMixin:
         if self.session is not None and self.session.image_layer == image_layer:
             action()
             return
-        now = "no image" if self.session is None else f"{self.session.image_layer.name!r}"
-        show_info(
-            f"layer {helper.name!r} belongs to image {image_layer.name!r}, not to the image "
-            f"annotated now ({now}): pick {image_layer.name!r} under Image to act on its "
-            "prompts, or select a layer of the image annotated now"
-        )
+        self._say_belongs_elsewhere(helper.name, image_layer.name)
 
     def _act_unless_other_image(self, action) -> None:
         """A key the viewer got: the selected layer has no binding of its own. With another
@@ -108,10 +103,15 @@ class AnnotateKeysMixin:
             ),
             "another image",
         )
-        annotated = self.session.image_layer.name
-        show_info(
-            f"layer {selected.name!r} belongs to image {image!r}, not to the image annotated "
-            f"now ({annotated!r}): pick {image!r} under Image to act on its prompts, or select "
-            f"a layer of {annotated!r}"
-        )
+        self._say_belongs_elsewhere(selected.name, image)
         return True
+
+    def _say_belongs_elsewhere(self, layer_name: str, image_name: str) -> None:
+        """Say that a key on layer ``layer_name`` of image ``image_name`` did nothing, as that
+        image is not the one annotated now."""
+        now = "no image" if self.session is None else f"{self.session.image_layer.name!r}"
+        show_info(
+            f"layer {layer_name!r} belongs to image {image_name!r}, not to the image "
+            f"annotated now ({now}): pick {image_name!r} under Image to act on its prompts, "
+            "or select a layer of the image annotated now"
+        )
