@@ -51,33 +51,6 @@ def _or_list(items: list[str]) -> str:
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
 
 
-def _registered_after_export(out: Path) -> str | None:
-    """The user model registered from ``out``'s model.pth since that file was written (of
-    several registered from that path over time, the one described after it): a run whose
-    summary.json could not be written (a full disk) was called "not registered", and the
-    command advised registered a copy."""
-    import json
-
-    from napari_samtune.core.registry import user_models_dir
-    from napari_samtune.core.train_export import RunFiles
-
-    model = RunFiles(out).model.resolve()
-    try:
-        exported = model.stat().st_mtime
-        sidecars = sorted(user_models_dir().glob("*.json"))
-    except OSError:
-        return None
-    names = []
-    for sidecar in sidecars:
-        try:
-            data = json.loads(sidecar.read_text(encoding="utf-8"))
-            if Path(data["registered_from"]) == model and sidecar.stat().st_mtime >= exported:
-                names.append(str(data["name"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return names[0] if len(names) == 1 else None
-
-
 def aborted_note(
     out: Path,
     resumed: str | None = None,
@@ -92,7 +65,11 @@ def aborted_note(
     before: fewer epochs, or less patience, and the run was called done, its model not
     registered); ``first_epoch``: the epoch the session started training at; ``data``: the
     run's data options, quoted, for the command that continues it (else placeholders)."""
-    from napari_samtune.core.train_export import RunFiles, unique_model_name
+    from napari_samtune.core.train_export import (
+        RunFiles,
+        registered_since_export,
+        unique_model_name,
+    )
 
     files = RunFiles(out)
     data = data or (
@@ -105,7 +82,7 @@ def aborted_note(
         source = shell_path(files.best if files.best.is_file() else files.last)
         name = unique_model_name(out.name)  # as training names it, or the next free name
         model = shell_path(files.model)
-        registered = _registered_after_export(out) if files.model.is_file() else None
+        registered = registered_since_export(out) if files.model.is_file() else None
         if registered is not None:  # what failed came after (its summary.json: a full disk)
             return (
                 f"its training is done, its model exported to {model} and registered as "

@@ -226,22 +226,41 @@ def earlier_registration(out_dir: Path, run_id: str | None = None) -> str | None
     return _registered_from(model, user_models_dir(), run_id)
 
 
-def _registered_from(model: Path, folder: Path, run_id: str | None) -> str | None:
+def _registered_from(
+    model: Path, folder: Path, run_id: str | None, since: float | None = None
+) -> str | None:
     """The user model registered from ``model`` (a run's model.pth) by the run ``run_id``
     (see :func:`_same_run`), looked up in the descriptions in ``folder``: a run killed after
     registering its model, before its summary.json named it, registered a second model
-    when resumed."""
+    when resumed. With ``since`` (a time), only descriptions written since then count."""
     from napari_samtune.core.registry import validate_model_name
 
     names = []
     for sidecar in sorted(folder.glob("*.json")):
         try:
             data = json.loads(sidecar.read_text(encoding="utf-8"))
-            if Path(data["registered_from"]) == model and _same_run(_run_of(data), run_id):
+            if Path(data["registered_from"]) != model or not _same_run(_run_of(data), run_id):
+                continue
+            if since is None or sidecar.stat().st_mtime >= since:
                 names.append(validate_model_name(data["name"]))
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return names[0] if len(names) == 1 else None
+
+
+def registered_since_export(out_dir: Path) -> str | None:
+    """The user model registered from ``out_dir``'s model.pth since that file was written
+    (of several registered from that path over time, the one described after it): a run
+    whose summary.json could not be written (a full disk) was called "not registered",
+    and the command advised registered a copy."""
+    from napari_samtune.core.registry import user_models_dir
+
+    model = RunFiles(out_dir).model.resolve()
+    try:
+        exported = model.stat().st_mtime
+    except OSError:
+        return None
+    return _registered_from(model, user_models_dir(), None, since=exported)
 
 
 def _same_run(theirs: str | None, run_id: str | None) -> bool:
