@@ -402,11 +402,15 @@ def test_row_names_tell_files_of_the_same_name_apart():
     from napari_samtune.cli.evaluate import _unique_names
 
     models = ["nano", "run1/best.pth", "run2/best.pth", "other/model.pth", "best.pt"]
-    assert _unique_names(models) == ["nano", "run1/best", "run2/best", "model", "best"]
+    assert _unique_names(models) == ["nano", "run1/best", "run2/best", "other/model", "best"]
     assert _unique_names(["a/x/m.pth", "b/x/m.pth"]) == ["a/x/m", "b/x/m"]
     # two runs' checkpoints were rows 'checkpoints/best' and 'checkpoints/best#2'
     runs = ["/data/run1/checkpoints/best.pt", "run2/checkpoints/best.pt", "run2/model.pth"]
-    assert _unique_names(runs) == ["run1/checkpoints/best", "run2/checkpoints/best", "model"]
+    assert _unique_names(runs) == ["run1/checkpoints/best", "run2/checkpoints/best", "run2/model"]
+    # a run's own file names say nothing of the run alone either: they keep its folder
+    assert _unique_names(["/data/run7/model.pth"]) == ["run7/model"]
+    assert _unique_names(["run7/checkpoints/last.pt"]) == ["run7/checkpoints/last"]
+    assert _unique_names(["checkpoints/best.pt", "cells/m.pth"]) == ["checkpoints/best", "m"]
     assert _unique_names(["x/m.pth", "x/m.pt"]) == ["x/m", "x/m#2"]
 
 

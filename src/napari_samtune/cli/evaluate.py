@@ -133,7 +133,9 @@ def _unique_names(models: list[str], known: set[str] | None = None) -> list[str]
     """Row names: the model argument, or a file's stem with as many of its folders as tell
     files of the same stem apart (``run1/best``, ``run2/best``; two runs' checkpoints
     ``run1/checkpoints/best``, ``run2/checkpoints/best``); names still repeated get ``#2``,
-    ``#3``. ``known``: the model names (:func:`_model_names`), where the caller has them."""
+    ``#3``. A run's own file names (``model``, ``best``, ``last``) say nothing of the run, so
+    they keep their run's folder (``run2/model``, ``run2/checkpoints/best``) even alone.
+    ``known``: the model names (:func:`_model_names`), where the caller has them."""
     known = _model_names() if known is None else known  # 'cells.v2': a name, not a suffix
     files = [m not in known and bool(Path(m).suffix) for m in models]
     tails = [
@@ -142,7 +144,7 @@ def _unique_names(models: list[str], known: set[str] | None = None) -> list[str]
     names: list[str] = []
     for index, parts in enumerate(tails):
         rivals = [t for i, t in enumerate(tails) if i != index and t[-1] == parts[-1]]
-        depth = 1
+        depth = _least_depth(parts) if files[index] else 1
         while depth < len(parts) and any(t[-depth:] == parts[-depth:] for t in rivals):
             depth += 1
         name = _printable(Path(*parts[-depth:]).as_posix() if files[index] else parts[0])
@@ -152,6 +154,18 @@ def _unique_names(models: list[str], known: set[str] | None = None) -> list[str]
             candidate = f"{name}#{n}"
         names.append(candidate)
     return names
+
+
+RUN_FILE_STEMS = frozenset({"model", "best", "last"})  # what a run names its weights
+
+
+def _least_depth(parts: tuple[str, ...]) -> int:
+    """How many of a weights file's path parts its row name needs at least: 1, or with the
+    run's folder for a run's own file name (2; 3 under its ``checkpoints`` folder)."""
+    if parts[-1] not in RUN_FILE_STEMS or len(parts) < 2:
+        return 1
+    folders = 3 if parts[-2] == "checkpoints" else 2
+    return min(folders, len(parts))
 
 
 def _printable(name: str) -> str:
