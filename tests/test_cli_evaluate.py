@@ -128,6 +128,14 @@ def test_evaluate_leaves_out_unpaired_files_on_request(tmp_path, annotated_folde
     assert "evaluation data: left out 1 image(s) without a label file" in err  # not a result
     assert "evaluating tiny on 2 images" in err and "evaluating" not in out
     assert "left out" not in out
+    assert "the files left out" not in err  # one file: the line named it
+    for i in range(4):  # more than the line names: "and 2 more" told nobody which
+        tifffile.imwrite(images / f"later_{i}.tif", np.zeros((96, 96), np.uint8))
+    assert cli.main([*argv, "--skip-unpaired"]) == 0
+    err = capsys.readouterr().err
+    assert "left out 5 image(s) without a label file" in err and "and 2 more" in err
+    listing = err.split("evaluation data: the files left out:\n")[1].splitlines()[:5]
+    assert listing == [f"  later_{i}.tif" for i in range(4)] + ["  not_annotated.tif"]
 
 
 def test_evaluate_rejects_negative_clicks(tmp_path, annotated_folder, capsys):

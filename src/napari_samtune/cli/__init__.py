@@ -184,6 +184,9 @@ def read_annotated(
         )
     if match.left_out_message() and verbose:
         print(f"{what} data: {match.left_out_message()}", file=notes)
+        listing = match.left_out_listing()
+        if listing:
+            print("\n".join([f"{what} data: the files left out:", *listing]), file=notes)
     foreign: list[str] = []
     empty_planes: list[str] = []
     namesakes: list[str] = []

@@ -198,6 +198,14 @@ class FileMatch:
             )
         return f"left out {' and '.join(parts)}" if parts else ""
 
+    def left_out_listing(self, limit: int = 3) -> list[str]:
+        """Every file :meth:`left_out_message` names, a line each, where it names only the
+        first ``limit`` of a kind ("and 47 more" told nobody which); [] where it names all."""
+        kinds = (self.lonely_images, self.lonely_labels, self.labels_beside, self.skipped)
+        if all(len(names) <= limit for names in kinds):
+            return []
+        return [f"  {name}" for names in kinds for name in names]
+
 
 def describe_names(names: Sequence[str], limit: int = 3) -> str:
     """``'a, b, c and 2 more'``: names for a message, the first ``limit`` of them."""
