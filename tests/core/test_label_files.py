@@ -255,6 +255,13 @@ def test_matching_without_any_pair_is_refused(tiff_folders, tmp_path):
         ValueError, match=r"images without labels \['cell_0.tif'.*\['a.labels.tif', 'b.labels"
     ):
         match_files(images, tmp_path / "elsewhere")
+    # autosaves of renamed image layers: the refusal says why they pair with nothing
+    with pytest.raises(ValueError, match="under its layer's name: to pair a file renamed so"):
+        match_files(images, tmp_path / "elsewhere")
+    _write(tmp_path / "masks", "a_mask.tif", np.ones((4, 4), np.uint8))
+    with pytest.raises(ValueError) as refused:  # no autosave: no layer to have renamed
+        match_files(images, tmp_path / "masks")
+    assert "layer" not in str(refused.value)
 
 
 def test_fingerprints_tell_images_apart_cheaply(rng, monkeypatch):

@@ -128,6 +128,12 @@ def is_label_file(path: Path) -> bool:
     return _label_stem(path) is not None
 
 
+RENAMED_LAYER_NOTE = (
+    "napari saves an image's annotations under its layer's name: to pair a file renamed so "
+    "with its image, rename the file or the layer back"
+)
+
+
 @dataclass(frozen=True)
 class FileMatch:
     """Image and label files paired by name, and the files left without a partner."""
@@ -165,9 +171,17 @@ class FileMatch:
                 "are named as labels (an image's name plus a suffix such as '_labels'): give "
                 "them as the labels and the others as the images"
             )
+        renamed = f" ({RENAMED_LAYER_NOTE})" if self._renamed_layer_possible() else ""
         return (
             f"{unpaired}; name each label file like its image (optionally with one of "
-            f"{list(LABEL_SUFFIXES)!r} appended)"
+            f"{list(LABEL_SUFFIXES)!r} appended){renamed}"
+        )
+
+    def _renamed_layer_possible(self) -> bool:
+        """Whether an autosave left alone may be of an image left alone: an image layer
+        renamed in napari saves its annotations under its new name."""
+        return bool(self.lonely_images) and any(
+            _is_autosave(Path(name)) for name in self.lonely_labels
         )
 
     def left_out_message(self) -> str:
@@ -180,11 +194,8 @@ class FileMatch:
             )
             if names
         ]
-        if self.lonely_images and any(_is_autosave(Path(name)) for name in self.lonely_labels):
-            parts[-1] += (  # an image layer renamed in napari saves under its new name
-                " (napari saves an image's annotations under its layer's name: to pair a "
-                "file renamed so with its image, rename the file or the layer back)"
-            )
+        if self._renamed_layer_possible():
+            parts[-1] += f" ({RENAMED_LAYER_NOTE})"
         if self.labels_beside:
             parts.append(
                 f"{len(self.labels_beside)} file(s) among the images named as the labels of "
