@@ -158,3 +158,37 @@ def test_a_task_waited_for_in_the_turn_it_started_is_called_off(qtbot, make_napa
     assert waited == [False] and ran == [2]  # called off: the caller does its work
     runner.start("direct", lambda: ran.append(3))  # outside the event loop: it runs
     assert runner.wait("direct") and ran == [2, 3]
+
+
+def test_a_generator_task_waited_for_in_the_turn_it_started_is_called_off(
+    qtbot, make_napari_viewer
+):
+    """A training run (a generator task) started by a script that closes the window in the
+    same turn: the close's wait never returned, napari hung, as plain tasks once did."""
+    from qtpy.QtCore import QTimer
+
+    make_napari_viewer()
+    runner = TaskRunner(QProgressBar(), QLabel())
+    ran, waited = [], []
+
+    def steps(n):
+        ran.append(n)
+        yield TaskProgress(1, 1, "step")
+        return n
+
+    def in_one_turn() -> None:
+        runner.start("queued", steps, 1)
+        done = threading.Event()  # wait() in a thread: a hang fails the test, not the suite
+        threading.Thread(
+            target=lambda: (waited.append(runner.wait("queued")), done.set()), daemon=True
+        ).start()
+        done.wait(5)
+        runner.forget("queued")
+        runner.start("begun", steps, 2)
+
+    QTimer.singleShot(0, in_one_turn)
+    qtbot.waitUntil(lambda: bool(waited) and not runner.is_running(), timeout=10_000)
+    qtbot.wait(100)
+    assert waited == [False] and ran == [2]  # called off: it never ran
+    runner.start("direct", steps, 3)  # outside the event loop: it runs
+    assert runner.wait("direct") and ran == [2, 3]

@@ -213,17 +213,31 @@ class _Launch:
             return self.called_off
 
     def guard(self, func: Callable) -> Callable:
-        """``func``, run unless called off first (it then returns None)."""
+        """``func``, run unless called off first (it then returns None; a generator
+        function's generator then yields nothing)."""
+        if inspect.isgeneratorfunction(func):
+
+            @functools.wraps(func)
+            def generate(*args: Any, **kwargs: Any) -> Iterator[Any]:
+                if not self._begin():  # runs at the first next(), in the worker's thread
+                    return None
+                return (yield from func(*args, **kwargs))
+
+            return generate
 
         @functools.wraps(func)
         def run(*args: Any, **kwargs: Any) -> Any:
-            with self.lock:
-                if self.called_off:
-                    return None
-                self.began = True
-            return func(*args, **kwargs)
+            return func(*args, **kwargs) if self._begin() else None
 
         return run
+
+    def _begin(self) -> bool:
+        """Mark the function begun, unless it was called off: whether it may run."""
+        with self.lock:
+            if self.called_off:
+                return False
+            self.began = True
+            return True
 
 
 class TaskRunner:
@@ -247,7 +261,7 @@ class TaskRunner:
         self._workers: dict[str, Any] = {}  # task name -> running worker
         self._ended: dict[str, threading.Event] = {}  # task name -> set when its thread ends
         self._cancels: dict[str, threading.Event] = {}  # task name -> set to ask it to stop
-        self._launches: dict[str, _Launch] = {}  # plain functions' tasks, until they end
+        self._launches: dict[str, _Launch] = {}  # the tasks, until they end
         self._quiet: set[str] = set()  # tasks that leave the bar and the label alone
         # a quiet task's error said, by task, until it succeeds: said again, only in the label
         self._said_errors: dict[str, str] = {}
@@ -296,19 +310,16 @@ class TaskRunner:
         """
         if name in self._workers:
             raise RuntimeError(f"{name} is still running; wait for it to finish")
-        launch = None
+        launch = _Launch()
+        func = launch.guard(func)
         if inspect.isgeneratorfunction(func):
             func = _runtime_errors_reported(func)
-        else:
-            launch = _Launch()
-            func = launch.guard(func)
         worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True, **kwargs)
         self._drop_generic_error_relay(worker)
 
         ended = self._connect(name, worker, on_return, on_yield, on_error, on_finish, memory_advice)
         self._workers[name], self._ended[name] = worker, ended
-        if launch is not None:
-            self._launches[name] = launch
+        self._launches[name] = launch
         if cancel_event is not None:
             self._cancels[name] = cancel_event
         if quiet:
@@ -316,7 +327,7 @@ class TaskRunner:
         else:
             self._show_progress(TaskProgress(0, 0, f"{name}…"))
         worker.start()
-        if launch is not None and QThread.currentThread().loopLevel():  # as superqt tells
+        if QThread.currentThread().loopLevel():  # as superqt tells
             launch.queue()
         return worker
 
