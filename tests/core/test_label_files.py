@@ -534,3 +534,29 @@ def test_float64_labels_hold_ids_up_to_uint32_s_largest():
     big = np.array([[0, 2**30 + 7], [5, 2**24 + 1]], np.float64)
     assert float_labels_problem(big) == ""
     assert "save the labels as whole numbers" in float_labels_problem(big.astype(np.float32) * 300)
+
+
+def test_a_namesake_of_a_name_without_letters_pairs_with_its_own_image(tmp_path):
+    """'😀' and '🙂' are both 'image' in file names; 🙂's autosave, saved as its namesake,
+    was named by its fingerprint alone (the strip ate '_-'), so it paired with nothing and
+    🙂 trained on 😀's labels."""
+    from napari_samtune.core.annotation_files import save_annotations, save_name
+
+    images = {"😀": np.zeros((16, 16), np.uint8), "🙂": np.full((16, 16), 9, np.uint8)}
+    labels = {name: np.zeros((16, 16), np.uint16) for name in images}
+    labels["😀"][2:6, 2:6], labels["🙂"][8:14, 8:14] = 1, 1
+    for name, image in images.items():
+        _write(tmp_path / "images", f"{name}.tif", image)
+        fingerprint = image_fingerprint(image)
+        saved = save_name(tmp_path / "labels", name, fingerprint, image.shape)
+        record = {"image_fingerprint": fingerprint, "objects": []}
+        save_annotations(tmp_path / "labels", name, labels[name], record, saved)
+    assert sorted(p.name for p in (tmp_path / "labels").glob("*.tif")) == [
+        f"image-{image_fingerprint(images['🙂'])}.labels.tif",
+        "image.labels.tif",
+    ]
+    for name in images:  # each alone, and both: its own labels
+        (pair,) = load_pairs(tmp_path / "images" / f"{name}.tif", tmp_path / "labels")
+        assert np.array_equal(np.asarray(pair.labels), labels[name])
+    both = load_pairs(tmp_path / "images", tmp_path / "labels")
+    assert [np.asarray(p.labels).sum() for p in both] == [16, 36]

@@ -25,8 +25,15 @@ def safe_stem(image_name: str) -> str:
     was kept before, so ``日本`` and ``中国`` were both "image", and paired with each
     other's labels."""
     composed = unicodedata.normalize("NFC", image_name)
-    stem = re.sub(r"[^\w.-]+", "_", composed).lstrip("-._").rstrip("._")
-    return _within_limit(not_a_device(stem or "image"))
+    namesake = NAMESAKE_STEM.match(composed)
+    if namesake and not _sanitised(namesake.group(1)):  # "🙂-<fingerprint>": the strip
+        # ate the name and its "-", leaving "<fingerprint>", which pairs with no image
+        composed = "image" + composed[namesake.end(1) :]
+    return _within_limit(not_a_device(_sanitised(composed) or "image"))
+
+
+def _sanitised(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", name).lstrip("-._").rstrip("._")
 
 
 # Names Windows keeps for devices, whatever follows their first dot ("NUL.txt" is NUL).
