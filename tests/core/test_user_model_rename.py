@@ -233,3 +233,24 @@ def test_a_case_twin_is_named_as_such_on_a_disk_that_ignores_case(tiny_checkpoin
     monkeypatch.setattr(Path, "exists", ignoring_case)
     with pytest.raises(ValueError, match="'Run1B' differs from 'run1b' only in case"):
         check_model_name("run1b")
+
+
+@pytest.mark.parametrize(
+    ("folder", "name"),
+    [
+        ("con", "con_"),
+        ("cells.pth", "cells"),
+        ("run.pt.pth", "run"),
+        ("AUX.1", "AUX_.1"),
+        (".pth", "pth"),
+        ("細胞", "finetuned"),
+        ("run 1", "run_1"),
+    ],
+)
+def test_a_run_folders_name_gives_a_model_name_that_registration_takes(folder, name):
+    """A run in runs/con or runs/cells.pth trained to the end, then its registration was
+    refused ("not allowed", "ends like a weights file"), and so was the fix it printed."""
+    from napari_samtune.core.train_export import check_model_name, unique_model_name
+
+    assert unique_model_name(folder) == name
+    assert check_model_name(name) == name

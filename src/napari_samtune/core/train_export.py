@@ -124,8 +124,16 @@ def unique_model_name(base: str) -> str:
 
 def model_stem(base: str) -> str:
     """The model name ``base`` (e.g. the run folder's name) gives, before a free variant of
-    it is taken: its letters outside a name's (``run_細胞``: ``run___``) as ``_``."""
-    return re.sub(r"[^A-Za-z0-9_.\-]", "_", base).lstrip("._-")[:90] or "finetuned"
+    it is taken: its letters outside a name's (``run_細胞``: ``run___``) as ``_``, without a
+    weights file's suffix (``cells.pth``: ``cells``) and not a Windows device's name
+    (``con``: ``con_``). Registration refused those only after the run had trained."""
+    from napari_samtune.core.file_names import not_a_device
+    from napari_samtune.core.registry import WEIGHT_SUFFIXES
+
+    stem = re.sub(r"[^A-Za-z0-9_.\-]", "_", base).lstrip("._-")[:90]
+    while stem.lower().endswith(WEIGHT_SUFFIXES):
+        stem = stem.rsplit(".", 1)[0].rstrip("._-")
+    return not_a_device(stem or "finetuned")
 
 
 # the automatic name of a finetuned model, which a further round replaces (-2: made unique)
