@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -1135,6 +1136,17 @@ def test_batch_mistakes_are_named_before_any_work(
     assert segment(tiny_checkpoint, [path, other], tmp_path / "out", *AUTO) == 2
     assert "would have the same labels file name (image.labels.tif)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_output_named_like_a_tiff_with_a_separator_is_a_folder(
+    tmp_path, tiny_checkpoint, image_file
+):
+    """-o out.tif/ (the README: a trailing / marks a folder) was refused as a TIFF file
+    with --auto, for one image ("several images" it said) or a folder of them."""
+    path, _ = image_file
+    for images, out in ((path, "one.tif/"), (path.parent, "many.tiff" + os.sep)):
+        assert segment(tiny_checkpoint, images, f"{tmp_path}{os.sep}{out}", *AUTO) == 0
+        assert (tmp_path / out / "image.labels.tif").is_file()
 
 
 def test_prompts_are_required(tmp_path, tiny_checkpoint, image_file):

@@ -278,7 +278,7 @@ def _run(args: argparse.Namespace) -> int:
     example = labels_file_name(files[0].stem)
     into_folder = args.output.is_dir() or output_text.endswith(("/", os.sep))
     if batch or (into_folder and args.auto):  # one image into a folder: as one of several
-        return _run_batch(args, files)
+        return _run_batch(args, files, into_folder)
     if into_folder:  # a prompt file's objects: under the name the widget and train pair
         args.output = output_for(files[0], args.output)  # beside a namesake's labels
         output_text = str(args.output)
@@ -339,10 +339,12 @@ def _once_each(files: list[Path]) -> list[Path]:
     return list(seen.values())
 
 
-def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
+def _run_batch(args: argparse.Namespace, files: list[Path], folder_asked: bool = False) -> int:
     """--auto on several images: ``<image>.labels.tif`` each in the output folder. Images
     whose labels exist are skipped unless --overwrite (a rerun after a stop goes on where it
-    stopped and never replaces corrected labels); one bad image does not stop the others."""
+    stopped and never replaces corrected labels); one bad image does not stop the others.
+    ``folder_asked``: -o ended with a separator (``out.tif/`` is a folder, as the README
+    says, not a TIFF file named in error)."""
 
     from napari_samtune.core.checkpoints import check_output_folder
     from napari_samtune.core.label_files import is_label_file
@@ -355,7 +357,7 @@ def _run_batch(args: argparse.Namespace, files: list[Path]) -> int:
         )
     files = _once_each(files)
     out_dir = check_output_folder(args.output)
-    if out_dir.suffix.lower() in (".tif", ".tiff") and not out_dir.is_dir():
+    if out_dir.suffix.lower() in (".tif", ".tiff") and not (out_dir.is_dir() or folder_asked):
         raise ValueError(
             f"-o {str(out_dir)!r} names a TIFF file, but a folder, a glob or several images "
             f"write one labels file each into a folder; give a folder, e.g. {out_dir.stem}"
