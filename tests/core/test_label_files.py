@@ -55,6 +55,12 @@ def test_a_label_file_named_twice_pairs_once(tiff_folders, tmp_path, monkeypatch
         match = match_files(images, twice)
         assert [(i.name, lab.name) for i, lab in match.pairs] == names, twice
         assert not match.unpaired_message()
+    # a link under another image's name is that image's label file ("b.tif without labels")
+    (images / "cell_3.tif").symlink_to(images / "cell_0.tif")
+    (labels / "cell_3_labels.tif").symlink_to(labels / "cell_0_labels.tif")
+    match = match_files(images, labels)
+    assert [(i.name, lab.name) for i, lab in match.pairs][3] == ("cell_3.tif", "cell_3_labels.tif")
+    assert not match.unpaired_message()
 
 
 def test_names_pair_as_the_annotation_widget_writes_them(tmp_path):

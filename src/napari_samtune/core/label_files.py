@@ -300,11 +300,12 @@ def _names_a_file(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> bool
 def _each_file_once(files: list[Path]) -> list[Path]:
     """``files`` without a second name of a file named before (a folder and a file in it,
     two overlapping globs, a relative and a whole path): as two label files of one image,
-    it was refused with the advice to rename one image and its labels."""
-    seen: set[Path] = set()
+    it was refused with the advice to rename one image and its labels. A link under
+    another name (``b_labels.tif`` to ``a_labels.tif``) is another image's label file."""
+    seen: set[tuple[Path, str]] = set()
     kept = []
     for f in files:
-        key = f.resolve()
+        key = (f.resolve(), _pairing_key(f, as_labels=True))
         if key not in seen:
             seen.add(key)
             kept.append(f)
