@@ -130,3 +130,15 @@ def test_read_match_reads_what_match_files_pairs(tmp_path):
         tifffile.imwrite(tmp_path / folder / "cell.tif", array)
     (pair,) = read_match(match_files(tmp_path / "images", tmp_path / "labels"))
     np.testing.assert_array_equal(pair.labels, labels)
+
+
+def test_a_checkpoint_with_non_finite_weights_is_not_exported(best, tmp_path):
+    """A run that diverged before runs checked their weights saved NaN weights, which
+    'samtune export' (the fix its error printed) exported as a model."""
+    checkpoint = torch.load(best, weights_only=True)
+    name = next(n for n in checkpoint["model_state"] if n.startswith("mask_decoder."))
+    checkpoint["model_state"][name].view(-1)[0] = torch.inf
+    torch.save(checkpoint, tmp_path / "diverged.pt")
+    with pytest.raises(ValueError, match=rf"not finite \(NaN or inf\) in 1 tensor\(s\).*{name}"):
+        export_model(tmp_path / "diverged.pt", tmp_path / "model.pth")
+    assert not (tmp_path / "model.pth").exists()

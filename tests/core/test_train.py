@@ -662,7 +662,8 @@ def test_a_diverging_run_stops_before_nan_reaches_the_weights(tmp_path, data):
     first = train(_config(epochs=1), *data, out_dir=tmp_path / "run")
     before = first.last_checkpoint_path.read_bytes()
     wild = _config(epochs=3, learning_rate=1e38)
-    with pytest.raises(ValueError, match=r"diverged at epoch 2, step \d+: the loss became") as err:
+    became = r"(the loss became|the gradients became|a step made the weights)"
+    with pytest.raises(ValueError, match=rf"diverged at epoch 2, step \d+: {became}") as err:
         train(wild, *data, tmp_path / "run", resume_from=tmp_path / "run")
     assert "learning_rate=1e+38 is too high" in str(err.value)
     assert "e.g. learning_rate=0.0001 (the presets use 1e-05)" in str(err.value)
@@ -677,6 +678,53 @@ def test_a_diverging_run_stops_before_nan_reaches_the_weights(tmp_path, data):
     events = list(iter_train(calmer, *data, tmp_path / "run", resume_from=tmp_path / "run"))
     steps = [e for e in events if type(e).__name__ == "StepDone"]
     assert steps and all(e.learning_rate == 1e-4 for e in steps)  # not the checkpoint's 3e-3
+
+
+class _InfiniteGradient(torch.autograd.Function):
+    """The loss as it is, with an infinite gradient: a finite loss of 1e25 whose step
+    overflows."""
+
+    @staticmethod
+    def forward(ctx, loss):
+        return loss.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * torch.inf
+
+
+@pytest.mark.parametrize("where", ["gradients", "weights"])
+def test_a_step_of_finite_loss_never_saves_non_finite_weights(tmp_path, data, monkeypatch, where):
+    """A finite loss (4.9e24) gave inf gradients, which Adam made NaN weights: best.pt and
+    last.pt held them, 'samtune export' exported them, and a run could end with exit 0."""
+    from napari_samtune.core.train_step import SamTrainingStep
+
+    first = train(_config(epochs=1), *data, out_dir=tmp_path / "run")
+    kept = {p: p.read_bytes() for p in (first.best_checkpoint_path, first.last_checkpoint_path)}
+    if where == "gradients":  # from the second step: at the first, the file is blamed
+        forward, calls = SamTrainingStep.forward, []
+
+        def overflowing(*args, **kwargs):
+            calls.append(1)
+            loss = forward(*args, **kwargs)
+            return loss if len(calls) == 1 else _InfiniteGradient.apply(loss)
+
+        monkeypatch.setattr(SamTrainingStep, "forward", overflowing)
+        said = r"step 2: the gradients became (inf|nan) \(at a loss of \d"
+    else:
+        step = torch.optim.Adam.step
+
+        def poisoned(optimizer, *args, **kwargs):
+            out = step(optimizer, *args, **kwargs)
+            optimizer.param_groups[0]["params"][0].data[0] = torch.nan
+            return out
+
+        monkeypatch.setattr(torch.optim.Adam, "step", poisoned)
+        said = r"step 1: a step made the weights nan \(at a loss of \d"
+    with pytest.raises(ValueError, match=rf"diverged at epoch 2, {said}.*learning_rate=") as err:
+        train(_config(epochs=2), *data, tmp_path / "run", resume_from=tmp_path / "run")
+    assert "the first step resumed" not in str(err.value)  # the step's doing, not the file's
+    assert all(path.read_bytes() == before for path, before in kept.items())
 
 
 def test_a_checkpoint_whose_weights_diverged_already_is_not_blamed_on_the_new_rate(tmp_path, data):

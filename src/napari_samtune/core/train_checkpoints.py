@@ -448,8 +448,27 @@ def export_model(
 
     _check_export_path(Path(checkpoint_path), Path(out_path))
     sam, arch = restore_model(read_checkpoint(checkpoint_path), checkpoint_path, base)
-    plain = load_weights(sam_to_load(arch), merged_state_dict(sam))
+    merged = merged_state_dict(sam)
+    _refuse_non_finite(merged, Path(checkpoint_path))
+    plain = load_weights(sam_to_load(arch), merged)
     return export_sam_state_dict(plain, out_path), arch
+
+
+def _refuse_non_finite(state: dict[str, torch.Tensor], checkpoint: Path) -> None:
+    """A checkpoint whose weights hold NaN or inf (saved by a run that diverged, before
+    runs checked their weights) is no model: exported, it segmented nothing, unsaid."""
+    broken = [
+        name
+        for name, tensor in state.items()
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all()
+    ]
+    if broken:
+        raise ValueError(
+            f"{str(checkpoint)!r} holds weights that are not finite (NaN or inf) in "
+            f"{len(broken)} tensor(s), e.g. {broken[0]!r}: the run that saved it had "
+            "diverged. Export an earlier checkpoint, or train again from the start with a "
+            "lower learning rate"
+        )
 
 
 def _check_export_path(checkpoint: Path, out_path: Path) -> None:

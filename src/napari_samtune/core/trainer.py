@@ -329,9 +329,20 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            self._refuse_divergence(total, epoch)
+            self._refuse_divergence(total, epoch, self._largest("grad"))
             self.optimizer.step()
+            self._refuse_divergence(total, epoch, weights=self._largest("data"))
         return total / len(micro_batches)
+
+    def _largest(self, what: str) -> float:
+        """The largest absolute value of the trained parameters' gradients (``"grad"``) or
+        weights (``"data"``): inf or nan where one is not finite. A finite loss of 1e25 gave
+        inf gradients, which the optimizer turned into NaN weights, saved as best.pt."""
+        tensors = [getattr(p, what) for p in self.params]
+        tensors = [t for t in tensors if t is not None]
+        if not tensors:
+            return 0.0
+        return torch.nn.utils.get_total_norm(tensors, norm_type=math.inf).item()
 
     def _training_input(self, index: int, epoch: int):
         patch = self.sampler.patch(index, epoch)

@@ -31,19 +31,31 @@ class TrainerDivergenceMixin:
         if self.nonfinite_in_a_row >= FP16_NONFINITE_STEPS:
             self._refuse_divergence(loss, epoch)
 
-    def _refuse_divergence(self, loss: float, epoch: int) -> None:
-        """Stop before a non-finite loss (on any rank) reaches the weights: the run has
-        diverged, and what it would save and register from here on is not a model."""
-        if not ddp.any_rank(not math.isfinite(loss), self.dist, self.device):
+    def _refuse_divergence(
+        self, loss: float, epoch: int, gradients: float = 0.0, weights: float = 0.0
+    ) -> None:
+        """Stop before a non-finite loss or gradient (on any rank) reaches the weights, or
+        once the optimizer made a weight non-finite (``gradients``, ``weights``: their
+        largest absolute value): the run has diverged, and what it would save and register
+        from here on is not a model. Its checkpoints on disk are from before."""
+        values = (loss, gradients, weights)
+        if not ddp.any_rank(not all(map(math.isfinite, values)), self.dist, self.device):
             return
         lr, files = self._lr(), self.files
-        if self.resume_from is not None and self.steps_done == 0:
+        if not math.isfinite(loss):
+            became = f"the loss became {loss}"
+        elif not math.isfinite(gradients):
+            became = f"the gradients became {gradients} (at a loss of {loss:.3g})"
+        else:
+            became = f"a step made the weights {weights} (at a loss of {loss:.3g})"
+        before_step = not (math.isfinite(loss) and math.isfinite(gradients))  # not the lr's
+        if self.resume_from is not None and self.steps_done == 0 and before_step:
             raise ValueError(
                 f"training diverged at the first step resumed from {str(self.resume_from)!r}: "
-                f"the loss became {loss} before any step of this session, so the weights in "
-                "that checkpoint had diverged already (finite, but useless) and no learning "
-                "rate helps them; train again from the start (the base model) with a lower "
-                f"learning_rate, e.g. {_calmer(lr):g}"
+                f"{became} before any step of this session, so the weights in that "
+                "checkpoint had diverged already and no learning rate helps them; train "
+                "again from the start (the base model) with a lower learning_rate, e.g. "
+                f"{_calmer(lr):g}"
             )
         earlier = [str(f) for f in (files.best, files.last) if f.exists()]
         saved = (
@@ -55,7 +67,7 @@ class TrainerDivergenceMixin:
         )
         raise ValueError(
             f"training diverged at epoch {epoch + 1}, step {self.progress.step_in_epoch + 1}: "
-            f"the loss became {loss}; learning_rate={lr:g} is too high for this run (or the "
+            f"{became}; learning_rate={lr:g} is too high for this run (or the "
             f"data holds non-finite values). Lower it, e.g. learning_rate={_calmer(lr):g} "
             f"(the presets use {TrainConfig.learning_rate:g}), and train again{saved}"
         )
