@@ -1077,3 +1077,22 @@ def test_a_precision_asked_by_name_is_recorded_as_asked(tmp_path, data):
     events = list(iter_train(config, *data, out_dir=tmp_path / "bf16"))
     run = events[-1].last_checkpoint_path.parent.parent
     assert json.loads((run / "config.json").read_text())["mixed_precision"] == "bf16"
+
+
+def test_gradient_accumulation_weighs_each_sample_as_its_batch_does(tmp_path, data):
+    """7 samples in steps of 4: the last step's micro-batches of 2 and 1 sample weighed
+    half each ((l5 + l6) / 2 + l7) / 2, not as the batch of 3 they stand for."""
+    config = _config(epochs=1, min_samples_per_epoch=7, learning_rate=1e-12)
+
+    def step_losses(**changes) -> list[float]:
+        run = dataclasses.replace(config, **changes)
+        out = tmp_path / "_".join(map(str, changes.values()))
+        return [e.loss for e in iter_train(run, *data, out_dir=out) if isinstance(e, StepDone)]
+
+    single = step_losses(batch_size=1, grad_accumulation=1)
+    assert len(single) == 7
+    batched = step_losses(batch_size=4, grad_accumulation=1)
+    accumulated = step_losses(batch_size=2, grad_accumulation=2)
+    expected = [np.mean(single[:4]), np.mean(single[4:])]
+    np.testing.assert_allclose(batched, expected, rtol=1e-4)
+    np.testing.assert_allclose(accumulated, expected, rtol=1e-4)

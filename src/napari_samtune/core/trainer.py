@@ -310,9 +310,11 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
         return self.stopped_by_user
 
     def _optimizer_step(self, micro_batches: list[list[int]], epoch: int) -> float:
-        """Forward/backward every micro-batch, then one optimizer step; the mean loss."""
+        """Forward/backward every micro-batch, then one optimizer step; the mean loss over
+        the step's samples (each micro-batch weighs as many samples as it has: a last one
+        of 1 sample after one of 2 weighed half, not a third, unlike the batch it stands for)."""
         self.optimizer.zero_grad(set_to_none=True)
-        total = 0.0
+        total, samples = 0.0, sum(map(len, micro_batches))
         for i, indices in enumerate(micro_batches):
             inputs = [self._training_input(index, epoch) for index in indices]
             embeddings = self._frozen_embeddings(inputs, "train")
@@ -321,9 +323,9 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
             with sync:
                 with autocast(self.precision, self.device):
                     loss = self.step_module(inputs, embeddings)
-                scaled = loss / len(micro_batches)
+                scaled = loss * (len(indices) / samples)
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            total += loss.item()
+            total += loss.item() * len(indices) / samples
         if self.scaler:  # fp16: the scaler skips steps whose gradients overflowed
             self._count_skipped(total, epoch)
             self.scaler.step(self.optimizer)
@@ -332,7 +334,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
             self._refuse_divergence(total, epoch, self._largest("grad"))
             self.optimizer.step()
             self._refuse_divergence(total, epoch, weights=self._largest("data"))
-        return total / len(micro_batches)
+        return total
 
     def _largest(self, what: str) -> float:
         """The largest absolute value of the trained parameters' gradients (``"grad"``) or
