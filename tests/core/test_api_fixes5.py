@@ -89,7 +89,13 @@ def _incomplete_weights(tmp_path, tiny_sam, prefix: str) -> str:
 
 
 @pytest.mark.parametrize(
-    "prefix", ["image_encoder.blocks.0.", "image_encoder.blocks.", "mask_decoder.transformer."]
+    "prefix",
+    [
+        "image_encoder.blocks.0.",
+        "image_encoder.blocks.",
+        "mask_decoder.transformer.",
+        "image_encoder.",
+    ],
 )
 def test_incomplete_sam_weights_are_refused_naming_the_file_and_the_missing_tensor(
     tmp_path, tiny_sam, prefix

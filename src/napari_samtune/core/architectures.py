@@ -401,6 +401,8 @@ def _infer_sizes(state_dict: dict[str, torch.Tensor]) -> SamArchitecture:
         encoder = _infer_vit_encoder(state_dict)
     elif any(k.startswith("image_encoder.layers.") for k in state_dict):
         encoder = dict(encoder="tiny_vit", img_size=1024)
+    elif not any(k.startswith("image_encoder.") for k in state_dict):  # only what trained
+        raise KeyError("image_encoder.*")  # no encoder weights at all
     else:
         raise ValueError("these weights have a SAM decoder but an image encoder of unknown kind")
     return SamArchitecture(name="custom", **encoder, **decoder)
