@@ -159,6 +159,33 @@ def test_pickles_needing_code_are_refused_and_never_run(tmp_path):
     assert not marker.exists()
 
 
+def test_a_micro_sam_training_checkpoint_is_refused_with_the_way_to_its_weights(
+    tmp_path, monkeypatch, tiny_sam
+):
+    """torch_em's trainer pickles its datasets beside the weights: "re-save only its
+    weights with torch.save(state_dict)" did not say where they are in such a file."""
+    import sys
+    import types
+
+    module = types.ModuleType("torch_em.data")
+
+    class SegmentationDataset:  # as torch_em's, found by its module's name when pickled
+        pass
+
+    SegmentationDataset.__module__ = module.__name__
+    SegmentationDataset.__qualname__ = "SegmentationDataset"
+    module.SegmentationDataset = SegmentationDataset
+    monkeypatch.setitem(sys.modules, "torch_em", types.ModuleType("torch_em"))
+    monkeypatch.setitem(sys.modules, "torch_em.data", module)
+    path = tmp_path / "best.pt"
+    state = {f"sam.{k}": v for k, v in tiny_sam.state_dict().items()}
+    torch.save({"model_state": state, "init": {"train_dataset": SegmentationDataset()}}, path)
+    with pytest.raises(ValueError, match=r"torch_em\.data\.SegmentationDataset") as info:
+        load_model(path)
+    assert "a micro-sam training checkpoint: export its model with micro-sam" in str(info.value)
+    assert "['model_state']" in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

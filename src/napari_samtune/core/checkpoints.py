@@ -265,6 +265,20 @@ class UnreadableFile(ValueError):
     format, or Python objects besides tensors)."""
 
 
+def _resave_advice(found: str) -> str:
+    """How to get plain weights out of a file holding the Python object ``found``: a
+    micro-sam / torch_em training checkpoint (its datasets pickled beside the weights) has
+    them under "model_state", and micro-sam exports them itself."""
+    if found.split(".", 1)[0] in ("torch_em", "micro_sam"):
+        return (
+            "It is a micro-sam training checkpoint: export its model with micro-sam "
+            "(its export_custom_sam_model), or, if you trust the file, re-save "
+            "its weights: torch.save(torch.load(path, weights_only=False)['model_state'], "
+            "'model.pth')"
+        )
+    return "If you trust the file, re-save only its weights with torch.save(state_dict)"
+
+
 def safe_torch_load(path: str | os.PathLike, expected: str, mmap: bool = False) -> object:
     """``torch.load(path, weights_only=True)`` on the CPU, with a ``ValueError`` that names
     the file and ``expected`` (what it should hold) when the file is not a safe PyTorch file:
@@ -286,7 +300,7 @@ def safe_torch_load(path: str | os.PathLike, expected: str, mmap: bool = False) 
             raise UnreadableFile(
                 f"{path} contains Python objects ({found.group(1)}) besides tensors, which "
                 f"safe loading (weights_only=True) refuses to run. Expected {expected}. "
-                "If you trust the file, re-save only its weights with torch.save(state_dict)"
+                f"{_resave_advice(found.group(1))}"
             ) from None
         raise UnreadableFile(
             f"{path} is not a PyTorch weights file (safe unpickling failed). Expected {expected}"
