@@ -49,6 +49,7 @@ def test_reading_the_axes_another_way_never_saves_over_the_annotations(
     assert other.name.startswith("mc-") and tifffile.imread(other).shape == (64, 64)
     warnings = [str(n.message) for n in notifications if n.severity == "warning"]
     assert any("this image's annotations with its axes read another way" in m for m in warnings)
+    assert any(f"saved as {other.name!r}" in m for m in warnings)  # the file, as on disk
     errors = [str(n.message) for n in notifications if n.severity == "error"]
     assert not any("could not restore" in m for m in errors)
 

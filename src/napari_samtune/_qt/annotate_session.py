@@ -38,7 +38,12 @@ from napari_samtune.core.annotation_files import (
     unchanged_since,
     unreadable_reason,
 )
-from napari_samtune.core.label_files import image_fingerprint, namesake_name, saved_fingerprint
+from napari_samtune.core.label_files import (
+    image_fingerprint,
+    labels_file_name,
+    namesake_name,
+    saved_fingerprint,
+)
 
 SAVED_FILE_KEY = "samtune_saved_file"  # annotations layer metadata: [path, its state]
 # annotations layer metadata: the records of edits a closed panel left unsaved in the layer
@@ -375,27 +380,31 @@ class AnnotationSession:
 
     def namesake_note(self, taken: Path, file_name: str) -> str:
         """Why this image's annotations are saved as ``file_name``, not under its own name,
-        which ``taken`` has: unreadable, this image read with other axes, or another image's."""
+        which ``taken`` has: unreadable, this image read with other axes, or another image's.
+        The files are named as they are on disk (it named ``'🙂-<fingerprint>'``, saved as
+        ``image-<fingerprint>.labels.tif``)."""
+        saved_as = repr(labels_file_name(file_name))
         unreadable = unreadable_reason(taken)
         if unreadable:
             return (
                 f"{taken} cannot be read ({unreadable}); this image's annotations are saved "
-                f"as {file_name!r}, so that it is not overwritten"
+                f"as {saved_as}, so that it is not overwritten"
             )
         if saved_fingerprint(taken) == self.fingerprint:
             return (
                 f"{taken} holds this image's annotations with its axes read another way; "
                 f"read as now ({self.axes.spatial_shape}) they are saved as "
-                f"{file_name!r}, so that neither is overwritten"
+                f"{saved_as}, so that neither is overwritten"
             )
         saved, shape = saved_shape(taken), tuple(self.axes.spatial_shape)
         there, here = shape_phrase(saved), shape_phrase(shape)
         shapes = f" ({there} there, {here} here)" if saved != shape else ""
         return (
-            f"{taken} holds the annotations of other pixels named {self.image_layer.name!r}"
-            f"{shapes}: another image of that name, or this layer's before its data was "
-            f"replaced; this image's are saved as {file_name!r} so that neither is "
-            "overwritten. To keep names apart, use one annotation folder per experiment."
+            f"{taken} holds the annotations of other pixels{shapes}: another image of a name "
+            f"saved under that file name ({self.image_layer.name!r} is), or this layer's "
+            f"before its data was replaced; this image's are saved as {saved_as} so that "
+            "neither is overwritten. To keep names apart, use one annotation folder per "
+            "experiment."
         )
 
     def pixels_replaced(self) -> None:
