@@ -662,7 +662,7 @@ def test_a_diverging_run_stops_before_nan_reaches_the_weights(tmp_path, data):
     first = train(_config(epochs=1), *data, out_dir=tmp_path / "run")
     before = first.last_checkpoint_path.read_bytes()
     wild = _config(epochs=3, learning_rate=1e38)
-    became = r"(the loss became|the gradients became|a step made the weights)"
+    became = r"(the loss became|the gradients' norm became)"
     with pytest.raises(ValueError, match=rf"diverged at epoch 2, step \d+: {became}") as err:
         train(wild, *data, tmp_path / "run", resume_from=tmp_path / "run")
     assert "learning_rate=1e+38 is too high" in str(err.value)
@@ -710,18 +710,20 @@ def test_a_step_of_finite_loss_never_saves_non_finite_weights(tmp_path, data, mo
             return loss if len(calls) == 1 else _InfiniteGradient.apply(loss)
 
         monkeypatch.setattr(SamTrainingStep, "forward", overflowing)
-        said = r"step 2: the gradients became (inf|nan) \(at a loss of \d"
+        said = r"at epoch 2, step 2: the gradients' norm became (inf|nan) \(at a loss of \d"
     else:
-        step = torch.optim.Adam.step
+        step, calls = torch.optim.Adam.step, []
 
-        def poisoned(optimizer, *args, **kwargs):
+        def poisoned(optimizer, *args, **kwargs):  # the epoch's last of 3 steps: no loss after
             out = step(optimizer, *args, **kwargs)
-            optimizer.param_groups[0]["params"][0].data[0] = torch.nan
+            calls.append(1)
+            if len(calls) == 3:
+                optimizer.param_groups[0]["params"][0].data[0] = torch.nan
             return out
 
         monkeypatch.setattr(torch.optim.Adam, "step", poisoned)
-        said = r"step 1: a step made the weights nan \(at a loss of \d"
-    with pytest.raises(ValueError, match=rf"diverged at epoch 2, {said}.*learning_rate=") as err:
+        said = r"by the end of epoch 2: a step made the weights' norm nan \(at a loss of \d"
+    with pytest.raises(ValueError, match=rf"diverged {said}.*learning_rate=") as err:
         train(_config(epochs=2), *data, tmp_path / "run", resume_from=tmp_path / "run")
     assert "the first step resumed" not in str(err.value)  # the step's doing, not the file's
     assert all(path.read_bytes() == before for path, before in kept.items())

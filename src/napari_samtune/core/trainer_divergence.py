@@ -36,8 +36,9 @@ class TrainerDivergenceMixin:
     ) -> None:
         """Stop before a non-finite loss or gradient (on any rank) reaches the weights, or
         once the optimizer made a weight non-finite (``gradients``, ``weights``: their
-        largest absolute value): the run has diverged, and what it would save and register
-        from here on is not a model. Its checkpoints on disk are from before."""
+        2-norms, checked at each step and each epoch's end): the run has diverged, and
+        what it would save and register from here on is not a model. Its checkpoints on
+        disk are from before."""
         values = (loss, gradients, weights)
         if not ddp.any_rank(not all(map(math.isfinite, values)), self.dist, self.device):
             return
@@ -45,10 +46,12 @@ class TrainerDivergenceMixin:
         if not math.isfinite(loss):
             became = f"the loss became {loss}"
         elif not math.isfinite(gradients):
-            became = f"the gradients became {gradients} (at a loss of {loss:.3g})"
+            became = f"the gradients' norm became {gradients} (at a loss of {loss:.3g})"
         else:
-            became = f"a step made the weights {weights} (at a loss of {loss:.3g})"
+            became = f"a step made the weights' norm {weights} (at a loss of {loss:.3g})"
         before_step = not (math.isfinite(loss) and math.isfinite(gradients))  # not the lr's
+        step = f"at epoch {epoch + 1}, step {self.progress.step_in_epoch + 1}"
+        where = step if before_step else f"by the end of epoch {epoch + 1}"
         if self.resume_from is not None and self.steps_done == 0 and before_step:
             raise ValueError(
                 f"training diverged at the first step resumed from {str(self.resume_from)!r}: "
@@ -66,10 +69,10 @@ class TrainerDivergenceMixin:
             else ""
         )
         raise ValueError(
-            f"training diverged at epoch {epoch + 1}, step {self.progress.step_in_epoch + 1}: "
-            f"{became}; learning_rate={lr:g} is too high for this run (or the "
-            f"data holds non-finite values). Lower it, e.g. learning_rate={_calmer(lr):g} "
-            f"(the presets use {TrainConfig.learning_rate:g}), and train again{saved}"
+            f"training diverged {where}: {became}; learning_rate={lr:g} is too high for this "
+            "run (or the data holds non-finite values). Lower it, e.g. "
+            f"learning_rate={_calmer(lr):g} (the presets use {TrainConfig.learning_rate:g}), "
+            f"and train again{saved}"
         )
 
 
