@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import signal
 
 import numpy as np
@@ -27,7 +28,7 @@ def test_evaluate_writes_one_row_per_model_with_all_metrics(tmp_path, annotated_
     images, labels = annotated_folder
     first = _save_tiny(tmp_path / "first.pth", 0)
     second = _save_tiny(tmp_path / "second.pth", 1)
-    out = tmp_path / "eval"
+    out = tmp_path / "eval é #1"  # the files are named as a shell reads them
     code = cli.main([
         "evaluate", "--images", str(images), "--labels", str(labels), "--model", str(first),
         "--model", str(second), "--out", str(out), "--clicks", "2", "--max-objects", "3",
@@ -56,10 +57,9 @@ def test_evaluate_writes_one_row_per_model_with_all_metrics(tmp_path, annotated_
     with open(out / "evaluation-2.csv") as file:
         assert [r["model"] for r in csv.DictReader(file)] == ["second"]
     assert (out / "evaluation-2.png").is_file()
-    written = (
-        f"{out / 'evaluation-2.csv'}, {out / 'evaluation-2.png'} and {out / 'evaluation-2.json'}"
-    )
-    assert f"wrote {written}" in capsys.readouterr().out
+    printed = capsys.readouterr().out.split("wrote ")[1]
+    named = shlex.split(printed.replace(",", " ").replace(" and ", " "))
+    assert named == [str(out / f"evaluation-2.{suffix}") for suffix in ("csv", "png", "json")]
 
 
 def test_the_settings_of_an_evaluation_are_written_beside_its_table(tmp_path, annotated_folder):

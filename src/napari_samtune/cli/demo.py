@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from napari_samtune.cli import model_argument, option_wording, output_folder
+from napari_samtune.cli.console import shell_path
 
 if TYPE_CHECKING:
     from napari_samtune.core.demo import DemoConfig
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"held-out images ({config.n_test_images}), before and after finetuning:")
     print(format_table(rows))
     print()
-    print(f"comparison: {result.csv_path}  {result.png_path}")
+    print(f"comparison: {shell_path(result.csv_path)}  {shell_path(result.png_path)}")
     print(f"finetuned model: {result.model_path} (load_model({result.registered_name!r}))")
     print(
         f"finetuning took {result.finetune_seconds / 60:.1f} min, the whole demo "

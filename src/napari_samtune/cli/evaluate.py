@@ -24,7 +24,7 @@ from napari_samtune.cli import (
     output_folder,
     read_annotated,
 )
-from napari_samtune.cli.console import sigterm_interrupts
+from napari_samtune.cli.console import shell_path, sigterm_interrupts
 from napari_samtune.cli.segment_planes import download_bar, optional_bar
 
 if TYPE_CHECKING:
@@ -410,7 +410,8 @@ def _report(results: dict, args: argparse.Namespace, measured: dict) -> None:
             print(f"  {name}: " + " ".join(f"{v:.3f}" for v in curve))
     sys.stdout.flush()
     files = compare_models(results, args.out, "evaluation", settings=settings)  # or -2, ...
-    print(f"wrote {files.csv_path}, {files.png_path} and {files.settings_path}")
+    written = (shell_path(p) for p in (files.csv_path, files.png_path, files.settings_path))
+    print("wrote {}, {} and {}".format(*written))
 
 
 def _model_record(model: str, loaded, weights: str, auto: AutoSegmentConfig, device: str) -> dict:

@@ -194,10 +194,10 @@ def print_summary(finished) -> None:
         print(_best_line(finished, before))
         print(f"time to best epoch: {finished.time_to_best_s:.1f} s")
     print(f"total training time: {finished.total_time_s:.1f} s")
-    print(f"last checkpoint: {finished.last_checkpoint_path}")
+    print(f"last checkpoint: {shell_path(finished.last_checkpoint_path)}")
     choose = "; --name gives it a name of your own" if finished.folder_name_taken else ""
     print(f"registered model: {finished.registered_name}{finished.name_note()}{choose}")
-    print(f"exported model: {finished.exported_model_path}")
+    print(f"exported model: {shell_path(finished.exported_model_path)}")
     if finished.no_better_message():
         print(f"warning: {finished.no_better_message()}", file=sys.stderr, flush=True)
     if finished.stopped_by_user and torchrun_world_size() > 1:
