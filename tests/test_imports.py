@@ -68,3 +68,29 @@ def test_the_command_line_prints_the_installed_version(capsys):
     assert exit_info.value.code == 0
     assert capsys.readouterr().out == f"samtune {version('napari-samtune')}\n"
     assert napari_samtune.__version__ == version("napari-samtune")
+
+
+def test_every_string_of_the_sources_encodes_as_utf_8():
+    """A docstring's '\\udce9' (a lone surrogate, not an escaped backslash) compiled on
+    Python 3.10-3.12, but 3.13 encodes docstrings as UTF-8 to strip their indentation and
+    refused the whole module: every `samtune` command failed, even --help."""
+    import ast
+
+    bad = []
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                try:
+                    node.value.encode("utf-8")
+                except UnicodeEncodeError:
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not bad
+
+
+def test_the_command_line_runs_without_docstrings():
+    """python -OO (PYTHONOPTIMIZE=2, as some containers set) drops docstrings: the
+    segment command's help was its docstring, and every command failed building it."""
+    run = [sys.executable, "-OO", "-m", "napari_samtune.cli", "segment", "--help"]
+    out = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "usage: samtune segment" in out.stdout

@@ -170,7 +170,7 @@ def _least_depth(parts: tuple[str, ...]) -> int:
 
 def _printable(name: str) -> str:
     """``name`` with the bytes of a file name that are no UTF-8 (Python's surrogates, e.g.
-    ``m\udce9`` of a Latin-1 ``mé.pth``) as U+FFFD: the CSV, the chart and stdout, all
+    ``m\\udce9`` of a Latin-1 ``mé.pth``) as U+FFFD: the CSV, the chart and stdout, all
     UTF-8, failed at the end of the evaluation and lost its results."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 

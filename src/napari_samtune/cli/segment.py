@@ -81,7 +81,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "segment",
         help="segment an image from point/box CSV prompts, or automatically",
-        description=__doc__.split("\n\n", 1)[1],
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,  # None: python -OO
         formatter_class=argparse.RawDescriptionHelpFormatter,
         fromfile_prefix_chars="@",  # @list: the images a stopped batch lists, one per line
     )
