@@ -426,3 +426,17 @@ def test_a_stack_moved_by_half_a_plane_is_annotated_on_the_plane_it_shows(
             continue
         assert widget.current_plane == plane, step
         assert round(float(annotations._data_slice.point[0])) == plane, step
+
+
+def test_a_multiscale_image_is_refused_with_how_to_open_one_level(
+    make_napari_viewer, drain_jobs, tiny_sam
+):
+    """ "open one resolution level" did not say how; the Finetune panel trains on them."""
+    import pytest
+
+    viewer = make_napari_viewer()
+    image = np.zeros((64, 64), np.uint8)
+    layer = viewer.add_image([image, image[::2, ::2]], name="pyramid", multiscale=True)
+    widget = _dock(viewer, drain_jobs, tiny_sam)
+    with pytest.raises(ValueError, match=r"viewer\.add_image\(layer\.data\[0\]\)"):
+        widget.set_image_layer(layer)

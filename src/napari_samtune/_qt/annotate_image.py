@@ -138,7 +138,10 @@ class AnnotateImageMixin:
     def set_image_layer(self, layer) -> None:
         """Annotate ``layer``: create (or reuse) its prompt, preview and annotation layers."""
         if getattr(layer, "multiscale", False):
-            raise ValueError("multiscale images are not supported; open one resolution level")
+            raise ValueError(
+                "multiscale images are not supported; open one resolution level as its own "
+                "layer, e.g. the full one: viewer.add_image(layer.data[0]) in napari's console"
+            )
         channels = (
             self.ui.channel_combo.currentData() if self.ui.channel_combo.isEnabled() else None
         )

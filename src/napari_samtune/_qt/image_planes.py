@@ -93,7 +93,7 @@ def describe_image(
         second = (
             " If the second axis holds them (Z, C, H, W), open the image with its channels as "
             "layers (viewer.add_image(data, channel_axis=1)), or with them first "
-            "(np.moveaxis(data, 1, 0)) and tick 'channels on first axis';"
+            "(np.moveaxis(data, 1, 0)) and tick 'channels on first axis'."
             if ndim == 4
             else ""
         )
