@@ -100,6 +100,43 @@ def test_ctrl_c_stops_the_finetuning_and_the_demo_goes_on_with_the_model_so_far(
     assert signal.getsignal(signal.SIGINT) is before  # given back
 
 
+@pytest.mark.parametrize("when", ["evaluating", "before_a_step"])
+def test_ctrl_c_outside_the_finetuning_steps_ends_the_demo_as_interrupted(
+    tmp_path, monkeypatch, capsys, when
+):
+    """Ctrl+C while the demo evaluated said "stopping after this step", went on for half
+    a minute, then failed with a traceback (a RuntimeError, exit 1) or even finished."""
+    import signal
+
+    import napari_samtune.core.demo as core_demo
+    import napari_samtune.core.train as core_train
+
+    before = signal.getsignal(signal.SIGINT)
+    if when == "evaluating":
+        monkeypatch.setattr(
+            core_demo, "_evaluate", lambda *args: signal.raise_signal(signal.SIGINT)
+        )
+    else:  # the finetuning stopped before its first step: no model to compare
+        iter_train = core_train.iter_train
+
+        def stopped_at_once(config, *args, **kwargs):
+            signal.raise_signal(signal.SIGINT)
+            return iter_train(config, *args, **kwargs)
+
+        monkeypatch.setattr(core_train, "iter_train", stopped_at_once)
+        monkeypatch.setattr(core_demo, "_evaluate", lambda *args: {"box_iou": 0.0})
+    argv = ["demo", "--quick", "--out", str(tmp_path / "demo")]
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err
+    assert "samtune demo: interrupted" in err and "Traceback" not in err
+    if when == "evaluating":
+        assert "stopping after this step" not in err
+        assert not (tmp_path / "demo" / "finetune").exists()
+    else:
+        assert "training stopped before any training step" in err
+    assert signal.getsignal(signal.SIGINT) is before  # given back
+
+
 def test_a_preset_of_more_memory_than_the_machine_has_is_said_to_be(tmp_path, monkeypatch):
     """``samtune demo --preset cpu-64gb`` on a 24 GB machine trained without the warning
     that ``samtune train`` and the README give."""

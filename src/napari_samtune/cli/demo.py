@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import threading
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -98,15 +99,28 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_demo(config, out: str):
-    """The demo with Ctrl+C as in ``samtune train``: the first stops the finetuning after
-    its step, and the demo goes on with the model as trained so far (it was thrown away,
-    unsaid); the second aborts."""
-    from napari_samtune.cli.train import stop_on_ctrl_c
-    from napari_samtune.core.demo import run_demo
+    """The demo with Ctrl+C as in ``samtune train`` while it finetunes: the first stops the
+    finetuning after its step, and the demo goes on with the model as trained so far (it
+    was thrown away, unsaid); the second aborts. Outside the finetuning (data, the
+    evaluations) Ctrl+C aborts at once: it said "stopping after this step" and went on
+    evaluating, then failed with a traceback, or finished."""
+    from napari_samtune.core.demo import DemoStopped, run_demo
 
-    stop = threading.Event()
-    previous = stop_on_ctrl_c(stop)
+    stop, tuning = threading.Event(), threading.Event()
+
+    def handler(signum, frame):
+        if stop.is_set() or not tuning.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("\nstopping after this step (Ctrl+C again to abort) ...", file=sys.stderr)
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    previous = signal.signal(signal.SIGINT, handler)
     try:
-        return run_demo(config, out, log=lambda line: print(line, flush=True), stop_event=stop)
+        return run_demo(config, out, log=log, stop_event=stop, tuning=tuning)
+    except DemoStopped as err:
+        raise KeyboardInterrupt(str(err)) from None  # said as Ctrl+C is: exit 130
     finally:
         signal.signal(signal.SIGINT, previous)

@@ -276,13 +276,22 @@ def _evaluate(
     )  # fmt: skip
 
 
+class DemoStopped(RuntimeError):
+    """The demo's finetuning was stopped before its first step: there is no model to
+    compare."""
+
+
 def run_demo(
     config: DemoConfig,
     out_dir: str | Path = "samtune-demo",
     log: Callable[[str], None] = print,
     stop_event: threading.Event | None = None,
+    tuning: threading.Event | None = None,
 ) -> DemoResult:
     """Run the demo (see module docstring), logging progress through ``log``.
+    ``stop_event`` stops the finetuning after its step; ``tuning`` is set while it runs (a
+    Ctrl+C handler stops the finetuning then, and the demo otherwise). A demo stopped
+    before its finetuning's first step raises :class:`DemoStopped`.
 
     Writes to ``out_dir``: ``data/{train,test}/image_NNN[_labels].tif``, the
     finetuning run folder ``finetune/``, ``comparison.csv`` and ``comparison.png``
@@ -315,10 +324,16 @@ def run_demo(
         log(f"warning: {short}")
     log(f"finetuning {config.model!r} on {len(train_pairs)} images with: {train_config}")
     tune_start = time.perf_counter()
-    finished = _finetune(train_config, train_pairs, run_dir, stop_event, log)
+    if tuning is not None:
+        tuning.set()
+    try:
+        finished = _finetune(train_config, train_pairs, run_dir, stop_event, log)
+    finally:
+        if tuning is not None:
+            tuning.clear()
     finetune_seconds = time.perf_counter() - tune_start
     if finished.exported_model_path is None:  # stopped before its first step
-        raise RuntimeError(f"demo stopped: {finished.outcome_message()}")
+        raise DemoStopped(f"demo stopped: {finished.outcome_message()}")
     tuned = load_model(finished.exported_model_path, device=train_config.device)
     log("evaluating the finetuned model on the held-out images ...")
     after = _evaluate(tuned, test_pairs, config, train_config.device)
