@@ -191,3 +191,26 @@ def test_under_torchrun_only_train_runs(monkeypatch, capsys, tmp_path):
     argv = ["train", "--images", "a.tif", "--labels", "b.tif", "--out", str(tmp_path / "r")]
     assert cli.main(argv) == 2  # train goes on, to its own first check
     assert "--model is required" in capsys.readouterr().err
+
+
+def test_sigterm_while_the_command_line_is_parsed_is_said(monkeypatch, capsys):
+    """Building the parser imports torch (seconds): a SIGTERM then ended samtune without a
+    word, where Ctrl+C at that moment said "samtune cache: interrupted"."""
+    import signal
+
+    class Unhandled(Exception):
+        pass
+
+    def unhandled(signum, frame):  # what the default action would do: end the process
+        raise Unhandled
+
+    def parse_slowly(argv):
+        signal.raise_signal(signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        monkeypatch.setattr(cli, "_parse", parse_slowly)
+        assert cli.main(["cache"]) == 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert capsys.readouterr().err.strip() == "samtune cache: terminated"

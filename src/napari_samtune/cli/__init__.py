@@ -311,9 +311,11 @@ IMAGE_OPTIONS = {"channel_axis": "--channel-axis", "channels": "--channels"}
 
 def _main(argv: list[str] | None) -> int:
     try:  # building the parser imports the subcommands, and torch with them: seconds
-        args = _parse(argv)
-    except KeyboardInterrupt:
-        return interrupted(_command_in(sys.argv[1:] if argv is None else argv))
+        with sigterm_interrupts():  # (a SIGTERM then ended it without a word)
+            args = _parse(argv)
+    except KeyboardInterrupt as err:
+        command = _command_in(sys.argv[1:] if argv is None else argv)
+        return interrupted(command, terminated=isinstance(err, Terminated))
     try:  # SIGTERM anywhere (a model's download, say) is said, as Ctrl+C is, not silent
         _check_single_process(args.command)
         with sigterm_interrupts():
