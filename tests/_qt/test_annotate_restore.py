@@ -456,3 +456,28 @@ def test_work_saved_beside_a_damaged_autosave_is_named_once_that_one_reads_again
     assert set(np.unique(again.session.annotations)) == {0, 1}  # the older file's
     said = [n for n in notifications[count:] if str(diverted) in n]
     assert len(said) == 1 and "Load annotations" in said[0] and said[0].severity == "warning"
+
+
+@pytest.mark.parametrize("record", [True, False])
+def test_annotations_an_earlier_version_named_otherwise_are_told_of(
+    make_napari_viewer, tmp_path, notifications, drain_jobs, record
+):
+    """Names kept ASCII letters only before 2026-12-06: 'Zelle ä' was saved as
+    Zelle.labels.tif, which the panel found no more; without a fingerprint in its record,
+    nothing was said, and with one it said "saved under another name"."""
+    from napari_samtune.core.label_files import image_fingerprint
+
+    image = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
+    labels = np.zeros((64, 64), np.uint32)
+    labels[10:20, 10:20] = 1
+    saved = {"image_fingerprint": image_fingerprint(image)} if record else {}
+    save_annotations(tmp_path, "Zelle", labels, {"objects": [], **saved})
+    _reopen(make_napari_viewer, image, tmp_path, drain_jobs, name="Zelle ä")
+    told = [n for n in notifications if str(tmp_path / "Zelle.labels.tif") in n]
+    assert len(told) == 1 and "'Load annotations…'" in told[0]
+    if record:
+        assert "holds annotations of this same image" in told[0]
+        assert "under the name an earlier napari-samtune gave its file" in told[0]
+    else:
+        assert "may hold them: an earlier napari-samtune saved an image" in told[0]
+        assert "rename it Zelle_ä.labels.tif" in told[0]

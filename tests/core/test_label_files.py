@@ -590,3 +590,21 @@ def test_a_large_memory_mapped_stack_is_fingerprinted_from_a_few_pages(tmp_path)
     assert image_fingerprint(stack) != fingerprint
     small = np.memmap(tmp_path / "small.u16", dtype=np.uint16, mode="w+", shape=(4, 64, 64))
     assert image_fingerprint(small) == image_fingerprint(np.asarray(small).copy())
+
+
+def test_autosaves_an_earlier_version_named_are_named_with_the_rename_that_pairs_them(tmp_path):
+    """Names kept ASCII letters only before 2026-12-06 ('Zelle ä' saved as Zelle.labels.tif):
+    such autosaves paired no more, and the refusal blamed a layer renamed in napari."""
+    for name in ("Zelle ä.tif", "cells 10µm.tif", "plain.tif"):
+        _write(tmp_path / "images", name, np.zeros((4, 4), np.uint8))
+    for name in ("Zelle.labels.tif", "cells_10_m.labels.tif", "plain.labels.tif"):
+        _write(tmp_path / "labels", name, np.ones((4, 4), np.uint8))
+    match = match_files(tmp_path / "images", tmp_path / "labels")
+    assert [image.name for image, _ in match.pairs] == ["plain.tif"]
+    for said in (match.unpaired_message(), match.left_out_message()):
+        assert (
+            "'Zelle.labels.tif' is named as an earlier napari-samtune named the annotations of "
+            "'Zelle ä.tif': rename it 'Zelle_ä.labels.tif' (and its .prompts.json)"
+        ) in said
+        assert "rename it 'cells_10µm.labels.tif'" in said
+        assert "layer's name" not in said  # no layer was renamed

@@ -28,8 +28,11 @@ from napari_samtune.core.annotation_files import (
     annotation_paths,
     default_annotation_folder,
     same_image_saves,
+    saved_shape,
     starting_annotation_folder,
 )
+from napari_samtune.core.file_names import earlier_stems
+from napari_samtune.core.label_files import saved_fingerprint
 from napari_samtune.core.user_settings import ANNOTATION_FOLDER, write_setting
 
 
@@ -178,12 +181,33 @@ class AnnotateFilesMixin:
         copied since). They are not loaded unasked: 'Load annotations…' goes on with them."""
         session = self.session
         found = same_image_saves(folder, session.fingerprint, session.axes.spatial_shape, (own,))
+        earlier = [annotation_paths(folder, stem)[0] for stem in earlier_stems(session.image_name)]
         if found:
             more = f" (and {len(found) - 1} more files)" if len(found) > 1 else ""
+            how = (
+                "under the name an earlier napari-samtune gave its file"
+                if found[0] in earlier
+                else "under another name"
+            )
             show_info(
                 f"no annotations of {session.image_name!r} are saved in {folder} under its "
                 f"name, but {found[0]}{more} holds annotations of this same image (the same "
-                "pixels), saved under another name: to go on with them, use 'Load annotations…'"
+                f"pixels), saved {how}: to go on with them, use 'Load annotations…'"
+            )
+            return
+        unmarked = [  # saved before records held the image's fingerprint: maybe this one's
+            path
+            for path in earlier
+            if path.is_file()
+            and saved_fingerprint(path) is None
+            and saved_shape(path) == tuple(session.axes.spatial_shape)
+        ]
+        if unmarked:
+            show_info(
+                f"no annotations of {session.image_name!r} are saved in {folder} under its "
+                f"name, but {unmarked[0]} may hold them: an earlier napari-samtune saved an "
+                "image of this name under that name. If it does, 'Load annotations…' goes on "
+                f"with them (or rename it {own.name}, with its .prompts.json)"
             )
 
     def _say_newer_same_image_saves(self, folder: Path, own: Path) -> None:

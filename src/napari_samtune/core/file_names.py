@@ -36,6 +36,19 @@ def _sanitised(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name).lstrip("-._").rstrip("._")
 
 
+def earlier_stems(image_name: str) -> list[str]:
+    """The names earlier versions saved ``image_name``'s annotations under, where they
+    differ from :func:`safe_stem`'s: ASCII letters only (before 2026-12-06: ``Zelle ä``
+    was ``Zelle``, ``cells 10µm`` ``cells_10_m``, ``-cells`` itself), and any letters but
+    a Windows device's name kept (``aux``, before 2026-12-07). Their files were found no
+    more, unsaid."""
+    ascii_only = re.sub(r"[^A-Za-z0-9._-]+", "_", image_name).strip("._") or "image"
+    composed = unicodedata.normalize("NFC", image_name)
+    any_letters = _within_limit(_sanitised(composed) or "image")
+    current = safe_stem(image_name)
+    return [s for s in dict.fromkeys((ascii_only, any_letters)) if s != current]
+
+
 # Names Windows keeps for devices, whatever follows their first dot ("NUL.txt" is NUL).
 WINDOWS_DEVICES = frozenset(
     ["CON", "PRN", "AUX", "NUL", *(f"{port}{i}" for port in ("COM", "LPT") for i in range(1, 10))]

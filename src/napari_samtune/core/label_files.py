@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_samtune.core.file_lists import list_files
-from napari_samtune.core.file_names import NAMESAKE_STEM, safe_stem
+from napari_samtune.core.file_names import NAMESAKE_STEM, earlier_stems, safe_stem
 
 LABELS_STEM_SUFFIX = ".labels"  # what the file stem ends in (a label suffix for pairing)
 LABELS_SUFFIX = LABELS_STEM_SUFFIX + ".tif"
@@ -202,18 +202,40 @@ class FileMatch:
                 "are named as labels (an image's name plus a suffix such as '_labels'): give "
                 "them as the labels and the others as the images"
             )
-        renamed = f" ({RENAMED_LAYER_NOTE})" if self._renamed_layer_possible() else ""
         return (
             f"{unpaired}; name each label file like its image (optionally with one of "
-            f"{list(LABEL_SUFFIXES)!r} appended){renamed}"
+            f"{list(LABEL_SUFFIXES)!r} appended){self._autosave_notes()}"
         )
 
-    def _renamed_layer_possible(self) -> bool:
-        """Whether an autosave left alone may be of an image left alone: an image layer
-        renamed in napari saves its annotations under its new name."""
-        return bool(self.lonely_images) and any(
-            _is_autosave(Path(name)) for name in self.lonely_labels
-        )
+    def _autosave_notes(self) -> str:
+        """Why autosaves left alone may be of images left alone: saved by an earlier
+        napari-samtune under the file name it gave (named, with the rename that pairs
+        them), or an image layer renamed in napari; "" where none is."""
+        renames = self._earlier_names()
+        notes = [
+            f"{old!r} is named as an earlier napari-samtune named the annotations of "
+            f"{image!r}: rename it {new!r} (and its .prompts.json) to pair them"
+            for old, image, new in renames[:3]
+        ]
+        explained = {old for old, _, _ in renames}
+        others = [name for name in self.lonely_labels if name not in explained]
+        if self.lonely_images and any(_is_autosave(Path(name)) for name in others):
+            notes.append(RENAMED_LAYER_NOTE)
+        return f" ({'; '.join(notes)})" if notes else ""
+
+    def _earlier_names(self) -> list[tuple[str, str, str]]:
+        """(autosave, image, its name now) for each autosave left alone that an earlier
+        version named after an image left alone (``Zelle.labels.tif`` of ``Zelle ä.tif``)."""
+        lonely = {name.lower(): name for name in self.lonely_labels}
+        found = []
+        for image in self.lonely_images:
+            stem = _plain_stem(Path(image).stem)
+            for earlier in earlier_stems(stem):
+                old = lonely.get(f"{earlier}{LABELS_SUFFIX}".lower())
+                if old is not None:
+                    found.append((old, image, labels_file_name(stem)))
+                    break
+        return found
 
     def left_out_message(self) -> str:
         """The files a lenient caller leaves out, for the user; "" when none."""
@@ -225,8 +247,8 @@ class FileMatch:
             )
             if names
         ]
-        if self._renamed_layer_possible():
-            parts[-1] += f" ({RENAMED_LAYER_NOTE})"
+        if self.lonely_images and self.lonely_labels:
+            parts[-1] += self._autosave_notes()
         if self.labels_beside:
             parts.append(
                 f"{len(self.labels_beside)} file(s) among the images named as the labels of "
