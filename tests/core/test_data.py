@@ -564,3 +564,27 @@ def test_a_training_pair_s_warnings_name_its_file(tmp_path):
         warnings.simplefilter("always")
         prepare_pairs([ImageLabelPair(rgba, labels, "four.tif")])
     assert any(str(w.message).startswith("four.tif: image of shape") for w in caught)
+
+
+def test_an_autosave_without_a_fingerprint_passed_over_is_not_called_another_image_s(tmp_path):
+    """An image 'aux' was saved as aux.labels.tif (no fingerprint) by an earlier version,
+    then as aux_.labels.tif: training said the first was "saved for other images of the
+    same name (told apart by their pixels)", though nothing told it apart."""
+    from napari_samtune.core.annotation_files import save_annotations
+    from napari_samtune.core.label_files import image_fingerprint
+
+    image = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    tifffile.imwrite(tmp_path / "aux.tif", image)
+    labels = np.zeros((64, 64), np.uint16)
+    labels[5:15, 5:15] = 1
+    tifffile.imwrite(tmp_path / "aux.labels.tif", labels)  # an earlier version's: no record
+    record = {"objects": [], "image_fingerprint": image_fingerprint(image)}
+    save_annotations(tmp_path / "ann", "aux", labels, record)
+    (tmp_path / "aux.labels.tif").rename(tmp_path / "ann" / "aux.labels.tif")
+    left: list[str] = []
+    (pair,) = read_match(match_files(tmp_path / "aux.tif", tmp_path / "ann"), namesakes_left=left)
+    assert pair.name == "aux.tif / aux_.labels.tif"
+    assert left == [
+        "aux.labels.tif (saved without its image's fingerprint, perhaps by an earlier version: "
+        "if it holds this image's annotations, go on with it in napari, 'Load annotations…')"
+    ]

@@ -18,6 +18,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -220,7 +221,7 @@ def read_match(
         groups.append(split_planes(image, labels, name, None, axis, channels, empty_planes))
     pairs = _with_gray_stacks(groups, channels, empty_planes)
     if namesakes_left is not None:  # those no image took (two namesakes given: neither)
-        namesakes_left += [p.name for p in passed_over if p not in chosen]
+        namesakes_left += [_namesake_left(p) for p in passed_over if p not in chosen]
     if contradicted:  # one warning for a folder of them
         warnings.warn(given_axis_note(channel_axis, contradicted), UserWarning, stacklevel=2)
     if planes_named_channels:
@@ -284,6 +285,18 @@ def empty_planes_message(stacks: Sequence[str]) -> str:
     """The note on the planes of stacks left out for having no object (see split_planes)."""
     return (
         f"left out the planes without objects of {len(stacks)} stack(s): {describe_names(stacks)}"
+    )
+
+
+def _namesake_left(path: Path) -> str:
+    """A namesake's autosave left out, as named in :func:`namesakes_message`: one without
+    its image's fingerprint (an earlier version's, or samtune segment's) may be this
+    image's own, passed over for the one saved for its pixels."""
+    if saved_fingerprint(path) is not None:
+        return path.name
+    return (
+        f"{path.name} (saved without its image's fingerprint, perhaps by an earlier version: "
+        "if it holds this image's annotations, go on with it in napari, 'Load annotations…')"
     )
 
 
