@@ -1098,3 +1098,20 @@ def test_gradient_accumulation_weighs_each_sample_as_its_batch_does(tmp_path, da
     expected = [np.mean(single[:4]), np.mean(single[4:])]
     np.testing.assert_allclose(batched, expected, rtol=1e-4)
     np.testing.assert_allclose(accumulated, expected, rtol=1e-4)
+
+
+def test_a_checkpoint_scored_the_earlier_way_chooses_its_best_epoch_anew(tmp_path, data):
+    """Validation scores each object once since 2026-12-07 (each piece in every tile
+    before): a run resumed from an earlier checkpoint compared its new scores with the old
+    best (0.897 against 0.835 for the same weights), and called the epoch better."""
+    first = train(_config(epochs=1), *data, out_dir=tmp_path / "run")
+    assert first.best_epoch == 0
+    checkpoint = torch.load(first.last_checkpoint_path, weights_only=True)
+    assert checkpoint["data_summary"].pop("val_scoring") == 2  # as an earlier version wrote
+    checkpoint["best_metric"] = 2.0  # no epoch can beat it: only a new choice picks one
+    torch.save(checkpoint, first.last_checkpoint_path)
+    events = list(
+        iter_train(_config(epochs=2), *data, tmp_path / "run", resume_from=tmp_path / "run")
+    )
+    assert any("counted as an earlier version of napari-samtune" in n for n in events[0].notes)
+    assert events[-1].best_epoch == 1  # chosen among this session's epochs

@@ -28,6 +28,7 @@ from napari_samtune.core.train_export import (
     record_epoch,
     write_json,
 )
+from napari_samtune.core.train_validation import VALIDATION_SCORING
 
 
 class TrainerFilesMixin:
@@ -265,6 +266,7 @@ class TrainerFilesMixin:
                 # on others, a run forgets its starting model's score
                 "val_fingerprints": self.val_fingerprints,
                 "val_held_out": self.held_out_of is not None,  # else given apart
+                "val_scoring": VALIDATION_SCORING,
             },
         }
 

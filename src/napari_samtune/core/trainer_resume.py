@@ -16,6 +16,7 @@ from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.train_checkpoints import check_not_stopped_early
 from napari_samtune.core.train_events import Progress
 from napari_samtune.core.train_setup import make_optimizer
+from napari_samtune.core.train_validation import VALIDATION_SCORING
 from napari_samtune.core.validation_split import split_one_image
 
 
@@ -157,7 +158,7 @@ class TrainerResumeMixin:
         else:  # a checkpoint written before they were kept: by their names
             now = sorted(image.name for image in self.val_images)
             other = sorted(summary.get("val_images", ())) != now
-        if other or self._other_tiles(saved):
+        if other or self._other_tiles(saved) or self._other_scoring(summary):
             self.progress.start_metric = math.nan
 
     def _restart_best_for_new_validation(self, summary: dict, saved: dict) -> None:
@@ -175,6 +176,12 @@ class TrainerResumeMixin:
             what = f"the run's validation images changed (it {changed})"
         elif tiles:
             what = f"the run's validation images are cut into other tiles now ({tiles})"
+        elif self._other_scoring(summary):
+            what = (
+                "the checkpoint's validation scores were counted as an earlier version of "
+                "napari-samtune counted them (each piece of an object in every tile it "
+                "reached)"
+            )
         else:
             return
         self.notes.append(
@@ -183,6 +190,12 @@ class TrainerResumeMixin:
         )
         p.best_metric, p.best_epoch, p.epochs_without_improvement = -math.inf, -1, 0
         p.start_metric = math.nan  # scored on the other images
+
+    @staticmethod
+    def _other_scoring(summary: dict) -> bool:
+        """Whether the checkpoint's validation was scored otherwise than validation scores
+        now (:data:`VALIDATION_SCORING`; a checkpoint of before it was kept: the first way)."""
+        return summary.get("val_scoring", 1) != VALIDATION_SCORING
 
     def _other_tiles(self, saved: dict) -> str:
         """How this session's settings cut the validation images into the tiles it scores
