@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -567,29 +566,6 @@ def test_a_namesake_of_a_name_without_letters_pairs_with_its_own_image(tmp_path)
         assert np.array_equal(np.asarray(pair.labels), labels[name])
     both = load_pairs(tmp_path / "images", tmp_path / "labels")
     assert [np.asarray(p.labels).sum() for p in both] == [16, 36]
-
-
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RssFile (Linux)")
-def test_a_large_memory_mapped_stack_is_fingerprinted_from_a_few_pages(tmp_path):
-    """np.memmap / tifffile.memmap is an ndarray, so its even sample of 1M pixels touched
-    every page: choosing a 2.4 GB memory-mapped stack read all of it on the GUI thread."""
-
-    def mapped_mb() -> int:
-        status = Path("/proc/self/status").read_text().splitlines()
-        return next(int(line.split()[1]) for line in status if line.startswith("RssFile")) >> 10
-
-    path = tmp_path / "stack.u16"
-    with open(path, "wb") as file:
-        file.truncate(100 * 1024 * 1024 * 2)  # sparse: 200 MB of zeros, nothing on disk
-    stack = np.memmap(path, dtype=np.uint16, mode="r+", shape=(100, 1024, 1024))
-    before = mapped_mb()
-    fingerprint = image_fingerprint(stack)
-    assert mapped_mb() - before < 20  # of 200 MB
-    assert image_fingerprint(stack) == fingerprint
-    stack[99, 1023, 1023] = 7  # in the last plane's last block
-    assert image_fingerprint(stack) != fingerprint
-    small = np.memmap(tmp_path / "small.u16", dtype=np.uint16, mode="w+", shape=(4, 64, 64))
-    assert image_fingerprint(small) == image_fingerprint(np.asarray(small).copy())
 
 
 def test_autosaves_an_earlier_version_named_are_named_with_the_rename_that_pairs_them(tmp_path):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-import mmap
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -68,40 +67,10 @@ def image_fingerprint(data) -> str:
     digest = hashlib.blake2b(repr((tuple(data.shape), str(data.dtype))).encode(), digest_size=8)
     if not isinstance(data, np.ndarray):
         data = _read_if_small(data)
-    elif data.nbytes > LAZY_FINGERPRINT_BYTES and data.ndim and _memory_mapped(data):
-        for block in _mapped_blocks(data):  # an even sample touched every page of the file
-            digest.update(np.ascontiguousarray(block))
-        return digest.hexdigest()
     if isinstance(data, np.ndarray) and data.size:
         step = max(1, data.size // FINGERPRINT_SAMPLES)
         digest.update(np.ascontiguousarray(data.flat[::step]))  # no copy of the whole image
     return digest.hexdigest()
-
-
-MAPPED_PLANES, MAPPED_BLOCK = 64, 4096  # a large memory map's sample: blocks of some planes
-
-
-def _memory_mapped(data: np.ndarray) -> bool:
-    """Whether ``data`` views a memory-mapped file (``np.memmap``, ``tifffile.memmap``):
-    its pixels are read from disk when touched."""
-    base = data
-    while base is not None:
-        if isinstance(base, (np.memmap, mmap.mmap)):
-            return True
-        base = getattr(base, "base", None)
-    return False
-
-
-def _mapped_blocks(data: np.ndarray):
-    """Contiguous blocks of :data:`MAPPED_BLOCK` pixels at the start, middle and end of at
-    most :data:`MAPPED_PLANES` planes (first-axis entries) spread over ``data``: megabytes
-    read of a memory-mapped stack, where an even sample of 1M pixels read it all (2.4 GB, 4 s
-    on the GUI thread, for a 300-plane stack)."""
-    picked = np.unique(np.linspace(0, len(data) - 1, min(len(data), MAPPED_PLANES)).astype(int))
-    for index in picked:
-        plane = np.asarray(data[index]).reshape(-1)  # a view where the plane is contiguous
-        for start in (0, max(0, plane.size // 2 - MAPPED_BLOCK // 2), plane.size - MAPPED_BLOCK):
-            yield plane[max(0, start) : start + MAPPED_BLOCK]
 
 
 def _read_if_small(data):
