@@ -31,35 +31,34 @@ class TrainerDivergenceMixin:
         if self.nonfinite_in_a_row >= FP16_NONFINITE_STEPS:
             self._refuse_divergence(loss, epoch)
 
-    def _refuse_divergence(
-        self, loss: float, epoch: int, gradients: float = 0.0, weights: float = 0.0
-    ) -> None:
-        """Stop before a non-finite loss or gradient (on any rank) reaches the weights, or
-        once the optimizer made a weight non-finite (``gradients``, ``weights``: their
-        2-norms, checked at each step and each epoch's end): the run has diverged, and
-        what it would save and register from here on is not a model. Its checkpoints on
-        disk are from before."""
-        values = (loss, gradients, weights)
-        if not ddp.any_rank(not all(map(math.isfinite, values)), self.dist, self.device):
+    def _refuse_divergence(self, loss: float, epoch: int, gradients: float = 0.0) -> None:
+        """Stop before a non-finite loss or gradient (``gradients``: their 2-norm; on any
+        rank) reaches the weights: the run has diverged, and what it would save and
+        register from here on is not a model. Its checkpoints on disk are from before."""
+        if not ddp.any_rank(not _finite(loss, gradients), self.dist, self.device):
             return
-        lr, files = self._lr(), self.files
         if not math.isfinite(loss):
             became = f"the loss became {loss}"
-        elif not math.isfinite(gradients):
-            became = f"the gradients' norm became {gradients} (at a loss of {loss:.3g})"
         else:
-            became = f"a step made the weights' norm {weights} (at a loss of {loss:.3g})"
-        before_step = not (math.isfinite(loss) and math.isfinite(gradients))  # not the lr's
-        step = f"at epoch {epoch + 1}, step {self.progress.step_in_epoch + 1}"
-        where = step if before_step else f"by the end of epoch {epoch + 1}"
-        if self.resume_from is not None and self.steps_done == 0 and before_step:
+            became = f"the gradients' norm became {gradients} (at a loss of {loss:.3g})"
+        if self.resume_from is not None and self.steps_done == 0:
             raise ValueError(
                 f"training diverged at the first step resumed from {str(self.resume_from)!r}: "
                 f"{became} before any step of this session, so the weights in that "
                 "checkpoint had diverged already and no learning rate helps them; train "
                 "again from the start (the base model) with a lower learning_rate, e.g. "
-                f"{_calmer(lr):g}"
+                f"{_calmer(self._lr()):g}"
             )
+        self._diverged(f"at epoch {epoch + 1}, step {self.progress.step_in_epoch + 1}", became)
+
+    def _refuse_non_finite_weights(self, weights: float, when: str) -> None:
+        """Stop before checkpoints are written (``when``: "by the end of epoch 2") where
+        the optimizer made a weight non-finite (``weights``: their 2-norm, on any rank)."""
+        if ddp.any_rank(not math.isfinite(weights), self.dist, self.device):
+            self._diverged(when, f"a step made the weights' norm {weights}")
+
+    def _diverged(self, where: str, became: str) -> None:
+        lr, files = self._lr(), self.files
         earlier = [str(f) for f in (files.best, files.last) if f.exists()]
         saved = (
             f"; the checkpoints written before are kept ({', '.join(earlier)}): resume from "
@@ -74,6 +73,10 @@ class TrainerDivergenceMixin:
             f"learning_rate={_calmer(lr):g} (the presets use {TrainConfig.learning_rate:g}), "
             f"and train again{saved}"
         )
+
+
+def _finite(*values: float) -> bool:
+    return all(map(math.isfinite, values))
 
 
 def _calmer(learning_rate: float) -> float:

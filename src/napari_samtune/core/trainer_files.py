@@ -281,6 +281,8 @@ class TrainerFilesMixin:
         export_note = ""
         if trained:  # on every rank: the checkpoint holds the epoch's loss of all of them
             self._sum_epoch_loss_over_ranks()
+            if self.stopped_by_user:  # its last step's weights, checked at no epoch's end
+                self._refuse_non_finite_weights(self._norm("data"), "before it stopped")
         if self.dist.is_main and trained:
             if self.stopped_by_user or not last.exists():
                 self._write_checkpoints(is_best=False)
