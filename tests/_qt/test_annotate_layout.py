@@ -438,5 +438,6 @@ def test_a_multiscale_image_is_refused_with_how_to_open_one_level(
     image = np.zeros((64, 64), np.uint8)
     layer = viewer.add_image([image, image[::2, ::2]], name="pyramid", multiscale=True)
     widget = _dock(viewer, drain_jobs, tiny_sam)
-    with pytest.raises(ValueError, match=r"viewer\.add_image\(layer\.data\[0\]\)"):
+    # (napari's console knows `viewer`, not `layer`)
+    with pytest.raises(ValueError, match=r"add_image\(viewer\.layers\['pyramid'\]\.data\[0\]\)"):
         widget.set_image_layer(layer)

@@ -245,6 +245,7 @@ def test_a_case_twin_is_named_as_such_on_a_disk_that_ignores_case(tiny_checkpoin
         (".pth", "pth"),
         ("細胞", "finetuned"),
         ("run 1", "run_1"),
+        ("a" * 88 + ".pth", "a" * 88),  # the suffix went first, not the cut ('aaa….p')
     ],
 )
 def test_a_run_folders_name_gives_a_model_name_that_registration_takes(folder, name):

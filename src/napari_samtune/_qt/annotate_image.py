@@ -140,7 +140,8 @@ class AnnotateImageMixin:
         if getattr(layer, "multiscale", False):
             raise ValueError(
                 "multiscale images are not supported; open one resolution level as its own "
-                "layer, e.g. the full one: viewer.add_image(layer.data[0]) in napari's console"
+                "layer, e.g. the full one, in napari's console: "
+                f"viewer.add_image(viewer.layers[{layer.name!r}].data[0])"
             )
         channels = (
             self.ui.channel_combo.currentData() if self.ui.channel_combo.isEnabled() else None

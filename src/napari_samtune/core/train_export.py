@@ -130,10 +130,10 @@ def model_stem(base: str) -> str:
     from napari_samtune.core.file_names import not_a_device
     from napari_samtune.core.registry import WEIGHT_SUFFIXES
 
-    stem = re.sub(r"[^A-Za-z0-9_.\-]", "_", base).lstrip("._-")[:90]
+    stem = re.sub(r"[^A-Za-z0-9_.\-]", "_", base).lstrip("._-")
     while stem.lower().endswith(WEIGHT_SUFFIXES):
         stem = stem.rsplit(".", 1)[0].rstrip("._-")
-    return not_a_device(stem or "finetuned")
+    return not_a_device(stem[:90] or "finetuned")
 
 
 # the automatic name of a finetuned model, which a further round replaces (-2: made unique)
