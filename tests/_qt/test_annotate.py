@@ -392,7 +392,8 @@ def test_an_image_of_the_same_name_saves_beside_the_other_never_over_it(
     namesake = open_namesake(other_image)
     assert not namesake.session.annotations.any()  # the other image's objects are not shown
     own_name = f"nuclei-{namesake.session.fingerprint}"
-    assert any(f"saved as {own_name!r}" in str(n.message) for n in notifications)
+    saved_as = f"saved as {f'{own_name}.labels.tif'!r}"  # the file, as on disk
+    assert any(saved_as in str(n.message) for n in notifications)
     namesake.session.annotations[10:20, 10:20] = 7
     namesake._autosave()
     drain_jobs(namesake)
