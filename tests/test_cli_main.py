@@ -214,3 +214,32 @@ def test_sigterm_while_the_command_line_is_parsed_is_said(monkeypatch, capsys):
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert capsys.readouterr().err.strip() == "samtune cache: terminated"
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_signal_during_the_imports_is_raised_once_they_are_done(monkeypatch, capsys, signum):
+    """Raised inside torch's or numpy's imports, Ctrl+C or SIGTERM left numpy half-imported
+    (a RecursionError traceback, exit 1), or was swallowed there and the command ran on."""
+    import signal
+
+    parse = cli._parse
+
+    def parse_in_a_library_that_swallows(argv):
+        try:
+            signal.raise_signal(getattr(signal, signum))
+        except BaseException:  # as code under an import may
+            pass
+        return parse(argv)
+
+    monkeypatch.setattr(cli, "_parse", parse_in_a_library_that_swallows)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code = cli.main(["presets"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    said = capsys.readouterr()
+    if signum == "SIGTERM":
+        assert (code, said.err.strip()) == (143, "samtune presets: terminated")
+    else:
+        assert (code, said.err.strip()) == (130, "samtune presets: interrupted")
+    assert said.out == ""  # the command did not run

@@ -23,6 +23,7 @@ from typing import TextIO
 from napari_samtune import __version__
 from napari_samtune.cli.console import (  # Terminated: also napari_samtune.cli's
     Terminated,
+    deferred_interrupts,
     interrupted,
     is_main_process,
     plain_warnings,
@@ -311,7 +312,7 @@ IMAGE_OPTIONS = {"channel_axis": "--channel-axis", "channels": "--channels"}
 
 def _main(argv: list[str] | None) -> int:
     try:  # building the parser imports the subcommands, and torch with them: seconds
-        with sigterm_interrupts():  # (a SIGTERM then ended it without a word)
+        with deferred_interrupts():  # raised in an import, a signal broke it (or was lost)
             args = _parse(argv)
     except KeyboardInterrupt as err:
         command = _command_in(sys.argv[1:] if argv is None else argv)

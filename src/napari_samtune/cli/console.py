@@ -168,6 +168,33 @@ class Terminated(KeyboardInterrupt):
 
 
 @contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Ctrl+C and SIGTERM in the block (torch and numpy importing) are raised once it has
+    ended, as ``KeyboardInterrupt`` or :class:`Terminated`: raised inside those imports,
+    they left numpy half-imported (a RecursionError traceback, exit 1) or were swallowed
+    (the command ran on). A Ctrl+C ignored (a background job) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def record(signum, frame):
+        caught.append(signum)
+
+    previous_term = signal.signal(signal.SIGTERM, record)
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, record)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGINT, previous_int)
+        if caught:  # (over --help's or --version's SystemExit too: the person asked to stop)
+            raise Terminated if caught[0] == signal.SIGTERM else KeyboardInterrupt
+
+
+@contextmanager
 def sigterm_interrupts() -> Iterator[None]:
     """SIGTERM raises :class:`Terminated` in the block (outside the main thread, which
     alone gets signals, nothing changes): a batch then says how far it got and exits with
