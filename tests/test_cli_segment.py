@@ -1281,3 +1281,18 @@ def test_a_folder_s_rgba_warnings_name_each_image(tmp_path, tiny_checkpoint, cap
     err = capsys.readouterr().err
     assert "warning: a.tif: image of shape (64, 64, 4) is taken as RGBA" in err
     assert "warning: b.tif: image of shape (64, 64, 4) is taken as RGBA" in err
+
+
+def test_the_result_line_names_paths_as_a_shell_reads_them(
+    tmp_path, tiny_checkpoint, image_file, capsys
+):
+    """'1 object written to out dir/x.tif (model runs/my run/model.pth, …)' could not be
+    pasted into a command."""
+    import shlex
+
+    out = tmp_path / "out dir" / "x.tif"
+    out.parent.mkdir()
+    assert segment(tiny_checkpoint, image_file[0], out, *AUTO) == 0
+    printed = capsys.readouterr().out
+    assert f"written to {shlex.quote(str(out))} " in printed
+    assert shlex.quote(str(out)) != str(out)

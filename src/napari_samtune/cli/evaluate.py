@@ -363,7 +363,8 @@ def _evaluate(name, model, images, labels, args, device, measured) -> dict | Non
     same = [n for n, record in measured["models"].items() if record["weights_id"] == weights]
     if same:
         print(
-            f"--model {model} holds the same weights as {same[0]}, evaluated already: left out",
+            f"--model {shell_path(model)} holds the same weights as {same[0]}, evaluated "
+            "already: left out",
             file=sys.stderr,
         )
         return None

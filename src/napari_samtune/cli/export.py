@@ -190,7 +190,7 @@ def _export(checkpoint: Path, args: argparse.Namespace) -> int:
             exported, arch = export_model(checkpoint, args.output)
     except BaseModelUnavailable as err:  # last.pt needs it too
         raise ValueError(f"{checkpoint}: {err}{_exported_before(checkpoint)}") from None
-    print(f"exported the {arch.name} model of {checkpoint}: {exported}")
+    print(f"exported the {arch.name} model of {shell_path(checkpoint)}: {shell_path(exported)}")
     _tidy_run_of(checkpoint)
     if name:
         from napari_samtune.core.user_models import ModelNameTaken, register_user_model

@@ -48,7 +48,7 @@ from napari_samtune.cli import (
     not_empty,
     option_wording,
 )
-from napari_samtune.cli.console import sigterm_interrupts
+from napari_samtune.cli.console import shell_path, sigterm_interrupts
 from napari_samtune.cli.prompt_files import read_boxes_csv, read_points_csv
 from napari_samtune.cli.segment_files import (
     check_image_file,
@@ -252,7 +252,7 @@ def _made_by(args: argparse.Namespace, model_name: str, config, weights_id: str)
 
 
 def _using(segmenter, model_name: str) -> str:
-    return f"model {model_name}, device {segmenter.model.device}"
+    return f"model {shell_path(model_name)}, device {segmenter.model.device}"
 
 
 def _objects(n_objects: int) -> str:
@@ -315,7 +315,8 @@ def _run(args: argparse.Namespace) -> int:
     n_objects, found_in = counts
     where = f" in {found_in} of {planes.count} planes" if args.stack else ""
     print(
-        f"{_objects(n_objects)}{where} written to {args.output} ({_using(segmenter, model_name)})"
+        f"{_objects(n_objects)}{where} written to {shell_path(args.output)} "
+        f"({_using(segmenter, model_name)})"
     )
     return 0
 
@@ -408,10 +409,11 @@ def _run_batch(args: argparse.Namespace, files: list[Path], folder_asked: bool =
             failed = _segment_each(args, segmenter, model_name, config, todo, outputs, written)
     except KeyboardInterrupt as err:  # Ctrl+C, or SIGTERM (a batch job's time limit)
         _cross_off(out_dir / NOT_SEGMENTED, written)  # given back, it would redo them
-        done = f"{len(written)} of {len(todo)} images segmented into {out_dir}"
+        done = f"{len(written)} of {len(todo)} images segmented into {shell_path(out_dir)}"
         raise type(err)(f"{done}; {_how_to_go_on(args, todo, written, out_dir)}") from None
     using = _using(segmenter, model_name)
-    print(f"{len(todo) - failed} of {len(todo)} images segmented into {out_dir} ({using})")
+    into = shell_path(out_dir)
+    print(f"{len(todo) - failed} of {len(todo)} images segmented into {into} ({using})")
     _cross_off(out_dir / NOT_SEGMENTED, written)
     if failed:
         print(f"{failed} image(s) failed; see the messages above", file=sys.stderr)
@@ -430,7 +432,6 @@ def _how_to_go_on(args, todo: list[Path], written: list[Path], out_dir: Path) ->
     than :data:`MAX_NAMED`: listed in a file in ``out_dir``, one per line)."""
     if not args.overwrite:
         return "the same command segments the rest (images whose labels are there are skipped)"
-    from napari_samtune.core.shell_words import shell_path
 
     rest = [f for f in todo if f not in written]
     said = (
