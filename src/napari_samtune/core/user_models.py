@@ -33,6 +33,7 @@ from napari_samtune.core.registry import (
     validate_model_name,
 )
 from napari_samtune.core.user_model_weights import (
+    WEIGHTS_SUFFIXES,
     new_weights_path,
     onto_own_stray,
     stray_note,
@@ -78,7 +79,7 @@ def _spec_from_sidecar(path: Path, again: bool = True) -> ModelSpec:
         raise ValueError(f"it describes model {spec.name!r} but is named {path.name!r}")
     if spec.name in builtin_names():  # given to a built-in model since it was registered
         raise ValueError(f"{spec.name!r} is now the name of a built-in model, which takes it")
-    if spec.local_path().suffix not in (".pt", ".pth"):  # another model's description, say
+    if spec.local_path().suffix not in WEIGHTS_SUFFIXES:  # another model's description, say
         raise ValueError(f"it names {spec.filename!r}, which is no weights file (.pt or .pth)")
     if not spec.local_path().is_file():
         if again:
