@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
 import threading
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -104,20 +103,15 @@ def _run_demo(config, out: str):
     was thrown away, unsaid); the second aborts. Outside the finetuning (data, the
     evaluations) Ctrl+C aborts at once: it said "stopping after this step" and went on
     evaluating, then failed with a traceback, or finished."""
+    from napari_samtune.cli.train import stop_on_ctrl_c
     from napari_samtune.core.demo import DemoStopped, run_demo
 
     stop, tuning = threading.Event(), threading.Event()
 
-    def handler(signum, frame):
-        if stop.is_set() or not tuning.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        print("\nstopping after this step (Ctrl+C again to abort) ...", file=sys.stderr)
-
     def log(line: str) -> None:
         print(line, flush=True)
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = stop_on_ctrl_c(stop, only_while=tuning)
     try:
         return run_demo(config, out, log=log, stop_event=stop, tuning=tuning)
     except DemoStopped as err:

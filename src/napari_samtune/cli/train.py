@@ -256,12 +256,15 @@ def _train_reporting(config, train_pairs, val_pairs, args, stop, verbose: bool):
         raise
 
 
-def stop_on_ctrl_c(stop: threading.Event, verbose: bool = True):
+def stop_on_ctrl_c(
+    stop: threading.Event, verbose: bool = True, only_while: threading.Event | None = None
+):
     """The first Ctrl+C stops after the step (said by the main process only: torchrun hands
-    it to every worker); the second aborts. Returns the handler it replaces."""
+    it to every worker); the second aborts, and so does any while ``only_while`` (the demo's
+    finetuning) is given and not set. Returns the handler it replaces."""
 
     def handler(signum, frame):
-        if stop.is_set():
+        if stop.is_set() or (only_while is not None and not only_while.is_set()):
             raise KeyboardInterrupt
         stop.set()
         if verbose:

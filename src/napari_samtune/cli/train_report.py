@@ -21,6 +21,7 @@ def memory_advice(err: BaseException, resumed: bool = False, config=None) -> str
     from napari_samtune.core.devices import is_out_of_memory
     from napari_samtune.core.preset_memory import (
         nothing_smaller,
+        or_list,
         smaller_settings,
         trains_adapters,
     )
@@ -43,12 +44,8 @@ def memory_advice(err: BaseException, resumed: bool = False, config=None) -> str
             ways.append(f"start a new run in another --out with {' or '.join(anew)}")
         told = ", or ".join(ways)
     else:
-        told = f"choose {_or_list(anew[:1] + lower + anew[1:])}" if anew or lower else ""
+        told = f"choose {or_list(anew[:1] + lower + anew[1:])}" if anew or lower else ""
     return f"out of memory: {told or nothing_smaller(config)}"
-
-
-def _or_list(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
 
 
 def aborted_note(

@@ -148,11 +148,15 @@ def nothing_smaller(config) -> str:
         on_gpu = False
     if not on_gpu:
         ways.append("train on a GPU")
-    listed = ways[0] if len(ways) == 1 else f"{', '.join(ways[:-1])} or {ways[-1]}"
     return (
         "its settings are already the smallest (1 object, batch size 1, the image encoder "
-        f"frozen, the smallest preset for its model): {listed}"
+        f"frozen, the smallest preset for its model): {or_list(ways)}"
     )
+
+
+def or_list(items: list[str]) -> str:
+    """``'a, b or c'``: the ways a memory advice names, as one phrase."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
 
 
 def trains_adapters(config) -> bool:
