@@ -1,8 +1,9 @@
 """Training data: image + instance-label pairs, checked up front, split for validation.
 
-Pairs come from TIFF files (folders, globs or file lists, paired by file name)
-or from in-memory arrays (the napari widget passes layer data). Every pair is
-checked before training starts; errors name the pair and the fix.
+Pairs come from TIFF files (folders, globs or file lists, paired by file name:
+:mod:`napari_samtune.core.data_files`) or from in-memory arrays (the napari widget
+passes layer data; :mod:`napari_samtune.core.data_pairs`). Every pair is checked before
+training starts; errors name the pair and the fix.
 
 Images are normalised once with :func:`napari_samtune.core.images.to_sam_rgb`,
 exactly as at inference, and their objects relabelled 1..N and located
@@ -14,309 +15,37 @@ Coordinates: arrays are (row, col).
 
 from __future__ import annotations
 
-import os
-import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
 from scipy import ndimage
 
 from napari_samtune.core.data_checks import check_channels, check_labels
+
+# the pairs and the files they are read from, importable from here as they always were
+from napari_samtune.core.data_files import (  # noqa: F401
+    empty_planes_message,
+    foreign_labels_message,
+    gray_as_is,
+    load_pairs,
+    namesakes_message,
+    read_match,
+)
+from napari_samtune.core.data_pairs import (
+    ImageLabelPair,
+    PreparedImage,
+    _without_single_axis,
+    split_planes,
+)
 from napari_samtune.core.images import (
-    as_channel_indices,
     as_pixels,
     check_some_pixel_finite,
-    plane_channel_axis,
     plane_to_sam_rgb,
-    planes_first,
     sam_plane,
     warnings_named,
 )
-from napari_samtune.core.label_files import (
-    FileMatch,
-    choose_namesake,
-    describe_names,
-    image_fingerprint,
-    match_files,
-    saved_fingerprint,
-)
-from napari_samtune.core.tiff_files import (
-    channel_axis_named,
-    given_axis_note,
-    named_otherwise,
-    planes_named_channels_note,
-    read_label_tiff,
-    read_tiff_with_axes,
-)
-
-
-@dataclass(frozen=True)
-class ImageLabelPair:
-    """One annotated image (not yet normalised)."""
-
-    image: np.ndarray  # (H, W) grayscale, (H, W, 3|4) RGB(A) or channelled (see channel_axis)
-    labels: np.ndarray  # (H, W) integer instance labels, 0 = background
-    name: str = "image"  # shown in error messages: a file name or a layer name
-    channel_axis: int | None = None  # passed to to_sam_rgb
-    channels: tuple[int, ...] | None = None  # passed to to_sam_rgb
-    source: str = ""  # the stack a plane was cut from (held out for validation as a whole)
-
-
-@dataclass(frozen=True)
-class PreparedImage:
-    """A checked pair, normalised for SAM, with its usable objects located."""
-
-    rgb: np.ndarray  # (H, W, 3) uint8 from to_sam_rgb
-    labels: np.ndarray  # (H, W) uint32, ids 1..N
-    name: str  # as in ImageLabelPair
-    object_slices: tuple[tuple[slice, slice], ...]  # bounding box of ids 1..N (index id - 1)
-    object_areas: np.ndarray  # (N,) int64 pixel counts of ids 1..N
-    source: str = ""  # as in ImageLabelPair
-
-    @property
-    def group(self) -> str:
-        """What validation holds out together: the stack of a plane, else the image."""
-        return self.source or self.name
-
-
-def _is_stack(image: np.ndarray, labels: np.ndarray, rgb: bool | None) -> bool:
-    """Whether (image, labels) is a stack of planes: (N, H, W[, 3|4]) with (N, H, W) labels.
-
-    ``rgb`` says whether the image has a colour axis last (a napari layer knows); ``None``
-    infers it from the shapes. (H, W, 3) labels next to an (H, W, 3) image are a coloured
-    rendering, not three planes, and are left for the label checks to refuse.
-    """
-    if labels.ndim != 3 or image.shape[:1] != labels.shape[:1]:
-        return False
-    if rgb is None:
-        if labels.shape[-1] in (3, 4) and image.shape[-1] in (3, 4):
-            return False
-        rgb = image.ndim == 4 and image.shape[-1] in (3, 4)
-    return image.ndim == (4 if rgb else 3)
-
-
-def split_planes(
-    image: np.ndarray,
-    labels: np.ndarray,
-    name: str,
-    rgb: bool | None = None,
-    channel_axis: int | None = None,
-    channels: int | Sequence[int] | None = None,
-    left_out: list[str] | None = None,
-) -> list[ImageLabelPair]:
-    """One pair for a 2D image, one per annotated plane for a stack (see :func:`_is_stack`).
-
-    Planes without any object are left out (a partly annotated stack trains on what was
-    annotated), and ``left_out``, if given, receives ``"<name>: 27 of 30 planes"``; when no
-    plane has one, plane 0 is kept so the checks say so.
-    ``channel_axis`` and ``channels`` select the image's channels (see
-    :func:`~napari_samtune.core.images.to_sam_rgb`); the axis counts the axes of the whole
-    ``image``, a stack's planes included. Given either, a plane has a channel axis. A
-    (C, Z, H, W) stack, channels first, takes ``channel_axis=0`` (see
-    :func:`~napari_samtune.core.images.planes_first`).
-    """
-    channels = as_channel_indices(channels)  # 1 is (1,)
-    labels = _without_single_axis(labels, image)
-    if rgb is None and (channel_axis is not None or channels is not None):
-        rgb = True
-    if labels.ndim == 3:
-        try:
-            image, channel_axis = planes_first(image, channel_axis, channels, labels.shape[0])
-        except ValueError as err:
-            raise ValueError(f"{name!r}: {err}") from None
-    if not _is_stack(image, labels, rgb):
-        return [ImageLabelPair(image, labels, name, channel_axis, channels)]
-    axis = plane_channel_axis(channel_axis, image.ndim)
-    planes = [i for i in range(labels.shape[0]) if labels[i].any()] or [0]
-    if left_out is not None and len(planes) < labels.shape[0] and labels.any():
-        left_out.append(f"{name}: {labels.shape[0] - len(planes)} of {labels.shape[0]} planes")
-    return [
-        ImageLabelPair(image[i], labels[i], f"{name} plane {i}", axis, channels, source=name)
-        for i in planes
-    ]
-
-
-def _without_single_axis(labels: np.ndarray, image: np.ndarray) -> np.ndarray:
-    """(H, W, 1) labels (a common TIFF export), or (1, H, W) ones of a channels-last or 2D
-    image, as (H, W) when the image has those pixels; anything else as it is. Read as a
-    stack, (H, W, 1) labels were H planes of W x 1 pixels. (1, H, W) labels of a (1, H, W)
-    image stay a stack of one plane; of a (C, H, W) image, a plane of a stack or the image's
-    labels would be a guess, so the checks say so."""
-    if labels.ndim != 3 or 1 not in (labels.shape[0], labels.shape[-1]):
-        return labels
-    if labels.shape[-1] == 1 and labels.shape[:2] in (image.shape[:2], image.shape[-2:]):
-        return labels[..., 0]
-    if labels.shape[0] == 1 and labels.shape[1:] == image.shape[:2] and image.shape[0] != 1:
-        return labels[0]
-    return labels
-
-
-def load_pairs(
-    images: str | os.PathLike | Sequence[str | os.PathLike],
-    labels: str | os.PathLike | Sequence[str | os.PathLike],
-    channel_axis: int | None = None,
-    channels: int | Sequence[int] | None = None,
-) -> list[ImageLabelPair]:
-    """Read paired TIFF files (see :func:`match_files`: every file must pair) into
-    :class:`ImageLabelPair` s; a stack of planes gives one pair per plane with objects, and
-    ``channel_axis`` / ``channels`` select the channels (see :func:`split_planes`)."""
-    return read_match(match_files(images, labels, strict=True), None, channel_axis, channels)
-
-
-def read_match(
-    match: FileMatch,
-    foreign: list[str] | None = None,
-    channel_axis: int | None = None,
-    channels: int | Sequence[int] | None = None,
-    empty_planes: list[str] | None = None,
-    namesakes_left: list[str] | None = None,
-) -> list[ImageLabelPair]:
-    """Read the pairs of :func:`match_files`, as in :func:`load_pairs`; an image with
-    autosaves of namesakes gets the one saved for its pixels (:func:`choose_namesake`), and
-    ``namesakes_left``, if given, receives the names of the others (:func:`namesakes_message`).
-    ``empty_planes``, if given, receives the stacks' planes left out for having no object
-    (see :func:`split_planes`).
-
-    ``channels`` apply to the multichannel images: a 2D gray one beside them is used as it
-    is (:func:`gray_as_is`). Without ``channel_axis``, an image whose file names its channel
-    axis (ImageJ hyperstacks, OME-TIFF: :func:`.channel_axis_named`) has its channels there;
-    a ``channel_axis`` other than the one it names is used with a warning.
-
-    ``foreign``, if given, receives the names of the pairs whose labels were saved in napari
-    for other pixels than their image's (:func:`foreign_labels_message`); they are read all
-    the same, as the image may just have been opened differently there. Label files are
-    read with :func:`read_label_tiff`.
-    """
-    if not isinstance(match, FileMatch):
-        raise TypeError(
-            f"match must be the FileMatch that match_files returns; got "
-            f"{type(match).__name__} {match!r:.80}: pass match_files(images, labels), or "
-            "read the files with load_pairs(images, labels)"
-        )
-    groups, contradicted = [], []  # files whose metadata name another channel axis
-    planes_named_channels: list[str] = []  # stacks whose files call their planes channels
-    chosen, passed_over = set(), {}  # namesakes' label files taken, and those another took
-    for image_path, labels_path in match.pairs:
-        image, axes = read_tiff_with_axes(image_path)
-        if image_path in match.namesakes:  # chosen by the pixels: never foreign
-            labels_path = choose_namesake(image, image_path, match.namesakes[image_path])
-            chosen.add(labels_path)
-            passed_over.update((p, None) for p in match.namesakes[image_path])
-        elif foreign is not None and _saved_for_other_pixels(labels_path, image):
-            foreign.append(f"{image_path.name} / {labels_path.name}")
-        name = f"{image_path.name} / {labels_path.name}"
-        labels = read_label_tiff(labels_path)
-        axis = channel_axis if channel_axis is not None else channel_axis_named(axes, image.ndim)
-        if channel_axis is None and axis is not None and _gray_stack(image, labels):
-            axis = None  # labels of a plane per "channel": the planes of a stack
-            planes_named_channels.append(image_path.name)
-        named = named_otherwise(axes, image.ndim, channel_axis)
-        contradicted += [] if named is None else [(str(image_path), named, axes)]
-        _check_planes_named(image, labels, axes, axis, name)
-        if (axis is not None or channels is not None) and _gray_stack(image, labels):
-            groups.append((image, labels, name, axis))  # split once the others are known
-            continue
-        groups.append(split_planes(image, labels, name, None, axis, channels, empty_planes))
-    pairs = _with_gray_stacks(groups, channels, empty_planes)
-    if namesakes_left is not None:  # those no image took (two namesakes given: neither)
-        namesakes_left += [_namesake_left(p) for p in passed_over if p not in chosen]
-    if contradicted:  # one warning for a folder of them
-        warnings.warn(given_axis_note(channel_axis, contradicted), UserWarning, stacklevel=2)
-    if planes_named_channels:
-        warnings.warn(planes_named_channels_note(planes_named_channels), UserWarning, stacklevel=2)
-    return gray_as_is(pairs) if any(p.image.ndim > 2 for p in pairs) else pairs
-
-
-def _check_planes_named(image: np.ndarray, labels: np.ndarray, axes: str, axis, name) -> None:
-    """``ValueError`` for a stack whose file names its planes (``axes`` "ZYX", "TYX") with
-    labels of one plane: it was called an image whose channel axis is ambiguous, and the
-    advice (a channel axis, and channels) would have scored one plane as a channel."""
-    if image.ndim != 3 or labels.ndim != 2 or axis is not None or len(axes) != 3:
-        return
-    if axes[0] in "ZT" and axes[1:] == "YX":
-        raise ValueError(
-            f"{name!r}: the image is a stack of {image.shape[0]} planes (its file names its "
-            f"axes {axes}), but its labels are one plane {labels.shape!r}; give labels of as "
-            f"many planes, {image.shape!r}, or the one plane they annotate as the image"
-        )
-
-
-def _gray_stack(image: np.ndarray, labels: np.ndarray) -> bool:
-    """(planes, H, W) pixels with labels of that shape: a grayscale stack (the labels of a
-    2D image with channels have its height and width alone)."""
-    return image.ndim == 3 and labels.ndim == 3 and image.shape == labels.shape
-
-
-def _with_gray_stacks(groups: list, channels, empty_planes) -> list[ImageLabelPair]:
-    """The pairs of ``groups`` (each file's pairs, or a grayscale stack's (image, labels,
-    name, axis)), the planes of the stacks taking no channels beside multichannel files
-    (the channels chosen are theirs: such a folder was refused, with advice to give a
-    stack no channels that a command has no way to follow); alone, they keep them, to be
-    refused as 2D gray images are (:func:`gray_as_is`)."""
-    split = [group for group in groups if isinstance(group, list)]
-    multichannel = any(p.image.ndim > 2 for pairs in split for p in pairs)
-    pairs = []
-    for group in groups:
-        if isinstance(group, list):
-            pairs += group
-            continue
-        image, labels, name, axis = group
-        taken = (None, None) if multichannel else (axis, channels)
-        pairs += split_planes(image, labels, name, None, *taken, empty_planes)
-    return pairs
-
-
-def gray_as_is(pairs: list[ImageLabelPair]) -> list[ImageLabelPair]:
-    """``pairs`` whose 2D gray images take no channels: those chosen are the multichannel
-    files' (a folder mixing them was refused whatever the channels). Data of gray images
-    alone keeps them, to be refused: they were meant for other files."""
-    gray = dict(channels=None, channel_axis=None)
-    return [replace(p, **gray) if p.image.ndim == 2 else p for p in pairs]
-
-
-def _saved_for_other_pixels(labels_path, image: np.ndarray) -> bool:
-    saved = saved_fingerprint(labels_path)
-    return saved is not None and saved != image_fingerprint(image)
-
-
-def empty_planes_message(stacks: Sequence[str]) -> str:
-    """The note on the planes of stacks left out for having no object (see split_planes)."""
-    return (
-        f"left out the planes without objects of {len(stacks)} stack(s): {describe_names(stacks)}"
-    )
-
-
-def _namesake_left(path: Path) -> str:
-    """A namesake's autosave left out, as named in :func:`namesakes_message`: one without
-    its image's fingerprint (an earlier version's, or samtune segment's) may be this
-    image's own, passed over for the one saved for its pixels."""
-    if saved_fingerprint(path) is not None:
-        return path.name
-    return (
-        f"{path.name} (saved without its image's fingerprint, perhaps by an earlier version: "
-        "if it holds this image's annotations, go on with it in napari, 'Load annotations…')"
-    )
-
-
-def namesakes_message(names: Sequence[str]) -> str:
-    """The note on the autosaves left out for having been saved for other images of their
-    images' names (see :func:`read_match`): they were left out without a word."""
-    return (
-        f"left out {len(names)} label file(s) saved for other images of the same name (told "
-        f"apart by their pixels): {describe_names(list(names))}"
-    )
-
-
-def foreign_labels_message(names: Sequence[str]) -> str:
-    """The warning about pairs whose labels were saved for other pixels (see read_match)."""
-    return (
-        f"the labels of {len(names)} pair(s) were saved (by napari-samtune: the Annotate "
-        f"panel or samtune segment) for other pixels than their image's: "
-        f"{describe_names(names)}; another image of the same name, or the image read "
-        "differently there? Check that they belong together"
-    )
+from napari_samtune.core.label_files import describe_names
 
 
 def as_pairs(

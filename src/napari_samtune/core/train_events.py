@@ -10,8 +10,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from napari_samtune.core.data import describe_names
 from napari_samtune.core.duplicate_pairs import duplicates_message
+from napari_samtune.core.label_files import describe_names
 from napari_samtune.core.presets import TrainConfig
 
 
