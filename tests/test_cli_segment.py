@@ -1160,7 +1160,7 @@ def test_labels_saved_while_a_batch_runs_are_not_replaced(
 ):
     """A person corrected and saved an image's labels in napari while `segment --auto` went
     through the folder: its result for that image replaced them, unsaid."""
-    from napari_samtune.cli import segment as segment_module
+    from napari_samtune.cli import segment_batch as segment_module
 
     images = tmp_path / "images"
     images.mkdir()

@@ -19,7 +19,7 @@ AUTO = ["--auto", "--points-per-side", "4", "--pred-iou-thresh", "-1", "--no-pro
 # Runs samtune segment, sending itself ``signal`` as the second image is segmented.
 SIGNALLED_AT_THE_SECOND_IMAGE = """
 import os, signal, sys
-import napari_samtune.cli.segment as segment
+import napari_samtune.cli.segment_batch as segment
 real, calls = segment.segment_planes, []
 def segment_planes(*args, **kwargs):
     calls.append(1)
@@ -148,11 +148,11 @@ def test_a_stopped_batch_with_many_images_left_lists_them_in_a_file(tmp_path, mo
     from argparse import Namespace
     from pathlib import Path
 
-    from napari_samtune.cli.segment import MAX_NAMED, _how_to_go_on
+    from napari_samtune.cli.segment_batch import MAX_NAMED, how_to_go_on
 
     todo = [Path("in") / f"cell {i}.tif" for i in range(MAX_NAMED + 5)]  # as given: relative
     monkeypatch.chdir(tmp_path)
-    note = _how_to_go_on(Namespace(overwrite=True), todo, todo[:2], tmp_path)
+    note = how_to_go_on(Namespace(overwrite=True), todo, todo[:2], tmp_path)
     listed = tmp_path / "not-segmented.txt"
     assert f"the {MAX_NAMED + 3} not segmented keep any labels they had there before" in note
     assert note.endswith(f"give them as @{listed} (a file listing them, one per line)")
@@ -171,16 +171,16 @@ def test_the_list_of_a_stopped_batch_is_crossed_off_as_its_images_are_segmented(
     segmented (and samtune evaluate of the folder left it out by name)."""
     from pathlib import Path
 
-    from napari_samtune.cli.segment import _cross_off
+    from napari_samtune.cli.segment_batch import cross_off
 
     images = [tmp_path / f"cell_{i}.tif" for i in range(3)]
     listed = tmp_path / "not-segmented.txt"
     listed.write_text("".join(f"{f}\n" for f in images) + "\n", encoding="utf-8")
-    _cross_off(listed, [Path(images[0])])
+    cross_off(listed, [Path(images[0])])
     assert listed.read_text(encoding="utf-8").splitlines() == [str(f) for f in images[1:]]
-    _cross_off(listed, images[1:])
+    cross_off(listed, images[1:])
     assert not listed.exists()
-    _cross_off(listed, images)  # none there: nothing to do
+    cross_off(listed, images)  # none there: nothing to do
 
 
 def test_a_batch_given_its_list_back_deletes_it_once_done(tmp_path, tiny_checkpoint, capsys):
@@ -202,7 +202,7 @@ def test_a_batch_given_its_list_back_and_stopped_again_crosses_off_what_it_did(
 ):
     """Stopped a second time, the list kept naming the images that run had segmented;
     given back later with --overwrite, it would redo them (over corrections made since)."""
-    import napari_samtune.cli.segment as segment
+    import napari_samtune.cli.segment_batch as segment
 
     _images(tmp_path / "in", 3)
     out = tmp_path / "out"
