@@ -196,7 +196,7 @@ def test_stacks_of_few_or_narrow_planes_are_still_stacks():
 def test_worker_errors_become_messages_with_a_fix():
     import urllib.error
 
-    from napari_samtune._qt.workers import user_message
+    from napari_samtune._qt.task_messages import user_message
 
     offline = user_message(urllib.error.URLError("Name or service not known"))
     assert "offline" in offline and "checkpoint file" in offline

@@ -44,7 +44,8 @@ from napari_samtune._qt.dock_life import on_removed
 from napari_samtune._qt.history_keys import unbind_history_keys
 from napari_samtune._qt.preview_basis import next_basis
 from napari_samtune._qt.prompt_layers import PlanePrompts
-from napari_samtune._qt.workers import TaskRunner, user_message
+from napari_samtune._qt.task_messages import user_message
+from napari_samtune._qt.workers import TaskRunner
 from napari_samtune.core.click_chain import ClickChain
 from napari_samtune.core.made_views import EmbeddingNeeded
 from napari_samtune.core.predict import Segmenter

@@ -17,7 +17,7 @@ from qtpy.QtWidgets import QFileDialog
 
 from napari_samtune._qt.annotate_jobs import AUTO_TASK, SAVE_TASK
 from napari_samtune._qt.label_edits import UndoEntry
-from napari_samtune._qt.workers import user_message
+from napari_samtune._qt.task_messages import user_message
 from napari_samtune.core.annotation_files import count_objects
 from napari_samtune.core.annotation_files import load_annotations as read_annotations
 from napari_samtune.core.label_files import LABELS_SUFFIX

@@ -23,7 +23,7 @@ from napari_samtune._qt.dock_life import main_window_of
 from napari_samtune._qt.history_keys import bind_history_keys
 from napari_samtune._qt.layer_names import ANNOTATIONS, OWN_IMAGE_KEY, OWN_LAYER_KEY
 from napari_samtune._qt.layer_placement import follow_placement
-from napari_samtune._qt.workers import user_message
+from napari_samtune._qt.task_messages import user_message
 from napari_samtune.core.annotation_files import (
     annotation_paths,
     default_annotation_folder,

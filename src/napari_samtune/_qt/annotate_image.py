@@ -23,7 +23,7 @@ from napari_samtune._qt.layer_placement import follow_placement
 from napari_samtune._qt.prompt_layers import PromptLayers, layer_batch
 from napari_samtune._qt.proxies import unproxied
 from napari_samtune._qt.saved_renames import follow_unkept_rename, taken_notes
-from napari_samtune._qt.workers import user_message
+from napari_samtune._qt.task_messages import user_message
 from napari_samtune.core.label_files import image_fingerprint
 
 SHEARED_NOTE = (

@@ -19,7 +19,8 @@ from napari_samtune._qt.annotate_notes import planes_phrase
 from napari_samtune._qt.downloads import download_progress, fetch_model_file
 from napari_samtune._qt.image_planes import ImageAxes
 from napari_samtune._qt.propagate import PropagationConfig, iter_propagate, planes_past
-from napari_samtune._qt.workers import TaskProgress, logged_notes
+from napari_samtune._qt.task_messages import logged_notes
+from napari_samtune._qt.workers import TaskProgress
 from napari_samtune.core.accelerate import cpu_has_fast_bf16
 from napari_samtune.core.automatic import AutoSegmentConfig
 from napari_samtune.core.embeddings import Tile

@@ -24,7 +24,7 @@ import numpy as np
 from napari.utils.notifications import show_info, show_warning
 
 from napari_samtune._qt.annotate_file_jobs import read_for_loading
-from napari_samtune._qt.workers import user_message
+from napari_samtune._qt.task_messages import user_message
 
 BACKGROUND_RESTORE_PIXELS = 16 * 2**20  # e.g. 4 x 2048 x 2048: larger files read in a worker
 RESTORE_PENDING_KEY = "napari-samtune restore pending"

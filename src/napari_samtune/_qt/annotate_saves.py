@@ -20,8 +20,8 @@ from napari_samtune._qt.annotate_jobs import SAVE_TASK
 from napari_samtune._qt.annotate_notes import found_where
 from napari_samtune._qt.annotate_restore import restore_pending
 from napari_samtune._qt.dock_life import closed_by_code, main_window_of
+from napari_samtune._qt.task_messages import user_message
 from napari_samtune._qt.unsaved_close import settle_unsaved
-from napari_samtune._qt.workers import user_message
 from napari_samtune.core.annotation_files import ChangedMeanwhile, save_annotations
 
 

@@ -41,6 +41,7 @@ from napari_samtune._qt.layer_pairs import (
     layer_pairs,
     pair_problem,
 )
+from napari_samtune._qt.task_messages import user_message
 from napari_samtune._qt.train_folders import (
     FolderCheck,
     FolderSource,
@@ -49,7 +50,7 @@ from napari_samtune._qt.train_folders import (
     shared_images_note,
 )
 from napari_samtune._qt.train_run import annotation_widgets
-from napari_samtune._qt.workers import TaskRunner, user_message
+from napari_samtune._qt.workers import TaskRunner
 from napari_samtune.core.annotation_files import starting_annotation_folder
 from napari_samtune.core.data import ImageLabelPair, empty_planes_message
 from napari_samtune.core.images import parse_channels

@@ -14,6 +14,7 @@ import math
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_samtune._qt.model_picker import FILE_ENTRY
+from napari_samtune._qt.task_messages import user_message
 from napari_samtune._qt.train_data import show_problem
 from napari_samtune._qt.train_run import (
     HeldOutPartEmpty,
@@ -22,7 +23,6 @@ from napari_samtune._qt.train_run import (
     finetune_panels,
     offer_model,
 )
-from napari_samtune._qt.workers import user_message
 from napari_samtune.core.fetch import DownloadStopped
 from napari_samtune.core.preset_memory import (
     nothing_smaller,

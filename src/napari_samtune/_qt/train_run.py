@@ -31,8 +31,9 @@ from napari_samtune._qt.downloads import Reporter, fetch_model_file
 from napari_samtune._qt.layer_pairs import copied
 from napari_samtune._qt.model_picker import FILE_ENTRY
 from napari_samtune._qt.preset_text import PART_LABELS
+from napari_samtune._qt.task_messages import logged_notes, user_message
 from napari_samtune._qt.train_folders import FolderSource, load_folder_pairs, resolved_folder
-from napari_samtune._qt.workers import TaskRefused, logged_notes, user_message
+from napari_samtune._qt.workers import TaskRefused
 from napari_samtune.core.checkpoints import first_free
 from napari_samtune.core.data import ImageLabelPair, prepare_pairs
 from napari_samtune.core.presets import TrainConfig

@@ -39,8 +39,9 @@ from superqt import QCollapsible
 
 from napari_samtune._qt.model_picker import ModelPickerWidget
 from napari_samtune._qt.preset_text import PART_LABELS, describe_preset, in_field_terms
+from napari_samtune._qt.task_messages import user_message
 from napari_samtune._qt.train_data import error_label, show_problem
-from napari_samtune._qt.workers import TaskRunner, user_message
+from napari_samtune._qt.workers import TaskRunner
 from napari_samtune.core.architectures import SamArchitecture
 from napari_samtune.core.config_checks import MODEL_PARTS
 from napari_samtune.core.model_lookup import get_model_spec

@@ -6,7 +6,7 @@ from __future__ import annotations
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QMessageBox, QWidget
 
-from napari_samtune._qt.workers import user_message
+from napari_samtune._qt.task_messages import user_message
 
 
 def settle_unsaved(parent: QWidget, sessions: list, folder) -> tuple[bool, list]:

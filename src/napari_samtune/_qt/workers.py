@@ -13,22 +13,25 @@ do about it, and the widget stays usable; a task that refused to begin
 
 from __future__ import annotations
 
-import functools
 import inspect
-import logging
-import pickle
-import socket
 import threading
-import urllib.error
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QObject, Qt, QThread, QTimer, Signal
+from qtpy.QtCore import QObject, Qt, QThread, Signal
 from qtpy.QtWidgets import QLabel, QProgressBar
+
+from napari_samtune._qt.task_messages import MEMORY_ADVICE, user_message
+from napari_samtune._qt.worker_life import (
+    GeneratorFailed,
+    Launch,
+    napari_task_status_dropper,
+    release_worker,
+    runtime_errors_reported,
+)
 
 
 @dataclass(frozen=True)
@@ -46,92 +49,6 @@ class TaskRefused(Exception):
     failed. Combine it with the error's own type: ``class InUse(ValueError, TaskRefused)``."""
 
 
-_OFFLINE_ERRORS = (urllib.error.URLError, socket.timeout, ConnectionError)
-
-
-class _GeneratorFailed(Exception):
-    """A RuntimeError raised by a worker's generator, carried past superqt (see
-    :func:`_runtime_errors_reported`); :class:`TaskRunner` hands on the original."""
-
-    def __init__(self, error: RuntimeError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-def _runtime_errors_reported(func: Callable) -> Callable:
-    """The generator function ``func`` with its RuntimeErrors raised as
-    :class:`_GeneratorFailed`: superqt takes a generator's RuntimeError for a deleted
-    worker and ends the thread without ``errored`` or ``finished``, and torch's CUDA and
-    memory errors are RuntimeErrors (the task would look running for ever)."""
-
-    @functools.wraps(func)
-    def generator(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        try:
-            return (yield from func(*args, **kwargs))
-        except RuntimeError as err:
-            raise _GeneratorFailed(err) from err
-
-    return generator
-
-
-class _NoteCollector(logging.Handler):
-    def __init__(self, notes: list[str]) -> None:
-        super().__init__(logging.INFO)
-        self.notes, self.thread = notes, threading.get_ident()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.thread == self.thread:
-            self.notes.append(record.getMessage())
-
-
-@contextmanager
-def logged_notes(logger_name: str, notes: list[str]) -> Iterator[None]:
-    """Append to ``notes`` what the core logs (INFO and up) on ``logger_name`` from this
-    thread while the block runs, for the widget to show: napari shows no log records
-    (e.g. a cached model file with the wrong hash moved aside before downloading)."""
-    logger, handler = logging.getLogger(logger_name), _NoteCollector(notes)
-    logger.addHandler(handler)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-
-
-MEMORY_ADVICE = "choose the cpu device, a smaller model, or a smaller image"
-
-
-def user_message(exc: BaseException, memory_advice: str = MEMORY_ADVICE) -> str:
-    """A one-paragraph explanation of ``exc`` for a notification, ending with the fix
-    (for running out of memory: ``memory_advice``, what the task can do with less)."""
-    text = str(exc) or type(exc).__name__
-    if any(isinstance(e, urllib.error.HTTPError) for e in (exc, exc.__cause__)):  # (URLErrors)
-        return (  # the server answered, without the file
-            f"download failed ({text}). The server was reached but did not send the file: "
-            "try again later, or pick a model that is already downloaded, the built-in nano "
-            "(no download), or a checkpoint file."
-        )
-    if isinstance(exc, _OFFLINE_ERRORS) or isinstance(exc.__cause__, _OFFLINE_ERRORS):
-        return (
-            f"download failed ({text}). You seem to be offline or the server is unreachable: "
-            "connect to the internet, or pick a model that is already downloaded, the "
-            "built-in nano (no download), or a checkpoint file."
-        )
-    if isinstance(exc, FileNotFoundError):
-        return f"{text}. Check the path, or pick another file or model."
-    if isinstance(exc, pickle.UnpicklingError | EOFError) or "PytorchStreamReader" in text:
-        return (
-            f"could not read the checkpoint ({text}); the file is corrupt or not a PyTorch "
-            "checkpoint: download it again or pick another file."
-        )
-    from napari_samtune.core.devices import is_out_of_memory  # torch: only on an error
-
-    if is_out_of_memory(exc):
-        return f"out of memory ({text}): {memory_advice}."
-    if isinstance(exc, ValueError | TypeError | OSError):
-        return text  # core messages already name the problem and the fix
-    return f"{type(exc).__name__}: {text}"
-
-
 def _is_stopped_download(exc: BaseException) -> bool:
     from napari_samtune.core.fetch import DownloadStopped  # torch: only on an error
 
@@ -143,101 +60,6 @@ class _ProgressRelay(QObject):
 
     progressed = Signal(object)
     task_finished = Signal(str)  # name of a task, after its callbacks ran
-
-
-def _napari_task_status_dropper(worker: Any) -> Callable[[], None]:
-    """A function that removes the entry napari's ``create_worker`` made for ``worker`` in
-    the current viewer's task list (which shows running tasks when the window closes).
-
-    napari keeps that entry, with ``worker.quit`` as its cancel callback, for ever: it
-    would keep every finished worker alive, and with it the function and arguments of
-    its job (images, sessions, models)."""
-    from napari import current_viewer
-
-    viewer = current_viewer()
-    manager = getattr(getattr(viewer, "window", None), "_task_status_manager", None)
-    tasks = getattr(manager, "_tasks", None)
-    if not isinstance(tasks, dict):  # no viewer, or a napari that keeps no such list
-        return lambda: None
-    quit_worker = worker.quit
-    ids = [
-        key for key, item in tasks.items() if getattr(item, "_cancel_callback", None) == quit_worker
-    ]
-
-    def drop() -> None:
-        for key in ids:
-            tasks.pop(key, None)
-
-    return drop
-
-
-def _release(connections: list[tuple[Any, Callable]], drop_status: Callable[[], None]) -> None:
-    """Undo a finished worker's connections to the runner and napari's entry for it.
-
-    Qt holds the connected slots, which hold the worker (and the widget's callbacks, and
-    through them sessions and images), and the worker's signals hold Qt's connections: a
-    cycle only a full garbage collection frees, which a big image does not bring sooner.
-    Undone, the worker and its arguments go as soon as nothing else holds them."""
-    for signal, slot in connections:
-        try:
-            signal.disconnect(slot)
-        except (TypeError, RuntimeError):  # already gone with the worker's signals
-            pass
-    connections.clear()
-    drop_status()
-
-
-class _Launch:
-    """Whether a task's function has begun in its thread, or was called off before: superqt
-    hands a worker started while the event loop runs to the thread pool only at the loop's
-    next turn, so a wait in the same turn (a window closing) waited for ever."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.began = False
-        self.called_off = False
-        self.queued = False  # till the event loop's next turn, no thread has it
-
-    def queue(self) -> None:
-        """Its worker was started while the event loop runs: queued till the next turn."""
-        self.queued = True
-        QTimer.singleShot(1, self._handed)  # after superqt's own 1 ms timer
-
-    def _handed(self) -> None:
-        self.queued = False
-
-    def call_off(self) -> bool:
-        """Call the function off if no thread has it yet; whether it was called off."""
-        with self.lock:
-            self.called_off = self.queued and not self.began
-            return self.called_off
-
-    def guard(self, func: Callable) -> Callable:
-        """``func``, run unless called off first (it then returns None; a generator
-        function's generator then yields nothing)."""
-        if inspect.isgeneratorfunction(func):
-
-            @functools.wraps(func)
-            def generate(*args: Any, **kwargs: Any) -> Iterator[Any]:
-                if not self._begin():  # runs at the first next(), in the worker's thread
-                    return None
-                return (yield from func(*args, **kwargs))
-
-            return generate
-
-        @functools.wraps(func)
-        def run(*args: Any, **kwargs: Any) -> Any:
-            return func(*args, **kwargs) if self._begin() else None
-
-        return run
-
-    def _begin(self) -> bool:
-        """Mark the function begun, unless it was called off: whether it may run."""
-        with self.lock:
-            if self.called_off:
-                return False
-            self.began = True
-            return True
 
 
 class TaskRunner:
@@ -261,7 +83,7 @@ class TaskRunner:
         self._workers: dict[str, Any] = {}  # task name -> running worker
         self._ended: dict[str, threading.Event] = {}  # task name -> set when its thread ends
         self._cancels: dict[str, threading.Event] = {}  # task name -> set to ask it to stop
-        self._launches: dict[str, _Launch] = {}  # the tasks, until they end
+        self._launches: dict[str, Launch] = {}  # the tasks, until they end
         self._quiet: set[str] = set()  # tasks that leave the bar and the label alone
         # a quiet task's error said, by task, until it succeeds: said again, only in the label
         self._said_errors: dict[str, str] = {}
@@ -310,10 +132,10 @@ class TaskRunner:
         """
         if name in self._workers:
             raise RuntimeError(f"{name} is still running; wait for it to finish")
-        launch = _Launch()
+        launch = Launch()
         func = launch.guard(func)
         if inspect.isgeneratorfunction(func):
-            func = _runtime_errors_reported(func)
+            func = runtime_errors_reported(func)
         worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True, **kwargs)
         self._drop_generic_error_relay(worker)
 
@@ -368,9 +190,9 @@ class TaskRunner:
         connect(worker.finished, current(lambda: self._on_finish(name, on_finish)))
         ended = threading.Event()  # set in the worker's thread, so wait() needs no event loop
         connect(worker.finished, ended.set, Qt.ConnectionType.DirectConnection)
-        drop_status = _napari_task_status_dropper(worker)
+        drop_status = napari_task_status_dropper(worker)
         # Last of the finished slots (after _on_finish, also for a forgotten task).
-        connect(worker.finished, lambda: _release(connections, drop_status))
+        connect(worker.finished, lambda: release_worker(connections, drop_status))
         return ended
 
     @staticmethod
@@ -448,7 +270,7 @@ class TaskRunner:
         on_error: Callable[[BaseException], None] | None,
         memory_advice: str | Callable[[], str],
     ) -> None:
-        if isinstance(exc, _GeneratorFailed):
+        if isinstance(exc, GeneratorFailed):
             exc = exc.error
         if callable(memory_advice):  # what the task can do depends on where it stopped
             memory_advice = memory_advice()
