@@ -8,11 +8,12 @@ import tifffile
 import torch
 
 from napari_samtune.core.automatic import default_auto_config
+from napari_samtune.core.checkpoint_models import export_model
 from napari_samtune.core.data import ImageLabelPair, as_pairs, prepare_pairs, read_match
 from napari_samtune.core.label_files import match_files
 from napari_samtune.core.synthetic import make_dataset
 from napari_samtune.core.train import train
-from napari_samtune.core.train_checkpoints import export_model, read_checkpoint
+from napari_samtune.core.train_checkpoints import read_checkpoint
 from tests.core.test_api_fixes7 import _one_epoch
 
 

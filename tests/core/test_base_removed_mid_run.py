@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from napari_samtune.core.architectures import TINY, build_sam
+from napari_samtune.core.checkpoint_models import BaseModelUnavailable, export_model
 from napari_samtune.core.models import load_model
 from napari_samtune.core.train import EpochDone, iter_train
-from napari_samtune.core.train_checkpoints import BaseModelUnavailable, export_model
 from napari_samtune.core.user_model_removal import remove_user_model
 from napari_samtune.core.user_models import register_user_model
 

@@ -180,8 +180,8 @@ def test_a_damaged_checkpoint_names_the_one_beside_it_that_still_loads(tmp_path,
     PyTorch weights file" with no way on; a new run into the folder is refused too (it
     holds a run: continue it), so the person went round in a circle while best.pt's weights
     were there. The error now names them, and no file is deleted."""
+    from napari_samtune.core.checkpoint_models import export_model
     from napari_samtune.core.models import load_model
-    from napari_samtune.core.train_checkpoints import export_model
 
     data, run = make_dataset(2, shape=(64, 64), seed=0), tmp_path / "run"
     train(dataclasses.replace(CONFIG, epochs=1), data, out_dir=run)

@@ -12,11 +12,11 @@ import tifffile
 import torch
 
 import napari_samtune.cli as cli
+from napari_samtune.core.checkpoint_models import export_model
 from napari_samtune.core.models import load_model
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.synthetic import make_dataset
 from napari_samtune.core.train import train
-from napari_samtune.core.train_checkpoints import export_model
 
 DATA = make_dataset(2, shape=(64, 64), seed=0)
 CONFIG = TrainConfig(

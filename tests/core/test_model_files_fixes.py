@@ -11,13 +11,10 @@ import pytest
 import torch
 
 from napari_samtune.core.architectures import TINY, build_sam
+from napari_samtune.core.checkpoint_models import BaseModelUnavailable, export_model
 from napari_samtune.core.synthetic import make_dataset, make_image
 from napari_samtune.core.train import train
-from napari_samtune.core.train_checkpoints import (
-    BaseModelUnavailable,
-    export_model,
-    read_checkpoint,
-)
+from napari_samtune.core.train_checkpoints import read_checkpoint
 from napari_samtune.core.train_export import check_model_name
 from napari_samtune.core.user_models import register_user_model
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from napari_samtune.core.architectures import TINY, build_sam
+from napari_samtune.core.checkpoint_models import export_model
 from napari_samtune.core.embeddings import TilingConfig
 from napari_samtune.core.model_lookup import get_model_spec
 from napari_samtune.core.models import export_sam_state_dict, load_model
@@ -18,7 +19,6 @@ from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.registry import user_models_dir
 from napari_samtune.core.synthetic import make_image
 from napari_samtune.core.train import train
-from napari_samtune.core.train_checkpoints import export_model
 from napari_samtune.core.user_model_rename import rename_user_model, renamed_to
 from napari_samtune.core.user_models import register_user_model
 

@@ -60,7 +60,8 @@ def test_a_run_on_a_weights_file_named_relatively_exports_and_resumes_from_elsew
     # config.json and the checkpoints recorded model='tiny_sam.pth' as typed: from another
     # working directory a trainable-only checkpoint could be neither exported ("'tiny_sam.pth'
     # is neither a model name ... nor an existing file") nor resumed.
-    from napari_samtune.core.train_checkpoints import export_model, read_checkpoint
+    from napari_samtune.core.checkpoint_models import export_model
+    from napari_samtune.core.train_checkpoints import read_checkpoint
 
     monkeypatch.chdir(tiny_checkpoint.parent)
     config = _config(

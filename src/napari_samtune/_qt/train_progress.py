@@ -23,6 +23,7 @@ from napari_samtune._qt.train_run import (
     finetune_panels,
     offer_model,
 )
+from napari_samtune.core.checkpoint_models import BaseModelUnavailable
 from napari_samtune.core.fetch import DownloadStopped
 from napari_samtune.core.preset_memory import (
     nothing_smaller,
@@ -36,7 +37,6 @@ from napari_samtune.core.train import (
     TrainingFinished,
     TrainingStarted,
 )
-from napari_samtune.core.train_checkpoints import BaseModelUnavailable
 from napari_samtune.core.train_export import RunFiles
 
 

@@ -34,12 +34,12 @@ from napari_samtune._qt.preset_text import PART_LABELS
 from napari_samtune._qt.task_messages import logged_notes, user_message
 from napari_samtune._qt.train_folders import FolderSource, load_folder_pairs, resolved_folder
 from napari_samtune._qt.workers import TaskRefused
+from napari_samtune.core.checkpoint_models import BASE_MODEL_FIX, BaseModelUnavailable
 from napari_samtune.core.checkpoints import first_free
 from napari_samtune.core.data import ImageLabelPair, prepare_pairs
 from napari_samtune.core.presets import TrainConfig
 from napari_samtune.core.run_lock import InUseWords, training_lock
 from napari_samtune.core.train import TrainEvent, iter_train
-from napari_samtune.core.train_checkpoints import BASE_MODEL_FIX, BaseModelUnavailable
 from napari_samtune.core.validation_split import (
     EmptyPartError,
     others_without_objects,

@@ -180,7 +180,7 @@ def _suggestion(checkpoint: Path) -> Path:
 
 def _export(checkpoint: Path, args: argparse.Namespace) -> int:
     from napari_samtune.core.checkpoint_fields import exporting_to
-    from napari_samtune.core.train_checkpoints import BaseModelUnavailable, export_model
+    from napari_samtune.core.checkpoint_models import BaseModelUnavailable, export_model
     from napari_samtune.core.train_export import check_registration
 
     # before writing; "" too: a script's unset $NAME registered nothing, unsaid

@@ -34,7 +34,8 @@ def earlier_nano_base(
     on, where its run began on earlier packaged nano weights; None where it did not.
     ``BaseModelUnavailable`` where those weights cannot be loaded now, and
     ``DamagedCheckpoint`` where they lack what the checkpoint records taking from them."""
-    from napari_samtune.core.train_checkpoints import _recorded_parts_match, damaged
+    from napari_samtune.core.checkpoint_fields import damaged
+    from napari_samtune.core.train_checkpoints import recorded_parts_match
     from napari_samtune.core.train_setup import build_training_model
 
     recorded = checkpoint.get("base_model_id") or ""
@@ -48,7 +49,7 @@ def earlier_nano_base(
         sam, arch, _ = build_training_model(
             config, base=(loaded.sam, loaded.architecture, recorded)
         )
-        if _recorded_parts_match(checkpoint, sam, config, recorded):
+        if recorded_parts_match(checkpoint, sam, config, recorded):
             return sam, arch
         raise damaged(
             path,
@@ -64,9 +65,9 @@ def _load(spec: ModelSpec, config: TrainConfig, must: bool):
     """The earlier weights of ``spec``, hash-checked; where they cannot be loaded,
     ``BaseModelUnavailable`` if the run is known to have begun on them (``must``), else
     None."""
+    from napari_samtune.core.checkpoint_models import BaseModelUnavailable
     from napari_samtune.core.download import ensure_model_file
     from napari_samtune.core.models import load_model
-    from napari_samtune.core.train_checkpoints import BaseModelUnavailable
 
     try:
         return load_model(ensure_model_file(spec), architecture=spec.resolve_architecture())

@@ -114,8 +114,8 @@ def _completed_on_base(checkpoint: dict, path: Path) -> dict[str, torch.Tensor]:
     """The whole SAM state dict of a training checkpoint that holds only the weights its
     run trained (``checkpoint_trainable_only``): the run's base model with them loaded."""
     from napari_samtune.core.checkpoint_fields import DamagedCheckpoint, check_model_fields
+    from napari_samtune.core.checkpoint_models import restore_model
     from napari_samtune.core.lora import merged_state_dict
-    from napari_samtune.core.train_checkpoints import restore_model
 
     if "config" not in checkpoint or "lora_state" not in checkpoint:
         raise ValueError(f"{path} holds only some of a model's weights. Expected {EXPECTED}")

@@ -168,11 +168,11 @@ def export_and_register(
     window's run, a script), the model is registered under a free variant of it
     (``mine-2``) rather than fail the finished run, and the name returned says so.
     ``base``: the run's own model, which completes a checkpoint of only the trained weights
-    (see :func:`~napari_samtune.core.train_checkpoints.restore_model`). A run not
+    (see :func:`~napari_samtune.core.checkpoint_models.restore_model`). A run not
     ``resumed`` registered nothing before: a model registered from its folder's model.pth
     is another run's (moved away), also one registered before runs had ids.
     """
-    from napari_samtune.core.train_checkpoints import export_model
+    from napari_samtune.core.checkpoint_models import export_model
     from napari_samtune.core.user_models import ModelNameTaken, register_user_model
 
     exported, arch = export_model(checkpoint, RunFiles(out_dir).model, base)

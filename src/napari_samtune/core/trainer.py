@@ -23,6 +23,7 @@ import torch
 
 from napari_samtune.core import distributed as ddp
 from napari_samtune.core.accelerate import use_fast_paths
+from napari_samtune.core.checkpoint_models import restore_model
 from napari_samtune.core.checkpoints import check_output_folder
 from napari_samtune.core.config_checks import check_lora_rank
 from napari_samtune.core.fast_encoder import encode
@@ -42,7 +43,6 @@ from napari_samtune.core.train_checkpoints import (
     check_resumable,
     read_checkpoint,
     resolve_checkpoint,
-    restore_model,
 )
 from napari_samtune.core.train_embeddings import EmbeddingLRU, stored_embeddings
 from napari_samtune.core.train_events import (
