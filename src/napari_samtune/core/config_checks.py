@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from napari_samtune.core.architectures import SamArchitecture
-    from napari_samtune.core.presets import TrainConfig
+    from napari_samtune.core.train_config import TrainConfig
 
 MODEL_PARTS: tuple[str, ...] = ("image_encoder", "prompt_encoder", "mask_decoder")
 # the device names resolve_device takes (whether the machine has one is the run's check)
