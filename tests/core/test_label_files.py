@@ -271,7 +271,7 @@ def test_matching_without_any_pair_is_refused(tiff_folders, tmp_path):
 
 
 def test_fingerprints_tell_images_apart_cheaply(rng, monkeypatch):
-    import napari_samtune.core.label_files as label_files
+    import napari_samtune.core.label_names as label_names
 
     image = rng.integers(0, 60000, size=(3, 64, 80), dtype=np.uint16)
     assert image_fingerprint(image) == image_fingerprint(image.copy())
@@ -281,7 +281,7 @@ def test_fingerprints_tell_images_apart_cheaply(rng, monkeypatch):
     assert image_fingerprint(image.astype(np.int32)) != image_fingerprint(image)
     view = image.transpose(0, 2, 1)  # not contiguous: sampled without a copy
     assert image_fingerprint(view) == image_fingerprint(np.ascontiguousarray(view))
-    monkeypatch.setattr(label_files, "FINGERPRINT_SAMPLES", 1000)  # a large image: sampled
+    monkeypatch.setattr(label_names, "FINGERPRINT_SAMPLES", 1000)  # a large image: sampled
     assert image_fingerprint(changed) == image_fingerprint(image)  # (so this pixel is missed)
     changed[0, 0, 0] += 1
     assert image_fingerprint(changed) != image_fingerprint(image)
@@ -504,12 +504,12 @@ def test_a_lazy_image_is_told_apart_by_its_pixels_as_in_memory(monkeypatch):
     """Lazy images were hashed by shape and dtype alone: another image of that name and
     shape had its annotations restored, and written into; the same pixels opened lazily
     were told they were other pixels."""
-    from napari_samtune.core import label_files
+    from napari_samtune.core import label_names
 
     one, other = (np.random.default_rng(s).integers(0, 255, (3, 40, 50), np.uint8) for s in (1, 2))
     assert image_fingerprint(_Lazy(one)) == image_fingerprint(one)
     assert image_fingerprint(_Lazy(one)) != image_fingerprint(_Lazy(other))
-    monkeypatch.setattr(label_files, "LAZY_FINGERPRINT_BYTES", one.nbytes - 1)
+    monkeypatch.setattr(label_names, "LAZY_FINGERPRINT_BYTES", one.nbytes - 1)
     large = _Lazy(one)  # too large to read here: its shape and dtype only
     assert image_fingerprint(large) == image_fingerprint(_Lazy(other)) and large.reads == 0
 
