@@ -387,7 +387,7 @@ def test_a_model_name_with_a_dot_keeps_it_in_its_row_name(tmp_path):
     under the second one's name."""
     import warnings
 
-    from napari_samtune.cli.evaluate import _unique_names
+    from napari_samtune.cli.evaluate_rows import row_names
     from napari_samtune.core.registry import user_models_dir
     from napari_samtune.core.user_models import register_user_model
 
@@ -397,7 +397,7 @@ def test_a_model_name_with_a_dot_keeps_it_in_its_row_name(tmp_path):
     next(user_models_dir().glob("lost*.pt")).unlink()  # a broken model, not evaluated
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # its warning comes where it is used, not here
-        names = _unique_names(["cells.v2", "cells", "run/cells.v3.pth"])
+        names = row_names(["cells.v2", "cells", "run/cells.v3.pth"])
     assert names == [
         "cells.v2",
         "cells",
@@ -407,19 +407,19 @@ def test_a_model_name_with_a_dot_keeps_it_in_its_row_name(tmp_path):
 
 def test_row_names_tell_files_of_the_same_name_apart():
     """run1/best.pth and run2/best.pth were rows 'best' and 'best#2': which run is which?"""
-    from napari_samtune.cli.evaluate import _unique_names
+    from napari_samtune.cli.evaluate_rows import row_names
 
     models = ["nano", "run1/best.pth", "run2/best.pth", "other/model.pth", "best.pt"]
-    assert _unique_names(models) == ["nano", "run1/best", "run2/best", "other/model", "best"]
-    assert _unique_names(["a/x/m.pth", "b/x/m.pth"]) == ["a/x/m", "b/x/m"]
+    assert row_names(models) == ["nano", "run1/best", "run2/best", "other/model", "best"]
+    assert row_names(["a/x/m.pth", "b/x/m.pth"]) == ["a/x/m", "b/x/m"]
     # two runs' checkpoints were rows 'checkpoints/best' and 'checkpoints/best#2'
     runs = ["/data/run1/checkpoints/best.pt", "run2/checkpoints/best.pt", "run2/model.pth"]
-    assert _unique_names(runs) == ["run1/checkpoints/best", "run2/checkpoints/best", "run2/model"]
+    assert row_names(runs) == ["run1/checkpoints/best", "run2/checkpoints/best", "run2/model"]
     # a run's own file names say nothing of the run alone either: they keep its folder
-    assert _unique_names(["/data/run7/model.pth"]) == ["run7/model"]
-    assert _unique_names(["run7/checkpoints/last.pt"]) == ["run7/checkpoints/last"]
-    assert _unique_names(["checkpoints/best.pt", "cells/m.pth"]) == ["checkpoints/best", "m"]
-    assert _unique_names(["x/m.pth", "x/m.pt"]) == ["x/m", "x/m#2"]
+    assert row_names(["/data/run7/model.pth"]) == ["run7/model"]
+    assert row_names(["run7/checkpoints/last.pt"]) == ["run7/checkpoints/last"]
+    assert row_names(["checkpoints/best.pt", "cells/m.pth"]) == ["checkpoints/best", "m"]
+    assert row_names(["x/m.pth", "x/m.pt"]) == ["x/m", "x/m#2"]
 
 
 def test_a_run_folder_given_as_a_model_names_its_model_file(tmp_path, annotated_folder, capsys):
@@ -488,7 +488,7 @@ def test_models_evaluated_before_a_later_one_fails_keep_their_results(
 def test_the_planes_of_a_stack_score_an_object_per_piece_as_training_takes_them(tmp_path):
     """A 3D object in two pieces on a plane was one object in evaluate and two in training:
     the validation curve and evaluate scored the same stack differently."""
-    from napari_samtune.cli.evaluate import _normalised
+    from napari_samtune.cli.evaluate_data import normalised_pairs
     from napari_samtune.core.data import split_planes
 
     image = make_dataset(1, (48, 48), seed=3)[0][0]
@@ -496,7 +496,7 @@ def test_the_planes_of_a_stack_score_an_object_per_piece_as_training_takes_them(
     plane[5:20, 5:15] = plane[5:20, 30:40] = 4  # one object, two pieces
     planes = np.stack([image, image[::-1]])  # other pixels: not a repeat, left out
     pairs = split_planes(planes, np.stack([plane, plane]), "cells.tif")
-    _, labels, _ = _normalised(pairs)
+    _, labels, _ = normalised_pairs(pairs)
     assert [len(np.unique(label)) - 1 for label in labels] == [2, 2]
 
 

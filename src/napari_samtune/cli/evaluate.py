@@ -25,21 +25,12 @@ from napari_samtune.cli import (
     read_annotated,
 )
 from napari_samtune.cli.console import shell_path, sigterm_interrupts
+from napari_samtune.cli.evaluate_data import normalised_pairs
+from napari_samtune.cli.evaluate_rows import format_table, model_names, row_names
 from napari_samtune.cli.segment_planes import download_bar, optional_bar
 
 if TYPE_CHECKING:
     from napari_samtune.core.automatic import AutoSegmentConfig
-
-TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("box_iou", "box IoU"),
-    ("point_iou", "point IoU"),
-    ("msa", "mSA"),
-    ("sa50", "SA50"),
-    ("sa75", "SA75"),
-    ("precision", "P"),
-    ("recall", "R"),
-    ("f1", "F1"),
-)
 
 # The core's parameter names as the options that set them, for its error messages.
 OPTION_NAMES: dict[str, str] = {
@@ -129,122 +120,6 @@ def auto_config_for(img_size: int, args: argparse.Namespace) -> AutoSegmentConfi
     return replace(config, **{k: v for k, v in changes.items() if v is not None})
 
 
-def _unique_names(models: list[str], known: set[str] | None = None) -> list[str]:
-    """Row names: the model argument, or a file's stem with as many of its folders as tell
-    files of the same stem apart (``run1/best``, ``run2/best``; two runs' checkpoints
-    ``run1/checkpoints/best``, ``run2/checkpoints/best``); names still repeated get ``#2``,
-    ``#3``. A run's own file names (``model``, ``best``, ``last``) say nothing of the run, so
-    they keep their run's folder (``run2/model``, ``run2/checkpoints/best``) even alone.
-    ``known``: the model names (:func:`_model_names`), where the caller has them."""
-    known = _model_names() if known is None else known  # 'cells.v2': a name, not a suffix
-    files = [m not in known and bool(Path(m).suffix) for m in models]
-    tails = [
-        Path(m).with_suffix("").parts if f else (m,) for m, f in zip(models, files, strict=True)
-    ]
-    names: list[str] = []
-    for index, parts in enumerate(tails):
-        rivals = [t for i, t in enumerate(tails) if i != index and t[-1] == parts[-1]]
-        depth = _least_depth(parts) if files[index] else 1
-        while depth < len(parts) and any(t[-depth:] == parts[-depth:] for t in rivals):
-            depth += 1
-        name = _printable(Path(*parts[-depth:]).as_posix() if files[index] else parts[0])
-        candidate, n = name, 1
-        while candidate in names:
-            n += 1
-            candidate = f"{name}#{n}"
-        names.append(candidate)
-    return names
-
-
-RUN_FILE_STEMS = frozenset({"model", "best", "last"})  # what a run names its weights
-
-
-def _least_depth(parts: tuple[str, ...]) -> int:
-    """How many of a weights file's path parts its row name needs at least: 1, or with the
-    run's folder for a run's own file name (2; 3 under its ``checkpoints`` folder)."""
-    if parts[-1] not in RUN_FILE_STEMS or len(parts) < 2:
-        return 1
-    folders = 3 if parts[-2] == "checkpoints" else 2
-    return min(folders, len(parts))
-
-
-def _printable(name: str) -> str:
-    """``name`` with the bytes of a file name that are no UTF-8 (Python's surrogates, e.g.
-    ``m\\udce9`` of a Latin-1 ``mé.pth``) as U+FFFD: the CSV, the chart and stdout, all
-    UTF-8, failed at the end of the evaluation and lost its results."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def format_table(results: dict[str, dict[str, float]]) -> str:
-    header = "| model | " + " | ".join(t for _, t in TABLE_COLUMNS) + " |"
-    lines = [header, "|---|" + "---:|" * len(TABLE_COLUMNS)]
-    for name, metrics in results.items():
-        cells = [f"{metrics[k]:.3f}" if k in metrics else "" for k, _ in TABLE_COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _normalised(pairs: list) -> tuple[list, list, list[str]]:
-    """The SAM-ready (H, W, 3) uint8 images, the labels and the names of the pairs with
-    objects, checked; each pair's own pixels are let go (taken out of ``pairs``) once normalised.
-
-    Pairs without any object (an empty field of view, or an image not annotated yet)
-    are left out and named, as in training, and so are blank images (one value everywhere:
-    no model can segment them); ``ValueError`` naming them if none is left.
-    The planes of stacks score each piece of an object as an object, as training does
-    (:func:`~napari_samtune.core.data.pieces_apart`).
-    """
-    from napari_samtune.core.data import normalise_pair, pieces_apart
-    from napari_samtune.core.duplicate_pairs import drop_repeats, duplicates_message
-    from napari_samtune.core.images import is_blank
-    from napari_samtune.core.label_files import describe_names
-
-    images, labels, names, left_out, blank = [], [], [], [], []
-    for index, pair in enumerate(pairs):
-        pairs[index] = None
-        image, label = normalise_pair(pair)
-        if pair.source:  # a plane of 3D labels: an object per piece, as training takes it
-            label = pieces_apart(label)
-        if not label.any():
-            left_out.append(pair.name)
-            continue
-        if is_blank(image):
-            blank.append(pair.name)
-            continue
-        images.append(image)
-        labels.append(label)
-        names.append(pair.name)
-    try:  # an image given twice was scored twice: double weight in every mean
-        images, labels, names, repeats = drop_repeats(images, labels, names)
-    except ValueError as err:  # the same image with other labels
-        raise ValueError(f"evaluation data: {err}") from None
-    if repeats:
-        said = duplicates_message(repeats, "so each image is scored once")
-        print(f"evaluation data: {said}", file=sys.stderr)
-    if blank:
-        print(
-            f"evaluation data: left out {len(blank)} pair(s) whose image is one value "
-            f"everywhere (blank), which no model can segment: {describe_names(blank)}; "
-            "check that they are the right files, and the channels chosen",
-            file=sys.stderr,
-        )
-    if not images and blank:
-        raise ValueError("evaluation data: every pair with objects has a blank image")
-    if not images:
-        raise ValueError(
-            f"evaluation data: none of the {len(left_out)} pair(s) has any object (their "
-            f"labels are all 0): {describe_names(left_out)}; prompted evaluation needs "
-            "annotated objects: annotate them, or check that --labels names the right files"
-        )
-    if left_out:
-        print(
-            f"evaluation data: left out {len(left_out)} pair(s) without any object (labels "
-            f"all 0): {describe_names(left_out)}",
-            file=sys.stderr,  # stdout holds the results alone (> scores.md)
-        )
-    return images, labels, names
-
-
 def check_models(models: list[str], show_progress: bool = True) -> None:
     """Refuse, before any model is evaluated, a ``--model`` that is neither a model name
     nor a file; download (and check) the built-in weights not downloaded yet.
@@ -312,29 +187,20 @@ def _check_repeated(models: list[str], known: set[str]) -> None:
         first_given[key] = model
 
 
-def _model_names() -> set[str]:
-    """The names of the built-in and the user models (a name is resolved before a file);
-    a broken user model is left out without a warning, which the models evaluated give."""
-    from napari_samtune.core.registry import builtin_names
-    from napari_samtune.core.user_models import scan_user_models
-
-    return builtin_names() | {spec.name for spec in scan_user_models()[0]}
-
-
 def _run(args: argparse.Namespace) -> int:
     from napari_samtune.core.devices import resolve_device
 
-    known = _model_names()  # read once, for the repeats and the row names
+    known = model_names()  # read once, for the repeats and the row names
     _check_options(args, known)
     device = str(resolve_device(args.device))
     channels = (args.channel_axis, args.channels)
     pairs = read_annotated(
         args.images, args.labels, "evaluation", args.skip_unpaired, True, channels, sys.stderr
     )
-    images, labels, used = _normalised(pairs)  # all checked before any model is loaded
+    images, labels, used = normalised_pairs(pairs)  # all checked before any model is loaded
     check_models(args.model, not args.no_progress)
     results, done = {}, []  # done: evaluated, or left out as the weights of one that was
-    names = _unique_names(args.model, known)
+    names = row_names(args.model, known)
     measured = {"device": device, "pairs": used, "models": {}}
     try:  # SIGTERM (a batch job's time limit) as Ctrl+C: the models done are kept
         with sigterm_interrupts():
