@@ -18,11 +18,11 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog
 
 from napari_samtune._qt.annotate_jobs import SAVE_TASK
-from napari_samtune._qt.annotate_session import SAVED_FILE_KEY, UNSAVED_KEY
 from napari_samtune._qt.dock_life import main_window_of
 from napari_samtune._qt.history_keys import bind_history_keys
 from napari_samtune._qt.layer_names import ANNOTATIONS, OWN_IMAGE_KEY, OWN_LAYER_KEY
 from napari_samtune._qt.layer_placement import follow_placement
+from napari_samtune._qt.session_files import SAVED_FILE_KEY, UNSAVED_KEY
 from napari_samtune._qt.task_messages import user_message
 from napari_samtune.core.annotation_files import (
     annotation_paths,
