@@ -58,3 +58,19 @@ def test_a_full_repeat_is_told_once_and_new_images_not_at_all(tmp_path, data):
     assert started.data_warnings() == [started.val_repeats_message()]
     started = _started(train_pairs, val_pairs, tmp_path / "s")
     assert started.data_warnings() == []
+
+
+def test_a_single_image_whose_held_out_objects_are_all_cut_is_warned_about(tmp_path):
+    """The held-out rows of a single image kept objects the cut splits where every one was
+    (nothing else to score), unsaid, though the README says they are not scored: training
+    saw their other part, and validation scored that leakage."""
+    image = np.random.default_rng(3).integers(0, 255, (100, 80), np.uint8)
+    tall = np.zeros((100, 80), np.int32)
+    tall[20:100, 10:30], tall[50:100, 50:70] = 1, 2  # both reach into the last 10 rows
+    started = _started([ImageLabelPair(image, tall, "one.tif")], None, tmp_path / "a")
+    (note,) = started.notes
+    assert note.startswith("validation of 'one.tif', the only image, scores only objects that")
+    assert "(rows 90..99 held out)" in note and "give validation data" in note
+    whole = tall.copy()
+    whole[93:99, 35:45] = 3  # an object wholly in the held-out rows: the cut ones go
+    assert _started([ImageLabelPair(image, whole, "one.tif")], None, tmp_path / "b").notes == ()

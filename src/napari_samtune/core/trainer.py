@@ -79,6 +79,7 @@ from napari_samtune.core.trainer_files import TrainerFilesMixin
 from napari_samtune.core.trainer_resume import TrainerResumeMixin, steps_per_epoch
 from napari_samtune.core.validation_split import (
     EmptyPartError,
+    only_cut_objects_note,
     repeated_pairs,
     same_images,
     split_validation,
@@ -150,6 +151,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
         train_images, self.left_out, self.duplicates = prepare_run_data(train_data, "training")
         self.val_repeats = self.val_same_images = ()
         self.held_out_of = None  # the images validation was split from (see below)
+        self.split_note = ""  # a single image's held-out part scores only cut objects
         val_data = None if val_data is None else listed(val_data, "validation")
         if val_data is not None and len(val_data):
             val_images, left_out, duplicates = prepare_run_data(val_data, "validation")
@@ -160,6 +162,8 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
             self.val_same_images = same_images(val_images, train_images)
             return train_images, val_images
         self.held_out_of = train_images
+        if len(train_images) == 1 and config.val_fraction > 0:
+            self.split_note = only_cut_objects_note(train_images[0], config.val_fraction)
         try:
             return split_validation(train_images, config.val_fraction, config.seed)
         except EmptyPartError as err:  # the pairs left out are not said before training
@@ -250,7 +254,7 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
             duplicates=self.duplicates,
             val_repeats=self.val_repeats,
             val_same_images=self.val_same_images,
-            notes=tuple(self.notes),
+            notes=tuple(filter(None, [self.split_note, *self.notes])),
             blank=blank_images(self.train_images),
             validates_start=validates_start,
             image_like=image_like_labels([*self.train_images, *self.val_images]),

@@ -108,6 +108,39 @@ def _held_out_groups(groups: list[str], sizes: Counter, n_val: int, seed: int) -
 def split_one_image(image: PreparedImage, val_fraction: float) -> tuple[list, list]:
     """([training part], [validation part]) of one image: its last ``val_fraction`` along
     the longer axis held out (a resumed run holds out the same part again)."""
+    index, labels = _parts(image, val_fraction)
+    labels["validation"] = _without_cut_objects(labels["training"], labels["validation"])
+    parts = []
+    for name, where in index.items():
+        try:
+            parts.append(index_objects(image.rgb[where], labels[name], image.name, image.source))
+        except ValueError:
+            raise EmptyPartError(image.name, _rows_named(where), name) from None
+    return [parts[0]], [parts[1]]
+
+
+def only_cut_objects_note(image: PreparedImage, val_fraction: float) -> str:
+    """The warning for one image whose held-out part holds only objects that the cut splits
+    (:func:`_without_cut_objects` keeps them, as there is nothing else to score): training
+    sees their other part, so their scores flatter the model, and this was unsaid; "" where
+    the held-out part holds a whole object, or none at all (:class:`EmptyPartError`)."""
+    index, labels = _parts(image, val_fraction)
+    held_out = np.unique(labels["validation"])
+    held_out = held_out[held_out > 0]
+    if held_out.size and np.isin(held_out, labels["training"]).all():
+        return (
+            f"validation of {image.name!r}, the only image, scores only objects that the split "
+            f"cuts ({_rows_named(index['validation'])} held out): training sees their other "
+            "part, so the validation scores flatter the model and choose its best epoch by "
+            "that; give validation data (another annotated image), or annotate an object "
+            "that lies wholly in the held-out part"
+        )
+    return ""
+
+
+def _parts(image: PreparedImage, val_fraction: float) -> tuple[dict, dict]:
+    """The (rows, columns) index of the training and the validation part of ``image`` (its
+    last ``val_fraction`` along the longer axis), and their labels."""
     axis = 0 if image.labels.shape[0] >= image.labels.shape[1] else 1
     length = image.labels.shape[axis]
     if length < 2:
@@ -123,18 +156,14 @@ def split_one_image(image: PreparedImage, val_fraction: float) -> tuple[list, li
         name: (region, slice(None)) if axis == 0 else (slice(None), region)
         for name, region in regions.items()
     }
-    labels = {name: image.labels[where] for name, where in index.items()}
-    labels["validation"] = _without_cut_objects(labels["training"], labels["validation"])
-    parts = []
-    for name, region in regions.items():
-        where = f"{'rows' if axis == 0 else 'columns'} {region.start}..{region.stop - 1}"
-        try:
-            parts.append(
-                index_objects(image.rgb[index[name]], labels[name], image.name, image.source)
-            )
-        except ValueError:
-            raise EmptyPartError(image.name, where, name) from None
-    return [parts[0]], [parts[1]]
+    return index, {name: image.labels[where] for name, where in index.items()}
+
+
+def _rows_named(where: tuple[slice, slice]) -> str:
+    """``"rows 230..255"`` or ``"columns 0..9"`` of a part's index."""
+    axis = 0 if where[0] != slice(None) else 1
+    region = where[axis]
+    return f"{'rows' if axis == 0 else 'columns'} {region.start}..{region.stop - 1}"
 
 
 def _without_cut_objects(training: np.ndarray, validation: np.ndarray) -> np.ndarray:
