@@ -18,7 +18,10 @@ object from the prompts a person would give in napari:
 
 Points are SAM (x, y) pixel coordinates (pixel centres at integers), converted
 from (row, col) only through :func:`napari_samtune.core.coords.napari_to_sam`.
-All predictions use ``multimask=False``.
+All predictions use ``multimask=False``, as micro-sam's evaluation does. The annotation
+widget answers a lone first click otherwise, with the best of SAM's three candidates (by
+predicted IoU; :class:`~.click_chain.ClickChain`), and so does training's ``val_iou_point``:
+their point IoU and click curve are not these.
 
 Instance metrics of automatic segmentation live in :mod:`.metrics`;
 :func:`~.comparison.compare_models` (also importable from here) writes a CSV and a bar
