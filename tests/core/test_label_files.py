@@ -584,3 +584,23 @@ def test_autosaves_an_earlier_version_named_are_named_with_the_rename_that_pairs
         ) in said
         assert "rename it 'cells_10µm.labels.tif'" in said
         assert "layer's name" not in said  # no layer was renamed
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "ascii"])
+def test_names_of_any_script_give_the_same_file_bytes_under_any_locale(monkeypatch, encoding):
+    """Under a Latin-1 locale (or C with Python's UTF-8 mode off) Python reads the file name
+    中国.tif as mojibake (or surrogates): its labels were named 'ä_å_½' there (or 'image',
+    as 日本's), which a UTF-8 machine paired with nothing."""
+    import sys
+
+    from napari_samtune.core.file_names import safe_stem
+
+    def as_read_there(name: str) -> str:
+        return name.encode("utf-8").decode(encoding, "surrogateescape")
+
+    monkeypatch.setattr(sys, "getfilesystemencoding", lambda: encoding)
+    for name, stem in [("中国", "中国"), ("日本 1", "日本_1"), ("Zelle ä", "Zelle_ä")]:
+        there = safe_stem(as_read_there(name))
+        assert there.encode(encoding, "surrogateescape") == stem.encode("utf-8")
+    written = safe_stem("日本")  # a layer named so in a script: on disk as from a file
+    assert written.encode(encoding, "surrogateescape") == "日本".encode()

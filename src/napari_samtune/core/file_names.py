@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 import unicodedata
 
 # an autosave of an image whose name was taken by another image's: <name>-<fingerprint>,
@@ -24,12 +25,37 @@ def safe_stem(image_name: str) -> str:
     A name longer than :data:`MAX_NAME` bytes is cut (:func:`_within_limit`). Only ASCII
     was kept before, so ``日本`` and ``中国`` were both "image", and paired with each
     other's labels."""
-    composed = unicodedata.normalize("NFC", image_name)
+    composed = unicodedata.normalize("NFC", _as_utf8(image_name))
     namesake = NAMESAKE_STEM.match(composed)
     if namesake and not _sanitised(namesake.group(1)):  # "🙂-<fingerprint>": the strip
         # ate the name and its "-", leaving "<fingerprint>", which pairs with no image
         composed = "image" + composed[namesake.end(1) :]
-    return _within_limit(not_a_device(_sanitised(composed) or "image"))
+    return _as_os_name(_within_limit(not_a_device(_sanitised(composed) or "image")))
+
+
+def _as_utf8(name: str) -> str:
+    """``name`` as a UTF-8 system reads its file name's bytes. Under another locale (Latin-1,
+    or C with Python's UTF-8 mode off) Python reads ``中国.tif`` as ``ä¸\xadå\x9b½.tif``
+    (or as surrogates): its labels were named ``ä_å_½`` (or ``image``) there, and paired
+    with nothing on a UTF-8 machine (nor ``日本`` with its own: both were ``image``). A name
+    the locale cannot write (a layer named in a script) is taken as it is."""
+    encoding = sys.getfilesystemencoding()
+    if encoding.lower().replace("-", "") == "utf8":
+        return name
+    try:
+        raw = name.encode(encoding, "surrogateescape")
+    except UnicodeEncodeError:
+        return name
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _as_os_name(stem: str) -> str:
+    """The inverse of :func:`_as_utf8`: the ``str`` that this locale writes as the UTF-8
+    bytes of ``stem`` (the file names a UTF-8 system gives)."""
+    encoding = sys.getfilesystemencoding()
+    if encoding.lower().replace("-", "") == "utf8":
+        return stem
+    return stem.encode("utf-8", "surrogateescape").decode(encoding, "surrogateescape")
 
 
 def _sanitised(name: str) -> str:
