@@ -423,6 +423,20 @@ def test_a_stack_or_channels_hint_names_each_option_once(
                      r"--channels \(one index", err)  # fmt: skip
 
 
+def test_two_channels_last_are_not_offered_as_a_stack(tmp_path, tiny_checkpoint, capsys):
+    """(H, W, 2) was told "For a z-stack or time series (planes first) pass --stack", which
+    then refused it as "2 channels last (RGB, RGBA...)"."""
+    path = tmp_path / "two.tif"
+    tifffile.imwrite(path, np.zeros((48, 40, 2), np.uint16) + np.arange(2, dtype=np.uint16))
+    assert segment(tiny_checkpoint, path, tmp_path / "o.tif", "--auto") == 2
+    err = capsys.readouterr().err
+    assert "--stack" not in err and "its last axis holds 2 channels" in err
+    assert "pass --channel-axis -1 and --channels (one index" in err
+    assert segment(tiny_checkpoint, path, tmp_path / "o.tif", "--auto", "--stack") == 2
+    err = capsys.readouterr().err
+    assert "RGB" not in err and "(pass --channel-axis -1 --channels)" in err
+
+
 def test_a_stack_with_its_channels_first_is_segmented_plane_by_plane(
     tmp_path, tiny_checkpoint, stack_file
 ):

@@ -208,6 +208,11 @@ def _planes_or_channels(
         if ambiguous
         else "--channel-axis and --channels"
     )
+    if _thin_planes(shape):  # --stack would refuse it (see _refuse_thin_planes)
+        return ValueError(
+            f"{problem}: its last axis holds {shape[-1]} channels (too few pixels to be the "
+            f"planes of a stack); pass {channel_options.replace('(e.g. 0 or -1)', '-1')}"
+        )
     return ValueError(
         f"{problem}. For a z-stack or time series (planes first) pass --stack; for channels "
         f"pass {channel_options}"
@@ -225,15 +230,22 @@ def _one_plane_with_axes_of_one_entry(shape: tuple[int, ...]) -> bool:
 THINNEST_PLANE = 16  # pixels: a stack whose planes would be thinner is read the wrong way
 
 
+def _thin_planes(shape: tuple[int, ...]) -> bool:
+    """Whether (Z, H, W) planes of an image of ``shape`` would be too thin to be planes:
+    a (H, W, C) image, or a stack saved planes last."""
+    return len(shape) == 3 and shape[-1] < min(THINNEST_PLANE, shape[0])
+
+
 def _refuse_thin_planes(path: Path, shape: tuple[int, ...]) -> None:
     """--stack reads (Z, H, W): a (H, W, C) image or a stack saved planes last (as MATLAB
     saves them) would be segmented as H slivers a few pixels wide, without a word."""
-    if len(shape) != 3 or shape[-1] >= min(THINNEST_PLANE, shape[0]):
+    if not _thin_planes(shape):
         return
     if shape[-1] <= 4:
+        kind = "(RGB, RGBA...)" if shape[-1] >= 3 else "(pass --channel-axis -1 --channels)"
         raise ValueError(
             f"--stack: {path} has shape {shape!r}, an image with {shape[-1]} channels last "
-            f"(RGB, RGBA...), not a stack: its planes would be {shape[1]}x{shape[2]} pixels; "
+            f"{kind}, not a stack: its planes would be {shape[1]}x{shape[2]} pixels; "
             "leave out --stack"
         )
     raise ValueError(
