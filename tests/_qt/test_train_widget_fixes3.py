@@ -56,6 +56,27 @@ def test_a_nan_loss_first_does_not_stop_the_loss_axis_growing(plot):
     assert plot.loss_axes.get_ylim()[1] >= 5.0
 
 
+def test_the_step_curve_drawn_stays_short_however_long_the_run(plot):
+    """Every step redrew every step so far: at 10,000 steps each cost 10-25 ms of the event
+    loop. Drawn: at most MAX_STEP_POINTS points, means of the steps they stand for."""
+    from napari_samtune._qt.train_plot import MAX_STEP_POINTS
+
+    n_steps, epochs = 400, 25
+    for epoch in range(1, epochs + 1):
+        for step in range(1, n_steps + 1):
+            plot.add_step(epoch, step, n_steps, 1.0 + (step % 2))  # 1, 2, 1, 2, ...
+    x, y = plot._lines["steps"].get_data()
+    assert len(plot.step_losses) == n_steps * epochs  # all kept
+    assert MAX_STEP_POINTS // 2 <= len(x) <= MAX_STEP_POINTS + 1
+    assert x[-1] == epochs and x[0] < 0.1  # the whole run, to its last step
+    assert all(value == 1.5 for value in y[:-1])  # each the mean of its steps
+    plot.add_step(epochs + 1, 1, n_steps, math.nan)
+    assert math.isnan(plot._lines["steps"].get_data()[1][-1])  # shown, as a gap
+    plot.clear()
+    plot.add_step(1, 1, 2, 0.5)
+    assert list(plot._lines["steps"].get_data()[1]) == [0.5]
+
+
 def test_a_new_run_s_bar_does_not_show_the_last_run_s_epoch(
     qtbot, finetune_on_cells, add_pair, use_tiny_model, tmp_path
 ):
