@@ -1199,6 +1199,43 @@ def test_labels_saved_while_a_batch_runs_are_not_replaced(
     assert "cell_1.tif: not written:" in said and "was saved meanwhile" in said
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_another_image_s_labels_saved_while_a_batch_runs_stay_and_these_go_beside(
+    tmp_path, tiny_checkpoint, capsys, monkeypatch, overwrite
+):
+    """Another image of the same name had its annotations saved (the annotation widget,
+    another batch) under the name the batch had chosen: --overwrite replaced them unsaid,
+    and without it the image failed, "--overwrite replaces it" (which it did not: a rerun
+    wrote them beside, as <name>-<fingerprint>)."""
+    from napari_samtune.cli import segment_batch as segment_module
+    from napari_samtune.core.annotation_files import write_annotations
+    from napari_samtune.core.label_files import image_fingerprint
+
+    images = tmp_path / "images"
+    images.mkdir()
+    pixels = make_image((96, 128), seed=0)[0]
+    tifffile.imwrite(images / "cell_0.tif", pixels)
+    out = tmp_path / "labels"
+    theirs = np.full((96, 128), 7, np.uint32)
+    real = segment_module.segment_planes
+
+    def while_another_image_s_are_saved(*args, **kwargs):
+        out.mkdir(exist_ok=True)
+        other = {"image_fingerprint": "0123456789abcdef", "objects": [], "prompts": {}}
+        write_annotations(out / "cell_0.labels.tif", "cell_0", theirs, other)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(segment_module, "segment_planes", while_another_image_s_are_saved)
+    extra = ["--overwrite"] if overwrite else []
+    assert segment(tiny_checkpoint, images, out, *AUTO, *extra) == 0
+    np.testing.assert_array_equal(tifffile.imread(out / "cell_0.labels.tif"), theirs)
+    beside = out / f"cell_0-{image_fingerprint(pixels)}.labels.tif"
+    assert beside.exists()
+    said = capsys.readouterr()
+    assert f"-> {beside} (its own name there holds another image's labels)" in said.out
+    assert "not written" not in said.err
+
+
 def test_3d_prompts_on_one_plane_segment_a_2d_image(tmp_path, tiny_checkpoint, image_file):
     """A 2D image annotated in a viewer that also held a stack: napari saved its layers 3D.
     Without --stack they were refused with "pass --stack", and with it the image was 2D."""

@@ -214,14 +214,15 @@ def _run(args: argparse.Namespace) -> int:
         else:
             _report_empty(labels, points.objects[seen], "'object' column")
     made = made_by(args, model_name, config, segmenter.model_id)
-    counts = write_labels(args.output, labels, files[0], planes.pixels, made, args.overwrite)
-    if counts is None:  # checked at the start: saved meanwhile
+    written = write_labels(
+        args.output, labels, files[0], planes.pixels, made, args.overwrite, into_folder
+    )
+    if written is None:  # checked at the start: saved meanwhile
         print(f"not written: {APPEARED.format(args.output)}", file=sys.stderr)
         return 1
-    n_objects, found_in = counts
-    where = f" in {found_in} of {planes.count} planes" if args.stack else ""
+    where = f" in {written.n_planes} of {planes.count} planes" if args.stack else ""
     print(
-        f"{objects_text(n_objects)}{where} written to {shell_path(args.output)} "
+        f"{objects_text(written.n_objects)}{where} written to {shell_path(written.path)} "
         f"({using(segmenter, model_name)})"
     )
     return 0

@@ -190,19 +190,19 @@ def segment_each(args, segmenter, model_name, config, todo, outputs, written) ->
                 why = in_option_terms(str(err), OPTION_NAMES)
                 tqdm.write(f"{image}: not segmented: {why}", file=sys.stderr)
             else:
-                counts = write_labels(
-                    outputs[image], labels, image, planes.pixels, made, args.overwrite
+                written_to = write_labels(
+                    outputs[image], labels, image, planes.pixels, made, args.overwrite, True
                 )
-                if counts is None:  # saved meanwhile: kept
+                if written_to is None:  # saved meanwhile: kept
                     failed += 1
                     said = f"{image.name}: not written: {APPEARED.format(outputs[image])}"
                     tqdm.write(said, file=sys.stderr)
                     bar(done + 1, len(todo))
                     continue
-                n_objects, _ = counts
                 written.append(image)
-                renamed = outputs[image].name != labels_file_name(image.stem)
+                renamed = written_to.path.name != labels_file_name(image.stem)
                 why = " (its own name there holds another image's labels)" if renamed else ""
-                tqdm.write(f"{image.name}: {objects_text(n_objects)} -> {outputs[image]}{why}")
+                n_objects = written_to.n_objects
+                tqdm.write(f"{image.name}: {objects_text(n_objects)} -> {written_to.path}{why}")
             bar(done + 1, len(todo))
     return failed

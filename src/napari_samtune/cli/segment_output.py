@@ -4,13 +4,14 @@ automatic segmentation's settings, and the labels it writes with their record.""
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from napari_samtune.cli.console import shell_path
 from napari_samtune.cli.segment_planes import download_bar
+from napari_samtune.core.label_files import labels_file_name
 
 AUTO_OPTIONS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "min_area")
 # The core's parameter names as the options that set them, for its error messages.
@@ -55,41 +56,86 @@ def load_segmenter(args: argparse.Namespace):
     return segmenter, str(loaded.path.resolve()) if by_file else loaded.name
 
 
+@dataclass(frozen=True)
+class Written:
+    """Labels written by :func:`write_labels`."""
+
+    path: Path  # the labels file (beside a namesake's saved meanwhile, where it moved)
+    n_objects: int
+    n_planes: int  # planes of a stack that hold some object (0 for a 2D image)
+
+
 def write_labels(
-    path: Path, labels: np.ndarray, image: Path, pixels, made: dict, overwrite: bool
-) -> tuple[int, int] | None:
+    path: Path,
+    labels: np.ndarray,
+    image: Path,
+    pixels,
+    made: dict,
+    overwrite: bool,
+    beside_namesakes: bool = False,
+) -> Written | None:
     """Write labels atomically, with the annotation widget's record next to them
     (``<name>.prompts.json``: the fingerprint of the image's ``pixels``, so that an image of
-    the same name elsewhere is told apart, and ``made``: how the objects were made). Returns
-    the number of objects and of the stack's planes that hold some (0 for a 2D image).
+    the same name elsewhere is told apart, and ``made``: how the objects were made).
 
-    Unless ``overwrite``, writes nothing where ``path`` exists (saved since the batch began,
-    by the annotation widget?), as checked under the folder's lock, and returns None."""
+    Checked under the folder's lock: unless ``overwrite``, nothing is written where ``path``
+    exists (saved since the batch began, by the annotation widget?), and even with it, not
+    over the labels of another image of the same name (its fingerprint) saved there since:
+    with ``beside_namesakes`` (``path`` is named after the image in a folder) they go beside
+    those as ``<name>-<fingerprint>``, as a later run would write them, else nothing is
+    written. Returns None where nothing is."""
     from napari_samtune.core.annotation_files import (
         ChangedMeanwhile,
         unchanged_since,
         write_annotations,
     )
-    from napari_samtune.core.label_files import image_fingerprint
+    from napari_samtune.core.label_files import image_fingerprint, namesake_name
 
     ids = np.unique(labels)
     ids = ids[ids > 0]
     planes = np.flatnonzero(labels.reshape(len(labels), -1).any(1)) if labels.ndim == 3 else []
     objects = {"ids": ids.tolist(), "planes": [int(p) for p in planes], **made}
+    fingerprint = image_fingerprint(pixels)
     record = {
-        "image_fingerprint": image_fingerprint(pixels),
+        "image_fingerprint": fingerprint,
         "objects": [objects],  # one run made them all (an empty one says so too)
         "prompts": {"points": [], "point_labels": [], "boxes": []},
     }
+    written = Written(path, len(ids), len(planes))
+    check = _no_other_image_s(fingerprint) if overwrite else unchanged_since(None)
     try:
-        write_annotations(
-            path, image.stem, labels, record, None if overwrite else unchanged_since(None)
-        )
+        write_annotations(path, image.stem, labels, record, check)
     except ChangedMeanwhile:
         # the same labels, written by another samtune segment run on this image: done (both
         # runs of a folder in parallel failed every image, "saved by the annotation widget?")
-        return (len(ids), len(planes)) if _holds(path, labels) else None
-    return len(ids), len(planes)
+        if _holds(path, labels):
+            return written
+        beside = path.with_name(labels_file_name(namesake_name(image.stem, fingerprint)))
+        if not beside_namesakes or beside == path or not _another_image_s(path, fingerprint):
+            return None
+        return write_labels(beside, labels, image, pixels, made, overwrite)
+    return written
+
+
+def _another_image_s(path: Path, fingerprint: str) -> bool:
+    """Whether the labels file ``path`` was saved for other pixels than ``fingerprint``'s."""
+    from napari_samtune.core.label_files import saved_fingerprint
+
+    saved = saved_fingerprint(path) if path.is_file() else None
+    return saved is not None and saved != fingerprint
+
+
+def _no_other_image_s(fingerprint: str):
+    """A ``before_write`` check: ``--overwrite`` replaces the labels of this image, or of
+    none recorded, never those another image of the same name got since the batch chose the
+    file (the annotation widget's, another batch's)."""
+    from napari_samtune.core.annotation_files import ChangedMeanwhile
+
+    def check(labels_path: Path) -> None:
+        if _another_image_s(labels_path, fingerprint):
+            raise ChangedMeanwhile(labels_path)
+
+    return check
 
 
 def _holds(path: Path, labels: np.ndarray) -> bool:
