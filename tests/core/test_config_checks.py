@@ -52,11 +52,11 @@ def test_train_config_rejects_bad_values_by_name(field, value, message):
         ("patch_size", 256.0, "patch_size=256.0 is a float; use a whole number or None"),
         ("early_stopping", False, "early_stopping=False is a bool; use a whole number or None"),
         ("lora_alpha", "8", "lora_alpha='8' is text; use a number or None"),
-        ("val_fraction", None, "val_fraction=None is a NoneType; use a number"),
+        ("val_fraction", None, "val_fraction=None is None; use a number"),
         ("seed", 1.5, "seed=1.5 is a float; use a whole number"),
-        ("scheduler_patience", np.bool_(True), "scheduler_patience=np.True_ is a bool"),
+        ("scheduler_patience", np.True_, f"scheduler_patience={np.True_!r} is a bool; use a"),
         ("fast_attention", "no", "fast_attention='no' is text; use True or False"),
-        ("checkpoint_trainable_only", 1, "checkpoint_trainable_only=1 is a int; use True or"),
+        ("checkpoint_trainable_only", 1, "checkpoint_trainable_only=1 is an int; use True or"),
     ],
 )
 def test_train_config_names_a_field_of_the_wrong_type(field, value, message):

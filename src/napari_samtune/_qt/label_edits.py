@@ -153,7 +153,8 @@ def ids_in(labels: np.ndarray) -> np.ndarray:
     several times on the main thread)."""
     top = int(labels.max(initial=0))
     if labels.size and top <= MAX_COUNTED_ID and labels.dtype.kind in "ub":
-        return np.flatnonzero(np.bincount(labels.ravel())).astype(labels.dtype)
+        counts = np.bincount(labels.ravel().astype(np.intp, copy=False))  # numpy 1: no uint64
+        return np.flatnonzero(counts).astype(labels.dtype)
     return np.unique(labels)
 
 

@@ -375,7 +375,9 @@ def count_objects(labels: np.ndarray) -> int:
         return int(np.count_nonzero(np.unique(labels)))
     present = np.zeros(highest + 1, dtype=bool)
     for plane in labels.reshape(-1, *labels.shape[-2:]):  # an intp copy of one plane at a time
-        present |= np.bincount(plane.ravel(), minlength=highest + 1).astype(bool)
+        present |= np.bincount(
+            plane.ravel().astype(np.intp, copy=False), minlength=highest + 1
+        ).astype(bool)
     return int(np.count_nonzero(present[1:]))
 
 

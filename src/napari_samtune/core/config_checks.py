@@ -177,9 +177,20 @@ def _check_types(config: TrainConfig) -> None:
             if fits and type(value) not in (int, float):  # numpy's
                 object.__setattr__(config, name, (int if name in _WHOLE else float)(value))
         if not fits:
-            what = "text" if isinstance(value, str) else f"a {type(value).__name__}"
+            what = _kind_of(value)
             none = " or None" if name in _OPTIONAL else ""
             raise TypeError(f"{name}={value!r} is {what}; use {kind}{none}")
+
+
+def _kind_of(value: object) -> str:
+    """What ``value`` is, in words: "text", "None", "a bool" (numpy's too: "a bool_"
+    before), "an int" ("a int" before), "a float", "a list"..."""
+    if isinstance(value, str):
+        return "text"
+    if value is None:
+        return "None"
+    name = type(value).__name__.rstrip("_")  # numpy's bool_, str_
+    return f"an {name}" if name[:1] in "aeiou" else f"a {name}"
 
 
 def freeze_from_choices(choices: Sequence[str], option: str = "--freeze") -> tuple[str, ...]:

@@ -175,7 +175,8 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
     a 4096 x 4096 image on the 2-core VM). Labels with ids beyond MAX_LOOKUP_ID are sorted.
     """
     if labels.max(initial=0) <= MAX_LOOKUP_ID:
-        present = np.flatnonzero(np.bincount(labels.ravel()))
+        # as intp: numpy 1's bincount refuses uint64 ("Cannot cast ... according to 'safe'")
+        present = np.flatnonzero(np.bincount(labels.ravel().astype(np.intp, copy=False)))
         table = np.zeros(int(present[-1]) + 1, dtype=np.uint32)
         table[present] = np.arange(len(present), dtype=np.uint32)
         dense = table[labels]
