@@ -332,3 +332,24 @@ def test_a_file_deleted_by_another_process_during_a_write_is_not_called_a_device
         stop.set()
         deleter.join()
     assert errors == []
+
+
+def test_a_run_starting_while_its_folder_is_looked_at_is_not_refused(tmp_path):
+    """training_process (samtune export, the panels' checks) takes the lock for an instant
+    to look: a run starting in that instant was refused as "in use by another training run
+    (process ?)". A real run still is."""
+    import fcntl
+    import threading
+
+    from napari_samtune.core.run_lock import TRAINING_LOCK_NAME, training_lock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    look = open(run / TRAINING_LOCK_NAME, "a+", encoding="utf-8")  # noqa: SIM115
+    fcntl.flock(look, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as training_process holds it
+    threading.Timer(0.05, look.close).start()
+    with training_lock(run):
+        pass
+    with training_lock(run), pytest.raises(ValueError, match="is in use by another"):
+        with training_lock(run):
+            pass

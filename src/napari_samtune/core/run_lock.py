@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TRAINING_LOCK_NAME = ".samtune-train.lock"  # in a run's folder while it trains: its process id
+# :func:`training_process` holds the lock for an instant to look: a run starting then was
+# refused as "in use by another training run (process ?)"; it tries again for this long
+A_LOOK_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,7 @@ def _locked(path: Path, out: Path, words: InUseWords) -> Iterator[None]:
     except ImportError:  # Windows
         yield
         return
+    looked_at_until = time.monotonic() + A_LOOK_S
     while True:
         lock = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (closed below)
         try:
@@ -138,6 +142,10 @@ def _locked(path: Path, out: Path, words: InUseWords) -> Iterator[None]:
         except BaseException:
             lock.close()
             raise
+        if held is False and time.monotonic() < looked_at_until:  # held for a look?
+            lock.close()
+            time.sleep(0.01)
+            continue
         if held is None or same_file(lock, path):  # else a run ending removed it: again
             break
         lock.close()
