@@ -147,3 +147,15 @@ def test_removing_the_image_of_a_running_automatic_run_stops_it_without_errors(
     assert len(dropped) == 1, notifications
     assert "layer 'stack' was removed while it ran (plane 1 of 'stack')" in dropped[0]
     assert not annotations.data[1:].any()
+
+
+def test_a_discard_note_names_the_image_once():
+    """It said "layer 'img3' was removed while it ran ('img3')"."""
+    from napari_samtune._qt.annotate_embedding import dropped_note
+
+    removed = "layer 'img3' was removed while it ran"
+    assert dropped_note("automatic segmentation", "img3", [], removed) == (
+        f"automatic segmentation: results discarded, {removed}"
+    )
+    other = dropped_note("embedding", "img3", [], "another image was chosen while it ran")
+    assert other == "embedding: results discarded, another image was chosen while it ran ('img3')"

@@ -440,8 +440,9 @@ def dropped_note(task: str, image: str, results: list, why: str) -> str:
     """What a person is told when ``task``'s ``results`` for image ``image`` are discarded
     (the planes of :class:`~napari_samtune._qt.annotate_jobs.PlaneResult` s named)."""
     planes = sorted({r.plane for r in results if getattr(r, "plane", None) is not None})
-    if not planes:
-        return f"{task}: results discarded, {why} ({image!r})"
+    if not planes:  # the image named once ("layer 'img' was removed ... ('img')")
+        named = "" if repr(image) in why else f" ({image!r})"
+        return f"{task}: results discarded, {why}{named}"
     where = planes_phrase(planes)
     return f"{task}: results discarded, {why} ({where} of {image!r})"
 
