@@ -435,6 +435,10 @@ def test_two_channels_last_are_not_offered_as_a_stack(tmp_path, tiny_checkpoint,
     assert segment(tiny_checkpoint, path, tmp_path / "o.tif", "--auto", "--stack") == 2
     err = capsys.readouterr().err
     assert "RGB" not in err and "(pass --channel-axis -1 --channels)" in err
+    ten = tmp_path / "ten.tif"  # a stack saved planes last: both ways are offered, as before
+    tifffile.imwrite(ten, np.zeros((48, 40, 10), np.uint16) + np.arange(10, dtype=np.uint16))
+    assert segment(tiny_checkpoint, ten, tmp_path / "o.tif", "--auto") == 2
+    assert "pass --stack" in capsys.readouterr().err
 
 
 def test_a_stack_with_its_channels_first_is_segmented_plane_by_plane(
@@ -1234,6 +1238,21 @@ def test_another_image_s_labels_saved_while_a_batch_runs_stay_and_these_go_besid
     said = capsys.readouterr()
     assert f"-> {beside} (its own name there holds another image's labels)" in said.out
     assert "not written" not in said.err
+
+
+def test_a_labels_file_named_with_overwrite_is_replaced_whoever_s_it_was(
+    tmp_path, tiny_checkpoint, image_file, capsys
+):
+    """-o FILE --overwrite over labels recorded for other pixels: kept, "saved meanwhile ...
+    --overwrite replaces it" (it was there before, and --overwrite was given)."""
+    from napari_samtune.core.annotation_files import write_annotations
+
+    out = tmp_path / "cell.labels.tif"
+    other = {"image_fingerprint": "0123456789abcdef", "objects": [], "prompts": {}}
+    write_annotations(out, "cell", np.full((200, 240), 7, np.uint32), other)
+    assert segment(tiny_checkpoint, image_file[0], out, *AUTO, "--overwrite") == 0
+    assert not (tifffile.imread(out) == 7).all()
+    assert "not written" not in capsys.readouterr().err
 
 
 def test_3d_prompts_on_one_plane_segment_a_2d_image(tmp_path, tiny_checkpoint, image_file):

@@ -55,6 +55,7 @@ def test_train_config_rejects_bad_values_by_name(field, value, message):
         ("val_fraction", None, "val_fraction=None is None; use a number"),
         ("seed", 1.5, "seed=1.5 is a float; use a whole number"),
         ("scheduler_patience", np.True_, f"scheduler_patience={np.True_!r} is a bool; use a"),
+        ("fast_attention", np.uint8(1), f"fast_attention={np.uint8(1)!r} is a uint8; use True"),
         ("fast_attention", "no", "fast_attention='no' is text; use True or False"),
         ("checkpoint_trainable_only", 1, "checkpoint_trainable_only=1 is an int; use True or"),
     ],

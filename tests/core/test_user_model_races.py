@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from napari_samtune.core import models, train_checkpoints
+from napari_samtune.core import checkpoint_models, models
 from napari_samtune.core.architectures import TINY, build_sam
 from napari_samtune.core.registry import user_models_dir
 from napari_samtune.core.train_export import export_and_register
@@ -71,7 +71,7 @@ def test_a_finished_run_whose_name_was_just_taken_registers_as_the_next_free_nam
 ):
     first, second = two_weights
     exported_as_second = lambda checkpoint, to, base=None: (second, TINY)  # noqa: E731
-    monkeypatch.setattr(train_checkpoints, "export_model", exported_as_second)
+    monkeypatch.setattr(checkpoint_models, "export_model", exported_as_second)
     _taken_while_loading(monkeypatch, "cells", first)
     exported, name = export_and_register(tmp_path / "last.pt", tmp_path / "run", "cells", {})
     assert (exported, name) == (second, "cells-2")

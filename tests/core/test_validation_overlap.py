@@ -3,6 +3,8 @@ labels, and the same image with other labels (re-annotated), which is leakage to
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -74,3 +76,14 @@ def test_a_single_image_whose_held_out_objects_are_all_cut_is_warned_about(tmp_p
     whole = tall.copy()
     whole[93:99, 35:45] = 3  # an object wholly in the held-out rows: the cut ones go
     assert _started([ImageLabelPair(image, whole, "one.tif")], None, tmp_path / "b").notes == ()
+
+    run = tmp_path / "run"
+    one = ImageLabelPair(image, tall, "one.tif")
+    list(iter_train(CONFIG, [one], None, run))
+    other = ImageLabelPair(image[::-1].copy(), whole[::-1].copy(), "other.tif")
+    resumed = iter_train(
+        dataclasses.replace(CONFIG, epochs=2), [one, other], None, run, resume_from=run
+    )
+    started = next(resumed)  # with more images, the part held out before stays held out
+    resumed.close()
+    assert any(n.startswith("validation of 'one.tif', the only image,") for n in started.notes)

@@ -80,6 +80,7 @@ class TrainingPlotWidget(QWidget):
         self.best_epoch: int | None = None
         self._shown_x: list[float] = []  # the step curve drawn: means of `_stride` steps
         self._shown_losses: list[float] = []
+        self._shown_counts: list[int] = []  # the steps each point drawn stands for
         self._pending: list[tuple[float, float]] = []  # steps not drawn yet (fewer than a stride)
         self._stride = 1
         self._x_max = self._loss_max = 0.0  # the data's extent, for _grow_axes
@@ -100,19 +101,25 @@ class TrainingPlotWidget(QWidget):
         if len(self._pending) == self._stride:
             self._shown_x.append(self._pending[-1][0])
             self._shown_losses.append(sum(p[1] for p in self._pending) / self._stride)
+            self._shown_counts.append(self._stride)
             self._pending.clear()
             if len(self._shown_x) > MAX_STEP_POINTS:
                 self._thin_steps()
         self._update()
 
     def _thin_steps(self) -> None:
-        """Halve the step curve drawn: each pair of its points becomes their mean (a
-        non-finite loss stays a gap), and from now on a point is the mean of twice as many
-        steps."""
-        pairs = len(self._shown_x) // 2
-        self._shown_x = [self._shown_x[2 * i + 1] for i in range(pairs)]
-        losses = self._shown_losses
-        self._shown_losses = [(losses[2 * i] + losses[2 * i + 1]) / 2 for i in range(pairs)]
+        """Halve the step curve drawn: each pair of its points becomes their mean, weighed by
+        the steps they stand for (a non-finite loss stays a gap; an odd last point stays as
+        it is), and from now on a point is the mean of twice as many steps."""
+        x, losses, counts = self._shown_x, self._shown_losses, self._shown_counts
+        pairs = [(2 * i, 2 * i + 1) for i in range(len(x) // 2)]
+        odd = [len(x) - 1] if len(x) % 2 else []
+        self._shown_x = [x[b] for _, b in pairs] + [x[i] for i in odd]
+        self._shown_losses = [
+            (losses[a] * counts[a] + losses[b] * counts[b]) / (counts[a] + counts[b])
+            for a, b in pairs
+        ] + [losses[i] for i in odd]
+        self._shown_counts = [counts[a] + counts[b] for a, b in pairs] + [counts[i] for i in odd]
         self._stride *= 2
 
     def _extend(self, x: float, loss: float) -> None:

@@ -79,11 +79,11 @@ def write_labels(
     the same name elsewhere is told apart, and ``made``: how the objects were made).
 
     Checked under the folder's lock: unless ``overwrite``, nothing is written where ``path``
-    exists (saved since the batch began, by the annotation widget?), and even with it, not
-    over the labels of another image of the same name (its fingerprint) saved there since:
-    with ``beside_namesakes`` (``path`` is named after the image in a folder) they go beside
-    those as ``<name>-<fingerprint>``, as a later run would write them, else nothing is
-    written. Returns None where nothing is."""
+    exists (saved since the batch began, by the annotation widget?). With
+    ``beside_namesakes`` (``path`` is named after the image in a folder), labels of another
+    image of the same name (its fingerprint) saved there since are never replaced, not even
+    with ``overwrite``: these go beside them as ``<name>-<fingerprint>``, as a later run
+    would write them. Returns None where nothing is written."""
     from napari_samtune.core.annotation_files import (
         ChangedMeanwhile,
         unchanged_since,
@@ -102,7 +102,10 @@ def write_labels(
         "prompts": {"points": [], "point_labels": [], "boxes": []},
     }
     written = Written(path, len(ids), len(planes))
-    check = _no_other_image_s(fingerprint) if overwrite else unchanged_since(None)
+    if not overwrite:
+        check = unchanged_since(None)
+    else:  # a file named on the command line is replaced, as asked
+        check = _no_other_image_s(fingerprint) if beside_namesakes else None
     try:
         write_annotations(path, image.stem, labels, record, check)
     except ChangedMeanwhile:

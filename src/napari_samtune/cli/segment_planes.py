@@ -208,7 +208,7 @@ def _planes_or_channels(
         if ambiguous
         else "--channel-axis and --channels"
     )
-    if _thin_planes(shape):  # --stack would refuse it (see _refuse_thin_planes)
+    if _thin_planes(shape) and shape[-1] <= 4:  # --stack refuses it as channels
         return ValueError(
             f"{problem}: its last axis holds {shape[-1]} channels (too few pixels to be the "
             f"planes of a stack); pass {channel_options.replace('(e.g. 0 or -1)', '-1')}"

@@ -184,13 +184,13 @@ def _check_types(config: TrainConfig) -> None:
 
 def _kind_of(value: object) -> str:
     """What ``value`` is, in words: "text", "None", "a bool" (numpy's too: "a bool_"
-    before), "an int" ("a int" before), "a float", "a list"..."""
+    before), "an int" ("a int" before), "a float", "a uint8"..."""
     if isinstance(value, str):
         return "text"
     if value is None:
         return "None"
     name = type(value).__name__.rstrip("_")  # numpy's bool_, str_
-    return f"an {name}" if name[:1] in "aeiou" else f"a {name}"
+    return f"an {name}" if name[:1] in "aeio" else f"a {name}"  # (a uint8)
 
 
 def freeze_from_choices(choices: Sequence[str], option: str = "--freeze") -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from napari_samtune.core.train_checkpoints import check_not_stopped_early
 from napari_samtune.core.train_events import Progress
 from napari_samtune.core.train_setup import make_optimizer
 from napari_samtune.core.train_validation import VALIDATION_SCORING
-from napari_samtune.core.validation_split import split_one_image
+from napari_samtune.core.validation_split import only_cut_objects_note, split_one_image
 
 
 class TrainerResumeMixin:
@@ -146,6 +146,7 @@ class TrainerResumeMixin:
             return False
         self.train_images = [top if image is named[0] else image for image in images]
         self.val_images = [part]
+        self.split_note = only_cut_objects_note(named[0], fraction)  # (it was said before)
         return True
 
     def _forget_start_score_of_other_images(self, summary: dict, saved: dict) -> None:
