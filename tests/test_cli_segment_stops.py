@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tifffile
 
@@ -159,11 +160,13 @@ def test_a_stopped_batch_with_many_images_left_lists_them_in_a_file(tmp_path, mo
     whole = [tmp_path / f for f in todo[2:]]  # whole paths: the list is read from anywhere
     assert listed.read_text(encoding="utf-8").splitlines() == [str(f) for f in whole]
     from napari_samtune.cli import build_parser  # the command takes them as said
+    from napari_samtune.cli.segment import _listed_images
 
     with listed.open("a", encoding="utf-8") as file:
         file.write("\n")  # a blank last line, as editors leave one
     argv = ["segment", f"@{listed}", "--model", "nano", "--auto", "-o", str(tmp_path)]
-    assert build_parser().parse_args(argv).image == whole
+    given = build_parser().parse_args(argv).image
+    assert _listed_images(given) == (whole, [listed])
 
 
 def test_the_list_of_a_stopped_batch_is_crossed_off_as_its_images_are_segmented(tmp_path):
@@ -223,3 +226,25 @@ def test_a_batch_given_its_list_back_and_stopped_again_crosses_off_what_it_did(
     assert main([*argv, "--overwrite"]) == 130
     assert listed.read_text(encoding="utf-8").splitlines() == [str(f) for f in images[1:]]
     assert "1 of 3 images segmented" in capsys.readouterr().err
+
+
+def test_only_the_images_are_read_from_a_list(tmp_path, monkeypatch, capsys):
+    """argparse's @ read every argument from files: --boxes @b.csv looked for b.csv, a
+    listed --overwrite replaced labels, and a binary file after @ was a traceback."""
+    from argparse import Namespace
+
+    from napari_samtune.cli.segment_batch import how_to_go_on
+
+    monkeypatch.chdir(tmp_path)
+    _images(tmp_path / "in", 1)
+    (tmp_path / "list.txt").write_text("in/cell_0.tif\n--overwrite\n", encoding="utf-8")
+    argv = ["segment", "@list.txt", "--model", "nano", "--auto", "-o", "out/"]
+    assert main(argv) == 2  # the line '--overwrite' is a path, which does not exist
+    assert "--overwrite" in capsys.readouterr().err
+    tifffile.imwrite(tmp_path / "b.tif", np.full((8, 8), 200, np.uint8))  # @ before an image
+    assert main(["segment", "@b.tif", "--model", "nano", "--auto", "-o", "out/"]) == 2
+    said = capsys.readouterr().err
+    assert "is no list of images" in said and "is given as ./@b.tif" in said
+    listed = tmp_path / "out" / "not-segmented.txt"  # given back: the same command goes on
+    note = how_to_go_on(Namespace(overwrite=True, lists=[listed]), [], [], tmp_path / "out")
+    assert note.startswith("the same command segments the rest (") and "lists them now" in note

@@ -79,9 +79,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="segment an image from point/box CSV prompts, or automatically",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,  # None: python -OO
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        fromfile_prefix_chars="@",  # @list: the images a stopped batch lists, one per line
     )
-    parser.convert_arg_line_to_args = _listed  # blank lines (an editor's last) are no path
     parser.add_argument(
         "image",
         type=given_path,
@@ -160,9 +158,34 @@ def _inputs(specs: list[Path]) -> tuple[list[Path], bool]:
     return (expand_paths([str(p) for p in specs], "images") if batch else specs), batch
 
 
-def _listed(line: str) -> list[str]:
-    """The argument a line of an @FILE list gives: none for a blank line."""
-    return [line] if line.strip() else []
+def _listed_images(specs: list[Path]) -> tuple[list[Path], list[Path]]:
+    """``specs`` with each ``@FILE`` as the paths FILE lists, one per line (a blank line, an
+    editor's last, none), and the lists. Only the images are listed so: argparse's own
+    ``@`` read every argument from files (``--boxes @b.csv`` looked for ``b.csv``), took a
+    listed ``--overwrite`` for the option, and a binary file for a traceback."""
+    images, lists = [], []
+    for spec in specs:
+        text = str(spec)
+        if not text.startswith("@"):
+            images.append(spec)
+            continue
+        listed = Path(text[1:]).expanduser()
+        escape = f"a file whose name starts with @ is given as ./{text}"
+        try:
+            lines = listed.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise ValueError(
+                f"{text}: {str(listed)!r} is no list of images (text, a path per line); {escape}"
+            ) from None
+        except OSError as err:
+            raise ValueError(
+                f"{text}: the list {str(listed)!r} cannot be read ({err.strerror or err}); {escape}"
+            ) from None
+        images += [Path(line) for line in lines if line.strip()]
+        lists.append(listed)
+    if lists and not images:
+        raise ValueError(f"{' '.join(map(str, specs))}: the list names no image")
+    return images, lists
 
 
 def run(args: argparse.Namespace) -> int:
@@ -178,6 +201,7 @@ def _run(args: argparse.Namespace) -> int:
             "do not use; remove it, or segment with --auto instead of --points/--boxes"
         )
     output_text, args.output = args.output, Path(args.output)
+    args.image, args.lists = _listed_images(args.image)
     files, batch = _inputs(args.image)
     if not batch:  # before -o, which is checked against it
         check_image_file(files[0])

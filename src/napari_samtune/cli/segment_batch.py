@@ -121,10 +121,13 @@ def how_to_go_on(args, todo: list[Path], written: list[Path], out_dir: Path) -> 
     """How a stopped batch goes on: the same command skips the images whose labels are
     written; with --overwrite it redid them all, and without it, it kept the earlier labels
     of those not segmented (said to do as the first): these are named, to give alone (more
-    than :data:`MAX_NAMED`: listed in a file in ``out_dir``, one per line)."""
+    than :data:`MAX_NAMED`: listed in a file in ``out_dir``, one per line). Given that list
+    (``@out/not-segmented.txt``), the same command goes on: the list is crossed off."""
     if not args.overwrite:
         return "the same command segments the rest (images whose labels are there are skipped)"
-
+    listed = out_dir / NOT_SEGMENTED
+    if any(given.resolve() == listed.resolve() for given in getattr(args, "lists", ())):
+        return f"the same command segments the rest ({shell_path(listed)} lists them now)"
     rest = [f for f in todo if f not in written]
     said = (
         f"the {len(rest)} not segmented keep any labels they had there before, and the same "
