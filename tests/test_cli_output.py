@@ -218,7 +218,7 @@ def test_evaluate_no_progress_shows_no_bar(annotated, downloadable_model, tmp_pa
     argv += ["--out", str(tmp_path / "eval"), "--clicks", "0", "--points-per-side", "4"]
     assert cli.main([*argv, "--no-progress"]) == 0
     out, err = capsys.readouterr()
-    assert err == "evaluating fetched on 1 images ...\n"
+    assert err == "evaluating fetched on 1 image ...\n"
     assert "| fetched |" in out
 
 

@@ -811,9 +811,15 @@ def test_automatic_segmentation_options_are_refused_with_a_prompt_file(
     assert segment(tiny_checkpoint, image_file[0], tmp_path / "o.tif", *options) == 2
     assert (
         "--points-per-side and --min-area set automatic segmentation (--auto), which prompt "
-        "files do not use; remove it, or segment with --auto"
+        "files do not use; remove them, or segment with --auto"
     ) in capsys.readouterr().err
     assert not (tmp_path / "o.tif").exists()
+    one = ["--points", str(points), "--min-area", "5"]
+    assert segment(tiny_checkpoint, image_file[0], tmp_path / "o.tif", *one) == 2
+    assert (
+        "--min-area sets automatic segmentation (--auto), which prompt files do not use; "
+        "remove it," in capsys.readouterr().err
+    )
 
 
 def test_a_folder_as_prompt_file_is_named_a_folder(tmp_path, tiny_checkpoint, image_file, capsys):

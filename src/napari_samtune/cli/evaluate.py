@@ -234,7 +234,8 @@ def _evaluate(name, model, images, labels, args, device, measured) -> dict | Non
             file=sys.stderr,
         )
         return None
-    print(f"evaluating {name} on {len(images)} images ...", file=sys.stderr, flush=True)
+    images_text = "1 image" if len(images) == 1 else f"{len(images)} images"
+    print(f"evaluating {name} on {images_text} ...", file=sys.stderr, flush=True)
     auto = auto_config_for(loaded.architecture.img_size, args)
     measured["models"][name] = _model_record(model, loaded, weights, auto, device)
     # steps: each object's prompts and each image's automatic segmentation

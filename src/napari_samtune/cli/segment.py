@@ -197,8 +197,10 @@ def _run(args: argparse.Namespace) -> int:
     given = [OPTION_NAMES[name] for name in AUTO_OPTIONS if getattr(args, name) is not None]
     if given and not args.auto:  # it was ignored without a word
         raise ValueError(
-            f"{' and '.join(given)} set automatic segmentation (--auto), which prompt files "
-            "do not use; remove it, or segment with --auto instead of --points/--boxes"
+            f"{' and '.join(given)} {'sets' if len(given) == 1 else 'set'} automatic "
+            "segmentation (--auto), which prompt files do not use; remove "
+            f"{'it' if len(given) == 1 else 'them'}, or segment with --auto instead of "
+            "--points/--boxes"
         )
     output_text, args.output = args.output, Path(args.output)
     args.image, args.lists = _listed_images(args.image)
