@@ -292,7 +292,7 @@ def test_pairs_without_objects_are_left_out_and_named(
         f"evaluation data: left out 1 pair(s) {said}: img1.tif / img1_labels.tif"
     ) in err  # stdout keeps only the results (> scores.md)
     assert "left out" not in out
-    assert "evaluating tiny on 1 images" in err
+    assert "evaluating tiny on 1 image ..." in err
     assert len(evaluations) == 1
 
 
