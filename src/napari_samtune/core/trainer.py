@@ -79,7 +79,6 @@ from napari_samtune.core.trainer_files import TrainerFilesMixin
 from napari_samtune.core.trainer_resume import TrainerResumeMixin, steps_per_epoch
 from napari_samtune.core.validation_split import (
     EmptyPartError,
-    only_cut_objects_note,
     repeated_pairs,
     same_images,
     split_validation,
@@ -162,12 +161,13 @@ class Trainer(TrainerResumeMixin, TrainerFilesMixin, TrainerDivergenceMixin):
             self.val_same_images = same_images(val_images, train_images)
             return train_images, val_images
         self.held_out_of = train_images
-        if len(train_images) == 1 and config.val_fraction > 0:
-            self.split_note = only_cut_objects_note(train_images[0], config.val_fraction)
+        notes: list[str] = []
         try:
-            return split_validation(train_images, config.val_fraction, config.seed)
+            split = split_validation(train_images, config.val_fraction, config.seed, notes)
         except EmptyPartError as err:  # the pairs left out are not said before training
             raise EmptyPartError(err.image, err.where, err.part, self.left_out) from None
+        self.split_note = "".join(notes)  # one, or none
+        return split
 
     def _setup_model(self, config: TrainConfig, checkpoint: dict | None, path) -> None:
         if checkpoint is None:

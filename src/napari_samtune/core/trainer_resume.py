@@ -17,7 +17,7 @@ from napari_samtune.core.train_checkpoints import check_not_stopped_early
 from napari_samtune.core.train_events import Progress
 from napari_samtune.core.train_setup import make_optimizer
 from napari_samtune.core.train_validation import VALIDATION_SCORING
-from napari_samtune.core.validation_split import only_cut_objects_note, split_one_image
+from napari_samtune.core.validation_split import split_one_image
 
 
 class TrainerResumeMixin:
@@ -140,13 +140,14 @@ class TrainerResumeMixin:
         named = [image for image in images if image.name in before]
         if len(before) != 1 or len(named) != 1 or not isinstance(fraction, float):
             return False
+        notes: list[str] = []  # (said when the run began, and said again)
         try:
-            (top,), (part,) = split_one_image(named[0], fraction)
+            (top,), (part,) = split_one_image(named[0], fraction, notes)
         except ValueError:  # its shape or objects changed: no longer the part it was
             return False
         self.train_images = [top if image is named[0] else image for image in images]
         self.val_images = [part]
-        self.split_note = only_cut_objects_note(named[0], fraction)  # (it was said before)
+        self.split_note = "".join(notes)
         return True
 
     def _forget_start_score_of_other_images(self, summary: dict, saved: dict) -> None:

@@ -66,7 +66,7 @@ def others_without_objects(left_out: Sequence[str]) -> str:
 
 
 def split_validation(
-    images: Sequence[PreparedImage], val_fraction: float, seed: int
+    images: Sequence[PreparedImage], val_fraction: float, seed: int, notes: list | None = None
 ) -> tuple[list[PreparedImage], list[PreparedImage]]:
     """Hold out ``val_fraction`` of the images (at least one) for validation.
 
@@ -75,7 +75,7 @@ def split_validation(
     plane 3 validated while its planes 2 and 4 trained). With several stacks or images,
     whole ones are held out; with the planes of one stack only, its last planes; with a
     single image, its last ``val_fraction`` along the longer axis, so one annotated image
-    is enough to train and validate.
+    is enough to train and validate (``notes``: see :func:`split_one_image`).
     """
     images = list(images)
     if val_fraction <= 0:
@@ -88,7 +88,7 @@ def split_validation(
         return train, [im for im in images if im.group in held_out]
     if len(images) >= 2:  # the planes of one stack, in their order
         return images[:-n_val], images[-n_val:]
-    return split_one_image(images[0], val_fraction)
+    return split_one_image(images[0], val_fraction, notes)
 
 
 def _held_out_groups(groups: list[str], sizes: Counter, n_val: int, seed: int) -> set[str]:
@@ -105,11 +105,26 @@ def _held_out_groups(groups: list[str], sizes: Counter, n_val: int, seed: int) -
     return held_out or {min(order, key=lambda group: sizes[group])}
 
 
-def split_one_image(image: PreparedImage, val_fraction: float) -> tuple[list, list]:
+def split_one_image(
+    image: PreparedImage, val_fraction: float, notes: list[str] | None = None
+) -> tuple[list, list]:
     """([training part], [validation part]) of one image: its last ``val_fraction`` along
-    the longer axis held out (a resumed run holds out the same part again)."""
+    the longer axis held out (a resumed run holds out the same part again). ``notes``, if
+    given, receives the warning where the held-out part holds only objects that the cut
+    splits (:func:`_cut_ids`: kept then, as there is nothing else): their scores flatter
+    the model, and this was unsaid."""
     index, labels = _parts(image, val_fraction)
-    labels["validation"] = _without_cut_objects(labels["training"], labels["validation"])
+    held_out, cut = _cut_ids(labels["training"], labels["validation"])
+    if cut.any() and (held_out != cut).any():
+        labels["validation"] = np.where(cut[labels["validation"]], 0, labels["validation"])
+    elif cut.any() and notes is not None:
+        notes.append(
+            f"validation of {image.name!r}, the only image, scores only objects that the split "
+            f"cuts ({_rows_named(index['validation'])} held out): training sees their other "
+            "part, so the validation scores flatter the model and choose its best epoch by "
+            "that; give validation data (another annotated image), or annotate an object "
+            "that lies wholly in the held-out part"
+        )
     parts = []
     for name, where in index.items():
         try:
@@ -117,25 +132,6 @@ def split_one_image(image: PreparedImage, val_fraction: float) -> tuple[list, li
         except ValueError:
             raise EmptyPartError(image.name, _rows_named(where), name) from None
     return [parts[0]], [parts[1]]
-
-
-def only_cut_objects_note(image: PreparedImage, val_fraction: float) -> str:
-    """The warning for one image whose held-out part holds only objects that the cut splits
-    (:func:`_without_cut_objects` keeps them, as there is nothing else to score): training
-    sees their other part, so their scores flatter the model, and this was unsaid; "" where
-    the held-out part holds a whole object, or none at all (:class:`EmptyPartError`)."""
-    index, labels = _parts(image, val_fraction)
-    held_out = np.unique(labels["validation"])
-    held_out = held_out[held_out > 0]
-    if held_out.size and np.isin(held_out, labels["training"]).all():
-        return (
-            f"validation of {image.name!r}, the only image, scores only objects that the split "
-            f"cuts ({_rows_named(index['validation'])} held out): training sees their other "
-            "part, so the validation scores flatter the model and choose its best epoch by "
-            "that; give validation data (another annotated image), or annotate an object "
-            "that lies wholly in the held-out part"
-        )
-    return ""
 
 
 def _parts(image: PreparedImage, val_fraction: float) -> tuple[dict, dict]:
@@ -166,14 +162,13 @@ def _rows_named(where: tuple[slice, slice]) -> str:
     return f"{'rows' if axis == 0 else 'columns'} {region.start}..{region.stop - 1}"
 
 
-def _without_cut_objects(training: np.ndarray, validation: np.ndarray) -> np.ndarray:
-    """The validation part's labels without the objects the cut splits: training saw the
-    rest of them, and scoring their pieces flattered the model (6 of a 128 px image's 8
-    held-out objects). Kept where every held-out object is cut (then there is nothing else
-    to score)."""
-    shared = np.intersect1d(np.unique(training), np.unique(validation))
-    shared = shared[shared > 0]
-    if not shared.size:
-        return validation
-    whole = np.where(np.isin(validation, shared), 0, validation)
-    return whole if whole.any() else validation
+def _cut_ids(training: np.ndarray, validation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which ids (a boolean (N + 1,) each, of an image's 1..N labels) the validation part
+    holds, and which of those the cut splits: training sees the rest of them, and scoring
+    their pieces flattered the model (6 of a 128 px image's 8 held-out objects), so they
+    are not scored, unless every held-out object is cut (then there is nothing else)."""
+    n = int(max(training.max(initial=0), validation.max(initial=0)))
+    held_out = np.bincount(validation.ravel(), minlength=n + 1) > 0
+    cut = held_out & (np.bincount(training.ravel(), minlength=n + 1) > 0)
+    held_out[0] = cut[0] = False
+    return held_out, cut
