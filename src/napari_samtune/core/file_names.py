@@ -39,8 +39,8 @@ def _as_utf8(name: str) -> str:
     (or as surrogates): its labels were named ``ä_å_½`` (or ``image``) there, and paired
     with nothing on a UTF-8 machine (nor ``日本`` with its own: both were ``image``). A name
     the locale cannot write (a layer named in a script) is taken as it is."""
-    encoding = sys.getfilesystemencoding()
-    if encoding.lower().replace("-", "") == "utf8":
+    encoding = _non_utf8_encoding()
+    if encoding is None:
         return name
     try:
         raw = name.encode(encoding, "surrogateescape")
@@ -49,11 +49,18 @@ def _as_utf8(name: str) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
+def _non_utf8_encoding() -> str | None:
+    """The file system's encoding where it is not UTF-8 (a Latin-1 locale, or C without
+    Python's UTF-8 mode); None where it is."""
+    encoding = sys.getfilesystemencoding()
+    return None if encoding.lower().replace("-", "") == "utf8" else encoding
+
+
 def _as_os_name(stem: str) -> str:
     """The inverse of :func:`_as_utf8`: the ``str`` that this locale writes as the UTF-8
     bytes of ``stem`` (the file names a UTF-8 system gives)."""
-    encoding = sys.getfilesystemencoding()
-    if encoding.lower().replace("-", "") == "utf8":
+    encoding = _non_utf8_encoding()
+    if encoding is None:
         return stem
     return stem.encode("utf-8", "surrogateescape").decode(encoding, "surrogateescape")
 
