@@ -90,7 +90,7 @@ def output_for(image: Path, out_dir: Path) -> Path:
     another image of the same name (its record's fingerprint), ``<image>-<fingerprint>``
     as the annotation widget names it: a namesake's annotations are never skipped as done
     nor overwritten."""
-    from napari_samtune.core.label_files import image_fingerprint, namesake_name, saved_fingerprint
+    from napari_samtune.core.label_files import image_fingerprint, saved_fingerprint
 
     output = out_dir / labels_file_name(image.stem)
     saved = saved_fingerprint(output) if output.is_file() else None
@@ -102,4 +102,12 @@ def output_for(image: Path, out_dir: Path) -> Path:
         return output
     if saved == fingerprint:
         return output
+    return namesake_output(out_dir, image, fingerprint)
+
+
+def namesake_output(out_dir: Path, image: Path, fingerprint: str) -> Path:
+    """``<image>-<fingerprint>.labels.tif`` in ``out_dir``: where an image's labels go when
+    its own name there holds another image's, as the annotation widget names them."""
+    from napari_samtune.core.label_files import namesake_name
+
     return out_dir / labels_file_name(namesake_name(image.stem, fingerprint))

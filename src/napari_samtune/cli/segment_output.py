@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from napari_samtune.cli.console import shell_path
+from napari_samtune.cli.segment_files import namesake_output
 from napari_samtune.cli.segment_planes import download_bar
-from napari_samtune.core.label_files import labels_file_name
 
 AUTO_OPTIONS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "min_area")
 # The core's parameter names as the options that set them, for its error messages.
@@ -89,7 +89,7 @@ def write_labels(
         unchanged_since,
         write_annotations,
     )
-    from napari_samtune.core.label_files import image_fingerprint, namesake_name
+    from napari_samtune.core.label_files import image_fingerprint
 
     ids = np.unique(labels)
     ids = ids[ids > 0]
@@ -113,7 +113,7 @@ def write_labels(
         # runs of a folder in parallel failed every image, "saved by the annotation widget?")
         if _holds(path, labels):
             return written
-        beside = path.with_name(labels_file_name(namesake_name(image.stem, fingerprint)))
+        beside = namesake_output(path.parent, image, fingerprint)
         if not beside_namesakes or beside == path or not _another_image_s(path, fingerprint):
             return None
         return write_labels(beside, labels, image, pixels, made, overwrite)
