@@ -101,7 +101,7 @@ def test_a_progress_that_is_not_a_function_is_refused_before_any_work(
     with pytest.raises(TypeError, match=r"progress=True is a bool, not a function.*progress\("):
         seg.set_image(image, progress=True)
     assert not calls
-    with pytest.raises(TypeError, match=r"each_image=1 is a int.*each_image\(index\)"):
+    with pytest.raises(TypeError, match=r"each_image=1 is an int.*each_image\(index\)"):
         evaluate_prompts(seg, [image], [labels], each_image=1)
     assert not calls
 
@@ -109,7 +109,7 @@ def test_a_progress_that_is_not_a_function_is_refused_before_any_work(
 def test_segment_all_refuses_a_progress_that_is_not_a_function(segmenter, monkeypatch):
     decoded = []
     monkeypatch.setattr(segmenter, "decode", lambda *a, **k: decoded.append(1))
-    with pytest.raises(TypeError, match=r"progress='bar' is a str"):
+    with pytest.raises(TypeError, match=r"progress='bar' is text"):
         segmenter.segment_all(progress="bar")
     assert not decoded
 
@@ -135,7 +135,7 @@ def test_training_data_that_is_no_pairs_is_refused_by_what_it_is(
 
 
 def test_evaluate_instances_names_labels_that_are_no_list():
-    with pytest.raises(TypeError, match=r"labels is a NoneType; pass a list of label images"):
+    with pytest.raises(TypeError, match=r"labels is None; pass a list of label images"):
         evaluate_instances(None, None)
 
 
@@ -145,12 +145,12 @@ def test_the_preset_helpers_name_a_key_or_model_that_is_not_text():
     with pytest.raises(TypeError, match=r"model=5 names no model"):
         config_from_preset("cpu-16gb", 5)
     for helper in (get_preset, resolve_preset):
-        with pytest.raises(TypeError, match=r"preset=None is a NoneType; pass a preset key"):
+        with pytest.raises(TypeError, match=r"preset=None is None; pass a preset key"):
             helper(None)
     with pytest.raises(ValueError, match=r"call resolve_preset\('auto'\)"):
         get_preset("auto")
     assert get_preset(" CPU-16GB ").key == "cpu-16gb"
-    with pytest.raises(TypeError, match=r"overlap_fraction='0.25' is a str; pass a number"):
+    with pytest.raises(TypeError, match=r"overlap_fraction='0.25' is text; pass a number"):
         TilingConfig(overlap_fraction="0.25")
     assert TilingConfig(overlap_fraction=0).overlap_fraction == 0
 

@@ -372,7 +372,7 @@ def test_in_memory_pairs_are_normalised_like_inference():
     assert prepared.object_areas.sum() == np.count_nonzero(labels)
     with pytest.raises(ValueError, match="non-empty list"):
         as_pairs([])
-    with pytest.raises(TypeError, match=r"data\[0\] is a int; give an \(image, labels\) pair$"):
+    with pytest.raises(TypeError, match=r"data\[0\] is an int; give an \(image, labels\) pair$"):
         as_pairs([3])
 
 

@@ -245,7 +245,7 @@ def test_bad_inputs_are_clear_errors():
         evaluate_prompts(FakeSegmenter(), [labels], [labels.astype(float)])
     with pytest.raises(ValueError, match=r"labels\[0\] has shape \(1, 20, 30\).*\(H, W\)"):
         evaluate_prompts(FakeSegmenter(), [labels], [labels[None]])
-    with pytest.raises(TypeError, match="images is a str; pass a list of arrays"):
+    with pytest.raises(TypeError, match="images is text; pass a list of arrays"):
         evaluate_prompts(FakeSegmenter(), "image.tif", [labels])
     with pytest.raises(ValueError, match="no objects"):
         evaluate_prompts(FakeSegmenter(), [labels], [np.zeros_like(labels)])

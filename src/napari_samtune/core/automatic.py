@@ -37,6 +37,7 @@ from segment_anything.utils.amg import (
 )
 from torchvision.ops import batched_nms
 
+from napari_samtune.core.config_checks import kind_of
 from napari_samtune.core.embeddings import ProgressCallback, Tile, TileGrid
 from napari_samtune.core.progress import check_callback
 
@@ -331,7 +332,7 @@ def _check_config(config: object) -> None:
     else:
         example = "points_per_side=16"
     raise TypeError(
-        f"config is a {type(config).__name__} ({config!r}), not an AutoSegmentConfig; pass "
+        f"config is {kind_of(config)} ({config!r}), not an AutoSegmentConfig; pass "
         f"AutoSegmentConfig({example})"
     )
 

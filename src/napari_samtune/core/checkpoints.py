@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from napari_samtune.core.config_checks import kind_of
 from napari_samtune.core.run_lock import ABANDONED_WRITE_SECONDS
 
 CHECKPOINT_FORMAT = "napari-samtune-checkpoint"
@@ -209,7 +210,7 @@ def check_output_folder(path: str | os.PathLike, what: str = "") -> Path:
     named = f"{what} " if what else ""
     if not isinstance(path, (str, os.PathLike)):  # pathlib's own error named no argument
         raise TypeError(
-            f"{what or 'folder'}={path!r} is a {type(path).__name__}; give a folder path "
+            f"{what or 'folder'}={path!r} is {kind_of(path)}; give a folder path "
             "(str or pathlib.Path, created if missing)"
         )
     if path == "":

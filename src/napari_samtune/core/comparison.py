@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from napari_samtune.core.checkpoints import atomic_write, check_output_folder, first_free
+from napari_samtune.core.config_checks import kind_of
 
 # The files of one comparison: a free name is one that none of them has.
 OUTPUT_SUFFIXES = (".csv", ".png", ".json")
@@ -56,7 +57,7 @@ def _metric_dict(name: str, metrics: Any) -> dict[str, float]:
             merged.update(_metric_dict(name, part))
         return merged
     raise TypeError(
-        f"results[{name!r}] is a {type(metrics).__name__}; expected a dict of metric values, an "
+        f"results[{name!r}] is {kind_of(metrics)}; expected a dict of metric values, an "
         "InstanceEvaluation / PromptEvaluation, or a list of those"
     )
 
@@ -69,7 +70,7 @@ def _by_model(results: object) -> Mapping[str, Any]:
     pairs = list(results) if isinstance(results, (list, tuple)) else None
     if pairs is None or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
         raise TypeError(
-            f"results is a {type(results).__name__}; pass {{model name: metrics}}, e.g. "
+            f"results is {kind_of(results)}; pass {{model name: metrics}}, e.g. "
             "{'vit_b': evaluation}, or a list of (model name, metrics) pairs"
         )
     return _without_repeats([(model, metrics) for model, metrics in pairs])
@@ -204,7 +205,7 @@ def compare_models(
 def _settings_json(settings: Mapping[str, Any]) -> str:
     """``settings`` as indented JSON (paths as strings); ``TypeError`` naming what is not."""
     if not isinstance(settings, Mapping):
-        raise TypeError(f"settings is a {type(settings).__name__}; pass a dict or None")
+        raise TypeError(f"settings is {kind_of(settings)}; pass a dict or None")
     try:
         return json.dumps(settings, indent=2, default=_path_text, allow_nan=False) + "\n"
     except (TypeError, ValueError) as err:

@@ -46,7 +46,7 @@ MAX_SEED = 2**63 - 1  # the largest seed every generator the run seeds (torch, n
 def _check_device_name(device: object) -> None:
     if not isinstance(device, str):  # a torch.device: the config is saved as JSON
         raise TypeError(
-            f"device={device!r} is a {type(device).__name__}; give the device as a string, "
+            f"device={device!r} is {kind_of(device)}; give the device as a string, "
             f"e.g. {str(device)!r}"
         )
     if not DEVICE_NAME.fullmatch(device.strip().lower()):
@@ -177,14 +177,14 @@ def _check_types(config: TrainConfig) -> None:
             if fits and type(value) not in (int, float):  # numpy's
                 object.__setattr__(config, name, (int if name in _WHOLE else float)(value))
         if not fits:
-            what = _kind_of(value)
+            what = kind_of(value)
             none = " or None" if name in _OPTIONAL else ""
             raise TypeError(f"{name}={value!r} is {what}; use {kind}{none}")
 
 
-def _kind_of(value: object) -> str:
-    """What ``value`` is, in words: "text", "None", "a bool" (numpy's too: "a bool_"
-    before), "an int" ("a int" before), "a float", "a uint8"..."""
+def kind_of(value: object) -> str:
+    """What ``value`` is, in words, for the messages that refuse it: "text", "None",
+    "a bool" (numpy's too), "an int", "a float", "a uint8", "a dict"..."""
     if isinstance(value, str):
         return "text"
     if value is None:

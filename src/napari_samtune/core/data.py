@@ -21,6 +21,7 @@ from dataclasses import replace
 import numpy as np
 from scipy import ndimage
 
+from napari_samtune.core.config_checks import kind_of
 from napari_samtune.core.data_checks import check_channels, check_labels
 
 # the pairs and the files they are read from, importable from here as they always were
@@ -70,9 +71,7 @@ def as_pairs(
         else:
             one = len(data) == 2 and all(isinstance(part, np.ndarray) for part in data)
             hint = "; to train on one pair, pass [(image, labels)]" if one else ""
-            raise TypeError(
-                f"data[{i}] is a {type(item).__name__}; give an (image, labels) pair{hint}"
-            )
+            raise TypeError(f"data[{i}] is {kind_of(item)}; give an (image, labels) pair{hint}")
     return pairs
 
 

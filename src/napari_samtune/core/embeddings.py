@@ -37,6 +37,7 @@ from torchvision.transforms.functional import resize, to_pil_image
 
 from napari_samtune.core.accelerate import autocast
 from napari_samtune.core.architectures import PATCH_SIZE
+from napari_samtune.core.config_checks import kind_of
 from napari_samtune.core.embedding_cache import CACHE_FORMAT, CACHE_FORMAT_VERSION
 from napari_samtune.core.fast_encoder import encode
 
@@ -57,7 +58,7 @@ class TilingConfig:
         fraction = self.overlap_fraction
         if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real):  # np.float32 too
             raise TypeError(
-                f"overlap_fraction={fraction!r} is a {type(fraction).__name__}; pass a number "
+                f"overlap_fraction={fraction!r} is {kind_of(fraction)}; pass a number "
                 "between 0 and 0.75 (e.g. 0.25)"
             )
         if not 0.0 <= self.overlap_fraction <= 0.75:

@@ -41,6 +41,7 @@ import numpy as np
 from napari_samtune.core.comparison import CHART_METRICS as CHART_METRICS
 from napari_samtune.core.comparison import ComparisonFiles as ComparisonFiles
 from napari_samtune.core.comparison import compare_models as compare_models
+from napari_samtune.core.config_checks import kind_of
 from napari_samtune.core.coords import napari_to_sam
 from napari_samtune.core.metrics import check_label_image, check_not_a_mask
 from napari_samtune.core.progress import check_callback
@@ -214,7 +215,7 @@ def _as_list(items: Iterable[np.ndarray], name: str) -> list[np.ndarray]:
     """Images or label images given as any iterable (a generator too) as a list."""
     if isinstance(items, (str, bytes, os.PathLike)) or not isinstance(items, Iterable):
         raise TypeError(
-            f"{name} is a {type(items).__name__}; pass a list of arrays, one per image "
+            f"{name} is {kind_of(items)}; pass a list of arrays, one per image "
             "(read files first, e.g. with tifffile.imread)"
         )
     if getattr(items, "ndim", 3) < 3:  # one image (numpy, torch, dask), not one per image

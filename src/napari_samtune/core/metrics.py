@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
+from napari_samtune.core.config_checks import kind_of
 from napari_samtune.core.tiff_files import float_labels_problem
 
 WHOLE_FLOATS_FIX = "their values are whole numbers, so convert them with .astype(np.uint32)"
@@ -314,7 +315,7 @@ def evaluate_instances(
     for name, given in (("labels", labels), ("predictions", predictions)):
         if isinstance(given, (str, bytes, os.PathLike)) or not isinstance(given, Iterable):
             raise TypeError(
-                f"{name} is a {type(given).__name__}; pass a list of label images, one per "
+                f"{name} is {kind_of(given)}; pass a list of label images, one per "
                 "image (read files first, e.g. with tifffile.imread)"
             )
         if getattr(given, "ndim", 3) < 3:  # an array of any kind: else scored row by row

@@ -44,6 +44,7 @@ from napari_samtune.core.checkpoints import (
     check_records,
     safe_torch_load,
 )
+from napari_samtune.core.config_checks import kind_of
 from napari_samtune.core.devices import resolve_device
 from napari_samtune.core.download import ProgressCallback, ensure_model_file
 from napari_samtune.core.model_lookup import get_model_spec
@@ -73,7 +74,7 @@ class LoadedModel:
 
 def _unwrap_checkpoint(obj: object, path: Path) -> tuple[object, SamArchitecture | None]:
     if not isinstance(obj, dict):
-        raise ValueError(f"{path} holds a {type(obj).__name__}. Expected {EXPECTED}")
+        raise ValueError(f"{path} holds {kind_of(obj)}. Expected {EXPECTED}")
     if obj.get("format") == CHECKPOINT_FORMAT:
         check_format_version(obj, path)
         if "architecture" not in obj:

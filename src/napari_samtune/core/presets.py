@@ -31,6 +31,7 @@ from napari_samtune.core.architectures import ARCHITECTURES, SamArchitecture, as
 from napari_samtune.core.config_checks import (
     check_lora_rank,
     check_override_names,
+    kind_of,
 )
 from napari_samtune.core.machine import MachineResources as MachineResources
 from napari_samtune.core.machine import measure_machine as measure_machine
@@ -286,7 +287,7 @@ def detect_on(found: MachineResources, n_processes: int = 1) -> tuple[ResourcePr
 def _check_key(key: object) -> None:
     if not isinstance(key, str):
         raise TypeError(
-            f"preset={key!r} is a {type(key).__name__}; pass a preset key such as "
+            f"preset={key!r} is {kind_of(key)}; pass a preset key such as "
             f"{PRESETS[0].key!r} (one of {[p.key for p in PRESETS]!r}) or 'auto'"
         )
 

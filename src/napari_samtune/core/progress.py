@@ -12,6 +12,8 @@ from __future__ import annotations
 import sys
 from typing import IO, Any
 
+from napari_samtune.core.config_checks import kind_of
+
 LOG_INTERVAL_S = 30.0  # seconds between progress lines off a terminal
 
 
@@ -92,6 +94,6 @@ def check_callback(value: object, name: str, called_as: str) -> None:
     only after the first tile or batch was done."""
     if value is not None and not callable(value):
         raise TypeError(
-            f"{name}={value!r} is a {type(value).__name__}, not a function; pass one called "
+            f"{name}={value!r} is {kind_of(value)}, not a function; pass one called "
             f"as {called_as}, or None"
         )

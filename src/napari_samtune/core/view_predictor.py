@@ -23,6 +23,7 @@ import torch
 from segment_anything.modeling import Sam
 
 from napari_samtune.core.accelerate import autocast_dtype, use_fast_paths
+from napari_samtune.core.config_checks import kind_of
 from napari_samtune.core.devices import resolve_device
 from napari_samtune.core.embedding_cache import EmbeddingCache
 from napari_samtune.core.embeddings import (
@@ -85,7 +86,7 @@ class ViewPredictor(ViewDecodingMixin):
             tune_cpu_allocator()
         if tiling is not None and not isinstance(tiling, TilingConfig):
             raise TypeError(
-                f"tiling={tiling!r} is a {type(tiling).__name__}; pass a TilingConfig, e.g. "
+                f"tiling={tiling!r} is {kind_of(tiling)}; pass a TilingConfig, e.g. "
                 "TilingConfig(overlap_fraction=0.25), or None for the default"
             )
         self.tiling = tiling if tiling is not None else TilingConfig()
